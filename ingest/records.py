@@ -1,0 +1,216 @@
+"""Typed, frozen records produced by the parser and consumed by the store.
+
+A PubMed XML file yields three kinds of item, in file order:
+
+* :class:`Record` — one ``PubmedArticle`` or ``PubmedBookArticle``;
+* :class:`Deletion` — one PMID named in a ``DeleteCitation`` block;
+* :class:`QuarantineEntry` — an element that could not be parsed, with its raw XML.
+
+Every item carries a :class:`SourceRef` saying where it came from; the store uses
+:meth:`SourceRef.order_key` to break ties between two records of the same PMID, version
+and revision date (the later update file, or the later fetch, wins).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "AbstractSection",
+    "Author",
+    "Deletion",
+    "Item",
+    "MeshHeading",
+    "PartialDate",
+    "QuarantineEntry",
+    "Record",
+    "SourceRef",
+]
+
+SourceKind = Literal["file", "updatefile", "baseline", "eutils", "generated"]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRef:
+    """Where a record came from.
+
+    Attributes:
+        kind: ``file`` (local XML), ``updatefile``/``baseline`` (NLM files),
+            ``eutils`` (EFetch), ``generated`` (test data).
+        location: File path or name, or the request it came from.
+        sequence: Update/baseline file number (``pubmed26n1280`` → 1280), else 0.
+        fetched_at: When the bytes were read (UTC).
+    """
+
+    kind: SourceKind
+    location: str
+    sequence: int = 0
+    fetched_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+    def order_key(self) -> tuple[int, float]:
+        """Later sources sort higher: file number first, then fetch time."""
+        return (self.sequence, self.fetched_at.timestamp())
+
+
+@dataclass(frozen=True, slots=True)
+class PartialDate:
+    """A publication date as precise as PubMed knows it.
+
+    ``raw`` keeps the original text (``"1998 Dec-1999 Jan"``, ``"Spring 2001"``); year,
+    month and day hold the start of the period, ``None`` where unknown; ``season`` keeps
+    a season name when the source gave one instead of a month.
+    """
+
+    year: int | None = None
+    month: int | None = None
+    day: int | None = None
+    raw: str = ""
+    season: str | None = None
+
+    def as_date(self) -> dt.date | None:
+        """The earliest day the date can mean, or ``None`` without a year."""
+        if self.year is None:
+            return None
+        return dt.date(self.year, self.month or 1, self.day or 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Author:
+    """One author: a person (names) or a group (``collective_name``)."""
+
+    last_name: str | None = None
+    fore_name: str | None = None
+    initials: str | None = None
+    collective_name: str | None = None
+    affiliations: tuple[str, ...] = ()
+    orcid: str | None = None
+
+    @property
+    def display_name(self) -> str:
+        """``Last FM`` for a person, the group name for a collective."""
+        if self.collective_name:
+            return self.collective_name
+        return " ".join(p for p in (self.last_name, self.initials or self.fore_name) if p)
+
+
+@dataclass(frozen=True, slots=True)
+class MeshHeading:
+    """A MeSH descriptor with its qualifiers; ``major`` if it or a qualifier is major."""
+
+    descriptor: str
+    ui: str | None = None
+    major: bool = False
+    qualifiers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AbstractSection:
+    """One ``AbstractText`` paragraph; ``label`` is None for unlabelled text."""
+
+    text: str
+    label: str | None = None
+    category: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One parsed PubMed record (journal article or book/chapter)."""
+
+    pmid: int
+    version: int
+    title: str
+    source: SourceRef
+    abstract_sections: tuple[AbstractSection, ...] = ()
+    vernacular_title: str | None = None
+    journal: str | None = None
+    journal_iso: str | None = None
+    volume: str | None = None
+    issue: str | None = None
+    pages: str | None = None
+    pub_date: PartialDate = PartialDate()
+    article_date: dt.date | None = None
+    entrez_date: dt.date | None = None
+    pubmed_date: dt.date | None = None
+    date_completed: dt.date | None = None
+    date_revised: dt.date | None = None
+    authors: tuple[Author, ...] = ()
+    mesh: tuple[MeshHeading, ...] = ()
+    keywords: tuple[str, ...] = ()
+    publication_types: tuple[str, ...] = ()
+    languages: tuple[str, ...] = ()
+    doi: str | None = None
+    pmcid: str | None = None
+    references: tuple[int, ...] = ()
+    is_retracted: bool = False
+    retraction_in: tuple[int, ...] = ()
+    is_book: bool = False
+    status: str | None = None
+
+    @property
+    def abstract(self) -> str:
+        """The abstract as plain text; labelled sections as ``LABEL: text`` paragraphs."""
+        return "\n".join(
+            f"{s.label}: {s.text}" if s.label else s.text for s in self.abstract_sections
+        )
+
+    @property
+    def language(self) -> str | None:
+        """The first language code (``eng``), if any."""
+        return self.languages[0] if self.languages else None
+
+    @property
+    def best_date(self) -> dt.date | None:
+        """The date used for recency: electronic date, else publication date, else entrez."""
+        return self.article_date or self.pub_date.as_date() or self.entrez_date
+
+    def order_key(self) -> tuple[int, dt.date, tuple[int, float]]:
+        """Newer records sort higher: Version, then DateRevised, then the source."""
+        return (self.version, self.date_revised or dt.date.min, self.source.order_key())
+
+    def text_hash(self) -> str:
+        """SHA-1 of what gets embedded (title + abstract), to detect text changes."""
+        return hashlib.sha1(f"{self.title}\n{self.abstract}".encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field (dates as ISO strings)."""
+        return _jsonable(asdict(self))
+
+
+@dataclass(frozen=True, slots=True)
+class Deletion:
+    """A PMID withdrawn by NLM (``DeleteCitation``)."""
+
+    pmid: int
+    source: SourceRef
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineEntry:
+    """An element that could not be parsed, kept with its raw XML and the reason."""
+
+    reason: str
+    raw_xml: str
+    source: SourceRef
+    pmid: int | None = None
+    line: int | None = None
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the raw XML: the same bad element is quarantined once."""
+        return hashlib.sha256(self.raw_xml.encode()).hexdigest()
+
+
+Item = Record | Deletion | QuarantineEntry
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dt.date | dt.datetime):
+        return value.isoformat()
+    return value

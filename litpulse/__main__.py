@@ -1,0 +1,3 @@
+from litpulse.cli import main
+
+raise SystemExit(main())

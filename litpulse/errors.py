@@ -1,0 +1,84 @@
+"""The small exception hierarchy of litpulse.
+
+Every error raised on purpose by the library derives from :class:`LitpulseError`. The
+class says whether repeating the same call later can succeed: retry policies (our own
+HTTP client, Airflow's task retries) read :attr:`LitpulseError.retryable` and nothing
+else.
+
+Example:
+    >>> try:
+    ...     raise TransientSourceError("HTTP 503 from esearch")
+    ... except LitpulseError as exc:
+    ...     exc.retryable
+    True
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ChecksumError",
+    "ConfigError",
+    "InvalidRequestError",
+    "LitpulseError",
+    "NotFoundError",
+    "ParseError",
+    "RateLimitedError",
+    "SourceError",
+    "TransientSourceError",
+    "ConsistencyError",
+    "BudgetError",
+]
+
+
+class LitpulseError(Exception):
+    """Base class of every error litpulse raises on purpose."""
+
+    #: Whether the same operation may succeed if repeated later.
+    retryable: bool = False
+
+
+class ConfigError(LitpulseError, ValueError):
+    """A setting or option has an invalid value; the message names it."""
+
+
+class NotFoundError(LitpulseError, LookupError):
+    """A requested object (article, model version, index version) does not exist."""
+
+
+class ParseError(LitpulseError, ValueError):
+    """A record or document could not be parsed."""
+
+
+class SourceError(LitpulseError):
+    """A remote source (E-utilities, update files, iCite) failed."""
+
+
+class TransientSourceError(SourceError):
+    """A failure that may pass: 429, 5xx, timeouts, resets, truncated bodies."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        #: Seconds the server asked us to wait (``Retry-After``), when it said.
+        self.retry_after = retry_after
+
+
+class RateLimitedError(TransientSourceError):
+    """The server answered 429 Too Many Requests."""
+
+
+class InvalidRequestError(SourceError, ValueError):
+    """The server rejected the request itself (bad term, bad database): never retried."""
+
+
+class ChecksumError(TransientSourceError):
+    """A downloaded file does not match its published MD5 checksum."""
+
+
+class ConsistencyError(LitpulseError):
+    """Two stores that must agree (index and database, model and index) do not."""
+
+
+class BudgetError(LitpulseError, ValueError):
+    """A requested job would exceed its time or memory budget; said before it starts."""

@@ -1,0 +1,1 @@
+"""Ranking: embeddings, the FAISS index manager, scoring and search."""

@@ -1,0 +1,1 @@
+"""Dynamic training: pair mining, LoRA fine-tunes, evaluation gate, model registry."""

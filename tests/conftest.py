@@ -1,0 +1,94 @@
+"""Shared fixtures: settings in a temporary home, and stores on SQLite and PostgreSQL.
+
+PostgreSQL tests use the server of ``LITPULSE_TEST_POSTGRES_URL`` (default the local
+``test`` database); each test session creates its own database and drops it at the end.
+When the server is unreachable the PostgreSQL variants are skipped locally, but fail in
+CI (``CI=true``), where ``.ci/run`` starts the server first.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from litpulse import db
+from litpulse.schema import metadata
+from litpulse.settings import Settings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+PG_ADMIN_URL = os.environ.get(
+    "LITPULSE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture(autouse=True)
+def _clean_litpulse_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never see the developer's own LITPULSE_* settings."""
+    for key in list(os.environ):
+        if key.startswith("LITPULSE_") and key != "LITPULSE_TEST_POSTGRES_URL":
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session."""
+    name = f"litpulse_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001 - any failure means "no server"
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"PostgreSQL unavailable: {exc}")
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    db.dispose_engines()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+    """Settings with a temporary home, on SQLite and on PostgreSQL."""
+    url = ""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+    s = Settings.from_env({}, home=tmp_path / "home", database_url=url)
+    if url:
+        _truncate(db.connect(s))
+    yield s
+    if not url:
+        eng = db._ENGINES.pop(s.effective_database_url, None)
+        if eng is not None:
+            eng.dispose()
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path) -> Iterator[Settings]:
+    """Settings on SQLite only (for tests whose point is not the database)."""
+    s = Settings.from_env({}, home=tmp_path / "home")
+    yield s
+    eng = db._ENGINES.pop(s.effective_database_url, None)
+    if eng is not None:
+        eng.dispose()
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Engine:
+    return db.connect(settings)
+
+
+def _truncate(engine: Engine) -> None:
+    with engine.begin() as conn:
+        names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY"))
