@@ -1,1 +1,1 @@
-"""Ingest: sources (files, E-utilities, update files), the streaming parser, the store, citations."""
+"""Ingest: sources (files, E-utilities, update files), the parser, the store, citations."""

@@ -73,7 +73,9 @@ class Settings:
     # -- HTTP behaviour ------------------------------------------------------------------
     http_timeout: float = _opt(60.0, "Timeout of one HTTP request, in seconds.")
     max_retries: int = _opt(6, "Attempts after the first for a transient HTTP failure.")
-    backoff_base: float = _opt(1.0, "First backoff delay in seconds; doubles per attempt, with jitter.")
+    backoff_base: float = _opt(
+        1.0, "First backoff delay in seconds; doubles per attempt, with jitter."
+    )
     backoff_max: float = _opt(60.0, "Longest backoff delay, in seconds.")
     efetch_batch: int = _opt(200, "PMIDs per EFetch POST.")
     esearch_cap: int = _opt(
@@ -88,6 +90,23 @@ class Settings:
     max_quarantine_rate: float = _opt(
         0.01, "Largest share of quarantined records a nightly run accepts before failing."
     )
+    quality_expect_weekdays: bool = _opt(
+        True,
+        "A window touching a weekday (Monday-Friday UTC) that returns no record, while the "
+        "store holds none of its days either, fails the nightly data-quality check; "
+        "weekend windows may be empty.",
+    )
+    quality_max_staleness_days: int = _opt(
+        3,
+        "The nightly data-quality check fails when the newest entrez date in the store is "
+        "more than this many days older than the end of the ingested window; 0 disables.",
+    )
+    alert_webhook_url: str = _opt(
+        "",
+        "URL that receives a JSON POST when a scheduled task fails or misses its deadline "
+        "(Slack-compatible `text` field); empty means log only.",
+        secret=True,
+    )
 
     # -- embedding -----------------------------------------------------------------------------
     model: str = _opt(
@@ -98,6 +117,12 @@ class Settings:
     device: str = _opt("auto", "Torch device for embedding and training: auto, cpu or cuda.")
     embed_batch_size: int = _opt(32, "Texts per embedding batch.")
     max_seq_length: int = _opt(256, "Longest input to the encoder, in tokens.")
+    embed_precision: str = _opt(
+        "auto",
+        "Arithmetic of the encoder at inference: auto (bf16 on CPUs with native bf16, "
+        "fp16 on CUDA, else fp32; a half type is kept only if its vectors keep cosine "
+        ">= 0.99 to fp32 on probe texts), fp32, bf16 or fp16.",
+    )
 
     # -- index -------------------------------------------------------------------------
     exact_index_max: int = _opt(
@@ -110,9 +135,7 @@ class Settings:
     weight_similarity: float = _opt(1.0, "Weight of the semantic similarity in the score.")
     weight_recency: float = _opt(0.15, "Weight of the recency term in the score.")
     weight_citation: float = _opt(0.10, "Weight of the citation-impact term in the score.")
-    recency_half_life_days: float = _opt(
-        365.0, "Half-life of the recency term, in days."
-    )
+    recency_half_life_days: float = _opt(365.0, "Half-life of the recency term, in days.")
     rerank_candidates: int = _opt(200, "Nearest neighbours re-ranked per query.")
 
     # -- retraining ------------------------------------------------------------------------
@@ -137,7 +160,13 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{env_name(name)} must be positive, got {getattr(self, name)!r}")
-        for name in ("max_retries", "window_overlap_days", "requests_per_second", "backoff_base"):
+        for name in (
+            "max_retries",
+            "window_overlap_days",
+            "requests_per_second",
+            "backoff_base",
+            "quality_max_staleness_days",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{env_name(name)} must be >= 0, got {getattr(self, name)!r}")
         if self.icite_batch > 200:
@@ -147,9 +176,18 @@ class Settings:
         if not 0 <= self.max_quarantine_rate <= 1:
             raise ConfigError(f"{env_name('max_quarantine_rate')} must be within [0, 1]")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"{env_name('device')} must be auto, cpu or cuda, got {self.device!r}")
+            raise ConfigError(
+                f"{env_name('device')} must be auto, cpu or cuda, got {self.device!r}"
+            )
+        if self.embed_precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(
+                f"{env_name('embed_precision')} must be auto, fp32, bf16 or fp16, "
+                f"got {self.embed_precision!r}"
+            )
         if self.use_gpu not in ("auto", "yes", "no"):
-            raise ConfigError(f"{env_name('use_gpu')} must be auto, yes or no, got {self.use_gpu!r}")
+            raise ConfigError(
+                f"{env_name('use_gpu')} must be auto, yes or no, got {self.use_gpu!r}"
+            )
         for name in ("eutils_url", "icite_url", "pubmed_files_url"):
             url = getattr(self, name)
             if not url.startswith(("http://", "https://", "file://")):
@@ -198,7 +236,12 @@ class Settings:
             value = getattr(self, f.name)
             shown = "***" if f.metadata.get("secret") and value else str(value)
             rows.append(
-                {"name": f.name, "env": env_name(f.name), "value": shown, "help": f.metadata["help"]}
+                {
+                    "name": f.name,
+                    "env": env_name(f.name),
+                    "value": shown,
+                    "help": f.metadata["help"],
+                }
             )
         return rows
 

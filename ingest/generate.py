@@ -1,0 +1,1283 @@
+"""Deterministic generator of realistic PubMed XML corpora, for tests, demos and benchmarks.
+
+:func:`generate_corpus` writes ``pubmed26nNNNN.xml.gz`` files shaped like NLM's
+baseline/update files — journal articles and book chapters, structured and unstructured
+abstracts with inline markup and entities, every PubDate variant (named and numeric
+months, seasons, ``MedlineDate`` ranges), authors with affiliations, ORCIDs and
+collective names, MeSH with major flags, DOIs and PMC ids, references to earlier PMIDs
+of the same corpus, retracted publications, revised records in later files (a higher
+``Version``, or the same version with a later ``DateRevised`` and a new title),
+``DeleteCitation`` blocks and, on request, malformed records — and returns a
+:class:`CorpusManifest` with the state a store must end in after ingesting the files in
+number order.
+
+Everything is a pure function of the seed: every record is rendered from its own
+:class:`ArticleSpec` with a random generator seeded by ``(seed, pmid, revision)``, so an
+HTTP emulator can serve EFetch for any PMID (:func:`iter_generated_records` +
+:func:`render_article_xml`) and get byte-identical XML. Files are written as a stream:
+memory stays flat whatever the number of records.
+
+Example:
+    >>> import tempfile
+    >>> m = generate_corpus(tempfile.mkdtemp(), n_records=50, n_files=2, seed=1)
+    >>> [p.name for p in m.files]
+    ['pubmed26n0001.xml.gz', 'pubmed26n0002.xml.gz']
+    >>> len(m.live_pmids) + len(m.deleted_pmids) + m.quarantined == 50
+    True
+
+Command line: ``python -m ingest.generate OUT_DIR --records N --files F --seed S``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gzip
+import hashlib
+import html
+import io
+import logging
+import random
+import re
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from xml.sax.saxutils import escape as _xml_escape
+
+from litpulse.errors import ConfigError
+
+__all__ = [
+    "ArticleSpec",
+    "CorpusConfig",
+    "CorpusManifest",
+    "DOCTYPE",
+    "TOPICS",
+    "expected_title",
+    "generate_corpus",
+    "iter_file_plan",
+    "iter_generated_records",
+    "live_specs",
+    "main",
+    "render_article_xml",
+    "render_deletion_xml",
+    "write_md5",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The DOCTYPE line of 2025/2026 PubMed files (biopython ships this DTD, so Entrez.parse
+#: validates offline).
+DOCTYPE = (
+    '<!DOCTYPE PubmedArticleSet PUBLIC "-//NLM//DTD PubMedArticle, 1st January 2025//EN" '
+    '"https://dtd.nlm.nih.gov/ncbi/pubmed/out/pubmed_250101.dtd">'
+)
+_TAG_RE = re.compile(r"<[^>]+>")
+_HEADER = f'<?xml version="1.0" encoding="utf-8"?>\n{DOCTYPE}\n<PubmedArticleSet>\n'
+_FOOTER = "</PubmedArticleSet>\n"
+
+#: First PMID of a generated corpus; PMIDs grow by 1-3 per record, in entrez-date order.
+BASE_PMID = 38_000_000
+_PMID_STEP = 3
+#: Retraction notices live outside the corpus' PMID range.
+_NOTICE_BASE = 39_500_000
+
+# --------------------------------------------------------------------------- vocabulary
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A research topic: its terms (abstract words) and MeSH descriptors (name, UI)."""
+
+    name: str
+    terms: tuple[str, ...]
+    mesh: tuple[tuple[str, str], ...]
+    emerging: bool = False
+
+
+def _t(name: str, terms: str, mesh: Sequence[tuple[str, str]], emerging: bool = False) -> Topic:
+    return Topic(name, tuple(t.strip() for t in terms.split(",")), tuple(mesh), emerging)
+
+
+TOPICS: tuple[Topic, ...] = (
+    _t(
+        "oncology",
+        "tumour microenvironment, immune checkpoint blockade, PD-L1 expression, "
+        "metastatic colorectal cancer, overall survival, progression-free survival, "
+        "chemotherapy resistance, tumour mutational burden, adjuvant therapy, "
+        "circulating tumour DNA, KRAS mutation, neoadjuvant chemoradiotherapy, "
+        "hepatocellular carcinoma, breast cancer subtypes, apoptosis",
+        [
+            ("Neoplasms", "D009369"),
+            ("Colorectal Neoplasms", "D015179"),
+            ("Antineoplastic Agents", "D000970"),
+            ("Immunotherapy", "D007167"),
+        ],
+    ),
+    _t(
+        "cardiology",
+        "heart failure with preserved ejection fraction, atrial fibrillation, "
+        "left ventricular hypertrophy, myocardial infarction, coronary artery disease, "
+        "statin therapy, blood pressure variability, cardiac magnetic resonance, "
+        "troponin levels, percutaneous coronary intervention, endothelial dysfunction, "
+        "arterial stiffness, anticoagulation, cardiac remodelling",
+        [
+            ("Heart Failure", "D006333"),
+            ("Atrial Fibrillation", "D001281"),
+            ("Myocardial Infarction", "D009203"),
+            ("Hypertension", "D006973"),
+        ],
+    ),
+    _t(
+        "neuroscience",
+        "hippocampal neurogenesis, synaptic plasticity, amyloid-beta deposition, "
+        "tau phosphorylation, dopaminergic neurons, cognitive decline, "
+        "functional connectivity, microglial activation, neuroinflammation, "
+        "long-term potentiation, white matter integrity, mild cognitive impairment, "
+        "Parkinson disease progression, cerebrospinal fluid biomarkers",
+        [
+            ("Alzheimer Disease", "D000544"),
+            ("Hippocampus", "D006624"),
+            ("Neuronal Plasticity", "D009473"),
+            ("Parkinson Disease", "D010300"),
+        ],
+    ),
+    _t(
+        "infectious disease",
+        "antimicrobial resistance, carbapenem-resistant Enterobacterales, "
+        "viral load, vaccine effectiveness, neutralising antibodies, "
+        "tuberculosis treatment outcomes, HIV pre-exposure prophylaxis, "
+        "influenza transmission, sepsis mortality, Staphylococcus aureus bacteraemia, "
+        "hospital-acquired infection, antibiotic stewardship, seroprevalence",
+        [
+            ("Communicable Diseases", "D003141"),
+            ("Drug Resistance, Bacterial", "D024881"),
+            ("Vaccination", "D014611"),
+            ("Sepsis", "D018805"),
+        ],
+    ),
+    _t(
+        "genomics",
+        "genome-wide association study, single-cell RNA sequencing, polygenic risk score, "
+        "copy number variation, whole-exome sequencing, DNA methylation, "
+        "chromatin accessibility, expression quantitative trait loci, "
+        "rare variant burden, CRISPR screening, transcriptomic signatures, "
+        "alternative splicing, Mendelian randomisation",
+        [
+            ("Genome-Wide Association Study", "D055106"),
+            ("Sequence Analysis, RNA", "D017423"),
+            ("DNA Methylation", "D019175"),
+            ("Polymorphism, Single Nucleotide", "D020641"),
+        ],
+    ),
+    _t(
+        "endocrinology",
+        "type 2 diabetes, glycaemic control, insulin resistance, HbA1c reduction, "
+        "GLP-1 receptor agonists, SGLT2 inhibitors, thyroid dysfunction, "
+        "bone mineral density, obesity, metabolic syndrome, adipose tissue inflammation, "
+        "beta-cell function, continuous glucose monitoring",
+        [
+            ("Diabetes Mellitus, Type 2", "D003924"),
+            ("Insulin Resistance", "D007333"),
+            ("Obesity", "D009765"),
+            ("Blood Glucose", "D001786"),
+        ],
+    ),
+    _t(
+        "public health",
+        "health inequalities, cohort study, cross-sectional survey, physical activity, "
+        "smoking cessation, air pollution exposure, socioeconomic deprivation, "
+        "mental health services, primary care utilisation, mortality trends, "
+        "dietary patterns, health literacy, screening uptake",
+        [
+            ("Public Health", "D011634"),
+            ("Socioeconomic Factors", "D012959"),
+            ("Exercise", "D015444"),
+            ("Air Pollution", "D000397"),
+        ],
+    ),
+    _t(
+        "microbiome",
+        "gut microbiota, faecal microbiota transplantation, short-chain fatty acids, "
+        "16S rRNA gene sequencing, dysbiosis, metagenomic profiling, "
+        "bile acid metabolism, probiotic supplementation, microbial diversity, "
+        "mucosal barrier function, Akkermansia muciniphila, host-microbe interactions",
+        [
+            ("Gastrointestinal Microbiome", "D000069196"),
+            ("Dysbiosis", "D064806"),
+            ("Probiotics", "D019936"),
+            ("Fatty Acids, Volatile", "D005232"),
+        ],
+    ),
+    # Emerging topics: with drift=True they appear only late in the window.
+    _t(
+        "spatial transcriptomics",
+        "spatial transcriptomics, spot deconvolution, tissue niche mapping, "
+        "cell-cell communication inference, spatially variable genes, "
+        "in situ sequencing, Visium sections, spatial clustering, "
+        "neighbourhood enrichment, multiplexed imaging",
+        [
+            ("Transcriptome", "D059467"),
+            ("Gene Expression Profiling", "D020869"),
+            ("Single-Cell Analysis", "D059010"),
+        ],
+        emerging=True,
+    ),
+    _t(
+        "large language models",
+        "large language models, clinical note summarisation, prompt engineering, "
+        "retrieval-augmented generation, hallucination rate, model fine-tuning, "
+        "zero-shot classification, foundation models, chatbot responses, "
+        "instruction tuning",
+        [
+            ("Natural Language Processing", "D009323"),
+            ("Artificial Intelligence", "D001185"),
+            ("Electronic Health Records", "D057286"),
+        ],
+        emerging=True,
+    ),
+)
+_STABLE_TOPICS = tuple(t for t in TOPICS if not t.emerging)
+_EMERGING_TOPICS = tuple(t for t in TOPICS if t.emerging)
+#: Terms planted into stable topics' records only late in the window (drift=True).
+DRIFT_TERMS = ("nanopore adaptive sampling", "organoid-on-chip", "digital twin cohort")
+
+_GENERAL = (
+    "patients, participants, cohort, analysis, association, risk, outcome, treatment, "
+    "expression, levels, increase, reduction, model, response, effect, function, "
+    "mechanism, pathway, samples, signalling, clinical, baseline, follow-up, "
+    "intervention, exposure, incidence, prevalence, marker, regulation, activity, "
+    "inflammation, severity, mortality, diagnosis, prognosis, population, variability, "
+    "dose, efficacy, safety, adverse events, biomarker, trial, hospital, age, sex"
+).split(", ")
+_OPENERS = (
+    "We investigated whether {a} is associated with {b} in a large {c}.",
+    "The role of {a} in {b} remains poorly understood.",
+    "Previous studies have suggested that {a} modulates {b}.",
+    "This study examined {a} and its relation to {b} among {c}.",
+    "Little is known about how {a} influences {b}.",
+)
+_MIDDLE = (
+    "We observed a significant {d} in {a} (p &lt; 0.{n}).",
+    "{A} was associated with {b} after adjustment for {c} and {e}.",
+    "In total, {n}{n2} {c} were included and followed for a median of {n} years.",
+    "Compared with controls, {a} showed higher {d} of {b}.",
+    "The hazard ratio for {b} was 1.{n} (95% CI 1.0{n}&#8211;2.{n2}).",
+    "Multivariable models confirmed that {a} predicted {b} independently of {e}.",
+    "Levels of {a} correlated with {b} (r = 0.{n}{n2}).",
+    "Using <i>in vivo</i> and <i>in vitro</i> models, we characterised {a}.",
+    "Exposure to H<sub>2</sub>O<sub>2</sub> increased {a} in a dose-dependent manner.",
+    "The effect was strongest in the highest quartile of {a} (R<sup>2</sup> = 0.{n}).",
+    "Mean {e} was {n}.{n2} &#177; {n2}.{n} in the {c} group.",
+    "Expression of {a} was reduced by {n}{n2}% in the &#945;-subunit knockout mice.",
+    "Secondary analyses of {b} and {e} gave consistent results.",
+)
+#: Middle sentences without inline markup: most real abstracts have none.
+_MIDDLE_PLAIN = tuple(t for t in _MIDDLE if "<" not in t)
+_CLOSERS = (
+    "These findings suggest that {a} is a promising target for {b}.",
+    "Our results support further investigation of {a} in {c}.",
+    "{A} may help to stratify {c} at risk of {b}.",
+    "Further prospective studies are needed to confirm the role of {a}.",
+)
+_STRUCTURE = (
+    ("BACKGROUND", "BACKGROUND"),
+    ("METHODS", "METHODS"),
+    ("RESULTS", "RESULTS"),
+    ("CONCLUSIONS", "CONCLUSIONS"),
+)
+_LAST_NAMES = (
+    "Smith",
+    "Garcia",
+    "Wang",
+    "Müller",
+    "Rossi",
+    "Kim",
+    "Nguyen",
+    "Kowalski",
+    "Yağar",
+    "O'Brien",
+    "Silva",
+    "Tanaka",
+    "Johansson",
+    "Dubois",
+    "Novák",
+    "Patel",
+    "Cohen",
+    "Ivanova",
+    "Martínez",
+    "Okafor",
+    "Andersen",
+    "Li",
+    "Chen",
+    "Brown",
+    "Schmidt",
+    "De Vivo",
+    "van der Berg",
+    "Haddad",
+    "Papadopoulos",
+    "Ferreira",
+)
+_FORE_NAMES = (
+    "Anna",
+    "James",
+    "Wei",
+    "Jürgen",
+    "Giulia",
+    "Min-Jun",
+    "Thi Lan",
+    "Piotr",
+    "Gül",
+    "Siobhan",
+    "Rafael",
+    "Yuki",
+    "Lars",
+    "Élodie",
+    "Tomáš",
+    "Priya",
+    "David",
+    "Olga",
+    "José Luis",
+    "Chinedu",
+    "Mette",
+    "Xiaoming",
+    "Hui",
+    "Michael J",
+    "Katrin",
+    "Immaculata",
+)
+_AFFILIATIONS = (
+    "Department of Medicine, University of Example, Boston, MA, USA.",
+    "Institute of Molecular Biology, Heidelberg, Germany.",
+    "Department of Epidemiology, School of Public Health, Shanghai, China.",
+    "Division of Cardiology, Hôpital Européen, Paris, France.",
+    "Centre for Genomic Research, University of Oxford, Oxford, UK.",
+    "Faculty of Health Sciences, Universidade de São Paulo, São Paulo, Brazil.",
+    "Department of Neurology, Karolinska Institutet, Stockholm, Sweden.",
+    "Laboratory of Infectious Diseases, National Institutes of Health, Bethesda, MD, USA.",
+    "Graduate School of Medicine, Kyoto University, Kyoto, Japan.",
+    "Department of Microbiology &amp; Immunology, McGill University, Montreal, Canada.",
+)
+_COLLECTIVES = (
+    "COVID-19 Genomics Consortium",
+    "Global Burden of Disease Collaborators",
+    "ESC Scientific Document Group",
+    "International Cancer Genome Consortium",
+)
+_JOURNALS = (
+    ("PloS one", "PLoS One", "1932-6203"),
+    ("Nature communications", "Nat Commun", "2041-1723"),
+    ("The Lancet. Oncology", "Lancet Oncol", "1470-2045"),
+    ("Journal of the American Heart Association", "J Am Heart Assoc", "2047-9980"),
+    ("Brain : a journal of neurology", "Brain", "0006-8950"),
+    ("Clinical infectious diseases", "Clin Infect Dis", "1058-4838"),
+    ("Genome biology", "Genome Biol", "1474-760X"),
+    ("Diabetes care", "Diabetes Care", "0149-5992"),
+    ("BMC public health", "BMC Public Health", "1471-2458"),
+    ("Gut microbes", "Gut Microbes", "1949-0976"),
+    ("Scientific reports", "Sci Rep", "2045-2322"),
+)
+_CHECK_TAGS = (
+    ("Humans", "D006801"),
+    ("Male", "D008297"),
+    ("Female", "D005260"),
+    ("Adult", "D000328"),
+    ("Middle Aged", "D008875"),
+    ("Aged", "D000368"),
+    ("Animals", "D000818"),
+    ("Mice", "D051379"),
+)
+_QUALIFIERS = (
+    ("metabolism", "Q000378"),
+    ("genetics", "Q000235"),
+    ("therapy", "Q000628"),
+    ("epidemiology", "Q000453"),
+    ("diagnosis", "Q000175"),
+    ("drug therapy", "Q000188"),
+    ("pathology", "Q000473"),
+    ("physiology", "Q000502"),
+)
+_PUB_TYPES = (
+    ("Randomized Controlled Trial", "D016449"),
+    ("Review", "D016454"),
+    ("Observational Study", "D064888"),
+    ("Multicenter Study", "D016448"),
+    ("Research Support, N.I.H., Extramural", "D052061"),
+    ("Research Support, Non-U.S. Gov't", "D013485"),
+)
+_LANGS = (
+    ("ger", "[Ein Beispiel auf Deutsch]."),
+    ("fre", "[Un exemple en français]."),
+    ("chi", "[中文标题示例]."),
+    ("spa", "[Un ejemplo en español]."),
+)
+_MONTH_ABBR = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTH_FULL = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
+_SEASON_OF = {
+    12: "Winter",
+    1: "Winter",
+    2: "Winter",
+    3: "Spring",
+    4: "Spring",
+    5: "Spring",
+    6: "Summer",
+    7: "Summer",
+    8: "Summer",
+    9: "Fall",
+    10: "Fall",
+    11: "Fall",
+}
+
+# --------------------------------------------------------------------------- config / specs
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """Options of a generated corpus; every value is validated on construction."""
+
+    n_records: int = field(default=1000, metadata={"help": "Original records (≥ 1)."})
+    n_files: int = field(default=1, metadata={"help": "Files to spread records over."})
+    seed: int = field(default=0, metadata={"help": "Seed: same seed, same bytes."})
+    start_date: dt.date = field(
+        default=dt.date(2024, 1, 1), metadata={"help": "First entrez date of the window."}
+    )
+    days: int = field(default=30, metadata={"help": "Length of the entrez window, in days."})
+    revise_fraction: float = field(
+        default=0.05, metadata={"help": "Share of records revised in a later position."}
+    )
+    delete_fraction: float = field(
+        default=0.01, metadata={"help": "Share of records deleted by a DeleteCitation."}
+    )
+    malformed_fraction: float = field(
+        default=0.0, metadata={"help": "Share of records rendered broken (quarantined)."}
+    )
+    drift: bool = field(
+        default=False, metadata={"help": "Plant topics/terms only in the late part of the window."}
+    )
+    book_fraction: float = field(default=0.01, metadata={"help": "Share of book chapters."})
+    retract_fraction: float = field(
+        default=0.005, metadata={"help": "Share of retracted publications."}
+    )
+    first_file_number: int = field(
+        default=1, metadata={"help": "NNNN of the first pubmed26nNNNN file."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.n_records < 1:
+            raise ConfigError("`n_records` must be at least 1")
+        if not 1 <= self.n_files <= self.n_records:
+            raise ConfigError("`n_files` must be between 1 and n_records")
+        if self.days < 1:
+            raise ConfigError("`days` must be at least 1")
+        if self.first_file_number < 0:
+            raise ConfigError("`first_file_number` must not be negative")
+        for name in (
+            "revise_fraction",
+            "delete_fraction",
+            "malformed_fraction",
+            "book_fraction",
+            "retract_fraction",
+        ):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"`{name}` must be between 0 and 1")
+
+    @property
+    def drift_cutoff(self) -> dt.date:
+        """With drift, emerging topics and terms only appear on or after this date."""
+        return self.start_date + dt.timedelta(days=(2 * self.days) // 3)
+
+    def file_name(self, file_index: int) -> str:
+        """``pubmed26nNNNN.xml.gz`` of the 0-based file index (without .gz if not gz)."""
+        return f"pubmed26n{self.first_file_number + file_index:04d}.xml"
+
+
+@dataclass(frozen=True)
+class ArticleSpec:
+    """Everything needed to render one record occurrence, deterministically.
+
+    Attributes:
+        pmid: The PMID.
+        index: Position of the original record in the corpus (0-based, entrez order).
+        revision: 0 for the original, 1 for its revision.
+        version: The PMID ``Version`` attribute.
+        file_index: 0-based index of the file that carries this occurrence.
+        entrez_date: Entrez (create) date; the ``pubmed`` history date is the same.
+        date_revised: ``DateRevised`` of this occurrence.
+        topic: Topic name.
+        is_book: Rendered as a ``PubmedBookArticle``.
+        retracted: Carries "Retracted Publication" and a RetractionIn link.
+        malformed: None, or how the record is broken (``missing_pmid``,
+            ``bad_pmid``, ``no_medline_citation``).
+        references: PMIDs cited (earlier records of the corpus plus a few outside).
+        drift_term: A late-window term planted in the abstract, if any.
+        seed: The corpus seed.
+    """
+
+    pmid: int
+    index: int
+    revision: int
+    version: int
+    file_index: int
+    entrez_date: dt.date
+    date_revised: dt.date
+    topic: str
+    is_book: bool = False
+    retracted: bool = False
+    malformed: str | None = None
+    references: tuple[int, ...] = ()
+    drift_term: str | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CorpusManifest:
+    """The files written and the state a store must end in after ingesting them in order.
+
+    Attributes:
+        config: The options the corpus was generated with.
+        files: The files, in number order.
+        live_pmids: PMIDs present at the end (not deleted, not malformed).
+        deleted_pmids: PMIDs named in DeleteCitation blocks (all were in the corpus).
+        quarantined: Number of malformed records (each yields one QuarantineEntry).
+        malformed_pmids: PMIDs intended for the malformed records (unreadable in the XML).
+        versions: Final ``Version`` per live PMID.
+        revised_titles: Final title per revised live PMID.
+        topics: Topic name per PMID (every original record, live or not).
+        entrez_dates: Entrez date per PMID (every original record).
+        cited_by: Citations from live records to each live PMID (in-corpus, ≥ 1 only).
+        books: PMIDs rendered as PubmedBookArticle.
+        retracted: PMIDs carrying "Retracted Publication".
+        n_items: Items a parser yields for all files (records + deletions + quarantines).
+    """
+
+    config: CorpusConfig
+    files: tuple[Path, ...]
+    live_pmids: frozenset[int]
+    deleted_pmids: frozenset[int]
+    quarantined: int
+    malformed_pmids: frozenset[int]
+    versions: Mapping[int, int]
+    revised_titles: Mapping[int, str]
+    topics: Mapping[int, str]
+    entrez_dates: Mapping[int, dt.date]
+    cited_by: Mapping[int, int]
+    books: frozenset[int]
+    retracted: frozenset[int]
+    n_items: int
+
+    @property
+    def drift_topics(self) -> tuple[str, ...]:
+        """Topics that only appear late in the window (empty without drift)."""
+        return tuple(t.name for t in _EMERGING_TOPICS) if self.config.drift else ()
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def _pmid_of(index: int, seed: int) -> int:
+    # Strictly increasing in index; the jitter makes gaps of 1-5 like real PMIDs.
+    jitter = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=2).digest()[0] % _PMID_STEP
+    return BASE_PMID + _PMID_STEP * index + jitter
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Per-original decisions, computed in one pass (a few small ints per record)."""
+
+    cfg: CorpusConfig
+    file_of: tuple[int, ...]  # file index of each original
+    revise_file: Mapping[int, int]  # index -> file carrying its revision
+    revise_bumps: frozenset[int]  # indexes whose revision has Version 2
+    delete_file: Mapping[int, int]  # index -> file carrying its DeleteCitation
+    malformed: Mapping[int, str]
+
+
+def _plan(cfg: CorpusConfig) -> _Plan:
+    rng = random.Random(f"plan:{cfg.seed}")
+    n, nf = cfg.n_records, cfg.n_files
+    file_of = tuple(min(nf - 1, (i * nf) // n) for i in range(n))
+    indexes = list(range(n))
+    n_bad = round(cfg.malformed_fraction * n)
+    bad = sorted(rng.sample(indexes, n_bad)) if n_bad else []
+    kinds = ("missing_pmid", "bad_pmid", "no_medline_citation")
+    malformed = {i: kinds[k % len(kinds)] for k, i in enumerate(bad)}
+    good = [i for i in indexes if i not in malformed]
+    n_rev = min(len(good), round(cfg.revise_fraction * n))
+    revised = sorted(rng.sample(good, n_rev)) if n_rev else []
+    revise_file = {i: rng.randint(file_of[i], nf - 1) for i in revised}
+    bumps = frozenset(i for i in revised if rng.random() < 0.5)
+    n_del = min(len(good), round(cfg.delete_fraction * n))
+    deleted = sorted(rng.sample(good, n_del)) if n_del else []
+    delete_file = {i: rng.randint(max(file_of[i], revise_file.get(i, 0)), nf - 1) for i in deleted}
+    return _Plan(cfg, file_of, revise_file, bumps, delete_file, malformed)
+
+
+def _entrez_date(cfg: CorpusConfig, index: int) -> dt.date:
+    return cfg.start_date + dt.timedelta(days=(index * cfg.days) // cfg.n_records)
+
+
+def _spec(plan: _Plan, index: int, revision: int) -> ArticleSpec:
+    cfg = plan.cfg
+    r = random.Random(f"spec:{cfg.seed}:{index}")
+    entrez = _entrez_date(cfg, index)
+    late = entrez >= cfg.drift_cutoff
+    if cfg.drift and late and r.random() < 0.35:
+        topic = r.choice(_EMERGING_TOPICS).name
+    else:
+        topic = r.choice(_STABLE_TOPICS).name
+        r.random()
+    drift_term = r.choice(DRIFT_TERMS) if cfg.drift and late and r.random() < 0.5 else None
+    is_book = r.random() < cfg.book_fraction and index not in plan.malformed
+    retracted = (not is_book) and r.random() < cfg.retract_fraction
+    refs: list[int] = []
+    if index and not is_book and r.random() < 0.8:
+        for _ in range(r.randint(1, 12)):
+            j = r.randrange(max(0, index - 5000), index)
+            refs.append(_pmid_of(j, cfg.seed))
+        refs.extend(r.randint(1_000_000, 30_000_000) for _ in range(r.randint(0, 8)))
+    date_revised = entrez + dt.timedelta(days=r.randint(0, 3))
+    version = 1
+    file_index = plan.file_of[index]
+    if revision:
+        file_index = plan.revise_file[index]
+        date_revised += dt.timedelta(days=30 + r.randint(0, 60))
+        if index in plan.revise_bumps:
+            version = 2
+    return ArticleSpec(
+        pmid=_pmid_of(index, cfg.seed),
+        index=index,
+        revision=revision,
+        version=version,
+        file_index=file_index,
+        entrez_date=entrez,
+        date_revised=date_revised,
+        topic=topic,
+        is_book=is_book,
+        retracted=retracted,
+        malformed=plan.malformed.get(index),
+        references=tuple(dict.fromkeys(refs)),
+        drift_term=drift_term,
+        seed=cfg.seed,
+    )
+
+
+def iter_file_plan(
+    config: CorpusConfig,
+) -> Iterator[tuple[int, list[ArticleSpec | int]]]:
+    """Per file, in number order: the file index and its items in file order.
+
+    Items are :class:`ArticleSpec` (records, originals then revisions) and ``int``
+    (PMIDs of the file's final ``DeleteCitation`` block).
+    """
+    plan = _plan(config)
+    rev_by_file: dict[int, list[int]] = {}
+    for i, f in plan.revise_file.items():
+        rev_by_file.setdefault(f, []).append(i)
+    del_by_file: dict[int, list[int]] = {}
+    for i, f in plan.delete_file.items():
+        del_by_file.setdefault(f, []).append(i)
+    n, nf = config.n_records, config.n_files
+    i = 0
+    for f in range(nf):
+        items: list[ArticleSpec | int] = []
+        while i < n and plan.file_of[i] == f:
+            items.append(_spec(plan, i, 0))
+            i += 1
+        items.extend(_spec(plan, j, 1) for j in sorted(rev_by_file.get(f, [])))
+        items.extend(_pmid_of(j, config.seed) for j in sorted(del_by_file.get(f, [])))
+        yield f, items
+
+
+def iter_generated_records(
+    config: CorpusConfig | None = None, **options: object
+) -> Iterator[ArticleSpec]:
+    """Every record occurrence of the corpus in file order (originals and revisions).
+
+    Args:
+        config: The corpus options; or give them as keywords (as to
+            :func:`generate_corpus`, without ``out_dir``).
+        **options: CorpusConfig fields, when ``config`` is None.
+
+    Yields:
+        One ArticleSpec per ``PubmedArticle``/``PubmedBookArticle`` written; render it with
+        :func:`render_article_xml`. The last spec of a PMID is its final state.
+    """
+    cfg = config or CorpusConfig(**options)  # type: ignore[arg-type]
+    for _f, items in iter_file_plan(cfg):
+        for item in items:
+            if isinstance(item, ArticleSpec):
+                yield item
+
+
+def live_specs(config: CorpusConfig | None = None, **options: object) -> dict[int, ArticleSpec]:
+    """The final occurrence of every live PMID (deleted and malformed ones left out).
+
+    What an EFetch emulator serves after all files are out: ``render_article_xml`` of
+    each value; ``spec.entrez_date`` answers ESearch date windows.
+
+    Args:
+        config: The corpus options; or give them as keywords.
+        **options: CorpusConfig fields, when ``config`` is None.
+    """
+    cfg = config or CorpusConfig(**options)  # type: ignore[arg-type]
+    final: dict[int, ArticleSpec] = {}
+    for _f, items in iter_file_plan(cfg):
+        for item in items:
+            if isinstance(item, int):
+                final.pop(item, None)
+            elif not item.malformed:
+                final[item.pmid] = item
+    return final
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _esc(text: str) -> str:
+    return _xml_escape(text)
+
+
+def _words(r: random.Random, topic: Topic) -> dict[str, str]:
+    terms = topic.terms
+    a = r.choice(terms)
+    return {
+        "a": a,
+        "A": a[:1].upper() + a[1:],
+        "b": r.choice(terms),
+        "c": r.choice(("patients", "participants", "adults", "children", "cohort members")),
+        "d": r.choice(("increase", "reduction", "difference", "change")),
+        "e": r.choice(_GENERAL),
+        "n": str(r.randint(1, 9)),
+        "n2": str(r.randint(0, 9)),
+    }
+
+
+def _sentence(r: random.Random, templates: Sequence[str], topic: Topic) -> str:
+    return r.choice(templates).format(**_words(r, topic))
+
+
+def _topic(name: str) -> Topic:
+    for t in TOPICS:
+        if t.name == name:
+            return t
+    raise ConfigError(f"unknown topic {name!r}")
+
+
+def _title_xml(spec: ArticleSpec, r: random.Random, topic: Topic) -> str:
+    a, b = r.choice(topic.terms), r.choice(topic.terms)
+    form = r.randrange(6)
+    if form == 0:
+        title = f"{a[:1].upper() + a[1:]} and {b} in {r.choice(_GENERAL)}: a cohort study."
+    elif form == 1:
+        title = f"Association of {a} with {b}."
+    elif form == 2:
+        title = f"Role of <i>{a}</i> in {b} <i>in vivo</i>."
+    elif form == 3:
+        title = f"Effects of {a} on {b}: a randomised trial."
+    elif form == 4:
+        title = f"{a[:1].upper() + a[1:]} modulates {b} via H<sub>2</sub>S signalling."
+    else:
+        title = f"{a[:1].upper() + a[1:]} &amp; {b}: a systematic review."
+    if spec.revision:
+        title = title[:-1] + " (corrected)."
+    return title
+
+
+def expected_title(spec: ArticleSpec) -> str:
+    """The plain-text title a parser must produce for ``spec`` (markup removed)."""
+    r = random.Random(f"art:{spec.seed}:{spec.pmid}:{spec.revision}")
+    xml = _title_xml(spec, r, _topic(spec.topic))
+    return " ".join(html.unescape(_TAG_RE.sub("", xml)).split())
+
+
+def _abstract_xml(spec: ArticleSpec, r: random.Random, topic: Topic) -> str:
+    target = r.randint(150, 300)
+    middle = _MIDDLE if r.random() < 0.25 else _MIDDLE_PLAIN  # a quarter carry markup
+    sentences: list[str] = [_sentence(r, _OPENERS, topic)]
+    words = len(sentences[0].split())
+    while words < target - 20:
+        s = _sentence(r, middle, topic)
+        sentences.append(s)
+        words += len(s.split())
+    if spec.drift_term:
+        sentences.insert(1, f"We applied {spec.drift_term} to study {r.choice(topic.terms)}.")
+    sentences.append(_sentence(r, _CLOSERS, topic))
+    if r.random() < 0.4:  # structured
+        quarter = max(1, len(sentences) // 4)
+        cuts = [0, quarter, 2 * quarter, len(sentences) - 1, len(sentences)]
+        parts = []
+        for (label, cat), lo, hi in zip(_STRUCTURE, cuts[:-1], cuts[1:], strict=True):
+            text = " ".join(sentences[lo:hi])
+            parts.append(f'<AbstractText Label="{label}" NlmCategory="{cat}">{text}</AbstractText>')
+        return "".join(parts)
+    if r.random() < 0.1:  # two unlabelled paragraphs
+        mid = len(sentences) // 2
+        return (
+            f"<AbstractText>{' '.join(sentences[:mid])}</AbstractText>"
+            f"<AbstractText>{' '.join(sentences[mid:])}</AbstractText>"
+        )
+    return f"<AbstractText>{' '.join(sentences)}</AbstractText>"
+
+
+def _pub_date_xml(r: random.Random, d: dt.date) -> str:
+    form = r.randrange(10)
+    y, m = d.year, d.month
+    if form < 3:
+        return f"<Year>{y}</Year><Month>{_MONTH_ABBR[m - 1]}</Month><Day>{d.day:02d}</Day>"
+    if form < 5:
+        return f"<Year>{y}</Year><Month>{_MONTH_ABBR[m - 1]}</Month>"
+    if form == 5:
+        return f"<Year>{y}</Year><Month>{m:02d}</Month>"
+    if form == 6:
+        return f"<Year>{y}</Year><Month>{_MONTH_FULL[m - 1]}</Month>"
+    if form == 7:
+        return f"<Year>{y}</Year><Season>{_SEASON_OF[m]}</Season>"
+    if form == 8:
+        nxt = _MONTH_ABBR[m % 12]
+        if m == 12:
+            return f"<MedlineDate>{y} Dec-{y + 1} Jan</MedlineDate>"
+        return f"<MedlineDate>{y} {_MONTH_ABBR[m - 1]}-{nxt}</MedlineDate>"
+    return f"<Year>{y}</Year>"
+
+
+def _date_xml(tag: str, d: dt.date, attrs: str = "") -> str:
+    return (
+        f"<{tag}{attrs}><Year>{d.year}</Year><Month>{d.month:02d}</Month>"
+        f"<Day>{d.day:02d}</Day></{tag}>"
+    )
+
+
+def _authors_xml(r: random.Random, book: bool = False) -> str:
+    out = ['<AuthorList CompleteYN="Y"' + (' Type="authors"' if book else "") + ">"]
+    for k in range(r.randint(1, 10)):
+        if k and r.random() < 0.03:
+            out.append(
+                f'<Author ValidYN="Y"><CollectiveName>{r.choice(_COLLECTIVES)}'
+                "</CollectiveName></Author>"
+            )
+            continue
+        last, fore = r.choice(_LAST_NAMES), r.choice(_FORE_NAMES)
+        initials = "".join(p[0] for p in fore.replace("-", " ").split())
+        parts = [
+            f'<Author ValidYN="Y"><LastName>{_esc(last)}</LastName>'
+            f"<ForeName>{fore}</ForeName><Initials>{initials}</Initials>"
+        ]
+        if r.random() < 0.2:
+            orcid = "-".join(f"{r.randint(0, 9999):04d}" for _ in range(4))
+            parts.append(f'<Identifier Source="ORCID">https://orcid.org/{orcid}</Identifier>')
+        for aff in r.sample(_AFFILIATIONS, r.choice((1, 1, 1, 2))):
+            parts.append(f"<AffiliationInfo><Affiliation>{aff}</Affiliation></AffiliationInfo>")
+        parts.append("</Author>")
+        out.append("".join(parts))
+    out.append("</AuthorList>")
+    return "".join(out)
+
+
+def _mesh_xml(r: random.Random, topic: Topic) -> str:
+    heads: list[tuple[str, str, bool, list[tuple[str, str, bool]]]] = []
+    for name, ui in r.sample(topic.mesh, r.randint(1, len(topic.mesh))):
+        quals = [(q, qui, r.random() < 0.2) for q, qui in r.sample(_QUALIFIERS, r.randint(0, 2))]
+        heads.append((name, ui, r.random() < 0.4, quals))
+    for name, ui in r.sample(_CHECK_TAGS, r.randint(1, 4)):
+        heads.append((name, ui, False, []))
+    heads.sort()
+    out = ["<MeshHeadingList>"]
+    for name, ui, major, quals in heads:
+        out.append(
+            f'<MeshHeading><DescriptorName UI="{ui}" MajorTopicYN="{"Y" if major else "N"}">'
+            f"{name}</DescriptorName>"
+        )
+        for q, qui, qmaj in quals:
+            out.append(
+                f'<QualifierName UI="{qui}" MajorTopicYN="{"Y" if qmaj else "N"}">'
+                f"{q}</QualifierName>"
+            )
+        out.append("</MeshHeading>")
+    out.append("</MeshHeadingList>")
+    return "".join(out)
+
+
+def _history_xml(spec: ArticleSpec, r: random.Random) -> str:
+    e = spec.entrez_date
+    received = e - dt.timedelta(days=r.randint(60, 240))
+    accepted = e - dt.timedelta(days=r.randint(5, 50))
+    hh, mm = r.randint(0, 23), r.randint(0, 59)
+    out = ["<History>"]
+    out.append(_date_xml("PubMedPubDate", received, ' PubStatus="received"'))
+    out.append(_date_xml("PubMedPubDate", accepted, ' PubStatus="accepted"'))
+    for status in ("medline", "pubmed", "entrez"):
+        out.append(
+            f'<PubMedPubDate PubStatus="{status}"><Year>{e.year}</Year><Month>{e.month}</Month>'
+            f"<Day>{e.day}</Day><Hour>{hh}</Hour><Minute>{mm}</Minute></PubMedPubDate>"
+        )
+    out.append("</History>")
+    return "".join(out)
+
+
+def _references_xml(spec: ArticleSpec, r: random.Random) -> str:
+    if not spec.references:
+        return ""
+    out = ["<ReferenceList>"]
+    for k, p in enumerate(spec.references):
+        out.append(
+            f"<Reference><Citation>Author {k + 1} et al. Example citation. "
+            f"J Example. {spec.entrez_date.year - r.randint(1, 20)};{r.randint(1, 99)}:"
+            f"{r.randint(1, 999)}.</Citation><ArticleIdList>"
+            f'<ArticleId IdType="pubmed">{p}</ArticleId></ArticleIdList></Reference>'
+        )
+    out.append("</ReferenceList>")
+    return "".join(out)
+
+
+def render_article_xml(spec: ArticleSpec) -> str:
+    """The ``PubmedArticle`` (or ``PubmedBookArticle``) element of one record occurrence.
+
+    Args:
+        spec: The record occurrence (from :func:`iter_generated_records`).
+
+    Returns:
+        The element as a string (no XML declaration), ending with a newline.
+    """
+    if spec.is_book:
+        return _render_book(spec)
+    r = random.Random(f"art:{spec.seed}:{spec.pmid}:{spec.revision}")
+    topic = _topic(spec.topic)
+    title = _title_xml(spec, r, topic)
+    abstract = _abstract_xml(spec, r, topic)
+    journal, iso, issn = r.choice(_JOURNALS)
+    e = spec.entrez_date
+    pub = e + dt.timedelta(days=r.randint(-20, 40))
+    volume, issue = r.randint(1, 400), r.randint(1, 12)
+    start_page = r.randint(1, 2000)
+    prefix = r.randint(1000, 99999)
+    doi = f"10.{prefix}/{iso.lower().replace(' ', '')}.{e.year}.{spec.pmid % 100000}"
+    lang_other = r.random() < 0.05
+    lang, vernacular = r.choice(_LANGS) if lang_other else ("eng", "")
+    pub_types = [("Journal Article", "D016428")]
+    pub_types += r.sample(_PUB_TYPES, r.choice((0, 0, 1, 2)))
+    if spec.retracted:
+        pub_types.append(("Retracted Publication", "D016441"))
+    x: list[str] = []
+    status = r.choice(("MEDLINE", "MEDLINE", "PubMed-not-MEDLINE", "In-Process", "Publisher"))
+    x.append("<PubmedArticle>")
+    if spec.malformed != "no_medline_citation":
+        x.append(f'<MedlineCitation Status="{status}" Owner="NLM" IndexingMethod="Automated">')
+        if spec.malformed == "bad_pmid":
+            x.append(f'<PMID Version="{spec.version}">{spec.pmid}x</PMID>')
+        elif spec.malformed != "missing_pmid":
+            x.append(f'<PMID Version="{spec.version}">{spec.pmid}</PMID>')
+        if status == "MEDLINE":
+            x.append(_date_xml("DateCompleted", spec.date_revised))
+        x.append(_date_xml("DateRevised", spec.date_revised))
+        x.append('<Article PubModel="Print-Electronic"><Journal>')
+        x.append(f'<ISSN IssnType="Electronic">{issn}</ISSN><JournalIssue CitedMedium="Internet">')
+        x.append(f"<Volume>{volume}</Volume><Issue>{issue}</Issue>")
+        x.append(f"<PubDate>{_pub_date_xml(r, pub)}</PubDate></JournalIssue>")
+        x.append(f"<Title>{journal}</Title><ISOAbbreviation>{iso}</ISOAbbreviation></Journal>")
+        x.append(f"<ArticleTitle>{title}</ArticleTitle>")
+        end_page = start_page + r.randint(3, 15)
+        x.append(
+            f"<Pagination><StartPage>{start_page}</StartPage>"
+            f"<MedlinePgn>{start_page}-{end_page}</MedlinePgn></Pagination>"
+        )
+        if r.random() < 0.8:
+            x.append(f'<ELocationID EIdType="doi" ValidYN="Y">{doi}</ELocationID>')
+        x.append(f"<Abstract>{abstract}")
+        if r.random() < 0.3:
+            x.append(f"<CopyrightInformation>© {e.year} The Authors.</CopyrightInformation>")
+        x.append("</Abstract>")
+        x.append(_authors_xml(r))
+        x.append(f"<Language>{lang}</Language>")
+        x.append("<PublicationTypeList>")
+        x.extend(f'<PublicationType UI="{ui}">{name}</PublicationType>' for name, ui in pub_types)
+        x.append("</PublicationTypeList>")
+        if vernacular:
+            x.append(f"<VernacularTitle>{vernacular}</VernacularTitle>")
+        if r.random() < 0.7:
+            art = e - dt.timedelta(days=r.randint(0, 20))
+            x.append(_date_xml("ArticleDate", art, ' DateType="Electronic"'))
+        x.append("</Article>")
+        x.append(
+            f"<MedlineJournalInfo><Country>United States</Country><MedlineTA>{iso}"
+            f"</MedlineTA><ISSNLinking>{issn}</ISSNLinking></MedlineJournalInfo>"
+        )
+        x.append("<CitationSubset>IM</CitationSubset>")
+        if spec.retracted:
+            notice = _NOTICE_BASE + spec.index
+            x.append(
+                '<CommentsCorrectionsList><CommentsCorrections RefType="RetractionIn">'
+                f"<RefSource>{iso}. {e.year + 1}</RefSource>"
+                f'<PMID Version="1">{notice}</PMID></CommentsCorrections>'
+                "</CommentsCorrectionsList>"
+            )
+        x.append(_mesh_xml(r, topic))
+        if r.random() < 0.6:
+            kws = r.sample(topic.terms, r.randint(2, min(5, len(topic.terms))))
+            x.append('<KeywordList Owner="NOTNLM">')
+            x.extend(f'<Keyword MajorTopicYN="N">{k}</Keyword>' for k in kws)
+            x.append("</KeywordList>")
+        x.append("</MedlineCitation>")
+    x.append("<PubmedData>")
+    x.append(_history_xml(spec, r))
+    x.append("<PublicationStatus>ppublish</PublicationStatus><ArticleIdList>")
+    x.append(f'<ArticleId IdType="pubmed">{spec.pmid}</ArticleId>')
+    x.append(f'<ArticleId IdType="doi">{doi}</ArticleId>')
+    if r.random() < 0.4:
+        x.append(f'<ArticleId IdType="pmc">PMC{r.randint(7_000_000, 12_999_999)}</ArticleId>')
+    x.append("</ArticleIdList>")
+    x.append(_references_xml(spec, r))
+    x.append("</PubmedData></PubmedArticle>\n")
+    return "".join(x)
+
+
+def _render_book(spec: ArticleSpec) -> str:
+    r = random.Random(f"art:{spec.seed}:{spec.pmid}:{spec.revision}")
+    topic = _topic(spec.topic)
+    title = _title_xml(spec, r, topic)
+    abstract = _abstract_xml(spec, r, topic)
+    e = spec.entrez_date
+    nbk = f"NBK{500000 + spec.index}"
+    x = ["<PubmedBookArticle><BookDocument>"]
+    if spec.malformed == "bad_pmid":
+        x.append(f'<PMID Version="{spec.version}">{spec.pmid}x</PMID>')
+    elif spec.malformed != "missing_pmid":
+        x.append(f'<PMID Version="{spec.version}">{spec.pmid}</PMID>')
+    x.append(f'<ArticleIdList><ArticleId IdType="bookaccession">{nbk}</ArticleId></ArticleIdList>')
+    x.append(
+        "<Book><Publisher><PublisherName>StatPearls Publishing</PublisherName>"
+        "<PublisherLocation>Treasure Island (FL)</PublisherLocation></Publisher>"
+    )
+    x.append('<BookTitle book="statpearls">StatPearls</BookTitle>')
+    x.append(f"<PubDate><Year>{e.year}</Year><Month>{_MONTH_ABBR[e.month - 1]}</Month></PubDate>")
+    x.append(
+        '<AuthorList Type="editors"><Author><LastName>Editor</LastName>'
+        "<ForeName>Example</ForeName><Initials>E</Initials></Author></AuthorList>"
+    )
+    x.append("<Medium>Internet</Medium></Book>")
+    x.append(f'<LocationLabel Type="chapter">{topic.name.title()}</LocationLabel>')
+    x.append(f'<ArticleTitle book="statpearls" part="{nbk.lower()}">{title}</ArticleTitle>')
+    x.append("<Language>eng</Language>")
+    x.append(_authors_xml(r, book=True))
+    x.append('<PublicationType UI="D016454">Review</PublicationType>')
+    x.append(f"<Abstract>{abstract}</Abstract>")
+    x.append(_date_xml("ContributionDate", e))
+    x.append(_date_xml("DateRevised", spec.date_revised))
+    x.append("</BookDocument><PubmedBookData>")
+    x.append(_history_xml(spec, r))
+    x.append("<PublicationStatus>ppublish</PublicationStatus><ArticleIdList>")
+    x.append(f'<ArticleId IdType="pubmed">{spec.pmid}</ArticleId></ArticleIdList>')
+    x.append("</PubmedBookData></PubmedBookArticle>\n")
+    return "".join(x)
+
+
+def render_deletion_xml(pmids: Sequence[int]) -> str:
+    """A ``DeleteCitation`` block naming ``pmids`` (empty string for none)."""
+    if not pmids:
+        return ""
+    inner = "".join(f'<PMID Version="1">{p}</PMID>' for p in pmids)
+    return f"<DeleteCitation>{inner}</DeleteCitation>\n"
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_md5(path: str | Path) -> Path:
+    """Write NLM's ``.md5`` sidecar (``MD5(name)= hex``) beside ``path``; return its path."""
+    path = Path(path)
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    side = path.with_name(path.name + ".md5")
+    side.write_text(f"MD5({path.name})= {h.hexdigest()}\n", encoding="ascii")
+    return side
+
+
+def generate_corpus(
+    out_dir: str | Path,
+    *,
+    n_records: int,
+    n_files: int = 1,
+    seed: int = 0,
+    start_date: dt.date = dt.date(2024, 1, 1),
+    days: int = 30,
+    revise_fraction: float = 0.05,
+    delete_fraction: float = 0.01,
+    malformed_fraction: float = 0.0,
+    drift: bool = False,
+    gz: bool = True,
+    md5: bool = False,
+    book_fraction: float = 0.01,
+    retract_fraction: float = 0.005,
+    first_file_number: int = 1,
+) -> CorpusManifest:
+    """Write a corpus of PubMed XML files and return the state it must ingest to.
+
+    Args:
+        out_dir: Folder for the files (created if missing).
+        n_records: Original records (malformed ones included).
+        n_files: Files to spread them over, numbered from ``first_file_number``.
+        seed: Same seed and options → byte-identical files.
+        start_date: First entrez date.
+        days: Length of the entrez window (days); entrez dates grow with the PMID.
+        revise_fraction: Share of records revised in the same or a later file.
+        delete_fraction: Share of records deleted by a DeleteCitation in a later position.
+        malformed_fraction: Share of records rendered broken (quarantined by the parser).
+        drift: Emerging topics and terms appear only in the last third of the window.
+        gz: Write ``.xml.gz`` (else plain ``.xml``).
+        md5: Also write NLM's ``.md5`` sidecar beside each file.
+        book_fraction: Share of book chapters (PubmedBookArticle).
+        retract_fraction: Share of retracted publications.
+        first_file_number: NNNN of the first file.
+
+    Returns:
+        The manifest of files and expected final state.
+    """
+    cfg = CorpusConfig(
+        n_records=n_records,
+        n_files=n_files,
+        seed=seed,
+        start_date=start_date,
+        days=days,
+        revise_fraction=revise_fraction,
+        delete_fraction=delete_fraction,
+        malformed_fraction=malformed_fraction,
+        drift=drift,
+        book_fraction=book_fraction,
+        retract_fraction=retract_fraction,
+        first_file_number=first_file_number,
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    final: dict[int, ArticleSpec] = {}
+    topics: dict[int, str] = {}
+    entrez: dict[int, dt.date] = {}
+    deleted: set[int] = set()
+    malformed: set[int] = set()
+    n_items = 0
+    for f, items in iter_file_plan(cfg):
+        path = out / (cfg.file_name(f) + (".gz" if gz else ""))
+        with open(path, "wb") as raw:
+            sink: io.BufferedIOBase | gzip.GzipFile
+            sink = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if gz else raw
+            try:
+                buf: list[str] = [_HEADER]
+                size = 0
+                dels: list[int] = []
+                for item in items:
+                    if isinstance(item, int):
+                        dels.append(item)
+                        deleted.add(item)
+                        n_items += 1
+                        final.pop(item, None)
+                        continue
+                    n_items += 1
+                    if item.revision == 0:
+                        topics[item.pmid] = item.topic
+                        entrez[item.pmid] = item.entrez_date
+                    if item.malformed:
+                        malformed.add(item.pmid)
+                    else:
+                        final[item.pmid] = item
+                    xml = render_article_xml(item)
+                    buf.append(xml)
+                    size += len(xml)
+                    if size > 1 << 20:
+                        sink.write("".join(buf).encode())
+                        buf, size = [], 0
+                buf.append(render_deletion_xml(dels))
+                buf.append(_FOOTER)
+                sink.write("".join(buf).encode())
+            finally:
+                if sink is not raw:
+                    sink.close()
+        if md5:
+            write_md5(path)
+        files.append(path)
+        logger.info("wrote %s (%d items)", path, len(items))
+    live = frozenset(final)
+    cited: dict[int, int] = {}
+    for spec in final.values():
+        for p in spec.references:
+            if p in live and p != spec.pmid:
+                cited[p] = cited.get(p, 0) + 1
+    return CorpusManifest(
+        config=cfg,
+        files=tuple(files),
+        live_pmids=live,
+        deleted_pmids=frozenset(deleted),
+        quarantined=len(malformed),
+        malformed_pmids=frozenset(malformed),
+        versions=MappingProxyType({p: s.version for p, s in final.items()}),
+        revised_titles=MappingProxyType(
+            {p: expected_title(s) for p, s in final.items() if s.revision}
+        ),
+        topics=MappingProxyType(topics),
+        entrez_dates=MappingProxyType(entrez),
+        cited_by=MappingProxyType(cited),
+        books=frozenset(p for p, s in final.items() if s.is_book),
+        retracted=frozenset(p for p, s in final.items() if s.retracted),
+        n_items=n_items,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m ingest.generate OUT_DIR --records N --files F --seed S``."""
+    ap = argparse.ArgumentParser(
+        prog="python -m ingest.generate", description="Write a generated PubMed corpus."
+    )
+    ap.add_argument("out_dir")
+    ap.add_argument("--records", type=int, default=1000)
+    ap.add_argument("--files", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--days", type=int, default=30)
+    ap.add_argument("--start", type=dt.date.fromisoformat, default=dt.date(2024, 1, 1))
+    ap.add_argument("--revise", type=float, default=0.05)
+    ap.add_argument("--delete", type=float, default=0.01)
+    ap.add_argument("--malformed", type=float, default=0.0)
+    ap.add_argument("--drift", action="store_true")
+    ap.add_argument("--plain", action="store_true", help="write .xml instead of .xml.gz")
+    ap.add_argument("--md5", action="store_true", help="write .md5 sidecars")
+    args = ap.parse_args(argv)
+    m = generate_corpus(
+        args.out_dir,
+        n_records=args.records,
+        n_files=args.files,
+        seed=args.seed,
+        start_date=args.start,
+        days=args.days,
+        revise_fraction=args.revise,
+        delete_fraction=args.delete,
+        malformed_fraction=args.malformed,
+        drift=args.drift,
+        gz=not args.plain,
+        md5=args.md5,
+    )
+    summary = (
+        f"{len(m.files)} files, {len(m.live_pmids)} live, {len(m.deleted_pmids)} deleted, "
+        f"{m.quarantined} malformed, {len(m.revised_titles)} revised\n"
+    )
+    sys.stdout.write(summary)
+    for p in m.files:
+        sys.stdout.write(f"{p}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

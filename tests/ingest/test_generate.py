@@ -1,0 +1,271 @@
+"""Tests of the deterministic PubMed corpus generator (ingest.generate)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from ingest.generate import (
+    DRIFT_TERMS,
+    TOPICS,
+    ArticleSpec,
+    CorpusConfig,
+    CorpusManifest,
+    expected_title,
+    generate_corpus,
+    iter_file_plan,
+    iter_generated_records,
+    live_specs,
+    main,
+    render_article_xml,
+    write_md5,
+)
+from ingest.parse import iter_items, parse_bytes
+from ingest.records import Deletion, Item, QuarantineEntry, Record, SourceRef
+from litpulse.errors import ConfigError
+
+OPTIONS = {
+    "n_records": 400,
+    "n_files": 3,
+    "seed": 11,
+    "revise_fraction": 0.1,
+    "delete_fraction": 0.05,
+    "malformed_fraction": 0.02,
+    "book_fraction": 0.03,
+    "retract_fraction": 0.02,
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> CorpusManifest:
+    return generate_corpus(tmp_path_factory.mktemp("corpus"), **OPTIONS)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def parsed(corpus: CorpusManifest) -> list[Item]:
+    return [item for path in corpus.files for item in iter_items(path)]
+
+
+def _apply(items: list[Item]) -> tuple[dict[int, Record], set[int], int]:
+    """A minimal store: newest record per PMID wins, deletions tombstone."""
+    live: dict[int, Record] = {}
+    deleted: set[int] = set()
+    quarantined = 0
+    for item in items:
+        if isinstance(item, Record):
+            old = live.get(item.pmid)
+            if old is None or item.order_key() >= old.order_key():
+                live[item.pmid] = item
+        elif isinstance(item, Deletion):
+            live.pop(item.pmid, None)
+            deleted.add(item.pmid)
+        else:
+            quarantined += 1
+    return live, deleted, quarantined
+
+
+def test_files_are_named_in_number_order(corpus: CorpusManifest) -> None:
+    assert [p.name for p in corpus.files] == [
+        "pubmed26n0001.xml.gz",
+        "pubmed26n0002.xml.gz",
+        "pubmed26n0003.xml.gz",
+    ]
+    head = gzip.open(corpus.files[0], "rb").read(300)
+    assert head.startswith(b'<?xml version="1.0" encoding="utf-8"?>\n<!DOCTYPE PubmedArticleSet')
+    assert b"pubmed_250101.dtd" in head
+
+
+def test_parsing_the_corpus_gives_exactly_the_manifest(
+    corpus: CorpusManifest, parsed: list[Item]
+) -> None:
+    live, deleted, quarantined = _apply(parsed)
+    assert len(parsed) == corpus.n_items
+    assert set(live) == corpus.live_pmids
+    assert deleted == corpus.deleted_pmids
+    assert quarantined == corpus.quarantined == round(0.02 * 400)
+    assert {p: r.version for p, r in live.items()} == dict(corpus.versions)
+    assert len(corpus.live_pmids) + len(corpus.deleted_pmids) + corpus.quarantined == 400
+    for pmid, title in corpus.revised_titles.items():
+        assert live[pmid].title == title
+        assert title.endswith("(corrected).")
+    assert {p for p, r in live.items() if r.is_book} == corpus.books
+    assert {p for p, r in live.items() if r.is_retracted} == corpus.retracted
+    assert corpus.books and corpus.retracted
+    for rec in live.values():
+        assert rec.entrez_date == corpus.entrez_dates[rec.pmid]
+        assert rec.pubmed_date == rec.entrez_date
+        assert rec.source.sequence in (1, 2, 3)
+    cited: dict[int, int] = {}
+    for rec in live.values():
+        for p in rec.references:
+            if p in live and p != rec.pmid:
+                cited[p] = cited.get(p, 0) + 1
+    assert cited == dict(corpus.cited_by)
+    assert sum(cited.values()) > 100  # in-corpus citations exist
+
+
+def test_revisions_and_deletions_come_after_the_original(parsed: list[Item]) -> None:
+    seen: dict[int, int] = {}
+    for pos, item in enumerate(parsed):
+        if isinstance(item, Record):
+            if item.pmid in seen:
+                first = parsed[seen[item.pmid]]
+                assert isinstance(first, Record)
+                assert item.order_key()[:2] > first.order_key()[:2]
+                assert item.title != first.title
+            else:
+                seen[item.pmid] = pos
+        elif isinstance(item, Deletion):
+            assert item.pmid in seen
+    versions = {r.version for r in parsed if isinstance(r, Record)}
+    assert versions == {1, 2}
+
+
+def test_quarantined_records_name_their_problem(parsed: list[Item]) -> None:
+    reasons = {i.reason for i in parsed if isinstance(i, QuarantineEntry)}
+    assert {r.split(" '")[0] for r in reasons} == {
+        "MedlineCitation without PMID",
+        "MedlineCitation with non-integer PMID",
+        "PubmedArticle without MedlineCitation",
+    }
+
+
+def test_records_are_realistic(parsed: list[Item]) -> None:
+    records = [i for i in parsed if isinstance(i, Record)]
+    articles = [r for r in records if not r.is_book]
+    words = [len(r.abstract.split()) for r in records]
+    assert 120 <= min(words) and max(words) <= 360
+    assert any(
+        len(r.abstract_sections) == 4 and r.abstract_sections[0].label == "BACKGROUND"
+        for r in records
+    )
+    assert any(
+        len(r.abstract_sections) == 2 and r.abstract_sections[0].label is None for r in records
+    )
+    texts = " ".join(r.title + " " + r.abstract for r in records)
+    assert "H2O2" in texts and "in vivo" in texts and "α-subunit" in texts and "<" in texts
+    assert {r.pub_date.season for r in articles} >= {None, "Winter"}  # a January window
+    assert any("-" in r.pub_date.raw for r in articles)  # MedlineDate ranges
+    assert any(r.pub_date.raw.split()[-1] in ("January", "February") for r in articles)
+    assert any(a.collective_name for r in records for a in r.authors)
+    assert any(a.orcid for r in records for a in r.authors)
+    assert any(m.major for r in articles for m in r.mesh)
+    assert any(r.pmcid for r in records) and any(r.doi for r in records)
+    assert any(r.article_date for r in records)
+    assert any(r.vernacular_title for r in records)
+    assert {r.status for r in articles} >= {"MEDLINE", "In-Process"}
+    assert all(r.title and r.journal and r.authors for r in records)
+
+
+def test_same_seed_same_bytes(tmp_path: Path, corpus: CorpusManifest) -> None:
+    again = generate_corpus(tmp_path / "again", **OPTIONS)  # type: ignore[arg-type]
+    for a, b in zip(corpus.files, again.files, strict=True):
+        assert a.read_bytes() == b.read_bytes()
+    other = generate_corpus(tmp_path / "other", **{**OPTIONS, "seed": 12})  # type: ignore[arg-type]
+    assert other.files[0].read_bytes() != corpus.files[0].read_bytes()
+    assert again.live_pmids == corpus.live_pmids and again.versions == corpus.versions
+
+
+def test_specs_render_the_file_contents(corpus: CorpusManifest) -> None:
+    specs = list(iter_generated_records(corpus.config))
+    assert len(specs) == corpus.n_items - len(corpus.deleted_pmids)
+    body = b"".join(gzip.open(p, "rb").read() for p in corpus.files).decode()
+    pos = 0
+    for spec in specs:
+        xml = render_article_xml(spec)
+        found = body.find(xml, pos)
+        assert found >= 0, spec
+        pos = found + len(xml)
+    final: dict[int, ArticleSpec] = {}
+    for spec in specs:
+        if not spec.malformed:
+            final[spec.pmid] = spec
+    for pmid in corpus.live_pmids:
+        spec = final[pmid]
+        (rec,) = parse_bytes(
+            f"<PubmedArticleSet>{render_article_xml(spec)}</PubmedArticleSet>".encode(),
+            source_ref=SourceRef("generated", "emulator"),
+        )
+        assert isinstance(rec, Record)
+        assert (rec.pmid, rec.version, rec.title) == (pmid, spec.version, expected_title(spec))
+        assert rec.entrez_date == spec.entrez_date
+        assert rec.references == spec.references
+        assert corpus.topics[pmid] == spec.topic
+
+
+def test_file_plan_lists_deletions_last(corpus: CorpusManifest) -> None:
+    plan = list(iter_file_plan(corpus.config))
+    assert [f for f, _ in plan] == [0, 1, 2]
+    deletions = [p for _, items in plan for p in items if isinstance(p, int)]
+    assert set(deletions) == corpus.deleted_pmids
+    for _, items in plan:
+        kinds = [isinstance(i, int) for i in items]
+        assert kinds == sorted(kinds)
+
+
+def test_drift_plants_late_topics_and_terms(tmp_path: Path) -> None:
+    m = generate_corpus(tmp_path, n_records=300, seed=5, drift=True, days=90)
+    cutoff = m.config.drift_cutoff
+    assert cutoff == dt.date(2024, 3, 1)
+    emerging = set(m.drift_topics)
+    assert emerging == {t.name for t in TOPICS if t.emerging}
+    late = [p for p, d in m.entrez_dates.items() if d >= cutoff]
+    early = [p for p, d in m.entrez_dates.items() if d < cutoff]
+    assert not any(m.topics[p] in emerging for p in early)
+    assert any(m.topics[p] in emerging for p in late)
+    records = [i for i in iter_items(m.files[0]) if isinstance(i, Record)]
+    with_terms = {r.pmid for r in records if any(t in r.abstract for t in DRIFT_TERMS)}
+    assert with_terms and all(m.entrez_dates[p] >= cutoff for p in with_terms)
+    plain = generate_corpus(tmp_path / "plain", n_records=300, seed=5, days=90)
+    assert plain.drift_topics == ()
+    assert not set(plain.topics.values()) & emerging
+
+
+def test_plain_output_md5_and_file_numbers(tmp_path: Path) -> None:
+    m = generate_corpus(
+        tmp_path, n_records=30, n_files=2, gz=False, md5=True, first_file_number=1280
+    )
+    assert [p.name for p in m.files] == ["pubmed26n1280.xml", "pubmed26n1281.xml"]
+    for p in m.files:
+        side = p.with_name(p.name + ".md5")
+        digest = hashlib.md5(p.read_bytes(), usedforsecurity=False).hexdigest()
+        assert side.read_text() == f"MD5({p.name})= {digest}\n"
+    items = [i for p in m.files for i in iter_items(p)]
+    assert {i.source.sequence for i in items} == {1280, 1281}
+    assert write_md5(m.files[0]) == m.files[0].with_name("pubmed26n1280.xml.md5")
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"n_records": 0}, "n_records"),
+        ({"n_records": 5, "n_files": 6}, "n_files"),
+        ({"revise_fraction": 1.5}, "revise_fraction"),
+        ({"delete_fraction": -0.1}, "delete_fraction"),
+        ({"days": 0}, "days"),
+    ],
+)
+def test_config_validation_names_the_field(options: dict[str, object], field: str) -> None:
+    with pytest.raises(ConfigError, match=f"`{field}`"):
+        CorpusConfig(**options)  # type: ignore[arg-type]
+
+
+def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(tmp_path), "--records", "20", "--files", "2", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "2 files" in out and "pubmed26n0002.xml.gz" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "pubmed26n0001.xml.gz",
+        "pubmed26n0002.xml.gz",
+    ]
+
+
+def test_live_specs_match_the_manifest(corpus: CorpusManifest) -> None:
+    final = live_specs(corpus.config)
+    assert set(final) == corpus.live_pmids
+    assert {p: s.version for p, s in final.items()} == dict(corpus.versions)
+    assert all(final[p].entrez_date == corpus.entrez_dates[p] for p in final)
