@@ -74,6 +74,8 @@ articles = Table(
     Column("deleted_at", DateTime(timezone=True)),
     Column("has_abstract", Boolean, nullable=False, default=False),
     Column("text_hash", String(40), nullable=False, default=""),
+    # SHA-1 of the whole record without its source: a replayed record is "unchanged"
+    Column("content_hash", String(40), nullable=False, default=""),
     # structured parts, as JSON
     Column("authors", JSON, nullable=False, default=list),
     Column("mesh", JSON, nullable=False, default=list),

@@ -1,0 +1,472 @@
+"""The store's semantics on SQLite and PostgreSQL: versions, ties, tombstones, links, runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from ingest.records import (
+    AbstractSection,
+    Author,
+    Deletion,
+    MeshHeading,
+    PartialDate,
+    QuarantineEntry,
+    Record,
+    SourceRef,
+)
+from ingest.store import IngestCounts, Store
+from litpulse.errors import ConfigError, NotFoundError
+from litpulse.schema import article_terms, articles, references
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def src(seq: int = 0, minutes: int = 0, location: str | None = None) -> SourceRef:
+    """A source: update file ``seq`` read ``minutes`` after T0."""
+    loc = location if location is not None else f"pubmed26n{seq:04d}.xml.gz"
+    return SourceRef("file", loc, sequence=seq, fetched_at=T0 + dt.timedelta(minutes=minutes))
+
+
+def make_record(
+    pmid: int,
+    *,
+    version: int = 1,
+    revised: dt.date | None = dt.date(2025, 1, 1),
+    source: SourceRef | None = None,
+    title: str | None = None,
+    refs: tuple[int, ...] = (),
+    mesh: tuple[MeshHeading, ...] = (MeshHeading("Humans", "D006801"),),
+    ptypes: tuple[str, ...] = ("Journal Article",),
+    retracted: bool = False,
+    abstract: str = "Background text.",
+) -> Record:
+    return Record(
+        pmid=pmid,
+        version=version,
+        title=title if title is not None else f"Title {pmid}",
+        source=source or src(),
+        abstract_sections=(AbstractSection(abstract, "BACKGROUND"),) if abstract else (),
+        journal="J Test",
+        pub_date=PartialDate(2024, 3, None, "2024 Mar"),
+        article_date=dt.date(2024, 2, 20),
+        entrez_date=dt.date(2024, 2, 21),
+        date_revised=revised,
+        authors=(Author("Smith", "Jane", "J"), Author(collective_name="The Group")),
+        mesh=mesh,
+        publication_types=ptypes,
+        languages=("eng",),
+        doi=f"10.1000/{pmid}",
+        references=refs,
+        is_retracted=retracted,
+    )
+
+
+def row(engine: Engine, pmid: int) -> dict[str, Any]:
+    with engine.connect() as conn:
+        r = conn.execute(select(articles).where(articles.c.pmid == pmid)).first()
+    assert r is not None
+    return dict(r._mapping)
+
+
+def counts(**kw: int) -> IngestCounts:
+    return IngestCounts(**kw)
+
+
+# ------------------------------------------------------------------------------ counts
+
+
+def test_counts_add_and_validate() -> None:
+    total = counts(inserted=1, quarantined=2) + counts(inserted=2, deleted=1)
+    assert total.to_dict() == {
+        "inserted": 3, "updated": 0, "unchanged": 0, "deleted": 1, "quarantined": 2, "missing": 0
+    }  # fmt: skip
+    assert total.total == 6
+    assert total - counts(inserted=1) == counts(inserted=2, deleted=1, quarantined=2)
+    with pytest.raises(ConfigError, match="missing"):
+        IngestCounts(missing=-1)
+
+
+# ------------------------------------------------------------------------ versions
+
+
+def test_insert_fills_every_column(engine: Engine) -> None:
+    store = Store(engine)
+    rec = make_record(11, refs=(12, 13), retracted=True)
+    assert store.apply([rec]) == counts(inserted=1)
+    r = row(engine, 11)
+    assert r["version"] == 1 and r["title"] == "Title 11" and r["journal"] == "J Test"
+    assert r["abstract"] == "BACKGROUND: Background text." and r["has_abstract"] is True
+    assert (r["pub_year"], r["pub_month"], r["pub_day"], r["pub_date_raw"]) == (
+        2024, 3, None, "2024 Mar"
+    )  # fmt: skip
+    assert r["best_date"] == dt.date(2024, 2, 20) == rec.best_date
+    assert r["language"] == "eng" and r["doi"] == "10.1000/11" and r["is_retracted"] is True
+    assert r["text_hash"] == rec.text_hash() and r["content_hash"]
+    assert r["record"] == rec.to_dict()
+    assert r["is_deleted"] is False and r["source_sequence"] == 0
+
+    art = store.get_article(11)
+    assert [a["name"] for a in art["authors"]] == ["Smith J", "The Group"]
+    assert art["mesh"] == [
+        {"descriptor": "Humans", "ui": "D006801", "major": False, "qualifiers": []}
+    ]
+    assert art["publication_types"] == ["Journal Article"]
+    assert art["references"] == [12, 13]
+    assert art["pub_date_raw"] == "2024 Mar" and art["best_date"] == "2024-02-20"
+    for key in ("pmid", "version", "pmcid", "is_book", "is_deleted", "cited_by_in_corpus",
+                "citation_count", "relative_citation_ratio", "date_revised", "entrez_date"):
+        assert key in art
+
+
+def test_higher_version_wins_in_either_order(engine: Engine) -> None:
+    store = Store(engine)
+    v1 = make_record(1, version=1, title="v1", source=src(1))
+    v2 = make_record(1, version=2, title="v2", source=src(1))
+    assert store.apply([v2]) == counts(inserted=1)
+    assert store.apply([v1]) == counts(unchanged=1)  # older never overwrites
+    assert row(engine, 1)["title"] == "v2"
+    store.apply([make_record(2, version=1, title="v1")])
+    assert store.apply([make_record(2, version=3, title="v3")]) == counts(updated=1)
+    assert row(engine, 2)["version"] == 3
+
+
+def test_later_date_revised_wins_for_same_version(engine: Engine) -> None:
+    store = Store(engine)
+    new = make_record(5, revised=dt.date(2025, 6, 1), title="new", source=src(1))
+    old = make_record(5, revised=dt.date(2025, 1, 1), title="old", source=src(2))
+    store.apply([new])
+    assert store.apply([old]) == counts(unchanged=1)  # later file, older revision
+    assert row(engine, 5)["title"] == "new"
+    newer = make_record(5, revised=dt.date(2025, 7, 1), title="newer", source=src(0))
+    assert store.apply([newer]) == counts(updated=1)
+    assert row(engine, 5)["title"] == "newer"
+
+
+def test_source_breaks_ties(engine: Engine) -> None:
+    store = Store(engine)
+    store.apply([make_record(7, title="file 3", source=src(3))])
+    assert store.apply([make_record(7, title="file 2", source=src(2))]) == counts(unchanged=1)
+    assert store.apply([make_record(7, title="file 4", source=src(4))]) == counts(updated=1)
+    assert row(engine, 7)["title"] == "file 4"
+    # same file number (e.g. E-utilities): the later fetch wins
+    store.apply([make_record(8, title="early", source=src(0, 1, "efetch"))])
+    assert store.apply([make_record(8, title="late", source=src(0, 5, "efetch2"))]) == counts(
+        updated=1
+    )
+    assert store.apply([make_record(8, title="stale", source=src(0, 2, "efetch3"))]) == counts(
+        unchanged=1
+    )
+    assert row(engine, 8)["title"] == "late"
+
+
+def test_reapplying_is_idempotent(engine: Engine) -> None:
+    store = Store(engine)
+    batch = [make_record(p, refs=(p + 1,)) for p in range(100, 110)]
+    batch.append(Deletion(105, src()))
+    first = store.apply(batch)
+    assert first == counts(inserted=10, deleted=1)
+    before = {p: row(engine, p)["updated_at"] for p in range(100, 110)}
+    # the same file read again later: a new SourceRef with the same location
+    again_src = src(0, 30)
+    again = [dataclass_replace_source(it, again_src) for it in batch]
+    assert store.apply(again) == counts(unchanged=11)
+    assert {p: row(engine, p)["updated_at"] for p in range(100, 110)} == before
+    assert row(engine, 105)["is_deleted"] is True
+
+
+def dataclass_replace_source(item: Any, source: SourceRef) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(item, source=source)
+
+
+def test_same_content_from_later_source_is_unchanged(engine: Engine) -> None:
+    store = Store(engine)
+    store.apply([make_record(9, source=src(1))])
+    stamp = row(engine, 9)["updated_at"]
+    assert store.apply([make_record(9, source=src(2))]) == counts(unchanged=1)
+    r = row(engine, 9)
+    assert r["updated_at"] == stamp
+    assert r["source_sequence"] == 2  # the later source is remembered
+    # so a replayed older deletion (file 1.5 < 2) does not remove it
+    assert store.apply([Deletion(9, src(1, 60, "other"))]) == counts(unchanged=1)
+    assert row(engine, 9)["is_deleted"] is False
+
+
+# ------------------------------------------------------------------------ tombstones
+
+
+def test_deletion_tombstones_and_counts_once(engine: Engine) -> None:
+    store = Store(engine)
+    store.apply([make_record(20, refs=(21,)), make_record(21)])
+    assert store.apply([Deletion(20, src(1))]) == counts(deleted=1)
+    assert store.apply([Deletion(20, src(2))]) == counts(unchanged=1)
+    r = row(engine, 20)
+    assert r["is_deleted"] is True and r["deleted_at"] is not None
+    assert r["title"] == "Title 20"  # the deleted record is kept for the record
+    assert store.get_article(20)["is_deleted"] is True
+    assert store.existing_pmids([20, 21, 22]) == {21}
+
+
+def test_deleting_unknown_pmid_blocks_older_record(engine: Engine) -> None:
+    store = Store(engine)
+    assert store.apply([Deletion(30, src(5))]) == counts(unchanged=1)
+    assert row(engine, 30)["is_deleted"] is True
+    # an older file (or an earlier fetch) arriving afterwards does not resurrect it
+    assert store.apply([make_record(30, source=src(3))]) == counts(unchanged=1)
+    assert store.apply([make_record(30, source=src(0, -5, "x"))]) == counts(unchanged=1)
+    assert row(engine, 30)["is_deleted"] is True
+    assert store.status()["articles"] == 0
+
+
+def test_record_from_later_source_lifts_tombstone(engine: Engine) -> None:
+    store = Store(engine)
+    store.apply([make_record(40, title="v1", source=src(1))])
+    store.apply([Deletion(40, src(2))])
+    # the deleted content again, even from a later file: stays deleted
+    assert store.apply([make_record(40, title="v1", source=src(3))]) == counts(unchanged=1)
+    # an older version from a later file: stays deleted
+    assert store.apply(
+        [make_record(40, version=1, revised=dt.date(2024, 1, 1), title="x", source=src(3))]
+    ) == counts(unchanged=1)
+    assert row(engine, 40)["is_deleted"] is True
+    # a revised record from a later file than the deletion: back
+    revised = make_record(40, version=2, title="v2", source=src(3))
+    assert store.apply([revised]) == counts(updated=1)
+    r = row(engine, 40)
+    assert r["is_deleted"] is False and r["deleted_at"] is None and r["title"] == "v2"
+
+
+def test_deletion_older_than_record_is_ignored(engine: Engine) -> None:
+    store = Store(engine)
+    store.apply([make_record(45, source=src(7))])
+    assert store.apply([Deletion(45, src(6))]) == counts(unchanged=1)
+    assert row(engine, 45)["is_deleted"] is False
+
+
+# ------------------------------------------------------------------------ batches
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 1000])
+def test_same_pmid_several_times_in_order(engine: Engine, batch_size: int) -> None:
+    store = Store(engine)
+    f = src(1)
+    items = [
+        make_record(50, version=1, title="a", source=f),
+        make_record(50, version=2, title="b", source=f),
+        make_record(50, version=1, title="old", source=f),
+        make_record(51, title="x", source=f),
+        Deletion(51, f),
+        Deletion(52, f),
+        make_record(52, title="after", source=f),
+        make_record(53, title="first", source=f),
+        make_record(53, title="second", source=f),  # same version/date, later in file
+    ]
+    got = store.apply(items, batch_size=batch_size)
+    assert got == counts(inserted=3, updated=3, unchanged=2, deleted=1)
+    assert row(engine, 50)["title"] == "b"
+    assert row(engine, 51)["is_deleted"] is True
+    assert row(engine, 52)["title"] == "after" and row(engine, 52)["is_deleted"] is False
+    assert row(engine, 53)["title"] == "second"
+    # the whole file again: a replay changes nothing
+    replay = [dataclass_replace_source(it, src(1, 10)) for it in items]
+    assert store.apply(replay, batch_size=batch_size) == counts(unchanged=len(items))
+    assert row(engine, 53)["title"] == "second" and row(engine, 51)["is_deleted"] is True
+
+
+def test_batch_size_must_be_positive(engine: Engine) -> None:
+    with pytest.raises(ConfigError, match="batch_size"):
+        Store(engine).apply([], batch_size=0)
+
+
+# ------------------------------------------------------------------- terms, references
+
+
+def test_terms_and_references_replaced_on_update(engine: Engine) -> None:
+    store = Store(engine)
+    mesh = (MeshHeading("Neoplasms", "D009369", True), MeshHeading("Humans", "D006801"))
+    store.apply([make_record(60, refs=(61, 62), mesh=mesh, ptypes=("Review",))])
+    with engine.connect() as conn:
+        terms = set(conn.execute(select(article_terms.c.kind, article_terms.c.term,
+                                        article_terms.c.major)).all())  # fmt: skip
+    assert terms == {("mesh", "Neoplasms", True), ("mesh", "Humans", False),
+                     ("ptype", "Review", False)}  # fmt: skip
+    store.apply([make_record(60, version=2, refs=(63,))])
+    with engine.connect() as conn:
+        terms = set(conn.execute(select(article_terms.c.term)).scalars())
+        refs = set(conn.execute(select(references.c.citing_pmid, references.c.cited_pmid)).all())
+    assert terms == {"Humans", "Journal Article"}
+    assert refs == {(60, 63)}
+
+
+def test_cited_by_in_corpus(engine: Engine) -> None:
+    store = Store(engine)
+    # 71 is cited before it exists; 70 and 72 cite it; 73 cites 70
+    store.apply([make_record(70, refs=(71,)), make_record(73, refs=(70,))])
+    assert row(engine, 70)["cited_by_in_corpus"] == 1
+    store.apply([make_record(71), make_record(72, refs=(71, 71, 72))])
+    assert row(engine, 71)["cited_by_in_corpus"] == 2
+    assert row(engine, 72)["cited_by_in_corpus"] == 0  # self-citation ignored
+    # a citing article is deleted: the count drops
+    store.apply([Deletion(72, src(1))])
+    assert row(engine, 71)["cited_by_in_corpus"] == 1
+    # a revision that drops the reference
+    store.apply([make_record(70, version=2, refs=())])
+    assert row(engine, 71)["cited_by_in_corpus"] == 0
+    assert store.get_article(70)["cited_by_in_corpus"] == 1
+    # full recompute agrees
+    with engine.begin() as conn:
+        conn.execute(articles.update().values(cited_by_in_corpus=99))
+    store.recompute_cited_by()
+    with engine.connect() as conn:
+        got = dict(conn.execute(select(articles.c.pmid, articles.c.cited_by_in_corpus)).all())
+    assert got == {70: 1, 71: 0, 72: 0, 73: 0}
+    store.recompute_cited_by([70])
+    assert row(engine, 70)["cited_by_in_corpus"] == 1
+
+
+# ------------------------------------------------------------------------ quarantine
+
+
+def test_quarantine_deduplicated_by_digest(engine: Engine) -> None:
+    store = Store(engine)
+    bad = QuarantineEntry("no PMID", "<PubmedArticle/>", src(1), line=12)
+    other = QuarantineEntry("bad date", "<PubmedArticle><PMID>9</PMID></PubmedArticle>",
+                            src(1), pmid=9)  # fmt: skip
+    run_id = store.start_run("files", target="x.xml")
+    assert store.apply([bad, bad, other, make_record(80)], run_id=run_id) == counts(
+        inserted=1, quarantined=3
+    )
+    assert store.apply([bad], run_id=run_id) == counts(quarantined=1)
+    rows = store.quarantined(limit=10)
+    assert len(rows) == 2
+    assert {r["reason"] for r in rows} == {"no PMID", "bad date"}
+    first = next(r for r in rows if r["reason"] == "no PMID")
+    assert first["line"] == 12 and first["raw_xml"] == "<PubmedArticle/>"
+    assert first["source_location"] == "pubmed26n0001.xml.gz" and first["run_id"] == run_id
+    assert store.status()["quarantined"] == 2
+    assert len(store.quarantined(limit=1)) == 1
+
+
+# ------------------------------------------------------------------ runs, checkpoints
+
+
+def test_runs_rows(engine: Engine) -> None:
+    store = Store(engine)
+    start = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    run_id = store.start_run(
+        "eutils", target="2024-01-01..2024-01-02", window_start=start,
+        window_end=start + dt.timedelta(days=1),
+    )  # fmt: skip
+    assert store.get_run(run_id)["status"] == "running"
+    store.finish_run(run_id, counts(inserted=3, missing=1), details={"batches": 2})
+    run = store.get_run(run_id)
+    assert run["status"] == "succeeded" and run["inserted"] == 3 and run["missing"] == 1
+    assert run["details"] == {"batches": 2} and run["finished_at"] and run["seconds"] >= 0
+    assert run["window_start"].startswith("2024-01-01")
+    failed = store.start_run("files", target="a.xml")
+    store.finish_run(failed, counts(), status="failed", error="boom")
+    runs = store.status()["last_runs"]
+    assert [r["id"] for r in runs] == [failed, run_id]
+    assert runs[0]["status"] == "failed" and runs[0]["error"] == "boom"
+    with pytest.raises(ConfigError):
+        store.finish_run(failed, counts(), status="done")
+    with pytest.raises(NotFoundError):
+        store.finish_run(9999, counts())
+    with pytest.raises(NotFoundError):
+        store.get_run(9999)
+
+
+def test_checkpoints(engine: Engine) -> None:
+    store = Store(engine)
+    assert store.get_checkpoint("eutils", "w1") is None
+    store.set_checkpoint("eutils", "w1", "running", {"done": [1, 2]})
+    store.set_checkpoint("eutils", "w1", "done", {"done": [1, 2, 3]})
+    store.set_checkpoint("eutils", "w2", "running", {})
+    cp = store.get_checkpoint("eutils", "w1")
+    assert cp is not None
+    assert (cp["status"], cp["value"]) == ("done", {"done": [1, 2, 3]})
+    assert store.get_checkpoint("other", "w1") is None
+
+
+# ------------------------------------------------------------------------ reads
+
+
+def test_get_article_unknown_raises(engine: Engine) -> None:
+    with pytest.raises(NotFoundError, match="12345"):
+        Store(engine).get_article(12345)
+
+
+def test_status_counts(engine: Engine) -> None:
+    store = Store(engine)
+    store.apply(
+        [make_record(90), make_record(91, retracted=True), make_record(92), Deletion(92, src(1))]
+    )
+    st = store.status()
+    assert (st["articles"], st["deleted"], st["retracted"]) == (2, 1, 1)
+    assert st["newest_best_date"] == "2024-02-20"
+
+
+def test_many_records_in_batches(engine: Engine) -> None:
+    """A few thousand records over several batches land exactly once."""
+    store = Store(engine)
+    n = 1500
+    items = [make_record(1000 + i, refs=(1000 + (i + 1) % n,)) for i in range(n)]
+    assert store.apply(items, batch_size=400) == counts(inserted=n)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(articles)).scalar() == n
+        cited = conn.execute(select(func.sum(articles.c.cited_by_in_corpus))).scalar()
+    assert cited == n
+    assert store.apply(items, batch_size=1000) == counts(unchanged=n)
+
+
+def test_fast_record_dict_equals_to_dict() -> None:
+    from ingest.store import _record_dict
+
+    rec = make_record(1, refs=(2, 3), mesh=(MeshHeading("A", "D1", True, ("q",)),))
+    assert _record_dict(rec) == rec.to_dict()
+    assert _record_dict(make_record(2, revised=None, abstract="")) == make_record(
+        2, revised=None, abstract=""
+    ).to_dict()
+
+
+@pytest.mark.parametrize("batch_size", [7, 1000])
+def test_cited_by_deltas_agree_with_a_full_recount(engine: Engine, batch_size: int) -> None:
+    """Random inserts, revisions, deletions and resurrections keep the counts exact."""
+    import random
+
+    rng = random.Random(5)
+    store = Store(engine)
+    pmids = list(range(500, 560))
+    items: list[Any] = []
+    version = dict.fromkeys(pmids, 0)
+    for step in range(300):
+        pmid = rng.choice(pmids)
+        if rng.random() < 0.15:
+            items.append(Deletion(pmid, src(1 + step)))
+        else:
+            version[pmid] += 1
+            refs = tuple(rng.sample(pmids, 4)) + (9_999_999,)
+            items.append(make_record(pmid, version=version[pmid], refs=refs, source=src(1 + step)))
+    store.apply(items, batch_size=batch_size)
+    with engine.connect() as conn:
+        counts_q = select(articles.c.pmid, articles.c.cited_by_in_corpus)
+        incremental = dict(conn.execute(counts_q).all())
+        live = set(conn.execute(
+            select(articles.c.pmid).where(articles.c.is_deleted.is_(False))).scalars())  # fmt: skip
+        refs_rows = conn.execute(select(references.c.citing_pmid, references.c.cited_pmid)).all()
+    expected = {p: 0 for p in incremental}
+    for citing, cited in refs_rows:
+        assert citing in live  # references are kept for live articles only
+        if cited in expected:
+            expected[cited] += 1
+    live_expected = {p: n for p, n in expected.items() if p in live}
+    assert {p: n for p, n in incremental.items() if p in live} == live_expected
+    store.recompute_cited_by()
+    with engine.connect() as conn:
+        full = dict(conn.execute(counts_q).all())
+    assert {p: n for p, n in full.items() if p in live} == live_expected
