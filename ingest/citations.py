@@ -1,0 +1,288 @@
+"""Citation impact from NIH iCite, refreshed on an age-dependent schedule.
+
+:func:`refresh_citations` asks iCite (``GET {icite_url}pubs?pmids=1,2,3&format=json``,
+at most ``settings.icite_batch`` ≤ 200 PMIDs per request) and fills the ``articles``
+columns ``citation_count``, ``relative_citation_ratio``, ``citations_per_year``,
+``icite_year``, ``icite_provisional`` and ``icite_fetched_at``.
+
+**Refresh policy** (when no PMIDs are given): every live article that was never
+fetched, or whose last fetch is older than an interval that grows with the article's
+age (from ``best_date``, else ``entrez_date``):
+
+=========================  ==================
+article age                refetched after
+=========================  ==================
+under 1 year               7 days
+1 to 5 years               30 days
+over 5 years or unknown    180 days
+=========================  ==================
+
+Young articles gain citations fast and their RCR is provisional; old ones barely move.
+
+A PMID iCite does not know (too new, or outside its coverage) keeps what it had — its
+in-corpus count (``cited_by_in_corpus``, from references inside the corpus) and any
+earlier iCite values — and still gets ``icite_fetched_at``, so it is asked again only
+on the schedule above rather than every night.
+
+Example:
+    >>> counts = refresh_citations(settings)            # doctest: +SKIP
+    >>> counts.to_dict()                                 # doctest: +SKIP
+    {'requested': 1200, 'updated': 1150, 'unknown': 50}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, and_, bindparam, func, or_, select, update
+
+from ingest.http import HttpClient
+from ingest.store import IngestCounts, Store
+from litpulse import db
+from litpulse.errors import ConfigError, TransientSourceError
+from litpulse.schema import articles
+from litpulse.settings import Settings
+
+__all__ = ["REFRESH_POLICY", "CitationCounts", "due_pmids", "parse_icite", "refresh_citations"]
+
+logger = logging.getLogger(__name__)
+
+#: (articles younger than this many days, refetch after this many days); last row: all older.
+REFRESH_POLICY: tuple[tuple[int | None, int], ...] = ((365, 7), (5 * 365, 30), (None, 180))
+
+
+@dataclass(frozen=True)
+class CitationCounts:
+    """What one citation refresh did.
+
+    Attributes:
+        requested: PMIDs sent to iCite.
+        updated: Articles given iCite values.
+        unknown: PMIDs iCite did not return (their in-corpus count stays).
+    """
+
+    requested: int = 0
+    updated: int = 0
+    unknown: int = 0
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"CitationCounts.{f.name} must be a count >= 0, got {value!r}")
+
+    def __add__(self, other: CitationCounts) -> CitationCounts:
+        if not isinstance(other, CitationCounts):
+            return NotImplemented
+        return CitationCounts(
+            self.requested + other.requested,
+            self.updated + other.updated,
+            self.unknown + other.unknown,
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+def due_pmids(engine: Engine, *, now: dt.datetime | None = None) -> list[int]:
+    """Live PMIDs whose citation data is missing or older than :data:`REFRESH_POLICY` allows."""
+    now = now or db.utcnow()
+    a = articles.c
+    age_ref = func.coalesce(a.best_date, a.entrez_date)
+    today = now.date()
+    conditions: list[Any] = [a.icite_fetched_at.is_(None)]
+    previous: dt.date | None = None  # birth-date bound of the previous (younger) row
+    for max_age, interval in REFRESH_POLICY:
+        parts: list[Any] = [a.icite_fetched_at < now - dt.timedelta(days=interval)]
+        bound = None if max_age is None else today - dt.timedelta(days=max_age)
+        if bound is not None:
+            parts.append(age_ref >= bound)
+        if previous is not None:
+            older = age_ref < previous
+            parts.append(older if bound is not None else or_(older, age_ref.is_(None)))
+        conditions.append(and_(*parts))
+        previous = bound
+    query = (
+        select(a.pmid)
+        .where(a.is_deleted.is_(False), or_(*conditions))
+        .order_by(a.pmid)
+    )
+    with engine.connect() as conn:
+        return [int(p) for p in conn.execute(query).scalars()]
+
+
+def _bool(value: Any) -> bool | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("yes", "true", "1", "y"):
+        return True
+    if text in ("no", "false", "0", "n", ""):
+        return False
+    return None
+
+
+def _num(value: Any, kind: type) -> Any:
+    if value is None or value == "":
+        return None
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_icite(body: Any, where: str = "icite") -> dict[int, dict[str, Any]]:
+    """The article column values per PMID from one iCite JSON answer.
+
+    Raises:
+        TransientSourceError: The answer is not the expected JSON (an HTML error page
+            behind a proxy, a truncated body).
+    """
+    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+        raise TransientSourceError(f"{where}: unexpected answer (no data list)")
+    out: dict[int, dict[str, Any]] = {}
+    for row in body["data"]:
+        if not isinstance(row, dict):
+            continue
+        pmid = _num(row.get("pmid", row.get("_id")), int)
+        if pmid is None:
+            continue
+        count = _num(row.get("citation_count"), int)
+        out[pmid] = {
+            "citation_count": count,
+            "relative_citation_ratio": _num(row.get("relative_citation_ratio"), float),
+            "citations_per_year": _num(row.get("citations_per_year"), float),
+            "icite_year": _num(row.get("year"), int),
+            "icite_provisional": _bool(row.get("provisional")),
+        }
+    return out
+
+
+def _fetch(client: HttpClient, pmids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    where = f"icite {len(pmids)} pmids"
+
+    def parse(response: Any) -> dict[int, dict[str, Any]]:
+        try:
+            body = response.json()
+        except ValueError:
+            raise TransientSourceError(f"{where}: body is not JSON") from None
+        return parse_icite(body, where)
+
+    result: dict[int, dict[str, Any]] = client.get(
+        "pubs", params={"pmids": ",".join(str(p) for p in pmids), "format": "json"}, parse=parse
+    )
+    return result
+
+
+def _write(engine: Engine, found: dict[int, dict[str, Any]], unknown: Iterable[int]) -> None:
+    now = db.utcnow()
+    a = articles.c
+    with engine.begin() as conn:
+        if found:
+            stmt = (
+                update(articles)
+                .where(a.pmid == bindparam("b_pmid"))
+                .values(
+                    citation_count=bindparam("b_count"),
+                    relative_citation_ratio=bindparam("b_rcr"),
+                    citations_per_year=bindparam("b_cpy"),
+                    icite_year=bindparam("b_year"),
+                    icite_provisional=bindparam("b_prov"),
+                    icite_fetched_at=bindparam("b_now"),
+                )
+            )
+            conn.execute(
+                stmt,
+                [
+                    {
+                        "b_pmid": p,
+                        "b_count": v["citation_count"],
+                        "b_rcr": v["relative_citation_ratio"],
+                        "b_cpy": v["citations_per_year"],
+                        "b_year": v["icite_year"],
+                        "b_prov": v["icite_provisional"],
+                        "b_now": now,
+                    }
+                    for p, v in found.items()
+                ],
+            )
+        rest = [{"b_pmid": p, "b_now": now} for p in unknown]
+        if rest:
+            conn.execute(
+                update(articles)
+                .where(a.pmid == bindparam("b_pmid"))
+                .values(icite_fetched_at=bindparam("b_now")),
+                rest,
+            )
+
+
+def refresh_citations(
+    settings: Settings,
+    *,
+    pmids: Iterable[int] | None = None,
+    progress: bool = False,
+) -> CitationCounts:
+    """Fetch iCite data for the given PMIDs, or for every article due by the policy.
+
+    Args:
+        settings: ``icite_url``, ``icite_batch``, retry settings, database.
+        pmids: Refresh exactly these (those not live in the store are ignored).
+        progress: Log each batch.
+
+    Returns:
+        Requested, updated and unknown counts.
+
+    Raises:
+        TransientSourceError: iCite kept failing (batches already written stay).
+    """
+    engine = db.connect(settings)
+    store = Store(engine)
+    if pmids is None:
+        wanted = due_pmids(engine)
+        target = "due"
+    else:
+        asked = sorted({int(p) for p in pmids})
+        wanted = sorted(store.existing_pmids(asked))
+        target = f"{len(asked)} pmids"
+        if len(wanted) < len(asked):
+            logger.info("%d of the PMIDs given are not live in the store", len(asked) - len(wanted))
+    run_id = store.start_run("citations", target=target)
+    client = HttpClient(settings, settings.icite_url)
+    counts = CitationCounts()
+    size = settings.icite_batch
+    batches = [wanted[i : i + size] for i in range(0, len(wanted), size)]
+    try:
+        for n, batch in enumerate(batches, 1):
+            found = _fetch(client, batch)
+            found = {p: v for p, v in found.items() if p in set(batch)}
+            unknown = [p for p in batch if p not in found]
+            _write(engine, found, unknown)
+            counts = counts + CitationCounts(len(batch), len(found), len(unknown))
+            if progress:
+                logger.info("icite batch %d/%d: %s", n, len(batches), counts.to_dict())
+        store.finish_run(
+            run_id,
+            IngestCounts(updated=counts.updated, missing=counts.unknown),
+            details={"citations": counts.to_dict(), "batches": len(batches),
+                     "requests": client.requests_sent, "retries": client.retries},
+        )
+        logger.info("citations refreshed: %s", counts.to_dict())
+        return counts
+    except BaseException as exc:
+        store.finish_run(
+            run_id,
+            IngestCounts(updated=counts.updated, missing=counts.unknown),
+            status="failed",
+            error=client.redact(f"{type(exc).__name__}: {exc}"),
+            details={"citations": counts.to_dict(), "batches": len(batches)},
+        )
+        raise
+    finally:
+        client.close()

@@ -1,0 +1,548 @@
+"""Ingest one date window from NCBI E-utilities: ESearch (split under the cap), EFetch, store.
+
+:func:`ingest_window` runs two ESearch passes over the window — ``datetype=edat``
+(records created in it) and ``datetype=mdat`` (records revised in it) — fetches the
+union of the PMIDs with EFetch POSTs of ``settings.efetch_batch`` ids, and applies the
+parsed items through :class:`ingest.store.Store`.
+
+**The 10,000 cap.** PubMed's ESearch lets a client page through only the first 9,999
+matches of a query (``retstart + retmax`` must stay below that). A window whose Count is
+above ``min(settings.esearch_cap, 9999)`` is split by date into about ``Count / cap``
+equal pieces (at least halves), recursively; a single day still over the cap is split
+by PMID range (``AND lo:hi[uid]``): first just below the lowest PMID of the page it
+returned (PubMed lists the newest first, so that page is then a piece of its own),
+then at medians, until every piece fits. Nothing is skipped: the pieces partition the
+window.
+
+**Reconciliation.** Every PMID ESearch returned ends up stored, deleted, quarantined or
+listed as *missing* (EFetch did not return it even after a second, targeted request —
+typically a record withdrawn between the two calls). Missing PMIDs are counted in
+``IngestCounts.missing`` and listed in the run's ``details["missing_pmids"]``; a later
+run of the same window asks for them again.
+
+**Resuming.** Progress is checkpointed in ``checkpoints`` (scope ``eutils``): the PMID
+list of the window (key ``<window>[|q=<hash>]#search``, status ``searched`` while the
+window is being fetched, ``done`` once a run finished it) and each finished EFetch batch
+(``…#batch<N>``, tagged with the search's generation). A killed or failed run, called
+again with the same window and query, reuses the PMID list and fetches only the batches
+not done. A repeated run of a finished window searches and fetches again (catching
+late additions and revisions) and changes nothing else: its records come back
+``unchanged``. ``restart=True`` discards an unfinished run's progress.
+
+Example:
+    >>> import datetime as dt
+    >>> since, until = dt.datetime(2024, 1, 1), dt.datetime(2024, 1, 2)
+    >>> ingest_window(settings, since, until).inserted  # doctest: +SKIP
+    5312
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lxml import etree
+
+from ingest.http import HttpClient, eutils_client
+from ingest.records import Deletion, Item, QuarantineEntry, Record, SourceRef
+from ingest.store import IngestCounts, Store
+from litpulse import db
+from litpulse.errors import (
+    ConfigError,
+    ConsistencyError,
+    InvalidRequestError,
+    LitpulseError,
+    TransientSourceError,
+)
+from litpulse.settings import Settings
+
+__all__ = [
+    "PUBMED_RETRIEVABLE",
+    "SearchResult",
+    "SearchOutcome",
+    "classify_eutils_error",
+    "efetch",
+    "esearch",
+    "ingest_window",
+    "parse_esearch",
+    "search_pmids",
+    "window_key",
+]
+
+logger = logging.getLogger(__name__)
+
+#: PubMed ESearch serves at most the first 9,999 matches of one query.
+PUBMED_RETRIEVABLE = 9999
+#: Upper end of the PMID range used when a single day must be split.
+UID_MAX = 999_999_999
+SCOPE = "eutils"
+
+_XML = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True, load_dtd=False)
+
+_INVALID_HINTS = (
+    "cannot be larger than",
+    "invalid",
+    "empty term",
+    "empty id list",
+    "not supported",
+    "unsupported",
+    "illegal",
+    "syntax error",
+    "too long",
+    "unknown database",
+)
+
+
+def classify_eutils_error(where: str, message: str) -> LitpulseError:
+    """The exception for an ``<ERROR>`` found in an HTTP 200 E-utilities body.
+
+    "Invalid db", "Empty term", the 9,999 paging limit and syntax errors are the
+    caller's fault (:class:`InvalidRequestError`, never retried); anything else —
+    "Search Backend failed", "Unable to obtain query", timeouts — is transient.
+    """
+    text = " ".join(message.split())
+    low = text.lower()
+    if any(h in low for h in _INVALID_HINTS):
+        return InvalidRequestError(f"{where}: {text}")
+    return TransientSourceError(f"{where}: error in body: {text}")
+
+
+# ------------------------------------------------------------------------------ ESearch
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One parsed ``eSearchResult``."""
+
+    count: int
+    ids: tuple[int, ...]
+    retstart: int = 0
+    webenv: str | None = None
+    query_key: str | None = None
+    warnings: tuple[str, ...] = ()
+
+
+def parse_esearch(body: bytes, *, where: str = "esearch") -> SearchResult:
+    """Parse an ``eSearchResult`` document.
+
+    Raises:
+        TransientSourceError: The body is not XML or not an ``eSearchResult``, or it
+            carries a transient ``<ERROR>`` ("Search Backend failed").
+        InvalidRequestError: The query itself is wrong: an invalid ``<ERROR>``, or an
+            ``ErrorList`` naming phrases or fields PubMed does not know (PubMed would
+            silently drop them from the query, so the answer would not mean what
+            was asked).
+    """
+    try:
+        root = etree.fromstring(body, _XML)
+    except etree.XMLSyntaxError as exc:
+        raise TransientSourceError(f"{where}: unparseable body ({exc.msg})") from None
+    if root.tag != "eSearchResult":
+        raise TransientSourceError(f"{where}: unexpected document <{root.tag}>")
+    error = root.findtext("ERROR")
+    if error is not None:
+        raise classify_eutils_error(where, error)
+    problems = [
+        f"{el.tag}: {el.text or ''}".strip()
+        for el in root.iterfind("ErrorList/*")
+        if isinstance(el.tag, str)
+    ]
+    if problems:
+        raise InvalidRequestError(f"{where}: query not understood ({'; '.join(problems)})")
+    count_text = root.findtext("Count")
+    if count_text is None or not count_text.strip().isdigit():
+        raise TransientSourceError(f"{where}: no Count in body")
+    ids = tuple(int(t) for t in (el.text or "" for el in root.iterfind("IdList/Id")) if t.strip())
+    warnings = tuple(
+        (el.text or "").strip() for el in root.iterfind("WarningList/*") if isinstance(el.tag, str)
+    )
+    return SearchResult(
+        count=int(count_text),
+        ids=ids,
+        retstart=int(root.findtext("RetStart") or 0),
+        webenv=root.findtext("WebEnv"),
+        query_key=root.findtext("QueryKey"),
+        warnings=warnings,
+    )
+
+
+def esearch(
+    client: HttpClient,
+    *,
+    term: str,
+    datetype: str,
+    mindate: dt.date,
+    maxdate: dt.date,
+    retmax: int,
+    retstart: int = 0,
+) -> SearchResult:
+    """One ESearch request (POST) on PubMed; incomplete ID lists are retried."""
+    where = f"esearch {datetype} {mindate:%Y/%m/%d}-{maxdate:%Y/%m/%d}"
+    data = {
+        "db": "pubmed",
+        "term": term,
+        "datetype": datetype,
+        "mindate": f"{mindate:%Y/%m/%d}",
+        "maxdate": f"{maxdate:%Y/%m/%d}",
+        "retmax": str(retmax),
+        "retstart": str(retstart),
+        "usehistory": "y",
+    }
+
+    def parse(response: Any) -> SearchResult:
+        result = parse_esearch(response.content, where=where)
+        expected = max(0, min(retmax, result.count - retstart))
+        if len(result.ids) < expected:
+            raise TransientSourceError(
+                f"{where}: body lists {len(result.ids)} ids, expected {expected}"
+            )
+        return result
+
+    result: SearchResult = client.post("esearch.fcgi", data=data, parse=parse)
+    return result
+
+
+@dataclass
+class SearchOutcome:
+    """The PMIDs of one pass over a window and how they were found."""
+
+    pmids: set[int] = field(default_factory=set)
+    requests: int = 0
+    splits: int = 0
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """One ESearch piece of a window: days, optional PMID range, how to split it."""
+
+    lo_day: dt.date
+    hi_day: dt.date
+    uids: tuple[int, int] | None = None
+    median: bool = False
+    #: (Count of the whole day, the page it returned, the PMID range of that page):
+    #: set on the piece below a kept page, to check that the counts add up.
+    rest_of: tuple[int, tuple[int, ...], tuple[int, int]] | None = None
+
+
+def search_pmids(
+    client: HttpClient,
+    *,
+    term: str,
+    datetype: str,
+    start: dt.date,
+    end: dt.date,
+    cap: int,
+) -> SearchOutcome:
+    """Every PMID matching ``term`` with ``datetype`` in ``[start, end]``, split under the cap.
+
+    Args:
+        client: An E-utilities client.
+        term: The ESearch term (``all[sb]`` for everything).
+        datetype: ``edat`` or ``mdat``.
+        start: First day (inclusive).
+        end: Last day (inclusive).
+        cap: Largest Count fetched in one piece (at most 9,999).
+
+    Raises:
+        ConsistencyError: One PMID range of a single day still over the cap (impossible
+            unless the server misbehaves).
+    """
+    limit = max(1, min(cap, PUBMED_RETRIEVABLE))
+    out = SearchOutcome()
+    stack: list[_Piece] = [_Piece(start, end)]
+    while stack:
+        p = stack.pop()
+        piece = term if p.uids is None else f"({term}) AND {p.uids[0]}:{p.uids[1]}[uid]"
+        res = esearch(
+            client, term=piece, datetype=datetype, mindate=p.lo_day, maxdate=p.hi_day,
+            retmax=limit,
+        )
+        out.requests += 1
+        if p.rest_of is not None:
+            total, page, upper = p.rest_of
+            if res.count + len(page) == total:
+                out.pmids.update(page)  # the page seen was exactly the upper piece
+            else:  # the order was not newest-first, or the day changed: fetch it properly
+                stack.append(_Piece(p.lo_day, p.hi_day, upper, median=True))
+        if res.count <= limit:
+            out.pmids.update(res.ids)
+            continue
+        out.splits += 1
+        days = (p.hi_day - p.lo_day).days + 1
+        if days > 1:
+            # as many equal pieces as the count suggests (at least halves)
+            parts = min(days, max(2, -(-res.count // limit)))
+            bounds = [p.lo_day + dt.timedelta(days=days * i // parts) for i in range(parts + 1)]
+            logger.debug(
+                "%s %s..%s: %d > %d, split into %d date ranges",
+                datetype, p.lo_day, p.hi_day, res.count, limit, parts,
+            )
+            for a, b in reversed(list(zip(bounds, bounds[1:], strict=False))):
+                stack.append(_Piece(a, b - dt.timedelta(days=1), p.uids))
+            continue
+        lo, hi = p.uids or (1, UID_MAX)
+        if lo >= hi:
+            raise ConsistencyError(
+                f"esearch {datetype} {p.lo_day}: PMID {lo} alone counts {res.count} > {limit}"
+            )
+        inside = sorted(set(i for i in res.ids if lo <= i <= hi))
+        if not p.median and inside and inside[0] > lo and len(inside) == len(res.ids):
+            # PubMed lists the newest (highest) PMIDs first, so the page seen is likely all
+            # of [lowest seen, hi]: fetch only the rest, and keep the page if the counts
+            # add up (else the upper piece is fetched too, see above).
+            cut = inside[0] - 1
+            logger.debug("%s %s: %d > %d, page kept, rest below %d",
+                         datetype, p.lo_day, res.count, limit, inside[0])
+            kept = (res.count, tuple(inside), (cut + 1, hi))
+            stack.append(_Piece(p.lo_day, p.hi_day, (lo, cut), rest_of=kept))
+            continue
+        cut = inside[len(inside) // 2 - 1] if len(inside) >= 2 else (lo + hi) // 2
+        if not lo <= cut < hi:
+            cut = (lo + hi) // 2
+        logger.debug(
+            "%s %s: %d > %d, split PMIDs %d..%d at %d",
+            datetype, p.lo_day, res.count, limit, lo, hi, cut,
+        )
+        stack.append(_Piece(p.lo_day, p.hi_day, (cut + 1, hi), median=True))
+        stack.append(_Piece(p.lo_day, p.hi_day, (lo, cut), median=True))
+    return out
+
+
+# ------------------------------------------------------------------------------- EFetch
+
+
+def _check_efetch_body(body: bytes, where: str) -> None:
+    try:
+        root = etree.fromstring(body, _XML)
+    except etree.XMLSyntaxError as exc:
+        raise TransientSourceError(f"{where}: unparseable or truncated body ({exc.msg})") from None
+    error = root.findtext("ERROR")
+    if error is not None:
+        raise classify_eutils_error(where, error)
+    if root.tag != "PubmedArticleSet":
+        raise TransientSourceError(f"{where}: unexpected document <{root.tag}>")
+
+
+def efetch(client: HttpClient, pmids: Sequence[int], *, location: str) -> list[Item]:
+    """Fetch and parse the records of ``pmids`` with one EFetch POST (retried as needed)."""
+    from ingest.parse import parse_bytes
+
+    where = f"efetch {len(pmids)} ids ({location})"
+    data = {"db": "pubmed", "id": ",".join(str(p) for p in pmids), "retmode": "xml"}
+
+    def parse(response: Any) -> list[Item]:
+        body = response.content
+        _check_efetch_body(body, where)
+        ref = SourceRef("eutils", location, fetched_at=dt.datetime.now(dt.UTC))
+        return parse_bytes(body, source_ref=ref)
+
+    items: list[Item] = client.post("efetch.fcgi", data=data, parse=parse)
+    return items
+
+
+def _pmids_of(items: Iterable[Item]) -> set[int]:
+    out: set[int] = set()
+    for item in items:
+        if isinstance(item, Record | Deletion):
+            out.add(item.pmid)
+        elif isinstance(item, QuarantineEntry) and item.pmid is not None:
+            out.add(item.pmid)
+    return out
+
+
+def fetch_reconciled(
+    client: HttpClient, pmids: Sequence[int], *, location: str
+) -> tuple[list[Item], list[int]]:
+    """EFetch ``pmids``; ask again for any the answer left out.
+
+    Returns:
+        The items, and the PMIDs still absent after the second request.
+    """
+    items = efetch(client, pmids, location=location)
+    missing = sorted(set(pmids) - _pmids_of(items))
+    if missing:
+        logger.info("%s: %d PMIDs absent from EFetch, asking again", location, len(missing))
+        items += efetch(client, missing, location=location)
+        missing = sorted(set(missing) - _pmids_of(items))
+    return items, missing
+
+
+# ------------------------------------------------------------------------------ windows
+
+
+def window_key(start: dt.date, end: dt.date, query: str | None) -> str:
+    """The checkpoint key of a window: ``2024-01-01..2024-01-02`` plus a query hash."""
+    key = f"{start.isoformat()}..{end.isoformat()}"
+    if query:
+        key += "|q=" + hashlib.sha1(query.encode()).hexdigest()[:16]
+    return key
+
+
+def _as_datetime(value: dt.datetime | dt.date) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+
+
+def _progress(items: Sequence[Any], enabled: bool, desc: str) -> Iterator[Any]:
+    if enabled:
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            pass
+        else:
+            yield from tqdm(items, desc=desc, unit="batch")
+            return
+    for n, item in enumerate(items, 1):
+        if enabled:
+            logger.info("%s: batch %d/%d", desc, n, len(items))
+        yield item
+
+
+def ingest_window(
+    settings: Settings,
+    since: dt.datetime | dt.date,
+    until: dt.datetime | dt.date,
+    *,
+    query: str | None = None,
+    progress: bool = False,
+    restart: bool = False,
+) -> IngestCounts:
+    """Fetch and store every PubMed record created or revised in a date window.
+
+    The window is half-open, ``[since, until)`` (an Airflow data interval); since
+    ESearch dates are whole days, every day it touches is searched, plus
+    ``settings.window_overlap_days`` days before ``since`` for late-indexed records.
+    A naive datetime is taken as UTC.
+
+    Args:
+        settings: E-utilities URL, etiquette, batch sizes, overlap, database.
+        since: Window start (inclusive).
+        until: Window end (exclusive): ``2024-01-03T00:00`` ends with 2024-01-02.
+        query: An ESearch term to restrict the window (default: all of PubMed).
+        progress: Show a progress bar (or log each batch).
+        restart: Discard the progress of an unfinished run of this window; search again.
+
+    Returns:
+        The :class:`ingest.store.IngestCounts` of this call (``missing`` included).
+
+    Raises:
+        ConfigError: ``until`` is not after ``since``.
+        TransientSourceError: E-utilities kept failing; the run is marked failed and
+            a later call resumes from the last finished batch.
+        InvalidRequestError: The query was rejected.
+    """
+    since_dt, until_dt = _as_datetime(since), _as_datetime(until)
+    if until_dt <= since_dt:
+        raise ConfigError(
+            f"window end {until_dt:%Y-%m-%d %H:%M} is not after its start "
+            f"{since_dt:%Y-%m-%d %H:%M}"
+        )
+    # ESearch dates are whole days: every day the half-open window touches is searched
+    start = (since_dt - dt.timedelta(days=settings.window_overlap_days)).date()
+    end = (until_dt - dt.timedelta(microseconds=1)).date()
+    query = (query or "").strip() or None
+    term = query or "all[sb]"
+    wkey = window_key(start, end, query)
+    store = Store(db.connect(settings))
+    target = f"{start}..{end}" + (f" {query}" if query else "")
+    run_id = store.start_run(
+        "eutils",
+        target=target,
+        window_start=since_dt,
+        window_end=until_dt,
+    )
+    client = eutils_client(settings)
+    counts = IngestCounts()
+    details: dict[str, Any] = {"window": f"{start}..{end}", "query": query, "term": term}
+    try:
+        search = store.get_checkpoint(SCOPE, f"{wkey}#search")
+        previous = int(search["value"].get("generation", 0)) if search else 0
+        if search is not None and search["status"] == "searched" and not restart:
+            value = search["value"]  # an unfinished run of this window: resume it
+            details["resumed"] = True
+        else:
+            value = {
+                "generation": previous + 1,
+                "batch": settings.efetch_batch,
+                "datetypes": {},
+                "requests": 0,
+                "splits": 0,
+            }
+            pmids: set[int] = set()
+            for datetype in ("edat", "mdat"):
+                found = search_pmids(
+                    client, term=term, datetype=datetype, start=start, end=end,
+                    cap=settings.esearch_cap,
+                )
+                value["datetypes"][datetype] = len(found.pmids)
+                value["requests"] += found.requests
+                value["splits"] += found.splits
+                pmids |= found.pmids
+            value["pmids"] = sorted(pmids)
+            store.set_checkpoint(SCOPE, f"{wkey}#search", "searched", value)
+        generation = int(value.get("generation", 1))
+        all_pmids: list[int] = [int(p) for p in value["pmids"]]
+        size = int(value["batch"])
+        batches = [all_pmids[i : i + size] for i in range(0, len(all_pmids), size)]
+        details.update(
+            edat_count=value["datetypes"].get("edat", 0),
+            mdat_count=value["datetypes"].get("mdat", 0),
+            pmids=len(all_pmids),
+            esearch_requests=value["requests"],
+            esearch_splits=value["splits"],
+            batches=len(batches),
+            batches_skipped=0,
+        )
+        missing_all: list[int] = []
+        for n, batch in enumerate(_progress(batches, progress, f"efetch {target}")):
+            key = f"{wkey}#batch{n}"
+            done = store.get_checkpoint(SCOPE, key)
+            if (
+                done is not None
+                and done["status"] == "done"
+                and done["value"].get("generation") == generation
+            ):
+                details["batches_skipped"] += 1  # fetched by the run that was cut short
+                missing_all += [int(p) for p in done["value"].get("missing", [])]
+                continue
+            items, missing = fetch_reconciled(
+                client, batch, location=f"efetch run {run_id} {key}"
+            )
+            batch_counts = store.apply(items, run_id=run_id) + IngestCounts(missing=len(missing))
+            store.set_checkpoint(
+                SCOPE,
+                key,
+                "done",
+                {"generation": generation, "size": len(batch), "run_id": run_id,
+                 "counts": batch_counts.to_dict(), "missing": missing},
+            )
+            counts = counts + batch_counts
+            missing_all += missing
+        details.update(
+            missing_pmids=missing_all[:1000],
+            missing_total=len(missing_all),
+            requests=client.requests_sent,
+            retries=client.retries,
+        )
+        if missing_all:
+            logger.warning(
+                "window %s: %d PMIDs listed by ESearch were not returned by EFetch: %s",
+                target, len(missing_all), missing_all[:20],
+            )
+        store.set_checkpoint(SCOPE, f"{wkey}#search", "done", value)
+        store.finish_run(run_id, counts, details=details)
+        return counts
+    except BaseException as exc:
+        details.update(requests=client.requests_sent, retries=client.retries)
+        store.finish_run(
+            run_id, counts, status="failed", error=client.redact(f"{type(exc).__name__}: {exc}"),
+            details=details,
+        )
+        raise
+    finally:
+        client.close()

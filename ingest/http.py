@@ -1,0 +1,477 @@
+"""An NCBI-polite HTTP client: one rate limiter per host for the whole process, retries
+with exponential backoff and full jitter, and an API key that never leaks.
+
+Every remote source of litpulse (E-utilities, the PubMed file server, iCite) goes
+through :class:`HttpClient`:
+
+* **Rate.** Request *starts* to one host are spaced at least ``1/rate`` seconds apart,
+  plus a 10 % margin (Biopython spaces keyless requests 0.37 s rather than 0.33 s) so
+  that network jitter never lets the server count one request too many in a second.
+  The limiter is shared by every client and thread of the process:
+  :func:`limiter_for` keeps one per host, and when two clients ask for different
+  rates the stricter one wins.
+* **Retries.** 429 (``Retry-After`` honoured), 5xx, timeouts, connection errors and
+  resets, truncated bodies (``Content-Length`` mismatch, ``IncompleteRead``) and bodies
+  that a ``parse`` callback rejects with a retryable error are retried up to
+  ``settings.max_retries`` times, waiting ``uniform(0, min(backoff_max,
+  backoff_base * 2**attempt))`` seconds ("full jitter"). Other 4xx answers raise
+  :class:`~litpulse.errors.InvalidRequestError` at once.
+* **Secrets.** E-utilities parameters, ``api_key`` included, travel in POST bodies,
+  never in URLs (so not in urllib3's debug log either), and every message this module
+  writes or raises passes through :func:`redact`.
+
+Example:
+    >>> from litpulse.settings import Settings
+    >>> client = eutils_client(Settings(ncbi_email="me@example.org"))  # doctest: +SKIP
+    >>> form = {"db": "pubmed", "term": "all[sb]"}
+    >>> response = client.post("esearch.fcgi", data=form)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import http.client
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urljoin, urlsplit
+
+import requests
+
+from litpulse import __version__
+from litpulse.errors import (
+    ConfigError,
+    InvalidRequestError,
+    LitpulseError,
+    RateLimitedError,
+    TransientSourceError,
+)
+from litpulse.settings import Settings
+
+__all__ = [
+    "HttpClient",
+    "RateLimiter",
+    "eutils_client",
+    "limiter_for",
+    "redact",
+    "reset_limiters",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Spacing factor on top of ``1/rate`` so arrival jitter never exceeds the limit.
+RATE_MARGIN = 1.1
+
+_KEY_RE = re.compile(r"(api_key=)[^&\s'\"]+", re.IGNORECASE)
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with every ``api_key=…`` value and every literal secret replaced by ``***``."""
+    out = _KEY_RE.sub(r"\1***", text)
+    for secret in secrets:
+        if secret:
+            out = out.replace(secret, "***")
+    return out
+
+
+# ------------------------------------------------------------------------- rate limiting
+
+
+class RateLimiter:
+    """Spaces request starts at least ``RATE_MARGIN / rate`` seconds apart; thread-safe.
+
+    Each caller reserves the next free slot under a lock and sleeps outside it, so
+    concurrent threads queue in order without holding the lock while waiting.
+    """
+
+    def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        if rate <= 0:
+            raise ConfigError(f"rate must be positive, got {rate!r}")
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._next = 0.0
+        self.rate = rate
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two request starts."""
+        return RATE_MARGIN / self.rate
+
+    def tighten(self, rate: float) -> None:
+        """Lower the rate to ``rate`` if it is stricter than the current one."""
+        with self._lock:
+            if 0 < rate < self.rate:
+                self.rate = rate
+
+    def acquire(self) -> float:
+        """Wait for this caller's slot; returns the seconds waited."""
+        with self._lock:
+            now = self._clock()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        wait = slot - now
+        if wait > 0:
+            time.sleep(wait)  # real time: the limiter is never faked
+        return wait
+
+
+_LIMITERS: dict[str, RateLimiter] = {}
+_LIMITERS_LOCK = threading.Lock()
+
+
+def limiter_for(url: str, rate: float) -> RateLimiter:
+    """The process-wide limiter of ``url``'s host (scheme + host + port)."""
+    parts = urlsplit(url)
+    key = f"{parts.scheme}://{parts.netloc}".lower()
+    with _LIMITERS_LOCK:
+        limiter = _LIMITERS.get(key)
+        if limiter is None:
+            limiter = _LIMITERS[key] = RateLimiter(rate)
+        else:
+            limiter.tighten(rate)
+        return limiter
+
+
+def reset_limiters() -> None:
+    """Forget every limiter (tests)."""
+    with _LIMITERS_LOCK:
+        _LIMITERS.clear()
+
+
+# ------------------------------------------------------------------------------- client
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class HttpClient:
+    """A ``requests.Session`` with a shared rate limiter, retries and redaction.
+
+    Args:
+        settings: Timeouts, retry and backoff settings come from here.
+        base_url: Relative paths given to the methods are joined to it.
+        rate: Requests/s to this host (default ``settings.rate_limit``).
+        form: Parameters added to every request (``tool``, ``email``, ``api_key`` for
+            E-utilities); they go into the POST body, or the query string of a GET.
+        secrets: Values that must never appear in a message.
+        sleep: Waits between retries (injectable so tests need not wait); the rate
+            limiter always sleeps for real.
+        rng: Source of jitter.
+        session: A session to use instead of a new one.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        base_url: str,
+        *,
+        rate: float | None = None,
+        form: Mapping[str, str] | None = None,
+        secrets: Iterable[str] = (),
+        sleep: Callable[[float], None] | None = None,
+        rng: random.Random | None = None,
+        session: requests.Session | None = None,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"HTTP client needs an http(s) URL, got {redact(base_url)!r}")
+        self.settings = settings
+        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.form = {k: v for k, v in (form or {}).items() if v}
+        self.secrets = tuple(s for s in secrets if s)
+        self.limiter = limiter_for(self.base_url, rate or settings.rate_limit)
+        self._sleep = sleep or time.sleep
+        self._rng = rng or random.Random()
+        self.session = session or requests.Session()
+        self.session.headers["User-Agent"] = f"litpulse/{__version__} (+python-requests)"
+        #: Requests sent (attempts, not calls), for run details.
+        self.requests_sent = 0
+        #: Retries made after a transient failure.
+        self.retries = 0
+
+    # -- helpers ------------------------------------------------------------------
+    def redact(self, text: str) -> str:
+        """``text`` without this client's secrets."""
+        return redact(text, self.secrets)
+
+    def url(self, path: str) -> str:
+        """The absolute URL of ``path``."""
+        return urljoin(self.base_url, path)
+
+    def backoff(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry number ``attempt`` (0-based): full jitter."""
+        cap = min(self.settings.backoff_max, self.settings.backoff_base * (2**attempt))
+        delay = self._rng.uniform(0, cap) if cap > 0 else 0.0
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return delay
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> HttpClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- requests -----------------------------------------------------------------
+    def get(
+        self,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        parse: Callable[[requests.Response], T] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        """GET with retries; returns ``parse(response)`` or the response."""
+        return self.request("GET", path, params=params, parse=parse, headers=headers)
+
+    def post(
+        self,
+        path: str,
+        *,
+        data: Mapping[str, Any] | None = None,
+        parse: Callable[[requests.Response], T] | None = None,
+    ) -> Any:
+        """POST a form with retries; returns ``parse(response)`` or the response."""
+        return self.request("POST", path, data=data, parse=parse)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
+        parse: Callable[[requests.Response], T] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        """Send one logical request, retrying transient failures.
+
+        Args:
+            method: ``GET`` or ``POST``.
+            path: Relative to ``base_url`` (or absolute).
+            params: Query parameters.
+            data: Form fields (POST).
+            parse: Called with the complete response; may raise
+                :class:`TransientSourceError` (retried) or another error (not retried).
+            headers: Extra request headers.
+
+        Raises:
+            TransientSourceError: Still failing after ``max_retries`` retries.
+            InvalidRequestError: The server rejected the request (4xx other than 429).
+        """
+        url = self.url(path)
+        shown = self.redact(f"{method} {url}")
+        if method == "POST":
+            data = {**self.form, **(data or {})}
+        else:
+            params = {**self.form, **(params or {})}
+        attempt = 0
+        while True:
+            try:
+                response = self._send(method, url, shown, params=params, data=data, headers=headers)
+                return parse(response) if parse is not None else response
+            except TransientSourceError as exc:
+                if attempt >= self.settings.max_retries:
+                    raise type(exc)(
+                        self.redact(f"{exc} (gave up after {attempt + 1} attempts)"),
+                        retry_after=exc.retry_after,
+                    ) from None
+                delay = self.backoff(attempt, exc.retry_after)
+                logger.warning(
+                    "%s; retry %d/%d in %.2f s",
+                    self.redact(str(exc)),
+                    attempt + 1,
+                    self.settings.max_retries,
+                    delay,
+                )
+                self.retries += 1
+                attempt += 1
+                self._sleep(delay)
+            except LitpulseError as exc:
+                if self.secrets and any(s in str(exc) for s in self.secrets):
+                    raise type(exc)(self.redact(str(exc))) from None
+                raise
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        shown: str,
+        *,
+        params: Mapping[str, Any] | None,
+        data: Mapping[str, Any] | None,
+        headers: Mapping[str, str] | None,
+        stream: bool = False,
+    ) -> requests.Response:
+        self.limiter.acquire()
+        self.requests_sent += 1
+        try:
+            response = self.session.request(
+                method,
+                url,
+                params=params,
+                data=data,
+                headers=dict(headers or {}),
+                timeout=self.settings.http_timeout,
+                stream=stream,
+            )
+            if not stream:
+                _ = response.content  # read the whole body inside the try
+        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema) as exc:
+            raise InvalidRequestError(f"{shown}: invalid URL ({type(exc).__name__})") from None
+        except requests.Timeout:
+            raise TransientSourceError(f"{shown}: timed out") from None
+        except (requests.RequestException, http.client.HTTPException, OSError) as exc:
+            # connection refused/reset, IncompleteRead, ChunkedEncodingError, ...
+            raise TransientSourceError(
+                f"{shown}: {type(exc).__name__}: {self.redact(_short(exc))}"
+            ) from None
+        status = response.status_code
+        if status == 429:
+            response.close()
+            raise RateLimitedError(
+                f"{shown}: HTTP 429 Too Many Requests",
+                retry_after=_retry_after(response.headers.get("Retry-After")),
+            )
+        if status >= 500:
+            response.close()
+            raise TransientSourceError(
+                f"{shown}: HTTP {status}",
+                retry_after=_retry_after(response.headers.get("Retry-After")),
+            )
+        if status >= 400 and status != 416:
+            detail = "" if stream else self.redact(_snippet(response.content))
+            response.close()
+            raise InvalidRequestError(f"{shown}: HTTP {status} {detail}".rstrip())
+        if not stream:
+            expected = response.headers.get("Content-Length")
+            encoded = response.headers.get("Content-Encoding", "identity") != "identity"
+            if expected is not None and not encoded and expected.isdigit():
+                if int(expected) != len(response.content):
+                    raise TransientSourceError(
+                        f"{shown}: truncated body ({len(response.content)} of {expected} bytes)"
+                    )
+        return response
+
+    # -- downloads ------------------------------------------------------------------
+    def download(self, path: str, dest: Path, *, chunk_size: int = 1 << 14) -> tuple[int, str]:
+        """Download ``path`` to ``dest``, resuming a partial ``dest.part`` with HTTP Range.
+
+        A server that ignores the Range header (answers 200) restarts the file; a
+        broken transfer is retried from where it stopped.
+
+        Returns:
+            The size in bytes and the MD5 hex digest of the finished file.
+        """
+        url = self.url(path)
+        shown = self.redact(f"GET {url}")
+        part = dest.with_name(dest.name + ".part")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        attempt = 0
+        while True:
+            have = part.stat().st_size if part.exists() else 0
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            try:
+                response = self._send(
+                    method="GET", url=url, shown=shown, params=None, data=None,
+                    headers=headers, stream=True,
+                )
+                with response:
+                    if response.status_code == 416:  # nothing left to send: restart cleanly
+                        part.unlink(missing_ok=True)
+                        raise TransientSourceError(f"{shown}: HTTP 416, restarting download")
+                    resumed = response.status_code == 206
+                    if have and not resumed:
+                        logger.info("%s: server ignored Range, restarting", shown)
+                    total = response.headers.get("Content-Length")
+                    written = 0
+                    with part.open("ab" if resumed else "wb") as fh:
+                        for chunk in response.iter_content(chunk_size):
+                            fh.write(chunk)
+                            written += len(chunk)
+                    if total is not None and total.isdigit() and written != int(total):
+                        raise TransientSourceError(
+                            f"{shown}: truncated body ({written} of {total} bytes)"
+                        )
+                break
+            except TransientSourceError as exc:
+                if attempt >= self.settings.max_retries:
+                    raise TransientSourceError(
+                        self.redact(f"{exc} (gave up after {attempt + 1} attempts)")
+                    ) from None
+                delay = self.backoff(attempt, exc.retry_after)
+                logger.warning("%s; retry %d in %.2f s", self.redact(str(exc)), attempt + 1, delay)
+                self.retries += 1
+                attempt += 1
+                self._sleep(delay)
+            except (requests.RequestException, http.client.HTTPException, OSError) as exc:
+                # raised while streaming the body: keep the part, resume next time
+                if attempt >= self.settings.max_retries:
+                    raise TransientSourceError(
+                        f"{shown}: {type(exc).__name__} (gave up after {attempt + 1} attempts)"
+                    ) from None
+                delay = self.backoff(attempt)
+                logger.warning("%s: %s; resuming in %.2f s", shown, type(exc).__name__, delay)
+                self.retries += 1
+                attempt += 1
+                self._sleep(delay)
+        part.replace(dest)
+        digest = hashlib.md5(usedforsecurity=False)
+        size = 0
+        with dest.open("rb") as fh:
+            for block in iter(lambda: fh.read(chunk_size), b""):
+                digest.update(block)
+                size += len(block)
+        return size, digest.hexdigest()
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) <= 300 else text[:300] + "…"
+
+
+def _snippet(body: bytes) -> str:
+    text = body[:300].decode("utf-8", "replace")
+    return " ".join(text.split())
+
+
+def eutils_client(settings: Settings, **kwargs: Any) -> HttpClient:
+    """A client for E-utilities sending ``tool``, ``email`` and ``api_key`` every time."""
+    if not settings.ncbi_email:
+        logger.warning(
+            "LITPULSE_NCBI_EMAIL is empty: NCBI asks E-utilities clients for a contact e-mail"
+        )
+    form = {
+        "tool": settings.ncbi_tool,
+        "email": settings.ncbi_email,
+        "api_key": settings.ncbi_api_key,
+    }
+    return HttpClient(
+        settings,
+        settings.eutils_url,
+        form=form,
+        secrets=(settings.ncbi_api_key,),
+        **kwargs,
+    )

@@ -1,0 +1,297 @@
+"""Apply NLM's PubMed update files (and, on request, baseline files) in number order.
+
+NLM publishes ``pubmedYYnNNNN.xml.gz`` files under ``updatefiles/`` (daily, sometimes
+several a day) and ``baseline/`` (yearly), each with a ``.md5`` beside it in the form
+``MD5(pubmed26n1280.xml.gz)= <32 hex digits>``. :func:`apply_updates`:
+
+1. lists the folders (the HTML index of ``settings.pubmed_files_url``; a ``file://``
+   mirror is listed from disk);
+2. skips files already recorded in ``source_files``;
+3. downloads each remaining file to ``<home>/downloads`` (a partial ``.part`` file is
+   resumed with an HTTP Range request, or restarted when the server ignores Range);
+4. verifies it against its ``.md5``; a mismatch is downloaded again (up to two more
+   times) and then fails the run with :class:`~litpulse.errors.ChecksumError` — that
+   file and every later one stay unapplied, so the order is never broken;
+5. applies it through :meth:`ingest.store.Store.apply` with
+   ``SourceRef("updatefile" | "baseline", name, sequence=NNNN)`` and records it in
+   ``source_files`` with its MD5, size and counts; the download is then deleted.
+
+A run killed mid-file leaves no ``source_files`` row, so the next run applies that file
+again; re-applying records is idempotent in the store.
+
+Example:
+    >>> counts = apply_updates(settings, max_files=2)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from sqlalchemy import select
+
+from ingest.http import HttpClient
+from ingest.records import SourceRef
+from ingest.store import IngestCounts, Store
+from litpulse import db
+from litpulse.errors import ChecksumError, ConfigError, InvalidRequestError
+from litpulse.schema import source_files
+from litpulse.settings import Settings
+
+__all__ = ["RemoteFile", "apply_updates", "list_remote_files", "parse_listing", "parse_md5"]
+
+logger = logging.getLogger(__name__)
+
+FILE_RE = re.compile(r"pubmed(\d{2})n(\d{4})\.xml\.gz")
+_HREF_RE = re.compile(
+    r"""href\s*=\s*["']?(?:[^"'>\s]*/)?(pubmed\d{2}n\d{4}\.xml\.gz)["'>\s]""", re.I
+)
+_MD5_RE = re.compile(r"MD5\s*\(\s*(?P<name>[^)]+?)\s*\)\s*=\s*(?P<hex>[0-9a-fA-F]{32})")
+_MD5SUM_RE = re.compile(r"^(?P<hex>[0-9a-fA-F]{32})\s+\*?(?P<name>\S+)\s*$", re.M)
+
+#: Downloads of one file whose checksum does not match before the run fails.
+CHECKSUM_ATTEMPTS = 3
+
+FOLDERS = {"baseline": "baseline", "updatefile": "updatefiles"}
+
+
+@dataclass(frozen=True, order=True)
+class RemoteFile:
+    """One published file; sorts in application order (year, then number)."""
+
+    year: int
+    number: int
+    name: str
+    kind: str  # "baseline" or "updatefile"
+
+    @property
+    def folder(self) -> str:
+        return FOLDERS[self.kind]
+
+
+def parse_listing(html: str, kind: str) -> list[RemoteFile]:
+    """The ``pubmedYYnNNNN.xml.gz`` files linked from a directory listing, in order."""
+    seen: dict[str, RemoteFile] = {}
+    for name in _HREF_RE.findall(html):
+        m = FILE_RE.fullmatch(name)
+        if m and name not in seen:
+            seen[name] = RemoteFile(int(m.group(1)), int(m.group(2)), name, kind)
+    return sorted(seen.values())
+
+
+def parse_md5(text: str, name: str) -> str:
+    """The hex digest for ``name`` in an NLM ``.md5`` file (or ``md5sum`` output).
+
+    Raises:
+        ChecksumError: The file names another file or holds no digest.
+    """
+    for rx in (_MD5_RE, _MD5SUM_RE):
+        for m in rx.finditer(text):
+            if m.group("name").strip().lstrip("*") == name:
+                return m.group("hex").lower()
+    raise ChecksumError(f"{name}.md5 holds no MD5 for {name}: {text[:120]!r}")
+
+
+# ------------------------------------------------------------------------------ sources
+
+
+class _HttpSource:
+    def __init__(self, settings: Settings) -> None:
+        self.client = HttpClient(settings, settings.pubmed_files_url)
+
+    def listing(self, folder: str) -> str:
+        response = self.client.get(f"{folder}/")
+        return str(response.text)
+
+    def text(self, path: str) -> str:
+        response = self.client.get(path)
+        return str(response.text)
+
+    def fetch(self, path: str, dest: Path) -> tuple[int, str]:
+        return self.client.download(path, dest)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class _LocalSource:
+    """A ``file://`` mirror of the PubMed file server (air-gapped sites)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.root = Path(unquote(urlsplit(settings.pubmed_files_url).path))
+
+    def listing(self, folder: str) -> str:
+        where = self.root / folder
+        names = sorted(p.name for p in where.iterdir()) if where.is_dir() else []
+        return "".join(f'<a href="{n}">{n}</a>\n' for n in names)
+
+    def text(self, path: str) -> str:
+        try:
+            return (self.root / path).read_text(encoding="ascii", errors="replace")
+        except OSError as exc:
+            raise InvalidRequestError(f"cannot read {self.root / path}: {exc.strerror}") from None
+
+    def fetch(self, path: str, dest: Path) -> tuple[int, str]:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.root / path, dest)
+        digest = hashlib.md5(usedforsecurity=False)
+        with dest.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        return dest.stat().st_size, digest.hexdigest()
+
+    def close(self) -> None:
+        pass
+
+
+def _source(settings: Settings) -> _HttpSource | _LocalSource:
+    url = settings.pubmed_files_url
+    if url.startswith("file://"):
+        return _LocalSource(settings)
+    if url.startswith(("http://", "https://")):
+        return _HttpSource(settings)
+    raise ConfigError(f"LITPULSE_PUBMED_FILES_URL must be http(s) or file, got {url!r}")
+
+
+def list_remote_files(settings: Settings, *, include_baseline: bool = False) -> list[RemoteFile]:
+    """Every published file, in application order (baseline first when included)."""
+    source = _source(settings)
+    try:
+        return _list(source, include_baseline)
+    finally:
+        source.close()
+
+
+def _list(source: _HttpSource | _LocalSource, include_baseline: bool) -> list[RemoteFile]:
+    kinds = ("baseline", "updatefile") if include_baseline else ("updatefile",)
+    found: list[RemoteFile] = []
+    for kind in kinds:
+        found += parse_listing(source.listing(FOLDERS[kind]), kind)
+    # one name may be listed in both folders in a transition: keep the first kind
+    unique: dict[str, RemoteFile] = {}
+    for f in found:
+        unique.setdefault(f.name, f)
+    return sorted(unique.values())
+
+
+# -------------------------------------------------------------------------------- apply
+
+
+def _download_verified(
+    source: _HttpSource | _LocalSource, f: RemoteFile, dest: Path
+) -> tuple[int, str]:
+    expected = parse_md5(source.text(f"{f.folder}/{f.name}.md5"), f.name)
+    for attempt in range(1, CHECKSUM_ATTEMPTS + 1):
+        size, digest = source.fetch(f"{f.folder}/{f.name}", dest)
+        if digest == expected:
+            return size, digest
+        logger.warning(
+            "%s: MD5 %s does not match the published %s (download %d/%d)",
+            f.name, digest, expected, attempt, CHECKSUM_ATTEMPTS,
+        )
+        dest.unlink(missing_ok=True)
+    raise ChecksumError(
+        f"{f.name}: MD5 still wrong after {CHECKSUM_ATTEMPTS} downloads (published {expected}); "
+        "this file and the later ones were not applied"
+    )
+
+
+def apply_updates(
+    settings: Settings,
+    *,
+    max_files: int | None = None,
+    include_baseline: bool = False,
+    progress: bool = False,
+) -> IngestCounts:
+    """Download, verify and apply the update files not applied yet, in number order.
+
+    Args:
+        settings: ``pubmed_files_url``, ``home`` (downloads), retry settings, database.
+        max_files: Apply at most this many files in this call.
+        include_baseline: Also apply the files of ``baseline/`` (before the updates).
+        progress: Log each file as it is applied.
+
+    Returns:
+        The summed counts of the files applied.
+
+    Raises:
+        ChecksumError: A file kept failing its MD5; it and later files were not applied.
+        TransientSourceError: The server kept failing.
+    """
+    if max_files is not None and max_files < 0:
+        raise ConfigError(f"max_files must be >= 0, got {max_files!r}")
+    engine = db.connect(settings)
+    store = Store(engine)
+    downloads = settings.ensure_home() / "downloads"
+    run_id = store.start_run("updatefiles", target=str(settings.pubmed_files_url))
+    counts = IngestCounts()
+    applied: list[str] = []
+    details: dict[str, Any] = {"files": applied, "include_baseline": include_baseline}
+    source = _source(settings)
+    try:
+        remote = _list(source, include_baseline)
+        with engine.connect() as conn:
+            done = set(conn.execute(select(source_files.c.name)).scalars())
+        pending = [f for f in remote if f.name not in done]
+        if done and pending:
+            newest = max((f for f in remote if f.name in done), default=None)
+            late = [f.name for f in pending if newest is not None and f < newest]
+            if late:
+                logger.warning("files older than the newest applied one are pending: %s", late)
+        details.update(listed=len(remote), pending=len(pending))
+        if max_files is not None:
+            pending = pending[:max_files]
+        total_bytes = 0
+        for n, f in enumerate(pending, 1):
+            if progress:
+                logger.info("update file %d/%d: %s", n, len(pending), f.name)
+            details["current"] = f.name
+            dest = downloads / f.name
+            size, digest = _download_verified(source, f, dest)
+            total_bytes += size
+            from ingest.parse import iter_items
+
+            ref = SourceRef(f.kind, f.name, sequence=f.number)  # type: ignore[arg-type]
+            file_counts = store.apply(iter_items(dest, source_ref=ref), run_id=run_id)
+            with engine.begin() as conn:
+                db.upsert(
+                    conn,
+                    source_files,
+                    [
+                        {
+                            "name": f.name,
+                            "kind": f.kind,
+                            "sequence": f.number,
+                            "md5": digest,
+                            "size": size,
+                            "run_id": run_id,
+                            "counts": file_counts.to_dict(),
+                            "applied_at": db.utcnow(),
+                        }
+                    ],
+                    keys=["name"],
+                )
+            dest.unlink(missing_ok=True)
+            counts = counts + file_counts
+            applied.append(f.name)
+            logger.info("applied %s: %s", f.name, file_counts.to_dict())
+        details.pop("current", None)
+        details["bytes"] = total_bytes
+        store.finish_run(run_id, counts, details=details)
+        return counts
+    except BaseException as exc:
+        redact = getattr(getattr(source, "client", None), "redact", str)
+        store.finish_run(
+            run_id, counts, status="failed", error=redact(f"{type(exc).__name__}: {exc}"),
+            details={**details, "failed_at": dt.datetime.now(dt.UTC).isoformat()},
+        )
+        raise
+    finally:
+        source.close()

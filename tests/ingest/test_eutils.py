@@ -1,0 +1,334 @@
+"""E-utilities windows against the loopback emulator: splitting, faults, resume, secrets."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, text
+
+from ingest.eutils import (
+    classify_eutils_error,
+    esearch,
+    ingest_window,
+    parse_esearch,
+    search_pmids,
+)
+from ingest.generate import CorpusManifest, generate_corpus
+from ingest.http import eutils_client
+from ingest.store import Store
+from litpulse import db
+from litpulse.errors import ConfigError, InvalidRequestError, TransientSourceError
+from litpulse.schema import articles, checkpoints, metadata
+from litpulse.settings import Settings
+from tests.emulator import Emulator, running_emulator
+
+KEY = "SECRET-eutils-key-987654321"
+REPO = Path(__file__).resolve().parents[2]
+# the whole corpus: [Jan 2, Feb 1) plus one day of overlap = Jan 1 .. Jan 31
+SINCE, UNTIL = dt.datetime(2024, 1, 2), dt.datetime(2024, 2, 1)
+LAST_DAY = dt.date(2024, 1, 31)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> CorpusManifest:
+    """3,000 generated records over 5 days (~595 a day), 1 % deleted, 5 % revised."""
+    return generate_corpus(
+        tmp_path_factory.mktemp("corpus"), n_records=3000, days=5, seed=11, delete_fraction=0.01
+    )
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> CorpusManifest:
+    return generate_corpus(
+        tmp_path_factory.mktemp("small"), n_records=400, days=3, seed=5, delete_fraction=0.02
+    )
+
+
+@pytest.fixture
+def emu() -> Iterator[Emulator]:
+    yield from running_emulator()
+
+
+def _settings(emu: Emulator, base: Settings, **kw: object) -> Settings:
+    return emu.configure(base.replace(ncbi_api_key=KEY, ncbi_email="t@example.org"), **kw)
+
+
+def _stored(settings: Settings) -> list[int]:
+    with db.connect(settings).connect() as conn:
+        return list(
+            conn.execute(select(articles.c.pmid).where(articles.c.is_deleted.is_(False))).scalars()
+        )
+
+
+# ------------------------------------------------------------------------------- parsing
+
+
+def _doc(inner: str) -> bytes:
+    return f'<?xml version="1.0" ?><eSearchResult>{inner}</eSearchResult>'.encode()
+
+
+def test_parse_esearch_result() -> None:
+    body = _doc(
+        "<Count>3</Count><RetMax>3</RetMax><RetStart>0</RetStart><QueryKey>1</QueryKey>"
+        "<WebEnv>MCID_1</WebEnv><IdList><Id>3</Id><Id>2</Id><Id>1</Id></IdList>"
+        "<TranslationSet/><QueryTranslation>all[sb]</QueryTranslation>"
+    )
+    res = parse_esearch(body)
+    assert (res.count, res.ids, res.webenv, res.query_key) == (3, (3, 2, 1), "MCID_1", "1")
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (_doc("<ERROR>Search Backend failed: Exception: Database is not ready</ERROR>"),
+         TransientSourceError),
+        (_doc("<ERROR>Unable to obtain query #1</ERROR>"), TransientSourceError),
+        (_doc("<ERROR>Invalid db name specified: pubmedx</ERROR>"), InvalidRequestError),
+        (_doc("<ERROR>Empty term and query_key - nothing todo</ERROR>"), InvalidRequestError),
+        (_doc("<ERROR>Search Backend failed: Exception:\n'retstart' cannot be larger than 9998."
+              "</ERROR>"), InvalidRequestError),
+        (_doc("<Count>0</Count><RetMax>0</RetMax><RetStart>0</RetStart><IdList/>"
+              "<TranslationSet/><QueryTranslation/><ErrorList><PhraseNotFound>zzqx"
+              "</PhraseNotFound></ErrorList>"), InvalidRequestError),
+        (b"<html><body>Bad gateway</body></html>", TransientSourceError),
+        (b'<?xml version="1.0"?><eSearchResult><Count>3</Count><IdList><Id>1',
+         TransientSourceError),
+    ],
+)
+def test_parse_esearch_errors(body: bytes, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        parse_esearch(body)
+
+
+def test_classify_keeps_invalid_apart_from_transient() -> None:
+    assert not classify_eutils_error("x", "Invalid query syntax").retryable
+    assert classify_eutils_error("x", "Search Backend failed: timeout").retryable
+
+
+# ------------------------------------------------------------------------------- ESearch
+
+
+def test_emulator_enforces_the_paging_limit_and_it_is_not_retried(
+    emu: Emulator, sqlite_settings: Settings
+) -> None:
+    emu.add_article(1, edat=dt.date(2024, 1, 1))
+    client = eutils_client(_settings(emu, sqlite_settings))
+    day = dt.date(2024, 1, 1)
+    with pytest.raises(InvalidRequestError, match="cannot be larger than 9998"):
+        esearch(client, term="all[sb]", datetype="edat", mindate=day, maxdate=day,
+                retmax=100, retstart=9990)
+    assert len(emu.requests("esearch")) == 1
+
+
+def test_a_day_over_the_real_10k_cap_is_split_by_pmid(
+    emu: Emulator, sqlite_settings: Settings
+) -> None:
+    day = dt.date(2024, 3, 1)
+    for pmid in range(40_000_000, 40_012_345):
+        emu.add_article(pmid, edat=day)
+    settings = _settings(emu, sqlite_settings)
+    assert settings.esearch_cap == 10000
+    found = search_pmids(eutils_client(settings), term="all[sb]", datetype="edat",
+                         start=day, end=day, cap=settings.esearch_cap)
+    assert found.pmids == set(range(40_000_000, 40_012_345))
+    assert found.splits >= 1
+    for req in emu.requests("esearch"):
+        assert int(req.params["retstart"]) + int(req.params["retmax"]) <= 9999
+
+
+# ------------------------------------------------------------------------------- windows
+
+
+def test_window_with_days_over_the_cap_stores_every_record_once(
+    emu: Emulator, sqlite_settings: Settings, corpus: CorpusManifest
+) -> None:
+    emu.load_files(corpus.files)
+    s = _settings(emu, sqlite_settings, esearch_cap=500, efetch_batch=500)
+    counts = ingest_window(s, SINCE, UNTIL)
+    stored = _stored(s)
+    assert len(stored) == len(set(stored))
+    overlap_start = SINCE.date() - dt.timedelta(days=s.window_overlap_days)
+    assert set(stored) == set(corpus.live_pmids) == emu.expected(overlap_start, LAST_DAY)
+    assert counts.inserted == len(corpus.live_pmids)
+    assert counts.missing == 0 and counts.quarantined == 0
+    store = Store(db.connect(s))
+    run = store.runs(1)[0]
+    assert run["status"] == "succeeded" and run["inserted"] == counts.inserted
+    assert run["details"]["esearch_splits"] > 0  # every day (~595) is over the cap of 500
+    for pmid in list(corpus.versions)[:50]:
+        assert store.get_article(pmid)["version"] == corpus.versions[pmid]
+    assert emu.max_rate("/eutils") <= s.rate_limit
+    # a repeated run of the finished window fetches again and changes nothing
+    again = ingest_window(s, SINCE, UNTIL)
+    assert again.unchanged == len(corpus.live_pmids)
+    assert again.inserted == again.updated == again.deleted == again.missing == 0
+    assert sorted(_stored(s)) == sorted(stored)
+
+
+FAULTS = [
+    ("429", "esearch"), ("503", "esearch"), ("500", "efetch"), ("502", "efetch"),
+    ("reset", "esearch"), ("reset", "efetch"), ("truncate", "esearch"), ("truncate", "efetch"),
+    ("slow", "efetch"), ("error200", "esearch"), ("error200", "efetch"), ("backend", "esearch"),
+    ("garbage", "efetch"), ("drop", "efetch"),
+]
+
+
+@pytest.mark.parametrize(("kind", "path"), FAULTS, ids=[f"{k}-{p}" for k, p in FAULTS])
+def test_every_record_stored_once_under_faults(
+    emu: Emulator, sqlite_settings: Settings, small: CorpusManifest, kind: str, path: str
+) -> None:
+    emu.load_files(small.files)
+    # "drop" twice in a row would be a genuinely missing PMID (tested below)
+    emu.faults.add(kind, path=path, times=1 if kind == "drop" else 2, retry_after="0", delay=0.6)
+    s = _settings(emu, sqlite_settings, efetch_batch=100, http_timeout=0.5)
+    counts = ingest_window(s, SINCE, UNTIL)
+    stored = _stored(s)
+    assert sorted(stored) == sorted(small.live_pmids)
+    assert counts.inserted == len(small.live_pmids) and counts.missing == 0
+    assert emu.faults.pending() == 0  # both faults were met
+    assert emu.max_rate("/eutils") <= s.rate_limit
+
+
+def test_pmids_efetch_never_returns_are_listed_then_fetched_later(
+    emu: Emulator, sqlite_settings: Settings, small: CorpusManifest
+) -> None:
+    emu.load_files(small.files)
+    emu.faults.add("drop", path="efetch", times=2)  # the batch answer and the second ask
+    s = _settings(emu, sqlite_settings, efetch_batch=1000)
+    counts = ingest_window(s, SINCE, UNTIL)
+    run = Store(db.connect(s)).runs(1)[0]
+    assert counts.missing == 1 and run["missing"] == 1
+    (lost,) = run["details"]["missing_pmids"]
+    assert lost in small.live_pmids and lost not in _stored(s)
+    assert counts.inserted == len(small.live_pmids) - 1
+    again = ingest_window(s, SINCE, UNTIL)  # the PMID is asked for again
+    assert again.inserted == 1 and again.missing == 0
+    assert sorted(_stored(s)) == sorted(small.live_pmids)
+
+
+def test_failed_run_resumes_from_the_last_finished_batch(
+    emu: Emulator, settings: Settings, small: CorpusManifest
+) -> None:
+    emu.load_files(small.files)
+    emu.faults.add("503", path="efetch", after=2, times=100)
+    s = _settings(emu, settings, efetch_batch=100, max_retries=1)
+    with pytest.raises(TransientSourceError, match="gave up after 2 attempts"):
+        ingest_window(s, SINCE, UNTIL)
+    store = Store(db.connect(s))
+    failed = store.runs(1)[0]
+    assert failed["status"] == "failed" and failed["inserted"] == len(_stored(s)) == 200
+    emu.faults.clear()
+    counts = ingest_window(s, SINCE, UNTIL)
+    resumed = store.runs(1)[0]
+    assert resumed["status"] == "succeeded" and resumed["details"]["resumed"]
+    assert resumed["details"]["batches_skipped"] == 2
+    assert counts.inserted == len(small.live_pmids) - 200
+    assert sorted(_stored(s)) == sorted(small.live_pmids)
+
+
+def test_invalid_query_fails_the_run_without_retries(
+    emu: Emulator, sqlite_settings: Settings
+) -> None:
+    emu.add_article(5, edat=dt.date(2024, 1, 3), title="Kinase signalling in yeast")
+    s = _settings(emu, sqlite_settings)
+    assert ingest_window(s, SINCE, UNTIL, query="kinase").inserted == 1
+    with pytest.raises(InvalidRequestError, match="PhraseNotFound"):
+        ingest_window(s, SINCE, UNTIL, query="kinase AND zzqxv")
+    assert len(emu.requests("esearch")) == 3  # 2 for the first window, 1 for the bad one
+    run = Store(db.connect(s)).runs(1)[0]
+    assert run["status"] == "failed" and "zzqxv" in run["error"]
+
+
+def test_api_key_never_reaches_logs_errors_or_database(
+    emu: Emulator, settings: Settings, small: CorpusManifest, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    emu.load_files(small.files)
+    emu.faults.add("503", path="esearch", times=1)
+    emu.faults.add("reset", path="efetch", times=1)
+    s = _settings(emu, settings, efetch_batch=200)
+    ingest_window(s, SINCE, UNTIL)
+    emu.faults.add("500", path="esearch", times=50)
+    with pytest.raises(TransientSourceError) as info:
+        ingest_window(s.replace(max_retries=1), SINCE, UNTIL, query="signalling")
+    assert all(r.params.get("api_key") == KEY for r in emu.requests("/eutils"))
+    assert KEY not in str(info.value) and KEY not in caplog.text
+    engine = db.connect(s)
+    with engine.connect() as conn:
+        for table in metadata.sorted_tables:
+            for row in conn.execute(select(table)).all():
+                assert KEY not in repr(tuple(row)), table.name
+
+
+def test_killed_run_resumes_without_loss_or_duplicates(
+    emu: Emulator, sqlite_settings: Settings, corpus: CorpusManifest
+) -> None:
+    emu.load_files(corpus.files)
+    emu.faults.add("slow", path="efetch", times=1000, delay=0.25)
+    s = _settings(emu, sqlite_settings, esearch_cap=9999, efetch_batch=100)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LITPULSE_")}, **emu.env(s)}
+    env["PYTHONPATH"] = str(REPO)
+    script = (
+        "import datetime as dt\n"
+        "from litpulse.settings import Settings\n"
+        "from ingest.eutils import ingest_window\n"
+        "ingest_window(Settings.from_env(), dt.datetime(2024, 1, 2), dt.datetime(2024, 2, 1))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=REPO)
+    engine = db.connect(s)
+    done = 0
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            with engine.connect() as conn:
+                done = conn.execute(
+                    select(func.count()).select_from(checkpoints).where(
+                        checkpoints.c.key.like("%#batch%")
+                    )
+                ).scalar_one()
+            if done >= 5:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    partial = set(_stored(s))
+    assert 500 <= len(partial) < len(corpus.live_pmids)
+    emu.faults.clear()
+    fetched_before = len(emu.requests("efetch"))
+    counts = ingest_window(s, SINCE, UNTIL)
+    stored = _stored(s)
+    assert len(stored) == len(set(stored)) and set(stored) == set(corpus.live_pmids)
+    assert counts.inserted == len(corpus.live_pmids) - len(partial)  # nothing twice
+    resumed = Store(db.connect(s)).runs(1)[0]["details"]
+    assert resumed["resumed"] and resumed["batches_skipped"] >= 5
+    to_fetch = resumed["batches"] - resumed["batches_skipped"]
+    assert len(emu.requests("efetch")) - fetched_before == to_fetch
+    with engine.connect() as conn:
+        stale = conn.execute(text("SELECT count(*) FROM ingest_runs WHERE status='running'"))
+        assert stale.scalar_one() == 1  # the killed process never closed its run row
+
+
+def test_window_is_half_open_with_overlap(emu: Emulator, sqlite_settings: Settings) -> None:
+    emu.add_article(1, edat=dt.date(2024, 1, 1))
+    emu.add_article(2, edat=dt.date(2024, 1, 2))
+    emu.add_article(3, edat=dt.date(2024, 1, 3))  # the day `until` starts: not in the window
+    s = _settings(emu, sqlite_settings)
+    counts = ingest_window(s, dt.datetime(2024, 1, 2), dt.datetime(2024, 1, 3))
+    assert counts.inserted == 2 and sorted(_stored(s)) == [1, 2]
+    first = emu.requests("esearch")[0].params
+    assert (first["mindate"], first["maxdate"]) == ("2024/01/01", "2024/01/02")
+    run = Store(db.connect(s)).runs(1)[0]
+    assert run["target"] == "2024-01-01..2024-01-02"
+    with pytest.raises(ConfigError):
+        ingest_window(s, dt.datetime(2024, 1, 2), dt.datetime(2024, 1, 2))
