@@ -1,0 +1,365 @@
+"""The explainable ranking score: similarity ⊕ recency ⊕ citation impact.
+
+Every hit gets one number, a weighted sum of three components in plain sight::
+
+    score = w_sim · similarity + w_rec · recency + w_cit · citation
+
+* **similarity** — the cosine between the query and the article (title + abstract)
+  embeddings, as the FAISS index returns it (inner product of L2-normalised vectors,
+  within [-1, 1]; in practice 0..1 for related texts). Used as is.
+* **recency** — ``0.5 ** (age_days / half_life_days)`` where ``age_days`` counts from the
+  article's ``best_date`` (electronic date, else publication date, else Entrez date) to
+  today: 1.0 for today's paper, 0.5 one half-life ago, 0.25 two half-lives ago. Dates
+  in the future count as today. **No date → 0.5** (neutral: the value of an article one
+  half-life old), so a missing date neither helps nor hurts much.
+* **citation** — a bounded, monotone transform of the best citation evidence known,
+  each mapped so that a *typical* article lands on 0.5:
+
+  1. iCite's Relative Citation Ratio (RCR). RCR is already normalised by field and by
+     year (1.0 = the median NIH-funded paper of its field), so a young paper is not
+     punished twice for its age: ``saturate(rcr, 1.0)``.
+  2. else iCite's citations per year (or citation count ÷ years since publication):
+     ``saturate(cpy, 2.0)`` — two citations a year is about typical.
+  3. else citations from inside our own corpus per year of age, which can only *raise*
+     the value above neutral: ``0.5 + 0.5 · rate / (rate + 1)``. A zero count in a
+     partial corpus says little, so it stays neutral.
+  4. else **0.5** (neutral: unknown impact is treated as typical impact).
+
+  where ``saturate(x, ref) = ln(1 + x) / (ln(1 + x) + ln(1 + ref))``: 0 at x = 0, 0.5 at
+  x = ref, strictly increasing and always below 1 (RCR 3 → 0.67, RCR 10 → 0.78).
+
+Weights and the half-life come from the settings (``LITPULSE_WEIGHT_*``,
+``LITPULSE_RECENCY_HALF_LIFE_DAYS``) and can be overridden per query with
+:class:`ScoringOptions`. The explanation of every score lists each component's raw input,
+its transformed value, weight and contribution; the contributions sum to the score.
+
+Example:
+    >>> import datetime as dt
+    >>> opts = ScoringOptions(1.0, 0.2, 0.1, 365.0, today=dt.date(2025, 1, 1))
+    >>> s = score_article(0.8, {"best_date": dt.date(2024, 1, 2),
+    ...                         "relative_citation_ratio": 1.0}, opts)
+    >>> round(s.recency, 3), round(s.citation, 3), round(s.score, 4)
+    (0.5, 0.5, 0.95)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from litpulse.errors import ConfigError
+from litpulse.settings import Settings
+
+__all__ = [
+    "NEUTRAL_CITATION",
+    "NEUTRAL_RECENCY",
+    "RCR_REFERENCE",
+    "CPY_REFERENCE",
+    "CORPUS_REFERENCE",
+    "FORMULA",
+    "ScoringOptions",
+    "Score",
+    "recency_value",
+    "citation_value",
+    "saturate",
+    "score_article",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Recency of an article without any date (that of an article one half-life old).
+NEUTRAL_RECENCY = 0.5
+#: Citation value of an article without any citation data (a typical article).
+NEUTRAL_CITATION = 0.5
+#: RCR that maps to 0.5 (iCite: 1.0 is the field's median NIH-funded paper).
+RCR_REFERENCE = 1.0
+#: Citations per year that map to 0.5 when no RCR is known.
+CPY_REFERENCE = 2.0
+#: In-corpus citations per year at which the in-corpus value is 0.75.
+CORPUS_REFERENCE = 1.0
+
+FORMULA = "score = w_sim*similarity + w_rec*recency + w_cit*citation"
+
+_DAYS_PER_YEAR = 365.25
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """Weights and the recency half-life of one query.
+
+    Args:
+        w_similarity: Weight of the cosine similarity (>= 0).
+        w_recency: Weight of the recency value (>= 0).
+        w_citation: Weight of the citation-impact value (>= 0).
+        half_life_days: Age in days at which recency falls to 0.5 (> 0).
+        today: The day ages are counted to; ``None`` means today (UTC).
+
+    Raises:
+        ConfigError: A weight is negative or not finite, all weights are 0, or the
+            half-life is not a positive finite number.
+    """
+
+    w_similarity: float = 1.0
+    w_recency: float = 0.15
+    w_citation: float = 0.10
+    half_life_days: float = 365.0
+    today: dt.date | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("w_similarity", "w_recency", "w_citation"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if self.w_similarity + self.w_recency + self.w_citation <= 0:
+            raise ConfigError("w_similarity, w_recency, w_citation: at least one must be > 0")
+        hl = self.half_life_days
+        if isinstance(hl, bool) or not isinstance(hl, int | float):
+            raise ConfigError(f"half_life_days must be a number, got {hl!r}")
+        if not math.isfinite(hl) or hl <= 0:
+            raise ConfigError(f"half_life_days must be a finite number > 0, got {hl!r}")
+        object.__setattr__(self, "half_life_days", float(hl))
+        if self.today is not None and not isinstance(self.today, dt.date):
+            raise ConfigError(f"today must be a date, got {self.today!r}")
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        weights: Mapping[str, float | None] | None = None,
+        half_life_days: float | None = None,
+        today: dt.date | None = None,
+    ) -> ScoringOptions:
+        """The settings' weights and half-life, with per-query overrides.
+
+        Args:
+            settings: Source of the defaults.
+            weights: Overrides keyed ``similarity``, ``recency``, ``citation``; ``None``
+                values keep the default.
+            half_life_days: Override of the half-life.
+            today: The day ages are counted to (default today, UTC).
+
+        Raises:
+            ConfigError: An unknown weight name or an invalid value.
+        """
+        values = {
+            "similarity": settings.weight_similarity,
+            "recency": settings.weight_recency,
+            "citation": settings.weight_citation,
+        }
+        for key, value in (weights or {}).items():
+            if key not in values:
+                raise ConfigError(
+                    f"unknown weight {key!r}; use similarity, recency or citation"
+                )
+            if value is not None:
+                values[key] = value
+        return cls(
+            w_similarity=values["similarity"],
+            w_recency=values["recency"],
+            w_citation=values["citation"],
+            half_life_days=(
+                settings.recency_half_life_days if half_life_days is None else half_life_days
+            ),
+            today=today,
+        )
+
+    def reference_day(self) -> dt.date:
+        """The day ages are counted to."""
+        return self.today or dt.datetime.now(dt.UTC).date()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready weights and half-life (and the reference day)."""
+        d = asdict(self)
+        d["today"] = self.reference_day().isoformat()
+        return d
+
+
+@dataclass(frozen=True)
+class Score:
+    """One article's score, its three component values and the explanation."""
+
+    score: float
+    similarity: float
+    recency: float
+    citation: float
+    explanation: dict[str, Any]
+
+
+def saturate(x: float, reference: float) -> float:
+    """``ln(1+x) / (ln(1+x) + ln(1+reference))``: 0 at 0, 0.5 at ``reference``, < 1.
+
+    Negative inputs count as 0.
+    """
+    lx = math.log1p(max(0.0, x))
+    return lx / (lx + math.log1p(reference))
+
+
+def _as_date(value: Any) -> dt.date | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value)[:10])
+    except ValueError:
+        return None
+
+
+def _age_days(best_date: dt.date | None, today: dt.date) -> int | None:
+    return None if best_date is None else max(0, (today - best_date).days)
+
+
+def recency_value(best_date: Any, options: ScoringOptions) -> tuple[float, dict[str, Any]]:
+    """Recency in (0, 1] with its explanation; :data:`NEUTRAL_RECENCY` without a date."""
+    day = _as_date(best_date)
+    age = _age_days(day, options.reference_day())
+    if age is None:
+        return NEUTRAL_RECENCY, {
+            "raw": None,
+            "age_days": None,
+            "source": "missing",
+            "text": f"no publication date known: neutral {NEUTRAL_RECENCY}",
+        }
+    value = 0.5 ** (age / options.half_life_days)
+    return value, {
+        "raw": day.isoformat() if day else None,
+        "age_days": age,
+        "source": "best_date",
+        "text": (
+            f"published {day} ({age} days ago); half-life {options.half_life_days:g} days "
+            f"-> 0.5^({age}/{options.half_life_days:g}) = {value:.3f}"
+        ),
+    }
+
+
+def _number(row: Mapping[str, Any], key: str) -> float | None:
+    value = row.get(key)
+    if value is None:
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def citation_value(
+    row: Mapping[str, Any], options: ScoringOptions
+) -> tuple[float, dict[str, Any]]:
+    """Citation impact in [0, 1) with its explanation; see the module docstring."""
+    rcr = _number(row, "relative_citation_ratio")
+    if rcr is not None:
+        value = saturate(rcr, RCR_REFERENCE)
+        return value, {
+            "raw": rcr,
+            "source": "icite_rcr",
+            "text": (
+                f"iCite relative citation ratio {rcr:g} (field- and year-normalised; "
+                f"1 = field median) -> {value:.3f}"
+            ),
+        }
+    cpy = _number(row, "citations_per_year")
+    source = "icite_citations_per_year"
+    if cpy is None:
+        count = _number(row, "citation_count")
+        if count is not None:
+            day = _as_date(row.get("best_date"))
+            age = _age_days(day, options.reference_day())
+            years = 1.0 if age is None else max(1.0, age / _DAYS_PER_YEAR)
+            cpy = count / years
+            source = "icite_citation_count"
+    if cpy is not None:
+        value = saturate(cpy, CPY_REFERENCE)
+        return value, {
+            "raw": cpy,
+            "source": source,
+            "text": (
+                f"iCite {cpy:.2f} citations/year (no RCR yet; {CPY_REFERENCE:g}/year "
+                f"is typical) -> {value:.3f}"
+            ),
+        }
+    local = _number(row, "cited_by_in_corpus") or 0.0
+    if local > 0:
+        age = _age_days(_as_date(row.get("best_date")), options.reference_day())
+        years = 1.0 if age is None else max(1.0, age / _DAYS_PER_YEAR)
+        rate = local / years
+        value = NEUTRAL_CITATION + (1 - NEUTRAL_CITATION) * rate / (rate + CORPUS_REFERENCE)
+        return value, {
+            "raw": local,
+            "rate_per_year": rate,
+            "source": "in_corpus",
+            "text": (
+                f"cited {local:g} times inside this corpus ({rate:.2f}/year; no iCite "
+                f"data) -> {value:.3f}"
+            ),
+        }
+    return NEUTRAL_CITATION, {
+        "raw": None,
+        "source": "missing",
+        "text": f"no citation data yet: neutral {NEUTRAL_CITATION}",
+    }
+
+
+def score_article(
+    similarity: float, row: Mapping[str, Any], options: ScoringOptions
+) -> Score:
+    """Score one candidate.
+
+    Args:
+        similarity: The cosine the index returned for it.
+        row: Its article columns; read are ``best_date``, ``relative_citation_ratio``,
+            ``citations_per_year``, ``citation_count`` and ``cited_by_in_corpus``
+            (missing keys count as unknown).
+        options: Weights, half-life and reference day.
+
+    Returns:
+        The score with an explanation whose contributions sum to it.
+    """
+    sim = float(similarity)
+    rec, rec_info = recency_value(row.get("best_date"), options)
+    cit, cit_info = citation_value(row, options)
+    parts = {
+        "similarity": (
+            sim,
+            options.w_similarity,
+            {
+                "raw": sim,
+                "source": "index",
+                "text": f"cosine similarity to the query {sim:.3f}",
+            },
+        ),
+        "recency": (rec, options.w_recency, rec_info),
+        "citation": (cit, options.w_citation, cit_info),
+    }
+    components: dict[str, Any] = {}
+    total = 0.0
+    for name, (value, weight, info) in parts.items():
+        contribution = weight * value
+        total += contribution
+        components[name] = {
+            **info,
+            "value": value,
+            "weight": weight,
+            "contribution": contribution,
+        }
+    summary = " + ".join(
+        f"{c['weight']:g}x{c['value']:.3f} ({name})" for name, c in components.items()
+    )
+    explanation = {
+        "formula": FORMULA,
+        "score": total,
+        "components": components,
+        "options": options.to_dict(),
+        "text": f"{summary} = {total:.4f}",
+    }
+    return Score(total, sim, rec, cit, explanation)

@@ -1,0 +1,241 @@
+"""A tiny search corpus for the search, API and browser tests.
+
+Rows go straight into ``articles`` and ``article_terms`` (no store helper needed).
+:class:`HashIndex` is a test double of ``ranking.index.PublishedIndex``: an exact
+inner-product search over hashed bag-of-words vectors, so texts sharing words are near.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, insert
+
+from litpulse.db import utcnow
+from litpulse.schema import article_terms, articles
+
+DIM = 128
+TODAY = dt.date.today()
+
+
+def days_ago(n: int) -> dt.date:
+    return TODAY - dt.timedelta(days=n)
+
+
+#: pmid -> fields; title+abstract decide the topic, the rest exercises filters and scoring.
+ARTICLES: dict[int, dict[str, Any]] = {
+    101: dict(title="CRISPR Cas9 gene editing off-target effects in human cells",
+              abstract="We measure off-target cleavage of CRISPR Cas9 gene editing.",
+              best=days_ago(30), rcr=1.2, mesh=["Humans", "CRISPR-Cas Systems", "Gene Editing"],
+              ptype=["Journal Article"], lang="eng"),
+    102: dict(title="Base editing with CRISPR: a review of gene editing tools",
+              abstract="A review of CRISPR base editors for gene editing.",
+              best=days_ago(3000), rcr=9.0, mesh=["Gene Editing", "Animals"],
+              ptype=["Journal Article", "Review"], lang="eng"),
+    103: dict(title="CRISPR gene editing in zebrafish embryos",
+              abstract="", best=days_ago(400), rcr=None,
+              mesh=["Animals", "Zebrafish", "Gene Editing"], ptype=["Journal Article"],
+              lang="eng"),
+    104: dict(title="Edición génica CRISPR en células humanas",
+              abstract="CRISPR gene editing estudio en humanos.", best=days_ago(200), rcr=0.8,
+              mesh=["Humans", "Gene Editing"], ptype=["Journal Article"], lang="spa"),
+    105: dict(title="Retracted: CRISPR gene editing cures everything",
+              abstract="CRISPR gene editing claims later retracted.", best=days_ago(100),
+              rcr=0.5, mesh=["Humans", "Gene Editing"], ptype=["Journal Article"],
+              lang="eng", retracted=True),
+    106: dict(title="Deleted CRISPR gene editing record", abstract="CRISPR gene editing.",
+              best=days_ago(50), rcr=1.0, mesh=["Gene Editing"], ptype=["Journal Article"],
+              lang="eng", deleted=True),
+    107: dict(title="CRISPR gene editing trial protocol, no date known",
+              abstract="Clinical trial of CRISPR gene editing.", best=None, rcr=None,
+              mesh=["Humans", "Gene Editing"], ptype=["Clinical Trial"], lang="eng"),
+    201: dict(title="Malaria vaccine efficacy in African children",
+              abstract="RTS,S malaria vaccine trial in children.", best=days_ago(60), rcr=2.0,
+              mesh=["Humans", "Malaria Vaccines", "Child"], ptype=["Randomized Controlled Trial"],
+              lang="eng", cpy=None),
+    202: dict(title="Malaria parasite resistance to artemisinin",
+              abstract="Plasmodium falciparum resistance to artemisinin malaria drugs.",
+              best=days_ago(900), rcr=None, cpy=6.0, mesh=["Plasmodium falciparum", "Humans"],
+              ptype=["Journal Article"], lang="eng"),
+    203: dict(title="Mosquito nets and malaria transmission",
+              abstract="Bed nets reduce malaria transmission by mosquitoes.", best=days_ago(1500),
+              rcr=None, cited_by=4, mesh=["Mosquito Control", "Humans"],
+              ptype=["Journal Article"], lang="eng"),
+    301: dict(title="Deep learning for chest radiograph interpretation",
+              abstract="Convolutional neural networks read chest radiographs.", best=days_ago(10),
+              rcr=None, mesh=["Deep Learning", "Radiography, Thoracic", "Humans"],
+              ptype=["Journal Article"], lang="eng"),
+    302: dict(title="Neural networks detect pneumonia on chest radiographs",
+              abstract="Deep learning detects pneumonia from radiographs.", best=days_ago(700),
+              rcr=3.5, mesh=["Deep Learning", "Pneumonia", "Humans"],
+              ptype=["Journal Article"], lang="eng"),
+    303: dict(title="Transformers for radiology report generation",
+              abstract="Language models write radiology reports.", best=days_ago(90), rcr=None,
+              mesh=["Natural Language Processing", "Radiology"], ptype=["Preprint"],
+              lang="eng"),
+    401: dict(title="Insulin pump therapy in type 1 diabetes",
+              abstract="Continuous insulin infusion for type 1 diabetes.", best=days_ago(250),
+              rcr=1.0, mesh=["Diabetes Mellitus, Type 1", "Insulin", "Humans"],
+              ptype=["Journal Article"], lang="eng"),
+    402: dict(title="Metformin and type 2 diabetes outcomes",
+              abstract="Metformin lowers glucose in type 2 diabetes.", best=days_ago(5000),
+              rcr=15.0, mesh=["Diabetes Mellitus, Type 2", "Metformin", "Humans"],
+              ptype=["Journal Article", "Meta-Analysis"], lang="eng"),
+    403: dict(title="GLP-1 agonists for weight loss in diabetes",
+              abstract="Semaglutide causes weight loss in type 2 diabetes.", best=days_ago(20),
+              rcr=None, mesh=["Diabetes Mellitus, Type 2", "Obesity", "Humans"],
+              ptype=["Journal Article"], lang="eng"),
+    404: dict(title="Diabetes diet counselling in primary care",
+              abstract="Dietary counselling for diabetes patients.", best=days_ago(1100),
+              rcr=0.3, mesh=["Diabetes Mellitus", "Diet", "Humans"], ptype=["Journal Article"],
+              lang="fre"),
+    501: dict(title="Sleep deprivation and memory consolidation",
+              abstract="Sleep loss impairs memory consolidation.", best=days_ago(330), rcr=1.1,
+              mesh=["Sleep Deprivation", "Memory", "Humans"], ptype=["Journal Article"],
+              lang="eng"),
+    502: dict(title="Circadian rhythm genes in shift workers",
+              abstract="Clock genes and circadian rhythm in shift work.", best=days_ago(1600),
+              rcr=2.2, mesh=["Circadian Rhythm", "Humans"], ptype=["Journal Article"],
+              lang="eng"),
+    503: dict(title="Gut microbiome and sleep quality",
+              abstract="The gut microbiome is linked to sleep quality.", best=days_ago(45),
+              rcr=None, mesh=["Gastrointestinal Microbiome", "Sleep", "Humans"],
+              ptype=["Journal Article"], lang="eng"),
+}
+
+
+def text_of(pmid: int) -> str:
+    a = ARTICLES[pmid]
+    return f"{a['title']}\n{a['abstract']}"
+
+
+def article_rows() -> list[dict[str, Any]]:
+    now = utcnow()
+    rows = []
+    for pmid, a in ARTICLES.items():
+        best: dt.date | None = a["best"]
+        rows.append(
+            {
+                "pmid": pmid,
+                "version": 1,
+                "source_kind": "file",
+                "source_location": "tests/corpus",
+                "title": a["title"],
+                "abstract": a["abstract"],
+                "journal": f"Journal of {a['title'].split()[0]} Studies",
+                "pub_year": best.year if best else None,
+                "pub_month": best.month if best else None,
+                "best_date": best,
+                "language": a["lang"],
+                "doi": f"10.1000/test.{pmid}",
+                "is_retracted": bool(a.get("retracted")),
+                "is_deleted": bool(a.get("deleted")),
+                "deleted_at": now if a.get("deleted") else None,
+                "has_abstract": bool(a["abstract"]),
+                "text_hash": hashlib.sha1(text_of(pmid).encode()).hexdigest(),
+                "authors": [
+                    {"last_name": "Doe", "fore_name": "Jane", "initials": "J"},
+                    {"collective_name": "Test Consortium"},
+                ],
+                "mesh": [{"descriptor": m, "major": i == 0} for i, m in enumerate(a["mesh"])],
+                "publication_types": a["ptype"],
+                "record": {"volume": "12", "issue": "3", "pages": "100-110"},
+                "relative_citation_ratio": a.get("rcr"),
+                "citations_per_year": a.get("cpy"),
+                "citation_count": None,
+                "cited_by_in_corpus": a.get("cited_by", 0),
+                "ingested_at": now,
+                "updated_at": now,
+            }
+        )
+    return rows
+
+
+def term_rows() -> list[dict[str, Any]]:
+    rows = []
+    for pmid, a in ARTICLES.items():
+        for i, m in enumerate(a["mesh"]):
+            rows.append({"pmid": pmid, "kind": "mesh", "term": m, "major": i == 0})
+        for t in a["ptype"]:
+            rows.append({"pmid": pmid, "kind": "ptype", "term": t, "major": False})
+    return rows
+
+
+def load_corpus(engine: Engine) -> None:
+    """Insert every test article and its MeSH/publication-type terms."""
+    with engine.begin() as conn:
+        conn.execute(insert(articles), article_rows())
+        conn.execute(insert(article_terms), term_rows())
+
+
+def hash_embed(text: str) -> np.ndarray:
+    """A (1, DIM) L2-normalised bag-of-words vector (words hashed into DIM buckets)."""
+    vec = np.zeros(DIM, dtype=np.float32)
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        if len(word) < 3:
+            continue
+        bucket = int(hashlib.md5(word.encode()).hexdigest(), 16) % DIM
+        vec[bucket] += 1.0
+    norm = float(np.linalg.norm(vec)) or 1.0
+    return (vec / norm).reshape(1, DIM)
+
+
+@dataclass
+class HashIndex:
+    """Exact inner-product index over :func:`hash_embed` vectors (PublishedIndex double)."""
+
+    vectors: Mapping[int, np.ndarray]
+    id: str = "test-index-1"
+    model_version: str = "base"
+    calls: list[int] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, pmids: Iterable[int] | None = None) -> HashIndex:
+        ids = list(ARTICLES) if pmids is None else list(pmids)
+        return cls({p: hash_embed(text_of(p))[0] for p in ids})
+
+    @property
+    def size(self) -> int:
+        return len(self.vectors)
+
+    def search(self, query_vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        self.calls.append(k)
+        ids = np.array(list(self.vectors), dtype=np.int64)
+        mat = np.stack([self.vectors[int(p)] for p in ids])
+        sims = query_vectors @ mat.T
+        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        scores = np.take_along_axis(sims, order, axis=1).astype(np.float32)
+        pmids = ids[order]
+        if k > len(ids):  # pad like FAISS
+            pad = k - len(ids)
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            pmids = np.pad(pmids, ((0, 0), (0, pad)), constant_values=-1)
+        return scores, pmids
+
+
+_REAL: dict[str, Any] = {}
+
+
+def real_corpus(tmp_path_factory: Any) -> Any:
+    """Settings of a SQLite store holding the corpus and a real published index.
+
+    Built once per test session (the bundled model embeds the ~20 texts, ~15 s on a
+    CPU); later calls return the same settings.
+    """
+    if "settings" not in _REAL:
+        from litpulse import db
+        from litpulse.settings import Settings
+        from ranking.index import refresh_index
+
+        settings = Settings.from_env({}, home=tmp_path_factory.mktemp("real-corpus"))
+        load_corpus(db.connect(settings))
+        report = refresh_index(settings)
+        assert report.published and report.size == len(ARTICLES) - 1  # the deleted one is out
+        _REAL["settings"] = settings
+    return _REAL["settings"]

@@ -1,0 +1,207 @@
+"""search(): filters, retracted/deleted rules, widening, ordering and explanations."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+
+from litpulse.errors import ConfigError, NotFoundError
+from litpulse.settings import Settings
+from ranking.scoring import ScoringOptions
+from ranking.search import Hit, NoIndexError, SearchFilters, SearchResult, run_search, search
+from tests.ranking.corpus import (
+    ARTICLES,
+    HashIndex,
+    days_ago,
+    hash_embed,
+    load_corpus,
+    real_corpus,
+)
+
+CRISPR = HashIndex.of(range(101, 108))  # only the gene-editing articles
+
+
+@pytest.fixture
+def corpus(engine: Engine) -> Engine:
+    load_corpus(engine)
+    return engine
+
+
+def go(
+    settings: Settings, engine: Engine, query: str, *, k: int = 10, index: Any = None,
+    options: ScoringOptions | None = None, **filters: Any,
+) -> SearchResult:
+    return run_search(
+        settings, query, k=k, filters=SearchFilters(**filters), options=options,
+        engine=engine, index=index or HashIndex.of(), embed=hash_embed,
+    )
+
+
+def crispr(settings: Settings, engine: Engine, **filters: Any) -> list[int]:
+    """PMIDs of the gene-editing articles passing the filters, best first."""
+    return pmids(go(settings, engine, "CRISPR gene editing", k=20, index=CRISPR, **filters))
+
+
+def pmids(result: SearchResult) -> list[int]:
+    return [h.pmid for h in result.hits]
+
+
+def test_relevant_articles_first_with_explanations(settings: Settings, corpus: Engine) -> None:
+    res = go(settings, corpus, "malaria vaccine for children", k=5)
+    assert pmids(res)[0] == 201
+    assert len(res.hits) == 5 and len(set(pmids(res))) == 5
+    assert res.index_version == "test-index-1" and res.model_version == "base"
+    scores = [h.score for h in res.hits]
+    assert scores == sorted(scores, reverse=True)
+    for hit in res.hits:
+        assert isinstance(hit, Hit)
+        comps = hit.explanation["components"]
+        total = sum(c["contribution"] for c in comps.values())
+        assert total == pytest.approx(hit.score)
+        assert comps["similarity"]["raw"] == pytest.approx(hit.similarity)
+        assert hit.title == ARTICLES[hit.pmid]["title"]
+    assert res.hits[0].journal and res.hits[0].pub_year == ARTICLES[201]["best"].year
+
+
+def test_deleted_never_and_retracted_only_on_request(settings: Settings, corpus: Engine) -> None:
+    default = pmids(go(settings, corpus, "CRISPR gene editing", k=20, index=CRISPR))
+    assert 106 not in default and 105 not in default
+    assert {101, 102, 103, 104, 107} <= set(default)
+    with_retracted = go(
+        settings, corpus, "CRISPR gene editing", k=20, index=CRISPR, include_retracted=True
+    )
+    assert 105 in pmids(with_retracted) and 106 not in pmids(with_retracted)
+    retracted = next(h for h in with_retracted.hits if h.pmid == 105)
+    assert retracted.explanation.get("retracted") is True
+
+
+def test_date_range_filter(settings: Settings, corpus: Engine) -> None:
+    got = crispr(settings, corpus, since=days_ago(365))
+    assert set(got) == {101, 104}  # 103 is 400 days old, 107 has no date
+    got = crispr(settings, corpus, until=days_ago(365))
+    assert set(got) == {102, 103}
+    got = pmids(go(
+        settings, corpus, "CRISPR gene editing", k=20, index=CRISPR,
+        since=days_ago(500).isoformat(), until=days_ago(100).isoformat(),
+    ))
+    assert set(got) == {103, 104}
+
+
+def test_mesh_filter_is_case_insensitive_and_combines(settings: Settings, corpus: Engine) -> None:
+    got = crispr(settings, corpus, mesh=("animals",))
+    assert set(got) == {102, 103}
+    got = crispr(settings, corpus, mesh=("Humans", "GENE EDITING"))
+    assert set(got) == {101, 104, 107}
+    assert pmids(go(settings, corpus, "CRISPR", k=5, mesh=("No Such Term",))) == []
+
+
+def test_publication_type_filter(settings: Settings, corpus: Engine) -> None:
+    got = crispr(settings, corpus, publication_type=("review",))
+    assert got == [102]
+    got = pmids(go(settings, corpus, "diabetes", k=20, publication_type=("meta-analysis",)))
+    assert got == [402]
+
+
+def test_language_and_abstract_filters(settings: Settings, corpus: Engine) -> None:
+    assert crispr(settings, corpus, language="SPA") == [104]
+    eng = pmids(go(settings, corpus, "diabetes", k=20, language="eng"))
+    assert 404 not in eng and {401, 402, 403} <= set(eng)
+    with_abs = crispr(settings, corpus, has_abstract=True)
+    assert 103 not in with_abs and 101 in with_abs
+    without = crispr(settings, corpus, has_abstract=False)
+    assert without == [103]
+
+
+def test_selective_filter_widens_the_candidate_list(
+    settings: Settings, corpus: Engine
+) -> None:
+    narrow = settings.replace(rerank_candidates=2)
+    index = HashIndex.of()
+    # the one Spanish article is not among the 2 nearest neighbours of "sleep"
+    res = go(narrow, corpus, "sleep memory", k=1, index=index, language="spa")
+    assert pmids(res) == [104]
+    assert index.calls[0] == 2 and index.calls[-1] == index.size
+    assert index.calls == sorted(index.calls)
+    # without filters no widening is needed
+    index2 = HashIndex.of()
+    res = go(narrow, corpus, "sleep memory", k=2, index=index2)
+    assert len(res.hits) == 2 and index2.calls == [2]
+
+
+def test_k_larger_than_index_and_unknown_pmids(settings: Settings, corpus: Engine) -> None:
+    index = HashIndex.of([101, 102])
+    index.vectors = {**index.vectors, 999999: hash_embed("CRISPR")[0]}  # not in the DB
+    res = go(settings, corpus, "CRISPR", k=50, index=index)
+    assert sorted(pmids(res)) == [101, 102]
+
+
+def test_weights_reorder_results(settings: Settings, corpus: Engine) -> None:
+    sim_only = ScoringOptions(1.0, 0.0, 0.0, 365.0)
+    by_sim = go(settings, corpus, "type 2 diabetes", k=3, options=sim_only)
+    sims = [h.similarity for h in by_sim.hits]
+    assert sims == sorted(sims, reverse=True)
+    cites = ScoringOptions(0.1, 0.0, 5.0, 365.0)
+    by_cit = go(settings, corpus, "type 2 diabetes", k=3, options=cites)
+    assert by_cit.hits[0].pmid == 402  # RCR 15
+    fresh = ScoringOptions(0.1, 5.0, 0.0, 30.0)
+    by_date = go(settings, corpus, "type 2 diabetes", k=3, options=fresh)
+    assert by_date.hits[0].pmid in (301, 403)  # the newest articles win
+    assert by_date.hits[0].best_date is not None
+    assert by_date.hits[0].best_date >= dt.date.today() - dt.timedelta(days=20)
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "x" * 513])
+def test_bad_query_rejected(sqlite_settings: Settings, bad: str) -> None:
+    with pytest.raises(ConfigError, match="query"):
+        run_search(sqlite_settings, bad, index=HashIndex.of(), embed=hash_embed)
+
+
+@pytest.mark.parametrize(
+    ("kw", "field"),
+    [({"since": "2024-13-01"}, "since"), ({"since": "2024-05-01", "until": "2024-01-01"}, "since"),
+     ({"mesh": "x" * 300}, "mesh"), ({"language": "english-language"}, "language")],
+)
+def test_bad_filters_rejected(kw: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        SearchFilters(**kw)
+
+
+def test_bad_k_rejected(sqlite_settings: Settings) -> None:
+    with pytest.raises(ConfigError, match="k must"):
+        run_search(sqlite_settings, "malaria", k=0, index=HashIndex.of(), embed=hash_embed)
+
+
+# ------------------------------------------------------------- the real published index
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return real_corpus(tmp_path_factory)
+
+
+def test_real_index_end_to_end(real: Settings) -> None:
+    from ranking.index import open_published
+
+    index = open_published(real)
+    assert index is not None
+    hits = search(real, "malaria vaccine trial in children", k=3)
+    assert hits[0].pmid == 201
+    assert 0 < hits[0].similarity <= 1.0001
+    res = run_search(real, "neural network reads chest x-rays", k=2)
+    assert set(pmids(res)) == {301, 302}
+    assert res.index_version == index.id and res.model_version == index.model_version == "base"
+    # filters and options through the public function
+    hits = search(real, "gene editing", k=10, mesh="Animals", weights={"recency": 0.0},
+                  half_life_days=90)
+    assert {h.pmid for h in hits} == {102, 103}
+    assert all(h.explanation["components"]["recency"]["weight"] == 0 for h in hits)
+    assert all(h.pmid not in (105, 106) for h in search(real, "CRISPR gene editing", k=20))
+
+
+def test_no_published_index_says_what_to_run(sqlite_settings: Settings) -> None:
+    with pytest.raises(NoIndexError, match="litpulse index refresh"):
+        search(sqlite_settings, "anything")
+    assert issubclass(NoIndexError, NotFoundError)
