@@ -1,0 +1,274 @@
+"""Time-split evaluation of encoders and the promotion gate.
+
+Two held-out sets, neither ever trained on: *fresh* (the newest articles, newer than
+anything the candidate saw) and *older* (a stable random sample of older articles). A
+query is an article's title; its one relevant document is the article's abstract, ranked
+against the set's own abstracts plus a fixed sample of distractor abstracts. Metrics at
+10: recall, MRR and nDCG.
+
+The gate promotes a candidate only when it beats the active model on fresh recall@10 by
+``settings.gate_fresh_margin`` *and* loses at most ``settings.gate_older_tolerance`` on
+older recall@10; every check is listed as a reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from litpulse.settings import Settings
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = [
+    "EvalItem",
+    "HeldOut",
+    "GateDecision",
+    "retrieval_metrics",
+    "evaluate_encoder",
+    "encoder_embed",
+    "gate",
+    "write_report",
+]
+
+logger = logging.getLogger(__name__)
+
+K = 10
+SETS = ("fresh", "older")
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One held-out article: its query (title) and relevant document (abstract)."""
+
+    pmid: int
+    query: str
+    doc: str
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The fresh and older held-out sets and the shared distractor documents."""
+
+    fresh: tuple[EvalItem, ...] = ()
+    older: tuple[EvalItem, ...] = ()
+    distractors: tuple[EvalItem, ...] = ()
+
+    def pmids(self) -> set[int]:
+        return {i.pmid for i in (*self.fresh, *self.older)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fresh": len(self.fresh),
+            "older": len(self.older),
+            "distractors": len(self.distractors),
+        }
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Whether a candidate may be promoted, and why."""
+
+    passed: bool
+    reasons: tuple[str, ...]
+    fresh_gain: float
+    older_change: float
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["reasons"] = list(self.reasons)
+        return d
+
+
+def retrieval_metrics(
+    queries: np.ndarray, docs: np.ndarray, relevant: Sequence[int], k: int = K
+) -> dict[str, float]:
+    """Recall, MRR and nDCG at ``k`` for one relevant document per query.
+
+    Args:
+        queries: ``(n, d)`` L2-normalised query vectors.
+        docs: ``(m, d)`` L2-normalised document vectors.
+        relevant: For each query, the row of its relevant document in ``docs``.
+    """
+    import numpy as np
+
+    if len(relevant) == 0:
+        return {f"recall@{k}": 0.0, f"mrr@{k}": 0.0, f"ndcg@{k}": 0.0, "queries": 0}
+    scores = queries @ docs.T
+    rel = np.asarray(relevant)
+    target = scores[np.arange(len(rel)), rel]
+    # rank = 1 + documents scoring strictly higher (ties favour the relevant one)
+    ranks = 1 + (scores > target[:, None]).sum(axis=1)
+    hit = ranks <= k
+    recall = float(hit.mean())
+    mrr = float(np.where(hit, 1.0 / ranks, 0.0).mean())
+    ndcg = float(np.where(hit, 1.0 / np.log2(ranks + 1), 0.0).mean())
+    return {
+        f"recall@{k}": round(recall, 6),
+        f"mrr@{k}": round(mrr, 6),
+        f"ndcg@{k}": round(ndcg, 6),
+        "queries": len(rel),
+    }
+
+
+Embed = Callable[[Sequence[str]], "np.ndarray"]
+
+
+def encoder_embed(encoder: Any, batch_size: int = 32) -> Embed:
+    """An embedding function from anything with a SentenceTransformer ``encode``."""
+    import numpy as np
+
+    def embed(texts: Sequence[str]) -> np.ndarray:
+        vecs = encoder.encode(
+            list(texts), batch_size=batch_size, normalize_embeddings=True,
+            convert_to_numpy=True, show_progress_bar=False,
+        )
+        return np.asarray(vecs, dtype=np.float32)
+
+    return embed
+
+
+def evaluate_encoder(
+    embed: Embed, heldout: HeldOut, *, k: int = K
+) -> dict[str, dict[str, float]]:
+    """Metrics of one model on both held-out sets.
+
+    Args:
+        embed: Texts → L2-normalised float32 ``(n, d)`` vectors (e.g.
+            ``lambda t: ranking.embed.embed_texts(encoder, t, settings)``, or
+            :func:`encoder_embed`).
+        heldout: The held-out sets.
+        k: Cut-off of the metrics.
+    """
+    import numpy as np
+
+    def run(texts: list[str]) -> np.ndarray:
+        return np.asarray(embed(texts), dtype=np.float32) if texts else np.zeros((0, 1))
+
+    distract = run([d.doc for d in heldout.distractors])
+    out: dict[str, dict[str, float]] = {}
+    for name in SETS:
+        items: tuple[EvalItem, ...] = getattr(heldout, name)
+        if not items:
+            out[name] = retrieval_metrics(np.zeros((0, 1)), np.zeros((0, 1)), [], k)
+            continue
+        q = run([i.query for i in items])
+        d = run([i.doc for i in items])
+        docs = np.vstack([d, distract]) if len(distract) else d
+        out[name] = retrieval_metrics(q, docs, list(range(len(items))), k)
+    return out
+
+
+def gate(
+    settings: Settings,
+    candidate: Mapping[str, Mapping[str, float]],
+    active: Mapping[str, Mapping[str, float]],
+    *,
+    k: int = K,
+) -> GateDecision:
+    """The promotion gate: fresh gain ≥ margin and older loss ≤ tolerance (recall@k)."""
+    metric = f"recall@{k}"
+    reasons: list[str] = []
+    c_f, a_f = float(candidate["fresh"][metric]), float(active["fresh"][metric])
+    c_o, a_o = float(candidate["older"][metric]), float(active["older"][metric])
+    fresh_gain, older_change = c_f - a_f, c_o - a_o
+    ok = True
+    if int(candidate["fresh"].get("queries", 1)) == 0:
+        ok = False
+        reasons.append("no fresh held-out set: nothing shows the candidate learned")
+    elif fresh_gain >= settings.gate_fresh_margin:
+        reasons.append(
+            f"fresh {metric} {c_f:.3f} vs active {a_f:.3f}: +{fresh_gain:.3f} "
+            f">= margin {settings.gate_fresh_margin:.3f}"
+        )
+    else:
+        ok = False
+        reasons.append(
+            f"fresh {metric} {c_f:.3f} vs active {a_f:.3f}: {fresh_gain:+.3f} "
+            f"< margin {settings.gate_fresh_margin:.3f}"
+        )
+    if -older_change <= settings.gate_older_tolerance + 1e-12:
+        reasons.append(
+            f"older {metric} {c_o:.3f} vs active {a_o:.3f}: {older_change:+.3f} "
+            f"within tolerance {settings.gate_older_tolerance:.3f}"
+        )
+    else:
+        ok = False
+        reasons.append(
+            f"older {metric} {c_o:.3f} vs active {a_o:.3f}: {older_change:+.3f} "
+            f"loses more than tolerance {settings.gate_older_tolerance:.3f}"
+        )
+    return GateDecision(ok, tuple(reasons), round(fresh_gain, 6), round(older_change, 6))
+
+
+def write_report(
+    settings: Settings,
+    version_id: str,
+    report: Mapping[str, Any],
+    history: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, str]:
+    """Write ``report.json`` and ``metrics.png`` under ``settings.home/reports/<version>/``.
+
+    Args:
+        settings: The data directory.
+        version_id: The candidate's id.
+        report: JSON-able evaluation report.
+        history: Earlier versions, oldest first, each ``{"id", "metrics"}`` where metrics
+            holds ``candidate``/``base`` → ``fresh``/``older`` → metric; the candidate
+            is appended from ``report["metrics"]``.
+
+    Returns:
+        ``{"json": path, "png": path}``.
+    """
+    folder = settings.home / "reports" / version_id
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path = folder / "report.json"
+    tmp = json_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=str, sort_keys=True))
+    tmp.replace(json_path)
+    png_path = folder / "metrics.png"
+    points = [*history, {"id": version_id, "metrics": report.get("metrics", {})}]
+    try:
+        _plot(points, png_path)
+    except Exception as exc:  # noqa: BLE001 - a plot must never fail a retrain
+        logger.warning("could not draw %s: %s", png_path, exc)
+        return {"json": str(json_path)}
+    return {"json": str(json_path), "png": str(png_path)}
+
+
+def _plot(points: Sequence[Mapping[str, Any]], path: Path, metric: str = f"recall@{K}") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [str(p["id"]) for p in points]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(points)), 4.0))
+    xs = list(range(len(points)))
+    for who, style in (("candidate", "-o"), ("active", ":s"), ("base", "--x")):
+        for name, colour in (("fresh", "tab:red"), ("older", "tab:blue")):
+            ys = [
+                p.get("metrics", {}).get(who, {}).get(name, {}).get(metric, math.nan)
+                for p in points
+            ]
+            if all(math.isnan(y) for y in ys):
+                continue
+            ax.plot(xs, ys, style, color=colour, label=f"{who} {name}")
+    ax.set_xticks(xs)
+    ax.set_xticklabels([lab[-13:] for lab in labels], rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel(metric)
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"{metric} on held-out literature, by model version")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,548 @@
+"""LoRA fine-tuning of the sentence encoder on mined pairs (contrastive, in-batch negatives).
+
+The adapter is a peft ``LoraConfig`` wrapped around the SentenceTransformer's underlying
+transformer (``model[0].auto_model``) with :func:`peft.get_peft_model`; transformers'
+own ``add_adapter`` is not used (transformers 5.24 refuses peft 0.21). Training is a
+plain torch loop so that its time and memory can be bounded: one measured step gives
+an estimate, and :class:`~litpulse.errors.BudgetError` is raised *before* any weight
+changes when the estimate exceeds ``max_seconds`` or ``max_memory_mb``.
+
+The loss is MultipleNegativesRankingLoss (cosine similarity × ``scale``, cross-entropy
+against the in-batch positives), with the hard negatives of expert feedback appended as
+extra columns for the rows that have one.
+
+Example:
+    >>> opts = LoraOptions(r=8, max_steps=50)
+    >>> opts.target_modules
+    ('query', 'key', 'value', 'dense')
+    >>> LoraOptions(r=0)
+    Traceback (most recent call last):
+    ...
+    litpulse.errors.ConfigError: `r` must be positive, got 0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import logging
+import random
+import resource
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from litpulse.errors import BudgetError, ConfigError
+from litpulse.settings import Settings
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from retrain.pairs import Pair
+
+__all__ = [
+    "LoraOptions",
+    "TrainResult",
+    "ADAPTER_WEIGHTS",
+    "resolve_device",
+    "build_model",
+    "load_encoder",
+    "train",
+    "train_model",
+    "file_sha256",
+]
+
+logger = logging.getLogger(__name__)
+
+#: File name peft writes the adapter weights to.
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def _opt(default: Any, help: str) -> Any:
+    if isinstance(default, list | dict | set):
+        raise TypeError("use a tuple default")
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class LoraOptions:
+    """Options of one LoRA fine-tune; each field carries its help text."""
+
+    r: int = _opt(8, "LoRA rank.")
+    alpha: int = _opt(16, "LoRA alpha (the update is scaled by alpha / r).")
+    dropout: float = _opt(0.0, "Dropout on the LoRA input, within [0, 1).")
+    target_modules: tuple[str, ...] = _opt(
+        ("query", "key", "value", "dense"),
+        "Names of the linear modules that get an adapter (BERT: query, key, value, and "
+        "dense = attention output and both feed-forward projections).",
+    )
+    top_layers: int = _opt(
+        2,
+        "Adapt only the top N transformer layers (0 = all). Lower layers stay frozen and "
+        "backpropagation stops above them, which is most of the speed-up on a CPU.",
+    )
+    method: str = _opt("lora", "lora, or full (full fine-tuning; for benchmarks only).")
+    epochs: int = _opt(1, "Passes over the pairs (bounded by max_steps).")
+    batch_size: int = _opt(32, "Pairs per step; the other positives are the in-batch negatives.")
+    learning_rate: float = _opt(3e-3, "AdamW learning rate (peak, after warm-up).")
+    warmup_steps: int = _opt(5, "Linear warm-up steps.")
+    weight_decay: float = _opt(0.0, "AdamW weight decay.")
+    scale: float = _opt(20.0, "Inverse temperature of the contrastive loss (MNRL's scale).")
+    max_seq_length: int = _opt(128, "Longest training input, in tokens.")
+    sort_by_length: bool = _opt(
+        True, "Group pairs of similar length into a batch to cut padding."
+    )
+    max_steps: int = _opt(200, "Most optimizer steps.")
+    max_seconds: float = _opt(3600.0, "Time budget of the training, in seconds.")
+    max_memory_mb: float = _opt(8192.0, "Memory budget (peak RSS, or CUDA memory), in MiB.")
+    threads: int = _opt(0, "Torch CPU threads (0 = torch's default).")
+
+    def __post_init__(self) -> None:
+        for name in (
+            "r alpha epochs batch_size learning_rate max_seq_length max_steps "
+            "max_seconds max_memory_mb scale"
+        ).split():
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"`{name}` must be positive, got {getattr(self, name)!r}")
+        for name in ("top_layers", "warmup_steps", "weight_decay", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"`{name}` must be >= 0, got {getattr(self, name)!r}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"`dropout` must be within [0, 1), got {self.dropout!r}")
+        if self.batch_size < 2:
+            raise ConfigError("`batch_size` must be at least 2 (in-batch negatives)")
+        if isinstance(self.target_modules, str):
+            object.__setattr__(self, "target_modules", (self.target_modules,))
+        else:
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        if not self.target_modules or not all(
+            isinstance(m, str) and m for m in self.target_modules
+        ):
+            raise ConfigError("`target_modules` must name at least one module")
+        if self.method not in ("lora", "full"):
+            raise ConfigError(f"`method` must be lora or full, got {self.method!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["target_modules"] = list(self.target_modules)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LoraOptions:
+        """Options from a mapping; unknown keys are an error naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown LoRA option(s): {', '.join(unknown)}")
+        values = dict(data)
+        if "target_modules" in values:
+            values["target_modules"] = tuple(values["target_modules"])
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> LoraOptions:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one training run did and produced."""
+
+    output_dir: str
+    weights_file: str
+    sha256: str
+    size_bytes: int
+    method: str
+    device: str
+    steps: int
+    pairs: int
+    seconds: float
+    seconds_per_step: float
+    estimated_seconds: float
+    estimated_memory_mb: float
+    peak_memory_mb: float
+    trainable_params: int
+    total_params: int
+    first_loss: float
+    last_loss: float
+    stopped_early: bool
+    continued_from: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def resolve_device(settings: Settings) -> str:
+    """``cuda`` when asked for or (``auto``) when one is visible, else ``cpu``."""
+    if settings.device != "auto":
+        return settings.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _rss_peak_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _rss_now_mb() -> float:
+    try:
+        import psutil
+
+        return float(psutil.Process().memory_info().rss) / (1024 * 1024)
+    except ImportError:  # pragma: no cover - psutil is a dependency
+        return _rss_peak_mb()
+
+
+def _num_layers(auto_model: Any) -> int:
+    config = auto_model.config
+    return int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layers", 0) or 0)
+
+
+def load_encoder(
+    base_model: str,
+    adapter_path: str | None = None,
+    *,
+    device: str = "cpu",
+    max_seq_length: int | None = None,
+    merge: bool = True,
+) -> SentenceTransformer:
+    """A SentenceTransformer for inference: the base model with an adapter applied.
+
+    Args:
+        base_model: Local folder of the base sentence-transformers model.
+        adapter_path: Folder written by peft ``save_pretrained`` (or ``None``).
+        device: Torch device.
+        max_seq_length: Truncation length, in tokens.
+        merge: Merge the LoRA weights into the base weights (same outputs, faster).
+    """
+    from peft import PeftModel
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(base_model, device=device)
+    if max_seq_length:
+        model.max_seq_length = max_seq_length
+    if adapter_path:
+        transformer: Any = model[0]
+        peft_model = PeftModel.from_pretrained(transformer.auto_model, adapter_path)
+        transformer.model = peft_model.merge_and_unload() if merge else peft_model
+        model.to(device)
+    model.eval()
+    return model
+
+
+def build_model(
+    settings: Settings,
+    options: LoraOptions,
+    *,
+    init_adapter: str | None = None,
+    base_model: str | None = None,
+) -> tuple[SentenceTransformer, Any]:
+    """The encoder prepared for training: returns ``(model, trainable_module)``.
+
+    With ``options.method == "lora"`` the transformer is wrapped in a peft model: a new
+    adapter from ``options``, or ``init_adapter`` loaded as trainable (its own rank and
+    targets are kept). With ``"full"`` every weight trains.
+    """
+    from sentence_transformers import SentenceTransformer
+
+    device = resolve_device(settings)
+    model = SentenceTransformer(base_model or settings.model_path, device=device)
+    model.max_seq_length = options.max_seq_length
+    first: Any = model[0]
+    auto_model = first.auto_model
+    if options.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model, model
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if init_adapter:
+        peft_model = PeftModel.from_pretrained(auto_model, init_adapter, is_trainable=True)
+    else:
+        layers = None
+        n = _num_layers(auto_model)
+        if options.top_layers and n and options.top_layers < n:
+            layers = list(range(n - options.top_layers, n))
+        config = LoraConfig(
+            r=options.r,
+            lora_alpha=options.alpha,
+            lora_dropout=options.dropout,
+            target_modules=list(options.target_modules),
+            layers_to_transform=layers,
+            bias="none",
+        )
+        try:
+            peft_model = get_peft_model(auto_model, config)
+        except ValueError as exc:
+            raise ConfigError(f"`target_modules` do not fit the model: {exc}") from exc
+    first.model = peft_model
+    model.to(device)
+    return model, peft_model
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _epoch_batches(
+    n: int, lengths: Sequence[int], options: LoraOptions, rng: random.Random
+) -> list[list[int]]:
+    """Indexes of the pairs of each step of one epoch (shuffled; similar lengths together)."""
+    order = list(range(n))
+    rng.shuffle(order)
+    bs = options.batch_size
+    if options.sort_by_length:
+        # sort inside chunks of a few batches: little padding, batches still mixed
+        chunk = bs * 8
+        sorted_order: list[int] = []
+        for start in range(0, len(order), chunk):
+            sorted_order.extend(sorted(order[start : start + chunk], key=lambda i: lengths[i]))
+        order = sorted_order
+    batches = [order[s : s + bs] for s in range(0, len(order), bs)]
+    batches = [b for b in batches if len(b) >= 2]
+    rng.shuffle(batches)
+    return batches
+
+
+def _schedule(
+    n: int, lengths: Sequence[int], options: LoraOptions, seed: int, steps: int
+) -> Iterator[list[int]]:
+    """The batches of ``steps`` steps, epoch after epoch, deterministic by seed."""
+    rng = random.Random(seed)
+    done = 0
+    while done < steps:
+        for batch in _epoch_batches(n, lengths, options, rng):
+            if done >= steps:
+                return
+            yield batch
+            done += 1
+
+
+def _loss(model: Any, batch: Sequence[Pair], options: LoraOptions, device: str) -> Any:
+    import torch
+    import torch.nn.functional as F
+
+    anchors = [p.anchor for p in batch]
+    docs = [p.positive for p in batch]
+    neg_rows = [i for i, p in enumerate(batch) if p.negative]
+    docs += [batch[i].negative or "" for i in neg_rows]
+
+    def embed(texts: list[str]) -> Any:
+        features = model.preprocess(texts)
+        features = {k: v.to(device) if hasattr(v, "to") else v for k, v in features.items()}
+        return F.normalize(model(features)["sentence_embedding"], dim=-1)
+
+    a = embed(anchors)
+    d = embed(docs)
+    scores = a @ d.T * options.scale
+    labels = torch.arange(len(batch), device=scores.device)
+    return F.cross_entropy(scores, labels)
+
+
+def train_model(
+    model: Any,
+    trainable: Any,
+    pairs: Sequence[Pair],
+    options: LoraOptions,
+    *,
+    device: str,
+    seed: int,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run the training loop on a prepared model; returns its statistics.
+
+    One step is measured first (forward and backward, no update): when the estimated
+    total time or the peak memory exceeds the budget, :class:`BudgetError` is raised
+    before any weight changes.
+    """
+    import torch
+
+    if len(pairs) < 2:
+        raise ConfigError("`pairs` must hold at least two training pairs")
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    torch.manual_seed(seed)
+    tokenizer = model.tokenizer
+    lengths = [
+        len(ids)
+        for ids in tokenizer(
+            [p.positive for p in pairs], truncation=True, max_length=options.max_seq_length
+        )["input_ids"]
+    ]
+    first_epoch = _epoch_batches(len(pairs), lengths, options, random.Random(seed))
+    steps = min(options.max_steps, options.epochs * len(first_epoch))
+    batches = _schedule(len(pairs), lengths, options, seed, steps)
+    params = [p for p in trainable.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in params)
+    n_total = sum(p.numel() for p in model.parameters())
+    padded = [len(b) * max(lengths[i] for i in b) for b in first_epoch]
+    mean_padded = sum(padded) / len(padded)
+    probe_batch = next(batches)
+
+    model.train()
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    # warm-up step on two pairs (allocators, kernels, autograd) so that the probe
+    # measures a steady step; its gradients are dropped
+    _loss(model, [pairs[0], pairs[1]], options, device).backward()
+    model.zero_grad(set_to_none=True)
+
+    # ---- probe: one measured step, nothing updated yet
+    t0 = time.perf_counter()
+    probe = _loss(model, [pairs[i] for i in probe_batch], options, device)
+    probe.backward()
+    probe_s = time.perf_counter() - t0
+    opt_state_mb = 2 * n_trainable * 4 / (1024 * 1024)  # AdamW: two fp32 moments
+    if cuda:
+        mem_mb = torch.cuda.max_memory_allocated() / (1024 * 1024) + opt_state_mb
+    else:
+        mem_mb = max(_rss_now_mb(), 0.0) + opt_state_mb
+    probe_padded = len(probe_batch) * max(lengths[i] for i in probe_batch)
+    est_s = probe_s * steps * mean_padded / max(probe_padded, 1) * 1.1
+    logger.info(
+        "training %d steps of %d pairs on %s: about %.0f s, %.0f MiB (%d trainable parameters)",
+        steps, options.batch_size, device, est_s, mem_mb, n_trainable,
+    )
+    if est_s > options.max_seconds:
+        raise BudgetError(
+            f"training would take about {est_s:.0f} s ({steps} steps at {probe_s:.2f} s), over "
+            f"max_seconds={options.max_seconds:.0f}: lower max_steps, batch_size or max_seq_length"
+        )
+    if mem_mb > options.max_memory_mb:
+        raise BudgetError(
+            f"training would need about {mem_mb:.0f} MiB, over max_memory_mb="
+            f"{options.max_memory_mb:.0f}: lower batch_size or max_seq_length"
+        )
+
+    optimizer = torch.optim.AdamW(
+        params, lr=options.learning_rate, weight_decay=options.weight_decay
+    )
+
+    def lr_at(step: int) -> float:
+        warm = options.warmup_steps
+        if warm and step < warm:
+            return (step + 1) / warm
+        return max(0.0, 1.0 - (step - warm) / max(1, steps - warm)) * 0.9 + 0.1
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    losses: list[float] = []
+    start = time.perf_counter()
+    stopped_early = False
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc="retrain", unit="step")
+    for step, batch_idx in enumerate(itertools.chain([probe_batch], batches)):
+        if step > 0:
+            loss = _loss(model, [pairs[i] for i in batch_idx], options, device)
+            loss.backward()
+        else:
+            loss = probe
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if time.perf_counter() - start + probe_s > options.max_seconds:
+            logger.warning("training stopped at step %d: max_seconds reached", step + 1)
+            stopped_early = True
+            break
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - start + probe_s
+    model.eval()
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() / (1024 * 1024)
+    else:
+        peak = _rss_peak_mb()
+    head = losses[: max(1, min(5, len(losses)))]
+    tail = losses[-max(1, min(5, len(losses))) :]
+    return {
+        "steps": len(losses),
+        "seconds": seconds,
+        "seconds_per_step": seconds / max(1, len(losses)),
+        "estimated_seconds": est_s,
+        "estimated_memory_mb": mem_mb,
+        "peak_memory_mb": peak,
+        "trainable_params": n_trainable,
+        "total_params": n_total,
+        "first_loss": sum(head) / len(head),
+        "last_loss": sum(tail) / len(tail),
+        "stopped_early": stopped_early,
+    }
+
+
+def train(
+    settings: Settings,
+    pairs: Sequence[Pair],
+    options: LoraOptions,
+    out_dir: str | Path,
+    *,
+    init_adapter: str | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Fine-tune the encoder on ``pairs`` and save the adapter to ``out_dir``.
+
+    Args:
+        settings: Base model, device and seed come from here.
+        pairs: Training pairs (anchor, positive, optional hard negative).
+        options: LoRA and budget options.
+        out_dir: Folder for the adapter (peft ``save_pretrained``); created.
+        init_adapter: Continue training this adapter (incremental); ``None`` starts a
+            fresh adapter on the base model.
+        progress: Show a tqdm bar.
+
+    Raises:
+        BudgetError: The measured estimate exceeds ``max_seconds`` or ``max_memory_mb``.
+    """
+    device = resolve_device(settings)
+    model, trainable = build_model(settings, options, init_adapter=init_adapter)
+    stats = train_model(
+        model, trainable, pairs, options, device=device, seed=settings.seed, progress=progress
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if options.method == "full":
+        model.save(str(out))
+        weights = next(iter(sorted(out.glob("*.safetensors"))), None) or out / "model.safetensors"
+    else:
+        trainable.save_pretrained(str(out))
+        weights = out / ADAPTER_WEIGHTS
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    result = TrainResult(
+        output_dir=str(out),
+        weights_file=str(weights),
+        sha256=file_sha256(weights),
+        size_bytes=size,
+        method=options.method,
+        device=device,
+        pairs=len(pairs),
+        continued_from=init_adapter,
+        **stats,
+    )
+    logger.info(
+        "trained %d steps in %.1f s (loss %.3f -> %.3f); adapter %s",
+        result.steps, result.seconds, result.first_loss, result.last_loss, out,
+    )
+    return result

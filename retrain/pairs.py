@@ -1,0 +1,399 @@
+"""Training pairs mined from the literature ingested since the active model was trained.
+
+Kinds of pair:
+
+* ``title_abstract`` — an article's title → its abstract (new articles of the window);
+* ``citation`` — a citing article's title → the text of an article it cites, both in
+  the corpus (from the ``references`` table);
+* ``feedback`` — an expert's query → an article marked relevant; the articles marked
+  not relevant for the same query become its hard negatives;
+* ``replay`` — title → abstract of *older* articles, a share of the set against
+  forgetting.
+
+Sampling is weighted by the same recency and citation impact as ranking (recency
+``0.5 ** (age / half_life)``, citation ``1 + log1p(relative_citation_ratio)`` or the
+in-corpus citation count; missing means neutral) and deterministic by ``settings.seed``.
+
+Held-out evaluation articles never become training pairs: the *fresh* set is the newest
+articles of the window (newer than anything trained on), and the *older* set is a stable
+hash bucket of older articles (the same for every run, so no model ever trains on it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import logging
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, and_, select
+
+from litpulse.db import connect, utcnow
+from litpulse.schema import articles, feedback, references
+from litpulse.settings import Settings
+from retrain.evaluate import EvalItem, HeldOut
+
+__all__ = ["Pair", "PairSet", "ArticleRow", "mine_pairs", "doc_text", "article_weight"]
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("title_abstract", "citation", "feedback", "replay")
+
+#: One article in this many (by a hash of pmid and seed) belongs to the older held-out set.
+HOLDOUT_BUCKETS = 20
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One training example: anchor → positive (optionally with a hard negative)."""
+
+    anchor: str
+    positive: str
+    kind: str
+    pmid: int
+    negative: str | None = None
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class ArticleRow:
+    pmid: int
+    title: str
+    abstract: str
+    best_date: dt.date | None
+    updated_at: dt.datetime
+    relative_citation_ratio: float | None
+    cited_by_in_corpus: int
+
+
+@dataclass(frozen=True)
+class PairSet:
+    """Sampled pairs, their counts by kind, the window they come from and the held-out sets."""
+
+    pairs: tuple[Pair, ...]
+    counts: dict[str, int]
+    available: dict[str, int]
+    window_start: dt.datetime | None
+    window_end: dt.datetime | None
+    new_articles: int
+    heldout: HeldOut
+    feedback_unpaired: int = 0
+    hard_negatives: int = 0
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A summary (not the pairs themselves)."""
+        return {
+            "pairs": len(self.pairs),
+            "counts": dict(self.counts),
+            "available": dict(self.available),
+            "window_start": self.window_start.isoformat() if self.window_start else None,
+            "window_end": self.window_end.isoformat() if self.window_end else None,
+            "new_articles": self.new_articles,
+            "hard_negatives": self.hard_negatives,
+            "feedback_unpaired": self.feedback_unpaired,
+            "heldout": self.heldout.to_dict(),
+            "notes": list(self.notes),
+        }
+
+    def replace(self, **changes: Any) -> PairSet:
+        return dataclasses.replace(self, **changes)
+
+
+def doc_text(title: str, abstract: str) -> str:
+    """The document text of an article: the same text the index embeds."""
+    from ranking.embed import article_text
+
+    return article_text(title, abstract)
+
+
+def _as_utc(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def article_weight(row: ArticleRow, *, now: dt.date, half_life_days: float) -> float:
+    """Recency × citation impact, as in ranking; a missing value is neutral (1.0)."""
+    recency = 1.0
+    if row.best_date is not None:
+        age = max(0, (now - row.best_date).days)
+        recency = 0.5 ** (age / half_life_days)
+    return recency * _citation(row)
+
+
+def _citation(row: ArticleRow) -> float:
+    if row.relative_citation_ratio is not None:
+        return 1.0 + math.log1p(max(0.0, row.relative_citation_ratio))
+    if row.cited_by_in_corpus:
+        return 1.0 + math.log1p(row.cited_by_in_corpus)
+    return 1.0
+
+
+def _hash_unit(pmid: int, seed: int, salt: str = "") -> float:
+    digest = hashlib.blake2b(f"{salt}:{seed}:{pmid}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def in_older_holdout(pmid: int, seed: int, buckets: int = HOLDOUT_BUCKETS) -> bool:
+    """Whether an article belongs to the (stable) older held-out bucket."""
+    return _hash_unit(pmid, seed, "holdout") < 1.0 / buckets
+
+
+def _load_articles(engine: Engine) -> list[ArticleRow]:
+    a = articles.c
+    stmt = (
+        select(
+            a.pmid, a.title, a.abstract, a.best_date, a.updated_at,
+            a.relative_citation_ratio, a.cited_by_in_corpus,
+        )
+        .where(a.is_deleted.is_(False), a.is_retracted.is_(False), a.abstract != "")
+        .order_by(a.pmid)
+    )
+    with engine.connect() as conn:
+        return [
+            ArticleRow(
+                pmid=int(r.pmid), title=r.title or "", abstract=r.abstract or "",
+                best_date=r.best_date, updated_at=_as_utc(r.updated_at) or utcnow(),
+                relative_citation_ratio=r.relative_citation_ratio,
+                cited_by_in_corpus=int(r.cited_by_in_corpus or 0),
+            )
+            for r in conn.execute(stmt)
+        ]
+
+
+def _weighted_sample(
+    items: Sequence[Any], weights: Sequence[float], k: int, seed: int
+) -> list[Any]:
+    """``k`` items without replacement, probability proportional to weight; all if fewer."""
+    if k >= len(items):
+        return list(items)
+    if k <= 0:
+        return []
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    w = np.asarray(weights, dtype=np.float64)
+    w = np.where(np.isfinite(w) & (w > 0), w, 0.0) + 1e-12
+    idx = rng.choice(len(items), size=k, replace=False, p=w / w.sum())
+    return [items[i] for i in sorted(idx)]
+
+
+def mine_pairs(
+    settings: Settings,
+    *,
+    since: dt.datetime | None = None,
+    max_pairs: int | None = None,
+    replay_share: float = 0.2,
+    fresh_size: int = 200,
+    fresh_share: float = 0.2,
+    older_size: int = 200,
+    distractors: int = 400,
+    holdout_buckets: int = HOLDOUT_BUCKETS,
+    now: dt.datetime | None = None,
+    engine: Engine | None = None,
+) -> PairSet:
+    """Mine training pairs from articles updated after ``since`` (all when ``None``).
+
+    Args:
+        settings: Database, seed and recency half-life.
+        since: End of the active model's training window.
+        max_pairs: Most new (non-replay, non-feedback) pairs to sample; ``None`` = all.
+        replay_share: Share of the final set made of older pairs (0 disables replay).
+        fresh_size: Most articles of the fresh held-out set.
+        fresh_share: Most share of the window's articles held out as fresh.
+        older_size: Most articles of the older held-out set.
+        distractors: Other abstracts retrieval has to rank the held-out ones against.
+        holdout_buckets: One article in this many (a stable hash of pmid and seed) is
+            held out as "older"; keep it the same between runs.
+        now: Reference time for recency (default: now).
+        engine: An engine to use instead of ``connect(settings)``.
+
+    Returns:
+        The sampled :class:`PairSet` (pairs in a seeded random order).
+    """
+    if not 0 <= replay_share < 1:
+        from litpulse.errors import ConfigError
+
+        raise ConfigError(f"`replay_share` must be within [0, 1), got {replay_share!r}")
+    engine = engine or connect(settings)
+    seed = settings.seed
+    since = _as_utc(since)
+    today = (now or utcnow()).date()
+    rows = _load_articles(engine)
+    by_pmid = {r.pmid: r for r in rows}
+    window = [r for r in rows if since is None or r.updated_at > since]
+    older_rows = [r for r in rows if since is not None and r.updated_at <= since]
+    window_end = max((r.updated_at for r in rows), default=None)
+    notes: list[str] = []
+
+    def key(r: ArticleRow) -> tuple[dt.date, int]:
+        return (r.best_date or dt.date.min, r.pmid)
+
+    # ---- fresh held-out: the newest articles of the window, never trained on
+    n_fresh = min(fresh_size, int(len(window) * fresh_share))
+    ordered = sorted(window, key=key)
+    fresh = ordered[len(ordered) - n_fresh :] if n_fresh else []
+    cutoff = key(fresh[0]) if fresh else None
+    fresh_ids = {r.pmid for r in fresh}
+
+    # ---- older held-out: a stable hash bucket, from before the window when there is one
+    bucket = [
+        r for r in rows
+        if in_older_holdout(r.pmid, seed, holdout_buckets) and r.pmid not in fresh_ids
+    ]
+    older_ids = {r.pmid for r in older_rows}
+    pool = [r for r in bucket if r.pmid in older_ids] if since is not None else []
+    if len(pool) < min(20, older_size):
+        pool = [r for r in bucket if cutoff is None or key(r) < cutoff]
+    pool.sort(key=lambda r: _hash_unit(r.pmid, seed, "older"))
+    older = pool[:older_size]
+    held = fresh_ids | {r.pmid for r in bucket}
+
+    def trainable(r: ArticleRow) -> bool:
+        return r.pmid not in held and (cutoff is None or key(r) < cutoff)
+
+    new_rows = [r for r in window if trainable(r)]
+    replay_rows = [r for r in older_rows if trainable(r)]
+
+    # ---- distractors: other abstracts, fixed by seed
+    others = [r for r in rows if r.pmid not in held]
+    others.sort(key=lambda r: _hash_unit(r.pmid, seed, "distractor"))
+    distract = others[:distractors]
+    heldout = HeldOut(
+        fresh=tuple(EvalItem(r.pmid, r.title, r.abstract) for r in fresh),
+        older=tuple(EvalItem(r.pmid, r.title, r.abstract) for r in older),
+        distractors=tuple(EvalItem(r.pmid, r.title, r.abstract) for r in distract),
+    )
+
+    def weight(r: ArticleRow) -> float:
+        return article_weight(r, now=today, half_life_days=settings.recency_half_life_days)
+
+    # ---- new pairs: title → abstract, citing title → cited text
+    candidates: list[Pair] = [
+        Pair(r.title, r.abstract, "title_abstract", r.pmid, weight=weight(r))
+        for r in new_rows
+        if r.title
+    ]
+    new_ids = {r.pmid for r in new_rows}
+    for citing, cited in _references(engine, new_ids):
+        src, dst = by_pmid.get(citing), by_pmid.get(cited)
+        if src is None or dst is None or dst.pmid in held or not src.title:
+            continue
+        # recency of the citing article, impact of the cited one
+        w = _recency(src, today, settings) * _citation(dst)
+        candidates.append(
+            Pair(src.title, doc_text(dst.title, dst.abstract), "citation", src.pmid, weight=w)
+        )
+    available = Counter(p.kind for p in candidates)
+    limit = len(candidates) if max_pairs is None else max_pairs
+    chosen = _weighted_sample(candidates, [p.weight for p in candidates], limit, seed)
+
+    # ---- expert feedback: every usable judgement, hard negatives attached
+    fb_pairs, unpaired = _feedback_pairs(engine, since, by_pmid, held)
+    available["feedback"] = len(fb_pairs)
+
+    # ---- replay of older pairs against forgetting
+    replay: list[Pair] = []
+    if replay_share > 0 and replay_rows:
+        n_replay = round(replay_share / (1 - replay_share) * (len(chosen) + len(fb_pairs)))
+        replay_candidates = [
+            Pair(r.title, r.abstract, "replay", r.pmid, weight=weight(r))
+            for r in replay_rows
+            if r.title
+        ]
+        available["replay"] = len(replay_candidates)
+        replay = _weighted_sample(
+            replay_candidates, [p.weight for p in replay_candidates], n_replay, seed + 1
+        )
+    elif replay_share > 0 and since is not None:
+        notes.append("no older articles to replay")
+
+    pairs = chosen + fb_pairs + replay
+    import random
+
+    random.Random(seed).shuffle(pairs)
+    counts = {k: 0 for k in KINDS}
+    counts.update(Counter(p.kind for p in pairs))
+    if not fresh:
+        notes.append("no fresh held-out set: too few new articles")
+    result = PairSet(
+        pairs=tuple(pairs),
+        counts=counts,
+        available={k: int(available.get(k, 0)) for k in KINDS},
+        window_start=since,
+        window_end=window_end,
+        new_articles=len(window),
+        heldout=heldout,
+        feedback_unpaired=unpaired,
+        hard_negatives=sum(1 for p in pairs if p.negative),
+        notes=tuple(notes),
+    )
+    logger.info("mined %d pairs %s from %d new articles", len(pairs), counts, len(window))
+    return result
+
+
+def _recency(r: ArticleRow, today: dt.date, settings: Settings) -> float:
+    if r.best_date is None:
+        return 1.0
+    return float(0.5 ** (max(0, (today - r.best_date).days) / settings.recency_half_life_days))
+
+
+def _references(engine: Engine, citing: Iterable[int]) -> list[tuple[int, int]]:
+    ids = sorted(set(citing))
+    out: list[tuple[int, int]] = []
+    with engine.connect() as conn:
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            stmt = select(references.c.citing_pmid, references.c.cited_pmid).where(
+                references.c.citing_pmid.in_(chunk)
+            )
+            out.extend((int(a), int(b)) for a, b in conn.execute(stmt))
+    out.sort()
+    return out
+
+
+def _feedback_pairs(
+    engine: Engine,
+    since: dt.datetime | None,
+    by_pmid: dict[int, ArticleRow],
+    held: set[int],
+) -> tuple[list[Pair], int]:
+    f = feedback.c
+    stmt = select(f.query, f.pmid, f.relevant).order_by(f.id)
+    if since is not None:
+        stmt = stmt.where(and_(f.created_at > since))
+    positives: dict[str, list[int]] = defaultdict(list)
+    negatives: dict[str, list[int]] = defaultdict(list)
+    with engine.connect() as conn:
+        for query, pmid, relevant in conn.execute(stmt):
+            pmid = int(pmid)
+            if pmid not in by_pmid or pmid in held:
+                continue
+            (positives if relevant else negatives)[query].append(pmid)
+    pairs: list[Pair] = []
+    unpaired = 0
+    for query in sorted(set(positives) | set(negatives)):
+        pos = [p for p in dict.fromkeys(positives.get(query, [])) if p not in negatives[query]]
+        neg = list(dict.fromkeys(negatives.get(query, [])))
+        if not pos:
+            unpaired += len(neg)
+            continue
+        for i, pmid in enumerate(pos):
+            r = by_pmid[pmid]
+            n = by_pmid[neg[i % len(neg)]] if neg else None
+            pairs.append(
+                Pair(
+                    query,
+                    doc_text(r.title, r.abstract),
+                    "feedback",
+                    pmid,
+                    negative=doc_text(n.title, n.abstract) if n else None,
+                )
+            )
+    return pairs, unpaired

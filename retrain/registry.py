@@ -1,0 +1,378 @@
+"""The model registry: versions, lineage, promotion and rollback.
+
+Each ``model_versions`` row is a base model plus a LoRA adapter (path and SHA-256), the
+version it was continued from (``parent_id``), the data window and pair counts it was
+trained on, its options, its evaluation on fresh and older held-out sets, and its status:
+
+* ``candidate`` — trained and evaluated, waiting for the gate or a person;
+* ``active`` — the version new indexes are built for (at most one);
+* ``rejected`` — failed the gate, or was rolled back;
+* ``retired`` — was active before a newer promotion.
+
+:func:`promote` switches the status and then builds and publishes a new index for the
+promoted version (:func:`ranking.index.refresh_index`: a full build for a model without
+an index; a kept index of that model, as after a rollback, is updated and republished). The index
+carries its model version and searches embed queries with the index's own model, so
+until the new index is published searches keep the old model with the old index; if the
+rebuild fails the statuses are switched back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, desc, insert, select, update
+
+from litpulse.db import connect, utcnow
+from litpulse.errors import ConfigError, NotFoundError
+from litpulse.schema import model_versions
+from litpulse.settings import DEFAULT_MODEL, Settings
+
+__all__ = [
+    "STATUSES",
+    "BASE_ID",
+    "ModelVersion",
+    "new_version_id",
+    "register",
+    "list_models",
+    "get_model",
+    "active_version",
+    "set_status",
+    "promote",
+    "rollback",
+]
+
+logger = logging.getLogger(__name__)
+
+STATUSES = ("candidate", "active", "rejected", "retired")
+#: Id of the base model (no adapter); never a row.
+BASE_ID = "base"
+
+Reindex = Callable[[Settings], Any]
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One row of ``model_versions``."""
+
+    id: str
+    base_model: str
+    adapter_path: str | None
+    adapter_sha256: str | None
+    parent_id: str | None
+    window_start: dt.datetime | None
+    window_end: dt.datetime | None
+    pair_counts: dict[str, Any]
+    options: dict[str, Any]
+    metrics: dict[str, Any]
+    status: str
+    promoted_by: str | None
+    reason: str | None
+    created_at: dt.datetime
+    promoted_at: dt.datetime | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> ModelVersion:
+        m = row._mapping
+        return cls(**{f.name: m[f.name] for f in dataclasses.fields(cls)})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, dt.datetime):
+                d[k] = v.isoformat()
+        return d
+
+
+def new_version_id(digest: str, when: dt.datetime | None = None) -> str:
+    """``m-YYYYMMDDHHMMSS-<first 6 hex of digest>``."""
+    when = when or utcnow()
+    return f"m-{when.strftime('%Y%m%d%H%M%S')}-{digest[:6]}"
+
+
+def base_model_name(settings: Settings) -> str:
+    """What ``base_model`` records: the configured path, or the bundled model's name."""
+    return settings.model or DEFAULT_MODEL
+
+
+def register(
+    settings: Settings,
+    *,
+    id: str,
+    adapter_path: str,
+    adapter_sha256: str,
+    parent_id: str | None,
+    window_start: dt.datetime | None,
+    window_end: dt.datetime | None,
+    pair_counts: Mapping[str, Any],
+    options: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    status: str = "candidate",
+    reason: str | None = None,
+    engine: Engine | None = None,
+) -> ModelVersion:
+    """Insert a new version (a candidate by default) and return it."""
+    if status not in STATUSES or status == "active":
+        raise ConfigError(
+            f"`status` of a new version must be candidate or rejected, got {status!r}"
+        )
+    engine = engine or connect(settings)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(model_versions).values(
+                id=id,
+                base_model=base_model_name(settings),
+                adapter_path=adapter_path,
+                adapter_sha256=adapter_sha256,
+                parent_id=parent_id,
+                window_start=window_start,
+                window_end=window_end,
+                pair_counts=dict(pair_counts),
+                options=dict(options),
+                metrics=dict(metrics),
+                status=status,
+                reason=reason,
+                created_at=utcnow(),
+            )
+        )
+    return get_model(settings, id, engine=engine)
+
+
+def list_models(settings: Settings, *, engine: Engine | None = None) -> list[ModelVersion]:
+    """Every version, oldest first."""
+    engine = engine or connect(settings)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(model_versions).order_by(model_versions.c.created_at, model_versions.c.id)
+        ).all()
+    return [ModelVersion.from_row(r) for r in rows]
+
+
+def get_model(settings: Settings, id: str, *, engine: Engine | None = None) -> ModelVersion:
+    """One version by id.
+
+    Raises:
+        NotFoundError: No such version.
+    """
+    engine = engine or connect(settings)
+    with engine.connect() as conn:
+        row = conn.execute(select(model_versions).where(model_versions.c.id == id)).first()
+    if row is None:
+        raise NotFoundError(f"model version {id!r} does not exist")
+    return ModelVersion.from_row(row)
+
+
+def active_version(settings: Settings, *, engine: Engine | None = None) -> ModelVersion | None:
+    """The active version, or ``None`` when the base model is in use."""
+    engine = engine or connect(settings)
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(model_versions)
+            .where(model_versions.c.status == "active")
+            .order_by(desc(model_versions.c.promoted_at), desc(model_versions.c.created_at))
+            .limit(1)
+        ).first()
+    return ModelVersion.from_row(row) if row is not None else None
+
+
+def set_status(
+    settings: Settings, id: str, status: str, *, reason: str | None = None,
+    engine: Engine | None = None,
+) -> ModelVersion:
+    """Set a non-active status (use :func:`promote` to activate)."""
+    if status not in STATUSES or status == "active":
+        raise ConfigError(f"`status` must be candidate, rejected or retired, got {status!r}")
+    engine = engine or connect(settings)
+    get_model(settings, id, engine=engine)
+    values: dict[str, Any] = {"status": status}
+    if reason is not None:
+        values["reason"] = reason
+    with engine.begin() as conn:
+        conn.execute(update(model_versions).where(model_versions.c.id == id).values(**values))
+    return get_model(settings, id, engine=engine)
+
+
+def _default_reindex(settings: Settings) -> Any:
+    from ranking.embed import clear_cache
+    from ranking.index import refresh_index
+
+    # A model without a kept index gets a full build; one whose index files are still
+    # kept (a rollback, a re-promotion) has that index brought up to date and republished.
+    report = refresh_index(settings)
+    clear_cache()
+    return report
+
+
+def _switch(
+    engine: Engine,
+    *,
+    activate: str | None,
+    previous: ModelVersion | None,
+    previous_status: str,
+    by: str,
+    reason: str | None,
+) -> None:
+    now = utcnow()
+    with engine.begin() as conn:
+        if previous is not None and previous.id != activate:
+            conn.execute(
+                update(model_versions)
+                .where(model_versions.c.id == previous.id)
+                .values(status=previous_status)
+            )
+        # any other stray active row (never expected) is retired too
+        stmt = update(model_versions).where(model_versions.c.status == "active")
+        if activate is not None:
+            stmt = stmt.where(model_versions.c.id != activate)
+        conn.execute(stmt.values(status="retired"))
+        if activate is not None:
+            conn.execute(
+                update(model_versions)
+                .where(model_versions.c.id == activate)
+                .values(status="active", promoted_by=by, promoted_at=now, reason=reason)
+            )
+
+
+def _restore(engine: Engine, rows: list[ModelVersion]) -> None:
+    with engine.begin() as conn:
+        for row in rows:
+            conn.execute(
+                update(model_versions)
+                .where(model_versions.c.id == row.id)
+                .values(
+                    status=row.status, promoted_by=row.promoted_by,
+                    promoted_at=row.promoted_at, reason=row.reason,
+                )
+            )
+
+
+def _reindex(
+    settings: Settings, engine: Engine, before: list[ModelVersion], reindex: Reindex | None
+) -> Any:
+    try:
+        return (reindex or _default_reindex)(settings)
+    except BaseException:
+        logger.exception("re-index failed: restoring the previous model statuses")
+        _restore(engine, before)
+        raise
+
+
+def promote(
+    settings: Settings,
+    id: str,
+    *,
+    by: str,
+    reason: str | None = None,
+    reindex: Reindex | None = None,
+    engine: Engine | None = None,
+) -> dict[str, Any]:
+    """Make ``id`` the active version and publish an index built for it.
+
+    The previous active version becomes ``retired``. The corpus is re-embedded with the
+    promoted model and a new index version is published atomically; a failure there
+    restores the previous statuses and re-raises.
+
+    Args:
+        settings: The settings.
+        id: Version to promote (candidate, retired or rejected: a person may override
+            the gate).
+        by: Who or what promoted it (a user name, ``gate``, ``rollback``).
+        reason: Free text kept on the row.
+        reindex: Replaces the re-index step (default: ``refresh_index(rebuild=True)``).
+
+    Returns:
+        ``{"model": ModelVersion dict, "previous": id or "base", "index": report}``.
+
+    Raises:
+        NotFoundError: No such version.
+    """
+    if not by:
+        raise ConfigError("`by` must name who promotes the version")
+    engine = engine or connect(settings)
+    target = get_model(settings, id, engine=engine)
+    previous = active_version(settings, engine=engine)
+    if previous is not None and previous.id == target.id:
+        logger.info("model %s is already active", id)
+        return {"model": target.to_dict(), "previous": id, "index": None, "changed": False}
+    before = [target] + ([previous] if previous is not None else [])
+    _switch(engine, activate=id, previous=previous, previous_status="retired", by=by,
+            reason=reason or target.reason)
+    logger.info("promoted %s (previous: %s) by %s; re-indexing", id,
+                previous.id if previous else BASE_ID, by)
+    report = _reindex(settings, engine, before, reindex)
+    return {
+        "model": get_model(settings, id, engine=engine).to_dict(),
+        "previous": previous.id if previous else BASE_ID,
+        "index": _as_dict(report),
+        "changed": True,
+    }
+
+
+def rollback(
+    settings: Settings,
+    *,
+    by: str,
+    reason: str | None = None,
+    reindex: Reindex | None = None,
+    engine: Engine | None = None,
+) -> dict[str, Any]:
+    """Re-activate the version that was active before the current one (or the base model).
+
+    The current version becomes ``rejected`` (so a second rollback goes one step further
+    back), the previous one ``active`` again, and an index for it is published.
+
+    Returns:
+        ``{"model": re-activated id or "base", "rolled_back": id, "index": report}``.
+
+    Raises:
+        NotFoundError: Nothing is active (the base model is already in use).
+    """
+    if not by:
+        raise ConfigError("`by` must name who rolls back")
+    engine = engine or connect(settings)
+    current = active_version(settings, engine=engine)
+    if current is None:
+        raise NotFoundError("no active model version to roll back: the base model is in use")
+    target = _previous_active(engine, current)
+    before = [current] + ([target] if target is not None else [])
+    why = reason or f"rolled back by {by}"
+    with engine.begin() as conn:
+        conn.execute(
+            update(model_versions)
+            .where(model_versions.c.id == current.id)
+            .values(status="rejected", reason=why)
+        )
+    if target is not None:
+        _switch(engine, activate=target.id, previous=None, previous_status="retired", by=by,
+                reason=f"re-activated by rollback of {current.id}")
+    logger.info("rolled back %s to %s by %s; re-indexing", current.id,
+                target.id if target else BASE_ID, by)
+    report = _reindex(settings, engine, before, reindex)
+    return {
+        "model": target.id if target else BASE_ID,
+        "rolled_back": current.id,
+        "index": _as_dict(report),
+    }
+
+
+def _previous_active(engine: Engine, current: ModelVersion) -> ModelVersion | None:
+    """The retired version promoted most recently before ``current``."""
+    mv = model_versions.c
+    stmt = select(model_versions).where(mv.status == "retired", mv.promoted_at.is_not(None))
+    if current.promoted_at is not None:
+        stmt = stmt.where(mv.promoted_at <= current.promoted_at, mv.id != current.id)
+    with engine.connect() as conn:
+        row = conn.execute(stmt.order_by(desc(mv.promoted_at)).limit(1)).first()
+    return ModelVersion.from_row(row) if row is not None else None
+
+
+def _as_dict(report: Any) -> Any:
+    if report is None:
+        return None
+    to_dict = getattr(report, "to_dict", None)
+    return to_dict() if callable(to_dict) else report

@@ -1,0 +1,301 @@
+"""One retraining round: mine pairs, train a LoRA adapter, evaluate, gate, register, promote.
+
+Example:
+    >>> report = retrain(settings, dry_run=True)  # doctest: +SKIP
+    >>> report.status, report.pairs["counts"]  # doctest: +SKIP
+    ('dry_run', {'title_abstract': 812, 'citation': 95, 'feedback': 3, 'replay': 227})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from litpulse.db import acquire_lease, connect
+from litpulse.errors import ConfigError
+from litpulse.settings import Settings
+from retrain import registry
+from retrain.evaluate import HeldOut, evaluate_encoder, gate, write_report
+from retrain.lora import LoraOptions, train
+from retrain.pairs import PairSet, mine_pairs
+
+__all__ = ["RetrainReport", "retrain", "evaluate_versions"]
+
+logger = logging.getLogger(__name__)
+
+#: Name of the lease that keeps two retrains from running at once.
+LEASE = "retrain"
+
+
+@dataclass(frozen=True)
+class RetrainReport:
+    """What a retraining round did.
+
+    ``status`` is one of ``dry_run``, ``skipped``, ``promoted`` or ``rejected``.
+    """
+
+    status: str
+    version_id: str | None = None
+    parent_id: str | None = None
+    pairs: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+    gate: dict[str, Any] | None = None
+    reasons: tuple[str, ...] = ()
+    report_paths: dict[str, str] = field(default_factory=dict)
+    promotion: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["reasons"] = list(self.reasons)
+        return d
+
+    def summary(self) -> list[str]:
+        """Human-readable lines (the CLI prints them)."""
+        lines = [f"status: {self.status}"]
+        if self.version_id:
+            lines.append(f"version: {self.version_id} (parent {self.parent_id or 'base'})")
+        p = self.pairs
+        if p:
+            counts = ", ".join(f"{k} {v}" for k, v in p.get("counts", {}).items())
+            lines.append(
+                f"pairs: {p.get('pairs', 0)} ({counts}); {p.get('new_articles', 0)} new articles"
+                f"; held out {p.get('heldout', {})}"
+            )
+        if self.training:
+            t = self.training
+            lines.append(
+                f"training: {t['steps']} steps in {t['seconds']:.1f} s on {t['device']}, "
+                f"loss {t['first_loss']:.3f} -> {t['last_loss']:.3f}"
+            )
+        if self.metrics:
+            for who in ("candidate", "active", "base"):
+                m = self.metrics.get(who)
+                if m:
+                    lines.append(
+                        f"{who}: fresh recall@10 {m['fresh']['recall@10']:.3f}, "
+                        f"older recall@10 {m['older']['recall@10']:.3f}"
+                    )
+        lines.extend(f"- {r}" for r in self.reasons)
+        return lines
+
+
+def _embedder(settings: Settings, model_id: str, adapter_path: str | None) -> Any:
+    from ranking.embed import ModelSpec, embed_texts, load_encoder
+
+    encoder = load_encoder(
+        ModelSpec(model_id, settings.model_path, adapter_path), settings, cache=False
+    )
+    return lambda texts: embed_texts(encoder, texts, settings)
+
+
+def evaluate_versions(
+    settings: Settings,
+    heldout: HeldOut,
+    versions: dict[str, tuple[str, str | None]],
+) -> dict[str, dict[str, Any]]:
+    """Evaluate several model versions on the same held-out sets.
+
+    Args:
+        settings: Device and sequence length (the serving ones).
+        heldout: The held-out sets.
+        versions: Role (``candidate``, ``active``, ``base``) → (model id, adapter path);
+            roles sharing a model id are evaluated once.
+    """
+    done: dict[str, dict[str, Any]] = {}
+    out: dict[str, dict[str, Any]] = {}
+    for role, (model_id, adapter) in versions.items():
+        if model_id not in done:
+            done[model_id] = evaluate_encoder(_embedder(settings, model_id, adapter), heldout)
+        out[role] = {**done[model_id], "model": model_id}
+    return out
+
+
+def retrain(
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    from_base: bool = False,
+    progress: bool = False,
+    options: LoraOptions | None = None,
+    min_new_articles: int | None = None,
+    pair_filter: Callable[[PairSet], PairSet] | None = None,
+    promote_by: str = "gate",
+    reindex: Callable[[Settings], Any] | None = None,
+    mine_kwargs: dict[str, Any] | None = None,
+) -> RetrainReport:
+    """Run one retraining round.
+
+    Args:
+        settings: The settings (gate margins, seed, device, serving sequence length).
+        dry_run: Mine and count the pairs, then stop.
+        from_base: Start a fresh adapter on the base model from all articles, instead
+            of continuing the active adapter on the articles since its window.
+        progress: Show progress bars.
+        options: LoRA and budget options (default :class:`LoraOptions`).
+        min_new_articles: Skip when fewer new articles arrived (the scheduled run passes
+            ``settings.retrain_min_new_articles``).
+        pair_filter: Transforms the mined pairs before training (experiments, tests).
+        promote_by: Recorded as ``promoted_by`` when the gate promotes.
+        reindex: Replaces the re-index step of a promotion.
+        mine_kwargs: Extra arguments of :func:`retrain.pairs.mine_pairs`.
+
+    Raises:
+        BudgetError: Training would exceed the options' time or memory budget.
+    """
+    started = time.perf_counter()
+    options = options or LoraOptions()
+    engine = connect(settings)
+    lease = acquire_lease(engine, LEASE, ttl_s=max(3600.0, options.max_seconds * 3))
+    if lease is None:
+        return RetrainReport("skipped", reasons=("another retrain is running",))
+    try:
+        return _retrain(
+            settings, engine, options, dry_run=dry_run, from_base=from_base, progress=progress,
+            min_new_articles=min_new_articles, pair_filter=pair_filter, promote_by=promote_by,
+            reindex=reindex, mine_kwargs=mine_kwargs or {}, started=started,
+        )
+    finally:
+        lease.release()
+
+
+def _retrain(
+    settings: Settings,
+    engine: Any,
+    options: LoraOptions,
+    *,
+    dry_run: bool,
+    from_base: bool,
+    progress: bool,
+    min_new_articles: int | None,
+    pair_filter: Callable[[PairSet], PairSet] | None,
+    promote_by: str,
+    reindex: Callable[[Settings], Any] | None,
+    mine_kwargs: dict[str, Any],
+    started: float,
+) -> RetrainReport:
+    active = registry.active_version(settings, engine=engine)
+    since = None if (from_base or active is None) else active.window_end
+    max_pairs = options.max_steps * options.batch_size
+    pairs = mine_pairs(settings, since=since, max_pairs=max_pairs, engine=engine, **mine_kwargs)
+    if pair_filter is not None:
+        pairs = pair_filter(pairs)
+    parent = None if from_base or active is None else active.id
+
+    def done(status: str, *reasons: str, **extra: Any) -> RetrainReport:
+        return RetrainReport(
+            status, parent_id=parent, pairs=pairs.to_dict(), reasons=reasons,
+            seconds=round(time.perf_counter() - started, 3), **extra,
+        )
+
+    if min_new_articles is not None and pairs.new_articles < min_new_articles:
+        return done(
+            "skipped",
+            f"{pairs.new_articles} new articles since the last training, fewer than "
+            f"{min_new_articles}",
+        )
+    if dry_run:
+        return done("dry_run", "dry run: pairs mined, nothing trained")
+    if len(pairs.pairs) < 2:
+        return done("skipped", "fewer than two training pairs")
+    if not pairs.heldout.fresh:
+        return done("skipped", "no fresh held-out set to judge a candidate on")
+
+    init_adapter = None
+    if parent is not None and active is not None and active.adapter_path:
+        if Path(active.adapter_path).is_dir():
+            init_adapter = active.adapter_path
+        else:
+            raise ConfigError(
+                f"the active model's adapter {active.adapter_path!r} is missing; "
+                "retrain with from_base=True"
+            )
+    adapters = settings.ensure_home() / "adapters"
+    tmp = adapters / f".tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        result = train(
+            settings, pairs.pairs, options, tmp, init_adapter=init_adapter, progress=progress
+        )
+        version_id = registry.new_version_id(result.sha256)
+        final = adapters / version_id
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    training = {**result.to_dict(), "output_dir": str(final),
+                "weights_file": str(final / Path(result.weights_file).name)}
+
+    roles: dict[str, tuple[str, str | None]] = {"candidate": (version_id, str(final))}
+    roles["active"] = (
+        (active.id, active.adapter_path) if active is not None else (registry.BASE_ID, None)
+    )
+    roles["base"] = (registry.BASE_ID, None)
+    metrics = evaluate_versions(settings, pairs.heldout, roles)
+    decision = gate(settings, metrics["candidate"], metrics["active"])
+    metrics_doc = {**metrics, "heldout": pairs.heldout.to_dict(), "gate": decision.to_dict()}
+    options_doc = options.to_dict()
+    if init_adapter:
+        options_doc["continued_from"] = parent
+    version = registry.register(
+        settings,
+        id=version_id,
+        adapter_path=str(final),
+        adapter_sha256=result.sha256,
+        parent_id=parent,
+        window_start=pairs.window_start,
+        window_end=pairs.window_end,
+        pair_counts={**pairs.counts, "hard_negatives": pairs.hard_negatives},
+        options=options_doc,
+        metrics=metrics_doc,
+        engine=engine,
+    )
+    history = [
+        {"id": v.id, "metrics": v.metrics}
+        for v in registry.list_models(settings, engine=engine)
+        if v.id != version.id
+    ]
+    report_doc = {
+        "version": version_id,
+        "parent": parent,
+        "pairs": pairs.to_dict(),
+        "training": training,
+        "metrics": metrics,
+        "gate": decision.to_dict(),
+    }
+    paths = write_report(settings, version_id, report_doc, history)
+    reasons = list(decision.reasons)
+    promotion = None
+    if decision.passed:
+        promotion = registry.promote(
+            settings, version_id, by=promote_by, reason="; ".join(decision.reasons),
+            reindex=reindex, engine=engine,
+        )
+        status = "promoted"
+        reasons.append(f"promoted {version_id}; index rebuilt for it")
+    else:
+        registry.set_status(
+            settings, version_id, "rejected", reason="; ".join(decision.reasons), engine=engine
+        )
+        status = "rejected"
+        reasons.append(f"rejected {version_id}; the active model stays")
+    return RetrainReport(
+        status,
+        version_id=version_id,
+        parent_id=parent,
+        pairs=pairs.to_dict(),
+        training=training,
+        metrics=metrics_doc,
+        gate=decision.to_dict(),
+        reasons=tuple(reasons),
+        report_paths=paths,
+        promotion=promotion,
+        seconds=round(time.perf_counter() - started, 3),
+    )

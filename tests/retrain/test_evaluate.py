@@ -1,0 +1,79 @@
+"""Retrieval metrics, the promotion gate, and the report files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from litpulse.settings import Settings
+from retrain.evaluate import (
+    EvalItem,
+    HeldOut,
+    evaluate_encoder,
+    gate,
+    retrieval_metrics,
+    write_report,
+)
+
+
+def test_metrics_known_ranks() -> None:
+    # 3 queries; relevant docs end at ranks 1, 2 and 12 (out of 12 docs)
+    docs = np.eye(12, dtype=np.float32)
+    q = np.zeros((3, 12), dtype=np.float32)
+    q[0, 0] = 1.0
+    q[1, 1], q[1, 5] = 0.5, 0.9
+    q[2, :] = 0.5
+    q[2, 2] = 0.1
+    m = retrieval_metrics(q, docs, [0, 1, 2], k=10)
+    assert m["recall@10"] == pytest.approx(2 / 3, abs=1e-6)
+    assert m["mrr@10"] == pytest.approx((1 + 0.5 + 0) / 3, abs=1e-6)
+    assert m["ndcg@10"] == pytest.approx((1 + 1 / np.log2(3)) / 3, abs=1e-6)
+
+
+def test_evaluate_encoder_with_lexical_embedder() -> None:
+    vocab = ["alpha", "beta", "gamma", "delta", "noise"]
+
+    def embed(texts: Sequence[str]) -> np.ndarray:
+        v = np.array([[t.split().count(w) + 1e-3 for w in vocab] for t in texts], np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    held = HeldOut(
+        fresh=(EvalItem(1, "alpha", "alpha alpha"), EvalItem(2, "beta", "beta beta")),
+        older=(EvalItem(3, "gamma", "gamma"),),
+        distractors=(EvalItem(4, "", "noise"), EvalItem(5, "", "delta")),
+    )
+    out = evaluate_encoder(embed, held)
+    assert out["fresh"]["recall@10"] == 1.0 and out["fresh"]["mrr@10"] == 1.0
+    assert out["older"]["queries"] == 1
+
+
+def _m(fresh: float, older: float) -> dict[str, dict[str, float]]:
+    return {"fresh": {"recall@10": fresh, "queries": 50}, "older": {"recall@10": older}}
+
+
+def test_gate_decisions(sqlite_settings: Settings) -> None:
+    s = sqlite_settings.replace(gate_fresh_margin=0.02, gate_older_tolerance=0.01)
+    ok = gate(s, _m(0.70, 0.80), _m(0.60, 0.805))
+    assert ok.passed and len(ok.reasons) == 2
+    no_gain = gate(s, _m(0.61, 0.80), _m(0.60, 0.80))
+    assert not no_gain.passed and "< margin" in no_gain.reasons[0]
+    forgets = gate(s, _m(0.90, 0.70), _m(0.60, 0.80))
+    assert not forgets.passed and "loses more than tolerance" in forgets.reasons[1]
+    assert forgets.fresh_gain == pytest.approx(0.3)
+    assert forgets.older_change == pytest.approx(-0.1)
+
+
+def test_report_json_and_plot(sqlite_settings: Settings) -> None:
+    metrics = {"candidate": _m(0.7, 0.8), "active": _m(0.6, 0.8), "base": _m(0.6, 0.8)}
+    history = [{"id": "m-20240101000000-aaaaaa", "metrics": {"candidate": _m(0.6, 0.8)}}]
+    paths = write_report(
+        sqlite_settings, "m-20240201000000-bbbbbb", {"metrics": metrics}, history
+    )
+    data = json.loads(open(paths["json"]).read())
+    assert data["metrics"]["candidate"]["fresh"]["recall@10"] == 0.7
+    with open(paths["png"], "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "reports/m-20240201000000-bbbbbb" in paths["png"]

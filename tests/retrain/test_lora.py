@@ -1,0 +1,87 @@
+"""LoRA options, the budget check, saving, loading and continuing an adapter."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from litpulse.errors import BudgetError, ConfigError
+from litpulse.settings import Settings
+from retrain.lora import ADAPTER_WEIGHTS, LoraOptions, file_sha256, train
+from retrain.pairs import Pair
+
+PAIRS = [
+    Pair(f"Zorvex trial {i}", f"quatesmab given to patients, cohort {i}", "title_abstract", i)
+    for i in range(8)
+] + [Pair("statins and dementia", "statin use and dementia risk", "feedback", 99,
+          negative="influenza vaccine uptake")]
+
+TINY = LoraOptions(max_steps=2, batch_size=4, max_seq_length=32, warmup_steps=0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("r", 0, "`r` must be positive"),
+        ("alpha", -1, "`alpha` must be positive"),
+        ("dropout", 1.0, "`dropout` must be within"),
+        ("batch_size", 1, "`batch_size` must be at least 2"),
+        ("target_modules", (), "`target_modules`"),
+        ("method", "qlora", "`method`"),
+        ("max_seconds", 0, "`max_seconds` must be positive"),
+        ("top_layers", -1, "`top_layers` must be >= 0"),
+    ],
+)
+def test_options_validation(field: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        LoraOptions(**{field: value})  # type: ignore[arg-type]
+
+
+def test_options_round_trip() -> None:
+    opts = LoraOptions(r=4, target_modules=("query", "key", "value"))
+    assert LoraOptions.from_dict(json.loads(json.dumps(opts.to_dict()))) == opts
+    with pytest.raises(ConfigError, match="unknown LoRA option"):
+        LoraOptions.from_dict({"rank": 4})
+
+
+def test_budget_is_checked_before_training(sqlite_settings: Settings, tmp_path: Path) -> None:
+    with pytest.raises(BudgetError, match="max_seconds"):
+        train(sqlite_settings, PAIRS, TINY.replace(max_steps=10**6, epochs=10**6,
+                                                   max_seconds=1.0), tmp_path / "a")
+    with pytest.raises(BudgetError, match="max_memory_mb"):
+        train(sqlite_settings, PAIRS, TINY.replace(max_memory_mb=1.0), tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_train_save_load_and_continue(sqlite_settings: Settings, tmp_path: Path) -> None:
+    from ranking.embed import ModelSpec, embed_texts, load_encoder
+
+    s = sqlite_settings.replace(max_seq_length=32, device="cpu")
+    first = train(s, PAIRS, TINY, tmp_path / "a")
+    weights = Path(first.weights_file)
+    assert weights.name == ADAPTER_WEIGHTS and weights.exists()
+    assert first.sha256 == file_sha256(weights)
+    assert first.steps == 2 and first.method == "lora"
+    assert 0 < first.trainable_params < first.total_params / 100
+    assert first.size_bytes < 1_000_000
+    config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert set(config["target_modules"]) == {"query", "key", "value", "dense"}
+    assert config["layers_to_transform"] == [4, 5]  # top_layers=2 of six
+
+    # the ranking side loads the adapter and embeds with it
+    tuned = load_encoder(ModelSpec("t", s.model_path, str(tmp_path / "a")), s, cache=False)
+    base = load_encoder(ModelSpec("base", s.model_path, None), s, cache=False)
+    texts = ["Zorvex trial 1"]
+    v_tuned, v_base = embed_texts(tuned, texts, s), embed_texts(base, texts, s)
+    assert v_tuned.shape == v_base.shape == (1, 384)
+    assert not np.allclose(v_tuned, v_base, atol=1e-6)
+
+    # incremental: continue the same adapter (its own shape is kept)
+    second = train(s, PAIRS, TINY.replace(r=16), tmp_path / "b",
+                   init_adapter=str(tmp_path / "a"))
+    assert second.continued_from == str(tmp_path / "a")
+    assert second.trainable_params == first.trainable_params
+    assert second.sha256 != first.sha256

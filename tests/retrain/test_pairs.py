@@ -1,0 +1,108 @@
+"""Pair mining: kinds, windows, held-out exclusion, weighting, feedback, determinism."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import Engine, update
+
+from litpulse.schema import articles
+from litpulse.settings import Settings
+from retrain.feedback import record_feedback
+from retrain.pairs import ArticleRow, article_weight, mine_pairs
+from tests.retrain.drift import insert_batch, make_drugs
+
+T0 = dt.datetime(2024, 7, 1, tzinfo=dt.UTC)
+T1 = T0 + dt.timedelta(days=180)
+
+
+def _corpus(engine: Engine) -> dict[str, dict[str, list[int]]]:
+    drugs = make_drugs(12)
+    old = insert_batch(engine, start_pmid=1000, n=120, start=dt.date(2024, 1, 1), days=180,
+                       ingested=T0, drugs=drugs, seed=1)
+    new = insert_batch(engine, start_pmid=5000, n=120, start=dt.date(2024, 7, 1), days=180,
+                       ingested=T1, new_share_from=0.3, new_share_to=0.9, drugs=drugs, seed=2)
+    return {"old": old, "new": new}
+
+
+def test_window_kinds_and_heldout_exclusion(settings: Settings, engine: Engine) -> None:
+    c = _corpus(engine)
+    ps = mine_pairs(settings, since=T0, fresh_size=20, distractors=50)
+    new_ids = set(c["new"]["old"] + c["new"]["new"])
+    old_ids = set(c["old"]["old"] + c["old"]["new"])
+    assert ps.new_articles == 120
+    assert ps.counts["title_abstract"] > 50
+    assert ps.counts["citation"] > 0
+    assert ps.counts["replay"] > 0
+    # the replay share is about 20 % of the set
+    assert 0.1 < ps.counts["replay"] / len(ps.pairs) < 0.3
+    held = ps.heldout.pmids()
+    assert len(ps.heldout.fresh) == 20
+    # fresh = the newest articles of the window, newer than every trained pair
+    fresh = {i.pmid for i in ps.heldout.fresh}
+    assert fresh == set(sorted(new_ids)[-20:])
+    for p in ps.pairs:
+        assert p.pmid not in held
+        if p.kind in ("title_abstract", "citation"):
+            assert p.pmid in new_ids and p.pmid < min(fresh)
+        if p.kind == "replay":
+            assert p.pmid in old_ids
+    # no held-out abstract is a positive
+    held_docs = {i.doc for i in (*ps.heldout.fresh, *ps.heldout.older)}
+    assert not any(p.positive in held_docs for p in ps.pairs)
+    assert ps.heldout.older and all(i.pmid < min(fresh) for i in ps.heldout.older)
+    assert not {i.pmid for i in ps.heldout.distractors} & held
+
+
+def test_deterministic_and_capped(settings: Settings, engine: Engine) -> None:
+    _corpus(engine)
+    a = mine_pairs(settings, since=T0, max_pairs=40, fresh_size=20)
+    b = mine_pairs(settings, since=T0, max_pairs=40, fresh_size=20)
+    assert a.pairs == b.pairs
+    assert a.counts["title_abstract"] + a.counts["citation"] == 40
+    assert a.counts["replay"] == 10  # 20 % of the final 50
+    other = mine_pairs(settings.replace(seed=99), since=T0, max_pairs=40, fresh_size=20)
+    assert other.pairs != a.pairs
+
+
+def test_weighting_prefers_recent_and_cited(settings: Settings, engine: Engine) -> None:
+    today = dt.date(2025, 1, 1)
+    base = ArticleRow(1, "t", "a", dt.date(2024, 12, 31), T1, None, 0)
+    old = ArticleRow(2, "t", "a", dt.date(2023, 12, 31), T1, None, 0)
+    cited = ArticleRow(3, "t", "a", dt.date(2024, 12, 31), T1, 4.0, 0)
+    w = [article_weight(r, now=today, half_life_days=365) for r in (base, old, cited)]
+    assert abs(w[1] / w[0] - 0.5) < 0.01
+    assert w[2] > w[0]
+    # sampling follows the weights: cite a few window articles heavily
+    _corpus(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            update(articles).where(articles.c.pmid.between(5000, 5039))
+            .values(relative_citation_ratio=50.0)
+        )
+    ps = mine_pairs(settings, since=T0, max_pairs=30, fresh_size=20, replay_share=0)
+    boosted = sum(1 for p in ps.pairs if 5000 <= p.pmid < 5040)
+    assert boosted > 30 * 40 / 100  # well above its 40 % share of the window
+
+
+def test_feedback_positive_and_hard_negative(settings: Settings, engine: Engine) -> None:
+    _corpus(engine)
+    record_feedback(settings, query="gout flares", pmid=5001, relevant=True, user="ann")
+    record_feedback(settings, query="gout flares", pmid=5002, relevant=False, user="ann")
+    record_feedback(settings, query="only negative", pmid=5003, relevant=False, user="ann")
+    ps = mine_pairs(settings, since=T0, fresh_size=20)
+    fb = [p for p in ps.pairs if p.kind == "feedback"]
+    assert len(fb) == 1
+    assert fb[0].anchor == "gout flares" and fb[0].pmid == 5001
+    assert fb[0].negative is not None
+    assert ps.hard_negatives == 1
+    assert ps.feedback_unpaired == 1
+
+
+def test_first_run_uses_everything(settings: Settings, engine: Engine) -> None:
+    _corpus(engine)
+    ps = mine_pairs(settings, since=None, fresh_size=20)
+    assert ps.new_articles == 240
+    assert ps.counts["replay"] == 0
+    assert ps.window_end == T1
+    assert ps.heldout.older  # from the hash bucket, older than the fresh set

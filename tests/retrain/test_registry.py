@@ -1,0 +1,103 @@
+"""Model registry: registration, lineage, promotion, rollback and failure recovery."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pytest
+
+from litpulse.errors import ConfigError, NotFoundError
+from litpulse.settings import Settings
+from retrain import registry
+
+
+class Reindex:
+    """Stands in for refresh_index: records the active model at each call."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[str] = []
+        self.fail = fail
+
+    def __call__(self, settings: Settings) -> dict[str, str]:
+        active = registry.active_version(settings)
+        self.calls.append(active.id if active else registry.BASE_ID)
+        if self.fail:
+            raise RuntimeError("index build failed")
+        return {"model_version": self.calls[-1]}
+
+
+def _register(settings: Settings, digest: str, parent: str | None = None) -> str:
+    vid = registry.new_version_id(digest * 6)
+    registry.register(
+        settings, id=vid, adapter_path=f"/adapters/{vid}", adapter_sha256=digest * 64,
+        parent_id=parent, window_start=None,
+        window_end=dt.datetime(2024, 12, 1, tzinfo=dt.UTC),
+        pair_counts={"title_abstract": 10}, options={"r": 8},
+        metrics={"candidate": {"fresh": {"recall@10": 0.5}}},
+    )
+    time.sleep(0.01)
+    return vid
+
+
+def test_register_and_read_back(settings: Settings) -> None:
+    vid = _register(settings, "a")
+    assert vid.startswith("m-") and vid.endswith("-aaaaaa")
+    m = registry.get_model(settings, vid)
+    assert m.status == "candidate" and m.base_model == "all-MiniLM-L6-v2"
+    assert m.pair_counts == {"title_abstract": 10} and m.adapter_sha256 == "a" * 64
+    assert [v.id for v in registry.list_models(settings)] == [vid]
+    assert registry.active_version(settings) is None
+    with pytest.raises(NotFoundError):
+        registry.get_model(settings, "m-nope")
+    with pytest.raises(ConfigError):
+        registry.set_status(settings, vid, "active")
+
+
+def test_promote_and_rollback_stack(settings: Settings) -> None:
+    reindex = Reindex()
+    a = _register(settings, "a")
+    b = _register(settings, "b", parent=a)
+    out = registry.promote(settings, a, by="alice", reindex=reindex)
+    assert out["previous"] == "base" and out["model"]["status"] == "active"
+    assert registry.get_model(settings, a).promoted_by == "alice"
+    registry.promote(settings, b, by="gate", reindex=reindex)
+    assert registry.get_model(settings, a).status == "retired"
+    assert registry.active_version(settings).id == b  # type: ignore[union-attr]
+    assert registry.get_model(settings, b).parent_id == a
+    # the index is rebuilt for the newly active model each time
+    assert reindex.calls == [a, b]
+
+    back = registry.rollback(settings, by="bob", reindex=reindex)
+    assert back == {"model": a, "rolled_back": b, "index": {"model_version": a}}
+    assert registry.get_model(settings, b).status == "rejected"
+    assert registry.active_version(settings).id == a  # type: ignore[union-attr]
+    # a second rollback goes one step further: the base model
+    back = registry.rollback(settings, by="bob", reindex=reindex)
+    assert back["model"] == "base"
+    assert registry.active_version(settings) is None
+    assert reindex.calls == [a, b, a, "base"]
+    with pytest.raises(NotFoundError):
+        registry.rollback(settings, by="bob", reindex=reindex)
+
+
+def test_failed_reindex_restores_statuses(settings: Settings) -> None:
+    a = _register(settings, "a")
+    b = _register(settings, "b", parent=a)
+    registry.promote(settings, a, by="alice", reindex=Reindex())
+    with pytest.raises(RuntimeError):
+        registry.promote(settings, b, by="gate", reindex=Reindex(fail=True))
+    assert registry.active_version(settings).id == a  # type: ignore[union-attr]
+    assert registry.get_model(settings, b).status == "candidate"
+    with pytest.raises(RuntimeError):
+        registry.rollback(settings, by="bob", reindex=Reindex(fail=True))
+    assert registry.active_version(settings).id == a  # type: ignore[union-attr]
+
+
+def test_promote_requires_who(settings: Settings) -> None:
+    a = _register(settings, "a")
+    with pytest.raises(ConfigError):
+        registry.promote(settings, a, by="", reindex=Reindex())
+    out = registry.promote(settings, a, by="x", reindex=Reindex())
+    again = registry.promote(settings, a, by="x", reindex=Reindex())
+    assert out["changed"] and not again["changed"]
