@@ -27,6 +27,7 @@ __all__ = [
     "TransientSourceError",
     "ConsistencyError",
     "BudgetError",
+    "DataQualityError",
 ]
 
 
@@ -82,3 +83,8 @@ class ConsistencyError(LitpulseError):
 
 class BudgetError(LitpulseError, ValueError):
     """A requested job would exceed its time or memory budget; said before it starts."""
+
+
+class DataQualityError(LitpulseError):
+    """A run finished but its output fails a data-quality check (empty day, too many
+    quarantined records, stale watermark): repeating the same run will not fix it."""

@@ -1,0 +1,91 @@
+"""litpulse_index_refresh: embed what is new, refresh the FAISS index, emit the asset."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from airflow.sdk import Metadata, dag, task
+from litpulse_common import (
+    ARTICLES,
+    DEFAULT_ARGS,
+    INDEX,
+    START_DATE,
+    deadline,
+    scalars,
+    settings,
+)
+
+DAG_ID = "litpulse_index_refresh"
+
+DOC_MD = """
+### litpulse index refresh
+
+**Trigger.** Every `litpulse_articles` asset event (a finished, quality-checked nightly ingest).
+
+**What it does.** `index_model_current` skips the run (reason in its log) while a newly
+promoted model waits for `litpulse_reindex` to re-embed the corpus in shards; then
+`embed_pending` embeds the new and changed articles with the *active* model
+version (`ranking.embed.embed_pending`), then `refresh_index` adds them to (and removes
+deleted articles from) the FAISS index and publishes a new index version atomically
+(`ranking.index.refresh_index`). Emits **`litpulse_index`** with the index report.
+
+**Resuming.** Embeddings are stored per (PMID, model version, text hash): a failed or killed
+run re-embeds nothing already done. Publishing is write-aside-then-switch, so searches never
+see a half-built index; a rerun is safe.
+
+**On failure.** `ConsistencyError` (index and database disagree) is not retried: run
+`litpulse index check`, then `litpulse index refresh --rebuild` if needed. Out-of-memory or
+a killed worker is retried twice.
+
+**Alerts.** Failures and runs still going 4 h after they were queued go to
+`LITPULSE_ALERT_WEBHOOK_URL` (always logged).
+"""
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=[ARTICLES],
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args={**DEFAULT_ARGS, "retries": 2},
+    tags=["litpulse", "index", "faiss"],
+    doc_md=DOC_MD,
+    deadline=deadline(DAG_ID, hours=4),
+    dagrun_timeout=dt.timedelta(hours=8),
+)
+def litpulse_index_refresh() -> None:
+    @task.short_circuit(retries=0)
+    def index_model_current() -> bool:
+        """Skip while a promoted model waits for litpulse_reindex (reason logged)."""
+        import logging
+
+        from litpulse.nightly import reindex_pending
+
+        reason = reindex_pending(settings())
+        if reason:
+            logging.getLogger(__name__).info("skipping the incremental refresh: %s", reason)
+        return reason is None
+
+    @task(execution_timeout=dt.timedelta(hours=4))
+    def embed_pending() -> int:
+        """Embed new and changed articles with the active model; returns how many."""
+        from ranking.embed import embed_pending as run
+
+        return int(run(settings()))
+
+    @task(outlets=[INDEX], execution_timeout=dt.timedelta(hours=2))
+    def refresh_index(embedded: int) -> Any:
+        """Add/remove vectors and publish a new index version; emits the index asset."""
+        from ranking.index import refresh_index as run
+
+        report = run(settings()).to_dict()
+        yield Metadata(INDEX, {"embedded": embedded, **scalars(report)})
+
+    embedded = embed_pending()
+    index_model_current() >> embedded
+    refresh_index(embedded)
+
+
+litpulse_index_refresh()

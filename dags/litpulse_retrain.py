@@ -1,0 +1,93 @@
+"""litpulse_retrain: weekly LoRA fine-tuning on the new literature, behind a promotion gate."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from airflow.sdk import CronTriggerTimetable, Metadata, dag, task
+from airflow.sdk.exceptions import AirflowSkipException
+from litpulse_common import DEFAULT_ARGS, MODEL, START_DATE, deadline, scalars, settings
+
+DAG_ID = "litpulse_retrain"
+
+DOC_MD = """
+### litpulse retrain
+
+**Schedule.** Sundays 04:00 UTC (`CronTriggerTimetable`; no data interval: the training
+window is "everything new since the last training").
+
+**What it does.**
+1. `retrain_due` short-circuits (skips the rest, with the reason in its log) when fewer than
+   `LITPULSE_RETRAIN_MIN_NEW_ARTICLES` live articles arrived since the last training.
+2. `retrain` mines recency/citation-weighted pairs plus expert feedback, trains a LoRA adapter,
+   evaluates it on fresh *and* older held-out sets and promotes it only if it passes the gate
+   (`LITPULSE_GATE_FRESH_MARGIN`, `LITPULSE_GATE_OLDER_TOLERANCE`) (`retrain.run.retrain`).
+3. `publish_model` emits **`litpulse_model`** only when a candidate was promoted; that asset
+   triggers `litpulse_reindex`, which re-embeds the corpus in parallel shards and publishes
+   the new index (the promotion itself defers that work to it). Until then searches use the
+   previous index version, consistently: each index embeds queries with its own model.
+   A rejected or skipped candidate skips this task: the active model and index stay.
+
+**GPU.** Training uses `LITPULSE_DEVICE` (auto picks CUDA when visible). With CeleryExecutor,
+route this task to a GPU worker: `LITPULSE_TRAIN_QUEUE=gpu` where the DAGs are parsed, and
+`airflow celery worker --queues gpu` on the GPU host.
+
+**On failure.** A `BudgetError` (the job would exceed its time/memory budget) is not retried:
+lower the pair count or move it to a bigger worker. Roll back a bad promotion with
+`litpulse models rollback`.
+"""
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=CronTriggerTimetable("0 4 * * 0", timezone="UTC"),
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args={**DEFAULT_ARGS, "retries": 1},
+    tags=["litpulse", "retrain", "lora"],
+    doc_md=DOC_MD,
+    deadline=deadline(DAG_ID, hours=12),
+    dagrun_timeout=dt.timedelta(hours=24),
+)
+def litpulse_retrain() -> None:
+    @task.short_circuit(retries=0)
+    def retrain_due() -> bool:
+        """Whether enough new articles arrived since the last training (reason logged)."""
+        import logging
+
+        from litpulse.nightly import retrain_due as due
+
+        decision = due(settings())
+        logging.getLogger(__name__).info("retrain due: %s (%s)", decision.due, decision.reason)
+        return decision.due
+
+    @task(execution_timeout=dt.timedelta(hours=10), queue=settings().train_queue)
+    def retrain() -> dict[str, Any]:
+        """Train, evaluate and (if the gate passes) promote a candidate model version."""
+        from litpulse.nightly import defer_reindex
+        from retrain.run import retrain as run
+
+        s = settings()
+        report = run(s, min_new_articles=s.retrain_min_new_articles, reindex=defer_reindex)
+        data = report.to_dict()
+        return {**scalars(data), "reasons": "; ".join(data.get("reasons") or [])}
+
+    @task(outlets=[MODEL], retries=0)
+    def publish_model(report: dict[str, Any]) -> Any:
+        """Emit the model asset when a candidate was promoted; skip otherwise."""
+        from litpulse.nightly import promoted_model
+
+        model_id = promoted_model(report)
+        if model_id is None:
+            status, reasons = report.get("status"), report.get("reasons")
+            raise AirflowSkipException(f"no promotion ({status}): {reasons}")
+        yield Metadata(MODEL, {"model_version": model_id, **report})
+
+    report = retrain()
+    retrain_due() >> report
+    publish_model(report)
+
+
+litpulse_retrain()

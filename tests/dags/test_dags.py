@@ -1,0 +1,220 @@
+"""DAG integrity, and the nightly chain run with ``dag.test()`` against the emulator.
+
+The chain: ``litpulse_nightly_ingest`` for one day → ``litpulse_index_refresh`` →
+``litpulse_retrain`` (short-circuited: the corpus is far below the threshold) →
+``litpulse_reindex`` (two mapped shards) → ``litpulse_nightly_ingest`` for an empty
+weekday (fails its data-quality check without retrying). The assertions read what landed in the
+litpulse store, the published index and the model registry, and the asset events.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from litpulse import db
+from litpulse.schema import articles, embeddings, index_versions, ingest_runs, model_versions
+from litpulse.settings import Settings
+from tests.dags.conftest import RUNNER, airflow_env, run_dags
+from tests.emulator import Emulator
+
+EXPECTED_DAGS = {
+    "litpulse_nightly_ingest",
+    "litpulse_index_refresh",
+    "litpulse_retrain",
+    "litpulse_reindex",
+}
+
+
+@pytest.fixture(scope="module")
+def dagbag_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Parse the DAGs folder in a child process (fresh ``sys.modules``)."""
+    home = tmp_path_factory.mktemp("dagbag_home")
+    out = home / "check.json"
+    proc = subprocess.run(
+        [sys.executable, str(RUNNER), "check", str(out)],
+        env=airflow_env(home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(json.loads(out.read_text()))
+
+
+def test_dagbag_has_no_import_errors(dagbag_report: dict) -> None:
+    assert dagbag_report["import_errors"] == {}
+    assert set(dagbag_report["dags"]) == EXPECTED_DAGS
+
+
+def test_parsing_dags_does_not_import_heavy_libraries(dagbag_report: dict) -> None:
+    assert dagbag_report["heavy_modules"] == []
+
+
+@pytest.mark.parametrize("dag_id", sorted(EXPECTED_DAGS))
+def test_every_dag_has_owner_retries_tags_docs(dagbag_report: dict, dag_id: str) -> None:
+    dag = dagbag_report["dags"][dag_id]
+    assert dag["owner"] == "litpulse-data"
+    assert dag["tags"] and "litpulse" in dag["tags"]
+    assert len(dag["doc_md"]) > 200, "doc_md must tell the on-call engineer what to do"
+    assert dag["retries"] >= 1
+    assert dag["deadline"] == 1
+    assert dag["max_active_runs"] == 1
+    for task_id, task in dag["tasks"].items():
+        assert task["owner"] == "litpulse-data", task_id
+        assert task["has_retry_policy"], task_id
+        assert task["has_on_failure_callback"], task_id
+        if task["retries"]:
+            # Airflow 3.3: a multiplier, not a boolean
+            assert task["retry_exponential_backoff"] == 2.0, task_id
+
+
+def test_retry_policy_retries_only_transient_errors(dagbag_report: dict) -> None:
+    decisions = dagbag_report["retry_decisions"]
+    assert decisions["TransientSourceError"] == {"action": "retry", "delay": None}
+    assert decisions["RateLimitedError"] == {"action": "retry", "delay": 7.0}
+    assert decisions["InvalidRequestError"]["action"] == "fail"
+    assert decisions["DataQualityError"]["action"] == "fail"
+    assert decisions["OSError"]["action"] == "default"
+
+
+def test_ingest_is_the_only_task_in_the_ncbi_pool(dagbag_report: dict) -> None:
+    pooled = {
+        (dag_id, task_id)
+        for dag_id, dag in dagbag_report["dags"].items()
+        for task_id, task in dag["tasks"].items()
+        if task["pool"] == "ncbi"
+    }
+    assert pooled == {("litpulse_nightly_ingest", "ingest_window")}
+
+
+def test_schedules(dagbag_report: dict) -> None:
+    dags = dagbag_report["dags"]
+    assert dags["litpulse_nightly_ingest"]["timetable"] == "CronDataIntervalTimetable"
+    assert dags["litpulse_index_refresh"]["timetable"] == "AssetTriggeredTimetable"
+    assert dags["litpulse_reindex"]["timetable"] == "AssetTriggeredTimetable"
+    assert dags["litpulse_retrain"]["timetable"] == "CronTriggerTimetable"
+
+
+# ------------------------------------------------------------------------- the chain
+
+DAY = dt.date(2024, 1, 2)  # a Tuesday
+N_DAY = 24
+
+
+def _serve(emu: Emulator) -> None:
+    for i in range(N_DAY):
+        pmid = 1000 + i
+        emu.add_article(
+            pmid,
+            edat=DAY,
+            title=f"Statin therapy and dementia risk cohort number {i}",
+            abstract=f"We followed {100 + i} adults taking statins for memory decline.",
+        )
+        emu.set_icite(pmid, citation_count=i, relative_citation_ratio=0.5 + i / 10)
+    # outside the window: must not be ingested
+    emu.add_article(5000, edat=DAY + dt.timedelta(days=5), title="A later record on kidneys")
+
+
+@pytest.mark.slow
+def test_nightly_chain_with_dag_test(
+    airflow_home: Path, emulator: Emulator, tmp_path: Path
+) -> None:
+    _serve(emulator)
+    settings = emulator.configure(Settings.from_env({}, home=tmp_path / "lp"))
+    env = emulator.env(settings)
+    # a manual run's interval is the last one complete at its logical date:
+    # [Jan 2 02:00, Jan 3 02:00), which ingests the day Jan 2
+    logical = dt.datetime.combine(DAY + dt.timedelta(days=1), dt.time(2), dt.UTC)
+    empty_logical = logical + dt.timedelta(days=7)
+    report = run_dags(
+        airflow_home,
+        [
+            {"dag_id": "litpulse_nightly_ingest", "logical_date": logical.isoformat()},
+            {"dag_id": "litpulse_index_refresh"},
+            {"dag_id": "litpulse_retrain"},
+            {"dag_id": "litpulse_reindex", "conf": {"shards": 2}},
+            # a Tuesday a week later that PubMed "forgot": fails its quality check
+            {"dag_id": "litpulse_nightly_ingest", "logical_date": empty_logical.isoformat()},
+        ],
+        env,
+        tmp_path,
+    )
+    ingest, refresh, retrain, reindex, empty = report["runs"]
+    assert ingest["data_interval"] == ["2024-01-02T02:00:00+00:00", "2024-01-03T02:00:00+00:00"]
+
+    assert ingest["state"] == "success", ingest
+    assert set(ingest["tasks"].values()) == {"success"}, ingest["tasks"]
+    assert refresh["state"] == "success", refresh
+    assert set(refresh["tasks"].values()) == {"success"}, refresh["tasks"]
+    # far fewer than LITPULSE_RETRAIN_MIN_NEW_ARTICLES: short-circuited
+    assert retrain["tasks"] == {
+        "retrain_due": "success",
+        "retrain": "skipped",
+        "publish_model": "skipped",
+    }
+    assert reindex["state"] == "success", reindex
+    assert {k for k in reindex["tasks"] if k.startswith("embed_shard")} == {
+        "embed_shard[0]",
+        "embed_shard[1]",
+    }
+
+    # what landed in the store
+    engine = db.connect(settings)
+    with engine.connect() as conn:
+        live = set(
+            conn.execute(select(articles.c.pmid).where(articles.c.is_deleted.is_(False))).scalars()
+        )
+        cited = conn.execute(
+            select(func.count()).where(articles.c.citation_count.is_not(None))
+        ).scalar()
+        run = conn.execute(
+            select(ingest_runs)
+            .where(ingest_runs.c.source == "eutils")
+            .order_by(ingest_runs.c.id)
+            .limit(1)
+        ).one()
+        vectors = conn.execute(select(func.count()).select_from(embeddings)).scalar()
+        indexes = conn.execute(select(index_versions).order_by(index_versions.c.created_at)).all()
+        models = conn.execute(select(func.count()).select_from(model_versions)).scalar()
+    assert live == {1000 + i for i in range(N_DAY)}
+    assert cited == N_DAY
+    assert run.status == "succeeded"
+    assert run.inserted == N_DAY
+    # exactly the run's day (ingest_window re-reads one overlap day before it)
+    assert _aware(run.window_start) == dt.datetime.combine(DAY, dt.time(), dt.UTC)
+    assert _aware(run.window_end) == dt.datetime.combine(DAY, dt.time(), dt.UTC) + dt.timedelta(
+        days=1
+    )
+    assert vectors == N_DAY
+    published = [r for r in indexes if r.status == "published"]
+    assert len(published) == 1 and published[0].size == N_DAY
+    assert published[0].model_version == "base"
+    assert models == 0
+
+    # the assets, with their metadata
+    events = {e["asset"]: e for e in report["asset_events"]}
+    assert events["litpulse_articles"]["extra"]["inserted"] == N_DAY
+    assert events["litpulse_articles"]["extra"]["window_start"].startswith("2024-01-02")
+    assert events["litpulse_index"]["extra"]["size"] == N_DAY
+    assert "litpulse_model" not in events
+    assert [e["dag_id"] for e in report["asset_events"] if e["asset"] == "litpulse_articles"] == [
+        "litpulse_nightly_ingest"
+    ]  # once: the empty day emitted nothing
+
+    # the empty weekday: DataQualityError is not retryable, so it failed at once
+    # (with retries=3 and no policy it would sit in up_for_retry)
+    assert empty["state"] == "failed"
+    assert empty["tasks"]["ingest_window"] == "success"
+    assert empty["tasks"]["data_quality"] == "failed"
+    assert empty["tasks"]["publish_articles"] == "upstream_failed"
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
