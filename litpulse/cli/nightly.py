@@ -104,11 +104,21 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             ("embedded", data["embedded"]),
             ("index", _short(index) if index else "-"),
             ("retrain", decision.get("reason", "disabled")),
+            ("outcome", _retrain_outcome(data["retrain"])),
             ("promoted", data["promoted"] or "-"),
             ("steps", ", ".join(f"{s['step']} {s['seconds']:.1f}s" for s in data["steps"])),
         ]
     )
     return 0
+
+
+def _retrain_outcome(report: dict[str, Any] | None) -> str:
+    """``rejected (reason; reason)``, ``promoted``, or ``-`` when no retrain ran."""
+    if not report:
+        return "-"
+    status = str(report.get("status", "?"))
+    reasons = report.get("reasons") or []
+    return f"{status} ({'; '.join(map(str, reasons))})" if reasons else status
 
 
 def _short(report: dict[str, Any]) -> str:
