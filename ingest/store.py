@@ -58,7 +58,7 @@ from sqlalchemy import Engine, Table, bindparam, delete, func, insert, select, u
 from sqlalchemy.engine import Connection
 
 from ingest.records import Deletion, Item, QuarantineEntry, Record, SourceRef
-from litpulse.db import upsert, utcnow
+from litpulse.db import default_holder, holder_alive, upsert, utcnow
 from litpulse.errors import ConfigError, NotFoundError
 from litpulse.schema import (
     article_terms,
@@ -464,7 +464,12 @@ class Store:
         window_start: dt.datetime | None = None,
         window_end: dt.datetime | None = None,
     ) -> int:
-        """Open an ingest run (status ``running``) and return its id."""
+        """Open an ingest run (status ``running``) and return its id.
+
+        Runs left ``running`` by a process of this host that no longer exists (killed)
+        are closed first as ``abandoned``, so ``litpulse status`` tells the truth.
+        """
+        self.close_abandoned_runs()
         with self.engine.begin() as conn:
             result = conn.execute(
                 insert(ingest_runs).values(
@@ -473,13 +478,46 @@ class Store:
                     window_start=window_start,
                     window_end=window_end,
                     status="running",
-                    details={},
+                    details={"holder": default_holder()},
                     started_at=utcnow(),
                 )
             )
             run_id = result.inserted_primary_key[0]  # type: ignore[index]
         logger.info("ingest run %s started: %s %s", run_id, source, target or "")
         return int(run_id)
+
+    def close_abandoned_runs(self) -> list[int]:
+        """Mark ``running`` runs whose process on this host is gone as ``abandoned``.
+
+        Returns:
+            The ids of the runs closed. Runs of other hosts, or without a recorded
+            holder, are left alone: their liveness cannot be told from here.
+        """
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                select(ingest_runs.c.id, ingest_runs.c.details).where(
+                    ingest_runs.c.status == "running"
+                )
+            ).all()
+            dead = [
+                (r.id, str((r.details or {}).get("holder")))
+                for r in rows
+                if (r.details or {}).get("holder")
+                and not holder_alive(str(r.details["holder"]))
+            ]
+            for run_id, holder in dead:
+                conn.execute(
+                    update(ingest_runs)
+                    .where(ingest_runs.c.id == run_id, ingest_runs.c.status == "running")
+                    .values(
+                        status="abandoned",
+                        error=f"process {holder} ended without finishing the run (killed?)",
+                        finished_at=utcnow(),
+                    )
+                )
+        for run_id, holder in dead:
+            logger.warning("ingest run %s abandoned by %s", run_id, holder)
+        return [run_id for run_id, _ in dead]
 
     def finish_run(
         self,

@@ -20,7 +20,16 @@ from sqlalchemy.engine import Connection
 from litpulse.schema import locks, metadata
 from litpulse.settings import Settings
 
-__all__ = ["connect", "upsert", "utcnow", "Lease", "acquire_lease", "release_lease"]
+__all__ = [
+    "connect",
+    "upsert",
+    "utcnow",
+    "Lease",
+    "acquire_lease",
+    "release_lease",
+    "default_holder",
+    "holder_alive",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +146,24 @@ class Lease:
 def default_holder() -> str:
     """``host:pid:random`` — unique per process and call."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def holder_alive(holder: str) -> bool:
+    """False only for a ``host:pid:…`` holder on this host whose process is gone."""
+    host, _, rest = holder.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return True
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def acquire_lease(

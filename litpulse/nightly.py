@@ -25,7 +25,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -489,24 +488,6 @@ class _Heartbeat:
                 logger.warning("lease renewal failed: %s", exc)
 
 
-def _holder_alive(holder: str) -> bool:
-    """False only for a holder on this host whose process is gone."""
-    host, _, rest = holder.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return True
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _acquire(engine: Engine, ttl_s: float, wait_s: float) -> db.Lease:
     deadline = time.monotonic() + max(0.0, wait_s)
     while True:
@@ -517,7 +498,7 @@ def _acquire(engine: Engine, ttl_s: float, wait_s: float) -> db.Lease:
             row = conn.execute(
                 select(locks.c.holder, locks.c.expires_at).where(locks.c.name == LEASE_NAME)
             ).first()
-        if row is not None and not _holder_alive(row.holder):
+        if row is not None and not db.holder_alive(row.holder):
             logger.warning("taking over the nightly lease of dead process %s", row.holder)
             db.release_lease(engine, LEASE_NAME, row.holder)
             continue

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import signal
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -353,6 +356,28 @@ def test_quarantine_deduplicated_by_digest(engine: Engine) -> None:
 
 
 # ------------------------------------------------------------------ runs, checkpoints
+
+
+def test_run_of_a_killed_process_is_closed_as_abandoned(engine: Engine) -> None:
+    url = engine.url.render_as_string(hide_password=False)
+    script = (
+        "import os, signal\n"
+        "from sqlalchemy import create_engine\n"
+        "from ingest.store import Store\n"
+        f"run = Store(create_engine({url!r})).start_run('files', target='x.xml')\n"
+        "print(run, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    killed = int(proc.stdout.split()[0])
+    store = Store(engine)
+    assert store.get_run(killed)["status"] == "running"
+    alive = store.start_run("files", target="y.xml")  # closes the dead one first
+    run = store.get_run(killed)
+    assert run["status"] == "abandoned" and "ended without finishing" in run["error"]
+    assert store.get_run(alive)["status"] == "running"  # our own process is alive
+    assert store.close_abandoned_runs() == []
 
 
 def test_runs_rows(engine: Engine) -> None:
