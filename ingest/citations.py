@@ -89,8 +89,20 @@ class CitationCounts:
         return dataclasses.asdict(self)
 
 
-def due_pmids(engine: Engine, *, now: dt.datetime | None = None) -> list[int]:
-    """Live PMIDs whose citation data is missing or older than :data:`REFRESH_POLICY` allows."""
+def due_pmids(
+    engine: Engine, *, now: dt.datetime | None = None, limit: int | None = None
+) -> list[int]:
+    """Live PMIDs whose citation data is missing or older than :data:`REFRESH_POLICY` allows.
+
+    Args:
+        engine: The store.
+        now: The reference time (default: now, UTC).
+        limit: At most this many PMIDs: never-fetched articles first, then the newest
+            (their counts move fastest); the rest wait for the next run.
+
+    Returns:
+        The PMIDs, ascending.
+    """
     now = now or db.utcnow()
     a = articles.c
     age_ref = func.coalesce(a.best_date, a.entrez_date)
@@ -110,10 +122,12 @@ def due_pmids(engine: Engine, *, now: dt.datetime | None = None) -> list[int]:
     query = (
         select(a.pmid)
         .where(a.is_deleted.is_(False), or_(*conditions))
-        .order_by(a.pmid)
+        .order_by(a.icite_fetched_at.is_(None).desc(), age_ref.desc().nulls_last(), a.pmid)
     )
+    if limit is not None:
+        query = query.limit(limit)
     with engine.connect() as conn:
-        return [int(p) for p in conn.execute(query).scalars()]
+        return sorted(int(p) for p in conn.execute(query).scalars())
 
 
 def _bool(value: Any) -> bool | None:
@@ -245,7 +259,7 @@ def refresh_citations(
     engine = db.connect(settings)
     store = Store(engine)
     if pmids is None:
-        wanted = due_pmids(engine)
+        wanted = due_pmids(engine, limit=settings.icite_max_per_run or None)
         target = "due"
     else:
         asked = sorted({int(p) for p in pmids})

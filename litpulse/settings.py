@@ -85,6 +85,11 @@ class Settings:
         1, "Days each E-utilities window overlaps the previous one (late-indexed records)."
     )
     icite_batch: int = _opt(200, "PMIDs per iCite request (iCite's own limit is 200).")
+    icite_max_per_run: int = _opt(
+        20000,
+        "Most PMIDs one citation refresh asks iCite for (never-fetched, then newest first; "
+        "the rest wait for the next run); 0 means no cap.",
+    )
 
     # -- data quality ----------------------------------------------------------------------
     max_quarantine_rate: float = _opt(
@@ -173,6 +178,7 @@ class Settings:
             "requests_per_second",
             "backoff_base",
             "quality_max_staleness_days",
+            "icite_max_per_run",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{env_name(name)} must be >= 0, got {getattr(self, name)!r}")

@@ -97,6 +97,21 @@ def test_refresh_policy_depends_on_article_age(sqlite_settings: Settings) -> Non
     assert due_pmids(engine, now=now) == [10, 12, 14]
 
 
+def test_cap_per_run_takes_never_fetched_then_newest(sqlite_settings: Settings) -> None:
+    ages = {20: 900, 21: 10, 22: 400, 23: 5000, 24: 30}  # age in days
+    _seed(sqlite_settings, {p: TODAY - dt.timedelta(days=a) for p, a in ages.items()}, {})
+    engine = db.connect(sqlite_settings)
+    now = db.utcnow()
+    with engine.begin() as conn:  # 24 was fetched long ago: due, but after never-fetched ones
+        conn.execute(
+            update(articles).where(articles.c.pmid == 24)
+            .values(icite_fetched_at=now - dt.timedelta(days=60))
+        )  # fmt: skip
+    assert due_pmids(engine, now=now) == [20, 21, 22, 23, 24]
+    assert due_pmids(engine, now=now, limit=2) == [21, 22]  # never fetched, newest first
+    assert due_pmids(engine, now=now, limit=4) == [20, 21, 22, 23]
+
+
 def test_batches_retries_and_explicit_pmids(emu: Emulator, sqlite_settings: Settings) -> None:
     pmids = list(range(100, 125))
     _seed(sqlite_settings, dict.fromkeys(pmids, TODAY), {})
