@@ -1,0 +1,213 @@
+"""Benchmark: ``GET /search`` latency end to end vs its bare parts, side by side.
+
+Setup: a corpus of ``--articles`` records from :func:`ingest.generate.generate_corpus`
+in a temporary home, ingested with :func:`ingest.files.ingest_files`, embedded and
+indexed with :func:`ranking.index.refresh_index` (the bundled model, the default
+settings). Queries: titles of stored articles mixed with short keyword queries from the
+generator's topics, each query used once where the pool allows. For every query, in
+the same run and interleaved (fair under a fluctuating machine load):
+
+* (a) query embedding alone: :func:`ranking.embed.encode_query`;
+* (b) index search alone: ``open_published(...).search`` with that vector;
+* (c) :func:`ranking.search.search` in-process (embedding, index, database, re-rank);
+* (d) ``GET /search`` through a real uvicorn server on 127.0.0.1 (in a thread of this
+  process), with a keep-alive ``httpx`` client: HTTP, validation, JSON included.
+
+The table gives p50/p99/mean ms and each path against the anchor (a) + (b); the goal
+``/search`` p99 ≤ 50 ms is printed beside it. Timing is never part of the test run.
+
+Usage::
+
+    python -m bench.api --articles 5000 [--queries 200] [--warmup 20] [--k 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+#: The goal for the HTTP endpoint (ms, p99).
+GOAL_P99_MS = 50.0
+
+
+def make_queries(settings: Any, n: int, seed: int = 0) -> list[str]:
+    """``n`` varied queries: stored titles (about 60 %) and 1–3 topic keywords."""
+    from sqlalchemy import select
+
+    from ingest.generate import TOPICS
+    from litpulse import db
+    from litpulse.schema import articles
+
+    rng = random.Random(seed)
+    with db.connect(settings).connect() as conn:
+        titles = [r[0] for r in conn.execute(select(articles.c.title).where(
+            articles.c.is_deleted.is_(False), articles.c.title.is_not(None))) if r[0]]
+    rng.shuffle(titles)
+    terms = [t for topic in TOPICS for t in topic.terms]
+    out: list[str] = []
+    seen: set[str] = set()
+    while len(out) < n:
+        if titles and rng.random() < 0.6:
+            q = titles.pop()[:300]
+        else:
+            q = " ".join(rng.sample(terms, rng.randint(1, 3)))
+            if q in seen and rng.random() < 0.9:  # mostly unique; repeats once the pool runs dry
+                continue
+        seen.add(q)
+        out.append(q)
+    return out
+
+
+def build_store(settings: Any, n_articles: int, tmp: Path) -> tuple[Any, float, float]:
+    """Generate, ingest, embed and index; returns (index report, ingest s, index s)."""
+    from ingest.files import ingest_files
+    from ingest.generate import generate_corpus
+    from ranking.index import refresh_index
+
+    manifest = generate_corpus(tmp / "corpus", n_records=n_articles, n_files=1, seed=7)
+    t0 = time.perf_counter()
+    ingest_files(settings, list(manifest.files))
+    t_ingest = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    report = refresh_index(settings)
+    return report, t_ingest, time.perf_counter() - t0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(settings: Any) -> tuple[Any, threading.Thread, str]:
+    """A uvicorn server of :func:`litpulse.api.create_app` in a daemon thread."""
+    import uvicorn
+
+    from litpulse.api import create_app
+
+    port = _free_port()
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                            log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="bench-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = fn()
+    return (time.perf_counter() - t0) * 1000, out
+
+
+def run_paths(settings: Any, queries: list[str], warmup: int, k: int,
+              base_url: str) -> dict[str, np.ndarray]:
+    """Per-query ms of each path, interleaved query by query."""
+    import httpx
+
+    from ranking.embed import encode_query
+    from ranking.index import open_published
+    from ranking.search import search
+
+    index = open_published(settings)
+    assert index is not None
+    labels = ["(a) encode_query", "(b) index.search", "(c) search() in-process",
+              "(d) GET /search (uvicorn)"]
+    times = {label: np.empty(len(queries) - warmup) for label in labels}
+    with httpx.Client(base_url=base_url, timeout=30.0) as client:  # keep-alive pool
+        for i, q in enumerate(queries):
+            t_a, vec = _timed(lambda q=q: encode_query(settings, index.model_version, q))
+            t_b, _ = _timed(lambda vec=vec: index.search(vec, settings.rerank_candidates))
+            t_c, hits = _timed(lambda q=q: search(settings, q, k=k))
+            t_d, resp = _timed(lambda q=q: client.get("/search", params={"q": q, "k": k}))
+            if resp.status_code != 200:
+                raise RuntimeError(f"/search answered {resp.status_code}: {resp.text[:200]}")
+            got = [h["pmid"] for h in resp.json()["results"]]
+            if got != [h.pmid for h in hits]:
+                raise RuntimeError(f"/search and search() disagree on {q!r}")
+            if i >= warmup:
+                for label, t in zip(labels, (t_a, t_b, t_c, t_d), strict=True):
+                    times[label][i - warmup] = t
+    return times
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--articles", type=int, default=5000, help="generated articles")
+    parser.add_argument("--queries", type=int, default=200, help="timed queries")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed queries first")
+    parser.add_argument("--k", type=int, default=10, help="hits per query")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary home")
+    args = parser.parse_args(argv)
+
+    import faiss
+    import torch
+
+    from litpulse.settings import Settings
+
+    tmp = Path(tempfile.mkdtemp(prefix="litpulse-bench-api-"))
+    server = thread = None
+    try:
+        settings = Settings.from_env({}, home=tmp / "home")
+        settings.ensure_home()
+        report, t_ingest, t_index = build_store(settings, args.articles, tmp)
+        queries = make_queries(settings, args.warmup + args.queries)
+        server, thread, base_url = start_server(settings)
+        times = run_paths(settings, queries, args.warmup, args.k, base_url)
+    finally:
+        if server is not None:
+            server.should_exit = True
+            assert thread is not None
+            thread.join(timeout=10)
+        if args.keep:
+            print(f"home kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    mean_len = np.mean([len(q.split()) for q in queries])
+    print(f"\n{args.articles} generated articles (ingest {t_ingest:.1f} s; embed + index "
+          f"{t_index:.1f} s; {report.kind} index of {report.size} vectors); "
+          f"{args.queries} queries after {args.warmup} warm-up, "
+          f"mean {mean_len:.1f} words, k={args.k}, "
+          f"{settings.rerank_candidates} candidates; torch threads {torch.get_num_threads()}, "
+          f"faiss threads {faiss.omp_get_max_threads()}, {os.cpu_count()} CPUs\n")
+    anchor = times["(a) encode_query"] + times["(b) index.search"]
+    a50, a99 = np.percentile(anchor, 50), np.percentile(anchor, 99)
+    print("| path | p50 ms | p99 ms | mean ms | p50 × (a)+(b) | p99 × (a)+(b) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    rows = list(times.items()) + [("anchor (a)+(b), per query", anchor)]
+    for label, t in rows:
+        p50, p99 = np.percentile(t, 50), np.percentile(t, 99)
+        print(f"| {label} | {p50:.2f} | {p99:.2f} | {t.mean():.2f} | {p50 / a50:.2f} | "
+              f"{p99 / a99:.2f} |")
+    http = times["(d) GET /search (uvicorn)"]
+    inproc = times["(c) search() in-process"]
+    p99 = np.percentile(http, 99)
+    verdict = "met" if p99 <= GOAL_P99_MS else "NOT met"
+    print(f"\nGoal: /search p99 ≤ {GOAL_P99_MS:.0f} ms — measured {p99:.2f} ms: **{verdict}** "
+          f"(HTTP overhead over search(): p50 "
+          f"{np.percentile(http, 50) - np.percentile(inproc, 50):+.2f} ms, "
+          f"p99 {p99 - np.percentile(inproc, 99):+.2f} ms)")
+
+
+if __name__ == "__main__":
+    main()
