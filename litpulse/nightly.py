@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy import Engine, func, select, update
 
 from litpulse import db
 from litpulse.errors import ConfigError, ConsistencyError, LitpulseError
@@ -328,23 +328,6 @@ def defer_reindex(settings: Settings) -> dict[str, Any]:
 # ------------------------------------------------------------------------- embed shards
 
 
-def _shard_pending(model_version: str, shard: int, shards: int) -> Any:
-    e = embeddings.alias("e")
-    return (
-        select(articles.c.pmid)
-        .select_from(
-            articles.outerjoin(
-                e, and_(e.c.pmid == articles.c.pmid, e.c.model_version == model_version)
-            )
-        )
-        .where(
-            articles.c.is_deleted.is_(False),
-            (articles.c.pmid % shards) == shard,
-            or_(e.c.pmid.is_(None), e.c.text_hash != articles.c.text_hash),
-        )
-    )
-
-
 def plan_embedding_shards(
     settings: Settings, n: int, *, engine: Engine | None = None
 ) -> list[EmbeddingShard]:
@@ -361,14 +344,14 @@ def plan_embedding_shards(
     """
     if n < 1:
         raise ConfigError(f"the shard count must be >= 1, got {n}")
-    from ranking.embed import active_model
+    from ranking.embed import active_model, pending_query
 
     engine = engine or db.connect(settings)
     spec = active_model(settings, engine)
     shards = []
     with engine.connect() as conn:
         for i in range(n):
-            sub = _shard_pending(spec.id, i, n).subquery()
+            sub = pending_query(spec.id, shard=i, shards=n).order_by(None).subquery()
             pending = int(conn.execute(select(func.count()).select_from(sub)).scalar() or 0)
             shards.append(EmbeddingShard(i, n, spec.id, pending))
     logger.info(
@@ -411,7 +394,7 @@ def embed_shard(
         pending = [
             int(p)
             for p in conn.execute(
-                _shard_pending(spec.id, shard.shard, shard.shards).order_by(articles.c.pmid)
+                rembed.pending_query(spec.id, shard=shard.shard, shards=shard.shards)
             ).scalars()
         ]
     if not pending:

@@ -363,9 +363,16 @@ def vector_from_bytes(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype="<f4").astype(np.float32)
 
 
-def _pending_query(model_version: str) -> Any:
+def pending_query(model_version: str, *, shard: int = 0, shards: int = 1) -> Any:
+    """SELECT of the live PMIDs with no vector, or a stale one, for ``model_version``.
+
+    Args:
+        model_version: The model version whose vectors are checked.
+        shard: With ``shards`` > 1, only PMIDs with ``pmid % shards == shard``.
+        shards: Number of shards the corpus is split into (1: all of it).
+    """
     e = embeddings.alias("e")
-    return (
+    query = (
         select(articles.c.pmid)
         .select_from(
             articles.outerjoin(
@@ -378,12 +385,15 @@ def _pending_query(model_version: str) -> Any:
         )
         .order_by(articles.c.pmid)
     )
+    if shards > 1:
+        query = query.where((articles.c.pmid % shards) == shard)
+    return query
 
 
 def count_pending(settings: Settings, model_version: str, engine: Engine | None = None) -> int:
     """Live articles without an up-to-date embedding for ``model_version``."""
     engine = engine or db.connect(settings)
-    sub = _pending_query(model_version).order_by(None).subquery()
+    sub = pending_query(model_version).order_by(None).subquery()
     with engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(sub)).scalar() or 0)
 
@@ -419,7 +429,7 @@ def embed_pending(
     engine = engine or db.connect(settings)
     spec = spec or active_model(settings, engine)
     with engine.connect() as conn:
-        pending = [int(p) for p in conn.execute(_pending_query(spec.id)).scalars()]
+        pending = [int(p) for p in conn.execute(pending_query(spec.id)).scalars()]
     if not pending:
         return 0
     logger.info("embedding %d articles with model %s", len(pending), spec.id)
