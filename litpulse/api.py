@@ -149,7 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     Args:
         settings: The settings (default :meth:`Settings.from_env`).
     """
-    from fastapi import FastAPI, Path, Query, Request
+    from fastapi import Depends, FastAPI, Path, Query, Request
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from sqlalchemy.exc import OperationalError
 
@@ -196,28 +196,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _error(503, "the database is unavailable; try again shortly")
 
     # ---------------------------------------------------------------- searching
-    def do_search(
-        q: str, k: int, since: dt.date | None, until: dt.date | None, mesh: list[str] | None,
-        ptype: list[str] | None, language: str | None, has_abstract: bool | None,
-        include_retracted: bool, w_sim: float | None, w_recency: float | None,
-        w_citation: float | None, half_life: float | None,
-    ) -> SearchResult:
-        filters = SearchFilters(
-            since=since,
-            until=until,
-            mesh=tuple(mesh or ()),
-            publication_type=tuple(ptype or ()),
-            language=language,
-            has_abstract=has_abstract,
-            include_retracted=include_retracted,
-        )
-        options = ScoringOptions.from_settings(
-            settings,
-            weights={"similarity": w_sim, "recency": w_recency, "citation": w_citation},
-            half_life_days=half_life,
-        )
-        return run_search(settings, q, k=k, filters=filters, options=options, engine=engine())
-
     q_param = Query(..., min_length=1, max_length=512, description="Free-text query.")
     since_param = Query(None, description="Earliest publication date (YYYY-MM-DD).")
     until_param = Query(None, description="Latest publication date (YYYY-MM-DD).")
@@ -236,10 +214,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         None, gt=0, le=1e6, allow_inf_nan=False, description="Recency half-life in days."
     )
 
-    @app.get("/search", summary="Ranked search with explanations")
-    def search_endpoint(
+    def search_spec(
         q: str = q_param,
-        k: int = Query(10, ge=1, le=100, description="Number of results."),
         since: dt.date | None = since_param,
         until: dt.date | None = until_param,
         mesh: list[str] | None = mesh_param,
@@ -251,11 +227,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         w_recency: float | None = weight("recency"),
         w_citation: float | None = weight("citation impact"),
         half_life: float | None = half_life_param,
-    ) -> dict[str, Any]:
-        result = do_search(
-            q, k, since, until, mesh, ptype, language, has_abstract, include_retracted,
-            w_sim, w_recency, w_citation, half_life,
+    ) -> Any:
+        """The query parameters /search and /export share: query, filters, scoring."""
+        filters = SearchFilters(
+            since=since,
+            until=until,
+            mesh=tuple(mesh or ()),
+            publication_type=tuple(ptype or ()),
+            language=language,
+            has_abstract=has_abstract,
+            include_retracted=include_retracted,
         )
+        options = ScoringOptions.from_settings(
+            settings,
+            weights={"similarity": w_sim, "recency": w_recency, "citation": w_citation},
+            half_life_days=half_life,
+        )
+        return q, filters, options
+
+    spec_dep = Depends(search_spec)
+
+    def do_search(spec: Any, k: int) -> SearchResult:
+        q, filters, options = spec
+        return run_search(settings, q, k=k, filters=filters, options=options, engine=engine())
+
+    @app.get("/search", summary="Ranked search with explanations")
+    def search_endpoint(
+        k: int = Query(10, ge=1, le=100, description="Number of results."),
+        spec: Any = spec_dep,
+    ) -> dict[str, Any]:
+        result = do_search(spec, k)
         return result.to_dict()
 
     @app.get(
@@ -264,27 +265,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response_class=Response,
     )
     def export_endpoint(
-        q: str = q_param,
         format: str = Query("ris", pattern="^(ris|bibtex|csv)$", description="File format."),
         k: int = Query(50, ge=1, le=500, description="Number of results."),
-        since: dt.date | None = since_param,
-        until: dt.date | None = until_param,
-        mesh: list[str] | None = mesh_param,
-        ptype: list[str] | None = type_param,
-        language: str | None = lang_param,
-        has_abstract: bool | None = abstract_param,
-        include_retracted: bool = retracted_param,
-        w_sim: float | None = weight("similarity"),
-        w_recency: float | None = weight("recency"),
-        w_citation: float | None = weight("citation impact"),
-        half_life: float | None = half_life_param,
+        spec: Any = spec_dep,
     ) -> Any:  # a Response (annotations are resolved in this module's globals)
         from litpulse.export import FORMATS, load_export_rows, render
 
-        result = do_search(
-            q, k, since, until, mesh, ptype, language, has_abstract, include_retracted,
-            w_sim, w_recency, w_citation, half_life,
-        )
+        result = do_search(spec, k)
         rows = load_export_rows(engine(), [h.pmid for h in result.hits])
         media, ext = FORMATS[format]
         body = render(format, list(result.hits), rows)
