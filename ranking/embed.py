@@ -116,20 +116,24 @@ def _spec_from_row(settings: Settings, row: Any) -> ModelSpec:
     return ModelSpec(row.id, _base_path(settings, row.base_model), row.adapter_path or None)
 
 
+def active_model_row(engine: Engine) -> Any:
+    """The newest ``model_versions`` row with status ``active``, or ``None`` (base model)."""
+    with engine.connect() as conn:
+        return conn.execute(
+            select(model_versions)
+            .where(model_versions.c.status == "active")
+            .order_by(desc(model_versions.c.promoted_at), desc(model_versions.c.created_at))
+            .limit(1)
+        ).first()
+
+
 def active_model(settings: Settings, engine: Engine | None = None) -> ModelSpec:
     """The model version searches and the index use now.
 
     The newest ``model_versions`` row with status ``active``; without one, the base
     model ``ModelSpec("base", settings.model_path, None)``.
     """
-    engine = engine or db.connect(settings)
-    with engine.connect() as conn:
-        row = conn.execute(
-            select(model_versions)
-            .where(model_versions.c.status == "active")
-            .order_by(desc(model_versions.c.promoted_at), desc(model_versions.c.created_at))
-            .limit(1)
-        ).first()
+    row = active_model_row(engine or db.connect(settings))
     if row is None:
         return ModelSpec(BASE_MODEL_ID, settings.model_path, None)
     return _spec_from_row(settings, row)

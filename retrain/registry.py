@@ -169,14 +169,9 @@ def get_model(settings: Settings, id: str, *, engine: Engine | None = None) -> M
 
 def active_version(settings: Settings, *, engine: Engine | None = None) -> ModelVersion | None:
     """The active version, or ``None`` when the base model is in use."""
-    engine = engine or connect(settings)
-    with engine.connect() as conn:
-        row = conn.execute(
-            select(model_versions)
-            .where(model_versions.c.status == "active")
-            .order_by(desc(model_versions.c.promoted_at), desc(model_versions.c.created_at))
-            .limit(1)
-        ).first()
+    from ranking.embed import active_model_row
+
+    row = active_model_row(engine or connect(settings))
     return ModelVersion.from_row(row) if row is not None else None
 
 
