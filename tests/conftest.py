@@ -3,7 +3,8 @@
 PostgreSQL tests use the server of ``LITPULSE_TEST_POSTGRES_URL`` (default the local
 ``test`` database); each test session creates its own database and drops it at the end.
 When the server is unreachable the PostgreSQL variants are skipped locally, but fail in
-CI (``CI=true``), where ``.ci/run`` starts the server first.
+CI (``CI=true``) and wherever ``LITPULSE_TEST_REQUIRE_POSTGRES`` is set (``.ci/run`` sets
+it after starting the server), so they can never be skipped silently there.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 PG_ADMIN_URL = os.environ.get(
     "LITPULSE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+#: Read once at import: the autouse fixture below hides LITPULSE_* from the tests.
+PG_REQUIRED = bool(os.environ.get("CI") or os.environ.get("LITPULSE_TEST_REQUIRE_POSTGRES"))
 
 
 @pytest.fixture(autouse=True)
@@ -46,8 +49,8 @@ def postgres_url() -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:  # noqa: BLE001 - any failure means "no server"
-        if os.environ.get("CI"):
-            raise
+        if PG_REQUIRED:
+            raise RuntimeError(f"PostgreSQL is required here but unreachable: {exc}") from exc
         pytest.skip(f"PostgreSQL unavailable: {exc}")
     base = PG_ADMIN_URL.rsplit("/", 1)[0]
     yield f"{base}/{name}"
