@@ -2,21 +2,34 @@
 
 SQLite (the embedded default) and PostgreSQL run the same code: bulk upserts go through
 :func:`upsert`, which emits ``INSERT … ON CONFLICT`` for either dialect.
+
+Leases (:func:`acquire_lease`, the ``locks`` table) keep two processes from doing the same
+job at once: the nightly run, an index publish, a retrain. Every holder uses the one
+:class:`Lease`: a short TTL (:data:`LEASE_TTL_S`) renewed by a heartbeat thread, taken
+over at once when its holder on this host is gone (PID and process start time), after
+the TTL when a holder elsewhere stopped beating; the work checks it before each write
+phase and the commit verifies it (:class:`~litpulse.errors.LeaseLostError`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import hashlib
 import logging
 import os
 import socket
+import threading
 import uuid
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, Table, create_engine, event, select
+from sqlalchemy import Engine, Table, create_engine, delete, event, insert, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
+from litpulse.errors import ConfigError, LeaseLostError
 from litpulse.schema import locks, metadata
 from litpulse.settings import Settings
 
@@ -24,9 +37,11 @@ __all__ = [
     "connect",
     "upsert",
     "utcnow",
+    "LEASE_TTL_S",
     "Lease",
     "acquire_lease",
     "release_lease",
+    "lease_holder",
     "default_holder",
     "holder_alive",
 ]
@@ -126,15 +141,113 @@ def upsert(
 
 # ---------------------------------------------------------------------------------- leases
 
+#: Seconds a lease lives without renewal. Its heartbeat renews it every quarter of this,
+#: so a holder that stops beating (killed on another host, frozen, cut off from the
+#: database) blocks the others at most this long; one on this host whose process is gone
+#: is taken over at once.
+LEASE_TTL_S = 120.0
+#: Longest TTL a lease may ask for.
+_MAX_TTL_S = 24 * 3600.0
+
 
 class Lease:
-    """A named lease held in the database; see :func:`acquire_lease`."""
+    """A named lease held in the ``locks`` table and renewed by a heartbeat thread.
 
-    def __init__(self, engine: Engine, name: str, holder: str) -> None:
-        self.engine, self.name, self.holder = engine, name, holder
+    Made by :func:`acquire_lease`, released by :meth:`release` (or ``with lease:``).
+    The heartbeat pushes the expiry ``ttl_s`` ahead every ``ttl_s / 4`` seconds; a
+    heartbeat that finds another holder marks the lease :attr:`lost`. Work done under
+    a lease calls :meth:`check` before each write phase and :meth:`verify` inside the
+    transaction that commits its result, so a process that lost its lease stops before
+    writing anything more (:class:`~litpulse.errors.LeaseLostError`).
+
+    Example:
+        >>> lease = acquire_lease(engine, "index-publish")  # doctest: +SKIP
+        >>> with lease:  # doctest: +SKIP
+        ...     lease.check()  # raises LeaseLostError once another process took it
+    """
+
+    def __init__(
+        self, engine: Engine, name: str, holder: str, ttl_s: float, *, heartbeat: bool = True
+    ) -> None:
+        self.engine, self.name, self.holder, self.ttl_s = engine, name, holder, ttl_s
+        self._lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if heartbeat:
+            # the thread holds only a weak reference: a lease dropped without release
+            # stops beating and expires instead of being renewed for the process's life
+            self._thread = threading.Thread(
+                target=_heartbeat,
+                args=(weakref.ref(self), self._stop, max(0.05, ttl_s / 4)),
+                name=f"lease-{name}",
+                daemon=True,
+            )
+            self._thread.start()
+
+    @property
+    def lost(self) -> bool:
+        """Whether a renewal found the lease held by another process."""
+        return self._lost.is_set()
+
+    def renew(self, conn: Connection | None = None) -> bool:
+        """Push the expiry ``ttl_s`` ahead; ``False`` (and :attr:`lost`) when another
+        process holds the lease now.
+
+        Args:
+            conn: Renew inside this open transaction (default: a transaction of its own).
+        """
+        if self.lost:
+            return False
+        stmt = (
+            update(locks)
+            .where(locks.c.name == self.name, locks.c.holder == self.holder)
+            .values(expires_at=utcnow() + dt.timedelta(seconds=self.ttl_s))
+        )
+        if conn is None:
+            with self.engine.begin() as own:
+                n = own.execute(stmt).rowcount
+        else:
+            n = conn.execute(stmt).rowcount
+        if not n:
+            if not self._lost.is_set():
+                logger.error("lease %s was taken over: %s stops", self.name, self.holder)
+            self._lost.set()
+        return bool(n)
+
+    def check(self) -> None:
+        """Make sure this process still holds the lease (asks the database).
+
+        Raises:
+            LeaseLostError: Another process took the lease over.
+        """
+        if not self.renew():
+            raise self._lost_error()
+
+    def verify(self, conn: Connection) -> None:
+        """:meth:`check` inside the caller's transaction, before the writes it commits.
+
+        The renewal locks the lease row (PostgreSQL) or the database (SQLite) until the
+        transaction ends, so no takeover can slip in between this check and the commit.
+
+        Raises:
+            LeaseLostError: Another process took the lease over (roll back).
+        """
+        if not self.renew(conn):
+            raise self._lost_error()
 
     def release(self) -> None:
+        """Stop the heartbeat and give the lease back (only if still ours)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
         release_lease(self.engine, self.name, self.holder)
+
+    def _lost_error(self) -> LeaseLostError:
+        return LeaseLostError(
+            f"lease {self.name!r} of {self.holder} was taken over by another process "
+            "(its heartbeat had stopped for longer than the lease lives): stopping before "
+            "the next write"
+        )
 
     def __enter__(self) -> Lease:
         return self
@@ -142,60 +255,199 @@ class Lease:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
+    def __repr__(self) -> str:
+        return f"Lease({self.name!r}, holder={self.holder!r}, lost={self.lost})"
+
+
+def _heartbeat(ref: weakref.ref[Lease], stop: threading.Event, interval: float) -> None:
+    while not stop.wait(interval):
+        lease = ref()
+        if lease is None:
+            return
+        try:
+            if not lease.renew():
+                return
+        except Exception as exc:  # noqa: BLE001 - keep beating through a database hiccup
+            logger.warning("renewing lease %s failed: %s", lease.name, exc)
+        del lease
+
 
 def default_holder() -> str:
-    """``host:pid:random`` — unique per process and call."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """``host:pid:start:boot:random``, unique per process and call.
+
+    ``start`` identifies the process (its start time), so a PID reused later by another
+    process does not pass for the holder; ``boot`` identifies the machine boot and PID
+    namespace, so a container with the same host name cannot judge our PID.
+    """
+    pid = os.getpid()
+    start = _process_start(pid) or "-"
+    return f"{socket.gethostname()}:{pid}:{start}:{_boot_mark()}:{uuid.uuid4().hex[:8]}"
 
 
 def holder_alive(holder: str) -> bool:
-    """False only for a ``host:pid:…`` holder on this host whose process is gone."""
-    host, _, rest = holder.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
+    """False only when ``holder`` is provably dead: a process of this host and PID
+    namespace that no longer exists, or whose PID now belongs to a later process.
+
+    Holders of other hosts (or not in :func:`default_holder`'s form) count as alive:
+    only their lease's expiry tells.
+    """
+    parts = holder.split(":")
+    if len(parts) < 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
         return True
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return True
+    pid = int(parts[1])
+    if len(parts) >= 5:  # host:pid:start:boot:random
+        recorded, boot = parts[2], parts[3]
+        if boot != _boot_mark():
+            return True  # same host name, another machine or PID namespace
+        current = _process_start(pid)
+        if current is None:
+            return False
+        return recorded == "-" or current == "?" or _same_start(recorded, current)
+    return _process_start(pid) is not None  # older host:pid:random holders
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started: ``t<ticks since boot>`` (Linux), ``c<epoch s>``
+    (elsewhere), ``?`` when it cannot be read, ``None`` when no such process lives."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+        if fields[0] in ("Z", "X"):  # zombie: dead, waiting to be reaped
+            return None
+        return f"t{fields[19]}"
+    except FileNotFoundError:
+        if os.path.isdir("/proc/self"):
+            return _signal_probe(pid)  # gone, or hidden from us (hidepid)
+    except (OSError, IndexError):
+        pass
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return f"c{proc.create_time():.2f}"
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.Error:
+        return "?"
+
+
+def _signal_probe(pid: int) -> str | None:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return None
+    except OSError:  # exists, but not ours to signal
+        return "?"
+    return "?"
+
+
+def _same_start(recorded: str, current: str) -> bool:
+    if recorded[:1] == current[:1] == "c":  # wall-clock based: allow for clock steps
+        try:
+            return abs(float(recorded[1:]) - float(current[1:])) < 1.0
+        except ValueError:
+            return False
+    return recorded == current
+
+
+@functools.cache
+def _boot_mark() -> str:
+    """Eight hex digits naming this boot of this machine and our PID namespace."""
+    parts = []
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            parts.append(fh.read().strip())
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        return "-"
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:8]
 
 
 def acquire_lease(
-    engine: Engine, name: str, *, ttl_s: float = 3600.0, holder: str | None = None
+    engine: Engine,
+    name: str,
+    *,
+    ttl_s: float = LEASE_TTL_S,
+    holder: str | None = None,
+    heartbeat: bool = True,
 ) -> Lease | None:
-    """Take the lease ``name`` if it is free or expired; ``None`` when someone holds it.
+    """Take the lease ``name``; ``None`` when a live holder has it.
 
-    Works across processes and hosts on PostgreSQL and SQLite: the insert is atomic
-    on the primary key, and an expired lease is taken over with a conditional update.
+    The lease is free when no row names it, when its holder's heartbeat stopped for
+    longer than the TTL (expired), or when its holder is provably dead
+    (:func:`holder_alive`: a process of this host that is gone). Works across processes
+    and hosts on PostgreSQL and SQLite: the insert is atomic on the primary key, and a
+    takeover is a conditional update naming the previous holder, so two processes never
+    take the same lease.
+
+    Args:
+        engine: The store.
+        name: The lease (``index-publish``, ``nightly``, ``retrain``…).
+        ttl_s: Seconds the lease lives without renewal.
+        holder: Who holds it (default :func:`default_holder`).
+        heartbeat: Renew it from a background thread until released.
+
+    Raises:
+        ConfigError: ``ttl_s`` is not within (0, 86400].
     """
-    from sqlalchemy import delete, insert
-    from sqlalchemy.exc import IntegrityError
-
+    if not (isinstance(ttl_s, int | float) and 0 < ttl_s <= _MAX_TTL_S):
+        raise ConfigError(f"a lease TTL must be within (0, {_MAX_TTL_S:g}] seconds, got {ttl_s!r}")
     holder = holder or default_holder()
-    now = utcnow()
-    expires = now + dt.timedelta(seconds=ttl_s)
-    with engine.begin() as conn:
-        conn.execute(delete(locks).where(locks.c.name == name, locks.c.expires_at < now))
-    try:
-        with engine.begin() as conn:
-            conn.execute(insert(locks).values(name=name, holder=holder, expires_at=expires))
-    except IntegrityError:
+    for _ in range(5):
+        now = utcnow()
+        expires = now + dt.timedelta(seconds=ttl_s)
+        try:
+            with engine.begin() as conn:
+                conn.execute(insert(locks).values(name=name, holder=holder, expires_at=expires))
+            return Lease(engine, name, holder, ttl_s, heartbeat=heartbeat)
+        except IntegrityError:
+            pass
         with engine.connect() as conn:
-            current = conn.execute(select(locks.c.holder).where(locks.c.name == name)).scalar()
-        logger.info("lease %s is held by %s", name, current)
-        return None
-    return Lease(engine, name, holder)
+            row = conn.execute(
+                select(locks.c.holder, locks.c.expires_at).where(locks.c.name == name)
+            ).first()
+        if row is None:
+            continue  # released meanwhile
+        expired = _as_utc(row.expires_at) < now
+        dead = not expired and not holder_alive(row.holder)
+        if not (expired or dead):
+            logger.info(
+                "lease %s is held by %s until %s", name, row.holder, _as_utc(row.expires_at)
+            )
+            return None
+        where = [locks.c.name == name, locks.c.holder == row.holder]
+        if not dead:
+            where.append(locks.c.expires_at < now)  # unless its heartbeat came back
+        with engine.begin() as conn:
+            taken = conn.execute(
+                update(locks).where(*where).values(holder=holder, expires_at=expires)
+            ).rowcount
+        if taken:
+            why = "its process is gone" if dead else f"it expired at {_as_utc(row.expires_at)}"
+            logger.warning("took lease %s over from %s: %s", name, row.holder, why)
+            return Lease(engine, name, holder, ttl_s, heartbeat=heartbeat)
+    return None
+
+
+def lease_holder(engine: Engine, name: str) -> tuple[str, dt.datetime] | None:
+    """The holder of lease ``name`` and when it expires unless renewed, or ``None``."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(locks.c.holder, locks.c.expires_at).where(locks.c.name == name)
+        ).first()
+    return None if row is None else (str(row.holder), _as_utc(row.expires_at))
 
 
 def release_lease(engine: Engine, name: str, holder: str) -> None:
     """Give the lease back (only if ``holder`` still holds it)."""
-    from sqlalchemy import delete
-
     with engine.begin() as conn:
         conn.execute(delete(locks).where(locks.c.name == name, locks.c.holder == holder))
+
+
+def _as_utc(value: Any) -> dt.datetime:
+    """A stored timestamp as aware UTC (SQLite hands back naive ones)."""
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)

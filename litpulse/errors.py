@@ -28,6 +28,7 @@ __all__ = [
     "ConsistencyError",
     "BudgetError",
     "DataQualityError",
+    "LeaseLostError",
 ]
 
 
@@ -88,3 +89,11 @@ class BudgetError(LitpulseError, ValueError):
 class DataQualityError(LitpulseError):
     """A run finished but its output fails a data-quality check (empty day, too many
     quarantined records, stale watermark): repeating the same run will not fix it."""
+
+
+class LeaseLostError(LitpulseError):
+    """This process no longer holds a database lease it took: it stopped renewing it long
+    enough for another process to take it over. Whatever it was doing must stop before
+    its next write; running the job again later is safe."""
+
+    retryable = True

@@ -7,11 +7,12 @@ checkpoints, per-chunk embedding transactions, write-aside index publishing), so
 run is simply started again.
 
 Concurrency: a run holds the database lease ``nightly`` (:func:`litpulse.db.acquire_lease`)
-for its whole duration, renewed by a heartbeat thread. A second run that finds the lease
+for its whole duration, renewed by its heartbeat thread. A second run that finds the lease
 held waits up to ``wait_s`` seconds (default 0) and then raises :class:`NightlyBusyError`
 (the CLI exits 75, ``EX_TEMPFAIL``) naming the holder. A holder on this host whose process
 no longer exists is taken over at once; elsewhere a dead holder's lease expires after
-:data:`LEASE_TTL_S` seconds.
+:data:`LEASE_TTL_S` seconds. A run whose lease was taken over meanwhile (its heartbeat
+stalled that long) raises :class:`~litpulse.errors.LeaseLostError` before its next step.
 
 Example:
     >>> files = ["pubmed26n0001.xml.gz"]
@@ -25,14 +26,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, select
 
 from litpulse import db
 from litpulse.errors import ConfigError, ConsistencyError, LitpulseError
@@ -41,7 +41,6 @@ from litpulse.schema import (
     embeddings,
     index_versions,
     ingest_runs,
-    locks,
     model_versions,
 )
 from litpulse.settings import Settings
@@ -69,7 +68,7 @@ logger = logging.getLogger(__name__)
 #: Name of the database lease a nightly run holds.
 LEASE_NAME = "nightly"
 #: Seconds a lease lives without renewal (a dead holder on another host blocks this long).
-LEASE_TTL_S = 600.0
+LEASE_TTL_S = db.LEASE_TTL_S
 #: Ingest sources of :func:`run_nightly`.
 SOURCES = ("eutils", "updatefiles", "files")
 #: Sources whose succeeded runs move the watermark forward.
@@ -438,56 +437,15 @@ def embed_shard(
 # -------------------------------------------------------------------------------- lease
 
 
-class _Heartbeat:
-    """Renews a lease every ``ttl/4`` seconds until stopped."""
-
-    def __init__(self, lease: db.Lease, ttl_s: float) -> None:
-        self.lease, self.ttl_s = lease, ttl_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="nightly-lease", daemon=True)
-        self.lost = False
-
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.ttl_s / 4):
-            try:
-                with self.lease.engine.begin() as conn:
-                    n = conn.execute(
-                        update(locks)
-                        .where(locks.c.name == self.lease.name, locks.c.holder == self.lease.holder)
-                        .values(expires_at=db.utcnow() + dt.timedelta(seconds=self.ttl_s))
-                    ).rowcount
-                if not n and not self.lost:
-                    self.lost = True
-                    logger.error("the %s lease was lost (expired and taken over)", self.lease.name)
-            except Exception as exc:  # noqa: BLE001 - keep beating through a DB hiccup
-                logger.warning("lease renewal failed: %s", exc)
-
-
 def _acquire(engine: Engine, ttl_s: float, wait_s: float) -> db.Lease:
     deadline = time.monotonic() + max(0.0, wait_s)
     while True:
-        lease = db.acquire_lease(engine, LEASE_NAME, ttl_s=ttl_s)
+        lease = db.acquire_lease(engine, LEASE_NAME, ttl_s=ttl_s)  # takes a dead one over
         if lease is not None:
             return lease
-        with engine.connect() as conn:
-            row = conn.execute(
-                select(locks.c.holder, locks.c.expires_at).where(locks.c.name == LEASE_NAME)
-            ).first()
-        if row is not None and not db.holder_alive(row.holder):
-            logger.warning("taking over the nightly lease of dead process %s", row.holder)
-            db.release_lease(engine, LEASE_NAME, row.holder)
-            continue
         if time.monotonic() >= deadline:
-            holder = row.holder if row is not None else "?"
-            until = _iso(_aware(row.expires_at)) if row is not None else "?"
+            held = db.lease_holder(engine, LEASE_NAME)
+            holder, until = (held[0], _iso(held[1])) if held is not None else ("?", "?")
             raise NightlyBusyError(
                 f"another nightly run is in progress (lease {LEASE_NAME!r} held by {holder}, "
                 f"expires {until} unless renewed); not starting a second one"
@@ -541,6 +499,8 @@ def run_nightly(
 
     Raises:
         NightlyBusyError: Another run holds the lease (after ``wait_s``).
+        LeaseLostError: Another run took the lease over meanwhile (this one stopped
+            before its next step).
         DataQualityError: The ingest failed a quality check (nothing after it ran).
         ConfigError: Bad arguments (unknown source, files missing, end not after start).
     """
@@ -565,6 +525,7 @@ def run_nightly(
     steps: list[tuple[str, float]] = []
 
     def step(name: str, fn: Callable[[], T]) -> T:
+        lease.check()  # a run whose lease was taken over writes nothing more
         t0 = time.perf_counter()
         logger.info("nightly: %s", name)
         try:
@@ -573,7 +534,7 @@ def run_nightly(
             steps.append((name, time.perf_counter() - t0))
 
     try:
-        with lease, _Heartbeat(lease, lease_ttl_s):
+        with lease:
             window: tuple[dt.datetime, dt.datetime] | None = None
             if source == "eutils":
                 window = _window(settings, engine, since, until)

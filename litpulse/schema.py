@@ -234,7 +234,9 @@ feedback = Table(
     UniqueConstraint("query", "pmid", "user", name="uq_feedback_query_pmid_user"),
 )
 
-#: Leases: at most one holder per name (index publish, nightly run) across processes.
+#: Leases: at most one holder per name (index publish, nightly run, retrain) across
+#: processes. ``holder`` is ``host:pid:start:boot:random`` (:func:`litpulse.db.default_holder`);
+#: ``expires_at`` is pushed ahead by the holder's heartbeat (:class:`litpulse.db.Lease`).
 locks = Table(
     "locks",
     metadata,

@@ -5,6 +5,12 @@ default, so ``litpulse settings`` and the README table are generated from one pl
 The environment variable of a field is ``LITPULSE_`` + the field name in capitals
 (``database_url`` → ``LITPULSE_DATABASE_URL``).
 
+Every number (``int`` and ``float`` field) declares its finite range beside its default,
+``_opt(60.0, "help", min=0.1, max=3600.0)``; a value outside it — NaN and infinities
+included — is a :class:`~litpulse.errors.ConfigError` naming the variable, the value and
+the range, raised when the settings are built (from the environment, by ``Settings(...)``
+or by :meth:`Settings.replace`), never later in the middle of a request.
+
 Example:
     >>> s = Settings.from_env({"LITPULSE_HOME": "/tmp/lp", "LITPULSE_EFETCH_BATCH": "200"})
     >>> s.efetch_batch, str(s.home)
@@ -14,6 +20,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import numbers
 import os
 import types
 import typing
@@ -32,8 +41,31 @@ ENV_PREFIX = "LITPULSE_"
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 
-def _opt(default: Any, help: str, **extra: Any) -> Any:
-    return field(default=default, metadata={"help": help, **extra})
+def _opt(
+    default: Any,
+    help: str,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    **extra: Any,
+) -> Any:
+    """A settings field: its default, its help and, for a number, its allowed range.
+
+    Args:
+        default: The default value.
+        help: One or two sentences for ``litpulse settings`` and the README.
+        min: Lowest allowed value, included (required for ``int`` and ``float`` fields).
+        max: Highest allowed value, included (required for them too).
+        **extra: More metadata (``secret=True`` hides the value).
+    """
+    metadata: dict[str, Any] = {"help": help, **extra}
+    if min is not None or max is not None:
+        if min is None or max is None or not (math.isfinite(min) and math.isfinite(max)):
+            raise TypeError(f"a settings range needs finite min and max, got [{min}, {max}]")
+        if not min <= default <= max:
+            raise TypeError(f"default {default!r} is outside its range [{min}, {max}]")
+        metadata.update(min=min, max=max)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -57,7 +89,10 @@ class Settings:
     requests_per_second: float = _opt(
         0.0,
         "Cap on E-utilities requests/s for the whole process; 0 means NCBI's limit "
-        "(3 without an API key, 10 with one).",
+        "(3 without an API key, 10 with one); otherwise at least 0.01, and never above "
+        "NCBI's limit.",
+        min=0.0,
+        max=100.0,
     )
 
     # -- external base URLs ------------------------------------------------------------
@@ -71,29 +106,51 @@ class Settings:
     )
 
     # -- HTTP behaviour ------------------------------------------------------------------
-    http_timeout: float = _opt(60.0, "Timeout of one HTTP request, in seconds.")
-    max_retries: int = _opt(6, "Attempts after the first for a transient HTTP failure.")
-    backoff_base: float = _opt(
-        1.0, "First backoff delay in seconds; doubles per attempt, with jitter."
+    http_timeout: float = _opt(
+        60.0, "Timeout of one HTTP request, in seconds.", min=0.1, max=3600.0
     )
-    backoff_max: float = _opt(60.0, "Longest backoff delay, in seconds.")
-    efetch_batch: int = _opt(200, "PMIDs per EFetch POST.")
+    max_retries: int = _opt(
+        6, "Attempts after the first for a transient HTTP failure.", min=0, max=100
+    )
+    backoff_base: float = _opt(
+        1.0,
+        "First backoff delay in seconds; doubles per attempt, with jitter; at most "
+        "LITPULSE_BACKOFF_MAX.",
+        min=0.0,
+        max=3600.0,
+    )
+    backoff_max: float = _opt(60.0, "Longest backoff delay, in seconds.", min=0.001, max=3600.0)
+    efetch_batch: int = _opt(200, "PMIDs per EFetch POST.", min=1, max=10000)
     esearch_cap: int = _opt(
-        10000, "Most PMIDs ESearch returns for one query; larger windows are split."
+        10000,
+        "Most PMIDs ESearch returns for one query (ESearch's own limit is 10000); larger "
+        "windows are split.",
+        min=1,
+        max=10000,
     )
     window_overlap_days: int = _opt(
-        1, "Days each E-utilities window overlaps the previous one (late-indexed records)."
+        1,
+        "Days each E-utilities window overlaps the previous one (late-indexed records).",
+        min=0,
+        max=365,
     )
-    icite_batch: int = _opt(200, "PMIDs per iCite request (iCite's own limit is 200).")
+    icite_batch: int = _opt(
+        200, "PMIDs per iCite request (iCite's own limit is 200).", min=1, max=200
+    )
     icite_max_per_run: int = _opt(
         20000,
         "Most PMIDs one citation refresh asks iCite for (never-fetched, then newest first; "
         "the rest wait for the next run); 0 means no cap.",
+        min=0,
+        max=100_000_000,
     )
 
     # -- data quality ----------------------------------------------------------------------
     max_quarantine_rate: float = _opt(
-        0.01, "Largest share of quarantined records a nightly run accepts before failing."
+        0.01,
+        "Largest share of quarantined records a nightly run accepts before failing.",
+        min=0.0,
+        max=1.0,
     )
     quality_expect_weekdays: bool = _opt(
         True,
@@ -105,6 +162,8 @@ class Settings:
         3,
         "The nightly data-quality check fails when the newest entrez date in the store is "
         "more than this many days older than the end of the ingested window; 0 disables.",
+        min=0,
+        max=3650,
     )
     alert_webhook_url: str = _opt(
         "",
@@ -121,9 +180,12 @@ class Settings:
     )
     device: str = _opt("auto", "Torch device for embedding and training: auto, cpu or cuda.")
     embed_batch_size: int = _opt(
-        64, "Texts per embedding batch (64 measured fastest for bf16 on a CPU; bench/embed.py)."
+        64,
+        "Texts per embedding batch (64 measured fastest for bf16 on a CPU; bench/embed.py).",
+        min=1,
+        max=65536,
     )
-    max_seq_length: int = _opt(256, "Longest input to the encoder, in tokens.")
+    max_seq_length: int = _opt(256, "Longest input to the encoder, in tokens.", min=8, max=32768)
     embed_precision: str = _opt(
         "auto",
         "Arithmetic of the encoder at inference: auto (bf16 on CPUs with native bf16, "
@@ -133,29 +195,59 @@ class Settings:
 
     # -- index -------------------------------------------------------------------------
     exact_index_max: int = _opt(
-        50000, "Up to this many vectors the index is exact (flat); above it, IVF."
+        50000,
+        "Up to this many vectors the index is exact (flat); above it, IVF.",
+        min=1,
+        max=1_000_000_000,
     )
-    ivf_nprobe: int = _opt(16, "IVF lists probed per query.")
+    ivf_nprobe: int = _opt(16, "IVF lists probed per query.", min=1, max=65536)
     use_gpu: str = _opt("auto", "FAISS on the GPU: auto (when one is visible), yes or no.")
 
     # -- scoring ---------------------------------------------------------------------------
-    weight_similarity: float = _opt(1.0, "Weight of the semantic similarity in the score.")
-    weight_recency: float = _opt(0.15, "Weight of the recency term in the score.")
-    weight_citation: float = _opt(0.10, "Weight of the citation-impact term in the score.")
-    recency_half_life_days: float = _opt(365.0, "Half-life of the recency term, in days.")
-    rerank_candidates: int = _opt(200, "Nearest neighbours re-ranked per query.")
+    weight_similarity: float = _opt(
+        1.0,
+        "Weight of the semantic similarity in the score (at least one weight must be > 0).",
+        min=0.0,
+        max=1000.0,
+    )
+    weight_recency: float = _opt(
+        0.15, "Weight of the recency term in the score.", min=0.0, max=1000.0
+    )
+    weight_citation: float = _opt(
+        0.10, "Weight of the citation-impact term in the score.", min=0.0, max=1000.0
+    )
+    recency_half_life_days: float = _opt(
+        365.0,
+        "Half-life of the recency term, in days (ages are counted in whole days).",
+        min=1.0,
+        max=1_000_000.0,
+    )
+    rerank_candidates: int = _opt(
+        200, "Nearest neighbours re-ranked per query.", min=1, max=100_000
+    )
 
     # -- retraining ------------------------------------------------------------------------
     retrain_min_new_articles: int = _opt(
-        500, "Fewest new articles since the last training for a scheduled retrain to run."
+        500,
+        "Fewest new articles since the last training for a scheduled retrain to run.",
+        min=0,
+        max=100_000_000,
     )
     gate_fresh_margin: float = _opt(
-        0.005, "Recall@10 gain over the active model on the fresh set a candidate needs."
+        0.005,
+        "Recall@10 gain over the active model on the fresh set a candidate needs "
+        "(above 0: a candidate must show it learned something).",
+        min=0.001,
+        max=1.0,
     )
     gate_older_tolerance: float = _opt(
-        0.01, "Largest recall@10 loss on the older set a candidate may show."
+        0.01,
+        "Largest recall@10 loss on the older set a candidate may show (well below 1, so the "
+        "older set always counts).",
+        min=0.0,
+        max=0.2,
     )
-    seed: int = _opt(13, "Random seed for sampling and training.")
+    seed: int = _opt(13, "Random seed for sampling and training.", min=0, max=2**32 - 1)
     train_queue: str = _opt(
         "default",
         "Airflow queue of the LoRA training task; e.g. `gpu` to route it to a Celery worker "
@@ -164,30 +256,24 @@ class Settings:
 
     # ---------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
-        positive = (
-            "http_timeout efetch_batch esearch_cap icite_batch embed_batch_size "
-            "max_seq_length exact_index_max ivf_nprobe recency_half_life_days "
-            "rerank_candidates backoff_max"
-        ).split()
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{env_name(name)} must be positive, got {getattr(self, name)!r}")
-        for name in (
-            "max_retries",
-            "window_overlap_days",
-            "requests_per_second",
-            "backoff_base",
-            "quality_max_staleness_days",
-            "icite_max_per_run",
-        ):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{env_name(name)} must be >= 0, got {getattr(self, name)!r}")
-        if self.icite_batch > 200:
-            raise ConfigError(f"{env_name('icite_batch')} must be <= 200 (iCite's limit)")
-        if self.esearch_cap > 10000:
-            raise ConfigError(f"{env_name('esearch_cap')} must be <= 10000 (ESearch's limit)")
-        if not 0 <= self.max_quarantine_rate <= 1:
-            raise ConfigError(f"{env_name('max_quarantine_rate')} must be within [0, 1]")
+        for f, kind in _numeric_fields():
+            object.__setattr__(self, f.name, _checked_number(f, kind, getattr(self, f.name)))
+        if self.backoff_base > self.backoff_max:
+            raise ConfigError(
+                f"{env_name('backoff_base')}={self.backoff_base!r} must not exceed "
+                f"{env_name('backoff_max')}={self.backoff_max!r}"
+            )
+        if 0 < self.requests_per_second < 0.01:
+            raise ConfigError(
+                f"{env_name('requests_per_second')}={self.requests_per_second!r} is too slow "
+                "to finish anything: use 0 (NCBI's limit) or at least 0.01 requests/s"
+            )
+        weights = ("weight_similarity", "weight_recency", "weight_citation")
+        if not any(getattr(self, name) > 0 for name in weights):
+            raise ConfigError(
+                f"{', '.join(env_name(n) for n in weights)} are all 0: at least one score "
+                "weight must be > 0"
+            )
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(
                 f"{env_name('device')} must be auto, cpu or cuda, got {self.device!r}"
@@ -243,7 +329,8 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     def describe(self) -> list[dict[str, str]]:
-        """Every setting with its variable, current value (secrets hidden) and help."""
+        """Every setting with its variable, current value (secrets hidden), allowed range
+        (``"0.1 .. 3600"`` for numbers, empty otherwise) and help."""
         rows = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -253,6 +340,7 @@ class Settings:
                     "name": f.name,
                     "env": env_name(f.name),
                     "value": shown,
+                    "range": _range_text(f),
                     "help": f.metadata["help"],
                 }
             )
@@ -296,6 +384,62 @@ class Settings:
 def env_name(field_name: str) -> str:
     """The environment variable of a settings field."""
     return ENV_PREFIX + field_name.upper()
+
+
+@functools.cache
+def _numeric_fields() -> tuple[tuple[dataclasses.Field[Any], type], ...]:
+    """The ``int`` and ``float`` fields of :class:`Settings` with their type."""
+    hints = typing.get_type_hints(Settings)
+    return tuple(
+        (f, hints[f.name]) for f in dataclasses.fields(Settings) if hints[f.name] in (int, float)
+    )
+
+
+def _range_text(f: dataclasses.Field[Any]) -> str:
+    if "min" not in f.metadata:
+        return ""
+    return f"{_number_text(f.metadata['min'])} .. {_number_text(f.metadata['max'])}"
+
+
+def _number_text(x: float) -> str:
+    if isinstance(x, float) and x.is_integer() and abs(x) < 1e15:
+        return str(int(x))
+    return str(x)
+
+
+def _checked_number(f: dataclasses.Field[Any], kind: type, value: Any) -> Any:
+    """``value`` as ``kind`` when it is a finite number within the field's range.
+
+    Raises:
+        ConfigError: Naming the variable, the value and the range.
+    """
+    var = env_name(f.name)
+    bounds: tuple[float, float] | None = (
+        (f.metadata["min"], f.metadata["max"]) if "min" in f.metadata else None
+    )
+    what = "an integer" if kind is int else "a finite number"
+    allowed = f"{what} from {_range_text(f).replace(' .. ', ' to ')}" if bounds else what
+    wrong_type = isinstance(value, bool) or not isinstance(
+        value, numbers.Integral if kind is int else numbers.Real
+    )
+    if wrong_type:
+        raise ConfigError(f"{var}={_shown(value)} is not {what}; allowed: {allowed}")
+    try:
+        number = int(value) if kind is int else float(value)
+        finite = kind is int or math.isfinite(number)
+    except OverflowError:  # an int beyond float's range
+        finite = False
+    if not finite or (bounds and not bounds[0] <= number <= bounds[1]):
+        raise ConfigError(f"{var}={_shown(value)} is out of range; allowed: {allowed}")
+    return number
+
+
+def _shown(value: Any) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an int with more digits than repr allows
+        return "<an integer of more than 4300 digits>"
+    return text if len(text) <= 40 else text[:30] + f"...({len(text)} chars)"
 
 
 def _convert(key: str, raw: str, hint: Any) -> Any:

@@ -18,7 +18,11 @@ then one transaction flips the ``index_versions`` rows (new → ``published``, p
 the row names, and a :class:`PublishedIndex` already loaded never changes, so searches
 running during a publish finish on the old version. The newest :data:`KEEP_VERSIONS`
 versions stay on disk for :func:`rollback_index`. A database lease
-(``index-publish``) keeps two processes from publishing at once.
+(``index-publish``, :class:`litpulse.db.Lease`) keeps two processes from publishing at
+once: it is checked before each write phase and verified in the transaction that flips
+the rows, so a process that lost it (:class:`~litpulse.errors.LeaseLostError`) publishes
+nothing; a killed publisher's lease is taken over at once on its host, after
+:data:`LEASE_TTL_S` seconds from elsewhere.
 
 On a host where FAISS sees a GPU (and ``use_gpu`` is not ``no``) IVF builds and all
 searches run on it; the CPU index stays the master copy (GPU indexes cannot remove ids).
@@ -48,7 +52,7 @@ import numpy as np
 from sqlalchemy import Engine, and_, delete, desc, func, insert, select, update
 
 from litpulse import db
-from litpulse.errors import ConsistencyError, LitpulseError, NotFoundError
+from litpulse.errors import ConsistencyError, LeaseLostError, LitpulseError, NotFoundError
 from litpulse.schema import articles, embeddings, index_versions
 from litpulse.settings import Settings
 from ranking.embed import (
@@ -79,8 +83,11 @@ logger = logging.getLogger(__name__)
 
 #: Name of the database lease held while an index version is built and published.
 LEASE_NAME = "index-publish"
-#: Seconds the lease lasts (a crashed publisher frees it after this long).
-LEASE_TTL_S = 6 * 3600.0
+#: Seconds the lease lives without its heartbeat (a publisher killed on another host
+#: blocks the others this long; on this host it is taken over at once).
+LEASE_TTL_S = db.LEASE_TTL_S
+#: Seconds after which a ``.tmp-*`` folder left by a crashed publisher is removed.
+TMP_MAX_AGE_S = 3600.0
 #: Index versions kept on disk (the published one and the newest retired ones).
 KEEP_VERSIONS = 3
 #: An IVF index is retrained once it holds more than this times its training size.
@@ -610,6 +617,8 @@ def refresh_index(settings: Settings, *, rebuild: bool = False,
 
     Raises:
         IndexBusyError: Another process is publishing (the lease is held).
+        LeaseLostError: Another process took the lease over meanwhile; nothing was
+            published.
     """
     t0 = time.perf_counter()
     engine = db.connect(settings)
@@ -618,6 +627,7 @@ def refresh_index(settings: Settings, *, rebuild: bool = False,
         raise IndexBusyError("another process is refreshing the index (lease index-publish)")
     with lease:
         spec = active_model(settings, engine)
+        lease.check()
         embedded = embed_pending(settings, spec, progress, engine=engine)
         published = _published_row(engine)
         watermark = _watermark(engine, spec.id)
@@ -634,14 +644,15 @@ def refresh_index(settings: Settings, *, rebuild: bool = False,
         reason = "asked" if rebuild else _rebuild_reason(base, meta, len(live), settings,
                                                          published, spec.id)
         if reason is None and meta is not None:
-            return _incremental(settings, engine, spec, base, published, index, base_ids,
-                                meta, live, watermark, embedded, t0)
-        return _full(settings, engine, spec, published, live, watermark, embedded, reason, t0)
+            return _incremental(settings, engine, lease, spec, base, published, index,
+                                base_ids, meta, live, watermark, embedded, t0)
+        return _full(settings, engine, lease, spec, published, live, watermark, embedded,
+                     reason, t0)
 
 
-def _full(settings: Settings, engine: Engine, spec: ModelSpec, published: Any,
-          live: np.ndarray, watermark: Any, embedded: int, reason: str | None,
-          t0: float) -> IndexReport:
+def _full(settings: Settings, engine: Engine, lease: db.Lease, spec: ModelSpec,
+          published: Any, live: np.ndarray, watermark: Any, embedded: int,
+          reason: str | None, t0: float) -> IndexReport:
     vectors, ids = _fetch_vectors(engine, spec.id)
     kind = choose_kind(len(ids), settings)
     dim = vectors.shape[1] if len(ids) else _dimension(spec, settings)
@@ -653,14 +664,15 @@ def _full(settings: Settings, engine: Engine, spec: ModelSpec, published: Any,
                         use_gpu=gpu_available(settings) and kind == "ivf", seed=settings.seed)
     meta_extra = {"trained_size": len(ids) if kind == "ivf" else 0,
                   "nlist": int(getattr(index, "nlist", 0))}
-    return _publish(settings, engine, spec, published, index, np.sort(ids), watermark,
+    return _publish(settings, engine, lease, spec, published, index, np.sort(ids), watermark,
                     meta_extra, added=len(ids), removed=0, rebuilt=True, reason=reason,
                     embedded=embedded, t0=t0)
 
 
-def _incremental(settings: Settings, engine: Engine, spec: ModelSpec, base: Any,
-                 published: Any, index: Any, base_ids: np.ndarray, meta: dict[str, Any],
-                 live: np.ndarray, watermark: Any, embedded: int, t0: float) -> IndexReport:
+def _incremental(settings: Settings, engine: Engine, lease: db.Lease, spec: ModelSpec,
+                 base: Any, published: Any, index: Any, base_ids: np.ndarray,
+                 meta: dict[str, Any], live: np.ndarray, watermark: Any, embedded: int,
+                 t0: float) -> IndexReport:
     gone = np.setdiff1d(base_ids, live, assume_unique=True)
     new = np.setdiff1d(live, base_ids, assume_unique=True)
     changed = np.intersect1d(_changed_ids(engine, spec.id, meta.get("embedded_upto")),
@@ -688,9 +700,9 @@ def _incremental(settings: Settings, engine: Engine, spec: ModelSpec, base: Any,
     changed_added = int(len(changed))
     logger.info("updated index %s: +%d new, %d changed, -%d deleted", base.id,
                 len(add_ids) - changed_added, changed_added, len(gone))
-    return _publish(settings, engine, spec, published, index, ids, watermark, meta_extra,
-                    added=len(add_ids), removed=removed, rebuilt=False, reason=None,
-                    embedded=embedded, t0=t0, parent_id=base.id)
+    return _publish(settings, engine, lease, spec, published, index, ids, watermark,
+                    meta_extra, added=len(add_ids), removed=removed, rebuilt=False,
+                    reason=None, embedded=embedded, t0=t0, parent_id=base.id)
 
 
 def _dimension(spec: ModelSpec, settings: Settings) -> int:
@@ -702,9 +714,10 @@ def _new_id() -> str:
     return f"ix-{db.utcnow():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
-def _publish(settings: Settings, engine: Engine, spec: ModelSpec, published: Any, index: Any,
-             ids: np.ndarray, watermark: Any, meta_extra: dict[str, Any], *, added: int,
-             removed: int, rebuilt: bool, reason: str | None, embedded: int, t0: float,
+def _publish(settings: Settings, engine: Engine, lease: db.Lease, spec: ModelSpec,
+             published: Any, index: Any, ids: np.ndarray, watermark: Any,
+             meta_extra: dict[str, Any], *, added: int, removed: int, rebuilt: bool,
+             reason: str | None, embedded: int, t0: float,
              parent_id: str | None = None) -> IndexReport:
     import faiss
 
@@ -728,18 +741,25 @@ def _publish(settings: Settings, engine: Engine, spec: ModelSpec, published: Any
         "faiss_version": getattr(faiss, "__version__", ""),
         **meta_extra,
     }
+    lease.check()
     path = _write_files(settings, version_id, index, ids, meta)
-    with engine.begin() as conn:
-        conn.execute(
-            update(index_versions).where(index_versions.c.status == "published")
-            .values(status="retired")
-        )
-        conn.execute(insert(index_versions).values(
-            id=version_id, model_version=spec.id, kind=kind, path=str(path),
-            size=int(index.ntotal), status="published", parent_id=meta["parent_id"],
-            details=meta, created_at=now, published_at=db.utcnow(),
-        ))
-    _prune(settings, engine)
+    try:
+        with engine.begin() as conn:
+            lease.verify(conn)  # still ours, and no takeover until this commits
+            conn.execute(
+                update(index_versions).where(index_versions.c.status == "published")
+                .values(status="retired")
+            )
+            conn.execute(insert(index_versions).values(
+                id=version_id, model_version=spec.id, kind=kind, path=str(path),
+                size=int(index.ntotal), status="published", parent_id=meta["parent_id"],
+                details=meta, created_at=now, published_at=db.utcnow(),
+            ))
+    except LeaseLostError:
+        shutil.rmtree(path, ignore_errors=True)  # no row names it
+        raise
+    if lease.renew():  # pruning is the holder's job; a lost lease leaves it to the next
+        _prune(settings, engine)
     logger.info("published index %s (%s, %d vectors)", version_id, kind, index.ntotal)
     return IndexReport(
         id=version_id, model_version=spec.id, kind=kind, size=int(index.ntotal), added=added,
@@ -764,7 +784,7 @@ def _prune(settings: Settings, engine: Engine) -> None:
         shutil.rmtree(row.path, ignore_errors=True)
         logger.info("pruned index version %s", row.id)
     for tmp in _indexes_dir(settings).glob(".tmp-*"):  # left by a crashed publisher
-        if time.time() - tmp.stat().st_mtime > LEASE_TTL_S:
+        if time.time() - tmp.stat().st_mtime > TMP_MAX_AGE_S:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -793,6 +813,7 @@ def rollback_index(settings: Settings) -> dict[str, Any]:
         if target is None:
             raise NotFoundError("no earlier index version to roll back to")
         with engine.begin() as conn:
+            lease.verify(conn)
             if current is not None:
                 conn.execute(update(index_versions).where(index_versions.c.id == current.id)
                              .values(status="rolled_back"))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from litpulse.db import acquire_lease, connect
+from litpulse.db import Lease, acquire_lease, connect
 from litpulse.errors import ConfigError
 from litpulse.settings import Settings
 from retrain import registry
@@ -150,16 +150,19 @@ def retrain(
 
     Raises:
         BudgetError: Training would exceed the options' time or memory budget.
+        LeaseLostError: Another retrain took the ``retrain`` lease over meanwhile; this
+            one stopped before registering or promoting anything.
     """
     started = time.perf_counter()
     options = options or LoraOptions()
     engine = connect(settings)
-    lease = acquire_lease(engine, LEASE, ttl_s=max(3600.0, options.max_seconds * 3))
+    lease = acquire_lease(engine, LEASE)  # heartbeat-renewed; see litpulse.db.Lease
     if lease is None:
         return RetrainReport("skipped", reasons=("another retrain is running",))
     try:
         return _retrain(
-            settings, engine, options, dry_run=dry_run, from_base=from_base, progress=progress,
+            settings, engine, options, lease, dry_run=dry_run, from_base=from_base,
+            progress=progress,
             min_new_articles=min_new_articles, pair_filter=pair_filter, promote_by=promote_by,
             reindex=reindex, mine_kwargs=mine_kwargs or {}, started=started,
         )
@@ -171,6 +174,7 @@ def _retrain(
     settings: Settings,
     engine: Any,
     options: LoraOptions,
+    lease: Lease,
     *,
     dry_run: bool,
     from_base: bool,
@@ -244,6 +248,7 @@ def _retrain(
     options_doc = options.to_dict()
     if init_adapter:
         options_doc["continued_from"] = parent
+    lease.check()  # a retrain whose lease was taken over registers nothing
     version = registry.register(
         settings,
         id=version_id,
@@ -273,6 +278,7 @@ def _retrain(
     paths = write_report(settings, version_id, report_doc, history)
     reasons = list(decision.reasons)
     promotion = None
+    lease.check()
     if decision.passed:
         promotion = registry.promote(
             settings, version_id, by=promote_by, reason="; ".join(decision.reasons),

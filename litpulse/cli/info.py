@@ -29,7 +29,9 @@ def register(sub: Any) -> None:
     p.add_argument("--limit", type=int, default=20, metavar="N", help="entries (default 20)")
     p.set_defaults(func=quarantine)
 
-    p = sub.add_parser("settings", help="every setting: variable, current value and help")
+    p = sub.add_parser(
+        "settings", help="every setting: variable, current value, allowed range and help"
+    )
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(func=settings_cmd)
 
@@ -143,7 +145,10 @@ def settings_cmd(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print_json(rows)
         return 0
-    print_table([(r["env"], r["value"], r["help"]) for r in rows], ["variable", "value", "help"])
+    print_table(
+        [(r["env"], r["value"], r["range"], r["help"]) for r in rows],
+        ["variable", "value", "range", "help"],
+    )
     return 0
 
 
