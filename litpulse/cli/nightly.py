@@ -65,6 +65,7 @@ def _when(text: str) -> dt.datetime:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from litpulse.errors import LeaseLostError
     from litpulse.nightly import NightlyBusyError, run_nightly
 
     source = args.source or ("files" if args.files else "eutils")
@@ -81,7 +82,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             progress=show_progress() and not args.json,
             wait_s=args.wait,
         )
-    except NightlyBusyError as exc:
+    except (NightlyBusyError, LeaseLostError) as exc:
+        # busy, or another run took the lease over: try again later (EX_TEMPFAIL)
         print(f"litpulse: {exc}", file=sys.stderr)
         return EXIT_BUSY
     data = report.to_dict()
