@@ -71,13 +71,14 @@ def ingest_files(
         Exception: Whatever parsing or storing raised; the run is marked ``failed``
             with the error first.
     """
-    from ingest.parse import iter_items, source_ref_for
+    from ingest.parse import ParseLimits, iter_items, source_ref_for
     from litpulse.db import connect
 
     files = [p.resolve() for p in order_files(paths)]
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise NotFoundError(f"no such file: {', '.join(missing)}")
+    limits = ParseLimits.from_settings(settings)
     store = Store(connect(settings))
     run_id = store.start_run("files", target=" ".join(str(p) for p in files))
     committed = [IngestCounts()]  # what earlier batches stored, should a later one fail
@@ -89,7 +90,7 @@ def ingest_files(
     try:
         for path in files:
             # absolute paths: a re-run from another folder is recognised as a replay
-            items: Iterator[Item] = iter_items(path, source_ref=source_ref_for(path))
+            items: Iterator[Item] = iter_items(path, source_ref=source_ref_for(path), limits=limits)
             if progress:
                 items = _with_progress(items, path.name)
             counts = store.apply(

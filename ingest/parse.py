@@ -7,18 +7,28 @@ PMID of a ``DeleteCitation`` block and one :class:`~ingest.records.QuarantineEnt
 element it could not read (its raw XML and the reason). The DTD named in the
 ``DOCTYPE`` line is never loaded and nothing is fetched from the network.
 
-How it stays fast and flat: the decompressed stream is cut at item boundaries
-(``</PubmedArticle>``...) into batches of about :data:`BATCH_BYTES`; a helper thread
-parses each batch as a small document with libxml2 (which runs without the GIL) while
-this thread reads the fields of the previous one with plain child loops. At most a few
-batches are alive at once, so memory does not grow with the file. Documents that are not
-a ``PubmedArticleSet`` go through an incremental pull parser (``XMLPullParser`` with
-``tag=`` filtering, elements cleared and earlier siblings deleted) instead.
+How it stays fast and flat: the decompressed stream is cut at record boundaries at the
+byte level (start tag ``<PubmedArticle>``/``<PubmedBookArticle>``/``<DeleteCitation>``
+to its end tag, found with ``bytes.find``) and the records are parsed in batches of
+about :data:`BATCH_BYTES` as small documents; a helper thread runs libxml2 (without
+the GIL) while this thread reads the fields of the previous batch with plain child
+loops. At most a few batches are alive at once, so memory does not grow with the file.
+Documents that are not a ``PubmedArticleSet`` go through an incremental pull parser
+(``XMLPullParser`` with ``tag=`` filtering, elements cleared as it goes) instead.
 
-A file that breaks midway (a truncated download, XML that is not well-formed) yields
-everything before the break and then one quarantine entry naming the error and its
-line; only a file that cannot be opened at all raises :class:`~litpulse.errors.ParseError`
-(on first iteration).
+Hostile or broken input costs one record, never the file: a batch that is not
+well-formed is parsed again record by record, so a bad byte, a mismatched tag or a
+missing end tag quarantines that record (its raw bytes, the reason and its line) and
+every other one is read. Identifiers are checked: a PMID must be ASCII digits within
+1..2^31-1 and a ``Version`` within 1..999, else the record is quarantined; an odd
+referenced PMID is dropped. :class:`ParseLimits` caps one record's bytes and one text
+field's characters: a longer record is quarantined by its first :data:`MAX_RAW_TAIL`
+bytes and skipped unread; runs of blanks or junk between records are counted, not
+held. Entities are never expanded (a record using one is quarantined, the DOCTYPE's
+internal subset is ignored), no DTD is loaded, nothing is fetched, and libxml2 keeps its
+own depth and size limits. A truncated file yields every whole record and one entry
+for the cut; only a file that cannot be opened at all raises
+:class:`~litpulse.errors.ParseError` (on first iteration).
 
 Field rules worth knowing: inline markup is flattened (``H<sub>2</sub>O`` → ``H2O``; a
 space is put back where italic/bold markup glued two words, see :func:`flatten_text`);
@@ -52,7 +62,7 @@ import re
 import threading
 import zlib
 from collections.abc import Iterable, Iterator
-from typing import IO, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from lxml import etree
 
@@ -69,7 +79,11 @@ from ingest.records import (
 )
 from litpulse.errors import ParseError
 
+if TYPE_CHECKING:
+    from litpulse.settings import Settings
+
 __all__ = [
+    "ParseLimits",
     "flatten_text",
     "iter_items",
     "parse_bytes",
@@ -112,35 +126,87 @@ _MeshHeading = _fast_constructor(MeshHeading)
 _AbstractSection = _fast_constructor(AbstractSection)
 _PartialDate = _fast_constructor(PartialDate)
 
+
 #: Bytes read from the (compressed) input per block.
 READ_BLOCK = 1 << 14
-#: Largest decompressed block handed to the XML parser at once.
+#: Largest decompressed block handed on at once.
 MAX_FEED = 1 << 20
 
 #: Decompressed bytes parsed as one document by the fast path.
 BATCH_BYTES = 1 << 17
 #: Bytes searched for the ``<PubmedArticleSet>`` start tag before using the slow path.
-PROLOG_LIMIT = 1 << 16
+PROLOG_LIMIT = 1 << 20
 
-#: Most bytes of a broken tail kept in its quarantine entry.
+#: Most bytes of a broken, oversize or unexpected element kept in its quarantine entry.
 MAX_RAW_TAIL = 1 << 16
+#: Longest run of bytes between two records kept as it is; a longer run is counted and
+#: dropped (whitespace) or quarantined by its first :data:`MAX_RAW_TAIL` bytes.
+MAX_GAP = 1 << 16
 
+#: Default of ``LITPULSE_MAX_RECORD_BYTES``: well above the largest real PubMed records
+#: (several thousand authors with affiliations, or thousands of references, come to a
+#: few MB), while one parsed record of ordinary markup stays near a hundred MB of tree.
+DEFAULT_MAX_RECORD_BYTES = 16 << 20
+#: Default of ``LITPULSE_MAX_TEXT_CHARS``: real abstracts stay under ~100k characters.
+DEFAULT_MAX_TEXT_CHARS = 1 << 20
+#: Largest PMID accepted: NCBI issues them as positive 32-bit integers.
+MAX_PMID = 2**31 - 1
+#: Largest ``Version`` of a PMID accepted (real ones are single digits).
+MAX_VERSION = 999
+
+_INT32_MAX = 2**31 - 1
 _GZIP_MAGIC = b"\x1f\x8b"
 _LXML_POSITION_RE = re.compile(r",? line \d+, column \d+$")
-_CLOSERS = (b"</PubmedArticle>", b"</PubmedBookArticle>", b"</DeleteCitation>")
+_LINE_IN_MSG_RE = re.compile(r"\bline ([0-9]{1,9})\b")
 _ROOT_OPEN_RE = re.compile(rb"<PubmedArticleSet(?:\s[^>]*)?>")
+_SUFFIX = b"</PubmedArticleSet>"
 _XML_DECL_RE = re.compile(rb"<\?xml[^>]*\?>")
 _INTERNAL_SUBSET_RE = re.compile(rb"<!DOCTYPE[^>\[]*\[")
+_PMID_BYTES_RE = re.compile(rb"<PMID\b[^>]*>\s*([0-9]{1,10})\s*</PMID>")
+#: libxml2 keeps its own limits (nesting depth 256, 10 MB text nodes, entity
+#: amplification) because ``huge_tree`` is off; entities are never expanded, nothing is
+#: fetched and no DTD is loaded.
 _PARSER_OPTIONS: dict[str, Any] = {
-    "huge_tree": True,
+    "huge_tree": False,
     "resolve_entities": False,
     "no_network": True,
     "load_dtd": False,
     "remove_comments": True,
     "remove_pis": True,
 }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ParseLimits:
+    """Caps on what one record may cost; the defaults are those of the settings.
+
+    Attributes:
+        max_record_bytes: Largest record (start tag to end tag) that is parsed, in
+            bytes of XML; a larger one is quarantined with its first
+            :data:`MAX_RAW_TAIL` bytes and the rest is skipped unread.
+        max_text_chars: Longest text field (title, one abstract section, an
+            affiliation...) a record may hold, in characters; a record with a longer
+            one is quarantined.
+    """
+
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
+
+    def __post_init__(self) -> None:
+        for name in ("max_record_bytes", "max_text_chars"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ParseLimits:
+        """The limits configured by ``LITPULSE_MAX_RECORD_BYTES``/``_MAX_TEXT_CHARS``."""
+        return cls(settings.max_record_bytes, settings.max_text_chars)
+
+
+_DEFAULT_LIMITS = ParseLimits()
 _ITEM_TAGS = ("PubmedArticle", "PubmedBookArticle", "DeleteCitation")
-_FILE_SEQ_RE = re.compile(r"pubmed\d{2}n(\d{4,})")
+_FILE_SEQ_RE = re.compile(r"pubmed[0-9]{2}n([0-9]{4,9})(?![0-9])")
 
 _MONTHS: dict[str, int] = {}
 for _i, _name in enumerate(calendar.month_name):
@@ -150,7 +216,7 @@ for _i, _name in enumerate(calendar.month_name):
 _MONTHS["sept"] = 9
 #: Season → the first month it can mean within its year.
 _SEASONS = {"spring": 3, "summer": 6, "fall": 9, "autumn": 9, "winter": 1}
-_TOKEN_RE = re.compile(r"[A-Za-z]+|\d+")
+_TOKEN_RE = re.compile(r"[A-Za-z]+|[0-9]+")
 
 #: Inline formatting elements whose boundaries may stand between two words.
 _WORD_MARKUP = frozenset({"i", "b", "u", "em", "strong", "italic", "bold"})
@@ -178,6 +244,7 @@ def iter_items(
     source: str | os.PathLike[str] | BinaryIO | IO[bytes],
     *,
     source_ref: SourceRef | None = None,
+    limits: ParseLimits | None = None,
 ) -> Iterator[Item]:
     """Stream the items of one PubMed XML document in file order, in constant memory.
 
@@ -186,6 +253,8 @@ def iter_items(
             object positioned at the start of the document.
         source_ref: Where the items come from; default: ``SourceRef("file", path,
             sequence=<N of pubmedYYnNNNN>)`` (for a file object, its ``name``).
+        limits: Size caps of one record and one text field (default:
+            :class:`ParseLimits` defaults, those of the settings).
 
     Yields:
         Record, Deletion and QuarantineEntry items in document order.
@@ -200,7 +269,7 @@ def iter_items(
         except OSError as exc:
             raise ParseError(f"cannot open {os.fspath(source)}: {exc}") from exc
         try:
-            yield from _iter_stream(fh, ref)
+            yield from _iter_stream(fh, ref, limits=limits or _DEFAULT_LIMITS)
         finally:
             fh.close()
     else:
@@ -208,20 +277,24 @@ def iter_items(
         ref = source_ref or (
             source_ref_for(name) if isinstance(name, str) else SourceRef("file", "<stream>")
         )
-        yield from _iter_stream(source, ref)
+        yield from _iter_stream(source, ref, limits=limits or _DEFAULT_LIMITS)
 
 
-def parse_bytes(data: bytes, *, source_ref: SourceRef) -> list[Item]:
+def parse_bytes(
+    data: bytes, *, source_ref: SourceRef, limits: ParseLimits | None = None
+) -> list[Item]:
     """Parse a whole PubMed XML document held in memory (an EFetch body).
 
     Args:
         data: The document bytes (plain or gzip).
         source_ref: Where the bytes came from.
+        limits: Size caps (see :func:`iter_items`).
 
     Returns:
         The items in document order (see :func:`iter_items`).
     """
-    return list(_iter_stream(io.BytesIO(data), source_ref, threaded=False))
+    stream = io.BytesIO(data)
+    return list(_iter_stream(stream, source_ref, threaded=False, limits=limits or _DEFAULT_LIMITS))
 
 
 def flatten_text(elem: Any) -> str:
@@ -261,7 +334,9 @@ def parse_medline_date(raw: str) -> PartialDate:
     """
     raw = " ".join(raw.split())
     tokens = _TOKEN_RE.findall(raw)
-    yi = next((i for i, t in enumerate(tokens) if len(t) == 4 and t.isdigit()), None)
+    yi = next(
+        (i for i, t in enumerate(tokens) if len(t) == 4 and t.isdigit() and t != "0000"), None
+    )
     if yi is None:
         return _PartialDate(raw=raw)
     year = int(tokens[yi])
@@ -289,60 +364,71 @@ def parse_medline_date(raw: str) -> PartialDate:
 # --------------------------------------------------------------------------- streaming
 
 
-def _iter_stream(fh: IO[bytes], ref: SourceRef, *, threaded: bool = True) -> Iterator[Item]:
-    """Fast path: cut the byte stream at item boundaries into batches of about
-    :data:`BATCH_BYTES`, parse each batch as a small document (in a helper thread, where
-    libxml2 runs without the GIL) and read the records in this thread. Anything that is
-    not a ``PubmedArticleSet`` goes through the incremental pull parser instead."""
+def _iter_stream(
+    fh: IO[bytes],
+    ref: SourceRef,
+    *,
+    threaded: bool = True,
+    limits: ParseLimits = _DEFAULT_LIMITS,
+) -> Iterator[Item]:
+    """Fast path: cut the byte stream into records (:func:`_pieces`), parse batches of
+    about :data:`BATCH_BYTES` as small documents (in a helper thread, where libxml2 runs
+    without the GIL; a batch that fails is parsed again record by record) and read the
+    records in this thread. Anything that is not a ``PubmedArticleSet`` goes through the
+    incremental pull parser instead."""
     chunks = _chunks(fh)
-    head = b""
+    head = bytearray()
     read_error: BaseException | None = None
+    m = None
     try:
         for chunk in chunks:
             head += chunk
-            if _ROOT_OPEN_RE.search(head) or len(head) >= PROLOG_LIMIT:
+            m = _ROOT_OPEN_RE.search(head, 0, PROLOG_LIMIT)
+            if m is not None or len(head) >= PROLOG_LIMIT:
                 break
     except (OSError, EOFError, zlib.error) as exc:
         if isinstance(exc, OSError) and not head:
             raise ParseError(f"cannot read {ref.location}: {exc}") from exc
         read_error = exc
-    m = _ROOT_OPEN_RE.search(head, 0, PROLOG_LIMIT)
-    if m is None or read_error is not None or _INTERNAL_SUBSET_RE.search(head, 0, m.start()):
-        # Not a PubmedArticleSet, unreadable at once, or entities declared in the prolog
-        # that the batches would not see: read it all with the incremental parser.
-        yield from _pull_items(_chain_chunks(head, chunks, read_error), ref, 0)
+    if m is None or read_error is not None:
+        # Not a PubmedArticleSet (or its start tag is beyond PROLOG_LIMIT), or unreadable
+        # at once: read it all with the incremental parser.
+        yield from _pull_items(_chain_chunks(bytes(head), chunks, read_error), ref, 0)
         return
-    decl = _XML_DECL_RE.match(head)
-    prefix = (decl.group(0) if decl else b"") + m.group(0)  # the root tag as written
+    if _INTERNAL_SUBSET_RE.search(head, 0, m.start()):
+        logger.warning(
+            "%s: the DOCTYPE's internal subset is ignored; a record using one of its "
+            "entities is quarantined",
+            ref.location,
+        )
+    decl_match = _XML_DECL_RE.match(head)
+    decl = bytes(decl_match.group(0)) if decl_match else b""
+    root = bytes(m.group(0)).replace(b"\n", b" ").replace(b"\r", b" ")  # as written
     line = head.count(b"\n", 0, m.end()) + 1
-    batches: Iterator[tuple[str, Any, int]] = _batches(head[m.end() :], chunks, prefix, line)
+    pieces = _pieces(bytes(head[m.end() :]), chunks, line, limits.max_record_bytes)
+    batches: Iterator[tuple[str, Any, int, bool]] = _batches(pieces, decl, root, ref, limits)
     if threaded:
         batches = _prefetch(batches, depth=2)
+    max_text = limits.max_text_chars
     try:
-        for kind, payload, first_line in batches:
-            offset = first_line - 1
-            if kind == "tree":
-                for elem in payload:
-                    tag = elem.tag
-                    if tag == "PubmedArticle":
-                        yield _record_or_quarantine(elem, ref, False, offset)
-                    elif tag == "PubmedBookArticle":
-                        yield _record_or_quarantine(elem, ref, True, offset)
-                    elif tag == "DeleteCitation":
-                        yield from _deletions(elem, ref, offset)
-            elif kind == "broken":  # re-read incrementally: items before the error, then it
-                yield from _pull_items(iter([prefix + payload]), ref, offset, raw_tail=payload)
-                return
-            elif kind == "unreadable":
-                message, tail = payload
-                yield from _pull_items(
-                    _chain_chunks(prefix + tail, iter(()), None),
-                    ref,
-                    offset,
-                    feed_error=message,
-                    raw_tail=tail,
-                )
-                return
+        for kind, payload, offset, check_text in batches:
+            if kind != "elems":
+                yield payload
+                continue
+            for elem in payload:
+                tag = elem.tag
+                if tag == "PubmedArticle":
+                    item = _record_or_quarantine(elem, ref, False, offset)
+                elif tag == "PubmedBookArticle":
+                    item = _record_or_quarantine(elem, ref, True, offset)
+                elif tag == "DeleteCitation":
+                    yield from _deletions(elem, ref, offset)
+                    continue
+                else:
+                    continue
+                if check_text and type(item) is Record:
+                    item = _cap_text(item, elem, offset, max_text)
+                yield item
     finally:
         close = getattr(batches, "close", None)
         if close is not None:
@@ -359,50 +445,430 @@ def _chain_chunks(
     yield from rest
 
 
-def _batches(
-    pending: bytes, chunks: Iterator[bytes], prefix: bytes, line: int
-) -> Iterator[tuple[str, Any, int]]:
-    """Batches of whole items: ``("tree", root, first_line)``, then at a defect one
-    ``("broken", body, first_line)`` or ``("unreadable", (message, tail), first_line)``."""
-    parser = etree.XMLParser(**_PARSER_OPTIONS)
-    suffix = b"</PubmedArticleSet>"
-    parts = [pending]
-    size = len(pending)
-    message: str | None = None
-    eof = False
-    while not eof:
+# A piece of the stream, as cut by _pieces (kind, data, line of its first byte):
+#   ("item", bytes, line)   one record from its start tag to its end tag (or to the next
+#                           record's start tag, or to the end of the input)
+#   ("gap", bytes, line)    up to MAX_GAP bytes between two records, kept as they are
+#   ("junk", (kept, size), line)  a longer run between two records: only its first
+#                           MAX_RAW_TAIL bytes from the first non-blank one are kept
+#                           (none when it is all whitespace)
+#   ("oversize", (kept, size, how), line)  a record over the size cap: its first bytes
+#   ("end", (tail, size, error, inside), line)  the end of the input: what follows the
+#                           last record (bounded), the read error if any, and whether
+#                           the input ended inside a record
+_Piece = tuple[str, Any, int]
+
+
+def _pieces(first: bytes, chunks: Iterator[bytes], line: int, max_record: int) -> Iterator[_Piece]:
+    """Cut the decompressed stream at record boundaries, in bounded memory.
+
+    Start tags are found with ``bytes.find`` (no regex over the records' bytes); a record
+    is ``<Tag ...>`` to ``</Tag>``, or to the next record's start tag when its end tag is
+    missing. At most ``max_record`` bytes of one record and :data:`MAX_GAP` bytes between
+    two records are ever held: past that, only a bounded prefix is kept while the rest is
+    counted and dropped.
+    """
+    buf = bytearray(first)
+    pos = 0
+    state: dict[str, Any] = {"eof": False, "error": None}
+
+    def read() -> bool:
+        """Append the next block to ``buf``; False at the end of the input."""
+        if state["eof"]:
+            return False
         try:
-            chunk = next(chunks)
-            parts.append(chunk)
-            size += len(chunk)
+            buf.extend(next(chunks))
+            return True
         except StopIteration:
-            eof = True
+            pass
         except (OSError, EOFError, zlib.error) as exc:
-            message = f"unreadable input: {type(exc).__name__}: {exc}"
-            eof = True
-        if size < BATCH_BYTES and not eof:
-            continue
-        buf = b"".join(parts)
-        cut = max(buf.rfind(c) + len(c) if buf.rfind(c) >= 0 else 0 for c in _CLOSERS)
-        if cut:
-            body = buf[:cut]
-            try:
-                root = etree.fromstring(prefix + body + suffix, parser)
-            except etree.XMLSyntaxError:
-                yield ("broken", body, line)
+            state["error"] = f"unreadable input: {type(exc).__name__}: {exc}"
+        state["eof"] = True
+        return False
+
+    while True:
+        # -- between records: look for the next start tag
+        gap_line = line
+        run: _Run | None = None
+        scan = pos
+        while True:
+            start = _next_start(buf, scan, len(buf))
+            if start >= 0 or state["eof"]:
+                break
+            if len(buf) - pos > MAX_GAP:  # a long run: count it, keep a bounded prefix
+                cut = len(buf) - _KEEP
+                if run is None:
+                    run = _Run(gap_line)
+                run.add(buf, pos, cut)
+                pos = cut
+            if pos:
+                del buf[:pos]
+                pos = 0
+            scan = max(0, len(buf) - _KEEP)
+            read()
+        end = start if start >= 0 else len(buf)
+        if run is not None:
+            run.add(buf, pos, end)
+            line = gap_line + run.lines
+        else:
+            line += buf.count(b"\n", pos, end)
+        if start < 0:  # the end of the input
+            if run is not None:
+                tail, size = run.kept, run.size
+                tail_line = run.kept_line
+            else:
+                tail, size, tail_line = bytes(buf[pos:end]), end - pos, gap_line
+            yield ("end", (tail, size, state["error"], False), tail_line)
+            return
+        if run is not None:
+            yield ("junk", (run.kept, run.size), run.kept_line)
+        elif end > pos:
+            yield ("gap", bytes(buf[pos:end]), gap_line)
+        pos = start
+
+        # -- inside a record: look for its end tag (or the next record's start tag)
+        if pos > MAX_GAP:
+            del buf[:pos]
+            pos = 0
+        s = pos
+        closer = _END_TAGS[buf[s + 7]]
+        search = open_from = s + 1
+        ended = "closed"
+        while True:
+            c = buf.find(closer, search)
+            if c >= 0:
+                end = c + len(closer)
+                break
+            end = _next_start(buf, open_from, len(buf))
+            if end >= 0:
+                ended = "next"
+                break
+            if len(buf) - s > max_record:
+                break
+            if state["eof"]:
+                end = len(buf)
+                ended = "eof"
+                break
+            search = max(s + 1, len(buf) - len(closer) + 1)
+            open_from = max(s + 1, len(buf) - _KEEP)
+            if s:
+                del buf[:s]
+                search, open_from, s = search - s, open_from - s, 0
+            read()
+        if end < 0 or end - s > max_record:
+            # -- over the cap: keep the start, drop the rest up to its end
+            kept = bytes(buf[s : min(len(buf) if end < 0 else end, s + MAX_RAW_TAIL)])
+            lines = size = 0
+            how = _HOW_ENDED[ended]
+            while end < 0:
+                cut = max(s, len(buf) - _KEEP)
+                lines += buf.count(b"\n", s, cut)
+                size += cut - s
+                del buf[:cut]
+                s = 0
+                if not read():
+                    end = len(buf)
+                    how = _HOW_ENDED["eof"]
+                    break
+                c = buf.find(closer)
+                o = _next_start(buf, 1, len(buf))
+                if c >= 0 and (o < 0 or c < o):
+                    end = c + len(closer)
+                    how = ""
+                elif o >= 0:
+                    end = o
+                    how = _HOW_ENDED["next"]
+            lines += buf.count(b"\n", s, end)
+            size += end - s
+            yield ("oversize", (kept, size, how), line)
+            line += lines
+            pos = end
+            if how == _HOW_ENDED["eof"]:
+                yield ("end", (b"", 0, state["error"], True), line)
                 return
-            yield ("tree", root, line)
-            line += body.count(b"\n")
-            buf = buf[cut:]
-        parts, size = [buf], len(buf)
-    tail = b"".join(parts)
-    if message is not None:
-        yield ("unreadable", (message, tail), line)
+            continue
+        piece = bytes(buf[s:end])
+        if ended == "eof" and state["error"] is not None:
+            yield ("end", (piece, len(piece), state["error"], True), line)
+            return
+        yield ("item", piece, line)
+        line += piece.count(b"\n")
+        pos = end
+        if ended == "eof":
+            yield ("end", (b"", 0, None, True), line)
+            return
+
+
+_HOW_ENDED = {
+    "closed": "",
+    "next": "without its end tag",
+    "eof": "cut short by the end of the input",
+}
+#: Bytes kept from one read to the next so that a tag cut in two is still found.
+_KEEP = 24
+_START_TAGS = (b"<PubmedArticle", b"<PubmedBookArticle", b"<DeleteCitation")
+#: End tag of a record by the 8th byte of its start tag (``<PubmedA``, ``<PubmedB``...).
+_END_TAGS = {
+    ord("A"): b"</PubmedArticle>",
+    ord("B"): b"</PubmedBookArticle>",
+    ord("C"): b"</DeleteCitation>",
+}
+_AFTER_NAME = frozenset(b" \t\r\n/>")
+
+
+def _next_start(buf: bytes | bytearray, start: int, end: int) -> int:
+    """Index of the first record start tag within ``buf[start:end]``, else -1.
+
+    A tag whose name runs up to ``end`` is not counted yet (more bytes may follow). The
+    next record usually starts within a few bytes, so a short window is tried first.
+    """
+    if end - start > _WINDOW:
+        found = _find_start(buf, start, start + _WINDOW)
+        if found >= 0:
+            return found
+    return _find_start(buf, start, end)
+
+
+def _find_start(buf: bytes | bytearray, start: int, end: int) -> int:
+    best = -1
+    for tag in _START_TAGS:
+        stop = end if best < 0 else best
+        i = buf.find(tag, start, stop)
+        while i >= 0:
+            j = i + len(tag)
+            if j >= end:
+                i = -1
+            elif buf[j] in _AFTER_NAME:
+                break
+            else:
+                i = buf.find(tag, j, stop)
+        if i >= 0:
+            best = i
+    return best
+
+
+_WINDOW = 256
+
+
+class _Run:
+    """A long run of bytes between two records: counted, with a bounded prefix kept."""
+
+    __slots__ = ("first_line", "lines", "size", "kept", "kept_line")
+
+    def __init__(self, first_line: int) -> None:
+        self.first_line = first_line
+        self.lines = 0
+        self.size = 0
+        self.kept = b""
+        self.kept_line = first_line
+
+    def add(self, buf: bytearray, start: int, end: int) -> None:
+        if end <= start:
+            return
+        if len(self.kept) < MAX_RAW_TAIL:
+            data = bytes(buf[start:end])
+            text = data.lstrip() if not self.kept else data
+            if text:
+                if not self.kept:
+                    skipped = len(data) - len(text)
+                    self.kept_line = self.first_line + self.lines + data.count(b"\n", 0, skipped)
+                self.kept += text[: MAX_RAW_TAIL - len(self.kept)]
+        self.lines += buf.count(b"\n", start, end)
+        self.size += end - start
+
+
+def _batches(
+    pieces: Iterator[_Piece], decl: bytes, root: bytes, ref: SourceRef, limits: ParseLimits
+) -> Iterator[tuple[str, Any, int, bool]]:
+    """Parse the pieces in batches: ``("elems", elements, line offset, check_text)`` or
+    ``("entry", QuarantineEntry, 0, False)``, in document order."""
+    parser = etree.XMLParser(**_PARSER_OPTIONS)
+    parts: list[_Piece] = []
+    size = 0
+    for piece in pieces:
+        kind = piece[0]
+        if kind == "item" or kind == "gap":
+            parts.append(piece)
+            size += len(piece[1])
+            if size >= BATCH_BYTES:
+                yield from _parse_batch(parts, size, decl, root, parser, ref, limits)
+                parts, size = [], 0
+            continue
+        if parts:
+            yield from _parse_batch(parts, size, decl, root, parser, ref, limits)
+            parts, size = [], 0
+        entry = _piece_entry(piece, decl, root, parser, ref, limits)
+        if entry is not None:
+            yield ("entry", entry, 0, False)
+    if parts:  # pragma: no cover - the pieces always end with an "end" piece
+        yield from _parse_batch(parts, size, decl, root, parser, ref, limits)
+
+
+def _parse_batch(
+    parts: list[_Piece],
+    size: int,
+    decl: bytes,
+    root: bytes,
+    parser: Any,
+    ref: SourceRef,
+    limits: ParseLimits,
+) -> Iterator[tuple[str, Any, int, bool]]:
+    """One batch as one document; where that fails, each record on its own."""
+    max_text = limits.max_text_chars
+    try:
+        tree = etree.fromstring(b"".join([decl, root, *(p[1] for p in parts), _SUFFIX]), parser)
+    except etree.XMLSyntaxError:
+        pass
+    else:
+        yield ("elems", tree, parts[0][2] - 1, size > max_text)
         return
-    rest = tail.strip()
-    if rest.startswith(suffix) and not rest[len(suffix) :].strip(b" \t\r\n"):
-        return
-    yield ("broken", tail, line)
+    for kind, data, line in parts:
+        if kind == "gap":
+            if data.strip():
+                try:
+                    etree.fromstring(decl + root + data + _SUFFIX, parser)
+                except etree.XMLSyntaxError as exc:
+                    entry = _syntax_entry(data, line, exc, ref, "between records")
+                    yield ("entry", entry, 0, False)
+            continue
+        for sub, sub_line in _split_records(data, line):
+            try:
+                elem = etree.fromstring(decl + sub, parser)
+            except etree.XMLSyntaxError as exc:
+                yield ("entry", _syntax_entry(sub, sub_line, exc, ref), 0, False)
+            else:
+                yield ("elems", (elem,), sub_line - 1, len(sub) > max_text)
+
+
+def _split_records(data: bytes, line: int) -> Iterator[tuple[bytes, int]]:
+    """``data`` cut before every record start tag after its first byte (a record whose
+    end tag is missing runs into the next one)."""
+    start = 0
+    while True:
+        nxt = _next_start(data, start + 1, len(data))
+        if nxt < 0:
+            yield (data[start:] if start else data), line
+            return
+        sub = data[start:nxt]
+        yield sub, line
+        line += sub.count(b"\n")
+        start = nxt
+
+
+def _piece_entry(
+    piece: _Piece, decl: bytes, root: bytes, parser: Any, ref: SourceRef, limits: ParseLimits
+) -> QuarantineEntry | None:
+    """The quarantine entry of a piece that is not a record, if it needs one."""
+    kind, data, line = piece
+    if kind == "junk":
+        kept, size = data
+        if not kept:  # only whitespace
+            return None
+        reason = f"{size} bytes of unexpected content between records"
+        return _entry(reason, kept, size, ref, line)
+    if kind == "oversize":
+        kept, size, how = data
+        reason = (
+            f"record of {size} bytes{', ' + how if how else ''} is over the limit of "
+            f"{limits.max_record_bytes} bytes (LITPULSE_MAX_RECORD_BYTES)"
+        )
+        return _entry(reason, kept, size, ref, line)
+    tail, size, error, inside = data  # "end"
+    if error is not None:
+        where = line + tail.count(b"\n")
+        logger.warning(
+            "%s: %s at line %d; the records before it were kept", ref.location, error, where
+        )
+        return _entry(error, tail, size, ref, where if not inside else line)
+    if inside or tail.strip() == _SUFFIX:
+        return None
+    try:  # what follows the last record must close the document (comments may follow)
+        etree.fromstring(decl + root + tail, parser)
+    except etree.XMLSyntaxError as exc:
+        entry = _syntax_entry(tail, line, exc, ref, "after the last record")
+        logger.warning("%s: %s", ref.location, entry.reason)
+        return entry
+    return None
+
+
+def _syntax_entry(
+    raw: bytes, line: int, exc: etree.XMLSyntaxError, ref: SourceRef, where: str = ""
+) -> QuarantineEntry:
+    at = line - 1 + (exc.lineno or 1)
+    msg = _LXML_POSITION_RE.sub("", exc.msg or "XML syntax error")
+    # libxml2 names lines of the record's own document: make them lines of the file
+    msg = _LINE_IN_MSG_RE.sub(lambda m: f"line {int(m.group(1)) + line - 1}", msg)
+    reason = f"XML syntax error at line {at}{' ' + where if where else ''}: {msg}"
+    return QuarantineEntry(
+        reason=reason,
+        raw_xml=_raw_text(raw),
+        source=ref,
+        pmid=_pmid_in_bytes(raw),
+        line=_line(at),
+    )
+
+
+def _entry(reason: str, kept: bytes, size: int, ref: SourceRef, line: int) -> QuarantineEntry:
+    """A quarantine entry holding at most the first :data:`MAX_RAW_TAIL` bytes."""
+    head = kept[:MAX_RAW_TAIL]
+    raw = _raw_text(head)
+    if size > len(head):
+        raw = f"<!-- first {len(head)} of {size} bytes -->\n{raw}"
+    return QuarantineEntry(
+        reason=reason, raw_xml=raw, source=ref, pmid=_pmid_in_bytes(kept), line=_line(line)
+    )
+
+
+def _raw_text(raw: bytes) -> str:
+    """Raw bytes as storable text: invalid UTF-8 and NUL written as ``\\xNN`` escapes."""
+    text = raw.decode("utf-8", "backslashreplace")
+    return text.replace("\x00", "\\x00") if "\x00" in text else text
+
+
+def _line(line: int | None) -> int | None:
+    """A line number that fits the quarantine table's integer column, else None."""
+    return line if line is not None and 0 < line <= _INT32_MAX else None
+
+
+def _pmid_in_bytes(raw: bytes) -> int | None:
+    """The first valid ``<PMID>`` of a record's raw bytes, if any."""
+    m = _PMID_BYTES_RE.search(raw, 0, MAX_RAW_TAIL)
+    return _id_value(m.group(1).decode("ascii"), MAX_PMID) if m else None
+
+
+def _cap_text(rec: Record, elem: Any, offset: int, max_text: int) -> Item:
+    """The record, or a quarantine entry when one of its text fields is over the cap."""
+    found = _overlong(rec, max_text, "")
+    if found is None:
+        return rec
+    name, length = found
+    raw = etree.tostring(elem, encoding="utf-8", with_tail=False)
+    return _entry(
+        f"text field {name} of {length} characters is over the limit of {max_text} "
+        "characters (LITPULSE_MAX_TEXT_CHARS)",
+        raw[:MAX_RAW_TAIL],
+        len(raw),
+        rec.source,
+        (elem.sourceline or 1) + offset,
+    )
+
+
+def _overlong(value: Any, cap: int, name: str) -> tuple[str, int] | None:
+    """The first string field (dotted name, length) longer than ``cap`` within ``value``."""
+    if isinstance(value, str):
+        return (name, len(value)) if len(value) > cap else None
+    if isinstance(value, tuple):
+        for v in value:
+            found = _overlong(v, cap, name)
+            if found is not None:
+                return found
+        return None
+    if dataclasses.is_dataclass(value) and not isinstance(value, SourceRef | type):
+        for f in dataclasses.fields(value):
+            found = _overlong(getattr(value, f.name), cap, f"{name}.{f.name}" if name else f.name)
+            if found is not None:
+                return found
+    return None
 
 
 def _prefetch(items: Iterator[Any], depth: int) -> Iterator[Any]:
@@ -448,14 +914,13 @@ def _pull_items(
     chunks: Iterator[bytes],
     ref: SourceRef,
     offset: int,
-    *,
-    feed_error: str | None = None,
-    raw_tail: bytes = b"",
 ) -> Iterator[Item]:
-    """Slow, general path: an incremental pull parser over ``chunks``."""
+    """Slow, general path: an incremental pull parser over ``chunks`` (documents whose
+    root is not ``PubmedArticleSet``). It stops at the first syntax error."""
     parser = etree.XMLPullParser(events=("end",), tag=_ITEM_TAGS, **_PARSER_OPTIONS)
     state: dict[str, Any] = {"last": None}
     syntax_error: etree.XMLSyntaxError | None = None
+    feed_error: str | None = None
     try:
         for chunk in chunks:
             try:
@@ -465,18 +930,17 @@ def _pull_items(
                 break
             yield from _drain(parser, ref, state, offset)
         else:
-            if feed_error is None:
-                try:
-                    parser.close()
-                except etree.XMLSyntaxError as exc:
-                    syntax_error = exc
+            try:
+                parser.close()
+            except etree.XMLSyntaxError as exc:
+                syntax_error = exc
     except (OSError, EOFError, zlib.error) as exc:
         if state["last"] is None and isinstance(exc, OSError):
             raise ParseError(f"cannot read {ref.location}: {exc}") from exc
         feed_error = f"unreadable input: {type(exc).__name__}: {exc}"
     yield from _drain(parser, ref, state, offset)
     if syntax_error is not None or feed_error is not None:
-        yield _broken_document(ref, state, syntax_error, feed_error, offset, raw_tail)
+        yield _broken_document(ref, state, syntax_error, feed_error, offset)
 
 
 def _broken_document(
@@ -485,7 +949,6 @@ def _broken_document(
     syntax_error: etree.XMLSyntaxError | None,
     feed_error: str | None,
     offset: int,
-    raw_tail: bytes = b"",
 ) -> QuarantineEntry:
     line: int | None = None
     if syntax_error is not None:
@@ -494,30 +957,35 @@ def _broken_document(
         reason = f"XML syntax error at line {line}: {msg}"
     else:
         reason = feed_error or "unreadable input"
-        if raw_tail:  # the line where the readable data stops
-            line = offset + raw_tail.count(b"\n") + 1
     partial = ""
     last = state["last"]
     parent = last.getparent() if last is not None else None
     if parent is not None and len(parent) and parent[-1] is not last:
         partial = etree.tostring(parent[-1], encoding="unicode", with_tail=False)
-    elif raw_tail:  # nothing complete was read: keep the bytes after the last whole item
-        cut = max(raw_tail.rfind(c) + len(c) if raw_tail.rfind(c) >= 0 else 0 for c in _CLOSERS)
-        partial = raw_tail[cut : cut + MAX_RAW_TAIL].decode("utf-8", "replace").strip()
+        partial = partial[:MAX_RAW_TAIL]
     marker = f"<!-- {ref.location}: {reason} -->"
     logger.warning("%s: %s; items before it were kept", ref.location, reason)
     return QuarantineEntry(
         reason=reason,
         raw_xml=f"{marker}\n{partial}" if partial else marker,
         source=ref,
-        line=line,
+        line=_line(line),
     )
 
 
 def _drain(parser: Any, ref: SourceRef, state: dict[str, Any], offset: int) -> Iterator[Item]:
     for _event, elem in parser.read_events():
         tag = elem.tag
-        if tag == "DeleteCitation":
+        entity = next(elem.iter(etree.Entity), None)
+        if entity is not None:  # declared in the DTD, but never expanded
+            yield QuarantineEntry(
+                reason=f"entity reference {entity.text} in the record (entities are not expanded)",
+                raw_xml=etree.tostring(elem, encoding="unicode", with_tail=False),
+                source=ref,
+                pmid=_pmid_guess(elem),
+                line=_line((elem.sourceline or 1) + offset),
+            )
+        elif tag == "DeleteCitation":
             yield from _deletions(elem, ref, offset)
         else:
             yield _record_or_quarantine(elem, ref, tag == "PubmedBookArticle", offset)
@@ -574,16 +1042,40 @@ def _chunks(fh: IO[bytes]) -> Iterator[bytes]:
 
 def _deletions(elem: Any, ref: SourceRef, offset: int = 0) -> Iterator[Item]:
     for child in elem.iterchildren("PMID"):
-        text = (child.text or "").strip()
-        if text.isdigit():
-            yield Deletion(int(text), ref)
+        pmid = _id_value(child.text, MAX_PMID)
+        if pmid is not None:
+            yield Deletion(pmid, ref)
         else:
             yield QuarantineEntry(
-                reason=f"DeleteCitation with non-integer PMID {text!r}",
+                reason=f"DeleteCitation with {_id_problem(child.text, 'PMID', MAX_PMID)}",
                 raw_xml=etree.tostring(child, encoding="unicode", with_tail=False),
                 source=ref,
-                line=(child.sourceline or 1) + offset,
+                line=_line((child.sourceline or 1) + offset),
             )
+
+
+def _id_value(text: str | None, high: int) -> int | None:
+    """The identifier in ``text`` (ASCII digits, surrounding blanks allowed) if within
+    ``1..high``, else None. ``str.isdigit`` alone would take ``²`` or ``١٢٣``."""
+    if not text:
+        return None
+    if not (text.isdigit() and text.isascii()):
+        text = text.strip()
+        if not (text.isdigit() and text.isascii()):
+            return None
+    if len(text) > 10:
+        return None
+    value = int(text)
+    return value if 1 <= value <= high else None
+
+
+def _id_problem(text: str | None, what: str, high: int) -> str:
+    """What is wrong with an identifier :func:`_id_value` refused, for a reason."""
+    t = (text or "").strip()
+    shown = repr(t if len(t) <= 40 else t[:40] + "...")
+    if t.isdigit() and t.isascii():
+        return f"{what} {shown} out of range 1..{high}"
+    return f"non-integer {what} {shown}"
 
 
 def _record_or_quarantine(elem: Any, ref: SourceRef, is_book: bool, offset: int = 0) -> Item:
@@ -600,7 +1092,7 @@ def _record_or_quarantine(elem: Any, ref: SourceRef, is_book: bool, offset: int 
         raw_xml=etree.tostring(elem, encoding="unicode", with_tail=False),
         source=ref,
         pmid=pmid,
-        line=(elem.sourceline or 1) + offset,
+        line=_line((elem.sourceline or 1) + offset),
     )
 
 
@@ -616,20 +1108,24 @@ def _pmid_guess(elem: Any) -> int | None:
     for p in elem.iter("PMID", "ArticleId"):
         if p.tag == "ArticleId" and p.get("IdType") != "pubmed":
             continue
-        t = (p.text or "").strip()
-        return int(t) if t.isdigit() else None
+        return _id_value(p.text, MAX_PMID)
     return None
 
 
 def _read_pmid(pmid_el: Any, where: str) -> tuple[int, int]:
     if pmid_el is None:
         raise _BadRecord(f"{where} without PMID")
-    text = (pmid_el.text or "").strip()
-    if not text.isdigit():
-        raise _BadRecord(f"{where} with non-integer PMID {text!r}")
+    pmid = _id_value(pmid_el.text, MAX_PMID)
+    if pmid is None:
+        raise _BadRecord(f"{where} with {_id_problem(pmid_el.text, 'PMID', MAX_PMID)}")
     ver = pmid_el.get("Version")
-    version = int(ver) if ver and ver.isdigit() else 1
-    return int(text), version
+    if ver is None:
+        return pmid, 1
+    version = _id_value(ver, MAX_VERSION)
+    if version is None:
+        problem = _id_problem(ver, "Version", MAX_VERSION)
+        raise _BadRecord(f"{where} of PMID {pmid} with {problem}", pmid)
+    return pmid, version
 
 
 def _article(elem: Any, ref: SourceRef) -> Record:
@@ -797,14 +1293,9 @@ def _article(elem: Any, ref: SourceRef) -> Record:
 def _reference_pmids(reference_list: Any, out: list[int]) -> None:
     for aid in reference_list.iter("ArticleId"):
         if aid.get("IdType") == "pubmed":
-            t = aid.text
-            if t:
-                if t.isdigit():
-                    out.append(int(t))
-                else:
-                    t = t.strip()
-                    if t.isdigit():
-                        out.append(int(t))
+            pmid = _id_value(aid.text, MAX_PMID)
+            if pmid is not None:  # an odd reference is dropped, the record kept
+                out.append(pmid)
 
 
 def _book(elem: Any, ref: SourceRef) -> Record:
@@ -1102,16 +1593,25 @@ def _partial_date(
     year_t: str | None, month_t: str | None, day_t: str | None, season_t: str | None
 ) -> PartialDate:
     raw = " ".join(t for t in (year_t, month_t or season_t, day_t) if t)
-    year = int(year_t) if year_t and year_t.isdigit() else None
+    year = _small_int(year_t) or None  # 1..9999, what a date can hold
     month = season = None
     if month_t:
-        month = int(month_t) if month_t.isdigit() else _MONTHS.get(month_t.lower())
-        if month is not None and not 1 <= month <= 12:
+        month = _small_int(month_t)
+        if month is None:
+            month = _MONTHS.get(month_t.lower())
+        elif not 1 <= month <= 12:
             month = None
     elif season_t:
         month, season = _month_or_season(season_t)
-    day = int(day_t) if day_t and day_t.isdigit() and month else None
+    day = _small_int(day_t) if month else None
     return _PartialDate(year, month, _valid_day(year, month, day), raw, season)
+
+
+def _small_int(text: str | None) -> int | None:
+    """The value of one to four ASCII digits, else None."""
+    if text and len(text) <= 4 and text.isdigit() and text.isascii():
+        return int(text)
+    return None
 
 
 #: PubDate elements and DateRevised-style dates repeat a lot within a file.
@@ -1170,7 +1670,7 @@ def _to_date(y: str | None, m: str | None, d: str | None) -> dt.date | None:
             m = m.strip()
             month = int(m) if m.isdigit() else _MONTHS[m.lower()]
         return dt.date(int(y), month, int(d) if d else 1)
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, OverflowError):
         return None
 
 
@@ -1235,9 +1735,9 @@ def _clean_orcid(text: str) -> str | None:
 
 def _append_pmid(cc: Any, out: list[int]) -> None:
     for p in cc.iterchildren("PMID"):
-        t = (p.text or "").strip()
-        if t.isdigit():
-            out.append(int(t))
+        pmid = _id_value(p.text, MAX_PMID)
+        if pmid is not None:
+            out.append(pmid)
 
 
 def _dedup(values: Iterable[int]) -> tuple[int, ...]:

@@ -145,6 +145,24 @@ class Settings:
         max=100_000_000,
     )
 
+    # -- parsing limits ----------------------------------------------------------------------
+    max_record_bytes: int = _opt(
+        16 << 20,
+        "Largest PubMed record (start tag to end tag) the parser reads, in bytes of XML; "
+        "a larger one is quarantined with its first 64 KiB and skipped unread. The default "
+        "is well above the largest real records (a few MB: thousands of authors or references).",
+        min=1 << 16,
+        max=1 << 30,
+    )
+    max_text_chars: int = _opt(
+        1 << 20,
+        "Longest text field (title, abstract section, affiliation...) a stored record may "
+        "hold, in characters; a record with a longer one is quarantined. Real abstracts "
+        "stay under ~100k characters.",
+        min=1 << 10,
+        max=1 << 28,
+    )
+
     # -- data quality ----------------------------------------------------------------------
     max_quarantine_rate: float = _opt(
         0.01,

@@ -498,7 +498,7 @@ def test_missing_end_of_document_is_reported(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("batch", [64, 1 << 20])
-def test_not_well_formed_midway_stops_with_one_entry(
+def test_not_well_formed_record_is_quarantined_and_the_rest_read(
     monkeypatch: pytest.MonkeyPatch, batch: int
 ) -> None:
     monkeypatch.setattr(parse_mod, "BATCH_BYTES", batch)
@@ -506,11 +506,13 @@ def test_not_well_formed_midway_stops_with_one_entry(
     arts[3] = arts[3].replace("<ArticleTitle>", "<ArticleTitle><b>")  # unclosed <b>
     data = _wrap("\n".join(arts))
     items = list(parse_mod._iter_stream(io.BytesIO(data), REF, threaded=True))
-    assert [getattr(i, "pmid", None) for i in items[:-1]] == [1, 2, 3]
-    last = items[-1]
-    assert isinstance(last, QuarantineEntry)
-    assert last.line == _lines_of(data, b'<PMID Version="1">4<')
-    assert "mismatch" in last.reason.lower() or "Opening and ending tag" in last.reason
+    assert [getattr(i, "pmid", None) for i in items] == [1, 2, 3, 4, 5, 6]
+    bad = items[3]
+    assert isinstance(bad, QuarantineEntry)
+    assert bad.line == _lines_of(data, b'<PMID Version="1">4<')
+    assert "mismatch" in bad.reason.lower() or "Opening and ending tag" in bad.reason
+    assert bad.raw_xml == arts[3]
+    assert all(isinstance(i, Record) for i in items[:3] + items[4:])
 
 
 def test_small_batches_give_the_same_items(monkeypatch: pytest.MonkeyPatch) -> None:
