@@ -157,6 +157,36 @@ def test_schedules(dagbag_report: dict) -> None:
     assert dags["litpulse_retrain"]["timetable"] == "CronTriggerTimetable"
 
 
+def test_documented_dags_test_command(
+    airflow_home: Path, emulator: Emulator, tmp_path: Path
+) -> None:
+    """`airflow dags test litpulse_nightly_ingest 2026-11-30T02:00:00+00:00` (the README's
+    debugging command) on the DAG as shipped: it ingests the day 2026-11-29 and exits 0."""
+    day = dt.date(2026, 11, 29)
+    for i in range(3):
+        emulator.add_article(2000 + i, edat=day, title=f"Aspirin and stroke, trial {i}")
+        emulator.set_icite(2000 + i, citation_count=i)
+    settings = emulator.configure(Settings.from_env({}, home=tmp_path / "lp"))
+    env = airflow_env(airflow_home, emulator.env(settings))
+    for cmd in (
+        ["pools", "set", "ncbi", "1", "NCBI E-utilities/iCite calls (rate limit)"],
+        ["dags", "test", "litpulse_nightly_ingest", "2026-11-30T02:00:00+00:00"],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "airflow", *cmd],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    engine = db.connect(settings)
+    with engine.connect() as conn:
+        live = set(conn.execute(select(articles.c.pmid)).scalars())
+    assert live == {2000, 2001, 2002}
+
+
 # ------------------------------------------------------------------------- the chain
 
 DAY = dt.date(2024, 1, 2)  # a Tuesday

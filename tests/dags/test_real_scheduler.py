@@ -311,6 +311,7 @@ def test_local_executor_chain_clear_backfill_catchup(
     # hygiene: the generated admin password is private; the JWT secret is long enough
     assert stack.password_file.stat().st_mode & 0o077 == 0
     assert (stack.home / ".airflow-secrets").stat().st_mode & 0o077 == 0
+    assert len(stack.cli("config", "get-value", "api_auth", "jwt_secret").strip()) >= 64
     assert not re.search("InsecureKeyLengthWarning", stack.log("api-server").read_text())
     clock.lap("whole test", clock.t0)
 
