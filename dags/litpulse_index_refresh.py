@@ -6,12 +6,13 @@ import datetime as dt
 from typing import Any
 
 from airflow.sdk import Metadata, dag, task
-from litpulse_common import (
+
+from litpulse.airflow_support import (
     ARTICLES,
     DEFAULT_ARGS,
     INDEX,
     START_DATE,
-    deadline,
+    RunBudget,
     scalars,
     settings,
 )
@@ -36,10 +37,12 @@ see a half-built index; a rerun is safe.
 
 **On failure.** `ConsistencyError` (index and database disagree) is not retried: run
 `litpulse index check`, then `litpulse index refresh --rebuild` if needed. Out-of-memory or
-a killed worker is retried twice.
+a killed worker is retried twice (2 and 4 min later; the count restarts at every clear).
+Then clear the failed task: `airflow tasks clear litpulse_index_refresh --only-failed --yes`,
+the UI's *Clear* or the REST API `clearTaskInstances`.
 
-**Alerts.** Failures and runs still going 4 h after they were queued go to
-`LITPULSE_ALERT_WEBHOOK_URL` (always logged).
+**Alerts.** Failures, and tasks that start or finish more than 4 h after their run started,
+go to `LITPULSE_ALERT_WEBHOOK_URL` (always logged). A run still going after 8 h times out.
 """
 
 
@@ -49,10 +52,9 @@ a killed worker is retried twice.
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
-    default_args={**DEFAULT_ARGS, "retries": 2},
+    default_args={**DEFAULT_ARGS, "retries": 2, **RunBudget(hours=4).callbacks()},
     tags=["litpulse", "index", "faiss"],
     doc_md=DOC_MD,
-    deadline=deadline(DAG_ID, hours=4),
     dagrun_timeout=dt.timedelta(hours=8),
 )
 def litpulse_index_refresh() -> None:

@@ -5,8 +5,17 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from airflow.sdk import CronDataIntervalTimetable, Metadata, dag, get_current_context, task
-from litpulse_common import ARTICLES, DEFAULT_ARGS, START_DATE, deadline, settings
+from airflow.sdk import CronDataIntervalTimetable, Metadata, Param, dag, get_current_context, task
+
+from litpulse.airflow_support import (
+    ARTICLES,
+    DEFAULT_ARGS,
+    NCBI_POOL,
+    START_DATE,
+    RunBudget,
+    ingest_days,
+    settings,
+)
 
 DAG_ID = "litpulse_nightly_ingest"
 
@@ -21,53 +30,55 @@ store (`ingest.eutils.ingest_window(settings, D, D+1)`, half-open; it re-reads
 iCite citations, checks data quality, then emits the **`litpulse_articles`** asset (with the
 counts as metadata), which triggers `litpulse_index_refresh`.
 
+**Manual runs.** `airflow dags trigger litpulse_nightly_ingest` (no logical date) ingests the
+last full UTC day before the trigger. Pick days with the params (inclusive ISO dates):
+`airflow dags trigger litpulse_nightly_ingest --conf '{"first_day": "2026-11-28",
+"last_day": "2026-11-29"}'`; params win over a logical date's data interval.
+
 **Reruns and backfills are safe.** A window is idempotent: a rerun finds every record
-`unchanged`; checkpoints let a killed run resume. Backfill a range with
-`airflow backfill create --dag-id litpulse_nightly_ingest --from-date 2026-01-01
---to-date 2026-01-08` (runs one at a time: `max_active_runs=1`).
+`unchanged`; checkpoints let a killed run resume. Backfill one day per run, one run at a
+time: `airflow backfill create --dag-id litpulse_nightly_ingest --from-date 2026-01-01
+--to-date 2026-01-08 --max-active-runs 1` (a backfill does **not** obey the DAG's
+`max_active_runs`; without `--max-active-runs 1` it starts up to 10 runs at once).
+
+**A failed run.** Fix the cause, then clear its failed and upstream-failed tasks; they run
+again: `airflow tasks clear litpulse_nightly_ingest --only-failed --yes` (every failed run of
+the DAG; `-s`/`-e` with the logical date limit it to scheduled runs of those days), the UI's
+*Clear*, or the REST API `POST /api/v2/dags/litpulse_nightly_ingest/clearTaskInstances`
+with `{"dag_run_id": RUN, "only_failed": true, "dry_run": false}`. A backfill over failed
+days: add `--reprocess-behavior failed`.
 
 **Retries.** Transient NCBI failures (429, 5xx, timeouts: `TransientSourceError`) are retried
-with exponential backoff (2, 4, 8 min). Non-retryable errors (`InvalidRequestError`,
-`ParseError`, `ConfigError`, `DataQualityError`) fail at once: retrying cannot help.
+3 times, 2, 4 and 8 min after the first, second and third failure (after NCBI's `Retry-After`
+when it sends one); the count restarts at every clear. Non-retryable errors
+(`InvalidRequestError`, `ParseError`, `ConfigError`, `DataQualityError`) fail at once:
+retrying cannot help. A task killed from outside (worker lost) is retried by Airflow itself,
+at most 8 min later.
 
-**Pool.** `ingest_window` runs in the pool **`ncbi`** (1 slot: every E-utilities call of all
-runs goes through one process, which keeps itself under 3 requests/s, 10 with an API key).
-Create it once: `airflow pools set ncbi 1 "NCBI E-utilities (rate limit)"`.
+**Pool.** `ingest_window` and `refresh_citations` run in the pool **`ncbi`** (1 slot: every
+E-utilities and iCite call of all runs goes through one process, which keeps itself under
+3 requests/s, 10 with an API key). Create it once:
+`airflow pools set ncbi 1 "NCBI E-utilities/iCite calls of all litpulse runs (rate limit)"`.
+The API key can live in Airflow's secrets backend as the connection `litpulse_ncbi`
+(password = key, login = e-mail); else `LITPULSE_NCBI_API_KEY` of the worker.
 
 **When `data_quality` fails** (`DataQualityError`): read its log. *Empty weekday*: check
 NCBI's status page and the emulator/mirror URL (`LITPULSE_EUTILS_URL`), then clear the run.
 *Quarantine rate*: `litpulse quarantine` lists the bad records and their reasons.
-*Stale watermark*: the newest entrez date is days old; look for failed earlier runs.
-Thresholds: `LITPULSE_MAX_QUARANTINE_RATE`, `LITPULSE_QUALITY_EXPECT_WEEKDAYS`,
+*Not moving forward*: the run inserted/updated nothing, no earlier window moved the
+watermark up to this one, and the newest entrez date is days old: look for failed earlier
+runs. Thresholds: `LITPULSE_MAX_QUARANTINE_RATE`, `LITPULSE_QUALITY_EXPECT_WEEKDAYS`,
 `LITPULSE_QUALITY_MAX_STALENESS_DAYS`.
 
-**Alerts.** A failed task and a run still going 6 h after it was queued post to
-`LITPULSE_ALERT_WEBHOOK_URL` (always logged).
+**Alerts.** A failed task, and a task that starts or finishes more than 6 h after its run
+started, post to `LITPULSE_ALERT_WEBHOOK_URL` (always logged). A run still going after 12 h
+times out.
 """
 
 
 def _days() -> tuple[dt.datetime, dt.datetime]:
-    """The UTC days this run ingests: ``[first day 00:00, day after the last 00:00)``.
-
-    A run's data interval ``[D 02:00, D+1 02:00)`` covers day ``D`` (complete two hours
-    before the run starts); longer intervals cover every day they start, so consecutive
-    runs ingest consecutive days with neither gap nor overlap (``ingest_window`` adds
-    ``LITPULSE_WINDOW_OVERLAP_DAYS`` itself for late-indexed records).
-    """
-    ctx = get_current_context()
-    start, end = ctx.get("data_interval_start"), ctx.get("data_interval_end")
-    if start is None or end is None:
-        from litpulse.errors import ConfigError
-
-        raise ConfigError("this run has no data interval; trigger it with a logical date")
-    start, end = start.astimezone(dt.UTC), end.astimezone(dt.UTC)
-    first = start.date()
-    last = max(first, (end - dt.timedelta(days=1)).date())
-    midnight = dt.time(tzinfo=dt.UTC)
-    return (
-        dt.datetime.combine(first, midnight),
-        dt.datetime.combine(last + dt.timedelta(days=1), midnight),
-    )
+    """The UTC days this run ingests (params, else data interval, else the last full day)."""
+    return ingest_days(get_current_context())
 
 
 @dag(
@@ -76,22 +87,37 @@ def _days() -> tuple[dt.datetime, dt.datetime]:
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
-    default_args=DEFAULT_ARGS,
+    default_args={**DEFAULT_ARGS, **RunBudget(hours=6).callbacks()},
     tags=["litpulse", "ingest", "pubmed"],
     doc_md=DOC_MD,
-    deadline=deadline(DAG_ID, hours=6),
+    params={
+        "first_day": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="First UTC day (inclusive)",
+            description="Empty: the run's data interval, or the last full UTC day.",
+        ),
+        "last_day": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="Last UTC day (inclusive)",
+            description="Empty: the same as first_day.",
+        ),
+    },
     dagrun_timeout=dt.timedelta(hours=12),
 )
 def litpulse_nightly_ingest() -> None:
-    @task(pool="ncbi", execution_timeout=dt.timedelta(hours=4))
+    @task(pool=NCBI_POOL, execution_timeout=dt.timedelta(hours=4))
     def ingest_window() -> dict[str, int]:
-        """Ingest the run's data interval from E-utilities; the counts go to XCom."""
+        """Ingest the run's days from E-utilities; the counts go to XCom."""
         from ingest.eutils import ingest_window as run
 
         first, after = _days()
         return run(settings(), first, after).to_dict()
 
-    @task(execution_timeout=dt.timedelta(hours=2))
+    @task(pool=NCBI_POOL, execution_timeout=dt.timedelta(hours=2))
     def refresh_citations() -> dict[str, Any]:
         """Refresh iCite citation counts of the articles that need it."""
         from ingest.citations import refresh_citations as run

@@ -6,7 +6,16 @@ import datetime as dt
 from typing import Any
 
 from airflow.sdk import Metadata, Param, dag, get_current_context, task
-from litpulse_common import DEFAULT_ARGS, INDEX, MODEL, START_DATE, deadline, scalars, settings
+
+from litpulse.airflow_support import (
+    DEFAULT_ARGS,
+    INDEX,
+    MODEL,
+    START_DATE,
+    RunBudget,
+    scalars,
+    settings,
+)
 
 DAG_ID = "litpulse_reindex"
 
@@ -27,6 +36,11 @@ clearing one failed shard redoes only what is missing. If the active model chang
 this runs, the shards fail with `ConsistencyError` (not retried): the newer promotion has
 queued its own reindex run.
 
+**On failure.** Clear the failed shards only: `airflow tasks clear litpulse_reindex
+--only-failed --yes` (or the UI / REST `clearTaskInstances`); `publish_index` follows.
+Failures, and tasks that start or finish more than 24 h after their run started, alert to
+`LITPULSE_ALERT_WEBHOOK_URL`; a run times out after 48 h.
+
 **Sizing.** One shard of PubMed (~38M articles) / 16 is ~2.4M texts: about 2 h on one GPU
 with all-MiniLM-L6-v2. Raise `shards` and add GPU workers to go faster.
 """
@@ -38,13 +52,12 @@ with all-MiniLM-L6-v2. Raise `shards` and add GPU workers to go faster.
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
-    default_args={**DEFAULT_ARGS, "retries": 2},
+    default_args={**DEFAULT_ARGS, "retries": 2, **RunBudget(hours=24).callbacks()},
     tags=["litpulse", "index", "embedding"],
     doc_md=DOC_MD,
     params={
         "shards": Param(4, type="integer", minimum=1, maximum=1024, title="PMID shards"),
     },
-    deadline=deadline(DAG_ID, hours=24),
     dagrun_timeout=dt.timedelta(hours=48),
 )
 def litpulse_reindex() -> None:

@@ -5,9 +5,19 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from airflow.sdk import CronTriggerTimetable, Metadata, dag, task
+from airflow.sdk import CronTriggerTimetable, Metadata, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
-from litpulse_common import DEFAULT_ARGS, MODEL, START_DATE, deadline, scalars, settings
+
+from litpulse.airflow_support import (
+    DEFAULT_ARGS,
+    MODEL,
+    START_DATE,
+    RunBudget,
+    catchup_skip_reason,
+    scalars,
+    settings,
+)
+from litpulse.settings import get_settings
 
 DAG_ID = "litpulse_retrain"
 
@@ -15,11 +25,16 @@ DOC_MD = """
 ### litpulse retrain
 
 **Schedule.** Sundays 04:00 UTC (`CronTriggerTimetable`; no data interval: the training
-window is "everything new since the last training").
+window is "everything new since the last training"). No catch-up: with `catchup=False`
+Airflow still creates the latest past Sunday's run when the DAG is unpaused (or the
+scheduler comes back); a scheduled run that starts more than 6 h after its slot skips
+everything (`retrain_due` logs "catch-up of the … slot"). Retrain now by hand:
+`airflow dags trigger litpulse_retrain`.
 
 **What it does.**
-1. `retrain_due` short-circuits (skips the rest, with the reason in its log) when fewer than
-   `LITPULSE_RETRAIN_MIN_NEW_ARTICLES` live articles arrived since the last training.
+1. `retrain_due` short-circuits (skips the rest, with the reason in its log) on a catch-up
+   run, or when fewer than `LITPULSE_RETRAIN_MIN_NEW_ARTICLES` live articles arrived since
+   the last training.
 2. `retrain` mines recency/citation-weighted pairs plus expert feedback, trains a LoRA adapter,
    evaluates it on fresh *and* older held-out sets and promotes it only if it passes the gate
    (`LITPULSE_GATE_FRESH_MARGIN`, `LITPULSE_GATE_OLDER_TOLERANCE`) (`retrain.run.retrain`).
@@ -34,8 +49,11 @@ route this task to a GPU worker: `LITPULSE_TRAIN_QUEUE=gpu` where the DAGs are p
 `airflow celery worker --queues gpu` on the GPU host.
 
 **On failure.** A `BudgetError` (the job would exceed its time/memory budget) is not retried:
-lower the pair count or move it to a bigger worker. Roll back a bad promotion with
-`litpulse models rollback`.
+lower the pair count or move it to a bigger worker. Other failures retry once, 2 min later;
+then clear the task (`airflow tasks clear litpulse_retrain --only-failed --yes`, the UI or
+the REST API). Roll back a bad promotion with `litpulse models rollback`. Failures, and tasks
+that start or finish more than 12 h after their run started, alert to
+`LITPULSE_ALERT_WEBHOOK_URL`; a run times out after 24 h.
 """
 
 
@@ -45,25 +63,30 @@ lower the pair count or move it to a bigger worker. Roll back a bad promotion wi
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
-    default_args={**DEFAULT_ARGS, "retries": 1},
+    default_args={**DEFAULT_ARGS, "retries": 1, **RunBudget(hours=12).callbacks()},
     tags=["litpulse", "retrain", "lora"],
     doc_md=DOC_MD,
-    deadline=deadline(DAG_ID, hours=12),
     dagrun_timeout=dt.timedelta(hours=24),
 )
 def litpulse_retrain() -> None:
     @task.short_circuit(retries=0)
     def retrain_due() -> bool:
-        """Whether enough new articles arrived since the last training (reason logged)."""
+        """Whether this is no catch-up and enough new articles arrived (reason logged)."""
         import logging
 
         from litpulse.nightly import retrain_due as due
 
+        log = logging.getLogger(__name__)
+        dag_run = get_current_context()["dag_run"]
+        catchup = catchup_skip_reason(dag_run.run_type, dag_run.run_after, dag_run.start_date)
+        if catchup is not None:
+            log.info("retrain due: False (%s)", catchup)
+            return False
         decision = due(settings())
-        logging.getLogger(__name__).info("retrain due: %s (%s)", decision.due, decision.reason)
+        log.info("retrain due: %s (%s)", decision.due, decision.reason)
         return decision.due
 
-    @task(execution_timeout=dt.timedelta(hours=10), queue=settings().train_queue)
+    @task(execution_timeout=dt.timedelta(hours=10), queue=get_settings().train_queue)
     def retrain() -> dict[str, Any]:
         """Train, evaluate and (if the gate passes) promote a candidate model version."""
         from litpulse.nightly import defer_reindex

@@ -1,9 +1,10 @@
 """Data-quality checks run after each nightly ingest.
 
 A run can succeed technically and still be wrong: NCBI returned nothing on a weekday,
-a malformed update file sent a large share of records to quarantine, or the windows have
-stopped moving forward. :func:`check_ingest` looks at the counts of one run, its window
-and the store, and raises :class:`~litpulse.errors.DataQualityError` (never retried:
+a malformed update file sent a large share of records to quarantine, or the ingest has
+stopped moving forward (neither the runs nor the dates show new records for days).
+:func:`check_ingest` looks at the counts of one run, its window, the ingest runs and the
+store, and raises :class:`~litpulse.errors.DataQualityError` (never retried:
 repeating the same run gives the same answer) naming every failed check.
 
 Example:
@@ -32,12 +33,15 @@ __all__ = [
     "check_ingest",
     "counts_as_dict",
     "newest_entrez_date",
+    "progress_watermark",
     "stored_in_window",
 ]
 
 logger = logging.getLogger(__name__)
 
 _COUNT_FIELDS = ("inserted", "updated", "unchanged", "deleted", "quarantined", "missing")
+#: Ingest sources whose runs cover a time window (the watermark).
+_WINDOW_SOURCES = ("eutils", "updatefiles")
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,13 @@ class QualityReport:
         newest_entrez_date: Newest entrez date of a live article in the store.
         window_start: Start of the checked window (UTC), when known.
         window_end: End of the checked window (UTC), when known.
+        checks: The checks that ran.
+        progress_watermark: End of the newest succeeded ingest window that inserted or
+            updated records (this run's window when it did), when known.
+        progress: What showed the ingest moving forward (empty when it did not, or when
+            the staleness check did not run): ``"run"`` (this run inserted or updated
+            records), ``"runs"`` (a recent window did) and/or ``"dates"`` (a recent entrez
+            date is in the store).
     """
 
     ok: bool
@@ -63,6 +74,8 @@ class QualityReport:
     window_start: dt.datetime | None = None
     window_end: dt.datetime | None = None
     checks: tuple[str, ...] = field(default=())
+    progress_watermark: dt.datetime | None = None
+    progress: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.quarantine_rate <= 1.0:
@@ -81,6 +94,8 @@ class QualityReport:
             "newest_entrez_date": _iso(self.newest_entrez_date),
             "window_start": _iso(self.window_start),
             "window_end": _iso(self.window_end),
+            "progress_watermark": _iso(self.progress_watermark),
+            "progress": list(self.progress),
         }
 
 
@@ -112,6 +127,27 @@ def newest_entrez_date(engine: Engine) -> dt.date | None:
     if isinstance(newest, dt.datetime):
         newest = newest.date()
     return newest
+
+
+def progress_watermark(engine: Engine) -> dt.datetime | None:
+    """End of the newest succeeded E-utilities/update-file window that inserted or updated
+    records (what the runs did, whatever dates the records carry); ``None`` when none did.
+    """
+    from litpulse.schema import ingest_runs
+
+    r = ingest_runs.c
+    with engine.connect() as conn:
+        value = conn.execute(
+            select(func.max(r.window_end)).where(
+                r.source.in_(_WINDOW_SOURCES),
+                r.status == "succeeded",
+                r.window_end.is_not(None),
+                r.inserted + r.updated > 0,
+            )
+        ).scalar()
+    if isinstance(value, str):  # SQLite without type affinity
+        value = dt.datetime.fromisoformat(value)
+    return _utc(value) if value is not None else None
 
 
 def stored_in_window(engine: Engine, start: dt.datetime, end: dt.datetime) -> int:
@@ -147,8 +183,14 @@ def check_ingest(
       (``LITPULSE_QUALITY_EXPECT_WEEKDAYS``). A rerun of a finished window (its batches
       skipped, or every record unchanged) is not empty.
     * **quarantine rate** — quarantined / parsed above ``LITPULSE_MAX_QUARANTINE_RATE``.
-    * **stale watermark** — the newest entrez date in the store is more than
-      ``LITPULSE_QUALITY_MAX_STALENESS_DAYS`` days older than the window end (0 disables).
+    * **not moving forward** (``stale_watermark``) — judged from what the runs did *and*
+      from dates, with ``N = LITPULSE_QUALITY_MAX_STALENESS_DAYS`` (0 disables). The ingest
+      moves forward when this run inserted or updated records (``"run"``), or a succeeded
+      window that did ends at most ``N`` days before this window's end (``"runs"``, the
+      progress watermark), or the newest entrez date in the store is at most ``N`` days
+      older than the window end (``"dates"``). It fails only when none of them holds, and
+      the message says what each showed: a mirror or a replay whose records carry old
+      entrez dates passes as long as the runs insert records.
 
     Args:
         settings: The settings (thresholds and store).
@@ -181,6 +223,8 @@ def check_ingest(
 
     start = end = None
     newest = None
+    watermark = None
+    progress: list[str] = []
     if window is not None:
         start, end = (_utc(w) for w in window)
         if end <= start:
@@ -206,14 +250,32 @@ def check_ingest(
                 )
         if settings.quality_max_staleness_days:
             checks.append("stale_watermark")
+            days = settings.quality_max_staleness_days
+            limit = end - dt.timedelta(days=days)
             newest = newest_entrez_date(engine)
-            limit = end.date() - dt.timedelta(days=settings.quality_max_staleness_days)
-            if newest is None or newest < limit:
+            watermark = progress_watermark(engine)
+            changed = c["inserted"] + c["updated"]
+            if changed:
+                progress.append("run")
+            if watermark is not None and watermark >= limit:
+                progress.append("runs")
+            if newest is not None and newest >= limit.date():
+                progress.append("dates")
+            if not progress:
                 problems.append(
-                    f"the newest entrez date in the store is {newest or 'missing'}, more than "
-                    f"{settings.quality_max_staleness_days} days before the window end "
-                    f"{end.date()} (LITPULSE_QUALITY_MAX_STALENESS_DAYS): the ingest is not "
-                    "moving forward"
+                    "the ingest is not moving forward: this run inserted or updated no record; "
+                    "the newest window that did "
+                    + (f"ended {watermark.isoformat()}" if watermark else "does not exist")
+                    + f"; the newest entrez date in the store is {newest or 'missing'} — all "
+                    f"more than {days} days before the window end {end.date()} "
+                    "(LITPULSE_QUALITY_MAX_STALENESS_DAYS); look for failed earlier runs"
+                )
+            elif "dates" not in progress:
+                logger.warning(
+                    "the newest entrez date in the store is %s, more than %d days before the "
+                    "window end %s, but the ingest moves forward by what the runs did (%s; "
+                    "progress watermark %s): a mirror or a replay?",
+                    newest or "missing", days, end.date(), "+".join(progress), _iso(watermark),
                 )
 
     report = QualityReport(
@@ -225,6 +287,8 @@ def check_ingest(
         window_start=start,
         window_end=end,
         checks=tuple(checks),
+        progress_watermark=watermark,
+        progress=tuple(progress),
     )
     if problems:
         logger.warning("data-quality check failed: %s", "; ".join(problems))

@@ -94,9 +94,15 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("--runs must be >= 0")
     st = _store(settings).status(runs=args.runs)
     st["database"] = _safe_url(settings.effective_database_url)
+    st["index"] = _index(settings)
     if args.json:
         print_json(st)
         return 0
+    ix = st.pop("index")
+    st["index"] = (
+        f"{ix['version']} (model {ix['model_version']}, {ix['size']} vectors, "
+        f"published {ix['published_at']})" if ix["version"] else None
+    )
     kv([(k, v if v is not None else "-") for k, v in st.items() if k != "last_runs"])
     runs = st["last_runs"]
     if runs:
@@ -112,6 +118,21 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
              "quar", "miss", "target / error"],  # fmt: skip
         )
     return 0
+
+
+def _index(settings: Settings) -> dict[str, Any]:
+    """The published index version (``version`` is ``None`` before the first one)."""
+    from ranking.index import index_status
+
+    ix = index_status(settings)
+    return {
+        "version": ix["published"],
+        "model_version": ix["model_version"],
+        "active_model": ix["active_model"],
+        "size": ix["size"],
+        "published_at": ix["published_at"],
+        "pending_embeddings": ix["pending_embeddings"],
+    }
 
 
 def quarantine(args: argparse.Namespace, settings: Settings) -> int:

@@ -105,3 +105,56 @@ def test_counts_as_dict_accepts_counts_and_mappings() -> None:
 def test_window_must_move_forward(sqlite_settings: Settings) -> None:
     with pytest.raises(ConfigError, match="must be after its start"):
         check_ingest(sqlite_settings, IngestCounts(inserted=1), (TUESDAY[1], TUESDAY[0]))
+
+
+# ------------------------------------------------------------ moving forward: runs and dates
+
+
+def _window_run(settings: Settings, window: tuple[dt.datetime, dt.datetime], **counts: int) -> None:
+    store = Store(db.connect(settings))
+    run = store.start_run("eutils", window_start=window[0], window_end=window[1])
+    store.finish_run(run, IngestCounts(**counts))
+
+
+def test_replay_with_old_entrez_dates_passes_when_the_run_inserted(settings: Settings) -> None:
+    """A mirror or replay: the records carry 2023 entrez dates, the run inserted them."""
+    _store_articles(settings, [dt.date(2023, 6, 1)] * 3)
+    _window_run(settings, TUESDAY, inserted=3)
+    report = check_ingest(settings, IngestCounts(inserted=3), TUESDAY)
+    assert report.ok, report.problems
+    assert report.progress == ("run", "runs")
+    assert report.progress_watermark == TUESDAY[1]
+    assert report.to_dict()["progress"] == ["run", "runs"]
+
+
+def test_rerun_after_a_recent_window_that_inserted_passes(settings: Settings) -> None:
+    """Nothing new this time, old dates, but yesterday's window inserted records."""
+    _store_articles(settings, [dt.date(2023, 6, 1)])
+    monday = (TUESDAY[0] - dt.timedelta(days=1), TUESDAY[0])
+    _window_run(settings, monday, inserted=1)
+    _window_run(settings, TUESDAY, unchanged=1)
+    report = check_ingest(settings, IngestCounts(unchanged=1), TUESDAY)
+    assert report.ok, report.problems
+    assert report.progress == ("runs",)
+    assert report.progress_watermark == TUESDAY[0]
+
+
+def test_not_moving_forward_names_runs_and_dates(settings: Settings) -> None:
+    """Windows keep succeeding but none brought a record for a week, dates are old too."""
+    _store_articles(settings, [dt.date(2023, 12, 20)])
+    old = (dt.datetime(2023, 12, 20, tzinfo=UTC), dt.datetime(2023, 12, 21, tzinfo=UTC))
+    _window_run(settings, old, inserted=1)
+    _window_run(settings, TUESDAY, unchanged=1)
+    with pytest.raises(DataQualityError) as e:
+        check_ingest(settings, IngestCounts(unchanged=1), TUESDAY)
+    text = str(e.value)
+    assert "not moving forward: this run inserted or updated no record" in text
+    assert "the newest window that did ended 2023-12-21T00:00:00+00:00" in text
+    assert "the newest entrez date in the store is 2023-12-20" in text
+    # a window that inserted but failed afterwards is no progress either
+    store = Store(db.connect(settings))
+    run = store.start_run("eutils", window_start=TUESDAY[0], window_end=TUESDAY[1])
+    store.finish_run(run, IngestCounts(inserted=4), status="failed", error="killed")
+    assert not check_ingest(
+        settings, IngestCounts(), TUESDAY, raise_on_failure=False
+    ).ok

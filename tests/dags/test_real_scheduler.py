@@ -1,0 +1,443 @@
+"""The DAGs under a real Airflow 3.3 scheduler, against the loopback NCBI emulator.
+
+LocalExecutor (SQLite): unpausing runs the latest data interval and the asset triggers
+``litpulse_index_refresh``; a plain ``airflow dags trigger`` ingests the last full UTC day;
+a task failed on purpose (a non-retryable E-utilities error) is cleared with ``airflow tasks
+clear`` and, on another run, with the REST API ``clearTaskInstances``, and succeeds; two
+days are backfilled one run at a time (``--max-active-runs 1``), the first failing on
+purpose, then reprocessed by the documented ``--reprocess-behavior failed``; unpausing the
+weekly retrain does not retrain last Sunday; the store and the published index hold every
+day; the NCBI key came from the Airflow connection ``litpulse_ncbi``.
+
+CeleryExecutor (Redis broker and result backend on 127.0.0.1:6379, database 13, a queue of
+this test alone): the same chain through one ``airflow celery worker``, then a reindex
+whose mapped shards run on several of the worker's slots.
+
+Timings of each step are printed (``pytest -s``) and kept in ``HOME/timings.json``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from litpulse import db
+from litpulse.schema import articles, ingest_runs
+from litpulse.settings import Settings
+from tests.dags.airflow_stack import AirflowStack, StackError, wait_for
+from tests.emulator import Emulator
+
+pytestmark = [pytest.mark.airflow_integration, pytest.mark.timeout(600)]
+
+NIGHTLY, REFRESH, RETRAIN, REINDEX = (
+    "litpulse_nightly_ingest",
+    "litpulse_index_refresh",
+    "litpulse_retrain",
+    "litpulse_reindex",
+)
+API_KEY = "test-key-from-the-airflow-connection"
+#: An E-utilities answer litpulse classifies as InvalidRequestError (not retryable).
+INVALID = "Invalid db name specified: pubmedx"
+REDIS_DB = 13
+
+
+def _today() -> dt.date:
+    return dt.datetime.now(dt.UTC).date()
+
+
+def _latest_interval_day(now: dt.datetime) -> dt.date:
+    """Day ``D`` of the latest complete ``0 2 * * *`` interval ``[D 02:00, D+1 02:00)``."""
+    boundary = now.replace(hour=2, minute=0, second=0, microsecond=0)
+    if boundary > now:
+        boundary -= dt.timedelta(days=1)
+    return boundary.date() - dt.timedelta(days=1)
+
+
+class Corpus:
+    """Articles served by the emulator, by day, with distinct PMIDs."""
+
+    def __init__(self, emu: Emulator) -> None:
+        self.emu = emu
+        self.by_day: dict[dt.date, set[int]] = {}
+        self.next_pmid = 7000
+
+    def add(self, day: dt.date, n: int) -> set[int]:
+        pmids = set(range(self.next_pmid, self.next_pmid + n))
+        self.next_pmid += n
+        for pmid in sorted(pmids):
+            self.emu.add_article(
+                pmid,
+                edat=day,
+                title=f"Statin therapy and memory, cohort {pmid}",
+                abstract=f"We followed {pmid % 97 + 20} adults on statins for cognitive decline.",
+            )
+            self.emu.set_icite(pmid, citation_count=pmid % 13, relative_citation_ratio=1.0)
+        self.by_day.setdefault(day, set()).update(pmids)
+        return pmids
+
+
+def _settings(emu: Emulator, tmp: Path) -> tuple[Settings, dict[str, str]]:
+    settings = emu.configure(
+        Settings.from_env({}, home=tmp / "litpulse"),
+        # due at once: only the catch-up guard may keep the retrain from training
+        retrain_min_new_articles=1,
+    )
+    return settings, emu.env(settings)
+
+
+def _live(settings: Settings) -> set[int]:
+    with db.connect(settings).connect() as conn:
+        return set(
+            conn.execute(select(articles.c.pmid).where(articles.c.is_deleted.is_(False))).scalars()
+        )
+
+
+def _status(settings: Settings, env: dict[str, str]) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "litpulse", "status", "--json"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(json.loads(proc.stdout))
+
+
+def _interval(run: dict[str, Any]) -> tuple[dt.datetime, dt.datetime]:
+    """``(start_date, end_date)`` of a run or task instance."""
+    start, end = run["start_date"], run["end_date"]
+    return dt.datetime.fromisoformat(start), dt.datetime.fromisoformat(end)
+
+
+def _states(tis: dict[str, dict[str, Any]]) -> dict[str, str | None]:
+    return {k: v["state"] for k, v in tis.items()}
+
+
+class Clock:
+    """Named durations, printed and written to ``timings.json``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.marks: dict[str, float] = {}
+        self.t0 = time.monotonic()
+
+    def lap(self, name: str, since: float) -> float:
+        seconds = round(time.monotonic() - since, 1)
+        self.marks[name] = seconds
+        self.path.write_text(json.dumps(self.marks, indent=2))
+        print(f"[timing] {name}: {seconds} s", flush=True)
+        return seconds
+
+
+@pytest.fixture
+def stack_factory(tmp_path: Path) -> Iterator[Any]:
+    """Start :class:`AirflowStack` deployments; every one is stopped at teardown."""
+    stacks: list[AirflowStack] = []
+
+    def make(**kwargs: Any) -> AirflowStack:
+        stack = AirflowStack(home=tmp_path / f"airflow{len(stacks)}", **kwargs)
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.stop()
+        leftover = [n for n, p in stack.procs.items() if p.poll() is None]
+        assert not leftover, f"still running: {leftover}"
+
+
+def _wait_refresh_after(stack: AirflowStack, after: str, timeout: float) -> dict[str, Any]:
+    """The index refresh run queued after ``after`` (ISO time), once every run finished."""
+
+    def newest() -> dict[str, Any] | None:
+        stack.check_alive()
+        runs = stack.runs(REFRESH)
+        later = [r for r in runs if r["queued_at"] and r["queued_at"] > after]
+        if later and all(r["state"] in ("success", "failed") for r in runs):
+            return later[-1]
+        return None
+
+    try:
+        return wait_for(f"an index refresh after {after}", newest, timeout)
+    except StackError as exc:
+        raise StackError(f"{exc}\n{stack.tail()}") from None
+
+
+def test_local_executor_chain_clear_backfill_catchup(
+    stack_factory: Any, emulator: Emulator, tmp_path: Path
+) -> None:
+    corpus = Corpus(emulator)
+    now = dt.datetime.now(dt.UTC)
+    today = now.date()
+    latest = _latest_interval_day(now)
+    manual = today - dt.timedelta(days=1)  # the last full UTC day
+    rest_day = today - dt.timedelta(days=6)
+    backfill = [today - dt.timedelta(days=12), today - dt.timedelta(days=11)]
+    corpus.add(latest, 5)
+    corpus.add(rest_day, 3)
+    for day in backfill:
+        corpus.add(day, 3)
+    settings, env = _settings(emulator, tmp_path)
+    stack = stack_factory(executor="LocalExecutor", extra_env=env)
+    clock = Clock(tmp_path / "timings.json")
+
+    t = time.monotonic()
+    stack.start()
+    stack.cli("connections", "add", "litpulse_ncbi", "--conn-type", "generic",
+              "--conn-login", "ops@example.org", "--conn-password", API_KEY)
+    clock.lap("start (migrate, pool, api-server, dag-processor, scheduler)", t)
+
+    # -- 1. unpausing runs the latest interval; its asset triggers the index refresh
+    t = time.monotonic()
+    stack.unpause(REFRESH)
+    stack.unpause(NIGHTLY)
+    first = stack.wait_run(NIGHTLY, _first_run(stack, NIGHTLY), timeout=240)
+    assert first["state"] == "success", (stack.tasks(NIGHTLY, first["dag_run_id"]), stack.tail())
+    assert first["run_type"] == "scheduled"
+    assert first["data_interval_start"].startswith(latest.isoformat())
+    clock.lap("trigger -> ingest run success", t)
+    refresh = _wait_refresh_after(stack, first["queued_at"], timeout=240)
+    assert refresh["state"] == "success", stack.tasks(REFRESH, refresh["dag_run_id"])
+    assert refresh["run_type"] == "asset_triggered"
+    clock.lap("trigger -> index refresh success", t)
+    assert _live(settings) == corpus.by_day[latest]
+    # the NCBI key came from the Airflow connection, not from LITPULSE_*
+    assert "LITPULSE_NCBI_API_KEY" not in env
+    assert any(r.params.get("api_key") == API_KEY for r in emulator.requests("esearch"))
+
+    # -- 2. a backfill of two days, one run at a time; the first day fails on purpose
+    emulator.faults.add("error200", path="esearch", times=1, message=INVALID)
+    t = time.monotonic()
+    days = ("--from-date", backfill[0].isoformat(),
+            "--to-date", (backfill[-1] + dt.timedelta(days=1)).isoformat())
+    stack.cli("backfill", "create", "--dag-id", NIGHTLY, *days, "--max-active-runs", "1")
+    runs = _wait_backfill(stack, n=2, timeout=300)
+    clock.lap("backfill of 2 days (the first fails)", t)
+    assert [r["data_interval_start"][:10] for r in runs] == [d.isoformat() for d in backfill]
+    assert [r["state"] for r in runs] == ["failed", "success"], stack.tail()
+
+    # -- 3. a plain trigger fails on purpose; `airflow tasks clear` reruns it
+    fresh = corpus.add(manual, 3)
+    emulator.faults.add("error200", path="esearch", times=1, message=INVALID)
+    stack.cli("dags", "trigger", NIGHTLY, "--run-id", "manual_plain")
+    failed = stack.wait_run(NIGHTLY, "manual_plain", timeout=180)
+    tis = stack.tasks(NIGHTLY, "manual_plain")
+    assert failed["state"] == "failed" and failed["logical_date"] is None
+    assert tis["ingest_window"]["state"] == "failed"
+    assert tis["ingest_window"]["try_number"] == 1  # not retried: InvalidRequestError
+    assert tis["publish_articles"]["state"] == "upstream_failed"
+    t = time.monotonic()
+    out = stack.cli("tasks", "clear", NIGHTLY, "--only-failed", "--yes")
+    assert "Traceback" not in out
+    cleared = stack.wait_run(NIGHTLY, "manual_plain", timeout=180)
+    assert cleared["state"] == "success", (_states(stack.tasks(NIGHTLY, "manual_plain")),
+                                           stack.tail())
+    clock.lap("CLI clear -> success", t)
+    assert fresh <= _live(settings)  # the last full UTC day
+
+    # -- 4. another failure, cleared with the REST API clearTaskInstances
+    emulator.faults.add("error200", path="esearch", times=1, message=INVALID)
+    resp = stack.request(
+        "POST", f"/dags/{NIGHTLY}/dagRuns",
+        json={"dag_run_id": "manual_rest", "logical_date": None,
+              "conf": {"first_day": rest_day.isoformat()}},
+    )
+    assert resp.status_code == 200, resp.text
+    assert stack.wait_run(NIGHTLY, "manual_rest", timeout=180)["state"] == "failed"
+    t = time.monotonic()
+    resp = stack.request(
+        "POST", f"/dags/{NIGHTLY}/clearTaskInstances",
+        json={"dag_run_id": "manual_rest", "only_failed": True, "dry_run": False},
+    )
+    assert resp.status_code == 200, resp.text
+    assert {ti["task_id"] for ti in resp.json()["task_instances"]} >= {"ingest_window"}
+    assert stack.wait_run(NIGHTLY, "manual_rest", timeout=180)["state"] == "success"
+    clock.lap("REST clear -> success", t)
+    assert corpus.by_day[rest_day] <= _live(settings)
+
+    # -- 5. the documented backfill over failed days reprocesses the failed one
+    wait_for("the first backfill to complete",
+             lambda: all(b["completed_at"] for b in stack.get("/backfills", dag_id=NIGHTLY)
+                         ["backfills"]), 90)
+    t = time.monotonic()
+    stack.cli("backfill", "create", "--dag-id", NIGHTLY, *days, "--max-active-runs", "1",
+              "--reprocess-behavior", "failed")
+    runs = _wait_backfill(stack, n=2, timeout=300)
+    clock.lap("backfill --reprocess-behavior failed -> success", t)
+    assert [r["state"] for r in runs] == ["success", "success"], stack.tail()
+    (s0, e0), (s1, e1) = (_interval(r) for r in runs)
+    assert e1 <= s0 or e0 <= s1, f"backfill runs overlapped: {runs}"
+    for day in backfill:
+        assert corpus.by_day[day] <= _live(settings)
+
+    # -- 6. unpausing the weekly retrain does not retrain last Sunday's slot
+    stack.unpause(RETRAIN)
+    catchup = _first_run(stack, RETRAIN, timeout=60)
+    done = stack.wait_run(RETRAIN, catchup, timeout=120)
+    tis = _states(stack.tasks(RETRAIN, catchup))
+    assert tis == {"retrain_due": "success", "retrain": "skipped", "publish_model": "skipped"}, (
+        tis, done)
+    assert done["run_type"] == "scheduled"
+
+    # -- 7. the store and the published index hold every ingested day
+    last_ingest = max(r["end_date"] for r in stack.runs(NIGHTLY))
+    final = _wait_refresh_after(stack, last_ingest, timeout=300)
+    assert final["state"] == "success"
+    live = _live(settings)
+    expected = set().union(*corpus.by_day.values())
+    assert live == expected
+    status = _status(settings, env)
+    assert status["articles"] == len(expected)
+    assert status["index"]["size"] == len(expected)
+    assert status["index"]["version"]
+    with db.connect(settings).connect() as conn:
+        statuses = conn.execute(
+            select(ingest_runs.c.status).where(ingest_runs.c.source == "eutils")
+        ).scalars().all()
+    assert statuses.count("succeeded") >= 5
+    # hygiene: the generated admin password is private; the JWT secret is long enough
+    assert stack.password_file.stat().st_mode & 0o077 == 0
+    assert (stack.home / ".airflow-secrets").stat().st_mode & 0o077 == 0
+    assert len(stack.cli("config", "get-value", "api_auth", "jwt_secret").strip()) >= 64
+    assert not re.search("InsecureKeyLengthWarning", stack.log("api-server").read_text())
+    clock.lap("whole test", clock.t0)
+
+
+def _first_run(stack: AirflowStack, dag_id: str, timeout: float = 120) -> str:
+    """The id of the first run of ``dag_id``, once there is one."""
+
+    def probe() -> str | None:
+        stack.check_alive()
+        runs = stack.runs(dag_id)
+        return runs[0]["dag_run_id"] if runs else None
+
+    return wait_for(f"a first run of {dag_id}", probe, timeout)
+
+
+def _wait_backfill(stack: AirflowStack, n: int, timeout: float) -> list[dict[str, Any]]:
+    """The ``n`` backfill runs once all finished; fails as soon as two run at once."""
+
+    def probe() -> list[dict[str, Any]] | None:
+        stack.check_alive()
+        runs = [r for r in stack.runs(NIGHTLY) if r["run_type"] == "backfill"]
+        running = [r for r in runs if r["state"] == "running"]
+        assert len(running) <= 1, f"backfill runs in parallel: {running}"
+        if len(runs) >= n and all(r["state"] in ("success", "failed") for r in runs):
+            return sorted(runs, key=lambda r: r["data_interval_start"])
+        return None
+
+    try:
+        return wait_for("the backfill runs", probe, timeout)
+    except StackError as exc:
+        raise StackError(f"{exc}\n{stack.tail()}") from None
+
+
+# ----------------------------------------------------------------------------- Celery
+
+
+@pytest.fixture
+def celery_queue() -> Iterator[tuple[str, str]]:
+    """``(broker URL, queue)``: Redis database 13 on 127.0.0.1:6379 and a queue of this test
+    alone, so parallel test sessions never take each other's tasks; its keys are deleted
+    at the end (task results expire after 10 min). Skipped locally without Redis; CI
+    (``CI=true``) starts it and fails here."""
+    import redis
+
+    url = f"redis://127.0.0.1:6379/{REDIS_DB}"
+    client = redis.Redis.from_url(url, socket_timeout=2)
+    try:
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no server"
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"Redis unavailable: {exc}")
+    queue = f"litpulse-test-{uuid.uuid4().hex[:8]}"
+    yield url, queue
+    keys = list(client.scan_iter(match=f"*{queue}*"))
+    if keys:
+        client.delete(*keys)
+
+
+def test_celery_executor_chain_and_mapped_shards(
+    celery_queue: tuple[str, str], stack_factory: Any, emulator: Emulator, tmp_path: Path
+) -> None:
+    pytest.importorskip("airflow.providers.celery")
+    corpus = Corpus(emulator)
+    now = dt.datetime.now(dt.UTC)
+    latest = _latest_interval_day(now)
+    corpus.add(latest, 8)
+    settings, env = _settings(emulator, tmp_path)
+    redis_url, queue = celery_queue
+    env = {
+        **env,
+        "LITPULSE_TRAIN_QUEUE": queue,
+        "AIRFLOW__OPERATORS__DEFAULT_QUEUE": queue,
+        "AIRFLOW__CELERY__BROKER_URL": redis_url,
+        "AIRFLOW__CELERY__RESULT_BACKEND": redis_url,
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": "4",
+        "AIRFLOW__CELERY__EXTRA_CELERY_CONFIG": '{"result_expires": 600}',
+    }
+    stack = stack_factory(executor="CeleryExecutor", extra_env=env)
+    clock = Clock(tmp_path / "timings.json")
+    t = time.monotonic()
+    stack.start(worker_args=("--queues", queue, "--concurrency", "4",
+                             "--celery-hostname", f"{queue}@%h"))
+    clock.lap("start with a celery worker", t)
+
+    t = time.monotonic()
+    stack.unpause(REFRESH)
+    stack.unpause(NIGHTLY)
+    first = stack.wait_run(NIGHTLY, _first_run(stack, NIGHTLY), timeout=240)
+    assert first["state"] == "success", (stack.tasks(NIGHTLY, first["dag_run_id"]), stack.tail())
+    clock.lap("celery: trigger -> ingest run success", t)
+    refresh = _wait_refresh_after(stack, first["queued_at"], timeout=240)
+    assert refresh["state"] == "success"
+    clock.lap("celery: trigger -> index refresh success", t)
+    assert _live(settings) == corpus.by_day[latest]
+
+    t = time.monotonic()
+    stack.unpause(REINDEX)
+    resp = stack.request("POST", f"/dags/{REINDEX}/dagRuns",
+                         json={"dag_run_id": "shards", "logical_date": None,
+                               "conf": {"shards": 4}})
+    assert resp.status_code == 200, resp.text
+    run = stack.wait_run(REINDEX, "shards", timeout=300)
+    tis = stack.tasks(REINDEX, "shards")
+    assert run["state"] == "success", (_states(tis), stack.tail())
+    clock.lap("celery: reindex with 4 mapped shards", t)
+    shards = {k: v for k, v in tis.items() if k.startswith("embed_shard[")}
+    assert set(shards) == {f"embed_shard[{i}]" for i in range(4)}
+    # every task went through the Celery queue of this test and its one worker
+    for name, ti in tis.items():
+        assert ti["queue"] == queue, name
+        assert ti["executor"] in (None, "CeleryExecutor"), (name, ti["executor"])
+        assert ti["hostname"] and ti["pid"], name
+    # ... and the worker executed each shard (its log names the task instance)
+    worker_log = stack.log("worker").read_text(errors="replace")
+    for i in range(4):
+        assert re.search(
+            rf"Executing workload in Celery: .*task_id='embed_shard'.*map_index={i}\b", worker_log
+        ), f"shard {i} not in the worker log"
+    # one worker, 4 slots: shards ran side by side, each in its own task process
+    spans = sorted(_interval(s) for s in shards.values())
+    overlap = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
+    print(f"[celery] shard pids {[s['pid'] for s in shards.values()]}, hosts "
+          f"{sorted({s['hostname'] for s in shards.values()})}, executor "
+          f"{sorted({str(s['executor']) for s in shards.values()})}, at most {overlap} shards "
+          "at once", flush=True)
+    assert len({s["pid"] for s in shards.values()}) == 4
+    assert overlap >= 2, f"the shards ran one after the other: {spans}"
+    clock.lap("celery: whole test", clock.t0)
