@@ -178,8 +178,10 @@ class Settings:
     )
     quality_max_staleness_days: int = _opt(
         3,
-        "The nightly data-quality check fails when the newest entrez date in the store is "
-        "more than this many days older than the end of the ingested window; 0 disables.",
+        "The nightly data-quality check fails ('not moving forward') when the run inserted "
+        "or updated nothing, no succeeded window that did ends within this many days of "
+        "the window end, and the newest entrez date in the store is older than that too; "
+        "0 disables.",
         min=0,
         max=3650,
     )
