@@ -513,7 +513,8 @@ def ingest_window(
             items, missing = fetch_reconciled(
                 client, batch, location=f"efetch run {run_id} {key}"
             )
-            batch_counts = store.apply(items, run_id=run_id) + IngestCounts(missing=len(missing))
+            stored = store.apply(items, run_id=run_id, batch_size=settings.store_batch)
+            batch_counts = stored + IngestCounts(missing=len(missing))
             store.set_checkpoint(
                 SCOPE,
                 key,

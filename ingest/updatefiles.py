@@ -259,7 +259,9 @@ def apply_updates(
             from ingest.parse import iter_items
 
             ref = SourceRef(f.kind, f.name, sequence=f.number)  # type: ignore[arg-type]
-            file_counts = store.apply(iter_items(dest, source_ref=ref), run_id=run_id)
+            file_counts = store.apply(
+                iter_items(dest, source_ref=ref), run_id=run_id, batch_size=settings.store_batch
+            )
             with engine.begin() as conn:
                 db.upsert(
                     conn,
