@@ -48,6 +48,7 @@ from typing import Any
 from lxml import etree
 
 from ingest.http import HttpClient, eutils_client
+from ingest.parse import ParseLimits, parse_bytes
 from ingest.records import Deletion, Item, QuarantineEntry, Record, SourceRef
 from ingest.store import IngestCounts, Store
 from litpulse import db
@@ -327,10 +328,17 @@ def _check_efetch_body(body: bytes, where: str) -> None:
         raise TransientSourceError(f"{where}: unexpected document <{root.tag}>")
 
 
-def efetch(client: HttpClient, pmids: Sequence[int], *, location: str) -> list[Item]:
-    """Fetch and parse the records of ``pmids`` with one EFetch POST (retried as needed)."""
-    from ingest.parse import parse_bytes
+def efetch(
+    client: HttpClient,
+    pmids: Sequence[int],
+    *,
+    location: str,
+    limits: ParseLimits | None = None,
+) -> list[Item]:
+    """Fetch and parse the records of ``pmids`` with one EFetch POST (retried as needed).
 
+    ``limits`` caps one record's bytes and one text field (default: the settings' defaults).
+    """
     where = f"efetch {len(pmids)} ids ({location})"
     data = {"db": "pubmed", "id": ",".join(str(p) for p in pmids), "retmode": "xml"}
 
@@ -338,7 +346,7 @@ def efetch(client: HttpClient, pmids: Sequence[int], *, location: str) -> list[I
         body = response.content
         _check_efetch_body(body, where)
         ref = SourceRef("eutils", location, fetched_at=dt.datetime.now(dt.UTC))
-        return parse_bytes(body, source_ref=ref)
+        return parse_bytes(body, source_ref=ref, limits=limits)
 
     items: list[Item] = client.post("efetch.fcgi", data=data, parse=parse)
     return items
@@ -355,18 +363,22 @@ def _pmids_of(items: Iterable[Item]) -> set[int]:
 
 
 def fetch_reconciled(
-    client: HttpClient, pmids: Sequence[int], *, location: str
+    client: HttpClient,
+    pmids: Sequence[int],
+    *,
+    location: str,
+    limits: ParseLimits | None = None,
 ) -> tuple[list[Item], list[int]]:
     """EFetch ``pmids``; ask again for any the answer left out.
 
     Returns:
         The items, and the PMIDs still absent after the second request.
     """
-    items = efetch(client, pmids, location=location)
+    items = efetch(client, pmids, location=location, limits=limits)
     missing = sorted(set(pmids) - _pmids_of(items))
     if missing:
         logger.info("%s: %d PMIDs absent from EFetch, asking again", location, len(missing))
-        items += efetch(client, missing, location=location)
+        items += efetch(client, missing, location=location, limits=limits)
         missing = sorted(set(missing) - _pmids_of(items))
     return items, missing
 
@@ -457,6 +469,7 @@ def ingest_window(
         window_end=until_dt,
     )
     client = eutils_client(settings)
+    limits = ParseLimits.from_settings(settings)
     counts = IngestCounts()
     details: dict[str, Any] = {"window": f"{start}..{end}", "query": query, "term": term}
     try:
@@ -511,9 +524,10 @@ def ingest_window(
                 missing_all += [int(p) for p in done["value"].get("missing", [])]
                 continue
             items, missing = fetch_reconciled(
-                client, batch, location=f"efetch run {run_id} {key}"
+                client, batch, location=f"efetch run {run_id} {key}", limits=limits
             )
-            batch_counts = store.apply(items, run_id=run_id) + IngestCounts(missing=len(missing))
+            stored = store.apply(items, run_id=run_id, batch_size=settings.store_batch)
+            batch_counts = stored + IngestCounts(missing=len(missing))
             store.set_checkpoint(
                 SCOPE,
                 key,

@@ -1,5 +1,15 @@
 """Ingest local PubMed XML files (plain or ``.xml.gz``), as one recorded run.
 
+**Reading a file again.** Each file is one source (its absolute path). Its fetch time,
+which orders it against other sources of the same file number (every plain file has
+number 0), is the time this store first read that version of the file: it is kept in
+``checkpoints`` (scope ``files``) with the file's size and modification time, before any
+of its items is stored. So a run that resumes a killed one, or repeats a finished one,
+reads every unchanged file as the same source as before: the part already stored is a
+replay, and everything after it — including items of files the killed run had finished,
+which meet rows written by later files — decides exactly as in a run never interrupted.
+A changed file gets a new fetch time and counts as a newer source.
+
 Example:
     >>> from litpulse.settings import Settings
     >>> counts = ingest_files(Settings.from_env(), ["pubmed26n0001.xml.gz"])  # doctest: +SKIP
@@ -9,20 +19,27 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import hashlib
 import logging
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from ingest.records import Item
 from ingest.store import IngestCounts, Store
 from litpulse.errors import NotFoundError
 from litpulse.settings import Settings
 
-__all__ = ["ingest_files", "order_files", "file_sequence"]
+__all__ = ["SCOPE", "ingest_files", "order_files", "file_sequence"]
 
 logger = logging.getLogger(__name__)
+
+#: Checkpoint scope of the files read: key SHA-1 of the path, value its identity and time.
+SCOPE = "files"
 
 _NLM_NAME = re.compile(r"pubmed(\d{2})n(\d{4,})", re.IGNORECASE)
 
@@ -52,7 +69,7 @@ def ingest_files(
     paths: Sequence[str | os.PathLike[str]],
     *,
     progress: bool = False,
-    batch_size: int = 1000,
+    batch_size: int | None = None,
 ) -> IngestCounts:
     """Parse and store the given files in order, as one ingest run (source ``files``).
 
@@ -60,7 +77,7 @@ def ingest_files(
         settings: Where the store is.
         paths: XML files (plain or gzip); NLM files are applied in number order.
         progress: Show a progress bar per file (tqdm, on stderr).
-        batch_size: Items per database transaction.
+        batch_size: Items per database transaction (default ``settings.store_batch``).
 
     Returns:
         The counts over all files. Running the same files again gives
@@ -74,6 +91,7 @@ def ingest_files(
     from ingest.parse import ParseLimits, iter_items, source_ref_for
     from litpulse.db import connect
 
+    size = settings.store_batch if batch_size is None else batch_size
     files = [p.resolve() for p in order_files(paths)]
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
@@ -88,14 +106,14 @@ def ingest_files(
 
     per_file: list[dict[str, object]] = []
     try:
+        fetched = _fetch_times(store, files)
         for path in files:
             # absolute paths: a re-run from another folder is recognised as a replay
-            items: Iterator[Item] = iter_items(path, source_ref=source_ref_for(path), limits=limits)
+            ref = dataclasses.replace(source_ref_for(path), fetched_at=fetched[path])
+            items: Iterator[Item] = iter_items(path, source_ref=ref, limits=limits)
             if progress:
                 items = _with_progress(items, path.name)
-            counts = store.apply(
-                items, run_id=run_id, batch_size=batch_size, on_batch=on_batch
-            )
+            counts = store.apply(items, run_id=run_id, batch_size=size, on_batch=on_batch)
             logger.info("%s: %s", path, counts.to_dict())
             per_file.append({"path": str(path), **counts.to_dict()})
         total = committed[0]
@@ -111,6 +129,30 @@ def ingest_files(
         raise
     store.finish_run(run_id, total, details={"files": per_file})
     return total
+
+
+def _fetch_times(store: Store, files: Sequence[Path]) -> dict[Path, dt.datetime]:
+    """The fetch time of each file: when this store first read it as it is now.
+
+    Unknown or changed files get now (one millisecond apart, in file order), recorded
+    before any of their items is stored.
+    """
+    now = dt.datetime.now(dt.UTC)
+    out: dict[Path, dt.datetime] = {}
+    for i, path in enumerate(files):
+        stat = path.stat()
+        identity: dict[str, Any] = {
+            "path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+        }  # fmt: skip
+        key = hashlib.sha1(str(path).encode()).hexdigest()
+        seen = store.get_checkpoint(SCOPE, key)
+        if seen is not None and all(seen["value"].get(k) == v for k, v in identity.items()):
+            out[path] = dt.datetime.fromisoformat(seen["value"]["fetched_at"])
+            continue
+        out[path] = now + dt.timedelta(milliseconds=i)
+        value = {**identity, "fetched_at": out[path].isoformat()}
+        store.set_checkpoint(SCOPE, key, "read", value)
+    return out
 
 
 def _with_progress(items: Iterator[Item], name: str) -> Iterator[Item]:

@@ -9,18 +9,28 @@ so SQLite and PostgreSQL run the same code.
 Ordering rules (a record *wins* over the stored state when):
 
 * the stored state is a live record: the new record has a higher ``Version``; for the
-  same version a later ``DateRevised``; for both equal, a later source
-  (:meth:`SourceRef.order_key`: update-file number, then fetch time). A record whose
-  content (everything but its source) equals the stored one is ``unchanged``, so
+  same version a later ``DateRevised``; for both equal, a *later item* (below). A record
+  whose content (everything but its source) equals the stored one is ``unchanged``, so
   re-applying a file, or fetching an overlapping window again, changes nothing (a
   later source repeating the same content only moves the stored source forward, without
   touching ``updated_at``).
 * the stored state is a tombstone: ``DeleteCitation`` is final in PubMed, so a
-  tombstone is only lifted by a record from a *later source* than the deletion whose
-  content differs from, and is not older than, the record that was deleted.
-* a :class:`~ingest.records.Deletion` tombstones a live row when it comes from a later
-  source than that row's record. Deleting an unknown PMID still writes a tombstone row
-  (counted as ``unchanged``), so an older record arriving afterwards stays deleted.
+  tombstone is only lifted by a *later item* than the deletion whose content differs
+  from, and is not older than, the record that was deleted.
+* a :class:`~ingest.records.Deletion` tombstones a live row when it is a later item
+  than the one that wrote that row. Deleting an unknown PMID still writes a tombstone
+  row (counted as ``unchanged``), so an older record arriving afterwards stays deleted.
+
+*Later item*: every row keeps the source of the item that wrote it and that item's
+position in it (``source_position``, its ordinal in the :meth:`Store.apply` call, which
+carries one source from its start). Between two sources the later one wins
+(:meth:`SourceRef.order_key`: update-file number, then fetch time). Within one source
+(same kind, location and file number, whatever the fetch time) the later position wins,
+and an item at or before the stored position is a *replay* that changes nothing. So a
+file read again after a run died in the middle of it — at any batch — changes nothing
+up to where that run got, and from there on every item (a deletion late in the file of
+a record stored early in it, a second version further down) decides exactly as in a run
+that never stopped.
 
 Links: ``article_terms`` (MeSH descriptors with their major flag, publication types) and
 ``references`` (citing → cited) are replaced for every changed article and kept only for
@@ -30,10 +40,9 @@ deltas in the same transaction; an article that becomes live is recounted, and
 lease (:func:`litpulse.db.acquire_lease`): two concurrent writers of the same PMIDs would
 each decide against the state they read.
 
-Re-reading the *same* source (same kind, location and file number) is a replay: it never
-overrides the state it produced, whatever its fetch time. Within one :meth:`Store.apply`
-call items are applied in order, so for two items of one PMID from one file the later
-one wins (a record followed by its deletion ends deleted).
+Within one :meth:`Store.apply` call items are applied in order, so for two items of one
+PMID from one file the later one wins (a record followed by its deletion ends deleted),
+whether or not they fall in the same batch or the same run.
 
 Example:
     >>> from litpulse import db
@@ -80,14 +89,16 @@ _TERM_MAX = 255
 
 #: Columns rewritten when a record replaces the stored one (not ingested_at, not iCite).
 _RECORD_COLUMNS = (
-    "version date_revised source_sequence source_time source_kind source_location title "
+    "version date_revised source_sequence source_time source_kind source_location "
+    "source_position title "
     "vernacular_title abstract journal pub_year pub_month pub_day pub_date_raw article_date "
     "entrez_date best_date language doi pmcid is_retracted is_book is_deleted deleted_at "
     "has_abstract text_hash content_hash authors mesh publication_types record updated_at"
 ).split()
 #: Columns rewritten when a deletion tombstones a stored row.
 _TOMBSTONE_COLUMNS = (
-    "is_deleted deleted_at source_sequence source_time source_kind source_location updated_at"
+    "is_deleted deleted_at source_sequence source_time source_kind source_location "
+    "source_position updated_at"
 ).split()
 
 #: Moves the source of a stored record forward when a later source repeats it unchanged.
@@ -99,6 +110,7 @@ _TOUCH_SOURCE = (
         source_time=bindparam("b_time"),
         source_kind=bindparam("b_kind"),
         source_location=bindparam("b_loc"),
+        source_position=bindparam("b_pos"),
     )
 )
 
@@ -175,6 +187,7 @@ class _State:
     source_time: float
     source_kind: str
     source_location: str
+    source_position: int
     content_hash: str
     is_deleted: bool
 
@@ -187,6 +200,12 @@ class _State:
             self.source_location,
             self.source_sequence,
         )
+
+    def move_to(self, src: SourceRef, position: int) -> None:
+        """Record that the item at ``position`` of ``src`` wrote (or touched) the row."""
+        self.source_sequence, self.source_time = src.sequence, src.fetched_at.timestamp()
+        self.source_kind, self.source_location = src.kind, src.location
+        self.source_position = position
 
 
 class _Counter:
@@ -235,7 +254,8 @@ class Store:
         """Apply records, deletions and quarantine entries in order.
 
         Args:
-            items: Parsed items, in source order.
+            items: Parsed items of one source, in source order from its start (an item's
+                ordinal here is its position in the source: see the module docstring).
             run_id: The ingest run they belong to (stamped on quarantine rows).
             batch_size: Items per transaction.
             on_batch: Called with the counts of each batch once it is committed (so a
@@ -248,10 +268,12 @@ class Store:
             raise ConfigError(f"batch_size must be positive, got {batch_size!r}")
         counter = _Counter()
         touched: set[int] = set()
+        first = 0
         for batch in _batches(items, batch_size):
             before = counter.freeze()
             with self.engine.begin() as conn:
-                self._apply_batch(conn, batch, run_id, counter, touched)
+                self._apply_batch(conn, batch, first, run_id, counter, touched)
+            first += len(batch)
             if on_batch is not None:
                 on_batch(counter.freeze() - before)
         counts = counter.freeze()
@@ -262,10 +284,12 @@ class Store:
         self,
         conn: Connection,
         batch: Sequence[Item],
+        first: int,
         run_id: int | None,
         counter: _Counter,
         touched: set[int],
     ) -> None:
+        """Decide and write one batch whose first item is at position ``first``."""
         now = utcnow()
         pmids = {it.pmid for it in batch if isinstance(it, Record | Deletion)}
         states = self._read_states(conn, pmids)
@@ -278,24 +302,23 @@ class Store:
         quarantined: dict[str, dict[str, Any]] = {}
         touches: dict[int, dict[str, Any]] = {}
 
-        for item in batch:
+        for pos, item in enumerate(batch, first):
             if isinstance(item, Record):
                 pmid = item.pmid
                 record_dict = _record_dict(item)
                 chash = _content_hash(record_dict)
                 cur = states.get(pmid)
-                verdict = _decide_record(item, chash, cur, pmid in touched)
+                verdict = _decide_record(item, pos, chash, cur, pmid in touched)
                 if verdict == "touch" and cur is not None:
                     # same content from a later source: remember the source, no update
-                    src = item.source
-                    cur.source_sequence, cur.source_time = src.sequence, src.fetched_at.timestamp()
-                    cur.source_kind, cur.source_location = src.kind, src.location
+                    cur.move_to(item.source, pos)
                     touches[pmid] = {
                         "b_pmid": pmid,
                         "b_seq": cur.source_sequence,
                         "b_time": cur.source_time,
                         "b_kind": cur.source_kind,
                         "b_loc": cur.source_location,
+                        "b_pos": pos,
                     }
                     counter.unchanged += 1
                     continue
@@ -306,7 +329,7 @@ class Store:
                     counter.inserted += 1
                 else:
                     counter.updated += 1
-                full[pmid] = _article_row(item, record_dict, chash, now)
+                full[pmid] = _article_row(item, pos, record_dict, chash, now)
                 tomb.pop(pmid, None)
                 records[pmid] = item
                 states[pmid] = _State(
@@ -316,6 +339,7 @@ class Store:
                     item.source.fetched_at.timestamp(),
                     item.source.kind,
                     item.source.location,
+                    pos,
                     chash,
                     False,
                 )
@@ -326,15 +350,15 @@ class Store:
                 src = item.source
                 if cur is None:
                     # unknown PMID: remember the deletion so an older record stays out
-                    tomb[pmid] = _tombstone_row(pmid, src, now)
+                    tomb[pmid] = _tombstone_row(pmid, src, pos, now)
                     states[pmid] = _State(
                         0, None, src.sequence, src.fetched_at.timestamp(), src.kind,
-                        src.location, "", True,
+                        src.location, pos, "", True,
                     )  # fmt: skip
                     counter.unchanged += 1
                     touched.add(pmid)
                     continue
-                if cur.is_deleted or not _source_wins(src, cur, pmid in touched):
+                if cur.is_deleted or not _source_wins(src, pos, cur, pmid in touched):
                     counter.unchanged += 1
                     continue
                 counter.deleted += 1
@@ -345,15 +369,15 @@ class Store:
                     "source_time": src.fetched_at.timestamp(),
                     "source_kind": src.kind,
                     "source_location": src.location,
+                    "source_position": pos,
                     "updated_at": now,
                 }
                 if pmid in full:
                     full[pmid].update(changes)
                 else:
-                    tomb[pmid] = _tombstone_row(pmid, src, now)
+                    tomb[pmid] = _tombstone_row(pmid, src, pos, now)
                 cur.is_deleted = True
-                cur.source_sequence, cur.source_time = src.sequence, src.fetched_at.timestamp()
-                cur.source_kind, cur.source_location = src.kind, src.location
+                cur.move_to(src, pos)
                 touched.add(pmid)
             elif isinstance(item, QuarantineEntry):
                 counter.quarantined += 1
@@ -380,14 +404,12 @@ class Store:
         a = articles.c
         cols = (
             a.pmid, a.version, a.date_revised, a.source_sequence, a.source_time,
-            a.source_kind, a.source_location, a.content_hash, a.is_deleted,
+            a.source_kind, a.source_location, a.source_position, a.content_hash, a.is_deleted,
         )  # fmt: skip
         out: dict[int, _State] = {}
         for chunk in _chunks(sorted(pmids), _IN_CHUNK):
             for row in conn.execute(select(*cols).where(a.pmid.in_(chunk))):
-                out[row[0]] = _State(
-                    row[1], row[2], row[3], row[4], row[5], row[6], row[7], bool(row[8])
-                )
+                out[row[0]] = _State(*row[1:9], bool(row[9]))
         return out
 
     def _replace_links(
@@ -665,34 +687,48 @@ class Store:
 # ----------------------------------------------------------------------------- decisions
 
 
-def _source_wins(src: SourceRef, cur: _State, touched: bool) -> bool:
-    """Whether an item from ``src`` comes after the source of the stored state."""
-    if touched:
-        # written earlier in this call: later items win ties (file order)
-        return src.order_key() >= cur.source_key()
+def _source_wins(src: SourceRef, position: int, cur: _State, touched: bool) -> bool:
+    """Whether the item at ``position`` of ``src`` comes after the one that wrote ``cur``.
+
+    Within one source the position decides, whatever the fetch times: the same file or
+    request read again is a replay up to the stored position and goes on after it.
+    """
     if cur.same_source(src):
-        return False  # the same file or request read again: a replay
+        return position > cur.source_position
+    if touched:
+        # written earlier in this call from another source: later items win ties
+        return src.order_key() >= cur.source_key()
     return src.order_key() > cur.source_key()
 
 
-def _decide_record(rec: Record, chash: str, cur: _State | None, touched: bool) -> str:
-    """``inserted``, ``updated`` or ``unchanged`` for a record against the stored state."""
+def _decide_record(
+    rec: Record, position: int, chash: str, cur: _State | None, touched: bool
+) -> str:
+    """``inserted``, ``updated``, ``touch`` or ``unchanged`` against the stored state."""
     if cur is None:
         return "inserted"
+    src = rec.source
     if chash == cur.content_hash:
-        if not cur.is_deleted and not touched and _source_wins(rec.source, cur, touched):
+        # the same content again: only another, later source is remembered (a repeat
+        # inside one source changes nothing, so a resumed file does exactly the same)
+        if (
+            not cur.is_deleted
+            and not touched
+            and not cur.same_source(src)
+            and _source_wins(src, position, cur, touched)
+        ):
             return "touch"
         return "unchanged"
     mine = (rec.version, rec.date_revised or dt.date.min)
     theirs = (cur.version, cur.date_revised or dt.date.min)
     if cur.is_deleted:
-        # DeleteCitation is final unless a later source brings a record at least as new
-        if mine < theirs or not _source_wins(rec.source, cur, touched):
+        # DeleteCitation is final unless a later item brings a record at least as new
+        if mine < theirs or not _source_wins(src, position, cur, touched):
             return "unchanged"
         return "updated"
     if mine != theirs:
         return "updated" if mine > theirs else "unchanged"
-    return "updated" if _source_wins(rec.source, cur, touched) else "unchanged"
+    return "updated" if _source_wins(src, position, cur, touched) else "unchanged"
 
 
 # ---------------------------------------------------------------------------------- rows
@@ -740,7 +776,7 @@ def _content_hash(record_dict: dict[str, Any]) -> str:
 
 
 def _article_row(
-    rec: Record, record_dict: dict[str, Any], chash: str, now: dt.datetime
+    rec: Record, position: int, record_dict: dict[str, Any], chash: str, now: dt.datetime
 ) -> dict[str, Any]:
     abstract = rec.abstract
     return {
@@ -751,6 +787,7 @@ def _article_row(
         "source_time": rec.source.fetched_at.timestamp(),
         "source_kind": rec.source.kind,
         "source_location": rec.source.location,
+        "source_position": position,
         "title": rec.title,
         "vernacular_title": rec.vernacular_title,
         "abstract": abstract,
@@ -800,7 +837,7 @@ def _author_dict(a: dict[str, Any]) -> dict[str, Any]:
     return {**a, "name": name}
 
 
-def _tombstone_row(pmid: int, src: SourceRef, now: dt.datetime) -> dict[str, Any]:
+def _tombstone_row(pmid: int, src: SourceRef, position: int, now: dt.datetime) -> dict[str, Any]:
     """A full row for a deleted PMID (only the deletion columns overwrite a stored row)."""
     return {
         "pmid": pmid,
@@ -810,6 +847,7 @@ def _tombstone_row(pmid: int, src: SourceRef, now: dt.datetime) -> dict[str, Any
         "source_time": src.fetched_at.timestamp(),
         "source_kind": src.kind,
         "source_location": src.location,
+        "source_position": position,
         "title": "",
         "abstract": "",
         "is_retracted": False,
@@ -1042,6 +1080,7 @@ def _article_dict(m: Any) -> dict[str, Any]:
             "kind": m["source_kind"],
             "location": m["source_location"],
             "sequence": m["source_sequence"],
+            "position": m["source_position"],
             "fetched_at": source.get("fetched_at"),
         },
         "ingested_at": _iso(m["ingested_at"]),

@@ -256,10 +256,11 @@ def apply_updates(
             dest = downloads / f.name
             size, digest = _download_verified(source, f, dest)
             total_bytes += size
-            from ingest.parse import iter_items
+            from ingest.parse import ParseLimits, iter_items
 
             ref = SourceRef(f.kind, f.name, sequence=f.number)  # type: ignore[arg-type]
-            file_counts = store.apply(iter_items(dest, source_ref=ref), run_id=run_id)
+            items = iter_items(dest, source_ref=ref, limits=ParseLimits.from_settings(settings))
+            file_counts = store.apply(items, run_id=run_id, batch_size=settings.store_batch)
             with engine.begin() as conn:
                 db.upsert(
                     conn,

@@ -54,6 +54,8 @@ articles = Table(
     Column("source_time", Float, nullable=False, default=0.0),
     Column("source_kind", String(16), nullable=False),
     Column("source_location", Text, nullable=False),
+    # ordinal of the item that wrote the row within its source: orders items of one file
+    Column("source_position", BigInteger, nullable=False, default=0),
     Column("title", Text, nullable=False, default=""),
     Column("vernacular_title", Text),
     Column("abstract", Text, nullable=False, default=""),

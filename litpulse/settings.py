@@ -79,6 +79,13 @@ class Settings:
         "SQLAlchemy URL of the metadata store; empty means a SQLite file "
         "`litpulse.db` in the home. PostgreSQL: postgresql+psycopg://user@host/db.",
     )
+    store_batch: int = _opt(
+        1000,
+        "Parsed items (records, deletions) stored per database transaction; a killed "
+        "ingest redoes at most the batch it was in.",
+        min=1,
+        max=100_000,
+    )
 
     # -- NCBI etiquette --------------------------------------------------------------
     ncbi_email: str = _opt("", "Contact e-mail sent to NCBI with every E-utilities request.")
