@@ -35,6 +35,7 @@ from litpulse.settings import Settings
 
 __all__ = [
     "connect",
+    "add_missing_columns",
     "upsert",
     "utcnow",
     "LEASE_TTL_S",
@@ -74,8 +75,58 @@ def connect(settings: Settings, *, create: bool = True) -> Engine:
             engine = create_engine(url, pool_pre_ping=True)
         if create:
             metadata.create_all(engine)
+            add_missing_columns(engine)
         _ENGINES[url] = engine
     return engine
+
+
+def add_missing_columns(engine: Engine) -> list[str]:
+    """Bring a store made by an older litpulse up to the schema: add the new columns.
+
+    ``create_all`` makes missing tables but never alters existing ones. A column that
+    the schema has and the database lacks is added with ``ALTER TABLE … ADD COLUMN``,
+    with its default filled into existing rows. Only additive changes are automatic; a
+    new NOT NULL column without a default, or a new key column, is a :class:`ConfigError`
+    naming the column (such a change needs a written migration).
+
+    Returns:
+        ``table.column`` for every column added.
+    """
+    from sqlalchemy import inspect, literal, text
+    from sqlalchemy.schema import CreateColumn
+
+    inspector = inspect(engine)
+    existing = set(inspector.get_table_names())
+    added: list[str] = []
+    with engine.begin() as conn:
+        for table in metadata.sorted_tables:
+            if table.name not in existing:
+                continue
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            for col in table.columns:
+                if col.name in have:
+                    continue
+                default = ""
+                if col.server_default is None and col.default is not None:
+                    arg = getattr(col.default, "arg", None)
+                    if getattr(col.default, "is_scalar", False):
+                        bound = literal(arg, type_=col.type).compile(
+                            dialect=engine.dialect, compile_kwargs={"literal_binds": True}
+                        )
+                        default = f" DEFAULT {bound}"
+                no_default = not default and col.server_default is None
+                if col.primary_key or (not col.nullable and no_default):
+                    raise ConfigError(
+                        f"the store lacks column {table.name}.{col.name}, which cannot be "
+                        "added automatically (no default); migrate the database by hand"
+                    )
+                spec = CreateColumn(col).compile(dialect=engine.dialect)
+                name = engine.dialect.identifier_preparer.quote(table.name)
+                conn.execute(text(f"ALTER TABLE {name} ADD COLUMN {spec}{default}"))
+                added.append(f"{table.name}.{col.name}")
+    if added:
+        logger.warning("store schema upgraded: added %s", ", ".join(added))
+    return added
 
 
 def dispose_engines() -> None:
