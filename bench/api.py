@@ -49,8 +49,8 @@ def make_queries(settings: Any, n: int, seed: int = 0) -> list[str]:
     from sqlalchemy import select
 
     from ingest.generate import TOPICS
-    from litpulse import db
-    from litpulse.schema import articles
+    from litpulse.core import db
+    from litpulse.core.schema import articles
 
     rng = random.Random(seed)
     with db.connect(settings).connect() as conn:
@@ -94,10 +94,10 @@ def _free_port() -> int:
 
 
 def start_server(settings: Any) -> tuple[Any, threading.Thread, str]:
-    """A uvicorn server of :func:`litpulse.api.create_app` in a daemon thread."""
+    """A uvicorn server of :func:`litpulse.app.api.create_app` in a daemon thread."""
     import uvicorn
 
-    from litpulse.api import create_app
+    from litpulse.app.api import create_app
 
     port = _free_port()
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     import faiss
     import torch
 
-    from litpulse.settings import Settings
+    from litpulse.core.settings import Settings
 
     tmp = Path(tempfile.mkdtemp(prefix="litpulse-bench-api-"))
     server = thread = None

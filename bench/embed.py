@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from litpulse.settings import Settings
+    from litpulse.core.settings import Settings
     from ranking.embed import ModelSpec, embed_texts, load_encoder, resolve_device
 
     texts = realistic_texts(args.docs)

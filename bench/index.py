@@ -32,7 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def real_vectors(n: int) -> np.ndarray:
     """``n`` real vectors of the bundled model (article titles: fast on a CPU)."""
     from bench.embed import realistic_texts
-    from litpulse.settings import Settings
+    from litpulse.core.settings import Settings
     from ranking.embed import active_model, embed_texts, load_encoder
 
     settings = Settings.from_env({})
@@ -76,7 +76,7 @@ def _write(index: Any, folder: str) -> float:
 def bench_size(n: int, add: int, seeds: np.ndarray, args: argparse.Namespace) -> None:
     import faiss
 
-    from litpulse.settings import Settings
+    from litpulse.core.settings import Settings
     from ranking.index import build_index, choose_kind, nlist_for, update_index
 
     settings = Settings.from_env({})

@@ -56,8 +56,8 @@ def _pad(text: str, words: int, seed: int) -> str:
 
 def build_pairs(args: argparse.Namespace) -> tuple[list[Any], Any]:
     """Mine the pairs and held-out sets of a drifted corpus in a temporary store."""
-    from litpulse import db
-    from litpulse.settings import Settings
+    from litpulse.core import db
+    from litpulse.core.settings import Settings
     from retrain.evaluate import HeldOut
     from retrain.pairs import mine_pairs
     from tests.retrain.drift import insert_batch, make_drugs
@@ -90,7 +90,7 @@ def run_one(method: str, args: argparse.Namespace, pairs: list[Any], held: Any,
     """Train (or only evaluate, for ``base``) in this process; put a result row."""
     import torch
 
-    from litpulse.settings import Settings
+    from litpulse.core.settings import Settings
     from retrain.evaluate import encoder_embed, evaluate_encoder
     from retrain.lora import build_model, train_model
 
@@ -163,7 +163,7 @@ def time_interleaved(methods: list[str], args: argparse.Namespace, pairs: list[A
 
     import torch
 
-    from litpulse.settings import Settings
+    from litpulse.core.settings import Settings
     from retrain.lora import _loss, build_model
 
     torch.set_num_threads(args.threads)

@@ -7,7 +7,7 @@ from typing import Any
 
 from airflow.sdk import Metadata, dag, task
 
-from litpulse.airflow_support import (
+from litpulse.pipeline.dag_support import (
     ARTICLES,
     DEFAULT_ARGS,
     INDEX,
@@ -63,7 +63,7 @@ def litpulse_index_refresh() -> None:
         """Skip while a promoted model waits for litpulse_reindex (reason logged)."""
         import logging
 
-        from litpulse.nightly import reindex_pending
+        from litpulse.pipeline.planning import reindex_pending
 
         reason = reindex_pending(settings())
         if reason:

@@ -7,7 +7,7 @@ from typing import Any
 
 from airflow.sdk import CronDataIntervalTimetable, Metadata, Param, dag, get_current_context, task
 
-from litpulse.airflow_support import (
+from litpulse.pipeline.dag_support import (
     ARTICLES,
     DEFAULT_ARGS,
     NCBI_POOL,
@@ -127,7 +127,7 @@ def litpulse_nightly_ingest() -> None:
     @task
     def data_quality(counts: dict[str, int]) -> dict[str, Any]:
         """Fail (DataQualityError, not retried) on an empty weekday, quarantine or staleness."""
-        from litpulse.quality import check_ingest
+        from ingest.quality import check_ingest
 
         return check_ingest(settings(), counts, _days()).to_dict()
 

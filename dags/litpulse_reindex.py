@@ -7,7 +7,7 @@ from typing import Any
 
 from airflow.sdk import Metadata, Param, dag, get_current_context, task
 
-from litpulse.airflow_support import (
+from litpulse.pipeline.dag_support import (
     DEFAULT_ARGS,
     INDEX,
     MODEL,
@@ -64,7 +64,7 @@ def litpulse_reindex() -> None:
     @task(retries=0)
     def plan_shards() -> list[dict[str, Any]]:
         """One small dict per shard: shard number, shard count, model version."""
-        from litpulse.nightly import plan_embedding_shards
+        from litpulse.pipeline.planning import plan_embedding_shards
 
         shards = int(get_current_context()["params"]["shards"])
         return [s.to_dict() for s in plan_embedding_shards(settings(), shards)]
@@ -72,7 +72,7 @@ def litpulse_reindex() -> None:
     @task(execution_timeout=dt.timedelta(hours=6), max_active_tis_per_dag=8)
     def embed_shard(shard: dict[str, Any]) -> int:
         """Embed the shard's articles that lack a vector for the model version."""
-        from litpulse.nightly import EmbeddingShard, embed_shard
+        from litpulse.pipeline.planning import EmbeddingShard, embed_shard
 
         return embed_shard(settings(), EmbeddingShard.from_dict(shard))
 

@@ -8,7 +8,8 @@ from typing import Any
 from airflow.sdk import CronTriggerTimetable, Metadata, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-from litpulse.airflow_support import (
+from litpulse.core.settings import get_settings
+from litpulse.pipeline.dag_support import (
     DEFAULT_ARGS,
     MODEL,
     START_DATE,
@@ -17,7 +18,6 @@ from litpulse.airflow_support import (
     scalars,
     settings,
 )
-from litpulse.settings import get_settings
 
 DAG_ID = "litpulse_retrain"
 
@@ -74,7 +74,7 @@ def litpulse_retrain() -> None:
         """Whether this is no catch-up and enough new articles arrived (reason logged)."""
         import logging
 
-        from litpulse.nightly import retrain_due as due
+        from litpulse.pipeline.planning import retrain_due as due
 
         log = logging.getLogger(__name__)
         dag_run = get_current_context()["dag_run"]
@@ -89,7 +89,7 @@ def litpulse_retrain() -> None:
     @task(execution_timeout=dt.timedelta(hours=10), queue=get_settings().train_queue)
     def retrain() -> dict[str, Any]:
         """Train, evaluate and (if the gate passes) promote a candidate model version."""
-        from litpulse.nightly import defer_reindex
+        from litpulse.pipeline.planning import defer_reindex
         from retrain.run import retrain as run
 
         s = settings()
@@ -100,7 +100,7 @@ def litpulse_retrain() -> None:
     @task(outlets=[MODEL], retries=0)
     def publish_model(report: dict[str, Any]) -> Any:
         """Emit the model asset when a candidate was promoted; skip otherwise."""
-        from litpulse.nightly import promoted_model
+        from litpulse.pipeline.planning import promoted_model
 
         model_id = promoted_model(report)
         if model_id is None:

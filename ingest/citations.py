@@ -43,10 +43,10 @@ from sqlalchemy import Engine, and_, bindparam, func, or_, select, update
 
 from ingest.http import HttpClient
 from ingest.store import IngestCounts, Store
-from litpulse import db
-from litpulse.errors import ConfigError, TransientSourceError
-from litpulse.schema import articles
-from litpulse.settings import Settings
+from litpulse.core import db
+from litpulse.core.errors import ConfigError, TransientSourceError
+from litpulse.core.schema import articles
+from litpulse.core.settings import Settings
 
 __all__ = ["REFRESH_POLICY", "CitationCounts", "due_pmids", "parse_icite", "refresh_citations"]
 

@@ -51,15 +51,15 @@ from ingest.http import HttpClient, eutils_client
 from ingest.parse import ParseLimits, parse_bytes
 from ingest.records import Deletion, Item, QuarantineEntry, Record, SourceRef
 from ingest.store import IngestCounts, Store
-from litpulse import db
-from litpulse.errors import (
+from litpulse.core import db
+from litpulse.core.errors import (
     ConfigError,
     ConsistencyError,
     InvalidRequestError,
     LitpulseError,
     TransientSourceError,
 )
-from litpulse.settings import Settings
+from litpulse.core.settings import Settings
 
 __all__ = [
     "PUBMED_RETRIEVABLE",

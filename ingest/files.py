@@ -11,7 +11,7 @@ which meet rows written by later files — decides exactly as in a run never int
 A changed file gets a new fetch time and counts as a newer source.
 
 Example:
-    >>> from litpulse.settings import Settings
+    >>> from litpulse.core.settings import Settings
     >>> counts = ingest_files(Settings.from_env(), ["pubmed26n0001.xml.gz"])  # doctest: +SKIP
     >>> counts.inserted  # doctest: +SKIP
     30000
@@ -31,8 +31,8 @@ from typing import Any
 
 from ingest.records import Item
 from ingest.store import IngestCounts, Store
-from litpulse.errors import NotFoundError
-from litpulse.settings import Settings
+from litpulse.core.errors import NotFoundError
+from litpulse.core.settings import Settings
 
 __all__ = ["SCOPE", "ingest_files", "order_files", "file_sequence"]
 
@@ -89,7 +89,7 @@ def ingest_files(
             with the error first.
     """
     from ingest.parse import ParseLimits, iter_items, source_ref_for
-    from litpulse.db import connect
+    from litpulse.core.db import connect
 
     size = settings.store_batch if batch_size is None else batch_size
     files = [p.resolve() for p in order_files(paths)]

@@ -46,7 +46,7 @@ from pathlib import Path
 from types import MappingProxyType
 from xml.sax.saxutils import escape as _xml_escape
 
-from litpulse.errors import ConfigError
+from litpulse.core.errors import ConfigError
 
 __all__ = [
     "ArticleSpec",

@@ -15,13 +15,13 @@ through :class:`HttpClient`:
   that a ``parse`` callback rejects with a retryable error are retried up to
   ``settings.max_retries`` times, waiting ``uniform(0, min(backoff_max,
   backoff_base * 2**attempt))`` seconds ("full jitter"). Other 4xx answers raise
-  :class:`~litpulse.errors.InvalidRequestError` at once.
+  :class:`~litpulse.core.errors.InvalidRequestError` at once.
 * **Secrets.** E-utilities parameters, ``api_key`` included, travel in POST bodies,
   never in URLs (so not in urllib3's debug log either), and every message this module
   writes or raises passes through :func:`redact`.
 
 Example:
-    >>> from litpulse.settings import Settings
+    >>> from litpulse.core.settings import Settings
     >>> client = eutils_client(Settings(ncbi_email="me@example.org"))  # doctest: +SKIP
     >>> form = {"db": "pubmed", "term": "all[sb]"}
     >>> response = client.post("esearch.fcgi", data=form)  # doctest: +SKIP
@@ -44,15 +44,15 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from litpulse import __version__
-from litpulse.errors import (
+from litpulse.core import __version__
+from litpulse.core.errors import (
     ConfigError,
     InvalidRequestError,
     LitpulseError,
     RateLimitedError,
     TransientSourceError,
 )
-from litpulse.settings import Settings
+from litpulse.core.settings import Settings
 
 __all__ = [
     "HttpClient",

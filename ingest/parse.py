@@ -28,7 +28,7 @@ held. Entities are never expanded (a record using one is quarantined, the DOCTYP
 internal subset is ignored), no DTD is loaded, nothing is fetched, and libxml2 keeps its
 own depth and size limits. A truncated file yields every whole record and one entry
 for the cut; only a file that cannot be opened at all raises
-:class:`~litpulse.errors.ParseError` (on first iteration).
+:class:`~litpulse.core.errors.ParseError` (on first iteration).
 
 Field rules worth knowing: inline markup is flattened (``H<sub>2</sub>O`` → ``H2O``; a
 space is put back where italic/bold markup glued two words, see :func:`flatten_text`);
@@ -77,10 +77,10 @@ from ingest.records import (
     Record,
     SourceRef,
 )
-from litpulse.errors import ParseError
+from litpulse.core.errors import ParseError
 
 if TYPE_CHECKING:
-    from litpulse.settings import Settings
+    from litpulse.core.settings import Settings
 
 __all__ = [
     "ParseLimits",

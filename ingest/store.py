@@ -3,7 +3,7 @@
 One PMID is one row of ``articles`` holding its newest record. Items are applied in
 batches, one transaction per batch: the current state of the batch's PMIDs is read
 with one ``SELECT``, every item is decided in Python in order, and the changed rows
-are written with bulk ``INSERT … ON CONFLICT`` statements (:func:`litpulse.db.upsert`),
+are written with bulk ``INSERT … ON CONFLICT`` statements (:func:`litpulse.core.db.upsert`),
 so SQLite and PostgreSQL run the same code.
 
 Ordering rules (a record *wins* over the stored state when):
@@ -37,7 +37,7 @@ Links: ``article_terms`` (MeSH descriptors with their major flag, publication ty
 live ones. ``cited_by_in_corpus`` (live articles of the corpus citing a PMID) moves by
 deltas in the same transaction; an article that becomes live is recounted, and
 :meth:`Store.recompute_cited_by` recounts from scratch. Writers should hold the ingest
-lease (:func:`litpulse.db.acquire_lease`): two concurrent writers of the same PMIDs would
+lease (:func:`litpulse.core.db.acquire_lease`): two concurrent writers of the same PMIDs would
 each decide against the state they read.
 
 Within one :meth:`Store.apply` call items are applied in order, so for two items of one
@@ -45,8 +45,8 @@ PMID from one file the later one wins (a record followed by its deletion ends de
 whether or not they fall in the same batch or the same run.
 
 Example:
-    >>> from litpulse import db
-    >>> from litpulse.settings import Settings
+    >>> from litpulse.core import db
+    >>> from litpulse.core.settings import Settings
     >>> store = Store(db.connect(Settings.from_env({}, database_url="sqlite:///:memory:")))
     >>> store.apply([]).to_dict()["inserted"]
     0
@@ -67,9 +67,9 @@ from sqlalchemy import Engine, Table, bindparam, delete, func, insert, select, u
 from sqlalchemy.engine import Connection
 
 from ingest.records import Deletion, Item, QuarantineEntry, Record, SourceRef
-from litpulse.db import default_holder, holder_alive, upsert, utcnow
-from litpulse.errors import ConfigError, NotFoundError
-from litpulse.schema import (
+from litpulse.core.db import default_holder, holder_alive, upsert, utcnow
+from litpulse.core.errors import ConfigError, NotFoundError
+from litpulse.core.schema import (
     article_terms,
     articles,
     checkpoints,
@@ -77,7 +77,7 @@ from litpulse.schema import (
     quarantine,
     references,
 )
-from litpulse.settings import Settings
+from litpulse.core.settings import Settings
 
 __all__ = ["IngestCounts", "Store"]
 
@@ -228,7 +228,7 @@ class Store:
     """Reads and writes articles, quarantine, runs and checkpoints.
 
     Args:
-        engine: An engine from :func:`litpulse.db.connect` (tables exist).
+        engine: An engine from :func:`litpulse.core.db.connect` (tables exist).
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -237,7 +237,7 @@ class Store:
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
         """The store of the configured database."""
-        from litpulse.db import connect
+        from litpulse.core.db import connect
 
         return cls(connect(settings))
 

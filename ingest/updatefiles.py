@@ -10,7 +10,7 @@ several a day) and ``baseline/`` (yearly), each with a ``.md5`` beside it in the
 3. downloads each remaining file to ``<home>/downloads`` (a partial ``.part`` file is
    resumed with an HTTP Range request, or restarted when the server ignores Range);
 4. verifies it against its ``.md5``; a mismatch is downloaded again (up to two more
-   times) and then fails the run with :class:`~litpulse.errors.ChecksumError` — that
+   times) and then fails the run with :class:`~litpulse.core.errors.ChecksumError` — that
    file and every later one stay unapplied, so the order is never broken;
 5. applies it through :meth:`ingest.store.Store.apply` with
    ``SourceRef("updatefile" | "baseline", name, sequence=NNNN)`` and records it in
@@ -40,10 +40,10 @@ from sqlalchemy import select
 from ingest.http import HttpClient
 from ingest.records import SourceRef
 from ingest.store import IngestCounts, Store
-from litpulse import db
-from litpulse.errors import ChecksumError, ConfigError, InvalidRequestError
-from litpulse.schema import source_files
-from litpulse.settings import Settings
+from litpulse.core import db
+from litpulse.core.errors import ChecksumError, ConfigError, InvalidRequestError
+from litpulse.core.schema import source_files
+from litpulse.core.settings import Settings
 
 __all__ = ["RemoteFile", "apply_updates", "list_remote_files", "parse_listing", "parse_md5"]
 

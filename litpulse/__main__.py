@@ -1,3 +1,3 @@
-from litpulse.cli import main
+from litpulse.app.cli import main
 
 raise SystemExit(main())

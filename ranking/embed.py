@@ -35,12 +35,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import Engine, and_, desc, func, or_, select
+from sqlalchemy import Engine, and_, func, or_, select
 
-from litpulse import db
-from litpulse.errors import ConfigError, NotFoundError
-from litpulse.schema import articles, embeddings, model_versions
-from litpulse.settings import DEFAULT_MODEL, Settings
+from litpulse.core import db
+from litpulse.core.errors import ConfigError, NotFoundError
+from litpulse.core.schema import articles, embeddings, model_versions
+from litpulse.core.settings import DEFAULT_MODEL, Settings
+from ranking.models import active_model_row
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -114,17 +115,6 @@ def _base_path(settings: Settings, base_model: str | None) -> str:
 
 def _spec_from_row(settings: Settings, row: Any) -> ModelSpec:
     return ModelSpec(row.id, _base_path(settings, row.base_model), row.adapter_path or None)
-
-
-def active_model_row(engine: Engine) -> Any:
-    """The newest ``model_versions`` row with status ``active``, or ``None`` (base model)."""
-    with engine.connect() as conn:
-        return conn.execute(
-            select(model_versions)
-            .where(model_versions.c.status == "active")
-            .order_by(desc(model_versions.c.promoted_at), desc(model_versions.c.created_at))
-            .limit(1)
-        ).first()
 
 
 def active_model(settings: Settings, engine: Engine | None = None) -> ModelSpec:
@@ -413,6 +403,8 @@ def embed_pending(
     progress: bool = False,
     *,
     engine: Engine | None = None,
+    shard: int = 0,
+    shards: int = 1,
 ) -> int:
     """Embed live articles that have no embedding for ``spec`` or whose text changed.
 
@@ -426,17 +418,22 @@ def embed_pending(
         spec: The model version (default: :func:`active_model`).
         progress: Show a tqdm bar on stderr.
         engine: The store (default: ``db.connect(settings)``).
+        shard: With ``shards`` > 1, only the articles with ``pmid % shards == shard``
+            (one mapped task of a sharded re-embedding).
+        shards: Number of shards the corpus is split into (1: all of it).
 
     Returns:
         The number of articles embedded.
     """
     engine = engine or db.connect(settings)
     spec = spec or active_model(settings, engine)
+    query = pending_query(spec.id, shard=shard, shards=shards)
     with engine.connect() as conn:
-        pending = [int(p) for p in conn.execute(pending_query(spec.id)).scalars()]
+        pending = [int(p) for p in conn.execute(query).scalars()]
     if not pending:
         return 0
-    logger.info("embedding %d articles with model %s", len(pending), spec.id)
+    part = f" (shard {shard}/{shards})" if shards > 1 else ""
+    logger.info("embedding %d articles with model %s%s", len(pending), spec.id, part)
     encoder = load_encoder(spec, settings)
     from tqdm.auto import tqdm
 

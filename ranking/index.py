@@ -18,9 +18,9 @@ then one transaction flips the ``index_versions`` rows (new → ``published``, p
 the row names, and a :class:`PublishedIndex` already loaded never changes, so searches
 running during a publish finish on the old version. The newest :data:`KEEP_VERSIONS`
 versions stay on disk for :func:`rollback_index`. A database lease
-(``index-publish``, :class:`litpulse.db.Lease`) keeps two processes from publishing at
+(``index-publish``, :class:`litpulse.core.db.Lease`) keeps two processes from publishing at
 once: it is checked before each write phase and verified in the transaction that flips
-the rows, so a process that lost it (:class:`~litpulse.errors.LeaseLostError`) publishes
+the rows, so a process that lost it (:class:`~litpulse.core.errors.LeaseLostError`) publishes
 nothing; a killed publisher's lease is taken over at once on its host, after
 :data:`LEASE_TTL_S` seconds from elsewhere.
 
@@ -51,10 +51,10 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine, and_, delete, desc, func, insert, select, update
 
-from litpulse import db
-from litpulse.errors import ConsistencyError, LeaseLostError, LitpulseError, NotFoundError
-from litpulse.schema import articles, embeddings, index_versions
-from litpulse.settings import Settings
+from litpulse.core import db
+from litpulse.core.errors import ConsistencyError, LeaseLostError, LitpulseError, NotFoundError
+from litpulse.core.schema import articles, embeddings, index_versions
+from litpulse.core.settings import Settings
 from ranking.embed import (
     ModelSpec,
     active_model,
@@ -63,6 +63,7 @@ from ranking.embed import (
     load_encoder,
     vector_from_bytes,
 )
+from ranking.models import published_index_row
 
 __all__ = [
     "IndexBusyError",
@@ -443,16 +444,6 @@ def _read_files(path: str) -> tuple[Any, np.ndarray, dict[str, Any]]:
     return index, ids, meta
 
 
-def _published_row(engine: Engine) -> Any:
-    with engine.connect() as conn:
-        return conn.execute(
-            select(index_versions)
-            .where(index_versions.c.status == "published")
-            .order_by(desc(index_versions.c.published_at))
-            .limit(1)
-        ).first()
-
-
 def _load(row: Any, settings: Settings) -> PublishedIndex:
     index, ids, meta = _read_files(row.path)
     if hasattr(index, "nprobe"):
@@ -482,7 +473,7 @@ def open_published(settings: Settings, engine: Engine | None = None) -> Publishe
     version has been published since. Returns ``None`` when none is published.
     """
     engine = engine or db.connect(settings)
-    row = _published_row(engine)
+    row = published_index_row(engine)
     if row is None:
         return None
     key = settings.effective_database_url
@@ -629,7 +620,7 @@ def refresh_index(settings: Settings, *, rebuild: bool = False,
         spec = active_model(settings, engine)
         lease.check()
         embedded = embed_pending(settings, spec, progress, engine=engine)
-        published = _published_row(engine)
+        published = published_index_row(engine)
         watermark = _watermark(engine, spec.id)
         live = _live_ids(engine)
         base = None if rebuild else _base_row(engine, spec.id)
@@ -803,7 +794,7 @@ def rollback_index(settings: Settings) -> dict[str, Any]:
     if lease is None:
         raise IndexBusyError("another process is refreshing the index (lease index-publish)")
     with lease:
-        current = _published_row(engine)
+        current = published_index_row(engine)
         with engine.connect() as conn:
             candidates = conn.execute(
                 select(index_versions).where(index_versions.c.status == "retired")
@@ -835,7 +826,7 @@ def _iso(value: Any) -> str | None:
 def index_status(settings: Settings) -> dict[str, Any]:
     """The published index version and the kept ones, for ``litpulse index status``."""
     engine = db.connect(settings)
-    row = _published_row(engine)
+    row = published_index_row(engine)
     spec = active_model(settings, engine)
     with engine.connect() as conn:
         versions = conn.execute(
@@ -882,7 +873,7 @@ def check_consistency(settings: Settings, *, sample: int = 10) -> dict[str, Any]
     """
     engine = db.connect(settings)
     spec = active_model(settings, engine)
-    row = _published_row(engine)
+    row = published_index_row(engine)
     problems: list[str] = []
     out: dict[str, Any] = {"ok": False, "problems": problems, "index_id": None,
                            "model_version": None, "active_model": spec.id, "size": 0}

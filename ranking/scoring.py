@@ -51,8 +51,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from litpulse.errors import ConfigError
-from litpulse.settings import Settings
+from litpulse.core.errors import ConfigError
+from litpulse.core.settings import Settings
 
 __all__ = [
     "NEUTRAL_CITATION",

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import and_, exists, func, select
 
-from litpulse import db
-from litpulse.errors import ConfigError, NotFoundError
-from litpulse.schema import article_terms, articles
-from litpulse.settings import Settings
+from litpulse.core import db
+from litpulse.core.errors import ConfigError, NotFoundError
+from litpulse.core.schema import article_terms, articles
+from litpulse.core.settings import Settings
 from ranking.scoring import ScoringOptions, score_article
 
 if TYPE_CHECKING:
@@ -305,7 +305,7 @@ def run_search(
         k: Hits wanted (>= 1).
         filters: Which articles may be returned (default: any live, non-retracted).
         options: Weights and half-life (default from the settings).
-        engine: Database engine (default :func:`litpulse.db.connect`).
+        engine: Database engine (default :func:`litpulse.core.db.connect`).
         index: The index to search (default the published one).
         embed: Turns the query into a ``(1, d)`` float32 vector (default: the index's own
             model version through :func:`ranking.embed.encode_query`).

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from litpulse.settings import Settings
+from litpulse.core.settings import Settings
 
 if TYPE_CHECKING:
     import numpy as np

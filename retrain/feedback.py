@@ -15,10 +15,10 @@ import logging
 
 from sqlalchemy import select
 
-from litpulse.db import connect, upsert, utcnow
-from litpulse.errors import ConfigError, NotFoundError
-from litpulse.schema import articles, feedback
-from litpulse.settings import Settings
+from litpulse.core.db import connect, upsert, utcnow
+from litpulse.core.errors import ConfigError, NotFoundError
+from litpulse.core.schema import articles, feedback
+from litpulse.core.settings import Settings
 
 __all__ = ["record_feedback", "MAX_QUERY_CHARS", "MAX_USER_CHARS"]
 

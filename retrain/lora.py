@@ -4,7 +4,7 @@ The adapter is a peft ``LoraConfig`` wrapped around the SentenceTransformer's un
 transformer (``model[0].auto_model``) with :func:`peft.get_peft_model`; transformers'
 own ``add_adapter`` is not used (transformers 5.24 refuses peft 0.21). Training is a
 plain torch loop so that its time and memory can be bounded: one measured step gives
-an estimate, and :class:`~litpulse.errors.BudgetError` is raised *before* any weight
+an estimate, and :class:`~litpulse.core.errors.BudgetError` is raised *before* any weight
 changes when the estimate exceeds ``max_seconds`` or ``max_memory_mb``.
 
 The loss is MultipleNegativesRankingLoss (cosine similarity × ``scale``, cross-entropy
@@ -18,7 +18,7 @@ Example:
     >>> LoraOptions(r=0)
     Traceback (most recent call last):
     ...
-    litpulse.errors.ConfigError: `r` must be positive, got 0
+    litpulse.core.errors.ConfigError: `r` must be positive, got 0
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from litpulse.errors import BudgetError, ConfigError
-from litpulse.settings import Settings
+from litpulse.core.errors import BudgetError, ConfigError
+from litpulse.core.settings import Settings
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

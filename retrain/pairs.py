@@ -33,9 +33,9 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, select
 
-from litpulse.db import connect, utcnow
-from litpulse.schema import articles, feedback, references
-from litpulse.settings import Settings
+from litpulse.core.db import connect, utcnow
+from litpulse.core.schema import articles, feedback, references
+from litpulse.core.settings import Settings
 from retrain.evaluate import EvalItem, HeldOut
 
 __all__ = ["Pair", "PairSet", "ArticleRow", "mine_pairs", "doc_text", "article_weight"]
@@ -218,7 +218,7 @@ def mine_pairs(
         The sampled :class:`PairSet` (pairs in a seeded random order).
     """
     if not 0 <= replay_share < 1:
-        from litpulse.errors import ConfigError
+        from litpulse.core.errors import ConfigError
 
         raise ConfigError(f"`replay_share` must be within [0, 1), got {replay_share!r}")
     engine = engine or connect(settings)

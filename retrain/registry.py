@@ -28,10 +28,10 @@ from typing import Any
 
 from sqlalchemy import Engine, desc, insert, select, update
 
-from litpulse.db import connect, utcnow
-from litpulse.errors import ConfigError, NotFoundError
-from litpulse.schema import model_versions
-from litpulse.settings import DEFAULT_MODEL, Settings
+from litpulse.core.db import connect, utcnow
+from litpulse.core.errors import ConfigError, NotFoundError
+from litpulse.core.schema import model_versions
+from litpulse.core.settings import DEFAULT_MODEL, Settings
 
 __all__ = [
     "STATUSES",
@@ -169,7 +169,7 @@ def get_model(settings: Settings, id: str, *, engine: Engine | None = None) -> M
 
 def active_version(settings: Settings, *, engine: Engine | None = None) -> ModelVersion | None:
     """The active version, or ``None`` when the base model is in use."""
-    from ranking.embed import active_model_row
+    from ranking.models import active_model_row
 
     row = active_model_row(engine or connect(settings))
     return ModelVersion.from_row(row) if row is not None else None
@@ -190,17 +190,6 @@ def set_status(
     with engine.begin() as conn:
         conn.execute(update(model_versions).where(model_versions.c.id == id).values(**values))
     return get_model(settings, id, engine=engine)
-
-
-def _default_reindex(settings: Settings) -> Any:
-    from ranking.embed import clear_cache
-    from ranking.index import refresh_index
-
-    # A model without a kept index gets a full build; one whose index files are still
-    # kept (a rollback, a re-promotion) has that index brought up to date and republished.
-    report = refresh_index(settings)
-    clear_cache()
-    return report
 
 
 def _switch(
@@ -247,10 +236,10 @@ def _restore(engine: Engine, rows: list[ModelVersion]) -> None:
 
 
 def _reindex(
-    settings: Settings, engine: Engine, before: list[ModelVersion], reindex: Reindex | None
+    settings: Settings, engine: Engine, before: list[ModelVersion], reindex: Reindex
 ) -> Any:
     try:
-        return (reindex or _default_reindex)(settings)
+        return reindex(settings)
     except BaseException:
         logger.exception("re-index failed: restoring the previous model statuses")
         _restore(engine, before)
@@ -263,7 +252,7 @@ def promote(
     *,
     by: str,
     reason: str | None = None,
-    reindex: Reindex | None = None,
+    reindex: Reindex,
     engine: Engine | None = None,
 ) -> dict[str, Any]:
     """Make ``id`` the active version and publish an index built for it.
@@ -278,7 +267,9 @@ def promote(
             the gate).
         by: Who or what promoted it (a user name, ``gate``, ``rollback``).
         reason: Free text kept on the row.
-        reindex: Replaces the re-index step (default: ``refresh_index(rebuild=True)``).
+        reindex: Publishes an index for the newly active model (the application's
+            :func:`litpulse.pipeline.planning.reindex_now`, or a deferring step); the
+            registry itself never imports the index (floors: retrain sits beside ranking).
 
     Returns:
         ``{"model": ModelVersion dict, "previous": id or "base", "index": report}``.
@@ -313,7 +304,7 @@ def rollback(
     *,
     by: str,
     reason: str | None = None,
-    reindex: Reindex | None = None,
+    reindex: Reindex,
     engine: Engine | None = None,
 ) -> dict[str, Any]:
     """Re-activate the version that was active before the current one (or the base model).

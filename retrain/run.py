@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from litpulse.db import Lease, acquire_lease, connect
-from litpulse.errors import ConfigError
-from litpulse.settings import Settings
+from litpulse.core.db import Lease, acquire_lease, connect
+from litpulse.core.errors import ConfigError
+from litpulse.core.settings import Settings
 from retrain import registry
 from retrain.evaluate import HeldOut, evaluate_encoder, gate, write_report
 from retrain.lora import LoraOptions, train
@@ -129,7 +129,7 @@ def retrain(
     min_new_articles: int | None = None,
     pair_filter: Callable[[PairSet], PairSet] | None = None,
     promote_by: str = "gate",
-    reindex: Callable[[Settings], Any] | None = None,
+    reindex: Callable[[Settings], Any],
     mine_kwargs: dict[str, Any] | None = None,
 ) -> RetrainReport:
     """Run one retraining round.
@@ -145,7 +145,7 @@ def retrain(
             ``settings.retrain_min_new_articles``).
         pair_filter: Transforms the mined pairs before training (experiments, tests).
         promote_by: Recorded as ``promoted_by`` when the gate promotes.
-        reindex: Replaces the re-index step of a promotion.
+        reindex: The re-index step of a promotion (see :func:`retrain.registry.promote`).
         mine_kwargs: Extra arguments of :func:`retrain.pairs.mine_pairs`.
 
     Raises:
@@ -156,7 +156,7 @@ def retrain(
     started = time.perf_counter()
     options = options or LoraOptions()
     engine = connect(settings)
-    lease = acquire_lease(engine, LEASE)  # heartbeat-renewed; see litpulse.db.Lease
+    lease = acquire_lease(engine, LEASE)  # heartbeat-renewed; see litpulse.core.db.Lease
     if lease is None:
         return RetrainReport("skipped", reasons=("another retrain is running",))
     try:
@@ -182,7 +182,7 @@ def _retrain(
     min_new_articles: int | None,
     pair_filter: Callable[[PairSet], PairSet] | None,
     promote_by: str,
-    reindex: Callable[[Settings], Any] | None,
+    reindex: Callable[[Settings], Any],
     mine_kwargs: dict[str, Any],
     started: float,
 ) -> RetrainReport:

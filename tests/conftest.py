@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from litpulse import db
-from litpulse.schema import metadata
-from litpulse.settings import Settings
+from litpulse.core import db
+from litpulse.core.schema import metadata
+from litpulse.core.settings import Settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

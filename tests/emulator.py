@@ -51,7 +51,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from lxml import etree
 
-from litpulse.settings import Settings
+from litpulse.core.settings import Settings
 
 __all__ = [
     "EmuArticle",

@@ -81,13 +81,13 @@ def _retry_decisions(bag: Any) -> dict[str, Any]:
     """
     from types import SimpleNamespace
 
-    from litpulse.airflow_support import LitpulseRetryPolicy
-    from litpulse.errors import (
+    from litpulse.core.errors import (
         DataQualityError,
         InvalidRequestError,
         RateLimitedError,
         TransientSourceError,
     )
+    from litpulse.pipeline.dag_support import LitpulseRetryPolicy
 
     policy = LitpulseRetryPolicy()
     samples = {

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from litpulse import db
-from litpulse.schema import articles, embeddings, index_versions, ingest_runs, model_versions
-from litpulse.settings import Settings
+from litpulse.core import db
+from litpulse.core.schema import articles, embeddings, index_versions, ingest_runs, model_versions
+from litpulse.core.settings import Settings
 from tests.dags.conftest import REPO, RUNNER, airflow_env, run_dags
 from tests.emulator import Emulator
 

@@ -33,9 +33,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from litpulse import db
-from litpulse.schema import articles, ingest_runs
-from litpulse.settings import Settings
+from litpulse.core import db
+from litpulse.core.schema import articles, ingest_runs
+from litpulse.core.settings import Settings
 from tests.dags.airflow_stack import AirflowStack, StackError, wait_for
 from tests.emulator import Emulator
 

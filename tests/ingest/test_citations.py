@@ -13,12 +13,12 @@ from sqlalchemy import select, update
 from ingest.citations import CitationCounts, due_pmids, parse_icite, refresh_citations
 from ingest.records import Record, SourceRef
 from ingest.store import Store
-from litpulse import db
-from litpulse.cli import COMMANDS
-from litpulse.cli import citations as cli
-from litpulse.errors import ConfigError, TransientSourceError
-from litpulse.schema import articles
-from litpulse.settings import Settings
+from litpulse.app.cli import COMMANDS
+from litpulse.app.cli import citations as cli
+from litpulse.core import db
+from litpulse.core.errors import ConfigError, TransientSourceError
+from litpulse.core.schema import articles
+from litpulse.core.settings import Settings
 from tests.emulator import Emulator, running_emulator
 
 TODAY = dt.date.today()

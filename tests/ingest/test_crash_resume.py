@@ -35,9 +35,9 @@ from ingest.generate import ArticleSpec, CorpusManifest, generate_corpus, iter_f
 from ingest.records import Deletion, Item, QuarantineEntry, SourceRef
 from ingest.store import Store
 from ingest.updatefiles import apply_updates
-from litpulse import db
-from litpulse.schema import article_terms, articles, metadata, quarantine, references
-from litpulse.settings import Settings
+from litpulse.core import db
+from litpulse.core.schema import article_terms, articles, metadata, quarantine, references
+from litpulse.core.settings import Settings
 from tests.emulator import Emulator, article_xml, pubmed_set, running_emulator
 from tests.ingest.test_store import make_record
 
@@ -475,7 +475,7 @@ def test_killed_eutils_window_resumes_to_the_clean_state(
     assert len(clean["articles"]) == len(corpus.manifest.live_pmids)
     script = (
         "import datetime as dt\n"
-        "from litpulse.settings import Settings\n"
+        "from litpulse.core.settings import Settings\n"
         "from ingest.eutils import ingest_window\n"
         "ingest_window(Settings.from_env(), dt.datetime(2024, 1, 2), dt.datetime(2024, 2, 1))\n"
     )

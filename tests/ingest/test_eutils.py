@@ -24,10 +24,10 @@ from ingest.eutils import (
 from ingest.generate import CorpusManifest, generate_corpus
 from ingest.http import eutils_client
 from ingest.store import Store
-from litpulse import db
-from litpulse.errors import ConfigError, InvalidRequestError, TransientSourceError
-from litpulse.schema import articles, checkpoints, metadata
-from litpulse.settings import Settings
+from litpulse.core import db
+from litpulse.core.errors import ConfigError, InvalidRequestError, TransientSourceError
+from litpulse.core.schema import articles, checkpoints, metadata
+from litpulse.core.settings import Settings
 from tests.emulator import Emulator, running_emulator
 
 KEY = "SECRET-eutils-key-987654321"
@@ -278,7 +278,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(
     env["PYTHONPATH"] = str(REPO)
     script = (
         "import datetime as dt\n"
-        "from litpulse.settings import Settings\n"
+        "from litpulse.core.settings import Settings\n"
         "from ingest.eutils import ingest_window\n"
         "ingest_window(Settings.from_env(), dt.datetime(2024, 1, 2), dt.datetime(2024, 2, 1))\n"
     )

@@ -13,10 +13,10 @@ from ingest.files import file_sequence, ingest_files, order_files
 from ingest.generate import generate_corpus
 from ingest.records import Record
 from ingest.store import IngestCounts, Store
-from litpulse import db
-from litpulse.errors import NotFoundError, ParseError
-from litpulse.schema import articles
-from litpulse.settings import Settings
+from litpulse.core import db
+from litpulse.core.errors import NotFoundError, ParseError
+from litpulse.core.schema import articles
+from litpulse.core.settings import Settings
 
 ARTICLE = """<PubmedArticle><MedlineCitation Status="MEDLINE" Owner="NLM">
 <PMID Version="{version}">{pmid}</PMID>

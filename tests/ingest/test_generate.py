@@ -26,7 +26,7 @@ from ingest.generate import (
 )
 from ingest.parse import iter_items, parse_bytes
 from ingest.records import Deletion, Item, QuarantineEntry, Record, SourceRef
-from litpulse.errors import ConfigError
+from litpulse.core.errors import ConfigError
 
 OPTIONS = {
     "n_records": 400,

@@ -26,10 +26,10 @@ from sqlalchemy import select
 from ingest.files import ingest_files
 from ingest.parse import ParseLimits
 from ingest.store import IngestCounts, Store
-from litpulse import db
-from litpulse.schema import articles, quarantine
-from litpulse.schema import references as references_table
-from litpulse.settings import Settings
+from litpulse.core import db
+from litpulse.core.schema import articles, quarantine
+from litpulse.core.schema import references as references_table
+from litpulse.core.settings import Settings
 from tests.ingest.hostile import (
     PROLOG,
     article,
@@ -368,8 +368,8 @@ def test_overlong_text_field_is_quarantined(sqlite_settings: Settings, tmp_path:
 
 _PEAK = (
     "import resource, sys\n"
-    "import ingest.files, ingest.parse, ingest.store, litpulse.cli, litpulse.db\n"
-    "from litpulse.cli import main\n"
+    "import ingest.files, ingest.parse, ingest.store, litpulse.app.cli, litpulse.core.db\n"
+    "from litpulse.app.cli import main\n"
     "def hwm():\n"
     "    for row in open('/proc/self/status'):\n"
     "        if row.startswith('VmHWM:'):\n"

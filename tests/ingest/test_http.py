@@ -12,8 +12,8 @@ import pytest
 import requests
 
 from ingest.http import HttpClient, RateLimiter, eutils_client, limiter_for, redact
-from litpulse.errors import InvalidRequestError, RateLimitedError, TransientSourceError
-from litpulse.settings import Settings
+from litpulse.core.errors import InvalidRequestError, RateLimitedError, TransientSourceError
+from litpulse.core.settings import Settings
 from tests.emulator import Emulator, max_requests_in_window, running_emulator
 
 KEY = "SECRET-api-key-0123456789"

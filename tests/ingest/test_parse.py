@@ -29,7 +29,7 @@ from ingest.records import (
     Record,
     SourceRef,
 )
-from litpulse.errors import ParseError
+from litpulse.core.errors import ParseError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 EDGE = FIXTURES / "pubmed_edge_cases.xml"

@@ -22,8 +22,8 @@ from ingest.records import (
     SourceRef,
 )
 from ingest.store import IngestCounts, Store
-from litpulse.errors import ConfigError, NotFoundError
-from litpulse.schema import article_terms, articles, references
+from litpulse.core.errors import ConfigError, NotFoundError
+from litpulse.core.schema import article_terms, articles, references
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 

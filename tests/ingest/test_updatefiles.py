@@ -11,10 +11,10 @@ from sqlalchemy import select
 from ingest.generate import CorpusManifest, generate_corpus
 from ingest.store import Store
 from ingest.updatefiles import apply_updates, list_remote_files, parse_listing, parse_md5
-from litpulse import db
-from litpulse.errors import ChecksumError
-from litpulse.schema import articles, source_files
-from litpulse.settings import Settings
+from litpulse.core import db
+from litpulse.core.errors import ChecksumError
+from litpulse.core.schema import articles, source_files
+from litpulse.core.settings import Settings
 from tests.emulator import Emulator, running_emulator
 
 

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine, insert
 
-from litpulse.db import utcnow
-from litpulse.schema import article_terms, articles
+from litpulse.core.db import utcnow
+from litpulse.core.schema import article_terms, articles
 
 DIM = 128
 TODAY = dt.date.today()
@@ -229,8 +229,8 @@ def real_corpus(tmp_path_factory: Any) -> Any:
     CPU); later calls return the same settings.
     """
     if "settings" not in _REAL:
-        from litpulse import db
-        from litpulse.settings import Settings
+        from litpulse.core import db
+        from litpulse.core.settings import Settings
         from ranking.index import refresh_index
 
         settings = Settings.from_env({}, home=tmp_path_factory.mktemp("real-corpus"))

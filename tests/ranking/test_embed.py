@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine, insert, select, update
 
-from litpulse import db
-from litpulse.errors import ConfigError, NotFoundError
-from litpulse.schema import articles, embeddings, model_versions
-from litpulse.settings import Settings
+from litpulse.core import db
+from litpulse.core.errors import ConfigError, NotFoundError
+from litpulse.core.schema import articles, embeddings, model_versions
+from litpulse.core.settings import Settings
 from ranking import embed as em
 
 TEXTS = [

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine, insert, update
 
-from litpulse import db
-from litpulse.cli import index as cli_index
-from litpulse.errors import NotFoundError
-from litpulse.schema import articles, embeddings, index_versions, model_versions
-from litpulse.settings import Settings
+from litpulse.app.cli import index as cli_index
+from litpulse.core import db
+from litpulse.core.errors import NotFoundError
+from litpulse.core.schema import articles, embeddings, index_versions, model_versions
+from litpulse.core.settings import Settings
 from ranking import index as ix
 from ranking.embed import vector_to_bytes
 

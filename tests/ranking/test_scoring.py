@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from litpulse.errors import ConfigError
-from litpulse.settings import Settings
+from litpulse.core.errors import ConfigError
+from litpulse.core.settings import Settings
 from ranking.scoring import (
     NEUTRAL_CITATION,
     NEUTRAL_RECENCY,

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from litpulse.errors import ConfigError, NotFoundError
-from litpulse.settings import Settings
+from litpulse.core.errors import ConfigError, NotFoundError
+from litpulse.core.settings import Settings
 from ranking.scoring import ScoringOptions
 from ranking.search import Hit, NoIndexError, SearchFilters, SearchResult, run_search, search
 from tests.ranking.corpus import (

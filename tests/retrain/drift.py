@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from litpulse.db import upsert
-from litpulse.schema import articles, references
+from litpulse.core.db import upsert
+from litpulse.core.schema import articles, references
 
 OLD_TOPICS = {
     "cardiology": ["atrial fibrillation", "heart failure", "statin", "hypertension",

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from litpulse.settings import Settings
+from litpulse.core.settings import Settings
 from retrain.evaluate import (
     EvalItem,
     HeldOut,

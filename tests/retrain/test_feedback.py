@@ -7,9 +7,9 @@ import datetime as dt
 import pytest
 from sqlalchemy import Engine, func, select
 
-from litpulse.errors import ConfigError, NotFoundError
-from litpulse.schema import feedback
-from litpulse.settings import Settings
+from litpulse.core.errors import ConfigError, NotFoundError
+from litpulse.core.schema import feedback
+from litpulse.core.settings import Settings
 from retrain.feedback import record_feedback
 from tests.retrain.drift import insert_batch
 

@@ -23,8 +23,9 @@ from typing import Any
 
 import pytest
 
-from litpulse import db
-from litpulse.settings import Settings
+from litpulse.core import db
+from litpulse.core.settings import Settings
+from litpulse.pipeline.planning import reindex_now
 from retrain import registry
 from retrain.lora import LoraOptions
 from retrain.pairs import PairSet
@@ -74,13 +75,15 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     insert_batch(engine, start_pmid=5000, n=300, start=dt.date(2024, 7, 1), days=180,
                  ingested=T1, new_share_from=0.2, new_share_to=0.8, drugs=drugs, seed=2)
     out: dict[str, Any] = {"settings": settings}
-    out["first"] = retrain(settings, options=OPTIONS, mine_kwargs=MINE)
+    out["first"] = retrain(settings, options=OPTIONS, mine_kwargs=MINE, reindex=reindex_now)
     out["index_after_first"] = _published(settings)
     insert_batch(engine, start_pmid=9000, n=120, start=dt.date(2025, 1, 1), days=30,
                  ingested=T2, new_share_from=0.6, new_share_to=0.6, drugs=drugs, seed=3)
-    out["second"] = retrain(settings, options=SHUFFLED, mine_kwargs=MINE, pair_filter=_shuffle)
+    out["second"] = retrain(
+        settings, options=SHUFFLED, mine_kwargs=MINE, pair_filter=_shuffle, reindex=reindex_now
+    )
     out["index_after_second"] = _published(settings)
-    out["rollback"] = registry.rollback(settings, by="tester")
+    out["rollback"] = registry.rollback(settings, by="tester", reindex=reindex_now)
     out["index_after_rollback"] = _published(settings)
     out["models"] = {m.id: m for m in registry.list_models(settings)}
     yield out

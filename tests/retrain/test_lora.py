@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from litpulse.errors import BudgetError, ConfigError
-from litpulse.settings import Settings
+from litpulse.core.errors import BudgetError, ConfigError
+from litpulse.core.settings import Settings
 from retrain.lora import ADAPTER_WEIGHTS, LoraOptions, file_sha256, train
 from retrain.pairs import Pair
 

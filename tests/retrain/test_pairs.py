@@ -6,8 +6,8 @@ import datetime as dt
 
 from sqlalchemy import Engine, update
 
-from litpulse.schema import articles
-from litpulse.settings import Settings
+from litpulse.core.schema import articles
+from litpulse.core.settings import Settings
 from retrain.feedback import record_feedback
 from retrain.pairs import ArticleRow, article_weight, mine_pairs
 from tests.retrain.drift import insert_batch, make_drugs

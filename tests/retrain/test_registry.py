@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from litpulse.errors import ConfigError, NotFoundError
-from litpulse.settings import Settings
+from litpulse.core.errors import ConfigError, NotFoundError
+from litpulse.core.settings import Settings
 from retrain import registry
 
 

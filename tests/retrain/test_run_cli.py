@@ -8,9 +8,10 @@ import json
 import pytest
 from sqlalchemy import Engine
 
-from litpulse.cli import main
-from litpulse.db import acquire_lease
-from litpulse.settings import Settings
+from litpulse.app.cli import main
+from litpulse.core.db import acquire_lease
+from litpulse.core.settings import Settings
+from litpulse.pipeline.planning import reindex_now
 from retrain.run import LEASE, retrain
 from tests.retrain.drift import insert_batch
 
@@ -24,7 +25,7 @@ def _corpus(engine: Engine) -> None:
 
 def test_dry_run_counts_pairs(settings: Settings, engine: Engine) -> None:
     _corpus(engine)
-    report = retrain(settings, dry_run=True)
+    report = retrain(settings, reindex=reindex_now, dry_run=True)
     assert report.status == "dry_run"
     assert report.pairs["counts"]["title_abstract"] > 0
     assert report.pairs["new_articles"] == 80
@@ -34,15 +35,15 @@ def test_dry_run_counts_pairs(settings: Settings, engine: Engine) -> None:
 
 
 def test_skips(settings: Settings, engine: Engine) -> None:
-    report = retrain(settings)
+    report = retrain(settings, reindex=reindex_now)
     assert report.status == "skipped"
     _corpus(engine)
-    few = retrain(settings, min_new_articles=settings.retrain_min_new_articles)
+    few = retrain(settings, reindex=reindex_now, min_new_articles=settings.retrain_min_new_articles)
     assert few.status == "skipped" and "fewer than 500" in few.reasons[0]
     lease = acquire_lease(engine, LEASE)
     assert lease is not None
     try:
-        busy = retrain(settings, dry_run=True)
+        busy = retrain(settings, reindex=reindex_now, dry_run=True)
     finally:
         lease.release()
     assert busy.status == "skipped" and "another retrain" in busy.reasons[0]
@@ -50,7 +51,7 @@ def test_skips(settings: Settings, engine: Engine) -> None:
 
 def test_cli(sqlite_settings: Settings, monkeypatch: pytest.MonkeyPatch,
              capsys: pytest.CaptureFixture[str]) -> None:
-    from litpulse import db
+    from litpulse.core import db
 
     monkeypatch.setenv("LITPULSE_HOME", str(sqlite_settings.home))
     _corpus(db.connect(sqlite_settings))

@@ -1,0 +1,321 @@
+"""Data-quality checks run after each nightly ingest.
+
+A run can succeed technically and still be wrong: NCBI returned nothing on a weekday,
+a malformed update file sent a large share of records to quarantine, or the ingest has
+stopped moving forward (neither the runs nor the dates show new records for days).
+:func:`check_ingest` looks at the counts of one run, its window, the ingest runs and the
+store, and raises :class:`~litpulse.core.errors.DataQualityError` (never retried:
+repeating the same run gives the same answer) naming every failed check.
+
+Example:
+    >>> from litpulse.core.settings import Settings
+    >>> s = Settings.from_env({}, quality_max_staleness_days=0)
+    >>> report = check_ingest(s, {"inserted": 10, "quarantined": 0}, raise_on_failure=False)
+    >>> report.ok
+    True
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from litpulse.core.errors import ConfigError, DataQualityError
+from litpulse.core.settings import Settings
+
+__all__ = [
+    "QualityReport",
+    "check_ingest",
+    "counts_as_dict",
+    "newest_entrez_date",
+    "progress_watermark",
+    "stored_in_window",
+]
+
+logger = logging.getLogger(__name__)
+
+_COUNT_FIELDS = ("inserted", "updated", "unchanged", "deleted", "quarantined", "missing")
+#: Ingest sources whose runs cover a time window (the watermark).
+_WINDOW_SOURCES = ("eutils", "updatefiles")
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    """The outcome of the checks on one ingest run.
+
+    Attributes:
+        ok: Whether every check passed.
+        problems: One sentence per failed check.
+        records: Records the source returned (inserted + updated + unchanged + deleted +
+            quarantined).
+        quarantine_rate: Quarantined share of the parsed records (0..1).
+        newest_entrez_date: Newest entrez date of a live article in the store.
+        window_start: Start of the checked window (UTC), when known.
+        window_end: End of the checked window (UTC), when known.
+        checks: The checks that ran.
+        progress_watermark: End of the newest succeeded ingest window that inserted or
+            updated records (this run's window when it did), when known.
+        progress: What showed the ingest moving forward (empty when it did not, or when
+            the staleness check did not run): ``"run"`` (this run inserted or updated
+            records), ``"runs"`` (a recent window did) and/or ``"dates"`` (a recent entrez
+            date is in the store).
+    """
+
+    ok: bool
+    problems: tuple[str, ...] = ()
+    records: int = 0
+    quarantine_rate: float = 0.0
+    newest_entrez_date: dt.date | None = None
+    window_start: dt.datetime | None = None
+    window_end: dt.datetime | None = None
+    checks: tuple[str, ...] = field(default=())
+    progress_watermark: dt.datetime | None = None
+    progress: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.quarantine_rate <= 1.0:
+            raise ConfigError(f"quarantine_rate must be within [0, 1], got {self.quarantine_rate}")
+        if self.records < 0:
+            raise ConfigError(f"records must be >= 0, got {self.records}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (dates as ISO strings)."""
+        return {
+            "ok": self.ok,
+            "problems": list(self.problems),
+            "checks": list(self.checks),
+            "records": self.records,
+            "quarantine_rate": round(self.quarantine_rate, 6),
+            "newest_entrez_date": _iso(self.newest_entrez_date),
+            "window_start": _iso(self.window_start),
+            "window_end": _iso(self.window_end),
+            "progress_watermark": _iso(self.progress_watermark),
+            "progress": list(self.progress),
+        }
+
+
+def counts_as_dict(counts: Any) -> dict[str, int]:
+    """The six ingest counts of an ``IngestCounts``, a dict or ``None`` (missing are 0)."""
+    if counts is None:
+        raw: Mapping[str, Any] = {}
+    elif isinstance(counts, Mapping):
+        raw = counts
+    elif hasattr(counts, "to_dict"):
+        raw = counts.to_dict()
+    else:
+        raise ConfigError(f"counts must be IngestCounts or a mapping, got {type(counts).__name__}")
+    return {name: int(raw.get(name, 0) or 0) for name in _COUNT_FIELDS}
+
+
+def newest_entrez_date(engine: Engine) -> dt.date | None:
+    """Newest entrez (or, lacking it, best) date of a live article; ``None`` when empty."""
+    from litpulse.core.schema import articles
+
+    with engine.connect() as conn:
+        newest = conn.execute(
+            select(func.max(func.coalesce(articles.c.entrez_date, articles.c.best_date))).where(
+                articles.c.is_deleted.is_(False)
+            )
+        ).scalar()
+    if isinstance(newest, str):  # SQLite returns the coalesced date as text
+        newest = dt.date.fromisoformat(newest[:10])
+    if isinstance(newest, dt.datetime):
+        newest = newest.date()
+    return newest
+
+
+def progress_watermark(engine: Engine) -> dt.datetime | None:
+    """End of the newest succeeded E-utilities/update-file window that inserted or updated
+    records (what the runs did, whatever dates the records carry); ``None`` when none did.
+    """
+    from litpulse.core.schema import ingest_runs
+
+    r = ingest_runs.c
+    with engine.connect() as conn:
+        value = conn.execute(
+            select(func.max(r.window_end)).where(
+                r.source.in_(_WINDOW_SOURCES),
+                r.status == "succeeded",
+                r.window_end.is_not(None),
+                r.inserted + r.updated > 0,
+            )
+        ).scalar()
+    if isinstance(value, str):  # SQLite without type affinity
+        value = dt.datetime.fromisoformat(value)
+    return _utc(value) if value is not None else None
+
+
+def stored_in_window(engine: Engine, start: dt.datetime, end: dt.datetime) -> int:
+    """Live articles whose entrez (or best) date falls on a day of ``[start, end)``."""
+    from litpulse.core.schema import articles
+
+    first = start.date()
+    last = (end - dt.timedelta(microseconds=1)).date()
+    day = func.coalesce(articles.c.entrez_date, articles.c.best_date)
+    with engine.connect() as conn:
+        n = conn.execute(
+            select(func.count())
+            .select_from(articles)
+            .where(articles.c.is_deleted.is_(False), day >= first, day <= last)
+        ).scalar()
+    return int(n or 0)
+
+
+def check_ingest(
+    settings: Settings,
+    counts: Any,
+    window: tuple[dt.datetime, dt.datetime] | None = None,
+    *,
+    engine: Engine | None = None,
+    raise_on_failure: bool = True,
+) -> QualityReport:
+    """Check the outcome of one ingest run.
+
+    Checks, each configurable:
+
+    * **empty weekday** — a window touching a Monday-Friday (UTC) that returned no record
+      at all while the store holds no article of those days either
+      (``LITPULSE_QUALITY_EXPECT_WEEKDAYS``). A rerun of a finished window (its batches
+      skipped, or every record unchanged) is not empty.
+    * **quarantine rate** — quarantined / parsed above ``LITPULSE_MAX_QUARANTINE_RATE``.
+    * **not moving forward** (``stale_watermark``) — judged from what the runs did *and*
+      from dates, with ``N = LITPULSE_QUALITY_MAX_STALENESS_DAYS`` (0 disables). The ingest
+      moves forward when this run inserted or updated records (``"run"``), or a succeeded
+      window that did ends at most ``N`` days before this window's end (``"runs"``, the
+      progress watermark), or the newest entrez date in the store is at most ``N`` days
+      older than the window end (``"dates"``). It fails only when none of them holds, and
+      the message says what each showed: a mirror or a replay whose records carry old
+      entrez dates passes as long as the runs insert records.
+
+    Args:
+        settings: The settings (thresholds and store).
+        counts: The run's ``IngestCounts`` (or its ``to_dict()``).
+        window: ``(start, end)`` of the ingested window; ``None`` for file ingests, where
+            only the quarantine rate is checked.
+        engine: The store (default: ``litpulse.core.db.connect(settings)``).
+        raise_on_failure: Raise instead of returning a failed report.
+
+    Returns:
+        The report (``ok`` true when every check passed).
+
+    Raises:
+        DataQualityError: A check failed and ``raise_on_failure`` is true; the message
+            lists every failed check.
+    """
+    c = counts_as_dict(counts)
+    parsed = c["inserted"] + c["updated"] + c["unchanged"] + c["quarantined"]
+    records = parsed + c["deleted"]
+    rate = c["quarantined"] / parsed if parsed else 0.0
+    problems: list[str] = []
+    checks = ["quarantine_rate"]
+
+    if rate > settings.max_quarantine_rate:
+        problems.append(
+            f"{c['quarantined']} of {parsed} records quarantined ({rate:.2%}), above "
+            f"LITPULSE_MAX_QUARANTINE_RATE={settings.max_quarantine_rate:.2%}; "
+            "see `litpulse quarantine`"
+        )
+
+    start = end = None
+    newest = None
+    watermark = None
+    progress: list[str] = []
+    if window is not None:
+        start, end = (_utc(w) for w in window)
+        if end <= start:
+            raise ConfigError(f"window end {end.isoformat()} must be after its start")
+        if engine is None:
+            from litpulse.core.db import connect
+
+            engine = connect(settings)
+        if settings.quality_expect_weekdays:
+            checks.append("empty_weekday")
+            # a repeated window skips its finished batches and returns nothing: the
+            # day is empty only when the store holds nothing of it either
+            if (
+                records == 0
+                and _has_weekday(start, end)
+                and stored_in_window(engine, start, end) == 0
+            ):
+                problems.append(
+                    f"the window {start.isoformat()}..{end.isoformat()} includes a weekday "
+                    "but returned no record; "
+                    "PubMed adds records every weekday (check the source and the query; set "
+                    "LITPULSE_QUALITY_EXPECT_WEEKDAYS=false to allow empty weekdays)"
+                )
+        if settings.quality_max_staleness_days:
+            checks.append("stale_watermark")
+            days = settings.quality_max_staleness_days
+            limit = end - dt.timedelta(days=days)
+            newest = newest_entrez_date(engine)
+            watermark = progress_watermark(engine)
+            changed = c["inserted"] + c["updated"]
+            if changed:
+                progress.append("run")
+            if watermark is not None and watermark >= limit:
+                progress.append("runs")
+            if newest is not None and newest >= limit.date():
+                progress.append("dates")
+            if not progress:
+                problems.append(
+                    "the ingest is not moving forward: this run inserted or updated no record; "
+                    "the newest window that did "
+                    + (f"ended {watermark.isoformat()}" if watermark else "does not exist")
+                    + f"; the newest entrez date in the store is {newest or 'missing'} — all "
+                    f"more than {days} days before the window end {end.date()} "
+                    "(LITPULSE_QUALITY_MAX_STALENESS_DAYS); look for failed earlier runs"
+                )
+            elif "dates" not in progress:
+                logger.warning(
+                    "the newest entrez date in the store is %s, more than %d days before the "
+                    "window end %s, but the ingest moves forward by what the runs did (%s; "
+                    "progress watermark %s): a mirror or a replay?",
+                    newest or "missing", days, end.date(), "+".join(progress), _iso(watermark),
+                )
+
+    report = QualityReport(
+        ok=not problems,
+        problems=tuple(problems),
+        records=records,
+        quarantine_rate=rate,
+        newest_entrez_date=newest,
+        window_start=start,
+        window_end=end,
+        checks=tuple(checks),
+        progress_watermark=watermark,
+        progress=tuple(progress),
+    )
+    if problems:
+        logger.warning("data-quality check failed: %s", "; ".join(problems))
+        if raise_on_failure:
+            raise DataQualityError("data-quality check failed: " + "; ".join(problems))
+    else:
+        logger.info(
+            "data-quality check passed: %d records, %.2f%% quarantined", records, rate * 100
+        )
+    return report
+
+
+def _has_weekday(start: dt.datetime, end: dt.datetime) -> bool:
+    """Whether ``[start, end)`` touches a Monday-Friday (UTC) calendar day."""
+    day = start.date()
+    while dt.datetime.combine(day, dt.time(), dt.UTC) < end:
+        if day.weekday() < 5:
+            return True
+        day += dt.timedelta(days=1)
+    return False
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
+
+
+def _iso(value: dt.date | None) -> str | None:
+    return value.isoformat() if value is not None else None

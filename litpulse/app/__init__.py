@@ -1,0 +1,1 @@
+"""Application floor: every user-facing interface (CLI, HTTP API, web page, export)."""

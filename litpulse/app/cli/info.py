@@ -1,0 +1,188 @@
+"""Read-only commands: ``article``, ``status``, ``quarantine`` and ``settings``."""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from typing import Any
+
+from litpulse.app.cli._common import kv, print_json, print_table
+from litpulse.core.errors import ConfigError
+from litpulse.core.settings import Settings
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("article", help="show one stored article")
+    p.add_argument("pmid", type=int, metavar="PMID")
+    p.add_argument("--json", action="store_true", help="every stored field as JSON")
+    p.set_defaults(func=article)
+
+    p = sub.add_parser("status", help="counts of the store and the latest ingest runs")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.add_argument("--runs", type=int, default=5, metavar="N", help="runs to list (default 5)")
+    p.set_defaults(func=status)
+
+    p = sub.add_parser("quarantine", help="records that could not be parsed: what, why, where")
+    p.add_argument("--json", action="store_true", help="print as JSON (with the raw XML)")
+    p.add_argument("--limit", type=int, default=20, metavar="N", help="entries (default 20)")
+    p.set_defaults(func=quarantine)
+
+    p = sub.add_parser(
+        "settings", help="every setting: variable, current value, allowed range and help"
+    )
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=settings_cmd)
+
+
+def _store(settings: Settings) -> Any:
+    from ingest.store import Store
+    from litpulse.core.db import connect
+
+    return Store(connect(settings))
+
+
+def article(args: argparse.Namespace, settings: Settings) -> int:
+    art = _store(settings).get_article(args.pmid)  # NotFoundError -> exit 1
+    if args.json:
+        print_json(art)
+        return 0
+    flags = [f for f, on in (("DELETED", art["is_deleted"]), ("RETRACTED", art["is_retracted"]),
+                             ("BOOK", art["is_book"])) if on]  # fmt: skip
+    print(f"PMID {art['pmid']}  version {art['version']}  {' '.join(f'[{f}]' for f in flags)}")
+    print(art["title"] or "(no title)")
+    names = [a.get("name", "") for a in art["authors"]]
+    if names:
+        shown = ", ".join(names[:10]) + (f", … ({len(names)} authors)" if len(names) > 10 else "")
+        print(shown)
+    where = ". ".join(
+        str(x) for x in (art["journal"], art["pub_date_raw"] or art["pub_year"]) if x
+    )
+    print()
+    pairs: list[tuple[str, Any]] = [("published", where or "-")]
+    if art["doi"]:
+        pairs.append(("doi", art["doi"]))
+    if art["pmcid"]:
+        pairs.append(("pmc", art["pmcid"]))
+    pairs += [
+        ("best date", art["best_date"] or "-"),
+        ("revised", art["date_revised"] or "-"),
+        ("language", art["language"] or "-"),
+        ("types", "; ".join(art["publication_types"]) or "-"),
+        ("mesh", "; ".join(m["descriptor"] + ("*" if m["major"] else "") for m in art["mesh"])
+         or "-"),  # fmt: skip
+        ("references", len(art["references"])),
+        ("cited in corpus", art["cited_by_in_corpus"]),
+        ("citations", "-" if art["citation_count"] is None else art["citation_count"]),
+        ("rcr", "-" if art["relative_citation_ratio"] is None else art["relative_citation_ratio"]),
+        ("source", f"{art['source']['kind']} {art['source']['location']}"),
+        ("updated", art["updated_at"]),
+    ]
+    if art["is_deleted"]:
+        pairs.append(("deleted", art["deleted_at"]))
+    kv(pairs)
+    if art["abstract"]:
+        print()
+        for para in art["abstract"].split("\n"):
+            print(textwrap.fill(para, width=100))
+    return 0
+
+
+def status(args: argparse.Namespace, settings: Settings) -> int:
+    if args.runs < 0:
+        raise ConfigError("--runs must be >= 0")
+    st = _store(settings).status(runs=args.runs)
+    st["database"] = _safe_url(settings.effective_database_url)
+    st["index"] = _index(settings)
+    if args.json:
+        print_json(st)
+        return 0
+    ix = st.pop("index")
+    st["index"] = (
+        f"{ix['version']} (model {ix['model_version']}, {ix['size']} vectors, "
+        f"published {ix['published_at']})" if ix["version"] else None
+    )
+    kv([(k, v if v is not None else "-") for k, v in st.items() if k != "last_runs"])
+    runs = st["last_runs"]
+    if runs:
+        print()
+        print_table(
+            [
+                (r["id"], r["source"], r["status"], (r["started_at"] or "")[:19], r["seconds"],
+                 r["inserted"], r["updated"], r["unchanged"], r["deleted"], r["quarantined"],
+                 r["missing"], _short(r["error"] or r["target"] or "", 40))
+                for r in runs
+            ],  # fmt: skip
+            ["run", "source", "status", "started", "seconds", "ins", "upd", "same", "del",
+             "quar", "miss", "target / error"],  # fmt: skip
+        )
+    return 0
+
+
+def _index(settings: Settings) -> dict[str, Any]:
+    """The published index version (``version`` is ``None`` before the first one)."""
+    from ranking.index import index_status
+
+    ix = index_status(settings)
+    return {
+        "version": ix["published"],
+        "model_version": ix["model_version"],
+        "active_model": ix["active_model"],
+        "size": ix["size"],
+        "published_at": ix["published_at"],
+        "pending_embeddings": ix["pending_embeddings"],
+    }
+
+
+def quarantine(args: argparse.Namespace, settings: Settings) -> int:
+    if args.limit <= 0:
+        raise ConfigError("--limit must be positive")
+    rows = _store(settings).quarantined(args.limit)
+    if args.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        print("quarantine is empty")
+        return 0
+    print_table(
+        [
+            (
+                r["id"],
+                r["pmid"] or "-",
+                _short(r["reason"], 60),
+                r["source_location"] + (f":{r['line']}" if r["line"] else ""),
+                (r["created_at"] or "")[:19],
+            )
+            for r in rows
+        ],
+        ["id", "pmid", "why", "from", "when"],
+    )
+    return 0
+
+
+def settings_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    rows = settings.describe()
+    if args.json:
+        print_json(rows)
+        return 0
+    print_table(
+        [(r["env"], r["value"], r["range"], r["help"]) for r in rows],
+        ["variable", "value", "range", "help"],
+    )
+    return 0
+
+
+def _short(text: str, width: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _safe_url(url: str) -> str:
+    """The database URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - show nothing rather than a secret
+        return "?"

@@ -1,0 +1,93 @@
+"""``litpulse ingest``: local files, an E-utilities window, or NLM update files."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from typing import Any
+
+from litpulse.app.cli._common import kv, print_json, show_progress
+from litpulse.core.errors import ConfigError
+from litpulse.core.settings import Settings
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "ingest",
+        help="store PubMed records from files, E-utilities or the update files",
+        description=(
+            "Parse PubMed records and store them: one row per PMID holding its newest "
+            "version, deletions as tombstones, unparseable records in quarantine. "
+            "Repeating an ingest changes nothing."
+        ),
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--files", nargs="+", metavar="PATH", help="PubMed XML files (plain or .xml.gz)"
+    )
+    src.add_argument(
+        "--eutils", action="store_true", help="fetch a date window through E-utilities"
+    )
+    src.add_argument(
+        "--updatefiles", action="store_true", help="apply new NLM update files, in order"
+    )
+    p.add_argument("--since", type=_date, metavar="YYYY-MM-DD", help="window start (--eutils)")
+    p.add_argument(
+        "--until",
+        type=_date,
+        metavar="YYYY-MM-DD",
+        help="last day of the window, inclusive (--eutils; default: now)",
+    )
+    p.add_argument("--query", metavar="TERM", help="extra ESearch term (--eutils)")
+    p.add_argument(
+        "--max-files", type=int, metavar="N", help="apply at most N files (--updatefiles)"
+    )
+    p.add_argument("--json", action="store_true", help="print the counts as one JSON object")
+    p.set_defaults(func=run)
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a YYYY-MM-DD date: {text!r}") from None
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    progress = show_progress() and not args.json
+    if not args.eutils and (args.since or args.until or args.query):
+        raise ConfigError("--since, --until and --query only go with --eutils")
+    if not args.updatefiles and args.max_files is not None:
+        raise ConfigError("--max-files only goes with --updatefiles")
+    if args.files:
+        from ingest.files import ingest_files
+
+        counts = ingest_files(settings, args.files, progress=progress)
+    elif args.eutils:
+        if args.since is None:
+            raise ConfigError("--eutils needs --since YYYY-MM-DD")
+        since = dt.datetime.combine(args.since, dt.time(), tzinfo=dt.UTC)
+        if args.until is None:
+            until = dt.datetime.now(dt.UTC)
+        else:
+            # the window is [since, until + 1 day): --until names the last day included
+            until = dt.datetime.combine(args.until + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+        if until <= since:
+            raise ConfigError("--until must not be before --since")
+        from ingest.eutils import ingest_window
+
+        counts = ingest_window(settings, since, until, query=args.query, progress=progress)
+    else:
+        if args.max_files is not None and args.max_files <= 0:
+            raise ConfigError("--max-files must be positive")
+        from ingest.updatefiles import apply_updates
+
+        counts = apply_updates(settings, max_files=args.max_files, progress=progress)
+    result = counts.to_dict()
+    if args.json:
+        print_json(result)
+    else:
+        kv(result.items())
+    return 0

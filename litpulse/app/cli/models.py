@@ -1,0 +1,204 @@
+"""``litpulse models``, ``litpulse retrain`` and ``litpulse feedback``."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+from typing import Any
+
+from litpulse.app.cli._common import kv, print_json, print_table, show_progress
+from litpulse.core.settings import Settings
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "models",
+        help="list, inspect, promote or roll back model versions",
+        description=(
+            "Model versions are the base model plus a LoRA adapter trained by `retrain`. "
+            "Promoting one re-embeds the corpus and publishes a new index for it; until "
+            "that index is published, searches keep the old model with the old index."
+        ),
+    )
+    msub = p.add_subparsers(dest="models_command", metavar="ACTION")
+    msub.required = True
+    ls = msub.add_parser("list", help="every model version, oldest first")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.set_defaults(func=run_list)
+    sh = msub.add_parser("show", help="one model version with its lineage and metrics")
+    sh.add_argument("id", help="model version id")
+    sh.add_argument("--json", action="store_true", help="print JSON")
+    sh.set_defaults(func=run_show)
+    pr = msub.add_parser("promote", help="make a version active and re-index for it")
+    pr.add_argument("id", help="model version id")
+    pr.add_argument("--by", default=None, help="who promotes (default: the login name)")
+    pr.add_argument("--reason", default=None, help="why (kept on the version)")
+    pr.add_argument("--json", action="store_true", help="print JSON")
+    pr.set_defaults(func=run_promote)
+    rb = msub.add_parser(
+        "rollback", help="re-activate the previous version (or the base model) and re-index"
+    )
+    rb.add_argument("--by", default=None, help="who rolls back (default: the login name)")
+    rb.add_argument("--reason", default=None, help="why (kept on the rolled-back version)")
+    rb.add_argument("--json", action="store_true", help="print JSON")
+    rb.set_defaults(func=run_rollback)
+
+    r = sub.add_parser(
+        "retrain",
+        help="fine-tune a LoRA adapter on new literature; promote it if it passes the gate",
+        description=(
+            "Mine pairs from the articles ingested since the active model was trained "
+            "(title->abstract, citing->cited, expert feedback, plus a replay share of older "
+            "pairs), train a LoRA adapter, evaluate it on held-out fresh and older articles "
+            "against the active and base models, and promote it when it beats the active "
+            "model on fresh recall@10 by LITPULSE_GATE_FRESH_MARGIN while losing at most "
+            "LITPULSE_GATE_OLDER_TOLERANCE on older."
+        ),
+    )
+    r.add_argument("--dry-run", action="store_true", help="mine and count pairs only")
+    r.add_argument(
+        "--from-base", action="store_true",
+        help="start a fresh adapter on the base model from all articles",
+    )
+    r.add_argument("--steps", type=int, default=None, help="most training steps")
+    r.add_argument("--batch-size", type=int, default=None, help="pairs per step")
+    r.add_argument("--max-seconds", type=float, default=None, help="time budget, in seconds")
+    r.add_argument("--json", action="store_true", help="print the report as JSON")
+    r.set_defaults(func=run_retrain)
+
+    f = sub.add_parser(
+        "feedback",
+        help="record whether an article is relevant to a query (used by retrain)",
+    )
+    f.add_argument("--query", required=True, help="the search query")
+    f.add_argument("--pmid", required=True, type=int, help="the article")
+    g = f.add_mutually_exclusive_group(required=True)
+    g.add_argument("--relevant", dest="relevant", action="store_true", help="it is relevant")
+    g.add_argument("--not-relevant", dest="relevant", action="store_false", help="it is not")
+    f.add_argument("--user", required=True, help="who judges")
+    f.add_argument("--json", action="store_true", help="print JSON")
+    f.set_defaults(func=run_feedback)
+
+
+def _who(value: str | None) -> str:
+    if value:
+        return value
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "cli"
+
+
+def _metric(v: Any, name: str) -> str:
+    try:
+        return f"{v.metrics['candidate'][name]['recall@10']:.3f}"
+    except (KeyError, TypeError):
+        return ""
+
+
+def run_list(args: argparse.Namespace, settings: Settings) -> int:
+    from retrain.registry import list_models
+
+    models = list_models(settings)
+    if args.json:
+        print_json([m.to_dict() for m in models])
+        return 0
+    if not models:
+        print("no model versions: the base model is in use")
+        return 0
+    print_table(
+        [[m.id, m.status, m.parent_id or "base", sum(
+            v for k, v in m.pair_counts.items() if k != "hard_negatives" and isinstance(v, int)
+        ), _metric(m, "fresh"), _metric(m, "older"), m.promoted_by or "",
+          m.created_at.strftime("%Y-%m-%d %H:%M")] for m in models],
+        ["id", "status", "parent", "pairs", "fresh_r@10", "older_r@10", "promoted_by", "created"],
+    )
+    return 0
+
+
+def run_show(args: argparse.Namespace, settings: Settings) -> int:
+    from retrain.registry import get_model
+
+    m = get_model(settings, args.id)
+    if args.json:
+        print_json(m.to_dict())
+        return 0
+    d = m.to_dict()
+    kv((k, d[k]) for k in (
+        "id", "status", "base_model", "adapter_path", "adapter_sha256", "parent_id",
+        "window_start", "window_end", "pair_counts", "promoted_by", "promoted_at",
+        "created_at", "reason",
+    ))
+    for who in ("candidate", "active", "base"):
+        mm = m.metrics.get(who)
+        if mm:
+            print(f"{who:9}  fresh {mm['fresh']}  older {mm['older']}")
+    return 0
+
+
+def run_promote(args: argparse.Namespace, settings: Settings) -> int:
+    from litpulse.pipeline.planning import reindex_now
+    from retrain.registry import promote
+
+    result = promote(
+        settings, args.id, by=_who(args.by), reason=args.reason, reindex=reindex_now
+    )
+    if args.json:
+        print_json(result)
+    else:
+        print(f"promoted {args.id} (previous: {result['previous']})")
+    return 0
+
+
+def run_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    from litpulse.pipeline.planning import reindex_now
+    from retrain.registry import rollback
+
+    result = rollback(settings, by=_who(args.by), reason=args.reason, reindex=reindex_now)
+    if args.json:
+        print_json(result)
+    else:
+        print(f"rolled back {result['rolled_back']}; active model: {result['model']}")
+    return 0
+
+
+def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
+    from litpulse.pipeline.planning import reindex_now
+    from retrain.lora import LoraOptions
+    from retrain.run import retrain
+
+    changes: dict[str, Any] = {}
+    if args.steps is not None:
+        changes["max_steps"] = args.steps
+    if args.batch_size is not None:
+        changes["batch_size"] = args.batch_size
+    if args.max_seconds is not None:
+        changes["max_seconds"] = args.max_seconds
+    report = retrain(
+        settings,
+        dry_run=args.dry_run,
+        from_base=args.from_base,
+        progress=show_progress() and not args.json,
+        options=LoraOptions(**changes),
+        reindex=reindex_now,
+    )
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        for line in report.summary():
+            print(line)
+    return 0
+
+
+def run_feedback(args: argparse.Namespace, settings: Settings) -> int:
+    from retrain.feedback import record_feedback
+
+    fid = record_feedback(
+        settings, query=args.query, pmid=args.pmid, relevant=args.relevant, user=args.user
+    )
+    if args.json:
+        print_json({"id": fid, "query": args.query, "pmid": args.pmid,
+                    "relevant": args.relevant, "user": args.user})
+    else:
+        print(f"feedback {fid} recorded")
+    return 0

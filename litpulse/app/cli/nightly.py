@@ -1,0 +1,129 @@
+"""``litpulse nightly``: the whole nightly chain in one process (no Airflow needed)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from typing import Any
+
+from litpulse.app.cli._common import kv, print_json, show_progress
+from litpulse.core.settings import Settings
+
+#: Exit code when another nightly run holds the lease (``EX_TEMPFAIL``).
+EXIT_BUSY = 75
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "nightly",
+        help="run the nightly pipeline once: ingest, citations, quality, index, retrain",
+        description=(
+            "Ingest (from the last watermark, or --since), refresh citations, check data "
+            "quality, embed and refresh the index, and retrain when due. Holds the database "
+            f"lease 'nightly': a second concurrent run exits with code {EXIT_BUSY} (or waits "
+            "with --wait). Every step resumes where a killed run stopped."
+        ),
+    )
+    p.add_argument(
+        "--source",
+        choices=("eutils", "updatefiles", "files"),
+        default=None,
+        help="where new records come from (default: eutils, or files when --files is given)",
+    )
+    p.add_argument("--files", nargs="+", metavar="PATH", help="local PubMed XML(.gz) files")
+    p.add_argument(
+        "--since",
+        type=_when,
+        help="window start, included (YYYY-MM-DD or ISO time, UTC; default: the watermark)",
+    )
+    p.add_argument(
+        "--until",
+        type=_when,
+        help="window end, excluded (default: now): --until 2024-01-03 ends with Jan 2",
+    )
+    p.add_argument("--no-retrain", action="store_true", help="never retrain in this run")
+    p.add_argument("--no-citations", action="store_true", help="skip the iCite refresh")
+    p.add_argument("--no-quality", action="store_true", help="skip the data-quality check")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long for a running nightly to finish (default: exit at once)",
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=run)
+
+
+def _when(text: str) -> dt.datetime:
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date or ISO time: {text!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from litpulse.core.errors import LeaseLostError
+    from litpulse.pipeline.nightly import NightlyBusyError, run_nightly
+
+    source = args.source or ("files" if args.files else "eutils")
+    try:
+        report = run_nightly(
+            settings,
+            source=source,
+            files=args.files,
+            since=args.since,
+            until=args.until,
+            retrain=not args.no_retrain,
+            citations=not args.no_citations,
+            quality=not args.no_quality,
+            progress=show_progress() and not args.json,
+            wait_s=args.wait,
+        )
+    except (NightlyBusyError, LeaseLostError) as exc:
+        # busy, or another run took the lease over: try again later (EX_TEMPFAIL)
+        print(f"litpulse: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    data = report.to_dict()
+    if args.json:
+        print_json(data)
+        return 0
+    counts = data["ingest"]
+    window = (
+        f"{data['window_start']} .. {data['window_end']}" if data["window_start"] else "-"
+    )
+    decision = data["retrain_decision"] or {}
+    index = data["index"] or {}
+    kv(
+        [
+            ("source", data["source"]),
+            ("window", window),
+            ("ingested", ", ".join(f"{k} {v}" for k, v in counts.items())),
+            ("quality", "ok" if data["quality"].get("ok", True) else "FAILED"),
+            ("citations", _short(data["citations"]) if data["citations"] else "skipped"),
+            ("embedded", data["embedded"]),
+            ("index", _short(index) if index else "-"),
+            ("retrain", decision.get("reason", "disabled")),
+            ("outcome", _retrain_outcome(data["retrain"])),
+            ("promoted", data["promoted"] or "-"),
+            ("steps", ", ".join(f"{s['step']} {s['seconds']:.1f}s" for s in data["steps"])),
+        ]
+    )
+    return 0
+
+
+def _retrain_outcome(report: dict[str, Any] | None) -> str:
+    """``rejected (reason; reason)``, ``promoted``, or ``-`` when no retrain ran."""
+    if not report:
+        return "-"
+    status = str(report.get("status", "?"))
+    reasons = report.get("reasons") or []
+    return f"{status} ({'; '.join(map(str, reasons))})" if reasons else status
+
+
+def _short(report: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k} {v}" for k, v in report.items() if isinstance(v, int | float | str) and v != ""
+    )

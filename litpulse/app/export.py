@@ -1,0 +1,240 @@
+"""Search results as citation files: RIS, BibTeX and CSV.
+
+Each function takes the hits of a search and the article rows behind them (the
+``articles`` columns plus the ``record`` JSON, see :func:`load_export_rows`) and returns
+the file's text. Reference managers (Zotero, EndNote, Mendeley, JabRef) read all three.
+
+Example:
+    >>> rows = {1: {"title": "A study", "authors": [{"last_name": "Doe", "fore_name": "J"}],
+    ...             "journal": "J Test", "pub_year": 2024, "doi": None, "record": {}}}
+    >>> print(to_ris([1], rows).splitlines()[0:2])
+    ['TY  - JOUR', 'TI  - A study']
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from litpulse.core.schema import articles
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from ranking.search import Hit
+
+__all__ = ["FORMATS", "load_export_rows", "to_ris", "to_bibtex", "to_csv", "render"]
+
+#: format -> (media type, file extension)
+FORMATS: dict[str, tuple[str, str]] = {
+    "ris": ("application/x-research-info-systems", "ris"),
+    "bibtex": ("application/x-bibtex", "bib"),
+    "csv": ("text/csv", "csv"),
+}
+
+PUBMED_URL = "https://pubmed.ncbi.nlm.nih.gov/{pmid}/"
+
+CSV_COLUMNS = (
+    "rank", "pmid", "title", "authors", "journal", "year", "date", "volume", "issue",
+    "pages", "doi", "url", "score", "similarity", "recency", "citation",
+)
+
+
+def load_export_rows(engine: Engine, pmids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """The article columns an export needs, for these PMIDs, in one query."""
+    ids = sorted({int(p) for p in pmids})
+    if not ids:
+        return {}
+    cols = (
+        articles.c.pmid, articles.c.title, articles.c.abstract, articles.c.journal,
+        articles.c.pub_year, articles.c.pub_month, articles.c.best_date, articles.c.language,
+        articles.c.doi, articles.c.pmcid, articles.c.authors, articles.c.mesh,
+        articles.c.publication_types, articles.c.record,
+    )
+    with engine.connect() as conn:
+        return {
+            int(r["pmid"]): dict(r)
+            for r in conn.execute(select(*cols).where(articles.c.pmid.in_(ids))).mappings()
+        }
+
+
+def _one_line(value: Any) -> str:
+    return re.sub(r"\s+", " ", str(value or "")).strip()
+
+
+def _authors(row: Mapping[str, Any]) -> list[tuple[str, bool]]:
+    """``(name, is_collective)`` pairs; persons as ``Last, First``."""
+    out = []
+    for a in row.get("authors") or []:
+        if isinstance(a, str):
+            out.append((_one_line(a), False))
+        elif isinstance(a, Mapping):
+            if a.get("collective_name"):
+                out.append((_one_line(a["collective_name"]), True))
+            elif a.get("last_name"):
+                first = a.get("fore_name") or a.get("initials")
+                name = f"{a['last_name']}, {first}" if first else str(a["last_name"])
+                out.append((_one_line(name), False))
+    return out
+
+
+def _extra(row: Mapping[str, Any], key: str) -> str:
+    rec = row.get("record") or {}
+    return _one_line(rec.get(key)) if isinstance(rec, Mapping) else ""
+
+
+def _mesh_terms(row: Mapping[str, Any]) -> list[str]:
+    terms = []
+    for m in row.get("mesh") or []:
+        term = m.get("descriptor") if isinstance(m, Mapping) else m
+        if term:
+            terms.append(_one_line(term))
+    return terms
+
+
+def _hits_by_pmid(hits: Sequence[Hit | int]) -> list[tuple[int, Hit | None]]:
+    out: list[tuple[int, Hit | None]] = []
+    for h in hits:
+        if isinstance(h, int):
+            out.append((h, None))
+        else:
+            out.append((h.pmid, h))
+    return out
+
+
+def to_ris(hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]]) -> str:
+    """RIS records (``TY  - JOUR`` … ``ER  -``), one per hit, in rank order."""
+    lines: list[str] = []
+
+    def tag(name: str, value: Any) -> None:
+        text = _one_line(value)
+        if text:
+            lines.append(f"{name}  - {text}")
+
+    for pmid, hit in _hits_by_pmid(hits):
+        row = rows.get(pmid)
+        if row is None:
+            continue
+        lines.append("TY  - JOUR")
+        tag("TI", row.get("title"))
+        for name, _ in _authors(row):
+            tag("AU", name)
+        tag("PY", row.get("pub_year"))
+        if row.get("best_date"):
+            tag("DA", str(row["best_date"])[:10].replace("-", "/"))
+        tag("T2", row.get("journal"))
+        tag("JO", _extra(row, "journal_iso") or row.get("journal"))
+        tag("VL", _extra(row, "volume"))
+        tag("IS", _extra(row, "issue"))
+        pages = _extra(row, "pages")
+        if pages:
+            first, _, last = pages.partition("-")
+            tag("SP", first)
+            tag("EP", last)
+        tag("AB", row.get("abstract"))
+        tag("DO", row.get("doi"))
+        tag("AN", f"PMID:{pmid}")
+        tag("UR", PUBMED_URL.format(pmid=pmid))
+        tag("LA", row.get("language"))
+        for term in _mesh_terms(row):
+            tag("KW", term)
+        if hit is not None:
+            tag("N1", f"litpulse score {hit.score:.4f}")
+        lines.append("ER  - ")
+        lines.append("")
+    return "\r\n".join(lines)
+
+
+_BIB_SPECIAL = re.compile(r"([&%$#_{}\\~^])")
+_BIB_REPL = {
+    "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+    "\\": r"\textbackslash{}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+}
+
+
+def _bib(value: Any) -> str:
+    return _BIB_SPECIAL.sub(lambda m: _BIB_REPL[m.group(1)], _one_line(value))
+
+
+def to_bibtex(hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]]) -> str:
+    """BibTeX ``@article{pmidNNN, …}`` entries, one per hit, in rank order."""
+    entries = []
+    for pmid, _hit in _hits_by_pmid(hits):
+        row = rows.get(pmid)
+        if row is None:
+            continue
+        fields: list[tuple[str, str]] = [("title", "{" + _bib(row.get("title")) + "}")]
+        names = [("{" + _bib(n) + "}") if group else _bib(n) for n, group in _authors(row)]
+        if names:
+            fields.append(("author", " and ".join(names)))
+        for key, value in (
+            ("journal", row.get("journal")),
+            ("year", row.get("pub_year")),
+            ("volume", _extra(row, "volume")),
+            ("number", _extra(row, "issue")),
+            ("pages", _extra(row, "pages").replace("-", "--")),
+            ("doi", row.get("doi")),
+        ):
+            if value:
+                fields.append((key, _bib(value)))
+        fields.append(("pmid", str(pmid)))
+        fields.append(("url", _bib(PUBMED_URL.format(pmid=pmid))))
+        keywords = _mesh_terms(row)
+        if keywords:
+            fields.append(("keywords", _bib(", ".join(keywords))))
+        if row.get("abstract"):
+            fields.append(("abstract", _bib(row["abstract"])))
+        body = ",\n".join(f"  {k} = {{{v}}}" for k, v in fields)
+        entries.append(f"@article{{pmid{pmid},\n{body}\n}}\n")
+    return "\n".join(entries)
+
+
+def _cell(value: Any) -> Any:
+    """Guard spreadsheet formula injection (cells starting ``= + - @``)."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def to_csv(hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]]) -> str:
+    """One CSV row per hit with its bibliographic fields and score components."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(CSV_COLUMNS)
+    for rank, (pmid, hit) in enumerate(_hits_by_pmid(hits), start=1):
+        row = rows.get(pmid)
+        if row is None:
+            continue
+        values = [
+            rank, pmid, _one_line(row.get("title")), "; ".join(n for n, _ in _authors(row)),
+            _one_line(row.get("journal")), row.get("pub_year") or "",
+            str(row.get("best_date") or "")[:10], _extra(row, "volume"), _extra(row, "issue"),
+            _extra(row, "pages"), row.get("doi") or "", PUBMED_URL.format(pmid=pmid),
+        ]
+        if hit is not None:
+            values += [
+                f"{hit.score:.6f}", f"{hit.similarity:.6f}", f"{hit.recency:.6f}",
+                f"{hit.citation:.6f}",
+            ]
+        else:
+            values += ["", "", "", ""]
+        writer.writerow([_cell(v) for v in values])
+    return buf.getvalue()
+
+
+def render(fmt: str, hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]]) -> str:
+    """The export of ``hits`` in ``fmt`` (``ris``, ``bibtex`` or ``csv``)."""
+    if fmt == "ris":
+        return to_ris(hits, rows)
+    if fmt == "bibtex":
+        return to_bibtex(hits, rows)
+    if fmt == "csv":
+        return to_csv(hits, rows)
+    from litpulse.core.errors import ConfigError
+
+    raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")

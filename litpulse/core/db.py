@@ -1,0 +1,494 @@
+"""Engines, schema creation and the dialect-aware helpers every store uses.
+
+SQLite (the embedded default) and PostgreSQL run the same code: bulk upserts go through
+:func:`upsert`, which emits ``INSERT … ON CONFLICT`` for either dialect.
+
+Leases (:func:`acquire_lease`, the ``locks`` table) keep two processes from doing the same
+job at once: the nightly run, an index publish, a retrain. Every holder uses the one
+:class:`Lease`: a short TTL (:data:`LEASE_TTL_S`) renewed by a heartbeat thread, taken
+over at once when its holder on this host is gone (PID and process start time), after
+the TTL when a holder elsewhere stopped beating; the work checks it before each write
+phase and the commit verifies it (:class:`~litpulse.core.errors.LeaseLostError`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import logging
+import os
+import socket
+import threading
+import uuid
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Engine, Table, create_engine, delete, event, insert, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from litpulse.core.errors import ConfigError, LeaseLostError
+from litpulse.core.schema import locks, metadata
+from litpulse.core.settings import Settings
+from litpulse.core.timeutil import utcnow
+
+__all__ = [
+    "connect",
+    "add_missing_columns",
+    "upsert",
+    "utcnow",
+    "LEASE_TTL_S",
+    "Lease",
+    "acquire_lease",
+    "release_lease",
+    "lease_holder",
+    "default_holder",
+    "holder_alive",
+]
+
+logger = logging.getLogger(__name__)
+
+_ENGINES: dict[str, Engine] = {}
+
+
+
+def connect(settings: Settings, *, create: bool = True) -> Engine:
+    """The engine of the configured store, creating missing tables on first use.
+
+    SQLite files get WAL mode and a busy timeout so that a reader (the API) and a
+    writer (the nightly job) can work at once.
+    """
+    url = settings.effective_database_url
+    engine = _ENGINES.get(url)
+    if engine is None:
+        if url.startswith("sqlite"):
+            if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+                os.makedirs(os.path.dirname(url[len("sqlite:///") :]) or ".", exist_ok=True)
+            engine = create_engine(url, connect_args={"timeout": 60})
+            event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
+        if create:
+            metadata.create_all(engine)
+            add_missing_columns(engine)
+        _ENGINES[url] = engine
+    return engine
+
+
+def add_missing_columns(engine: Engine) -> list[str]:
+    """Bring a store made by an older litpulse up to the schema: add the new columns.
+
+    ``create_all`` makes missing tables but never alters existing ones. A column that
+    the schema has and the database lacks is added with ``ALTER TABLE … ADD COLUMN``,
+    with its default filled into existing rows. Only additive changes are automatic; a
+    new NOT NULL column without a default, or a new key column, is a :class:`ConfigError`
+    naming the column (such a change needs a written migration).
+
+    Returns:
+        ``table.column`` for every column added.
+    """
+    from sqlalchemy import inspect, literal, text
+    from sqlalchemy.schema import CreateColumn
+
+    inspector = inspect(engine)
+    existing = set(inspector.get_table_names())
+    added: list[str] = []
+    with engine.begin() as conn:
+        for table in metadata.sorted_tables:
+            if table.name not in existing:
+                continue
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            for col in table.columns:
+                if col.name in have:
+                    continue
+                default = ""
+                if col.server_default is None and col.default is not None:
+                    arg = getattr(col.default, "arg", None)
+                    if getattr(col.default, "is_scalar", False):
+                        bound = literal(arg, type_=col.type).compile(
+                            dialect=engine.dialect, compile_kwargs={"literal_binds": True}
+                        )
+                        default = f" DEFAULT {bound}"
+                no_default = not default and col.server_default is None
+                if col.primary_key or (not col.nullable and no_default):
+                    raise ConfigError(
+                        f"the store lacks column {table.name}.{col.name}, which cannot be "
+                        "added automatically (no default); migrate the database by hand"
+                    )
+                spec = CreateColumn(col).compile(dialect=engine.dialect)
+                name = engine.dialect.identifier_preparer.quote(table.name)
+                conn.execute(text(f"ALTER TABLE {name} ADD COLUMN {spec}{default}"))
+                added.append(f"{table.name}.{col.name}")
+    if added:
+        logger.warning("store schema upgraded: added %s", ", ".join(added))
+    return added
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection (tests, forked workers)."""
+    for engine in _ENGINES.values():
+        engine.dispose()
+    _ENGINES.clear()
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=60000")
+    cur.close()
+
+
+def upsert(
+    conn: Connection,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    keys: Iterable[str],
+    update: Iterable[str] | None = None,
+) -> None:
+    """Insert rows, or update the listed columns of the rows whose keys exist.
+
+    Args:
+        conn: An open connection (inside the caller's transaction).
+        table: The target table.
+        rows: Row mappings, all with the same keys.
+        keys: The conflict target (primary key or unique columns).
+        update: Columns to overwrite on conflict; ``None`` means every non-key column
+            present in the rows; an empty iterable means "do nothing on conflict".
+    """
+    if not rows:
+        return
+    key_cols = list(keys)
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        stmt: Any = pg_insert(table)
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt = sqlite_insert(table)
+    else:  # pragma: no cover - other dialects are not supported
+        raise NotImplementedError(f"upsert is not implemented for {dialect}")
+    cols = list(update) if update is not None else [c for c in rows[0] if c not in key_cols]
+    if cols:
+        stmt = stmt.on_conflict_do_update(
+            index_elements=key_cols, set_={c: stmt.excluded[c] for c in cols}
+        )
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=key_cols)
+    # stay below SQLite's 32766 bound parameters per statement
+    per_row = max(1, len(rows[0]))
+    chunk = max(1, 30000 // per_row)
+    for start in range(0, len(rows), chunk):
+        conn.execute(stmt, list(rows[start : start + chunk]))
+
+
+# ---------------------------------------------------------------------------------- leases
+
+#: Seconds a lease lives without renewal. Its heartbeat renews it every quarter of this,
+#: so a holder that stops beating (killed on another host, frozen, cut off from the
+#: database) blocks the others at most this long; one on this host whose process is gone
+#: is taken over at once.
+LEASE_TTL_S = 120.0
+#: Longest TTL a lease may ask for.
+_MAX_TTL_S = 24 * 3600.0
+
+
+class Lease:
+    """A named lease held in the ``locks`` table and renewed by a heartbeat thread.
+
+    Made by :func:`acquire_lease`, released by :meth:`release` (or ``with lease:``).
+    The heartbeat pushes the expiry ``ttl_s`` ahead every ``ttl_s / 4`` seconds; a
+    heartbeat that finds another holder marks the lease :attr:`lost`. Work done under
+    a lease calls :meth:`check` before each write phase and :meth:`verify` inside the
+    transaction that commits its result, so a process that lost its lease stops before
+    writing anything more (:class:`~litpulse.core.errors.LeaseLostError`).
+
+    Example:
+        >>> lease = acquire_lease(engine, "index-publish")  # doctest: +SKIP
+        >>> with lease:  # doctest: +SKIP
+        ...     lease.check()  # raises LeaseLostError once another process took it
+    """
+
+    def __init__(
+        self, engine: Engine, name: str, holder: str, ttl_s: float, *, heartbeat: bool = True
+    ) -> None:
+        self.engine, self.name, self.holder, self.ttl_s = engine, name, holder, ttl_s
+        self._lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if heartbeat:
+            # the thread holds only a weak reference: a lease dropped without release
+            # stops beating and expires instead of being renewed for the process's life
+            self._thread = threading.Thread(
+                target=_heartbeat,
+                args=(weakref.ref(self), self._stop, max(0.05, ttl_s / 4)),
+                name=f"lease-{name}",
+                daemon=True,
+            )
+            self._thread.start()
+
+    @property
+    def lost(self) -> bool:
+        """Whether a renewal found the lease held by another process."""
+        return self._lost.is_set()
+
+    def renew(self, conn: Connection | None = None) -> bool:
+        """Push the expiry ``ttl_s`` ahead; ``False`` (and :attr:`lost`) when another
+        process holds the lease now.
+
+        Args:
+            conn: Renew inside this open transaction (default: a transaction of its own).
+        """
+        if self.lost:
+            return False
+        stmt = (
+            update(locks)
+            .where(locks.c.name == self.name, locks.c.holder == self.holder)
+            .values(expires_at=utcnow() + dt.timedelta(seconds=self.ttl_s))
+        )
+        if conn is None:
+            with self.engine.begin() as own:
+                n = own.execute(stmt).rowcount
+        else:
+            n = conn.execute(stmt).rowcount
+        if not n:
+            if not self._lost.is_set():
+                logger.error("lease %s was taken over: %s stops", self.name, self.holder)
+            self._lost.set()
+        return bool(n)
+
+    def check(self) -> None:
+        """Make sure this process still holds the lease (asks the database).
+
+        Raises:
+            LeaseLostError: Another process took the lease over.
+        """
+        if not self.renew():
+            raise self._lost_error()
+
+    def verify(self, conn: Connection) -> None:
+        """:meth:`check` inside the caller's transaction, before the writes it commits.
+
+        The renewal locks the lease row (PostgreSQL) or the database (SQLite) until the
+        transaction ends, so no takeover can slip in between this check and the commit.
+
+        Raises:
+            LeaseLostError: Another process took the lease over (roll back).
+        """
+        if not self.renew(conn):
+            raise self._lost_error()
+
+    def release(self) -> None:
+        """Stop the heartbeat and give the lease back (only if still ours)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        release_lease(self.engine, self.name, self.holder)
+
+    def _lost_error(self) -> LeaseLostError:
+        return LeaseLostError(
+            f"lease {self.name!r} of {self.holder} was taken over by another process "
+            "(its heartbeat had stopped for longer than the lease lives): stopping before "
+            "the next write"
+        )
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"Lease({self.name!r}, holder={self.holder!r}, lost={self.lost})"
+
+
+def _heartbeat(ref: weakref.ref[Lease], stop: threading.Event, interval: float) -> None:
+    while not stop.wait(interval):
+        lease = ref()
+        if lease is None:
+            return
+        try:
+            if not lease.renew():
+                return
+        except Exception as exc:  # noqa: BLE001 - keep beating through a database hiccup
+            logger.warning("renewing lease %s failed: %s", lease.name, exc)
+        del lease
+
+
+def default_holder() -> str:
+    """``host:pid:start:boot:random``, unique per process and call.
+
+    ``start`` identifies the process (its start time), so a PID reused later by another
+    process does not pass for the holder; ``boot`` identifies the machine boot and PID
+    namespace, so a container with the same host name cannot judge our PID.
+    """
+    pid = os.getpid()
+    start = _process_start(pid) or "-"
+    return f"{socket.gethostname()}:{pid}:{start}:{_boot_mark()}:{uuid.uuid4().hex[:8]}"
+
+
+def holder_alive(holder: str) -> bool:
+    """False only when ``holder`` is provably dead: a process of this host and PID
+    namespace that no longer exists, or whose PID now belongs to a later process.
+
+    Holders of other hosts (or not in :func:`default_holder`'s form) count as alive:
+    only their lease's expiry tells.
+    """
+    parts = holder.split(":")
+    if len(parts) < 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return True
+    pid = int(parts[1])
+    if len(parts) >= 5:  # host:pid:start:boot:random
+        recorded, boot = parts[2], parts[3]
+        if boot != _boot_mark():
+            return True  # same host name, another machine or PID namespace
+        current = _process_start(pid)
+        if current is None:
+            return False
+        return recorded == "-" or current == "?" or _same_start(recorded, current)
+    return _process_start(pid) is not None  # older host:pid:random holders
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started: ``t<ticks since boot>`` (Linux), ``c<epoch s>``
+    (elsewhere), ``?`` when it cannot be read, ``None`` when no such process lives."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+        if fields[0] in ("Z", "X"):  # zombie: dead, waiting to be reaped
+            return None
+        return f"t{fields[19]}"
+    except FileNotFoundError:
+        if os.path.isdir("/proc/self"):
+            return _signal_probe(pid)  # gone, or hidden from us (hidepid)
+    except (OSError, IndexError):
+        pass
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return f"c{proc.create_time():.2f}"
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.Error:
+        return "?"
+
+
+def _signal_probe(pid: int) -> str | None:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except OSError:  # exists, but not ours to signal
+        return "?"
+    return "?"
+
+
+def _same_start(recorded: str, current: str) -> bool:
+    if recorded[:1] == current[:1] == "c":  # wall-clock based: allow for clock steps
+        try:
+            return abs(float(recorded[1:]) - float(current[1:])) < 1.0
+        except ValueError:
+            return False
+    return recorded == current
+
+
+@functools.cache
+def _boot_mark() -> str:
+    """Eight hex digits naming this boot of this machine and our PID namespace."""
+    parts = []
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            parts.append(fh.read().strip())
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        return "-"
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:8]
+
+
+def acquire_lease(
+    engine: Engine,
+    name: str,
+    *,
+    ttl_s: float = LEASE_TTL_S,
+    holder: str | None = None,
+    heartbeat: bool = True,
+) -> Lease | None:
+    """Take the lease ``name``; ``None`` when a live holder has it.
+
+    The lease is free when no row names it, when its holder's heartbeat stopped for
+    longer than the TTL (expired), or when its holder is provably dead
+    (:func:`holder_alive`: a process of this host that is gone). Works across processes
+    and hosts on PostgreSQL and SQLite: the insert is atomic on the primary key, and a
+    takeover is a conditional update naming the previous holder, so two processes never
+    take the same lease.
+
+    Args:
+        engine: The store.
+        name: The lease (``index-publish``, ``nightly``, ``retrain``…).
+        ttl_s: Seconds the lease lives without renewal.
+        holder: Who holds it (default :func:`default_holder`).
+        heartbeat: Renew it from a background thread until released.
+
+    Raises:
+        ConfigError: ``ttl_s`` is not within (0, 86400].
+    """
+    if not (isinstance(ttl_s, int | float) and 0 < ttl_s <= _MAX_TTL_S):
+        raise ConfigError(f"a lease TTL must be within (0, {_MAX_TTL_S:g}] seconds, got {ttl_s!r}")
+    holder = holder or default_holder()
+    for _ in range(5):
+        now = utcnow()
+        expires = now + dt.timedelta(seconds=ttl_s)
+        try:
+            with engine.begin() as conn:
+                conn.execute(insert(locks).values(name=name, holder=holder, expires_at=expires))
+            return Lease(engine, name, holder, ttl_s, heartbeat=heartbeat)
+        except IntegrityError:
+            pass
+        with engine.connect() as conn:
+            row = conn.execute(
+                select(locks.c.holder, locks.c.expires_at).where(locks.c.name == name)
+            ).first()
+        if row is None:
+            continue  # released meanwhile
+        expired = row.expires_at < now
+        dead = not expired and not holder_alive(row.holder)
+        if not (expired or dead):
+            logger.info(
+                "lease %s is held by %s until %s", name, row.holder, row.expires_at
+            )
+            return None
+        where = [locks.c.name == name, locks.c.holder == row.holder]
+        if not dead:
+            where.append(locks.c.expires_at < now)  # unless its heartbeat came back
+        with engine.begin() as conn:
+            taken = conn.execute(
+                update(locks).where(*where).values(holder=holder, expires_at=expires)
+            ).rowcount
+        if taken:
+            why = "its process is gone" if dead else f"it expired at {row.expires_at}"
+            logger.warning("took lease %s over from %s: %s", name, row.holder, why)
+            return Lease(engine, name, holder, ttl_s, heartbeat=heartbeat)
+    return None
+
+
+def lease_holder(engine: Engine, name: str) -> tuple[str, dt.datetime] | None:
+    """The holder of lease ``name`` and when it expires unless renewed, or ``None``."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(locks.c.holder, locks.c.expires_at).where(locks.c.name == name)
+        ).first()
+    return None if row is None else (str(row.holder), row.expires_at)
+
+
+def release_lease(engine: Engine, name: str, holder: str) -> None:
+    """Give the lease back (only if ``holder`` still holds it)."""
+    with engine.begin() as conn:
+        conn.execute(delete(locks).where(locks.c.name == name, locks.c.holder == holder))

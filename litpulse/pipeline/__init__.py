@@ -1,0 +1,1 @@
+"""Application floor: the nightly chain, its planning decisions, DAG support and alerts."""

@@ -1,0 +1,82 @@
+"""Alerts for the on-call engineer: a log line always, a webhook POST when configured.
+
+The Airflow DAGs call :func:`notify` from their failure callbacks and name
+:func:`deadline_missed` in their deadline alerts; the functions here know nothing of
+Airflow (they take plain values or a mapping), so the library stays Airflow-free.
+
+Example:
+    >>> from litpulse.core.settings import Settings
+    >>> notify(Settings.from_env({}), "litpulse_nightly_ingest failed", {"task": "ingest"})
+    False
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+from litpulse.core.settings import Settings
+
+__all__ = ["notify", "deadline_missed"]
+
+logger = logging.getLogger(__name__)
+
+
+def notify(settings: Settings, text: str, details: Mapping[str, Any] | None = None) -> bool:
+    """Log an alert and POST it to ``LITPULSE_ALERT_WEBHOOK_URL`` when one is set.
+
+    The body is ``{"text": text, "details": {...}}`` (Slack and most chat webhooks read
+    ``text``). A failing webhook is logged, never raised: an alert must not hide the
+    failure it reports.
+
+    Args:
+        settings: The settings (webhook URL and timeout).
+        text: One line for a human.
+        details: Small JSON-ready values (DAG, run, task, try number, log URL).
+
+    Returns:
+        Whether a webhook accepted the alert.
+    """
+    logger.error("ALERT: %s %s", text, json.dumps(dict(details or {}), default=str))
+    url = settings.alert_webhook_url
+    if not url:
+        return False
+    body = json.dumps({"text": text, "details": dict(details or {})}, default=str).encode()
+    request = urllib.request.Request(
+        url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=min(settings.http_timeout, 10.0)) as resp:
+            ok = 200 <= resp.status < 300
+    except Exception as exc:  # noqa: BLE001 - an alert must never raise
+        logger.warning("alert webhook failed: %s", exc)
+        return False
+    if not ok:
+        logger.warning("alert webhook answered HTTP %s", resp.status)
+    return ok
+
+
+def deadline_missed(context: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    """Deadline-alert callback: a DAG run is still not done by its deadline.
+
+    Named by path in the DAGs' ``DeadlineAlert(callback=SyncCallback(...))``; Airflow calls
+    it with the run's context and the alert's ``kwargs`` (``dag_id``, ``hours``).
+    """
+    from litpulse.core.settings import get_settings
+
+    ctx = dict(context or {})
+    dag_run = ctx.get("dag_run")
+    run_id = getattr(dag_run, "run_id", None) or ctx.get("run_id")
+    dag_id = kwargs.get("dag_id") or getattr(dag_run, "dag_id", None)
+    text = f"litpulse: DAG {dag_id} run {run_id} missed its deadline"
+    if kwargs.get("hours"):
+        text += f" ({kwargs['hours']} h)"
+    try:
+        settings = get_settings()
+    except Exception as exc:  # noqa: BLE001 - still log the alert with defaults
+        logger.warning("settings unreadable in deadline callback: %s", exc)
+        settings = Settings()
+    notify(settings, text, {"dag_id": dag_id, "run_id": run_id, **kwargs})

@@ -1,0 +1,365 @@
+"""The nightly pipeline in one process (its planning decisions: :mod:`litpulse.pipeline.planning`).
+
+``litpulse nightly`` (:func:`run_nightly`) runs the same chain as the Airflow DAGs —
+ingest → citations → data quality → embed → index → retrain when due — for sites without
+Airflow (a cron line) and for tests. Each step is resumable on its own (ingest
+checkpoints, per-chunk embedding transactions, write-aside index publishing), so a killed
+run is simply started again.
+
+Concurrency: a run holds the database lease ``nightly`` (:func:`litpulse.core.db.acquire_lease`)
+for its whole duration, renewed by its heartbeat thread. A second run that finds the lease
+held waits up to ``wait_s`` seconds (default 0) and then raises :class:`NightlyBusyError`
+(the CLI exits 75, ``EX_TEMPFAIL``) naming the holder. A holder on this host whose process
+no longer exists is taken over at once; elsewhere a dead holder's lease expires after
+:data:`LEASE_TTL_S` seconds. A run whose lease was taken over meanwhile (its heartbeat
+stalled that long) raises :class:`~litpulse.core.errors.LeaseLostError` before its next step.
+
+Example:
+    >>> files = ["pubmed26n0001.xml.gz"]
+    >>> report = run_nightly(settings, source="files", files=files)  # doctest: +SKIP
+    >>> report.ingest["inserted"]  # doctest: +SKIP
+    1000
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine
+
+from litpulse.core import db
+from litpulse.core.errors import ConfigError, LitpulseError
+from litpulse.core.settings import Settings
+from litpulse.core.timeutil import as_utc, iso, utcnow
+from litpulse.pipeline.planning import last_watermark, promoted_model, reindex_now, retrain_due
+
+__all__ = [
+    "LEASE_NAME",
+    "LEASE_TTL_S",
+    "SOURCES",
+    "NightlyBusyError",
+    "NightlyReport",
+    "run_nightly",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Name of the database lease a nightly run holds.
+LEASE_NAME = "nightly"
+#: Seconds a lease lives without renewal (a dead holder on another host blocks this long).
+LEASE_TTL_S = db.LEASE_TTL_S
+#: Ingest sources of :func:`run_nightly`.
+SOURCES = ("eutils", "updatefiles", "files")
+
+T = TypeVar("T")
+
+
+class NightlyBusyError(LitpulseError):
+    """Another nightly run holds the ``nightly`` lease; try again later."""
+
+    retryable = True
+
+
+# ------------------------------------------------------------------------------- report
+
+
+@dataclass(frozen=True)
+class NightlyReport:
+    """What one :func:`run_nightly` did, step by step.
+
+    Attributes:
+        source: ``eutils``, ``updatefiles`` or ``files``.
+        window_start: Start of the ingested E-utilities window (``None`` otherwise).
+        window_end: End of that window.
+        ingest: The ingest counts.
+        quality: The data-quality report.
+        citations: The citation counts (``None`` when skipped).
+        embedded: Articles embedded.
+        index: The index report (``None`` when nothing changed and no index was built).
+        retrain: The retrain report (``None`` when not run).
+        retrain_decision: Why retraining ran or not.
+        steps: Seconds spent per step, in order.
+        started_at: When the run began (UTC).
+        finished_at: When it ended (UTC).
+    """
+
+    source: str
+    window_start: dt.datetime | None
+    window_end: dt.datetime | None
+    ingest: dict[str, int]
+    quality: dict[str, Any]
+    citations: dict[str, Any] | None
+    embedded: int
+    index: dict[str, Any] | None
+    retrain: dict[str, Any] | None
+    retrain_decision: dict[str, Any] | None
+    steps: tuple[tuple[str, float], ...] = field(default=())
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ConfigError(f"`source` must be one of {', '.join(SOURCES)}, got {self.source!r}")
+        if self.embedded < 0:
+            raise ConfigError(f"`embedded` must be >= 0, got {self.embedded}")
+
+    @property
+    def promoted(self) -> str | None:
+        """The model version promoted by this run, if any."""
+        return promoted_model(self.retrain) if self.retrain else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "source": self.source,
+            "window_start": iso(self.window_start),
+            "window_end": iso(self.window_end),
+            "ingest": dict(self.ingest),
+            "quality": self.quality,
+            "citations": self.citations,
+            "embedded": self.embedded,
+            "index": self.index,
+            "retrain": self.retrain,
+            "retrain_decision": self.retrain_decision,
+            "promoted": self.promoted,
+            "steps": [{"step": n, "seconds": round(s, 3)} for n, s in self.steps],
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+        }
+
+
+# -------------------------------------------------------------------------------- lease
+
+
+def _acquire(engine: Engine, ttl_s: float, wait_s: float) -> db.Lease:
+    deadline = time.monotonic() + max(0.0, wait_s)
+    while True:
+        lease = db.acquire_lease(engine, LEASE_NAME, ttl_s=ttl_s)  # takes a dead one over
+        if lease is not None:
+            return lease
+        if time.monotonic() >= deadline:
+            held = db.lease_holder(engine, LEASE_NAME)
+            holder, until = (held[0], iso(held[1])) if held is not None else ("?", "?")
+            raise NightlyBusyError(
+                f"another nightly run is in progress (lease {LEASE_NAME!r} held by {holder}, "
+                f"expires {until} unless renewed); not starting a second one"
+            )
+        time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+
+
+# -------------------------------------------------------------------------------- run
+
+
+def run_nightly(
+    settings: Settings,
+    *,
+    source: str = "eutils",
+    files: Sequence[str | os.PathLike[str]] | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    retrain: bool = True,
+    citations: bool = True,
+    quality: bool = True,
+    progress: bool = False,
+    wait_s: float = 0.0,
+    lease_ttl_s: float = LEASE_TTL_S,
+) -> NightlyReport:
+    """Run the nightly chain once, holding the ``nightly`` lease.
+
+    Steps: ingest (``eutils``: the window from the last watermark — or ``since`` — to
+    ``until`` (default now); ``updatefiles``: every update file not applied yet;
+    ``files``: the given local files) → iCite citations → data-quality check → embed
+    pending articles → refresh the index → retrain when due (:func:`retrain_due`); a
+    promotion re-embeds the corpus with the new model version and publishes its index
+    (inside :func:`retrain.registry.promote`).
+
+    Args:
+        settings: The settings.
+        source: ``eutils``, ``updatefiles`` or ``files``.
+        files: Local PubMed XML files (``source="files"``; required there).
+        since: Start of the half-open E-utilities window ``[since, until)`` (default:
+            the end of the last succeeded window, the watermark; with none, one day
+            before ``until``).
+        until: End of the window, excluded (default: now, UTC).
+        retrain: Retrain when due.
+        citations: Refresh iCite citations.
+        quality: Run the data-quality check (raises ``DataQualityError``).
+        progress: Progress bars on stderr.
+        wait_s: Seconds to wait for a running nightly to finish before giving up.
+        lease_ttl_s: Lease lifetime without renewal, in seconds.
+
+    Returns:
+        The report of every step.
+
+    Raises:
+        NightlyBusyError: Another run holds the lease (after ``wait_s``).
+        LeaseLostError: Another run took the lease over meanwhile (this one stopped
+            before its next step).
+        DataQualityError: The ingest failed a quality check (nothing after it ran).
+        ConfigError: Bad arguments (unknown source, files missing, end not after start).
+    """
+    if source not in SOURCES:
+        raise ConfigError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+    paths = [Path(p) for p in files or ()]
+    if source == "files":
+        if not paths:
+            raise ConfigError("source 'files' needs --files PATH ...")
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise ConfigError(f"files not found: {', '.join(missing)}")
+    elif paths:
+        raise ConfigError(f"--files only applies to source 'files', not {source!r}")
+    if lease_ttl_s <= 0:
+        raise ConfigError(f"lease_ttl_s must be positive, got {lease_ttl_s}")
+
+    engine = db.connect(settings)
+    started = utcnow()
+    lease = _acquire(engine, lease_ttl_s, wait_s)
+    logger.info("nightly run started (lease holder %s)", lease.holder)
+    steps: list[tuple[str, float]] = []
+
+    def step(name: str, fn: Callable[[], T]) -> T:
+        lease.check()  # a run whose lease was taken over writes nothing more
+        t0 = time.perf_counter()
+        logger.info("nightly: %s", name)
+        try:
+            return fn()
+        finally:
+            steps.append((name, time.perf_counter() - t0))
+
+    try:
+        with lease:
+            window: tuple[dt.datetime, dt.datetime] | None = None
+            if source == "eutils":
+                window = _window(settings, engine, since, until)
+            counts = step("ingest", lambda: _ingest(settings, source, paths, window, progress))
+            cites = None
+            if citations:
+                cites = step("citations", lambda: _citations(settings, progress))
+            report_q: dict[str, Any] = {"ok": True, "checks": [], "problems": []}
+            if quality:
+                from ingest.quality import check_ingest
+
+                report_q = step(
+                    "quality", lambda: check_ingest(settings, counts, window).to_dict()
+                )
+            embedded, index = step("index", lambda: _index(settings, progress))
+            decision = None
+            retrained = None
+            if retrain:
+                d = retrain_due(settings, engine)
+                decision = d.to_dict()
+                logger.info("retrain: %s", d.reason)
+                if d.due:
+                    # a promotion re-embeds the corpus and publishes its index inline
+                    retrained = step("retrain", lambda: _retrain(settings, progress))
+                    promoted_index = (retrained.get("promotion") or {}).get("index")
+                    if isinstance(promoted_index, dict):
+                        index = promoted_index
+    finally:
+        logger.info("nightly run ended; lease released")
+
+    return NightlyReport(
+        source=source,
+        window_start=window[0] if window else None,
+        window_end=window[1] if window else None,
+        ingest=counts,
+        quality=report_q,
+        citations=cites,
+        embedded=embedded,
+        index=index,
+        retrain=retrained,
+        retrain_decision=decision,
+        steps=tuple(steps),
+        started_at=started,
+        finished_at=utcnow(),
+    )
+
+
+def _window(
+    settings: Settings,
+    engine: Engine,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+) -> tuple[dt.datetime, dt.datetime]:
+    """The half-open E-utilities window ``[since, until)``."""
+    end = as_utc(until) if until is not None else utcnow()
+    if since is not None:
+        start = as_utc(since)
+        if start >= end:
+            raise ConfigError(
+                f"the window end {end.isoformat()} is not after its start {start.isoformat()}"
+            )
+        return start, end
+    mark = last_watermark(settings, engine)
+    if mark is None:
+        start = end - dt.timedelta(days=1)
+        logger.info("no earlier window: ingesting the last day (%s..%s)", start, end)
+    elif mark >= end:
+        # the last window already reached `until`: repeat its last day (idempotent)
+        start = end - dt.timedelta(days=1)
+    else:
+        start = mark
+    return start, end
+
+
+def _ingest(
+    settings: Settings,
+    source: str,
+    paths: list[Path],
+    window: tuple[dt.datetime, dt.datetime] | None,
+    progress: bool,
+) -> dict[str, int]:
+    if source == "eutils":
+        from ingest.eutils import ingest_window
+
+        if window is None:
+            raise ConfigError("the eutils source needs a window")
+        counts: Any = ingest_window(settings, window[0], window[1], progress=progress)
+    elif source == "updatefiles":
+        from ingest.updatefiles import apply_updates
+
+        counts = apply_updates(settings, progress=progress)
+    else:
+        from ingest.files import ingest_files
+
+        counts = ingest_files(settings, [str(p) for p in paths], progress=progress)
+    from ingest.quality import counts_as_dict
+
+    return counts_as_dict(counts)
+
+
+def _citations(settings: Settings, progress: bool) -> dict[str, Any]:
+    from ingest.citations import refresh_citations
+
+    return dict(refresh_citations(settings, progress=progress).to_dict())
+
+
+def _index(
+    settings: Settings, progress: bool, *, rebuild: bool = False
+) -> tuple[int, dict[str, Any]]:
+    from ranking.embed import embed_pending
+    from ranking.index import refresh_index
+
+    embedded = int(embed_pending(settings, progress=progress))
+    report = refresh_index(settings, rebuild=rebuild, progress=progress)
+    return embedded, dict(report.to_dict())
+
+
+def _retrain(settings: Settings, progress: bool) -> dict[str, Any]:
+    from retrain.run import retrain
+
+    report = retrain(
+        settings,
+        progress=progress,
+        min_new_articles=settings.retrain_min_new_articles,
+        reindex=reindex_now,
+    )
+    return dict(report.to_dict())

@@ -1,0 +1,289 @@
+"""The nightly chain's planning decisions, shared by ``litpulse nightly``, the CLI and the DAGs.
+
+Whether a retrain is due, the watermark of the ingested windows, whether the published
+index waits for a re-index, how a re-embedding is split into shards, and the re-index
+step a promotion runs (now, or deferred to the ``litpulse_reindex`` DAG).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from litpulse.core import db
+from litpulse.core.errors import ConfigError, ConsistencyError
+from litpulse.core.schema import articles, ingest_runs
+from litpulse.core.settings import Settings
+from litpulse.core.states import RunStatus
+from litpulse.core.timeutil import iso
+from ranking.models import active_model_row, published_index_row
+
+__all__ = [
+    "EmbeddingShard",
+    "RetrainDecision",
+    "defer_reindex",
+    "embed_shard",
+    "last_watermark",
+    "plan_embedding_shards",
+    "promoted_model",
+    "reindex_now",
+    "reindex_pending",
+    "retrain_due",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Sources whose succeeded runs move the watermark forward.
+WINDOW_SOURCES = ("eutils", "updatefiles")
+
+
+@dataclass(frozen=True)
+class RetrainDecision:
+    """Whether a scheduled retrain is due.
+
+    Attributes:
+        due: Enough new articles arrived since the last training.
+        new_articles: Live articles updated since the active model's training window.
+        threshold: ``LITPULSE_RETRAIN_MIN_NEW_ARTICLES``.
+        last_trained_at: End of the active model's training window (``None``: base model).
+        reason: One sentence for the log.
+    """
+
+    due: bool
+    new_articles: int
+    threshold: int
+    last_trained_at: dt.datetime | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "due": self.due,
+            "new_articles": self.new_articles,
+            "threshold": self.threshold,
+            "last_trained_at": iso(self.last_trained_at),
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class EmbeddingShard:
+    """One PMID shard of a re-embedding: the articles with ``pmid % shards == shard``.
+
+    Attributes:
+        shard: Shard number, ``0 <= shard < shards``.
+        shards: Number of shards.
+        model_version: The model version the shard is embedded with.
+        pending: Articles of the shard lacking a current vector when planned.
+    """
+
+    shard: int
+    shards: int
+    model_version: str
+    pending: int = 0
+
+    def __post_init__(self) -> None:
+        if self.shards < 1:
+            raise ConfigError(f"`shards` must be >= 1, got {self.shards}")
+        if not 0 <= self.shard < self.shards:
+            raise ConfigError(f"`shard` must be within [0, {self.shards}), got {self.shard}")
+        if not self.model_version:
+            raise ConfigError("`model_version` must not be empty")
+        if self.pending < 0:
+            raise ConfigError(f"`pending` must be >= 0, got {self.pending}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "shard": self.shard,
+            "shards": self.shards,
+            "model_version": self.model_version,
+            "pending": self.pending,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EmbeddingShard:
+        return cls(
+            shard=int(data["shard"]),
+            shards=int(data["shards"]),
+            model_version=str(data["model_version"]),
+            pending=int(data.get("pending", 0)),
+        )
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datetime | None:
+    """End of the newest window of a succeeded E-utilities or update-file run."""
+    engine = engine or db.connect(settings)
+    with engine.connect() as conn:
+        value = conn.execute(
+            select(func.max(ingest_runs.c.window_end)).where(
+                ingest_runs.c.source.in_(WINDOW_SOURCES),
+                ingest_runs.c.status == RunStatus.SUCCEEDED,
+                ingest_runs.c.window_end.is_not(None),
+            )
+        ).scalar()
+    return value  # UTCDateTime: aware UTC already
+
+
+def retrain_due(settings: Settings, engine: Engine | None = None) -> RetrainDecision:
+    """Whether enough new articles arrived since the last training for a retrain.
+
+    "New" follows :func:`retrain.run.retrain`: live articles updated after the end of
+    the active model version's training window (every live article while the base
+    model is active). This is a cheap upper bound of the count ``retrain`` computes
+    itself (it also holds some articles out), so a due decision can still end with
+    ``retrain`` reporting ``skipped``.
+    """
+    engine = engine or db.connect(settings)
+    threshold = settings.retrain_min_new_articles
+    active = active_model_row(engine)
+    last = active.window_end if active is not None else None
+    with engine.connect() as conn:
+        query = select(func.count()).select_from(articles).where(articles.c.is_deleted.is_(False))
+        if last is not None:
+            query = query.where(articles.c.updated_at > last)
+        new = int(conn.execute(query).scalar() or 0)
+    since = f"since the last training window ({last:%Y-%m-%d %H:%M} UTC)" if last else "in total"
+    due = new >= threshold
+    if due:
+        reason = f"{new} new articles {since} >= LITPULSE_RETRAIN_MIN_NEW_ARTICLES={threshold}"
+    else:
+        reason = (
+            f"only {new} new articles {since}, fewer than "
+            f"LITPULSE_RETRAIN_MIN_NEW_ARTICLES={threshold}: retraining skipped"
+        )
+    return RetrainDecision(due, new, threshold, last, reason)
+
+
+def promoted_model(report: dict[str, Any] | None) -> str | None:
+    """The model version a ``RetrainReport.to_dict()`` promoted, or ``None``."""
+    if not report or report.get("status") != "promoted":
+        return None
+    value = report.get("version_id")
+    return str(value) if value else None
+
+
+def reindex_pending(settings: Settings, engine: Engine | None = None) -> str | None:
+    """Why the published index is waiting for a full re-index, or ``None``.
+
+    After a promotion whose re-index was deferred (:func:`defer_reindex`), the active
+    model is newer than the published index's: the ``litpulse_reindex`` DAG re-embeds
+    the corpus in shards. An incremental refresh meanwhile would re-embed the whole
+    corpus in one task, so the index-refresh DAG skips itself while this says so.
+    """
+    from ranking.embed import active_model
+
+    engine = engine or db.connect(settings)
+    published = published_index_row(engine)
+    if published is None:
+        return None
+    active = active_model(settings, engine).id
+    if published.model_version == active:
+        return None
+    return (
+        f"the published index {published.id} is for model {published.model_version} but "
+        f"the active model is {active}: litpulse_reindex re-embeds the corpus for it"
+    )
+
+
+def defer_reindex(settings: Settings) -> dict[str, Any]:
+    """A ``reindex`` step for :func:`retrain.registry.promote` that only defers the work.
+
+    The Airflow retrain DAG passes it so the corpus is re-embedded by the sharded
+    ``litpulse_reindex`` DAG (triggered by the model asset) instead of inside the
+    training task. Until that publishes, searches keep using the previous index
+    version, which is consistent: each index embeds queries with its own model version.
+    """
+    logger.info("re-index deferred to the litpulse_reindex DAG")
+    return {"deferred_to": "litpulse_reindex"}
+
+
+# ------------------------------------------------------------------------- embed shards
+
+
+def plan_embedding_shards(
+    settings: Settings, n: int, *, engine: Engine | None = None
+) -> list[EmbeddingShard]:
+    """Split the re-embedding for the active model version into ``n`` PMID shards.
+
+    Args:
+        settings: The settings.
+        n: Number of shards (``pmid % n``), at least 1.
+        engine: The store (default: ``db.connect(settings)``).
+
+    Returns:
+        ``n`` shards with their pending counts (shards with nothing pending included, so
+        the mapped task count is stable).
+    """
+    if n < 1:
+        raise ConfigError(f"the shard count must be >= 1, got {n}")
+    from ranking.embed import active_model, pending_query
+
+    engine = engine or db.connect(settings)
+    spec = active_model(settings, engine)
+    shards = []
+    with engine.connect() as conn:
+        for i in range(n):
+            sub = pending_query(spec.id, shard=i, shards=n).order_by(None).subquery()
+            pending = int(conn.execute(select(func.count()).select_from(sub)).scalar() or 0)
+            shards.append(EmbeddingShard(i, n, spec.id, pending))
+    logger.info(
+        "planned %d shards for model %s: %d articles pending",
+        n,
+        spec.id,
+        sum(s.pending for s in shards),
+    )
+    return shards
+
+
+def embed_shard(
+    settings: Settings,
+    shard: EmbeddingShard,
+    *,
+    engine: Engine | None = None,
+    progress: bool = False,
+) -> int:
+    """Embed the live articles of one shard that lack a current vector.
+
+    The work is :func:`ranking.embed.embed_pending` restricted to the shard; resumable,
+    since rows are written per chunk and what is done is not pending any more.
+
+    Raises:
+        ConsistencyError: The active model version is no longer ``shard.model_version``
+            (a newer promotion happened; its own reindex takes over).
+
+    Returns:
+        Articles embedded.
+    """
+    from ranking.embed import active_model, embed_pending
+
+    engine = engine or db.connect(settings)
+    spec = active_model(settings, engine)
+    if spec.id != shard.model_version:
+        raise ConsistencyError(
+            f"shard {shard.shard}/{shard.shards} was planned for model {shard.model_version} "
+            f"but the active model is now {spec.id}"
+        )
+    return embed_pending(
+        settings, spec, progress, engine=engine, shard=shard.shard, shards=shard.shards
+    )
+
+
+def reindex_now(settings: Settings) -> Any:
+    """The ``reindex`` step of a promotion or rollback run in this process.
+
+    A model without a kept index gets a full build; one whose index files are still kept
+    (a rollback, a re-promotion) has that index brought up to date and republished. The
+    cached encoders are dropped so that searches load the newly active model.
+    """
+    from ranking.embed import clear_cache
+    from ranking.index import refresh_index
+
+    report = refresh_index(settings)
+    clear_cache()
+    return report

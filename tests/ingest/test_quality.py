@@ -1,0 +1,160 @@
+"""The nightly data-quality checks (ingest.quality)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from ingest.parse import parse_bytes
+from ingest.quality import check_ingest, counts_as_dict, newest_entrez_date
+from ingest.records import SourceRef
+from ingest.store import IngestCounts, Store
+from litpulse.core import db
+from litpulse.core.errors import ConfigError, DataQualityError, LitpulseError
+from litpulse.core.settings import Settings
+from tests.emulator import article_xml, pubmed_set
+
+UTC = dt.UTC
+TUESDAY = (dt.datetime(2024, 1, 2, tzinfo=UTC), dt.datetime(2024, 1, 3, tzinfo=UTC))
+SATURDAY = (dt.datetime(2024, 1, 6, tzinfo=UTC), dt.datetime(2024, 1, 7, tzinfo=UTC))
+
+
+def _store_articles(settings: Settings, edats: list[dt.date]) -> None:
+    xml = pubmed_set([article_xml(100 + i, edat=d) for i, d in enumerate(edats)])
+    items = parse_bytes(xml, source_ref=SourceRef("file", "test.xml"))
+    Store(db.connect(settings)).apply(items)
+
+
+def test_good_run_passes(settings: Settings) -> None:
+    _store_articles(settings, [dt.date(2024, 1, 2)] * 3)
+    report = check_ingest(settings, IngestCounts(inserted=3), TUESDAY)
+    assert report.ok
+    assert report.problems == ()
+    assert report.records == 3
+    assert report.newest_entrez_date == dt.date(2024, 1, 2)
+    assert set(report.checks) == {"quarantine_rate", "empty_weekday", "stale_watermark"}
+    assert report.to_dict()["window_start"] == "2024-01-02T00:00:00+00:00"
+
+
+def test_empty_weekday_fails_and_is_not_retryable(settings: Settings) -> None:
+    _store_articles(settings, [dt.date(2024, 1, 1), dt.date(2024, 1, 3)])  # not Jan 2
+    with pytest.raises(DataQualityError, match="includes a weekday but returned no record") as e:
+        check_ingest(settings, IngestCounts(), TUESDAY)
+    assert isinstance(e.value, LitpulseError)
+    assert e.value.retryable is False
+
+
+def test_empty_weekend_passes(settings: Settings) -> None:
+    _store_articles(settings, [dt.date(2024, 1, 5)])
+    report = check_ingest(settings, {"inserted": 0}, SATURDAY)
+    assert report.ok, report.problems
+
+
+def test_empty_weekday_allowed_by_setting(settings: Settings) -> None:
+    _store_articles(settings, [dt.date(2024, 1, 2)])
+    relaxed = settings.replace(quality_expect_weekdays=False)
+    assert check_ingest(relaxed, IngestCounts(), TUESDAY).ok
+
+
+def test_rerun_with_only_unchanged_records_is_not_empty(settings: Settings) -> None:
+    _store_articles(settings, [dt.date(2024, 1, 2)])
+    assert check_ingest(settings, IngestCounts(unchanged=5), TUESDAY).ok
+    # a repeated window whose batches were all skipped returns nothing at all
+    assert check_ingest(settings, IngestCounts(), TUESDAY).ok
+
+
+def test_quarantine_rate_above_threshold_fails(sqlite_settings: Settings) -> None:
+    s = sqlite_settings.replace(max_quarantine_rate=0.05, quality_max_staleness_days=0)
+    ok = check_ingest(s, IngestCounts(inserted=95, quarantined=5), raise_on_failure=False)
+    assert ok.ok and ok.quarantine_rate == pytest.approx(0.05)
+    bad = check_ingest(s, IngestCounts(inserted=90, quarantined=10), raise_on_failure=False)
+    assert not bad.ok
+    assert "10 of 100 records quarantined" in bad.problems[0]
+    with pytest.raises(DataQualityError, match="LITPULSE_MAX_QUARANTINE_RATE"):
+        check_ingest(s, IngestCounts(inserted=90, quarantined=10))
+
+
+def test_stale_watermark_fails(settings: Settings) -> None:
+    _store_articles(settings, [dt.date(2023, 12, 20)])
+    with pytest.raises(DataQualityError, match="newest entrez date in the store is 2023-12-20"):
+        check_ingest(settings, IngestCounts(unchanged=1), TUESDAY)
+    # within the allowed staleness
+    _store_articles(settings, [dt.date(2023, 12, 31)])
+    assert check_ingest(settings, IngestCounts(unchanged=1), TUESDAY).ok
+    assert newest_entrez_date(db.connect(settings)) == dt.date(2023, 12, 31)
+
+
+def test_every_problem_is_named(sqlite_settings: Settings) -> None:
+    report = check_ingest(sqlite_settings, IngestCounts(), TUESDAY, raise_on_failure=False)
+    assert not report.ok
+    assert len(report.problems) == 2  # empty weekday + empty store (stale)
+    assert "store is missing" in report.problems[1]
+
+
+def test_counts_as_dict_accepts_counts_and_mappings() -> None:
+    assert counts_as_dict(IngestCounts(inserted=2))["inserted"] == 2
+    assert counts_as_dict({"updated": 3})["updated"] == 3
+    assert counts_as_dict(None) == dict.fromkeys(
+        ("inserted", "updated", "unchanged", "deleted", "quarantined", "missing"), 0
+    )
+    with pytest.raises(ConfigError):
+        counts_as_dict(3)
+
+
+def test_window_must_move_forward(sqlite_settings: Settings) -> None:
+    with pytest.raises(ConfigError, match="must be after its start"):
+        check_ingest(sqlite_settings, IngestCounts(inserted=1), (TUESDAY[1], TUESDAY[0]))
+
+
+# ------------------------------------------------------------ moving forward: runs and dates
+
+
+def _window_run(settings: Settings, window: tuple[dt.datetime, dt.datetime], **counts: int) -> None:
+    store = Store(db.connect(settings))
+    run = store.start_run("eutils", window_start=window[0], window_end=window[1])
+    store.finish_run(run, IngestCounts(**counts))
+
+
+def test_replay_with_old_entrez_dates_passes_when_the_run_inserted(settings: Settings) -> None:
+    """A mirror or replay: the records carry 2023 entrez dates, the run inserted them."""
+    _store_articles(settings, [dt.date(2023, 6, 1)] * 3)
+    _window_run(settings, TUESDAY, inserted=3)
+    report = check_ingest(settings, IngestCounts(inserted=3), TUESDAY)
+    assert report.ok, report.problems
+    assert report.progress == ("run", "runs")
+    assert report.progress_watermark == TUESDAY[1]
+    assert report.to_dict()["progress"] == ["run", "runs"]
+
+
+def test_rerun_after_a_recent_window_that_inserted_passes(settings: Settings) -> None:
+    """Nothing new this time, old dates, but yesterday's window inserted records."""
+    _store_articles(settings, [dt.date(2023, 6, 1)])
+    monday = (TUESDAY[0] - dt.timedelta(days=1), TUESDAY[0])
+    _window_run(settings, monday, inserted=1)
+    _window_run(settings, TUESDAY, unchanged=1)
+    report = check_ingest(settings, IngestCounts(unchanged=1), TUESDAY)
+    assert report.ok, report.problems
+    assert report.progress == ("runs",)
+    assert report.progress_watermark == TUESDAY[0]
+
+
+def test_not_moving_forward_names_runs_and_dates(settings: Settings) -> None:
+    """Windows keep succeeding but none brought a record for a week, dates are old too."""
+    _store_articles(settings, [dt.date(2023, 12, 20)])
+    old = (dt.datetime(2023, 12, 20, tzinfo=UTC), dt.datetime(2023, 12, 21, tzinfo=UTC))
+    _window_run(settings, old, inserted=1)
+    _window_run(settings, TUESDAY, unchanged=1)
+    with pytest.raises(DataQualityError) as e:
+        check_ingest(settings, IngestCounts(unchanged=1), TUESDAY)
+    text = str(e.value)
+    assert "not moving forward: this run inserted or updated no record" in text
+    assert "the newest window that did ended 2023-12-21T00:00:00+00:00" in text
+    assert "the newest entrez date in the store is 2023-12-20" in text
+    # a window that inserted but failed afterwards is no progress either
+    store = Store(db.connect(settings))
+    run = store.start_run("eutils", window_start=TUESDAY[0], window_end=TUESDAY[1])
+    store.finish_run(run, IngestCounts(inserted=4), status="failed", error="killed")
+    assert not check_ingest(
+        settings, IngestCounts(), TUESDAY, raise_on_failure=False
+    ).ok

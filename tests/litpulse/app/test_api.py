@@ -1,0 +1,261 @@
+"""The HTTP API: status codes, search JSON, exports that parse, feedback, the page."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import select
+
+from litpulse.core import db
+from litpulse.core.schema import feedback
+from litpulse.core.settings import Settings
+from tests.ranking.corpus import ARTICLES, load_corpus, real_corpus
+
+fastapi = pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from litpulse.app.api import create_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return real_corpus(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def client(real: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(real), raise_server_exceptions=False) as c:
+        yield c
+
+
+def test_search_returns_ranked_explained_results(client: TestClient) -> None:
+    r = client.get("/search", params={"q": "malaria vaccine for children", "k": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["query"] == "malaria vaccine for children"
+    assert body["index_version"].startswith("ix-") and body["model_version"] == "base"
+    results = body["results"]
+    assert len(results) == 3 and results[0]["pmid"] == 201
+    assert results[0]["title"] == ARTICLES[201]["title"]
+    for hit in results:
+        assert {"pmid", "title", "journal", "pub_year", "score", "similarity", "recency",
+                "citation", "explanation"} <= set(hit)
+        parts = hit["explanation"]["components"]
+        assert sum(p["contribution"] for p in parts.values()) == pytest.approx(hit["score"])
+    scores = [h["score"] for h in results]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_search_filters_and_weights_over_http(client: TestClient) -> None:
+    r = client.get("/search", params=[("q", "gene editing"), ("k", "20"), ("mesh", "humans"),
+                                      ("mesh", "Gene Editing"), ("language", "eng")])
+    assert r.status_code == 200, r.text
+    assert {h["pmid"] for h in r.json()["results"]} == {101, 107}
+    r = client.get("/search", params={"q": "gene editing", "type": "Review", "k": 5})
+    assert [h["pmid"] for h in r.json()["results"]] == [102]
+    r = client.get("/search", params={"q": "gene editing", "k": 20, "include_retracted": "true",
+                                      "since": "2000-01-01", "has_abstract": "true"})
+    got = {h["pmid"] for h in r.json()["results"]}
+    assert 105 in got and 103 not in got and 107 not in got
+    r = client.get("/search", params={"q": "diabetes", "w_sim": 0.1, "w_recency": 0,
+                                      "w_citation": 3, "half_life": 30, "k": 3})
+    body = r.json()
+    assert body["results"][0]["pmid"] == 402  # RCR 15 wins when citations dominate
+    assert body["options"]["w_citation"] == 3 and body["options"]["half_life_days"] == 30
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},                                   # q missing
+        {"q": ""},
+        {"q": "x" * 513},
+        {"q": "malaria", "k": 0},
+        {"q": "malaria", "k": 101},
+        {"q": "malaria", "k": "ten"},
+        {"q": "malaria", "since": "yesterday"},
+        {"q": "malaria", "until": "2024-02-30"},
+        {"q": "malaria", "w_sim": -1},
+        {"q": "malaria", "w_recency": "nan"},
+        {"q": "malaria", "w_citation": "inf"},
+        {"q": "malaria", "half_life": 0},
+        {"q": "malaria", "has_abstract": "perhaps"},
+        {"q": "malaria", "language": "x" * 50},
+    ],
+)
+def test_bad_search_input_is_422(client: TestClient, params: dict[str, object]) -> None:
+    r = client.get("/search", params=params)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"]
+
+
+def test_semantic_errors_are_400_with_a_message(client: TestClient) -> None:
+    r = client.get("/search", params={"q": "malaria", "since": "2024-05-01",
+                                      "until": "2024-01-01"})
+    assert r.status_code == 400 and "since" in r.json()["detail"]
+    r = client.get("/search", params={"q": "   "})
+    assert r.status_code == 400 and "query" in r.json()["detail"]
+    r = client.get("/search", params={"q": "malaria", "w_sim": 0, "w_recency": 0,
+                                      "w_citation": 0})
+    assert r.status_code == 400 and "at least one" in r.json()["detail"]
+    r = client.get("/search", params={"q": "malaria", "mesh": "m" * 300})
+    assert r.status_code == 400 and "mesh" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/search?q=%00%ff%fe",
+        "/search?q=' OR 1=1 --&k=5",
+        "/search?q=malaria&k=99999999999999999999999",
+        "/search?q=malaria&k=-5&since=0000-00-00",
+        "/search?q=malaria&mesh=%25&type=%27%22%3B",
+        "/search?q=<script>alert(1)</script>",
+        "/search?q=malaria&w_sim=1e309",
+        "/export?q=malaria&format=pdf",
+        "/export?q=malaria&format=ris&k=100000",
+        "/articles/abc",
+        "/articles/-1",
+        "/articles/0",
+        "/articles/99999999999999999999999999",
+        "/articles/1e5",
+        "/nothing-here",
+    ],
+)
+def test_garbage_never_500(client: TestClient, url: str) -> None:
+    r = client.get(url)
+    assert 400 <= r.status_code < 500 or r.status_code == 200, (r.status_code, r.text)
+
+
+def test_articles_endpoint(client: TestClient) -> None:
+    r = client.get("/articles/201")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["pmid"] == 201 and body["title"] == ARTICLES[201]["title"]
+    assert body["relative_citation_ratio"] == 2.0
+    r = client.get("/articles/987654")
+    assert r.status_code == 404 and "987654" in r.json()["detail"]
+
+
+def test_status_reports_freshness(client: TestClient) -> None:
+    r = client.get("/status")
+    assert r.status_code == 200
+    s = r.json()
+    assert s["articles"]["live"] == len(ARTICLES) - 1
+    assert s["articles"]["deleted"] == 1 and s["articles"]["retracted"] == 1
+    newest = max(a["best"] for a in ARTICLES.values() if a["best"] and not a.get("deleted"))
+    assert s["articles"]["newest_best_date"] == newest.isoformat()
+    assert s["index"]["size"] == len(ARTICLES) - 1 and s["index"]["published_at"]
+    assert s["index"]["model_version"] == "base" and s["model_version"] == "base"
+    assert s["scoring"]["recency_half_life_days"] == 365.0
+
+
+def test_feedback_is_recorded(client: TestClient, real: Settings) -> None:
+    body = {"query": "malaria vaccine", "pmid": 201, "relevant": True, "user": "ana"}
+    r = client.post("/feedback", json=body)
+    assert r.status_code == 201, r.text
+    fid = r.json()["id"]
+    r = client.post("/feedback", json={**body, "relevant": False})  # a change of mind
+    assert r.status_code == 201 and r.json()["id"] == fid
+    with db.connect(real).connect() as conn:
+        rows = conn.execute(select(feedback).where(feedback.c.pmid == 201)).all()
+    assert len(rows) == 1 and rows[0].relevant is False and rows[0].user == "ana"
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"query": "q", "pmid": 987654, "relevant": True, "user": "ana"}, 404),
+        ({"query": "q", "pmid": 106, "relevant": True, "user": "ana"}, 404),  # deleted
+        ({"query": "q", "pmid": 201, "relevant": "maybe", "user": "ana"}, 422),
+        ({"query": "", "pmid": 201, "relevant": True, "user": "ana"}, 422),
+        ({"query": "q", "pmid": 201, "relevant": True, "user": "  "}, 422),
+        ({"query": "q", "pmid": -3, "relevant": True, "user": "ana"}, 422),
+        ({"query": "q", "pmid": 201, "relevant": True}, 422),
+        ({"query": "q", "pmid": 201, "relevant": True, "user": "a", "admin": 1}, 422),
+    ],
+)
+def test_feedback_rejects_bad_input(client: TestClient, body: object, status: int) -> None:
+    r = client.post("/feedback", json=body)
+    assert r.status_code == status, r.text
+
+
+def test_feedback_garbage_body(client: TestClient) -> None:
+    for raw in (b"not json", b"[]", b"{", b"null"):
+        r = client.post("/feedback", content=raw, headers={"Content-Type": "application/json"})
+        assert r.status_code == 422, r.text
+
+
+def _export(client: TestClient, fmt: str) -> tuple[str, str]:
+    r = client.get("/export", params={"q": "type 2 diabetes", "format": fmt, "k": 4})
+    assert r.status_code == 200, r.text
+    assert "attachment" in r.headers["content-disposition"]
+    return r.text, r.headers["content-type"]
+
+
+def test_export_csv_parses(client: TestClient) -> None:
+    text, ctype = _export(client, "csv")
+    assert ctype.startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == 4
+    assert [int(r["rank"]) for r in rows] == [1, 2, 3, 4]
+    first = rows[0]
+    pmid = int(first["pmid"])
+    assert first["title"] == ARTICLES[pmid]["title"]
+    assert first["url"] == f"https://pubmed.ncbi.nlm.nih.gov/{pmid}/"
+    assert first["authors"] == "Doe, Jane; Test Consortium"
+    assert float(first["score"]) > 0 and first["doi"] == f"10.1000/test.{pmid}"
+
+
+def test_export_ris_parses(client: TestClient) -> None:
+    text, ctype = _export(client, "ris")
+    assert ctype.startswith("application/x-research-info-systems")
+    records = [r for r in text.split("ER  - ") if r.strip()]
+    assert len(records) == 4
+    for rec in records:
+        tags = [line[:2] for line in rec.strip().splitlines()]
+        assert tags[0] == "TY" and "TI" in tags and "AU" in tags and "UR" in tags
+        assert all(re.fullmatch(r"[A-Z][A-Z0-9]  - .*", line) for line in rec.strip().splitlines())
+    assert text.count("TY  - JOUR") == 4 and text.rstrip().endswith("ER  -")
+    assert "SP  - 100" in text and "EP  - 110" in text
+
+
+def test_export_bibtex_parses(client: TestClient) -> None:
+    text, ctype = _export(client, "bibtex")
+    assert ctype.startswith("application/x-bibtex")
+    entries = re.findall(r"@article\{pmid(\d+),\n(.*?)\n\}", text, flags=re.S)
+    assert len(entries) == 4
+    for pmid, body in entries:
+        fields = dict(re.findall(r"^  (\w+) = \{(.*)\},?$", body, flags=re.M))
+        assert fields["title"] == "{" + ARTICLES[int(pmid)]["title"] + "}"
+        assert fields["author"] == "Doe, Jane and {Test Consortium}"
+        assert fields["pmid"] == pmid and fields["pages"] == "100--110"
+        assert body.count("{") == body.count("}")  # balanced braces
+
+
+def test_openapi_and_page(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert {"/search", "/export", "/articles/{pmid}", "/status", "/feedback"} <= set(spec["paths"])
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'id="q"' in page.text and "export-ris" in page.text
+
+
+def test_no_index_yet_is_503_with_hint(settings: Settings) -> None:
+    """On SQLite and PostgreSQL: status, articles and export SQL, and the 503 hint."""
+    load_corpus(db.connect(settings))
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        r = c.get("/search", params={"q": "malaria"})
+        assert r.status_code == 503
+        assert "litpulse index refresh" in r.json()["detail"]
+        r = c.get("/export", params={"q": "malaria", "format": "csv"})
+        assert r.status_code == 503
+        s = c.get("/status").json()
+        assert s["index"] is None and s["model_version"] == "base"
+        assert s["articles"]["live"] == len(ARTICLES) - 1 and s["articles"]["retracted"] == 1
+        assert c.get("/articles/402").json()["relative_citation_ratio"] == 15.0
+        assert c.get("/articles/4020").status_code == 404

@@ -1,0 +1,175 @@
+"""The web page in a real headless Chromium: search, stacked score bars, explanation,
+exports, filters and feedback.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` packages and the ``selenium`` wheel;
+skipped without them. The driver is given explicitly, so Selenium Manager downloads
+nothing. Set ``LITPULSE_TEST_SCREENSHOT`` to a path to keep a screenshot of the page.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from litpulse.core import db
+from litpulse.core.schema import feedback
+from litpulse.core.settings import Settings
+from tests.ranking.corpus import ARTICLES, real_corpus
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver") or (
+    "/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else None
+)
+SCREENSHOT_ENV = "LITPULSE_TEST_SCREENSHOT"
+
+if not (CHROMIUM and CHROMEDRIVER):
+    pytest.skip("needs Debian's chromium and chromium-driver", allow_module_level=True)
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def screenshot_target() -> str | None:
+    """Read before the autouse fixture clears every ``LITPULSE_*`` variable."""
+    return os.environ.get(SCREENSHOT_ENV)
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return real_corpus(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def server(real: Settings) -> Iterator[str]:
+    import uvicorn
+
+    from litpulse.app.api import create_app
+
+    port = _free_port()
+    config = uvicorn.Config(create_app(real), host="127.0.0.1", port=port, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager: never download
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--disable-dev-shm-usage", "--window-size=1200,1400",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def _search(browser: Any, query: str) -> list[Any]:
+    browser.execute_script("document.getElementById('count').textContent = ''")
+    box = browser.find_element(By.ID, "q")
+    box.clear()
+    box.send_keys(query)
+    browser.find_element(By.ID, "go").click()
+    WebDriverWait(browser, 20).until(lambda d: "result" in d.find_element(By.ID, "count").text)
+    return browser.find_elements(By.CSS_SELECTOR, "li.hit")
+
+
+def test_search_page_draws_results(
+    browser: Any, server: str, real: Settings, tmp_path: Path, screenshot_target: str | None
+) -> None:
+    browser.get(server + "/")
+    WebDriverWait(browser, 20).until(
+        lambda d: "articles" in d.find_element(By.ID, "status").text
+    )
+    assert f"{len(ARTICLES) - 1} articles" in browser.find_element(By.ID, "status").text
+    browser.execute_script("localStorage.setItem('litpulse.user', 'browser-test')")
+
+    hits = _search(browser, "malaria vaccine for children")
+    assert len(hits) >= 3
+    assert hits[0].get_attribute("data-pmid") == "201"
+    assert ARTICLES[201]["title"] in hits[0].text
+    link = hits[0].find_element(By.CSS_SELECTOR, "a.title")
+    assert link.get_attribute("href") == "https://pubmed.ncbi.nlm.nih.gov/201/"
+    for hit in hits[:3]:  # the related ones (far articles can have cosine <= 0)
+        segments = hit.find_elements(By.CSS_SELECTOR, ".bar span")
+        assert [s.get_attribute("class") for s in segments] == ["sim", "rec", "cit"]
+        widths = [s.size["width"] for s in segments]
+        assert widths[0] > 0 and sum(widths) > 0  # drawn, similarity visible
+    # the explanation opens and lists the three components
+    hits[0].find_element(By.CSS_SELECTOR, "details.why summary").click()
+    rows = hits[0].find_elements(By.CSS_SELECTOR, "table.explain tr")
+    assert [r.find_elements(By.TAG_NAME, "td")[0].text for r in rows[1:]] == [
+        "similarity", "recency", "citation",
+    ]
+    # export buttons point at /export with the query
+    for fmt in ("ris", "bibtex", "csv"):
+        href = browser.find_element(By.ID, f"export-{fmt}").get_attribute("href")
+        assert f"format={fmt}" in href and "q=malaria+vaccine" in href
+
+    target = Path(screenshot_target) if screenshot_target else tmp_path / "page.png"
+    browser.save_screenshot(str(target))
+    assert target.stat().st_size > 10_000
+
+    # feedback: a click records it under the stored name
+    hits[0].find_element(By.CSS_SELECTOR, "button[data-relevant='true']").click()
+    WebDriverWait(browser, 20).until(
+        lambda d: "recorded" in hits[0].find_element(By.CSS_SELECTOR, ".thanks").text
+    )
+    with db.connect(real).connect() as conn:
+        row = conn.execute(
+            select(feedback).where(feedback.c.pmid == 201, feedback.c.user == "browser-test")
+        ).one()
+    assert row.relevant is True and row.query == "malaria vaccine for children"
+
+
+def test_filters_and_errors_in_the_page(browser: Any, server: str) -> None:
+    browser.get(server + "/")
+    WebDriverWait(browser, 20).until(ec.element_to_be_clickable((By.ID, "go")))
+    browser.find_element(By.CSS_SELECTOR, "#filters summary").click()
+    browser.find_element(By.ID, "language").send_keys("spa")
+    hits = _search(browser, "gene editing")
+    assert [h.get_attribute("data-pmid") for h in hits] == ["104"]
+    # a shareable URL carries the filters, and reloading it searches again
+    assert "language=spa" in browser.current_url
+    browser.get(browser.current_url)
+    WebDriverWait(browser, 20).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "li.hit")) == 1
+    )
+    # a server-side validation error is shown, not swallowed
+    browser.get(server + "/?q=gene+editing&since=2024-05-01&until=2024-01-01")
+    WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "error").is_displayed())
+    assert "since" in browser.find_element(By.ID, "error").text

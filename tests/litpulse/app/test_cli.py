@@ -1,0 +1,181 @@
+"""The ingest and info commands, through litpulse.app.cli.main and the installed entry point."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ingest.store import IngestCounts
+from litpulse.app.cli import main
+from litpulse.core.settings import Settings
+from tests.ingest.test_files import BROKEN, article_xml, deletion_xml, write_xml
+
+
+@pytest.fixture
+def env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """LITPULSE_HOME / LITPULSE_DATABASE_URL of the ``settings`` fixture, in os.environ."""
+    monkeypatch.setenv("LITPULSE_HOME", str(settings.home))
+    if settings.database_url:
+        monkeypatch.setenv("LITPULSE_DATABASE_URL", settings.database_url)
+    return settings
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
+    assert main([*argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> list[Path]:
+    one = write_xml(
+        tmp_path / "pubmed26n0001.xml.gz",
+        article_xml(101, refs=(102,)), article_xml(102), article_xml(103), BROKEN, gz=True,
+    )  # fmt: skip
+    two = write_xml(
+        tmp_path / "pubmed26n0002.xml",
+        article_xml(101, version=2, title="Revised title", refs=(102,)), deletion_xml(103),
+    )  # fmt: skip
+    return [one, two]
+
+
+def test_ingest_files_then_info(
+    env: Settings, corpus: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    got = run_json(capsys, "ingest", "--files", *map(str, corpus))
+    assert got == {"inserted": 3, "updated": 1, "unchanged": 0, "deleted": 1, "quarantined": 1,
+                   "missing": 0}  # fmt: skip
+    again = run_json(capsys, "ingest", "--files", *map(str, corpus))
+    assert (again["inserted"], again["updated"], again["deleted"]) == (0, 0, 0)
+
+    art = run_json(capsys, "article", "101")
+    assert art["pmid"] == 101 and art["version"] == 2 and art["title"] == "Revised title"
+    assert art["authors"][0]["name"] == "Smith J"
+    assert art["mesh"][0]["descriptor"] == "Humans" and art["mesh"][0]["major"] is True
+    assert art["publication_types"] == ["Journal Article"] and art["references"] == [102]
+    assert art["pub_year"] == 2024 and art["pub_month"] == 3 and art["is_deleted"] is False
+    assert run_json(capsys, "article", "102")["cited_by_in_corpus"] == 1
+    assert run_json(capsys, "article", "103")["is_deleted"] is True
+
+    assert main(["article", "101"]) == 0
+    human = capsys.readouterr().out
+    assert "PMID 101" in human and "Revised title" in human and "Humans*" in human
+
+    st = run_json(capsys, "status")
+    assert (st["articles"], st["deleted"], st["quarantined"]) == (2, 1, 1)
+    assert len(st["last_runs"]) == 2 and st["last_runs"][0]["status"] == "succeeded"
+    assert main(["status"]) == 0
+    assert "articles" in capsys.readouterr().out
+
+    quar = run_json(capsys, "quarantine", "--limit", "5")
+    assert len(quar) == 1
+    assert quar[0]["reason"] and quar[0]["source_location"].endswith("pubmed26n0001.xml.gz")
+    assert "No PMID" in quar[0]["raw_xml"]
+    assert main(["quarantine"]) == 0
+    assert "pubmed26n0001.xml.gz" in capsys.readouterr().out
+
+
+def test_unknown_pmid_exits_1(env: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["article", "424242"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "424242" in err[0]
+
+
+def test_ingest_human_output_and_missing_file(
+    sqlite_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("LITPULSE_HOME", str(sqlite_settings.home))
+    path = write_xml(tmp_path / "a.xml", article_xml(7))
+    assert main(["ingest", "--files", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "inserted" in out and "1" in out
+    assert main(["ingest", "--files", str(tmp_path / "nope.xml")]) == 1
+    assert "nope.xml" in capsys.readouterr().err
+
+
+def test_settings_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LITPULSE_HOME", str(tmp_path))
+    monkeypatch.setenv("LITPULSE_NCBI_API_KEY", "sekrit")
+    rows = run_json(capsys, "settings")
+    by_env = {r["env"]: r for r in rows}
+    assert by_env["LITPULSE_HOME"]["value"] == str(tmp_path)
+    assert by_env["LITPULSE_NCBI_API_KEY"]["value"] == "***"
+    assert main(["settings"]) == 0
+    out = capsys.readouterr().out
+    assert "LITPULSE_EFETCH_BATCH" in out and "sekrit" not in out
+
+
+def test_ingest_eutils_and_updatefiles_dispatch(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The handlers pass the window and options on (the sources have their own tests)."""
+    import ingest.eutils
+    import ingest.updatefiles
+
+    calls: list[tuple[str, Any]] = []
+
+    def fake_window(settings: Settings, since: dt.datetime, until: dt.datetime, **kw: Any) -> Any:
+        calls.append(("eutils", (since, until, kw)))
+        return IngestCounts(inserted=2, missing=1)
+
+    def fake_updates(settings: Settings, **kw: Any) -> Any:
+        calls.append(("updatefiles", kw))
+        return IngestCounts(updated=3)
+
+    monkeypatch.setattr(ingest.eutils, "ingest_window", fake_window)
+    monkeypatch.setattr(ingest.updatefiles, "apply_updates", fake_updates)
+    monkeypatch.setenv("LITPULSE_HOME", str(tmp_path))
+    got = run_json(capsys, "ingest", "--eutils", "--since", "2024-01-01", "--until",
+                   "2024-01-02", "--query", "cancer")  # fmt: skip
+    assert got["inserted"] == 2 and got["missing"] == 1
+    since, until, kw = calls[-1][1]
+    assert since == dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    assert until == dt.datetime(2024, 1, 3, tzinfo=dt.UTC)  # --until is inclusive
+    assert kw["query"] == "cancer"
+    got = run_json(capsys, "ingest", "--updatefiles", "--max-files", "2")
+    assert got["updated"] == 3 and calls[-1] == ("updatefiles", {"max_files": 2,
+                                                                 "progress": False})  # fmt: skip
+    # options that do not fit the source
+    assert main(["ingest", "--eutils"]) == 2
+    assert "--since" in capsys.readouterr().err
+    assert main(["ingest", "--updatefiles", "--since", "2024-01-01"]) == 2
+    with pytest.raises(SystemExit):
+        main(["ingest", "--files", "a.xml", "--eutils"])  # mutually exclusive
+    with pytest.raises(SystemExit):
+        main(["ingest", "--eutils", "--since", "yesterday"])
+
+
+def test_installed_entry_point(
+    sqlite_settings: Settings, corpus: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LITPULSE_HOME", str(sqlite_settings.home))
+    exe = shutil.which("litpulse") or str(Path(sys.executable).parent / "litpulse")
+    if not os.path.exists(exe):
+        pytest.skip("the litpulse entry point is not installed")
+    environ = {k: v for k, v in os.environ.items()}
+    done = subprocess.run(
+        [exe, "ingest", "--files", *map(str, corpus), "--json"],
+        capture_output=True, text=True, env=environ, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["inserted"] == 3
+    missing = subprocess.run(
+        [exe, "article", "555"], capture_output=True, text=True, env=environ, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert missing.returncode == 1
+    assert missing.stdout == "" and "555" in missing.stderr
