@@ -13,7 +13,7 @@ per-client rate limit.
   least recently seen clients are forgotten beyond ``max_clients``.
 
 Example:
-    >>> app = ApiGuard(app, max_body_bytes=65536, rate=10.0, burst=40)  # doctest: +SKIP
+    >>> app = ApiGuard(app, max_body_bytes=65536, rate=5.0, burst=20)  # doctest: +SKIP
 """
 
 from __future__ import annotations

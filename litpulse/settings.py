@@ -154,14 +154,14 @@ class Settings:
         max=16 * 2**20,
     )
     api_rate_per_second: float = _opt(
-        10.0,
+        5.0,
         "Requests/s each client (IP address) may make to the API on average; beyond its "
         "burst it is answered 429 with Retry-After.",
         min=0.1,
         max=10000.0,
     )
     api_rate_burst: int = _opt(
-        40, "Requests a client may make at once before the API rate applies.", min=1, max=100000
+        20, "Requests a client may make at once before the API rate applies.", min=1, max=100000
     )
     api_feedback_per_hour: int = _opt(
         120,

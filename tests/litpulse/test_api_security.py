@@ -18,16 +18,25 @@ from sqlalchemy import select
 
 from litpulse import db
 from litpulse.cli import main
+from litpulse.errors import NotFoundError
 from litpulse.schema import feedback, feedback_log
 from litpulse.settings import Settings
 from tests.litpulse.apistore import UNLIMITED, clone_store
-from tests.ranking.corpus import real_corpus
+from tests.ranking.corpus import load_corpus, real_corpus
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from litpulse.api import create_app  # noqa: E402
-from litpulse.tokens import create_token, list_tokens, revoke_token  # noqa: E402
+from litpulse.tokens import (  # noqa: E402
+    TokenState,
+    any_active_token,
+    create_token,
+    list_tokens,
+    revoke_token,
+    verify_token,
+)
+from retrain.feedback import FeedbackLimitError, FeedbackSource, record_feedback  # noqa: E402
 
 BODY = {"query": "malaria vaccine", "pmid": 201, "relevant": True}
 
@@ -170,6 +179,34 @@ def test_per_expert_feedback_limit(store: Settings) -> None:
         assert r.status_code == 201
     assert codes == {201: 20, 429: 280}
     assert Counter(x.user for x in feedback_rows(store)) == {"eve": 20, "fay": 1}
+
+
+def test_tokens_and_the_expert_limit_on_both_databases(settings: Settings) -> None:
+    engine = db.connect(settings)
+    load_corpus(engine)
+    issued = create_token(settings, "  ann   smith ", created_by="admin")
+    info = issued.info
+    assert info.expert == "ann smith" and info.state is TokenState.ACTIVE
+    assert issued.token.startswith("lp_") and len(issued.token) >= 46
+    assert issued.token not in repr(issued)
+    assert verify_token(engine, issued.token) == info
+    assert verify_token(engine, issued.token + "x") is None
+    assert verify_token(engine, "") is None
+    for i in range(3):
+        record_feedback(settings, query=f"q {i}", pmid=201, relevant=True, user=info.expert,
+                        source=FeedbackSource.API, token_id=info.id, max_per_hour=3)
+    with pytest.raises(FeedbackLimitError) as over:
+        record_feedback(settings, query="q 3", pmid=201, relevant=True, user=info.expert,
+                        source=FeedbackSource.API, token_id=info.id, max_per_hour=3)
+    assert 3500 < over.value.retry_after <= 3600
+    record_feedback(settings, query="q 3", pmid=201, relevant=True, user=info.expert)  # cli
+    assert [x.source for x in log_rows(settings)] == ["api"] * 3 + ["cli"]
+    assert any_active_token(engine)
+    assert revoke_token(settings, info.id).state is TokenState.REVOKED
+    assert revoke_token(settings, info.id).revoked_at is not None  # idempotent
+    assert not any_active_token(engine)
+    with pytest.raises(NotFoundError):
+        revoke_token(settings, 12345)
 
 
 # ------------------------------------------------------------------ bodies and rate limits
