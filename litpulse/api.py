@@ -78,13 +78,20 @@ STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css
 #: Longest part of a validation error's location repeated back (a client's key name).
 MAX_LOC_CHARS = 40
 
+#: "Holds a character that is not whitespace", spelled out rather than ``\S``: JSON
+#: Schema's regex dialect (ECMA-262), pydantic's (Rust) and Python's disagree on what
+#: ``\s`` is (NEL, U+001C-U+001F, BOM), and the text is normalised by Python later.
+NOT_BLANK = (
+    r"[^\t\n\v\f\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f"
+    r"\u3000\ufeff]"
+)
+
 
 def _whole_number(value: Any) -> Any:
     """``2.0`` is the integer 2, as in JSON Schema; text and booleans stay refused."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
-
 
 
 class ErrorOut(BaseModel):
@@ -100,7 +107,7 @@ class FeedbackIn(BaseModel):
     # recorder normalises whitespace, and answers 400 for a text that is only whitespace)
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    query: str = Field(min_length=1, max_length=512, pattern=r"\S",
+    query: str = Field(min_length=1, max_length=512, pattern=NOT_BLANK,
                        description="The query searched.")
     pmid: Annotated[  # constraints before the validator, so the schema shows them
         int,
@@ -109,7 +116,7 @@ class FeedbackIn(BaseModel):
     ]
     relevant: bool = Field(description="Whether the article answers the query.")
     user: str | None = Field(
-        None, min_length=1, max_length=255, pattern=r"\S",
+        None, min_length=1, max_length=255, pattern=NOT_BLANK,
         description="Deprecated: the judgement is recorded under the API token's expert. "
         "Accepted only when it names that expert (else 403).",
     )
@@ -408,7 +415,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         auto_error=False,
         description="An API token from `litpulse tokens create --expert NAME`.",
     )
-
     bearer_dep = Security(bearer)
 
     def expert(creds: Any = bearer_dep) -> TokenInfo:  # HTTPAuthorizationCredentials | None
@@ -438,7 +444,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # ---------------------------------------------------------------- searching
     q_param = Query(
-        ..., min_length=1, max_length=512, pattern=r"\S", description="Free-text query."
+        ..., min_length=1, max_length=512, pattern=NOT_BLANK, description="Free-text query."
     )
     mesh_param = Query(
         None, max_length=MAX_TERMS,
