@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import email.utils
+import functools
 import hashlib
 import http.client
 import logging
@@ -40,7 +41,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, quote_plus, urljoin, urlsplit
 
 import requests
 
@@ -70,16 +71,49 @@ T = TypeVar("T")
 #: Spacing factor on top of ``1/rate`` so arrival jitter never exceeds the limit.
 RATE_MARGIN = 1.1
 
-_KEY_RE = re.compile(r"(api_key=)[^&\s'\"]+", re.IGNORECASE)
+#: ``api_key=…`` in a query or form, URL-encoded (``api_key%3D…``) or as a dict/JSON item.
+_KEY_RE = re.compile(r"""(api_key(?:=|%3D|['"]?\s*[:=]\s*['"]?))[^&\s'"]+""", re.IGNORECASE)
+_PERCENT_RE = re.compile(r"%(?:25)?[0-9A-Fa-f]{2}")  # one escape, or one escaped twice
+
+
+def _encodings(secret: str) -> set[str]:
+    """The forms a secret takes in URLs, forms and logs: raw, quoted, quoted twice."""
+    once = {secret, quote(secret), quote(secret, safe=""), quote_plus(secret),
+            quote_plus(secret, safe="/")}
+    return {form for form in once | {quote(f, safe="") for f in once} if form}
+
+
+def _hex_insensitive(form: str) -> str:
+    """A regex for ``form`` whose percent escapes match in either case (``%2B`` = ``%2b``,
+    ``%252B`` = ``%252b``)."""
+    out, last = [], 0
+    for m in _PERCENT_RE.finditer(form):
+        out.append(re.escape(form[last : m.start()]))
+        out.append("%" + "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c
+                                 for c in m.group(0)[1:]))
+        last = m.end()
+    out.append(re.escape(form[last:]))
+    return "".join(out)
+
+
+@functools.lru_cache(maxsize=32)
+def _secrets_re(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
+    forms = {form for secret in secrets if secret for form in _encodings(secret)}
+    if not forms:
+        return None
+    return re.compile("|".join(_hex_insensitive(f) for f in sorted(forms, key=len, reverse=True)))
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with every ``api_key=…`` value and every literal secret replaced by ``***``."""
-    out = _KEY_RE.sub(r"\1***", text)
-    for secret in secrets:
-        if secret:
-            out = out.replace(secret, "***")
-    return out
+    """``text`` with every secret and every ``api_key=…`` value replaced by ``***``.
+
+    A secret is found in every encoding a URL or form gives it: raw, percent-encoded
+    (``quote``, ``quote_plus``, with upper- or lower-case hex) and percent-encoded twice.
+    The secrets go first, so a key holding ``&`` or spaces is not cut in two.
+    """
+    pattern = _secrets_re(tuple(secrets))
+    out = pattern.sub("***", text) if pattern is not None else text
+    return _KEY_RE.sub(r"\1***", out)
 
 
 # ------------------------------------------------------------------------- rate limiting

@@ -1,7 +1,12 @@
-"""Expert relevance feedback: one judgement per (query, article, user).
+"""Expert relevance feedback: one judgement per (query, article, expert), every one logged.
 
 A *relevant* judgement becomes a positive training pair (query → article text); a *not
 relevant* one becomes a hard negative for the same query (see :mod:`retrain.pairs`).
+
+``feedback`` keeps each expert's latest judgement (a change of mind replaces it);
+``feedback_log`` keeps every judgement as sent, with its expert, its source (``api``:
+an API token, whose id is kept; ``cli``: ``litpulse feedback``, a local admin with
+database access) and its time. API judgements are limited per expert and hour.
 
 Example:
     >>> record_feedback(settings, query="statins dementia", pmid=123,
@@ -11,26 +16,58 @@ Example:
 
 from __future__ import annotations
 
+import datetime as dt
+import enum
 import logging
 
-from sqlalchemy import select
+from sqlalchemy import Connection, Engine, func, insert, select
 
 from litpulse.core.db import connect, upsert, utcnow
-from litpulse.core.errors import ConfigError, NotFoundError
-from litpulse.core.schema import articles, feedback
+from litpulse.core.errors import ConfigError, LitpulseError, NotFoundError
+from litpulse.core.schema import articles, feedback, feedback_log
 from litpulse.core.settings import Settings
 
-__all__ = ["record_feedback", "MAX_QUERY_CHARS", "MAX_USER_CHARS"]
+__all__ = [
+    "FeedbackLimitError",
+    "FeedbackSource",
+    "MAX_QUERY_CHARS",
+    "MAX_USER_CHARS",
+    "clean_expert",
+    "record_feedback",
+]
 
 logger = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 1000
 MAX_USER_CHARS = 255
 
+#: The window of the per-expert limit.
+LIMIT_WINDOW = dt.timedelta(hours=1)
+
+
+class FeedbackSource(enum.StrEnum):
+    """How a judgement arrived."""
+
+    API = "api"
+    CLI = "cli"
+
+
+class FeedbackLimitError(LitpulseError):
+    """An expert sent more judgements in the last hour than the limit allows."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        #: Seconds until the expert may send again.
+        self.retry_after = retry_after
+
 
 def _clean(value: object, name: str, limit: int) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"`{name}` must be a string")
+    if "\x00" in value:
+        raise ConfigError(f"`{name}` must not contain NUL characters")
     text = " ".join(value.split())
     if not text:
         raise ConfigError(f"`{name}` must not be empty")
@@ -39,26 +76,80 @@ def _clean(value: object, name: str, limit: int) -> str:
     return text
 
 
-def record_feedback(
-    settings: Settings, *, query: str, pmid: int, relevant: bool, user: str
-) -> int:
-    """Record (or change) a judgement and return its feedback id.
+def clean_expert(name: object) -> str:
+    """An expert's name with its whitespace normalised.
 
-    The query's whitespace is normalised; a second judgement by the same user on the
-    same query and article replaces the first.
+    Raises:
+        ConfigError: Not a string, empty, or longer than :data:`MAX_USER_CHARS`.
+    """
+    return _clean(name, "user", MAX_USER_CHARS)
+
+
+def _check_limit(conn: Connection, expert: str, per_hour: int, now: dt.datetime) -> None:
+    log = feedback_log.c
+    since = now - LIMIT_WINDOW
+    count, oldest = conn.execute(
+        select(func.count(), func.min(log.created_at)).where(
+            log.expert == expert, log.source == FeedbackSource.API.value, log.created_at > since
+        )
+    ).one()
+    if int(count or 0) < per_hour:
+        return
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=dt.UTC)
+    wait = ((oldest + LIMIT_WINDOW) - now).total_seconds() if oldest is not None else 1.0
+    raise FeedbackLimitError(
+        f"expert {expert!r} sent {per_hour} judgements in the last hour, the most allowed",
+        retry_after=max(1.0, wait),
+    )
+
+
+def record_feedback(
+    settings: Settings,
+    *,
+    query: str,
+    pmid: int,
+    relevant: bool,
+    user: str,
+    source: FeedbackSource = FeedbackSource.CLI,
+    token_id: int | None = None,
+    max_per_hour: int | None = None,
+    engine: Engine | None = None,
+) -> int:
+    """Record (or change) a judgement, log it, and return its feedback id.
+
+    The query's whitespace is normalised; a second judgement by the same expert on the
+    same query and article replaces the first in ``feedback`` (both stay in the log).
+
+    Args:
+        settings: The store.
+        query: The query searched.
+        pmid: The judged article.
+        relevant: Whether the article answers the query.
+        user: The expert: from the API token, or the admin's ``--user`` on the CLI.
+        source: How the judgement arrived.
+        token_id: The API token it came with, if any.
+        max_per_hour: Most ``api`` judgements this expert may have sent in the last hour
+            (``None``: no limit).
+        engine: Database engine (default :func:`litpulse.core.db.connect`).
 
     Raises:
         ConfigError: An empty or too long query or user, or a bad pmid.
         NotFoundError: The article does not exist (or was deleted).
+        FeedbackLimitError: The expert is over ``max_per_hour``.
     """
     query = _clean(query, "query", MAX_QUERY_CHARS)
-    user = _clean(user, "user", MAX_USER_CHARS)
+    user = clean_expert(user)
+    source = FeedbackSource(source)
     if isinstance(pmid, bool) or not isinstance(pmid, int) or pmid <= 0:
         raise ConfigError(f"`pmid` must be a positive integer, got {pmid!r}")
     if not isinstance(relevant, bool):
         raise ConfigError(f"`relevant` must be true or false, got {relevant!r}")
-    engine = connect(settings)
+    engine = engine or connect(settings)
+    now = utcnow()
     with engine.begin() as conn:
+        if max_per_hour is not None:
+            _check_limit(conn, user, max_per_hour, now)
         found = conn.execute(
             select(articles.c.pmid).where(articles.c.pmid == pmid, articles.c.is_deleted.is_(False))
         ).first()
@@ -68,7 +159,7 @@ def record_feedback(
             conn,
             feedback,
             [{"query": query, "pmid": pmid, "relevant": relevant, "user": user,
-              "created_at": utcnow()}],
+              "created_at": now}],
             keys=("query", "pmid", "user"),
             update=("relevant", "created_at"),
         )
@@ -77,5 +168,12 @@ def record_feedback(
                 feedback.c.query == query, feedback.c.pmid == pmid, feedback.c.user == user
             )
         ).scalar_one()
-    logger.info("feedback %d: %r -> %d relevant=%s by %s", fid, query, pmid, relevant, user)
+        conn.execute(
+            insert(feedback_log).values(
+                feedback_id=fid, query=query, pmid=pmid, relevant=relevant, expert=user,
+                source=source.value, token_id=token_id, created_at=now,
+            )
+        )
+    logger.info("feedback %d: %r -> %d relevant=%s by %s (%s)", fid, query, pmid, relevant,
+                user, source.value)
     return int(fid)

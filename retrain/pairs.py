@@ -85,6 +85,8 @@ class PairSet:
     feedback_unpaired: int = 0
     hard_negatives: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: Expert → judgements of theirs the feedback pairs used (positives and negatives).
+    feedback_experts: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A summary (not the pairs themselves)."""
@@ -97,6 +99,7 @@ class PairSet:
             "new_articles": self.new_articles,
             "hard_negatives": self.hard_negatives,
             "feedback_unpaired": self.feedback_unpaired,
+            "feedback_experts": dict(self.feedback_experts),
             "heldout": self.heldout.to_dict(),
             "notes": list(self.notes),
         }
@@ -295,7 +298,7 @@ def mine_pairs(
     chosen = _weighted_sample(candidates, [p.weight for p in candidates], limit, seed)
 
     # ---- expert feedback: every usable judgement, hard negatives attached
-    fb_pairs, unpaired = _feedback_pairs(engine, since, by_pmid, held)
+    fb_pairs, unpaired, experts = _feedback_pairs(engine, since, by_pmid, held)
     available["feedback"] = len(fb_pairs)
 
     # ---- replay of older pairs against forgetting
@@ -331,6 +334,7 @@ def mine_pairs(
         new_articles=len(window),
         heldout=heldout,
         feedback_unpaired=unpaired,
+        feedback_experts=experts,
         hard_negatives=sum(1 for p in pairs if p.negative),
         notes=tuple(notes),
     )
@@ -363,30 +367,38 @@ def _feedback_pairs(
     since: dt.datetime | None,
     by_pmid: dict[int, ArticleRow],
     held: set[int],
-) -> tuple[list[Pair], int]:
+) -> tuple[list[Pair], int, dict[str, int]]:
+    """Feedback pairs, the count of unpaired negatives, and expert → judgements used."""
     f = feedback.c
-    stmt = select(f.query, f.pmid, f.relevant).order_by(f.id)
+    stmt = select(f.query, f.pmid, f.relevant, f.user).order_by(f.id)
     if since is not None:
         stmt = stmt.where(and_(f.created_at > since))
     positives: dict[str, list[int]] = defaultdict(list)
     negatives: dict[str, list[int]] = defaultdict(list)
+    judges: dict[tuple[str, int, bool], list[str]] = defaultdict(list)
     with engine.connect() as conn:
-        for query, pmid, relevant in conn.execute(stmt):
+        for query, pmid, relevant, user in conn.execute(stmt):
             pmid = int(pmid)
             if pmid not in by_pmid or pmid in held:
                 continue
             (positives if relevant else negatives)[query].append(pmid)
+            judges[(query, pmid, bool(relevant))].append(user)
     pairs: list[Pair] = []
     unpaired = 0
+    used: Counter[str] = Counter()
     for query in sorted(set(positives) | set(negatives)):
         pos = [p for p in dict.fromkeys(positives.get(query, [])) if p not in negatives[query]]
         neg = list(dict.fromkeys(negatives.get(query, [])))
         if not pos:
             unpaired += len(neg)
             continue
+        used_neg: set[int] = set()
         for i, pmid in enumerate(pos):
             r = by_pmid[pmid]
             n = by_pmid[neg[i % len(neg)]] if neg else None
+            if n is not None:
+                used_neg.add(n.pmid)
+            used.update(judges[(query, pmid, True)])
             pairs.append(
                 Pair(
                     query,
@@ -396,4 +408,6 @@ def _feedback_pairs(
                     negative=doc_text(n.title, n.abstract) if n else None,
                 )
             )
-    return pairs, unpaired
+        for pmid in used_neg:
+            used.update(judges[(query, pmid, False)])
+    return pairs, unpaired, dict(sorted(used.items()))

@@ -70,6 +70,10 @@ class RetrainReport:
                 f"pairs: {p.get('pairs', 0)} ({counts}); {p.get('new_articles', 0)} new articles"
                 f"; held out {p.get('heldout', {})}"
             )
+            experts = p.get("feedback_experts") or {}
+            if experts:
+                lines.append("feedback used from: " + ", ".join(
+                    f"{name} {n}" for name, n in experts.items()))
         if self.training:
             t = self.training
             lines.append(
@@ -257,7 +261,8 @@ def _retrain(
         parent_id=parent,
         window_start=pairs.window_start,
         window_end=pairs.window_end,
-        pair_counts={**pairs.counts, "hard_negatives": pairs.hard_negatives},
+        pair_counts={**pairs.counts, "hard_negatives": pairs.hard_negatives,
+                     "feedback_experts": dict(pairs.feedback_experts)},
         options=options_doc,
         metrics=metrics_doc,
         engine=engine,

@@ -3,17 +3,32 @@
 Endpoints (OpenAPI at ``/openapi.json``, interactive docs at ``/docs``):
 
 =========================  ==========================================================
-``GET /``                  the search page (``litpulse/app/web/index.html``)
+``GET /``                  the search page (``litpulse/app/web/index.html``, code in
+                           ``/static/app.js`` and ``/static/app.css``)
 ``GET /search``            ranked hits with score components and explanations
 ``GET /export``            the same search as a RIS, BibTeX or CSV download
 ``GET /articles/{pmid}``   everything stored about one article (404 when unknown)
 ``GET /status``            freshness: newest article, counts, index and model versions
-``POST /feedback``         a researcher's relevant / not relevant judgement
+``POST /feedback``         an expert's relevant / not relevant judgement (API token)
 =========================  ==========================================================
 
-Bad input is a 4xx with a message: FastAPI's 422 for malformed parameters,
-:class:`~litpulse.core.errors.ConfigError` → 400, :class:`~litpulse.core.errors.NotFoundError` →
-404, nothing published yet or another :class:`~litpulse.core.errors.LitpulseError` → 503.
+Reading needs nothing; writing needs an API token (``Authorization: Bearer <token>``)
+made by ``litpulse tokens create --expert NAME`` (see :mod:`litpulse.app.tokens`). While no
+token exists the server is read-only: writes are answered 403. A judgement is recorded
+under the token's expert; the body's ``user`` field is accepted for compatibility only
+when it names that same expert (else 403). Each expert may send
+``settings.api_feedback_per_hour`` judgements an hour (then 429).
+
+Every answer passes :class:`~litpulse.app.apiguard.ApiGuard`: security headers (a CSP
+without inline code, no framing), bodies over ``settings.api_max_body_bytes`` answered
+413 unread, and a token bucket per client address (``api_rate_per_second``,
+``api_rate_burst``) answering 429 with ``Retry-After``.
+
+Errors are ``{"detail": message}`` (:class:`ErrorOut`) and documented per operation:
+400 a rule JSON Schema cannot say (``since`` after ``until``, every weight 0) or a body
+that is not JSON text, 401/403 authentication, 404 unknown article, 413 body too large,
+429 too many requests, 503 nothing published yet or the database is down. Malformed
+parameters are FastAPI's 422, which never echoes the input back.
 
 Example:
     >>> app = create_app(Settings.from_env())                        # doctest: +SKIP
@@ -22,13 +37,16 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import re
+from collections.abc import AsyncIterator
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Query
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from sqlalchemy import func, select
 
 from litpulse.core import __version__, db
@@ -39,25 +57,120 @@ from litpulse.core.settings import Settings
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from litpulse.app.tokens import TokenInfo
     from ranking.search import SearchResult
 
-__all__ = ["create_app", "FeedbackIn", "MAX_PMID"]
+__all__ = ["create_app", "ErrorOut", "FeedbackIn", "FeedbackOut", "MAX_PMID", "MAX_TERMS"]
 
 logger = logging.getLogger(__name__)
 
-#: Largest PMID accepted in a path or body (the BIGINT range).
-MAX_PMID = 2**63 - 1
+#: Largest PMID accepted in a path or body: 2**53, the largest integer every JSON reader
+#: (JavaScript, a float) holds exactly, so the OpenAPI document states the bound exactly
+#: too (FastAPI keeps bounds as floats). Real PMIDs have 8 digits.
+MAX_PMID = 2**53
+
+#: Most MeSH descriptors, and most publication types, one search may require.
+MAX_TERMS = 20
+
+#: Files of ``litpulse/app/web`` served under ``/static/``, with their media types.
+STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
+
+#: Longest part of a validation error's location repeated back (a client's key name).
+MAX_LOC_CHARS = 40
+
+#: "Holds a character that is not whitespace", spelled out rather than ``\S``: JSON
+#: Schema's regex dialect (ECMA-262), pydantic's (Rust) and Python's disagree on what
+#: ``\s`` is (NEL, U+001C-U+001F, BOM), and the text is normalised by Python later.
+NOT_BLANK = (
+    r"[^\t\n\v\f\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f"
+    r"\u3000\ufeff]"
+)
+
+
+def _whole_number(value: Any) -> Any:
+    """``2.0`` is the integer 2, as in JSON Schema; text and booleans stay refused."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+class ErrorOut(BaseModel):
+    """Every error answer but 422: one message."""
+
+    detail: str = Field(description="What went wrong, and what to do about it.")
 
 
 class FeedbackIn(BaseModel):
     """A relevance judgement on one search result."""
 
-    model_config = ConfigDict(str_strip_whitespace=True, extra="forbid")
+    # no stripping here: the schema's length and pattern apply to the text as sent (the
+    # recorder normalises whitespace, and answers 400 for a text that is only whitespace)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    query: str = Field(min_length=1, max_length=512, description="The query searched.")
-    pmid: int = Field(ge=1, le=MAX_PMID, description="The judged article.")
+    query: str = Field(min_length=1, max_length=512, pattern=NOT_BLANK,
+                       description="The query searched.")
+    pmid: Annotated[  # constraints before the validator, so the schema shows them
+        int,
+        Field(ge=1, le=MAX_PMID, description="The judged article."),
+        BeforeValidator(_whole_number),
+    ]
     relevant: bool = Field(description="Whether the article answers the query.")
-    user: str = Field(min_length=1, max_length=255, description="Who judged it.")
+    user: str | None = Field(
+        None, min_length=1, max_length=255, pattern=NOT_BLANK,
+        description="Deprecated: the judgement is recorded under the API token's expert. "
+        "Accepted only when it names that expert (else 403).",
+    )
+
+
+class FeedbackOut(BaseModel):
+    """A recorded judgement."""
+
+    id: int = Field(description="The judgement's id (the same when an expert changes it).")
+    pmid: int
+    relevant: bool
+    expert: str = Field(description="Who judged: the expert of the API token.")
+
+
+def _iso_date_only(value: Any) -> Any:
+    """Dates as ``YYYY-MM-DD`` text only (pydantic would also take Unix timestamps)."""
+    if isinstance(value, str) and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("must be a date YYYY-MM-DD")
+    return value
+
+
+IsoDate = Annotated[dt.date, BeforeValidator(_iso_date_only)]
+# A validator in Annotated runs only when Query sits inside Annotated too, not as the
+# default; and FastAPI resolves the annotations in this module's globals.
+SinceParam = Annotated[
+    IsoDate | None, Query(description="Earliest publication date (YYYY-MM-DD).")
+]
+UntilParam = Annotated[
+    IsoDate | None, Query(description="Latest publication date (YYYY-MM-DD).")
+]
+Term = Annotated[str, StringConstraints(max_length=255)]
+
+_ERRORS = {
+    400: "A rule the schema cannot express (`since` after `until`, every weight 0, a text "
+         "that is only whitespace or holds NUL), or a body that cannot be read as JSON text.",
+    401: "No API token, or an unknown or revoked one (`Authorization: Bearer <token>`).",
+    403: "The server is read-only (no API token exists), or `user` names another expert.",
+    404: "No such article.",
+    413: "The request body is larger than the server accepts.",
+    429: "Too many requests from this client, or judgements from this expert.",
+    503: "Nothing is published yet, or the database is unavailable.",
+}
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The documented error answers of an operation (413, 429 and 503 always)."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in sorted({*codes, 413, 429, 503}):
+        out[code] = {"model": ErrorOut, "description": _ERRORS[code]}
+    out[429]["headers"] = {"Retry-After": {"description": "Seconds to wait before retrying.",
+                                           "schema": {"type": "integer", "minimum": 1}}}
+    if 401 in out:
+        out[401]["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+    return out
 
 
 def _web_file(name: str) -> str:
@@ -143,72 +256,213 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "results"
 
 
+def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """``anyOf: [X, {type: null}]`` as plain ``X``: a query string cannot say null (an
+    optional parameter is simply absent), and fuzzers would send ``null`` as text."""
+    options = schema.get("anyOf")
+    if not isinstance(options, list):
+        return schema
+    rest = [o for o in options if o != {"type": "null"}]
+    if len(rest) != 1 or len(rest) == len(options):
+        return schema
+    return {**{k: v for k, v in schema.items() if k != "anyOf"}, **rest[0]}
+
+
+def openapi_document(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's OpenAPI document, with null taken out of the query parameters' types."""
+    from fastapi.openapi.utils import get_openapi
+
+    if app.openapi_schema:
+        return app.openapi_schema
+    spec = get_openapi(
+        title=app.title, version=app.version, openapi_version=app.openapi_version,
+        description=app.description, routes=app.routes,
+        separate_input_output_schemas=app.separate_input_output_schemas,
+    )
+    for item in spec.get("paths", {}).values():
+        for operation in item.values():
+            for param in operation.get("parameters", []):
+                if param.get("in") == "query" and "schema" in param:
+                    param["schema"] = _without_null(param["schema"])
+    app.openapi_schema = spec
+    return spec
+
+
+def _short(part: Any) -> Any:
+    if isinstance(part, str) and len(part) > MAX_LOC_CHARS:
+        return part[: MAX_LOC_CHARS - 1] + "…"
+    return part
+
+
+def validation_detail(errors: Any) -> list[dict[str, Any]]:
+    """FastAPI's validation errors without the input, the context or long key names."""
+    return [
+        {
+            "loc": [_short(p) for p in err.get("loc", ())],
+            "msg": str(err.get("msg", ""))[:200],
+            "type": str(err.get("type", "")),
+        }
+        for err in list(errors)[:20]
+    ]
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from sqlalchemy.exc import OperationalError
+
+    from ranking.search import NoIndexError
+    from retrain.feedback import FeedbackLimitError
+
+    def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse(status_code=status, content={"detail": message}, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": validation_detail(exc.errors())})
+
+    @app.exception_handler(NoIndexError)
+    async def _no_index(_request: Request, exc: NoIndexError) -> JSONResponse:
+        return error(503, str(exc))
+
+    @app.exception_handler(NotFoundError)
+    async def _not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
+        return error(404, str(exc))
+
+    @app.exception_handler(ConfigError)
+    async def _bad_config(_request: Request, exc: ConfigError) -> JSONResponse:
+        return error(400, str(exc))
+
+    @app.exception_handler(FeedbackLimitError)
+    async def _over_limit(_request: Request, exc: FeedbackLimitError) -> JSONResponse:
+        seconds = max(1, int(exc.retry_after + 0.999))
+        return error(429, f"{exc}; retry in {seconds} s", {"Retry-After": str(seconds)})
+
+    @app.exception_handler(LitpulseError)
+    async def _unavailable(_request: Request, exc: LitpulseError) -> JSONResponse:
+        return error(503, f"{type(exc).__name__}: {exc}")
+
+    @app.exception_handler(OperationalError)
+    async def _db_down(_request: Request, exc: OperationalError) -> JSONResponse:
+        logger.error("database error: %s", exc)
+        return error(503, "the database is unavailable; try again shortly")
+
+
+def _warn_if_read_only(settings: Settings) -> None:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from litpulse.app.tokens import any_active_token
+
+    try:
+        if not any_active_token(db.connect(settings)):
+            logger.warning(
+                "no API token exists: the API is read-only (POST /feedback answers 403) "
+                "until an admin runs `litpulse tokens create --expert NAME`"
+            )
+    except SQLAlchemyError as exc:  # the first request will say so too
+        logger.warning("cannot read the API tokens: %s", exc)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The litpulse FastAPI application.
 
     Args:
         settings: The settings (default :meth:`Settings.from_env`).
     """
-    from fastapi import Depends, FastAPI, Path, Query, Request
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
-    from sqlalchemy.exc import OperationalError
+    from fastapi import Depends, FastAPI, HTTPException, Path, Security
+    from fastapi.responses import HTMLResponse, Response
+    from fastapi.security import HTTPBearer
 
+    from litpulse.app.apiguard import ApiGuard
+    from litpulse.app.tokens import TokenState, any_active_token, verify_token
     from ranking.scoring import ScoringOptions
-    from ranking.search import NoIndexError, SearchFilters, run_search
+    from ranking.search import SearchFilters, run_search
 
     settings = settings or Settings.from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        _warn_if_read_only(settings)
+        yield
+
     app = FastAPI(
         title="litpulse",
         version=__version__,
         description=(
             "Search a continuously updated PubMed index ranked by semantic similarity, "
-            "recency and citation impact, with an explanation of every score."
+            "recency and citation impact, with an explanation of every score. Reading is "
+            "open; writing (feedback) needs an API token: `Authorization: Bearer <token>`, "
+            "from `litpulse tokens create --expert NAME`."
         ),
+        lifespan=lifespan,
     )
     app.state.settings = settings
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
+    app.add_middleware(
+        ApiGuard,
+        max_body_bytes=settings.api_max_body_bytes,
+        rate=settings.api_rate_per_second,
+        burst=settings.api_rate_burst,
+    )
+    _install_error_handlers(app)
 
     def engine() -> Any:
         return db.connect(settings)
 
-    # -------------------------------------------------------------------- errors
-    def _error(status: int, message: str) -> JSONResponse:
-        return JSONResponse(status_code=status, content={"detail": message})
+    # ------------------------------------------------------------------ who writes
+    bearer = HTTPBearer(
+        auto_error=False,
+        description="An API token from `litpulse tokens create --expert NAME`.",
+    )
+    bearer_dep = Security(bearer)
 
-    @app.exception_handler(NoIndexError)
-    async def _no_index(_request: Request, exc: NoIndexError) -> JSONResponse:
-        return _error(503, str(exc))
+    def expert(creds: Any = bearer_dep) -> TokenInfo:  # HTTPAuthorizationCredentials | None
+        """The expert of the request's API token; 401/403 otherwise."""
+        eng = engine()
+        unauthorized = {"WWW-Authenticate": "Bearer"}
+        if creds is not None:
+            info = verify_token(eng, creds.credentials)
+            if info is not None and info.state is TokenState.ACTIVE:
+                return info
+            if info is not None:
+                raise HTTPException(401, "this API token was revoked", headers=unauthorized)
+        if not any_active_token(eng):
+            raise HTTPException(
+                403,
+                "this server is read-only: no API token exists; an admin creates one with "
+                "`litpulse tokens create --expert NAME`",
+            )
+        if creds is None:
+            raise HTTPException(
+                401, "an API token is required: send `Authorization: Bearer <token>`",
+                headers=unauthorized,
+            )
+        raise HTTPException(401, "unknown API token", headers=unauthorized)
 
-    @app.exception_handler(NotFoundError)
-    async def _not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
-        return _error(404, str(exc))
-
-    @app.exception_handler(ConfigError)
-    async def _bad_config(_request: Request, exc: ConfigError) -> JSONResponse:
-        return _error(400, str(exc))
-
-    @app.exception_handler(LitpulseError)
-    async def _unavailable(_request: Request, exc: LitpulseError) -> JSONResponse:
-        return _error(503, f"{type(exc).__name__}: {exc}")
-
-    @app.exception_handler(OperationalError)
-    async def _db_down(_request: Request, exc: OperationalError) -> JSONResponse:
-        logger.error("database error: %s", exc)
-        return _error(503, "the database is unavailable; try again shortly")
+    expert_dep = Depends(expert)
 
     # ---------------------------------------------------------------- searching
-    q_param = Query(..., min_length=1, max_length=512, description="Free-text query.")
-    since_param = Query(None, description="Earliest publication date (YYYY-MM-DD).")
-    until_param = Query(None, description="Latest publication date (YYYY-MM-DD).")
-    mesh_param = Query(None, max_length=255, description="MeSH descriptor (repeatable).")
+    q_param = Query(
+        ..., min_length=1, max_length=512, pattern=NOT_BLANK, description="Free-text query."
+    )
+    mesh_param = Query(
+        None, max_length=MAX_TERMS,
+        description=f"MeSH descriptor the article must carry (repeatable, {MAX_TERMS} at most).",
+    )
     type_param = Query(
-        None, alias="type", max_length=255, description="Publication type (repeatable)."
+        None, alias="type", max_length=MAX_TERMS,
+        description=f"Publication type the article must have (repeatable, {MAX_TERMS} at most).",
     )
     lang_param = Query(None, max_length=8, description="Language code, e.g. eng.")
     abstract_param = Query(None, description="true: only with an abstract; false: only without.")
     retracted_param = Query(False, description="Also return retracted articles.")
 
     def weight(name: str) -> Any:
-        return Query(None, ge=0, le=1000, allow_inf_nan=False, description=f"Weight of {name}.")
+        return Query(
+            None, ge=0, le=1000, allow_inf_nan=False,
+            description=f"Weight of {name} (at least one weight must be > 0, else 400).",
+        )
 
     half_life_param = Query(
         None, gt=0, le=1e6, allow_inf_nan=False, description="Recency half-life in days."
@@ -216,10 +470,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def search_spec(
         q: str = q_param,
-        since: dt.date | None = since_param,
-        until: dt.date | None = until_param,
-        mesh: list[str] | None = mesh_param,
-        ptype: list[str] | None = type_param,
+        since: SinceParam = None,
+        until: UntilParam = None,
+        mesh: list[Term] | None = mesh_param,
+        ptype: list[Term] | None = type_param,
         language: str | None = lang_param,
         has_abstract: bool | None = abstract_param,
         include_retracted: bool = retracted_param,
@@ -251,7 +505,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         q, filters, options = spec
         return run_search(settings, q, k=k, filters=filters, options=options, engine=engine())
 
-    @app.get("/search", summary="Ranked search with explanations")
+    @app.get("/search", summary="Ranked search with explanations", responses=_responses(400))
     def search_endpoint(
         k: int = Query(10, ge=1, le=100, description="Number of results."),
         spec: Any = spec_dep,
@@ -259,13 +513,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         result = do_search(spec, k)
         return result.to_dict()
 
+    export_types = {
+        "application/x-research-info-systems": {"schema": {"type": "string"}},
+        "application/x-bibtex": {"schema": {"type": "string"}},
+        "text/csv": {"schema": {"type": "string"}},
+    }
+
     @app.get(
         "/export",
         summary="Download the results of a search as RIS, BibTeX or CSV",
         response_class=Response,
+        responses={200: {"description": "The file, as an attachment.", "content": export_types},
+                   **_responses(400)},
     )
     def export_endpoint(
-        format: str = Query("ris", pattern="^(ris|bibtex|csv)$", description="File format."),
+        format: Literal["ris", "bibtex", "csv"] = Query("ris", description="File format."),
         k: int = Query(50, ge=1, le=500, description="Number of results."),
         spec: Any = spec_dep,
     ) -> Any:  # a Response (annotations are resolved in this module's globals)
@@ -283,30 +545,48 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     # ----------------------------------------------------------------- articles
-    @app.get("/articles/{pmid}", summary="One stored article")
+    @app.get("/articles/{pmid}", summary="One stored article", responses=_responses(404))
     def article_endpoint(
         pmid: int = Path(..., ge=1, le=MAX_PMID, description="PubMed id."),
     ) -> dict[str, Any]:
         return _get_article(engine(), pmid)
 
-    @app.get("/status", summary="Freshness of the store, index and model")
+    @app.get("/status", summary="Freshness of the store, index and model",
+             responses=_responses())
     def status_endpoint() -> dict[str, Any]:
         return _status(settings, engine())
 
-    @app.post("/feedback", summary="Record a relevance judgement", status_code=201)
-    def feedback_endpoint(item: FeedbackIn) -> dict[str, Any]:
-        try:
-            from retrain.feedback import record_feedback
-        except ImportError as exc:
-            raise LitpulseError("feedback recording is not installed") from exc
+    @app.post(
+        "/feedback",
+        summary="Record a relevance judgement (API token required)",
+        status_code=201,
+        responses=_responses(400, 401, 403, 404),
+    )
+    def feedback_endpoint(item: FeedbackIn, who: Any = expert_dep) -> FeedbackOut:
+        from retrain.feedback import FeedbackSource, clean_expert, record_feedback
+
+        if item.user is not None and clean_expert(item.user) != who.expert:
+            raise HTTPException(
+                403, f"`user` must be the API token's expert ({who.expert!r}) or be left out"
+            )
         fid = record_feedback(
-            settings, query=item.query, pmid=item.pmid, relevant=item.relevant, user=item.user
+            settings, query=item.query, pmid=item.pmid, relevant=item.relevant,
+            user=who.expert, source=FeedbackSource.API, token_id=who.id,
+            max_per_hour=settings.api_feedback_per_hour, engine=engine(),
         )
-        return {"id": fid, "pmid": item.pmid, "relevant": item.relevant}
+        return FeedbackOut(id=fid, pmid=item.pmid, relevant=item.relevant, expert=who.expert)
 
     # ---------------------------------------------------------------------- page
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> Any:
         return HTMLResponse(_web_file("index.html"))
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static_file(name: str) -> Any:
+        media = STATIC_FILES.get(name)
+        if media is None:
+            raise HTTPException(404, "Not Found")
+        return Response(_web_file(name), media_type=media,
+                        headers={"Cache-Control": "no-cache"})
 
     return app

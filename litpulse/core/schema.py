@@ -45,6 +45,8 @@ __all__ = [
     "index_versions",
     "model_versions",
     "feedback",
+    "api_tokens",
+    "feedback_log",
     "locks",
 ]
 
@@ -256,6 +258,36 @@ model_versions = Table(
     Column("reason", Text),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("promoted_at", UTCDateTime()),
+)
+
+#: API tokens, each tied to a named expert; only the SHA-256 of a token is kept.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("expert", String(255), nullable=False, index=True),
+    Column("token_sha256", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),  # the first characters, to tell tokens apart
+    Column("created_by", String(255)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+
+#: Every judgement as sent, append-only: who (expert), how (api, cli, with which token)
+#: and when. ``feedback`` holds each expert's latest judgement per (query, article).
+feedback_log = Table(
+    "feedback_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("feedback_id", Integer, nullable=False, index=True),
+    Column("query", Text, nullable=False),
+    Column("pmid", BigInteger, nullable=False),
+    Column("relevant", Boolean, nullable=False),
+    Column("expert", String(255), nullable=False),
+    Column("source", String(16), nullable=False),  # api, cli
+    Column("token_id", Integer),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_feedback_log_expert_time", "expert", "created_at"),
 )
 
 feedback = Table(

@@ -253,6 +253,31 @@ class Settings:
         200, "Nearest neighbours re-ranked per query.", min=1, max=100_000
     )
 
+    # -- HTTP API --------------------------------------------------------------------------
+    api_max_body_bytes: int = _opt(
+        65536,
+        "Largest request body the API reads, in bytes; a larger one is answered 413 "
+        "before it is read (chunked bodies too).",
+        min=1024,
+        max=16 * 2**20,
+    )
+    api_rate_per_second: float = _opt(
+        5.0,
+        "Requests/s each client (IP address) may make to the API on average; beyond its "
+        "burst it is answered 429 with Retry-After.",
+        min=0.1,
+        max=10000.0,
+    )
+    api_rate_burst: int = _opt(
+        20, "Requests a client may make at once before the API rate applies.", min=1, max=100000
+    )
+    api_feedback_per_hour: int = _opt(
+        120,
+        "Most judgements one expert (API token) may send per hour; more are answered 429.",
+        min=1,
+        max=100000,
+    )
+
     # -- retraining ------------------------------------------------------------------------
     retrain_min_new_articles: int = _opt(
         500,

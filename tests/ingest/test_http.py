@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,6 +161,40 @@ def test_redact() -> None:
     url = "https://x/esearch.fcgi?db=pubmed&api_key=abc123&term=x"
     assert redact(url) == "https://x/esearch.fcgi?db=pubmed&api_key=***&term=x"
     assert redact("key abc123 in text", ["abc123"]) == "key *** in text"
+
+
+@pytest.mark.parametrize(
+    "key", ["SeCrEt+Key/with=reserved&chars", "a b+c%d~e", "Ünïcode:key?#[]@!$'()*,;"]
+)
+def test_redact_every_encoding_of_a_secret(key: str) -> None:
+    """A key with URL-reserved characters leaks in none of its encodings."""
+    from urllib.parse import quote, quote_plus, urlencode
+
+    forms = {
+        key,
+        quote(key),
+        quote(key, safe=""),
+        quote_plus(key),
+        quote_plus(key, safe="/"),
+        urlencode({"api_key": key}).split("=", 1)[1],
+    }
+    forms |= {re.sub("%[0-9A-F]{2}", lambda m: m.group(0).lower(), f) for f in forms}
+    forms |= {quote(f, safe="") for f in list(forms)}  # encoded twice, as in a logged URL
+    for form in forms:
+        for text in (
+            f"HTTP 400 from https://x/esearch.fcgi?db=pubmed&api_key={form}&term=x",
+            f"error: body was tool=litpulse&api_key={form}",
+            f"ConnectionError: {form} (gave up after 3 attempts)",
+            f"{{'api_key': '{form}'}}",
+            f"url=/efetch.fcgi%3Fapi_key%3D{form}%26db%3Dpubmed",
+        ):
+            out = redact(text, [key])
+            assert form not in out, (form, out)
+            for piece in ("SeCrEt", "reserved", "Ünïcode", "%C3%9Cn"):
+                if piece in key or piece.lower() in form.lower():
+                    assert piece.lower() not in out.lower(), (form, out)
+    assert redact("nothing secret here", [key]) == "nothing secret here"
+    assert redact("api_key=", [key]) == "api_key="
 
 
 def test_download_resumes_with_range(emu: Emulator, fast: Settings, tmp_path: Path) -> None:

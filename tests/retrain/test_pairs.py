@@ -8,6 +8,7 @@ from sqlalchemy import Engine, update
 
 from litpulse.core.schema import articles
 from litpulse.core.settings import Settings
+from litpulse.pipeline.planning import reindex_now
 from retrain.feedback import record_feedback
 from retrain.pairs import ArticleRow, article_weight, mine_pairs
 from tests.retrain.drift import insert_batch, make_drugs
@@ -97,6 +98,26 @@ def test_feedback_positive_and_hard_negative(settings: Settings, engine: Engine)
     assert fb[0].negative is not None
     assert ps.hard_negatives == 1
     assert ps.feedback_unpaired == 1
+
+
+def test_pairs_say_which_experts_feedback_they_used(settings: Settings, engine: Engine) -> None:
+    from retrain.run import retrain
+
+    _corpus(engine)
+    record_feedback(settings, query="gout flares", pmid=5001, relevant=True, user="ann")
+    record_feedback(settings, query="gout flares", pmid=5002, relevant=False, user="bob")
+    record_feedback(settings, query="gout flares", pmid=5004, relevant=True, user="bob")
+    record_feedback(settings, query="only negative", pmid=5003, relevant=False, user="cy")
+    ps = mine_pairs(settings, since=T0, fresh_size=20)
+    assert ps.counts["feedback"] == 2
+    # cy's lone "not relevant" made no pair: not used
+    assert ps.feedback_experts == {"ann": 1, "bob": 2}
+    assert ps.to_dict()["feedback_experts"] == {"ann": 1, "bob": 2}
+    report = retrain(
+        settings, dry_run=True, mine_kwargs={"fresh_size": 20}, reindex=reindex_now
+    )
+    assert report.pairs["feedback_experts"] == {"ann": 1, "bob": 2}
+    assert any("ann 1" in line and "bob 2" in line for line in report.summary())
 
 
 def test_first_run_uses_everything(settings: Settings, engine: Engine) -> None:

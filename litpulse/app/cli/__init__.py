@@ -20,7 +20,8 @@ from litpulse.core.errors import LitpulseError, NotFoundError
 __all__ = ["main", "build_parser"]
 
 #: Modules of this package that register sub-commands, in --help order.
-COMMANDS: tuple[str, ...] = ("ingest", "info", "nightly", "search", "index", "citations", "models",)
+COMMANDS: tuple[str, ...] = ("ingest", "info", "nightly", "search", "index", "citations", "models",
+                             "tokens")
 
 
 def build_parser() -> argparse.ArgumentParser:

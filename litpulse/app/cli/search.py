@@ -149,7 +149,9 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger(__name__).warning(
-            "serving on %s: the API has no authentication; put it behind a proxy", args.host
+            "serving on %s: searches are open to anyone who reaches it (writes need a "
+            "token from `litpulse tokens create`); rate limits are per client address",
+            args.host,
         )
     print(f"litpulse: serving on http://{args.host}:{args.port}/ (Ctrl-C stops)", file=sys.stderr)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")

@@ -20,9 +20,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from litpulse.app.tokens import create_token
 from litpulse.core import db
 from litpulse.core.schema import feedback
 from litpulse.core.settings import Settings
+from tests.litpulse.app.apistore import clone_store
 from tests.ranking.corpus import ARTICLES, real_corpus
 
 pytestmark = pytest.mark.browser
@@ -56,7 +58,14 @@ def screenshot_target() -> str | None:
 
 @pytest.fixture(scope="module")
 def real(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return real_corpus(tmp_path_factory)
+    """A copy of the real corpus (the page records feedback in it), default API limits."""
+    return clone_store(real_corpus(tmp_path_factory), tmp_path_factory.mktemp("page") / "home")
+
+
+@pytest.fixture(scope="module")
+def token(real: Settings) -> str:
+    """An API token of the expert ``browser-test``."""
+    return create_token(real, "browser-test").token
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +101,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
     ):
         opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
     driver.set_page_load_timeout(30)
     yield driver
@@ -109,14 +119,20 @@ def _search(browser: Any, query: str) -> list[Any]:
 
 
 def test_search_page_draws_results(
-    browser: Any, server: str, real: Settings, tmp_path: Path, screenshot_target: str | None
+    browser: Any, server: str, real: Settings, token: str, tmp_path: Path,
+    screenshot_target: str | None,
 ) -> None:
     browser.get(server + "/")
     WebDriverWait(browser, 20).until(
         lambda d: "articles" in d.find_element(By.ID, "status").text
     )
     assert f"{len(ARTICLES) - 1} articles" in browser.find_element(By.ID, "status").text
-    browser.execute_script("localStorage.setItem('litpulse.user', 'browser-test')")
+    # the page runs under its Content-Security-Policy: inline script is refused
+    assert browser.execute_script(
+        "const s = document.createElement('script'); s.textContent = 'window.inlineRan = 1';"
+        "document.body.append(s); return window.inlineRan === undefined;"
+    )
+    browser.execute_script("localStorage.setItem('litpulse.token', arguments[0])", token)
 
     hits = _search(browser, "malaria vaccine for children")
     assert len(hits) >= 3
@@ -144,16 +160,21 @@ def test_search_page_draws_results(
     browser.save_screenshot(str(target))
     assert target.stat().st_size > 10_000
 
-    # feedback: a click records it under the stored name
+    # feedback: a click sends the stored API token; recorded under its expert
     hits[0].find_element(By.CSS_SELECTOR, "button[data-relevant='true']").click()
     WebDriverWait(browser, 20).until(
         lambda d: "recorded" in hits[0].find_element(By.CSS_SELECTOR, ".thanks").text
     )
+    assert "browser-test" in hits[0].find_element(By.CSS_SELECTOR, ".thanks").text
     with db.connect(real).connect() as conn:
         row = conn.execute(
             select(feedback).where(feedback.c.pmid == 201, feedback.c.user == "browser-test")
         ).one()
     assert row.relevant is True and row.query == "malaria vaccine for children"
+    # nothing of the page itself broke the policy (the one violation is the probe above)
+    refused = [e["message"] for e in browser.get_log("browser")
+               if "Content Security Policy" in e["message"]]
+    assert len(refused) <= 1 and all("inline script" in m for m in refused), refused
 
 
 def test_filters_and_errors_in_the_page(browser: Any, server: str) -> None:

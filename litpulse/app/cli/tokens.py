@@ -1,0 +1,84 @@
+"""``litpulse tokens``: create, list and revoke the API tokens of named experts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from litpulse.app.cli._common import print_json, print_table
+from litpulse.app.cli.models import _who
+from litpulse.core.settings import Settings
+
+
+def register(sub: Any) -> None:
+    t = sub.add_parser(
+        "tokens",
+        help="API tokens: who may send feedback to the HTTP API",
+        description=(
+            "Manage the API tokens of the HTTP API. Writing (POST /feedback) needs a token "
+            "sent as `Authorization: Bearer <token>`; each token is tied to a named expert, "
+            "who is recorded with every judgement. Without any token the API is read-only. "
+            "Only a token's SHA-256 is stored: `create` prints the token once."
+        ),
+    )
+    tsub = t.add_subparsers(dest="tokens_command", metavar="ACTION")
+    tsub.required = True
+
+    c = tsub.add_parser("create", help="create a token for an expert and print it once")
+    c.add_argument("--expert", required=True, metavar="NAME", help="who the token speaks for")
+    c.add_argument("--json", action="store_true", help="print JSON")
+    c.set_defaults(func=run_create)
+
+    ls = tsub.add_parser("list", help="list tokens (never the tokens themselves)")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.set_defaults(func=run_list)
+
+    r = tsub.add_parser("revoke", help="revoke a token by its id (see `tokens list`)")
+    r.add_argument("id", type=int, help="the token's id")
+    r.add_argument("--json", action="store_true", help="print JSON")
+    r.set_defaults(func=run_revoke)
+
+
+def run_create(args: argparse.Namespace, settings: Settings) -> int:
+    from litpulse.app.tokens import create_token
+
+    issued = create_token(settings, args.expert, created_by=_who(None))
+    if args.json:
+        print_json({**issued.info.to_dict(), "token": issued.token})
+        return 0
+    print(f"token {issued.info.id} for expert {issued.info.expert!r}:")
+    print(issued.token)
+    print("It is shown only this once; send it as `Authorization: Bearer <token>`.",
+          file=sys.stderr)
+    return 0
+
+
+def run_list(args: argparse.Namespace, settings: Settings) -> int:
+    from litpulse.app.tokens import list_tokens
+
+    tokens = list_tokens(settings)
+    if args.json:
+        print_json([t.to_dict() for t in tokens])
+        return 0
+    if not tokens:
+        print("no API tokens: the HTTP API is read-only")
+        return 0
+    print_table(
+        [[t.id, t.expert, t.prefix + "…", t.state.value, f"{t.created_at:%Y-%m-%d %H:%M}",
+          t.created_by or "", f"{t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else ""]
+         for t in tokens],
+        ["id", "expert", "token", "state", "created", "by", "revoked"],
+    )
+    return 0
+
+
+def run_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from litpulse.app.tokens import revoke_token
+
+    info = revoke_token(settings, args.id)
+    if args.json:
+        print_json(info.to_dict())
+    else:
+        print(f"token {info.id} of expert {info.expert!r} revoked")
+    return 0

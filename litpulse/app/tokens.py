@@ -1,0 +1,177 @@
+"""API tokens: write access to the HTTP API, each tied to a named expert.
+
+A token is ``lp_`` + ``secrets.token_urlsafe(32)`` (256 random bits). Only its SHA-256
+is stored, so the database never holds a usable token; ``litpulse tokens create``
+prints the token once. A request proves it holds a token by sending it as
+``Authorization: Bearer <token>``; the API looks the digest up and compares it in
+constant time. A revoked token stays listed (who had access, and until when).
+
+Example:
+    >>> issued = create_token(settings, "alice", created_by="admin")  # doctest: +SKIP
+    >>> verify_token(connect(settings), issued.token).expert           # doctest: +SKIP
+    'alice'
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import hmac
+import logging
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, insert, select, update
+
+from litpulse.core.db import connect, utcnow
+from litpulse.core.errors import NotFoundError
+from litpulse.core.schema import api_tokens
+from litpulse.core.settings import Settings
+from retrain.feedback import clean_expert
+
+__all__ = [
+    "TOKEN_PREFIX",
+    "IssuedToken",
+    "TokenInfo",
+    "TokenState",
+    "any_active_token",
+    "create_token",
+    "hash_token",
+    "list_tokens",
+    "revoke_token",
+    "verify_token",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Every token starts with this, so a leaked one is easy to recognise (and to scan for).
+TOKEN_PREFIX = "lp_"
+
+#: Longest string looked at as a token (a real one is 46 characters).
+MAX_TOKEN_CHARS = 256
+
+
+class TokenState(enum.StrEnum):
+    ACTIVE = "active"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A stored token, without the secret."""
+
+    id: int
+    expert: str
+    prefix: str
+    created_at: dt.datetime
+    created_by: str | None = None
+    revoked_at: dt.datetime | None = None
+
+    @property
+    def state(self) -> TokenState:
+        return TokenState.REVOKED if self.revoked_at is not None else TokenState.ACTIVE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "expert": self.expert,
+            "prefix": self.prefix,
+            "state": self.state.value,
+            "created_at": self.created_at.isoformat(),
+            "created_by": self.created_by,
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+        }
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """A new token: the only time the secret itself is at hand."""
+
+    info: TokenInfo
+    token: str = field(repr=False)
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a token: its SHA-256, in hex."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _info(row: Any) -> TokenInfo:
+    return TokenInfo(id=int(row.id), expert=row.expert, prefix=row.prefix,
+                     created_at=row.created_at, created_by=row.created_by,
+                     revoked_at=row.revoked_at)
+
+
+def create_token(
+    settings: Settings, expert: str, *, created_by: str | None = None,
+    engine: Engine | None = None,
+) -> IssuedToken:
+    """Create a token for ``expert``; the returned object is the only copy of the secret.
+
+    Raises:
+        ConfigError: The expert's name is empty or too long.
+    """
+    expert = clean_expert(expert)
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    engine = engine or connect(settings)
+    with engine.begin() as conn:
+        key = conn.execute(
+            insert(api_tokens).values(
+                expert=expert, token_sha256=hash_token(token), prefix=token[:10],
+                created_by=created_by, created_at=utcnow(),
+            )
+        ).inserted_primary_key
+        tid = int(key[0]) if key is not None else 0
+        row = conn.execute(select(api_tokens).where(api_tokens.c.id == tid)).one()
+    logger.info("created API token %d (%s…) for expert %s", tid, token[:10], expert)
+    return IssuedToken(_info(row), token)
+
+
+def list_tokens(settings: Settings, *, engine: Engine | None = None) -> list[TokenInfo]:
+    """Every token, active and revoked, oldest first."""
+    engine = engine or connect(settings)
+    with engine.connect() as conn:
+        rows = conn.execute(select(api_tokens).order_by(api_tokens.c.id)).all()
+    return [_info(r) for r in rows]
+
+
+def revoke_token(settings: Settings, token_id: int, *, engine: Engine | None = None) -> TokenInfo:
+    """Revoke a token (idempotent) and return it.
+
+    Raises:
+        NotFoundError: No token has this id.
+    """
+    engine = engine or connect(settings)
+    with engine.begin() as conn:
+        conn.execute(
+            update(api_tokens)
+            .where(api_tokens.c.id == token_id, api_tokens.c.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+        row = conn.execute(select(api_tokens).where(api_tokens.c.id == token_id)).first()
+    if row is None:
+        raise NotFoundError(f"no API token has id {token_id}")
+    logger.info("revoked API token %d of expert %s", token_id, row.expert)
+    return _info(row)
+
+
+def any_active_token(engine: Engine) -> bool:
+    """Whether any token can write: without one the API is read-only."""
+    with engine.connect() as conn:
+        return conn.execute(
+            select(api_tokens.c.id).where(api_tokens.c.revoked_at.is_(None)).limit(1)
+        ).first() is not None
+
+
+def verify_token(engine: Engine, token: str) -> TokenInfo | None:
+    """The stored token matching ``token`` (active or revoked), or ``None``."""
+    if not token or len(token) > MAX_TOKEN_CHARS:
+        return None
+    digest = hash_token(token)
+    with engine.connect() as conn:
+        row = conn.execute(select(api_tokens).where(api_tokens.c.token_sha256 == digest)).first()
+    if row is None or not hmac.compare_digest(row.token_sha256, digest):
+        return None
+    return _info(row)

@@ -1,0 +1,250 @@
+// The litpulse search page (index.html). Served as a file so that the page's
+// Content-Security-Policy can forbid inline script.
+"use strict";
+const $ = (id) => document.getElementById(id);
+const WEIGHTS = ["w_sim", "w_recency", "w_citation"];
+const COMPONENTS = [["similarity", "sim"], ["recency", "rec"], ["citation", "cit"]];
+let defaults = { w_sim: 1, w_recency: 0.15, w_citation: 0.1, half_life: 365 };
+
+function el(tag, props, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(props || {})) {
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+
+function fmt(x, digits = 3) {
+  return (x === null || x === undefined) ? "–" : Number(x).toFixed(digits);
+}
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message || "";
+  box.style.display = message ? "block" : "none";
+}
+
+async function errorText(resp) {
+  try {
+    const body = await resp.json();
+    if (typeof body.detail === "string") return body.detail;
+    if (Array.isArray(body.detail)) {
+      return body.detail.map((d) => `${(d.loc || []).slice(-1)[0]}: ${d.msg}`).join("; ");
+    }
+  } catch (e) { /* not JSON */ }
+  return `HTTP ${resp.status}`;
+}
+
+function params() {
+  const p = new URLSearchParams();
+  p.set("q", $("q").value.trim());
+  const k = parseInt($("k").value, 10);
+  if (k) p.set("k", String(k));
+  for (const id of ["since", "until", "mesh", "language"]) {
+    const v = $(id).value.trim();
+    if (v) p.set(id, v);
+  }
+  const t = $("ptype").value.trim();
+  if (t) p.set("type", t);
+  if ($("has_abstract").checked) p.set("has_abstract", "true");
+  if ($("include_retracted").checked) p.set("include_retracted", "true");
+  for (const w of WEIGHTS) {
+    if (Number($(w).value) !== Number(defaults[w])) p.set(w, $(w).value);
+  }
+  const hl = $("half_life").value.trim();
+  if (hl && Number(hl) !== Number(defaults.half_life)) p.set("half_life", hl);
+  return p;
+}
+
+function applyParams(p) {
+  $("q").value = p.get("q") || "";
+  for (const id of ["since", "until", "mesh", "language", "k"]) {
+    if (p.get(id)) $(id).value = p.get(id);
+  }
+  if (p.get("type")) $("ptype").value = p.get("type");
+  $("has_abstract").checked = p.get("has_abstract") === "true";
+  $("include_retracted").checked = p.get("include_retracted") === "true";
+  for (const w of WEIGHTS) if (p.get(w)) $(w).value = p.get(w);
+  if (p.get("half_life")) $("half_life").value = p.get("half_life");
+  const custom = ["since", "until", "mesh", "type", "language", "has_abstract",
+                  "include_retracted", "half_life", ...WEIGHTS].some((x) => p.has(x));
+  if (custom) $("filters").open = true;
+  syncSliders();
+}
+
+function syncSliders() {
+  for (const w of WEIGHTS) $(w + "_out").textContent = Number($(w).value).toFixed(2);
+}
+
+function stackedBar(hit, full) {
+  const comps = hit.explanation.components;
+  const bar = el("div", { class: "bar", role: "img" });
+  const parts = [];
+  for (const [name, cls] of COMPONENTS) {
+    const c = Math.max(0, comps[name].contribution);
+    const seg = el("span", { class: cls, title: `${name}: ${fmt(comps[name].contribution)}` });
+    seg.style.width = `${full > 0 ? (100 * c / full).toFixed(2) : 0}%`;
+    bar.append(seg);
+    parts.push(`${name} ${fmt(comps[name].contribution)}`);
+  }
+  bar.setAttribute("aria-label", parts.join(", "));
+  return bar;
+}
+
+function explanation(hit) {
+  const ex = hit.explanation;
+  const table = el("table", { class: "explain" },
+    el("tr", {}, el("th", { text: "component" }), el("th", { text: "value" }),
+       el("th", { text: "weight" }), el("th", { text: "contribution" }),
+       el("th", { text: "because" })));
+  for (const [name] of COMPONENTS) {
+    const c = ex.components[name];
+    table.append(el("tr", {},
+      el("td", { text: name }), el("td", { class: "num", text: fmt(c.value) }),
+      el("td", { class: "num", text: fmt(c.weight, 2) }),
+      el("td", { class: "num", text: fmt(c.contribution, 4) }),
+      el("td", { class: "text", text: c.text })));
+  }
+  return el("details", { class: "why" }, el("summary", { text: "Why this score?" }), table,
+            el("div", { class: "formula", text: `${ex.formula}: ${ex.text}` }));
+}
+
+const TOKEN_KEY = "litpulse.token";
+
+function apiToken() {
+  let token = localStorage.getItem(TOKEN_KEY);
+  if (!token) {
+    token = (window.prompt("Your litpulse API token (an admin makes one with " +
+      "`litpulse tokens create --expert NAME`; kept in this browser):") || "").trim();
+    if (token) localStorage.setItem(TOKEN_KEY, token);
+  }
+  return token;
+}
+
+async function sendFeedback(query, hit, relevant, box) {
+  const token = apiToken();
+  if (!token) return;
+  const note = box.querySelector(".thanks");
+  note.textContent = "sending…";
+  let resp;
+  try {
+    resp = await fetch("feedback", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "Authorization": `Bearer ${token}` },
+      body: JSON.stringify({ query, pmid: hit.pmid, relevant }),
+    });
+  } catch (e) {
+    note.textContent = `not recorded: the server could not be reached (${e})`;
+    return;
+  }
+  if (resp.ok) {
+    const done = await resp.json();
+    note.textContent = `thanks, ${done.expert} — recorded`;
+    for (const b of box.querySelectorAll("button")) {
+      b.classList.toggle("on", (b.dataset.relevant === "true") === relevant);
+    }
+  } else {
+    if (resp.status === 401) localStorage.removeItem(TOKEN_KEY);  // ask again next time
+    note.textContent = `not recorded: ${await errorText(resp)}`;
+  }
+}
+
+function render(data) {
+  const list = $("results");
+  list.replaceChildren();
+  $("toolbar").hidden = false;
+  const n = data.results.length;
+  $("count").textContent = `${n} result${n === 1 ? "" : "s"} · index ${data.index_version}` +
+    ` · model ${data.model_version}`;
+  if (!n) {
+    list.append(el("li", { class: "empty", text: "No article matches this query and these filters." }));
+    return;
+  }
+  const o = data.options;
+  const full = Math.max(1e-9, o.w_similarity + o.w_recency + o.w_citation);
+  data.results.forEach((hit, i) => {
+    const url = `https://pubmed.ncbi.nlm.nih.gov/${encodeURIComponent(hit.pmid)}/`;
+    const title = el("a", { class: "title", href: url, target: "_blank", rel: "noopener",
+                            text: hit.title || `PMID ${hit.pmid}` });
+    const meta = el("div", { class: "meta",
+      text: [hit.journal, hit.best_date || hit.pub_year, `PMID ${hit.pmid}`]
+        .filter(Boolean).join(" · ") });
+    if (hit.explanation.retracted) meta.append(el("span", { class: "badge", text: "retracted" }));
+    const score = el("div", { class: "scorebox" },
+      el("div", { class: "score", text: fmt(hit.score) }), stackedBar(hit, full));
+    const actions = el("div", { class: "actions" },
+      el("button", { type: "button", "data-relevant": "true", text: "Relevant" }),
+      el("button", { type: "button", "data-relevant": "false", text: "Not relevant" }),
+      el("span", { class: "thanks" }));
+    for (const b of actions.querySelectorAll("button")) {
+      b.addEventListener("click", () =>
+        sendFeedback(data.query, hit, b.dataset.relevant === "true", actions));
+    }
+    list.append(el("li", { class: "hit", "data-pmid": String(hit.pmid) },
+      el("div", { class: "rank", text: `${i + 1}.` }),
+      el("div", {}, title, meta), score, explanation(hit), actions));
+  });
+}
+
+function setExports(p) {
+  for (const f of ["ris", "bibtex", "csv"]) {
+    const q = new URLSearchParams(p);
+    q.set("format", f);
+    q.delete("k");
+    q.set("k", p.get("k") || "20");
+    $(`export-${f}`).href = `export?${q.toString()}`;
+  }
+}
+
+async function runSearch() {
+  const p = params();
+  if (!p.get("q")) return;
+  showError("");
+  $("go").disabled = true;
+  history.replaceState(null, "", `?${p.toString()}`);
+  try {
+    const resp = await fetch(`search?${p.toString()}`);
+    if (!resp.ok) {
+      showError(await errorText(resp));
+      return;
+    }
+    render(await resp.json());
+    setExports(p);
+  } catch (e) {
+    showError(`The server could not be reached: ${e}`);
+  } finally {
+    $("go").disabled = false;
+  }
+}
+
+async function loadStatus() {
+  try {
+    const resp = await fetch("status");
+    if (!resp.ok) throw new Error(await errorText(resp));
+    const s = await resp.json();
+    defaults = { w_sim: s.scoring.weight_similarity, w_recency: s.scoring.weight_recency,
+                 w_citation: s.scoring.weight_citation,
+                 half_life: s.scoring.recency_half_life_days };
+    const idx = s.index ? `index ${s.index.version} (${s.index.size} vectors, ` +
+      `published ${(s.index.published_at || "").slice(0, 16).replace("T", " ")})`
+      : "no index published yet";
+    $("status").textContent = `${s.articles.live.toLocaleString()} articles · newest ` +
+      `${s.articles.newest_best_date || "–"} · ${idx} · model ${s.model_version}`;
+  } catch (e) {
+    $("status").textContent = `status unavailable: ${e.message || e}`;
+  }
+}
+
+async function init() {
+  await loadStatus();
+  for (const w of WEIGHTS) { $(w).value = defaults[w]; $(w).addEventListener("input", syncSliders); }
+  $("half_life").value = defaults.half_life;
+  const p = new URLSearchParams(location.search);
+  applyParams(p);
+  $("search").addEventListener("submit", (ev) => { ev.preventDefault(); runSearch(); });
+  if (p.get("q")) runSearch();
+}
+init();
