@@ -77,7 +77,7 @@ class Settings:
     database_url: str = _opt(
         "",
         "SQLAlchemy URL of the metadata store; empty means a SQLite file "
-        "`litpulse.core.db` in the home. PostgreSQL: postgresql+psycopg://user@host/db.",
+        "`litpulse.db` in the home. PostgreSQL: postgresql+psycopg://user@host/db.",
     )
     store_batch: int = _opt(
         1000,
@@ -356,7 +356,7 @@ class Settings:
         """The database URL, defaulting to a SQLite file in the home."""
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{(self.home / 'litpulse.core.db').resolve()}"
+        return f"sqlite:///{(self.home / 'litpulse.db').resolve()}"
 
     @property
     def rate_limit(self) -> float:

@@ -36,7 +36,7 @@ def clone_store(real: Settings, home: Path, **changes: Any) -> Settings:
     without any API token or feedback."""
     home.mkdir(parents=True, exist_ok=True)
     src = sqlite3.connect(_sqlite_file(real))
-    dst = sqlite3.connect(home / "litpulse.core.db")
+    dst = sqlite3.connect(home / "litpulse.db")
     try:
         src.backup(dst)
     finally:

@@ -133,7 +133,7 @@ def test_tokens_cli_prints_once_stores_a_hash_and_revokes(
     found = re.findall(r"lp_[A-Za-z0-9_-]{40,}", out)
     assert len(found) == 1 and "carol" in out
     token = found[0]
-    dump = "\n".join(sqlite3.connect(store.home / "litpulse.core.db").iterdump())
+    dump = "\n".join(sqlite3.connect(store.home / "litpulse.db").iterdump())
     assert token not in dump and token[3:] not in dump
     assert hashlib.sha256(token.encode()).hexdigest() in dump
 

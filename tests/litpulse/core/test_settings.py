@@ -30,7 +30,7 @@ def test_defaults() -> None:
     s = Settings.from_env({})
     assert s.home == Path(".litpulse")
     assert s.effective_database_url.startswith("sqlite:///")
-    assert s.effective_database_url.endswith("/.litpulse/litpulse.core.db")
+    assert s.effective_database_url.endswith("/.litpulse/litpulse.db")
     assert s.rate_limit == 3.0
     assert s.eutils_url.endswith("/entrez/eutils/")
 
