@@ -32,6 +32,7 @@ from litpulse.core.db import connect, utcnow
 from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import model_versions
 from litpulse.core.settings import DEFAULT_MODEL, Settings
+from ranking.embed import BASE_MODEL_ID
 
 __all__ = [
     "STATUSES",
@@ -50,8 +51,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 STATUSES = ("candidate", "active", "rejected", "retired")
-#: Id of the base model (no adapter); never a row.
-BASE_ID = "base"
+#: Id of the base model (no adapter); never a row. The one home is
+#: :data:`ranking.embed.BASE_MODEL_ID`; this is the name retraining code uses.
+BASE_ID = BASE_MODEL_ID
 
 Reindex = Callable[[Settings], Any]
 
