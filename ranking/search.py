@@ -75,7 +75,7 @@ class NoIndexError(NotFoundError):
 
 
 class SearchableIndex(Protocol):
-    """What search needs of :class:`ranking.index.PublishedIndex`."""
+    """What search needs of :class:`ranking.index_files.PublishedIndex`."""
 
     @property
     def id(self) -> str: ...
@@ -263,7 +263,7 @@ class SearchResult:
 
 
 def _open_index(settings: Settings, engine: Engine) -> SearchableIndex:
-    from ranking.index import open_published
+    from ranking.index_files import open_published
 
     index = open_published(settings, engine)
     if index is None:

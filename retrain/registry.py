@@ -10,7 +10,7 @@ trained on, its options, its evaluation on fresh and older held-out sets, and it
 * ``retired`` — was active before a newer promotion.
 
 :func:`promote` switches the status and then builds and publishes a new index for the
-promoted version (:func:`ranking.index.refresh_index`: a full build for a model without
+promoted version (:func:`ranking.refresh.refresh_index`: a full build for a model without
 an index; a kept index of that model, as after a rollback, is updated and republished). The index
 carries its model version and searches embed queries with the index's own model, so
 until the new index is published searches keep the old model with the old index; if the
