@@ -180,7 +180,7 @@ def publish(ctx: PublishContext, index: Any, ids: np.ndarray, meta_extra: dict[s
         "reason": reason,
         "added": added,
         "removed": removed,
-        "created_at": now.isoformat(),
+        "created_at": iso(now),
         "faiss_version": getattr(faiss, "__version__", ""),
         **meta_extra,
     }

@@ -63,7 +63,7 @@ from litpulse.core.impact import (
     saturate,
 )
 from litpulse.core.settings import Settings
-from litpulse.core.timeutil import as_date
+from litpulse.core.timeutil import as_date, iso, utcnow
 
 __all__ = [
     "NEUTRAL_CITATION",
@@ -180,12 +180,12 @@ class ScoringOptions:
 
     def reference_day(self) -> dt.date:
         """The day ages are counted to."""
-        return self.today or dt.datetime.now(dt.UTC).date()
+        return self.today or utcnow().date()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready weights and half-life (and the reference day)."""
         d = asdict(self)
-        d["today"] = self.reference_day().isoformat()
+        d["today"] = iso(self.reference_day())
         return d
 
 
@@ -213,7 +213,7 @@ def recency_value(best_date: Any, options: ScoringOptions) -> tuple[float, dict[
         }
     value = recency_decay(age, options.half_life_days)
     return value, {
-        "raw": day.isoformat() if day else None,
+        "raw": iso(day),
         "age_days": age,
         "source": "best_date",
         "text": (
