@@ -2,7 +2,7 @@
 
 Setup: a corpus of ``--articles`` records from :func:`ingest.generate.generate_corpus`
 in a temporary home, ingested with :func:`ingest.files.ingest_files`, embedded and
-indexed with :func:`ranking.index.refresh_index` (the bundled model, the default
+indexed with :func:`ranking.refresh.refresh_index` (the bundled model, the default
 settings). Queries: titles of stored articles mixed with short keyword queries from the
 generator's topics, each query used once where the pool allows. For every query, in
 the same run and interleaved (fair under a fluctuating machine load):
@@ -76,7 +76,7 @@ def build_store(settings: Any, n_articles: int, tmp: Path) -> tuple[Any, float, 
     """Generate, ingest, embed and index; returns (index report, ingest s, index s)."""
     from ingest.files import ingest_files
     from ingest.generate import generate_corpus
-    from ranking.index import refresh_index
+    from ranking.refresh import refresh_index
 
     manifest = generate_corpus(tmp / "corpus", n_records=n_articles, n_files=1, seed=7)
     t0 = time.perf_counter()
@@ -125,7 +125,7 @@ def run_paths(settings: Any, queries: list[str], warmup: int, k: int,
     import httpx
 
     from ranking.embed import encode_query
-    from ranking.index import open_published
+    from ranking.index_files import open_published
     from ranking.search import search
 
     index = open_published(settings)

@@ -4,8 +4,8 @@ Vectors: a small set of real all-MiniLM-L6-v2 vectors (titles from ``ingest.gene
 or built-in texts), then synthetic vectors drawn around them in two levels (topic →
 sub-topic → article, Gaussian noise, re-normalised) up to each size. For each size N:
 
-* rebuild: :func:`ranking.index.build_index` on all N + ADD vectors (IVF training
-  included), vs refresh: :func:`ranking.index.update_index` adding ADD vectors (and
+* rebuild: :func:`ranking.faiss_ops.build_index` on all N + ADD vectors (IVF training
+  included), vs refresh: :func:`ranking.faiss_ops.update_index` adding ADD vectors (and
   removing 1 % deleted) to the index of N — both also with the publish write (+fsync);
 * single-query latency p50/p99 and recall@10 against exact search, per nprobe.
 
@@ -77,7 +77,7 @@ def bench_size(n: int, add: int, seeds: np.ndarray, args: argparse.Namespace) ->
     import faiss
 
     from litpulse.core.settings import Settings
-    from ranking.index import build_index, choose_kind, nlist_for, update_index
+    from ranking.faiss_ops import build_index, choose_kind, nlist_for, update_index
 
     settings = Settings.from_env({})
     rng = np.random.default_rng(n)

@@ -29,7 +29,7 @@ promoted model waits for `litpulse_reindex` to re-embed the corpus in shards; th
 `embed_pending` embeds the new and changed articles with the *active* model
 version (`ranking.embed.embed_pending`), then `refresh_index` adds them to (and removes
 deleted articles from) the FAISS index and publishes a new index version atomically
-(`ranking.index.refresh_index`). Emits **`litpulse_index`** with the index report.
+(`ranking.refresh.refresh_index`). Emits **`litpulse_index`** with the index report.
 
 **Resuming.** Embeddings are stored per (PMID, model version, text hash): a failed or killed
 run re-embeds nothing already done. Publishing is write-aside-then-switch, so searches never
@@ -80,9 +80,9 @@ def litpulse_index_refresh() -> None:
     @task(outlets=[INDEX], execution_timeout=dt.timedelta(hours=2))
     def refresh_index(embedded: int) -> Any:
         """Add/remove vectors and publish a new index version; emits the index asset."""
-        from ranking.index import refresh_index as run
+        from ranking.refresh import refresh_index as run
 
-        report = run(settings()).to_dict()
+        report = run(settings(), embed=False).to_dict()  # embed_pending did it
         yield Metadata(INDEX, {"embedded": embedded, **scalars(report)})
 
     embedded = embed_pending()

@@ -79,7 +79,7 @@ def litpulse_reindex() -> None:
     @task(outlets=[INDEX], execution_timeout=dt.timedelta(hours=6))
     def publish_index(embedded: list[int]) -> Any:
         """Rebuild the index for the active model version and publish it atomically."""
-        from ranking.index import refresh_index
+        from ranking.refresh import refresh_index
 
         report = refresh_index(settings(), rebuild=True).to_dict()
         yield Metadata(INDEX, {"embedded": int(sum(embedded)), **scalars(report)})

@@ -41,6 +41,7 @@ from litpulse.core import db
 from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import articles, embeddings, model_versions
 from litpulse.core.settings import DEFAULT_MODEL, Settings
+from litpulse.core.states import Device, Precision
 from ranking.models import active_model_row
 
 if TYPE_CHECKING:
@@ -151,12 +152,16 @@ def model_spec(settings: Settings, model_version: str, engine: Engine | None = N
 
 
 def resolve_device(settings: Settings) -> str:
-    """``settings.device`` with ``auto`` resolved: ``cuda`` when torch sees a GPU, else cpu."""
-    if settings.device != "auto":
+    """``settings.device`` with ``auto`` resolved: ``cuda`` when torch sees a GPU, else cpu.
+
+    The one home of this rule: retraining uses it too. Returns a :class:`Device` member,
+    or the text of an explicit ``cuda:N``.
+    """
+    if settings.device != Device.AUTO:
         return settings.device
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return Device.CUDA if torch.cuda.is_available() else Device.CPU
 
 
 _ENCODERS: dict[tuple[Any, ...], SentenceTransformer] = {}
@@ -230,12 +235,12 @@ def _wanted_half(encoder: SentenceTransformer, settings: Settings) -> Any:
     """The half dtype the settings and hardware ask for, or ``None`` for fp32."""
     import torch
 
-    wanted = settings.embed_precision
-    if wanted == "fp32":
+    wanted = Precision(settings.embed_precision)
+    if wanted == Precision.FP32:
         return None
-    if wanted == "auto":
-        if str(encoder.device).startswith("cuda"):
-            wanted = "fp16"
+    if wanted == Precision.AUTO:
+        if str(encoder.device).startswith(Device.CUDA):
+            wanted = Precision.FP16
         else:
             try:
                 native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -243,8 +248,8 @@ def _wanted_half(encoder: SentenceTransformer, settings: Settings) -> Any:
                 native = False
             if not native:
                 return None
-            wanted = "bf16"
-    return torch.bfloat16 if wanted == "bf16" else torch.float16
+            wanted = Precision.BF16
+    return torch.bfloat16 if wanted == Precision.BF16 else torch.float16
 
 
 def _probe_cosine(reference: SentenceTransformer, candidate: SentenceTransformer,
@@ -290,7 +295,7 @@ def _half_dtype(encoder: SentenceTransformer, settings: Settings) -> Any:
 def _encode(encoder: SentenceTransformer, texts: list[str], dtype: Any, batch: int) -> np.ndarray:
     import torch
 
-    device_type = "cuda" if str(encoder.device).startswith("cuda") else "cpu"
+    device_type = Device.CUDA if str(encoder.device).startswith(Device.CUDA) else Device.CPU
     with _ENCODE_LOCK, torch.inference_mode(), torch.autocast(
         device_type, dtype=dtype or torch.float32, enabled=dtype is not None
     ):

@@ -48,11 +48,22 @@ import datetime as dt
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from litpulse.core.errors import ConfigError
+from litpulse.core.impact import (
+    CORPUS_REFERENCE,
+    CPY_REFERENCE,
+    NEUTRAL_CITATION,
+    RCR_REFERENCE,
+    age_days,
+    citation_impact,
+    recency_decay,
+    saturate,
+)
 from litpulse.core.settings import Settings
+from litpulse.core.timeutil import as_date, iso, utcnow
 
 __all__ = [
     "NEUTRAL_CITATION",
@@ -73,18 +84,14 @@ logger = logging.getLogger(__name__)
 
 #: Recency of an article without any date (that of an article one half-life old).
 NEUTRAL_RECENCY = 0.5
-#: Citation value of an article without any citation data (a typical article).
-NEUTRAL_CITATION = 0.5
-#: RCR that maps to 0.5 (iCite: 1.0 is the field's median NIH-funded paper).
-RCR_REFERENCE = 1.0
-#: Citations per year that map to 0.5 when no RCR is known.
-CPY_REFERENCE = 2.0
-#: In-corpus citations per year at which the in-corpus value is 0.75.
-CORPUS_REFERENCE = 1.0
 
 FORMULA = "score = w_sim*similarity + w_rec*recency + w_cit*citation"
 
-_DAYS_PER_YEAR = 365.25
+
+
+def _default(name: str) -> Any:
+    """The default of a :class:`Settings` field (the one home of the scoring defaults)."""
+    return next(f.default for f in fields(Settings) if f.name == name)
 
 
 @dataclass(frozen=True)
@@ -103,10 +110,10 @@ class ScoringOptions:
             half-life is not a positive finite number.
     """
 
-    w_similarity: float = 1.0
-    w_recency: float = 0.15
-    w_citation: float = 0.10
-    half_life_days: float = 365.0
+    w_similarity: float = _default("weight_similarity")
+    w_recency: float = _default("weight_recency")
+    w_citation: float = _default("weight_citation")
+    half_life_days: float = _default("recency_half_life_days")
     today: dt.date | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -173,12 +180,12 @@ class ScoringOptions:
 
     def reference_day(self) -> dt.date:
         """The day ages are counted to."""
-        return self.today or dt.datetime.now(dt.UTC).date()
+        return self.today or utcnow().date()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready weights and half-life (and the reference day)."""
         d = asdict(self)
-        d["today"] = self.reference_day().isoformat()
+        d["today"] = iso(self.reference_day())
         return d
 
 
@@ -193,36 +200,10 @@ class Score:
     explanation: dict[str, Any]
 
 
-def saturate(x: float, reference: float) -> float:
-    """``ln(1+x) / (ln(1+x) + ln(1+reference))``: 0 at 0, 0.5 at ``reference``, < 1.
-
-    Negative inputs count as 0.
-    """
-    lx = math.log1p(max(0.0, x))
-    return lx / (lx + math.log1p(reference))
-
-
-def _as_date(value: Any) -> dt.date | None:
-    if value is None:
-        return None
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    try:
-        return dt.date.fromisoformat(str(value)[:10])
-    except ValueError:
-        return None
-
-
-def _age_days(best_date: dt.date | None, today: dt.date) -> int | None:
-    return None if best_date is None else max(0, (today - best_date).days)
-
-
 def recency_value(best_date: Any, options: ScoringOptions) -> tuple[float, dict[str, Any]]:
     """Recency in (0, 1] with its explanation; :data:`NEUTRAL_RECENCY` without a date."""
     day = _as_date(best_date)
-    age = _age_days(day, options.reference_day())
+    age = age_days(day, options.reference_day())
     if age is None:
         return NEUTRAL_RECENCY, {
             "raw": None,
@@ -230,9 +211,9 @@ def recency_value(best_date: Any, options: ScoringOptions) -> tuple[float, dict[
             "source": "missing",
             "text": f"no publication date known: neutral {NEUTRAL_RECENCY}",
         }
-    value = 0.5 ** (age / options.half_life_days)
+    value = recency_decay(age, options.half_life_days)
     return value, {
-        "raw": day.isoformat() if day else None,
+        "raw": iso(day),
         "age_days": age,
         "source": "best_date",
         "text": (
@@ -253,61 +234,47 @@ def _number(row: Mapping[str, Any], key: str) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def _as_date(value: Any) -> dt.date | None:
+    """A date from a row value; unreadable text counts as no date."""
+    try:
+        return as_date(value)
+    except ValueError:
+        return None
+
+
 def citation_value(
     row: Mapping[str, Any], options: ScoringOptions
 ) -> tuple[float, dict[str, Any]]:
     """Citation impact in [0, 1) with its explanation; see the module docstring."""
-    rcr = _number(row, "relative_citation_ratio")
-    if rcr is not None:
-        value = saturate(rcr, RCR_REFERENCE)
-        return value, {
-            "raw": rcr,
-            "source": "icite_rcr",
-            "text": (
-                f"iCite relative citation ratio {rcr:g} (field- and year-normalised; "
-                f"1 = field median) -> {value:.3f}"
-            ),
-        }
-    cpy = _number(row, "citations_per_year")
-    source = "icite_citations_per_year"
-    if cpy is None:
-        count = _number(row, "citation_count")
-        if count is not None:
-            day = _as_date(row.get("best_date"))
-            age = _age_days(day, options.reference_day())
-            years = 1.0 if age is None else max(1.0, age / _DAYS_PER_YEAR)
-            cpy = count / years
-            source = "icite_citation_count"
-    if cpy is not None:
-        value = saturate(cpy, CPY_REFERENCE)
-        return value, {
-            "raw": cpy,
-            "source": source,
-            "text": (
-                f"iCite {cpy:.2f} citations/year (no RCR yet; {CPY_REFERENCE:g}/year "
-                f"is typical) -> {value:.3f}"
-            ),
-        }
-    local = _number(row, "cited_by_in_corpus") or 0.0
-    if local > 0:
-        age = _age_days(_as_date(row.get("best_date")), options.reference_day())
-        years = 1.0 if age is None else max(1.0, age / _DAYS_PER_YEAR)
-        rate = local / years
-        value = NEUTRAL_CITATION + (1 - NEUTRAL_CITATION) * rate / (rate + CORPUS_REFERENCE)
-        return value, {
-            "raw": local,
-            "rate_per_year": rate,
-            "source": "in_corpus",
-            "text": (
-                f"cited {local:g} times inside this corpus ({rate:.2f}/year; no iCite "
-                f"data) -> {value:.3f}"
-            ),
-        }
-    return NEUTRAL_CITATION, {
-        "raw": None,
-        "source": "missing",
-        "text": f"no citation data yet: neutral {NEUTRAL_CITATION}",
-    }
+    age = age_days(_as_date(row.get("best_date")), options.reference_day())
+    impact = citation_impact(
+        rcr=_number(row, "relative_citation_ratio"),
+        citations_per_year=_number(row, "citations_per_year"),
+        citation_count=_number(row, "citation_count"),
+        cited_by_in_corpus=_number(row, "cited_by_in_corpus"),
+        age=age,
+    )
+    value = impact.value
+    info: dict[str, Any] = {"raw": impact.raw, "source": impact.source}
+    if impact.source == "icite_rcr":
+        info["text"] = (
+            f"iCite relative citation ratio {impact.raw:g} (field- and year-normalised; "
+            f"1 = field median) -> {value:.3f}"
+        )
+    elif impact.source in ("icite_citations_per_year", "icite_citation_count"):
+        info["text"] = (
+            f"iCite {impact.raw:.2f} citations/year (no RCR yet; {CPY_REFERENCE:g}/year "
+            f"is typical) -> {value:.3f}"
+        )
+    elif impact.source == "in_corpus":
+        info["rate_per_year"] = impact.rate_per_year
+        info["text"] = (
+            f"cited {impact.raw:g} times inside this corpus ({impact.rate_per_year:.2f}/year; "
+            f"no iCite data) -> {value:.3f}"
+        )
+    else:
+        info["text"] = f"no citation data yet: neutral {NEUTRAL_CITATION}"
+    return value, info
 
 
 def score_article(

@@ -29,6 +29,7 @@ from litpulse.core import db
 from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import article_terms, articles
 from litpulse.core.settings import Settings
+from litpulse.core.timeutil import as_date, iso
 from ranking.scoring import ScoringOptions, score_article
 
 if TYPE_CHECKING:
@@ -51,8 +52,6 @@ logger = logging.getLogger(__name__)
 MAX_QUERY_CHARS = 512
 #: Factor by which the neighbour list grows while too few candidates pass the filters.
 WIDEN_FACTOR = 4
-#: PMIDs per ``IN (...)`` list (stays below SQLite's bound-parameter limit).
-_IN_CHUNK = 5000
 
 _ROW_COLUMNS = (
     articles.c.pmid,
@@ -75,7 +74,7 @@ class NoIndexError(NotFoundError):
 
 
 class SearchableIndex(Protocol):
-    """What search needs of :class:`ranking.index.PublishedIndex`."""
+    """What search needs of :class:`ranking.index_files.PublishedIndex`."""
 
     @property
     def id(self) -> str: ...
@@ -111,7 +110,7 @@ class Hit:
             "title": self.title,
             "journal": self.journal,
             "pub_year": self.pub_year,
-            "best_date": self.best_date.isoformat() if self.best_date else None,
+            "best_date": iso(self.best_date),
             "score": self.score,
             "similarity": self.similarity,
             "recency": self.recency,
@@ -121,12 +120,11 @@ class Hit:
 
 
 def _to_date(name: str, value: dt.date | str | None) -> dt.date | None:
+    """A filter date: a date, a datetime (its UTC day) or strict ``YYYY-MM-DD`` text."""
     if value is None or value == "":
         return None
-    if isinstance(value, dt.datetime):
-        return value.date()
     if isinstance(value, dt.date):
-        return value
+        return as_date(value)
     try:
         return dt.date.fromisoformat(str(value))
     except ValueError:
@@ -228,8 +226,8 @@ class SearchFilters:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "since": self.since.isoformat() if self.since else None,
-            "until": self.until.isoformat() if self.until else None,
+            "since": iso(self.since),
+            "until": iso(self.until),
             "mesh": list(self.mesh),
             "publication_type": list(self.publication_type),
             "language": self.language,
@@ -263,7 +261,7 @@ class SearchResult:
 
 
 def _open_index(settings: Settings, engine: Engine) -> SearchableIndex:
-    from ranking.index import open_published
+    from ranking.index_files import open_published
 
     index = open_published(settings, engine)
     if index is None:
@@ -278,8 +276,8 @@ def _load_rows(
 ) -> dict[int, dict[str, Any]]:
     rows: dict[int, dict[str, Any]] = {}
     with engine.connect() as conn:
-        for start in range(0, len(pmids), _IN_CHUNK):
-            chunk = list(pmids[start : start + _IN_CHUNK])
+        for start in range(0, len(pmids), db.IN_CHUNK):
+            chunk = list(pmids[start : start + db.IN_CHUNK])
             stmt = select(*_ROW_COLUMNS).where(articles.c.pmid.in_(chunk), *conds)
             for r in conn.execute(stmt).mappings():
                 rows[int(r["pmid"])] = dict(r)
@@ -316,13 +314,7 @@ def run_search(
     """
     import numpy as np
 
-    text = (query or "").strip()
-    if not text:
-        raise ConfigError("query must not be empty")
-    if len(text) > MAX_QUERY_CHARS:
-        raise ConfigError(f"query must be at most {MAX_QUERY_CHARS} characters")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"k must be a positive integer, got {k!r}")
+    text = _checked_query(query, k)
     filters = filters or SearchFilters()
     options = options or ScoringOptions.from_settings(settings)
     if options.today is None:  # one reference day for every candidate of this query
@@ -330,17 +322,65 @@ def run_search(
     engine = engine or db.connect(settings)
     if index is None:
         index = _open_index(settings, engine)
-    if embed is None:
-        from ranking.embed import encode_query, model_spec
-
-        spec = model_spec(settings, index.model_version, engine)
-
-        def embed(t: str) -> np.ndarray:
-            return encode_query(settings, spec, t)
-
+    embed = embed or _query_embedder(settings, engine, index.model_version)
     vector = np.ascontiguousarray(np.asarray(embed(text), dtype=np.float32).reshape(1, -1))
+    sims, rows = _candidates(settings, engine, index, vector, k, filters.clauses())
+    hits = _hits(sims, rows, options)
+    logger.info(
+        "query %r: %d candidates, %d pass filters, returning %d (index %s)",
+        text[:60], len(sims), len(rows), min(k, len(hits)), index.id,
+    )
+    return SearchResult(
+        query=text,
+        index_version=str(index.id),
+        model_version=str(index.model_version),
+        hits=tuple(hits[:k]),
+        candidates=len(sims),
+        options=options,
+        filters=filters,
+    )
+
+
+def _checked_query(query: str, k: int) -> str:
+    """The trimmed query.
+
+    Raises:
+        ConfigError: An empty or over-long query, or ``k`` < 1.
+    """
+    text = (query or "").strip()
+    if not text:
+        raise ConfigError("query must not be empty")
+    if len(text) > MAX_QUERY_CHARS:
+        raise ConfigError(f"query must be at most {MAX_QUERY_CHARS} characters")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"k must be a positive integer, got {k!r}")
+    return text
+
+
+def _query_embedder(settings: Settings, engine: Engine,
+                    model_version: str) -> Callable[[str], np.ndarray]:
+    """Query text → vector with the index's own model version."""
+    from ranking.embed import encode_query, model_spec
+
+    spec = model_spec(settings, model_version, engine)
+
+    def embed(text: str) -> np.ndarray:
+        return encode_query(settings, spec, text)
+
+    return embed
+
+
+def _candidates(
+    settings: Settings, engine: Engine, index: SearchableIndex, vector: np.ndarray, k: int,
+    conds: list[Any],
+) -> tuple[dict[int, float], dict[int, dict[str, Any]]]:
+    """Nearest neighbours and the rows of those passing the filters.
+
+    Starts at ``settings.rerank_candidates`` neighbours and widens by
+    :data:`WIDEN_FACTOR` while fewer than ``k`` pass. Returns ``(similarity by PMID,
+    row by PMID)``.
+    """
     size = int(index.size)
-    conds = filters.clauses()
     sims: dict[int, float] = {}
     rows: dict[int, dict[str, Any]] = {}
     n = min(max(settings.rerank_candidates, k), size)
@@ -357,7 +397,12 @@ def run_search(
             break
         n = min(n * WIDEN_FACTOR, size)
         logger.debug("only %d of %d candidates pass the filters; widening to %d", len(rows), k, n)
+    return sims, rows
 
+
+def _hits(sims: dict[int, float], rows: dict[int, dict[str, Any]],
+          options: ScoringOptions) -> list[Hit]:
+    """Scored hits, best first (ties: higher similarity, then lower PMID)."""
     hits = []
     for pmid, row in rows.items():
         s = score_article(sims[pmid], row, options)
@@ -378,19 +423,7 @@ def run_search(
             )
         )
     hits.sort(key=lambda h: (-h.score, -h.similarity, h.pmid))
-    logger.info(
-        "query %r: %d candidates, %d pass filters, returning %d (index %s)",
-        text[:60], len(sims), len(rows), min(k, len(hits)), index.id,
-    )
-    return SearchResult(
-        query=text,
-        index_version=str(index.id),
-        model_version=str(index.model_version),
-        hits=tuple(hits[:k]),
-        candidates=len(sims),
-        options=options,
-        filters=filters,
-    )
+    return hits
 
 
 def search(

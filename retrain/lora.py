@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from litpulse.core.errors import BudgetError, ConfigError
 from litpulse.core.settings import Settings
+from ranking.embed import resolve_device
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -48,9 +49,7 @@ __all__ = [
     "LoraOptions",
     "TrainResult",
     "ADAPTER_WEIGHTS",
-    "resolve_device",
     "build_model",
-    "load_encoder",
     "train",
     "train_model",
     "file_sha256",
@@ -178,15 +177,6 @@ class TrainResult:
 # ----------------------------------------------------------------------------- helpers
 
 
-def resolve_device(settings: Settings) -> str:
-    """``cuda`` when asked for or (``auto``) when one is visible, else ``cpu``."""
-    if settings.device != "auto":
-        return settings.device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def file_sha256(path: str | Path) -> str:
     """Hex SHA-256 of a file."""
     h = hashlib.sha256()
@@ -213,38 +203,6 @@ def _rss_now_mb() -> float:
 def _num_layers(auto_model: Any) -> int:
     config = auto_model.config
     return int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layers", 0) or 0)
-
-
-def load_encoder(
-    base_model: str,
-    adapter_path: str | None = None,
-    *,
-    device: str = "cpu",
-    max_seq_length: int | None = None,
-    merge: bool = True,
-) -> SentenceTransformer:
-    """A SentenceTransformer for inference: the base model with an adapter applied.
-
-    Args:
-        base_model: Local folder of the base sentence-transformers model.
-        adapter_path: Folder written by peft ``save_pretrained`` (or ``None``).
-        device: Torch device.
-        max_seq_length: Truncation length, in tokens.
-        merge: Merge the LoRA weights into the base weights (same outputs, faster).
-    """
-    from peft import PeftModel
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(base_model, device=device)
-    if max_seq_length:
-        model.max_seq_length = max_seq_length
-    if adapter_path:
-        transformer: Any = model[0]
-        peft_model = PeftModel.from_pretrained(transformer.auto_model, adapter_path)
-        transformer.model = peft_model.merge_and_unload() if merge else peft_model
-        model.to(device)
-    model.eval()
-    return model
 
 
 def build_model(

@@ -10,9 +10,10 @@ Kinds of pair:
 * ``replay`` — title → abstract of *older* articles, a share of the set against
   forgetting.
 
-Sampling is weighted by the same recency and citation impact as ranking (recency
-``0.5 ** (age / half_life)``, citation ``1 + log1p(relative_citation_ratio)`` or the
-in-corpus citation count; missing means neutral) and deterministic by ``settings.seed``.
+Sampling is weighted by the same recency and citation impact as ranking
+(:mod:`litpulse.core.impact`: recency ``0.5 ** (age / half_life)``, citation ranking's
+value from the RCR or the in-corpus citations, scaled so that a typical article weighs
+1.0; missing means neutral) and deterministic by ``settings.seed``.
 
 Held-out evaluation articles never become training pairs: the *fresh* set is the newest
 articles of the window (newer than anything trained on), and the *older* set is a stable
@@ -25,7 +26,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
-import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +34,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, select
 
 from litpulse.core.db import connect, utcnow
+from litpulse.core.impact import NEUTRAL_CITATION, age_days, citation_impact, recency_decay
 from litpulse.core.schema import articles, feedback, references
 from litpulse.core.settings import Settings
 from retrain.evaluate import EvalItem, HeldOut
@@ -122,20 +123,30 @@ def _as_utc(value: dt.datetime | None) -> dt.datetime | None:
 
 
 def article_weight(row: ArticleRow, *, now: dt.date, half_life_days: float) -> float:
-    """Recency × citation impact, as in ranking; a missing value is neutral (1.0)."""
+    """Recency × citation impact, with ranking's formulas (:mod:`litpulse.core.impact`).
+
+    Recency is :func:`~litpulse.core.impact.recency_decay` of the article's age (no date:
+    1.0); the citation factor is ranking's citation value shifted to be 1.0 for a typical
+    article (see :func:`_citation`).
+    """
     recency = 1.0
     if row.best_date is not None:
-        age = max(0, (now - row.best_date).days)
-        recency = 0.5 ** (age / half_life_days)
-    return recency * _citation(row)
+        recency = recency_decay((now - row.best_date).days, half_life_days)
+    return recency * _citation(row, now)
 
 
-def _citation(row: ArticleRow) -> float:
-    if row.relative_citation_ratio is not None:
-        return 1.0 + math.log1p(max(0.0, row.relative_citation_ratio))
-    if row.cited_by_in_corpus:
-        return 1.0 + math.log1p(row.cited_by_in_corpus)
-    return 1.0
+def _citation(row: ArticleRow, today: dt.date) -> float:
+    """Ranking's citation value over its neutral value: 1.0 for a typical or unknown article.
+
+    In [0, 2): proportional to what ranking adds for citations, so the sample leans
+    towards cited articles as strongly as the ranking does.
+    """
+    impact = citation_impact(
+        rcr=row.relative_citation_ratio,
+        cited_by_in_corpus=row.cited_by_in_corpus,
+        age=age_days(row.best_date, today),
+    )
+    return impact.value / NEUTRAL_CITATION
 
 
 def _hash_unit(pmid: int, seed: int, salt: str = "") -> float:
@@ -289,7 +300,7 @@ def mine_pairs(
         if src is None or dst is None or dst.pmid in held or not src.title:
             continue
         # recency of the citing article, impact of the cited one
-        w = _recency(src, today, settings) * _citation(dst)
+        w = _recency(src, today, settings) * _citation(dst, today)
         candidates.append(
             Pair(src.title, doc_text(dst.title, dst.abstract), "citation", src.pmid, weight=w)
         )
@@ -345,7 +356,7 @@ def mine_pairs(
 def _recency(r: ArticleRow, today: dt.date, settings: Settings) -> float:
     if r.best_date is None:
         return 1.0
-    return float(0.5 ** (max(0, (today - r.best_date).days) / settings.recency_half_life_days))
+    return recency_decay((today - r.best_date).days, settings.recency_half_life_days)
 
 
 def _references(engine: Engine, citing: Iterable[int]) -> list[tuple[int, int]]:

@@ -10,7 +10,7 @@ trained on, its options, its evaluation on fresh and older held-out sets, and it
 * ``retired`` — was active before a newer promotion.
 
 :func:`promote` switches the status and then builds and publishes a new index for the
-promoted version (:func:`ranking.index.refresh_index`: a full build for a model without
+promoted version (:func:`ranking.refresh.refresh_index`: a full build for a model without
 an index; a kept index of that model, as after a rollback, is updated and republished). The index
 carries its model version and searches embed queries with the index's own model, so
 until the new index is published searches keep the old model with the old index; if the
@@ -32,6 +32,7 @@ from litpulse.core.db import connect, utcnow
 from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import model_versions
 from litpulse.core.settings import DEFAULT_MODEL, Settings
+from ranking.embed import BASE_MODEL_ID
 
 __all__ = [
     "STATUSES",
@@ -50,8 +51,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 STATUSES = ("candidate", "active", "rejected", "retired")
-#: Id of the base model (no adapter); never a row.
-BASE_ID = "base"
+#: Id of the base model (no adapter); never a row. The one home is
+#: :data:`ranking.embed.BASE_MODEL_ID`; this is the name retraining code uses.
+BASE_ID = BASE_MODEL_ID
 
 Reindex = Callable[[Settings], Any]
 

@@ -39,6 +39,7 @@ __all__ = [
     "add_missing_columns",
     "upsert",
     "utcnow",
+    "IN_CHUNK",
     "LEASE_TTL_S",
     "Lease",
     "acquire_lease",
@@ -51,6 +52,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _ENGINES: dict[str, Engine] = {}
+
+#: Values per ``IN (...)`` list in one statement (SQLite allows 32766 bound parameters,
+#: PostgreSQL 65535; smaller lists also keep each statement's plan cheap).
+IN_CHUNK = 5000
 
 
 

@@ -345,12 +345,10 @@ def _citations(settings: Settings, progress: bool) -> dict[str, Any]:
 def _index(
     settings: Settings, progress: bool, *, rebuild: bool = False
 ) -> tuple[int, dict[str, Any]]:
-    from ranking.embed import embed_pending
-    from ranking.index import refresh_index
+    from ranking.refresh import refresh_index
 
-    embedded = int(embed_pending(settings, progress=progress))
-    report = refresh_index(settings, rebuild=rebuild, progress=progress)
-    return embedded, dict(report.to_dict())
+    report = refresh_index(settings, rebuild=rebuild, progress=progress)  # embeds, then indexes
+    return report.embedded, dict(report.to_dict())
 
 
 def _retrain(settings: Settings, progress: bool) -> dict[str, Any]:

@@ -282,7 +282,7 @@ def reindex_now(settings: Settings) -> Any:
     cached encoders are dropped so that searches load the newly active model.
     """
     from ranking.embed import clear_cache
-    from ranking.index import refresh_index
+    from ranking.refresh import refresh_index
 
     report = refresh_index(settings)
     clear_cache()

@@ -1,7 +1,7 @@
 """A tiny search corpus for the search, API and browser tests.
 
 Rows go straight into ``articles`` and ``article_terms`` (no store helper needed).
-:class:`HashIndex` is a test double of ``ranking.index.PublishedIndex``: an exact
+:class:`HashIndex` is a test double of ``ranking.index_files.PublishedIndex``: an exact
 inner-product search over hashed bag-of-words vectors, so texts sharing words are near.
 """
 
@@ -231,7 +231,7 @@ def real_corpus(tmp_path_factory: Any) -> Any:
     if "settings" not in _REAL:
         from litpulse.core import db
         from litpulse.core.settings import Settings
-        from ranking.index import refresh_index
+        from ranking.refresh import refresh_index
 
         settings = Settings.from_env({}, home=tmp_path_factory.mktemp("real-corpus"))
         load_corpus(db.connect(settings))

@@ -150,3 +150,17 @@ def test_active_model_with_lora_adapter(sqlite_settings: Settings, tmp_path: Pat
     assert em.embed_pending(settings) == 1
     assert list(_vectors(engine, "lora-1")) == [1] and _vectors(engine, "base") == {}
     em.clear_cache()
+
+
+def test_one_device_rule_and_base_id_for_ranking_and_retraining(
+    sqlite_settings: Settings,
+) -> None:
+    from litpulse.core.states import Device
+    from retrain import lora, registry
+
+    device = em.resolve_device(sqlite_settings.replace(device="auto"))
+    assert isinstance(device, Device) and device in (Device.CPU, Device.CUDA)
+    assert em.resolve_device(sqlite_settings.replace(device="cpu")) == "cpu"
+    assert lora.resolve_device is em.resolve_device  # retraining uses ranking's rule
+    assert not hasattr(lora, "load_encoder")  # the one encoder loader is ranking.embed's
+    assert registry.BASE_ID == em.BASE_MODEL_ID

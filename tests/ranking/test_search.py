@@ -183,7 +183,7 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 
 def test_real_index_end_to_end(real: Settings) -> None:
-    from ranking.index import open_published
+    from ranking.index_files import open_published
 
     index = open_published(real)
     assert index is not None

@@ -56,7 +56,7 @@ def _shuffle(ps: PairSet) -> PairSet:
 
 
 def _published(settings: Settings) -> Any:
-    from ranking.index import open_published
+    from ranking.index_files import open_published
 
     return open_published(settings)
 

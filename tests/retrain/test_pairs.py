@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from sqlalchemy import Engine, update
 
 from litpulse.core.schema import articles
@@ -76,6 +77,7 @@ def test_weighting_prefers_recent_and_cited(settings: Settings, engine: Engine) 
     assert w[2] > w[0]
     # sampling follows the weights: cite a few window articles heavily
     _corpus(engine)
+    before = mine_pairs(settings, since=T0, max_pairs=30, fresh_size=20, replay_share=0)
     with engine.begin() as conn:
         conn.execute(
             update(articles).where(articles.c.pmid.between(5000, 5039))
@@ -83,7 +85,8 @@ def test_weighting_prefers_recent_and_cited(settings: Settings, engine: Engine) 
         )
     ps = mine_pairs(settings, since=T0, max_pairs=30, fresh_size=20, replay_share=0)
     boosted = sum(1 for p in ps.pairs if 5000 <= p.pmid < 5040)
-    assert boosted > 30 * 40 / 100  # well above its 40 % share of the window
+    unboosted = sum(1 for p in before.pairs if 5000 <= p.pmid < 5040)
+    assert boosted >= unboosted + 3  # RCR 50 weighs 1.7x a typical article, as in ranking
 
 
 def test_feedback_positive_and_hard_negative(settings: Settings, engine: Engine) -> None:
@@ -127,3 +130,19 @@ def test_first_run_uses_everything(settings: Settings, engine: Engine) -> None:
     assert ps.counts["replay"] == 0
     assert ps.window_end == T1
     assert ps.heldout.older  # from the hash bucket, older than the fresh set
+
+
+def test_weight_uses_rankings_citation_formula(settings: Settings, engine: Engine) -> None:
+    from ranking.scoring import ScoringOptions, citation_value
+
+    today = dt.date(2025, 1, 1)
+    unknown = ArticleRow(1, "t", "a", dt.date(2024, 1, 1), T1, None, 0)
+    typical = ArticleRow(2, "t", "a", dt.date(2024, 1, 1), T1, 1.0, 0)
+    strong = ArticleRow(3, "t", "a", dt.date(2024, 1, 1), T1, 9.0, 0)
+    w = [article_weight(r, now=today, half_life_days=365) for r in (unknown, typical, strong)]
+    # ranking: RCR 1 is a typical article, scored like one without citation data
+    assert w[1] == pytest.approx(w[0])
+    opts = ScoringOptions(today=today)
+    cit = [citation_value({"relative_citation_ratio": r.relative_citation_ratio}, opts)[0]
+           for r in (unknown, typical, strong)]
+    assert w[2] / w[1] == pytest.approx(cit[2] / cit[1])

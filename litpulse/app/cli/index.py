@@ -57,7 +57,7 @@ def register(sub: Any) -> None:
 
 
 def run_refresh(args: argparse.Namespace, settings: Settings) -> int:
-    from ranking.index import refresh_index
+    from ranking.refresh import refresh_index
 
     report = refresh_index(settings, rebuild=args.rebuild, progress=show_progress())
     if args.json:
@@ -68,7 +68,7 @@ def run_refresh(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_status(args: argparse.Namespace, settings: Settings) -> int:
-    from ranking.index import index_status
+    from ranking.index_status import index_status
 
     status = index_status(settings)
     if args.json:
@@ -86,7 +86,7 @@ def run_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_check(args: argparse.Namespace, settings: Settings) -> int:
-    from ranking.index import check_consistency
+    from ranking.index_status import check_consistency
 
     report = check_consistency(settings)
     if args.json:
@@ -99,7 +99,7 @@ def run_check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_rollback(args: argparse.Namespace, settings: Settings) -> int:
-    from ranking.index import rollback_index
+    from ranking.publish import rollback_index
 
     result = rollback_index(settings)
     if args.json:

@@ -122,7 +122,7 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
 
 def _index(settings: Settings) -> dict[str, Any]:
     """The published index version (``version`` is ``None`` before the first one)."""
-    from ranking.index import index_status
+    from ranking.index_status import index_status
 
     ix = index_status(settings)
     return {

@@ -126,7 +126,7 @@ def test_fuzz_against_the_openapi_document(
 def test_searches_keep_answering_while_new_index_versions_publish(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    from ranking.index import refresh_index
+    from ranking.refresh import refresh_index
 
     store = clone_store(real_corpus(tmp_path_factory), tmp_path / "home", **UNLIMITED)
     app = create_app(store)

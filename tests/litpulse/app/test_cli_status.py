@@ -9,7 +9,7 @@ import pytest
 from litpulse.app.cli import main
 from litpulse.core import db
 from litpulse.core.settings import Settings
-from ranking import index as ix
+from ranking import refresh
 from tests.ranking.test_index import add_articles
 
 
@@ -22,7 +22,7 @@ def test_status_shows_the_published_index_version(
     assert before["index"]["version"] is None and before["index"]["size"] == 0
 
     add_articles(db.connect(sqlite_settings), [11, 12, 13])
-    report = ix.refresh_index(sqlite_settings)
+    report = refresh.refresh_index(sqlite_settings)
     assert main(["status", "--json"]) == 0
     st = json.loads(capsys.readouterr().out)
     assert st["index"]["version"] == report.id

@@ -105,22 +105,22 @@ def _aware(value: dt.datetime) -> dt.datetime:
 def test_killed_index_refresh_holder_is_reclaimed_at_once(
     settings: Settings, engine: Engine
 ) -> None:
-    from ranking import index as ix
+    from ranking import index_files, publish, refresh
     from tests.ranking.test_index import add_articles
 
     add_articles(engine, [1, 2, 3])
-    proc, holder = _holder_process(settings, ix.LEASE_NAME)
+    proc, holder = _holder_process(settings, publish.LEASE_NAME)
     try:
-        with pytest.raises(ix.IndexBusyError):  # alive: it holds the lease
-            ix.refresh_index(settings)
+        with pytest.raises(publish.IndexBusyError):  # alive: it holds the lease
+            refresh.refresh_index(settings)
     finally:
         _kill(proc)
-    assert _row(engine, ix.LEASE_NAME).holder == holder  # the dead holder's row is still there
+    assert _row(engine, publish.LEASE_NAME).holder == holder  # the dead holder's row is still there
     t0 = time.monotonic()
-    report = ix.refresh_index(settings)  # no 6-hour wait: its process is gone
+    report = refresh.refresh_index(settings)  # no 6-hour wait: its process is gone
     assert time.monotonic() - t0 < 30
-    assert report.size == 3 and ix.open_published(settings) is not None
-    assert _row(engine, ix.LEASE_NAME) is None  # released after the publish
+    assert report.size == 3 and index_files.open_published(settings) is not None
+    assert _row(engine, publish.LEASE_NAME) is None  # released after the publish
 
 
 def test_dead_pid_and_reused_pid_are_told_apart(settings: Settings, engine: Engine) -> None:
@@ -211,25 +211,25 @@ def test_index_publish_verifies_the_lease_in_the_flipping_transaction(
 ) -> None:
     """The lease is taken over after the index files are written: the transaction that
     would publish the new version finds it lost, writes nothing and cleans its files."""
-    from ranking import index as ix
+    from ranking import index_files, publish, refresh
     from tests.ranking.test_index import add_articles
 
     add_articles(engine, [1, 2, 3])
     thief = f"{ELSEWHERE}:1:t1:cafe0000:00000005"
-    real_write = ix._write_files
+    real_write = index_files.write_files
 
     def write_then_lose(*args: Any, **kwargs: Any) -> Path:
         path = real_write(*args, **kwargs)
-        _take_over(engine, ix.LEASE_NAME, thief)
+        _take_over(engine, publish.LEASE_NAME, thief)
         return path
 
-    monkeypatch.setattr(ix, "_write_files", write_then_lose)
-    with pytest.raises(LeaseLostError, match=ix.LEASE_NAME):
-        ix.refresh_index(settings)
+    monkeypatch.setattr(index_files, "write_files", write_then_lose)
+    with pytest.raises(LeaseLostError, match=publish.LEASE_NAME):
+        refresh.refresh_index(settings)
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(index_versions)).scalar() == 0
     assert not [p for p in (settings.home / "indexes").iterdir() if not p.name.startswith(".")]
-    assert _row(engine, ix.LEASE_NAME).holder == thief
+    assert _row(engine, publish.LEASE_NAME).holder == thief
 
 
 def test_nightly_stops_before_writing_once_its_lease_is_taken_over(

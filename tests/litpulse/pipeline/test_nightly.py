@@ -348,7 +348,7 @@ def test_concurrent_runs_on_postgres(
 def test_promoted_model_is_reindexed_in_shards(
     sqlite_settings: Settings, emulator: Emulator
 ) -> None:
-    from ranking.index import refresh_index
+    from ranking.refresh import refresh_index
 
     _serve(emulator, DAY, range(1000, 1010))
     s = emulator.configure(sqlite_settings)
@@ -411,3 +411,15 @@ def test_cli_prints_a_summary(
     assert "inserted 7" in out and "ix-1" in out and "ingest 1.2s" in out
     assert seen["source"] == "files" and seen["files"] == ["a.xml", "b.xml"]
     assert seen["retrain"] is False and seen["citations"] is True
+
+
+def test_index_step_embeds_once(sqlite_settings: Settings) -> None:
+    """The nightly index step has one embedding step: refresh_index's, under its lease."""
+    from litpulse.pipeline import nightly
+    from tests.ranking.test_index import add_articles
+
+    add_articles(db.connect(sqlite_settings), [21, 22, 23], models=())
+    embedded, index = nightly._index(sqlite_settings, False)
+    assert embedded == 3 and index["embedded"] == 3  # counted where it happened
+    assert index["size"] == 3 and index["published"]
+    assert _count(sqlite_settings, embeddings) == 3

@@ -1,0 +1,222 @@
+"""Index version files and the loaded, published index.
+
+A version's files (``index.faiss``, ``ids.npy``, ``meta.json``) are written into a
+temporary folder, fsynced and renamed to ``<home>/indexes/<id>/`` (:func:`write_files`).
+Readers (:func:`open_published`) load the version the ``index_versions`` row names, once
+per process and version; a :class:`PublishedIndex` already loaded never changes, so
+searches running during a publish finish on the old version.
+
+On a host where FAISS sees a GPU (and ``use_gpu`` is not ``no``) searches run on it; the
+CPU index stays the master copy (GPU indexes cannot remove ids).
+
+Example:
+    >>> idx = open_published(settings)  # doctest: +SKIP
+    >>> scores, pmids = idx.search(encode_query(settings, idx.model_version, "sepsis"), 10)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine
+
+from litpulse.core import db
+from litpulse.core.errors import ConsistencyError
+from litpulse.core.settings import Settings
+from ranking import faiss_ops
+from ranking.models import published_index_row
+
+__all__ = [
+    "FILES",
+    "PublishedIndex",
+    "has_files",
+    "indexes_dir",
+    "open_published",
+    "read_files",
+    "write_files",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The files of one index version.
+FILES = ("index.faiss", "ids.npy", "meta.json")
+
+
+@dataclass(frozen=True, eq=False)
+class PublishedIndex:
+    """One loaded, immutable index version; safe to search from many threads.
+
+    Attributes:
+        id: Index version id.
+        model_version: Model version whose vectors it holds (embed queries with it).
+        kind: ``flat`` or ``ivf``.
+        size: Vectors in the index.
+        path: Folder of its files.
+        ids: The PMIDs it holds, sorted (int64).
+        details: The version's ``meta.json``.
+    """
+
+    id: str
+    model_version: str
+    kind: str
+    size: int
+    path: str
+    ids: np.ndarray = field(repr=False)
+    details: dict[str, Any] = field(default_factory=dict, repr=False)
+    index: Any = field(default=None, repr=False)
+    _gpu: Any = field(default=None, repr=False)
+    _gpu_ids: Any = field(default=None, repr=False)
+    _gpu_res: Any = field(default=None, repr=False)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self._gpu is not None
+
+    def search(self, query_vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest PMIDs of each query by inner product (cosine).
+
+        Args:
+            query_vectors: float32 ``(n, d)`` L2-normalised queries.
+            k: Neighbours per query.
+
+        Returns:
+            ``(scores, pmids)``, both ``(n, k)``; empty slots have PMID ``-1``.
+
+        Raises:
+            TypeError: Queries of the wrong dtype or shape.
+        """
+        q = np.asarray(query_vectors)
+        if q.ndim == 1:
+            q = q[None, :]
+        if q.ndim != 2 or q.shape[1] != self.index.d:
+            raise TypeError(f"query_vectors must be (n, {self.index.d}), got {q.shape}")
+        if not np.issubdtype(q.dtype, np.floating):
+            raise TypeError(f"query_vectors must be float32, got {q.dtype}")
+        if k <= 0:
+            raise TypeError(f"k must be positive, got {k}")
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        if self.size == 0:
+            return (np.full((len(q), k), -np.inf, dtype=np.float32),
+                    np.full((len(q), k), -1, dtype=np.int64))
+        if self._gpu is not None:
+            scores, labels = self._gpu.search(q, k)
+            if self._gpu_ids is not None:  # a flat GPU index answers positions
+                labels = np.where(labels >= 0, self._gpu_ids[np.maximum(labels, 0)], -1)
+        else:
+            scores, labels = self.index.search(q, k)
+        scores = np.where(labels >= 0, scores, -np.inf).astype(np.float32)
+        return scores, labels.astype(np.int64)
+
+    def reconstruct(self, pmid: int) -> np.ndarray:
+        """The stored vector of one PMID (raises ``RuntimeError`` for an unknown PMID)."""
+        return np.asarray(self.index.reconstruct(int(pmid)), dtype=np.float32)
+
+
+def indexes_dir(settings: Settings) -> Path:
+    """The folder holding one sub-folder per kept index version."""
+    return settings.home / "indexes"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_files(settings: Settings, version_id: str, index: Any, ids: np.ndarray,
+                meta: dict[str, Any]) -> Path:
+    """Write the files aside, fsync them, and rename the folder into place."""
+    import faiss
+
+    root = indexes_dir(settings)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{version_id}"
+    final = root / version_id
+    tmp.mkdir()
+    faiss.write_index(index, str(tmp / "index.faiss"))
+    np.save(tmp / "ids.npy", ids)
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+    for name in FILES:
+        with open(tmp / name, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(tmp)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    return final
+
+
+def has_files(path: str) -> bool:
+    """Whether a version folder still holds its index file."""
+    return (Path(path) / "index.faiss").exists()
+
+
+def read_files(path: str) -> tuple[Any, np.ndarray, dict[str, Any]]:
+    """``(index, ids, meta)`` of a version folder.
+
+    Raises:
+        ConsistencyError: The index file is missing.
+    """
+    import faiss
+
+    folder = Path(path)
+    if not has_files(path):
+        raise ConsistencyError(f"index files are missing in {folder}")
+    index = faiss.read_index(str(folder / "index.faiss"))
+    ids = np.load(folder / "ids.npy")
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    return index, ids, meta
+
+
+def _load(row: Any, settings: Settings) -> PublishedIndex:
+    index, ids, meta = read_files(row.path)
+    if hasattr(index, "nprobe"):
+        index.nprobe = settings.ivf_nprobe
+    gpu = gpu_ids = res = None
+    if faiss_ops.gpu_available(settings) and index.ntotal:  # pragma: no cover - GPU hosts
+        try:
+            gpu, gpu_ids, res = faiss_ops.to_gpu(index, row.kind, settings.ivf_nprobe)
+        except (RuntimeError, AttributeError) as exc:
+            logger.warning("cannot move index %s to the GPU (%s): searching on the CPU",
+                           row.id, exc)
+    return PublishedIndex(
+        id=row.id, model_version=row.model_version, kind=row.kind, size=int(index.ntotal),
+        path=row.path, ids=ids, details=meta, index=index, _gpu=gpu, _gpu_ids=gpu_ids,
+        _gpu_res=res,
+    )
+
+
+_CACHE: dict[str, PublishedIndex] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def open_published(settings: Settings, engine: Engine | None = None) -> PublishedIndex | None:
+    """The published index version, loaded once per process and version.
+
+    Each call reads the ``index_versions`` row (cheap) and reloads only when another
+    version has been published since. Returns ``None`` when none is published.
+    """
+    engine = engine or db.connect(settings)
+    row = published_index_row(engine)
+    if row is None:
+        return None
+    key = settings.effective_database_url
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None and cached.id == row.id:
+            return cached
+        loaded = _load(row, settings)
+        _CACHE[key] = loaded
+        logger.info("opened index %s (%s, %d vectors)", loaded.id, loaded.kind, loaded.size)
+        return loaded

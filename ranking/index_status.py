@@ -1,0 +1,149 @@
+"""What ``litpulse index status`` and ``litpulse index check`` report.
+
+Example:
+    >>> check_consistency(settings)["ok"]  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, and_, desc, func, select
+
+from litpulse.core import db
+from litpulse.core.errors import ConsistencyError
+from litpulse.core.schema import articles, embeddings, index_versions
+from litpulse.core.settings import Settings
+from litpulse.core.timeutil import iso
+from ranking.embed import active_model, count_pending
+from ranking.index_files import PublishedIndex, open_published
+from ranking.index_store import live_ids
+from ranking.models import published_index_row
+
+__all__ = ["check_consistency", "index_status"]
+
+
+def index_status(settings: Settings) -> dict[str, Any]:
+    """The published index version and the kept ones, for ``litpulse index status``."""
+    engine = db.connect(settings)
+    row = published_index_row(engine)
+    spec = active_model(settings, engine)
+    with engine.connect() as conn:
+        versions = conn.execute(
+            select(index_versions).order_by(desc(index_versions.c.created_at))
+        ).all()
+        live = conn.execute(
+            select(func.count()).select_from(articles).where(articles.c.is_deleted.is_(False))
+        ).scalar()
+    return {
+        "published": row.id if row is not None else None,
+        "model_version": row.model_version if row is not None else None,
+        "active_model": spec.id,
+        "kind": row.kind if row is not None else None,
+        "size": int(row.size) if row is not None else 0,
+        "path": row.path if row is not None else None,
+        "created_at": iso(row.created_at) if row is not None else None,
+        "published_at": iso(row.published_at) if row is not None else None,
+        "newest_article_date": (row.details or {}).get("newest_article_date")
+        if row is not None else None,
+        "live_articles": int(live or 0),
+        "pending_embeddings": count_pending(settings, spec.id, engine),
+        "versions": [
+            {"id": v.id, "model_version": v.model_version, "kind": v.kind, "size": int(v.size),
+             "status": v.status, "created_at": iso(v.created_at),
+             "published_at": iso(v.published_at)}
+            for v in versions
+        ],
+    }
+
+
+def check_consistency(settings: Settings, *, sample: int = 10) -> dict[str, Any]:
+    """Compare the published index with the store and the active model.
+
+    Checks: an index is published and its files load; its size matches its row; its
+    model version is the active one; every live article is in it (``missing``) and
+    nothing else is (``extra``: deleted or unknown PMIDs); no embedded article text has
+    changed since (``stale``).
+
+    Returns:
+        ``{"ok": bool, "problems": [str], "index_id", "model_version", "active_model",
+        "size", "live_articles", "missing", "extra", "stale", "missing_sample",
+        "extra_sample"}``.
+    """
+    engine = db.connect(settings)
+    spec = active_model(settings, engine)
+    row = published_index_row(engine)
+    problems: list[str] = []
+    out: dict[str, Any] = {"ok": False, "problems": problems, "index_id": None,
+                           "model_version": None, "active_model": spec.id, "size": 0}
+    live = live_ids(engine)
+    out["live_articles"] = len(live)
+    if row is None:
+        problems.append("no index is published")
+        return out
+    out.update(index_id=row.id, model_version=row.model_version, size=int(row.size))
+    try:
+        pub = open_published(settings, engine)
+    except (ConsistencyError, OSError, RuntimeError, ValueError) as exc:
+        problems.append(f"index {row.id} cannot be loaded: {exc}")
+        return out
+    if pub is None:  # unpublished between the two reads
+        problems.append("no index is published")
+        return out
+    if pub.size != int(row.size) or len(pub.ids) != pub.size:
+        problems.append(f"index holds {pub.size} vectors, its row says {row.size}, "
+                        f"its id list {len(pub.ids)}")
+    if row.model_version != spec.id:
+        problems.append(f"index model {row.model_version} is not the active model {spec.id}")
+    _check_membership(pub, live, sample, out, problems)
+    _check_freshness(engine, pub, row.model_version, spec.id, out, problems)
+    out["ok"] = not problems
+    return out
+
+
+def _check_membership(pub: PublishedIndex, live: np.ndarray, sample: int,
+                      out: dict[str, Any], problems: list[str]) -> None:
+    """``missing`` (live, not indexed) and ``extra`` (indexed, not live) PMIDs."""
+    missing = np.setdiff1d(live, pub.ids, assume_unique=True)
+    extra = np.setdiff1d(pub.ids, live, assume_unique=True)
+    out.update(missing=int(len(missing)), extra=int(len(extra)),
+               missing_sample=[int(p) for p in missing[:sample]],
+               extra_sample=[int(p) for p in extra[:sample]])
+    if len(missing):
+        problems.append(f"{len(missing)} live articles are not in the index")
+    if len(extra):
+        problems.append(f"{len(extra)} indexed PMIDs are deleted or unknown")
+
+
+def _check_freshness(engine: Engine, pub: PublishedIndex, model_version: str, active: str,
+                     out: dict[str, Any], problems: list[str]) -> None:
+    """``stale`` (text changed since embedded) and ``newer_vectors`` (embedded since)."""
+    with engine.connect() as conn:
+        stale = conn.execute(
+            select(func.count()).select_from(embeddings.join(
+                articles, and_(articles.c.pmid == embeddings.c.pmid,
+                               embeddings.c.model_version == model_version)))
+            .where(articles.c.is_deleted.is_(False),
+                   embeddings.c.text_hash != articles.c.text_hash)
+        ).scalar()
+    out["stale"] = int(stale or 0)
+    if stale:
+        problems.append(f"{stale} articles changed since they were embedded")
+    upto = pub.details.get("embedded_upto")
+    if not upto:
+        return
+    with engine.connect() as conn:
+        newer = conn.execute(
+            select(func.count()).select_from(embeddings.join(
+                articles, articles.c.pmid == embeddings.c.pmid))
+            .where(embeddings.c.model_version == model_version,
+                   embeddings.c.created_at > dt.datetime.fromisoformat(upto),
+                   articles.c.is_deleted.is_(False))
+        ).scalar()
+    out["newer_vectors"] = int(newer or 0)
+    if newer and model_version == active:
+        problems.append(f"{newer} vectors were embedded after the index was built")
+

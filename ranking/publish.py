@@ -1,0 +1,266 @@
+"""Publishing index versions atomically, rolling back, and pruning old versions.
+
+Publication is atomic: the files are written aside and renamed into place
+(:func:`ranking.index_files.write_files`); then one transaction flips the
+``index_versions`` rows (new → ``published``, previous → ``retired``). The row is the
+switch: readers load the version the row names. The newest :data:`KEEP_VERSIONS` versions
+stay on disk for :func:`rollback_index`.
+
+A database lease (``index-publish``, :class:`litpulse.core.db.Lease`) keeps two processes
+from publishing at once: it is checked before each write phase and verified in the
+transaction that flips the rows, so a process that lost it
+(:class:`~litpulse.core.errors.LeaseLostError`) publishes nothing; a killed publisher's
+lease is taken over at once on its host, after :data:`LEASE_TTL_S` seconds from elsewhere.
+
+Example:
+    >>> rollback_index(settings)  # doctest: +SKIP
+    {'from': 'ix-...', 'to': 'ix-...', 'model_version': 'base'}
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, delete, desc, insert, select, update
+
+from litpulse.core import db
+from litpulse.core.errors import LeaseLostError, LitpulseError, NotFoundError
+from litpulse.core.schema import index_versions
+from litpulse.core.settings import Settings
+from litpulse.core.states import IndexStatus
+from litpulse.core.timeutil import iso
+from ranking import index_files
+from ranking.embed import ModelSpec
+from ranking.faiss_ops import index_kind
+from ranking.index_store import newest_date
+from ranking.models import published_index_row
+
+__all__ = [
+    "KEEP_VERSIONS",
+    "LEASE_NAME",
+    "LEASE_TTL_S",
+    "TMP_MAX_AGE_S",
+    "IndexBusyError",
+    "IndexReport",
+    "PublishContext",
+    "acquire_publish_lease",
+    "publish",
+    "rollback_index",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Name of the database lease held while an index version is built and published.
+LEASE_NAME = "index-publish"
+#: Seconds the lease lives without its heartbeat (a publisher killed on another host
+#: blocks the others this long; on this host it is taken over at once).
+LEASE_TTL_S = db.LEASE_TTL_S
+#: Seconds after which a ``.tmp-*`` folder left by a crashed publisher is removed.
+TMP_MAX_AGE_S = 3600.0
+#: Index versions kept on disk (the published one and the newest retired ones).
+KEEP_VERSIONS = 3
+#: Status of a version replaced by a rollback (not a member of IndexStatus yet).
+ROLLED_BACK = "rolled_back"
+
+
+class IndexBusyError(LitpulseError):
+    """Another process holds the index-publish lease; retry later."""
+
+    retryable = True
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    """What :func:`ranking.refresh.refresh_index` did.
+
+    Attributes:
+        id: The published index version (new, or the unchanged current one).
+        model_version: The model version its vectors come from.
+        kind: ``flat`` or ``ivf``.
+        size: Vectors in the index.
+        added: Vectors added (new and changed PMIDs).
+        removed: Vectors removed (deleted and changed PMIDs).
+        rebuilt: Whether the index was built from scratch.
+        path: Folder of the index files.
+        seconds: Wall time of the refresh, embedding included.
+        embedded: Articles embedded first.
+        reason: Why it was rebuilt, or ``None``.
+        published: Whether a new version was published (``False``: nothing changed).
+    """
+
+    id: str
+    model_version: str
+    kind: str
+    size: int
+    added: int
+    removed: int
+    rebuilt: bool
+    path: str
+    seconds: float
+    embedded: int = 0
+    reason: str | None = None
+    published: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PublishContext:
+    """What one refresh knows before it builds: shared by the build and the publish.
+
+    Attributes:
+        settings: The settings.
+        engine: The store.
+        lease: The held ``index-publish`` lease.
+        spec: The active model version.
+        published: The ``index_versions`` row published now, or ``None``.
+        watermark: When the newest vector of ``spec`` was written (``None``: none yet).
+        embedded: Articles embedded by this refresh.
+        t0: ``time.perf_counter()`` at the start of the refresh.
+    """
+
+    settings: Settings
+    engine: Engine
+    lease: db.Lease
+    spec: ModelSpec
+    published: Any
+    watermark: dt.datetime | None
+    embedded: int
+    t0: float
+
+
+def acquire_publish_lease(engine: Engine) -> db.Lease:
+    """The ``index-publish`` lease.
+
+    Raises:
+        IndexBusyError: Another process holds it.
+    """
+    lease = db.acquire_lease(engine, LEASE_NAME, ttl_s=LEASE_TTL_S)
+    if lease is None:
+        raise IndexBusyError(f"another process is refreshing the index (lease {LEASE_NAME})")
+    return lease
+
+
+def _new_id() -> str:
+    return f"ix-{db.utcnow():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def publish(ctx: PublishContext, index: Any, ids: np.ndarray, meta_extra: dict[str, Any], *,
+            added: int, removed: int, rebuilt: bool, reason: str | None,
+            parent_id: str | None = None) -> IndexReport:
+    """Write ``index`` as a new version and flip the rows to publish it.
+
+    Raises:
+        LeaseLostError: The lease was taken over; nothing was published and the written
+            files are removed.
+    """
+    import faiss
+
+    version_id = _new_id()
+    kind = index_kind(index)
+    now = db.utcnow()
+    meta = {
+        "id": version_id,
+        "model_version": ctx.spec.id,
+        "kind": kind,
+        "size": int(index.ntotal),
+        "d": int(index.d),
+        "embedded_upto": iso(ctx.watermark),
+        "newest_article_date": newest_date(ctx.engine),
+        "parent_id": parent_id or (ctx.published.id if ctx.published is not None else None),
+        "rebuilt": rebuilt,
+        "reason": reason,
+        "added": added,
+        "removed": removed,
+        "created_at": iso(now),
+        "faiss_version": getattr(faiss, "__version__", ""),
+        **meta_extra,
+    }
+    ctx.lease.check()
+    path = index_files.write_files(ctx.settings, version_id, index, ids, meta)
+    try:
+        with ctx.engine.begin() as conn:
+            ctx.lease.verify(conn)  # still ours, and no takeover until this commits
+            conn.execute(
+                update(index_versions).where(index_versions.c.status == IndexStatus.PUBLISHED)
+                .values(status=IndexStatus.RETIRED)
+            )
+            conn.execute(insert(index_versions).values(
+                id=version_id, model_version=ctx.spec.id, kind=kind, path=str(path),
+                size=int(index.ntotal), status=IndexStatus.PUBLISHED,
+                parent_id=meta["parent_id"], details=meta, created_at=now,
+                published_at=db.utcnow(),
+            ))
+    except LeaseLostError:
+        shutil.rmtree(path, ignore_errors=True)  # no row names it
+        raise
+    if ctx.lease.renew():  # pruning is the holder's job; a lost lease leaves it to the next
+        _prune(ctx.settings, ctx.engine)
+    logger.info("published index %s (%s, %d vectors)", version_id, kind, index.ntotal)
+    return IndexReport(
+        id=version_id, model_version=ctx.spec.id, kind=kind, size=int(index.ntotal),
+        added=added, removed=removed, rebuilt=rebuilt, path=str(path),
+        seconds=time.perf_counter() - ctx.t0, embedded=ctx.embedded, reason=reason,
+    )
+
+
+def _prune(settings: Settings, engine: Engine) -> None:
+    """Delete versions beyond the newest :data:`KEEP_VERSIONS` (rows and files)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(index_versions.c.id, index_versions.c.path, index_versions.c.status)
+            .order_by(desc(index_versions.c.status == IndexStatus.PUBLISHED),
+                      desc(index_versions.c.published_at), desc(index_versions.c.created_at))
+        ).all()
+    for row in rows[KEEP_VERSIONS:]:
+        if row.status == IndexStatus.PUBLISHED:
+            continue
+        with engine.begin() as conn:
+            conn.execute(delete(index_versions).where(index_versions.c.id == row.id))
+        shutil.rmtree(row.path, ignore_errors=True)
+        logger.info("pruned index version %s", row.id)
+    for tmp in index_files.indexes_dir(settings).glob(".tmp-*"):  # a crashed publisher's
+        if time.time() - tmp.stat().st_mtime > TMP_MAX_AGE_S:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def rollback_index(settings: Settings) -> dict[str, Any]:
+    """Re-publish the previous index version; the current one is marked ``rolled_back``.
+
+    Returns:
+        ``{"from": <id>, "to": <id>, "model_version": ...}``.
+
+    Raises:
+        NotFoundError: No earlier version is kept on disk.
+        IndexBusyError: Another process is publishing.
+    """
+    engine = db.connect(settings)
+    with acquire_publish_lease(engine) as lease:
+        current = published_index_row(engine)
+        with engine.connect() as conn:
+            candidates = conn.execute(
+                select(index_versions).where(index_versions.c.status == IndexStatus.RETIRED)
+                .order_by(desc(index_versions.c.published_at))
+            ).all()
+        target = next((r for r in candidates if index_files.has_files(r.path)), None)
+        if target is None:
+            raise NotFoundError("no earlier index version to roll back to")
+        with engine.begin() as conn:
+            lease.verify(conn)
+            if current is not None:
+                conn.execute(update(index_versions).where(index_versions.c.id == current.id)
+                             .values(status=ROLLED_BACK))
+            conn.execute(update(index_versions).where(index_versions.c.id == target.id)
+                         .values(status=IndexStatus.PUBLISHED, published_at=db.utcnow()))
+    logger.warning("index rolled back from %s to %s", current.id if current else None,
+                   target.id)
+    return {"from": current.id if current is not None else None, "to": target.id,
+            "model_version": target.model_version}

@@ -1,0 +1,167 @@
+"""Bringing the published index up to date: incremental update or full rebuild.
+
+:func:`refresh_index` embeds what is pending (unless the caller already did), then
+updates the newest index of the active model in place of a rebuild: new and re-embedded
+PMIDs are added (a changed PMID is removed first), deleted PMIDs are removed. It rebuilds
+when asked, when there is no index for the model version, when the corpus crosses the
+exact/IVF threshold, or when an IVF index has grown past :data:`DRIFT_FACTOR` times the
+size its lists were trained on. The new version is published by
+:func:`ranking.publish.publish` under the ``index-publish`` lease.
+
+Example:
+    >>> report = refresh_index(settings)  # doctest: +SKIP
+    >>> report.published, report.added  # doctest: +SKIP
+    (True, 12)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from litpulse.core import db
+from litpulse.core.errors import ConsistencyError
+from litpulse.core.settings import Settings
+from ranking import index_files, index_store
+from ranking.embed import ModelSpec, active_model, embed_pending, load_encoder
+from ranking.faiss_ops import build_index, choose_kind, gpu_available, same_vectors, update_index
+from ranking.models import published_index_row
+from ranking.publish import IndexReport, PublishContext, acquire_publish_lease, publish
+
+__all__ = ["DRIFT_FACTOR", "refresh_index"]
+
+logger = logging.getLogger(__name__)
+
+#: An IVF index is retrained once it holds more than this times its training size.
+DRIFT_FACTOR = 2.0
+
+
+def refresh_index(settings: Settings, *, rebuild: bool = False, progress: bool = False,
+                  embed: bool = True) -> IndexReport:
+    """Bring the published index up to date with the store and the active model.
+
+    Args:
+        settings: The settings.
+        rebuild: Build from scratch (retrain the IVF lists) even when an update would do.
+        progress: Show progress bars (embedding) on stderr.
+        embed: Embed pending articles first, under the publish lease (the one embedding
+            step of a refresh). ``False`` for callers that ran
+            :func:`ranking.embed.embed_pending` as their own step just before (the
+            index-refresh DAG, sharded reindexing).
+
+    Returns:
+        What was done; ``published`` is ``False`` when nothing had changed.
+
+    Raises:
+        IndexBusyError: Another process is publishing (the lease is held).
+        LeaseLostError: Another process took the lease over meanwhile; nothing was
+            published.
+    """
+    t0 = time.perf_counter()
+    engine = db.connect(settings)
+    with acquire_publish_lease(engine) as lease:
+        spec = active_model(settings, engine)
+        lease.check()
+        embedded = embed_pending(settings, spec, progress, engine=engine) if embed else 0
+        ctx = PublishContext(
+            settings=settings, engine=engine, lease=lease, spec=spec,
+            published=published_index_row(engine),
+            watermark=index_store.watermark(engine, spec.id), embedded=embedded, t0=t0,
+        )
+        live = index_store.live_ids(engine)
+        base = None if rebuild else index_store.base_row(engine, spec.id)
+        loaded: tuple[Any, np.ndarray, dict[str, Any]] | None = None
+        if base is not None:
+            try:
+                loaded = index_files.read_files(base.path)
+            except (ConsistencyError, OSError, RuntimeError, ValueError) as exc:
+                logger.warning("cannot read index %s (%s): rebuilding", base.id, exc)
+        meta = loaded[2] if loaded is not None else None
+        reason = "asked" if rebuild else _rebuild_reason(ctx, base, meta, len(live))
+        if reason is None and loaded is not None:
+            return _incremental(ctx, base, loaded, live)
+        return _full(ctx, live, reason)
+
+
+def _rebuild_reason(ctx: PublishContext, base: Any, meta: dict[str, Any] | None,
+                    n_live: int) -> str | None:
+    """Why the index must be built from scratch, or ``None`` when an update will do."""
+    if base is None:
+        if ctx.published is not None:
+            return f"model changed ({ctx.published.model_version} -> {ctx.spec.id})"
+        return "no index for this model version"
+    if meta is None:
+        return "index files unreadable"
+    if choose_kind(n_live, ctx.settings) != base.kind:
+        return (f"size {n_live} crosses the exact/IVF threshold "
+                f"({ctx.settings.exact_index_max})")
+    trained = int(meta.get("trained_size") or 0)
+    if base.kind == "ivf" and trained and n_live > DRIFT_FACTOR * trained:
+        return f"IVF trained on {trained} vectors, now {n_live} (> {DRIFT_FACTOR}x)"
+    return None
+
+
+def _full(ctx: PublishContext, live: np.ndarray, reason: str | None) -> IndexReport:
+    """Build a new index of every live vector of the model and publish it."""
+    settings = ctx.settings
+    vectors, ids = index_store.fetch_vectors(ctx.engine, ctx.spec.id)
+    kind = choose_kind(len(ids), settings)
+    dim = vectors.shape[1] if len(ids) else _dimension(ctx.spec, settings)
+    if not len(ids):
+        vectors = np.zeros((0, dim), dtype=np.float32)
+    logger.info("building %s index of %d vectors for model %s (%s)", kind, len(ids),
+                ctx.spec.id, reason)
+    index = build_index(vectors, ids, kind=kind, d=dim, nprobe=settings.ivf_nprobe,
+                        use_gpu=gpu_available(settings) and kind == "ivf", seed=settings.seed)
+    meta_extra = {"trained_size": len(ids) if kind == "ivf" else 0,
+                  "nlist": int(getattr(index, "nlist", 0))}
+    return publish(ctx, index, np.sort(ids), meta_extra, added=len(ids), removed=0,
+                   rebuilt=True, reason=reason)
+
+
+def _incremental(ctx: PublishContext, base: Any,
+                 loaded: tuple[Any, np.ndarray, dict[str, Any]],
+                 live: np.ndarray) -> IndexReport:
+    """Update the base version in place (add new and changed, remove gone) and publish.
+
+    Returns the base version unchanged (``published=False``) when nothing differs.
+    """
+    index, base_ids, meta = loaded
+    gone = np.setdiff1d(base_ids, live, assume_unique=True)
+    new = np.setdiff1d(live, base_ids, assume_unique=True)
+    changed = np.intersect1d(
+        index_store.changed_ids(ctx.engine, ctx.spec.id, meta.get("embedded_upto")),
+        np.intersect1d(base_ids, live, assume_unique=True))
+    vectors, add_ids = index_store.fetch_vectors(ctx.engine, ctx.spec.id,
+                                                 np.union1d(new, changed))
+    if len(changed) and len(add_ids):  # candidates from the slack window: keep real changes
+        cand = np.isin(add_ids, changed)
+        same = np.zeros(len(add_ids), dtype=bool)
+        same[cand] = same_vectors(index, add_ids[cand], vectors[cand])
+        vectors, add_ids = vectors[~same], add_ids[~same]
+    changed = np.intersect1d(changed, add_ids)
+    removed_ids = np.union1d(gone, changed)
+    same_base = ctx.published is not None and ctx.published.id == base.id
+    if not len(add_ids) and not len(removed_ids) and same_base:
+        return IndexReport(
+            id=base.id, model_version=ctx.spec.id, kind=base.kind, size=int(index.ntotal),
+            added=0, removed=0, rebuilt=False, path=base.path,
+            seconds=time.perf_counter() - ctx.t0, embedded=ctx.embedded, published=False,
+        )
+    removed = update_index(index, add_vectors=vectors, add_ids=add_ids, remove_ids=removed_ids)
+    ids = np.union1d(np.setdiff1d(base_ids, removed_ids, assume_unique=True), add_ids)
+    meta_extra = {"trained_size": int(meta.get("trained_size") or 0),
+                  "nlist": int(meta.get("nlist") or 0)}
+    logger.info("updated index %s: +%d new, %d changed, -%d deleted", base.id,
+                len(add_ids) - len(changed), len(changed), len(gone))
+    return publish(ctx, index, ids, meta_extra, added=len(add_ids), removed=removed,
+                   rebuilt=False, reason=None, parent_id=base.id)
+
+
+def _dimension(spec: ModelSpec, settings: Settings) -> int:
+    """The vector size of a model (for an empty index)."""
+    encoder = load_encoder(spec, settings)
+    return int(encoder.get_embedding_dimension() or 0)
