@@ -66,8 +66,6 @@ LEASE_TTL_S = db.LEASE_TTL_S
 TMP_MAX_AGE_S = 3600.0
 #: Index versions kept on disk (the published one and the newest retired ones).
 KEEP_VERSIONS = 3
-#: Status of a version replaced by a rollback (not a member of IndexStatus yet).
-ROLLED_BACK = "rolled_back"
 
 
 class IndexBusyError(LitpulseError):
@@ -257,7 +255,7 @@ def rollback_index(settings: Settings) -> dict[str, Any]:
             lease.verify(conn)
             if current is not None:
                 conn.execute(update(index_versions).where(index_versions.c.id == current.id)
-                             .values(status=ROLLED_BACK))
+                             .values(status=IndexStatus.ROLLED_BACK))
             conn.execute(update(index_versions).where(index_versions.c.id == target.id)
                          .values(status=IndexStatus.PUBLISHED, published_at=db.utcnow()))
     logger.warning("index rolled back from %s to %s", current.id if current else None,

@@ -136,17 +136,18 @@ def article_weight(row: ArticleRow, *, now: dt.date, half_life_days: float) -> f
 
 
 def _citation(row: ArticleRow, today: dt.date) -> float:
-    """Ranking's citation value over its neutral value: 1.0 for a typical or unknown article.
+    """0.5 + ranking's citation value: 1.0 for a typical or unknown article.
 
-    In [0, 2): proportional to what ranking adds for citations, so the sample leans
-    towards cited articles as strongly as the ranking does.
+    In [0.5, 1.5): it rises with what ranking adds for citations, so the sample leans
+    towards cited articles, but an uncited one (iCite's RCR 0) still weighs half a typical
+    article: new literature, which has had no time to be cited, must stay in the sample.
     """
     impact = citation_impact(
         rcr=row.relative_citation_ratio,
         cited_by_in_corpus=row.cited_by_in_corpus,
         age=age_days(row.best_date, today),
     )
-    return impact.value / NEUTRAL_CITATION
+    return NEUTRAL_CITATION + impact.value
 
 
 def _hash_unit(pmid: int, seed: int, salt: str = "") -> float:

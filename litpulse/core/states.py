@@ -34,6 +34,8 @@ class IndexStatus(enum.StrEnum):
     BUILDING = "building"
     PUBLISHED = "published"
     RETIRED = "retired"
+    #: replaced by the version it rolled back to (kept on disk, never re-published by refresh)
+    ROLLED_BACK = "rolled_back"
 
 
 class ModelStatus(enum.StrEnum):

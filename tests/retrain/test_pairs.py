@@ -145,4 +145,8 @@ def test_weight_uses_rankings_citation_formula(settings: Settings, engine: Engin
     opts = ScoringOptions(today=today)
     cit = [citation_value({"relative_citation_ratio": r.relative_citation_ratio}, opts)[0]
            for r in (unknown, typical, strong)]
-    assert w[2] / w[1] == pytest.approx(cit[2] / cit[1])
+    # the same citation value as ranking, shifted so that no article drops out
+    recency = w[1] / (0.5 + cit[1])
+    assert w[2] - w[1] == pytest.approx(recency * (cit[2] - cit[1]))
+    uncited = ArticleRow(4, "t", "a", dt.date(2024, 1, 1), T1, 0.0, 0)
+    assert article_weight(uncited, now=today, half_life_days=365) == pytest.approx(w[1] / 2)
