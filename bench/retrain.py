@@ -1,7 +1,7 @@
 """Benchmark: LoRA vs full fine-tuning of the same encoder on the same pairs.
 
 Each method runs in its own process (so peak RSS is its own) on the same mined pairs of
-a drifted corpus (tests/retrain/drift.py: an emerging topic whose titles and abstracts
+a drifted corpus (bench/drift.py: an emerging topic whose titles and abstracts
 name invented drugs differently), for the same number of steps, and reports seconds
 per step, trainable parameters, the size written to disk (adapter vs full model), peak
 RSS, and recall@10 on the fresh and older held-out sets against the base model.
@@ -56,11 +56,11 @@ def _pad(text: str, words: int, seed: int) -> str:
 
 def build_pairs(args: argparse.Namespace) -> tuple[list[Any], Any]:
     """Mine the pairs and held-out sets of a drifted corpus in a temporary store."""
+    from bench.drift import insert_batch, make_drugs
     from litpulse.core import db
     from litpulse.core.settings import Settings
     from retrain.evaluate import HeldOut
     from retrain.pairs import mine_pairs
-    from tests.retrain.drift import insert_batch, make_drugs
 
     home = Path(tempfile.mkdtemp(prefix="bench-retrain-"))
     settings = Settings.from_env({}, home=home)
@@ -164,7 +164,7 @@ def time_interleaved(methods: list[str], args: argparse.Namespace, pairs: list[A
     import torch
 
     from litpulse.core.settings import Settings
-    from retrain.lora import _loss, build_model
+    from retrain.lora import build_model, contrastive_loss
 
     torch.set_num_threads(args.threads)
     settings = Settings.from_env({}, home=Path(tempfile.mkdtemp()), device=args.device)
@@ -183,7 +183,7 @@ def time_interleaved(methods: list[str], args: argparse.Namespace, pairs: list[A
         for m in methods:
             model, options, params, opt = built[m]
             t = time.perf_counter()
-            _loss(model, batch, options, args.device).backward()
+            contrastive_loss(model, batch, options, args.device).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             if step:  # the first round warms up

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -62,3 +63,26 @@ def test_a_planted_back_edge_breaks_its_contract(
     done = _lint(tree)
     assert done.returncode != 0, done.stdout
     assert f"{contract} BROKEN" in done.stdout, done.stdout
+
+
+def _imports(path: Path) -> list[tuple[str, str]]:
+    """``(module, name)`` of every import in a file, function-level ones included."""
+    out: list[tuple[str, str]] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out += [(alias.name, "") for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out += [(node.module, alias.name) for alias in node.names]
+    return out
+
+
+def test_benchmarks_use_neither_tests_nor_private_names() -> None:
+    bad = [
+        f"{path.name}: {module} {name}".strip()
+        for path in sorted((ROOT / "bench").glob("*.py"))
+        for module, name in _imports(path)
+        if module.split(".")[0] == "tests"
+        or (module.split(".")[0] in PACKAGES + ("bench",) and name.startswith("_")
+            and name != "__future__")
+    ]
+    assert bad == []

@@ -8,12 +8,12 @@ import json
 import pytest
 from sqlalchemy import Engine
 
+from bench.drift import insert_batch
 from litpulse.app.cli import main
 from litpulse.core.db import acquire_lease
 from litpulse.core.settings import Settings
 from litpulse.pipeline.planning import reindex_now
 from retrain.run import LEASE, retrain
-from tests.retrain.drift import insert_batch
 
 T0 = dt.datetime(2024, 7, 1, tzinfo=dt.UTC)
 
