@@ -8,7 +8,6 @@ from typing import Any
 from airflow.sdk import CronTriggerTimetable, Metadata, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-from litpulse.core.settings import get_settings
 from litpulse.pipeline.dag_support import (
     DEFAULT_ARGS,
     MODEL,
@@ -17,6 +16,7 @@ from litpulse.pipeline.dag_support import (
     catchup_skip_reason,
     scalars,
     settings,
+    train_queue,
 )
 
 DAG_ID = "litpulse_retrain"
@@ -86,7 +86,7 @@ def litpulse_retrain() -> None:
         log.info("retrain due: %s (%s)", decision.due, decision.reason)
         return decision.due
 
-    @task(execution_timeout=dt.timedelta(hours=10), queue=get_settings().train_queue)
+    @task(execution_timeout=dt.timedelta(hours=10), queue=train_queue())
     def retrain() -> dict[str, Any]:
         """Train, evaluate and (if the gate passes) promote a candidate model version."""
         from litpulse.pipeline.planning import defer_reindex

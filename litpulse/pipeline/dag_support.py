@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,7 @@ __all__ = [
     "scalars",
     "settings",
     "task_failed",
+    "train_queue",
     "window_days",
 ]
 
@@ -191,6 +193,28 @@ def settings() -> Settings:
     base = get_settings()
     overrides = ncbi_connection_overrides()
     return base.replace(**overrides) if overrides else base
+
+
+def train_queue(environ: Mapping[str, str] | None = None) -> str:
+    """The Airflow queue of the training task, read while the DAG file is parsed.
+
+    Only ``LITPULSE_TRAIN_QUEUE`` is read, not the whole settings: a mistyped
+    ``LITPULSE_*`` variable must fail the tasks that read it, not the DAG's import on the
+    scheduler. A blank value falls back to the settings' default with a warning.
+    """
+    import dataclasses
+
+    from litpulse.core.settings import Settings, env_name
+
+    default = str(next(f.default for f in dataclasses.fields(Settings) if f.name == "train_queue"))
+    key = env_name("train_queue")
+    raw = (os.environ if environ is None else environ).get(key)
+    if raw is None:
+        return default
+    if not raw.strip():
+        logger.warning("%s is blank: the training task goes to the %r queue", key, default)
+        return default
+    return raw.strip()
 
 
 def ncbi_connection_overrides() -> dict[str, str]:
