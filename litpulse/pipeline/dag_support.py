@@ -19,11 +19,11 @@ import datetime as dt
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import Asset, RetryDecision, RetryPolicy
+from airflow.sdk import Asset, Param, RetryDecision, RetryPolicy
 
 from litpulse.core.errors import ConfigError, LitpulseError
 from litpulse.pipeline.alerts import notify
@@ -47,6 +47,9 @@ __all__ = [
     "attempt_since_clear",
     "backoff_delay",
     "catchup_skip_reason",
+    "dag_args",
+    "day_param",
+    "index_metadata",
     "ingest_days",
     "run_overdue",
     "scalars",
@@ -453,3 +456,53 @@ DEFAULT_ARGS: dict[str, Any] = {
     "on_failure_callback": task_failed,
     "depends_on_past": False,
 }
+
+
+# --------------------------------------------------------------------------- DAG pieces
+
+
+def dag_args(
+    dag_id: str,
+    *,
+    schedule: Any,
+    tags: Sequence[str],
+    doc_md: str,
+    alert_after_hours: float,
+    timeout_hours: float,
+    retries: int | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``@dag(...)`` arguments of a litpulse DAG: what every one of them shares.
+
+    No catch-up, one active run, :data:`DEFAULT_ARGS` (``retries`` overrides its count)
+    plus a :class:`RunBudget` alerting ``alert_after_hours`` after a run started, and a
+    run timeout of ``timeout_hours``.
+    """
+    default_args = {**DEFAULT_ARGS, **RunBudget(hours=alert_after_hours).callbacks()}
+    if retries is not None:
+        default_args["retries"] = retries
+    out: dict[str, Any] = {
+        "dag_id": dag_id,
+        "schedule": schedule,
+        "start_date": START_DATE,
+        "catchup": False,
+        "max_active_runs": 1,
+        "default_args": default_args,
+        "tags": list(tags),
+        "doc_md": doc_md,
+        "dagrun_timeout": dt.timedelta(hours=timeout_hours),
+    }
+    if params:
+        out["params"] = dict(params)
+    return out
+
+
+def index_metadata(report: Mapping[str, Any], embedded: int) -> dict[str, Any]:
+    """The ``litpulse_index`` asset event of a published index: its report's scalars."""
+    return {"embedded": int(embedded), **scalars(report)}
+
+
+def day_param(title: str, description: str) -> Param:
+    """An optional UTC day (ISO date text) given when a run is triggered by hand."""
+    return Param(None, type=["null", "string"], format="date", title=title,
+                 description=description)
