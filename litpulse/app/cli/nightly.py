@@ -7,7 +7,7 @@ import datetime as dt
 import sys
 from typing import Any
 
-from litpulse.app.cli._common import kv, print_json, show_progress
+from litpulse.app.cli._common import add_json, command, kv, print_json, show_progress
 from litpulse.core.settings import Settings
 
 #: Exit code when another nightly run holds the lease (``EX_TEMPFAIL``).
@@ -15,8 +15,8 @@ EXIT_BUSY = 75
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "nightly",
+    p = command(
+        sub, "nightly", run,
         help="run the nightly pipeline once: ingest, citations, quality, index, retrain",
         description=(
             "Ingest (from the last watermark, or --since), refresh citations, check data "
@@ -52,8 +52,7 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help="wait this long for a running nightly to finish (default: exit at once)",
     )
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=run)
+    add_json(p, "print the report as JSON")
 
 
 def _when(text: str) -> dt.datetime:
