@@ -33,9 +33,10 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, select
 
-from litpulse.core.db import connect, utcnow
+from litpulse.core.db import connect
 from litpulse.core.schema import articles, feedback, references
 from litpulse.core.settings import Settings
+from litpulse.core.timeutil import as_utc, utcnow
 from retrain.evaluate import EvalItem, HeldOut
 
 __all__ = ["Pair", "PairSet", "ArticleRow", "mine_pairs", "doc_text", "article_weight"]
@@ -115,12 +116,6 @@ def doc_text(title: str, abstract: str) -> str:
     return article_text(title, abstract)
 
 
-def _as_utc(value: dt.datetime | None) -> dt.datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
 def article_weight(row: ArticleRow, *, now: dt.date, half_life_days: float) -> float:
     """Recency × citation impact, as in ranking; a missing value is neutral (1.0)."""
     recency = 1.0
@@ -162,7 +157,7 @@ def _load_articles(engine: Engine) -> list[ArticleRow]:
         return [
             ArticleRow(
                 pmid=int(r.pmid), title=r.title or "", abstract=r.abstract or "",
-                best_date=r.best_date, updated_at=_as_utc(r.updated_at) or utcnow(),
+                best_date=r.best_date, updated_at=r.updated_at or utcnow(),
                 relative_citation_ratio=r.relative_citation_ratio,
                 cited_by_in_corpus=int(r.cited_by_in_corpus or 0),
             )
@@ -226,7 +221,7 @@ def mine_pairs(
         raise ConfigError(f"`replay_share` must be within [0, 1), got {replay_share!r}")
     engine = engine or connect(settings)
     seed = settings.seed
-    since = _as_utc(since)
+    since = as_utc(since)
     today = (now or utcnow()).date()
     rows = _load_articles(engine)
     by_pmid = {r.pmid: r for r in rows}

@@ -28,10 +28,11 @@ from typing import Any
 
 from sqlalchemy import Engine, desc, insert, select, update
 
-from litpulse.core.db import connect, utcnow
+from litpulse.core.db import connect
 from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import model_versions
 from litpulse.core.settings import DEFAULT_MODEL, Settings
+from litpulse.core.timeutil import utcnow
 
 __all__ = [
     "STATUSES",

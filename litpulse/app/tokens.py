@@ -25,10 +25,11 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, select, update
 
-from litpulse.core.db import connect, utcnow
+from litpulse.core.db import connect
 from litpulse.core.errors import NotFoundError
 from litpulse.core.schema import api_tokens
 from litpulse.core.settings import Settings
+from litpulse.core.timeutil import utcnow
 from retrain.feedback import clean_expert
 
 __all__ = [
