@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from litpulse.core.errors import BudgetError, ConfigError
 from litpulse.core.settings import Settings, _opt
+from litpulse.core.states import Device
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -388,7 +389,7 @@ def train_model(
     probe_batch = next(batches)
 
     model.train()
-    cuda = device.startswith("cuda")
+    cuda = device.startswith(Device.CUDA)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     probe = _probe_step(
@@ -466,7 +467,7 @@ def _probe_step(
     loss.backward()
     probe_s = time.perf_counter() - t0
     opt_state_mb = 2 * n_trainable * 4 / (1024 * 1024)  # AdamW: two fp32 moments
-    if device.startswith("cuda"):
+    if device.startswith(Device.CUDA):
         mem_mb = torch.cuda.max_memory_allocated() / (1024 * 1024) + opt_state_mb
     else:
         mem_mb = max(_rss_now_mb(), 0.0) + opt_state_mb
