@@ -26,7 +26,7 @@ from litpulse.core.db import connect, upsert
 from litpulse.core.errors import ConfigError, LitpulseError, NotFoundError
 from litpulse.core.schema import articles, feedback, feedback_log
 from litpulse.core.settings import Settings
-from litpulse.core.timeutil import utcnow
+from litpulse.core.timeutil import as_utc, utcnow
 
 __all__ = [
     "FeedbackLimitError",
@@ -96,6 +96,7 @@ def _check_limit(conn: Connection, expert: str, per_hour: int, now: dt.datetime)
     ).one()
     if int(count or 0) < per_hour:
         return
+    oldest = as_utc(oldest)  # an aggregate: SQLite hands back a naive datetime
     wait = ((oldest + LIMIT_WINDOW) - now).total_seconds() if oldest is not None else 1.0
     raise FeedbackLimitError(
         f"expert {expert!r} sent {per_hour} judgements in the last hour, the most allowed",
