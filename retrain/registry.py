@@ -33,7 +33,7 @@ from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import model_versions
 from litpulse.core.settings import DEFAULT_MODEL, Settings
 from litpulse.core.states import ModelStatus
-from litpulse.core.timeutil import utcnow
+from litpulse.core.timeutil import iso, utcnow
 
 __all__ = [
     "STATUSES",
@@ -86,10 +86,8 @@ class ModelVersion:
         return cls(**{**values, "status": ModelStatus(values["status"])})
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for k, v in d.items():
-            if isinstance(v, dt.datetime):
-                d[k] = v.isoformat()
+        d = {k: iso(v) for k, v in dataclasses.asdict(self).items()}
+        d["status"] = str(self.status)  # plain text for JSON and the API
         return d
 
 

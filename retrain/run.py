@@ -57,6 +57,7 @@ class RetrainReport:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        d["status"] = str(self.status)  # plain text for JSON, XCom and asset metadata
         d["reasons"] = list(self.reasons)
         return d
 

@@ -61,6 +61,7 @@ def test_statuses_are_enum_members(settings: Settings) -> None:
     assert registry.get_model(settings, vid).status is ModelStatus.CANDIDATE
     registry.promote(settings, vid, by="ann", reindex=Reindex())
     assert registry.get_model(settings, vid).status is ModelStatus.ACTIVE
+    assert type(registry.get_model(settings, vid).to_dict()["status"]) is str
     assert registry.list_models(settings)[0].status is ModelStatus.ACTIVE
     done = registry.set_status(settings, _register(settings, "d"), ModelStatus.RETIRED)
     assert done.status is ModelStatus.RETIRED

@@ -29,6 +29,7 @@ def test_dry_run_counts_pairs(settings: Settings, engine: Engine) -> None:
     report = retrain(settings, reindex=reindex_now, dry_run=True)
     assert report.status == "dry_run"
     assert report.status is RetrainOutcome.DRY_RUN
+    assert type(report.to_dict()["status"]) is str
     assert report.pairs["counts"]["title_abstract"] > 0
     assert report.pairs["new_articles"] == 80
     assert report.version_id is None
