@@ -37,7 +37,7 @@ from sqlalchemy import Engine, and_, select
 from litpulse.core.db import connect
 from litpulse.core.schema import articles, feedback, references
 from litpulse.core.settings import Settings
-from litpulse.core.timeutil import as_utc, utcnow
+from litpulse.core.timeutil import as_utc, iso, utcnow
 from retrain.evaluate import EvalItem, HeldOut
 
 __all__ = ["Pair", "PairSet", "ArticleRow", "mine_pairs", "doc_text", "article_weight"]
@@ -96,8 +96,8 @@ class PairSet:
             "pairs": len(self.pairs),
             "counts": dict(self.counts),
             "available": dict(self.available),
-            "window_start": self.window_start.isoformat() if self.window_start else None,
-            "window_end": self.window_end.isoformat() if self.window_end else None,
+            "window_start": iso(self.window_start),
+            "window_end": iso(self.window_end),
             "new_articles": self.new_articles,
             "hard_negatives": self.hard_negatives,
             "feedback_unpaired": self.feedback_unpaired,

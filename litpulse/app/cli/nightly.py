@@ -9,6 +9,7 @@ from typing import Any
 
 from litpulse.app.cli._common import add_json, command, kv, print_json, show_progress
 from litpulse.core.settings import Settings
+from litpulse.core.timeutil import as_utc
 
 #: Exit code when another nightly run holds the lease (``EX_TEMPFAIL``).
 EXIT_BUSY = 75
@@ -60,7 +61,7 @@ def _when(text: str) -> dt.datetime:
         value = dt.datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date or ISO time: {text!r}") from None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return as_utc(value)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
