@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     from sentence_transformers import SentenceTransformer
 
     from litpulse.core.settings import Settings
+    from litpulse.core.states import Precision
     from ranking.embed import ModelSpec, embed_texts, load_encoder, resolve_device
 
     texts = realistic_texts(args.docs)
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
                                        normalize_embeddings=True))
 
     paths: list[tuple[str, Callable[[], np.ndarray]]] = [("plain encode (fp32)", run_plain)]
-    for precision in ("fp32", "auto"):
+    for precision in (Precision.FP32, Precision.AUTO):
         settings = base.replace(embed_precision=precision, embed_batch_size=fast_batch)
         encoder = load_encoder(ModelSpec(f"bench-{precision}", base.model_path), settings)
         embed_texts(encoder, texts[:16], settings)  # warm-up (and the precision probe)

@@ -1,7 +1,7 @@
 """Benchmark: LoRA vs full fine-tuning of the same encoder on the same pairs.
 
 Each method runs in its own process (so peak RSS is its own) on the same mined pairs of
-a drifted corpus (tests/retrain/drift.py: an emerging topic whose titles and abstracts
+a drifted corpus (bench/drift.py: an emerging topic whose titles and abstracts
 name invented drugs differently), for the same number of steps, and reports seconds
 per step, trainable parameters, the size written to disk (adapter vs full model), peak
 RSS, and recall@10 on the fresh and older held-out sets against the base model.
@@ -56,11 +56,11 @@ def _pad(text: str, words: int, seed: int) -> str:
 
 def build_pairs(args: argparse.Namespace) -> tuple[list[Any], Any]:
     """Mine the pairs and held-out sets of a drifted corpus in a temporary store."""
+    from bench.drift import insert_batch, make_drugs
     from litpulse.core import db
     from litpulse.core.settings import Settings
     from retrain.evaluate import HeldOut
     from retrain.pairs import mine_pairs
-    from tests.retrain.drift import insert_batch, make_drugs
 
     home = Path(tempfile.mkdtemp(prefix="bench-retrain-"))
     settings = Settings.from_env({}, home=home)
@@ -164,7 +164,7 @@ def time_interleaved(methods: list[str], args: argparse.Namespace, pairs: list[A
     import torch
 
     from litpulse.core.settings import Settings
-    from retrain.lora import _loss, build_model
+    from retrain.lora import build_model, contrastive_loss
 
     torch.set_num_threads(args.threads)
     settings = Settings.from_env({}, home=Path(tempfile.mkdtemp()), device=args.device)
@@ -183,7 +183,7 @@ def time_interleaved(methods: list[str], args: argparse.Namespace, pairs: list[A
         for m in methods:
             model, options, params, opt = built[m]
             t = time.perf_counter()
-            _loss(model, batch, options, args.device).backward()
+            contrastive_loss(model, batch, options, args.device).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             if step:  # the first round warms up
@@ -191,7 +191,7 @@ def time_interleaved(methods: list[str], args: argparse.Namespace, pairs: list[A
     queue.put({m: statistics.median(v) for m, v in times.items()})
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch", type=int, default=32)
@@ -213,8 +213,11 @@ def main(argv: list[str] | None = None) -> int:
                          "sequential training runs)")
     ap.add_argument("--methods", default="base,full,lora",
                     help="base, full, lora (top layers only), lora-all (every layer)")
-    args = ap.parse_args(argv)
+    return ap
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     pairs, held = build_pairs(args)
     print(f"{len(pairs)} pairs; held out: fresh {len(held.fresh)}, older {len(held.older)}, "
           f"distractors {len(held.distractors)}; {args.steps} steps of {args.batch}, "
@@ -247,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{r['method']} {r['s_per_step_sequential']:.2f}"
                           for r in rows if "s_per_step_sequential" in r) + ")",
               file=sys.stderr)
+    _report(rows)
+    return 0
+
+
+def _report(rows: list[dict[str, Any]]) -> None:
+    """Print the comparison table and the goals of LoRA against full fine-tuning."""
     by = {r["method"]: r for r in rows}
     base = by.get("base", {})
     headers = ["method", "trainable", "s/step", "disk MB", "peak RSS MB", "fresh r@10",
@@ -277,7 +286,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{(lg / fg * 100) if fg > 0 else float('nan'):.0f}% (goal >= 80%)")
         print(f"older change: LoRA {lo['older'] - base['older']:+.3f} vs full "
               f"{f['older'] - base['older']:+.3f} (goal: LoRA forgets less)")
-    return 0
 
 
 if __name__ == "__main__":

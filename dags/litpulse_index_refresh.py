@@ -9,11 +9,9 @@ from airflow.sdk import Metadata, dag, task
 
 from litpulse.pipeline.dag_support import (
     ARTICLES,
-    DEFAULT_ARGS,
     INDEX,
-    START_DATE,
-    RunBudget,
-    scalars,
+    dag_args,
+    index_metadata,
     settings,
 )
 
@@ -47,15 +45,10 @@ go to `LITPULSE_ALERT_WEBHOOK_URL` (always logged). A run still going after 8 h 
 
 
 @dag(
-    dag_id=DAG_ID,
-    schedule=[ARTICLES],
-    start_date=START_DATE,
-    catchup=False,
-    max_active_runs=1,
-    default_args={**DEFAULT_ARGS, "retries": 2, **RunBudget(hours=4).callbacks()},
-    tags=["litpulse", "index", "faiss"],
-    doc_md=DOC_MD,
-    dagrun_timeout=dt.timedelta(hours=8),
+    **dag_args(
+        DAG_ID, schedule=[ARTICLES], tags=["litpulse", "index", "faiss"], doc_md=DOC_MD,
+        retries=2, alert_after_hours=4, timeout_hours=8,
+    )
 )
 def litpulse_index_refresh() -> None:
     @task.short_circuit(retries=0)
@@ -83,7 +76,7 @@ def litpulse_index_refresh() -> None:
         from ranking.refresh import refresh_index as run
 
         report = run(settings(), embed=False).to_dict()  # embed_pending did it
-        yield Metadata(INDEX, {"embedded": embedded, **scalars(report)})
+        yield Metadata(INDEX, index_metadata(report, embedded))
 
     embedded = embed_pending()
     index_model_current() >> embedded

@@ -5,14 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from airflow.sdk import CronDataIntervalTimetable, Metadata, Param, dag, get_current_context, task
+from airflow.sdk import CronDataIntervalTimetable, Metadata, dag, get_current_context, task
 
 from litpulse.pipeline.dag_support import (
     ARTICLES,
-    DEFAULT_ARGS,
     NCBI_POOL,
-    START_DATE,
-    RunBudget,
+    dag_args,
+    day_param,
     ingest_days,
     settings,
 )
@@ -82,31 +81,18 @@ def _days() -> tuple[dt.datetime, dt.datetime]:
 
 
 @dag(
-    dag_id=DAG_ID,
-    schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
-    start_date=START_DATE,
-    catchup=False,
-    max_active_runs=1,
-    default_args={**DEFAULT_ARGS, **RunBudget(hours=6).callbacks()},
-    tags=["litpulse", "ingest", "pubmed"],
-    doc_md=DOC_MD,
-    params={
-        "first_day": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="First UTC day (inclusive)",
-            description="Empty: the run's data interval, or the last full UTC day.",
-        ),
-        "last_day": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            title="Last UTC day (inclusive)",
-            description="Empty: the same as first_day.",
-        ),
-    },
-    dagrun_timeout=dt.timedelta(hours=12),
+    **dag_args(
+        DAG_ID, schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
+        tags=["litpulse", "ingest", "pubmed"], doc_md=DOC_MD,
+        alert_after_hours=6, timeout_hours=12,
+        params={
+            "first_day": day_param(
+                "First UTC day (inclusive)",
+                "Empty: the run's data interval, or the last full UTC day.",
+            ),
+            "last_day": day_param("Last UTC day (inclusive)", "Empty: the same as first_day."),
+        },
+    )
 )
 def litpulse_nightly_ingest() -> None:
     @task(pool=NCBI_POOL, execution_timeout=dt.timedelta(hours=4))

@@ -8,12 +8,10 @@ from typing import Any
 from airflow.sdk import Metadata, Param, dag, get_current_context, task
 
 from litpulse.pipeline.dag_support import (
-    DEFAULT_ARGS,
     INDEX,
     MODEL,
-    START_DATE,
-    RunBudget,
-    scalars,
+    dag_args,
+    index_metadata,
     settings,
 )
 
@@ -47,18 +45,13 @@ with all-MiniLM-L6-v2. Raise `shards` and add GPU workers to go faster.
 
 
 @dag(
-    dag_id=DAG_ID,
-    schedule=[MODEL],
-    start_date=START_DATE,
-    catchup=False,
-    max_active_runs=1,
-    default_args={**DEFAULT_ARGS, "retries": 2, **RunBudget(hours=24).callbacks()},
-    tags=["litpulse", "index", "embedding"],
-    doc_md=DOC_MD,
-    params={
-        "shards": Param(4, type="integer", minimum=1, maximum=1024, title="PMID shards"),
-    },
-    dagrun_timeout=dt.timedelta(hours=48),
+    **dag_args(
+        DAG_ID, schedule=[MODEL], tags=["litpulse", "index", "embedding"], doc_md=DOC_MD,
+        retries=2, alert_after_hours=24, timeout_hours=48,
+        params={
+            "shards": Param(4, type="integer", minimum=1, maximum=1024, title="PMID shards"),
+        },
+    )
 )
 def litpulse_reindex() -> None:
     @task(retries=0)
@@ -82,7 +75,7 @@ def litpulse_reindex() -> None:
         from ranking.refresh import refresh_index
 
         report = refresh_index(settings(), rebuild=True).to_dict()
-        yield Metadata(INDEX, {"embedded": int(sum(embedded)), **scalars(report)})
+        yield Metadata(INDEX, index_metadata(report, sum(embedded)))
 
     publish_index(embed_shard.expand(shard=plan_shards()))
 

@@ -8,15 +8,13 @@ from typing import Any
 from airflow.sdk import CronTriggerTimetable, Metadata, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-from litpulse.core.settings import get_settings
 from litpulse.pipeline.dag_support import (
-    DEFAULT_ARGS,
     MODEL,
-    START_DATE,
-    RunBudget,
     catchup_skip_reason,
+    dag_args,
     scalars,
     settings,
+    train_queue,
 )
 
 DAG_ID = "litpulse_retrain"
@@ -58,15 +56,11 @@ that start or finish more than 12 h after their run started, alert to
 
 
 @dag(
-    dag_id=DAG_ID,
-    schedule=CronTriggerTimetable("0 4 * * 0", timezone="UTC"),
-    start_date=START_DATE,
-    catchup=False,
-    max_active_runs=1,
-    default_args={**DEFAULT_ARGS, "retries": 1, **RunBudget(hours=12).callbacks()},
-    tags=["litpulse", "retrain", "lora"],
-    doc_md=DOC_MD,
-    dagrun_timeout=dt.timedelta(hours=24),
+    **dag_args(
+        DAG_ID, schedule=CronTriggerTimetable("0 4 * * 0", timezone="UTC"),
+        tags=["litpulse", "retrain", "lora"], doc_md=DOC_MD,
+        retries=1, alert_after_hours=12, timeout_hours=24,
+    )
 )
 def litpulse_retrain() -> None:
     @task.short_circuit(retries=0)
@@ -86,7 +80,7 @@ def litpulse_retrain() -> None:
         log.info("retrain due: %s (%s)", decision.due, decision.reason)
         return decision.due
 
-    @task(execution_timeout=dt.timedelta(hours=10), queue=get_settings().train_queue)
+    @task(execution_timeout=dt.timedelta(hours=10), queue=train_queue())
     def retrain() -> dict[str, Any]:
         """Train, evaluate and (if the gate passes) promote a candidate model version."""
         from litpulse.pipeline.planning import defer_reindex

@@ -22,10 +22,11 @@ import logging
 
 from sqlalchemy import Connection, Engine, func, insert, select
 
-from litpulse.core.db import connect, upsert, utcnow
+from litpulse.core.db import connect, upsert
 from litpulse.core.errors import ConfigError, LitpulseError, NotFoundError
 from litpulse.core.schema import articles, feedback, feedback_log
 from litpulse.core.settings import Settings
+from litpulse.core.timeutil import utcnow
 
 __all__ = [
     "FeedbackLimitError",
@@ -95,8 +96,6 @@ def _check_limit(conn: Connection, expert: str, per_hour: int, now: dt.datetime)
     ).one()
     if int(count or 0) < per_hour:
         return
-    if oldest is not None and oldest.tzinfo is None:
-        oldest = oldest.replace(tzinfo=dt.UTC)
     wait = ((oldest + LIMIT_WINDOW) - now).total_seconds() if oldest is not None else 1.0
     raise FeedbackLimitError(
         f"expert {expert!r} sent {per_hour} judgements in the last hour, the most allowed",

@@ -32,12 +32,13 @@ import resource
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from litpulse.core.errors import BudgetError, ConfigError
-from litpulse.core.settings import Settings
+from litpulse.core.settings import Settings, _opt
+from litpulse.core.states import Device
 from ranking.embed import resolve_device
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ __all__ = [
     "build_model",
     "train",
     "train_model",
+    "contrastive_loss",
     "file_sha256",
 ]
 
@@ -59,12 +61,6 @@ logger = logging.getLogger(__name__)
 
 #: File name peft writes the adapter weights to.
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-
-
-def _opt(default: Any, help: str) -> Any:
-    if isinstance(default, list | dict | set):
-        raise TypeError("use a tuple default")
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
@@ -292,7 +288,12 @@ def _schedule(
             done += 1
 
 
-def _loss(model: Any, batch: Sequence[Pair], options: LoraOptions, device: str) -> Any:
+def contrastive_loss(model: Any, batch: Sequence[Pair], options: LoraOptions, device: str) -> Any:
+    """The in-batch contrastive loss (MNRL) of one batch of pairs, ready for ``backward()``.
+
+    Each anchor must pick its own positive among every positive and hard negative of
+    the batch; scores are cosine similarities times ``options.scale``.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -336,39 +337,95 @@ def train_model(
     if options.threads:
         torch.set_num_threads(options.threads)
     torch.manual_seed(seed)
-    tokenizer = model.tokenizer
-    lengths = [
-        len(ids)
-        for ids in tokenizer(
-            [p.positive for p in pairs], truncation=True, max_length=options.max_seq_length
-        )["input_ids"]
-    ]
+    lengths = _token_lengths(model, pairs, options)
     first_epoch = _epoch_batches(len(pairs), lengths, options, random.Random(seed))
     steps = min(options.max_steps, options.epochs * len(first_epoch))
     batches = _schedule(len(pairs), lengths, options, seed, steps)
     params = [p for p in trainable.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
-    n_total = sum(p.numel() for p in model.parameters())
     padded = [len(b) * max(lengths[i] for i in b) for b in first_epoch]
-    mean_padded = sum(padded) / len(padded)
     probe_batch = next(batches)
 
     model.train()
-    cuda = device.startswith("cuda")
+    cuda = device.startswith(Device.CUDA)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    probe = _probe_step(
+        model, pairs, probe_batch, options, device,
+        steps=steps, n_trainable=n_trainable, lengths=lengths,
+        mean_padded=sum(padded) / len(padded),
+    )
+    losses, stopped_early, seconds = _optimise(
+        model, pairs, itertools.chain([probe_batch], batches), params, options, device,
+        steps=steps, probe=probe, progress=progress,
+    )
+    model.eval()
+    peak = torch.cuda.max_memory_allocated() / (1024 * 1024) if cuda else _rss_peak_mb()
+    head = losses[: max(1, min(5, len(losses)))]
+    tail = losses[-max(1, min(5, len(losses))) :]
+    return {
+        "steps": len(losses),
+        "seconds": seconds,
+        "seconds_per_step": seconds / max(1, len(losses)),
+        "estimated_seconds": probe.estimated_seconds,
+        "estimated_memory_mb": probe.memory_mb,
+        "peak_memory_mb": peak,
+        "trainable_params": n_trainable,
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "first_loss": sum(head) / len(head),
+        "last_loss": sum(tail) / len(tail),
+        "stopped_early": stopped_early,
+    }
+
+
+def _token_lengths(model: Any, pairs: Sequence[Pair], options: LoraOptions) -> list[int]:
+    """Tokens of each pair's positive, truncated as training truncates them."""
+    encoded = model.tokenizer(
+        [p.positive for p in pairs], truncation=True, max_length=options.max_seq_length
+    )
+    return [len(ids) for ids in encoded["input_ids"]]
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """The measured first step: its loss (gradients kept), time and the budget estimates."""
+
+    loss: Any
+    seconds: float
+    estimated_seconds: float
+    memory_mb: float
+
+
+def _probe_step(
+    model: Any,
+    pairs: Sequence[Pair],
+    probe_batch: Sequence[int],
+    options: LoraOptions,
+    device: str,
+    *,
+    steps: int,
+    n_trainable: int,
+    lengths: Sequence[int],
+    mean_padded: float,
+) -> _Probe:
+    """Measure one step (nothing updated) and check the time and memory budgets.
+
+    Raises:
+        BudgetError: the whole training would exceed ``max_seconds`` or ``max_memory_mb``.
+    """
+    import torch
+
     # warm-up step on two pairs (allocators, kernels, autograd) so that the probe
     # measures a steady step; its gradients are dropped
-    _loss(model, [pairs[0], pairs[1]], options, device).backward()
+    contrastive_loss(model, [pairs[0], pairs[1]], options, device).backward()
     model.zero_grad(set_to_none=True)
 
-    # ---- probe: one measured step, nothing updated yet
     t0 = time.perf_counter()
-    probe = _loss(model, [pairs[i] for i in probe_batch], options, device)
-    probe.backward()
+    loss = contrastive_loss(model, [pairs[i] for i in probe_batch], options, device)
+    loss.backward()
     probe_s = time.perf_counter() - t0
     opt_state_mb = 2 * n_trainable * 4 / (1024 * 1024)  # AdamW: two fp32 moments
-    if cuda:
+    if device.startswith(Device.CUDA):
         mem_mb = torch.cuda.max_memory_allocated() / (1024 * 1024) + opt_state_mb
     else:
         mem_mb = max(_rss_now_mb(), 0.0) + opt_state_mb
@@ -388,6 +445,30 @@ def train_model(
             f"training would need about {mem_mb:.0f} MiB, over max_memory_mb="
             f"{options.max_memory_mb:.0f}: lower batch_size or max_seq_length"
         )
+    return _Probe(loss=loss, seconds=probe_s, estimated_seconds=est_s, memory_mb=mem_mb)
+
+
+def _optimise(
+    model: Any,
+    pairs: Sequence[Pair],
+    batches: Iterator[Sequence[int]],
+    params: list[Any],
+    options: LoraOptions,
+    device: str,
+    *,
+    steps: int,
+    probe: _Probe,
+    progress: bool,
+) -> tuple[list[float], bool, float]:
+    """The optimizer loop (AdamW, warm-up then linear decay to 10 %).
+
+    The first batch is the probe's, whose gradients are already there.
+
+    Returns:
+        The loss of every step, whether ``max_seconds`` stopped it early, and the seconds
+        it took (the probe's included).
+    """
+    import torch
 
     optimizer = torch.optim.AdamW(
         params, lr=options.learning_rate, weight_decay=options.weight_decay
@@ -408,12 +489,12 @@ def train_model(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, desc="retrain", unit="step")
-    for step, batch_idx in enumerate(itertools.chain([probe_batch], batches)):
+    for step, batch_idx in enumerate(batches):
         if step > 0:
-            loss = _loss(model, [pairs[i] for i in batch_idx], options, device)
+            loss = contrastive_loss(model, [pairs[i] for i in batch_idx], options, device)
             loss.backward()
         else:
-            loss = probe
+            loss = probe.loss
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
@@ -422,33 +503,13 @@ def train_model(
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        if time.perf_counter() - start + probe_s > options.max_seconds:
+        if time.perf_counter() - start + probe.seconds > options.max_seconds:
             logger.warning("training stopped at step %d: max_seconds reached", step + 1)
             stopped_early = True
             break
     if bar is not None:
         bar.close()
-    seconds = time.perf_counter() - start + probe_s
-    model.eval()
-    if cuda:
-        peak = torch.cuda.max_memory_allocated() / (1024 * 1024)
-    else:
-        peak = _rss_peak_mb()
-    head = losses[: max(1, min(5, len(losses)))]
-    tail = losses[-max(1, min(5, len(losses))) :]
-    return {
-        "steps": len(losses),
-        "seconds": seconds,
-        "seconds_per_step": seconds / max(1, len(losses)),
-        "estimated_seconds": est_s,
-        "estimated_memory_mb": mem_mb,
-        "peak_memory_mb": peak,
-        "trainable_params": n_trainable,
-        "total_params": n_total,
-        "first_loss": sum(head) / len(head),
-        "last_loss": sum(tail) / len(tail),
-        "stopped_early": stopped_early,
-    }
+    return losses, stopped_early, time.perf_counter() - start + probe.seconds
 
 
 def train(

@@ -27,16 +27,18 @@ import datetime as dt
 import hashlib
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, and_, select
 
-from litpulse.core.db import connect, utcnow
+from litpulse.core.db import connect
 from litpulse.core.impact import NEUTRAL_CITATION, age_days, citation_impact, recency_decay
 from litpulse.core.schema import articles, feedback, references
 from litpulse.core.settings import Settings
+from litpulse.core.timeutil import as_utc, iso, utcnow
 from retrain.evaluate import EvalItem, HeldOut
 
 __all__ = ["Pair", "PairSet", "ArticleRow", "mine_pairs", "doc_text", "article_weight"]
@@ -95,8 +97,8 @@ class PairSet:
             "pairs": len(self.pairs),
             "counts": dict(self.counts),
             "available": dict(self.available),
-            "window_start": self.window_start.isoformat() if self.window_start else None,
-            "window_end": self.window_end.isoformat() if self.window_end else None,
+            "window_start": iso(self.window_start),
+            "window_end": iso(self.window_end),
             "new_articles": self.new_articles,
             "hard_negatives": self.hard_negatives,
             "feedback_unpaired": self.feedback_unpaired,
@@ -114,12 +116,6 @@ def doc_text(title: str, abstract: str) -> str:
     from ranking.embed import article_text
 
     return article_text(title, abstract)
-
-
-def _as_utc(value: dt.datetime | None) -> dt.datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def article_weight(row: ArticleRow, *, now: dt.date, half_life_days: float) -> float:
@@ -174,7 +170,7 @@ def _load_articles(engine: Engine) -> list[ArticleRow]:
         return [
             ArticleRow(
                 pmid=int(r.pmid), title=r.title or "", abstract=r.abstract or "",
-                best_date=r.best_date, updated_at=_as_utc(r.updated_at) or utcnow(),
+                best_date=r.best_date, updated_at=r.updated_at or utcnow(),
                 relative_citation_ratio=r.relative_citation_ratio,
                 cited_by_in_corpus=int(r.cited_by_in_corpus or 0),
             )
@@ -238,23 +234,115 @@ def mine_pairs(
         raise ConfigError(f"`replay_share` must be within [0, 1), got {replay_share!r}")
     engine = engine or connect(settings)
     seed = settings.seed
-    since = _as_utc(since)
+    since = as_utc(since)
     today = (now or utcnow()).date()
     rows = _load_articles(engine)
     by_pmid = {r.pmid: r for r in rows}
     window = [r for r in rows if since is None or r.updated_at > since]
     older_rows = [r for r in rows if since is not None and r.updated_at <= since]
-    window_end = max((r.updated_at for r in rows), default=None)
     notes: list[str] = []
 
-    def key(r: ArticleRow) -> tuple[dt.date, int]:
-        return (r.best_date or dt.date.min, r.pmid)
+    split = _hold_out(
+        rows, window, older_rows, seed=seed, since_set=since is not None,
+        fresh_size=fresh_size, fresh_share=fresh_share, older_size=older_size,
+        distractors=distractors, holdout_buckets=holdout_buckets,
+    )
+    new_rows = [r for r in window if split.trainable(r)]
+    replay_rows = [r for r in older_rows if split.trainable(r)]
 
+    def weight(r: ArticleRow) -> float:
+        return article_weight(r, now=today, half_life_days=settings.recency_half_life_days)
+
+    candidates = _new_pairs(engine, settings, new_rows, by_pmid, split.held, today, weight)
+    available = Counter(p.kind for p in candidates)
+    limit = len(candidates) if max_pairs is None else max_pairs
+    chosen = _weighted_sample(candidates, [p.weight for p in candidates], limit, seed)
+
+    # ---- expert feedback: every usable judgement, hard negatives attached
+    fb_pairs, unpaired, experts = _feedback_pairs(engine, since, by_pmid, split.held)
+    available["feedback"] = len(fb_pairs)
+
+    # ---- replay of older pairs against forgetting
+    replay: list[Pair] = []
+    if replay_share > 0 and replay_rows:
+        n_replay = round(replay_share / (1 - replay_share) * (len(chosen) + len(fb_pairs)))
+        replay, available["replay"] = _replay_pairs(replay_rows, weight, n_replay, seed + 1)
+    elif replay_share > 0 and since is not None:
+        notes.append("no older articles to replay")
+
+    pairs = chosen + fb_pairs + replay
+    import random
+
+    random.Random(seed).shuffle(pairs)
+    counts = {k: 0 for k in KINDS}
+    counts.update(Counter(p.kind for p in pairs))
+    if not split.heldout.fresh:
+        notes.append("no fresh held-out set: too few new articles")
+    result = PairSet(
+        pairs=tuple(pairs),
+        counts=counts,
+        available={k: int(available.get(k, 0)) for k in KINDS},
+        window_start=since,
+        window_end=max((r.updated_at for r in rows), default=None),
+        new_articles=len(window),
+        heldout=split.heldout,
+        feedback_unpaired=unpaired,
+        feedback_experts=experts,
+        hard_negatives=sum(1 for p in pairs if p.negative),
+        notes=tuple(notes),
+    )
+    logger.info("mined %d pairs %s from %d new articles", len(pairs), counts, len(window))
+    return result
+
+
+def _replay_pairs(
+    rows: Sequence[ArticleRow], weight: Callable[[ArticleRow], float], n: int, seed: int
+) -> tuple[list[Pair], int]:
+    """``n`` title → abstract pairs of older articles, by weight; and how many there were."""
+    candidates = [
+        Pair(r.title, r.abstract, "replay", r.pmid, weight=weight(r)) for r in rows if r.title
+    ]
+    return _weighted_sample(candidates, [p.weight for p in candidates], n, seed), len(candidates)
+
+
+def _date_key(r: ArticleRow) -> tuple[dt.date, int]:
+    return (r.best_date or dt.date.min, r.pmid)
+
+
+@dataclass(frozen=True)
+class _Split:
+    """The held-out sets of a mining round and what training must not see."""
+
+    heldout: HeldOut
+    #: PMIDs held out (fresh, and the whole older bucket)
+    held: frozenset[int]
+    #: the (date, pmid) of the first fresh article; training stays before it
+    cutoff: tuple[dt.date, int] | None
+
+    def trainable(self, r: ArticleRow) -> bool:
+        """Neither held out nor as new as the fresh held-out set."""
+        return r.pmid not in self.held and (self.cutoff is None or _date_key(r) < self.cutoff)
+
+
+def _hold_out(
+    rows: Sequence[ArticleRow],
+    window: Sequence[ArticleRow],
+    older_rows: Sequence[ArticleRow],
+    *,
+    seed: int,
+    since_set: bool,
+    fresh_size: int,
+    fresh_share: float,
+    older_size: int,
+    distractors: int,
+    holdout_buckets: int,
+) -> _Split:
+    """The fresh, older and distractor sets (see :func:`mine_pairs` for the sizes)."""
     # ---- fresh held-out: the newest articles of the window, never trained on
     n_fresh = min(fresh_size, int(len(window) * fresh_share))
-    ordered = sorted(window, key=key)
+    ordered = sorted(window, key=_date_key)
     fresh = ordered[len(ordered) - n_fresh :] if n_fresh else []
-    cutoff = key(fresh[0]) if fresh else None
+    cutoff = _date_key(fresh[0]) if fresh else None
     fresh_ids = {r.pmid for r in fresh}
 
     # ---- older held-out: a stable hash bucket, from before the window when there is one
@@ -263,33 +351,34 @@ def mine_pairs(
         if in_older_holdout(r.pmid, seed, holdout_buckets) and r.pmid not in fresh_ids
     ]
     older_ids = {r.pmid for r in older_rows}
-    pool = [r for r in bucket if r.pmid in older_ids] if since is not None else []
+    pool = [r for r in bucket if r.pmid in older_ids] if since_set else []
     if len(pool) < min(20, older_size):
-        pool = [r for r in bucket if cutoff is None or key(r) < cutoff]
+        pool = [r for r in bucket if cutoff is None or _date_key(r) < cutoff]
     pool.sort(key=lambda r: _hash_unit(r.pmid, seed, "older"))
     older = pool[:older_size]
-    held = fresh_ids | {r.pmid for r in bucket}
-
-    def trainable(r: ArticleRow) -> bool:
-        return r.pmid not in held and (cutoff is None or key(r) < cutoff)
-
-    new_rows = [r for r in window if trainable(r)]
-    replay_rows = [r for r in older_rows if trainable(r)]
+    held = frozenset(fresh_ids | {r.pmid for r in bucket})
 
     # ---- distractors: other abstracts, fixed by seed
     others = [r for r in rows if r.pmid not in held]
     others.sort(key=lambda r: _hash_unit(r.pmid, seed, "distractor"))
-    distract = others[:distractors]
     heldout = HeldOut(
         fresh=tuple(EvalItem(r.pmid, r.title, r.abstract) for r in fresh),
         older=tuple(EvalItem(r.pmid, r.title, r.abstract) for r in older),
-        distractors=tuple(EvalItem(r.pmid, r.title, r.abstract) for r in distract),
+        distractors=tuple(EvalItem(r.pmid, r.title, r.abstract) for r in others[:distractors]),
     )
+    return _Split(heldout=heldout, held=held, cutoff=cutoff)
 
-    def weight(r: ArticleRow) -> float:
-        return article_weight(r, now=today, half_life_days=settings.recency_half_life_days)
 
-    # ---- new pairs: title → abstract, citing title → cited text
+def _new_pairs(
+    engine: Engine,
+    settings: Settings,
+    new_rows: Sequence[ArticleRow],
+    by_pmid: Mapping[int, ArticleRow],
+    held: frozenset[int],
+    today: dt.date,
+    weight: Callable[[ArticleRow], float],
+) -> list[Pair]:
+    """Candidate pairs of the window: title → abstract, and citing title → cited text."""
     candidates: list[Pair] = [
         Pair(r.title, r.abstract, "title_abstract", r.pmid, weight=weight(r))
         for r in new_rows
@@ -305,53 +394,7 @@ def mine_pairs(
         candidates.append(
             Pair(src.title, doc_text(dst.title, dst.abstract), "citation", src.pmid, weight=w)
         )
-    available = Counter(p.kind for p in candidates)
-    limit = len(candidates) if max_pairs is None else max_pairs
-    chosen = _weighted_sample(candidates, [p.weight for p in candidates], limit, seed)
-
-    # ---- expert feedback: every usable judgement, hard negatives attached
-    fb_pairs, unpaired, experts = _feedback_pairs(engine, since, by_pmid, held)
-    available["feedback"] = len(fb_pairs)
-
-    # ---- replay of older pairs against forgetting
-    replay: list[Pair] = []
-    if replay_share > 0 and replay_rows:
-        n_replay = round(replay_share / (1 - replay_share) * (len(chosen) + len(fb_pairs)))
-        replay_candidates = [
-            Pair(r.title, r.abstract, "replay", r.pmid, weight=weight(r))
-            for r in replay_rows
-            if r.title
-        ]
-        available["replay"] = len(replay_candidates)
-        replay = _weighted_sample(
-            replay_candidates, [p.weight for p in replay_candidates], n_replay, seed + 1
-        )
-    elif replay_share > 0 and since is not None:
-        notes.append("no older articles to replay")
-
-    pairs = chosen + fb_pairs + replay
-    import random
-
-    random.Random(seed).shuffle(pairs)
-    counts = {k: 0 for k in KINDS}
-    counts.update(Counter(p.kind for p in pairs))
-    if not fresh:
-        notes.append("no fresh held-out set: too few new articles")
-    result = PairSet(
-        pairs=tuple(pairs),
-        counts=counts,
-        available={k: int(available.get(k, 0)) for k in KINDS},
-        window_start=since,
-        window_end=window_end,
-        new_articles=len(window),
-        heldout=heldout,
-        feedback_unpaired=unpaired,
-        feedback_experts=experts,
-        hard_negatives=sum(1 for p in pairs if p.negative),
-        notes=tuple(notes),
-    )
-    logger.info("mined %d pairs %s from %d new articles", len(pairs), counts, len(window))
-    return result
+    return candidates
 
 
 def _recency(r: ArticleRow, today: dt.date, settings: Settings) -> float:
@@ -378,7 +421,7 @@ def _feedback_pairs(
     engine: Engine,
     since: dt.datetime | None,
     by_pmid: dict[int, ArticleRow],
-    held: set[int],
+    held: AbstractSet[int],
 ) -> tuple[list[Pair], int, dict[str, int]]:
     """Feedback pairs, the count of unpaired negatives, and expert → judgements used."""
     f = feedback.c

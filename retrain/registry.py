@@ -28,10 +28,12 @@ from typing import Any
 
 from sqlalchemy import Engine, desc, insert, select, update
 
-from litpulse.core.db import connect, utcnow
+from litpulse.core.db import connect
 from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import model_versions
 from litpulse.core.settings import DEFAULT_MODEL, Settings
+from litpulse.core.states import ModelStatus
+from litpulse.core.timeutil import iso, utcnow
 from ranking.embed import BASE_MODEL_ID
 
 __all__ = [
@@ -50,7 +52,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-STATUSES = ("candidate", "active", "rejected", "retired")
+#: Every status of a version, in lifecycle order (:class:`~litpulse.core.states.ModelStatus`).
+STATUSES: tuple[ModelStatus, ...] = tuple(ModelStatus)
 #: Id of the base model (no adapter); never a row. The one home is
 #: :data:`ranking.embed.BASE_MODEL_ID`; this is the name retraining code uses.
 BASE_ID = BASE_MODEL_ID
@@ -72,7 +75,7 @@ class ModelVersion:
     pair_counts: dict[str, Any]
     options: dict[str, Any]
     metrics: dict[str, Any]
-    status: str
+    status: ModelStatus
     promoted_by: str | None
     reason: str | None
     created_at: dt.datetime
@@ -81,13 +84,12 @@ class ModelVersion:
     @classmethod
     def from_row(cls, row: Any) -> ModelVersion:
         m = row._mapping
-        return cls(**{f.name: m[f.name] for f in dataclasses.fields(cls)})
+        values = {f.name: m[f.name] for f in dataclasses.fields(cls)}
+        return cls(**{**values, "status": ModelStatus(values["status"])})
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for k, v in d.items():
-            if isinstance(v, dt.datetime):
-                d[k] = v.isoformat()
+        d = {k: iso(v) for k, v in dataclasses.asdict(self).items()}
+        d["status"] = str(self.status)  # plain text for JSON and the API
         return d
 
 
@@ -114,15 +116,14 @@ def register(
     pair_counts: Mapping[str, Any],
     options: Mapping[str, Any],
     metrics: Mapping[str, Any],
-    status: str = "candidate",
+    status: ModelStatus | str = ModelStatus.CANDIDATE,
     reason: str | None = None,
     engine: Engine | None = None,
 ) -> ModelVersion:
     """Insert a new version (a candidate by default) and return it."""
-    if status not in STATUSES or status == "active":
-        raise ConfigError(
-            f"`status` of a new version must be candidate or rejected, got {status!r}"
-        )
+    status = _inactive_status(
+        status, f"`status` of a new version must be candidate or rejected, got {status!r}"
+    )
     engine = engine or connect(settings)
     with engine.begin() as conn:
         conn.execute(
@@ -178,12 +179,13 @@ def active_version(settings: Settings, *, engine: Engine | None = None) -> Model
 
 
 def set_status(
-    settings: Settings, id: str, status: str, *, reason: str | None = None,
+    settings: Settings, id: str, status: ModelStatus | str, *, reason: str | None = None,
     engine: Engine | None = None,
 ) -> ModelVersion:
     """Set a non-active status (use :func:`promote` to activate)."""
-    if status not in STATUSES or status == "active":
-        raise ConfigError(f"`status` must be candidate, rejected or retired, got {status!r}")
+    status = _inactive_status(
+        status, f"`status` must be candidate, rejected or retired, got {status!r}"
+    )
     engine = engine or connect(settings)
     get_model(settings, id, engine=engine)
     values: dict[str, Any] = {"status": status}
@@ -194,12 +196,27 @@ def set_status(
     return get_model(settings, id, engine=engine)
 
 
+def _inactive_status(status: ModelStatus | str, message: str) -> ModelStatus:
+    """``status`` as a :class:`ModelStatus` other than active.
+
+    Raises:
+        ConfigError: ``status`` is no model status, or it is ``active``.
+    """
+    try:
+        value = ModelStatus(status)
+    except ValueError:
+        raise ConfigError(message) from None
+    if value is ModelStatus.ACTIVE:
+        raise ConfigError(message)
+    return value
+
+
 def _switch(
     engine: Engine,
     *,
     activate: str | None,
     previous: ModelVersion | None,
-    previous_status: str,
+    previous_status: ModelStatus,
     by: str,
     reason: str | None,
 ) -> None:
@@ -212,15 +229,15 @@ def _switch(
                 .values(status=previous_status)
             )
         # any other stray active row (never expected) is retired too
-        stmt = update(model_versions).where(model_versions.c.status == "active")
+        stmt = update(model_versions).where(model_versions.c.status == ModelStatus.ACTIVE)
         if activate is not None:
             stmt = stmt.where(model_versions.c.id != activate)
-        conn.execute(stmt.values(status="retired"))
+        conn.execute(stmt.values(status=ModelStatus.RETIRED))
         if activate is not None:
             conn.execute(
                 update(model_versions)
                 .where(model_versions.c.id == activate)
-                .values(status="active", promoted_by=by, promoted_at=now, reason=reason)
+                .values(status=ModelStatus.ACTIVE, promoted_by=by, promoted_at=now, reason=reason)
             )
 
 
@@ -288,7 +305,7 @@ def promote(
         logger.info("model %s is already active", id)
         return {"model": target.to_dict(), "previous": id, "index": None, "changed": False}
     before = [target] + ([previous] if previous is not None else [])
-    _switch(engine, activate=id, previous=previous, previous_status="retired", by=by,
+    _switch(engine, activate=id, previous=previous, previous_status=ModelStatus.RETIRED, by=by,
             reason=reason or target.reason)
     logger.info("promoted %s (previous: %s) by %s; re-indexing", id,
                 previous.id if previous else BASE_ID, by)
@@ -333,10 +350,11 @@ def rollback(
         conn.execute(
             update(model_versions)
             .where(model_versions.c.id == current.id)
-            .values(status="rejected", reason=why)
+            .values(status=ModelStatus.REJECTED, reason=why)
         )
     if target is not None:
-        _switch(engine, activate=target.id, previous=None, previous_status="retired", by=by,
+        _switch(engine, activate=target.id, previous=None,
+                previous_status=ModelStatus.RETIRED, by=by,
                 reason=f"re-activated by rollback of {current.id}")
     logger.info("rolled back %s to %s by %s; re-indexing", current.id,
                 target.id if target else BASE_ID, by)
@@ -351,7 +369,9 @@ def rollback(
 def _previous_active(engine: Engine, current: ModelVersion) -> ModelVersion | None:
     """The retired version promoted most recently before ``current``."""
     mv = model_versions.c
-    stmt = select(model_versions).where(mv.status == "retired", mv.promoted_at.is_not(None))
+    stmt = select(model_versions).where(
+        mv.status == ModelStatus.RETIRED, mv.promoted_at.is_not(None)
+    )
     if current.promoted_at is not None:
         stmt = stmt.where(mv.promoted_at <= current.promoted_at, mv.id != current.id)
     with engine.connect() as conn:

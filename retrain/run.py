@@ -21,8 +21,9 @@ from typing import Any
 from litpulse.core.db import Lease, acquire_lease, connect
 from litpulse.core.errors import ConfigError
 from litpulse.core.settings import Settings
+from litpulse.core.states import ModelStatus, RetrainOutcome
 from retrain import registry
-from retrain.evaluate import HeldOut, evaluate_encoder, gate, write_report
+from retrain.evaluate import GateDecision, HeldOut, evaluate_encoder, gate, write_report
 from retrain.lora import LoraOptions, train
 from retrain.pairs import PairSet, mine_pairs
 
@@ -38,10 +39,11 @@ LEASE = "retrain"
 class RetrainReport:
     """What a retraining round did.
 
-    ``status`` is one of ``dry_run``, ``skipped``, ``promoted`` or ``rejected``.
+    ``status`` is a :class:`~litpulse.core.states.RetrainOutcome`: ``dry_run``,
+    ``skipped``, ``promoted`` or ``rejected``.
     """
 
-    status: str
+    status: RetrainOutcome
     version_id: str | None = None
     parent_id: str | None = None
     pairs: dict[str, Any] = field(default_factory=dict)
@@ -55,6 +57,7 @@ class RetrainReport:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        d["status"] = str(self.status)  # plain text for JSON, XCom and asset metadata
         d["reasons"] = list(self.reasons)
         return d
 
@@ -162,7 +165,7 @@ def retrain(
     engine = connect(settings)
     lease = acquire_lease(engine, LEASE)  # heartbeat-renewed; see litpulse.core.db.Lease
     if lease is None:
-        return RetrainReport("skipped", reasons=("another retrain is running",))
+        return RetrainReport(RetrainOutcome.SKIPPED, reasons=("another retrain is running",))
     try:
         return _retrain(
             settings, engine, options, lease, dry_run=dry_run, from_base=from_base,
@@ -190,6 +193,7 @@ def _retrain(
     mine_kwargs: dict[str, Any],
     started: float,
 ) -> RetrainReport:
+    """The round under the lease: mine, then stop early or train, evaluate and decide."""
     active = registry.active_version(settings, engine=engine)
     since = None if (from_base or active is None) else active.window_end
     max_pairs = options.max_steps * options.batch_size
@@ -198,34 +202,114 @@ def _retrain(
         pairs = pair_filter(pairs)
     parent = None if from_base or active is None else active.id
 
-    def done(status: str, *reasons: str, **extra: Any) -> RetrainReport:
+    early = _early_stop(pairs, dry_run=dry_run, min_new_articles=min_new_articles)
+    if early is not None:
+        outcome, reason = early
         return RetrainReport(
-            status, parent_id=parent, pairs=pairs.to_dict(), reasons=reasons,
-            seconds=round(time.perf_counter() - started, 3), **extra,
+            outcome, parent_id=parent, pairs=pairs.to_dict(), reasons=(reason,),
+            seconds=round(time.perf_counter() - started, 3),
         )
+    init_adapter = _init_adapter(active) if parent is not None else None
+    version_id, final, training = _train_candidate(
+        settings, pairs, options, init_adapter=init_adapter, progress=progress
+    )
+    roles: dict[str, tuple[str, str | None]] = {"candidate": (version_id, str(final))}
+    roles["active"] = (
+        (active.id, active.adapter_path) if active is not None else (registry.BASE_ID, None)
+    )
+    roles["base"] = (registry.BASE_ID, None)
+    metrics = evaluate_versions(settings, pairs.heldout, roles)
+    decision = gate(settings, metrics["candidate"], metrics["active"])
+    metrics_doc = {**metrics, "heldout": pairs.heldout.to_dict(), "gate": decision.to_dict()}
+    options_doc = options.to_dict()
+    if init_adapter:
+        options_doc["continued_from"] = parent
+    lease.check()  # a retrain whose lease was taken over registers nothing
+    registry.register(
+        settings,
+        id=version_id,
+        adapter_path=str(final),
+        adapter_sha256=training["sha256"],
+        parent_id=parent,
+        window_start=pairs.window_start,
+        window_end=pairs.window_end,
+        pair_counts={**pairs.counts, "hard_negatives": pairs.hard_negatives,
+                     "feedback_experts": dict(pairs.feedback_experts)},
+        options=options_doc,
+        metrics=metrics_doc,
+        engine=engine,
+    )
+    paths = _write_report(
+        settings, engine, version_id,
+        {"version": version_id, "parent": parent, "pairs": pairs.to_dict(),
+         "training": training, "metrics": metrics, "gate": decision.to_dict()},
+    )
+    lease.check()
+    status, reasons, promotion = _decide(
+        settings, engine, version_id, decision, promote_by=promote_by, reindex=reindex
+    )
+    return RetrainReport(
+        status,
+        version_id=version_id,
+        parent_id=parent,
+        pairs=pairs.to_dict(),
+        training=training,
+        metrics=metrics_doc,
+        gate=decision.to_dict(),
+        reasons=reasons,
+        report_paths=paths,
+        promotion=promotion,
+        seconds=round(time.perf_counter() - started, 3),
+    )
 
+
+def _early_stop(
+    pairs: PairSet, *, dry_run: bool, min_new_articles: int | None
+) -> tuple[RetrainOutcome, str] | None:
+    """Why the round stops after mining (outcome and reason); ``None`` to train."""
     if min_new_articles is not None and pairs.new_articles < min_new_articles:
-        return done(
-            "skipped",
+        return RetrainOutcome.SKIPPED, (
             f"{pairs.new_articles} new articles since the last training, fewer than "
-            f"{min_new_articles}",
+            f"{min_new_articles}"
         )
     if dry_run:
-        return done("dry_run", "dry run: pairs mined, nothing trained")
+        return RetrainOutcome.DRY_RUN, "dry run: pairs mined, nothing trained"
     if len(pairs.pairs) < 2:
-        return done("skipped", "fewer than two training pairs")
+        return RetrainOutcome.SKIPPED, "fewer than two training pairs"
     if not pairs.heldout.fresh:
-        return done("skipped", "no fresh held-out set to judge a candidate on")
+        return RetrainOutcome.SKIPPED, "no fresh held-out set to judge a candidate on"
+    return None
 
-    init_adapter = None
-    if parent is not None and active is not None and active.adapter_path:
-        if Path(active.adapter_path).is_dir():
-            init_adapter = active.adapter_path
-        else:
-            raise ConfigError(
-                f"the active model's adapter {active.adapter_path!r} is missing; "
-                "retrain with from_base=True"
-            )
+
+def _init_adapter(active: registry.ModelVersion | None) -> str | None:
+    """The adapter a continued training starts from: the active version's.
+
+    Raises:
+        ConfigError: The active version's adapter folder is missing.
+    """
+    if active is None or not active.adapter_path:
+        return None
+    if not Path(active.adapter_path).is_dir():
+        raise ConfigError(
+            f"the active model's adapter {active.adapter_path!r} is missing; "
+            "retrain with from_base=True"
+        )
+    return active.adapter_path
+
+
+def _train_candidate(
+    settings: Settings,
+    pairs: PairSet,
+    options: LoraOptions,
+    *,
+    init_adapter: str | None,
+    progress: bool,
+) -> tuple[str, Path, dict[str, Any]]:
+    """Train an adapter into ``adapters/<version id>`` (a temporary folder until it is done).
+
+    Returns:
+        The new version id, its adapter folder and the training statistics.
+    """
     adapters = settings.ensure_home() / "adapters"
     tmp = adapters / f".tmp-{uuid.uuid4().hex[:12]}"
     try:
@@ -240,73 +324,46 @@ def _retrain(
         raise
     training = {**result.to_dict(), "output_dir": str(final),
                 "weights_file": str(final / Path(result.weights_file).name)}
+    return version_id, final, training
 
-    roles: dict[str, tuple[str, str | None]] = {"candidate": (version_id, str(final))}
-    roles["active"] = (
-        (active.id, active.adapter_path) if active is not None else (registry.BASE_ID, None)
-    )
-    roles["base"] = (registry.BASE_ID, None)
-    metrics = evaluate_versions(settings, pairs.heldout, roles)
-    decision = gate(settings, metrics["candidate"], metrics["active"])
-    metrics_doc = {**metrics, "heldout": pairs.heldout.to_dict(), "gate": decision.to_dict()}
-    options_doc = options.to_dict()
-    if init_adapter:
-        options_doc["continued_from"] = parent
-    lease.check()  # a retrain whose lease was taken over registers nothing
-    version = registry.register(
-        settings,
-        id=version_id,
-        adapter_path=str(final),
-        adapter_sha256=result.sha256,
-        parent_id=parent,
-        window_start=pairs.window_start,
-        window_end=pairs.window_end,
-        pair_counts={**pairs.counts, "hard_negatives": pairs.hard_negatives,
-                     "feedback_experts": dict(pairs.feedback_experts)},
-        options=options_doc,
-        metrics=metrics_doc,
-        engine=engine,
-    )
+
+def _write_report(
+    settings: Settings, engine: Any, version_id: str, report_doc: dict[str, Any]
+) -> dict[str, str]:
+    """Write the evaluation report of ``version_id``, beside the history of the others."""
     history = [
         {"id": v.id, "metrics": v.metrics}
         for v in registry.list_models(settings, engine=engine)
-        if v.id != version.id
+        if v.id != version_id
     ]
-    report_doc = {
-        "version": version_id,
-        "parent": parent,
-        "pairs": pairs.to_dict(),
-        "training": training,
-        "metrics": metrics,
-        "gate": decision.to_dict(),
-    }
-    paths = write_report(settings, version_id, report_doc, history)
+    return write_report(settings, version_id, report_doc, history)
+
+
+def _decide(
+    settings: Settings,
+    engine: Any,
+    version_id: str,
+    decision: GateDecision,
+    *,
+    promote_by: str,
+    reindex: Callable[[Settings], Any],
+) -> tuple[RetrainOutcome, tuple[str, ...], dict[str, Any] | None]:
+    """Promote the candidate when the gate passed, else reject it.
+
+    Returns:
+        The outcome, the reasons (the gate's and what was done) and the promotion report.
+    """
     reasons = list(decision.reasons)
-    promotion = None
-    lease.check()
     if decision.passed:
         promotion = registry.promote(
             settings, version_id, by=promote_by, reason="; ".join(decision.reasons),
             reindex=reindex, engine=engine,
         )
-        status = "promoted"
         reasons.append(f"promoted {version_id}; index rebuilt for it")
-    else:
-        registry.set_status(
-            settings, version_id, "rejected", reason="; ".join(decision.reasons), engine=engine
-        )
-        status = "rejected"
-        reasons.append(f"rejected {version_id}; the active model stays")
-    return RetrainReport(
-        status,
-        version_id=version_id,
-        parent_id=parent,
-        pairs=pairs.to_dict(),
-        training=training,
-        metrics=metrics_doc,
-        gate=decision.to_dict(),
-        reasons=tuple(reasons),
-        report_paths=paths,
-        promotion=promotion,
-        seconds=round(time.perf_counter() - started, 3),
+        return RetrainOutcome.PROMOTED, tuple(reasons), promotion
+    registry.set_status(
+        settings, version_id, ModelStatus.REJECTED, reason="; ".join(decision.reasons),
+        engine=engine,
     )
+    reasons.append(f"rejected {version_id}; the active model stays")
+    return RetrainOutcome.REJECTED, tuple(reasons), None

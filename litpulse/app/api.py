@@ -41,7 +41,8 @@ import contextlib
 import datetime as dt
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -58,9 +59,12 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from litpulse.app.tokens import TokenInfo
-    from ranking.search import SearchResult
+    from ranking.scoring import ScoringOptions
+    from ranking.search import SearchFilters, SearchResult
 
-__all__ = ["create_app", "ErrorOut", "FeedbackIn", "FeedbackOut", "MAX_PMID", "MAX_TERMS"]
+__all__ = [
+    "create_app", "SearchSpec", "ErrorOut", "FeedbackIn", "FeedbackOut", "MAX_PMID", "MAX_TERMS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -364,26 +368,31 @@ def _warn_if_read_only(settings: Settings) -> None:
         logger.warning("cannot read the API tokens: %s", exc)
 
 
+@dataclass(frozen=True)
+class SearchSpec:
+    """What ``/search`` and ``/export`` share: the query, its filters and the scoring."""
+
+    query: str
+    filters: SearchFilters
+    options: ScoringOptions
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The litpulse FastAPI application.
 
     Args:
         settings: The settings (default :meth:`Settings.from_env`).
     """
-    from fastapi import Depends, FastAPI, HTTPException, Path, Security
-    from fastapi.responses import HTMLResponse, Response
-    from fastapi.security import HTTPBearer
+    from fastapi import Depends, FastAPI
 
     from litpulse.app.apiguard import ApiGuard
-    from litpulse.app.tokens import TokenState, any_active_token, verify_token
-    from ranking.scoring import ScoringOptions
-    from ranking.search import SearchFilters, run_search
 
     settings = settings or Settings.from_env()
+    resolved = settings
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        _warn_if_read_only(settings)
+        _warn_if_read_only(resolved)
         yield
 
     app = FastAPI(
@@ -408,9 +417,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _install_error_handlers(app)
 
     def engine() -> Any:
-        return db.connect(settings)
+        return db.connect(resolved)
 
-    # ------------------------------------------------------------------ who writes
+    _add_search_routes(app, settings, engine, Depends(_search_spec_dependency(settings)))
+    _add_store_routes(app, settings, engine, Depends(_expert_dependency(engine)))
+    _add_page_routes(app)
+    return app
+
+
+def _expert_dependency(engine: Callable[[], Any]) -> Callable[..., TokenInfo]:
+    """The dependency naming the expert of a request's API token (401/403 otherwise)."""
+    from fastapi import HTTPException, Security
+    from fastapi.security import HTTPBearer
+
+    from litpulse.app.tokens import TokenState, any_active_token, verify_token
+
     bearer = HTTPBearer(
         auto_error=False,
         description="An API token from `litpulse tokens create --expert NAME`.",
@@ -440,9 +461,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         raise HTTPException(401, "unknown API token", headers=unauthorized)
 
-    expert_dep = Depends(expert)
+    return expert
 
-    # ---------------------------------------------------------------- searching
+
+def _search_spec_dependency(settings: Settings) -> Callable[..., SearchSpec]:
+    """The dependency reading the query parameters of /search and /export."""
+    from fastapi import Query
+
+    from ranking.scoring import ScoringOptions
+    from ranking.search import SearchFilters
+
     q_param = Query(
         ..., min_length=1, max_length=512, pattern=NOT_BLANK, description="Free-text query."
     )
@@ -481,7 +509,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         w_recency: float | None = weight("recency"),
         w_citation: float | None = weight("citation impact"),
         half_life: float | None = half_life_param,
-    ) -> Any:
+    ) -> SearchSpec:
         """The query parameters /search and /export share: query, filters, scoring."""
         filters = SearchFilters(
             since=since,
@@ -497,18 +525,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             weights={"similarity": w_sim, "recency": w_recency, "citation": w_citation},
             half_life_days=half_life,
         )
-        return q, filters, options
+        return SearchSpec(query=q, filters=filters, options=options)
 
-    spec_dep = Depends(search_spec)
+    return search_spec
 
-    def do_search(spec: Any, k: int) -> SearchResult:
-        q, filters, options = spec
-        return run_search(settings, q, k=k, filters=filters, options=options, engine=engine())
+
+def _add_search_routes(
+    app: FastAPI, settings: Settings, engine: Callable[[], Any], spec_dep: Any
+) -> None:
+    """``GET /search`` and ``GET /export``."""
+    from fastapi import Query
+    from fastapi.responses import Response
+
+    from ranking.search import run_search
+
+    def do_search(spec: SearchSpec, k: int) -> SearchResult:
+        return run_search(settings, spec.query, k=k, filters=spec.filters,
+                          options=spec.options, engine=engine())
 
     @app.get("/search", summary="Ranked search with explanations", responses=_responses(400))
     def search_endpoint(
         k: int = Query(10, ge=1, le=100, description="Number of results."),
-        spec: Any = spec_dep,
+        spec: SearchSpec = spec_dep,
     ) -> dict[str, Any]:
         result = do_search(spec, k)
         return result.to_dict()
@@ -529,7 +567,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def export_endpoint(
         format: Literal["ris", "bibtex", "csv"] = Query("ris", description="File format."),
         k: int = Query(50, ge=1, le=500, description="Number of results."),
-        spec: Any = spec_dep,
+        spec: SearchSpec = spec_dep,
     ) -> Any:  # a Response (annotations are resolved in this module's globals)
         from litpulse.app.export import FORMATS, load_export_rows, render
 
@@ -544,7 +582,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             headers={"Content-Disposition": f'attachment; filename="{filename}"'},
         )
 
-    # ----------------------------------------------------------------- articles
+
+def _add_store_routes(
+    app: FastAPI, settings: Settings, engine: Callable[[], Any], expert_dep: Any
+) -> None:
+    """``GET /articles/{pmid}``, ``GET /status`` and ``POST /feedback``."""
+    from fastapi import HTTPException, Path
+
     @app.get("/articles/{pmid}", summary="One stored article", responses=_responses(404))
     def article_endpoint(
         pmid: int = Path(..., ge=1, le=MAX_PMID, description="PubMed id."),
@@ -576,7 +620,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         return FeedbackOut(id=fid, pmid=item.pmid, relevant=item.relevant, expert=who.expert)
 
-    # ---------------------------------------------------------------------- page
+
+def _add_page_routes(app: FastAPI) -> None:
+    """The search page ``GET /`` and its ``/static/`` files."""
+    from fastapi import HTTPException
+    from fastapi.responses import HTMLResponse, Response
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> Any:
         return HTMLResponse(_web_file("index.html"))
@@ -588,5 +637,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(404, "Not Found")
         return Response(_web_file(name), media_type=media,
                         headers={"Cache-Control": "no-cache"})
-
-    return app

@@ -25,10 +25,11 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, select, update
 
-from litpulse.core.db import connect, utcnow
+from litpulse.core.db import connect
 from litpulse.core.errors import NotFoundError
 from litpulse.core.schema import api_tokens
 from litpulse.core.settings import Settings
+from litpulse.core.timeutil import iso, utcnow
 from retrain.feedback import clean_expert
 
 __all__ = [
@@ -79,9 +80,9 @@ class TokenInfo:
             "expert": self.expert,
             "prefix": self.prefix,
             "state": self.state.value,
-            "created_at": self.created_at.isoformat(),
+            "created_at": iso(self.created_at),
             "created_by": self.created_by,
-            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+            "revoked_at": iso(self.revoked_at),
         }
 
 

@@ -269,8 +269,8 @@ api_tokens = Table(
     Column("token_sha256", String(64), nullable=False, unique=True),
     Column("prefix", String(16), nullable=False),  # the first characters, to tell tokens apart
     Column("created_by", String(255)),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("revoked_at", DateTime(timezone=True)),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime()),
 )
 
 #: Every judgement as sent, append-only: who (expert), how (api, cli, with which token)
@@ -286,7 +286,7 @@ feedback_log = Table(
     Column("expert", String(255), nullable=False),
     Column("source", String(16), nullable=False),  # api, cli
     Column("token_id", Integer),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
     Index("ix_feedback_log_expert_time", "expert", "created_at"),
 )
 

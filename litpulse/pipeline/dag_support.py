@@ -18,11 +18,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import Asset, RetryDecision, RetryPolicy
+from airflow.sdk import Asset, Param, RetryDecision, RetryPolicy
 
 from litpulse.core.errors import ConfigError, LitpulseError
 from litpulse.pipeline.alerts import notify
@@ -46,11 +47,15 @@ __all__ = [
     "attempt_since_clear",
     "backoff_delay",
     "catchup_skip_reason",
+    "dag_args",
+    "day_param",
+    "index_metadata",
     "ingest_days",
     "run_overdue",
     "scalars",
     "settings",
     "task_failed",
+    "train_queue",
     "window_days",
 ]
 
@@ -191,6 +196,28 @@ def settings() -> Settings:
     base = get_settings()
     overrides = ncbi_connection_overrides()
     return base.replace(**overrides) if overrides else base
+
+
+def train_queue(environ: Mapping[str, str] | None = None) -> str:
+    """The Airflow queue of the training task, read while the DAG file is parsed.
+
+    Only ``LITPULSE_TRAIN_QUEUE`` is read, not the whole settings: a mistyped
+    ``LITPULSE_*`` variable must fail the tasks that read it, not the DAG's import on the
+    scheduler. A blank value falls back to the settings' default with a warning.
+    """
+    import dataclasses
+
+    from litpulse.core.settings import Settings, env_name
+
+    default = str(next(f.default for f in dataclasses.fields(Settings) if f.name == "train_queue"))
+    key = env_name("train_queue")
+    raw = (os.environ if environ is None else environ).get(key)
+    if raw is None:
+        return default
+    if not raw.strip():
+        logger.warning("%s is blank: the training task goes to the %r queue", key, default)
+        return default
+    return raw.strip()
 
 
 def ncbi_connection_overrides() -> dict[str, str]:
@@ -429,3 +456,53 @@ DEFAULT_ARGS: dict[str, Any] = {
     "on_failure_callback": task_failed,
     "depends_on_past": False,
 }
+
+
+# --------------------------------------------------------------------------- DAG pieces
+
+
+def dag_args(
+    dag_id: str,
+    *,
+    schedule: Any,
+    tags: Sequence[str],
+    doc_md: str,
+    alert_after_hours: float,
+    timeout_hours: float,
+    retries: int | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``@dag(...)`` arguments of a litpulse DAG: what every one of them shares.
+
+    No catch-up, one active run, :data:`DEFAULT_ARGS` (``retries`` overrides its count)
+    plus a :class:`RunBudget` alerting ``alert_after_hours`` after a run started, and a
+    run timeout of ``timeout_hours``.
+    """
+    default_args = {**DEFAULT_ARGS, **RunBudget(hours=alert_after_hours).callbacks()}
+    if retries is not None:
+        default_args["retries"] = retries
+    out: dict[str, Any] = {
+        "dag_id": dag_id,
+        "schedule": schedule,
+        "start_date": START_DATE,
+        "catchup": False,
+        "max_active_runs": 1,
+        "default_args": default_args,
+        "tags": list(tags),
+        "doc_md": doc_md,
+        "dagrun_timeout": dt.timedelta(hours=timeout_hours),
+    }
+    if params:
+        out["params"] = dict(params)
+    return out
+
+
+def index_metadata(report: Mapping[str, Any], embedded: int) -> dict[str, Any]:
+    """The ``litpulse_index`` asset event of a published index: its report's scalars."""
+    return {"embedded": int(embedded), **scalars(report)}
+
+
+def day_param(title: str, description: str) -> Param:
+    """An optional UTC day (ISO date text) given when a run is triggered by hand."""
+    return Param(None, type=["null", "string"], format="date", title=title,
+                 description=description)

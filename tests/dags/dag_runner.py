@@ -49,6 +49,7 @@ def check(out: Path) -> None:
                     t.max_retry_delay.total_seconds() if t.max_retry_delay else None
                 ),
                 "pool": t.pool,
+                "queue": t.queue,
             }
         dags[dag_id] = {
             "owner": dag.owner,

@@ -48,6 +48,24 @@ def dagbag_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return dict(json.loads(out.read_text()))
 
 
+def test_a_mistyped_setting_does_not_break_parsing(tmp_path: Path) -> None:
+    """Settings are read inside tasks; parsing reads LITPULSE_TRAIN_QUEUE alone."""
+    out = tmp_path / "check.json"
+    env = airflow_env(
+        tmp_path, {"LITPULSE_EFETCH_BATCH": "lots", "LITPULSE_NO_SUCH": "1",
+                   "LITPULSE_TRAIN_QUEUE": "gpu"},
+    )
+    proc = subprocess.run(
+        [sys.executable, str(RUNNER), "check", str(out)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["import_errors"] == {}
+    assert set(report["dags"]) == EXPECTED_DAGS
+    assert report["dags"]["litpulse_retrain"]["tasks"]["retrain"]["queue"] == "gpu"
+
+
 def test_dagbag_has_no_import_errors(dagbag_report: dict) -> None:
     assert dagbag_report["import_errors"] == {}
     assert set(dagbag_report["dags"]) == EXPECTED_DAGS
@@ -303,3 +321,16 @@ def test_nightly_chain_with_dag_test(
 
 def _aware(value: dt.datetime) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def test_train_queue_reads_its_one_variable(caplog: pytest.LogCaptureFixture) -> None:
+    from litpulse.pipeline import dag_support
+
+    assert dag_support.train_queue({"LITPULSE_EFETCH_BATCH": "lots"}) == "default"
+    assert dag_support.train_queue({"LITPULSE_TRAIN_QUEUE": " gpu "}) == "gpu"
+    dag_support.logger.addHandler(caplog.handler)  # Airflow's logging may stop propagation
+    try:
+        assert dag_support.train_queue({"LITPULSE_TRAIN_QUEUE": "  "}) == "default"
+    finally:
+        dag_support.logger.removeHandler(caplog.handler)
+    assert "LITPULSE_TRAIN_QUEUE is blank" in caplog.text

@@ -7,11 +7,11 @@ import datetime as dt
 import pytest
 from sqlalchemy import Engine, func, select
 
+from bench.drift import insert_batch
 from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import feedback
 from litpulse.core.settings import Settings
 from retrain.feedback import record_feedback
-from tests.retrain.drift import insert_batch
 
 
 def test_upsert_and_validation(settings: Settings, engine: Engine) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from bench.drift import insert_batch, make_drugs
 from litpulse.core import db
 from litpulse.core.settings import Settings
 from litpulse.pipeline.planning import reindex_now
@@ -30,7 +31,6 @@ from retrain import registry
 from retrain.lora import LoraOptions
 from retrain.pairs import PairSet
 from retrain.run import retrain
-from tests.retrain.drift import insert_batch, make_drugs
 
 T0 = dt.datetime(2024, 7, 1, tzinfo=dt.UTC)
 T1 = T0 + dt.timedelta(days=180)

@@ -7,12 +7,12 @@ import datetime as dt
 import pytest
 from sqlalchemy import Engine, update
 
+from bench.drift import insert_batch, make_drugs
 from litpulse.core.schema import articles
 from litpulse.core.settings import Settings
 from litpulse.pipeline.planning import reindex_now
 from retrain.feedback import record_feedback
 from retrain.pairs import ArticleRow, article_weight, mine_pairs
-from tests.retrain.drift import insert_batch, make_drugs
 
 T0 = dt.datetime(2024, 7, 1, tzinfo=dt.UTC)
 T1 = T0 + dt.timedelta(days=180)

@@ -9,6 +9,7 @@ import pytest
 
 from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.settings import Settings
+from litpulse.core.states import ModelStatus
 from retrain import registry
 
 
@@ -52,6 +53,20 @@ def test_register_and_read_back(settings: Settings) -> None:
         registry.get_model(settings, "m-nope")
     with pytest.raises(ConfigError):
         registry.set_status(settings, vid, "active")
+
+
+def test_statuses_are_enum_members(settings: Settings) -> None:
+    assert registry.STATUSES == tuple(ModelStatus)
+    vid = _register(settings, "c")
+    assert registry.get_model(settings, vid).status is ModelStatus.CANDIDATE
+    registry.promote(settings, vid, by="ann", reindex=Reindex())
+    assert registry.get_model(settings, vid).status is ModelStatus.ACTIVE
+    assert type(registry.get_model(settings, vid).to_dict()["status"]) is str
+    assert registry.list_models(settings)[0].status is ModelStatus.ACTIVE
+    done = registry.set_status(settings, _register(settings, "d"), ModelStatus.RETIRED)
+    assert done.status is ModelStatus.RETIRED
+    with pytest.raises(ConfigError, match="must be candidate, rejected or retired"):
+        registry.set_status(settings, vid, "paused")
 
 
 def test_promote_and_rollback_stack(settings: Settings) -> None:

@@ -8,12 +8,13 @@ import json
 import pytest
 from sqlalchemy import Engine
 
+from bench.drift import insert_batch
 from litpulse.app.cli import main
 from litpulse.core.db import acquire_lease
 from litpulse.core.settings import Settings
+from litpulse.core.states import RetrainOutcome
 from litpulse.pipeline.planning import reindex_now
 from retrain.run import LEASE, retrain
-from tests.retrain.drift import insert_batch
 
 T0 = dt.datetime(2024, 7, 1, tzinfo=dt.UTC)
 
@@ -27,6 +28,8 @@ def test_dry_run_counts_pairs(settings: Settings, engine: Engine) -> None:
     _corpus(engine)
     report = retrain(settings, reindex=reindex_now, dry_run=True)
     assert report.status == "dry_run"
+    assert report.status is RetrainOutcome.DRY_RUN
+    assert type(report.to_dict()["status"]) is str
     assert report.pairs["counts"]["title_abstract"] > 0
     assert report.pairs["new_articles"] == 80
     assert report.version_id is None
@@ -47,6 +50,8 @@ def test_skips(settings: Settings, engine: Engine) -> None:
     finally:
         lease.release()
     assert busy.status == "skipped" and "another retrain" in busy.reasons[0]
+    assert {report.status, few.status, busy.status} == {RetrainOutcome.SKIPPED}
+    assert all(type(r.status) is RetrainOutcome for r in (report, few, busy))
 
 
 def test_cli(sqlite_settings: Settings, monkeypatch: pytest.MonkeyPatch,

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from litpulse.app.cli._common import kv, print_json, show_progress
+from litpulse.app.cli._common import add_json, command, command_group, kv, print_json, show_progress
 from litpulse.core.settings import Settings
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "citations",
+    actions = command_group(
+        sub, "citations",
         help="refresh citation counts and relative citation ratios from iCite",
         description=(
             "Citation impact comes from NIH iCite (LITPULSE_ICITE_URL), at most "
@@ -19,10 +19,8 @@ def register(sub: Any) -> None:
             "as E-utilities."
         ),
     )
-    csub = p.add_subparsers(dest="citations_command", metavar="ACTION")
-    csub.required = True
-    r = csub.add_parser(
-        "refresh",
+    r = command(
+        actions, "refresh", run_refresh,
         help="fetch iCite data for articles that are due (or for the PMIDs given)",
         description=(
             "Without --pmid, refresh every live article never fetched or fetched too long "
@@ -35,8 +33,7 @@ def register(sub: Any) -> None:
         "--pmid", dest="pmids", type=int, action="append", metavar="PMID",
         help="refresh this PMID (repeatable); PMIDs not in the store are ignored",
     )
-    r.add_argument("--json", action="store_true", help="print the counts as JSON")
-    r.set_defaults(func=run_refresh)
+    add_json(r, "print the counts as JSON")
 
 
 def run_refresh(args: argparse.Namespace, settings: Settings) -> int:

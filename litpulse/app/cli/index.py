@@ -5,13 +5,21 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from litpulse.app.cli._common import kv, print_json, print_table, show_progress
+from litpulse.app.cli._common import (
+    add_json,
+    command,
+    command_group,
+    kv,
+    print_json,
+    print_table,
+    show_progress,
+)
 from litpulse.core.settings import Settings
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "index",
+    actions = command_group(
+        sub, "index",
         help="refresh, inspect, check or roll back the vector index",
         description=(
             "Manage the FAISS index of article vectors. `refresh` embeds new and changed "
@@ -19,11 +27,8 @@ def register(sub: Any) -> None:
             "(atomically; the previous versions stay on disk for `rollback`)."
         ),
     )
-    isub = p.add_subparsers(dest="index_command", metavar="ACTION")
-    isub.required = True
-
-    r = isub.add_parser(
-        "refresh",
+    r = command(
+        actions, "refresh", run_refresh,
         help="embed pending articles and publish an updated index",
         description=(
             "Embed live articles that are new or changed, then add/remove their vectors in "
@@ -33,27 +38,20 @@ def register(sub: Any) -> None:
         ),
     )
     r.add_argument("--rebuild", action="store_true", help="build from scratch (retrain IVF)")
-    r.add_argument("--json", action="store_true", help="print the report as JSON")
-    r.set_defaults(func=run_refresh)
-
-    s = isub.add_parser("status", help="the published index and the kept versions")
-    s.add_argument("--json", action="store_true", help="print the status as JSON")
-    s.set_defaults(func=run_status)
-
-    c = isub.add_parser(
-        "check",
+    add_json(r, "print the report as JSON")
+    command(actions, "status", run_status, help="the published index and the kept versions",
+            json="print the status as JSON")
+    command(
+        actions, "check", run_check,
         help="compare the published index with the store (exit 1 when they disagree)",
         description=(
             "Check that the published index holds exactly the live articles, with current "
             "vectors, for the active model version. Exit status 1 when it does not."
         ),
+        json="print the report as JSON",
     )
-    c.add_argument("--json", action="store_true", help="print the report as JSON")
-    c.set_defaults(func=run_check)
-
-    b = isub.add_parser("rollback", help="re-publish the previous index version")
-    b.add_argument("--json", action="store_true", help="print the result as JSON")
-    b.set_defaults(func=run_rollback)
+    command(actions, "rollback", run_rollback, help="re-publish the previous index version",
+            json="print the result as JSON")
 
 
 def run_refresh(args: argparse.Namespace, settings: Settings) -> int:

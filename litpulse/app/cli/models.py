@@ -6,13 +6,21 @@ import argparse
 import getpass
 from typing import Any
 
-from litpulse.app.cli._common import kv, print_json, print_table, show_progress
+from litpulse.app.cli._common import (
+    add_json,
+    command,
+    command_group,
+    kv,
+    print_json,
+    print_table,
+    show_progress,
+)
 from litpulse.core.settings import Settings
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "models",
+    actions = command_group(
+        sub, "models",
         help="list, inspect, promote or roll back model versions",
         description=(
             "Model versions are the base model plus a LoRA adapter trained by `retrain`. "
@@ -20,31 +28,27 @@ def register(sub: Any) -> None:
             "that index is published, searches keep the old model with the old index."
         ),
     )
-    msub = p.add_subparsers(dest="models_command", metavar="ACTION")
-    msub.required = True
-    ls = msub.add_parser("list", help="every model version, oldest first")
-    ls.add_argument("--json", action="store_true", help="print JSON")
-    ls.set_defaults(func=run_list)
-    sh = msub.add_parser("show", help="one model version with its lineage and metrics")
+    command(actions, "list", run_list, help="every model version, oldest first", json="print JSON")
+    sh = command(actions, "show", run_show,
+                 help="one model version with its lineage and metrics")
     sh.add_argument("id", help="model version id")
-    sh.add_argument("--json", action="store_true", help="print JSON")
-    sh.set_defaults(func=run_show)
-    pr = msub.add_parser("promote", help="make a version active and re-index for it")
+    add_json(sh)
+    pr = command(actions, "promote", run_promote,
+                 help="make a version active and re-index for it")
     pr.add_argument("id", help="model version id")
     pr.add_argument("--by", default=None, help="who promotes (default: the login name)")
     pr.add_argument("--reason", default=None, help="why (kept on the version)")
-    pr.add_argument("--json", action="store_true", help="print JSON")
-    pr.set_defaults(func=run_promote)
-    rb = msub.add_parser(
-        "rollback", help="re-activate the previous version (or the base model) and re-index"
+    add_json(pr)
+    rb = command(
+        actions, "rollback", run_rollback,
+        help="re-activate the previous version (or the base model) and re-index",
     )
     rb.add_argument("--by", default=None, help="who rolls back (default: the login name)")
     rb.add_argument("--reason", default=None, help="why (kept on the rolled-back version)")
-    rb.add_argument("--json", action="store_true", help="print JSON")
-    rb.set_defaults(func=run_rollback)
+    add_json(rb)
 
-    r = sub.add_parser(
-        "retrain",
+    r = command(
+        sub, "retrain", run_retrain,
         help="fine-tune a LoRA adapter on new literature; promote it if it passes the gate",
         description=(
             "Mine pairs from the articles ingested since the active model was trained "
@@ -63,11 +67,10 @@ def register(sub: Any) -> None:
     r.add_argument("--steps", type=int, default=None, help="most training steps")
     r.add_argument("--batch-size", type=int, default=None, help="pairs per step")
     r.add_argument("--max-seconds", type=float, default=None, help="time budget, in seconds")
-    r.add_argument("--json", action="store_true", help="print the report as JSON")
-    r.set_defaults(func=run_retrain)
+    add_json(r, "print the report as JSON")
 
-    f = sub.add_parser(
-        "feedback",
+    f = command(
+        sub, "feedback", run_feedback,
         help="record whether an article is relevant to a query (used by retrain)",
     )
     f.add_argument("--query", required=True, help="the search query")
@@ -76,8 +79,7 @@ def register(sub: Any) -> None:
     g.add_argument("--relevant", dest="relevant", action="store_true", help="it is relevant")
     g.add_argument("--not-relevant", dest="relevant", action="store_false", help="it is not")
     f.add_argument("--user", required=True, help="who judges")
-    f.add_argument("--json", action="store_true", help="print JSON")
-    f.set_defaults(func=run_feedback)
+    add_json(f)
 
 
 def _who(value: str | None) -> str:

@@ -7,16 +7,17 @@ import datetime as dt
 import sys
 from typing import Any
 
-from litpulse.app.cli._common import kv, print_json, show_progress
+from litpulse.app.cli._common import add_json, command, kv, print_json, show_progress
 from litpulse.core.settings import Settings
+from litpulse.core.timeutil import as_utc
 
 #: Exit code when another nightly run holds the lease (``EX_TEMPFAIL``).
 EXIT_BUSY = 75
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "nightly",
+    p = command(
+        sub, "nightly", run,
         help="run the nightly pipeline once: ingest, citations, quality, index, retrain",
         description=(
             "Ingest (from the last watermark, or --since), refresh citations, check data "
@@ -52,8 +53,7 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help="wait this long for a running nightly to finish (default: exit at once)",
     )
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=run)
+    add_json(p, "print the report as JSON")
 
 
 def _when(text: str) -> dt.datetime:
@@ -61,7 +61,7 @@ def _when(text: str) -> dt.datetime:
         value = dt.datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date or ISO time: {text!r}") from None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return as_utc(value)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -7,13 +7,13 @@ import datetime as dt
 import sys
 from typing import Any
 
-from litpulse.app.cli._common import print_json, print_table
+from litpulse.app.cli._common import add_json, command, print_json, print_table
 from litpulse.core.settings import Settings
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "search",
+    p = command(
+        sub, "search", run_search_cmd,
         help="search the published index (similarity + recency + citation impact)",
         description=(
             "Embed QUERY with the published index's own model version, fetch the nearest "
@@ -42,18 +42,16 @@ def register(sub: Any) -> None:
     p.add_argument("--w-recency", type=float, metavar="X", help="weight of the recency")
     p.add_argument("--w-citation", type=float, metavar="X", help="weight of citation impact")
     p.add_argument("--half-life", type=float, metavar="DAYS", help="recency half-life in days")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_json(p, "print the results as JSON")
     p.add_argument("--explain", action="store_true", help="print how each score was made")
-    p.set_defaults(func=run_search_cmd)
 
-    s = sub.add_parser(
-        "serve",
+    s = command(
+        sub, "serve", run_serve,
         help="serve the HTTP API and the search page",
         description="Run the HTTP API (OpenAPI at /openapi.json) and the web page at /.",
     )
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    s.set_defaults(func=run_serve)
 
 
 def _date(text: str) -> dt.date:

@@ -6,14 +6,14 @@ import argparse
 import sys
 from typing import Any
 
-from litpulse.app.cli._common import print_json, print_table
+from litpulse.app.cli._common import add_json, command, command_group, print_json, print_table
 from litpulse.app.cli.models import _who
 from litpulse.core.settings import Settings
 
 
 def register(sub: Any) -> None:
-    t = sub.add_parser(
-        "tokens",
+    actions = command_group(
+        sub, "tokens",
         help="API tokens: who may send feedback to the HTTP API",
         description=(
             "Manage the API tokens of the HTTP API. Writing (POST /feedback) needs a token "
@@ -22,22 +22,16 @@ def register(sub: Any) -> None:
             "Only a token's SHA-256 is stored: `create` prints the token once."
         ),
     )
-    tsub = t.add_subparsers(dest="tokens_command", metavar="ACTION")
-    tsub.required = True
-
-    c = tsub.add_parser("create", help="create a token for an expert and print it once")
+    c = command(actions, "create", run_create,
+                help="create a token for an expert and print it once")
     c.add_argument("--expert", required=True, metavar="NAME", help="who the token speaks for")
-    c.add_argument("--json", action="store_true", help="print JSON")
-    c.set_defaults(func=run_create)
-
-    ls = tsub.add_parser("list", help="list tokens (never the tokens themselves)")
-    ls.add_argument("--json", action="store_true", help="print JSON")
-    ls.set_defaults(func=run_list)
-
-    r = tsub.add_parser("revoke", help="revoke a token by its id (see `tokens list`)")
+    add_json(c)
+    command(actions, "list", run_list, help="list tokens (never the tokens themselves)",
+            json="print JSON")
+    r = command(actions, "revoke", run_revoke,
+                help="revoke a token by its id (see `tokens list`)")
     r.add_argument("id", type=int, help="the token's id")
-    r.add_argument("--json", action="store_true", help="print JSON")
-    r.set_defaults(func=run_revoke)
+    add_json(r)
 
 
 def run_create(args: argparse.Namespace, settings: Settings) -> int:

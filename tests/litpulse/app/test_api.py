@@ -19,7 +19,7 @@ from tests.ranking.corpus import ARTICLES, load_corpus, real_corpus
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from litpulse.app.api import create_app  # noqa: E402
+from litpulse.app.api import SearchSpec, create_app  # noqa: E402
 from litpulse.app.tokens import create_token  # noqa: E402
 
 
@@ -288,3 +288,22 @@ def test_no_index_yet_is_503_with_hint(settings: Settings) -> None:
         assert s["articles"]["live"] == len(ARTICLES) - 1 and s["articles"]["retracted"] == 1
         assert c.get("/articles/402").json()["relative_citation_ratio"] == 15.0
         assert c.get("/articles/4020").status_code == 404
+
+
+def test_the_search_dependency_gives_a_frozen_search_spec(settings: Settings) -> None:
+    import dataclasses
+
+    from fastapi.routing import APIRoute
+
+    app = create_app(settings)
+    route = next(r for r in app.routes if isinstance(r, APIRoute) and r.path == "/search")
+    spec_dep = next(d for d in route.dependant.dependencies if d.name == "spec")
+    spec = spec_dep.call(
+        q="statin", since=None, until=None, mesh=["Humans"], ptype=None, language=None,
+        has_abstract=None, include_retracted=False, w_sim=None, w_recency=0.0,
+        w_citation=None, half_life=None,
+    )
+    assert isinstance(spec, SearchSpec) and spec.query == "statin"
+    assert spec.filters.mesh == ("Humans",) and spec.options.w_recency == 0.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.query = "other"  # type: ignore[misc]

@@ -1,4 +1,4 @@
-"""A small drifted corpus for retraining tests, inserted straight into ``articles``.
+"""A small drifted corpus for the retraining tests and benchmark, inserted into ``articles``.
 
 Older literature: ordinary biomedical topics whose titles and abstracts share words (the
 base model retrieves them well). Later literature adds an *emerging topic* made of
