@@ -29,7 +29,7 @@ from litpulse.core import db
 from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import article_terms, articles
 from litpulse.core.settings import Settings
-from litpulse.core.timeutil import as_date, iso
+from litpulse.core.timeutil import iso, parse_date
 from ranking.scoring import ScoringOptions, score_article
 
 if TYPE_CHECKING:
@@ -119,18 +119,6 @@ class Hit:
         }
 
 
-def _to_date(name: str, value: dt.date | str | None) -> dt.date | None:
-    """A filter date: a date, a datetime (its UTC day) or strict ``YYYY-MM-DD`` text."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, dt.date):
-        return as_date(value)
-    try:
-        return dt.date.fromisoformat(str(value))
-    except ValueError:
-        raise ConfigError(f"{name} must be a date YYYY-MM-DD, got {value!r}") from None
-
-
 def _terms(name: str, value: str | Iterable[str] | None) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -173,8 +161,8 @@ class SearchFilters:
     include_retracted: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "since", _to_date("since", self.since))
-        object.__setattr__(self, "until", _to_date("until", self.until))
+        object.__setattr__(self, "since", parse_date(self.since, "since"))
+        object.__setattr__(self, "until", parse_date(self.until, "until"))
         if self.since and self.until and self.since > self.until:
             raise ConfigError(f"since ({self.since}) must not be after until ({self.until})")
         object.__setattr__(self, "mesh", _terms("mesh", self.mesh))
@@ -451,8 +439,8 @@ def search(
         NoIndexError: Nothing is published yet (run ``litpulse index refresh``).
     """
     filters = SearchFilters(
-        since=_to_date("since", since),
-        until=_to_date("until", until),
+        since=parse_date(since, "since"),
+        until=parse_date(until, "until"),
         mesh=_terms("mesh", mesh),
         publication_type=_terms("publication_type", publication_type),
         language=language,

@@ -16,7 +16,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, overload
 
-__all__ = ["utcnow", "as_utc", "iso", "as_date", "day_start"]
+from litpulse.core.errors import ConfigError
+
+__all__ = ["utcnow", "as_utc", "iso", "as_date", "parse_date", "day_start"]
 
 
 def utcnow() -> dt.datetime:
@@ -59,6 +61,24 @@ def as_date(value: Any) -> dt.date | None:
     if isinstance(value, str) and value:
         return dt.date.fromisoformat(value[:10])
     return None
+
+
+def parse_date(value: dt.date | str | None, name: str = "date") -> dt.date | None:
+    """A user-given day: a date, a datetime (its UTC day) or strict ``YYYY-MM-DD`` text.
+
+    Empty text and ``None`` give ``None``.
+
+    Raises:
+        ConfigError: Text that is not an ISO date; the message names ``name``.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.date):
+        return as_date(value)
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise ConfigError(f"{name} is not an ISO date (YYYY-MM-DD): {value!r}") from None
 
 
 def day_start(day: dt.date) -> dt.datetime:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import Asset, Param, RetryDecision, RetryPolicy
 
 from litpulse.core.errors import ConfigError, LitpulseError
+from litpulse.core.timeutil import parse_date
 from litpulse.pipeline.alerts import notify
 
 if TYPE_CHECKING:
@@ -400,14 +401,10 @@ def ingest_days(context: Mapping[str, Any]) -> tuple[dt.datetime, dt.datetime]:
 
 
 def _date(value: str | dt.date | None) -> dt.date:
-    if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).date()
-    if isinstance(value, dt.date):
-        return value
-    try:
-        return dt.date.fromisoformat(str(value))
-    except ValueError:
-        raise ConfigError(f"not an ISO date (YYYY-MM-DD): {value!r}") from None
+    day = parse_date(value, "first_day/last_day")
+    if day is None:
+        raise ConfigError("first_day/last_day is not an ISO date (YYYY-MM-DD): nothing given")
+    return day
 
 
 def catchup_skip_reason(
