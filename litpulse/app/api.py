@@ -47,11 +47,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Query
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from litpulse.core import __version__, db
 from litpulse.core.errors import ConfigError, LitpulseError, NotFoundError
-from litpulse.core.schema import articles, index_versions, ingest_runs
+from litpulse.core.schema import index_versions, ingest_runs
 from litpulse.core.settings import Settings
 
 if TYPE_CHECKING:
@@ -190,21 +190,11 @@ def _get_article(engine: Any, pmid: int) -> dict[str, Any]:
 
 
 def _status(settings: Settings, engine: Any) -> dict[str, Any]:
+    from ingest.store import store_counts
     from ranking.embed import active_model
 
-    a = articles.c
     with engine.connect() as conn:
-        live, deleted, retracted, with_abstract, with_icite, newest, updated = conn.execute(
-            select(
-                func.count().filter(a.is_deleted.is_(False)),
-                func.count().filter(a.is_deleted.is_(True)),
-                func.count().filter(a.is_deleted.is_(False), a.is_retracted.is_(True)),
-                func.count().filter(a.is_deleted.is_(False), a.has_abstract.is_(True)),
-                func.count().filter(a.is_deleted.is_(False), a.icite_fetched_at.is_not(None)),
-                func.max(a.best_date).filter(a.is_deleted.is_(False)),
-                func.max(a.updated_at),
-            )
-        ).one()
+        counts = store_counts(conn)
         idx = conn.execute(
             select(index_versions)
             .where(index_versions.c.status == "published")
@@ -220,14 +210,10 @@ def _status(settings: Settings, engine: Any) -> dict[str, Any]:
     return {
         "version": __version__,
         "articles": {
-            "live": int(live or 0),
-            "deleted": int(deleted or 0),
-            "retracted": int(retracted or 0),
-            "with_abstract": int(with_abstract or 0),
-            "with_citations": int(with_icite or 0),
-            "newest_best_date": _iso(newest),
-            "last_updated_at": _iso(updated),
-        },
+            k: counts[k]
+            for k in ("live", "deleted", "retracted", "with_abstract", "with_citations",
+                      "newest_best_date", "last_updated_at")
+        },  # fmt: skip
         "last_ingest": (
             {"source": run.source, "finished_at": _iso(run.finished_at)} if run else None
         ),
