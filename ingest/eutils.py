@@ -61,7 +61,7 @@ from litpulse.core.errors import (
     TransientSourceError,
 )
 from litpulse.core.settings import Settings
-from litpulse.core.timeutil import as_utc, day_start
+from litpulse.core.timeutil import as_utc, day_start, utcnow
 
 __all__ = [
     "PUBMED_RETRIEVABLE",
@@ -347,7 +347,7 @@ def efetch(
     def parse(response: Any) -> list[Item]:
         body = response.content
         _check_efetch_body(body, where)
-        ref = SourceRef("eutils", location, fetched_at=dt.datetime.now(dt.UTC))
+        ref = SourceRef("eutils", location, fetched_at=utcnow())
         return parse_bytes(body, source_ref=ref, limits=limits)
 
     items: list[Item] = client.post("efetch.fcgi", data=data, parse=parse)

@@ -34,6 +34,7 @@ from ingest.runs import IngestCounts, recorded_run
 from ingest.store import Store
 from litpulse.core.errors import NotFoundError
 from litpulse.core.settings import Settings
+from litpulse.core.timeutil import utcnow
 
 __all__ = ["SCOPE", "ingest_files", "order_files", "file_sequence"]
 
@@ -126,7 +127,7 @@ def _fetch_times(store: Store, files: Sequence[Path]) -> dict[Path, dt.datetime]
     Unknown or changed files get now (one millisecond apart, in file order), recorded
     before any of their items is stored.
     """
-    now = dt.datetime.now(dt.UTC)
+    now = utcnow()
     out: dict[Path, dt.datetime] = {}
     for i, path in enumerate(files):
         stat = path.stat()

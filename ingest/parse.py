@@ -94,39 +94,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def _fast_constructor(cls: Any) -> Any:
-    """A keyword constructor for a frozen, slotted dataclass that sets the slots directly.
-
-    A frozen dataclass's ``__init__`` calls ``object.__setattr__`` per field, which costs
-    as much as reading the XML for small records; the slot descriptors do the same job
-    about twice as fast. Classes with a ``__post_init__`` (validation) keep their own
-    constructor.
-    """
-    if hasattr(cls, "__post_init__") or not hasattr(cls, "__slots__"):
-        return cls
-    names = [f.name for f in dataclasses.fields(cls)]
-    defaults = {
-        f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING
-    }
-    params = ", ".join(f"{n}=_d_{n}" if n in defaults else n for n in names)
-    body = "".join(f"    _s_{n}(o, {n})\n" for n in names)
-    src = f"def make({params}):\n    o = _new(_cls)\n{body}    return o\n"
-    env: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
-    env.update({f"_s_{n}": cls.__dict__[n].__set__ for n in names})
-    env.update({f"_d_{n}": v for n, v in defaults.items()})
-    exec(src, env)  # noqa: S102 - source built above from the dataclass' own field names
-    make = env["make"]
-    make.__doc__ = f"Build a {cls.__name__} (fast path of its dataclass __init__)."
-    return make
-
-
-_Record = _fast_constructor(Record)
-_Author = _fast_constructor(Author)
-_MeshHeading = _fast_constructor(MeshHeading)
-_AbstractSection = _fast_constructor(AbstractSection)
-_PartialDate = _fast_constructor(PartialDate)
-
-
 #: Bytes read from the (compressed) input per block.
 READ_BLOCK = 1 << 14
 #: Largest decompressed block handed on at once.
@@ -338,7 +305,7 @@ def parse_medline_date(raw: str) -> PartialDate:
         (i for i, t in enumerate(tokens) if len(t) == 4 and t.isdigit() and t != "0000"), None
     )
     if yi is None:
-        return _PartialDate(raw=raw)
+        return PartialDate(raw=raw)
     year = int(tokens[yi])
     month = day = None
     season = None
@@ -358,7 +325,7 @@ def parse_medline_date(raw: str) -> PartialDate:
                 month = 12
     if month is None and yi > 0 and tokens[yi - 1].isalpha():
         month, season = _month_or_season(tokens[yi - 1])  # "Spring 2001"
-    return _PartialDate(year, month, _valid_day(year, month, day), raw, season)
+    return PartialDate(year, month, _valid_day(year, month, day), raw, season)
 
 
 # --------------------------------------------------------------------------- streaming
@@ -1257,7 +1224,7 @@ def _article(elem: Any, ref: SourceRef) -> Record:
                             pmcid = aid.text.strip() or None
     if cites:
         references.extend(cites)
-    return _Record(
+    return Record(
         pmid=pmid,
         version=version,
         title=title,
@@ -1348,7 +1315,7 @@ def _book(elem: Any, ref: SourceRef) -> Record:
     if data is not None:
         _pubmed_data(data, history, own_ids, references)
     title = f.title or book_title or ""
-    return _Record(
+    return Record(
         pmid=pmid,
         version=version,
         title=title,
@@ -1408,10 +1375,6 @@ class _ArticleFields:
         self.publication_types: list[str] = []
         self.languages: list[str] = []
         self.doi: str | None = None
-
-    def read_article(self, article: Any) -> None:
-        for child in article:
-            self.dispatch(child.tag, child)
 
     def dispatch(self, tag: str, child: Any) -> None:
         if tag == "ArticleTitle":
@@ -1490,7 +1453,7 @@ def _abstract(abstract: Any) -> tuple[AbstractSection, ...]:
         text = flatten_text(at)
         label = at.get("Label")
         if text or label:
-            sections.append(_AbstractSection(text, label or None, at.get("NlmCategory")))
+            sections.append(AbstractSection(text, label or None, at.get("NlmCategory")))
     return tuple(sections)
 
 
@@ -1520,7 +1483,7 @@ def _authors(author_list: Any) -> tuple[Author, ...]:
             elif tag == "Identifier":
                 if orcid is None and c.get("Source") == "ORCID" and c.text:
                     orcid = _clean_orcid(c.text)
-        out.append(_Author(last, fore, initials, collective, tuple(affs), orcid))
+        out.append(Author(last, fore, initials, collective, tuple(affs), orcid))
     return tuple(out)
 
 
@@ -1550,7 +1513,7 @@ def _mesh(mesh_list: Any) -> tuple[MeshHeading, ...]:
             if heading is None:
                 if len(cache) >= _MESH_CACHE_SIZE:
                     cache.clear()
-                heading = cache[key] = _MeshHeading(descriptor, ui, major, tuple(quals))
+                heading = cache[key] = MeshHeading(descriptor, ui, major, tuple(quals))
             out.append(heading)
     return tuple(out)
 
@@ -1604,7 +1567,7 @@ def _partial_date(
     elif season_t:
         month, season = _month_or_season(season_t)
     day = _small_int(day_t) if month else None
-    return _PartialDate(year, month, _valid_day(year, month, day), raw, season)
+    return PartialDate(year, month, _valid_day(year, month, day), raw, season)
 
 
 def _small_int(text: str | None) -> int | None:

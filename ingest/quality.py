@@ -30,7 +30,7 @@ from ingest.runs import IngestCounts
 from litpulse.core.errors import ConfigError, DataQualityError
 from litpulse.core.settings import Settings
 from litpulse.core.states import RunStatus
-from litpulse.core.timeutil import as_date, as_utc, iso
+from litpulse.core.timeutil import as_date, as_utc, day_start, iso
 
 __all__ = [
     "QualityReport",
@@ -303,7 +303,7 @@ def check_ingest(
 def _has_weekday(start: dt.datetime, end: dt.datetime) -> bool:
     """Whether ``[start, end)`` touches a Monday-Friday (UTC) calendar day."""
     day = start.date()
-    while dt.datetime.combine(day, dt.time(), dt.UTC) < end:
+    while day_start(day) < end:
         if day.weekday() < 5:
             return True
         day += dt.timedelta(days=1)
