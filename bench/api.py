@@ -48,7 +48,7 @@ def make_queries(settings: Any, n: int, seed: int = 0) -> list[str]:
     """``n`` varied queries: stored titles (about 60 %) and 1–3 topic keywords."""
     from sqlalchemy import select
 
-    from ingest.generate import TOPICS
+    from litpulse.app.demo.generate import TOPICS
     from litpulse.core import db
     from litpulse.core.schema import articles
 
@@ -75,7 +75,7 @@ def make_queries(settings: Any, n: int, seed: int = 0) -> list[str]:
 def build_store(settings: Any, n_articles: int, tmp: Path) -> tuple[Any, float, float]:
     """Generate, ingest, embed and index; returns (index report, ingest s, index s)."""
     from ingest.files import ingest_files
-    from ingest.generate import generate_corpus
+    from litpulse.app.demo.generate import generate_corpus
     from ranking.index import refresh_index
 
     manifest = generate_corpus(tmp / "corpus", n_records=n_articles, n_files=1, seed=7)

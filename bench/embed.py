@@ -40,9 +40,9 @@ def realistic_texts(n: int, seed: int = 0) -> list[str]:
     from ranking.embed import article_text
 
     try:
-        from ingest.generate import generate_corpus
         from ingest.parse import iter_items
         from ingest.records import Record
+        from litpulse.app.demo.generate import generate_corpus
 
         texts: list[str] = []
         with tempfile.TemporaryDirectory() as tmp:

@@ -162,7 +162,7 @@ def _peak_rss_kb() -> float:
 
 
 def _corpus(workdir: Path, records: int, seed: int) -> Path:
-    from ingest.generate import generate_corpus
+    from litpulse.app.demo.generate import generate_corpus
 
     out = workdir / f"corpus-{records}-{seed}"
     path = out / "pubmed26n0001.xml.gz"

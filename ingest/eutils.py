@@ -50,7 +50,7 @@ from lxml import etree
 from ingest.http import HttpClient, eutils_client
 from ingest.parse import ParseLimits, parse_bytes
 from ingest.records import Deletion, Item, QuarantineEntry, Record, SourceRef
-from ingest.runs import IngestCounts, recorded_run
+from ingest.runs import IngestCounts, OpenRun, recorded_run
 from ingest.store import Store
 from litpulse.core import db
 from litpulse.core.errors import (
@@ -486,30 +486,9 @@ def ingest_window(
         )
         missing_all: list[int] = []
         for n, batch in enumerate(_progress(batches, progress, f"efetch {target}")):
-            key = f"{wkey}#batch{n}"
-            done = store.get_checkpoint(SCOPE, key)
-            if (
-                done is not None
-                and done["status"] == "done"
-                and done["value"].get("generation") == generation
-            ):
-                run.details["batches_skipped"] += 1  # fetched by the run that was cut short
-                missing_all += [int(p) for p in done["value"].get("missing", [])]
-                continue
-            items, missing = fetch_reconciled(
-                client, batch, location=f"efetch run {run.id} {key}", limits=limits
+            missing_all += _fetch_batch(
+                store, client, settings, run, f"{wkey}#batch{n}", batch, generation, limits
             )
-            stored = store.apply(items, run_id=run.id, batch_size=settings.store_batch)
-            batch_counts = stored + IngestCounts(missing=len(missing))
-            store.set_checkpoint(
-                SCOPE,
-                key,
-                "done",
-                {"generation": generation, "size": len(batch), "run_id": run.id,
-                 "counts": batch_counts.to_dict(), "missing": missing},
-            )  # fmt: skip
-            run.counts += batch_counts
-            missing_all += missing
         run.details.update(
             missing_pmids=missing_all[:1000],
             missing_total=len(missing_all),
@@ -523,6 +502,42 @@ def ingest_window(
             )  # fmt: skip
         store.set_checkpoint(SCOPE, f"{wkey}#search", "done", value)
     return run.counts
+
+
+def _fetch_batch(
+    store: Store,
+    client: HttpClient,
+    settings: Settings,
+    run: OpenRun,
+    key: str,
+    batch: list[int],
+    generation: int,
+    limits: ParseLimits,
+) -> list[int]:
+    """Fetch and store one batch of a window (unless this generation already did); its missing.
+
+    The batch's checkpoint ``key`` is written once its items are stored, so a run cut
+    short resumes after the last stored batch.
+    """
+    done = store.get_checkpoint(SCOPE, key)
+    value = done["value"] if done is not None and done["status"] == "done" else {}
+    if value.get("generation") == generation:
+        run.details["batches_skipped"] += 1  # fetched by the run that was cut short
+        return [int(p) for p in value.get("missing", [])]
+    items, missing = fetch_reconciled(
+        client, batch, location=f"efetch run {run.id} {key}", limits=limits
+    )
+    stored = store.apply(items, run_id=run.id, batch_size=settings.store_batch)
+    batch_counts = stored + IngestCounts(missing=len(missing))
+    store.set_checkpoint(
+        SCOPE,
+        key,
+        "done",
+        {"generation": generation, "size": len(batch), "run_id": run.id,
+         "counts": batch_counts.to_dict(), "missing": missing},
+    )  # fmt: skip
+    run.counts += batch_counts
+    return missing
 
 
 def _searched(

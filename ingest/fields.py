@@ -170,6 +170,12 @@ def _read_pmid(pmid_el: Any, where: str) -> tuple[int, int]:
 
 
 def _article(elem: Any, ref: SourceRef) -> Record:
+    """Read one ``PubmedArticle`` into a record.
+
+    Longer than the usual 80 lines on purpose: this is the parser's hot path, one pass
+    over each level of the element with local variables; splitting it into helpers would
+    add calls and objects for every record (:mod:`bench.parse` measures it).
+    """
     # The hot path: one pass over each level with local variables (no helper objects).
     mc = pd_el = None
     for child in elem:

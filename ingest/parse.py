@@ -363,6 +363,10 @@ def _pieces(first: bytes, chunks: Iterator[bytes], line: int, max_record: int) -
     missing. At most ``max_record`` bytes of one record and :data:`MAX_GAP` bytes between
     two records are ever held: past that, only a bounded prefix is kept while the rest is
     counted and dropped.
+
+    Longer than the usual 80 lines on purpose: one byte-level state machine whose reader
+    closure shares the buffer and position with the loop; split apart, that state would
+    have to travel through every call.
     """
     buf = bytearray(first)
     pos = 0
