@@ -169,6 +169,18 @@ def _read_pmid(pmid_el: Any, where: str) -> tuple[int, int]:
     return pmid, version
 
 
+def _two_parts(elem: Any, first: str, second: str) -> tuple[Any, Any]:
+    """The children of ``elem`` tagged ``first`` and ``second`` (the last of each; None)."""
+    one = two = None
+    for child in elem:
+        tag = child.tag
+        if tag == first:
+            one = child
+        elif tag == second:
+            two = child
+    return one, two
+
+
 def _article(elem: Any, ref: SourceRef) -> Record:
     """Read one ``PubmedArticle`` into a record.
 
@@ -177,13 +189,7 @@ def _article(elem: Any, ref: SourceRef) -> Record:
     add calls and objects for every record (:mod:`bench.parse` measures it).
     """
     # The hot path: one pass over each level with local variables (no helper objects).
-    mc = pd_el = None
-    for child in elem:
-        tag = child.tag
-        if tag == "MedlineCitation":
-            mc = child
-        elif tag == "PubmedData":
-            pd_el = child
+    mc, pd_el = _two_parts(elem, "MedlineCitation", "PubmedData")
     if mc is None:
         raise _BadRecord("PubmedArticle without MedlineCitation", pmid_guess(elem))
 
@@ -346,13 +352,7 @@ def _reference_pmids(reference_list: Any, out: list[int]) -> None:
 
 
 def _book(elem: Any, ref: SourceRef) -> Record:
-    doc = data = None
-    for child in elem:
-        tag = child.tag
-        if tag == "BookDocument":
-            doc = child
-        elif tag == "PubmedBookData":
-            data = child
+    doc, data = _two_parts(elem, "BookDocument", "PubmedBookData")
     if doc is None:
         raise _BadRecord("PubmedBookArticle without BookDocument", pmid_guess(elem))
     pmid_el = None
