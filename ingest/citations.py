@@ -48,6 +48,7 @@ from litpulse.core import db
 from litpulse.core.errors import ConfigError, TransientSourceError
 from litpulse.core.schema import articles
 from litpulse.core.settings import Settings
+from litpulse.core.timeutil import utcnow
 
 __all__ = ["REFRESH_POLICY", "CitationCounts", "due_pmids", "parse_icite", "refresh_citations"]
 
@@ -104,7 +105,7 @@ def due_pmids(
     Returns:
         The PMIDs, ascending.
     """
-    now = now or db.utcnow()
+    now = now or utcnow()
     a = articles.c
     age_ref = func.coalesce(a.best_date, a.entrez_date)
     today = now.date()
@@ -197,7 +198,7 @@ def _fetch(client: HttpClient, pmids: Sequence[int]) -> dict[int, dict[str, Any]
 
 
 def _write(engine: Engine, found: dict[int, dict[str, Any]], unknown: Iterable[int]) -> None:
-    now = db.utcnow()
+    now = utcnow()
     a = articles.c
     with engine.begin() as conn:
         if found:
