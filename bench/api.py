@@ -1,6 +1,6 @@
 """Benchmark: ``GET /search`` latency end to end vs its bare parts, side by side.
 
-Setup: a corpus of ``--articles`` records from :func:`ingest.generate.generate_corpus`
+Setup: a corpus of ``--articles`` records from :func:`litpulse.app.demo.generate.generate_corpus`
 in a temporary home, ingested with :func:`ingest.files.ingest_files`, embedded and
 indexed with :func:`ranking.refresh.refresh_index` (the bundled model, the default
 settings). Queries: titles of stored articles mixed with short keyword queries from the
@@ -48,7 +48,7 @@ def make_queries(settings: Any, n: int, seed: int = 0) -> list[str]:
     """``n`` varied queries: stored titles (about 60 %) and 1–3 topic keywords."""
     from sqlalchemy import select
 
-    from ingest.generate import TOPICS
+    from litpulse.app.demo.generate import TOPICS
     from litpulse.core import db
     from litpulse.core.schema import articles
 
@@ -75,7 +75,7 @@ def make_queries(settings: Any, n: int, seed: int = 0) -> list[str]:
 def build_store(settings: Any, n_articles: int, tmp: Path) -> tuple[Any, float, float]:
     """Generate, ingest, embed and index; returns (index report, ingest s, index s)."""
     from ingest.files import ingest_files
-    from ingest.generate import generate_corpus
+    from litpulse.app.demo.generate import generate_corpus
     from ranking.refresh import refresh_index
 
     manifest = generate_corpus(tmp / "corpus", n_records=n_articles, n_files=1, seed=7)

@@ -1,7 +1,7 @@
 """Benchmark: plain ``SentenceTransformer.encode`` vs litpulse's embedding path.
 
 Both run side by side in one process on the same realistic abstracts (from
-``ingest.generate`` when available, else built-in long abstracts of ~250 words) and
+``litpulse.app.demo.generate`` when available, else built-in long abstracts of ~250 words) and
 the same model; the table gives docs/s, the speed-up and the cosine of each fast vector
 to its plain fp32 vector (min and mean). Timing is never part of the test run.
 
@@ -40,9 +40,9 @@ def realistic_texts(n: int, seed: int = 0) -> list[str]:
     from ranking.embed import article_text
 
     try:
-        from ingest.generate import generate_corpus
         from ingest.parse import iter_items
         from ingest.records import Record
+        from litpulse.app.demo.generate import generate_corpus
 
         texts: list[str] = []
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
 """Benchmark: nightly index refresh vs full rebuild, and ANN latency/recall vs exact search.
 
-Vectors: a small set of real all-MiniLM-L6-v2 vectors (titles from ``ingest.generate``,
+Vectors: a small set of real all-MiniLM-L6-v2 vectors (titles from ``litpulse.app.demo.generate``,
 or built-in texts), then synthetic vectors drawn around them in two levels (topic →
 sub-topic → article, Gaussian noise, re-normalised) up to each size. For each size N:
 

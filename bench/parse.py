@@ -1,6 +1,6 @@
 """Benchmark: litpulse's PubMed parser against pubmed_parser, Bio.Entrez and bare lxml.
 
-Generates a corpus file (``ingest.generate``, cached in ``--workdir``) and runs every
+Generates a corpus file (``litpulse.app.demo.generate``, cached in ``--workdir``) and runs every
 parser in its own subprocess, so the peak RSS (the child's ``VmHWM``; ``ru_maxrss``
 where /proc is missing) belongs to one parser alone. Each child reports wall time, CPU
 time (user + system, all threads) and peak RSS; the table gives articles/s on both
@@ -162,7 +162,7 @@ def _peak_rss_kb() -> float:
 
 
 def _corpus(workdir: Path, records: int, seed: int) -> Path:
-    from ingest.generate import generate_corpus
+    from litpulse.app.demo.generate import generate_corpus
 
     out = workdir / f"corpus-{records}-{seed}"
     path = out / "pubmed26n0001.xml.gz"

@@ -42,11 +42,13 @@ from typing import Any
 from sqlalchemy import Engine, and_, bindparam, func, or_, select, update
 
 from ingest.http import HttpClient
-from ingest.store import IngestCounts, Store
+from ingest.runs import IngestCounts, recorded_run
+from ingest.store import Store
 from litpulse.core import db
 from litpulse.core.errors import ConfigError, TransientSourceError
 from litpulse.core.schema import articles
 from litpulse.core.settings import Settings
+from litpulse.core.timeutil import utcnow
 
 __all__ = ["REFRESH_POLICY", "CitationCounts", "due_pmids", "parse_icite", "refresh_citations"]
 
@@ -103,7 +105,7 @@ def due_pmids(
     Returns:
         The PMIDs, ascending.
     """
-    now = now or db.utcnow()
+    now = now or utcnow()
     a = articles.c
     age_ref = func.coalesce(a.best_date, a.entrez_date)
     today = now.date()
@@ -196,7 +198,7 @@ def _fetch(client: HttpClient, pmids: Sequence[int]) -> dict[int, dict[str, Any]
 
 
 def _write(engine: Engine, found: dict[int, dict[str, Any]], unknown: Iterable[int]) -> None:
-    now = db.utcnow()
+    now = utcnow()
     a = articles.c
     with engine.begin() as conn:
         if found:
@@ -267,36 +269,24 @@ def refresh_citations(
         target = f"{len(asked)} pmids"
         if len(wanted) < len(asked):
             logger.info("%d of the PMIDs given are not live in the store", len(asked) - len(wanted))
-    run_id = store.start_run("citations", target=target)
-    client = HttpClient(settings, settings.icite_url)
     counts = CitationCounts()
     size = settings.icite_batch
     batches = [wanted[i : i + size] for i in range(0, len(wanted), size)]
-    try:
+    with (
+        HttpClient(settings, settings.icite_url) as client,
+        recorded_run(store, "citations", target=target, redact=client.redact) as run,
+    ):
+        run.details = {"citations": counts.to_dict(), "batches": len(batches)}
         for n, batch in enumerate(batches, 1):
             found = _fetch(client, batch)
             found = {p: v for p, v in found.items() if p in set(batch)}
             unknown = [p for p in batch if p not in found]
             _write(engine, found, unknown)
             counts = counts + CitationCounts(len(batch), len(found), len(unknown))
+            run.counts = IngestCounts(updated=counts.updated, missing=counts.unknown)
+            run.details["citations"] = counts.to_dict()
             if progress:
                 logger.info("icite batch %d/%d: %s", n, len(batches), counts.to_dict())
-        store.finish_run(
-            run_id,
-            IngestCounts(updated=counts.updated, missing=counts.unknown),
-            details={"citations": counts.to_dict(), "batches": len(batches),
-                     "requests": client.requests_sent, "retries": client.retries},
-        )
+        run.details.update(requests=client.requests_sent, retries=client.retries)
         logger.info("citations refreshed: %s", counts.to_dict())
-        return counts
-    except BaseException as exc:
-        store.finish_run(
-            run_id,
-            IngestCounts(updated=counts.updated, missing=counts.unknown),
-            status="failed",
-            error=client.redact(f"{type(exc).__name__}: {exc}"),
-            details={"citations": counts.to_dict(), "batches": len(batches)},
-        )
-        raise
-    finally:
-        client.close()
+    return counts

@@ -50,7 +50,8 @@ from lxml import etree
 from ingest.http import HttpClient, eutils_client
 from ingest.parse import ParseLimits, parse_bytes
 from ingest.records import Deletion, Item, QuarantineEntry, Record, SourceRef
-from ingest.store import IngestCounts, Store
+from ingest.runs import IngestCounts, OpenRun, recorded_run
+from ingest.store import Store
 from litpulse.core import db
 from litpulse.core.errors import (
     ConfigError,
@@ -60,6 +61,7 @@ from litpulse.core.errors import (
     TransientSourceError,
 )
 from litpulse.core.settings import Settings
+from litpulse.core.timeutil import as_utc, day_start, utcnow
 
 __all__ = [
     "PUBMED_RETRIEVABLE",
@@ -345,7 +347,7 @@ def efetch(
     def parse(response: Any) -> list[Item]:
         body = response.content
         _check_efetch_body(body, where)
-        ref = SourceRef("eutils", location, fetched_at=dt.datetime.now(dt.UTC))
+        ref = SourceRef("eutils", location, fetched_at=utcnow())
         return parse_bytes(body, source_ref=ref, limits=limits)
 
     items: list[Item] = client.post("efetch.fcgi", data=data, parse=parse)
@@ -392,12 +394,6 @@ def window_key(start: dt.date, end: dt.date, query: str | None) -> str:
     if query:
         key += "|q=" + hashlib.sha1(query.encode()).hexdigest()[:16]
     return key
-
-
-def _as_datetime(value: dt.datetime | dt.date) -> dt.datetime:
-    if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-    return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
 
 
 def _progress(items: Sequence[Any], enabled: bool, desc: str) -> Iterator[Any]:
@@ -448,7 +444,9 @@ def ingest_window(
             a later call resumes from the last finished batch.
         InvalidRequestError: The query was rejected.
     """
-    since_dt, until_dt = _as_datetime(since), _as_datetime(until)
+    since_dt, until_dt = (
+        as_utc(v) if isinstance(v, dt.datetime) else day_start(v) for v in (since, until)
+    )
     if until_dt <= since_dt:
         raise ConfigError(
             f"window end {until_dt:%Y-%m-%d %H:%M} is not after its start "
@@ -462,47 +460,22 @@ def ingest_window(
     wkey = window_key(start, end, query)
     store = Store(db.connect(settings))
     target = f"{start}..{end}" + (f" {query}" if query else "")
-    run_id = store.start_run(
-        "eutils",
-        target=target,
-        window_start=since_dt,
-        window_end=until_dt,
-    )
-    client = eutils_client(settings)
     limits = ParseLimits.from_settings(settings)
-    counts = IngestCounts()
-    details: dict[str, Any] = {"window": f"{start}..{end}", "query": query, "term": term}
-    try:
-        search = store.get_checkpoint(SCOPE, f"{wkey}#search")
-        previous = int(search["value"].get("generation", 0)) if search else 0
-        if search is not None and search["status"] == "searched" and not restart:
-            value = search["value"]  # an unfinished run of this window: resume it
-            details["resumed"] = True
-        else:
-            value = {
-                "generation": previous + 1,
-                "batch": settings.efetch_batch,
-                "datetypes": {},
-                "requests": 0,
-                "splits": 0,
-            }
-            pmids: set[int] = set()
-            for datetype in ("edat", "mdat"):
-                found = search_pmids(
-                    client, term=term, datetype=datetype, start=start, end=end,
-                    cap=settings.esearch_cap,
-                )
-                value["datetypes"][datetype] = len(found.pmids)
-                value["requests"] += found.requests
-                value["splits"] += found.splits
-                pmids |= found.pmids
-            value["pmids"] = sorted(pmids)
-            store.set_checkpoint(SCOPE, f"{wkey}#search", "searched", value)
+    with (
+        eutils_client(settings) as client,
+        recorded_run(
+            store, "eutils", target=target, window_start=since_dt, window_end=until_dt,
+            redact=client.redact,
+        ) as run,
+    ):  # fmt: skip
+        run.details = {"window": f"{start}..{end}", "query": query, "term": term}
+        run.on_failure = lambda: {"requests": client.requests_sent, "retries": client.retries}
+        value = _searched(store, client, settings, wkey, term, start, end, restart, run.details)
         generation = int(value.get("generation", 1))
         all_pmids: list[int] = [int(p) for p in value["pmids"]]
         size = int(value["batch"])
         batches = [all_pmids[i : i + size] for i in range(0, len(all_pmids), size)]
-        details.update(
+        run.details.update(
             edat_count=value["datetypes"].get("edat", 0),
             mdat_count=value["datetypes"].get("mdat", 0),
             pmids=len(all_pmids),
@@ -513,31 +486,10 @@ def ingest_window(
         )
         missing_all: list[int] = []
         for n, batch in enumerate(_progress(batches, progress, f"efetch {target}")):
-            key = f"{wkey}#batch{n}"
-            done = store.get_checkpoint(SCOPE, key)
-            if (
-                done is not None
-                and done["status"] == "done"
-                and done["value"].get("generation") == generation
-            ):
-                details["batches_skipped"] += 1  # fetched by the run that was cut short
-                missing_all += [int(p) for p in done["value"].get("missing", [])]
-                continue
-            items, missing = fetch_reconciled(
-                client, batch, location=f"efetch run {run_id} {key}", limits=limits
+            missing_all += _fetch_batch(
+                store, client, settings, run, f"{wkey}#batch{n}", batch, generation, limits
             )
-            stored = store.apply(items, run_id=run_id, batch_size=settings.store_batch)
-            batch_counts = stored + IngestCounts(missing=len(missing))
-            store.set_checkpoint(
-                SCOPE,
-                key,
-                "done",
-                {"generation": generation, "size": len(batch), "run_id": run_id,
-                 "counts": batch_counts.to_dict(), "missing": missing},
-            )
-            counts = counts + batch_counts
-            missing_all += missing
-        details.update(
+        run.details.update(
             missing_pmids=missing_all[:1000],
             missing_total=len(missing_all),
             requests=client.requests_sent,
@@ -547,16 +499,85 @@ def ingest_window(
             logger.warning(
                 "window %s: %d PMIDs listed by ESearch were not returned by EFetch: %s",
                 target, len(missing_all), missing_all[:20],
-            )
+            )  # fmt: skip
         store.set_checkpoint(SCOPE, f"{wkey}#search", "done", value)
-        store.finish_run(run_id, counts, details=details)
-        return counts
-    except BaseException as exc:
-        details.update(requests=client.requests_sent, retries=client.retries)
-        store.finish_run(
-            run_id, counts, status="failed", error=client.redact(f"{type(exc).__name__}: {exc}"),
-            details=details,
+    return run.counts
+
+
+def _fetch_batch(
+    store: Store,
+    client: HttpClient,
+    settings: Settings,
+    run: OpenRun,
+    key: str,
+    batch: list[int],
+    generation: int,
+    limits: ParseLimits,
+) -> list[int]:
+    """Fetch and store one batch of a window (unless this generation already did); its missing.
+
+    The batch's checkpoint ``key`` is written once its items are stored, so a run cut
+    short resumes after the last stored batch.
+    """
+    done = store.get_checkpoint(SCOPE, key)
+    value = done["value"] if done is not None and done["status"] == "done" else {}
+    if value.get("generation") == generation:
+        run.details["batches_skipped"] += 1  # fetched by the run that was cut short
+        return [int(p) for p in value.get("missing", [])]
+    items, missing = fetch_reconciled(
+        client, batch, location=f"efetch run {run.id} {key}", limits=limits
+    )
+    stored = store.apply(items, run_id=run.id, batch_size=settings.store_batch)
+    batch_counts = stored + IngestCounts(missing=len(missing))
+    store.set_checkpoint(
+        SCOPE,
+        key,
+        "done",
+        {"generation": generation, "size": len(batch), "run_id": run.id,
+         "counts": batch_counts.to_dict(), "missing": missing},
+    )  # fmt: skip
+    run.counts += batch_counts
+    return missing
+
+
+def _searched(
+    store: Store,
+    client: HttpClient,
+    settings: Settings,
+    wkey: str,
+    term: str,
+    start: dt.date,
+    end: dt.date,
+    restart: bool,
+    details: dict[str, Any],
+) -> dict[str, Any]:
+    """The PMIDs of a window: those an unfinished run searched, or a new search's.
+
+    A new search (none unfinished, or ``restart``) starts a new generation, so the
+    batches an older run fetched are fetched again; it is saved as the ``#search``
+    checkpoint before any batch is fetched.
+    """
+    search = store.get_checkpoint(SCOPE, f"{wkey}#search")
+    previous = int(search["value"].get("generation", 0)) if search else 0
+    if search is not None and search["status"] == "searched" and not restart:
+        details["resumed"] = True  # an unfinished run of this window: resume it
+        return search["value"]
+    value: dict[str, Any] = {
+        "generation": previous + 1,
+        "batch": settings.efetch_batch,
+        "datetypes": {},
+        "requests": 0,
+        "splits": 0,
+    }
+    pmids: set[int] = set()
+    for datetype in ("edat", "mdat"):
+        found = search_pmids(
+            client, term=term, datetype=datetype, start=start, end=end, cap=settings.esearch_cap
         )
-        raise
-    finally:
-        client.close()
+        value["datetypes"][datetype] = len(found.pmids)
+        value["requests"] += found.requests
+        value["splits"] += found.splits
+        pmids |= found.pmids
+    value["pmids"] = sorted(pmids)
+    store.set_checkpoint(SCOPE, f"{wkey}#search", "searched", value)
+    return value

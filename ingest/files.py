@@ -30,9 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from ingest.records import Item
-from ingest.store import IngestCounts, Store
+from ingest.runs import IngestCounts, recorded_run
+from ingest.store import Store
 from litpulse.core.errors import NotFoundError
 from litpulse.core.settings import Settings
+from litpulse.core.timeutil import utcnow
 
 __all__ = ["SCOPE", "ingest_files", "order_files", "file_sequence"]
 
@@ -98,14 +100,14 @@ def ingest_files(
         raise NotFoundError(f"no such file: {', '.join(missing)}")
     limits = ParseLimits.from_settings(settings)
     store = Store(connect(settings))
-    run_id = store.start_run("files", target=" ".join(str(p) for p in files))
-    committed = [IngestCounts()]  # what earlier batches stored, should a later one fail
-
-    def on_batch(counts: IngestCounts) -> None:
-        committed[0] += counts
-
     per_file: list[dict[str, object]] = []
-    try:
+    with recorded_run(store, "files", target=" ".join(str(p) for p in files)) as run:
+        run.details = {"files": per_file}
+
+        def on_batch(counts: IngestCounts) -> None:
+            # what earlier batches stored, should a later one fail
+            run.counts += counts
+
         fetched = _fetch_times(store, files)
         for path in files:
             # absolute paths: a re-run from another folder is recognised as a replay
@@ -113,22 +115,10 @@ def ingest_files(
             items: Iterator[Item] = iter_items(path, source_ref=ref, limits=limits)
             if progress:
                 items = _with_progress(items, path.name)
-            counts = store.apply(items, run_id=run_id, batch_size=size, on_batch=on_batch)
+            counts = store.apply(items, run_id=run.id, batch_size=size, on_batch=on_batch)
             logger.info("%s: %s", path, counts.to_dict())
             per_file.append({"path": str(path), **counts.to_dict()})
-        total = committed[0]
-    except BaseException as exc:
-        total = committed[0]
-        store.finish_run(
-            run_id,
-            total,
-            status="failed",
-            error=f"{type(exc).__name__}: {exc}",
-            details={"files": per_file},
-        )
-        raise
-    store.finish_run(run_id, total, details={"files": per_file})
-    return total
+    return run.counts
 
 
 def _fetch_times(store: Store, files: Sequence[Path]) -> dict[Path, dt.datetime]:
@@ -137,7 +127,7 @@ def _fetch_times(store: Store, files: Sequence[Path]) -> dict[Path, dt.datetime]
     Unknown or changed files get now (one millisecond apart, in file order), recorded
     before any of their items is stored.
     """
-    now = dt.datetime.now(dt.UTC)
+    now = utcnow()
     out: dict[Path, dt.datetime] = {}
     for i, path in enumerate(files):
         stat = path.stat()

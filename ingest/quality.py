@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Mapping
@@ -25,8 +26,11 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
+from ingest.runs import IngestCounts
 from litpulse.core.errors import ConfigError, DataQualityError
 from litpulse.core.settings import Settings
+from litpulse.core.states import RunStatus
+from litpulse.core.timeutil import as_date, as_utc, day_start, iso
 
 __all__ = [
     "QualityReport",
@@ -39,7 +43,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_COUNT_FIELDS = ("inserted", "updated", "unchanged", "deleted", "quarantined", "missing")
+_COUNT_FIELDS = tuple(f.name for f in dataclasses.fields(IngestCounts))
 #: Ingest sources whose runs cover a time window (the watermark).
 _WINDOW_SOURCES = ("eutils", "updatefiles")
 
@@ -91,25 +95,26 @@ class QualityReport:
             "checks": list(self.checks),
             "records": self.records,
             "quarantine_rate": round(self.quarantine_rate, 6),
-            "newest_entrez_date": _iso(self.newest_entrez_date),
-            "window_start": _iso(self.window_start),
-            "window_end": _iso(self.window_end),
-            "progress_watermark": _iso(self.progress_watermark),
+            "newest_entrez_date": iso(self.newest_entrez_date),
+            "window_start": iso(self.window_start),
+            "window_end": iso(self.window_end),
+            "progress_watermark": iso(self.progress_watermark),
             "progress": list(self.progress),
         }
 
 
-def counts_as_dict(counts: Any) -> dict[str, int]:
-    """The six ingest counts of an ``IngestCounts``, a dict or ``None`` (missing are 0)."""
+def counts_as_dict(counts: IngestCounts | Mapping[str, Any] | None) -> dict[str, int]:
+    """The six ingest counts of an ``IngestCounts``, a dict (e.g. from XCom) or ``None``.
+
+    Counts a mapping lacks are 0.
+    """
     if counts is None:
-        raw: Mapping[str, Any] = {}
-    elif isinstance(counts, Mapping):
-        raw = counts
-    elif hasattr(counts, "to_dict"):
-        raw = counts.to_dict()
-    else:
-        raise ConfigError(f"counts must be IngestCounts or a mapping, got {type(counts).__name__}")
-    return {name: int(raw.get(name, 0) or 0) for name in _COUNT_FIELDS}
+        return IngestCounts().to_dict()
+    if isinstance(counts, IngestCounts):
+        return counts.to_dict()
+    if isinstance(counts, Mapping):
+        return {name: int(counts.get(name, 0) or 0) for name in _COUNT_FIELDS}
+    raise ConfigError(f"counts must be IngestCounts or a mapping, got {type(counts).__name__}")
 
 
 def newest_entrez_date(engine: Engine) -> dt.date | None:
@@ -122,11 +127,7 @@ def newest_entrez_date(engine: Engine) -> dt.date | None:
                 articles.c.is_deleted.is_(False)
             )
         ).scalar()
-    if isinstance(newest, str):  # SQLite returns the coalesced date as text
-        newest = dt.date.fromisoformat(newest[:10])
-    if isinstance(newest, dt.datetime):
-        newest = newest.date()
-    return newest
+    return as_date(newest)  # SQLite returns the coalesced date as text
 
 
 def progress_watermark(engine: Engine) -> dt.datetime | None:
@@ -140,14 +141,12 @@ def progress_watermark(engine: Engine) -> dt.datetime | None:
         value = conn.execute(
             select(func.max(r.window_end)).where(
                 r.source.in_(_WINDOW_SOURCES),
-                r.status == "succeeded",
+                r.status == RunStatus.SUCCEEDED,
                 r.window_end.is_not(None),
                 r.inserted + r.updated > 0,
             )
         ).scalar()
-    if isinstance(value, str):  # SQLite without type affinity
-        value = dt.datetime.fromisoformat(value)
-    return _utc(value) if value is not None else None
+    return as_utc(value)
 
 
 def stored_in_window(engine: Engine, start: dt.datetime, end: dt.datetime) -> int:
@@ -168,7 +167,7 @@ def stored_in_window(engine: Engine, start: dt.datetime, end: dt.datetime) -> in
 
 def check_ingest(
     settings: Settings,
-    counts: Any,
+    counts: IngestCounts | Mapping[str, Any] | None,
     window: tuple[dt.datetime, dt.datetime] | None = None,
     *,
     engine: Engine | None = None,
@@ -206,6 +205,9 @@ def check_ingest(
     Raises:
         DataQualityError: A check failed and ``raise_on_failure`` is true; the message
             lists every failed check.
+
+    Longer than the usual 80 lines: a third is this docstring, the rest is the checks
+    in the order they are reported, each a short block adding to the same report.
     """
     c = counts_as_dict(counts)
     parsed = c["inserted"] + c["updated"] + c["unchanged"] + c["quarantined"]
@@ -226,7 +228,7 @@ def check_ingest(
     watermark = None
     progress: list[str] = []
     if window is not None:
-        start, end = (_utc(w) for w in window)
+        start, end = (as_utc(w) for w in window)
         if end <= start:
             raise ConfigError(f"window end {end.isoformat()} must be after its start")
         if engine is None:
@@ -275,7 +277,7 @@ def check_ingest(
                     "the newest entrez date in the store is %s, more than %d days before the "
                     "window end %s, but the ingest moves forward by what the runs did (%s; "
                     "progress watermark %s): a mirror or a replay?",
-                    newest or "missing", days, end.date(), "+".join(progress), _iso(watermark),
+                    newest or "missing", days, end.date(), "+".join(progress), iso(watermark),
                 )
 
     report = QualityReport(
@@ -304,18 +306,9 @@ def check_ingest(
 def _has_weekday(start: dt.datetime, end: dt.datetime) -> bool:
     """Whether ``[start, end)`` touches a Monday-Friday (UTC) calendar day."""
     day = start.date()
-    while dt.datetime.combine(day, dt.time(), dt.UTC) < end:
+    while day_start(day) < end:
         if day.weekday() < 5:
             return True
         day += dt.timedelta(days=1)
     return False
 
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    if value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value.astimezone(dt.UTC)
-
-
-def _iso(value: dt.date | None) -> str | None:
-    return value.isoformat() if value is not None else None

@@ -18,6 +18,8 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from litpulse.core.timeutil import utcnow
+
 __all__ = [
     "AbstractSection",
     "Author",
@@ -48,7 +50,7 @@ class SourceRef:
     kind: SourceKind
     location: str
     sequence: int = 0
-    fetched_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    fetched_at: dt.datetime = field(default_factory=utcnow)
 
     def order_key(self) -> tuple[int, float]:
         """Later sources sort higher: file number first, then fetch time."""

@@ -25,25 +25,25 @@ Example:
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import logging
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import select
 
 from ingest.http import HttpClient
 from ingest.records import SourceRef
-from ingest.store import IngestCounts, Store
+from ingest.runs import IngestCounts, recorded_run
+from ingest.store import Store
 from litpulse.core import db
 from litpulse.core.errors import ChecksumError, ConfigError, InvalidRequestError
 from litpulse.core.schema import source_files
 from litpulse.core.settings import Settings
+from litpulse.core.timeutil import utcnow
 
 __all__ = ["RemoteFile", "apply_updates", "list_remote_files", "parse_listing", "parse_md5"]
 
@@ -230,69 +230,72 @@ def apply_updates(
     engine = db.connect(settings)
     store = Store(engine)
     downloads = settings.ensure_home() / "downloads"
-    run_id = store.start_run("updatefiles", target=str(settings.pubmed_files_url))
-    counts = IngestCounts()
     applied: list[str] = []
-    details: dict[str, Any] = {"files": applied, "include_baseline": include_baseline}
     source = _source(settings)
+    redact = getattr(getattr(source, "client", None), "redact", str)
     try:
-        remote = _list(source, include_baseline)
-        with engine.connect() as conn:
-            done = set(conn.execute(select(source_files.c.name)).scalars())
-        pending = [f for f in remote if f.name not in done]
-        if done and pending:
-            newest = max((f for f in remote if f.name in done), default=None)
-            late = [f.name for f in pending if newest is not None and f < newest]
-            if late:
-                logger.warning("files older than the newest applied one are pending: %s", late)
-        details.update(listed=len(remote), pending=len(pending))
-        if max_files is not None:
-            pending = pending[:max_files]
-        total_bytes = 0
-        for n, f in enumerate(pending, 1):
-            if progress:
-                logger.info("update file %d/%d: %s", n, len(pending), f.name)
-            details["current"] = f.name
-            dest = downloads / f.name
-            size, digest = _download_verified(source, f, dest)
-            total_bytes += size
-            from ingest.parse import ParseLimits, iter_items
-
-            ref = SourceRef(f.kind, f.name, sequence=f.number)  # type: ignore[arg-type]
-            items = iter_items(dest, source_ref=ref, limits=ParseLimits.from_settings(settings))
-            file_counts = store.apply(items, run_id=run_id, batch_size=settings.store_batch)
-            with engine.begin() as conn:
-                db.upsert(
-                    conn,
-                    source_files,
-                    [
-                        {
-                            "name": f.name,
-                            "kind": f.kind,
-                            "sequence": f.number,
-                            "md5": digest,
-                            "size": size,
-                            "run_id": run_id,
-                            "counts": file_counts.to_dict(),
-                            "applied_at": db.utcnow(),
-                        }
-                    ],
-                    keys=["name"],
-                )
-            dest.unlink(missing_ok=True)
-            counts = counts + file_counts
-            applied.append(f.name)
-            logger.info("applied %s: %s", f.name, file_counts.to_dict())
-        details.pop("current", None)
-        details["bytes"] = total_bytes
-        store.finish_run(run_id, counts, details=details)
-        return counts
-    except BaseException as exc:
-        redact = getattr(getattr(source, "client", None), "redact", str)
-        store.finish_run(
-            run_id, counts, status="failed", error=redact(f"{type(exc).__name__}: {exc}"),
-            details={**details, "failed_at": dt.datetime.now(dt.UTC).isoformat()},
-        )
-        raise
+        with recorded_run(
+            store, "updatefiles", target=str(settings.pubmed_files_url), redact=redact
+        ) as run:
+            details = run.details = {"files": applied, "include_baseline": include_baseline}
+            run.on_failure = lambda: {"failed_at": utcnow().isoformat()}
+            remote = _list(source, include_baseline)
+            with engine.connect() as conn:
+                done = set(conn.execute(select(source_files.c.name)).scalars())
+            pending = [f for f in remote if f.name not in done]
+            if done and pending:
+                newest = max((f for f in remote if f.name in done), default=None)
+                late = [f.name for f in pending if newest is not None and f < newest]
+                if late:
+                    logger.warning("files older than the newest applied one are pending: %s", late)
+            details.update(listed=len(remote), pending=len(pending))
+            if max_files is not None:
+                pending = pending[:max_files]
+            total_bytes = 0
+            for n, f in enumerate(pending, 1):
+                if progress:
+                    logger.info("update file %d/%d: %s", n, len(pending), f.name)
+                details["current"] = f.name
+                dest = downloads / f.name
+                size, digest = _download_verified(source, f, dest)
+                total_bytes += size
+                file_counts = _apply_file(settings, store, f, dest, size, digest, run.id)
+                dest.unlink(missing_ok=True)
+                run.counts += file_counts
+                applied.append(f.name)
+                logger.info("applied %s: %s", f.name, file_counts.to_dict())
+            details.pop("current", None)
+            details["bytes"] = total_bytes
     finally:
         source.close()
+    return run.counts
+
+
+def _apply_file(
+    settings: Settings,
+    store: Store,
+    f: RemoteFile,
+    dest: Path,
+    size: int,
+    digest: str,
+    run_id: int,
+) -> IngestCounts:
+    """Apply one verified file and record it in ``source_files`` (so it is not applied again)."""
+    from ingest.parse import ParseLimits, iter_items
+
+    ref = SourceRef(f.kind, f.name, sequence=f.number)  # type: ignore[arg-type]
+    items = iter_items(dest, source_ref=ref, limits=ParseLimits.from_settings(settings))
+    file_counts = store.apply(items, run_id=run_id, batch_size=settings.store_batch)
+    row = {
+        "name": f.name,
+        "kind": f.kind,
+        "sequence": f.number,
+        "md5": digest,
+        "size": size,
+        "run_id": run_id,
+        "counts": file_counts.to_dict(),
+        "applied_at": utcnow(),
+    }
+    with store.engine.begin() as conn:
+        db.upsert(conn, source_files, [row], keys=["name"])
+    return file_counts

@@ -35,7 +35,6 @@ import datetime as dt
 import gzip
 import hashlib
 import html
-import io
 import json
 import re
 import socket
@@ -51,6 +50,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from lxml import etree
 
+from litpulse.app.demo.pubmed_xml import DOCTYPE as PUBMED_DOCTYPE
+from litpulse.app.demo.pubmed_xml import article_xml, default_title, gz, pubmed_set
 from litpulse.core.settings import Settings
 
 __all__ = [
@@ -59,7 +60,10 @@ __all__ = [
     "Fault",
     "FaultPlan",
     "LoggedRequest",
+    "PUBMED_DOCTYPE",
     "article_xml",
+    "gz",
+    "pubmed_set",
     "max_requests_in_window",
     "running_emulator",
 ]
@@ -72,10 +76,6 @@ ESEARCH_LIMIT_ERROR = (
     "batch PubMed search results automatically so that an arbitrary number can be "
     "retrieved. For details see https://www.ncbi.nlm.nih.gov/books/NBK25499/"
 )
-PUBMED_DOCTYPE = (
-    '<!DOCTYPE PubmedArticleSet PUBLIC "-//NLM//DTD PubMedArticle, 1st January 2025//EN" '
-    '"https://dtd.nlm.nih.gov/ncbi/pubmed/out/pubmed_250101.dtd">'
-)
 ESEARCH_DOCTYPE = (
     '<!DOCTYPE eSearchResult PUBLIC "-//NLM//DTD esearch 20060628//EN" '
     '"https://eutils.ncbi.nlm.nih.gov/eutils/dtd/20060628/esearch.dtd">'
@@ -87,80 +87,6 @@ _WORD_RE = re.compile(r"[a-z0-9]+")
 
 
 # ----------------------------------------------------------------------------- records
-
-
-def _ymd(tag: str, d: dt.date, attrs: str = "") -> str:
-    return (
-        f"<{tag}{attrs}><Year>{d.year}</Year><Month>{d.month:02d}</Month>"
-        f"<Day>{d.day:02d}</Day></{tag}>"
-    )
-
-
-def article_xml(
-    pmid: int,
-    *,
-    edat: dt.date,
-    mdat: dt.date | None = None,
-    title: str | None = None,
-    abstract: str | None = None,
-    version: int = 1,
-    book: bool = False,
-) -> bytes:
-    """A small but complete ``PubmedArticle`` (or ``PubmedBookArticle``) element."""
-    mdat = mdat or edat
-    title = html.escape(title or _default_title(pmid))
-    abstract = html.escape(abstract or f"We report result {pmid}. Methods were emulated.")
-    history = (
-        "<History>"
-        + _ymd("PubMedPubDate", edat, ' PubStatus="entrez"')
-        + _ymd("PubMedPubDate", edat, ' PubStatus="pubmed"')
-        + _ymd("PubMedPubDate", mdat, ' PubStatus="medline"')
-        + "</History>"
-    )
-    if book:
-        body = (
-            "<PubmedBookArticle><BookDocument>"
-            f'<PMID Version="{version}">{pmid}</PMID>'
-            "<ArticleIdList><ArticleId IdType=\"bookaccession\">NBK{pmid}</ArticleId>"
-            "</ArticleIdList>"
-            '<Book><Publisher><PublisherName>Emulator Press</PublisherName></Publisher>'
-            f"<BookTitle book=\"emu\">Handbook of emulation {pmid}</BookTitle>"
-            f"<PubDate><Year>{edat.year}</Year></PubDate></Book>"
-            f"<ArticleTitle>{title}</ArticleTitle>"
-            "<Language>eng</Language>"
-            f"<Abstract><AbstractText>{abstract}</AbstractText></Abstract>"
-            "</BookDocument><PubmedBookData>"
-            f"{history}<PublicationStatus>ppublish</PublicationStatus>"
-            f'<ArticleIdList><ArticleId IdType="pubmed">{pmid}</ArticleId></ArticleIdList>'
-            "</PubmedBookData></PubmedBookArticle>"
-        )
-    else:
-        body = (
-            '<PubmedArticle><MedlineCitation Status="MEDLINE" Owner="NLM">'
-            f'<PMID Version="{version}">{pmid}</PMID>'
-            + _ymd("DateRevised", mdat)
-            + '<Article PubModel="Print"><Journal>'
-            '<ISSN IssnType="Print">0000-0000</ISSN><JournalIssue CitedMedium="Print">'
-            f"<Volume>1</Volume><PubDate><Year>{edat.year}</Year>"
-            f"<Month>{edat.month:02d}</Month><Day>{edat.day:02d}</Day></PubDate>"
-            "</JournalIssue><Title>Journal of Emulated Results</Title>"
-            "<ISOAbbreviation>J Emul Res</ISOAbbreviation></Journal>"
-            f"<ArticleTitle>{title}</ArticleTitle>"
-            f"<Abstract><AbstractText>{abstract}</AbstractText></Abstract>"
-            '<AuthorList CompleteYN="Y"><Author ValidYN="Y"><LastName>Tester</LastName>'
-            "<ForeName>Ada</ForeName><Initials>A</Initials></Author></AuthorList>"
-            "<Language>eng</Language><PublicationTypeList>"
-            '<PublicationType UI="D016428">Journal Article</PublicationType>'
-            "</PublicationTypeList></Article></MedlineCitation><PubmedData>"
-            f"{history}<PublicationStatus>ppublish</PublicationStatus>"
-            f'<ArticleIdList><ArticleId IdType="pubmed">{pmid}</ArticleId></ArticleIdList>'
-            "</PubmedData></PubmedArticle>"
-        )
-    return body.encode()
-
-
-def _default_title(pmid: int) -> str:
-    return f"Emulated finding number {pmid} on cell signalling"
 
 
 @dataclass
@@ -375,7 +301,7 @@ class Emulator:
         mdat = mdat or edat
         if xml is None and (title is not None or kwargs):
             xml = article_xml(pmid, edat=edat, mdat=mdat, title=title, **kwargs)
-        text = title or _default_title(pmid)
+        text = title or default_title(pmid)
         words = frozenset(_WORD_RE.findall(text.lower()))
         art = EmuArticle(pmid, edat, mdat, xml, words)
         with self._lock:
@@ -835,33 +761,4 @@ def running_emulator(**kwargs: Any) -> Iterator[Emulator]:
         yield emu
     finally:
         emu.stop()
-
-
-def gz(data: bytes) -> bytes:
-    """Gzip ``data`` reproducibly (mtime 0)."""
-    buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as fh:
-        fh.write(data)
-    return buf.getvalue()
-
-
-def pubmed_set(elements: Iterable[bytes], deletions: Iterable[int] = ()) -> bytes:
-    """A ``PubmedArticleSet`` document of the given elements and deleted PMIDs."""
-    dels = list(deletions)
-    tail = b""
-    if dels:
-        tail = (
-            b"<DeleteCitation>"
-            + b"".join(f"<PMID Version=\"1\">{p}</PMID>".encode() for p in dels)
-            + b"</DeleteCitation>\n"
-        )
-    return (
-        b'<?xml version="1.0" ?>\n'
-        + PUBMED_DOCTYPE.encode()
-        + b"\n<PubmedArticleSet>\n"
-        + b"\n".join(elements)
-        + b"\n"
-        + tail
-        + b"</PubmedArticleSet>\n"
-    )
 

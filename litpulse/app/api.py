@@ -48,12 +48,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Query
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from litpulse.core import __version__, db
 from litpulse.core.errors import ConfigError, LitpulseError, NotFoundError
-from litpulse.core.schema import articles, index_versions, ingest_runs
+from litpulse.core.schema import ingest_runs
 from litpulse.core.settings import Settings
+from litpulse.core.states import RunStatus
+from litpulse.core.timeutil import iso
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -181,12 +183,6 @@ def _web_file(name: str) -> str:
     return resources.files("litpulse.app").joinpath("web", name).read_text(encoding="utf-8")
 
 
-def _iso(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value.isoformat() if hasattr(value, "isoformat") else str(value)
-
-
 def _get_article(engine: Any, pmid: int) -> dict[str, Any]:
     from ingest.store import Store
 
@@ -194,46 +190,28 @@ def _get_article(engine: Any, pmid: int) -> dict[str, Any]:
 
 
 def _status(settings: Settings, engine: Any) -> dict[str, Any]:
+    from ingest.store import store_counts
     from ranking.embed import active_model
+    from ranking.models import published_index_row
 
-    a = articles.c
+    idx = published_index_row(engine)
     with engine.connect() as conn:
-        live, deleted, retracted, with_abstract, with_icite, newest, updated = conn.execute(
-            select(
-                func.count().filter(a.is_deleted.is_(False)),
-                func.count().filter(a.is_deleted.is_(True)),
-                func.count().filter(a.is_deleted.is_(False), a.is_retracted.is_(True)),
-                func.count().filter(a.is_deleted.is_(False), a.has_abstract.is_(True)),
-                func.count().filter(a.is_deleted.is_(False), a.icite_fetched_at.is_not(None)),
-                func.max(a.best_date).filter(a.is_deleted.is_(False)),
-                func.max(a.updated_at),
-            )
-        ).one()
-        idx = conn.execute(
-            select(index_versions)
-            .where(index_versions.c.status == "published")
-            .order_by(index_versions.c.published_at.desc().nulls_last())
-            .limit(1)
-        ).first()
+        counts = store_counts(conn)
         run = conn.execute(
             select(ingest_runs.c.source, ingest_runs.c.finished_at)
-            .where(ingest_runs.c.status == "succeeded")
+            .where(ingest_runs.c.status == RunStatus.SUCCEEDED)
             .order_by(ingest_runs.c.finished_at.desc().nulls_last())
             .limit(1)
         ).first()
     return {
         "version": __version__,
         "articles": {
-            "live": int(live or 0),
-            "deleted": int(deleted or 0),
-            "retracted": int(retracted or 0),
-            "with_abstract": int(with_abstract or 0),
-            "with_citations": int(with_icite or 0),
-            "newest_best_date": _iso(newest),
-            "last_updated_at": _iso(updated),
-        },
+            k: counts[k]
+            for k in ("live", "deleted", "retracted", "with_abstract", "with_citations",
+                      "newest_best_date", "last_updated_at")
+        },  # fmt: skip
         "last_ingest": (
-            {"source": run.source, "finished_at": _iso(run.finished_at)} if run else None
+            {"source": run.source, "finished_at": iso(run.finished_at)} if run else None
         ),
         "index": (
             {
@@ -241,7 +219,7 @@ def _status(settings: Settings, engine: Any) -> dict[str, Any]:
                 "model_version": idx.model_version,
                 "kind": idx.kind,
                 "size": idx.size,
-                "published_at": _iso(idx.published_at),
+                "published_at": iso(idx.published_at),
             }
             if idx
             else None

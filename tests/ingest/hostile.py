@@ -17,6 +17,8 @@ import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
+from litpulse.app.demo.pubmed_xml import DOCTYPE
+
 __all__ = [
     "PROLOG",
     "article",
@@ -31,11 +33,7 @@ __all__ = [
 ]
 
 #: The prolog NLM files start with (the DTD is named but must never be fetched).
-PROLOG = (
-    b'<?xml version="1.0" encoding="UTF-8"?>\n'
-    b'<!DOCTYPE PubmedArticleSet PUBLIC "-//NLM//DTD PubMedArticle, 1st January 2025//EN" '
-    b'"https://dtd.nlm.nih.gov/ncbi/pubmed/out/pubmed_250101.dtd">\n'
-)
+PROLOG = b'<?xml version="1.0" encoding="UTF-8"?>\n' + DOCTYPE.encode() + b"\n"
 
 
 def article(

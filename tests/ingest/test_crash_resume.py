@@ -31,10 +31,10 @@ from sqlalchemy import ColumnElement, Engine, func, select, text
 
 from ingest.eutils import ingest_window
 from ingest.files import ingest_files
-from ingest.generate import ArticleSpec, CorpusManifest, generate_corpus, iter_file_plan
 from ingest.records import Deletion, Item, QuarantineEntry, SourceRef
 from ingest.store import Store
 from ingest.updatefiles import apply_updates
+from litpulse.app.demo.generate import ArticleSpec, CorpusManifest, generate_corpus, iter_file_plan
 from litpulse.core import db
 from litpulse.core.schema import article_terms, articles, metadata, quarantine, references
 from litpulse.core.settings import Settings

@@ -21,9 +21,9 @@ from ingest.eutils import (
     parse_esearch,
     search_pmids,
 )
-from ingest.generate import CorpusManifest, generate_corpus
 from ingest.http import eutils_client
 from ingest.store import Store
+from litpulse.app.demo.generate import CorpusManifest, generate_corpus
 from litpulse.core import db
 from litpulse.core.errors import ConfigError, InvalidRequestError, TransientSourceError
 from litpulse.core.schema import articles, checkpoints, metadata

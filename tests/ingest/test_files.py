@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,48 +11,30 @@ import pytest
 from sqlalchemy import select
 
 from ingest.files import file_sequence, ingest_files, order_files
-from ingest.generate import generate_corpus
 from ingest.records import Record
 from ingest.store import IngestCounts, Store
+from litpulse.app.demo import pubmed_xml
+from litpulse.app.demo.generate import generate_corpus
 from litpulse.core import db
 from litpulse.core.errors import NotFoundError, ParseError
 from litpulse.core.schema import articles
 from litpulse.core.settings import Settings
 
-ARTICLE = """<PubmedArticle><MedlineCitation Status="MEDLINE" Owner="NLM">
-<PMID Version="{version}">{pmid}</PMID>
-<DateRevised><Year>2024</Year><Month>05</Month><Day>02</Day></DateRevised>
-<Article PubModel="Print"><Journal><JournalIssue><PubDate><Year>2024</Year><Month>Mar</Month>
-</PubDate></JournalIssue><Title>J Test</Title></Journal>
-<ArticleTitle>{title}</ArticleTitle>
-<Abstract><AbstractText Label="BACKGROUND">Abstract of {pmid}.</AbstractText></Abstract>
-<AuthorList><Author><LastName>Smith</LastName><ForeName>Jane</ForeName><Initials>J</Initials>
-</Author></AuthorList><Language>eng</Language>
-<PublicationTypeList><PublicationType UI="D016428">Journal Article</PublicationType>
-</PublicationTypeList></Article>
-<MeshHeadingList><MeshHeading><DescriptorName UI="D006801" MajorTopicYN="Y">Humans</DescriptorName>
-</MeshHeading></MeshHeadingList></MedlineCitation>
-<PubmedData><ArticleIdList><ArticleId IdType="pubmed">{pmid}</ArticleId></ArticleIdList>
-<ReferenceList>{refs}</ReferenceList></PubmedData></PubmedArticle>
-"""
-REF = (
-    '<Reference><Citation>c</Citation><ArticleIdList><ArticleId IdType="pubmed">{}</ArticleId>'
-    "</ArticleIdList></Reference>"
-)
 BROKEN = "<PubmedArticle><MedlineCitation><Article><ArticleTitle>No PMID</ArticleTitle>" \
     "</Article></MedlineCitation></PubmedArticle>\n"  # fmt: skip
 
 
 def article_xml(pmid: int, *, version: int = 1, title: str = "", refs: tuple[int, ...] = ()) -> str:
-    return ARTICLE.format(
-        pmid=pmid, version=version, title=title or f"Title {pmid}",
-        refs="".join(REF.format(r) for r in refs),
-    )  # fmt: skip
+    """A journal article of March 2024 by J Smith, MeSH Humans (major), citing ``refs``."""
+    return pubmed_xml.article_xml(
+        pmid, edat=dt.date(2024, 3, 1), mdat=dt.date(2024, 5, 2), version=version,
+        title=title or f"Title {pmid}", refs=refs, mesh=[("Humans", "D006801", True)],
+        author=("Smith", "Jane", "J"),
+    ).decode() + "\n"  # fmt: skip
 
 
 def write_xml(path: Path, *parts: str, gz: bool = False) -> Path:
-    body = '<?xml version="1.0" encoding="UTF-8"?>\n<PubmedArticleSet>\n'
-    body += "".join(parts) + "</PubmedArticleSet>\n"
+    body = pubmed_xml.document(parts, doctype=False)
     if gz:
         path.write_bytes(gzip.compress(body.encode()))
     else:
@@ -60,8 +43,7 @@ def write_xml(path: Path, *parts: str, gz: bool = False) -> Path:
 
 
 def deletion_xml(*pmids: int) -> str:
-    return "<DeleteCitation>" + "".join(f'<PMID Version="1">{p}</PMID>' for p in pmids) + \
-        "</DeleteCitation>\n"  # fmt: skip
+    return pubmed_xml.deletion_xml(pmids)
 
 
 def test_order_files_sorts_nlm_files_in_their_slots() -> None:

@@ -1,4 +1,4 @@
-"""Tests of the deterministic PubMed corpus generator (ingest.generate)."""
+"""Tests of the deterministic PubMed corpus generator (litpulse.app.demo.generate)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ingest.generate import (
+from ingest.parse import iter_items, parse_bytes
+from ingest.records import Deletion, Item, QuarantineEntry, Record, SourceRef
+from litpulse.app.demo.generate import (
     DRIFT_TERMS,
     TOPICS,
     ArticleSpec,
@@ -20,12 +22,9 @@ from ingest.generate import (
     iter_file_plan,
     iter_generated_records,
     live_specs,
-    main,
     render_article_xml,
     write_md5,
 )
-from ingest.parse import iter_items, parse_bytes
-from ingest.records import Deletion, Item, QuarantineEntry, Record, SourceRef
 from litpulse.core.errors import ConfigError
 
 OPTIONS = {
@@ -255,7 +254,10 @@ def test_config_validation_names_the_field(options: dict[str, object], field: st
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([str(tmp_path), "--records", "20", "--files", "2", "--seed", "3"]) == 0
+    from litpulse.app.cli import main
+
+    args = ["demo", "generate", str(tmp_path), "--records", "20", "--files", "2", "--seed", "3"]
+    assert main(args) == 0
     out = capsys.readouterr().out
     assert "2 files" in out and "pubmed26n0002.xml.gz" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == [

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
+import ingest.fields as fields_mod
 import ingest.parse as parse_mod
 from ingest.parse import (
     flatten_text,
@@ -270,7 +271,7 @@ def test_exception_while_extracting_is_quarantined(monkeypatch: pytest.MonkeyPat
     def boom(_el: object) -> None:
         raise RuntimeError("kaput")
 
-    monkeypatch.setattr(parse_mod, "_mesh", boom)
+    monkeypatch.setattr(fields_mod, "_mesh", boom)
     data = _wrap(
         _article("5", extra="").replace(
             "</MedlineCitation>", "<MeshHeadingList/></MedlineCitation>"

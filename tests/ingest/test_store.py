@@ -450,7 +450,7 @@ def test_many_records_in_batches(engine: Engine) -> None:
 
 
 def test_fast_record_dict_equals_to_dict() -> None:
-    from ingest.store import _record_dict
+    from ingest.rows import record_dict as _record_dict
 
     rec = make_record(1, refs=(2, 3), mesh=(MeshHeading("A", "D1", True, ("q",)),))
     assert _record_dict(rec) == rec.to_dict()

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from ingest.generate import CorpusManifest, generate_corpus
 from ingest.store import Store
 from ingest.updatefiles import apply_updates, list_remote_files, parse_listing, parse_md5
+from litpulse.app.demo.generate import CorpusManifest, generate_corpus
 from litpulse.core import db
 from litpulse.core.errors import ChecksumError
 from litpulse.core.schema import articles, source_files

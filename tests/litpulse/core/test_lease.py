@@ -235,7 +235,7 @@ def test_index_publish_verifies_the_lease_in_the_flipping_transaction(
 def test_nightly_stops_before_writing_once_its_lease_is_taken_over(
     settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from ingest.generate import generate_corpus
+    from litpulse.app.demo.generate import generate_corpus
     from litpulse.pipeline import nightly
 
     corpus = generate_corpus(tmp_path / "corpus", n_records=8, seed=4, delete_fraction=0.0)

@@ -159,7 +159,7 @@ def test_retrain_runs_when_due(
 def test_files_source_then_updatefiles(
     sqlite_settings: Settings, emulator: Emulator, tmp_path: Path
 ) -> None:
-    from ingest.generate import generate_corpus
+    from litpulse.app.demo.generate import generate_corpus
     from tests.emulator import article_xml, gz, pubmed_set
 
     manifest = generate_corpus(tmp_path / "corpus", n_records=40, n_files=2, malformed_fraction=0.0)

@@ -1,0 +1,274 @@
+"""Cutting a decompressed PubMed XML byte stream at record boundaries, in bounded memory.
+
+:func:`pieces` finds record start tags with ``bytes.find`` (no regex over the records'
+bytes) and yields each record from its start tag to its end tag (or to the next record's
+start tag when its end tag is missing), the runs of bytes between records (bounded by
+:data:`MAX_GAP`), records over the size cap (their first :data:`MAX_RAW_TAIL` bytes) and
+the end of the input. :func:`split_records` re-cuts one batch record by record when it
+is not well-formed. :mod:`ingest.parse` parses what comes out.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["MAX_GAP", "MAX_RAW_TAIL", "Piece", "HOW_ENDED", "pieces", "split_records"]
+
+#: Most bytes of a broken, oversize or unexpected element kept in its quarantine entry.
+MAX_RAW_TAIL = 1 << 16
+#: Longest run of bytes between two records kept as it is; a longer run is counted and
+#: dropped (whitespace) or quarantined by its first :data:`MAX_RAW_TAIL` bytes.
+MAX_GAP = 1 << 16
+
+
+# A piece of the stream, as cut by _pieces (kind, data, line of its first byte):
+#   ("item", bytes, line)   one record from its start tag to its end tag (or to the next
+#                           record's start tag, or to the end of the input)
+#   ("gap", bytes, line)    up to MAX_GAP bytes between two records, kept as they are
+#   ("junk", (kept, size), line)  a longer run between two records: only its first
+#                           MAX_RAW_TAIL bytes from the first non-blank one are kept
+#                           (none when it is all whitespace)
+#   ("oversize", (kept, size, how), line)  a record over the size cap: its first bytes
+#   ("end", (tail, size, error, inside), line)  the end of the input: what follows the
+#                           last record (bounded), the read error if any, and whether
+#                           the input ended inside a record
+Piece = tuple[str, Any, int]
+
+
+def pieces(first: bytes, chunks: Iterator[bytes], line: int, max_record: int) -> Iterator[Piece]:
+    """Cut the decompressed stream at record boundaries, in bounded memory.
+
+    Start tags are found with ``bytes.find`` (no regex over the records' bytes); a record
+    is ``<Tag ...>`` to ``</Tag>``, or to the next record's start tag when its end tag is
+    missing. At most ``max_record`` bytes of one record and :data:`MAX_GAP` bytes between
+    two records are ever held: past that, only a bounded prefix is kept while the rest is
+    counted and dropped.
+
+    Longer than the usual 80 lines on purpose: one byte-level state machine whose reader
+    closure shares the buffer and position with the loop; split apart, that state would
+    have to travel through every call.
+    """
+    buf = bytearray(first)
+    pos = 0
+    state: dict[str, Any] = {"eof": False, "error": None}
+
+    def read() -> bool:
+        """Append the next block to ``buf``; False at the end of the input."""
+        if state["eof"]:
+            return False
+        try:
+            buf.extend(next(chunks))
+            return True
+        except StopIteration:
+            pass
+        except (OSError, EOFError, zlib.error) as exc:
+            state["error"] = f"unreadable input: {type(exc).__name__}: {exc}"
+        state["eof"] = True
+        return False
+
+    while True:
+        # -- between records: look for the next start tag
+        gap_line = line
+        run: _Run | None = None
+        scan = pos
+        while True:
+            start = _next_start(buf, scan, len(buf))
+            if start >= 0 or state["eof"]:
+                break
+            if len(buf) - pos > MAX_GAP:  # a long run: count it, keep a bounded prefix
+                cut = len(buf) - _KEEP
+                if run is None:
+                    run = _Run(gap_line)
+                run.add(buf, pos, cut)
+                pos = cut
+            if pos:
+                del buf[:pos]
+                pos = 0
+            scan = max(0, len(buf) - _KEEP)
+            read()
+        end = start if start >= 0 else len(buf)
+        if run is not None:
+            run.add(buf, pos, end)
+            line = gap_line + run.lines
+        else:
+            line += buf.count(b"\n", pos, end)
+        if start < 0:  # the end of the input
+            if run is not None:
+                tail, size = run.kept, run.size
+                tail_line = run.kept_line
+            else:
+                tail, size, tail_line = bytes(buf[pos:end]), end - pos, gap_line
+            yield ("end", (tail, size, state["error"], False), tail_line)
+            return
+        if run is not None:
+            yield ("junk", (run.kept, run.size), run.kept_line)
+        elif end > pos:
+            yield ("gap", bytes(buf[pos:end]), gap_line)
+        pos = start
+
+        # -- inside a record: look for its end tag (or the next record's start tag)
+        if pos > MAX_GAP:
+            del buf[:pos]
+            pos = 0
+        s = pos
+        closer = _END_TAGS[buf[s + 7]]
+        search = open_from = s + 1
+        ended = "closed"
+        while True:
+            c = buf.find(closer, search)
+            if c >= 0:
+                end = c + len(closer)
+                break
+            end = _next_start(buf, open_from, len(buf))
+            if end >= 0:
+                ended = "next"
+                break
+            if len(buf) - s > max_record:
+                break
+            if state["eof"]:
+                end = len(buf)
+                ended = "eof"
+                break
+            search = max(s + 1, len(buf) - len(closer) + 1)
+            open_from = max(s + 1, len(buf) - _KEEP)
+            if s:
+                del buf[:s]
+                search, open_from, s = search - s, open_from - s, 0
+            read()
+        if end < 0 or end - s > max_record:
+            # -- over the cap: keep the start, drop the rest up to its end
+            kept = bytes(buf[s : min(len(buf) if end < 0 else end, s + MAX_RAW_TAIL)])
+            lines = size = 0
+            how = HOW_ENDED[ended]
+            while end < 0:
+                cut = max(s, len(buf) - _KEEP)
+                lines += buf.count(b"\n", s, cut)
+                size += cut - s
+                del buf[:cut]
+                s = 0
+                if not read():
+                    end = len(buf)
+                    how = HOW_ENDED["eof"]
+                    break
+                c = buf.find(closer)
+                o = _next_start(buf, 1, len(buf))
+                if c >= 0 and (o < 0 or c < o):
+                    end = c + len(closer)
+                    how = ""
+                elif o >= 0:
+                    end = o
+                    how = HOW_ENDED["next"]
+            lines += buf.count(b"\n", s, end)
+            size += end - s
+            yield ("oversize", (kept, size, how), line)
+            line += lines
+            pos = end
+            if how == HOW_ENDED["eof"]:
+                yield ("end", (b"", 0, state["error"], True), line)
+                return
+            continue
+        piece = bytes(buf[s:end])
+        if ended == "eof" and state["error"] is not None:
+            yield ("end", (piece, len(piece), state["error"], True), line)
+            return
+        yield ("item", piece, line)
+        line += piece.count(b"\n")
+        pos = end
+        if ended == "eof":
+            yield ("end", (b"", 0, None, True), line)
+            return
+
+
+HOW_ENDED = {
+    "closed": "",
+    "next": "without its end tag",
+    "eof": "cut short by the end of the input",
+}
+#: Bytes kept from one read to the next so that a tag cut in two is still found.
+_KEEP = 24
+_START_TAGS = (b"<PubmedArticle", b"<PubmedBookArticle", b"<DeleteCitation")
+#: End tag of a record by the 8th byte of its start tag (``<PubmedA``, ``<PubmedB``...).
+_END_TAGS = {
+    ord("A"): b"</PubmedArticle>",
+    ord("B"): b"</PubmedBookArticle>",
+    ord("C"): b"</DeleteCitation>",
+}
+_AFTER_NAME = frozenset(b" \t\r\n/>")
+
+
+def _next_start(buf: bytes | bytearray, start: int, end: int) -> int:
+    """Index of the first record start tag within ``buf[start:end]``, else -1.
+
+    A tag whose name runs up to ``end`` is not counted yet (more bytes may follow). The
+    next record usually starts within a few bytes, so a short window is tried first.
+    """
+    if end - start > _WINDOW:
+        found = _find_start(buf, start, start + _WINDOW)
+        if found >= 0:
+            return found
+    return _find_start(buf, start, end)
+
+
+def _find_start(buf: bytes | bytearray, start: int, end: int) -> int:
+    best = -1
+    for tag in _START_TAGS:
+        stop = end if best < 0 else best
+        i = buf.find(tag, start, stop)
+        while i >= 0:
+            j = i + len(tag)
+            if j >= end:
+                i = -1
+            elif buf[j] in _AFTER_NAME:
+                break
+            else:
+                i = buf.find(tag, j, stop)
+        if i >= 0:
+            best = i
+    return best
+
+
+_WINDOW = 256
+
+
+class _Run:
+    """A long run of bytes between two records: counted, with a bounded prefix kept."""
+
+    __slots__ = ("first_line", "lines", "size", "kept", "kept_line")
+
+    def __init__(self, first_line: int) -> None:
+        self.first_line = first_line
+        self.lines = 0
+        self.size = 0
+        self.kept = b""
+        self.kept_line = first_line
+
+    def add(self, buf: bytearray, start: int, end: int) -> None:
+        if end <= start:
+            return
+        if len(self.kept) < MAX_RAW_TAIL:
+            data = bytes(buf[start:end])
+            text = data.lstrip() if not self.kept else data
+            if text:
+                if not self.kept:
+                    skipped = len(data) - len(text)
+                    self.kept_line = self.first_line + self.lines + data.count(b"\n", 0, skipped)
+                self.kept += text[: MAX_RAW_TAIL - len(self.kept)]
+        self.lines += buf.count(b"\n", start, end)
+        self.size += end - start
+
+
+def split_records(data: bytes, line: int) -> Iterator[tuple[bytes, int]]:
+    """``data`` cut before every record start tag after its first byte (a record whose
+    end tag is missing runs into the next one)."""
+    start = 0
+    while True:
+        nxt = _next_start(data, start + 1, len(data))
+        if nxt < 0:
+            yield (data[start:] if start else data), line
+            return
+        sub = data[start:nxt]
+        yield sub, line
+        line += sub.count(b"\n")
+        start = nxt

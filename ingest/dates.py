@@ -1,0 +1,184 @@
+"""PubMed dates: ``PubDate``/``MedlineDate`` text into a :class:`~ingest.records.PartialDate`,
+and the ``Year``/``Month``/``Day`` elements of the other dates into a ``date``.
+
+Dates that do not exist (30 February) become ``None``; seasons mean the first month
+they can fall in (``Winter 2020`` → January).
+
+Example:
+    >>> parse_medline_date("2019 Nov-Dec").month
+    11
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import re
+from typing import Any
+
+from ingest.records import PartialDate
+
+__all__ = ["parse_medline_date", "read_pub_date", "read_ymd"]
+
+_MONTHS: dict[str, int] = {}
+for _i, _name in enumerate(calendar.month_name):
+    if _i:
+        _MONTHS[_name.lower()] = _i
+        _MONTHS[_name[:3].lower()] = _i
+_MONTHS["sept"] = 9
+#: Season → the first month it can mean within its year.
+_SEASONS = {"spring": 3, "summer": 6, "fall": 9, "autumn": 9, "winter": 1}
+_TOKEN_RE = re.compile(r"[A-Za-z]+|[0-9]+")
+
+
+def parse_medline_date(raw: str) -> PartialDate:
+    """Read a free-text ``MedlineDate`` into a :class:`PartialDate` (start of the period).
+
+    ``"1998 Dec-1999 Jan"`` → 1998-12, ``"2024 Sep-Oct"`` → 2024-09, ``"2000 Spring"`` →
+    2000-03 (season kept), ``"1975-1976"`` → 1975, ``"2001 Jul 15-31"`` → 2001-07-15.
+
+    Args:
+        raw: The MedlineDate text.
+
+    Returns:
+        The date; ``raw`` always holds the original text.
+    """
+    raw = " ".join(raw.split())
+    tokens = _TOKEN_RE.findall(raw)
+    yi = next(
+        (i for i, t in enumerate(tokens) if len(t) == 4 and t.isdigit() and t != "0000"), None
+    )
+    if yi is None:
+        return PartialDate(raw=raw)
+    year = int(tokens[yi])
+    month = day = None
+    season = None
+    nxt = tokens[yi + 1] if yi + 1 < len(tokens) else None
+    if nxt is not None and nxt.isalpha():
+        month, season = _month_or_season(nxt)
+        if month is not None and season is None and yi + 2 < len(tokens):
+            d = tokens[yi + 2]
+            if d.isdigit() and len(d) <= 2:
+                day = int(d)
+    elif nxt is not None and len(nxt) == 4 and nxt.isdigit():
+        # "1998-1999 Winter": a season spanning two years starts in the first.
+        after = tokens[yi + 2] if yi + 2 < len(tokens) else None
+        if after is not None and after.isalpha():
+            month, season = _month_or_season(after)
+            if season == "Winter":
+                month = 12
+    if month is None and yi > 0 and tokens[yi - 1].isalpha():
+        month, season = _month_or_season(tokens[yi - 1])  # "Spring 2001"
+    return PartialDate(year, month, _valid_day(year, month, day), raw, season)
+
+
+def read_pub_date(pd: Any) -> PartialDate:
+    year_t = month_t = day_t = season_t = medline = None
+    for c in pd:
+        tag = c.tag
+        if tag == "Year":
+            year_t = c.text
+        elif tag == "Month":
+            month_t = c.text
+        elif tag == "Day":
+            day_t = c.text
+        elif tag == "Season":
+            season_t = c.text
+        elif tag == "MedlineDate":
+            medline = c.text or ""
+    key = (year_t, month_t, day_t, season_t, medline)
+    cached = _DATE_CACHE.get(key)
+    if cached is None:
+        if medline is not None:
+            cached = parse_medline_date(medline)
+        else:
+            cached = _partial_date(*(t.strip() if t else None for t in key[:4]))
+        if len(_DATE_CACHE) >= _DATE_CACHE_SIZE:
+            _DATE_CACHE.clear()
+        _DATE_CACHE[key] = cached
+    return cached
+
+
+def _partial_date(
+    year_t: str | None, month_t: str | None, day_t: str | None, season_t: str | None
+) -> PartialDate:
+    raw = " ".join(t for t in (year_t, month_t or season_t, day_t) if t)
+    year = _small_int(year_t) or None  # 1..9999, what a date can hold
+    month = season = None
+    if month_t:
+        month = _small_int(month_t)
+        if month is None:
+            month = _MONTHS.get(month_t.lower())
+        elif not 1 <= month <= 12:
+            month = None
+    elif season_t:
+        month, season = _month_or_season(season_t)
+    day = _small_int(day_t) if month else None
+    return PartialDate(year, month, _valid_day(year, month, day), raw, season)
+
+
+def _small_int(text: str | None) -> int | None:
+    """The value of one to four ASCII digits, else None."""
+    if text and len(text) <= 4 and text.isdigit() and text.isascii():
+        return int(text)
+    return None
+
+
+#: PubDate elements and DateRevised-style dates repeat a lot within a file.
+_DATE_CACHE: dict[tuple[str | None, ...], PartialDate] = {}
+_YMD_CACHE: dict[tuple[str | None, ...], dt.date | None] = {}
+_DATE_CACHE_SIZE = 20_000
+
+
+def _month_or_season(word: str) -> tuple[int | None, str | None]:
+    w = word.lower()
+    month = _MONTHS.get(w)
+    if month is not None:
+        return month, None
+    if w in _SEASONS:
+        return _SEASONS[w], word.capitalize()
+    return None, None
+
+
+def _valid_day(year: int | None, month: int | None, day: int | None) -> int | None:
+    if day is None or year is None or month is None:
+        return None
+    if 1 <= day <= calendar.monthrange(year, month)[1]:
+        return day
+    return None
+
+
+def read_ymd(el: Any) -> dt.date | None:
+    y = m = d = None
+    for c in el:
+        tag = c.tag
+        if tag == "Year":
+            y = c.text
+        elif tag == "Month":
+            m = c.text
+        elif tag == "Day":
+            d = c.text
+            break
+    key = (y, m, d)
+    try:
+        return _YMD_CACHE[key]
+    except KeyError:
+        pass
+    value = _to_date(y, m, d)
+    if len(_YMD_CACHE) >= _DATE_CACHE_SIZE:
+        _YMD_CACHE.clear()
+    _YMD_CACHE[key] = value
+    return value
+
+
+def _to_date(y: str | None, m: str | None, d: str | None) -> dt.date | None:
+    if not y:
+        return None
+    try:
+        month = 1
+        if m:
+            m = m.strip()
+            month = int(m) if m.isdigit() else _MONTHS[m.lower()]
+        return dt.date(int(y), month, int(d) if d else 1)
+    except (ValueError, KeyError, OverflowError):
+        return None

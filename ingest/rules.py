@@ -1,0 +1,287 @@
+"""The update rules: whether an item wins over what the store holds for its PMID.
+
+:func:`plan_batch` decides every item of one batch, in order, against the states read
+for its PMIDs and returns the rows to write (:class:`BatchPlan`); the store only reads
+and writes. The rules:
+
+Ordering rules (a record *wins* over the stored state when):
+
+* the stored state is a live record: the new record has a higher ``Version``; for the
+  same version a later ``DateRevised``; for both equal, a *later item* (below). A record
+  whose content (everything but its source) equals the stored one is ``unchanged``, so
+  re-applying a file, or fetching an overlapping window again, changes nothing (a
+  later source repeating the same content only moves the stored source forward, without
+  touching ``updated_at``).
+* the stored state is a tombstone: ``DeleteCitation`` is final in PubMed, so a
+  tombstone is only lifted by a *later item* than the deletion whose content differs
+  from, and is not older than, the record that was deleted.
+* a :class:`~ingest.records.Deletion` tombstones a live row when it is a later item
+  than the one that wrote that row. Deleting an unknown PMID still writes a tombstone
+  row (counted as ``unchanged``), so an older record arriving afterwards stays deleted.
+
+*Later item*: every row keeps the source of the item that wrote it and that item's
+position in it (``source_position``, its ordinal in the :meth:`Store.apply` call, which
+carries one source from its start). Between two sources the later one wins
+(:meth:`SourceRef.order_key`: update-file number, then fetch time). Within one source
+(same kind, location and file number, whatever the fetch time) the later position wins,
+and an item at or before the stored position is a *replay* that changes nothing. So a
+file read again after a run died in the middle of it — at any batch — changes nothing
+up to where that run got, and from there on every item (a deletion late in the file of
+a record stored early in it, a second version further down) decides exactly as in a run
+that never stopped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from ingest.records import Deletion, Item, QuarantineEntry, Record, SourceRef
+from ingest.rows import article_row, content_hash, quarantine_row, record_dict, tombstone_row
+from ingest.runs import IngestCounts
+
+__all__ = ["BatchPlan", "Counter", "StoredState", "decide_record", "plan_batch", "source_wins"]
+
+
+@dataclass(slots=True)
+class StoredState:
+    """What the store holds for one PMID (as read, then as decided within a batch)."""
+
+    version: int
+    date_revised: dt.date | None
+    source_sequence: int
+    source_time: float
+    source_kind: str
+    source_location: str
+    source_position: int
+    content_hash: str
+    is_deleted: bool
+
+    @classmethod
+    def written(
+        cls,
+        src: SourceRef,
+        position: int,
+        version: int,
+        date_revised: dt.date | None,
+        chash: str,
+        *,
+        deleted: bool = False,
+    ) -> StoredState:
+        """The state after the item at ``position`` of ``src`` wrote the row."""
+        return cls(
+            version, date_revised, src.sequence, src.fetched_at.timestamp(), src.kind,
+            src.location, position, chash, deleted,
+        )  # fmt: skip
+
+    def source_key(self) -> tuple[int, float]:
+        return (self.source_sequence, self.source_time)
+
+    def same_source(self, src: SourceRef) -> bool:
+        return (src.kind, src.location, src.sequence) == (
+            self.source_kind,
+            self.source_location,
+            self.source_sequence,
+        )
+
+    def move_to(self, src: SourceRef, position: int) -> None:
+        """Record that the item at ``position`` of ``src`` wrote (or touched) the row."""
+        self.source_sequence, self.source_time = src.sequence, src.fetched_at.timestamp()
+        self.source_kind, self.source_location = src.kind, src.location
+        self.source_position = position
+
+
+class Counter:
+    """Running counts of one :meth:`ingest.store.Store.apply` call."""
+
+    __slots__ = ("inserted", "updated", "unchanged", "deleted", "quarantined")
+
+    def __init__(self) -> None:
+        self.inserted = self.updated = self.unchanged = self.deleted = self.quarantined = 0
+
+    def freeze(self) -> IngestCounts:
+        return IngestCounts(
+            inserted=self.inserted,
+            updated=self.updated,
+            unchanged=self.unchanged,
+            deleted=self.deleted,
+            quarantined=self.quarantined,
+        )
+
+
+def source_wins(src: SourceRef, position: int, cur: StoredState, touched: bool) -> bool:
+    """Whether the item at ``position`` of ``src`` comes after the one that wrote ``cur``.
+
+    Within one source the position decides, whatever the fetch times: the same file or
+    request read again is a replay up to the stored position and goes on after it.
+    """
+    if cur.same_source(src):
+        return position > cur.source_position
+    if touched:
+        # written earlier in this call from another source: later items win ties
+        return src.order_key() >= cur.source_key()
+    return src.order_key() > cur.source_key()
+
+
+def decide_record(
+    rec: Record, position: int, chash: str, cur: StoredState | None, touched: bool
+) -> str:
+    """``inserted``, ``updated``, ``touch`` or ``unchanged`` against the stored state."""
+    if cur is None:
+        return "inserted"
+    src = rec.source
+    if chash == cur.content_hash:
+        # the same content again: only another, later source is remembered (a repeat
+        # inside one source changes nothing, so a resumed file does exactly the same)
+        if (
+            not cur.is_deleted
+            and not touched
+            and not cur.same_source(src)
+            and source_wins(src, position, cur, touched)
+        ):
+            return "touch"
+        return "unchanged"
+    mine = (rec.version, rec.date_revised or dt.date.min)
+    theirs = (cur.version, cur.date_revised or dt.date.min)
+    if cur.is_deleted:
+        # DeleteCitation is final unless a later item brings a record at least as new
+        if mine < theirs or not source_wins(src, position, cur, touched):
+            return "unchanged"
+        return "updated"
+    if mine != theirs:
+        return "updated" if mine > theirs else "unchanged"
+    return "updated" if source_wins(src, position, cur, touched) else "unchanged"
+
+
+@dataclass
+class BatchPlan:
+    """What one batch writes, keyed by PMID (filled by :func:`plan_batch`).
+
+    Attributes:
+        full: Full article rows (a record won; a later deletion in the batch marks it).
+        tomb: Tombstone rows (a deletion won, or an unknown PMID was deleted).
+        records: The winning record of each PMID in ``full``.
+        quarantined: Quarantine rows by digest.
+        touches: Source moves of records repeated unchanged by a later source.
+    """
+
+    full: dict[int, dict[str, Any]] = field(default_factory=dict)
+    tomb: dict[int, dict[str, Any]] = field(default_factory=dict)
+    records: dict[int, Record] = field(default_factory=dict)
+    quarantined: dict[str, dict[str, Any]] = field(default_factory=dict)
+    touches: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+def plan_batch(
+    batch: list[Item],
+    first: int,
+    states: dict[int, StoredState],
+    touched: set[int],
+    counter: Counter,
+    *,
+    run_id: int | None,
+    now: dt.datetime,
+) -> BatchPlan:
+    """Decide the items of one batch (the first at position ``first``) in order.
+
+    ``states`` and ``touched`` (PMIDs written earlier in this apply call) are updated as
+    items win, so a later item of the same PMID decides against the earlier one.
+    """
+    planner = _Planner(states, touched, counter, now)
+    plan = planner.plan
+    for pos, item in enumerate(batch, first):
+        if isinstance(item, Record):
+            planner.record(item, pos)
+        elif isinstance(item, Deletion):
+            planner.deletion(item, pos)
+        elif isinstance(item, QuarantineEntry):
+            counter.quarantined += 1
+            plan.quarantined.setdefault(item.digest, quarantine_row(item, run_id, now))
+        else:  # pragma: no cover - typing guards this
+            raise TypeError(f"cannot apply {type(item).__name__}")
+    for pmid in set(plan.touches) & (set(plan.full) | set(plan.tomb)):
+        del plan.touches[pmid]
+    return plan
+
+
+@dataclass
+class _Planner:
+    """Decides records and deletions of one batch into :attr:`plan`."""
+
+    states: dict[int, StoredState]
+    touched: set[int]
+    counter: Counter
+    now: dt.datetime
+    plan: BatchPlan = field(default_factory=BatchPlan)
+
+    def record(self, item: Record, pos: int) -> None:
+        plan, states, touched, counter, now = (
+            self.plan, self.states, self.touched, self.counter, self.now
+        )  # fmt: skip
+        pmid = item.pmid
+        plain = record_dict(item)
+        chash = content_hash(plain)
+        cur = states.get(pmid)
+        verdict = decide_record(item, pos, chash, cur, pmid in touched)
+        if verdict == "touch" and cur is not None:
+            # same content from a later source: remember the source, no update
+            cur.move_to(item.source, pos)
+            plan.touches[pmid] = {
+                "b_pmid": pmid,
+                "b_seq": cur.source_sequence,
+                "b_time": cur.source_time,
+                "b_kind": cur.source_kind,
+                "b_loc": cur.source_location,
+                "b_pos": pos,
+            }
+            counter.unchanged += 1
+            return
+        if verdict == "unchanged":
+            counter.unchanged += 1
+            return
+        if verdict == "inserted":
+            counter.inserted += 1
+        else:
+            counter.updated += 1
+        plan.full[pmid] = article_row(item, pos, plain, chash, now)
+        plan.tomb.pop(pmid, None)
+        plan.records[pmid] = item
+        states[pmid] = StoredState.written(item.source, pos, item.version, item.date_revised, chash)
+        touched.add(pmid)
+
+    def deletion(self, item: Deletion, pos: int) -> None:
+        plan, states, touched, counter, now = (
+            self.plan, self.states, self.touched, self.counter, self.now
+        )  # fmt: skip
+        pmid = item.pmid
+        cur = states.get(pmid)
+        src = item.source
+        if cur is None:
+            # unknown PMID: remember the deletion so an older record stays out
+            plan.tomb[pmid] = tombstone_row(pmid, src, pos, now)
+            states[pmid] = StoredState.written(src, pos, 0, None, "", deleted=True)
+            counter.unchanged += 1
+            touched.add(pmid)
+            return
+        if cur.is_deleted or not source_wins(src, pos, cur, pmid in touched):
+            counter.unchanged += 1
+            return
+        counter.deleted += 1
+        changes = {
+            "is_deleted": True,
+            "deleted_at": now,
+            "source_sequence": src.sequence,
+            "source_time": src.fetched_at.timestamp(),
+            "source_kind": src.kind,
+            "source_location": src.location,
+            "source_position": pos,
+            "updated_at": now,
+        }
+        if pmid in plan.full:
+            plan.full[pmid].update(changes)
+        else:
+            plan.tomb[pmid] = tombstone_row(pmid, src, pos, now)
+        cur.is_deleted = True
+        cur.move_to(src, pos)
+        touched.add(pmid)

@@ -1,0 +1,295 @@
+"""The run ledger: what each ingest did (``ingest_runs``) and the counts it reports.
+
+Every ingest (E-utilities window, files, update files, iCite) is one row of
+``ingest_runs``: opened ``running`` by :meth:`RunLedger.start_run`, closed ``succeeded``
+or ``failed`` by :meth:`RunLedger.finish_run`. :func:`recorded_run` is the one way the
+ingest modules do that bookkeeping: it opens the run, hands out a :class:`OpenRun` to
+keep counts and details in, and closes the run whichever way the block ends (an
+exception is recorded, redacted, and raised again).
+
+A run left ``running`` by a process that died is closed as ``abandoned`` by the next
+:meth:`RunLedger.start_run` of the same host (:meth:`RunLedger.close_abandoned_runs`).
+
+Example:
+    >>> from litpulse.core import db
+    >>> from litpulse.core.settings import Settings
+    >>> ledger = RunLedger(db.connect(Settings.from_env({}, database_url="sqlite:///:memory:")))
+    >>> with recorded_run(ledger, "files") as run:
+    ...     run.counts = IngestCounts(inserted=1)
+    >>> ledger.get_run(run.id)["status"]
+    'succeeded'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, insert, select, update
+
+from litpulse.core.db import default_holder, holder_alive
+from litpulse.core.errors import ConfigError, NotFoundError
+from litpulse.core.schema import ingest_runs
+from litpulse.core.states import RunStatus
+from litpulse.core.timeutil import iso, utcnow
+
+__all__ = ["IngestCounts", "OpenRun", "RunLedger", "recorded_run", "run_dict"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IngestCounts:
+    """What one ingest did, item by item.
+
+    Attributes:
+        inserted: Records of PMIDs the store did not hold.
+        updated: Records that replaced an older stored record (or lifted a tombstone).
+        unchanged: Items that changed nothing: older or identical records, replays,
+            deletions of PMIDs already deleted or unknown.
+        deleted: Deletions that tombstoned a live article.
+        quarantined: Elements that could not be parsed (each one met in this run, even
+            when the same element was quarantined before).
+        missing: PMIDs a source listed but did not deliver (E-utilities).
+    """
+
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    quarantined: int = 0
+    missing: int = 0
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"IngestCounts.{f.name} must be a count >= 0, got {value!r}")
+
+    def __add__(self, other: IngestCounts) -> IngestCounts:
+        if not isinstance(other, IngestCounts):
+            return NotImplemented
+        names = [f.name for f in dataclasses.fields(self)]
+        return IngestCounts(**{n: getattr(self, n) + getattr(other, n) for n in names})
+
+    def __sub__(self, other: IngestCounts) -> IngestCounts:
+        if not isinstance(other, IngestCounts):
+            return NotImplemented
+        names = [f.name for f in dataclasses.fields(self)]
+        return IngestCounts(**{n: getattr(self, n) - getattr(other, n) for n in names})
+
+    @property
+    def total(self) -> int:
+        """Items seen (``missing`` excluded: those never arrived)."""
+        return self.inserted + self.updated + self.unchanged + self.deleted + self.quarantined
+
+    def to_dict(self) -> dict[str, int]:
+        """The counts as a plain dict."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class OpenRun:
+    """A run in progress inside :func:`recorded_run` (mutable on purpose: the block fills it).
+
+    Attributes:
+        id: The ``ingest_runs`` id.
+        counts: What the run has stored so far; written when the run closes.
+        details: The run's details, written when it closes.
+        on_failure: Extra details to add when the block raises (called then).
+    """
+
+    id: int
+    counts: IngestCounts = field(default_factory=IngestCounts)
+    details: dict[str, Any] = field(default_factory=dict)
+    on_failure: Callable[[], dict[str, Any]] | None = None
+
+
+@contextmanager
+def recorded_run(
+    ledger: RunLedger,
+    source: str,
+    *,
+    target: str | None = None,
+    window_start: dt.datetime | None = None,
+    window_end: dt.datetime | None = None,
+    redact: Callable[[str], str] = str,
+) -> Iterator[OpenRun]:
+    """Open a run, yield it, and close it ``succeeded`` or ``failed`` (then re-raise).
+
+    Args:
+        ledger: Where runs are recorded (a :class:`ingest.store.Store`).
+        source: ``eutils``, ``files``, ``updatefiles`` or ``citations``.
+        target: What the run works on (window, files, URL).
+        window_start: Start of the window, for window sources.
+        window_end: End of the window, for window sources.
+        redact: Applied to the error text (removes credentials from URLs).
+
+    Yields:
+        The open run; set its ``counts`` and ``details`` as the work goes on.
+    """
+    run = OpenRun(
+        ledger.start_run(source, target=target, window_start=window_start, window_end=window_end)
+    )
+    try:
+        yield run
+    except BaseException as exc:
+        extra = run.on_failure() if run.on_failure is not None else {}
+        ledger.finish_run(
+            run.id,
+            run.counts,
+            status=RunStatus.FAILED,
+            error=redact(f"{type(exc).__name__}: {exc}"),
+            details={**run.details, **extra},
+        )
+        raise
+    ledger.finish_run(run.id, run.counts, details=run.details)
+
+
+class RunLedger:
+    """Opens, closes and lists ingest runs.
+
+    Args:
+        engine: An engine from :func:`litpulse.core.db.connect` (tables exist).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def start_run(
+        self,
+        source: str,
+        *,
+        target: str | None = None,
+        window_start: dt.datetime | None = None,
+        window_end: dt.datetime | None = None,
+    ) -> int:
+        """Open an ingest run (status ``running``) and return its id.
+
+        Runs left ``running`` by a process of this host that no longer exists (killed)
+        are closed first as ``abandoned``, so ``litpulse status`` tells the truth.
+        """
+        self.close_abandoned_runs()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                insert(ingest_runs).values(
+                    source=source,
+                    target=target,
+                    window_start=window_start,
+                    window_end=window_end,
+                    status=RunStatus.RUNNING,
+                    details={"holder": default_holder()},
+                    started_at=utcnow(),
+                )
+            )
+            run_id = result.inserted_primary_key[0]  # type: ignore[index]
+        logger.info("ingest run %s started: %s %s", run_id, source, target or "")
+        return int(run_id)
+
+    def close_abandoned_runs(self) -> list[int]:
+        """Mark ``running`` runs whose process on this host is gone as ``abandoned``.
+
+        Returns:
+            The ids of the runs closed. Runs of other hosts, or without a recorded
+            holder, are left alone: their liveness cannot be told from here.
+        """
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                select(ingest_runs.c.id, ingest_runs.c.details).where(
+                    ingest_runs.c.status == RunStatus.RUNNING
+                )
+            ).all()
+            dead = [
+                (r.id, str((r.details or {}).get("holder")))
+                for r in rows
+                if (r.details or {}).get("holder") and not holder_alive(str(r.details["holder"]))
+            ]
+            for run_id, holder in dead:
+                conn.execute(
+                    update(ingest_runs)
+                    .where(ingest_runs.c.id == run_id, ingest_runs.c.status == RunStatus.RUNNING)
+                    .values(
+                        status=RunStatus.ABANDONED,
+                        error=f"process {holder} ended without finishing the run (killed?)",
+                        finished_at=utcnow(),
+                    )
+                )
+        for run_id, holder in dead:
+            logger.warning("ingest run %s abandoned by %s", run_id, holder)
+        return [run_id for run_id, _ in dead]
+
+    def finish_run(
+        self,
+        run_id: int,
+        counts: IngestCounts,
+        *,
+        status: str = RunStatus.SUCCEEDED,
+        error: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Close a run with its counts, status (``succeeded``/``failed``) and error."""
+        if status not in (RunStatus.SUCCEEDED, RunStatus.FAILED):
+            raise ConfigError(f"status must be 'succeeded' or 'failed', got {status!r}")
+        values: dict[str, Any] = {
+            **counts.to_dict(),
+            "status": RunStatus(status),
+            "error": error,
+            "finished_at": utcnow(),
+        }
+        if details is not None:
+            values["details"] = details
+        with self.engine.begin() as conn:
+            n = conn.execute(
+                update(ingest_runs).where(ingest_runs.c.id == run_id).values(**values)
+            ).rowcount
+        if not n:
+            raise NotFoundError(f"no ingest run {run_id}")
+        logger.info("ingest run %s %s: %s", run_id, status, counts.to_dict())
+
+    def get_run(self, run_id: int) -> dict[str, Any]:
+        """One ingest run as a dict; :class:`NotFoundError` if there is none."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(ingest_runs).where(ingest_runs.c.id == run_id)).first()
+        if row is None:
+            raise NotFoundError(f"no ingest run {run_id}")
+        return run_dict(row._mapping)
+
+    def runs(self, limit: int = 10) -> list[dict[str, Any]]:
+        """The latest ingest runs, newest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(ingest_runs).order_by(ingest_runs.c.id.desc()).limit(limit)
+            ).all()
+        return [run_dict(r._mapping) for r in rows]
+
+
+def run_dict(m: Any) -> dict[str, Any]:
+    """One ``ingest_runs`` row (a mapping) as the dict ``litpulse status --json`` shows."""
+    started, finished = m["started_at"], m["finished_at"]
+    seconds = None
+    if started is not None and finished is not None:
+        seconds = round((finished - started).total_seconds(), 3)
+    return {
+        "id": m["id"],
+        "source": m["source"],
+        "target": m["target"],
+        "window_start": iso(m["window_start"]),
+        "window_end": iso(m["window_end"]),
+        "status": m["status"],
+        "inserted": m["inserted"],
+        "updated": m["updated"],
+        "unchanged": m["unchanged"],
+        "deleted": m["deleted"],
+        "quarantined": m["quarantined"],
+        "missing": m["missing"],
+        "details": dict(m["details"] or {}),
+        "error": m["error"],
+        "started_at": iso(started),
+        "finished_at": iso(finished),
+        "seconds": seconds,
+    }
