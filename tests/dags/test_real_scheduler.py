@@ -293,7 +293,9 @@ def test_local_executor_chain_clear_backfill_catchup(
     assert done["run_type"] == "scheduled"
 
     # -- 7. the store and the published index hold every ingested day
-    last_ingest = max(r["end_date"] for r in stack.runs(NIGHTLY))
+    # the asset event is emitted by publish_articles, before its run's end_date is written:
+    # a refresh triggered by the last ingest run is queued after that run *started*
+    last_ingest = max(r["start_date"] for r in stack.runs(NIGHTLY))
     final = _wait_refresh_after(stack, last_ingest, timeout=300)
     assert final["state"] == "success"
     live = _live(settings)
