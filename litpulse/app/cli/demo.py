@@ -20,7 +20,8 @@ def register(sub: Any) -> None:
         help="write a deterministic corpus of NLM-style update files (pubmed26nNNNN.xml.gz)",
         description=(
             "Write generated PubMed XML files: the same seed gives byte-identical files. "
-            "Generated text, not real literature. Ingest it with `litpulse ingest --files DIR/*.xml.gz`."
+            "Generated text, not real literature. "
+            "Ingest it with `litpulse ingest --files DIR/*.xml.gz`."
         ),
     )
     g.add_argument("out_dir", metavar="DIR", help="folder to write the files to")
