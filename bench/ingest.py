@@ -1,0 +1,314 @@
+"""Benchmark: whole-file ingest (parse + store) on SQLite and PostgreSQL vs pubmed_parser.
+
+Measurement groundwork for issue 12 ("PubMed at full size"). Generates one corpus file of
+``--records`` records (``litpulse.app.demo.generate``, cached in ``--workdir``) and runs
+each path in its own subprocess, side by side in one run, so the peak RSS (the child's
+``VmHWM``; ``ru_maxrss`` where /proc is missing, see :func:`bench.parse._peak_rss_kb`)
+belongs to that path alone:
+
+* ``sqlite`` — :func:`ingest.files.ingest_files` into a fresh SQLite file in the workdir
+  (the real path: parse, decide, upsert, links, cited-by deltas, run ledger).
+* ``postgresql`` — the same into a fresh PostgreSQL database created for the run and
+  dropped after it (``--pg-admin-url``; skipped with a note when the server is absent).
+* ``pubmed_parser`` — ``parse_medline_xml`` (defaults) on the same file: parse alone,
+  the anchor every ratio is taken against.
+
+Schema creation happens before the clock starts; the ingest itself is timed. The table
+gives records/s on the wall clock and on CPU time of the child (user + system; a
+PostgreSQL server's own CPU is in another process and shows only on the wall clock),
+peak RSS, and ours ÷ anchor. With ``--profile`` (on by default) a further child runs the
+SQLite ingest under cProfile and the top functions by cumulative and by self time are
+printed, each tagged parse or store, with the parse/store split and a breakdown of the
+store's phases. Never pass/fail; the machine is shared, so the load average is printed.
+
+    python -m bench.ingest --records 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bench.parse import _corpus, _peak_rss_kb
+
+PATHS = ("sqlite", "postgresql", "pubmed_parser")
+LABELS = {
+    "sqlite": "litpulse ingest_files → SQLite (parse + store)",
+    "postgresql": "litpulse ingest_files → PostgreSQL (parse + store)",
+    "pubmed_parser": "pubmed_parser.parse_medline_xml (parse only, anchor)",
+}
+ANCHOR = "pubmed_parser"
+PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+#: Where a profiled function's time belongs, by its file (first match wins).
+_PARSE_FILES = (
+    "/ingest/parse.py", "/ingest/boundaries.py", "/ingest/fields.py", "/ingest/dates.py",
+    "/ingest/records.py", "lxml", "gzip.py", "zlib", "_compression.py",
+)  # fmt: skip
+#: Drivers (function → file suffix) whose cumulative time is parse and store together.
+_BOTH = {
+    "_ingest": "/bench/ingest.py",
+    "ingest_files": "/ingest/files.py",
+    "apply": "/ingest/store.py",
+}
+#: The main thread waiting for the parser's libxml2 helper thread (cProfile sees only the
+#: main thread: libxml2's own time shows here, as waits on its queue).
+_WAITS = ("/queue.py", "/threading.py")
+#: Store phases shown in the breakdown: (label, file suffix, function name).
+_PHASES = (
+    ("parse: iter_items (generator, all resumes)", "/ingest/parse.py", "iter_items"),
+    ("store: Store._apply_batch (one per batch)", "/ingest/store.py", "_apply_batch"),
+    ("  read states (SELECT … IN)", "/ingest/store.py", "_read_states"),
+    ("  plan_batch (decide, rows, hashes)", "/ingest/rules.py", "plan_batch"),
+    ("    record_dict (Record → plain dict)", "/ingest/rows.py", "record_dict"),
+    ("    content_hash (json.dumps + sha1)", "/ingest/rows.py", "content_hash"),
+    ("    article_row", "/ingest/rows.py", "article_row"),
+    ("  upsert (articles, quarantine)", "/litpulse/core/db.py", "upsert"),
+    ("  replace_links (terms, references, cited-by)", "/ingest/links.py", "replace_links"),
+    ("    recompute_cited_by (new live PMIDs)", "/ingest/links.py", "recompute_cited_by"),
+    ("json.dumps, all callers (hash + JSON columns)", "json/__init__.py", "dumps"),
+    ("sqlite3 executemany", "~", "<method 'executemany' of 'sqlite3.Cursor' objects>"),
+    ("sqlite3 execute", "~", "<method 'execute' of 'sqlite3.Cursor' objects>"),
+    ("sqlite3 commit (per batch)", "~", "<method 'commit' of 'sqlite3.Connection' objects>"),
+)
+
+
+# --------------------------------------------------------------------------- children
+
+
+def _ingest(path: str, url: str) -> tuple[int, float, float]:
+    """Ingest ``path`` into ``url``; (records stored, wall s, CPU s) of the ingest alone."""
+    from ingest.files import ingest_files
+    from litpulse.core.db import connect
+    from litpulse.core.settings import Settings
+
+    home = Path(tempfile.mkdtemp(prefix="litpulse-bench-home-"))
+    settings = Settings.from_env({}, home=home, database_url=url)
+    connect(settings)  # tables first: not part of the ingest
+    t0, c0 = time.perf_counter(), time.process_time()
+    counts = ingest_files(settings, [path])
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return counts.inserted + counts.updated, wall, cpu
+
+
+def _parse_only(path: str) -> tuple[int, float, float]:
+    import pubmed_parser as pp
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    n = sum(1 for _d in pp.parse_medline_xml(path))
+    return n, time.perf_counter() - t0, time.process_time() - c0
+
+
+def _child(name: str, path: str, url: str) -> None:
+    if name == "profile":
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
+        n, wall, cpu = _ingest(path, url)
+        prof.disable()
+        prof.dump_stats(str(Path(path).with_name("ingest.prof")))
+    elif name == ANCHOR:
+        n, wall, cpu = _parse_only(path)
+    else:
+        n, wall, cpu = _ingest(path, url)
+    out = {"n": n, "wall": wall, "cpu": cpu, "rss_mb": _peak_rss_kb() / 1024}
+    sys.stdout.write(json.dumps(out))
+
+
+# --------------------------------------------------------------------------- parent
+
+
+@contextlib.contextmanager
+def _database(name: str, args: argparse.Namespace) -> Iterator[str]:
+    """A fresh, empty store for one child: its URL; removed afterwards.
+
+    PostgreSQL: a new database on the server of ``--pg-admin-url``, dropped (``FORCE``)
+    after the child. SQLite: a file in the workdir, deleted with its WAL afterwards.
+    """
+    from sqlalchemy import create_engine, text
+
+    if name != "postgresql":
+        db_file = args.workdir / f"ingest-{name}.db"
+        doomed = [Path(f"{db_file}{suffix}") for suffix in ("", "-wal", "-shm")]
+        for f in doomed:
+            f.unlink(missing_ok=True)
+        try:
+            yield f"sqlite:///{db_file}"
+        finally:
+            for f in doomed:
+                f.unlink(missing_ok=True)
+        return
+    db = f"litpulse_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(args.pg_admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{db}"'))
+        yield f"{args.pg_admin_url.rsplit('/', 1)[0]}/{db}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _run_path(name: str, path: Path, args: argparse.Namespace) -> dict[str, float] | str:
+    """Run one path in a child on a fresh store: its figures, or why there are none."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    try:
+        with _database(name, args) as url:
+            child = subprocess.run(
+                [sys.executable, "-m", "bench.ingest", "--child", name, str(path), url],
+                capture_output=True, text=True, timeout=args.timeout, env=env,
+            )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return f"timed out after {args.timeout:.0f} s"
+    except Exception as exc:  # noqa: BLE001 - no database server: a note in the table
+        return f"no store: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+    if child.returncode:
+        return (child.stderr.strip().splitlines() or ["failed"])[-1]
+    figures: dict[str, float] = json.loads(child.stdout.rsplit("\n", 1)[-1])
+    return figures
+
+
+def _table(results: dict[str, dict[str, float] | str]) -> str:
+    anchor = results.get(ANCHOR)
+    rows = [
+        "| path | records | wall s | CPU s | records/s (wall) | records/s (CPU) "
+        "| peak RSS MiB | ours ÷ anchor (wall) | ours ÷ anchor (CPU) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        if isinstance(r, str):
+            rows.append(f"| {LABELS[name]} | — | — | — | — | — | — | {r} | |")
+            continue
+        ratio_wall = ratio_cpu = "—"
+        if isinstance(anchor, dict) and name != ANCHOR:
+            ratio_wall = f"{(r['n'] / r['wall']) / (anchor['n'] / anchor['wall']):.2f}×"
+            ratio_cpu = f"{(r['n'] / r['cpu']) / (anchor['n'] / anchor['cpu']):.2f}×"
+        rows.append(
+            f"| {LABELS[name]} | {r['n']:.0f} | {r['wall']:.2f} | {r['cpu']:.2f} "
+            f"| {r['n'] / r['wall']:,.0f} | {r['n'] / r['cpu']:,.0f} | {r['rss_mb']:.0f} "
+            f"| {ratio_wall} | {ratio_cpu} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def _group(key: tuple[str, int, str]) -> str:
+    """``parse``, ``store``, or ``both`` (the drivers whose cumulative time holds both)."""
+    filename, _line, func = key
+    if func in _BOTH and filename.endswith(_BOTH[func]):
+        return "both"
+    if func == "_batches" and filename.endswith("/ingest/store.py"):
+        return "parse"  # pulls the items: its cumulative time is the parser's
+    if filename.endswith(_WAITS) or (filename == "~" and "'_thread.lock'" in func):
+        return "parse (wait)"
+    return "parse" if any(part in filename for part in _PARSE_FILES) else "store"
+
+
+def _profile_report(prof_file: Path, top: int) -> str:
+    """Top functions by cumulative and self time, the parse/store split, store phases."""
+    st = pstats.Stats(str(prof_file))
+    raw: dict[tuple[str, int, str], Any] = st.stats  # type: ignore[attr-defined]
+    total = max(float(st.total_tt), 1e-9)  # type: ignore[attr-defined]
+    here = str(Path(__file__).resolve().parents[1])
+
+    def where(key: tuple[str, int, str]) -> str:
+        filename, line, func = key
+        short = filename.replace(here + "/", "").split("site-packages/")[-1]
+        return func if filename == "~" else f"{short}:{line} {func}"
+
+    out: list[str] = [f"profile (cProfile, SQLite ingest): {total:.2f} s profiled\n"]
+    for title, col in (("cumulative", 3), ("self (tottime)", 2)):
+        keyed = sorted(raw.items(), key=lambda kv: kv[1][col], reverse=True)[:top]
+        out += [
+            f"\ntop {top} by {title}:\n",
+            "| group | function | calls | self s | cumulative s | % of total |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for key, (_cc, nc, tt, ct, _callers) in keyed:
+            out.append(
+                f"| {_group(key)} | `{where(key)}` | {nc} | {tt:.2f} | {ct:.2f} "
+                f"| {100 * (ct if col == 3 else tt) / total:.0f}% |"
+            )
+    by_group: dict[str, float] = {}
+    for k, v in raw.items():
+        by_group[_group(k)] = by_group.get(_group(k), 0.0) + v[2]
+    shares = ", ".join(
+        f"{g} {t:.2f} s ({100 * t / total:.0f}%)"
+        for g, t in sorted(by_group.items(), key=lambda gt: -gt[1])
+    )
+    out.append(
+        f"\nself time by group (main thread only; libxml2 runs in the parser's helper "
+        f"thread and shows as 'parse (wait)'): {shares}\n"
+    )
+    out += ["\nphases (cumulative; nested rows are part of the row above):\n",
+            "| phase | calls | cumulative s | % of total |", "|---|---:|---:|---:|"]  # fmt: skip
+    for label, suffix, func in _PHASES:
+        hits = [v for k, v in raw.items() if k[2] == func and k[0].endswith(suffix)]
+        if hits:
+            calls, cum = sum(v[1] for v in hits), sum(v[3] for v in hits)
+            out.append(f"| {label} | {calls} | {cum:.2f} | {100 * cum / total:.0f}% |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print the markdown table (and the profile)."""
+    ap = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n")[0])
+    ap.add_argument("--records", type=int, default=20000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "litpulse-bench")
+    ap.add_argument("--only", nargs="*", choices=PATHS, default=list(PATHS))
+    ap.add_argument(
+        "--profile", action=argparse.BooleanOptionalAction, default=True,
+        help="also profile the SQLite ingest with cProfile (default on)",
+    )  # fmt: skip
+    ap.add_argument("--top", type=int, default=15, help="functions per profile table")
+    ap.add_argument("--pg-admin-url", default=PG_ADMIN_URL)
+    ap.add_argument("--timeout", type=float, default=1800.0)
+    ap.add_argument("--child", nargs=3, metavar=("PATH", "FILE", "URL"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        _child(*args.child)
+        return 0
+
+    args.workdir = args.workdir.resolve()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    path = _corpus(args.workdir, args.records, args.seed)
+    gz_mb = path.stat().st_size / 2**20
+    load = os.getloadavg()
+    sys.stdout.write(f"corpus: {path} ({args.records} records, {gz_mb:.1f} MiB gz)\n")
+    sys.stdout.write(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs (shared), ")
+    sys.stdout.write("load average (1/5/15 min) at start: " + "/".join(f"{x:.1f}" for x in load))
+    results = {name: _run_path(name, path, args) for name in args.only}
+    sys.stdout.write("\n\n")
+    sys.stdout.write(_table(results))
+    sys.stdout.write(f"\nload average {os.getloadavg()[0]:.1f} after the table\n")
+
+    if args.profile:
+        prof_file = path.with_name("ingest.prof")
+        prof_file.unlink(missing_ok=True)
+        r = _run_path("profile", path, args)
+        if isinstance(r, str):
+            sys.stdout.write(f"\nprofile failed: {r}\n")
+        else:
+            sys.stdout.write(
+                f"\n{_profile_report(prof_file, args.top)}"
+                f"\n(profiled run: {r['n'] / r['wall']:,.0f} records/s wall; cProfile overhead "
+                f"included)\nload average {os.getloadavg()[0]:.1f} at the end\n"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
