@@ -3,7 +3,7 @@
 Measurement groundwork for issue 12 ("PubMed at full size"). Generates one corpus file of
 ``--records`` records (``litpulse.app.demo.generate``, cached in ``--workdir``) and runs
 each path in its own subprocess, side by side in one run, so the peak RSS (the child's
-``VmHWM``; ``ru_maxrss`` where /proc is missing, see :func:`bench.parse._peak_rss_kb`)
+``VmHWM``; ``ru_maxrss`` where /proc is missing, see :func:`bench.parse.peak_rss_kb`)
 belongs to that path alone:
 
 * ``sqlite`` — :func:`ingest.files.ingest_files` into a fresh SQLite file in the workdir
@@ -40,7 +40,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.parse import _corpus, _peak_rss_kb
+from bench.parse import corpus_file, peak_rss_kb
 
 PATHS = ("sqlite", "postgresql", "pubmed_parser")
 LABELS = {
@@ -123,7 +123,7 @@ def _child(name: str, path: str, url: str) -> None:
         n, wall, cpu = _parse_only(path)
     else:
         n, wall, cpu = _ingest(path, url)
-    out = {"n": n, "wall": wall, "cpu": cpu, "rss_mb": _peak_rss_kb() / 1024}
+    out = {"n": n, "wall": wall, "cpu": cpu, "rss_mb": peak_rss_kb() / 1024}
     sys.stdout.write(json.dumps(out))
 
 
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.workdir = args.workdir.resolve()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    path = _corpus(args.workdir, args.records, args.seed)
+    path = corpus_file(args.workdir, args.records, args.seed)
     gz_mb = path.stat().st_size / 2**20
     load = os.getloadavg()
     sys.stdout.write(f"corpus: {path} ({args.records} records, {gz_mb:.1f} MiB gz)\n")

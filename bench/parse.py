@@ -141,11 +141,11 @@ def _child(name: str, path: str) -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     n = CHILDREN[name](path)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    rss_mb = _peak_rss_kb() / 1024
+    rss_mb = peak_rss_kb() / 1024
     sys.stdout.write(json.dumps({"n": n, "wall": wall, "cpu": cpu, "rss_mb": rss_mb}))
 
 
-def _peak_rss_kb() -> float:
+def peak_rss_kb() -> float:
     """Peak RSS of this process image: VmHWM (ru_maxrss on Linux also counts the parent's
     memory at fork time, which would put every child at the parent's size)."""
     try:
@@ -161,7 +161,7 @@ def _peak_rss_kb() -> float:
 # --------------------------------------------------------------------------- parent
 
 
-def _corpus(workdir: Path, records: int, seed: int) -> Path:
+def corpus_file(workdir: Path, records: int, seed: int) -> Path:
     from litpulse.app.demo.generate import generate_corpus
 
     out = workdir / f"corpus-{records}-{seed}"
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    path = _corpus(args.workdir, args.records, args.seed)
+    path = corpus_file(args.workdir, args.records, args.seed)
     size_mb = path.stat().st_size / 2**20
     with gzip.open(path, "rb") as fh:
         raw_mb = sum(len(b) for b in iter(lambda: fh.read(1 << 22), b"")) / 2**20
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write("\n".join(rows) + "\n")
 
     if "litpulse" in args.only:
-        double = _corpus(args.workdir, 2 * args.records, args.seed)
+        double = corpus_file(args.workdir, 2 * args.records, args.seed)
         r2 = _measure("litpulse", double, args.timeout)
         if isinstance(r2, dict) and isinstance(ours, dict):
             sys.stdout.write(
