@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -52,6 +53,22 @@ class Checkpoints:
             "value": dict(m["value"] or {}),
             "updated_at": m["updated_at"],
         }
+
+    def first_read_at(
+        self, scope: str, key: str, identity: dict[str, Any], now: dt.datetime
+    ) -> dt.datetime:
+        """When this store first read the source ``key`` as ``identity`` describes it.
+
+        A source read again unchanged (a resumed or repeated run) keeps its first fetch
+        time, so the store sees the same source and replays it up to where it got; a
+        changed one (other size, mtime or checksum) gets ``now`` and counts as a newer
+        source. The time is recorded before any item of the source is stored.
+        """
+        seen = self.get_checkpoint(scope, key)
+        if seen is not None and all(seen["value"].get(k) == v for k, v in identity.items()):
+            return dt.datetime.fromisoformat(seen["value"]["fetched_at"])
+        self.set_checkpoint(scope, key, "read", {**identity, "fetched_at": now.isoformat()})
+        return now
 
     def set_checkpoint(self, scope: str, key: str, status: str, value: dict[str, Any]) -> None:
         """Create or overwrite the checkpoint ``(scope, key)``."""

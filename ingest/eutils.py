@@ -527,7 +527,10 @@ def _fetch_batch(
     items, missing = fetch_reconciled(
         client, batch, location=f"efetch run {run.id} {key}", limits=limits
     )
-    stored = store.apply(items, run_id=run.id, batch_size=settings.store_batch)
+    def on_batch(counts: IngestCounts) -> None:
+        run.counts += counts  # committed: counted even if a later store batch fails
+
+    stored = store.apply(items, run_id=run.id, batch_size=settings.store_batch, on_batch=on_batch)
     batch_counts = stored + IngestCounts(missing=len(missing))
     store.set_checkpoint(
         SCOPE,
@@ -536,7 +539,7 @@ def _fetch_batch(
         {"generation": generation, "size": len(batch), "run_id": run.id,
          "counts": batch_counts.to_dict(), "missing": missing},
     )  # fmt: skip
-    run.counts += batch_counts
+    run.counts += IngestCounts(missing=len(missing))
     return missing
 
 

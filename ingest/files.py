@@ -125,7 +125,7 @@ def _fetch_times(store: Store, files: Sequence[Path]) -> dict[Path, dt.datetime]
     """The fetch time of each file: when this store first read it as it is now.
 
     Unknown or changed files get now (one millisecond apart, in file order), recorded
-    before any of their items is stored.
+    before any of their items is stored (:meth:`Checkpoints.first_read_at`).
     """
     now = utcnow()
     out: dict[Path, dt.datetime] = {}
@@ -135,13 +135,7 @@ def _fetch_times(store: Store, files: Sequence[Path]) -> dict[Path, dt.datetime]
             "path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
         }  # fmt: skip
         key = hashlib.sha1(str(path).encode()).hexdigest()
-        seen = store.get_checkpoint(SCOPE, key)
-        if seen is not None and all(seen["value"].get(k) == v for k, v in identity.items()):
-            out[path] = dt.datetime.fromisoformat(seen["value"]["fetched_at"])
-            continue
-        out[path] = now + dt.timedelta(milliseconds=i)
-        value = {**identity, "fetched_at": out[path].isoformat()}
-        store.set_checkpoint(SCOPE, key, "read", value)
+        out[path] = store.first_read_at(SCOPE, key, identity, now + dt.timedelta(milliseconds=i))
     return out
 
 

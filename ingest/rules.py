@@ -79,11 +79,20 @@ class StoredState:
         return (self.source_sequence, self.source_time)
 
     def same_source(self, src: SourceRef) -> bool:
-        return (src.kind, src.location, src.sequence) == (
+        """The same file or request as read before.
+
+        A numbered NLM file (``sequence`` > 0) is the same source whenever it is read: its
+        number fixes its content. A source without a number (a local file, an E-utilities
+        batch) must also have the same fetch time: readers keep a file's first fetch time
+        while it is unchanged (a resumed run is the same source), and a changed file at the
+        same path gets a new one, so its items are a newer source instead of a replay.
+        """
+        same = (src.kind, src.location, src.sequence) == (
             self.source_kind,
             self.source_location,
             self.source_sequence,
         )
+        return same and (src.sequence > 0 or src.fetched_at.timestamp() == self.source_time)
 
     def move_to(self, src: SourceRef, position: int) -> None:
         """Record that the item at ``position`` of ``src`` wrote (or touched) the row."""
@@ -113,8 +122,8 @@ class Counter:
 def source_wins(src: SourceRef, position: int, cur: StoredState, touched: bool) -> bool:
     """Whether the item at ``position`` of ``src`` comes after the one that wrote ``cur``.
 
-    Within one source the position decides, whatever the fetch times: the same file or
-    request read again is a replay up to the stored position and goes on after it.
+    Within one source (:meth:`StoredState.same_source`) the position decides: the same
+    file or request read again is a replay up to the stored position and goes on after it.
     """
     if cur.same_source(src):
         return position > cur.source_position

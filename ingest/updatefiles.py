@@ -37,7 +37,7 @@ from sqlalchemy import select
 
 from ingest.http import HttpClient
 from ingest.records import SourceRef
-from ingest.runs import IngestCounts, recorded_run
+from ingest.runs import IngestCounts, OpenRun, recorded_run
 from ingest.store import Store
 from litpulse.core import db
 from litpulse.core.errors import ChecksumError, ConfigError, InvalidRequestError
@@ -58,6 +58,8 @@ _MD5SUM_RE = re.compile(r"^(?P<hex>[0-9a-fA-F]{32})\s+\*?(?P<name>\S+)\s*$", re.
 
 #: Downloads of one file whose checksum does not match before the run fails.
 CHECKSUM_ATTEMPTS = 3
+#: Checkpoint scope of the first read of each update/baseline file (by name and md5).
+CHECKPOINT_SCOPE = "updatefiles"
 
 FOLDERS = {"baseline": "baseline", "updatefile": "updatefiles"}
 
@@ -259,9 +261,8 @@ def apply_updates(
                 dest = downloads / f.name
                 size, digest = _download_verified(source, f, dest)
                 total_bytes += size
-                file_counts = _apply_file(settings, store, f, dest, size, digest, run.id)
+                file_counts = _apply_file(settings, store, f, dest, size, digest, run)
                 dest.unlink(missing_ok=True)
-                run.counts += file_counts
                 applied.append(f.name)
                 logger.info("applied %s: %s", f.name, file_counts.to_dict())
             details.pop("current", None)
@@ -278,21 +279,35 @@ def _apply_file(
     dest: Path,
     size: int,
     digest: str,
-    run_id: int,
+    run: OpenRun,
 ) -> IngestCounts:
-    """Apply one verified file and record it in ``source_files`` (so it is not applied again)."""
+    """Apply one verified file and record it in ``source_files`` (so it is not applied again).
+
+    The file keeps the fetch time of its first read while its checksum is the same, so a
+    resumed run replays it up to where the killed one got; each committed batch is added
+    to the run's counts at once, so a run that fails later still says what it stored.
+    """
     from ingest.parse import ParseLimits, iter_items
 
-    ref = SourceRef(f.kind, f.name, sequence=f.number)  # type: ignore[arg-type]
+    fetched = store.first_read_at(
+        CHECKPOINT_SCOPE, f.name, {"name": f.name, "md5": digest}, utcnow()
+    )
+    ref = SourceRef(f.kind, f.name, sequence=f.number, fetched_at=fetched)  # type: ignore[arg-type]
+
+    def on_batch(counts: IngestCounts) -> None:
+        run.counts += counts
+
     items = iter_items(dest, source_ref=ref, limits=ParseLimits.from_settings(settings))
-    file_counts = store.apply(items, run_id=run_id, batch_size=settings.store_batch)
+    file_counts = store.apply(
+        items, run_id=run.id, batch_size=settings.store_batch, on_batch=on_batch
+    )
     row = {
         "name": f.name,
         "kind": f.kind,
         "sequence": f.number,
         "md5": digest,
         "size": size,
-        "run_id": run_id,
+        "run_id": run.id,
         "counts": file_counts.to_dict(),
         "applied_at": utcnow(),
     }

@@ -20,7 +20,7 @@ import datetime as dt
 import enum
 import logging
 
-from sqlalchemy import Connection, Engine, func, insert, select
+from sqlalchemy import Connection, Engine, func, insert, select, text, update
 
 from litpulse.core.db import connect, upsert
 from litpulse.core.errors import ConfigError, LitpulseError, NotFoundError
@@ -86,7 +86,20 @@ def clean_expert(name: object) -> str:
     return _clean(name, "user", MAX_USER_CHARS)
 
 
+def _serialise_expert(conn: Connection, expert: str) -> None:
+    """Make concurrent judgements of one expert wait for each other (count, then insert).
+
+    PostgreSQL: a transaction-level advisory lock on the expert's name. SQLite: take the
+    database's write lock now (a write that changes nothing), before counting.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:e))"), {"e": expert})
+    else:
+        conn.execute(update(feedback_log).where(text("0")).values(expert=expert))
+
+
 def _check_limit(conn: Connection, expert: str, per_hour: int, now: dt.datetime) -> None:
+    _serialise_expert(conn, expert)
     log = feedback_log.c
     since = now - LIMIT_WINDOW
     count, oldest = conn.execute(

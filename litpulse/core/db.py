@@ -87,9 +87,10 @@ def add_missing_columns(engine: Engine) -> list[str]:
 
     ``create_all`` makes missing tables but never alters existing ones. A column that
     the schema has and the database lacks is added with ``ALTER TABLE … ADD COLUMN``,
-    with its default filled into existing rows. Only additive changes are automatic; a
-    new NOT NULL column without a default, or a new key column, is a :class:`ConfigError`
-    naming the column (such a change needs a written migration).
+    with its default filled into existing rows (or the column's ``info["upgrade_fill"]``,
+    where rows written before the column existed need another value). Only additive
+    changes are automatic; a new NOT NULL column without a default, or a new key column,
+    is a :class:`ConfigError` naming the column (such a change needs a written migration).
 
     Returns:
         ``table.column`` for every column added.
@@ -125,6 +126,8 @@ def add_missing_columns(engine: Engine) -> list[str]:
                 spec = CreateColumn(col).compile(dialect=engine.dialect)
                 name = engine.dialect.identifier_preparer.quote(table.name)
                 conn.execute(text(f"ALTER TABLE {name} ADD COLUMN {spec}{default}"))
+                if "upgrade_fill" in col.info:
+                    conn.execute(table.update().values({col.name: col.info["upgrade_fill"]}))
                 added.append(f"{table.name}.{col.name}")
     if added:
         logger.warning("store schema upgraded: added %s", ", ".join(added))

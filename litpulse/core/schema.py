@@ -90,8 +90,13 @@ articles = Table(
     Column("source_time", Float, nullable=False, default=0.0),
     Column("source_kind", String(16), nullable=False),
     Column("source_location", Text, nullable=False),
-    # ordinal of the item that wrote the row within its source: orders items of one file
-    Column("source_position", BigInteger, nullable=False, default=0),
+    # ordinal of the item that wrote the row within its source: orders items of one file.
+    # Rows of a store made before this column existed get the largest value: all of their
+    # source counts as already read (re-reading an old file is a replay, as it was then).
+    Column(
+        "source_position", BigInteger, nullable=False, default=0,
+        info={"upgrade_fill": 2**63 - 1},
+    ),
     Column("title", Text, nullable=False, default=""),
     Column("vernacular_title", Text),
     Column("abstract", Text, nullable=False, default=""),

@@ -24,6 +24,7 @@ import functools
 import math
 import numbers
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -326,9 +327,10 @@ class Settings:
                 f"{', '.join(env_name(n) for n in weights)} are all 0: at least one score "
                 "weight must be > 0"
             )
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+        if self.device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d{1,2})?", self.device):
             raise ConfigError(
-                f"{env_name('device')} must be auto, cpu or cuda, got {self.device!r}"
+                f"{env_name('device')} must be auto, cpu or cuda (cuda:N for one GPU), "
+                f"got {self.device!r}"
             )
         if self.embed_precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(
@@ -341,8 +343,12 @@ class Settings:
             )
         for name in ("eutils_url", "icite_url", "pubmed_files_url"):
             url = getattr(self, name)
-            if not url.startswith(("http://", "https://", "file://")):
-                raise ConfigError(f"{env_name(name)} must be an http(s) or file URL, got {url!r}")
+            # only the file server may be a local mirror; E-utilities and iCite are APIs
+            schemes = ("http://", "https://", "file://") if name == "pubmed_files_url" else (
+                "http://", "https://")
+            if not url.startswith(schemes):
+                kinds = "an http(s) or file" if len(schemes) == 3 else "an http(s)"
+                raise ConfigError(f"{env_name(name)} must be {kinds} URL, got {url!r}")
             if not url.endswith("/"):
                 object.__setattr__(self, name, url + "/")
         if self.database_url and "://" not in self.database_url:

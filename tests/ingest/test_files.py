@@ -168,3 +168,27 @@ def test_failed_run_records_committed_batches(
     assert run["status"] == "failed" and "truncated" in run["error"]
     assert run["inserted"] == 2  # the first batch was committed, the second was not
     assert store.existing_pmids([1, 2, 3]) == {1, 2}
+
+
+def test_a_changed_file_at_the_same_path_is_a_newer_source(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A corrected export written over the old one: its corrections and deletions apply."""
+    day = dt.date(2024, 1, 1)
+    path = tmp_path / "export.xml"
+    path.write_bytes(pubmed_xml.pubmed_set([
+        pubmed_xml.article_xml(1, edat=day, title="Old title"),
+        pubmed_xml.article_xml(2, edat=day),
+    ]))  # fmt: skip
+    ingest_files(settings, [str(path)])
+    assert ingest_files(settings, [str(path)]) == IngestCounts(unchanged=2)  # a replay
+
+    path.write_bytes(pubmed_xml.pubmed_set(
+        [pubmed_xml.article_xml(1, edat=day, title="Corrected title")], deletions=[2]
+    ))  # fmt: skip
+    counts = ingest_files(settings, [str(path)])
+
+    assert (counts.updated, counts.deleted) == (1, 1)
+    store = Store(db.connect(settings))
+    assert store.get_article(1)["title"] == "Corrected title"
+    assert store.get_article(2)["is_deleted"] is True

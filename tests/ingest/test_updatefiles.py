@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from ingest.store import Store
 from ingest.updatefiles import apply_updates, list_remote_files, parse_listing, parse_md5
@@ -159,3 +160,29 @@ def test_baseline_first_then_updates_and_a_file_mirror(
     with db.connect(s).connect() as conn:
         kinds = dict(conn.execute(select(source_files.c.name, source_files.c.kind)).all())
     assert kinds[base.files[0].name] == "baseline" and kinds[upd.files[0].name] == "updatefile"
+
+
+def test_a_failed_run_counts_what_it_committed(
+    emu: Emulator, sqlite_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run failing in its 2nd store batch still says what the first one stored."""
+    from ingest.store import Store as StoreClass
+
+    s = dataclasses.replace(emu.configure(sqlite_settings), store_batch=50)
+    real = StoreClass._apply_batch
+    calls = {"n": 0}
+
+    def failing(self: StoreClass, *args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("disk full")
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(StoreClass, "_apply_batch", failing)
+    with pytest.raises(RuntimeError, match="disk full"):
+        apply_updates(s)
+    run = Store(db.connect(s)).runs(1)[0]
+    assert run["status"] == "failed"
+    with db.connect(s).connect() as conn:
+        stored = conn.execute(select(func.count()).select_from(articles)).scalar()
+    assert run["inserted"] == stored > 0  # before: 0, though a batch was committed

@@ -35,3 +35,39 @@ def test_upsert_and_validation(settings: Settings, engine: Engine) -> None:
         record_feedback(settings, query="q", pmid=10, relevant=True, user="")
     with pytest.raises(ConfigError, match="`pmid`"):
         record_feedback(settings, query="q", pmid=-1, relevant=True, user="ann")
+
+
+def test_concurrent_judgements_cannot_pass_the_expert_limit(
+    settings: Settings, engine: Engine
+) -> None:
+    """20 judgements at once, 2 allowed an hour: exactly 2 get in (both databases)."""
+    import threading
+
+    from retrain.feedback import FeedbackLimitError, FeedbackSource
+
+    insert_batch(engine, start_pmid=500, n=20, start=dt.date(2024, 1, 1), days=5,
+                 ingested=dt.datetime(2024, 2, 1, tzinfo=dt.UTC), seed=4)
+    barrier = threading.Barrier(20)
+    accepted: list[int] = []
+    refused: list[int] = []
+    errors: list[str] = []
+
+    def judge(pmid: int) -> None:
+        barrier.wait()
+        try:
+            accepted.append(record_feedback(
+                settings, query="q", pmid=pmid, relevant=True, user="alice",
+                source=FeedbackSource.API, max_per_hour=2, engine=engine,
+            ))  # fmt: skip
+        except FeedbackLimitError:
+            refused.append(pmid)
+        except Exception as exc:  # noqa: BLE001 - any other error fails the test below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=judge, args=(500 + i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert (len(accepted), len(refused)) == (2, 18)

@@ -249,3 +249,18 @@ def test_describe_and_cli_show_the_range(
     assert "range" in out.splitlines()[0]
     line = next(x for x in out.splitlines() if x.startswith("LITPULSE_MAX_QUARANTINE_RATE "))
     assert "0 .. 1" in line
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"LITPULSE_DEVICE": "cuda:x"}, "LITPULSE_DEVICE"),
+        ({"LITPULSE_EUTILS_URL": "file:///tmp/mirror/"}, "LITPULSE_EUTILS_URL"),
+        ({"LITPULSE_ICITE_URL": "file:///tmp/mirror/"}, "LITPULSE_ICITE_URL"),
+    ],
+)
+def test_values_that_would_fail_later_fail_at_load(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+    assert Settings.from_env({"LITPULSE_DEVICE": "cuda:1"}).device == "cuda:1"
+    assert Settings.from_env({"LITPULSE_PUBMED_FILES_URL": "file:///m/"}).pubmed_files_url
