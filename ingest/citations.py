@@ -32,7 +32,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Iterable, Sequence
@@ -42,10 +41,10 @@ from typing import Any
 from sqlalchemy import Engine, and_, bindparam, func, or_, select, update
 
 from ingest.http import HttpClient
-from ingest.runs import IngestCounts, recorded_run
+from ingest.runs import Counts, IngestCounts, recorded_run
 from ingest.store import Store
 from litpulse.core import db
-from litpulse.core.errors import ConfigError, TransientSourceError
+from litpulse.core.errors import TransientSourceError
 from litpulse.core.schema import articles
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import utcnow
@@ -59,7 +58,7 @@ REFRESH_POLICY: tuple[tuple[int | None, int], ...] = ((365, 7), (5 * 365, 30), (
 
 
 @dataclass(frozen=True)
-class CitationCounts:
+class CitationCounts(Counts):
     """What one citation refresh did.
 
     Attributes:
@@ -71,24 +70,6 @@ class CitationCounts:
     requested: int = 0
     updated: int = 0
     unknown: int = 0
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if not isinstance(value, int) or value < 0:
-                raise ConfigError(f"CitationCounts.{f.name} must be a count >= 0, got {value!r}")
-
-    def __add__(self, other: CitationCounts) -> CitationCounts:
-        if not isinstance(other, CitationCounts):
-            return NotImplemented
-        return CitationCounts(
-            self.requested + other.requested,
-            self.updated + other.updated,
-            self.unknown + other.unknown,
-        )
-
-    def to_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
 
 
 def due_pmids(

@@ -28,7 +28,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from sqlalchemy import Engine, insert, select, update
 
@@ -44,7 +44,39 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class IngestCounts:
+class Counts:
+    """Base of the count records of a run: every field a count >= 0; add, subtract, dict."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(
+                    f"{type(self).__name__}.{f.name} must be a count >= 0, got {value!r}"
+                )
+
+    def _combine(self, other: object, sign: int) -> Self:
+        names = [f.name for f in dataclasses.fields(self)]
+        values = {n: getattr(self, n) + sign * getattr(other, n) for n in names}
+        return type(self)(**values)
+
+    def __add__(self, other: Self) -> Self:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._combine(other, 1)
+
+    def __sub__(self, other: Self) -> Self:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._combine(other, -1)
+
+    def to_dict(self) -> dict[str, int]:
+        """The counts as a plain dict."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class IngestCounts(Counts):
     """What one ingest did, item by item.
 
     Attributes:
@@ -65,32 +97,11 @@ class IngestCounts:
     quarantined: int = 0
     missing: int = 0
 
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if not isinstance(value, int) or value < 0:
-                raise ConfigError(f"IngestCounts.{f.name} must be a count >= 0, got {value!r}")
-
-    def __add__(self, other: IngestCounts) -> IngestCounts:
-        if not isinstance(other, IngestCounts):
-            return NotImplemented
-        names = [f.name for f in dataclasses.fields(self)]
-        return IngestCounts(**{n: getattr(self, n) + getattr(other, n) for n in names})
-
-    def __sub__(self, other: IngestCounts) -> IngestCounts:
-        if not isinstance(other, IngestCounts):
-            return NotImplemented
-        names = [f.name for f in dataclasses.fields(self)]
-        return IngestCounts(**{n: getattr(self, n) - getattr(other, n) for n in names})
-
     @property
     def total(self) -> int:
         """Items seen (``missing`` excluded: those never arrived)."""
         return self.inserted + self.updated + self.unchanged + self.deleted + self.quarantined
 
-    def to_dict(self) -> dict[str, int]:
-        """The counts as a plain dict."""
-        return dataclasses.asdict(self)
 
 
 @dataclass

@@ -58,8 +58,6 @@ _MD5SUM_RE = re.compile(r"^(?P<hex>[0-9a-fA-F]{32})\s+\*?(?P<name>\S+)\s*$", re.
 
 #: Downloads of one file whose checksum does not match before the run fails.
 CHECKSUM_ATTEMPTS = 3
-#: Checkpoint scope of the first read of each update/baseline file (by name and md5).
-CHECKPOINT_SCOPE = "updatefiles"
 
 FOLDERS = {"baseline": "baseline", "updatefile": "updatefiles"}
 
@@ -283,16 +281,13 @@ def _apply_file(
 ) -> IngestCounts:
     """Apply one verified file and record it in ``source_files`` (so it is not applied again).
 
-    The file keeps the fetch time of its first read while its checksum is the same, so a
-    resumed run replays it up to where the killed one got; each committed batch is added
-    to the run's counts at once, so a run that fails later still says what it stored.
+    A numbered file is the same source whenever it is read (its number fixes its content),
+    so a resumed run replays it up to where the killed one got. Each committed batch is
+    added to the run's counts at once, so a run that fails later still says what it stored.
     """
     from ingest.parse import ParseLimits, iter_items
 
-    fetched = store.first_read_at(
-        CHECKPOINT_SCOPE, f.name, {"name": f.name, "md5": digest}, utcnow()
-    )
-    ref = SourceRef(f.kind, f.name, sequence=f.number, fetched_at=fetched)  # type: ignore[arg-type]
+    ref = SourceRef(f.kind, f.name, sequence=f.number)  # type: ignore[arg-type]
 
     def on_batch(counts: IngestCounts) -> None:
         run.counts += counts
