@@ -238,8 +238,10 @@ def icite_update(*, keep_newer: bool = False) -> Update:
         update(articles)
         .where(a.pmid == bindparam("b_pmid"))
         .values(
-            {c: bindparam(f"b_{c}") for c in ICITE_FIELDS},
-            icite_fetched_at=bindparam("b_now"),
+            {
+                **{c: bindparam(f"b_{c}") for c in ICITE_FIELDS},
+                "icite_fetched_at": bindparam("b_now"),
+            }
         )
     )
     if keep_newer:

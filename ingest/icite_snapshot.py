@@ -380,7 +380,7 @@ def _copy_update(conn: Connection, values: Mapping[int, Mapping[str, Any]], at: 
     a, s = articles.c, _STAGE.c
     stmt = (
         update(articles)
-        .values({c: s[c] for c in cols}, icite_fetched_at=at)
+        .values({**{c: s[c] for c in cols}, "icite_fetched_at": at})
         .where(
             a.pmid == s.pmid,
             a.is_deleted.is_(False),
