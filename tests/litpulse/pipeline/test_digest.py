@@ -21,6 +21,7 @@ from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import article_terms, articles, digest_matches
 from litpulse.core.settings import Settings
 from litpulse.pipeline.digest import feed_for, matches_of, run_digest
+from litpulse.pipeline.nightly import run_nightly
 from litpulse.pipeline.saved_searches import (
     add_search,
     get_search,
@@ -29,6 +30,8 @@ from litpulse.pipeline.saved_searches import (
 )
 from ranking.refresh import refresh_index
 from ranking.search import SearchFilters, run_search
+from tests.emulator import Emulator, running_emulator
+from tests.litpulse.pipeline.test_nightly import WINDOW, _serve
 from tests.ranking.corpus import ARTICLES, article_rows, term_rows
 
 #: Stored (and indexed) before the searches are saved: never "new" for them.
@@ -272,3 +275,30 @@ def test_email_and_webhook_delivery_retried_until_delivered(
     assert all(x["explanation"]["text"] for x in body["matches"])
     assert not matches_of(engine, search.id, pending="email")
     assert not matches_of(engine, search.id, pending="webhook")
+
+
+# ---------------------------------------------------------------------------- nightly
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    yield from running_emulator()
+
+
+def test_nightly_runs_the_digest_after_its_index_step(
+    sqlite_settings: Settings, emulator: Emulator
+) -> None:
+    _serve(emulator, WINDOW["since"].date(), range(1000, 1006))
+    s = emulator.configure(sqlite_settings)
+    search = add_search(s, name="statins", query="gut microbiome and statin response",
+                        min_score=THRESHOLD, owner="cli:test")
+    report = run_nightly(s, retrain=False, **WINDOW)
+    assert [name for name, _ in report.steps][-2:] == ["index", "digest"]
+    assert report.digest is not None and report.digest["matched"] == 6
+    assert report.index is not None
+    assert report.to_dict()["digest"]["index_version"] == report.index["id"]
+    feed = feedparser.parse(feed_for(s, search.id, self_url="http://127.0.0.1/feeds/1.atom"))
+    assert not feed.bozo
+    assert {e.title for e in feed.entries} == {
+        f"Gut microbiome and statin response study {p}" for p in range(1000, 1006)
+    }
