@@ -80,7 +80,8 @@ MAX_PMID = 2**53
 MAX_TERMS = 20
 
 #: Files of ``litpulse/app/web`` served under ``/static/``, with their media types.
-STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
+STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8",
+                "alerts.js": "text/javascript; charset=utf-8"}
 
 #: Longest part of a validation error's location repeated back (a client's key name).
 MAX_LOC_CHARS = 40
