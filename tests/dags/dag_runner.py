@@ -50,6 +50,7 @@ def check(out: Path) -> None:
                 ),
                 "pool": t.pool,
                 "queue": t.queue,
+                "upstream": sorted(t.upstream_task_ids),
             }
         dags[dag_id] = {
             "owner": dag.owner,

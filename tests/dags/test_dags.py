@@ -135,6 +135,12 @@ def test_every_ncbi_call_is_in_the_ncbi_pool(dagbag_report: dict) -> None:
     }
 
 
+def test_the_digest_runs_after_the_index_is_published(dagbag_report: dict) -> None:
+    tasks = dagbag_report["dags"]["litpulse_index_refresh"]["tasks"]
+    assert tasks["digest"]["upstream"] == ["refresh_index"]
+    assert tasks["refresh_index"]["upstream"] == ["embed_pending"]
+
+
 def test_nightly_ingest_has_window_params(dagbag_report: dict) -> None:
     assert dagbag_report["dags"]["litpulse_nightly_ingest"]["params"] == {
         "first_day": None,

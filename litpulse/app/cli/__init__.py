@@ -21,7 +21,7 @@ __all__ = ["main", "build_parser"]
 
 #: Modules of this package that register sub-commands, in --help order.
 COMMANDS: tuple[str, ...] = ("ingest", "info", "nightly", "search", "index", "citations", "models",
-                             "tokens", "demo")
+                             "tokens", "alerts", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
