@@ -50,8 +50,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     load = report.load
     if report.nothing_to_do:
-        print(f"nothing to do: all {load.listed} listed files were applied before, every "
-              "article is embedded and the index is current")
+        done = "" if args.no_embed else ", every article is embedded and the index is current"
+        print(f"nothing to do: all {load.listed} listed files were applied before{done}")
         return 0
     if load.nothing_to_do:
         print(f"all {load.listed} listed files were applied before", file=sys.stderr)
