@@ -248,7 +248,12 @@ def _discard(folder: Path, name: str) -> None:
 
 def _busy_elsewhere(engine: Engine, name: str) -> bool:
     """Whether a live process holds the staging lease of ``name`` now."""
-    held = db.lease_holder(engine, STAGE_LEASE.format(name=name))
+    return _busy(engine, STAGE_LEASE.format(name=name))
+
+
+def _busy(engine: Engine, lease: str) -> bool:
+    """Whether a live process holds ``lease`` now."""
+    held = db.lease_holder(engine, lease)
     if held is None:
         return False
     holder, expires = held
@@ -300,21 +305,26 @@ def stage_file(
             src.close()
 
 
-def prefetch_file(settings: Settings, f: RemoteFile, *, window: int) -> str:
+def prefetch_file(
+    settings: Settings, f: RemoteFile, *, window: int, max_wait_s: float = 1800.0
+) -> str:
     """Stage ``f`` ahead of the writer once fewer than ``window`` files are staged.
 
     The body of a mapped DAG task. Waiting keeps the staging folder bounded; it cannot
-    deadlock, since the writer stages any file nobody staged. A failed download is left
+    deadlock, since the writer stages any file nobody staged, and a fetcher waits only
+    while a writer is running (under ``airflow dags test`` tasks run one at a time). A failed download is left
     to the writer (which retries it and fails the run if the file stays bad).
 
     Returns:
         ``applied``, ``staged``, ``elsewhere`` (another process stages it) or
-        ``left to the writer: <error>``.
+        ``left to the writer: <why>`` (a failed download, or the window stayed full for
+        ``max_wait_s`` seconds: the writer is not moving).
     """
     if window < 1:
         raise ConfigError(f"window must be >= 1, got {window!r}")
     engine = db.connect(settings)
     folder = _folder(settings)
+    deadline = time.monotonic() + max_wait_s
     while True:
         if _is_applied(engine, f.name):
             return "applied"
@@ -322,6 +332,10 @@ def prefetch_file(settings: Settings, f: RemoteFile, *, window: int) -> str:
             return "staged"
         if staged_count(folder) < window:
             break
+        if not _busy(engine, WRITER_LEASE):
+            return f"left to the writer: {window} files wait staged and no writer is running"
+        if time.monotonic() > deadline:
+            return f"left to the writer: {window} files stayed staged for {max_wait_s:g} s"
         time.sleep(POLL_S * 5)
     try:
         got = stage_file(settings, f, engine=engine)

@@ -30,13 +30,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ingest.bootstrap import LoadReport, load_files
+from ingest.bootstrap import (
+    LoadReport,
+    file_from_dict,
+    file_to_dict,
+    load_files,
+    pending_files,
+    prefetch_file,
+)
 from litpulse.core import db
 from litpulse.core.errors import ConfigError
 from litpulse.core.settings import Settings
 from litpulse.pipeline.planning import embed_shard, plan_embedding_shards
 
-__all__ = ["BootstrapReport", "bootstrap", "embed_shards"]
+__all__ = ["BootstrapReport", "bootstrap", "embed_shards", "fetch_file", "list_pending"]
 
 logger = logging.getLogger(__name__)
 
@@ -135,3 +142,21 @@ def bootstrap(
 
     index = refresh_index(settings, embed=False, progress=progress).to_dict()
     return BootstrapReport(load, shards, embedded, index, time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------ the DAG's pieces
+
+
+def list_pending(settings: Settings) -> list[dict[str, Any]]:
+    """The files to apply, in order, as small dicts (the DAG maps its fetchers over them)."""
+    pending, listed = pending_files(settings)
+    logger.info("bootstrap: %d of %d listed files to apply", len(pending), listed)
+    return [file_to_dict(f) for f in pending]
+
+
+def fetch_file(settings: Settings, file: dict[str, Any]) -> str:
+    """Stage one file ahead of the writer (a mapped DAG task); see
+    :func:`ingest.bootstrap.prefetch_file`. At most ``LITPULSE_BOOTSTRAP_PREFETCH`` files
+    (at least 1) wait staged."""
+    return prefetch_file(settings, file_from_dict(file),
+                         window=max(1, settings.bootstrap_prefetch))

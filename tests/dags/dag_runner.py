@@ -50,6 +50,9 @@ def check(out: Path) -> None:
                 ),
                 "pool": t.pool,
                 "queue": t.queue,
+                "upstream": sorted(t.upstream_task_ids),
+                "mapped": "MappedOperator" in type(t).__name__ or bool(getattr(t, "is_mapped", False)),
+                "max_active_tis_per_dagrun": t.max_active_tis_per_dagrun,
             }
         dags[dag_id] = {
             "owner": dag.owner,
