@@ -52,8 +52,12 @@ go to `LITPULSE_ALERT_WEBHOOK_URL`. A run times out after 7 days.
 
 @dag(
     **dag_args(
-        DAG_ID, schedule=None, tags=["litpulse", "ingest", "bootstrap"], doc_md=DOC_MD,
-        alert_after_hours=48, timeout_hours=24 * 7,
+        DAG_ID,
+        schedule=None,
+        tags=["litpulse", "ingest", "bootstrap"],
+        doc_md=DOC_MD,
+        alert_after_hours=48,
+        timeout_hours=24 * 7,
         params={
             "shards": Param(8, type="integer", minimum=1, maximum=1024, title="PMID shards"),
         },

@@ -200,9 +200,7 @@ def _is_applied(engine: Engine, name: str) -> bool:
         return conn.execute(q).first() is not None
 
 
-def pending_files(
-    settings: Settings, engine: Engine | None = None
-) -> tuple[list[RemoteFile], int]:
+def pending_files(settings: Settings, engine: Engine | None = None) -> tuple[list[RemoteFile], int]:
     """The listed files not applied yet, in application order, and how many were listed."""
     engine = engine or db.connect(settings)
     remote = list_remote_files(settings, include_baseline=True)
@@ -312,8 +310,9 @@ def prefetch_file(
 
     The body of a mapped DAG task. Waiting keeps the staging folder bounded; it cannot
     deadlock, since the writer stages any file nobody staged, and a fetcher waits only
-    while a writer is running (under ``airflow dags test`` tasks run one at a time). A failed download is left
-    to the writer (which retries it and fails the run if the file stays bad).
+    while a writer is running (under ``airflow dags test`` tasks run one at a time). A
+    failed download is left to the writer (which retries it and fails the run if the file
+    stays bad).
 
     Returns:
         ``applied``, ``staged``, ``elsewhere`` (another process stages it) or
@@ -350,13 +349,17 @@ def prefetch_file(
 class _Prefetcher(threading.Thread):
     """Stages the files after the one being applied, at most ``window`` ahead."""
 
-    def __init__(self, settings: Settings, engine: Engine, files: list[RemoteFile],
-                 window: int) -> None:
+    def __init__(
+        self, settings: Settings, engine: Engine, files: list[RemoteFile], window: int
+    ) -> None:
         super().__init__(name="bootstrap-prefetch", daemon=True)
         self.settings, self.engine, self.files, self.window = settings, engine, files, window
         self.cond = threading.Condition()
         self.frontier = 0
         self.stopped = False
+
+    def _may_stage(self, i: int) -> bool:
+        return self.stopped or i <= self.frontier + self.window
 
     def advance(self) -> None:
         with self.cond:
@@ -374,16 +377,13 @@ class _Prefetcher(threading.Thread):
         try:
             for i, f in enumerate(self.files[1:], 1):
                 with self.cond:
-                    self.cond.wait_for(
-                        lambda i=i: self.stopped or i <= self.frontier + self.window  # type: ignore[misc]
-                    )
+                    self.cond.wait_for(lambda i=i: self._may_stage(i))  # type: ignore[misc]
                     if self.stopped:
                         return
                 try:
                     stage_file(self.settings, f, engine=self.engine, source=source)
                 except Exception as exc:  # noqa: BLE001 - the writer fetches it and reports
-                    logger.warning("prefetching %s failed (the writer will retry): %s",
-                                   f.name, exc)
+                    logger.warning("prefetching %s failed (the writer will retry): %s", f.name, exc)
                     return
         finally:
             source.close()
@@ -422,23 +422,29 @@ class _Progress:
         self.run, self.files = run, files
         self.done_files, self.done_bytes, self.base = 0, 0, run.counts.total
         self.sizes: dict[str, int] = {}
-        self.bar = tqdm(total=self.estimate(), unit="rec", unit_scale=True, disable=not enabled,
-                        desc=f"bootstrap 0/{len(files)} files", dynamic_ncols=True)
+        self.bar = tqdm(
+            total=self.estimate(),
+            unit="rec",
+            unit_scale=True,
+            disable=not enabled,
+            desc=f"bootstrap 0/{len(files)} files",
+            dynamic_ncols=True,
+        )
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._tick, name="bootstrap-progress",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._tick, name="bootstrap-progress", daemon=True)
         if enabled:
             self._thread.start()
 
     def estimate(self) -> int:
         done = self.run.counts.total - self.base
-        left = self.files[self.done_files:]
+        left = self.files[self.done_files :]
         if not self.done_files:
             return len(left) * RECORDS_PER_FILE_GUESS
         per_byte = done / max(1, self.done_bytes)
         per_file = done / self.done_files
-        rest = sum(self.sizes[f.name] * per_byte if f.name in self.sizes else per_file
-                   for f in left)
+        rest = sum(
+            self.sizes[f.name] * per_byte if f.name in self.sizes else per_file for f in left
+        )
         return int(done + rest)
 
     def sized(self, f: RemoteFile, size: int) -> None:
@@ -468,8 +474,9 @@ class _Progress:
         self.bar.close()
 
 
-def _apply(settings: Settings, store: Store, sf: StagedFile, run: OpenRun,
-           workers: int) -> IngestCounts:
+def _apply(
+    settings: Settings, store: Store, sf: StagedFile, run: OpenRun, workers: int
+) -> IngestCounts:
     # the `workers` argument of _apply_file comes with the parallel parser (ingest.parallel)
     extra = {"workers": workers} if "workers" in inspect.signature(_apply_file).parameters else {}
     return _apply_file(settings, store, sf.file, sf.path, sf.size, sf.md5, run, **extra)
@@ -530,17 +537,23 @@ def load_files(
             pending = pending[:max_files]
         if not pending:
             logger.info("bootstrap: all %d listed files were applied before", listed)
-            return LoadReport(listed, already, workers=workers,
-                              seconds=time.perf_counter() - t0)
+            return LoadReport(listed, already, workers=workers, seconds=time.perf_counter() - t0)
         source = _source(settings)
         redact = getattr(getattr(source, "client", None), "redact", str)
         applied: list[str] = []
         total_bytes = 0
         try:
-            with recorded_run(store, "updatefiles", target=str(settings.pubmed_files_url),
-                              redact=redact) as run:
-                run.details = {"files": applied, "include_baseline": True, "bootstrap": True,
-                               "listed": listed, "pending": len(pending), "workers": workers}
+            with recorded_run(
+                store, "updatefiles", target=str(settings.pubmed_files_url), redact=redact
+            ) as run:
+                run.details = {
+                    "files": applied,
+                    "include_baseline": True,
+                    "bootstrap": True,
+                    "listed": listed,
+                    "pending": len(pending),
+                    "workers": workers,
+                }
                 bar = _Progress(run, pending, progress)
                 stager = _Prefetcher(settings, engine, pending, prefetch)
                 if prefetch:
@@ -568,5 +581,13 @@ def load_files(
                 run.details["bytes"] = total_bytes
         finally:
             source.close()
-    return LoadReport(listed, already, tuple(applied), run.counts, total_bytes,
-                      time.perf_counter() - t0, workers, run.id)
+    return LoadReport(
+        listed,
+        already,
+        tuple(applied),
+        run.counts,
+        total_bytes,
+        time.perf_counter() - t0,
+        workers,
+        run.id,
+    )

@@ -133,8 +133,9 @@ def bootstrap(
         raise ConfigError(f"shards must be >= 1, got {shards!r}")
     t0 = time.perf_counter()
     ahead = settings.bootstrap_prefetch if prefetch is None else prefetch
-    load = load_files(settings, workers=workers, prefetch=ahead, max_files=max_files,
-                      progress=progress)
+    load = load_files(
+        settings, workers=workers, prefetch=ahead, max_files=max_files, progress=progress
+    )
     if not embed:
         return BootstrapReport(load, seconds=time.perf_counter() - t0)
     embedded = embed_shards(settings, shards, progress=progress)
@@ -158,5 +159,4 @@ def fetch_file(settings: Settings, file: dict[str, Any]) -> str:
     """Stage one file ahead of the writer (a mapped DAG task); see
     :func:`ingest.bootstrap.prefetch_file`. At most ``LITPULSE_BOOTSTRAP_PREFETCH`` files
     (at least 1) wait staged."""
-    return prefetch_file(settings, file_from_dict(file),
-                         window=max(1, settings.bootstrap_prefetch))
+    return prefetch_file(settings, file_from_dict(file), window=max(1, settings.bootstrap_prefetch))

@@ -51,7 +51,8 @@ def check(out: Path) -> None:
                 "pool": t.pool,
                 "queue": t.queue,
                 "upstream": sorted(t.upstream_task_ids),
-                "mapped": "MappedOperator" in type(t).__name__ or bool(getattr(t, "is_mapped", False)),
+                "mapped": bool(getattr(t, "is_mapped", False))
+                or "MappedOperator" in type(t).__name__,
                 "max_active_tis_per_dagrun": t.max_active_tis_per_dagrun,
             }
         dags[dag_id] = {

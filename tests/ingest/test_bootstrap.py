@@ -88,8 +88,15 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> Published:
         elements += [article_xml(p, edat=edat, refs=(rev[0],)) for p in fresh]
         if k == 2:  # a record of update 0 deleted, one of update 0 revised again
             gone.append(new)
-            elements.append(article_xml(new + 1, edat=edat, mdat=mdat, version=2,
-                                        title="New in update 0, revised in update 2"))
+            elements.append(
+                article_xml(
+                    new + 1,
+                    edat=edat,
+                    mdat=mdat,
+                    version=2,
+                    title="New in update 0, revised in update 2",
+                )
+            )
         name = f"pubmed{year}n{N_BASELINE + 1 + k:04d}.xml.gz"
         updates.append((name, gz(pubmed_set(elements, gone))))
         revised |= set(rev)
@@ -213,8 +220,9 @@ def _progress(engine: Engine) -> int:
         ).select_from(articles)).scalar_one())  # fmt: skip
 
 
-def _kill_at(argv: list[str], env: dict[str, str], engine: Engine, s: Settings, at: int,
-             log: Path) -> int:
+def _kill_at(
+    argv: list[str], env: dict[str, str], engine: Engine, s: Settings, at: int, log: Path
+) -> int:
     """Run ``litpulse argv`` and SIGKILL it once :func:`_progress` reaches ``at``.
 
     Returns:

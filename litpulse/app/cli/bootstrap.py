@@ -24,12 +24,25 @@ def register(sub: Any) -> None:
             "Run again when everything is done, it does nothing and says so."
         ),
     )
-    p.add_argument("--workers", type=int, metavar="N",
-                   help="parse worker processes (default: LITPULSE_INGEST_WORKERS, else the cores)")
-    p.add_argument("--prefetch", type=int, metavar="N",
-                   help="files downloaded ahead (default: LITPULSE_BOOTSTRAP_PREFETCH)")
-    p.add_argument("--shards", type=int, default=8, metavar="N",
-                   help="PMID shards of the embed step, each resumable (default: 8)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="parse worker processes (default: LITPULSE_INGEST_WORKERS, else the cores)",
+    )
+    p.add_argument(
+        "--prefetch",
+        type=int,
+        metavar="N",
+        help="files downloaded ahead (default: LITPULSE_BOOTSTRAP_PREFETCH)",
+    )
+    p.add_argument(
+        "--shards",
+        type=int,
+        default=8,
+        metavar="N",
+        help="PMID shards of the embed step, each resumable (default: 8)",
+    )
     p.add_argument("--no-embed", action="store_true", help="load the store only")
     p.add_argument("--max-files", type=int, metavar="N", help="apply at most N files this time")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
@@ -40,8 +53,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from litpulse.pipeline.bootstrap import bootstrap
 
     report = bootstrap(
-        settings, workers=args.workers, prefetch=args.prefetch, shards=args.shards,
-        embed=not args.no_embed, max_files=args.max_files,
+        settings,
+        workers=args.workers,
+        prefetch=args.prefetch,
+        shards=args.shards,
+        embed=not args.no_embed,
+        max_files=args.max_files,
         progress=show_progress() and not args.json,
     )
     out = report.to_dict()
@@ -55,13 +72,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if load.nothing_to_do:
         print(f"all {load.listed} listed files were applied before", file=sys.stderr)
-    kv([
-        ("files applied", f"{len(load.applied)} (of {load.listed} listed; "
-                          f"{load.already} before)"),
-        *((k, v) for k, v in load.counts.to_dict().items()),
-        ("records/s", out["load"]["records_per_s"]),
-        ("embedded", out["embedded"]),
-        ("index", (report.index or {}).get("id", "-")),
-        ("seconds", out["seconds"]),
-    ])
+    kv(
+        [
+            (
+                "files applied",
+                f"{len(load.applied)} (of {load.listed} listed; {load.already} before)",
+            ),
+            *((k, v) for k, v in load.counts.to_dict().items()),
+            ("records/s", out["load"]["records_per_s"]),
+            ("embedded", out["embedded"]),
+            ("index", (report.index or {}).get("id", "-")),
+            ("seconds", out["seconds"]),
+        ]
+    )
     return 0

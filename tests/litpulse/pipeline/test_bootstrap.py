@@ -87,7 +87,7 @@ def test_a_killed_embed_step_redoes_no_finished_shard(settings: Settings, tmp_pa
         assert n == per_shard[shard] - done
     after = _vectors(engine)
     assert after.keys() == clean.keys()
-    for pmid, (vector, created) in before.items():
+    for pmid, (_, created) in before.items():
         assert after[pmid][1] == created  # not embedded again
     for pmid, (vector, _) in after.items():
         assert np.allclose(vector, clean[pmid][0], atol=1e-5), pmid
