@@ -112,6 +112,13 @@ class Settings:
         "https://ftp.ncbi.nlm.nih.gov/pubmed/",
         "Base URL of the PubMed file server holding baseline/ and updatefiles/.",
     )
+    bootstrap_prefetch: int = _opt(
+        2,
+        "Files litpulse bootstrap downloads ahead of the one being applied (the "
+        "litpulse_bootstrap DAG: staged files its fetchers keep at most).",
+        min=0,
+        max=64,
+    )
 
     # -- HTTP behaviour ------------------------------------------------------------------
     http_timeout: float = _opt(
