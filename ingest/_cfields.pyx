@@ -4,9 +4,9 @@
 The same rules as ``ingest.fields._article``, line for line, but walking libxml2's nodes
 in C instead of creating an lxml proxy object for every child, tag and text. It is an
 accelerator only: :class:`ArticleReader.read` returns ``None`` wherever it is not sure to
-give the pure-Python result (a node that is not an element, text or CDATA; an element or
-attribute in a namespace; a document with a DTD; a record the Python code would
-quarantine), and the caller then reads the element with the Python code.
+give the pure-Python result (it meets a node that is not an element, text or CDATA, or
+an element in a namespace; the document has a DTD; the Python code would quarantine the
+record), and the caller then reads the element with the Python code.
 ``tests/ingest/test_cfields.py`` checks that both give identical records.
 
 Built by ``pip install -e .`` (setup.py) when Cython and a C compiler are at hand;
@@ -60,11 +60,19 @@ cdef inline bint _is(xmlNode* c, const char* name) noexcept:
     return strcmp(<const char*>c.name, name) == 0
 
 
-cdef inline xmlNode* _elem(xmlNode* c) noexcept:
-    """``c`` or the first element after it among its siblings (NULL if none)."""
-    while c is not NULL and c.type != ELEMENT:
+cdef inline xmlNode* _elem(xmlNode* c) except? NULL:
+    """``c`` or the first element after it among its siblings (NULL if none). What lxml
+    would see differently bails out: an element in a namespace (its tag is ``{uri}name``)
+    or a node that is not an element, text or CDATA (a comment, an entity reference...)."""
+    while c is not NULL:
+        if c.type == ELEMENT:
+            if c.ns is not NULL:
+                raise _Bail()
+            return c
+        if c.type != TEXT and c.type != CDATA:
+            raise _Bail()
         c = c.next
-    return c
+    return NULL
 
 
 cdef inline str _u(const char* s):
@@ -110,6 +118,8 @@ cdef void _gather(xmlNode* c, list parts) except *:
     while c is not NULL:
         if c.type == ELEMENT:
             _gather(c.children, parts)
+        elif c.type != TEXT and c.type != CDATA:
+            raise _Bail()
         elif c.content is not NULL:
             parts.append(PyBytes_FromString(<const char*>c.content))
         c = c.next
@@ -137,31 +147,17 @@ cdef object _get(xmlNode* node, const char* name, default=None):
     return default
 
 
-cdef bint _plain(xmlNode* node) noexcept:
-    """True if the subtree has only elements, text and CDATA, with no namespace."""
-    cdef xmlNode* c
-    cdef xmlAttr* a
-    if node.ns is not NULL:
+cdef inline bint _clean(const unsigned char* s) noexcept:
+    """True if ``fields._squeeze`` leaves this UTF-8 text as it is: no blank runs, tabs or
+    line breaks, and printable ASCII (not whitespace) at both ends."""
+    cdef Py_ssize_t i = 0
+    if not (0x21 <= s[0] <= 0x7E):
         return False
-    a = node.properties
-    while a is not NULL:
-        if a.ns is not NULL:
+    while s[i] != 0:
+        if s[i] == 10 or s[i] == 9 or s[i] == 13 or (s[i] == 32 and s[i + 1] == 32):
             return False
-        c = a.children
-        while c is not NULL:
-            if c.type != TEXT:
-                return False
-            c = c.next
-        a = a.next
-    c = node.children
-    while c is not NULL:
-        if c.type == ELEMENT:
-            if not _plain(c):
-                return False
-        elif c.type != TEXT and c.type != CDATA:
-            return False
-        c = c.next
-    return True
+        i += 1
+    return 0x21 <= s[i - 1] <= 0x7E
 
 
 # --------------------------------------------------------------------------- records
@@ -261,12 +257,10 @@ cdef class ArticleReader:
     def read(self, _Element elem, ref):
         """The Record of a ``PubmedArticle`` element, or None (the Python reader's turn)."""
         cdef xmlNode* node = elem._c_node
-        if node is NULL or node.doc is NULL:
+        if node is NULL or node.doc is NULL or node.ns is not NULL:
             return None
         if node.doc.intSubset is not NULL or node.doc.extSubset is not NULL:
             return None  # attribute defaults of a DTD would count for lxml's .get
-        if not _plain(node):
-            return None
         try:
             return self._article(node, ref)
         except _Bail:
@@ -277,6 +271,12 @@ cdef class ArticleReader:
     cdef str _flatten(self, xmlNode* node):
         cdef xmlNode* c = _elem(node.children)
         if c is NULL:
+            c = node.children
+            if (
+                c is not NULL and c.next is NULL and c.type == TEXT and c.content is not NULL
+                and _clean(<const unsigned char*>c.content)
+            ):
+                return _u(<const char*>c.content)  # one clean text node: as it is
             text = _text(node)
             if not text:
                 return ""
