@@ -11,7 +11,11 @@ large shows that memory stays flat.
 
 Parsers:
 
-* ``litpulse`` — ``ingest.parse.iter_items``: every Record field.
+* ``litpulse`` — ``ingest.parse.iter_items``: every Record field (with the compiled
+  article reader, ``ingest/_cfields.pyx``, when ``pip install -e .`` built it).
+* ``litpulse_pure`` — the same with the compiled reader hidden: the pure-Python reader.
+* ``--before PATH`` adds a row for the parser of another checkout (e.g. ``/work/main``),
+  run in the same way, for a before/after table from one run.
 * ``pubmed_parser`` — ``parse_medline_xml`` with every option on (authors and
   references as lists, full dates, NLM categories, MeSH subterms); ``pubmed_parser
   (defaults)`` with its defaults.
