@@ -35,7 +35,7 @@ import os
 import pickle
 import queue
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -67,7 +67,7 @@ def parse_ordered(
     queue_batches: int = 4,
     chunk_items: int = 250,
     prepare: bool = True,
-) -> Iterator[tuple[int, Iterator[StoreItem]]]:
+) -> Generator[tuple[int, Iterator[StoreItem]], None, None]:
     """Parse ``jobs`` in ``workers`` processes; yield ``(job index, items)`` in job order.
 
     Args:
@@ -100,7 +100,7 @@ def parse_ordered(
     n = min(workers, len(jobs))
     if n == 0:
         return
-    ctx = multiprocessing.get_context(start_method())
+    ctx: Any = multiprocessing.get_context(start_method())
     if ctx.get_start_method() == "forkserver":
         ctx.set_forkserver_preload(["ingest.parallel", "ingest.parse"])  # warm server
     keep_r, keep_w = ctx.Pipe(duplex=False)  # EOF in the workers when we are gone

@@ -21,7 +21,7 @@ import datetime as dt
 import functools
 import hashlib
 import json
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from json.encoder import encode_basestring
 from typing import Any, NamedTuple
 
 from ingest.records import Deletion, QuarantineEntry, Record, SourceRef
