@@ -236,7 +236,12 @@ def _worker(
             put(("end", index, None))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             put(("error", index, _pickle_error(exc)))
-            return
+            break
+    # The last messages may still sit in the queue's feeder thread, which a normal exit
+    # waits for: stay until the caller is done (or gone), then leave without waiting, so
+    # a killed caller never leaves a worker blocked on a pipe nobody reads.
+    keep.poll(None)
+    os._exit(0)
 
 
 def _pickle_error(exc: BaseException) -> bytes:

@@ -95,7 +95,15 @@ def test_stopping_early_stops_the_workers(files: list[Path]) -> None:
     assert not parse_children()
 
 
-def test_workers_exit_when_their_caller_is_killed(files: list[Path]) -> None:
+@pytest.mark.parametrize(
+    ("chunk", "queued", "wait"),
+    [(5, 1, 0.0), (20, 50, 3.0)],
+    ids=["parsing", "done, output unread"],
+)
+def test_workers_exit_when_their_caller_is_killed(
+    files: list[Path], chunk: int, queued: int, wait: float
+) -> None:
+    """Whether a worker is still parsing or has finished with its output unread."""
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
@@ -104,9 +112,10 @@ def test_workers_exit_when_their_caller_is_killed(files: list[Path]) -> None:
         "from ingest.parse import source_ref_for\n"
         "paths = [Path(p) for p in sys.argv[1:]]\n"
         "parsed = parse_ordered([(p, source_ref_for(p)) for p in paths], workers=2,\n"
-        "                       chunk_items=5, queue_batches=1)\n"
+        f"                       chunk_items={chunk}, queue_batches={queued})\n"
         "_i, items = next(parsed)\n"
         "next(items)\n"
+        f"time.sleep({wait})\n"
         "print(' '.join(str(p.pid) for p in mp.active_children()\n"
         "               if p.name.startswith('litpulse-parse')), flush=True)\n"
         "time.sleep(60)\n"
