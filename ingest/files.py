@@ -97,6 +97,7 @@ def ingest_files(
         Exception: Whatever parsing or storing raised; the run is marked ``failed``
             with the error first.
     """
+    from ingest import parse
     from ingest.parallel import parse_ordered
     from ingest.parse import ParseLimits, source_ref_for
     from litpulse.core.db import connect
@@ -123,7 +124,8 @@ def ingest_files(
             for path in files
         ]
         n_workers = settings.ingest_workers if workers is None else workers
-        with contextlib.closing(parse_ordered(jobs, workers=n_workers, limits=limits)) as parsed:
+        parsed = parse_ordered(jobs, workers=n_workers, limits=limits, parse=parse.iter_items)
+        with contextlib.closing(parsed):
             for index, items in parsed:
                 path = files[index]
                 if progress:

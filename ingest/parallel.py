@@ -35,7 +35,7 @@ import os
 import pickle
 import queue
 import signal
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,7 @@ def parse_ordered(
     queue_batches: int = 4,
     chunk_items: int = 250,
     prepare: bool = True,
+    parse: Callable[..., Iterator[Any]] | None = None,
 ) -> Generator[tuple[int, Iterator[StoreItem]], None, None]:
     """Parse ``jobs`` in ``workers`` processes; yield ``(job index, items)`` in job order.
 
@@ -77,6 +78,9 @@ def parse_ordered(
         queue_batches: Chunks that may wait per worker (bounds memory).
         chunk_items: Items per chunk sent from a worker.
         prepare: Turn records into :class:`ingest.rows.PreparedRecord` in the worker.
+        parse: The parser, called as ``parse(path, source_ref=, limits=)`` (default
+            :func:`ingest.parse.iter_items`). Workers import it by name; one that cannot
+            be sent by name (a closure, a test double) runs in this process instead.
 
     Yields:
         The index of each job and an iterator of its items. Read each job's items to
@@ -93,9 +97,12 @@ def parse_ordered(
             f"need workers >= 0, queue_batches >= 1, chunk_items >= 1; got {workers}, "
             f"{queue_batches}, {chunk_items}"
         )
+    if workers > 0 and parse is not None and not _by_name(parse):
+        logger.info("parser %r cannot go to a worker process: parsing here", parse)
+        workers = 0
     if workers == 0:
         for index, (path, ref) in enumerate(jobs):
-            yield index, _parse_here(path, ref, limits, prepare)
+            yield index, _parse_here(path, ref, limits, prepare, parse)
         return
     n = min(workers, len(jobs))
     if n == 0:
@@ -112,7 +119,7 @@ def parse_ordered(
             q = ctx.Queue(maxsize=queue_batches)
             proc = ctx.Process(
                 target=_worker,
-                args=(mine, limits, prepare, chunk_items, q, keep_r),
+                args=(mine, limits, prepare, chunk_items, q, keep_r, parse),
                 name=f"litpulse-parse-{w}",
                 daemon=True,
             )
@@ -129,10 +136,21 @@ def parse_ordered(
         _stop(procs, queues)
 
 
-def _parse_here(path: Path, ref: SourceRef, limits: Any, prepare: bool) -> Iterator[StoreItem]:
+def _by_name(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` pickles by reference (a module-level function a worker can import)."""
+    try:
+        pickle.dumps(fn)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        return False
+    return True
+
+
+def _parse_here(
+    path: Path, ref: SourceRef, limits: Any, prepare: bool, parse: Callable[..., Any] | None
+) -> Iterator[StoreItem]:
     from ingest.parse import iter_items
 
-    for item in iter_items(path, source_ref=ref, limits=limits):
+    for item in (parse or iter_items)(path, source_ref=ref, limits=limits):
         yield prepare_item(item) if prepare else item
 
 
@@ -207,10 +225,13 @@ def _worker(
     chunk_items: int,
     q: Any,
     keep: Connection,
+    parse: Callable[..., Any] | None = None,
 ) -> None:
     """Parse ``jobs`` in order into ``q``; stop when ``keep`` reaches end-of-file."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the caller stops us
     from ingest.parse import iter_items
+
+    iter_items = parse or iter_items
 
     def put(msg: tuple[str, int, Any]) -> None:
         while True:

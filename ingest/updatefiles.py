@@ -294,6 +294,7 @@ def _apply_file(
     so a resumed run replays it up to where the killed one got. Each committed batch is
     added to the run's counts at once, so a run that fails later still says what it stored.
     """
+    from ingest import parse
     from ingest.parallel import parse_ordered
     from ingest.parse import ParseLimits
 
@@ -306,7 +307,7 @@ def _apply_file(
     limits = ParseLimits.from_settings(settings)
     file_counts = IngestCounts()
     with contextlib.closing(
-        parse_ordered([(dest, ref)], workers=n_workers, limits=limits)
+        parse_ordered([(dest, ref)], workers=n_workers, limits=limits, parse=parse.iter_items)
     ) as parsed:
         for _index, items in parsed:
             file_counts = store.apply(
