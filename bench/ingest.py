@@ -7,19 +7,26 @@ each path in its own subprocess, side by side in one run, so the peak RSS (the c
 belongs to that path alone:
 
 * ``sqlite`` — :func:`ingest.files.ingest_files` into a fresh SQLite file in the workdir
-  (the real path: parse, decide, upsert, links, cited-by deltas, run ledger).
+  (the real path: one parse worker process preparing records, the writer deciding and
+  bulk-writing, links, cited-by deltas, run ledger).
 * ``postgresql`` — the same into a fresh PostgreSQL database created for the run and
   dropped after it (``--pg-admin-url``; skipped with a note when the server is absent).
 * ``pubmed_parser`` — ``parse_medline_xml`` (defaults) on the same file: parse alone,
   the anchor every ratio is taken against.
+* ``sqlite-w0`` — SQLite with the parse in the writer's process (``workers=0``): what
+  overlapping parse and store gains.
+* ``scale-w1``, ``scale-w2`` — the scaling rows: the same number of records generated as
+  4 files (one file is parsed by one worker), with 1 and 2 parse workers.
 
 Schema creation happens before the clock starts; the ingest itself is timed. The table
-gives records/s on the wall clock and on CPU time of the child (user + system; a
-PostgreSQL server's own CPU is in another process and shows only on the wall clock),
-peak RSS, and ours ÷ anchor. With ``--profile`` (on by default) a further child runs the
-SQLite ingest under cProfile and the top functions by cumulative and by self time are
-printed, each tagged parse or store, with the parse/store split and a breakdown of the
-store's phases. Never pass/fail; the machine is shared, so the load average is printed.
+gives records/s on the wall clock and on CPU time (user + system of the child and its
+parse workers; a PostgreSQL server's own CPU is in another process and shows only on
+the wall clock), peak RSS of the writer and of all its processes together (sampled
+every 50 ms), and ours ÷ anchor. With ``--profile`` (on by default) a further child runs
+the SQLite ingest with the parse in-process (``workers=0``, so cProfile sees parse,
+prepare and store) and the top functions by cumulative and by self time are printed,
+each tagged parse or store, with the parse/store split and a breakdown of the store's
+phases. Never pass/fail; the machine is shared, so the load average is printed.
 
     python -m bench.ingest --records 20000
 """
@@ -42,12 +49,20 @@ from typing import Any
 
 from bench.parse import corpus_file, peak_rss_kb
 
-PATHS = ("sqlite", "postgresql", "pubmed_parser")
+PATHS = ("sqlite", "postgresql", "pubmed_parser", "sqlite-w0", "scale-w1", "scale-w2")
 LABELS = {
-    "sqlite": "litpulse ingest_files → SQLite (parse + store)",
-    "postgresql": "litpulse ingest_files → PostgreSQL (parse + store)",
+    "sqlite": "litpulse ingest_files → SQLite (parse + store, 1 parse worker)",
+    "postgresql": "litpulse ingest_files → PostgreSQL (parse + store, 1 parse worker)",
     "pubmed_parser": "pubmed_parser.parse_medline_xml (parse only, anchor)",
+    "sqlite-w0": "litpulse ingest_files → SQLite, parsed in the writer (0 workers)",
+    "scale-w1": "scaling: the same records as 4 files → SQLite, 1 parse worker",
+    "scale-w2": "scaling: the same records as 4 files → SQLite, 2 parse workers",
 }
+#: Parse workers of each path (``ingest_files(workers=…)``).
+WORKERS = {"sqlite": 1, "postgresql": 1, "sqlite-w0": 0, "scale-w1": 1, "scale-w2": 2,
+           "profile": 0}  # fmt: skip
+#: Paths that ingest the corpus split into :data:`SCALE_FILES` files.
+SCALE_FILES = 4
 ANCHOR = "pubmed_parser"
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
@@ -70,14 +85,15 @@ _PHASES = (
     ("parse: iter_items (generator, all resumes)", "/ingest/parse.py", "iter_items"),
     ("store: Store._apply_batch (one per batch)", "/ingest/store.py", "_apply_batch"),
     ("  read states (SELECT … IN)", "/ingest/store.py", "_read_states"),
-    ("  plan_batch (decide, rows, hashes)", "/ingest/rules.py", "plan_batch"),
-    ("    record_dict (Record → plain dict)", "/ingest/rows.py", "record_dict"),
-    ("    content_hash (json.dumps + sha1)", "/ingest/rows.py", "content_hash"),
-    ("    article_row", "/ingest/rows.py", "article_row"),
-    ("  upsert (articles, quarantine)", "/litpulse/core/db.py", "upsert"),
+    ("prepare (one JSON, hash, row, terms; a parse worker's job)", "/ingest/rows.py", "prepare"),
+    ("  record_dict (Record → plain dict)", "/ingest/rows.py", "record_dict"),
+    ("json.dumps, all callers", "json/__init__.py", "dumps"),
+    ("  plan_batch (decide)", "/ingest/rules.py", "plan_batch"),
+    ("  bulk_upsert (articles: COPY / executemany)", "/litpulse/core/db.py", "bulk_upsert"),
+    ("  upsert (quarantine)", "/litpulse/core/db.py", "upsert"),
     ("  replace_links (terms, references, cited-by)", "/ingest/links.py", "replace_links"),
     ("    recompute_cited_by (new live PMIDs)", "/ingest/links.py", "recompute_cited_by"),
-    ("json.dumps, all callers (hash + JSON columns)", "json/__init__.py", "dumps"),
+    ("    _update_cited_by (one statement per batch)", "/ingest/links.py", "_update_cited_by"),
     ("sqlite3 executemany", "~", "<method 'executemany' of 'sqlite3.Cursor' objects>"),
     ("sqlite3 execute", "~", "<method 'execute' of 'sqlite3.Cursor' objects>"),
     ("sqlite3 commit (per batch)", "~", "<method 'commit' of 'sqlite3.Connection' objects>"),
@@ -87,8 +103,46 @@ _PHASES = (
 # --------------------------------------------------------------------------- children
 
 
-def _ingest(path: str, url: str) -> tuple[int, float, float]:
-    """Ingest ``path`` into ``url``; (records stored, wall s, CPU s) of the ingest alone."""
+class _TreeSampler:
+    """Peak RSS (this process and its descendants together) and the descendants' CPU.
+
+    The parse workers are children of the forkserver, a child of this process: they
+    are found by walking the tree every 50 ms, and their last CPU times are kept.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        import psutil
+
+        self.me = psutil.Process()
+        self.peak = 0
+        self.cpu: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.wait(0.05):
+            total = self.me.memory_info().rss
+            for child in self.me.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    total += child.memory_info().rss
+                    t = child.cpu_times()
+                    self.cpu[child.pid] = t.user + t.system
+            self.peak = max(self.peak, total)
+
+    def stop(self) -> tuple[float, float]:
+        """(peak RSS MiB of the tree, CPU s of the descendants)."""
+        self._stop.set()
+        self._thread.join()
+        return self.peak / 2**20, sum(self.cpu.values())
+
+
+def _ingest(paths: list[str], url: str, workers: int) -> dict[str, float]:
+    """Ingest ``paths`` into ``url``: records stored, wall s, CPU s, tree RSS of the ingest."""
     from ingest.files import ingest_files
     from litpulse.core.db import connect
     from litpulse.core.settings import Settings
@@ -96,10 +150,13 @@ def _ingest(path: str, url: str) -> tuple[int, float, float]:
     home = Path(tempfile.mkdtemp(prefix="litpulse-bench-home-"))
     settings = Settings.from_env({}, home=home, database_url=url)
     connect(settings)  # tables first: not part of the ingest
+    sampler = _TreeSampler()
     t0, c0 = time.perf_counter(), time.process_time()
-    counts = ingest_files(settings, [path])
+    counts = ingest_files(settings, paths, workers=workers)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return counts.inserted + counts.updated, wall, cpu
+    tree_mb, workers_cpu = sampler.stop()
+    return {"n": counts.inserted + counts.updated, "wall": wall, "cpu": cpu + workers_cpu,
+            "tree_mb": tree_mb}  # fmt: skip
 
 
 def _parse_only(path: str) -> tuple[int, float, float]:
@@ -111,19 +168,22 @@ def _parse_only(path: str) -> tuple[int, float, float]:
 
 
 def _child(name: str, path: str, url: str) -> None:
+    paths = path.split(os.pathsep)
     if name == "profile":
         import cProfile
 
         prof = cProfile.Profile()
         prof.enable()
-        n, wall, cpu = _ingest(path, url)
+        out = _ingest(paths, url, WORKERS[name])
         prof.disable()
-        prof.dump_stats(str(Path(path).with_name("ingest.prof")))
+        prof.dump_stats(str(Path(paths[0]).with_name("ingest.prof")))
     elif name == ANCHOR:
         n, wall, cpu = _parse_only(path)
+        out = {"n": n, "wall": wall, "cpu": cpu}
     else:
-        n, wall, cpu = _ingest(path, url)
-    out = {"n": n, "wall": wall, "cpu": cpu, "rss_mb": peak_rss_kb() / 1024}
+        out = _ingest(paths, url, WORKERS[name])
+    out["rss_mb"] = peak_rss_kb() / 1024
+    out.setdefault("tree_mb", out["rss_mb"])
     sys.stdout.write(json.dumps(out))
 
 
@@ -139,7 +199,7 @@ def _database(name: str, args: argparse.Namespace) -> Iterator[str]:
     """
     from sqlalchemy import create_engine, text
 
-    if name != "postgresql":
+    if name not in ("postgresql",):
         db_file = args.workdir / f"ingest-{name}.db"
         doomed = [Path(f"{db_file}{suffix}") for suffix in ("", "-wal", "-shm")]
         for f in doomed:
@@ -162,7 +222,7 @@ def _database(name: str, args: argparse.Namespace) -> Iterator[str]:
         admin.dispose()
 
 
-def _run_path(name: str, path: Path, args: argparse.Namespace) -> dict[str, float] | str:
+def _run_path(name: str, path: Path | str, args: argparse.Namespace) -> dict[str, float] | str:
     """Run one path in a child on a fresh store: its figures, or why there are none."""
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     try:
@@ -185,7 +245,7 @@ def _table(results: dict[str, dict[str, float] | str]) -> str:
     anchor = results.get(ANCHOR)
     rows = [
         "| path | records | wall s | CPU s | records/s (wall) | records/s (CPU) "
-        "| peak RSS MiB | ours ÷ anchor (wall) | ours ÷ anchor (CPU) |",
+        "| peak RSS MiB (writer / all processes) | ours ÷ anchor (wall) | ours ÷ anchor (CPU) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results.items():
@@ -198,7 +258,8 @@ def _table(results: dict[str, dict[str, float] | str]) -> str:
             ratio_cpu = f"{(r['n'] / r['cpu']) / (anchor['n'] / anchor['cpu']):.2f}×"
         rows.append(
             f"| {LABELS[name]} | {r['n']:.0f} | {r['wall']:.2f} | {r['cpu']:.2f} "
-            f"| {r['n'] / r['wall']:,.0f} | {r['n'] / r['cpu']:,.0f} | {r['rss_mb']:.0f} "
+            f"| {r['n'] / r['wall']:,.0f} | {r['n'] / r['cpu']:,.0f} "
+            f"| {r['rss_mb']:.0f} / {r['tree_mb']:.0f} "
             f"| {ratio_wall} | {ratio_cpu} |"
         )
     return "\n".join(rows) + "\n"
@@ -262,6 +323,17 @@ def _profile_report(prof_file: Path, top: int) -> str:
     return "\n".join(out) + "\n"
 
 
+def _split_corpus(workdir: Path, records: int, seed: int) -> str:
+    """The same number of records as :data:`SCALE_FILES` files (``os.pathsep``-joined)."""
+    from litpulse.app.demo.generate import generate_corpus
+
+    out = workdir / f"corpus-{records}-{seed}-x{SCALE_FILES}"
+    files = sorted(out.glob("pubmed26n*.xml.gz"))
+    if len(files) != SCALE_FILES:
+        files = list(generate_corpus(out, n_records=records, n_files=SCALE_FILES, seed=seed).files)
+    return os.pathsep.join(str(f) for f in files)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the markdown table (and the profile)."""
     ap = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n")[0])
@@ -290,7 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(f"corpus: {path} ({args.records} records, {gz_mb:.1f} MiB gz)\n")
     sys.stdout.write(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs (shared), ")
     sys.stdout.write("load average (1/5/15 min) at start: " + "/".join(f"{x:.1f}" for x in load))
-    results = {name: _run_path(name, path, args) for name in args.only}
+    split = _split_corpus(args.workdir, args.records, args.seed)
+    results = {
+        name: _run_path(name, split if name.startswith("scale") else path, args)
+        for name in args.only
+    }
     sys.stdout.write("\n\n")
     sys.stdout.write(_table(results))
     sys.stdout.write(f"\nload average {os.getloadavg()[0]:.1f} after the table\n")

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -29,7 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ingest.records import Item
+from ingest.rows import StoreItem
 from ingest.runs import IngestCounts, recorded_run
 from ingest.store import Store
 from litpulse.core.errors import NotFoundError
@@ -72,14 +73,20 @@ def ingest_files(
     *,
     progress: bool = False,
     batch_size: int | None = None,
+    workers: int | None = None,
 ) -> IngestCounts:
     """Parse and store the given files in order, as one ingest run (source ``files``).
+
+    Files are parsed in ``workers`` processes while this one stores
+    (:func:`ingest.parallel.parse_ordered`); items are stored in file order whatever
+    the number of workers.
 
     Args:
         settings: Where the store is.
         paths: XML files (plain or gzip); NLM files are applied in number order.
         progress: Show a progress bar per file (tqdm, on stderr).
         batch_size: Items per database transaction (default ``settings.store_batch``).
+        workers: Parse processes (default ``settings.ingest_workers``; 0: parse here).
 
     Returns:
         The counts over all files. Running the same files again gives
@@ -90,7 +97,9 @@ def ingest_files(
         Exception: Whatever parsing or storing raised; the run is marked ``failed``
             with the error first.
     """
-    from ingest.parse import ParseLimits, iter_items, source_ref_for
+    from ingest import parse
+    from ingest.parallel import parse_ordered
+    from ingest.parse import ParseLimits, source_ref_for
     from litpulse.core.db import connect
 
     size = settings.store_batch if batch_size is None else batch_size
@@ -109,15 +118,21 @@ def ingest_files(
             run.counts += counts
 
         fetched = _fetch_times(store, files)
-        for path in files:
-            # absolute paths: a re-run from another folder is recognised as a replay
-            ref = dataclasses.replace(source_ref_for(path), fetched_at=fetched[path])
-            items: Iterator[Item] = iter_items(path, source_ref=ref, limits=limits)
-            if progress:
-                items = _with_progress(items, path.name)
-            counts = store.apply(items, run_id=run.id, batch_size=size, on_batch=on_batch)
-            logger.info("%s: %s", path, counts.to_dict())
-            per_file.append({"path": str(path), **counts.to_dict()})
+        # absolute paths: a re-run from another folder is recognised as a replay
+        jobs = [
+            (path, dataclasses.replace(source_ref_for(path), fetched_at=fetched[path]))
+            for path in files
+        ]
+        n_workers = settings.ingest_workers if workers is None else workers
+        parsed = parse_ordered(jobs, workers=n_workers, limits=limits, parse=parse.iter_items)
+        with contextlib.closing(parsed):
+            for index, items in parsed:
+                path = files[index]
+                if progress:
+                    items = _with_progress(items, path.name)
+                counts = store.apply(items, run_id=run.id, batch_size=size, on_batch=on_batch)
+                logger.info("%s: %s", path, counts.to_dict())
+                per_file.append({"path": str(path), **counts.to_dict()})
     return run.counts
 
 
@@ -139,7 +154,7 @@ def _fetch_times(store: Store, files: Sequence[Path]) -> dict[Path, dt.datetime]
     return out
 
 
-def _with_progress(items: Iterator[Item], name: str) -> Iterator[Item]:
+def _with_progress(items: Iterator[StoreItem], name: str) -> Iterator[StoreItem]:
     from tqdm import tqdm
 
     with tqdm(items, desc=name, unit=" records", leave=True) as bar:

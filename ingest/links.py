@@ -3,24 +3,32 @@
 ``article_terms`` and ``references`` are replaced for every changed article and kept
 only for live ones; ``cited_by_in_corpus`` moves by deltas in the same transaction
 (:func:`replace_links`), and :func:`recompute_cited_by` recounts from scratch.
+
+Every write is set-based: one statement per batch for the terms, the references and
+the count changes (PostgreSQL: ``unnest`` of arrays; SQLite: ``json_each`` of one JSON
+parameter). ``bulk=False`` writes the counts one ``UPDATE`` per PMID instead: the
+record-by-record reference the tests compare the bulk path with.
 """
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import Table, bindparam, delete, func, select, update
 from sqlalchemy.engine import Connection
 
-from ingest.records import Record
+from ingest.rows import PreparedRecord
 from litpulse.core.schema import article_terms, articles, references
 
 __all__ = ["IN_CHUNK", "chunks", "recompute_cited_by", "replace_links"]
 
 #: Largest IN (...) list per statement (SQLite allows 32766 bound parameters).
 IN_CHUNK = 5000
-_TERM_MAX = 255
+#: ``UPDATE … FROM`` (3.33) and ``json_each`` make the SQLite count updates set-based.
+_SQLITE_SET_BASED = sqlite3.sqlite_version_info >= (3, 33)
 
 _SET_CITED_BY = (
     update(articles)
@@ -38,8 +46,10 @@ _ADD_CITED_BY = (
 def replace_links(
     conn: Connection,
     stored_changed: set[int],
-    live: dict[int, Record],
+    live: dict[int, PreparedRecord],
     was_live: set[int],
+    *,
+    bulk: bool = True,
 ) -> None:
     """Replace terms and references of changed articles; keep ``cited_by_in_corpus``.
 
@@ -47,8 +57,9 @@ def replace_links(
         conn: The batch's connection.
         stored_changed: Changed PMIDs that had a row before the batch (their old
             links are removed; new PMIDs have none).
-        live: The changed PMIDs that end the batch live, with their record.
+        live: The changed PMIDs that end the batch live, with their prepared record.
         was_live: PMIDs that were live before the batch.
+        bulk: Set-based count updates (``False``: one ``UPDATE`` per PMID).
 
     The in-corpus counts move by deltas: -1 for each reference of an article that
     was live before, +1 for each reference of an article live now. An article that
@@ -68,27 +79,22 @@ def replace_links(
         conn.execute(delete(article_terms).where(article_terms.c.pmid.in_(chunk)))
     term_rows: list[tuple[Any, ...]] = []
     ref_rows: list[tuple[Any, ...]] = []
-    for pmid, rec in live.items():
-        terms: dict[tuple[str, str], bool] = {}
-        for m in rec.mesh:
-            key = ("mesh", m.descriptor[:_TERM_MAX])
-            terms[key] = terms.get(key, False) or m.major
-        for pt in rec.publication_types:
-            terms.setdefault(("ptype", pt[:_TERM_MAX]), False)
-        term_rows.extend((pmid, k, t, major) for (k, t), major in terms.items())
-        for cited in sorted({c for c in rec.references if c != pmid}):
+    for pmid, prep in live.items():
+        term_rows.extend((pmid, *t) for t in prep.terms)
+        for cited in prep.references:
             ref_rows.append((pmid, cited))
             delta[cited] = delta.get(cited, 0) + 1
     _insert_tuples(conn, article_terms, ("pmid", "kind", "term", "major"), term_rows)
     _insert_tuples(conn, references, ("citing_pmid", "cited_pmid"), ref_rows)
     # articles live now but not before: count every live citer (delta would miss old ones)
     recount = set(live) - was_live
-    _add_cited_by(conn, [(p, n) for p, n in sorted(delta.items()) if n and p not in recount])
+    changes = [(p, n) for p, n in sorted(delta.items()) if n and p not in recount]
+    _update_cited_by(conn, changes, add=True, bulk=bulk)
     if recount:
-        recompute_cited_by(conn, recount)
+        recompute_cited_by(conn, recount, bulk=bulk)
 
 
-def recompute_cited_by(conn: Connection, pmids: set[int]) -> None:
+def recompute_cited_by(conn: Connection, pmids: set[int], *, bulk: bool = True) -> None:
     """Count live citing articles for the stored ones among ``pmids``; write the changes.
 
     Done as a grouped count driven by ``ix_references_cited`` and an update of the rows
@@ -96,7 +102,7 @@ def recompute_cited_by(conn: Connection, pmids: set[int]) -> None:
     """
     a, r = articles.c, references.c
     citer = articles.alias("citer")
-    changes: list[dict[str, Any]] = []
+    changes: list[tuple[int, int]] = []
     for chunk in chunks(sorted(pmids)):
         stored: dict[int, int] = dict(
             conn.execute(select(a.pmid, a.cited_by_in_corpus).where(a.pmid.in_(chunk))).all()
@@ -116,31 +122,43 @@ def recompute_cited_by(conn: Connection, pmids: set[int]) -> None:
             ).all()
         )
         changes.extend(
-            {"b_pmid": pmid, "b_n": counts.get(pmid, 0)}
+            (pmid, counts.get(pmid, 0))
             for pmid, old in stored.items()
             if counts.get(pmid, 0) != old
         )
-    if changes:
-        conn.execute(_SET_CITED_BY, changes)
+    _update_cited_by(conn, changes, add=False, bulk=bulk)
 
 
 _PG_ARRAY_TYPES = {"BigInteger": "bigint", "Integer": "integer", "String": "text",
                    "Text": "text", "Boolean": "boolean"}  # fmt: skip
 
 
-def _add_cited_by(conn: Connection, deltas: list[tuple[int, int]]) -> None:
-    """Add ``n`` to ``cited_by_in_corpus`` of each stored ``pmid`` (others are ignored)."""
-    if not deltas:
+def _update_cited_by(
+    conn: Connection, changes: list[tuple[int, int]], *, add: bool, bulk: bool
+) -> None:
+    """Add ``n`` to (``add``) or set to ``n`` the ``cited_by_in_corpus`` of each stored
+    ``pmid`` of ``(pmid, n)`` (others are ignored), in one statement when ``bulk``."""
+    if not changes:
         return
-    if conn.dialect.name == "postgresql":
-        pmids, ns = (list(col) for col in zip(*deltas, strict=True))
+    value = "a.cited_by_in_corpus + d.n" if add else "d.n"
+    if bulk and conn.dialect.name == "postgresql":
+        pmids, ns = (list(col) for col in zip(*changes, strict=True))
         conn.exec_driver_sql(
-            "UPDATE articles AS a SET cited_by_in_corpus = a.cited_by_in_corpus + d.n "
+            f"UPDATE articles AS a SET cited_by_in_corpus = {value} "
             "FROM unnest(%s::bigint[], %s::integer[]) AS d(pmid, n) WHERE a.pmid = d.pmid",
             (pmids, ns),
         )
         return
-    conn.execute(_ADD_CITED_BY, [{"b_pmid": p, "b_n": n} for p, n in deltas])
+    if bulk and conn.dialect.name == "sqlite" and _SQLITE_SET_BASED:
+        conn.exec_driver_sql(
+            f"UPDATE articles AS a SET cited_by_in_corpus = {value} FROM ("
+            "SELECT json_extract(value, '$[0]') AS pmid, json_extract(value, '$[1]') AS n "
+            "FROM json_each(?)) AS d WHERE a.pmid = d.pmid",
+            (json.dumps(changes),),
+        )
+        return
+    stmt = _ADD_CITED_BY if add else _SET_CITED_BY
+    conn.execute(stmt, [{"b_pmid": p, "b_n": n} for p, n in changes])
 
 
 def _insert_tuples(

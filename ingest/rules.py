@@ -37,8 +37,15 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from ingest.records import Deletion, Item, QuarantineEntry, Record, SourceRef
-from ingest.rows import article_row, content_hash, quarantine_row, record_dict, tombstone_row
+from ingest.records import Deletion, QuarantineEntry, Record, SourceRef
+from ingest.rows import (
+    PreparedRecord,
+    StoreItem,
+    article_row,
+    prepare,
+    quarantine_row,
+    tombstone_row,
+)
 from ingest.runs import IngestCounts
 
 __all__ = ["BatchPlan", "Counter", "StoredState", "decide_record", "plan_batch", "source_wins"]
@@ -134,7 +141,7 @@ def source_wins(src: SourceRef, position: int, cur: StoredState, touched: bool) 
 
 
 def decide_record(
-    rec: Record, position: int, chash: str, cur: StoredState | None, touched: bool
+    rec: Record | PreparedRecord, position: int, chash: str, cur: StoredState | None, touched: bool
 ) -> str:
     """``inserted``, ``updated``, ``touch`` or ``unchanged`` against the stored state."""
     if cur is None:
@@ -170,20 +177,20 @@ class BatchPlan:
     Attributes:
         full: Full article rows (a record won; a later deletion in the batch marks it).
         tomb: Tombstone rows (a deletion won, or an unknown PMID was deleted).
-        records: The winning record of each PMID in ``full``.
+        records: The winning (prepared) record of each PMID in ``full``.
         quarantined: Quarantine rows by digest.
         touches: Source moves of records repeated unchanged by a later source.
     """
 
     full: dict[int, dict[str, Any]] = field(default_factory=dict)
     tomb: dict[int, dict[str, Any]] = field(default_factory=dict)
-    records: dict[int, Record] = field(default_factory=dict)
+    records: dict[int, PreparedRecord] = field(default_factory=dict)
     quarantined: dict[str, dict[str, Any]] = field(default_factory=dict)
     touches: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 def plan_batch(
-    batch: list[Item],
+    batch: list[StoreItem],
     first: int,
     states: dict[int, StoredState],
     touched: set[int],
@@ -200,8 +207,10 @@ def plan_batch(
     planner = _Planner(states, touched, counter, now)
     plan = planner.plan
     for pos, item in enumerate(batch, first):
-        if isinstance(item, Record):
+        if isinstance(item, PreparedRecord):
             planner.record(item, pos)
+        elif isinstance(item, Record):
+            planner.record(prepare(item), pos)
         elif isinstance(item, Deletion):
             planner.deletion(item, pos)
         elif isinstance(item, QuarantineEntry):
@@ -224,13 +233,12 @@ class _Planner:
     now: dt.datetime
     plan: BatchPlan = field(default_factory=BatchPlan)
 
-    def record(self, item: Record, pos: int) -> None:
+    def record(self, item: PreparedRecord, pos: int) -> None:
         plan, states, touched, counter, now = (
             self.plan, self.states, self.touched, self.counter, self.now
         )  # fmt: skip
         pmid = item.pmid
-        plain = record_dict(item)
-        chash = content_hash(plain)
+        chash = item.content_hash
         cur = states.get(pmid)
         verdict = decide_record(item, pos, chash, cur, pmid in touched)
         if verdict == "touch" and cur is not None:
@@ -253,7 +261,7 @@ class _Planner:
             counter.inserted += 1
         else:
             counter.updated += 1
-        plan.full[pmid] = article_row(item, pos, plain, chash, now)
+        plan.full[pmid] = article_row(item, pos, now)
         plan.tomb.pop(pmid, None)
         plan.records[pmid] = item
         states[pmid] = StoredState.written(item.source, pos, item.version, item.date_revised, chash)

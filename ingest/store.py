@@ -3,8 +3,14 @@
 One PMID is one row of ``articles`` holding its newest record. Items are applied in
 batches, one transaction per batch: the current state of the batch's PMIDs is read
 with one ``SELECT``, every item is decided in Python in order, and the changed rows
-are written with bulk ``INSERT … ON CONFLICT`` statements (:func:`litpulse.core.db.upsert`),
-so SQLite and PostgreSQL run the same code.
+are written set-based, a few statements per batch whatever its size
+(:func:`litpulse.core.db.bulk_upsert`: PostgreSQL ``COPY`` into a staging table and one
+``INSERT … SELECT … ON CONFLICT``; SQLite one ``executemany`` in the batch's
+transaction, tuned by :func:`litpulse.core.db.bulk_load`). Records arrive prepared
+(:func:`ingest.rows.prepare`, often in a parse worker process: :mod:`ingest.parallel`)
+or are prepared here. ``Store(engine, bulk=False)`` writes through SQLAlchemy's generic
+upsert and one count ``UPDATE`` per PMID instead: the reference the tests hold the bulk
+path to.
 
 The decisions (which item wins over the stored state, replays, tombstones) are the
 update rules of :mod:`ingest.rules`; the rows written are built in :mod:`ingest.rows`;
@@ -31,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -40,10 +47,11 @@ from sqlalchemy.engine import Connection
 
 from ingest.checkpoints import Checkpoints
 from ingest.links import chunks, recompute_cited_by, replace_links
-from ingest.records import Deletion, Item, Record
+from ingest.records import Deletion, Record
+from ingest.rows import ARTICLE_COLUMNS, JSON_COLUMNS, PreparedRecord, StoreItem
 from ingest.rules import Counter, StoredState, plan_batch
 from ingest.runs import IngestCounts, RunLedger
-from litpulse.core.db import upsert
+from litpulse.core.db import bulk_load, bulk_update, bulk_upsert, upsert
 from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import articles, quarantine, references
 from litpulse.core.settings import Settings
@@ -67,6 +75,9 @@ _TOMBSTONE_COLUMNS = (
     "source_position updated_at"
 ).split()
 
+#: Columns a touch moves (:data:`_TOUCH_SOURCE`), after the PMID.
+_TOUCH_COLUMNS = ("source_sequence", "source_time", "source_kind", "source_location",
+                  "source_position")  # fmt: skip
 #: Moves the source of a stored record forward when a later source repeats it unchanged.
 _TOUCH_SOURCE = (
     update(articles)
@@ -88,8 +99,9 @@ class Store(RunLedger, Checkpoints):
         engine: An engine from :func:`litpulse.core.db.connect` (tables exist).
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, bulk: bool = True) -> None:
         self.engine = engine
+        self.bulk = bulk
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -102,7 +114,7 @@ class Store(RunLedger, Checkpoints):
 
     def apply(
         self,
-        items: Iterable[Item],
+        items: Iterable[StoreItem],
         *,
         run_id: int | None = None,
         batch_size: int = 1000,
@@ -126,13 +138,14 @@ class Store(RunLedger, Checkpoints):
         counter = Counter()
         touched: set[int] = set()
         first = 0
-        for batch in _batches(items, batch_size):
-            before = counter.freeze()
-            with self.engine.begin() as conn:
-                self._apply_batch(conn, batch, first, run_id, counter, touched)
-            first += len(batch)
-            if on_batch is not None:
-                on_batch(counter.freeze() - before)
+        with bulk_load(self.engine):
+            for batch in _batches(items, batch_size):
+                before = counter.freeze()
+                with self.engine.begin() as conn:
+                    self._apply_batch(conn, batch, first, run_id, counter, touched)
+                first += len(batch)
+                if on_batch is not None:
+                    on_batch(counter.freeze() - before)
         counts = counter.freeze()
         logger.info("applied %d items: %s", counts.total, counts.to_dict())
         return counts
@@ -140,7 +153,7 @@ class Store(RunLedger, Checkpoints):
     def _apply_batch(
         self,
         conn: Connection,
-        batch: list[Item],
+        batch: list[StoreItem],
         first: int,
         run_id: int | None,
         counter: Counter,
@@ -148,25 +161,40 @@ class Store(RunLedger, Checkpoints):
     ) -> None:
         """Decide (:func:`ingest.rules.plan_batch`) and write one batch at ``first``."""
         now = utcnow()
-        pmids = {it.pmid for it in batch if isinstance(it, Record | Deletion)}
+        pmids = {it.pmid for it in batch if isinstance(it, PreparedRecord | Record | Deletion)}
         states = self._read_states(conn, pmids)
         stored = set(states)
         was_live = {p for p, st in states.items() if not st.is_deleted}
         plan = plan_batch(batch, first, states, touched, counter, run_id=run_id, now=now)
         if plan.touches:
-            conn.execute(_TOUCH_SOURCE, list(plan.touches.values()))
-        if plan.full:
-            upsert(conn, articles, list(plan.full.values()), keys=["pmid"], update=_RECORD_COLUMNS)
-        if plan.tomb:
-            upsert(
-                conn, articles, list(plan.tomb.values()), keys=["pmid"], update=_TOMBSTONE_COLUMNS
-            )
+            if self.bulk:
+                bulk_update(conn, articles, "pmid", _TOUCH_COLUMNS,
+                            [tuple(t.values()) for t in plan.touches.values()])  # fmt: skip
+            else:
+                conn.execute(_TOUCH_SOURCE, list(plan.touches.values()))
+        self._write_articles(conn, list(plan.full.values()), _RECORD_COLUMNS)
+        self._write_articles(conn, list(plan.tomb.values()), _TOMBSTONE_COLUMNS)
         if plan.quarantined:
             upsert(conn, quarantine, list(plan.quarantined.values()), keys=["digest"], update=[])
         changed = set(plan.full) | set(plan.tomb)
         if changed:
             live = {p: plan.records[p] for p, row in plan.full.items() if not row["is_deleted"]}
-            replace_links(conn, changed & stored, live, was_live)
+            replace_links(conn, changed & stored, live, was_live, bulk=self.bulk)
+
+    def _write_articles(
+        self, conn: Connection, rows: list[dict[str, Any]], update: list[str]
+    ) -> None:
+        """Upsert article rows (JSON columns as text), updating ``update`` on conflict."""
+        if not rows:
+            return
+        if self.bulk:
+            bulk_upsert(conn, articles, rows, keys=["pmid"], update=update,
+                        columns=ARTICLE_COLUMNS, json_text=JSON_COLUMNS)  # fmt: skip
+            return
+        decoded = [{k: json.loads(v) if k in JSON_COLUMNS else v for k, v in r.items()}
+                   for r in rows]  # fmt: skip
+        for r in decoded:  # the reference path: one statement per row
+            upsert(conn, articles, [r], keys=["pmid"], update=update)
 
     def _read_states(self, conn: Connection, pmids: set[int]) -> dict[int, StoredState]:
         a = articles.c
@@ -286,8 +314,8 @@ def store_counts(conn: Connection) -> dict[str, Any]:
     return out
 
 
-def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
-    batch: list[Item] = []
+def _batches(items: Iterable[StoreItem], size: int) -> Iterator[list[StoreItem]]:
+    batch: list[StoreItem] = []
     for item in items:
         batch.append(item)
         if len(batch) >= size:

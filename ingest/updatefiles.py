@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -194,7 +195,11 @@ def _download_verified(
             return size, digest
         logger.warning(
             "%s: MD5 %s does not match the published %s (download %d/%d)",
-            f.name, digest, expected, attempt, CHECKSUM_ATTEMPTS,
+            f.name,
+            digest,
+            expected,
+            attempt,
+            CHECKSUM_ATTEMPTS,
         )
         dest.unlink(missing_ok=True)
     raise ChecksumError(
@@ -209,6 +214,7 @@ def apply_updates(
     max_files: int | None = None,
     include_baseline: bool = False,
     progress: bool = False,
+    workers: int | None = None,
 ) -> IngestCounts:
     """Download, verify and apply the update files not applied yet, in number order.
 
@@ -217,6 +223,8 @@ def apply_updates(
         max_files: Apply at most this many files in this call.
         include_baseline: Also apply the files of ``baseline/`` (before the updates).
         progress: Log each file as it is applied.
+        workers: Parse processes feeding the store (default ``settings.ingest_workers``;
+            0: parse in this process). A file is parsed while it is stored.
 
     Returns:
         The summed counts of the files applied.
@@ -259,7 +267,7 @@ def apply_updates(
                 dest = downloads / f.name
                 size, digest = _download_verified(source, f, dest)
                 total_bytes += size
-                file_counts = _apply_file(settings, store, f, dest, size, digest, run)
+                file_counts = _apply_file(settings, store, f, dest, size, digest, run, workers)
                 dest.unlink(missing_ok=True)
                 applied.append(f.name)
                 logger.info("applied %s: %s", f.name, file_counts.to_dict())
@@ -278,6 +286,7 @@ def _apply_file(
     size: int,
     digest: str,
     run: OpenRun,
+    workers: int | None = None,
 ) -> IngestCounts:
     """Apply one verified file and record it in ``source_files`` (so it is not applied again).
 
@@ -285,17 +294,25 @@ def _apply_file(
     so a resumed run replays it up to where the killed one got. Each committed batch is
     added to the run's counts at once, so a run that fails later still says what it stored.
     """
-    from ingest.parse import ParseLimits, iter_items
+    from ingest import parse
+    from ingest.parallel import parse_ordered
+    from ingest.parse import ParseLimits
 
     ref = SourceRef(f.kind, f.name, sequence=f.number)  # type: ignore[arg-type]
 
     def on_batch(counts: IngestCounts) -> None:
         run.counts += counts
 
-    items = iter_items(dest, source_ref=ref, limits=ParseLimits.from_settings(settings))
-    file_counts = store.apply(
-        items, run_id=run.id, batch_size=settings.store_batch, on_batch=on_batch
-    )
+    n_workers = settings.ingest_workers if workers is None else workers
+    limits = ParseLimits.from_settings(settings)
+    file_counts = IngestCounts()
+    with contextlib.closing(
+        parse_ordered([(dest, ref)], workers=n_workers, limits=limits, parse=parse.iter_items)
+    ) as parsed:
+        for _index, items in parsed:
+            file_counts = store.apply(
+                items, run_id=run.id, batch_size=settings.store_batch, on_batch=on_batch
+            )
     row = {
         "name": f.name,
         "kind": f.kind,

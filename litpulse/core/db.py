@@ -16,13 +16,17 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
+import json
 import logging
+import operator
 import os
 import socket
+import sqlite3
 import threading
 import uuid
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, Table, create_engine, delete, event, insert, select, update
@@ -38,6 +42,9 @@ __all__ = [
     "connect",
     "add_missing_columns",
     "upsert",
+    "bulk_upsert",
+    "bulk_update",
+    "bulk_load",
     "utcnow",
     "IN_CHUNK",
     "LEASE_TTL_S",
@@ -58,7 +65,6 @@ _ENGINES: dict[str, Engine] = {}
 IN_CHUNK = 5000
 
 
-
 def connect(settings: Settings, *, create: bool = True) -> Engine:
     """The engine of the configured store, creating missing tables on first use.
 
@@ -73,6 +79,7 @@ def connect(settings: Settings, *, create: bool = True) -> Engine:
                 os.makedirs(os.path.dirname(url[len("sqlite:///") :]) or ".", exist_ok=True)
             engine = create_engine(url, connect_args={"timeout": 60})
             event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(engine, "checkout", _untune)
         else:
             engine = create_engine(url, pool_pre_ping=True)
         if create:
@@ -146,6 +153,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=60000")
+    cur.execute("PRAGMA temp_store=MEMORY")
     cur.close()
 
 
@@ -193,6 +201,195 @@ def upsert(
     chunk = max(1, 30000 // per_row)
     for start in range(0, len(rows), chunk):
         conn.execute(stmt, list(rows[start : start + chunk]))
+
+
+#: SQLite settings of a connection during a bulk load (:func:`bulk_load`) and after it.
+_BULK_PRAGMAS = {"cache_size": (-65536, -2000), "wal_autocheckpoint": (16384, 1000)}
+
+
+@contextmanager
+def bulk_load(engine: Engine) -> Iterator[None]:
+    """Tune SQLite for a long series of large write transactions while the block runs.
+
+    Connections the pool hands out inside the block get a 64 MiB page cache and a WAL
+    checkpointed every 64 MiB instead of every 4 MiB (fewer, larger checkpoints); they
+    are set back at their next checkout after the block. ``journal_mode=WAL`` and
+    ``synchronous=NORMAL`` stay as :func:`connect` sets them for every connection: a
+    commit is atomic and survives a killed process; a power cut can lose the last
+    commits but never leaves a torn one, so the store is always at the end of some
+    committed batch (its rows and their source positions together), which is what
+    resuming relies on. PostgreSQL is left as it is.
+    """
+    if engine.dialect.name != "sqlite":
+        yield
+        return
+
+    def tune(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        _set_pragmas(dbapi_conn, 0)
+        record.info["litpulse_bulk"] = True
+
+    event.listen(engine, "checkout", tune)
+    try:
+        yield
+    finally:
+        event.remove(engine, "checkout", tune)
+
+
+def _untune(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+    """Give a connection tuned by :func:`bulk_load` its usual settings back."""
+    if record.info.pop("litpulse_bulk", False):
+        _set_pragmas(dbapi_conn, 1)
+
+
+def _set_pragmas(dbapi_conn: Any, which: int) -> None:
+    cur = dbapi_conn.cursor()
+    for name, values in _BULK_PRAGMAS.items():
+        cur.execute(f"PRAGMA {name}={values[which]}")
+    cur.close()
+
+
+def bulk_upsert(
+    conn: Connection,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    keys: Sequence[str],
+    update: Sequence[str],
+    columns: Sequence[str] | None = None,
+    json_text: Iterable[str] = (),
+) -> None:
+    """:func:`upsert` through the driver's bulk path: one set-based statement per call.
+
+    PostgreSQL: the rows are ``COPY``-ed into a temporary staging table shaped like
+    ``table`` and merged with one ``INSERT … SELECT … ON CONFLICT``. SQLite: one
+    ``executemany`` of ``INSERT … ON CONFLICT`` (in-process, no round trips). Values go
+    through the columns' own bind conversions (dates, UTC timestamps, booleans), so the
+    stored values are those :func:`upsert` stores.
+
+    Args:
+        conn: An open connection (inside the caller's transaction).
+        table: The target table.
+        rows: Row mappings holding every column of ``columns``.
+        keys: The conflict target.
+        update: Columns to overwrite on conflict (empty: do nothing on conflict).
+        columns: The columns written (default: the keys of the first row).
+        json_text: JSON columns whose values are already serialised JSON text.
+    """
+    if not rows:
+        return
+    cols = list(columns) if columns is not None else list(rows[0])
+    raw = set(json_text)
+    dialect = conn.dialect
+    procs: list[tuple[int, Callable[[Any], Any]]] = []
+    for i, name in enumerate(cols):
+        if name in raw:
+            continue
+        proc = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        if proc is not None:
+            procs.append((i, proc))
+    get = _getter(cols)
+
+    def values() -> Iterator[tuple[Any, ...]]:
+        for row in rows:
+            vals = get(row)
+            for i, proc in procs:
+                if vals[i] is not None:
+                    vals[i] = proc(vals[i])
+            yield tuple(vals)
+
+    q = dialect.identifier_preparer
+    name = q.format_table(table)
+    col_sql = ", ".join(q.quote(c) for c in cols)
+    if update:
+        action = "DO UPDATE SET " + ", ".join(
+            f"{q.quote(c)} = excluded.{q.quote(c)}" for c in update
+        )
+    else:
+        action = "DO NOTHING"
+    conflict = f"ON CONFLICT ({', '.join(q.quote(k) for k in keys)}) {action}"
+    if dialect.name == "postgresql":
+        stage = q.quote(f"_stage_{table.name}")
+        conn.exec_driver_sql(
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {name}) ON COMMIT DELETE ROWS"
+        )
+        conn.exec_driver_sql(f"TRUNCATE {stage}")
+        driver = conn.connection.driver_connection
+        with driver.cursor() as cur:  # type: ignore[union-attr]
+            with cur.copy(f"COPY {stage} ({col_sql}) FROM STDIN") as copy:
+                for vals in values():
+                    copy.write_row(vals)
+        conn.exec_driver_sql(
+            f"INSERT INTO {name} ({col_sql}) SELECT {col_sql} FROM {stage} {conflict}"
+        )
+        return
+    if dialect.name != "sqlite":  # pragma: no cover - other dialects are not supported
+        raise NotImplementedError(f"bulk_upsert is not implemented for {dialect.name}")
+    marks = ", ".join("?" * len(cols))
+    conn.exec_driver_sql(
+        f"INSERT INTO {name} ({col_sql}) VALUES ({marks}) {conflict}", list(values())
+    )
+
+
+#: PostgreSQL array element types of the column types :func:`bulk_update` handles.
+PG_ARRAY_TYPES = {"BigInteger": "bigint", "Integer": "integer", "String": "text",
+                  "Text": "text", "Boolean": "boolean", "Float": "double precision"}  # fmt: skip
+
+
+def bulk_update(
+    conn: Connection,
+    table: Table,
+    key: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+) -> None:
+    """Set ``columns`` of the rows whose ``key`` is given, in one statement.
+
+    Args:
+        conn: An open connection (inside the caller's transaction).
+        table: The table.
+        key: Its key column; rows with an unknown key are ignored.
+        columns: The columns set.
+        rows: ``(key, *values)`` tuples (plain numbers and text).
+
+    PostgreSQL joins ``unnest`` of one array per column; SQLite (3.33+) joins
+    ``json_each`` of one JSON parameter (older SQLite: ``executemany``).
+    """
+    if not rows:
+        return
+    q = conn.dialect.identifier_preparer
+    name = q.format_table(table)
+    names = [key, *columns]
+    if conn.dialect.name == "postgresql":
+        types = [PG_ARRAY_TYPES[type(table.c[c].type).__name__] for c in names]
+        arrays = ", ".join(f"%s::{t}[]" for t in types)
+        sets = ", ".join(f"{q.quote(c)} = d.c{i}" for i, c in enumerate(columns, 1))
+        conn.exec_driver_sql(
+            f"UPDATE {name} AS t SET {sets} FROM unnest({arrays}) "
+            f"AS d({', '.join(f'c{i}' for i in range(len(names)))}) WHERE t.{q.quote(key)} = d.c0",
+            tuple(list(col) for col in zip(*rows, strict=True)),
+        )
+        return
+    if sqlite3.sqlite_version_info >= (3, 33):
+        picks = ", ".join(f"json_extract(value, '$[{i}]') AS c{i}" for i in range(len(names)))
+        sets = ", ".join(f"{q.quote(c)} = d.c{i}" for i, c in enumerate(columns, 1))
+        conn.exec_driver_sql(
+            f"UPDATE {name} AS t SET {sets} FROM (SELECT {picks} FROM json_each(?)) AS d "
+            f"WHERE t.{q.quote(key)} = d.c0",
+            (json.dumps([list(r) for r in rows]),),
+        )
+        return
+    sets = ", ".join(f"{q.quote(c)} = ?" for c in columns)  # pragma: no cover - old SQLite
+    conn.exec_driver_sql(  # pragma: no cover
+        f"UPDATE {name} SET {sets} WHERE {q.quote(key)} = ?", [(*r[1:], r[0]) for r in rows]
+    )
+
+
+def _getter(cols: Sequence[str]) -> Callable[[Mapping[str, Any]], list[Any]]:
+    if len(cols) == 1:
+        only = cols[0]
+        return lambda row: [row[only]]
+    pick = operator.itemgetter(*cols)
+    return lambda row: list(pick(row))
 
 
 # ---------------------------------------------------------------------------------- leases
@@ -469,9 +666,7 @@ def acquire_lease(
         expired = row.expires_at < now
         dead = not expired and not holder_alive(row.holder)
         if not (expired or dead):
-            logger.info(
-                "lease %s is held by %s until %s", name, row.holder, row.expires_at
-            )
+            logger.info("lease %s is held by %s until %s", name, row.holder, row.expires_at)
             return None
         where = [locks.c.name == name, locks.c.holder == row.holder]
         if not dead:

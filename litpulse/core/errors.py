@@ -29,6 +29,7 @@ __all__ = [
     "BudgetError",
     "DataQualityError",
     "LeaseLostError",
+    "WorkerError",
 ]
 
 
@@ -95,5 +96,13 @@ class LeaseLostError(LitpulseError):
     """This process no longer holds a database lease it took: it stopped renewing it long
     enough for another process to take it over. Whatever it was doing must stop before
     its next write; running the job again later is safe."""
+
+    retryable = True
+
+
+class WorkerError(LitpulseError):
+    """A worker process (a parser feeding the store) died without finishing its work:
+    killed, out of memory, crashed. What was committed before stays; running the job
+    again resumes it."""
 
     retryable = True

@@ -69,6 +69,15 @@ def _opt(
     return field(default=default, metadata=metadata)
 
 
+def _default_workers() -> int:
+    """Cores this process may use, minus one for the writer, within 0..64."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    return max(0, min(64, cores - 1))
+
+
 @dataclass(frozen=True)
 class Settings:
     """All litpulse settings. Construct with :meth:`from_env` in applications."""
@@ -86,6 +95,15 @@ class Settings:
         "ingest redoes at most the batch it was in.",
         min=1,
         max=100_000,
+    )
+    ingest_workers: int = _opt(
+        _default_workers(),
+        "Parse processes feeding the store during file ingest (local files, update and "
+        "baseline files), each file parsed by one of them while the writer stores; "
+        "default the number of cores minus one (this machine's value shown); 0 parses "
+        "in the writer's process.",
+        min=0,
+        max=64,
     )
 
     # -- NCBI etiquette --------------------------------------------------------------
