@@ -140,7 +140,8 @@ def metric_table(role: Mapping[str, Any] | None) -> Metrics:
         if not isinstance(values, Mapping):
             continue
         row = {
-            k: float(v) for k, v in values.items()
+            k: float(v)
+            for k, v in values.items()
             if k not in COUNT_KEYS and isinstance(v, int | float) and not isinstance(v, bool)
         }
         if row:
@@ -151,7 +152,8 @@ def metric_table(role: Mapping[str, Any] | None) -> Metrics:
 def _delta(mine: Metrics, theirs: Metrics) -> Metrics:
     return {
         s: {m: round(v - theirs[s][m], 6) for m, v in row.items() if m in theirs.get(s, {})}
-        for s, row in mine.items() if s in theirs
+        for s, row in mine.items()
+        if s in theirs
     }
 
 
@@ -180,8 +182,9 @@ def _comparisons(v: registry.ModelVersion, mine: Metrics) -> tuple[Comparison, .
 
 def _heldout(v: registry.ModelVersion) -> dict[str, int]:
     stored = v.metrics or {}
-    counts = {str(k): int(n) for k, n in (stored.get("heldout") or {}).items()
-              if isinstance(n, int)}
+    counts = {
+        str(k): int(n) for k, n in (stored.get("heldout") or {}).items() if isinstance(n, int)
+    }
     if not counts:  # older rows: the query counts of the candidate's sets
         for name, values in (stored.get("candidate") or {}).items():
             if isinstance(values, Mapping) and isinstance(values.get("queries"), int):
@@ -207,8 +210,7 @@ def _events(v: registry.ModelVersion) -> tuple[VersionEvent, ...]:
     # a row written before events were recorded: what its columns still tell
     out = [VersionEvent(iso(v.created_at), str(ModelEvent.REGISTERED), None, None)]
     if v.promoted_at is not None:
-        out.append(VersionEvent(iso(v.promoted_at), str(ModelEvent.PROMOTED), v.promoted_by,
-                                None))
+        out.append(VersionEvent(iso(v.promoted_at), str(ModelEvent.PROMOTED), v.promoted_by, None))
         if v.status is ModelStatus.REJECTED:
             out.append(VersionEvent(None, str(ModelEvent.ROLLED_BACK), None, v.reason))
     elif v.status is ModelStatus.REJECTED:
@@ -216,8 +218,9 @@ def _events(v: registry.ModelVersion) -> tuple[VersionEvent, ...]:
     return tuple(out)
 
 
-def _summary(v: registry.ModelVersion, events: Sequence[VersionEvent],
-             gate_passed: bool | None) -> str:
+def _summary(
+    v: registry.ModelVersion, events: Sequence[VersionEvent], gate_passed: bool | None
+) -> str:
     last = next((e for e in reversed(events) if e.event != ModelEvent.REGISTERED), None)
     by = f" by {last.by}" if last is not None and last.by else ""
     if v.status is ModelStatus.ACTIVE:
@@ -244,9 +247,7 @@ def _generation(id: str, parents: Mapping[str, str | None]) -> int:
     return n
 
 
-def model_history(
-    settings: Settings, *, engine: Engine | None = None
-) -> list[ModelVersionReport]:
+def model_history(settings: Settings, *, engine: Engine | None = None) -> list[ModelVersionReport]:
     """Every model version, oldest first, with lineage, data, metrics and decisions."""
     versions = registry.list_models(settings, engine=engine)
     parents = {v.id: v.parent_id for v in versions}
@@ -261,32 +262,37 @@ def model_history(
         passed = gate.get("passed")
         events = _events(v)
         counts = v.pair_counts or {}
-        out.append(ModelVersionReport(
-            id=v.id,
-            status=v.status,
-            base_model=v.base_model,
-            parent_id=v.parent_id,
-            children=tuple(children.get(v.id, ())),
-            generation=_generation(v.id, parents),
-            created_at=v.created_at,
-            promoted_at=v.promoted_at,
-            promoted_by=v.promoted_by,
-            window_start=v.window_start,
-            window_end=v.window_end,
-            pairs={str(k): int(n) for k, n in counts.items()
-                   if k not in NOT_KINDS and isinstance(n, int)},
-            feedback_experts=dict(counts.get("feedback_experts") or {}),
-            hard_negatives=int(counts.get("hard_negatives") or 0),
-            heldout=_heldout(v),
-            training=_training(v),
-            metrics=mine,
-            comparisons=_comparisons(v, mine),
-            gate_passed=passed if isinstance(passed, bool) else None,
-            gate_reasons=tuple(str(r) for r in gate.get("reasons") or ()),
-            events=events,
-            summary=_summary(v, events, passed if isinstance(passed, bool) else None),
-            reason=v.reason,
-        ))
+        out.append(
+            ModelVersionReport(
+                id=v.id,
+                status=v.status,
+                base_model=v.base_model,
+                parent_id=v.parent_id,
+                children=tuple(children.get(v.id, ())),
+                generation=_generation(v.id, parents),
+                created_at=v.created_at,
+                promoted_at=v.promoted_at,
+                promoted_by=v.promoted_by,
+                window_start=v.window_start,
+                window_end=v.window_end,
+                pairs={
+                    str(k): int(n)
+                    for k, n in counts.items()
+                    if k not in NOT_KINDS and isinstance(n, int)
+                },
+                feedback_experts=dict(counts.get("feedback_experts") or {}),
+                hard_negatives=int(counts.get("hard_negatives") or 0),
+                heldout=_heldout(v),
+                training=_training(v),
+                metrics=mine,
+                comparisons=_comparisons(v, mine),
+                gate_passed=passed if isinstance(passed, bool) else None,
+                gate_reasons=tuple(str(r) for r in gate.get("reasons") or ()),
+                events=events,
+                summary=_summary(v, events, passed if isinstance(passed, bool) else None),
+                reason=v.reason,
+            )
+        )
     return out
 
 

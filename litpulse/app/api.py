@@ -366,8 +366,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from fastapi import Depends, FastAPI
 
     from litpulse.app.alerts_api import add_alert_routes
-    from litpulse.app.models_api import router as models_router
     from litpulse.app.apiguard import ApiGuard
+    from litpulse.app.models_api import router as models_router
 
     settings = settings or Settings.from_env()
     resolved = settings

@@ -30,8 +30,10 @@ __all__ = ["router", "wants_html", "PAGE_FILES"]
 router = APIRouter(tags=["models"])
 
 #: Files of the page, served under ``/models/``, with their media types.
-PAGE_FILES = {"models.js": "text/javascript; charset=utf-8",
-              "models.css": "text/css; charset=utf-8"}
+PAGE_FILES = {
+    "models.js": "text/javascript; charset=utf-8",
+    "models.css": "text/css; charset=utf-8",
+}
 
 
 def _web_file(name: str) -> str:
@@ -65,8 +67,12 @@ def wants_html(accept: str | None) -> bool:
 @router.get(
     "/models",
     summary="Model versions: lineage, training pairs, metrics, gate decisions",
-    responses={200: {"description": "JSON: `{active, count, versions: [...]}`; HTML (the "
-                                    "page) when the client prefers text/html."}},
+    responses={
+        200: {
+            "description": "JSON: `{active, count, versions: [...]}`; HTML (the "
+            "page) when the client prefers text/html."
+        }
+    },
 )
 def models_endpoint(request: Request) -> Response:
     """Every model version, oldest first (``litpulse models report --json``)."""
@@ -87,8 +93,11 @@ def models_plot(request: Request) -> Response:
     """One panel per metric, one point per version (the base model's values dashed)."""
     from litpulse.app.models_plot import render_plot
 
-    return Response(render_plot(_history(request)), media_type="image/png",
-                    headers={"Cache-Control": "no-cache"})
+    return Response(
+        render_plot(_history(request)),
+        media_type="image/png",
+        headers={"Cache-Control": "no-cache"},
+    )
 
 
 @router.get("/models/{name}", include_in_schema=False)

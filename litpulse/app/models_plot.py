@@ -112,20 +112,33 @@ def render_plot(history: Sequence[ModelVersionReport]) -> bytes:
     metrics = list(dict.fromkeys(s.metric for s in series))
     sets = list(dict.fromkeys(s.heldout for s in series))
     w, h = plot_size(len(history), len(metrics))
-    fig, axes = plt.subplots(max(1, len(metrics)), 1, figsize=(w / DPI, h / DPI), dpi=DPI,
-                             squeeze=False, sharex=True)
+    fig, axes = plt.subplots(
+        max(1, len(metrics)), 1, figsize=(w / DPI, h / DPI), dpi=DPI, squeeze=False, sharex=True
+    )
     xs = list(range(len(history)))
     colours = {s: f"C{i % 10}" for i, s in enumerate(sets)}
     if not series:
         ax = axes[0][0]
-        ax.text(0.5, 0.5, "no evaluated model versions yet: run `litpulse retrain`",
-                ha="center", va="center", transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            "no evaluated model versions yet: run `litpulse retrain`",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
         ax.set_axis_off()
     for ax, metric in zip((row[0] for row in axes), metrics, strict=False):
         for s in (x for x in series if x.metric == metric):
             style = "-" if s.role == "version" else "--"
-            ax.plot(xs, s.values, style, color=colours[s.heldout], label=s.label,
-                    alpha=1.0 if s.role == "version" else 0.6)
+            ax.plot(
+                xs,
+                s.values,
+                style,
+                color=colours[s.heldout],
+                label=s.label,
+                alpha=1.0 if s.role == "version" else 0.6,
+            )
             if s.role == "version":
                 for x, y, v in zip(xs, s.values, history, strict=True):
                     marker, _ = _marker(v)
@@ -137,15 +150,20 @@ def render_plot(history: Sequence[ModelVersionReport]) -> bytes:
         ax0 = axes[0][0]
         kinds = {_marker(v) for v in history}
         handles, _ = ax0.get_legend_handles_labels()
-        handles += [Line2D([], [], linestyle="", marker=m, color="0.3", label=what)
-                    for m, what in sorted(kinds, key=lambda k: k[1])]
+        handles += [
+            Line2D([], [], linestyle="", marker=m, color="0.3", label=what)
+            for m, what in sorted(kinds, key=lambda k: k[1])
+        ]
         ax0.legend(handles=handles, fontsize=7, loc="lower left", ncol=2)
         ax0.set_title("Held-out metrics by model version, oldest first")
         last = axes[-1][0]
         last.set_xticks(xs)
         last.set_xticklabels(
-            [f"{v.id[-6:]}\n{'base' if v.parent_id is None else '← ' + v.parent_id[-6:]}"
-             for v in history], fontsize=7,
+            [
+                f"{v.id[-6:]}\n{'base' if v.parent_id is None else '← ' + v.parent_id[-6:]}"
+                for v in history
+            ],
+            fontsize=7,
         )
     fig.tight_layout()
     buf = io.BytesIO()
