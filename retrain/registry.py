@@ -258,7 +258,9 @@ def _switch(
     by: str,
     reason: str | None,
     event: ModelEvent = ModelEvent.PROMOTED,
+    why: str | None = None,
 ) -> None:
+    """Activate ``activate`` (``reason`` kept on the row, ``why`` on its event)."""
     now = utcnow()
     replaced = f"replaced by {activate or BASE_ID}"
     with engine.begin() as conn:
@@ -287,7 +289,7 @@ def _switch(
                 .where(model_versions.c.id == activate)
                 .values(status=ModelStatus.ACTIVE, promoted_by=by, promoted_at=now, reason=reason)
             )
-            _append_event(conn, activate, event, by=by, reason=reason, at=now)
+            _append_event(conn, activate, event, by=by, reason=why, at=now)
 
 
 def _restore(engine: Engine, rows: list[ModelVersion]) -> None:
@@ -355,7 +357,7 @@ def promote(
         return {"model": target.to_dict(), "previous": id, "index": None, "changed": False}
     before = [target] + ([previous] if previous is not None else [])
     _switch(engine, activate=id, previous=previous, previous_status=ModelStatus.RETIRED, by=by,
-            reason=reason or target.reason)
+            reason=reason or target.reason, why=reason)
     logger.info("promoted %s (previous: %s) by %s; re-indexing", id,
                 previous.id if previous else BASE_ID, by)
     report = _reindex(settings, engine, before, reindex)
@@ -407,7 +409,7 @@ def rollback(
         _switch(engine, activate=target.id, previous=None,
                 previous_status=ModelStatus.RETIRED, by=by,
                 reason=f"re-activated by rollback of {current.id}",
-                event=ModelEvent.REACTIVATED)
+                event=ModelEvent.REACTIVATED, why=f"re-activated by rollback of {current.id}")
     logger.info("rolled back %s to %s by %s; re-indexing", current.id,
                 target.id if target else BASE_ID, by)
     report = _reindex(settings, engine, before, reindex)

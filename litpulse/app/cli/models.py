@@ -185,12 +185,16 @@ def _deltas(v: Any, heldout: str, metric: str) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
+def _day(value: Any) -> str | None:
+    return iso(value)[:10] if value is not None else None
+
+
 def _version_lines(v: Any) -> list[str]:
-    lines = [f"{v.id}  {v.status}: {v.summary}",
+    lines = [f"{v.id}  {v.summary}",
              f"  lineage: {v.parent_id or 'base'} -> {v.id}"
              + (f" -> {', '.join(v.children)}" if v.children else "")]
     kinds = ", ".join(f"{k} {n}" for k, n in v.pairs.items())
-    window = f"{iso(v.window_start) or 'the start'} .. {iso(v.window_end) or 'now'}"
+    window = f"{_day(v.window_start) or 'the start'} .. {_day(v.window_end) or 'now'}"
     lines.append(f"  pairs: {v.pairs_total} ({kinds}); window {window}")
     if v.feedback_experts:
         lines.append("  feedback from: " + ", ".join(
@@ -213,7 +217,8 @@ def _version_lines(v: Any) -> list[str]:
     for e in v.events:
         who = f" by {e.by}" if e.by else ""
         why = f": {e.reason}" if e.reason else ""
-        lines.append(f"  {e.at or '?'}  {e.event}{who}{why}")
+        when = (e.at or "?")[:16].replace("T", " ")
+        lines.append(f"  {when}  {e.event.replace('_', ' ')}{who}{why}")
     return lines
 
 
