@@ -9,6 +9,10 @@ trained on, its options, its evaluation on fresh and older held-out sets, and it
 * ``rejected`` — failed the gate, or was rolled back;
 * ``retired`` — was active before a newer promotion.
 
+Every change of status is also appended to the row's ``events`` (when, what, by whom,
+why: :class:`~litpulse.core.states.ModelEvent`), so a version's history survives later
+changes (:mod:`retrain.report` reads it); ``training`` keeps what its training did.
+
 :func:`promote` switches the status and then builds and publishes a new index for the
 promoted version (:func:`ranking.refresh.refresh_index`: a full build for a model without
 an index; a kept index of that model, as after a rollback, is updated and republished). The index
@@ -32,7 +36,7 @@ from litpulse.core.db import connect
 from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import model_versions
 from litpulse.core.settings import DEFAULT_MODEL, Settings
-from litpulse.core.states import ModelStatus
+from litpulse.core.states import ModelEvent, ModelStatus
 from litpulse.core.timeutil import iso, utcnow
 from ranking.embed import BASE_MODEL_ID
 
@@ -80,12 +84,17 @@ class ModelVersion:
     reason: str | None
     created_at: dt.datetime
     promoted_at: dt.datetime | None
+    #: what the training did (:class:`retrain.lora.TrainResult` as a dict); None if unknown
+    training: dict[str, Any] | None = None
+    #: ``{"at", "event", "by", "reason"}`` per change of status, oldest first
+    events: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @classmethod
     def from_row(cls, row: Any) -> ModelVersion:
         m = row._mapping
         values = {f.name: m[f.name] for f in dataclasses.fields(cls)}
-        return cls(**{**values, "status": ModelStatus(values["status"])})
+        return cls(**{**values, "status": ModelStatus(values["status"]),
+                      "events": list(values["events"] or [])})
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: iso(v) for k, v in dataclasses.asdict(self).items()}
@@ -118,13 +127,19 @@ def register(
     metrics: Mapping[str, Any],
     status: ModelStatus | str = ModelStatus.CANDIDATE,
     reason: str | None = None,
+    training: Mapping[str, Any] | None = None,
     engine: Engine | None = None,
 ) -> ModelVersion:
-    """Insert a new version (a candidate by default) and return it."""
+    """Insert a new version (a candidate by default) and return it.
+
+    ``training`` is what the training did (steps, seconds, losses), shown by
+    :func:`retrain.report.model_history`.
+    """
     status = _inactive_status(
         status, f"`status` of a new version must be candidate or rejected, got {status!r}"
     )
     engine = engine or connect(settings)
+    now = utcnow()
     with engine.begin() as conn:
         conn.execute(
             insert(model_versions).values(
@@ -140,7 +155,9 @@ def register(
                 metrics=dict(metrics),
                 status=status,
                 reason=reason,
-                created_at=utcnow(),
+                created_at=now,
+                training=dict(training) if training is not None else None,
+                events=[_event(ModelEvent.REGISTERED, now, None, reason)],
             )
         )
     return get_model(settings, id, engine=engine)
@@ -191,9 +208,30 @@ def set_status(
     values: dict[str, Any] = {"status": status}
     if reason is not None:
         values["reason"] = reason
+    event = {ModelStatus.REJECTED: ModelEvent.REJECTED, ModelStatus.RETIRED: ModelEvent.RETIRED,
+             ModelStatus.CANDIDATE: ModelEvent.REOPENED}[status]
     with engine.begin() as conn:
         conn.execute(update(model_versions).where(model_versions.c.id == id).values(**values))
+        _append_event(conn, id, event, by=None, reason=reason)
     return get_model(settings, id, engine=engine)
+
+
+def _event(
+    event: ModelEvent, at: dt.datetime, by: str | None, reason: str | None
+) -> dict[str, Any]:
+    return {"at": iso(at), "event": str(event), "by": by, "reason": reason}
+
+
+def _append_event(
+    conn: Any, id: str, event: ModelEvent, *, by: str | None, reason: str | None,
+    at: dt.datetime | None = None,
+) -> None:
+    """Append one event to the ``events`` of version ``id`` (inside ``conn``'s transaction)."""
+    old = conn.execute(
+        select(model_versions.c.events).where(model_versions.c.id == id)
+    ).scalar_one_or_none()
+    events = [*(old or []), _event(event, at or utcnow(), by, reason)]
+    conn.execute(update(model_versions).where(model_versions.c.id == id).values(events=events))
 
 
 def _inactive_status(status: ModelStatus | str, message: str) -> ModelStatus:
@@ -219,8 +257,12 @@ def _switch(
     previous_status: ModelStatus,
     by: str,
     reason: str | None,
+    event: ModelEvent = ModelEvent.PROMOTED,
+    why: str | None = None,
 ) -> None:
+    """Activate ``activate`` (``reason`` kept on the row, ``why`` on its event)."""
     now = utcnow()
+    replaced = f"replaced by {activate or BASE_ID}"
     with engine.begin() as conn:
         if previous is not None and previous.id != activate:
             conn.execute(
@@ -228,17 +270,26 @@ def _switch(
                 .where(model_versions.c.id == previous.id)
                 .values(status=previous_status)
             )
+            _append_event(conn, previous.id, ModelEvent(str(previous_status)), by=by,
+                          reason=replaced, at=now)
         # any other stray active row (never expected) is retired too
-        stmt = update(model_versions).where(model_versions.c.status == ModelStatus.ACTIVE)
+        mv = model_versions.c
+        stray = select(mv.id).where(mv.status == ModelStatus.ACTIVE)
         if activate is not None:
-            stmt = stmt.where(model_versions.c.id != activate)
-        conn.execute(stmt.values(status=ModelStatus.RETIRED))
+            stray = stray.where(mv.id != activate)
+        for stray_id in conn.execute(stray).scalars().all():
+            conn.execute(
+                update(model_versions).where(mv.id == stray_id)
+                .values(status=ModelStatus.RETIRED)
+            )
+            _append_event(conn, stray_id, ModelEvent.RETIRED, by=by, reason=replaced, at=now)
         if activate is not None:
             conn.execute(
                 update(model_versions)
                 .where(model_versions.c.id == activate)
                 .values(status=ModelStatus.ACTIVE, promoted_by=by, promoted_at=now, reason=reason)
             )
+            _append_event(conn, activate, event, by=by, reason=why, at=now)
 
 
 def _restore(engine: Engine, rows: list[ModelVersion]) -> None:
@@ -249,7 +300,7 @@ def _restore(engine: Engine, rows: list[ModelVersion]) -> None:
                 .where(model_versions.c.id == row.id)
                 .values(
                     status=row.status, promoted_by=row.promoted_by,
-                    promoted_at=row.promoted_at, reason=row.reason,
+                    promoted_at=row.promoted_at, reason=row.reason, events=row.events,
                 )
             )
 
@@ -306,7 +357,7 @@ def promote(
         return {"model": target.to_dict(), "previous": id, "index": None, "changed": False}
     before = [target] + ([previous] if previous is not None else [])
     _switch(engine, activate=id, previous=previous, previous_status=ModelStatus.RETIRED, by=by,
-            reason=reason or target.reason)
+            reason=reason or target.reason, why=reason)
     logger.info("promoted %s (previous: %s) by %s; re-indexing", id,
                 previous.id if previous else BASE_ID, by)
     report = _reindex(settings, engine, before, reindex)
@@ -352,10 +403,13 @@ def rollback(
             .where(model_versions.c.id == current.id)
             .values(status=ModelStatus.REJECTED, reason=why)
         )
+        _append_event(conn, current.id, ModelEvent.ROLLED_BACK, by=by,
+                      reason=f"{why}; active again: {target.id if target else BASE_ID}")
     if target is not None:
         _switch(engine, activate=target.id, previous=None,
                 previous_status=ModelStatus.RETIRED, by=by,
-                reason=f"re-activated by rollback of {current.id}")
+                reason=f"re-activated by rollback of {current.id}",
+                event=ModelEvent.REACTIVATED, why=f"re-activated by rollback of {current.id}")
     logger.info("rolled back %s to %s by %s; re-indexing", current.id,
                 target.id if target else BASE_ID, by)
     report = _reindex(settings, engine, before, reindex)

@@ -237,6 +237,7 @@ def _retrain(
                      "feedback_experts": dict(pairs.feedback_experts)},
         options=options_doc,
         metrics=metrics_doc,
+        training={**training, "new_articles": pairs.new_articles},
         engine=engine,
     )
     paths = _write_report(

@@ -367,6 +367,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     from litpulse.app.alerts_api import add_alert_routes
     from litpulse.app.apiguard import ApiGuard
+    from litpulse.app.models_api import router as models_router
 
     settings = settings or Settings.from_env()
     resolved = settings
@@ -403,6 +404,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _add_search_routes(app, settings, engine, Depends(_search_spec_dependency(settings)))
     _add_store_routes(app, settings, engine, Depends(_expert_dependency(engine)))
     add_alert_routes(app, settings, engine, Depends(_expert_dependency(engine)))
+    app.include_router(models_router)  # /models, /models/plot.png (litpulse.app.models_api)
     _add_page_routes(app)
     return app
 

@@ -265,6 +265,11 @@ model_versions = Table(
     Column("reason", Text),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("promoted_at", UTCDateTime()),
+    # what the training did (steps, seconds, losses, device; ``retrain.lora.TrainResult``)
+    # and the version's lifecycle, oldest first: ``{"at", "event", "by", "reason"}`` per
+    # registration, promotion, retirement, rejection and rollback (NULL on older stores)
+    Column("training", JSON),
+    Column("events", JSON),
 )
 
 #: API tokens, each tied to a named expert; only the SHA-256 of a token is kept.

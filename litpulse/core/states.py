@@ -12,6 +12,7 @@ __all__ = [
     "RunStatus",
     "IndexStatus",
     "ModelStatus",
+    "ModelEvent",
     "RetrainOutcome",
     "Device",
     "Precision",
@@ -45,6 +46,23 @@ class ModelStatus(enum.StrEnum):
     ACTIVE = "active"
     REJECTED = "rejected"
     RETIRED = "retired"
+
+
+class ModelEvent(enum.StrEnum):
+    """A step in a model version's life (``model_versions.events``)."""
+
+    REGISTERED = "registered"
+    PROMOTED = "promoted"
+    #: replaced as the active version by a newer promotion
+    RETIRED = "retired"
+    #: failed the gate, or was rejected by a person
+    REJECTED = "rejected"
+    #: was active and was rolled back (its status is ``rejected`` then)
+    ROLLED_BACK = "rolled_back"
+    #: active again after the rollback of a newer version
+    REACTIVATED = "reactivated"
+    #: set back to ``candidate`` by a person
+    REOPENED = "reopened"
 
 
 class RetrainOutcome(enum.StrEnum):

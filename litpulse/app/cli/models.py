@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+from pathlib import Path
 from typing import Any
 
 from litpulse.app.cli._common import (
@@ -16,6 +17,7 @@ from litpulse.app.cli._common import (
     show_progress,
 )
 from litpulse.core.settings import Settings
+from litpulse.core.timeutil import iso
 
 
 def register(sub: Any) -> None:
@@ -33,6 +35,19 @@ def register(sub: Any) -> None:
                  help="one model version with its lineage and metrics")
     sh.add_argument("id", help="model version id")
     add_json(sh)
+    rp = command(
+        actions, "report", run_report,
+        help="every version's lineage, training pairs, metrics and the gate's reasons",
+        description=(
+            "The history of the model versions, oldest first: the lineage from the base "
+            "model, the pairs each version trained on, its metrics on its own held-out "
+            "sets against its parent and the base model, the gate's decision and reasons, "
+            "promotions and rollbacks. The same as the /models page."
+        ),
+    )
+    rp.add_argument("--plot", metavar="FILE", default=None,
+                    help="also write the plot of the metrics over versions (PNG) to FILE")
+    add_json(rp)
     pr = command(actions, "promote", run_promote,
                  help="make a version active and re-index for it")
     pr.add_argument("id", help="model version id")
@@ -135,6 +150,98 @@ def run_show(args: argparse.Namespace, settings: Settings) -> int:
         mm = m.metrics.get(who)
         if mm:
             print(f"{who:9}  fresh {mm['fresh']}  older {mm['older']}")
+    return 0
+
+
+def _lineage(history: list[Any]) -> list[str]:
+    """The family tree from the base model, one version a line."""
+    by_parent: dict[str | None, list[Any]] = {}
+    for v in history:
+        by_parent.setdefault(v.parent_id, []).append(v)
+    known = {v.id for v in history}
+    lines = [f"base ({history[0].base_model})" if history else "base"]
+
+    def walk(parent: str | None, indent: str) -> None:
+        kids = by_parent.get(parent, [])
+        if parent is None:  # versions whose parent row is gone hang from the base too
+            kids = kids + [v for v in history if v.parent_id and v.parent_id not in known]
+        for i, v in enumerate(kids):
+            last = i == len(kids) - 1
+            lines.append(f"{indent}{'└─' if last else '├─'} {v.id}  {v.summary}")
+            walk(v.id, indent + ("   " if last else "│  "))
+
+    walk(None, "")
+    return lines
+
+
+def _deltas(v: Any, heldout: str, metric: str) -> str:
+    parts = []
+    for c in v.comparisons:
+        d = c.delta.get(heldout, {}).get(metric)
+        if d is not None:
+            parts.append(f"{d:+.3f} vs {c.relation}"
+                         + (f" {c.against}" if c.relation != "base" and c.against != "base"
+                            else ""))
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _day(value: Any) -> str | None:
+    return iso(value)[:10] if value is not None else None
+
+
+def _version_lines(v: Any) -> list[str]:
+    lines = [f"{v.id}  {v.summary}",
+             f"  lineage: {v.parent_id or 'base'} -> {v.id}"
+             + (f" -> {', '.join(v.children)}" if v.children else "")]
+    kinds = ", ".join(f"{k} {n}" for k, n in v.pairs.items())
+    window = f"{_day(v.window_start) or 'the start'} .. {_day(v.window_end) or 'now'}"
+    lines.append(f"  pairs: {v.pairs_total} ({kinds}); window {window}")
+    if v.feedback_experts:
+        lines.append("  feedback from: " + ", ".join(
+            f"{who} {n}" for who, n in v.feedback_experts.items()))
+    t = v.training
+    if t:
+        epochs = f" ({t['epochs']:.2f} epochs)" if "epochs" in t else ""
+        loss = (f", loss {t['first_loss']:.3f} -> {t['last_loss']:.3f}"
+                if "first_loss" in t and "last_loss" in t else "")
+        lines.append(f"  training: {t.get('steps', '?')} steps{epochs} in "
+                     f"{float(t.get('seconds', 0.0)):.1f} s on {t.get('device', '?')}{loss}")
+    if v.heldout:
+        lines.append("  held out: " + ", ".join(f"{k} {n}" for k, n in v.heldout.items()))
+    for heldout, row in v.metrics.items():
+        for metric, value in row.items():
+            lines.append(f"  {heldout} {metric} {value:.3f}{_deltas(v, heldout, metric)}")
+    if v.gate_passed is not None:
+        lines.append(f"  gate: {'passed' if v.gate_passed else 'failed'}")
+        lines.extend(f"    - {r}" for r in v.gate_reasons)
+    for e in v.events:
+        who = f" by {e.by}" if e.by else ""
+        why = f": {e.reason}" if e.reason else ""
+        when = (e.at or "?")[:16].replace("T", " ")
+        lines.append(f"  {when}  {e.event.replace('_', ' ')}{who}{why}")
+    return lines
+
+
+def run_report(args: argparse.Namespace, settings: Settings) -> int:
+    from litpulse.app.models_plot import render_plot
+    from retrain.report import history_dict, model_history
+
+    history = model_history(settings)
+    if args.plot:
+        path = Path(args.plot)
+        path.write_bytes(render_plot(history))
+    if args.json:
+        print_json(history_dict(history))
+        return 0
+    if not history:
+        print("no model versions: the base model is in use (run `litpulse retrain`)")
+    else:
+        print("\n".join(_lineage(history)))
+        for v in history:
+            print()
+            print("\n".join(_version_lines(v)))
+    if args.plot:
+        print(f"\nplot written to {args.plot}")
     return 0
 
 
