@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from litpulse.pipeline.planning import reindex_now
 from retrain import registry
 from retrain.lora import LoraOptions
 from retrain.pairs import PairSet
+from retrain.report import model_history
 from retrain.run import retrain
 
 T0 = dt.datetime(2024, 7, 1, tzinfo=dt.UTC)
@@ -86,6 +88,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     out["rollback"] = registry.rollback(settings, by="tester", reindex=reindex_now)
     out["index_after_rollback"] = _published(settings)
     out["models"] = {m.id: m for m in registry.list_models(settings)}
+    out["history"] = model_history(settings)
     yield out
     eng = db._ENGINES.pop(settings.effective_database_url, None)
     if eng is not None:
@@ -141,3 +144,87 @@ def test_registry_lineage(scenario: dict[str, Any]) -> None:
     assert Path(a.adapter_path or "").name == a.id
     assert a.metrics["candidate"]["fresh"]["queries"] == 60
     assert b.options["continued_from"] == a.id
+
+
+# the model history (`litpulse models report`, /models) over the same real retrains
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_history_over_real_retrains(scenario: dict[str, Any]) -> None:
+    first, second = scenario["first"], scenario["second"]
+    assert first.status == "promoted", first.reasons
+    assert second.status == "rejected", second.reasons
+    a, b = scenario["history"]
+    assert (a.id, b.id) == (first.version_id, second.version_id)
+    # lineage: base -> a -> b
+    assert a.parent_id is None and b.parent_id == a.id and a.children == (b.id,)
+    # the pairs and the training each run reported
+    assert a.pairs == first.pairs["counts"] and b.pairs == second.pairs["counts"]
+    assert a.window_end is not None and b.window_start == a.window_end
+    assert a.training["steps"] == first.training["steps"]
+    assert a.training["seconds"] == first.training["seconds"]
+    steps, pairs = first.training["steps"], first.training["pairs"]
+    assert a.training["epochs"] == round(steps * OPTIONS.batch_size / pairs, 3)
+    assert a.training["new_articles"] == first.pairs["new_articles"]
+    # metrics against the parent and the base, as the runs measured them
+    for v, run in ((a, first), (b, second)):
+        m = run.metrics
+        for s in ("fresh", "older"):
+            assert v.metrics[s]["recall@10"] == m["candidate"][s]["recall@10"]
+            base = v.comparison("base")
+            parent = v.comparison("parent")
+            assert base is not None and parent is not None
+            assert base.delta[s]["recall@10"] == pytest.approx(
+                m["candidate"][s]["recall@10"] - m["base"][s]["recall@10"]
+            )
+            assert parent.delta[s]["recall@10"] == pytest.approx(
+                m["candidate"][s]["recall@10"] - m["active"][s]["recall@10"]
+            )
+    assert a.comparison("parent").against == "base"  # type: ignore[union-attr]
+    assert b.comparison("parent").against == a.id  # type: ignore[union-attr]
+    # the gate's reasons and what became of each version
+    assert a.gate_passed is True and a.gate_reasons == tuple(first.gate["reasons"])
+    assert b.gate_passed is False and b.gate_reasons == tuple(second.gate["reasons"])
+    assert [e.event for e in a.events] == ["registered", "promoted", "rolled_back"]
+    assert a.events[1].by == "gate" and a.summary == "rolled back by tester"
+    assert [e.event for e in b.events] == ["registered", "rejected"]
+    assert b.summary == "rejected by the gate"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_report_and_plot_of_real_retrains(
+    scenario: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    from PIL import Image
+
+    from litpulse.app.cli import main
+    from litpulse.app.models_plot import metric_series, plot_size
+
+    history = scenario["history"]
+    series = metric_series(history)
+    own = [s for s in series if s.role == "version"]
+    assert {(s.heldout, s.metric) for s in own} >= {("fresh", "recall@10"), ("older", "recall@10")}
+    for s in series:  # one point per version, the values recorded
+        assert s.versions == tuple(v.id for v in history)
+        assert len(s.values) == len(history)
+    fresh = next(s for s in own if (s.heldout, s.metric) == ("fresh", "recall@10"))
+    assert fresh.values == tuple(v.metrics["fresh"]["recall@10"] for v in history)
+
+    monkeypatch.setenv("LITPULSE_HOME", str(scenario["settings"].home))
+    png = tmp_path / "plot.png"
+    assert main(["models", "report", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    a, b = history
+    assert f"└─ {a.id}  rolled back by tester" in out
+    assert f"   └─ {b.id}  rejected by the gate" in out
+    assert "vs parent" in out and "vs base" in out and "gate: failed" in out
+    with Image.open(png) as img:
+        img.load()
+        assert img.format == "PNG"
+        assert img.size == plot_size(2, len({s.metric for s in series}))
+    assert main(["models", "report", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [v["id"] for v in doc["versions"]] == [a.id, b.id]
