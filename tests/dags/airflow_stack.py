@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import requests
 
-from tests.dags.conftest import airflow_env
+from tests.dags.conftest import REPO, airflow_env
 
 __all__ = ["AirflowStack", "StackError", "free_port", "wait_for"]
 
@@ -140,7 +140,7 @@ class AirflowStack:
             )
 
     def start(self, *, worker_args: tuple[str, ...] = ()) -> None:
-        """Migrate, create the ``ncbi`` pool, start the services, wait for the 4 DAGs."""
+        """Migrate, create the ``ncbi`` pool, start the services, wait for every DAG."""
         self.home.mkdir(parents=True, exist_ok=True)
         self.cli("db", "migrate", timeout=300)
         self.cli("pools", "set", "ncbi", "1", "NCBI E-utilities/iCite calls (rate limit)")
@@ -151,7 +151,8 @@ class AirflowStack:
         if self.executor == "CeleryExecutor":
             self.spawn("worker", "celery", "worker", "--skip-serve-logs", *worker_args)
         wait_for("the API server", self._healthy, 180)
-        wait_for("the 4 DAGs to be parsed", lambda: len(self.get("/dags")["dags"]) >= 4, 180)
+        n = len(list((REPO / "dags").glob("litpulse_*.py")))  # one DAG a file
+        wait_for(f"the {n} DAGs to be parsed", lambda: len(self.get("/dags")["dags"]) >= n, 180)
 
     def _healthy(self) -> bool:
         self.check_alive()

@@ -14,11 +14,14 @@ import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.emulator import Emulator, running_emulator
+
+if TYPE_CHECKING:
+    from litpulse.app.demo.generate import CorpusManifest
 
 REPO = Path(__file__).resolve().parents[2]
 RUNNER = Path(__file__).with_name("dag_runner.py")
@@ -86,3 +89,25 @@ def run_dags(
 def emulator() -> Iterator[Emulator]:
     """A loopback PubMed/iCite emulator."""
     yield from running_emulator()
+
+
+def publish_bootstrap_files(emu: Emulator, folder: Path) -> tuple[CorpusManifest, CorpusManifest]:
+    """Serve 3 generated baseline files and 1 update file (20 records each) on ``emu``.
+
+    The update file revises 7 baseline records and revises and deletes some of its own.
+
+    Returns:
+        The manifests of the baseline files and of the update file.
+    """
+    from litpulse.app.demo.generate import generate_corpus
+
+    base = generate_corpus(folder / "baseline", n_records=60, n_files=3, seed=8,
+                           revise_fraction=0.0, delete_fraction=0.0)  # fmt: skip
+    upd = generate_corpus(folder / "updatefiles", n_records=20, n_files=1, seed=9,
+                          first_file_number=4,
+                          start_date=base.config.start_date.replace(year=2025))  # fmt: skip
+    for p in base.files:
+        emu.add_file("baseline", p.name, p.read_bytes())
+    for p in upd.files:
+        emu.add_file("updatefiles", p.name, p.read_bytes())
+    return base, upd

@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from litpulse.core import db
 from litpulse.core.schema import articles, embeddings, index_versions, ingest_runs, model_versions
 from litpulse.core.settings import Settings
-from tests.dags.conftest import REPO, RUNNER, airflow_env, run_dags
+from tests.dags.conftest import REPO, RUNNER, airflow_env, publish_bootstrap_files, run_dags
 from tests.emulator import Emulator
 
 EXPECTED_DAGS = {
@@ -362,16 +362,7 @@ def test_train_queue_reads_its_one_variable(caplog: pytest.LogCaptureFixture) ->
 def test_bootstrap_with_dag_test(airflow_home: Path, emulator: Emulator, tmp_path: Path) -> None:
     """`litpulse_bootstrap` as shipped: baseline then updates applied, embedded, published;
     a second run applies nothing and publishes nothing new."""
-    from litpulse.app.demo.generate import generate_corpus
-
-    base = generate_corpus(tmp_path / "b", n_records=60, n_files=3, seed=8,
-                           revise_fraction=0.0, delete_fraction=0.0)
-    upd = generate_corpus(tmp_path / "u", n_records=20, n_files=1, seed=9, first_file_number=4,
-                          start_date=base.config.start_date.replace(year=2025))
-    for p in base.files:
-        emulator.add_file("baseline", p.name, p.read_bytes())
-    for p in upd.files:
-        emulator.add_file("updatefiles", p.name, p.read_bytes())
+    base, upd = publish_bootstrap_files(emulator, tmp_path)
     settings = emulator.configure(Settings.from_env({}, home=tmp_path / "lp"),
                                   bootstrap_prefetch=1)
     report = run_dags(

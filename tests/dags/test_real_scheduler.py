@@ -1,6 +1,10 @@
 """The DAGs under a real Airflow 3.3 scheduler, against the loopback NCBI emulator.
 
-LocalExecutor (SQLite): unpausing runs the latest data interval and the asset triggers
+LocalExecutor (SQLite): first ``litpulse_bootstrap``, triggered with ``airflow dags trigger``
+on 3 baseline files and 1 update file: its fetchers run as mapped task instances, at most
+the DAG's bound at once, the store ends in the state a clean ``litpulse bootstrap`` gives on
+the same files, the index is published, and a second trigger finds nothing pending. Then
+unpausing runs the latest data interval and the asset triggers
 ``litpulse_index_refresh``; a plain ``airflow dags trigger`` ingests the last full UTC day;
 a task failed on purpose (a non-retryable E-utilities error) is cleared with ``airflow tasks
 clear`` and, on another run, with the REST API ``clearTaskInstances``, and succeeds; two
@@ -31,21 +35,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from litpulse.core import db
-from litpulse.core.schema import articles, ingest_runs
+from litpulse.core.schema import articles, embeddings, index_versions, ingest_runs
 from litpulse.core.settings import Settings
 from tests.dags.airflow_stack import AirflowStack, StackError, wait_for
+from tests.dags.conftest import REPO, publish_bootstrap_files
 from tests.emulator import Emulator
+from tests.ingest.test_bootstrap import _files as source_file_rows
+from tests.ingest.test_crash_resume import child_env, differences, snapshot
 
 pytestmark = [pytest.mark.airflow_integration, pytest.mark.timeout(600)]
 
-NIGHTLY, REFRESH, RETRAIN, REINDEX = (
+NIGHTLY, REFRESH, RETRAIN, REINDEX, BOOTSTRAP = (
     "litpulse_nightly_ingest",
     "litpulse_index_refresh",
     "litpulse_retrain",
     "litpulse_reindex",
+    "litpulse_bootstrap",
 )
 API_KEY = "test-key-from-the-airflow-connection"
 #: An E-utilities answer litpulse classifies as InvalidRequestError (not retryable).
@@ -176,6 +184,113 @@ def _wait_refresh_after(stack: AirflowStack, after: str, timeout: float) -> dict
         raise StackError(f"{exc}\n{stack.tail()}") from None
 
 
+def _fetcher_bound() -> int:
+    """``max_active_tis_per_dagrun`` of the bootstrap's fetchers, as the DAG file sets it."""
+    text = (REPO / "dags" / f"{BOOTSTRAP}.py").read_text()
+    found = re.search(r"^FETCHERS = (\d+)", text, re.M)
+    assert found, "dags/litpulse_bootstrap.py no longer sets FETCHERS"
+    return int(found.group(1))
+
+
+def _most_at_once(tis: list[dict[str, Any]]) -> int:
+    """The most task instances running at one time (from their start and end dates)."""
+    spans = [_interval(ti) for ti in tis]
+    return max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
+
+
+def _counts(settings: Settings) -> dict[str, int]:
+    """Rows of the tables a bootstrap writes."""
+    with db.connect(settings).connect() as conn:
+        return {t.name: int(conn.execute(select(func.count()).select_from(t)).scalar_one())
+                for t in (articles, embeddings, index_versions, ingest_runs)}  # fmt: skip
+
+
+def _bootstrap_dag(
+    stack: AirflowStack, emulator: Emulator, settings: Settings, clean: dict[str, Any],
+    files: dict[str, str], clock: Clock,
+) -> set[int]:  # fmt: skip
+    """Step 0 of the LocalExecutor test: trigger ``litpulse_bootstrap`` twice.
+
+    ``files`` maps the served file names to their folder; ``clean`` is the snapshot and
+    ``source_files`` of a clean ``litpulse bootstrap`` on them. Returns the live PMIDs.
+    """
+    # each download takes 2 s: fetchers stay in flight long enough to overlap
+    for name, folder in files.items():
+        emulator.faults.add("slow", path=f"=/pubmed/{folder}/{name}", times=1, delay=2.0)
+    t = time.monotonic()
+    stack.unpause(BOOTSTRAP)
+    # one shard: one encoder load (the celery test maps 4 shards; dag.test() 2)
+    stack.cli("dags", "trigger", BOOTSTRAP, "--run-id", "bootstrap", "--conf", '{"shards": 1}')
+    run = stack.wait_run(BOOTSTRAP, "bootstrap", timeout=300)
+    tis = stack.tasks(BOOTSTRAP, "bootstrap")
+    assert run["state"] == "success", (_states(tis), stack.tail())
+    clock.lap("bootstrap: trigger -> success (4 files, 1 shard)", t)
+    fetchers = {ti["map_index"]: ti for ti in tis.values() if ti["task_id"] == "fetch_file"}
+    assert sorted(fetchers) == list(range(len(files))), sorted(fetchers)
+    assert all(ti["state"] == "success" for ti in fetchers.values()), _states(tis)
+    assert len({ti["pid"] for ti in fetchers.values()}) == len(files)  # a process each
+    at_once = _most_at_once(list(fetchers.values()))
+    print(f"[bootstrap] fetchers: at most {at_once} in flight (bound {_fetcher_bound()})",
+          flush=True)  # fmt: skip
+    assert 2 <= at_once <= _fetcher_bound()  # side by side, never more than the bound
+    shards = sorted(ti["map_index"] for ti in tis.values() if ti["task_id"] == "embed_shard")
+    assert shards == [0]  # the conf's shard count, not the default 8
+
+    # the store: exactly what the CLI gives on the same files; every record embedded
+    engine = db.connect(settings)
+    diff = differences(snapshot(engine), clean["snapshot"])
+    assert not diff, diff
+    assert source_file_rows(engine) == clean["files"]
+    live = _live(settings)
+    assert live == {p for p, a in clean["snapshot"]["articles"].items() if not a["is_deleted"]}
+    with engine.connect() as conn:
+        published = conn.execute(
+            select(index_versions).where(index_versions.c.status == "published")
+        ).all()
+        vectors = conn.execute(select(func.count()).select_from(embeddings)).scalar()
+    assert vectors == len(live)
+    assert len(published) == 1 and published[0].size == len(live)
+    events = stack.get("/assets/events", source_dag_id=BOOTSTRAP)["asset_events"]
+    assert [e["extra"]["size"] for e in events] == [len(live)], events
+
+    # a second trigger: nothing pending, nothing downloaded, embedded or published
+    before, gets = _counts(settings), _downloads(emulator)
+    t = time.monotonic()
+    stack.cli("dags", "trigger", BOOTSTRAP, "--run-id", "bootstrap_again",
+              "--conf", '{"shards": 1}')  # fmt: skip
+    again = stack.wait_run(BOOTSTRAP, "bootstrap_again", timeout=180)
+    tis = stack.tasks(BOOTSTRAP, "bootstrap_again")
+    assert again["state"] == "success", (_states(tis), stack.tail())
+    clock.lap("bootstrap: second trigger -> success (nothing pending)", t)
+    assert tis["fetch_file"]["state"] == "skipped"  # mapped over no file
+    assert not [k for k in tis if k.startswith("fetch_file[")]
+    assert _counts(settings) == before
+    assert _downloads(emulator) == gets
+    return live
+
+
+def _downloads(emulator: Emulator) -> int:
+    """Requests for a PubMed file (not its ``.md5``)."""
+    return sum(1 for r in emulator.requests("/pubmed/") if r.path.endswith(".xml.gz"))
+
+
+def _cli_bootstrap(emulator: Emulator, settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    """Start a clean ``litpulse bootstrap --no-embed`` into ``settings`` (another home)."""
+    env = {**child_env(settings), **emulator.env(settings)}
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "litpulse", "bootstrap", "--no-embed", "--workers", "1"],
+            env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def _clean_state(proc: subprocess.Popen[bytes], settings: Settings, log: Path) -> dict[str, Any]:
+    """The snapshot and ``source_files`` of the finished CLI run of :func:`_cli_bootstrap`."""
+    assert proc.wait(timeout=300) == 0, log.read_text(errors="replace")[-3000:]
+    engine = db.connect(settings)
+    return {"snapshot": snapshot(engine), "files": source_file_rows(engine)}
+
+
 def test_local_executor_chain_clear_backfill_catchup(
     stack_factory: Any, emulator: Emulator, tmp_path: Path
 ) -> None:
@@ -191,6 +306,11 @@ def test_local_executor_chain_clear_backfill_catchup(
     for day in backfill:
         corpus.add(day, 3)
     settings, env = _settings(emulator, tmp_path)
+    base, upd = publish_bootstrap_files(emulator, tmp_path / "files")
+    files = {p.name: "baseline" for p in base.files} | {p.name: "updatefiles" for p in upd.files}
+    # the reference: a clean `litpulse bootstrap` in another home, beside the stack's start
+    cli_settings, cli_log = settings.replace(home=tmp_path / "cli"), tmp_path / "cli.log"
+    cli = _cli_bootstrap(emulator, cli_settings, cli_log)
     stack = stack_factory(executor="LocalExecutor", extra_env=env)
     clock = Clock(tmp_path / "timings.json")
 
@@ -199,6 +319,15 @@ def test_local_executor_chain_clear_backfill_catchup(
     stack.cli("connections", "add", "litpulse_ncbi", "--conn-type", "generic",
               "--conn-login", "ops@example.org", "--conn-password", API_KEY)
     clock.lap("start (migrate, pool, api-server, dag-processor, scheduler)", t)
+
+    # -- 0. the bootstrap DAG on 3 baseline files and 1 update file, triggered twice
+    t = time.monotonic()
+    clean = _clean_state(cli, cli_settings, cli_log)
+    clock.lap("bootstrap: the CLI reference, waited for after the start", t)
+    boot = _bootstrap_dag(stack, emulator, settings, clean, files, clock)
+    clock.lap("bootstrap: added in all", t)
+    assert boot == set(base.live_pmids) | set(upd.live_pmids)
+    assert not boot & set().union(*corpus.by_day.values())  # apart from the daily PMIDs
 
     # -- 1. unpausing runs the latest interval; its asset triggers the index refresh
     t = time.monotonic()
@@ -213,7 +342,7 @@ def test_local_executor_chain_clear_backfill_catchup(
     assert refresh["state"] == "success", stack.tasks(REFRESH, refresh["dag_run_id"])
     assert refresh["run_type"] == "asset_triggered"
     clock.lap("trigger -> index refresh success", t)
-    assert _live(settings) == corpus.by_day[latest]
+    assert _live(settings) == boot | corpus.by_day[latest]
     # the NCBI key came from the Airflow connection, not from LITPULSE_*
     assert "LITPULSE_NCBI_API_KEY" not in env
     assert any(r.params.get("api_key") == API_KEY for r in emulator.requests("esearch"))
@@ -299,7 +428,7 @@ def test_local_executor_chain_clear_backfill_catchup(
     final = _wait_refresh_after(stack, last_ingest, timeout=300)
     assert final["state"] == "success"
     live = _live(settings)
-    expected = set().union(*corpus.by_day.values())
+    expected = boot | set().union(*corpus.by_day.values())
     assert live == expected
     status = _status(settings, env)
     assert status["articles"] == len(expected)
@@ -434,12 +563,11 @@ def test_celery_executor_chain_and_mapped_shards(
             rf"Executing workload in Celery: .*task_id='embed_shard'.*map_index={i}\b", worker_log
         ), f"shard {i} not in the worker log"
     # one worker, 4 slots: shards ran side by side, each in its own task process
-    spans = sorted(_interval(s) for s in shards.values())
-    overlap = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
+    overlap = _most_at_once(list(shards.values()))
     print(f"[celery] shard pids {[s['pid'] for s in shards.values()]}, hosts "
           f"{sorted({s['hostname'] for s in shards.values()})}, executor "
           f"{sorted({str(s['executor']) for s in shards.values()})}, at most {overlap} shards "
           "at once", flush=True)
     assert len({s["pid"] for s in shards.values()}) == 4
-    assert overlap >= 2, f"the shards ran one after the other: {spans}"
+    assert overlap >= 2, [_interval(s) for s in shards.values()]  # side by side
     clock.lap("celery: whole test", clock.t0)
