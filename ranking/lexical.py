@@ -30,9 +30,10 @@ minus signs are hyphens. A *word* is a run of letters and digits joined by hyphe
 ``BRCA1`` → ``brca``, ``1``). A document is indexed under every segment and every joined
 run of adjacent segments (``COVID-19`` → ``covid``, ``19``, ``covid19``; ``IL6`` and
 ``IL-6`` both → ``il``, ``6``, ``il6``); a query word is looked up joined (``IL-6`` and
-``IL6`` → ``il6``), so a query matches across the spellings. Then tantivy drops English
-stop words and applies the English Snowball stemmer (``effects`` → ``effect``). ``/`` separates words
-(``CRISPR/Cas9`` → ``crispr``, ``cas9``).
+``IL6`` → ``il6``) and, with a lower boost (:data:`SEGMENT_BOOST`), by its segments, so a
+query matches across the spellings (``alpha synuclein`` finds ``α-synuclein``). Then
+tantivy drops English stop words and applies the English Snowball stemmer (``effects`` →
+``effect``). ``/`` separates words (``CRISPR/Cas9`` → ``crispr``, ``cas9``).
 
 Public API (for search, the benchmark and retraining's hard negatives):
 
