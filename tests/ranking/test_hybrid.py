@@ -23,18 +23,39 @@ from tests.ranking.corpus import ARTICLES, HashIndex, hash_embed, load_corpus
 @pytest.fixture
 def lex(engine: Engine, tmp_path: Path) -> LexicalIndex:
     load_corpus(engine)
-    build_lexical(engine, tmp_path / "lexical", base=None, add=None,
-                  remove=np.zeros(0, dtype=np.int64))
+    build_lexical(
+        engine, tmp_path / "lexical", base=None, add=None, remove=np.zeros(0, dtype=np.int64)
+    )
     return LexicalIndex.open(tmp_path / "lexical")
 
 
-def go(settings: Settings, engine: Engine, lex: LexicalIndex | None, query: str, *,
-       k: int = 10, index: Any = None, mode: str = "hybrid", sort: str = "score",
-       options: ScoringOptions | None = None, embed: Any = hash_embed,
-       **filters: Any) -> SearchResult:
-    return run_search(settings, query, k=k, filters=SearchFilters(**filters), options=options,
-                      engine=engine, index=index or HashIndex.of(), embed=embed, lexical=lex,
-                      mode=mode, sort=sort)
+def go(
+    settings: Settings,
+    engine: Engine,
+    lex: LexicalIndex | None,
+    query: str,
+    *,
+    k: int = 10,
+    index: Any = None,
+    mode: str = "hybrid",
+    sort: str = "score",
+    options: ScoringOptions | None = None,
+    embed: Any = hash_embed,
+    **filters: Any,
+) -> SearchResult:
+    return run_search(
+        settings,
+        query,
+        k=k,
+        filters=SearchFilters(**filters),
+        options=options,
+        engine=engine,
+        index=index or HashIndex.of(),
+        embed=embed,
+        lexical=lex,
+        mode=mode,
+        sort=sort,
+    )
 
 
 def _sums(res: SearchResult) -> None:
@@ -65,8 +86,9 @@ def test_rrf_values_are_rank_based_and_zero_without_a_part() -> None:
     # the fused relevance: 2 is in both lists, near the top of each: it wins
     fused = {p: 0.5 * r.similarity + 0.5 * r.lexical for p, r in rel.items()}
     assert max(fused, key=lambda p: fused[p]) == 2
-    k10 = relevances(SIMS, BM25, [1, 2, 3, 4], SearchMode.HYBRID,
-                     dataclasses.replace(OPTS, rrf_k=10))
+    k10 = relevances(
+        SIMS, BM25, [1, 2, 3, 4], SearchMode.HYBRID, dataclasses.replace(OPTS, rrf_k=10)
+    )
     assert k10[3].similarity == pytest.approx(11 / 12)
     # ranks are among the candidates given (those passing the filters)
     only = relevances(SIMS, BM25, [3, 4], SearchMode.HYBRID, OPTS)
@@ -106,8 +128,9 @@ def test_bad_fusion_options_rejected() -> None:
 
 
 @pytest.mark.parametrize("fusion", ["rrf", "mix"])
-def test_hybrid_explains_both_parts_and_adds_up(settings: Settings, lex: LexicalIndex,
-                                                engine: Engine, fusion: str) -> None:
+def test_hybrid_explains_both_parts_and_adds_up(
+    settings: Settings, lex: LexicalIndex, engine: Engine, fusion: str
+) -> None:
     options = ScoringOptions.from_settings(settings, weights={"lexical": 0.4})
     options = dataclasses.replace(options, fusion=fusion)
     res = go(settings, engine, lex, "malaria vaccine for children", k=5, options=options)
@@ -125,8 +148,9 @@ def test_hybrid_explains_both_parts_and_adds_up(settings: Settings, lex: Lexical
     assert "malaria" in lexc["text"] and res.to_dict()["mode"] == "hybrid"
 
 
-def test_hybrid_finds_what_only_one_index_holds(settings: Settings, lex: LexicalIndex,
-                                                engine: Engine) -> None:
+def test_hybrid_finds_what_only_one_index_holds(
+    settings: Settings, lex: LexicalIndex, engine: Engine
+) -> None:
     no_402 = HashIndex.of([p for p in ARTICLES if p != 402])  # 402 has no vector
     res = go(settings, engine, lex, "metformin", index=no_402, k=20)
     hit = next(h for h in res.hits if h.pmid == 402)
@@ -138,7 +162,8 @@ def test_hybrid_finds_what_only_one_index_holds(settings: Settings, lex: Lexical
 
 
 def test_semantic_mode_ranks_as_before_and_still_shows_terms(
-        settings: Settings, lex: LexicalIndex, engine: Engine) -> None:
+    settings: Settings, lex: LexicalIndex, engine: Engine
+) -> None:
     plain = go(settings, engine, None, "type 2 diabetes", k=5)  # no lexical index at all
     assert plain.mode == SearchMode.SEMANTIC and plain.requested_mode == SearchMode.HYBRID
     assert "lexical" not in plain.hits[0].explanation["components"]
@@ -150,8 +175,7 @@ def test_semantic_mode_ranks_as_before_and_still_shows_terms(
     assert lexc["weight"] == 0.0 and lexc["terms"]  # shown, not counted
 
 
-def test_lexical_mode_needs_no_model(settings: Settings, lex: LexicalIndex,
-                                     engine: Engine) -> None:
+def test_lexical_mode_needs_no_model(settings: Settings, lex: LexicalIndex, engine: Engine) -> None:
     def no_model(text: str) -> np.ndarray:
         raise AssertionError("lexical mode must not embed the query")
 
@@ -165,17 +189,18 @@ def test_lexical_mode_needs_no_model(settings: Settings, lex: LexicalIndex,
         go(settings, engine, None, "malaria", mode="lexical")
 
 
-def test_filters_apply_to_lexical_candidates(settings: Settings, lex: LexicalIndex,
-                                             engine: Engine) -> None:
-    res = go(settings, engine, lex, "CRISPR gene editing", k=20, mode="lexical",
-             mesh=("Animals",))
+def test_filters_apply_to_lexical_candidates(
+    settings: Settings, lex: LexicalIndex, engine: Engine
+) -> None:
+    res = go(settings, engine, lex, "CRISPR gene editing", k=20, mode="lexical", mesh=("Animals",))
     assert {h.pmid for h in res.hits} == {102, 103}
     res = go(settings, engine, lex, "CRISPR gene editing", k=20, mode="lexical")
     assert 105 not in {h.pmid for h in res.hits} and 106 not in {h.pmid for h in res.hits}
 
 
-def test_sort_by_date_is_deterministic(settings: Settings, lex: LexicalIndex,
-                                       engine: Engine) -> None:
+def test_sort_by_date_is_deterministic(
+    settings: Settings, lex: LexicalIndex, engine: Engine
+) -> None:
     by_score = go(settings, engine, lex, "CRISPR gene editing", k=6)
     first = go(settings, engine, lex, "CRISPR gene editing", k=6, sort="date")
     again = go(settings, engine, lex, "CRISPR gene editing", k=6, sort="date")

@@ -25,18 +25,42 @@ from ranking.embed import vector_to_bytes
 from tests.ranking.test_index import _vec, delete_article
 
 DOCS: dict[int, tuple[str, str, list[str], list[str]]] = {
-    1: ("IL-6 signalling in sepsis", "Interleukin-6 rises early in septic shock.",
-        ["Interleukin-6", "Sepsis"], ["cytokine storm"]),
-    2: ("TNF-α blockade in rheumatoid arthritis", "Anti-TNFα antibodies reduce joint damage.",
-        ["Tumor Necrosis Factor-alpha", "Arthritis, Rheumatoid"], []),
-    3: ("COVID-19 vaccines and myocarditis", "Myocarditis after SARS-CoV-2 mRNA vaccination.",
-        ["COVID-19 Vaccines", "Myocarditis"], ["mRNA vaccine"]),
-    4: ("BRCA1 mutations in breast cancer", "Carriers of BRCA1 variants have a higher risk.",
-        ["Genes, BRCA1", "Breast Neoplasms"], ["hereditary cancer"]),
-    5: ("Sleep and memory consolidation", "Sleep loss impairs memory in students.",
-        ["Sleep", "Memory"], ["hippocampus"]),
-    6: ("β-amyloid and α-synuclein aggregates", "Protein aggregates in neurodegeneration.",
-        ["Amyloid beta-Peptides", "alpha-Synuclein"], []),
+    1: (
+        "IL-6 signalling in sepsis",
+        "Interleukin-6 rises early in septic shock.",
+        ["Interleukin-6", "Sepsis"],
+        ["cytokine storm"],
+    ),
+    2: (
+        "TNF-α blockade in rheumatoid arthritis",
+        "Anti-TNFα antibodies reduce joint damage.",
+        ["Tumor Necrosis Factor-alpha", "Arthritis, Rheumatoid"],
+        [],
+    ),
+    3: (
+        "COVID-19 vaccines and myocarditis",
+        "Myocarditis after SARS-CoV-2 mRNA vaccination.",
+        ["COVID-19 Vaccines", "Myocarditis"],
+        ["mRNA vaccine"],
+    ),
+    4: (
+        "BRCA1 mutations in breast cancer",
+        "Carriers of BRCA1 variants have a higher risk.",
+        ["Genes, BRCA1", "Breast Neoplasms"],
+        ["hereditary cancer"],
+    ),
+    5: (
+        "Sleep and memory consolidation",
+        "Sleep loss impairs memory in students.",
+        ["Sleep", "Memory"],
+        ["hippocampus"],
+    ),
+    6: (
+        "β-amyloid and α-synuclein aggregates",
+        "Protein aggregates in neurodegeneration.",
+        ["Amyloid beta-Peptides", "alpha-Synuclein"],
+        [],
+    ),
 }
 
 
@@ -44,21 +68,39 @@ def _hash(title: str, abstract: str) -> str:
     return f"{abs(hash((title, abstract))):x}"[:40]
 
 
-def put(engine: Engine, pmid: int, title: str, abstract: str, mesh: list[str],
-        keywords: list[str]) -> None:
+def put(
+    engine: Engine, pmid: int, title: str, abstract: str, mesh: list[str], keywords: list[str]
+) -> None:
     """One article with its (synthetic) vector, as ingest and embed would leave it."""
     now = db.utcnow()
     th = _hash(title, abstract)
     with engine.begin() as conn:
-        conn.execute(insert(articles).values(
-            pmid=pmid, version=1, source_kind="test", source_location="t", title=title,
-            abstract=abstract, text_hash=th, is_deleted=False,
-            best_date=dt.date(2024, 1, 1) + dt.timedelta(days=pmid % 300),
-            mesh=[{"descriptor": m, "major": False} for m in mesh],
-            record={"keywords": keywords}, ingested_at=now, updated_at=now))
-        conn.execute(insert(embeddings).values(
-            pmid=pmid, model_version="base", text_hash=th, vector=vector_to_bytes(_vec(pmid)),
-            created_at=now))
+        conn.execute(
+            insert(articles).values(
+                pmid=pmid,
+                version=1,
+                source_kind="test",
+                source_location="t",
+                title=title,
+                abstract=abstract,
+                text_hash=th,
+                is_deleted=False,
+                best_date=dt.date(2024, 1, 1) + dt.timedelta(days=pmid % 300),
+                mesh=[{"descriptor": m, "major": False} for m in mesh],
+                record={"keywords": keywords},
+                ingested_at=now,
+                updated_at=now,
+            )
+        )
+        conn.execute(
+            insert(embeddings).values(
+                pmid=pmid,
+                model_version="base",
+                text_hash=th,
+                vector=vector_to_bytes(_vec(pmid)),
+                created_at=now,
+            )
+        )
 
 
 def load(engine: Engine, pmids: list[int] | None = None) -> None:
@@ -66,8 +108,9 @@ def load(engine: Engine, pmids: list[int] | None = None) -> None:
         put(engine, pmid, *DOCS[pmid])
 
 
-def revise(engine: Engine, pmid: int, *, title: str | None = None,
-           mesh: list[str] | None = None) -> None:
+def revise(
+    engine: Engine, pmid: int, *, title: str | None = None, mesh: list[str] | None = None
+) -> None:
     """A revised record: a new title (re-embedded) or new MeSH headings (same text)."""
     now = db.utcnow()
     values: dict[str, object] = {"updated_at": now}
@@ -77,8 +120,11 @@ def revise(engine: Engine, pmid: int, *, title: str | None = None,
         if title is not None:
             th = _hash(title, DOCS[pmid][1])
             values.update(title=title, text_hash=th)
-            conn.execute(update(embeddings).where(embeddings.c.pmid == pmid).values(
-                text_hash=th, vector=vector_to_bytes(_vec(pmid, salt=1)), created_at=now))
+            conn.execute(
+                update(embeddings)
+                .where(embeddings.c.pmid == pmid)
+                .values(text_hash=th, vector=vector_to_bytes(_vec(pmid, salt=1)), created_at=now)
+            )
         conn.execute(update(articles).where(articles.c.pmid == pmid).values(**values))
 
 
@@ -91,44 +137,68 @@ def found(settings: Settings, query: str, k: int = 10) -> list[int]:
 # ------------------------------------------------------------------------- tokenisation
 
 
-@pytest.mark.parametrize(("text", "tokens"), [
-    ("BRCA1", ["brca", "1", "brca1"]),
-    ("IL-6", ["il", "6", "il6"]),
-    ("IL\u20106", ["il", "6", "il6"]),  # a Unicode hyphen, as PubMed often has
-    ("IL6", ["il", "6", "il6"]),
-    ("COVID-19", ["covid", "19", "covid19"]),
-    ("TNF-α", ["tnf", "alpha", "tnfalpha"]),
-    ("TNFα", ["tnf", "alpha", "tnfalpha"]),
-    ("β2-microglobulin", ["beta", "2", "microglobulin", "beta2", "2microglobulin",
-                          "beta2microglobulin"]),
-    ("CRISPR/Cas9", ["crispr", "cas", "9", "cas9"]),
-    ("Naïve T cells", ["naive", "t", "cells"]),
-    ("Alzheimer's", ["alzheimers"]),
-])
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [
+        ("BRCA1", ["brca", "1", "brca1"]),
+        ("IL-6", ["il", "6", "il6"]),
+        ("IL\u20106", ["il", "6", "il6"]),  # a Unicode hyphen, as PubMed often has
+        ("IL6", ["il", "6", "il6"]),
+        ("COVID-19", ["covid", "19", "covid19"]),
+        ("TNF-α", ["tnf", "alpha", "tnfalpha"]),
+        ("TNFα", ["tnf", "alpha", "tnfalpha"]),
+        (
+            "β2-microglobulin",
+            ["beta", "2", "microglobulin", "beta2", "2microglobulin", "beta2microglobulin"],
+        ),
+        ("CRISPR/Cas9", ["crispr", "cas", "9", "cas9"]),
+        ("Naïve T cells", ["naive", "t", "cells"]),
+        ("Alzheimer's", ["alzheimers"]),
+    ],
+)
 def test_document_tokens_of_biomedical_terms(text: str, tokens: list[str]) -> None:
     assert lexical.bio_tokens(text) == tokens
 
 
 def test_query_terms_join_compounds_stem_and_drop_stop_words() -> None:
-    assert lexical.query_terms("IL-6") == lexical.query_terms("IL6") == {
-        "il6": 1.0, "il": lexical.SEGMENT_BOOST, "6": lexical.SEGMENT_BOOST}
+    assert (
+        lexical.query_terms("IL-6")
+        == lexical.query_terms("IL6")
+        == {"il6": 1.0, "il": lexical.SEGMENT_BOOST, "6": lexical.SEGMENT_BOOST}
+    )
     assert lexical.query_terms("TNF-α")["tnfalpha"] == 1.0
     assert lexical.query_terms("TNFα") == lexical.query_terms("TNF-alpha")
     assert list(lexical.query_terms("the effects of sleep on the memories")) == [
-        "effect", "sleep", "memori"]
+        "effect",
+        "sleep",
+        "memori",
+    ]
     assert lexical.query_terms("the of and") == {}
 
 
-@pytest.mark.parametrize(("query", "pmid"), [
-    ("IL6", 1), ("il-6 sepsis", 1), ("interleukin 6", 1),
-    ("alpha synuclein", 6), ("TNF alpha", 2), ("TNFα blockade", 2), ("tnf-alpha", 2),
-    ("COVID19", 3), ("covid", 3), ("SARS-CoV-2", 3),
-    ("brca1", 4), ("BRCA-1 breast cancer", 4),
-    ("beta amyloid", 6), ("Aβ aggregates", 6),
-    ("cytokine storm", 1), ("hippocampus", 5), ("Rheumatoid", 2),  # keywords and MeSH
-])
-def test_queries_match_across_spellings(sqlite_settings: Settings, query: str,
-                                         pmid: int) -> None:
+@pytest.mark.parametrize(
+    ("query", "pmid"),
+    [
+        ("IL6", 1),
+        ("il-6 sepsis", 1),
+        ("interleukin 6", 1),
+        ("alpha synuclein", 6),
+        ("TNF alpha", 2),
+        ("TNFα blockade", 2),
+        ("tnf-alpha", 2),
+        ("COVID19", 3),
+        ("covid", 3),
+        ("SARS-CoV-2", 3),
+        ("brca1", 4),
+        ("BRCA-1 breast cancer", 4),
+        ("beta amyloid", 6),
+        ("Aβ aggregates", 6),
+        ("cytokine storm", 1),
+        ("hippocampus", 5),
+        ("Rheumatoid", 2),  # keywords and MeSH
+    ],
+)
+def test_queries_match_across_spellings(sqlite_settings: Settings, query: str, pmid: int) -> None:
     load(db.connect(sqlite_settings))
     refresh.refresh_index(sqlite_settings)
     assert found(sqlite_settings, query)[0] == pmid
@@ -156,8 +226,9 @@ def test_explanation_terms_add_up_to_the_bm25_score(sqlite_settings: Settings) -
     assert terms["6"].weight < terms["il6"].weight  # a segment weighs less
     assert terms["6"].fields["title"] > terms["6"].fields["abstract"]  # title x2
     assert set(terms["sepsi"].fields) == {"title", "mesh"}
-    assert lex.scores("IL-6 sepsis", [1, 5, 99]) == {1: pytest.approx(
-        lex.search("IL-6 sepsis", 1)[0][1])}
+    assert lex.scores("IL-6 sepsis", [1, 5, 99]) == {
+        1: pytest.approx(lex.search("IL-6 sepsis", 1)[0][1])
+    }
     assert lex.search("the of", 5) == [] and lex.explain("zebra", [1]) == {}
 
 
@@ -169,7 +240,8 @@ def _inodes(folder: Path) -> dict[str, int]:
 
 
 def test_refresh_carries_adds_revisions_and_deletions_to_the_lexical_index(
-        settings: Settings, engine: Engine) -> None:
+    settings: Settings, engine: Engine
+) -> None:
     load(engine, [1, 2, 3, 4])
     first = refresh.refresh_index(settings)
     assert first.lexical_rebuilt and first.lexical_size == 4 and first.lexical_added == 4
@@ -227,7 +299,8 @@ def test_rollback_restores_both_indexes(settings: Settings, engine: Engine) -> N
 
 
 def test_a_crash_between_the_two_writes_publishes_nothing(
-        settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import faiss
 
     load(engine, [1, 2])
@@ -252,8 +325,7 @@ def test_a_crash_between_the_two_writes_publishes_nothing(
     assert v2.published and found(settings, "sleep") == [5]
 
 
-def test_consistency_check_covers_the_lexical_index(settings: Settings,
-                                                    engine: Engine) -> None:
+def test_consistency_check_covers_the_lexical_index(settings: Settings, engine: Engine) -> None:
     load(engine, [1, 2, 3, 4])
     first = refresh.refresh_index(settings)
     report = ix_status.check_consistency(settings)
