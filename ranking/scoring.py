@@ -61,7 +61,7 @@ import datetime as dt
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from litpulse.core.errors import ConfigError
@@ -225,8 +225,12 @@ class ScoringOptions:
         return self.today or utcnow().date()
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready weights and half-life (and the reference day)."""
-        d = asdict(self)
+        """JSON-ready weights, half-life and fusion (and the reference day).
+
+        Every field is a number or text, so no deep copy (``asdict``) is needed: this runs
+        once per candidate of every query.
+        """
+        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         d["today"] = iso(self.reference_day())
         return d
 
