@@ -107,6 +107,14 @@ _FIELDS = ("pmid", "title", "abstract", "mesh", "keywords", "h")
 #: whole word (1.0): they widen recall (``alpha synuclein`` for ``α-synuclein``) without
 #: counting one word three times.
 SEGMENT_BOOST = 0.3
+#: Words of the form of a question rather than its topic ("What is the role of ...",
+#: "Which genes does ..."), dropped from queries beside tantivy's English stop words.
+QUERY_STOP_WORDS = frozenset(
+    "what which who whom whose when where why how does do did done can could should would "
+    "may might is are was were been being has have had its it they them this that these "
+    "those any all most more some i me my we our you your he she his her from about also "
+    "than so very list describe".split()
+)
 #: Segments of one word beyond which only the segments and the whole word are indexed.
 MAX_JOIN = 4
 #: Write heap of one refresh, in bytes (tantivy needs at least 15 MB per thread).
@@ -207,10 +215,11 @@ def _analyzer() -> Any:
 
 def query_terms(query: str) -> dict[str, float]:
     """The index terms a query looks up and their boosts, in query order (stemmed, no stop
-    words): a whole word 1.0, a segment of a compound word :data:`SEGMENT_BOOST`.
+    words, no :data:`QUERY_STOP_WORDS`): a whole word 1.0, a segment of a compound word
+    :data:`SEGMENT_BOOST`.
 
     Example:
-        >>> query_terms("Effects of IL-6 on the cells")
+        >>> query_terms("What are the effects of IL-6 on the cells?")
         {'effect': 1.0, 'il6': 1.0, 'il': 0.3, '6': 0.3, 'cell': 1.0}
     """
     analyzer = _analyzer()
@@ -220,6 +229,8 @@ def query_terms(query: str) -> dict[str, float]:
         if len(seg) > 1:
             parts += [(s, SEGMENT_BOOST) for s in seg]
         for token, boost in parts:
+            if token in QUERY_STOP_WORDS:
+                continue
             for term in analyzer.analyze(token):
                 out[term] = max(out.get(term, 0.0), boost)
     return out

@@ -74,7 +74,7 @@ def test_search_modes_and_sort_by_date(real: Settings,
     assert args.mode == "hybrid" and args.sort == "score"
     assert args.func(args, real) == 0
     out = capsys.readouterr().out
-    assert "mode hybrid" in out and "BM25" in out and "crispr" in out and "[rrf]" in out
+    assert "mode hybrid" in out and "BM25" in out and "crispr" in out and "[mix]" in out
 
     args = parse(["search", "CRISPR gene editing", "-k", "4", "--mode", "lexical",
                   "--sort", "date", "--json"])
