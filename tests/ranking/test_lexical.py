@@ -175,7 +175,12 @@ def test_query_terms_join_compounds_stem_and_drop_stop_words() -> None:
     ]
     assert lexical.query_terms("the of and") == {}
     assert list(lexical.query_terms("Which genes does BRCA1 regulate?")) == [
-        "gene", "brca1", "brca", "1", "regul"]
+        "gene",
+        "brca1",
+        "brca",
+        "1",
+        "regul",
+    ]
 
 
 @pytest.mark.parametrize(
