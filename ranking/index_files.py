@@ -1,7 +1,9 @@
 """Index version files and the loaded, published index.
 
-A version's files (``index.faiss``, ``ids.npy``, ``meta.json``) are written into a
-temporary folder, fsynced and renamed to ``<home>/indexes/<id>/`` (:func:`write_files`).
+A version's files — the vector index (``index.faiss``, ``ids.npy``), the lexical index
+(``lexical/``, ``lexical_ids.npy``, see :mod:`ranking.lexical`) and ``meta.json`` — are
+written into one temporary folder, fsynced and renamed to ``<home>/indexes/<id>/``
+(:func:`write_files`): one rename publishes both, and a crash before it publishes neither.
 Readers (:func:`open_published`) load the version the ``index_versions`` row names, once
 per process and version; a :class:`PublishedIndex` already loaded never changes, so
 searches running during a publish finish on the old version.
@@ -31,6 +33,7 @@ from litpulse.core import db
 from litpulse.core.errors import ConsistencyError
 from litpulse.core.settings import Settings
 from ranking import faiss_ops
+from ranking.lexical import LEXICAL_DIR, LexicalIndex, LexicalPlan, open_lexical_at
 from ranking.models import published_index_row
 
 __all__ = [
@@ -61,6 +64,7 @@ class PublishedIndex:
         path: Folder of its files.
         ids: The PMIDs it holds, sorted (int64).
         details: The version's ``meta.json``.
+        lexical: Its lexical index, or ``None`` (a version made before lexical indexes).
     """
 
     id: str
@@ -71,6 +75,7 @@ class PublishedIndex:
     ids: np.ndarray = field(repr=False)
     details: dict[str, Any] = field(default_factory=dict, repr=False)
     index: Any = field(default=None, repr=False)
+    lexical: LexicalIndex | None = field(default=None, repr=False)
     _gpu: Any = field(default=None, repr=False)
     _gpu_ids: Any = field(default=None, repr=False)
     _gpu_res: Any = field(default=None, repr=False)
@@ -136,8 +141,17 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_files(settings: Settings, version_id: str, index: Any, ids: np.ndarray,
-                meta: dict[str, Any]) -> Path:
-    """Write the files aside, fsync them, and rename the folder into place."""
+                meta: dict[str, Any], lexical: LexicalPlan | None = None) -> Path:
+    """Write the files aside, fsync them, and rename the folder into place.
+
+    Args:
+        settings: The settings (where the versions live).
+        version_id: The new version.
+        index: The FAISS index.
+        ids: Its PMIDs, sorted.
+        meta: ``meta.json``; the lexical index's entry is added as ``lexical``.
+        lexical: The lexical index to build into the same folder first.
+    """
     import faiss
 
     root = indexes_dir(settings)
@@ -145,6 +159,9 @@ def write_files(settings: Settings, version_id: str, index: Any, ids: np.ndarray
     tmp = root / f".tmp-{version_id}"
     final = root / version_id
     tmp.mkdir()
+    if lexical is not None:
+        meta = {**meta, "lexical": lexical.write(tmp)}
+        _fsync_dir(tmp / LEXICAL_DIR)
     faiss.write_index(index, str(tmp / "index.faiss"))
     np.save(tmp / "ids.npy", ids)
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
@@ -183,6 +200,14 @@ def _load(row: Any, settings: Settings) -> PublishedIndex:
     index, ids, meta = read_files(row.path)
     if hasattr(index, "nprobe"):
         index.nprobe = settings.ivf_nprobe
+    lexical = None
+    try:
+        lexical = open_lexical_at(row.path)
+    except (ConsistencyError, OSError, ValueError) as exc:
+        logger.warning("lexical index of %s cannot be opened (%s): semantic search only",
+                       row.id, exc)
+    if lexical is None:
+        logger.warning("index %s has no lexical index: run `litpulse index refresh`", row.id)
     gpu = gpu_ids = res = None
     if faiss_ops.gpu_available(settings) and index.ntotal:  # pragma: no cover - GPU hosts
         try:
@@ -192,8 +217,8 @@ def _load(row: Any, settings: Settings) -> PublishedIndex:
                            row.id, exc)
     return PublishedIndex(
         id=row.id, model_version=row.model_version, kind=row.kind, size=int(index.ntotal),
-        path=row.path, ids=ids, details=meta, index=index, _gpu=gpu, _gpu_ids=gpu_ids,
-        _gpu_res=res,
+        path=row.path, ids=ids, details=meta, index=index, lexical=lexical, _gpu=gpu,
+        _gpu_ids=gpu_ids, _gpu_res=res,
     )
 
 

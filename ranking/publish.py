@@ -1,6 +1,7 @@
 """Publishing index versions atomically, rolling back, and pruning old versions.
 
-Publication is atomic: the files are written aside and renamed into place
+An index version is the vector index and the lexical index together. Publication is
+atomic: both are written into one folder aside and renamed into place
 (:func:`ranking.index_files.write_files`); then one transaction flips the
 ``index_versions`` rows (new → ``published``, previous → ``retired``). The row is the
 switch: readers load the version the row names. The newest :data:`KEEP_VERSIONS` versions
@@ -20,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import shutil
 import time
@@ -40,6 +42,7 @@ from ranking import index_files
 from ranking.embed import ModelSpec
 from ranking.faiss_ops import index_kind
 from ranking.index_store import newest_date
+from ranking.lexical import LexicalPlan
 from ranking.models import published_index_row
 
 __all__ = [
@@ -91,6 +94,10 @@ class IndexReport:
         embedded: Articles embedded first.
         reason: Why it was rebuilt, or ``None``.
         published: Whether a new version was published (``False``: nothing changed).
+        lexical_size: Documents in the lexical index.
+        lexical_added: Documents (re)indexed in it (new and changed articles).
+        lexical_removed: Documents removed from it (deleted and changed articles).
+        lexical_rebuilt: Whether the lexical index was built from scratch.
     """
 
     id: str
@@ -105,6 +112,10 @@ class IndexReport:
     embedded: int = 0
     reason: str | None = None
     published: bool = True
+    lexical_size: int = 0
+    lexical_added: int = 0
+    lexical_removed: int = 0
+    lexical_rebuilt: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -153,8 +164,9 @@ def _new_id() -> str:
 
 def publish(ctx: PublishContext, index: Any, ids: np.ndarray, meta_extra: dict[str, Any], *,
             added: int, removed: int, rebuilt: bool, reason: str | None,
-            parent_id: str | None = None) -> IndexReport:
-    """Write ``index`` as a new version and flip the rows to publish it.
+            lexical: LexicalPlan, parent_id: str | None = None) -> IndexReport:
+    """Write ``index`` and the lexical index of ``lexical`` as a new version and flip the
+    rows to publish it.
 
     Raises:
         LeaseLostError: The lease was taken over; nothing was published and the written
@@ -183,7 +195,14 @@ def publish(ctx: PublishContext, index: Any, ids: np.ndarray, meta_extra: dict[s
         **meta_extra,
     }
     ctx.lease.check()
-    path = index_files.write_files(ctx.settings, version_id, index, ids, meta)
+    try:
+        path = index_files.write_files(ctx.settings, version_id, index, ids, meta, lexical)
+    except BaseException:
+        shutil.rmtree(index_files.indexes_dir(ctx.settings) / f".tmp-{version_id}",
+                      ignore_errors=True)  # never renamed: nothing was published
+        raise
+    lex = json.loads((path / "meta.json").read_text(encoding="utf-8"))["lexical"]
+    meta["lexical"] = lex
     try:
         with ctx.engine.begin() as conn:
             ctx.lease.verify(conn)  # still ours, and no takeover until this commits
@@ -202,11 +221,14 @@ def publish(ctx: PublishContext, index: Any, ids: np.ndarray, meta_extra: dict[s
         raise
     if ctx.lease.renew():  # pruning is the holder's job; a lost lease leaves it to the next
         _prune(ctx.settings, ctx.engine)
-    logger.info("published index %s (%s, %d vectors)", version_id, kind, index.ntotal)
+    logger.info("published index %s (%s, %d vectors; lexical %d documents, +%d -%d)",
+                version_id, kind, index.ntotal, lex["size"], lex["added"], lex["removed"])
     return IndexReport(
         id=version_id, model_version=ctx.spec.id, kind=kind, size=int(index.ntotal),
         added=added, removed=removed, rebuilt=rebuilt, path=str(path),
         seconds=time.perf_counter() - ctx.t0, embedded=ctx.embedded, reason=reason,
+        lexical_size=int(lex["size"]), lexical_added=int(lex["added"]),
+        lexical_removed=int(lex["removed"]), lexical_rebuilt=bool(lex["rebuilt"]),
     )
 
 

@@ -2,7 +2,12 @@
 
 :func:`refresh_index` embeds what is pending (unless the caller already did), then
 updates the newest index of the active model in place of a rebuild: new and re-embedded
-PMIDs are added (a changed PMID is removed first), deleted PMIDs are removed. It rebuilds
+PMIDs are added (a changed PMID is removed first), deleted PMIDs are removed. The lexical
+index of the same version is updated alike (:func:`ranking.lexical.plan_lexical`: new
+articles and articles whose indexed text, MeSH headings or keywords changed are
+re-indexed, deleted ones removed), starting from the same base version — or from the
+published one when the vectors are rebuilt for a new model — so its cost is proportional
+to the change too. It rebuilds
 when asked, when there is no index for the model version, when the corpus crosses the
 exact/IVF threshold, or when an IVF index has grown past :data:`DRIFT_FACTOR` times the
 size its lists were trained on. The new version is published by
@@ -28,6 +33,7 @@ from litpulse.core.settings import Settings
 from ranking import index_files, index_store
 from ranking.embed import ModelSpec, active_model, embed_pending, load_encoder
 from ranking.faiss_ops import build_index, choose_kind, gpu_available, same_vectors, update_index
+from ranking.lexical import LexicalPlan, has_lexical, plan_lexical
 from ranking.models import published_index_row
 from ranking.publish import IndexReport, PublishContext, acquire_publish_lease, publish
 
@@ -80,10 +86,14 @@ def refresh_index(settings: Settings, *, rebuild: bool = False, progress: bool =
             except (ConsistencyError, OSError, RuntimeError, ValueError) as exc:
                 logger.warning("cannot read index %s (%s): rebuilding", base.id, exc)
         meta = loaded[2] if loaded is not None else None
+        lex_base = next((r.path for r in (base, ctx.published)
+                         if r is not None and has_lexical(r.path)), None)
+        lexical = plan_lexical(engine, lex_base, live, rebuild=rebuild)
+        lease.check()
         reason = "asked" if rebuild else _rebuild_reason(ctx, base, meta, len(live))
         if reason is None and loaded is not None:
-            return _incremental(ctx, base, loaded, live)
-        return _full(ctx, live, reason)
+            return _incremental(ctx, base, loaded, live, lexical)
+        return _full(ctx, live, reason, lexical)
 
 
 def _rebuild_reason(ctx: PublishContext, base: Any, meta: dict[str, Any] | None,
@@ -104,7 +114,8 @@ def _rebuild_reason(ctx: PublishContext, base: Any, meta: dict[str, Any] | None,
     return None
 
 
-def _full(ctx: PublishContext, live: np.ndarray, reason: str | None) -> IndexReport:
+def _full(ctx: PublishContext, live: np.ndarray, reason: str | None,
+          lexical: LexicalPlan) -> IndexReport:
     """Build a new index of every live vector of the model and publish it."""
     settings = ctx.settings
     vectors, ids = index_store.fetch_vectors(ctx.engine, ctx.spec.id)
@@ -119,15 +130,16 @@ def _full(ctx: PublishContext, live: np.ndarray, reason: str | None) -> IndexRep
     meta_extra = {"trained_size": len(ids) if kind == "ivf" else 0,
                   "nlist": int(getattr(index, "nlist", 0))}
     return publish(ctx, index, np.sort(ids), meta_extra, added=len(ids), removed=0,
-                   rebuilt=True, reason=reason)
+                   rebuilt=True, reason=reason, lexical=lexical)
 
 
 def _incremental(ctx: PublishContext, base: Any,
                  loaded: tuple[Any, np.ndarray, dict[str, Any]],
-                 live: np.ndarray) -> IndexReport:
+                 live: np.ndarray, lexical: LexicalPlan) -> IndexReport:
     """Update the base version in place (add new and changed, remove gone) and publish.
 
-    Returns the base version unchanged (``published=False``) when nothing differs.
+    Returns the base version unchanged (``published=False``) when nothing differs, in the
+    vectors or in the lexical index.
     """
     index, base_ids, meta = loaded
     gone = np.setdiff1d(base_ids, live, assume_unique=True)
@@ -145,11 +157,12 @@ def _incremental(ctx: PublishContext, base: Any,
     changed = np.intersect1d(changed, add_ids)
     removed_ids = np.union1d(gone, changed)
     same_base = ctx.published is not None and ctx.published.id == base.id
-    if not len(add_ids) and not len(removed_ids) and same_base:
+    if not len(add_ids) and not len(removed_ids) and same_base and lexical.unchanged:
         return IndexReport(
             id=base.id, model_version=ctx.spec.id, kind=base.kind, size=int(index.ntotal),
             added=0, removed=0, rebuilt=False, path=base.path,
             seconds=time.perf_counter() - ctx.t0, embedded=ctx.embedded, published=False,
+            lexical_size=len(lexical.base_ids),
         )
     removed = update_index(index, add_vectors=vectors, add_ids=add_ids, remove_ids=removed_ids)
     ids = np.union1d(np.setdiff1d(base_ids, removed_ids, assume_unique=True), add_ids)
@@ -158,7 +171,7 @@ def _incremental(ctx: PublishContext, base: Any,
     logger.info("updated index %s: +%d new, %d changed, -%d deleted", base.id,
                 len(add_ids) - len(changed), len(changed), len(gone))
     return publish(ctx, index, ids, meta_extra, added=len(add_ids), removed=removed,
-                   rebuilt=False, reason=None, parent_id=base.id)
+                   rebuilt=False, reason=None, lexical=lexical, parent_id=base.id)
 
 
 def _dimension(spec: ModelSpec, settings: Settings) -> int:

@@ -1,0 +1,772 @@
+"""The lexical index beside FAISS: biomedical tokens, BM25 over title, abstract, MeSH, keywords.
+
+**Engine: tantivy** (PyPI ``tantivy``, the official bindings of the Rust library that
+Quickwit maintains). Chosen over the alternatives for what an index version needs here:
+
+* *versioned, atomic publish at a cost proportional to the change.* A tantivy index is a
+  folder of write-once segment files; deletions go to new ``<segment>.<opstamp>.del``
+  files and ``meta.json`` is replaced by rename. So a new version starts as **hard links**
+  of the previous version's files (:func:`link_copy`: no bytes copied), then takes the
+  night's deletions and additions and commits: only the new segments (and the occasional
+  merge) are written, and the previous version's folder stays byte-for-byte as it was, for
+  readers still on it and for rollback. The folder lives inside the version folder that
+  is renamed into place with the FAISS files, so one rename publishes both.
+* *the store is SQLite or PostgreSQL, interchangeably.* SQLite FTS5 and PostgreSQL full
+  text would tie the lexical index to one database (two code paths, two rankings, neither
+  versioned with the vector index: a rollback could not restore it); tantivy is the same
+  files and the same BM25 whatever the store.
+* *scale.* Segments on disk, memory-mapped, with a write heap of a few hundred MB: all of
+  PubMed (~38M abstracts) fits one machine. ``bm25s`` keeps the whole matrix in memory
+  and can only be rebuilt, not updated.
+* *BM25 with field boosts and an explanation of every score* (``Query.explain``): the
+  matched terms and their weights come from the engine itself. Its BM25 constants are
+  fixed (k1 = 1.2, b = 0.75).
+
+**Tokenisation** (:func:`bio_tokens`, the same for documents and queries). Text is
+NFKC-normalised, lower-cased and folded to unaccented letters; Greek letters become their
+names (``α`` → ``alpha``, ``TNF-α`` and ``TNFα`` both read ``tnf-alpha``); en dashes and
+minus signs are hyphens. A *word* is a run of letters and digits joined by hyphens; its
+*segments* split it at hyphens and at letter/digit boundaries (``IL-6`` → ``il``, ``6``;
+``BRCA1`` → ``brca``, ``1``). A document is indexed under every segment and every joined
+run of adjacent segments (``COVID-19`` → ``covid``, ``19``, ``covid19``; ``IL6`` and
+``IL-6`` both → ``il``, ``6``, ``il6``); a query word is looked up joined (``IL-6`` and
+``IL6`` → ``il6``) and, with a lower boost (:data:`SEGMENT_BOOST`), by its segments, so a
+query matches across the spellings (``alpha synuclein`` finds ``α-synuclein``). Then
+tantivy drops English stop words and applies the English Snowball stemmer (``effects`` →
+``effect``). ``/`` separates words (``CRISPR/Cas9`` → ``crispr``, ``cas9``).
+
+Public API (for search, the benchmark and retraining's hard negatives):
+
+Example:
+    >>> lex = open_lexical(settings)  # doctest: +SKIP
+    >>> lex.search("IL-6 signalling in sepsis", 10)  # doctest: +SKIP
+    [(31415926, 17.2), ...]
+    >>> lex.explain("IL-6 sepsis", [31415926])[31415926].terms  # doctest: +SKIP
+    (LexicalTerm(term='il6', weight=9.1, fields={'title': 6.0, 'abstract': 3.1}), ...)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, func, select
+
+from litpulse.core import db
+from litpulse.core.errors import ConsistencyError
+from litpulse.core.schema import articles
+from litpulse.core.settings import Settings
+from ranking.models import published_index_row
+
+__all__ = [
+    "FIELD_BOOSTS",
+    "FORMAT",
+    "LEXICAL_DIR",
+    "IDS_FILE",
+    "LexicalIndex",
+    "LexicalMatch",
+    "LexicalPlan",
+    "LexicalTerm",
+    "bio_tokens",
+    "build_lexical",
+    "changed_docs",
+    "doc_hash",
+    "has_lexical",
+    "link_copy",
+    "open_lexical",
+    "open_lexical_at",
+    "plan_lexical",
+    "query_terms",
+    "read_ids",
+    "text_changed_ids",
+    "text_watermark",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Folder of the tantivy index inside an index version's folder.
+LEXICAL_DIR = "lexical"
+#: Version of the schema and tokenisation: a base of another format is rebuilt, not updated.
+FORMAT = 1
+#: BM25 multiplier of each text field (a term's weight is the sum over the fields).
+FIELD_BOOSTS: dict[str, float] = {"title": 2.0, "abstract": 1.0, "mesh": 1.0, "keywords": 1.0}
+#: Schema field order (tantivy numbers fields in this order; explanations name them so).
+_FIELDS = ("pmid", "title", "abstract", "mesh", "keywords", "h")
+#: Boost of the segments of a compound query word (``IL-6`` → ``il``, ``6``) beside the
+#: whole word (1.0): they widen recall (``alpha synuclein`` for ``α-synuclein``) without
+#: counting one word three times.
+SEGMENT_BOOST = 0.3
+#: Words of the form of a question rather than its topic ("What is the role of ...",
+#: "Which genes does ..."), dropped from queries beside tantivy's English stop words.
+QUERY_STOP_WORDS = frozenset(
+    "what which who whom whose when where why how does do did done can could should would "
+    "may might is are was were been being has have had its it they them this that these "
+    "those any all most more some i me my we our you your he she his her from about also "
+    "than so very list describe".split()
+)
+#: Segments of one word beyond which only the segments and the whole word are indexed.
+MAX_JOIN = 4
+#: Write heap of one refresh, in bytes (tantivy needs at least 15 MB per thread).
+WRITER_HEAP = 256_000_000
+#: Updates below this many documents are written by one thread with a quarter of the heap.
+SMALL_UPDATE = 50_000
+#: PMIDs per query when documents are looked up by PMID.
+PMID_CHUNK = 1000
+_TOKENIZER = "litpulse_bio"
+
+_GREEK = dict(
+    zip(
+        "αβγδεζηθικλμνξοπρσςτυφϕχψω",
+        (
+            "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi "
+            "rho sigma sigma tau upsilon phi phi chi psi omega"
+        ).split(),
+        strict=True,
+    )
+)
+_DASHES = str.maketrans(
+    {**{c: "-" for c in "\u2010\u2011\u2012\u2013\u2212\ufe63\uff0d"}, "'": None, "\u2019": None}
+)
+_WORD = re.compile(r"[^\W_]+(?:-+[^\W_]+)*")
+_SEGMENT = re.compile(r"[^\W\d_]+|\d+")
+
+
+# --------------------------------------------------------------------------- tokenisation
+
+
+def _normalise(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).lower().translate(_DASHES)
+    text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return "".join(f"-{_GREEK[c]}-" if c in _GREEK else c for c in text)
+
+
+def _words(text: str) -> Iterator[list[str]]:
+    """The segments of each word of ``text``."""
+    for match in _WORD.finditer(_normalise(text)):
+        segments = [s for part in match.group().split("-") for s in _SEGMENT.findall(part)]
+        if segments:
+            yield segments
+
+
+def bio_tokens(text: str, *, query: bool = False) -> list[str]:
+    """Tokens of ``text`` before stop words and stemming (see the module docstring).
+
+    Args:
+        text: Any text.
+        query: Query mode: each word joined, then its segments when it has several
+            (they weigh :data:`SEGMENT_BOOST` in a query); else the document mode, every
+            segment and every joined run of adjacent segments.
+
+    Example:
+        >>> bio_tokens("IL-6 and TNF-α")
+        ['il', '6', 'il6', 'and', 'tnf', 'alpha', 'tnfalpha']
+        >>> bio_tokens("IL6 and TNFα", query=True)
+        ['il6', 'il', '6', 'and', 'tnfalpha', 'tnf', 'alpha']
+    """
+    out: list[str] = []
+    for seg in _words(text):
+        if len(seg) == 1:
+            out.append(seg[0])
+        elif query:
+            out.extend(["".join(seg), *seg])
+        elif len(seg) > MAX_JOIN:
+            out.extend([*seg, "".join(seg)])
+        else:
+            out.extend(
+                "".join(seg[i:j])
+                for n in range(1, len(seg) + 1)
+                for i in range(len(seg) - n + 1)
+                for j in (i + n,)
+            )
+    return out
+
+
+_ANALYZER: Any = None
+_ANALYZER_LOCK = threading.Lock()
+
+
+def _analyzer() -> Any:
+    """tantivy's analyzer of the pre-tokenised text: stop words, then the stemmer."""
+    global _ANALYZER
+    with _ANALYZER_LOCK:
+        if _ANALYZER is None:
+            import tantivy
+
+            _ANALYZER = (
+                tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.whitespace())
+                .filter(tantivy.Filter.remove_long(40))
+                .filter(tantivy.Filter.stopword("english"))
+                .filter(tantivy.Filter.stemmer("english"))
+                .build()
+            )
+        return _ANALYZER
+
+
+def query_terms(query: str) -> dict[str, float]:
+    """The index terms a query looks up and their boosts, in query order (stemmed, no stop
+    words, no :data:`QUERY_STOP_WORDS`): a whole word 1.0, a segment of a compound word
+    :data:`SEGMENT_BOOST`.
+
+    Example:
+        >>> query_terms("What are the effects of IL-6 on the cells?")
+        {'effect': 1.0, 'il6': 1.0, 'il': 0.3, '6': 0.3, 'cell': 1.0}
+    """
+    analyzer = _analyzer()
+    out: dict[str, float] = {}
+    for seg in _words(query):
+        parts = [("".join(seg), 1.0)]
+        if len(seg) > 1:
+            parts += [(s, SEGMENT_BOOST) for s in seg]
+        for token, boost in parts:
+            if token in QUERY_STOP_WORDS:
+                continue
+            for term in analyzer.analyze(token):
+                out[term] = max(out.get(term, 0.0), boost)
+    return out
+
+
+def _field_text(values: Iterable[str]) -> str:
+    return " ".join(t for v in values for t in bio_tokens(v))
+
+
+# ---------------------------------------------------------------------------- documents
+
+
+@dataclass(frozen=True)
+class _Doc:
+    pmid: int
+    title: str
+    abstract: str
+    mesh: tuple[str, ...]
+    keywords: tuple[str, ...]
+
+    @property
+    def hash(self) -> str:
+        return doc_hash(self.title, self.abstract, self.mesh, self.keywords)
+
+
+def doc_hash(title: str, abstract: str, mesh: Sequence[str], keywords: Sequence[str]) -> str:
+    """SHA-1 of what the lexical index holds of an article (and of :data:`FORMAT`)."""
+    blob = json.dumps([FORMAT, title, abstract, list(mesh), list(keywords)], ensure_ascii=False)
+    return hashlib.sha1(blob.encode()).hexdigest()
+
+
+def _strings(value: Any, key: str | None = None) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    out = []
+    for item in value:
+        text = item.get(key) if key and isinstance(item, dict) else item
+        if isinstance(text, str) and text.strip():
+            out.append(text)
+    return tuple(out)
+
+
+_DOC_COLUMNS = (
+    articles.c.pmid,
+    articles.c.title,
+    articles.c.abstract,
+    articles.c.mesh,
+    articles.c.record["keywords"].label("keywords"),
+)
+
+
+def _docs(engine: Engine, pmids: np.ndarray | None) -> Iterator[_Doc]:
+    """The live articles' lexical fields: all of them (by PMID), or those of ``pmids``."""
+    base = select(*_DOC_COLUMNS).where(articles.c.is_deleted.is_(False))
+    with engine.connect() as conn:
+        if pmids is None:
+            rows: Iterable[Any] = conn.execution_options(yield_per=db.IN_CHUNK).execute(
+                base.order_by(articles.c.pmid)
+            )
+            yield from (_doc(r) for r in rows)
+            return
+        wanted = [int(p) for p in pmids]
+        for start in range(0, len(wanted), db.IN_CHUNK):
+            chunk = wanted[start : start + db.IN_CHUNK]
+            yield from (_doc(r) for r in conn.execute(base.where(articles.c.pmid.in_(chunk))))
+
+
+def _doc(row: Any) -> _Doc:
+    keywords = row.keywords
+    if isinstance(keywords, str):  # SQLite hands back JSON text for a JSON path
+        try:
+            keywords = json.loads(keywords)
+        except ValueError:
+            keywords = []
+    return _Doc(
+        int(row.pmid),
+        row.title or "",
+        row.abstract or "",
+        _strings(row.mesh, "descriptor"),
+        _strings(keywords),
+    )
+
+
+def _schema() -> Any:
+    import tantivy
+
+    sb = tantivy.SchemaBuilder()
+    sb.add_integer_field("pmid", stored=True, indexed=True, fast=True)
+    for name in ("title", "abstract", "mesh", "keywords"):
+        sb.add_text_field(name, tokenizer_name=_TOKENIZER, index_option="freq")
+    sb.add_text_field("h", stored=True, tokenizer_name="raw", index_option="basic")
+    return sb.build()
+
+
+def _document(doc: _Doc) -> Any:
+    import tantivy
+
+    return tantivy.Document(
+        pmid=doc.pmid,
+        title=[_field_text([doc.title])],
+        abstract=[_field_text([doc.abstract])],
+        mesh=[_field_text(doc.mesh)],
+        keywords=[_field_text(doc.keywords)],
+        h=[doc.hash],
+    )
+
+
+# ------------------------------------------------------------------------ the index
+
+
+@dataclass(frozen=True)
+class LexicalTerm:
+    """One query term matched in a document: its BM25 weight, in total and per field."""
+
+    term: str
+    weight: float
+    fields: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"term": self.term, "weight": self.weight, "fields": dict(self.fields)}
+
+
+@dataclass(frozen=True)
+class LexicalMatch:
+    """A document's BM25 score and the terms it is made of (weights sum to ``score``)."""
+
+    pmid: int
+    score: float
+    terms: tuple[LexicalTerm, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class LexicalIndex:
+    """One opened, read-only lexical index (of one index version); safe across threads.
+
+    Attributes:
+        path: Its folder.
+        size: Documents in it.
+    """
+
+    path: str
+    size: int
+    _index: Any = field(repr=False)
+
+    @classmethod
+    def open(cls, path: str | Path) -> LexicalIndex:
+        """Open the tantivy index in ``path``.
+
+        Raises:
+            ConsistencyError: There is no index there.
+        """
+        import tantivy
+
+        folder = Path(path)
+        if not (folder / "meta.json").exists():
+            raise ConsistencyError(f"lexical index files are missing in {folder}")
+        index = tantivy.Index.open(str(folder))
+        index.register_tokenizer(_TOKENIZER, _analyzer())
+        index.config_reader(reload_policy="manual")
+        return cls(path=str(folder), size=int(index.searcher().num_docs), _index=index)
+
+    def _query(self, terms: dict[str, float], pmids: Sequence[int] | None = None) -> Any:
+        import tantivy
+
+        schema = self._index.schema
+        should = [
+            (
+                tantivy.Occur.Should,
+                tantivy.Query.boost_query(
+                    tantivy.Query.term_query(schema, name, term, index_option="freq"),
+                    boost * weight,
+                ),
+            )
+            for term, weight in terms.items()
+            for name, boost in FIELD_BOOSTS.items()
+        ]
+        text = tantivy.Query.boolean_query(should)
+        if pmids is None:
+            return text
+        only = tantivy.Query.const_score_query(
+            tantivy.Query.term_set_query(schema, "pmid", [int(p) for p in pmids]), 0.0
+        )
+        return tantivy.Query.boolean_query([(tantivy.Occur.Must, only), (tantivy.Occur.Must, text)])
+
+    def _run(self, query: Any, limit: int) -> tuple[Any, list[tuple[float, int, Any]]]:
+        searcher = self._index.searcher()
+        hits = searcher.search(query, limit, count=False).hits
+        if not hits:
+            return searcher, []
+        pmids = searcher.fast_field_values("pmid", [addr for _, addr in hits])
+        out = [
+            (float(score), int(p), addr)
+            for (score, addr), p in zip(hits, pmids, strict=True)
+            if p is not None
+        ]
+        out.sort(key=lambda t: (-t[0], t[1]))
+        return searcher, out
+
+    def search(self, query: str, k: int) -> list[tuple[int, float]]:
+        """The ``k`` best ``(pmid, bm25)`` for a free-text query, best first (ties by PMID)."""
+        terms = query_terms(query)
+        if not terms or k <= 0 or not self.size:
+            return []
+        _, hits = self._run(self._query(terms), k)
+        return [(pmid, score) for score, pmid, _ in hits]
+
+    def scores(self, query: str, pmids: Sequence[int]) -> dict[int, float]:
+        """BM25 of the given PMIDs for ``query`` (absent: no query term occurs in it)."""
+        terms = query_terms(query)
+        out: dict[int, float] = {}
+        if not terms or not self.size:
+            return out
+        wanted = sorted({int(p) for p in pmids})
+        for start in range(0, len(wanted), PMID_CHUNK):
+            chunk = wanted[start : start + PMID_CHUNK]
+            _, hits = self._run(self._query(terms, chunk), len(chunk))
+            out.update((pmid, score) for score, pmid, _ in hits)
+        return out
+
+    def explain(self, query: str, pmids: Sequence[int]) -> dict[int, LexicalMatch]:
+        """The matched terms of each given PMID and their BM25 weights (tantivy's own)."""
+        terms = query_terms(query)
+        out: dict[int, LexicalMatch] = {}
+        if not terms or not pmids or not self.size:
+            return out
+        wanted = sorted({int(p) for p in pmids})[:PMID_CHUNK]
+        q = self._query(terms, wanted)
+        searcher, hits = self._run(q, len(wanted))
+        for score, pmid, addr in hits:
+            tree = json.loads(q.explain(searcher, addr).to_json())
+            out[pmid] = LexicalMatch(pmid, score, _terms_of(tree, list(terms)))
+        return out
+
+    def hashes(self, pmids: Sequence[int]) -> dict[int, str]:
+        """The content hash (:func:`doc_hash`) indexed for each given PMID it holds."""
+        import tantivy
+
+        out: dict[int, str] = {}
+        wanted = sorted({int(p) for p in pmids})
+        searcher = self._index.searcher()
+        for start in range(0, len(wanted), PMID_CHUNK):
+            chunk = wanted[start : start + PMID_CHUNK]
+            q = tantivy.Query.term_set_query(self._index.schema, "pmid", chunk)
+            for _, addr in searcher.search(q, len(chunk), count=False).hits:
+                doc = searcher.doc(addr)
+                out[int(doc.get_first("pmid"))] = str(doc.get_first("h") or "")
+        return out
+
+
+_TERM = re.compile(r'Term\(field=(\d+), type=Str, "(.*)"\)')
+_BOOST = re.compile(r"Boost x([0-9.eE+-]+) of")
+
+
+def _terms_of(tree: dict[str, Any], order: Sequence[str]) -> tuple[LexicalTerm, ...]:
+    """The per-term, per-field weights in a tantivy explanation tree (boosts applied)."""
+    weights: dict[str, dict[str, float]] = {}
+
+    def walk(node: dict[str, Any], factor: float) -> None:
+        desc = str(node.get("description", ""))
+        boost = _BOOST.match(desc)
+        if boost:
+            factor *= float(boost.group(1))
+        if desc.startswith("TermQuery"):
+            for ctx in node.get("context", []):
+                m = _TERM.search(str(ctx))
+                if m:
+                    name = _FIELDS[int(m.group(1))]
+                    per = weights.setdefault(m.group(2), {})
+                    per[name] = per.get(name, 0.0) + float(node["value"]) * factor
+            return
+        for child in node.get("details", []) or []:
+            walk(child, factor)
+
+    walk(tree, 1.0)
+    rank = {t: i for i, t in enumerate(order)}
+    return tuple(
+        LexicalTerm(term, sum(per.values()), per)
+        for term, per in sorted(weights.items(), key=lambda kv: rank.get(kv[0], len(rank)))
+    )
+
+
+# ------------------------------------------------------------------- build and update
+
+
+def link_copy(src: Path, dst: Path) -> None:
+    """Fill the new folder ``dst`` with hard links of ``src``'s files (copies where links fail).
+
+    Lock files are left out: tantivy makes its own.
+    """
+    import shutil
+
+    dst.mkdir(parents=True)
+    for entry in src.iterdir():
+        if not entry.is_file() or entry.name.endswith(".lock"):
+            continue
+        try:
+            os.link(entry, dst / entry.name)
+        except OSError:
+            shutil.copy2(entry, dst / entry.name)
+
+
+def build_lexical(
+    engine: Engine, folder: Path, *, base: Path | None, add: np.ndarray | None, remove: np.ndarray
+) -> tuple[np.ndarray, int]:
+    """Write a lexical index into the new folder ``folder``.
+
+    Args:
+        engine: The store.
+        folder: Where (must not exist).
+        base: A lexical index to start from (hard-linked, then updated), or ``None``.
+        add: PMIDs to (re)index; ``None`` with no base: every live article.
+        remove: PMIDs to delete from the base first (deleted and changed articles).
+
+    Returns:
+        ``(pmids indexed now, documents added)``; the caller keeps the id list.
+    """
+    import tantivy
+
+    if base is not None:
+        link_copy(base, folder)
+        index = tantivy.Index.open(str(folder))
+    else:
+        folder.mkdir(parents=True)
+        index = tantivy.Index(_schema(), path=str(folder))
+    index.register_tokenizer(_TOKENIZER, _analyzer())
+    small = add is not None and len(add) < SMALL_UPDATE
+    threads = 1 if small else max(1, min(4, os.cpu_count() or 1))
+    writer = index.writer(heap_size=WRITER_HEAP // 4 if small else WRITER_HEAP, num_threads=threads)
+    for pmid in remove.tolist():
+        writer.delete_documents_by_term("pmid", int(pmid))
+    added: list[int] = []
+    for doc in _docs(engine, add):
+        writer.add_document(_document(doc))
+        added.append(doc.pmid)
+    writer.commit()
+    writer.wait_merging_threads()
+    return np.asarray(sorted(added), dtype=np.int64), len(added)
+
+
+# ------------------------------------------------------------------------ the published
+
+
+_CACHE: dict[str, LexicalIndex] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def open_lexical_at(version_path: str | Path) -> LexicalIndex | None:
+    """The lexical index of a version folder (opened once per folder), or ``None`` when the
+    version has none (made before lexical indexes existed).
+
+    Raises:
+        ConsistencyError: Its folder exists but holds no readable index.
+    """
+    folder = Path(version_path) / LEXICAL_DIR
+    key = str(folder)
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None:
+            return cached
+        if not folder.exists():
+            return None
+        try:
+            opened = LexicalIndex.open(folder)
+        except ValueError as exc:  # tantivy's error for a damaged index
+            raise ConsistencyError(f"lexical index in {folder} cannot be opened: {exc}") from exc
+        if len(_CACHE) > 8:  # versions are pruned; keep the cache small
+            _CACHE.clear()
+        _CACHE[key] = opened
+        return opened
+
+
+def open_lexical(settings: Settings, engine: Engine | None = None) -> LexicalIndex | None:
+    """The lexical index of the published index version, or ``None`` (none published, or the
+    published version has no lexical part)."""
+    row = published_index_row(engine or db.connect(settings))
+    return None if row is None else open_lexical_at(row.path)
+
+
+# ------------------------------------------------------------------- plan of a refresh
+
+
+#: Articles whose text changed this many seconds before a lexical index's watermark are
+#: compared again (by content hash), covering transactions that committed late.
+WATERMARK_SLACK_S = 300.0
+#: The file beside :data:`LEXICAL_DIR` listing the PMIDs the lexical index holds (sorted).
+IDS_FILE = "lexical_ids.npy"
+
+
+def text_watermark(engine: Engine) -> dt.datetime | None:
+    """When the newest article row was written (``articles.updated_at``)."""
+    with engine.connect() as conn:
+        value: dt.datetime | None = conn.execute(select(func.max(articles.c.updated_at))).scalar()
+        return value
+
+
+def text_changed_ids(engine: Engine, since: str | None) -> np.ndarray:
+    """PMIDs whose row was written after ``since`` (ISO text) less the slack; all when
+    ``since`` is ``None``."""
+    stmt = select(articles.c.pmid)
+    if since:
+        start = dt.datetime.fromisoformat(since) - dt.timedelta(seconds=WATERMARK_SLACK_S)
+        stmt = stmt.where(articles.c.updated_at > start)
+    with engine.connect() as conn:
+        return np.unique(
+            np.fromiter((int(p) for p in conn.execute(stmt).scalars()), dtype=np.int64)
+        )
+
+
+def changed_docs(engine: Engine, lex: LexicalIndex, pmids: np.ndarray) -> np.ndarray:
+    """Which of ``pmids`` (live and indexed) the index holds with other content than the
+    store's (by :func:`doc_hash`), sorted."""
+    if not len(pmids):
+        return np.zeros(0, dtype=np.int64)
+    indexed = lex.hashes(pmids.tolist())
+    changed = [d.pmid for d in _docs(engine, pmids) if indexed.get(d.pmid) != d.hash]
+    return np.asarray(sorted(changed), dtype=np.int64)
+
+
+def has_lexical(version_path: str | Path) -> bool:
+    """Whether a version folder holds a lexical index and its PMID list."""
+    folder = Path(version_path)
+    return (folder / LEXICAL_DIR / "meta.json").exists() and (folder / IDS_FILE).exists()
+
+
+def read_ids(version_path: str | Path) -> np.ndarray:
+    """The PMIDs a version's lexical index holds, sorted (int64)."""
+    return np.asarray(np.load(Path(version_path) / IDS_FILE), dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class LexicalPlan:
+    """What one refresh does to the lexical index: start from ``base`` (or from nothing),
+    remove ``remove``, (re)index ``add``.
+
+    Attributes:
+        engine: The store.
+        base: The version folder whose lexical index is the starting point, or ``None``.
+        base_ids: The PMIDs of that index.
+        add: PMIDs to (re)index; ``None`` (with no base): every live article.
+        remove: PMIDs to delete first (deleted and changed articles).
+        upto: ``articles.updated_at`` watermark read before any row.
+        reason: Why it is built from scratch, or ``None``.
+    """
+
+    engine: Engine
+    base: Path | None
+    base_ids: np.ndarray
+    add: np.ndarray | None
+    remove: np.ndarray
+    upto: dt.datetime | None
+    reason: str | None = None
+
+    @property
+    def unchanged(self) -> bool:
+        """Nothing to add or remove: the base's lexical index is current."""
+        return (
+            self.base is not None
+            and self.add is not None
+            and not len(self.add)
+            and not len(self.remove)
+        )
+
+    def write(self, version_folder: Path) -> dict[str, Any]:
+        """Build the lexical index (and its PMID list) into a version folder being written.
+
+        Returns:
+            The ``lexical`` entry of the version's ``meta.json``.
+        """
+        import tantivy
+
+        base = None if self.base is None else self.base / LEXICAL_DIR
+        added_ids, added = build_lexical(
+            self.engine, version_folder / LEXICAL_DIR, base=base, add=self.add, remove=self.remove
+        )
+        kept = np.setdiff1d(self.base_ids, self.remove, assume_unique=True)
+        ids = np.union1d(kept, added_ids)
+        np.save(version_folder / IDS_FILE, ids)
+        with open(version_folder / IDS_FILE, "rb") as fh:
+            os.fsync(fh.fileno())
+        return {
+            "format": FORMAT,
+            "size": int(len(ids)),
+            "added": int(added),
+            "removed": int(len(self.base_ids) - len(kept)),
+            "rebuilt": self.base is None,
+            "reason": self.reason,
+            "updated_upto": None if self.upto is None else self.upto.isoformat(),
+            "engine": f"tantivy {tantivy.__version__}"
+            if hasattr(tantivy, "__version__")
+            else "tantivy",
+        }
+
+
+def plan_lexical(
+    engine: Engine, base_path: str | None, live: np.ndarray, *, rebuild: bool = False
+) -> LexicalPlan:
+    """The lexical side of a refresh, from a base version folder and the live PMIDs.
+
+    The base is updated (new and changed articles added, deleted and changed removed) unless
+    a rebuild is asked, there is no base with a lexical index, or its :data:`FORMAT` differs.
+    """
+    upto = text_watermark(engine)
+    empty = np.zeros(0, dtype=np.int64)
+    reason = "asked" if rebuild else None
+    meta: dict[str, Any] = {}
+    if reason is None and (base_path is None or not has_lexical(base_path)):
+        reason = "no lexical index to update"
+    if reason is None and base_path is not None:
+        meta = (
+            json.loads((Path(base_path) / "meta.json").read_text(encoding="utf-8")).get("lexical")
+            or {}
+        )
+        if meta.get("format") != FORMAT:
+            reason = f"lexical format {meta.get('format')} -> {FORMAT}"
+    if reason is not None or base_path is None:
+        return LexicalPlan(engine, None, empty, None, empty, upto, reason)
+    try:
+        base_ids = read_ids(base_path)
+        lex = LexicalIndex.open(Path(base_path) / LEXICAL_DIR)
+    except (ConsistencyError, OSError, ValueError) as exc:
+        logger.warning("cannot read lexical index of %s (%s): rebuilding", base_path, exc)
+        return LexicalPlan(engine, None, empty, None, empty, upto, "lexical index unreadable")
+    gone = np.setdiff1d(base_ids, live, assume_unique=True)
+    new = np.setdiff1d(live, base_ids, assume_unique=True)
+    candidates = np.intersect1d(
+        text_changed_ids(engine, meta.get("updated_upto")),
+        np.intersect1d(base_ids, live, assume_unique=True),
+    )
+    changed = changed_docs(engine, lex, candidates)
+    logger.info(
+        "lexical update of %s: +%d new, %d changed, -%d deleted",
+        base_path,
+        len(new),
+        len(changed),
+        len(gone),
+    )
+    return LexicalPlan(
+        engine, Path(base_path), base_ids, np.union1d(new, changed), np.union1d(gone, changed), upto
+    )
