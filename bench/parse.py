@@ -11,7 +11,11 @@ large shows that memory stays flat.
 
 Parsers:
 
-* ``litpulse`` — ``ingest.parse.iter_items``: every Record field.
+* ``litpulse`` — ``ingest.parse.iter_items``: every Record field (with the compiled
+  article reader, ``ingest/_cfields.pyx``, when ``pip install -e .`` built it).
+* ``litpulse_pure`` — the same with the compiled reader hidden: the pure-Python reader.
+* ``--before PATH`` adds a row for the parser of another checkout (e.g. ``/work/main``),
+  run in the same way, for a before/after table from one run.
 * ``pubmed_parser`` — ``parse_medline_xml`` with every option on (authors and
   references as lists, full dates, NLM categories, MeSH subterms); ``pubmed_parser
   (defaults)`` with its defaults.
@@ -41,9 +45,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-PARSERS = ("litpulse", "pubmed_parser", "pubmed_parser_defaults", "biopython", "bare_lxml")
+PARSERS = (
+    "litpulse",
+    "litpulse_pure",
+    "pubmed_parser",
+    "pubmed_parser_defaults",
+    "biopython",
+    "bare_lxml",
+)
 LABELS = {
     "litpulse": "litpulse iter_items (every field)",
+    "litpulse_pure": "litpulse iter_items, pure-Python reader (every field)",
     "pubmed_parser": "pubmed_parser.parse_medline_xml (all options)",
     "pubmed_parser_defaults": "pubmed_parser.parse_medline_xml (defaults)",
     "biopython": "Bio.Entrez.parse",
@@ -55,7 +67,11 @@ LABELS = {
 
 
 def _run_litpulse(path: str) -> int:
+    from ingest.fields import COMPILED
     from ingest.parse import iter_items
+
+    if "pure" not in os.environ.get("BENCH_PARSER", "") and not COMPILED:
+        sys.stderr.write("note: the compiled reader is not built (pip install -e .)\n")
     from ingest.records import Record
 
     n = 0
@@ -118,6 +134,7 @@ def _run_bare(path: str) -> int:
 
 CHILDREN: dict[str, Callable[[str], int]] = {
     "litpulse": _run_litpulse,
+    "litpulse_pure": _run_litpulse,
     "pubmed_parser": _run_pubmed_parser,
     "pubmed_parser_defaults": lambda p: _run_pubmed_parser(p, full=False),
     "biopython": _run_biopython,
@@ -127,6 +144,7 @@ CHILDREN: dict[str, Callable[[str], int]] = {
 
 IMPORTS: dict[str, tuple[str, ...]] = {
     "litpulse": ("ingest.parse",),
+    "litpulse_pure": ("ingest.parse",),
     "pubmed_parser": ("pubmed_parser",),
     "pubmed_parser_defaults": ("pubmed_parser",),
     "biopython": ("Bio.Entrez",),
@@ -135,6 +153,9 @@ IMPORTS: dict[str, tuple[str, ...]] = {
 
 
 def _child(name: str, path: str) -> None:
+    os.environ["BENCH_PARSER"] = name
+    if name == "litpulse_pure":  # as if ingest/_cfields.pyx had not been built
+        sys.modules["ingest._cfields"] = None  # type: ignore[assignment]
     # Import what this parser needs first (and nothing else): only parsing is timed.
     for module in IMPORTS[name]:
         __import__(module)
@@ -192,9 +213,14 @@ def _biopython_copy(path: Path) -> Path:
     return out
 
 
-def _measure(name: str, path: Path, timeout: float) -> dict[str, float] | str:
-    cmd = [sys.executable, "-m", "bench.parse", "--child", name, str(path)]
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+def _measure(
+    name: str, path: Path, timeout: float, tree: Path | None = None
+) -> dict[str, float] | str:
+    here = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-P", "-m", "bench.parse", "--child", name, str(path)]
+    # --before: the parser of another checkout, with this checkout's bench module (-P:
+    # the working directory is not put first on sys.path)
+    env = dict(os.environ, PYTHONPATH=f"{tree}:{here}" if tree else str(here))
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
@@ -214,6 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="runs per parser; the best is kept")
     ap.add_argument("--only", nargs="*", choices=PARSERS, default=list(PARSERS))
     ap.add_argument("--timeout", type=float, default=1800.0)
+    ap.add_argument(
+        "--before",
+        type=Path,
+        help="another checkout (e.g. main) whose parser is measured as a 'before' row",
+    )
     ap.add_argument("--child", nargs=2, metavar=("PARSER", "PATH"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -231,11 +262,18 @@ def main(argv: list[str] | None = None) -> int:
         f"load average {os.getloadavg()[0]:.1f} at start\n\n"
     )
     results: dict[str, dict[str, float] | str] = {}
-    for name in args.only:
+    names = list(args.only)
+    if args.before is not None:
+        names.insert(1, "before")
+        LABELS["before"] = f"litpulse iter_items at {args.before} (before)"
+    for name in names:
         target = _biopython_copy(path) if name == "biopython" else path
         best: dict[str, float] | str = "not run"
         for _ in range(args.repeat):
-            r = _measure(name, target, args.timeout)
+            if name == "before":
+                r = _measure("litpulse", target, args.timeout, tree=args.before)
+            else:
+                r = _measure(name, target, args.timeout)
             if isinstance(r, str):
                 best = r
                 break
@@ -250,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         "| peak RSS MiB | ours ÷ it (CPU) | ours ÷ it (wall) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name in args.only:
+    for name in names:
         r = results[name]
         if isinstance(r, str):
             rows.append(f"| {LABELS[name]} | — | — | — | — | — | — | {r} | |")

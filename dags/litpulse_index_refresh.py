@@ -1,4 +1,4 @@
-"""litpulse_index_refresh: embed what is new, refresh the FAISS index, emit the asset."""
+"""litpulse_index_refresh: embed what is new, refresh the FAISS index, emit the asset, digest."""
 
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ promoted model waits for `litpulse_reindex` to re-embed the corpus in shards; th
 version (`ranking.embed.embed_pending`), then `refresh_index` adds them to (and removes
 deleted articles from) the FAISS index and publishes a new index version atomically
 (`ranking.refresh.refresh_index`). Emits **`litpulse_index`** with the index report.
+Then `digest` records each saved search's new matches and sends what is pending by e-mail
+and webhook (`litpulse.pipeline.digest.digest_step`; a failed delivery is retried by the
+next digest, so the task itself does not fail on it).
 
 **Resuming.** Embeddings are stored per (PMID, model version, text hash): a failed or killed
 run re-embeds nothing already done. Publishing is write-aside-then-switch, so searches never
@@ -78,9 +81,16 @@ def litpulse_index_refresh() -> None:
         report = run(settings(), embed=False).to_dict()  # embed_pending did it
         yield Metadata(INDEX, index_metadata(report, embedded))
 
+    @task(execution_timeout=dt.timedelta(hours=1))
+    def digest() -> dict[str, Any]:
+        """Saved searches: record the new matches, send e-mail and webhook (report)."""
+        from litpulse.pipeline.digest import digest_step
+
+        return digest_step(settings())
+
     embedded = embed_pending()
     index_model_current() >> embedded
-    refresh_index(embedded)
+    refresh_index(embedded) >> digest()
 
 
 litpulse_index_refresh()

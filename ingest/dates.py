@@ -18,7 +18,7 @@ from typing import Any
 
 from ingest.records import PartialDate
 
-__all__ = ["parse_medline_date", "read_pub_date", "read_ymd"]
+__all__ = ["parse_medline_date", "pub_date_of", "read_pub_date", "read_ymd", "ymd_of"]
 
 _MONTHS: dict[str, int] = {}
 for _i, _name in enumerate(calendar.month_name):
@@ -73,6 +73,7 @@ def parse_medline_date(raw: str) -> PartialDate:
 
 
 def read_pub_date(pd: Any) -> PartialDate:
+    """The ``PubDate`` element ``pd`` (Year/Month/Day/Season or MedlineDate) as a date."""
     year_t = month_t = day_t = season_t = medline = None
     for c in pd:
         tag = c.tag
@@ -86,6 +87,17 @@ def read_pub_date(pd: Any) -> PartialDate:
             season_t = c.text
         elif tag == "MedlineDate":
             medline = c.text or ""
+    return pub_date_of(year_t, month_t, day_t, season_t, medline)
+
+
+def pub_date_of(
+    year_t: str | None,
+    month_t: str | None,
+    day_t: str | None,
+    season_t: str | None,
+    medline: str | None,
+) -> PartialDate:
+    """A ``PubDate`` from the texts of its children (``medline``: MedlineDate, if any)."""
     key = (year_t, month_t, day_t, season_t, medline)
     cached = _DATE_CACHE.get(key)
     if cached is None:
@@ -149,6 +161,7 @@ def _valid_day(year: int | None, month: int | None, day: int | None) -> int | No
 
 
 def read_ymd(el: Any) -> dt.date | None:
+    """A Year/Month/Day date element (DateRevised, History's PubMedPubDate...) as a date."""
     y = m = d = None
     for c in el:
         tag = c.tag
@@ -159,6 +172,11 @@ def read_ymd(el: Any) -> dt.date | None:
         elif tag == "Day":
             d = c.text
             break
+    return ymd_of(y, m, d)
+
+
+def ymd_of(y: str | None, m: str | None, d: str | None) -> dt.date | None:
+    """A date from the texts of Year/Month/Day; None where it does not exist."""
     key = (y, m, d)
     try:
         return _YMD_CACHE[key]

@@ -9,11 +9,14 @@ The rules (inline markup, references, authors, ORCIDs, DOIs) are listed in
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator
+import logging
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from lxml import etree
 
+from ingest import dates
 from ingest.dates import read_pub_date, read_ymd
 from ingest.records import (
     AbstractSection,
@@ -28,6 +31,7 @@ from ingest.records import (
 )
 
 __all__ = [
+    "COMPILED",
     "MAX_PMID",
     "MAX_VERSION",
     "deletions",
@@ -126,6 +130,16 @@ def _id_problem(text: str | None, what: str, high: int) -> str:
 
 
 def record_or_quarantine(elem: Any, ref: SourceRef, is_book: bool, offset: int = 0) -> Item:
+    """The record of a ``PubmedArticle``/``PubmedBookArticle`` element, else its
+    quarantine entry. Articles go through the compiled reader when it was built; it
+    hands back (None) whatever it is not sure to read exactly as :func:`_article` does."""
+    if _READER is not None and not is_book:
+        try:
+            rec = _READER(elem, ref)
+        except Exception:  # noqa: BLE001 - the Python reader decides (and quarantines)
+            rec = None
+        if rec is not None:
+            return rec
     pmid: int | None = None
     try:
         return _book(elem, ref) if is_book else _article(elem, ref)
@@ -670,3 +684,28 @@ def _append_pmid(cc: Any, out: list[int]) -> None:
 
 def _dedup(values: Iterable[int]) -> tuple[int, ...]:
     return tuple(dict.fromkeys(values))
+
+
+# --------------------------------------------------------------------------- compiled reader
+
+
+def _compiled_reader() -> Callable[[Any, SourceRef], Record | None] | None:
+    """``ArticleReader.read`` of ``ingest/_cfields.pyx`` if it was built (setup.py), else
+    None. It reads a ``PubmedArticle`` with the rules above (given this module's helpers)
+    but walks libxml2's nodes in C; where it is unsure it returns None."""
+    try:
+        from ingest._cfields import ArticleReader
+
+        reader: Callable[[Any, SourceRef], Record | None] = ArticleReader(
+            sys.modules[__name__], dates
+        ).read
+    except (ImportError, TypeError) as exc:  # not built, or built for other records
+        if not isinstance(exc, ImportError):
+            logging.getLogger(__name__).warning("compiled article reader not used: %s", exc)
+        return None
+    return reader
+
+
+_READER = _compiled_reader()
+#: Whether the compiled article reader is in use (``pip install -e .`` builds it).
+COMPILED = _READER is not None

@@ -13,6 +13,9 @@ to its end tag, found with ``bytes.find``) and the records are parsed in batches
 about :data:`BATCH_BYTES` as small documents; a helper thread runs libxml2 (without
 the GIL) while this thread reads the fields of the previous batch with plain child
 loops. At most a few batches are alive at once, so memory does not grow with the file.
+Where ``pip install -e .`` built it, a compiled reader (``ingest/_cfields.pyx``) reads
+each ``PubmedArticle`` by walking libxml2's nodes in C, with the same rules and results
+as the Python code, which takes every record the compiled one is unsure of.
 Documents that are not a ``PubmedArticleSet`` go through an incremental pull parser
 (``XMLPullParser`` with ``tag=`` filtering, elements cleared as it goes) instead.
 

@@ -10,6 +10,7 @@ Endpoints (OpenAPI at ``/openapi.json``, interactive docs at ``/docs``):
 ``GET /articles/{pmid}``   everything stored about one article (404 when unknown)
 ``GET /status``            freshness: newest article, counts, index and model versions
 ``POST /feedback``         an expert's relevant / not relevant judgement (API token)
+``/alerts``, ``/feeds``    saved searches and their Atom feeds (:mod:`litpulse.app.alerts_api`)
 =========================  ==========================================================
 
 Reading needs nothing; writing needs an API token (``Authorization: Bearer <token>``)
@@ -79,7 +80,8 @@ MAX_PMID = 2**53
 MAX_TERMS = 20
 
 #: Files of ``litpulse/app/web`` served under ``/static/``, with their media types.
-STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
+STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8",
+                "alerts.js": "text/javascript; charset=utf-8"}
 
 #: Longest part of a validation error's location repeated back (a client's key name).
 MAX_LOC_CHARS = 40
@@ -365,6 +367,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """
     from fastapi import Depends, FastAPI
 
+    from litpulse.app.alerts_api import add_alert_routes
     from litpulse.app.apiguard import ApiGuard
 
     settings = settings or Settings.from_env()
@@ -401,6 +404,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     _add_search_routes(app, settings, engine, Depends(_search_spec_dependency(settings)))
     _add_store_routes(app, settings, engine, Depends(_expert_dependency(engine)))
+    add_alert_routes(app, settings, engine, Depends(_expert_dependency(engine)))
     _add_page_routes(app)
     return app
 

@@ -48,6 +48,8 @@ __all__ = [
     "api_tokens",
     "feedback_log",
     "locks",
+    "saved_searches",
+    "digest_matches",
 ]
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
@@ -317,4 +319,45 @@ locks = Table(
     Column("name", String(64), primary_key=True),
     Column("holder", String(255), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False),
+)
+
+
+# ---------------------------------------------------------------------------------- alerts
+
+#: Saved searches: a query with its filters and threshold, digested after each index
+#: publish. ``watermark``: articles first stored after it are "new" for this search.
+saved_searches = Table(
+    "saved_searches",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(255), nullable=False, unique=True),
+    Column("query", Text, nullable=False),
+    Column("filters", JSON, nullable=False, default=dict),
+    Column("min_score", Float),  # NULL: LITPULSE_DIGEST_MIN_SCORE
+    Column("owner", String(255), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("watermark", UTCDateTime(), nullable=False),
+    Column("last_digest_at", UTCDateTime()),
+    Column("last_index_version", String(64)),
+)
+
+#: What a digest found for a saved search: one row per (search, PMID), so the same
+#: article is never sent twice for one search; ``*_sent_at`` per delivery channel
+#: (NULL: not delivered yet, retried by the next digest).
+digest_matches = Table(
+    "digest_matches",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("search_id", Integer, nullable=False),
+    Column("pmid", BigInteger, nullable=False),
+    Column("title", Text, nullable=False, default=""),
+    Column("score", Float, nullable=False),
+    Column("explanation", JSON, nullable=False, default=dict),
+    Column("index_version", String(64), nullable=False),
+    Column("model_version", String(64), nullable=False),
+    Column("found_at", UTCDateTime(), nullable=False),
+    Column("email_sent_at", UTCDateTime()),
+    Column("webhook_sent_at", UTCDateTime()),
+    UniqueConstraint("search_id", "pmid", name="uq_digest_matches_search_pmid"),
+    Index("ix_digest_matches_search_found", "search_id", "found_at"),
 )

@@ -112,6 +112,13 @@ class Settings:
         "https://ftp.ncbi.nlm.nih.gov/pubmed/",
         "Base URL of the PubMed file server holding baseline/ and updatefiles/.",
     )
+    bootstrap_prefetch: int = _opt(
+        2,
+        "Files litpulse bootstrap downloads ahead of the one being applied (the "
+        "litpulse_bootstrap DAG: staged files its fetchers keep at most).",
+        min=0,
+        max=64,
+    )
 
     # -- HTTP behaviour ------------------------------------------------------------------
     http_timeout: float = _opt(
@@ -151,6 +158,13 @@ class Settings:
         "the rest wait for the next run); 0 means no cap.",
         min=0,
         max=100_000_000,
+    )
+    icite_snapshot_batch: int = _opt(
+        20000,
+        "Rows of an iCite snapshot written per database transaction by `citations load` "
+        "(the most the loader holds at once; a killed load redoes at most this many).",
+        min=1,
+        max=1_000_000,
     )
 
     # -- parsing limits ----------------------------------------------------------------------
@@ -295,6 +309,37 @@ class Settings:
         max=100000,
     )
 
+    # -- saved searches and digests ---------------------------------------------------------
+    digest_min_score: float = _opt(
+        0.5,
+        "Score a new article needs to enter a saved search's digest when the search sets "
+        "no --min-score of its own.",
+        min=0.0,
+        max=1000.0,
+    )
+    digest_max_matches: int = _opt(
+        50,
+        "Most new articles one digest records per saved search (the best scores first).",
+        min=1,
+        max=10000,
+    )
+    digest_smtp_host: str = _opt(
+        "",
+        "SMTP server that sends each saved search's new matches by e-mail (plain SMTP, "
+        "e.g. a local relay); empty means no e-mail.",
+    )
+    digest_smtp_port: int = _opt(25, "Port of the SMTP server.", min=1, max=65535)
+    digest_smtp_from: str = _opt("litpulse@localhost", "Sender address of digest e-mails.")
+    digest_smtp_to: str = _opt(
+        "", "Recipients of digest e-mails, comma-separated; empty means no e-mail."
+    )
+    digest_webhook_url: str = _opt(
+        "",
+        "URL that receives each saved search's new matches as a JSON POST after a digest; "
+        "empty means none.",
+        secret=True,
+    )
+
     # -- retraining ------------------------------------------------------------------------
     retrain_min_new_articles: int = _opt(
         500,
@@ -369,6 +414,9 @@ class Settings:
                 raise ConfigError(f"{env_name(name)} must be {kinds} URL, got {url!r}")
             if not url.endswith("/"):
                 object.__setattr__(self, name, url + "/")
+        webhook = self.digest_webhook_url
+        if webhook and not webhook.startswith(("http://", "https://")):
+            raise ConfigError(f"{env_name('digest_webhook_url')} must be an http(s) URL")
         if self.database_url and "://" not in self.database_url:
             raise ConfigError(
                 f"{env_name('database_url')} must be a SQLAlchemy URL, got {self.database_url!r}"

@@ -1,7 +1,8 @@
 """The nightly pipeline in one process (its planning decisions: :mod:`litpulse.pipeline.planning`).
 
 ``litpulse nightly`` (:func:`run_nightly`) runs the same chain as the Airflow DAGs —
-ingest → citations → data quality → embed → index → retrain when due — for sites without
+ingest → citations → data quality → embed → index → retrain when due → the saved
+searches' digest — for sites without
 Airflow (a cron line) and for tests. Each step is resumable on its own (ingest
 checkpoints, per-chunk embedding transactions, write-aside index publishing), so a killed
 run is simply started again.
@@ -38,6 +39,7 @@ from litpulse.core import db
 from litpulse.core.errors import ConfigError, LitpulseError
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import as_utc, iso, utcnow
+from litpulse.pipeline.digest import digest_step
 from litpulse.pipeline.planning import last_watermark, promoted_model, reindex_now, retrain_due
 
 __all__ = [
@@ -88,6 +90,7 @@ class NightlyReport:
         steps: Seconds spent per step, in order.
         started_at: When the run began (UTC).
         finished_at: When it ended (UTC).
+        digest: The saved searches' digest (:func:`litpulse.pipeline.digest.digest_step`).
     """
 
     source: str
@@ -103,6 +106,7 @@ class NightlyReport:
     steps: tuple[tuple[str, float], ...] = field(default=())
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
+    digest: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -132,6 +136,7 @@ class NightlyReport:
             "steps": [{"step": n, "seconds": round(s, 3)} for n, s in self.steps],
             "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at),
+            "digest": self.digest,
         }
 
 
@@ -263,6 +268,7 @@ def run_nightly(
                     promoted_index = (retrained.get("promotion") or {}).get("index")
                     if isinstance(promoted_index, dict):
                         index = promoted_index
+            digest = step("digest", lambda: digest_step(settings))
     finally:
         logger.info("nightly run ended; lease released")
 
@@ -280,6 +286,7 @@ def run_nightly(
         steps=tuple(steps),
         started_at=started,
         finished_at=utcnow(),
+        digest=digest,
     )
 
 

@@ -50,6 +50,10 @@ def check(out: Path) -> None:
                 ),
                 "pool": t.pool,
                 "queue": t.queue,
+                "upstream": sorted(t.upstream_task_ids),
+                "mapped": bool(getattr(t, "is_mapped", False))
+                or "MappedOperator" in type(t).__name__,
+                "max_active_tis_per_dagrun": t.max_active_tis_per_dagrun,
             }
         dags[dag_id] = {
             "owner": dag.owner,

@@ -29,6 +29,7 @@ EXPECTED_DAGS = {
     "litpulse_index_refresh",
     "litpulse_retrain",
     "litpulse_reindex",
+    "litpulse_bootstrap",
 }
 
 
@@ -135,6 +136,12 @@ def test_every_ncbi_call_is_in_the_ncbi_pool(dagbag_report: dict) -> None:
     }
 
 
+def test_the_digest_runs_after_the_index_is_published(dagbag_report: dict) -> None:
+    tasks = dagbag_report["dags"]["litpulse_index_refresh"]["tasks"]
+    assert tasks["digest"]["upstream"] == ["refresh_index"]
+    assert tasks["refresh_index"]["upstream"] == ["embed_pending"]
+
+
 def test_nightly_ingest_has_window_params(dagbag_report: dict) -> None:
     assert dagbag_report["dags"]["litpulse_nightly_ingest"]["params"] == {
         "first_day": None,
@@ -173,6 +180,21 @@ def test_schedules(dagbag_report: dict) -> None:
     assert dags["litpulse_index_refresh"]["timetable"] == "AssetTriggeredTimetable"
     assert dags["litpulse_reindex"]["timetable"] == "AssetTriggeredTimetable"
     assert dags["litpulse_retrain"]["timetable"] == "CronTriggerTimetable"
+    assert dags["litpulse_bootstrap"]["timetable"] == "NullTimetable"  # by hand, once
+
+
+def test_bootstrap_maps_fetchers_beside_one_ordered_writer(dagbag_report: dict) -> None:
+    """Fetchers are mapped with a bound in flight below the DAG's task limit, so the writer
+    always gets a slot; the writer runs beside them (not after them); shards follow it."""
+    tasks = dagbag_report["dags"]["litpulse_bootstrap"]["tasks"]
+    fetch, apply = tasks["fetch_file"], tasks["apply_files"]
+    assert fetch["mapped"] and fetch["upstream"] == ["list_files"]
+    assert 1 <= fetch["max_active_tis_per_dagrun"] < 4  # airflow.cfg max_active_tasks_per_dag
+    assert not apply["mapped"] and apply["upstream"] == ["list_files"]
+    assert tasks["plan_shards"]["upstream"] == ["apply_files"]
+    assert tasks["embed_shard"]["mapped"] and tasks["embed_shard"]["upstream"] == ["plan_shards"]
+    assert tasks["publish_index"]["upstream"] == ["embed_shard"]
+    assert dagbag_report["dags"]["litpulse_bootstrap"]["params"] == {"shards": 8}
 
 
 def test_documented_dags_test_command(
@@ -334,3 +356,50 @@ def test_train_queue_reads_its_one_variable(caplog: pytest.LogCaptureFixture) ->
     finally:
         dag_support.logger.removeHandler(caplog.handler)
     assert "LITPULSE_TRAIN_QUEUE is blank" in caplog.text
+
+
+@pytest.mark.slow
+def test_bootstrap_with_dag_test(airflow_home: Path, emulator: Emulator, tmp_path: Path) -> None:
+    """`litpulse_bootstrap` as shipped: baseline then updates applied, embedded, published;
+    a second run applies nothing and publishes nothing new."""
+    from litpulse.app.demo.generate import generate_corpus
+
+    base = generate_corpus(tmp_path / "b", n_records=60, n_files=3, seed=8,
+                           revise_fraction=0.0, delete_fraction=0.0)
+    upd = generate_corpus(tmp_path / "u", n_records=20, n_files=1, seed=9, first_file_number=4,
+                          start_date=base.config.start_date.replace(year=2025))
+    for p in base.files:
+        emulator.add_file("baseline", p.name, p.read_bytes())
+    for p in upd.files:
+        emulator.add_file("updatefiles", p.name, p.read_bytes())
+    settings = emulator.configure(Settings.from_env({}, home=tmp_path / "lp"),
+                                  bootstrap_prefetch=1)
+    report = run_dags(
+        airflow_home,
+        [{"dag_id": "litpulse_bootstrap", "conf": {"shards": 2}},
+         {"dag_id": "litpulse_bootstrap", "conf": {"shards": 2}}],
+        emulator.env(settings),
+        tmp_path,
+    )
+    first, second = report["runs"]
+    assert first["state"] == "success", first
+    assert {k for k in first["tasks"] if k.startswith("fetch_file")} == {
+        f"fetch_file[{i}]" for i in range(4)
+    }
+    assert {k for k in first["tasks"] if k.startswith("embed_shard")} == {
+        "embed_shard[0]", "embed_shard[1]"
+    }
+    engine = db.connect(settings)
+    with engine.connect() as conn:
+        live = set(conn.execute(
+            select(articles.c.pmid).where(articles.c.is_deleted.is_(False))).scalars())
+        vectors = conn.execute(select(func.count()).select_from(embeddings)).scalar()
+        published = conn.execute(
+            select(index_versions).where(index_versions.c.status == "published")).all()
+    assert live == set(base.live_pmids) | set(upd.live_pmids)
+    assert vectors == len(live)
+    assert len(published) == 1 and published[0].size == len(live)
+    assert second["state"] == "success", second
+    assert not any(k.startswith("fetch_file[") for k in second["tasks"])  # nothing pending
+    sizes = [e["extra"]["size"] for e in report["asset_events"] if e["asset"] == "litpulse_index"]
+    assert sizes and sizes[0] == len(live)

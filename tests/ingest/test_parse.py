@@ -272,6 +272,7 @@ def test_exception_while_extracting_is_quarantined(monkeypatch: pytest.MonkeyPat
         raise RuntimeError("kaput")
 
     monkeypatch.setattr(fields_mod, "_mesh", boom)
+    monkeypatch.setattr(fields_mod, "_READER", None)  # the pure-Python reader's path
     data = _wrap(
         _article("5", extra="").replace(
             "</MedlineCitation>", "<MeshHeadingList/></MedlineCitation>"

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from litpulse.core.settings import Settings
+
+if TYPE_CHECKING:
+    from ranking.search import SearchFilters
 
 #: A command handler: the parsed arguments and the settings in, the exit code out.
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -77,3 +81,44 @@ def command(
 def add_json(parser: argparse.ArgumentParser, help: str = "print JSON") -> None:
     """The ``--json`` flag: print the result as one JSON document."""
     parser.add_argument("--json", action="store_true", help=help)
+
+
+def date_arg(text: str) -> dt.date:
+    """An argparse type: a date ``YYYY-MM-DD``."""
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date YYYY-MM-DD: {text!r}") from None
+
+
+def add_filter_args(p: argparse.ArgumentParser) -> None:
+    """The filters of ``litpulse search`` (and of a saved search)."""
+    p.add_argument("--since", type=date_arg, help="published on or after YYYY-MM-DD")
+    p.add_argument("--until", type=date_arg, help="published on or before YYYY-MM-DD")
+    p.add_argument(
+        "--mesh", action="append", metavar="TERM", help="MeSH descriptor (repeat for all of)"
+    )
+    p.add_argument(
+        "--type", dest="ptype", action="append", metavar="PUBTYPE",
+        help="publication type, e.g. Review (repeat for all of)",
+    )
+    p.add_argument("--language", help="language code, e.g. eng")
+    p.add_argument("--has-abstract", action="store_true", help="only articles with an abstract")
+    p.add_argument(
+        "--include-retracted", action="store_true", help="also return retracted articles"
+    )
+
+
+def filters_from_args(args: argparse.Namespace) -> SearchFilters:
+    """The :class:`~ranking.search.SearchFilters` of :func:`add_filter_args`' options."""
+    from ranking.search import SearchFilters
+
+    return SearchFilters(
+        since=args.since,
+        until=args.until,
+        mesh=tuple(args.mesh or ()),
+        publication_type=tuple(args.ptype or ()),
+        language=args.language,
+        has_abstract=True if args.has_abstract else None,
+        include_retracted=args.include_retracted,
+    )

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sys
 from typing import Any
 
-from litpulse.app.cli._common import add_json, command, print_json, print_table
+from litpulse.app.cli._common import (
+    add_filter_args,
+    add_json,
+    command,
+    filters_from_args,
+    print_json,
+    print_table,
+)
 from litpulse.core.settings import Settings
 
 
@@ -26,20 +32,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("query", help="free-text query (quote it)")
     p.add_argument("-k", type=_positive_int, default=10, help="number of results (default 10)")
-    p.add_argument("--since", type=_date, help="published on or after YYYY-MM-DD")
-    p.add_argument("--until", type=_date, help="published on or before YYYY-MM-DD")
-    p.add_argument(
-        "--mesh", action="append", metavar="TERM", help="MeSH descriptor (repeat for all of)"
-    )
-    p.add_argument(
-        "--type", dest="ptype", action="append", metavar="PUBTYPE",
-        help="publication type, e.g. Review (repeat for all of)",
-    )
-    p.add_argument("--language", help="language code, e.g. eng")
-    p.add_argument("--has-abstract", action="store_true", help="only articles with an abstract")
-    p.add_argument(
-        "--include-retracted", action="store_true", help="also return retracted articles"
-    )
+    add_filter_args(p)
     p.add_argument("--w-sim", type=float, metavar="X", help="weight of the similarity")
     p.add_argument("--w-recency", type=float, metavar="X", help="weight of the recency")
     p.add_argument("--w-citation", type=float, metavar="X", help="weight of citation impact")
@@ -62,13 +55,6 @@ def register(sub: Any) -> None:
     s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
 
 
-def _date(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date YYYY-MM-DD: {text!r}") from None
-
-
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -81,17 +67,9 @@ def _positive_int(text: str) -> int:
 
 def run_search_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from ranking.scoring import ScoringOptions
-    from ranking.search import SearchFilters, run_search
+    from ranking.search import run_search
 
-    filters = SearchFilters(
-        since=args.since,
-        until=args.until,
-        mesh=tuple(args.mesh or ()),
-        publication_type=tuple(args.ptype or ()),
-        language=args.language,
-        has_abstract=True if args.has_abstract else None,
-        include_retracted=args.include_retracted,
-    )
+    filters = filters_from_args(args)
     options = ScoringOptions.from_settings(
         settings,
         weights={

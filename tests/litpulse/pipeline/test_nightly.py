@@ -110,7 +110,10 @@ def test_nightly_chain_then_watermark(sqlite_settings: Settings, emulator: Emula
     assert first.retrain is None
     assert first.retrain_decision is not None and first.retrain_decision["due"] is False
     assert "fewer than LITPULSE_RETRAIN_MIN_NEW_ARTICLES=500" in first.retrain_decision["reason"]
-    assert [name for name, _ in first.steps] == ["ingest", "citations", "quality", "index"]
+    assert [name for name, _ in first.steps] == [
+        "ingest", "citations", "quality", "index", "digest"
+    ]
+    assert first.digest is not None and first.digest["skipped"] == "no saved searches"
     json.dumps(first.to_dict())  # JSON-ready
     assert _count(s, locks) == 0  # lease released
     mark = last_watermark(s)

@@ -1,0 +1,593 @@
+"""Bootstrap the store from NLM's annual baseline, then the update files since.
+
+The work is every listed ``baseline/`` and ``updatefiles/`` file not yet recorded in
+``source_files``, in application order (:class:`ingest.updatefiles.RemoteFile`). Two roles
+share it:
+
+* **Stagers** download a file and verify its MD5 into the staging folder
+  (``<home>/downloads``): ``NAME`` plus a ``NAME.verified`` marker (``md5 size``) written
+  last, atomically, so a half-downloaded file is never taken for a staged one. A stager
+  first takes the lease ``bootstrap-stage:NAME`` (:func:`litpulse.core.db.acquire_lease`),
+  so two processes never write the same ``.part`` file; a partial download is resumed
+  with an HTTP Range request by whoever stages the file next. Stagers never write the
+  store. In ``litpulse bootstrap`` a prefetch thread stages up to ``prefetch`` files
+  ahead of the writer; in the ``litpulse_bootstrap`` DAG, mapped tasks do
+  (:func:`prefetch_file`).
+* **One writer** (:func:`load_files`, holding the lease ``bootstrap-writer``) applies the
+  files strictly in order through :func:`ingest.updatefiles._apply_file` (parsing in
+  ``workers`` processes where the store offers it), records each in ``source_files``
+  and deletes its download. A file nobody staged yet is staged by the writer itself, so
+  the writer never depends on a stager (no deadlock whatever the stagers do); a file
+  another live process is staging is waited for.
+
+Why one ordered writer: the store's rules make the live set independent of the order
+files arrive in, but not every row: a deletion read before the record it deletes leaves
+a bare tombstone where the ordered run keeps the deleted record's content, and the
+counts differ. Applying in file order gives exactly the state of one uninterrupted run;
+SQLite has one writer anyway, and two writers deciding the same PMID against the state
+each read are not safe. Network and parsing still overlap the store: downloads run
+ahead in other threads/processes, parsing in worker processes.
+
+Resuming: a kill anywhere leaves (a) verified staged files, reused; (b) ``.part`` files,
+resumed; (c) a file partly applied, replayed to where it stopped and continued (see
+:mod:`ingest.rules`); (d) a staged file already recorded in ``source_files``, deleted at
+the next start. A second run with nothing pending records no run and says so.
+
+Disk: at most ``prefetch`` staged files plus the one being applied (plus, under Airflow,
+one per fetcher in flight).
+
+Example:
+    >>> report = load_files(settings, workers=4, prefetch=2)   # doctest: +SKIP
+    >>> report.nothing_to_do                                   # doctest: +SKIP
+    False
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from ingest.runs import IngestCounts, OpenRun, recorded_run
+from ingest.store import Store
+from ingest.updatefiles import (
+    RemoteFile,
+    _apply_file,
+    _download_verified,
+    _source,
+    list_remote_files,
+)
+from litpulse.core import db
+from litpulse.core.errors import ConfigError, LitpulseError
+from litpulse.core.schema import source_files
+from litpulse.core.settings import Settings
+from litpulse.core.timeutil import utcnow
+
+__all__ = [
+    "BootstrapBusyError",
+    "LoadReport",
+    "StagedFile",
+    "file_from_dict",
+    "file_to_dict",
+    "load_files",
+    "pending_files",
+    "prefetch_file",
+    "resolve_workers",
+    "stage_file",
+    "staged",
+    "staged_count",
+]
+
+logger = logging.getLogger(__name__)
+
+WRITER_LEASE = "bootstrap-writer"
+STAGE_LEASE = "bootstrap-stage:{name}"
+MARKER = ".verified"
+#: Seconds between two looks at a file another process is staging.
+POLL_S = 0.2
+#: Records per file assumed before the first file is applied (NLM's baseline files hold
+#: up to 30,000 records each; update files usually fewer).
+RECORDS_PER_FILE_GUESS = 30_000
+
+
+class BootstrapBusyError(LitpulseError):
+    """Another live process is applying bootstrap files (the writer lease is held)."""
+
+    retryable = True
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """A downloaded file whose MD5 matched the published one.
+
+    Attributes:
+        file: The published file.
+        path: Where it lies in the staging folder.
+        size: Bytes.
+        md5: Hex digest (the published one).
+    """
+
+    file: RemoteFile
+    path: Path
+    size: int
+    md5: str
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What :func:`load_files` did.
+
+    Attributes:
+        listed: Files listed by the server (baseline and updates).
+        already: Of those, files applied before this call.
+        applied: Names of the files this call applied, in order.
+        counts: Summed item counts of those files.
+        bytes: Compressed bytes applied.
+        seconds: Wall time.
+        workers: Parse worker processes asked for.
+        run_id: The ``ingest_runs`` row (``None`` when there was nothing to do).
+    """
+
+    listed: int
+    already: int
+    applied: tuple[str, ...] = ()
+    counts: IngestCounts = field(default_factory=IngestCounts)
+    bytes: int = 0
+    seconds: float = 0.0
+    workers: int = 1
+    run_id: int | None = None
+
+    @property
+    def nothing_to_do(self) -> bool:
+        """Every listed file had been applied before."""
+        return self.already == self.listed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "listed": self.listed,
+            "already": self.already,
+            "applied": len(self.applied),
+            "nothing_to_do": self.nothing_to_do,
+            **self.counts.to_dict(),
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 3),
+            "records_per_s": round(self.counts.total / self.seconds, 1) if self.seconds else 0.0,
+            "workers": self.workers,
+            "run_id": self.run_id,
+        }
+
+
+# ------------------------------------------------------------------------------- files
+
+
+def file_to_dict(f: RemoteFile) -> dict[str, Any]:
+    """A small dict of a file (an XCom value of the DAG)."""
+    return {"year": f.year, "number": f.number, "name": f.name, "kind": f.kind}
+
+
+def file_from_dict(data: dict[str, Any]) -> RemoteFile:
+    kind = str(data["kind"])
+    if kind not in ("baseline", "updatefile"):
+        raise ConfigError(f"a file's kind must be baseline or updatefile, got {kind!r}")
+    return RemoteFile(int(data["year"]), int(data["number"]), str(data["name"]), kind)
+
+
+def resolve_workers(settings: Settings, workers: int | None = None) -> int:
+    """Parse worker processes: ``workers``, else ``LITPULSE_INGEST_WORKERS``, else the cores."""
+    if workers is None:
+        workers = int(getattr(settings, "ingest_workers", 0) or 0) or (os.cpu_count() or 1)
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers!r}")
+    return workers
+
+
+def _applied_names(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        return set(conn.execute(select(source_files.c.name)).scalars())
+
+
+def _is_applied(engine: Engine, name: str) -> bool:
+    with engine.connect() as conn:
+        q = select(source_files.c.name).where(source_files.c.name == name)
+        return conn.execute(q).first() is not None
+
+
+def pending_files(settings: Settings, engine: Engine | None = None) -> tuple[list[RemoteFile], int]:
+    """The listed files not applied yet, in application order, and how many were listed."""
+    engine = engine or db.connect(settings)
+    remote = list_remote_files(settings, include_baseline=True)
+    done = _applied_names(engine)
+    return [f for f in remote if f.name not in done], len(remote)
+
+
+# ----------------------------------------------------------------------------- staging
+
+
+def _folder(settings: Settings) -> Path:
+    folder = settings.ensure_home() / "downloads"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _marker(path: Path) -> Path:
+    return path.with_name(path.name + MARKER)
+
+
+def staged(folder: Path, f: RemoteFile) -> StagedFile | None:
+    """The staged, verified copy of ``f`` in ``folder``, or ``None``."""
+    path = folder / f.name
+    try:
+        md5, size = _marker(path).read_text(encoding="ascii").split()
+        if path.stat().st_size != int(size):
+            return None
+    except (OSError, ValueError):
+        return None
+    return StagedFile(f, path, int(size), md5)
+
+
+def staged_count(folder: Path) -> int:
+    """Files staged in ``folder`` (verified, not applied yet)."""
+    return sum(1 for _ in folder.glob(f"*.xml.gz{MARKER}"))
+
+
+def _discard(folder: Path, name: str) -> None:
+    path = folder / name
+    _marker(path).unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
+
+
+def _busy_elsewhere(engine: Engine, name: str) -> bool:
+    """Whether a live process holds the staging lease of ``name`` now."""
+    return _busy(engine, STAGE_LEASE.format(name=name))
+
+
+def _busy(engine: Engine, lease: str) -> bool:
+    """Whether a live process holds ``lease`` now."""
+    held = db.lease_holder(engine, lease)
+    if held is None:
+        return False
+    holder, expires = held
+    return expires > utcnow() and db.holder_alive(holder)
+
+
+def stage_file(
+    settings: Settings,
+    f: RemoteFile,
+    *,
+    engine: Engine | None = None,
+    source: Any = None,
+) -> StagedFile | None:
+    """Download ``f`` and verify its MD5 into the staging folder (resuming a partial one).
+
+    Returns:
+        The staged file (already staged counts); ``None`` when another live process is
+        staging it now, or when it has been applied meanwhile.
+
+    Raises:
+        ChecksumError: The MD5 kept failing (the partial file is removed).
+        TransientSourceError: The server kept failing (the partial file is kept).
+    """
+    engine = engine or db.connect(settings)
+    folder = _folder(settings)
+    found = staged(folder, f)
+    if found is not None:
+        return found
+    lease = db.acquire_lease(engine, STAGE_LEASE.format(name=f.name))
+    if lease is None:
+        return None
+    own = source is None
+    src = _source(settings) if own else source
+    try:
+        with lease:
+            # checked under the lease: a file applied (or staged) meanwhile is not fetched
+            found = staged(folder, f)
+            if found is not None or _is_applied(engine, f.name):
+                return found
+            path = folder / f.name
+            size, md5 = _download_verified(src, f, path)
+            tmp = path.with_name(path.name + MARKER + ".tmp")
+            tmp.write_text(f"{md5} {size}\n", encoding="ascii")
+            os.replace(tmp, _marker(path))
+            logger.info("staged %s (%d bytes)", f.name, size)
+            return StagedFile(f, path, size, md5)
+    finally:
+        if own:
+            src.close()
+
+
+def prefetch_file(
+    settings: Settings, f: RemoteFile, *, window: int, max_wait_s: float = 1800.0
+) -> str:
+    """Stage ``f`` ahead of the writer once fewer than ``window`` files are staged.
+
+    The body of a mapped DAG task. Waiting keeps the staging folder bounded; it cannot
+    deadlock, since the writer stages any file nobody staged, and a fetcher waits only
+    while a writer is running (under ``airflow dags test`` tasks run one at a time). A
+    failed download is left to the writer (which retries it and fails the run if the file
+    stays bad).
+
+    Returns:
+        ``applied``, ``staged``, ``elsewhere`` (another process stages it) or
+        ``left to the writer: <why>`` (a failed download, or the window stayed full for
+        ``max_wait_s`` seconds: the writer is not moving).
+    """
+    if window < 1:
+        raise ConfigError(f"window must be >= 1, got {window!r}")
+    engine = db.connect(settings)
+    folder = _folder(settings)
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        if _is_applied(engine, f.name):
+            return "applied"
+        if staged(folder, f) is not None:
+            return "staged"
+        if staged_count(folder) < window:
+            break
+        if not _busy(engine, WRITER_LEASE):
+            return f"left to the writer: {window} files wait staged and no writer is running"
+        if time.monotonic() > deadline:
+            return f"left to the writer: {window} files stayed staged for {max_wait_s:g} s"
+        time.sleep(POLL_S * 5)
+    try:
+        got = stage_file(settings, f, engine=engine)
+    except LitpulseError as exc:
+        logger.warning("prefetching %s failed (the writer will try it): %s", f.name, exc)
+        return f"left to the writer: {type(exc).__name__}"
+    if got is None:
+        return "applied" if _is_applied(engine, f.name) else "elsewhere"
+    return "staged"
+
+
+class _Prefetcher(threading.Thread):
+    """Stages the files after the one being applied, at most ``window`` ahead."""
+
+    def __init__(
+        self, settings: Settings, engine: Engine, files: list[RemoteFile], window: int
+    ) -> None:
+        super().__init__(name="bootstrap-prefetch", daemon=True)
+        self.settings, self.engine, self.files, self.window = settings, engine, files, window
+        self.cond = threading.Condition()
+        self.frontier = 0
+        self.stopped = False
+
+    def _may_stage(self, i: int) -> bool:
+        return self.stopped or i <= self.frontier + self.window
+
+    def advance(self) -> None:
+        with self.cond:
+            self.frontier += 1
+            self.cond.notify_all()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+        self.join(timeout=60)
+
+    def run(self) -> None:
+        source = _source(self.settings)
+        try:
+            for i, f in enumerate(self.files[1:], 1):
+                with self.cond:
+                    self.cond.wait_for(lambda i=i: self._may_stage(i))  # type: ignore[misc]
+                    if self.stopped:
+                        return
+                try:
+                    stage_file(self.settings, f, engine=self.engine, source=source)
+                except Exception as exc:  # noqa: BLE001 - the writer fetches it and reports
+                    logger.warning("prefetching %s failed (the writer will retry): %s", f.name, exc)
+                    return
+        finally:
+            source.close()
+
+
+def _wait_staged(settings: Settings, engine: Engine, f: RemoteFile, source: Any) -> StagedFile:
+    """``f`` staged: by a stager, or by this process when nobody else is at it."""
+    folder = _folder(settings)
+    while True:
+        found = staged(folder, f)
+        if found is not None:
+            return found
+        if not _busy_elsewhere(engine, f.name):
+            found = stage_file(settings, f, engine=engine, source=source)
+            if found is not None:
+                return found
+        time.sleep(POLL_S)
+
+
+# ------------------------------------------------------------------------------ writer
+
+
+class _Progress:
+    """One bar over the whole job: records, records/s and an ETA.
+
+    The total is an estimate, refined after every file: the records applied so far, plus
+    for each pending file its size times the records per byte seen so far (its size
+    unknown: the mean records per file seen so far; before any file:
+    :data:`RECORDS_PER_FILE_GUESS`). The bar follows the run's committed counts (read
+    twice a second), so it moves within a file too.
+    """
+
+    def __init__(self, run: OpenRun, files: list[RemoteFile], enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.run, self.files = run, files
+        self.done_files, self.done_bytes, self.base = 0, 0, run.counts.total
+        self.sizes: dict[str, int] = {}
+        self.bar = tqdm(
+            total=self.estimate(),
+            unit="rec",
+            unit_scale=True,
+            disable=not enabled,
+            desc=f"bootstrap 0/{len(files)} files",
+            dynamic_ncols=True,
+        )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._tick, name="bootstrap-progress", daemon=True)
+        if enabled:
+            self._thread.start()
+
+    def estimate(self) -> int:
+        done = self.run.counts.total - self.base
+        left = self.files[self.done_files :]
+        if not self.done_files:
+            return len(left) * RECORDS_PER_FILE_GUESS
+        per_byte = done / max(1, self.done_bytes)
+        per_file = done / self.done_files
+        rest = sum(
+            self.sizes[f.name] * per_byte if f.name in self.sizes else per_file for f in left
+        )
+        return int(done + rest)
+
+    def sized(self, f: RemoteFile, size: int) -> None:
+        self.sizes[f.name] = size
+
+    def file_done(self, f: RemoteFile) -> None:
+        self.done_files += 1
+        self.done_bytes += self.sizes.get(f.name, 0)
+        self.bar.set_description(f"bootstrap {self.done_files}/{len(self.files)} files")
+        self._refresh()
+
+    def _refresh(self) -> None:
+        n = self.run.counts.total - self.base
+        self.bar.total = max(self.estimate(), n)
+        self.bar.n = n
+        self.bar.refresh()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(0.5):
+            self._refresh()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self._refresh()
+        self.bar.close()
+
+
+def _apply(
+    settings: Settings, store: Store, sf: StagedFile, run: OpenRun, workers: int
+) -> IngestCounts:
+    # the `workers` argument of _apply_file comes with the parallel parser (ingest.parallel)
+    extra = {"workers": workers} if "workers" in inspect.signature(_apply_file).parameters else {}
+    return _apply_file(settings, store, sf.file, sf.path, sf.size, sf.md5, run, **extra)
+
+
+def load_files(
+    settings: Settings,
+    *,
+    workers: int | None = None,
+    prefetch: int = 2,
+    max_files: int | None = None,
+    progress: bool = False,
+    on_file: Callable[[str, IngestCounts], None] | None = None,
+) -> LoadReport:
+    """Apply every pending baseline file, then the update files, in order (the writer).
+
+    Args:
+        settings: ``pubmed_files_url``, ``home`` (staging folder), database, retries.
+        workers: Parse worker processes (default :func:`resolve_workers`).
+        prefetch: Files staged ahead of the one being applied, by a thread (0: none).
+        max_files: Apply at most this many files in this call.
+        progress: Show one tqdm bar over the whole job on stderr.
+        on_file: Called with each applied file's name and counts.
+
+    Returns:
+        What was done; :attr:`LoadReport.nothing_to_do` when every file was applied before
+        (no run is recorded then).
+
+    Raises:
+        BootstrapBusyError: Another live process is the writer.
+        ChecksumError: A file kept failing its MD5; it and later files stay unapplied.
+        TransientSourceError: The server kept failing.
+    """
+    if prefetch < 0:
+        raise ConfigError(f"prefetch must be >= 0, got {prefetch!r}")
+    if max_files is not None and max_files < 0:
+        raise ConfigError(f"max_files must be >= 0, got {max_files!r}")
+    workers = resolve_workers(settings, workers)
+    t0 = time.perf_counter()
+    engine = db.connect(settings)
+    store = Store(engine)
+    lease = db.acquire_lease(engine, WRITER_LEASE)
+    if lease is None:
+        holder = db.lease_holder(engine, WRITER_LEASE)
+        raise BootstrapBusyError(
+            f"another process ({holder[0] if holder else '?'}) is applying the bootstrap files"
+        )
+    with lease:
+        pending, listed = pending_files(settings, engine)
+        folder = _folder(settings)
+        done = _applied_names(engine)
+        for mark in folder.glob(f"*.xml.gz{MARKER}"):
+            name = mark.name[: -len(MARKER)]
+            if name in done:  # killed after recording it, before deleting the download
+                _discard(folder, name)
+        already = listed - len(pending)
+        if max_files is not None:
+            pending = pending[:max_files]
+        if not pending:
+            logger.info("bootstrap: all %d listed files were applied before", listed)
+            return LoadReport(listed, already, workers=workers, seconds=time.perf_counter() - t0)
+        source = _source(settings)
+        redact = getattr(getattr(source, "client", None), "redact", str)
+        applied: list[str] = []
+        total_bytes = 0
+        try:
+            with recorded_run(
+                store, "updatefiles", target=str(settings.pubmed_files_url), redact=redact
+            ) as run:
+                run.details = {
+                    "files": applied,
+                    "include_baseline": True,
+                    "bootstrap": True,
+                    "listed": listed,
+                    "pending": len(pending),
+                    "workers": workers,
+                }
+                bar = _Progress(run, pending, progress)
+                stager = _Prefetcher(settings, engine, pending, prefetch)
+                if prefetch:
+                    stager.start()
+                try:
+                    for f in pending:
+                        lease.check()
+                        run.details["current"] = f.name
+                        sf = _wait_staged(settings, engine, f, source)
+                        bar.sized(f, sf.size)
+                        counts = _apply(settings, store, sf, run, workers)
+                        _discard(folder, f.name)
+                        stager.advance()
+                        applied.append(f.name)
+                        total_bytes += sf.size
+                        bar.file_done(f)
+                        logger.info("applied %s: %s", f.name, counts.to_dict())
+                        if on_file is not None:
+                            on_file(f.name, counts)
+                finally:
+                    if prefetch:
+                        stager.stop()
+                    bar.close()
+                run.details.pop("current", None)
+                run.details["bytes"] = total_bytes
+        finally:
+            source.close()
+    return LoadReport(
+        listed,
+        already,
+        tuple(applied),
+        run.counts,
+        total_bytes,
+        time.perf_counter() - t0,
+        workers,
+        run.id,
+    )

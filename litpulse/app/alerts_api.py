@@ -1,0 +1,172 @@
+"""The HTTP side of saved searches: ``/alerts`` and the Atom feeds ``/feeds/{id}.atom``.
+
+=============================  ====================================================
+``GET /alerts``                every saved search (JSON), with its feed path
+``POST /alerts``               save a search (API token; its expert owns it)
+``GET /alerts/{id}``           one saved search and its newest matches
+``DELETE /alerts/{id}``        remove it and its matches (API token of its owner)
+``GET /feeds/{id}.atom``       its matches as an Atom 1.0 feed
+=============================  ====================================================
+
+Reading is open like ``/search``; writing needs an API token like ``POST /feedback``
+(the same dependency: 401 without or with an unknown token, 403 on a read-only server).
+
+Example:
+    >>> add_alert_routes(app, settings, engine, Depends(expert))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Request  # resolved in this module's globals (annotations)
+from pydantic import BaseModel, ConfigDict, Field
+
+from litpulse.app.api import MAX_TERMS, NOT_BLANK, ErrorOut, IsoDate, Term, _responses
+from litpulse.core.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+__all__ = ["SavedSearchIn", "add_alert_routes"]
+
+#: Newest matches shown by ``GET /alerts/{id}``.
+RECENT_MATCHES = 50
+#: Largest saved-search id accepted in a path.
+MAX_ID = 2**31 - 1
+
+
+class SavedSearchIn(BaseModel):
+    """A search to save: the query and filters of ``/search``, a name and a threshold."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        min_length=1,
+        max_length=255,
+        pattern=NOT_BLANK,
+        description="A unique name (not only digits).",
+    )
+    query: str = Field(
+        min_length=1, max_length=512, pattern=NOT_BLANK, description="Free-text query."
+    )
+    min_score: float | None = Field(
+        None,
+        ge=0,
+        le=1000,
+        allow_inf_nan=False,
+        description="Score a new article needs (default LITPULSE_DIGEST_MIN_SCORE).",
+    )
+    since: IsoDate | None = Field(None, description="Earliest publication date.")
+    until: IsoDate | None = Field(None, description="Latest publication date.")
+    mesh: list[Term] = Field(
+        default_factory=list,
+        max_length=MAX_TERMS,
+        description="MeSH descriptors the article must all carry.",
+    )
+    publication_type: list[Term] = Field(
+        default_factory=list,
+        max_length=MAX_TERMS,
+        description="Publication types it must all have.",
+    )
+    language: str | None = Field(None, max_length=8, description="Language code, e.g. eng.")
+    has_abstract: bool | None = Field(None, description="true: only with an abstract.")
+    include_retracted: bool = Field(False, description="Also match retracted articles.")
+
+
+def add_alert_routes(
+    app: FastAPI, settings: Settings, engine: Callable[[], Any], expert_dep: Any
+) -> None:
+    """Add the routes of the module docstring to ``app``."""
+    from fastapi import HTTPException, Path
+    from fastapi.responses import Response
+
+    from litpulse.pipeline.digest import feed_for, matches_of
+    from litpulse.pipeline.saved_searches import (
+        add_search,
+        get_search,
+        list_searches,
+        remove_search,
+    )
+    from ranking.search import SearchFilters
+
+    not_found: dict[int | str, dict[str, Any]] = {
+        404: {"model": ErrorOut, "description": "No saved search has this id."}
+    }
+
+    def id_param() -> Any:
+        return Path(..., ge=1, le=MAX_ID, description="The saved search's id.")
+
+    @app.get("/alerts", summary="Saved searches", responses=_responses())
+    def list_endpoint() -> list[dict[str, Any]]:
+        return [s.to_dict() for s in list_searches(settings, engine=engine())]
+
+    @app.post(
+        "/alerts",
+        summary="Save a search (API token required)",
+        status_code=201,
+        responses=_responses(400, 401, 403),
+    )
+    def add_endpoint(item: SavedSearchIn, who: Any = expert_dep) -> dict[str, Any]:
+        filters = SearchFilters(
+            since=item.since,
+            until=item.until,
+            mesh=tuple(item.mesh),
+            publication_type=tuple(item.publication_type),
+            language=item.language,
+            has_abstract=item.has_abstract,
+            include_retracted=item.include_retracted,
+        )
+        saved = add_search(
+            settings,
+            name=item.name,
+            query=item.query,
+            filters=filters,
+            min_score=item.min_score,
+            owner=who.expert,
+            engine=engine(),
+        )
+        return saved.to_dict()
+
+    @app.get(
+        "/alerts/{search_id}",
+        summary="One saved search and its newest matches",
+        responses={**_responses(), **not_found},
+    )
+    def show_endpoint(search_id: int = id_param()) -> dict[str, Any]:
+        eng = engine()
+        found = get_search(settings, search_id, engine=eng)
+        recent = matches_of(eng, found.id, limit=RECENT_MATCHES)
+        return {**found.to_dict(), "recent_matches": [m.to_dict() for m in recent]}
+
+    @app.delete(
+        "/alerts/{search_id}",
+        summary="Remove a saved search and its matches (its owner's API token)",
+        responses={**_responses(401, 403), **not_found},
+    )
+    def remove_endpoint(search_id: int = id_param(), who: Any = expert_dep) -> dict[str, Any]:
+        eng = engine()
+        found = get_search(settings, search_id, engine=eng)
+        if found.owner != who.expert:
+            raise HTTPException(403, f"saved search {found.id} belongs to {found.owner!r}")
+        return remove_search(settings, found.id, engine=eng).to_dict()
+
+    @app.get(
+        "/feeds/{search_id}.atom",
+        summary="A saved search's matches as an Atom feed",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "Atom 1.0",
+                "content": {"application/atom+xml": {"schema": {"type": "string"}}},
+            },
+            **_responses(),
+            **not_found,
+        },
+    )
+    def feed_endpoint(request: Request, search_id: int = id_param()) -> Any:
+        body = feed_for(
+            settings, search_id, self_url=str(request.url.replace(query="")), engine=engine()
+        )
+        return Response(body, media_type="application/atom+xml; charset=utf-8")

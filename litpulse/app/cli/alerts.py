@@ -1,0 +1,161 @@
+"""``litpulse alerts``: saved searches, their nightly digest and their Atom feeds."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from litpulse.app.cli._common import (
+    add_filter_args,
+    add_json,
+    command,
+    command_group,
+    filters_from_args,
+    print_json,
+    print_table,
+)
+from litpulse.app.cli.models import _who
+from litpulse.core.settings import Settings
+
+
+def register(sub: Any) -> None:
+    actions = command_group(
+        sub,
+        "alerts",
+        help="saved searches: new articles above a score, by feed, e-mail or webhook",
+        description=(
+            "Save a search; after each index publish (`litpulse nightly`, the "
+            "litpulse_index_refresh DAG or `alerts run`) the digest ranks the articles new "
+            "since the last digest with the current model and records those scoring at least "
+            "the search's threshold, each once, with its explanation. They appear in the "
+            "Atom feed /feeds/ID.atom of `litpulse serve` and, when configured, are sent by "
+            "e-mail (LITPULSE_DIGEST_SMTP_*) or to a webhook (LITPULSE_DIGEST_WEBHOOK_URL)."
+        ),
+    )
+    a = command(actions, "add", run_add, help="save a search")
+    a.add_argument("query", help="free-text query (quote it)")
+    a.add_argument("--name", required=True, help="a unique name (not only digits)")
+    a.add_argument(
+        "--min-score",
+        type=float,
+        metavar="S",
+        help="score a new article needs (default LITPULSE_DIGEST_MIN_SCORE)",
+    )
+    add_filter_args(a)
+    add_json(a)
+    command(actions, "list", run_list, help="list saved searches", json="print JSON")
+    r = command(actions, "remove", run_remove, help="remove a saved search and its matches")
+    r.add_argument("ref", metavar="ID|NAME", help="the saved search's id or name")
+    add_json(r)
+    command(
+        actions,
+        "run",
+        run_digest_cmd,
+        help="run the digest now (record new matches, send what is pending)",
+        json="print the digest report as JSON",
+    )
+    f = command(actions, "feed", run_feed, help="print a saved search's Atom feed")
+    f.add_argument("ref", metavar="ID|NAME", help="the saved search's id or name")
+    f.add_argument(
+        "--base-url",
+        default="http://127.0.0.1:8000/",
+        help="URL of `litpulse serve`, for the feed's own link",
+    )
+
+
+def run_add(args: argparse.Namespace, settings: Settings) -> int:
+    from litpulse.pipeline.saved_searches import add_search
+
+    saved = add_search(
+        settings,
+        name=args.name,
+        query=args.query,
+        filters=filters_from_args(args),
+        min_score=args.min_score,
+        owner=f"cli:{_who(None)}",
+    )
+    if args.json:
+        print_json(saved.to_dict())
+    else:
+        print(
+            f"saved search {saved.id} {saved.name!r}: new articles scoring at least "
+            f"{saved.threshold(settings):g}; feed {saved.feed_path}"
+        )
+    return 0
+
+
+def run_list(args: argparse.Namespace, settings: Settings) -> int:
+    from litpulse.pipeline.saved_searches import list_searches
+
+    found = list_searches(settings)
+    if args.json:
+        print_json([s.to_dict() for s in found])
+        return 0
+    if not found:
+        print('no saved searches (add one with `litpulse alerts add "QUERY" --name N`)')
+        return 0
+    print_table(
+        [
+            [
+                s.id,
+                s.name,
+                s.query if len(s.query) <= 50 else s.query[:49] + "…",
+                f"{s.threshold(settings):g}",
+                s.matches,
+                f"{s.last_digest_at:%Y-%m-%d %H:%M}" if s.last_digest_at else "never",
+                s.owner,
+                s.feed_path,
+            ]
+            for s in found
+        ],
+        ["id", "name", "query", "min score", "matches", "last digest", "owner", "feed"],
+    )
+    return 0
+
+
+def run_remove(args: argparse.Namespace, settings: Settings) -> int:
+    from litpulse.pipeline.saved_searches import remove_search
+
+    gone = remove_search(settings, args.ref)
+    if args.json:
+        print_json(gone.to_dict())
+    else:
+        print(f"removed saved search {gone.id} {gone.name!r} and its {gone.matches} matches")
+    return 0
+
+
+def run_digest_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from litpulse.pipeline.digest import run_digest
+
+    report = run_digest(settings)
+    if args.json:
+        print_json(report.to_dict())
+        return 0
+    if report.skipped:
+        print(f"digest skipped: {report.skipped}")
+        return 0
+    print_table(
+        [
+            [d.search_id, d.name, d.candidates, d.matched, f"{d.threshold:g}"]
+            for d in report.searches
+        ],
+        ["id", "name", "new articles", "new matches", "min score"],
+    )
+    print(
+        f"\nindex {report.index_version}: {report.matched} new matches; "
+        f"{report.emailed} e-mailed, {report.posted} sent to the webhook"
+    )
+    for failure in report.failures:
+        print(f"delivery failed (retried by the next digest): {failure}", file=sys.stderr)
+    return 0
+
+
+def run_feed(args: argparse.Namespace, settings: Settings) -> int:
+    from litpulse.pipeline.digest import feed_for
+    from litpulse.pipeline.saved_searches import get_search
+
+    found = get_search(settings, args.ref)
+    url = args.base_url.rstrip("/") + found.feed_path
+    sys.stdout.write(feed_for(settings, found.id, self_url=url).decode("utf-8") + "\n")
+    return 0

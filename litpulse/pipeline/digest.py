@@ -1,0 +1,423 @@
+"""The digest: after an index publish, each saved search's new matches, recorded and sent.
+
+For every saved search (:mod:`litpulse.pipeline.saved_searches`), :func:`run_digest`
+
+1. takes the articles *new* for it: live, first stored after its ``watermark`` and held
+   by the published index version;
+2. ranks them with the real search (:func:`ranking.search.run_search`: the search's
+   query embedded with the index's own model version, its filters, the current scoring)
+   over an exact index of just those articles' vectors, and keeps those scoring at least
+   its threshold (``--min-score``, else ``LITPULSE_DIGEST_MIN_SCORE``), best first, at
+   most ``LITPULSE_DIGEST_MAX_MATCHES``;
+3. records them in ``digest_matches`` with their explanation — unique per (search, PMID),
+   so an article is never sent twice for one search — and moves the watermark forward
+   (never past an article not yet in the index: it is new for the next digest);
+4. delivers every match not yet delivered on each configured channel — e-mail over SMTP,
+   a webhook POST — and stamps ``email_sent_at`` / ``webhook_sent_at`` only on success,
+   so a failed delivery is retried by the next digest and no match is lost. The Atom
+   feed (``/feeds/{id}.atom``, :func:`feed_for`) reads the matches directly.
+
+``litpulse nightly`` runs it after its index (and retrain) steps, the
+``litpulse_index_refresh`` DAG after publishing, ``litpulse alerts run`` on demand.
+
+Example:
+    >>> report = run_digest(settings)  # doctest: +SKIP
+    >>> report.matched, report.emailed  # doctest: +SKIP
+    (3, 3)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine, desc, select, update
+
+from litpulse.core import db
+from litpulse.core.errors import LitpulseError
+from litpulse.core.schema import articles, digest_matches, saved_searches
+from litpulse.core.settings import Settings
+from litpulse.core.timeutil import utcnow
+from litpulse.pipeline.digest_channels import (
+    DeliveryError,
+    Match,
+    atom_feed,
+    email_configured,
+    post_webhook,
+    send_email,
+)
+from litpulse.pipeline.saved_searches import SavedSearch, get_search, list_searches
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = [
+    "LEASE_NAME",
+    "DigestBusyError",
+    "DigestReport",
+    "SearchDigest",
+    "digest_step",
+    "feed_for",
+    "matches_of",
+    "run_digest",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The database lease one digest holds (two digests at once would send twice).
+LEASE_NAME = "digest"
+#: Most matches a feed shows (the newest).
+FEED_ENTRIES = 200
+
+
+class DigestBusyError(LitpulseError):
+    """Another digest is running; try again later."""
+
+    retryable = True
+
+
+@dataclass(frozen=True)
+class SearchDigest:
+    """What one digest did for one saved search.
+
+    Attributes:
+        search_id: The saved search.
+        name: Its name.
+        candidates: New articles ranked.
+        matched: New matches recorded (above its threshold, never recorded before).
+        threshold: The score they needed.
+    """
+
+    search_id: int
+    name: str
+    candidates: int
+    matched: int
+    threshold: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class DigestReport:
+    """What :func:`run_digest` did.
+
+    Attributes:
+        index_version: The published index version searched (``None``: none yet).
+        searches: One entry per saved search.
+        emailed: Matches delivered by e-mail now (earlier failures included).
+        posted: Matches delivered to the webhook now.
+        failures: Deliveries that failed (retried by the next digest).
+        skipped: Why nothing was searched, when so.
+    """
+
+    index_version: str | None
+    searches: tuple[SearchDigest, ...] = ()
+    emailed: int = 0
+    posted: int = 0
+    failures: tuple[str, ...] = ()
+    skipped: str | None = None
+
+    @property
+    def matched(self) -> int:
+        """New matches recorded, over every saved search."""
+        return sum(s.matched for s in self.searches)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index_version": self.index_version,
+            "matched": self.matched,
+            "searches": [s.to_dict() for s in self.searches],
+            "emailed": self.emailed,
+            "posted": self.posted,
+            "failures": list(self.failures),
+            "skipped": self.skipped,
+        }
+
+
+@dataclass(frozen=True)
+class _SubsetIndex:
+    """An exact inner-product index over some vectors of one model version: the new
+    articles of a digest, searched by :func:`ranking.search.run_search`."""
+
+    id: str
+    model_version: str
+    vectors: np.ndarray = field(repr=False)
+    ids: np.ndarray = field(repr=False)
+
+    @property
+    def size(self) -> int:
+        return len(self.ids)
+
+    def search(self, query_vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        import numpy as np
+
+        sims = np.asarray(query_vectors, dtype=np.float32) @ self.vectors.T
+        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        scores = np.take_along_axis(sims, order, axis=1).astype(np.float32)
+        return scores, self.ids[order]
+
+
+def run_digest(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    embed: Callable[[str], np.ndarray] | None = None,
+) -> DigestReport:
+    """Record every saved search's new matches, then deliver what is pending.
+
+    Args:
+        settings: The settings (thresholds, SMTP and webhook).
+        engine: The store (default :func:`litpulse.core.db.connect`).
+        embed: Query text → vector (default: the published index's model version).
+
+    Returns:
+        What was found and delivered.
+
+    Raises:
+        DigestBusyError: Another digest holds the ``digest`` lease.
+    """
+    engine = engine or db.connect(settings)
+    lease = db.acquire_lease(engine, LEASE_NAME)
+    if lease is None:
+        raise DigestBusyError(f"another digest is running (lease {LEASE_NAME!r})")
+    with lease:
+        searches = list_searches(settings, engine=engine)
+        if not searches:
+            return DigestReport(index_version=None, skipped="no saved searches")
+        from ranking.index_files import open_published
+
+        index = open_published(settings, engine)
+        if index is None:
+            return DigestReport(index_version=None, skipped="no index is published yet")
+        done = []
+        for search in searches:
+            lease.check()
+            done.append(_digest_one(settings, engine, search, index, embed))
+        lease.check()
+        emailed, posted, failures = _deliver(settings, engine)
+    report = DigestReport(
+        index_version=str(index.id),
+        searches=tuple(done),
+        emailed=emailed,
+        posted=posted,
+        failures=tuple(failures),
+    )
+    logger.info(
+        "digest of index %s: %d new matches over %d saved searches; %d e-mailed, "
+        "%d posted, %d failures",
+        index.id,
+        report.matched,
+        len(done),
+        emailed,
+        posted,
+        len(failures),
+    )
+    return report
+
+
+def digest_step(settings: Settings) -> dict[str, Any]:
+    """The digest as a step of a chain (``litpulse nightly``, the index-refresh DAG).
+
+    The index is published already when it runs, so a digest that cannot run (another
+    one holds the lease, a database error) is logged and reported, never raised: the
+    next digest finds the same new articles (the watermarks did not move).
+    """
+    try:
+        return run_digest(settings).to_dict()
+    except LitpulseError as exc:
+        logger.warning("digest not run: %s", exc)
+        return DigestReport(index_version=None, skipped=f"{type(exc).__name__}: {exc}").to_dict()
+
+
+def _new_articles(
+    engine: Engine, search: SavedSearch, index_ids: np.ndarray
+) -> tuple[np.ndarray, dt.datetime]:
+    """The PMIDs new for ``search`` that the index holds, and the next watermark.
+
+    The watermark moves to the newest first-stored time looked at, but stops just
+    before the oldest new article the index does not hold yet (it will be new next time).
+    """
+    import numpy as np
+
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(articles.c.pmid, articles.c.ingested_at)
+            .where(articles.c.ingested_at > search.watermark, articles.c.is_deleted.is_(False))
+            .order_by(articles.c.ingested_at)
+        ).all()
+    if not rows:
+        return np.zeros(0, dtype=np.int64), search.watermark
+    pmids = np.fromiter((int(r.pmid) for r in rows), dtype=np.int64, count=len(rows))
+    held = np.isin(pmids, index_ids)
+    waiting = [r.ingested_at for r, h in zip(rows, held, strict=True) if not h]
+    if waiting:
+        mark = max(search.watermark, min(waiting) - dt.timedelta(microseconds=1))
+    else:
+        mark = rows[-1].ingested_at
+    return pmids[held], mark
+
+
+def _digest_one(
+    settings: Settings,
+    engine: Engine,
+    search: SavedSearch,
+    index: Any,
+    embed: Callable[[str], np.ndarray] | None,
+) -> SearchDigest:
+    from ranking.index_store import fetch_vectors
+    from ranking.search import run_search
+
+    threshold = search.threshold(settings)
+    new, mark = _new_articles(engine, search, index.ids)
+    vectors, ids = fetch_vectors(engine, str(index.model_version), new)
+    hits: Sequence[Any] = ()
+    if len(ids):
+        subset = _SubsetIndex(
+            id=str(index.id), model_version=str(index.model_version), vectors=vectors, ids=ids
+        )
+        result = run_search(
+            settings,
+            search.query,
+            k=min(settings.digest_max_matches, len(ids)),
+            filters=search.filters,
+            engine=engine,
+            index=subset,
+            embed=embed,
+        )
+        hits = [h for h in result.hits if h.score >= threshold]
+    now = utcnow()
+    rows = [
+        {
+            "search_id": search.id,
+            "pmid": h.pmid,
+            "title": h.title,
+            "score": float(h.score),
+            "explanation": h.explanation,
+            "index_version": str(index.id),
+            "model_version": str(index.model_version),
+            "found_at": now,
+        }
+        for h in hits
+    ]
+    with engine.begin() as conn:
+        before = _count(conn, search.id)
+        db.upsert(conn, digest_matches, rows, keys=("search_id", "pmid"), update=())
+        matched = _count(conn, search.id) - before
+        conn.execute(
+            update(saved_searches)
+            .where(saved_searches.c.id == search.id)
+            .values(watermark=mark, last_digest_at=now, last_index_version=str(index.id))
+        )
+    logger.info(
+        "saved search %d %r: %d new articles, %d new matches (>= %g)",
+        search.id,
+        search.name,
+        len(ids),
+        matched,
+        threshold,
+    )
+    return SearchDigest(
+        search_id=search.id,
+        name=search.name,
+        candidates=len(ids),
+        matched=matched,
+        threshold=threshold,
+    )
+
+
+def _count(conn: Any, search_id: int) -> int:
+    from sqlalchemy import func
+
+    n = conn.execute(select(func.count()).where(digest_matches.c.search_id == search_id)).scalar()
+    return int(n or 0)
+
+
+def _match(row: Any) -> Match:
+    return Match(
+        id=int(row.id),
+        search_id=int(row.search_id),
+        pmid=int(row.pmid),
+        title=row.title or "",
+        score=float(row.score),
+        index_version=row.index_version,
+        model_version=row.model_version,
+        found_at=row.found_at,
+        explanation=dict(row.explanation or {}),
+    )
+
+
+def matches_of(
+    engine: Engine, search_id: int, *, limit: int | None = None, pending: str | None = None
+) -> list[Match]:
+    """A saved search's matches, newest first (best score first within one digest).
+
+    Args:
+        engine: The store.
+        search_id: The saved search.
+        limit: Most matches returned.
+        pending: ``"email"`` or ``"webhook"``: only those not yet delivered there.
+    """
+    stmt = select(digest_matches).where(digest_matches.c.search_id == search_id)
+    if pending is not None:
+        stmt = stmt.where(digest_matches.c[f"{pending}_sent_at"].is_(None))
+    stmt = stmt.order_by(
+        desc(digest_matches.c.found_at), desc(digest_matches.c.score), digest_matches.c.pmid
+    )
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    with engine.connect() as conn:
+        return [_match(r) for r in conn.execute(stmt).all()]
+
+
+def _deliver(settings: Settings, engine: Engine) -> tuple[int, int, list[str]]:
+    """Send every pending match on each configured channel; stamp what went out."""
+    channels: list[tuple[str, Callable[[Settings, SavedSearch, Sequence[Match]], None]]] = []
+    if email_configured(settings):
+        channels.append(("email", send_email))
+    if settings.digest_webhook_url:
+        channels.append(("webhook", post_webhook))
+    sent = {"email": 0, "webhook": 0}
+    failures: list[str] = []
+    for search in list_searches(settings, engine=engine):
+        for channel, send in channels:
+            pending = matches_of(engine, search.id, pending=channel)
+            if not pending:
+                continue
+            try:
+                send(settings, search, pending)
+            except DeliveryError as exc:
+                logger.warning(
+                    "digest %s for saved search %d failed (retried next time): %s",
+                    channel,
+                    search.id,
+                    exc,
+                )
+                failures.append(f"{channel} for {search.name!r}: {exc}")
+                continue
+            column = digest_matches.c[f"{channel}_sent_at"]
+            with engine.begin() as conn:
+                conn.execute(
+                    update(digest_matches)
+                    .where(digest_matches.c.id.in_([m.id for m in pending]))
+                    .values({column: utcnow()})
+                )
+            sent[channel] += len(pending)
+    return sent["email"], sent["webhook"], failures
+
+
+def feed_for(
+    settings: Settings, ref: int | str, *, self_url: str, engine: Engine | None = None
+) -> bytes:
+    """The Atom feed of a saved search (its newest :data:`FEED_ENTRIES` matches).
+
+    Raises:
+        NotFoundError: No saved search has this id or name.
+    """
+    engine = engine or db.connect(settings)
+    search = get_search(settings, ref, engine=engine)
+    return atom_feed(search, matches_of(engine, search.id, limit=FEED_ENTRIES), self_url=self_url)

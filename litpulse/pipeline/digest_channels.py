@@ -1,0 +1,237 @@
+"""How a saved search's matches reach people: an Atom feed, an e-mail, a webhook POST.
+
+Each function formats or sends; none reads the database. :mod:`litpulse.pipeline.digest`
+decides what is new and records what was delivered.
+
+* :func:`atom_feed` renders Atom 1.0 (RFC 4287): the feed's ``id``, ``title``,
+  ``updated``, ``author`` and ``self`` link; per match an entry with ``id``, ``title``,
+  ``link`` (the PubMed record), ``updated`` and a ``summary`` holding the score and its
+  explanation.
+* :func:`send_email` sends one plain-text message over SMTP (stdlib ``smtplib``).
+* :func:`post_webhook` POSTs ``{"search": ..., "matches": [...]}`` as JSON.
+
+Example:
+    >>> url = "http://127.0.0.1:8000/feeds/1.atom"
+    >>> xml = atom_feed(search, matches, self_url=url)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import smtplib
+import urllib.request
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any
+
+from litpulse.core.errors import TransientSourceError
+from litpulse.core.settings import Settings
+from litpulse.core.timeutil import iso
+from litpulse.pipeline.saved_searches import SavedSearch
+
+__all__ = [
+    "ATOM_NS",
+    "DeliveryError",
+    "Match",
+    "atom_feed",
+    "email_configured",
+    "email_message",
+    "post_webhook",
+    "pubmed_url",
+    "send_email",
+]
+
+ATOM_NS = "http://www.w3.org/2005/Atom"
+#: Seconds an SMTP or webhook exchange may take at most.
+MAX_DELIVERY_TIMEOUT_S = 30.0
+
+
+class DeliveryError(TransientSourceError):
+    """An e-mail or webhook delivery failed; the matches stay pending for the next digest."""
+
+
+@dataclass(frozen=True)
+class Match:
+    """A new article recorded for a saved search.
+
+    Attributes:
+        id: The match row's id.
+        search_id: The saved search.
+        pmid: The article.
+        title: Its title when found.
+        score: Its score under the model of ``model_version``.
+        explanation: The score's explanation (``text`` and its components).
+        index_version: The index version it was found in.
+        model_version: The model version that scored it.
+        found_at: When the digest recorded it.
+    """
+
+    id: int
+    search_id: int
+    pmid: int
+    title: str
+    score: float
+    index_version: str
+    model_version: str
+    found_at: dt.datetime
+    explanation: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def why(self) -> str:
+        """One line: the score and its explanation."""
+        return f"score {self.score:.3f}: {self.explanation.get('text', '')}".rstrip(": ")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pmid": self.pmid,
+            "title": self.title,
+            "score": self.score,
+            "explanation": self.explanation,
+            "url": pubmed_url(self.pmid),
+            "index_version": self.index_version,
+            "model_version": self.model_version,
+            "found_at": iso(self.found_at),
+        }
+
+
+def pubmed_url(pmid: int) -> str:
+    """The PubMed page of an article."""
+    return f"https://pubmed.ncbi.nlm.nih.gov/{int(pmid)}/"
+
+
+def _feed_id(search: SavedSearch) -> str:
+    # the creation time keeps ids unique even if a removed search's id is reused
+    return f"urn:litpulse:saved-search:{search.id}:{int(search.created_at.timestamp())}"
+
+
+def _text(parent: ET.Element, tag: str, text: str, **attrs: str) -> ET.Element:
+    child = ET.SubElement(parent, f"{{{ATOM_NS}}}{tag}", attrs)
+    child.text = text
+    return child
+
+
+def atom_feed(search: SavedSearch, matches: Sequence[Match], *, self_url: str) -> bytes:
+    """The Atom 1.0 document of a saved search's matches (newest first), UTF-8.
+
+    Args:
+        search: The saved search.
+        matches: Its matches, in the order wanted.
+        self_url: The feed's own URL (its ``rel="self"`` link).
+    """
+    ET.register_namespace("", ATOM_NS)
+    feed = ET.Element(f"{{{ATOM_NS}}}feed")
+    _text(feed, "id", _feed_id(search))
+    _text(feed, "title", f"litpulse: {search.name}")
+    _text(
+        feed,
+        "subtitle",
+        f"New articles for “{search.query}” scoring at least "
+        f"{search.min_score if search.min_score is not None else 'the default threshold'}",
+    )
+    stamps = [m.found_at for m in matches] + [search.created_at]
+    if search.last_digest_at is not None:
+        stamps.append(search.last_digest_at)
+    _text(feed, "updated", iso(max(stamps)))
+    author = ET.SubElement(feed, f"{{{ATOM_NS}}}author")
+    _text(author, "name", "litpulse")
+    ET.SubElement(
+        feed,
+        f"{{{ATOM_NS}}}link",
+        {"rel": "self", "href": self_url, "type": "application/atom+xml"},
+    )
+    _text(feed, "generator", "litpulse")
+    for m in matches:
+        entry = ET.SubElement(feed, f"{{{ATOM_NS}}}entry")
+        _text(entry, "id", f"{_feed_id(search)}:pmid:{m.pmid}")
+        _text(entry, "title", m.title or f"PMID {m.pmid}")
+        ET.SubElement(entry, f"{{{ATOM_NS}}}link", {"rel": "alternate", "href": pubmed_url(m.pmid)})
+        _text(entry, "updated", iso(m.found_at))
+        _text(entry, "summary", f"PMID {m.pmid}, {m.why}", type="text")
+    return bytes(ET.tostring(feed, encoding="utf-8", xml_declaration=True))
+
+
+def email_message(
+    settings: Settings, search: SavedSearch, matches: Sequence[Match]
+) -> EmailMessage:
+    """The plain-text e-mail listing a saved search's new matches."""
+    msg = EmailMessage()
+    n = len(matches)
+    msg["Subject"] = f"litpulse: {n} new article{'s' if n != 1 else ''} for “{search.name}”"
+    msg["From"] = settings.digest_smtp_from
+    msg["To"] = ", ".join(_recipients(settings))
+    lines = [f"New articles for your saved search “{search.name}” ({search.query}):", ""]
+    for i, m in enumerate(matches, start=1):
+        lines += [
+            f"{i}. {m.title or f'PMID {m.pmid}'}",
+            f"   {pubmed_url(m.pmid)}",
+            f"   {m.why}",
+            "",
+        ]
+    lines.append(f"Feed of every match: {search.feed_path} on your litpulse server.")
+    msg.set_content("\n".join(lines))
+    return msg
+
+
+def _recipients(settings: Settings) -> list[str]:
+    return [a.strip() for a in settings.digest_smtp_to.split(",") if a.strip()]
+
+
+def email_configured(settings: Settings) -> bool:
+    """Whether digests go out by e-mail (an SMTP host and at least one recipient)."""
+    return bool(settings.digest_smtp_host and _recipients(settings))
+
+
+def send_email(settings: Settings, search: SavedSearch, matches: Sequence[Match]) -> None:
+    """Send the e-mail of :func:`email_message` through ``LITPULSE_DIGEST_SMTP_HOST``.
+
+    Raises:
+        DeliveryError: The server could not be reached or refused the message.
+    """
+    msg = email_message(settings, search, matches)
+    timeout = min(settings.http_timeout, MAX_DELIVERY_TIMEOUT_S)
+    try:
+        with smtplib.SMTP(
+            settings.digest_smtp_host, settings.digest_smtp_port, timeout=timeout
+        ) as smtp:
+            refused = smtp.send_message(msg)
+    except (OSError, smtplib.SMTPException) as exc:
+        raise DeliveryError(f"e-mail to {msg['To']} failed: {exc}") from exc
+    if refused:
+        raise DeliveryError(f"the SMTP server refused {', '.join(refused)}")
+
+
+def post_webhook(settings: Settings, search: SavedSearch, matches: Sequence[Match]) -> None:
+    """POST the matches as JSON to ``LITPULSE_DIGEST_WEBHOOK_URL``.
+
+    The body is ``{"text": one line, "search": {...}, "matches": [...]}`` (``text`` for
+    chat webhooks).
+
+    Raises:
+        DeliveryError: No 2xx answer.
+    """
+    n = len(matches)
+    body = json.dumps(
+        {
+            "text": f"litpulse: {n} new article{'s' if n != 1 else ''} for “{search.name}”",
+            "search": search.to_dict(),
+            "matches": [m.to_dict() for m in matches],
+        },
+        default=str,
+    ).encode()
+    request = urllib.request.Request(
+        settings.digest_webhook_url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": "litpulse-digest"},
+    )
+    timeout = min(settings.http_timeout, MAX_DELIVERY_TIMEOUT_S)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            status = int(resp.status)
+    except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors
+        raise DeliveryError(f"webhook POST failed: {exc}") from exc
+    if not 200 <= status < 300:
+        raise DeliveryError(f"webhook answered HTTP {status}")

@@ -1,0 +1,250 @@
+"""Saved searches: a query, its filters and a score threshold, digested after each publish.
+
+A saved search is created by ``litpulse alerts add``, ``POST /alerts`` or the page, and
+named uniquely (a name is never only digits, so ``alerts remove 3`` means the id). Its
+``watermark`` starts at its creation: articles first stored after it are "new" for the
+search; each digest (:mod:`litpulse.pipeline.digest`) moves it forward.
+
+Example:
+    >>> s = add_search(settings, name="crispr", query="CRISPR off-target effects",
+    ...                filters=SearchFilters(mesh=("Humans",)), min_score=0.6)  # doctest: +SKIP
+    >>> [x.name for x in list_searches(settings)]  # doctest: +SKIP
+    ['crispr']
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, insert, select
+
+from litpulse.core import db
+from litpulse.core.errors import ConfigError, NotFoundError
+from litpulse.core.schema import digest_matches, saved_searches
+from litpulse.core.settings import Settings
+from litpulse.core.timeutil import iso, utcnow
+from ranking.search import MAX_QUERY_CHARS, SearchFilters
+
+__all__ = [
+    "MAX_NAME_CHARS",
+    "SavedSearch",
+    "add_search",
+    "get_search",
+    "list_searches",
+    "remove_search",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Longest name of a saved search, in characters.
+MAX_NAME_CHARS = 255
+
+
+@dataclass(frozen=True)
+class SavedSearch:
+    """One saved search.
+
+    Attributes:
+        id: Its id (feeds are ``/feeds/{id}.atom``).
+        name: Its unique name.
+        query: The free-text query.
+        filters: Which articles may match (the filters of ``litpulse search``).
+        min_score: Score a new article needs; ``None``: ``LITPULSE_DIGEST_MIN_SCORE``.
+        owner: Who saved it (the API token's expert, or ``cli:<user>``).
+        created_at: When it was saved.
+        watermark: Articles first stored after this are new for it.
+        last_digest_at: When a digest last looked at it.
+        last_index_version: The index version that digest searched.
+        matches: Matches recorded so far.
+    """
+
+    id: int
+    name: str
+    query: str
+    filters: SearchFilters
+    min_score: float | None
+    owner: str
+    created_at: dt.datetime
+    watermark: dt.datetime
+    last_digest_at: dt.datetime | None = None
+    last_index_version: str | None = None
+    matches: int = 0
+
+    def threshold(self, settings: Settings) -> float:
+        """The score a new article needs for this search."""
+        return settings.digest_min_score if self.min_score is None else self.min_score
+
+    @property
+    def feed_path(self) -> str:
+        """Where the API serves its Atom feed."""
+        return f"/feeds/{self.id}.atom"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "query": self.query,
+            "filters": self.filters.to_dict(),
+            "min_score": self.min_score,
+            "owner": self.owner,
+            "created_at": iso(self.created_at),
+            "watermark": iso(self.watermark),
+            "last_digest_at": iso(self.last_digest_at),
+            "last_index_version": self.last_index_version,
+            "matches": self.matches,
+            "feed": self.feed_path,
+        }
+
+
+def _from_row(row: Any, matches: int = 0) -> SavedSearch:
+    return SavedSearch(
+        id=int(row.id),
+        name=row.name,
+        query=row.query,
+        filters=SearchFilters(**dict(row.filters or {})),
+        min_score=row.min_score,
+        owner=row.owner,
+        created_at=row.created_at,
+        watermark=row.watermark,
+        last_digest_at=row.last_digest_at,
+        last_index_version=row.last_index_version,
+        matches=matches,
+    )
+
+
+def _clean_name(name: str) -> str:
+    text = " ".join(str(name or "").split())
+    if not text:
+        raise ConfigError("a saved search needs a name")
+    if len(text) > MAX_NAME_CHARS:
+        raise ConfigError(f"a saved search's name must be at most {MAX_NAME_CHARS} characters")
+    if text.isdigit():
+        raise ConfigError(f"a saved search's name must not be only digits (ids are): {text!r}")
+    if "\x00" in text:
+        raise ConfigError("a saved search's name must not hold NUL")
+    return text
+
+
+def _clean_query(query: str) -> str:
+    text = (query or "").strip()
+    if not text:
+        raise ConfigError("query must not be empty")
+    if len(text) > MAX_QUERY_CHARS:
+        raise ConfigError(f"query must be at most {MAX_QUERY_CHARS} characters")
+    if "\x00" in text:
+        raise ConfigError("query must not hold NUL")
+    return text
+
+
+def _clean_min_score(value: float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"min_score must be a finite number, got {value!r}")
+    if not 0.0 <= float(value) <= 1000.0:
+        raise ConfigError(f"min_score must be from 0 to 1000, got {value!r}")
+    return float(value)
+
+
+def add_search(
+    settings: Settings,
+    *,
+    name: str,
+    query: str,
+    filters: SearchFilters | None = None,
+    min_score: float | None = None,
+    owner: str,
+    engine: Engine | None = None,
+) -> SavedSearch:
+    """Save a search; articles stored from now on are its new ones.
+
+    Raises:
+        ConfigError: An empty or over-long name or query, a name of digits only, a
+            threshold outside 0..1000, or the name is taken.
+    """
+    name = _clean_name(name)
+    query = _clean_query(query)
+    min_score = _clean_min_score(min_score)
+    filters = filters or SearchFilters()
+    engine = engine or db.connect(settings)
+    now = utcnow()
+    with engine.begin() as conn:
+        taken = conn.execute(
+            select(saved_searches.c.id).where(saved_searches.c.name == name)
+        ).first()
+        if taken is not None:
+            raise ConfigError(f"a saved search named {name!r} exists already (id {taken.id})")
+        key = conn.execute(
+            insert(saved_searches).values(
+                name=name,
+                query=query,
+                filters=filters.to_dict(),
+                min_score=min_score,
+                owner=owner,
+                created_at=now,
+                watermark=now,
+            )
+        ).inserted_primary_key
+        sid = int(key[0]) if key is not None else 0
+        row = conn.execute(select(saved_searches).where(saved_searches.c.id == sid)).one()
+    logger.info("saved search %d %r by %s", sid, name, owner)
+    return _from_row(row)
+
+
+def _match_counts(engine: Engine) -> dict[int, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(digest_matches.c.search_id, func.count()).group_by(digest_matches.c.search_id)
+        ).all()
+    return {int(sid): int(n) for sid, n in rows}
+
+
+def list_searches(settings: Settings, *, engine: Engine | None = None) -> list[SavedSearch]:
+    """Every saved search, oldest first, with its number of matches."""
+    engine = engine or db.connect(settings)
+    counts = _match_counts(engine)
+    with engine.connect() as conn:
+        rows = conn.execute(select(saved_searches).order_by(saved_searches.c.id)).all()
+    return [_from_row(r, counts.get(int(r.id), 0)) for r in rows]
+
+
+def get_search(settings: Settings, ref: int | str, *, engine: Engine | None = None) -> SavedSearch:
+    """The saved search with this id (an int, or text of digits) or name.
+
+    Raises:
+        NotFoundError: No saved search has this id or name.
+    """
+    engine = engine or db.connect(settings)
+    text = str(ref).strip()
+    cond = (
+        saved_searches.c.id == int(text)
+        if text.isdigit() and len(text) < 18
+        else saved_searches.c.name == " ".join(text.split())
+    )
+    with engine.connect() as conn:
+        row = conn.execute(select(saved_searches).where(cond)).first()
+        if row is None:
+            raise NotFoundError(f"no saved search has id or name {text!r}")
+        n = conn.execute(select(func.count()).where(digest_matches.c.search_id == row.id)).scalar()
+    return _from_row(row, int(n or 0))
+
+
+def remove_search(
+    settings: Settings, ref: int | str, *, engine: Engine | None = None
+) -> SavedSearch:
+    """Delete a saved search and its matches; returns what was deleted.
+
+    Raises:
+        NotFoundError: No saved search has this id or name.
+    """
+    engine = engine or db.connect(settings)
+    found = get_search(settings, ref, engine=engine)
+    with engine.begin() as conn:
+        conn.execute(delete(digest_matches).where(digest_matches.c.search_id == found.id))
+        conn.execute(delete(saved_searches).where(saved_searches.c.id == found.id))
+    logger.info("removed saved search %d %r", found.id, found.name)
+    return found

@@ -1,0 +1,290 @@
+"""The bootstrap loader: baseline then updates, in order, from staged downloads.
+
+The loopback file server publishes 20 generated baseline files (50 records each, a few
+malformed) and 3 update files that revise, delete and add records. ``litpulse bootstrap``
+killed by SIGKILL twice at random points and resumed must end in exactly the state of an
+uninterrupted run: every article row (without wall-clock times), terms, references,
+quarantine, and ``source_files`` (without per-run counts and times).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from ingest.bootstrap import (
+    BootstrapBusyError,
+    load_files,
+    pending_files,
+    prefetch_file,
+    stage_file,
+    staged,
+)
+from ingest.updatefiles import apply_updates
+from litpulse.app.demo.generate import CorpusManifest, generate_corpus
+from litpulse.app.demo.pubmed_xml import article_xml, gz, pubmed_set
+from litpulse.core import db
+from litpulse.core.schema import articles, ingest_runs, source_files
+from litpulse.core.settings import Settings
+from tests.emulator import Emulator, running_emulator
+from tests.ingest.test_crash_resume import (
+    REPO,
+    child_env,
+    differences,
+    quick,
+    reset,
+    snapshot,
+)
+
+N_BASELINE = 20
+PER_FILE = 50
+BATCH = 40
+
+
+@dataclass(frozen=True)
+class Published:
+    """What the emulated server publishes: baseline and update files (name, bytes)."""
+
+    baseline: tuple[tuple[str, bytes], ...]
+    updates: tuple[tuple[str, bytes], ...]
+    manifest: CorpusManifest
+    revised: frozenset[int]
+    deleted: frozenset[int]
+    added: frozenset[int]
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> Published:
+    folder = tmp_path_factory.mktemp("baseline")
+    m = generate_corpus(
+        folder, n_records=N_BASELINE * PER_FILE, n_files=N_BASELINE, seed=41,
+        revise_fraction=0.0, delete_fraction=0.0, malformed_fraction=0.005,
+    )  # fmt: skip
+    rng = random.Random(41)
+    live = sorted(m.live_pmids)
+    edat, mdat = dt.date(2024, 6, 1), dt.date(2024, 7, 1)
+    year = m.files[0].name[6:8]
+    new = max(live) + 1000
+    updates, revised, deleted, added = [], set(), set(), set()
+    for k in range(3):
+        rev = rng.sample([p for p in live if p not in deleted], 20)
+        gone = rng.sample([p for p in live if p not in deleted and p not in rev], 6)
+        fresh = list(range(new + 100 * k, new + 100 * k + 20))
+        elements = [article_xml(p, edat=edat, mdat=mdat, version=2 + k % 2,
+                                title=f"Revised in update {k}: {p}", refs=(live[0],))
+                    for p in rev]  # fmt: skip
+        elements += [article_xml(p, edat=edat, refs=(rev[0],)) for p in fresh]
+        if k == 2:  # a record of update 0 deleted, one of update 0 revised again
+            gone.append(new)
+            elements.append(
+                article_xml(
+                    new + 1,
+                    edat=edat,
+                    mdat=mdat,
+                    version=2,
+                    title="New in update 0, revised in update 2",
+                )
+            )
+        name = f"pubmed{year}n{N_BASELINE + 1 + k:04d}.xml.gz"
+        updates.append((name, gz(pubmed_set(elements, gone))))
+        revised |= set(rev)
+        deleted |= set(gone)
+        added |= set(fresh)
+    return Published(
+        tuple((p.name, p.read_bytes()) for p in m.files), tuple(updates), m,
+        frozenset(revised), frozenset(deleted), frozenset(added),
+    )  # fmt: skip
+
+
+@pytest.fixture
+def emu(published: Published) -> Iterator[Emulator]:
+    for emu in running_emulator():
+        for name, data in published.baseline:
+            emu.add_file("baseline", name, data)
+        for name, data in published.updates:
+            emu.add_file("updatefiles", name, data)
+        yield emu
+
+
+def _settings(emu: Emulator, settings: Settings) -> Settings:
+    return emu.configure(quick(settings, store_batch=BATCH), ncbi_api_key="k")
+
+
+def _files(engine: Engine) -> list[tuple[Any, ...]]:
+    """``source_files`` without what differs between runs (counts, run, time)."""
+    f = source_files.c
+    with engine.connect() as conn:
+        rows = conn.execute(select(f.name, f.kind, f.sequence, f.md5, f.size).order_by(f.name))
+        return [tuple(r) for r in rows]
+
+
+def _downloads(s: Settings) -> list[str]:
+    folder = s.home / "downloads"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_baseline_then_updates_in_order_and_a_repeat_does_nothing(
+    emu: Emulator, sqlite_settings: Settings, published: Published
+) -> None:
+    s = _settings(emu, sqlite_settings)
+    engine = db.connect(s)
+    report = load_files(s, workers=1, prefetch=2)
+    names = [n for n, _ in published.baseline] + [n for n, _ in published.updates]
+    assert list(report.applied) == names
+    assert report.listed == len(names) and report.already == 0
+    snap = snapshot(engine)
+    arts = snap["articles"]
+    live = {p for p, a in arts.items() if not a["is_deleted"]}
+    m = published.manifest
+    assert live == (m.live_pmids | published.added) - published.deleted
+    assert published.deleted <= {p for p, a in arts.items() if a["is_deleted"]}
+    assert all(arts[p]["version"] >= 2 for p in published.revised - published.deleted)
+    assert len(snap["quarantine"]) == m.quarantined > 0
+    assert _downloads(s) == []  # applied downloads are deleted
+
+    # the same state as the update-file path applying baseline and updates in order
+    reset(engine)
+    apply_updates(s, include_baseline=True)
+    assert not differences(snapshot(engine), snap)
+
+    # a second run: nothing listed is pending, nothing downloaded, no run recorded
+    with engine.connect() as conn:
+        runs = conn.execute(select(func.count()).select_from(ingest_runs)).scalar()
+    before = len(emu.requests(".xml.gz"))
+    again = load_files(s, workers=1)
+    assert again.nothing_to_do and again.applied == () and again.run_id is None
+    assert len(emu.requests(".xml.gz")) == before
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(ingest_runs)).scalar() == runs
+
+
+def test_staged_files_are_reused_and_stale_ones_removed(
+    emu: Emulator, sqlite_settings: Settings
+) -> None:
+    s = _settings(emu, sqlite_settings)
+    pending, listed = pending_files(s)
+    assert listed == N_BASELINE + 3 and pending[0].kind == "baseline"
+    first, second = pending[0], pending[1]
+    got = stage_file(s, second)
+    assert got is not None and staged(s.home / "downloads", second) == got
+    gets = len(emu.requests(second.name))
+    load_files(s, workers=1, prefetch=0, max_files=2)
+    assert len(emu.requests(second.name)) == gets  # the staged copy was applied
+    # a file staged again after it was applied (a kill between the two): removed at start
+    folder = s.home / "downloads"
+    (folder / first.name).write_bytes(b"x")
+    (folder / f"{first.name}.verified").write_text("0" * 32 + " 1\n")
+    load_files(s, workers=1, prefetch=0, max_files=1)
+    assert not (folder / first.name).exists()
+    # a fetcher of the DAG: an applied file is not fetched again
+    assert prefetch_file(s, first, window=2) == "applied"
+    assert prefetch_file(s, pending[5], window=2) == "staged"
+    emu.faults.add("badmd5", path=pending[6].name, times=100)
+    assert prefetch_file(s, pending[6], window=2).startswith("left to the writer")
+
+
+def test_a_second_writer_is_refused(emu: Emulator, sqlite_settings: Settings) -> None:
+    s = _settings(emu, sqlite_settings)
+    engine = db.connect(s)
+    lease = db.acquire_lease(engine, "bootstrap-writer", holder="otherhost:1:x")
+    assert lease is not None
+    try:
+        with pytest.raises(BootstrapBusyError, match="otherhost"):
+            load_files(s, workers=1)
+    finally:
+        lease.release()
+
+
+# ----------------------------------------------------------------------- killed twice
+
+
+def _progress(engine: Engine) -> int:
+    """A count that grows with every committed item kind: rows, tombstones, revisions."""
+    a = articles.c
+    with engine.connect() as conn:
+        return int(conn.execute(select(
+            func.count() + func.count().filter(a.is_deleted.is_(True))
+            + func.count().filter(a.version >= 2)
+        ).select_from(articles)).scalar_one())  # fmt: skip
+
+
+def _kill_at(
+    argv: list[str], env: dict[str, str], engine: Engine, s: Settings, at: int, log: Path
+) -> int:
+    """Run ``litpulse argv`` and SIGKILL it once :func:`_progress` reaches ``at``.
+
+    Returns:
+        The most files seen in the staging folder meanwhile.
+    """
+    most = 0
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "litpulse", *argv], env=env, cwd=REPO,
+            stdout=subprocess.DEVNULL, stderr=err, preexec_fn=lambda: os.nice(5),
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while proc.poll() is None and time.monotonic() < deadline:
+                most = max(most, sum(1 for n in _downloads(s) if n.endswith(".verified")))
+                if _progress(engine) >= at:
+                    break
+                time.sleep(0.005)
+            finished = proc.poll() is not None
+            if not finished:
+                os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait(timeout=30)
+    tail = log.read_text(errors="replace")[-2000:]
+    assert not finished, f"the run ended before the kill point {at}: {tail}"
+    return most
+
+
+def test_killed_twice_at_random_points_resumes_to_the_clean_state(
+    emu: Emulator, settings: Settings, tmp_path: Path
+) -> None:
+    s = _settings(emu, settings)
+    engine = db.connect(s)
+    load_files(s, workers=1, prefetch=2)
+    clean, clean_files = snapshot(engine), _files(engine)
+    final = _progress(engine)
+    reset(engine)
+
+    seed = int(os.environ.get("LITPULSE_TEST_SEED", time.time_ns() % 10_000))
+    rng = random.Random(seed)
+    first = rng.randrange(1, final // 2)
+    second = rng.randrange(first + 1, final - 5)
+    env = {**child_env(s), **emu.env(s)}
+    argv = ["bootstrap", "--no-embed", "--workers", "1", "--prefetch", "2"]
+    staged_most = 0
+    for at in (first, second):
+        staged_most = max(staged_most, _kill_at(argv, env, engine, s, at, tmp_path / "child.log"))
+    proc = subprocess.run([sys.executable, "-m", "litpulse", *argv], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    diff = differences(snapshot(engine), clean)
+    assert not diff, f"seed {seed}, killed at {first} and {second}: {diff}"
+    assert _files(engine) == clean_files, f"seed {seed}"
+    with engine.connect() as conn:
+        runs = list(conn.execute(select(ingest_runs.c.status).order_by(ingest_runs.c.id))
+                    .scalars())  # fmt: skip
+    assert runs == ["abandoned", "abandoned", "succeeded"], f"seed {seed}"
+    assert _downloads(s) == []
+    assert staged_most <= 3  # prefetch 2 + the one being applied
+
+    # a repeat does nothing and says so
+    proc = subprocess.run([sys.executable, "-m", "litpulse", *argv], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "all 23 listed files were applied before" in proc.stdout + proc.stderr

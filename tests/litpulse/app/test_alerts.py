@@ -1,0 +1,129 @@
+"""Saved searches through ``litpulse alerts`` and the HTTP API, then a digest and the feed:
+the CLI and an API token save searches, new articles are stored and indexed, ``alerts
+run`` records the matches, ``/feeds/{id}.atom`` serves them, only the owner removes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import feedparser
+import pytest
+from sqlalchemy import insert
+
+from litpulse.app.cli import main
+from litpulse.core import db
+from litpulse.core.schema import article_terms, articles
+from litpulse.core.settings import Settings
+from ranking.refresh import refresh_index
+from tests.litpulse.app.apistore import UNLIMITED, clone_store
+from tests.ranking.corpus import article_rows, real_corpus
+
+fastapi = pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from litpulse.app.api import create_app  # noqa: E402
+from litpulse.app.tokens import create_token  # noqa: E402
+
+#: Stored after the searches are saved: two on malaria, one off topic.
+NEW = {
+    901: "Malaria vaccine booster doses protect young African children",
+    902: "Seasonal malaria vaccination in children of the Sahel",
+    903: "Knee osteoarthritis and running shoes",
+}
+
+
+@pytest.fixture
+def store(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+          monkeypatch: pytest.MonkeyPatch) -> Settings:
+    s = clone_store(real_corpus(tmp_path_factory), tmp_path / "home", **UNLIMITED)
+    monkeypatch.setenv("LITPULSE_HOME", str(s.home))
+    for key, value in UNLIMITED.items():
+        monkeypatch.setenv(f"LITPULSE_{key.upper()}", str(value))
+    return s
+
+
+@pytest.fixture
+def client(store: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(store), raise_server_exceptions=False) as c:
+        yield c
+
+
+def _cli_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
+    assert main([*argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _store_new(settings: Settings) -> None:
+    template = article_rows()[0]
+    rows = [{**template, "pmid": pmid, "title": title, "abstract": title + ".",
+             "doi": None, "is_retracted": False, "is_deleted": False, "deleted_at": None}
+            for pmid, title in NEW.items()]
+    terms = [{"pmid": pmid, "kind": "mesh", "term": "Humans", "major": False} for pmid in NEW]
+    with db.connect(settings).begin() as conn:
+        conn.execute(insert(articles), rows)
+        conn.execute(insert(article_terms), terms)
+
+
+def test_saved_searches_by_cli_and_api_then_digest_and_feed(
+    store: Settings, client: TestClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the API: writes need a token, like POST /feedback
+    body = {"name": "malaria kids", "query": "malaria vaccine in children", "min_score": 0.5,
+            "mesh": ["Humans"]}
+    assert client.post("/alerts", json=body).status_code == 403  # no token exists: read-only
+    alice = create_token(store, "alice").token
+    bob = create_token(store, "bob").token
+    assert client.post("/alerts", json=body).status_code == 401
+    assert client.post("/alerts", json={**body, "min_score": -1},
+                       headers={"Authorization": f"Bearer {alice}"}).status_code == 422
+    made = client.post("/alerts", json=body, headers={"Authorization": f"Bearer {alice}"})
+    assert made.status_code == 201, made.text
+    api_search = made.json()
+    assert api_search["owner"] == "alice" and api_search["filters"]["mesh"] == ["Humans"]
+    again = client.post("/alerts", json=body, headers={"Authorization": f"Bearer {alice}"})
+    assert again.status_code == 400 and "exists already" in again.json()["detail"]
+
+    # the CLI: same filters as `litpulse search`
+    cli_search = _cli_json(capsys, "alerts", "add", "malaria vaccination", "--name", "malaria",
+                           "--min-score", "0.5", "--language", "eng")
+    assert cli_search["filters"]["language"] == "eng" and cli_search["owner"].startswith("cli:")
+    listed = client.get("/alerts").json()
+    assert [s["name"] for s in listed] == ["malaria kids", "malaria"]
+    assert [s["name"] for s in _cli_json(capsys, "alerts", "list")] == ["malaria kids", "malaria"]
+
+    # a night: new articles stored and indexed, then the digest
+    _store_new(store)
+    assert refresh_index(store).published
+    report = _cli_json(capsys, "alerts", "run")
+    assert report["matched"] > 0 and not report["failures"]
+    for search in (api_search, cli_search):
+        shown = client.get(f"/alerts/{search['id']}").json()
+        pmids = {m["pmid"] for m in shown["recent_matches"]}
+        assert pmids and pmids <= {901, 902}  # new and on topic; the old corpus is not new
+        assert shown["matches"] == len(pmids)
+        assert all(m["explanation"]["text"] for m in shown["recent_matches"])
+
+        resp = client.get(search["feed"])
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["content-type"].startswith("application/atom+xml")
+        feed = feedparser.parse(resp.content)
+        assert not feed.bozo and feed.version == "atom10"
+        assert {int(e.link.rstrip("/").rsplit("/", 1)[1]) for e in feed.entries} == pmids
+        assert feed.feed.links[0].href.endswith(search["feed"])
+    assert _cli_json(capsys, "alerts", "run")["matched"] == 0  # nothing new since
+
+    assert main(["alerts", "feed", "malaria"]) == 0
+    assert feedparser.parse(capsys.readouterr().out).entries
+
+    # only the owner removes over the API; the CLI (an admin) removes by name
+    url = f"/alerts/{api_search['id']}"
+    assert client.delete(url).status_code == 401
+    assert client.delete(url, headers={"Authorization": f"Bearer {bob}"}).status_code == 403
+    assert client.delete(url, headers={"Authorization": f"Bearer {alice}"}).status_code == 200
+    assert client.get(api_search["feed"]).status_code == 404
+    assert _cli_json(capsys, "alerts", "remove", "malaria")["id"] == cli_search["id"]
+    assert client.get("/alerts").json() == []
+    assert main(["alerts", "remove", "malaria"]) == 1  # unknown now

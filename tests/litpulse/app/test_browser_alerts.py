@@ -1,0 +1,72 @@
+"""The page's saved searches in headless Chromium: a search saved on the page, a night
+(new article stored and indexed, digest), then its feed linked from the page.
+
+Uses the fixtures of :mod:`tests.litpulse.app.test_browser` (skipped without Chromium).
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from typing import Any
+
+import feedparser
+import pytest
+from sqlalchemy import insert
+
+from litpulse.core import db
+from litpulse.core.schema import articles
+from litpulse.core.settings import Settings
+from litpulse.pipeline.digest import run_digest
+from litpulse.pipeline.saved_searches import get_search
+from ranking.refresh import refresh_index
+from tests.litpulse.app.test_browser import (  # noqa: F401 - fixtures
+    By,
+    WebDriverWait,
+    browser,
+    real,
+    server,
+    token,
+)
+from tests.ranking.corpus import article_rows
+
+pytestmark = pytest.mark.browser
+
+TITLE = "Malaria vaccine booster doses protect young African children"
+
+
+def test_a_search_saved_on_the_page_has_a_feed_after_the_digest(
+    browser: Any, server: str, real: Settings, token: str,  # noqa: F811 - fixtures
+) -> None:
+    browser.get(server + "/")
+    WebDriverWait(browser, 20).until(lambda d: "articles" in d.find_element(By.ID, "status").text)
+    browser.execute_script("localStorage.setItem('litpulse.token', arguments[0])", token)
+    browser.find_element(By.ID, "q").send_keys("malaria vaccine for children")
+    browser.find_element(By.ID, "save-min-score").send_keys("0.5")
+    browser.find_element(By.ID, "save-search").click()
+    prompt = WebDriverWait(browser, 10).until(lambda d: d.switch_to.alert)
+    prompt.send_keys("page malaria")
+    prompt.accept()
+    WebDriverWait(browser, 10).until(
+        lambda d: "page malaria" in d.find_element(By.ID, "saved-list").text
+    )
+    saved = get_search(real, "page malaria")
+    assert saved.owner == "browser-test" and saved.min_score == 0.5
+    assert saved.query == "malaria vaccine for children"
+
+    # the night: a new article on the topic, the index refresh, the digest
+    row = {**article_rows()[0], "pmid": 911, "title": TITLE, "abstract": TITLE + ".",
+           "doi": None, "is_retracted": False, "is_deleted": False, "deleted_at": None}
+    with db.connect(real).begin() as conn:
+        conn.execute(insert(articles), [row])
+    refresh_index(real)
+    assert run_digest(real).matched == 1
+
+    browser.get(server + "/")
+    WebDriverWait(browser, 20).until(
+        lambda d: "1 match)" in d.find_element(By.ID, "saved-list").text
+    )
+    link = browser.find_element(By.CSS_SELECTOR, f"#saved-list li[data-id='{saved.id}'] a.feed")
+    with urllib.request.urlopen(link.get_attribute("href"), timeout=10) as resp:
+        feed = feedparser.parse(resp.read())
+    assert not feed.bozo
+    assert [e.title for e in feed.entries] == [TITLE]

@@ -1,0 +1,304 @@
+"""Saved searches and the digest, end to end on a real index (bundled model), on SQLite
+and PostgreSQL: new matches recorded once, a valid Atom feed, SMTP and webhook delivery
+against local servers, failed deliveries retried without loss."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterable, Iterator
+from email import message_from_bytes, policy
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import feedparser
+import pytest
+from sqlalchemy import Engine, insert, select
+
+from litpulse.core import db
+from litpulse.core.errors import ConfigError, NotFoundError
+from litpulse.core.schema import article_terms, articles, digest_matches
+from litpulse.core.settings import Settings
+from litpulse.pipeline.digest import feed_for, matches_of, run_digest
+from litpulse.pipeline.nightly import run_nightly
+from litpulse.pipeline.saved_searches import (
+    add_search,
+    get_search,
+    list_searches,
+    remove_search,
+)
+from ranking.refresh import refresh_index
+from ranking.search import SearchFilters, run_search
+from tests.emulator import Emulator, running_emulator
+from tests.litpulse.pipeline.test_nightly import WINDOW, _serve
+from tests.ranking.corpus import ARTICLES, article_rows, term_rows
+
+#: Stored (and indexed) before the searches are saved: never "new" for them.
+OLD = {102, 202, 203, 302, 401, 402, 403, 404, 501, 502, 503}
+#: Stored after: 105 is retracted and 106 deleted (never matched).
+NEW = {101, 103, 104, 105, 106, 107, 201, 301, 303}
+CRISPR = "CRISPR gene editing in human cells"
+THRESHOLD = 0.6
+
+
+def _load(engine: Engine, pmids: Iterable[int]) -> None:
+    """Store these corpus articles now (their first-stored time is now)."""
+    wanted = set(pmids)
+    with engine.begin() as conn:
+        conn.execute(insert(articles), [r for r in article_rows() if r["pmid"] in wanted])
+        conn.execute(insert(article_terms), [r for r in term_rows() if r["pmid"] in wanted])
+
+
+@pytest.fixture
+def indexed(settings: Settings) -> Settings:
+    """The OLD articles stored and indexed with the bundled model."""
+    _load(db.connect(settings), OLD)
+    assert refresh_index(settings).size == len(OLD)
+    return settings
+
+
+def _matched(engine: Engine, search_id: int) -> dict[int, float]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(digest_matches.c.pmid, digest_matches.c.score).where(
+                digest_matches.c.search_id == search_id
+            )
+        ).all()
+    return {int(p): float(s) for p, s in rows}
+
+
+def _expected(settings: Settings, query: str, filters: SearchFilters) -> dict[int, Any]:
+    """The oracle: the real search over the whole published index, new articles only."""
+    hits = run_search(settings, query, k=len(ARTICLES), filters=filters).hits
+    return {h.pmid: h for h in hits if h.pmid in NEW and h.score >= THRESHOLD}
+
+
+def test_digest_records_each_new_match_once_and_publishes_a_valid_feed(
+    indexed: Settings,
+) -> None:
+    s = indexed
+    engine = db.connect(s)
+    plain = add_search(s, name="crispr", query=CRISPR, min_score=THRESHOLD, owner="alice")
+    humans = add_search(
+        s, name="crispr humans eng", query=CRISPR, min_score=THRESHOLD, owner="bob",
+        filters=SearchFilters(mesh=("Humans",), language="eng"),
+    )
+    _load(engine, NEW)
+    assert refresh_index(s).published
+
+    report = run_digest(s)
+
+    assert report.skipped is None and not report.failures
+    for search in (plain, humans):
+        expected = _expected(s, CRISPR, search.filters)
+        got = _matched(engine, search.id)
+        assert set(got) == set(expected)
+        for pmid, score in got.items():
+            assert score == pytest.approx(expected[pmid].score, abs=1e-5)
+    # the threshold and the filters decide: the old CRISPR review, the retracted, the
+    # deleted and the off-topic new articles are out; the filters drop more
+    assert 101 in _matched(engine, plain.id)
+    assert not set(_matched(engine, plain.id)) & {102, 105, 106, 201, 301}
+    assert set(_matched(engine, humans.id)) < set(_matched(engine, plain.id))
+    assert 104 not in _matched(engine, humans.id)  # Spanish
+    by_id = {d.search_id: d for d in report.searches}
+    assert by_id[plain.id].matched == len(_matched(engine, plain.id))
+    assert by_id[plain.id].candidates == len(NEW - {106})  # live, new and in the index
+
+    # the same night again: nothing new, nothing recorded twice
+    again = run_digest(s)
+    assert again.matched == 0
+    assert {d.candidates for d in again.searches} == {0}
+    assert list_searches(s)[0].matches == len(_matched(engine, plain.id))
+
+    # the feed: a real feed parser, every required Atom element, the explanations
+    url = f"http://127.0.0.1:8000/feeds/{plain.id}.atom"
+    feed = feedparser.parse(feed_for(s, plain.id, self_url=url))
+    assert not feed.bozo, feed.get("bozo_exception")
+    assert feed.version == "atom10"
+    assert feed.feed.id and feed.feed.title == "litpulse: crispr" and feed.feed.updated
+    assert feed.feed.links[0].href == url and feed.feed.links[0].rel == "self"
+    matches = {m.pmid: m for m in matches_of(engine, plain.id)}
+    assert len(feed.entries) == len(matches)
+    for entry in feed.entries:
+        pmid = int(entry.link.rstrip("/").rsplit("/", 1)[1])
+        assert entry.link == f"https://pubmed.ncbi.nlm.nih.gov/{pmid}/"
+        assert entry.id and entry.updated and entry.title == ARTICLES[pmid]["title"]
+        assert matches[pmid].explanation["text"] in entry.summary
+    assert len({e.id for e in feed.entries}) == len(feed.entries)
+
+
+def test_an_article_not_yet_indexed_is_new_for_the_next_digest(indexed: Settings) -> None:
+    s = indexed
+    engine = db.connect(s)
+    search = add_search(s, name="xray", query="deep learning chest radiographs",
+                        min_score=THRESHOLD, owner="cli:test")
+    _load(engine, {301})  # stored, but no index publish yet
+    first = run_digest(s)
+    assert first.matched == 0 and first.searches[0].candidates == 0
+
+    refresh_index(s)
+    second = run_digest(s)
+    assert set(_matched(engine, search.id)) == {301}
+    assert second.matched == 1
+
+
+def test_saved_search_rules(settings: Settings) -> None:
+    a = add_search(settings, name="  sepsis  adults ", query=" sepsis ", owner="cli:x")
+    assert a.name == "sepsis adults" and a.query == "sepsis" and a.min_score is None
+    assert a.threshold(settings) == settings.digest_min_score
+    with pytest.raises(ConfigError, match="exists already"):
+        add_search(settings, name="sepsis adults", query="other", owner="cli:x")
+    for bad in ({"name": "42"}, {"name": ""}, {"query": " "}, {"min_score": float("nan")},
+                {"min_score": -1.0}, {"query": "x" * 513}):
+        kwargs: dict[str, Any] = {"name": "ok", "query": "q", "owner": "o", **bad}
+        with pytest.raises(ConfigError):
+            add_search(settings, **kwargs)
+    assert get_search(settings, str(a.id)).name == get_search(settings, "sepsis adults").name
+    assert remove_search(settings, "sepsis adults").id == a.id
+    with pytest.raises(NotFoundError):
+        get_search(settings, a.id)
+    assert run_digest(settings).skipped == "no saved searches"
+    add_search(settings, name="b", query="q", owner="o")
+    assert run_digest(settings).skipped == "no index is published yet"
+
+
+# ------------------------------------------------------------------------- delivery
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class _Inbox:
+    """An aiosmtpd handler keeping every message it accepts."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        msg = message_from_bytes(envelope.content, policy=policy.default)
+        self.messages.append((envelope.rcpt_tos, msg))
+        return "250 Message accepted for delivery"
+
+
+class _Hook:
+    """A local webhook: answers ``status`` and keeps the JSON bodies it got."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.bodies: list[dict[str, Any]] = []
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if hook.status == 200:
+                    hook.bodies.append(json.loads(body))
+                self.send_response(hook.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+@pytest.fixture
+def hook() -> Iterator[_Hook]:
+    h = _Hook()
+    yield h
+    h.close()
+
+
+def test_email_and_webhook_delivery_retried_until_delivered(
+    indexed: Settings, hook: _Hook
+) -> None:
+    from aiosmtpd.controller import Controller
+
+    port = _free_port()  # nothing listens there yet
+    s = indexed.replace(
+        digest_smtp_host="127.0.0.1", digest_smtp_port=port, digest_smtp_from="lp@example.org",
+        digest_smtp_to="alice@example.org, bob@example.org", digest_webhook_url=hook.url,
+    )
+    engine = db.connect(s)
+    search = add_search(s, name="crispr", query=CRISPR, min_score=THRESHOLD, owner="alice")
+    _load(engine, NEW)
+    refresh_index(s)
+
+    hook.status = 500
+    down = run_digest(s)
+    n = down.matched
+    assert n > 0 and down.emailed == 0 and down.posted == 0
+    assert len(down.failures) == 2  # both channels, kept for the next digest
+    assert len(matches_of(engine, search.id, pending="email")) == n
+    assert len(matches_of(engine, search.id, pending="webhook")) == n
+
+    inbox = _Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        hook.status = 200
+        up = run_digest(s)
+        assert up.matched == 0 and up.emailed == n and up.posted == n and not up.failures
+        again = run_digest(s)
+        assert again.emailed == 0 and again.posted == 0
+    finally:
+        controller.stop()
+
+    assert len(inbox.messages) == 1
+    rcpts, msg = inbox.messages[0]
+    assert sorted(rcpts) == ["alice@example.org", "bob@example.org"]
+    assert msg["From"] == "lp@example.org" and "crispr" in msg["Subject"]
+    text = msg.get_content()
+    matches = matches_of(engine, search.id)
+    for m in matches:
+        assert m.title in text and f"https://pubmed.ncbi.nlm.nih.gov/{m.pmid}/" in text
+        assert m.explanation["text"] in text
+
+    assert len(hook.bodies) == 1
+    body = hook.bodies[0]
+    assert body["search"]["name"] == "crispr" and body["search"]["feed"].endswith(".atom")
+    assert {x["pmid"] for x in body["matches"]} == {m.pmid for m in matches}
+    assert all(x["explanation"]["text"] for x in body["matches"])
+    assert not matches_of(engine, search.id, pending="email")
+    assert not matches_of(engine, search.id, pending="webhook")
+
+
+# ---------------------------------------------------------------------------- nightly
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    yield from running_emulator()
+
+
+def test_nightly_runs_the_digest_after_its_index_step(
+    sqlite_settings: Settings, emulator: Emulator
+) -> None:
+    _serve(emulator, WINDOW["since"].date(), range(1000, 1006))
+    s = emulator.configure(sqlite_settings)
+    search = add_search(s, name="statins", query="gut microbiome and statin response",
+                        min_score=THRESHOLD, owner="cli:test")
+    report = run_nightly(s, retrain=False, **WINDOW)
+    assert [name for name, _ in report.steps][-2:] == ["index", "digest"]
+    assert report.digest is not None and report.digest["matched"] == 6
+    assert report.index is not None
+    assert report.to_dict()["digest"]["index_version"] == report.index["id"]
+    feed = feedparser.parse(feed_for(s, search.id, self_url="http://127.0.0.1/feeds/1.atom"))
+    assert not feed.bozo
+    assert {e.title for e in feed.entries} == {
+        f"Gut microbiome and statin response study {p}" for p in range(1000, 1006)
+    }
