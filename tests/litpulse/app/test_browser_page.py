@@ -48,30 +48,36 @@ return out;
 """
 
 
-def _count(browser: Any) -> str:
-    return str(browser.find_element(By.ID, "count").text)
+def _count(driver: Any) -> str:
+    return str(driver.find_element(By.ID, "count").text)
 
 
-def _pmids(browser: Any) -> list[int]:
-    return [int(h.get_attribute("data-pmid")) for h in
-            browser.find_elements(By.CSS_SELECTOR, "#results > li.hit")]
+def _pmids(driver: Any) -> list[int]:
+    return [
+        int(h.get_attribute("data-pmid"))
+        for h in driver.find_elements(By.CSS_SELECTOR, "#results > li.hit")
+    ]
 
 
-def _wait_results(browser: Any, text: str) -> None:
-    WebDriverWait(browser, 20).until(lambda d: text in _count(d))
+def _wait_results(driver: Any, text: str) -> None:
+    WebDriverWait(driver, 20).until(lambda d: text in _count(d))
 
 
-def _tab_to(browser: Any, element: Any, limit: int = 120) -> int:
+def _tab_to(driver: Any, element: Any, limit: int = 120) -> int:
     """Press Tab until ``element`` has the focus; the number of presses."""
     for n in range(1, limit + 1):
-        ActionChains(browser).send_keys(Keys.TAB).perform()
-        if browser.switch_to.active_element == element:
+        ActionChains(driver).send_keys(Keys.TAB).perform()
+        if driver.switch_to.active_element == element:
             return n
     raise AssertionError("the element cannot be reached with Tab")
 
 
-def test_the_researchers_page(browser: Any, server: str, tmp_path: Path,
-                              screenshot_target: str | None) -> None:
+def test_the_researchers_page(
+    browser: Any,  # noqa: F811 - fixture
+    server: str,  # noqa: F811 - fixture
+    tmp_path: Path,
+    screenshot_target: str | None,  # noqa: F811 - fixture
+) -> None:
     browser.set_window_size(1200, 1400)
     browser.get(server + "/")
     WebDriverWait(browser, 20).until(lambda d: "articles" in d.find_element(By.ID, "status").text)
@@ -79,7 +85,8 @@ def test_the_researchers_page(browser: Any, server: str, tmp_path: Path,
     unlabeled = browser.execute_script(
         "return [...document.querySelectorAll('input, select, textarea')]"
         ".filter((e) => e.type !== 'hidden' && !e.labels.length && !e.getAttribute('aria-label'))"
-        ".map((e) => e.id);")
+        ".map((e) => e.id);"
+    )
     assert unlabeled == []
     assert browser.find_element(By.ID, "count").get_attribute("aria-live") == "polite"
 
@@ -95,26 +102,39 @@ def test_the_researchers_page(browser: Any, server: str, tmp_path: Path,
     assert marks == ["malaria", "vaccine", "children"]
     assert first.find_element(By.CSS_SELECTOR, ".snippet").text == ARTICLES[201]["abstract"]
     assert {m.text.lower() for m in first.find_elements(By.CSS_SELECTOR, "a.title mark")} == {
-        "malaria", "vaccine", "children"}
+        "malaria",
+        "vaccine",
+        "children",
+    }
     tags = [t.text for t in first.find_elements(By.CSS_SELECTOR, ".tags span")]
     assert tags == ARTICLES[201]["ptype"] + ARTICLES[201]["mesh"]
-    links = {a.text: a.get_attribute("href") for a in first.find_elements(By.CSS_SELECTOR, ".links a")}
-    assert links == {"PubMed": "https://pubmed.ncbi.nlm.nih.gov/201/",
-                     "DOI 10.1000/test.201": "https://doi.org/10.1000/test.201"}
+    links = {
+        a.text: a.get_attribute("href") for a in first.find_elements(By.CSS_SELECTOR, ".links a")
+    }
+    assert links == {
+        "PubMed": "https://pubmed.ncbi.nlm.nih.gov/201/",
+        "DOI 10.1000/test.201": "https://doi.org/10.1000/test.201",
+    }
 
     # Similar articles: reached with Tab, opened with Enter, shown with a visible focus ring
     button = first.find_element(By.CSS_SELECTOR, "button.similar-btn")
     browser.find_element(By.ID, "q").click()
     assert _tab_to(browser, button) > 1
     outline = browser.execute_script(
-        "const s = getComputedStyle(document.activeElement); return [s.outlineStyle, s.outlineWidth];")
+        "const s = getComputedStyle(document.activeElement);"
+        "return [s.outlineStyle, s.outlineWidth];"
+    )
     assert outline[0] != "none" and outline[1] != "0px"
     ActionChains(browser).send_keys(Keys.ENTER).perform()
     region = first.find_element(By.CSS_SELECTOR, "section.similar")
-    WebDriverWait(browser, 20).until(lambda d: region.find_elements(By.CSS_SELECTOR, "li.similar-hit"))
+    WebDriverWait(browser, 20).until(
+        lambda d: region.find_elements(By.CSS_SELECTOR, "li.similar-hit")
+    )
     assert button.get_attribute("aria-expanded") == "true"
-    shown = [int(li.get_attribute("data-pmid"))
-             for li in region.find_elements(By.CSS_SELECTOR, "li.similar-hit")]
+    shown = [
+        int(li.get_attribute("data-pmid"))
+        for li in region.find_elements(By.CSS_SELECTOR, "li.similar-hit")
+    ]
     with urllib.request.urlopen(f"{server}/similar/201?k=5", timeout=10) as resp:
         api = [h["pmid"] for h in json.loads(resp.read())["results"]]
     assert shown == api and 201 not in shown and len(shown) == 5
@@ -138,8 +158,10 @@ def test_the_researchers_page(browser: Any, server: str, tmp_path: Path,
     sort = browser.find_element(By.ID, "sort")
     Select(sort).select_by_value("date")
     _wait_results(browser, "newest first")
-    dates = [li.find_element(By.CSS_SELECTOR, ".meta").text.split(" · ")[1]
-             for li in browser.find_elements(By.CSS_SELECTOR, "#results > li.hit")]
+    dates = [
+        li.find_element(By.CSS_SELECTOR, ".meta").text.split(" · ")[1]
+        for li in browser.find_elements(By.CSS_SELECTOR, "#results > li.hit")
+    ]
     dated = [d for d in dates if d[:4].isdigit()]
     assert dated == sorted(dated, reverse=True) and len(dated) >= 4
 
@@ -151,9 +173,23 @@ def test_the_researchers_page(browser: Any, server: str, tmp_path: Path,
     assert "Retracted article" in retracted.find_element(By.CSS_SELECTOR, ".badge").text
 
     # text contrast (WCAG AA 4.5:1) of what a result shows
-    ratios = browser.execute_script(CONTRAST_JS, [
-        ".meta", ".authors", ".snippet", ".snippet mark", ".tags span", ".links a", "#count",
-        "button.primary", ".actions button", "a.title", "#status", ".badge"])
+    ratios = browser.execute_script(
+        CONTRAST_JS,
+        [
+            ".meta",
+            ".authors",
+            ".snippet",
+            ".snippet mark",
+            ".tags span",
+            ".links a",
+            "#count",
+            "button.primary",
+            ".actions button",
+            "a.title",
+            "#status",
+            ".badge",
+        ],
+    )
     low = [(sel, round(r, 2)) for sel, r in ratios if r < 4.5]
     assert ratios and low == []
 
@@ -164,12 +200,14 @@ def test_the_researchers_page(browser: Any, server: str, tmp_path: Path,
     first = browser.find_elements(By.CSS_SELECTOR, "#results > li.hit")[0]
     first.find_element(By.CSS_SELECTOR, "button.similar-btn").click()
     WebDriverWait(browser, 20).until(
-        lambda d: first.find_elements(By.CSS_SELECTOR, "li.similar-hit"))
+        lambda d: first.find_elements(By.CSS_SELECTOR, "li.similar-hit")
+    )
     first.find_element(By.CSS_SELECTOR, "details.why summary").click()
     browser.find_element(By.CSS_SELECTOR, "#filters summary").click()
     widths = browser.execute_script(
         "return [document.documentElement.scrollWidth, document.documentElement.clientWidth,"
-        " window.innerWidth];")
+        " window.innerWidth];"
+    )
     assert widths[0] <= widths[1] <= widths[2], widths
     target = Path(screenshot_target) if screenshot_target else tmp_path / "page.png"
     browser.save_screenshot(str(target.with_name(target.stem + "-360" + target.suffix)))
