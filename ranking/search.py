@@ -42,13 +42,16 @@ from litpulse.core.schema import article_terms, articles
 from litpulse.core.settings import Settings
 from litpulse.core.states import Fusion, SearchMode, SearchSort
 from litpulse.core.timeutil import iso, parse_date
+from ranking.details import links, with_details
 from ranking.scoring import Relevance, ScoringOptions, score_article
+from ranking.snippets import Snippet
 
 if TYPE_CHECKING:
     import numpy as np
     from sqlalchemy import Engine
 
 __all__ = [
+    "MAX_OFFSET",
     "MAX_QUERY_CHARS",
     "Hit",
     "NoIndexError",
@@ -64,6 +67,8 @@ logger = logging.getLogger(__name__)
 
 #: Longest query accepted, in characters.
 MAX_QUERY_CHARS = 512
+#: Largest ``offset`` of a page (deeper pages rank ever longer candidate lists).
+MAX_OFFSET = 1000
 #: Factor by which the neighbour list grows while too few candidates pass the filters.
 WIDEN_FACTOR = 4
 
@@ -131,9 +136,18 @@ class Hit:
     explanation: dict[str, Any] = field(default_factory=dict, compare=False)
     lexical: float = 0.0
     bm25: float | None = None
+    # what a result list shows (ranking.details): the first authors and how many there are
+    authors: tuple[str, ...] = ()
+    author_count: int = 0
+    snippet: Snippet | None = field(default=None, compare=False)
+    title_highlights: tuple[tuple[int, int], ...] = ()
+    mesh: tuple[str, ...] = ()
+    publication_types: tuple[str, ...] = ()
+    doi: str | None = None
+    retracted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (dates as ISO strings)."""
+        """JSON-ready form (dates as ISO strings; highlight spans in code points)."""
         return {
             "pmid": self.pmid,
             "title": self.title,
@@ -147,6 +161,15 @@ class Hit:
             "lexical": self.lexical,
             "bm25": self.bm25,
             "explanation": self.explanation,
+            "authors": list(self.authors),
+            "author_count": self.author_count,
+            "snippet": self.snippet.to_dict() if self.snippet else None,
+            "title_highlights": [list(h) for h in self.title_highlights],
+            "mesh": list(self.mesh),
+            "publication_types": list(self.publication_types),
+            "doi": self.doi,
+            "retracted": self.retracted,
+            "links": links(self.pmid, self.doi),
         }
 
 
@@ -269,6 +292,8 @@ class SearchResult:
     mode: SearchMode = SearchMode.SEMANTIC
     sort: SearchSort = SearchSort.SCORE
     requested_mode: SearchMode = SearchMode.SEMANTIC
+    offset: int | None = None  # a page (see run_search), or None: the k best
+    has_more: bool = False  # a page: whether a next page may hold results
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -279,6 +304,8 @@ class SearchResult:
             "requested_mode": str(self.requested_mode),
             "sort": str(self.sort),
             "candidates": self.candidates,
+            "offset": self.offset or 0,
+            "has_more": self.has_more,
             "options": self.options.to_dict(),
             "filters": self.filters.to_dict(),
             "results": [h.to_dict() for h in self.hits],
@@ -322,8 +349,12 @@ def run_search(
     lexical: LexicalSearcher | None = None,
     mode: SearchMode | str = SearchMode.HYBRID,
     sort: SearchSort | str = SearchSort.SCORE,
+    offset: int | None = None,
 ) -> SearchResult:
     """Search and return the hits with the index and model versions used.
+
+    Each hit carries what a result list shows (authors, an abstract snippet with the query
+    terms highlighted, MeSH, publication types, DOI, retracted flag; :mod:`ranking.details`).
 
     Args:
         settings: Store, model and scoring defaults.
@@ -338,15 +369,25 @@ def run_search(
         lexical: The lexical index (default the one of ``index``'s version, if it has one).
         mode: ``hybrid``, ``semantic`` or ``lexical``.
         sort: ``score`` (best first) or ``date`` (the same hits, newest first).
+        offset: A page: the ``k`` results after the first ``offset`` of one ranking of
+            the best ``depth`` candidates, where ``depth`` is the page's end rounded up
+            to a multiple of ``max(rerank_candidates, k)`` (the lists widen until
+            ``depth`` pass the filters). So pages of one query, index version and
+            reference day are disjoint slices of the same list as long as they end
+            within the same ``depth`` (with the defaults: the first 200 results); with
+            ``sort=date`` that list is the best ``depth`` newest first. ``None`` (the
+            default): the ``k`` best, widening until ``k`` pass.
 
     Raises:
-        ConfigError: An empty or over-long query, ``k`` < 1, or an unknown mode or sort.
+        ConfigError: An empty or over-long query, ``k`` < 1, an ``offset`` outside
+            0..:data:`MAX_OFFSET`, or an unknown mode or sort.
         NoIndexError: Nothing is published yet, or lexical mode on a version without a
             lexical index.
     """
     import numpy as np
 
     text = _checked_query(query, k)
+    depth = _depth(settings, k, offset)
     requested, order = _mode(mode), _sort(sort)
     filters = filters or SearchFilters()
     options = options or ScoringOptions.from_settings(settings)
@@ -367,11 +408,13 @@ def run_search(
     if effective != SearchMode.LEXICAL:
         embed = embed or _query_embedder(settings, engine, index.model_version)
         vector = np.ascontiguousarray(np.asarray(embed(text), dtype=np.float32).reshape(1, -1))
-    pool = _candidates(settings, engine, index, lexical, vector, text, k, filters.clauses(),
-                       effective)
-    hits = _hits(pool, options, effective, lexical, text, k)
+    pool = _candidates(settings, engine, index, lexical, vector, text, depth,
+                       filters.clauses(), effective)
+    hits = _hits(pool, options, effective, lexical, text, k, start=offset, depth=depth,
+                 by_date=order == SearchSort.DATE)
     if order == SearchSort.DATE:
         hits = sort_by_date(hits)
+    hits = with_details(engine, hits, text)
     logger.info(
         "query %r (%s): %d candidates, %d pass filters, returning %d (index %s)",
         text[:60], effective, pool.seen, len(pool.rows), len(hits), index.id,
@@ -387,6 +430,9 @@ def run_search(
         mode=effective,
         sort=order,
         requested_mode=requested,
+        offset=offset,
+        has_more=offset is not None and (len(pool.rows) > offset + k or (
+            not pool.exhausted and len(pool.rows) >= offset + k)),
     )
 
 
@@ -409,6 +455,22 @@ def sort_by_date(hits: Sequence[Hit]) -> list[Hit]:
     return sorted(hits, key=lambda h: (h.best_date is None,
                                        -(h.best_date.toordinal() if h.best_date else 0),
                                        -h.pmid))
+
+def _depth(settings: Settings, k: int, offset: int | None) -> int:
+    """How many results the candidate lists must yield: ``k``, or for a page its end
+    rounded up to a block of ``max(rerank_candidates, k)`` (see :func:`run_search`).
+
+    Raises:
+        ConfigError: An offset outside 0..:data:`MAX_OFFSET`.
+    """
+    if offset is None:
+        return k
+    if isinstance(offset, bool) or not isinstance(offset, int) or not (
+            0 <= offset <= MAX_OFFSET):
+        raise ConfigError(f"offset must be an integer in 0..{MAX_OFFSET}, got {offset!r}")
+    block = max(settings.rerank_candidates, k)
+    return block * -(-(offset + k) // block)
+
 
 def _checked_query(query: str, k: int) -> str:
     """The trimmed query.
@@ -448,6 +510,7 @@ class _Pool:
     bm25: dict[int, float] = field(default_factory=dict)
     rows: dict[int, dict[str, Any]] = field(default_factory=dict)
     seen: int = 0
+    exhausted: bool = False  # the lists reached the whole index
 
 
 def _candidates(
@@ -489,6 +552,7 @@ def _candidates(
         logger.debug("only %d of %d candidates pass the filters; widening to %d",
                      len(pool.rows), k, n)
     pool.seen = len(seen)
+    pool.exhausted = n >= size
     if mode == SearchMode.HYBRID and lex is not None:
         _fill_in(pool, index, lex, vector, text)
     return pool
@@ -570,14 +634,20 @@ def relevances(sims: dict[int, float], bm25: dict[int, float], pmids: Iterable[i
 
 
 def _hits(pool: _Pool, options: ScoringOptions, mode: SearchMode,
-          lexical: LexicalSearcher | None, text: str, k: int) -> list[Hit]:
+          lexical: LexicalSearcher | None, text: str, k: int, *, start: int | None = None,
+          depth: int = 0, by_date: bool = False) -> list[Hit]:
     """The ``k`` best scored hits, best first (ties: higher similarity, then lower PMID),
-    with the matched terms of each in its explanation."""
+    with the matched terms of each in its explanation; for a page (``start`` given) the
+    ``k`` after ``start`` of the best ``depth`` (newest first when ``by_date``)."""
     rels = relevances(pool.sims, pool.bm25, pool.rows, mode, options) if lexical else {}
     hits = [_hit(pmid, row, options, rels.get(pmid), pool.sims.get(pmid, 0.0))
             for pmid, row in pool.rows.items()]
     hits.sort(key=lambda h: (-h.score, -h.similarity, h.pmid))
-    hits = hits[:k]
+    if start is None:
+        hits = hits[:k]
+    else:
+        ranked = hits[:depth]
+        hits = (sort_by_date(ranked) if by_date else ranked)[start : start + k]
     if lexical is None or not hits:
         return hits
     if mode == SearchMode.SEMANTIC:  # shown, not used: BM25 of the hits only

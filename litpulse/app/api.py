@@ -5,7 +5,9 @@ Endpoints (OpenAPI at ``/openapi.json``, interactive docs at ``/docs``):
 =========================  ==========================================================
 ``GET /``                  the search page (``litpulse/app/web/index.html``, code in
                            ``/static/app.js`` and ``/static/app.css``)
-``GET /search``            ranked hits with score components and explanations
+``GET /search``            ranked hits with score components and explanations (``offset``:
+                           a page), authors, snippet, MeSH, publication types, links
+``GET /similar/{pmid}``    nearest articles to one article (:mod:`litpulse.app.similar_api`)
 ``GET /export``            the same search as a RIS, BibTeX or CSV download
 ``GET /articles/{pmid}``   everything stored about one article (404 when unknown)
 ``GET /status``            freshness: newest article, counts, index and model versions
@@ -370,6 +372,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from litpulse.app.alerts_api import add_alert_routes
     from litpulse.app.apiguard import ApiGuard
     from litpulse.app.models_api import router as models_router
+    from litpulse.app.similar_api import router as similar_router
 
     settings = settings or Settings.from_env()
     resolved = settings
@@ -407,6 +410,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _add_store_routes(app, settings, engine, Depends(_expert_dependency(engine)))
     add_alert_routes(app, settings, engine, Depends(_expert_dependency(engine)))
     app.include_router(models_router)  # /models, /models/plot.png (litpulse.app.models_api)
+    app.include_router(similar_router)
     _add_page_routes(app)
     return app
 
@@ -539,19 +543,21 @@ def _add_search_routes(
     from fastapi import Query
     from fastapi.responses import Response
 
-    from ranking.search import run_search
+    from ranking.search import MAX_OFFSET, run_search
 
-    def do_search(spec: SearchSpec, k: int) -> SearchResult:
+    def do_search(spec: SearchSpec, k: int, offset: int | None = None) -> SearchResult:
         return run_search(settings, spec.query, k=k, filters=spec.filters,
                           options=spec.options, engine=engine(), mode=spec.mode,
-                          sort=spec.sort)
+                          sort=spec.sort, offset=offset)
 
     @app.get("/search", summary="Ranked search with explanations", responses=_responses(400))
     def search_endpoint(
         k: int = Query(10, ge=1, le=100, description="Number of results."),
+        offset: int = Query(0, ge=0, le=MAX_OFFSET, description="Results to skip: pages "
+                            "of one query are disjoint slices of one ranking."),
         spec: SearchSpec = spec_dep,
     ) -> dict[str, Any]:
-        result = do_search(spec, k)
+        result = do_search(spec, k, offset)
         return result.to_dict()
 
     export_types = {

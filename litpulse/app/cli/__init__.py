@@ -20,8 +20,8 @@ from litpulse.core.errors import LitpulseError, NotFoundError
 __all__ = ["main", "build_parser"]
 
 #: Modules of this package that register sub-commands, in --help order.
-COMMANDS: tuple[str, ...] = ("ingest", "bootstrap", "info", "nightly", "search", "index",
-                             "citations", "models", "tokens", "alerts", "demo")
+COMMANDS: tuple[str, ...] = ("ingest", "bootstrap", "info", "nightly", "search", "similar",
+                             "index", "citations", "models", "tokens", "alerts", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,9 @@ const COMPONENTS = [["similarity", "sim"], ["lexical", "lex"], ["recency", "rec"
                     ["citation", "cit"]];
 const CHOICES = { mode: "hybrid", sort: "score" };  // selectors and their defaults
 let defaults = { w_sim: 1, w_recency: 0.15, w_citation: 0.1, half_life: 365 };
+let offset = 0;  // the page shown: results skipped before it
+const AUTHORS_SHOWN = 3;  // then "et al."
+const TERMS_SHOWN = 8;  // MeSH terms shown per result
 
 function el(tag, props, ...children) {
   const node = document.createElement(tag);
@@ -59,6 +62,7 @@ function params() {
   const hl = $("half_life").value.trim();
   if (hl && Number(hl) !== Number(defaults.half_life)) p.set("half_life", hl);
   for (const [id, dflt] of Object.entries(CHOICES)) if ($(id).value !== dflt) p.set(id, $(id).value);
+  if (offset > 0) p.set("offset", String(offset));
   return p;
 }
 
@@ -73,6 +77,7 @@ function applyParams(p) {
   for (const w of WEIGHTS) if (p.get(w)) $(w).value = p.get(w);
   if (p.get("half_life")) $("half_life").value = p.get("half_life");
   for (const id of Object.keys(CHOICES)) if (p.get(id)) $(id).value = p.get(id);
+  offset = Math.max(0, parseInt(p.get("offset") || "0", 10) || 0);
   const custom = ["since", "until", "mesh", "type", "language", "has_abstract",
                   "include_retracted", "half_life", ...WEIGHTS].some((x) => p.has(x));
   if (custom) $("filters").open = true;
@@ -155,7 +160,7 @@ async function sendFeedback(query, hit, relevant, box) {
   if (resp.ok) {
     const done = await resp.json();
     note.textContent = `thanks, ${done.expert} — recorded`;
-    for (const b of box.querySelectorAll("button")) {
+    for (const b of box.querySelectorAll("button[data-relevant]")) {
       b.classList.toggle("on", (b.dataset.relevant === "true") === relevant);
     }
   } else {
@@ -164,42 +169,157 @@ async function sendFeedback(query, hit, relevant, box) {
   }
 }
 
+// Text with the API's highlight spans ([start, end) in code points) as <mark> nodes;
+// never markup from the record: every piece is a text node.
+function marked(text, spans) {
+  const chars = Array.from(text || "");
+  const out = [];
+  let pos = 0;
+  for (const [a, b] of spans || []) {
+    if (a < pos || b > chars.length || a >= b) continue;
+    if (a > pos) out.push(chars.slice(pos, a).join(""));
+    out.push(el("mark", { text: chars.slice(a, b).join("") }));
+    pos = b;
+  }
+  if (pos < chars.length) out.push(chars.slice(pos).join(""));
+  return out;
+}
+
+function authorLine(hit) {
+  const names = (hit.authors || []).slice(0, AUTHORS_SHOWN);
+  if (!names.length) return null;
+  const more = (hit.author_count || names.length) > names.length ? ", et al." : "";
+  return el("div", { class: "authors", text: names.join(", ") + more });
+}
+
+function articleHead(hit, titleTag) {
+  const url = (hit.links && hit.links.pubmed) ||
+    `https://pubmed.ncbi.nlm.nih.gov/${encodeURIComponent(hit.pmid)}/`;
+  const title = el("a", { class: "title", href: url, target: "_blank", rel: "noopener" },
+    ...(hit.title ? marked(hit.title, hit.title_highlights) : [`PMID ${hit.pmid}`]));
+  const meta = el("div", { class: "meta",
+    text: [hit.journal, hit.best_date || hit.pub_year, `PMID ${hit.pmid}`]
+      .filter(Boolean).join(" · ") });
+  if (hit.retracted || hit.explanation.retracted) {
+    meta.append(el("span", { class: "badge", text: "Retracted article" }));
+  }
+  const head = el("div", { class: "head" }, el(titleTag, { class: "htitle" }, title));
+  const authors = authorLine(hit);
+  if (authors) head.append(authors);
+  head.append(meta);
+  return head;
+}
+
+function tagLine(hit) {
+  const box = el("div", { class: "tags" });
+  for (const t of hit.publication_types || []) box.append(el("span", { class: "ptype", text: t }));
+  const mesh = hit.mesh || [];
+  for (const m of mesh.slice(0, TERMS_SHOWN)) box.append(el("span", { class: "mesh", text: m }));
+  if (mesh.length > TERMS_SHOWN) {
+    box.append(el("span", { class: "more", text: `+${mesh.length - TERMS_SHOWN} MeSH` }));
+  }
+  if (mesh.length) box.setAttribute("aria-label", `Publication types and MeSH terms`);
+  return box;
+}
+
+function linkLine(hit) {
+  const box = el("div", { class: "links" });
+  box.append(el("a", { href: hit.links.pubmed, target: "_blank", rel: "noopener",
+                       text: "PubMed" }));
+  if (hit.links.doi) {
+    box.append(el("a", { href: hit.links.doi, target: "_blank", rel: "noopener",
+                         text: `DOI ${hit.doi}` }));
+  }
+  return box;
+}
+
+async function toggleSimilar(hit, button, region) {
+  const open = button.getAttribute("aria-expanded") !== "true";
+  button.setAttribute("aria-expanded", String(open));
+  region.hidden = !open;
+  if (!open || region.dataset.loaded) return;
+  region.replaceChildren(el("p", { class: "note", text: "Loading similar articles…" }));
+  const q = new URLSearchParams({ k: "5" });
+  if ($("include_retracted").checked) q.set("include_retracted", "true");
+  try {
+    const resp = await fetch(`similar/${encodeURIComponent(hit.pmid)}?${q.toString()}`);
+    if (!resp.ok) {
+      region.replaceChildren(el("p", { class: "note", text: await errorText(resp) }));
+      return;
+    }
+    const data = await resp.json();
+    const list = el("ol", { class: "similar-list" });
+    for (const s of data.results) {
+      list.append(el("li", { class: "similar-hit", "data-pmid": String(s.pmid) },
+        articleHead(s, "h4"),
+        el("div", { class: "cosine", text: `similarity ${fmt(s.similarity)}` })));
+    }
+    region.replaceChildren(
+      el("h3", { text: `Similar to PMID ${hit.pmid}` }),
+      data.results.length ? list : el("p", { class: "note", text: "No similar articles." }));
+    region.dataset.loaded = "1";
+  } catch (e) {
+    region.replaceChildren(el("p", { class: "note", text: `The server could not be reached: ${e}` }));
+  }
+}
+
 function render(data) {
   const list = $("results");
   list.replaceChildren();
   $("toolbar").hidden = false;
   const n = data.results.length;
-  $("count").textContent = `${n} result${n === 1 ? "" : "s"} · ${data.mode}` +
+  const first = (data.offset || 0) + 1;
+  const range = n ? ` (${first}–${first + n - 1})` : "";
+  $("count").textContent = `${n} result${n === 1 ? "" : "s"}${range} · ${data.mode}` +
     `${data.sort === "date" ? " · newest first" : ""} · index ${data.index_version}` +
     ` · model ${data.model_version}`;
+  renderPager(data, n);
   if (!n) {
-    list.append(el("li", { class: "empty", text: "No article matches this query and these filters." }));
+    list.append(el("li", { class: "empty", text: data.offset
+      ? "No more results." : "No article matches this query and these filters." }));
     return;
   }
   const o = data.options;
   const full = Math.max(1e-9, o.w_similarity + o.w_recency + o.w_citation);
   data.results.forEach((hit, i) => {
-    const url = `https://pubmed.ncbi.nlm.nih.gov/${encodeURIComponent(hit.pmid)}/`;
-    const title = el("a", { class: "title", href: url, target: "_blank", rel: "noopener",
-                            text: hit.title || `PMID ${hit.pmid}` });
-    const meta = el("div", { class: "meta",
-      text: [hit.journal, hit.best_date || hit.pub_year, `PMID ${hit.pmid}`]
-        .filter(Boolean).join(" · ") });
-    if (hit.explanation.retracted) meta.append(el("span", { class: "badge", text: "retracted" }));
     const score = el("div", { class: "scorebox" },
       el("div", { class: "score", text: fmt(hit.score) }), stackedBar(hit, full));
+    const region = el("section", { class: "similar", id: `similar-${hit.pmid}`,
+                                   "aria-live": "polite", "aria-label": `Articles similar to PMID ${hit.pmid}` });
+    region.hidden = true;
+    const simButton = el("button", { type: "button", class: "similar-btn",
+      "aria-expanded": "false", "aria-controls": region.id, text: "Similar articles" });
+    simButton.addEventListener("click", () => toggleSimilar(hit, simButton, region));
     const actions = el("div", { class: "actions" },
       el("button", { type: "button", "data-relevant": "true", text: "Relevant" }),
       el("button", { type: "button", "data-relevant": "false", text: "Not relevant" }),
-      el("span", { class: "thanks" }));
-    for (const b of actions.querySelectorAll("button")) {
+      simButton, el("span", { class: "thanks", role: "status" }));
+    for (const b of actions.querySelectorAll("button[data-relevant]")) {
       b.addEventListener("click", () =>
         sendFeedback(data.query, hit, b.dataset.relevant === "true", actions));
     }
-    list.append(el("li", { class: "hit", "data-pmid": String(hit.pmid) },
-      el("div", { class: "rank", text: `${i + 1}.` }),
-      el("div", {}, title, meta), score, explanation(hit), actions));
+    const body = el("div", { class: "body" }, articleHead(hit, "h3"));
+    if (hit.snippet) body.append(el("p", { class: "snippet" }, ...marked(hit.snippet.text, hit.snippet.highlights)));
+    body.append(tagLine(hit), linkLine(hit));
+    list.append(el("li", { class: hit.retracted ? "hit retracted" : "hit", "data-pmid": String(hit.pmid) },
+      el("div", { class: "rank", text: `${(data.offset || 0) + i + 1}.` }),
+      body, score, explanation(hit), actions, region));
   });
+}
+
+function renderPager(data, n) {
+  const k = parseInt($("k").value, 10) || 20;
+  $("pager").hidden = !(data.offset || data.has_more);
+  $("prev").disabled = !data.offset;
+  $("next").disabled = !data.has_more || n === 0;
+  const page = Math.floor((data.offset || 0) / k) + 1;
+  $("page-info").textContent = `Page ${page}`;
+}
+
+function goPage(delta) {
+  const k = parseInt($("k").value, 10) || 20;
+  offset = Math.max(0, offset + delta * k);
+  runSearch().then(() => $("count").focus());
 }
 
 function setExports(p) {
@@ -207,6 +327,7 @@ function setExports(p) {
     const q = new URLSearchParams(p);
     q.set("format", f);
     q.delete("k");
+    q.delete("offset");
     q.set("k", p.get("k") || "20");
     $(`export-${f}`).href = `export?${q.toString()}`;
   }
@@ -257,7 +378,12 @@ async function init() {
   $("half_life").value = defaults.half_life;
   const p = new URLSearchParams(location.search);
   applyParams(p);
-  $("search").addEventListener("submit", (ev) => { ev.preventDefault(); runSearch(); });
+  $("search").addEventListener("submit", (ev) => { ev.preventDefault(); offset = 0; runSearch(); });
+  for (const id of Object.keys(CHOICES)) {
+    $(id).addEventListener("change", () => { offset = 0; if ($("q").value.trim()) runSearch(); });
+  }
+  $("prev").addEventListener("click", () => goPage(-1));
+  $("next").addEventListener("click", () => goPage(1));
   if (p.get("q")) runSearch();
 }
 init();

@@ -40,7 +40,7 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 from litpulse.app.api import create_app  # noqa: E402
 from litpulse.app.tokens import create_token  # noqa: E402
 
-#: Examples per (operation, mode); 9 runs in all.
+#: Examples per (operation, mode); 11 runs in all.
 EXAMPLES = 30
 
 OPERATIONS = [
@@ -51,6 +51,8 @@ OPERATIONS = [
     ("GET", "/articles/{pmid}", GenerationMode.POSITIVE),
     ("GET", "/articles/{pmid}", GenerationMode.NEGATIVE),
     ("GET", "/status", GenerationMode.POSITIVE),  # no parameter to violate
+    ("GET", "/similar/{pmid}", GenerationMode.POSITIVE),
+    ("GET", "/similar/{pmid}", GenerationMode.NEGATIVE),
     ("POST", "/feedback", GenerationMode.POSITIVE),
     ("POST", "/feedback", GenerationMode.NEGATIVE),
 ]

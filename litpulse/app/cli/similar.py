@@ -1,0 +1,65 @@
+"""``litpulse similar PMID``: the articles nearest to one article's own vector."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from litpulse.app.cli._common import add_json, command, print_json, print_table
+from litpulse.core.settings import Settings
+
+
+def register(sub: Any) -> None:
+    p = command(
+        sub,
+        "similar",
+        run_similar_cmd,
+        help="articles similar to one article (nearest vectors in the published index)",
+        description=(
+            "The articles whose vectors are nearest (cosine) to PMID's own stored vector in "
+            "the published index version, without PMID itself, deleted articles and, unless "
+            "--include-retracted, retracted ones. The same as `GET /similar/{pmid}`."
+        ),
+    )
+    p.add_argument("pmid", type=_pmid, help="PubMed id of the article")
+    p.add_argument("-k", type=int, default=10, help="number of articles (1..100, default 10)")
+    p.add_argument(
+        "--include-retracted", action="store_true", help="also list retracted articles (marked)"
+    )
+    add_json(p, "print the result as JSON")
+
+
+def _pmid(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a PMID: {text!r}")
+    return int(text)
+
+
+def run_similar_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from ranking.similar import similar_articles
+
+    result = similar_articles(
+        settings, args.pmid, k=args.k, include_retracted=args.include_retracted
+    )
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    print(f"similar to PMID {result.pmid}: {result.title}")
+    if not result.hits:
+        print("no similar articles", file=sys.stderr)
+        return 0
+    rows = [
+        (
+            n,
+            h.pmid,
+            f"{h.similarity:.3f}",
+            h.best_date or h.pub_year or "",
+            ("[retracted] " if h.retracted else "")
+            + (h.title[:67] + "…" if len(h.title) > 68 else h.title),
+        )
+        for n, h in enumerate(result.hits, start=1)
+    ]
+    print_table(rows, ["#", "pmid", "cosine", "date", "title"])
+    print(f"\nindex {result.index_version} (model {result.model_version})")
+    return 0

@@ -1,0 +1,132 @@
+"""What a result list shows of each article beyond its score: authors, an abstract
+snippet with the query's terms highlighted, MeSH terms, publication types, DOI, links,
+and whether it was retracted.
+
+:func:`with_details` reads these columns for the final hits only (one query, never for
+every candidate) and returns the hits with the fields filled in. Snippets are built by
+:mod:`ranking.snippets`. The store knows a retraction from the record itself (publication
+type ``Retracted Publication`` or a ``CommentsCorrections RefType="RetractionIn"``: the
+``is_retracted`` column); search leaves retracted articles out unless asked.
+
+Example:
+    >>> hits = with_details(engine, hits, "malaria vaccine")  # doctest: +SKIP
+    >>> hits[0].authors, hits[0].snippet.text                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from litpulse.core import db
+from litpulse.core.schema import articles
+from ranking.snippets import highlight_spans, highlight_terms, snippet
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from ranking.search import Hit
+
+__all__ = ["AUTHORS_SHOWN", "author_names", "doi_url", "links", "pubmed_url", "with_details"]
+
+#: Authors named per result; the rest are counted (``author_count``), as "et al.".
+AUTHORS_SHOWN = 6
+
+_COLUMNS = (
+    articles.c.pmid,
+    articles.c.abstract,
+    articles.c.authors,
+    articles.c.mesh,
+    articles.c.publication_types,
+    articles.c.doi,
+    articles.c.is_retracted,
+)
+
+
+def pubmed_url(pmid: int) -> str:
+    """The PubMed page of an article."""
+    return f"https://pubmed.ncbi.nlm.nih.gov/{int(pmid)}/"
+
+
+def doi_url(doi: str | None) -> str | None:
+    """The doi.org resolver link of a DOI (percent-encoded), or ``None``."""
+    doi = (doi or "").strip()
+    if not doi:
+        return None
+    return "https://doi.org/" + urllib.parse.quote(doi, safe="/()[];:,")
+
+
+def links(pmid: int, doi: str | None) -> dict[str, str | None]:
+    """``{"pubmed": url, "doi": url or None}``."""
+    return {"pubmed": pubmed_url(pmid), "doi": doi_url(doi)}
+
+
+def author_names(authors: Sequence[Any] | None) -> list[str]:
+    """Display names (``Last FM`` or a collective's name) of a stored author list."""
+    out = []
+    for a in authors or ():
+        if not isinstance(a, Mapping):
+            continue
+        name = (
+            a.get("name")
+            or a.get("collective_name")
+            or " ".join(
+                p for p in (a.get("last_name"), a.get("initials") or a.get("fore_name")) if p
+            )
+        )
+        if name:
+            out.append(str(name))
+    return out
+
+
+def _mesh_names(mesh: Sequence[Any] | None) -> tuple[str, ...]:
+    """Descriptors, major topics first (each group in record order)."""
+    items = [m for m in mesh or () if isinstance(m, Mapping) and m.get("descriptor")]
+    items.sort(key=lambda m: not m.get("major"))
+    return tuple(str(m["descriptor"]) for m in items)
+
+
+def _rows(engine: Engine, pmids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    rows: dict[int, dict[str, Any]] = {}
+    with engine.connect() as conn:
+        for start in range(0, len(pmids), db.IN_CHUNK):
+            chunk = list(pmids[start : start + db.IN_CHUNK])
+            for r in conn.execute(select(*_COLUMNS).where(articles.c.pmid.in_(chunk))).mappings():
+                rows[int(r["pmid"])] = dict(r)
+    return rows
+
+
+def with_details(engine: Engine, hits: Sequence[Hit], query: str) -> list[Hit]:
+    """``hits`` with authors, snippet, MeSH, publication
+    types, DOI and the retracted flag filled in from the store.
+
+    The snippet and the title highlight the terms of :func:`ranking.snippets.highlight_terms`
+    (the hit's matched BM25 terms, else the query's terms; ``query`` empty: none).
+    """
+    rows = _rows(engine, [h.pmid for h in hits])
+    out = []
+    for hit in hits:
+        row = rows.get(hit.pmid)
+        if row is None:
+            out.append(hit)
+            continue
+        terms = highlight_terms(hit.explanation, query)
+        names = author_names(row["authors"])
+        out.append(
+            dataclasses.replace(
+                hit,
+                authors=tuple(names[:AUTHORS_SHOWN]),
+                author_count=len(names),
+                snippet=snippet(row["abstract"] or "", terms),
+                title_highlights=highlight_spans(hit.title, terms),
+                mesh=_mesh_names(row["mesh"]),
+                publication_types=tuple(str(t) for t in row["publication_types"] or ()),
+                doi=row["doi"],
+                retracted=bool(row["is_retracted"]),
+            )
+        )
+    return out

@@ -1,0 +1,180 @@
+"""Similar articles: the nearest neighbours of an article's own vector.
+
+The published index version gives back the article's stored vector
+(:meth:`ranking.index_files.PublishedIndex.reconstruct`) and is searched with it, so
+"similar" means the same thing as search's similarity (cosine under the index's model
+version), with no query text involved. The article itself is left out, and so are deleted
+articles and — unless asked — retracted ones; when filters remove too many the neighbour
+list widens ×4 (up to the whole index), as in :mod:`ranking.search`. Hits are ordered by
+cosine, best first (ties: lower PMID first), and carry the details of a result list
+(:mod:`ranking.details`); their ``score`` is the cosine.
+
+Example:
+    >>> res = similar_articles(settings, 31415926, k=5)              # doctest: +SKIP
+    >>> [(h.pmid, round(h.similarity, 3)) for h in res.hits]          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from litpulse.core import db
+from litpulse.core.errors import ConfigError, NotFoundError
+from litpulse.core.schema import articles
+from litpulse.core.settings import Settings
+from ranking.details import with_details
+from ranking.search import (
+    WIDEN_FACTOR,
+    Hit,
+    NoIndexError,
+    SearchableIndex,
+    SearchFilters,
+    _load_rows,
+)
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+__all__ = ["MAX_SIMILAR", "SimilarResult", "similar_articles"]
+
+logger = logging.getLogger(__name__)
+
+#: Most similar articles one call returns.
+MAX_SIMILAR = 100
+
+
+@dataclass(frozen=True)
+class SimilarResult:
+    """The articles nearest to one article, and where they came from."""
+
+    pmid: int
+    title: str
+    index_version: str
+    model_version: str
+    hits: tuple[Hit, ...]
+    include_retracted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pmid": self.pmid,
+            "title": self.title,
+            "index_version": self.index_version,
+            "model_version": self.model_version,
+            "include_retracted": self.include_retracted,
+            "results": [h.to_dict() for h in self.hits],
+        }
+
+
+def _vector(index: Any, pmid: int) -> Any:
+    import numpy as np
+
+    try:
+        vec = index.reconstruct(pmid)
+    except (RuntimeError, KeyError):  # FAISS: RuntimeError; other indexes: KeyError
+        raise NotFoundError(
+            f"PMID {pmid} is not in index {index.id} (unknown, deleted, or not embedded yet)"
+        ) from None
+    return np.ascontiguousarray(np.asarray(vec, dtype=np.float32).reshape(1, -1))
+
+
+def _title(engine: Engine, pmid: int) -> str:
+    with engine.connect() as conn:
+        title = conn.execute(select(articles.c.title).where(articles.c.pmid == pmid)).scalar()
+    return str(title or "")
+
+
+def similar_articles(
+    settings: Settings,
+    pmid: int,
+    *,
+    k: int = 10,
+    include_retracted: bool = False,
+    engine: Engine | None = None,
+    index: SearchableIndex | None = None,
+) -> SimilarResult:
+    """The ``k`` articles whose vectors are nearest to ``pmid``'s own, best first.
+
+    Args:
+        settings: Store and index settings.
+        pmid: The article.
+        k: How many (1..:data:`MAX_SIMILAR`).
+        include_retracted: Also return retracted articles (flagged ``retracted``).
+        engine: Database engine (default :func:`litpulse.core.db.connect`).
+        index: The vector index (default the published one); needs ``reconstruct``.
+
+    Raises:
+        ConfigError: ``k`` outside 1..:data:`MAX_SIMILAR`.
+        NoIndexError: Nothing is published yet.
+        NotFoundError: ``pmid`` is not in the index.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_SIMILAR:
+        raise ConfigError(f"k must be an integer in 1..{MAX_SIMILAR}, got {k!r}")
+    engine = engine or db.connect(settings)
+    if index is None:
+        from ranking.index_files import open_published
+
+        index = open_published(settings, engine)
+        if index is None:
+            raise NoIndexError("no index is published yet: run `litpulse index refresh`")
+    vector = _vector(index, int(pmid))
+    conds = SearchFilters(include_retracted=include_retracted).clauses()
+    size = int(index.size)
+    n = min(k + 1, size)
+    sims: dict[int, float] = {}
+    rows: dict[int, dict[str, Any]] = {}
+    while n > 0:
+        scores, ids = index.search(vector, n)
+        fresh = []
+        for score, other in zip(scores[0].tolist(), ids[0].tolist(), strict=True):
+            if other < 0 or other == pmid or other in sims or not math.isfinite(score):
+                continue
+            sims[int(other)] = float(score)
+            fresh.append(int(other))
+        rows.update(_load_rows(engine, fresh, conds))
+        if len(rows) >= k or n >= size:
+            break
+        n = min(n * WIDEN_FACTOR, size)
+    best = sorted(rows, key=lambda p: (-sims[p], p))[:k]
+    hits = [_hit(p, rows[p], sims[p], int(pmid)) for p in best]
+    logger.info(
+        "similar to %d: %d neighbours seen, %d pass, returning %d (index %s)",
+        pmid,
+        len(sims),
+        len(rows),
+        len(hits),
+        index.id,
+    )
+    return SimilarResult(
+        pmid=int(pmid),
+        title=_title(engine, int(pmid)),
+        index_version=str(index.id),
+        model_version=str(index.model_version),
+        hits=tuple(with_details(engine, hits, "")),
+        include_retracted=include_retracted,
+    )
+
+
+def _hit(pmid: int, row: dict[str, Any], cosine: float, source: int) -> Hit:
+    explanation: dict[str, Any] = {
+        "similar_to": source,
+        "text": f"cosine {cosine:.3f} between this article's vector and PMID {source}'s",
+    }
+    if row.get("is_retracted"):
+        explanation["retracted"] = True
+    return Hit(
+        pmid=pmid,
+        title=row.get("title") or "",
+        score=cosine,
+        similarity=cosine,
+        recency=0.0,
+        citation=0.0,
+        journal=row.get("journal"),
+        pub_year=row.get("pub_year"),
+        best_date=row.get("best_date"),
+        explanation=explanation,
+    )

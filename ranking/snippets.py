@@ -1,0 +1,162 @@
+"""Abstract snippets with the query's terms highlighted, for result lists.
+
+:func:`snippet` picks the window of whole sentences (at most :data:`SNIPPET_CHARS`
+characters) holding the most weight of distinct query terms — earliest window on a tie,
+the opening sentences when no term occurs — and returns it with the character spans of
+the words to highlight. A word is highlighted when one of its index terms (the lexical
+index's own analysis: :func:`ranking.lexical.query_terms`, so ``vaccines`` and
+``vaccination`` both match the stem ``vaccin``, ``IL6`` matches ``IL-6``) is one of the
+terms asked for. Spans count Unicode code points (Python string indices; in JavaScript
+slice ``Array.from(text)``), and are never rendered as markup here: the page builds text
+nodes.
+
+Which terms: :func:`highlight_terms` takes the matched terms of a hit's lexical
+explanation (what BM25 actually matched) and falls back to the query's own terms.
+
+Example:
+    >>> s = snippet("Malaria kills. Vaccines protect children from malaria.",
+    ...             {"vaccin": 1.0, "malaria": 1.0})
+    >>> s.text, [s.text[a:b] for a, b in s.highlights]
+    ('Malaria kills. Vaccines protect children from malaria.', ['Malaria', 'Vaccines', 'malaria'])
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["SNIPPET_CHARS", "Snippet", "highlight_spans", "highlight_terms", "snippet"]
+
+#: Longest snippet, in characters (ellipses not counted).
+SNIPPET_CHARS = 320
+
+#: A word as the lexical index reads one: letters/digits joined by hyphens or dashes.
+_WORD = re.compile(r"[^\W_]+(?:[-\u2010-\u2013\u2212][^\W_]+)*")
+#: Sentence ends: . ! ? (optionally followed by a closing quote or bracket) then space.
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
+ELLIPSIS = "…"
+
+
+@dataclass(frozen=True)
+class Snippet:
+    """A piece of text and the ``[start, end)`` code-point spans to highlight in it."""
+
+    text: str
+    highlights: tuple[tuple[int, int], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "highlights": [list(h) for h in self.highlights]}
+
+
+@functools.lru_cache(maxsize=65536)
+def _word_terms(word: str) -> frozenset[str]:
+    from ranking.lexical import query_terms
+
+    return frozenset(query_terms(word))
+
+
+def _matches(text: str, terms: Mapping[str, float]) -> list[tuple[int, int, frozenset[str]]]:
+    """``(start, end, matched terms)`` of every word of ``text`` matching ``terms``."""
+    if not terms:
+        return []
+    out = []
+    for m in _WORD.finditer(text):
+        hit = _word_terms(m.group()) & terms.keys()
+        if hit:
+            out.append((m.start(), m.end(), frozenset(hit)))
+    return out
+
+
+def highlight_spans(text: str, terms: Mapping[str, float]) -> tuple[tuple[int, int], ...]:
+    """The spans of the words of ``text`` (a title, say) matching ``terms``."""
+    return tuple((a, b) for a, b, _ in _matches(text or "", terms))
+
+
+def _sentences(text: str) -> list[tuple[int, int]]:
+    spans, start = [], 0
+    for m in _SENTENCE_END.finditer(text):
+        spans.append((start, m.start()))
+        start = m.end()
+    if start < len(text):
+        spans.append((start, len(text)))
+    return [(a, b) for a, b in spans if b > a]
+
+
+def _window(
+    sentences: list[tuple[int, int]],
+    words: list[tuple[int, int, frozenset[str]]],
+    terms: Mapping[str, float],
+    limit: int,
+) -> tuple[int, int]:
+    """The run of whole sentences, no longer than ``limit`` (but at least one sentence),
+    with the most weight of distinct terms; the earliest, then the longest, on a tie."""
+    best: tuple[float, int, int] | None = None  # (weight, -start, end): most, earliest, longest
+    for i, (start, _) in enumerate(sentences):
+        end = sentences[i][1]
+        for j in range(i, len(sentences)):
+            if j > i and sentences[j][1] - start > limit:
+                break
+            end = sentences[j][1]
+            found = {t for a, b, ts in words if a >= start and b <= end for t in ts}
+            key = (sum(terms[t] for t in found), -start, end)
+            if best is None or key > best:
+                best = key
+    assert best is not None
+    return -best[1], best[2]
+
+
+def _cut(
+    text: str, start: int, end: int, words: list[tuple[int, int, frozenset[str]]], limit: int
+) -> tuple[int, int]:
+    """``[start, end)`` shortened to ``limit`` characters around its first match, at word
+    boundaries."""
+    if end - start <= limit:
+        return start, end
+    first = next((a for a, _, _ in words if start <= a < end), start)
+    lo = max(start, min(first - limit // 4, end - limit))
+    if lo > start:  # begin at a word
+        m = _WORD.search(text, lo)
+        lo = m.start() if m and m.start() < end else lo
+    hi = min(end, lo + limit)
+    if hi < end:  # end after a whole word
+        cut = text.rfind(" ", lo, hi)
+        hi = cut if cut > lo else hi
+    return lo, hi
+
+
+def snippet(text: str, terms: Mapping[str, float], *, limit: int = SNIPPET_CHARS) -> Snippet | None:
+    """The best sentence window of ``text`` for ``terms`` (index term → weight).
+
+    Returns ``None`` for an empty text. The snippet starts/ends with ``…`` where it does
+    not start/end the text; its spans point into the snippet's own text.
+    """
+    text = (text or "").strip()
+    if not text:
+        return None
+    words = _matches(text, terms)
+    start, end = _window(_sentences(text), words, terms, limit)
+    start, end = _cut(text, start, end, words, limit)
+    head = ELLIPSIS + " " if start > 0 else ""
+    tail = " " + ELLIPSIS if end < len(text) else ""
+    shift = len(head) - start
+    spans = tuple((a + shift, b + shift) for a, b, _ in words if a >= start and b <= end)
+    return Snippet(head + text[start:end] + tail, spans)
+
+
+def highlight_terms(explanation: Mapping[str, Any], query: str) -> dict[str, float]:
+    """The index terms to highlight for a hit and their weights.
+
+    The matched terms of the hit's lexical explanation (BM25 weights) when it has any,
+    else the query's own terms (their boosts): a semantic hit may use no query word at
+    all, and then nothing is highlighted.
+    """
+    lexical = (explanation.get("components") or {}).get("lexical") or {}
+    matched = {t["term"]: float(t["weight"]) for t in lexical.get("terms") or () if t.get("term")}
+    if matched:
+        return matched
+    from ranking.lexical import query_terms
+
+    return dict(query_terms(query)) if query else {}

@@ -1,0 +1,190 @@
+"""What the researcher's page needs of search: per-hit details, pages, similar articles.
+
+Runs on SQLite and PostgreSQL with the corpus and its exact bag-of-words index
+(:class:`tests.ranking.corpus.HashIndex`: no lexical index, so highlights use the query's
+own terms).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import Engine
+
+from litpulse.core.errors import ConfigError, NotFoundError
+from litpulse.core.settings import Settings
+from ranking.lexical import query_terms
+from ranking.search import MAX_OFFSET, SearchFilters, SearchResult, run_search, sort_by_date
+from ranking.similar import similar_articles
+from tests.ranking.corpus import ARTICLES, HashIndex, hash_embed, load_corpus
+
+
+@pytest.fixture
+def corpus(engine: Engine) -> Engine:
+    load_corpus(engine)
+    return engine
+
+
+def go(
+    settings: Settings,
+    engine: Engine,
+    query: str,
+    *,
+    k: int = 10,
+    index: Any = None,
+    offset: int | None = None,
+    sort: str = "score",
+    **filters: Any,
+) -> SearchResult:
+    return run_search(
+        settings,
+        query,
+        k=k,
+        filters=SearchFilters(**filters),
+        engine=engine,
+        index=index or HashIndex.of(),
+        embed=hash_embed,
+        offset=offset,
+        sort=sort,
+    )
+
+
+def words(text: str, spans: Any) -> list[str]:
+    return [text[a:b] for a, b in spans]
+
+
+def test_hits_carry_authors_snippet_mesh_types_doi_and_links(
+    settings: Settings,
+    corpus: Engine,
+) -> None:
+    query = "malaria vaccine for children"
+    res = go(settings, corpus, query, k=20, include_retracted=True)
+    by_pmid = {h.pmid: h for h in res.hits}
+    terms = query_terms(query)
+    for hit in res.hits:
+        a = ARTICLES[hit.pmid]
+        assert hit.authors == ("Doe J", "Test Consortium") and hit.author_count == 2
+        assert hit.mesh == tuple(a["mesh"])  # the major topic (first here) leads
+        assert hit.publication_types == tuple(a["ptype"])
+        assert hit.doi == f"10.1000/test.{hit.pmid}"
+        assert hit.retracted is bool(a.get("retracted"))
+        if not a["abstract"]:
+            assert hit.snippet is None
+            continue
+        assert hit.snippet is not None and hit.snippet.text == a["abstract"]
+        # exactly the words whose index terms are query terms are highlighted
+        expected = [
+            w
+            for w in a["abstract"].replace(",", " ").replace(".", " ").split()
+            if set(query_terms(w)) & terms.keys()
+        ]
+        assert words(hit.snippet.text, hit.snippet.highlights) == expected
+    assert words(by_pmid[201].snippet.text, by_pmid[201].snippet.highlights) == [  # type: ignore[union-attr]
+        "malaria",
+        "vaccine",
+        "children",
+    ]
+    assert words(by_pmid[201].title, by_pmid[201].title_highlights) == [
+        "Malaria",
+        "vaccine",
+        "children",
+    ]
+    assert by_pmid[105].retracted and by_pmid[105].explanation["retracted"] is True
+    d = by_pmid[201].to_dict()
+    assert d["links"] == {
+        "pubmed": "https://pubmed.ncbi.nlm.nih.gov/201/",
+        "doi": "https://doi.org/10.1000/test.201",
+    }
+    assert d["snippet"]["highlights"] == [list(s) for s in by_pmid[201].snippet.highlights]  # type: ignore[union-attr]
+    assert d["authors"] == ["Doe J", "Test Consortium"] and d["retracted"] is False
+
+
+def test_pages_are_disjoint_slices_of_one_ranking(settings: Settings, corpus: Engine) -> None:
+    query = "gene editing in human cells"
+    whole = go(settings, corpus, query, k=12, offset=0)
+    assert len(whole.hits) == 12 and whole.has_more
+    pages = [go(settings, corpus, query, k=4, offset=o) for o in (0, 4, 8)]
+    got = [h.pmid for p in pages for h in p.hits]
+    assert got == [h.pmid for h in whole.hits] and len(set(got)) == 12
+    assert [p.offset for p in pages] == [0, 4, 8] and all(p.has_more for p in pages)
+    again = go(settings, corpus, query, k=4, offset=4)
+    assert [h.pmid for h in again.hits] == [h.pmid for h in pages[1].hits]  # deterministic
+    # the end: 18 live, non-retracted articles
+    last = go(settings, corpus, query, k=4, offset=16)
+    assert len(last.hits) == 2 and not last.has_more
+    assert go(settings, corpus, query, k=4, offset=20).hits == ()
+    # newest first: the pages slice the same date-ordered list
+    dated = [go(settings, corpus, query, k=5, offset=o, sort="date") for o in (0, 5, 10, 15)]
+    got = [h.pmid for p in dated for h in p.hits]
+    everything = go(settings, corpus, query, k=18, offset=0)
+    assert got == [h.pmid for h in sort_by_date(everything.hits)]
+
+
+def test_pages_stay_disjoint_when_filters_make_the_lists_widen(
+    settings: Settings,
+    corpus: Engine,
+) -> None:
+    narrow = settings.replace(rerank_candidates=3)
+    query = "sleep and memory in humans"
+    index = HashIndex.of()
+    pages = [
+        go(narrow, corpus, query, k=2, offset=o, index=index, language="eng", has_abstract=True)
+        for o in (0, 2, 4)
+    ]
+    whole = go(narrow, corpus, query, k=6, offset=0, language="eng", has_abstract=True)
+    assert [h.pmid for p in pages for h in p.hits] == [h.pmid for h in whole.hits]
+    assert len({h.pmid for p in pages for h in p.hits}) == 6
+    assert index.calls[0] == 3 and index.calls[-1] > 3  # it did widen
+
+
+@pytest.mark.parametrize("offset", [-1, MAX_OFFSET + 1, True])
+def test_bad_offsets_are_refused(settings: Settings, corpus: Engine, offset: Any) -> None:
+    with pytest.raises(ConfigError, match="offset"):
+        go(settings, corpus, "malaria", offset=offset)
+
+
+def brute_force(index: HashIndex, pmid: int, allowed: set[int]) -> list[tuple[int, float]]:
+    q = index.vectors[pmid]
+    sims = {p: float(np.dot(v, q)) for p, v in index.vectors.items() if p != pmid and p in allowed}
+    return sorted(sims.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def test_similar_articles_are_the_true_nearest_neighbours(
+    settings: Settings,
+    corpus: Engine,
+) -> None:
+    index = HashIndex.of()
+    live = {p for p, a in ARTICLES.items() if not a.get("deleted") and not a.get("retracted")}
+    for pmid in (101, 201, 302, 105):
+        res = similar_articles(settings, pmid, k=5, engine=corpus, index=index)
+        got = [(h.pmid, h.similarity) for h in res.hits]
+        want = brute_force(index, pmid, live)[:5]
+        assert [p for p, _ in got] == [p for p, _ in want]
+        assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-6)
+        assert pmid not in [p for p, _ in got]
+        assert res.title == ARTICLES[pmid]["title"]
+    with_retracted = similar_articles(
+        settings, 101, k=18, engine=corpus, index=index, include_retracted=True
+    )
+    assert 105 in [h.pmid for h in with_retracted.hits]
+    assert 106 not in [h.pmid for h in with_retracted.hits]  # deleted: never
+    top = with_retracted.hits[0]
+    assert top.authors and top.doi and top.to_dict()["links"]["pubmed"].endswith(f"/{top.pmid}/")
+
+
+def test_similar_widens_past_filtered_neighbours(settings: Settings, corpus: Engine) -> None:
+    index = HashIndex.of()
+    res = similar_articles(settings, 102, k=3, engine=corpus, index=index)
+    assert len(res.hits) == 3 and index.calls[0] == 4
+    live = {p for p, a in ARTICLES.items() if not a.get("deleted") and not a.get("retracted")}
+    assert [h.pmid for h in res.hits] == [p for p, _ in brute_force(index, 102, live)[:3]]
+
+
+def test_similar_errors(settings: Settings, corpus: Engine) -> None:
+    index = HashIndex.of()
+    with pytest.raises(NotFoundError, match="999"):
+        similar_articles(settings, 999, engine=corpus, index=index)
+    with pytest.raises(ConfigError, match="k must"):
+        similar_articles(settings, 101, k=0, engine=corpus, index=index)
