@@ -19,6 +19,7 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import Engine, select
+from sqlalchemy.engine import Connection
 
 from litpulse.core.db import upsert
 from litpulse.core.schema import checkpoints
@@ -70,8 +71,24 @@ class Checkpoints:
         self.set_checkpoint(scope, key, "read", {**identity, "fetched_at": now.isoformat()})
         return now
 
-    def set_checkpoint(self, scope: str, key: str, status: str, value: dict[str, Any]) -> None:
-        """Create or overwrite the checkpoint ``(scope, key)``."""
+    def set_checkpoint(
+        self,
+        scope: str,
+        key: str,
+        status: str,
+        value: dict[str, Any],
+        *,
+        conn: Connection | None = None,
+    ) -> None:
+        """Create or overwrite the checkpoint ``(scope, key)``.
+
+        Args:
+            conn: Write it inside this open transaction (committed with the work it
+                marks); default: a transaction of its own.
+        """
         row = {"scope": scope, "key": key, "status": status, "value": value, "updated_at": utcnow()}
-        with self.engine.begin() as conn:
+        if conn is not None:
             upsert(conn, checkpoints, [row], keys=["scope", "key"])
+            return
+        with self.engine.begin() as own:
+            upsert(own, checkpoints, [row], keys=["scope", "key"])

@@ -34,12 +34,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, bindparam, func, or_, select, update
+from sqlalchemy import Engine, Update, and_, bindparam, func, or_, select, update
 
+from ingest.fields import MAX_PMID, id_value
 from ingest.http import HttpClient
 from ingest.runs import Counts, IngestCounts, recorded_run
 from ingest.store import Store
@@ -49,7 +51,17 @@ from litpulse.core.schema import articles
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import utcnow
 
-__all__ = ["REFRESH_POLICY", "CitationCounts", "due_pmids", "parse_icite", "refresh_citations"]
+__all__ = [
+    "ICITE_FIELDS",
+    "REFRESH_POLICY",
+    "CitationCounts",
+    "due_pmids",
+    "icite_params",
+    "icite_update",
+    "icite_values",
+    "parse_icite",
+    "refresh_citations",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +125,24 @@ def due_pmids(
         return sorted(int(p) for p in conn.execute(query).scalars())
 
 
+#: The ``articles`` columns iCite fills, each from its iCite field (API JSON and snapshot CSV
+#: name their fields alike). :func:`icite_values` is the one place that maps them.
+ICITE_FIELDS: dict[str, str] = {
+    "citation_count": "citation_count",
+    "relative_citation_ratio": "relative_citation_ratio",
+    "citations_per_year": "citations_per_year",
+    "icite_year": "year",
+    "icite_provisional": "provisional",
+}
+_KINDS: dict[str, type] = {
+    "citation_count": int,
+    "relative_citation_ratio": float,
+    "citations_per_year": float,
+    "icite_year": int,
+    "icite_provisional": bool,
+}
+
+
 def _bool(value: Any) -> bool | None:
     if value is None:
         return None
@@ -129,10 +159,51 @@ def _bool(value: Any) -> bool | None:
 def _num(value: Any, kind: type) -> Any:
     if value is None or value == "":
         return None
+    if kind is bool:
+        return _bool(value)
     try:
-        return kind(value)
-    except (TypeError, ValueError):
+        number = kind(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    if kind is float and not math.isfinite(number):
+        return None
+    if kind is int and not -(2**31) <= number < 2**31:  # the columns are 32-bit
+        return None
+    return number
+
+
+def icite_values(
+    row: Mapping[str, Any], *, strict: bool = False
+) -> tuple[int, dict[str, Any]] | None:
+    """The PMID and the ``articles`` column values of one iCite record.
+
+    Args:
+        row: One iCite record: an object of the API's ``data`` list, or a row of the
+            snapshot CSV as a dict (its values text, ``True``/``False`` for flags).
+        strict: Raise on a value that is present but unreadable (the snapshot loader
+            counts such rows as malformed); otherwise it becomes NULL.
+
+    Returns:
+        ``(pmid, {column: value})``, or None for a record without a valid PMID
+        (1..2^31-1) when not ``strict``.
+
+    Raises:
+        ValueError: ``strict`` and the PMID or a value is unreadable (the message says which).
+    """
+    raw_pmid = row.get("pmid", row.get("_id"))
+    pmid = None if raw_pmid is None else id_value(str(raw_pmid), MAX_PMID)
+    if pmid is None:
+        if strict:
+            raise ValueError(f"pmid {raw_pmid!r} is not a PMID")
+        return None
+    values: dict[str, Any] = {}
+    for column, name in ICITE_FIELDS.items():
+        raw = row.get(name)
+        value = _num(raw, _KINDS[column])
+        if strict and value is None and raw not in (None, ""):
+            raise ValueError(f"{name} {str(raw)[:40]!r} is not a valid {_KINDS[column].__name__}")
+        values[column] = value
+    return pmid, values
 
 
 def parse_icite(body: Any, where: str = "icite") -> dict[int, dict[str, Any]]:
@@ -148,18 +219,45 @@ def parse_icite(body: Any, where: str = "icite") -> dict[int, dict[str, Any]]:
     for row in body["data"]:
         if not isinstance(row, dict):
             continue
-        pmid = _num(row.get("pmid", row.get("_id")), int)
-        if pmid is None:
-            continue
-        count = _num(row.get("citation_count"), int)
-        out[pmid] = {
-            "citation_count": count,
-            "relative_citation_ratio": _num(row.get("relative_citation_ratio"), float),
-            "citations_per_year": _num(row.get("citations_per_year"), float),
-            "icite_year": _num(row.get("year"), int),
-            "icite_provisional": _bool(row.get("provisional")),
-        }
+        parsed = icite_values(row)
+        if parsed is not None:
+            out[parsed[0]] = parsed[1]
     return out
+
+
+def icite_update(*, keep_newer: bool = False) -> Update:
+    """The ``UPDATE`` of one article's iCite columns, for ``executemany``.
+
+    Its parameters: ``b_pmid``, ``b_<column>`` for each of :data:`ICITE_FIELDS` and
+    ``b_now`` (the fetch time stored). With ``keep_newer`` only live articles whose
+    iCite data is missing or not newer than ``b_now`` are written (a snapshot never
+    overwrites a later API refresh).
+    """
+    a = articles.c
+    stmt = (
+        update(articles)
+        .where(a.pmid == bindparam("b_pmid"))
+        .values(
+            {
+                **{c: bindparam(f"b_{c}") for c in ICITE_FIELDS},
+                "icite_fetched_at": bindparam("b_now"),
+            }
+        )
+    )
+    if keep_newer:
+        stmt = stmt.where(
+            a.is_deleted.is_(False),
+            or_(a.icite_fetched_at.is_(None), a.icite_fetched_at <= bindparam("b_now")),
+        )
+    return stmt
+
+
+def icite_params(found: Mapping[int, Mapping[str, Any]], now: dt.datetime) -> list[dict[str, Any]]:
+    """The parameters of :func:`icite_update` for these PMIDs and values."""
+    return [
+        {"b_pmid": p, "b_now": now, **{f"b_{c}": v[c] for c in ICITE_FIELDS}}
+        for p, v in found.items()
+    ]
 
 
 def _fetch(client: HttpClient, pmids: Sequence[int]) -> dict[int, dict[str, Any]]:
@@ -183,33 +281,7 @@ def _write(engine: Engine, found: dict[int, dict[str, Any]], unknown: Iterable[i
     a = articles.c
     with engine.begin() as conn:
         if found:
-            stmt = (
-                update(articles)
-                .where(a.pmid == bindparam("b_pmid"))
-                .values(
-                    citation_count=bindparam("b_count"),
-                    relative_citation_ratio=bindparam("b_rcr"),
-                    citations_per_year=bindparam("b_cpy"),
-                    icite_year=bindparam("b_year"),
-                    icite_provisional=bindparam("b_prov"),
-                    icite_fetched_at=bindparam("b_now"),
-                )
-            )
-            conn.execute(
-                stmt,
-                [
-                    {
-                        "b_pmid": p,
-                        "b_count": v["citation_count"],
-                        "b_rcr": v["relative_citation_ratio"],
-                        "b_cpy": v["citations_per_year"],
-                        "b_year": v["icite_year"],
-                        "b_prov": v["icite_provisional"],
-                        "b_now": now,
-                    }
-                    for p, v in found.items()
-                ],
-            )
+            conn.execute(icite_update(), icite_params(found, now))
         rest = [{"b_pmid": p, "b_now": now} for p in unknown]
         if rest:
             conn.execute(

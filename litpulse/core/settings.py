@@ -152,6 +152,13 @@ class Settings:
         min=0,
         max=100_000_000,
     )
+    icite_snapshot_batch: int = _opt(
+        20000,
+        "Rows of an iCite snapshot written per database transaction by `citations load` "
+        "(the most the loader holds at once; a killed load redoes at most this many).",
+        min=1,
+        max=1_000_000,
+    )
 
     # -- parsing limits ----------------------------------------------------------------------
     max_record_bytes: int = _opt(

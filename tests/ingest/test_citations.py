@@ -10,7 +10,14 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select, update
 
-from ingest.citations import CitationCounts, due_pmids, parse_icite, refresh_citations
+from ingest.citations import (
+    ICITE_FIELDS,
+    CitationCounts,
+    due_pmids,
+    icite_values,
+    parse_icite,
+    refresh_citations,
+)
 from ingest.records import Record, SourceRef
 from ingest.store import Store
 from litpulse.app.cli import COMMANDS
@@ -57,10 +64,22 @@ def test_fields_filled_and_unknown_pmid_keeps_its_corpus_count(
 ) -> None:
     # 2 and 3 cite 1 inside the corpus; iCite knows 2 and 3 but not 1
     _seed(settings, {1: TODAY, 2: TODAY, 3: TODAY}, {3: (1,), 2: (1,)})
-    emu.set_icite(3, citation_count=42, relative_citation_ratio=2.5, citations_per_year=14.0,
-                  year=2023, provisional="Yes")
-    emu.set_icite(2, citation_count=0, relative_citation_ratio=None, citations_per_year=0.0,
-                  year=2024, provisional="No")
+    emu.set_icite(
+        3,
+        citation_count=42,
+        relative_citation_ratio=2.5,
+        citations_per_year=14.0,
+        year=2023,
+        provisional="Yes",
+    )
+    emu.set_icite(
+        2,
+        citation_count=0,
+        relative_citation_ratio=None,
+        citations_per_year=0.0,
+        year=2024,
+        provisional="No",
+    )
     s = emu.configure(settings)
     counts = refresh_citations(s)
     assert counts == CitationCounts(requested=3, updated=2, unknown=1)
@@ -91,7 +110,8 @@ def test_refresh_policy_depends_on_article_age(sqlite_settings: Settings) -> Non
     with engine.begin() as conn:
         for p, d in fetched.items():
             conn.execute(
-                update(articles).where(articles.c.pmid == p)
+                update(articles)
+                .where(articles.c.pmid == p)
                 .values(icite_fetched_at=now - dt.timedelta(days=d))
             )
     assert due_pmids(engine, now=now) == [10, 12, 14]
@@ -132,8 +152,13 @@ def test_parse_icite_rejects_unexpected_bodies() -> None:
     with pytest.raises(TransientSourceError):
         parse_icite({"error": "bad"})
     assert parse_icite({"data": [{"pmid": "7", "citation_count": "3", "provisional": True}]}) == {
-        7: {"citation_count": 3, "relative_citation_ratio": None, "citations_per_year": None,
-            "icite_year": None, "icite_provisional": True}
+        7: {
+            "citation_count": 3,
+            "relative_citation_ratio": None,
+            "citations_per_year": None,
+            "icite_year": None,
+            "icite_provisional": True,
+        }
     }
     with pytest.raises(ConfigError):
         CitationCounts(requested=-1)
@@ -154,3 +179,26 @@ def test_cli_citations_refresh_json(
     assert args.func(args, s) == 0
     assert "unknown" in capsys.readouterr().out
     assert "citations" in COMMANDS
+
+
+def test_icite_values_is_the_one_mapping_for_api_and_snapshot_rows() -> None:
+    api = {"pmid": 7, "citation_count": 3, "relative_citation_ratio": 1.5,
+           "citations_per_year": 0.5, "year": 2020, "provisional": "Yes"}  # fmt: skip
+    snapshot = {k: str(v) for k, v in api.items()} | {"provisional": "True"}
+    assert icite_values(api) == icite_values(snapshot, strict=True)
+    assert icite_values(api) == (7, {
+        "citation_count": 3, "relative_citation_ratio": 1.5, "citations_per_year": 0.5,
+        "icite_year": 2020, "icite_provisional": True,
+    })  # fmt: skip
+    blank = {"pmid": "8", "citation_count": "", "relative_citation_ratio": "", "provisional": ""}
+    assert icite_values(blank, strict=True) == (8, dict.fromkeys(ICITE_FIELDS))
+    # unreadable values: NULL from the API, an error (a malformed row) from the snapshot
+    for field, bad in [("citation_count", "many"), ("relative_citation_ratio", "inf"),
+                       ("year", "1e12"), ("provisional", "Maybe"), ("pmid", "0")]:  # fmt: skip
+        row = {**snapshot, field: bad}
+        with pytest.raises(ValueError, match=field):
+            icite_values(row, strict=True)
+        if field != "pmid":
+            lenient = icite_values(row)
+            assert lenient is not None and None in lenient[1].values()
+    assert icite_values({**api, "pmid": "x"}) is None

@@ -1,0 +1,506 @@
+"""Load citation impact from an iCite database snapshot: the whole of iCite in one pass.
+
+**The snapshot.** NIH's Office of Portfolio Analysis posts the whole iCite database
+monthly on NIH figshare (collection 4586573, "iCite Database Snapshot YYYY-MM"): "a
+single zipped CSV file, or compressed, tarred JSON files", and the NIH Open Citation
+Collection as "a two-column CSV table in open_citation_collection.zip" (the figshare
+description). The metadata CSV, ``icite_metadata.csv`` (~40M rows, ~40 GB unzipped),
+has one row per PMID and 25 columns::
+
+    pmid, doi, title, authors, year, journal, is_research_article, citation_count,
+    field_citation_rate, expected_citations_per_year, citations_per_year,
+    relative_citation_ratio, nih_percentile, human, animal, molecular_cellular,
+    x_coord, y_coord, apt, is_clinical, cited_by_clin, cited_by, references,
+    provisional, last_modified
+
+Public loaders of it disagree on the order (seandavi/bioc-on-ice ``icite.py`` lists
+``pmid, doi, year, title, …``), so this module reads the columns **by the header's names**.
+Flags are ``True``/``False`` text where the API says ``Yes``/``No``; ``cited_by``,
+``cited_by_clin`` and ``references`` are space-separated PMID lists, the longest ~2.3 MB
+on one line (bioc-on-ice, the 2026-08 snapshot); titles hold quoted commas, quotes and line
+breaks (standard CSV quoting with doubled quotes). ``open_citation_collection.csv`` has
+the header ``citing,referenced`` (NCBI EDirect's ``rchive -nihocc`` checks exactly that).
+
+**What is stored.** The same columns as the API refresh (:mod:`ingest.citations`), mapped
+by the same function (:func:`ingest.citations.icite_values`): ``citation_count``,
+``relative_citation_ratio``, ``citations_per_year``, ``icite_year``, ``icite_provisional``,
+and ``icite_fetched_at`` set to the snapshot's date (``--as-of``, else the file's
+modification time), so the daily refresh (:func:`ingest.citations.due_pmids`) asks only
+for what its policy finds due after that date. Only live articles the store holds are
+written (a row for any other PMID is counted as ``skipped``; the store keeps no iCite data
+for articles it does not have), and never over iCite data fetched later than the snapshot.
+The citation links (``cited_by``, ``references``, the Open Citation Collection) are not
+loaded: the store's ``references`` come from the PubMed records themselves.
+
+**Reading.** ``FILE`` is the CSV (plain, ``.gz``, or figshare's ``.zip`` holding one CSV),
+or a folder of such files (loaded in name order). The JSON tarball is refused (the CSV
+carries the same fields), and so is the Open Citation Collection. Rows are streamed
+(``csv`` over a byte-counting line reader) in batches of ``LITPULSE_ICITE_SNAPSHOT_BATCH``;
+each batch is one transaction: PostgreSQL ``COPY`` into a temporary staging table and one
+``UPDATE … FROM``, SQLite one ``executemany`` ``UPDATE`` by primary key. The loader holds
+one batch at a time (memory does not grow with the file).
+
+**Resuming.** The batch's transaction also writes the file's checkpoint (scope
+``icite_snapshot``): the byte offset in the (decompressed) CSV after the batch's last row,
+the line, the rows read. A killed load, run again on the unchanged file, seeks there and
+goes on; since every write is keyed by PMID and stamped with the snapshot's fixed date, it
+ends in the state of an uninterrupted load. A finished file loaded again is read again from
+the start (articles ingested since then get their values); a changed file (size, mtime) or
+another ``--as-of`` is a new load.
+
+**Bad rows** (a wrong number of fields, a PMID that is not one, a value that does not read
+as its type, broken CSV quoting) are counted as ``malformed``, quarantined with their raw
+text (first 64 KiB), source and line, and skipped; the load goes on.
+
+Example:
+    >>> counts = load_snapshot(settings, "icite_metadata.zip")  # doctest: +SKIP
+    >>> counts.to_dict()                                          # doctest: +SKIP
+    {'rows': 40000000, 'updated': 36000000, 'skipped': 3999990, 'malformed': 10}
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import gzip
+import hashlib
+import logging
+import zipfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy import BigInteger, Boolean, Column, Float, Integer, MetaData, Table, text, update
+from sqlalchemy.engine import Connection
+
+from ingest.boundaries import MAX_RAW_TAIL
+from ingest.citations import ICITE_FIELDS, icite_params, icite_update, icite_values
+from ingest.fields import MAX_PMID, id_value, quarantine_line
+from ingest.records import QuarantineEntry, SourceRef
+from ingest.rows import quarantine_row
+from ingest.runs import Counts, IngestCounts, OpenRun, recorded_run
+from ingest.store import Store
+from litpulse.core.db import upsert
+from litpulse.core.errors import ConfigError, NotFoundError
+from litpulse.core.schema import articles, quarantine
+from litpulse.core.settings import Settings
+from litpulse.core.timeutil import as_utc, utcnow
+
+__all__ = [
+    "SCOPE",
+    "Batch",
+    "SnapshotCounts",
+    "iter_batches",
+    "load_snapshot",
+    "open_snapshot",
+    "snapshot_files",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Checkpoint scope: key SHA-1 of the file's path, value its identity, date and offset.
+SCOPE = "icite_snapshot"
+#: Longest physical line read at once (bytes): the longest real one is ~2.3 MB; a longer
+#: "line" is cut here and its pieces end up malformed rather than in memory.
+MAX_LINE = 64 << 20
+#: Malformed rows shown in the run's details (all of them are quarantined).
+SAMPLE = 10
+#: The Open Citation Collection's header: a file of links, not of metrics.
+_OCC_HEADER = ["citing", "referenced"]
+#: Columns the loader needs from the header.
+REQUIRED = ("pmid", *ICITE_FIELDS.values())
+
+csv.field_size_limit(MAX_LINE)
+
+_STAGE = Table(
+    "icite_stage",
+    MetaData(),
+    Column("pmid", BigInteger),
+    Column("citation_count", Integer),
+    Column("relative_citation_ratio", Float),
+    Column("citations_per_year", Float),
+    Column("icite_year", Integer),
+    Column("icite_provisional", Boolean),
+)
+_STAGE_DDL = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS icite_stage (pmid bigint, citation_count integer, "
+    "relative_citation_ratio double precision, citations_per_year double precision, "
+    "icite_year integer, icite_provisional boolean) ON COMMIT DELETE ROWS"
+)
+
+
+@dataclass(frozen=True)
+class SnapshotCounts(Counts):
+    """What a snapshot load did.
+
+    Attributes:
+        rows: Data rows read (malformed ones included).
+        updated: Articles given the snapshot's values.
+        skipped: Well-formed rows not written: the PMID is not live in the store, or the
+            store holds iCite data fetched after the snapshot.
+        malformed: Rows quarantined and skipped.
+    """
+
+    rows: int = 0
+    updated: int = 0
+    skipped: int = 0
+    malformed: int = 0
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Consecutive rows of one CSV: what one transaction writes.
+
+    Attributes:
+        values: Column values per PMID (a PMID met twice: the later row's).
+        bad: The malformed rows, as quarantine entries.
+        rows: Data rows it covers (``len(values) + len(bad)`` less repeated PMIDs).
+        offset: Byte offset in the decompressed CSV just after its last row.
+        line: Physical lines read up to there (header included).
+    """
+
+    values: dict[int, dict[str, Any]]
+    bad: list[QuarantineEntry] = field(default_factory=list)
+    rows: int = 0
+    offset: int = 0
+    line: int = 0
+
+
+class _Lines:
+    """The decoded lines of a binary stream, counting the bytes and lines handed out."""
+
+    def __init__(self, stream: IO[bytes], offset: int = 0, line: int = 0) -> None:
+        self.stream = stream
+        self.offset = offset
+        self.line = line
+        self.pending: list[str] = []  # the lines of the row being read
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        data = self.stream.readline(MAX_LINE)
+        if not data:
+            raise StopIteration
+        self.offset += len(data)
+        self.line += 1
+        text = data.decode("utf-8", "replace")
+        self.pending.append(text)
+        return text
+
+    def take(self) -> str:
+        """The raw text of the row just read (at most :data:`MAX_RAW_TAIL` characters)."""
+        raw = "".join(self.pending)[:MAX_RAW_TAIL]
+        self.pending.clear()
+        return raw
+
+
+def snapshot_files(path: str | Path) -> list[Path]:
+    """The CSV files to load for ``path`` (a file, or a folder of them in name order).
+
+    Raises:
+        NotFoundError: Nothing at ``path``, or a folder without CSV files.
+        ConfigError: A format the loader does not read (the JSON tarball).
+    """
+    p = Path(path).resolve()
+    if not p.exists():
+        raise NotFoundError(f"no such file: {p}")
+    if p.is_dir():
+        found = sorted(f for f in p.iterdir() if f.is_file() and _kind(f) != "other")
+        if not found:
+            raise NotFoundError(f"{p}: no .csv, .csv.gz or .zip files in this folder")
+        return found
+    if _kind(p) == "other":
+        raise ConfigError(
+            f"{p}: not an iCite snapshot CSV (.csv, .csv.gz or .zip); the JSON tarball "
+            "(icite_metadata.tar.gz) is not read: load icite_metadata.csv/.zip, which "
+            "carries the same fields"
+        )
+    return [p]
+
+
+def _kind(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(".csv"):
+        return "csv"
+    if name.endswith((".csv.gz", ".gz")) and not name.endswith(".tar.gz"):
+        return "gzip"
+    if name.endswith(".zip"):
+        return "zip"
+    return "other"
+
+
+@contextmanager
+def open_snapshot(path: Path) -> Iterator[IO[bytes]]:
+    """The decompressed bytes of one snapshot file (seekable forward)."""
+    kind = _kind(path)
+    if kind == "gzip":
+        with gzip.open(path, "rb") as gz:
+            yield gz  # type: ignore[misc]
+    elif kind == "zip":
+        with zipfile.ZipFile(path) as zf:
+            members = [n for n in zf.namelist() if n.lower().endswith(".csv")]
+            if len(members) != 1:
+                raise ConfigError(f"{path}: expected one CSV inside, found {members}")
+            with zf.open(members[0]) as member:
+                yield member
+    else:
+        with path.open("rb") as plain:
+            yield plain
+
+
+def _header(stream: IO[bytes], location: str) -> tuple[list[str], int]:
+    """The column names of the CSV and the byte offset after the header line."""
+    first = stream.readline(MAX_LINE)
+    names = next(csv.reader([first.decode("utf-8", "replace").lstrip("\ufeff")]), [])
+    names = [n.strip() for n in names]
+    if names == _OCC_HEADER:
+        raise ConfigError(
+            f"{location} is the Open Citation Collection (citing,referenced links); "
+            "`citations load` reads the metrics file icite_metadata.csv"
+        )
+    missing = [c for c in REQUIRED if c not in names]
+    if missing:
+        raise ConfigError(
+            f"{location}: not an iCite snapshot CSV: no column {', '.join(missing)} "
+            f"in its header {names[:30]}"
+        )
+    return names, len(first)
+
+
+def iter_batches(
+    stream: IO[bytes],
+    *,
+    location: str,
+    size: int,
+    offset: int = 0,
+    line: int = 0,
+) -> Iterator[Batch]:
+    """Read the snapshot CSV in ``stream`` as batches of at most ``size`` rows.
+
+    Args:
+        stream: The decompressed CSV, at its start.
+        location: Where it is (for quarantine entries and errors).
+        size: Rows per batch (each batch holds only its own rows).
+        offset: Resume at this byte offset (a :attr:`Batch.offset`; 0: after the header).
+        line: The physical line count at ``offset``.
+
+    Raises:
+        ConfigError: The header lacks a column the loader needs.
+    """
+    names, after_header = _header(stream, location)
+    if offset > after_header:
+        stream.seek(offset)
+    else:
+        offset, line = after_header, 1
+    width = len(names)
+    wanted = [(n, names.index(n)) for n in REQUIRED]
+    pmid_at = names.index("pmid")
+    source = SourceRef("file", location)
+    lines = _Lines(stream, offset, line)
+    reader = csv.reader(lines)
+    values: dict[int, dict[str, Any]] = {}
+    bad: list[QuarantineEntry] = []
+    rows = 0
+
+    def reject(reason: str, first_line: int, row: list[str] | None) -> None:
+        pmid = None
+        if row is not None and len(row) > pmid_at:
+            pmid = id_value(row[pmid_at], MAX_PMID)
+        entry = QuarantineEntry(
+            reason=f"iCite snapshot row: {reason}",
+            raw_xml=lines.take(),
+            source=source,
+            pmid=pmid,
+            line=quarantine_line(first_line),
+        )
+        bad.append(entry)
+
+    while True:
+        first_line = lines.line + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            rows += 1
+            reject(f"unreadable CSV ({exc})", first_line, None)
+        else:
+            if not row:  # a blank line
+                lines.take()
+                continue
+            rows += 1
+            if len(row) != width:
+                reject(f"{len(row)} fields where the header has {width}", first_line, row)
+            else:
+                try:
+                    parsed = icite_values({n: row[i] for n, i in wanted}, strict=True)
+                except ValueError as exc:
+                    reject(str(exc), first_line, row)
+                else:
+                    lines.pending.clear()
+                    if parsed is not None:
+                        values[parsed[0]] = parsed[1]
+        if rows >= size:
+            yield Batch(values, bad, rows, lines.offset, lines.line)
+            values, bad, rows = {}, [], 0
+    if rows:
+        yield Batch(values, bad, rows, lines.offset, lines.line)
+
+
+def _write(conn: Connection, batch: Batch, fetched_at: dt.datetime, run_id: int) -> int:
+    """Write one batch inside ``conn``'s transaction; the number of articles updated."""
+    updated = 0
+    if batch.values:
+        if conn.dialect.name == "postgresql":
+            updated = _copy_update(conn, batch.values, fetched_at)
+        else:
+            stmt = icite_update(keep_newer=True)
+            updated = conn.execute(stmt, icite_params(batch.values, fetched_at)).rowcount
+    if batch.bad:
+        now = utcnow()
+        rows = [quarantine_row(e, run_id, now) for e in batch.bad]
+        upsert(conn, quarantine, rows, keys=["digest"], update=[])
+    return updated
+
+
+def _copy_update(conn: Connection, values: Mapping[int, Mapping[str, Any]], at: dt.datetime) -> int:
+    """PostgreSQL: ``COPY`` the batch into the staging table, then one ``UPDATE … FROM``."""
+    conn.execute(text(_STAGE_DDL))
+    cols = list(ICITE_FIELDS)
+    cursor: Any = conn.connection.cursor()
+    try:
+        with cursor.copy(f"COPY icite_stage (pmid, {', '.join(cols)}) FROM STDIN") as copy:
+            for pmid, v in values.items():
+                copy.write_row((pmid, *(v[c] for c in cols)))
+    finally:
+        cursor.close()
+    a, s = articles.c, _STAGE.c
+    stmt = (
+        update(articles)
+        .values({**{c: s[c] for c in cols}, "icite_fetched_at": at})
+        .where(
+            a.pmid == s.pmid,
+            a.is_deleted.is_(False),
+            (a.icite_fetched_at.is_(None)) | (a.icite_fetched_at <= at),
+        )
+    )
+    return int(conn.execute(stmt).rowcount)  # the staged rows go at commit
+
+
+def load_snapshot(
+    settings: Settings,
+    path: str | Path,
+    *,
+    as_of: dt.datetime | None = None,
+    progress: bool = False,
+    batch_size: int | None = None,
+) -> SnapshotCounts:
+    """Load an iCite snapshot into the store, as one run (source ``citations``).
+
+    Args:
+        settings: Where the store is; ``icite_snapshot_batch``.
+        path: The snapshot CSV (plain, ``.gz``, ``.zip``) or a folder of them.
+        as_of: The snapshot's date, stored as the fetch time (default: each file's
+            modification time; never later than now).
+        progress: Show a progress bar (rows/s) on stderr.
+        batch_size: Rows per transaction (default ``settings.icite_snapshot_batch``).
+
+    Returns:
+        What this run did (a resumed run: from where the killed one stopped).
+
+    Raises:
+        NotFoundError: Nothing at ``path`` (no run is recorded).
+        ConfigError: Not a snapshot CSV (the run is recorded as failed).
+    """
+    from litpulse.core.db import connect
+
+    files = snapshot_files(path)
+    size = batch_size or settings.icite_snapshot_batch
+    if size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {size}")
+    store = Store(connect(settings))
+    total = SnapshotCounts()
+    with recorded_run(store, "citations", target="snapshot " + " ".join(map(str, files))) as run:
+        per_file: list[dict[str, Any]] = []
+        sample: list[dict[str, Any]] = []
+        run.details = {"snapshot": per_file, "malformed_sample": sample}
+        for f in files:
+            total += _load_file(store, f, as_of, size, run, progress, per_file, sample)
+        logger.info("iCite snapshot loaded: %s", total.to_dict())
+    return total
+
+
+def _load_file(
+    store: Store,
+    path: Path,
+    as_of: dt.datetime | None,
+    size: int,
+    run: OpenRun,
+    progress: bool,
+    per_file: list[dict[str, Any]],
+    sample: list[dict[str, Any]],
+) -> SnapshotCounts:
+    stat = path.stat()
+    key = hashlib.sha1(str(path).encode()).hexdigest()
+    identity: dict[str, Any] = {
+        "path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+        "as_of": None if as_of is None else as_utc(as_of).isoformat(),
+    }  # fmt: skip
+    mtime = dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC)
+    default = as_utc(as_of) if as_of is not None else mtime
+    fetched = store.first_read_at(SCOPE, key, identity, min(default, utcnow()))
+    seen = (store.get_checkpoint(SCOPE, key) or {}).get("value", {})
+    resume = "offset" in seen and not seen.get("done")
+    offset, line, done_rows = (seen["offset"], seen["line"], seen["rows"]) if resume else (0, 0, 0)
+    if resume:
+        logger.info("%s: resuming after row %d (byte %d)", path, done_rows, offset)
+    state = {**identity, "fetched_at": fetched.isoformat()}
+    counts = SnapshotCounts()
+    entry: dict[str, Any] = {
+        "path": str(path), "as_of": fetched.isoformat(), "resumed_at": done_rows,
+    }  # fmt: skip
+    per_file.append(entry)
+    bar = _bar(path.name, done_rows) if progress else None
+    try:
+        with open_snapshot(path) as stream:
+            for batch in iter_batches(
+                stream, location=str(path), size=size, offset=offset, line=line
+            ):
+                with store.engine.begin() as conn:
+                    updated = _write(conn, batch, fetched, run.id)
+                    done_rows += batch.rows
+                    store.set_checkpoint(
+                        SCOPE, key, "running",
+                        {**state, "offset": batch.offset, "line": batch.line, "rows": done_rows},
+                        conn=conn,
+                    )  # fmt: skip
+                malformed = len(batch.bad)
+                step = SnapshotCounts(
+                    batch.rows, updated, batch.rows - malformed - updated, malformed
+                )
+                counts += step
+                run.counts += IngestCounts(
+                    updated=step.updated, unchanged=step.skipped, quarantined=step.malformed
+                )
+                entry.update(counts.to_dict())
+                for e in batch.bad[: max(0, SAMPLE - len(sample))]:
+                    sample.append({"path": str(path), "line": e.line, "reason": e.reason})
+                if bar is not None:
+                    bar.update(batch.rows)
+    finally:
+        if bar is not None:
+            bar.close()
+    store.set_checkpoint(
+        SCOPE, key, "done", {**state, "offset": 0, "line": 0, "rows": done_rows, "done": True}
+    )
+    logger.info("%s: %s", path, counts.to_dict())
+    return counts
+
+
+def _bar(name: str, initial: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(desc=name, unit=" rows", unit_scale=True, initial=initial, leave=True)

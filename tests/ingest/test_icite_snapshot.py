@@ -1,0 +1,347 @@
+"""The iCite snapshot loader: the API's columns, only stored PMIDs, bad rows, resume, memory.
+
+``tests/fixtures/icite_metadata_sample.csv`` has the real snapshot header (25 columns,
+``True``/``False`` flags, space-separated PMID lists, quoted commas, quotes and a line
+break in titles); its values are made up. It holds 30 good rows, four malformed ones (too
+few fields, a PMID that is not one, an unreadable count, an unknown flag) and PMID 1001
+a second time with another count (the later row wins).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import gzip
+import io
+import json
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, delete, select, update
+
+from ingest.citations import ICITE_FIELDS, due_pmids, refresh_citations
+from ingest.icite_snapshot import SCOPE, SnapshotCounts, iter_batches, load_snapshot
+from ingest.records import Deletion, Record, SourceRef
+from ingest.store import Store
+from litpulse.app.cli import citations as cli
+from litpulse.core import db
+from litpulse.core.errors import ConfigError, NotFoundError
+from litpulse.core.schema import articles, checkpoints, quarantine
+from litpulse.core.settings import Settings
+from tests.emulator import running_emulator
+from tests.ingest.test_crash_resume import KillPoint, child_env, run_and_kill
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "icite_metadata_sample.csv"
+AS_OF = dt.datetime(2026, 5, 1, tzinfo=dt.UTC)
+TODAY = dt.date.today()
+_COLUMNS = [*ICITE_FIELDS, "icite_fetched_at"]
+
+
+def _fixture_rows() -> dict[int, dict[str, str]]:
+    """The well-formed rows of the fixture by PMID (the later of a repeated PMID)."""
+    out: dict[int, dict[str, str]] = {}
+    with FIXTURE.open(newline="") as f:
+        for row in csv.DictReader(f):
+            if row["pmid"].isdigit() and len(row) == 25 and None not in row.values():
+                if row["citation_count"].isdigit() and row["provisional"] in ("True", "False"):
+                    out[int(row["pmid"])] = row
+    return out
+
+
+def _seed(settings: Settings, pmids: list[int], *, deleted: tuple[int, ...] = ()) -> None:
+    src = SourceRef("generated", "test")
+    items: list[Any] = [
+        Record(pmid=p, version=1, title=f"Article {p}", source=src, entrez_date=TODAY)
+        for p in pmids
+    ]
+    items += [Deletion(pmid=p, source=src) for p in deleted]
+    Store(db.connect(settings)).apply(items)
+
+
+def _icite(engine: Engine) -> dict[int, dict[str, Any]]:
+    cols = [articles.c[c] for c in _COLUMNS]
+    with engine.connect() as conn:
+        rows = conn.execute(select(articles.c.pmid, *cols).order_by(articles.c.pmid)).all()
+    return {r[0]: dict(zip(_COLUMNS, r[1:], strict=True)) for r in rows}
+
+
+GOOD = _fixture_rows()
+STORED = sorted(GOOD)[:20] + [2001, 2002]  # 2001/2002 appear only in malformed rows
+
+
+def test_load_fills_the_api_columns_for_stored_live_pmids(settings: Settings) -> None:
+    _seed(settings, STORED, deleted=(1015,))
+    counts = load_snapshot(settings, FIXTURE, as_of=AS_OF, batch_size=7)
+    live = [p for p in STORED if p in GOOD and p != 1015]
+    assert counts == SnapshotCounts(
+        rows=35, updated=len(live) + 1, skipped=35 - 4 - 20, malformed=4
+    )
+    got = _icite(db.connect(settings))
+    for p in live:
+        row = GOOD[p]
+        want = {
+            "citation_count": int(row["citation_count"]),
+            "relative_citation_ratio": float(row["relative_citation_ratio"])
+            if row["relative_citation_ratio"]
+            else None,
+            "citations_per_year": float(row["citations_per_year"]),
+            "icite_year": int(row["year"]),
+            "icite_provisional": row["provisional"] == "True",
+            "icite_fetched_at": AS_OF,
+        }
+        assert got[p] == want, p
+    assert got[1001]["citation_count"] == 999  # the later of its two rows
+    assert got[1006]["icite_year"] == 2023  # the row whose title spans two lines
+    # the tombstone and the PMIDs only in malformed rows are untouched
+    for p in (1015, 2001, 2002):
+        assert got[p]["icite_fetched_at"] is None and got[p]["citation_count"] is None
+    assert not set(got) - set(STORED)  # nothing added for PMIDs the store lacks
+    store = Store(db.connect(settings))
+    run = store.runs(1)[0]
+    assert run["source"] == "citations" and run["status"] == "succeeded"
+    assert (run["updated"], run["quarantined"]) == (counts.updated, 4)
+    assert run["details"]["snapshot"][0]["rows"] == 35
+    assert len(run["details"]["malformed_sample"]) == 4
+    assert store.get_checkpoint(SCOPE, _key(FIXTURE))["status"] == "done"
+
+
+def _key(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha1(str(path.resolve()).encode()).hexdigest()
+
+
+def test_malformed_rows_are_quarantined_with_their_line_and_the_load_goes_on(
+    settings: Settings,
+) -> None:
+    _seed(settings, STORED)
+    load_snapshot(settings, FIXTURE, as_of=AS_OF)
+    with db.connect(settings).connect() as conn:
+        q = conn.execute(select(quarantine).order_by(quarantine.c.line)).all()
+    reasons = [(r.line, r.pmid, r.reason) for r in q]
+    assert [line for line, _, _ in reasons] == [
+        15,
+        16,
+        17,
+        18,
+    ]  # header is line 1; one 2-line title
+    assert "5 fields where the header has 25" in reasons[0][2]
+    assert "pmid 'PMID-X' is not a PMID" in reasons[1][2]
+    assert reasons[2][1] == 2001 and "citation_count 'many'" in reasons[2][2]
+    assert reasons[3][1] == 2002 and "provisional 'Maybe'" in reasons[3][2]
+    assert q[0].raw_xml.startswith("1999,10.1000/short,Too few fields")
+    assert {r.source_location for r in q} == {str(FIXTURE)}
+    # rows after the bad ones were loaded
+    assert _icite(db.connect(settings))[1020]["icite_fetched_at"] == AS_OF
+
+
+def test_same_columns_as_the_api_refresh(settings: Settings, tmp_path: Path) -> None:
+    """The snapshot and the API, given the same records, store the same values."""
+    pmids = sorted(GOOD)[:12]
+    _seed(settings, pmids)
+    load_snapshot(settings, FIXTURE, as_of=AS_OF)
+    from_snapshot = _icite(db.connect(settings))
+    api_settings = Settings.from_env({}, home=tmp_path / "api")
+    _seed(api_settings, pmids)
+    for emu in running_emulator():
+        for p in pmids:
+            row = GOOD[p]
+            yes_no = {"True": "Yes", "False": "No"}
+            emu.set_icite(
+                p,
+                citation_count=int(row["citation_count"]),
+                relative_citation_ratio=float(rcr)
+                if (rcr := row["relative_citation_ratio"])
+                else None,
+                citations_per_year=float(row["citations_per_year"]),
+                year=int(row["year"]),
+                provisional=yes_no[row["provisional"]],
+            )
+        refresh_citations(emu.configure(api_settings), pmids=pmids)
+    from_api = _icite(db.connect(api_settings))
+    db._ENGINES.pop(api_settings.effective_database_url).dispose()
+    strip = [c for c in _COLUMNS if c != "icite_fetched_at"]
+    assert len(from_snapshot) == len(from_api) == 12
+    for p in pmids:
+        assert {c: from_snapshot[p][c] for c in strip} == {c: from_api[p][c] for c in strip}
+
+
+def test_the_daily_refresh_asks_only_for_what_is_due_after_the_snapshot(
+    settings: Settings,
+) -> None:
+    now = db.utcnow()
+    _seed(settings, [*sorted(GOOD)[:10], 5001])  # 5001 is not in the snapshot
+    load_snapshot(settings, FIXTURE, as_of=now - dt.timedelta(days=1))
+    engine = db.connect(settings)
+    assert due_pmids(engine, now=now) == [5001]
+    # articles here are under a year old: due 7 days after the snapshot's date
+    assert due_pmids(engine, now=now + dt.timedelta(days=7)) == [*sorted(GOOD)[:10], 5001]
+
+
+def test_a_later_api_refresh_is_not_overwritten_by_an_older_snapshot(settings: Settings) -> None:
+    _seed(settings, [1002, 1003])
+    engine = db.connect(settings)
+    later = AS_OF + dt.timedelta(days=3)
+    with engine.begin() as conn:
+        conn.execute(
+            update(articles)
+            .where(articles.c.pmid == 1002)
+            .values(citation_count=7, icite_fetched_at=later)
+        )
+    counts = load_snapshot(settings, FIXTURE, as_of=AS_OF)
+    assert counts.updated == 1
+    got = _icite(engine)
+    assert (got[1002]["citation_count"], got[1002]["icite_fetched_at"]) == (7, later)
+    assert got[1003]["icite_fetched_at"] == AS_OF
+
+
+def test_gzip_zip_and_folder_load_like_the_plain_csv(settings: Settings, tmp_path: Path) -> None:
+    _seed(settings, STORED)
+    engine = db.connect(settings)
+    load_snapshot(settings, FIXTURE, as_of=AS_OF)
+    want = _icite(engine)
+    gz = tmp_path / "icite_metadata.csv.gz"
+    gz.write_bytes(gzip.compress(FIXTURE.read_bytes()))
+    zp = tmp_path / "icite_metadata.zip"
+    with zipfile.ZipFile(zp, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(FIXTURE, "icite_metadata.csv")
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    shutil.copy(FIXTURE, folder / "a.csv")
+    (folder / "notes.txt").write_text("not a snapshot")
+    for path in (gz, zp, folder):
+        with engine.begin() as conn:
+            conn.execute(update(articles).values({c: None for c in _COLUMNS}))
+        counts = load_snapshot(settings, path, as_of=AS_OF, batch_size=4)
+        assert counts.rows == 35 and counts.malformed == 4, path
+        assert _icite(engine) == want, path
+
+
+def test_other_files_are_refused_with_the_reason(sqlite_settings: Settings, tmp_path: Path) -> None:
+    occ = tmp_path / "open_citation_collection.csv"
+    occ.write_text("citing,referenced\n1001,1002\n")
+    with pytest.raises(ConfigError, match="Open Citation Collection"):
+        load_snapshot(sqlite_settings, occ)
+    other = tmp_path / "other.csv"
+    other.write_text("pmid,title\n1,x\n")
+    with pytest.raises(ConfigError, match="no column citation_count"):
+        load_snapshot(sqlite_settings, other)
+    tar = tmp_path / "icite_metadata.tar.gz"
+    tar.write_bytes(b"")
+    with pytest.raises(ConfigError, match="JSON tarball"):
+        load_snapshot(sqlite_settings, tar)
+    with pytest.raises(NotFoundError):
+        load_snapshot(sqlite_settings, tmp_path / "missing.csv")
+    runs = Store(db.connect(sqlite_settings)).runs(5)
+    assert [r["status"] for r in runs] == ["failed", "failed"]  # the two read, then refused
+
+
+# ----------------------------------------------------------------------- memory, resume
+
+
+def _big_csv(path: Path, n: int, *, first: int = 100_000) -> Path:
+    header = FIXTURE.read_text().splitlines()[0]
+    template = FIXTURE.read_text().splitlines()[1].split(",")
+    with path.open("w") as f:
+        f.write(header + "\n")
+        for i in range(n):
+            row = list(template)
+            row[0] = str(first + i)
+            row[7] = str(i % 500)
+            f.write(",".join(row) + "\n")
+    return path
+
+
+class _Counting(io.RawIOBase):
+    """A file that counts the bytes read from it."""
+
+    def __init__(self, data: bytes) -> None:
+        self.inner = io.BytesIO(data)
+        self.read_bytes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self.inner.seek(pos, whence)
+
+    def readinto(self, b: Any) -> int:
+        n = self.inner.readinto(b)
+        self.read_bytes += n
+        return n
+
+
+def test_the_loader_reads_one_batch_at_a_time(tmp_path: Path) -> None:
+    data = _big_csv(tmp_path / "big.csv", 2000).read_bytes()
+    raw = _Counting(data)
+    stream = io.BufferedReader(raw, buffer_size=4096)
+    batches = iter_batches(stream, location="big.csv", size=50)
+    first = next(batches)
+    assert first.rows == 50 and len(first.values) == 50
+    assert raw.read_bytes < len(data) // 10  # the rest of the file is still unread
+    rest = list(batches)
+    assert [b.rows for b in rest] == [50] * 39
+    offsets = [first.offset] + [b.offset for b in rest]
+    assert offsets == sorted(offsets) and offsets[-1] == len(data)
+    # each batch resumes exactly: reading from a batch's offset gives the next batches
+    again = list(
+        iter_batches(
+            io.BytesIO(data), location="big.csv", size=50, offset=rest[9].offset, line=rest[9].line
+        )
+    )
+    assert [b.values for b in again] == [b.values for b in rest[10:]]
+
+
+def test_a_killed_load_resumes_to_the_state_of_a_clean_load(
+    settings: Settings, tmp_path: Path
+) -> None:
+    big = _big_csv(tmp_path / "icite_metadata.csv", 20_000)
+    stored = list(range(100_000, 120_000, 40))  # 500 articles spread over the file
+    _seed(settings, stored)
+    engine = db.connect(settings)
+    clean_counts = load_snapshot(settings, big, as_of=AS_OF, batch_size=100)
+    clean = _icite(engine)
+    assert clean_counts.updated == len(stored)
+    with engine.begin() as conn:  # back to before the load
+        conn.execute(update(articles).values({c: None for c in _COLUMNS}))
+        conn.execute(delete(checkpoints).where(checkpoints.c.scope == SCOPE))
+    store = Store(engine)
+    argv = ["-m", "litpulse", "citations", "load", str(big), "--as-of", "2026-05-01",
+            "--batch-size", "100"]  # fmt: skip
+    point = KillPoint("mid-load", articles.c.icite_fetched_at.isnot(None), 150)
+    run_and_kill(argv, child_env(settings), engine, point, tmp_path / "child.log")
+    cp = store.get_checkpoint(SCOPE, _key(big))
+    assert cp is not None and cp["status"] == "running" and 0 < cp["value"]["rows"] < 20_000
+    resumed = load_snapshot(settings, big, as_of=AS_OF, batch_size=100)
+    assert 0 < resumed.rows < 20_000  # it went on from the checkpoint
+    assert _icite(engine) == clean
+    runs = store.runs(2)
+    assert [r["status"] for r in runs] == ["succeeded", "abandoned"]
+    assert runs[0]["details"]["snapshot"][0]["resumed_at"] == cp["value"]["rows"]
+    # a finished file loaded again is read again from the start, changing nothing
+    again = load_snapshot(settings, big, as_of=AS_OF, batch_size=100)
+    assert again.rows == 20_000 and _icite(engine) == clean
+
+
+# ----------------------------------------------------------------------------------- CLI
+
+
+def test_cli_citations_load_json(
+    sqlite_settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _seed(sqlite_settings, [1003, 1004])
+    parser = argparse.ArgumentParser(prog="litpulse")
+    cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["citations", "load", str(FIXTURE), "--as-of", "2026-05-01", "--json"])
+    assert args.func(args, sqlite_settings) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out == {"rows": 35, "updated": 2, "skipped": 29, "malformed": 4}
+    got = _icite(db.connect(sqlite_settings))
+    assert got[1004]["icite_fetched_at"] == AS_OF
