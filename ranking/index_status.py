@@ -21,6 +21,7 @@ from litpulse.core.timeutil import iso
 from ranking.embed import active_model, count_pending
 from ranking.index_files import PublishedIndex, open_published
 from ranking.index_store import live_ids
+from ranking.lexical import changed_docs, open_lexical_at, read_ids, text_changed_ids
 from ranking.models import published_index_row
 
 __all__ = ["check_consistency", "index_status"]
@@ -44,6 +45,8 @@ def index_status(settings: Settings) -> dict[str, Any]:
         "active_model": spec.id,
         "kind": row.kind if row is not None else None,
         "size": int(row.size) if row is not None else 0,
+        "lexical_size": int(((row.details or {}).get("lexical") or {}).get("size") or 0)
+        if row is not None else 0,
         "path": row.path if row is not None else None,
         "created_at": iso(row.created_at) if row is not None else None,
         "published_at": iso(row.published_at) if row is not None else None,
@@ -66,12 +69,16 @@ def check_consistency(settings: Settings, *, sample: int = 10) -> dict[str, Any]
     Checks: an index is published and its files load; its size matches its row; its
     model version is the active one; every live article is in it (``missing``) and
     nothing else is (``extra``: deleted or unknown PMIDs); no embedded article text has
-    changed since (``stale``).
+    changed since (``stale``). The same for its lexical index: it loads and holds what its
+    PMID list says (``lexical_size``), every live article and nothing else
+    (``lexical_missing``, ``lexical_extra``), each with the text, MeSH headings and keywords
+    the store holds now (``lexical_stale``).
 
     Returns:
         ``{"ok": bool, "problems": [str], "index_id", "model_version", "active_model",
         "size", "live_articles", "missing", "extra", "stale", "missing_sample",
-        "extra_sample"}``.
+        "extra_sample", "lexical_size", "lexical_missing", "lexical_extra",
+        "lexical_stale", "lexical_missing_sample", "lexical_extra_sample"}``.
     """
     engine = db.connect(settings)
     spec = active_model(settings, engine)
@@ -100,8 +107,42 @@ def check_consistency(settings: Settings, *, sample: int = 10) -> dict[str, Any]
         problems.append(f"index model {row.model_version} is not the active model {spec.id}")
     _check_membership(pub, live, sample, out, problems)
     _check_freshness(engine, pub, row.model_version, spec.id, out, problems)
+    _check_lexical(engine, row, live, sample, out, problems)
     out["ok"] = not problems
     return out
+
+
+def _check_lexical(engine: Engine, row: Any, live: np.ndarray, sample: int,
+                   out: dict[str, Any], problems: list[str]) -> None:
+    """The lexical index of the published version against its id list and the store."""
+    try:
+        lex = open_lexical_at(row.path)
+        ids = read_ids(row.path) if lex is not None else None
+    except (ConsistencyError, OSError, ValueError) as exc:
+        problems.append(f"lexical index of {row.id} cannot be loaded: {exc}")
+        return
+    if lex is None or ids is None:
+        problems.append(f"index {row.id} has no lexical index (run `litpulse index refresh`)")
+        return
+    out["lexical_size"] = lex.size
+    if lex.size != len(ids):
+        problems.append(f"lexical index holds {lex.size} documents, its id list {len(ids)}")
+    missing = np.setdiff1d(live, ids, assume_unique=True)
+    extra = np.setdiff1d(ids, live, assume_unique=True)
+    out.update(lexical_missing=int(len(missing)), lexical_extra=int(len(extra)),
+               lexical_missing_sample=[int(p) for p in missing[:sample]],
+               lexical_extra_sample=[int(p) for p in extra[:sample]])
+    if len(missing):
+        problems.append(f"{len(missing)} live articles are not in the lexical index")
+    if len(extra):
+        problems.append(f"{len(extra)} PMIDs in the lexical index are deleted or unknown")
+    upto = ((row.details or {}).get("lexical") or {}).get("updated_upto")
+    candidates = np.intersect1d(text_changed_ids(engine, upto),
+                                np.intersect1d(ids, live, assume_unique=True))
+    stale = changed_docs(engine, lex, candidates)
+    out["lexical_stale"] = int(len(stale))
+    if len(stale):
+        problems.append(f"{len(stale)} articles changed since the lexical index was built")
 
 
 def _check_membership(pub: PublishedIndex, live: np.ndarray, sample: int,

@@ -30,9 +30,10 @@ minus signs are hyphens. A *word* is a run of letters and digits joined by hyphe
 ``BRCA1`` → ``brca``, ``1``). A document is indexed under every segment and every joined
 run of adjacent segments (``COVID-19`` → ``covid``, ``19``, ``covid19``; ``IL6`` and
 ``IL-6`` both → ``il``, ``6``, ``il6``); a query word is looked up joined (``IL-6`` and
-``IL6`` → ``il6``), so a query matches across the spellings. Then tantivy drops English
-stop words and applies the English Snowball stemmer (``effects`` → ``effect``). ``/`` separates words
-(``CRISPR/Cas9`` → ``crispr``, ``cas9``).
+``IL6`` → ``il6``) and, with a lower boost (:data:`SEGMENT_BOOST`), by its segments, so a
+query matches across the spellings (``alpha synuclein`` finds ``α-synuclein``). Then
+tantivy drops English stop words and applies the English Snowball stemmer (``effects`` →
+``effect``). ``/`` separates words (``CRISPR/Cas9`` → ``crispr``, ``cas9``).
 
 Public API (for search, the benchmark and retraining's hard negatives):
 
@@ -116,14 +117,19 @@ SMALL_UPDATE = 50_000
 PMID_CHUNK = 1000
 _TOKENIZER = "litpulse_bio"
 
-_GREEK = dict(zip(
-    "αβγδεζηθικλμνξοπρσςτυφϕχψω",
-    ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi "
-     "rho sigma sigma tau upsilon phi phi chi psi omega").split(),
-    strict=True,
-))
-_DASHES = str.maketrans({**{c: "-" for c in "\u2010\u2011\u2012\u2013\u2212\ufe63\uff0d"},
-                        "'": None, "\u2019": None})
+_GREEK = dict(
+    zip(
+        "αβγδεζηθικλμνξοπρσςτυφϕχψω",
+        (
+            "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi "
+            "rho sigma sigma tau upsilon phi phi chi psi omega"
+        ).split(),
+        strict=True,
+    )
+)
+_DASHES = str.maketrans(
+    {**{c: "-" for c in "\u2010\u2011\u2012\u2013\u2212\ufe63\uff0d"}, "'": None, "\u2019": None}
+)
 _WORD = re.compile(r"[^\W_]+(?:-+[^\W_]+)*")
 _SEGMENT = re.compile(r"[^\W\d_]+|\d+")
 
@@ -133,8 +139,7 @@ _SEGMENT = re.compile(r"[^\W\d_]+|\d+")
 
 def _normalise(text: str) -> str:
     text = unicodedata.normalize("NFKC", text).lower().translate(_DASHES)
-    text = "".join(c for c in unicodedata.normalize("NFKD", text)
-                   if not unicodedata.combining(c))
+    text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     return "".join(f"-{_GREEK[c]}-" if c in _GREEK else c for c in text)
 
 
@@ -170,8 +175,12 @@ def bio_tokens(text: str, *, query: bool = False) -> list[str]:
         elif len(seg) > MAX_JOIN:
             out.extend([*seg, "".join(seg)])
         else:
-            out.extend("".join(seg[i:j]) for n in range(1, len(seg) + 1)
-                       for i in range(len(seg) - n + 1) for j in (i + n,))
+            out.extend(
+                "".join(seg[i:j])
+                for n in range(1, len(seg) + 1)
+                for i in range(len(seg) - n + 1)
+                for j in (i + n,)
+            )
     return out
 
 
@@ -253,8 +262,13 @@ def _strings(value: Any, key: str | None = None) -> tuple[str, ...]:
     return tuple(out)
 
 
-_DOC_COLUMNS = (articles.c.pmid, articles.c.title, articles.c.abstract, articles.c.mesh,
-                articles.c.record["keywords"].label("keywords"))
+_DOC_COLUMNS = (
+    articles.c.pmid,
+    articles.c.title,
+    articles.c.abstract,
+    articles.c.mesh,
+    articles.c.record["keywords"].label("keywords"),
+)
 
 
 def _docs(engine: Engine, pmids: np.ndarray | None) -> Iterator[_Doc]:
@@ -263,7 +277,8 @@ def _docs(engine: Engine, pmids: np.ndarray | None) -> Iterator[_Doc]:
     with engine.connect() as conn:
         if pmids is None:
             rows: Iterable[Any] = conn.execution_options(yield_per=db.IN_CHUNK).execute(
-                base.order_by(articles.c.pmid))
+                base.order_by(articles.c.pmid)
+            )
             yield from (_doc(r) for r in rows)
             return
         wanted = [int(p) for p in pmids]
@@ -279,8 +294,13 @@ def _doc(row: Any) -> _Doc:
             keywords = json.loads(keywords)
         except ValueError:
             keywords = []
-    return _Doc(int(row.pmid), row.title or "", row.abstract or "",
-                _strings(row.mesh, "descriptor"), _strings(keywords))
+    return _Doc(
+        int(row.pmid),
+        row.title or "",
+        row.abstract or "",
+        _strings(row.mesh, "descriptor"),
+        _strings(keywords),
+    )
 
 
 def _schema() -> Any:
@@ -298,8 +318,12 @@ def _document(doc: _Doc) -> Any:
     import tantivy
 
     return tantivy.Document(
-        pmid=doc.pmid, title=[_field_text([doc.title])], abstract=[_field_text([doc.abstract])],
-        mesh=[_field_text(doc.mesh)], keywords=[_field_text(doc.keywords)], h=[doc.hash],
+        pmid=doc.pmid,
+        title=[_field_text([doc.title])],
+        abstract=[_field_text([doc.abstract])],
+        mesh=[_field_text(doc.mesh)],
+        keywords=[_field_text(doc.keywords)],
+        h=[doc.hash],
     )
 
 
@@ -362,18 +386,23 @@ class LexicalIndex:
 
         schema = self._index.schema
         should = [
-            (tantivy.Occur.Should, tantivy.Query.boost_query(
-                tantivy.Query.term_query(schema, name, term, index_option="freq"),
-                boost * weight))
-            for term, weight in terms.items() for name, boost in FIELD_BOOSTS.items()
+            (
+                tantivy.Occur.Should,
+                tantivy.Query.boost_query(
+                    tantivy.Query.term_query(schema, name, term, index_option="freq"),
+                    boost * weight,
+                ),
+            )
+            for term, weight in terms.items()
+            for name, boost in FIELD_BOOSTS.items()
         ]
         text = tantivy.Query.boolean_query(should)
         if pmids is None:
             return text
         only = tantivy.Query.const_score_query(
-            tantivy.Query.term_set_query(schema, "pmid", [int(p) for p in pmids]), 0.0)
-        return tantivy.Query.boolean_query([(tantivy.Occur.Must, only),
-                                            (tantivy.Occur.Must, text)])
+            tantivy.Query.term_set_query(schema, "pmid", [int(p) for p in pmids]), 0.0
+        )
+        return tantivy.Query.boolean_query([(tantivy.Occur.Must, only), (tantivy.Occur.Must, text)])
 
     def _run(self, query: Any, limit: int) -> tuple[Any, list[tuple[float, int, Any]]]:
         searcher = self._index.searcher()
@@ -381,8 +410,11 @@ class LexicalIndex:
         if not hits:
             return searcher, []
         pmids = searcher.fast_field_values("pmid", [addr for _, addr in hits])
-        out = [(float(score), int(p), addr)
-               for (score, addr), p in zip(hits, pmids, strict=True) if p is not None]
+        out = [
+            (float(score), int(p), addr)
+            for (score, addr), p in zip(hits, pmids, strict=True)
+            if p is not None
+        ]
         out.sort(key=lambda t: (-t[0], t[1]))
         return searcher, out
 
@@ -489,8 +521,9 @@ def link_copy(src: Path, dst: Path) -> None:
             shutil.copy2(entry, dst / entry.name)
 
 
-def build_lexical(engine: Engine, folder: Path, *, base: Path | None, add: np.ndarray | None,
-                  remove: np.ndarray) -> tuple[np.ndarray, int]:
+def build_lexical(
+    engine: Engine, folder: Path, *, base: Path | None, add: np.ndarray | None, remove: np.ndarray
+) -> tuple[np.ndarray, int]:
     """Write a lexical index into the new folder ``folder``.
 
     Args:
@@ -514,8 +547,7 @@ def build_lexical(engine: Engine, folder: Path, *, base: Path | None, add: np.nd
     index.register_tokenizer(_TOKENIZER, _analyzer())
     small = add is not None and len(add) < SMALL_UPDATE
     threads = 1 if small else max(1, min(4, os.cpu_count() or 1))
-    writer = index.writer(heap_size=WRITER_HEAP // 4 if small else WRITER_HEAP,
-                          num_threads=threads)
+    writer = index.writer(heap_size=WRITER_HEAP // 4 if small else WRITER_HEAP, num_threads=threads)
     for pmid in remove.tolist():
         writer.delete_documents_by_term("pmid", int(pmid))
     added: list[int] = []
@@ -591,8 +623,9 @@ def text_changed_ids(engine: Engine, since: str | None) -> np.ndarray:
         start = dt.datetime.fromisoformat(since) - dt.timedelta(seconds=WATERMARK_SLACK_S)
         stmt = stmt.where(articles.c.updated_at > start)
     with engine.connect() as conn:
-        return np.unique(np.fromiter((int(p) for p in conn.execute(stmt).scalars()),
-                                     dtype=np.int64))
+        return np.unique(
+            np.fromiter((int(p) for p in conn.execute(stmt).scalars()), dtype=np.int64)
+        )
 
 
 def changed_docs(engine: Engine, lex: LexicalIndex, pmids: np.ndarray) -> np.ndarray:
@@ -642,8 +675,12 @@ class LexicalPlan:
     @property
     def unchanged(self) -> bool:
         """Nothing to add or remove: the base's lexical index is current."""
-        return (self.base is not None and self.add is not None and not len(self.add)
-                and not len(self.remove))
+        return (
+            self.base is not None
+            and self.add is not None
+            and not len(self.add)
+            and not len(self.remove)
+        )
 
     def write(self, version_folder: Path) -> dict[str, Any]:
         """Build the lexical index (and its PMID list) into a version folder being written.
@@ -654,24 +691,31 @@ class LexicalPlan:
         import tantivy
 
         base = None if self.base is None else self.base / LEXICAL_DIR
-        added_ids, added = build_lexical(self.engine, version_folder / LEXICAL_DIR, base=base,
-                                         add=self.add, remove=self.remove)
+        added_ids, added = build_lexical(
+            self.engine, version_folder / LEXICAL_DIR, base=base, add=self.add, remove=self.remove
+        )
         kept = np.setdiff1d(self.base_ids, self.remove, assume_unique=True)
         ids = np.union1d(kept, added_ids)
         np.save(version_folder / IDS_FILE, ids)
         with open(version_folder / IDS_FILE, "rb") as fh:
             os.fsync(fh.fileno())
         return {
-            "format": FORMAT, "size": int(len(ids)), "added": int(added),
-            "removed": int(len(self.base_ids) - len(kept)), "rebuilt": self.base is None,
-            "reason": self.reason, "updated_upto": None if self.upto is None
-            else self.upto.isoformat(), "engine": f"tantivy {tantivy.__version__}"
-            if hasattr(tantivy, "__version__") else "tantivy",
+            "format": FORMAT,
+            "size": int(len(ids)),
+            "added": int(added),
+            "removed": int(len(self.base_ids) - len(kept)),
+            "rebuilt": self.base is None,
+            "reason": self.reason,
+            "updated_upto": None if self.upto is None else self.upto.isoformat(),
+            "engine": f"tantivy {tantivy.__version__}"
+            if hasattr(tantivy, "__version__")
+            else "tantivy",
         }
 
 
-def plan_lexical(engine: Engine, base_path: str | None, live: np.ndarray, *,
-                 rebuild: bool = False) -> LexicalPlan:
+def plan_lexical(
+    engine: Engine, base_path: str | None, live: np.ndarray, *, rebuild: bool = False
+) -> LexicalPlan:
     """The lexical side of a refresh, from a base version folder and the live PMIDs.
 
     The base is updated (new and changed articles added, deleted and changed removed) unless
@@ -684,8 +728,10 @@ def plan_lexical(engine: Engine, base_path: str | None, live: np.ndarray, *,
     if reason is None and (base_path is None or not has_lexical(base_path)):
         reason = "no lexical index to update"
     if reason is None and base_path is not None:
-        meta = json.loads((Path(base_path) / "meta.json").read_text(encoding="utf-8")).get(
-            "lexical") or {}
+        meta = (
+            json.loads((Path(base_path) / "meta.json").read_text(encoding="utf-8")).get("lexical")
+            or {}
+        )
         if meta.get("format") != FORMAT:
             reason = f"lexical format {meta.get('format')} -> {FORMAT}"
     if reason is not None or base_path is None:
@@ -698,10 +744,18 @@ def plan_lexical(engine: Engine, base_path: str | None, live: np.ndarray, *,
         return LexicalPlan(engine, None, empty, None, empty, upto, "lexical index unreadable")
     gone = np.setdiff1d(base_ids, live, assume_unique=True)
     new = np.setdiff1d(live, base_ids, assume_unique=True)
-    candidates = np.intersect1d(text_changed_ids(engine, meta.get("updated_upto")),
-                                np.intersect1d(base_ids, live, assume_unique=True))
+    candidates = np.intersect1d(
+        text_changed_ids(engine, meta.get("updated_upto")),
+        np.intersect1d(base_ids, live, assume_unique=True),
+    )
     changed = changed_docs(engine, lex, candidates)
-    logger.info("lexical update of %s: +%d new, %d changed, -%d deleted", base_path, len(new),
-                len(changed), len(gone))
-    return LexicalPlan(engine, Path(base_path), base_ids, np.union1d(new, changed),
-                       np.union1d(gone, changed), upto)
+    logger.info(
+        "lexical update of %s: +%d new, %d changed, -%d deleted",
+        base_path,
+        len(new),
+        len(changed),
+        len(gone),
+    )
+    return LexicalPlan(
+        engine, Path(base_path), base_ids, np.union1d(new, changed), np.union1d(gone, changed), upto
+    )

@@ -202,6 +202,7 @@ def publish(ctx: PublishContext, index: Any, ids: np.ndarray, meta_extra: dict[s
                       ignore_errors=True)  # never renamed: nothing was published
         raise
     lex = json.loads((path / "meta.json").read_text(encoding="utf-8"))["lexical"]
+    meta["lexical"] = lex
     try:
         with ctx.engine.begin() as conn:
             ctx.lease.verify(conn)  # still ours, and no takeover until this commits

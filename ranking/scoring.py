@@ -1,12 +1,25 @@
-"""The explainable ranking score: similarity ⊕ recency ⊕ citation impact.
+"""The explainable ranking score: relevance (semantic ⊕ lexical) ⊕ recency ⊕ citation impact.
 
-Every hit gets one number, a weighted sum of three components in plain sight::
+Every hit gets one number, a weighted sum of four components in plain sight::
 
-    score = w_sim · similarity + w_rec · recency + w_cit · citation
+    score = w_sim · ((1 - λ) · similarity + λ · lexical) + w_rec · recency + w_cit · citation
 
-* **similarity** — the cosine between the query and the article (title + abstract)
+where λ is the lexical share (``LITPULSE_WEIGHT_LEXICAL``) in hybrid mode, 0 in
+semantic mode and 1 in lexical mode; the explanation lists ``w_sim · (1 - λ)`` and
+``w_sim · λ`` as the weights of the two parts.
+
+* **similarity** — from the cosine between the query and the article (title + abstract)
   embeddings, as the FAISS index returns it (inner product of L2-normalised vectors,
-  within [-1, 1]; in practice 0..1 for related texts). Used as is.
+  within [-1, 1]; in practice 0..1 for related texts). Semantic mode uses it as is;
+  hybrid mode fuses it (below).
+* **lexical** — from the article's BM25 score for the query in the lexical index
+  (:mod:`ranking.lexical`: title, abstract, MeSH headings, keywords); the explanation
+  lists the matched terms and their BM25 weights. Lexical mode uses it min-max normalised
+  over the candidates (1 for the best match).
+* **fusion** (hybrid mode, ``LITPULSE_FUSION``) — ``rrf``: each part is
+  ``(k + 1) / (k + rank)`` with its rank among the candidates (1 for the first, 0.5 at
+  rank k + 2; ``LITPULSE_RRF_K``, default 60), and 0 for an article without any query term
+  (lexical) or vector (semantic); ``mix``: each part min-max normalised over the candidates.
 * **recency** — ``0.5 ** (age_days / half_life_days)`` where ``age_days`` counts from the
   article's ``best_date`` (electronic date, else publication date, else Entrez date) to
   today: 1.0 for today's paper, 0.5 one half-life ago, 0.25 two half-lives ago. Dates
@@ -63,6 +76,7 @@ from litpulse.core.impact import (
     saturate,
 )
 from litpulse.core.settings import Settings
+from litpulse.core.states import Fusion, SearchMode
 from litpulse.core.timeutil import as_date, iso, utcnow
 
 __all__ = [
@@ -72,6 +86,8 @@ __all__ = [
     "CPY_REFERENCE",
     "CORPUS_REFERENCE",
     "FORMULA",
+    "HYBRID_FORMULA",
+    "Relevance",
     "ScoringOptions",
     "Score",
     "recency_value",
@@ -86,6 +102,10 @@ logger = logging.getLogger(__name__)
 NEUTRAL_RECENCY = 0.5
 
 FORMULA = "score = w_sim*similarity + w_rec*recency + w_cit*citation"
+#: The formula when the lexical part is present (λ: the lexical share of the mode).
+HYBRID_FORMULA = (
+    "score = w_sim*((1-λ)*similarity + λ*lexical) + w_rec*recency + w_cit*citation"
+)
 
 
 
@@ -104,10 +124,14 @@ class ScoringOptions:
         w_citation: Weight of the citation-impact value (>= 0).
         half_life_days: Age in days at which recency falls to 0.5 (> 0).
         today: The day ages are counted to; ``None`` means today (UTC).
+        lexical_share: λ, the share of ``w_similarity`` given to the lexical part in
+            hybrid mode (0..1).
+        fusion: ``rrf`` or ``mix`` (:class:`~litpulse.core.states.Fusion`).
+        rrf_k: The k of reciprocal-rank fusion (>= 1).
 
     Raises:
-        ConfigError: A weight is negative or not finite, all weights are 0, or the
-            half-life is not a positive finite number.
+        ConfigError: A weight is negative or not finite, all weights are 0, the
+            half-life is not a positive finite number, or a fusion option is invalid.
     """
 
     w_similarity: float = _default("weight_similarity")
@@ -115,6 +139,9 @@ class ScoringOptions:
     w_citation: float = _default("weight_citation")
     half_life_days: float = _default("recency_half_life_days")
     today: dt.date | None = field(default=None, compare=False)
+    lexical_share: float = _default("weight_lexical")
+    fusion: str = _default("fusion")
+    rrf_k: int = _default("rrf_k")
 
     def __post_init__(self) -> None:
         for name in ("w_similarity", "w_recency", "w_citation"):
@@ -134,6 +161,17 @@ class ScoringOptions:
         object.__setattr__(self, "half_life_days", float(hl))
         if self.today is not None and not isinstance(self.today, dt.date):
             raise ConfigError(f"today must be a date, got {self.today!r}")
+        share = self.lexical_share
+        if isinstance(share, bool) or not isinstance(share, int | float) or not (
+                math.isfinite(share) and 0 <= share <= 1):
+            raise ConfigError(f"lexical weight must be a number in 0..1, got {share!r}")
+        object.__setattr__(self, "lexical_share", float(share))
+        try:
+            object.__setattr__(self, "fusion", str(Fusion(self.fusion)))
+        except ValueError:
+            raise ConfigError(f"fusion must be rrf or mix, got {self.fusion!r}") from None
+        if isinstance(self.rrf_k, bool) or not isinstance(self.rrf_k, int) or self.rrf_k < 1:
+            raise ConfigError(f"rrf_k must be an integer >= 1, got {self.rrf_k!r}")
 
     @classmethod
     def from_settings(
@@ -148,8 +186,8 @@ class ScoringOptions:
 
         Args:
             settings: Source of the defaults.
-            weights: Overrides keyed ``similarity``, ``recency``, ``citation``; ``None``
-                values keep the default.
+            weights: Overrides keyed ``similarity``, ``recency``, ``citation`` and
+                ``lexical`` (the lexical share λ, 0..1); ``None`` values keep the default.
             half_life_days: Override of the half-life.
             today: The day ages are counted to (default today, UTC).
 
@@ -160,11 +198,12 @@ class ScoringOptions:
             "similarity": settings.weight_similarity,
             "recency": settings.weight_recency,
             "citation": settings.weight_citation,
+            "lexical": settings.weight_lexical,
         }
         for key, value in (weights or {}).items():
             if key not in values:
                 raise ConfigError(
-                    f"unknown weight {key!r}; use similarity, recency or citation"
+                    f"unknown weight {key!r}; use similarity, recency, citation or lexical"
                 )
             if value is not None:
                 values[key] = value
@@ -176,6 +215,9 @@ class ScoringOptions:
                 settings.recency_half_life_days if half_life_days is None else half_life_days
             ),
             today=today,
+            lexical_share=values["lexical"],
+            fusion=settings.fusion,
+            rrf_k=settings.rrf_k,
         )
 
     def reference_day(self) -> dt.date:
@@ -191,13 +233,72 @@ class ScoringOptions:
 
 @dataclass(frozen=True)
 class Score:
-    """One article's score, its three component values and the explanation."""
+    """One article's score, its component values and the explanation."""
 
     score: float
     similarity: float
     recency: float
     citation: float
     explanation: dict[str, Any]
+    lexical: float = 0.0
+
+
+@dataclass(frozen=True)
+class Relevance:
+    """What the two indexes say of one candidate, fused by the search (see the module
+    docstring): the inputs and the values of the similarity and lexical parts.
+
+    Attributes:
+        mode: The search mode (decides λ: hybrid the option's, semantic 0, lexical 1).
+        similarity: The semantic part's value.
+        lexical: The lexical part's value.
+        cosine: The cosine similarity, or ``None`` (not computed, no vector).
+        bm25: The BM25 score, or ``None`` (no query term matched, or not asked).
+        similarity_rank: Rank by cosine among the candidates (1 = best), or ``None``.
+        lexical_rank: Rank by BM25 among the candidates, or ``None``.
+        terms: The matched terms ``{"term", "weight", "fields"}``, largest first.
+        how: One line on how the values were made (fusion, normalisation).
+    """
+
+    mode: SearchMode
+    similarity: float
+    lexical: float
+    cosine: float | None = None
+    bm25: float | None = None
+    similarity_rank: int | None = None
+    lexical_rank: int | None = None
+    terms: tuple[dict[str, Any], ...] = ()
+    how: str = ""
+
+    def share(self, options: ScoringOptions) -> float:
+        """λ of this mode."""
+        if self.mode == SearchMode.SEMANTIC:
+            return 0.0
+        if self.mode == SearchMode.LEXICAL:
+            return 1.0
+        return options.lexical_share
+
+    def parts(self, options: ScoringOptions) -> dict[str, tuple[float, float, dict[str, Any]]]:
+        """``{name: (value, weight, info)}`` of the similarity and lexical components."""
+        lam = self.share(options)
+        cos = "not computed" if self.cosine is None else f"{self.cosine:.3f}"
+        sim_rank = "" if self.similarity_rank is None else f", rank {self.similarity_rank}"
+        lex_rank = "" if self.lexical_rank is None else f", rank {self.lexical_rank}"
+        terms = ", ".join(f"{t['term']} {t['weight']:.2f}" for t in self.terms)
+        bm25 = ("no query term in it" if self.bm25 is None
+                else f"BM25 {self.bm25:.2f}{lex_rank}" + (f" ({terms})" if terms else ""))
+        how = f"; {self.how}" if self.how else ""
+        return {
+            "similarity": (self.similarity, options.w_similarity * (1 - lam), {
+                "raw": self.cosine, "rank": self.similarity_rank, "source": "vector index",
+                "text": f"cosine similarity {cos}{sim_rank} -> {self.similarity:.3f}{how}",
+            }),
+            "lexical": (self.lexical, options.w_similarity * lam, {
+                "raw": self.bm25, "rank": self.lexical_rank, "source": "lexical index",
+                "terms": [dict(t) for t in self.terms],
+                "text": f"{bm25} -> {self.lexical:.3f}{how}",
+            }),
+        }
 
 
 def recency_value(best_date: Any, options: ScoringOptions) -> tuple[float, dict[str, Any]]:
@@ -278,16 +379,19 @@ def citation_value(
 
 
 def score_article(
-    similarity: float, row: Mapping[str, Any], options: ScoringOptions
+    similarity: float, row: Mapping[str, Any], options: ScoringOptions,
+    relevance: Relevance | None = None,
 ) -> Score:
     """Score one candidate.
 
     Args:
-        similarity: The cosine the index returned for it.
+        similarity: The cosine the index returned for it (used when ``relevance`` is
+            ``None``: semantic search without a lexical index).
         row: Its article columns; read are ``best_date``, ``relative_citation_ratio``,
             ``citations_per_year``, ``citation_count`` and ``cited_by_in_corpus``
             (missing keys count as unknown).
         options: Weights, half-life and reference day.
+        relevance: The fused similarity and lexical parts (search with a lexical index).
 
     Returns:
         The score with an explanation whose contributions sum to it.
@@ -295,19 +399,15 @@ def score_article(
     sim = float(similarity)
     rec, rec_info = recency_value(row.get("best_date"), options)
     cit, cit_info = citation_value(row, options)
-    parts = {
-        "similarity": (
-            sim,
-            options.w_similarity,
-            {
-                "raw": sim,
-                "source": "index",
-                "text": f"cosine similarity to the query {sim:.3f}",
-            },
-        ),
-        "recency": (rec, options.w_recency, rec_info),
-        "citation": (cit, options.w_citation, cit_info),
-    }
+    parts: dict[str, tuple[float, float, dict[str, Any]]]
+    if relevance is None:
+        parts = {"similarity": (sim, options.w_similarity, {
+            "raw": sim, "source": "index", "text": f"cosine similarity to the query {sim:.3f}",
+        })}
+    else:
+        parts = relevance.parts(options)
+    parts["recency"] = (rec, options.w_recency, rec_info)
+    parts["citation"] = (cit, options.w_citation, cit_info)
     components: dict[str, Any] = {}
     total = 0.0
     for name, (value, weight, info) in parts.items():
@@ -323,10 +423,14 @@ def score_article(
         f"{c['weight']:g}x{c['value']:.3f} ({name})" for name, c in components.items()
     )
     explanation = {
-        "formula": FORMULA,
+        "formula": FORMULA if relevance is None else HYBRID_FORMULA,
         "score": total,
         "components": components,
         "options": options.to_dict(),
         "text": f"{summary} = {total:.4f}",
     }
-    return Score(total, sim, rec, cit, explanation)
+    if relevance is None:
+        return Score(total, sim, rec, cit, explanation)
+    explanation["mode"] = str(relevance.mode)
+    explanation["lexical_share"] = relevance.share(options)
+    return Score(total, sim, rec, cit, explanation, lexical=relevance.lexical)

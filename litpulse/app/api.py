@@ -353,6 +353,8 @@ class SearchSpec:
     query: str
     filters: SearchFilters
     options: ScoringOptions
+    mode: str = "hybrid"
+    sort: str = "score"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -473,6 +475,18 @@ def _search_spec_dependency(settings: Settings) -> Callable[..., SearchSpec]:
     half_life_param = Query(
         None, gt=0, le=1e6, allow_inf_nan=False, description="Recency half-life in days."
     )
+    lexical_param = Query(
+        None, ge=0, le=1, allow_inf_nan=False,
+        description="Share of the lexical (BM25) part of the relevance in hybrid mode, 0..1.",
+    )
+    mode_param = Query(
+        "hybrid", description="Indexes asked: hybrid (both, fused), semantic (vectors) or "
+        "lexical (BM25).",
+    )
+    sort_param = Query(
+        "score", description="score: best first; date: the same results newest first "
+        "(ties and undated last by PMID, highest first).",
+    )
 
     def search_spec(
         q: str = q_param,
@@ -487,6 +501,9 @@ def _search_spec_dependency(settings: Settings) -> Callable[..., SearchSpec]:
         w_recency: float | None = weight("recency"),
         w_citation: float | None = weight("citation impact"),
         half_life: float | None = half_life_param,
+        w_lexical: float | None = lexical_param,
+        mode: Literal["hybrid", "semantic", "lexical"] = mode_param,
+        sort: Literal["score", "date"] = sort_param,
     ) -> SearchSpec:
         """The query parameters /search and /export share: query, filters, scoring."""
         filters = SearchFilters(
@@ -500,10 +517,11 @@ def _search_spec_dependency(settings: Settings) -> Callable[..., SearchSpec]:
         )
         options = ScoringOptions.from_settings(
             settings,
-            weights={"similarity": w_sim, "recency": w_recency, "citation": w_citation},
+            weights={"similarity": w_sim, "recency": w_recency, "citation": w_citation,
+                     "lexical": w_lexical},
             half_life_days=half_life,
         )
-        return SearchSpec(query=q, filters=filters, options=options)
+        return SearchSpec(query=q, filters=filters, options=options, mode=mode, sort=sort)
 
     return search_spec
 
@@ -519,7 +537,8 @@ def _add_search_routes(
 
     def do_search(spec: SearchSpec, k: int) -> SearchResult:
         return run_search(settings, spec.query, k=k, filters=spec.filters,
-                          options=spec.options, engine=engine())
+                          options=spec.options, engine=engine(), mode=spec.mode,
+                          sort=spec.sort)
 
     @app.get("/search", summary="Ranked search with explanations", responses=_responses(400))
     def search_endpoint(

@@ -260,6 +260,22 @@ class Settings:
     rerank_candidates: int = _opt(
         200, "Nearest neighbours re-ranked per query.", min=1, max=100_000
     )
+    weight_lexical: float = _opt(
+        0.5,
+        "Share of the relevance given to the lexical (BM25) part in hybrid search; the rest "
+        "goes to the semantic part (0: semantic only, 1: lexical only).",
+        min=0.0,
+        max=1.0,
+    )
+    fusion: str = _opt(
+        "rrf",
+        "How hybrid search fuses its two parts: rrf (reciprocal rank) or mix (min-max "
+        "normalised cosine and BM25).",
+    )
+    rrf_k: int = _opt(
+        60, "The k of reciprocal-rank fusion: a part's value is (k+1)/(k+rank).", min=1,
+        max=100_000,
+    )
 
     # -- HTTP API --------------------------------------------------------------------------
     api_max_body_bytes: int = _opt(
@@ -351,6 +367,8 @@ class Settings:
                 f"{env_name('embed_precision')} must be auto, fp32, bf16 or fp16, "
                 f"got {self.embed_precision!r}"
             )
+        if self.fusion not in ("rrf", "mix"):
+            raise ConfigError(f"{env_name('fusion')} must be rrf or mix, got {self.fusion!r}")
         if self.use_gpu not in ("auto", "yes", "no"):
             raise ConfigError(
                 f"{env_name('use_gpu')} must be auto, yes or no, got {self.use_gpu!r}"

@@ -15,6 +15,9 @@ __all__ = [
     "RetrainOutcome",
     "Device",
     "Precision",
+    "SearchMode",
+    "SearchSort",
+    "Fusion",
 ]
 
 
@@ -71,3 +74,32 @@ class Precision(enum.StrEnum):
     FP32 = "fp32"
     BF16 = "bf16"
     FP16 = "fp16"
+
+
+class SearchMode(enum.StrEnum):
+    """Which indexes a search asks (``mode=``)."""
+
+    #: both, fused (:class:`Fusion`)
+    HYBRID = "hybrid"
+    #: the vector index only (cosine similarity)
+    SEMANTIC = "semantic"
+    #: the lexical index only (BM25)
+    LEXICAL = "lexical"
+
+
+class SearchSort(enum.StrEnum):
+    """The order of a search's results (``sort=``)."""
+
+    #: best score first (ties: higher similarity, then lower PMID)
+    SCORE = "score"
+    #: the same results, newest first (ties and undated last: higher PMID first)
+    DATE = "date"
+
+
+class Fusion(enum.StrEnum):
+    """How hybrid search fuses the semantic and lexical parts (``LITPULSE_FUSION``)."""
+
+    #: reciprocal-rank fusion: each part is (k+1)/(k+rank) within the candidates
+    RRF = "rrf"
+    #: each part min-max normalised over the candidates (cosine, BM25)
+    MIX = "mix"

@@ -204,6 +204,10 @@ class HashIndex:
     def size(self) -> int:
         return len(self.vectors)
 
+    def reconstruct(self, pmid: int) -> np.ndarray:
+        """The stored vector of one PMID (``KeyError`` for an unknown one)."""
+        return self.vectors[int(pmid)]
+
     def search(self, query_vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         self.calls.append(k)
         ids = np.array(list(self.vectors), dtype=np.int64)

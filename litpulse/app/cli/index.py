@@ -45,8 +45,9 @@ def register(sub: Any) -> None:
         actions, "check", run_check,
         help="compare the published index with the store (exit 1 when they disagree)",
         description=(
-            "Check that the published index holds exactly the live articles, with current "
-            "vectors, for the active model version. Exit status 1 when it does not."
+            "Check that the published index version (its vector and its lexical index) holds "
+            "exactly the live articles, with current vectors and text, for the active model "
+            "version. Exit status 1 when it does not."
         ),
         json="print the report as JSON",
     )

@@ -14,12 +14,14 @@ from litpulse.core.settings import Settings
 def register(sub: Any) -> None:
     p = command(
         sub, "search", run_search_cmd,
-        help="search the published index (similarity + recency + citation impact)",
+        help="search the published index (relevance + recency + citation impact)",
         description=(
-            "Embed QUERY with the published index's own model version, fetch the nearest "
-            "articles, apply the filters and re-rank them by "
-            "w_sim*similarity + w_rec*recency + w_cit*citation. Retracted articles are left "
-            "out unless --include-retracted."
+            "Fetch candidates from the published index version — the nearest articles to "
+            "QUERY embedded with the index's own model version, and the best BM25 matches of "
+            "its lexical index (--mode hybrid, the default; or one of them: semantic, "
+            "lexical) — apply the filters and re-rank them by "
+            "w_sim*((1-λ)*similarity + λ*lexical) + w_rec*recency + w_cit*citation. "
+            "Retracted articles are left out unless --include-retracted."
         ),
     )
     p.add_argument("query", help="free-text query (quote it)")
@@ -41,7 +43,13 @@ def register(sub: Any) -> None:
     p.add_argument("--w-sim", type=float, metavar="X", help="weight of the similarity")
     p.add_argument("--w-recency", type=float, metavar="X", help="weight of the recency")
     p.add_argument("--w-citation", type=float, metavar="X", help="weight of citation impact")
+    p.add_argument("--w-lexical", type=float, metavar="λ",
+                   help="share of the lexical part in hybrid mode, 0..1")
     p.add_argument("--half-life", type=float, metavar="DAYS", help="recency half-life in days")
+    p.add_argument("--mode", choices=("hybrid", "semantic", "lexical"), default="hybrid",
+                   help="indexes asked: both fused (default), vectors only, BM25 only")
+    p.add_argument("--sort", choices=("score", "date"), default="score",
+                   help="best first (default), or the same results newest first")
     add_json(p, "print the results as JSON")
     p.add_argument("--explain", action="store_true", help="print how each score was made")
 
@@ -90,10 +98,12 @@ def run_search_cmd(args: argparse.Namespace, settings: Settings) -> int:
             "similarity": args.w_sim,
             "recency": args.w_recency,
             "citation": args.w_citation,
+            "lexical": args.w_lexical,
         },
         half_life_days=args.half_life,
     )
-    result = run_search(settings, args.query, k=args.k, filters=filters, options=options)
+    result = run_search(settings, args.query, k=args.k, filters=filters, options=options,
+                        mode=args.mode, sort=args.sort)
     if args.json:
         data = result.to_dict()
         if not args.explain:
@@ -110,6 +120,7 @@ def run_search_cmd(args: argparse.Namespace, settings: Settings) -> int:
             h.pmid,
             f"{h.score:.3f}",
             f"{h.similarity:.3f}",
+            "" if h.bm25 is None else f"{h.bm25:.2f}",
             f"{h.recency:.2f}",
             f"{h.citation:.2f}",
             h.best_date or h.pub_year or "",
@@ -117,12 +128,18 @@ def run_search_cmd(args: argparse.Namespace, settings: Settings) -> int:
         )
         for n, h in enumerate(result.hits, start=1)
     ]
-    print_table(rows, ["#", "pmid", "score", "sim", "rec", "cit", "date", "title"])
+    print_table(rows, ["#", "pmid", "score", "sim", "bm25", "rec", "cit", "date", "title"])
+    o = result.options
+    relevance = (f"{o.w_similarity:g}*sim" if result.mode == "semantic" else
+                 f"{o.w_similarity:g}*lex" if result.mode == "lexical" else
+                 f"{o.w_similarity:g}*({1 - o.lexical_share:g}*sim + {o.lexical_share:g}*lex)"
+                 f" [{o.fusion}]")
     print(
-        f"\nindex {result.index_version} (model {result.model_version}); "
+        f"\nindex {result.index_version} (model {result.model_version}); mode {result.mode}; "
         f"{result.candidates} candidates re-ranked; "
-        f"score = {result.options.w_similarity:g}*sim + {result.options.w_recency:g}*rec + "
-        f"{result.options.w_citation:g}*cit, half-life {result.options.half_life_days:g} days"
+        f"score = {relevance} + {o.w_recency:g}*rec + "
+        f"{o.w_citation:g}*cit, half-life {o.half_life_days:g} days"
+        + ("; sorted by date" if result.sort == "date" else "")
     )
     if args.explain:
         for n, h in enumerate(result.hits, start=1):

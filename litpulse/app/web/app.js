@@ -3,7 +3,9 @@
 "use strict";
 const $ = (id) => document.getElementById(id);
 const WEIGHTS = ["w_sim", "w_recency", "w_citation"];
-const COMPONENTS = [["similarity", "sim"], ["recency", "rec"], ["citation", "cit"]];
+const COMPONENTS = [["similarity", "sim"], ["lexical", "lex"], ["recency", "rec"],
+                    ["citation", "cit"]];
+const CHOICES = { mode: "hybrid", sort: "score" };  // selectors and their defaults
 let defaults = { w_sim: 1, w_recency: 0.15, w_citation: 0.1, half_life: 365 };
 
 function el(tag, props, ...children) {
@@ -56,6 +58,7 @@ function params() {
   }
   const hl = $("half_life").value.trim();
   if (hl && Number(hl) !== Number(defaults.half_life)) p.set("half_life", hl);
+  for (const [id, dflt] of Object.entries(CHOICES)) if ($(id).value !== dflt) p.set(id, $(id).value);
   return p;
 }
 
@@ -69,6 +72,7 @@ function applyParams(p) {
   $("include_retracted").checked = p.get("include_retracted") === "true";
   for (const w of WEIGHTS) if (p.get(w)) $(w).value = p.get(w);
   if (p.get("half_life")) $("half_life").value = p.get("half_life");
+  for (const id of Object.keys(CHOICES)) if (p.get(id)) $(id).value = p.get(id);
   const custom = ["since", "until", "mesh", "type", "language", "has_abstract",
                   "include_retracted", "half_life", ...WEIGHTS].some((x) => p.has(x));
   if (custom) $("filters").open = true;
@@ -84,6 +88,7 @@ function stackedBar(hit, full) {
   const bar = el("div", { class: "bar", role: "img" });
   const parts = [];
   for (const [name, cls] of COMPONENTS) {
+    if (!comps[name]) continue;  // no lexical part: an index version without one
     const c = Math.max(0, comps[name].contribution);
     const seg = el("span", { class: cls, title: `${name}: ${fmt(comps[name].contribution)}` });
     seg.style.width = `${full > 0 ? (100 * c / full).toFixed(2) : 0}%`;
@@ -102,13 +107,20 @@ function explanation(hit) {
        el("th", { text: "because" })));
   for (const [name] of COMPONENTS) {
     const c = ex.components[name];
+    if (!c) continue;
     table.append(el("tr", {},
       el("td", { text: name }), el("td", { class: "num", text: fmt(c.value) }),
       el("td", { class: "num", text: fmt(c.weight, 2) }),
       el("td", { class: "num", text: fmt(c.contribution, 4) }),
       el("td", { class: "text", text: c.text })));
   }
+  const lex = ex.components.lexical;
+  const terms = (lex && lex.terms && lex.terms.length)
+    ? "Matched terms (BM25 weight): " + lex.terms.map((t) =>
+      `${t.term} ${fmt(t.weight, 2)} (${Object.keys(t.fields).join(", ")})`).join(" · ")
+    : (lex ? "No query term occurs in this article." : "");
   return el("details", { class: "why" }, el("summary", { text: "Why this score?" }), table,
+            el("div", { class: "terms", text: terms }),
             el("div", { class: "formula", text: `${ex.formula}: ${ex.text}` }));
 }
 
@@ -157,7 +169,8 @@ function render(data) {
   list.replaceChildren();
   $("toolbar").hidden = false;
   const n = data.results.length;
-  $("count").textContent = `${n} result${n === 1 ? "" : "s"} · index ${data.index_version}` +
+  $("count").textContent = `${n} result${n === 1 ? "" : "s"} · ${data.mode}` +
+    `${data.sort === "date" ? " · newest first" : ""} · index ${data.index_version}` +
     ` · model ${data.model_version}`;
   if (!n) {
     list.append(el("li", { class: "empty", text: "No article matches this query and these filters." }));

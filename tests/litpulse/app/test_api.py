@@ -64,6 +64,27 @@ def test_search_returns_ranked_explained_results(client: TestClient) -> None:
     assert scores == sorted(scores, reverse=True)
 
 
+def test_search_modes_sort_and_lexical_explanation(client: TestClient) -> None:
+    r = client.get("/search", params={"q": "artemisinin malaria resistance", "k": 3})
+    body = r.json()
+    assert r.status_code == 200 and body["mode"] == "hybrid" and body["sort"] == "score"
+    top = next(h for h in body["results"] if h["pmid"] == 202)
+    assert top["bm25"] > 0
+    lexical = top["explanation"]["components"]["lexical"]
+    assert {"artemisinin", "malaria", "resist"} <= {t["term"] for t in lexical["terms"]}
+    assert sum(t["weight"] for t in lexical["terms"]) == pytest.approx(lexical["raw"], rel=1e-4)
+    r = client.get("/search", params={"q": "malaria", "mode": "lexical", "sort": "date",
+                                      "w_lexical": 0.3, "k": 10})
+    body = r.json()
+    assert body["mode"] == "lexical" and body["sort"] == "date"
+    assert {h["pmid"] for h in body["results"]} == {201, 202, 203}
+    assert [h["pmid"] for h in body["results"]] == [201, 202, 203]  # newest first
+    assert body["options"]["lexical_share"] == 0.3
+    semantic = client.get("/search", params={"q": "malaria", "mode": "semantic"}).json()
+    assert semantic["mode"] == "semantic"
+    assert semantic["results"][0]["explanation"]["components"]["lexical"]["weight"] == 0
+
+
 def test_search_filters_and_weights_over_http(client: TestClient) -> None:
     r = client.get("/search", params=[("q", "gene editing"), ("k", "20"), ("mesh", "humans"),
                                       ("mesh", "Gene Editing"), ("language", "eng")])
@@ -104,6 +125,9 @@ def test_search_filters_and_weights_over_http(client: TestClient) -> None:
         {"q": "malaria", "mesh": "m" * 300},  # each term at most 255 characters
         {"q": "malaria", "since": "1704067200"},  # a date, not a Unix time
         {"q": "malaria", "mesh": [f"m{i}" for i in range(21)]},  # 20 terms at most
+        {"q": "malaria", "mode": "fuzzy"},
+        {"q": "malaria", "sort": "title"},
+        {"q": "malaria", "w_lexical": 2},
     ],
 )
 def test_bad_search_input_is_422(client: TestClient, params: dict[str, object]) -> None:
@@ -301,9 +325,10 @@ def test_the_search_dependency_gives_a_frozen_search_spec(settings: Settings) ->
     spec = spec_dep.call(
         q="statin", since=None, until=None, mesh=["Humans"], ptype=None, language=None,
         has_abstract=None, include_retracted=False, w_sim=None, w_recency=0.0,
-        w_citation=None, half_life=None,
+        w_citation=None, half_life=None, w_lexical=0.25, mode="lexical", sort="date",
     )
     assert isinstance(spec, SearchSpec) and spec.query == "statin"
+    assert (spec.mode, spec.sort, spec.options.lexical_share) == ("lexical", "date", 0.25)
     assert spec.filters.mesh == ("Humans",) and spec.options.w_recency == 0.0
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.query = "other"  # type: ignore[misc]

@@ -41,7 +41,7 @@ webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 
 def _free_port() -> int:
@@ -142,15 +142,17 @@ def test_search_page_draws_results(
     assert link.get_attribute("href") == "https://pubmed.ncbi.nlm.nih.gov/201/"
     for hit in hits[:3]:  # the related ones (far articles can have cosine <= 0)
         segments = hit.find_elements(By.CSS_SELECTOR, ".bar span")
-        assert [s.get_attribute("class") for s in segments] == ["sim", "rec", "cit"]
+        assert [s.get_attribute("class") for s in segments] == ["sim", "lex", "rec", "cit"]
         widths = [s.size["width"] for s in segments]
         assert widths[0] > 0 and sum(widths) > 0  # drawn, similarity visible
-    # the explanation opens and lists the three components
+    # the explanation opens and lists the four components and the matched terms
     hits[0].find_element(By.CSS_SELECTOR, "details.why summary").click()
     rows = hits[0].find_elements(By.CSS_SELECTOR, "table.explain tr")
     assert [r.find_elements(By.TAG_NAME, "td")[0].text for r in rows[1:]] == [
-        "similarity", "recency", "citation",
+        "similarity", "lexical", "recency", "citation",
     ]
+    terms = hits[0].find_element(By.CSS_SELECTOR, ".terms").text
+    assert "Matched terms" in terms and "malaria" in terms and "vaccin" in terms
     # export buttons point at /export with the query
     for fmt in ("ris", "bibtex", "csv"):
         href = browser.find_element(By.ID, f"export-{fmt}").get_attribute("href")
@@ -190,6 +192,12 @@ def test_filters_and_errors_in_the_page(browser: Any, server: str) -> None:
     WebDriverWait(browser, 20).until(
         lambda d: len(d.find_elements(By.CSS_SELECTOR, "li.hit")) == 1
     )
+    # the mode and sort selectors reach the API and the shareable URL
+    Select(browser.find_element(By.ID, "mode")).select_by_value("lexical")
+    Select(browser.find_element(By.ID, "sort")).select_by_value("date")
+    hits = _search(browser, "gene editing")
+    assert "mode=lexical" in browser.current_url and "sort=date" in browser.current_url
+    assert "lexical · newest first" in browser.find_element(By.ID, "count").text
     # a server-side validation error is shown, not swallowed
     browser.get(server + "/?q=gene+editing&since=2024-05-01&until=2024-01-01")
     WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "error").is_displayed())

@@ -66,3 +66,23 @@ def test_bad_arguments_exit_2(argv: list[str]) -> None:
 def test_serve_defaults_to_loopback() -> None:
     args = parse(["serve"])
     assert (args.host, args.port) == ("127.0.0.1", 8000)
+
+
+def test_search_modes_and_sort_by_date(real: Settings,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    args = parse(["search", "CRISPR gene editing", "-k", "4", "--explain"])
+    assert args.mode == "hybrid" and args.sort == "score"
+    assert args.func(args, real) == 0
+    out = capsys.readouterr().out
+    assert "mode hybrid" in out and "BM25" in out and "crispr" in out and "[rrf]" in out
+
+    args = parse(["search", "CRISPR gene editing", "-k", "4", "--mode", "lexical",
+                  "--sort", "date", "--json"])
+    assert args.func(args, real) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["mode"] == "lexical" and data["sort"] == "date"
+    dates = [h["best_date"] for h in data["results"] if h["best_date"]]
+    assert dates == sorted(dates, reverse=True)
+    assert all(h["bm25"] > 0 for h in data["results"])
+    with pytest.raises(SystemExit):
+        parse(["search", "x", "--mode", "fuzzy"])

@@ -1,0 +1,370 @@
+"""The lexical index: biomedical tokens, BM25 with explanations, refresh/publish/rollback
+together with the vector index, crash safety and the consistency check.
+
+Articles carry real text; their vectors are synthetic (as in test_index.py), so no model
+is loaded and nothing is pending to embed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import Engine, insert, update
+
+from litpulse.core import db
+from litpulse.core.schema import articles, embeddings
+from litpulse.core.settings import Settings
+from ranking import index_files, lexical, publish, refresh
+from ranking import index_status as ix_status
+from ranking.embed import vector_to_bytes
+from tests.ranking.test_index import _vec, delete_article
+
+DOCS: dict[int, tuple[str, str, list[str], list[str]]] = {
+    1: (
+        "IL-6 signalling in sepsis",
+        "Interleukin-6 rises early in septic shock.",
+        ["Interleukin-6", "Sepsis"],
+        ["cytokine storm"],
+    ),
+    2: (
+        "TNF-α blockade in rheumatoid arthritis",
+        "Anti-TNFα antibodies reduce joint damage.",
+        ["Tumor Necrosis Factor-alpha", "Arthritis, Rheumatoid"],
+        [],
+    ),
+    3: (
+        "COVID-19 vaccines and myocarditis",
+        "Myocarditis after SARS-CoV-2 mRNA vaccination.",
+        ["COVID-19 Vaccines", "Myocarditis"],
+        ["mRNA vaccine"],
+    ),
+    4: (
+        "BRCA1 mutations in breast cancer",
+        "Carriers of BRCA1 variants have a higher risk.",
+        ["Genes, BRCA1", "Breast Neoplasms"],
+        ["hereditary cancer"],
+    ),
+    5: (
+        "Sleep and memory consolidation",
+        "Sleep loss impairs memory in students.",
+        ["Sleep", "Memory"],
+        ["hippocampus"],
+    ),
+    6: (
+        "β-amyloid and α-synuclein aggregates",
+        "Protein aggregates in neurodegeneration.",
+        ["Amyloid beta-Peptides", "alpha-Synuclein"],
+        [],
+    ),
+}
+
+
+def _hash(title: str, abstract: str) -> str:
+    return f"{abs(hash((title, abstract))):x}"[:40]
+
+
+def put(
+    engine: Engine, pmid: int, title: str, abstract: str, mesh: list[str], keywords: list[str]
+) -> None:
+    """One article with its (synthetic) vector, as ingest and embed would leave it."""
+    now = db.utcnow()
+    th = _hash(title, abstract)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(articles).values(
+                pmid=pmid,
+                version=1,
+                source_kind="test",
+                source_location="t",
+                title=title,
+                abstract=abstract,
+                text_hash=th,
+                is_deleted=False,
+                best_date=dt.date(2024, 1, 1) + dt.timedelta(days=pmid % 300),
+                mesh=[{"descriptor": m, "major": False} for m in mesh],
+                record={"keywords": keywords},
+                ingested_at=now,
+                updated_at=now,
+            )
+        )
+        conn.execute(
+            insert(embeddings).values(
+                pmid=pmid,
+                model_version="base",
+                text_hash=th,
+                vector=vector_to_bytes(_vec(pmid)),
+                created_at=now,
+            )
+        )
+
+
+def load(engine: Engine, pmids: list[int] | None = None) -> None:
+    for pmid in pmids or list(DOCS):
+        put(engine, pmid, *DOCS[pmid])
+
+
+def revise(
+    engine: Engine, pmid: int, *, title: str | None = None, mesh: list[str] | None = None
+) -> None:
+    """A revised record: a new title (re-embedded) or new MeSH headings (same text)."""
+    now = db.utcnow()
+    values: dict[str, object] = {"updated_at": now}
+    if mesh is not None:
+        values["mesh"] = [{"descriptor": m, "major": False} for m in mesh]
+    with engine.begin() as conn:
+        if title is not None:
+            th = _hash(title, DOCS[pmid][1])
+            values.update(title=title, text_hash=th)
+            conn.execute(
+                update(embeddings)
+                .where(embeddings.c.pmid == pmid)
+                .values(text_hash=th, vector=vector_to_bytes(_vec(pmid, salt=1)), created_at=now)
+            )
+        conn.execute(update(articles).where(articles.c.pmid == pmid).values(**values))
+
+
+def found(settings: Settings, query: str, k: int = 10) -> list[int]:
+    lex = lexical.open_lexical(settings)
+    assert lex is not None
+    return [pmid for pmid, _ in lex.search(query, k)]
+
+
+# ------------------------------------------------------------------------- tokenisation
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [
+        ("BRCA1", ["brca", "1", "brca1"]),
+        ("IL-6", ["il", "6", "il6"]),
+        ("IL\u20106", ["il", "6", "il6"]),  # a Unicode hyphen, as PubMed often has
+        ("IL6", ["il", "6", "il6"]),
+        ("COVID-19", ["covid", "19", "covid19"]),
+        ("TNF-α", ["tnf", "alpha", "tnfalpha"]),
+        ("TNFα", ["tnf", "alpha", "tnfalpha"]),
+        (
+            "β2-microglobulin",
+            ["beta", "2", "microglobulin", "beta2", "2microglobulin", "beta2microglobulin"],
+        ),
+        ("CRISPR/Cas9", ["crispr", "cas", "9", "cas9"]),
+        ("Naïve T cells", ["naive", "t", "cells"]),
+        ("Alzheimer's", ["alzheimers"]),
+    ],
+)
+def test_document_tokens_of_biomedical_terms(text: str, tokens: list[str]) -> None:
+    assert lexical.bio_tokens(text) == tokens
+
+
+def test_query_terms_join_compounds_stem_and_drop_stop_words() -> None:
+    assert (
+        lexical.query_terms("IL-6")
+        == lexical.query_terms("IL6")
+        == {"il6": 1.0, "il": lexical.SEGMENT_BOOST, "6": lexical.SEGMENT_BOOST}
+    )
+    assert lexical.query_terms("TNF-α")["tnfalpha"] == 1.0
+    assert lexical.query_terms("TNFα") == lexical.query_terms("TNF-alpha")
+    assert list(lexical.query_terms("the effects of sleep on the memories")) == [
+        "effect",
+        "sleep",
+        "memori",
+    ]
+    assert lexical.query_terms("the of and") == {}
+
+
+@pytest.mark.parametrize(
+    ("query", "pmid"),
+    [
+        ("IL6", 1),
+        ("il-6 sepsis", 1),
+        ("interleukin 6", 1),
+        ("alpha synuclein", 6),
+        ("TNF alpha", 2),
+        ("TNFα blockade", 2),
+        ("tnf-alpha", 2),
+        ("COVID19", 3),
+        ("covid", 3),
+        ("SARS-CoV-2", 3),
+        ("brca1", 4),
+        ("BRCA-1 breast cancer", 4),
+        ("beta amyloid", 6),
+        ("Aβ aggregates", 6),
+        ("cytokine storm", 1),
+        ("hippocampus", 5),
+        ("Rheumatoid", 2),  # keywords and MeSH
+    ],
+)
+def test_queries_match_across_spellings(sqlite_settings: Settings, query: str, pmid: int) -> None:
+    load(db.connect(sqlite_settings))
+    refresh.refresh_index(sqlite_settings)
+    assert found(sqlite_settings, query)[0] == pmid
+    assert set(found(sqlite_settings, "alpha")) == {2, 6}  # TNF-α, α-synuclein
+
+
+def test_explanation_terms_add_up_to_the_bm25_score(sqlite_settings: Settings) -> None:
+    load(db.connect(sqlite_settings))
+    refresh.refresh_index(sqlite_settings)
+    lex = lexical.open_lexical(sqlite_settings)
+    assert lex is not None and lex.size == len(DOCS)
+    hits = dict(lex.search("IL-6 in septic sepsis", 5))
+    assert list(hits)[0] == 1
+    explained = lex.explain("IL-6 in septic sepsis", list(hits))
+    assert set(explained) == set(hits)
+    for pmid, match in explained.items():
+        assert match.score == pytest.approx(hits[pmid], rel=1e-5)
+        assert sum(t.weight for t in match.terms) == pytest.approx(match.score, rel=1e-4)
+        for t in match.terms:
+            assert sum(t.fields.values()) == pytest.approx(t.weight)
+    terms = {t.term: t for t in explained[1].terms}
+    assert {"il6", "sepsi"} <= set(terms)
+    assert set(terms["il6"].fields) == {"title"}  # "Interleukin-6" is no "il6"...
+    assert set(terms["6"].fields) == {"title", "abstract", "mesh"}  # ...but has a "6"
+    assert terms["6"].weight < terms["il6"].weight  # a segment weighs less
+    assert terms["6"].fields["title"] > terms["6"].fields["abstract"]  # title x2
+    assert set(terms["sepsi"].fields) == {"title", "mesh"}
+    assert lex.scores("IL-6 sepsis", [1, 5, 99]) == {
+        1: pytest.approx(lex.search("IL-6 sepsis", 1)[0][1])
+    }
+    assert lex.search("the of", 5) == [] and lex.explain("zebra", [1]) == {}
+
+
+# --------------------------------------------------------------- refresh and publish
+
+
+def _inodes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_ino for p in folder.iterdir() if p.is_file()}
+
+
+def test_refresh_carries_adds_revisions_and_deletions_to_the_lexical_index(
+    settings: Settings, engine: Engine
+) -> None:
+    load(engine, [1, 2, 3, 4])
+    first = refresh.refresh_index(settings)
+    assert first.lexical_rebuilt and first.lexical_size == 4 and first.lexical_added == 4
+    assert found(settings, "sleep memory") == []
+
+    load(engine, [5])
+    delete_article(engine, 3)
+    revise(engine, 4, title="Zebrafish models of heart regeneration")
+    revise(engine, 2, mesh=["Adalimumab"])  # MeSH only: the vectors do not change
+    second = refresh.refresh_index(settings)
+    assert second.published and not second.lexical_rebuilt
+    assert second.lexical_added == 3  # 5 (new), 4 and 2 (revised)
+    assert second.lexical_removed == 3  # 3 (deleted), the old 4 and 2
+    assert second.lexical_size == 4 and second.size == 4
+    assert found(settings, "sleep memory") == [5]
+    assert found(settings, "covid") == []
+    assert found(settings, "zebrafish") == [4] and found(settings, "mutations") == []
+    assert found(settings, "adalimumab") == [2] and found(settings, "rheumatoid") == [2]
+    # the new version started from hard links of the old one: its untouched segment
+    # files are the same files on disk (cost in proportion to the change)
+    old, new = (Path(r.path) / lexical.LEXICAL_DIR for r in (first, second))
+    shared = set(_inodes(old).items()) & set(_inodes(new).items())
+    assert any(name.endswith(".idx") for name, _ in shared)
+    assert lexical.LexicalIndex.open(old).search("covid", 3)[0][0] == 3  # old one intact
+
+    third = refresh.refresh_index(settings)
+    assert not third.published and third.id == second.id
+    assert ix_status.check_consistency(settings)["ok"]
+
+    revise(engine, 5, mesh=["Sleep Deprivation"])  # lexical-only change publishes
+    fourth = refresh.refresh_index(settings)
+    assert fourth.published and fourth.added == 0 and fourth.lexical_added == 1
+    assert found(settings, "deprivation") == [5]
+
+
+def test_rollback_restores_both_indexes(settings: Settings, engine: Engine) -> None:
+    load(engine, [1, 2, 3])
+    v1 = refresh.refresh_index(settings)
+    load(engine, [5])
+    delete_article(engine, 1)
+    v2 = refresh.refresh_index(settings)
+    assert found(settings, "sleep") == [5] and found(settings, "sepsis") == []
+
+    back = publish.rollback_index(settings)
+    assert back["to"] == v1.id
+    pub = index_files.open_published(settings)
+    assert pub is not None and pub.id == v1.id and pub.lexical is not None
+    assert found(settings, "sleep") == [] and found(settings, "sepsis") == [1]
+    assert sorted(pub.ids.tolist()) == [1, 2, 3]
+
+    v3 = refresh.refresh_index(settings)  # catches up from the rolled-back version
+    assert v3.lexical_added == 1 and v3.lexical_removed == 1 and v3.id != v2.id
+    assert found(settings, "sleep") == [5] and found(settings, "sepsis") == []
+    assert ix_status.check_consistency(settings)["ok"]
+
+
+def test_a_crash_between_the_two_writes_publishes_nothing(
+    settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import faiss
+
+    load(engine, [1, 2])
+    v1 = refresh.refresh_index(settings)
+    load(engine, [5])
+    written: list[bool] = []
+
+    def crash(index: object, path: str) -> None:  # the lexical index is already written
+        written.append((Path(path).parent / lexical.LEXICAL_DIR / "meta.json").exists())
+        raise OSError("disk full")
+
+    monkeypatch.setattr(faiss, "write_index", crash)
+    with pytest.raises(OSError, match="disk full"):
+        refresh.refresh_index(settings)
+    assert written == [True]
+    pub = index_files.open_published(settings)
+    assert pub is not None and pub.id == v1.id
+    assert found(settings, "sleep") == []
+    assert sorted(p.name for p in (settings.home / "indexes").iterdir()) == [v1.id]
+    monkeypatch.undo()
+    v2 = refresh.refresh_index(settings)
+    assert v2.published and found(settings, "sleep") == [5]
+
+
+def test_consistency_check_covers_the_lexical_index(settings: Settings, engine: Engine) -> None:
+    load(engine, [1, 2, 3, 4])
+    first = refresh.refresh_index(settings)
+    report = ix_status.check_consistency(settings)
+    assert report["ok"] and report["lexical_size"] == 4
+
+    revise(engine, 2, mesh=["Adalimumab"])  # text the vectors do not see
+    delete_article(engine, 3)
+    load(engine, [5])
+    report = ix_status.check_consistency(settings)
+    assert not report["ok"]
+    assert report["lexical_stale"] == 1
+    assert report["lexical_extra_sample"] == [3] and report["lexical_missing_sample"] == [5]
+
+    refresh.refresh_index(settings)
+    assert ix_status.check_consistency(settings)["ok"]
+    assert ix_status.index_status(settings)["lexical_size"] == 4
+
+    # a version without its lexical part (made before there was one) fails the check,
+    # and the next refresh builds the lexical index from scratch, the vectors updated
+    pub = index_files.open_published(settings)
+    assert pub is not None
+    shutil.rmtree(Path(pub.path) / lexical.LEXICAL_DIR)
+    os.remove(Path(pub.path) / lexical.IDS_FILE)
+    lexical._CACHE.clear()
+    index_files._CACHE.clear()
+    report = ix_status.check_consistency(settings)
+    assert any("no lexical index" in p for p in report["problems"])
+    put(engine, 6, *DOCS[6])
+    upgraded = refresh.refresh_index(settings)
+    assert upgraded.lexical_rebuilt and not upgraded.rebuilt and upgraded.lexical_size == 5
+    assert ix_status.check_consistency(settings)["ok"]
+    assert first.id != upgraded.id
+
+
+def test_rebuild_on_request_rebuilds_the_lexical_index(sqlite_settings: Settings) -> None:
+    load(db.connect(sqlite_settings), [1, 2])
+    refresh.refresh_index(sqlite_settings)
+    forced = refresh.refresh_index(sqlite_settings, rebuild=True)
+    assert forced.lexical_rebuilt and forced.lexical_size == 2 and forced.lexical_removed == 0
+    meta = index_files.read_files(forced.path)[2]
+    assert meta["lexical"]["reason"] == "asked" and meta["lexical"]["format"] == lexical.FORMAT
+    assert np.array_equal(lexical.read_ids(forced.path), [1, 2])
