@@ -47,7 +47,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "eval" / "bioasq7b-dev"
+#: Where the set lives, relative to the repository root's parent (a checkout or a worktree
+#: beside ``shared/``, or one folder deeper).
+DATA_REL = Path("shared") / "eval" / "bioasq7b-dev"
 K = 10
 MODES = ("lexical", "semantic", "hybrid")
 
@@ -66,6 +68,15 @@ class Row:
     ndcg: float
     p50_ms: float
     p99_ms: float
+
+
+def default_data() -> Path:
+    """``../shared/eval/bioasq7b-dev`` of the repository, or of the folder above it."""
+    root = Path(__file__).resolve().parents[1]
+    for up in (root.parent, root.parent.parent):
+        if (up / DATA_REL).is_dir():
+            return up / DATA_REL
+    return root.parent / DATA_REL
 
 
 def load_questions(folder: Path) -> list[Question]:
@@ -110,8 +121,14 @@ def measure(settings: Any, questions: Sequence[Question], mode: str, name: str) 
         for i, v in enumerate(score([h.pmid for h in hits], q.gold)):
             totals[i] += v
     n = len(questions)
-    return Row(name, totals[0] / n, totals[1] / n, totals[2] / n,
-               statistics.median(ms), _percentile(ms, 0.99))
+    return Row(
+        name,
+        totals[0] / n,
+        totals[1] / n,
+        totals[2] / n,
+        statistics.median(ms),
+        _percentile(ms, 0.99),
+    )
 
 
 def cli(argv: Sequence[str]) -> tuple[int, str]:
@@ -131,8 +148,10 @@ def _check(code: int, text: str, what: str) -> None:
 
 def table(rows: Sequence[Row]) -> str:
     base = rows[0]
-    head = (f"| {'system (same corpus, same questions)':<40} | recall@10 | MRR@10 | nDCG@10 "
-            "| recall ÷ BM25 | MRR ÷ BM25 | p50 ms | p99 ms |")
+    head = (
+        f"| {'system (same corpus, same questions)':<40} | recall@10 | MRR@10 | nDCG@10 "
+        "| recall ÷ BM25 | MRR ÷ BM25 | p50 ms | p99 ms |"
+    )
     lines = [head, "|" + "---|" * 8]
     for r in rows:
         lines.append(
@@ -174,8 +193,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     rows: dict[str, Row] = {}
     rows["lexical"] = measure(settings, questions, "lexical", "BM25 alone (mode=lexical)")
-    rows["semantic_base"] = measure(settings, questions, "semantic",
-                                    "dense, base model (mode=semantic)")
+    rows["semantic_base"] = measure(
+        settings, questions, "semantic", "dense, base model (mode=semantic)"
+    )
     rows["hybrid_base"] = measure(settings, questions, "hybrid", "hybrid, base model")
     print(table(list(rows.values())), flush=True)
 
@@ -194,13 +214,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tag = "after retrain" if promoted else f"after retrain ({report.get('status')})"
     rows["semantic_after"] = measure(settings, questions, "semantic", f"dense, {tag}")
     rows["hybrid_after"] = measure(settings, questions, "hybrid", f"hybrid, {tag}")
-    return {"rows": rows, "report": report, "timings": timings, "home": str(home),
-            "questions": len(questions)}
+    return {
+        "rows": rows,
+        "report": report,
+        "timings": timings,
+        "home": str(home),
+        "questions": len(questions),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="the bioasq7b-dev folder")
+    parser.add_argument("--data", default=str(default_data()), help="the bioasq7b-dev folder")
     parser.add_argument("--steps", type=int, default=None, help="retrain: most steps")
     parser.add_argument("--max-seconds", type=float, default=None, help="retrain: budget")
     parser.add_argument("--keep", default=None, help="data directory to use and keep")
@@ -208,14 +233,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data = Path(args.data)
     if not (data / "questions.json").is_file() or not (data / "corpus.xml").is_file():
-        print(f"skipped: no BioASQ set at {data} (questions.json and corpus.xml; it is kept "
-              "outside the repository, in ../shared/eval/bioasq7b-dev/)")
+        print(
+            f"skipped: no BioASQ set at {data} (questions.json and corpus.xml; it is kept "
+            "outside the repository, in ../shared/eval/bioasq7b-dev/)"
+        )
         return 0
     out = run(args)
     rows: dict[str, Row] = out["rows"]
     report = out["report"]
-    print(f"\n{out['questions']} questions; retrain {report.get('status')} in "
-          f"{out['timings']['retrain_s']:.0f} s; data in {out['home']}")
+    print(
+        f"\n{out['questions']} questions; retrain {report.get('status')} in "
+        f"{out['timings']['retrain_s']:.0f} s; data in {out['home']}"
+    )
     for line in report.get("reasons") or []:
         print(f"  - {line}")
     print()
@@ -224,8 +253,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in goals(rows):
         print(line)
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {**out, "rows": {k: vars(v) for k, v in rows.items()}}, indent=2, default=str))
+        Path(args.json).write_text(
+            json.dumps(
+                {**out, "rows": {k: vars(v) for k, v in rows.items()}}, indent=2, default=str
+            )
+        )
     return 0
 
 
