@@ -472,7 +472,8 @@ def _with_negatives(
     skip: int,
     seed: int,
 ) -> list[Pair]:
-    """The pairs, each without a negative given one from the lexical ranking of its anchor.
+    """The pairs, each without a negative (but feedback) given one from the lexical ranking
+    of its anchor.
 
     The negative is neither the pair's articles nor a held-out one (held-out text is never
     trained on), and is formatted like the positive (abstract alone, or title and abstract).
@@ -480,7 +481,9 @@ def _with_negatives(
     ranked: dict[str, Sequence[tuple[int, float]]] = {}
     out: list[Pair] = []
     for p in pairs:
-        if p.negative is not None:
+        if p.negative is not None or p.kind == "feedback":
+            # an expert's query keeps the expert's own negatives: BM25 could pick an
+            # article the same expert marked relevant for it
             out.append(p)
             continue
         if p.anchor not in ranked:
