@@ -83,11 +83,12 @@ def litpulse_retrain() -> None:
     @task(execution_timeout=dt.timedelta(hours=10), queue=train_queue())
     def retrain() -> dict[str, Any]:
         """Train, evaluate and (if the gate passes) promote a candidate model version."""
-        from litpulse.pipeline.planning import defer_reindex
+        from litpulse.pipeline.planning import defer_reindex, lexical_negatives
         from retrain.run import retrain as run
 
         s = settings()
-        report = run(s, min_new_articles=s.retrain_min_new_articles, reindex=defer_reindex)
+        report = run(s, min_new_articles=s.retrain_min_new_articles, reindex=defer_reindex,
+                     negatives=lexical_negatives(s))
         data = report.to_dict()
         return {**scalars(data), "reasons": "; ".join(data.get("reasons") or [])}
 

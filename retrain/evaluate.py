@@ -6,9 +6,15 @@ query is an article's title; its one relevant document is the article's abstract
 against the set's own abstracts plus a fixed sample of distractor abstracts. Metrics at
 10: recall, MRR and nDCG.
 
+A third set, *queries*, asks for the same held-out articles the way researchers do: one
+query-like anchor each (a few MeSH headings or keywords, or a sentence of the abstract,
+see :mod:`retrain.anchors`), its relevant document the article's full text (without that
+sentence), ranked against the distractors' full texts.
+
 The gate promotes a candidate only when it beats the active model on fresh recall@10 by
-``settings.gate_fresh_margin`` *and* loses at most ``settings.gate_older_tolerance`` on
-older recall@10; every check is listed as a reason.
+``settings.gate_fresh_margin``, loses at most ``settings.gate_older_tolerance`` on
+older recall@10, *and* loses at most ``settings.gate_query_tolerance`` (default: nothing)
+on the queries set's recall@10 and MRR@10; every check is listed as a reason.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ __all__ = [
     "evaluate_encoder",
     "encoder_embed",
     "gate",
+    "query_check",
     "write_report",
 ]
 
@@ -55,11 +62,13 @@ class EvalItem:
 
 @dataclass(frozen=True)
 class HeldOut:
-    """The fresh and older held-out sets and the shared distractor documents."""
+    """The fresh and older held-out sets, the shared distractor documents (query: title,
+    doc: abstract), and the query-like set (query: an anchor, doc: the article's text)."""
 
     fresh: tuple[EvalItem, ...] = ()
     older: tuple[EvalItem, ...] = ()
     distractors: tuple[EvalItem, ...] = ()
+    queries: tuple[EvalItem, ...] = ()
 
     def pmids(self) -> set[int]:
         return {i.pmid for i in (*self.fresh, *self.older)}
@@ -69,6 +78,7 @@ class HeldOut:
             "fresh": len(self.fresh),
             "older": len(self.older),
             "distractors": len(self.distractors),
+            "queries": len(self.queries),
         }
 
 
@@ -163,7 +173,24 @@ def evaluate_encoder(
         d = run([i.doc for i in items])
         docs = np.vstack([d, distract]) if len(distract) else d
         out[name] = retrieval_metrics(q, docs, list(range(len(items))), k)
+    if heldout.queries:
+        out["queries"] = _query_metrics(run, heldout, k)
     return out
+
+
+def _query_metrics(
+    run: Callable[[list[str]], np.ndarray], heldout: HeldOut, k: int
+) -> dict[str, float]:
+    """Metrics of the query-like set: anchors against full article texts."""
+    import numpy as np
+
+    from ranking.embed import article_text
+
+    items = heldout.queries
+    q = run([i.query for i in items])
+    docs = run([i.doc for i in items] + [article_text(d.query, d.doc)
+                                         for d in heldout.distractors])
+    return retrieval_metrics(q, np.asarray(docs), list(range(len(items))), k)
 
 
 def gate(
@@ -205,7 +232,42 @@ def gate(
             f"older {metric} {c_o:.3f} vs active {a_o:.3f}: {older_change:+.3f} "
             f"loses more than tolerance {settings.gate_older_tolerance:.3f}"
         )
-    return GateDecision(ok, tuple(reasons), round(fresh_gain, 6), round(older_change, 6))
+    query_ok, query_reasons = query_check(settings, candidate, active, k=k)
+    return GateDecision(
+        ok and query_ok, (*reasons, *query_reasons), round(fresh_gain, 6), round(older_change, 6)
+    )
+
+
+def query_check(
+    settings: Settings,
+    candidate: Mapping[str, Mapping[str, float]],
+    active: Mapping[str, Mapping[str, float]],
+    *,
+    k: int = K,
+) -> tuple[bool, tuple[str, ...]]:
+    """The gate's check on the query-like set: neither recall@k nor MRR@k may drop by more
+    than ``settings.gate_query_tolerance``. Passes (saying so) when no set was measured."""
+    c, a = candidate.get("queries"), active.get("queries")
+    if not c or not a or not int(c.get("queries", 0)):
+        return True, ("no query-like held-out set: not checked",)
+    ok = True
+    reasons = []
+    tol = settings.gate_query_tolerance
+    for metric in (f"recall@{k}", f"mrr@{k}"):
+        cv, av = float(c[metric]), float(a[metric])
+        change = cv - av
+        if -change <= tol + 1e-12:
+            reasons.append(
+                f"queries {metric} {cv:.3f} vs active {av:.3f}: {change:+.3f} "
+                f"within tolerance {tol:.3f}"
+            )
+        else:
+            ok = False
+            reasons.append(
+                f"queries {metric} {cv:.3f} vs active {av:.3f}: {change:+.3f} "
+                f"loses more than tolerance {tol:.3f}"
+            )
+    return ok, tuple(reasons)
 
 
 def write_report(

@@ -8,8 +8,9 @@ an estimate, and :class:`~litpulse.core.errors.BudgetError` is raised *before* a
 changes when the estimate exceeds ``max_seconds`` or ``max_memory_mb``.
 
 The loss is MultipleNegativesRankingLoss (cosine similarity × ``scale``, cross-entropy
-against the in-batch positives), with the hard negatives of expert feedback appended as
-extra columns for the rows that have one.
+against the in-batch positives), with each pair's hard negative (BM25's or an expert's)
+appended as an extra column; a column holding the same text as a row's own positive
+(another anchor of the same article in the batch) is masked for that row.
 
 Example:
     >>> opts = LoraOptions(r=8, max_steps=50)
@@ -292,7 +293,8 @@ def contrastive_loss(model: Any, batch: Sequence[Pair], options: LoraOptions, de
     """The in-batch contrastive loss (MNRL) of one batch of pairs, ready for ``backward()``.
 
     Each anchor must pick its own positive among every positive and hard negative of
-    the batch; scores are cosine similarities times ``options.scale``.
+    the batch; scores are cosine similarities times ``options.scale``. Other columns with
+    the text of a row's positive are no negatives of it and are masked out.
     """
     import torch
     import torch.nn.functional as F
@@ -310,8 +312,24 @@ def contrastive_loss(model: Any, batch: Sequence[Pair], options: LoraOptions, de
     a = embed(anchors)
     d = embed(docs)
     scores = a @ d.T * options.scale
+    scores = scores.masked_fill(_duplicate_mask(docs, len(batch), scores.device), float("-inf"))
     labels = torch.arange(len(batch), device=scores.device)
     return F.cross_entropy(scores, labels)
+
+
+def _duplicate_mask(docs: Sequence[str], rows: int, device: Any) -> Any:
+    """``(rows, len(docs))`` booleans: column ``j`` repeats row ``i``'s positive, ``j != i``."""
+    import torch
+
+    mask = torch.zeros((rows, len(docs)), dtype=torch.bool)
+    first: dict[str, list[int]] = {}
+    for j, text in enumerate(docs):
+        first.setdefault(text, []).append(j)
+    for i in range(rows):
+        for j in first[docs[i]]:
+            if j != i:
+                mask[i, j] = True
+    return mask.to(device)
 
 
 def train_model(

@@ -7,17 +7,27 @@ Kinds of pair:
   the corpus (from the ``references`` table);
 * ``feedback`` — an expert's query → an article marked relevant; the articles marked
   not relevant for the same query become its hard negatives;
+* ``mesh``, ``keywords``, ``sentence`` — query-like anchors of an article (a few of its
+  MeSH headings, a few of its author keywords, one sentence of its abstract) → the article
+  (see :mod:`retrain.anchors`); an article's sampling weight is shared by its pairs;
 * ``replay`` — title → abstract of *older* articles, a share of the set against
   forgetting.
+
+Hard negatives: with a lexical ranker (``lexical=``, the published BM25 index's search,
+passed in by the application floor), every pair without one gets a document BM25 ranks
+high for its anchor that is neither its article nor held out (:func:`retrain.anchors.
+pick_negative`); expert feedback keeps the experts' own negatives.
 
 Sampling is weighted by the same recency and citation impact as ranking
 (:mod:`litpulse.core.impact`: recency ``0.5 ** (age / half_life)``, citation ranking's
 value from the RCR or the in-corpus citations, scaled so that a typical article weighs
 1.0; missing means neutral) and deterministic by ``settings.seed``.
 
-Held-out evaluation articles never become training pairs: the *fresh* set is the newest
-articles of the window (newer than anything trained on), and the *older* set is a stable
-hash bucket of older articles (the same for every run, so no model ever trains on it).
+Held-out evaluation articles never become training pairs nor hard negatives: the *fresh*
+set is the newest articles of the window (newer than anything trained on), and the *older*
+set is a stable hash bucket of older articles (the same for every run, so no model ever
+trains on it). The *queries* set asks for the same held-out articles with one query-like
+anchor each (:func:`retrain.anchors.heldout_anchor`), ranked among full article texts.
 """
 
 from __future__ import annotations
@@ -32,20 +42,24 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, and_, select
+from sqlalchemy import JSON, Engine, and_, select, type_coerce
 
 from litpulse.core.db import connect
 from litpulse.core.impact import NEUTRAL_CITATION, age_days, citation_impact, recency_decay
 from litpulse.core.schema import articles, feedback, references
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import as_utc, iso, utcnow
+from retrain.anchors import LexicalSearch, article_anchors, heldout_anchor, pick_negative
 from retrain.evaluate import EvalItem, HeldOut
 
 __all__ = ["Pair", "PairSet", "ArticleRow", "mine_pairs", "doc_text", "article_weight"]
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("title_abstract", "citation", "feedback", "replay")
+KINDS = ("title_abstract", "citation", "mesh", "keywords", "sentence", "feedback", "replay")
+#: Kinds whose positive is an abstract alone (their hard negatives are abstracts too, so
+#: that the format of a text never tells a positive from a negative).
+ABSTRACT_ONLY = ("title_abstract", "replay")
 
 #: One article in this many (by a hash of pmid and seed) belongs to the older held-out set.
 HOLDOUT_BUCKETS = 20
@@ -61,6 +75,8 @@ class Pair:
     pmid: int
     negative: str | None = None
     weight: float = 1.0
+    #: The positive's article when it is not ``pmid`` (citation pairs: the cited one).
+    positive_pmid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,8 @@ class ArticleRow:
     updated_at: dt.datetime
     relative_citation_ratio: float | None
     cited_by_in_corpus: int
+    mesh: tuple[str, ...] = ()
+    keywords: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -161,7 +179,8 @@ def _load_articles(engine: Engine) -> list[ArticleRow]:
     stmt = (
         select(
             a.pmid, a.title, a.abstract, a.best_date, a.updated_at,
-            a.relative_citation_ratio, a.cited_by_in_corpus,
+            a.relative_citation_ratio, a.cited_by_in_corpus, a.mesh,
+            type_coerce(a.record["keywords"], JSON).label("keywords"),
         )
         .where(a.is_deleted.is_(False), a.is_retracted.is_(False), a.abstract != "")
         .order_by(a.pmid)
@@ -173,9 +192,18 @@ def _load_articles(engine: Engine) -> list[ArticleRow]:
                 best_date=r.best_date, updated_at=r.updated_at or utcnow(),
                 relative_citation_ratio=r.relative_citation_ratio,
                 cited_by_in_corpus=int(r.cited_by_in_corpus or 0),
+                mesh=_texts(r.mesh, "descriptor"), keywords=_texts(r.keywords),
             )
             for r in conn.execute(stmt)
         ]
+
+
+def _texts(value: Any, key: str | None = None) -> tuple[str, ...]:
+    """The non-empty strings of a JSON list (of strings, or of objects' ``key``)."""
+    if not isinstance(value, list):
+        return ()
+    items = (v.get(key) if key and isinstance(v, dict) else v for v in value)
+    return tuple(t for t in items if isinstance(t, str) and t.strip())
 
 
 def _weighted_sample(
@@ -208,6 +236,10 @@ def mine_pairs(
     holdout_buckets: int = HOLDOUT_BUCKETS,
     now: dt.datetime | None = None,
     engine: Engine | None = None,
+    anchors: bool = True,
+    lexical: LexicalSearch | None = None,
+    negative_depth: int = 30,
+    negative_skip: int = 2,
 ) -> PairSet:
     """Mine training pairs from articles updated after ``since`` (all when ``None``).
 
@@ -224,6 +256,10 @@ def mine_pairs(
             held out as "older"; keep it the same between runs.
         now: Reference time for recency (default: now).
         engine: An engine to use instead of ``connect(settings)``.
+        anchors: Add the query-like anchor pairs (``mesh``, ``keywords``, ``sentence``).
+        lexical: A lexical ranker for hard negatives (``None``: in-batch negatives only).
+        negative_depth: How deep in the lexical ranking a hard negative may be.
+        negative_skip: Top lexical matches (besides the positive) never used as negatives.
 
     Returns:
         The sampled :class:`PairSet` (pairs in a seeded random order).
@@ -253,7 +289,9 @@ def mine_pairs(
     def weight(r: ArticleRow) -> float:
         return article_weight(r, now=today, half_life_days=settings.recency_half_life_days)
 
-    candidates = _new_pairs(engine, settings, new_rows, by_pmid, split.held, today, weight)
+    candidates = _new_pairs(
+        engine, settings, new_rows, by_pmid, split.held, today, weight, anchors=anchors
+    )
     available = Counter(p.kind for p in candidates)
     limit = len(candidates) if max_pairs is None else max_pairs
     chosen = _weighted_sample(candidates, [p.weight for p in candidates], limit, seed)
@@ -271,6 +309,13 @@ def mine_pairs(
         notes.append("no older articles to replay")
 
     pairs = chosen + fb_pairs + replay
+    if lexical is not None:
+        pairs = _with_negatives(
+            pairs, lexical, by_pmid, split.held, depth=negative_depth, skip=negative_skip,
+            seed=seed,
+        )
+    else:
+        notes.append("no lexical index: no hard negatives besides experts' own")
     import random
 
     random.Random(seed).shuffle(pairs)
@@ -365,8 +410,17 @@ def _hold_out(
         fresh=tuple(EvalItem(r.pmid, r.title, r.abstract) for r in fresh),
         older=tuple(EvalItem(r.pmid, r.title, r.abstract) for r in older),
         distractors=tuple(EvalItem(r.pmid, r.title, r.abstract) for r in others[:distractors]),
+        queries=tuple(_query_items([*fresh, *older], seed)),
     )
     return _Split(heldout=heldout, held=held, cutoff=cutoff)
+
+
+def _query_items(rows: Sequence[ArticleRow], seed: int) -> Iterable[EvalItem]:
+    """The query-like held-out items: one anchor of each article → its (remaining) text."""
+    for r in rows:
+        a = heldout_anchor(r.pmid, r.title, r.abstract, r.mesh, r.keywords, seed=seed)
+        if a is not None:
+            yield EvalItem(r.pmid, a.text, doc_text(a.title, a.abstract))
 
 
 def _new_pairs(
@@ -377,13 +431,23 @@ def _new_pairs(
     held: frozenset[int],
     today: dt.date,
     weight: Callable[[ArticleRow], float],
+    *,
+    anchors: bool,
 ) -> list[Pair]:
-    """Candidate pairs of the window: title → abstract, and citing title → cited text."""
-    candidates: list[Pair] = [
-        Pair(r.title, r.abstract, "title_abstract", r.pmid, weight=weight(r))
-        for r in new_rows
-        if r.title
-    ]
+    """Candidate pairs of the window: title → abstract, query-like anchors → article (an
+    article's weight shared by its pairs), and citing title → cited text."""
+    candidates: list[Pair] = []
+    for r in new_rows:
+        own = [Pair(r.title, r.abstract, "title_abstract", r.pmid)] if r.title else []
+        if anchors:
+            own += [
+                Pair(a.text, doc_text(a.title, a.abstract), a.kind, r.pmid)
+                for a in article_anchors(
+                    r.pmid, r.title, r.abstract, r.mesh, r.keywords, seed=settings.seed
+                )
+            ]
+        w = weight(r) / max(1, len(own))
+        candidates.extend(dataclasses.replace(p, weight=w) for p in own)
     new_ids = {r.pmid for r in new_rows}
     for citing, cited in _references(engine, new_ids):
         src, dst = by_pmid.get(citing), by_pmid.get(cited)
@@ -392,9 +456,50 @@ def _new_pairs(
         # recency of the citing article, impact of the cited one
         w = _recency(src, today, settings) * _citation(dst, today)
         candidates.append(
-            Pair(src.title, doc_text(dst.title, dst.abstract), "citation", src.pmid, weight=w)
+            Pair(src.title, doc_text(dst.title, dst.abstract), "citation", src.pmid, weight=w,
+                 positive_pmid=dst.pmid)
         )
     return candidates
+
+
+def _with_negatives(
+    pairs: Sequence[Pair],
+    lexical: LexicalSearch,
+    by_pmid: Mapping[int, ArticleRow],
+    held: AbstractSet[int],
+    *,
+    depth: int,
+    skip: int,
+    seed: int,
+) -> list[Pair]:
+    """The pairs, each without a negative (but feedback) given one from the lexical ranking
+    of its anchor.
+
+    The negative is neither the pair's articles nor a held-out one (held-out text is never
+    trained on), and is formatted like the positive (abstract alone, or title and abstract).
+    """
+    ranked: dict[str, Sequence[tuple[int, float]]] = {}
+    out: list[Pair] = []
+    for p in pairs:
+        if p.negative is not None or p.kind == "feedback":
+            # an expert's query keeps the expert's own negatives: BM25 could pick an
+            # article the same expert marked relevant for it
+            out.append(p)
+            continue
+        if p.anchor not in ranked:
+            ranked[p.anchor] = lexical(p.anchor, depth + skip + 2)
+        exclude = {p.pmid, p.positive_pmid if p.positive_pmid is not None else p.pmid}
+        neg = pick_negative(
+            ranked[p.anchor], exclude, skip=skip, key=(seed, p.kind, p.pmid, p.anchor),
+            allowed=lambda m: m in by_pmid and m not in held,
+        )
+        if neg is None:
+            out.append(p)
+            continue
+        n = by_pmid[neg]
+        text = n.abstract if p.kind in ABSTRACT_ONLY else doc_text(n.title, n.abstract)
+        out.append(dataclasses.replace(p, negative=text))
+    return out
 
 
 def _recency(r: ArticleRow, today: dt.date, settings: Settings) -> float:

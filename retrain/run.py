@@ -23,6 +23,7 @@ from litpulse.core.errors import ConfigError
 from litpulse.core.settings import Settings
 from litpulse.core.states import ModelStatus, RetrainOutcome
 from retrain import registry
+from retrain.anchors import LexicalSearch
 from retrain.evaluate import GateDecision, HeldOut, evaluate_encoder, gate, write_report
 from retrain.lora import LoraOptions, train
 from retrain.pairs import PairSet, mine_pairs
@@ -89,10 +90,17 @@ class RetrainReport:
                 if m:
                     lines.append(
                         f"{who}: fresh recall@10 {m['fresh']['recall@10']:.3f}, "
-                        f"older recall@10 {m['older']['recall@10']:.3f}"
+                        f"older recall@10 {m['older']['recall@10']:.3f}" + _queries_line(m)
                     )
         lines.extend(f"- {r}" for r in self.reasons)
         return lines
+
+
+def _queries_line(m: dict[str, Any]) -> str:
+    q = m.get("queries")
+    if not q:
+        return ""
+    return f", queries recall@10 {q['recall@10']:.3f} MRR@10 {q['mrr@10']:.3f}"
 
 
 def _embedder(settings: Settings, model_id: str, adapter_path: str | None) -> Any:
@@ -138,6 +146,7 @@ def retrain(
     promote_by: str = "gate",
     reindex: Callable[[Settings], Any],
     mine_kwargs: dict[str, Any] | None = None,
+    negatives: LexicalSearch | None = None,
 ) -> RetrainReport:
     """Run one retraining round.
 
@@ -154,6 +163,8 @@ def retrain(
         promote_by: Recorded as ``promoted_by`` when the gate promotes.
         reindex: The re-index step of a promotion (see :func:`retrain.registry.promote`).
         mine_kwargs: Extra arguments of :func:`retrain.pairs.mine_pairs`.
+        negatives: The lexical ranker hard negatives come from (the application floor
+            passes the published BM25 index's search); ``None``: none mined.
 
     Raises:
         BudgetError: Training would exceed the options' time or memory budget.
@@ -171,7 +182,8 @@ def retrain(
             settings, engine, options, lease, dry_run=dry_run, from_base=from_base,
             progress=progress,
             min_new_articles=min_new_articles, pair_filter=pair_filter, promote_by=promote_by,
-            reindex=reindex, mine_kwargs=mine_kwargs or {}, started=started,
+            reindex=reindex, mine_kwargs={"lexical": negatives, **(mine_kwargs or {})},
+            started=started,
         )
     finally:
         lease.release()

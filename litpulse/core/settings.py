@@ -379,6 +379,13 @@ class Settings:
         min=0.0,
         max=0.2,
     )
+    gate_query_tolerance: float = _opt(
+        0.0,
+        "Largest recall@10 or MRR@10 loss on the query-like held-out set (MeSH headings, "
+        "keywords, abstract sentences as queries) a candidate may show.",
+        min=0.0,
+        max=0.2,
+    )
     seed: int = _opt(13, "Random seed for sampling and training.", min=0, max=2**32 - 1)
     train_queue: str = _opt(
         "default",

@@ -40,7 +40,13 @@ from litpulse.core.errors import ConfigError, LitpulseError
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import as_utc, iso, utcnow
 from litpulse.pipeline.digest import digest_step
-from litpulse.pipeline.planning import last_watermark, promoted_model, reindex_now, retrain_due
+from litpulse.pipeline.planning import (
+    last_watermark,
+    lexical_negatives,
+    promoted_model,
+    reindex_now,
+    retrain_due,
+)
 
 __all__ = [
     "LEASE_NAME",
@@ -366,5 +372,6 @@ def _retrain(settings: Settings, progress: bool) -> dict[str, Any]:
         progress=progress,
         min_new_articles=settings.retrain_min_new_articles,
         reindex=reindex_now,
+        negatives=lexical_negatives(settings),
     )
     return dict(report.to_dict())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, func, select
 
@@ -21,6 +21,9 @@ from litpulse.core.settings import Settings
 from litpulse.core.states import RunStatus
 from litpulse.core.timeutil import iso
 from ranking.models import active_model_row, published_index_row
+
+if TYPE_CHECKING:
+    from retrain.anchors import LexicalSearch
 
 __all__ = [
     "EmbeddingShard",
@@ -272,6 +275,22 @@ def embed_shard(
     return embed_pending(
         settings, spec, progress, engine=engine, shard=shard.shard, shards=shard.shards
     )
+
+
+def lexical_negatives(settings: Settings) -> LexicalSearch | None:
+    """The ranker retraining mines hard negatives from: the published lexical (BM25) index's
+    search, or ``None`` when none is published yet (the first index refresh builds one).
+
+    Retraining takes it as an argument instead of importing the index (the stage contract:
+    retrain reads the store and the models, never the index's files or versions).
+    """
+    from ranking.lexical import open_lexical
+
+    index = open_lexical(settings)
+    if index is None:
+        logger.info("no published lexical index: retraining without BM25 hard negatives")
+        return None
+    return index.search
 
 
 def reindex_now(settings: Settings) -> Any:

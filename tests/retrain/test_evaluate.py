@@ -57,7 +57,14 @@ def _m(fresh: float, older: float) -> dict[str, dict[str, float]]:
 def test_gate_decisions(sqlite_settings: Settings) -> None:
     s = sqlite_settings.replace(gate_fresh_margin=0.02, gate_older_tolerance=0.01)
     ok = gate(s, _m(0.70, 0.80), _m(0.60, 0.805))
-    assert ok.passed and len(ok.reasons) == 2
+    assert ok.passed and len(ok.reasons) == 3
+    assert ok.reasons[2] == "no query-like held-out set: not checked"
+    # with a query-like set, a candidate that loses on it is rejected (tolerance 0)
+    q = {"queries": {"recall@10": 0.9, "mrr@10": 0.8, "queries": 40}}
+    worse = {"queries": {"recall@10": 0.9, "mrr@10": 0.775, "queries": 40}}
+    lowers = gate(s, {**_m(0.70, 0.80), **worse}, {**_m(0.60, 0.805), **q})
+    assert not lowers.passed and "queries mrr@10" in lowers.reasons[-1]
+    assert "loses more than tolerance" in lowers.reasons[-1]
     no_gain = gate(s, _m(0.61, 0.80), _m(0.60, 0.80))
     assert not no_gain.passed and "< margin" in no_gain.reasons[0]
     forgets = gate(s, _m(0.90, 0.70), _m(0.60, 0.80))

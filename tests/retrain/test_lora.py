@@ -85,3 +85,19 @@ def test_train_save_load_and_continue(sqlite_settings: Settings, tmp_path: Path)
     assert second.continued_from == str(tmp_path / "a")
     assert second.trainable_params == first.trainable_params
     assert second.sha256 != first.sha256
+
+
+def test_same_positive_twice_in_a_batch_is_no_negative(sqlite_settings: Settings) -> None:
+    from retrain.lora import build_model, contrastive_loss
+
+    s = sqlite_settings.replace(max_seq_length=32, device="cpu")
+    model, _ = build_model(s, TINY)
+    article = "Zorvex lowered the relapse rate in older adults."
+    # two anchors of one article: each other's positive is their own, not a negative
+    same = [Pair("zorvex relapse", article, "keywords", 1),
+            Pair("Relapse in older adults", article, "sentence", 1)]
+    assert float(contrastive_loss(model, same, TINY, "cpu")) == pytest.approx(0.0, abs=1e-6)
+    # a hard negative (a near miss) is a real column: the loss is above zero
+    near = "Zorvex lowered the relapse rate in children."
+    hard = [Pair(p.anchor, p.positive, p.kind, 1, negative=near) for p in same]
+    assert float(contrastive_loss(model, hard, TINY, "cpu")) > 1e-3

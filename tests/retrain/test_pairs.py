@@ -61,7 +61,8 @@ def test_deterministic_and_capped(settings: Settings, engine: Engine) -> None:
     a = mine_pairs(settings, since=T0, max_pairs=40, fresh_size=20)
     b = mine_pairs(settings, since=T0, max_pairs=40, fresh_size=20)
     assert a.pairs == b.pairs
-    assert a.counts["title_abstract"] + a.counts["citation"] == 40
+    new_kinds = ("title_abstract", "citation", "mesh", "keywords", "sentence")
+    assert sum(a.counts[k] for k in new_kinds) == 40
     assert a.counts["replay"] == 10  # 20 % of the final 50
     other = mine_pairs(settings.replace(seed=99), since=T0, max_pairs=40, fresh_size=20)
     assert other.pairs != a.pairs
@@ -77,13 +78,13 @@ def test_weighting_prefers_recent_and_cited(settings: Settings, engine: Engine) 
     assert w[2] > w[0]
     # sampling follows the weights: cite a few window articles heavily
     _corpus(engine)
-    before = mine_pairs(settings, since=T0, max_pairs=30, fresh_size=20, replay_share=0)
+    before = mine_pairs(settings, since=T0, max_pairs=60, fresh_size=20, replay_share=0)
     with engine.begin() as conn:
         conn.execute(
             update(articles).where(articles.c.pmid.between(5000, 5039))
             .values(relative_citation_ratio=50.0)
         )
-    ps = mine_pairs(settings, since=T0, max_pairs=30, fresh_size=20, replay_share=0)
+    ps = mine_pairs(settings, since=T0, max_pairs=60, fresh_size=20, replay_share=0)
     boosted = sum(1 for p in ps.pairs if 5000 <= p.pmid < 5040)
     unboosted = sum(1 for p in before.pairs if 5000 <= p.pmid < 5040)
     assert boosted >= unboosted + 3  # RCR 50 weighs 1.7x a typical article, as in ranking

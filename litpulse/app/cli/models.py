@@ -272,7 +272,7 @@ def run_rollback(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
-    from litpulse.pipeline.planning import reindex_now
+    from litpulse.pipeline.planning import lexical_negatives, reindex_now
     from retrain.lora import LoraOptions
     from retrain.run import retrain
 
@@ -290,6 +290,7 @@ def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
         progress=show_progress() and not args.json,
         options=LoraOptions(**changes),
         reindex=reindex_now,
+        negatives=lexical_negatives(settings),
     )
     if args.json:
         print_json(report.to_dict())
