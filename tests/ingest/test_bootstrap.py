@@ -15,6 +15,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -168,6 +169,35 @@ def test_baseline_then_updates_in_order_and_a_repeat_does_nothing(
     assert len(emu.requests(".xml.gz")) == before
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(ingest_runs)).scalar() == runs
+
+
+@pytest.mark.parametrize("workers", [0, 3])
+def test_any_number_of_workers_gives_the_same_state_within_the_disk_bound(
+    emu: Emulator, sqlite_settings: Settings, workers: int
+) -> None:
+    """Workers parse the next files while the writer stores: the same rows, bounded disk."""
+    s = _settings(emu, sqlite_settings)
+    engine = db.connect(s)
+    load_files(s, workers=1, prefetch=1)
+    one = snapshot(engine)
+    reset(engine)
+    most, stop = [0], threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.002):
+            most[0] = max(most[0], sum(1 for n in _downloads(s) if n.endswith(".verified")))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        report = load_files(s, workers=workers, prefetch=1)
+    finally:
+        stop.set()
+        watcher.join()
+    assert report.workers == workers and len(report.applied) == N_BASELINE + 3
+    assert not differences(snapshot(engine), one)
+    assert most[0] <= 1 + max(workers, 1)  # prefetch + the files the parsers hold
+    assert _downloads(s) == []  # no spill left either
 
 
 def test_staged_files_are_reused_and_stale_ones_removed(
