@@ -20,8 +20,9 @@ def register(sub: Any) -> None:
             "Download (resuming, MD5-checked) and apply every file of baseline/ and then "
             "updatefiles/ not applied yet, in order, parsing the next files in worker "
             "processes while the current one is stored; then embed the new articles in "
-            "PMID shards and publish the index. Killed at any point, run it again: it goes on where it stopped. "
-            "Run again when everything is done, it does nothing and says so."
+            "PMID shards and publish the index. Killed at any point, run it again: it goes "
+            "on where it stopped. Run again when everything is done, it does nothing and "
+            "says so."
         ),
     )
     p.add_argument(
