@@ -621,7 +621,9 @@ def load_files(
                     jobs, workers=workers, limits=limits, parse=parse.iter_items, spill_dir=folder
                 )
                 try:
-                    with contextlib.closing(parsed):
+                    with contextlib.ExitStack() as stack:
+                        stack.enter_context(contextlib.closing(parsed))
+                        stack.callback(jobs.stop.set)  # first: a feeder waiting on a file
                         for i, items in parsed:
                             lease.check()
                             f, sf = pending[i], jobs.staged[i]
@@ -635,7 +637,6 @@ def load_files(
                             if on_file is not None:
                                 on_file(f.name, counts)
                 finally:
-                    jobs.stop.set()
                     if prefetch:
                         stager.stop()
                     bar.close()

@@ -10,6 +10,7 @@ quarantine, and ``source_files`` (without per-run counts and times).
 from __future__ import annotations
 
 import datetime as dt
+import multiprocessing
 import os
 import random
 import signal
@@ -37,6 +38,7 @@ from ingest.updatefiles import apply_updates
 from litpulse.app.demo.generate import CorpusManifest, generate_corpus
 from litpulse.app.demo.pubmed_xml import article_xml, gz, pubmed_set
 from litpulse.core import db
+from litpulse.core.errors import ChecksumError
 from litpulse.core.schema import articles, ingest_runs, source_files
 from litpulse.core.settings import Settings
 from tests.emulator import Emulator, running_emulator
@@ -198,6 +200,19 @@ def test_any_number_of_workers_gives_the_same_state_within_the_disk_bound(
     assert not differences(snapshot(engine), one)
     assert most[0] <= 1 + max(workers, 1)  # prefetch + the files the parsers hold
     assert _downloads(s) == []  # no spill left either
+
+
+def test_a_bad_file_stops_the_stream_after_the_files_before_it(
+    emu: Emulator, sqlite_settings: Settings
+) -> None:
+    s = _settings(emu, sqlite_settings)
+    pending, _listed = pending_files(s)
+    emu.faults.add("badmd5", path=pending[3].name, times=100)
+    with pytest.raises(ChecksumError, match=pending[3].name):
+        load_files(s, workers=2, prefetch=0)
+    assert [f[0] for f in _files(db.connect(s))] == [f.name for f in pending[:3]]
+    assert _downloads(s) == []  # the bad download and the spill are gone
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("litpulse")]
 
 
 def test_staged_files_are_reused_and_stale_ones_removed(
