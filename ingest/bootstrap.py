@@ -13,12 +13,16 @@ share it:
   store. In ``litpulse bootstrap`` a prefetch thread stages up to ``prefetch`` files
   ahead of the writer; in the ``litpulse_bootstrap`` DAG, mapped tasks do
   (:func:`prefetch_file`).
-* **One writer** (:func:`load_files`, holding the lease ``bootstrap-writer``) applies the
-  files strictly in order through :func:`ingest.updatefiles._apply_file` (parsing in
-  ``workers`` processes where the store offers it), records each in ``source_files``
-  and deletes its download. A file nobody staged yet is staged by the writer itself, so
-  the writer never depends on a stager (no deadlock whatever the stagers do); a file
-  another live process is staging is waited for.
+* **One writer** (:func:`load_files`, holding the lease ``bootstrap-writer``) reads one
+  :func:`ingest.parallel.parse_ordered` stream over the staged files in order: ``workers``
+  parse processes take the next files as they are staged (at most ``workers`` from the
+  one being stored; one ahead of the writer spills its prepared items to the staging
+  folder instead of waiting), so N workers parse the next N files while the writer
+  stores the current one. The writer applies the items strictly in file order, records
+  each file in ``source_files`` (:func:`ingest.updatefiles._store_file`) once its last
+  batch commits, and deletes its download. A file nobody staged yet is staged by the
+  stream itself, so the writer never depends on a stager (no deadlock whatever the
+  stagers do); a file another live process is staging is waited for.
 
 Why one ordered writer: the store's rules make the live set independent of the order
 files arrive in, but not every row: a deletion read before the record it deletes leaves
@@ -26,15 +30,19 @@ a bare tombstone where the ordered run keeps the deleted record's content, and t
 counts differ. Applying in file order gives exactly the state of one uninterrupted run;
 SQLite has one writer anyway, and two writers deciding the same PMID against the state
 each read are not safe. Network and parsing still overlap the store: downloads run
-ahead in other threads/processes, parsing in worker processes.
+ahead in other threads/processes, parsing of the next files in worker processes.
 
 Resuming: a kill anywhere leaves (a) verified staged files, reused; (b) ``.part`` files,
 resumed; (c) a file partly applied, replayed to where it stopped and continued (see
 :mod:`ingest.rules`); (d) a staged file already recorded in ``source_files``, deleted at
+the next start; (e) spill files of the parse workers (``litpulse-spill-*``), removed at
 the next start. A second run with nothing pending records no run and says so.
 
-Disk: at most ``prefetch`` staged files plus the one being applied (plus, under Airflow,
-one per fetcher in flight).
+Disk: at most ``prefetch + max(workers, 1)`` staged files: the one being applied, the
+next ``workers - 1`` in the parse workers' hands, and ``prefetch`` downloaded ahead of
+those (plus, under Airflow, one per fetcher in flight); and the spilled items of at most
+``workers - 1`` files ahead of the writer (prepared records, several times their
+compressed size).
 
 Example:
     >>> report = load_files(settings, workers=4, prefetch=2)   # doctest: +SKIP
@@ -44,25 +52,28 @@ Example:
 
 from __future__ import annotations
 
-import inspect
+import contextlib
 import logging
 import os
+import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
 
+from ingest.records import SourceRef
 from ingest.runs import IngestCounts, OpenRun, recorded_run
 from ingest.store import Store
 from ingest.updatefiles import (
     RemoteFile,
-    _apply_file,
     _download_verified,
+    _file_ref,
     _source,
+    _store_file,
     list_remote_files,
 )
 from litpulse.core import db
@@ -91,6 +102,8 @@ logger = logging.getLogger(__name__)
 WRITER_LEASE = "bootstrap-writer"
 STAGE_LEASE = "bootstrap-stage:{name}"
 MARKER = ".verified"
+#: Folders of spilled parse output in the staging folder (:func:`ingest.parallel.parse_ordered`).
+SPILL_GLOB = "litpulse-spill-*"
 #: Seconds between two looks at a file another process is staging.
 POLL_S = 0.2
 #: Records per file assumed before the first file is applied (NLM's baseline files hold
@@ -181,11 +194,12 @@ def file_from_dict(data: dict[str, Any]) -> RemoteFile:
 
 
 def resolve_workers(settings: Settings, workers: int | None = None) -> int:
-    """Parse worker processes: ``workers``, else ``LITPULSE_INGEST_WORKERS``, else the cores."""
+    """Parse worker processes: ``workers``, else ``LITPULSE_INGEST_WORKERS`` (default the
+    cores minus one); ``0`` parses in the writer's process."""
     if workers is None:
-        workers = int(getattr(settings, "ingest_workers", 0) or 0) or (os.cpu_count() or 1)
-    if workers < 1:
-        raise ConfigError(f"workers must be >= 1, got {workers!r}")
+        workers = settings.ingest_workers
+    if workers < 0:
+        raise ConfigError(f"workers must be >= 0 (0: parse in the writer), got {workers!r}")
     return workers
 
 
@@ -347,7 +361,7 @@ def prefetch_file(
 
 
 class _Prefetcher(threading.Thread):
-    """Stages the files after the one being applied, at most ``window`` ahead."""
+    """Stages the files after the last one handed to the parsers, at most ``window`` ahead."""
 
     def __init__(
         self, settings: Settings, engine: Engine, files: list[RemoteFile], window: int
@@ -361,9 +375,10 @@ class _Prefetcher(threading.Thread):
     def _may_stage(self, i: int) -> bool:
         return self.stopped or i <= self.frontier + self.window
 
-    def advance(self) -> None:
+    def reach(self, i: int) -> None:
+        """File ``i`` went to the parsers: files up to ``i + window`` may be staged."""
         with self.cond:
-            self.frontier += 1
+            self.frontier = max(self.frontier, i)
             self.cond.notify_all()
 
     def stop(self) -> None:
@@ -389,10 +404,22 @@ class _Prefetcher(threading.Thread):
             source.close()
 
 
-def _wait_staged(settings: Settings, engine: Engine, f: RemoteFile, source: Any) -> StagedFile:
+class _Stopped(LitpulseError):
+    """The stream of staged files was stopped (its reader is gone)."""
+
+
+def _wait_staged(
+    settings: Settings,
+    engine: Engine,
+    f: RemoteFile,
+    source: Any,
+    stop: threading.Event | None = None,
+) -> StagedFile:
     """``f`` staged: by a stager, or by this process when nobody else is at it."""
     folder = _folder(settings)
     while True:
+        if stop is not None and stop.is_set():
+            raise _Stopped(f"stopped while waiting for {f.name}")
         found = staged(folder, f)
         if found is not None:
             return found
@@ -474,12 +501,35 @@ class _Progress:
         self.bar.close()
 
 
-def _apply(
-    settings: Settings, store: Store, sf: StagedFile, run: OpenRun, workers: int
-) -> IngestCounts:
-    # the `workers` argument of _apply_file comes with the parallel parser (ingest.parallel)
-    extra = {"workers": workers} if "workers" in inspect.signature(_apply_file).parameters else {}
-    return _apply_file(settings, store, sf.file, sf.path, sf.size, sf.md5, run, **extra)
+class _StagedJobs:
+    """The parse jobs of ``files``: each file once it is staged, in order (a lazy iterable).
+
+    Taking a job waits for its file (staging it here when nobody else does) and lets the
+    prefetch thread stage ``prefetch`` files past it. Read from the parse stream's feeder
+    thread (the writer's own thread with ``workers=0``).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        files: list[RemoteFile],
+        source: Any,
+        stager: _Prefetcher,
+        bar: _Progress,
+    ) -> None:
+        self.settings, self.engine, self.files, self.source = settings, engine, files, source
+        self.stager, self.bar = stager, bar
+        self.staged: list[StagedFile] = []
+        self.stop = threading.Event()
+
+    def __iter__(self) -> Iterator[tuple[Path, SourceRef]]:
+        for i, f in enumerate(self.files):
+            sf = _wait_staged(self.settings, self.engine, f, self.source, self.stop)
+            self.staged.append(sf)
+            self.bar.sized(f, sf.size)
+            self.stager.reach(i)
+            yield sf.path, _file_ref(f)
 
 
 def load_files(
@@ -495,8 +545,9 @@ def load_files(
 
     Args:
         settings: ``pubmed_files_url``, ``home`` (staging folder), database, retries.
-        workers: Parse worker processes (default :func:`resolve_workers`).
-        prefetch: Files staged ahead of the one being applied, by a thread (0: none).
+        workers: Parse worker processes (default :func:`resolve_workers`; 0: parse in
+            the writer's process). Each parses whole files, the next ones in order.
+        prefetch: Files staged by a thread ahead of those handed to the parsers (0: none).
         max_files: Apply at most this many files in this call.
         progress: Show one tqdm bar over the whole job on stderr.
         on_file: Called with each applied file's name and counts.
@@ -514,7 +565,12 @@ def load_files(
         raise ConfigError(f"prefetch must be >= 0, got {prefetch!r}")
     if max_files is not None and max_files < 0:
         raise ConfigError(f"max_files must be >= 0, got {max_files!r}")
+    from ingest import parse
+    from ingest.parallel import parse_ordered
+    from ingest.parse import ParseLimits
+
     workers = resolve_workers(settings, workers)
+    limits = ParseLimits.from_settings(settings)
     t0 = time.perf_counter()
     engine = db.connect(settings)
     store = Store(engine)
@@ -532,6 +588,8 @@ def load_files(
             name = mark.name[: -len(MARKER)]
             if name in done:  # killed after recording it, before deleting the download
                 _discard(folder, name)
+        for spill in folder.glob(SPILL_GLOB):  # parse output of a killed writer
+            shutil.rmtree(spill, ignore_errors=True)
         already = listed - len(pending)
         if max_files is not None:
             pending = pending[:max_files]
@@ -558,21 +616,26 @@ def load_files(
                 stager = _Prefetcher(settings, engine, pending, prefetch)
                 if prefetch:
                     stager.start()
+                jobs = _StagedJobs(settings, engine, pending, source, stager, bar)
+                parsed = parse_ordered(
+                    jobs, workers=workers, limits=limits, parse=parse.iter_items, spill_dir=folder
+                )
                 try:
-                    for f in pending:
-                        lease.check()
-                        run.details["current"] = f.name
-                        sf = _wait_staged(settings, engine, f, source)
-                        bar.sized(f, sf.size)
-                        counts = _apply(settings, store, sf, run, workers)
-                        _discard(folder, f.name)
-                        stager.advance()
-                        applied.append(f.name)
-                        total_bytes += sf.size
-                        bar.file_done(f)
-                        logger.info("applied %s: %s", f.name, counts.to_dict())
-                        if on_file is not None:
-                            on_file(f.name, counts)
+                    with contextlib.ExitStack() as stack:
+                        stack.enter_context(contextlib.closing(parsed))
+                        stack.callback(jobs.stop.set)  # first: a feeder waiting on a file
+                        for i, items in parsed:
+                            lease.check()
+                            f, sf = pending[i], jobs.staged[i]
+                            run.details["current"] = f.name
+                            counts = _store_file(settings, store, f, items, sf.size, sf.md5, run)
+                            _discard(folder, f.name)
+                            applied.append(f.name)
+                            total_bytes += sf.size
+                            bar.file_done(f)
+                            logger.info("applied %s: %s", f.name, counts.to_dict())
+                            if on_file is not None:
+                                on_file(f.name, counts)
                 finally:
                     if prefetch:
                         stager.stop()

@@ -20,6 +20,20 @@ of a second (a pipe only the caller holds reaches end-of-file) and exit.
 
 ``workers=0`` parses in the caller's process (tests, debugging; the same items).
 
+**Lazy jobs** (an iterable that is not a sequence, e.g. files as they finish
+downloading): a feeder thread takes the next job only when it may go to a worker — at
+most ``workers`` jobs are handed out from the one the caller reads on — so taking a job
+may block (on a download) without stopping the caller, which reads the jobs already out.
+An exception raised by the iterable is raised where the caller asks for that job.
+
+**Spilling** (``spill_dir``): with bounded queues a worker can run only a few chunks
+ahead of the caller, so a second worker could not parse the next file while the caller
+stores the current one. With ``spill_dir``, a worker whose job the caller has not
+reached yet writes its chunks to a file there instead of waiting (pickled, as the queue
+would send them); when the caller reaches the job it reads that file, then the rest
+streams through the queue. Memory stays flat; disk holds at most the prepared items of
+the ``workers - 1`` jobs ahead. The files are removed as they are read and on exit.
+
 Example:
     >>> from ingest.parse import source_ref_for
     >>> jobs = [(p, source_ref_for(p)) for p in paths]  # doctest: +SKIP
@@ -34,8 +48,11 @@ import multiprocessing
 import os
 import pickle
 import queue
+import shutil
 import signal
-from collections.abc import Callable, Generator, Iterator, Sequence
+import tempfile
+import threading
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -60,7 +77,7 @@ def start_method() -> str:
 
 
 def parse_ordered(
-    jobs: Sequence[tuple[Path, SourceRef]],
+    jobs: Iterable[tuple[Path, SourceRef]],
     *,
     workers: int,
     limits: Any = None,
@@ -68,11 +85,13 @@ def parse_ordered(
     chunk_items: int = 250,
     prepare: bool = True,
     parse: Callable[..., Iterator[Any]] | None = None,
+    spill_dir: Path | None = None,
 ) -> Generator[tuple[int, Iterator[StoreItem]], None, None]:
     """Parse ``jobs`` in ``workers`` processes; yield ``(job index, items)`` in job order.
 
     Args:
-        jobs: ``(path, source_ref)`` per file, in the order to apply them.
+        jobs: ``(path, source_ref)`` per file, in the order to apply them: a sequence,
+            or a lazy iterable (taken at most ``workers`` jobs ahead of the caller).
         workers: Parse processes (``0``: parse here, in this process).
         limits: :class:`ingest.parse.ParseLimits` (default: its defaults).
         queue_batches: Chunks that may wait per worker (bounds memory).
@@ -81,6 +100,8 @@ def parse_ordered(
         parse: The parser, called as ``parse(path, source_ref=, limits=)`` (default
             :func:`ingest.parse.iter_items`). Workers import it by name; one that cannot
             be sent by name (a closure, a test double) runs in this process instead.
+        spill_dir: Where workers ahead of the caller spill their chunks (``None``: they
+            wait on their bounded queue instead).
 
     Yields:
         The index of each job and an iterator of its items. Read each job's items to
@@ -104,7 +125,8 @@ def parse_ordered(
         for index, (path, ref) in enumerate(jobs):
             yield index, _parse_here(path, ref, limits, prepare, parse)
         return
-    n = min(workers, len(jobs))
+    lazy = not isinstance(jobs, Sequence)
+    n = workers if lazy else min(workers, len(jobs))  # type: ignore[arg-type]
     if n == 0:
         return
     ctx: Any = multiprocessing.get_context(start_method())
@@ -113,13 +135,22 @@ def parse_ordered(
     keep_r, keep_w = ctx.Pipe(duplex=False)  # EOF in the workers when we are gone
     queues: list[Any] = []
     procs: list[Any] = []
+    at = ctx.RawValue("q", -1)  # the job the caller reads (workers ahead of it may spill)
+    spill = Path(tempfile.mkdtemp(prefix="litpulse-spill-", dir=spill_dir)) if spill_dir else None
+    feeder: _Feeder | None = None
+    job_queues: list[Any] = []
     try:
         for w in range(n):
-            mine = [(i, str(p), ref) for i, (p, ref) in enumerate(jobs) if i % n == w]
+            mine: Any
+            if lazy:
+                mine = ctx.Queue()
+                job_queues.append(mine)
+            else:
+                mine = [(i, str(p), ref) for i, (p, ref) in enumerate(jobs) if i % n == w]
             q = ctx.Queue(maxsize=queue_batches)
             proc = ctx.Process(
                 target=_worker,
-                args=(mine, limits, prepare, chunk_items, q, keep_r, parse),
+                args=(mine, limits, prepare, chunk_items, q, keep_r, parse, at, spill),
                 name=f"litpulse-parse-{w}",
                 daemon=True,
             )
@@ -127,13 +158,85 @@ def parse_ordered(
             queues.append(q)
             procs.append(proc)
         keep_r.close()
-        for index, (path, _ref) in enumerate(jobs):
+        if lazy:
+            feeder = _Feeder(iter(jobs), job_queues, n)
+            feeder.start()
+        for index, path in enumerate(feeder.paths() if feeder else (p for p, _r in jobs)):
+            at.value = index
             reader = _JobReader(index, path, queues[index % n], procs[index % n])
             yield index, iter(reader)
             reader.drain()
     finally:
         keep_w.close()  # tells every worker to stop
+        if feeder is not None:
+            feeder.stop()
         _stop(procs, queues)
+        if spill is not None:
+            shutil.rmtree(spill, ignore_errors=True)
+
+
+class _Feeder(threading.Thread):
+    """Hands lazy jobs to their workers, at most ``n`` from the one the caller reads on."""
+
+    def __init__(self, jobs: Iterator[tuple[Path, SourceRef]], job_queues: list[Any], n: int):
+        super().__init__(name="litpulse-parse-feeder", daemon=True)
+        self.jobs, self.job_queues, self.n = jobs, job_queues, n
+        self.cond = threading.Condition()
+        self.reading = 0  # the job the caller reads (or waits for)
+        self.sent: list[Path] = []
+        self.done = False
+        self.stopped = False
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            index = 0
+            while True:
+                with self.cond:
+                    while not self.stopped and index >= self.reading + self.n:
+                        self.cond.wait(_POLL_S)
+                    if self.stopped:
+                        return
+                job = next(self.jobs, None)
+                if job is None:
+                    return
+                path, ref = job
+                self.job_queues[index % self.n].put((index, str(path), ref))
+                with self.cond:
+                    self.sent.append(path)
+                    self.cond.notify_all()
+                index += 1
+        except BaseException as exc:  # noqa: BLE001 - raised where the caller reads that job
+            self.error = exc
+        finally:
+            for q in self.job_queues:
+                q.put(None)
+            with self.cond:
+                self.done = True
+                self.cond.notify_all()
+
+    def paths(self) -> Iterator[Path]:
+        """The path of each job in order, as soon as it is handed out (blocks until then)."""
+        index = 0
+        while True:
+            with self.cond:
+                self.reading = index
+                self.cond.notify_all()
+                while index >= len(self.sent) and not self.done:
+                    self.cond.wait(_POLL_S)
+                if index >= len(self.sent):
+                    if self.error is not None:
+                        raise self.error
+                    return
+                path = self.sent[index]
+            yield path
+            index += 1
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+        self.join(timeout=_STOP_S)
 
 
 def _by_name(fn: Callable[..., Any]) -> bool:
@@ -168,6 +271,8 @@ class _JobReader:
                 raise WorkerError(f"parse worker sent job {index} while job {self.index} was due")
             if kind == "items":
                 yield from payload
+            elif kind == "spill":
+                yield from _read_spill(Path(payload))
             elif kind == "end":
                 self.done = True
             else:
@@ -197,6 +302,20 @@ class _JobReader:
                 ) from None
 
 
+def _read_spill(path: Path) -> Iterator[StoreItem]:
+    """The chunks a worker spilled to ``path`` (removed once read)."""
+    try:
+        with path.open("rb") as fh:
+            while True:
+                try:
+                    chunk = pickle.load(fh)
+                except EOFError:
+                    return
+                yield from chunk
+    finally:
+        path.unlink(missing_ok=True)
+
+
 def _stop(procs: list[Any], queues: list[Any]) -> None:
     """Stop the workers (they see the closed pipe; stragglers are terminated)."""
     for q in queues:
@@ -219,15 +338,21 @@ def _stop(procs: list[Any], queues: list[Any]) -> None:
 
 
 def _worker(
-    jobs: list[tuple[int, str, SourceRef]],
+    jobs: Any,
     limits: Any,
     prepare: bool,
     chunk_items: int,
     q: Any,
     keep: Connection,
     parse: Callable[..., Any] | None = None,
+    at: Any = None,
+    spill: Path | None = None,
 ) -> None:
-    """Parse ``jobs`` in order into ``q``; stop when ``keep`` reaches end-of-file."""
+    """Parse ``jobs`` in order into ``q``; stop when ``keep`` reaches end-of-file.
+
+    ``jobs``: a list of ``(index, path, ref)``, or a queue of them ending with ``None``.
+    ``at`` (the job the caller reads) and ``spill`` (a folder): see :class:`_Out`.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the caller stops us
     from ingest.parse import iter_items
 
@@ -242,20 +367,23 @@ def _worker(
                 if keep.poll():  # EOF: the caller is gone or stopped reading
                     os._exit(0)
 
-    for index, path, ref in jobs:
+    for index, path, ref in _jobs_of(jobs, keep):
+        out = _Out(index, put, at, spill)
         try:
             chunk: list[Any] = []
             for item in iter_items(path, source_ref=ref, limits=limits):
                 chunk.append(prepare_item(item) if prepare else item)
                 if len(chunk) >= chunk_items:
-                    put(("items", index, chunk))
+                    out.chunk(chunk)
                     chunk = []
                     if keep.poll():
                         os._exit(0)
             if chunk:
-                put(("items", index, chunk))
+                out.chunk(chunk)
+            out.flush()
             put(("end", index, None))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            out.flush()
             put(("error", index, _pickle_error(exc)))
             break
     # The last messages may still sit in the queue's feeder thread, which a normal exit
@@ -263,6 +391,56 @@ def _worker(
     # a killed caller never leaves a worker blocked on a pipe nobody reads.
     keep.poll(None)
     os._exit(0)
+
+
+def _jobs_of(jobs: Any, keep: Connection) -> Iterator[tuple[int, str, SourceRef]]:
+    """A worker's jobs: its list, or its job queue up to ``None`` (lazy jobs)."""
+    if isinstance(jobs, list):
+        yield from jobs
+        return
+    while True:
+        try:
+            job = jobs.get(timeout=_POLL_S)
+        except queue.Empty:
+            if keep.poll():  # EOF: the caller is gone
+                os._exit(0)
+            continue
+        if job is None:
+            return
+        yield job
+
+
+class _Out:
+    """Where one job's chunks go: the queue, or a spill file while the caller is behind.
+
+    A job the caller has not reached when it starts (``at`` below its index) spills to
+    ``spill/job-INDEX.pkl``, so the worker parses on instead of waiting on a full queue.
+    Once the caller reaches the job, the file is closed and announced on the queue
+    (``("spill", index, path)``) and the rest streams through the queue: the caller
+    reads the file first, so the items keep their order.
+    """
+
+    def __init__(self, index: int, put: Callable[[Any], None], at: Any, spill: Path | None):
+        self.index, self.put, self.at = index, put, at
+        self.path = spill / f"job-{index}.pkl" if spill is not None else None
+        self.fh: Any = None
+        if self.path is not None and at.value < index:
+            self.fh = self.path.open("wb")
+
+    def chunk(self, items: list[Any]) -> None:
+        if self.fh is not None and self.at.value >= self.index:
+            self.flush()
+        if self.fh is not None:
+            pickle.dump(items, self.fh, protocol=pickle.HIGHEST_PROTOCOL)
+        else:
+            self.put(("items", self.index, items))
+
+    def flush(self) -> None:
+        """Close the spill file (if any) and announce it."""
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+            self.put(("spill", self.index, str(self.path)))
 
 
 def _pickle_error(exc: BaseException) -> bytes:

@@ -30,6 +30,7 @@ import hashlib
 import logging
 import re
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -38,6 +39,7 @@ from sqlalchemy import select
 
 from ingest.http import HttpClient
 from ingest.records import SourceRef
+from ingest.rows import StoreItem
 from ingest.runs import IngestCounts, OpenRun, recorded_run
 from ingest.store import Store
 from litpulse.core import db
@@ -278,6 +280,11 @@ def apply_updates(
     return run.counts
 
 
+def _file_ref(f: RemoteFile) -> SourceRef:
+    """The source of ``f``'s items: the same whenever it is read (its number fixes its content)."""
+    return SourceRef(f.kind, f.name, sequence=f.number)  # type: ignore[arg-type]
+
+
 def _apply_file(
     settings: Settings,
     store: Store,
@@ -288,31 +295,46 @@ def _apply_file(
     run: OpenRun,
     workers: int | None = None,
 ) -> IngestCounts:
-    """Apply one verified file and record it in ``source_files`` (so it is not applied again).
-
-    A numbered file is the same source whenever it is read (its number fixes its content),
-    so a resumed run replays it up to where the killed one got. Each committed batch is
-    added to the run's counts at once, so a run that fails later still says what it stored.
-    """
+    """Parse and apply one verified file and record it (see :func:`_store_file`)."""
     from ingest import parse
     from ingest.parallel import parse_ordered
     from ingest.parse import ParseLimits
 
-    ref = SourceRef(f.kind, f.name, sequence=f.number)  # type: ignore[arg-type]
+    n_workers = settings.ingest_workers if workers is None else workers
+    limits = ParseLimits.from_settings(settings)
+    file_counts = IngestCounts()
+    jobs = [(dest, _file_ref(f))]
+    with contextlib.closing(
+        parse_ordered(jobs, workers=n_workers, limits=limits, parse=parse.iter_items)
+    ) as parsed:
+        for _index, items in parsed:
+            file_counts = _store_file(settings, store, f, items, size, digest, run)
+    return file_counts
+
+
+def _store_file(
+    settings: Settings,
+    store: Store,
+    f: RemoteFile,
+    items: Iterable[StoreItem],
+    size: int,
+    digest: str,
+    run: OpenRun,
+) -> IngestCounts:
+    """Apply one verified file's parsed items and record it in ``source_files``.
+
+    The row is written after the file's last batch commits, so the file is not applied
+    again; a resumed run replays a file it has no row for up to where the killed one got.
+    Each committed batch is added to the run's counts at once, so a run that fails later
+    still says what it stored.
+    """
 
     def on_batch(counts: IngestCounts) -> None:
         run.counts += counts
 
-    n_workers = settings.ingest_workers if workers is None else workers
-    limits = ParseLimits.from_settings(settings)
-    file_counts = IngestCounts()
-    with contextlib.closing(
-        parse_ordered([(dest, ref)], workers=n_workers, limits=limits, parse=parse.iter_items)
-    ) as parsed:
-        for _index, items in parsed:
-            file_counts = store.apply(
-                items, run_id=run.id, batch_size=settings.store_batch, on_batch=on_batch
-            )
+    file_counts = store.apply(
+        items, run_id=run.id, batch_size=settings.store_batch, on_batch=on_batch
+    )
     row = {
         "name": f.name,
         "kind": f.kind,

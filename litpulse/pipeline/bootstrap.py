@@ -118,7 +118,8 @@ def bootstrap(
 
     Args:
         settings: The settings.
-        workers: Parse worker processes (default: ``LITPULSE_INGEST_WORKERS``, else the cores).
+        workers: Parse worker processes (default ``LITPULSE_INGEST_WORKERS``; 0: parse in
+            the writer).
         prefetch: Files downloaded ahead (default ``LITPULSE_BOOTSTRAP_PREFETCH``).
         shards: PMID shards of the embed step.
         embed: Also embed and publish (``False``: the store only).

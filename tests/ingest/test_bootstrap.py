@@ -10,11 +10,13 @@ quarantine, and ``source_files`` (without per-run counts and times).
 from __future__ import annotations
 
 import datetime as dt
+import multiprocessing
 import os
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from ingest.updatefiles import apply_updates
 from litpulse.app.demo.generate import CorpusManifest, generate_corpus
 from litpulse.app.demo.pubmed_xml import article_xml, gz, pubmed_set
 from litpulse.core import db
+from litpulse.core.errors import ChecksumError
 from litpulse.core.schema import articles, ingest_runs, source_files
 from litpulse.core.settings import Settings
 from tests.emulator import Emulator, running_emulator
@@ -168,6 +171,48 @@ def test_baseline_then_updates_in_order_and_a_repeat_does_nothing(
     assert len(emu.requests(".xml.gz")) == before
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(ingest_runs)).scalar() == runs
+
+
+@pytest.mark.parametrize("workers", [0, 3])
+def test_any_number_of_workers_gives_the_same_state_within_the_disk_bound(
+    emu: Emulator, sqlite_settings: Settings, workers: int
+) -> None:
+    """Workers parse the next files while the writer stores: the same rows, bounded disk."""
+    s = _settings(emu, sqlite_settings)
+    engine = db.connect(s)
+    load_files(s, workers=1, prefetch=1)
+    one = snapshot(engine)
+    reset(engine)
+    most, stop = [0], threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.002):
+            most[0] = max(most[0], sum(1 for n in _downloads(s) if n.endswith(".verified")))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        report = load_files(s, workers=workers, prefetch=1)
+    finally:
+        stop.set()
+        watcher.join()
+    assert report.workers == workers and len(report.applied) == N_BASELINE + 3
+    assert not differences(snapshot(engine), one)
+    assert most[0] <= 1 + max(workers, 1)  # prefetch + the files the parsers hold
+    assert _downloads(s) == []  # no spill left either
+
+
+def test_a_bad_file_stops_the_stream_after_the_files_before_it(
+    emu: Emulator, sqlite_settings: Settings
+) -> None:
+    s = _settings(emu, sqlite_settings)
+    pending, _listed = pending_files(s)
+    emu.faults.add("badmd5", path=pending[3].name, times=100)
+    with pytest.raises(ChecksumError, match=pending[3].name):
+        load_files(s, workers=2, prefetch=0)
+    assert [f[0] for f in _files(db.connect(s))] == [f.name for f in pending[:3]]
+    assert _downloads(s) == []  # the bad download and the spill are gone
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("litpulse")]
 
 
 def test_staged_files_are_reused_and_stale_ones_removed(

@@ -8,16 +8,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ingest.parallel import parse_ordered
 from ingest.parse import source_ref_for
-from ingest.records import Deletion, QuarantineEntry
+from ingest.records import Deletion, QuarantineEntry, SourceRef
 from ingest.rows import PreparedRecord
 from litpulse.app.demo.generate import generate_corpus
-from litpulse.core.errors import ParseError, WorkerError
+from litpulse.core.errors import ChecksumError, ParseError, WorkerError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -142,3 +143,63 @@ def _alive(pid: int) -> bool:
             return fh.read().rpartition(")")[2].split()[0] not in ("Z", "X")
     except FileNotFoundError:
         return False
+
+
+# ------------------------------------------------------------- lazy jobs, spilling
+
+
+def test_lazy_jobs_and_spilling_give_the_same_items(files: list[Path], tmp_path: Path) -> None:
+    here = read_all(files, 0)
+    for workers in (1, 2, 3):
+        lazy = ((p, source_ref_for(p)) for p in files)
+        got = [[key(it) for it in items] for _i, items in
+               parse_ordered(lazy, workers=workers, chunk_items=7, queue_batches=1,
+                             spill_dir=tmp_path)]  # fmt: skip
+        assert got == here, workers
+    assert list(tmp_path.iterdir()) == []  # spill files removed
+    assert not parse_children()
+
+
+def test_lazy_jobs_are_taken_at_most_workers_ahead_and_their_error_surfaces(
+    files: list[Path],
+) -> None:
+    taken: list[Path] = []
+
+    def jobs() -> Iterator[tuple[Path, SourceRef]]:
+        for p in [*files, files[0]]:
+            if len(taken) == 3:
+                raise ChecksumError("the fourth file is bad")
+            taken.append(p)
+            yield p, source_ref_for(p)
+
+    parsed = parse_ordered(jobs(), workers=2, chunk_items=5, queue_batches=1)
+    read = []
+    with pytest.raises(ChecksumError, match="fourth"):
+        for index, items in parsed:
+            first = next(items)
+            if index == 0:
+                time.sleep(0.5)
+                assert len(taken) == 2  # jobs 0 and 1 handed out, job 2 not yet
+            read.append([key(first), *(key(it) for it in items)])
+    assert read == read_all(files, 0)  # the jobs before the bad one, whole
+    assert not parse_children()
+
+
+def test_a_worker_ahead_of_its_caller_spills_instead_of_waiting(
+    files: list[Path], tmp_path: Path
+) -> None:
+    jobs = [(p, source_ref_for(p)) for p in files[:2]]
+    parsed = parse_ordered(jobs, workers=2, chunk_items=5, queue_batches=1, spill_dir=tmp_path)
+    _index, items = next(parsed)
+    first = [key(next(items))]
+    deadline = time.monotonic() + 20
+    spilled: list[Path] = []
+    while not spilled and time.monotonic() < deadline:  # job 1 parsed on past the queue
+        spilled = [p for p in tmp_path.rglob("job-1.pkl") if p.stat().st_size]
+        time.sleep(0.05)
+    assert spilled
+    got = [first + [key(it) for it in items]]
+    got += [[key(it) for it in items] for _i, items in parsed]
+    assert got == read_all(files[:2], 0)
+    assert list(tmp_path.iterdir()) == []
+    assert not parse_children()

@@ -18,17 +18,22 @@ def register(sub: Any) -> None:
         help="load every baseline file and the update files since, embed, publish the index",
         description=(
             "Download (resuming, MD5-checked) and apply every file of baseline/ and then "
-            "updatefiles/ not applied yet, in order, parsing in worker processes while the "
-            "next files download; then embed the new articles in PMID shards and publish "
-            "the index. Killed at any point, run it again: it goes on where it stopped. "
-            "Run again when everything is done, it does nothing and says so."
+            "updatefiles/ not applied yet, in order, parsing the next files in worker "
+            "processes while the current one is stored; then embed the new articles in "
+            "PMID shards and publish the index. Killed at any point, run it again: it goes "
+            "on where it stopped. Run again when everything is done, it does nothing and "
+            "says so."
         ),
     )
     p.add_argument(
         "--workers",
         type=int,
         metavar="N",
-        help="parse worker processes (default: LITPULSE_INGEST_WORKERS, else the cores)",
+        help=(
+            "parse worker processes, each parsing one of the next files while the writer "
+            "stores (default: LITPULSE_INGEST_WORKERS, the cores minus one; 0: parse in "
+            "the writer)"
+        ),
     )
     p.add_argument(
         "--prefetch",

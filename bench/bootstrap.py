@@ -1,0 +1,167 @@
+"""Benchmark: ``litpulse bootstrap``'s load step with 0, 1, 2… parse workers, side by side.
+
+Scaling groundwork for issue 12 ("PubMed at full size"). Generates ``--files`` baseline
+files of ``--records-per-file`` records each (``litpulse.app.demo.generate``, with NLM's
+``.md5`` sidecars, cached in ``--workdir``) as a local ``file://`` mirror of the PubMed
+file server (``baseline/`` and an empty ``updatefiles/``), and runs
+:func:`ingest.bootstrap.load_files` on it once per worker count, each in its own child on a
+fresh SQLite store (schema created before the clock starts; the default prefetch of 2):
+
+* ``workers=0`` parses in the writer's process (no overlap at all);
+* ``workers=1`` overlaps one file's parse with its store;
+* ``workers=N`` parses the next N files while the writer stores the current one.
+
+The table gives records/s on the wall clock and on CPU time (user + system of the child
+and all its descendants: the forkserver and the parse workers), peak RSS of the whole
+tree, the speed-up against ``workers=0`` and ``workers=1``, and the full baseline
+(:data:`BASELINE_RECORDS` records) at the measured wall rate and projected on idle cores
+(:func:`projected`: the writer's CPU is serial, the workers' CPU splits over them — what
+another core buys once the machine is not shared). On a shared machine the wall clock
+also measures the scheduler's share: more processes get more of it. Never pass/fail; the
+load average is printed before and after.
+
+    python -m bench.bootstrap --files 8 --records-per-file 2500 --workers 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.ingest import _TreeSampler
+from bench.parse import peak_rss_kb
+
+#: Records in NLM's annual baseline (about 1,300 files).
+BASELINE_RECORDS = 38_000_000
+
+
+def mirror(workdir: Path, files: int, per_file: int, seed: int) -> Path:
+    """A ``file://`` mirror root with ``files`` generated baseline files (cached)."""
+    from litpulse.app.demo.generate import generate_corpus
+
+    root = workdir / f"mirror-{files}x{per_file}-{seed}"
+    base = root / "baseline"
+    if len(list(base.glob("pubmed*.xml.gz.md5"))) != files:
+        generate_corpus(base, n_records=files * per_file, n_files=files, seed=seed, md5=True)
+    (root / "updatefiles").mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _child(root: str, workers: int) -> None:
+    from ingest.bootstrap import load_files
+    from litpulse.core.db import connect
+    from litpulse.core.settings import Settings
+
+    home = Path(tempfile.mkdtemp(prefix="litpulse-bench-boot-"))
+    settings = Settings.from_env(
+        {}, home=home, database_url=f"sqlite:///{home}/bench.db", pubmed_files_url=f"file://{root}"
+    )
+    connect(settings)  # tables first: not part of the load
+    sampler = _TreeSampler()
+    t0, c0 = time.perf_counter(), time.process_time()
+    report = load_files(settings, workers=workers)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    tree_mb, descendants_cpu = sampler.stop()
+    out = {
+        "n": report.counts.total,
+        "files": len(report.applied),
+        "wall": wall,
+        "cpu": cpu + descendants_cpu,
+        "writer_cpu": cpu,
+        "parse_cpu": descendants_cpu,
+        "tree_mb": max(tree_mb, peak_rss_kb() / 1024),
+    }
+    sys.stdout.write(json.dumps(out))
+
+
+def _run(root: Path, workers: int, timeout: float) -> dict[str, float] | str:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    try:
+        child = subprocess.run(
+            [sys.executable, "-m", "bench.bootstrap", "--child", str(root), str(workers)],
+            capture_output=True, text=True, timeout=timeout, env=env,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return f"timed out after {timeout:.0f} s"
+    if child.returncode:
+        return (child.stderr.strip().splitlines() or ["failed"])[-1]
+    figures: dict[str, float] = json.loads(child.stdout.rsplit("\n", 1)[-1])
+    return figures
+
+
+def _hours(records: float, per_s: float) -> str:
+    return f"{records / per_s / 3600:.1f} h"
+
+
+def projected(r: dict[str, float], workers: int) -> float:
+    """Wall seconds per record with ``workers + 1`` idle cores: the writer is serial, the
+    parse CPU splits over the workers (with 0 workers the writer does both)."""
+    if workers == 0:
+        return r["cpu"] / r["n"]
+    return max(r["writer_cpu"], r["parse_cpu"] / workers) / r["n"]
+
+
+def _table(results: dict[int, dict[str, float] | str]) -> str:
+    rows = [
+        "| parse workers | files | records | wall s | CPU s: all / writer / parse workers "
+        "| records/s (wall) | records/s (CPU) | peak RSS MiB (all) | ÷ workers=0 (wall) "
+        "| ÷ workers=1 (wall) | full baseline at the wall rate | … on idle cores (projected) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    rate = {w: r["n"] / r["wall"] for w, r in results.items() if isinstance(r, dict)}
+    for w, r in results.items():
+        if isinstance(r, str):
+            rows.append(f"| {w} | — | — | — | — | — | — | — | — | — | — | {r} |")
+            continue
+        vs = [f"{rate[w] / rate[b]:.2f}×" if b in rate else "—" for b in (0, 1)]
+        rows.append(
+            f"| {w} | {r['files']:.0f} | {r['n']:.0f} | {r['wall']:.2f} "
+            f"| {r['cpu']:.2f} / {r['writer_cpu']:.2f} / {r['parse_cpu']:.2f} "
+            f"| {rate[w]:,.0f} | {r['n'] / r['cpu']:,.0f} | {r['tree_mb']:.0f} "
+            f"| {vs[0]} | {vs[1]} | {_hours(BASELINE_RECORDS, rate[w])} "
+            f"| {_hours(BASELINE_RECORDS, 1 / projected(r, w))} on {w + 1} cores |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print the markdown table."""
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.bootstrap", description=__doc__.split("\n")[0]
+    )
+    ap.add_argument("--files", type=int, default=8)
+    ap.add_argument("--records-per-file", type=int, default=2500)
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "litpulse-bench")
+    ap.add_argument("--timeout", type=float, default=1800.0)
+    ap.add_argument("--child", nargs=2, metavar=("ROOT", "WORKERS"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        _child(args.child[0], int(args.child[1]))
+        return 0
+
+    args.workdir = args.workdir.resolve()
+    root = mirror(args.workdir, args.files, args.records_per_file, args.seed)
+    gz_mb = sum(p.stat().st_size for p in (root / "baseline").glob("*.xml.gz")) / 2**20
+    sys.stdout.write(
+        f"mirror: file://{root} ({args.files} files × {args.records_per_file} records, "
+        f"{gz_mb:.1f} MiB gz)\npython {sys.version.split()[0]}, {os.cpu_count()} CPUs "
+        "(shared), load average (1/5/15 min) at start: "
+        + "/".join(f"{x:.1f}" for x in os.getloadavg())
+        + "\n\n"
+    )
+    results = {w: _run(root, w, args.timeout) for w in args.workers}
+    sys.stdout.write(_table(results))
+    sys.stdout.write(f"\nload average {os.getloadavg()[0]:.1f} after the table\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
