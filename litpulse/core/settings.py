@@ -132,7 +132,7 @@ class Settings:
     )
     bootstrap_prefetch: int = _opt(
         2,
-        "Files litpulse bootstrap downloads ahead of the one being applied (the "
+        "Files litpulse bootstrap downloads ahead of those its parse workers hold (the "
         "litpulse_bootstrap DAG: staged files its fetchers keep at most).",
         min=0,
         max=64,
