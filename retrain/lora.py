@@ -405,15 +405,21 @@ def train_model(
     cuda = device.startswith(Device.CUDA)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    probe = _probe_step(
-        model, pairs, probe_batch, options, device,
-        cap=cap, n_trainable=n_trainable, lengths=lengths,
-        mean_padded=sum(padded) / len(padded), started=started, dtype=dtype,
-    )
-    losses, stopped_early = _optimise(
-        model, pairs, itertools.chain([probe_batch], batches), params, options, device,
-        probe=probe, progress=progress, started=started, dtype=dtype,
-    )
+    from tqdm.auto import tqdm
+
+    # the bar starts before the measured step, so its rate and ETA count every second
+    with tqdm(desc="train", unit="step", disable=not progress) as bar:
+        probe = _probe_step(
+            model, pairs, probe_batch, options, device,
+            cap=cap, n_trainable=n_trainable, lengths=lengths,
+            mean_padded=sum(padded) / len(padded), started=started, dtype=dtype,
+        )
+        bar.total = probe.steps
+        bar.refresh()
+        losses, stopped_early = _optimise(
+            model, pairs, itertools.chain([probe_batch], batches), params, options, device,
+            probe=probe, bar=bar, started=started, dtype=dtype,
+        )
     seconds = time.perf_counter() - started
     model.eval()
     peak = torch.cuda.max_memory_allocated() / (1024 * 1024) if cuda else _rss_peak_mb()
@@ -528,7 +534,7 @@ def _optimise(
     device: str,
     *,
     probe: _Probe,
-    progress: bool,
+    bar: Any,
     started: float,
     dtype: Any,
 ) -> tuple[list[float], bool]:
@@ -555,32 +561,26 @@ def _optimise(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     losses: list[float] = []
     stopped_early = False
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=steps, desc="train", unit="step", disable=not progress)
-    try:
-        for step, batch_idx in enumerate(itertools.islice(batches, steps)):
-            if step > 0:
-                loss = contrastive_loss(
-                    model, [pairs[i] for i in batch_idx], options, device, dtype
-                )
-                loss.backward()
-            else:
-                loss = probe.loss
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            if step + 1 < steps and time.perf_counter() - started > options.max_seconds:
-                logger.info("training stopped at step %d of %d: the %.0f s budget is spent",
-                            step + 1, steps, options.max_seconds)
-                stopped_early = True
-                break
-    finally:
-        bar.close()
+    for step, batch_idx in enumerate(itertools.islice(batches, steps)):
+        if step > 0:
+            loss = contrastive_loss(
+                model, [pairs[i] for i in batch_idx], options, device, dtype
+            )
+            loss.backward()
+        else:
+            loss = probe.loss
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if step + 1 < steps and time.perf_counter() - started > options.max_seconds:
+            logger.info("training stopped at step %d of %d: the %.0f s budget is spent",
+                        step + 1, steps, options.max_seconds)
+            stopped_early = True
+            break
     return losses, stopped_early
 
 

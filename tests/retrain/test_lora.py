@@ -20,7 +20,9 @@ PAIRS = [
 ] + [Pair("statins and dementia", "statin use and dementia risk", "feedback", 99,
           negative="influenza vaccine uptake")]
 
-TINY = LoraOptions(max_steps=2, batch_size=4, max_seq_length=32, warmup_steps=0)
+TINY = LoraOptions(
+    max_steps=2, batch_size=4, max_seq_length=32, warmup_steps=0, precision="fp32"
+)
 
 
 @pytest.mark.parametrize(
@@ -58,7 +60,7 @@ def test_the_budget_sizes_and_stops_training(
 ) -> None:
     """No fixed step count: the steps that fit the budget run, then training stops."""
     s = sqlite_settings.replace(model=tiny_model, device="cpu")
-    budget = 6.0
+    budget = 10.0  # a loaded 2-core machine takes seconds for the first step alone
     opts = TINY.replace(max_steps=10**6, epochs=10**6, max_seconds=budget, batch_size=8)
     result = train(s, _pairs(64), opts, tmp_path / "a")
     assert result.budget_seconds == budget
