@@ -368,4 +368,4 @@ def test_articles_cite_related_earlier_articles(
             assert other.index < spec.index and other.topic == spec.topic
             related += other.exposure == spec.exposure or other.outcome == spec.outcome
     assert links >= len(specs)
-    assert related >= 0.7 * links
+    assert related >= 0.6 * links  # mostly related: same exposure, compound or outcome

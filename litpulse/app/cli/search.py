@@ -142,8 +142,9 @@ def run_search_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 #: Seconds to wait for a running server to accept the connection (then: in process).
 CONNECT_TIMEOUT_S = 1.0
-#: Seconds a server that accepted may take to answer (its first search loads the model).
-ANSWER_TIMEOUT_S = 60.0
+#: Seconds a server that accepted may take to answer: its first search loads the model,
+#: which searching in process would have to do as well.
+ANSWER_TIMEOUT_S = 300.0
 
 
 def search_via_server(

@@ -181,7 +181,7 @@ _MIDDLE_PLAIN = tuple(t for t in _MIDDLE if "<" not in t)
 _CLOSERS: tuple[str, ...] = _VOCAB["closers"]
 _SYLLABLES: tuple[str, ...] = _VOCAB["compound_syllables"]
 #: Investigational compounds per topic with mechanisms (introduced one after another).
-COMPOUNDS_PER_TOPIC = 6
+COMPOUNDS_PER_TOPIC = 4
 _STRUCTURE: tuple[tuple[str, str], ...] = _VOCAB["structure"]
 _LAST_NAMES: tuple[str, ...] = _VOCAB["last_names"]
 _FORE_NAMES: tuple[str, ...] = _VOCAB["fore_names"]
@@ -443,11 +443,8 @@ def compounds(seed: int) -> tuple[Compound, ...]:
                 if generic not in seen and code not in seen:
                     break
             seen.update((generic, code))
-            out.append(
-                Compound(
-                    code, generic, mechanism, topic.name, intro=(k + 0.3) / COMPOUNDS_PER_TOPIC
-                )
-            )
+            intro = 0.8 * (k + 0.1) / COMPOUNDS_PER_TOPIC  # the last one at two thirds
+            out.append(Compound(code, generic, mechanism, topic.name, intro=intro))
     return tuple(out)
 
 
@@ -494,7 +491,7 @@ def _latent(cfg: CorpusConfig, index: int) -> _Latent:
     else:
         topic = r.choice(_STABLE_TOPICS)
     compound = None
-    if topic.mechanisms and r.random() < 0.35:
+    if topic.mechanisms and r.random() < 0.5:
         ready = [c for c in compounds(cfg.seed) if c.topic == topic.name and c.intro <= frac]
         if ready:
             compound = r.choice(ready)
@@ -536,7 +533,7 @@ def _related_refs(cfg: CorpusConfig, index: int, lat: _Latent, r: random.Random)
         else:
             same_topic.append(j)
     picked = list(dict.fromkeys(related))[: r.randint(1, 8)]
-    picked += list(dict.fromkeys(same_topic))[: r.randint(0, 2)]
+    picked += list(dict.fromkeys(same_topic))[: r.randint(0, 1)]
     refs = [_pmid_of(j, cfg.seed) for j in sorted(picked)]
     refs.extend(r.randint(1_000_000, 30_000_000) for _ in range(r.randint(0, 6)))
     return refs
