@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import sys
@@ -474,6 +475,6 @@ def _retrain(settings: Settings, progress: bool) -> dict[str, Any]:
         settings,
         progress=progress,
         min_new_articles=settings.retrain_min_new_articles,
-        reindex=lambda s: reindex_now(s, progress=progress),
+        reindex=functools.partial(reindex_now, progress=progress),
     )
     return dict(report.to_dict())

@@ -149,7 +149,9 @@ def test_retrain_runs_when_due(
     assert report.retrain_decision is not None and report.retrain_decision["due"] is True
     from litpulse.pipeline.planning import reindex_now
 
-    assert calls == [{"progress": False, "min_new_articles": 5, "reindex": reindex_now}]
+    reindex = calls[0].pop("reindex")  # the promotion's re-index, with the run's progress
+    assert (reindex.func, reindex.keywords) == (reindex_now, {"progress": False})
+    assert calls == [{"progress": False, "min_new_articles": 5}]
     assert report.retrain is not None and report.retrain["status"] == "rejected"
     assert report.promoted is None
     assert promoted_model({"status": "promoted", "version_id": "m-2"}) == "m-2"
