@@ -63,6 +63,9 @@ SOURCES = ("eutils", "updatefiles", "files")
 
 T = TypeVar("T")
 
+#: Fewer training steps than this rarely teach a model anything; the summary says so.
+FEW_STEPS = 5
+
 #: What each step does, announced on stderr as it starts (with ``progress``).
 STEP_TITLES = {
     "ingest": "reading and storing records",
@@ -236,6 +239,11 @@ def _retrain_text(report: dict[str, Any]) -> str:
         text += (
             f"; trained {training.get('steps')} steps in {training.get('seconds', 0):.0f} s "
             f"(budget {training.get('budget_seconds', 0):g} s)"
+        )
+    if training and int(training.get("steps") or 0) < FEW_STEPS:
+        text += (
+            f"; only {training.get('steps')} steps fitted in the budget on this machine: "
+            "raise LITPULSE_RETRAIN_BUDGET_S"
         )
     if status == "promoted":
         text += "; the index was rebuilt for it"

@@ -477,3 +477,14 @@ def test_summary_says_what_the_retrain_did(status: str, fresh: float, expected: 
     )
     assert rows["retrain"] == ("1 min 36 s", expected)
     assert rows["total"] == ("2 min 20 s", "")
+
+
+def test_summary_says_when_the_budget_was_too_small() -> None:
+    from litpulse.pipeline.nightly import _retrain_text
+
+    report = _retrain_report("rejected", 0.6, 0.8)
+    report["training"] = {"steps": 1, "seconds": 58.0, "budget_seconds": 60.0}
+    assert _retrain_text(report).endswith(
+        "only 1 steps fitted in the budget on this machine: raise LITPULSE_RETRAIN_BUDGET_S; "
+        "fresh recall@10 0.600 vs active 0.600: +0.000 < margin 0.005"
+    )
