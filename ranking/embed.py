@@ -30,6 +30,7 @@ import copy
 import logging
 import os
 import threading
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BASE_MODEL_ID",
+    "quiet_model_loading",
     "ModelSpec",
     "active_model",
     "article_text",
@@ -171,6 +173,24 @@ _LOCK = threading.RLock()
 _ENCODE_LOCK = threading.Lock()
 
 
+def quiet_model_loading() -> None:
+    """Silence what model libraries print that a user can do nothing about.
+
+    transformers' "Loading weights" bar (on every model load) and its FutureWarning that
+    ``is_gradient_checkpointing`` is deprecated (peft reads that property when it wraps
+    a model). Called by the functions that load models; idempotent.
+    """
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`is_gradient_checkpointing` is deprecated",
+        category=FutureWarning,
+        module=r"transformers\.modeling_utils",
+    )
+
+
 def load_encoder(
     spec: ModelSpec, settings: Settings, *, merge: bool = True, cache: bool = True
 ) -> SentenceTransformer:
@@ -197,6 +217,7 @@ def load_encoder(
             return _ENCODERS[key]
         from sentence_transformers import SentenceTransformer
 
+        quiet_model_loading()
         if not os.path.isdir(spec.base_model):
             raise ConfigError(
                 f"model {spec.id!r}: base model folder {spec.base_model!r} is missing"
@@ -309,12 +330,14 @@ def _encode(encoder: SentenceTransformer, texts: list[str], dtype: Any, batch: i
 
 
 def embed_texts(
-    encoder: SentenceTransformer, texts: Sequence[str], settings: Settings
+    encoder: SentenceTransformer, texts: Sequence[str], settings: Settings, *, bar: Any = None
 ) -> np.ndarray:
     """Embed texts: float32 ``(n, d)``, every row L2-normalised.
 
     Runs the fast path (see the module docstring): inference mode, autocast to a
     verified half type where native, length-sorted batches of ``settings.embed_batch_size``.
+    With a tqdm ``bar``, the texts go in slices of a few batches and the bar moves after
+    each (documents/s and an ETA while a long call runs).
     """
     texts = list(texts)
     if not texts:
@@ -324,7 +347,15 @@ def embed_texts(
         if encoder not in _PRECISION:
             _PRECISION[encoder] = _half_dtype(encoder, settings)
         dtype = _PRECISION[encoder]
-    return _encode(encoder, texts, dtype, settings.embed_batch_size)
+    if bar is None:
+        return _encode(encoder, texts, dtype, settings.embed_batch_size)
+    step = 4 * settings.embed_batch_size
+    parts = []
+    for start in range(0, len(texts), step):
+        part = texts[start : start + step]
+        parts.append(_encode(encoder, part, dtype, settings.embed_batch_size))
+        bar.update(len(parts[-1]))
+    return np.vstack(parts)
 
 
 def encode_query(settings: Settings, spec: ModelSpec | str, text: str) -> np.ndarray:
@@ -454,9 +485,10 @@ def embed_pending(
                     ).where(articles.c.pmid.in_(list(chunk)), articles.c.is_deleted.is_(False))
                 ).all()
             if not rows:
+                bar.update(len(chunk))
                 continue
             texts = [article_text(r.title, r.abstract) for r in rows]
-            vectors = embed_texts(encoder, texts, settings)
+            vectors = embed_texts(encoder, texts, settings, bar=bar)
             now = db.utcnow()
             out = [
                 {
@@ -471,7 +503,7 @@ def embed_pending(
             with engine.begin() as conn:
                 db.upsert(conn, embeddings, out, keys=("pmid", "model_version"))
             done += len(out)
-            bar.update(len(out))
+            bar.update(len(chunk) - len(out))  # the chunk's deleted meanwhile
     finally:
         bar.close()
     return done

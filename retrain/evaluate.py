@@ -73,6 +73,10 @@ class HeldOut:
     def pmids(self) -> set[int]:
         return {i.pmid for i in (*self.fresh, *self.older)}
 
+    def texts(self) -> int:
+        """Texts one evaluation embeds: every query and document, distractors once."""
+        return 2 * (len(self.fresh) + len(self.older)) + len(self.distractors)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "fresh": len(self.fresh),

@@ -3,9 +3,11 @@
 The adapter is a peft ``LoraConfig`` wrapped around the SentenceTransformer's underlying
 transformer (``model[0].auto_model``) with :func:`peft.get_peft_model`; transformers'
 own ``add_adapter`` is not used (transformers 5.24 refuses peft 0.21). Training is a
-plain torch loop so that its time and memory can be bounded: one measured step gives
-an estimate, and :class:`~litpulse.core.errors.BudgetError` is raised *before* any weight
-changes when the estimate exceeds ``max_seconds`` or ``max_memory_mb``.
+plain torch loop so that its time and memory can be bounded. ``max_seconds`` is a
+*budget*: one measured step plans how many steps fit in it (so the learning-rate schedule
+runs its whole course), and the loop stops when the budget is spent whatever the plan
+said. :class:`~litpulse.core.errors.BudgetError` is raised *before* any weight changes
+when a single step does not fit the budget or the memory exceeds ``max_memory_mb``.
 
 The loss is MultipleNegativesRankingLoss (cosine similarity × ``scale``, cross-entropy
 against the in-batch positives), with each pair's hard negative (BM25's or an expert's)
@@ -13,7 +15,7 @@ appended as an extra column; a column holding the same text as a row's own posit
 (another anchor of the same article in the batch) is masked for that row.
 
 Example:
-    >>> opts = LoraOptions(r=8, max_steps=50)
+    >>> opts = LoraOptions(r=8, max_seconds=60)
     >>> opts.target_modules
     ('query', 'key', 'value', 'dense')
     >>> LoraOptions(r=0)
@@ -40,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from litpulse.core.errors import BudgetError, ConfigError
 from litpulse.core.settings import Settings, _opt
 from litpulse.core.states import Device
-from ranking.embed import resolve_device
+from ranking.embed import quiet_model_loading, resolve_device
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -82,7 +84,7 @@ class LoraOptions:
         "backpropagation stops above them, which is most of the speed-up on a CPU.",
     )
     method: str = _opt("lora", "lora, or full (full fine-tuning; for benchmarks only).")
-    epochs: int = _opt(1, "Passes over the pairs (bounded by max_steps).")
+    epochs: int = _opt(1, "Most passes over the pairs (the budget usually ends it first).")
     batch_size: int = _opt(32, "Pairs per step; the other positives are the in-batch negatives.")
     learning_rate: float = _opt(3e-3, "AdamW learning rate (peak, after warm-up).")
     warmup_steps: int = _opt(5, "Linear warm-up steps.")
@@ -92,10 +94,21 @@ class LoraOptions:
     sort_by_length: bool = _opt(
         True, "Group pairs of similar length into a batch to cut padding."
     )
-    max_steps: int = _opt(200, "Most optimizer steps.")
-    max_seconds: float = _opt(3600.0, "Time budget of the training, in seconds.")
+    max_steps: int = _opt(
+        5000, "Most optimizer steps (a cap; the time budget decides how many fit)."
+    )
+    max_seconds: float = _opt(
+        60.0,
+        "Time budget of the training, in seconds (LITPULSE_RETRAIN_BUDGET_S): the steps "
+        "are planned to fit it from a measured step, and training stops when it is spent.",
+    )
     max_memory_mb: float = _opt(8192.0, "Memory budget (peak RSS, or CUDA memory), in MiB.")
     threads: int = _opt(0, "Torch CPU threads (0 = torch's default).")
+    precision: str = _opt(
+        "auto",
+        "Arithmetic of the forward pass: auto (bf16 autocast where the hardware does bf16 "
+        "natively, as embedding does; the adapter's weights stay fp32), fp32 or bf16.",
+    )
 
     def __post_init__(self) -> None:
         for name in (
@@ -121,6 +134,8 @@ class LoraOptions:
             raise ConfigError("`target_modules` must name at least one module")
         if self.method not in ("lora", "full"):
             raise ConfigError(f"`method` must be lora or full, got {self.method!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"`precision` must be auto, fp32 or bf16, got {self.precision!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -157,6 +172,9 @@ class TrainResult:
     pairs: int
     seconds: float
     seconds_per_step: float
+    budget_seconds: float
+    planned_steps: int
+    precision: str
     estimated_seconds: float
     estimated_memory_mb: float
     peak_memory_mb: float
@@ -217,6 +235,7 @@ def build_model(
     """
     from sentence_transformers import SentenceTransformer
 
+    quiet_model_loading()
     device = resolve_device(settings)
     model = SentenceTransformer(base_model or settings.model_path, device=device)
     model.max_seq_length = options.max_seq_length
@@ -289,12 +308,37 @@ def _schedule(
             done += 1
 
 
-def contrastive_loss(model: Any, batch: Sequence[Pair], options: LoraOptions, device: str) -> Any:
+def autocast_dtype(options: LoraOptions, device: str) -> Any:
+    """The autocast dtype of training's forward pass, or ``None`` for fp32.
+
+    ``auto`` takes bf16 where it is native: CUDA devices that support it, CPUs with
+    AVX512-BF16/AMX (about twice the steps per second of fp32 there, so more of the
+    budget goes to learning).
+    """
+    import torch
+
+    if options.precision == "fp32":
+        return None
+    if options.precision == "bf16":
+        return torch.bfloat16
+    if device.startswith(Device.CUDA):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = False
+    return torch.bfloat16 if native else None
+
+
+def contrastive_loss(
+    model: Any, batch: Sequence[Pair], options: LoraOptions, device: str, dtype: Any = None
+) -> Any:
     """The in-batch contrastive loss (MNRL) of one batch of pairs, ready for ``backward()``.
 
     Each anchor must pick its own positive among every positive and hard negative of
     the batch; scores are cosine similarities times ``options.scale``. Other columns with
-    the text of a row's positive are no negatives of it and are masked out.
+    the text of a row's positive are no negatives of it and are masked out. With ``dtype``
+    the encoder runs under autocast to it (the loss is computed in fp32).
     """
     import torch
     import torch.nn.functional as F
@@ -304,10 +348,14 @@ def contrastive_loss(model: Any, batch: Sequence[Pair], options: LoraOptions, de
     neg_rows = [i for i, p in enumerate(batch) if p.negative]
     docs += [batch[i].negative or "" for i in neg_rows]
 
+    device_type = Device.CUDA if device.startswith(Device.CUDA) else Device.CPU
+
     def embed(texts: list[str]) -> Any:
         features = model.preprocess(texts)
         features = {k: v.to(device) if hasattr(v, "to") else v for k, v in features.items()}
-        return F.normalize(model(features)["sentence_embedding"], dim=-1)
+        with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = model(features)["sentence_embedding"]
+        return F.normalize(out.float(), dim=-1)
 
     a = embed(anchors)
     d = embed(docs)
@@ -344,12 +392,18 @@ def train_model(
 ) -> dict[str, Any]:
     """Run the training loop on a prepared model; returns its statistics.
 
-    One step is measured first (forward and backward, no update): when the estimated
-    total time or the peak memory exceeds the budget, :class:`BudgetError` is raised
-    before any weight changes.
+    The budget ``options.max_seconds`` runs from this call: one step is measured first
+    (forward and backward, no update) and the steps that fit in what is left of the
+    budget are planned (at most ``max_steps`` and ``epochs`` passes), so the learning
+    rate decays over the whole plan; the loop stops when the budget is spent in any case.
+
+    Raises:
+        BudgetError: A single step does not fit in the budget, or the peak memory
+            exceeds ``max_memory_mb`` (raised before any weight changes).
     """
     import torch
 
+    started = time.perf_counter()
     if len(pairs) < 2:
         raise ConfigError("`pairs` must hold at least two training pairs")
     if options.threads:
@@ -357,26 +411,34 @@ def train_model(
     torch.manual_seed(seed)
     lengths = _token_lengths(model, pairs, options)
     first_epoch = _epoch_batches(len(pairs), lengths, options, random.Random(seed))
-    steps = min(options.max_steps, options.epochs * len(first_epoch))
-    batches = _schedule(len(pairs), lengths, options, seed, steps)
+    cap = min(options.max_steps, options.epochs * len(first_epoch))
+    batches = _schedule(len(pairs), lengths, options, seed, cap)
     params = [p for p in trainable.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
     padded = [len(b) * max(lengths[i] for i in b) for b in first_epoch]
     probe_batch = next(batches)
+    dtype = autocast_dtype(options, device)
 
     model.train()
     cuda = device.startswith(Device.CUDA)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    probe = _probe_step(
-        model, pairs, probe_batch, options, device,
-        steps=steps, n_trainable=n_trainable, lengths=lengths,
-        mean_padded=sum(padded) / len(padded),
-    )
-    losses, stopped_early, seconds = _optimise(
-        model, pairs, itertools.chain([probe_batch], batches), params, options, device,
-        steps=steps, probe=probe, progress=progress,
-    )
+    from tqdm.auto import tqdm
+
+    # the bar starts before the measured step, so its rate and ETA count every second
+    with tqdm(desc="train", unit="step", disable=not progress) as bar:
+        probe = _probe_step(
+            model, pairs, probe_batch, options, device,
+            cap=cap, n_trainable=n_trainable, lengths=lengths,
+            mean_padded=sum(padded) / len(padded), started=started, dtype=dtype,
+        )
+        bar.total = probe.steps
+        bar.refresh()
+        losses, stopped_early = _optimise(
+            model, pairs, itertools.chain([probe_batch], batches), params, options, device,
+            probe=probe, bar=bar, started=started, dtype=dtype,
+        )
+    seconds = time.perf_counter() - started
     model.eval()
     peak = torch.cuda.max_memory_allocated() / (1024 * 1024) if cuda else _rss_peak_mb()
     head = losses[: max(1, min(5, len(losses)))]
@@ -385,6 +447,9 @@ def train_model(
         "steps": len(losses),
         "seconds": seconds,
         "seconds_per_step": seconds / max(1, len(losses)),
+        "budget_seconds": options.max_seconds,
+        "planned_steps": probe.steps,
+        "precision": "bf16" if dtype is not None else "fp32",
         "estimated_seconds": probe.estimated_seconds,
         "estimated_memory_mb": probe.memory_mb,
         "peak_memory_mb": peak,
@@ -406,10 +471,11 @@ def _token_lengths(model: Any, pairs: Sequence[Pair], options: LoraOptions) -> l
 
 @dataclass(frozen=True)
 class _Probe:
-    """The measured first step: its loss (gradients kept), time and the budget estimates."""
+    """The measured first step: its loss (gradients kept), the planned steps and estimates."""
 
     loss: Any
     seconds: float
+    steps: int
     estimated_seconds: float
     memory_mb: float
 
@@ -421,25 +487,28 @@ def _probe_step(
     options: LoraOptions,
     device: str,
     *,
-    steps: int,
+    cap: int,
     n_trainable: int,
     lengths: Sequence[int],
     mean_padded: float,
+    started: float,
+    dtype: Any,
 ) -> _Probe:
-    """Measure one step (nothing updated) and check the time and memory budgets.
+    """Measure one step (nothing updated), plan the steps that fit the budget, check memory.
 
     Raises:
-        BudgetError: the whole training would exceed ``max_seconds`` or ``max_memory_mb``.
+        BudgetError: Not even one step fits in ``max_seconds``, or the memory exceeds
+            ``max_memory_mb``.
     """
     import torch
 
     # warm-up step on two pairs (allocators, kernels, autograd) so that the probe
     # measures a steady step; its gradients are dropped
-    contrastive_loss(model, [pairs[0], pairs[1]], options, device).backward()
+    contrastive_loss(model, [pairs[0], pairs[1]], options, device, dtype).backward()
     model.zero_grad(set_to_none=True)
 
     t0 = time.perf_counter()
-    loss = contrastive_loss(model, [pairs[i] for i in probe_batch], options, device)
+    loss = contrastive_loss(model, [pairs[i] for i in probe_batch], options, device, dtype)
     loss.backward()
     probe_s = time.perf_counter() - t0
     opt_state_mb = 2 * n_trainable * 4 / (1024 * 1024)  # AdamW: two fp32 moments
@@ -448,22 +517,30 @@ def _probe_step(
     else:
         mem_mb = max(_rss_now_mb(), 0.0) + opt_state_mb
     probe_padded = len(probe_batch) * max(lengths[i] for i in probe_batch)
-    est_s = probe_s * steps * mean_padded / max(probe_padded, 1) * 1.1
-    logger.info(
-        "training %d steps of %d pairs on %s: about %.0f s, %.0f MiB (%d trainable parameters)",
-        steps, options.batch_size, device, est_s, mem_mb, n_trainable,
-    )
-    if est_s > options.max_seconds:
+    step_s = probe_s * mean_padded / max(probe_padded, 1) * 1.1
+    left = options.max_seconds - (time.perf_counter() - started)
+    if left < 0:
         raise BudgetError(
-            f"training would take about {est_s:.0f} s ({steps} steps at {probe_s:.2f} s), over "
-            f"max_seconds={options.max_seconds:.0f}: lower max_steps, batch_size or max_seq_length"
+            f"one training step takes longer than the budget: the warm-up and the first "
+            f"step took {options.max_seconds - left:.1f} s, over max_seconds="
+            f"{options.max_seconds:g}: raise LITPULSE_RETRAIN_BUDGET_S or lower batch_size "
+            "or max_seq_length"
         )
+    steps = max(1, min(cap, 1 + int(left / max(step_s, 1e-9))))
+    est_s = options.max_seconds - left + (steps - 1) * step_s
+    logger.info(
+        "training %d steps of %d pairs on %s in %s (%.2f s/step measured; budget %.0f s): "
+        "about %.0f s, %.0f MiB (%d trainable parameters)",
+        steps, options.batch_size, device, dtype or "fp32", step_s, options.max_seconds,
+        est_s, mem_mb, n_trainable,
+    )
     if mem_mb > options.max_memory_mb:
         raise BudgetError(
             f"training would need about {mem_mb:.0f} MiB, over max_memory_mb="
             f"{options.max_memory_mb:.0f}: lower batch_size or max_seq_length"
         )
-    return _Probe(loss=loss, seconds=probe_s, estimated_seconds=est_s, memory_mb=mem_mb)
+    return _Probe(loss=loss, seconds=probe_s, steps=steps, estimated_seconds=est_s,
+                  memory_mb=mem_mb)
 
 
 def _optimise(
@@ -474,42 +551,39 @@ def _optimise(
     options: LoraOptions,
     device: str,
     *,
-    steps: int,
     probe: _Probe,
-    progress: bool,
-) -> tuple[list[float], bool, float]:
-    """The optimizer loop (AdamW, warm-up then linear decay to 10 %).
+    bar: Any,
+    started: float,
+    dtype: Any,
+) -> tuple[list[float], bool]:
+    """The optimizer loop (AdamW, warm-up then linear decay to 10 %) over ``probe.steps``.
 
     The first batch is the probe's, whose gradients are already there.
 
     Returns:
-        The loss of every step, whether ``max_seconds`` stopped it early, and the seconds
-        it took (the probe's included).
+        The loss of every step, and whether the budget stopped it before the plan's end.
     """
     import torch
 
+    steps = probe.steps
     optimizer = torch.optim.AdamW(
         params, lr=options.learning_rate, weight_decay=options.weight_decay
     )
 
     def lr_at(step: int) -> float:
-        warm = options.warmup_steps
+        warm = min(options.warmup_steps, max(0, steps // 4))
         if warm and step < warm:
             return (step + 1) / warm
         return max(0.0, 1.0 - (step - warm) / max(1, steps - warm)) * 0.9 + 0.1
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     losses: list[float] = []
-    start = time.perf_counter()
     stopped_early = False
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc="retrain", unit="step")
-    for step, batch_idx in enumerate(batches):
+    for step, batch_idx in enumerate(itertools.islice(batches, steps)):
         if step > 0:
-            loss = contrastive_loss(model, [pairs[i] for i in batch_idx], options, device)
+            loss = contrastive_loss(
+                model, [pairs[i] for i in batch_idx], options, device, dtype
+            )
             loss.backward()
         else:
             loss = probe.loss
@@ -518,16 +592,14 @@ def _optimise(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        if time.perf_counter() - start + probe.seconds > options.max_seconds:
-            logger.warning("training stopped at step %d: max_seconds reached", step + 1)
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if step + 1 < steps and time.perf_counter() - started > options.max_seconds:
+            logger.info("training stopped at step %d of %d: the %.0f s budget is spent",
+                        step + 1, steps, options.max_seconds)
             stopped_early = True
             break
-    if bar is not None:
-        bar.close()
-    return losses, stopped_early, time.perf_counter() - start + probe.seconds
+    return losses, stopped_early
 
 
 def train(
@@ -548,10 +620,11 @@ def train(
         out_dir: Folder for the adapter (peft ``save_pretrained``); created.
         init_adapter: Continue training this adapter (incremental); ``None`` starts a
             fresh adapter on the base model.
-        progress: Show a tqdm bar.
+        progress: Show a tqdm bar (steps, s/step, ETA and the loss) on stderr.
 
     Raises:
-        BudgetError: The measured estimate exceeds ``max_seconds`` or ``max_memory_mb``.
+        BudgetError: One step does not fit ``max_seconds``, or the memory exceeds
+            ``max_memory_mb``.
     """
     device = resolve_device(settings)
     model, trainable = build_model(settings, options, init_adapter=init_adapter)

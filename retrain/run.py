@@ -80,9 +80,11 @@ class RetrainReport:
                     f"{name} {n}" for name, n in experts.items()))
         if self.training:
             t = self.training
+            budget = t.get("budget_seconds")
+            within = f" (budget {budget:g} s)" if budget else ""
             lines.append(
-                f"training: {t['steps']} steps in {t['seconds']:.1f} s on {t['device']}, "
-                f"loss {t['first_loss']:.3f} -> {t['last_loss']:.3f}"
+                f"training: {t['steps']} steps in {t['seconds']:.1f} s{within} on "
+                f"{t['device']}, loss {t['first_loss']:.3f} -> {t['last_loss']:.3f}"
             )
         if self.metrics:
             for who in ("candidate", "active", "base"):
@@ -103,19 +105,21 @@ def _queries_line(m: dict[str, Any]) -> str:
     return f", queries recall@10 {q['recall@10']:.3f} MRR@10 {q['mrr@10']:.3f}"
 
 
-def _embedder(settings: Settings, model_id: str, adapter_path: str | None) -> Any:
+def _embedder(settings: Settings, model_id: str, adapter_path: str | None, bar: Any) -> Any:
     from ranking.embed import ModelSpec, embed_texts, load_encoder
 
     encoder = load_encoder(
         ModelSpec(model_id, settings.model_path, adapter_path), settings, cache=False
     )
-    return lambda texts: embed_texts(encoder, texts, settings)
+    return lambda texts: embed_texts(encoder, texts, settings, bar=bar)
 
 
 def evaluate_versions(
     settings: Settings,
     heldout: HeldOut,
     versions: dict[str, tuple[str, str | None]],
+    *,
+    progress: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate several model versions on the same held-out sets.
 
@@ -124,12 +128,18 @@ def evaluate_versions(
         heldout: The held-out sets.
         versions: Role (``candidate``, ``active``, ``base``) → (model id, adapter path);
             roles sharing a model id are evaluated once.
+        progress: A bar per model on stderr (documents/s and an ETA).
     """
+    from tqdm.auto import tqdm
+
     done: dict[str, dict[str, Any]] = {}
     out: dict[str, dict[str, Any]] = {}
     for role, (model_id, adapter) in versions.items():
         if model_id not in done:
-            done[model_id] = evaluate_encoder(_embedder(settings, model_id, adapter), heldout)
+            with tqdm(total=heldout.texts(), desc=f"evaluate {role}", unit="doc",
+                      disable=not progress) as bar:
+                embed = _embedder(settings, model_id, adapter, bar)
+                done[model_id] = evaluate_encoder(embed, heldout)
         out[role] = {**done[model_id], "model": model_id}
     return out
 
@@ -156,7 +166,8 @@ def retrain(
         from_base: Start a fresh adapter on the base model from all articles, instead
             of continuing the active adapter on the articles since its window.
         progress: Show progress bars.
-        options: LoRA and budget options (default :class:`LoraOptions`).
+        options: LoRA and budget options (default :class:`LoraOptions` with the training
+            budget ``settings.retrain_budget_s``).
         min_new_articles: Skip when fewer new articles arrived (the scheduled run passes
             ``settings.retrain_min_new_articles``).
         pair_filter: Transforms the mined pairs before training (experiments, tests).
@@ -172,7 +183,7 @@ def retrain(
             one stopped before registering or promoting anything.
     """
     started = time.perf_counter()
-    options = options or LoraOptions()
+    options = options or LoraOptions(max_seconds=settings.retrain_budget_s)
     engine = connect(settings)
     lease = acquire_lease(engine, LEASE)  # heartbeat-renewed; see litpulse.core.db.Lease
     if lease is None:
@@ -230,7 +241,7 @@ def _retrain(
         (active.id, active.adapter_path) if active is not None else (registry.BASE_ID, None)
     )
     roles["base"] = (registry.BASE_ID, None)
-    metrics = evaluate_versions(settings, pairs.heldout, roles)
+    metrics = evaluate_versions(settings, pairs.heldout, roles, progress=progress)
     decision = gate(settings, metrics["candidate"], metrics["active"])
     metrics_doc = {**metrics, "heldout": pairs.heldout.to_dict(), "gate": decision.to_dict()}
     options_doc = options.to_dict()

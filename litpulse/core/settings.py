@@ -303,6 +303,12 @@ class Settings:
     )
 
     # -- HTTP API --------------------------------------------------------------------------
+    search_server_url: str = _opt(
+        "http://127.0.0.1:8000/",
+        "Where `litpulse search` first asks a running `litpulse serve` (its model is already "
+        "loaded: answers in milliseconds); when none answers within a second, or it serves "
+        "another index, the search runs in process. Empty: always in process.",
+    )
     api_max_body_bytes: int = _opt(
         65536,
         "Largest request body the API reads, in bytes; a larger one is answered 413 "
@@ -364,6 +370,14 @@ class Settings:
         "Fewest new articles since the last training for a scheduled retrain to run.",
         min=0,
         max=100_000_000,
+    )
+    retrain_budget_s: float = _opt(
+        60.0,
+        "Seconds a retrain may spend training: the steps are planned from a measured first "
+        "step to fit, and training stops when the budget is spent (mining, evaluation and "
+        "the re-index come on top). Raise it where a GPU or more time is available.",
+        min=1.0,
+        max=604_800.0,
     )
     gate_fresh_margin: float = _opt(
         0.005,
@@ -442,6 +456,13 @@ class Settings:
         webhook = self.digest_webhook_url
         if webhook and not webhook.startswith(("http://", "https://")):
             raise ConfigError(f"{env_name('digest_webhook_url')} must be an http(s) URL")
+        if self.search_server_url and not self.search_server_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ConfigError(
+                f"{env_name('search_server_url')} must be an http(s) URL or empty, "
+                f"got {self.search_server_url!r}"
+            )
         if self.database_url and "://" not in self.database_url:
             raise ConfigError(
                 f"{env_name('database_url')} must be a SQLAlchemy URL, got {self.database_url!r}"

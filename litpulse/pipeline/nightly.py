@@ -25,8 +25,10 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +56,7 @@ __all__ = [
     "SOURCES",
     "NightlyBusyError",
     "NightlyReport",
+    "duration",
     "run_nightly",
 ]
 
@@ -67,6 +70,18 @@ LEASE_TTL_S = db.LEASE_TTL_S
 SOURCES = ("eutils", "updatefiles", "files")
 
 T = TypeVar("T")
+
+#: Fewer training steps than this rarely teach a model anything; the summary says so.
+FEW_STEPS = 5
+
+#: What each step does, announced on stderr as it starts (with ``progress``).
+STEP_TITLES = {
+    "ingest": "reading and storing records",
+    "citations": "refreshing iCite citation counts",
+    "quality": "checking data quality",
+    "index": "embedding new articles and publishing the index",
+    "retrain": "fine-tuning the model, evaluating and gating the candidate",
+}
 
 
 class NightlyBusyError(LitpulseError):
@@ -93,6 +108,8 @@ class NightlyReport:
         index: The index report (``None`` when nothing changed and no index was built).
         retrain: The retrain report (``None`` when not run).
         retrain_decision: Why retraining ran or not.
+        index_step: The index step's own report (``index`` is the promotion's when the
+            retrain promoted a model and re-indexed for it).
         steps: Seconds spent per step, in order.
         started_at: When the run began (UTC).
         finished_at: When it ended (UTC).
@@ -110,6 +127,7 @@ class NightlyReport:
     retrain: dict[str, Any] | None
     retrain_decision: dict[str, Any] | None
     steps: tuple[tuple[str, float], ...] = field(default=())
+    index_step: dict[str, Any] | None = None
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
     digest: dict[str, Any] | None = None
@@ -124,6 +142,37 @@ class NightlyReport:
     def promoted(self) -> str | None:
         """The model version promoted by this run, if any."""
         return promoted_model(self.retrain) if self.retrain else None
+
+    def summary_rows(self) -> list[tuple[str, str, str]]:
+        """One row per step, (step, time, what happened), for a person to read at a glance.
+
+        Steps that did not run say why (``skipped``, the retrain decision); the last row
+        is the total.
+        """
+        took = dict(self.steps)
+        rows: list[tuple[str, str, str]] = [
+            ("ingest", duration(took.get("ingest")), _ingest_text(self.ingest))
+        ]
+        rows.append((
+            "citations", duration(took.get("citations")),
+            _counts_text(self.citations) if self.citations is not None else "skipped",
+        ))
+        if "quality" in took:
+            ok = self.quality.get("ok", True)
+            problems = "; ".join(map(str, self.quality.get("problems") or []))
+            rows.append(("quality", duration(took["quality"]),
+                         "ok" if ok else f"FAILED: {problems}"))
+        if "index" in took:
+            own = self.index_step if self.index_step is not None else self.index
+            rows.append(("index", duration(took["index"]), _index_text(self.embedded, own)))
+        if self.retrain is not None:
+            rows.append(("retrain", duration(took.get("retrain")), _retrain_text(self.retrain)))
+        elif self.retrain_decision is not None:
+            rows.append(("retrain", "-", str(self.retrain_decision.get("reason", "not due"))))
+        else:
+            rows.append(("retrain", "-", "disabled"))
+        rows.append(("total", duration(sum(took.values())), ""))
+        return rows
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -144,6 +193,77 @@ class NightlyReport:
             "finished_at": iso(self.finished_at),
             "digest": self.digest,
         }
+
+
+def duration(seconds: float | None) -> str:
+    """``0.4 s``, ``41.2 s``, ``2 min 41 s``; ``-`` for a step that did not run."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s"
+
+
+def _counts_text(counts: dict[str, Any]) -> str:
+    parts = [f"{k} {v:,}" for k, v in counts.items() if isinstance(v, int) and v]
+    return ", ".join(parts) or "nothing to do"
+
+
+def _ingest_text(counts: dict[str, int]) -> str:
+    words = {"inserted": "new", "updated": "updated", "deleted": "deleted",
+             "quarantined": "quarantined", "unchanged": "unchanged", "missing": "missing"}
+    parts = [f"{counts.get(k, 0):,} {w}" for k, w in words.items()
+             if counts.get(k, 0) or k == "inserted"]
+    return "records: " + ", ".join(parts)
+
+
+def _index_text(embedded: int, index: dict[str, Any] | None) -> str:
+    if not index:
+        return f"{embedded:,} articles embedded; no index"
+    model = index.get("model_version", "?")
+    what = f"{embedded:,} articles embedded with model {model}"
+    if index.get("published"):
+        return f"{what}; {index.get('kind', '')} index of {index.get('size', 0):,} published"
+    return f"{what}; index unchanged ({index.get('reason', 'up to date')})"
+
+
+def _retrain_text(report: dict[str, Any]) -> str:
+    """``promoted m-…: fresh recall@10 0.62 -> 0.71 …`` or why it was rejected/skipped."""
+    status = str(report.get("status", "?"))
+    metrics = report.get("metrics") or {}
+    cand, active = metrics.get("candidate"), metrics.get("active")
+    if not cand or not active:
+        reasons = "; ".join(map(str, report.get("reasons") or []))
+        return f"{status}: {reasons}" if reasons else status
+    key = "recall@10"
+    fresh_a, fresh_c = active["fresh"][key], cand["fresh"][key]
+    older_a, older_c = active["older"][key], cand["older"][key]
+    who = "base" if active.get("model") in (None, "base") else str(active.get("model"))
+    text = (
+        f"{status} {report.get('version_id')}: fresh {key} {fresh_a:.3f} -> {fresh_c:.3f} "
+        f"({fresh_c - fresh_a:+.3f}), older {older_a:.3f} -> {older_c:.3f} "
+        f"({older_c - older_a:+.3f}) against the {who} model"
+    )
+    training = report.get("training") or {}
+    if training:
+        text += (
+            f"; trained {training.get('steps')} steps in {training.get('seconds', 0):.0f} s "
+            f"(budget {training.get('budget_seconds', 0):g} s)"
+        )
+    if training and int(training.get("steps") or 0) < FEW_STEPS:
+        text += (
+            f"; only {training.get('steps')} steps fitted in the budget on this machine: "
+            "raise LITPULSE_RETRAIN_BUDGET_S"
+        )
+    if status == "promoted":
+        text += "; the index was rebuilt for it"
+    else:
+        failed = [r for r in (report.get("gate") or {}).get("reasons", [])
+                  if "<" in r or "loses" in r or "no fresh" in r]
+        if failed:
+            text += "; " + "; ".join(failed)
+    return text
 
 
 # -------------------------------------------------------------------------------- lease
@@ -240,6 +360,9 @@ def run_nightly(
         lease.check()  # a run whose lease was taken over writes nothing more
         t0 = time.perf_counter()
         logger.info("nightly: %s", name)
+        if progress:
+            print(f"litpulse nightly: {name}: {STEP_TITLES.get(name, name)}", file=sys.stderr,
+                  flush=True)
         try:
             return fn()
         finally:
@@ -262,6 +385,7 @@ def run_nightly(
                     "quality", lambda: check_ingest(settings, counts, window).to_dict()
                 )
             embedded, index = step("index", lambda: _index(settings, progress))
+            index_step = index
             decision = None
             retrained = None
             if retrain:
@@ -290,6 +414,7 @@ def run_nightly(
         retrain=retrained,
         retrain_decision=decision,
         steps=tuple(steps),
+        index_step=index_step,
         started_at=started,
         finished_at=utcnow(),
         digest=digest,
@@ -371,7 +496,7 @@ def _retrain(settings: Settings, progress: bool) -> dict[str, Any]:
         settings,
         progress=progress,
         min_new_articles=settings.retrain_min_new_articles,
-        reindex=reindex_now,
+        reindex=functools.partial(reindex_now, progress=progress),
         negatives=lexical_negatives(settings),
     )
     return dict(report.to_dict())

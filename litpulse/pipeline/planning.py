@@ -293,16 +293,17 @@ def lexical_negatives(settings: Settings) -> LexicalSearch | None:
     return index.search
 
 
-def reindex_now(settings: Settings) -> Any:
+def reindex_now(settings: Settings, *, progress: bool = False) -> Any:
     """The ``reindex`` step of a promotion or rollback run in this process.
 
     A model without a kept index gets a full build; one whose index files are still kept
     (a rollback, a re-promotion) has that index brought up to date and republished. The
     cached encoders are dropped so that searches load the newly active model.
+    ``progress`` shows the embedding's bar on stderr.
     """
     from ranking.embed import clear_cache
     from ranking.refresh import refresh_index
 
-    report = refresh_index(settings)
+    report = refresh_index(settings, progress=progress)
     clear_cache()
     return report

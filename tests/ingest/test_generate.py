@@ -17,6 +17,7 @@ from litpulse.app.demo.generate import (
     ArticleSpec,
     CorpusConfig,
     CorpusManifest,
+    compounds,
     expected_title,
     generate_corpus,
     iter_file_plan,
@@ -137,7 +138,7 @@ def test_records_are_realistic(parsed: list[Item]) -> None:
     records = [i for i in parsed if isinstance(i, Record)]
     articles = [r for r in records if not r.is_book]
     words = [len(r.abstract.split()) for r in records]
-    assert 120 <= min(words) and max(words) <= 360
+    assert 25 <= min(words) and max(words) <= 200  # short abstracts: a demo embeds quickly
     assert any(
         len(r.abstract_sections) == 4 and r.abstract_sections[0].label == "BACKGROUND"
         for r in records
@@ -259,11 +260,14 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["demo", "generate", str(tmp_path), "--records", "20", "--files", "2", "--seed", "3"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "2 files" in out and "pubmed26n0002.xml.gz" in out
+    assert "generated corpus (not real literature): 2 files" in out
+    assert "pubmed26n0002.xml.gz" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "GENERATED.txt",
         "pubmed26n0001.xml.gz",
         "pubmed26n0002.xml.gz",
     ]
+    assert "not real literature" in (tmp_path / "GENERATED.txt").read_text()
 
 
 def test_live_specs_match_the_manifest(corpus: CorpusManifest) -> None:
@@ -271,3 +275,97 @@ def test_live_specs_match_the_manifest(corpus: CorpusManifest) -> None:
     assert set(final) == corpus.live_pmids
     assert {p: s.version for p, s in final.items()} == dict(corpus.versions)
     assert all(final[p].entrez_date == corpus.entrez_dates[p] for p in final)
+
+
+# ------------------------------------------------------------- learnable like literature
+
+DEMO = {
+    "n_records": 1200,
+    "n_files": 2,
+    "seed": 3,
+    "drift": True,
+    "days": 3 * 365,
+    "start_date": dt.date(2023, 1, 1),
+}
+
+
+@pytest.fixture(scope="module")
+def demo(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[CorpusManifest, dict[int, ArticleSpec], dict[int, Record]]:
+    """The demo's kind of corpus: three years, drift on (as ``litpulse demo generate``)."""
+    m = generate_corpus(tmp_path_factory.mktemp("demo"), **DEMO)  # type: ignore[arg-type]
+    specs = {p: s for p, s in live_specs(m.config).items() if not s.is_book}
+    live, _, _ = _apply([i for p in m.files for i in iter_items(p)])
+    return m, specs, live
+
+
+def test_titles_and_abstracts_say_the_same_in_other_words(
+    demo: tuple[CorpusManifest, dict[int, ArticleSpec], dict[int, Record]],
+) -> None:
+    _, specs, live = demo
+    unshared = abbreviations = 0
+    for pmid, spec in specs.items():
+        title, abstract = live[pmid].title.lower(), live[pmid].abstract.lower()
+        x_t, y_t, p_t = (f.lower() for f in spec.title_forms)
+        x_a, y_a, p_a = (f.lower() for f in spec.abstract_forms)
+        assert (x_t, y_t, p_t) != (x_a, y_a, p_a) and y_t != y_a and p_t != p_a
+        assert x_t in title and y_t in title
+        assert y_a in abstract and p_a in abstract
+        if spec.compound:  # a code in the title, the generic name and mechanism below
+            assert x_t == spec.compound.lower() and x_a.split(",")[0] in abstract
+        else:
+            assert x_a in abstract
+        if x_t not in abstract and y_t not in abstract:
+            unshared += 1
+        if spec.title_forms[1].isupper() and y_a == spec.outcome.lower():
+            abbreviations += 1  # e.g. HFpEF above, heart failure with preserved ... below
+    assert unshared >= 0.6 * len(specs)
+    assert abbreviations >= 20
+    assert sum(1 for s in specs.values() if s.compound) >= 0.15 * len(specs)
+
+
+def test_topics_and_compounds_drift_over_the_years(
+    demo: tuple[CorpusManifest, dict[int, ArticleSpec], dict[int, Record]],
+) -> None:
+    m, specs, _ = demo
+    by_year: dict[int, list[ArticleSpec]] = {}
+    for spec in specs.values():
+        by_year.setdefault(spec.entrez_date.year, []).append(spec)
+    first, last = by_year[2023], by_year[2025]
+    emerging = {t.name for t in TOPICS if t.emerging}
+    assert not {s.topic for s in first} & emerging and {s.topic for s in last} & emerging
+
+    def shares(group: list[ArticleSpec]) -> dict[str, float]:
+        stable = [s for s in group if s.topic not in emerging]
+        return {t.name: sum(s.topic == t.name for s in stable) / len(stable) for t in TOPICS}
+
+    a, b = shares(first), shares(last)
+    assert sum(abs(a[t] - b[t]) for t in a) / 2 > 0.1  # the mix of stable topics moved too
+    known = {c.code: c for c in compounds(m.config.seed)}
+    seen_first: dict[str, dt.date] = {}
+    for spec in sorted(specs.values(), key=lambda s: s.entrez_date):
+        if spec.compound:
+            seen_first.setdefault(spec.compound, spec.entrez_date)
+    for code, day in seen_first.items():  # no compound before its introduction
+        assert (day - m.config.start_date).days >= known[code].intro * m.config.days - 1
+    new_late = {s.compound for s in last if s.compound} - {s.compound for s in first}
+    assert len(new_late) >= 5
+
+
+def test_articles_cite_related_earlier_articles(
+    demo: tuple[CorpusManifest, dict[int, ArticleSpec], dict[int, Record]],
+) -> None:
+    _, specs, live = demo
+    links = related = 0
+    for pmid, spec in specs.items():
+        assert live[pmid].references == spec.references
+        for cited in spec.references:
+            other = specs.get(cited)
+            if other is None:
+                continue  # outside the corpus, a book, or deleted
+            links += 1
+            assert other.index < spec.index and other.topic == spec.topic
+            related += other.exposure == spec.exposure or other.outcome == spec.outcome
+    assert links >= len(specs)
+    assert related >= 0.6 * links  # mostly related: same exposure, compound or outcome

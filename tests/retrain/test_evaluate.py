@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -84,3 +85,22 @@ def test_report_json_and_plot(sqlite_settings: Settings) -> None:
     with open(paths["png"], "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     assert "reports/m-20240201000000-bbbbbb" in paths["png"]
+
+
+def test_evaluation_shows_documents_per_second(
+    sqlite_settings: Settings, tiny_model: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from retrain.run import evaluate_versions
+
+    items = tuple(EvalItem(i, f"title {i}", f"abstract number {i} of a trial") for i in range(40))
+    heldout = HeldOut(fresh=items[:10], older=items[10:20], distractors=items[20:])
+    assert heldout.texts() == 2 * 20 + 20
+    s = sqlite_settings.replace(
+        model=tiny_model, device="cpu", embed_batch_size=4, max_seq_length=32
+    )
+    out = evaluate_versions(s, heldout, {"candidate": ("base", None), "base": ("base", None)},
+                            progress=True)  # fmt: skip
+    assert out["candidate"]["fresh"]["queries"] == 10 and out["base"]["model"] == "base"
+    err = capsys.readouterr().err
+    assert re.search(r"evaluate candidate: 100%.*60/60 \[[0-9:]+<[0-9:]+, +[0-9.]+doc/s\]", err)
+    assert "evaluate base" not in err  # one model id is evaluated once

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,9 @@ PAIRS = [
 ] + [Pair("statins and dementia", "statin use and dementia risk", "feedback", 99,
           negative="influenza vaccine uptake")]
 
-TINY = LoraOptions(max_steps=2, batch_size=4, max_seq_length=32, warmup_steps=0)
+TINY = LoraOptions(
+    max_steps=2, batch_size=4, max_seq_length=32, warmup_steps=0, precision="fp32"
+)
 
 
 @pytest.mark.parametrize(
@@ -47,13 +50,49 @@ def test_options_round_trip() -> None:
         LoraOptions.from_dict({"rank": 4})
 
 
-def test_budget_is_checked_before_training(sqlite_settings: Settings, tmp_path: Path) -> None:
-    with pytest.raises(BudgetError, match="max_seconds"):
-        train(sqlite_settings, PAIRS, TINY.replace(max_steps=10**6, epochs=10**6,
-                                                   max_seconds=1.0), tmp_path / "a")
+def _pairs(n: int) -> list[Pair]:
+    return [Pair(f"trial {i} of drug {i % 7}", f"drug number {i % 7} given to cohort {i}",
+                 "title_abstract", i) for i in range(n)]
+
+
+def test_the_budget_sizes_and_stops_training(
+    sqlite_settings: Settings, tiny_model: str, tmp_path: Path
+) -> None:
+    """No fixed step count: the steps that fit the budget run, then training stops."""
+    s = sqlite_settings.replace(model=tiny_model, device="cpu")
+    budget = 10.0  # a loaded 2-core machine takes seconds for the first step alone
+    opts = TINY.replace(max_steps=10**6, epochs=10**6, max_seconds=budget, batch_size=8)
+    result = train(s, _pairs(64), opts, tmp_path / "a")
+    assert result.budget_seconds == budget
+    assert 1 < result.steps <= result.planned_steps < 10**6
+    # planned from a measured step to fill the budget; stopped by it whatever the plan
+    assert result.seconds <= 1.5 * budget + 1.0
+    assert result.seconds >= 0.3 * budget  # the plan filled the budget, roughly
+    assert Path(result.weights_file).exists()
+
+
+def test_budget_errors_come_before_training(
+    sqlite_settings: Settings, tiny_model: str, tmp_path: Path
+) -> None:
+    s = sqlite_settings.replace(model=tiny_model, device="cpu")
+    with pytest.raises(BudgetError, match="one training step takes longer than the budget"):
+        train(s, PAIRS, TINY.replace(max_seconds=1e-6), tmp_path / "a")
     with pytest.raises(BudgetError, match="max_memory_mb"):
-        train(sqlite_settings, PAIRS, TINY.replace(max_memory_mb=1.0), tmp_path / "b")
+        train(s, PAIRS, TINY.replace(max_memory_mb=1.0), tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_training_progress_shows_steps_rate_and_loss(
+    sqlite_settings: Settings, tiny_model: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    s = sqlite_settings.replace(model=tiny_model, device="cpu")
+    result = train(s, _pairs(40), TINY.replace(max_steps=6, batch_size=4), tmp_path / "a",
+                   progress=True)
+    err = capsys.readouterr().err
+    assert result.steps == 6
+    assert re.search(r"train: 100%.*6/6 \[[0-9:]+<[0-9:]+, +[0-9.]+(step/s|s/step)", err), err
+    assert re.search(r"loss=[0-9]+\.[0-9]{3}", err)
 
 
 def test_train_save_load_and_continue(sqlite_settings: Settings, tmp_path: Path) -> None:

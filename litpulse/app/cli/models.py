@@ -79,9 +79,11 @@ def register(sub: Any) -> None:
         "--from-base", action="store_true",
         help="start a fresh adapter on the base model from all articles",
     )
-    r.add_argument("--steps", type=int, default=None, help="most training steps")
+    r.add_argument("--steps", type=int, default=None,
+                   help="most training steps (a cap: the time budget plans how many fit)")
     r.add_argument("--batch-size", type=int, default=None, help="pairs per step")
-    r.add_argument("--max-seconds", type=float, default=None, help="time budget, in seconds")
+    r.add_argument("--max-seconds", type=float, default=None,
+                   help="training budget, in seconds (default LITPULSE_RETRAIN_BUDGET_S)")
     add_json(r, "print the report as JSON")
 
     f = command(
@@ -276,7 +278,7 @@ def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
     from retrain.lora import LoraOptions
     from retrain.run import retrain
 
-    changes: dict[str, Any] = {}
+    changes: dict[str, Any] = {"max_seconds": settings.retrain_budget_s}
     if args.steps is not None:
         changes["max_steps"] = args.steps
     if args.batch_size is not None:

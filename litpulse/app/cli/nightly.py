@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
+from pathlib import Path
 from typing import Any
 
-from litpulse.app.cli._common import add_json, command, kv, print_json, show_progress
+from litpulse.app.cli._common import add_json, command, print_json, print_table, show_progress
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import as_utc
 
@@ -90,40 +91,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print_json(data)
         return 0
-    counts = data["ingest"]
-    window = (
-        f"{data['window_start']} .. {data['window_end']}" if data["window_start"] else "-"
-    )
-    decision = data["retrain_decision"] or {}
-    index = data["index"] or {}
-    kv(
-        [
-            ("source", data["source"]),
-            ("window", window),
-            ("ingested", ", ".join(f"{k} {v}" for k, v in counts.items())),
-            ("quality", "ok" if data["quality"].get("ok", True) else "FAILED"),
-            ("citations", _short(data["citations"]) if data["citations"] else "skipped"),
-            ("embedded", data["embedded"]),
-            ("index", _short(index) if index else "-"),
-            ("retrain", decision.get("reason", "disabled")),
-            ("outcome", _retrain_outcome(data["retrain"])),
-            ("promoted", data["promoted"] or "-"),
-            ("steps", ", ".join(f"{s['step']} {s['seconds']:.1f}s" for s in data["steps"])),
-        ]
-    )
+    if data["window_start"]:
+        print(f"window {data['window_start']} .. {data['window_end']}")
+    print_table(report.summary_rows(), ["step", "time", "what happened"])
+    if args.files and _generated(args.files):
+        print("\nThe files were written by `litpulse demo generate`: generated text, not real "
+              "literature.")
+    if report.index and report.index.get("size"):
+        print('\nNext: litpulse search "QUERY" --explain, or litpulse serve and open '
+              "http://127.0.0.1:8000/")
     return 0
 
 
-def _retrain_outcome(report: dict[str, Any] | None) -> str:
-    """``rejected (reason; reason)``, ``promoted``, or ``-`` when no retrain ran."""
-    if not report:
-        return "-"
-    status = str(report.get("status", "?"))
-    reasons = report.get("reasons") or []
-    return f"{status} ({'; '.join(map(str, reasons))})" if reasons else status
+def _generated(files: list[str]) -> bool:
+    """Whether any of the files lies in a folder ``litpulse demo generate`` wrote."""
+    from litpulse.app.demo import GENERATED_MARKER
 
-
-def _short(report: dict[str, Any]) -> str:
-    return ", ".join(
-        f"{k} {v}" for k, v in report.items() if isinstance(v, int | float | str) and v != ""
-    )
+    return any((Path(f).parent / GENERATED_MARKER).exists() for f in files)

@@ -67,7 +67,6 @@ def _positive_int(text: str) -> int:
 
 def run_search_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from ranking.scoring import ScoringOptions
-    from ranking.search import run_search
 
     filters = filters_from_args(args)
     options = ScoringOptions.from_settings(
@@ -80,53 +79,137 @@ def run_search_cmd(args: argparse.Namespace, settings: Settings) -> int:
         },
         half_life_days=args.half_life,
     )
-    result = run_search(settings, args.query, k=args.k, filters=filters, options=options,
-                        mode=args.mode, sort=args.sort)
-    if args.json:
+    data = search_via_server(settings, args, filters, options)
+    if data is None:
+        from ranking.search import run_search
+
+        result = run_search(settings, args.query, k=args.k, filters=filters, options=options,
+                            mode=args.mode, sort=args.sort)
         data = result.to_dict()
+    if args.json:
         if not args.explain:
             for hit in data["results"]:
                 hit["explanation"] = hit["explanation"]["text"]
         print_json(data)
         return 0
-    if not result.hits:
+    hits = data["results"]
+    if not hits:
         print("no results", file=sys.stderr)
         return 0
     rows = [
         (
             n,
-            h.pmid,
-            f"{h.score:.3f}",
-            f"{h.similarity:.3f}",
-            "" if h.bm25 is None else f"{h.bm25:.2f}",
-            f"{h.recency:.2f}",
-            f"{h.citation:.2f}",
-            h.best_date or h.pub_year or "",
-            _cut(h.title, 70),
+            h["pmid"],
+            f"{h['score']:.3f}",
+            f"{h['similarity']:.3f}",
+            "" if h.get("bm25") is None else f"{h['bm25']:.2f}",
+            f"{h['recency']:.2f}",
+            f"{h['citation']:.2f}",
+            h["best_date"] or h["pub_year"] or "",
+            _cut(h["title"], 70),
         )
-        for n, h in enumerate(result.hits, start=1)
+        for n, h in enumerate(hits, start=1)
     ]
     print_table(rows, ["#", "pmid", "score", "sim", "bm25", "rec", "cit", "date", "title"])
-    o = result.options
-    relevance = (f"{o.w_similarity:g}*sim" if result.mode == "semantic" else
-                 f"{o.w_similarity:g}*lex" if result.mode == "lexical" else
-                 f"{o.w_similarity:g}*({1 - o.lexical_share:g}*sim + {o.lexical_share:g}*lex)"
-                 f" [{o.fusion}]")
+    o, mode = data["options"], data["mode"]
+    w, lam = o["w_similarity"], o["lexical_share"]
+    relevance = (f"{w:g}*sim" if mode == "semantic" else f"{w:g}*lex" if mode == "lexical"
+                 else f"{w:g}*({1 - lam:g}*sim + {lam:g}*lex) [{o['fusion']}]")
     print(
-        f"\nindex {result.index_version} (model {result.model_version}); mode {result.mode}; "
-        f"{result.candidates} candidates re-ranked; "
-        f"score = {relevance} + {o.w_recency:g}*rec + "
-        f"{o.w_citation:g}*cit, half-life {o.half_life_days:g} days"
-        + ("; sorted by date" if result.sort == "date" else "")
+        f"\nindex {data['index_version']} (model {data['model_version']}); mode {mode}; "
+        f"{data['candidates']} candidates re-ranked; "
+        f"score = {relevance} + {o['w_recency']:g}*rec + "
+        f"{o['w_citation']:g}*cit, half-life {o['half_life_days']:g} days"
+        + ("; sorted by date" if data["sort"] == "date" else "")
     )
     if args.explain:
-        for n, h in enumerate(result.hits, start=1):
-            print(f"\n{n}. PMID {h.pmid}: {h.explanation['text']}")
-            for name, comp in h.explanation["components"].items():
+        for n, h in enumerate(hits, start=1):
+            print(f"\n{n}. PMID {h['pmid']}: {h['explanation']['text']}")
+            for name, comp in h["explanation"]["components"].items():
                 print(f"   {name:<10} {comp['text']}")
-            if h.explanation.get("retracted"):
+            if h["explanation"].get("retracted"):
                 print("   (retracted)")
     return 0
+
+
+#: Seconds to wait for a running server to accept the connection (then: in process).
+CONNECT_TIMEOUT_S = 1.0
+#: Seconds a server that accepted may take to answer: its first search loads the model,
+#: which searching in process would have to do as well.
+ANSWER_TIMEOUT_S = 300.0
+
+
+def search_via_server(
+    settings: Settings, args: argparse.Namespace, filters: Any, options: Any
+) -> dict[str, Any] | None:
+    """The answer of a running ``litpulse serve`` (model already loaded), or ``None``.
+
+    Asks ``settings.search_server_url`` with the CLI's own filters and effective scoring
+    options. ``None`` (search in process) when it is empty, nothing accepts the connection
+    within :data:`CONNECT_TIMEOUT_S`, the server answers an error, or it serves another
+    index than this store's published one (another ``LITPULSE_HOME``). Says on stderr
+    which path answered.
+    """
+    import http.client
+    import json
+    import time
+    import urllib.parse
+
+    base = settings.search_server_url
+    if not base:
+        return None
+    url = urllib.parse.urlsplit(base)
+    params: list[tuple[str, Any]] = [
+        ("q", args.query), ("k", args.k), ("include_retracted", filters.include_retracted),
+        ("w_sim", options.w_similarity), ("w_recency", options.w_recency),
+        ("w_citation", options.w_citation), ("half_life", options.half_life_days),
+        ("w_lexical", options.lexical_share), ("mode", args.mode), ("sort", args.sort),
+    ]
+    params += [("mesh", m) for m in filters.mesh] + [("type", t) for t in filters.publication_type]
+    for name in ("since", "until", "language", "has_abstract"):
+        value = getattr(filters, name)
+        if value is not None:
+            params.append((name, value.isoformat() if hasattr(value, "isoformat") else value))
+    path = url.path.rstrip("/") + "/search?" + urllib.parse.urlencode(
+        [(k, str(v).lower() if isinstance(v, bool) else v) for k, v in params]
+    )
+    cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+    started = time.perf_counter()
+    conn = cls(url.hostname or "127.0.0.1", url.port, timeout=CONNECT_TIMEOUT_S)
+    try:
+        conn.connect()
+        conn.sock.settimeout(ANSWER_TIMEOUT_S)
+        conn.request("GET", path, headers={"Accept": "application/json"})
+        answer = conn.getresponse()
+        body = answer.read()
+    except (OSError, http.client.HTTPException):
+        print(f"litpulse: no server at {base}: searching in process (loading the model takes "
+              "a while; `litpulse serve` keeps it loaded)", file=sys.stderr)
+        return None
+    finally:
+        conn.close()
+    if answer.status != 200:
+        detail = body[:200].decode("utf-8", "replace")
+        print(f"litpulse: the server at {base} answered {answer.status} ({detail}): searching "
+              "in process", file=sys.stderr)
+        return None
+    data: dict[str, Any] = json.loads(body)
+    published = _published_index_id(settings)
+    if data.get("index_version") != published:
+        print(f"litpulse: the server at {base} serves index {data.get('index_version')}, this "
+              f"store publishes {published}: searching in process", file=sys.stderr)
+        return None
+    print(f"litpulse: answered by the server at {base} in "
+          f"{time.perf_counter() - started:.2f} s", file=sys.stderr)
+    return data
+
+
+def _published_index_id(settings: Settings) -> str | None:
+    from litpulse.core.db import connect
+    from ranking.models import published_index_row
+
+    row = published_index_row(connect(settings))
+    return None if row is None else str(row.id)
 
 
 def _cut(text: str, width: int) -> str:

@@ -33,12 +33,14 @@ this module.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import gzip
 import hashlib
 import html
 import io
 import json
 import logging
+import math
 import random
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -82,13 +84,49 @@ _NOTICE_BASE = 39_500_000
 
 
 @dataclass(frozen=True)
+class Concept:
+    """Something an article is about, with the surface forms literature uses for it.
+
+    ``forms[0]`` is the canonical name; the others are abbreviations, synonyms and a
+    plain-words paraphrase. A title names a concept one way and its abstract another, as
+    real titles and abstracts share meaning more than exact words.
+    """
+
+    forms: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.forms[0]
+
+
+@dataclass(frozen=True)
 class Topic:
-    """A research topic: its terms (abstract words) and MeSH descriptors (name, UI)."""
+    """A research topic: exposures and outcomes it studies, MeSH descriptors (name, UI),
+    and the mechanisms of the investigational compounds of its trials (description,
+    generic-name stem)."""
 
     name: str
     terms: tuple[str, ...]
     mesh: tuple[tuple[str, str], ...]
     emerging: bool = False
+    exposures: tuple[Concept, ...] = ()
+    outcomes: tuple[Concept, ...] = ()
+    mechanisms: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Compound:
+    """An investigational drug: trial titles name it by its code, abstracts by its generic
+    name and mechanism (words a base model cannot link; the literature teaches them).
+
+    ``intro`` is the share of the window after which articles start to study it.
+    """
+
+    code: str
+    generic: str
+    mechanism: str
+    topic: str
+    intro: float
 
 
 def _vocabulary() -> dict[str, Any]:
@@ -104,22 +142,46 @@ def _vocabulary() -> dict[str, Any]:
     return {k: v if k == "topics" else frozen(v) for k, v in data.items()}
 
 
+def _topic_of(t: Mapping[str, Any]) -> Topic:
+    exposures = tuple(Concept(tuple(c)) for c in t["exposures"])
+    outcomes = tuple(Concept(tuple(c)) for c in t["outcomes"])
+    return Topic(
+        t["name"],
+        tuple(c.name for c in (*exposures, *outcomes)),
+        tuple(tuple(m) for m in t["mesh"]),
+        t["emerging"],
+        exposures,
+        outcomes,
+        tuple(tuple(m) for m in t["mechanisms"]),
+    )
+
+
 _VOCAB = _vocabulary()
 #: The research topics of generated records (stable ones, and emerging ones late in the window).
-TOPICS: tuple[Topic, ...] = tuple(
-    Topic(t["name"], tuple(t["terms"]), tuple(tuple(m) for m in t["mesh"]), t["emerging"])
-    for t in _VOCAB["topics"]
-)
+TOPICS: tuple[Topic, ...] = tuple(_topic_of(t) for t in _VOCAB["topics"])
 _STABLE_TOPICS = tuple(t for t in TOPICS if not t.emerging)
 _EMERGING_TOPICS = tuple(t for t in TOPICS if t.emerging)
 #: Terms planted into stable topics' records only late in the window (drift=True).
 DRIFT_TERMS: tuple[str, ...] = _VOCAB["drift_terms"]
+#: Who an article studies (canonical name first, then other ways to say it).
+POPULATIONS: tuple[Concept, ...] = tuple(Concept(p) for p in _VOCAB["populations"])
+#: Study designs (canonical name first).
+DESIGNS: tuple[Concept, ...] = tuple(Concept(d) for d in _VOCAB["designs"])
 _GENERAL: tuple[str, ...] = _VOCAB["general"]
+_TITLES: tuple[str, ...] = _VOCAB["titles"]
+_COMPOUND_TITLES: tuple[str, ...] = _VOCAB["compound_titles"]
 _OPENERS: tuple[str, ...] = _VOCAB["openers"]
+_BACKGROUND: tuple[str, ...] = _VOCAB["background"]
+_METHODS: tuple[str, ...] = _VOCAB["methods"]
+_RESULTS: tuple[str, ...] = _VOCAB["results"]
+_COMPOUND_INTRO: tuple[str, ...] = _VOCAB["compound_intro"]
 _MIDDLE: tuple[str, ...] = _VOCAB["middle"]
 #: Middle sentences without inline markup: most real abstracts have none.
 _MIDDLE_PLAIN = tuple(t for t in _MIDDLE if "<" not in t)
 _CLOSERS: tuple[str, ...] = _VOCAB["closers"]
+_SYLLABLES: tuple[str, ...] = _VOCAB["compound_syllables"]
+#: Investigational compounds per topic with mechanisms (introduced one after another).
+COMPOUNDS_PER_TOPIC = 4
 _STRUCTURE: tuple[tuple[str, str], ...] = _VOCAB["structure"]
 _LAST_NAMES: tuple[str, ...] = _VOCAB["last_names"]
 _FORE_NAMES: tuple[str, ...] = _VOCAB["fore_names"]
@@ -244,6 +306,14 @@ class ArticleSpec:
         references: PMIDs cited (earlier records of the corpus plus a few outside).
         drift_term: A late-window term planted in the abstract, if any.
         seed: The corpus seed.
+        exposure: Canonical name of what the article studies (a compound's code for a
+            trial of an investigational compound).
+        outcome: Canonical name of the outcome it studies.
+        population: Canonical name of who it studies.
+        design: Canonical name of its study design.
+        compound: The code of the investigational compound it tests, if any.
+        title_forms: How the title names (exposure, outcome, population).
+        abstract_forms: How the abstract first names them (another form of each).
     """
 
     pmid: int
@@ -260,6 +330,13 @@ class ArticleSpec:
     references: tuple[int, ...] = ()
     drift_term: str | None = None
     seed: int = 0
+    exposure: str = ""
+    outcome: str = ""
+    population: str = ""
+    design: str = ""
+    compound: str | None = None
+    title_forms: tuple[str, ...] = ()
+    abstract_forms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -349,25 +426,138 @@ def _entrez_date(cfg: CorpusConfig, index: int) -> dt.date:
     return cfg.start_date + dt.timedelta(days=(index * cfg.days) // cfg.n_records)
 
 
+@functools.lru_cache(maxsize=16)
+def compounds(seed: int) -> tuple[Compound, ...]:
+    """The investigational compounds of a corpus: :data:`COMPOUNDS_PER_TOPIC` per topic
+    with mechanisms, introduced one after another over the window."""
+    r = random.Random(f"compounds:{seed}")
+    out: list[Compound] = []
+    seen: set[str] = set()
+    for topic in _STABLE_TOPICS:
+        for k in range(COMPOUNDS_PER_TOPIC if topic.mechanisms else 0):
+            mechanism, stem = topic.mechanisms[k % len(topic.mechanisms)]
+            while True:
+                generic = "".join(r.sample(_SYLLABLES, 2)) + stem
+                letters = "".join(r.choice("ABCDEFGHJKLMNPRSTVXZ") for _ in range(r.choice((2, 3))))
+                code = f"{letters}-{r.randint(100, 9999)}"
+                if generic not in seen and code not in seen:
+                    break
+            seen.update((generic, code))
+            intro = 0.8 * (k + 0.1) / COMPOUNDS_PER_TOPIC  # the last one at two thirds
+            out.append(Compound(code, generic, mechanism, topic.name, intro=intro))
+    return tuple(out)
+
+
+def _compound(seed: int, code: str) -> Compound:
+    for c in compounds(seed):
+        if c.code == code:
+            return c
+    raise ConfigError(f"unknown compound {code!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class _Latent:
+    """What article ``index`` is about (a pure function of seed and index)."""
+
+    topic: Topic
+    exposure: Concept | None
+    compound: Compound | None
+    outcome: Concept
+    population: Concept
+    design: Concept
+
+    def exposure_name(self) -> str:
+        if self.compound is not None:
+            return self.compound.code
+        return self.exposure.name if self.exposure else ""
+
+
+def _topic_weights(frac: float) -> list[float]:
+    """Shares of the stable topics at a point of the window: each waxes and wanes."""
+    n = len(_STABLE_TOPICS)
+    return [1.0 + 0.6 * math.sin(2 * math.pi * (frac + k / n)) for k in range(n)]
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _latent(cfg: CorpusConfig, index: int) -> _Latent:
+    """What article ``index`` is about (cached: citing articles look earlier ones up)."""
+    r = random.Random(cfg.seed * 1_000_003 + index)
+    frac = index / cfg.n_records
+    late = _entrez_date(cfg, index) >= cfg.drift_cutoff
+    if cfg.drift and late and r.random() < 0.35:
+        topic = r.choice(_EMERGING_TOPICS)
+    elif cfg.drift:
+        topic = r.choices(_STABLE_TOPICS, weights=_topic_weights(frac))[0]
+    else:
+        topic = r.choice(_STABLE_TOPICS)
+    compound = None
+    if topic.mechanisms and r.random() < 0.5:
+        ready = [c for c in compounds(cfg.seed) if c.topic == topic.name and c.intro <= frac]
+        if ready:
+            compound = r.choice(ready)
+    exposure = None if compound else r.choice(topic.exposures)
+    return _Latent(
+        topic,
+        exposure,
+        compound,
+        r.choice(topic.outcomes),
+        r.choice(POPULATIONS),
+        r.choice(DESIGNS),
+    )
+
+
+def _two_forms(r: random.Random, concept: Concept) -> tuple[str, str]:
+    """Two different forms of a concept: the title's (rarely the long paraphrase) and the
+    abstract's first mention."""
+    n = len(concept.forms)
+    weights = [2, 5, 3, 1][:n] if n >= 4 else [1] * n
+    t = r.choices(range(n), weights=weights)[0]
+    a = r.choice([i for i in range(n) if i != t])
+    return concept.forms[t], concept.forms[a]
+
+
+def _related_refs(cfg: CorpusConfig, index: int, lat: _Latent, r: random.Random) -> list[int]:
+    """Earlier articles of the corpus an article cites: mostly related ones (same topic,
+    sharing its exposure, compound or outcome), a few others of its topic, and some
+    PMIDs outside the corpus."""
+    related: list[int] = []
+    same_topic: list[int] = []
+    lo = max(0, index - 4000)
+    for _ in range(min(48, 2 * (index - lo))):
+        j = r.randrange(lo, index)
+        other = _latent(cfg, j)
+        if other.topic is not lat.topic:
+            continue
+        if other.exposure_name() == lat.exposure_name() or other.outcome is lat.outcome:
+            related.append(j)
+        else:
+            same_topic.append(j)
+    picked = list(dict.fromkeys(related))[: r.randint(1, 8)]
+    picked += list(dict.fromkeys(same_topic))[: r.randint(0, 1)]
+    refs = [_pmid_of(j, cfg.seed) for j in sorted(picked)]
+    refs.extend(r.randint(1_000_000, 30_000_000) for _ in range(r.randint(0, 6)))
+    return refs
+
+
 def _spec(plan: _Plan, index: int, revision: int) -> ArticleSpec:
     cfg = plan.cfg
     r = random.Random(f"spec:{cfg.seed}:{index}")
     entrez = _entrez_date(cfg, index)
     late = entrez >= cfg.drift_cutoff
-    if cfg.drift and late and r.random() < 0.35:
-        topic = r.choice(_EMERGING_TOPICS).name
-    else:
-        topic = r.choice(_STABLE_TOPICS).name
-        r.random()
+    lat = _latent(cfg, index)
     drift_term = r.choice(DRIFT_TERMS) if cfg.drift and late and r.random() < 0.5 else None
     is_book = r.random() < cfg.book_fraction and index not in plan.malformed
     retracted = (not is_book) and r.random() < cfg.retract_fraction
     refs: list[int] = []
-    if index and not is_book and r.random() < 0.8:
-        for _ in range(r.randint(1, 12)):
-            j = r.randrange(max(0, index - 5000), index)
-            refs.append(_pmid_of(j, cfg.seed))
-        refs.extend(r.randint(1_000_000, 30_000_000) for _ in range(r.randint(0, 8)))
+    if index and not is_book and r.random() < 0.85:
+        refs = _related_refs(cfg, index, lat, r)
+    if lat.compound is not None:
+        c = lat.compound
+        x_forms = (c.code, f"{c.generic}, {c.mechanism},")
+    else:
+        assert lat.exposure is not None
+        x_forms = _two_forms(r, lat.exposure)
+    y_forms, p_forms = _two_forms(r, lat.outcome), _two_forms(r, lat.population)
     date_revised = entrez + dt.timedelta(days=r.randint(0, 3))
     version = 1
     file_index = plan.file_of[index]
@@ -384,13 +574,20 @@ def _spec(plan: _Plan, index: int, revision: int) -> ArticleSpec:
         file_index=file_index,
         entrez_date=entrez,
         date_revised=date_revised,
-        topic=topic,
+        topic=lat.topic.name,
         is_book=is_book,
         retracted=retracted,
         malformed=plan.malformed.get(index),
         references=tuple(dict.fromkeys(refs)),
         drift_term=drift_term,
         seed=cfg.seed,
+        exposure=lat.exposure_name(),
+        outcome=lat.outcome.name,
+        population=lat.population.name,
+        design=lat.design.name,
+        compound=lat.compound.code if lat.compound else None,
+        title_forms=(x_forms[0], y_forms[0], p_forms[0]),
+        abstract_forms=(x_forms[1], y_forms[1], p_forms[1]),
     )
 
 
@@ -470,23 +667,13 @@ def _esc(text: str) -> str:
     return _xml_escape(text)
 
 
-def _words(r: random.Random, topic: Topic) -> dict[str, str]:
-    terms = topic.terms
-    a = r.choice(terms)
-    return {
-        "a": a,
-        "A": a[:1].upper() + a[1:],
-        "b": r.choice(terms),
-        "c": r.choice(("patients", "participants", "adults", "children", "cohort members")),
-        "d": r.choice(("increase", "reduction", "difference", "change")),
-        "e": r.choice(_GENERAL),
-        "n": str(r.randint(1, 9)),
-        "n2": str(r.randint(0, 9)),
-    }
-
-
-def _sentence(r: random.Random, templates: Sequence[str], topic: Topic) -> str:
-    return r.choice(templates).format(**_words(r, topic))
+def _cap(text: str) -> str:
+    """Sentence case for a phrase starting a sentence (``ctDNA`` and ``p-tau`` stay)."""
+    first = text.split(" ", 1)[0]
+    plain = first.replace("-", "")
+    if plain.isalpha() and plain.islower() and len(first.split("-")[0]) > 1:
+        return text[:1].upper() + text[1:]
+    return text
 
 
 def _topic(name: str) -> Topic:
@@ -496,21 +683,46 @@ def _topic(name: str) -> Topic:
     raise ConfigError(f"unknown topic {name!r}")
 
 
+def _concept(concepts: Sequence[Concept], name: str) -> Concept:
+    for c in concepts:
+        if c.name == name:
+            return c
+    raise ConfigError(f"unknown concept {name!r}")
+
+
+def _later(r: random.Random, concept: Concept, title_form: str) -> str:
+    """A later mention in the abstract: any form but the title's."""
+    return r.choice([f for f in concept.forms if f != title_form])
+
+
+def _fill(template: str, r: random.Random, **words: str) -> str:
+    """A template with its words XML-escaped, ``{Xc}`` capitalised, numbers drawn."""
+    values = {k: _esc(v) for k, v in words.items()}
+    if "X" in values:
+        values["Xc"] = _cap(values["X"])
+    if "G" in values:
+        values["Gc"] = _cap(values["G"])
+    values.update(
+        d=r.choice(("rise", "reduction", "difference", "change")),
+        e=r.choice(_GENERAL),
+        n=str(r.randint(1, 9)),
+        n2=str(r.randint(0, 9)),
+        n3=str(r.randint(0, 9)),
+    )
+    return template.format(**values)
+
+
 def _title_xml(spec: ArticleSpec, r: random.Random, topic: Topic) -> str:
-    a, b = r.choice(topic.terms), r.choice(topic.terms)
-    form = r.randrange(6)
-    if form == 0:
-        title = f"{a[:1].upper() + a[1:]} and {b} in {r.choice(_GENERAL)}: a cohort study."
-    elif form == 1:
-        title = f"Association of {a} with {b}."
-    elif form == 2:
-        title = f"Role of <i>{a}</i> in {b} <i>in vivo</i>."
-    elif form == 3:
-        title = f"Effects of {a} on {b}: a randomised trial."
-    elif form == 4:
-        title = f"{a[:1].upper() + a[1:]} modulates {b} via H<sub>2</sub>S signalling."
+    x, y, p = spec.title_forms or (topic.terms[0], topic.terms[-1], POPULATIONS[0].name)
+    design = r.choice(_concept(DESIGNS, spec.design).forms) if spec.design else "cohort study"
+    if spec.compound:
+        template = r.choice(_COMPOUND_TITLES)
+        n = str(r.randint(1, 3))
     else:
-        title = f"{a[:1].upper() + a[1:]} &amp; {b}: a systematic review."
+        template = r.choice(_TITLES)
+        n = ""
+    title = template.format(X=_esc(x), Y=_esc(y), P=_esc(p), D=_esc(design), n=n)
+    title = _cap(title) if not title.startswith("<") else title
     if spec.revision:
         title = title[:-1] + " (corrected)."
     return title
@@ -523,24 +735,62 @@ def expected_title(spec: ArticleSpec) -> str:
     return " ".join(html.unescape(_TAG_RE.sub("", xml)).split())
 
 
-def _abstract_xml(spec: ArticleSpec, r: random.Random, topic: Topic) -> str:
-    target = r.randint(150, 300)
-    middle = _MIDDLE if r.random() < 0.25 else _MIDDLE_PLAIN  # a quarter carry markup
-    sentences: list[str] = [_sentence(r, _OPENERS, topic)]
-    words = len(sentences[0].split())
-    while words < target - 20:
-        s = _sentence(r, middle, topic)
-        sentences.append(s)
-        words += len(s.split())
+def _abstract_sections(spec: ArticleSpec, r: random.Random, topic: Topic) -> list[list[str]]:
+    """The abstract's sentences by section (background, methods, results, conclusions):
+    what the title says, in other words, among background and methods."""
+    x_t, y_t, p_t = spec.title_forms
+    x_a, y_a, p_a = spec.abstract_forms
+    outcome = _concept(topic.outcomes, spec.outcome)
+    population = _concept(POPULATIONS, spec.population)
+    design = r.choice(_concept(DESIGNS, spec.design).forms)
+    if spec.compound:
+        c = _compound(spec.seed, spec.compound)
+        generic = f"{c.generic} ({c.code})" if r.random() < 0.15 else c.generic
+
+        def x_later() -> str:
+            return c.generic
+
+        first = _fill(r.choice(_COMPOUND_INTRO), r, G=generic, M=c.mechanism, Y=y_a, P=p_a)
+    else:
+        exposure = _concept(topic.exposures, spec.exposure)
+        if len(x_t) <= 8 and r.random() < 0.15:  # the abbreviation defined, as papers do
+            x_a = f"{x_a} ({x_t})"
+
+        def x_later() -> str:
+            return _later(r, exposure, x_t)
+
+        first = _fill(r.choice(_OPENERS), r, X=x_a, Y=y_a, P=p_a)
+    background = [first]
     if spec.drift_term:
-        sentences.insert(1, f"We applied {spec.drift_term} to study {r.choice(topic.terms)}.")
-    sentences.append(_sentence(r, _CLOSERS, topic))
-    if r.random() < 0.4:  # structured
-        quarter = max(1, len(sentences) // 4)
-        cuts = [0, quarter, 2 * quarter, len(sentences) - 1, len(sentences)]
+        background.append(f"We applied {spec.drift_term} to study {_esc(outcome.name)}.")
+    noise_x = r.choice([e for e in topic.exposures if e.name != spec.exposure])
+    noise_y = r.choice([o for o in topic.outcomes if o is not outcome])
+    background.append(
+        _fill(r.choice(_BACKGROUND), r, X=r.choice(noise_x.forms), Y=r.choice(noise_y.forms))
+    )
+    methods = [_fill(r.choice(_METHODS), r, D=design, P=_later(r, population, p_t))]
+    if r.random() < 0.4:  # short abstracts (a demo embeds quickly): not every part is there
+        methods = []
+    results = [
+        _fill(template, r, X=x_later(), Y=_later(r, outcome, y_t))
+        for template in r.sample(_RESULTS, 1 if r.random() < 0.7 else 2)
+    ]
+    middle = _MIDDLE if r.random() < 0.25 else _MIDDLE_PLAIN  # a quarter carry markup
+    if r.random() < 0.25:
+        results.append(_fill(r.choice(middle), r))
+    closer = _fill(
+        r.choice(_CLOSERS), r, X=x_later(), Y=_later(r, outcome, y_t), P=_later(r, population, p_t)
+    )
+    return [background, methods, results, [_cap(closer)] if r.random() < 0.6 else []]
+
+
+def _abstract_xml(spec: ArticleSpec, r: random.Random, topic: Topic) -> str:
+    sections = _abstract_sections(spec, r, topic)
+    sentences = [s for section in sections for s in section]
+    if r.random() < 0.4 and all(sections):  # structured
         parts = []
-        for (label, cat), lo, hi in zip(_STRUCTURE, cuts[:-1], cuts[1:], strict=True):
-            text = " ".join(sentences[lo:hi])
+        for (label, cat), section in zip(_STRUCTURE, sections, strict=True):
+            text = " ".join(section)
             parts.append(f'<AbstractText Label="{label}" NlmCategory="{cat}">{text}</AbstractText>')
         return "".join(parts)
     if r.random() < 0.1:  # two unlabelled paragraphs

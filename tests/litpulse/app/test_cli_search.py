@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +91,84 @@ def test_search_modes_and_sort_by_date(real: Settings,
     assert all(h["bm25"] > 0 for h in data["results"])
     with pytest.raises(SystemExit):
         parse(["search", "x", "--mode", "fuzzy"])
+# ------------------------------------------------------------ a running server answers
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(real: Settings) -> Iterator[str]:
+    """A real ``litpulse serve`` app (uvicorn on 127.0.0.1, a free port) over ``real``."""
+    import uvicorn
+
+    from litpulse.app.api import create_app
+
+    port = _free_port()
+    config = uvicorn.Config(create_app(real), host="127.0.0.1", port=port, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def _search(settings: Settings, capsys: pytest.CaptureFixture[str]) -> tuple[dict, str]:
+    args = parse(["search", "malaria vaccine for children", "-k", "3", "--w-recency", "0.3",
+                  "--json"])  # fmt: skip
+    assert args.func(args, settings) == 0
+    captured = capsys.readouterr()
+    return json.loads(captured.out), captured.err
+
+
+def test_search_asks_a_running_server(
+    real: Settings, server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    local, err = _search(real.replace(search_server_url=""), capsys)
+    assert err == ""  # no server configured: in process, silently
+    remote, err = _search(real.replace(search_server_url=server), capsys)
+    assert f"answered by the server at {server}" in err
+    assert remote["index_version"] == local["index_version"]
+    assert remote["options"]["w_recency"] == 0.3  # the CLI's options travel
+    assert [(h["pmid"], round(h["score"], 6)) for h in remote["results"]] == [
+        (h["pmid"], round(h["score"], 6)) for h in local["results"]
+    ]
+
+
+def test_search_runs_in_process_without_a_server(
+    real: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"http://127.0.0.1:{_free_port()}/"  # nothing listens there
+    data, err = _search(real.replace(search_server_url=url), capsys)
+    assert f"no server at {url}: searching in process" in err
+    assert data["results"] and data["results"][0]["pmid"] == 201
+
+
+def test_search_ignores_a_server_of_another_store(
+    real: Settings, server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from litpulse.core import db
+    from ranking.refresh import refresh_index
+    from tests.ranking.corpus import load_corpus
+
+    other = Settings.from_env({}, home=tmp_path / "other", search_server_url=server)
+    load_corpus(db.connect(other))
+    mine = refresh_index(other)
+    data, err = _search(other, capsys)
+    assert f"serves index {_published(real)}, this store publishes {mine.id}" in err
+    assert data["index_version"] == mine.id
+
+
+def _published(settings: Settings) -> str:
+    from ranking.index_files import open_published
+
+    return str(open_published(settings).id)

@@ -152,7 +152,9 @@ def test_retrain_runs_when_due(
     assert report.retrain_decision is not None and report.retrain_decision["due"] is True
     from litpulse.pipeline.planning import reindex_now
 
-    assert calls == [{"progress": False, "min_new_articles": 5, "reindex": reindex_now}]
+    reindex = calls[0].pop("reindex")  # the promotion's re-index, with the run's progress
+    assert (reindex.func, reindex.keywords) == (reindex_now, {"progress": False})
+    assert calls == [{"progress": False, "min_new_articles": 5}]
     assert report.retrain is not None and report.retrain["status"] == "rejected"
     assert report.promoted is None
     assert promoted_model({"status": "promoted", "version_id": "m-2"}) == "m-2"
@@ -403,7 +405,7 @@ def test_cli_prints_a_summary(
             index={"id": "ix-1", "size": 7, "published": True},
             retrain=None,
             retrain_decision=None,
-            steps=(("ingest", 1.25),),
+            steps=(("ingest", 1.25), ("index", 2.5)),
         )
 
     monkeypatch.setattr("litpulse.pipeline.nightly.run_nightly", fake)
@@ -411,7 +413,13 @@ def test_cli_prints_a_summary(
     monkeypatch.setenv("LITPULSE_HOME", str(sqlite_settings.home))
     assert cli_main(["nightly", "--files", "a.xml", "b.xml", "--no-retrain"]) == 0
     out = capsys.readouterr().out
-    assert "inserted 7" in out and "ix-1" in out and "ingest 1.2s" in out
+    lines = out.splitlines()
+    assert lines[0].split() == ["step", "time", "what", "happened"]
+    assert any(ln.split()[:4] == ["ingest", "1.2", "s", "records:"] and "7 new" in ln
+               for ln in lines)
+    assert any(ln.startswith("index") and "7 articles embedded" in ln for ln in lines)
+    assert any(ln.split()[:3] == ["retrain", "-", "disabled"] for ln in lines)
+    assert any(ln.split()[:3] == ["total", "3.8", "s"] for ln in lines)
     assert seen["source"] == "files" and seen["files"] == ["a.xml", "b.xml"]
     assert seen["retrain"] is False and seen["citations"] is True
 
@@ -426,3 +434,60 @@ def test_index_step_embeds_once(sqlite_settings: Settings) -> None:
     assert embedded == 3 and index["embedded"] == 3  # counted where it happened
     assert index["size"] == 3 and index["published"]
     assert _count(sqlite_settings, embeddings) == 3
+
+
+def _retrain_report(status: str, fresh: float, older: float) -> dict[str, Any]:
+    base = {"fresh": {"recall@10": 0.6}, "older": {"recall@10": 0.8}}
+    cand = {"fresh": {"recall@10": fresh}, "older": {"recall@10": older}}
+    gate = [f"fresh recall@10 {fresh:.3f} vs active 0.600: {fresh - 0.6:+.3f} < margin 0.005"]
+    return {
+        "status": status, "version_id": "m-1",
+        "metrics": {"candidate": cand, "active": {**base, "model": "base"}, "base": base},
+        "training": {"steps": 14, "seconds": 59.2, "budget_seconds": 60.0},
+        "gate": {"reasons": gate if status == "rejected" else []},
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "fresh", "expected"),
+    [
+        ("promoted", 0.7, "promoted m-1: fresh recall@10 0.600 -> 0.700 (+0.100), older "
+                          "0.800 -> 0.810 (+0.010) against the base model; trained 14 steps "
+                          "in 59 s (budget 60 s); the index was rebuilt for it"),
+        ("rejected", 0.6, "rejected m-1: fresh recall@10 0.600 -> 0.600 (+0.000), older "
+                          "0.800 -> 0.810 (+0.010) against the base model; trained 14 steps "
+                          "in 59 s (budget 60 s); fresh recall@10 0.600 vs active 0.600: "
+                          "+0.000 < margin 0.005"),
+    ],
+)
+def test_summary_says_what_the_retrain_did(status: str, fresh: float, expected: str) -> None:
+    from litpulse.pipeline.nightly import NightlyReport
+
+    report = NightlyReport(
+        source="files", window_start=None, window_end=None,
+        ingest={"inserted": 1980, "updated": 100, "deleted": 20}, quality={"ok": True},
+        citations=None, embedded=1980,
+        index={"model_version": "m-1", "kind": "flat", "size": 1980, "published": True},
+        index_step={"model_version": "base", "kind": "flat", "size": 1980, "published": True},
+        retrain=_retrain_report(status, fresh, 0.81), retrain_decision={"due": True},
+        steps=(("ingest", 3.4), ("quality", 0.02), ("index", 41.0), ("retrain", 95.5)),
+    )
+    rows = {step: (took, what) for step, took, what in report.summary_rows()}
+    assert rows["ingest"] == ("3.4 s", "records: 1,980 new, 100 updated, 20 deleted")
+    assert rows["citations"] == ("-", "skipped")
+    assert rows["index"] == (
+        "41.0 s", "1,980 articles embedded with model base; flat index of 1,980 published"
+    )
+    assert rows["retrain"] == ("1 min 36 s", expected)
+    assert rows["total"] == ("2 min 20 s", "")
+
+
+def test_summary_says_when_the_budget_was_too_small() -> None:
+    from litpulse.pipeline.nightly import _retrain_text
+
+    report = _retrain_report("rejected", 0.6, 0.8)
+    report["training"] = {"steps": 1, "seconds": 58.0, "budget_seconds": 60.0}
+    assert _retrain_text(report).endswith(
+        "only 1 steps fitted in the budget on this machine: raise LITPULSE_RETRAIN_BUDGET_S; "
+        "fresh recall@10 0.600 vs active 0.600: +0.000 < margin 0.005"
+    )
