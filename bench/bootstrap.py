@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.ingest import _TreeSampler
+from bench.ingest import TreeSampler
 from bench.parse import peak_rss_kb
 
 #: Records in NLM's annual baseline (about 1,300 files).
@@ -63,7 +63,7 @@ def _child(root: str, workers: int) -> None:
         {}, home=home, database_url=f"sqlite:///{home}/bench.db", pubmed_files_url=f"file://{root}"
     )
     connect(settings)  # tables first: not part of the load
-    sampler = _TreeSampler()
+    sampler = TreeSampler()
     t0, c0 = time.perf_counter(), time.process_time()
     report = load_files(settings, workers=workers)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.ingest import _database
+from bench.ingest import scratch_database
 from bench.parse import peak_rss_kb
 
 PATHS = ("snapshot-sqlite", "snapshot-postgresql", "api-sqlite")
@@ -141,7 +141,7 @@ def _run_path(name: str, csv_path: Path, args: argparse.Namespace) -> dict[str, 
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     kind = "postgresql" if name.endswith("postgresql") else name
     try:
-        with _database(kind, args) as url:
+        with scratch_database(kind, args) as url:
             child = subprocess.run(
                 [sys.executable, "-m", "bench.citations", "--child", name, str(csv_path), url,
                  str(args.stored_every), str(args.api_pmids)],

@@ -103,7 +103,7 @@ _PHASES = (
 # --------------------------------------------------------------------------- children
 
 
-class _TreeSampler:
+class TreeSampler:
     """Peak RSS (this process and its descendants together) and the descendants' CPU.
 
     The parse workers are children of the forkserver, a child of this process: they
@@ -150,7 +150,7 @@ def _ingest(paths: list[str], url: str, workers: int) -> dict[str, float]:
     home = Path(tempfile.mkdtemp(prefix="litpulse-bench-home-"))
     settings = Settings.from_env({}, home=home, database_url=url)
     connect(settings)  # tables first: not part of the ingest
-    sampler = _TreeSampler()
+    sampler = TreeSampler()
     t0, c0 = time.perf_counter(), time.process_time()
     counts = ingest_files(settings, paths, workers=workers)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -191,7 +191,7 @@ def _child(name: str, path: str, url: str) -> None:
 
 
 @contextlib.contextmanager
-def _database(name: str, args: argparse.Namespace) -> Iterator[str]:
+def scratch_database(name: str, args: argparse.Namespace) -> Iterator[str]:
     """A fresh, empty store for one child: its URL; removed afterwards.
 
     PostgreSQL: a new database on the server of ``--pg-admin-url``, dropped (``FORCE``)
@@ -226,7 +226,7 @@ def _run_path(name: str, path: Path | str, args: argparse.Namespace) -> dict[str
     """Run one path in a child on a fresh store: its figures, or why there are none."""
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     try:
-        with _database(name, args) as url:
+        with scratch_database(name, args) as url:
             child = subprocess.run(
                 [sys.executable, "-m", "bench.ingest", "--child", name, str(path), url],
                 capture_output=True, text=True, timeout=args.timeout, env=env,

@@ -154,7 +154,8 @@ def test_retrain_runs_when_due(
 
     reindex = calls[0].pop("reindex")  # the promotion's re-index, with the run's progress
     assert (reindex.func, reindex.keywords) == (reindex_now, {"progress": False})
-    assert calls == [{"progress": False, "min_new_articles": 5}]
+    # no index published (``_index`` is replaced): no BM25 hard negatives yet
+    assert calls == [{"progress": False, "min_new_articles": 5, "negatives": None}]
     assert report.retrain is not None and report.retrain["status"] == "rejected"
     assert report.promoted is None
     assert promoted_model({"status": "promoted", "version_id": "m-2"}) == "m-2"
