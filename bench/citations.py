@@ -9,7 +9,8 @@ that child's ``VmHWM``, :func:`bench.parse.peak_rss_kb`):
   the real ~40 GB / ~40M rows), into a store that holds every ``--stored-every``-th PMID
   (inserted before the clock starts). Rows/s counts every row read.
 * ``API refresh → SQLite`` — :func:`ingest.citations.refresh_citations` for ``--api-pmids``
-  stored PMIDs against the loopback emulator (``tests/emulator.py``) with the real client:
+  stored PMIDs against a loopback iCite stand-in (:func:`_icite_server`, iCite's
+  ``{"meta", "links", "data"}`` answer) with the real client:
   200 PMIDs a request, the process-wide limit of 3 requests/s (10 with an NCBI key).
   Rows/s counts PMIDs refreshed.
 
@@ -22,6 +23,7 @@ shared, so the load average is printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -29,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +42,7 @@ PATHS = ("snapshot-sqlite", "snapshot-postgresql", "api-sqlite")
 LABELS = {
     "snapshot-sqlite": "snapshot load → SQLite",
     "snapshot-postgresql": "snapshot load → PostgreSQL",
-    "api-sqlite": "API refresh (loopback emulator, 3 req/s × 200) → SQLite",
+    "api-sqlite": "API refresh (loopback iCite stand-in, 3 req/s × 200) → SQLite",
 }
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 BASELINE = 38_000_000
@@ -117,21 +120,58 @@ def _child(name: str, csv_path: str, url: str, stored_every: int, api_pmids: int
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         n, updated = counts.rows, counts.updated
     else:
+        import dataclasses
+
         from ingest.citations import refresh_citations
-        from tests.emulator import running_emulator
 
         pmids = list(range(FIRST, FIRST + api_pmids))
         _seed(settings, pmids)
-        for emu in running_emulator():
-            for p in pmids:
-                emu.set_icite(p, citation_count=p % 300, relative_citation_ratio=1.2)
-            s = emu.configure(settings)
+        with _icite_server() as url:
+            s = dataclasses.replace(settings, icite_url=url)
             t0, c0 = time.perf_counter(), time.process_time()
             counts_api = refresh_citations(s, pmids=pmids)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         n = updated = counts_api.updated
     out = {"n": n, "updated": updated, "wall": wall, "cpu": cpu, "rss_mb": peak_rss_kb() / 1024}
     sys.stdout.write(json.dumps(out))
+
+
+@contextlib.contextmanager
+def _icite_server() -> Iterator[str]:
+    """A loopback stand-in for iCite's ``/api/pubs?pmids=…`` (benchmarks never import the
+    tests' emulator): every asked PMID gets a row in iCite's JSON shape."""
+    import http.server
+    import threading
+    import urllib.parse
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+            pmids = [int(p) for p in query.get("pmids", [""])[0].split(",") if p.isdigit()]
+            data = [
+                {"pmid": p, "year": 2024, "title": f"Finding {p}", "is_research_article": "Yes",
+                 "relative_citation_ratio": 1.2, "citation_count": p % 300,
+                 "citations_per_year": 1.5, "provisional": "No"}
+                for p in pmids
+            ]  # fmt: skip
+            body = json.dumps({"meta": {}, "links": {}, "data": data}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/api/"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # --------------------------------------------------------------------------- parent
