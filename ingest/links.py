@@ -16,7 +16,7 @@ import json
 import sqlite3
 from collections import Counter
 from collections.abc import Iterator, Sequence, Set
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Any
 
 from sqlalchemy import bindparam, func, select, update
@@ -78,7 +78,7 @@ def replace_links(
         old = conn.exec_driver_sql(
             f'SELECT citing_pmid, cited_pmid FROM "references" WHERE {where}', (param,)
         ).all()
-        delta.subtract(cited for citing, cited in old if citing in was_live)
+        delta.subtract([cited for citing, cited in old if citing in was_live])
         conn.exec_driver_sql(f'DELETE FROM "references" WHERE {where}', (param,))
         where, param = id_in(conn, "pmid", stored_changed)
         conn.exec_driver_sql(f"DELETE FROM article_terms WHERE {where}", (param,))
@@ -87,7 +87,7 @@ def replace_links(
     for pmid, prep in live.items():
         term_rows.extend(map((pmid,).__add__, prep.terms))
         ref_rows.extend(zip(repeat(pmid), prep.references))
-    delta.update(cited for _citing, cited in ref_rows)
+    delta.update(chain.from_iterable(prep.references for prep in live.values()))
     insert_tuples(conn, article_terms, ("pmid", "kind", "term", "major"), term_rows)
     insert_tuples(conn, references, ("citing_pmid", "cited_pmid"), ref_rows)
     # articles live now but not before: count every live citer (delta would miss old ones)
@@ -148,7 +148,7 @@ def recompute_cited_by(
                 f"WHERE {where} AND coalesce(citer.is_deleted, {true}) = {live} "
                 "GROUP BY r.cited_pmid",
                 (param,),
-            )
+            ).all()
         )
     _update_cited_by(conn, changes, add=False, bulk=bulk)
 

@@ -222,8 +222,16 @@ class Store(RunLedger, Checkpoints):
         )
         return {
             row[0]: StoredState(
-                row[1], date(row[2]) if date is not None else row[2], *row[3:9], bool(row[9])
-            )
+                row[1],
+                date(row[2]) if date is not None else row[2],
+                row[3],
+                row[4],
+                row[5],
+                row[6],
+                row[7],
+                row[8],
+                bool(row[9]),
+            )  # fmt: skip
             for row in rows
         }
 

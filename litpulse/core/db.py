@@ -387,9 +387,9 @@ def _bound_rows(
     for i, name in enumerate(cols):
         if name in raw:
             continue
-        proc = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-        if proc is not None:
-            procs.append((i, proc, {}))
+        bind = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        if bind is not None:
+            procs.append((i, bind, {}))
     get = _getter(cols)
     for row in rows:
         vals = get(row)
