@@ -23,7 +23,7 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
 from ingest.rows import PreparedRecord
-from litpulse.core.db import id_in, insert_tuples, pg_array
+from litpulse.core.db import id_in, insert_tuples, pg_int_array
 from litpulse.core.schema import article_terms, articles, references
 
 __all__ = ["IN_CHUNK", "chunks", "recompute_cited_by", "replace_links"]
@@ -166,7 +166,7 @@ def _update_cited_by(
         conn.exec_driver_sql(
             f"UPDATE articles AS a SET cited_by_in_corpus = {value} "
             "FROM unnest(%s::bigint[], %s::integer[]) AS d(pmid, n) WHERE a.pmid = d.pmid",
-            (pg_array(pmids), pg_array(ns)),
+            (pg_int_array(pmids), pg_int_array(ns)),
         )
         return
     if bulk and conn.dialect.name == "sqlite" and _SQLITE_SET_BASED:

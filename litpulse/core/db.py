@@ -47,6 +47,7 @@ __all__ = [
     "insert_tuples",
     "id_in",
     "pg_array",
+    "pg_int_array",
     "bulk_update",
     "bulk_load",
     "utcnow",
@@ -418,7 +419,7 @@ def id_in(conn: Connection, column: str, ids: Iterable[int]) -> tuple[str, Any]:
     :meth:`Connection.exec_driver_sql`.
     """
     if conn.dialect.name == "postgresql":
-        return f"{column} = ANY(%s::bigint[])", pg_array([int(i) for i in ids])
+        return f"{column} = ANY(%s::bigint[])", pg_int_array(ids)
     return f"{column} IN (SELECT value FROM json_each(?))", json.dumps([int(i) for i in ids])
 
 
@@ -440,6 +441,11 @@ def pg_array(values: Iterable[Any]) -> str:
             text = str(v).replace("\\", "\\\\").replace('"', '\\"')
             parts.append(f'"{text}"')
     return "{" + ",".join(parts) + "}"
+
+
+def pg_int_array(values: Iterable[int]) -> str:
+    """:func:`pg_array` of integers, without a Python step per element."""
+    return "{" + ",".join(map(str, map(int, values))) + "}"
 
 
 #: PostgreSQL array element types of the column types :func:`bulk_update` handles.
