@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence, Set
+from itertools import chain, repeat
 from typing import Any
 
-from sqlalchemy import Table, bindparam, delete, func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
 from ingest.rows import PreparedRecord
+from litpulse.core.db import id_in, insert_tuples, pg_int_array
 from litpulse.core.schema import article_terms, articles, references
 
 __all__ = ["IN_CHUNK", "chunks", "recompute_cited_by", "replace_links"]
@@ -29,6 +32,7 @@ __all__ = ["IN_CHUNK", "chunks", "recompute_cited_by", "replace_links"]
 IN_CHUNK = 5000
 #: ``UPDATE … FROM`` (3.33) and ``json_each`` make the SQLite count updates set-based.
 _SQLITE_SET_BASED = sqlite3.sqlite_version_info >= (3, 33)
+_NONE: frozenset[int] = frozenset()
 
 _SET_CITED_BY = (
     update(articles)
@@ -50,6 +54,7 @@ def replace_links(
     was_live: set[int],
     *,
     bulk: bool = True,
+    new: Set[int] = _NONE,
 ) -> None:
     """Replace terms and references of changed articles; keep ``cited_by_in_corpus``.
 
@@ -60,50 +65,54 @@ def replace_links(
         live: The changed PMIDs that end the batch live, with their prepared record.
         was_live: PMIDs that were live before the batch.
         bulk: Set-based count updates (``False``: one ``UPDATE`` per PMID).
+        new: PMIDs whose rows this batch inserted (their stored count is 0: only their
+            recount is read).
 
     The in-corpus counts move by deltas: -1 for each reference of an article that
     was live before, +1 for each reference of an article live now. An article that
     becomes live in this batch gets its own count recounted from ``references``.
     """
-    delta: dict[int, int] = {}
-    for chunk in chunks(sorted(stored_changed)):
-        old = conn.execute(
-            select(references.c.citing_pmid, references.c.cited_pmid).where(
-                references.c.citing_pmid.in_(chunk)
-            )
+    delta: Counter[int] = Counter()
+    if stored_changed:
+        where, param = id_in(conn, "citing_pmid", stored_changed)
+        old = conn.exec_driver_sql(
+            f'SELECT citing_pmid, cited_pmid FROM "references" WHERE {where}', (param,)
         ).all()
-        for citing, cited in old:
-            if citing in was_live:
-                delta[cited] = delta.get(cited, 0) - 1
-        conn.execute(delete(references).where(references.c.citing_pmid.in_(chunk)))
-        conn.execute(delete(article_terms).where(article_terms.c.pmid.in_(chunk)))
+        delta.subtract([cited for citing, cited in old if citing in was_live])
+        conn.exec_driver_sql(f'DELETE FROM "references" WHERE {where}', (param,))
+        where, param = id_in(conn, "pmid", stored_changed)
+        conn.exec_driver_sql(f"DELETE FROM article_terms WHERE {where}", (param,))
     term_rows: list[tuple[Any, ...]] = []
-    ref_rows: list[tuple[Any, ...]] = []
+    ref_rows: list[tuple[int, int]] = []
     for pmid, prep in live.items():
-        term_rows.extend((pmid, *t) for t in prep.terms)
-        for cited in prep.references:
-            ref_rows.append((pmid, cited))
-            delta[cited] = delta.get(cited, 0) + 1
-    _insert_tuples(conn, article_terms, ("pmid", "kind", "term", "major"), term_rows)
-    _insert_tuples(conn, references, ("citing_pmid", "cited_pmid"), ref_rows)
+        term_rows.extend(map((pmid,).__add__, prep.terms))
+        ref_rows.extend(zip(repeat(pmid), prep.references))
+    delta.update(chain.from_iterable(prep.references for prep in live.values()))
+    insert_tuples(conn, article_terms, ("pmid", "kind", "term", "major"), term_rows)
+    insert_tuples(conn, references, ("citing_pmid", "cited_pmid"), ref_rows)
     # articles live now but not before: count every live citer (delta would miss old ones)
     recount = set(live) - was_live
     changes = [(p, n) for p, n in sorted(delta.items()) if n and p not in recount]
     _update_cited_by(conn, changes, add=True, bulk=bulk)
     if recount:
-        recompute_cited_by(conn, recount, bulk=bulk)
+        recompute_cited_by(conn, recount, bulk=bulk, fresh=recount & new)
 
 
-def recompute_cited_by(conn: Connection, pmids: set[int], *, bulk: bool = True) -> None:
+def recompute_cited_by(
+    conn: Connection, pmids: set[int], *, bulk: bool = True, fresh: Set[int] = _NONE
+) -> None:
     """Count live citing articles for the stored ones among ``pmids``; write the changes.
 
     Done as a grouped count driven by ``ix_references_cited`` and an update of the rows
     that differ (a correlated ``UPDATE`` lets SQLite's planner scan every live article).
+    PMIDs in ``fresh`` are known to be stored with a count of 0 (their stored count is
+    not read).
     """
     a, r = articles.c, references.c
     citer = articles.alias("citer")
     changes: list[tuple[int, int]] = []
-    for chunk in chunks(sorted(pmids)):
+    rest = sorted(pmids - fresh)
+    for chunk in chunks(rest):
         stored: dict[int, int] = dict(
             conn.execute(select(a.pmid, a.cited_by_in_corpus).where(a.pmid.in_(chunk))).all()
         )
@@ -126,11 +135,22 @@ def recompute_cited_by(conn: Connection, pmids: set[int], *, bulk: bool = True) 
             for pmid, old in stored.items()
             if counts.get(pmid, 0) != old
         )
+    if fresh:
+        where, param = id_in(conn, "r.cited_pmid", fresh)
+        live = "false" if conn.dialect.name == "postgresql" else "0"
+        true = "true" if conn.dialect.name == "postgresql" else "1"
+        changes.extend(
+            (int(p), int(n))
+            for p, n in conn.exec_driver_sql(
+                'SELECT r.cited_pmid, count(*) FROM "references" AS r '
+                "JOIN articles AS citer ON citer.pmid = r.citing_pmid "
+                # an expression, not the bare column: keeps the planner off ix_is_deleted
+                f"WHERE {where} AND coalesce(citer.is_deleted, {true}) = {live} "
+                "GROUP BY r.cited_pmid",
+                (param,),
+            ).all()
+        )
     _update_cited_by(conn, changes, add=False, bulk=bulk)
-
-
-_PG_ARRAY_TYPES = {"BigInteger": "bigint", "Integer": "integer", "String": "text",
-                   "Text": "text", "Boolean": "boolean"}  # fmt: skip
 
 
 def _update_cited_by(
@@ -142,11 +162,11 @@ def _update_cited_by(
         return
     value = "a.cited_by_in_corpus + d.n" if add else "d.n"
     if bulk and conn.dialect.name == "postgresql":
-        pmids, ns = (list(col) for col in zip(*changes, strict=True))
+        pmids, ns = zip(*changes, strict=True)
         conn.exec_driver_sql(
             f"UPDATE articles AS a SET cited_by_in_corpus = {value} "
             "FROM unnest(%s::bigint[], %s::integer[]) AS d(pmid, n) WHERE a.pmid = d.pmid",
-            (pmids, ns),
+            (pg_int_array(pmids), pg_int_array(ns)),
         )
         return
     if bulk and conn.dialect.name == "sqlite" and _SQLITE_SET_BASED:
@@ -159,38 +179,6 @@ def _update_cited_by(
         return
     stmt = _ADD_CITED_BY if add else _SET_CITED_BY
     conn.execute(stmt, [{"b_pmid": p, "b_n": n} for p, n in changes])
-
-
-def _insert_tuples(
-    conn: Connection, table: Table, columns: Sequence[str], rows: list[tuple[Any, ...]]
-) -> None:
-    """Plain ``INSERT`` of many tuples through the driver (no per-row SQLAlchemy work).
-
-    Used for the narrow link tables, where SQLAlchemy's parameter processing would cost
-    more than the database itself.
-    """
-    if not rows:
-        return
-    quote = conn.dialect.identifier_preparer
-    if conn.dialect.name == "postgresql":
-        # one statement per chunk: column arrays, unnested server-side
-        types = [_PG_ARRAY_TYPES[type(table.c[c].type).__name__] for c in columns]
-        sql = (
-            f"INSERT INTO {quote.format_table(table)} "
-            f"({', '.join(quote.quote(c) for c in columns)}) "
-            f"SELECT * FROM unnest({', '.join(f'%s::{t}[]' for t in types)})"
-        )
-        for start in range(0, len(rows), 50_000):
-            chunk = rows[start : start + 50_000]
-            conn.exec_driver_sql(sql, tuple(list(col) for col in zip(*chunk, strict=True)))
-        return
-    mark = "?" if conn.dialect.paramstyle in ("qmark", "numeric") else "%s"
-    sql = (
-        f"INSERT INTO {quote.format_table(table)} "
-        f"({', '.join(quote.quote(c) for c in columns)}) "
-        f"VALUES ({', '.join([mark] * len(columns))})"
-    )
-    conn.exec_driver_sql(sql, rows)
 
 
 def chunks(seq: Sequence[int], size: int = IN_CHUNK) -> Iterator[Sequence[int]]:

@@ -21,6 +21,7 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import operator
 from json.encoder import encode_basestring
 from typing import Any, NamedTuple
 
@@ -50,7 +51,12 @@ ARTICLE_COLUMNS = (
 ).split()
 #: Columns whose values in the rows built here are serialised JSON text.
 JSON_COLUMNS = frozenset({"authors", "mesh", "publication_types", "record"})
+#: The columns of :attr:`PreparedRecord.values`: those a record alone determines.
+PREPARED_COLUMNS = tuple(
+    c for c in ARTICLE_COLUMNS if c not in ("source_position", "ingested_at", "updated_at")
+)
 _TERM_MAX = 255
+_pick_prepared = operator.itemgetter(*PREPARED_COLUMNS)
 
 _RECORD_FIELDS = (
     "pmid", "version", "title", "source", "abstract_sections", "vernacular_title", "journal",
@@ -68,8 +74,8 @@ _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 class PreparedRecord(NamedTuple):
     """A record with everything the store derives from it alone (see the module doc).
 
-    A named tuple, not a dataclass: thousands of these cross a process boundary per
-    second, and a tuple pickles fastest.
+    A named tuple of plain values, not a dataclass or a dict: thousands of these cross a
+    process boundary per second, and a tuple pickles and unpickles fastest.
 
     Attributes:
         pmid: The PMID.
@@ -77,8 +83,9 @@ class PreparedRecord(NamedTuple):
         date_revised: ``DateRevised``.
         source: Where the record came from.
         content_hash: SHA-1 of the record without its source.
-        row: The article columns except ``source_position``, ``ingested_at`` and
-            ``updated_at`` (JSON columns as text).
+        values: The values of :data:`PREPARED_COLUMNS` (the article columns except
+            ``source_position``, ``ingested_at`` and ``updated_at``; JSON columns as
+            text); :attr:`row` is the same as a dict.
         terms: ``(kind, term, major)`` of its MeSH descriptors and publication types.
         references: Cited PMIDs, sorted, without itself.
     """
@@ -88,9 +95,14 @@ class PreparedRecord(NamedTuple):
     date_revised: dt.date | None
     source: SourceRef
     content_hash: str
-    row: dict[str, Any]
+    values: tuple[Any, ...]
     terms: tuple[tuple[str, str, bool], ...]
     references: tuple[int, ...]
+
+    @property
+    def row(self) -> dict[str, Any]:
+        """The article columns of :attr:`values` by name."""
+        return dict(zip(PREPARED_COLUMNS, self.values, strict=True))
 
 
 #: What :meth:`ingest.store.Store.apply` takes (a plain :class:`Record` is prepared there).
@@ -278,7 +290,7 @@ def prepare(rec: Record) -> PreparedRecord:
         terms.setdefault(("ptype", pt[:_TERM_MAX]), False)
     pmid = rec.pmid
     return PreparedRecord(
-        pmid, rec.version, rec.date_revised, src, chash, row,
+        pmid, rec.version, rec.date_revised, src, chash, _pick_prepared(row),
         tuple((k, t, major) for (k, t), major in terms.items()),
         tuple(sorted({c for c in rec.references if c != pmid})),
     )  # fmt: skip
@@ -291,7 +303,10 @@ def prepare_item(item: Any) -> Any:
 
 def article_row(prep: PreparedRecord, position: int, now: dt.datetime) -> dict[str, Any]:
     """The full ``articles`` row of a prepared record stored at ``position`` of its source."""
-    return {**prep.row, "source_position": position, "ingested_at": now, "updated_at": now}
+    row = dict(zip(PREPARED_COLUMNS, prep.values, strict=True))
+    row["source_position"] = position
+    row["ingested_at"] = row["updated_at"] = now
+    return row
 
 
 def tombstone_row(pmid: int, src: SourceRef, position: int, now: dt.datetime) -> dict[str, Any]:

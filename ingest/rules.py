@@ -240,6 +240,17 @@ class _Planner:
         pmid = item.pmid
         chash = item.content_hash
         cur = states.get(pmid)
+        if cur is None:  # nothing stored: an insert whatever the rules (bootstrap's case)
+            counter.inserted += 1
+            plan.full[pmid] = article_row(item, pos, now)
+            plan.records[pmid] = item
+            src = item.source
+            states[pmid] = StoredState(
+                item.version, item.date_revised, src.sequence, src.fetched_at.timestamp(),
+                src.kind, src.location, pos, chash, False,
+            )  # fmt: skip
+            touched.add(pmid)
+            return
         verdict = decide_record(item, pos, chash, cur, pmid in touched)
         if verdict == "touch" and cur is not None:
             # same content from a later source: remember the source, no update

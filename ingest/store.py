@@ -51,7 +51,7 @@ from ingest.records import Deletion, Record
 from ingest.rows import ARTICLE_COLUMNS, JSON_COLUMNS, PreparedRecord, StoreItem
 from ingest.rules import Counter, StoredState, plan_batch
 from ingest.runs import IngestCounts, RunLedger
-from litpulse.core.db import bulk_load, bulk_update, bulk_upsert, upsert
+from litpulse.core.db import bulk_insert, bulk_load, bulk_update, bulk_upsert, id_in, upsert
 from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import articles, quarantine, references
 from litpulse.core.settings import Settings
@@ -172,41 +172,68 @@ class Store(RunLedger, Checkpoints):
                             [tuple(t.values()) for t in plan.touches.values()])  # fmt: skip
             else:
                 conn.execute(_TOUCH_SOURCE, list(plan.touches.values()))
-        self._write_articles(conn, list(plan.full.values()), _RECORD_COLUMNS)
-        self._write_articles(conn, list(plan.tomb.values()), _TOMBSTONE_COLUMNS)
+        self._write_articles(conn, plan.full, _RECORD_COLUMNS, stored)
+        self._write_articles(conn, plan.tomb, _TOMBSTONE_COLUMNS, stored)
         if plan.quarantined:
             upsert(conn, quarantine, list(plan.quarantined.values()), keys=["digest"], update=[])
         changed = set(plan.full) | set(plan.tomb)
         if changed:
             live = {p: plan.records[p] for p, row in plan.full.items() if not row["is_deleted"]}
-            replace_links(conn, changed & stored, live, was_live, bulk=self.bulk)
+            replace_links(
+                conn, changed & stored, live, was_live, bulk=self.bulk, new=changed - stored
+            )
 
     def _write_articles(
-        self, conn: Connection, rows: list[dict[str, Any]], update: list[str]
+        self,
+        conn: Connection,
+        rows: dict[int, dict[str, Any]],
+        update: list[str],
+        stored: set[int],
     ) -> None:
-        """Upsert article rows (JSON columns as text), updating ``update`` on conflict."""
+        """Write article rows by PMID (JSON columns as text): insert the PMIDs without a
+        row (``stored``: those read before the batch), upsert the others, updating
+        ``update`` of them."""
         if not rows:
             return
         if self.bulk:
-            bulk_upsert(conn, articles, rows, keys=["pmid"], update=update,
+            new = [r for p, r in rows.items() if p not in stored]
+            old = [r for p, r in rows.items() if p in stored] if len(new) < len(rows) else []
+            bulk_insert(conn, articles, new, columns=ARTICLE_COLUMNS, json_text=JSON_COLUMNS)
+            bulk_upsert(conn, articles, old, keys=["pmid"], update=update,
                         columns=ARTICLE_COLUMNS, json_text=JSON_COLUMNS)  # fmt: skip
             return
         decoded = [{k: json.loads(v) if k in JSON_COLUMNS else v for k, v in r.items()}
-                   for r in rows]  # fmt: skip
+                   for r in rows.values()]  # fmt: skip
         for r in decoded:  # the reference path: one statement per row
             upsert(conn, articles, [r], keys=["pmid"], update=update)
 
     def _read_states(self, conn: Connection, pmids: set[int]) -> dict[int, StoredState]:
-        a = articles.c
-        cols = (
-            a.pmid, a.version, a.date_revised, a.source_sequence, a.source_time,
-            a.source_kind, a.source_location, a.source_position, a.content_hash, a.is_deleted,
-        )  # fmt: skip
-        out: dict[int, StoredState] = {}
-        for chunk in chunks(sorted(pmids)):
-            for row in conn.execute(select(*cols).where(a.pmid.in_(chunk))):
-                out[row[0]] = StoredState(*row[1:9], bool(row[9]))
-        return out
+        if not pmids:
+            return {}
+        where, param = id_in(conn, "pmid", pmids)
+        rows = conn.exec_driver_sql(
+            "SELECT pmid, version, date_revised, source_sequence, source_time, source_kind, "
+            "source_location, source_position, content_hash, is_deleted FROM articles "
+            f"WHERE {where}",
+            (param,),
+        ).all()
+        date = articles.c.date_revised.type.dialect_impl(conn.dialect).result_processor(
+            conn.dialect, None
+        )
+        return {
+            row[0]: StoredState(
+                row[1],
+                date(row[2]) if date is not None else row[2],
+                row[3],
+                row[4],
+                row[5],
+                row[6],
+                row[7],
+                row[8],
+                bool(row[9]),
+            )  # fmt: skip
+            for row in rows
+        }
 
     def recompute_cited_by(self, pmids: Iterable[int] | None = None) -> None:
         """Set ``cited_by_in_corpus`` from the references of live articles.

@@ -43,6 +43,11 @@ __all__ = [
     "add_missing_columns",
     "upsert",
     "bulk_upsert",
+    "bulk_insert",
+    "insert_tuples",
+    "id_in",
+    "pg_array",
+    "pg_int_array",
     "bulk_update",
     "bulk_load",
     "utcnow",
@@ -278,26 +283,8 @@ def bulk_upsert(
     if not rows:
         return
     cols = list(columns) if columns is not None else list(rows[0])
-    raw = set(json_text)
-    dialect = conn.dialect
-    procs: list[tuple[int, Callable[[Any], Any]]] = []
-    for i, name in enumerate(cols):
-        if name in raw:
-            continue
-        proc = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-        if proc is not None:
-            procs.append((i, proc))
-    get = _getter(cols)
-
-    def values() -> Iterator[tuple[Any, ...]]:
-        for row in rows:
-            vals = get(row)
-            for i, proc in procs:
-                if vals[i] is not None:
-                    vals[i] = proc(vals[i])
-            yield tuple(vals)
-
-    q = dialect.identifier_preparer
+    values = _bound_rows(conn, table, cols, rows, json_text)
+    q = conn.dialect.identifier_preparer
     name = q.format_table(table)
     col_sql = ", ".join(q.quote(c) for c in cols)
     if update:
@@ -307,27 +294,158 @@ def bulk_upsert(
     else:
         action = "DO NOTHING"
     conflict = f"ON CONFLICT ({', '.join(q.quote(k) for k in keys)}) {action}"
-    if dialect.name == "postgresql":
+    if conn.dialect.name == "postgresql":
         stage = q.quote(f"_stage_{table.name}")
         conn.exec_driver_sql(
             f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {name}) ON COMMIT DELETE ROWS"
         )
         conn.exec_driver_sql(f"TRUNCATE {stage}")
-        driver = conn.connection.driver_connection
-        with driver.cursor() as cur:  # type: ignore[union-attr]
-            with cur.copy(f"COPY {stage} ({col_sql}) FROM STDIN") as copy:
-                for vals in values():
-                    copy.write_row(vals)
+        _copy(conn, stage, col_sql, values)
         conn.exec_driver_sql(
             f"INSERT INTO {name} ({col_sql}) SELECT {col_sql} FROM {stage} {conflict}"
         )
         return
-    if dialect.name != "sqlite":  # pragma: no cover - other dialects are not supported
-        raise NotImplementedError(f"bulk_upsert is not implemented for {dialect.name}")
+    if conn.dialect.name != "sqlite":  # pragma: no cover - other dialects are not supported
+        raise NotImplementedError(f"bulk_upsert is not implemented for {conn.dialect.name}")
     marks = ", ".join("?" * len(cols))
-    conn.exec_driver_sql(
-        f"INSERT INTO {name} ({col_sql}) VALUES ({marks}) {conflict}", list(values())
+    _sqlite_cursor(conn).executemany(
+        f"INSERT INTO {name} ({col_sql}) VALUES ({marks}) {conflict}", values
     )
+
+
+def bulk_insert(
+    conn: Connection,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    columns: Sequence[str] | None = None,
+    json_text: Iterable[str] = (),
+) -> None:
+    """Insert rows whose keys the table does not hold (the caller knows: a conflict fails).
+
+    Like :func:`bulk_upsert` (the same bind conversions) without the conflict handling:
+    PostgreSQL ``COPY`` straight into ``table`` (no staging table, no merge); SQLite
+    one ``executemany`` of a plain ``INSERT``.
+    """
+    if not rows:
+        return
+    cols = list(columns) if columns is not None else list(rows[0])
+    insert_tuples(conn, table, cols, _bound_rows(conn, table, cols, rows, json_text))
+
+
+def insert_tuples(
+    conn: Connection, table: Table, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """Insert value tuples, already in the driver's form, in one bulk statement.
+
+    PostgreSQL: ``COPY`` into ``table``; SQLite: ``executemany`` on the DBAPI cursor
+    (no SQLAlchemy work per row). For new keys only: a conflict raises.
+    """
+    q = conn.dialect.identifier_preparer
+    name = q.format_table(table)
+    col_sql = ", ".join(q.quote(c) for c in columns)
+    if conn.dialect.name == "postgresql":
+        _copy(conn, name, col_sql, rows)
+        return
+    marks = ", ".join("?" * len(columns))
+    _sqlite_cursor(conn).executemany(f"INSERT INTO {name} ({col_sql}) VALUES ({marks})", rows)
+
+
+def _sqlite_cursor(conn: Connection) -> Any:
+    """A DBAPI cursor of ``conn``'s SQLite connection (in its transaction)."""
+    return conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+
+
+def _copy(conn: Connection, name: str, col_sql: str, rows: Iterable[Sequence[Any]]) -> None:
+    driver = conn.connection.driver_connection
+    with driver.cursor() as cur:  # type: ignore[union-attr]
+        with cur.copy(f"COPY {name} ({col_sql}) FROM STDIN") as copy:
+            write = copy.write_row
+            for vals in rows:
+                write(vals)
+
+
+#: Distinct values remembered per column by :func:`_bound_rows` (then it starts over).
+_BIND_MEMO = 4096
+
+
+def _bound_rows(
+    conn: Connection,
+    table: Table,
+    cols: Sequence[str],
+    rows: Sequence[Mapping[str, Any]],
+    json_text: Iterable[str],
+) -> Iterator[tuple[Any, ...]]:
+    """The rows as value tuples through the columns' bind conversions.
+
+    A conversion is a pure function of its value, and a batch repeats values (one
+    timestamp, the same dates, two booleans): each column remembers what it converted,
+    keyed by type and value.
+    """
+    raw = set(json_text)
+    dialect = conn.dialect
+    procs: list[tuple[int, Callable[[Any], Any], dict[Any, Any]]] = []
+    for i, name in enumerate(cols):
+        if name in raw:
+            continue
+        bind = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        if bind is not None:
+            procs.append((i, bind, {}))
+    get = _getter(cols)
+    for row in rows:
+        vals = get(row)
+        for i, proc, memo in procs:
+            v = vals[i]
+            if v is None:
+                continue
+            key = (type(v), v)
+            try:
+                vals[i] = memo[key]
+            except KeyError:
+                if len(memo) >= _BIND_MEMO:
+                    memo.clear()
+                vals[i] = memo[key] = proc(v)
+            except TypeError:  # unhashable
+                vals[i] = proc(v)
+        yield tuple(vals)
+
+
+def id_in(conn: Connection, column: str, ids: Iterable[int]) -> tuple[str, Any]:
+    """``column IN ids`` as SQL with one bound parameter, and that parameter.
+
+    One parameter whatever the number of ids (no per-value bind, nothing compiled per
+    call): PostgreSQL ``column = ANY(%s::bigint[])`` with an array literal, SQLite
+    ``column IN (SELECT value FROM json_each(?))`` with a JSON list. For
+    :meth:`Connection.exec_driver_sql`.
+    """
+    if conn.dialect.name == "postgresql":
+        return f"{column} = ANY(%s::bigint[])", pg_int_array(ids)
+    return f"{column} IN (SELECT value FROM json_each(?))", json.dumps([int(i) for i in ids])
+
+
+def pg_array(values: Iterable[Any]) -> str:
+    """A PostgreSQL array literal of numbers, booleans, text and ``None`` (cast it).
+
+    Passing the literal as text and casting it server-side (``%s::bigint[]``) is many
+    times cheaper than the driver's per-element adaptation of a Python list.
+    """
+    parts: list[str] = []
+    for v in values:
+        if v is None:
+            parts.append("NULL")
+        elif isinstance(v, bool):
+            parts.append("t" if v else "f")
+        elif isinstance(v, int | float):
+            parts.append(repr(v) if isinstance(v, float) else str(v))
+        else:
+            text = str(v).replace("\\", "\\\\").replace('"', '\\"')
+            parts.append(f'"{text}"')
+    return "{" + ",".join(parts) + "}"
+
+
+def pg_int_array(values: Iterable[int]) -> str:
+    """:func:`pg_array` of integers, without a Python step per element."""
+    return "{" + ",".join(map(str, map(int, values))) + "}"
 
 
 #: PostgreSQL array element types of the column types :func:`bulk_update` handles.
@@ -351,8 +469,9 @@ def bulk_update(
         columns: The columns set.
         rows: ``(key, *values)`` tuples (plain numbers and text).
 
-    PostgreSQL joins ``unnest`` of one array per column; SQLite (3.33+) joins
-    ``json_each`` of one JSON parameter (older SQLite: ``executemany``).
+    PostgreSQL joins ``unnest`` of one array per column (array literals:
+    :func:`pg_array`); SQLite (3.33+) joins ``json_each`` of one JSON parameter (older
+    SQLite: ``executemany``).
     """
     if not rows:
         return
@@ -366,7 +485,7 @@ def bulk_update(
         conn.exec_driver_sql(
             f"UPDATE {name} AS t SET {sets} FROM unnest({arrays}) "
             f"AS d({', '.join(f'c{i}' for i in range(len(names)))}) WHERE t.{q.quote(key)} = d.c0",
-            tuple(list(col) for col in zip(*rows, strict=True)),
+            tuple(pg_array(col) for col in zip(*rows, strict=True)),
         )
         return
     if sqlite3.sqlite_version_info >= (3, 33):

@@ -90,7 +90,7 @@ class Settings:
         "`litpulse.db` in the home. PostgreSQL: postgresql+psycopg://user@host/db.",
     )
     store_batch: int = _opt(
-        1000,
+        5000,
         "Parsed items (records, deletions) stored per database transaction; a killed "
         "ingest redoes at most the batch it was in.",
         min=1,
