@@ -6,7 +6,10 @@ For every saved search (:mod:`litpulse.pipeline.saved_searches`), :func:`run_dig
    by the published index version;
 2. ranks them with the real search (:func:`ranking.search.run_search`: the search's
    query embedded with the index's own model version, its filters, the current scoring)
-   over an exact index of just those articles' vectors, and keeps those scoring at least
+   over an exact index of just those articles' vectors, in semantic mode — a hybrid
+   score min-max normalises BM25 over whatever candidates a query meets, so it is no
+   absolute measure a fixed threshold could be set against; cosine, recency and citation
+   impact are — and keeps those scoring at least
    its threshold (``--min-score``, else ``LITPULSE_DIGEST_MIN_SCORE``), best first, at
    most ``LITPULSE_DIGEST_MAX_MATCHES``;
 3. records them in ``digest_matches`` with their explanation — unique per (search, PMID),
@@ -288,6 +291,7 @@ def _digest_one(
             engine=engine,
             index=subset,
             embed=embed,
+            mode="semantic",  # an absolute score for the threshold (see the module doc)
         )
         hits = [h for h in result.hits if h.score >= threshold]
     now = utcnow()

@@ -69,8 +69,9 @@ def _matched(engine: Engine, search_id: int) -> dict[int, float]:
 
 
 def _expected(settings: Settings, query: str, filters: SearchFilters) -> dict[int, Any]:
-    """The oracle: the real search over the whole published index, new articles only."""
-    hits = run_search(settings, query, k=len(ARTICLES), filters=filters).hits
+    """The oracle: the real (semantic: absolute scores) search over the whole published
+    index, new articles only."""
+    hits = run_search(settings, query, k=len(ARTICLES), filters=filters, mode="semantic").hits
     return {h.pmid: h for h in hits if h.pmid in NEW and h.score >= THRESHOLD}
 
 
