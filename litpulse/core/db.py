@@ -84,7 +84,8 @@ def connect(settings: Settings, *, create: bool = True) -> Engine:
                 os.makedirs(os.path.dirname(url[len("sqlite:///") :]) or ".", exist_ok=True)
             engine = create_engine(url, connect_args={"timeout": 60})
             event.listen(engine, "connect", _sqlite_pragmas)
-            event.listen(engine, "checkout", _untune)
+            with _BULK_LOCK:
+                _listen_bulk(engine)
         else:
             engine = create_engine(url, pool_pre_ping=True)
         if create:
@@ -228,22 +229,44 @@ def bulk_load(engine: Engine) -> Iterator[None]:
     if engine.dialect.name != "sqlite":
         yield
         return
-
-    def tune(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
-        _set_pragmas(dbapi_conn, 0)
-        record.info["litpulse_bulk"] = True
-
-    event.listen(engine, "checkout", tune)
+    # the listener is registered once per engine (adding or removing one while another
+    # thread checks a connection out mutates the list SQLAlchemy iterates); the block only
+    # counts itself in, so concurrent blocks and other threads' connections are safe
+    with _BULK_LOCK:
+        _listen_bulk(engine)
+        _BULK_DEPTH[engine] += 1
     try:
         yield
     finally:
-        event.remove(engine, "checkout", tune)
+        with _BULK_LOCK:
+            _BULK_DEPTH[engine] -= 1
 
 
-def _untune(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
-    """Give a connection tuned by :func:`bulk_load` its usual settings back."""
-    if record.info.pop("litpulse_bulk", False):
-        _set_pragmas(dbapi_conn, 1)
+#: Engines with the :func:`_on_checkout` listener, and how many :func:`bulk_load` blocks
+#: are open on each.
+_BULK_DEPTH: weakref.WeakKeyDictionary[Engine, int] = weakref.WeakKeyDictionary()
+_BULK_LOCK = threading.Lock()
+
+
+def _listen_bulk(engine: Engine) -> None:
+    """Register the engine's one checkout listener (call under ``_BULK_LOCK``): bulk-load
+    pragmas on a connection checked out inside a :func:`bulk_load` block of the engine,
+    the usual ones back on one checked out after it."""
+    if engine in _BULK_DEPTH:
+        return
+    _BULK_DEPTH[engine] = 0
+    ref = weakref.ref(engine)
+
+    def on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        owner = ref()
+        bulk = owner is not None and _BULK_DEPTH.get(owner, 0) > 0
+        if bulk and not record.info.get("litpulse_bulk"):
+            _set_pragmas(dbapi_conn, 0)
+            record.info["litpulse_bulk"] = True
+        elif not bulk and record.info.pop("litpulse_bulk", False):
+            _set_pragmas(dbapi_conn, 1)
+
+    event.listen(engine, "checkout", on_checkout)
 
 
 def _set_pragmas(dbapi_conn: Any, which: int) -> None:

@@ -81,3 +81,43 @@ def test_rereading_a_file_after_the_upgrade_ends_as_a_clean_run(
     with db.connect(settings).connect() as conn:
         row = conn.execute(select(articles.c.title, articles.c.is_deleted)).one()
     assert tuple(row) == ("Y", False)
+
+
+def test_bulk_load_blocks_and_other_threads_share_one_engine(sqlite_settings: Settings) -> None:
+    """A bulk-load block while another thread checks connections out of the same engine
+    (the bootstrap's stager beside its writer): no listener list is mutated under the
+    other thread, connections inside the block get the bulk pragmas, and after it the
+    usual ones."""
+    import threading
+
+    from sqlalchemy import text
+
+    engine = db.connect(sqlite_settings)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                with engine.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(300):
+            with db.bulk_load(engine), engine.connect() as conn:
+                cache = conn.execute(text("PRAGMA cache_size")).scalar_one()
+                assert cache == db._BULK_PRAGMAS["cache_size"][0]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert errors == []
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA cache_size")).scalar_one() == (
+            db._BULK_PRAGMAS["cache_size"][1]
+        )
