@@ -254,7 +254,10 @@ def main(argv: list[str] | None = None) -> None:
     server = thread = None
     built = ""
     try:
-        settings = Settings.from_env({}, home=tmp / "home")
+        # the bench is one client asking as fast as it can: no per-client rate limit
+        settings = Settings.from_env(
+            {}, home=tmp / "home", api_rate_per_second=10000.0, api_rate_burst=100000
+        )
         settings.ensure_home()
         index = open_published(settings)
         if index is None:

@@ -379,8 +379,8 @@ def _as_date(value: Any) -> dt.date | None:
         return None
 
 
-def _impact(row: Mapping[str, Any], options: ScoringOptions) -> CitationImpact:
-    age = age_days(_as_date(row.get("best_date")), options.reference_day())
+def _impact(row: Mapping[str, Any], age: int | None) -> CitationImpact:
+    """The citation impact of a row ``age`` days old (``None``: no date)."""
     return citation_impact(
         rcr=_number(row, "relative_citation_ratio"),
         citations_per_year=_number(row, "citations_per_year"),
@@ -392,7 +392,7 @@ def _impact(row: Mapping[str, Any], options: ScoringOptions) -> CitationImpact:
 
 def citation_value(row: Mapping[str, Any], options: ScoringOptions) -> tuple[float, dict[str, Any]]:
     """Citation impact in [0, 1) with its explanation; see the module docstring."""
-    impact = _impact(row, options)
+    impact = _impact(row, age_days(_as_date(row.get("best_date")), options.reference_day()))
     value = impact.value
     info: dict[str, Any] = {"raw": impact.raw, "source": impact.source}
     if impact.source == "icite_rcr":
@@ -510,10 +510,11 @@ def scores(
     """
     import numpy as np
 
-    rec = np.fromiter(
-        (_recency(r.get("best_date"), options)[0] for r in rows), np.float64, len(rows)
-    )
-    cit = np.fromiter((_impact(r, options).value for r in rows), np.float64, len(rows))
+    rec = np.empty(len(rows), dtype=np.float64)
+    cit = np.empty(len(rows), dtype=np.float64)
+    for i, row in enumerate(rows):
+        rec[i], _, age = _recency(row.get("best_date"), options)
+        cit[i] = _impact(row, age).value
     parts: list[tuple[Any, float]]
     if mode is None:
         parts = [(similarity, options.w_similarity)]

@@ -48,7 +48,7 @@ from ranking.snippets import Snippet
 
 if TYPE_CHECKING:
     import numpy as np
-    from sqlalchemy import Engine
+    from sqlalchemy import Engine, Select
 
 __all__ = [
     "MAX_OFFSET",
@@ -241,8 +241,13 @@ class SearchFilters:
         )
 
     def clauses(self) -> list[Any]:
-        """SQL conditions on ``articles`` (deleted rows are always excluded)."""
-        conds: list[Any] = [articles.c.is_deleted.is_(False)]
+        """SQL conditions on ``articles`` (deleted rows are always excluded).
+
+        They restrict rows looked up by PMID (the candidates), so none of them may look
+        like a better way in to the planner: ``is_deleted`` is wrapped, else SQLite
+        (without statistics) walks its index, every live article for every query.
+        """
+        conds: list[Any] = [func.coalesce(articles.c.is_deleted, True).is_(False)]
         if not self.include_retracted:
             conds.append(articles.c.is_retracted.is_(False))
         if self.since:
@@ -323,14 +328,19 @@ def _open_index(settings: Settings, engine: Engine) -> SearchableIndex:
     return index
 
 
+def _rows_query(pmids: Sequence[int], conds: list[Any]) -> Select[Any]:
+    """The rows of the given candidates that pass ``conds``."""
+    return select(*_ROW_COLUMNS).where(articles.c.pmid.in_(list(pmids)), *conds)
+
+
 def _load_rows(engine: Engine, pmids: Sequence[int], conds: list[Any]) -> dict[int, dict[str, Any]]:
     rows: dict[int, dict[str, Any]] = {}
+    keys = [c.name for c in _ROW_COLUMNS]
     with engine.connect() as conn:
         for start in range(0, len(pmids), db.IN_CHUNK):
-            chunk = list(pmids[start : start + db.IN_CHUNK])
-            stmt = select(*_ROW_COLUMNS).where(articles.c.pmid.in_(chunk), *conds)
-            for r in conn.execute(stmt).mappings():
-                rows[int(r["pmid"])] = dict(r)
+            stmt = _rows_query(pmids[start : start + db.IN_CHUNK], conds)
+            for r in conn.execute(stmt).all():
+                rows[int(r[0])] = dict(zip(keys, r, strict=True))
     return rows
 
 
