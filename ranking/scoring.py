@@ -60,9 +60,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from litpulse.core.errors import ConfigError
 from litpulse.core.impact import (
@@ -70,6 +70,7 @@ from litpulse.core.impact import (
     CPY_REFERENCE,
     NEUTRAL_CITATION,
     RCR_REFERENCE,
+    CitationImpact,
     age_days,
     citation_impact,
     recency_decay,
@@ -78,6 +79,9 @@ from litpulse.core.impact import (
 from litpulse.core.settings import Settings
 from litpulse.core.states import Fusion, SearchMode
 from litpulse.core.timeutil import as_date, iso, utcnow
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "NEUTRAL_CITATION",
@@ -92,8 +96,10 @@ __all__ = [
     "Score",
     "recency_value",
     "citation_value",
+    "lexical_share",
     "saturate",
     "score_article",
+    "scores",
 ]
 
 logger = logging.getLogger(__name__)
@@ -103,10 +109,7 @@ NEUTRAL_RECENCY = 0.5
 
 FORMULA = "score = w_sim*similarity + w_rec*recency + w_cit*citation"
 #: The formula when the lexical part is present (λ: the lexical share of the mode).
-HYBRID_FORMULA = (
-    "score = w_sim*((1-λ)*similarity + λ*lexical) + w_rec*recency + w_cit*citation"
-)
-
+HYBRID_FORMULA = "score = w_sim*((1-λ)*similarity + λ*lexical) + w_rec*recency + w_cit*citation"
 
 
 def _default(name: str) -> Any:
@@ -162,8 +165,11 @@ class ScoringOptions:
         if self.today is not None and not isinstance(self.today, dt.date):
             raise ConfigError(f"today must be a date, got {self.today!r}")
         share = self.lexical_share
-        if isinstance(share, bool) or not isinstance(share, int | float) or not (
-                math.isfinite(share) and 0 <= share <= 1):
+        if (
+            isinstance(share, bool)
+            or not isinstance(share, int | float)
+            or not (math.isfinite(share) and 0 <= share <= 1)
+        ):
             raise ConfigError(f"lexical weight must be a number in 0..1, got {share!r}")
         object.__setattr__(self, "lexical_share", float(share))
         try:
@@ -276,11 +282,7 @@ class Relevance:
 
     def share(self, options: ScoringOptions) -> float:
         """λ of this mode."""
-        if self.mode == SearchMode.SEMANTIC:
-            return 0.0
-        if self.mode == SearchMode.LEXICAL:
-            return 1.0
-        return options.lexical_share
+        return lexical_share(self.mode, options)
 
     def parts(self, options: ScoringOptions) -> dict[str, tuple[float, float, dict[str, Any]]]:
         """``{name: (value, weight, info)}`` of the similarity and lexical components."""
@@ -289,26 +291,57 @@ class Relevance:
         sim_rank = "" if self.similarity_rank is None else f", rank {self.similarity_rank}"
         lex_rank = "" if self.lexical_rank is None else f", rank {self.lexical_rank}"
         terms = ", ".join(f"{t['term']} {t['weight']:.2f}" for t in self.terms)
-        bm25 = ("no query term in it" if self.bm25 is None
-                else f"BM25 {self.bm25:.2f}{lex_rank}" + (f" ({terms})" if terms else ""))
+        bm25 = (
+            "no query term in it"
+            if self.bm25 is None
+            else f"BM25 {self.bm25:.2f}{lex_rank}" + (f" ({terms})" if terms else "")
+        )
         how = f"; {self.how}" if self.how else ""
         return {
-            "similarity": (self.similarity, options.w_similarity * (1 - lam), {
-                "raw": self.cosine, "rank": self.similarity_rank, "source": "vector index",
-                "text": f"cosine similarity {cos}{sim_rank} -> {self.similarity:.3f}{how}",
-            }),
-            "lexical": (self.lexical, options.w_similarity * lam, {
-                "raw": self.bm25, "rank": self.lexical_rank, "source": "lexical index",
-                "terms": [dict(t) for t in self.terms],
-                "text": f"{bm25} -> {self.lexical:.3f}{how}",
-            }),
+            "similarity": (
+                self.similarity,
+                options.w_similarity * (1 - lam),
+                {
+                    "raw": self.cosine,
+                    "rank": self.similarity_rank,
+                    "source": "vector index",
+                    "text": f"cosine similarity {cos}{sim_rank} -> {self.similarity:.3f}{how}",
+                },
+            ),
+            "lexical": (
+                self.lexical,
+                options.w_similarity * lam,
+                {
+                    "raw": self.bm25,
+                    "rank": self.lexical_rank,
+                    "source": "lexical index",
+                    "terms": [dict(t) for t in self.terms],
+                    "text": f"{bm25} -> {self.lexical:.3f}{how}",
+                },
+            ),
         }
+
+
+def lexical_share(mode: SearchMode, options: ScoringOptions) -> float:
+    """λ of a search mode: hybrid the option's, semantic 0, lexical 1."""
+    if mode == SearchMode.SEMANTIC:
+        return 0.0
+    if mode == SearchMode.LEXICAL:
+        return 1.0
+    return options.lexical_share
+
+
+def _recency(best_date: Any, options: ScoringOptions) -> tuple[float, dt.date | None, int | None]:
+    """(recency, date, age in days) of a ``best_date``."""
+    day = _as_date(best_date)
+    age = age_days(day, options.reference_day())
+    value = NEUTRAL_RECENCY if age is None else recency_decay(age, options.half_life_days)
+    return value, day, age
 
 
 def recency_value(best_date: Any, options: ScoringOptions) -> tuple[float, dict[str, Any]]:
     """Recency in (0, 1] with its explanation; :data:`NEUTRAL_RECENCY` without a date."""
-    day = _as_date(best_date)
-    age = age_days(day, options.reference_day())
+    value, day, age = _recency(best_date, options)
     if age is None:
         return NEUTRAL_RECENCY, {
             "raw": None,
@@ -316,7 +349,6 @@ def recency_value(best_date: Any, options: ScoringOptions) -> tuple[float, dict[
             "source": "missing",
             "text": f"no publication date known: neutral {NEUTRAL_RECENCY}",
         }
-    value = recency_decay(age, options.half_life_days)
     return value, {
         "raw": iso(day),
         "age_days": age,
@@ -347,18 +379,20 @@ def _as_date(value: Any) -> dt.date | None:
         return None
 
 
-def citation_value(
-    row: Mapping[str, Any], options: ScoringOptions
-) -> tuple[float, dict[str, Any]]:
-    """Citation impact in [0, 1) with its explanation; see the module docstring."""
-    age = age_days(_as_date(row.get("best_date")), options.reference_day())
-    impact = citation_impact(
+def _impact(row: Mapping[str, Any], age: int | None) -> CitationImpact:
+    """The citation impact of a row ``age`` days old (``None``: no date)."""
+    return citation_impact(
         rcr=_number(row, "relative_citation_ratio"),
         citations_per_year=_number(row, "citations_per_year"),
         citation_count=_number(row, "citation_count"),
         cited_by_in_corpus=_number(row, "cited_by_in_corpus"),
         age=age,
     )
+
+
+def citation_value(row: Mapping[str, Any], options: ScoringOptions) -> tuple[float, dict[str, Any]]:
+    """Citation impact in [0, 1) with its explanation; see the module docstring."""
+    impact = _impact(row, age_days(_as_date(row.get("best_date")), options.reference_day()))
     value = impact.value
     info: dict[str, Any] = {"raw": impact.raw, "source": impact.source}
     if impact.source == "icite_rcr":
@@ -383,7 +417,9 @@ def citation_value(
 
 
 def score_article(
-    similarity: float, row: Mapping[str, Any], options: ScoringOptions,
+    similarity: float,
+    row: Mapping[str, Any],
+    options: ScoringOptions,
     relevance: Relevance | None = None,
 ) -> Score:
     """Score one candidate.
@@ -405,9 +441,17 @@ def score_article(
     cit, cit_info = citation_value(row, options)
     parts: dict[str, tuple[float, float, dict[str, Any]]]
     if relevance is None:
-        parts = {"similarity": (sim, options.w_similarity, {
-            "raw": sim, "source": "index", "text": f"cosine similarity to the query {sim:.3f}",
-        })}
+        parts = {
+            "similarity": (
+                sim,
+                options.w_similarity,
+                {
+                    "raw": sim,
+                    "source": "index",
+                    "text": f"cosine similarity to the query {sim:.3f}",
+                },
+            )
+        }
     else:
         parts = relevance.parts(options)
     parts["recency"] = (rec, options.w_recency, rec_info)
@@ -438,3 +482,50 @@ def score_article(
     explanation["mode"] = str(relevance.mode)
     explanation["lexical_share"] = relevance.share(options)
     return Score(total, sim, rec, cit, explanation, lexical=relevance.lexical)
+
+
+def scores(
+    similarity: Sequence[float] | np.ndarray,
+    lexical: Sequence[float] | np.ndarray | None,
+    rows: Sequence[Mapping[str, Any]],
+    options: ScoringOptions,
+    mode: SearchMode | None = None,
+) -> np.ndarray:
+    """The scores :func:`score_article` gives many candidates, without explanations.
+
+    The same values and the same floating-point operations in the same order (weight ×
+    value, summed similarity, lexical, recency, citation from 0.0), so each score equals
+    ``score_article(...).score`` to the last bit: rank all candidates with this, explain
+    only those shown.
+
+    Args:
+        similarity: Per candidate, the cosine (``mode`` ``None``) or the fused similarity
+            part (``Relevance.similarity``).
+        lexical: Per candidate, the lexical part (``Relevance.lexical``); ignored without
+            ``mode``.
+        rows: Their article columns, as for :func:`score_article`.
+        options: Weights, half-life and reference day.
+        mode: The search mode of the relevances, or ``None``: no relevance (the plain
+            formula, as ``score_article(similarity, row, options)``).
+    """
+    import numpy as np
+
+    rec = np.empty(len(rows), dtype=np.float64)
+    cit = np.empty(len(rows), dtype=np.float64)
+    for i, row in enumerate(rows):
+        rec[i], _, age = _recency(row.get("best_date"), options)
+        cit[i] = _impact(row, age).value
+    parts: list[tuple[Any, float]]
+    if mode is None:
+        parts = [(similarity, options.w_similarity)]
+    else:
+        lam = lexical_share(mode, options)
+        parts = [
+            (similarity, options.w_similarity * (1 - lam)),
+            (lexical, options.w_similarity * lam),
+        ]
+    parts += [(rec, options.w_recency), (cit, options.w_citation)]
+    total = np.zeros(len(rows), dtype=np.float64)
+    for values, weight in parts:
+        total = total + weight * np.asarray(values, dtype=np.float64)
+    return total

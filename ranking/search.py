@@ -43,12 +43,12 @@ from litpulse.core.settings import Settings
 from litpulse.core.states import Fusion, SearchMode, SearchSort
 from litpulse.core.timeutil import iso, parse_date
 from ranking.details import links, with_details
-from ranking.scoring import Relevance, ScoringOptions, score_article
+from ranking.scoring import Relevance, ScoringOptions, score_article, scores
 from ranking.snippets import Snippet
 
 if TYPE_CHECKING:
     import numpy as np
-    from sqlalchemy import Engine
+    from sqlalchemy import Engine, Select
 
 __all__ = [
     "MAX_OFFSET",
@@ -241,8 +241,13 @@ class SearchFilters:
         )
 
     def clauses(self) -> list[Any]:
-        """SQL conditions on ``articles`` (deleted rows are always excluded)."""
-        conds: list[Any] = [articles.c.is_deleted.is_(False)]
+        """SQL conditions on ``articles`` (deleted rows are always excluded).
+
+        They restrict rows looked up by PMID (the candidates), so none of them may look
+        like a better way in to the planner: ``is_deleted`` is wrapped, else SQLite
+        (without statistics) walks its index, every live article for every query.
+        """
+        conds: list[Any] = [func.coalesce(articles.c.is_deleted, True).is_(False)]
         if not self.include_retracted:
             conds.append(articles.c.is_retracted.is_(False))
         if self.since:
@@ -323,16 +328,19 @@ def _open_index(settings: Settings, engine: Engine) -> SearchableIndex:
     return index
 
 
-def _load_rows(
-    engine: Engine, pmids: Sequence[int], conds: list[Any]
-) -> dict[int, dict[str, Any]]:
+def _rows_query(pmids: Sequence[int], conds: list[Any]) -> Select[Any]:
+    """The rows of the given candidates that pass ``conds``."""
+    return select(*_ROW_COLUMNS).where(articles.c.pmid.in_(list(pmids)), *conds)
+
+
+def _load_rows(engine: Engine, pmids: Sequence[int], conds: list[Any]) -> dict[int, dict[str, Any]]:
     rows: dict[int, dict[str, Any]] = {}
+    keys = [c.name for c in _ROW_COLUMNS]
     with engine.connect() as conn:
         for start in range(0, len(pmids), db.IN_CHUNK):
-            chunk = list(pmids[start : start + db.IN_CHUNK])
-            stmt = select(*_ROW_COLUMNS).where(articles.c.pmid.in_(chunk), *conds)
-            for r in conn.execute(stmt).mappings():
-                rows[int(r["pmid"])] = dict(r)
+            stmt = _rows_query(pmids[start : start + db.IN_CHUNK], conds)
+            for r in conn.execute(stmt).all():
+                rows[int(r[0])] = dict(zip(keys, r, strict=True))
     return rows
 
 
@@ -401,23 +409,39 @@ def run_search(
     effective = requested
     if lexical is None:
         if requested == SearchMode.LEXICAL:
-            raise NoIndexError(f"index {index.id} has no lexical index yet: run "
-                               "`litpulse index refresh`")
+            raise NoIndexError(
+                f"index {index.id} has no lexical index yet: run `litpulse index refresh`"
+            )
         effective = SearchMode.SEMANTIC
     vector = None
     if effective != SearchMode.LEXICAL:
         embed = embed or _query_embedder(settings, engine, index.model_version)
         vector = np.ascontiguousarray(np.asarray(embed(text), dtype=np.float32).reshape(1, -1))
-    pool = _candidates(settings, engine, index, lexical, vector, text, depth,
-                       filters.clauses(), effective)
-    hits = _hits(pool, options, effective, lexical, text, k, start=offset, depth=depth,
-                 by_date=order == SearchSort.DATE)
+    pool = _candidates(
+        settings, engine, index, lexical, vector, text, depth, filters.clauses(), effective
+    )
+    hits = _hits(
+        pool,
+        options,
+        effective,
+        lexical,
+        text,
+        k,
+        start=offset,
+        depth=depth,
+        by_date=order == SearchSort.DATE,
+    )
     if order == SearchSort.DATE:
         hits = sort_by_date(hits)
     hits = with_details(engine, hits, text)
     logger.info(
         "query %r (%s): %d candidates, %d pass filters, returning %d (index %s)",
-        text[:60], effective, pool.seen, len(pool.rows), len(hits), index.id,
+        text[:60],
+        effective,
+        pool.seen,
+        len(pool.rows),
+        len(hits),
+        index.id,
     )
     return SearchResult(
         query=text,
@@ -431,8 +455,8 @@ def run_search(
         sort=order,
         requested_mode=requested,
         offset=offset,
-        has_more=offset is not None and (len(pool.rows) > offset + k or (
-            not pool.exhausted and len(pool.rows) >= offset + k)),
+        has_more=offset is not None
+        and (len(pool.rows) > offset + k or (not pool.exhausted and len(pool.rows) >= offset + k)),
     )
 
 
@@ -452,9 +476,8 @@ def _sort(value: SearchSort | str) -> SearchSort:
 
 def sort_by_date(hits: Sequence[Hit]) -> list[Hit]:
     """``hits`` newest first; equal dates, and undated hits (last), by PMID, highest first."""
-    return sorted(hits, key=lambda h: (h.best_date is None,
-                                       -(h.best_date.toordinal() if h.best_date else 0),
-                                       -h.pmid))
+    return sorted(hits, key=lambda h: _date_key(h.best_date, h.pmid))
+
 
 def _depth(settings: Settings, k: int, offset: int | None) -> int:
     """How many results the candidate lists must yield: ``k``, or for a page its end
@@ -465,8 +488,7 @@ def _depth(settings: Settings, k: int, offset: int | None) -> int:
     """
     if offset is None:
         return k
-    if isinstance(offset, bool) or not isinstance(offset, int) or not (
-            0 <= offset <= MAX_OFFSET):
+    if isinstance(offset, bool) or not isinstance(offset, int) or not (0 <= offset <= MAX_OFFSET):
         raise ConfigError(f"offset must be an integer in 0..{MAX_OFFSET}, got {offset!r}")
     block = max(settings.rerank_candidates, k)
     return block * -(-(offset + k) // block)
@@ -488,8 +510,9 @@ def _checked_query(query: str, k: int) -> str:
     return text
 
 
-def _query_embedder(settings: Settings, engine: Engine,
-                    model_version: str) -> Callable[[str], np.ndarray]:
+def _query_embedder(
+    settings: Settings, engine: Engine, model_version: str
+) -> Callable[[str], np.ndarray]:
     """Query text → vector with the index's own model version."""
     from ranking.embed import encode_query, model_spec
 
@@ -514,9 +537,15 @@ class _Pool:
 
 
 def _candidates(
-    settings: Settings, engine: Engine, index: SearchableIndex,
-    lexical: LexicalSearcher | None, vector: np.ndarray | None, text: str, k: int,
-    conds: list[Any], mode: SearchMode,
+    settings: Settings,
+    engine: Engine,
+    index: SearchableIndex,
+    lexical: LexicalSearcher | None,
+    vector: np.ndarray | None,
+    text: str,
+    k: int,
+    conds: list[Any],
+    mode: SearchMode,
 ) -> _Pool:
     """Nearest neighbours and best BM25 matches, and the rows of those passing the filters.
 
@@ -549,8 +578,9 @@ def _candidates(
         if len(pool.rows) >= k or n >= size:
             break
         n = min(n * WIDEN_FACTOR, size)
-        logger.debug("only %d of %d candidates pass the filters; widening to %d",
-                     len(pool.rows), k, n)
+        logger.debug(
+            "only %d of %d candidates pass the filters; widening to %d", len(pool.rows), k, n
+        )
     pool.seen = len(seen)
     pool.exhausted = n >= size
     if mode == SearchMode.HYBRID and lex is not None:
@@ -558,8 +588,9 @@ def _candidates(
     return pool
 
 
-def _fill_in(pool: _Pool, index: SearchableIndex, lex: LexicalSearcher,
-             vector: np.ndarray | None, text: str) -> None:
+def _fill_in(
+    pool: _Pool, index: SearchableIndex, lex: LexicalSearcher, vector: np.ndarray | None, text: str
+) -> None:
     """Cosine of the passing lexical-only candidates, BM25 of the semantic-only ones."""
     import numpy as np
 
@@ -577,24 +608,122 @@ def _fill_in(pool: _Pool, index: SearchableIndex, lex: LexicalSearcher,
         pool.bm25.update(lex.scores(text, missing))
 
 
-def _ranks(values: dict[int, float]) -> dict[int, int]:
-    """1-based ranks, best first (ties: lower PMID first)."""
-    order = sorted(values, key=lambda p: (-values[p], p))
-    return {p: i for i, p in enumerate(order, start=1)}
+@dataclass(frozen=True)
+class _Fused:
+    """The similarity and lexical parts of candidates, as arrays in candidate order."""
+
+    ids: np.ndarray  # PMIDs (int64)
+    cosine: np.ndarray  # cosine, NaN where none
+    bm25: np.ndarray  # BM25 > 0, NaN where none (no query term matched)
+    sim_rank: np.ndarray  # 1-based rank by cosine, 0 where none
+    lex_rank: np.ndarray  # 1-based rank by BM25, 0 where none
+    similarity: np.ndarray  # the similarity part's value
+    lexical: np.ndarray  # the lexical part's value
+    mode: SearchMode
+    how: str
+
+    def relevance(self, i: int) -> Relevance:
+        """The :class:`Relevance` of the ``i``-th candidate."""
+        c, b = float(self.cosine[i]), float(self.bm25[i])
+        sr, lr = int(self.sim_rank[i]), int(self.lex_rank[i])
+        return Relevance(
+            mode=self.mode,
+            similarity=float(self.similarity[i]),
+            lexical=float(self.lexical[i]),
+            cosine=None if math.isnan(c) else c,
+            bm25=None if math.isnan(b) else b,
+            similarity_rank=sr or None,
+            lexical_rank=lr or None,
+            how=self.how,
+        )
 
 
-def _minmax(values: dict[int, float]) -> tuple[float, float]:
-    return (min(values.values()), max(values.values())) if values else (0.0, 0.0)
+def _ranks(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """1-based ranks of the non-NaN ``values``, best first (ties: lower PMID first); 0 for
+    NaN."""
+    import numpy as np
+
+    ranks = np.zeros(len(values), dtype=np.int64)
+    have = np.flatnonzero(~np.isnan(values))
+    order = have[np.lexsort((ids[have], -values[have]))]
+    ranks[order] = np.arange(1, len(order) + 1)
+    return ranks
 
 
-def _scaled(x: float | None, lo: float, hi: float) -> float:
-    if x is None:
-        return 0.0
-    return 1.0 if hi <= lo else (x - lo) / (hi - lo)
+def _scaled(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Min-max scaled to ``lo``..``hi`` (1 where the range is empty); 0 for NaN."""
+    import numpy as np
+
+    have = ~np.isnan(values)
+    if hi <= lo:
+        return np.where(have, 1.0, 0.0)
+    return np.where(have, (np.where(have, values, lo) - lo) / (hi - lo), 0.0)
 
 
-def relevances(sims: dict[int, float], bm25: dict[int, float], pmids: Iterable[int],
-               mode: SearchMode, options: ScoringOptions) -> dict[int, Relevance]:
+def _fuse(
+    sims: dict[int, float],
+    bm25: dict[int, float],
+    pmids: Iterable[int],
+    mode: SearchMode,
+    options: ScoringOptions,
+) -> _Fused:
+    """The similarity and lexical parts of every candidate at once (see :func:`relevances`)."""
+    import numpy as np
+
+    ids = np.fromiter(pmids, dtype=np.int64)
+    nan = math.nan
+    cos = np.fromiter((sims.get(p, nan) for p in ids.tolist()), np.float64, len(ids))
+    lex = np.fromiter((bm25.get(p, nan) for p in ids.tolist()), np.float64, len(ids))
+    lex[~(lex > 0)] = nan  # no query term matched
+    cos_rank, lex_rank = _ranks(cos, ids), _ranks(lex, ids)
+    have_cos, have_lex = ~np.isnan(cos), ~np.isnan(lex)
+    clo, chi = (
+        (float(cos[have_cos].min()), float(cos[have_cos].max())) if have_cos.any() else (0.0, 0.0)
+    )
+    llo, lhi = (
+        (float(lex[have_lex].min()), float(lex[have_lex].max())) if have_lex.any() else (0.0, 0.0)
+    )
+    if mode == SearchMode.LEXICAL:
+        llo = 0.0  # BM25 / best BM25: 1 for the best match
+    rrf = mode == SearchMode.HYBRID and options.fusion == Fusion.RRF
+    k = options.rrf_k
+    how = (
+        f"RRF (k={k}): (k+1)/(k+rank)"
+        if rrf
+        else "min-max over the candidates"
+        if mode == SearchMode.HYBRID
+        else ""
+    )
+    zeros = np.zeros(len(ids), dtype=np.float64)
+    if rrf:
+        sim_v = np.where(have_cos, (k + 1) / (k + cos_rank.astype(np.float64)), 0.0)
+        lex_v = np.where(have_lex, (k + 1) / (k + lex_rank.astype(np.float64)), 0.0)
+    elif mode == SearchMode.HYBRID:
+        sim_v, lex_v = _scaled(cos, clo, chi), _scaled(lex, llo, lhi)
+    elif mode == SearchMode.LEXICAL:
+        sim_v, lex_v = zeros, _scaled(lex, llo, lhi)
+    else:
+        sim_v, lex_v = np.where(have_cos, cos, 0.0), zeros
+    return _Fused(
+        ids=ids,
+        cosine=cos,
+        bm25=lex,
+        sim_rank=cos_rank,
+        lex_rank=lex_rank,
+        similarity=sim_v,
+        lexical=lex_v,
+        mode=mode,
+        how=how,
+    )
+
+
+def relevances(
+    sims: dict[int, float],
+    bm25: dict[int, float],
+    pmids: Iterable[int],
+    mode: SearchMode,
+    options: ScoringOptions,
+) -> dict[int, Relevance]:
     """The similarity and lexical parts of each candidate (see :mod:`ranking.scoring`).
 
     Args:
@@ -604,68 +733,79 @@ def relevances(sims: dict[int, float], bm25: dict[int, float], pmids: Iterable[i
         mode: The effective search mode.
         options: Fusion and its k.
     """
-    ids = list(pmids)
-    cos = {p: sims[p] for p in ids if p in sims}
-    lex = {p: bm25[p] for p in ids if p in bm25 and bm25[p] > 0}
-    cos_rank, lex_rank = _ranks(cos), _ranks(lex)
-    (clo, chi), (llo, lhi) = _minmax(cos), _minmax(lex)
-    if mode == SearchMode.LEXICAL:
-        llo = 0.0  # BM25 / best BM25: 1 for the best match
-    rrf = mode == SearchMode.HYBRID and options.fusion == Fusion.RRF
-    k = options.rrf_k
-    how = (f"RRF (k={k}): (k+1)/(k+rank)" if rrf else
-           "min-max over the candidates" if mode == SearchMode.HYBRID else "")
-    out = {}
-    for p in ids:
-        c, b = cos.get(p), lex.get(p)
-        if rrf:
-            sim_v = (k + 1) / (k + cos_rank[p]) if p in cos_rank else 0.0
-            lex_v = (k + 1) / (k + lex_rank[p]) if p in lex_rank else 0.0
-        elif mode == SearchMode.HYBRID:
-            sim_v, lex_v = _scaled(c, clo, chi), _scaled(b, llo, lhi)
-        elif mode == SearchMode.LEXICAL:
-            sim_v, lex_v = 0.0, _scaled(b, llo, lhi)
-        else:
-            sim_v, lex_v = (c or 0.0), 0.0
-        out[p] = Relevance(mode=mode, similarity=sim_v, lexical=lex_v, cosine=c, bm25=b,
-                           similarity_rank=cos_rank.get(p), lexical_rank=lex_rank.get(p),
-                           how=how)
-    return out
+    fused = _fuse(sims, bm25, pmids, mode, options)
+    return {int(p): fused.relevance(i) for i, p in enumerate(fused.ids.tolist())}
 
 
-def _hits(pool: _Pool, options: ScoringOptions, mode: SearchMode,
-          lexical: LexicalSearcher | None, text: str, k: int, *, start: int | None = None,
-          depth: int = 0, by_date: bool = False) -> list[Hit]:
+def _date_key(best_date: dt.date | None, pmid: int) -> tuple[bool, int, int]:
+    """Newest first; equal dates, and undated (last), by PMID, highest first."""
+    return (best_date is None, -(best_date.toordinal() if best_date else 0), -pmid)
+
+
+def _hits(
+    pool: _Pool,
+    options: ScoringOptions,
+    mode: SearchMode,
+    lexical: LexicalSearcher | None,
+    text: str,
+    k: int,
+    *,
+    start: int | None = None,
+    depth: int = 0,
+    by_date: bool = False,
+) -> list[Hit]:
     """The ``k`` best scored hits, best first (ties: higher similarity, then lower PMID),
     with the matched terms of each in its explanation; for a page (``start`` given) the
-    ``k`` after ``start`` of the best ``depth`` (newest first when ``by_date``)."""
-    rels = relevances(pool.sims, pool.bm25, pool.rows, mode, options) if lexical else {}
-    hits = [_hit(pmid, row, options, rels.get(pmid), pool.sims.get(pmid, 0.0))
-            for pmid, row in pool.rows.items()]
-    hits.sort(key=lambda h: (-h.score, -h.similarity, h.pmid))
-    if start is None:
-        hits = hits[:k]
+    ``k`` after ``start`` of the best ``depth`` (newest first when ``by_date``).
+
+    Every candidate is scored at once (:func:`ranking.scoring.scores`); explanations are
+    built for the returned hits only (the same numbers: :func:`score_article`).
+    """
+    import numpy as np
+
+    rows = list(pool.rows.values())
+    if not rows:
+        return []
+    ids = np.fromiter(pool.rows, dtype=np.int64, count=len(rows))
+    cosine = np.fromiter((pool.sims.get(p, 0.0) for p in pool.rows), np.float64, len(rows))
+    fused = _fuse(pool.sims, pool.bm25, pool.rows, mode, options) if lexical else None
+    if fused is None:
+        total = scores(cosine, None, rows, options)
     else:
-        ranked = hits[:depth]
-        hits = (sort_by_date(ranked) if by_date else ranked)[start : start + k]
-    if lexical is None or not hits:
-        return hits
+        total = scores(fused.similarity, fused.lexical, rows, options, mode)
+    order = np.lexsort((ids, -cosine, -total)).tolist()
+    if start is None:
+        chosen = order[:k]
+    else:
+        ranked = order[:depth]
+        if by_date:
+            ranked.sort(key=lambda i: _date_key(rows[i].get("best_date"), int(ids[i])))
+        chosen = ranked[start : start + k]
+    pmids = [int(ids[i]) for i in chosen]
+    if fused is None or lexical is None or not chosen:
+        return [
+            _hit(p, rows[i], options, None, float(cosine[i]))
+            for p, i in zip(pmids, chosen, strict=True)
+        ]
     if mode == SearchMode.SEMANTIC:  # shown, not used: BM25 of the hits only
-        pool.bm25.update(lexical.scores(text, [h.pmid for h in hits]))
-        rels = relevances(pool.sims, pool.bm25, [h.pmid for h in hits], mode, options)
-    matches = lexical.explain(text, [h.pmid for h in hits])
+        pool.bm25.update(lexical.scores(text, pmids))
+        rels = relevances(pool.sims, pool.bm25, pmids, mode, options)
+    else:
+        rels = {p: fused.relevance(i) for p, i in zip(pmids, chosen, strict=True)}
+    matches = lexical.explain(text, pmids)
     out = []
-    for h in hits:
-        match = matches.get(h.pmid)
-        rel = rels[h.pmid]
+    for p, i in zip(pmids, chosen, strict=True):
+        match = matches.get(p)
+        rel = rels[p]
         if match is not None:
             rel = dataclasses.replace(rel, terms=tuple(t.to_dict() for t in match.terms))
-        out.append(_hit(h.pmid, pool.rows[h.pmid], options, rel, h.similarity))
+        out.append(_hit(p, rows[i], options, rel, float(cosine[i])))
     return out
 
 
-def _hit(pmid: int, row: dict[str, Any], options: ScoringOptions, rel: Relevance | None,
-         cosine: float) -> Hit:
+def _hit(
+    pmid: int, row: dict[str, Any], options: ScoringOptions, rel: Relevance | None, cosine: float
+) -> Hit:
     s = score_article(cosine, row, options, rel)
     if row.get("is_retracted"):
         s.explanation["retracted"] = True
@@ -722,8 +862,9 @@ def search(
         has_abstract=has_abstract,
         include_retracted=include_retracted,
     )
-    options = ScoringOptions.from_settings(
-        settings, weights=weights, half_life_days=half_life_days
+    options = ScoringOptions.from_settings(settings, weights=weights, half_life_days=half_life_days)
+    return list(
+        run_search(
+            settings, query, k=k, filters=filters, options=options, mode=mode, sort=sort
+        ).hits
     )
-    return list(run_search(settings, query, k=k, filters=filters, options=options, mode=mode,
-                           sort=sort).hits)

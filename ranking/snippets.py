@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -63,8 +64,9 @@ def _matches(text: str, terms: Mapping[str, float]) -> list[tuple[int, int, froz
     if not terms:
         return []
     out = []
+    keys = frozenset(terms)
     for m in _WORD.finditer(text):
-        hit = _word_terms(m.group()) & terms.keys()
+        hit = _word_terms(m.group()) & keys
         if hit:
             out.append((m.start(), m.end(), frozenset(hit)))
     return out
@@ -94,14 +96,18 @@ def _window(
     """The run of whole sentences, no longer than ``limit`` (but at least one sentence),
     with the most weight of distinct terms; the earliest, then the longest, on a tie."""
     best: tuple[float, int, int] | None = None  # (weight, -start, end): most, earliest, longest
+    # a word never spans two sentences (they are cut at white space): a window's terms are
+    # those of its sentences; fsum: the weight does not depend on the set's order (which
+    # varies with the process's string hashing)
+    inside = [{t for a, b, ts in words if s <= a and b <= e for t in ts} for s, e in sentences]
     for i, (start, _) in enumerate(sentences):
-        end = sentences[i][1]
+        found: set[str] = set()
         for j in range(i, len(sentences)):
             if j > i and sentences[j][1] - start > limit:
                 break
             end = sentences[j][1]
-            found = {t for a, b, ts in words if a >= start and b <= end for t in ts}
-            key = (sum(terms[t] for t in found), -start, end)
+            found |= inside[j]
+            key = (math.fsum(terms[t] for t in found), -start, end)
             if best is None or key > best:
                 best = key
     assert best is not None

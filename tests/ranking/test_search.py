@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
+from litpulse.core import db
 from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.settings import Settings
 from ranking.scoring import ScoringOptions
@@ -205,3 +206,29 @@ def test_no_published_index_says_what_to_run(sqlite_settings: Settings) -> None:
     with pytest.raises(NoIndexError, match="litpulse index refresh"):
         search(sqlite_settings, "anything")
     assert issubclass(NoIndexError, NotFoundError)
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {},
+        {"since": "2020-01-01", "until": "2020-01-10"},
+        {"language": "eng", "has_abstract": True, "mesh": "Humans", "publication_type": "Review"},
+    ],
+)
+def test_candidate_rows_are_read_by_pmid(
+    sqlite_settings: Settings, filters: dict[str, Any]
+) -> None:
+    # the candidates' PMIDs are the way in: never a walk over every live article (SQLite's
+    # planner without statistics took the is_deleted index: every row, every query)
+    from sqlalchemy import text
+
+    from ranking.search import _rows_query
+
+    engine = db.connect(sqlite_settings)
+    stmt = _rows_query(list(range(1000, 1300)), SearchFilters(**filters).clauses())
+    sql = str(stmt.compile(engine, compile_kwargs={"literal_binds": True}))
+    with engine.connect() as conn:
+        plan = [row[-1] for row in conn.execute(text("EXPLAIN QUERY PLAN " + sql))]
+    outer = [p for p in plan if "articles " in p and "article_terms" not in p]
+    assert outer and all("(pmid=?)" in p for p in outer), plan

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from ranking.lexical import query_terms
 from ranking.snippets import ELLIPSIS, highlight_spans, highlight_terms, snippet
 
@@ -68,3 +70,14 @@ def test_highlight_terms_prefer_the_lexical_explanation() -> None:
         "malaria vaccines"
     )
     assert highlight_terms({}, "") == {}
+
+
+def test_equal_weights_tie_to_the_earliest_window_whatever_the_term_order() -> None:
+    # 0.1 + 0.2 + 0.3 is 0.6 or 0.6000000000000001 depending on the order of the sum (the
+    # order of a set of strings, which varies with the process's hashing): the window
+    # weighing 0.6 exactly must win the tie as the earliest, for every order
+    text = "Malaria here. Fever cough rash."
+    for weights in itertools.permutations((0.1, 0.2, 0.3)):
+        terms = {"malaria": 0.6, **dict(zip(("fever", "cough", "rash"), weights, strict=True))}
+        s = snippet(text, terms, limit=20)
+        assert s is not None and s.text == "Malaria here. " + ELLIPSIS, weights
