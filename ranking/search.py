@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_OFFSET",
     "MAX_QUERY_CHARS",
+    "load_rows",
     "Hit",
     "NoIndexError",
     "SearchFilters",
@@ -333,7 +334,7 @@ def _rows_query(pmids: Sequence[int], conds: list[Any]) -> Select[Any]:
     return select(*_ROW_COLUMNS).where(articles.c.pmid.in_(list(pmids)), *conds)
 
 
-def _load_rows(engine: Engine, pmids: Sequence[int], conds: list[Any]) -> dict[int, dict[str, Any]]:
+def load_rows(engine: Engine, pmids: Sequence[int], conds: list[Any]) -> dict[int, dict[str, Any]]:
     rows: dict[int, dict[str, Any]] = {}
     keys = [c.name for c in _ROW_COLUMNS]
     with engine.connect() as conn:
@@ -574,7 +575,7 @@ def _candidates(
             if pmid not in seen:
                 seen.add(pmid)
                 fresh.append(pmid)
-        pool.rows.update(_load_rows(engine, fresh, conds))
+        pool.rows.update(load_rows(engine, fresh, conds))
         if len(pool.rows) >= k or n >= size:
             break
         n = min(n * WIDEN_FACTOR, size)

@@ -34,7 +34,7 @@ from ranking.search import (
     NoIndexError,
     SearchableIndex,
     SearchFilters,
-    _load_rows,
+    load_rows,
 )
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ def similar_articles(
                 continue
             sims[int(other)] = float(score)
             fresh.append(int(other))
-        rows.update(_load_rows(engine, fresh, conds))
+        rows.update(load_rows(engine, fresh, conds))
         if len(rows) >= k or n >= size:
             break
         n = min(n * WIDEN_FACTOR, size)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from litpulse.core.schema import articles
+from ranking.details import pubmed_url
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -37,7 +38,6 @@ FORMATS: dict[str, tuple[str, str]] = {
     "csv": ("text/csv", "csv"),
 }
 
-PUBMED_URL = "https://pubmed.ncbi.nlm.nih.gov/{pmid}/"
 
 CSV_COLUMNS = (
     "rank", "pmid", "title", "authors", "journal", "year", "date", "volume", "issue",
@@ -139,7 +139,7 @@ def to_ris(hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]]) -> 
         tag("AB", row.get("abstract"))
         tag("DO", row.get("doi"))
         tag("AN", f"PMID:{pmid}")
-        tag("UR", PUBMED_URL.format(pmid=pmid))
+        tag("UR", pubmed_url(pmid))
         tag("LA", row.get("language"))
         for term in _mesh_terms(row):
             tag("KW", term)
@@ -183,7 +183,7 @@ def to_bibtex(hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]]) 
             if value:
                 fields.append((key, _bib(value)))
         fields.append(("pmid", str(pmid)))
-        fields.append(("url", _bib(PUBMED_URL.format(pmid=pmid))))
+        fields.append(("url", _bib(pubmed_url(pmid))))
         keywords = _mesh_terms(row)
         if keywords:
             fields.append(("keywords", _bib(", ".join(keywords))))
@@ -214,7 +214,7 @@ def to_csv(hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]]) -> 
             rank, pmid, _one_line(row.get("title")), "; ".join(n for n, _ in _authors(row)),
             _one_line(row.get("journal")), row.get("pub_year") or "",
             str(row.get("best_date") or "")[:10], _extra(row, "volume"), _extra(row, "issue"),
-            _extra(row, "pages"), row.get("doi") or "", PUBMED_URL.format(pmid=pmid),
+            _extra(row, "pages"), row.get("doi") or "", pubmed_url(pmid),
         ]
         if hit is not None:
             values += [

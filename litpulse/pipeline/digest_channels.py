@@ -31,6 +31,7 @@ from litpulse.core.errors import TransientSourceError
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import iso
 from litpulse.pipeline.saved_searches import SavedSearch
+from ranking.details import pubmed_url
 
 __all__ = [
     "ATOM_NS",
@@ -95,11 +96,6 @@ class Match:
             "model_version": self.model_version,
             "found_at": iso(self.found_at),
         }
-
-
-def pubmed_url(pmid: int) -> str:
-    """The PubMed page of an article."""
-    return f"https://pubmed.ncbi.nlm.nih.gov/{int(pmid)}/"
 
 
 def _feed_id(search: SavedSearch) -> str:
