@@ -244,6 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     import faiss
     import torch
 
+    from litpulse.app.api import prepare_to_serve
     from litpulse.core.settings import Settings
     from ranking.index_files import open_published
 
@@ -268,6 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             built = "store reused; "
         queries = make_queries(settings, args.warmup + args.queries)
+        prepare_to_serve(settings)  # as `litpulse serve` does before it answers
         server, thread, base_url = start_server(settings)
         times = run_paths(settings, queries, args.warmup, args.k, base_url)
         profiled = profile(settings, queries[: args.profile], args.k) if args.profile else ""

@@ -217,19 +217,12 @@ def _cut(text: str, width: int) -> str:
 
 
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
-    """Serve the API and page; the published index and its encoder are loaded first.
-
-    Then everything loaded so far (the model's half a million Python objects) is moved out
-    of the garbage collector's sight (``gc.freeze``): a full collection over them takes
-    ~0.4 s, which would otherwise stall whichever search triggers it.
-    """
-    import gc
+    """Serve the API and page, ready first (:func:`litpulse.app.api.prepare_to_serve`)."""
     import logging
 
     import uvicorn
 
-    from litpulse.app.api import create_app
-    from ranking.search import warm_up
+    from litpulse.app.api import create_app, prepare_to_serve
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger(__name__).warning(
@@ -238,9 +231,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
             args.host,
         )
     app = create_app(settings)
-    ready = warm_up(settings)
-    gc.collect()
-    gc.freeze()
+    ready = prepare_to_serve(settings)
     loaded = f"index {ready} loaded" if ready else "no index published yet"
     print(
         f"litpulse: serving on http://{args.host}:{args.port}/ ({loaded}; Ctrl-C stops)",
