@@ -8,7 +8,8 @@ generator's topics, each query used once where the pool allows. For every query,
 the same run and interleaved (fair under a fluctuating machine load):
 
 * (a) query embedding alone: :func:`ranking.embed.encode_query` (torch's default
-  threads), and (a1) the same with ``torch.set_num_threads(1)``;
+  threads), and (a1) the same with one thread (``LITPULSE_QUERY_THREADS``' default);
+  the query-vector cache is off on every path, so each query is embedded afresh;
 * (b) index search alone: ``open_published(...).search`` with that vector;
 * for each mode (``hybrid``, the default, ``semantic`` and ``lexical``; their order
   rotates from query to query):
@@ -162,9 +163,10 @@ def run_paths(
     index = open_published(settings)
     if index is None:
         raise RuntimeError("no published index")
-    import torch
 
-    threads = torch.get_num_threads()
+    # torch's default threads for (a), one thread (the product's default) for (a1)
+    default_threads = settings.replace(query_threads=0)
+    one_thread = settings.replace(query_threads=1)
     one = "(a1) encode_query, 1 torch thread"
     labels = ["(a) encode_query", one, "(b) index.search"]
     for mode in MODES:
@@ -174,13 +176,9 @@ def run_paths(
         for i, q in enumerate(queries):
             got: dict[str, float] = {}
             got["(a) encode_query"], vec = _timed(
-                lambda q=q: encode_query(settings, index.model_version, q)
+                lambda q=q: encode_query(default_threads, index.model_version, q)
             )
-            torch.set_num_threads(1)
-            try:
-                got[one], _ = _timed(lambda q=q: encode_query(settings, index.model_version, q))
-            finally:
-                torch.set_num_threads(threads)
+            got[one], _ = _timed(lambda q=q: encode_query(one_thread, index.model_version, q))
             got["(b) index.search"], _ = _timed(
                 lambda vec=vec: index.search(vec, settings.rerank_candidates)
             )
@@ -246,6 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     import faiss
     import torch
 
+    from litpulse.app.api import prepare_to_serve
     from litpulse.core.settings import Settings
     from ranking.index_files import open_published
 
@@ -255,8 +254,10 @@ def main(argv: list[str] | None = None) -> None:
     built = ""
     try:
         # the bench is one client asking as fast as it can: no per-client rate limit
+        # ... and no query-vector cache: (c) and (d) ask the same query one after the other
         settings = Settings.from_env(
-            {}, home=tmp / "home", api_rate_per_second=10000.0, api_rate_burst=100000
+            {}, home=tmp / "home", api_rate_per_second=10000.0, api_rate_burst=100000,
+            query_cache_size=0,
         )
         settings.ensure_home()
         index = open_published(settings)
@@ -268,6 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             built = "store reused; "
         queries = make_queries(settings, args.warmup + args.queries)
+        prepare_to_serve(settings)  # as `litpulse serve` does before it answers
         server, thread, base_url = start_server(settings)
         times = run_paths(settings, queries, args.warmup, args.k, base_url)
         profiled = profile(settings, queries[: args.profile], args.k) if args.profile else ""

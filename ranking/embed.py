@@ -32,6 +32,8 @@ import os
 import threading
 import warnings
 import weakref
+from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -171,6 +173,8 @@ _PRECISION: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 _LOCK = threading.RLock()
 #: One encode at a time per process: fast tokenizers are not safe across threads.
 _ENCODE_LOCK = threading.Lock()
+#: Query vectors by (model version, device, sequence length, text), newest last.
+_QUERIES: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
 
 
 def quiet_model_loading() -> None:
@@ -247,9 +251,10 @@ def _apply_adapter(encoder: SentenceTransformer, spec: ModelSpec, *, merge: bool
 
 
 def clear_cache() -> None:
-    """Forget every cached encoder (tests, after a model is retired)."""
+    """Forget every cached encoder and query vector (tests, after a model is retired)."""
     with _LOCK:
         _ENCODERS.clear()
+        _QUERIES.clear()
 
 
 def _wanted_half(encoder: SentenceTransformer, settings: Settings) -> Any:
@@ -313,11 +318,29 @@ def _half_dtype(encoder: SentenceTransformer, settings: Settings) -> Any:
     return dtype
 
 
-def _encode(encoder: SentenceTransformer, texts: list[str], dtype: Any, batch: int) -> np.ndarray:
+@contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` (0: left as they are) for the block."""
+    import torch
+
+    before = torch.get_num_threads()
+    if not threads or threads == before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _encode(
+    encoder: SentenceTransformer, texts: list[str], dtype: Any, batch: int, threads: int = 0
+) -> np.ndarray:
     import torch
 
     device_type = Device.CUDA if str(encoder.device).startswith(Device.CUDA) else Device.CPU
-    with _ENCODE_LOCK, torch.inference_mode(), torch.autocast(
+    with _ENCODE_LOCK, _torch_threads(threads), torch.inference_mode(), torch.autocast(
         device_type, dtype=dtype or torch.float32, enabled=dtype is not None
     ):
         out = encoder.encode(
@@ -327,6 +350,14 @@ def _encode(encoder: SentenceTransformer, texts: list[str], dtype: Any, batch: i
     norms = np.linalg.norm(vecs, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     return np.ascontiguousarray(vecs / norms, dtype=np.float32)
+
+
+def _precision(encoder: SentenceTransformer, settings: Settings) -> Any:
+    """The autocast dtype of an encoder (``None``: fp32), decided once per encoder."""
+    with _LOCK:
+        if encoder not in _PRECISION:
+            _PRECISION[encoder] = _half_dtype(encoder, settings)
+        return _PRECISION[encoder]
 
 
 def embed_texts(
@@ -343,10 +374,7 @@ def embed_texts(
     if not texts:
         dim = encoder.get_embedding_dimension() or 0
         return np.zeros((0, dim), dtype=np.float32)
-    with _LOCK:
-        if encoder not in _PRECISION:
-            _PRECISION[encoder] = _half_dtype(encoder, settings)
-        dtype = _PRECISION[encoder]
+    dtype = _precision(encoder, settings)
     if bar is None:
         return _encode(encoder, texts, dtype, settings.embed_batch_size)
     step = 4 * settings.embed_batch_size
@@ -361,6 +389,10 @@ def embed_texts(
 def encode_query(settings: Settings, spec: ModelSpec | str, text: str) -> np.ndarray:
     """Embed one search query with a model version's cached encoder: float32 ``(1, d)``.
 
+    The vector comes from a per-process LRU cache when the same text was embedded under
+    the same model version before (``LITPULSE_QUERY_CACHE_SIZE``; the array is read-only),
+    else from the encoder run with ``LITPULSE_QUERY_THREADS`` torch threads.
+
     Args:
         settings: The settings.
         spec: The model version, or its id (e.g. ``PublishedIndex.model_version``).
@@ -368,7 +400,23 @@ def encode_query(settings: Settings, spec: ModelSpec | str, text: str) -> np.nda
     """
     if isinstance(spec, str):
         spec = model_spec(settings, spec)
-    return embed_texts(load_encoder(spec, settings), [text], settings)
+    size = settings.query_cache_size
+    key = (spec, resolve_device(settings), settings.max_seq_length, text)
+    if size:
+        with _LOCK:
+            hit = _QUERIES.get(key)
+            if hit is not None:
+                _QUERIES.move_to_end(key)
+                return hit
+    encoder = load_encoder(spec, settings)
+    vector = _encode(encoder, [text], _precision(encoder, settings), 1, settings.query_threads)
+    vector.flags.writeable = False  # shared by every caller of the cache
+    if size:
+        with _LOCK:
+            _QUERIES[key] = vector
+            while len(_QUERIES) > size:
+                _QUERIES.popitem(last=False)
+    return vector
 
 
 # --------------------------------------------------------------------------- articles

@@ -62,6 +62,7 @@ __all__ = [
     "search",
     "run_search",
     "sort_by_date",
+    "warm_up",
 ]
 
 logger = logging.getLogger(__name__)
@@ -316,6 +317,23 @@ class SearchResult:
             "filters": self.filters.to_dict(),
             "results": [h.to_dict() for h in self.hits],
         }
+
+
+def warm_up(settings: Settings, engine: Engine | None = None) -> str | None:
+    """Load what the first search would: the published index (vectors and BM25) and its
+    model version's query encoder, which embeds a probe query.
+
+    A server calls it before it answers, so that its first search costs what every other
+    does. Returns the index version's id, or ``None`` when nothing is published yet.
+    """
+    from ranking.index_files import open_published
+
+    engine = engine or db.connect(settings)
+    index = open_published(settings, engine)
+    if index is None:
+        return None
+    _query_embedder(settings, engine, index.model_version)("warm-up")
+    return str(index.id)
 
 
 def _open_index(settings: Settings, engine: Engine) -> SearchableIndex:

@@ -301,6 +301,21 @@ class Settings:
         60, "The k of reciprocal-rank fusion: a part's value is (k+1)/(k+rank).", min=1,
         max=100_000,
     )
+    query_threads: int = _opt(
+        1,
+        "torch threads that embed one search query (0: torch's default, one per core). One "
+        "thread is as fast for a short query and keeps its latency steady when the cores are "
+        "busy (bench/api.py: at load ~5, 2 threads 197 ms p50, 1 thread 30 ms).",
+        min=0,
+        max=256,
+    )
+    query_cache_size: int = _opt(
+        1024,
+        "Query vectors kept per process (a repeated query, the next page or another sort "
+        "order skips the encoder); 0 disables the cache.",
+        min=0,
+        max=1_000_000,
+    )
 
     # -- HTTP API --------------------------------------------------------------------------
     search_server_url: str = _opt(

@@ -115,6 +115,36 @@ def test_encode_query_and_article_text(sqlite_settings: Settings) -> None:
         em.load_encoder(em.ModelSpec("m", "/no/such/model"), sqlite_settings)
 
 
+def test_query_vectors_are_cached_per_model_and_bounded(sqlite_settings: Settings) -> None:
+    """A repeated query (the next page, another sort order) skips the encoder; the cache is
+    read-only, bounded, keyed by model version, and forgotten with the encoders."""
+    import torch
+
+    em.clear_cache()
+    settings = sqlite_settings.replace(query_cache_size=2, query_threads=1)
+    spec = em.active_model(settings)
+    threads = torch.get_num_threads()
+    first = em.encode_query(settings, spec, "statins and dementia")
+    assert torch.get_num_threads() == threads  # the query's thread count is restored
+    assert em.encode_query(settings, spec, "statins and dementia") is first
+    with pytest.raises(ValueError):
+        first[0, 0] = 1.0  # shared by every caller: nobody may change it
+    # the vector equals what the encoder gives for the text, uncached
+    np.testing.assert_allclose(
+        first, em.embed_texts(em.load_encoder(spec, settings), ["statins and dementia"],
+                              settings), atol=1e-6)
+    other = em.ModelSpec("other", spec.base_model, None)  # another model version: own entry
+    assert em.encode_query(settings, other, "statins and dementia") is not first
+    em.encode_query(settings, spec, "sepsis")  # size 2: the oldest entry goes
+    assert em.encode_query(settings, spec, "statins and dementia") is not first
+    em.clear_cache()
+    off = settings.replace(query_cache_size=0)
+    a = em.encode_query(off, spec, "sepsis")
+    assert em.encode_query(off, spec, "sepsis") is not a
+    np.testing.assert_allclose(a, em.encode_query(off, spec, "sepsis"), atol=1e-6)
+    em.clear_cache()
+
+
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # peft 0.21 on transformers 5.23
 def test_active_model_with_lora_adapter(sqlite_settings: Settings, tmp_path: Path) -> None:
     import torch

@@ -12,7 +12,15 @@ from litpulse.core import db
 from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.settings import Settings
 from ranking.scoring import ScoringOptions
-from ranking.search import Hit, NoIndexError, SearchFilters, SearchResult, run_search, search
+from ranking.search import (
+    Hit,
+    NoIndexError,
+    SearchFilters,
+    SearchResult,
+    run_search,
+    search,
+    warm_up,
+)
 from tests.ranking.corpus import (
     ARTICLES,
     HashIndex,
@@ -200,6 +208,21 @@ def test_real_index_end_to_end(real: Settings) -> None:
     assert {h.pmid for h in hits} == {102, 103}
     assert all(h.explanation["components"]["recency"]["weight"] == 0 for h in hits)
     assert all(h.pmid not in (105, 106) for h in search(real, "CRISPR gene editing", k=20))
+
+
+def test_warm_up_loads_the_index_and_its_encoder(real: Settings, sqlite_settings: Settings) -> None:
+    from ranking import embed as em
+    from ranking.index_files import open_published
+
+    assert warm_up(sqlite_settings) is None  # nothing published: nothing to load
+    em.clear_cache()
+    index = open_published(real)
+    assert index is not None
+    assert warm_up(real) == index.id
+    loaded = dict(em._ENCODERS)
+    assert len(loaded) == 1
+    search(real, "malaria vaccine trial in children", k=3)
+    assert em._ENCODERS == loaded  # the first search loaded nothing more
 
 
 def test_no_published_index_says_what_to_run(sqlite_settings: Settings) -> None:

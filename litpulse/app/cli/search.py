@@ -217,11 +217,12 @@ def _cut(text: str, width: int) -> str:
 
 
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve the API and page, ready first (:func:`litpulse.app.api.prepare_to_serve`)."""
     import logging
 
     import uvicorn
 
-    from litpulse.app.api import create_app
+    from litpulse.app.api import create_app, prepare_to_serve
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger(__name__).warning(
@@ -229,6 +230,12 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
             "token from `litpulse tokens create`); rate limits are per client address",
             args.host,
         )
-    print(f"litpulse: serving on http://{args.host}:{args.port}/ (Ctrl-C stops)", file=sys.stderr)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    app = create_app(settings)
+    ready = prepare_to_serve(settings)
+    loaded = f"index {ready} loaded" if ready else "no index published yet"
+    print(
+        f"litpulse: serving on http://{args.host}:{args.port}/ ({loaded}; Ctrl-C stops)",
+        file=sys.stderr,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
