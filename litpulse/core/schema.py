@@ -80,12 +80,18 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
 metadata = MetaData()
 
+#: A PMID key column's type: ``BIGINT`` on PostgreSQL; ``INTEGER`` on SQLite, where a
+#: single-column ``INTEGER`` primary key is the rowid itself, so the table is one B-tree
+#: keyed by PMID instead of a rowid table plus a unique index (stores created before
+#: this keep their ``BIGINT`` key and the extra index; both read and write the same).
+PMID_KEY = BigInteger().with_variant(Integer(), "sqlite")
+
 # ---------------------------------------------------------------------------------- ingest
 
 articles = Table(
     "articles",
     metadata,
-    Column("pmid", BigInteger, primary_key=True, autoincrement=False),
+    Column("pmid", PMID_KEY, primary_key=True, autoincrement=False),
     Column("version", Integer, nullable=False),
     Column("date_revised", Date),
     Column("source_sequence", BigInteger, nullable=False, default=0),
@@ -147,6 +153,9 @@ article_terms = Table(
     Column("term", String(255), primary_key=True),
     Column("major", Boolean, nullable=False, default=False),
     Index("ix_article_terms_term", "kind", "term"),
+    # SQLite: the rows live in the primary key's B-tree (no rowid table beside it: one
+    # B-tree less to write per link; stores created before this keep their rowid tables)
+    sqlite_with_rowid=False,
 )
 
 references = Table(
@@ -155,6 +164,7 @@ references = Table(
     Column("citing_pmid", BigInteger, primary_key=True, autoincrement=False),
     Column("cited_pmid", BigInteger, primary_key=True, autoincrement=False),
     Index("ix_references_cited", "cited_pmid"),
+    sqlite_with_rowid=False,  # as article_terms
 )
 
 quarantine = Table(
