@@ -43,6 +43,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -367,9 +368,13 @@ def _worker(
     ``at`` (the job the caller reads) and ``spill`` (a folder): see :class:`_Out`.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the caller stops us
-    from ingest.parse import iter_items
+    from ingest import parse as parsing
 
-    iter_items = parse or iter_items
+    iter_items = parse or parsing.iter_items
+    if iter_items is parsing.iter_items:
+        # one thread: the worker has a core and the writer the other; the parser's helper
+        # thread only adds GIL hand-offs there (measured on 2 busy cores: ~12% more wall)
+        iter_items = functools.partial(iter_items, threaded=False)
 
     def put(msg: tuple[str, int, Any]) -> None:
         while True:

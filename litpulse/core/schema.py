@@ -11,6 +11,7 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import (
+    DDL,
     JSON,
     BigInteger,
     Boolean,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    event,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -143,6 +145,20 @@ articles = Table(
     Column("ingested_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False, index=True),
 )
+
+#: PostgreSQL: the large text columns of a new ``articles`` table are compressed with
+#: lz4 instead of the default pglz when they go to TOAST (a row is several KB): several
+#: times less server CPU per row written, for slightly larger values. Only where the
+#: server has lz4 (PostgreSQL 14+ built with it); a table created before keeps pglz for
+#: what it holds, and both read alike.
+_ARTICLES_LZ4 = DDL(
+    "DO $$ BEGIN IF 'lz4' = ANY(COALESCE((SELECT enumvals FROM pg_settings "
+    "WHERE name = 'default_toast_compression'), '{}')) THEN "
+    "ALTER TABLE articles ALTER COLUMN record SET COMPRESSION lz4, "
+    "ALTER COLUMN abstract SET COMPRESSION lz4, ALTER COLUMN authors SET COMPRESSION lz4, "
+    "ALTER COLUMN mesh SET COMPRESSION lz4; END IF; END $$"
+).execute_if(dialect="postgresql")
+event.listen(articles, "after_create", _ARTICLES_LZ4)
 
 #: MeSH descriptors and publication types, one row each, for filters.
 article_terms = Table(

@@ -211,3 +211,28 @@ def test_a_store_of_the_old_layout_ends_identical(tmp_path: Path, files: list[Pa
     old, new = states
     assert not differences(old, new)
     assert old == new
+
+
+@pytest.mark.postgres
+def test_postgres_articles_compress_their_large_columns_with_lz4(postgres_url: str) -> None:
+    """A new articles table TOASTs with lz4 where the server has it (less CPU per row)."""
+    from sqlalchemy import text
+
+    engine = db.connect(Settings.from_env({}, database_url=postgres_url))
+    with engine.connect() as conn:
+        has_lz4 = conn.execute(
+            text(
+                "SELECT 'lz4' = ANY(enumvals) FROM pg_settings "
+                "WHERE name = 'default_toast_compression'"
+            )
+        ).scalar()
+        methods = dict(
+            conn.execute(
+                text(
+                    "SELECT attname, attcompression FROM pg_attribute "
+                    "WHERE attrelid = 'articles'::regclass AND attcompression <> ''"
+                )
+            ).all()
+        )
+    want = dict.fromkeys(("abstract", "authors", "mesh", "record"), "l") if has_lz4 else {}
+    assert methods == want
