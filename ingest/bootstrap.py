@@ -566,7 +566,7 @@ def load_files(
     if max_files is not None and max_files < 0:
         raise ConfigError(f"max_files must be >= 0, got {max_files!r}")
     from ingest import parse
-    from ingest.parallel import parse_ordered
+    from ingest.parallel import parse_ordered, queue_batches_for
     from ingest.parse import ParseLimits
 
     workers = resolve_workers(settings, workers)
@@ -618,8 +618,9 @@ def load_files(
                     stager.start()
                 jobs = _StagedJobs(settings, engine, pending, source, stager, bar)
                 parsed = parse_ordered(
-                    jobs, workers=workers, limits=limits, parse=parse.iter_items, spill_dir=folder
-                )
+                    jobs, workers=workers, limits=limits, parse=parse.iter_items,
+                    spill_dir=folder, queue_batches=queue_batches_for(settings.store_batch),
+                )  # fmt: skip
                 try:
                     with contextlib.ExitStack() as stack:
                         stack.enter_context(contextlib.closing(parsed))

@@ -98,7 +98,7 @@ def ingest_files(
             with the error first.
     """
     from ingest import parse
-    from ingest.parallel import parse_ordered
+    from ingest.parallel import parse_ordered, queue_batches_for
     from ingest.parse import ParseLimits, source_ref_for
     from litpulse.core.db import connect
 
@@ -124,7 +124,10 @@ def ingest_files(
             for path in files
         ]
         n_workers = settings.ingest_workers if workers is None else workers
-        parsed = parse_ordered(jobs, workers=n_workers, limits=limits, parse=parse.iter_items)
+        parsed = parse_ordered(
+            jobs, workers=n_workers, limits=limits, parse=parse.iter_items,
+            queue_batches=queue_batches_for(size),
+        )  # fmt: skip
         with contextlib.closing(parsed):
             for index, items in parsed:
                 path = files[index]

@@ -70,7 +70,9 @@ def replace_links(
 
     The in-corpus counts move by deltas: -1 for each reference of an article that
     was live before, +1 for each reference of an article live now. An article that
-    becomes live in this batch gets its own count recounted from ``references``.
+    becomes live in this batch, and a row this batch inserts as a tombstone, get their
+    own count recounted from ``references`` (so the count never depends on how the
+    items fell into batches).
     """
     delta: Counter[int] = Counter()
     if stored_changed:
@@ -90,8 +92,10 @@ def replace_links(
     delta.update(chain.from_iterable(prep.references for prep in live.values()))
     insert_tuples(conn, article_terms, ("pmid", "kind", "term", "major"), term_rows)
     insert_tuples(conn, references, ("citing_pmid", "cited_pmid"), ref_rows)
-    # articles live now but not before: count every live citer (delta would miss old ones)
-    recount = set(live) - was_live
+    # articles live now but not before: count every live citer (delta would miss old ones);
+    # so too a new tombstone (a deletion of a PMID never stored): citers stored in earlier
+    # batches were not counted on a row that did not exist
+    recount = (live.keys() - was_live) | (new - live.keys())
     changes = [(p, n) for p, n in sorted(delta.items()) if n and p not in recount]
     _update_cited_by(conn, changes, add=True, bulk=bulk)
     if recount:

@@ -211,6 +211,7 @@ def iter_items(
     *,
     source_ref: SourceRef | None = None,
     limits: ParseLimits | None = None,
+    threaded: bool = True,
 ) -> Iterator[Item]:
     """Stream the items of one PubMed XML document in file order, in constant memory.
 
@@ -221,6 +222,8 @@ def iter_items(
             sequence=<N of pubmedYYnNNNN>)`` (for a file object, its ``name``).
         limits: Size caps of one record and one text field (default:
             :class:`ParseLimits` defaults, those of the settings).
+        threaded: Decompress and run libxml2 in a helper thread while this thread
+            reads the fields (``False``: all in this thread; the same items).
 
     Yields:
         Record, Deletion and QuarantineEntry items in document order.
@@ -235,7 +238,7 @@ def iter_items(
         except OSError as exc:
             raise ParseError(f"cannot open {os.fspath(source)}: {exc}") from exc
         try:
-            yield from _iter_stream(fh, ref, limits=limits or _DEFAULT_LIMITS)
+            yield from _iter_stream(fh, ref, threaded=threaded, limits=limits or _DEFAULT_LIMITS)
         finally:
             fh.close()
     else:
@@ -243,7 +246,7 @@ def iter_items(
         ref = source_ref or (
             source_ref_for(name) if isinstance(name, str) else SourceRef("file", "<stream>")
         )
-        yield from _iter_stream(source, ref, limits=limits or _DEFAULT_LIMITS)
+        yield from _iter_stream(source, ref, threaded=threaded, limits=limits or _DEFAULT_LIMITS)
 
 
 def parse_bytes(

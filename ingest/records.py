@@ -95,7 +95,8 @@ class Author:
         """``Last FM`` for a person, the group name for a collective."""
         if self.collective_name:
             return self.collective_name
-        return " ".join(p for p in (self.last_name, self.initials or self.fore_name) if p)
+        last, first = self.last_name, self.initials or self.fore_name
+        return f"{last} {first}" if last and first else last or first or ""
 
 
 @dataclass(frozen=True, slots=True)

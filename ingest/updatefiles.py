@@ -297,7 +297,7 @@ def _apply_file(
 ) -> IngestCounts:
     """Parse and apply one verified file and record it (see :func:`_store_file`)."""
     from ingest import parse
-    from ingest.parallel import parse_ordered
+    from ingest.parallel import parse_ordered, queue_batches_for
     from ingest.parse import ParseLimits
 
     n_workers = settings.ingest_workers if workers is None else workers
@@ -305,7 +305,13 @@ def _apply_file(
     file_counts = IngestCounts()
     jobs = [(dest, _file_ref(f))]
     with contextlib.closing(
-        parse_ordered(jobs, workers=n_workers, limits=limits, parse=parse.iter_items)
+        parse_ordered(
+            jobs,
+            workers=n_workers,
+            limits=limits,
+            parse=parse.iter_items,
+            queue_batches=queue_batches_for(settings.store_batch),
+        )  # fmt: skip
     ) as parsed:
         for _index, items in parsed:
             file_counts = _store_file(settings, store, f, items, size, digest, run)

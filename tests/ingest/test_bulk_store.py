@@ -22,8 +22,8 @@ import pytest
 
 from ingest.parallel import parse_ordered
 from ingest.parse import source_ref_for
-from ingest.records import SourceRef
-from ingest.rows import prepare, record_dict
+from ingest.records import Author, MeshHeading, PartialDate, SourceRef
+from ingest.rows import content_hash, prepare
 from ingest.store import Store
 from litpulse.app.demo.generate import generate_corpus
 from litpulse.core import db
@@ -96,12 +96,18 @@ def test_prepared_columns_decode_to_the_record() -> None:
     rec = make_record(5, refs=(5, 3, 3, 1), title='A "quoted", title: {"mesh":[1]} – ü\n')
     prep = prepare(rec)
     plain = rec.to_dict()
-    assert record_dict(rec) == plain and list(record_dict(rec)) == list(plain)
     body = {k: v for k, v in plain.items() if k != "source"}
     text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
-    assert prep.content_hash == hashlib.sha1(text.encode()).hexdigest()
+    assert prep.content_hash == hashlib.sha1(text.encode()).hexdigest() == content_hash(plain)
     row = prep.row
     assert json.loads(row["record"]) == plain
+    assert (
+        row["record"]
+        == text[:-1]
+        + ',"source":'
+        + json.dumps(plain["source"], separators=(",", ":"), ensure_ascii=False)
+        + "}"
+    )
     assert json.loads(row["mesh"]) == plain["mesh"]
     assert json.loads(row["publication_types"]) == plain["publication_types"]
     assert json.loads(row["authors"]) == [
@@ -112,3 +118,121 @@ def test_prepared_columns_decode_to_the_record() -> None:
     assert prep.terms == (("mesh", "Humans", False), ("ptype", "Journal Article", False))
     empty = prepare(dataclasses.replace(rec, authors=(), mesh=()))
     assert (empty.row["authors"], empty.row["mesh"]) == ("[]", "[]")
+
+
+#: Every character a str can hold from XML text (no lone surrogates), and JSON's hard ones.
+_EVERY_CHAR = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
+
+
+@pytest.mark.parametrize("text", ['"q" \\ / \x00\x1f\x7f\u2028\u2029 é 😀', _EVERY_CHAR])
+def test_prepare_writes_the_json_of_to_dict_for_any_text(text: str) -> None:
+    """msgspec writes the bytes json.dumps writes (same escapes, same order, dates)."""
+    rec = dataclasses.replace(
+        make_record(7, title=text, abstract=text),
+        authors=(Author(text, text, "J", None, (text, "x"), text), Author(collective_name=text)),
+        mesh=(MeshHeading(text[:300], text, True, (text,)),),
+        keywords=(text,),
+        pub_date=PartialDate(None, None, None, text, text),
+        article_date=dt.date(1, 1, 1),
+    )
+    plain = rec.to_dict()
+    prep = prepare(rec)
+    assert prep.content_hash == content_hash(plain)
+    row = prep.row
+    assert json.loads(row["record"]) == plain
+    assert json.loads(row["authors"]) == [
+        {**a, "name": author.display_name}
+        for a, author in zip(plain["authors"], rec.authors, strict=True)
+    ]
+
+
+def test_prepare_equals_to_dict_over_a_generated_corpus(files: list[Path]) -> None:
+    from ingest.parse import iter_items
+    from ingest.records import Record
+
+    recs = [r for f in files for r in iter_items(f) if isinstance(r, Record)]
+    assert len(recs) > 100
+    for rec in recs:
+        plain = rec.to_dict()
+        prep = prepare(rec)
+        assert prep.content_hash == content_hash(plain)
+        assert json.loads(prep.row["record"]) == plain
+
+
+def _old_layout(path: Path) -> None:
+    """A SQLite store as litpulse created it before this layout: 4 KiB pages, a BIGINT
+    ``articles.pmid`` (a rowid table plus its key index), rowid link tables."""
+    import sqlite3
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.schema import CreateIndex, CreateTable
+
+    from litpulse.core.schema import metadata
+
+    dialect = create_engine("sqlite://").dialect
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA page_size=4096")
+    con.execute("PRAGMA journal_mode=WAL")
+    for table in metadata.sorted_tables:
+        ddl = str(CreateTable(table).compile(dialect=dialect)).replace(" WITHOUT ROWID", "")
+        if table.name == "articles":
+            ddl = ddl.replace("pmid INTEGER NOT NULL", "pmid BIGINT NOT NULL", 1)
+        con.execute(ddl)
+        for index in table.indexes:
+            con.execute(str(CreateIndex(index).compile(dialect=dialect)))
+    con.commit()
+    con.close()
+
+
+def test_a_store_of_the_old_layout_ends_identical(tmp_path: Path, files: list[Path]) -> None:
+    """Stores created before the SQLite layout changed keep working, with the same rows."""
+    import sqlite3
+
+    states = []
+    for name in ("old", "new"):
+        path = tmp_path / f"{name}.db"
+        if name == "old":
+            _old_layout(path)
+        settings = Settings.from_env({}, home=tmp_path / name, database_url=f"sqlite:///{path}")
+        engine = db.connect(settings)
+        for i, items in parse_ordered([(p, source_ref_for(p)) for p in files], workers=0):
+            Store(engine).apply(cut(items, 30 if i == 1 else None), batch_size=50)
+        states.append(snapshot(engine))
+        engine.dispose()
+        con = sqlite3.connect(path)
+        layout = (
+            con.execute("PRAGMA page_size").fetchone()[0],
+            "WITHOUT ROWID" in con.execute(
+                "SELECT sql FROM sqlite_master WHERE name = 'references'"
+            ).fetchone()[0],
+        )  # fmt: skip
+        con.close()
+        assert layout == ((4096, False) if name == "old" else (16384, True))
+    old, new = states
+    assert not differences(old, new)
+    assert old == new
+
+
+@pytest.mark.postgres
+def test_postgres_articles_compress_their_large_columns_with_lz4(postgres_url: str) -> None:
+    """A new articles table TOASTs with lz4 where the server has it (less CPU per row)."""
+    from sqlalchemy import text
+
+    engine = db.connect(Settings.from_env({}, database_url=postgres_url))
+    with engine.connect() as conn:
+        has_lz4 = conn.execute(
+            text(
+                "SELECT 'lz4' = ANY(enumvals) FROM pg_settings "
+                "WHERE name = 'default_toast_compression'"
+            )
+        ).scalar()
+        methods = dict(
+            conn.execute(
+                text(
+                    "SELECT attname, attcompression FROM pg_attribute "
+                    "WHERE attrelid = 'articles'::regclass AND attcompression <> ''"
+                )
+            ).all()
+        )
+    want = dict.fromkeys(("abstract", "authors", "mesh", "record"), "l") if has_lz4 else {}
+    assert methods == want

@@ -332,6 +332,18 @@ def test_cited_by_in_corpus(engine: Engine) -> None:
     assert row(engine, 70)["cited_by_in_corpus"] == 1
 
 
+def test_a_new_tombstone_counts_the_citers_stored_before(engine: Engine) -> None:
+    """A deletion of a PMID never stored makes a tombstone row: its count is that of its
+    live citers, as when the citer and the deletion fall in one batch."""
+    store = Store(engine)
+    store.apply([make_record(80, refs=(81,)), make_record(82, refs=(83,)), Deletion(83, src(1))])
+    assert row(engine, 83)["cited_by_in_corpus"] == 1  # one batch
+    store.apply([Deletion(81, src(1))])
+    assert row(engine, 81)["cited_by_in_corpus"] == 1  # a later batch
+    store.recompute_cited_by()
+    assert (row(engine, 81)["cited_by_in_corpus"], row(engine, 83)["cited_by_in_corpus"]) == (1, 1)
+
+
 # ------------------------------------------------------------------------ quarantine
 
 
@@ -449,14 +461,21 @@ def test_many_records_in_batches(engine: Engine) -> None:
     assert store.apply(items, batch_size=1000) == counts(unchanged=n)
 
 
-def test_fast_record_dict_equals_to_dict() -> None:
-    from ingest.rows import record_dict as _record_dict
-
-    rec = make_record(1, refs=(2, 3), mesh=(MeshHeading("A", "D1", True, ("q",)),))
-    assert _record_dict(rec) == rec.to_dict()
-    assert _record_dict(make_record(2, revised=None, abstract="")) == make_record(
-        2, revised=None, abstract=""
-    ).to_dict()
+@pytest.mark.parametrize(
+    ("author", "name"),
+    [
+        (Author("Smith", "Jane", "J"), "Smith J"),
+        (Author("Smith", "Jane", None), "Smith Jane"),
+        (Author("Smith", None, ""), "Smith"),
+        (Author(None, "Jane", "J"), "J"),
+        (Author("", "", ""), ""),
+        (Author(), ""),
+        (Author("Smith", "Jane", "J", "The Group"), "The Group"),
+        (Author("Smith", "Jane", "J", ""), "Smith J"),
+    ],
+)
+def test_author_display_name(author: Author, name: str) -> None:
+    assert author.display_name == name
 
 
 @pytest.mark.parametrize("batch_size", [7, 1000])
