@@ -38,15 +38,16 @@ With k1 = 1.2, b = 0.75 the score is tantivy's own (up to its one-byte length en
 **Tokenisation** (:func:`bio_tokens`, the same for documents and queries). Text is
 NFKC-normalised, lower-cased and folded to unaccented letters; Greek letters become their
 names (``α`` → ``alpha``, ``TNF-α`` and ``TNFα`` both read ``tnf-alpha``); en dashes and
-minus signs are hyphens. A *word* is a run of letters and digits joined by hyphens; its
-*segments* split it at hyphens and at letter/digit boundaries (``IL-6`` → ``il``, ``6``;
-``BRCA1`` → ``brca``, ``1``). A document is indexed under every segment and every joined
-run of adjacent segments (``COVID-19`` → ``covid``, ``19``, ``covid19``; ``IL6`` and
-``IL-6`` both → ``il``, ``6``, ``il6``); a query word is looked up joined (``IL-6`` and
-``IL6`` → ``il6``) and, with a lower boost (:data:`SEGMENT_BOOST`), by its segments, so a
-query matches across the spellings (``alpha synuclein`` finds ``α-synuclein``). Then
-tantivy drops English stop words and applies the English Snowball stemmer (``effects`` →
-``effect``). ``/`` separates words (``CRISPR/Cas9`` → ``crispr``, ``cas9``).
+minus signs are hyphens; trade marks (``™``, ``®``) separate words. A *word* is a run of
+letters and digits joined by hyphens; its *segments* split it at hyphens and at
+letter/digit boundaries (``IL-6`` → ``il``, ``6``; ``BRCA1`` → ``brca``, ``1``). A document
+is indexed under every segment and every joined run of adjacent segments (``COVID-19`` →
+``covid``, ``19``, ``covid19``; ``IL6`` and ``IL-6`` both → ``il``, ``6``, ``il6``); a
+query word is looked up joined (``IL-6`` and ``IL6`` → ``il6``) and, with a lower boost
+(:data:`SEGMENT_BOOST`), by its segments, so a query matches across the spellings (``alpha
+synuclein`` finds ``α-synuclein``). Then tantivy drops English stop words and applies the
+English Snowball stemmer (``effects`` → ``effect``). ``/`` separates words (``CRISPR/Cas9``
+→ ``crispr``, ``cas9``).
 
 Public API (for search, the benchmark and retraining's hard negatives):
 
@@ -164,6 +165,8 @@ _GREEK = dict(
 _DASHES = str.maketrans(
     {**{c: "-" for c in "\u2010\u2011\u2012\u2013\u2212\ufe63\uff0d"}, "'": None, "\u2019": None}
 )
+#: Trade and service marks, dropped before NFKC (which would spell ``MAVYRET™`` ``mavyrettm``).
+_MARKS = str.maketrans(dict.fromkeys("\u2122\u2120\u00ae\u00a9", " "))
 _WORD = re.compile(r"[^\W_]+(?:-+[^\W_]+)*")
 _SEGMENT = re.compile(r"[^\W\d_]+|\d+")
 
@@ -172,7 +175,7 @@ _SEGMENT = re.compile(r"[^\W\d_]+|\d+")
 
 
 def _normalise(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).lower().translate(_DASHES)
+    text = unicodedata.normalize("NFKC", text.translate(_MARKS)).lower().translate(_DASHES)
     text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     return "".join(f"-{_GREEK[c]}-" if c in _GREEK else c for c in text)
 

@@ -155,6 +155,7 @@ def found(settings: Settings, query: str, k: int = 10) -> list[int]:
         ("CRISPR/Cas9", ["crispr", "cas", "9", "cas9"]),
         ("Naïve T cells", ["naive", "t", "cells"]),
         ("Alzheimer's", ["alzheimers"]),
+        ("MAVYRET™ (glecaprevir®)", ["mavyret", "glecaprevir"]),
     ],
 )
 def test_document_tokens_of_biomedical_terms(text: str, tokens: list[str]) -> None:
