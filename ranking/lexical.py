@@ -34,6 +34,8 @@ in :data:`STATS_FILE`, updated with each refresh in proportion to its change). S
 per-query cost is proportional to the candidates, never to the corpus, and the
 explanation (:meth:`LexicalIndex.explain`) lists the very numbers the score adds up.
 With k1 = 1.2, b = 0.75 the score is tantivy's own (up to its one-byte length encoding).
+The stored counts cost disk: on the BioASQ corpus (1,328 short records) the index is 688 KB
+instead of 420 KB, and building it 0.62 s instead of 0.48 s.
 
 **Tokenisation** (:func:`bio_tokens`, the same for documents and queries). Text is
 NFKC-normalised, lower-cased and folded to unaccented letters; Greek letters become their
