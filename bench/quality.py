@@ -21,10 +21,12 @@ the questions are also split into two fixed halves (:func:`half`: by a hash of t
 question's text, the set has no ids) and recall@10 / MRR@10 printed for each: a general
 gain shows on both.
 
-``--no-retrain`` stops after step 1 (BM25 alone, dense base and hybrid base: a quick
-check of a ranking change); ``--keep DIR`` with a ``DIR`` kept by such a run reuses its
-store and published index instead of ingesting again (a lexical change still needs a
-fresh ``DIR``: the index is built once).
+``--steps N`` (with a ``--max-seconds`` that fits them) fixes how long the retrain trains:
+with the default budget the load of the machine decides how many steps fit, and with them
+which model the rows after the retrain show. ``--no-retrain`` stops after step 1 (BM25
+alone, dense base and hybrid base: a quick check of a ranking change); ``--keep DIR`` with
+a ``DIR`` kept by such a run reuses its store and published index instead of ingesting
+again (a lexical change still needs a fresh ``DIR``: the index is built once).
 
 Usage::
 

@@ -33,7 +33,7 @@ from litpulse.core import db
 from litpulse.core.errors import ConsistencyError
 from litpulse.core.settings import Settings
 from ranking import faiss_ops
-from ranking.lexical import LEXICAL_DIR, LexicalIndex, LexicalPlan, open_lexical_at
+from ranking.lexical import LEXICAL_DIR, Bm25, LexicalIndex, LexicalPlan, open_lexical_at
 from ranking.models import published_index_row
 
 __all__ = [
@@ -202,7 +202,7 @@ def _load(row: Any, settings: Settings) -> PublishedIndex:
         index.nprobe = settings.ivf_nprobe
     lexical = None
     try:
-        lexical = open_lexical_at(row.path)
+        lexical = open_lexical_at(row.path, Bm25.from_settings(settings))
     except (ConsistencyError, OSError, ValueError) as exc:
         logger.warning("lexical index of %s cannot be opened (%s): semantic search only",
                        row.id, exc)

@@ -292,6 +292,19 @@ class Settings:
         min=0.0,
         max=1.0,
     )
+    bm25_k1: float = _opt(
+        0.9,
+        "BM25's term-frequency saturation k1 of the lexical index (0: a term counts once "
+        "whatever its frequency; larger: repeats count longer).",
+        min=0.0,
+        max=10.0,
+    )
+    bm25_b: float = _opt(
+        0.4,
+        "BM25's length normalisation b of the lexical index (0: none, 1: full).",
+        min=0.0,
+        max=1.0,
+    )
     fusion: str = _opt(
         "mix",
         "How hybrid search fuses its two parts: rrf (reciprocal rank) or mix (min-max "

@@ -8,6 +8,7 @@ is loaded and nothing is pending to embed.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 from pathlib import Path
@@ -154,6 +155,7 @@ def found(settings: Settings, query: str, k: int = 10) -> list[int]:
         ("CRISPR/Cas9", ["crispr", "cas", "9", "cas9"]),
         ("Naïve T cells", ["naive", "t", "cells"]),
         ("Alzheimer's", ["alzheimers"]),
+        ("MAVYRET™ (glecaprevir®)", ["mavyret", "glecaprevir"]),
     ],
 )
 def test_document_tokens_of_biomedical_terms(text: str, tokens: list[str]) -> None:
@@ -239,6 +241,78 @@ def test_explanation_terms_add_up_to_the_bm25_score(sqlite_settings: Settings) -
     assert lex.search("the of", 5) == [] and lex.explain("zebra", [1]) == {}
 
 
+def test_bm25_is_tantivys_with_its_constants_and_follows_k1_and_b(
+    sqlite_settings: Settings,
+) -> None:
+    load(db.connect(sqlite_settings))
+    refresh.refresh_index(sqlite_settings)
+    lex = lexical.open_lexical(sqlite_settings)
+    assert lex is not None and lex.bm25 == lexical.Bm25(0.9, 0.4)  # the settings' defaults
+    query = "IL-6 sepsis memory amyloid"
+    # tantivy's own scores (k1 1.2, b 0.75; these fields are short enough for its
+    # one-byte length encoding to be exact) are what ours give with its constants
+    searcher = lex._index.searcher()
+    engine_hits = searcher.search(lex._query(lexical.query_terms(query)), 10).hits
+    pmids = searcher.fast_field_values("pmid", [a for _, a in engine_hits])
+    tantivy_scores = {p: s for (s, _), p in zip(engine_hits, pmids, strict=True)}
+    ours = dict(lex.with_bm25(lexical.Bm25(k1=1.2, b=0.75)).search(query, 10))
+    assert ours == pytest.approx(tantivy_scores, rel=1e-5)
+
+    # one term by hand: "memori" once in the title ("sleep memori consolid"), the abstract
+    # ("sleep loss impair memori student") and the MeSH ("sleep memori") of 5, nowhere else
+    n = len(DOCS)
+    idf = np.log(1 + (n - 1 + 0.5) / (1 + 0.5))
+    tokens = _stats(Path(lex.path))["tokens"]
+    assert isinstance(tokens, dict)
+    for k1, b in ((0.0, 0.0), (2.0, 0.0), (0.9, 0.4)):
+        got = lex.with_bm25(lexical.Bm25(k1, b)).explain("memory", [5])[5]
+        assert [t.term for t in got.terms] == ["memori"]
+        want = {
+            name: boost * idf * (k1 + 1) / (1 + k1 * (1 - b + b * length * n / tokens[name]))
+            for name, boost, length in (("title", 2.0, 3), ("abstract", 1.0, 5), ("mesh", 1.0, 2))
+        }
+        assert got.terms[0].fields == pytest.approx(want)
+        assert got.score == pytest.approx(sum(want.values()))
+    # and they change the order: "insomnia" three times in the title of 8, once in 7's
+    engine = db.connect(sqlite_settings)
+    put(engine, 7, "Insomnia trial", "", [], [])
+    put(engine, 8, "Insomnia insomnia insomnia trial", "", [], [])
+    refresh.refresh_index(sqlite_settings)
+    lex = lexical.open_lexical(sqlite_settings)
+    assert lex is not None
+    flat = lex.with_bm25(lexical.Bm25(k1=0.0, b=0.0))  # a term counts once: a tie, by PMID
+    (first, s1), (_, s2) = flat.search("insomnia", 2)
+    assert first == 7 and s1 == pytest.approx(s2)
+    assert lex.with_bm25(lexical.Bm25(k1=2.0, b=0.0)).search("insomnia", 1)[0][0] == 8
+
+
+def test_bm25_settings_are_range_checked() -> None:
+    from litpulse.core.errors import ConfigError
+
+    assert Settings.from_env({"LITPULSE_BM25_K1": "1.2", "LITPULSE_BM25_B": "0.75"}).bm25_b == 0.75
+    for name, value in (("LITPULSE_BM25_K1", "-1"), ("LITPULSE_BM25_B", "1.5")):
+        with pytest.raises(ConfigError):
+            Settings.from_env({name: value})
+
+
+def _stats(folder: Path) -> dict[str, object]:
+    return json.loads((folder / lexical.STATS_FILE).read_text())
+
+
+def _aggregated(folder: Path) -> dict[str, object]:
+    """What the live documents' fast fields add up to (the whole index read)."""
+    import tantivy
+
+    index = tantivy.Index.open(str(folder))
+    searcher = index.searcher()
+    agg = searcher.aggregate(
+        tantivy.Query.all_query(),
+        {name: {"sum": {"field": f"n_{name}"}} for name in lexical.TEXT_FIELDS},
+    )
+    tokens = {name: int(agg[name]["value"] or 0) for name in lexical.TEXT_FIELDS}
+    return {"docs": searcher.num_docs, "tokens": tokens}
+
+
 # --------------------------------------------------------------- refresh and publish
 
 
@@ -273,6 +347,10 @@ def test_refresh_carries_adds_revisions_and_deletions_to_the_lexical_index(
     shared = set(_inodes(old).items()) & set(_inodes(new).items())
     assert any(name.endswith(".idx") for name, _ in shared)
     assert lexical.LexicalIndex.open(old).search("covid", 3)[0][0] == 3  # old one intact
+
+    # the BM25 statistics were updated by the change alone, and are exact
+    assert _stats(new) == _aggregated(new) and _stats(new)["docs"] == 4
+    assert _stats(old) == _aggregated(old) and _stats(old)["docs"] == 4  # untouched
 
     third = refresh.refresh_index(settings)
     assert not third.published and third.id == second.id
