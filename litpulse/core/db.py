@@ -410,8 +410,10 @@ def _bound_rows(
     Column by column, not row by row: a conversion is a pure function of its value and a
     batch repeats values (one timestamp, the same dates, two booleans), so each column's
     distinct values are converted once and the column is mapped through them, with no
-    Python step per row (the rows go back together with ``zip``). Rows whose columns
-    need no conversion are returned as they are.
+    Python step per row (the rows go back together with ``zip``). Values equal under
+    ``==`` share one conversion (``True`` and ``1``, ``2`` and ``2.0``): the column types
+    written here convert such values alike. Rows whose columns need no conversion are
+    returned as they are.
     """
     raw = set(json_text)
     dialect = conn.dialect
