@@ -9,12 +9,15 @@ decides and writes.
 One JSON serialisation per record: the record without its source is dumped once
 (compact, ``ensure_ascii=False``: the text :func:`content_hash` defines, written by
 msgspec's encoder straight from the dataclasses, several times faster than building a
-dict for ``json.dumps``); its SHA-1 is the content hash, and the ``record``, ``mesh``
-and ``publication_types`` columns are cut from that same text (``authors``, where each
-author gains its display ``name``, is encoded apart by the same encoder). In serialised
-JSON a quote inside a string is always escaped, so a top-level key such as ``,"mesh":``
-cannot occur inside a value, which makes the cuts exact (the tests decode every column
-and compare).
+dict for ``json.dumps``); its SHA-1 is the content hash and the ``record`` column is
+that text with the source added. The ``mesh`` and ``publication_types`` columns are
+their fields encoded by the same encoder (the same text as inside ``record``; cheaper
+than searching the record's text for them), ``authors`` too, each author with its
+display ``name`` added. The tests decode every column and compare.
+
+The store's rows are tuples in the order of :data:`ARTICLE_COLUMNS`, built straight
+from :attr:`PreparedRecord.values` (no mapping per row), which the bulk paths hand to
+the driver as they are (:func:`litpulse.core.db.bulk_insert`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from ingest.records import Author, Deletion, QuarantineEntry, Record, SourceRef
 
 __all__ = [
     "ARTICLE_COLUMNS",
+    "COLUMN_INDEX",
     "JSON_COLUMNS",
     "PreparedRecord",
     "StoreItem",
@@ -40,24 +44,29 @@ __all__ = [
     "prepare_item",
     "quarantine_row",
     "tombstone_row",
+    "with_values",
 ]
 
-#: Every column of ``articles`` the store writes, in one fixed order.
-ARTICLE_COLUMNS = (
+#: The columns of :attr:`PreparedRecord.values`: those a record alone determines, in
+#: the order :func:`prepare` fills them.
+PREPARED_COLUMNS = tuple(
     "pmid version date_revised source_sequence source_time source_kind source_location "
-    "source_position title vernacular_title abstract journal pub_year pub_month pub_day "
-    "pub_date_raw article_date entrez_date best_date language doi pmcid is_retracted is_book "
-    "is_deleted deleted_at has_abstract text_hash content_hash authors mesh publication_types "
-    "record cited_by_in_corpus ingested_at updated_at"
-).split()
+    "title vernacular_title abstract journal pub_year pub_month pub_day pub_date_raw "
+    "article_date entrez_date best_date language doi pmcid is_retracted is_book is_deleted "
+    "deleted_at has_abstract text_hash content_hash authors mesh publication_types record "
+    "cited_by_in_corpus".split()
+)
+#: Every column of ``articles`` the store writes, in the order of its rows
+#: (:func:`article_row`, :func:`tombstone_row`): the prepared ones, then the three a
+#: record alone does not fix.
+ARTICLE_COLUMNS = (*PREPARED_COLUMNS, "source_position", "ingested_at", "updated_at")
 #: Columns whose values in the rows built here are serialised JSON text.
 JSON_COLUMNS = frozenset({"authors", "mesh", "publication_types", "record"})
-#: The columns of :attr:`PreparedRecord.values`: those a record alone determines.
-PREPARED_COLUMNS = tuple(
-    c for c in ARTICLE_COLUMNS if c not in ("source_position", "ingested_at", "updated_at")
-)
+#: Where each column sits in a row of :data:`ARTICLE_COLUMNS`.
+COLUMN_INDEX = {c: i for i, c in enumerate(ARTICLE_COLUMNS)}
 _TERM_MAX = 255
 _encode = msgspec.json.Encoder().encode
+_new_prepared = tuple.__new__
 
 
 class PreparedRecord(NamedTuple):
@@ -116,12 +125,6 @@ def content_hash(plain: dict[str, Any]) -> str:
 def _source_json(src: SourceRef) -> str:
     return _dumps({"kind": src.kind, "location": src.location, "sequence": src.sequence,
                    "fetched_at": src.fetched_at.isoformat()})  # fmt: skip
-
-
-def _between(text: str, key: str, next_key: str) -> str:
-    """The serialised value of top-level ``key`` (followed by ``next_key``) in ``text``."""
-    start = text.index(f',"{key}":') + len(key) + 4
-    return text[start : text.index(f',"{next_key}":', start)]
 
 
 class _AuthorRow(msgspec.Struct):
@@ -186,7 +189,7 @@ def prepare(rec: Record) -> PreparedRecord:
     title = rec.title
     lang = rec.language
     pmid = rec.pmid
-    values = (  # the order of PREPARED_COLUMNS (checked below)
+    values = (  # the order of PREPARED_COLUMNS
         pmid,
         rec.version,
         rec.date_revised,
@@ -216,8 +219,8 @@ def prepare(rec: Record) -> PreparedRecord:
         hashlib.sha1(f"{title}\n{abstract}".encode()).hexdigest(),
         chash,
         _authors_json(rec.authors),
-        _between(text, "mesh", "keywords"),
-        _between(text, "publication_types", "languages"),
+        _encode(rec.mesh).decode(),  # the same encoder: the text the record column holds
+        _encode(rec.publication_types).decode(),
         f'{text[:-1]},"source":{_source_json(src)}}}',
         0,  # cited_by_in_corpus
     )  # fmt: skip
@@ -227,23 +230,11 @@ def prepare(rec: Record) -> PreparedRecord:
         terms[key] = terms.get(key, False) or m.major
     for pt in rec.publication_types:
         terms.setdefault(("ptype", pt[:_TERM_MAX]), False)
-    return PreparedRecord(
+    return _new_prepared(PreparedRecord, (  # the named tuple's own __new__ is Python code
         pmid, rec.version, rec.date_revised, src, chash, values,
         tuple((k, t, major) for (k, t), major in terms.items()),
         tuple(sorted({c for c in rec.references if c != pmid})),
-    )  # fmt: skip
-
-
-#: The columns :func:`prepare` fills, in its order (must be :data:`PREPARED_COLUMNS`).
-_PREPARE_ORDER = (
-    "pmid version date_revised source_sequence source_time source_kind source_location title "
-    "vernacular_title abstract journal pub_year pub_month pub_day pub_date_raw article_date "
-    "entrez_date best_date language doi pmcid is_retracted is_book is_deleted deleted_at "
-    "has_abstract text_hash content_hash authors mesh publication_types record "
-    "cited_by_in_corpus"
-).split()
-if tuple(_PREPARE_ORDER) != PREPARED_COLUMNS:  # pragma: no cover - a column added or moved
-    raise ImportError("ingest.rows.prepare does not fill the columns of PREPARED_COLUMNS")
+    ))  # fmt: skip
 
 
 def prepare_item(item: Any) -> Any:
@@ -251,54 +242,60 @@ def prepare_item(item: Any) -> Any:
     return prepare(item) if type(item) is Record else item
 
 
-def article_row(prep: PreparedRecord, position: int, now: dt.datetime) -> dict[str, Any]:
-    """The full ``articles`` row of a prepared record stored at ``position`` of its source."""
-    row = dict(zip(PREPARED_COLUMNS, prep.values, strict=True))
-    row["source_position"] = position
-    row["ingested_at"] = row["updated_at"] = now
-    return row
+def article_row(prep: PreparedRecord, position: int, now: dt.datetime) -> tuple[Any, ...]:
+    """The full ``articles`` row (values of :data:`ARTICLE_COLUMNS`) of a prepared record
+    stored at ``position`` of its source."""
+    return prep.values + (position, now, now)
 
 
-def tombstone_row(pmid: int, src: SourceRef, position: int, now: dt.datetime) -> dict[str, Any]:
+def tombstone_row(pmid: int, src: SourceRef, position: int, now: dt.datetime) -> tuple[Any, ...]:
     """A full row for a deleted PMID (only the deletion columns overwrite a stored row)."""
-    return {
-        "pmid": pmid,
-        "version": 0,
-        "date_revised": None,
-        "source_sequence": src.sequence,
-        "source_time": src.fetched_at.timestamp(),
-        "source_kind": src.kind,
-        "source_location": src.location,
-        "source_position": position,
-        "title": "",
-        "vernacular_title": None,
-        "abstract": "",
-        "journal": None,
-        "pub_year": None,
-        "pub_month": None,
-        "pub_day": None,
-        "pub_date_raw": None,
-        "article_date": None,
-        "entrez_date": None,
-        "best_date": None,
-        "language": None,
-        "doi": None,
-        "pmcid": None,
-        "is_retracted": False,
-        "is_book": False,
-        "is_deleted": True,
-        "deleted_at": now,
-        "has_abstract": False,
-        "text_hash": "",
-        "content_hash": "",
-        "authors": "[]",
-        "mesh": "[]",
-        "publication_types": "[]",
-        "record": "{}",
-        "cited_by_in_corpus": 0,
-        "ingested_at": now,
-        "updated_at": now,
-    }
+    return (
+        pmid,
+        0,  # version
+        None,  # date_revised
+        src.sequence,
+        src.fetched_at.timestamp(),
+        src.kind,
+        src.location,
+        "",  # title
+        None,  # vernacular_title
+        "",  # abstract
+        None,  # journal
+        None,  # pub_year
+        None,  # pub_month
+        None,  # pub_day
+        None,  # pub_date_raw
+        None,  # article_date
+        None,  # entrez_date
+        None,  # best_date
+        None,  # language
+        None,  # doi
+        None,  # pmcid
+        False,  # is_retracted
+        False,  # is_book
+        True,  # is_deleted
+        now,  # deleted_at
+        False,  # has_abstract
+        "",  # text_hash
+        "",  # content_hash
+        "[]",  # authors
+        "[]",  # mesh
+        "[]",  # publication_types
+        "{}",  # record
+        0,  # cited_by_in_corpus
+        position,  # source_position
+        now,  # ingested_at
+        now,  # updated_at
+    )
+
+
+def with_values(row: tuple[Any, ...], changes: dict[str, Any]) -> tuple[Any, ...]:
+    """``row`` (of :data:`ARTICLE_COLUMNS`) with the columns of ``changes`` replaced."""
+    out = list(row)
+    for name, value in changes.items():
+        out[COLUMN_INDEX[name]] = value
+    return tuple(out)
 
 
 def quarantine_row(item: QuarantineEntry, run_id: int | None, now: dt.datetime) -> dict[str, Any]:

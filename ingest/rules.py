@@ -45,6 +45,7 @@ from ingest.rows import (
     prepare,
     quarantine_row,
     tombstone_row,
+    with_values,
 )
 from ingest.runs import IngestCounts
 
@@ -175,15 +176,17 @@ class BatchPlan:
     """What one batch writes, keyed by PMID (filled by :func:`plan_batch`).
 
     Attributes:
-        full: Full article rows (a record won; a later deletion in the batch marks it).
-        tomb: Tombstone rows (a deletion won, or an unknown PMID was deleted).
+        full: Full article rows, values of :data:`ingest.rows.ARTICLE_COLUMNS` (a
+            record won; a later deletion in the batch marks it).
+        tomb: Tombstone rows, the same shape (a deletion won, or an unknown PMID was
+            deleted).
         records: The winning (prepared) record of each PMID in ``full``.
         quarantined: Quarantine rows by digest.
         touches: Source moves of records repeated unchanged by a later source.
     """
 
-    full: dict[int, dict[str, Any]] = field(default_factory=dict)
-    tomb: dict[int, dict[str, Any]] = field(default_factory=dict)
+    full: dict[int, tuple[Any, ...]] = field(default_factory=dict)
+    tomb: dict[int, tuple[Any, ...]] = field(default_factory=dict)
     records: dict[int, PreparedRecord] = field(default_factory=dict)
     quarantined: dict[str, dict[str, Any]] = field(default_factory=dict)
     touches: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -307,7 +310,7 @@ class _Planner:
             "updated_at": now,
         }
         if pmid in plan.full:
-            plan.full[pmid].update(changes)
+            plan.full[pmid] = with_values(plan.full[pmid], changes)
         else:
             plan.tomb[pmid] = tombstone_row(pmid, src, pos, now)
         cur.is_deleted = True

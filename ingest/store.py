@@ -48,7 +48,7 @@ from sqlalchemy.engine import Connection
 from ingest.checkpoints import Checkpoints
 from ingest.links import chunks, recompute_cited_by, replace_links
 from ingest.records import Deletion, Record
-from ingest.rows import ARTICLE_COLUMNS, JSON_COLUMNS, PreparedRecord, StoreItem
+from ingest.rows import ARTICLE_COLUMNS, COLUMN_INDEX, JSON_COLUMNS, PreparedRecord, StoreItem
 from ingest.rules import Counter, StoredState, plan_batch
 from ingest.runs import IngestCounts, RunLedger
 from litpulse.core.db import bulk_insert, bulk_load, bulk_update, bulk_upsert, id_in, upsert
@@ -178,7 +178,8 @@ class Store(RunLedger, Checkpoints):
             upsert(conn, quarantine, list(plan.quarantined.values()), keys=["digest"], update=[])
         changed = set(plan.full) | set(plan.tomb)
         if changed:
-            live = {p: plan.records[p] for p, row in plan.full.items() if not row["is_deleted"]}
+            deleted = COLUMN_INDEX["is_deleted"]
+            live = {p: plan.records[p] for p, row in plan.full.items() if not row[deleted]}
             replace_links(
                 conn, changed & stored, live, was_live, bulk=self.bulk, new=changed - stored
             )
@@ -186,11 +187,12 @@ class Store(RunLedger, Checkpoints):
     def _write_articles(
         self,
         conn: Connection,
-        rows: dict[int, dict[str, Any]],
+        rows: dict[int, tuple[Any, ...]],
         update: list[str],
         stored: set[int],
     ) -> None:
-        """Write article rows by PMID (JSON columns as text): insert the PMIDs without a
+        """Write article rows (values of :data:`ARTICLE_COLUMNS`, JSON columns as text) by
+        PMID: insert the PMIDs without a
         row (``stored``: those read before the batch), upsert the others, updating
         ``update`` of them."""
         if not rows:
@@ -202,8 +204,13 @@ class Store(RunLedger, Checkpoints):
             bulk_upsert(conn, articles, old, keys=["pmid"], update=update,
                         columns=ARTICLE_COLUMNS, json_text=JSON_COLUMNS)  # fmt: skip
             return
-        decoded = [{k: json.loads(v) if k in JSON_COLUMNS else v for k, v in r.items()}
-                   for r in rows.values()]  # fmt: skip
+        decoded = [
+            {
+                k: json.loads(v) if k in JSON_COLUMNS else v
+                for k, v in zip(ARTICLE_COLUMNS, r, strict=True)
+            }
+            for r in rows.values()
+        ]
         for r in decoded:  # the reference path: one statement per row
             upsert(conn, articles, [r], keys=["pmid"], update=update)
 

@@ -18,7 +18,6 @@ import functools
 import hashlib
 import json
 import logging
-import operator
 import os
 import socket
 import sqlite3
@@ -287,11 +286,11 @@ def _set_pragmas(dbapi_conn: Any, which: int) -> None:
 def bulk_upsert(
     conn: Connection,
     table: Table,
-    rows: Sequence[Mapping[str, Any]],
+    rows: Sequence[Sequence[Any]],
     *,
+    columns: Sequence[str],
     keys: Sequence[str],
     update: Sequence[str],
-    columns: Sequence[str] | None = None,
     json_text: Iterable[str] = (),
 ) -> None:
     """:func:`upsert` through the driver's bulk path: one set-based statement per call.
@@ -305,15 +304,16 @@ def bulk_upsert(
     Args:
         conn: An open connection (inside the caller's transaction).
         table: The target table.
-        rows: Row mappings holding every column of ``columns``.
+        rows: Value sequences, one value per column of ``columns`` in its order (the
+            driver's rows are built straight from them: no mapping per row).
+        columns: The columns written.
         keys: The conflict target.
         update: Columns to overwrite on conflict (empty: do nothing on conflict).
-        columns: The columns written (default: the keys of the first row).
         json_text: JSON columns whose values are already serialised JSON text.
     """
     if not rows:
         return
-    cols = list(columns) if columns is not None else list(rows[0])
+    cols = list(columns)
     values = _bound_rows(conn, table, cols, rows, json_text)
     q = conn.dialect.identifier_preparer
     name = q.format_table(table)
@@ -347,12 +347,13 @@ def bulk_upsert(
 def bulk_insert(
     conn: Connection,
     table: Table,
-    rows: Sequence[Mapping[str, Any]],
+    rows: Sequence[Sequence[Any]],
     *,
-    columns: Sequence[str] | None = None,
+    columns: Sequence[str],
     json_text: Iterable[str] = (),
 ) -> None:
-    """Insert rows whose keys the table does not hold (the caller knows: a conflict fails).
+    """Insert rows (value sequences in the order of ``columns``) whose keys the table does
+    not hold (the caller knows: a conflict fails).
 
     Like :func:`bulk_upsert` (the same bind conversions) without the conflict handling:
     PostgreSQL ``COPY`` straight into ``table`` (no staging table, no merge); SQLite
@@ -360,7 +361,7 @@ def bulk_insert(
     """
     if not rows:
         return
-    cols = list(columns) if columns is not None else list(rows[0])
+    cols = list(columns)
     insert_tuples(conn, table, cols, _bound_rows(conn, table, cols, rows, json_text))
 
 
@@ -396,49 +397,45 @@ def _copy(conn: Connection, name: str, col_sql: str, rows: Iterable[Sequence[Any
                 write(vals)
 
 
-#: Distinct values remembered per column by :func:`_bound_rows` (then it starts over).
-_BIND_MEMO = 4096
-
-
 def _bound_rows(
     conn: Connection,
     table: Table,
     cols: Sequence[str],
-    rows: Sequence[Mapping[str, Any]],
+    rows: Sequence[Sequence[Any]],
     json_text: Iterable[str],
-) -> Iterator[tuple[Any, ...]]:
-    """The rows as value tuples through the columns' bind conversions.
+) -> Iterable[Sequence[Any]]:
+    """The rows (value sequences in the order of ``cols``) through the columns' bind
+    conversions.
 
-    A conversion is a pure function of its value, and a batch repeats values (one
-    timestamp, the same dates, two booleans): each column remembers what it converted,
-    keyed by type and value.
+    Column by column, not row by row: a conversion is a pure function of its value and a
+    batch repeats values (one timestamp, the same dates, two booleans), so each column's
+    distinct values are converted once and the column is mapped through them, with no
+    Python step per row (the rows go back together with ``zip``). Values equal under
+    ``==`` share one conversion (``True`` and ``1``, ``2`` and ``2.0``): the column types
+    written here convert such values alike. Rows whose columns need no conversion are
+    returned as they are.
     """
     raw = set(json_text)
     dialect = conn.dialect
-    procs: list[tuple[int, Callable[[Any], Any], dict[Any, Any]]] = []
+    procs: list[tuple[int, Callable[[Any], Any]]] = []
     for i, name in enumerate(cols):
         if name in raw:
             continue
         bind = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
         if bind is not None:
-            procs.append((i, bind, {}))
-    get = _getter(cols)
-    for row in rows:
-        vals = get(row)
-        for i, proc, memo in procs:
-            v = vals[i]
-            if v is None:
-                continue
-            key = (type(v), v)
-            try:
-                vals[i] = memo[key]
-            except KeyError:
-                if len(memo) >= _BIND_MEMO:
-                    memo.clear()
-                vals[i] = memo[key] = proc(v)
-            except TypeError:  # unhashable
-                vals[i] = proc(v)
-        yield tuple(vals)
+            procs.append((i, bind))
+    if not procs or not rows:
+        return rows
+    columns: list[Any] = list(zip(*rows, strict=True))
+    for i, proc in procs:
+        column = columns[i]
+        try:
+            seen = {v: None if v is None else proc(v) for v in set(column)}
+        except TypeError:  # an unhashable value: convert each
+            columns[i] = [None if v is None else proc(v) for v in column]
+        else:
+            columns[i] = list(map(seen.__getitem__, column))
+    return list(zip(*columns, strict=True))
 
 
 def id_in(conn: Connection, column: str, ids: Iterable[int]) -> tuple[str, Any]:
@@ -532,14 +529,6 @@ def bulk_update(
     conn.exec_driver_sql(  # pragma: no cover
         f"UPDATE {name} SET {sets} WHERE {q.quote(key)} = ?", [(*r[1:], r[0]) for r in rows]
     )
-
-
-def _getter(cols: Sequence[str]) -> Callable[[Mapping[str, Any]], list[Any]]:
-    if len(cols) == 1:
-        only = cols[0]
-        return lambda row: [row[only]]
-    pick = operator.itemgetter(*cols)
-    return lambda row: list(pick(row))
 
 
 # ---------------------------------------------------------------------------------- leases

@@ -23,7 +23,15 @@ import pytest
 from ingest.parallel import parse_ordered
 from ingest.parse import source_ref_for
 from ingest.records import Author, MeshHeading, PartialDate, SourceRef
-from ingest.rows import content_hash, prepare
+from ingest.rows import (
+    ARTICLE_COLUMNS,
+    PREPARED_COLUMNS,
+    article_row,
+    content_hash,
+    prepare,
+    tombstone_row,
+    with_values,
+)
 from ingest.store import Store
 from litpulse.app.demo.generate import generate_corpus
 from litpulse.core import db
@@ -110,6 +118,9 @@ def test_prepared_columns_decode_to_the_record() -> None:
     )
     assert json.loads(row["mesh"]) == plain["mesh"]
     assert json.loads(row["publication_types"]) == plain["publication_types"]
+    # encoded apart, yet the very text the record column holds
+    assert f',"mesh":{row["mesh"]},"keywords":' in row["record"]
+    assert f',"publication_types":{row["publication_types"]},"languages":' in row["record"]
     assert json.loads(row["authors"]) == [
         {**a, "name": author.display_name}
         for a, author in zip(plain["authors"], rec.authors, strict=True)
@@ -118,6 +129,26 @@ def test_prepared_columns_decode_to_the_record() -> None:
     assert prep.terms == (("mesh", "Humans", False), ("ptype", "Journal Article", False))
     empty = prepare(dataclasses.replace(rec, authors=(), mesh=()))
     assert (empty.row["authors"], empty.row["mesh"]) == ("[]", "[]")
+
+
+def test_rows_are_value_tuples_of_the_article_columns() -> None:
+    """Records and tombstones give rows of every written column, in one order."""
+    rec = make_record(7)
+    now = T0 + dt.timedelta(hours=1)
+    row = article_row(prepare(rec), 12, now)
+    assert len(row) == len(ARTICLE_COLUMNS) == len(set(ARTICLE_COLUMNS))
+    named = dict(zip(ARTICLE_COLUMNS, row, strict=True))
+    assert named["pmid"] == 7 and named["source_position"] == 12
+    assert named["ingested_at"] == named["updated_at"] == now and named["is_deleted"] is False
+    assert {k: named[k] for k in PREPARED_COLUMNS} == prepare(rec).row
+    tomb = dict(zip(ARTICLE_COLUMNS, tombstone_row(9, rec.source, 3, now), strict=True))
+    assert (tomb["pmid"], tomb["is_deleted"], tomb["deleted_at"], tomb["source_position"]) == (
+        9, True, now, 3,
+    )  # fmt: skip
+    assert (tomb["record"], tomb["authors"], tomb["version"]) == ("{}", "[]", 0)
+    moved = dict(zip(ARTICLE_COLUMNS, with_values(row, {"is_deleted": True, "pmid": 8}),
+                     strict=True))  # fmt: skip
+    assert moved == {**named, "is_deleted": True, "pmid": 8}
 
 
 #: Every character a str can hold from XML text (no lone surrogates), and JSON's hard ones.

@@ -145,6 +145,21 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def test_prepared_records_cross_the_queue_whole(files: list[Path], tmp_path: Path) -> None:
+    """Prepared records travel as plain tuples and arrive as equal PreparedRecords."""
+    jobs = [(p, source_ref_for(p)) for p in files]
+    here = [list(items) for _i, items in parse_ordered(jobs, workers=0)]
+    assert any(type(it) is PreparedRecord for job in here for it in job)
+    for workers in (1, 2):  # with 2, the job ahead spills to a file
+        got = [list(items) for _i, items in
+               parse_ordered(jobs, workers=workers, chunk_items=7, spill_dir=tmp_path)]  # fmt: skip
+        assert got == here
+        assert [[type(it) for it in job] for job in got] == [
+            [type(it) for it in job] for job in here
+        ]
+    assert not parse_children()
+
+
 # ------------------------------------------------------------- lazy jobs, spilling
 
 

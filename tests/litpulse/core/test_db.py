@@ -64,8 +64,8 @@ def test_rereading_a_file_after_the_upgrade_ends_as_a_clean_run(
     from litpulse.app.demo.pubmed_xml import article_xml, deletion_xml, pubmed_set
 
     day = dt.date(2024, 1, 1)
-    head, tail = pubmed_set([article_xml(1, edat=day, title="X")]).decode().split(
-        "</PubmedArticle>", 1
+    head, tail = (
+        pubmed_set([article_xml(1, edat=day, title="X")]).decode().split("</PubmedArticle>", 1)
     )
     path = tmp_path / "redo.xml"
     y = article_xml(1, edat=day, title="Y").decode()
@@ -118,6 +118,48 @@ def test_bulk_load_blocks_and_other_threads_share_one_engine(sqlite_settings: Se
             t.join(timeout=30)
     assert errors == []
     with engine.connect() as conn:
-        assert conn.execute(text("PRAGMA cache_size")).scalar_one() == (
-            db._BULK_PRAGMAS["cache_size"][1]
+        assert (
+            conn.execute(text("PRAGMA cache_size")).scalar_one()
+            == (db._BULK_PRAGMAS["cache_size"][1])
         )
+
+
+def test_bulk_insert_and_upsert_store_what_sqlalchemy_stores(settings: Settings) -> None:
+    """Value tuples bound column by column (repeated values, None, booleans, dates, UTC
+    timestamps) end as the rows SQLAlchemy's own insert writes from the same values."""
+    from sqlalchemy import Boolean, Date, Float
+
+    from litpulse.core.schema import UTCDateTime
+
+    engine = db.connect(settings)
+    meta = MetaData()
+    cols = ("id", "flag", "day", "at", "x", "note")
+
+    def table(name: str) -> Table:
+        return Table(name, meta, Column("id", Integer, primary_key=True), Column("flag", Boolean),
+                     Column("day", Date), Column("at", UTCDateTime()), Column("x", Float),
+                     Column("note", Text))  # fmt: skip
+
+    bulk, ref = table("bulk_probe"), table("bulk_reference")
+    meta.create_all(engine)
+    t0 = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
+    rows = [
+        (1, True, dt.date(2020, 1, 31), t0, 1.5, "a"),
+        (2, False, dt.date(2020, 1, 31), t0, 2, None),
+        (3, None, None, None, None, "ü"),
+        (4, True, dt.date(1999, 12, 1), t0 + dt.timedelta(days=1), 1.5, "a"),
+    ]
+    with engine.begin() as conn:
+        db.bulk_insert(conn, bulk, rows[:3], columns=cols)
+        db.bulk_upsert(conn, bulk, [rows[3], (1, False, None, t0, 7.0, "b")], columns=cols,
+                       keys=["id"], update=["flag", "day", "x", "note"])  # fmt: skip
+        conn.execute(ref.insert(), [dict(zip(cols, r, strict=True)) for r in rows[1:]])
+        conn.execute(ref.insert(), [dict(zip(cols, (1, False, None, t0, 7.0, "b"), strict=True))])
+    with engine.connect() as conn:
+        got = conn.execute(select(bulk).order_by(bulk.c.id)).all()
+        want = conn.execute(select(ref).order_by(ref.c.id)).all()
+        raw = conn.execute(text("SELECT * FROM bulk_probe ORDER BY id")).all()
+        raw_want = conn.execute(text("SELECT * FROM bulk_reference ORDER BY id")).all()
+    meta.drop_all(engine)
+    assert got == want and raw == raw_want
+    assert got[0] == (1, False, None, t0, 7.0, "b") and got[2] == (3, None, None, None, None, "ü")
