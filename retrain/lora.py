@@ -12,7 +12,11 @@ when a single step does not fit the budget or the memory exceeds ``max_memory_mb
 The loss is MultipleNegativesRankingLoss (cosine similarity × ``scale``, cross-entropy
 against the in-batch positives), with each pair's hard negative (BM25's or an expert's)
 appended as an extra column; a column holding the same text as a row's own positive
-(another anchor of the same article in the batch) is masked for that row.
+(another anchor of the same article in the batch) is masked for that row. A mined hard
+negative is *positive-aware* (NV-Retriever's TopK-PercPos, with the model being trained as
+its own teacher): it is masked for a step while the model scores it at least
+``false_negative_ratio`` (95 %) of the row's positive, as a lexical near miss that scores
+like the positive is more often another right answer than a wrong one.
 
 Example:
     >>> opts = LoraOptions(r=8, max_seconds=60)
@@ -86,10 +90,19 @@ class LoraOptions:
     method: str = _opt("lora", "lora, or full (full fine-tuning; for benchmarks only).")
     epochs: int = _opt(1, "Most passes over the pairs (the budget usually ends it first).")
     batch_size: int = _opt(32, "Pairs per step; the other positives are the in-batch negatives.")
-    learning_rate: float = _opt(3e-3, "AdamW learning rate (peak, after warm-up).")
+    learning_rate: float = _opt(
+        1e-3,
+        "AdamW learning rate (peak, after warm-up). 3e-3 learned the demo's new titles as "
+        "well but lost more of what the base model did well (older and query-like sets).",
+    )
     warmup_steps: int = _opt(5, "Linear warm-up steps.")
     weight_decay: float = _opt(0.0, "AdamW weight decay.")
     scale: float = _opt(20.0, "Inverse temperature of the contrastive loss (MNRL's scale).")
+    false_negative_ratio: float = _opt(
+        0.95,
+        "A hard negative the model scores at least this share of the row's positive (cosine) "
+        "is taken for another right answer and masked in that step (0 = never masked).",
+    )
     max_seq_length: int = _opt(128, "Longest training input, in tokens.")
     sort_by_length: bool = _opt(
         True, "Group pairs of similar length into a batch to cut padding."
@@ -117,7 +130,8 @@ class LoraOptions:
         ).split():
             if getattr(self, name) <= 0:
                 raise ConfigError(f"`{name}` must be positive, got {getattr(self, name)!r}")
-        for name in ("top_layers", "warmup_steps", "weight_decay", "threads"):
+        for name in ("top_layers", "warmup_steps", "weight_decay", "threads",
+                     "false_negative_ratio"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"`{name}` must be >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.dropout < 1:
@@ -275,11 +289,26 @@ def build_model(
 
 
 def _epoch_batches(
-    n: int, lengths: Sequence[int], options: LoraOptions, rng: random.Random
+    n: int,
+    lengths: Sequence[int],
+    options: LoraOptions,
+    rng: random.Random,
+    weights: Sequence[float] | None = None,
 ) -> list[list[int]]:
-    """Indexes of the pairs of each step of one epoch (shuffled; similar lengths together)."""
-    order = list(range(n))
-    rng.shuffle(order)
+    """Indexes of the pairs of each step of one epoch (similar lengths together).
+
+    The order is a weighted random permutation (Efraimidis-Spirakis: each pair's key is
+    ``u ** (1 / weight)``, largest first), so that a budget that trains only the first part
+    of an epoch trains a sample drawn by the pairs' weights (recency, citations, the share
+    of its article a pair carries), as :func:`retrain.pairs.mine_pairs` weighs them; equal
+    weights give a plain shuffle. The batches are made in that order and keep it.
+    """
+    if weights is None:
+        order = list(range(n))
+        rng.shuffle(order)
+    else:
+        keys = [rng.random() ** (1.0 / w) if w > 0 else 0.0 for w in weights]
+        order = sorted(range(n), key=lambda i: -keys[i])
     bs = options.batch_size
     if options.sort_by_length:
         # sort inside chunks of a few batches: little padding, batches still mixed
@@ -290,18 +319,29 @@ def _epoch_batches(
         order = sorted_order
     batches = [order[s : s + bs] for s in range(0, len(order), bs)]
     batches = [b for b in batches if len(b) >= 2]
-    rng.shuffle(batches)
+    if weights is None:
+        rng.shuffle(batches)
+    else:  # length-sorting moved pairs inside chunks only: shuffle inside chunks too
+        chunked = [batches[k : k + 8] for k in range(0, len(batches), 8)]
+        for c in chunked:
+            rng.shuffle(c)
+        batches = [b for c in chunked for b in c]
     return batches
 
 
 def _schedule(
-    n: int, lengths: Sequence[int], options: LoraOptions, seed: int, steps: int
+    n: int,
+    lengths: Sequence[int],
+    options: LoraOptions,
+    seed: int,
+    steps: int,
+    weights: Sequence[float] | None = None,
 ) -> Iterator[list[int]]:
     """The batches of ``steps`` steps, epoch after epoch, deterministic by seed."""
     rng = random.Random(seed)
     done = 0
     while done < steps:
-        for batch in _epoch_batches(n, lengths, options, rng):
+        for batch in _epoch_batches(n, lengths, options, rng, weights):
             if done >= steps:
                 return
             yield batch
@@ -337,8 +377,10 @@ def contrastive_loss(
 
     Each anchor must pick its own positive among every positive and hard negative of
     the batch; scores are cosine similarities times ``options.scale``. Other columns with
-    the text of a row's positive are no negatives of it and are masked out. With ``dtype``
-    the encoder runs under autocast to it (the loss is computed in fp32).
+    the text of a row's positive are no negatives of it and are masked out, and so is a
+    row's own hard negative while it scores ``options.false_negative_ratio`` of the
+    positive or more (:func:`_false_negative_mask`). With ``dtype`` the encoder runs under
+    autocast to it (the loss is computed in fp32).
     """
     import torch
     import torch.nn.functional as F
@@ -359,10 +401,26 @@ def contrastive_loss(
 
     a = embed(anchors)
     d = embed(docs)
-    scores = a @ d.T * options.scale
-    scores = scores.masked_fill(_duplicate_mask(docs, len(batch), scores.device), float("-inf"))
+    cosine = a @ d.T
+    mask = _duplicate_mask(docs, len(batch), cosine.device)
+    if neg_rows and options.false_negative_ratio > 0:
+        mask |= _false_negative_mask(cosine.detach(), neg_rows, options.false_negative_ratio)
+    scores = (cosine * options.scale).masked_fill(mask, float("-inf"))
     labels = torch.arange(len(batch), device=scores.device)
     return F.cross_entropy(scores, labels)
+
+
+def _false_negative_mask(cosine: Any, neg_rows: Sequence[int], ratio: float) -> Any:
+    """``cosine``-shaped booleans: the hard negative of row ``neg_rows[k]`` (column
+    ``rows + k``) when it scores at least ``ratio`` times that row's positive."""
+    import torch
+
+    rows = cosine.shape[0]
+    mask = torch.zeros_like(cosine, dtype=torch.bool)
+    r = torch.as_tensor(list(neg_rows), device=cosine.device)
+    c = torch.arange(rows, rows + len(neg_rows), device=cosine.device)
+    mask[r, c] = cosine[r, c] >= ratio * cosine[r, r]
+    return mask
 
 
 def _duplicate_mask(docs: Sequence[str], rows: int, device: Any) -> Any:
@@ -410,9 +468,10 @@ def train_model(
         torch.set_num_threads(options.threads)
     torch.manual_seed(seed)
     lengths = _token_lengths(model, pairs, options)
-    first_epoch = _epoch_batches(len(pairs), lengths, options, random.Random(seed))
+    weights = [p.weight for p in pairs]
+    first_epoch = _epoch_batches(len(pairs), lengths, options, random.Random(seed), weights)
     cap = min(options.max_steps, options.epochs * len(first_epoch))
-    batches = _schedule(len(pairs), lengths, options, seed, cap)
+    batches = _schedule(len(pairs), lengths, options, seed, cap, weights)
     params = [p for p in trainable.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
     padded = [len(b) * max(lengths[i] for i in b) for b in first_epoch]

@@ -369,3 +369,27 @@ def test_articles_cite_related_earlier_articles(
             related += other.exposure == spec.exposure or other.outcome == spec.outcome
     assert links >= len(specs)
     assert related >= 0.6 * links  # mostly related: same exposure, compound or outcome
+
+
+def test_author_keywords_name_what_the_article_studies(
+    demo: tuple[CorpusManifest, dict[int, ArticleSpec], dict[int, Record]],
+) -> None:
+    """Keywords as authors write them: the article's own exposure (or compound), outcome
+    and population, so a keyword query has one right answer rather than a whole topic."""
+    _, specs, live = demo
+    with_keywords = 0
+    for pmid, spec in specs.items():
+        kws = {k.lower() for k in live[pmid].keywords}
+        if not kws:
+            continue
+        with_keywords += 1
+        text = f"{live[pmid].title} {live[pmid].abstract}".lower()
+        assert len(kws) >= 3
+        assert sum(1 for k in kws if k in text) >= 2  # in the article's words, mostly
+        if spec.compound:
+            assert kws & {spec.compound.lower(), _compound_generic(spec).lower()}
+    assert with_keywords >= 0.4 * len(specs)
+
+
+def _compound_generic(spec: ArticleSpec) -> str:
+    return next(c.generic for c in compounds(spec.seed) if c.code == spec.compound)

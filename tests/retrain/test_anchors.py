@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from sqlalchemy import Engine, select, update
 
 from bench.drift import insert_batch, make_drugs
@@ -132,12 +133,18 @@ def test_window_anchors_and_query_heldout(settings: Settings, engine: Engine) ->
             assert p.positive.startswith(title + "\n")
         if p.kind == "mesh":
             assert p.anchor.endswith("Heading") and p.positive == article_text(*titles[p.pmid])
-    # an article's weight is shared by its pairs: all kinds of one article weigh the same
-    by_article: dict[int, set[float]] = {}
+    # an article's weight is split: half to its title -> abstract pair, the other half
+    # shared evenly by its anchors and its citations (together one share)
+    by_article: dict[int, dict[str, list[float]]] = {}
     for p in ps.pairs:
-        if p.kind in ("title_abstract", "mesh", "keywords", "sentence"):
-            by_article.setdefault(p.pmid, set()).add(round(p.weight, 9))
-    assert all(len(w) == 1 for w in by_article.values())
+        if p.kind != "replay":  # older articles' own pairs
+            by_article.setdefault(p.pmid, {}).setdefault(p.kind, []).append(p.weight)
+    for kinds in by_article.values():
+        main = kinds.pop("title_abstract")[0]
+        cited = 1 if kinds.pop("citation", []) else 0
+        anchor_weights = [w for ws in kinds.values() for w in ws]
+        assert max(anchor_weights) == pytest.approx(min(anchor_weights))
+        assert (len(anchor_weights) + cited) * anchor_weights[0] == pytest.approx(main)
     # the query-like held-out set asks for the held-out articles, never trained on
     q = ps.heldout.queries
     held = {i.pmid for i in (*ps.heldout.fresh, *ps.heldout.older)}
@@ -224,3 +231,21 @@ def test_gate_rejects_a_model_that_lowers_query_like_retrieval(
     assert not decision.passed
     # the same model against itself passes the query check
     assert query_check(s, base, base)[0]
+
+
+def test_headings_most_articles_carry_are_no_anchor() -> None:
+    from retrain.pairs import MIN_HEADING_CORPUS, ArticleRow, _without_common_headings
+
+    now = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+
+    def row(i: int) -> ArticleRow:
+        specific = f"Heading {i % 20}"  # 5 % of the corpus each
+        check = ("Humans", "Female") if i % 2 else ("Humans",)
+        return ArticleRow(i, "t", "a", None, now, None, 0, mesh=(*check, specific))
+
+    rows = [row(i) for i in range(MIN_HEADING_CORPUS)]
+    kept = _without_common_headings(rows)
+    assert [r.mesh for r in kept[:2]] == [("Heading 0",), ("Heading 1",)]
+    # a corpus too small for shares to mean anything keeps every heading
+    few = rows[: MIN_HEADING_CORPUS // 4]
+    assert _without_common_headings(few) == few
