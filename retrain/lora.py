@@ -90,11 +90,7 @@ class LoraOptions:
     method: str = _opt("lora", "lora, or full (full fine-tuning; for benchmarks only).")
     epochs: int = _opt(1, "Most passes over the pairs (the budget usually ends it first).")
     batch_size: int = _opt(32, "Pairs per step; the other positives are the in-batch negatives.")
-    learning_rate: float = _opt(
-        1e-3,
-        "AdamW learning rate (peak, after warm-up). 3e-3 learned the demo's new titles as "
-        "well but lost more of what the base model did well (older and query-like sets).",
-    )
+    learning_rate: float = _opt(3e-3, "AdamW learning rate (peak, after warm-up).")
     warmup_steps: int = _opt(5, "Linear warm-up steps.")
     weight_decay: float = _opt(0.0, "AdamW weight decay.")
     scale: float = _opt(20.0, "Inverse temperature of the contrastive loss (MNRL's scale).")
@@ -289,26 +285,11 @@ def build_model(
 
 
 def _epoch_batches(
-    n: int,
-    lengths: Sequence[int],
-    options: LoraOptions,
-    rng: random.Random,
-    weights: Sequence[float] | None = None,
+    n: int, lengths: Sequence[int], options: LoraOptions, rng: random.Random
 ) -> list[list[int]]:
-    """Indexes of the pairs of each step of one epoch (similar lengths together).
-
-    The order is a weighted random permutation (Efraimidis-Spirakis: each pair's key is
-    ``u ** (1 / weight)``, largest first), so that a budget that trains only the first part
-    of an epoch trains a sample drawn by the pairs' weights (recency, citations, the share
-    of its article a pair carries), as :func:`retrain.pairs.mine_pairs` weighs them; equal
-    weights give a plain shuffle. The batches are made in that order and keep it.
-    """
-    if weights is None:
-        order = list(range(n))
-        rng.shuffle(order)
-    else:
-        keys = [rng.random() ** (1.0 / w) if w > 0 else 0.0 for w in weights]
-        order = sorted(range(n), key=lambda i: -keys[i])
+    """Indexes of the pairs of each step of one epoch (shuffled; similar lengths together)."""
+    order = list(range(n))
+    rng.shuffle(order)
     bs = options.batch_size
     if options.sort_by_length:
         # sort inside chunks of a few batches: little padding, batches still mixed
@@ -319,29 +300,18 @@ def _epoch_batches(
         order = sorted_order
     batches = [order[s : s + bs] for s in range(0, len(order), bs)]
     batches = [b for b in batches if len(b) >= 2]
-    if weights is None:
-        rng.shuffle(batches)
-    else:  # length-sorting moved pairs inside chunks only: shuffle inside chunks too
-        chunked = [batches[k : k + 8] for k in range(0, len(batches), 8)]
-        for c in chunked:
-            rng.shuffle(c)
-        batches = [b for c in chunked for b in c]
+    rng.shuffle(batches)
     return batches
 
 
 def _schedule(
-    n: int,
-    lengths: Sequence[int],
-    options: LoraOptions,
-    seed: int,
-    steps: int,
-    weights: Sequence[float] | None = None,
+    n: int, lengths: Sequence[int], options: LoraOptions, seed: int, steps: int
 ) -> Iterator[list[int]]:
     """The batches of ``steps`` steps, epoch after epoch, deterministic by seed."""
     rng = random.Random(seed)
     done = 0
     while done < steps:
-        for batch in _epoch_batches(n, lengths, options, rng, weights):
+        for batch in _epoch_batches(n, lengths, options, rng):
             if done >= steps:
                 return
             yield batch
@@ -468,10 +438,9 @@ def train_model(
         torch.set_num_threads(options.threads)
     torch.manual_seed(seed)
     lengths = _token_lengths(model, pairs, options)
-    weights = [p.weight for p in pairs]
-    first_epoch = _epoch_batches(len(pairs), lengths, options, random.Random(seed), weights)
+    first_epoch = _epoch_batches(len(pairs), lengths, options, random.Random(seed))
     cap = min(options.max_steps, options.epochs * len(first_epoch))
-    batches = _schedule(len(pairs), lengths, options, seed, cap, weights)
+    batches = _schedule(len(pairs), lengths, options, seed, cap)
     params = [p for p in trainable.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
     padded = [len(b) * max(lengths[i] for i in b) for b in first_epoch]

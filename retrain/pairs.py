@@ -10,7 +10,8 @@ Kinds of pair:
 * ``mesh``, ``keywords``, ``sentence`` — query-like anchors of an article (a few of its
   MeSH headings, a few of its author keywords, one sentence of its abstract) → the article
   (see :mod:`retrain.anchors`; headings on more than 15 % of the articles, check tags
-  such as Humans or Female, are left out);
+  such as Humans or Female, are left out); an article's sampling weight is shared by its
+  pairs;
 * ``replay`` — title → abstract of *older* articles, a share of the set against
   forgetting.
 
@@ -20,11 +21,8 @@ high for its anchor that is neither its article nor held out (:func:`retrain.anc
 pick_negative`); expert feedback keeps the experts' own negatives. Training masks a mined
 negative the model scores nearly as high as the positive (:mod:`retrain.lora`).
 
-An article's weight is split between its pairs: half to its title → abstract pair, half
-shared by its anchors and citations (:func:`_new_pairs`). Sampling, and the order in
-which training takes the pairs (:mod:`retrain.lora`: a budget that trains only part of the
-set trains a weighted sample of it), is weighted by the same recency and citation impact
-as ranking (:mod:`litpulse.core.impact`: recency ``0.5 ** (age / half_life)``, citation ranking's
+Sampling is weighted by the same recency and citation impact as ranking
+(:mod:`litpulse.core.impact`: recency ``0.5 ** (age / half_life)``, citation ranking's
 value from the RCR or the in-corpus citations, scaled so that a typical article weighs
 1.0; missing means neutral) and deterministic by ``settings.seed``.
 
@@ -68,9 +66,6 @@ ABSTRACT_ONLY = ("title_abstract", "replay")
 
 #: One article in this many (by a hash of pmid and seed) belongs to the older held-out set.
 HOLDOUT_BUCKETS = 20
-#: Share of an article's weight its title → abstract pair carries (the rest is shared by
-#: its query-like anchors and citations).
-MAIN_PAIR_SHARE = 0.5
 #: MeSH headings on more than this share of the articles are no anchor (check tags).
 COMMON_HEADING_SHARE = 0.15
 #: Fewest articles for heading shares to count.
@@ -464,50 +459,30 @@ def _new_pairs(
     *,
     anchors: bool,
 ) -> list[Pair]:
-    """Candidate pairs of the window: title → abstract, query-like anchors → article, and
-    citing title → cited text.
-
-    An article's weight (:func:`article_weight`) is split between its pairs: half to its
-    title → abstract pair (the article's own words for what it found), the other half
-    shared by its query-like anchors and its citations, all of which count as one anchor
-    (they teach what is *related* to the article, not the article; each one's part is
-    scaled by the cited article's citation factor). Without the split the many anchor and
-    citation pairs of an article would outweigh its title → abstract pair several times
-    over in what a short training budget sees.
-    """
-    new_ids = {r.pmid for r in new_rows}
-    cites: dict[int, list[ArticleRow]] = defaultdict(list)
-    for citing, cited_pmid in _references(engine, new_ids):
-        src, dst = by_pmid.get(citing), by_pmid.get(cited_pmid)
-        if src is None or dst is None or dst.pmid in held or not src.title:
-            continue
-        cites[citing].append(dst)
+    """Candidate pairs of the window: title → abstract, query-like anchors → article (an
+    article's weight shared by its pairs), and citing title → cited text."""
     candidates: list[Pair] = []
     for r in new_rows:
         own = [Pair(r.title, r.abstract, "title_abstract", r.pmid)] if r.title else []
-        others = [
-            Pair(a.text, doc_text(a.title, a.abstract), a.kind, r.pmid)
-            for a in (
-                article_anchors(
+        if anchors:
+            own += [
+                Pair(a.text, doc_text(a.title, a.abstract), a.kind, r.pmid)
+                for a in article_anchors(
                     r.pmid, r.title, r.abstract, r.mesh, r.keywords, seed=settings.seed
                 )
-                if anchors
-                else ()
-            )
-        ]
-        cited = cites.get(r.pmid, [])
-        n_others = len(others) + (1 if cited else 0)  # its citations: one share together
-        w = weight(r)
-        main = w * (MAIN_PAIR_SHARE if n_others and own else 1.0) / max(1, len(own))
-        rest = (w - main * len(own)) / max(1, n_others)
-        candidates.extend(dataclasses.replace(p, weight=main) for p in own)
-        candidates.extend(dataclasses.replace(p, weight=rest) for p in others)
-        # the citations' share, leaning towards cited articles of impact
-        per_citation = rest / len(cited) / max(_citation(r, today), 1e-9) if cited else 0.0
-        candidates.extend(
-            Pair(r.title, doc_text(d.title, d.abstract), "citation", r.pmid,
-                 weight=per_citation * _citation(d, today), positive_pmid=d.pmid)
-            for d in cited
+            ]
+        w = weight(r) / max(1, len(own))
+        candidates.extend(dataclasses.replace(p, weight=w) for p in own)
+    new_ids = {r.pmid for r in new_rows}
+    for citing, cited in _references(engine, new_ids):
+        src, dst = by_pmid.get(citing), by_pmid.get(cited)
+        if src is None or dst is None or dst.pmid in held or not src.title:
+            continue
+        # recency of the citing article, impact of the cited one
+        w = _recency(src, today, settings) * _citation(dst, today)
+        candidates.append(
+            Pair(src.title, doc_text(dst.title, dst.abstract), "citation", src.pmid, weight=w,
+                 positive_pmid=dst.pmid)
         )
     return candidates
 
@@ -550,6 +525,12 @@ def _with_negatives(
         text = n.abstract if p.kind in ABSTRACT_ONLY else doc_text(n.title, n.abstract)
         out.append(dataclasses.replace(p, negative=text))
     return out
+
+
+def _recency(r: ArticleRow, today: dt.date, settings: Settings) -> float:
+    if r.best_date is None:
+        return 1.0
+    return recency_decay((today - r.best_date).days, settings.recency_half_life_days)
 
 
 def _references(engine: Engine, citing: Iterable[int]) -> list[tuple[int, int]]:

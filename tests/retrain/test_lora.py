@@ -171,19 +171,3 @@ def test_a_hard_negative_scoring_like_the_positive_is_masked(sqlite_settings: Se
     assert loss["masked"] == pytest.approx(loss["plain"], abs=1e-5)
     assert loss["unmasked"] > loss["plain"] + 0.1
 
-
-def test_a_short_budget_trains_the_heavier_pairs_first() -> None:
-    """The epoch's order is drawn by the pairs' weights: the steps a budget fits see a
-    weighted sample (a pair weighing 8 times another comes first far more often)."""
-    import random
-
-    from retrain.lora import _epoch_batches
-
-    weights = [8.0 if i % 10 == 0 else 1.0 for i in range(400)]  # 40 heavy pairs
-    opts = TINY.replace(batch_size=8)
-    batches = _epoch_batches(400, [5] * 400, opts, random.Random(0), weights)
-    assert sorted(i for b in batches for i in b) == list(range(400))  # still one epoch
-    first = [i for b in batches[:5] for i in b]
-    assert sum(1 for i in first if i % 10 == 0) >= 0.3 * len(first)  # 10 % of the pairs
-    plain = _epoch_batches(400, [5] * 400, opts, random.Random(0))
-    assert sum(1 for b in plain[:5] for i in b if i % 10 == 0) < 0.3 * len(first)
