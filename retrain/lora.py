@@ -12,7 +12,11 @@ when a single step does not fit the budget or the memory exceeds ``max_memory_mb
 The loss is MultipleNegativesRankingLoss (cosine similarity × ``scale``, cross-entropy
 against the in-batch positives), with each pair's hard negative (BM25's or an expert's)
 appended as an extra column; a column holding the same text as a row's own positive
-(another anchor of the same article in the batch) is masked for that row.
+(another anchor of the same article in the batch) is masked for that row. A mined hard
+negative is *positive-aware* (NV-Retriever's TopK-PercPos, with the model being trained as
+its own teacher): it is masked for a step while the model scores it at least
+``false_negative_ratio`` (95 %) of the row's positive, as a lexical near miss that scores
+like the positive is more often another right answer than a wrong one.
 
 Example:
     >>> opts = LoraOptions(r=8, max_seconds=60)
@@ -90,6 +94,11 @@ class LoraOptions:
     warmup_steps: int = _opt(5, "Linear warm-up steps.")
     weight_decay: float = _opt(0.0, "AdamW weight decay.")
     scale: float = _opt(20.0, "Inverse temperature of the contrastive loss (MNRL's scale).")
+    false_negative_ratio: float = _opt(
+        0.95,
+        "A hard negative the model scores at least this share of the row's positive (cosine) "
+        "is taken for another right answer and masked in that step (0 = never masked).",
+    )
     max_seq_length: int = _opt(128, "Longest training input, in tokens.")
     sort_by_length: bool = _opt(
         True, "Group pairs of similar length into a batch to cut padding."
@@ -117,7 +126,8 @@ class LoraOptions:
         ).split():
             if getattr(self, name) <= 0:
                 raise ConfigError(f"`{name}` must be positive, got {getattr(self, name)!r}")
-        for name in ("top_layers", "warmup_steps", "weight_decay", "threads"):
+        for name in ("top_layers", "warmup_steps", "weight_decay", "threads",
+                     "false_negative_ratio"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"`{name}` must be >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.dropout < 1:
@@ -337,8 +347,10 @@ def contrastive_loss(
 
     Each anchor must pick its own positive among every positive and hard negative of
     the batch; scores are cosine similarities times ``options.scale``. Other columns with
-    the text of a row's positive are no negatives of it and are masked out. With ``dtype``
-    the encoder runs under autocast to it (the loss is computed in fp32).
+    the text of a row's positive are no negatives of it and are masked out, and so is a
+    row's own hard negative while it scores ``options.false_negative_ratio`` of the
+    positive or more (:func:`_false_negative_mask`). With ``dtype`` the encoder runs under
+    autocast to it (the loss is computed in fp32).
     """
     import torch
     import torch.nn.functional as F
@@ -359,10 +371,26 @@ def contrastive_loss(
 
     a = embed(anchors)
     d = embed(docs)
-    scores = a @ d.T * options.scale
-    scores = scores.masked_fill(_duplicate_mask(docs, len(batch), scores.device), float("-inf"))
+    cosine = a @ d.T
+    mask = _duplicate_mask(docs, len(batch), cosine.device)
+    if neg_rows and options.false_negative_ratio > 0:
+        mask |= _false_negative_mask(cosine.detach(), neg_rows, options.false_negative_ratio)
+    scores = (cosine * options.scale).masked_fill(mask, float("-inf"))
     labels = torch.arange(len(batch), device=scores.device)
     return F.cross_entropy(scores, labels)
+
+
+def _false_negative_mask(cosine: Any, neg_rows: Sequence[int], ratio: float) -> Any:
+    """``cosine``-shaped booleans: the hard negative of row ``neg_rows[k]`` (column
+    ``rows + k``) when it scores at least ``ratio`` times that row's positive."""
+    import torch
+
+    rows = cosine.shape[0]
+    mask = torch.zeros_like(cosine, dtype=torch.bool)
+    r = torch.as_tensor(list(neg_rows), device=cosine.device)
+    c = torch.arange(rows, rows + len(neg_rows), device=cosine.device)
+    mask[r, c] = cosine[r, c] >= ratio * cosine[r, r]
+    return mask
 
 
 def _duplicate_mask(docs: Sequence[str], rows: int, device: Any) -> Any:

@@ -9,14 +9,17 @@ Kinds of pair:
   not relevant for the same query become its hard negatives;
 * ``mesh``, ``keywords``, ``sentence`` — query-like anchors of an article (a few of its
   MeSH headings, a few of its author keywords, one sentence of its abstract) → the article
-  (see :mod:`retrain.anchors`); an article's sampling weight is shared by its pairs;
+  (see :mod:`retrain.anchors`; headings on more than 15 % of the articles, check tags
+  such as Humans or Female, are left out); an article's sampling weight is shared by its
+  pairs;
 * ``replay`` — title → abstract of *older* articles, a share of the set against
   forgetting.
 
 Hard negatives: with a lexical ranker (``lexical=``, the published BM25 index's search,
 passed in by the application floor), every pair without one gets a document BM25 ranks
 high for its anchor that is neither its article nor held out (:func:`retrain.anchors.
-pick_negative`); expert feedback keeps the experts' own negatives.
+pick_negative`); expert feedback keeps the experts' own negatives. Training masks a mined
+negative the model scores nearly as high as the positive (:mod:`retrain.lora`).
 
 Sampling is weighted by the same recency and citation impact as ranking
 (:mod:`litpulse.core.impact`: recency ``0.5 ** (age / half_life)``, citation ranking's
@@ -63,6 +66,10 @@ ABSTRACT_ONLY = ("title_abstract", "replay")
 
 #: One article in this many (by a hash of pmid and seed) belongs to the older held-out set.
 HOLDOUT_BUCKETS = 20
+#: MeSH headings on more than this share of the articles are no anchor (check tags).
+COMMON_HEADING_SHARE = 0.15
+#: Fewest articles for heading shares to count.
+MIN_HEADING_CORPUS = 200
 
 
 @dataclass(frozen=True)
@@ -198,6 +205,24 @@ def _load_articles(engine: Engine) -> list[ArticleRow]:
         ]
 
 
+def _without_common_headings(
+    rows: Sequence[ArticleRow], share: float = COMMON_HEADING_SHARE
+) -> list[ArticleRow]:
+    """The articles with the MeSH headings that more than ``share`` of them carry left out
+    (check tags such as Humans, Female, Aged: they say nothing of what one article is about,
+    so a MeSH anchor made of them has no right answer). Only a corpus of
+    :data:`MIN_HEADING_CORPUS` articles or more has shares worth trusting."""
+    if len(rows) < MIN_HEADING_CORPUS:
+        return list(rows)
+    df = Counter(h for r in rows for h in set(r.mesh))
+    common = {h for h, n in df.items() if n > share * len(rows)}
+    if not common:
+        return list(rows)
+    return [
+        dataclasses.replace(r, mesh=tuple(h for h in r.mesh if h not in common)) for r in rows
+    ]
+
+
 def _texts(value: Any, key: str | None = None) -> tuple[str, ...]:
     """The non-empty strings of a JSON list (of strings, or of objects' ``key``)."""
     if not isinstance(value, list):
@@ -272,7 +297,7 @@ def mine_pairs(
     seed = settings.seed
     since = as_utc(since)
     today = (now or utcnow()).date()
-    rows = _load_articles(engine)
+    rows = _without_common_headings(_load_articles(engine))
     by_pmid = {r.pmid: r for r in rows}
     window = [r for r in rows if since is None or r.updated_at > since]
     older_rows = [r for r in rows if since is not None and r.updated_at <= since]

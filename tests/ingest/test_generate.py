@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,10 @@ from ingest.parse import iter_items, parse_bytes
 from ingest.records import Deletion, Item, QuarantineEntry, Record, SourceRef
 from litpulse.app.demo.generate import (
     DRIFT_TERMS,
+    POPULATIONS,
     TOPICS,
     ArticleSpec,
+    Concept,
     CorpusConfig,
     CorpusManifest,
     compounds,
@@ -369,3 +372,30 @@ def test_articles_cite_related_earlier_articles(
             related += other.exposure == spec.exposure or other.outcome == spec.outcome
     assert links >= len(specs)
     assert related >= 0.6 * links  # mostly related: same exposure, compound or outcome
+
+
+def test_author_keywords_name_what_the_article_studies(
+    demo: tuple[CorpusManifest, dict[int, ArticleSpec], dict[int, Record]],
+) -> None:
+    """Keywords as authors write them: the article's own exposure (or compound), outcome
+    and population, so a keyword query has one right answer rather than a whole topic."""
+    _, specs, live = demo
+    with_keywords = 0
+    for pmid, spec in specs.items():
+        kws = {k.lower() for k in live[pmid].keywords}
+        if not kws:
+            continue
+        with_keywords += 1
+        topic = next(t for t in TOPICS if t.name == spec.topic)
+
+        def forms(concepts: Sequence[Concept], name: str) -> set[str]:
+            return {f.lower() for c in concepts if c.name == name for f in c.forms}
+
+        if spec.compound:
+            c = next(c for c in compounds(spec.seed) if c.code == spec.compound)
+            assert kws & {c.code.lower(), c.generic.lower()}
+        else:
+            assert kws & forms(topic.exposures, spec.exposure)
+        assert kws & forms(topic.outcomes, spec.outcome)
+        assert kws & forms(POPULATIONS, spec.population)
+    assert with_keywords >= 0.4 * len(specs)

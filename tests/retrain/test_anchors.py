@@ -224,3 +224,21 @@ def test_gate_rejects_a_model_that_lowers_query_like_retrieval(
     assert not decision.passed
     # the same model against itself passes the query check
     assert query_check(s, base, base)[0]
+
+
+def test_headings_most_articles_carry_are_no_anchor() -> None:
+    from retrain.pairs import MIN_HEADING_CORPUS, ArticleRow, _without_common_headings
+
+    now = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+
+    def row(i: int) -> ArticleRow:
+        specific = f"Heading {i % 20}"  # 5 % of the corpus each
+        check = ("Humans", "Female") if i % 2 else ("Humans",)
+        return ArticleRow(i, "t", "a", None, now, None, 0, mesh=(*check, specific))
+
+    rows = [row(i) for i in range(MIN_HEADING_CORPUS)]
+    kept = _without_common_headings(rows)
+    assert [r.mesh for r in kept[:2]] == [("Heading 0",), ("Heading 1",)]
+    # a corpus too small for shares to mean anything keeps every heading
+    few = rows[: MIN_HEADING_CORPUS // 4]
+    assert _without_common_headings(few) == few

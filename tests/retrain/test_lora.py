@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -140,3 +141,33 @@ def test_same_positive_twice_in_a_batch_is_no_negative(sqlite_settings: Settings
     near = "Zorvex lowered the relapse rate in children."
     hard = [Pair(p.anchor, p.positive, p.kind, 1, negative=near) for p in same]
     assert float(contrastive_loss(model, hard, TINY, "cpu")) > 1e-3
+
+
+def test_a_hard_negative_scoring_like_the_positive_is_masked(sqlite_settings: Settings) -> None:
+    """Positive-aware hard negatives: a near copy of the positive is another right answer
+    (masked while it scores >= 95 % of the positive); a plainly worse one stays a column."""
+    import torch
+
+    from retrain.lora import _false_negative_mask, build_model, contrastive_loss
+
+    cosine = torch.tensor([[0.50, 0.10, 0.49, 0.20], [0.30, 0.60, 0.00, 0.40]])
+    # row 0's negative is column 2 (0.49 >= 0.95 * 0.50), row 1's column 3 (0.40 < 0.57)
+    assert _false_negative_mask(cosine, [0, 1], 0.95).tolist() == [
+        [False, False, True, False], [False, False, False, False]]
+
+    s = sqlite_settings.replace(max_seq_length=32, device="cpu")
+    model, _ = build_model(s, TINY)
+    anchors = ("zorvex relapse in older adults", "influenza vaccine uptake in children")
+    docs = ("Zorvex lowered the relapse rate in older adults.",
+            "Vaccine uptake among children rose after reminders.")
+    plain = [Pair(a, d, "sentence", i) for i, (a, d) in enumerate(zip(anchors, docs,
+                                                                      strict=True))]
+    near = [dataclasses.replace(p, negative=p.positive + " ") for p in plain]
+    loss = {
+        name: float(contrastive_loss(model, batch, TINY.replace(false_negative_ratio=r), "cpu"))
+        for name, batch, r in (("plain", plain, 0.95), ("masked", near, 0.95),
+                               ("unmasked", near, 0.0))
+    }
+    assert loss["masked"] == pytest.approx(loss["plain"], abs=1e-5)
+    assert loss["unmasked"] > loss["plain"] + 0.1
+

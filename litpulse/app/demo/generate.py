@@ -873,6 +873,21 @@ def _mesh_xml(r: random.Random, topic: Topic) -> str:
     return "".join(out)
 
 
+def _keywords(spec: ArticleSpec, r: random.Random, topic: Topic) -> list[str]:
+    """Author keywords: what the article itself studies (its exposure or compound, its
+    outcome and who it studies, each in one of its short forms), sometimes its field too,
+    as authors list them."""
+    if spec.compound:
+        c = _compound(spec.seed, spec.compound)
+        exposure = r.choice((c.code, c.generic))
+    else:
+        exposure = r.choice(_concept(topic.exposures, spec.exposure).forms[:3])
+    outcome = r.choice(_concept(topic.outcomes, spec.outcome).forms[:3])
+    population = r.choice(_concept(POPULATIONS, spec.population).forms[:2])
+    own = [exposure, outcome, population]
+    return [*own, topic.name] if r.random() < 0.5 else own
+
+
 def _history_xml(spec: ArticleSpec, r: random.Random) -> str:
     e = spec.entrez_date
     received = e - dt.timedelta(days=r.randint(60, 240))
@@ -992,7 +1007,7 @@ def render_article_xml(spec: ArticleSpec) -> str:
             )
         x.append(_mesh_xml(r, topic))
         if r.random() < 0.6:
-            kws = r.sample(topic.terms, r.randint(2, min(5, len(topic.terms))))
+            kws = _keywords(spec, r, topic)
             x.append('<KeywordList Owner="NOTNLM">')
             x.extend(f'<Keyword MajorTopicYN="N">{k}</Keyword>' for k in kws)
             x.append("</KeywordList>")
