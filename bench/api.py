@@ -14,7 +14,8 @@ the same run and interleaved (fair under a fluctuating machine load):
 * for each mode (``hybrid``, the default, ``semantic`` and ``lexical``; their order
   rotates from query to query):
 
-  * (c) :func:`ranking.search.search` in-process (embedding, indexes, database, fusion,
+  * (c) :func:`ranking.search.run_search` in-process (the first page, ``offset=0``, as
+    the endpoint asks for it) (embedding, indexes, database, fusion,
     re-rank, explanations, details);
   * (d) ``GET /search?mode=…`` through a real uvicorn server on 127.0.0.1 (in a thread of
     this process), with a keep-alive ``httpx`` client: HTTP, validation, JSON included.
@@ -158,7 +159,7 @@ def run_paths(
 
     from ranking.embed import encode_query
     from ranking.index_files import open_published
-    from ranking.search import search
+    from ranking.search import run_search
 
     index = open_published(settings)
     if index is None:
@@ -184,7 +185,9 @@ def run_paths(
             )
             for j in range(len(MODES)):
                 mode = MODES[(i + j) % len(MODES)]
-                t_c, hits = _timed(lambda q=q, mode=mode: search(settings, q, k=k, mode=mode))
+                t_c, hits = _timed(
+                    lambda q=q, mode=mode: run_search(settings, q, k=k, mode=mode, offset=0).hits
+                )
                 t_d, resp = _timed(
                     lambda q=q, mode=mode: client.get(
                         "/search", params={"q": q, "k": k, "mode": mode}

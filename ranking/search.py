@@ -586,15 +586,19 @@ def _candidates(
                 if pmid < 0 or pmid in pool.sims or not math.isfinite(score):
                     continue
                 pool.sims[int(pmid)] = float(score)
+        lexical_exhausted = False
         if lex is not None:
-            for pmid, score in lex.search(text, n):
+            found = lex.search(text, n)
+            # fewer than asked: every document matching a term is in the list already
+            lexical_exhausted = len(found) < n
+            for pmid, score in found:
                 pool.bm25.setdefault(pmid, score)
         for pmid in (*pool.sims, *pool.bm25):
             if pmid not in seen:
                 seen.add(pmid)
                 fresh.append(pmid)
         pool.rows.update(load_rows(engine, fresh, conds))
-        if len(pool.rows) >= k or n >= size:
+        if len(pool.rows) >= k or n >= size or (not dense and lexical_exhausted):
             break
         n = min(n * WIDEN_FACTOR, size)
         logger.debug(

@@ -189,6 +189,28 @@ def test_lexical_mode_needs_no_model(settings: Settings, lex: LexicalIndex, engi
         go(settings, engine, None, "malaria", mode="lexical")
 
 
+def test_lexical_mode_stops_when_every_match_is_in(
+    settings: Settings, lex: LexicalIndex, engine: Engine
+) -> None:
+    """Fewer matches than asked for: the lexical list is whole, widening cannot add any."""
+    asked: list[int] = []
+
+    class Counting:  # the real index, its list lengths recorded
+        size = lex.size
+
+        def search(self, text: str, n: int) -> list[tuple[int, float]]:
+            asked.append(n)
+            return lex.search(text, n)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(lex, name)
+
+    small = settings.replace(rerank_candidates=2)
+    res = run_search(small, "artemisinin", k=2, engine=engine, index=HashIndex.of(),
+                     lexical=Counting(), mode="lexical", offset=0)  # type: ignore[arg-type]
+    assert [h.pmid for h in res.hits] == [202] and asked == [2]
+
+
 def test_filters_apply_to_lexical_candidates(
     settings: Settings, lex: LexicalIndex, engine: Engine
 ) -> None:

@@ -83,8 +83,9 @@ def run_search_cmd(args: argparse.Namespace, settings: Settings) -> int:
     if data is None:
         from ranking.search import run_search
 
+        # offset 0: the first page, ranked exactly as `GET /search` ranks it for a server
         result = run_search(settings, args.query, k=args.k, filters=filters, options=options,
-                            mode=args.mode, sort=args.sort)
+                            mode=args.mode, sort=args.sort, offset=0)
         data = result.to_dict()
     if args.json:
         if not args.explain:

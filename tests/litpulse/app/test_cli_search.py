@@ -173,6 +173,29 @@ def test_search_asks_a_running_server(
     ]
 
 
+@pytest.mark.parametrize("sort", ["score", "date"])
+def test_in_process_answer_is_the_servers(
+    real: Settings, sort: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without a server the CLI ranks exactly as `GET /search` would (its first page), also
+    when filters make the candidate lists widen (min-max fusion depends on the pool)."""
+    from fastapi.testclient import TestClient
+
+    from litpulse.app.api import create_app
+
+    settings = real.replace(search_server_url="", rerank_candidates=4)
+    query = ["CRISPR gene editing", "-k", "3", "--since", "2021-01-01", "--sort", sort]
+    args = parse(["search", *query, "--json"])
+    assert args.func(args, settings) == 0
+    local = json.loads(capsys.readouterr().out)["results"]
+    with TestClient(create_app(settings)) as client:
+        params = {"q": query[0], "k": 3, "since": "2021-01-01", "sort": sort}
+        remote = client.get("/search", params=params).json()["results"]
+    assert local and [(h["pmid"], round(h["score"], 6)) for h in local] == [
+        (h["pmid"], round(h["score"], 6)) for h in remote
+    ]
+
+
 def test_search_runs_in_process_without_a_server(
     real: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
