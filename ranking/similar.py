@@ -29,12 +29,12 @@ from litpulse.core.schema import articles
 from litpulse.core.settings import Settings
 from ranking.details import with_details
 from ranking.search import (
-    WIDEN_FACTOR,
     Hit,
     NoIndexError,
     SearchableIndex,
     SearchFilters,
     load_rows,
+    widened,
 )
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ def similar_articles(
         rows.update(load_rows(engine, fresh, conds))
         if len(rows) >= k or n >= size:
             break
-        n = min(n * WIDEN_FACTOR, size)
+        n = widened(n, len(rows), k, size)
     best = sorted(rows, key=lambda p: (-sims[p], p))[:k]
     hits = [_hit(p, rows[p], sims[p], int(pmid)) for p in best]
     logger.info(

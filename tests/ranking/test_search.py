@@ -140,6 +140,17 @@ def test_selective_filter_widens_the_candidate_list(
     assert len(res.hits) == 2 and index2.calls == [2]
 
 
+def test_widening_follows_the_pass_rate() -> None:
+    from ranking.search import WIDEN_FACTOR, widened
+
+    assert widened(200, 198, 200, 10_000) == 253  # two retracted: ~50 more, not 600
+    assert widened(200, 10, 200, 10_000) == 200 * WIDEN_FACTOR  # selective: the most
+    assert widened(200, 0, 200, 10_000) == 200 * WIDEN_FACTOR  # nothing passed yet
+    assert widened(200, 199, 200, 10_000) == 252  # the rate, with a quarter's margin
+    assert widened(200, 100, 200, 300) == 300  # never beyond the index
+    assert widened(1, 0, 1, 5) == 4 and widened(1, 1, 2, 5) == 3
+
+
 def test_k_larger_than_index_and_unknown_pmids(settings: Settings, corpus: Engine) -> None:
     index = HashIndex.of([101, 102])
     index.vectors = {**index.vectors, 999999: hash_embed("CRISPR")[0]}  # not in the DB
