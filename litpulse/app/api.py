@@ -420,6 +420,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.api_max_body_bytes,
         rate=settings.api_rate_per_second,
         burst=settings.api_rate_burst,
+        unmetered=("/static/",),
     )
     _install_error_handlers(app)
 

@@ -10,7 +10,8 @@ per-client rate limit.
   far pass the limit. The app gets the body whole, already read.
 * **Rate.** One token bucket per client address: ``burst`` requests at once, then
   ``rate`` per second; beyond that 429 with ``Retry-After`` (whole seconds). The
-  least recently seen clients are forgotten beyond ``max_clients``.
+  least recently seen clients are forgotten beyond ``max_clients``. GETs under the
+  ``unmetered`` path prefixes (the page's static files) take no token.
 
 Example:
     >>> app = ApiGuard(app, max_body_bytes=65536, rate=5.0, burst=20)  # doctest: +SKIP
@@ -109,13 +110,17 @@ class ApiGuard:
         rate: Requests/s per client.
         burst: Requests a client may make at once.
         clock: Monotonic seconds (tests).
+        unmetered: Path prefixes whose GETs take no token (the page's own static files:
+            loading the page must not spend the requests its searches need).
     """
 
     def __init__(self, app: ASGIApp, *, max_body_bytes: int, rate: float, burst: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 unmetered: tuple[str, ...] = ()) -> None:
         if max_body_bytes < 1:
             raise ConfigError(f"max_body_bytes must be positive, got {max_body_bytes!r}")
         self.app = app
+        self.unmetered = tuple(unmetered)
         self.max_body_bytes = int(max_body_bytes)
         self.buckets = TokenBuckets(rate, burst, clock=clock)
 
@@ -125,7 +130,11 @@ class ApiGuard:
             return
         send = self._with_headers(scope, send)
         client = (scope.get("client") or ("unknown", 0))[0]
-        wait = self.buckets.take(str(client))
+        path = str(scope.get("path", ""))
+        metered = not (
+            self.unmetered and scope.get("method") == "GET" and path.startswith(self.unmetered)
+        )
+        wait = self.buckets.take(str(client)) if metered else 0.0
         if wait > 0:
             seconds = max(1, math.ceil(wait))
             await _reply(send, 429, f"too many requests from this client; retry in {seconds} s",

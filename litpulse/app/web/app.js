@@ -242,7 +242,7 @@ async function toggleSimilar(hit, button, region) {
   const q = new URLSearchParams({ k: "5" });
   if ($("include_retracted").checked) q.set("include_retracted", "true");
   try {
-    const resp = await fetch(`similar/${encodeURIComponent(hit.pmid)}?${q.toString()}`);
+    const resp = await fetchPatient(`similar/${encodeURIComponent(hit.pmid)}?${q.toString()}`);
     if (!resp.ok) {
       region.replaceChildren(el("p", { class: "note", text: await errorText(resp) }));
       return;
@@ -333,6 +333,18 @@ function setExports(p) {
   }
 }
 
+// A read the API answered 429 (the client's request rate) is asked once more after the
+// server's Retry-After (at most 5 s): a quick series of clicks waits instead of failing.
+async function fetchPatient(url) {
+  let resp = await fetch(url);
+  if (resp.status === 429) {
+    const wait = Math.min(5, Math.max(1, Number(resp.headers.get("Retry-After")) || 1));
+    await new Promise((done) => setTimeout(done, wait * 1000));
+    resp = await fetch(url);
+  }
+  return resp;
+}
+
 async function runSearch() {
   const p = params();
   if (!p.get("q")) return;
@@ -340,7 +352,7 @@ async function runSearch() {
   $("go").disabled = true;
   history.replaceState(null, "", `?${p.toString()}`);
   try {
-    const resp = await fetch(`search?${p.toString()}`);
+    const resp = await fetchPatient(`search?${p.toString()}`);
     if (!resp.ok) {
       showError(await errorText(resp));
       return;
@@ -356,7 +368,7 @@ async function runSearch() {
 
 async function loadStatus() {
   try {
-    const resp = await fetch("status");
+    const resp = await fetchPatient("status");
     if (!resp.ok) throw new Error(await errorText(resp));
     const s = await resp.json();
     defaults = { w_sim: s.scoring.weight_similarity, w_recency: s.scoring.weight_recency,

@@ -8,6 +8,7 @@ nothing. Set ``LITPULSE_TEST_SCREENSHOT`` to a path to keep a screenshot of the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -68,14 +69,14 @@ def token(real: Settings) -> str:
     return create_token(real, "browser-test").token
 
 
-@pytest.fixture(scope="module")
-def server(real: Settings) -> Iterator[str]:
+def _serve(settings: Settings) -> Iterator[str]:
     import uvicorn
 
     from litpulse.app.api import create_app
 
     port = _free_port()
-    config = uvicorn.Config(create_app(real), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                            log_level="warning")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -87,6 +88,11 @@ def server(real: Settings) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     srv.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(real: Settings) -> Iterator[str]:
+    yield from _serve(real)
 
 
 @pytest.fixture(scope="module")
@@ -202,3 +208,17 @@ def test_filters_and_errors_in_the_page(browser: Any, server: str) -> None:
     browser.get(server + "/?q=gene+editing&since=2024-05-01&until=2024-01-01")
     WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "error").is_displayed())
     assert "since" in browser.find_element(By.ID, "error").text
+
+
+def test_the_page_waits_out_the_rate_limit(browser: Any, real: Settings) -> None:
+    """A quick series of searches beyond the client's request rate: the page's own files
+    take no token, and a search answered 429 is asked again after the server's Retry-After;
+    the results show, not a "too many requests" error."""
+    strict = real.replace(api_rate_per_second=1.0, api_rate_burst=4)
+    with contextlib.contextmanager(_serve)(strict) as url:
+        browser.get(url + "/")  # the page and its status: 2 of the 4 tokens
+        WebDriverWait(browser, 20).until(ec.element_to_be_clickable((By.ID, "go")))
+        for query in ("gene editing", "malaria vaccine", "sleep memory"):
+            hits = _search(browser, query)
+            assert hits, query
+            assert not browser.find_element(By.ID, "error").is_displayed()
