@@ -171,7 +171,7 @@ def run_paths(
     one = "(a1) encode_query, 1 torch thread"
     labels = ["(a) encode_query", one, "(b) index.search"]
     for mode in MODES:
-        labels += [f"(c) search() in-process, {mode}", f"(d) GET /search (uvicorn), {mode}"]
+        labels += [f"(c) run_search() in-process, {mode}", f"(d) GET /search (uvicorn), {mode}"]
     times = {label: np.empty(len(queries) - warmup) for label in labels}
     with httpx.Client(base_url=base_url, timeout=30.0) as client:  # keep-alive pool
         for i, q in enumerate(queries):
@@ -196,8 +196,8 @@ def run_paths(
                 if resp.status_code != 200:
                     raise RuntimeError(f"/search answered {resp.status_code}: {resp.text[:200]}")
                 if [h["pmid"] for h in resp.json()["results"]] != [h.pmid for h in hits]:
-                    raise RuntimeError(f"/search and search() disagree on {q!r} ({mode})")
-                got[f"(c) search() in-process, {mode}"] = t_c
+                    raise RuntimeError(f"/search and run_search() disagree on {q!r} ({mode})")
+                got[f"(c) run_search() in-process, {mode}"] = t_c
                 got[f"(d) GET /search (uvicorn), {mode}"] = t_d
             if i >= warmup:
                 for label in labels:
@@ -308,12 +308,12 @@ def main(argv: list[str] | None = None) -> None:
             f"{p99 / a99:.2f} |"
         )
     http = times["(d) GET /search (uvicorn), hybrid"]
-    inproc = times["(c) search() in-process, hybrid"]
+    inproc = times["(c) run_search() in-process, hybrid"]
     p99 = np.percentile(http, 99)
     verdict = "met" if p99 <= GOAL_P99_MS else "NOT met"
     print(
         f"\nGoal: hybrid /search p99 ≤ {GOAL_P99_MS:.0f} ms — measured {p99:.2f} ms: "
-        f"**{verdict}** (HTTP overhead over search(): p50 "
+        f"**{verdict}** (HTTP overhead over run_search(): p50 "
         f"{np.percentile(http, 50) - np.percentile(inproc, 50):+.2f} ms, "
         f"p99 {p99 - np.percentile(inproc, 99):+.2f} ms)"
     )

@@ -168,7 +168,9 @@ def resolve_device(settings: Settings) -> str:
     return Device.CUDA if torch.cuda.is_available() else Device.CPU
 
 
-_ENCODERS: dict[tuple[Any, ...], SentenceTransformer] = {}
+#: Encoders kept per process, newest last (:func:`load_encoder`).
+ENCODER_CACHE = 3
+_ENCODERS: OrderedDict[tuple[Any, ...], SentenceTransformer] = OrderedDict()
 _PRECISION: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 _LOCK = threading.RLock()
 #: One encode at a time per process: fast tokenizers are not safe across threads.
@@ -207,7 +209,9 @@ def load_encoder(
             the weights in a verified half type (see the module docstring). With ``False``
             the encoder stays fp32 and its transformer a peft ``PeftModel`` (training).
         cache: Reuse one encoder per (spec, device) in this process. Unmerged encoders
-            are never cached.
+            are never cached. The :data:`ENCODER_CACHE` most recently used are kept: a
+            server that lives through a promotion a night would otherwise hold every
+            model version it ever served.
 
     Raises:
         ConfigError: The model or adapter folder does not exist.
@@ -218,6 +222,7 @@ def load_encoder(
     cache = cache and merge
     with _LOCK:
         if cache and key in _ENCODERS:
+            _ENCODERS.move_to_end(key)
             return _ENCODERS[key]
         from sentence_transformers import SentenceTransformer
 
@@ -235,6 +240,10 @@ def load_encoder(
             encoder = _fast_encoder(encoder, settings)
         if cache:
             _ENCODERS[key] = encoder
+            if len(_ENCODERS) > ENCODER_CACHE:
+                while len(_ENCODERS) > ENCODER_CACHE:
+                    _ENCODERS.popitem(last=False)
+                _release_frozen()
         logger.info("loaded encoder %s on %s (adapter: %s)", spec.id, device, spec.adapter_path)
         return encoder
 
@@ -248,6 +257,27 @@ def _apply_adapter(encoder: SentenceTransformer, spec: ModelSpec, *, merge: bool
     transformer: Any = encoder[0]
     wrapped = PeftModel.from_pretrained(transformer.auto_model, path)
     transformer.model = wrapped.merge_and_unload() if merge else wrapped
+
+
+def _release_frozen() -> None:
+    """Let the collector free evicted encoders also where a server froze its heap.
+
+    A model holds reference cycles, so it is freed by the cycle collector, which skips what
+    ``gc.freeze()`` moved aside (``litpulse serve`` does so once the first model is loaded):
+    unfreeze, collect, freeze again (~0.4 s, once per model version a server loads).
+    """
+    import gc
+
+    if gc.get_freeze_count():
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+
+
+def cached_encoder(spec: ModelSpec, settings: Settings) -> SentenceTransformer | None:
+    """The encoder :func:`load_encoder` holds for ``spec`` now, if any (loads nothing)."""
+    with _LOCK:
+        return _ENCODERS.get((spec, resolve_device(settings), settings.max_seq_length))
 
 
 def clear_cache() -> None:

@@ -368,7 +368,9 @@ def prepare_to_serve(settings: Settings) -> str | None:
     Loads the published index and its query encoder (:func:`ranking.search.warm_up`), then
     moves everything loaded so far (the model's half a million Python objects) out of the
     garbage collector's sight (``gc.freeze``): a full collection over them takes ~0.4 s,
-    which would otherwise stall whichever request triggers it. Returns the index id, or
+    which would otherwise stall whichever request triggers it. Frozen objects are still
+    freed: the encoder cache, evicting an old model version after a promotion, unfreezes,
+    collects and freezes again (``ranking.embed.load_encoder``). Returns the index id, or
     ``None`` when nothing is published yet.
     """
     import gc
