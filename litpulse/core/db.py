@@ -331,7 +331,7 @@ def bulk_upsert(
             f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {name}) ON COMMIT DELETE ROWS"
         )
         conn.exec_driver_sql(f"TRUNCATE {stage}")
-        _copy(conn, stage, col_sql, values)
+        _copy(conn, stage, col_sql, values, _binary_types(conn, table, cols))
         conn.exec_driver_sql(
             f"INSERT INTO {name} ({col_sql}) SELECT {col_sql} FROM {stage} {conflict}"
         )
@@ -377,7 +377,7 @@ def insert_tuples(
     name = q.format_table(table)
     col_sql = ", ".join(q.quote(c) for c in columns)
     if conn.dialect.name == "postgresql":
-        _copy(conn, name, col_sql, rows)
+        _copy(conn, name, col_sql, rows, _binary_types(conn, table, columns))
         return
     marks = ", ".join("?" * len(columns))
     _sqlite_cursor(conn).executemany(f"INSERT INTO {name} ({col_sql}) VALUES ({marks})", rows)
@@ -388,10 +388,58 @@ def _sqlite_cursor(conn: Connection) -> Any:
     return conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
 
 
-def _copy(conn: Connection, name: str, col_sql: str, rows: Iterable[Sequence[Any]]) -> None:
+#: PostgreSQL types (by the name SQLAlchemy compiles, up to a parenthesis) that
+#: :func:`_copy` sends in ``COPY``'s binary format, and the type psycopg dumps the
+#: values as. JSON goes as text: the binary form of ``json`` is its text, and the
+#: values are already serialised (:func:`_bound_rows`); psycopg's ``json`` dumper
+#: would serialise the text again.
+_BINARY_COPY_TYPES = {
+    "BIGINT": "int8", "INTEGER": "int4", "SMALLINT": "int2", "FLOAT": "float8",
+    "DOUBLE PRECISION": "float8", "BOOLEAN": "bool", "DATE": "date", "TEXT": "text",
+    "VARCHAR": "text", "JSON": "text", "TIMESTAMP WITH TIME ZONE": "timestamptz",
+}  # fmt: skip
+
+
+def _binary_types(conn: Connection, table: Table, columns: Sequence[str]) -> tuple[str, ...] | None:
+    """What psycopg dumps each of ``columns`` as in a binary ``COPY`` into ``table``;
+    ``None`` when a column's type is not one of :data:`_BINARY_COPY_TYPES`."""
+    return _binary_types_of(conn.dialect, table, tuple(columns))
+
+
+@functools.lru_cache(maxsize=64)
+def _binary_types_of(
+    dialect: Any, table: Table, columns: tuple[str, ...]
+) -> tuple[str, ...] | None:
+    out: list[str] = []
+    for name in columns:
+        compiled = table.c[name].type.dialect_impl(dialect).compile(dialect=dialect)
+        kind = _BINARY_COPY_TYPES.get(compiled.split("(", 1)[0].strip())
+        if kind is None:
+            return None
+        out.append(kind)
+    return tuple(out)
+
+
+def _copy(
+    conn: Connection,
+    name: str,
+    col_sql: str,
+    rows: Iterable[Sequence[Any]],
+    types: Sequence[str] | None = None,
+) -> None:
+    """``COPY`` rows into the table ``name``: in the binary format when ``types`` (the
+    psycopg type of each column, :func:`_binary_types`) are given, else as text.
+
+    Binary spares the server the text input functions (timestamps, dates, numbers,
+    escapes): about a quarter of its CPU per ``articles`` row; the values stored are the
+    same.
+    """
     driver = conn.connection.driver_connection
+    fmt = " (FORMAT BINARY)" if types is not None else ""
     with driver.cursor() as cur:  # type: ignore[union-attr]
-        with cur.copy(f"COPY {name} ({col_sql}) FROM STDIN") as copy:
+        with cur.copy(f"COPY {name} ({col_sql}) FROM STDIN{fmt}") as copy:
+            if types is not None:
+                copy.set_types(types)
             write = copy.write_row
             for vals in rows:
                 write(vals)
