@@ -46,9 +46,16 @@ from sqlalchemy import Engine, bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
 from ingest.checkpoints import Checkpoints
-from ingest.links import chunks, recompute_cited_by, replace_links
+from ingest.links import chunks, new_cited_by, recompute_cited_by, replace_links
 from ingest.records import Deletion, Record
-from ingest.rows import ARTICLE_COLUMNS, COLUMN_INDEX, JSON_COLUMNS, PreparedRecord, StoreItem
+from ingest.rows import (
+    ARTICLE_COLUMNS,
+    COLUMN_INDEX,
+    JSON_COLUMNS,
+    PreparedRecord,
+    StoreItem,
+    with_values,
+)
 from ingest.rules import Counter, StoredState, plan_batch
 from ingest.runs import IngestCounts, RunLedger
 from litpulse.core.db import bulk_insert, bulk_load, bulk_update, bulk_upsert, id_in, upsert
@@ -172,16 +179,24 @@ class Store(RunLedger, Checkpoints):
                             [tuple(t.values()) for t in plan.touches.values()])  # fmt: skip
             else:
                 conn.execute(_TOUCH_SOURCE, list(plan.touches.values()))
+        changed = set(plan.full) | set(plan.tomb)
+        deleted = COLUMN_INDEX["is_deleted"]
+        live = {p: plan.records[p] for p, row in plan.full.items() if not row[deleted]}
+        new = changed - stored
+        counted: set[int] = set()
+        if self.bulk and new:  # new rows go in with their in-corpus count (no UPDATE after)
+            counts = new_cited_by(conn, new, changed & stored, live)
+            for rows in (plan.full, plan.tomb):
+                for pmid in counts.keys() & rows.keys():
+                    rows[pmid] = with_values(rows[pmid], {"cited_by_in_corpus": counts[pmid]})
+            counted = new
         self._write_articles(conn, plan.full, _RECORD_COLUMNS, stored)
         self._write_articles(conn, plan.tomb, _TOMBSTONE_COLUMNS, stored)
         if plan.quarantined:
             upsert(conn, quarantine, list(plan.quarantined.values()), keys=["digest"], update=[])
-        changed = set(plan.full) | set(plan.tomb)
         if changed:
-            deleted = COLUMN_INDEX["is_deleted"]
-            live = {p: plan.records[p] for p, row in plan.full.items() if not row[deleted]}
             replace_links(
-                conn, changed & stored, live, was_live, bulk=self.bulk, new=changed - stored
+                conn, changed & stored, live, was_live, bulk=self.bulk, new=new, counted=counted
             )
 
     def _write_articles(
