@@ -26,6 +26,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Engine, Table, create_engine, delete, event, insert, select, update
@@ -460,7 +461,8 @@ def _bound_rows(
     distinct values are converted once and the column is mapped through them, with no
     Python step per row (the rows go back together with ``zip``). Values equal under
     ``==`` share one conversion (``True`` and ``1``, ``2`` and ``2.0``): the column types
-    written here convert such values alike. Rows whose columns need no conversion are
+    written here convert such values alike. A column whose conversion gives back every
+    value (same type, equal) is left as it is; rows with nothing else to convert are
     returned as they are.
     """
     raw = set(json_text)
@@ -474,15 +476,28 @@ def _bound_rows(
             procs.append((i, bind))
     if not procs or not rows:
         return rows
-    columns: list[Any] = list(zip(*rows, strict=True))
+    # the distinct values of each converted column first: where the conversion gives
+    # each value back (the same type, equal: booleans, UTC timestamps on PostgreSQL),
+    # the column is left as it is, and rows with no other column to convert are
+    # returned without being taken apart
+    todo: list[tuple[int, Callable[[Any], Any], dict[Any, Any] | None]] = []
     for i, proc in procs:
-        column = columns[i]
         try:
-            seen = {v: None if v is None else proc(v) for v in set(column)}
+            seen = {v: None if v is None else proc(v) for v in set(map(itemgetter(i), rows))}
         except TypeError:  # an unhashable value: convert each
+            todo.append((i, proc, None))
+            continue
+        if any(type(w) is not type(v) or w != v for v, w in seen.items()):
+            todo.append((i, proc, seen))
+    if not todo:
+        return rows
+    columns: list[Any] = list(zip(*rows, strict=True))
+    for i, proc, mapping in todo:
+        column = columns[i]
+        if mapping is None:
             columns[i] = [None if v is None else proc(v) for v in column]
         else:
-            columns[i] = list(map(seen.__getitem__, column))
+            columns[i] = list(map(mapping.__getitem__, column))
     return list(zip(*columns, strict=True))
 
 
