@@ -21,9 +21,11 @@ belongs to that path alone:
 Schema creation happens before the clock starts; the ingest itself is timed. The table
 gives records/s on the wall clock and on CPU time (user + system of the child and its
 parse workers, also shown apart: with a free core per process the wall time is the
-busiest process's CPU time, and the last column is the anchor's per-record CPU over
-it; a PostgreSQL server's own CPU is in another process and shows only on the wall
-clock), peak RSS of the writer and of all its processes together (sampled
+busiest process's CPU time, and a column gives the anchor's per-record CPU over it;
+a PostgreSQL server's own CPU is not in the CPU s columns), the CPU µs per record of
+the parse workers, the writer and, for PostgreSQL on this machine, the server (the
+database's backends and the WAL writer, checkpointer and background writer, read from
+/proc: load-independent, unlike the wall clock), peak RSS of the writer and of all its processes together (sampled
 every 50 ms), and ours ÷ anchor. With ``--profile`` (on by default) a further child runs
 the SQLite ingest with the parse in-process (``workers=0``, so cProfile sees parse,
 prepare and store) and the top functions by cumulative and by self time are printed,
@@ -153,14 +155,47 @@ def _ingest(paths: list[str], url: str, workers: int) -> dict[str, float]:
 
     home = Path(tempfile.mkdtemp(prefix="litpulse-bench-home-"))
     settings = Settings.from_env({}, home=home, database_url=url)
-    connect(settings)  # tables first: not part of the ingest
+    engine = connect(settings)  # tables first: not part of the ingest
+    server0 = _server_cpu(engine)
     sampler = TreeSampler()
     t0, c0 = time.perf_counter(), time.process_time()
     counts = ingest_files(settings, paths, workers=workers)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     tree_mb, workers_cpu = sampler.stop()
-    return {"n": counts.inserted + counts.updated, "wall": wall, "cpu": cpu + workers_cpu,
-            "writer_cpu": cpu, "workers_cpu": workers_cpu, "tree_mb": tree_mb}  # fmt: skip
+    out = {"n": counts.inserted + counts.updated, "wall": wall, "cpu": cpu + workers_cpu,
+           "writer_cpu": cpu, "workers_cpu": workers_cpu, "tree_mb": tree_mb}  # fmt: skip
+    if server0 is not None:
+        server1 = _server_cpu(engine) or {}
+        out["server_cpu"] = sum(t - server0.get(pid, 0.0) for pid, t in server1.items())
+    return out
+
+
+def _server_cpu(engine: Any) -> dict[int, float] | None:
+    """CPU s of each process of a local PostgreSQL server that works for the ingest: the
+    client backends of this database and the WAL writer, checkpointer and background
+    writer (server-wide, shared with whatever else runs: taken around the ingest).
+    ``None`` for SQLite or a server whose processes are not readable here.
+    """
+    import psutil
+
+    if engine.dialect.name != "postgresql":
+        return None
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        pids = conn.execute(text(
+            "SELECT pid FROM pg_stat_activity WHERE (datname = current_database() AND "
+            "backend_type = 'client backend') OR "
+            "backend_type IN ('walwriter', 'checkpointer', 'background writer')"
+        )).scalars().all()  # fmt: skip
+    out: dict[int, float] = {}
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            return None
+        out[pid] = t.user + t.system
+    return out
 
 
 def _parse_only(path: str) -> tuple[int, float, float]:
@@ -250,15 +285,21 @@ def _table(results: dict[str, dict[str, float] | str]) -> str:
     rows = [
         "| path | records | wall s | CPU s | records/s (wall) | records/s (CPU) "
         "| peak RSS MiB (writer / all processes) | ours ÷ anchor (wall) | ours ÷ anchor (CPU) "
-        "| CPU s writer / parse workers | anchor ÷ busiest process (CPU) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| CPU s writer / parse workers | anchor ÷ busiest process (CPU) "
+        "| CPU µs per record: worker / writer / server |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results.items():
         if isinstance(r, str):
-            rows.append(f"| {LABELS[name]} | — | — | — | — | — | — | {r} | | | |")
+            rows.append(f"| {LABELS[name]} | — | — | — | — | — | — | {r} | | | | |")
             continue
-        split = busiest = "—"
+        split = busiest = per_record = "—"
         if "writer_cpu" in r:
+            server = f"{1e6 * r['server_cpu'] / r['n']:.0f}" if "server_cpu" in r else "—"
+            per_record = (
+                f"{1e6 * r['workers_cpu'] / r['n']:.0f} / "
+                f"{1e6 * r['writer_cpu'] / r['n']:.0f} / {server}"
+            )
             split = f"{r['writer_cpu']:.2f} / {r['workers_cpu']:.2f}"
             if isinstance(anchor, dict) and name != ANCHOR:
                 # wall time with a free core per process: the busiest one's CPU time
@@ -272,7 +313,7 @@ def _table(results: dict[str, dict[str, float] | str]) -> str:
             f"| {LABELS[name]} | {r['n']:.0f} | {r['wall']:.2f} | {r['cpu']:.2f} "
             f"| {r['n'] / r['wall']:,.0f} | {r['n'] / r['cpu']:,.0f} "
             f"| {r['rss_mb']:.0f} / {r['tree_mb']:.0f} "
-            f"| {ratio_wall} | {ratio_cpu} | {split} | {busiest} |"
+            f"| {ratio_wall} | {ratio_cpu} | {split} | {busiest} | {per_record} |"
         )
     return "\n".join(rows) + "\n"
 

@@ -26,7 +26,7 @@ from ingest.rows import PreparedRecord
 from litpulse.core.db import id_in, insert_tuples, pg_int_array
 from litpulse.core.schema import article_terms, articles, references
 
-__all__ = ["IN_CHUNK", "chunks", "recompute_cited_by", "replace_links"]
+__all__ = ["IN_CHUNK", "chunks", "new_cited_by", "recompute_cited_by", "replace_links"]
 
 #: Largest IN (...) list per statement (SQLite allows 32766 bound parameters).
 IN_CHUNK = 5000
@@ -55,6 +55,7 @@ def replace_links(
     *,
     bulk: bool = True,
     new: Set[int] = _NONE,
+    counted: Set[int] = _NONE,
 ) -> None:
     """Replace terms and references of changed articles; keep ``cited_by_in_corpus``.
 
@@ -67,6 +68,8 @@ def replace_links(
         bulk: Set-based count updates (``False``: one ``UPDATE`` per PMID).
         new: PMIDs whose rows this batch inserted (their stored count is 0: only their
             recount is read).
+        counted: Those of ``new`` inserted with their count already right
+            (:func:`new_cited_by`): neither recounted nor moved by deltas.
 
     The in-corpus counts move by deltas: -1 for each reference of an article that
     was live before, +1 for each reference of an article live now. An article that
@@ -98,8 +101,53 @@ def replace_links(
     recount = (live.keys() - was_live) | (new - live.keys())
     changes = [(p, n) for p, n in sorted(delta.items()) if n and p not in recount]
     _update_cited_by(conn, changes, add=True, bulk=bulk)
+    recount -= counted
     if recount:
         recompute_cited_by(conn, recount, bulk=bulk, fresh=recount & new)
+
+
+def new_cited_by(
+    conn: Connection,
+    new: Set[int],
+    stored_changed: Set[int],
+    live: dict[int, PreparedRecord],
+) -> Counter[int]:
+    """The ``cited_by_in_corpus`` that PMIDs a batch is about to insert end the batch
+    with, read before the batch writes anything, so their rows go in with it (an
+    ``UPDATE`` of a just-inserted row writes a whole new version of it, and a row is
+    several KB).
+
+    The live citers after the batch are the stored ones it leaves unchanged (their
+    references are stored: one grouped count, which leaves out ``stored_changed``) and
+    the batch's own live records (``live``: counted here). That is what
+    :func:`recompute_cited_by` counts after the batch's writes.
+    """
+    counts: Counter[int] = Counter()
+    if not new:
+        return counts
+    where, param = id_in(conn, "r.cited_pmid", new)
+    params: tuple[Any, ...] = (param,)
+    if stored_changed:
+        skip, skip_param = id_in(conn, "r.citing_pmid", stored_changed)
+        where += f" AND NOT ({skip})"
+        params += (skip_param,)
+    live_value = "false" if conn.dialect.name == "postgresql" else "0"
+    true = "true" if conn.dialect.name == "postgresql" else "1"
+    counts.update(
+        {
+            int(p): int(n)
+            for p, n in conn.exec_driver_sql(
+                'SELECT r.cited_pmid, count(*) FROM "references" AS r '
+                "JOIN articles AS citer ON citer.pmid = r.citing_pmid "
+                # an expression, not the bare column: keeps the planner off ix_is_deleted
+                f"WHERE {where} AND coalesce(citer.is_deleted, {true}) = {live_value} "
+                "GROUP BY r.cited_pmid",
+                params,
+            ).all()
+        }
+    )
+    counts.update(c for prep in live.values() for c in prep.references if c in new)
+    return counts
 
 
 def recompute_cited_by(

@@ -37,6 +37,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
@@ -46,9 +48,16 @@ from sqlalchemy import Engine, bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
 from ingest.checkpoints import Checkpoints
-from ingest.links import chunks, recompute_cited_by, replace_links
+from ingest.links import chunks, new_cited_by, recompute_cited_by, replace_links
 from ingest.records import Deletion, Record
-from ingest.rows import ARTICLE_COLUMNS, COLUMN_INDEX, JSON_COLUMNS, PreparedRecord, StoreItem
+from ingest.rows import (
+    ARTICLE_COLUMNS,
+    COLUMN_INDEX,
+    JSON_COLUMNS,
+    PreparedRecord,
+    StoreItem,
+    with_values,
+)
 from ingest.rules import Counter, StoredState, plan_batch
 from ingest.runs import IngestCounts, RunLedger
 from litpulse.core.db import bulk_insert, bulk_load, bulk_update, bulk_upsert, id_in, upsert
@@ -138,7 +147,7 @@ class Store(RunLedger, Checkpoints):
         counter = Counter()
         touched: set[int] = set()
         first = 0
-        with bulk_load(self.engine):
+        with bulk_load(self.engine), _gc_paused():
             for batch in _batches(items, batch_size):
                 before = counter.freeze()
                 with self.engine.begin() as conn:
@@ -172,16 +181,24 @@ class Store(RunLedger, Checkpoints):
                             [tuple(t.values()) for t in plan.touches.values()])  # fmt: skip
             else:
                 conn.execute(_TOUCH_SOURCE, list(plan.touches.values()))
+        changed = set(plan.full) | set(plan.tomb)
+        deleted = COLUMN_INDEX["is_deleted"]
+        live = {p: plan.records[p] for p, row in plan.full.items() if not row[deleted]}
+        new = changed - stored
+        counted: set[int] = set()
+        if self.bulk and new:  # new rows go in with their in-corpus count (no UPDATE after)
+            counts = new_cited_by(conn, new, changed & stored, live)
+            for rows in (plan.full, plan.tomb):
+                for pmid in counts.keys() & rows.keys():
+                    rows[pmid] = with_values(rows[pmid], {"cited_by_in_corpus": counts[pmid]})
+            counted = new
         self._write_articles(conn, plan.full, _RECORD_COLUMNS, stored)
         self._write_articles(conn, plan.tomb, _TOMBSTONE_COLUMNS, stored)
         if plan.quarantined:
             upsert(conn, quarantine, list(plan.quarantined.values()), keys=["digest"], update=[])
-        changed = set(plan.full) | set(plan.tomb)
         if changed:
-            deleted = COLUMN_INDEX["is_deleted"]
-            live = {p: plan.records[p] for p, row in plan.full.items() if not row[deleted]}
             replace_links(
-                conn, changed & stored, live, was_live, bulk=self.bulk, new=changed - stored
+                conn, changed & stored, live, was_live, bulk=self.bulk, new=new, counted=counted
             )
 
     def _write_articles(
@@ -346,6 +363,27 @@ def store_counts(conn: Connection) -> dict[str, Any]:
         last_updated_at=iso(row[6]),
     )
     return out
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while the block runs (as it was, after it): around
+    :meth:`Store.apply`.
+
+    Storing allocates a few hundred thousand container objects per batch (unpickled
+    items, rows, link rows, bind conversions), nearly all freed by reference counting;
+    with the collector on, its passes scan them first: ~a fifth of the writer's CPU
+    (measured 69-74 -> 49-58 µs a record on PostgreSQL). Items, rows and statements
+    make no cycles (a 20k-record file, parsed here or in a worker, leaves ~10
+    unreachable objects), and whatever cycle there is is collected after the call.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _batches(items: Iterable[StoreItem], size: int) -> Iterator[list[StoreItem]]:

@@ -26,6 +26,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Engine, Table, create_engine, delete, event, insert, select, update
@@ -331,7 +332,7 @@ def bulk_upsert(
             f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {name}) ON COMMIT DELETE ROWS"
         )
         conn.exec_driver_sql(f"TRUNCATE {stage}")
-        _copy(conn, stage, col_sql, values)
+        _copy(conn, stage, col_sql, values, _binary_types(conn, table, cols))
         conn.exec_driver_sql(
             f"INSERT INTO {name} ({col_sql}) SELECT {col_sql} FROM {stage} {conflict}"
         )
@@ -377,7 +378,7 @@ def insert_tuples(
     name = q.format_table(table)
     col_sql = ", ".join(q.quote(c) for c in columns)
     if conn.dialect.name == "postgresql":
-        _copy(conn, name, col_sql, rows)
+        _copy(conn, name, col_sql, rows, _binary_types(conn, table, columns))
         return
     marks = ", ".join("?" * len(columns))
     _sqlite_cursor(conn).executemany(f"INSERT INTO {name} ({col_sql}) VALUES ({marks})", rows)
@@ -388,10 +389,58 @@ def _sqlite_cursor(conn: Connection) -> Any:
     return conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
 
 
-def _copy(conn: Connection, name: str, col_sql: str, rows: Iterable[Sequence[Any]]) -> None:
+#: PostgreSQL types (by the name SQLAlchemy compiles, up to a parenthesis) that
+#: :func:`_copy` sends in ``COPY``'s binary format, and the type psycopg dumps the
+#: values as. JSON goes as text: the binary form of ``json`` is its text, and the
+#: values are already serialised (:func:`_bound_rows`); psycopg's ``json`` dumper
+#: would serialise the text again.
+_BINARY_COPY_TYPES = {
+    "BIGINT": "int8", "INTEGER": "int4", "SMALLINT": "int2", "FLOAT": "float8",
+    "DOUBLE PRECISION": "float8", "BOOLEAN": "bool", "DATE": "date", "TEXT": "text",
+    "VARCHAR": "text", "JSON": "text", "TIMESTAMP WITH TIME ZONE": "timestamptz",
+}  # fmt: skip
+
+
+def _binary_types(conn: Connection, table: Table, columns: Sequence[str]) -> tuple[str, ...] | None:
+    """What psycopg dumps each of ``columns`` as in a binary ``COPY`` into ``table``;
+    ``None`` when a column's type is not one of :data:`_BINARY_COPY_TYPES`."""
+    return _binary_types_of(conn.dialect, table, tuple(columns))
+
+
+@functools.lru_cache(maxsize=64)
+def _binary_types_of(
+    dialect: Any, table: Table, columns: tuple[str, ...]
+) -> tuple[str, ...] | None:
+    out: list[str] = []
+    for name in columns:
+        compiled = table.c[name].type.dialect_impl(dialect).compile(dialect=dialect)
+        kind = _BINARY_COPY_TYPES.get(compiled.split("(", 1)[0].strip())
+        if kind is None:
+            return None
+        out.append(kind)
+    return tuple(out)
+
+
+def _copy(
+    conn: Connection,
+    name: str,
+    col_sql: str,
+    rows: Iterable[Sequence[Any]],
+    types: Sequence[str] | None = None,
+) -> None:
+    """``COPY`` rows into the table ``name``: in the binary format when ``types`` (the
+    psycopg type of each column, :func:`_binary_types`) are given, else as text.
+
+    Binary spares the server the text input functions (timestamps, dates, numbers,
+    escapes): about a quarter of its CPU per ``articles`` row; the values stored are the
+    same.
+    """
     driver = conn.connection.driver_connection
+    fmt = " (FORMAT BINARY)" if types is not None else ""
     with driver.cursor() as cur:  # type: ignore[union-attr]
-        with cur.copy(f"COPY {name} ({col_sql}) FROM STDIN") as copy:
+        with cur.copy(f"COPY {name} ({col_sql}) FROM STDIN{fmt}") as copy:
+            if types is not None:
+                copy.set_types(types)
             write = copy.write_row
             for vals in rows:
                 write(vals)
@@ -412,7 +461,8 @@ def _bound_rows(
     distinct values are converted once and the column is mapped through them, with no
     Python step per row (the rows go back together with ``zip``). Values equal under
     ``==`` share one conversion (``True`` and ``1``, ``2`` and ``2.0``): the column types
-    written here convert such values alike. Rows whose columns need no conversion are
+    written here convert such values alike. A column whose conversion gives back every
+    value (same type, equal) is left as it is; rows with nothing else to convert are
     returned as they are.
     """
     raw = set(json_text)
@@ -426,15 +476,28 @@ def _bound_rows(
             procs.append((i, bind))
     if not procs or not rows:
         return rows
-    columns: list[Any] = list(zip(*rows, strict=True))
+    # the distinct values of each converted column first: where the conversion gives
+    # each value back (the same type, equal: booleans, UTC timestamps on PostgreSQL),
+    # the column is left as it is, and rows with no other column to convert are
+    # returned without being taken apart
+    todo: list[tuple[int, Callable[[Any], Any], dict[Any, Any] | None]] = []
     for i, proc in procs:
-        column = columns[i]
         try:
-            seen = {v: None if v is None else proc(v) for v in set(column)}
+            seen = {v: None if v is None else proc(v) for v in set(map(itemgetter(i), rows))}
         except TypeError:  # an unhashable value: convert each
+            todo.append((i, proc, None))
+            continue
+        if any(type(w) is not type(v) or w != v for v, w in seen.items()):
+            todo.append((i, proc, seen))
+    if not todo:
+        return rows
+    columns: list[Any] = list(zip(*rows, strict=True))
+    for i, proc, mapping in todo:
+        column = columns[i]
+        if mapping is None:
             columns[i] = [None if v is None else proc(v) for v in column]
         else:
-            columns[i] = list(map(seen.__getitem__, column))
+            columns[i] = list(map(mapping.__getitem__, column))
     return list(zip(*columns, strict=True))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import signal
 import subprocess
 import sys
@@ -279,6 +280,31 @@ def test_same_pmid_several_times_in_order(engine: Engine, batch_size: int) -> No
     replay = [dataclass_replace_source(it, src(1, 10)) for it in items]
     assert store.apply(replay, batch_size=batch_size) == counts(unchanged=len(items))
     assert row(engine, 53)["title"] == "second" and row(engine, 51)["is_deleted"] is True
+
+
+def test_apply_leaves_the_garbage_collector_as_it_found_it(engine: Engine) -> None:
+    """apply pauses the cyclic collector while it stores (Store._gc_paused), and turns
+    it back on after, also when the items raise; a collector a caller turned off stays
+    off."""
+
+    def failing() -> Any:
+        yield make_record(1)
+        raise RuntimeError("parse failed")
+
+    store = Store(engine)
+    assert gc.isenabled()
+    store.apply([make_record(1), make_record(2)], batch_size=1)
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError, match="parse failed"):
+        store.apply(failing())
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        store.apply([make_record(3)])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    assert row(engine, 3)["title"] == "Title 3"
 
 
 def test_batch_size_must_be_positive(engine: Engine) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, Text, select, text
@@ -125,36 +127,48 @@ def test_bulk_load_blocks_and_other_threads_share_one_engine(sqlite_settings: Se
 
 
 def test_bulk_insert_and_upsert_store_what_sqlalchemy_stores(settings: Settings) -> None:
-    """Value tuples bound column by column (repeated values, None, booleans, dates, UTC
-    timestamps) end as the rows SQLAlchemy's own insert writes from the same values."""
-    from sqlalchemy import Boolean, Date, Float
+    """Value tuples bound column by column (repeated values, None, booleans, dates,
+    timestamps in UTC, in another zone and naive, JSON as text; PostgreSQL: a binary
+    COPY) end as the rows SQLAlchemy's own insert writes from the same values."""
+    from sqlalchemy import JSON, Boolean, Date, Float
 
     from litpulse.core.schema import UTCDateTime
 
     engine = db.connect(settings)
     meta = MetaData()
-    cols = ("id", "flag", "day", "at", "x", "note")
+    cols = ("id", "flag", "day", "at", "x", "note", "doc")
 
     def table(name: str) -> Table:
         return Table(name, meta, Column("id", Integer, primary_key=True), Column("flag", Boolean),
                      Column("day", Date), Column("at", UTCDateTime()), Column("x", Float),
-                     Column("note", Text))  # fmt: skip
+                     Column("note", Text), Column("doc", JSON))  # fmt: skip
 
     bulk, ref = table("bulk_probe"), table("bulk_reference")
     meta.create_all(engine)
     t0 = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
+    east = t0.astimezone(dt.timezone(dt.timedelta(hours=2)))
+    doc = {"a": [1, "ü\t\n"], "b": None}
     rows = [
-        (1, True, dt.date(2020, 1, 31), t0, 1.5, "a"),
-        (2, False, dt.date(2020, 1, 31), t0, 2, None),
-        (3, None, None, None, None, "ü"),
-        (4, True, dt.date(1999, 12, 1), t0 + dt.timedelta(days=1), 1.5, "a"),
+        (1, True, dt.date(2020, 1, 31), t0, 1.5, "a", doc),
+        (2, False, dt.date(2020, 1, 31), t0, 2, None, []),
+        (3, None, None, None, None, "ü", {}),
+        (4, True, dt.date(1999, 12, 1), t0 + dt.timedelta(days=1), 1.5, "a", doc),
+        (5, True, None, east, 3.0, "tab\there", doc),
+        (6, False, None, t0.replace(tzinfo=None), -1.0, "back\\slash", []),
     ]
+    last = (1, False, None, t0, 7.0, "b", doc)
+
+    def as_text(r: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (*r[:-1], json.dumps(r[-1]))  # the text SQLAlchemy's JSON type writes
+
     with engine.begin() as conn:
-        db.bulk_insert(conn, bulk, rows[:3], columns=cols)
-        db.bulk_upsert(conn, bulk, [rows[3], (1, False, None, t0, 7.0, "b")], columns=cols,
-                       keys=["id"], update=["flag", "day", "x", "note"])  # fmt: skip
+        db.bulk_insert(conn, bulk, [as_text(r) for r in rows[:3] + rows[4:]], columns=cols,
+                       json_text=["doc"])  # fmt: skip
+        db.bulk_upsert(conn, bulk, [as_text(rows[3]), as_text(last)], columns=cols,
+                       keys=["id"], update=["flag", "day", "x", "note", "doc"],
+                       json_text=["doc"])  # fmt: skip
         conn.execute(ref.insert(), [dict(zip(cols, r, strict=True)) for r in rows[1:]])
-        conn.execute(ref.insert(), [dict(zip(cols, (1, False, None, t0, 7.0, "b"), strict=True))])
+        conn.execute(ref.insert(), [dict(zip(cols, last, strict=True))])
     with engine.connect() as conn:
         got = conn.execute(select(bulk).order_by(bulk.c.id)).all()
         want = conn.execute(select(ref).order_by(ref.c.id)).all()
@@ -162,4 +176,6 @@ def test_bulk_insert_and_upsert_store_what_sqlalchemy_stores(settings: Settings)
         raw_want = conn.execute(text("SELECT * FROM bulk_reference ORDER BY id")).all()
     meta.drop_all(engine)
     assert got == want and raw == raw_want
-    assert got[0] == (1, False, None, t0, 7.0, "b") and got[2] == (3, None, None, None, None, "ü")
+    assert got[0] == (1, False, None, t0, 7.0, "b", doc)
+    assert got[2] == (3, None, None, None, None, "ü", {})
+    assert got[4][3] == t0 and got[5][3] == t0
