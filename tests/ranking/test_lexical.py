@@ -286,6 +286,36 @@ def test_bm25_is_tantivys_with_its_constants_and_follows_k1_and_b(
     assert lex.with_bm25(lexical.Bm25(k1=2.0, b=0.0)).search("insomnia", 1)[0][0] == 8
 
 
+def test_frequencies_beyond_two_bytes_score_exactly(sqlite_settings: Settings) -> None:
+    # a frequency above 65,535 does not fit the stored records' two bytes: that document's
+    # are stored wide, and it scores and explains like any other
+    engine = db.connect(sqlite_settings)
+    load(engine)
+    put(engine, 7, "Insomnia trial", "insomnia " * 70_000, [], [])
+    put(engine, 8, "Insomnia insomnia", "Sleep.", [], [])
+    refresh.refresh_index(sqlite_settings)
+    lex = lexical.open_lexical(sqlite_settings)
+    assert lex is not None
+    n, tokens = len(DOCS) + 2, _stats(Path(lex.path))["tokens"]
+    assert isinstance(tokens, dict)
+    k1, b = lex.bm25.k1, lex.bm25.b
+    want = {}
+    for name, boost, tf, length, df in (
+        ("title", 2.0, 1, 2, 2),
+        ("abstract", 1.0, 70_000, 70_000, 1),
+    ):
+        idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
+        norm = k1 * (1 - b + b * length * n / tokens[name])
+        want[name] = boost * idf * (k1 + 1) * tf / (tf + norm)
+    got = lex.explain("insomnia", [7, 8])
+    assert got[7].terms[0].fields == pytest.approx(want)
+    assert dict(lex.search("insomnia", 2)) == {
+        7: pytest.approx(sum(want.values())),
+        8: pytest.approx(got[8].score),
+    }
+    assert lex.scores("insomnia", [7]) == {7: pytest.approx(got[7].score)}
+
+
 def test_bm25_settings_are_range_checked() -> None:
     from litpulse.core.errors import ConfigError
 
