@@ -541,26 +541,28 @@ def _lengths(searcher: Any, addrs: list[Any]) -> dict[str, list[int]]:
     }
 
 
-def _records(docs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """The stored frequencies of tantivy documents, all in one array (a key and the
-    frequencies as floats per record, each document's in its stored order), and the
-    position in ``docs`` of each record's document."""
+def _records(docs: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The stored frequencies of tantivy documents, all in one array, each document's in
+    its stored order: ``(keys, frequencies, document)``, the term key, the four frequencies
+    and the position in ``docs`` of each record."""
     blobs = [d.get_first("tf") or b"" for d in docs]
     narrow = np.frombuffer(b"".join(blobs), dtype=TF_RECORD)
     sizes = np.fromiter(map(len, blobs), dtype=np.intp, count=len(blobs))
     parts = [(narrow, np.repeat(np.arange(len(blobs)), sizes // TF_RECORD.itemsize))]
-    wide = {i: d.get_first("tfw") for i, d in enumerate(docs) if not blobs[i]}
-    for i, blob in wide.items():
-        if blob:
-            rec = np.frombuffer(blob, dtype=TF_WIDE)
+    for i, blob in enumerate(blobs):
+        wide = None if blob else docs[i].get_first("tfw")
+        if wide:
+            rec = np.frombuffer(wide, dtype=TF_WIDE)
             parts.append((rec, np.full(len(rec), i, dtype=np.intp)))
-    out = np.empty(sum(len(r) for r, _ in parts), dtype=_TF_READ)
-    out["key"] = np.concatenate([r["key"] for r, _ in parts])
-    out["tf"] = np.concatenate([r["tf"] for r, _ in parts])
-    return out, np.concatenate([o for _, o in parts])
+    if len(parts) == 1:
+        return narrow["key"], narrow["tf"], parts[0][1]
+    return (
+        np.concatenate([r["key"] for r, _ in parts]),
+        np.concatenate([r["tf"] for r, _ in parts]),
+        np.concatenate([o for _, o in parts]),
+    )
 
 
-_TF_READ = np.dtype([("key", "<u8"), ("tf", "<f8", (len(TEXT_FIELDS),))])
 
 
 @dataclass(frozen=True, eq=False)
@@ -660,14 +662,14 @@ class LexicalIndex:
             return [], empty, empty, np.zeros((0, len(TEXT_FIELDS)))
         addrs = [addr for _, addr in hits]
         ids = [-1 if p is None else int(p) for p in searcher.fast_field_values("pmid", addrs)]
-        records, owner = _records([searcher.doc(addr) for addr in addrs])
+        stored, counts, owner = _records([searcher.doc(addr) for addr in addrs])
         # which records are query terms (the keys sorted once, each record looked up)
         keys = np.fromiter((term_key(t) for t in terms), dtype=np.uint64, count=len(terms))
         order = np.argsort(keys)
-        at = np.minimum(np.searchsorted(keys[order], records["key"]), len(keys) - 1)
-        found = keys[order][at] == records["key"]
+        at = np.minimum(np.searchsorted(keys[order], stored), len(keys) - 1)
+        found = keys[order][at] == stored
         doc, term = owner[found], order[at[found]]
-        tf = records["tf"][found]
+        tf = counts[found].astype(np.float64)
         # per document and field: the norm; per term and field: query boost x field boost
         # x idf x (k1 + 1); a weight is then factor x tf / (tf + norm) (see Bm25)
         lengths = np.asarray(list(_lengths(searcher, addrs).values()), dtype=np.float64)
