@@ -132,7 +132,7 @@ LEXICAL_DIR = "lexical"
 FORMAT = 3
 #: BM25 multiplier of each text field (a term's weight is the sum over the fields).
 FIELD_BOOSTS: dict[str, float] = {"title": 2.0, "abstract": 1.0, "mesh": 1.0, "keywords": 1.0}
-#: The text fields, in the order of the frequencies of a ``tf`` line.
+#: The text fields, in the order of the frequencies of a ``tf`` record.
 TEXT_FIELDS = ("title", "abstract", "mesh", "keywords")
 #: Matches tantivy's BM25 finds before they are scored with :class:`Bm25` (more when a
 #: caller asks for more): the first stage's ranking (k1 = 1.2, b = 0.75) decides which
@@ -561,8 +561,6 @@ def _records(docs: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         np.concatenate([r["tf"] for r, _ in parts]),
         np.concatenate([o for _, o in parts]),
     )
-
-
 
 
 @dataclass(frozen=True, eq=False)
