@@ -504,7 +504,8 @@ class Bm25:
 
 @dataclass(frozen=True)
 class _Stats:
-    """Live documents and the total length of each text field over them."""
+    """Live documents and the total length of each text field over them (written with the
+    :data:`FORMAT`; an index of another format is not read)."""
 
     docs: int
     tokens: dict[str, int]
@@ -513,18 +514,25 @@ class _Stats:
     def read(cls, folder: Path) -> _Stats:
         try:
             data = json.loads((folder / STATS_FILE).read_text(encoding="utf-8"))
-            return cls(int(data["docs"]), {n: int(data["tokens"][n]) for n in TEXT_FIELDS})
+            stats = cls(int(data["docs"]), {n: int(data["tokens"][n]) for n in TEXT_FIELDS})
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConsistencyError(
                 f"lexical index in {folder} has no BM25 statistics ({exc}); an index of an older "
                 "format: run `litpulse index refresh`"
             ) from exc
+        found = data.get("format", 2)  # format 2 wrote none
+        if found != FORMAT:
+            raise ConsistencyError(
+                f"lexical index in {folder} is of format {found}, this release reads {FORMAT}: "
+                "run `litpulse index refresh`"
+            )
+        return stats
 
     def write(self, folder: Path) -> None:
         """Into ``folder`` by rename (a hard-linked base's file stays as it was)."""
         tmp = folder / f"{STATS_FILE}.tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"docs": self.docs, "tokens": self.tokens}, fh)
+            json.dump({"format": FORMAT, "docs": self.docs, "tokens": self.tokens}, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, folder / STATS_FILE)
