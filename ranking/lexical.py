@@ -25,8 +25,12 @@ Quickwit maintains). Chosen over the alternatives for what an index version need
 **Scoring** (:class:`Bm25`, :meth:`LexicalIndex.search`). tantivy returns its best
 :data:`FIRST_STAGE` (or ``k``, if more) matches; each is then scored with BM25 from what
 was stored with it at index time: its field lengths (fast fields ``n_title`` …, column
-reads) and the frequency of each of its terms per field (stored field ``tf``: one line
-``term tf_title tf_abstract tf_mesh tf_keywords`` per distinct term). A term's weight in a
+reads) and the frequency of each of its terms per field (stored field ``tf``: per distinct
+term a 16-byte record, the term's 64-bit key and its four frequencies, :data:`TF_RECORD`).
+All candidates are scored at once: their records joined into one array, the query terms'
+found by key, the weights computed and summed per document by numpy (the same operations
+in the same order as one by one, so the same floats); only the explanations of the shown
+hits are built term by term. A term's weight in a
 document is ``Σ_field query_boost × FIELD_BOOSTS[field] × idf × (k1 + 1) × tf / (tf + k1 ×
 (1 − b + b × len / avg_len))`` with ``idf = ln(1 + (N − df + 0.5) / (df + 0.5))`` (tantivy's
 document frequency of the term in the field; ``N`` and the average field lengths are kept
@@ -35,7 +39,10 @@ per-query cost is proportional to the candidates, never to the corpus, and the
 explanation (:meth:`LexicalIndex.explain`) lists the very numbers the score adds up.
 With k1 = 1.2, b = 0.75 the score is tantivy's own (up to its one-byte length encoding).
 The stored counts cost disk: on the BioASQ corpus (1,328 short records) the index is 688 KB
-instead of 420 KB, and building it 0.62 s instead of 0.48 s.
+instead of 420 KB, and building it 0.62 s instead of 0.48 s (format 2, text lines; the
+records of format 3 take 3.5 MB where those took 3.1 MB on 4,950 generated abstracts).
+Per query the cost is then mostly tantivy's fetch of each candidate's stored document
+(~5–10 µs each).
 
 **Tokenisation** (:func:`bio_tokens`, the same for documents and queries). Text is
 NFKC-normalised, lower-cased and folded to unaccented letters; Greek letters become their
@@ -65,6 +72,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -119,11 +127,12 @@ logger = logging.getLogger(__name__)
 #: Folder of the tantivy index inside an index version's folder.
 LEXICAL_DIR = "lexical"
 #: Version of the schema and tokenisation: a base of another format is rebuilt, not updated.
-#: (2: analysed terms indexed as given, field lengths and term frequencies stored.)
-FORMAT = 2
+#: (2: analysed terms indexed as given, field lengths and term frequencies stored;
+#: 3: the frequencies as binary records, :data:`TF_RECORD`.)
+FORMAT = 3
 #: BM25 multiplier of each text field (a term's weight is the sum over the fields).
 FIELD_BOOSTS: dict[str, float] = {"title": 2.0, "abstract": 1.0, "mesh": 1.0, "keywords": 1.0}
-#: The text fields, in the order of the frequencies of a ``tf`` line.
+#: The text fields, in the order of the frequencies of a ``tf`` record.
 TEXT_FIELDS = ("title", "abstract", "mesh", "keywords")
 #: Matches tantivy's BM25 finds before they are scored with :class:`Bm25` (more when a
 #: caller asks for more): the first stage's ranking (k1 = 1.2, b = 0.75) decides which
@@ -151,6 +160,8 @@ WRITER_HEAP = 256_000_000
 SMALL_UPDATE = 50_000
 #: PMIDs per query when documents are looked up by PMID.
 PMID_CHUNK = 1000
+#: (field, term) pairs whose idf an opened index keeps (then it starts afresh).
+IDF_CACHE = 100_000
 #: tantivy's tokenizer of the text fields: the text given is already analysed.
 _TOKENIZER = "litpulse_terms"
 
@@ -253,6 +264,13 @@ def query_terms(query: str) -> dict[str, float]:
         >>> query_terms("What are the effects of IL-6 on the cells?")
         {'effect': 1.0, 'il6': 1.0, 'il': 0.3, '6': 0.3, 'cell': 1.0}
     """
+    return dict(_query_terms(query))
+
+
+@functools.lru_cache(maxsize=256)
+def _query_terms(query: str) -> tuple[tuple[str, float], ...]:
+    """:func:`query_terms` as pairs, kept for the last queries (a search looks its query's
+    terms up for the candidates, their missing scores and the explanations)."""
     analyzer = _analyzer()
     out: dict[str, float] = {}
     for seg in _words(query):
@@ -264,7 +282,7 @@ def query_terms(query: str) -> dict[str, float]:
                 continue
             for term in analyzer.analyze(token):
                 out[term] = max(out.get(term, 0.0), boost)
-    return out
+    return tuple(out.items())
 
 
 def _field_text(values: Iterable[str]) -> str:
@@ -355,6 +373,7 @@ def _schema() -> Any:
     for name in TEXT_FIELDS:
         sb.add_integer_field(f"n_{name}", fast=True)
     sb.add_bytes_field("tf", stored=True)
+    sb.add_bytes_field("tfw", stored=True)
     sb.add_text_field("h", stored=True, tokenizer_name="raw", index_option="basic")
     return sb.build()
 
@@ -373,21 +392,51 @@ def analysed(doc: _Doc) -> dict[str, list[str]]:
     return {name: analyzer.analyze(_field_text(values[name])) for name in TEXT_FIELDS}
 
 
-def tf_lines(fields: dict[str, list[str]]) -> bytes:
-    r"""The stored ``tf`` value: ``\nterm tf_title tf_abstract tf_mesh tf_keywords`` per
-    distinct term, then ``\n``.
+#: One record of the stored ``tf`` value: a term's :func:`term_key` and its frequency in
+#: each of :data:`TEXT_FIELDS` (little-endian, so a blob is read as an array whatever the
+#: machine).
+TF_RECORD = np.dtype([("key", "<u8"), ("tf", "<u2", (len(TEXT_FIELDS),))])
+#: The same with wider frequencies, stored instead (field ``tfw``) for a document with a
+#: frequency above what a :data:`TF_RECORD` holds.
+TF_WIDE = np.dtype([("key", "<u8"), ("tf", "<u4", (len(TEXT_FIELDS),))])
+_TF_MAX = int(np.iinfo(np.uint16).max)
+
+
+def term_key(term: str) -> int:
+    """The 64-bit key of an index term in the stored ``tf`` records (BLAKE2b): a query term
+    is found in a document's records by key, all candidates at once. Two of the terms of
+    one query and one document sharing a key (a collision) has a chance of the order of
+    1e-15; nothing else depends on it.
 
     Example:
-        >>> tf_lines({"title": ["il6", "sepsi"], "abstract": ["il6"], "mesh": [],
-        ...           "keywords": []})
-        b'\nil6 1 1 0 0\nsepsi 1 0 0 0\n'
+        >>> term_key("il6") == term_key("il6") != term_key("il-6")
+        True
+    """
+    return int.from_bytes(hashlib.blake2b(term.encode(), digest_size=8).digest(), "little")
+
+
+def tf_records(fields: dict[str, list[str]]) -> tuple[str, bytes]:
+    """The stored frequencies of a document: ``("tf", records)``, one :data:`TF_RECORD` per
+    distinct term in the order of first occurrence, or ``("tfw", records)`` of
+    :data:`TF_WIDE` when a frequency exceeds 65,535.
+
+    Example:
+        >>> name, raw = tf_records({"title": ["il6", "sepsi"], "abstract": ["il6"],
+        ...                         "mesh": [], "keywords": []})
+        >>> rec = np.frombuffer(raw, dtype=TF_RECORD)
+        >>> name, rec["tf"].tolist(), int(rec["key"][0]) == term_key("il6")
+        ('tf', [[1, 1, 0, 0], [1, 0, 0, 0]], True)
     """
     counts: dict[str, list[int]] = {}
     for i, name in enumerate(TEXT_FIELDS):
         for term in fields[name]:
             counts.setdefault(term, [0] * len(TEXT_FIELDS))[i] += 1
-    body = "\n".join(f"{t} {' '.join(map(str, c))}" for t, c in counts.items())
-    return f"\n{body}\n".encode() if body else b"\n"
+    wide = any(c > _TF_MAX for tf in counts.values() for c in tf)
+    rec = np.zeros(len(counts), dtype=TF_WIDE if wide else TF_RECORD)
+    if counts:
+        rec["key"] = [term_key(t) for t in counts]
+        rec["tf"] = list(counts.values())
+    return ("tfw" if wide else "tf"), rec.tobytes()
 
 
 def _document(doc: _Doc, fields: dict[str, list[str]]) -> Any:
@@ -395,7 +444,9 @@ def _document(doc: _Doc, fields: dict[str, list[str]]) -> Any:
 
     values: dict[str, Any] = {name: [" ".join(fields[name])] for name in TEXT_FIELDS}
     values.update({f"n_{name}": len(fields[name]) for name in TEXT_FIELDS})
-    return tantivy.Document(pmid=doc.pmid, tf=[tf_lines(fields)], h=[doc.hash], **values)
+    name, tf = tf_records(fields)
+    values[name] = [tf]
+    return tantivy.Document(pmid=doc.pmid, h=[doc.hash], **values)
 
 
 # ------------------------------------------------------------------------ the index
@@ -453,7 +504,8 @@ class Bm25:
 
 @dataclass(frozen=True)
 class _Stats:
-    """Live documents and the total length of each text field over them."""
+    """Live documents and the total length of each text field over them (written with the
+    :data:`FORMAT`; an index of another format is not read)."""
 
     docs: int
     tokens: dict[str, int]
@@ -462,18 +514,25 @@ class _Stats:
     def read(cls, folder: Path) -> _Stats:
         try:
             data = json.loads((folder / STATS_FILE).read_text(encoding="utf-8"))
-            return cls(int(data["docs"]), {n: int(data["tokens"][n]) for n in TEXT_FIELDS})
+            stats = cls(int(data["docs"]), {n: int(data["tokens"][n]) for n in TEXT_FIELDS})
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConsistencyError(
                 f"lexical index in {folder} has no BM25 statistics ({exc}); an index of an older "
                 "format: run `litpulse index refresh`"
             ) from exc
+        found = data.get("format", 2)  # format 2 wrote none
+        if found != FORMAT:
+            raise ConsistencyError(
+                f"lexical index in {folder} is of format {found}, this release reads {FORMAT}: "
+                "run `litpulse index refresh`"
+            )
+        return stats
 
     def write(self, folder: Path) -> None:
         """Into ``folder`` by rename (a hard-linked base's file stays as it was)."""
         tmp = folder / f"{STATS_FILE}.tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"docs": self.docs, "tokens": self.tokens}, fh)
+            json.dump({"format": FORMAT, "docs": self.docs, "tokens": self.tokens}, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, folder / STATS_FILE)
@@ -488,6 +547,28 @@ def _lengths(searcher: Any, addrs: list[Any]) -> dict[str, list[int]]:
         name: [int(v or 0) for v in searcher.fast_field_values(f"n_{name}", addrs)]
         for name in TEXT_FIELDS
     }
+
+
+def _records(docs: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The stored frequencies of tantivy documents, all in one array, each document's in
+    its stored order: ``(keys, frequencies, document)``, the term key, the four frequencies
+    and the position in ``docs`` of each record."""
+    blobs = [d.get_first("tf") or b"" for d in docs]
+    narrow = np.frombuffer(b"".join(blobs), dtype=TF_RECORD)
+    sizes = np.fromiter(map(len, blobs), dtype=np.intp, count=len(blobs))
+    parts = [(narrow, np.repeat(np.arange(len(blobs)), sizes // TF_RECORD.itemsize))]
+    for i, blob in enumerate(blobs):
+        wide = None if blob else docs[i].get_first("tfw")
+        if wide:
+            rec = np.frombuffer(wide, dtype=TF_WIDE)
+            parts.append((rec, np.full(len(rec), i, dtype=np.intp)))
+    if len(parts) == 1:
+        return narrow["key"], narrow["tf"], parts[0][1]
+    return (
+        np.concatenate([r["key"] for r, _ in parts]),
+        np.concatenate([r["tf"] for r, _ in parts]),
+        np.concatenate([o for _, o in parts]),
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -505,6 +586,7 @@ class LexicalIndex:
     _index: Any = field(repr=False)
     _stats: _Stats = field(repr=False)
     bm25: Bm25 = Bm25()
+    _idfs: dict[tuple[str, str], float] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, path: str | Path, bm25: Bm25 | None = None) -> LexicalIndex:
@@ -556,70 +638,98 @@ class LexicalIndex:
         )
         return tantivy.Query.boolean_query([(tantivy.Occur.Must, only), (tantivy.Occur.Must, text)])
 
-    def _matches(
-        self,
-        terms: dict[str, float],
-        limit: int,
-        pmids: Sequence[int] | None = None,
-        *,
-        detail: bool = True,
-    ) -> list[LexicalMatch]:
-        """The documents tantivy finds (its best ``limit``; among ``pmids`` if given), scored
-        with :attr:`bm25`, best first (ties by PMID); ``detail=False`` leaves the terms out
-        (the scores are the same sums)."""
+    def _idf(self, searcher: Any, name: str, term: str) -> float:
+        """:meth:`Bm25.idf` of ``term`` in field ``name`` (kept: the index is read-only)."""
+        key = (name, term)
+        idf = self._idfs.get(key)
+        if idf is None:
+            idf = Bm25.idf(self._stats.docs, searcher.doc_freq(name, term))
+            if len(self._idfs) >= IDF_CACHE:
+                self._idfs.clear()
+            self._idfs[key] = idf
+        return idf
+
+    def _scored(
+        self, terms: dict[str, float], limit: int, pmids: Sequence[int] | None = None
+    ) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+        """What :meth:`_matches` adds up, for all of tantivy's best ``limit`` documents at
+        once (among ``pmids`` if given).
+
+        Returns:
+            ``(pmids, doc, term, weights)``: the documents' PMIDs (``-1``: none stored) and,
+            per matched (document, query term) record in each document's stored order, the
+            document's position, the term's position in ``terms`` and its weight in each
+            of :data:`TEXT_FIELDS` (``0.0`` where the term is absent).
+        """
         searcher = self._index.searcher()
         hits = searcher.search(self._query(terms, pmids), limit, count=False).hits
+        empty = np.zeros(0, dtype=np.intp)
         if not hits:
-            return []
+            return [], empty, empty, np.zeros((0, len(TEXT_FIELDS)))
         addrs = [addr for _, addr in hits]
-        ids = searcher.fast_field_values("pmid", addrs)
+        ids = [-1 if p is None else int(p) for p in searcher.fast_field_values("pmid", addrs)]
+        stored, counts, owner = _records([searcher.doc(addr) for addr in addrs])
+        # which records are query terms (the keys sorted once, each record looked up)
+        keys = np.fromiter((term_key(t) for t in terms), dtype=np.uint64, count=len(terms))
+        order = np.argsort(keys)
+        at = np.minimum(np.searchsorted(keys[order], stored), len(keys) - 1)
+        found = keys[order][at] == stored
+        doc, term = owner[found], order[at[found]]
+        tf = counts[found].astype(np.float64)
         # per document and field: the norm; per term and field: query boost x field boost
         # x idf x (k1 + 1); a weight is then factor x tf / (tf + norm) (see Bm25)
         lengths = np.asarray(list(_lengths(searcher, addrs).values()), dtype=np.float64)
         avg = np.asarray([self._stats.avg(n) or 1.0 for n in TEXT_FIELDS])[:, None]
-        norms = self.bm25.norms(lengths, avg).T.tolist()
-        docs, k1 = self._stats.docs, self.bm25.k1
-        factor = {
-            term: [
-                boost * FIELD_BOOSTS[n] * (k1 + 1.0) * Bm25.idf(docs, searcher.doc_freq(n, term))
-                for n in TEXT_FIELDS
+        norms = self.bm25.norms(lengths, avg).T
+        k1 = self.bm25.k1
+        factor = np.asarray(
+            [
+                [
+                    boost * FIELD_BOOSTS[n] * (k1 + 1.0) * self._idf(searcher, n, t)
+                    for n in TEXT_FIELDS
+                ]
+                for t, boost in terms.items()
             ]
-            for term, boost in terms.items()
-        }
-        alternatives = b"|".join(re.escape(t.encode()) for t in terms)
-        find = re.compile(rb"\n(" + alternatives + rb")((?: \d+)+)(?=\n)")
-        rank = {t: i for i, t in enumerate(terms)}
+        )
+        with np.errstate(divide="ignore", invalid="ignore"):  # tf = 0 with norm = 0 (k1 = 0)
+            weights = np.where(tf > 0, factor[term] * tf / (tf + norms[doc]), 0.0)
+        return ids, doc, term, weights
+
+    def _ranked(
+        self, terms: dict[str, float], limit: int, pmids: Sequence[int] | None = None
+    ) -> list[tuple[int, float]]:
+        """``(pmid, bm25)`` of :meth:`_matches`, without the terms."""
+        ids, doc, _, weights = self._scored(terms, limit, pmids)
+        # summed in the order of the records, then of the fields: as term by term
+        totals = np.bincount(
+            np.repeat(doc, len(TEXT_FIELDS)), weights=weights.ravel(), minlength=len(ids)
+        )
+        out = [
+            (pmid, total)
+            for pmid, total in zip(ids, totals.tolist(), strict=True)
+            if pmid >= 0 and total > 0
+        ]
+        out.sort(key=lambda m: (-m[1], m[0]))
+        return out
+
+    def _matches(
+        self, terms: dict[str, float], limit: int, pmids: Sequence[int] | None = None
+    ) -> list[LexicalMatch]:
+        """The documents tantivy finds (its best ``limit``; among ``pmids`` if given), scored
+        with :attr:`bm25`, best first (ties by PMID), with their matched terms."""
+        ids, doc, term, weights = self._scored(terms, limit, pmids)
+        names = list(terms)
+        per_doc: dict[int, list[tuple[int, LexicalTerm]]] = {}
+        for d, t, row in zip(doc.tolist(), term.tolist(), weights.tolist(), strict=True):
+            per = {TEXT_FIELDS[f]: w for f, w in enumerate(row) if w}
+            if per:
+                per_doc.setdefault(d, []).append((t, LexicalTerm(names[t], sum(per.values()), per)))
         out = []
-        for addr, pmid, norm in zip(addrs, ids, norms, strict=True):
-            if pmid is None:
+        for d, found in per_doc.items():
+            if ids[d] < 0:
                 continue
-            blob = searcher.doc(addr).get_first("tf") or b""
-            if not detail:
-                total = 0.0
-                for m in find.finditer(blob):
-                    fs = factor[m.group(1).decode()]
-                    for f, tf in enumerate(map(int, m.group(2).split())):
-                        if tf:
-                            total += fs[f] * tf / (tf + norm[f])
-                if total > 0:
-                    out.append(LexicalMatch(int(pmid), total, ()))
-                continue
-            matched = []
-            for m in find.finditer(blob):
-                term = m.group(1).decode()
-                fs = factor[term]
-                per = {
-                    TEXT_FIELDS[f]: fs[f] * tf / (tf + norm[f])
-                    for f, tf in enumerate(map(int, m.group(2).split()))
-                    if tf
-                }
-                if per:
-                    matched.append(LexicalTerm(term, sum(per.values()), per))
-            if matched:
-                matched.sort(key=lambda t: rank[t.term])
-                out.append(
-                    LexicalMatch(int(pmid), sum(t.weight for t in matched), tuple(matched))
-                )
+            matched = [m for _, m in sorted(found, key=lambda tm: tm[0])]  # in query order
+            out.append(LexicalMatch(ids[d], sum(m.weight for m in matched), tuple(matched)))
         out.sort(key=lambda m: (-m.score, m.pmid))
         return out
 
@@ -629,31 +739,35 @@ class LexicalIndex:
         terms = query_terms(query)
         if not terms or k <= 0 or not self.size:
             return []
-        found = self._matches(terms, max(k, FIRST_STAGE), detail=False)[:k]
-        return [(m.pmid, m.score) for m in found]
+        return self._ranked(terms, max(k, FIRST_STAGE))[:k]
 
     def scores(self, query: str, pmids: Sequence[int]) -> dict[int, float]:
         """BM25 of the given PMIDs for ``query`` (absent: no query term occurs in it)."""
-        return {p: m.score for p, m in self._among(query, pmids, None, detail=False).items()}
+        terms = query_terms(query)
+        out: dict[int, float] = {}
+        for chunk in self._chunks(terms, pmids, None):
+            out.update(self._ranked(terms, len(chunk), chunk))
+        return out
 
     def explain(self, query: str, pmids: Sequence[int]) -> dict[int, LexicalMatch]:
         """The matched terms of each given PMID (the first :data:`PMID_CHUNK` by PMID) and
         their BM25 weights, per field; they add up to its score."""
-        return self._among(query, pmids, PMID_CHUNK, detail=True)
-
-    def _among(
-        self, query: str, pmids: Sequence[int], limit: int | None, *, detail: bool
-    ) -> dict[int, LexicalMatch]:
         terms = query_terms(query)
         out: dict[int, LexicalMatch] = {}
+        for chunk in self._chunks(terms, pmids, PMID_CHUNK):
+            out.update((m.pmid, m) for m in self._matches(terms, len(chunk), chunk))
+        return out
+
+    def _chunks(
+        self, terms: dict[str, float], pmids: Sequence[int], limit: int | None
+    ) -> Iterator[list[int]]:
+        """The first ``limit`` of ``pmids`` (sorted, distinct) by :data:`PMID_CHUNK`; none
+        when there is nothing to look up."""
         if not terms or not pmids or not self.size:
-            return out
+            return
         wanted = sorted({int(p) for p in pmids})[:limit]
         for start in range(0, len(wanted), PMID_CHUNK):
-            chunk = wanted[start : start + PMID_CHUNK]
-            found = self._matches(terms, len(chunk), chunk, detail=detail)
-            out.update((m.pmid, m) for m in found)
-        return out
+            yield wanted[start : start + PMID_CHUNK]
 
     def hashes(self, pmids: Sequence[int]) -> dict[int, str]:
         """The content hash (:func:`doc_hash`) indexed for each given PMID it holds."""

@@ -286,6 +286,57 @@ def test_bm25_is_tantivys_with_its_constants_and_follows_k1_and_b(
     assert lex.with_bm25(lexical.Bm25(k1=2.0, b=0.0)).search("insomnia", 1)[0][0] == 8
 
 
+def test_frequencies_beyond_two_bytes_score_exactly(sqlite_settings: Settings) -> None:
+    # a frequency above 65,535 does not fit the stored records' two bytes: that document's
+    # are stored wide, and it scores and explains like any other
+    engine = db.connect(sqlite_settings)
+    load(engine)
+    put(engine, 7, "Insomnia trial", "insomnia " * 70_000, [], [])
+    put(engine, 8, "Insomnia insomnia", "Sleep.", [], [])
+    refresh.refresh_index(sqlite_settings)
+    lex = lexical.open_lexical(sqlite_settings)
+    assert lex is not None
+    n, tokens = len(DOCS) + 2, _stats(Path(lex.path))["tokens"]
+    assert isinstance(tokens, dict)
+    k1, b = lex.bm25.k1, lex.bm25.b
+    want = {}
+    for name, boost, tf, length, df in (
+        ("title", 2.0, 1, 2, 2),
+        ("abstract", 1.0, 70_000, 70_000, 1),
+    ):
+        idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
+        norm = k1 * (1 - b + b * length * n / tokens[name])
+        want[name] = boost * idf * (k1 + 1) * tf / (tf + norm)
+    got = lex.explain("insomnia", [7, 8])
+    assert got[7].terms[0].fields == pytest.approx(want)
+    assert dict(lex.search("insomnia", 2)) == {
+        7: pytest.approx(sum(want.values())),
+        8: pytest.approx(got[8].score),
+    }
+    assert lex.scores("insomnia", [7]) == {7: pytest.approx(got[7].score)}
+
+
+def test_an_index_of_another_format_is_not_read(sqlite_settings: Settings) -> None:
+    # an index written by an older release (its stored frequencies in another layout) is
+    # refused when opened, so search runs semantic until a refresh rebuilds it
+    from litpulse.core.errors import ConsistencyError
+
+    load(db.connect(sqlite_settings))
+    refresh.refresh_index(sqlite_settings)
+    lex = lexical.open_lexical(sqlite_settings)
+    assert lex is not None and lex.search("sepsis", 1)[0][0] == 1
+    folder = Path(lex.path)
+    stats = _stats(folder)
+    assert stats["format"] == lexical.FORMAT
+    (folder / lexical.STATS_FILE).write_text(json.dumps({**stats, "format": 2}))
+    with pytest.raises(ConsistencyError, match="format 2"):
+        lexical.LexicalIndex.open(folder)
+    del stats["format"]  # format 2 wrote none
+    (folder / lexical.STATS_FILE).write_text(json.dumps(stats))
+    with pytest.raises(ConsistencyError, match="format"):
+        lexical.LexicalIndex.open(folder)
+
+
 def test_bm25_settings_are_range_checked() -> None:
     from litpulse.core.errors import ConfigError
 
@@ -297,6 +348,12 @@ def test_bm25_settings_are_range_checked() -> None:
 
 def _stats(folder: Path) -> dict[str, object]:
     return json.loads((folder / lexical.STATS_FILE).read_text())
+
+
+def _counts(folder: Path) -> dict[str, object]:
+    """The statistics' document count and field lengths."""
+    stats = _stats(folder)
+    return {"docs": stats["docs"], "tokens": stats["tokens"]}
 
 
 def _aggregated(folder: Path) -> dict[str, object]:
@@ -349,8 +406,8 @@ def test_refresh_carries_adds_revisions_and_deletions_to_the_lexical_index(
     assert lexical.LexicalIndex.open(old).search("covid", 3)[0][0] == 3  # old one intact
 
     # the BM25 statistics were updated by the change alone, and are exact
-    assert _stats(new) == _aggregated(new) and _stats(new)["docs"] == 4
-    assert _stats(old) == _aggregated(old) and _stats(old)["docs"] == 4  # untouched
+    assert _counts(new) == _aggregated(new) and _stats(new)["docs"] == 4
+    assert _counts(old) == _aggregated(old) and _stats(old)["docs"] == 4  # untouched
 
     third = refresh.refresh_index(settings)
     assert not third.published and third.id == second.id
