@@ -654,7 +654,10 @@ def train(
         BudgetError: One step does not fit ``max_seconds``, or the memory exceeds
             ``max_memory_mb``.
     """
+    import torch
+
     device = resolve_device(settings)
+    torch.manual_seed(settings.seed)  # a new adapter's random initial weights too
     model, trainable = build_model(settings, options, init_adapter=init_adapter)
     stats = train_model(
         model, trainable, pairs, options, device=device, seed=settings.seed, progress=progress
