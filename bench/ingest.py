@@ -30,7 +30,8 @@ processes together (sampled every 50 ms), and ours ÷ anchor. With ``--profile``
 default) a further child runs the SQLite ingest with the parse in-process
 (``workers=0``, so cProfile sees parse, prepare and store) and the top functions by
 cumulative and by self time are printed, each tagged parse or store, with the parse/store
-split and a breakdown of the store's phases. Never pass/fail; the machine is shared, so the load average is printed.
+split and a breakdown of the store's phases. Never pass/fail; the machine is shared, so
+the load average is printed.
 
     python -m bench.ingest --records 20000
 """
