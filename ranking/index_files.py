@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,27 @@ class PublishedIndex:
     def reconstruct(self, pmid: int) -> np.ndarray:
         """The stored vector of one PMID (raises ``RuntimeError`` for an unknown PMID)."""
         return np.asarray(self.index.reconstruct(int(pmid)), dtype=np.float32)
+
+    def vectors_of(self, pmids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The stored vectors of the given PMIDs it holds, in one call where all are held:
+        ``(found PMIDs in the given order, their vectors)``; unknown PMIDs are left out."""
+        ids = np.ascontiguousarray(np.asarray(pmids, dtype=np.int64).reshape(-1))
+        if not ids.size:
+            return ids, np.zeros((0, self.index.d), dtype=np.float32)
+        try:
+            return ids, np.asarray(self.index.reconstruct_batch(ids), dtype=np.float32)
+        except RuntimeError:  # some are not held: one at a time
+            pass
+        found, vectors = [], []
+        for pmid in ids.tolist():
+            try:
+                vectors.append(self.reconstruct(pmid))
+            except RuntimeError:
+                continue
+            found.append(pmid)
+        if not found:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, self.index.d), dtype=np.float32)
+        return np.asarray(found, dtype=np.int64), np.stack(vectors)
 
 
 def indexes_dir(settings: Settings) -> Path:

@@ -633,7 +633,12 @@ def _fill_in(
     import numpy as np
 
     reconstruct = getattr(index, "reconstruct", None)
-    if vector is not None and reconstruct is not None:
+    vectors_of = getattr(index, "vectors_of", None)
+    if vector is not None and vectors_of is not None:  # one call for all of them
+        found, vectors = vectors_of([p for p in pool.rows if p not in pool.sims])
+        for pmid, sim in zip(found.tolist(), (vectors @ vector[0]).tolist(), strict=True):
+            pool.sims[int(pmid)] = float(sim)
+    elif vector is not None and reconstruct is not None:
         q = vector[0]
         for pmid in pool.rows:
             if pmid not in pool.sims:

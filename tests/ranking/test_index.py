@@ -107,6 +107,12 @@ def test_flat_refresh_adds_changes_and_removes(settings: Settings, engine: Engin
     assert 3 not in set(idx2.ids.tolist()) and {101, 102} <= set(idx2.ids.tolist())
     assert top1(idx2, new7) == (pytest.approx(1.0, abs=1e-5), 7)
     assert top1(idx2, _vec(3))[1] != 3
+    # stored vectors of many PMIDs at once; unknown ones (3: deleted, 999: never) left out
+    found, vectors = idx2.vectors_of([101, 3, 7, 999, 102])
+    assert found.tolist() == [101, 7, 102] and vectors.dtype == np.float32
+    for pmid, vec in zip(found.tolist(), vectors, strict=True):
+        np.testing.assert_allclose(vec, idx2.reconstruct(pmid), atol=1e-6)
+    assert idx2.vectors_of([])[0].size == 0 and idx2.vectors_of([3])[0].size == 0
     scores, pmids = idx2.search(np.stack([_vec(101), _vec(102)]), 50)
     assert pmids.shape == (2, 50) and (pmids[:, 21:] == -1).all()
     assert np.isneginf(scores[:, 21:]).all()
