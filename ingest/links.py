@@ -125,27 +125,7 @@ def new_cited_by(
     counts: Counter[int] = Counter()
     if not new:
         return counts
-    where, param = id_in(conn, "r.cited_pmid", new)
-    params: tuple[Any, ...] = (param,)
-    if stored_changed:
-        skip, skip_param = id_in(conn, "r.citing_pmid", stored_changed)
-        where += f" AND NOT ({skip})"
-        params += (skip_param,)
-    live_value = "false" if conn.dialect.name == "postgresql" else "0"
-    true = "true" if conn.dialect.name == "postgresql" else "1"
-    counts.update(
-        {
-            int(p): int(n)
-            for p, n in conn.exec_driver_sql(
-                'SELECT r.cited_pmid, count(*) FROM "references" AS r '
-                "JOIN articles AS citer ON citer.pmid = r.citing_pmid "
-                # an expression, not the bare column: keeps the planner off ix_is_deleted
-                f"WHERE {where} AND coalesce(citer.is_deleted, {true}) = {live_value} "
-                "GROUP BY r.cited_pmid",
-                params,
-            ).all()
-        }
-    )
+    counts.update(_live_citers(conn, new, skip=stored_changed))
     counts.update(c for prep in live.values() for c in prep.references if c in new)
     return counts
 
@@ -188,21 +168,32 @@ def recompute_cited_by(
             if counts.get(pmid, 0) != old
         )
     if fresh:
-        where, param = id_in(conn, "r.cited_pmid", fresh)
-        live = "false" if conn.dialect.name == "postgresql" else "0"
-        true = "true" if conn.dialect.name == "postgresql" else "1"
-        changes.extend(
-            (int(p), int(n))
-            for p, n in conn.exec_driver_sql(
-                'SELECT r.cited_pmid, count(*) FROM "references" AS r '
-                "JOIN articles AS citer ON citer.pmid = r.citing_pmid "
-                # an expression, not the bare column: keeps the planner off ix_is_deleted
-                f"WHERE {where} AND coalesce(citer.is_deleted, {true}) = {live} "
-                "GROUP BY r.cited_pmid",
-                (param,),
-            ).all()
-        )
+        changes.extend(_live_citers(conn, fresh).items())
     _update_cited_by(conn, changes, add=False, bulk=bulk)
+
+
+def _live_citers(conn: Connection, cited: Set[int], *, skip: Set[int] = _NONE) -> dict[int, int]:
+    """How many stored live articles (leaving out the citers in ``skip``) cite each of
+    ``cited`` (those cited by none are absent): one grouped count over the set."""
+    where, param = id_in(conn, "r.cited_pmid", cited)
+    params: tuple[Any, ...] = (param,)
+    if skip:
+        skip_sql, skip_param = id_in(conn, "r.citing_pmid", skip)
+        where += f" AND NOT ({skip_sql})"
+        params += (skip_param,)
+    live = "false" if conn.dialect.name == "postgresql" else "0"
+    true = "true" if conn.dialect.name == "postgresql" else "1"
+    return {
+        int(p): int(n)
+        for p, n in conn.exec_driver_sql(
+            'SELECT r.cited_pmid, count(*) FROM "references" AS r '
+            "JOIN articles AS citer ON citer.pmid = r.citing_pmid "
+            # an expression, not the bare column: keeps the planner off ix_is_deleted
+            f"WHERE {where} AND coalesce(citer.is_deleted, {true}) = {live} "
+            "GROUP BY r.cited_pmid",
+            params,
+        ).all()
+    }
 
 
 def _update_cited_by(
