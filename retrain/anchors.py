@@ -9,6 +9,9 @@ question. An article already carries such queries about itself:
   sentence* (the inverse cloze task: the model has to recognise the context a claim comes
   from, not find the same words again).
 
+An article without an abstract (letters, editorials, many older records) has its
+headings and keywords as anchors, and its title as their positive.
+
 Its title (→ abstract) is the older ``title_abstract`` pair of :mod:`retrain.pairs`.
 Every choice (which headings, which sentence) is seeded by the article's PMID and the seed,
 so a round's pairs are reproducible.

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import logging
 from collections import Counter, defaultdict
@@ -45,7 +46,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import JSON, Engine, and_, select, type_coerce
+from sqlalchemy import JSON, Engine, and_, or_, select, type_coerce
 
 from litpulse.core.db import connect
 from litpulse.core.impact import NEUTRAL_CITATION, age_days, citation_impact, recency_decay
@@ -189,7 +190,10 @@ def _load_articles(engine: Engine) -> list[ArticleRow]:
             a.relative_citation_ratio, a.cited_by_in_corpus, a.mesh,
             type_coerce(a.record["keywords"], JSON).label("keywords"),
         )
-        .where(a.is_deleted.is_(False), a.is_retracted.is_(False), a.abstract != "")
+        .where(
+            a.is_deleted.is_(False), a.is_retracted.is_(False),
+            or_(a.abstract != "", a.title != ""),
+        )
         .order_by(a.pmid)
     )
     with engine.connect() as conn:
@@ -370,7 +374,8 @@ def _replay_pairs(
 ) -> tuple[list[Pair], int]:
     """``n`` title → abstract pairs of older articles, by weight; and how many there were."""
     candidates = [
-        Pair(r.title, r.abstract, "replay", r.pmid, weight=weight(r)) for r in rows if r.title
+        Pair(r.title, r.abstract, "replay", r.pmid, weight=weight(r))
+        for r in rows if r.title and r.abstract
     ]
     return _weighted_sample(candidates, [p.weight for p in candidates], n, seed), len(candidates)
 
@@ -407,8 +412,13 @@ def _hold_out(
     distractors: int,
     holdout_buckets: int,
 ) -> _Split:
-    """The fresh, older and distractor sets (see :func:`mine_pairs` for the sizes)."""
+    """The fresh, older and distractor sets (see :func:`mine_pairs` for the sizes).
+
+    They judge title → abstract, so only articles with both are among them; an article
+    with a title alone in the older hash bucket is still held (never trained on).
+    """
     # ---- fresh held-out: the newest articles of the window, never trained on
+    window = [r for r in window if r.title and r.abstract]
     n_fresh = min(fresh_size, int(len(window) * fresh_share))
     ordered = sorted(window, key=_date_key)
     fresh = ordered[len(ordered) - n_fresh :] if n_fresh else []
@@ -421,15 +431,16 @@ def _hold_out(
         if in_older_holdout(r.pmid, seed, holdout_buckets) and r.pmid not in fresh_ids
     ]
     older_ids = {r.pmid for r in older_rows}
-    pool = [r for r in bucket if r.pmid in older_ids] if since_set else []
+    judged = [r for r in bucket if r.title and r.abstract]
+    pool = [r for r in judged if r.pmid in older_ids] if since_set else []
     if len(pool) < min(20, older_size):
-        pool = [r for r in bucket if cutoff is None or _date_key(r) < cutoff]
+        pool = [r for r in judged if cutoff is None or _date_key(r) < cutoff]
     pool.sort(key=lambda r: _hash_unit(r.pmid, seed, "older"))
     older = pool[:older_size]
     held = frozenset(fresh_ids | {r.pmid for r in bucket})
 
     # ---- distractors: other abstracts, fixed by seed
-    others = [r for r in rows if r.pmid not in held]
+    others = [r for r in rows if r.pmid not in held and r.abstract]
     others.sort(key=lambda r: _hash_unit(r.pmid, seed, "distractor"))
     heldout = HeldOut(
         fresh=tuple(EvalItem(r.pmid, r.title, r.abstract) for r in fresh),
@@ -463,7 +474,9 @@ def _new_pairs(
     article's weight shared by its pairs), and citing title → cited text."""
     candidates: list[Pair] = []
     for r in new_rows:
-        own = [Pair(r.title, r.abstract, "title_abstract", r.pmid)] if r.title else []
+        own = []
+        if r.title and r.abstract:
+            own.append(Pair(r.title, r.abstract, "title_abstract", r.pmid))
         if anchors:
             own += [
                 Pair(a.text, doc_text(a.title, a.abstract), a.kind, r.pmid)
@@ -501,7 +514,8 @@ def _with_negatives(
     of its anchor.
 
     The negative is neither the pair's articles nor a held-out one (held-out text is never
-    trained on), and is formatted like the positive (abstract alone, or title and abstract).
+    trained on), and is formatted like the positive (abstract alone, or title and abstract,
+    or a title alone: see :func:`_negative_allowed`).
     """
     ranked: dict[str, Sequence[tuple[int, float]]] = {}
     out: list[Pair] = []
@@ -514,17 +528,32 @@ def _with_negatives(
         if p.anchor not in ranked:
             ranked[p.anchor] = lexical(p.anchor, depth + skip + 2)
         exclude = {p.pmid, p.positive_pmid if p.positive_pmid is not None else p.pmid}
+        abstract_only = p.kind in ABSTRACT_ONLY
+        positive = by_pmid.get(p.positive_pmid if p.positive_pmid is not None else p.pmid)
+        with_abstract = abstract_only or bool(positive is None or positive.abstract)
         neg = pick_negative(
             ranked[p.anchor], exclude, skip=skip, key=(seed, p.kind, p.pmid, p.anchor),
-            allowed=lambda m: m in by_pmid and m not in held,
+            allowed=functools.partial(_negative_allowed, by_pmid, held, with_abstract),
         )
         if neg is None:
             out.append(p)
             continue
         n = by_pmid[neg]
-        text = n.abstract if p.kind in ABSTRACT_ONLY else doc_text(n.title, n.abstract)
+        text = n.abstract if abstract_only else doc_text(n.title, n.abstract)
         out.append(dataclasses.replace(p, negative=text))
     return out
+
+
+def _negative_allowed(
+    by_pmid: Mapping[int, ArticleRow], held: AbstractSet[int], with_abstract: bool, pmid: int
+) -> bool:
+    """Whether an article may be a hard negative: known, not held out, and shaped like the
+    positive (an abstract where the positive has one, a title alone where it has none), so
+    that the length of a text never tells a positive from a negative (measured on BioASQ:
+    title-only negatives for positives with an abstract cost MRR@10 0.006)."""
+    if pmid not in by_pmid or pmid in held:
+        return False
+    return bool(by_pmid[pmid].abstract) == with_abstract
 
 
 def _recency(r: ArticleRow, today: dt.date, settings: Settings) -> float:

@@ -242,3 +242,91 @@ def test_headings_most_articles_carry_are_no_anchor() -> None:
     # a corpus too small for shares to mean anything keeps every heading
     few = rows[: MIN_HEADING_CORPUS // 4]
     assert _without_common_headings(few) == few
+
+
+def test_an_article_without_abstract_is_its_title() -> None:
+    # letters, editorials, older records: PubMed holds many articles with a title alone;
+    # their headings and keywords find the title (no sentence anchor: a title is one claim,
+    # and inverse-cloze pairs within titles did not help on BioASQ, see README)
+    title = "Xist transcripts were found in every female tissue. In males, only testis."
+    got = {
+        a.kind: a
+        for a in article_anchors(9, title, "", ["X Chromosome"], ["xist"], seed=13)
+    }
+    assert set(got) == {"mesh", "keywords"}
+    assert got["mesh"].title == title and got["mesh"].abstract == ""
+    assert got["mesh"].text == "X Chromosome" and got["keywords"].text == "xist"
+
+
+def test_articles_without_abstract_are_trained_on(settings: Settings, engine: Engine) -> None:
+    _corpus(engine)
+    with engine.begin() as conn:
+        rows = conn.execute(
+            select(articles.c.pmid, articles.c.updated_at)
+            .where(articles.c.pmid.between(5000, 5059))
+        ).all()
+        for pmid, updated in rows:
+            conn.execute(
+                update(articles).where(articles.c.pmid == pmid)
+                .values(abstract="", updated_at=updated)
+            )
+    title_only = {int(r[0]) for r in rows}
+    ps = mine_pairs(settings, since=T0, **MINE)
+    kinds_of = {(p.kind, p.pmid) for p in ps.pairs}
+    trained = {pmid for kind, pmid in kinds_of if pmid in title_only}
+    assert len(trained) > 40  # every title-only article not held out
+    kinds = {k for k, pmid in kinds_of if pmid in title_only}
+    assert kinds >= {"mesh", "keywords"} and not kinds & {"sentence", *ABSTRACT_ONLY}
+    for p in ps.pairs:
+        # no pair ever asks for an empty text, nor offers one as a negative
+        assert p.positive.strip() and (p.negative is None or p.negative.strip())
+        if p.pmid in title_only:
+            assert p.kind not in ABSTRACT_ONLY
+    # the held-out sets still judge title -> abstract: only articles with an abstract
+    held = (*ps.heldout.fresh, *ps.heldout.older, *ps.heldout.distractors)
+    assert all(i.doc.strip() for i in held)
+    assert not {i.pmid for i in held} & title_only
+
+
+def test_title_only_articles_get_hard_negatives_and_feedback(
+    settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    from retrain.feedback import record_feedback
+
+    _corpus(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            update(articles).where(articles.c.pmid.between(5000, 5059)).values(abstract="")
+        )
+    record_feedback(settings, query="gout flares", pmid=5001, relevant=True, user="ann")
+    record_feedback(settings, query="gout flares", pmid=5002, relevant=False, user="ann")
+    lexical = _lexical(engine, tmp_path)
+    ps = mine_pairs(settings, since=T0, lexical=lexical.search, **MINE)
+    fb = [p for p in ps.pairs if p.kind == "feedback"]
+    assert [(p.pmid, p.positive) for p in fb] == [(5001, article_text(_title(engine, 5001), ""))]
+    assert fb[0].negative == article_text(_title(engine, 5002), "")
+    negs = [p for p in ps.pairs if p.negative and p.kind in ABSTRACT_ONLY]
+    assert negs and all(p.negative.strip() for p in negs)
+    # a negative is shaped like its positive: a title alone for a title alone, else a text
+    # with an abstract (the length of a text must not give the answer away)
+    texts = _texts(engine)
+    title_only = {article_text(t, "") for t, a in texts.values() if not a}
+    checked = 0
+    for p in ps.pairs:
+        if p.negative is None or p.kind in (*ABSTRACT_ONLY, "feedback"):
+            continue
+        checked += 1
+        assert (p.positive in title_only) == (p.negative in title_only), p
+    assert checked > 50
+    assert any(p.negative for p in ps.pairs if p.pmid in range(5000, 5060))
+
+
+def _texts(engine: Engine) -> dict[int, tuple[str, str]]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(articles.c.pmid, articles.c.title, articles.c.abstract))
+        return {int(r[0]): (r[1], r[2]) for r in rows}
+
+
+def _title(engine: Engine, pmid: int) -> str:
+    with engine.connect() as conn:
+        return str(conn.execute(select(articles.c.title).where(articles.c.pmid == pmid)).scalar())
