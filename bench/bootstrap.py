@@ -11,6 +11,13 @@ fresh SQLite store (schema created before the clock starts; the default prefetch
 * ``workers=1`` overlaps one file's parse with its store;
 * ``workers=N`` parses the next N files while the writer stores the current one.
 
+``--cite-window N`` lets citations reach N records back (default 4,000, a few files; the
+baseline's reach decades, so pass the whole corpus to see the count updates of an article
+cited from many later files). ``--counts deferred per-batch`` also runs each worker count
+with the in-corpus citation counts kept batch by batch (``load_files(defer_counts=False)``)
+beside the bootstrap's default, which recounts them once after the last file (see
+:mod:`ingest.store`).
+
 The table gives records/s on the wall clock and on CPU time (user + system of the child
 and all its descendants: the forkserver and the parse workers), peak RSS of the whole
 tree, the speed-up against ``workers=0`` and ``workers=1``, and the full baseline
@@ -41,19 +48,23 @@ from bench.parse import peak_rss_kb
 BASELINE_RECORDS = 38_000_000
 
 
-def mirror(workdir: Path, files: int, per_file: int, seed: int) -> Path:
+def mirror(
+    workdir: Path, files: int, per_file: int, seed: int, cite_window: int = 4000
+) -> Path:
     """A ``file://`` mirror root with ``files`` generated baseline files (cached)."""
     from litpulse.app.demo.generate import generate_corpus
 
-    root = workdir / f"mirror-{files}x{per_file}-{seed}"
+    wide = f"-w{cite_window}" if cite_window != 4000 else ""
+    root = workdir / f"mirror-{files}x{per_file}-{seed}{wide}"
     base = root / "baseline"
     if len(list(base.glob("pubmed*.xml.gz.md5"))) != files:
-        generate_corpus(base, n_records=files * per_file, n_files=files, seed=seed, md5=True)
+        generate_corpus(base, n_records=files * per_file, n_files=files, seed=seed, md5=True,
+                        cite_window=cite_window)  # fmt: skip
     (root / "updatefiles").mkdir(parents=True, exist_ok=True)
     return root
 
 
-def _child(root: str, workers: int) -> None:
+def _child(root: str, workers: int, counts: str = "deferred") -> None:
     from ingest.bootstrap import load_files
     from litpulse.core.db import connect
     from litpulse.core.settings import Settings
@@ -65,7 +76,7 @@ def _child(root: str, workers: int) -> None:
     connect(settings)  # tables first: not part of the load
     sampler = TreeSampler()
     t0, c0 = time.perf_counter(), time.process_time()
-    report = load_files(settings, workers=workers)
+    report = load_files(settings, workers=workers, defer_counts=counts == "deferred")
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     tree_mb, descendants_cpu = sampler.stop()
     out = {
@@ -80,11 +91,12 @@ def _child(root: str, workers: int) -> None:
     sys.stdout.write(json.dumps(out))
 
 
-def _run(root: Path, workers: int, timeout: float) -> dict[str, float] | str:
+def _run(root: Path, workers: int, timeout: float, counts: str) -> dict[str, float] | str:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     try:
         child = subprocess.run(
-            [sys.executable, "-m", "bench.bootstrap", "--child", str(root), str(workers)],
+            [sys.executable, "-m", "bench.bootstrap", "--child", str(root), str(workers),
+             counts],
             capture_output=True, text=True, timeout=timeout, env=env,
         )  # fmt: skip
     except subprocess.TimeoutExpired:
@@ -107,24 +119,29 @@ def projected(r: dict[str, float], workers: int) -> float:
     return max(r["writer_cpu"], r["parse_cpu"] / workers) / r["n"]
 
 
-def _table(results: dict[int, dict[str, float] | str]) -> str:
+def _table(results: dict[tuple[int, str], dict[str, float] | str]) -> str:
     rows = [
-        "| parse workers | files | records | wall s | CPU s: all / writer / parse workers "
-        "| records/s (wall) | records/s (CPU) | peak RSS MiB (all) | ÷ workers=0 (wall) "
-        "| ÷ workers=1 (wall) | full baseline at the wall rate | … on idle cores (projected) |",
+        "| parse workers, citation counts | files | records | wall s "
+        "| CPU s: all / writer / parse workers | records/s (wall) | records/s (CPU) "
+        "| peak RSS MiB (all) | ÷ workers=0 (wall) | ÷ workers=1 (wall) "
+        "| full baseline at the wall rate | … on idle cores (projected) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    rate = {w: r["n"] / r["wall"] for w, r in results.items() if isinstance(r, dict)}
-    for w, r in results.items():
+    rate = {k: r["n"] / r["wall"] for k, r in results.items() if isinstance(r, dict)}
+    for (w, counts), r in results.items():
+        name = f"{w}, {counts}"
         if isinstance(r, str):
-            rows.append(f"| {w} | — | — | — | — | — | — | — | — | — | — | {r} |")
+            rows.append(f"| {name} | — | — | — | — | — | — | — | — | — | — | {r} |")
             continue
-        vs = [f"{rate[w] / rate[b]:.2f}×" if b in rate else "—" for b in (0, 1)]
+        vs = [
+            f"{rate[w, counts] / rate[b, counts]:.2f}×" if (b, counts) in rate else "—"
+            for b in (0, 1)
+        ]
         rows.append(
-            f"| {w} | {r['files']:.0f} | {r['n']:.0f} | {r['wall']:.2f} "
+            f"| {name} | {r['files']:.0f} | {r['n']:.0f} | {r['wall']:.2f} "
             f"| {r['cpu']:.2f} / {r['writer_cpu']:.2f} / {r['parse_cpu']:.2f} "
-            f"| {rate[w]:,.0f} | {r['n'] / r['cpu']:,.0f} | {r['tree_mb']:.0f} "
-            f"| {vs[0]} | {vs[1]} | {_hours(BASELINE_RECORDS, rate[w])} "
+            f"| {rate[w, counts]:,.0f} | {r['n'] / r['cpu']:,.0f} | {r['tree_mb']:.0f} "
+            f"| {vs[0]} | {vs[1]} | {_hours(BASELINE_RECORDS, rate[w, counts])} "
             f"| {_hours(BASELINE_RECORDS, 1 / projected(r, w))} on {w + 1} cores |"
         )
     return "\n".join(rows) + "\n"
@@ -139,16 +156,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--records-per-file", type=int, default=2500)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--cite-window", type=int, default=4000,
+        help="records back that citations reach (the whole corpus: as PubMed's baseline)",
+    )
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "litpulse-bench")
     ap.add_argument("--timeout", type=float, default=1800.0)
-    ap.add_argument("--child", nargs=2, metavar=("ROOT", "WORKERS"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--counts", nargs="+", choices=("deferred", "per-batch"), default=["deferred"],
+        help="in-corpus citation counts: recounted once at the end (the bootstrap's way), "
+        "or kept batch by batch",
+    )
+    ap.add_argument("--child", nargs=3, metavar=("ROOT", "WORKERS", "COUNTS"),
+                    help=argparse.SUPPRESS)  # fmt: skip
     args = ap.parse_args(argv)
     if args.child:
-        _child(args.child[0], int(args.child[1]))
+        _child(args.child[0], int(args.child[1]), args.child[2])
         return 0
 
     args.workdir = args.workdir.resolve()
-    root = mirror(args.workdir, args.files, args.records_per_file, args.seed)
+    root = mirror(args.workdir, args.files, args.records_per_file, args.seed, args.cite_window)
     gz_mb = sum(p.stat().st_size for p in (root / "baseline").glob("*.xml.gz")) / 2**20
     sys.stdout.write(
         f"mirror: file://{root} ({args.files} files × {args.records_per_file} records, "
@@ -157,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         + "/".join(f"{x:.1f}" for x in os.getloadavg())
         + "\n\n"
     )
-    results = {w: _run(root, w, args.timeout) for w in args.workers}
+    results = {
+        (w, c): _run(root, w, args.timeout, c) for w in args.workers for c in args.counts
+    }
     sys.stdout.write(_table(results))
     sys.stdout.write(f"\nload average {os.getloadavg()[0]:.1f} after the table\n")
     return 0

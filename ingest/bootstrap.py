@@ -147,6 +147,8 @@ class LoadReport:
         seconds: Wall time.
         workers: Parse worker processes asked for.
         run_id: The ``ingest_runs`` row (``None`` when there was nothing to do).
+        recounted: Rows whose in-corpus citation count the final recount changed
+            (``None``: no recount ran, because files remain or nothing was deferred).
     """
 
     listed: int
@@ -157,6 +159,7 @@ class LoadReport:
     seconds: float = 0.0
     workers: int = 1
     run_id: int | None = None
+    recounted: int | None = None
 
     @property
     def nothing_to_do(self) -> bool:
@@ -175,6 +178,7 @@ class LoadReport:
             "records_per_s": round(self.counts.total / self.seconds, 1) if self.seconds else 0.0,
             "workers": self.workers,
             "run_id": self.run_id,
+            "recounted": self.recounted,
         }
 
 
@@ -540,6 +544,7 @@ def load_files(
     max_files: int | None = None,
     progress: bool = False,
     on_file: Callable[[str, IngestCounts], None] | None = None,
+    defer_counts: bool = True,
 ) -> LoadReport:
     """Apply every pending baseline file, then the update files, in order (the writer).
 
@@ -551,6 +556,9 @@ def load_files(
         max_files: Apply at most this many files in this call.
         progress: Show one tqdm bar over the whole job on stderr.
         on_file: Called with each applied file's name and counts.
+        defer_counts: Leave the in-corpus citation counts alone while files are applied
+            and recount them once after the last one (``False``: keep them batch by
+            batch, as other ingests do; a recount deferred before still runs at the end).
 
     Returns:
         What was done; :attr:`LoadReport.nothing_to_do` when every file was applied before
@@ -573,7 +581,8 @@ def load_files(
     limits = ParseLimits.from_settings(settings)
     t0 = time.perf_counter()
     engine = db.connect(settings)
-    store = Store(engine)
+    # counts of citations inside the corpus are recounted once, after the last file
+    store = Store(engine, defer_counts=defer_counts)
     lease = db.acquire_lease(engine, WRITER_LEASE)
     if lease is None:
         holder = db.lease_holder(engine, WRITER_LEASE)
@@ -582,6 +591,7 @@ def load_files(
         )
     with lease:
         pending, listed = pending_files(settings, engine)
+        pending_all = list(pending)
         folder = _folder(settings)
         done = _applied_names(engine)
         for mark in folder.glob(f"*.xml.gz{MARKER}"):
@@ -595,7 +605,11 @@ def load_files(
             pending = pending[:max_files]
         if not pending:
             logger.info("bootstrap: all %d listed files were applied before", listed)
-            return LoadReport(listed, already, workers=workers, seconds=time.perf_counter() - t0)
+            return LoadReport(
+                listed, already, workers=workers, seconds=time.perf_counter() - t0,
+                recounted=_finish_counts(store),
+            )
+        last_call = max_files is None or len(pending) == len(pending_all)
         source = _source(settings)
         redact = getattr(getattr(source, "client", None), "redact", str)
         applied: list[str] = []
@@ -643,6 +657,7 @@ def load_files(
                     bar.close()
                 run.details.pop("current", None)
                 run.details["bytes"] = total_bytes
+            recounted = _finish_counts(store) if last_call else None
         finally:
             source.close()
     return LoadReport(
@@ -654,4 +669,19 @@ def load_files(
         time.perf_counter() - t0,
         workers,
         run.id,
+        recounted,
     )
+
+
+def _finish_counts(store: Store) -> int | None:
+    """The deferred in-corpus citation counts recounted (rows changed), or ``None`` when
+    none were deferred."""
+    if not store.counts_deferred():
+        return None
+    t0 = time.perf_counter()
+    changed = store.finish_counts()
+    logger.info(
+        "bootstrap: in-corpus citation counts recounted (%d changed) in %.1f s",
+        changed, time.perf_counter() - t0,
+    )
+    return changed

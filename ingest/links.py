@@ -2,7 +2,9 @@
 
 ``article_terms`` and ``references`` are replaced for every changed article and kept
 only for live ones; ``cited_by_in_corpus`` moves by deltas in the same transaction
-(:func:`replace_links`), and :func:`recompute_cited_by` recounts from scratch.
+(:func:`replace_links`), and :func:`recompute_cited_by` recounts from scratch. A bulk load
+may leave the counts alone (``counts=False``) and recount every article once at the end,
+a PMID range per statement (:func:`recount_range`).
 
 Every write is set-based: one statement per batch for the terms, the references and
 the count changes (PostgreSQL: ``unnest`` of arrays; SQLite: ``json_each`` of one JSON
@@ -19,14 +21,21 @@ from collections.abc import Iterator, Sequence, Set
 from itertools import chain, repeat
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.engine import Connection
 
 from ingest.rows import PreparedRecord
 from litpulse.core.db import id_in, insert_tuples, pg_int_array
 from litpulse.core.schema import article_terms, articles, references
 
-__all__ = ["IN_CHUNK", "chunks", "new_cited_by", "recompute_cited_by", "replace_links"]
+__all__ = [
+    "IN_CHUNK",
+    "chunks",
+    "new_cited_by",
+    "recompute_cited_by",
+    "recount_range",
+    "replace_links",
+]
 
 #: Largest IN (...) list per statement (SQLite allows 32766 bound parameters).
 IN_CHUNK = 5000
@@ -56,6 +65,7 @@ def replace_links(
     bulk: bool = True,
     new: Set[int] = _NONE,
     counted: Set[int] = _NONE,
+    counts: bool = True,
 ) -> None:
     """Replace terms and references of changed articles; keep ``cited_by_in_corpus``.
 
@@ -70,6 +80,8 @@ def replace_links(
             recount is read).
         counted: Those of ``new`` inserted with their count already right
             (:func:`new_cited_by`): neither recounted nor moved by deltas.
+        counts: Keep ``cited_by_in_corpus`` (``False``: leave every count alone; a bulk
+            load recounts them all at its end).
 
     The in-corpus counts move by deltas: -1 for each reference of an article that
     was live before, +1 for each reference of an article live now. An article that
@@ -95,6 +107,8 @@ def replace_links(
     delta.update(chain.from_iterable(prep.references for prep in live.values()))
     insert_tuples(conn, article_terms, ("pmid", "kind", "term", "major"), term_rows)
     insert_tuples(conn, references, ("citing_pmid", "cited_pmid"), ref_rows)
+    if not counts:
+        return
     # articles live now but not before: count every live citer (delta would miss old ones);
     # so too a new tombstone (a deletion of a PMID never stored): citers stored in earlier
     # batches were not counted on a row that did not exist
@@ -132,8 +146,9 @@ def new_cited_by(
 
 def recompute_cited_by(
     conn: Connection, pmids: set[int], *, bulk: bool = True, fresh: Set[int] = _NONE
-) -> None:
-    """Count live citing articles for the stored ones among ``pmids``; write the changes.
+) -> int:
+    """Count live citing articles for the stored ones among ``pmids``; write the changes
+    and return how many there were.
 
     Done as a grouped count driven by ``ix_references_cited`` and an update of the rows
     that differ (a correlated ``UPDATE`` lets SQLite's planner scan every live article).
@@ -170,6 +185,38 @@ def recompute_cited_by(
     if fresh:
         changes.extend(_live_citers(conn, fresh).items())
     _update_cited_by(conn, changes, add=False, bulk=bulk)
+    return len(changes)
+
+
+def recount_range(conn: Connection, lo: int, hi: int) -> int:
+    """Set ``cited_by_in_corpus`` of every article with ``lo <= pmid < hi`` to its count of
+    live citers, in one statement (a grouped count over ``ix_references_cited`` joined to
+    the articles of the range); only the rows whose count differs are written.
+
+    Returns:
+        How many rows changed.
+    """
+    live, true = ("false", "true") if conn.dialect.name == "postgresql" else ("0", "1")
+    if conn.dialect.name == "sqlite" and not _SQLITE_SET_BASED:  # pragma: no cover - old SQLite
+        a = articles.c
+        pmids = conn.execute(select(a.pmid).where(a.pmid >= lo, a.pmid < hi)).scalars()
+        return recompute_cited_by(conn, set(pmids))
+    result = conn.execute(
+        text(
+            "UPDATE articles AS a SET cited_by_in_corpus = d.n FROM ("
+            "SELECT x.pmid AS pmid, coalesce(c.n, 0) AS n FROM articles AS x LEFT JOIN ("
+            'SELECT r.cited_pmid AS cited, count(*) AS n FROM "references" AS r '
+            "JOIN articles AS citer ON citer.pmid = r.citing_pmid "
+            "WHERE r.cited_pmid >= :lo AND r.cited_pmid < :hi "
+            # an expression, not the bare column: keeps the planner off ix_is_deleted
+            f"AND coalesce(citer.is_deleted, {true}) = {live} "
+            "GROUP BY r.cited_pmid) AS c ON c.cited = x.pmid "
+            "WHERE x.pmid >= :lo AND x.pmid < :hi) AS d "
+            "WHERE a.pmid = d.pmid AND a.cited_by_in_corpus <> d.n"
+        ),
+        {"lo": lo, "hi": hi},
+    )
+    return int(result.rowcount or 0)
 
 
 def _live_citers(conn: Connection, cited: Set[int], *, skip: Set[int] = _NONE) -> dict[int, int]:

@@ -23,6 +23,15 @@ Writers should hold the ingest
 lease (:func:`litpulse.core.db.acquire_lease`): two concurrent writers of the same PMIDs would
 each decide against the state they read.
 
+**Deferred counts** (``Store(engine, defer_counts=True)``, the bootstrap's store): the
+in-corpus citation counts are left alone while the rows, terms and references are written,
+and :meth:`Store.finish_counts` recounts every article once, a PMID range per transaction.
+Kept batch by batch, an article cited from many later files is rewritten once per file
+(at the baseline's scale, hundreds of millions of row versions); deferred, once. A
+checkpoint marks the counts as waiting before the first deferred batch commits and is
+cleared by the recount, so a run killed anywhere in between leaves the mark for the
+resumed run (and ``litpulse status``) to see.
+
 Within one :meth:`Store.apply` call items are applied in order, so for two items of one
 PMID from one file the later one wins (a record followed by its deletion ends deleted),
 whether or not they fall in the same batch or the same run.
@@ -48,7 +57,7 @@ from sqlalchemy import Engine, bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
 from ingest.checkpoints import Checkpoints
-from ingest.links import chunks, new_cited_by, recompute_cited_by, replace_links
+from ingest.links import chunks, new_cited_by, recompute_cited_by, recount_range, replace_links
 from ingest.records import Deletion, Record
 from ingest.rows import (
     ARTICLE_COLUMNS,
@@ -66,9 +75,15 @@ from litpulse.core.schema import articles, quarantine, references
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import iso, utcnow
 
-__all__ = ["IngestCounts", "Store", "store_counts"]
+__all__ = ["COUNTS_CHECKPOINT", "IngestCounts", "RECOUNT_STEP", "Store", "store_counts"]
 
 logger = logging.getLogger(__name__)
+
+#: The checkpoint ``(scope, key)`` whose status ``deferred`` says the in-corpus citation
+#: counts wait for :meth:`Store.finish_counts`.
+COUNTS_CHECKPOINT = ("store", "cited_by_in_corpus")
+#: PMIDs per transaction of a full recount (PubMed's ~40 M PMIDs: ~160 statements).
+RECOUNT_STEP = 250_000
 
 #: Columns rewritten when a record replaces the stored one (not ingested_at, not iCite).
 _RECORD_COLUMNS = (
@@ -108,9 +123,11 @@ class Store(RunLedger, Checkpoints):
         engine: An engine from :func:`litpulse.core.db.connect` (tables exist).
     """
 
-    def __init__(self, engine: Engine, *, bulk: bool = True) -> None:
+    def __init__(self, engine: Engine, *, bulk: bool = True, defer_counts: bool = False) -> None:
         self.engine = engine
         self.bulk = bulk
+        self.defer_counts = defer_counts
+        self._marked = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -149,6 +166,9 @@ class Store(RunLedger, Checkpoints):
         first = 0
         with bulk_load(self.engine), _gc_paused():
             for batch in _batches(items, batch_size):
+                if self.defer_counts and not self._marked:  # before the batch commits
+                    self.set_checkpoint(*COUNTS_CHECKPOINT, "deferred", {"since": iso(utcnow())})
+                    self._marked = True
                 before = counter.freeze()
                 with self.engine.begin() as conn:
                     self._apply_batch(conn, batch, first, run_id, counter, touched)
@@ -186,7 +206,8 @@ class Store(RunLedger, Checkpoints):
         live = {p: plan.records[p] for p, row in plan.full.items() if not row[deleted]}
         new = changed - stored
         counted: set[int] = set()
-        if self.bulk and new:  # new rows go in with their in-corpus count (no UPDATE after)
+        # new rows go in with their in-corpus count (no UPDATE after), unless deferred
+        if self.bulk and new and not self.defer_counts:
             counts = new_cited_by(conn, new, changed & stored, live)
             for rows in (plan.full, plan.tomb):
                 for pmid in counts.keys() & rows.keys():
@@ -198,7 +219,8 @@ class Store(RunLedger, Checkpoints):
             upsert(conn, quarantine, list(plan.quarantined.values()), keys=["digest"], update=[])
         if changed:
             replace_links(
-                conn, changed & stored, live, was_live, bulk=self.bulk, new=new, counted=counted
+                conn, changed & stored, live, was_live, bulk=self.bulk, new=new, counted=counted,
+                counts=not self.defer_counts,
             )
 
     def _write_articles(
@@ -263,12 +285,48 @@ class Store(RunLedger, Checkpoints):
         """Set ``cited_by_in_corpus`` from the references of live articles.
 
         Args:
-            pmids: The cited articles to refresh; ``None`` refreshes every article.
+            pmids: The cited articles to refresh; ``None`` refreshes every article
+                (:meth:`recount_all`).
         """
+        if pmids is None:
+            self.recount_all()
+            return
         with self.engine.begin() as conn:
-            if pmids is None:
-                pmids = conn.execute(select(articles.c.pmid)).scalars().all()
             recompute_cited_by(conn, set(pmids))
+
+    def recount_all(self, *, step: int = RECOUNT_STEP) -> int:
+        """Recount ``cited_by_in_corpus`` of every article, ``step`` PMIDs per transaction
+        (:func:`ingest.links.recount_range`); returns how many rows changed. Each range is
+        exact on its own, so an interrupted recount is finished by running it again."""
+        if step <= 0:
+            raise ConfigError(f"step must be positive, got {step!r}")
+        with self.engine.connect() as conn:
+            a = articles.c
+            lo, hi = conn.execute(select(func.min(a.pmid), func.max(a.pmid))).one()
+        changed = 0
+        if lo is None:
+            return 0
+        for start in range(int(lo), int(hi) + 1, step):
+            with self.engine.begin() as conn:
+                changed += recount_range(conn, start, start + step)
+        logger.info("recounted in-corpus citations of PMIDs %d..%d: %d changed", lo, hi, changed)
+        return changed
+
+    def counts_deferred(self) -> bool:
+        """Whether in-corpus citation counts wait for :meth:`finish_counts` (a deferred
+        load, perhaps killed, has not recounted them yet)."""
+        mark = self.get_checkpoint(*COUNTS_CHECKPOINT)
+        return mark is not None and mark["status"] == "deferred"
+
+    def finish_counts(self, *, step: int = RECOUNT_STEP) -> int:
+        """Recount every article's in-corpus citations if counts were deferred, then clear
+        the mark; returns how many rows changed (0 when nothing was deferred)."""
+        if not self.counts_deferred():
+            return 0
+        changed = self.recount_all(step=step)
+        self.set_checkpoint(*COUNTS_CHECKPOINT, "current", {"recounted": iso(utcnow())})
+        self._marked = False
+        return changed
 
     # ------------------------------------------------------------------------ reads
 
@@ -306,6 +364,11 @@ class Store(RunLedger, Checkpoints):
             "articles": counts["live"],
             **{k: counts[k] for k in ("deleted", "retracted", "quarantined", "references")},
             "newest_best_date": counts["newest_best_date"],
+            "citation_counts": (
+                "waiting for the recount at the end of the bootstrap"
+                if self.counts_deferred()
+                else "current"
+            ),
             "last_runs": self.runs(runs),
         }
 

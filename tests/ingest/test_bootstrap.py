@@ -34,6 +34,7 @@ from ingest.bootstrap import (
     stage_file,
     staged,
 )
+from ingest.store import Store
 from ingest.updatefiles import apply_updates
 from litpulse.app.demo.generate import CorpusManifest, generate_corpus
 from litpulse.app.demo.pubmed_xml import article_xml, gz, pubmed_set
@@ -250,6 +251,34 @@ def test_a_second_writer_is_refused(emu: Emulator, sqlite_settings: Settings) ->
             load_files(s, workers=1)
     finally:
         lease.release()
+
+
+def test_citation_counts_wait_for_the_last_file_then_are_recounted_once(
+    emu: Emulator, sqlite_settings: Settings
+) -> None:
+    """The bootstrap defers the in-corpus citation counts (see ingest.store) and recounts
+    them after the last file; a run killed in the recount finishes it when run again, even
+    with no file left to apply."""
+    s = _settings(emu, sqlite_settings)
+    engine = db.connect(s)
+    store = Store(engine)
+    part = load_files(s, workers=1, prefetch=0, max_files=5)
+    assert part.recounted is None and store.counts_deferred()
+    assert "waiting" in str(store.status()["citation_counts"])
+    rest = load_files(s, workers=1, prefetch=0)
+    assert rest.recounted is not None and rest.recounted > 0
+    assert not store.counts_deferred() and store.status()["citation_counts"] == "current"
+    done = snapshot(engine)
+    cited = {p: a["cited_by_in_corpus"] for p, a in done["articles"].items()}
+    assert sum(cited.values()) > 100
+    # as a kill inside the recount leaves it: the mark set, some counts not yet written
+    with engine.begin() as conn:
+        conn.execute(articles.update().where(articles.c.pmid % 2 == 0).values(cited_by_in_corpus=0))
+    store.set_checkpoint("store", "cited_by_in_corpus", "deferred", {})
+    again = load_files(s, workers=1)
+    assert again.nothing_to_do and again.recounted is not None and again.recounted > 0
+    assert not differences(snapshot(engine), done)
+    assert load_files(s, workers=1).recounted is None  # nothing deferred: no recount
 
 
 # ----------------------------------------------------------------------- killed twice

@@ -250,6 +250,7 @@ def test_plain_output_md5_and_file_numbers(tmp_path: Path) -> None:
         ({"revise_fraction": 1.5}, "revise_fraction"),
         ({"delete_fraction": -0.1}, "delete_fraction"),
         ({"days": 0}, "days"),
+        ({"cite_window": 0}, "cite_window"),
     ],
 )
 def test_config_validation_names_the_field(options: dict[str, object], field: str) -> None:
@@ -372,6 +373,22 @@ def test_articles_cite_related_earlier_articles(
             related += other.exposure == spec.exposure or other.outcome == spec.outcome
     assert links >= len(specs)
     assert related >= 0.6 * links  # mostly related: same exposure, compound or outcome
+
+
+def test_citations_reach_as_far_back_as_the_window() -> None:
+    """The default window keeps citations within a few files; a wide one spreads them over
+    the whole corpus, as the baseline's do (``bench.bootstrap --cite-window``)."""
+
+    def reach(window: int) -> list[int]:
+        specs = live_specs(CorpusConfig(n_records=3000, seed=3, cite_window=window))
+        return [
+            spec.index - specs[c].index
+            for spec in specs.values() for c in spec.references if c in specs
+        ]  # fmt: skip
+
+    near, wide = reach(200), reach(3000)
+    assert near and max(near) <= 200
+    assert max(wide) > 1500 and sum(d > 200 for d in wide) > len(wide) / 2
 
 
 def test_author_keywords_name_what_the_article_studies(

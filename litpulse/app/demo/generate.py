@@ -255,6 +255,13 @@ class CorpusConfig:
     first_file_number: int = field(
         default=1, metadata={"help": "NNNN of the first pubmed26nNNNN file."}
     )
+    cite_window: int = field(
+        default=4000,
+        metadata={
+            "help": "How many records back an article's citations may reach (PubMed's "
+            "reach decades: a baseline file cites articles of most earlier files)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.n_records < 1:
@@ -265,6 +272,8 @@ class CorpusConfig:
             raise ConfigError("`days` must be at least 1")
         if self.first_file_number < 0:
             raise ConfigError("`first_file_number` must not be negative")
+        if self.cite_window < 1:
+            raise ConfigError("`cite_window` must be at least 1")
         for name in (
             "revise_fraction",
             "delete_fraction",
@@ -522,7 +531,7 @@ def _related_refs(cfg: CorpusConfig, index: int, lat: _Latent, r: random.Random)
     PMIDs outside the corpus."""
     related: list[int] = []
     same_topic: list[int] = []
-    lo = max(0, index - 4000)
+    lo = max(0, index - cfg.cite_window)
     for _ in range(min(48, 2 * (index - lo))):
         j = r.randrange(lo, index)
         other = _latent(cfg, j)
@@ -1101,6 +1110,7 @@ def generate_corpus(
     book_fraction: float = 0.01,
     retract_fraction: float = 0.005,
     first_file_number: int = 1,
+    cite_window: int = 4000,
 ) -> CorpusManifest:
     """Write a corpus of PubMed XML files and return the state it must ingest to.
 
@@ -1120,6 +1130,7 @@ def generate_corpus(
         book_fraction: Share of book chapters (PubmedBookArticle).
         retract_fraction: Share of retracted publications.
         first_file_number: NNNN of the first file.
+        cite_window: How many records back citations may reach.
 
     Returns:
         The manifest of files and expected final state.
@@ -1140,6 +1151,7 @@ def generate_corpus(
         book_fraction=book_fraction,
         retract_fraction=retract_fraction,
         first_file_number=first_file_number,
+        cite_window=cite_window,
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
