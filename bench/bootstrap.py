@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 from bench.ingest import TreeSampler
-from bench.parse import peak_rss_kb
+from bench.parse import peak_rss_kb, scratch_home
 
 #: Records in NLM's annual baseline (about 1,300 files).
 BASELINE_RECORDS = 38_000_000
@@ -69,7 +69,7 @@ def _child(root: str, workers: int, counts: str = "deferred") -> None:
     from litpulse.core.db import connect
     from litpulse.core.settings import Settings
 
-    home = Path(tempfile.mkdtemp(prefix="litpulse-bench-boot-"))
+    home = scratch_home("litpulse-bench-boot-")
     settings = Settings.from_env(
         {}, home=home, database_url=f"sqlite:///{home}/bench.db", pubmed_files_url=f"file://{root}"
     )

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.ingest import scratch_database
-from bench.parse import peak_rss_kb
+from bench.parse import peak_rss_kb, scratch_home
 
 PATHS = ("snapshot-sqlite", "snapshot-postgresql", "api-sqlite")
 LABELS = {
@@ -108,7 +108,7 @@ def _seed(settings: Any, pmids: list[int]) -> None:
 def _child(name: str, csv_path: str, url: str, stored_every: int, api_pmids: int) -> None:
     from litpulse.core.settings import Settings
 
-    home = Path(tempfile.mkdtemp(prefix="litpulse-bench-home-"))
+    home = scratch_home("litpulse-bench-home-")
     settings = Settings.from_env({}, home=home, database_url=url)
     if name.startswith("snapshot"):
         from ingest.icite_snapshot import load_snapshot

@@ -166,6 +166,17 @@ def _child(name: str, path: str) -> None:
     sys.stdout.write(json.dumps({"n": n, "wall": wall, "cpu": cpu, "rss_mb": rss_mb}))
 
 
+def scratch_home(prefix: str) -> Path:
+    """A fresh temporary folder for a benchmark child's data, removed when the child exits
+    (a benchmark run leaves no store or index behind in the temporary folder)."""
+    import atexit
+    import shutil
+
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    return home
+
+
 def peak_rss_kb() -> float:
     """Peak RSS of this process image: VmHWM (ru_maxrss on Linux also counts the parent's
     memory at fork time, which would put every child at the parent's size)."""
