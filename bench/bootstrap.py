@@ -5,7 +5,9 @@ files of ``--records-per-file`` records each (``litpulse.app.demo.generate``, wi
 ``.md5`` sidecars, cached in ``--workdir``) as a local ``file://`` mirror of the PubMed
 file server (``baseline/`` and an empty ``updatefiles/``), and runs
 :func:`ingest.bootstrap.load_files` on it once per worker count, each in its own child on a
-fresh SQLite store (schema created before the clock starts; the default prefetch of 2):
+fresh store (SQLite; ``--databases sqlite postgresql`` adds a scratch PostgreSQL database,
+where the table also counts the article rows updated; schema created before the clock
+starts; the default prefetch of 2):
 
 * ``workers=0`` parses in the writer's process (no overlap at all);
 * ``workers=1`` overlaps one file's parse with its store;
@@ -34,14 +36,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from bench.ingest import TreeSampler
+from bench.ingest import PG_ADMIN_URL, TreeSampler, scratch_database
 from bench.parse import peak_rss_kb, scratch_home
 
 #: Records in NLM's annual baseline (about 1,300 files).
@@ -64,22 +68,24 @@ def mirror(
     return root
 
 
-def _child(root: str, workers: int, counts: str = "deferred") -> None:
+def _child(root: str, workers: int, counts: str = "deferred", url: str = "") -> None:
     from ingest.bootstrap import load_files
     from litpulse.core.db import connect
     from litpulse.core.settings import Settings
 
     home = scratch_home("litpulse-bench-boot-")
     settings = Settings.from_env(
-        {}, home=home, database_url=f"sqlite:///{home}/bench.db", pubmed_files_url=f"file://{root}"
-    )
-    connect(settings)  # tables first: not part of the load
+        {}, home=home, database_url=url or f"sqlite:///{home}/bench.db",
+        pubmed_files_url=f"file://{root}",
+    )  # fmt: skip
+    engine = connect(settings)  # tables first: not part of the load
     sampler = TreeSampler()
     t0, c0 = time.perf_counter(), time.process_time()
     report = load_files(settings, workers=workers, defer_counts=counts == "deferred")
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     tree_mb, descendants_cpu = sampler.stop()
     out = {
+        "row_updates": _article_updates(engine),
         "n": report.counts.total,
         "files": len(report.applied),
         "wall": wall,
@@ -91,20 +97,48 @@ def _child(root: str, workers: int, counts: str = "deferred") -> None:
     sys.stdout.write(json.dumps(out))
 
 
-def _run(root: Path, workers: int, timeout: float, counts: str) -> dict[str, float] | str:
+def _article_updates(engine: Any) -> float:
+    """PostgreSQL: rows of ``articles`` updated during the load (each a new row version);
+    NaN on SQLite, which does not count them."""
+    if engine.dialect.name != "postgresql":
+        return math.nan
+    from sqlalchemy import text
+
+    engine.dispose()  # a backend reports its table counts when it ends
+    for _ in range(50):
+        time.sleep(0.1)
+        with engine.connect() as conn:
+            n = conn.execute(
+                text("SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'articles'")
+            ).scalar()
+        if n:
+            return float(n)
+    return 0.0
+
+
+def _run(
+    root: Path, workers: int, counts: str, database: str, args: argparse.Namespace
+) -> dict[str, float] | str:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     try:
-        child = subprocess.run(
-            [sys.executable, "-m", "bench.bootstrap", "--child", str(root), str(workers),
-             counts],
-            capture_output=True, text=True, timeout=timeout, env=env,
-        )  # fmt: skip
+        with scratch_database(database, args) as url:
+            child = subprocess.run(
+                [sys.executable, "-m", "bench.bootstrap", "--child", str(root), str(workers),
+                 counts, url],
+                capture_output=True, text=True, timeout=args.timeout, env=env,
+            )  # fmt: skip
     except subprocess.TimeoutExpired:
-        return f"timed out after {timeout:.0f} s"
+        return f"timed out after {args.timeout:.0f} s"
+    except Exception as exc:  # noqa: BLE001 - no database server: a note in the table
+        return f"no store: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
     if child.returncode:
         return (child.stderr.strip().splitlines() or ["failed"])[-1]
     figures: dict[str, float] = json.loads(child.stdout.rsplit("\n", 1)[-1])
     return figures
+
+
+def _count(n: float) -> str:
+    return "—" if math.isnan(n) else f"{n:,.0f}"
 
 
 def _hours(records: float, per_s: float) -> str:
@@ -119,29 +153,33 @@ def projected(r: dict[str, float], workers: int) -> float:
     return max(r["writer_cpu"], r["parse_cpu"] / workers) / r["n"]
 
 
-def _table(results: dict[tuple[int, str], dict[str, float] | str]) -> str:
+def _table(results: dict[tuple[int, str, str], dict[str, float] | str]) -> str:
     rows = [
-        "| parse workers, citation counts | files | records | wall s "
+        "| parse workers, citation counts, store | files | records | wall s "
         "| CPU s: all / writer / parse workers | records/s (wall) | records/s (CPU) "
-        "| peak RSS MiB (all) | ÷ workers=0 (wall) | ÷ workers=1 (wall) "
+        "| peak RSS MiB (all) | article rows updated (PostgreSQL) | ÷ workers=0 (wall) "
+        "| ÷ workers=1 (wall) "
         "| full baseline at the wall rate | … on idle cores (projected) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     rate = {k: r["n"] / r["wall"] for k, r in results.items() if isinstance(r, dict)}
-    for (w, counts), r in results.items():
-        name = f"{w}, {counts}"
+    for (w, counts, database), r in results.items():
+        name = f"{w}, {counts}, {database}"
         if isinstance(r, str):
-            rows.append(f"| {name} | — | — | — | — | — | — | — | — | — | — | {r} |")
+            rows.append(f"| {name} | — | — | — | — | — | — | — | — | — | — | — | {r} |")
             continue
         vs = [
-            f"{rate[w, counts] / rate[b, counts]:.2f}×" if (b, counts) in rate else "—"
+            f"{rate[w, counts, database] / rate[b, counts, database]:.2f}×"
+            if (b, counts, database) in rate
+            else "—"
             for b in (0, 1)
         ]
         rows.append(
             f"| {name} | {r['files']:.0f} | {r['n']:.0f} | {r['wall']:.2f} "
             f"| {r['cpu']:.2f} / {r['writer_cpu']:.2f} / {r['parse_cpu']:.2f} "
-            f"| {rate[w, counts]:,.0f} | {r['n'] / r['cpu']:,.0f} | {r['tree_mb']:.0f} "
-            f"| {vs[0]} | {vs[1]} | {_hours(BASELINE_RECORDS, rate[w, counts])} "
+            f"| {rate[w, counts, database]:,.0f} | {r['n'] / r['cpu']:,.0f} | {r['tree_mb']:.0f} "
+            f"| {_count(r.get('row_updates', math.nan))} "
+            f"| {vs[0]} | {vs[1]} | {_hours(BASELINE_RECORDS, rate[w, counts, database])} "
             f"| {_hours(BASELINE_RECORDS, 1 / projected(r, w))} on {w + 1} cores |"
         )
     return "\n".join(rows) + "\n"
@@ -167,11 +205,16 @@ def main(argv: list[str] | None = None) -> int:
         help="in-corpus citation counts: recounted once at the end (the bootstrap's way), "
         "or kept batch by batch",
     )
-    ap.add_argument("--child", nargs=3, metavar=("ROOT", "WORKERS", "COUNTS"),
+    ap.add_argument(
+        "--databases", nargs="+", choices=("sqlite", "postgresql"), default=["sqlite"],
+        help="stores to load (PostgreSQL: a scratch database on --pg-admin-url's server)",
+    )
+    ap.add_argument("--pg-admin-url", default=PG_ADMIN_URL)
+    ap.add_argument("--child", nargs=4, metavar=("ROOT", "WORKERS", "COUNTS", "URL"),
                     help=argparse.SUPPRESS)  # fmt: skip
     args = ap.parse_args(argv)
     if args.child:
-        _child(args.child[0], int(args.child[1]), args.child[2])
+        _child(args.child[0], int(args.child[1]), args.child[2], args.child[3])
         return 0
 
     args.workdir = args.workdir.resolve()
@@ -185,8 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         + "\n\n"
     )
     results = {
-        (w, c): _run(root, w, args.timeout, c) for w in args.workers for c in args.counts
-    }
+        (w, c, d): _run(root, w, c, d, args)
+        for d in args.databases for w in args.workers for c in args.counts
+    }  # fmt: skip
     sys.stdout.write(_table(results))
     sys.stdout.write(f"\nload average {os.getloadavg()[0]:.1f} after the table\n")
     return 0
