@@ -13,10 +13,14 @@ belongs to that path alone:
   dropped after it (``--pg-admin-url``; skipped with a note when the server is absent).
 * ``pubmed_parser`` — ``parse_medline_xml`` (defaults) on the same file: parse alone,
   the anchor every ratio is taken against.
+* ``sqlite-w2``, ``postgresql-w2`` — the same with 2 parse workers splitting the one
+  file (:func:`ingest.parse.iter_units`: each parses every other batch), side by side
+  with the 1-worker rows.
 * ``sqlite-w0`` — SQLite with the parse in the writer's process (``workers=0``): what
   overlapping parse and store gains.
-* ``scale-w1``, ``scale-w2`` — the scaling rows: the same number of records generated as
-  4 files (one file is parsed by one worker), with 1 and 2 parse workers.
+* ``scale-w1``, ``scale-w2``, ``scale-w2s`` — the scaling rows: the same number of
+  records generated as 4 files, with 1 and 2 parse workers (each file parsed by one of
+  them), and 2 workers splitting every file.
 
 Schema creation happens before the clock starts; the ingest itself is timed. The table
 gives records/s on the wall clock and on CPU time (user + system of the child and its
@@ -54,18 +58,25 @@ from typing import Any
 
 from bench.parse import corpus_file, peak_rss_kb
 
-PATHS = ("sqlite", "postgresql", "pubmed_parser", "sqlite-w0", "scale-w1", "scale-w2")
+PATHS = ("sqlite", "sqlite-w2", "postgresql", "postgresql-w2", "pubmed_parser", "sqlite-w0",
+         "scale-w1", "scale-w2", "scale-w2s")  # fmt: skip
 LABELS = {
     "sqlite": "litpulse ingest_files → SQLite (parse + store, 1 parse worker)",
+    "sqlite-w2": "litpulse ingest_files → SQLite, the file split over 2 parse workers",
     "postgresql": "litpulse ingest_files → PostgreSQL (parse + store, 1 parse worker)",
+    "postgresql-w2": "litpulse ingest_files → PostgreSQL, the file split over 2 parse workers",
     "pubmed_parser": "pubmed_parser.parse_medline_xml (parse only, anchor)",
     "sqlite-w0": "litpulse ingest_files → SQLite, parsed in the writer (0 workers)",
     "scale-w1": "scaling: the same records as 4 files → SQLite, 1 parse worker",
     "scale-w2": "scaling: the same records as 4 files → SQLite, 2 parse workers",
+    "scale-w2s": "scaling: the same records as 4 files → SQLite, 2 workers splitting each file",
 }
 #: Parse workers of each path (``ingest_files(workers=…)``).
-WORKERS = {"sqlite": 1, "postgresql": 1, "sqlite-w0": 0, "scale-w1": 1, "scale-w2": 2,
-           "profile": 0}  # fmt: skip
+WORKERS = {"sqlite": 1, "sqlite-w2": 2, "postgresql": 1, "postgresql-w2": 2, "sqlite-w0": 0,
+           "scale-w1": 1, "scale-w2": 2, "scale-w2s": 2, "profile": 0}  # fmt: skip
+#: Paths whose every file is split over the workers (``ingest_files(stripe=True)``); one
+#: file alone is split anyway (``stripe=None``, the default).
+STRIPED = {"scale-w2s"}
 #: Paths that ingest the corpus split into :data:`SCALE_FILES` files.
 SCALE_FILES = 4
 ANCHOR = "pubmed_parser"
@@ -148,7 +159,9 @@ class TreeSampler:
         return self.peak / 2**20, sum(self.cpu.values())
 
 
-def _ingest(paths: list[str], url: str, workers: int) -> dict[str, float]:
+def _ingest(
+    paths: list[str], url: str, workers: int, stripe: bool | None = None
+) -> dict[str, float]:
     """Ingest ``paths`` into ``url``: records stored, wall s, CPU s, tree RSS of the ingest."""
     from ingest.files import ingest_files
     from litpulse.core.db import connect
@@ -160,7 +173,7 @@ def _ingest(paths: list[str], url: str, workers: int) -> dict[str, float]:
     server0 = _server_cpu(engine)
     sampler = TreeSampler()
     t0, c0 = time.perf_counter(), time.process_time()
-    counts = ingest_files(settings, paths, workers=workers)
+    counts = ingest_files(settings, paths, workers=workers, stripe=stripe)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     tree_mb, workers_cpu = sampler.stop()
     out = {"n": counts.inserted + counts.updated, "wall": wall, "cpu": cpu + workers_cpu,
@@ -221,7 +234,7 @@ def _child(name: str, path: str, url: str) -> None:
         n, wall, cpu = _parse_only(path)
         out = {"n": n, "wall": wall, "cpu": cpu}
     else:
-        out = _ingest(paths, url, WORKERS[name])
+        out = _ingest(paths, url, WORKERS[name], True if name in STRIPED else None)
     out["rss_mb"] = peak_rss_kb() / 1024
     out.setdefault("tree_mb", out["rss_mb"])
     sys.stdout.write(json.dumps(out))
@@ -239,7 +252,7 @@ def scratch_database(name: str, args: argparse.Namespace) -> Iterator[str]:
     """
     from sqlalchemy import create_engine, text
 
-    if name not in ("postgresql",):
+    if not name.startswith("postgresql"):
         db_file = args.workdir / f"ingest-{name}.db"
         doomed = [Path(f"{db_file}{suffix}") for suffix in ("", "-wal", "-shm")]
         for f in doomed:
