@@ -35,7 +35,8 @@ default) a further child runs the SQLite ingest with the parse in-process
 (``workers=0``, so cProfile sees parse, prepare and store) and the top functions by
 cumulative and by self time are printed, each tagged parse or store, with the parse/store
 split and a breakdown of the store's phases. Never pass/fail; the machine is shared, so
-the load average is printed.
+the load average is printed, and ``--repeat N`` runs the paths N times interleaved and
+shows each one's run of median wall time.
 
     python -m bench.ingest --records 20000
 """
@@ -390,6 +391,13 @@ def _profile_report(prof_file: Path, top: int) -> str:
     return "\n".join(out) + "\n"
 
 
+def _median(runs: list[dict[str, float] | str]) -> dict[str, float] | str:
+    """The run of median wall time (the upper middle of an even number); a failure if all
+    failed."""
+    done = sorted((r for r in runs if not isinstance(r, str)), key=lambda r: r["wall"])
+    return done[len(done) // 2] if done else runs[-1]
+
+
 def _split_corpus(workdir: Path, records: int, seed: int) -> str:
     """The same number of records as :data:`SCALE_FILES` files (``os.pathsep``-joined)."""
     from litpulse.app.demo.generate import generate_corpus
@@ -413,6 +421,10 @@ def main(argv: list[str] | None = None) -> int:
         help="also profile the SQLite ingest with cProfile (default on)",
     )  # fmt: skip
     ap.add_argument("--top", type=int, default=15, help="functions per profile table")
+    ap.add_argument(
+        "--repeat", type=int, default=1,
+        help="run the paths this many times, interleaved; each row is the median run",
+    )  # fmt: skip
     ap.add_argument("--pg-admin-url", default=PG_ADMIN_URL)
     ap.add_argument("--timeout", type=float, default=1800.0)
     ap.add_argument("--child", nargs=3, metavar=("PATH", "FILE", "URL"), help=argparse.SUPPRESS)
@@ -430,11 +442,14 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs (shared), ")
     sys.stdout.write("load average (1/5/15 min) at start: " + "/".join(f"{x:.1f}" for x in load))
     split = _split_corpus(args.workdir, args.records, args.seed)
-    results = {
-        name: _run_path(name, split if name.startswith("scale") else path, args)
-        for name in args.only
-    }
+    runs: dict[str, list[dict[str, float] | str]] = {name: [] for name in args.only}
+    for _round in range(args.repeat):  # interleaved: a change of load hits every path
+        for name in args.only:
+            runs[name].append(_run_path(name, split if name.startswith("scale") else path, args))
+    results = {name: _median(got) for name, got in runs.items()}
     sys.stdout.write("\n\n")
+    if args.repeat > 1:
+        sys.stdout.write(f"each row: the run of median wall time of {args.repeat}, interleaved\n\n")
     sys.stdout.write(_table(results))
     sys.stdout.write(f"\nload average {os.getloadavg()[0]:.1f} after the table\n")
 

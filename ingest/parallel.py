@@ -20,6 +20,20 @@ of a second (a pipe only the caller holds reaches end-of-file) and exit.
 
 ``workers=0`` parses in the caller's process (tests, debugging; the same items).
 
+**Striping** (one file over several workers): a job is *striped* when every worker
+parses it, each its stripe of the file's units (:func:`ingest.parse.iter_units`: every
+worker decompresses and cuts the whole file, which is cheap, ~10 % of the parse, and
+parses, reads and prepares only the units ``u`` with ``u % N == w``; a unit is one batch
+of about :data:`ingest.parse.BATCH_BYTES`, or one stretch that is not a record). A worker
+sends each unit's items followed by ``None``, and the caller reads unit 0 from worker 0,
+unit 1 from worker 1… so the items still come out in file order; the worker the unit
+after the last would belong to sends the job's end. By default the jobs of a sequence
+left when fewer remain than workers are striped (one file alone: all of it), so a single
+file is no longer bound by one process; the jobs before them go one per worker, which
+costs no duplicate cutting. A worker's exception or death is raised where the caller
+next needs one of its units (every item before it was read), and the bounds, spilling
+(one spill file per worker and job) and kill safety are those of whole jobs.
+
 **Lazy jobs** (an iterable that is not a sequence, e.g. files as they finish
 downloading): a feeder thread takes the next job only when it may go to a worker — at
 most ``workers`` jobs are handed out from the one the caller reads on — so taking a job

@@ -18,6 +18,10 @@ each ``PubmedArticle`` by walking libxml2's nodes in C, with the same rules and 
 as the Python code, which takes every record the compiled one is unsure of.
 Documents that are not a ``PubmedArticleSet`` go through an incremental pull parser
 (``XMLPullParser`` with ``tag=`` filtering, elements cleared as it goes) instead.
+:func:`iter_units` lets several processes share one file: each cuts the whole stream
+(cheap) but parses and reads only its stripe of the batches ("units"); read in unit
+order, the stripes are exactly the items of :func:`iter_items`
+(:mod:`ingest.parallel` does that with its parse workers).
 
 Hostile or broken input costs one record, never the file: a batch that is not
 well-formed is parsed again record by record, so a bad byte, a mismatched tag or a
