@@ -101,14 +101,15 @@ def test_stopping_early_stops_the_workers(files: list[Path]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("chunk", "queued", "wait"),
-    [(5, 1, 0.0), (20, 50, 3.0)],
-    ids=["parsing", "done, output unread"],
+    ("chunk", "queued", "wait", "n_files"),
+    [(5, 1, 0.0, 3), (20, 50, 3.0, 3), (5, 1, 0.0, 1)],
+    ids=["parsing", "done, output unread", "one file split over both"],
 )
 def test_workers_exit_when_their_caller_is_killed(
-    files: list[Path], chunk: int, queued: int, wait: float
+    files: list[Path], chunk: int, queued: int, wait: float, n_files: int
 ) -> None:
     """Whether a worker is still parsing or has finished with its output unread."""
+    files = files[:n_files]
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
