@@ -36,17 +36,18 @@ next needs one of its units (every item before it was read), and the bounds, spi
 
 **Lazy jobs** (an iterable that is not a sequence, e.g. files as they finish
 downloading): a feeder thread takes the next job only when it may go to a worker — at
-most ``workers`` jobs are handed out from the one the caller reads on — so taking a job
-may block (on a download) without stopping the caller, which reads the jobs already out.
+most ``workers`` jobs beyond the one the caller reads, so even one worker parses the
+next file while the caller stores the current one — so taking a job may block (on a
+download) without stopping the caller, which reads the jobs already out.
 An exception raised by the iterable is raised where the caller asks for that job.
 
 **Spilling** (``spill_dir``): with bounded queues a worker can run only a few chunks
-ahead of the caller, so a second worker could not parse the next file while the caller
-stores the current one. With ``spill_dir``, a worker whose job the caller has not
+ahead of the caller, so a worker could not parse the next file while the caller stores
+the current one. With ``spill_dir``, a worker whose job the caller has not
 reached yet writes its chunks to a file there instead of waiting (pickled, as the queue
 would send them); when the caller reaches the job it reads that file, then the rest
 streams through the queue. Memory stays flat; disk holds at most the prepared items of
-the ``workers - 1`` jobs ahead. The files are removed as they are read and on exit.
+the ``workers`` jobs ahead. The files are removed as they are read and on exit.
 
 Example:
     >>> from ingest.parse import source_ref_for
@@ -121,7 +122,7 @@ def parse_ordered(
 
     Args:
         jobs: ``(path, source_ref)`` per file, in the order to apply them: a sequence,
-            or a lazy iterable (taken at most ``workers`` jobs ahead of the caller).
+            or a lazy iterable (taken at most ``workers`` jobs beyond the one read).
         workers: Parse processes (``0``: parse here, in this process).
         limits: :class:`ingest.parse.ParseLimits` (default: its defaults).
         queue_batches: Chunks that may wait per worker (bounds memory;
@@ -244,7 +245,7 @@ def _can_stripe(parse: Callable[..., Any] | None, units: Callable[..., Any] | No
 
 
 class _Feeder(threading.Thread):
-    """Hands lazy jobs to their workers, at most ``n`` from the one the caller reads on."""
+    """Hands lazy jobs to their workers, at most ``n`` beyond the one the caller reads."""
 
     def __init__(
         self,
@@ -267,7 +268,7 @@ class _Feeder(threading.Thread):
             index = 0
             while True:
                 with self.cond:
-                    while not self.stopped and index >= self.reading + self.n:
+                    while not self.stopped and index > self.reading + self.n:
                         self.cond.wait(_POLL_S)
                     if self.stopped:
                         return

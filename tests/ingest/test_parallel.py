@@ -183,25 +183,27 @@ def test_lazy_jobs_and_spilling_give_the_same_items(files: list[Path], tmp_path:
 def test_lazy_jobs_are_taken_at_most_workers_ahead_and_their_error_surfaces(
     files: list[Path],
 ) -> None:
+    """Up to ``workers`` jobs beyond the one read are handed out (with one worker, the next
+    file is parsed while the caller stores the current one), no more."""
     taken: list[Path] = []
 
     def jobs() -> Iterator[tuple[Path, SourceRef]]:
-        for p in [*files, files[0]]:
-            if len(taken) == 3:
-                raise ChecksumError("the fourth file is bad")
+        for p in [*files, files[0], files[1]]:
+            if len(taken) == 4:
+                raise ChecksumError("the fifth file is bad")
             taken.append(p)
             yield p, source_ref_for(p)
 
     parsed = parse_ordered(jobs(), workers=2, chunk_items=5, queue_batches=1)
     read = []
-    with pytest.raises(ChecksumError, match="fourth"):
+    with pytest.raises(ChecksumError, match="fifth"):
         for index, items in parsed:
             first = next(items)
             if index == 0:
                 time.sleep(0.5)
-                assert len(taken) == 2  # jobs 0 and 1 handed out, job 2 not yet
+                assert len(taken) == 3  # jobs 0, 1 and 2 handed out, job 3 not yet
             read.append([key(first), *(key(it) for it in items)])
-    assert read == read_all(files, 0)  # the jobs before the bad one, whole
+    assert read == read_all([*files, files[0]], 0)  # the jobs before the bad one, whole
     assert not parse_children()
 
 
@@ -400,4 +402,24 @@ def test_a_striped_file_stops_its_workers_when_the_caller_stops(
     next(items)
     assert len(parse_children()) == 2
     parsed.close()
+    assert not parse_children()
+
+
+def test_one_worker_parses_the_next_lazy_job_while_the_caller_reads(
+    files: list[Path], tmp_path: Path
+) -> None:
+    """With one worker, the next file is parsed (spilled) before the caller reaches it."""
+    lazy = ((p, source_ref_for(p)) for p in files)
+    parsed = parse_ordered(lazy, workers=1, chunk_items=5, spill_dir=tmp_path)
+    _index, items = next(parsed)
+    got = [[key(it) for it in items]]  # job 0 read whole; the caller is not at job 1 yet
+    deadline = time.monotonic() + 20
+    spilled: list[Path] = []
+    while not spilled and time.monotonic() < deadline:
+        spilled = [p for p in tmp_path.rglob("job-1.pkl") if p.stat().st_size]
+        time.sleep(0.05)
+    assert spilled
+    got += [[key(it) for it in items] for _i, items in parsed]
+    assert got == read_all(files, 0)
+    assert list(tmp_path.iterdir()) == []
     assert not parse_children()
