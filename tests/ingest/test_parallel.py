@@ -423,3 +423,31 @@ def test_one_worker_parses_the_next_lazy_job_while_the_caller_reads(
     assert got == read_all(files, 0)
     assert list(tmp_path.iterdir()) == []
     assert not parse_children()
+
+
+def test_a_striped_worker_failing_after_its_last_unit_raises_when_next_needed(
+    files: list[Path],
+) -> None:
+    """Part 1 fails once its units of the first file are sent: its error is raised where
+    the caller next needs that worker (the end of the file, or the next file), never a
+    hang or a protocol error, and every item before it is the right one."""
+    jobs = [(p, source_ref_for(p)) for p in files]
+    want = [k for job in read_all(files, 0) for k in job]
+    got: list[tuple[object, ...]] = []
+    with pytest.raises(RuntimeError, match="after the units of part 1"):
+        for _index, items in parse_ordered(jobs, workers=2, stripe=True, units=failing_at_end):
+            got.extend(key(it) for it in items)
+    assert got == want[: len(got)]
+    assert len(got) >= len(read_all(files[:1], 0)[0])  # the first file whole
+    assert not parse_children()
+
+
+def failing_at_end(
+    path: Path, *, source_ref: SourceRef, limits: Any, part: int, parts: int
+) -> Iterator[Any]:
+    """A unit parser (by name) whose part 1 raises after its units of the first file."""
+    for u, items in iter_units(path, part=part, parts=parts, source_ref=source_ref,
+                               limits=limits):  # fmt: skip
+        if items is None and part == 1 and os.fspath(path).endswith("0001.xml.gz"):
+            raise RuntimeError("after the units of part 1")
+        yield u, items
