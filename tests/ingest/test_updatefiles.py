@@ -23,8 +23,13 @@ from tests.emulator import Emulator, running_emulator
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> CorpusManifest:
     """300 records in 3 update files; revisions and deletions land in later files."""
     return generate_corpus(
-        tmp_path_factory.mktemp("upd"), n_records=300, n_files=3, seed=3,
-        revise_fraction=0.1, delete_fraction=0.03, first_file_number=1275,
+        tmp_path_factory.mktemp("upd"),
+        n_records=300,
+        n_files=3,
+        seed=3,
+        revise_fraction=0.1,
+        delete_fraction=0.03,
+        first_file_number=1275,
     )
 
 
@@ -39,9 +44,7 @@ def emu(corpus: CorpusManifest) -> Iterator[Emulator]:
 def _applied(settings: Settings) -> list[tuple[str, int]]:
     with db.connect(settings).connect() as conn:
         rows = conn.execute(
-            select(source_files.c.name, source_files.c.sequence).order_by(
-                source_files.c.applied_at
-            )
+            select(source_files.c.name, source_files.c.sequence).order_by(source_files.c.applied_at)
         )
         return [(r[0], r[1]) for r in rows]
 
@@ -69,14 +72,15 @@ def test_parse_listing_and_md5() -> None:
         parse_md5(f"MD5(pubmed26n0002.xml.gz)= {digest}", "pubmed26n0001.xml.gz")
 
 
+@pytest.mark.parametrize("workers", [None, 2], ids=["default workers", "each file split over 2"])
 def test_files_are_applied_in_order_to_the_expected_state(
-    emu: Emulator, settings: Settings, corpus: CorpusManifest
+    emu: Emulator, settings: Settings, corpus: CorpusManifest, workers: int | None
 ) -> None:
     s = emu.configure(settings)
     assert [f.name for f in list_remote_files(s)] == [p.name for p in corpus.files]
-    first = apply_updates(s, max_files=1)
+    first = apply_updates(s, max_files=1, workers=workers)
     assert _applied(s) == [(corpus.files[0].name, 1275)]
-    rest = apply_updates(s)
+    rest = apply_updates(s, workers=workers)
     assert [n for n, _ in _applied(s)] == [p.name for p in corpus.files]
     assert _live(s) == set(corpus.live_pmids)
     assert (first + rest).deleted == len(corpus.deleted_pmids)
@@ -137,7 +141,12 @@ def test_baseline_first_then_updates_and_a_file_mirror(
 ) -> None:
     base = generate_corpus(tmp_path / "b", n_records=60, n_files=2, seed=8, md5=True)
     upd = generate_corpus(
-        tmp_path / "u", n_records=60, n_files=1, seed=9, md5=True, first_file_number=3,
+        tmp_path / "u",
+        n_records=60,
+        n_files=1,
+        seed=9,
+        md5=True,
+        first_file_number=3,
         start_date=base.config.start_date.replace(year=2025),
     )
     mirror = tmp_path / "mirror"
