@@ -23,13 +23,8 @@ from tests.emulator import Emulator, running_emulator
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> CorpusManifest:
     """300 records in 3 update files; revisions and deletions land in later files."""
     return generate_corpus(
-        tmp_path_factory.mktemp("upd"),
-        n_records=300,
-        n_files=3,
-        seed=3,
-        revise_fraction=0.1,
-        delete_fraction=0.03,
-        first_file_number=1275,
+        tmp_path_factory.mktemp("upd"), n_records=300, n_files=3, seed=3,
+        revise_fraction=0.1, delete_fraction=0.03, first_file_number=1275,
     )
 
 
@@ -44,7 +39,9 @@ def emu(corpus: CorpusManifest) -> Iterator[Emulator]:
 def _applied(settings: Settings) -> list[tuple[str, int]]:
     with db.connect(settings).connect() as conn:
         rows = conn.execute(
-            select(source_files.c.name, source_files.c.sequence).order_by(source_files.c.applied_at)
+            select(source_files.c.name, source_files.c.sequence).order_by(
+                source_files.c.applied_at
+            )
         )
         return [(r[0], r[1]) for r in rows]
 
@@ -141,12 +138,7 @@ def test_baseline_first_then_updates_and_a_file_mirror(
 ) -> None:
     base = generate_corpus(tmp_path / "b", n_records=60, n_files=2, seed=8, md5=True)
     upd = generate_corpus(
-        tmp_path / "u",
-        n_records=60,
-        n_files=1,
-        seed=9,
-        md5=True,
-        first_file_number=3,
+        tmp_path / "u", n_records=60, n_files=1, seed=9, md5=True, first_file_number=3,
         start_date=base.config.start_date.replace(year=2025),
     )
     mirror = tmp_path / "mirror"
