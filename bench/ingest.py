@@ -13,10 +13,14 @@ belongs to that path alone:
   dropped after it (``--pg-admin-url``; skipped with a note when the server is absent).
 * ``pubmed_parser`` — ``parse_medline_xml`` (defaults) on the same file: parse alone,
   the anchor every ratio is taken against.
+* ``sqlite-w2``, ``postgresql-w2`` — the same with 2 parse workers splitting the one
+  file (:func:`ingest.parse.iter_units`: each parses every other batch), side by side
+  with the 1-worker rows.
 * ``sqlite-w0`` — SQLite with the parse in the writer's process (``workers=0``): what
   overlapping parse and store gains.
-* ``scale-w1``, ``scale-w2`` — the scaling rows: the same number of records generated as
-  4 files (one file is parsed by one worker), with 1 and 2 parse workers.
+* ``scale-w1``, ``scale-w2``, ``scale-w2s`` — the scaling rows: the same number of
+  records generated as 4 files, with 1 and 2 parse workers (each file parsed by one of
+  them), and 2 workers splitting every file.
 
 Schema creation happens before the clock starts; the ingest itself is timed. The table
 gives records/s on the wall clock and on CPU time (user + system of the child and its
@@ -31,7 +35,8 @@ default) a further child runs the SQLite ingest with the parse in-process
 (``workers=0``, so cProfile sees parse, prepare and store) and the top functions by
 cumulative and by self time are printed, each tagged parse or store, with the parse/store
 split and a breakdown of the store's phases. Never pass/fail; the machine is shared, so
-the load average is printed.
+the load average is printed, and ``--repeat N`` runs the paths N times interleaved and
+shows each one's run of median wall time.
 
     python -m bench.ingest --records 20000
 """
@@ -54,18 +59,25 @@ from typing import Any
 
 from bench.parse import corpus_file, peak_rss_kb
 
-PATHS = ("sqlite", "postgresql", "pubmed_parser", "sqlite-w0", "scale-w1", "scale-w2")
+PATHS = ("sqlite", "sqlite-w2", "postgresql", "postgresql-w2", "pubmed_parser", "sqlite-w0",
+         "scale-w1", "scale-w2", "scale-w2s")  # fmt: skip
 LABELS = {
     "sqlite": "litpulse ingest_files → SQLite (parse + store, 1 parse worker)",
+    "sqlite-w2": "litpulse ingest_files → SQLite, the file split over 2 parse workers",
     "postgresql": "litpulse ingest_files → PostgreSQL (parse + store, 1 parse worker)",
+    "postgresql-w2": "litpulse ingest_files → PostgreSQL, the file split over 2 parse workers",
     "pubmed_parser": "pubmed_parser.parse_medline_xml (parse only, anchor)",
     "sqlite-w0": "litpulse ingest_files → SQLite, parsed in the writer (0 workers)",
     "scale-w1": "scaling: the same records as 4 files → SQLite, 1 parse worker",
     "scale-w2": "scaling: the same records as 4 files → SQLite, 2 parse workers",
+    "scale-w2s": "scaling: the same records as 4 files → SQLite, 2 workers splitting each file",
 }
 #: Parse workers of each path (``ingest_files(workers=…)``).
-WORKERS = {"sqlite": 1, "postgresql": 1, "sqlite-w0": 0, "scale-w1": 1, "scale-w2": 2,
-           "profile": 0}  # fmt: skip
+WORKERS = {"sqlite": 1, "sqlite-w2": 2, "postgresql": 1, "postgresql-w2": 2, "sqlite-w0": 0,
+           "scale-w1": 1, "scale-w2": 2, "scale-w2s": 2, "profile": 0}  # fmt: skip
+#: Paths whose every file is split over the workers (``ingest_files(stripe=True)``); one
+#: file alone is split anyway (``stripe=None``, the default).
+STRIPED = {"scale-w2s"}
 #: Paths that ingest the corpus split into :data:`SCALE_FILES` files.
 SCALE_FILES = 4
 ANCHOR = "pubmed_parser"
@@ -148,7 +160,9 @@ class TreeSampler:
         return self.peak / 2**20, sum(self.cpu.values())
 
 
-def _ingest(paths: list[str], url: str, workers: int) -> dict[str, float]:
+def _ingest(
+    paths: list[str], url: str, workers: int, stripe: bool | None = None
+) -> dict[str, float]:
     """Ingest ``paths`` into ``url``: records stored, wall s, CPU s, tree RSS of the ingest."""
     from ingest.files import ingest_files
     from litpulse.core.db import connect
@@ -160,7 +174,7 @@ def _ingest(paths: list[str], url: str, workers: int) -> dict[str, float]:
     server0 = _server_cpu(engine)
     sampler = TreeSampler()
     t0, c0 = time.perf_counter(), time.process_time()
-    counts = ingest_files(settings, paths, workers=workers)
+    counts = ingest_files(settings, paths, workers=workers, stripe=stripe)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     tree_mb, workers_cpu = sampler.stop()
     out = {"n": counts.inserted + counts.updated, "wall": wall, "cpu": cpu + workers_cpu,
@@ -221,7 +235,7 @@ def _child(name: str, path: str, url: str) -> None:
         n, wall, cpu = _parse_only(path)
         out = {"n": n, "wall": wall, "cpu": cpu}
     else:
-        out = _ingest(paths, url, WORKERS[name])
+        out = _ingest(paths, url, WORKERS[name], True if name in STRIPED else None)
     out["rss_mb"] = peak_rss_kb() / 1024
     out.setdefault("tree_mb", out["rss_mb"])
     sys.stdout.write(json.dumps(out))
@@ -239,7 +253,7 @@ def scratch_database(name: str, args: argparse.Namespace) -> Iterator[str]:
     """
     from sqlalchemy import create_engine, text
 
-    if name not in ("postgresql",):
+    if not name.startswith("postgresql"):
         db_file = args.workdir / f"ingest-{name}.db"
         doomed = [Path(f"{db_file}{suffix}") for suffix in ("", "-wal", "-shm")]
         for f in doomed:
@@ -377,6 +391,13 @@ def _profile_report(prof_file: Path, top: int) -> str:
     return "\n".join(out) + "\n"
 
 
+def _median(runs: list[dict[str, float] | str]) -> dict[str, float] | str:
+    """The run of median wall time (the upper middle of an even number); a failure if all
+    failed."""
+    done = sorted((r for r in runs if not isinstance(r, str)), key=lambda r: r["wall"])
+    return done[len(done) // 2] if done else runs[-1]
+
+
 def _split_corpus(workdir: Path, records: int, seed: int) -> str:
     """The same number of records as :data:`SCALE_FILES` files (``os.pathsep``-joined)."""
     from litpulse.app.demo.generate import generate_corpus
@@ -400,6 +421,10 @@ def main(argv: list[str] | None = None) -> int:
         help="also profile the SQLite ingest with cProfile (default on)",
     )  # fmt: skip
     ap.add_argument("--top", type=int, default=15, help="functions per profile table")
+    ap.add_argument(
+        "--repeat", type=int, default=1,
+        help="run the paths this many times, interleaved; each row is the median run",
+    )  # fmt: skip
     ap.add_argument("--pg-admin-url", default=PG_ADMIN_URL)
     ap.add_argument("--timeout", type=float, default=1800.0)
     ap.add_argument("--child", nargs=3, metavar=("PATH", "FILE", "URL"), help=argparse.SUPPRESS)
@@ -417,11 +442,14 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs (shared), ")
     sys.stdout.write("load average (1/5/15 min) at start: " + "/".join(f"{x:.1f}" for x in load))
     split = _split_corpus(args.workdir, args.records, args.seed)
-    results = {
-        name: _run_path(name, split if name.startswith("scale") else path, args)
-        for name in args.only
-    }
+    runs: dict[str, list[dict[str, float] | str]] = {name: [] for name in args.only}
+    for _round in range(args.repeat):  # interleaved: a change of load hits every path
+        for name in args.only:
+            runs[name].append(_run_path(name, split if name.startswith("scale") else path, args))
+    results = {name: _median(got) for name, got in runs.items()}
     sys.stdout.write("\n\n")
+    if args.repeat > 1:
+        sys.stdout.write(f"each row: the run of median wall time of {args.repeat}, interleaved\n\n")
     sys.stdout.write(_table(results))
     sys.stdout.write(f"\nload average {os.getloadavg()[0]:.1f} after the table\n")
 

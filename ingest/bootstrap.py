@@ -15,14 +15,15 @@ share it:
   (:func:`prefetch_file`).
 * **One writer** (:func:`load_files`, holding the lease ``bootstrap-writer``) reads one
   :func:`ingest.parallel.parse_ordered` stream over the staged files in order: ``workers``
-  parse processes take the next files as they are staged (at most ``workers`` from the
+  parse processes take the next files as they are staged (at most ``workers`` beyond the
   one being stored; one ahead of the writer spills its prepared items to the staging
   folder instead of waiting), so N workers parse the next N files while the writer
-  stores the current one. The writer applies the items strictly in file order, records
-  each file in ``source_files`` (:func:`ingest.updatefiles._store_file`) once its last
-  batch commits, and deletes its download. A file nobody staged yet is staged by the
-  stream itself, so the writer never depends on a stager (no deadlock whatever the
-  stagers do); a file another live process is staging is waited for.
+  stores the current one (one worker: the next file). The writer applies the items
+  strictly in file order, records each file in ``source_files``
+  (:func:`ingest.updatefiles._store_file`) once its last batch commits, and deletes its
+  download. A file nobody staged yet is staged by the stream itself, so the writer never
+  depends on a stager (no deadlock whatever the stagers do); a file another live process
+  is staging is waited for.
 
 Why one ordered writer: the store's rules make the live set independent of the order
 files arrive in, but not every row: a deletion read before the record it deletes leaves
@@ -38,11 +39,10 @@ resumed; (c) a file partly applied, replayed to where it stopped and continued (
 the next start; (e) spill files of the parse workers (``litpulse-spill-*``), removed at
 the next start. A second run with nothing pending records no run and says so.
 
-Disk: at most ``prefetch + max(workers, 1)`` staged files: the one being applied, the
-next ``workers - 1`` in the parse workers' hands, and ``prefetch`` downloaded ahead of
-those (plus, under Airflow, one per fetcher in flight); and the spilled items of at most
-``workers - 1`` files ahead of the writer (prepared records, several times their
-compressed size).
+Disk: at most ``prefetch + workers + 1`` staged files: the one being applied, the next
+``workers`` in the parse workers' hands, and ``prefetch`` downloaded ahead of those (plus,
+under Airflow, one per fetcher in flight); and the spilled items of at most ``workers``
+files ahead of the writer (prepared records, several times their compressed size).
 
 Example:
     >>> report = load_files(settings, workers=4, prefetch=2)   # doctest: +SKIP

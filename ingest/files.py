@@ -74,12 +74,14 @@ def ingest_files(
     progress: bool = False,
     batch_size: int | None = None,
     workers: int | None = None,
+    stripe: bool | None = None,
 ) -> IngestCounts:
     """Parse and store the given files in order, as one ingest run (source ``files``).
 
     Files are parsed in ``workers`` processes while this one stores
-    (:func:`ingest.parallel.parse_ordered`); items are stored in file order whatever
-    the number of workers.
+    (:func:`ingest.parallel.parse_ordered`): each file by one of them, and the files left
+    when fewer remain than workers (one file alone) split over all of them; items are
+    stored in file order whatever the number of workers.
 
     Args:
         settings: Where the store is.
@@ -87,6 +89,8 @@ def ingest_files(
         progress: Show a progress bar per file (tqdm, on stderr).
         batch_size: Items per database transaction (default ``settings.store_batch``).
         workers: Parse processes (default ``settings.ingest_workers``; 0: parse here).
+        stripe: Split every file over the workers (``True``), none (``False``), or as
+            above (``None``); see :func:`ingest.parallel.parse_ordered`.
 
     Returns:
         The counts over all files. Running the same files again gives
@@ -126,7 +130,7 @@ def ingest_files(
         n_workers = settings.ingest_workers if workers is None else workers
         parsed = parse_ordered(
             jobs, workers=n_workers, limits=limits, parse=parse.iter_items,
-            queue_batches=queue_batches_for(size),
+            queue_batches=queue_batches_for(size), stripe=stripe,
         )  # fmt: skip
         with contextlib.closing(parsed):
             for index, items in parsed:

@@ -20,19 +20,34 @@ of a second (a pipe only the caller holds reaches end-of-file) and exit.
 
 ``workers=0`` parses in the caller's process (tests, debugging; the same items).
 
+**Striping** (one file over several workers): a job is *striped* when every worker
+parses it, each its stripe of the file's units (:func:`ingest.parse.iter_units`: every
+worker decompresses and cuts the whole file, which is cheap, ~10 % of the parse, and
+parses, reads and prepares only the units ``u`` with ``u % N == w``; a unit is one batch
+of about :data:`ingest.parse.BATCH_BYTES`, or one stretch that is not a record). A worker
+sends each unit's items followed by ``None``, and the caller reads unit 0 from worker 0,
+unit 1 from worker 1… so the items still come out in file order; the worker the unit
+after the last would belong to sends the job's end. By default the jobs of a sequence
+left when fewer remain than workers are striped (one file alone: all of it), so a single
+file is no longer bound by one process; the jobs before them go one per worker, which
+costs no duplicate cutting. A worker's exception or death is raised where the caller
+next needs one of its units (every item before it was read), and the bounds, spilling
+(one spill file per worker and job) and kill safety are those of whole jobs.
+
 **Lazy jobs** (an iterable that is not a sequence, e.g. files as they finish
 downloading): a feeder thread takes the next job only when it may go to a worker — at
-most ``workers`` jobs are handed out from the one the caller reads on — so taking a job
-may block (on a download) without stopping the caller, which reads the jobs already out.
+most ``workers`` jobs beyond the one the caller reads, so even one worker parses the
+next file while the caller stores the current one — so taking a job may block (on a
+download) without stopping the caller, which reads the jobs already out.
 An exception raised by the iterable is raised where the caller asks for that job.
 
 **Spilling** (``spill_dir``): with bounded queues a worker can run only a few chunks
-ahead of the caller, so a second worker could not parse the next file while the caller
-stores the current one. With ``spill_dir``, a worker whose job the caller has not
+ahead of the caller, so a worker could not parse the next file while the caller stores
+the current one. With ``spill_dir``, a worker whose job the caller has not
 reached yet writes its chunks to a file there instead of waiting (pickled, as the queue
 would send them); when the caller reaches the job it reads that file, then the rest
 streams through the queue. Memory stays flat; disk holds at most the prepared items of
-the ``workers - 1`` jobs ahead. The files are removed as they are read and on exit.
+the ``workers`` jobs ahead. The files are removed as they are read and on exit.
 
 Example:
     >>> from ingest.parse import source_ref_for
@@ -100,12 +115,14 @@ def parse_ordered(
     prepare: bool = True,
     parse: Callable[..., Iterator[Any]] | None = None,
     spill_dir: Path | None = None,
+    stripe: bool | None = None,
+    units: Callable[..., Iterator[tuple[int, Iterator[Any] | None]]] | None = None,
 ) -> Generator[tuple[int, Iterator[StoreItem]], None, None]:
     """Parse ``jobs`` in ``workers`` processes; yield ``(job index, items)`` in job order.
 
     Args:
         jobs: ``(path, source_ref)`` per file, in the order to apply them: a sequence,
-            or a lazy iterable (taken at most ``workers`` jobs ahead of the caller).
+            or a lazy iterable (taken at most ``workers`` jobs beyond the one read).
         workers: Parse processes (``0``: parse here, in this process).
         limits: :class:`ingest.parse.ParseLimits` (default: its defaults).
         queue_batches: Chunks that may wait per worker (bounds memory;
@@ -117,6 +134,14 @@ def parse_ordered(
             be sent by name (a closure, a test double) runs in this process instead.
         spill_dir: Where workers ahead of the caller spill their chunks (``None``: they
             wait on their bounded queue instead).
+        stripe: Parse a job in all the workers at once, each its stripe of the file's
+            units (:func:`ingest.parse.iter_units`): ``True`` every job; ``None`` (the
+            default) the jobs of a sequence that are left when fewer remain than workers
+            (the last ``len(jobs) % workers``: one file alone is striped), never a lazy
+            job; ``False`` never. Needs ``workers >= 2`` and the default parser (or
+            ``units``).
+        units: The unit parser of striped jobs, called as ``units(path, source_ref=,
+            limits=, part=, parts=)`` (default :func:`ingest.parse.iter_units`), by name.
 
     Yields:
         The index of each job and an iterator of its items. Read each job's items to
@@ -126,7 +151,7 @@ def parse_ordered(
         WorkerError: A worker died before finishing its jobs.
         ValueError: A bad ``workers``, ``queue_batches`` or ``chunk_items``.
         Exception: Whatever a worker raised (:class:`~litpulse.core.errors.ParseError`
-            for a file it cannot open...), where its job is read.
+            for a file it cannot open...), where its job (its unit, when striped) is read.
     """
     if workers < 0 or queue_batches < 1 or chunk_items < 1:
         raise ValueError(
@@ -141,7 +166,17 @@ def parse_ordered(
             yield index, _parse_here(path, ref, limits, prepare, parse)
         return
     lazy = not isinstance(jobs, Sequence)
-    n = workers if lazy else min(workers, len(jobs))  # type: ignore[arg-type]
+    striping = stripe is not False and workers >= 2 and _can_stripe(parse, units)
+    parts_of: list[int] = []  # per job of a sequence: 1, or the workers sharing it
+    if lazy:
+        n = workers
+        striping = striping and stripe is True
+    else:
+        count = len(jobs)  # type: ignore[arg-type]
+        tail = count if stripe else count % workers
+        striping = striping and tail > 0
+        n = workers if striping else min(workers, count)
+        parts_of = [n if striping and i >= count - tail else 1 for i in range(count)]
     if n == 0:
         return
     ctx: Any = multiprocessing.get_context(start_method())
@@ -161,11 +196,15 @@ def parse_ordered(
                 mine = ctx.Queue()
                 job_queues.append(mine)
             else:
-                mine = [(i, str(p), ref) for i, (p, ref) in enumerate(jobs) if i % n == w]
+                mine = [
+                    (i, str(p), ref, w if parts > 1 else 0, parts)
+                    for i, ((p, ref), parts) in enumerate(zip(jobs, parts_of, strict=True))
+                    if parts > 1 or i % n == w
+                ]
             q = ctx.Queue(maxsize=queue_batches)
             proc = ctx.Process(
                 target=_worker,
-                args=(mine, limits, prepare, chunk_items, q, keep_r, parse, at, spill),
+                args=(mine, limits, prepare, chunk_items, q, keep_r, parse, at, spill, units),
                 name=f"litpulse-parse-{w}",
                 daemon=True,
             )
@@ -174,11 +213,15 @@ def parse_ordered(
             procs.append(proc)
         keep_r.close()
         if lazy:
-            feeder = _Feeder(iter(jobs), job_queues, n)
+            feeder = _Feeder(iter(jobs), job_queues, n, striping)
             feeder.start()
         for index, path in enumerate(feeder.paths() if feeder else (p for p, _r in jobs)):
             at.value = index
-            reader = _JobReader(index, path, queues[index % n], procs[index % n])
+            reader: _JobReader | _StripedReader
+            if striping and (lazy or parts_of[index] > 1):
+                reader = _StripedReader(index, path, queues, procs)
+            else:
+                reader = _JobReader(index, path, queues[index % n], procs[index % n])
             yield index, iter(reader)
             reader.drain()
     finally:
@@ -190,12 +233,29 @@ def parse_ordered(
             shutil.rmtree(spill, ignore_errors=True)
 
 
-class _Feeder(threading.Thread):
-    """Hands lazy jobs to their workers, at most ``n`` from the one the caller reads on."""
+def _can_stripe(parse: Callable[..., Any] | None, units: Callable[..., Any] | None) -> bool:
+    """Whether jobs may be striped: the default parser (or a unit parser sent by name)."""
+    if units is not None:
+        return _by_name(units)
+    if parse is None:
+        return True
+    from ingest.parse import iter_items
 
-    def __init__(self, jobs: Iterator[tuple[Path, SourceRef]], job_queues: list[Any], n: int):
+    return parse is iter_items
+
+
+class _Feeder(threading.Thread):
+    """Hands lazy jobs to their workers, at most ``n`` beyond the one the caller reads."""
+
+    def __init__(
+        self,
+        jobs: Iterator[tuple[Path, SourceRef]],
+        job_queues: list[Any],
+        n: int,
+        striped: bool,
+    ):
         super().__init__(name="litpulse-parse-feeder", daemon=True)
-        self.jobs, self.job_queues, self.n = jobs, job_queues, n
+        self.jobs, self.job_queues, self.n, self.striped = jobs, job_queues, n, striped
         self.cond = threading.Condition()
         self.reading = 0  # the job the caller reads (or waits for)
         self.sent: list[Path] = []
@@ -208,7 +268,7 @@ class _Feeder(threading.Thread):
             index = 0
             while True:
                 with self.cond:
-                    while not self.stopped and index >= self.reading + self.n:
+                    while not self.stopped and index > self.reading + self.n:
                         self.cond.wait(_POLL_S)
                     if self.stopped:
                         return
@@ -216,7 +276,11 @@ class _Feeder(threading.Thread):
                 if job is None:
                     return
                 path, ref = job
-                self.job_queues[index % self.n].put((index, str(path), ref))
+                if self.striped:  # every worker parses its stripe of it
+                    for w, q in enumerate(self.job_queues):
+                        q.put((index, str(path), ref, w, self.n))
+                else:
+                    self.job_queues[index % self.n].put((index, str(path), ref, 0, 1))
                 with self.cond:
                     self.sent.append(path)
                     self.cond.notify_all()
@@ -282,8 +346,14 @@ class _JobReader:
     def __iter__(self) -> Iterator[StoreItem]:
         while not self.done:
             kind, index, payload = self._get()
-            if index != self.index:  # pragma: no cover - the protocol forbids it
-                raise WorkerError(f"parse worker sent job {index} while job {self.index} was due")
+            if index != self.index:
+                self.done = True
+                if kind == "error" and index < self.index:
+                    # it failed on a striped job after its last unit there: it stopped
+                    raise _unpickle_error(payload, self.path)
+                raise WorkerError(  # pragma: no cover - the protocol forbids it
+                    f"parse worker sent job {index} while job {self.index} was due"
+                )
             if kind == "items":
                 yield from _unwire(payload)
             elif kind == "spill":
@@ -315,6 +385,38 @@ class _JobReader:
                     f"the parse worker of {self.path} died (exit code {self.proc.exitcode}) "
                     "before finishing it; committed batches stay, a re-run resumes"
                 ) from None
+
+
+class _StripedReader:
+    """The items of one striped job: unit ``u`` read from worker ``u % N``, in order.
+
+    Each worker sends its units' items, each unit closed by ``None``; the worker that
+    would own the unit after the last one sends the job's end.
+    """
+
+    def __init__(self, index: int, path: Path, queues: list[Any], procs: list[Any]) -> None:
+        self.streams = [
+            iter(_JobReader(index, path, q, proc)) for q, proc in zip(queues, procs, strict=True)
+        ]
+        self.unit = 0
+        self.done = False
+
+    def __iter__(self) -> Iterator[StoreItem]:
+        n = len(self.streams)
+        while not self.done:
+            for item in self.streams[self.unit % n]:
+                if item is None:  # the end of this unit
+                    break
+                yield item
+            else:  # the job's end
+                self.done = True
+                return
+            self.unit += 1
+
+    def drain(self) -> None:
+        """Skip what the caller left unread of this job."""
+        for _item in self:
+            pass
 
 
 def _read_spill(path: Path) -> Iterator[StoreItem]:
@@ -362,10 +464,14 @@ def _worker(
     parse: Callable[..., Any] | None = None,
     at: Any = None,
     spill: Path | None = None,
+    units: Callable[..., Any] | None = None,
 ) -> None:
     """Parse ``jobs`` in order into ``q``; stop when ``keep`` reaches end-of-file.
 
-    ``jobs``: a list of ``(index, path, ref)``, or a queue of them ending with ``None``.
+    ``jobs``: a list of ``(index, path, ref, part, parts)``, or a queue of them ending
+    with ``None``; a job with ``parts > 1`` is striped: only the units of stripe
+    ``part`` are parsed (:func:`ingest.parse.iter_units`), each followed by ``None``,
+    and the job's end is sent by the stripe the unit after the last would belong to.
     ``at`` (the job the caller reads) and ``spill`` (a folder): see :class:`_Out`.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the caller stops us
@@ -376,6 +482,7 @@ def _worker(
         # one thread: the worker has a core and the writer the other; the parser's helper
         # thread only adds GIL hand-offs there (measured on 2 busy cores: ~12% more wall)
         iter_items = functools.partial(iter_items, threaded=False)
+    iter_units = units or parsing.iter_units
 
     def put(msg: tuple[str, int, Any]) -> None:
         while True:
@@ -386,21 +493,26 @@ def _worker(
                 if keep.poll():  # EOF: the caller is gone or stopped reading
                     os._exit(0)
 
-    for index, path, ref in _jobs_of(jobs, keep):
-        out = _Out(index, put, at, spill)
+    for index, path, ref, part, parts in _jobs_of(jobs, keep):
+        out = _Out(index, put, at, spill, part if parts > 1 else None)
         try:
-            chunk: list[Any] = []
-            for item in iter_items(path, source_ref=ref, limits=limits):
-                chunk.append(_wire(item, prepare))
-                if len(chunk) >= chunk_items:
-                    out.chunk(chunk)
-                    chunk = []
-                    if keep.poll():
-                        os._exit(0)
-            if chunk:
-                out.chunk(chunk)
+            ends = True
+            if parts == 1:
+                for item in iter_items(path, source_ref=ref, limits=limits):
+                    out.add(_wire(item, prepare), chunk_items, keep)
+            else:
+                for u, items in iter_units(
+                    path, source_ref=ref, limits=limits, part=part, parts=parts
+                ):
+                    if items is None:  # u: the number of units
+                        ends = u % parts == part
+                        break
+                    for item in items:
+                        out.add(_wire(item, prepare), chunk_items, keep)
+                    out.add(None, chunk_items, keep)  # the end of unit u
             out.flush()
-            put(("end", index, None))
+            if ends:
+                put(("end", index, None))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             out.flush()
             put(("error", index, _pickle_error(exc)))
@@ -412,7 +524,7 @@ def _worker(
     os._exit(0)
 
 
-def _jobs_of(jobs: Any, keep: Connection) -> Iterator[tuple[int, str, SourceRef]]:
+def _jobs_of(jobs: Any, keep: Connection) -> Iterator[tuple[int, str, SourceRef, int, int]]:
     """A worker's jobs: its list, or its job queue up to ``None`` (lazy jobs)."""
     if isinstance(jobs, list):
         yield from jobs
@@ -439,12 +551,30 @@ class _Out:
     reads the file first, so the items keep their order.
     """
 
-    def __init__(self, index: int, put: Callable[[Any], None], at: Any, spill: Path | None):
+    def __init__(
+        self,
+        index: int,
+        put: Callable[[Any], None],
+        at: Any,
+        spill: Path | None,
+        part: int | None = None,
+    ):
         self.index, self.put, self.at = index, put, at
-        self.path = spill / f"job-{index}.pkl" if spill is not None else None
+        name = f"job-{index}.pkl" if part is None else f"job-{index}.{part}.pkl"
+        self.path = spill / name if spill is not None else None
         self.fh: Any = None
+        self.items: list[Any] = []
         if self.path is not None and at.value < index:
             self.fh = self.path.open("wb")
+
+    def add(self, item: Any, chunk_items: int, keep: Connection) -> None:
+        """Add one item; send the chunk when it is full (and leave if the caller is gone)."""
+        self.items.append(item)
+        if len(self.items) >= chunk_items:
+            items, self.items = self.items, []
+            self.chunk(items)
+            if keep.poll():  # EOF: the caller is gone or stopped reading
+                os._exit(0)
 
     def chunk(self, items: list[Any]) -> None:
         if self.fh is not None and self.at.value >= self.index:
@@ -455,7 +585,11 @@ class _Out:
             self.put(("items", self.index, items))
 
     def flush(self) -> None:
-        """Close the spill file (if any) and announce it."""
+        """Send the items added since the last chunk; close the spill file (if any) and
+        announce it."""
+        if self.items:
+            items, self.items = self.items, []
+            self.chunk(items)
         if self.fh is not None:
             self.fh.close()
             self.fh = None

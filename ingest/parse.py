@@ -18,6 +18,10 @@ each ``PubmedArticle`` by walking libxml2's nodes in C, with the same rules and 
 as the Python code, which takes every record the compiled one is unsure of.
 Documents that are not a ``PubmedArticleSet`` go through an incremental pull parser
 (``XMLPullParser`` with ``tag=`` filtering, elements cleared as it goes) instead.
+:func:`iter_units` lets several processes share one file: each cuts the whole stream
+(cheap) but parses and reads only its stripe of the batches ("units"); read in unit
+order, the stripes are exactly the items of :func:`iter_items`
+(:mod:`ingest.parallel` does that with its parse workers).
 
 Hostile or broken input costs one record, never the file: a batch that is not
 well-formed is parsed again record by record, so a bad byte, a mismatched tag or a
@@ -109,6 +113,7 @@ __all__ = [
     "ParseLimits",
     "flatten_text",
     "iter_items",
+    "iter_units",
     "parse_bytes",
     "parse_medline_date",
     "source_ref_for",
@@ -231,22 +236,74 @@ def iter_items(
     Raises:
         ParseError: The path cannot be opened or read at all.
     """
+    fh, ref, owned = _open(source, source_ref)
+    try:
+        yield from _iter_stream(fh, ref, threaded=threaded, limits=limits or _DEFAULT_LIMITS)
+    finally:
+        if owned:
+            fh.close()
+
+
+def iter_units(
+    source: str | os.PathLike[str] | BinaryIO | IO[bytes],
+    *,
+    part: int,
+    parts: int,
+    source_ref: SourceRef | None = None,
+    limits: ParseLimits | None = None,
+) -> Iterator[tuple[int, Iterator[Item] | None]]:
+    """One stripe of a document: the units ``u`` with ``u % parts == part``, in order.
+
+    The document is decompressed and cut into records whole (cheap), and the records are
+    grouped into units exactly as :func:`iter_items` groups them into batches (a batch
+    of about :data:`BATCH_BYTES`, or one stretch that is not a record: junk, an
+    oversize record, the end of the input; a batch that fails to parse stays one unit
+    when it is parsed again record by record). Only this stripe's units are parsed and
+    read, so ``parts`` processes calling this with ``part`` = 0 … ``parts - 1`` share the
+    parse, and reading unit 0, 1, 2… from process ``u % parts`` gives exactly the items
+    of :func:`iter_items`, in order. A document that is not a ``PubmedArticleSet`` is one
+    unit (read by part 0).
+
+    Args:
+        source: As for :func:`iter_items`.
+        part: This stripe, ``0 <= part < parts``.
+        parts: The number of stripes.
+        source_ref: As for :func:`iter_items`.
+        limits: As for :func:`iter_items`.
+
+    Yields:
+        ``(u, items)`` for each unit of this stripe (read ``items`` to the end before the
+        next), then ``(total, None)``: ``total`` is the number of units of the document.
+
+    Raises:
+        ParseError: The path cannot be opened or read at all.
+        ValueError: ``part`` is not within ``0 .. parts - 1``.
+    """
+    if not 0 <= part < parts:
+        raise ValueError(f"need 0 <= part < parts, got part={part}, parts={parts}")
+    fh, ref, owned = _open(source, source_ref)
+    try:
+        yield from _stream_units(fh, ref, limits or _DEFAULT_LIMITS, part, parts)
+    finally:
+        if owned:
+            fh.close()
+
+
+def _open(
+    source: str | os.PathLike[str] | BinaryIO | IO[bytes], source_ref: SourceRef | None
+) -> tuple[IO[bytes], SourceRef, bool]:
+    """The file object to read, its source and whether it was opened here (to close)."""
     if isinstance(source, str | os.PathLike):
         ref = source_ref or source_ref_for(source)
         try:
-            fh: IO[bytes] = open(source, "rb")  # noqa: SIM115 - closed in finally
+            return open(source, "rb"), ref, True  # noqa: SIM115 - the caller closes it
         except OSError as exc:
             raise ParseError(f"cannot open {os.fspath(source)}: {exc}") from exc
-        try:
-            yield from _iter_stream(fh, ref, threaded=threaded, limits=limits or _DEFAULT_LIMITS)
-        finally:
-            fh.close()
-    else:
-        name = getattr(source, "name", None)
-        ref = source_ref or (
-            source_ref_for(name) if isinstance(name, str) else SourceRef("file", "<stream>")
-        )
-        yield from _iter_stream(source, ref, threaded=threaded, limits=limits or _DEFAULT_LIMITS)
+    name = getattr(source, "name", None)
+    ref = source_ref or (
+        source_ref_for(name) if isinstance(name, str) else SourceRef("file", "<stream>")
+    )
+    return source, ref, False
 
 
 def parse_bytes(
@@ -281,6 +338,55 @@ def _iter_stream(
     where libxml2 runs without the GIL; a batch that fails is parsed again record by
     record) and read the records in this thread. Anything that is not a
     ``PubmedArticleSet`` goes through the incremental pull parser instead."""
+    started = _start(fh, ref, limits, warn=True)
+    if not isinstance(started, _Cut):
+        yield from started
+        return
+    batches: Iterator[tuple[str, Any, int, bool]] = _batches(started, ref, limits)
+    if threaded:
+        batches = _prefetch(batches, depth=2)
+    try:
+        yield from _read(batches, ref, limits.max_text_chars)
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+
+
+def _stream_units(
+    fh: IO[bytes], ref: SourceRef, limits: ParseLimits, part: int, parts: int
+) -> Iterator[tuple[int, Iterator[Item] | None]]:
+    """:func:`iter_units` on an open stream."""
+    started = _start(fh, ref, limits, warn=part == 0)
+    if not isinstance(started, _Cut):  # the pull parser: one unit
+        if part == 0:
+            yield 0, started
+        yield 1, None
+        return
+    parser = etree.XMLParser(**_PARSER_OPTIONS)
+    max_text = limits.max_text_chars
+    total = 0
+    for u, unit in enumerate(_units(started.pieces)):
+        total = u + 1
+        if u % parts == part:
+            yield u, _read(_unit_batches(unit, started, parser, ref, limits), ref, max_text)
+    yield total, None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Cut:
+    """A ``PubmedArticleSet`` being cut into pieces: the pieces, XML declaration, root tag."""
+
+    pieces: Iterator[Piece]
+    decl: bytes
+    root: bytes
+
+
+def _start(
+    fh: IO[bytes], ref: SourceRef, limits: ParseLimits, *, warn: bool
+) -> _Cut | Iterator[Item]:
+    """Read up to the ``<PubmedArticleSet>`` start tag: the stream cut into pieces, or,
+    for anything else (or a stream unreadable at once), the pull parser's items."""
     chunks = _chunks(fh)
     head = bytearray()
     read_error: BaseException | None = None
@@ -298,9 +404,8 @@ def _iter_stream(
     if m is None or read_error is not None:
         # Not a PubmedArticleSet (or its start tag is beyond PROLOG_LIMIT), or unreadable
         # at once: read it all with the incremental parser.
-        yield from _pull_items(_chain_chunks(bytes(head), chunks, read_error), ref, 0)
-        return
-    if _INTERNAL_SUBSET_RE.search(head, 0, m.start()):
+        return _pull_items(_chain_chunks(bytes(head), chunks, read_error), ref, 0)
+    if warn and _INTERNAL_SUBSET_RE.search(head, 0, m.start()):
         logger.warning(
             "%s: the DOCTYPE's internal subset is ignored; a record using one of its "
             "entities is quarantined",
@@ -310,34 +415,31 @@ def _iter_stream(
     decl = bytes(decl_match.group(0)) if decl_match else b""
     root = bytes(m.group(0)).replace(b"\n", b" ").replace(b"\r", b" ")  # as written
     line = head.count(b"\n", 0, m.end()) + 1
-    cut = pieces(bytes(head[m.end() :]), chunks, line, limits.max_record_bytes)
-    batches: Iterator[tuple[str, Any, int, bool]] = _batches(cut, decl, root, ref, limits)
-    if threaded:
-        batches = _prefetch(batches, depth=2)
-    max_text = limits.max_text_chars
-    try:
-        for kind, payload, offset, check_text in batches:
-            if kind != "elems":
-                yield payload
+    return _Cut(pieces(bytes(head[m.end() :]), chunks, line, limits.max_record_bytes), decl, root)
+
+
+def _read(
+    batches: Iterator[tuple[str, Any, int, bool]], ref: SourceRef, max_text: int
+) -> Iterator[Item]:
+    """The items of parsed batches (see :func:`_batches`), in order."""
+    for kind, payload, offset, check_text in batches:
+        if kind != "elems":
+            yield payload
+            continue
+        for elem in payload:
+            tag = elem.tag
+            if tag == "PubmedArticle":
+                item = record_or_quarantine(elem, ref, False, offset)
+            elif tag == "PubmedBookArticle":
+                item = record_or_quarantine(elem, ref, True, offset)
+            elif tag == "DeleteCitation":
+                yield from deletions(elem, ref, offset)
                 continue
-            for elem in payload:
-                tag = elem.tag
-                if tag == "PubmedArticle":
-                    item = record_or_quarantine(elem, ref, False, offset)
-                elif tag == "PubmedBookArticle":
-                    item = record_or_quarantine(elem, ref, True, offset)
-                elif tag == "DeleteCitation":
-                    yield from deletions(elem, ref, offset)
-                    continue
-                else:
-                    continue
-                if check_text and type(item) is Record:
-                    item = _cap_text(item, elem, offset, max_text)
-                yield item
-    finally:
-        close = getattr(batches, "close", None)
-        if close is not None:
-            close()
+            else:
+                continue
+            if check_text and type(item) is Record:
+                item = _cap_text(item, elem, offset, max_text)
+            yield item
 
 
 def _chain_chunks(
@@ -350,12 +452,14 @@ def _chain_chunks(
     yield from rest
 
 
-def _batches(
-    pieces: Iterator[Piece], decl: bytes, root: bytes, ref: SourceRef, limits: ParseLimits
-) -> Iterator[tuple[str, Any, int, bool]]:
-    """Parse the pieces in batches: ``("elems", elements, line offset, check_text)`` or
-    ``("entry", QuarantineEntry, 0, False)``, in document order."""
-    parser = etree.XMLParser(**_PARSER_OPTIONS)
+#: A unit of parsing work: ``("batch", pieces, size)`` (records and the gaps between
+#: them, about :data:`BATCH_BYTES`, parsed as one document) or ``("piece", piece)``
+#: (a stretch that is not a record: junk, an oversize record, the end of the input).
+_Unit = tuple[str, Any, int]
+
+
+def _units(pieces: Iterator[Piece]) -> Iterator[_Unit]:
+    """Group the pieces into units of parsing work, in document order (nothing parsed)."""
     parts: list[Piece] = []
     size = 0
     for piece in pieces:
@@ -364,17 +468,38 @@ def _batches(
             parts.append(piece)
             size += len(piece[1])
             if size >= BATCH_BYTES:
-                yield from _parse_batch(parts, size, decl, root, parser, ref, limits)
+                yield ("batch", parts, size)
                 parts, size = [], 0
             continue
         if parts:
-            yield from _parse_batch(parts, size, decl, root, parser, ref, limits)
+            yield ("batch", parts, size)
             parts, size = [], 0
-        entry = _piece_entry(piece, decl, root, parser, ref, limits)
-        if entry is not None:
-            yield ("entry", entry, 0, False)
+        yield ("piece", piece, 0)
     if parts:  # pragma: no cover - the pieces always end with an "end" piece
-        yield from _parse_batch(parts, size, decl, root, parser, ref, limits)
+        yield ("batch", parts, size)
+
+
+def _unit_batches(
+    unit: _Unit, cut: _Cut, parser: Any, ref: SourceRef, limits: ParseLimits
+) -> Iterator[tuple[str, Any, int, bool]]:
+    """Parse one unit: what :func:`_batches` yields for it."""
+    kind, data, size = unit
+    if kind == "batch":
+        yield from _parse_batch(data, size, cut.decl, cut.root, parser, ref, limits)
+        return
+    entry = _piece_entry(data, cut.decl, cut.root, parser, ref, limits)
+    if entry is not None:
+        yield ("entry", entry, 0, False)
+
+
+def _batches(
+    cut: _Cut, ref: SourceRef, limits: ParseLimits
+) -> Iterator[tuple[str, Any, int, bool]]:
+    """Parse the pieces in batches: ``("elems", elements, line offset, check_text)`` or
+    ``("entry", QuarantineEntry, 0, False)``, in document order."""
+    parser = etree.XMLParser(**_PARSER_OPTIONS)
+    for unit in _units(cut.pieces):
+        yield from _unit_batches(unit, cut, parser, ref, limits)
 
 
 def _parse_batch(

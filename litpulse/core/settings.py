@@ -99,9 +99,10 @@ class Settings:
     ingest_workers: int = _opt(
         _default_workers(),
         "Parse processes feeding the store during file ingest (local files, update and "
-        "baseline files), each file parsed by one of them while the writer stores; "
-        "default the number of cores minus one (this machine's value shown); 0 parses "
-        "in the writer's process.",
+        "baseline files) while the writer stores: each file parsed by one of them; where "
+        "fewer files are left than workers (one file alone, an update file) each is split "
+        "over all of them (bootstrap parses whole files); default the number of cores "
+        "minus one (this machine's value shown); 0 parses in the writer's process.",
         min=0,
         max=64,
     )

@@ -416,6 +416,34 @@ def test_killed_file_ingest_resumes_to_the_clean_state(
     assert not failures, "\n".join(failures)
 
 
+#: A file ingest that splits every file over 2 parse workers (``stripe=True``).
+_STRIPED = (
+    "import sys\n"
+    "from ingest.files import ingest_files\n"
+    "from litpulse.core.settings import Settings\n"
+    "ingest_files(Settings.from_env(), sys.argv[1:], workers=2, stripe=True)\n"
+)
+
+
+def test_killed_split_file_ingest_resumes_to_the_clean_state(
+    settings: Settings, corpus: Corpus, tmp_path: Path
+) -> None:
+    """Every file split over 2 parse workers, killed anywhere, resumed split over 3: the
+    state of a clean run parsed in the writer."""
+    s = quick(settings, store_batch=BATCH)
+    engine = db.connect(s)
+    paths = [str(p) for p in corpus.files]
+    ingest_files(s, paths, workers=0)
+    clean = snapshot(engine)
+    argv = ["-c", _STRIPED, *paths]
+    failures = kill_and_resume(
+        kill_points(corpus), engine, clean,
+        lambda p: run_and_kill(argv, child_env(s), engine, p, tmp_path / "child.log"),
+        lambda: ingest_files(s, paths, workers=3, stripe=True),
+    )  # fmt: skip
+    assert not failures, "\n".join(failures)
+
+
 def test_reading_the_same_files_again_changes_nothing(settings: Settings, corpus: Corpus) -> None:
     """Plain files keep the fetch time of their first reading: a repeat is a pure replay.
 

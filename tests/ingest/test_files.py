@@ -192,3 +192,35 @@ def test_a_changed_file_at_the_same_path_is_a_newer_source(
     store = Store(db.connect(settings))
     assert store.get_article(1)["title"] == "Corrected title"
     assert store.get_article(2)["is_deleted"] is True
+
+
+def test_one_file_split_over_two_workers_stores_what_one_process_stores(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Striped over 2 parse workers, a file whose order matters in every batch (a PMID
+    revised, deleted and back again batches apart; malformed records that make batches
+    be parsed again record by record) ends in the state of parsing it in the writer."""
+    from ingest.parse import BATCH_BYTES
+    from tests.ingest.hostile import article, corpus, deletion, document
+    from tests.ingest.test_crash_resume import differences, reset, snapshot
+
+    n = 2000
+    items = corpus(n, {i: article(i, title="<sup>x") for i in range(11, n, 97)})
+    for at in range(60, n, 250):  # earlier records revised, deleted, back again
+        pmid = at - 50
+        items.insert(at, article(pmid, title=f"Revised {pmid}.", refs=[str(pmid + 1)]))
+        items.insert(at + 90, deletion(str(pmid + 2), str(pmid)))
+        items.insert(at + 180, article(pmid + 2, title=f"Back {pmid + 2}."))
+    data = document(items)
+    assert len(data) > 6 * BATCH_BYTES
+    path = tmp_path / "pubmed26n0007.xml.gz"
+    path.write_bytes(gzip.compress(data))
+    engine = db.connect(settings)
+    clean = ingest_files(settings, [path], workers=0)
+    want = snapshot(engine)
+    assert want["quarantine"] and any(a["is_deleted"] for a in want["articles"].values())
+    reset(engine)
+    assert ingest_files(settings, [path], workers=2) == clean
+    got = snapshot(engine)
+    assert not differences(got, want)
+    assert got == want

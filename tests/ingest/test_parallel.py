@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import multiprocessing
 import os
 import signal
@@ -10,15 +11,18 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import ingest.parse as parse_mod
 from ingest.parallel import parse_ordered
-from ingest.parse import source_ref_for
-from ingest.records import Deletion, QuarantineEntry, SourceRef
+from ingest.parse import ParseLimits, iter_items, iter_units, source_ref_for
+from ingest.records import Deletion, Item, QuarantineEntry, SourceRef
 from ingest.rows import PreparedRecord
 from litpulse.app.demo.generate import generate_corpus
 from litpulse.core.errors import ChecksumError, ParseError, WorkerError
+from tests.ingest.hostile import article, corpus, deletion, document
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,7 +44,7 @@ def key(item: object) -> tuple[object, ...]:
     return ("quarantine", item.digest, item.line)
 
 
-def read_all(files: list[Path], workers: int, **kw: int) -> list[list[tuple[object, ...]]]:
+def read_all(files: list[Path], workers: int, **kw: Any) -> list[list[tuple[object, ...]]]:
     jobs = [(p, source_ref_for(p)) for p in files]
     out: list[list[tuple[object, ...]]] = []
     for index, items in parse_ordered(jobs, workers=workers, **kw):
@@ -97,14 +101,15 @@ def test_stopping_early_stops_the_workers(files: list[Path]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("chunk", "queued", "wait"),
-    [(5, 1, 0.0), (20, 50, 3.0)],
-    ids=["parsing", "done, output unread"],
+    ("chunk", "queued", "wait", "n_files"),
+    [(5, 1, 0.0, 3), (20, 50, 3.0, 3), (5, 1, 0.0, 1)],
+    ids=["parsing", "done, output unread", "one file split over both"],
 )
 def test_workers_exit_when_their_caller_is_killed(
-    files: list[Path], chunk: int, queued: int, wait: float
+    files: list[Path], chunk: int, queued: int, wait: float, n_files: int
 ) -> None:
     """Whether a worker is still parsing or has finished with its output unread."""
+    files = files[:n_files]
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
@@ -178,25 +183,27 @@ def test_lazy_jobs_and_spilling_give_the_same_items(files: list[Path], tmp_path:
 def test_lazy_jobs_are_taken_at_most_workers_ahead_and_their_error_surfaces(
     files: list[Path],
 ) -> None:
+    """Up to ``workers`` jobs beyond the one read are handed out (with one worker, the next
+    file is parsed while the caller stores the current one), no more."""
     taken: list[Path] = []
 
     def jobs() -> Iterator[tuple[Path, SourceRef]]:
-        for p in [*files, files[0]]:
-            if len(taken) == 3:
-                raise ChecksumError("the fourth file is bad")
+        for p in [*files, files[0], files[1]]:
+            if len(taken) == 4:
+                raise ChecksumError("the fifth file is bad")
             taken.append(p)
             yield p, source_ref_for(p)
 
     parsed = parse_ordered(jobs(), workers=2, chunk_items=5, queue_batches=1)
     read = []
-    with pytest.raises(ChecksumError, match="fourth"):
+    with pytest.raises(ChecksumError, match="fifth"):
         for index, items in parsed:
             first = next(items)
             if index == 0:
                 time.sleep(0.5)
-                assert len(taken) == 2  # jobs 0 and 1 handed out, job 2 not yet
+                assert len(taken) == 3  # jobs 0, 1 and 2 handed out, job 3 not yet
             read.append([key(first), *(key(it) for it in items)])
-    assert read == read_all(files, 0)  # the jobs before the bad one, whole
+    assert read == read_all([*files, files[0]], 0)  # the jobs before the bad one, whole
     assert not parse_children()
 
 
@@ -218,3 +225,229 @@ def test_a_worker_ahead_of_its_caller_spills_instead_of_waiting(
     assert got == read_all(files[:2], 0)
     assert list(tmp_path.iterdir()) == []
     assert not parse_children()
+
+
+# ------------------------------------------------------------- one file, several parsers
+
+
+@pytest.fixture(scope="module")
+def odd_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Files whose every oddity must come out of a striped parse as from a whole one."""
+    folder = tmp_path_factory.mktemp("striped")
+    m = generate_corpus(folder / "gen", n_records=1500, n_files=1, seed=5, revise_fraction=0.1,
+                        delete_fraction=0.1, malformed_fraction=0.03)  # fmt: skip
+    (generated,) = m.files
+    n = 700
+    bad = {i: article(i, title="<sup>x") for i in range(7, n, 45)}  # batches fail, re-parsed
+    bad[100] = b"<<< junk >>> &&& \n" + article(100)
+    bad[200] = article(200).replace(b"</PubmedArticle>", b"")  # no end tag
+    bad[300] = article(300, title="y" * 400_000)  # over the record cap of LIMITS
+    bad[400] = deletion("5", "6") + article(400)
+    broken = document(corpus(n, bad))
+    packed = gzip.compress(document(corpus(n)))
+    out = {
+        "generated": generated,
+        "broken": folder / "broken.xml",
+        "truncated": folder / "truncated.xml.gz",
+        "cut-plain": folder / "cut.xml",
+        "not-a-set": folder / "other.xml",
+        "empty-set": folder / "empty.xml",
+    }
+    out["broken"].write_bytes(broken)
+    out["truncated"].write_bytes(packed[: len(packed) * 9 // 10])
+    out["cut-plain"].write_bytes(broken[: len(broken) * 2 // 3])
+    out["not-a-set"].write_bytes(b"<Other>" + b"".join(corpus(30)) + b"</Other>")
+    out["empty-set"].write_bytes(document([]))
+    return out
+
+
+LIMITS = ParseLimits(max_record_bytes=200_000)
+
+
+def striped(path: Path, ref: SourceRef, parts: int) -> list[Item]:
+    """The items of ``path`` read unit by unit from ``parts`` stripes, as a caller would."""
+    units: dict[int, list[Item]] = {}
+    totals = set()
+    for part in range(parts):
+        for u, items in iter_units(path, part=part, parts=parts, source_ref=ref, limits=LIMITS):
+            if items is None:
+                totals.add(u)
+                continue
+            assert u % parts == part and u not in units
+            units[u] = list(items)
+    (total,) = totals  # every stripe agrees on the number of units
+    assert sorted(units) == list(range(total))
+    return [item for u in range(total) for item in units[u]]
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3])
+def test_stripes_read_in_unit_order_are_the_whole_file(
+    odd_files: dict[str, Path], parts: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(parse_mod, "BATCH_BYTES", 1 << 14)  # many units
+    for name, path in odd_files.items():
+        ref = source_ref_for(path)
+        whole = list(iter_items(path, source_ref=ref, limits=LIMITS, threaded=False))
+        assert striped(path, ref, parts) == whole, name
+    broken = odd_files["broken"]
+    kinds = {type(it).__name__ for it in striped(broken, source_ref_for(broken), parts)}
+    assert kinds == {"Record", "Deletion", "QuarantineEntry"}
+
+
+def test_a_stripe_outside_the_parts_is_refused(odd_files: dict[str, Path]) -> None:
+    with pytest.raises(ValueError, match="part"):
+        next(iter_units(odd_files["broken"], part=2, parts=2))
+
+
+def read_striped(paths: list[Path], workers: int, **kw: Any) -> list[list[tuple[object, ...]]]:
+    jobs = [(p, source_ref_for(p)) for p in paths]
+    out: list[list[tuple[object, ...]]] = []
+    for index, items in parse_ordered(jobs, workers=workers, limits=LIMITS, **kw):
+        assert index == len(out)
+        out.append([key(it) for it in items])
+    return out
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_one_file_parsed_by_several_workers_gives_the_items_of_one(
+    odd_files: dict[str, Path], workers: int
+) -> None:
+    paths = list(odd_files.values())
+    here = read_striped(paths, 0)
+    assert sum(map(len, here)) > 2000
+    for path, want in zip(paths, here, strict=True):  # one file: striped by default
+        assert read_striped([path], workers, chunk_items=7, queue_batches=1) == [want], path
+    assert read_striped(paths, workers, stripe=True) == here
+    assert not parse_children()
+
+
+def test_striped_lazy_jobs_and_spilling_give_the_same_items(
+    odd_files: dict[str, Path], files: list[Path], tmp_path: Path
+) -> None:
+    paths = [odd_files["generated"], *files, odd_files["truncated"]]
+    here = read_striped(paths, 0)
+    lazy = ((p, source_ref_for(p)) for p in paths)
+    got = [[key(it) for it in items] for _i, items in
+           parse_ordered(lazy, workers=2, limits=LIMITS, chunk_items=7, queue_batches=1,
+                         spill_dir=tmp_path, stripe=True)]  # fmt: skip
+    assert got == here
+    # a sequence: the files one worker each, the last one (fewer left than workers) striped
+    assert read_striped(paths, 2, chunk_items=7, spill_dir=tmp_path) == here
+    assert list(tmp_path.iterdir()) == []
+    assert not parse_children()
+
+
+def test_a_striped_file_that_cannot_be_read_raises_where_it_is_read(
+    files: list[Path], tmp_path: Path
+) -> None:
+    jobs = [(files[0], source_ref_for(files[0])), (tmp_path / "missing.xml", source_ref_for("x"))]
+    got = []
+    with pytest.raises(ParseError, match="missing.xml"):
+        for _index, items in parse_ordered(jobs, workers=2, stripe=True):
+            got.append(sum(1 for _ in items))
+    assert got == [len(read_all(files[:1], 0)[0])]
+    assert not parse_children()
+
+
+def test_a_striped_worker_error_mid_file_is_raised_in_order(odd_files: dict[str, Path]) -> None:
+    """A worker whose unit raises: every item of the units before, then its error."""
+    path = odd_files["generated"]
+    want = read_all([path], 0)[0]
+    jobs = [(path, source_ref_for(path))]
+    got: list[tuple[object, ...]] = []
+    with pytest.raises(RuntimeError, match="unit 5 of part 1"):
+        for _index, items in parse_ordered(jobs, workers=2, units=failing_units, chunk_items=3):
+            got.extend(key(it) for it in items)
+    units = list(iter_units(path, part=0, parts=1))
+    assert len(units) > 8
+    assert got == want[: len(got)] and len(got) > 0
+    assert not parse_children()
+
+
+def failing_units(
+    path: Path, *, source_ref: SourceRef, limits: Any, part: int, parts: int
+) -> Iterator[Any]:
+    """A unit parser (by name, so workers import it) whose unit 5 raises."""
+    for u, items in iter_units(path, part=part, parts=parts, source_ref=source_ref,
+                               limits=limits):  # fmt: skip
+        if u == 5 and items is not None:
+            raise RuntimeError(f"unit 5 of part {part}")
+        yield u, items
+
+
+def test_a_striped_worker_killed_mid_file_raises_instead_of_hanging(
+    odd_files: dict[str, Path],
+) -> None:
+    path = odd_files["generated"]
+    jobs = [(path, source_ref_for(path))]
+    t0 = time.monotonic()
+    with pytest.raises(WorkerError, match="died"):
+        for _index, items in parse_ordered(jobs, workers=2, chunk_items=5, queue_batches=1):
+            for n, _item in enumerate(items):
+                if n == 0:
+                    children = parse_children()
+                    assert len(children) == 2
+                    os.kill(children[1].pid, signal.SIGKILL)
+    assert time.monotonic() - t0 < 20
+    assert not parse_children()
+
+
+def test_a_striped_file_stops_its_workers_when_the_caller_stops(
+    odd_files: dict[str, Path],
+) -> None:
+    path = odd_files["generated"]
+    parsed = parse_ordered([(path, source_ref_for(path))], workers=2, chunk_items=5,
+                           queue_batches=1)  # fmt: skip
+    _index, items = next(parsed)
+    next(items)
+    assert len(parse_children()) == 2
+    parsed.close()
+    assert not parse_children()
+
+
+def test_one_worker_parses_the_next_lazy_job_while_the_caller_reads(
+    files: list[Path], tmp_path: Path
+) -> None:
+    """With one worker, the next file is parsed (spilled) before the caller reaches it."""
+    lazy = ((p, source_ref_for(p)) for p in files)
+    parsed = parse_ordered(lazy, workers=1, chunk_items=5, spill_dir=tmp_path)
+    _index, items = next(parsed)
+    got = [[key(it) for it in items]]  # job 0 read whole; the caller is not at job 1 yet
+    deadline = time.monotonic() + 20
+    spilled: list[Path] = []
+    while not spilled and time.monotonic() < deadline:
+        spilled = [p for p in tmp_path.rglob("job-1.pkl") if p.stat().st_size]
+        time.sleep(0.05)
+    assert spilled
+    got += [[key(it) for it in items] for _i, items in parsed]
+    assert got == read_all(files, 0)
+    assert list(tmp_path.iterdir()) == []
+    assert not parse_children()
+
+
+def test_a_striped_worker_failing_after_its_last_unit_raises_when_next_needed(
+    files: list[Path],
+) -> None:
+    """Part 1 fails once its units of the first file are sent: its error is raised where
+    the caller next needs that worker (the end of the file, or the next file), never a
+    hang or a protocol error, and every item before it is the right one."""
+    jobs = [(p, source_ref_for(p)) for p in files]
+    want = [k for job in read_all(files, 0) for k in job]
+    got: list[tuple[object, ...]] = []
+    with pytest.raises(RuntimeError, match="after the units of part 1"):
+        for _index, items in parse_ordered(jobs, workers=2, stripe=True, units=failing_at_end):
+            got.extend(key(it) for it in items)
+    assert got == want[: len(got)]
+    assert len(got) >= len(read_all(files[:1], 0)[0])  # the first file whole
+    assert not parse_children()
+
+
+def failing_at_end(
+    path: Path, *, source_ref: SourceRef, limits: Any, part: int, parts: int
+) -> Iterator[Any]:
+    """A unit parser (by name) whose part 1 raises after its units of the first file."""
+    for u, items in iter_units(path, part=part, parts=parts, source_ref=source_ref,
+                               limits=limits):  # fmt: skip
+        if items is None and part == 1 and os.fspath(path).endswith("0001.xml.gz"):
+            raise RuntimeError("after the units of part 1")
+        yield u, items

@@ -69,14 +69,15 @@ def test_parse_listing_and_md5() -> None:
         parse_md5(f"MD5(pubmed26n0002.xml.gz)= {digest}", "pubmed26n0001.xml.gz")
 
 
+@pytest.mark.parametrize("workers", [None, 2], ids=["default workers", "each file split over 2"])
 def test_files_are_applied_in_order_to_the_expected_state(
-    emu: Emulator, settings: Settings, corpus: CorpusManifest
+    emu: Emulator, settings: Settings, corpus: CorpusManifest, workers: int | None
 ) -> None:
     s = emu.configure(settings)
     assert [f.name for f in list_remote_files(s)] == [p.name for p in corpus.files]
-    first = apply_updates(s, max_files=1)
+    first = apply_updates(s, max_files=1, workers=workers)
     assert _applied(s) == [(corpus.files[0].name, 1275)]
-    rest = apply_updates(s)
+    rest = apply_updates(s, workers=workers)
     assert [n for n, _ in _applied(s)] == [p.name for p in corpus.files]
     assert _live(s) == set(corpus.live_pmids)
     assert (first + rest).deleted == len(corpus.deleted_pmids)
