@@ -68,7 +68,7 @@ import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -215,13 +215,15 @@ def parse_ordered(
         if lazy:
             feeder = _Feeder(iter(jobs), job_queues, n, striping)
             feeder.start()
+        paths: dict[int, Path] = {}  # job → path, to name the job a late error is about
         for index, path in enumerate(feeder.paths() if feeder else (p for p, _r in jobs)):
             at.value = index
+            paths[index] = path
             reader: _JobReader | _StripedReader
             if striping and (lazy or parts_of[index] > 1):
-                reader = _StripedReader(index, path, queues, procs)
+                reader = _StripedReader(index, path, queues, procs, paths)
             else:
-                reader = _JobReader(index, path, queues[index % n], procs[index % n])
+                reader = _JobReader(index, path, queues[index % n], procs[index % n], paths)
             yield index, iter(reader)
             reader.drain()
     finally:
@@ -339,8 +341,11 @@ def _parse_here(
 class _JobReader:
     """The items of one job, read from its worker's queue."""
 
-    def __init__(self, index: int, path: Path, q: Any, proc: Any) -> None:
+    def __init__(
+        self, index: int, path: Path, q: Any, proc: Any, paths: Mapping[int, Path] | None = None
+    ) -> None:
         self.index, self.path, self.q, self.proc = index, path, q, proc
+        self.paths = paths or {}
         self.done = False
 
     def __iter__(self) -> Iterator[StoreItem]:
@@ -350,7 +355,7 @@ class _JobReader:
                 self.done = True
                 if kind == "error" and index < self.index:
                     # it failed on a striped job after its last unit there: it stopped
-                    raise _unpickle_error(payload, self.path)
+                    raise _unpickle_error(payload, self.paths.get(index, f"job {index}"))
                 raise WorkerError(  # pragma: no cover - the protocol forbids it
                     f"parse worker sent job {index} while job {self.index} was due"
                 )
@@ -394,9 +399,17 @@ class _StripedReader:
     would own the unit after the last one sends the job's end.
     """
 
-    def __init__(self, index: int, path: Path, queues: list[Any], procs: list[Any]) -> None:
+    def __init__(
+        self,
+        index: int,
+        path: Path,
+        queues: list[Any],
+        procs: list[Any],
+        paths: Mapping[int, Path] | None = None,
+    ) -> None:
         self.streams = [
-            iter(_JobReader(index, path, q, proc)) for q, proc in zip(queues, procs, strict=True)
+            iter(_JobReader(index, path, q, proc, paths))
+            for q, proc in zip(queues, procs, strict=True)
         ]
         self.unit = 0
         self.done = False
@@ -624,7 +637,7 @@ def _pickle_error(exc: BaseException) -> bytes:
         return pickle.dumps(WorkerError(f"{type(exc).__name__}: {exc}"))
 
 
-def _unpickle_error(data: bytes, path: Path) -> BaseException:
+def _unpickle_error(data: bytes, where: Path | str) -> BaseException:
     exc: BaseException = pickle.loads(data)
-    logger.error("parse worker failed on %s: %s: %s", path, type(exc).__name__, exc)
+    logger.error("parse worker failed on %s: %s: %s", where, type(exc).__name__, exc)
     return exc

@@ -426,7 +426,7 @@ def test_one_worker_parses_the_next_lazy_job_while_the_caller_reads(
 
 
 def test_a_striped_worker_failing_after_its_last_unit_raises_when_next_needed(
-    files: list[Path],
+    files: list[Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Part 1 fails once its units of the first file are sent: its error is raised where
     the caller next needs that worker (the end of the file, or the next file), never a
@@ -440,6 +440,9 @@ def test_a_striped_worker_failing_after_its_last_unit_raises_when_next_needed(
     assert got == want[: len(got)]
     assert len(got) >= len(read_all(files[:1], 0)[0])  # the first file whole
     assert not parse_children()
+    # the log names the file the worker failed on, not the one the caller was reading
+    failed = [r.getMessage() for r in caplog.records if "parse worker failed" in r.getMessage()]
+    assert failed and all(files[0].name in m for m in failed), failed
 
 
 def failing_at_end(
