@@ -57,7 +57,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.parse import corpus_file, peak_rss_kb
+from bench.parse import corpus_file, peak_rss_kb, scratch_home
 
 PATHS = ("sqlite", "sqlite-w2", "postgresql", "postgresql-w2", "pubmed_parser", "sqlite-w0",
          "scale-w1", "scale-w2", "scale-w2s")  # fmt: skip
@@ -168,7 +168,7 @@ def _ingest(
     from litpulse.core.db import connect
     from litpulse.core.settings import Settings
 
-    home = Path(tempfile.mkdtemp(prefix="litpulse-bench-home-"))
+    home = scratch_home("litpulse-bench-home-")
     settings = Settings.from_env({}, home=home, database_url=url)
     engine = connect(settings)  # tables first: not part of the ingest
     server0 = _server_cpu(engine)
