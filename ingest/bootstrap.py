@@ -257,8 +257,10 @@ def staged_count(folder: Path) -> int:
 
 
 def _discard(folder: Path, name: str) -> None:
+    """Remove a staged file and its marker (a partial download's too)."""
     path = folder / name
     _marker(path).unlink(missing_ok=True)
+    path.with_name(path.name + MARKER + ".tmp").unlink(missing_ok=True)
     path.unlink(missing_ok=True)
 
 
@@ -594,9 +596,9 @@ def load_files(
         pending_all = list(pending)
         folder = _folder(settings)
         done = _applied_names(engine)
-        for mark in folder.glob(f"*.xml.gz{MARKER}"):
-            name = mark.name[: -len(MARKER)]
-            if name in done:  # killed after recording it, before deleting the download
+        for staged_path in folder.glob("*.xml.gz*"):
+            name = staged_path.name.split(".xml.gz", 1)[0] + ".xml.gz"
+            if name in done:  # killed after recording it, before (or while) deleting it
                 _discard(folder, name)
         for spill in folder.glob(SPILL_GLOB):  # parse output of a killed writer
             shutil.rmtree(spill, ignore_errors=True)

@@ -234,6 +234,10 @@ def test_staged_files_are_reused_and_stale_ones_removed(
     (folder / f"{first.name}.verified").write_text("0" * 32 + " 1\n")
     load_files(s, workers=1, prefetch=0, max_files=1)
     assert not (folder / first.name).exists()
+    # killed inside the removal, between the marker and the file: the file alone stays
+    (folder / second.name).write_bytes(b"x")
+    load_files(s, workers=1, prefetch=0, max_files=1)
+    assert not (folder / second.name).exists()
     # a fetcher of the DAG: an applied file is not fetched again
     assert prefetch_file(s, first, window=2) == "applied"
     assert prefetch_file(s, pending[5], window=2) == "staged"
