@@ -607,9 +607,20 @@ def load_files(
             pending = pending[:max_files]
         if not pending:
             logger.info("bootstrap: all %d listed files were applied before", listed)
+            if not store.counts_deferred():
+                store.close_abandoned_runs()  # a run killed after its last commit
+                return LoadReport(listed, already, workers=workers,
+                                  seconds=time.perf_counter() - t0)  # fmt: skip
+            # killed in the recount after the last file: finish it, as a run of its own
+            with recorded_run(
+                store, "updatefiles", target=str(settings.pubmed_files_url)
+            ) as run:
+                run.details = {"bootstrap": True, "listed": listed, "pending": 0}
+                recounted = _finish_counts(store)
+                run.details["recounted"] = recounted
             return LoadReport(
                 listed, already, workers=workers, seconds=time.perf_counter() - t0,
-                recounted=_finish_counts(store),
+                run_id=run.id, recounted=recounted,
             )
         last_call = max_files is None or len(pending) == len(pending_all)
         source = _source(settings)
