@@ -593,7 +593,7 @@ def load_files(
         )
     with lease:
         pending, listed = pending_files(settings, engine)
-        pending_all = list(pending)
+        n_pending = len(pending)
         folder = _folder(settings)
         done = _applied_names(engine)
         for staged_path in folder.glob("*.xml.gz*"):
@@ -622,7 +622,7 @@ def load_files(
                 listed, already, workers=workers, seconds=time.perf_counter() - t0,
                 run_id=run.id, recounted=recounted,
             )
-        last_call = max_files is None or len(pending) == len(pending_all)
+        last_call = max_files is None or len(pending) == n_pending
         source = _source(settings)
         redact = getattr(getattr(source, "client", None), "redact", str)
         applied: list[str] = []
