@@ -199,8 +199,28 @@ def test_any_number_of_workers_gives_the_same_state_within_the_disk_bound(
         watcher.join()
     assert report.workers == workers and len(report.applied) == N_BASELINE + 3
     assert not differences(snapshot(engine), one)
-    assert most[0] <= 1 + max(workers, 1)  # prefetch + the files the parsers hold
+    # the file being stored, the `workers` files handed to the parsers beyond it, and
+    # `prefetch` downloads beyond those
+    assert most[0] <= 1 + workers + 1
     assert _downloads(s) == []  # no spill left either
+
+
+def test_downloads_ahead_are_prefetch_beyond_the_files_the_parsers_hold(
+    emu: Emulator, sqlite_settings: Settings
+) -> None:
+    """While the writer is between files, the staging folder holds the file each worker
+    was handed beyond it plus ``prefetch`` more: the bound is reached and never passed."""
+    s = _settings(emu, sqlite_settings)
+    seen: list[int] = []
+
+    def slow_writer(name: str, counts: object) -> None:  # the file just applied is gone
+        if len(seen) < 3:
+            time.sleep(0.4)  # the prefetch thread and the feeder catch up meanwhile
+            seen.append(sum(1 for n in _downloads(s) if n.endswith(".verified")))
+
+    load_files(s, workers=1, prefetch=2, on_file=slow_writer)
+    assert seen == [1 + 2] * 3, seen  # 1 worker's next file + 2 prefetched
+    assert _downloads(s) == []
 
 
 def test_a_bad_file_stops_the_stream_after_the_files_before_it(
@@ -372,7 +392,7 @@ def test_killed_twice_at_random_points_resumes_to_the_clean_state(
         assert runs[2:] == [], f"seed {seed}: {runs}"
         assert "were applied before" in proc.stdout + proc.stderr, f"seed {seed}"
     assert _downloads(s) == []
-    assert staged_most <= 3  # prefetch 2 + the one being applied
+    assert staged_most <= 1 + 1 + 2  # the one being applied, 1 worker's next, prefetch 2
 
     # a repeat does nothing and says so
     proc = subprocess.run([sys.executable, "-m", "litpulse", *argv], env=env, cwd=REPO,
