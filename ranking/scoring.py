@@ -407,8 +407,9 @@ def citation_value(row: Mapping[str, Any], options: ScoringOptions) -> tuple[flo
         )
     elif impact.source == "in_corpus":
         info["rate_per_year"] = impact.rate_per_year
+        times = "once" if impact.raw == 1 else f"{impact.raw:g} times"
         info["text"] = (
-            f"cited {impact.raw:g} times inside this corpus ({impact.rate_per_year:.2f}/year; "
+            f"cited {times} inside this corpus ({impact.rate_per_year:.2f}/year; "
             f"no iCite data) -> {value:.3f}"
         )
     else:

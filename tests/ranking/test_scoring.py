@@ -90,6 +90,9 @@ def test_citation_falls_back_rcr_then_per_year_then_corpus_then_neutral() -> Non
     local = citation_value({"cited_by_in_corpus": 3, "best_date": TODAY}, o)
     assert local[1]["source"] == "in_corpus"
     assert NEUTRAL_CITATION < local[0] < 1
+    assert local[1]["text"].startswith("cited 3 times inside this corpus")
+    once = citation_value({"cited_by_in_corpus": 1, "best_date": TODAY}, o)
+    assert once[1]["text"].startswith("cited once inside this corpus")
     # no data at all, or zero citations inside a partial corpus: neutral
     for row in ({}, {"cited_by_in_corpus": 0}, {"relative_citation_ratio": None}):
         value, info = citation_value(row, o)
