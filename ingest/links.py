@@ -184,7 +184,7 @@ def recount_range(conn: Connection, lo: int, hi: int) -> int:
     Returns:
         How many rows changed.
     """
-    if conn.dialect.name == "sqlite" and not _SQLITE_SET_BASED:  # pragma: no cover - old SQLite
+    if conn.dialect.name == "sqlite" and not _SQLITE_SET_BASED:  # old SQLite: no UPDATE … FROM
         a = articles.c
         pmids = conn.execute(select(a.pmid).where(a.pmid >= lo, a.pmid < hi)).scalars()
         return recompute_cited_by(conn, set(pmids))
