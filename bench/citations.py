@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.ingest import scratch_database
+from bench.ingest import PG_ADMIN_URL, scratch_database
 from bench.parse import peak_rss_kb, scratch_home
 
 PATHS = ("snapshot-sqlite", "snapshot-postgresql", "api-sqlite")
@@ -44,7 +44,6 @@ LABELS = {
     "snapshot-postgresql": "snapshot load → PostgreSQL",
     "api-sqlite": "API refresh (loopback iCite stand-in, 3 req/s × 200) → SQLite",
 }
-PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 BASELINE = 38_000_000
 FIRST = 10_000_000
 HEADER = (

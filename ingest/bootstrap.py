@@ -607,21 +607,22 @@ def load_files(
             pending = pending[:max_files]
         if not pending:
             logger.info("bootstrap: all %d listed files were applied before", listed)
-            if not store.counts_deferred():
+            deferred = store.counts_deferred()  # read once: the recount is given the answer
+            if not deferred:
                 store.close_abandoned_runs()  # a run killed after its last commit
                 return LoadReport(listed, already, workers=workers,
                                   seconds=time.perf_counter() - t0)  # fmt: skip
             # killed in the recount after the last file: finish it, as a run of its own
             with recorded_run(
                 store, "updatefiles", target=str(settings.pubmed_files_url)
-            ) as run:
+            ) as run:  # fmt: skip
                 run.details = {"bootstrap": True, "listed": listed, "pending": 0}
-                recounted = _finish_counts(store)
+                recounted = _finish_counts(store, deferred=deferred)
                 run.details["recounted"] = recounted
             return LoadReport(
                 listed, already, workers=workers, seconds=time.perf_counter() - t0,
                 run_id=run.id, recounted=recounted,
-            )
+            )  # fmt: skip
         last_call = max_files is None or len(pending) == n_pending
         source = _source(settings)
         redact = getattr(getattr(source, "client", None), "redact", str)
@@ -686,15 +687,15 @@ def load_files(
     )
 
 
-def _finish_counts(store: Store) -> int | None:
+def _finish_counts(store: Store, *, deferred: bool | None = None) -> int | None:
     """The deferred in-corpus citation counts recounted (rows changed), or ``None`` when
-    none were deferred."""
-    if not store.counts_deferred():
-        return None
+    none were deferred (``deferred``: :meth:`Store.finish_counts`)."""
     t0 = time.perf_counter()
-    changed = store.finish_counts()
+    changed = store.finish_counts(deferred=deferred)
+    if changed is None:
+        return None
     logger.info(
         "bootstrap: in-corpus citation counts recounted (%d changed) in %.1f s",
         changed, time.perf_counter() - t0,
-    )
+    )  # fmt: skip
     return changed

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence, Set
 from itertools import chain, repeat
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, text, update
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.engine import Connection
 
 from ingest.rows import PreparedRecord
@@ -155,8 +155,7 @@ def recompute_cited_by(
     PMIDs in ``fresh`` are known to be stored with a count of 0 (their stored count is
     not read).
     """
-    a, r = articles.c, references.c
-    citer = articles.alias("citer")
+    a = articles.c
     changes: list[tuple[int, int]] = []
     rest = sorted(pmids - fresh)
     for chunk in chunks(rest):
@@ -165,18 +164,7 @@ def recompute_cited_by(
         )
         if not stored:
             continue
-        counts: dict[int, int] = dict(
-            conn.execute(
-                select(r.cited_pmid, func.count())
-                .select_from(references.join(citer, citer.c.pmid == r.citing_pmid))
-                .where(
-                    r.cited_pmid.in_(sorted(stored)),
-                    # an expression, not the bare column: keeps the planner off ix_is_deleted
-                    func.coalesce(citer.c.is_deleted, True).is_(False),
-                )
-                .group_by(r.cited_pmid)
-            ).all()
-        )
+        counts = _live_citers(conn, stored.keys())
         changes.extend(
             (pmid, counts.get(pmid, 0))
             for pmid, old in stored.items()
@@ -196,8 +184,7 @@ def recount_range(conn: Connection, lo: int, hi: int) -> int:
     Returns:
         How many rows changed.
     """
-    live, true = ("false", "true") if conn.dialect.name == "postgresql" else ("0", "1")
-    if conn.dialect.name == "sqlite" and not _SQLITE_SET_BASED:  # pragma: no cover - old SQLite
+    if conn.dialect.name == "sqlite" and not _SQLITE_SET_BASED:  # old SQLite: no UPDATE … FROM
         a = articles.c
         pmids = conn.execute(select(a.pmid).where(a.pmid >= lo, a.pmid < hi)).scalars()
         return recompute_cited_by(conn, set(pmids))
@@ -205,12 +192,8 @@ def recount_range(conn: Connection, lo: int, hi: int) -> int:
         text(
             "UPDATE articles AS a SET cited_by_in_corpus = d.n FROM ("
             "SELECT x.pmid AS pmid, coalesce(c.n, 0) AS n FROM articles AS x LEFT JOIN ("
-            'SELECT r.cited_pmid AS cited, count(*) AS n FROM "references" AS r '
-            "JOIN articles AS citer ON citer.pmid = r.citing_pmid "
-            "WHERE r.cited_pmid >= :lo AND r.cited_pmid < :hi "
-            # an expression, not the bare column: keeps the planner off ix_is_deleted
-            f"AND coalesce(citer.is_deleted, {true}) = {live} "
-            "GROUP BY r.cited_pmid) AS c ON c.cited = x.pmid "
+            f"{_live_citer_counts(conn, 'r.cited_pmid >= :lo AND r.cited_pmid < :hi')}"
+            ") AS c ON c.cited = x.pmid "
             "WHERE x.pmid >= :lo AND x.pmid < :hi) AS d "
             "WHERE a.pmid = d.pmid AND a.cited_by_in_corpus <> d.n"
         ),
@@ -228,19 +211,24 @@ def _live_citers(conn: Connection, cited: Set[int], *, skip: Set[int] = _NONE) -
         skip_sql, skip_param = id_in(conn, "r.citing_pmid", skip)
         where += f" AND NOT ({skip_sql})"
         params += (skip_param,)
-    live = "false" if conn.dialect.name == "postgresql" else "0"
-    true = "true" if conn.dialect.name == "postgresql" else "1"
     return {
-        int(p): int(n)
-        for p, n in conn.exec_driver_sql(
-            'SELECT r.cited_pmid, count(*) FROM "references" AS r '
-            "JOIN articles AS citer ON citer.pmid = r.citing_pmid "
-            # an expression, not the bare column: keeps the planner off ix_is_deleted
-            f"WHERE {where} AND coalesce(citer.is_deleted, {true}) = {live} "
-            "GROUP BY r.cited_pmid",
-            params,
-        ).all()
+        int(p): int(n) for p, n in conn.exec_driver_sql(_live_citer_counts(conn, where), params)
     }
+
+
+def _live_citer_counts(conn: Connection, where: str) -> str:
+    """SQL of ``(cited, n)`` rows: for each ``r.cited_pmid`` of the references that
+    ``where`` keeps (``references AS r``), how many stored live articles cite it (cited by
+    none: no row). A grouped count driven by ``ix_references_cited``; ``where`` carries
+    the caller's placeholders."""
+    false, true = ("false", "true") if conn.dialect.name == "postgresql" else ("0", "1")
+    return (
+        'SELECT r.cited_pmid AS cited, count(*) AS n FROM "references" AS r '
+        "JOIN articles AS citer ON citer.pmid = r.citing_pmid "
+        # an expression, not the bare column: keeps the planner off ix_is_deleted
+        f"WHERE {where} AND coalesce(citer.is_deleted, {true}) = {false} "
+        "GROUP BY r.cited_pmid"
+    )
 
 
 def _update_cited_by(

@@ -221,7 +221,7 @@ class Store(RunLedger, Checkpoints):
             replace_links(
                 conn, changed & stored, live, was_live, bulk=self.bulk, new=new, counted=counted,
                 counts=not self.defer_counts,
-            )
+            )  # fmt: skip
 
     def _write_articles(
         self,
@@ -318,11 +318,19 @@ class Store(RunLedger, Checkpoints):
         mark = self.get_checkpoint(*COUNTS_CHECKPOINT)
         return mark is not None and mark["status"] == "deferred"
 
-    def finish_counts(self, *, step: int = RECOUNT_STEP) -> int:
+    def finish_counts(
+        self, *, step: int = RECOUNT_STEP, deferred: bool | None = None
+    ) -> int | None:
         """Recount every article's in-corpus citations if counts were deferred, then clear
-        the mark; returns how many rows changed (0 when nothing was deferred)."""
-        if not self.counts_deferred():
-            return 0
+        the mark; returns how many rows changed (``None`` when nothing was deferred).
+
+        Args:
+            step: PMIDs per transaction (:meth:`recount_all`).
+            deferred: What :meth:`counts_deferred` has just answered the caller (``None``:
+                read the mark here).
+        """
+        if not (self.counts_deferred() if deferred is None else deferred):
+            return None
         changed = self.recount_all(step=step)
         self.set_checkpoint(*COUNTS_CHECKPOINT, "current", {"recounted": iso(utcnow())})
         self._marked = False

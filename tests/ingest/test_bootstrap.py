@@ -34,7 +34,7 @@ from ingest.bootstrap import (
     stage_file,
     staged,
 )
-from ingest.store import Store
+from ingest.store import COUNTS_CHECKPOINT, Store
 from ingest.updatefiles import apply_updates
 from litpulse.app.demo.generate import CorpusManifest, generate_corpus
 from litpulse.app.demo.pubmed_xml import article_xml, gz, pubmed_set
@@ -277,12 +277,24 @@ def test_a_second_writer_is_refused(emu: Emulator, sqlite_settings: Settings) ->
         lease.release()
 
 
+def _count_mark_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A one-item list counting the reads of the deferred-counts checkpoint from now on."""
+    reads, get = [0], Store.get_checkpoint
+
+    def counted(self: Store, scope: str, key: str) -> dict[str, Any] | None:
+        reads[0] += (scope, key) == COUNTS_CHECKPOINT
+        return get(self, scope, key)
+
+    monkeypatch.setattr(Store, "get_checkpoint", counted)
+    return reads
+
+
 def test_citation_counts_wait_for_the_last_file_then_are_recounted_once(
-    emu: Emulator, sqlite_settings: Settings
+    emu: Emulator, sqlite_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The bootstrap defers the in-corpus citation counts (see ingest.store) and recounts
     them after the last file; a run killed in the recount finishes it when run again, even
-    with no file left to apply."""
+    with no file left to apply. The deferred mark is read once per run that finds no file."""
     s = _settings(emu, sqlite_settings)
     engine = db.connect(s)
     store = Store(engine)
@@ -299,15 +311,19 @@ def test_citation_counts_wait_for_the_last_file_then_are_recounted_once(
     with engine.begin() as conn:
         conn.execute(articles.update().where(articles.c.pmid % 2 == 0).values(cited_by_in_corpus=0))
     store.set_checkpoint("store", "cited_by_in_corpus", "deferred", {})
+    reads = _count_mark_reads(monkeypatch)
     again = load_files(s, workers=1)
     assert again.nothing_to_do and again.recounted is not None and again.recounted > 0
+    assert reads == [1]
     assert not differences(snapshot(engine), done)
     # the recount is work: a run records it (and closes the runs killed processes left)
     assert again.run_id is not None
     last = store.runs(1)[0]
     assert (last["id"], last["status"]) == (again.run_id, "succeeded")
+    reads[0] = 0
     repeat = load_files(s, workers=1)
     assert repeat.recounted is None and repeat.run_id is None  # nothing deferred: no run
+    assert reads == [1]
 
 
 # ----------------------------------------------------------------------- killed twice

@@ -10,8 +10,9 @@ import sys
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, event, func, select
 
+from ingest import links
 from ingest.records import (
     AbstractSection,
     Author,
@@ -23,8 +24,10 @@ from ingest.records import (
     SourceRef,
 )
 from ingest.store import IngestCounts, Store
+from litpulse.core import db
 from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import article_terms, articles, references
+from litpulse.core.settings import Settings
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -122,7 +125,8 @@ def test_insert_fills_every_column(engine: Engine) -> None:
     assert art["references"] == [12, 13]
     assert art["pub_date_raw"] == "2024 Mar" and art["best_date"] == "2024-02-20"
     for key in ("pmid", "version", "pmcid", "is_book", "is_deleted", "cited_by_in_corpus",
-                "citation_count", "relative_citation_ratio", "date_revised", "entrez_date"):
+                "citation_count", "relative_citation_ratio", "date_revised",
+                "entrez_date"):  # fmt: skip
         assert key in art
 
 
@@ -574,10 +578,10 @@ def test_deferred_counts_end_where_per_batch_counts_end(engine: Engine) -> None:
     deferred.apply(items[150:], batch_size=7)
     assert _counts(engine) != expected  # left alone while deferred
     changed = deferred.finish_counts(step=9)  # ranges smaller than the PMID span
-    assert changed > 0
+    assert changed is not None and changed > 0
     assert _counts(engine) == expected
     assert not Store(engine).counts_deferred()
-    assert deferred.finish_counts() == 0  # nothing deferred, nothing to do
+    assert deferred.finish_counts() is None  # nothing deferred, nothing to do
 
 
 def test_a_full_recount_goes_range_by_range(engine: Engine) -> None:
@@ -592,3 +596,39 @@ def test_a_full_recount_goes_range_by_range(engine: Engine) -> None:
         conn.execute(articles.update().values(cited_by_in_corpus=7))
     assert store.recount_all(step=4) == len(expected) - sum(n == 7 for n in expected.values())
     assert _counts(engine) == expected
+
+
+def test_old_sqlite_recounts_as_the_set_based_statements(
+    sqlite_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite before 3.33 has no ``UPDATE … FROM``: a range is recounted by
+    ``recompute_cited_by`` over its PMIDs, written one ``UPDATE`` per PMID. The same counts,
+    and the same number of rows changed, as the set-based statements on the same data."""
+    engine = db.connect(sqlite_settings)
+    store = Store(engine)
+    store.apply(_random_history(11), batch_size=13)
+    expected = _counts(engine)
+    assert sum(expected.values()) > 50
+
+    def spoil() -> None:
+        with engine.begin() as conn:
+            conn.execute(articles.update().values(cited_by_in_corpus=7))
+
+    spoil()
+    set_based = store.recount_all(step=4)
+    assert set_based > 0 and _counts(engine) == expected
+    spoil()
+    monkeypatch.setattr(links, "_SQLITE_SET_BASED", False)
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        assert store.recount_all(step=4) == set_based
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert _counts(engine) == expected
+    assert not [s for s in statements if " FROM (" in s and s.startswith("UPDATE")]
+    assert any(s.startswith("UPDATE articles SET cited_by_in_corpus") for s in statements)
