@@ -66,7 +66,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from ingest.records import SourceRef
-from ingest.runs import IngestCounts, OpenRun, recorded_run
+from ingest.runs import IngestCounts, OpenRun, recorded_run, store_writer
 from ingest.store import Store
 from ingest.updatefiles import (
     RemoteFile,
@@ -568,6 +568,9 @@ def load_files(
 
     Raises:
         BootstrapBusyError: Another live process is the writer.
+        StoreBusyError: Another process writes articles (an ingest, a nightly run): the
+            bootstrap holds :data:`ingest.runs.STORE_LEASE` for its whole call, its final
+            recount included, so no other writer moves a count under it.
         ChecksumError: A file kept failing its MD5; it and later files stay unapplied.
         TransientSourceError: The server kept failing.
     """
@@ -591,7 +594,7 @@ def load_files(
         raise BootstrapBusyError(
             f"another process ({holder[0] if holder else '?'}) is applying the bootstrap files"
         )
-    with lease:
+    with lease, store_writer(engine):
         pending, listed = pending_files(settings, engine)
         n_pending = len(pending)
         folder = _folder(settings)

@@ -10,6 +10,17 @@ exception is recorded, redacted, and raised again).
 A run left ``running`` by a process that died is closed as ``abandoned`` by the next
 :meth:`RunLedger.start_run` of the same host (:meth:`RunLedger.close_abandoned_runs`).
 
+**One writer of articles at a time.** A run of a source that writes articles
+(:data:`ARTICLE_SOURCES`: files, E-utilities, update files) holds the database lease
+:data:`STORE_LEASE` (:func:`store_writer`) from before it opens until it closes; a second
+one, in any process on any host, fails at once with :class:`StoreBusyError` (retryable:
+Airflow's retries or a later run go on) and writes nothing. Two writers would each decide
+against the state they read (an older version upserted over a newer one) and move the
+in-corpus citation counts under each other's feet (the bootstrap's final recount would
+overwrite a count another writer had just moved). The bootstrap holds the lease for its
+whole call, its runs and its recount included (the lease is re-entrant within a process).
+iCite runs write only the citation columns and take no lease.
+
 Example:
     >>> from litpulse.core import db
     >>> from litpulse.core.settings import Settings
@@ -22,9 +33,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,15 +45,77 @@ from typing import Any, Self
 
 from sqlalchemy import Engine, insert, select, update
 
-from litpulse.core.db import default_holder, holder_alive
-from litpulse.core.errors import ConfigError, NotFoundError
+from litpulse.core.db import Lease, acquire_lease, default_holder, holder_alive, lease_holder
+from litpulse.core.errors import ConfigError, LitpulseError, NotFoundError
 from litpulse.core.schema import ingest_runs
 from litpulse.core.states import RunStatus
 from litpulse.core.timeutil import iso, utcnow
 
-__all__ = ["IngestCounts", "OpenRun", "RunLedger", "recorded_run", "run_dict"]
+__all__ = [
+    "ARTICLE_SOURCES",
+    "STORE_LEASE",
+    "IngestCounts",
+    "OpenRun",
+    "RunLedger",
+    "StoreBusyError",
+    "recorded_run",
+    "run_dict",
+    "store_writer",
+]
 
 logger = logging.getLogger(__name__)
+
+#: The database lease every writer of articles holds (:func:`store_writer`).
+STORE_LEASE = "store-writer"
+#: Run sources that write articles, so that their runs hold :data:`STORE_LEASE`.
+ARTICLE_SOURCES = frozenset({"files", "eutils", "updatefiles"})
+
+
+class StoreBusyError(LitpulseError):
+    """Another live process is writing articles (it holds :data:`STORE_LEASE`); nothing
+    was written. Retry when it is done."""
+
+    retryable = True
+
+
+_held: dict[str, tuple[Lease, int]] = {}  # this process's store leases: by database, depth
+_held_lock = threading.Lock()
+
+
+@contextmanager
+def store_writer(engine: Engine) -> Iterator[None]:
+    """Hold :data:`STORE_LEASE` for the block (re-entrant: an inner block of the same
+    process and database shares the outer one's lease).
+
+    Raises:
+        StoreBusyError: Another live process holds it.
+    """
+    key = engine.url.render_as_string(hide_password=False)
+    with _held_lock:
+        if key in _held:
+            lease, depth = _held[key]
+            _held[key] = (lease, depth + 1)
+            taken = None
+        else:
+            taken = acquire_lease(engine, STORE_LEASE)
+            if taken is None:
+                holder = lease_holder(engine, STORE_LEASE)
+                raise StoreBusyError(
+                    f"another process ({holder[0] if holder else '?'}) is writing articles to "
+                    f"this store (lease {STORE_LEASE!r}); nothing was written: run again "
+                    "when it is done"
+                )
+            _held[key] = (taken, 1)
+    try:
+        yield
+    finally:
+        with _held_lock:
+            lease, depth = _held[key]
+            if depth > 1:
+                _held[key] = (lease, depth - 1)
+            else:
+                del _held[key]
+                lease.release()
 
 
 @dataclass(frozen=True)
@@ -143,7 +218,25 @@ def recorded_run(
 
     Yields:
         The open run; set its ``counts`` and ``details`` as the work goes on.
+
+    Raises:
+        StoreBusyError: ``source`` writes articles (:data:`ARTICLE_SOURCES`) and another
+            process is writing them now (no run is opened).
     """
+    with contextlib.ExitStack() as stack:
+        if source in ARTICLE_SOURCES:
+            stack.enter_context(store_writer(ledger.engine))
+        yield from _recorded(ledger, source, target, window_start, window_end, redact)
+
+
+def _recorded(
+    ledger: RunLedger,
+    source: str,
+    target: str | None,
+    window_start: dt.datetime | None,
+    window_end: dt.datetime | None,
+    redact: Callable[[str], str],
+) -> Iterator[OpenRun]:
     run = OpenRun(
         ledger.start_run(source, target=target, window_start=window_start, window_end=window_end)
     )

@@ -19,9 +19,9 @@ carries the run ledger (:class:`ingest.runs.RunLedger`) and the checkpoints
 (:class:`ingest.checkpoints.Checkpoints`), and the read models (an article, the store's
 counts, quarantine) that the CLI and the API show.
 
-Writers should hold the ingest
-lease (:func:`litpulse.core.db.acquire_lease`): two concurrent writers of the same PMIDs would
-each decide against the state they read.
+Writers hold the store's writer lease (:func:`ingest.runs.store_writer`, taken by every
+ingest run that writes articles, and by the bootstrap for its whole call): two concurrent
+writers of the same PMIDs would each decide against the state they read.
 
 **Deferred counts** (``Store(engine, defer_counts=True)``, the bootstrap's store): the
 in-corpus citation counts are left alone while the rows, terms and references are written,

@@ -34,6 +34,7 @@ from ingest.bootstrap import (
     stage_file,
     staged,
 )
+from ingest.runs import STORE_LEASE
 from ingest.store import COUNTS_CHECKPOINT, Store
 from ingest.updatefiles import apply_updates
 from litpulse.app.demo.generate import CorpusManifest, generate_corpus
@@ -213,10 +214,17 @@ def test_downloads_ahead_are_prefetch_beyond_the_files_the_parsers_hold(
     s = _settings(emu, sqlite_settings)
     seen: list[int] = []
 
+    def staged() -> int:
+        return sum(1 for n in _downloads(s) if n.endswith(".verified"))
+
     def slow_writer(name: str, counts: object) -> None:  # the file just applied is gone
-        if len(seen) < 3:
-            time.sleep(0.4)  # the prefetch thread and the feeder catch up meanwhile
-            seen.append(sum(1 for n in _downloads(s) if n.endswith(".verified")))
+        if len(seen) < 3:  # the prefetch thread and the feeder catch up meanwhile
+            most, deadline = 0, time.monotonic() + 20
+            while most < 1 + 2 and time.monotonic() < deadline:
+                most = max(most, staged())
+                time.sleep(0.01)
+            time.sleep(0.3)  # and go no further
+            seen.append(max(most, staged()))
 
     load_files(s, workers=1, prefetch=2, on_file=slow_writer)
     assert seen == [1 + 2] * 3, seen  # 1 worker's next file + 2 prefetched
@@ -275,6 +283,53 @@ def test_a_second_writer_is_refused(emu: Emulator, sqlite_settings: Settings) ->
             load_files(s, workers=1)
     finally:
         lease.release()
+
+
+def test_no_other_process_writes_articles_while_the_bootstrap_applies_or_recounts(
+    emu: Emulator,
+    published: Published,
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A second writer (here ``litpulse ingest --files`` in another process) would decide
+    against the state it read and move in-corpus counts under the final recount: it is
+    refused, writes nothing, and goes through once the bootstrap is done."""
+    s = _settings(emu, settings)
+    engine = db.connect(s)
+    extra = tmp_path / "extra.xml.gz"
+    first = min(published.manifest.live_pmids)
+    citing = article_xml(99_000_001, edat=dt.date(2024, 6, 1), refs=(first,))
+    extra.write_bytes(gz(pubmed_set([citing], [])))
+    argv = [sys.executable, "-m", "litpulse", "ingest", "--files", str(extra)]
+    tried: list[subprocess.CompletedProcess[str]] = []
+
+    def other_writer(name: str, counts: object) -> None:
+        if not tried:
+            tried.append(subprocess.run(argv, env=child_env(s), cwd=REPO, capture_output=True,
+                                        text=True, timeout=120))  # fmt: skip
+
+    in_recount: list[object] = []
+    recount = Store.finish_counts
+
+    def observed(self: Store, *args: Any, **kw: Any) -> int | None:
+        in_recount.append(db.lease_holder(engine, STORE_LEASE))
+        return recount(self, *args, **kw)
+
+    monkeypatch.setattr(Store, "finish_counts", observed)
+    load_files(s, workers=1, prefetch=0, on_file=other_writer)
+    assert tried[0].returncode != 0
+    assert "another process" in tried[0].stderr and STORE_LEASE in tried[0].stderr
+    assert in_recount and in_recount[0] is not None  # the recount ran under the lease
+    with engine.connect() as conn:
+        new = conn.execute(select(articles.c.pmid).where(articles.c.pmid == 99_000_001))
+        assert new.first() is None
+        assert conn.execute(select(func.count()).select_from(ingest_runs)
+                            .where(ingest_runs.c.source == "files")).scalar() == 0  # fmt: skip
+    assert db.lease_holder(engine, STORE_LEASE) is None
+    done = subprocess.run(argv, env=child_env(s), cwd=REPO, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def _count_mark_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:

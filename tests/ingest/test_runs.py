@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.runs import IngestCounts, recorded_run
+from ingest.runs import (
+    ARTICLE_SOURCES,
+    STORE_LEASE,
+    IngestCounts,
+    StoreBusyError,
+    recorded_run,
+    store_writer,
+)
 from ingest.store import Store, store_counts
 from litpulse.core import db
 from litpulse.core.settings import Settings
@@ -47,3 +54,39 @@ def test_status_counts_come_from_the_one_count_query(sqlite_settings: Settings) 
     assert counts["references"] == status["references"] == 1
     assert counts["newest_best_date"] == status["newest_best_date"] is not None
     assert counts["with_abstract"] == 2
+
+
+@pytest.mark.parametrize("source", sorted(ARTICLE_SOURCES))
+def test_a_run_that_writes_articles_is_refused_while_another_process_writes(
+    settings: Settings, source: str
+) -> None:
+    """Two writers would each decide against the state they read: the second one, on any
+    host, is refused before it opens a run."""
+    store = Store(db.connect(settings))
+    other = db.acquire_lease(store.engine, STORE_LEASE, holder="otherhost:1:x", heartbeat=False)
+    assert other is not None
+    try:
+        with pytest.raises(StoreBusyError, match="otherhost") as err:
+            with recorded_run(store, source):
+                raise AssertionError("must not run")
+        assert err.value.retryable
+        assert store.runs() == []
+        # iCite runs write only the citation columns: not refused
+        with recorded_run(store, "citations") as run:
+            pass
+        assert store.get_run(run.id)["status"] == RunStatus.SUCCEEDED
+    finally:
+        other.release()
+    with recorded_run(store, source):  # free again
+        assert db.lease_holder(store.engine, STORE_LEASE) is not None
+    assert db.lease_holder(store.engine, STORE_LEASE) is None
+
+
+def test_the_store_lease_is_reentrant_within_a_process(sqlite_settings: Settings) -> None:
+    store = Store(db.connect(sqlite_settings))
+    with store_writer(store.engine):
+        holder = db.lease_holder(store.engine, STORE_LEASE)
+        with recorded_run(store, "files"), recorded_run(store, "updatefiles"):
+            assert db.lease_holder(store.engine, STORE_LEASE) == holder
+        assert db.lease_holder(store.engine, STORE_LEASE) == holder  # the outer one holds on
+    assert db.lease_holder(store.engine, STORE_LEASE) is None
