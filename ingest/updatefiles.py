@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
 from ingest.http import HttpClient
 from ingest.records import SourceRef
@@ -43,12 +43,15 @@ from ingest.rows import StoreItem
 from ingest.runs import IngestCounts, OpenRun, recorded_run
 from ingest.store import Store
 from litpulse.core import db
-from litpulse.core.errors import ChecksumError, ConfigError, InvalidRequestError
+from litpulse.core.errors import ChecksumError, ConfigError, InvalidRequestError, LitpulseError
 from litpulse.core.schema import source_files
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import utcnow
 
-__all__ = ["RemoteFile", "apply_updates", "list_remote_files", "parse_listing", "parse_md5"]
+__all__ = [
+    "BootstrapUnfinishedError",
+    "RemoteFile",
+    "apply_updates", "list_remote_files", "parse_listing", "parse_md5"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +66,11 @@ _MD5SUM_RE = re.compile(r"^(?P<hex>[0-9a-fA-F]{32})\s+\*?(?P<name>\S+)\s*$", re.
 CHECKSUM_ATTEMPTS = 3
 
 FOLDERS = {"baseline": "baseline", "updatefile": "updatefiles"}
+
+
+class BootstrapUnfinishedError(LitpulseError):
+    """Update files were asked for while baseline files a bootstrap started are still
+    pending: run ``litpulse bootstrap`` to finish it (retrying alone will not help)."""
 
 
 @dataclass(frozen=True, order=True)
@@ -172,11 +180,37 @@ def list_remote_files(settings: Settings, *, include_baseline: bool = False) -> 
         source.close()
 
 
+def _refuse_before_the_baseline(
+    source: _HttpSource | _LocalSource, engine: Engine, done: set[str]
+) -> None:
+    """Raise :class:`BootstrapUnfinishedError` when this store applied baseline files and
+    the server lists baseline files it has not: update files applied before them would be
+    out of order (a record the baseline holds and an update file deletes would come back as
+    a bare tombstone, its content lost)."""
+    with engine.connect() as conn:
+        started = conn.execute(
+            select(source_files.c.name).where(source_files.c.kind == "baseline").limit(1)
+        ).first()
+    if started is None:
+        return
+    left = [f.name for f in _list_kind(source, "baseline") if f.name not in done]
+    if left:
+        raise BootstrapUnfinishedError(
+            f"a bootstrap is unfinished: {len(left)} baseline file(s) are not applied yet "
+            f"(first {left[0]}); update files must come after them: run `litpulse bootstrap` "
+            "(it applies them, then the update files)"
+        )
+
+
+def _list_kind(source: _HttpSource | _LocalSource, kind: str) -> list[RemoteFile]:
+    return parse_listing(source.listing(FOLDERS[kind]), kind)
+
+
 def _list(source: _HttpSource | _LocalSource, include_baseline: bool) -> list[RemoteFile]:
     kinds = ("baseline", "updatefile") if include_baseline else ("updatefile",)
     found: list[RemoteFile] = []
     for kind in kinds:
-        found += parse_listing(source.listing(FOLDERS[kind]), kind)
+        found += _list_kind(source, kind)
     # one name may be listed in both folders in a transition: keep the first kind
     unique: dict[str, RemoteFile] = {}
     for f in found:
@@ -234,6 +268,8 @@ def apply_updates(
     Raises:
         ChecksumError: A file kept failing its MD5; it and later files were not applied.
         TransientSourceError: The server kept failing.
+        BootstrapUnfinishedError: A bootstrap applied some baseline files and others are
+            still pending (the run is recorded as failed, nothing is applied).
     """
     if max_files is not None and max_files < 0:
         raise ConfigError(f"max_files must be >= 0, got {max_files!r}")
@@ -252,6 +288,8 @@ def apply_updates(
             remote = _list(source, include_baseline)
             with engine.connect() as conn:
                 done = set(conn.execute(select(source_files.c.name)).scalars())
+            if not include_baseline:
+                _refuse_before_the_baseline(source, engine, done)
             pending = [f for f in remote if f.name not in done]
             if done and pending:
                 newest = max((f for f in remote if f.name in done), default=None)
