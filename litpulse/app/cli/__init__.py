@@ -55,8 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"litpulse: {exc}", file=sys.stderr)
         return 1
     except LitpulseError as exc:
+        from ingest.runs import StoreBusyError
+        from litpulse.app.cli.nightly import EXIT_BUSY
+
         print(f"litpulse: error: {exc}", file=sys.stderr)
-        return 2
+        # another process writes articles: try again later (EX_TEMPFAIL, as nightly's lease)
+        return EXIT_BUSY if isinstance(exc, StoreBusyError) else 2
     except KeyboardInterrupt:
         print("litpulse: interrupted", file=sys.stderr)
         return 130

@@ -66,6 +66,7 @@ def _when(text: str) -> dt.datetime:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from ingest.runs import StoreBusyError
     from litpulse.core.errors import LeaseLostError
     from litpulse.pipeline.nightly import NightlyBusyError, run_nightly
 
@@ -83,8 +84,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             progress=show_progress() and not args.json,
             wait_s=args.wait,
         )
-    except (NightlyBusyError, LeaseLostError) as exc:
-        # busy, or another run took the lease over: try again later (EX_TEMPFAIL)
+    except (NightlyBusyError, StoreBusyError, LeaseLostError) as exc:
+        # busy (another nightly run, or a bootstrap writing articles), or another run took
+        # the lease over: try again later (EX_TEMPFAIL)
         print(f"litpulse: {exc}", file=sys.stderr)
         return EXIT_BUSY
     data = report.to_dict()
