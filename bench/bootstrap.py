@@ -7,7 +7,8 @@ file server (``baseline/`` and an empty ``updatefiles/``), and runs
 :func:`ingest.bootstrap.load_files` on it once per worker count, each in its own child on a
 fresh store (SQLite; ``--databases sqlite postgresql`` adds a scratch PostgreSQL database,
 where the table also counts the article rows updated; schema created before the clock
-starts; the default prefetch of 2):
+starts; the default prefetch of 2; the store's size on disk is measured after the load, less
+that of the empty store, per article row, and projected to the full baseline):
 
 * ``workers=0`` parses in the writer's process (no overlap at all);
 * ``workers=1`` overlaps one file's parse with its store;
@@ -79,12 +80,15 @@ def _child(root: str, workers: int, counts: str = "deferred", url: str = "") -> 
         pubmed_files_url=f"file://{root}",
     )  # fmt: skip
     engine = connect(settings)  # tables first: not part of the load
+    empty = _store_bytes(engine)
     sampler = TreeSampler()
     t0, c0 = time.perf_counter(), time.process_time()
     report = load_files(settings, workers=workers, defer_counts=counts == "deferred")
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     tree_mb, descendants_cpu = sampler.stop()
     out = {
+        "store_bytes": _store_bytes(engine) - empty,
+        "articles": _articles(engine),
         "row_updates": _article_updates(engine),
         "n": report.counts.total,
         "files": len(report.applied),
@@ -95,6 +99,29 @@ def _child(root: str, workers: int, counts: str = "deferred", url: str = "") -> 
         "tree_mb": max(tree_mb, peak_rss_kb() / 1024),
     }
     sys.stdout.write(json.dumps(out))
+
+
+def _store_bytes(engine: Any) -> float:
+    """Bytes the store takes on disk: the PostgreSQL database, or the SQLite file with its
+    write-ahead log checkpointed into it."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            return float(conn.execute(text("SELECT pg_database_size(current_database())")).scalar())
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    db = Path(str(engine.url.database))
+    return float(sum(p.stat().st_size for p in (db, Path(f"{db}-wal")) if p.exists()))
+
+
+def _articles(engine: Any) -> float:
+    """Article rows stored (live and tombstones)."""
+    from sqlalchemy import func, select
+
+    from litpulse.core.schema import articles
+
+    with engine.connect() as conn:
+        return float(conn.execute(select(func.count()).select_from(articles)).scalar() or 0)
 
 
 def _article_updates(engine: Any) -> float:
@@ -145,6 +172,19 @@ def _hours(records: float, per_s: float) -> str:
     return f"{records / per_s / 3600:.1f} h"
 
 
+def at_baseline(bytes_per_article: float) -> str:
+    """The disk the full baseline (:data:`BASELINE_RECORDS` articles) takes at this rate."""
+    return f"{bytes_per_article * BASELINE_RECORDS / 1e9:.0f} GB"
+
+
+def _disk(r: dict[str, float]) -> str:
+    """Store KiB per article and the full baseline projected from it."""
+    if not r.get("articles"):
+        return "— | —"
+    per = r["store_bytes"] / r["articles"]
+    return f"{per / 1024:.1f} | {at_baseline(per)}"
+
+
 def projected(r: dict[str, float], workers: int) -> float:
     """Wall seconds per record with ``workers + 1`` idle cores: the writer is serial, the
     parse CPU splits over the workers (with 0 workers the writer does both)."""
@@ -159,14 +199,15 @@ def _table(results: dict[tuple[int, str, str], dict[str, float] | str]) -> str:
         "| CPU s: all / writer / parse workers | records/s (wall) | records/s (CPU) "
         "| peak RSS MiB (all) | article rows updated (PostgreSQL) | ÷ workers=0 (wall) "
         "| ÷ workers=1 (wall) "
-        "| full baseline at the wall rate | … on idle cores (projected) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| full baseline at the wall rate | … on idle cores (projected) "
+        "| store KiB per article | full baseline's store on disk |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     rate = {k: r["n"] / r["wall"] for k, r in results.items() if isinstance(r, dict)}
     for (w, counts, database), r in results.items():
         name = f"{w}, {counts}, {database}"
         if isinstance(r, str):
-            rows.append(f"| {name} | — | — | — | — | — | — | — | — | — | — | — | {r} |")
+            rows.append(f"| {name} | — | — | — | — | — | — | — | — | — | — | — | — | — | {r} |")
             continue
         vs = [
             f"{rate[w, counts, database] / rate[b, counts, database]:.2f}×"
@@ -180,7 +221,8 @@ def _table(results: dict[tuple[int, str, str], dict[str, float] | str]) -> str:
             f"| {rate[w, counts, database]:,.0f} | {r['n'] / r['cpu']:,.0f} | {r['tree_mb']:.0f} "
             f"| {_count(r.get('row_updates', math.nan))} "
             f"| {vs[0]} | {vs[1]} | {_hours(BASELINE_RECORDS, rate[w, counts, database])} "
-            f"| {_hours(BASELINE_RECORDS, 1 / projected(r, w))} on {w + 1} cores |"
+            f"| {_hours(BASELINE_RECORDS, 1 / projected(r, w))} on {w + 1} cores "
+            f"| {_disk(r)} |"
         )
     return "\n".join(rows) + "\n"
 
