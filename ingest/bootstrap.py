@@ -257,11 +257,12 @@ def staged_count(folder: Path) -> int:
 
 
 def _discard(folder: Path, name: str) -> None:
-    """Remove a staged file and its marker (a partial download's too)."""
+    """Remove a staged file, its marker and a partial download of it."""
     path = folder / name
     _marker(path).unlink(missing_ok=True)
     path.with_name(path.name + MARKER + ".tmp").unlink(missing_ok=True)
     path.unlink(missing_ok=True)
+    path.with_name(path.name + ".part").unlink(missing_ok=True)  # see ingest.http fetch
 
 
 def _busy_elsewhere(engine: Engine, name: str) -> bool:
@@ -608,6 +609,8 @@ def load_files(
         already = listed - len(pending)
         if max_files is not None:
             pending = pending[:max_files]
+        if not pending and n_pending:  # max_files=0: nothing asked while files remain
+            return LoadReport(listed, already, workers=workers, seconds=time.perf_counter() - t0)
         if not pending:
             logger.info("bootstrap: all %d listed files were applied before", listed)
             deferred = store.counts_deferred()  # read once: the recount is given the answer

@@ -266,6 +266,10 @@ def test_staged_files_are_reused_and_stale_ones_removed(
     (folder / second.name).write_bytes(b"x")
     load_files(s, workers=1, prefetch=0, max_files=1)
     assert not (folder / second.name).exists()
+    # a partial download of a file applied meanwhile (by another process's copy): removed
+    (folder / f"{first.name}.part").write_bytes(b"x")
+    load_files(s, workers=1, prefetch=0, max_files=1)
+    assert not (folder / f"{first.name}.part").exists()
     # a fetcher of the DAG: an applied file is not fetched again
     assert prefetch_file(s, first, window=2) == "applied"
     assert prefetch_file(s, pending[5], window=2) == "staged"
@@ -355,6 +359,9 @@ def test_citation_counts_wait_for_the_last_file_then_are_recounted_once(
     store = Store(engine)
     part = load_files(s, workers=1, prefetch=0, max_files=5)
     assert part.recounted is None and store.counts_deferred()
+    # asked for no file while files remain: no recount either (it would be redone anyway)
+    none = load_files(s, workers=1, prefetch=0, max_files=0)
+    assert (none.applied, none.recounted) == ((), None) and store.counts_deferred()
     assert "waiting" in str(store.status()["citation_counts"])
     rest = load_files(s, workers=1, prefetch=0)
     assert rest.recounted is not None and rest.recounted > 0
