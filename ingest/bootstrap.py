@@ -405,8 +405,8 @@ class _Prefetcher(threading.Thread):
                 try:
                     stage_file(self.settings, f, engine=self.engine, source=source)
                 except Exception as exc:  # noqa: BLE001 - the writer fetches it and reports
+                    # left to the writer; the files after it are still worth fetching ahead
                     logger.warning("prefetching %s failed (the writer will retry): %s", f.name, exc)
-                    return
         finally:
             source.close()
 

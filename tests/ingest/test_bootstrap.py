@@ -277,6 +277,30 @@ def test_staged_files_are_reused_and_stale_ones_removed(
     assert prefetch_file(s, pending[6], window=2).startswith("left to the writer")
 
 
+def test_a_failed_prefetch_leaves_the_file_to_the_writer_and_prefetches_the_next(
+    emu: Emulator, sqlite_settings: Settings
+) -> None:
+    """One bad download must not end prefetching for the rest of a long bootstrap (every
+    later file would then be downloaded by the writer, between two files it applies)."""
+    from ingest.bootstrap import _Prefetcher
+
+    s = _settings(emu, sqlite_settings)
+    pending, _listed = pending_files(s)
+    emu.faults.add("badmd5", path=pending[1].name, times=100)
+    stager = _Prefetcher(s, db.connect(s), pending, window=3)
+    stager.start()
+    folder, deadline = s.home / "downloads", time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline and not all(
+            staged(folder, f) is not None for f in pending[2:4]
+        ):
+            time.sleep(0.02)
+    finally:
+        stager.stop()
+    assert staged(folder, pending[1]) is None  # left to the writer, which retries it
+    assert all(staged(folder, f) is not None for f in pending[2:4])
+
+
 def test_a_second_writer_is_refused(emu: Emulator, sqlite_settings: Settings) -> None:
     s = _settings(emu, sqlite_settings)
     engine = db.connect(s)
