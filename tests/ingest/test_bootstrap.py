@@ -10,8 +10,10 @@ quarantine, and ``source_files`` (without per-run counts and times).
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import multiprocessing
 import os
+import pickle
 import random
 import signal
 import subprocess
@@ -34,6 +36,8 @@ from ingest.bootstrap import (
     stage_file,
     staged,
 )
+from ingest.files import ingest_files
+from ingest.rows import prepare
 from ingest.runs import STORE_LEASE
 from ingest.store import COUNTS_CHECKPOINT, Store
 from ingest.updatefiles import apply_updates
@@ -52,6 +56,7 @@ from tests.ingest.test_crash_resume import (
     reset,
     snapshot,
 )
+from tests.ingest.test_store import make_record
 
 N_BASELINE = 20
 PER_FILE = 50
@@ -501,3 +506,202 @@ def test_killed_twice_at_random_points_resumes_to_the_clean_state(
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "all 23 listed files were applied before" in proc.stdout + proc.stderr
+
+
+# ------------------------------------------------ hostile review: spill, feed, counts, order
+
+def _spilled(s: Settings) -> list[Path]:
+    folder = s.home / "downloads"
+    if not folder.exists():
+        return []
+    out = []
+    for p in folder.glob("litpulse-spill-*/job-*.pkl"):
+        try:
+            if p.stat().st_size:
+                out.append(p)
+        except OSError:
+            pass
+    return out
+
+
+def test_bootstrap_killed_while_workers_have_spilled_resumes_to_the_clean_state(
+    emu: Emulator,  # noqa: F811 - fixture
+    sqlite_settings: Settings,
+    tmp_path: Path,
+) -> None:
+    """SIGKILL the writer when a parse worker has spilled a file ahead of it (after at
+    least one commit), plant a stale spill folder whose pickles would add a record that
+    no file holds, resume with another number of workers: the clean state, nothing
+    spilled left over."""
+    s = _settings(emu, sqlite_settings)
+    engine = db.connect(s)
+    load_files(s, workers=1, prefetch=2)
+    clean, clean_files = snapshot(engine), _files(engine)
+    reset(engine)
+
+    env = {**child_env(s), **emu.env(s)}
+    argv = ["bootstrap", "--no-embed", "--workers", "2", "--prefetch", "2"]
+    log = tmp_path / "child.log"
+    seen_spill = False
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "litpulse", *argv], env=env, cwd=REPO,
+            stdout=subprocess.DEVNULL, stderr=err, preexec_fn=lambda: os.nice(5),
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while proc.poll() is None and time.monotonic() < deadline:
+                if _spilled(s) and _progress(engine) >= 1:
+                    seen_spill = True
+                    break
+                time.sleep(0.002)
+            finished = proc.poll() is not None
+            if not finished:
+                os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait(timeout=30)
+    assert not finished, log.read_text(errors="replace")[-2000:]
+    assert seen_spill, "no spill file seen before the kill"
+    assert _files(engine) != clean_files  # killed before the end
+
+    # a stale spill folder of an older run: its items must never reach the store
+    stale = s.home / "downloads" / "litpulse-spill-stale"
+    stale.mkdir(parents=True, exist_ok=True)
+    ghost = prepare(make_record(999_999_999))
+    for i in range(N_BASELINE + 3):
+        (stale / f"job-{i}.pkl").write_bytes(pickle.dumps([tuple(ghost)]))
+
+    proc2 = subprocess.run([sys.executable, "-m", "litpulse", *argv[:3], "3", *argv[4:]],
+                           env=env, cwd=REPO, capture_output=True, text=True,
+                           timeout=180)  # fmt: skip
+    assert proc2.returncode == 0, proc2.stderr[-3000:]
+    diff = differences(snapshot(engine), clean)
+    assert not diff, diff
+    assert _files(engine) == clean_files
+    assert _downloads(s) == []  # no staged file, no spill folder left
+    with engine.connect() as conn:
+        runs = list(conn.execute(select(ingest_runs.c.status).order_by(ingest_runs.c.id))
+                    .scalars())  # fmt: skip
+    assert runs[0] == "abandoned" and runs[-1] == "succeeded", runs
+
+
+# ------------------------------------------------------ Q2: a listed file that is gone
+
+
+def test_a_listed_file_gone_from_the_server_stops_after_the_files_before_it(
+    emu: Emulator,  # noqa: F811 - fixture
+    sqlite_settings: Settings,
+) -> None:
+    """A file listed at the start but answered 404 later (withdrawn meanwhile): the
+    bootstrap raises an error naming it, the files before it are applied, no parse
+    worker is left and nothing hangs (with prefetch, whose thread meets the 404 first)."""
+    s = _settings(emu, sqlite_settings)
+    pending, _listed = pending_files(s)
+    gone = pending[3]
+    listing = emu.listing("baseline")  # listed as before...
+    with emu._lock:
+        del emu.files["baseline"][gone.name]  # ...but the file and its .md5 answer 404
+    original = emu.listing
+    emu.listing = lambda kind: listing if kind == "baseline" else original(kind)  # type: ignore[method-assign]
+    t0 = time.monotonic()
+    with pytest.raises(Exception, match=gone.name) as info:
+        load_files(s, workers=2, prefetch=2)
+    assert time.monotonic() - t0 < 60
+    print(f"raised {type(info.value).__name__}: {info.value}")
+    assert [f[0] for f in _files(db.connect(s))] == [f.name for f in pending[:3]]
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("litpulse")]
+    assert not [n for n in _downloads(s) if n.startswith("litpulse-spill")]
+    runs = Store(db.connect(s)).runs(1)
+    assert runs[0]["status"] == "failed"
+
+
+# ----------------------------------------------- Q3: deferred counts and other writers
+
+
+def _counts_right(engine: Engine) -> None:
+    snapshot(engine)  # asserts every cited_by_in_corpus equals a recount
+
+
+def _citing_file(path: Path, cited: list[int], revised: int, new: int) -> Path:
+    """A local file: a new record citing ``cited``, and ``revised`` revised to cite them."""
+    edat = dt.date(2024, 8, 1)
+    elements = [
+        article_xml(new, edat=edat, refs=tuple(cited)),
+        article_xml(
+            revised,
+            edat=edat,
+            mdat=dt.date(2024, 8, 2),
+            version=3,
+            title=f"Revised locally: {revised}",
+            refs=tuple(cited),
+        ),  # fmt: skip
+    ]
+    path.write_bytes(gzip.compress(pubmed_set(elements, [])))
+    return path
+
+
+def test_a_normal_ingest_after_a_killed_bootstrap_keeps_the_mark_and_the_recount_fixes_all(
+    emu: Emulator,  # noqa: F811 - fixture
+    settings: Settings,
+    published: Published,  # noqa: F811 - fixture
+    tmp_path: Path,
+) -> None:
+    """Between a bootstrap cut short (counts deferred) and its resumption, ``ingest
+    --files`` writes counts by deltas on stale counts. It must leave the mark set, and
+    the resumed bootstrap (here without deferring) must end with every count right."""
+    s = _settings(emu, settings)
+    engine = db.connect(s)
+    store = Store(engine)
+    load_files(s, workers=1, prefetch=0, max_files=6)
+    assert store.counts_deferred()
+    live = sorted(published.manifest.live_pmids)
+    cited = live[:3]
+    revised = live[5]
+    path = _citing_file(tmp_path / "local.xml.gz", cited, revised, max(live) + 50_000)
+    ingest_files(s, [path], workers=0)
+    assert store.counts_deferred(), "a non-deferred writer cleared the deferred mark"
+    rest = load_files(s, workers=1, prefetch=0, defer_counts=False)
+    assert rest.recounted is not None
+    assert not store.counts_deferred()
+    _counts_right(engine)
+    mark = store.get_checkpoint(*COUNTS_CHECKPOINT)
+    assert mark is not None and mark["status"] == "current"
+
+
+# --------------------------------------------- a striped job with a never-filled spill
+
+
+def test_update_files_wait_for_the_baseline_files_a_bootstrap_left(
+    emu: Emulator,  # noqa: F811 - fixture
+    sqlite_settings: Settings,
+) -> None:
+    """``litpulse ingest --updatefiles`` (or the nightly on update files) after a bootstrap
+    cut short would apply the update files before the baseline files left, and a record
+    an update file deletes would come back as a bare tombstone (its content lost): it is
+    refused, applies nothing, and the bootstrap then ends as the ordered run ends."""
+    s = _settings(emu, sqlite_settings)
+    engine = db.connect(s)
+    load_files(s, workers=1, prefetch=0)
+    clean = snapshot(engine)
+    reset(engine)
+    load_files(s, workers=1, prefetch=0, max_files=N_BASELINE - 2)
+    from ingest.updatefiles import BootstrapUnfinishedError, apply_updates
+
+    files, rows = _files(engine), _article_rows(engine)
+    with pytest.raises(BootstrapUnfinishedError, match="2 baseline file.*litpulse bootstrap"):
+        apply_updates(s, workers=0)
+    assert (_files(engine), _article_rows(engine)) == (files, rows)  # nothing applied
+    with engine.connect() as conn:
+        last = conn.execute(select(ingest_runs.c.status, ingest_runs.c.error)
+                            .order_by(ingest_runs.c.id.desc())).first()  # fmt: skip
+    assert last is not None and last.status == "failed" and "bootstrap" in last.error
+    load_files(s, workers=1, prefetch=0)
+    assert not differences(snapshot(engine), clean)
+    apply_updates(s, workers=0)  # the bootstrap is done: update files go through again
+
+
+def _article_rows(engine: Engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        a = articles.c
+        return [tuple(r) for r in conn.execute(
+            select(a.pmid, a.version, a.is_deleted, a.content_hash).order_by(a.pmid))]  # fmt: skip

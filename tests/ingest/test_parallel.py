@@ -454,3 +454,79 @@ def failing_at_end(
         if items is None and part == 1 and os.fspath(path).endswith("0001.xml.gz"):
             raise RuntimeError("after the units of part 1")
         yield u, items
+
+
+# ----------------------------------------------- hostile review: striped jobs, late errors
+
+@pytest.fixture(scope="module")
+def one_unit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A document that is not a ``PubmedArticleSet``: one unit, read by part 0."""
+    path = tmp_path_factory.mktemp("one-unit") / "other.xml"
+    path.write_bytes(b"<Other>" + b"".join(corpus(5)) + b"</Other>")
+    return path
+
+
+@pytest.fixture(scope="module")
+def many_units(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A document of many units (over a megabyte: BATCH_BYTES is 128 KiB)."""
+    path = tmp_path_factory.mktemp("many-units") / "big.xml"
+    bad = {i: article(i, abstract="z" * 3000) for i in range(1, 600)}
+    path.write_bytes(document(corpus(600, bad)))
+    return path
+
+
+def test_a_striped_job_some_worker_has_no_unit_of_while_spilling_reads_on(
+    many_units: Path, one_unit: Path, tmp_path: Path
+) -> None:
+    """Three workers stripe every job; job 1 has one unit (worker 0's; worker 1 sends its
+    end), so worker 2 has nothing of it. Started while the caller still reads job 0, it
+    opens a spill file anyway and announces it on its queue: job 2's reader then finds
+    a message of job 1 there."""
+    paths = [many_units, one_unit, many_units]
+    want = [[key(it) for it in items] for _i, items in
+            parse_ordered([(p, source_ref_for(p)) for p in paths], workers=0)]  # fmt: skip
+    assert len(want[0]) > 500
+    jobs = ((p, source_ref_for(p)) for p in paths)  # lazy
+    got: list[list[tuple[object, ...]]] = []
+    for index, items in parse_ordered(jobs, workers=3, stripe=True, spill_dir=tmp_path,
+                                      chunk_items=5, queue_batches=1):  # fmt: skip
+        first = next(items, None)
+        if index == 0:
+            time.sleep(1.5)  # the workers run ahead into job 1 and spill it
+        got.append(([key(first)] if first is not None else [])
+                   + [key(it) for it in items])  # fmt: skip
+    assert got == want
+    assert not parse_children()
+
+
+# --------------------------------------------------- the recount racing another writer
+
+
+@pytest.fixture(scope="module")
+def even_units(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated file (named ``…0001.xml.gz``) of an even number of units: part 0 of
+    two sends its end."""
+    from ingest.parse import iter_units
+    from litpulse.app.demo.generate import generate_corpus
+
+    folder = tmp_path_factory.mktemp("even")
+    for n in range(300, 600, 30):
+        (path,) = generate_corpus(folder / str(n), n_records=n, n_files=1, seed=3).files
+        total = next(u for u, items in iter_units(path, part=0, parts=1) if items is None)
+        if total % 2 == 0 and total > 4:
+            return path
+    raise AssertionError("no file of an even number of units")
+
+
+def test_a_worker_error_after_its_last_unit_of_the_last_file_is_not_dropped(
+    even_units: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One file split over two workers (``ingest --files`` of one file, an update file):
+    part 1 fails once its units are sent, part 0 sends the end. The error is raised at
+    the end of the stream (it was dropped: neither raised nor logged)."""
+    jobs = [(even_units, source_ref_for(even_units))]
+    with pytest.raises(RuntimeError, match="after the units of part 1"):
+        for _index, items in parse_ordered(jobs, workers=2, units=failing_at_end):
+            for _item in items:
+                pass
+    assert not parse_children()
