@@ -68,8 +68,16 @@ from ingest.rows import (
     with_values,
 )
 from ingest.rules import Counter, StoredState, plan_batch
-from ingest.runs import IngestCounts, RunLedger
-from litpulse.core.db import bulk_insert, bulk_load, bulk_update, bulk_upsert, id_in, upsert
+from ingest.runs import STORE_LEASE, IngestCounts, RunLedger
+from litpulse.core.db import (
+    bulk_insert,
+    bulk_load,
+    bulk_update,
+    bulk_upsert,
+    id_in,
+    lease_holder,
+    upsert,
+)
 from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import articles, quarantine, references
 from litpulse.core.settings import Settings
@@ -377,8 +385,15 @@ class Store(RunLedger, Checkpoints):
                 if self.counts_deferred()
                 else "current"
             ),
+            "writer": self._writer(),
             "last_runs": self.runs(runs),
         }
+
+    def _writer(self) -> str | None:
+        """Who holds the store's writer lease (:data:`ingest.runs.STORE_LEASE`) and until
+        when unless renewed; ``None`` when no process writes articles."""
+        held = lease_holder(self.engine, STORE_LEASE)
+        return None if held is None else f"{held[0]}, until {iso(held[1])}"
 
     def quarantined(self, limit: int = 50) -> list[dict[str, Any]]:
         """The latest quarantined elements: what, why, from where."""

@@ -476,6 +476,25 @@ def test_status_counts(engine: Engine) -> None:
     st = store.status()
     assert (st["articles"], st["deleted"], st["retracted"]) == (2, 1, 1)
     assert st["newest_best_date"] == "2024-02-20"
+    assert st["writer"] is None  # nobody writes articles now
+
+
+def test_status_names_the_process_writing_articles(engine: Engine) -> None:
+    """A refused ingest (exit 75) sends the engineer to ``litpulse status``: who holds the
+    store's writer lease, and until when unless it renews it."""
+    from ingest.runs import store_writer
+    from litpulse.core import db
+
+    other = db.acquire_lease(engine, "store-writer", holder="otherhost:7:boot", heartbeat=False)
+    assert other is not None
+    try:
+        assert str(Store(engine).status()["writer"]).startswith("otherhost:7:boot, until ")
+    finally:
+        other.release()
+    with store_writer(engine):  # this process (a holder ends with a random token)
+        me = db.default_holder().rsplit(":", 1)[0]
+        assert str(Store(engine).status()["writer"]).startswith(me)
+    assert Store(engine).status()["writer"] is None
 
 
 def test_many_records_in_batches(engine: Engine) -> None:
