@@ -102,8 +102,8 @@ def store_writer(engine: Engine) -> Iterator[None]:
                 holder = lease_holder(engine, STORE_LEASE)
                 raise StoreBusyError(
                     f"another process ({holder[0] if holder else '?'}) is writing articles to "
-                    f"this store (lease {STORE_LEASE!r}); nothing was written: run again "
-                    "when it is done"
+                    f"this store (lease {STORE_LEASE!r}, see `litpulse status`); nothing was "
+                    "written: run again when it is done"
                 )
             _held[key] = (taken, 1)
     try:
