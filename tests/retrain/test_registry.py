@@ -116,3 +116,31 @@ def test_promote_requires_who(settings: Settings) -> None:
     out = registry.promote(settings, a, by="x", reindex=Reindex())
     again = registry.promote(settings, a, by="x", reindex=Reindex())
     assert out["changed"] and not again["changed"]
+
+
+@pytest.mark.xfail(strict=True, reason="review finding: a model rollback is two transactions; "
+                   "a crash between them leaves no model active (the base model)")
+def test_a_rollback_interrupted_between_its_transactions_keeps_a_model_active(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rollback` commits 'current -> rejected' alone, then `_switch` re-activates the
+    previous version in a second transaction. A kill (or a database error) between them
+    is never restored (`_restore` only guards the re-index): nothing is active, so the
+    next refresh builds and publishes an index for the base model, which neither the
+    operator (who asked for version a) nor the gate chose."""
+    a = _register(settings, "a")
+    b = _register(settings, "b", parent=a)
+    registry.promote(settings, a, by="alice", reindex=Reindex())
+    registry.promote(settings, b, by="gate", reindex=Reindex())
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("connection lost")  # or SIGKILL: the same state is left
+
+    monkeypatch.setattr(registry, "_switch", crash)
+    with pytest.raises(RuntimeError):
+        registry.rollback(settings, by="bob", reindex=Reindex())
+    monkeypatch.undo()
+    active = registry.active_version(settings)
+    status = {v: registry.get_model(settings, v).status for v in (a, b)}
+    assert active is not None and active.id in (a, b), (
+        f"active: {active.id if active else 'base'}; b is {status[b]}, a is {status[a]}")
