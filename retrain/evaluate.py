@@ -118,8 +118,12 @@ def retrieval_metrics(
     scores = queries @ docs.T
     rel = np.asarray(relevant)
     target = scores[np.arange(len(rel)), rel]
-    # rank = 1 + documents scoring strictly higher (ties favour the relevant one)
-    ranks = 1 + (scores > target[:, None]).sum(axis=1)
+    # rank = 1 + documents scoring higher + half the others scoring the same (the mean rank
+    # among ties: an encoder whose vectors collapsed ranks nothing first); a score that is
+    # not a number (a diverged model) ranks last
+    higher = (scores > target[:, None]).sum(axis=1)
+    tied = (scores == target[:, None]).sum(axis=1) - 1
+    ranks = np.where(np.isfinite(target), 1 + higher + tied / 2, max(len(docs), k + 1))
     hit = ranks <= k
     recall = float(hit.mean())
     mrr = float(np.where(hit, 1.0 / ranks, 0.0).mean())
@@ -197,6 +201,10 @@ def _query_metrics(
     return retrieval_metrics(q, np.asarray(docs), list(range(len(items))), k)
 
 
+#: Fewest fresh held-out articles the gate judges a candidate on.
+MIN_FRESH = 10
+
+
 def gate(
     settings: Settings,
     candidate: Mapping[str, Mapping[str, float]],
@@ -204,16 +212,21 @@ def gate(
     *,
     k: int = K,
 ) -> GateDecision:
-    """The promotion gate: fresh gain ≥ margin and older loss ≤ tolerance (recall@k)."""
+    """The promotion gate: fresh gain ≥ margin on at least :data:`MIN_FRESH` fresh held-out
+    articles, and older loss ≤ tolerance (recall@k)."""
     metric = f"recall@{k}"
     reasons: list[str] = []
     c_f, a_f = float(candidate["fresh"][metric]), float(active["fresh"][metric])
     c_o, a_o = float(candidate["older"][metric]), float(active["older"][metric])
     fresh_gain, older_change = c_f - a_f, c_o - a_o
     ok = True
-    if int(candidate["fresh"].get("queries", 1)) == 0:
+    n_fresh = int(candidate["fresh"].get("queries", MIN_FRESH))
+    if n_fresh < MIN_FRESH:
         ok = False
-        reasons.append("no fresh held-out set: nothing shows the candidate learned")
+        reasons.append(
+            f"{n_fresh} fresh held-out article(s), fewer than {MIN_FRESH}: too few to show the "
+            "candidate learned (one lucky hit would decide)"
+        )
     elif fresh_gain >= settings.gate_fresh_margin:
         reasons.append(
             f"fresh {metric} {c_f:.3f} vs active {a_f:.3f}: +{fresh_gain:.3f} "

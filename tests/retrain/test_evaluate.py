@@ -134,8 +134,6 @@ def _heldout() -> HeldOut:
     )
 
 
-@pytest.mark.xfail(strict=True, reason="review finding: ties rank the relevant document "
-                   "first, so an encoder whose vectors collapsed (or are NaN) scores perfectly")
 @pytest.mark.parametrize("broken", ["constant", "nan"])
 def test_gate_rejects_a_collapsed_encoder(sqlite_settings: Settings, broken: str) -> None:
     """A LoRA run that diverged (NaN weights: fp16 overflow, a too-high learning rate) or
@@ -156,8 +154,6 @@ def test_gate_rejects_a_collapsed_encoder(sqlite_settings: Settings, broken: str
     assert not decision.passed, (candidate["fresh"], decision.reasons)
 
 
-@pytest.mark.xfail(strict=True, reason="review finding: the gate has no minimum held-out "
-                   "size; one fresh article and no older set decide a promotion")
 def test_gate_does_not_promote_on_degenerate_held_out_sets(sqlite_settings: Settings) -> None:
     """A small corpus or a short window (`litpulse models retrain` passes no
     min_new_articles): 5 new articles give int(5 * 0.2) = 1 fresh item, and the older
