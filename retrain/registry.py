@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, desc, insert, select, update
+from sqlalchemy import Connection, Engine, desc, insert, select, update
 
 from litpulse.core.db import connect
 from litpulse.core.errors import ConfigError, NotFoundError
@@ -261,35 +261,51 @@ def _switch(
     why: str | None = None,
 ) -> None:
     """Activate ``activate`` (``reason`` kept on the row, ``why`` on its event)."""
+    with engine.begin() as conn:
+        _switch_in(conn, activate=activate, previous=previous, previous_status=previous_status,
+                   by=by, reason=reason, event=event, why=why)  # fmt: skip
+
+
+def _switch_in(
+    conn: Connection,
+    *,
+    activate: str | None,
+    previous: ModelVersion | None,
+    previous_status: ModelStatus,
+    by: str,
+    reason: str | None,
+    event: ModelEvent = ModelEvent.PROMOTED,
+    why: str | None = None,
+) -> None:
+    """:func:`_switch` inside the caller's transaction."""
     now = utcnow()
     replaced = f"replaced by {activate or BASE_ID}"
-    with engine.begin() as conn:
-        if previous is not None and previous.id != activate:
-            conn.execute(
-                update(model_versions)
-                .where(model_versions.c.id == previous.id)
-                .values(status=previous_status)
-            )
-            _append_event(conn, previous.id, ModelEvent(str(previous_status)), by=by,
-                          reason=replaced, at=now)
-        # any other stray active row (never expected) is retired too
-        mv = model_versions.c
-        stray = select(mv.id).where(mv.status == ModelStatus.ACTIVE)
-        if activate is not None:
-            stray = stray.where(mv.id != activate)
-        for stray_id in conn.execute(stray).scalars().all():
-            conn.execute(
-                update(model_versions).where(mv.id == stray_id)
-                .values(status=ModelStatus.RETIRED)
-            )
-            _append_event(conn, stray_id, ModelEvent.RETIRED, by=by, reason=replaced, at=now)
-        if activate is not None:
-            conn.execute(
-                update(model_versions)
-                .where(model_versions.c.id == activate)
-                .values(status=ModelStatus.ACTIVE, promoted_by=by, promoted_at=now, reason=reason)
-            )
-            _append_event(conn, activate, event, by=by, reason=why, at=now)
+    if previous is not None and previous.id != activate:
+        conn.execute(
+            update(model_versions)
+            .where(model_versions.c.id == previous.id)
+            .values(status=previous_status)
+        )
+        _append_event(conn, previous.id, ModelEvent(str(previous_status)), by=by,
+                      reason=replaced, at=now)
+    # any other stray active row (never expected) is retired too
+    mv = model_versions.c
+    stray = select(mv.id).where(mv.status == ModelStatus.ACTIVE)
+    if activate is not None:
+        stray = stray.where(mv.id != activate)
+    for stray_id in conn.execute(stray).scalars().all():
+        conn.execute(
+            update(model_versions).where(mv.id == stray_id)
+            .values(status=ModelStatus.RETIRED)
+        )
+        _append_event(conn, stray_id, ModelEvent.RETIRED, by=by, reason=replaced, at=now)
+    if activate is not None:
+        conn.execute(
+            update(model_versions)
+            .where(model_versions.c.id == activate)
+            .values(status=ModelStatus.ACTIVE, promoted_by=by, promoted_at=now, reason=reason)
+        )
+        _append_event(conn, activate, event, by=by, reason=why, at=now)
 
 
 def _restore(engine: Engine, rows: list[ModelVersion]) -> None:
@@ -397,7 +413,7 @@ def rollback(
     target = _previous_active(engine, current)
     before = [current] + ([target] if target is not None else [])
     why = reason or f"rolled back by {by}"
-    with engine.begin() as conn:
+    with engine.begin() as conn:  # one transaction: a crash leaves the current one active
         conn.execute(
             update(model_versions)
             .where(model_versions.c.id == current.id)
@@ -405,11 +421,12 @@ def rollback(
         )
         _append_event(conn, current.id, ModelEvent.ROLLED_BACK, by=by,
                       reason=f"{why}; active again: {target.id if target else BASE_ID}")
-    if target is not None:
-        _switch(engine, activate=target.id, previous=None,
-                previous_status=ModelStatus.RETIRED, by=by,
-                reason=f"re-activated by rollback of {current.id}",
-                event=ModelEvent.REACTIVATED, why=f"re-activated by rollback of {current.id}")
+        if target is not None:
+            _switch_in(conn, activate=target.id, previous=None,
+                       previous_status=ModelStatus.RETIRED, by=by,
+                       reason=f"re-activated by rollback of {current.id}",
+                       event=ModelEvent.REACTIVATED,
+                       why=f"re-activated by rollback of {current.id}")
     logger.info("rolled back %s to %s by %s; re-indexing", current.id,
                 target.id if target else BASE_ID, by)
     report = _reindex(settings, engine, before, reindex)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from typing import Any
 
 import pytest
 
 from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.settings import Settings
-from litpulse.core.states import ModelStatus
+from litpulse.core.states import ModelEvent, ModelStatus
 from retrain import registry
 
 
@@ -118,29 +119,30 @@ def test_promote_requires_who(settings: Settings) -> None:
     assert out["changed"] and not again["changed"]
 
 
-@pytest.mark.xfail(strict=True, reason="review finding: a model rollback is two transactions; "
-                   "a crash between them leaves no model active (the base model)")
-def test_a_rollback_interrupted_between_its_transactions_keeps_a_model_active(
+def test_a_rollback_interrupted_between_its_steps_keeps_a_model_active(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`rollback` commits 'current -> rejected' alone, then `_switch` re-activates the
-    previous version in a second transaction. A kill (or a database error) between them
-    is never restored (`_restore` only guards the re-index): nothing is active, so the
-    next refresh builds and publishes an index for the base model, which neither the
-    operator (who asked for version a) nor the gate chose."""
+    """A rollback rejects the current version and re-activates the previous one; a crash
+    (a database error, a kill) between the two used to leave nothing active (rejected in a
+    transaction of its own), so the next refresh built an index for the base model, which
+    neither the operator (who asked for version a) nor the gate chose. Review finding; now
+    one transaction: the current version stays active."""
     a = _register(settings, "a")
     b = _register(settings, "b", parent=a)
     registry.promote(settings, a, by="alice", reindex=Reindex())
     registry.promote(settings, b, by="gate", reindex=Reindex())
+    append = registry._append_event
 
-    def crash(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("connection lost")  # or SIGKILL: the same state is left
+    def crash_at_reactivation(conn: Any, version: str, event: Any, **kw: Any) -> None:
+        if event == ModelEvent.REACTIVATED:
+            raise RuntimeError("connection lost")  # or SIGKILL: the same state is left
+        append(conn, version, event, **kw)
 
-    monkeypatch.setattr(registry, "_switch", crash)
+    monkeypatch.setattr(registry, "_append_event", crash_at_reactivation)
     with pytest.raises(RuntimeError):
         registry.rollback(settings, by="bob", reindex=Reindex())
     monkeypatch.undo()
     active = registry.active_version(settings)
     status = {v: registry.get_model(settings, v).status for v in (a, b)}
-    assert active is not None and active.id in (a, b), (
+    assert active is not None and active.id == b, (
         f"active: {active.id if active else 'base'}; b is {status[b]}, a is {status[a]}")
