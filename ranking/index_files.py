@@ -201,6 +201,11 @@ def has_files(path: str) -> bool:
     return (Path(path) / "index.faiss").exists()
 
 
+def read_vector_ids(path: str) -> np.ndarray:
+    """The PMIDs a version's vector index holds (``ids.npy``, without loading the index)."""
+    return np.asarray(np.load(Path(path) / "ids.npy"), dtype=np.int64)
+
+
 def read_files(path: str) -> tuple[Any, np.ndarray, dict[str, Any]]:
     """``(index, ids, meta)`` of a version folder.
 
@@ -213,7 +218,7 @@ def read_files(path: str) -> tuple[Any, np.ndarray, dict[str, Any]]:
     if not has_files(path):
         raise ConsistencyError(f"index files are missing in {folder}")
     index = faiss.read_index(str(folder / "index.faiss"))
-    ids = np.load(folder / "ids.npy")
+    ids = read_vector_ids(path)
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     return index, ids, meta
 

@@ -116,9 +116,15 @@ def _rebuild_reason(ctx: PublishContext, base: Any, meta: dict[str, Any] | None,
 
 def _full(ctx: PublishContext, live: np.ndarray, reason: str | None,
           lexical: LexicalPlan) -> IndexReport:
-    """Build a new index of every live vector of the model and publish it."""
+    """Build a new index of every live vector of the model and publish it — unless it would
+    drop live articles the published index serves (their vectors of this model are not
+    written yet: a refresh that does not embed, racing the shards of a re-index after a
+    promotion); the published version stays then, and the report says why."""
     settings = ctx.settings
     vectors, ids = index_store.fetch_vectors(ctx.engine, ctx.spec.id)
+    kept = _would_drop(ctx, live, ids)
+    if kept is not None:
+        return kept
     kind = choose_kind(len(ids), settings)
     dim = vectors.shape[1] if len(ids) else _dimension(ctx.spec, settings)
     if not len(ids):
@@ -131,6 +137,28 @@ def _full(ctx: PublishContext, live: np.ndarray, reason: str | None,
                   "nlist": int(getattr(index, "nlist", 0))}
     return publish(ctx, index, np.sort(ids), meta_extra, added=len(ids), removed=0,
                    rebuilt=True, reason=reason, lexical=lexical)
+
+
+def _would_drop(ctx: PublishContext, live: np.ndarray, ids: np.ndarray) -> IndexReport | None:
+    """The unchanged published version's report when a build from ``ids`` would leave out
+    live articles it serves; ``None`` when nothing would be lost."""
+    pub = ctx.published
+    if pub is None or not index_files.has_files(pub.path):
+        return None
+    served = np.intersect1d(index_files.read_vector_ids(pub.path), live, assume_unique=True)
+    missing = np.setdiff1d(served, ids, assume_unique=True)
+    if not len(missing):
+        return None
+    why = (f"kept {pub.id}: {len(missing)} live articles it serves have no vector of model "
+           f"{ctx.spec.id} yet (embed them first: `litpulse index refresh`, or the "
+           "litpulse_reindex DAG's shards)")
+    logger.warning("not publishing a partial index: %s", why)
+    return IndexReport(
+        id=pub.id, model_version=pub.model_version, kind=pub.kind, size=int(pub.size),
+        added=0, removed=0, rebuilt=False, path=pub.path,
+        seconds=time.perf_counter() - ctx.t0, embedded=ctx.embedded, published=False,
+        reason=why,
+    )
 
 
 def _incremental(ctx: PublishContext, base: Any,

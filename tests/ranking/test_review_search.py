@@ -89,11 +89,6 @@ def _state(settings: Settings) -> tuple[str, list[int], list[int]]:
 # ------------------------------------------------------------ finding: partial index
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding: a refresh without its own embedding "
-    "step publishes a full build of whatever vectors the new model has so far",
-)
 def test_refresh_after_a_deferred_promotion_never_publishes_a_partial_index(
     settings: Settings, engine: Engine
 ) -> None:
@@ -108,11 +103,16 @@ def test_refresh_after_a_deferred_promotion_never_publishes_a_partial_index(
 
     _activate(engine, "m2", settings)  # promote(..., reindex=defer_reindex)
     _embed(engine, live[:5], "m2")  # litpulse_reindex: one shard of four done
-    refresh.refresh_index(settings, embed=False)  # the index-refresh DAG's refresh task
+    kept = refresh.refresh_index(settings, embed=False)  # the index-refresh DAG's task
 
     model, vec_ids, lex_ids = _state(settings)
     # searches must never lose live articles: keep the old version, or refuse
     assert vec_ids == live, f"published {model} index holds {len(vec_ids)} of 20 articles"
+    assert not kept.published and kept.id == v1.id and "15 live articles" in str(kept.reason)
+    _embed(engine, live[5:], "m2")  # the other shards done
+    done = refresh.refresh_index(settings, embed=False)
+    assert done.published and done.model_version == "m2"
+    assert _state(settings)[:2] == ("m2", live)
 
 
 # --------------------------------------------------------- finding: base model change
