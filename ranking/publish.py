@@ -27,6 +27,7 @@ import shutil
 import time
 import uuid
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -250,6 +251,16 @@ def _prune(settings: Settings, engine: Engine) -> None:
     for tmp in index_files.indexes_dir(settings).glob(".tmp-*"):  # a crashed publisher's
         if time.time() - tmp.stat().st_mtime > TMP_MAX_AGE_S:
             shutil.rmtree(tmp, ignore_errors=True)
+    # a whole version no row names: a publisher killed between renaming its folder into
+    # place and committing the row, or a prune killed between the row and the files (the
+    # age spares a publisher about to commit its row)
+    with engine.connect() as conn:
+        named = {Path(p).name for p in conn.execute(select(index_versions.c.path)).scalars()}
+    for folder in index_files.indexes_dir(settings).iterdir():
+        if (folder.is_dir() and not folder.name.startswith(".") and folder.name not in named
+                and time.time() - folder.stat().st_mtime > TMP_MAX_AGE_S):
+            shutil.rmtree(folder, ignore_errors=True)
+            logger.warning("removed index folder %s: no index version names it", folder)
 
 
 def rollback_index(settings: Settings) -> dict[str, Any]:

@@ -149,11 +149,6 @@ def test_a_changed_base_model_is_noticed(
 # ------------------------------------------------------------- finding: orphans
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding: a version folder renamed into place "
-    "by a publisher killed before its row committed is never removed",
-)
 def test_a_version_folder_without_a_row_is_pruned(sqlite_settings: Settings) -> None:
     """SIGKILL between `os.replace(tmp, final)` and the transaction that inserts the row
     (or in `_prune` between the row's delete and the rmtree) leaves a full index version
