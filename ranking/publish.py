@@ -264,26 +264,43 @@ def _prune(settings: Settings, engine: Engine) -> None:
 
 
 def rollback_index(settings: Settings) -> dict[str, Any]:
-    """Re-publish the previous index version; the current one is marked ``rolled_back``.
+    """Re-publish the previous index version of the active model; the current one is
+    marked ``rolled_back``.
+
+    Versions of other models are never re-published here: queries would be embedded with
+    the index's model while the active one is another, and the next refresh would either
+    wait for a re-index nobody started or rebuild for the active model, undoing the
+    rollback. Going back to another model is ``litpulse models rollback``, which
+    re-publishes its index.
 
     Returns:
         ``{"from": <id>, "to": <id>, "model_version": ...}``.
 
     Raises:
-        NotFoundError: No earlier version is kept on disk.
+        NotFoundError: No earlier version of the active model is kept on disk.
         IndexBusyError: Another process is publishing.
     """
+    from ranking.embed import active_model
+
     engine = db.connect(settings)
     with acquire_publish_lease(engine) as lease:
         current = published_index_row(engine)
+        model = active_model(settings, engine).id
         with engine.connect() as conn:
             candidates = conn.execute(
                 select(index_versions).where(index_versions.c.status == IndexStatus.RETIRED)
                 .order_by(desc(index_versions.c.published_at))
             ).all()
-        target = next((r for r in candidates if index_files.has_files(r.path)), None)
+        kept = [r for r in candidates if index_files.has_files(r.path)]
+        target = next((r for r in kept if r.model_version == model), None)
         if target is None:
-            raise NotFoundError("no earlier index version to roll back to")
+            others = sorted({r.model_version for r in kept})
+            raise NotFoundError(
+                f"no earlier index version of the active model {model} to roll back to"
+                + (f" (versions of model {', '.join(others)} are kept: to go back to one, "
+                   "roll back the model with `litpulse models rollback`, which re-publishes "
+                   "its index)" if others else "")
+            )
         with engine.begin() as conn:
             lease.verify(conn)
             if current is not None:

@@ -22,8 +22,6 @@ def test_lexical_negatives_search_the_published_bm25(
     assert [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
 
 
-@pytest.mark.xfail(strict=True, reason="review finding: `index rollback` crosses model "
-                   "versions; the index-refresh DAG then skips for good (reindex_pending)")
 def test_an_index_rollback_across_models_leaves_the_refresh_running(settings: Settings) -> None:
     """Index v1 built for model 'base', v2 for the promoted 'm2'. `litpulse index rollback`
     re-publishes v1 and leaves m2 active. `reindex_pending` (the index-refresh DAG's first
@@ -51,11 +49,14 @@ def test_an_index_rollback_across_models_leaves_the_refresh_running(settings: Se
             created_at=db.utcnow(), promoted_at=db.utcnow()))
     assert refresh.refresh_index(settings, embed=False).model_version == "m2"
     assert reindex_pending(settings) is None
-    try:
-        publish.rollback_index(settings)
-    except LitpulseError:
-        return  # refusing to cross models is one fix
-    published = published_index_row(engine).model_version
-    assert published == active_model(settings, engine).id, (
-        f"published index is for {published}, the active model is "
-        f"{active_model(settings, engine).id}; index-refresh DAG: {reindex_pending(settings)}")
+    before = published_index_row(engine).id
+    with pytest.raises(LitpulseError, match="models rollback"):
+        publish.rollback_index(settings)  # review finding: it crossed models
+    published = published_index_row(engine)
+    assert published.id == before and published.model_version == active_model(settings, engine).id
+    assert reindex_pending(settings) is None
+    # within one model a rollback goes back one version
+    add_articles(engine, [11], models=("base", "m2"))
+    newer = refresh.refresh_index(settings, embed=False)
+    assert newer.published and newer.model_version == "m2"
+    assert publish.rollback_index(settings)["to"] == before
