@@ -35,6 +35,7 @@ import weakref
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -58,6 +59,8 @@ __all__ = [
     "ModelSpec",
     "active_model",
     "article_text",
+    "base_fingerprint",
+    "base_model_changed",
     "embed_pending",
     "embed_texts",
     "encode_query",
@@ -108,6 +111,50 @@ class ModelSpec:
             raise ConfigError("`base_model` must be a model path")
         if self.adapter_path == "":
             object.__setattr__(self, "adapter_path", None)
+
+
+#: The files of a sentence-transformers folder that say which model it is (small ones).
+_IDENTITY_FILES = ("config.json", "modules.json", "sentence_bert_config.json",
+                   "config_sentence_transformers.json", "tokenizer.json")
+#: Weight files: their sizes (not their bytes) enter the fingerprint.
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def base_fingerprint(base_model: str) -> str:
+    """Which base model a path holds: SHA-1 (12 hex) of its identity files and the sizes
+    of its weights — the same for a copy of the model elsewhere, different for another
+    model of the same shape. A path that is not a folder is fingerprinted by its name."""
+    import hashlib
+
+    folder = Path(base_model)
+    h = hashlib.sha1()
+    if not folder.is_dir():
+        h.update(f"name:{base_model}".encode())
+        return h.hexdigest()[:12]
+    for name in _IDENTITY_FILES:
+        f = folder / name
+        if f.is_file():
+            h.update(name.encode() + b"\0" + f.read_bytes())
+    for name in _WEIGHT_FILES:
+        f = folder / name
+        if f.is_file():
+            h.update(f"{name}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:12]
+
+
+def base_model_changed(details: Any, spec: ModelSpec) -> str | None:
+    """Why an index version's vectors are not of ``spec``'s base model any more (its
+    ``meta.json`` records the base model it was built with), or ``None``. Versions made
+    before the record was kept are taken as they are."""
+    recorded = ((details or {}).get("base_model") or {}).get("fingerprint")
+    if not recorded or recorded == base_fingerprint(spec.base_model):
+        return None
+    was = ((details or {}).get("base_model") or {}).get("path")
+    return (
+        f"the base model changed since this index was built ({was} -> {spec.base_model}, "
+        "LITPULSE_MODEL): its vectors and the stored embeddings are of the old model; "
+        "`litpulse index refresh --rebuild` re-embeds every article with the new one"
+    )
 
 
 def _base_path(settings: Settings, base_model: str | None) -> str:

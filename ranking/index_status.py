@@ -18,7 +18,7 @@ from litpulse.core.errors import ConsistencyError
 from litpulse.core.schema import articles, embeddings, index_versions
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import iso
-from ranking.embed import active_model, count_pending
+from ranking.embed import active_model, base_model_changed, count_pending
 from ranking.index_files import PublishedIndex, open_published
 from ranking.index_store import live_ids
 from ranking.lexical import changed_docs, open_lexical_at, read_ids, text_changed_ids
@@ -105,6 +105,10 @@ def check_consistency(settings: Settings, *, sample: int = 10) -> dict[str, Any]
                         f"its id list {len(pub.ids)}")
     if row.model_version != spec.id:
         problems.append(f"index model {row.model_version} is not the active model {spec.id}")
+    else:
+        changed = base_model_changed(row.details, spec)
+        if changed:
+            problems.append(changed)
     _check_membership(pub, live, sample, out, problems)
     _check_freshness(engine, pub, row.model_version, spec.id, out, problems)
     _check_lexical(engine, row, live, sample, out, problems)

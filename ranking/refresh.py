@@ -26,12 +26,20 @@ import time
 from typing import Any
 
 import numpy as np
+from sqlalchemy import Engine, delete
 
 from litpulse.core import db
 from litpulse.core.errors import ConsistencyError
+from litpulse.core.schema import embeddings
 from litpulse.core.settings import Settings
 from ranking import index_files, index_store
-from ranking.embed import ModelSpec, active_model, embed_pending, load_encoder
+from ranking.embed import (
+    ModelSpec,
+    active_model,
+    base_model_changed,
+    embed_pending,
+    load_encoder,
+)
 from ranking.faiss_ops import build_index, choose_kind, gpu_available, same_vectors, update_index
 from ranking.lexical import LexicalPlan, has_lexical, plan_lexical
 from ranking.models import published_index_row
@@ -62,6 +70,9 @@ def refresh_index(settings: Settings, *, rebuild: bool = False, progress: bool =
         What was done; ``published`` is ``False`` when nothing had changed.
 
     Raises:
+        ConsistencyError: The base model changed since the published index of the active
+            model version was built (``LITPULSE_MODEL``): only ``rebuild`` (embedding)
+            goes on, embedding every article again.
         IndexBusyError: Another process is publishing (the lease is held).
         LeaseLostError: Another process took the lease over meanwhile; nothing was
             published.
@@ -71,6 +82,7 @@ def refresh_index(settings: Settings, *, rebuild: bool = False, progress: bool =
     with acquire_publish_lease(engine) as lease:
         spec = active_model(settings, engine)
         lease.check()
+        _base_current(engine, spec, rebuild=rebuild and embed)
         embedded = embed_pending(settings, spec, progress, engine=engine) if embed else 0
         ctx = PublishContext(
             settings=settings, engine=engine, lease=lease, spec=spec,
@@ -94,6 +106,31 @@ def refresh_index(settings: Settings, *, rebuild: bool = False, progress: bool =
         if reason is None and loaded is not None:
             return _incremental(ctx, base, loaded, live, lexical)
         return _full(ctx, live, reason, lexical)
+
+
+def _base_current(engine: Engine, spec: ModelSpec, *, rebuild: bool) -> None:
+    """Make sure the stored vectors of ``spec`` are of its base model as configured now.
+
+    When the published index of this model version was built with another base model
+    (``LITPULSE_MODEL`` changed; :func:`ranking.embed.base_model_changed`), its vectors
+    and the stored embeddings would be ranked against queries of the new one: a rebuild
+    (that embeds) drops those embeddings so every article is embedded again; anything else
+    refuses.
+
+    Raises:
+        ConsistencyError: The base model changed and this is not an embedding rebuild.
+    """
+    published = published_index_row(engine)
+    if published is None or published.model_version != spec.id:
+        return
+    changed = base_model_changed(published.details, spec)
+    if changed is None:
+        return
+    if not rebuild:
+        raise ConsistencyError(changed)
+    with engine.begin() as conn:
+        n = conn.execute(delete(embeddings).where(embeddings.c.model_version == spec.id)).rowcount
+    logger.warning("%s: dropped %d stored embeddings of %s to embed again", changed, n, spec.id)
 
 
 def _rebuild_reason(ctx: PublishContext, base: Any, meta: dict[str, Any] | None,

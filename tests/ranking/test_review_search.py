@@ -8,7 +8,9 @@ checked and found sound. Vectors are synthetic (no model is loaded), as in test_
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +22,7 @@ import pytest
 from sqlalchemy import Engine, insert, select, update
 
 from litpulse.core import db
+from litpulse.core.errors import ConsistencyError
 from litpulse.core.schema import articles, embeddings, index_versions, model_versions
 from litpulse.core.settings import Settings
 from ranking import index_files, lexical, publish, refresh
@@ -118,32 +121,34 @@ def test_refresh_after_a_deferred_promotion_never_publishes_a_partial_index(
 # --------------------------------------------------------- finding: base model change
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review finding: the index and the embeddings "
-    "record 'base', not which base model; changing LITPULSE_MODEL mixes models",
-)
 def test_a_changed_base_model_is_noticed(
     settings: Settings, engine: Engine, tmp_path: Path
 ) -> None:
     """Index and embeddings of model version 'base' were made with the bundled model. An
     operator sets LITPULSE_MODEL to another sentence-transformers model of the same size:
-    queries are now embedded with it (encode_query resolves 'base' to settings.model_path),
-    the stored vectors are still 'current' (keyed by PMID, 'base' and text hash, so
-    embed_pending re-embeds nothing), the refresh publishes nothing new, and `index check`
-    says all is well: search ranks old-model vectors against new-model queries."""
+    queries were then embedded with it (encode_query resolves 'base' to settings.model_path)
+    while the stored vectors stayed 'current' (keyed by PMID, 'base' and text hash), the
+    refresh published nothing new and `index check` said all was well (review finding).
+    Now the check says so, a refresh refuses, and a rebuild embeds every article again."""
     add_articles(engine, list(range(1, 11)))
     refresh.refresh_index(settings, embed=False)
     assert ix_status.check_consistency(settings)["ok"]
 
-    other = settings.replace(model=str(tmp_path / "another-384d-model"))
-    from ranking.embed import count_pending
+    other_model = tmp_path / "another-384d-model"  # the same shape, another model
+    shutil.copytree(settings.model_path, other_model, symlinks=True,
+                    copy_function=os.symlink)  # fmt: skip
+    config = json.loads((other_model / "config.json").read_text())
+    (other_model / "config.json").unlink()
+    (other_model / "config.json").write_text(json.dumps({**config, "fine_tuned_on": "x"}))
+    other = settings.replace(model=str(other_model))
 
     report = ix_status.check_consistency(other)
-    assert count_pending(other, "base") > 0 or not report["ok"], (
-        "nothing notices that 'base' now means another model: "
-        f"pending {count_pending(other, 'base')}, check {report['problems']}"
-    )
+    assert not report["ok"] and any("base model changed" in p for p in report["problems"])
+    with pytest.raises(ConsistencyError, match="--rebuild"):
+        refresh.refresh_index(other)
+    rebuilt = refresh.refresh_index(other, rebuild=True)
+    assert rebuilt.published and rebuilt.embedded == 10  # every article embedded again
+    assert ix_status.check_consistency(other)["ok"]
 
 
 # ------------------------------------------------------------- finding: orphans

@@ -37,7 +37,11 @@ def register(sub: Any) -> None:
             "threshold, or when an IVF index outgrew its training (2x)."
         ),
     )
-    r.add_argument("--rebuild", action="store_true", help="build from scratch (retrain IVF)")
+    r.add_argument(
+        "--rebuild", action="store_true",
+        help="build from scratch (retrain IVF); after LITPULSE_MODEL changed, embed every "
+        "article again with the new base model first (a refresh without it refuses)",
+    )  # fmt: skip
     add_json(r, "print the report as JSON")
     command(actions, "status", run_status, help="the published index and the kept versions",
             json="print the status as JSON")
