@@ -74,6 +74,7 @@ from litpulse.core.db import (
     bulk_load,
     bulk_update,
     bulk_upsert,
+    db_now,
     id_in,
     lease_holder,
     upsert,
@@ -197,7 +198,7 @@ class Store(RunLedger, Checkpoints):
         touched: set[int],
     ) -> None:
         """Decide (:func:`ingest.rules.plan_batch`) and write one batch at ``first``."""
-        now = utcnow()
+        now = db_now(conn)  # the database's clock: watermarks compare one clock's stamps
         pmids = {it.pmid for it in batch if isinstance(it, PreparedRecord | Record | Deletion)}
         states = self._read_states(conn, pmids)
         stored = set(states)

@@ -614,18 +614,18 @@ def embed_pending(
                 continue
             texts = [article_text(r.title, r.abstract) for r in rows]
             vectors = embed_texts(encoder, texts, settings, bar=bar)
-            now = db.utcnow()
-            out = [
-                {
-                    "pmid": int(r.pmid),
-                    "model_version": spec.id,
-                    "text_hash": r.text_hash,
-                    "vector": vector_to_bytes(v),
-                    "created_at": now,
-                }
-                for r, v in zip(rows, vectors, strict=True)
-            ]
             with engine.begin() as conn:
+                now = db.db_now(conn)  # the database's clock, as the store's rows
+                out = [
+                    {
+                        "pmid": int(r.pmid),
+                        "model_version": spec.id,
+                        "text_hash": r.text_hash,
+                        "vector": vector_to_bytes(v),
+                        "created_at": now,
+                    }
+                    for r, v in zip(rows, vectors, strict=True)
+                ]
                 db.upsert(conn, embeddings, out, keys=("pmid", "model_version"))
             done += len(out)
             bar.update(len(chunk) - len(out))  # the chunk's deleted meanwhile

@@ -36,7 +36,7 @@ from sqlalchemy.exc import IntegrityError
 from litpulse.core.errors import ConfigError, LeaseLostError
 from litpulse.core.schema import locks, metadata
 from litpulse.core.settings import Settings
-from litpulse.core.timeutil import utcnow
+from litpulse.core.timeutil import as_utc, utcnow
 
 __all__ = [
     "connect",
@@ -51,6 +51,7 @@ __all__ = [
     "bulk_update",
     "bulk_load",
     "utcnow",
+    "db_now",
     "IN_CHUNK",
     "LEASE_TTL_S",
     "Lease",
@@ -68,6 +69,18 @@ _ENGINES: dict[str, Engine] = {}
 #: Values per ``IN (...)`` list in one statement (SQLite allows 32766 bound parameters,
 #: PostgreSQL 65535; smaller lists also keep each statement's plan cheap).
 IN_CHUNK = 5000
+
+
+def db_now(conn: Connection) -> dt.datetime:
+    """The time to stamp rows with: the database server's clock (UTC), so that watermarks
+    compare stamps of one clock whichever host wrote them (a writer whose clock lags
+    would stamp its rows behind a watermark another host's clock set, and the next
+    refresh would miss them); SQLite lives on one host: its clock is this one.
+    """
+    if conn.dialect.name == "postgresql":
+        value = conn.exec_driver_sql("SELECT clock_timestamp()").scalar_one()
+        return as_utc(value)
+    return utcnow()
 
 
 def connect(settings: Settings, *, create: bool = True) -> Engine:
