@@ -250,23 +250,6 @@ def _inactive_status(status: ModelStatus | str, message: str) -> ModelStatus:
 
 
 def _switch(
-    engine: Engine,
-    *,
-    activate: str | None,
-    previous: ModelVersion | None,
-    previous_status: ModelStatus,
-    by: str,
-    reason: str | None,
-    event: ModelEvent = ModelEvent.PROMOTED,
-    why: str | None = None,
-) -> None:
-    """Activate ``activate`` (``reason`` kept on the row, ``why`` on its event)."""
-    with engine.begin() as conn:
-        _switch_in(conn, activate=activate, previous=previous, previous_status=previous_status,
-                   by=by, reason=reason, event=event, why=why)  # fmt: skip
-
-
-def _switch_in(
     conn: Connection,
     *,
     activate: str | None,
@@ -277,7 +260,8 @@ def _switch_in(
     event: ModelEvent = ModelEvent.PROMOTED,
     why: str | None = None,
 ) -> None:
-    """:func:`_switch` inside the caller's transaction."""
+    """Activate ``activate`` (``reason`` kept on the row, ``why`` on its event), inside
+    the caller's transaction."""
     now = utcnow()
     replaced = f"replaced by {activate or BASE_ID}"
     if previous is not None and previous.id != activate:
@@ -372,8 +356,9 @@ def promote(
         logger.info("model %s is already active", id)
         return {"model": target.to_dict(), "previous": id, "index": None, "changed": False}
     before = [target] + ([previous] if previous is not None else [])
-    _switch(engine, activate=id, previous=previous, previous_status=ModelStatus.RETIRED, by=by,
-            reason=reason or target.reason, why=reason)
+    with engine.begin() as conn:
+        _switch(conn, activate=id, previous=previous, previous_status=ModelStatus.RETIRED,
+                by=by, reason=reason or target.reason, why=reason)
     logger.info("promoted %s (previous: %s) by %s; re-indexing", id,
                 previous.id if previous else BASE_ID, by)
     report = _reindex(settings, engine, before, reindex)
@@ -422,7 +407,7 @@ def rollback(
         _append_event(conn, current.id, ModelEvent.ROLLED_BACK, by=by,
                       reason=f"{why}; active again: {target.id if target else BASE_ID}")
         if target is not None:
-            _switch_in(conn, activate=target.id, previous=None,
+            _switch(conn, activate=target.id, previous=None,
                        previous_status=ModelStatus.RETIRED, by=by,
                        reason=f"re-activated by rollback of {current.id}",
                        event=ModelEvent.REACTIVATED,

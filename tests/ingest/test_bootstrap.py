@@ -438,7 +438,23 @@ def _kill_at(
     Returns:
         The most files seen in the staging folder meanwhile.
     """
-    most = 0
+    most = [0]
+
+    def reached() -> bool:
+        most[0] = max(most[0], sum(1 for n in _downloads(s) if n.endswith(".verified")))
+        return _progress(engine) >= at
+
+    finished = _kill_when(argv, env, log, reached, poll_s=0.005)
+    tail = log.read_text(errors="replace")[-2000:]
+    assert not finished, f"the run ended before the kill point {at}: {tail}"
+    return most[0]
+
+
+def _kill_when(
+    argv: list[str], env: dict[str, str], log: Path, until: Any, *, poll_s: float
+) -> bool:
+    """Run ``litpulse argv`` (stderr to ``log``) and SIGKILL it once ``until()`` says so
+    (asked every ``poll_s`` seconds, 60 s at most); whether it had ended first."""
     with log.open("wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "litpulse", *argv], env=env, cwd=REPO,
@@ -447,18 +463,15 @@ def _kill_at(
         try:
             deadline = time.monotonic() + 60
             while proc.poll() is None and time.monotonic() < deadline:
-                most = max(most, sum(1 for n in _downloads(s) if n.endswith(".verified")))
-                if _progress(engine) >= at:
+                if until():
                     break
-                time.sleep(0.005)
+                time.sleep(poll_s)
             finished = proc.poll() is not None
             if not finished:
                 os.kill(proc.pid, signal.SIGKILL)
         finally:
             proc.wait(timeout=30)
-    tail = log.read_text(errors="replace")[-2000:]
-    assert not finished, f"the run ended before the kill point {at}: {tail}"
-    return most
+    return finished
 
 
 def test_killed_twice_at_random_points_resumes_to_the_clean_state(
@@ -542,24 +555,15 @@ def test_bootstrap_killed_while_workers_have_spilled_resumes_to_the_clean_state(
     env = {**child_env(s), **emu.env(s)}
     argv = ["bootstrap", "--no-embed", "--workers", "2", "--prefetch", "2"]
     log = tmp_path / "child.log"
-    seen_spill = False
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "litpulse", *argv], env=env, cwd=REPO,
-            stdout=subprocess.DEVNULL, stderr=err, preexec_fn=lambda: os.nice(5),
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 60
-            while proc.poll() is None and time.monotonic() < deadline:
-                if _spilled(s) and _progress(engine) >= 1:
-                    seen_spill = True
-                    break
-                time.sleep(0.002)
-            finished = proc.poll() is not None
-            if not finished:
-                os.kill(proc.pid, signal.SIGKILL)
-        finally:
-            proc.wait(timeout=30)
+    seen: list[bool] = []
+
+    def spilled() -> bool:
+        if _spilled(s) and _progress(engine) >= 1:
+            seen.append(True)
+        return bool(seen)
+
+    finished = _kill_when(argv, env, log, spilled, poll_s=0.002)
+    seen_spill = bool(seen)
     assert not finished, log.read_text(errors="replace")[-2000:]
     assert seen_spill, "no spill file seen before the kill"
     assert _files(engine) != clean_files  # killed before the end

@@ -64,12 +64,17 @@ def delete_article(engine: Engine, pmid: int) -> None:
                      .values(is_deleted=True, deleted_at=db.utcnow()))
 
 
-def change_article(engine: Engine, pmid: int, salt: int = 1) -> np.ndarray:
-    """A revised text, already re-embedded (as embed_pending would have done)."""
+def change_article(
+    engine: Engine, pmid: int, salt: int = 1, title: str | None = None
+) -> np.ndarray:
+    """A revised text (a new ``title`` if given), already re-embedded (as embed_pending
+    would have done)."""
     vec = _vec(pmid, salt=salt)
+    revised: dict[str, object] = {"text_hash": f"h{pmid}v{salt}", "updated_at": db.utcnow()}
+    if title is not None:
+        revised["title"] = title
     with engine.begin() as conn:
-        conn.execute(update(articles).where(articles.c.pmid == pmid)
-                     .values(text_hash=f"h{pmid}v{salt}"))
+        conn.execute(update(articles).where(articles.c.pmid == pmid).values(**revised))
         conn.execute(update(embeddings).where(embeddings.c.pmid == pmid)
                      .values(text_hash=f"h{pmid}v{salt}", vector=vector_to_bytes(vec),
                              created_at=db.utcnow()))
@@ -523,19 +528,7 @@ def test_a_killed_refresh_then_a_rerun_ends_as_an_uninterrupted_one(
     v1 = refresh.refresh_index(s, embed=False)
     add_articles(engine, [50, 51])
     delete_article(engine, 3)
-    with engine.begin() as conn:
-        conn.execute(
-            update(articles)
-            .where(articles.c.pmid == 4)
-            .values(title="zebrafish heart regeneration", text_hash="h4v2", updated_at=db.utcnow())
-        )
-        conn.execute(
-            update(embeddings)
-            .where(embeddings.c.pmid == 4)
-            .values(
-                text_hash="h4v2", vector=vector_to_bytes(_vec(4, salt=1)), created_at=db.utcnow()
-            )
-        )
+    change_article(engine, 4, title="zebrafish heart regeneration")
     db.dispose_engines()
     proc = subprocess.run(
         [sys.executable, "-c", _KILLER, point, str(s.home)],
@@ -617,21 +610,7 @@ def test_a_revision_committed_during_a_refresh_is_taken_by_the_next(
     real = lexical.LexicalPlan.write
 
     def racing(self: lexical.LexicalPlan, folder: Path) -> dict[str, object]:
-        with engine.begin() as conn:
-            conn.execute(
-                update(articles)
-                .where(articles.c.pmid == 2)
-                .values(title="zebrafish regeneration", text_hash="h2v2", updated_at=db.utcnow())
-            )
-            conn.execute(
-                update(embeddings)
-                .where(embeddings.c.pmid == 2)
-                .values(
-                    text_hash="h2v2",
-                    vector=vector_to_bytes(_vec(2, salt=1)),
-                    created_at=db.utcnow(),
-                )
-            )
+        change_article(engine, 2, title="zebrafish regeneration")
         return real(self, folder)
 
     monkeypatch.setattr(lexical.LexicalPlan, "write", racing)
