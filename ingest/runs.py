@@ -78,44 +78,41 @@ class StoreBusyError(LitpulseError):
     retryable = True
 
 
-_held: dict[str, tuple[Lease, int]] = {}  # this process's store leases: by database, depth
-_held_lock = threading.Lock()
+_local = threading.local()  # this thread's store leases: {database: (lease, depth)}
 
 
 @contextmanager
 def store_writer(engine: Engine) -> Iterator[None]:
     """Hold :data:`STORE_LEASE` for the block (re-entrant: an inner block of the same
-    process and database shares the outer one's lease).
+    thread and database shares the outer one's lease; another thread is another writer).
 
     Raises:
-        StoreBusyError: Another live process holds it.
+        StoreBusyError: Another live process (or thread) holds it.
     """
+    held: dict[str, tuple[Lease, int]] = _local.__dict__.setdefault("held", {})
     key = engine.url.render_as_string(hide_password=False)
-    with _held_lock:
-        if key in _held:
-            lease, depth = _held[key]
-            _held[key] = (lease, depth + 1)
-            taken = None
-        else:
-            taken = acquire_lease(engine, STORE_LEASE)
-            if taken is None:
-                holder = lease_holder(engine, STORE_LEASE)
-                raise StoreBusyError(
-                    f"another process ({holder[0] if holder else '?'}) is writing articles to "
-                    f"this store (lease {STORE_LEASE!r}, see `litpulse status`); nothing was "
-                    "written: run again when it is done"
-                )
-            _held[key] = (taken, 1)
+    if key in held:
+        lease, depth = held[key]
+        held[key] = (lease, depth + 1)
+    else:
+        taken = acquire_lease(engine, STORE_LEASE)
+        if taken is None:
+            holder = lease_holder(engine, STORE_LEASE)
+            raise StoreBusyError(
+                f"another process ({holder[0] if holder else '?'}) is writing articles to "
+                f"this store (lease {STORE_LEASE!r}, see `litpulse status`); nothing was "
+                "written: run again when it is done"
+            )
+        held[key] = (taken, 1)
     try:
         yield
     finally:
-        with _held_lock:
-            lease, depth = _held[key]
-            if depth > 1:
-                _held[key] = (lease, depth - 1)
-            else:
-                del _held[key]
-                lease.release()
+        lease, depth = held[key]
+        if depth > 1:
+            held[key] = (lease, depth - 1)
+        else:
+            del held[key]
+            lease.release()
 
 
 @dataclass(frozen=True)

@@ -90,3 +90,24 @@ def test_the_store_lease_is_reentrant_within_a_process(sqlite_settings: Settings
             assert db.lease_holder(store.engine, STORE_LEASE) == holder
         assert db.lease_holder(store.engine, STORE_LEASE) == holder  # the outer one holds on
     assert db.lease_holder(store.engine, STORE_LEASE) is None
+
+
+def test_another_thread_is_another_writer(sqlite_settings: Settings) -> None:
+    import threading
+
+    store = Store(db.connect(sqlite_settings))
+    refused: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            with recorded_run(store, "files"):
+                pass
+        except StoreBusyError as exc:
+            refused.append(exc)
+
+    with store_writer(store.engine):
+        t = threading.Thread(target=second)
+        t.start()
+        t.join(30)
+    assert len(refused) == 1
+
