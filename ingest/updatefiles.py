@@ -184,16 +184,20 @@ def _refuse_before_the_baseline(
     source: _HttpSource | _LocalSource, engine: Engine, done: set[str]
 ) -> None:
     """Raise :class:`BootstrapUnfinishedError` when this store applied baseline files and
-    the server lists baseline files it has not: update files applied before them would be
-    out of order (a record the baseline holds and an update file deletes would come back as
-    a bare tombstone, its content lost)."""
+    the server lists baseline files of the same annual baseline (the year of the name) it
+    has not: update files applied before them would be out of order (a record the baseline
+    holds and an update file deletes would come back as a bare tombstone, its content
+    lost). NLM's next annual baseline, published each December, does not count: a store
+    whose baseline is complete goes on with the update files."""
     with engine.connect() as conn:
-        started = conn.execute(
-            select(source_files.c.name).where(source_files.c.kind == "baseline").limit(1)
-        ).first()
-    if started is None:
+        applied = conn.execute(
+            select(source_files.c.name).where(source_files.c.kind == "baseline")
+        ).scalars().all()
+    years = {m.group(1) for m in map(FILE_RE.fullmatch, applied) if m}
+    if not years:
         return
-    left = [f.name for f in _list_kind(source, "baseline") if f.name not in done]
+    left = [f.name for f in _list_kind(source, "baseline")
+            if f.name not in done and f"{f.year:02d}" in years]  # fmt: skip
     if left:
         raise BootstrapUnfinishedError(
             f"a bootstrap is unfinished: {len(left)} baseline file(s) are not applied yet "
