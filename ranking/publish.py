@@ -40,7 +40,7 @@ from litpulse.core.settings import Settings
 from litpulse.core.states import IndexStatus
 from litpulse.core.timeutil import iso
 from ranking import index_files
-from ranking.embed import ModelSpec, base_fingerprint
+from ranking.embed import ModelSpec, active_model, base_fingerprint
 from ranking.faiss_ops import index_kind
 from ranking.index_store import newest_date
 from ranking.lexical import LexicalPlan
@@ -283,8 +283,6 @@ def rollback_index(settings: Settings) -> dict[str, Any]:
         NotFoundError: No earlier version of the active model is kept on disk.
         IndexBusyError: Another process is publishing.
     """
-    from ranking.embed import active_model
-
     engine = db.connect(settings)
     with acquire_publish_lease(engine) as lease:
         current = published_index_row(engine)
