@@ -134,12 +134,31 @@ def base_fingerprint(base_model: str) -> str:
     for name in _IDENTITY_FILES:
         f = folder / name
         if f.is_file():
-            h.update(name.encode() + b"\0" + f.read_bytes())
+            h.update(name.encode() + b"\0" + _identity_bytes(f))
     for name in _WEIGHT_FILES:
         f = folder / name
         if f.is_file():
             h.update(f"{name}:{f.stat().st_size}".encode())
     return h.hexdigest()[:12]
+
+
+#: Keys of a model's JSON files that say which library saved it, not which model it is.
+_VOLATILE_KEYS = frozenset({"transformers_version", "_name_or_path", "__version__"})
+
+
+def _identity_bytes(path: Path) -> bytes:
+    """A JSON file without its volatile keys, canonical (a model saved again by another
+    library version keeps its fingerprint); other files as they are."""
+    import json
+
+    raw = path.read_bytes()
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return raw
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k not in _VOLATILE_KEYS}
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 
 def base_model_changed(details: Any, spec: ModelSpec) -> str | None:

@@ -6,6 +6,7 @@ Uses the bundled all-MiniLM-L6-v2 on a handful of short texts (seconds on a CPU)
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import numpy as np
@@ -223,3 +224,27 @@ def test_encoder_cache_keeps_the_newest_few_and_frees_the_rest(sqlite_settings: 
     finally:
         gc.unfreeze()
         em.clear_cache()
+
+
+def test_the_base_model_fingerprint_follows_the_model_not_its_saving(
+    sqlite_settings: Settings, tmp_path: Path
+) -> None:
+    """Another model of the same shape changes it; the same model saved again by another
+    library version (or copied elsewhere) does not."""
+    import json
+    import shutil
+
+    from ranking.embed import base_fingerprint
+
+    original = sqlite_settings.model_path
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy, symlinks=True, copy_function=os.symlink)
+    assert base_fingerprint(str(copy)) == base_fingerprint(original)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").unlink()
+    (copy / "config.json").write_text(json.dumps({**config, "transformers_version": "9.9.9"}))
+    assert base_fingerprint(str(copy)) == base_fingerprint(original)
+    (copy / "config.json").unlink()
+    (copy / "config.json").write_text(json.dumps({**config, "hidden_act": "relu"}))
+    assert base_fingerprint(str(copy)) != base_fingerprint(original)
+    assert base_fingerprint("no/such/model") != base_fingerprint(original)
