@@ -89,7 +89,9 @@ def store_writer(engine: Engine) -> Iterator[None]:
     Raises:
         StoreBusyError: Another live process (or thread) holds it.
     """
-    held: dict[str, tuple[Lease, int]] = _local.__dict__.setdefault("held", {})
+    if not hasattr(_local, "held"):
+        _local.held = {}
+    held: dict[str, tuple[Lease, int]] = _local.held
     key = engine.url.render_as_string(hide_password=False)
     if key in held:
         lease, depth = held[key]
@@ -220,36 +222,23 @@ def recorded_run(
         StoreBusyError: ``source`` writes articles (:data:`ARTICLE_SOURCES`) and another
             process is writing them now (no run is opened).
     """
-    with contextlib.ExitStack() as stack:
-        if source in ARTICLE_SOURCES:
-            stack.enter_context(store_writer(ledger.engine))
-        yield from _recorded(ledger, source, target, window_start, window_end, redact)
-
-
-def _recorded(
-    ledger: RunLedger,
-    source: str,
-    target: str | None,
-    window_start: dt.datetime | None,
-    window_end: dt.datetime | None,
-    redact: Callable[[str], str],
-) -> Iterator[OpenRun]:
-    run = OpenRun(
-        ledger.start_run(source, target=target, window_start=window_start, window_end=window_end)
-    )
-    try:
-        yield run
-    except BaseException as exc:
-        extra = run.on_failure() if run.on_failure is not None else {}
-        ledger.finish_run(
-            run.id,
-            run.counts,
-            status=RunStatus.FAILED,
-            error=redact(f"{type(exc).__name__}: {exc}"),
-            details={**run.details, **extra},
-        )
-        raise
-    ledger.finish_run(run.id, run.counts, details=run.details)
+    writes = source in ARTICLE_SOURCES
+    with store_writer(ledger.engine) if writes else contextlib.nullcontext():
+        run = OpenRun(ledger.start_run(source, target=target, window_start=window_start,
+                                       window_end=window_end))  # fmt: skip
+        try:
+            yield run
+        except BaseException as exc:
+            extra = run.on_failure() if run.on_failure is not None else {}
+            ledger.finish_run(
+                run.id,
+                run.counts,
+                status=RunStatus.FAILED,
+                error=redact(f"{type(exc).__name__}: {exc}"),
+                details={**run.details, **extra},
+            )
+            raise
+        ledger.finish_run(run.id, run.counts, details=run.details)
 
 
 class RunLedger:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 
 from ingest.http import HttpClient
 from ingest.records import SourceRef
@@ -181,7 +181,7 @@ def list_remote_files(settings: Settings, *, include_baseline: bool = False) -> 
 
 
 def _refuse_before_the_baseline(
-    source: _HttpSource | _LocalSource, engine: Engine, done: set[str]
+    source: _HttpSource | _LocalSource, done: set[str], baseline_done: set[str]
 ) -> None:
     """Raise :class:`BootstrapUnfinishedError` when this store applied baseline files and
     the server lists baseline files of the same annual baseline (the year of the name) it
@@ -189,11 +189,7 @@ def _refuse_before_the_baseline(
     holds and an update file deletes would come back as a bare tombstone, its content
     lost). NLM's next annual baseline, published each December, does not count: a store
     whose baseline is complete goes on with the update files."""
-    with engine.connect() as conn:
-        applied = conn.execute(
-            select(source_files.c.name).where(source_files.c.kind == "baseline")
-        ).scalars().all()
-    years = {m.group(1) for m in map(FILE_RE.fullmatch, applied) if m}
+    years = {m.group(1) for m in map(FILE_RE.fullmatch, baseline_done) if m}
     if not years:
         return
     left = [f.name for f in _list_kind(source, "baseline")
@@ -291,9 +287,12 @@ def apply_updates(
             run.on_failure = lambda: {"failed_at": utcnow().isoformat()}
             remote = _list(source, include_baseline)
             with engine.connect() as conn:
-                done = set(conn.execute(select(source_files.c.name)).scalars())
+                rows = conn.execute(select(source_files.c.name, source_files.c.kind)).all()
+            done = {name for name, _kind in rows}
             if not include_baseline:
-                _refuse_before_the_baseline(source, engine, done)
+                _refuse_before_the_baseline(
+                    source, done, {name for name, kind in rows if kind == "baseline"}
+                )
             pending = [f for f in remote if f.name not in done]
             if done and pending:
                 newest = max((f for f in remote if f.name in done), default=None)

@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import threading
@@ -123,22 +124,32 @@ _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 def base_fingerprint(base_model: str) -> str:
     """Which base model a path holds: SHA-1 (12 hex) of its identity files and the sizes
     of its weights — the same for a copy of the model elsewhere, different for another
-    model of the same shape. A path that is not a folder is fingerprinted by its name."""
+    model of the same shape. A path that is not a folder is fingerprinted by its name.
+    Computed once per state of the files (a refresh, its publish and a check ask)."""
+    folder = Path(base_model)
+    if not folder.is_dir():
+        return _fingerprint(f"name:{base_model}", None)
+    stats = tuple(
+        (name, st.st_size, st.st_mtime_ns)
+        for name in (*_IDENTITY_FILES, *_WEIGHT_FILES)
+        if (f := folder / name).is_file() and (st := f.stat())
+    )
+    return _fingerprint(str(folder), stats)
+
+
+@functools.lru_cache(maxsize=8)
+def _fingerprint(where: str, stats: tuple[tuple[str, int, int], ...] | None) -> str:
     import hashlib
 
-    folder = Path(base_model)
     h = hashlib.sha1()
-    if not folder.is_dir():
-        h.update(f"name:{base_model}".encode())
+    if stats is None:  # not a folder: its name
+        h.update(where.encode())
         return h.hexdigest()[:12]
-    for name in _IDENTITY_FILES:
-        f = folder / name
-        if f.is_file():
-            h.update(name.encode() + b"\0" + _identity_bytes(f))
-    for name in _WEIGHT_FILES:
-        f = folder / name
-        if f.is_file():
-            h.update(f"{name}:{f.stat().st_size}".encode())
+    for name, size, _mtime in stats:
+        if name in _WEIGHT_FILES:
+            h.update(f"{name}:{size}".encode())
+        else:
+            h.update(name.encode() + b"\0" + _identity_bytes(Path(where) / name))
     return h.hexdigest()[:12]
 
 

@@ -82,11 +82,11 @@ def refresh_index(settings: Settings, *, rebuild: bool = False, progress: bool =
     with acquire_publish_lease(engine) as lease:
         spec = active_model(settings, engine)
         lease.check()
-        _base_current(engine, spec, rebuild=rebuild and embed)
+        published = published_index_row(engine)
+        _base_current(engine, published, spec, rebuild=rebuild and embed)
         embedded = embed_pending(settings, spec, progress, engine=engine) if embed else 0
         ctx = PublishContext(
-            settings=settings, engine=engine, lease=lease, spec=spec,
-            published=published_index_row(engine),
+            settings=settings, engine=engine, lease=lease, spec=spec, published=published,
             watermark=index_store.watermark(engine, spec.id), embedded=embedded, t0=t0,
         )
         live = index_store.live_ids(engine)
@@ -108,10 +108,11 @@ def refresh_index(settings: Settings, *, rebuild: bool = False, progress: bool =
         return _full(ctx, live, reason, lexical)
 
 
-def _base_current(engine: Engine, spec: ModelSpec, *, rebuild: bool) -> None:
+def _base_current(engine: Engine, published: Any, spec: ModelSpec, *, rebuild: bool) -> None:
     """Make sure the stored vectors of ``spec`` are of its base model as configured now.
 
-    When the published index of this model version was built with another base model
+    When the published index (``published``, its row) of this model version was built
+    with another base model
     (``LITPULSE_MODEL`` changed; :func:`ranking.embed.base_model_changed`), its vectors
     and the stored embeddings would be ranked against queries of the new one: a rebuild
     (that embeds) drops those embeddings so every article is embedded again; anything else
@@ -120,7 +121,6 @@ def _base_current(engine: Engine, spec: ModelSpec, *, rebuild: bool) -> None:
     Raises:
         ConsistencyError: The base model changed and this is not an embedding rebuild.
     """
-    published = published_index_row(engine)
     if published is None or published.model_version != spec.id:
         return
     changed = base_model_changed(published.details, spec)

@@ -645,7 +645,7 @@ def test_a_revision_written_by_a_lagging_host_reaches_the_next_refresh(
 
     store = Store(engine)
     store.apply([make_record(p, source=src(0)) for p in (1, 2, 3)])
-    _embed_all(engine, [1, 2, 3])
+    _embed(engine, [1, 2, 3], "base")
     refresh.refresh_index(settings, embed=False)
     lag = dt.timedelta(seconds=lexical.WATERMARK_SLACK_S + 600)
     lagging = timeutil.utcnow() - lag
@@ -662,13 +662,3 @@ def test_a_revision_written_by_a_lagging_host_reaches_the_next_refresh(
     assert [p for p, _ in pub.lexical.search("adalimumab", 3)] == [2]
     assert ix_status.check_consistency(settings)["lexical_stale"] == 0
 
-
-def _embed_all(engine: Engine, pmids: list[int], model: str = "base") -> None:
-    """Vectors for articles the store wrote (their current text hash)."""
-    with engine.begin() as conn:
-        rows = conn.execute(select(articles.c.pmid, articles.c.text_hash)
-                            .where(articles.c.pmid.in_(pmids))).all()  # fmt: skip
-        conn.execute(insert(embeddings), [
-            {"pmid": r.pmid, "model_version": model, "text_hash": r.text_hash,
-             "vector": vector_to_bytes(_vec(r.pmid, model)), "created_at": db.utcnow()}
-            for r in rows])  # fmt: skip
