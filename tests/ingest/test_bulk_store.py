@@ -37,7 +37,7 @@ from litpulse.app.demo.generate import generate_corpus
 from litpulse.core import db
 from litpulse.core.settings import Settings
 from tests.ingest.test_crash_resume import differences, quick, reset, snapshot
-from tests.ingest.test_store import make_record
+from tests.ingest.test_store import make_record, stored_part, whole_record
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -108,19 +108,25 @@ def test_prepared_columns_decode_to_the_record() -> None:
     text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
     assert prep.content_hash == hashlib.sha1(text.encode()).hexdigest() == content_hash(plain)
     row = prep.row
-    assert json.loads(row["record"]) == plain
+    # the record column: the record without the authors and MeSH headings (each has its
+    # own column; they were half of the column's bytes), its source last
+    assert json.loads(row["record"]) == stored_part(plain)
+    own = ',"authors":' + json.dumps(body["authors"], separators=(",", ":"), ensure_ascii=False)
+    own += ',"mesh":' + json.dumps(body["mesh"], separators=(",", ":"), ensure_ascii=False)
+    assert own in text
     assert (
         row["record"]
-        == text[:-1]
+        == text[:-1].replace(own, "")
         + ',"source":'
         + json.dumps(plain["source"], separators=(",", ":"), ensure_ascii=False)
         + "}"
     )
     assert json.loads(row["mesh"]) == plain["mesh"]
     assert json.loads(row["publication_types"]) == plain["publication_types"]
-    # encoded apart, yet the very text the record column holds
-    assert f',"mesh":{row["mesh"]},"keywords":' in row["record"]
+    # encoded apart, yet the very text the hashed record holds
+    assert f',"mesh":{row["mesh"]},"keywords":' in text
     assert f',"publication_types":{row["publication_types"]},"languages":' in row["record"]
+    assert whole_record(json.loads(row["record"]), row["authors"], row["mesh"]) == plain
     assert json.loads(row["authors"]) == [
         {**a, "name": author.display_name}
         for a, author in zip(plain["authors"], rec.authors, strict=True)
@@ -170,7 +176,8 @@ def test_prepare_writes_the_json_of_to_dict_for_any_text(text: str) -> None:
     prep = prepare(rec)
     assert prep.content_hash == content_hash(plain)
     row = prep.row
-    assert json.loads(row["record"]) == plain
+    assert json.loads(row["record"]) == stored_part(plain)
+    assert whole_record(json.loads(row["record"]), row["authors"], row["mesh"]) == plain
     assert json.loads(row["authors"]) == [
         {**a, "name": author.display_name}
         for a, author in zip(plain["authors"], rec.authors, strict=True)
@@ -187,7 +194,9 @@ def test_prepare_equals_to_dict_over_a_generated_corpus(files: list[Path]) -> No
         plain = rec.to_dict()
         prep = prepare(rec)
         assert prep.content_hash == content_hash(plain)
-        assert json.loads(prep.row["record"]) == plain
+        row = prep.row
+        assert json.loads(row["record"]) == stored_part(plain)
+        assert whole_record(json.loads(row["record"]), row["authors"], row["mesh"]) == plain
 
 
 def _old_layout(path: Path) -> None:
