@@ -118,12 +118,15 @@ articles = Table(
     Column("article_date", Date),
     Column("entrez_date", Date),
     Column("best_date", Date, index=True),
-    Column("language", String(8), index=True),
+    # no index on language or is_deleted: none is read (searches filter lower(language)
+    # over their candidates; nearly every row shares is_deleted) and each costs every
+    # row written. Stores made before keep theirs; dropping them is safe.
+    Column("language", String(8)),
     Column("doi", Text),
     Column("pmcid", String(32)),
     Column("is_retracted", Boolean, nullable=False, default=False),
     Column("is_book", Boolean, nullable=False, default=False),
-    Column("is_deleted", Boolean, nullable=False, default=False, index=True),
+    Column("is_deleted", Boolean, nullable=False, default=False),
     Column("deleted_at", UTCDateTime()),
     Column("has_abstract", Boolean, nullable=False, default=False),
     Column("text_hash", String(40), nullable=False, default=""),
