@@ -23,7 +23,13 @@ DOC_MD = """
 **Trigger.** Every `litpulse_articles` asset event (a finished, quality-checked nightly ingest).
 
 **What it does.** `index_model_current` skips the run (reason in its log) while a newly
-promoted model waits for `litpulse_reindex` to re-embed the corpus in shards; then
+promoted model waits for `litpulse_reindex` to re-embed the corpus in shards (a run of it
+is queued or running, or the promotion is less than an hour old). When the published index
+is for another model than the active one and no such run is coming (an inline re-index of
+`litpulse models promote` was killed, the last litpulse_reindex run failed), it **fails**
+with `ConsistencyError` (alerted, not retried) instead of skipping every night: finish the
+re-index with `airflow dags trigger litpulse_reindex` (or clear the failed shards of its
+last run) or `litpulse index refresh`; embeddings already written are kept. Then
 `embed_pending` embeds the new and changed articles with the *active* model
 version (`ranking.embed.embed_pending`), then `refresh_index` adds them to (and removes
 deleted articles from) the FAISS index and publishes a new index version atomically
@@ -56,12 +62,16 @@ go to `LITPULSE_ALERT_WEBHOOK_URL` (always logged). A run still going after 8 h 
 def litpulse_index_refresh() -> None:
     @task.short_circuit(retries=0)
     def index_model_current() -> bool:
-        """Skip while a promoted model waits for litpulse_reindex (reason logged)."""
+        """Skip while a litpulse_reindex run re-embeds for a promoted model (reason logged);
+        fail when a re-index is pending and none is coming."""
         import logging
 
-        from litpulse.pipeline.planning import reindex_pending
+        from litpulse.pipeline.dag_support import active_runs
+        from litpulse.pipeline.planning import refresh_waits_for_reindex
 
-        reason = reindex_pending(settings())
+        reason = refresh_waits_for_reindex(
+            settings(), reindex_runs=lambda: active_runs("litpulse_reindex")
+        )
         if reason:
             logging.getLogger(__name__).info("skipping the incremental refresh: %s", reason)
         return reason is None

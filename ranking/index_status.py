@@ -104,7 +104,11 @@ def check_consistency(settings: Settings, *, sample: int = 10) -> dict[str, Any]
         problems.append(f"index holds {pub.size} vectors, its row says {row.size}, "
                         f"its id list {len(pub.ids)}")
     if row.model_version != spec.id:
-        problems.append(f"index model {row.model_version} is not the active model {spec.id}")
+        problems.append(
+            f"index model {row.model_version} is not the active model {spec.id}: a re-index "
+            "is pending (finish it with `litpulse index refresh`, or the litpulse_reindex DAG: "
+            "`airflow dags trigger litpulse_reindex`)"
+        )
     else:
         changed = base_model_changed(row.details, spec)
         if changed:

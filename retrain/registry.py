@@ -26,8 +26,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import shutil
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, desc, insert, select, update
@@ -41,6 +44,7 @@ from litpulse.core.timeutil import iso, utcnow
 from ranking.embed import BASE_MODEL_ID
 
 __all__ = [
+    "ADAPTER_MAX_AGE_S",
     "STATUSES",
     "BASE_ID",
     "ModelVersion",
@@ -51,6 +55,7 @@ __all__ = [
     "active_version",
     "set_status",
     "promote",
+    "prune_adapters",
     "rollback",
 ]
 
@@ -63,6 +68,10 @@ STATUSES: tuple[ModelStatus, ...] = tuple(ModelStatus)
 BASE_ID = BASE_MODEL_ID
 
 Reindex = Callable[[Settings], Any]
+#: Seconds after which an adapter folder no version names is removed by
+#: :func:`prune_adapters`: longer than any training (the retrain DAG's task times out
+#: after 10 h), so a folder being written is never taken.
+ADAPTER_MAX_AGE_S = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -420,6 +429,40 @@ def rollback(
         "rolled_back": current.id,
         "index": _as_dict(report),
     }
+
+
+def prune_adapters(
+    settings: Settings, *, max_age_s: float = ADAPTER_MAX_AGE_S, engine: Engine | None = None
+) -> list[str]:
+    """Remove the adapter folders under ``home/adapters`` that no version names.
+
+    A retrain killed while training leaves its ``.tmp-*`` folder; one killed after the
+    folder was renamed to its version id, while evaluating, leaves a folder no row names
+    (it registers only afterwards). Nothing reads them again. A folder is kept when a
+    row's ``adapter_path`` or id names it (by folder name: the data directory may have
+    moved), and when it was written less than ``max_age_s`` seconds ago.
+    :func:`retrain.run.retrain` calls this under its lease.
+
+    Returns:
+        The removed folders.
+    """
+    folder = settings.home / "adapters"
+    if not folder.is_dir():
+        return []
+    engine = engine or connect(settings)
+    with engine.connect() as conn:
+        rows = conn.execute(select(model_versions.c.id, model_versions.c.adapter_path)).all()
+    named = {r.id for r in rows} | {Path(r.adapter_path).name for r in rows if r.adapter_path}
+    removed = []
+    for path in sorted(folder.iterdir()):
+        if not path.is_dir() or path.name in named:
+            continue
+        if time.time() - path.stat().st_mtime <= max_age_s:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        logger.warning("removed adapter folder %s: no model version names it", path)
+        removed.append(str(path))
+    return removed
 
 
 def _previous_active(engine: Engine, current: ModelVersion) -> ModelVersion | None:

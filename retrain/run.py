@@ -189,6 +189,7 @@ def retrain(
     if lease is None:
         return RetrainReport(RetrainOutcome.SKIPPED, reasons=("another retrain is running",))
     try:
+        registry.prune_adapters(settings, engine=engine)  # what killed rounds left
         return _retrain(
             settings, engine, options, lease, dry_run=dry_run, from_base=from_base,
             progress=progress,

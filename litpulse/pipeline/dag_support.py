@@ -45,6 +45,7 @@ __all__ = [
     "START_DATE",
     "LitpulseRetryPolicy",
     "RunBudget",
+    "active_runs",
     "attempt_since_clear",
     "backoff_delay",
     "catchup_skip_reason",
@@ -492,6 +493,16 @@ def dag_args(
     if params:
         out["params"] = dict(params)
     return out
+
+
+def active_runs(dag_id: str) -> int:
+    """Queued and running runs of ``dag_id``, asked from inside a running task (the Task
+    SDK's ``get_dr_count`` through the execution API; tasks do not reach the metadata
+    database)."""
+    from airflow.sdk import get_current_context
+
+    ti = get_current_context()["ti"]
+    return int(ti.get_dr_count(dag_id=dag_id, states=["queued", "running"]))
 
 
 def index_metadata(report: Mapping[str, Any], embedded: int) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,15 +27,19 @@ if TYPE_CHECKING:
     from retrain.anchors import LexicalSearch
 
 __all__ = [
+    "FINISH_REINDEX",
+    "REINDEX_GRACE",
     "EmbeddingShard",
     "RetrainDecision",
     "defer_reindex",
     "embed_shard",
+    "finish_reindex",
     "last_watermark",
     "plan_embedding_shards",
     "promoted_model",
     "reindex_now",
     "reindex_pending",
+    "refresh_waits_for_reindex",
     "retrain_due",
 ]
 
@@ -42,6 +47,16 @@ logger = logging.getLogger(__name__)
 
 #: Sources whose succeeded runs move the watermark forward.
 WINDOW_SOURCES = ("eutils", "updatefiles")
+#: How long after a promotion the index-refresh DAG waits for the litpulse_reindex run
+#: its model asset triggers to appear (the retrain DAG switches the model in one task and
+#: emits the asset in the next) before it calls the re-index stalled.
+REINDEX_GRACE = dt.timedelta(hours=1)
+#: The commands that finish a pending re-index (embeddings already written are kept).
+FINISH_REINDEX = (
+    "`airflow dags trigger litpulse_reindex` (sharded; or clear the failed shards of its "
+    "last run: `airflow tasks clear litpulse_reindex --only-failed --yes`), or "
+    "`litpulse index refresh` (one process)"
+)
 
 
 @dataclass(frozen=True)
@@ -177,7 +192,10 @@ def reindex_pending(settings: Settings, engine: Engine | None = None) -> str | N
     After a promotion whose re-index was deferred (:func:`defer_reindex`), the active
     model is newer than the published index's: the ``litpulse_reindex`` DAG re-embeds
     the corpus in shards. An incremental refresh meanwhile would re-embed the whole
-    corpus in one task, so the index-refresh DAG skips itself while this says so.
+    corpus in one task, so the index-refresh DAG skips itself while a litpulse_reindex run
+    is coming (:func:`refresh_waits_for_reindex`). The same state is left by a promotion
+    or rollback whose inline re-index was killed; the reason names the commands that
+    finish it.
     """
     from ranking.embed import active_model
 
@@ -190,8 +208,75 @@ def reindex_pending(settings: Settings, engine: Engine | None = None) -> str | N
         return None
     return (
         f"the published index {published.id} is for model {published.model_version} but "
-        f"the active model is {active}: litpulse_reindex re-embeds the corpus for it"
+        f"the active model is {active}: a re-index for it is pending; finish it with "
+        f"{FINISH_REINDEX}"
     )
+
+
+def refresh_waits_for_reindex(
+    settings: Settings,
+    *,
+    reindex_runs: Callable[[], int],
+    engine: Engine | None = None,
+    now: dt.datetime | None = None,
+) -> str | None:
+    """Whether the index-refresh DAG skips this run for a pending re-index, or fails.
+
+    While a re-index is pending (:func:`reindex_pending`) the refresh would re-embed the
+    whole corpus in one task; it skips when a ``litpulse_reindex`` run is coming: one is
+    queued or running, or the model was promoted less than :data:`REINDEX_GRACE` ago
+    (its run is about to appear). Otherwise nothing will ever publish an index for the
+    active model (a promotion whose inline re-index was killed, a failed litpulse_reindex
+    run, a model asset never emitted): skipping would hide that every night.
+
+    Args:
+        settings: The settings.
+        reindex_runs: Counts the queued and running ``litpulse_reindex`` runs (asked only
+            while a re-index is pending).
+        engine: The store (default: ``db.connect(settings)``).
+        now: The current time (default: the clock).
+
+    Returns:
+        ``None``: the refresh goes on; else why it is skipped.
+
+    Raises:
+        ConsistencyError: A re-index is pending and no run is coming (not retryable);
+            the message names the commands that finish it.
+    """
+    engine = engine or db.connect(settings)
+    pending = reindex_pending(settings, engine)
+    if pending is None:
+        return None
+    runs = reindex_runs()
+    if runs:
+        return f"{pending} ({runs} litpulse_reindex run(s) queued or running)"
+    row = active_model_row(engine)
+    promoted = row.promoted_at if row is not None else None
+    now = now or db.utcnow()
+    if promoted is not None and now - promoted < REINDEX_GRACE:
+        return (
+            f"{pending} (model promoted at {iso(promoted)}: waiting for its litpulse_reindex run)"
+        )
+    raise ConsistencyError(
+        f"{pending}. No litpulse_reindex run is queued or running, so no index for the "
+        "active model is coming and new articles do not reach search: finish the re-index "
+        "(or roll the model back: `litpulse models rollback`)"
+    )
+
+
+def finish_reindex(settings: Settings, *, progress: bool = False) -> Any | None:
+    """Finish a pending re-index in this process (:func:`reindex_now`), or ``None`` when
+    the published index is the active model's already.
+
+    A promotion whose inline re-index was killed left the model switched; running the
+    promotion again lands here (the registry finds the model active already). The
+    vectors the killed run wrote are kept: only the rest is embedded.
+    """
+    pending = reindex_pending(settings)
+    if pending is None:
+        return None
+    logger.warning("finishing the pending re-index: %s", pending)
+    return reindex_now(settings, progress=progress)
 
 
 def defer_reindex(settings: Settings) -> dict[str, Any]:

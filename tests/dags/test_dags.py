@@ -394,3 +394,32 @@ def test_bootstrap_with_dag_test(airflow_home: Path, emulator: Emulator, tmp_pat
     assert not any(k.startswith("fetch_file[") for k in second["tasks"])  # nothing pending
     sizes = [e["extra"]["size"] for e in report["asset_events"] if e["asset"] == "litpulse_index"]
     assert sizes and sizes[0] == len(live)
+
+
+@pytest.mark.slow
+def test_index_refresh_fails_loudly_when_a_pending_reindex_has_no_run_coming(
+    airflow_home: Path, tmp_path: Path
+) -> None:
+    """A promotion whose inline re-index was killed a day ago: the published index is on
+    'base', 'm2' is active, no litpulse_reindex run exists. The refresh DAG's first task
+    asks Airflow (the Task SDK's run count) and fails instead of skipping every night."""
+    from sqlalchemy import update
+
+    from ranking.refresh import refresh_index
+    from tests.ranking.test_index import _activate, add_articles
+
+    settings = Settings.from_env({}, home=tmp_path / "lp")
+    engine = db.connect(settings)
+    add_articles(engine, [1, 2, 3])
+    refresh_index(settings, embed=False)
+    _activate(engine, "m2", settings)
+    with engine.begin() as conn:
+        conn.execute(update(model_versions).values(
+            promoted_at=db.utcnow() - dt.timedelta(days=1)))
+    db.dispose_engines()
+    env = {"LITPULSE_HOME": str(settings.home), "LITPULSE_DATABASE_URL": settings.database_url}
+    report = run_dags(airflow_home, [{"dag_id": "litpulse_index_refresh"}], env, tmp_path)
+    (run,) = report["runs"]
+    assert run["state"] == "failed", run
+    assert run["tasks"]["index_model_current"] == "failed", run["tasks"]
+    assert run["tasks"]["embed_pending"] != "success", run["tasks"]

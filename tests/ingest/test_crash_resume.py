@@ -343,24 +343,37 @@ def run_and_kill(
 ) -> None:
     """Start ``python argv…`` and SIGKILL it as soon as ``point`` is committed."""
     cond = select(func.count()).select_from(articles).where(point.where)
+
+    def reached() -> bool:
+        with engine.connect() as conn:
+            return bool(conn.execute(cond).scalar_one() >= point.at)
+
+    kill_when(argv, env, reached, log, label=point.label, timeout=60)
+
+
+def kill_when(
+    argv: Sequence[str], env: dict[str, str], reached: Callable[[], bool], log: Path, *,
+    label: str, timeout: float,
+) -> None:
+    """Start ``python argv…`` and SIGKILL it as soon as ``reached()`` says so; fails
+    when the run ends first."""
     with log.open("wb") as err:
         proc = subprocess.Popen(
             [sys.executable, *argv], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
             preexec_fn=lambda: os.nice(5),  # the poller keeps up with the run
         )  # fmt: skip
         try:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + timeout
             while proc.poll() is None and time.monotonic() < deadline:
-                with engine.connect() as conn:
-                    if conn.execute(cond).scalar_one() >= point.at:
-                        break
+                if reached():
+                    break
                 time.sleep(0.005)
             finished = proc.poll() is not None
             if not finished:
                 os.kill(proc.pid, signal.SIGKILL)
         finally:
             proc.wait(timeout=30)
-    assert not finished, f"{point.label}: the run ended before the kill point: " + \
+    assert not finished, f"{label}: the run ended before the kill point: " + \
         log.read_text(errors="replace")[-2000:]  # fmt: skip
     assert proc.returncode == -signal.SIGKILL
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -146,3 +148,48 @@ def test_a_rollback_interrupted_between_its_steps_keeps_a_model_active(
     status = {v: registry.get_model(settings, v).status for v in (a, b)}
     assert active is not None and active.id == b, (
         f"active: {active.id if active else 'base'}; b is {status[b]}, a is {status[a]}")
+
+
+# ------------------------------------------- adapter folders a killed retrain leaves behind
+
+
+def _folder(path: Path, age_s: float) -> Path:
+    """An adapter folder last written ``age_s`` seconds ago."""
+    path.mkdir(parents=True)
+    (path / "adapter_model.safetensors").write_bytes(b"\0" * 16)
+    then = time.time() - age_s
+    os.utime(path, (then, then))
+    return path
+
+
+def test_prune_removes_old_adapter_folders_no_version_names(settings: Settings) -> None:
+    """A retrain killed while training leaves `adapters/.tmp-*`; one killed after the
+    rename, while evaluating (before `register`), leaves `adapters/<version id>` with no
+    row. Neither is ever read again; they pile up, one adapter per killed run."""
+    adapters = settings.ensure_home() / "adapters"
+    day = 24 * 3600.0
+    vid = _register(settings, "a")
+    named = _folder(adapters / vid, 3 * day)  # its row names it (by folder name)
+    killed_training = _folder(adapters / ".tmp-0123456789ab", 2 * day)
+    killed_evaluating = _folder(adapters / "m-20240101000000-abcdef", 2 * day)
+    young = _folder(adapters / ".tmp-ffffffffffff", 60)  # a training may be writing it
+    stray = adapters / "notes.txt"
+    stray.write_text("kept: not a folder")
+
+    removed = registry.prune_adapters(settings)
+    assert sorted(removed) == sorted([str(killed_training), str(killed_evaluating)])
+    assert named.is_dir() and young.is_dir() and stray.is_file()
+    assert not killed_training.exists() and not killed_evaluating.exists()
+    assert registry.prune_adapters(settings) == []
+    assert registry.prune_adapters(settings, max_age_s=0) == [str(young)]
+
+
+def test_the_next_retrain_prunes_orphan_adapters(settings: Settings) -> None:
+    from litpulse.pipeline.planning import reindex_now
+    from retrain.run import retrain
+
+    adapters = settings.ensure_home() / "adapters"
+    orphan = _folder(adapters / ".tmp-0123456789ab", 2 * 24 * 3600.0)
+    report = retrain(settings, reindex=reindex_now, dry_run=True)
+    assert report.status in ("dry_run", "skipped")
+    assert not orphan.exists()

@@ -103,6 +103,8 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
         f"{ix['version']} (model {ix['model_version']}, {ix['size']} vectors, "
         f"published {ix['published_at']})" if ix["version"] else None
     )
+    if ix["reindex_pending"]:
+        st["reindex pending"] = ix["reindex_pending"]
     kv([(k, v if v is not None else "-") for k, v in st.items() if k != "last_runs"])
     runs = st["last_runs"]
     if runs:
@@ -121,7 +123,9 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _index(settings: Settings) -> dict[str, Any]:
-    """The published index version (``version`` is ``None`` before the first one)."""
+    """The published index version (``version`` is ``None`` before the first one), and
+    why a re-index for the active model is pending (``None``: none is)."""
+    from litpulse.pipeline.planning import reindex_pending
     from ranking.index_status import index_status
 
     ix = index_status(settings)
@@ -132,6 +136,7 @@ def _index(settings: Settings) -> dict[str, Any]:
         "size": ix["size"],
         "published_at": ix["published_at"],
         "pending_embeddings": ix["pending_embeddings"],
+        "reindex_pending": reindex_pending(settings),
     }
 
 

@@ -248,14 +248,24 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_promote(args: argparse.Namespace, settings: Settings) -> int:
-    from litpulse.pipeline.planning import reindex_now
+    from litpulse.pipeline.planning import finish_reindex, reindex_now
     from retrain.registry import promote
 
     result = promote(
         settings, args.id, by=_who(args.by), reason=args.reason, reindex=reindex_now
     )
+    finished = None
+    if not result["changed"]:  # active already: an earlier promotion's re-index was killed?
+        finished = finish_reindex(settings, progress=show_progress() and not args.json)
+        if finished is not None:
+            result["index"] = finished.to_dict()
     if args.json:
         print_json(result)
+    elif finished is not None:
+        print(f"{args.id} is active already; finished its pending re-index: published "
+              f"index {finished.id} ({finished.size} vectors, {finished.embedded} embedded now)")
+    elif not result["changed"]:
+        print(f"{args.id} is active already, and its index is published")
     else:
         print(f"promoted {args.id} (previous: {result['previous']})")
     return 0

@@ -1,0 +1,206 @@
+"""A promotion whose re-index never finished heals itself or says so.
+
+`litpulse models promote` switches the active model and then re-indexes inline. A kill
+there (SIGKILL, OOM) leaves the active model switched and the published index on the old
+model: `reindex_pending` then holds the index-refresh DAG back every night, waiting for a
+litpulse_reindex run that only the Airflow retrain DAG's model asset triggers. Here: the
+re-run of the promotion finishes the re-index (keeping the vectors already written), the
+status and the check name the command that finishes it, and the index-refresh DAG's
+first task skips only while a litpulse_reindex run is coming, else fails loudly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select, update
+
+from litpulse.app.cli import index as cli_index
+from litpulse.app.cli import models as cli_models
+from litpulse.core import db
+from litpulse.core.errors import ConsistencyError
+from litpulse.core.schema import embeddings, model_versions
+from litpulse.core.settings import Settings
+from litpulse.pipeline import planning
+from litpulse.pipeline.planning import reindex_pending
+from ranking import index_files, lexical, refresh
+from ranking.index_status import check_consistency
+from ranking.models import published_index_row
+from tests.ingest.test_crash_resume import child_env, kill_when
+from tests.ranking.test_index import _activate, _embed, add_articles
+
+
+def _cli(argv: list[str], settings: Settings) -> int:
+    """Run `litpulse models|index ...` through their own parsers."""
+    parser = argparse.ArgumentParser(prog="litpulse")
+    sub = parser.add_subparsers(dest="command")
+    cli_models.register(sub)
+    cli_index.register(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args, settings))
+
+
+class _Runs:
+    """The count of queued/running litpulse_reindex runs Airflow answers; records whether
+    it was asked."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.asked = 0
+
+    def __call__(self) -> int:
+        self.asked += 1
+        return self.n
+
+
+def _stalled(settings: Settings, engine: Engine, *, promoted_ago: dt.timedelta) -> None:
+    """Index of 'base' published, 'm2' active (promoted ``promoted_ago``), half embedded."""
+    live = list(range(1, 11))
+    add_articles(engine, live)
+    refresh.refresh_index(settings, embed=False)
+    _activate(engine, "m2", settings)
+    with engine.begin() as conn:
+        conn.execute(
+            update(model_versions)
+            .where(model_versions.c.id == "m2")
+            .values(promoted_at=db.utcnow() - promoted_ago)
+        )
+    _embed(engine, live[:5], "m2")
+
+
+def test_the_refresh_dag_skips_only_while_a_reindex_run_is_coming(
+    settings: Settings, engine: Engine
+) -> None:
+    none = _Runs(0)
+    add_articles(engine, [100, 101])
+    refresh.refresh_index(settings, embed=False)
+    assert planning.refresh_waits_for_reindex(settings, reindex_runs=none) is None
+    assert none.asked == 0  # nothing pending: Airflow is not asked
+
+    _stalled(settings, engine, promoted_ago=dt.timedelta(hours=3))
+    assert reindex_pending(settings) is not None
+    one = _Runs(1)
+    reason = planning.refresh_waits_for_reindex(settings, reindex_runs=one)
+    assert reason is not None and "litpulse_reindex" in reason and one.asked == 1
+
+    with pytest.raises(ConsistencyError) as exc:  # nothing is coming: say so, loudly
+        planning.refresh_waits_for_reindex(settings, reindex_runs=none)
+    message = str(exc.value)
+    assert "airflow dags trigger litpulse_reindex" in message
+    assert "litpulse index refresh" in message
+    assert not exc.value.retryable
+
+
+def test_a_fresh_promotion_gets_time_for_its_reindex_run_to_appear(
+    settings: Settings, engine: Engine
+) -> None:
+    """The retrain DAG promotes in one task and emits the model asset in the next: the
+    litpulse_reindex run appears a little after the switch."""
+    _stalled(settings, engine, promoted_ago=dt.timedelta(minutes=5))
+    reason = planning.refresh_waits_for_reindex(settings, reindex_runs=_Runs(0))
+    assert reason is not None and "promoted" in reason
+
+
+def test_rerunning_the_promotion_finishes_the_pending_reindex(
+    settings: Settings, engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The state a killed `litpulse models promote m2` leaves (synthetic vectors: the rest
+    of m2's are written as the embedding would); the re-run finishes, not 'already
+    active'."""
+    _stalled(settings, engine, promoted_ago=dt.timedelta(minutes=1))
+    _embed(engine, list(range(6, 11)), "m2")
+    assert published_index_row(engine).model_version == "base"
+
+    assert _cli(["models", "promote", "m2", "--by", "ops"], settings) == 0
+    out = capsys.readouterr().out
+    assert published_index_row(engine).model_version == "m2", out
+    assert reindex_pending(settings) is None
+    assert check_consistency(settings)["ok"]
+    assert "re-index" in out
+
+
+def test_status_and_check_name_the_command_that_finishes_it(
+    settings: Settings, engine: Engine
+) -> None:
+    from litpulse.app.cli.info import _index
+
+    _stalled(settings, engine, promoted_ago=dt.timedelta(hours=3))
+    check = check_consistency(settings)
+    assert not check["ok"]
+    assert any("litpulse index refresh" in p for p in check["problems"]), check["problems"]
+    ix = _index(settings)
+    assert ix["reindex_pending"] and "litpulse index refresh" in ix["reindex_pending"]
+
+
+# ------------------------------------------------ a real promotion killed while embedding
+
+
+def _created(engine: Engine, model: str) -> dict[int, object]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(embeddings.c.pmid, embeddings.c.created_at).where(
+                embeddings.c.model_version == model
+            )
+        ).all()
+    return {int(p): t for p, t in rows}
+
+
+_PROMOTE = (
+    "import sys\n"
+    "import ranking.embed\n"
+    "ranking.embed.CHUNK = 8  # several chunks, each its own transaction, on a small corpus\n"
+    "from litpulse.app.cli import main\n"
+    "sys.exit(main(['models', 'promote', 'm2', '--by', 'ops']))\n"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("heal", ["promote", "index refresh"])
+def test_a_promotion_killed_while_embedding_is_finished_by_a_rerun(
+    sqlite_settings: Settings, tmp_path: Path, heal: str
+) -> None:
+    from ingest.files import ingest_files
+    from litpulse.app.demo.generate import generate_corpus
+    from litpulse.core.schema import model_versions as mv
+
+    s = sqlite_settings
+    corpus = generate_corpus(tmp_path / "c", n_records=60, n_files=1, seed=7,
+                             revise_fraction=0.0, delete_fraction=0.0)  # fmt: skip
+    ingest_files(s, corpus.files)
+    engine = db.connect(s)
+    refresh.refresh_index(s)  # the base model's index, embedded for real
+    with engine.begin() as conn:  # a candidate on the same encoder (no adapter)
+        conn.execute(
+            mv.insert().values(
+                id="m2",
+                base_model=s.model_path,
+                adapter_path=None,
+                status="candidate",
+                created_at=db.utcnow(),
+            )
+        )
+    db.dispose_engines()
+
+    kill_when(["-c", _PROMOTE], child_env(s), lambda: len(_created(engine, "m2")) >= 8,
+              tmp_path / "child.log", label="promote m2", timeout=180)  # fmt: skip
+    index_files._CACHE.clear()
+    lexical._CACHE.clear()
+    engine = db.connect(s)
+    before = _created(engine, "m2")
+    live = len(corpus.live_pmids)
+    assert 0 < len(before) < live
+    # the state it leaves: m2 active, the published index still on base, and it says so
+    assert published_index_row(engine).model_version == "base"
+    assert reindex_pending(s) is not None
+    assert any("litpulse index refresh" in p for p in check_consistency(s)["problems"])
+
+    argv = ["models", "promote", "m2", "--by", "ops"] if heal == "promote" else ["index", "refresh"]
+    assert _cli(argv, s) == 0
+    assert published_index_row(engine).model_version == "m2"
+    assert reindex_pending(s) is None and check_consistency(s)["ok"]
+    after = _created(engine, "m2")
+    assert len(after) == live
+    assert all(after[p] == t for p, t in before.items())  # not embedded again
