@@ -120,6 +120,12 @@ def bench_size(n: int, add: int, seeds: np.ndarray, args: argparse.Namespace) ->
         print(f"| **rebuild / refresh** | **{t_rebuild / t_refresh:.0f}×** | | "
               f"**{(t_rebuild + w_rebuild) / (t_refresh + w_refresh):.0f}×** |")
 
+        sq8, t_sq8 = None, 0.0
+        if kind == "ivf":  # the same lists holding 8-bit codes (LITPULSE_IVF_CODEC=sq8)
+            t0 = time.perf_counter()
+            sq8 = build_index(all_vecs, all_ids, kind=kind, nprobe=settings.ivf_nprobe,
+                              seed=1, codec="sq8")  # fmt: skip
+            t_sq8 = time.perf_counter() - t0
         exact = faiss.IndexFlatIP(all_vecs.shape[1])
         exact.add(all_vecs)
         _, truth_pos = exact.search(queries, 10)
@@ -139,6 +145,20 @@ def bench_size(n: int, add: int, seeds: np.ndarray, args: argparse.Namespace) ->
                 mark = " (setting)" if nprobe == settings.ivf_nprobe else ""
                 print(f"| IVF{mark} | {nprobe} | {_lat_cells(index, queries)} | "
                       f"{recall:.3f} |")
+            for nprobe in args.nprobes:
+                assert sq8 is not None
+                sq8.nprobe = nprobe
+                _, found = sq8.search(queries, 10)
+                recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth,
+                                                                           strict=True)])
+                print(f"| IVF, 8-bit codes (`LITPULSE_IVF_CODEC=sq8`) | {nprobe} | "
+                      f"{_lat_cells(sq8, queries)} | {recall:.3f} |")
+            assert sq8 is not None
+            per = {name: faiss.extract_index_ivf(ix).code_size + 8
+                   for name, ix in (("flat", index), ("sq8", sq8))}  # fmt: skip
+            print(f"\nbytes per vector in the lists (code + id): flat {per['flat']}, sq8 "
+                  f"{per['sq8']} ({per['sq8'] / per['flat']:.0%}); sq8 full build "
+                  f"{t_sq8:.2f} s (flat {t_rebuild:.2f} s)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

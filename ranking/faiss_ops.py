@@ -3,8 +3,9 @@
 Functions here take and return arrays and FAISS indexes and touch neither files nor the
 store. Vectors are float32 ``(n, d)`` with PMIDs (int64) as FAISS ids; wrong dtypes or
 shapes raise :class:`TypeError`. Up to ``settings.exact_index_max`` vectors an index is
-exact (``IndexIDMap2(IndexFlatIP)``); beyond, an ``IndexIVFFlat`` with about
-``4 * sqrt(n)`` lists.
+exact (``IndexIDMap2(IndexFlatIP)``); beyond, an IVF index with about ``4 * sqrt(n)``
+lists, holding float32 vectors (``IndexIVFFlat``, codec ``flat``) or 8-bit codes of them
+(``IndexIVFScalarQuantizer``, codec ``sq8``: a quarter of the bytes).
 
 Example:
     >>> import numpy as np
@@ -29,8 +30,10 @@ __all__ = [
     "POINTS_PER_LIST",
     "build_index",
     "check_vectors",
+    "CODECS",
     "choose_kind",
     "gpu_available",
+    "index_codec",
     "index_ids",
     "index_kind",
     "nlist_for",
@@ -48,6 +51,10 @@ POINTS_PER_LIST = 40
 KMEANS_ITERATIONS = 10
 
 
+#: How IVF lists hold vectors (``settings.ivf_codec``).
+CODECS = ("flat", "sq8")
+
+
 def nlist_for(n: int) -> int:
     """IVF lists for ``n`` vectors: about ``4 * sqrt(n)``, with 39+ points per list."""
     return max(1, min(int(4 * math.sqrt(max(n, 1))), n // 39))
@@ -61,6 +68,15 @@ def choose_kind(n: int, settings: Settings) -> str:
 def index_kind(index: Any) -> str:
     """``flat`` for an ``IndexIDMap2``, else ``ivf``."""
     return "flat" if hasattr(index, "id_map") else "ivf"
+
+
+def index_codec(index: Any) -> str:
+    """``sq8`` for IVF lists of 8-bit codes, else ``flat`` (float32 vectors)."""
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index)
+    sq = ivf is not None and isinstance(faiss.downcast_index(ivf), faiss.IndexIVFScalarQuantizer)
+    return "sq8" if sq else "flat"
 
 
 def gpu_available(settings: Settings) -> bool:
@@ -111,6 +127,7 @@ def build_index(
     nprobe: int = 16,
     use_gpu: bool = False,
     seed: int = 0,
+    codec: str = "flat",
 ) -> Any:
     """A new CPU FAISS index of ``vectors`` with FAISS ids ``ids``.
 
@@ -123,14 +140,19 @@ def build_index(
         nprobe: IVF lists probed per query.
         use_gpu: Train and fill an IVF index on GPU 0, then copy it back.
         seed: Seed of the k-means training sample.
+        codec: What an IVF index's lists hold (:data:`CODECS`): ``flat`` float32
+            vectors, or ``sq8`` 8-bit codes of each vector's residual from its list's
+            centroid (trained on the same sample). A flat index is always exact.
 
     Raises:
         TypeError: Vectors or ids of the wrong dtype or shape.
-        ValueError: An unknown ``kind``.
+        ValueError: An unknown ``kind`` or ``codec``.
     """
     import faiss
 
     vectors, ids = check_vectors(vectors, ids)
+    if codec not in CODECS:
+        raise ValueError(f"codec must be one of {', '.join(CODECS)}, got {codec!r}")
     dim = vectors.shape[1] if len(vectors) or d is None else d
     if kind == "flat":
         flat: Any = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
@@ -141,7 +163,13 @@ def build_index(
         raise ValueError(f"kind must be flat or ivf, got {kind!r}")
     nlist = nlist or nlist_for(len(vectors))
     quantizer = faiss.IndexFlatIP(dim)
-    index: Any = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index: Any
+    if codec == "sq8":
+        index = faiss.IndexIVFScalarQuantizer(
+            quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+        )
+    else:
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     index.cp.niter = KMEANS_ITERATIONS
     index.cp.seed = seed
     rng = np.random.default_rng(seed)
@@ -208,11 +236,18 @@ def update_index(
 
 
 def same_vectors(index: Any, ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-    """Which of ``vectors`` the index already holds unchanged under the same ids."""
+    """Which of ``vectors`` the index already holds unchanged under the same ids.
+
+    Lists of codes hold an approximation: what is compared with the stored one is the
+    code ``vectors`` would get (encoded and decoded as an add would), not the vector.
+    """
     try:
         old = np.asarray(index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64)))
     except RuntimeError:  # no direct map: treat every candidate as changed
         return np.zeros(len(ids), dtype=bool)
+    if index_codec(index) != "flat" and len(ids):
+        coded = check_vectors(vectors, ids)[0]
+        vectors = np.asarray(index.sa_decode(index.sa_encode(coded)))
     return np.asarray(np.all(np.abs(old - vectors) <= 1e-6, axis=1))
 
 

@@ -40,7 +40,14 @@ from ranking.embed import (
     embed_pending,
     load_encoder,
 )
-from ranking.faiss_ops import build_index, choose_kind, gpu_available, same_vectors, update_index
+from ranking.faiss_ops import (
+    build_index,
+    choose_kind,
+    gpu_available,
+    index_codec,
+    same_vectors,
+    update_index,
+)
 from ranking.lexical import LexicalPlan, has_lexical, plan_lexical
 from ranking.models import published_index_row
 from ranking.publish import IndexReport, PublishContext, acquire_publish_lease, publish
@@ -145,6 +152,9 @@ def _rebuild_reason(ctx: PublishContext, base: Any, meta: dict[str, Any] | None,
     if choose_kind(n_live, ctx.settings) != base.kind:
         return (f"size {n_live} crosses the exact/IVF threshold "
                 f"({ctx.settings.exact_index_max})")
+    codec = str(meta.get("codec") or "flat")
+    if base.kind == "ivf" and codec != ctx.settings.ivf_codec:
+        return f"IVF codec {codec} -> {ctx.settings.ivf_codec} (LITPULSE_IVF_CODEC)"
     trained = int(meta.get("trained_size") or 0)
     if base.kind == "ivf" and trained and n_live > DRIFT_FACTOR * trained:
         return f"IVF trained on {trained} vectors, now {n_live} (> {DRIFT_FACTOR}x)"
@@ -169,9 +179,10 @@ def _full(ctx: PublishContext, live: np.ndarray, reason: str | None,
     logger.info("building %s index of %d vectors for model %s (%s)", kind, len(ids),
                 ctx.spec.id, reason)
     index = build_index(vectors, ids, kind=kind, d=dim, nprobe=settings.ivf_nprobe,
-                        use_gpu=gpu_available(settings) and kind == "ivf", seed=settings.seed)
+                        use_gpu=gpu_available(settings) and kind == "ivf", seed=settings.seed,
+                        codec=settings.ivf_codec if kind == "ivf" else "flat")
     meta_extra = {"trained_size": len(ids) if kind == "ivf" else 0,
-                  "nlist": int(getattr(index, "nlist", 0))}
+                  "nlist": int(getattr(index, "nlist", 0)), "codec": index_codec(index)}
     return publish(ctx, index, np.sort(ids), meta_extra, added=len(ids), removed=0,
                    rebuilt=True, reason=reason, lexical=lexical)
 
@@ -232,7 +243,7 @@ def _incremental(ctx: PublishContext, base: Any,
     removed = update_index(index, add_vectors=vectors, add_ids=add_ids, remove_ids=removed_ids)
     ids = np.union1d(np.setdiff1d(base_ids, removed_ids, assume_unique=True), add_ids)
     meta_extra = {"trained_size": int(meta.get("trained_size") or 0),
-                  "nlist": int(meta.get("nlist") or 0)}
+                  "nlist": int(meta.get("nlist") or 0), "codec": index_codec(index)}
     logger.info("updated index %s: +%d new, %d changed, -%d deleted", base.id,
                 len(add_ids) - len(changed), len(changed), len(gone))
     return publish(ctx, index, ids, meta_extra, added=len(add_ids), removed=removed,

@@ -193,6 +193,60 @@ def test_ivf_build_incremental_and_drift(sqlite_settings: Settings) -> None:
     assert drift.rebuilt and "trained on 500" in (drift.reason or "")
 
 
+def test_ivf_lists_of_8_bit_codes(sqlite_settings: Settings) -> None:
+    """LITPULSE_IVF_CODEC=sq8: a quarter of the bytes per vector; a nightly refresh still
+    adds only what changed (a stored code is compared with the new vector's code, not
+    with the float32 vector it approximates), and a change of the codec rebuilds."""
+    settings = sqlite_settings.replace(exact_index_max=300, ivf_nprobe=64, ivf_codec="sq8")
+    engine = db.connect(settings)
+    add_articles(engine, list(range(1, 501)))
+    built = refresh.refresh_index(settings)
+    assert built.kind == "ivf" and built.rebuilt
+    idx = index_files.open_published(settings)
+    assert idx is not None and idx.details["codec"] == "sq8"
+    assert faiss_ops.index_codec(idx.index) == "sq8"
+    hits = sum(top1(idx, _vec(p))[1] == p for p in range(1, 501, 7))
+    assert hits == len(range(1, 501, 7))
+
+    add_articles(engine, list(range(501, 601)))  # the 500 before are in the slack window
+    change_article(engine, 20, salt=1)
+    inc = refresh.refresh_index(settings)
+    assert not inc.rebuilt and inc.added == 101 and inc.removed == 1
+    idx = index_files.open_published(settings)
+    assert idx is not None and top1(idx, _vec(20, salt=1))[1] == 20
+    assert ix_status.check_consistency(settings)["ok"]
+
+    flat = refresh.refresh_index(settings.replace(ivf_codec="flat"))
+    assert flat.rebuilt and "codec" in (flat.reason or "")
+    idx = index_files.open_published(settings)
+    assert idx is not None and faiss_ops.index_codec(idx.index) == "flat"
+
+
+def test_sq8_codes_take_a_quarter_of_the_bytes_and_keep_the_neighbours() -> None:
+    import faiss
+
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((40, 64)).astype(np.float32)
+    vectors = centres[rng.integers(0, 40, 4000)] + 0.5 * rng.standard_normal((4000, 64))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    ids = np.arange(4000, dtype=np.int64) * 7
+    flat = faiss_ops.build_index(vectors, ids, kind="ivf", nprobe=1000)
+    sq8 = faiss_ops.build_index(vectors, ids, kind="ivf", nprobe=1000, codec="sq8")
+    assert faiss_ops.index_codec(flat) == "flat" and faiss_ops.index_codec(sq8) == "sq8"
+    size = {name: len(faiss.serialize_index(ix)) for name, ix in (("flat", flat), ("sq8", sq8))}
+    assert size["sq8"] < 0.35 * size["flat"]
+    queries = vectors[:200] + 0.1 * rng.standard_normal((200, 64)).astype(np.float32)
+    _, truth = flat.search(queries, 10)  # every list probed: exact
+    _, found = sq8.search(queries, 10)
+    recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])
+    assert recall >= 0.9
+    assert faiss_ops.same_vectors(sq8, ids[:50], vectors[:50]).all()
+    moved = vectors[:50] + 0.05 * rng.standard_normal((50, 64)).astype(np.float32)
+    assert not faiss_ops.same_vectors(sq8, ids[:50], moved).any()
+    with pytest.raises(ValueError, match="codec"):
+        faiss_ops.build_index(vectors, ids, kind="ivf", codec="pq")
+
+
 def test_atomic_publish_keeps_old_versions_and_rolls_back(settings: Settings,
                                                           engine: Engine) -> None:
     add_articles(engine, list(range(1, 31)))
@@ -296,8 +350,8 @@ def test_update_index_helpers() -> None:
     vectors = rng.standard_normal((200, D)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     ids = np.arange(1000, 1200, dtype=np.int64)
-    for kind in ("flat", "ivf"):
-        index = faiss_ops.build_index(vectors, ids, kind=kind, nprobe=1000)
+    for kind, codec in (("flat", "flat"), ("ivf", "flat"), ("ivf", "sq8")):
+        index = faiss_ops.build_index(vectors, ids, kind=kind, nprobe=1000, codec=codec)
         removed = faiss_ops.update_index(index, add_vectors=vectors[:5], add_ids=ids[:5] + 10_000,
                                   remove_ids=ids[:5])
         assert removed == 5 and index.ntotal == 200

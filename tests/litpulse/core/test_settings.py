@@ -74,6 +74,7 @@ def test_requests_per_second_cannot_exceed_ncbi_limit() -> None:
         ({"LITPULSE_HTTP_TIMEOUT": "inf"}, "allowed: a finite number from 0.1 to 3600"),
         ({"LITPULSE_WEIGHT_RECENCY": "-1"}, "LITPULSE_WEIGHT_RECENCY=-1.0 is out of range"),
         ({"LITPULSE_DEVICE": "tpu"}, "LITPULSE_DEVICE must be auto, cpu or cuda"),
+        ({"LITPULSE_IVF_CODEC": "pq"}, "LITPULSE_IVF_CODEC must be flat or sq8, got 'pq'"),
         ({"LITPULSE_EUTILS_URL": "ftp://x/"}, "LITPULSE_EUTILS_URL must be an http(s)"),
         ({"LITPULSE_DATABASE_URL": "nonsense"}, "LITPULSE_DATABASE_URL must be a SQLAlchemy URL"),
         ({"LITPULSE_NO_SUCH_THING": "1"}, "unknown setting LITPULSE_NO_SUCH_THING"),
