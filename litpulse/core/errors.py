@@ -28,6 +28,7 @@ __all__ = [
     "ConsistencyError",
     "BudgetError",
     "DataQualityError",
+    "FileChangedError",
     "LeaseLostError",
     "WorkerError",
 ]
@@ -104,5 +105,14 @@ class WorkerError(LitpulseError):
     """A worker process (a parser feeding the store) died without finishing its work:
     killed, out of memory, crashed. What was committed before stays; running the job
     again resumes it."""
+
+    retryable = True
+
+
+class FileChangedError(LitpulseError):
+    """A file changed while it was being read (rewritten, truncated, appended to, or
+    replaced by another file) and is no longer the version recorded when its reading
+    began. Nothing read after the change was stored; running the job again reads the
+    file as its new version."""
 
     retryable = True
