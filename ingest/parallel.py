@@ -39,7 +39,10 @@ downloading): a feeder thread takes the next job only when it may go to a worker
 most ``workers`` jobs beyond the one the caller reads, so even one worker parses the
 next file while the caller stores the current one — so taking a job may block (on a
 download) without stopping the caller, which reads the jobs already out.
-An exception raised by the iterable is raised where the caller asks for that job.
+An exception raised by the iterable is raised where the caller asks for that job. When
+the stream stops it waits for the feeder thread, also inside the iterable: nothing the
+stream started runs on after it is closed, so an iterable must stop taking a job soon
+after its own caller stops (as the bootstrap's does).
 
 **Spilling** (``spill_dir``): with bounded queues a worker can run only a few chunks
 ahead of the caller, so a worker could not parse the next file while the caller stores
@@ -183,7 +186,8 @@ def parse_ordered(
     Args:
         jobs: ``(path, source_ref)`` or ``(path, source_ref, identity)`` per file, in
             the order to apply them: a sequence, or a lazy iterable (taken at most
-            ``workers`` jobs beyond the one read). ``identity``: the
+            ``workers`` jobs beyond the one read; taking one must end soon after the
+            caller stops, since stopping waits for it). ``identity``: the
             :class:`FileIdentity` the caller recorded (``None``, or left out: the one
             found when the job is taken); a file found otherwise raises
             :class:`~litpulse.core.errors.FileChangedError`.
@@ -341,7 +345,13 @@ def _can_stripe(parse: Callable[..., Any] | None, units: Callable[..., Any] | No
 
 
 class _Feeder(threading.Thread):
-    """Hands lazy jobs to their workers, at most ``n`` beyond the one the caller reads."""
+    """Hands lazy jobs to their workers, at most ``n`` beyond the one the caller reads.
+
+    :meth:`stop` waits for the thread, even inside the iterable (a download): a thread
+    left running could write on after the stream is closed. The iterable must therefore
+    end a job it is taking soon after its caller stops (the bootstrap sets its own stop
+    event before closing the stream).
+    """
 
     def __init__(
         self,
@@ -412,6 +422,9 @@ class _Feeder(threading.Thread):
             self.stopped = True
             self.cond.notify_all()
         self.join(timeout=_STOP_S)
+        if self.is_alive():
+            logger.warning("waiting for the parse feeder to finish taking a job")
+            self.join()
 
 
 def _by_name(fn: Callable[..., Any]) -> bool:

@@ -30,6 +30,7 @@ __all__ = [
     "DataQualityError",
     "FileChangedError",
     "LeaseLostError",
+    "StoppedError",
     "WorkerError",
 ]
 
@@ -114,5 +115,12 @@ class FileChangedError(LitpulseError):
     replaced by another file) and is no longer the version recorded when its reading
     began. Nothing read after the change was stored; running the job again reads the
     file as its new version."""
+
+    retryable = True
+
+
+class StoppedError(LitpulseError):
+    """Work (a download, a wait) was stopped on purpose before it finished: its caller
+    stopped or went away. What it wrote so far is kept for the next run to resume."""
 
     retryable = True
