@@ -77,7 +77,7 @@ from ingest.updatefiles import (
     list_remote_files,
 )
 from litpulse.core import db
-from litpulse.core.errors import ConfigError, LitpulseError
+from litpulse.core.errors import ConfigError, LitpulseError, StoppedError
 from litpulse.core.schema import source_files
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import utcnow
@@ -285,8 +285,12 @@ def stage_file(
     *,
     engine: Engine | None = None,
     source: Any = None,
+    stop: threading.Event | None = None,
 ) -> StagedFile | None:
     """Download ``f`` and verify its MD5 into the staging folder (resuming a partial one).
+
+    ``stop``: once set, the download stops before its next chunk and
+    :class:`~litpulse.core.errors.StoppedError` is raised (the partial file is kept).
 
     Returns:
         The staged file (already staged counts); ``None`` when another live process is
@@ -295,6 +299,7 @@ def stage_file(
     Raises:
         ChecksumError: The MD5 kept failing (the partial file is removed).
         TransientSourceError: The server kept failing (the partial file is kept).
+        StoppedError: ``stop`` was set.
     """
     engine = engine or db.connect(settings)
     folder = _folder(settings)
@@ -313,7 +318,7 @@ def stage_file(
             if found is not None or _is_applied(engine, f.name):
                 return found
             path = folder / f.name
-            size, md5 = _download_verified(src, f, path)
+            size, md5 = _download_verified(src, f, path, stop)
             tmp = path.with_name(path.name + MARKER + ".tmp")
             tmp.write_text(f"{md5} {size}\n", encoding="ascii")
             os.replace(tmp, _marker(path))
@@ -368,7 +373,11 @@ def prefetch_file(
 
 
 class _Prefetcher(threading.Thread):
-    """Stages the files after the last one handed to the parsers, at most ``window`` ahead."""
+    """Stages the files after the last one handed to the parsers, at most ``window`` ahead.
+
+    :meth:`stop` stops a download in progress before its next chunk and waits for the
+    thread: nothing writes in the staging folder after it returns.
+    """
 
     def __init__(
         self, settings: Settings, engine: Engine, files: list[RemoteFile], window: int
@@ -378,6 +387,7 @@ class _Prefetcher(threading.Thread):
         self.cond = threading.Condition()
         self.frontier = 0
         self.stopped = False
+        self.halt = threading.Event()  # stops a download in progress
 
     def _may_stage(self, i: int) -> bool:
         return self.stopped or i <= self.frontier + self.window
@@ -389,10 +399,12 @@ class _Prefetcher(threading.Thread):
             self.cond.notify_all()
 
     def stop(self) -> None:
+        self.halt.set()
         with self.cond:
             self.stopped = True
             self.cond.notify_all()
-        self.join(timeout=60)
+        if self.is_alive():
+            self.join()
 
     def run(self) -> None:
         source = _source(self.settings)
@@ -403,16 +415,14 @@ class _Prefetcher(threading.Thread):
                     if self.stopped:
                         return
                 try:
-                    stage_file(self.settings, f, engine=self.engine, source=source)
+                    stage_file(self.settings, f, engine=self.engine, source=source, stop=self.halt)
+                except StoppedError:
+                    return
                 except Exception as exc:  # noqa: BLE001 - the writer fetches it and reports
                     # left to the writer; the files after it are still worth fetching ahead
                     logger.warning("prefetching %s failed (the writer will retry): %s", f.name, exc)
         finally:
             source.close()
-
-
-class _Stopped(LitpulseError):
-    """The stream of staged files was stopped (its reader is gone)."""
 
 
 def _wait_staged(
@@ -422,16 +432,17 @@ def _wait_staged(
     source: Any,
     stop: threading.Event | None = None,
 ) -> StagedFile:
-    """``f`` staged: by a stager, or by this process when nobody else is at it."""
+    """``f`` staged: by a stager, or by this process when nobody else is at it (``stop``:
+    once set, :class:`~litpulse.core.errors.StoppedError` before the next wait or chunk)."""
     folder = _folder(settings)
     while True:
         if stop is not None and stop.is_set():
-            raise _Stopped(f"stopped while waiting for {f.name}")
+            raise StoppedError(f"stopped while waiting for {f.name}")
         found = staged(folder, f)
         if found is not None:
             return found
         if not _busy_elsewhere(engine, f.name):
-            found = stage_file(settings, f, engine=engine, source=source)
+            found = stage_file(settings, f, engine=engine, source=source, stop=stop)
             if found is not None:
                 return found
         time.sleep(POLL_S)
@@ -513,7 +524,8 @@ class _StagedJobs:
 
     Taking a job waits for its file (staging it here when nobody else does) and lets the
     prefetch thread stage ``prefetch`` files past it. Read from the parse stream's feeder
-    thread (the writer's own thread with ``workers=0``).
+    thread (the writer's own thread with ``workers=0``), which the stream waits for when
+    it stops: setting :attr:`stop` first ends a wait or download within a poll or chunk.
     """
 
     def __init__(

@@ -10,6 +10,21 @@ replay, and everything after it — including items of files the killed run had 
 which meet rows written by later files — decides exactly as in a run never interrupted.
 A changed file gets a new fetch time and counts as a newer source.
 
+**A file that changes while it is read** (rewritten, truncated, appended to, or replaced
+between the moment its identity is recorded and the moment a parser opens it) is never
+stored as the recorded version: each parse job carries the identity recorded here
+(device, inode, size, modification time: :class:`ingest.parallel.FileIdentity`), every
+process reading the file checks its open file against it before handing on any item,
+and the run fails with :class:`~litpulse.core.errors.FileChangedError` (retryable). Of
+that file the store then holds a prefix of the recorded version — what a run killed
+just before the change would have stored — and nothing after it: no item of another
+version under the recorded fetch time, no item of the recorded version skipped. The
+next run records the file as it is then (a new fetch time: a newer source), so it ends
+exactly where a run killed at that point and resumed after the change ends. A new
+version renamed over the path while the file is read does not change the open file: the
+recorded version is read whole, and the next run reads the new one. Not seen (here as
+in the fetch times): a rewrite of the same size that keeps the modification time.
+
 Example:
     >>> from litpulse.core.settings import Settings
     >>> counts = ingest_files(Settings.from_env(), ["pubmed26n0001.xml.gz"])  # doctest: +SKIP
@@ -28,7 +43,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ingest.rows import StoreItem
 from ingest.runs import IngestCounts, recorded_run
@@ -36,6 +51,9 @@ from ingest.store import Store
 from litpulse.core.errors import NotFoundError
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import utcnow
+
+if TYPE_CHECKING:
+    from ingest.parallel import FileIdentity
 
 __all__ = ["SCOPE", "ingest_files", "order_files", "file_sequence"]
 
@@ -98,6 +116,7 @@ def ingest_files(
 
     Raises:
         NotFoundError: A path does not exist (nothing is applied, no run is recorded).
+        FileChangedError: A file changed while it was read (see the module's notes).
         Exception: Whatever parsing or storing raised; the run is marked ``failed``
             with the error first.
     """
@@ -122,11 +141,13 @@ def ingest_files(
             run.counts += counts
 
         fetched = _fetch_times(store, files)
-        # absolute paths: a re-run from another folder is recognised as a replay
+        # absolute paths: a re-run from another folder is recognised as a replay; each job
+        # carries the identity recorded with its fetch time: its parser checks it
         jobs = [
-            (path, dataclasses.replace(source_ref_for(path), fetched_at=fetched[path]))
+            (path, dataclasses.replace(source_ref_for(path), fetched_at=fetched[path][0]),
+             fetched[path][1])
             for path in files
-        ]
+        ]  # fmt: skip
         n_workers = settings.ingest_workers if workers is None else workers
         parsed = parse_ordered(
             jobs, workers=n_workers, limits=limits, parse=parse.iter_items,
@@ -143,21 +164,27 @@ def ingest_files(
     return run.counts
 
 
-def _fetch_times(store: Store, files: Sequence[Path]) -> dict[Path, dt.datetime]:
-    """The fetch time of each file: when this store first read it as it is now.
+def _fetch_times(
+    store: Store, files: Sequence[Path]
+) -> dict[Path, tuple[dt.datetime, FileIdentity]]:
+    """The fetch time of each file (when this store first read it as it is now) and the
+    identity of the version it is the time of.
 
     Unknown or changed files get now (one millisecond apart, in file order), recorded
     before any of their items is stored (:meth:`Checkpoints.first_read_at`).
     """
+    from ingest.parallel import FileIdentity
+
     now = utcnow()
-    out: dict[Path, dt.datetime] = {}
+    out: dict[Path, tuple[dt.datetime, FileIdentity]] = {}
     for i, path in enumerate(files):
         stat = path.stat()
         identity: dict[str, Any] = {
             "path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
         }  # fmt: skip
         key = hashlib.sha1(str(path).encode()).hexdigest()
-        out[path] = store.first_read_at(SCOPE, key, identity, now + dt.timedelta(milliseconds=i))
+        at = store.first_read_at(SCOPE, key, identity, now + dt.timedelta(milliseconds=i))
+        out[path] = (at, FileIdentity.of(stat))
     return out
 
 

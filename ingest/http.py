@@ -51,6 +51,7 @@ from litpulse.core.errors import (
     InvalidRequestError,
     LitpulseError,
     RateLimitedError,
+    StoppedError,
     TransientSourceError,
 )
 from litpulse.core.settings import Settings
@@ -410,11 +411,26 @@ class HttpClient:
         return response
 
     # -- downloads ------------------------------------------------------------------
-    def download(self, path: str, dest: Path, *, chunk_size: int = 1 << 14) -> tuple[int, str]:
+    def download(
+        self,
+        path: str,
+        dest: Path,
+        *,
+        chunk_size: int = 1 << 14,
+        stop: threading.Event | None = None,
+    ) -> tuple[int, str]:
         """Download ``path`` to ``dest``, resuming a partial ``dest.part`` with HTTP Range.
 
         A server that ignores the Range header (answers 200) restarts the file; a
         broken transfer is retried from where it stopped.
+
+        Args:
+            path: Relative to the base URL.
+            dest: Where the finished file goes.
+            chunk_size: Bytes read and written at a time.
+            stop: Once set, the download stops before its next chunk (or wait between
+                retries) and raises :class:`~litpulse.core.errors.StoppedError`, keeping
+                ``dest.part`` to be resumed: nothing writes after this call returns.
 
         Returns:
             The size in bytes and the MD5 hex digest of the finished file.
@@ -424,7 +440,13 @@ class HttpClient:
         part = dest.with_name(dest.name + ".part")
         dest.parent.mkdir(parents=True, exist_ok=True)
         attempt = 0
+
+        def stopped() -> None:
+            if stop is not None and stop.is_set():
+                raise StoppedError(f"{shown}: stopped; the part downloaded is kept")
+
         while True:
+            stopped()
             have = part.stat().st_size if part.exists() else 0
             headers = {"Range": f"bytes={have}-"} if have else {}
             try:
@@ -445,6 +467,7 @@ class HttpClient:
                         for chunk in response.iter_content(chunk_size):
                             fh.write(chunk)
                             written += len(chunk)
+                            stopped()
                     if total is not None and total.isdigit() and written != int(total):
                         raise TransientSourceError(
                             f"{shown}: truncated body ({written} of {total} bytes)"
@@ -459,7 +482,7 @@ class HttpClient:
                 logger.warning("%s; retry %d in %.2f s", self.redact(str(exc)), attempt + 1, delay)
                 self.retries += 1
                 attempt += 1
-                self._sleep(delay)
+                self._wait(delay, stop)
             except (requests.RequestException, http.client.HTTPException, OSError) as exc:
                 # raised while streaming the body: keep the part, resume next time
                 if attempt >= self.settings.max_retries:
@@ -470,15 +493,22 @@ class HttpClient:
                 logger.warning("%s: %s; resuming in %.2f s", shown, type(exc).__name__, delay)
                 self.retries += 1
                 attempt += 1
-                self._sleep(delay)
+                self._wait(delay, stop)
         part.replace(dest)
         digest = hashlib.md5(usedforsecurity=False)
         size = 0
-        with dest.open("rb") as fh:
-            for block in iter(lambda: fh.read(chunk_size), b""):
+        with dest.open("rb") as got:
+            for block in iter(lambda: got.read(chunk_size), b""):
                 digest.update(block)
                 size += len(block)
         return size, digest.hexdigest()
+
+    def _wait(self, delay: float, stop: threading.Event | None) -> None:
+        """Wait ``delay`` seconds before a retry, or until ``stop`` is set."""
+        if stop is None:
+            self._sleep(delay)
+        else:
+            stop.wait(delay)
 
 
 def _short(exc: BaseException) -> str:

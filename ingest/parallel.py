@@ -39,7 +39,10 @@ downloading): a feeder thread takes the next job only when it may go to a worker
 most ``workers`` jobs beyond the one the caller reads, so even one worker parses the
 next file while the caller stores the current one — so taking a job may block (on a
 download) without stopping the caller, which reads the jobs already out.
-An exception raised by the iterable is raised where the caller asks for that job.
+An exception raised by the iterable is raised where the caller asks for that job. When
+the stream stops it waits for the feeder thread, also inside the iterable: nothing the
+stream started runs on after it is closed, so an iterable must stop taking a job soon
+after its own caller stops (as the bootstrap's does).
 
 **Spilling** (``spill_dir``): with bounded queues a worker can run only a few chunks
 ahead of the caller, so a worker could not parse the next file while the caller stores
@@ -48,6 +51,20 @@ reached yet writes its chunks to a file there instead of waiting (pickled, as th
 would send them); when the caller reaches the job it reads that file, then the rest
 streams through the queue. Memory stays flat; disk holds at most the prepared items of
 the ``workers`` jobs ahead. The files are removed as they are read and on exit.
+
+**A file that changes while it is read.** Each job carries the identity of its file
+(:class:`FileIdentity`: device, inode, size and modification time) as the caller
+recorded it (``(path, ref, identity)``), or as this function finds it when it takes the
+job (``(path, ref)``). Whoever parses the file (a worker, every worker of a striped job,
+or this process) opens it once, checks the open file against that identity, and checks
+it again (``fstat`` on the open file) before handing on any items read from it and at
+its end. A mismatch raises :class:`~litpulse.core.errors.FileChangedError` where the job
+is read, in order, like any worker error, so the caller stores exactly the items read
+before the change — a prefix of the recorded version, what a run killed at that point
+would have stored — and nothing after. Replaced by rename while it is read, a file is
+still read whole as recorded (the open file is the old one); a striped worker that opens
+it after the replacement finds another file and refuses, so all the workers of one job
+read one version.
 
 Example:
     >>> from ingest.parse import source_ref_for
@@ -58,6 +75,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import multiprocessing
@@ -76,9 +94,9 @@ from typing import Any
 from ingest.records import Record, SourceRef
 from ingest.rows import PreparedRecord, StoreItem, prepare_item
 from ingest.rows import prepare as prepare_record
-from litpulse.core.errors import WorkerError
+from litpulse.core.errors import FileChangedError, ParseError, WorkerError
 
-__all__ = ["CHUNK_ITEMS", "parse_ordered", "queue_batches_for", "start_method"]
+__all__ = ["CHUNK_ITEMS", "FileIdentity", "parse_ordered", "queue_batches_for", "start_method"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +106,51 @@ _POLL_S = 0.1
 _STOP_S = 2.0
 #: Items per chunk a worker sends (the default of :func:`parse_ordered`).
 CHUNK_ITEMS = 250
+
+
+@dataclasses.dataclass(frozen=True)
+class FileIdentity:
+    """What tells one version of a file from another while it is read.
+
+    Device and inode tell a file renamed over the path; size and modification time a file
+    written in place. Not the change time: it moves when a file read whole as recorded is
+    unlinked (renamed over) or its mode changes. A rewrite of the same size that sets the
+    modification time back, or lands in the same tick of the file system's clock, is
+    not seen.
+    """
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileIdentity:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> FileIdentity | None:
+        """The identity of the file at ``path`` now (``None``: it cannot be read)."""
+        try:
+            return cls.of(os.stat(path))
+        except OSError:
+            return None
+
+    def changes(self, now: FileIdentity) -> str:
+        """How ``now`` differs from this identity, in words (empty: it does not)."""
+        if (self.dev, self.ino) != (now.dev, now.ino):
+            return "replaced by another file"
+        out = []
+        if self.size != now.size:
+            out.append(f"size {self.size} -> {now.size} bytes")
+        if self.mtime_ns != now.mtime_ns:
+            out.append(f"modified at {now.mtime_ns} ns, recorded {self.mtime_ns}")
+        return ", ".join(out)
+
+
+#: A job: a file and the source of its items, and the identity its caller recorded (without
+#: one, the identity found when the job is taken).
+Job = tuple[Path, SourceRef] | tuple[Path, SourceRef, FileIdentity | None]
 
 
 def queue_batches_for(batch_size: int, chunk_items: int = CHUNK_ITEMS) -> int:
@@ -106,7 +169,7 @@ def start_method() -> str:
 
 
 def parse_ordered(
-    jobs: Iterable[tuple[Path, SourceRef]],
+    jobs: Iterable[Job],
     *,
     workers: int,
     limits: Any = None,
@@ -121,17 +184,23 @@ def parse_ordered(
     """Parse ``jobs`` in ``workers`` processes; yield ``(job index, items)`` in job order.
 
     Args:
-        jobs: ``(path, source_ref)`` per file, in the order to apply them: a sequence,
-            or a lazy iterable (taken at most ``workers`` jobs beyond the one read).
+        jobs: ``(path, source_ref)`` or ``(path, source_ref, identity)`` per file, in
+            the order to apply them: a sequence, or a lazy iterable (taken at most
+            ``workers`` jobs beyond the one read; taking one must end soon after the
+            caller stops, since stopping waits for it). ``identity``: the
+            :class:`FileIdentity` the caller recorded (``None``, or left out: the one
+            found when the job is taken); a file found otherwise raises
+            :class:`~litpulse.core.errors.FileChangedError`.
         workers: Parse processes (``0``: parse here, in this process).
         limits: :class:`ingest.parse.ParseLimits` (default: its defaults).
         queue_batches: Chunks that may wait per worker (bounds memory;
             :func:`queue_batches_for` the caller's store batch lets parse and store overlap).
         chunk_items: Items per chunk sent from a worker.
         prepare: Turn records into :class:`ingest.rows.PreparedRecord` in the worker.
-        parse: The parser, called as ``parse(path, source_ref=, limits=)`` (default
-            :func:`ingest.parse.iter_items`). Workers import it by name; one that cannot
-            be sent by name (a closure, a test double) runs in this process instead.
+        parse: The parser, called as ``parse(file, source_ref=, limits=)`` with the
+            job's file open (binary; default :func:`ingest.parse.iter_items`). Workers
+            import it by name; one that cannot be sent by name (a closure, a test
+            double) runs in this process instead.
         spill_dir: Where workers ahead of the caller spill their chunks (``None``: they
             wait on their bounded queue instead).
         stripe: Parse a job in all the workers at once, each its stripe of the file's
@@ -140,7 +209,7 @@ def parse_ordered(
             (the last ``len(jobs) % workers``: one file alone is striped), never a lazy
             job; ``False`` never. Needs ``workers >= 2`` and the default parser (or
             ``units``).
-        units: The unit parser of striped jobs, called as ``units(path, source_ref=,
+        units: The unit parser of striped jobs, called as ``units(file, source_ref=,
             limits=, part=, parts=)`` (default :func:`ingest.parse.iter_units`), by name.
 
     Yields:
@@ -150,6 +219,8 @@ def parse_ordered(
     Raises:
         WorkerError: A worker died before finishing its jobs.
         ValueError: A bad ``workers``, ``queue_batches`` or ``chunk_items``.
+        FileChangedError: A job's file is not, or no longer, the version of its identity
+            (raised after the items read before the change).
         Exception: Whatever a worker raised (:class:`~litpulse.core.errors.ParseError`
             for a file it cannot open...), where its job (its unit, when striped) is read.
     """
@@ -162,17 +233,19 @@ def parse_ordered(
         logger.info("parser %r cannot go to a worker process: parsing here", parse)
         workers = 0
     if workers == 0:
-        for index, (path, ref) in enumerate(jobs):
-            yield index, _parse_here(path, ref, limits, prepare, parse)
+        for index, job in enumerate(jobs):
+            path, ref, identity = _identified(job)
+            yield index, _parse_here(path, ref, identity, limits, prepare, parse, chunk_items)
         return
     lazy = not isinstance(jobs, Sequence)
+    seq = [] if lazy else [_identified(job) for job in jobs]
     striping = stripe is not False and workers >= 2 and _can_stripe(parse, units)
     parts_of: list[int] = []  # per job of a sequence: 1, or the workers sharing it
     if lazy:
         n = workers
         striping = striping and stripe is True
     else:
-        count = len(jobs)  # type: ignore[arg-type]
+        count = len(seq)
         tail = count if stripe else count % workers
         striping = striping and tail > 0
         n = workers if striping else min(workers, count)
@@ -197,8 +270,8 @@ def parse_ordered(
                 job_queues.append(mine)
             else:
                 mine = [
-                    (i, str(p), ref, w if parts > 1 else 0, parts)
-                    for i, ((p, ref), parts) in enumerate(zip(jobs, parts_of, strict=True))
+                    (i, str(p), ref, ident, w if parts > 1 else 0, parts)
+                    for i, ((p, ref, ident), parts) in enumerate(zip(seq, parts_of, strict=True))
                     if parts > 1 or i % n == w
                 ]
             q = ctx.Queue(maxsize=queue_batches)
@@ -216,7 +289,7 @@ def parse_ordered(
             feeder = _Feeder(iter(jobs), job_queues, n, striping)
             feeder.start()
         paths: dict[int, Path] = {}  # job → path, to name the job a late error is about
-        for index, path in enumerate(feeder.paths() if feeder else (p for p, _r in jobs)):
+        for index, path in enumerate(feeder.paths() if feeder else (job[0] for job in seq)):
             at.value = index
             paths[index] = path
             reader: _JobReader | _StripedReader
@@ -272,11 +345,17 @@ def _can_stripe(parse: Callable[..., Any] | None, units: Callable[..., Any] | No
 
 
 class _Feeder(threading.Thread):
-    """Hands lazy jobs to their workers, at most ``n`` beyond the one the caller reads."""
+    """Hands lazy jobs to their workers, at most ``n`` beyond the one the caller reads.
+
+    :meth:`stop` waits for the thread, even inside the iterable (a download): a thread
+    left running could write on after the stream is closed. The iterable must therefore
+    end a job it is taking soon after its caller stops (the bootstrap sets its own stop
+    event before closing the stream).
+    """
 
     def __init__(
         self,
-        jobs: Iterator[tuple[Path, SourceRef]],
+        jobs: Iterator[Job],
         job_queues: list[Any],
         n: int,
         striped: bool,
@@ -302,12 +381,12 @@ class _Feeder(threading.Thread):
                 job = next(self.jobs, None)
                 if job is None:
                     return
-                path, ref = job
+                path, ref, identity = _identified(job)
                 if self.striped:  # every worker parses its stripe of it
                     for w, q in enumerate(self.job_queues):
-                        q.put((index, str(path), ref, w, self.n))
+                        q.put((index, str(path), ref, identity, w, self.n))
                 else:
-                    self.job_queues[index % self.n].put((index, str(path), ref, 0, 1))
+                    self.job_queues[index % self.n].put((index, str(path), ref, identity, 0, 1))
                 with self.cond:
                     self.sent.append(path)
                     self.cond.notify_all()
@@ -343,6 +422,9 @@ class _Feeder(threading.Thread):
             self.stopped = True
             self.cond.notify_all()
         self.join(timeout=_STOP_S)
+        if self.is_alive():
+            logger.warning("waiting for the parse feeder to finish taking a job")
+            self.join()
 
 
 def _by_name(fn: Callable[..., Any]) -> bool:
@@ -354,13 +436,80 @@ def _by_name(fn: Callable[..., Any]) -> bool:
     return True
 
 
+def _identified(job: Job) -> tuple[Path, SourceRef, FileIdentity | None]:
+    """``job`` with an identity: its own, else the file's now (``None``: it cannot be read;
+    opening it raises then)."""
+    path, ref, *rest = job
+    identity = rest[0] if rest else None
+    return path, ref, identity if identity is not None else FileIdentity.read(path)
+
+
+class _Opened:
+    """A job's file, open, checked against its identity when opened and on :meth:`check`.
+
+    The checks look at the open file (``fstat``): whatever was read from it before a check
+    that passes is the version of the identity (``None``: the file as opened here).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], identity: FileIdentity | None) -> None:
+        self.path = os.fspath(path)
+        try:
+            self.fh = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+        except OSError as exc:
+            raise ParseError(f"cannot open {self.path}: {exc}") from exc
+        self.identity = identity or self._now()
+        try:
+            self.check("is not the version recorded before it was opened")
+        except BaseException:
+            self.fh.close()
+            raise
+
+    def _now(self) -> FileIdentity:
+        return FileIdentity.of(os.fstat(self.fh.fileno()))
+
+    def check(self, what: str = "changed while it was read") -> None:
+        """Raise :class:`FileChangedError` when the open file is not the recorded version."""
+        change = self.identity.changes(self._now())
+        if change:
+            raise FileChangedError(
+                f"{self.path} {what} ({change}): nothing read after the change is stored; "
+                "run again to read it as its new version"
+            )
+
+    def close(self) -> None:
+        self.fh.close()
+
+
 def _parse_here(
-    path: Path, ref: SourceRef, limits: Any, prepare: bool, parse: Callable[..., Any] | None
+    path: Path,
+    ref: SourceRef,
+    identity: FileIdentity | None,
+    limits: Any,
+    prepare: bool,
+    parse: Callable[..., Any] | None,
+    chunk_items: int,
 ) -> Iterator[StoreItem]:
+    """The items of one job parsed here, handed on a chunk at a time once the file is
+    checked (as a worker sends them)."""
     from ingest.parse import iter_items
 
-    for item in (parse or iter_items)(path, source_ref=ref, limits=limits):
-        yield prepare_item(item) if prepare else item
+    src = _Opened(path, identity)
+    chunk: list[Any] = []
+    try:
+        for item in (parse or iter_items)(src.fh, source_ref=ref, limits=limits):
+            chunk.append(prepare_item(item) if prepare else item)
+            if len(chunk) >= chunk_items:
+                src.check()
+                yield from chunk
+                chunk = []
+        src.check()  # read to its end as recorded
+    except Exception:
+        src.check()  # the file changed: that error, and nothing read since the last check
+        yield from chunk  # the items before the parser's error, as a worker sends them
+        raise
+    finally:
+        src.close()
+    yield from chunk
 
 
 class _JobReader:
@@ -506,10 +655,13 @@ def _worker(
 ) -> None:
     """Parse ``jobs`` in order into ``q``; stop when ``keep`` reaches end-of-file.
 
-    ``jobs``: a list of ``(index, path, ref, part, parts)``, or a queue of them ending
-    with ``None``; a job with ``parts > 1`` is striped: only the units of stripe
+    ``jobs``: a list of ``(index, path, ref, identity, part, parts)``, or a queue of them
+    ending with ``None``; a job with ``parts > 1`` is striped: only the units of stripe
     ``part`` are parsed (:func:`ingest.parse.iter_units`), each followed by ``None``,
     and the job's end is sent by the stripe the unit after the last would belong to.
+    The file is checked against ``identity`` when opened, before each chunk is sent or
+    spilled, and at its end (:class:`_Opened`): a change is the job's error, and what
+    was read since the last check is dropped.
     ``at`` (the job the caller reads) and ``spill`` (a folder): see :class:`_Out`.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the caller stops us
@@ -531,16 +683,18 @@ def _worker(
                 if keep.poll():  # EOF: the caller is gone or stopped reading
                     os._exit(0)
 
-    for index, path, ref, part, parts in _jobs_of(jobs, keep):
+    for index, path, ref, identity, part, parts in _jobs_of(jobs, keep):
         out = _Out(index, put, at, spill, part if parts > 1 else None)
+        src: _Opened | None = None
         try:
+            src = out.src = _Opened(path, identity)
             ends = True
             if parts == 1:
-                for item in iter_items(path, source_ref=ref, limits=limits):
+                for item in iter_items(src.fh, source_ref=ref, limits=limits):
                     out.add(_wire(item, prepare), chunk_items, keep)
             else:
                 for u, items in iter_units(
-                    path, source_ref=ref, limits=limits, part=part, parts=parts
+                    src.fh, source_ref=ref, limits=limits, part=part, parts=parts
                 ):
                     if items is None:  # u: the number of units
                         ends = u % parts == part
@@ -548,13 +702,25 @@ def _worker(
                     for item in items:
                         out.add(_wire(item, prepare), chunk_items, keep)
                     out.add(None, chunk_items, keep)  # the end of unit u
+            src.check()  # read to its end as recorded
             out.flush()
             if ends:
                 put(("end", index, None))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            out.flush()
-            put(("error", index, _pickle_error(exc)))
+            error = exc
+            try:
+                if src is not None:
+                    src.check()  # a parser error may come of a change: that is the error
+                out.flush()  # (checks the file again before sending what was read)
+            except FileChangedError as changed:
+                error = changed
+                out.items.clear()  # read after the last check: maybe the new version
+                out.flush()  # closes and announces the spill file (checked chunks)
+            put(("error", index, _pickle_error(error)))
             break
+        finally:
+            if src is not None:
+                src.close()
     put(("done", -1, None))  # the caller reads on to here: no late error goes unread
     # The last messages may still sit in the queue's feeder thread, which a normal exit
     # waits for: stay until the caller is done (or gone), then leave without waiting, so
@@ -563,7 +729,9 @@ def _worker(
     os._exit(0)
 
 
-def _jobs_of(jobs: Any, keep: Connection) -> Iterator[tuple[int, str, SourceRef, int, int]]:
+def _jobs_of(
+    jobs: Any, keep: Connection
+) -> Iterator[tuple[int, str, SourceRef, FileIdentity | None, int, int]]:
     """A worker's jobs: its list, or its job queue up to ``None`` (lazy jobs)."""
     if isinstance(jobs, list):
         yield from jobs
@@ -590,7 +758,8 @@ class _Out:
     reads the file first, so the items keep their order. The file is opened with the
     first chunk it takes: a worker that sends nothing of a job (a striped job none of
     whose units is its own, whose end another worker sends) announces nothing, since
-    nobody reads its queue for that job.
+    nobody reads its queue for that job. Every chunk is sent or spilled only once the
+    job's file (``src``) is checked: its items were read from the recorded version.
     """
 
     def __init__(
@@ -606,6 +775,7 @@ class _Out:
         self.path = spill / name if spill is not None else None
         self.fh: Any = None
         self.items: list[Any] = []
+        self.src: _Opened | None = None
         self.spilling = self.path is not None and at.value < index
 
     def add(self, item: Any, chunk_items: int, keep: Connection) -> None:
@@ -618,6 +788,8 @@ class _Out:
                 os._exit(0)
 
     def chunk(self, items: list[Any]) -> None:
+        if self.src is not None:
+            self.src.check()
         if self.spilling and self.at.value >= self.index:  # the caller is here: stream
             self.spilling = False
             self.flush()

@@ -29,7 +29,7 @@ import contextlib
 import hashlib
 import logging
 import re
-import shutil
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +43,13 @@ from ingest.rows import StoreItem
 from ingest.runs import IngestCounts, OpenRun, recorded_run
 from ingest.store import Store
 from litpulse.core import db
-from litpulse.core.errors import ChecksumError, ConfigError, InvalidRequestError, LitpulseError
+from litpulse.core.errors import (
+    ChecksumError,
+    ConfigError,
+    InvalidRequestError,
+    LitpulseError,
+    StoppedError,
+)
 from litpulse.core.schema import source_files
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import utcnow
@@ -125,8 +131,8 @@ class _HttpSource:
         response = self.client.get(path)
         return str(response.text)
 
-    def fetch(self, path: str, dest: Path) -> tuple[int, str]:
-        return self.client.download(path, dest)
+    def fetch(self, path: str, dest: Path, stop: threading.Event | None = None) -> tuple[int, str]:
+        return self.client.download(path, dest, stop=stop)
 
     def close(self) -> None:
         self.client.close()
@@ -149,14 +155,19 @@ class _LocalSource:
         except OSError as exc:
             raise InvalidRequestError(f"cannot read {self.root / path}: {exc.strerror}") from None
 
-    def fetch(self, path: str, dest: Path) -> tuple[int, str]:
+    def fetch(self, path: str, dest: Path, stop: threading.Event | None = None) -> tuple[int, str]:
+        """Copy ``path`` to ``dest`` (stopping between blocks once ``stop`` is set)."""
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self.root / path, dest)
         digest = hashlib.md5(usedforsecurity=False)
-        with dest.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
+        size = 0
+        with (self.root / path).open("rb") as src, dest.open("wb") as out:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                if stop is not None and stop.is_set():
+                    raise StoppedError(f"copying {self.root / path}: stopped")
+                out.write(block)
                 digest.update(block)
-        return dest.stat().st_size, digest.hexdigest()
+                size += len(block)
+        return size, digest.hexdigest()
 
     def close(self) -> None:
         pass
@@ -222,11 +233,16 @@ def _list(source: _HttpSource | _LocalSource, include_baseline: bool) -> list[Re
 
 
 def _download_verified(
-    source: _HttpSource | _LocalSource, f: RemoteFile, dest: Path
+    source: _HttpSource | _LocalSource,
+    f: RemoteFile,
+    dest: Path,
+    stop: threading.Event | None = None,
 ) -> tuple[int, str]:
+    """Download ``f`` to ``dest`` until its MD5 matches the published one (``stop``: see
+    :meth:`ingest.http.HttpClient.download`)."""
     expected = parse_md5(source.text(f"{f.folder}/{f.name}.md5"), f.name)
     for attempt in range(1, CHECKSUM_ATTEMPTS + 1):
-        size, digest = source.fetch(f"{f.folder}/{f.name}", dest)
+        size, digest = source.fetch(f"{f.folder}/{f.name}", dest, stop)
         if digest == expected:
             return size, digest
         logger.warning(

@@ -15,7 +15,8 @@ A real :class:`http.server.ThreadingHTTPServer` on ``127.0.0.1`` (port 0) serves
 * ``/icite/api/pubs?pmids=…&format=json``: iCite's ``{"meta", "links", "data"}`` JSON.
 
 Faults are queued on :attr:`Emulator.faults` (a thread-safe :class:`FaultPlan`):
-``429`` (with ``Retry-After``), ``500``/``502``/``503``, ``slow``, ``reset`` (socket
+``429`` (with ``Retry-After``), ``500``/``502``/``503``, ``slow``, ``trickle`` (the body
+sent ``piece`` bytes at a time, ``delay`` seconds apart), ``reset`` (socket
 closed with RST before any answer), ``truncate`` (half the promised body, then
 close), ``error200`` (``<ERROR>`` inside HTTP 200), ``backend`` ("Search Backend
 failed"), ``garbage`` (an HTML page with status 200), ``drop`` (EFetch leaves out
@@ -81,7 +82,7 @@ ESEARCH_DOCTYPE = (
     '"https://eutils.ncbi.nlm.nih.gov/eutils/dtd/20060628/esearch.dtd">'
 )
 FAULT_KINDS = frozenset(
-    "429 500 502 503 slow reset truncate error200 backend garbage drop badmd5".split()
+    "429 500 502 503 slow trickle reset truncate error200 backend garbage drop badmd5".split()
 )
 _WORD_RE = re.compile(r"[a-z0-9]+")
 
@@ -131,6 +132,7 @@ class Fault:
     times: int = 1
     retry_after: str = "1"
     delay: float = 0.5
+    piece: int = 1024
     message: str | None = None
     drop: int = 1
     after: int = 0
@@ -658,8 +660,9 @@ class _Handler(BaseHTTPRequestHandler):
         except _HttpError as exc:
             self._send(exc.status, exc.body, "text/plain")
             return
-        if fault is not None and fault.kind == "truncate":
-            self._send(status, body, ctype, headers, truncate=True)
+        if fault is not None and fault.kind in ("truncate", "trickle"):
+            self._send(status, body, ctype, headers, truncate=fault.kind == "truncate",
+                       trickle=fault if fault.kind == "trickle" else None)  # fmt: skip
             return
         self._send(status, body, ctype, headers)
 
@@ -725,6 +728,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers: dict[str, str] | None = None,
         *,
         truncate: bool = False,
+        trickle: Fault | None = None,
     ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
@@ -740,6 +744,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+            return
+        if trickle is not None:
+            try:
+                for at in range(0, len(body), trickle.piece):
+                    self.wfile.write(body[at : at + trickle.piece])
+                    time.sleep(trickle.delay)
+            except OSError:  # the client went away
+                self.close_connection = True
             return
         self.wfile.write(body)
 

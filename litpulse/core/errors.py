@@ -28,7 +28,9 @@ __all__ = [
     "ConsistencyError",
     "BudgetError",
     "DataQualityError",
+    "FileChangedError",
     "LeaseLostError",
+    "StoppedError",
     "WorkerError",
 ]
 
@@ -104,5 +106,21 @@ class WorkerError(LitpulseError):
     """A worker process (a parser feeding the store) died without finishing its work:
     killed, out of memory, crashed. What was committed before stays; running the job
     again resumes it."""
+
+    retryable = True
+
+
+class FileChangedError(LitpulseError):
+    """A file changed while it was being read (rewritten, truncated, appended to, or
+    replaced by another file) and is no longer the version recorded when its reading
+    began. Nothing read after the change was stored; running the job again reads the
+    file as its new version."""
+
+    retryable = True
+
+
+class StoppedError(LitpulseError):
+    """Work (a download, a wait) was stopped on purpose before it finished: its caller
+    stopped or went away. What it wrote so far is kept for the next run to resume."""
 
     retryable = True

@@ -715,3 +715,51 @@ def _article_rows(engine: Engine) -> list[tuple[Any, ...]]:
         a = articles.c
         return [tuple(r) for r in conn.execute(
             select(a.pmid, a.version, a.is_deleted, a.content_hash).order_by(a.pmid))]  # fmt: skip
+
+
+# ------------------------------------------------- a stopped writer stops its downloads
+
+
+@pytest.mark.parametrize("prefetch", [0, 1], ids=["by the parse feeder", "by the prefetch"])
+def test_a_bootstrap_that_raises_mid_download_leaves_nothing_writing(
+    emu: Emulator, sqlite_settings: Settings, prefetch: int
+) -> None:
+    """The writer fails while the next file trickles in (taken by the parse stream's feeder
+    thread, or by the prefetch thread): ``load_files`` raises within a moment, the partial
+    download is kept (resumed next time), and no thread of it writes on in the staging
+    folder once it has returned."""
+    s = _settings(emu, sqlite_settings)
+    pending, _listed = pending_files(s)
+    slow = pending[1]
+    big = random.Random(7).randbytes(4 << 20)  # 4 MiB at ~200 KB/s: 20 s to download
+    emu.add_file("baseline", slow.name, big)
+    emu.faults.add("trickle", path=slow.name, times=100, piece=2048, delay=0.01)
+    folder = s.home / "downloads"
+    part = folder / f"{slow.name}.part"
+    raised: list[float] = []
+
+    def fail_mid_download(name: str, counts: object) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (part.exists() and part.stat().st_size):
+            time.sleep(0.01)
+        raised.append(time.monotonic())
+        raise RuntimeError("the writer fails here")
+
+    with pytest.raises(RuntimeError, match="fails here"):
+        load_files(s, workers=1, prefetch=prefetch, on_file=fail_mid_download)
+    assert time.monotonic() - raised[0] < 5, "load_files waited for the download to end"
+
+    def sizes() -> dict[str, int]:
+        return {p.name: p.stat().st_size for p in folder.iterdir()}
+
+    left = sizes()
+    assert 0 < left[part.name] < len(big)  # stopped mid-way, kept to be resumed
+    time.sleep(0.6)
+    assert sizes() == left, "something still writes in the staging folder"
+    threads = [t.name for t in threading.enumerate()]
+    assert not [n for n in threads if n in ("litpulse-parse-feeder", "bootstrap-prefetch")]
+    # the next run resumes the partial download (HTTP Range) and gets the file whole
+    emu.faults.clear()
+    stage = stage_file(s, slow)
+    assert stage is not None and stage.size == len(big)
+    assert emu.requests(slow.name)[-1].headers.get("Range") == f"bytes={left[part.name]}-"

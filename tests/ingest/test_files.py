@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
 from ingest.files import file_sequence, ingest_files, order_files
 from ingest.records import Record
@@ -16,9 +18,10 @@ from ingest.store import IngestCounts, Store
 from litpulse.app.demo import pubmed_xml
 from litpulse.app.demo.generate import generate_corpus
 from litpulse.core import db
-from litpulse.core.errors import NotFoundError, ParseError
+from litpulse.core.errors import FileChangedError, NotFoundError, ParseError
 from litpulse.core.schema import articles
 from litpulse.core.settings import Settings
+from tests.ingest.test_crash_resume import differences, reset, snapshot
 
 BROKEN = "<PubmedArticle><MedlineCitation><Article><ArticleTitle>No PMID</ArticleTitle>" \
     "</Article></MedlineCitation></PubmedArticle>\n"  # fmt: skip
@@ -224,3 +227,148 @@ def test_one_file_split_over_two_workers_stores_what_one_process_stores(
     got = snapshot(engine)
     assert not differences(got, want)
     assert got == want
+
+
+# ------------------------------------------------- a file that changes while it is read
+
+
+def _version(word: str, n: int = 3000) -> bytes:
+    """``n`` articles titled ``"<word> title <pmid>"`` (``Old``/``New``: the same size)."""
+    day = dt.date(2024, 1, 1)
+    return pubmed_xml.pubmed_set(
+        [pubmed_xml.article_xml(p, edat=day, title=f"{word} title {p}") for p in range(1, n + 1)]
+    )
+
+
+def _change(path: Path, how: str) -> None:
+    """Change ``path`` as an export job would: in place, by appending, cutting, or renaming
+    a new version over it."""
+    if how == "rewrite":  # the same inode, truncated and written again (same size)
+        path.write_bytes(_version("New"))
+    elif how == "append":
+        with path.open("ab") as fh:
+            fh.write(pubmed_xml.pubmed_set([pubmed_xml.article_xml(
+                9001, edat=dt.date(2024, 1, 1), title="Appended 9001")]))  # fmt: skip
+    elif how == "truncate":
+        os.truncate(path, path.stat().st_size * 9 // 10)  # past what was read ahead
+    else:
+        assert how == "replace"
+        tmp = path.with_name("export.tmp")
+        tmp.write_bytes(_version("New"))
+        os.replace(tmp, path)
+
+
+def _change_at_item(monkeypatch: pytest.MonkeyPatch, path: Path, how: str, at: int) -> None:
+    """Change ``path`` once the writer has taken ``at`` items of it (the parse workers are
+    ahead of it by a few chunks at most: they have not read the file to its end)."""
+    apply = Store.apply
+
+    def watched(self: Store, items: Iterator[Any], **kw: Any) -> IngestCounts:
+        def taken() -> Iterator[Any]:
+            for n, item in enumerate(items):
+                if n == at:
+                    _change(path, how)
+                yield item
+
+        return apply(self, taken(), **kw)
+
+    monkeypatch.setattr(Store, "apply", watched)
+
+
+def _titles(engine: Engine) -> dict[int, str]:
+    with engine.connect() as conn:
+        return dict(conn.execute(select(articles.c.pmid, articles.c.title)).all())  # type: ignore[arg-type]
+
+
+def _clean_state(settings: Settings, path: Path, workers: int) -> dict[str, Any]:
+    """The store after one uninterrupted run over ``path`` as it is now (then emptied)."""
+    engine = db.connect(settings)
+    reset(engine)
+    ingest_files(settings, [path], workers=workers, batch_size=50)
+    want = snapshot(engine)
+    reset(engine)
+    return want
+
+
+@pytest.mark.parametrize(
+    ("how", "workers"),
+    [("rewrite", 0), ("rewrite", 1), ("rewrite", 2), ("append", 1), ("truncate", 2)],
+    ids=["rewritten-here", "rewritten-one worker", "rewritten-striped over two",
+         "appended-one worker", "cut-striped over two"],
+)  # fmt: skip
+def test_a_file_changed_while_it_is_read_is_refused_and_a_rerun_ends_clean(
+    sqlite_settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+    workers: int,
+) -> None:
+    """Rewritten, appended to or cut while the workers read it (one file alone is split
+    over two workers): the run fails with a retryable FileChangedError, every stored row
+    is the recorded version's (a prefix of it), and the next run reads the file as its
+    new version and ends where a clean run over that version ends."""
+    s, engine = sqlite_settings, db.connect(sqlite_settings)
+    path = tmp_path / "export.xml"
+    path.write_bytes(_version("Old"))
+    with monkeypatch.context() as m:
+        _change_at_item(m, path, how, at=200)
+        with pytest.raises(FileChangedError, match="export.xml") as info:
+            ingest_files(s, [path], workers=workers, batch_size=50)
+    assert info.value.retryable
+    stored = _titles(engine)
+    assert len(stored) >= 200  # the batches read before the change were stored...
+    assert stored == {p: f"Old title {p}" for p in range(1, len(stored) + 1)}  # ...and only they
+    run = Store(engine).runs()[0]
+    assert run["status"] == "failed" and "FileChangedError" in run["error"]
+    assert run["inserted"] == len(stored)
+
+    ingest_files(s, [path], workers=workers, batch_size=50)  # the file as it is now
+    got = snapshot(engine)
+    want = _clean_state(s, path, workers)
+    assert not differences(got, want)
+    assert got == want
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2], ids=["here", "one worker", "striped over two"])
+def test_a_file_replaced_after_its_identity_was_recorded_is_refused(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """Replaced (renamed over) between the moment the writer records its identity and the
+    moment a worker opens it: the recorded version is not what would be read, so nothing
+    of it is stored; the next run reads the new version as a newer source."""
+    engine = db.connect(settings)
+    path = tmp_path / "export.xml"
+    path.write_bytes(_version("Old"))
+    first_read_at = Store.first_read_at
+
+    def then_replaced(self: Store, *args: Any, **kw: Any) -> dt.datetime:
+        fetched = first_read_at(self, *args, **kw)
+        _change(path, "replace")
+        return fetched
+
+    with monkeypatch.context() as m:
+        m.setattr(Store, "first_read_at", then_replaced)
+        with pytest.raises(FileChangedError, match="export.xml"):
+            ingest_files(settings, [path], workers=workers, batch_size=50)
+    assert _titles(engine) == {}
+    ingest_files(settings, [path], workers=workers, batch_size=50)
+    assert set(_titles(engine).values()) == {f"New title {p}" for p in range(1, 3001)}
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["one worker", "striped over two"])
+def test_a_file_renamed_over_while_it_is_read_is_read_as_recorded(
+    sqlite_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """A new version renamed over the path while the workers read the old one: they read
+    the version recorded (their open file) to its end, so the run stores it whole; the
+    next run reads the new version as a newer source."""
+    engine = db.connect(sqlite_settings)
+    path = tmp_path / "export.xml"
+    path.write_bytes(_version("Old"))
+    with monkeypatch.context() as m:
+        _change_at_item(m, path, "replace", at=200)
+        ingest_files(sqlite_settings, [path], workers=workers, batch_size=50)
+    assert _titles(engine) == {p: f"Old title {p}" for p in range(1, 3001)}
+    again = ingest_files(sqlite_settings, [path], workers=workers, batch_size=50)
+    assert again.updated == 3000
+    assert _titles(engine) == {p: f"New title {p}" for p in range(1, 3001)}

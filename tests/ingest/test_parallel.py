@@ -11,17 +11,17 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 
 import ingest.parse as parse_mod
-from ingest.parallel import parse_ordered
+from ingest.parallel import FileIdentity, parse_ordered
 from ingest.parse import ParseLimits, iter_items, iter_units, source_ref_for
 from ingest.records import Deletion, Item, QuarantineEntry, SourceRef
 from ingest.rows import PreparedRecord
 from litpulse.app.demo.generate import generate_corpus
-from litpulse.core.errors import ChecksumError, ParseError, WorkerError
+from litpulse.core.errors import ChecksumError, FileChangedError, ParseError, WorkerError
 from tests.ingest.hostile import article, corpus, deletion, document
 
 REPO = Path(__file__).resolve().parents[2]
@@ -365,7 +365,7 @@ def test_a_striped_worker_error_mid_file_is_raised_in_order(odd_files: dict[str,
 
 
 def failing_units(
-    path: Path, *, source_ref: SourceRef, limits: Any, part: int, parts: int
+    path: BinaryIO, *, source_ref: SourceRef, limits: Any, part: int, parts: int
 ) -> Iterator[Any]:
     """A unit parser (by name, so workers import it) whose unit 5 raises."""
     for u, items in iter_units(path, part=part, parts=parts, source_ref=source_ref,
@@ -446,12 +446,13 @@ def test_a_striped_worker_failing_after_its_last_unit_raises_when_next_needed(
 
 
 def failing_at_end(
-    path: Path, *, source_ref: SourceRef, limits: Any, part: int, parts: int
+    path: BinaryIO, *, source_ref: SourceRef, limits: Any, part: int, parts: int
 ) -> Iterator[Any]:
-    """A unit parser (by name) whose part 1 raises after its units of the first file."""
+    """A unit parser (by name) whose part 1 raises after its units of the first file (the
+    job's open file: its ``name`` is the path)."""
     for u, items in iter_units(path, part=part, parts=parts, source_ref=source_ref,
                                limits=limits):  # fmt: skip
-        if items is None and part == 1 and os.fspath(path).endswith("0001.xml.gz"):
+        if items is None and part == 1 and path.name.endswith("0001.xml.gz"):
             raise RuntimeError("after the units of part 1")
         yield u, items
 
@@ -529,4 +530,32 @@ def test_a_worker_error_after_its_last_unit_of_the_last_file_is_not_dropped(
         for _index, items in parse_ordered(jobs, workers=2, units=failing_at_end):
             for _item in items:
                 pass
+    assert not parse_children()
+
+
+# ----------------------------------------------- a file that is not its recorded version
+
+
+@pytest.mark.parametrize(
+    ("workers", "stripe"), [(0, None), (1, None), (2, True)], ids=["here", "one", "striped"]
+)
+def test_a_job_whose_file_is_not_the_recorded_version_raises_after_the_jobs_before(
+    files: list[Path], tmp_path: Path, workers: int, stripe: bool | None
+) -> None:
+    """A lazy job carrying the identity its caller recorded, the file touched since: its
+    error is raised where it is read, after every item of the jobs before, never its items."""
+    copy = tmp_path / "copy.xml.gz"
+    copy.write_bytes(files[1].read_bytes())
+    recorded = FileIdentity.read(copy)
+    assert recorded is not None
+    os.utime(copy, ns=(recorded.mtime_ns, recorded.mtime_ns + 1_000_000))
+    jobs = iter([(files[0], source_ref_for(files[0]), None),
+                 (copy, source_ref_for(copy), recorded)])  # fmt: skip
+    got: list[list[tuple[object, ...]]] = []
+    with pytest.raises(FileChangedError, match="copy.xml.gz.*modified"):
+        for _index, items in parse_ordered(jobs, workers=workers, stripe=stripe,
+                                           spill_dir=tmp_path, chunk_items=7):  # fmt: skip
+            got.append([])
+            got[-1].extend(key(it) for it in items)
+    assert got == [*read_all(files[:1], 0), []]
     assert not parse_children()
