@@ -204,3 +204,25 @@ def test_a_promotion_killed_while_embedding_is_finished_by_a_rerun(
     after = _created(engine, "m2")
     assert len(after) == live
     assert all(after[p] == t for p, t in before.items())  # not embedded again
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review3: refresh_waits_for_reindex fails the DAG while an inline re-index "
+    "(`litpulse models promote/rollback`, `litpulse index refresh`) holds the publish lease",
+)
+def test_the_refresh_dag_waits_while_an_inline_reindex_holds_the_publish_lease(
+    settings: Settings, engine: Engine
+) -> None:
+    """`litpulse models promote m2` (or rollback, or the `litpulse index refresh` the
+    message itself recommends) re-embeds the corpus in its own process, under the
+    index-publish lease: hours at full size. No litpulse_reindex run exists meanwhile, and
+    the promotion is more than an hour old. The refresh DAG must not fail saying "no index
+    for the active model is coming" and telling the operator to start a second re-index
+    while one is running."""
+    from ranking.publish import acquire_publish_lease
+
+    _stalled(settings, engine, promoted_ago=dt.timedelta(hours=3))
+    with acquire_publish_lease(engine):  # the CLI's refresh_index, embedding for m2
+        reason = planning.refresh_waits_for_reindex(settings, reindex_runs=_Runs(0))
+    assert reason is not None
