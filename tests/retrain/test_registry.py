@@ -193,3 +193,40 @@ def test_the_next_retrain_prunes_orphan_adapters(settings: Settings) -> None:
     report = retrain(settings, reindex=reindex_now, dry_run=True)
     assert report.status in ("dry_run", "skipped")
     assert not orphan.exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review3: prune_adapters takes every folder of home/adapters that the connected "
+    "store's rows do not name; another store's adapters in the same home (the default "
+    "SQLite store beside a LITPULSE_DATABASE_URL) go, even on a dry run",
+)
+def test_a_dry_run_against_another_store_keeps_the_adapters_of_this_home(
+    sqlite_settings: Settings, tmp_path: Path
+) -> None:
+    """The default home (`.litpulse`) holds the SQLite store and its adapters. The same
+    home with LITPULSE_DATABASE_URL set to another store (trying PostgreSQL, a colleague's
+    database) and `litpulse retrain --dry-run`, which should write nothing: the SQLite
+    store's active adapter, two days old, is named by no row of the other store."""
+    from litpulse.pipeline.planning import reindex_now
+    from retrain.run import retrain
+
+    adapters = sqlite_settings.ensure_home() / "adapters"
+    vid = registry.new_version_id("c" * 36)
+    live = _folder(adapters / vid, 2 * 24 * 3600.0)
+    registry.register(
+        sqlite_settings,
+        id=vid,
+        adapter_path=str(live),
+        adapter_sha256="c" * 64,
+        parent_id=None,
+        window_start=None,
+        window_end=dt.datetime(2024, 12, 1, tzinfo=dt.UTC),
+        pair_counts={"title_abstract": 10},
+        options={"r": 8},
+        metrics={},
+    )
+    other = sqlite_settings.replace(database_url=f"sqlite:///{tmp_path / 'other.db'}")
+    report = retrain(other, reindex=reindex_now, dry_run=True)
+    assert report.status in ("dry_run", "skipped")
+    assert live.is_dir(), "the adapter of the home's own store was removed"
