@@ -225,9 +225,11 @@ def refresh_waits_for_reindex(
     While a re-index is pending (:func:`reindex_pending`) the refresh would re-embed the
     whole corpus in one task; it skips when a ``litpulse_reindex`` run is coming: one is
     queued or running, or the model was promoted less than :data:`REINDEX_GRACE` ago
-    (its run is about to appear). Otherwise nothing will ever publish an index for the
-    active model (a promotion whose inline re-index was killed, a failed litpulse_reindex
-    run, a model asset never emitted): skipping would hide that every night.
+    (its run is about to appear), or a live process holds the publish lease (an inline
+    re-index: ``litpulse models promote``, ``litpulse index refresh``). Otherwise nothing
+    will ever publish an index for the active model (a promotion whose inline re-index
+    was killed, a failed litpulse_reindex run, a model asset never emitted): skipping
+    would hide that every night.
 
     Args:
         settings: The settings.
@@ -250,6 +252,13 @@ def refresh_waits_for_reindex(
     runs = reindex_runs()
     if runs:
         return f"{pending} ({runs} litpulse_reindex run(s) queued or running)"
+    from ranking.publish import LEASE_NAME
+
+    holder = db.lease_holder(engine, LEASE_NAME)
+    if holder is not None and holder[1] > (now or db.utcnow()):
+        # an inline re-index (`litpulse models promote`/`rollback`, `litpulse index
+        # refresh`) embeds under the publish lease, renewed while it lives
+        return f"{pending} (a re-index is running in {holder[0]}, which holds {LEASE_NAME})"
     row = active_model_row(engine)
     promoted = row.promoted_at if row is not None else None
     now = now or db.utcnow()

@@ -206,11 +206,6 @@ def test_a_promotion_killed_while_embedding_is_finished_by_a_rerun(
     assert all(after[p] == t for p, t in before.items())  # not embedded again
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review3: refresh_waits_for_reindex fails the DAG while an inline re-index "
-    "(`litpulse models promote/rollback`, `litpulse index refresh`) holds the publish lease",
-)
 def test_the_refresh_dag_waits_while_an_inline_reindex_holds_the_publish_lease(
     settings: Settings, engine: Engine
 ) -> None:
