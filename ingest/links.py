@@ -225,8 +225,7 @@ def _live_citer_counts(conn: Connection, where: str) -> str:
     return (
         'SELECT r.cited_pmid AS cited, count(*) AS n FROM "references" AS r '
         "JOIN articles AS citer ON citer.pmid = r.citing_pmid "
-        # an expression, not the bare column: keeps the planner off the ix_articles_is_deleted
-        # of stores made before it was dropped
+        # an expression, not the bare column: keeps the planner off ix_articles_is_deleted
         f"WHERE {where} AND coalesce(citer.is_deleted, {true}) = {false} "
         "GROUP BY r.cited_pmid"
     )

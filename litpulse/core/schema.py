@@ -118,15 +118,16 @@ articles = Table(
     Column("article_date", Date),
     Column("entrez_date", Date),
     Column("best_date", Date, index=True),
-    # no index on language or is_deleted: none is read (searches filter lower(language)
-    # over their candidates; nearly every row shares is_deleted) and each costs every
-    # row written. Stores made before keep theirs; dropping them is safe.
+    # no index on language: none is read (searches filter lower(language) over their
+    # candidates) and it cost every row written. Stores made before keep theirs.
     Column("language", String(8)),
     Column("doi", Text),
     Column("pmcid", String(32)),
     Column("is_retracted", Boolean, nullable=False, default=False),
     Column("is_book", Boolean, nullable=False, default=False),
-    Column("is_deleted", Boolean, nullable=False, default=False),
+    # indexed: on SQLite the index is what lists and counts the live PMIDs (every refresh,
+    # index check, status) without reading the whole table
+    Column("is_deleted", Boolean, nullable=False, default=False, index=True),
     Column("deleted_at", UTCDateTime()),
     Column("has_abstract", Boolean, nullable=False, default=False),
     Column("text_hash", String(40), nullable=False, default=""),

@@ -247,11 +247,6 @@ def test_sq8_codes_take_a_quarter_of_the_bytes_and_keep_the_neighbours() -> None
         faiss_ops.build_index(vectors, ids, kind="ivf", codec="pq")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review3: without ix_articles_is_deleted SQLite reads the whole articles table "
-    "(SCAN articles) to list or count the live PMIDs; it was a covering index search",
-)
 def test_live_pmids_are_listed_and_counted_without_reading_the_table(
     sqlite_settings: Settings,
 ) -> None:
