@@ -35,7 +35,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, desc, insert, select, update
 
-from litpulse.core.db import connect
+from litpulse.core.db import connect, marked_by
 from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import model_versions
 from litpulse.core.settings import DEFAULT_MODEL, Settings
@@ -440,7 +440,9 @@ def prune_adapters(
     folder was renamed to its version id, while evaluating, leaves a folder no row names
     (it registers only afterwards). Nothing reads them again. A folder is kept when a
     row's ``adapter_path`` or id names it (by folder name: the data directory may have
-    moved), and when it was written less than ``max_age_s`` seconds ago.
+    moved), when it was written less than ``max_age_s`` seconds ago, and when this store
+    did not write it (no mark of this store: :func:`litpulse.core.db.mark_folder`; the
+    same data directory used with another store must keep that store's adapters).
     :func:`retrain.run.retrain` calls this under its lease.
 
     Returns:
@@ -455,9 +457,11 @@ def prune_adapters(
     named = {r.id for r in rows} | {Path(r.adapter_path).name for r in rows if r.adapter_path}
     removed = []
     for path in sorted(folder.iterdir()):
-        if not path.is_dir() or path.name in named:
+        if not path.is_dir() or path.is_symlink() or path.name in named:
             continue
         if time.time() - path.stat().st_mtime <= max_age_s:
+            continue
+        if not marked_by(path, engine):  # another store's, or written before the marks
             continue
         shutil.rmtree(path, ignore_errors=True)
         logger.warning("removed adapter folder %s: no model version names it", path)

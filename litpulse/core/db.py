@@ -27,6 +27,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from operator import itemgetter
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, Table, create_engine, delete, event, insert, select, update
@@ -34,7 +35,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from litpulse.core.errors import ConfigError, LeaseLostError
-from litpulse.core.schema import locks, metadata
+from litpulse.core.schema import checkpoints, locks, metadata
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import as_utc, utcnow
 
@@ -60,6 +61,10 @@ __all__ = [
     "lease_holder",
     "default_holder",
     "holder_alive",
+    "STORE_MARK",
+    "store_id",
+    "mark_folder",
+    "marked_by",
 ]
 
 logger = logging.getLogger(__name__)
@@ -158,6 +163,50 @@ def add_missing_columns(engine: Engine) -> list[str]:
     if added:
         logger.warning("store schema upgraded: added %s", ", ".join(added))
     return added
+
+
+#: The ``checkpoints`` row (scope, key) that holds this store's identity.
+_STORE_ID = ("store", "id")
+#: The file in a folder of the data directory that names the store it was written for.
+STORE_MARK = ".litpulse-store"
+
+
+def store_id(engine: Engine) -> str:
+    """This store's identity: a random id made on first use, kept in ``checkpoints``.
+
+    A data directory may meet several stores (the default SQLite store, then a
+    ``LITPULSE_DATABASE_URL`` tried beside it): what one store prunes as folders none of
+    its rows name must be folders it wrote itself (:func:`mark_folder`).
+    """
+    scope, key = _STORE_ID
+    c = checkpoints.c
+    query = select(c.value).where(c.scope == scope, c.key == key)
+    with engine.connect() as conn:
+        value = conn.execute(query).scalar()
+    if value is None:
+        with engine.begin() as conn:  # two first callers: one id wins, both read it
+            upsert(conn, checkpoints, [{"scope": scope, "key": key, "status": "done",
+                                        "value": {"id": uuid.uuid4().hex},
+                                        "updated_at": utcnow()}],
+                   keys=["scope", "key"], update=[])  # fmt: skip
+        with engine.connect() as conn:
+            value = conn.execute(query).scalar_one()
+    return str(value["id"])
+
+
+def mark_folder(folder: Path, engine: Engine) -> None:
+    """Record in ``folder`` (a folder this store writes) that it belongs to this store."""
+    (folder / STORE_MARK).write_text(store_id(engine) + "\n", encoding="utf-8")
+
+
+def marked_by(folder: Path, engine: Engine) -> bool:
+    """Whether ``folder`` was marked by this store (:func:`mark_folder`); a folder of
+    another store, or one written before folders were marked, is not."""
+    try:
+        mark = (folder / STORE_MARK).read_text(encoding="utf-8").strip()
+    except OSError:
+        return False
+    return mark == store_id(engine)
 
 
 def dispose_engines() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from litpulse.core.db import connect, mark_folder
 from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.settings import Settings
 from litpulse.core.states import ModelEvent, ModelStatus
@@ -153,9 +154,12 @@ def test_a_rollback_interrupted_between_its_steps_keeps_a_model_active(
 # ------------------------------------------- adapter folders a killed retrain leaves behind
 
 
-def _folder(path: Path, age_s: float) -> Path:
-    """An adapter folder last written ``age_s`` seconds ago."""
+def _folder(path: Path, age_s: float, store: Settings | None = None) -> Path:
+    """An adapter folder last written ``age_s`` seconds ago (by a retrain of ``store``:
+    marked as the retrain marks it)."""
     path.mkdir(parents=True)
+    if store is not None:
+        mark_folder(path, connect(store))
     (path / "adapter_model.safetensors").write_bytes(b"\0" * 16)
     then = time.time() - age_s
     os.utime(path, (then, then))
@@ -169,16 +173,17 @@ def test_prune_removes_old_adapter_folders_no_version_names(settings: Settings) 
     adapters = settings.ensure_home() / "adapters"
     day = 24 * 3600.0
     vid = _register(settings, "a")
-    named = _folder(adapters / vid, 3 * day)  # its row names it (by folder name)
-    killed_training = _folder(adapters / ".tmp-0123456789ab", 2 * day)
-    killed_evaluating = _folder(adapters / "m-20240101000000-abcdef", 2 * day)
-    young = _folder(adapters / ".tmp-ffffffffffff", 60)  # a training may be writing it
+    named = _folder(adapters / vid, 3 * day, settings)  # its row names it (by folder name)
+    killed_training = _folder(adapters / ".tmp-0123456789ab", 2 * day, settings)
+    killed_evaluating = _folder(adapters / "m-20240101000000-abcdef", 2 * day, settings)
+    young = _folder(adapters / ".tmp-ffffffffffff", 60, settings)  # may be being written
+    unmarked = _folder(adapters / "m-20230101000000-000000", 9 * day)  # before the marks
     stray = adapters / "notes.txt"
     stray.write_text("kept: not a folder")
 
     removed = registry.prune_adapters(settings)
     assert sorted(removed) == sorted([str(killed_training), str(killed_evaluating)])
-    assert named.is_dir() and young.is_dir() and stray.is_file()
+    assert named.is_dir() and young.is_dir() and stray.is_file() and unmarked.is_dir()
     assert not killed_training.exists() and not killed_evaluating.exists()
     assert registry.prune_adapters(settings) == []
     assert registry.prune_adapters(settings, max_age_s=0) == [str(young)]
@@ -189,18 +194,12 @@ def test_the_next_retrain_prunes_orphan_adapters(settings: Settings) -> None:
     from retrain.run import retrain
 
     adapters = settings.ensure_home() / "adapters"
-    orphan = _folder(adapters / ".tmp-0123456789ab", 2 * 24 * 3600.0)
+    orphan = _folder(adapters / ".tmp-0123456789ab", 2 * 24 * 3600.0, settings)
     report = retrain(settings, reindex=reindex_now, dry_run=True)
     assert report.status in ("dry_run", "skipped")
     assert not orphan.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review3: prune_adapters takes every folder of home/adapters that the connected "
-    "store's rows do not name; another store's adapters in the same home (the default "
-    "SQLite store beside a LITPULSE_DATABASE_URL) go, even on a dry run",
-)
 def test_a_dry_run_against_another_store_keeps_the_adapters_of_this_home(
     sqlite_settings: Settings, tmp_path: Path
 ) -> None:
@@ -213,7 +212,7 @@ def test_a_dry_run_against_another_store_keeps_the_adapters_of_this_home(
 
     adapters = sqlite_settings.ensure_home() / "adapters"
     vid = registry.new_version_id("c" * 36)
-    live = _folder(adapters / vid, 2 * 24 * 3600.0)
+    live = _folder(adapters / vid, 2 * 24 * 3600.0, sqlite_settings)
     registry.register(
         sqlite_settings,
         id=vid,
