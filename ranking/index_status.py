@@ -113,6 +113,10 @@ def check_consistency(settings: Settings, *, sample: int = 10) -> dict[str, Any]
         changed = base_model_changed(row.details, spec)
         if changed:
             problems.append(changed)
+    codec = str(row.details.get("codec") or "flat")
+    if row.kind == "ivf" and codec != settings.ivf_codec:
+        problems.append(f"index {row.id} holds IVF lists of codec {codec}, LITPULSE_IVF_CODEC "
+                        f"is {settings.ivf_codec}: the next refresh rebuilds it")
     _check_membership(pub, live, sample, out, problems)
     _check_freshness(engine, pub, row.model_version, spec.id, out, problems)
     _check_lexical(engine, row, live, sample, out, problems)

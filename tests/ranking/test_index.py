@@ -216,8 +216,11 @@ def test_ivf_lists_of_8_bit_codes(sqlite_settings: Settings) -> None:
     assert idx is not None and top1(idx, _vec(20, salt=1))[1] == 20
     assert ix_status.check_consistency(settings)["ok"]
 
+    check = ix_status.check_consistency(settings.replace(ivf_codec="flat"))
+    assert not check["ok"] and any("codec sq8" in p for p in check["problems"])
     flat = refresh.refresh_index(settings.replace(ivf_codec="flat"))
     assert flat.rebuilt and "codec" in (flat.reason or "")
+    assert ix_status.check_consistency(settings.replace(ivf_codec="flat"))["ok"]
     idx = index_files.open_published(settings)
     assert idx is not None and faiss_ops.index_codec(idx.index) == "flat"
 
