@@ -208,7 +208,8 @@ def reindex_pending(settings: Settings, engine: Engine | None = None) -> str | N
         return None
     return (
         f"the published index {published.id} is for model {published.model_version} but "
-        f"the active model is {active}: a re-index for it is pending; finish it with "
+        f"the active model is {active}: a re-index for it is pending; unless a "
+        f"litpulse_reindex run or a promotion is re-indexing now, finish it with "
         f"{FINISH_REINDEX}"
     )
 
