@@ -5,8 +5,11 @@ The work is every listed ``baseline/`` and ``updatefiles/`` file not yet recorde
 share it:
 
 * **Stagers** download a file and verify its MD5 into the staging folder
-  (``<home>/downloads``): ``NAME`` plus a ``NAME.verified`` marker (``md5 size``) written
-  last, atomically, so a half-downloaded file is never taken for a staged one. A stager
+  (``<home>/downloads``): ``NAME`` plus a ``NAME.verified`` marker (``md5 size`` and the
+  verified file's identity: device, inode, modification time) written last, atomically,
+  so a half-downloaded file is never taken for a staged one, and a staged file changed
+  after its check is neither: it is staged again, and its parse checks the identity the
+  marker holds (:class:`ingest.parallel.FileIdentity`). A stager
   first takes the lease ``bootstrap-stage:NAME`` (:func:`litpulse.core.db.acquire_lease`),
   so two processes never write the same ``.part`` file; a partial download is resumed
   with an HTTP Range request by whoever stages the file next. Stagers never write the
@@ -65,7 +68,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from ingest.records import SourceRef
+from ingest.parallel import FileIdentity, Job
 from ingest.runs import IngestCounts, OpenRun, recorded_run, store_writer
 from ingest.store import Store
 from ingest.updatefiles import (
@@ -132,6 +135,7 @@ class StagedFile:
     path: Path
     size: int
     md5: str
+    identity: FileIdentity | None = None  # of the verified file (None: an older marker)
 
 
 @dataclass(frozen=True)
@@ -243,12 +247,21 @@ def staged(folder: Path, f: RemoteFile) -> StagedFile | None:
     """The staged, verified copy of ``f`` in ``folder``, or ``None``."""
     path = folder / f.name
     try:
-        md5, size = _marker(path).read_text(encoding="ascii").split()
-        if path.stat().st_size != int(size):
+        md5, size, *ident = _marker(path).read_text(encoding="ascii").split()
+        now = FileIdentity.of(path.stat())
+        if now.size != int(size):
             return None
+        identity = None
+        if ident:  # dev ino mtime_ns of the file whose MD5 matched (markers since 2026-12)
+            dev, ino, mtime_ns = (int(v) for v in ident)
+            identity = FileIdentity(dev, ino, int(size), mtime_ns)
+            if identity.changes(now):
+                logger.warning("staged %s changed after its MD5 check (%s): staging it again",
+                               f.name, identity.changes(now))
+                return None
     except (OSError, ValueError):
         return None
-    return StagedFile(f, path, int(size), md5)
+    return StagedFile(f, path, int(size), md5, identity)
 
 
 def staged_count(folder: Path) -> int:
@@ -319,11 +332,13 @@ def stage_file(
                 return found
             path = folder / f.name
             size, md5 = _download_verified(src, f, path, stop)
+            identity = FileIdentity.of(path.stat())  # the file whose MD5 just matched
             tmp = path.with_name(path.name + MARKER + ".tmp")
-            tmp.write_text(f"{md5} {size}\n", encoding="ascii")
+            tmp.write_text(f"{md5} {size} {identity.dev} {identity.ino} {identity.mtime_ns}\n",
+                           encoding="ascii")  # fmt: skip
             os.replace(tmp, _marker(path))
             logger.info("staged %s (%d bytes)", f.name, size)
-            return StagedFile(f, path, size, md5)
+            return StagedFile(f, path, size, md5, identity)
     finally:
         if own:
             src.close()
@@ -542,13 +557,16 @@ class _StagedJobs:
         self.staged: list[StagedFile] = []
         self.stop = threading.Event()
 
-    def __iter__(self) -> Iterator[tuple[Path, SourceRef]]:
+    def __iter__(self) -> Iterator[Job]:
         for i, f in enumerate(self.files):
             sf = _wait_staged(self.settings, self.engine, f, self.source, self.stop)
             self.staged.append(sf)
             self.bar.sized(f, sf.size)
             self.stager.reach(i)
-            yield sf.path, _file_ref(f)
+            if sf.identity is None:  # an older marker: the identity when the job is taken
+                yield sf.path, _file_ref(f)
+            else:  # the verified file's: a staged file changed since is refused
+                yield sf.path, _file_ref(f), sf.identity
 
 
 def load_files(

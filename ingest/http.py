@@ -38,12 +38,13 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, quote_plus, urljoin, urlsplit
 
 import requests
+import urllib3
 
 from litpulse.core import __version__
 from litpulse.core.errors import (
@@ -277,9 +278,11 @@ class HttpClient:
         params: Mapping[str, Any] | None = None,
         parse: Callable[[requests.Response], T] | None = None,
         headers: Mapping[str, str] | None = None,
+        stop: threading.Event | None = None,
     ) -> Any:
-        """GET with retries; returns ``parse(response)`` or the response."""
-        return self.request("GET", path, params=params, parse=parse, headers=headers)
+        """GET with retries; returns ``parse(response)`` or the response (``stop``: see
+        :meth:`request`)."""
+        return self.request("GET", path, params=params, parse=parse, headers=headers, stop=stop)
 
     def post(
         self,
@@ -300,6 +303,7 @@ class HttpClient:
         data: Mapping[str, Any] | None = None,
         parse: Callable[[requests.Response], T] | None = None,
         headers: Mapping[str, str] | None = None,
+        stop: threading.Event | None = None,
     ) -> Any:
         """Send one logical request, retrying transient failures.
 
@@ -311,10 +315,13 @@ class HttpClient:
             parse: Called with the complete response; may raise
                 :class:`TransientSourceError` (retried) or another error (not retried).
             headers: Extra request headers.
+            stop: Once set, no further attempt is made and a wait between attempts
+                ends at once: :class:`~litpulse.core.errors.StoppedError`.
 
         Raises:
             TransientSourceError: Still failing after ``max_retries`` retries.
             InvalidRequestError: The server rejected the request (4xx other than 429).
+            StoppedError: ``stop`` was set.
         """
         url = self.url(path)
         shown = self.redact(f"{method} {url}")
@@ -324,6 +331,8 @@ class HttpClient:
             params = {**self.form, **(params or {})}
         attempt = 0
         while True:
+            if stop is not None and stop.is_set():
+                raise StoppedError(f"{shown}: stopped")
             try:
                 response = self._send(method, url, shown, params=params, data=data, headers=headers)
                 return parse(response) if parse is not None else response
@@ -343,7 +352,7 @@ class HttpClient:
                 )
                 self.retries += 1
                 attempt += 1
-                self._sleep(delay)
+                self._wait(delay, stop)
             except LitpulseError as exc:
                 if self.secrets and any(s in str(exc) for s in self.secrets):
                     raise type(exc)(self.redact(str(exc))) from None
@@ -464,7 +473,7 @@ class HttpClient:
                     total = response.headers.get("Content-Length")
                     written = 0
                     with part.open("ab" if resumed else "wb") as fh:
-                        for chunk in response.iter_content(chunk_size):
+                        for chunk in _body(response, chunk_size):
                             fh.write(chunk)
                             written += len(chunk)
                             stopped()
@@ -483,8 +492,10 @@ class HttpClient:
                 self.retries += 1
                 attempt += 1
                 self._wait(delay, stop)
-            except (requests.RequestException, http.client.HTTPException, OSError) as exc:
-                # raised while streaming the body: keep the part, resume next time
+            except (requests.RequestException, urllib3.exceptions.HTTPError,
+                    http.client.HTTPException, OSError) as exc:
+                # raised while streaming the body (urllib3's own errors from _body's raw
+                # reads): keep the part, resume next time
                 if attempt >= self.settings.max_retries:
                     raise TransientSourceError(
                         f"{shown}: {type(exc).__name__} (gave up after {attempt + 1} attempts)"
@@ -509,6 +520,18 @@ class HttpClient:
             self._sleep(delay)
         else:
             stop.wait(delay)
+
+
+def _body(response: requests.Response, chunk_size: int) -> Iterator[bytes]:
+    """The body of a streamed response in pieces of at most ``chunk_size`` bytes, each
+    as soon as it arrives: a server that trickles (under the read timeout) cannot hold a
+    reader for a whole chunk, so a stop is seen between pieces. An encoded body
+    (``Content-Encoding``) goes through requests' decoding instead, in whole chunks."""
+    if response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity"):
+        yield from response.iter_content(chunk_size)
+        return
+    while piece := response.raw.read1(chunk_size):
+        yield piece
 
 
 def _short(exc: BaseException) -> str:

@@ -187,7 +187,9 @@ def parse_ordered(
         jobs: ``(path, source_ref)`` or ``(path, source_ref, identity)`` per file, in
             the order to apply them: a sequence, or a lazy iterable (taken at most
             ``workers`` jobs beyond the one read; taking one must end soon after the
-            caller stops, since stopping waits for it). ``identity``: the
+            caller stops, since stopping waits for it: a lazy iterable with a ``stop``
+            attribute, a :class:`threading.Event`, has it set first, whatever ends the
+            stream — an error, the caller's close, a KeyboardInterrupt). ``identity``: the
             :class:`FileIdentity` the caller recorded (``None``, or left out: the one
             found when the job is taken); a file found otherwise raises
             :class:`~litpulse.core.errors.FileChangedError`.
@@ -303,6 +305,9 @@ def parse_ordered(
     finally:
         keep_w.close()  # tells every worker to stop
         if feeder is not None:
+            stop = getattr(jobs, "stop", None)
+            if isinstance(stop, threading.Event):
+                stop.set()  # the job source ends a wait or download it is in (see Args)
             feeder.stop()
         _stop(procs, queues)
         if spill is not None:

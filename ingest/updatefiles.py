@@ -127,8 +127,8 @@ class _HttpSource:
         response = self.client.get(f"{folder}/")
         return str(response.text)
 
-    def text(self, path: str) -> str:
-        response = self.client.get(path)
+    def text(self, path: str, stop: threading.Event | None = None) -> str:
+        response = self.client.get(path, stop=stop)
         return str(response.text)
 
     def fetch(self, path: str, dest: Path, stop: threading.Event | None = None) -> tuple[int, str]:
@@ -149,7 +149,7 @@ class _LocalSource:
         names = sorted(p.name for p in where.iterdir()) if where.is_dir() else []
         return "".join(f'<a href="{n}">{n}</a>\n' for n in names)
 
-    def text(self, path: str) -> str:
+    def text(self, path: str, stop: threading.Event | None = None) -> str:
         try:
             return (self.root / path).read_text(encoding="ascii", errors="replace")
         except OSError as exc:
@@ -240,7 +240,7 @@ def _download_verified(
 ) -> tuple[int, str]:
     """Download ``f`` to ``dest`` until its MD5 matches the published one (``stop``: see
     :meth:`ingest.http.HttpClient.download`)."""
-    expected = parse_md5(source.text(f"{f.folder}/{f.name}.md5"), f.name)
+    expected = parse_md5(source.text(f"{f.folder}/{f.name}.md5", stop), f.name)
     for attempt in range(1, CHECKSUM_ATTEMPTS + 1):
         size, digest = source.fetch(f"{f.folder}/{f.name}", dest, stop)
         if digest == expected:

@@ -769,12 +769,6 @@ def test_a_bootstrap_that_raises_mid_download_leaves_nothing_writing(
 # ------------------------------------------- review4: stops that are not honoured (xfail)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review4: the MD5 fetch before a download (HttpClient.request) sleeps through "
-    "Retry-After without looking at the stop event, and _Feeder.stop now joins without "
-    "a timeout: load_files waits out the server's Retry-After",
-)
 def test_a_bootstrap_stopped_during_the_md5_fetch_returns_at_once(
     emu: Emulator, sqlite_settings: Settings
 ) -> None:
@@ -802,12 +796,6 @@ class _Interrupted(Exception):
     """Stands in for Ctrl-C (KeyboardInterrupt) arriving while the writer waits."""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review4: an exception raised inside parse_ordered's frame (Ctrl-C while the "
-    "writer waits for the next file) runs _Feeder.stop before load_files sets "
-    "_StagedJobs.stop: the stop waits for the whole download",
-)
 def test_an_interrupt_while_the_writer_waits_for_a_download_stops_it(
     emu: Emulator, sqlite_settings: Settings
 ) -> None:
@@ -843,12 +831,6 @@ def test_an_interrupt_while_the_writer_waits_for_a_download_stops_it(
     assert part.exists() and part.stat().st_size < len(big)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review4: a staged file is trusted by its marker's size alone; its identity is "
-    "taken when the feeder takes the job, after the MD5 was checked, so a staged file "
-    "rewritten in place (same size) is applied and recorded under the published MD5",
-)
 def test_a_staged_file_rewritten_after_its_md5_check_is_not_applied(
     emu: Emulator, sqlite_settings: Settings
 ) -> None:
@@ -876,12 +858,6 @@ def test_a_staged_file_rewritten_after_its_md5_check_is_not_applied(
     assert 9200001 not in pmids, "a record the published file does not hold was stored"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review4: HttpClient.download looks at the stop event only after a whole "
-    "chunk (16 KiB) has arrived; a server trickling under the read timeout holds "
-    "_Feeder.stop (which now joins without a timeout) for as long as a chunk takes",
-)
 def test_a_bootstrap_stopped_during_a_trickling_download_returns_at_once(
     emu: Emulator, sqlite_settings: Settings
 ) -> None:
