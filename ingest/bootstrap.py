@@ -68,6 +68,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
+from ingest.http import raise_if_stopped
 from ingest.parallel import FileIdentity, Job
 from ingest.runs import IngestCounts, OpenRun, recorded_run, store_writer
 from ingest.store import Store
@@ -83,7 +84,6 @@ from litpulse.core import db
 from litpulse.core.errors import ConfigError, LitpulseError, StoppedError
 from litpulse.core.schema import source_files
 from litpulse.core.settings import Settings
-from litpulse.core.timeutil import utcnow
 
 __all__ = [
     "BootstrapBusyError",
@@ -255,9 +255,10 @@ def staged(folder: Path, f: RemoteFile) -> StagedFile | None:
         if ident:  # dev ino mtime_ns of the file whose MD5 matched (markers since 2026-12)
             dev, ino, mtime_ns = (int(v) for v in ident)
             identity = FileIdentity(dev, ino, int(size), mtime_ns)
-            if identity.changes(now):
+            change = identity.changes(now)
+            if change:
                 logger.warning("staged %s changed after its MD5 check (%s): staging it again",
-                               f.name, identity.changes(now))
+                               f.name, change)
                 return None
     except (OSError, ValueError):
         return None
@@ -285,11 +286,7 @@ def _busy_elsewhere(engine: Engine, name: str) -> bool:
 
 def _busy(engine: Engine, lease: str) -> bool:
     """Whether a live process holds ``lease`` now."""
-    held = db.lease_holder(engine, lease)
-    if held is None:
-        return False
-    holder, expires = held
-    return expires > utcnow() and db.holder_alive(holder)
+    return db.live_holder(engine, lease) is not None
 
 
 def stage_file(
@@ -451,8 +448,7 @@ def _wait_staged(
     once set, :class:`~litpulse.core.errors.StoppedError` before the next wait or chunk)."""
     folder = _folder(settings)
     while True:
-        if stop is not None and stop.is_set():
-            raise StoppedError(f"stopped while waiting for {f.name}")
+        raise_if_stopped(stop, f"waiting for {f.name}")
         found = staged(folder, f)
         if found is not None:
             return found
@@ -563,10 +559,8 @@ class _StagedJobs:
             self.staged.append(sf)
             self.bar.sized(f, sf.size)
             self.stager.reach(i)
-            if sf.identity is None:  # an older marker: the identity when the job is taken
-                yield sf.path, _file_ref(f)
-            else:  # the verified file's: a staged file changed since is refused
-                yield sf.path, _file_ref(f), sf.identity
+            # the verified file's identity (an older marker: None, the one when taken)
+            yield sf.path, _file_ref(f), sf.identity
 
 
 def load_files(

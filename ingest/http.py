@@ -331,8 +331,7 @@ class HttpClient:
             params = {**self.form, **(params or {})}
         attempt = 0
         while True:
-            if stop is not None and stop.is_set():
-                raise StoppedError(f"{shown}: stopped")
+            raise_if_stopped(stop, shown)
             try:
                 response = self._send(method, url, shown, params=params, data=data, headers=headers)
                 return parse(response) if parse is not None else response
@@ -450,12 +449,8 @@ class HttpClient:
         dest.parent.mkdir(parents=True, exist_ok=True)
         attempt = 0
 
-        def stopped() -> None:
-            if stop is not None and stop.is_set():
-                raise StoppedError(f"{shown}: stopped; the part downloaded is kept")
-
         while True:
-            stopped()
+            raise_if_stopped(stop, shown, "the part downloaded is kept")
             have = part.stat().st_size if part.exists() else 0
             headers = {"Range": f"bytes={have}-"} if have else {}
             try:
@@ -476,7 +471,7 @@ class HttpClient:
                         for chunk in _body(response, chunk_size):
                             fh.write(chunk)
                             written += len(chunk)
-                            stopped()
+                            raise_if_stopped(stop, shown, "the part downloaded is kept")
                     if total is not None and total.isdigit() and written != int(total):
                         raise TransientSourceError(
                             f"{shown}: truncated body ({written} of {total} bytes)"
@@ -520,6 +515,13 @@ class HttpClient:
             self._sleep(delay)
         else:
             stop.wait(delay)
+
+
+def raise_if_stopped(stop: threading.Event | None, what: str, kept: str = "") -> None:
+    """Raise :class:`~litpulse.core.errors.StoppedError` once ``stop`` is set (``what``
+    was stopped; ``kept``: what stays for the next run)."""
+    if stop is not None and stop.is_set():
+        raise StoppedError(f"{what}: stopped" + (f"; {kept}" if kept else ""))
 
 
 def _body(response: requests.Response, chunk_size: int) -> Iterator[bytes]:

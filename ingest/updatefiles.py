@@ -37,7 +37,7 @@ from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import select
 
-from ingest.http import HttpClient
+from ingest.http import HttpClient, raise_if_stopped
 from ingest.records import SourceRef
 from ingest.rows import StoreItem
 from ingest.runs import IngestCounts, OpenRun, recorded_run
@@ -48,7 +48,6 @@ from litpulse.core.errors import (
     ConfigError,
     InvalidRequestError,
     LitpulseError,
-    StoppedError,
 )
 from litpulse.core.schema import source_files
 from litpulse.core.settings import Settings
@@ -162,8 +161,7 @@ class _LocalSource:
         size = 0
         with (self.root / path).open("rb") as src, dest.open("wb") as out:
             for block in iter(lambda: src.read(1 << 20), b""):
-                if stop is not None and stop.is_set():
-                    raise StoppedError(f"copying {self.root / path}: stopped")
+                raise_if_stopped(stop, f"copying {self.root / path}")
                 out.write(block)
                 digest.update(block)
                 size += len(block)

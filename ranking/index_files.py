@@ -163,7 +163,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_files(settings: Settings, version_id: str, index: Any, ids: np.ndarray,
-                meta: dict[str, Any], lexical: LexicalPlan | None = None) -> Path:
+                meta: dict[str, Any], lexical: LexicalPlan | None = None, *,
+                store: str | None = None) -> Path:
     """Write the files aside, fsync them, and rename the folder into place.
 
     Args:
@@ -173,6 +174,8 @@ def write_files(settings: Settings, version_id: str, index: Any, ids: np.ndarray
         ids: Its PMIDs, sorted.
         meta: ``meta.json``; the lexical index's entry is added as ``lexical``.
         lexical: The lexical index to build into the same folder first.
+        store: The :func:`litpulse.core.db.store_id` the folder is marked for, before it
+            is renamed into place (its orphan is pruned by that store only).
     """
     import faiss
 
@@ -181,6 +184,8 @@ def write_files(settings: Settings, version_id: str, index: Any, ids: np.ndarray
     tmp = root / f".tmp-{version_id}"
     final = root / version_id
     tmp.mkdir()
+    if store is not None:
+        db.mark_folder(tmp, store)
     if lexical is not None:
         meta = {**meta, "lexical": lexical.write(tmp)}
         _fsync_dir(tmp / LEXICAL_DIR)

@@ -196,14 +196,13 @@ def publish(ctx: PublishContext, index: Any, ids: np.ndarray, meta_extra: dict[s
         # which base model its vectors come from ("base" names whatever LITPULSE_MODEL is)
         "base_model": {"path": ctx.spec.base_model,
                        "fingerprint": base_fingerprint(ctx.spec.base_model)},
-        # the store it was published for: another store using this data directory
-        # never prunes it (see _prune)
-        "store": db.store_id(ctx.engine),
         **meta_extra,
     }
     ctx.lease.check()
     try:
-        path = index_files.write_files(ctx.settings, version_id, index, ids, meta, lexical)
+        # marked for this store: another store using this data directory never prunes it
+        path = index_files.write_files(ctx.settings, version_id, index, ids, meta, lexical,
+                                       store=db.store_id(ctx.engine))  # fmt: skip
     except BaseException:
         shutil.rmtree(index_files.indexes_dir(ctx.settings) / f".tmp-{version_id}",
                       ignore_errors=True)  # never renamed: nothing was published
@@ -266,18 +265,9 @@ def _prune(settings: Settings, engine: Engine) -> None:
     for folder in index_files.indexes_dir(settings).iterdir():
         if (folder.is_dir() and not folder.name.startswith(".") and folder.name not in named
                 and time.time() - folder.stat().st_mtime > TMP_MAX_AGE_S
-                and _published_for(folder) == mine):  # not another store's
+                and db.folder_store(folder) == mine):  # not another store's
             shutil.rmtree(folder, ignore_errors=True)
             logger.warning("removed index folder %s: no index version names it", folder)
-
-
-def _published_for(folder: Path) -> str | None:
-    """The store a version folder was published for (its meta's ``store``), if known."""
-    try:
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return str(meta.get("store")) if isinstance(meta, dict) and meta.get("store") else None
 
 
 def rollback_index(settings: Settings) -> dict[str, Any]:

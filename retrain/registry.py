@@ -35,7 +35,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, desc, insert, select, update
 
-from litpulse.core.db import connect, marked_by
+from litpulse.core.db import connect, folder_store, store_id
 from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import model_versions
 from litpulse.core.settings import DEFAULT_MODEL, Settings
@@ -455,13 +455,14 @@ def prune_adapters(
     with engine.connect() as conn:
         rows = conn.execute(select(model_versions.c.id, model_versions.c.adapter_path)).all()
     named = {r.id for r in rows} | {Path(r.adapter_path).name for r in rows if r.adapter_path}
+    mine = store_id(engine)
     removed = []
     for path in sorted(folder.iterdir()):
         if not path.is_dir() or path.is_symlink() or path.name in named:
             continue
         if time.time() - path.stat().st_mtime <= max_age_s:
             continue
-        if not marked_by(path, engine):  # another store's, or written before the marks
+        if folder_store(path) != mine:  # another store's, or written before the marks
             continue
         shutil.rmtree(path, ignore_errors=True)
         logger.warning("removed adapter folder %s: no model version names it", path)

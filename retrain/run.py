@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from litpulse.core.db import Lease, acquire_lease, connect, mark_folder
+from litpulse.core.db import Lease, acquire_lease, connect, mark_folder, store_id
 from litpulse.core.errors import ConfigError
 from litpulse.core.settings import Settings
 from litpulse.core.states import ModelStatus, RetrainOutcome
@@ -339,7 +339,7 @@ def _train_candidate(
     tmp = adapters / f".tmp-{uuid.uuid4().hex[:12]}"
     try:
         tmp.mkdir(parents=True)
-        mark_folder(tmp, connect(settings))  # what this store may prune if it is killed
+        mark_folder(tmp, store_id(connect(settings)))  # this store may prune it if killed
         result = train(
             settings, pairs.pairs, options, tmp, init_adapter=init_adapter, progress=progress
         )

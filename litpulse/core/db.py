@@ -64,7 +64,8 @@ __all__ = [
     "STORE_MARK",
     "store_id",
     "mark_folder",
-    "marked_by",
+    "folder_store",
+    "live_holder",
 ]
 
 logger = logging.getLogger(__name__)
@@ -194,19 +195,18 @@ def store_id(engine: Engine) -> str:
     return str(value["id"])
 
 
-def mark_folder(folder: Path, engine: Engine) -> None:
-    """Record in ``folder`` (a folder this store writes) that it belongs to this store."""
-    (folder / STORE_MARK).write_text(store_id(engine) + "\n", encoding="utf-8")
+def mark_folder(folder: Path, store: str) -> None:
+    """Record in ``folder`` (a folder a store writes) the :func:`store_id` it belongs to."""
+    (folder / STORE_MARK).write_text(store + "\n", encoding="utf-8")
 
 
-def marked_by(folder: Path, engine: Engine) -> bool:
-    """Whether ``folder`` was marked by this store (:func:`mark_folder`); a folder of
-    another store, or one written before folders were marked, is not."""
+def folder_store(folder: Path) -> str | None:
+    """The store that marked ``folder`` (:func:`mark_folder`); ``None`` for a folder
+    written before folders were marked."""
     try:
-        mark = (folder / STORE_MARK).read_text(encoding="utf-8").strip()
+        return (folder / STORE_MARK).read_text(encoding="utf-8").strip() or None
     except OSError:
-        return False
-    return mark == store_id(engine)
+        return None
 
 
 def dispose_engines() -> None:
@@ -953,6 +953,16 @@ def lease_holder(engine: Engine, name: str) -> tuple[str, dt.datetime] | None:
             select(locks.c.holder, locks.c.expires_at).where(locks.c.name == name)
         ).first()
     return None if row is None else (str(row.holder), row.expires_at)
+
+
+def live_holder(engine: Engine, name: str) -> str | None:
+    """The holder of lease ``name`` when it holds it now (unexpired, its process alive:
+    :func:`holder_alive`), else ``None``."""
+    held = lease_holder(engine, name)
+    if held is None:
+        return None
+    holder, expires = held
+    return holder if expires > utcnow() and holder_alive(holder) else None
 
 
 def release_lease(engine: Engine, name: str, holder: str) -> None:

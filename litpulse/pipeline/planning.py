@@ -255,11 +255,11 @@ def refresh_waits_for_reindex(
         return f"{pending} ({runs} litpulse_reindex run(s) queued or running)"
     from ranking.publish import LEASE_NAME
 
-    holder = db.lease_holder(engine, LEASE_NAME)
-    if holder is not None and holder[1] > (now or db.utcnow()):
+    holder = db.live_holder(engine, LEASE_NAME)
+    if holder is not None:
         # an inline re-index (`litpulse models promote`/`rollback`, `litpulse index
         # refresh`) embeds under the publish lease, renewed while it lives
-        return f"{pending} (a re-index is running in {holder[0]}, which holds {LEASE_NAME})"
+        return f"{pending} (a re-index is running in {holder}, which holds {LEASE_NAME})"
     row = active_model_row(engine)
     promoted = row.promoted_at if row is not None else None
     now = now or db.utcnow()

@@ -551,7 +551,7 @@ def test_a_version_folder_without_a_row_is_pruned(sqlite_settings: Settings) -> 
     engine = db.connect(s)
     add_articles(engine, [1, 2, 3])
     first = refresh.refresh_index(s, embed=False)
-    # a whole version as the publisher leaves it (its meta names the store), and one of
+    # a whole version as the publisher leaves it (marked for its store), and one of
     # another store using the same data directory (kept: that store's rows name it)
     orphans = {}
     for name, store in (("ix-20260101-000000-dead00", db.store_id(engine)),
@@ -559,7 +559,8 @@ def test_a_version_folder_without_a_row_is_pruned(sqlite_settings: Settings) -> 
         orphan = orphans[name] = index_files.indexes_dir(s) / name
         shutil.copytree(first.path, orphan)
         meta = json.loads((orphan / "meta.json").read_text(encoding="utf-8"))
-        (orphan / "meta.json").write_text(json.dumps({**meta, "id": name, "store": store}))
+        (orphan / "meta.json").write_text(json.dumps({**meta, "id": name}))
+        db.mark_folder(orphan, store)
         old = os.path.getmtime(orphan) - 2 * publish.TMP_MAX_AGE_S
         os.utime(orphan, (old, old))
     for n in range(publish.KEEP_VERSIONS + 1):

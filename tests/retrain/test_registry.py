@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from litpulse.core.db import connect, mark_folder
+from litpulse.core.db import connect, mark_folder, store_id
 from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.settings import Settings
 from litpulse.core.states import ModelEvent, ModelStatus
@@ -159,7 +159,7 @@ def _folder(path: Path, age_s: float, store: Settings | None = None) -> Path:
     marked as the retrain marks it)."""
     path.mkdir(parents=True)
     if store is not None:
-        mark_folder(path, connect(store))
+        mark_folder(path, store_id(connect(store)))
     (path / "adapter_model.safetensors").write_bytes(b"\0" * 16)
     then = time.time() - age_s
     os.utime(path, (then, then))
