@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from litpulse.core.settings import Settings
+from ranking.embed import query_text
 
 if TYPE_CHECKING:
     import numpy as np
@@ -177,7 +178,7 @@ def evaluate_encoder(
         if not items:
             out[name] = retrieval_metrics(np.zeros((0, 1)), np.zeros((0, 1)), [], k)
             continue
-        q = run([i.query for i in items])
+        q = run([query_text(i.query) for i in items])
         d = run([i.doc for i in items])
         docs = np.vstack([d, distract]) if len(distract) else d
         out[name] = retrieval_metrics(q, docs, list(range(len(items))), k)
@@ -195,7 +196,7 @@ def _query_metrics(
     from ranking.embed import article_text
 
     items = heldout.queries
-    q = run([i.query for i in items])
+    q = run([query_text(i.query) for i in items])
     docs = run([i.doc for i in items] + [article_text(d.query, d.doc)
                                          for d in heldout.distractors])
     return retrieval_metrics(q, np.asarray(docs), list(range(len(items))), k)

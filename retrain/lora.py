@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from litpulse.core.errors import BudgetError, ConfigError
 from litpulse.core.settings import Settings, _opt
 from litpulse.core.states import Device
-from ranking.embed import quiet_model_loading, resolve_device
+from ranking.embed import query_text, quiet_model_loading, resolve_device
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -355,7 +355,7 @@ def contrastive_loss(
     import torch
     import torch.nn.functional as F
 
-    anchors = [p.anchor for p in batch]
+    anchors = [query_text(p.anchor) for p in batch]  # embedded as searches embed them
     docs = [p.positive for p in batch]
     neg_rows = [i for i, p in enumerate(batch) if p.negative]
     docs += [batch[i].negative or "" for i in neg_rows]

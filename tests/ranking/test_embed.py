@@ -248,3 +248,23 @@ def test_the_base_model_fingerprint_follows_the_model_not_its_saving(
     (copy / "config.json").write_text(json.dumps({**config, "hidden_act": "relu"}))
     assert base_fingerprint(str(copy)) != base_fingerprint(original)
     assert base_fingerprint("no/such/model") != base_fingerprint(original)
+
+
+def test_a_query_is_embedded_without_its_closing_marks(sqlite_settings: Settings) -> None:
+    """``Is X used?`` is a question about X: the ``?`` (or a sentence's ``.``) says how it
+    is asked, not what about, and is left out of the embedded text — also of the cache key."""
+    assert em.query_text("Is durvalumab used for lung cancer? ") == "Is durvalumab used for lung cancer"
+    assert em.query_text("Describe Escobar syndrome.") == "Describe Escobar syndrome"
+    assert em.query_text("what?!") == "what"
+    assert em.query_text("Is it A. baumannii?") == "Is it A. baumannii"  # inner marks stay
+    assert em.query_text("IL-6 and TNF-α") == "IL-6 and TNF-α"
+    assert em.query_text(" ? ") == "?"  # marks alone stay what was asked
+    em.clear_cache()
+    spec = em.active_model(sqlite_settings)
+    asked = em.encode_query(sqlite_settings, spec, "Is statin use linked to dementia?")
+    bare = em.encode_query(sqlite_settings, spec, "Is statin use linked to dementia")
+    assert asked is bare  # one cache entry: the same embedded text
+    encoder = em.load_encoder(spec, sqlite_settings)
+    with_mark = em.embed_texts(encoder, ["Is statin use linked to dementia?"], sqlite_settings)
+    assert float(np.sum(with_mark * asked)) < 0.999  # the mark moves the vector: it is gone
+    em.clear_cache()

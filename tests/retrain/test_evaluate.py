@@ -51,6 +51,26 @@ def test_evaluate_encoder_with_lexical_embedder() -> None:
     assert out["older"]["queries"] == 1
 
 
+def test_held_out_queries_are_embedded_as_searches_embed_them() -> None:
+    """The gate judges queries as search embeds them (:func:`ranking.embed.query_text`)."""
+    seen: list[str] = []
+
+    def embed(texts: Sequence[str]) -> np.ndarray:
+        seen.extend(texts)
+        return np.eye(len(texts), 4, dtype=np.float32) + 1e-3
+
+    held = HeldOut(
+        fresh=(EvalItem(1, "Does alpha bind beta?", "alpha beta"),),
+        older=(EvalItem(3, "Gamma in mice.", "gamma"),),
+        distractors=(EvalItem(4, "", "noise"),),
+        queries=(EvalItem(1, "alpha and beta?", "alpha beta"),),
+    )
+    evaluate_encoder(embed, held)
+    assert "Does alpha bind beta" in seen and "Gamma in mice" in seen
+    assert "alpha and beta" in seen
+    assert not [t for t in seen if t.endswith(("?", "."))]
+
+
 def _m(fresh: float, older: float) -> dict[str, dict[str, float]]:
     return {"fresh": {"recall@10": fresh, "queries": 50}, "older": {"recall@10": older}}
 

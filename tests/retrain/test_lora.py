@@ -186,3 +186,27 @@ def test_same_seed_same_pairs_same_adapter(sqlite_settings: Settings, tmp_path: 
     assert second.sha256 == first.sha256
     other = train(s.replace(seed=s.seed + 1), PAIRS, TINY, tmp_path / "c")
     assert other.sha256 != first.sha256
+
+
+def test_anchors_are_embedded_as_searches_embed_queries(sqlite_settings: Settings) -> None:
+    """A training anchor goes through :func:`ranking.embed.query_text` like a search does:
+    an expert's ``statins and dementia?`` trains the query that search embeds."""
+    import torch
+
+    from retrain.lora import build_model, contrastive_loss
+
+    s = sqlite_settings.replace(max_seq_length=32, device="cpu")
+    model, _ = build_model(s, TINY)
+    model.eval()
+    docs = ["statin use and dementia risk", "influenza vaccine uptake in adults"]
+    asked = [Pair("statins and dementia?", docs[0], "feedback", 1),
+             Pair("Influenza vaccines.", docs[1], "feedback", 2)]
+    bare = [Pair("statins and dementia", docs[0], "feedback", 1),
+            Pair("Influenza vaccines", docs[1], "feedback", 2)]
+    with torch.no_grad():
+        a = float(contrastive_loss(model, asked, TINY, "cpu"))
+        b = float(contrastive_loss(model, bare, TINY, "cpu"))
+        glued = [Pair(p.anchor + " ?x", p.positive, p.kind, p.pmid) for p in bare]
+        c = float(contrastive_loss(model, glued, TINY, "cpu"))
+    assert a == pytest.approx(b, abs=1e-6)
+    assert abs(c - b) > 1e-6  # the loss does see the anchor's text
