@@ -293,7 +293,7 @@ class Settings:
         200, "Nearest neighbours re-ranked per query.", min=1, max=100_000
     )
     weight_lexical: float = _opt(
-        0.5,
+        0.35,
         "Share of the relevance given to the lexical (BM25) part in hybrid search; the rest "
         "goes to the semantic part (0: semantic only, 1: lexical only).",
         min=0.0,
