@@ -253,8 +253,8 @@ def test_the_base_model_fingerprint_follows_the_model_not_its_saving(
 def test_a_query_is_embedded_without_its_closing_marks(sqlite_settings: Settings) -> None:
     """``Is X used?`` is a question about X: the ``?`` (or a sentence's ``.``) says how it
     is asked, not what about, and is left out of the embedded text — also of the cache key."""
-    asked = "Is durvalumab used for lung cancer? "
-    assert em.query_text(asked) == "Is durvalumab used for lung cancer"
+    question = "Is durvalumab used for lung cancer? "
+    assert em.query_text(question) == "Is durvalumab used for lung cancer"
     assert em.query_text("Describe Escobar syndrome.") == "Describe Escobar syndrome"
     assert em.query_text("what?!") == "what"
     assert em.query_text("Is it A. baumannii?") == "Is it A. baumannii"  # inner marks stay
