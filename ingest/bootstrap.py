@@ -203,7 +203,7 @@ def file_from_dict(data: dict[str, Any]) -> RemoteFile:
 
 def resolve_workers(settings: Settings, workers: int | None = None) -> int:
     """Parse worker processes: ``workers``, else ``LITPULSE_INGEST_WORKERS`` (default the
-    cores minus one); ``0`` parses in the writer's process."""
+    cores); ``0`` parses in the writer's process."""
     if workers is None:
         workers = settings.ingest_workers
     if workers < 0:

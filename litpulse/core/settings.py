@@ -70,12 +70,19 @@ def _opt(
 
 
 def _default_workers() -> int:
-    """Cores this process may use, minus one for the writer, within 0..64."""
+    """One parse worker per core this process may use (within 0..64); one core parses in
+    the writer's process (0).
+
+    The writer shares the cores with them: on 2 cores, a file split over 2 workers beat 1
+    worker (cores minus one, the default before) idle and beside another busy process, on
+    SQLite and PostgreSQL, and so did the bootstrap's 2 files at a time (README,
+    benchmarks).
+    """
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
         cores = os.cpu_count() or 1
-    return max(0, min(64, cores - 1))
+    return min(64, cores) if cores > 1 else 0
 
 
 @dataclass(frozen=True)
@@ -102,7 +109,7 @@ class Settings:
         "baseline files) while the writer stores: each file parsed by one of them; where "
         "fewer files are left than workers (one file alone, an update file) each is split "
         "over all of them (bootstrap parses whole files); default the number of cores "
-        "minus one (this machine's value shown); 0 parses in the writer's process.",
+        "(this machine's value shown; one core: 0); 0 parses in the writer's process.",
         min=0,
         max=64,
     )

@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
         metavar="N",
         help=(
             "parse worker processes, each parsing one of the next files while the writer "
-            "stores (default: LITPULSE_INGEST_WORKERS, the cores minus one; 0: parse in "
+            "stores (default: LITPULSE_INGEST_WORKERS, the cores; 0: parse in "
             "the writer)"
         ),
     )
