@@ -26,7 +26,9 @@ DOC_MD = """
 promoted model waits for `litpulse_reindex` to re-embed the corpus in shards (a run of it
 is queued or running, or the promotion is less than an hour old). When the published index
 is for another model than the active one and no such run is coming (an inline re-index of
-`litpulse models promote` was killed, the last litpulse_reindex run failed), it **fails**
+`litpulse models promote` was killed, the last litpulse_reindex run failed, or
+`litpulse_reindex` is paused: its queued runs never start and a promotion starts none —
+unpause it), it **fails**
 with `ConsistencyError` (alerted, not retried) instead of skipping every night: finish the
 re-index with `airflow dags trigger litpulse_reindex` (or clear the failed shards of its
 last run) or `litpulse index refresh`; embeddings already written are kept. Then
@@ -63,14 +65,16 @@ def litpulse_index_refresh() -> None:
     @task.short_circuit(retries=0)
     def index_model_current() -> bool:
         """Skip while a litpulse_reindex run re-embeds for a promoted model (reason logged);
-        fail when a re-index is pending and none is coming."""
+        fail when a re-index is pending and none is coming (also: that DAG is paused)."""
         import logging
 
-        from litpulse.pipeline.dag_support import active_runs
+        from litpulse.pipeline.dag_support import active_runs, dag_paused
         from litpulse.pipeline.planning import refresh_waits_for_reindex
 
         reason = refresh_waits_for_reindex(
-            settings(), reindex_runs=lambda: active_runs("litpulse_reindex")
+            settings(),
+            reindex_runs=lambda: active_runs("litpulse_reindex"),
+            reindex_paused=lambda: dag_paused("litpulse_reindex"),
         )
         if reason:
             logging.getLogger(__name__).info("skipping the incremental refresh: %s", reason)

@@ -46,6 +46,7 @@ __all__ = [
     "LitpulseRetryPolicy",
     "RunBudget",
     "active_runs",
+    "dag_paused",
     "attempt_since_clear",
     "backoff_delay",
     "catchup_skip_reason",
@@ -503,6 +504,16 @@ def active_runs(dag_id: str) -> int:
 
     ti = get_current_context()["ti"]
     return int(ti.get_dr_count(dag_id=dag_id, states=["queued", "running"]))
+
+
+def dag_paused(dag_id: str) -> bool:
+    """Whether ``dag_id`` is paused, asked from inside a running task (the Task SDK's
+    ``get_dag`` through the execution API). The scheduler goes on with no run of a paused
+    DAG, queued or running, and an asset event creates none."""
+    from airflow.sdk import get_current_context
+
+    ti = get_current_context()["ti"]
+    return bool(ti.get_dag(dag_id).is_paused)
 
 
 def index_metadata(report: Mapping[str, Any], embedded: int) -> dict[str, Any]:

@@ -218,6 +218,7 @@ def refresh_waits_for_reindex(
     settings: Settings,
     *,
     reindex_runs: Callable[[], int],
+    reindex_paused: Callable[[], bool] = lambda: False,
     engine: Engine | None = None,
     now: dt.datetime | None = None,
 ) -> str | None:
@@ -229,13 +230,16 @@ def refresh_waits_for_reindex(
     (its run is about to appear), or a live process holds the publish lease (an inline
     re-index: ``litpulse models promote``, ``litpulse index refresh``). Otherwise nothing
     will ever publish an index for the active model (a promotion whose inline re-index
-    was killed, a failed litpulse_reindex run, a model asset never emitted): skipping
-    would hide that every night.
+    was killed, a failed litpulse_reindex run, a model asset never emitted, a paused
+    litpulse_reindex DAG — whose queued runs never start and which an asset gives no
+    run): skipping would hide that every night.
 
     Args:
         settings: The settings.
         reindex_runs: Counts the queued and running ``litpulse_reindex`` runs (asked only
             while a re-index is pending).
+        reindex_paused: Whether the ``litpulse_reindex`` DAG is paused (asked only while
+            a re-index is pending).
         engine: The store (default: ``db.connect(settings)``).
         now: The current time (default: the clock).
 
@@ -251,7 +255,8 @@ def refresh_waits_for_reindex(
     if pending is None:
         return None
     runs = reindex_runs()
-    if runs:
+    paused = reindex_paused()
+    if runs and not paused:
         return f"{pending} ({runs} litpulse_reindex run(s) queued or running)"
     from ranking.publish import LEASE_NAME
 
@@ -263,9 +268,17 @@ def refresh_waits_for_reindex(
     row = active_model_row(engine)
     promoted = row.promoted_at if row is not None else None
     now = now or db.utcnow()
-    if promoted is not None and now - promoted < REINDEX_GRACE:
+    if promoted is not None and now - promoted < REINDEX_GRACE and not paused:
         return (
             f"{pending} (model promoted at {iso(promoted)}: waiting for its litpulse_reindex run)"
+        )
+    if paused:
+        raise ConsistencyError(
+            f"{pending}. The litpulse_reindex DAG is paused: its {runs} litpulse_reindex "
+            "run(s) queued or running never go on and a promotion starts none, so no index "
+            "for the active model is coming and new articles do not reach search: unpause "
+            "it (`airflow dags unpause litpulse_reindex`), or finish the re-index as above "
+            "(or roll the model back: `litpulse models rollback`)"
         )
     raise ConsistencyError(
         f"{pending}. No litpulse_reindex run is queued or running, so no index for the "

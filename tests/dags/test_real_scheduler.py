@@ -35,16 +35,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from litpulse.core import db
-from litpulse.core.schema import articles, embeddings, index_versions, ingest_runs
+from litpulse.core.schema import (
+    articles,
+    embeddings,
+    index_versions,
+    ingest_runs,
+    model_versions,
+)
 from litpulse.core.settings import Settings
+from ranking.models import published_index_row
 from tests.dags.airflow_stack import AirflowStack, StackError, wait_for
 from tests.dags.conftest import REPO, publish_bootstrap_files
 from tests.emulator import Emulator
 from tests.ingest.test_bootstrap import _files as source_file_rows
 from tests.ingest.test_crash_resume import child_env, differences, snapshot
+from tests.ranking.test_index import _activate
 
 pytestmark = [pytest.mark.airflow_integration, pytest.mark.timeout(600)]
 
@@ -539,16 +547,45 @@ def test_celery_executor_chain_and_mapped_shards(
     clock.lap("celery: trigger -> index refresh success", t)
     assert _live(settings) == corpus.by_day[latest]
 
+    # -- a model promoted 3 hours ago whose re-index is queued in a *paused* litpulse_reindex:
+    # that run never starts, so the index refresh fails saying so instead of skipping
+    # every night; unpausing lets the queued run re-index, and the refresh goes through
     t = time.monotonic()
-    stack.unpause(REINDEX)
+    engine = db.connect(settings)
+    _activate(engine, "m-paused", settings)
+    with engine.begin() as conn:
+        conn.execute(update(model_versions).where(model_versions.c.id == "m-paused")
+                     .values(promoted_at=db.utcnow() - dt.timedelta(hours=3)))
     resp = stack.request("POST", f"/dags/{REINDEX}/dagRuns",
                          json={"dag_run_id": "shards", "logical_date": None,
                                "conf": {"shards": 4}})
     assert resp.status_code == 200, resp.text
+    assert stack.get(f"/dags/{REINDEX}")["is_paused"]
+    resp = stack.request("POST", f"/dags/{REFRESH}/dagRuns",
+                         json={"dag_run_id": "while-paused", "logical_date": None})
+    assert resp.status_code == 200, resp.text
+    failed = stack.wait_run(REFRESH, "while-paused", timeout=240)
+    gate = stack.tasks(REFRESH, "while-paused")["index_model_current"]
+    assert failed["state"] == "failed" and gate["state"] == "failed", (failed, gate)
+    said = "\n".join(p.read_text(errors="replace")
+                     for p in (stack.home / "logs").rglob("*.log")
+                     if "while-paused" in str(p) and "index_model_current" in str(p))
+    assert "airflow dags unpause litpulse_reindex" in said, said[-3000:]
+    assert stack.run(REINDEX, "shards")["state"] == "queued"
+    clock.lap("celery: paused reindex -> the refresh fails and says so", t)
+
+    t = time.monotonic()
+    stack.unpause(REINDEX)
     run = stack.wait_run(REINDEX, "shards", timeout=300)
     tis = stack.tasks(REINDEX, "shards")
     assert run["state"] == "success", (_states(tis), stack.tail())
     clock.lap("celery: reindex with 4 mapped shards", t)
+    resp = stack.request("POST", f"/dags/{REFRESH}/dagRuns",
+                         json={"dag_run_id": "after-reindex", "logical_date": None})
+    assert resp.status_code == 200, resp.text
+    after = stack.wait_run(REFRESH, "after-reindex", timeout=240)
+    assert after["state"] == "success", stack.tasks(REFRESH, "after-reindex")
+    assert published_index_row(engine).model_version == "m-paused"
     shards = {k: v for k, v in tis.items() if k.startswith("embed_shard[")}
     assert set(shards) == {f"embed_shard[{i}]" for i in range(4)}
     # every task went through the Celery queue of this test and its one worker

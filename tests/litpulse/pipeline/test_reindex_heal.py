@@ -221,3 +221,45 @@ def test_the_refresh_dag_waits_while_an_inline_reindex_holds_the_publish_lease(
     with acquire_publish_lease(engine):  # the CLI's refresh_index, embedding for m2
         reason = planning.refresh_waits_for_reindex(settings, reindex_runs=_Runs(0))
     assert reason is not None
+
+
+def test_a_paused_reindex_dag_is_no_reindex_coming(settings: Settings, engine: Engine) -> None:
+    """An engineer paused `litpulse_reindex`: its queued run never starts (the scheduler
+    examines no run of a paused DAG, and an asset creates none). The refresh DAG used to
+    count that run as coming and skip every night without a word; now it fails and says
+    to unpause it — also inside the hour after a promotion, whose asset-triggered run
+    will not appear either. A re-index running in a process of its own still counts."""
+    from ranking.publish import acquire_publish_lease
+
+    _stalled(settings, engine, promoted_ago=dt.timedelta(hours=3))
+    asked: list[bool] = []
+
+    def paused() -> bool:
+        asked.append(True)
+        return True
+
+    with pytest.raises(ConsistencyError) as exc:
+        planning.refresh_waits_for_reindex(settings, reindex_runs=_Runs(1),
+                                           reindex_paused=paused)
+    message = str(exc.value)
+    assert "paused" in message and "airflow dags unpause litpulse_reindex" in message
+    assert "1 litpulse_reindex run(s) queued" in message and asked
+    assert not exc.value.retryable
+    # not paused: the queued run is coming (as before)
+    reason = planning.refresh_waits_for_reindex(settings, reindex_runs=_Runs(1),
+                                                reindex_paused=lambda: False)
+    assert reason is not None and "queued or running" in reason
+    # a fresh promotion: its run will not appear while the DAG is paused
+    with engine.begin() as conn:
+        conn.execute(update(model_versions).where(model_versions.c.id == "m2")
+                     .values(promoted_at=db.utcnow() - dt.timedelta(minutes=5)))
+    assert planning.refresh_waits_for_reindex(settings, reindex_runs=_Runs(0),
+                                              reindex_paused=lambda: False)
+    with pytest.raises(ConsistencyError, match="paused"):
+        planning.refresh_waits_for_reindex(settings, reindex_runs=_Runs(0),
+                                           reindex_paused=paused)
+    # an inline re-index (`litpulse models promote`) does not need the DAG
+    with acquire_publish_lease(engine):
+        reason = planning.refresh_waits_for_reindex(settings, reindex_runs=_Runs(0),
+                                                    reindex_paused=paused)
+    assert reason is not None and "holds" in reason
