@@ -269,3 +269,16 @@ def test_a_query_is_embedded_without_its_closing_marks(sqlite_settings: Settings
     with_mark = em.embed_texts(encoder, ["Is statin use linked to dementia?"], sqlite_settings)
     assert float(np.sum(with_mark * asked)) < 0.999  # the mark moves the vector: it is gone
     em.clear_cache()
+
+
+@pytest.mark.xfail(strict=True, reason="review5: query_text strips one run of closing marks "
+                   "then the spaces, so a mark before a spaced one stays (`X ? .` -> `X ?`) "
+                   "and a second pass changes the text again")
+def test_query_text_drops_every_closing_mark_spaced_or_not() -> None:
+    """``Is X used ?.`` and ``Is X used ? .`` close the same question: both should embed
+    as ``Is X used`` (and the rule applied to its own output changes nothing)."""
+    assert em.query_text("Is X used ?.") == "Is X used"
+    for typed in ("Is X used ? .", "what ? !", "Describe Y . ."):
+        once = em.query_text(typed)
+        assert once == em.query_text(once), (typed, once)
+        assert not once.endswith(("?", ".", "!")), (typed, once)
