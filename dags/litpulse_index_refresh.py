@@ -27,8 +27,8 @@ promoted model waits for `litpulse_reindex` to re-embed the corpus in shards (a 
 is queued or running, or the promotion is less than an hour old). When the published index
 is for another model than the active one and no such run is coming (an inline re-index of
 `litpulse models promote` was killed, the last litpulse_reindex run failed, or
-`litpulse_reindex` is paused: its queued runs never start and a promotion starts none —
-unpause it), it **fails**
+`litpulse_reindex` is paused: its queued runs never start and a promotion queues none —
+unpause it, and trigger it where no run is queued), it **fails**
 with `ConsistencyError` (alerted, not retried) instead of skipping every night: finish the
 re-index with `airflow dags trigger litpulse_reindex` (or clear the failed shards of its
 last run) or `litpulse index refresh`; embeddings already written are kept. Then

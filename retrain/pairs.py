@@ -53,6 +53,7 @@ from litpulse.core.impact import NEUTRAL_CITATION, age_days, citation_impact, re
 from litpulse.core.schema import articles, feedback, references
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import as_utc, iso, utcnow
+from ranking.embed import query_text
 from retrain.anchors import LexicalSearch, article_anchors, heldout_anchor, pick_negative
 from retrain.evaluate import EvalItem, HeldOut
 
@@ -582,21 +583,29 @@ def _feedback_pairs(
     by_pmid: dict[int, ArticleRow],
     held: AbstractSet[int],
 ) -> tuple[list[Pair], int, dict[str, int]]:
-    """Feedback pairs, the count of unpaired negatives, and expert → judgements used."""
+    """Feedback pairs, the count of unpaired negatives, and expert → judgements used.
+
+    Queries are grouped as the model sees them (:func:`ranking.embed.query_text`: ``gout
+    flares?`` and ``gout flares`` are one query), and an expert's latest judgement of an
+    article for that query is the one that counts, as for the same text.
+    """
     f = feedback.c
-    stmt = select(f.query, f.pmid, f.relevant, f.user).order_by(f.id)
+    stmt = select(f.query, f.pmid, f.relevant, f.user).order_by(f.created_at, f.id)
     if since is not None:
         stmt = stmt.where(and_(f.created_at > since))
-    positives: dict[str, list[int]] = defaultdict(list)
-    negatives: dict[str, list[int]] = defaultdict(list)
-    judges: dict[tuple[str, int, bool], list[str]] = defaultdict(list)
+    latest: dict[tuple[str, int, str], bool] = {}  # (query, pmid, expert) → relevant
     with engine.connect() as conn:
         for query, pmid, relevant, user in conn.execute(stmt):
             pmid = int(pmid)
             if pmid not in by_pmid or pmid in held:
                 continue
-            (positives if relevant else negatives)[query].append(pmid)
-            judges[(query, pmid, bool(relevant))].append(user)
+            latest[(query_text(query), pmid, user)] = bool(relevant)
+    positives: dict[str, list[int]] = defaultdict(list)
+    negatives: dict[str, list[int]] = defaultdict(list)
+    judges: dict[tuple[str, int, bool], list[str]] = defaultdict(list)
+    for (query, pmid, user), relevant in latest.items():
+        (positives if relevant else negatives)[query].append(pmid)
+        judges[(query, pmid, relevant)].append(user)
     pairs: list[Pair] = []
     unpaired = 0
     used: Counter[str] = Counter()

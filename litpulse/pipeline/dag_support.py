@@ -506,14 +506,22 @@ def active_runs(dag_id: str) -> int:
     return int(ti.get_dr_count(dag_id=dag_id, states=["queued", "running"]))
 
 
-def dag_paused(dag_id: str) -> bool:
+def dag_paused(dag_id: str) -> bool | None:
     """Whether ``dag_id`` is paused, asked from inside a running task (the Task SDK's
-    ``get_dag`` through the execution API). The scheduler goes on with no run of a paused
-    DAG, queued or running, and an asset event creates none."""
+    ``get_dag`` through the execution API); ``None`` where Airflow does not know it (not
+    deployed, or its file fails to import: the API answers 404). The scheduler goes on
+    with no run of a paused DAG, queued or running, and an asset event creates none."""
     from airflow.sdk import get_current_context
+    from airflow.sdk.exceptions import AirflowRuntimeError
 
     ti = get_current_context()["ti"]
-    return bool(ti.get_dag(dag_id).is_paused)
+    try:
+        return bool(ti.get_dag(dag_id).is_paused)
+    except AirflowRuntimeError as exc:
+        detail = exc.error.detail
+        if isinstance(detail, dict) and detail.get("status_code") == 404:
+            return None
+        raise
 
 
 def index_metadata(report: Mapping[str, Any], embedded: int) -> dict[str, Any]:

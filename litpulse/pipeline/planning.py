@@ -218,7 +218,7 @@ def refresh_waits_for_reindex(
     settings: Settings,
     *,
     reindex_runs: Callable[[], int],
-    reindex_paused: Callable[[], bool] = lambda: False,
+    reindex_paused: Callable[[], bool | None] = lambda: False,
     engine: Engine | None = None,
     now: dt.datetime | None = None,
 ) -> str | None:
@@ -238,8 +238,9 @@ def refresh_waits_for_reindex(
         settings: The settings.
         reindex_runs: Counts the queued and running ``litpulse_reindex`` runs (asked only
             while a re-index is pending).
-        reindex_paused: Whether the ``litpulse_reindex`` DAG is paused (asked only while
-            a re-index is pending).
+        reindex_paused: Whether the ``litpulse_reindex`` DAG is paused; ``None``: Airflow
+            does not know it (asked only while a re-index is pending and no process of
+            its own re-indexes under the publish lease).
         engine: The store (default: ``db.connect(settings)``).
         now: The current time (default: the clock).
 
@@ -254,36 +255,52 @@ def refresh_waits_for_reindex(
     pending = reindex_pending(settings, engine)
     if pending is None:
         return None
-    runs = reindex_runs()
-    paused = reindex_paused()
-    if runs and not paused:
-        return f"{pending} ({runs} litpulse_reindex run(s) queued or running)"
     from ranking.publish import LEASE_NAME
 
     holder = db.live_holder(engine, LEASE_NAME)
     if holder is not None:
         # an inline re-index (`litpulse models promote`/`rollback`, `litpulse index
-        # refresh`) embeds under the publish lease, renewed while it lives
+        # refresh`) embeds under the publish lease, renewed while it lives: whatever
+        # Airflow says of the litpulse_reindex DAG
         return f"{pending} (a re-index is running in {holder}, which holds {LEASE_NAME})"
+    runs = reindex_runs()
+    paused = reindex_paused()
+    if runs and paused is False:
+        return f"{pending} ({runs} litpulse_reindex run(s) queued or running)"
     row = active_model_row(engine)
     promoted = row.promoted_at if row is not None else None
     now = now or db.utcnow()
-    if promoted is not None and now - promoted < REINDEX_GRACE and not paused:
+    if promoted is not None and now - promoted < REINDEX_GRACE and paused is False:
         return (
             f"{pending} (model promoted at {iso(promoted)}: waiting for its litpulse_reindex run)"
         )
-    if paused:
+    stop = (
+        "so no index for the active model is coming and new articles do not reach search"
+    )
+    if paused is None:
+        raise ConsistencyError(
+            f"{pending}. Airflow does not know the litpulse_reindex DAG (not deployed, or its "
+            f"file fails to import), {stop}: deploy it and trigger it, or finish the "
+            "re-index in a process of its own (`litpulse index refresh`)"
+        )
+    if paused and runs:
         raise ConsistencyError(
             f"{pending}. The litpulse_reindex DAG is paused: its {runs} litpulse_reindex "
-            "run(s) queued or running never go on and a promotion starts none, so no index "
-            "for the active model is coming and new articles do not reach search: unpause "
-            "it (`airflow dags unpause litpulse_reindex`), or finish the re-index as above "
-            "(or roll the model back: `litpulse models rollback`)"
+            f"run(s) queued or running never go on, {stop}: unpause it (`airflow dags "
+            "unpause litpulse_reindex`), or finish the re-index in a process of its own "
+            "(`litpulse index refresh`; or roll the model back: `litpulse models rollback`)"
+        )
+    if paused:
+        raise ConsistencyError(
+            f"{pending}. The litpulse_reindex DAG is paused and no run of it is queued (a "
+            f"promotion queues none for a paused DAG), {stop}: unpause it, then trigger "
+            "it (`airflow dags unpause litpulse_reindex`, then `airflow dags trigger "
+            "litpulse_reindex`), or finish the re-index in a process of its own (`litpulse "
+            "index refresh`; or roll the model back: `litpulse models rollback`)"
         )
     raise ConsistencyError(
-        f"{pending}. No litpulse_reindex run is queued or running, so no index for the "
-        "active model is coming and new articles do not reach search: finish the re-index "
-        "(or roll the model back: `litpulse models rollback`)"
+        f"{pending}. No litpulse_reindex run is queued or running, {stop}: finish the "
+        "re-index (or roll the model back: `litpulse models rollback`)"
     )
 
 

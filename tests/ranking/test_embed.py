@@ -271,9 +271,6 @@ def test_a_query_is_embedded_without_its_closing_marks(sqlite_settings: Settings
     em.clear_cache()
 
 
-@pytest.mark.xfail(strict=True, reason="review5: query_text strips one run of closing marks "
-                   "then the spaces, so a mark before a spaced one stays (`X ? .` -> `X ?`) "
-                   "and a second pass changes the text again")
 def test_query_text_drops_every_closing_mark_spaced_or_not() -> None:
     """``Is X used ?.`` and ``Is X used ? .`` close the same question: both should embed
     as ``Is X used`` (and the rule applied to its own output changes nothing)."""

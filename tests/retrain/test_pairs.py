@@ -153,10 +153,6 @@ def test_weight_uses_rankings_citation_formula(settings: Settings, engine: Engin
     assert article_weight(uncited, now=today, half_life_days=365) == pytest.approx(w[1] / 2)
 
 
-@pytest.mark.xfail(strict=True, reason="review5: feedback conflicts are found by raw query "
-                   "text, but training embeds query_text(query): `gout flares?` judged "
-                   "relevant and `gout flares` judged not relevant both stand, and the "
-                   "positive trains the very query an expert said it does not answer")
 def test_feedback_conflict_across_a_closing_mark(settings: Settings, engine: Engine) -> None:
     """Since searches and training anchors drop the closing ``?``, ``gout flares?`` and
     ``gout flares`` are one query to the model. Ann marks 5001 relevant for the question,

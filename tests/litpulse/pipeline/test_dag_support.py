@@ -131,3 +131,36 @@ def test_ncbi_key_from_the_airflow_connection(
     monkeypatch.setenv("AIRFLOW_CONN_LITPULSE_NCBI", "generic://ops%40example.org:conn-key@")
     s = sup.settings()
     assert (s.ncbi_api_key, s.ncbi_email) == ("conn-key", "ops@example.org")
+
+
+def test_dag_paused_reads_the_task_sdk_and_knows_an_unknown_dag(
+    sup: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dag_paused` asks the running task's ``get_dag`` (the Task SDK); a DAG the API
+    server answers 404 for is ``None`` (not deployed), every other error is raised."""
+    import airflow.sdk
+    from airflow.sdk.exceptions import AirflowRuntimeError, ErrorType
+    from airflow.sdk.execution_time.comms import ErrorResponse
+
+    answers: dict[str, object] = {}
+
+    def get_dag(dag_id: str) -> object:
+        answer = answers[dag_id]
+        if isinstance(answer, Exception):
+            raise answer
+        return SimpleNamespace(dag_id=dag_id, is_paused=answer)
+
+    ti = SimpleNamespace(get_dag=get_dag)
+    monkeypatch.setattr(airflow.sdk, "get_current_context", lambda: {"ti": ti})
+
+    def error(status: int) -> AirflowRuntimeError:
+        return AirflowRuntimeError(ErrorResponse(
+            error=ErrorType.API_SERVER_ERROR,
+            detail={"status_code": status, "message": "The Dag was not found"}))
+
+    answers |= {"paused": True, "active": False, "gone": error(404), "down": error(500)}
+    assert sup.dag_paused("paused") is True
+    assert sup.dag_paused("active") is False
+    assert sup.dag_paused("gone") is None
+    with pytest.raises(AirflowRuntimeError):
+        sup.dag_paused("down")

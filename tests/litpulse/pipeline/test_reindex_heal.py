@@ -265,10 +265,6 @@ def test_a_paused_reindex_dag_is_no_reindex_coming(settings: Settings, engine: E
     assert reason is not None and "holds" in reason
 
 
-@pytest.mark.xfail(strict=True, reason="review5: refresh_waits_for_reindex asks Airflow "
-                   "whether litpulse_reindex is paused before the publish-lease check; "
-                   "get_dag raises (AirflowRuntimeError, 404) for a DAG Airflow does not "
-                   "know, so the refresh fails where an inline re-index still counts")
 def test_an_inline_reindex_counts_when_airflow_cannot_say_if_the_reindex_dag_is_paused(
     settings: Settings, engine: Engine
 ) -> None:
@@ -296,10 +292,6 @@ def test_an_inline_reindex_counts_when_airflow_cannot_say_if_the_reindex_dag_is_
     assert reason is not None and "holds" in reason
 
 
-@pytest.mark.xfail(strict=True, reason="review5: with the reindex DAG paused and no run of "
-                   "it queued (a promotion while paused: Airflow queues no asset event for "
-                   "a paused DAG) the error says 'its 0 run(s) ... never go on' and offers "
-                   "'unpause it, or' trigger: either alone re-indexes nothing")
 def test_a_paused_reindex_dag_with_no_run_queued_says_to_trigger_after_unpausing(
     settings: Settings, engine: Engine
 ) -> None:
@@ -316,3 +308,14 @@ def test_a_paused_reindex_dag_with_no_run_queued_says_to_trigger_after_unpausing
     assert "its 0 litpulse_reindex run(s)" not in message, message
     after_unpause = message[message.find("unpause"):]
     assert "trigger" in after_unpause, message
+
+
+def test_an_unknown_reindex_dag_is_no_reindex_coming(settings: Settings, engine: Engine) -> None:
+    """Airflow does not know `litpulse_reindex` (not deployed, its file fails to import):
+    no run is coming, whatever the promotion's age; the error says so."""
+    _stalled(settings, engine, promoted_ago=dt.timedelta(minutes=5))
+    with pytest.raises(ConsistencyError) as exc:
+        planning.refresh_waits_for_reindex(settings, reindex_runs=_Runs(0),
+                                           reindex_paused=lambda: None)
+    assert "does not know the litpulse_reindex DAG" in str(exc.value)
+    assert "litpulse index refresh" in str(exc.value)
