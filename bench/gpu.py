@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -50,11 +51,21 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+#: The scratch home of this run's settings (set by :func:`main`, removed at its end).
+_HOME: list[str] = []
+
+
 def _settings(device: str) -> Any:
     from litpulse.core.settings import Settings
 
-    home = tempfile.mkdtemp(prefix="bench-gpu-")
-    return Settings.from_env({}, home=home).replace(device=device)
+    if not _HOME:
+        _HOME.append(tempfile.mkdtemp(prefix="bench-gpu-"))
+    return Settings.from_env({}, home=_HOME[0]).replace(device=device)
+
+
+def _places(device: str) -> tuple[str, ...]:
+    """The CPU anchor, then ``device`` (once, where ``device`` is the CPU)."""
+    return ("cpu",) if device == "cpu" else ("cpu", device)
 
 
 def _sync(device: str) -> None:
@@ -123,7 +134,7 @@ def faiss_rows(device: str, n: int, queries: int = 1000) -> list[list[str]]:
     if device == "cuda" and not (hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus()):
         return [["FAISS IVF on the GPU", "—", "—", "—",
                  "this faiss has no GPU support: install the `gpu` extra (faiss-gpu-cu12)"]]
-    for where in ("cpu", device):
+    for where in _places(device):
         t = time.perf_counter()
         index = build_index(vectors, ids, kind="ivf", nprobe=16, use_gpu=where == "cuda")
         built = time.perf_counter() - t
@@ -143,8 +154,6 @@ def faiss_rows(device: str, n: int, queries: int = 1000) -> list[list[str]]:
                      f"{len(q) / searched:,.0f} queries/s "
                      f"({timings['cpu'][1] / searched:,.2f}×)",
                      f"recall@10 {recall(found):.3f}"])
-        if where == device:
-            break
     return rows
 
 
@@ -159,7 +168,8 @@ def lora_rows(device: str, steps: int, cpu_steps: int) -> list[list[str]]:
              for i, t in enumerate(texts)]
     rows = []
     per_step = {}
-    for where, n in (("cpu", cpu_steps), (device, steps)):
+    for where in _places(device):
+        n = cpu_steps if where == "cpu" else steps
         settings = _settings(where)
         options = LoraOptions(max_steps=n, batch_size=32, max_seq_length=256, warmup_steps=0,
                               max_seconds=3600)
@@ -172,8 +182,6 @@ def lora_rows(device: str, steps: int, cpu_steps: int) -> list[list[str]]:
                      f"{per_step['cpu'] / result.seconds_per_step:,.2f}×",
                      f"{result.steps} steps ({result.precision})",
                      f"peak {result.peak_memory_mb:,.0f} MB"])
-        if where == device:
-            break
     return rows
 
 
@@ -198,12 +206,16 @@ def main(argv: list[str] | None = None) -> int:
               "the same code on the CPU)")
         return 0
     rows: list[list[str]] = []
-    if "embedding" in args.only:
-        rows += embedding_rows(device, args.docs, args.cpu_docs)
-    if "faiss" in args.only:
-        rows += faiss_rows(device, args.vectors)
-    if "lora" in args.only:
-        rows += lora_rows(device, args.steps, args.cpu_steps)
+    try:
+        if "embedding" in args.only:
+            rows += embedding_rows(device, args.docs, args.cpu_docs)
+        if "faiss" in args.only:
+            rows += faiss_rows(device, args.vectors)
+        if "lora" in args.only:
+            rows += lora_rows(device, args.steps, args.cpu_steps)
+    finally:
+        while _HOME:
+            shutil.rmtree(_HOME.pop(), ignore_errors=True)
     if device == "cuda":
         import torch
 

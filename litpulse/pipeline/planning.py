@@ -274,33 +274,25 @@ def refresh_waits_for_reindex(
         return (
             f"{pending} (model promoted at {iso(promoted)}: waiting for its litpulse_reindex run)"
         )
-    stop = (
-        "so no index for the active model is coming and new articles do not reach search"
-    )
+    inline = "or finish the re-index in a process of its own (`litpulse index refresh`)"
     if paused is None:
-        raise ConsistencyError(
-            f"{pending}. Airflow does not know the litpulse_reindex DAG (not deployed, or its "
-            f"file fails to import), {stop}: deploy it and trigger it, or finish the "
-            "re-index in a process of its own (`litpulse index refresh`)"
-        )
-    if paused and runs:
-        raise ConsistencyError(
-            f"{pending}. The litpulse_reindex DAG is paused: its {runs} litpulse_reindex "
-            f"run(s) queued or running never go on, {stop}: unpause it (`airflow dags "
-            "unpause litpulse_reindex`), or finish the re-index in a process of its own "
-            "(`litpulse index refresh`; or roll the model back: `litpulse models rollback`)"
-        )
-    if paused:
-        raise ConsistencyError(
-            f"{pending}. The litpulse_reindex DAG is paused and no run of it is queued (a "
-            f"promotion queues none for a paused DAG), {stop}: unpause it, then trigger "
-            "it (`airflow dags unpause litpulse_reindex`, then `airflow dags trigger "
-            "litpulse_reindex`), or finish the re-index in a process of its own (`litpulse "
-            "index refresh`; or roll the model back: `litpulse models rollback`)"
-        )
+        why = ("Airflow does not know the litpulse_reindex DAG (not deployed, or its file "
+               "fails to import)")
+        fix = f"deploy it and trigger it, {inline}"
+    elif paused and runs:
+        why = (f"The litpulse_reindex DAG is paused: its {runs} litpulse_reindex run(s) "
+               "queued or running never go on")
+        fix = f"unpause it (`airflow dags unpause litpulse_reindex`), {inline}"
+    elif paused:
+        why = ("The litpulse_reindex DAG is paused and no run of it is queued (a promotion "
+               "queues none for a paused DAG)")
+        fix = ("unpause it, then trigger it (`airflow dags unpause litpulse_reindex`, then "
+               f"`airflow dags trigger litpulse_reindex`), {inline}")
+    else:
+        why, fix = "No litpulse_reindex run is queued or running", "finish the re-index"
     raise ConsistencyError(
-        f"{pending}. No litpulse_reindex run is queued or running, {stop}: finish the "
-        "re-index (or roll the model back: `litpulse models rollback`)"
+        f"{pending}. {why}, so no index for the active model is coming and new articles do "
+        f"not reach search: {fix} (or roll the model back: `litpulse models rollback`)"
     )
 
 
