@@ -69,7 +69,6 @@ import os
 import queue
 import re
 import threading
-import zlib
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
@@ -94,6 +93,7 @@ from ingest.fields import (
     quarantine_line,
     record_or_quarantine,
 )
+from ingest.inflate import READ_ERRORS, decompressor
 from ingest.records import (
     Item,
     QuarantineEntry,
@@ -397,7 +397,7 @@ def _start(
             m = _ROOT_OPEN_RE.search(head, 0, PROLOG_LIMIT)
             if m is not None or len(head) >= PROLOG_LIMIT:
                 break
-    except (OSError, EOFError, zlib.error) as exc:
+    except READ_ERRORS as exc:
         if isinstance(exc, OSError) and not head:
             raise ParseError(f"cannot read {ref.location}: {exc}") from exc
         read_error = exc
@@ -716,7 +716,7 @@ def _pull_items(
                 parser.close()
             except etree.XMLSyntaxError as exc:
                 syntax_error = exc
-    except (OSError, EOFError, zlib.error) as exc:
+    except READ_ERRORS as exc:
         if state["last"] is None and isinstance(exc, OSError):
             raise ParseError(f"cannot read {ref.location}: {exc}") from exc
         feed_error = f"unreadable input: {type(exc).__name__}: {exc}"
@@ -788,7 +788,7 @@ def _chunks(fh: IO[bytes]) -> Iterator[bytes]:
             if not block:
                 return
             yield block
-    d = zlib.decompressobj(31)
+    d = decompressor()
     pending = False  # the current gzip member has input but no end yet
     buf = first
     while True:
@@ -803,12 +803,15 @@ def _chunks(fh: IO[bytes]) -> Iterator[bytes]:
                     yield out
             if d.eof:  # next gzip member (multi-member files), if any
                 buf = d.unused_data
-                d = zlib.decompressobj(31)
+                d = decompressor()
                 pending = False
             else:
                 buf = b""
         buf = fh.read(READ_BLOCK)
         if not buf:
             break
-    if pending:
-        raise EOFError("gzip stream ended before its end-of-stream marker (truncated file)")
+    while pending:  # the input ended inside a member: what the inflater still holds
+        out = d.decompress(b"", MAX_FEED)
+        if not out:
+            raise EOFError("gzip stream ended before its end-of-stream marker (truncated file)")
+        yield out
