@@ -21,6 +21,9 @@ belongs to that path alone:
 * ``scale-w1``, ``scale-w2``, ``scale-w2s`` — the scaling rows: the same number of
   records generated as 4 files, with 1 and 2 parse workers (each file parsed by one of
   them), and 2 workers splitting every file.
+* ``sqlite-w2-zlib``, ``postgresql-w2-zlib`` — the split rows with zlib inflating instead
+  of ISA-L (``isal`` hidden from the child and its workers by ``bench/zlib_only``): what
+  :mod:`ingest.inflate` gains.
 
 Schema creation happens before the clock starts; the ingest itself is timed. The table
 gives records/s on the wall clock and on CPU time (user + system of the child and its
@@ -30,7 +33,7 @@ a PostgreSQL server's own CPU is not in the CPU s columns), the CPU µs per reco
 the parse workers, the writer and, for PostgreSQL on this machine, the server (the
 database's backends and the WAL writer, checkpointer and background writer, read from
 /proc: load-independent, unlike the wall clock), peak RSS of the writer and of all its
-processes together (sampled every 50 ms), and ours ÷ anchor. With ``--profile`` (on by
+processes together (sampled every 100 ms), and ours ÷ anchor. With ``--profile`` (on by
 default) a further child runs the SQLite ingest with the parse in-process
 (``workers=0``, so cProfile sees parse, prepare and store) and the top functions by
 cumulative and by self time are printed, each tagged parse or store, with the parse/store
@@ -60,7 +63,7 @@ from typing import Any
 from bench.parse import corpus_file, peak_rss_kb, scratch_home
 
 PATHS = ("sqlite", "sqlite-w2", "postgresql", "postgresql-w2", "pubmed_parser", "sqlite-w0",
-         "scale-w1", "scale-w2", "scale-w2s")  # fmt: skip
+         "scale-w1", "scale-w2", "scale-w2s", "sqlite-w2-zlib", "postgresql-w2-zlib")  # fmt: skip
 LABELS = {
     "sqlite": "litpulse ingest_files → SQLite (parse + store, 1 parse worker)",
     "sqlite-w2": "litpulse ingest_files → SQLite, the file split over 2 parse workers",
@@ -71,10 +74,13 @@ LABELS = {
     "scale-w1": "scaling: the same records as 4 files → SQLite, 1 parse worker",
     "scale-w2": "scaling: the same records as 4 files → SQLite, 2 parse workers",
     "scale-w2s": "scaling: the same records as 4 files → SQLite, 2 workers splitting each file",
+    "sqlite-w2-zlib": "litpulse ingest_files → SQLite, split over 2, zlib's inflate (not ISA-L's)",
+    "postgresql-w2-zlib": "litpulse ingest_files → PostgreSQL, split over 2, zlib's inflate",
 }
 #: Parse workers of each path (``ingest_files(workers=…)``).
 WORKERS = {"sqlite": 1, "sqlite-w2": 2, "postgresql": 1, "postgresql-w2": 2, "sqlite-w0": 0,
-           "scale-w1": 1, "scale-w2": 2, "scale-w2s": 2, "profile": 0}  # fmt: skip
+           "scale-w1": 1, "scale-w2": 2, "scale-w2s": 2, "profile": 0,
+           "sqlite-w2-zlib": 2, "postgresql-w2-zlib": 2}  # fmt: skip
 #: Paths whose every file is split over the workers (``ingest_files(stripe=True)``); one
 #: file alone is split anyway (``stripe=None``, the default).
 STRIPED = {"scale-w2s"}
@@ -127,9 +133,18 @@ _PHASES = (
 class TreeSampler:
     """Peak RSS (this process and its descendants together) and the descendants' CPU.
 
-    The parse workers are children of the forkserver, a child of this process: they
-    are found by walking the tree every 50 ms, and their last CPU times are kept.
+    The parse workers are children of the forkserver, a child of this process: the tree
+    is walked at each reading during the first :attr:`FIND_S`, then every :attr:`FIND_S`
+    (psutil reads every process of the machine for it), and the processes found are read
+    every :attr:`EVERY_S` (their own ``/proc`` entries); the last CPU times of each are
+    kept. The sampler runs in the measured process, so its own CPU counts as the
+    writer's: walking the tree every 50 ms took ~5 % of a core, this ~1 %.
     """
+
+    #: Seconds between two readings of the known processes.
+    EVERY_S = 0.1
+    #: Seconds between two walks of the process tree.
+    FIND_S = 1.0
 
     def __init__(self) -> None:
         import threading
@@ -146,14 +161,23 @@ class TreeSampler:
     def _run(self) -> None:
         import psutil
 
-        while not self._stop.wait(0.05):
+        known: list[psutil.Process] = []
+        start = found = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now - start < self.FIND_S or now - found >= self.FIND_S:  # start-up: each time
+                with contextlib.suppress(psutil.Error):
+                    known = self.me.children(recursive=True)
+                found = now
             total = self.me.memory_info().rss
-            for child in self.me.children(recursive=True):
+            for child in known:
                 with contextlib.suppress(psutil.Error):
                     total += child.memory_info().rss
                     t = child.cpu_times()
                     self.cpu[child.pid] = t.user + t.system
             self.peak = max(self.peak, total)
+            if self._stop.wait(self.EVERY_S):
+                return
 
     def stop(self) -> tuple[float, float]:
         """(peak RSS MiB of the tree, CPU s of the descendants)."""
@@ -280,7 +304,10 @@ def scratch_database(name: str, args: argparse.Namespace) -> Iterator[str]:
 
 def _run_path(name: str, path: Path | str, args: argparse.Namespace) -> dict[str, float] | str:
     """Run one path in a child on a fresh store: its figures, or why there are none."""
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    if name.endswith("-zlib"):  # isal hidden from the child and its workers: zlib inflates
+        env["PYTHONPATH"] = os.pathsep.join((str(root / "bench" / "zlib_only"), str(root)))
     try:
         with scratch_database(name, args) as url:
             child = subprocess.run(

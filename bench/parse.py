@@ -14,6 +14,7 @@ Parsers:
 * ``litpulse`` — ``ingest.parse.iter_items``: every Record field (with the compiled
   article reader, ``ingest/_cfields.pyx``, when ``pip install -e .`` built it).
 * ``litpulse_pure`` — the same with the compiled reader hidden: the pure-Python reader.
+* ``litpulse_zlib`` — the same with ``isal`` hidden: zlib inflates (:mod:`ingest.inflate`).
 * ``--before PATH`` adds a row for the parser of another checkout (e.g. ``/work/main``),
   run in the same way, for a before/after table from one run.
 * ``pubmed_parser`` — ``parse_medline_xml`` with every option on (authors and
@@ -48,6 +49,7 @@ from pathlib import Path
 PARSERS = (
     "litpulse",
     "litpulse_pure",
+    "litpulse_zlib",
     "pubmed_parser",
     "pubmed_parser_defaults",
     "biopython",
@@ -56,6 +58,7 @@ PARSERS = (
 LABELS = {
     "litpulse": "litpulse iter_items (every field)",
     "litpulse_pure": "litpulse iter_items, pure-Python reader (every field)",
+    "litpulse_zlib": "litpulse iter_items, zlib's inflate instead of ISA-L's",
     "pubmed_parser": "pubmed_parser.parse_medline_xml (all options)",
     "pubmed_parser_defaults": "pubmed_parser.parse_medline_xml (defaults)",
     "biopython": "Bio.Entrez.parse",
@@ -68,10 +71,13 @@ LABELS = {
 
 def _run_litpulse(path: str) -> int:
     from ingest.fields import COMPILED
+    from ingest.inflate import ENGINE
     from ingest.parse import iter_items
 
     if "pure" not in os.environ.get("BENCH_PARSER", "") and not COMPILED:
         sys.stderr.write("note: the compiled reader is not built (pip install -e .)\n")
+    if ENGINE != ("zlib" if "zlib" in os.environ.get("BENCH_PARSER", "") else "isal"):
+        sys.stderr.write(f"note: the gzip inflate is {ENGINE}'s (is isal installed?)\n")
     from ingest.records import Record
 
     n = 0
@@ -135,6 +141,7 @@ def _run_bare(path: str) -> int:
 CHILDREN: dict[str, Callable[[str], int]] = {
     "litpulse": _run_litpulse,
     "litpulse_pure": _run_litpulse,
+    "litpulse_zlib": _run_litpulse,
     "pubmed_parser": _run_pubmed_parser,
     "pubmed_parser_defaults": lambda p: _run_pubmed_parser(p, full=False),
     "biopython": _run_biopython,
@@ -145,6 +152,7 @@ CHILDREN: dict[str, Callable[[str], int]] = {
 IMPORTS: dict[str, tuple[str, ...]] = {
     "litpulse": ("ingest.parse",),
     "litpulse_pure": ("ingest.parse",),
+    "litpulse_zlib": ("ingest.parse",),
     "pubmed_parser": ("pubmed_parser",),
     "pubmed_parser_defaults": ("pubmed_parser",),
     "biopython": ("Bio.Entrez",),
@@ -156,6 +164,8 @@ def _child(name: str, path: str) -> None:
     os.environ["BENCH_PARSER"] = name
     if name == "litpulse_pure":  # as if ingest/_cfields.pyx had not been built
         sys.modules["ingest._cfields"] = None  # type: ignore[assignment]
+    if name == "litpulse_zlib":  # as if isal were not installed (ingest.inflate: zlib)
+        sys.modules["isal"] = None  # type: ignore[assignment]
     # Import what this parser needs first (and nothing else): only parsing is timed.
     for module in IMPORTS[name]:
         __import__(module)
