@@ -15,6 +15,7 @@ Parsers:
   article reader, ``ingest/_cfields.pyx``, when ``pip install -e .`` built it).
 * ``litpulse_pure`` — the same with the compiled reader hidden: the pure-Python reader.
 * ``litpulse_zlib`` — the same with ``isal`` hidden: zlib inflates (:mod:`ingest.inflate`).
+* ``litpulse_threaded`` — the same with ``threaded=True`` (libxml2 in a helper thread).
 * ``--before PATH`` adds a row for the parser of another checkout (e.g. ``/work/main``),
   run in the same way, for a before/after table from one run.
 * ``pubmed_parser`` — ``parse_medline_xml`` with every option on (authors and
@@ -50,6 +51,7 @@ PARSERS = (
     "litpulse",
     "litpulse_pure",
     "litpulse_zlib",
+    "litpulse_threaded",
     "pubmed_parser",
     "pubmed_parser_defaults",
     "biopython",
@@ -59,6 +61,7 @@ LABELS = {
     "litpulse": "litpulse iter_items (every field)",
     "litpulse_pure": "litpulse iter_items, pure-Python reader (every field)",
     "litpulse_zlib": "litpulse iter_items, zlib's inflate instead of ISA-L's",
+    "litpulse_threaded": "litpulse iter_items(threaded=True): libxml2 in a helper thread",
     "pubmed_parser": "pubmed_parser.parse_medline_xml (all options)",
     "pubmed_parser_defaults": "pubmed_parser.parse_medline_xml (defaults)",
     "biopython": "Bio.Entrez.parse",
@@ -81,7 +84,8 @@ def _run_litpulse(path: str) -> int:
     from ingest.records import Record
 
     n = 0
-    for item in iter_items(path):
+    threaded = "threaded" in os.environ.get("BENCH_PARSER", "")
+    for item in iter_items(path, threaded=threaded):
         n += isinstance(item, Record)
     return n
 
@@ -142,6 +146,7 @@ CHILDREN: dict[str, Callable[[str], int]] = {
     "litpulse": _run_litpulse,
     "litpulse_pure": _run_litpulse,
     "litpulse_zlib": _run_litpulse,
+    "litpulse_threaded": _run_litpulse,
     "pubmed_parser": _run_pubmed_parser,
     "pubmed_parser_defaults": lambda p: _run_pubmed_parser(p, full=False),
     "biopython": _run_biopython,
@@ -153,6 +158,7 @@ IMPORTS: dict[str, tuple[str, ...]] = {
     "litpulse": ("ingest.parse",),
     "litpulse_pure": ("ingest.parse",),
     "litpulse_zlib": ("ingest.parse",),
+    "litpulse_threaded": ("ingest.parse",),
     "pubmed_parser": ("pubmed_parser",),
     "pubmed_parser_defaults": ("pubmed_parser",),
     "biopython": ("Bio.Entrez",),
