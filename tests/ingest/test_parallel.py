@@ -19,7 +19,7 @@ import ingest.parse as parse_mod
 from ingest.parallel import FileIdentity, parse_ordered
 from ingest.parse import ParseLimits, iter_items, iter_units, source_ref_for
 from ingest.records import Deletion, Item, QuarantineEntry, SourceRef
-from ingest.rows import PreparedRecord
+from ingest.rows import PreparedRecord, prepare_item
 from litpulse.app.demo.generate import generate_corpus
 from litpulse.core.errors import ChecksumError, FileChangedError, ParseError, WorkerError
 from tests.ingest.hostile import article, corpus, deletion, document
@@ -559,3 +559,33 @@ def test_a_job_whose_file_is_not_the_recorded_version_raises_after_the_jobs_befo
             got[-1].extend(key(it) for it in items)
     assert got == [*read_all(files[:1], 0), []]
     assert not parse_children()
+
+
+# ------------------------------------------- an item that cannot be sent is an error, not a gap
+
+
+class _Unsendable:
+    """An item no pickle can send (it holds a lambda)."""
+
+    def __init__(self) -> None:
+        self.f = lambda: 0
+
+
+def unsendable_at_300(path: BinaryIO, *, source_ref: SourceRef, limits: Any) -> Iterator[Any]:
+    """A parser (by name, so workers import it) whose 300th item cannot be pickled."""
+    for n, item in enumerate(iter_items(path, source_ref=source_ref, limits=limits)):
+        yield _Unsendable() if n == 299 else item
+
+
+def test_a_chunk_that_cannot_be_sent_fails_the_job_instead_of_vanishing(tmp_path: Path) -> None:
+    # the worker used to hand its chunks to the queue's feeder thread, which pickles them:
+    # a chunk that failed to pickle was dropped there (a traceback on stderr) and the job
+    # ended as if complete, 250 items short
+    (path,) = generate_corpus(tmp_path, n_records=600, n_files=1, seed=4).files
+    whole = [key(prepare_item(i)) for i in iter_items(path)]
+    got: list[tuple[object, ...]] = []
+    with pytest.raises(Exception, match="pickle|lambda"):
+        for _index, items in parse_ordered([(path, source_ref_for(path))], workers=1,
+                                           parse=unsendable_at_300):  # fmt: skip
+            got.extend(key(i) for i in items)
+    assert got == whole[: len(got)] and len(got) < 300  # nothing after a gap, only before it
