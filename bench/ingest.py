@@ -24,6 +24,9 @@ belongs to that path alone:
 * ``sqlite-w2-zlib``, ``postgresql-w2-zlib`` — the split rows with zlib inflating instead
   of ISA-L (``isal`` hidden from the child and its workers by ``bench/zlib_only``): what
   :mod:`ingest.inflate` gains.
+* ``--before PATH`` runs each chosen path also with the code of another checkout (its
+  ``ingest``, ``litpulse`` and ``bench.ingest`` child), interleaved with this one's: a
+  before/after table from one run.
 
 Schema creation happens before the clock starts; the ingest itself is timed. The table
 gives records/s on the wall clock and on CPU time (user + system of the child and its
@@ -77,6 +80,8 @@ LABELS = {
     "sqlite-w2-zlib": "litpulse ingest_files → SQLite, split over 2, zlib's inflate (not ISA-L's)",
     "postgresql-w2-zlib": "litpulse ingest_files → PostgreSQL, split over 2, zlib's inflate",
 }
+#: The suffix of a path run with the ``--before`` checkout's code (``postgresql-w2@before``).
+BEFORE = "@before"
 #: Parse workers of each path (``ingest_files(workers=…)``).
 WORKERS = {"sqlite": 1, "sqlite-w2": 2, "postgresql": 1, "postgresql-w2": 2, "sqlite-w0": 0,
            "scale-w1": 1, "scale-w2": 2, "scale-w2s": 2, "profile": 0,
@@ -303,8 +308,14 @@ def scratch_database(name: str, args: argparse.Namespace) -> Iterator[str]:
 
 
 def _run_path(name: str, path: Path | str, args: argparse.Namespace) -> dict[str, float] | str:
-    """Run one path in a child on a fresh store: its figures, or why there are none."""
+    """Run one path in a child on a fresh store: its figures, or why there are none.
+
+    ``NAME@before`` runs path ``NAME`` with the code of the ``--before`` checkout (its own
+    ``bench.ingest`` child, its ``ingest`` and ``litpulse``)."""
     root = Path(__file__).resolve().parents[1]
+    name, at_before = name.removesuffix(BEFORE), name.endswith(BEFORE)
+    if at_before:
+        root = Path(args.before).resolve()
     env = dict(os.environ, PYTHONPATH=str(root))
     if name.endswith("-zlib"):  # isal hidden from the child and its workers: zlib inflates
         env["PYTHONPATH"] = os.pathsep.join((str(root / "bench" / "zlib_only"), str(root)))
@@ -454,6 +465,11 @@ def main(argv: list[str] | None = None) -> int:
         "--repeat", type=int, default=1,
         help="run the paths this many times, interleaved; each row is the median run",
     )  # fmt: skip
+    ap.add_argument(
+        "--before", type=Path, default=None,
+        help="another checkout (e.g. main): each path also runs with its code, interleaved, "
+        "as a 'before' row",
+    )  # fmt: skip
     ap.add_argument("--pg-admin-url", default=PG_ADMIN_URL)
     ap.add_argument("--timeout", type=float, default=1800.0)
     ap.add_argument("--child", nargs=3, metavar=("PATH", "FILE", "URL"), help=argparse.SUPPRESS)
@@ -471,9 +487,15 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs (shared), ")
     sys.stdout.write("load average (1/5/15 min) at start: " + "/".join(f"{x:.1f}" for x in load))
     split = _split_corpus(args.workdir, args.records, args.seed)
-    runs: dict[str, list[dict[str, float] | str]] = {name: [] for name in args.only}
-    for _round in range(args.repeat):  # interleaved: a change of load hits every path
+    names = list(args.only)
+    if args.before is not None:
         for name in args.only:
+            if name != ANCHOR:
+                LABELS[name + BEFORE] = f"{LABELS[name]} — at {args.before} (before)"
+                names.insert(names.index(name) + 1, name + BEFORE)
+    runs: dict[str, list[dict[str, float] | str]] = {name: [] for name in names}
+    for _round in range(args.repeat):  # interleaved: a change of load hits every path
+        for name in names:
             runs[name].append(_run_path(name, split if name.startswith("scale") else path, args))
     results = {name: _median(got) for name, got in runs.items()}
     sys.stdout.write("\n\n")
