@@ -21,9 +21,6 @@ belongs to that path alone:
 * ``scale-w1``, ``scale-w2``, ``scale-w2s`` — the scaling rows: the same number of
   records generated as 4 files, with 1 and 2 parse workers (each file parsed by one of
   them), and 2 workers splitting every file.
-* ``sqlite-w2-zlib``, ``postgresql-w2-zlib`` — the split rows with zlib inflating instead
-  of ISA-L (``isal`` hidden from the child and its workers by ``bench/zlib_only``): what
-  :mod:`ingest.inflate` gains.
 * ``--before PATH`` runs each chosen path also with the code of another checkout (its
   ``ingest``, ``litpulse`` and ``bench.ingest`` child), interleaved with this one's: a
   before/after table from one run.
@@ -66,7 +63,7 @@ from typing import Any
 from bench.parse import corpus_file, peak_rss_kb, scratch_home
 
 PATHS = ("sqlite", "sqlite-w2", "postgresql", "postgresql-w2", "pubmed_parser", "sqlite-w0",
-         "scale-w1", "scale-w2", "scale-w2s", "sqlite-w2-zlib", "postgresql-w2-zlib")  # fmt: skip
+         "scale-w1", "scale-w2", "scale-w2s")  # fmt: skip
 LABELS = {
     "sqlite": "litpulse ingest_files → SQLite (parse + store, 1 parse worker)",
     "sqlite-w2": "litpulse ingest_files → SQLite, the file split over 2 parse workers",
@@ -77,15 +74,12 @@ LABELS = {
     "scale-w1": "scaling: the same records as 4 files → SQLite, 1 parse worker",
     "scale-w2": "scaling: the same records as 4 files → SQLite, 2 parse workers",
     "scale-w2s": "scaling: the same records as 4 files → SQLite, 2 workers splitting each file",
-    "sqlite-w2-zlib": "litpulse ingest_files → SQLite, split over 2, zlib's inflate (not ISA-L's)",
-    "postgresql-w2-zlib": "litpulse ingest_files → PostgreSQL, split over 2, zlib's inflate",
 }
 #: The suffix of a path run with the ``--before`` checkout's code (``postgresql-w2@before``).
 BEFORE = "@before"
 #: Parse workers of each path (``ingest_files(workers=…)``).
 WORKERS = {"sqlite": 1, "sqlite-w2": 2, "postgresql": 1, "postgresql-w2": 2, "sqlite-w0": 0,
-           "scale-w1": 1, "scale-w2": 2, "scale-w2s": 2, "profile": 0,
-           "sqlite-w2-zlib": 2, "postgresql-w2-zlib": 2}  # fmt: skip
+           "scale-w1": 1, "scale-w2": 2, "scale-w2s": 2, "profile": 0}  # fmt: skip
 #: Paths whose every file is split over the workers (``ingest_files(stripe=True)``); one
 #: file alone is split anyway (``stripe=None``, the default).
 STRIPED = {"scale-w2s"}
@@ -317,8 +311,6 @@ def _run_path(name: str, path: Path | str, args: argparse.Namespace) -> dict[str
     if at_before:
         root = Path(args.before).resolve()
     env = dict(os.environ, PYTHONPATH=str(root))
-    if name.endswith("-zlib"):  # isal hidden from the child and its workers: zlib inflates
-        env["PYTHONPATH"] = os.pathsep.join((str(root / "bench" / "zlib_only"), str(root)))
     try:
         with scratch_database(name, args) as url:
             child = subprocess.run(

@@ -14,7 +14,6 @@ Parsers:
 * ``litpulse`` — ``ingest.parse.iter_items``: every Record field (with the compiled
   article reader, ``ingest/_cfields.pyx``, when ``pip install -e .`` built it).
 * ``litpulse_pure`` — the same with the compiled reader hidden: the pure-Python reader.
-* ``litpulse_zlib`` — the same with ``isal`` hidden: zlib inflates (:mod:`ingest.inflate`).
 * ``litpulse_threaded`` — the same with ``threaded=True`` (libxml2 in a helper thread).
 * ``--before PATH`` adds a row for the parser of another checkout (e.g. ``/work/main``),
   run in the same way, for a before/after table from one run.
@@ -50,7 +49,6 @@ from pathlib import Path
 PARSERS = (
     "litpulse",
     "litpulse_pure",
-    "litpulse_zlib",
     "litpulse_threaded",
     "pubmed_parser",
     "pubmed_parser_defaults",
@@ -60,7 +58,6 @@ PARSERS = (
 LABELS = {
     "litpulse": "litpulse iter_items (every field)",
     "litpulse_pure": "litpulse iter_items, pure-Python reader (every field)",
-    "litpulse_zlib": "litpulse iter_items, zlib's inflate instead of ISA-L's",
     "litpulse_threaded": "litpulse iter_items(threaded=True): libxml2 in a helper thread",
     "pubmed_parser": "pubmed_parser.parse_medline_xml (all options)",
     "pubmed_parser_defaults": "pubmed_parser.parse_medline_xml (defaults)",
@@ -74,13 +71,10 @@ LABELS = {
 
 def _run_litpulse(path: str) -> int:
     from ingest.fields import COMPILED
-    from ingest.inflate import ENGINE
     from ingest.parse import iter_items
 
     if "pure" not in os.environ.get("BENCH_PARSER", "") and not COMPILED:
         sys.stderr.write("note: the compiled reader is not built (pip install -e .)\n")
-    if ENGINE != ("zlib" if "zlib" in os.environ.get("BENCH_PARSER", "") else "isal"):
-        sys.stderr.write(f"note: the gzip inflate is {ENGINE}'s (is isal installed?)\n")
     from ingest.records import Record
 
     n = 0
@@ -145,7 +139,6 @@ def _run_bare(path: str) -> int:
 CHILDREN: dict[str, Callable[[str], int]] = {
     "litpulse": _run_litpulse,
     "litpulse_pure": _run_litpulse,
-    "litpulse_zlib": _run_litpulse,
     "litpulse_threaded": _run_litpulse,
     "pubmed_parser": _run_pubmed_parser,
     "pubmed_parser_defaults": lambda p: _run_pubmed_parser(p, full=False),
@@ -157,7 +150,6 @@ CHILDREN: dict[str, Callable[[str], int]] = {
 IMPORTS: dict[str, tuple[str, ...]] = {
     "litpulse": ("ingest.parse",),
     "litpulse_pure": ("ingest.parse",),
-    "litpulse_zlib": ("ingest.parse",),
     "litpulse_threaded": ("ingest.parse",),
     "pubmed_parser": ("pubmed_parser",),
     "pubmed_parser_defaults": ("pubmed_parser",),
@@ -170,8 +162,6 @@ def _child(name: str, path: str) -> None:
     os.environ["BENCH_PARSER"] = name
     if name == "litpulse_pure":  # as if ingest/_cfields.pyx had not been built
         sys.modules["ingest._cfields"] = None  # type: ignore[assignment]
-    if name == "litpulse_zlib":  # as if isal were not installed (ingest.inflate: zlib)
-        sys.modules["isal"] = None  # type: ignore[assignment]
     # Import what this parser needs first (and nothing else): only parsing is timed.
     for module in IMPORTS[name]:
         __import__(module)

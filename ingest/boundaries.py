@@ -10,10 +10,9 @@ is not well-formed. :mod:`ingest.parse` parses what comes out.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from typing import Any
-
-from ingest.inflate import READ_ERRORS
 
 __all__ = ["MAX_GAP", "MAX_RAW_TAIL", "Piece", "HOW_ENDED", "pieces", "split_records"]
 
@@ -64,7 +63,7 @@ def pieces(first: bytes, chunks: Iterator[bytes], line: int, max_record: int) ->
             return True
         except StopIteration:
             pass
-        except READ_ERRORS as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             state["error"] = f"unreadable input: {type(exc).__name__}: {exc}"
         state["eof"] = True
         return False

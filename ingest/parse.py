@@ -69,6 +69,7 @@ import os
 import queue
 import re
 import threading
+import zlib
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
@@ -93,7 +94,6 @@ from ingest.fields import (
     quarantine_line,
     record_or_quarantine,
 )
-from ingest.inflate import READ_ERRORS, decompressor
 from ingest.records import (
     Item,
     QuarantineEntry,
@@ -401,7 +401,7 @@ def _start(
             m = _ROOT_OPEN_RE.search(head, 0, PROLOG_LIMIT)
             if m is not None or len(head) >= PROLOG_LIMIT:
                 break
-    except READ_ERRORS as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         if isinstance(exc, OSError) and not head:
             raise ParseError(f"cannot read {ref.location}: {exc}") from exc
         read_error = exc
@@ -720,7 +720,7 @@ def _pull_items(
                 parser.close()
             except etree.XMLSyntaxError as exc:
                 syntax_error = exc
-    except READ_ERRORS as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         if state["last"] is None and isinstance(exc, OSError):
             raise ParseError(f"cannot read {ref.location}: {exc}") from exc
         feed_error = f"unreadable input: {type(exc).__name__}: {exc}"
@@ -792,7 +792,7 @@ def _chunks(fh: IO[bytes]) -> Iterator[bytes]:
             if not block:
                 return
             yield block
-    d = decompressor()
+    d = zlib.decompressobj(31)
     pending = False  # the current gzip member has input but no end yet
     buf = first
     while True:
@@ -807,15 +807,12 @@ def _chunks(fh: IO[bytes]) -> Iterator[bytes]:
                     yield out
             if d.eof:  # next gzip member (multi-member files), if any
                 buf = d.unused_data
-                d = decompressor()
+                d = zlib.decompressobj(31)
                 pending = False
             else:
                 buf = b""
         buf = fh.read(READ_BLOCK)
         if not buf:
             break
-    while pending:  # the input ended inside a member: what the inflater still holds
-        out = d.decompress(b"", MAX_FEED)
-        if not out:
-            raise EOFError("gzip stream ended before its end-of-stream marker (truncated file)")
-        yield out
+    if pending:
+        raise EOFError("gzip stream ended before its end-of-stream marker (truncated file)")
