@@ -801,11 +801,14 @@ def _chunks(fh: IO[bytes]) -> Iterator[bytes]:
             out = d.decompress(buf, MAX_FEED)
             if out:
                 yield out
-            while d.unconsumed_tail:
+            # not past the member's end: when it ends in a call fed from unconsumed_tail,
+            # CPython's zlib leaves the bytes after it there as well as in unused_data, and
+            # feeding the ended stream again gives nothing, forever
+            while d.unconsumed_tail and not d.eof:
                 out = d.decompress(d.unconsumed_tail, MAX_FEED)
                 if out:
                     yield out
-            if d.eof:  # next gzip member (multi-member files), if any
+            if d.eof:  # next gzip member (multi-member files), if any: unused_data
                 buf = d.unused_data
                 d = zlib.decompressobj(31)
                 pending = False

@@ -589,3 +589,54 @@ def test_a_chunk_that_cannot_be_sent_fails_the_job_instead_of_vanishing(tmp_path
                                            parse=unsendable_at_300):  # fmt: skip
             got.extend(key(i) for i in items)
     assert got == whole[: len(got)] and len(got) < 300  # nothing after a gap, only before it
+
+
+# ------------------------------------ review6: a worker killed while its chunk is in the pipe
+
+
+def big_chunk_then_killed(path: BinaryIO, *, source_ref: SourceRef, limits: Any) -> Iterator[Any]:
+    """A parser (by name, so workers import it) whose first item makes an 8 MB chunk, after
+    which its worker is killed (as by the OOM killer) while the queue's feeder thread is
+    still writing that chunk into the pipe (the caller is busy, the pipe holds 64 KB)."""
+    yield QuarantineEntry(reason="big", raw_xml="x" * (8 << 20), source=source_ref)
+    time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGKILL)
+    yield from iter_items(path, source_ref=source_ref, limits=limits)  # pragma: no cover
+
+
+_KILLED_CALLER = """
+import sys, time
+from pathlib import Path
+from ingest.parallel import parse_ordered
+from ingest.parse import source_ref_for
+from tests.ingest.test_parallel import big_chunk_then_killed
+path = Path(sys.argv[1])
+try:
+    for _index, items in parse_ordered([(path, source_ref_for(path))], workers=1,
+                                       chunk_items=1, parse=big_chunk_then_killed):
+        time.sleep(1.5)  # storing a batch: the worker's feeder blocks mid-write meanwhile
+        for _item in items:
+            pass
+except Exception as exc:
+    print(type(exc).__name__)
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review6 (already so before this round): a worker killed while its queue's feeder "
+    "thread is part-way through writing a chunk leaves a partial message in the pipe; the "
+    "caller's q.get polls true, then recv_bytes blocks for the rest forever (the caller "
+    "holds the queue's write end itself, so no EOF comes): a hang, not WorkerError",
+)
+def test_a_worker_killed_while_its_chunk_is_in_the_pipe_raises_instead_of_hanging(
+    tmp_path: Path,
+) -> None:
+    (path,) = generate_corpus(tmp_path, n_records=20, n_files=1, seed=4).files
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path])}
+    try:
+        done = subprocess.run([sys.executable, "-c", _KILLED_CALLER, str(path)], env=env,
+                              cwd=REPO, capture_output=True, text=True, timeout=20)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail("the caller hung after its worker was killed mid-chunk")
+    assert done.stdout.split() == ["WorkerError"], done.stderr
