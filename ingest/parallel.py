@@ -283,6 +283,10 @@ def parse_ordered(
                 daemon=True,
             )
             proc.start()
+            # we only read: without our copy of the write end, a worker killed part-way
+            # through writing a message leaves EOF after the partial bytes, not a read that
+            # waits forever for the rest
+            q._writer.close()
             queues.append(q)
             procs.append(proc)
         keep_r.close()
@@ -321,12 +325,14 @@ def _finish(queues: list[Any], procs: list[Any], paths: Mapping[int, Path]) -> N
         while True:
             try:
                 kind, index, payload = q.get(timeout=_POLL_S)
+            except (EOFError, OSError):  # gone (see parse_ordered): it sent all it could
+                break
             except queue.Empty:
                 if proc.is_alive():
                     continue
                 try:  # it exited: whatever it sent before is in the pipe by now
                     kind, index, payload = q.get(timeout=_POLL_S)
-                except queue.Empty:
+                except (queue.Empty, EOFError, OSError):
                     break
             if kind == "done":
                 break
@@ -560,10 +566,13 @@ class _JobReader:
             except queue.Empty:
                 if self.proc.is_alive():
                     continue
+            except (EOFError, OSError):  # it is gone, maybe part-way through a message
+                pass
             try:  # it exited: whatever it sent before is in the pipe by now
                 msg = self.q.get(timeout=_POLL_S)
                 return msg
-            except queue.Empty:
+            except (queue.Empty, EOFError, OSError):
+                self.proc.join(timeout=_STOP_S)  # its exit code, once the pipe said EOF
                 raise WorkerError(
                     f"the parse worker of {self.path} died (exit code {self.proc.exitcode}) "
                     "before finishing it; committed batches stay, a re-run resumes"

@@ -622,13 +622,6 @@ except Exception as exc:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review6 (already so before this round): a worker killed while its queue's feeder "
-    "thread is part-way through writing a chunk leaves a partial message in the pipe; the "
-    "caller's q.get polls true, then recv_bytes blocks for the rest forever (the caller "
-    "holds the queue's write end itself, so no EOF comes): a hang, not WorkerError",
-)
 def test_a_worker_killed_while_its_chunk_is_in_the_pipe_raises_instead_of_hanging(
     tmp_path: Path,
 ) -> None:
