@@ -137,7 +137,7 @@ class TreeSampler:
     (psutil reads every process of the machine for it), and the processes found are read
     every :attr:`EVERY_S` (their own ``/proc`` entries); the last CPU times of each are
     kept. The sampler runs in the measured process, so its own CPU counts as the
-    writer's: walking the tree every 50 ms took ~5 % of a core, this ~1 %.
+    writer's: walking the tree every 50 ms took ~5 % of a core, this ~2 %.
     """
 
     #: Seconds between two readings of the known processes.

@@ -103,6 +103,9 @@ logger = logging.getLogger(__name__)
 _POLL_S = 0.1
 #: Seconds a worker gets to exit after it is told to stop, before it is killed.
 _STOP_S = 2.0
+#: What reading a gone worker's queue raises: its end of the pipe is closed, maybe part-way
+#: through a message (the caller holds no write end: see :func:`parse_ordered`).
+_GONE = (EOFError, OSError)
 #: Items per chunk a worker sends (the default of :func:`parse_ordered`).
 CHUNK_ITEMS = 250
 
@@ -325,14 +328,14 @@ def _finish(queues: list[Any], procs: list[Any], paths: Mapping[int, Path]) -> N
         while True:
             try:
                 kind, index, payload = q.get(timeout=_POLL_S)
-            except (EOFError, OSError):  # gone (see parse_ordered): it sent all it could
+            except _GONE:  # it sent all it could
                 break
             except queue.Empty:
                 if proc.is_alive():
                     continue
                 try:  # it exited: whatever it sent before is in the pipe by now
                     kind, index, payload = q.get(timeout=_POLL_S)
-                except (queue.Empty, EOFError, OSError):
+                except (queue.Empty, *_GONE):
                     break
             if kind == "done":
                 break
@@ -566,12 +569,12 @@ class _JobReader:
             except queue.Empty:
                 if self.proc.is_alive():
                     continue
-            except (EOFError, OSError):  # it is gone, maybe part-way through a message
+            except _GONE:
                 pass
             try:  # it exited: whatever it sent before is in the pipe by now
                 msg = self.q.get(timeout=_POLL_S)
                 return msg
-            except (queue.Empty, EOFError, OSError):
+            except (queue.Empty, *_GONE):
                 self.proc.join(timeout=_STOP_S)  # its exit code, once the pipe said EOF
                 raise WorkerError(
                     f"the parse worker of {self.path} died (exit code {self.proc.exitcode}) "
@@ -808,9 +811,9 @@ class _Out:
                 self.fh = self.path.open("wb")
             pickle.dump(items, self.fh, protocol=pickle.HIGHEST_PROTOCOL)
         else:
-            # pickled here: the queue's feeder thread then only writes bytes, instead of
-            # taking the GIL from the parse to pickle ~1 MB per chunk (one worker's CPU
-            # per record measured ~10 % lower, its wall as much)
+            # pickled here, not by the queue's feeder thread, which drops a message it cannot
+            # pickle (a traceback on stderr): a failure is this job's error; the feeder
+            # then only writes bytes (parse_ordered alone: ~10 % less worker CPU)
             self.put(("items", self.index, pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)))
 
     def flush(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -229,7 +230,6 @@ def test_a_paused_reindex_dag_is_no_reindex_coming(settings: Settings, engine: E
     count that run as coming and skip every night without a word; now it fails and says
     to unpause it — also inside the hour after a promotion, whose asset-triggered run
     will not appear either. A re-index running in a process of its own still counts."""
-    from ranking.publish import acquire_publish_lease
 
     _stalled(settings, engine, promoted_ago=dt.timedelta(hours=3))
     asked: list[bool] = []
@@ -259,9 +259,18 @@ def test_a_paused_reindex_dag_is_no_reindex_coming(settings: Settings, engine: E
         planning.refresh_waits_for_reindex(settings, reindex_runs=_Runs(0),
                                            reindex_paused=paused)
     # an inline re-index (`litpulse models promote`) does not need the DAG
+    _skips_under_the_publish_lease(settings, engine, paused)
+
+
+def _skips_under_the_publish_lease(
+    settings: Settings, engine: Engine, reindex_paused: Callable[[], bool]
+) -> None:
+    """An inline re-index holds the publish lease: the refresh skips, naming the holder."""
+    from ranking.publish import acquire_publish_lease
+
     with acquire_publish_lease(engine):
         reason = planning.refresh_waits_for_reindex(settings, reindex_runs=_Runs(0),
-                                                    reindex_paused=paused)
+                                                    reindex_paused=reindex_paused)
     assert reason is not None and "holds" in reason
 
 
@@ -276,7 +285,6 @@ def test_an_inline_reindex_counts_when_airflow_cannot_say_if_the_reindex_dag_is_
     from airflow.sdk.exceptions import AirflowRuntimeError, ErrorType
     from airflow.sdk.execution_time.comms import ErrorResponse
 
-    from ranking.publish import acquire_publish_lease
 
     _stalled(settings, engine, promoted_ago=dt.timedelta(hours=3))
 
@@ -286,10 +294,7 @@ def test_an_inline_reindex_counts_when_airflow_cannot_say_if_the_reindex_dag_is_
             detail={"status_code": 404, "message": "The Dag with dag_id: "
                     "`litpulse_reindex` was not found"}))
 
-    with acquire_publish_lease(engine):
-        reason = planning.refresh_waits_for_reindex(settings, reindex_runs=_Runs(0),
-                                                    reindex_paused=unknown)
-    assert reason is not None and "holds" in reason
+    _skips_under_the_publish_lease(settings, engine, unknown)
 
 
 def test_a_paused_reindex_dag_with_no_run_queued_says_to_trigger_after_unpausing(
