@@ -37,7 +37,10 @@ def airflow_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str,
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            # a writer waits up to 30 s for SQLite's lock (pysqlite's default is 5 s: under
+            # load the API server's REST clear once failed with 500 "Database error" while
+            # the scheduler and the dag-processor wrote)
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}?timeout=30",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
             "AIRFLOW__CORE__FERNET_KEY": "",
             "PYTHONPATH": os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(
