@@ -9,6 +9,7 @@ it after starting the server), so they can never be skipped silently there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -40,10 +41,17 @@ def _clean_litpulse_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key)
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session."""
-    name = f"litpulse_test_{uuid.uuid4().hex[:10]}"
+@contextlib.contextmanager
+def fresh_postgres_database(prefix: str) -> Iterator[str]:
+    """A new, empty database ``PREFIX_<random>`` on the test server, dropped on exit.
+
+    Skips the test when the server is unreachable, except where PostgreSQL is required
+    (CI, ``LITPULSE_TEST_REQUIRE_POSTGRES``): there it raises.
+
+    Yields:
+        The database's SQLAlchemy URL (``postgresql+psycopg://``).
+    """
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     try:
         admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
@@ -52,12 +60,20 @@ def postgres_url() -> Iterator[str]:
         if PG_REQUIRED:
             raise RuntimeError(f"PostgreSQL is required here but unreachable: {exc}") from exc
         pytest.skip(f"PostgreSQL unavailable: {exc}")
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    db.dispose_engines()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session."""
+    with fresh_postgres_database("litpulse_test") as url:
+        yield url
+        db.dispose_engines()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -4,8 +4,11 @@
 dag-processor`` and ``airflow api-server`` (and, for CeleryExecutor, one ``airflow celery
 worker --skip-serve-logs``) as child processes, each in its own process group, bound to
 127.0.0.1 on free ports, with ``AIRFLOW_HOME`` in a temporary folder, the repository's
-``airflow.cfg`` and ``dags/``, and the metadata database on SQLite. :meth:`AirflowStack.stop`
-ends every group it started (SIGTERM, then SIGKILL), whatever happened before.
+``airflow.cfg`` and ``dags/``, and the metadata database in a database of its own on the test
+PostgreSQL server (what a deployment with several Airflow processes runs: on SQLite the API
+server's REST calls failed now and then with 500 "Database error" while the scheduler and
+the dag-processor wrote, a lock wait of 30 s notwithstanding). :meth:`AirflowStack.stop` ends
+every group it started (SIGTERM, then SIGKILL), whatever happened before.
 
 The tests talk to it the way an engineer does: the ``airflow`` CLI and the REST API
 (``/api/v2``, with a JWT from ``/auth/token`` for the generated admin password).
@@ -64,11 +67,14 @@ class AirflowStack:
 
     Attributes:
         home: The ``AIRFLOW_HOME``.
+        database_url: SQLAlchemy URL of Airflow's metadata database (``postgresql+psycopg``:
+            Airflow uses it for its synchronous and asynchronous engines alike).
         executor: ``LocalExecutor`` or ``CeleryExecutor``.
         extra_env: ``LITPULSE_*`` and other variables of every process.
     """
 
     home: Path
+    database_url: str
     executor: str = "LocalExecutor"
     extra_env: Mapping[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
@@ -83,6 +89,8 @@ class AirflowStack:
             self.home,
             {
                 "AIRFLOW__CORE__EXECUTOR": self.executor,
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.database_url,
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": self.database_url,
                 "AIRFLOW__API__HOST": "127.0.0.1",
                 "AIRFLOW__API__PORT": str(self.port),
                 "AIRFLOW__API__BASE_URL": url,

@@ -37,9 +37,8 @@ def airflow_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str,
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            # a writer waits up to 30 s for SQLite's lock (pysqlite's default is 5 s: under
-            # load the API server's REST clear once failed with 500 "Database error" while
-            # the scheduler and the dag-processor wrote)
+            # the one-process dag.test() runs; a real deployment (airflow_stack.py) sets
+            # PostgreSQL. A writer waits up to 30 s for SQLite's lock (pysqlite: 5 s).
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}?timeout=30",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
             "AIRFLOW__CORE__FERNET_KEY": "",

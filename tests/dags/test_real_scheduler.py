@@ -1,6 +1,9 @@
 """The DAGs under a real Airflow 3.3 scheduler, against the loopback NCBI emulator.
 
-LocalExecutor (SQLite): first ``litpulse_bootstrap``, triggered with ``airflow dags trigger``
+Airflow's metadata database is a fresh PostgreSQL database of each deployment (the
+litpulse store the tasks write is SQLite).
+
+LocalExecutor: first ``litpulse_bootstrap``, triggered with ``airflow dags trigger``
 on 3 baseline files and 1 update file: its fetchers run as mapped task instances, at most
 the DAG's bound at once, the store ends in the state a clean ``litpulse bootstrap`` gives on
 the same files, the index is published, and a second trigger finds nothing pending. Then
@@ -22,6 +25,7 @@ Timings of each step are printed (``pytest -s``) and kept in ``HOME/timings.json
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -47,6 +51,7 @@ from litpulse.core.schema import (
 )
 from litpulse.core.settings import Settings
 from ranking.models import published_index_row
+from tests.conftest import fresh_postgres_database
 from tests.dags.airflow_stack import AirflowStack, StackError, wait_for
 from tests.dags.conftest import REPO, publish_bootstrap_files
 from tests.emulator import Emulator
@@ -54,7 +59,7 @@ from tests.ingest.test_bootstrap import _files as source_file_rows
 from tests.ingest.test_crash_resume import child_env, differences, snapshot
 from tests.ranking.test_index import _activate
 
-pytestmark = [pytest.mark.airflow_integration, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.airflow_integration, pytest.mark.postgres, pytest.mark.timeout(600)]
 
 NIGHTLY, REFRESH, RETRAIN, REINDEX, BOOTSTRAP = (
     "litpulse_nightly_ingest",
@@ -162,17 +167,20 @@ class Clock:
 def stack_factory(tmp_path: Path) -> Iterator[Any]:
     """Start :class:`AirflowStack` deployments; every one is stopped at teardown."""
     stacks: list[AirflowStack] = []
+    with contextlib.ExitStack() as databases:
 
-    def make(**kwargs: Any) -> AirflowStack:
-        stack = AirflowStack(home=tmp_path / f"airflow{len(stacks)}", **kwargs)
-        stacks.append(stack)
-        return stack
+        def make(**kwargs: Any) -> AirflowStack:
+            url = databases.enter_context(fresh_postgres_database("airflow_test"))
+            stack = AirflowStack(home=tmp_path / f"airflow{len(stacks)}", database_url=url,
+                                 **kwargs)  # fmt: skip
+            stacks.append(stack)
+            return stack
 
-    yield make
-    for stack in stacks:
-        stack.stop()
-        leftover = [n for n, p in stack.procs.items() if p.poll() is None]
-        assert not leftover, f"still running: {leftover}"
+        yield make
+        for stack in stacks:
+            stack.stop()
+            leftover = [n for n, p in stack.procs.items() if p.poll() is None]
+            assert not leftover, f"still running: {leftover}"
 
 
 def _wait_refresh_after(stack: AirflowStack, after: str, timeout: float) -> dict[str, Any]:
