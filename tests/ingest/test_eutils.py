@@ -359,3 +359,23 @@ def test_a_malformed_record_in_an_efetch_answer_is_quarantined_and_the_rest_stor
     run = Store(db.connect(s)).runs(1)[0]
     assert run["status"] == "succeeded"
     assert any(q["pmid"] == 102 for q in Store(db.connect(s)).quarantined())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 4: window days are UTC dates, but PubMed's EDAT/MDAT days are US "
+    "Eastern: with LITPULSE_WINDOW_OVERLAP_DAYS=0 (allowed) a record entered on an "
+    "Eastern evening, after the run of the window that searched its day, is searched "
+    "by no window",
+)
+def test_windows_without_overlap_still_meet_at_pubmeds_eastern_day(
+    emu: Emulator, sqlite_settings: Settings
+) -> None:
+    s = _settings(emu, sqlite_settings, window_overlap_days=0)
+    emu.add_article(1, edat=dt.date(2024, 1, 2))
+    # the window of Jan 2 (UTC) runs at 2024-01-03T00:05Z, i.e. Jan 2, 19:05 in Bethesda
+    ingest_window(s, dt.datetime(2024, 1, 2, tzinfo=dt.UTC), dt.datetime(2024, 1, 3, tzinfo=dt.UTC))
+    # entered at 21:00 Eastern on Jan 2 (02:00Z Jan 3): its EDAT is 2024/01/02
+    emu.add_article(2, edat=dt.date(2024, 1, 2))
+    ingest_window(s, dt.datetime(2024, 1, 3, tzinfo=dt.UTC), dt.datetime(2024, 1, 4, tzinfo=dt.UTC))
+    assert sorted(_stored(s)) == [1, 2]
