@@ -188,3 +188,23 @@ def test_similar_errors(settings: Settings, corpus: Engine) -> None:
         similar_articles(settings, 999, engine=corpus, index=index)
     with pytest.raises(ConfigError, match="k must"):
         similar_articles(settings, 101, k=0, engine=corpus, index=index)
+
+
+# ------------------------------------------------------------ review (rev-api): findings
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 3: a NUL in a text filter (language, mesh, type) reaches SQL: on "
+    "PostgreSQL psycopg raises DataError ('text fields cannot contain NUL'), which the API "
+    "answers 500 on /search and /export; it should be a ConfigError (400) on every database",
+)
+@pytest.mark.parametrize(
+    "filters",
+    [{"language": "\x00"}, {"mesh": ("Humans\x00",)}, {"publication_type": ("\x00Review",)}],
+)
+def test_a_nul_in_a_filter_is_a_config_error(
+    settings: Settings, corpus: Engine, filters: dict[str, Any]
+) -> None:
+    with pytest.raises(ConfigError, match="NUL"):
+        go(settings, corpus, "malaria", **filters)
