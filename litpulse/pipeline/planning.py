@@ -135,17 +135,34 @@ class EmbeddingShard:
 
 
 def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datetime | None:
-    """End of the newest window of a succeeded E-utilities or update-file run."""
+    """End of the newest window of a succeeded E-utilities or update-file run over the
+    whole corpus: where the next nightly window starts.
+
+    A run restricted by an ESearch query (``litpulse ingest --eutils --query …``) fetched
+    one topic only and does not move the mark (the next window would skip every other
+    record of the days it covered). A window end after the run's start (``--until`` in
+    the future) counts as the start: records of later days could not be searched yet.
+    """
+    r = ingest_runs.c
     engine = engine or db.connect(settings)
+    best: dt.datetime | None = None
     with engine.connect() as conn:
-        value = conn.execute(
-            select(func.max(ingest_runs.c.window_end)).where(
-                ingest_runs.c.source.in_(WINDOW_SOURCES),
-                ingest_runs.c.status == RunStatus.SUCCEEDED,
-                ingest_runs.c.window_end.is_not(None),
+        rows = conn.execute(
+            select(r.window_end, r.started_at)
+            .where(
+                r.source.in_(WINDOW_SOURCES),
+                r.status == RunStatus.SUCCEEDED,
+                r.window_end.is_not(None),
+                r.details["query"].as_string().is_(None),  # absent or null: all of PubMed
             )
-        ).scalar()
-    return value  # UTCDateTime: aware UTC already
+            .order_by(r.window_end.desc())
+        )
+        for end, started in rows:  # UTCDateTime: aware UTC already
+            if best is not None and end <= best:
+                break  # no later row can beat it: min(end, started) <= end
+            mark = min(end, started)
+            best = mark if best is None else max(best, mark)
+    return best
 
 
 def retrain_due(settings: Settings, engine: Engine | None = None) -> RetrainDecision:

@@ -29,6 +29,7 @@ from litpulse.core.schema import (
     model_versions,
 )
 from litpulse.core.settings import Settings
+from litpulse.core.states import RunStatus
 from litpulse.pipeline.nightly import LEASE_NAME, NightlyBusyError, run_nightly
 from litpulse.pipeline.planning import (
     EmbeddingShard,
@@ -494,19 +495,15 @@ def test_summary_says_when_the_budget_was_too_small() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 3: last_watermark is the max window_end of any succeeded eutils run, a "
-    "query-restricted one (`litpulse ingest --eutils --query ...`) included, so the "
-    "nightly window jumps past days whose other records were never fetched",
-)
 def test_a_query_restricted_window_does_not_move_the_nightly_watermark(
-    sqlite_settings: Settings, emulator: Emulator
+    settings: Settings, emulator: Emulator
 ) -> None:
+    """Review finding: the nightly window started at the end of *any* succeeded E-utilities
+    run, a one-topic pull by hand included, and skipped the other records of its days."""
     from ingest.eutils import ingest_window
     from litpulse.pipeline.nightly import _window
 
-    s = emulator.configure(sqlite_settings)
+    s = emulator.configure(settings)
     emulator.add_article(1, edat=DAY, title="Kinase signalling in yeast")
     ingest_window(s, _at(DAY), _at(DAY + dt.timedelta(days=1)))  # last night's window
     later = DAY + dt.timedelta(days=3)
@@ -520,3 +517,32 @@ def test_a_query_restricted_window_does_not_move_the_nightly_watermark(
     with db.connect(s).connect() as conn:
         stored = set(conn.execute(select(articles.c.pmid)).scalars())
     assert stored == {1, 2, 3}
+
+
+def test_a_window_end_in_the_future_moves_the_watermark_only_to_the_runs_start(
+    sqlite_settings: Settings,
+) -> None:
+    """A hand-run window whose ``--until`` lies after the run (tomorrow) searched days
+    whose records were not all in PubMed yet: the mark is the run's start, not its end."""
+    from litpulse.pipeline.planning import last_watermark
+
+    s = sqlite_settings
+    engine = db.connect(s)
+    started = _at(DAY)
+    with engine.begin() as conn:
+        conn.execute(ingest_runs.insert(), [
+            {"source": "eutils", "status": RunStatus.SUCCEEDED, "started_at": started,
+             "window_start": started - dt.timedelta(days=1),
+             "window_end": started + dt.timedelta(days=2), "details": {"query": None}},
+            {"source": "eutils", "status": RunStatus.SUCCEEDED, "started_at": started,
+             "window_start": started - dt.timedelta(days=1),
+             "window_end": started + dt.timedelta(days=5), "details": {"query": "kinase"}},
+        ])  # fmt: skip
+    assert last_watermark(s, engine) == started
+    with engine.begin() as conn:  # the nightly run of the next day, ended before it started
+        conn.execute(ingest_runs.insert(), {
+            "source": "eutils", "status": RunStatus.SUCCEEDED,
+            "started_at": started + dt.timedelta(days=1, hours=2),
+            "window_start": started, "window_end": started + dt.timedelta(days=1),
+            "details": {"query": None}})  # fmt: skip
+    assert last_watermark(s, engine) == started + dt.timedelta(days=1)
