@@ -171,8 +171,10 @@ class Settings:
     )
     window_overlap_days: int = _opt(
         1,
-        "Days each E-utilities window overlaps the previous one (late-indexed records).",
-        min=0,
+        "Days each E-utilities window overlaps the previous one (late-indexed records; and "
+        "PubMed dates records by NLM's US Eastern day, which ends hours after the UTC day "
+        "a window ends with: without an overlap such a record is searched by no window).",
+        min=1,
         max=365,
     )
     icite_batch: int = _opt(

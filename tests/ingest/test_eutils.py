@@ -361,17 +361,14 @@ def test_a_malformed_record_in_an_efetch_answer_is_quarantined_and_the_rest_stor
     assert any(q["pmid"] == 102 for q in Store(db.connect(s)).quarantined())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 4: window days are UTC dates, but PubMed's EDAT/MDAT days are US "
-    "Eastern: with LITPULSE_WINDOW_OVERLAP_DAYS=0 (allowed) a record entered on an "
-    "Eastern evening, after the run of the window that searched its day, is searched "
-    "by no window",
-)
-def test_windows_without_overlap_still_meet_at_pubmeds_eastern_day(
-    emu: Emulator, sqlite_settings: Settings
-) -> None:
-    s = _settings(emu, sqlite_settings, window_overlap_days=0)
+def test_windows_meet_at_pubmeds_eastern_day(emu: Emulator, sqlite_settings: Settings) -> None:
+    """Review finding: PubMed dates a record by NLM's (US Eastern) day, which ends hours
+    after the UTC day a window ends with. With no overlap (allowed before) a record entered
+    on an Eastern evening, after the run of the window that searched its day, was searched
+    by no window. An overlap of at least one day is now required."""
+    with pytest.raises(ConfigError, match="LITPULSE_WINDOW_OVERLAP_DAYS=0 is out of range"):
+        _settings(emu, sqlite_settings, window_overlap_days=0)
+    s = _settings(emu, sqlite_settings, window_overlap_days=1)  # the minimum (and default)
     emu.add_article(1, edat=dt.date(2024, 1, 2))
     # the window of Jan 2 (UTC) runs at 2024-01-03T00:05Z, i.e. Jan 2, 19:05 in Bethesda
     ingest_window(s, dt.datetime(2024, 1, 2, tzinfo=dt.UTC), dt.datetime(2024, 1, 3, tzinfo=dt.UTC))
