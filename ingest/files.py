@@ -40,11 +40,11 @@ import datetime as dt
 import hashlib
 import logging
 import os
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ingest.records import nlm_file_order
 from ingest.rows import StoreItem
 from ingest.runs import IngestCounts, recorded_run
 from ingest.store import Store
@@ -55,31 +55,22 @@ from litpulse.core.timeutil import utcnow
 if TYPE_CHECKING:
     from ingest.parallel import FileIdentity
 
-__all__ = ["SCOPE", "ingest_files", "order_files", "file_sequence"]
+__all__ = ["SCOPE", "ingest_files", "order_files"]
 
 logger = logging.getLogger(__name__)
 
 #: Checkpoint scope of the files read: key SHA-1 of the path, value its identity and time.
 SCOPE = "files"
 
-_NLM_NAME = re.compile(r"pubmed(\d{2})n(\d{4,})", re.IGNORECASE)
-
-
-def file_sequence(path: str | os.PathLike[str]) -> tuple[int, int] | None:
-    """``(year, number)`` of an NLM file name (``pubmed26n1280.xml.gz`` → ``(26, 1280)``)."""
-    m = _NLM_NAME.match(Path(path).name)
-    return (int(m.group(1)), int(m.group(2))) if m else None
-
-
 def order_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """The paths in the order to apply them.
 
-    NLM update and baseline files (``pubmedYYnNNNN``) are sorted by their number among
-    the slots they occupy; every other path keeps its place.
+    NLM update and baseline files (``pubmedYYnNNNN``) are sorted by year, then number,
+    among the slots they occupy; every other path keeps its place.
     """
     out = [Path(p) for p in paths]
-    slots = [i for i, p in enumerate(out) if file_sequence(p) is not None]
-    ordered = sorted((out[i] for i in slots), key=lambda p: file_sequence(p) or (0, 0))
+    slots = [i for i, p in enumerate(out) if nlm_file_order(p) is not None]
+    ordered = sorted((out[i] for i in slots), key=lambda p: nlm_file_order(p) or (0, 0))
     for i, p in zip(slots, ordered, strict=True):
         out[i] = p
     return out

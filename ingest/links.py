@@ -19,7 +19,7 @@ import sqlite3
 from collections import Counter
 from collections.abc import Iterator, Sequence, Set
 from itertools import chain, repeat
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.engine import Connection
@@ -27,6 +27,8 @@ from sqlalchemy.engine import Connection
 from ingest.rows import PreparedRecord
 from litpulse.core.db import id_in, insert_tuples, pg_int_array
 from litpulse.core.schema import article_terms, articles, references
+
+T = TypeVar("T")
 
 __all__ = [
     "IN_CHUNK",
@@ -259,7 +261,7 @@ def _update_cited_by(
     conn.execute(stmt, [{"b_pmid": p, "b_n": n} for p, n in changes])
 
 
-def chunks(seq: Sequence[int], size: int = IN_CHUNK) -> Iterator[Sequence[int]]:
+def chunks(seq: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:
     """``seq`` in slices of at most ``size`` (for ``IN (...)`` lists)."""
     for start in range(0, len(seq), size):
         yield seq[start : start + size]

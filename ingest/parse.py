@@ -99,6 +99,8 @@ from ingest.records import (
     QuarantineEntry,
     Record,
     SourceRef,
+    nlm_file_order,
+    nlm_sequence,
 )
 from litpulse.core.errors import ParseError
 
@@ -190,25 +192,25 @@ class ParseLimits:
 
 _DEFAULT_LIMITS = ParseLimits()
 _ITEM_TAGS = ("PubmedArticle", "PubmedBookArticle", "DeleteCitation")
-_FILE_SEQ_RE = re.compile(r"pubmed[0-9]{2}n([0-9]{4,9})(?![0-9])")
 
 
 # --------------------------------------------------------------------------- public API
 
 
 def source_ref_for(path: str | os.PathLike[str], kind: str = "file") -> SourceRef:
-    """The default :class:`SourceRef` of a file: its number from ``pubmedYYnNNNN``, else 0.
+    """The default :class:`SourceRef` of a file: its order from ``pubmedYYnNNNN``
+    (:func:`ingest.records.nlm_sequence`), else 0.
 
     Args:
         path: The file path.
         kind: The source kind (``file``, ``updatefile``, ``baseline``...).
 
     Returns:
-        A SourceRef whose ``sequence`` is the update/baseline file number.
+        A SourceRef whose ``sequence`` orders the update/baseline file (year, number).
     """
-    name = os.path.basename(os.fspath(path))
-    m = _FILE_SEQ_RE.search(name)
-    return SourceRef(kind, os.fspath(path), sequence=int(m.group(1)) if m else 0)  # type: ignore[arg-type]
+    order = nlm_file_order(path)
+    sequence = nlm_sequence(*order) if order else 0
+    return SourceRef(kind, os.fspath(path), sequence=sequence)  # type: ignore[arg-type]
 
 
 def iter_items(

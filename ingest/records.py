@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -30,6 +32,8 @@ __all__ = [
     "QuarantineEntry",
     "Record",
     "SourceRef",
+    "nlm_file_order",
+    "nlm_sequence",
 ]
 
 SourceKind = Literal["file", "updatefile", "baseline", "eutils", "generated"]
@@ -43,7 +47,8 @@ class SourceRef:
         kind: ``file`` (local XML), ``updatefile``/``baseline`` (NLM files),
             ``eutils`` (EFetch), ``generated`` (test data).
         location: File path or name, or the request it came from.
-        sequence: Update/baseline file number (``pubmed26n1280`` → 1280), else 0.
+        sequence: Of an NLM baseline/update file, its year and number
+            (:func:`nlm_sequence`: ``pubmed26n1280`` → 26_000_001_280), else 0.
         fetched_at: When the bytes were read (UTC).
     """
 
@@ -55,6 +60,29 @@ class SourceRef:
     def order_key(self) -> tuple[int, float]:
         """Later sources sort higher: file number first, then fetch time."""
         return (self.sequence, self.fetched_at.timestamp())
+
+
+#: An NLM file's number has at most 9 digits (``pubmedYYnNNNN``, 4 in use).
+NLM_YEAR_FACTOR = 10**9
+_NLM_FILE_RE = re.compile(r"pubmed([0-9]{2})n([0-9]{4,9})(?![0-9])", re.IGNORECASE)
+
+
+def nlm_file_order(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """``(year, number)`` of an NLM file (``/x/pubmed26n1335.xml.gz`` → ``(26, 1335)``),
+    ``None`` for any other name."""
+    m = _NLM_FILE_RE.match(os.path.basename(os.fspath(path)))
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def nlm_sequence(year: int, number: int) -> int:
+    """The order of NLM file ``pubmed{year:02}n{number:04}``: year first, then number.
+
+    NLM restarts its numbering with every annual baseline (the 2026 update files begin
+    near ``pubmed26n1335`` while the 2025 ones ran past ``pubmed25n1500``): a store that
+    goes on from last year's update files to this year's must order them by year first,
+    or a later file's deletions and corrections lose to an earlier file's records.
+    """
+    return year * NLM_YEAR_FACTOR + number
 
 
 @dataclass(frozen=True, slots=True)

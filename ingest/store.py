@@ -58,7 +58,7 @@ from sqlalchemy.engine import Connection
 
 from ingest.checkpoints import Checkpoints
 from ingest.links import chunks, new_cited_by, recompute_cited_by, recount_range, replace_links
-from ingest.records import Deletion, Record
+from ingest.records import NLM_YEAR_FACTOR, Deletion, Record, nlm_file_order
 from ingest.rows import (
     ARTICLE_COLUMNS,
     COLUMN_INDEX,
@@ -91,6 +91,11 @@ logger = logging.getLogger(__name__)
 #: The checkpoint ``(scope, key)`` whose status ``deferred`` says the in-corpus citation
 #: counts wait for :meth:`Store.finish_counts`.
 COUNTS_CHECKPOINT = ("store", "cited_by_in_corpus")
+#: Set once the rows of NLM files carry their file's year in ``source_sequence``
+#: (:func:`ingest.records.nlm_sequence`); stores made before hold the number alone.
+SEQUENCE_CHECKPOINT = ("store", "nlm_sequence")
+#: Stores (engine URLs) this process found upgraded: the check is one query a process.
+_SEQUENCES_CURRENT: set[str] = set()
 #: PMIDs per transaction of a full recount (PubMed's ~40 M PMIDs: ~160 statements).
 RECOUNT_STEP = 250_000
 
@@ -170,6 +175,7 @@ class Store(RunLedger, Checkpoints):
         """
         if batch_size <= 0:
             raise ConfigError(f"batch_size must be positive, got {batch_size!r}")
+        self.upgrade_sequences()
         counter = Counter()
         touched: set[int] = set()
         first = 0
@@ -187,6 +193,46 @@ class Store(RunLedger, Checkpoints):
         counts = counter.freeze()
         logger.info("applied %d items: %s", counts.total, counts.to_dict())
         return counts
+
+    def upgrade_sequences(self) -> int:
+        """Give rows written by an NLM file before sequences carried the year their
+        file's year (:func:`ingest.records.nlm_sequence`), once per store.
+
+        Without it a row of last year's ``pubmed25n1500`` (sequence 1,500) would beat
+        this year's ``pubmed26n1335`` only until the upgrade, then any file of any year.
+        One scan of the articles on the first write after the upgrade; then a checkpoint.
+
+        Returns:
+            The rows rewritten (0 when the store was current).
+        """
+        url = self.engine.url.render_as_string(hide_password=True)
+        if url in _SEQUENCES_CURRENT:
+            return 0
+        done = 0
+        if self.get_checkpoint(*SEQUENCE_CHECKPOINT) is None:
+            seq = articles.c.source_sequence
+            legacy = (seq > 0) & (seq < NLM_YEAR_FACTOR)
+            with self.engine.begin() as conn:
+                by_year: dict[int, list[str]] = {}
+                for location in conn.execute(
+                    select(articles.c.source_location).where(legacy).distinct()
+                ).scalars():
+                    order = nlm_file_order(location)
+                    if order is not None:
+                        by_year.setdefault(order[0], []).append(location)
+                for year, locations in sorted(by_year.items()):
+                    for part in chunks(locations, 500):
+                        done += conn.execute(
+                            update(articles)
+                            .where(legacy, articles.c.source_location.in_(part))
+                            .values(source_sequence=seq + year * NLM_YEAR_FACTOR)
+                        ).rowcount
+                self.set_checkpoint(*SEQUENCE_CHECKPOINT, "done", {"rows": done}, conn=conn)
+            if done:
+                logger.warning("store upgraded: %d rows of NLM files now order by the "
+                               "file's year, then number", done)  # fmt: skip
+        _SEQUENCES_CURRENT.add(url)
+        return done
 
     def _apply_batch(
         self,

@@ -13,8 +13,9 @@ several a day) and ``baseline/`` (yearly), each with a ``.md5`` beside it in the
    times) and then fails the run with :class:`~litpulse.core.errors.ChecksumError` — that
    file and every later one stay unapplied, so the order is never broken;
 5. applies it through :meth:`ingest.store.Store.apply` with
-   ``SourceRef("updatefile" | "baseline", name, sequence=NNNN)`` and records it in
-   ``source_files`` with its MD5, size and counts; the download is then deleted.
+   ``SourceRef("updatefile" | "baseline", name, sequence=nlm_sequence(YY, NNNN))`` (year
+   first: NLM's numbering restarts each year) and records it in ``source_files`` with its
+   MD5, size and counts; the download is then deleted.
 
 A run killed mid-file leaves no ``source_files`` row, so the next run applies that file
 again; re-applying records is idempotent in the store.
@@ -38,7 +39,7 @@ from urllib.parse import unquote, urlsplit
 from sqlalchemy import select
 
 from ingest.http import HttpClient, raise_if_stopped
-from ingest.records import SourceRef
+from ingest.records import SourceRef, nlm_sequence
 from ingest.rows import StoreItem
 from ingest.runs import IngestCounts, OpenRun, recorded_run
 from ingest.store import Store
@@ -337,7 +338,7 @@ def apply_updates(
 
 def _file_ref(f: RemoteFile) -> SourceRef:
     """The source of ``f``'s items: the same whenever it is read (its number fixes its content)."""
-    return SourceRef(f.kind, f.name, sequence=f.number)  # type: ignore[arg-type]
+    return SourceRef(f.kind, f.name, sequence=nlm_sequence(f.year, f.number))  # type: ignore[arg-type]
 
 
 def _apply_file(

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from ingest.files import file_sequence, ingest_files, order_files
-from ingest.records import Record
+from ingest.files import ingest_files, order_files
+from ingest.records import Record, nlm_file_order
 from ingest.store import IngestCounts, Store
 from litpulse.app.demo import pubmed_xml
 from litpulse.app.demo.generate import generate_corpus
@@ -50,8 +50,8 @@ def deletion_xml(*pmids: int) -> str:
 
 
 def test_order_files_sorts_nlm_files_in_their_slots() -> None:
-    assert file_sequence("/x/pubmed26n1280.xml.gz") == (26, 1280)
-    assert file_sequence("local.xml") is None
+    assert nlm_file_order("/x/pubmed26n1280.xml.gz") == (26, 1280)
+    assert nlm_file_order("local.xml") is None
     got = order_files(["b.xml", "pubmed26n0003.xml.gz", "a.xml", "pubmed26n0001.xml.gz",
                        "pubmed25n1200.xml.gz"])  # fmt: skip
     assert [p.name for p in got] == [

@@ -29,6 +29,7 @@ from ingest.records import (
     QuarantineEntry,
     Record,
     SourceRef,
+    nlm_sequence,
 )
 from litpulse.core.errors import ParseError
 
@@ -381,7 +382,7 @@ def test_gzip_is_detected_by_magic_bytes_not_name(tmp_path: Path, edge_items: li
     for path, seq in ((gz_named_xml, 42), (plain_named_gz, 43)):
         items = list(iter_items(path))
         assert [(type(i), getattr(i, "pmid", None)) for i in items] == expected
-        assert {i.source.sequence for i in items} == {seq}
+        assert {i.source.sequence for i in items} == {nlm_sequence(26, seq)}
         assert items[0] == _replace_source(edge_items[0], items[0].source)
 
 
@@ -414,7 +415,7 @@ def test_multi_member_gzip(tmp_path: Path) -> None:
 def test_source_ref_for() -> None:
     ref = source_ref_for("/data/updatefiles/pubmed26n1280.xml.gz", "updatefile")
     assert (ref.kind, ref.location, ref.sequence) == (
-        "updatefile", "/data/updatefiles/pubmed26n1280.xml.gz", 1280,
+        "updatefile", "/data/updatefiles/pubmed26n1280.xml.gz", 26_000_001_280,
     )  # fmt: skip
     assert source_ref_for("efetch-body.xml").sequence == 0
 
@@ -474,7 +475,7 @@ def test_truncated_plain_file_keeps_what_came_before(tmp_path: Path, threaded: b
     assert last.reason.startswith(f"XML syntax error at line {last.line}: ")
     assert last.line == data[:cut].count(b"\n") + 1
     assert "10000004" in last.raw_xml
-    assert last.source.sequence == 7
+    assert last.source.sequence == nlm_sequence(26, 7)
 
 
 def test_truncated_gzip_keeps_what_came_before(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -667,3 +668,41 @@ def test_old_sqlite_recounts_as_the_set_based_statements(
     assert _counts(engine) == expected
     assert not [s for s in statements if " FROM (" in s and s.startswith("UPDATE")]
     assert any(s.startswith("UPDATE articles SET cited_by_in_corpus") for s in statements)
+
+
+def test_rows_of_a_store_made_before_nlm_sequences_had_the_year_are_upgraded(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Rows written by NLM files when ``source_sequence`` was the file number alone are
+    given their file's year on the first write after the upgrade, so a file of the same
+    year that comes earlier (re-applied by hand) still loses to them, as it did."""
+    from ingest import store as store_module
+    from ingest.files import ingest_files
+    from ingest.records import nlm_sequence
+    from litpulse.app.demo.pubmed_xml import article_xml, gz, pubmed_set
+    from litpulse.core.schema import checkpoints
+
+    day = dt.date(2026, 3, 2)
+
+    def nlm_file(name: str, title: str) -> Path:
+        path = tmp_path / name
+        path.write_bytes(gz(pubmed_set([article_xml(1001, edat=day, title=title)])))
+        return path
+
+    old = nlm_file("pubmed26n1300.xml.gz", "Old title")
+    new = nlm_file("pubmed26n1400.xml.gz", "Revised title")
+    ingest_files(settings, [old, new])
+    engine = db.connect(settings)
+    # the store as an older litpulse left it: numbers alone, no checkpoint
+    with engine.begin() as conn:
+        conn.execute(articles.update().values(source_sequence=1400))
+        conn.execute(checkpoints.delete().where(checkpoints.c.key == "nlm_sequence"))
+    store_module._SEQUENCES_CURRENT.clear()
+
+    counts = ingest_files(settings, [old])  # the earlier file again, by hand
+    assert (counts.inserted, counts.updated) == (0, 0)
+    with engine.connect() as conn:
+        title, seq = conn.execute(select(articles.c.title, articles.c.source_sequence)).one()
+    assert title == "Revised title"  # before the upgrade code: "Old title"
+    assert seq == nlm_sequence(26, 1400)
+    assert Store(engine).upgrade_sequences() == 0  # once

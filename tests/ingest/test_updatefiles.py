@@ -190,20 +190,14 @@ def test_a_failed_run_counts_what_it_committed(
     assert run["inserted"] == stored > 0  # before: 0, though a batch was committed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 1: a file's order key is its number only (SourceRef.sequence), not "
-    "(year, number): after NLM's new annual baseline, pubmed26n1335 sorts below "
-    "pubmed25n1500, so its DeleteCitation of a PMID last written by the older year's "
-    "file is counted 'unchanged' and the record stays live",
-)
 def test_a_deletion_in_next_years_update_file_wins_over_last_years_file(
     sqlite_settings: Settings,
 ) -> None:
     """NLM numbers update files on from each year's baseline: the 2025 updates run past
     n1500 while the 2026 updates start near n1335. A store that applied pubmed25n1500
     and then, after the new year's baseline (which it does not re-apply), pubmed26n1335
-    must obey 26n1335: it is the later file."""
+    must obey 26n1335: it is the later file (review finding: the deletion was counted
+    'unchanged' and the record stayed live, the file's number alone ordering the two)."""
     from tests.emulator import article_xml, gz, pubmed_set
 
     d = dt.date(2025, 11, 3)
