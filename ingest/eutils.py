@@ -18,7 +18,10 @@ window.
 listed as *missing* (EFetch did not return it even after a second, targeted request —
 typically a record withdrawn between the two calls). Missing PMIDs are counted in
 ``IngestCounts.missing`` and listed in the run's ``details["missing_pmids"]``; a later
-run of the same window asks for them again.
+run of the same window asks for them again. A record of an EFetch answer that is not
+well-formed (an unescaped ``&``, an unclosed tag) is quarantined like one of a file,
+under its PMID, and the rest of the answer is stored; only an answer that is empty, cut
+short (no closing ``</PubmedArticleSet>``) or an error document is retried.
 
 **Resuming.** Progress is checkpointed in ``checkpoints`` (scope ``eutils``): the PMID
 list of the window (key ``<window>[|q=<hash>]#search``, status ``searched`` while the
@@ -41,8 +44,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lxml import etree
@@ -318,10 +322,52 @@ def search_pmids(
 # ------------------------------------------------------------------------------- EFetch
 
 
+#: The start of a ``PubmedArticleSet`` document: optional BOM, XML declaration, DOCTYPE
+#: (with an internal subset), comments and processing instructions, then the root tag.
+_ARTICLE_SET_START = re.compile(
+    rb"\A(?:\xef\xbb\xbf)?"
+    rb"(?:\s|<\?[^>]*\?>|<!DOCTYPE[^>\[]*(?:\[[^\]]*\])?\s*>|<!--.*?-->)*"
+    rb"<PubmedArticleSet(?:\s[^>]*)?>",
+    re.DOTALL,
+)
+_ARTICLE_SET_END = b"</PubmedArticleSet>"
+_RECORD_STARTS = ("<PubmedArticle", "<PubmedBookArticle")
+
+
+def _whole_article_set(body: bytes) -> bool:
+    """Whether ``body`` opens with a ``PubmedArticleSet`` root and ends with its end tag."""
+    return (
+        body.rstrip().endswith(_ARTICLE_SET_END)
+        and _ARTICLE_SET_START.match(body) is not None
+    )
+
+
 def _check_efetch_body(body: bytes, where: str) -> None:
+    """Raise unless ``body`` is a whole ``PubmedArticleSet`` answer.
+
+    An empty body, one cut short (it does not end with ``</PubmedArticleSet>``) and
+    anything else that is not XML is transient; an error document (``<ERROR>``, in an
+    ``eFetchResult`` or not) is classified by :func:`classify_eutils_error`. A whole
+    ``PubmedArticleSet`` whose records are not all well-formed passes: the parser
+    quarantines each bad record and keeps the others (one record must not fail the
+    window).
+
+    Raises:
+        TransientSourceError: Empty, truncated, not XML, not a ``PubmedArticleSet``, or
+            a transient ``<ERROR>``.
+        InvalidRequestError: An ``<ERROR>`` naming a fault of the request.
+    """
+    if not body.strip():
+        raise TransientSourceError(f"{where}: empty body")
     try:
         root = etree.fromstring(body, _XML)
     except etree.XMLSyntaxError as exc:
+        if _whole_article_set(body):
+            logger.warning(
+                "%s: the answer is not well-formed (%s); its bad records are quarantined",
+                where, exc.msg,
+            )  # fmt: skip
+            return
         raise TransientSourceError(f"{where}: unparseable or truncated body ({exc.msg})") from None
     error = root.findtext("ERROR")
     if error is not None:
@@ -371,7 +417,13 @@ def fetch_reconciled(
     location: str,
     limits: ParseLimits | None = None,
 ) -> tuple[list[Item], list[int]]:
-    """EFetch ``pmids``; ask again for any the answer left out.
+    """EFetch ``pmids``; ask again, once, for any the answer left out.
+
+    A PMID is accounted for by a record, a deletion or a quarantine entry naming it (a
+    quarantined PMID is not asked for again). A record quarantined without a readable
+    PMID names none: its PMID is asked for again, and when that second request was for
+    that one PMID and its answer is one unreadable record, the entry is that PMID's
+    (otherwise the PMID stays missing, and the entries stay quarantined without one).
 
     Returns:
         The items, and the PMIDs still absent after the second request.
@@ -380,9 +432,30 @@ def fetch_reconciled(
     missing = sorted(set(pmids) - _pmids_of(items))
     if missing:
         logger.info("%s: %d PMIDs absent from EFetch, asking again", location, len(missing))
-        items += efetch(client, missing, location=location, limits=limits)
+        again = efetch(client, missing, location=location, limits=limits)
+        if len(missing) == 1 and not _pmids_of(again):
+            items = _attribute(items, again, missing[0])
+        else:
+            items += again
         missing = sorted(set(missing) - _pmids_of(items))
     return items, missing
+
+
+def _attribute(items: list[Item], again: list[Item], pmid: int) -> list[Item]:
+    """``items`` + ``again``, the answer to a request for ``pmid`` alone, which named no
+    PMID: if it holds exactly one record quarantined without a PMID, that record is
+    ``pmid``'s (and the same entry in ``items``, found by its digest, is dropped)."""
+    unnamed = [
+        i for i in again
+        if isinstance(i, QuarantineEntry) and i.pmid is None
+        and i.raw_xml.lstrip().startswith(_RECORD_STARTS)
+    ]  # fmt: skip
+    if len(unnamed) != 1:
+        return items + again
+    entry = unnamed[0]
+    digest = entry.digest
+    kept = [i for i in items if not (isinstance(i, QuarantineEntry) and i.digest == digest)]
+    return kept + [replace(entry, pmid=pmid) if i is entry else i for i in again]
 
 
 # ------------------------------------------------------------------------------ windows

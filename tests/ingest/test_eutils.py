@@ -10,25 +10,27 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from sqlalchemy import func, select, text
 
 from ingest.eutils import (
     classify_eutils_error,
+    efetch,
     esearch,
     ingest_window,
     parse_esearch,
     search_pmids,
 )
-from ingest.http import eutils_client
+from ingest.http import HttpClient, eutils_client
 from ingest.store import Store
 from litpulse.app.demo.generate import CorpusManifest, generate_corpus
 from litpulse.core import db
 from litpulse.core.errors import ConfigError, InvalidRequestError, TransientSourceError
-from litpulse.core.schema import articles, checkpoints, metadata
+from litpulse.core.schema import articles, checkpoints, metadata, quarantine
 from litpulse.core.settings import Settings
-from tests.emulator import Emulator, running_emulator
+from tests.emulator import PUBMED_DOCTYPE, Emulator, article_xml, running_emulator
 
 KEY = "SECRET-eutils-key-987654321"
 REPO = Path(__file__).resolve().parents[2]
@@ -334,31 +336,141 @@ def test_window_is_half_open_with_overlap(emu: Emulator, sqlite_settings: Settin
         ingest_window(s, dt.datetime(2024, 1, 2), dt.datetime(2024, 1, 2))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 2: _check_efetch_body parses the whole EFetch body strictly, so one "
-    "record that is not well-formed fails the batch as 'truncated' (retried, then the "
-    "run fails): the other records of the batch are never stored and the window never "
-    "succeeds, instead of the bad record being quarantined",
-)
+def _malformed(pmid: int, day: dt.date) -> bytes:
+    """A record that is not well-formed XML: an unescaped '&' and an unclosed <i>."""
+    return article_xml(pmid, edat=day).replace(b"<ArticleTitle>", b"<ArticleTitle>Q&A <i>x")
+
+
+def _quarantine_rows(settings: Settings) -> list[dict[str, object]]:
+    with db.connect(settings).connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(select(quarantine)).all()]
+
+
 def test_a_malformed_record_in_an_efetch_answer_is_quarantined_and_the_rest_stored(
     emu: Emulator, sqlite_settings: Settings
 ) -> None:
-    from tests.emulator import article_xml
-
     day = dt.date(2024, 1, 2)
     for pmid in (101, 102, 103):
         emu.add_article(pmid, edat=day)
-    # an unescaped '&' and an unclosed <i>: the record is not well-formed XML
-    bad = article_xml(102, edat=day).replace(b"<ArticleTitle>", b"<ArticleTitle>Q&A <i>x")
+    emu.add_article(102, edat=day, xml=_malformed(102, day))
+    s = _settings(emu, sqlite_settings, max_retries=1)
+    counts = ingest_window(s, dt.datetime(2024, 1, 2), dt.datetime(2024, 1, 3))
+    assert sorted(_stored(s)) == [101, 103]
+    assert counts.inserted == 2 and counts.quarantined == 1
+    assert counts.missing == 0  # quarantined under its PMID: accounted for, not missing
+    assert len(emu.requests("efetch")) == 1  # neither retried nor asked for again
+    run = Store(db.connect(s)).runs(1)[0]
+    assert run["status"] == "succeeded" and run["details"]["missing_pmids"] == []
+    assert any(q["pmid"] == 102 for q in Store(db.connect(s)).quarantined())
+    # the next run of the window succeeds too, and keeps one quarantine row for it
+    again = ingest_window(s, dt.datetime(2024, 1, 2), dt.datetime(2024, 1, 3))
+    assert again.unchanged == 2 and again.missing == 0
+    assert [q["pmid"] for q in _quarantine_rows(s)] == [102]
+
+
+def test_a_malformed_record_without_a_readable_pmid_is_taken_as_the_one_asked_again(
+    emu: Emulator, sqlite_settings: Settings
+) -> None:
+    day = dt.date(2024, 1, 2)
+    for pmid in (101, 102, 103):
+        emu.add_article(pmid, edat=day)
+    bad = _malformed(102, day).replace(b">102</PMID>", b">1&02</PMID>")
     emu.add_article(102, edat=day, xml=bad)
     s = _settings(emu, sqlite_settings, max_retries=1)
     counts = ingest_window(s, dt.datetime(2024, 1, 2), dt.datetime(2024, 1, 3))
     assert sorted(_stored(s)) == [101, 103]
-    assert counts.inserted == 2 and counts.quarantined >= 1
+    # asked for once more, alone; its answer was that one unreadable record
+    asked = [r.params["id"] for r in emu.requests("efetch")]
+    assert asked == ["101,102,103", "102"]
+    assert counts.quarantined == 1 and counts.missing == 0
+    assert [q["pmid"] for q in _quarantine_rows(s)] == [102]
+
+
+def test_malformed_records_without_readable_pmids_are_quarantined_and_listed_missing(
+    emu: Emulator, sqlite_settings: Settings
+) -> None:
+    day = dt.date(2024, 1, 2)
+    for pmid in (101, 102, 103):
+        emu.add_article(pmid, edat=day)
+    for pmid in (101, 102):  # which entry is which PMID cannot be told
+        bad = _malformed(pmid, day).replace(f">{pmid}</PMID>".encode(), b">1&0</PMID>")
+        emu.add_article(pmid, edat=day, xml=bad)
+    s = _settings(emu, sqlite_settings, max_retries=1)
+    counts = ingest_window(s, dt.datetime(2024, 1, 2), dt.datetime(2024, 1, 3))
+    assert _stored(s) == [103]
+    assert len(emu.requests("efetch")) == 2  # asked again once, not forever
+    assert counts.missing == 2
     run = Store(db.connect(s)).runs(1)[0]
-    assert run["status"] == "succeeded"
-    assert any(q["pmid"] == 102 for q in Store(db.connect(s)).quarantined())
+    assert run["status"] == "succeeded" and run["details"]["missing_pmids"] == [101, 102]
+    rows = _quarantine_rows(s)
+    assert len(rows) == 2 and all(q["pmid"] is None for q in rows)
+
+
+class _Answer:
+    def __init__(self, body: bytes) -> None:
+        self.content = body
+
+
+class _OneAnswerClient:
+    """Hands ``body`` to the parse callback once (as HttpClient.post does per attempt)."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def post(self, path: str, *, data: dict[str, str], parse: Any) -> Any:
+        return parse(_Answer(self.body))
+
+
+def _efetch_body(*records: bytes, doctype: bool = True) -> bytes:
+    head = b'<?xml version="1.0" ?>\n' + (PUBMED_DOCTYPE.encode() + b"\n" if doctype else b"")
+    inner = b"".join(r + b"\n" for r in records)
+    return head + b"<PubmedArticleSet>\n" + inner + b"</PubmedArticleSet>\n"
+
+
+def _records(*pmids: int) -> list[bytes]:
+    return [article_xml(p, edat=dt.date(2024, 1, 2)) for p in pmids]
+
+
+_WHOLE_WITH_BAD = _efetch_body(*_records(1), _malformed(2, dt.date(2024, 1, 2)), *_records(3))
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b"", TransientSourceError),
+        (b" \n\t", TransientSourceError),
+        # cut inside the malformed record, or just after a whole one: still truncated
+        (_WHOLE_WITH_BAD[: _WHOLE_WITH_BAD.index(b"Q&A") + 20], TransientSourceError),
+        (_WHOLE_WITH_BAD[: _WHOLE_WITH_BAD.rindex(b"</PubmedArticle>") + 16],
+         TransientSourceError),
+        (_efetch_body(*_records(1, 2))[:-30], TransientSourceError),
+        (b"<html><body>Temporarily unavailable</body></html>", TransientSourceError),
+        (b'<?xml version="1.0" ?><eFetchResult><ERROR>Unable to obtain query #1</ERROR>'
+         b"</eFetchResult>", TransientSourceError),
+        (b'<?xml version="1.0" ?><eFetchResult><ERROR>Invalid db name specified: x</ERROR>'
+         b"</eFetchResult>", InvalidRequestError),
+        (b"<ERROR>Search Backend failed</ERROR>", TransientSourceError),
+        # not a PubmedArticleSet, though it ends like one
+        (b"<html>" + _WHOLE_WITH_BAD.split(b"<PubmedArticleSet>", 1)[1], TransientSourceError),
+    ],
+    ids=["empty", "blank", "cut-in-bad-record", "cut-after-record", "cut-in-record", "html",
+         "error-transient", "error-invalid", "bare-error", "other-root"],
+)
+def test_efetch_bodies_cut_short_or_erroneous_are_not_parsed(
+    body: bytes, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        efetch(cast(HttpClient, _OneAnswerClient(body)), [1, 2, 3], location="test")
+
+
+@pytest.mark.parametrize("doctype", [True, False])
+def test_efetch_quarantines_a_malformed_record_of_a_whole_answer(doctype: bool) -> None:
+    body = _efetch_body(*_records(1), _malformed(2, dt.date(2024, 1, 2)), *_records(3),
+                        doctype=doctype)  # fmt: skip
+    items = efetch(cast(HttpClient, _OneAnswerClient(body)), [1, 2, 3], location="test")
+    assert [(type(i).__name__, i.pmid) for i in items] == [
+        ("Record", 1), ("QuarantineEntry", 2), ("Record", 3)
+    ]
 
 
 def test_windows_meet_at_pubmeds_eastern_day(emu: Emulator, sqlite_settings: Settings) -> None:
