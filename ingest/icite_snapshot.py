@@ -52,6 +52,25 @@ another ``--as-of`` is a new load.
 as its type, broken CSV quoting) are counted as ``malformed``, quarantined with their raw
 text (first 64 KiB), source and line, and skipped; the load goes on.
 
+**A stray quote** (a field that opens a quote and never closes it) would make CSV read the
+lines after it, up to the next quote, as one field: rows swallowed unseen, and the broken
+row given the values of the row where the quote happens to close. So each line a record
+goes on over is checked: one that reads on its own as a complete row of the header's width
+with a valid PMID ends the record before it (the rest of a real multi-line title would have
+to start with a number and hold just the commas that make the header's width), and so does
+the line after :data:`MAX_SPAN` lines. A record ended so, and any record spanning several
+lines that is malformed, is quarantined as its first line only (one ``malformed`` row; the
+reason names the lines), and the lines after it are read again as rows of their own: the
+rows after a stray quote are loaded with their own values. (A real record over several
+lines that is malformed is thus quarantined line by line.) Lines given back to be read
+again are not in a checkpoint's offset until they are read again, so a resumed load reads
+them again too and ends as an uninterrupted one.
+
+**A truncated or corrupt file** (a ``.gz`` or ``.zip`` cut short, a flipped byte, a plain
+CSV named ``.gz``) stops the load with a :class:`~litpulse.core.errors.ParseError` naming
+the file and the last line committed; the batches committed before it stay, the run is
+recorded ``failed``.
+
 Example:
     >>> counts = load_snapshot(settings, "icite_metadata.zip")  # doctest: +SKIP
     >>> counts.to_dict()                                          # doctest: +SKIP
@@ -66,8 +85,9 @@ import gzip
 import hashlib
 import logging
 import zipfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+import zlib
+from collections.abc import Callable, Generator, Iterator, Mapping
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -83,7 +103,7 @@ from ingest.rows import quarantine_row
 from ingest.runs import Counts, IngestCounts, OpenRun, recorded_run
 from ingest.store import Store
 from litpulse.core.db import upsert
-from litpulse.core.errors import ConfigError, NotFoundError
+from litpulse.core.errors import ConfigError, NotFoundError, ParseError
 from litpulse.core.schema import articles, quarantine
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import as_utc, utcnow
@@ -105,6 +125,12 @@ SCOPE = "icite_snapshot"
 #: Longest physical line read at once (bytes): the longest real one is ~2.3 MB; a longer
 #: "line" is cut here and its pieces end up malformed rather than in memory.
 MAX_LINE = 64 << 20
+#: Most physical lines one record may span (real titles with line breaks span a few): a
+#: quoted field still open after that many is taken for a stray quote (module docstring).
+MAX_SPAN = 32
+#: What reading a damaged file raises: gzip's ``BadGzipFile`` and system errors are
+#: ``OSError``, a cut gzip or zip member ``EOFError``, a corrupt deflate stream ``zlib.error``.
+_UNREADABLE = (OSError, EOFError, zlib.error, zipfile.BadZipFile)
 #: Malformed rows shown in the run's details (all of them are quarantined).
 SAMPLE = 10
 #: The Open Citation Collection's header: a file of links, not of metrics.
@@ -168,33 +194,82 @@ class Batch:
     line: int = 0
 
 
-class _Lines:
-    """The decoded lines of a binary stream, counting the bytes and lines handed out."""
+class _CutShort(Exception):
+    """Raised by :class:`_Lines` inside ``csv.reader``: the record being read ends at the
+    lines read so far (a stray quote), its next line was given back. ``spanned``: it went
+    on for :data:`MAX_SPAN` lines (else the next line reads as a row of its own)."""
 
-    def __init__(self, stream: IO[bytes], offset: int = 0, line: int = 0) -> None:
+    def __init__(self, *, spanned: bool) -> None:
+        super().__init__("spanned" if spanned else "row")
+        self.spanned = spanned
+
+
+class _Lines:
+    """The decoded lines of a binary stream, counting the bytes and lines handed out.
+
+    Lines given back (:meth:`reread`, a record cut short) are handed out again before the
+    stream's next ones and are not counted until then: ``offset`` and ``line`` are always
+    those just after the last line handed out, where a resumed read starts.
+
+    Args:
+        stream: The binary stream, at ``offset``.
+        offset: Bytes before the stream's position.
+        line: Physical lines before it.
+        starts_row: Whether a line reads as a row of its own; asked of each line a record
+            goes on over (a quoted field is open): yes ends the record before that line.
+    """
+
+    def __init__(
+        self,
+        stream: IO[bytes],
+        offset: int = 0,
+        line: int = 0,
+        starts_row: Callable[[str], bool] | None = None,
+    ) -> None:
         self.stream = stream
         self.offset = offset
         self.line = line
-        self.pending: list[str] = []  # the lines of the row being read
+        self.starts_row = starts_row
+        self.pending: list[bytes] = []  # the lines of the record being read
+        self.back: list[bytes] = []  # lines given back, the next one last
 
     def __iter__(self) -> _Lines:
         return self
 
     def __next__(self) -> str:
-        data = self.stream.readline(MAX_LINE)
-        if not data:
-            raise StopIteration
+        if self.back:
+            data = self.back.pop()
+        else:
+            data = self.stream.readline(MAX_LINE)
+            if not data:
+                raise StopIteration
+        text = data.decode("utf-8", "replace")
+        if self.pending:  # the record goes on over this line: a quoted field is open
+            spanned = len(self.pending) >= MAX_SPAN
+            if spanned or (self.starts_row is not None and self.starts_row(text)):
+                self.back.append(data)
+                raise _CutShort(spanned=spanned)
         self.offset += len(data)
         self.line += 1
-        text = data.decode("utf-8", "replace")
-        self.pending.append(text)
+        self.pending.append(data)
         return text
+
+    def reread(self) -> int:
+        """Give back the lines of the record being read after its first (they are read
+        again); the number given back."""
+        rest = self.pending[1:]
+        if rest:
+            del self.pending[1:]
+            self.back.extend(reversed(rest))
+            self.offset -= sum(map(len, rest))
+            self.line -= len(rest)
+        return len(rest)
 
     def take(self) -> str:
         """The raw text of the row just read (at most :data:`MAX_RAW_TAIL` characters)."""
-        raw = "".join(self.pending)[:MAX_RAW_TAIL]
+        data = b"".join(self.pending)[: 4 * MAX_RAW_TAIL + 4]  # <= 4 bytes a character
         self.pending.clear()
-        return raw
+        return data.decode("utf-8", "replace")[:MAX_RAW_TAIL]
 
 
 def snapshot_files(path: str | Path) -> list[Path]:
@@ -287,6 +362,11 @@ def iter_batches(
         offset: Resume at this byte offset (a :attr:`Batch.offset`; 0: after the header).
         line: The physical line count at ``offset``.
 
+    A record that goes on over more lines (an open quoted field) ends before a line that
+    reads as a row of its own, or after :data:`MAX_SPAN` lines; such a record, and one
+    spanning several lines that is malformed, is quarantined as its first line only, and
+    the lines after it are read again (the module's docstring, "A stray quote").
+
     Raises:
         ConfigError: The header lacks a column the loader needs.
     """
@@ -299,13 +379,42 @@ def iter_batches(
     wanted = [(n, names.index(n)) for n in REQUIRED]
     pmid_at = names.index("pmid")
     source = SourceRef("file", location)
-    lines = _Lines(stream, offset, line)
+
+    def starts_row(text: str) -> bool:
+        """Whether ``text`` reads on its own as a complete row of the header's width with a
+        valid PMID (the rest of a quoted field spanning lines does not)."""
+        if text.count(",") < width - 1:
+            return False
+        try:  # a blank line after it comes out as a row of its own unless a quote is open
+            got = list(csv.reader((text, "\n")))
+        except csv.Error:
+            return False
+        return (
+            len(got) == 2
+            and len(got[0]) == width
+            and id_value(got[0][pmid_at], MAX_PMID) is not None
+        )
+
+    lines = _Lines(stream, offset, line, starts_row)
     reader = csv.reader(lines)
     values: dict[int, dict[str, Any]] = {}
     bad: list[QuarantineEntry] = []
     rows = 0
 
     def reject(reason: str, first_line: int, row: list[str] | None) -> None:
+        if len(lines.pending) > 1:  # a record over several lines: keep only its first
+            last = first_line + lines.reread()
+            reason += (
+                f"; read over lines {first_line}-{last} from an open quote: its first line "
+                "is quarantined, the lines after it are read again"
+            )
+            row = None
+        if row is None and lines.pending:  # its first line's PMID, where it has one
+            first = lines.pending[0].decode("utf-8", "replace")
+            try:
+                row = next(csv.reader([first]), None)
+            except csv.Error:
+                row = None
         pmid = None
         if row is not None and len(row) > pmid_at:
             pmid = id_value(row[pmid_at], MAX_PMID)
@@ -324,6 +433,13 @@ def iter_batches(
             row = next(reader)
         except StopIteration:
             break
+        except _CutShort as cut:
+            rows += 1
+            if cut.spanned:
+                why = f"a quoted field still open after {MAX_SPAN} lines"
+            else:
+                why = f"a quote never closed: line {lines.line + 1} reads as a row of its own"
+            reject(why, first_line, None)
         except csv.Error as exc:
             rows += 1
             reject(f"unreadable CSV ({exc})", first_line, None)
@@ -414,6 +530,9 @@ def load_snapshot(
     Raises:
         NotFoundError: Nothing at ``path`` (no run is recorded).
         ConfigError: Not a snapshot CSV (the run is recorded as failed).
+        ParseError: A file is truncated or corrupt (a ``.gz``/``.zip`` cut short or
+            damaged) or cannot be read; the batches committed before stay (the run is
+            recorded as failed).
     """
     from litpulse.core.db import connect
 
@@ -464,11 +583,24 @@ def _load_file(
     }  # fmt: skip
     per_file.append(entry)
     bar = _bar(path.name, done_rows) if progress else None
+    committed = line  # the last line of the last batch committed (0: none)
+
+    def unreadable(exc: BaseException) -> ParseError:
+        kept = (
+            f"the rows up to line {committed} are loaded and stay ({done_rows} rows)"
+            if committed
+            else "no row of it was loaded"
+        )
+        what = "cannot be read" if getattr(exc, "errno", None) else "is truncated or corrupt"
+        cls = type(exc)
+        name = cls.__name__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__name__}"
+        return ParseError(
+            f"{path} {what} ({name}: {exc}); {kept}; load a complete copy of the file"
+        )
+
     try:
-        with open_snapshot(path) as stream:
-            for batch in iter_batches(
-                stream, location=str(path), size=size, offset=offset, line=line
-            ):
+        with closing(_guarded(_read(path, size, offset, line), unreadable)) as batches:
+            for batch in batches:
                 with store.engine.begin() as conn:
                     updated = _write(conn, batch, fetched, run.id)
                     done_rows += batch.rows
@@ -477,6 +609,7 @@ def _load_file(
                         {**state, "offset": batch.offset, "line": batch.line, "rows": done_rows},
                         conn=conn,
                     )  # fmt: skip
+                committed = batch.line
                 malformed = len(batch.bad)
                 step = SnapshotCounts(
                     batch.rows, updated, batch.rows - malformed - updated, malformed
@@ -498,6 +631,23 @@ def _load_file(
     )
     logger.info("%s: %s", path, counts.to_dict())
     return counts
+
+
+def _read(path: Path, size: int, offset: int, line: int) -> Iterator[Batch]:
+    """The batches of one snapshot file, opened here (the generator closes it)."""
+    with open_snapshot(path) as stream:
+        yield from iter_batches(stream, location=str(path), size=size, offset=offset, line=line)
+
+
+def _guarded(
+    batches: Iterator[Batch], unreadable: Callable[[BaseException], ParseError]
+) -> Generator[Batch, None, None]:
+    """``batches``, a damaged file's error (:data:`_UNREADABLE`, raised while opening or
+    reading it, never while a batch is written) raised as ``unreadable(error)``."""
+    try:
+        yield from batches
+    except _UNREADABLE as exc:
+        raise unreadable(exc) from exc
 
 
 def _bar(name: str, initial: int) -> Any:
