@@ -41,6 +41,7 @@ from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import article_terms, articles
 from litpulse.core.settings import Settings
 from litpulse.core.states import Fusion, SearchMode, SearchSort
+from litpulse.core.text import checked_text
 from litpulse.core.timeutil import iso, parse_date
 from ranking.details import links, with_details
 from ranking.scoring import Relevance, ScoringOptions, score_article, scores
@@ -198,7 +199,7 @@ def _terms(name: str, value: str | Iterable[str] | None) -> tuple[str, ...]:
     for item in items:
         if not isinstance(item, str):
             raise ConfigError(f"{name} must be text, got {item!r}")
-        item = item.strip()
+        item = checked_text(item, name).strip()
         if len(item) > 255:
             raise ConfigError(f"{name} is longer than 255 characters")
         if item:
@@ -220,7 +221,9 @@ class SearchFilters:
         include_retracted: Also return retracted articles (flagged in the explanation).
 
     Raises:
-        ConfigError: A malformed date, ``since`` after ``until`` or an over-long term.
+        ConfigError: A malformed date, ``since`` after ``until``, an over-long term, or a
+            term or language holding a control character
+            (:func:`litpulse.core.text.checked_text`).
     """
 
     since: dt.date | None = None
@@ -240,7 +243,9 @@ class SearchFilters:
         object.__setattr__(
             self, "publication_type", _terms("publication_type", self.publication_type)
         )
-        lang = (self.language or "").strip().lower() or None
+        if self.language is not None and not isinstance(self.language, str):
+            raise ConfigError(f"language must be text, got {self.language!r}")
+        lang = checked_text(self.language or "", "language").strip().lower() or None
         if lang is not None and len(lang) > 8:
             raise ConfigError(f"language must be a code like 'eng', got {self.language!r}")
         object.__setattr__(self, "language", lang)
@@ -421,7 +426,8 @@ def run_search(
             default): the ``k`` best, widening until ``k`` pass.
 
     Raises:
-        ConfigError: An empty or over-long query, ``k`` < 1, an ``offset`` outside
+        ConfigError: An empty or over-long query, one holding a control character
+            (:func:`litpulse.core.text.checked_text`), ``k`` < 1, an ``offset`` outside
             0..:data:`MAX_OFFSET`, or an unknown mode or sort.
         NoIndexError: Nothing is published yet, or lexical mode on a version without a
             lexical index.
@@ -532,9 +538,10 @@ def _checked_query(query: str, k: int) -> str:
     """The trimmed query.
 
     Raises:
-        ConfigError: An empty or over-long query, or ``k`` < 1.
+        ConfigError: An empty or over-long query, one holding a control character, or
+            ``k`` < 1.
     """
-    text = (query or "").strip()
+    text = checked_text(query or "", "query").strip()
     if not text:
         raise ConfigError("query must not be empty")
     if len(text) > MAX_QUERY_CHARS:

@@ -26,6 +26,7 @@ from litpulse.core.db import connect, upsert
 from litpulse.core.errors import ConfigError, LitpulseError, NotFoundError
 from litpulse.core.schema import articles, feedback, feedback_log
 from litpulse.core.settings import Settings
+from litpulse.core.text import checked_text
 from litpulse.core.timeutil import utcnow
 
 __all__ = [
@@ -67,9 +68,7 @@ class FeedbackLimitError(LitpulseError):
 def _clean(value: object, name: str, limit: int) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"`{name}` must be a string")
-    if "\x00" in value:
-        raise ConfigError(f"`{name}` must not contain NUL characters")
-    text = " ".join(value.split())
+    text = " ".join(checked_text(value, f"`{name}`").split())
     if not text:
         raise ConfigError(f"`{name}` must not be empty")
     if len(text) > limit:
@@ -81,7 +80,8 @@ def clean_expert(name: object) -> str:
     """An expert's name with its whitespace normalised.
 
     Raises:
-        ConfigError: Not a string, empty, or longer than :data:`MAX_USER_CHARS`.
+        ConfigError: Not a string, empty, longer than :data:`MAX_USER_CHARS`, or holding a
+            control character (:func:`litpulse.core.text.checked_text`).
     """
     return _clean(name, "user", MAX_USER_CHARS)
 
@@ -146,7 +146,8 @@ def record_feedback(
         engine: Database engine (default :func:`litpulse.core.db.connect`).
 
     Raises:
-        ConfigError: An empty or too long query or user, or a bad pmid.
+        ConfigError: An empty or too long query or user, one holding a control
+            character, or a bad pmid.
         NotFoundError: The article does not exist (or was deleted).
         FeedbackLimitError: The expert is over ``max_per_hour``.
     """

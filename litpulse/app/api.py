@@ -162,7 +162,8 @@ Term = Annotated[str, StringConstraints(max_length=255)]
 
 _ERRORS = {
     400: "A rule the schema cannot express (`since` after `until`, every weight 0, a text "
-         "that is only whitespace or holds NUL), or a body that cannot be read as JSON text.",
+         "that is only whitespace or holds a control character other than tab, line feed "
+         "and carriage return), or a body that cannot be read as JSON text.",
     401: "No API token, or an unknown or revoked one (`Authorization: Bearer <token>`).",
     403: "The server is read-only (no API token exists), or `user` names another expert.",
     404: "No such article.",

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, desc, select, update
 
 from litpulse.core import db
-from litpulse.core.errors import LitpulseError
+from litpulse.core.errors import ConfigError, LitpulseError
 from litpulse.core.schema import articles, digest_matches, saved_searches
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import utcnow
@@ -93,6 +93,8 @@ class SearchDigest:
         candidates: New articles ranked.
         matched: New matches recorded (above its threshold, never recorded before).
         threshold: The score they needed.
+        error: Why it could not be searched this time (its watermark stayed, so the next
+            digest tries again), or ``None``.
     """
 
     search_id: int
@@ -100,6 +102,7 @@ class SearchDigest:
     candidates: int
     matched: int
     threshold: float
+    error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -114,7 +117,8 @@ class DigestReport:
         searches: One entry per saved search.
         emailed: Matches delivered by e-mail now (earlier failures included).
         posted: Matches delivered to the webhook now.
-        failures: Deliveries that failed (retried by the next digest).
+        failures: Saved searches that could not be searched, and deliveries that
+            failed (both retried by the next digest).
         skipped: Why nothing was searched, when so.
     """
 
@@ -200,7 +204,7 @@ def run_digest(
         done = []
         for search in searches:
             lease.check()
-            done.append(_digest_one(settings, engine, search, index, embed))
+            done.append(_digest_or_report(settings, engine, search, index, embed))
         lease.check()
         emailed, posted, failures = _deliver(settings, engine)
     report = DigestReport(
@@ -208,7 +212,8 @@ def run_digest(
         searches=tuple(done),
         emailed=emailed,
         posted=posted,
-        failures=tuple(failures),
+        failures=tuple(f"search {d.search_id} {d.name!r}: {d.error}" for d in done if d.error)
+        + tuple(failures),
     )
     logger.info(
         "digest of index %s: %d new matches over %d saved searches; %d e-mailed, "
@@ -265,6 +270,35 @@ def _new_articles(
     return pmids[held], mark
 
 
+def _digest_or_report(
+    settings: Settings,
+    engine: Engine,
+    search: SavedSearch,
+    index: Any,
+    embed: Callable[[str], np.ndarray] | None,
+) -> SearchDigest:
+    """:func:`_digest_one`, or, when it fails, what went wrong: one saved search that
+    cannot be searched (a rule it breaks, a value the database refuses) never stops the
+    digest of the others. Nothing of it is written, so the next digest tries again."""
+    try:
+        return _digest_one(settings, engine, search, index, embed)
+    except Exception as exc:  # logged with its traceback, reported, tried again
+        logger.exception(
+            "saved search %d %r not digested (tried again next time): %s",
+            search.id,
+            search.name,
+            exc,
+        )
+        return SearchDigest(
+            search_id=search.id,
+            name=search.name,
+            candidates=0,
+            matched=0,
+            threshold=search.threshold(settings),
+            error=f"{type(exc).__name__}: {exc}",
+        )
+
+
 def _digest_one(
     settings: Settings,
     engine: Engine,
@@ -275,6 +309,8 @@ def _digest_one(
     from ranking.index_store import fetch_vectors
     from ranking.search import run_search
 
+    if search.problem is not None:
+        raise ConfigError(f"not searched: {search.problem}; remove it and save it again")
     threshold = search.threshold(settings)
     new, mark = _new_articles(engine, search, index.ids)
     vectors, ids = fetch_vectors(engine, str(index.model_version), new)

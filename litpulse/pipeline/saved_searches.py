@@ -26,6 +26,7 @@ from litpulse.core import db
 from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import digest_matches, saved_searches
 from litpulse.core.settings import Settings
+from litpulse.core.text import checked_text
 from litpulse.core.timeutil import iso, utcnow
 from ranking.search import MAX_QUERY_CHARS, SearchFilters
 
@@ -60,6 +61,9 @@ class SavedSearch:
         last_digest_at: When a digest last looked at it.
         last_index_version: The index version that digest searched.
         matches: Matches recorded so far.
+        problem: Why it cannot be searched, or ``None``: its stored filters break a
+            rule added since it was saved (``filters`` is then empty; the digest reports
+            it instead of searching it). Remove it and save it again.
     """
 
     id: int
@@ -73,6 +77,7 @@ class SavedSearch:
     last_digest_at: dt.datetime | None = None
     last_index_version: str | None = None
     matches: int = 0
+    problem: str | None = None
 
     def threshold(self, settings: Settings) -> float:
         """The score a new article needs for this search."""
@@ -97,15 +102,22 @@ class SavedSearch:
             "last_index_version": self.last_index_version,
             "matches": self.matches,
             "feed": self.feed_path,
+            "problem": self.problem,
         }
 
 
 def _from_row(row: Any, matches: int = 0) -> SavedSearch:
+    problem = None
+    try:
+        filters = SearchFilters(**dict(row.filters or {}))
+    except (ConfigError, TypeError) as exc:  # saved before a rule it breaks existed
+        filters, problem = SearchFilters(), f"its stored filters are refused: {exc}"
     return SavedSearch(
         id=int(row.id),
         name=row.name,
         query=row.query,
-        filters=SearchFilters(**dict(row.filters or {})),
+        filters=filters,
+        problem=problem,
         min_score=row.min_score,
         owner=row.owner,
         created_at=row.created_at,
@@ -117,26 +129,22 @@ def _from_row(row: Any, matches: int = 0) -> SavedSearch:
 
 
 def _clean_name(name: str) -> str:
-    text = " ".join(str(name or "").split())
+    text = " ".join(checked_text(str(name or ""), "a saved search's name").split())
     if not text:
         raise ConfigError("a saved search needs a name")
     if len(text) > MAX_NAME_CHARS:
         raise ConfigError(f"a saved search's name must be at most {MAX_NAME_CHARS} characters")
     if text.isdigit():
         raise ConfigError(f"a saved search's name must not be only digits (ids are): {text!r}")
-    if "\x00" in text:
-        raise ConfigError("a saved search's name must not hold NUL")
     return text
 
 
 def _clean_query(query: str) -> str:
-    text = (query or "").strip()
+    text = checked_text(query or "", "query").strip()
     if not text:
         raise ConfigError("query must not be empty")
     if len(text) > MAX_QUERY_CHARS:
         raise ConfigError(f"query must be at most {MAX_QUERY_CHARS} characters")
-    if "\x00" in text:
-        raise ConfigError("query must not hold NUL")
     return text
 
 
@@ -163,8 +171,9 @@ def add_search(
     """Save a search; articles stored from now on are its new ones.
 
     Raises:
-        ConfigError: An empty or over-long name or query, a name of digits only, a
-            threshold outside 0..1000, or the name is taken.
+        ConfigError: An empty or over-long name or query, a name of digits only, a name
+            or query holding a control character, a threshold outside 0..1000, or the
+            name is taken.
     """
     name = _clean_name(name)
     query = _clean_query(query)

@@ -193,12 +193,6 @@ def test_similar_errors(settings: Settings, corpus: Engine) -> None:
 # ------------------------------------------------------------ review (rev-api): findings
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 3: a NUL in a text filter (language, mesh, type) reaches SQL: on "
-    "PostgreSQL psycopg raises DataError ('text fields cannot contain NUL'), which the API "
-    "answers 500 on /search and /export; it should be a ConfigError (400) on every database",
-)
 @pytest.mark.parametrize(
     "filters",
     [{"language": "\x00"}, {"mesh": ("Humans\x00",)}, {"publication_type": ("\x00Review",)}],
@@ -206,5 +200,21 @@ def test_similar_errors(settings: Settings, corpus: Engine) -> None:
 def test_a_nul_in_a_filter_is_a_config_error(
     settings: Settings, corpus: Engine, filters: dict[str, Any]
 ) -> None:
+    # finding 3 (rev-api): on PostgreSQL the NUL reached SQL (DataError, HTTP 500)
     with pytest.raises(ConfigError, match="NUL"):
         go(settings, corpus, "malaria", **filters)
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [{"language": "en\x1bg"}, {"mesh": ("Hu\x08mans",)}, {"publication_type": ("Review\x85",)}],
+)
+def test_a_control_character_in_a_filter_or_query_is_a_config_error(
+    settings: Settings, corpus: Engine, filters: dict[str, Any]
+) -> None:
+    with pytest.raises(ConfigError, match="control characters"):
+        go(settings, corpus, "malaria", **filters)
+    with pytest.raises(ConfigError, match="query must not hold control characters"):
+        go(settings, corpus, "malaria\x1b[31m")
+    # ordinary whitespace is no control character here: trimmed as before
+    assert go(settings, corpus, "malaria\n", mesh=("\tHumans\r\n",)).filters.mesh == ("Humans",)

@@ -147,7 +147,7 @@ def run_digest_cmd(args: argparse.Namespace, settings: Settings) -> int:
         f"{report.emailed} e-mailed, {report.posted} sent to the webhook"
     )
     for failure in report.failures:
-        print(f"delivery failed (retried by the next digest): {failure}", file=sys.stderr)
+        print(f"failed (tried again by the next digest): {failure}", file=sys.stderr)
     return 0
 
 

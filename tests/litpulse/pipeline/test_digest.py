@@ -148,11 +148,15 @@ def test_an_article_not_yet_indexed_is_new_for_the_next_digest(indexed: Settings
 def test_saved_search_rules(settings: Settings) -> None:
     a = add_search(settings, name="  sepsis  adults ", query=" sepsis ", owner="cli:x")
     assert a.name == "sepsis adults" and a.query == "sepsis" and a.min_score is None
+    tabbed = add_search(settings, name="tab\tname", query="two\nlines", owner="cli:x")
+    assert tabbed.name == "tab name" and tabbed.query == "two\nlines"  # whitespace is fine
+    remove_search(settings, tabbed.id)
     assert a.threshold(settings) == settings.digest_min_score
     with pytest.raises(ConfigError, match="exists already"):
         add_search(settings, name="sepsis adults", query="other", owner="cli:x")
     for bad in ({"name": "42"}, {"name": ""}, {"query": " "}, {"min_score": float("nan")},
-                {"min_score": -1.0}, {"query": "x" * 513}):
+                {"min_score": -1.0}, {"query": "x" * 513}, {"name": "a\x01b"},
+                {"query": "q \x1b[31m"}, {"query": "q\x00"}, {"name": "n\x9b"}):
         kwargs: dict[str, Any] = {"name": "ok", "query": "q", "owner": "o", **bad}
         with pytest.raises(ConfigError):
             add_search(settings, **kwargs)
@@ -308,13 +312,8 @@ def test_nightly_runs_the_digest_after_its_index_step(
 # ------------------------------------------------------------ review (rev-api): findings
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 3b: POST /alerts accepts a filter term holding NUL; on PostgreSQL the "
-    "digest's run_search then raises DataError (not a LitpulseError), so digest_step "
-    "crashes every night and no saved search after it is digested or delivered",
-)
 def test_a_saved_search_with_a_nul_filter_does_not_break_the_digest(indexed: Settings) -> None:
+    # finding 3b (rev-api): POST /alerts stored it (201), then the digest crashed nightly
     from fastapi.testclient import TestClient
 
     from litpulse.app.api import create_app
@@ -339,3 +338,61 @@ def test_a_saved_search_with_a_nul_filter_does_not_break_the_digest(indexed: Set
     report = digest_step(s)  # the nightly chain's step: must not raise
     assert report["skipped"] is None
     assert 101 in _matched(engine, good.id)
+
+
+def test_a_saved_search_that_cannot_be_searched_is_reported_and_the_others_go_on(
+    indexed: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows stored before the control-character rule (on PostgreSQL a NUL filter made
+    the digest's SQL fail), and any other failure of one search: logged, reported in
+    the digest's failures, its watermark kept; every other search is digested."""
+    import ranking.search
+    from litpulse.core.schema import saved_searches
+    from litpulse.core.timeutil import utcnow
+    from litpulse.pipeline.digest import digest_step
+
+    s = indexed
+    engine = db.connect(s)
+    now = utcnow()
+    with engine.begin() as conn:  # as POST /alerts stored them before the rule
+        for name, query, filters in (
+            ("nul filter", CRISPR, {"mesh": ["Humans\x00"]}),
+            ("ansi query", "CRISPR \x1b[31m editing", {}),
+        ):
+            conn.execute(insert(saved_searches).values(
+                name=name, query=query, filters=filters, min_score=THRESHOLD, owner="eve",
+                created_at=now, watermark=now,
+            ))
+    boom = add_search(s, name="boom", query="boom", owner="eve")
+    good = add_search(s, name="crispr", query=CRISPR, min_score=THRESHOLD, owner="alice")
+    listed = {x.name: x for x in list_searches(s)}  # listing still works
+    assert "control characters" in (listed["nul filter"].problem or "")
+    assert listed["nul filter"].to_dict()["problem"] and listed["crispr"].problem is None
+
+    real = ranking.search.run_search
+
+    def failing(settings: Settings, query: str, **kw: Any) -> Any:
+        if query == "boom":
+            raise RuntimeError("the database went away for this one")
+        return real(settings, query, **kw)
+
+    monkeypatch.setattr(ranking.search, "run_search", failing)
+    _load(engine, NEW)
+    assert refresh_index(s).published
+    report = digest_step(s)  # the nightly chain's step: never raises for one search
+
+    assert report["skipped"] is None
+    assert 101 in _matched(engine, good.id) and report["matched"] > 0
+    errors = {d["name"]: d["error"] for d in report["searches"]}
+    assert errors["crispr"] is None
+    assert "control characters" in errors["nul filter"] and "save it again" in errors["nul filter"]
+    assert "query must not hold control characters" in errors["ansi query"]
+    assert errors["boom"] == "RuntimeError: the database went away for this one"
+    assert len(report["failures"]) == 3
+    assert any("'boom'" in f and "went away" in f for f in report["failures"])
+    after = {x.name: x for x in list_searches(s)}
+    for name in ("nul filter", "ansi query", "boom"):  # tried again by the next digest
+        assert after[name].last_digest_at is None
+        assert after[name].watermark == listed[name].watermark
+    assert after["crispr"].last_digest_at is not None
+    assert get_search(s, boom.id).matches == 0

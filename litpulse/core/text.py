@@ -1,0 +1,50 @@
+"""The one rule for text a user gives: which characters it may hold.
+
+Queries, filter terms, saved-search names and judgements are stored (PostgreSQL refuses
+NUL in text), searched in SQL, written into Atom feeds (XML 1.0 forbids most control
+characters) and printed on terminals (an escape sequence would act there). So every such
+text passes :func:`checked_text` where its floor first checks it: control characters are
+refused, except tab, line feed and carriage return (ordinary whitespace, allowed in XML).
+
+Example:
+    >>> checked_text("malaria vaccine", "query")
+    'malaria vaccine'
+    >>> checked_text("malaria\\x1b[31m", "query")
+    Traceback (most recent call last):
+    ...
+    litpulse.core.errors.ConfigError: query must not hold control characters: U+001B (ESC) at 7
+"""
+
+from __future__ import annotations
+
+import re
+
+from litpulse.core.errors import ConfigError
+
+__all__ = ["checked_text"]
+
+#: C0 and C1 control characters but tab, line feed and carriage return; DEL; lone
+#: surrogates (the CLI's arguments carry undecodable bytes as such; no database stores them).
+_REFUSED = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+#: Names shown for the characters most often met.
+_NAMES = {0x00: "NUL", 0x1B: "ESC", 0x7F: "DEL"}
+
+
+def checked_text(value: str, what: str) -> str:
+    """``value`` unchanged, when it holds no refused character.
+
+    Args:
+        value: The text as given.
+        what: What it is, for the message (``"query"``, ``"mesh"``, …).
+
+    Raises:
+        ConfigError: A control character other than tab, line feed or carriage return
+            (NUL, escape, backspace, C1 controls, …) or a lone surrogate; the message
+            names the first one and its position.
+    """
+    found = _REFUSED.search(value)
+    if found is None:
+        return value
+    code = ord(found.group())
+    name = f"U+{code:04X}" + (f" ({_NAMES[code]})" if code in _NAMES else "")
+    raise ConfigError(f"{what} must not hold control characters: {name} at {found.start()}")
