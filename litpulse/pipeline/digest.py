@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -455,9 +456,30 @@ def feed_for(
 ) -> bytes:
     """The Atom feed of a saved search (its newest :data:`FEED_ENTRIES` matches).
 
+    Characters XML 1.0 forbids are left out of its text (a name or query saved before
+    control characters were refused, an article title): the feed stays well-formed.
+
     Raises:
         NotFoundError: No saved search has this id or name.
     """
     engine = engine or db.connect(settings)
     search = get_search(settings, ref, engine=engine)
-    return atom_feed(search, matches_of(engine, search.id, limit=FEED_ENTRIES), self_url=self_url)
+    search = dataclasses.replace(search, name=_xml_safe(search.name), query=_xml_safe(search.query))
+    matches = [
+        dataclasses.replace(
+            m,
+            title=_xml_safe(m.title),
+            explanation={**m.explanation, "text": _xml_safe(str(m.explanation.get("text", "")))},
+        )
+        for m in matches_of(engine, search.id, limit=FEED_ENTRIES)
+    ]
+    return atom_feed(search, matches, self_url=self_url)
+
+
+#: What XML 1.0 does not allow in a document (the complement of its ``Char``).
+_NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml_safe(text: str) -> str:
+    """``text`` without the characters XML 1.0 forbids."""
+    return _NOT_XML.sub("", text)

@@ -177,3 +177,27 @@ def test_control_characters_in_a_saved_search_are_refused_with_400(
             got = client.get(path, params={"q": "malaria", key: value})
             assert got.status_code == 400, (path, key, got.text)
 
+
+def test_a_saved_search_stored_before_the_rule_still_has_a_well_formed_feed(
+    store: Settings, client: TestClient
+) -> None:
+    from lxml import etree
+
+    from litpulse.core.schema import saved_searches
+    from litpulse.core.timeutil import utcnow
+
+    now = utcnow()
+    with db.connect(store).begin() as conn:  # as POST /alerts stored it before the rule
+        sid = conn.execute(
+            insert(saved_searches).values(
+                name="malaria\x01kids", query="malaria \x1b[31m vaccine\x08\ufffe",
+                filters={}, owner="ana", created_at=now, watermark=now,
+            )
+        ).inserted_primary_key[0]
+    feed = client.get(f"/feeds/{sid}.atom")
+    assert feed.status_code == 200
+    root = etree.fromstring(feed.content)  # well-formed XML 1.0
+    ns = {"a": "http://www.w3.org/2005/Atom"}
+    assert root.findtext("a:title", namespaces=ns) == "litpulse: malariakids"
+    assert "malaria [31m vaccine" in root.findtext("a:subtitle", namespaces=ns)
+    assert not feedparser.parse(feed.content).bozo
