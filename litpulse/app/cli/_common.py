@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -24,9 +25,19 @@ def print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+#: Control characters (C0, DEL, C1): a cell shows them escaped, so a stored escape sequence
+#: cannot act on the terminal and a line break cannot break the table.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
-    """Print rows as an aligned plain-text table."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    """Print rows as an aligned plain-text table (control characters shown as ``\\xNN``)."""
+    cells = [[_cell(h) for h in headers]] + [[_cell(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for n, row in enumerate(cells):
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

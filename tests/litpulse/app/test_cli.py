@@ -179,3 +179,13 @@ def test_installed_entry_point(
     )  # fmt: skip
     assert missing.returncode == 1
     assert missing.stdout == "" and "555" in missing.stderr
+
+
+def test_a_table_shows_control_characters_escaped(capsys: pytest.CaptureFixture[str]) -> None:
+    from litpulse.app.cli._common import print_table
+
+    # a saved search stored before control characters were refused (finding 4, rev-api)
+    print_table([[7, "malaria\x1b[31mkids\x08", None]], ["id", "name", "owner"])
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x08" not in out
+    assert out.splitlines()[2].split() == ["7", "malaria\\x1b[31mkids\\x08"]
