@@ -14,6 +14,8 @@ are selective the lists are widened ×4 (up to the whole index) until ``k`` arti
 survive or the indexes are exhausted. Deleted articles never come back; retracted ones
 only on request. ``sort=date`` returns the same hits newest first (ties and undated
 last by PMID, highest first), reproducible for one index version and reference day.
+Pages (``offset``) are slices of one list of results, built in blocks of
+``rerank_candidates`` each ranked from a deeper candidate list (see :func:`run_search`).
 
 A published version without a lexical index (made before there was one) answers hybrid
 queries semantically (the explanation says ``"mode": "semantic"``).
@@ -71,7 +73,7 @@ logger = logging.getLogger(__name__)
 
 #: Longest query accepted, in characters.
 MAX_QUERY_CHARS = 512
-#: Largest ``offset`` of a page (deeper pages rank ever longer candidate lists).
+#: Largest ``offset`` of a page (a deeper page ranks more, and longer, candidate lists).
 MAX_OFFSET = 1000
 #: Most by which the neighbour list grows in one step while too few candidates pass.
 WIDEN_FACTOR = 4
@@ -416,14 +418,17 @@ def run_search(
         lexical: The lexical index (default the one of ``index``'s version, if it has one).
         mode: ``hybrid``, ``semantic`` or ``lexical``.
         sort: ``score`` (best first) or ``date`` (the same hits, newest first).
-        offset: A page: the ``k`` results after the first ``offset`` of one ranking of
-            the best ``depth`` candidates, where ``depth`` is the page's end rounded up
-            to a multiple of ``max(rerank_candidates, k)`` (the lists widen until
-            ``depth`` pass the filters). So pages of one query, index version and
-            reference day are disjoint slices of the same list as long as they end
-            within the same ``depth`` (with the defaults: the first 200 results); with
-            ``sort=date`` that list is the best ``depth`` newest first. ``None`` (the
-            default): the ``k`` best, widening until ``k`` pass.
+        offset: A page: the ``k`` results after the first ``offset`` of the query's one
+            list of results, built in blocks of ``rerank_candidates`` that depend on
+            neither the page nor ``k`` (see :func:`_page`): the first block is the best
+            of the candidates a search for that many results meets, each further block
+            the best not listed before among the candidates of a search for twice, three
+            times … as many (the lists widen until that many pass the filters). So pages
+            of one query, index version and reference day are disjoint slices of one
+            list up to :data:`MAX_OFFSET`; a page within the first block costs what the
+            ``k`` best do, one ending in the ``i``-th block ``i`` candidate searches. With
+            ``sort=date`` each block is newest first. ``None`` (the default): the ``k``
+            best, widening until ``k`` pass.
 
     Raises:
         ConfigError: An empty or over-long query, one holding a control character
@@ -435,7 +440,7 @@ def run_search(
     import numpy as np
 
     text = _checked_query(query, k)
-    depth = _depth(settings, k, offset)
+    _check_offset(offset)
     requested, order = _mode(mode), _sort(sort)
     filters = filters or SearchFilters()
     options = options or ScoringOptions.from_settings(settings)
@@ -457,22 +462,29 @@ def run_search(
     if effective != SearchMode.LEXICAL:
         embed = embed or _query_embedder(settings, engine, index.model_version)
         vector = np.ascontiguousarray(np.asarray(embed(text), dtype=np.float32).reshape(1, -1))
-    pool = _candidates(
-        settings, engine, index, lexical, vector, text, depth, filters.clauses(), effective
-    )
-    hits = _hits(
-        pool,
-        options,
-        effective,
-        lexical,
-        text,
-        k,
-        start=offset,
-        depth=depth,
-        by_date=order == SearchSort.DATE,
-    )
-    if order == SearchSort.DATE:
-        hits = sort_by_date(hits)
+    conds = filters.clauses()
+    has_more = False
+    if offset is None:
+        pool = _candidates(settings, engine, index, lexical, vector, text, k, conds, effective)
+        ranked = _rank(pool, options, effective, lexical)
+        hits = _explain(ranked, ranked.order[:k], options, effective, lexical, text)
+        if order == SearchSort.DATE:
+            hits = sort_by_date(hits)
+    else:
+        hits, pool, has_more = _page(
+            settings,
+            engine,
+            index,
+            lexical,
+            vector,
+            text,
+            conds,
+            effective,
+            options,
+            start=offset,
+            k=k,
+            by_date=order == SearchSort.DATE,
+        )
     hits = with_details(engine, hits, text)
     logger.info(
         "query %r (%s): %d candidates, %d pass filters, returning %d (index %s)",
@@ -495,8 +507,7 @@ def run_search(
         sort=order,
         requested_mode=requested,
         offset=offset,
-        has_more=offset is not None
-        and (len(pool.rows) > offset + k or (not pool.exhausted and len(pool.rows) >= offset + k)),
+        has_more=has_more,
     )
 
 
@@ -519,19 +530,12 @@ def sort_by_date(hits: Sequence[Hit]) -> list[Hit]:
     return sorted(hits, key=lambda h: _date_key(h.best_date, h.pmid))
 
 
-def _depth(settings: Settings, k: int, offset: int | None) -> int:
-    """How many results the candidate lists must yield: ``k``, or for a page its end
-    rounded up to a block of ``max(rerank_candidates, k)`` (see :func:`run_search`).
-
-    Raises:
-        ConfigError: An offset outside 0..:data:`MAX_OFFSET`.
-    """
+def _check_offset(offset: int | None) -> None:
+    """Refuse a page's offset outside 0..:data:`MAX_OFFSET` (a ``ConfigError``)."""
     if offset is None:
-        return k
+        return
     if isinstance(offset, bool) or not isinstance(offset, int) or not (0 <= offset <= MAX_OFFSET):
         raise ConfigError(f"offset must be an integer in 0..{MAX_OFFSET}, got {offset!r}")
-    block = max(settings.rerank_candidates, k)
-    return block * -(-(offset + k) // block)
 
 
 def _checked_query(query: str, k: int) -> str:
@@ -587,12 +591,15 @@ def _candidates(
     k: int,
     conds: list[Any],
     mode: SearchMode,
+    known: dict[int, dict[str, Any] | None] | None = None,
 ) -> _Pool:
     """Nearest neighbours and best BM25 matches, and the rows of those passing the filters.
 
     Starts at ``settings.rerank_candidates`` of each and widens (:func:`widened`)
     while fewer than ``k`` pass. In hybrid mode the missing input of each passing
     candidate is then filled in (cosine from its stored vector, BM25 of the candidates).
+    ``known``: rows read before with the same ``conds`` (``None``: it does not pass),
+    kept up to date, so that the pools of one page read each row once.
     """
     pool = _Pool()
     dense = mode != SearchMode.LEXICAL
@@ -619,7 +626,13 @@ def _candidates(
             if pmid not in seen:
                 seen.add(pmid)
                 fresh.append(pmid)
-        pool.rows.update(load_rows(engine, fresh, conds))
+        if known is None:
+            pool.rows.update(load_rows(engine, fresh, conds))
+        else:
+            todo = [p for p in fresh if p not in known]
+            loaded = load_rows(engine, todo, conds)
+            known.update((p, loaded.get(p)) for p in todo)
+            pool.rows.update((p, row) for p in fresh if (row := known[p]) is not None)
         if len(pool.rows) >= k or n >= size or (not dense and lexical_exhausted):
             break
         n = widened(n, len(pool.rows), k, size)
@@ -792,45 +805,51 @@ def _date_key(best_date: dt.date | None, pmid: int) -> tuple[bool, int, int]:
     return (best_date is None, -(best_date.toordinal() if best_date else 0), -pmid)
 
 
-def _hits(
-    pool: _Pool,
-    options: ScoringOptions,
-    mode: SearchMode,
-    lexical: LexicalSearcher | None,
-    text: str,
-    k: int,
-    *,
-    start: int | None = None,
-    depth: int = 0,
-    by_date: bool = False,
-) -> list[Hit]:
-    """The ``k`` best scored hits, best first (ties: higher similarity, then lower PMID),
-    with the matched terms of each in its explanation; for a page (``start`` given) the
-    ``k`` after ``start`` of the best ``depth`` (newest first when ``by_date``).
+@dataclass(frozen=True)
+class _Ranked:
+    """The passing candidates of one pool, scored and ordered."""
 
-    Every candidate is scored at once (:func:`ranking.scoring.scores`); explanations are
-    built for the returned hits only (the same numbers: :func:`score_article`).
-    """
+    pool: _Pool
+    rows: list[dict[str, Any]]
+    ids: np.ndarray  # PMIDs (int64), in the order of ``rows``
+    cosine: np.ndarray  # cosine per row, 0 where none
+    fused: _Fused | None  # with a lexical index: the fused parts
+    order: list[int]  # row indices, best first (ties: higher cosine, then lower PMID)
+
+
+def _rank(
+    pool: _Pool, options: ScoringOptions, mode: SearchMode, lexical: LexicalSearcher | None
+) -> _Ranked:
+    """Every candidate of ``pool`` scored at once (:func:`ranking.scoring.scores`), best
+    first."""
     import numpy as np
 
     rows = list(pool.rows.values())
-    if not rows:
-        return []
     ids = np.fromiter(pool.rows, dtype=np.int64, count=len(rows))
     cosine = np.fromiter((pool.sims.get(p, 0.0) for p in pool.rows), np.float64, len(rows))
+    if not rows:
+        return _Ranked(pool, rows, ids, cosine, None, [])
     fused = _fuse(pool.sims, pool.bm25, pool.rows, mode, options) if lexical else None
     if fused is None:
         total = scores(cosine, None, rows, options)
     else:
         total = scores(fused.similarity, fused.lexical, rows, options, mode)
     order = np.lexsort((ids, -cosine, -total)).tolist()
-    if start is None:
-        chosen = order[:k]
-    else:
-        ranked = order[:depth]
-        if by_date:
-            ranked.sort(key=lambda i: _date_key(rows[i].get("best_date"), int(ids[i])))
-        chosen = ranked[start : start + k]
+    return _Ranked(pool, rows, ids, cosine, fused, order)
+
+
+def _explain(
+    ranked: _Ranked,
+    chosen: Sequence[int],
+    options: ScoringOptions,
+    mode: SearchMode,
+    lexical: LexicalSearcher | None,
+    text: str,
+) -> list[Hit]:
+    """The hits of the ``chosen`` rows of ``ranked``, in that order, with the matched
+    terms of each in its explanation (the same numbers as the ranking:
+    :func:`score_article`)."""
+    rows, ids, cosine, fused = ranked.rows, ranked.ids, ranked.cosine, ranked.fused
     pmids = [int(ids[i]) for i in chosen]
     if fused is None or lexical is None or not chosen:
         return [
@@ -838,6 +857,7 @@ def _hits(
             for p, i in zip(pmids, chosen, strict=True)
         ]
     if mode == SearchMode.SEMANTIC:  # shown, not used: BM25 of the hits only
+        pool = ranked.pool
         pool.bm25.update(lexical.scores(text, pmids))
         rels = relevances(pool.sims, pool.bm25, pmids, mode, options)
     else:
@@ -851,6 +871,71 @@ def _hits(
             rel = dataclasses.replace(rel, terms=tuple(t.to_dict() for t in match.terms))
         out.append(_hit(p, rows[i], options, rel, float(cosine[i])))
     return out
+
+
+def _page(
+    settings: Settings,
+    engine: Engine,
+    index: SearchableIndex,
+    lexical: LexicalSearcher | None,
+    vector: np.ndarray | None,
+    text: str,
+    conds: list[Any],
+    mode: SearchMode,
+    options: ScoringOptions,
+    *,
+    start: int,
+    k: int,
+    by_date: bool,
+) -> tuple[list[Hit], _Pool, bool]:
+    """The ``k`` hits after the first ``start`` of the query's one list of pages, the last
+    pool searched, and whether a next page may hold results.
+
+    The list is built in blocks of ``b = rerank_candidates``, none depending on the page
+    or on ``k``: block 0 is the best ``b`` of the candidates a search for ``b`` results
+    meets (:func:`_candidates`: ``b`` of each list, widened until ``b`` pass), block
+    ``i`` the best ``b`` not listed before among the candidates of a search for
+    ``(i + 1) * b``; once a search reaches every candidate there is (fewer than wanted
+    pass), all the rest of its ranking is the last block. Each block is ranked in its own
+    pool, and its hits are explained there. One deep pool for every page would make the
+    first page as slow as the deepest, and rank it unlike the ``k`` best (recency and
+    citation lift deeper candidates; RRF ranks and min-max ranges are the pool's). This
+    way a page within block 0 costs one pool of ``b``, as the ``k`` best do, and one
+    ending in block ``i`` costs ``i + 1`` pools (each row is read once). ``by_date``:
+    each block newest first.
+    """
+    block = settings.rerank_candidates
+    end = start + k
+    listed: list[tuple[_Ranked, int]] = []
+    shown: set[int] = set()
+    known: dict[int, dict[str, Any] | None] = {}
+    pool, final, tier = _Pool(), False, 0
+    while len(listed) < end and not final:
+        depth = (tier + 1) * block
+        pool = _candidates(
+            settings, engine, index, lexical, vector, text, depth, conds, mode, known
+        )
+        ranked = _rank(pool, options, mode, lexical)
+        final = pool.exhausted or len(pool.rows) < depth  # no deeper pool holds more
+        fresh = [i for i in ranked.order if int(ranked.ids[i]) not in shown]
+        if not final:
+            fresh = fresh[:block]
+        if by_date:
+            rows, ids = ranked.rows, ranked.ids
+            fresh.sort(key=lambda i: _date_key(rows[i].get("best_date"), int(ids[i])))
+        shown.update(int(ranked.ids[i]) for i in fresh)
+        listed += [(ranked, i) for i in fresh]
+        tier += 1
+    page = listed[start:end]
+    by_pool: dict[int, tuple[_Ranked, list[int]]] = {}
+    for ranked, i in page:
+        by_pool.setdefault(id(ranked), (ranked, []))[1].append(i)
+    explained: dict[int, Hit] = {}
+    for ranked, chosen in by_pool.values():
+        for h in _explain(ranked, chosen, options, mode, lexical, text):
+            explained[h.pmid] = h
+    hits = [explained[int(ranked.ids[i])] for ranked, i in page]
+    return hits, pool, len(listed) > end or not final
 
 
 def _hit(

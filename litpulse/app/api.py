@@ -578,7 +578,9 @@ def _add_search_routes(
     def search_endpoint(
         k: int = Query(10, ge=1, le=100, description="Number of results."),
         offset: int = Query(0, ge=0, le=MAX_OFFSET, description="Results to skip: pages "
-                            "of one query are disjoint slices of one ranking."),
+                            "of one query, whatever their k, are disjoint slices of one "
+                            "list of results (in blocks of LITPULSE_RERANK_CANDIDATES, "
+                            "each ranked from a deeper candidate list)."),
         spec: SearchSpec = spec_dep,
     ) -> dict[str, Any]:
         result = do_search(spec, k, offset)

@@ -139,6 +139,24 @@ def test_pages_stay_disjoint_when_filters_make_the_lists_widen(
     assert index.calls[0] == 3 and index.calls[-1] > 3  # it did widen
 
 
+def test_pages_are_one_list_whatever_their_size_across_candidate_blocks(
+    settings: Settings, corpus: Engine
+) -> None:
+    # finding 5 (rev-api): a page's candidate depth was its end rounded up to a block, so
+    # pages before and after a block boundary were cut from different rankings
+    narrow = settings.replace(rerank_candidates=4)  # blocks of 4 over the 18 results
+    query = "gene editing in human cells"
+    for sort in ("score", "date"):
+        whole = [h.pmid for h in go(narrow, corpus, query, k=18, offset=0, sort=sort).hits]
+        assert len(whole) == len(set(whole)) == 18
+        for k in (1, 3, 5, 7):
+            pages = [go(narrow, corpus, query, k=k, offset=o, sort=sort) for o in range(0, 18, k)]
+            assert [h.pmid for p in pages for h in p.hits] == whole, (sort, k)
+            assert [p.has_more for p in pages] == [True] * (len(pages) - 1) + [False]
+        # the first block is what a search for its 4 best ranks: page 1 costs no more
+        assert whole[:4] == [h.pmid for h in go(narrow, corpus, query, k=4, sort=sort).hits]
+
+
 @pytest.mark.parametrize("offset", [-1, MAX_OFFSET + 1, True])
 def test_bad_offsets_are_refused(settings: Settings, corpus: Engine, offset: Any) -> None:
     with pytest.raises(ConfigError, match="offset"):

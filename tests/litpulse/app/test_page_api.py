@@ -148,23 +148,16 @@ def test_similar_articles_match_brute_force_cosine(client: TestClient, store: Se
 # ------------------------------------------------------------ review (rev-api): findings
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 5: a page's candidate depth is its end rounded up to a block of "
-    "rerank_candidates, so the pages before and after a block boundary rank different "
-    "candidate lists (semantic and hybrid): walking pages repeats one article and skips "
-    "another, although /search documents offset as 'disjoint slices of one ranking' "
-    "(with the defaults: at the 200th result)",
-)
 def test_pages_across_a_candidate_block_neither_repeat_nor_skip(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
+    # finding 5 (rev-api): pages before and after a block boundary ranked different lists
     real = real_corpus(tmp_path_factory)
     # rerank_candidates=5 puts the block boundaries of the default 200 within 19 articles
     small = clone_store(real, tmp_path_factory.mktemp("page-blocks") / "home",
                         rerank_candidates=5, **UNLIMITED)
     with TestClient(create_app(small), raise_server_exceptions=False) as client:
-        for mode in ("semantic", "hybrid"):
+        for mode in ("semantic", "hybrid", "lexical"):
             base = {"q": "gene editing", "mode": mode}
             got: list[int] = []
             for offset in range(0, 19, 3):
@@ -175,3 +168,4 @@ def test_pages_across_a_candidate_block_neither_repeat_nor_skip(
             assert len(got) == len(set(got)), (mode, got)  # nothing shown twice
             whole = client.get("/search", params={**base, "k": 19, "offset": 0}).json()
             assert set(got) == {h["pmid"] for h in whole["results"]}, mode  # nothing skipped
+            assert got == [h["pmid"] for h in whole["results"]], mode  # in one order
