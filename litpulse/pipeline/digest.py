@@ -20,6 +20,11 @@ For every saved search (:mod:`litpulse.pipeline.saved_searches`), :func:`run_dig
    so a failed delivery is retried by the next digest and no match is lost. The Atom
    feed (``/feeds/{id}.atom``, :func:`feed_for`) reads the matches directly.
 
+A saved search that cannot be searched (filters saved before a rule they break, a value
+the database refuses, any error) is logged with its traceback and reported
+(``SearchDigest.error``, a line of ``DigestReport.failures``); its watermark stays, so
+the next digest tries it again, and the others are digested as usual.
+
 ``litpulse nightly`` runs it after its index (and retrain) steps, the
 ``litpulse_index_refresh`` DAG after publishing, ``litpulse alerts run`` on demand.
 
