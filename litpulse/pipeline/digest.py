@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, desc, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from litpulse.core import db
 from litpulse.core.errors import ConfigError, LitpulseError
@@ -243,7 +244,7 @@ def digest_step(settings: Settings) -> dict[str, Any]:
     """
     try:
         return run_digest(settings).to_dict()
-    except LitpulseError as exc:
+    except (LitpulseError, SQLAlchemyError) as exc:
         logger.warning("digest not run: %s", exc)
         return DigestReport(index_version=None, skipped=f"{type(exc).__name__}: {exc}").to_dict()
 

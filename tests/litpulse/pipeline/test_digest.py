@@ -396,3 +396,19 @@ def test_a_saved_search_that_cannot_be_searched_is_reported_and_the_others_go_on
         assert after[name].watermark == listed[name].watermark
     assert after["crispr"].last_digest_at is not None
     assert get_search(s, boom.id).matches == 0
+
+
+def test_the_digest_step_reports_a_database_it_cannot_reach_instead_of_raising(
+    tmp_path: Any,
+) -> None:
+    """Its docstring promised a database error is logged and reported, never raised (the
+    index is published already); only the project's own errors were caught, so a store
+    that went away failed the whole chain after its index was out."""
+    from litpulse.pipeline.digest import digest_step
+
+    s = Settings.from_env(
+        {}, home=tmp_path, database_url="postgresql+psycopg://postgres@127.0.0.1:1/gone"
+    )
+    report = digest_step(s)
+    assert report["skipped"].startswith("OperationalError: ")
+    assert report["index_version"] is None
