@@ -5,9 +5,11 @@ transformer (``model[0].auto_model``) with :func:`peft.get_peft_model`; transfor
 own ``add_adapter`` is not used (transformers 5.24 refuses peft 0.21). Training is a
 plain torch loop so that its time and memory can be bounded. ``max_seconds`` is a
 *budget*: one measured step plans how many steps fit in it (so the learning-rate schedule
-runs its whole course), and the loop stops when the budget is spent whatever the plan
-said. :class:`~litpulse.core.errors.BudgetError` is raised *before* any weight changes
-when a single step does not fit the budget or the memory exceeds ``max_memory_mb``.
+runs its whole course), a fifth of the way in the steps measured so far plan again (a
+machine busy during the one measured step had planned too few: the plan only grows), and
+the loop stops when the budget is spent whatever the plan said.
+:class:`~litpulse.core.errors.BudgetError` is raised *before* any weight changes when a
+single step does not fit the budget or the memory exceeds ``max_memory_mb``.
 
 The loss is MultipleNegativesRankingLoss (cosine similarity × ``scale``, cross-entropy
 against the in-batch positives), with each pair's hard negative (BM25's or an expert's)
@@ -194,6 +196,8 @@ class TrainResult:
     last_loss: float
     stopped_early: bool
     continued_from: str | None
+    #: The plan of the one measured step, before the plan grew (``planned_steps``).
+    first_planned_steps: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -462,9 +466,9 @@ def train_model(
         )
         bar.total = probe.steps
         bar.refresh()
-        losses, stopped_early = _optimise(
+        losses, stopped_early, planned = _optimise(
             model, pairs, itertools.chain([probe_batch], batches), params, options, device,
-            probe=probe, bar=bar, started=started, dtype=dtype,
+            probe=probe, cap=cap, bar=bar, started=started, dtype=dtype,
         )
     seconds = time.perf_counter() - started
     model.eval()
@@ -476,7 +480,8 @@ def train_model(
         "seconds": seconds,
         "seconds_per_step": seconds / max(1, len(losses)),
         "budget_seconds": options.max_seconds,
-        "planned_steps": probe.steps,
+        "planned_steps": planned,
+        "first_planned_steps": probe.steps,
         "precision": "bf16" if dtype is not None else "fp32",
         "estimated_seconds": probe.estimated_seconds,
         "estimated_memory_mb": probe.memory_mb,
@@ -580,26 +585,36 @@ def _optimise(
     device: str,
     *,
     probe: _Probe,
+    cap: int,
     bar: Any,
     started: float,
     dtype: Any,
-) -> tuple[list[float], bool]:
-    """The optimizer loop (AdamW, warm-up then linear decay to 10 %) over ``probe.steps``.
+) -> tuple[list[float], bool, int]:
+    """The optimizer loop (AdamW, warm-up then linear decay to 10 %) over the planned steps.
 
-    The first batch is the probe's, whose gradients are already there.
+    The first batch is the probe's, whose gradients are already there. The plan is
+    ``probe.steps``; after a fifth of it (at least 3 steps) the mean of the steps since
+    the first plans again, and the plan grows (up to ``cap``) when at least 20 % more
+    steps fit in what is left of the budget: the one measured step may have met a busy
+    machine. It never shrinks (the budget stops the loop in any case).
 
     Returns:
-        The loss of every step, and whether the budget stopped it before the plan's end.
+        The loss of every step, whether the budget stopped it before the plan's end, and
+        the steps planned in the end.
     """
     import torch
 
     steps = probe.steps
+    replan_at = max(3, steps // 5)
+    first_done = 0.0
     optimizer = torch.optim.AdamW(
         params, lr=options.learning_rate, weight_decay=options.weight_decay
     )
 
+    warm = min(options.warmup_steps, max(0, steps // 4))  # of the first plan: a grown
+    # plan must not send a step already past the warm-up back into it
+
     def lr_at(step: int) -> float:
-        warm = min(options.warmup_steps, max(0, steps // 4))
         if warm and step < warm:
             return (step + 1) / warm
         return max(0.0, 1.0 - (step - warm) / max(1, steps - warm)) * 0.9 + 0.1
@@ -607,7 +622,9 @@ def _optimise(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     losses: list[float] = []
     stopped_early = False
-    for step, batch_idx in enumerate(itertools.islice(batches, steps)):
+    for step, batch_idx in enumerate(batches):
+        if step >= steps:
+            break
         if step > 0:
             loss = contrastive_loss(
                 model, [pairs[i] for i in batch_idx], options, device, dtype
@@ -622,12 +639,24 @@ def _optimise(
         losses.append(float(loss.detach()))
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        if step + 1 < steps and time.perf_counter() - started > options.max_seconds:
+        now = time.perf_counter()
+        if step == 0:
+            first_done = now
+        elif step + 1 == replan_at and step + 1 < steps:
+            per_step = (now - first_done) / step * 1.1
+            fit = min(cap, step + 1 + int((options.max_seconds - (now - started)) / per_step))
+            if fit >= 1.2 * steps:
+                logger.info("training plan %d -> %d steps: %.2f s/step measured over %d steps",
+                            steps, fit, per_step, step)  # fmt: skip
+                steps = fit
+                bar.total = steps
+                bar.refresh()
+        if step + 1 < steps and now - started > options.max_seconds:
             logger.info("training stopped at step %d of %d: the %.0f s budget is spent",
                         step + 1, steps, options.max_seconds)
             stopped_early = True
             break
-    return losses, stopped_early
+    return losses, stopped_early, steps
 
 
 def train(

@@ -418,8 +418,9 @@ class Settings:
     retrain_budget_s: float = _opt(
         60.0,
         "Seconds a retrain may spend training: the steps are planned from a measured first "
-        "step to fit, and training stops when the budget is spent (mining, evaluation and "
-        "the re-index come on top). Raise it where a GPU or more time is available.",
+        "step to fit (planned again a fifth of the way in, from the steps measured by then), "
+        "and training stops when the budget is spent (mining, evaluation and the re-index "
+        "come on top). Raise it where a GPU or more time is available.",
         min=1.0,
         max=604_800.0,
     )
