@@ -189,3 +189,58 @@ def test_a_table_shows_control_characters_escaped(capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x08" not in out
     assert out.splitlines()[2].split() == ["7", "malaria\\x1b[31mkids\\x08"]
+
+
+# ------------------------------------------- hostile review: a killed rollback, run again
+
+_KILLED_ROLLBACK = (
+    "import os, signal\n"
+    "from litpulse.core.settings import Settings\n"
+    "from retrain import registry\n"
+    "def killed(_settings):  # SIGKILL (OOM, a reboot) while the re-index embeds\n"
+    "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    "registry.rollback(Settings.from_env(), by='ops', reindex=killed)\n"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "finding 4: `litpulse models rollback` killed during its inline re-index leaves the "
+    "previous version active with the index pending; running the command again (as one "
+    "does after a killed promote, which run_promote resumes) rolls back one more step: it "
+    "rejects that version too and lands on the one before it (here the base model)"))
+def test_a_killed_rollback_run_again_ends_where_an_uninterrupted_one_ends(
+    env: Settings,
+) -> None:
+    """m1 then m2 promoted (each with its index); `models rollback` should end with m1
+    active and m1's index published. Killed after its status switch, while re-indexing,
+    then run again: it ends with the base model active and m1 rejected, a model neither
+    the operator nor the gate chose."""
+    from litpulse.core import db
+    from litpulse.pipeline.planning import reindex_now, reindex_pending
+    from ranking.models import published_index_row
+    from retrain import registry
+    from tests.ingest.test_crash_resume import child_env
+    from tests.ranking.test_index import add_articles
+
+    engine = db.connect(env)
+    add_articles(engine, list(range(1, 11)), models=("base", "m1", "m2"))  # vectors stored
+    for vid in ("m1", "m2"):
+        registry.register(env, id=vid, adapter_path="", adapter_sha256="", parent_id=None,
+                          window_start=None, window_end=None, pair_counts={}, options={},
+                          metrics={})
+        registry.promote(env, vid, by="gate", reindex=reindex_now)
+    assert published_index_row(engine).model_version == "m2"
+    db.dispose_engines()
+
+    proc = subprocess.run([sys.executable, "-c", _KILLED_ROLLBACK], env=child_env(env),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    engine = db.connect(env)
+    assert registry.active_version(env).id == "m1"  # type: ignore[union-attr]
+    assert reindex_pending(env) is not None  # m2's index still published
+
+    assert main(["models", "rollback", "--by", "ops"]) == 0
+    active = registry.active_version(env)
+    statuses = {v.id: str(v.status) for v in registry.list_models(env)}
+    assert active is not None and active.id == "m1", statuses
+    assert published_index_row(engine).model_version == "m1"
