@@ -194,7 +194,8 @@ def _bag(texts: Sequence[str]) -> np.ndarray:
     v = np.zeros((len(texts), 512), dtype=np.float32)
     for row, text in enumerate(texts):
         for word in re.findall(r"[a-z0-9]+", text.lower()):
-            v[row, int.from_bytes(hashlib.blake2b(word.encode(), digest_size=4).digest(), "big") % 512] += 1.0
+            digest = hashlib.blake2b(word.encode(), digest_size=4).digest()
+            v[row, int.from_bytes(digest, "big") % 512] += 1.0
     v += 1e-3
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
