@@ -152,7 +152,10 @@ def to_ris(hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]]) -> 
 
 _BIB_SPECIAL = re.compile(r"([&%$#_{}\\~^])")
 _BIB_REPL = {
-    "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+    "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    # BibTeX has no escaped brace: it counts every `{` and `}`, so `\}` would still end
+    # the field (and the entry) and a lone `\{` swallow the fields after it
+    "{": r"\textbraceleft{}", "}": r"\textbraceright{}",
     "\\": r"\textbackslash{}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
 }
 
