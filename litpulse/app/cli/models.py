@@ -60,6 +60,11 @@ def register(sub: Any) -> None:
     )
     rb.add_argument("--by", default=None, help="who rolls back (default: the login name)")
     rb.add_argument("--reason", default=None, help="why (kept on the rolled-back version)")
+    rb.add_argument(
+        "--further", action="store_true",
+        help="roll back one more step even when the last rollback's re-index is unfinished "
+        "(by default that re-index is finished instead)",
+    )
     add_json(rb)
 
     r = command(
@@ -272,9 +277,30 @@ def run_promote(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_rollback(args: argparse.Namespace, settings: Settings) -> int:
-    from litpulse.pipeline.planning import reindex_now
-    from retrain.registry import rollback
+    from litpulse.core.states import ModelEvent
+    from litpulse.pipeline.planning import finish_reindex, reindex_now, reindex_pending
+    from retrain.registry import active_version, rollback
 
+    active = active_version(settings)
+    if (
+        not args.further
+        and active is not None
+        and active.events
+        and active.events[-1].get("event") == ModelEvent.REACTIVATED
+        and reindex_pending(settings) is not None
+    ):
+        # the last rollback was cut short while re-indexing (killed, OOM): running the
+        # command again finishes it, as a re-run promotion does, instead of a step further
+        finished = finish_reindex(settings, progress=show_progress() and not args.json)
+        if args.json:
+            print_json({"model": active.id, "rolled_back": None, "finished_reindex":
+                        finished.to_dict() if finished is not None else None})
+        else:
+            print(f"{active.id} is active again after a rollback whose re-index was cut "
+                  "short; finished it" + (f": published index {finished.id}"
+                                          if finished is not None else "")
+                  + " (`--further` rolls back one more step)")
+        return 0
     result = rollback(settings, by=_who(args.by), reason=args.reason, reindex=reindex_now)
     if args.json:
         print_json(result)

@@ -203,11 +203,6 @@ _KILLED_ROLLBACK = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding 4: `litpulse models rollback` killed during its inline re-index leaves the "
-    "previous version active with the index pending; running the command again (as one "
-    "does after a killed promote, which run_promote resumes) rolls back one more step: it "
-    "rejects that version too and lands on the one before it (here the base model)"))
 def test_a_killed_rollback_run_again_ends_where_an_uninterrupted_one_ends(
     env: Settings,
 ) -> None:
