@@ -593,10 +593,11 @@ def _optimise(
     """The optimizer loop (AdamW, warm-up then linear decay to 10 %) over the planned steps.
 
     The first batch is the probe's, whose gradients are already there. The plan is
-    ``probe.steps``; after a fifth of it (at least 3 steps) the mean of the steps since
-    the first plans again, and the plan grows (up to ``cap``) when at least 20 % more
-    steps fit in what is left of the budget: the one measured step may have met a busy
-    machine. It never shrinks (the budget stops the loop in any case).
+    ``probe.steps``; after a fifth of it (at least 3 steps, or all but the last of a
+    shorter plan) the mean of the steps since the first plans again, and the plan grows
+    (up to ``cap``) when at least 20 % more steps fit in what is left of the budget: the
+    one measured step may have met a busy machine. It never shrinks (the budget stops the
+    loop in any case).
 
     Returns:
         The loss of every step, whether the budget stopped it before the plan's end, and
@@ -605,7 +606,7 @@ def _optimise(
     import torch
 
     steps = probe.steps
-    replan_at = max(3, steps // 5)
+    replan_at = max(2, min(max(3, steps // 5), steps - 1))  # a step measured after the first
     first_done = 0.0
     optimizer = torch.optim.AdamW(
         params, lr=options.learning_rate, weight_decay=options.weight_decay
