@@ -204,6 +204,9 @@ def _query_metrics(
 
 #: Fewest fresh held-out articles the gate judges a candidate on.
 MIN_FRESH = 10
+#: Fewest older held-out articles the gate judges the effect on older literature on
+#: (an empty set passed the "older kept" check on 0.000 vs 0.000).
+MIN_OLDER = 10
 
 
 def gate(
@@ -214,7 +217,8 @@ def gate(
     k: int = K,
 ) -> GateDecision:
     """The promotion gate: fresh gain ≥ margin on at least :data:`MIN_FRESH` fresh held-out
-    articles, and older loss ≤ tolerance (recall@k)."""
+    articles, and older loss ≤ tolerance on at least :data:`MIN_OLDER` older ones
+    (recall@k)."""
     metric = f"recall@{k}"
     reasons: list[str] = []
     c_f, a_f = float(candidate["fresh"][metric]), float(active["fresh"][metric])
@@ -239,7 +243,14 @@ def gate(
             f"fresh {metric} {c_f:.3f} vs active {a_f:.3f}: {fresh_gain:+.3f} "
             f"< margin {settings.gate_fresh_margin:.3f}"
         )
-    if -older_change <= settings.gate_older_tolerance + 1e-12:
+    n_older = int(candidate["older"].get("queries", MIN_OLDER))
+    if n_older < MIN_OLDER:
+        ok = False
+        reasons.append(
+            f"{n_older} older held-out article(s), fewer than {MIN_OLDER}: the candidate's "
+            "effect on older literature is not measured"
+        )
+    elif -older_change <= settings.gate_older_tolerance + 1e-12:
         reasons.append(
             f"older {metric} {c_o:.3f} vs active {a_o:.3f}: {older_change:+.3f} "
             f"within tolerance {settings.gate_older_tolerance:.3f}"

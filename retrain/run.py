@@ -271,7 +271,8 @@ def _retrain(
     )
     lease.check()
     status, reasons, promotion = _decide(
-        settings, engine, version_id, decision, promote_by=promote_by, reindex=reindex
+        settings, engine, version_id, decision, promote_by=promote_by, reindex=reindex,
+        compared_with=active.id if active is not None else None,
     )
     return RetrainReport(
         status,
@@ -303,6 +304,10 @@ def _early_stop(
         return RetrainOutcome.SKIPPED, "fewer than two training pairs"
     if not pairs.heldout.fresh:
         return RetrainOutcome.SKIPPED, "no fresh held-out set to judge a candidate on"
+    if not pairs.heldout.older:
+        return RetrainOutcome.SKIPPED, (
+            "no older held-out set to judge a candidate's effect on older literature on"
+        )
     return None
 
 
@@ -374,13 +379,35 @@ def _decide(
     *,
     promote_by: str,
     reindex: Callable[[Settings], Any],
+    compared_with: str | None,
 ) -> tuple[RetrainOutcome, tuple[str, ...], dict[str, Any] | None]:
     """Promote the candidate when the gate passed, else reject it.
+
+    The gate compared the candidate with ``compared_with`` (the version active when the
+    round began; ``None``: the base model). When a person promoted or rolled back
+    meanwhile, another version is active: the candidate is not promoted over it (it was
+    never compared with it, and a rollback would be silently undone) but rejected with
+    that reason (a person may still promote it).
 
     Returns:
         The outcome, the reasons (the gate's and what was done) and the promotion report.
     """
     reasons = list(decision.reasons)
+    now = registry.active_version(settings, engine=engine)
+    now_id = now.id if now is not None else None
+    if now_id == version_id:  # a person promoted it already, while the round ended
+        reasons.append(f"{version_id} was promoted by hand during the round; it stays active")
+        return RetrainOutcome.PROMOTED, tuple(reasons), None
+    if decision.passed and now_id != compared_with:
+        why = (
+            f"the active model changed during the round ({compared_with or 'base'} -> "
+            f"{now_id or 'base'}): {version_id} was compared with {compared_with or 'base'} "
+            f"only, so it is not promoted (`litpulse models promote {version_id}` overrides)"
+        )
+        registry.set_status(settings, version_id, ModelStatus.REJECTED, reason=why,
+                            engine=engine)  # fmt: skip
+        reasons.append(why)
+        return RetrainOutcome.REJECTED, tuple(reasons), None
     if decision.passed:
         promotion = registry.promote(
             settings, version_id, by=promote_by, reason="; ".join(decision.reasons),

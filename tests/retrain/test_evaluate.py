@@ -212,11 +212,6 @@ def _noise(texts: Sequence[str]) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding 2: the gate requires MIN_FRESH fresh articles but no older one: with an "
-    "empty older held-out set (a small corpus, no article in the 1-in-20 hash bucket) the "
-    "older check passes on 0.000 vs 0.000 and a candidate is promoted without its effect "
-    "on older literature ever being measured"))
 def test_gate_does_not_promote_without_an_older_held_out_set(settings: Settings) -> None:
     """A first retrain of a small store: 60 articles, none of them in the older hash
     bucket (1 in 20: it happens to about 1 store in 20 of this size). mine_pairs holds

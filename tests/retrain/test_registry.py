@@ -236,11 +236,6 @@ def test_a_dry_run_against_another_store_keeps_the_adapters_of_this_home(
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-@pytest.mark.xfail(strict=True, reason=(
-    "finding 1: retrain reads the active version once, before mining; promote/rollback "
-    "take no lease against a running retrain, and _decide promotes without checking the "
-    "active version is still the one the gate compared with: a rollback made during the "
-    "round is undone by a child of the rolled-back version, judged against it"))
 def test_a_rollback_during_a_retrain_is_not_undone_by_its_candidate(
     sqlite_settings: Settings,
 ) -> None:
