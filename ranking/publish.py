@@ -40,7 +40,7 @@ from litpulse.core.settings import Settings
 from litpulse.core.states import IndexStatus
 from litpulse.core.timeutil import iso
 from ranking import index_files
-from ranking.embed import ModelSpec, active_model, base_fingerprint
+from ranking.embed import ModelSpec, active_model, base_record
 from ranking.faiss_ops import index_kind
 from ranking.index_store import newest_date
 from ranking.lexical import LexicalPlan
@@ -194,8 +194,7 @@ def publish(ctx: PublishContext, index: Any, ids: np.ndarray, meta_extra: dict[s
         "created_at": iso(now),
         "faiss_version": getattr(faiss, "__version__", ""),
         # which base model its vectors come from ("base" names whatever LITPULSE_MODEL is)
-        "base_model": {"path": ctx.spec.base_model,
-                       "fingerprint": base_fingerprint(ctx.spec.base_model)},
+        "base_model": base_record(ctx.spec.base_model),
         **meta_extra,
     }
     ctx.lease.check()

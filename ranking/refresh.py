@@ -26,18 +26,20 @@ import time
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, delete
+from sqlalchemy import Engine, delete, update
 
 from litpulse.core import db
 from litpulse.core.errors import ConsistencyError
-from litpulse.core.schema import embeddings
+from litpulse.core.schema import embeddings, index_versions
 from litpulse.core.settings import Settings
 from ranking import index_files, index_store
 from ranking.embed import (
     ModelSpec,
     active_model,
     base_model_changed,
+    base_record,
     embed_pending,
+    legacy_base_record,
     load_encoder,
 )
 from ranking.faiss_ops import (
@@ -132,12 +134,29 @@ def _base_current(engine: Engine, published: Any, spec: ModelSpec, *, rebuild: b
         return
     changed = base_model_changed(published.details, spec)
     if changed is None:
+        _record_fingerprint(engine, published, spec)
         return
     if not rebuild:
         raise ConsistencyError(changed)
     with engine.begin() as conn:
         n = conn.execute(delete(embeddings).where(embeddings.c.model_version == spec.id)).rowcount
     logger.warning("%s: dropped %d stored embeddings of %s to embed again", changed, n, spec.id)
+
+
+def _record_fingerprint(engine: Engine, row: Any, spec: ModelSpec) -> None:
+    """Record the full fingerprint of ``spec``'s base model on an index version whose
+    record predates it (:func:`ranking.embed.legacy_base_record`: it hashed the weights'
+    sizes only) and matched. An upgraded deployment embeds nothing again; its first
+    refresh makes the record one that notices a model of the same shape. The row is
+    the record (``meta.json`` on disk keeps the old one: nothing reads it for this)."""
+    if not legacy_base_record(row.details):
+        return
+    details = {**(row.details or {}), "base_model": base_record(spec.base_model)}
+    with engine.begin() as conn:
+        conn.execute(update(index_versions).where(index_versions.c.id == row.id)
+                     .values(details=details))
+    logger.info("index %s: recorded the full fingerprint of its base model %s (its sizes "
+                "matched the record)", row.id, spec.base_model)
 
 
 def _rebuild_reason(ctx: PublishContext, base: Any, meta: dict[str, Any] | None,

@@ -795,10 +795,6 @@ def _fine_tuned_copy(src: str, dst: Path, *, seed: int = 1, config_note: str | N
     return dst
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding 1: base_fingerprint hashes the weights' sizes, not their bytes: a fine-tuned "
-    "model of the same architecture has the same fingerprint, so switching LITPULSE_MODEL "
-    "to it is never noticed and old vectors are ranked against the new model's queries"))
 def test_a_fine_tuned_base_model_of_the_same_shape_is_noticed(
     sqlite_settings: Settings, tmp_path: Path
 ) -> None:

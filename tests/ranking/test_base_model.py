@@ -1,0 +1,131 @@
+"""Which base model an index's vectors come from: the fingerprint, an upgraded
+deployment's older records, and the vectors that must never mix two models.
+
+Vectors are synthetic where no model is needed (as in test_index.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from sqlalchemy import Engine, select, update
+
+from litpulse.core import db
+from litpulse.core.schema import index_versions
+from litpulse.core.settings import Settings
+from ranking import embed as em
+from ranking import index_status as ix_status
+from ranking import refresh
+from tests.ranking.test_index import _fine_tuned_copy, add_articles, change_article
+
+
+def _details(engine: Engine, version_id: str) -> dict:
+    with engine.connect() as conn:
+        return dict(conn.execute(select(index_versions.c.details)
+                                 .where(index_versions.c.id == version_id)).scalar_one())
+
+
+def _make_legacy(engine: Engine, version_id: str, settings: Settings) -> None:
+    """The record an index version got before the weights' bytes were hashed."""
+    details = _details(engine, version_id)
+    details["base_model"] = {"path": settings.model_path,
+                             "fingerprint": em._legacy_fingerprint(settings.model_path)}
+    with engine.begin() as conn:
+        conn.execute(update(index_versions).where(index_versions.c.id == version_id)
+                     .values(details=details))
+
+
+def test_the_fingerprint_hashes_the_weights_bytes(
+    sqlite_settings: Settings, tmp_path: Path
+) -> None:
+    """A fine-tuned copy (same sizes, same configs) is another model; a copy (symlinks,
+    another folder) of the same one is not; rewriting a weight file in place with other
+    bytes is noticed within the same process."""
+    original = sqlite_settings.model_path
+    link = tmp_path / "linked"
+    shutil.copytree(original, link, symlinks=True, copy_function=os.symlink)
+    assert em.base_fingerprint(str(link)) == em.base_fingerprint(original)
+    tuned = _fine_tuned_copy(original, tmp_path / "tuned")
+    assert em.base_fingerprint(str(tuned)) != em.base_fingerprint(original)
+    # the old way could not tell them apart: what a legacy record is checked with
+    assert em._legacy_fingerprint(str(tuned)) == em._legacy_fingerprint(original)
+
+    inplace = tmp_path / "inplace"
+    shutil.copytree(original, inplace)
+    before = em.base_fingerprint(str(inplace))
+    weights = inplace / "model.safetensors"
+    st = weights.stat()
+    _fine_tuned_copy(original, tmp_path / "newer", seed=2)
+    shutil.copyfile(tmp_path / "newer" / "model.safetensors", weights)  # same size, in place
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))  # even with the mtime kept
+    assert weights.stat().st_size == st.st_size
+    assert em.base_fingerprint(str(inplace)) != before
+
+
+def test_the_fingerprint_of_the_bundled_model_is_fast(sqlite_settings: Settings) -> None:
+    """Hashing the bundled model's weights (87 MiB) once per process state is cheap; the
+    second ask is cached."""
+    path = sqlite_settings.model_path
+    em._fingerprint.cache_clear()
+    em._file_sha1.cache_clear()
+    t0 = time.perf_counter()
+    em.base_fingerprint(path)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    em.base_fingerprint(path)
+    again = time.perf_counter() - t0
+    assert first < 5.0, first  # ~0.1 s measured; generous for shared CI cores
+    assert again < 0.05, again
+
+
+def test_an_upgraded_deployment_keeps_its_vectors_and_records_the_new_fingerprint(
+    sqlite_settings: Settings,
+) -> None:
+    """An index published before the upgrade records the sizes-only fingerprint. The
+    check accepts it while the model's sizes and configs match; the first refresh records
+    the full fingerprint in the row without embedding or rebuilding anything; from then on
+    a same-shape model is noticed."""
+    s = sqlite_settings
+    engine = db.connect(s)
+    add_articles(engine, list(range(1, 11)))
+    v1 = refresh.refresh_index(s, embed=False)
+    _make_legacy(engine, v1.id, s)
+    assert em.legacy_base_record(_details(engine, v1.id))
+
+    assert ix_status.check_consistency(s)["ok"]
+    report = refresh.refresh_index(s)  # the first night after the upgrade
+    assert not report.published and report.embedded == 0 and not report.rebuilt
+    record = _details(engine, v1.id)["base_model"]
+    assert record == em.base_record(s.model_path) and record["weights"] == em.WEIGHTS_HASH
+    assert ix_status.check_consistency(s)["ok"]
+
+    change_article(engine, 3)  # an ordinary night: an incremental update, the full record
+    v2 = refresh.refresh_index(s, embed=False)
+    assert v2.published and not v2.rebuilt
+    assert _details(engine, v2.id)["base_model"]["fingerprint"] == em.base_fingerprint(
+        s.model_path)
+
+
+def test_a_legacy_record_of_another_model_is_still_noticed(
+    sqlite_settings: Settings, tmp_path: Path
+) -> None:
+    """A sizes-only record is taken only when it matches: another configuration is still
+    a changed model, and nothing is recorded over it."""
+    s = sqlite_settings
+    engine = db.connect(s)
+    add_articles(engine, list(range(1, 6)))
+    v1 = refresh.refresh_index(s, embed=False)
+    _make_legacy(engine, v1.id, s)
+    other = tmp_path / "other"
+    shutil.copytree(s.model_path, other, symlinks=True, copy_function=os.symlink)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").unlink()
+    (other / "config.json").write_text(json.dumps({**config, "hidden_act": "relu"}))
+    changed = s.replace(model=str(other))
+    report = ix_status.check_consistency(changed)
+    assert any("base model changed" in p for p in report["problems"])
+    assert em.legacy_base_record(_details(engine, v1.id))
