@@ -47,7 +47,7 @@ from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import articles, embeddings, model_versions
 from litpulse.core.settings import DEFAULT_MODEL, Settings
 from litpulse.core.states import Device, Precision
-from ranking.models import active_model_row
+from ranking.models import active_model_row, newest_index_row, published_index_row
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -65,7 +65,9 @@ __all__ = [
     "base_fingerprint",
     "base_model_changed",
     "base_record",
+    "base_records",
     "legacy_base_record",
+    "stored_base_changed",
     "embed_pending",
     "embed_texts",
     "encode_query",
@@ -247,6 +249,28 @@ def base_model_changed(details: Any, spec: ModelSpec) -> str | None:
         "LITPULSE_MODEL): its vectors and the stored embeddings are of the old model; "
         "`litpulse index refresh --rebuild` re-embeds every article with the new one"
     )
+
+
+def base_records(engine: Engine, spec: ModelSpec) -> list[Any]:
+    """The ``index_versions`` rows that say which base model ``spec``'s stored vectors
+    are of: the published one when it is ``spec``'s, and the one of ``spec`` built last
+    (a kept version a rollback re-publishes, or one whose files are gone)."""
+    published = published_index_row(engine)
+    rows = [published] if published is not None and published.model_version == spec.id else []
+    newest = newest_index_row(engine, spec.id)
+    if newest is not None and all(r.id != newest.id for r in rows):
+        rows.append(newest)
+    return rows
+
+
+def stored_base_changed(engine: Engine, spec: ModelSpec) -> str | None:
+    """Why the index versions of ``spec`` (:func:`base_records`) were built with another
+    base model than ``spec``'s as configured now (``LITPULSE_MODEL``), or ``None``."""
+    for row in base_records(engine, spec):
+        changed = base_model_changed(row.details, spec)
+        if changed is not None:
+            return f"index version {row.id} of model {spec.id}: {changed}"
+    return None
 
 
 def _base_path(settings: Settings, base_model: str | None) -> str:

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, desc, select
 from litpulse.core.schema import index_versions, model_versions
 from litpulse.core.states import IndexStatus, ModelStatus
 
-__all__ = ["active_model_row", "published_index_row"]
+__all__ = ["active_model_row", "newest_index_row", "published_index_row"]
 
 
 def active_model_row(engine: Engine) -> Any:
@@ -39,5 +39,17 @@ def published_index_row(engine: Engine) -> Any:
             select(index_versions)
             .where(index_versions.c.status == IndexStatus.PUBLISHED)
             .order_by(desc(index_versions.c.published_at))
+            .limit(1)
+        ).first()
+
+
+def newest_index_row(engine: Engine, model_version: str) -> Any:
+    """The ``index_versions`` row of a model version built last (any status, files kept
+    or not), or ``None``: it records the base model its stored vectors were built with."""
+    with engine.connect() as conn:
+        return conn.execute(
+            select(index_versions)
+            .where(index_versions.c.model_version == model_version)
+            .order_by(desc(index_versions.c.created_at))
             .limit(1)
         ).first()

@@ -38,6 +38,7 @@ from ranking.embed import (
     active_model,
     base_model_changed,
     base_record,
+    base_records,
     embed_pending,
     legacy_base_record,
     load_encoder,
@@ -80,8 +81,9 @@ def refresh_index(settings: Settings, *, rebuild: bool = False, progress: bool =
 
     Raises:
         ConsistencyError: The base model changed since the published index of the active
-            model version was built (``LITPULSE_MODEL``): only ``rebuild`` (embedding)
-            goes on, embedding every article again.
+            model version, or the kept version an update would start from, was built
+            (``LITPULSE_MODEL``): only ``rebuild`` (embedding) goes on, embedding every
+            article again.
         IndexBusyError: Another process is publishing (the lease is held).
         LeaseLostError: Another process took the lease over meanwhile; nothing was
             published.
@@ -92,7 +94,7 @@ def refresh_index(settings: Settings, *, rebuild: bool = False, progress: bool =
         spec = active_model(settings, engine)
         lease.check()
         published = published_index_row(engine)
-        _base_current(engine, published, spec, rebuild=rebuild and embed)
+        _base_current(engine, spec, rebuild=rebuild and embed)
         embedded = embed_pending(settings, spec, progress, engine=engine) if embed else 0
         ctx = PublishContext(
             settings=settings, engine=engine, lease=lease, spec=spec, published=published,
@@ -117,24 +119,31 @@ def refresh_index(settings: Settings, *, rebuild: bool = False, progress: bool =
         return _full(ctx, live, reason, lexical)
 
 
-def _base_current(engine: Engine, published: Any, spec: ModelSpec, *, rebuild: bool) -> None:
+def _base_current(engine: Engine, spec: ModelSpec, *, rebuild: bool) -> None:
     """Make sure the stored vectors of ``spec`` are of its base model as configured now.
 
-    When the published index (``published``, its row) of this model version was built
-    with another base model
-    (``LITPULSE_MODEL`` changed; :func:`ranking.embed.base_model_changed`), its vectors
-    and the stored embeddings would be ranked against queries of the new one: a rebuild
-    (that embeds) drops those embeddings so every article is embedded again; anything else
-    refuses.
+    When an index version of this model version that the refresh builds on or that says
+    what its stored vectors are (the published one, the one built last:
+    :func:`ranking.embed.base_records`; the kept one an update starts from:
+    :func:`ranking.index_store.base_row`, e.g. after a model rollback) was built with
+    another base model (``LITPULSE_MODEL`` changed; :func:`ranking.embed.base_model_changed`),
+    its vectors and the stored embeddings would be ranked against queries of the new one:
+    a rebuild (that embeds) drops those embeddings so every article is embedded again;
+    anything else refuses. Matching records made before the weights' bytes were hashed
+    get the full fingerprint (:func:`_record_fingerprint`).
 
     Raises:
         ConsistencyError: The base model changed and this is not an embedding rebuild.
     """
-    if published is None or published.model_version != spec.id:
-        return
-    changed = base_model_changed(published.details, spec)
+    rows = base_records(engine, spec)
+    kept = index_store.base_row(engine, spec.id)
+    if kept is not None and all(r.id != kept.id for r in rows):
+        rows.append(kept)
+    changed = next((f"index version {r.id} of model {spec.id}: {why}" for r in rows
+                    if (why := base_model_changed(r.details, spec)) is not None), None)
     if changed is None:
-        _record_fingerprint(engine, published, spec)
+        for row in rows:
+            _record_fingerprint(engine, row, spec)
         return
     if not rebuild:
         raise ConsistencyError(changed)

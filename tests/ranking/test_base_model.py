@@ -97,6 +97,7 @@ def test_an_upgraded_deployment_keeps_its_vectors_and_records_the_new_fingerprin
     assert em.legacy_base_record(_details(engine, v1.id))
 
     assert ix_status.check_consistency(s)["ok"]
+    assert em.embed_pending(s) == 0  # the DAG's embed step takes the legacy record too
     report = refresh.refresh_index(s)  # the first night after the upgrade
     assert not report.published and report.embedded == 0 and not report.rebuilt
     record = _details(engine, v1.id)["base_model"]
@@ -129,3 +130,73 @@ def test_a_legacy_record_of_another_model_is_still_noticed(
     report = ix_status.check_consistency(changed)
     assert any("base model changed" in p for p in report["problems"])
     assert em.legacy_base_record(_details(engine, v1.id))
+
+
+def _another_model(s: Settings, where: Path) -> Settings:
+    """Settings whose LITPULSE_MODEL is another model (a config of its own)."""
+    shutil.copytree(s.model_path, where, symlinks=True, copy_function=os.symlink)
+    config = json.loads((where / "config.json").read_text())
+    (where / "config.json").unlink()
+    (where / "config.json").write_text(json.dumps({**config, "fine_tuned_on": "x"}))
+    return s.replace(model=str(where))
+
+
+def test_a_kept_version_without_files_still_says_which_model_its_vectors_are(
+    sqlite_settings: Settings, tmp_path: Path
+) -> None:
+    """The rollback case of test_a_kept_version_of_another_base_model_is_not_updated_in_place
+    with the kept 'base' version's files pruned: a refresh would build a new index from the
+    stored 'base' vectors (of the old model); the row still records that model, so the
+    refresh refuses, and the rebuild embeds every article with the configured one."""
+    from litpulse.core.errors import ConsistencyError
+    from litpulse.core.schema import model_versions
+    from tests.ranking.test_index import _activate
+
+    s = sqlite_settings
+    engine = db.connect(s)
+    add_articles(engine, list(range(1, 6)), models=("base", "m2"))
+    v_base = refresh.refresh_index(s, embed=False)
+    other = _another_model(s, tmp_path / "other")
+    _activate(engine, "m2", other)
+    assert refresh.refresh_index(other, embed=False).model_version == "m2"
+    with engine.begin() as conn:
+        conn.execute(update(model_versions).where(model_versions.c.id == "m2")
+                     .values(status="rejected"))
+    shutil.rmtree(v_base.path)
+    assert refresh.index_store.base_row(engine, "base") is None
+
+    try:
+        refresh.refresh_index(other)
+    except ConsistencyError as exc:
+        assert "base model changed" in str(exc) and v_base.id in str(exc)
+    else:
+        raise AssertionError("built from vectors of the old base model")
+    report = refresh.refresh_index(other, rebuild=True)
+    assert report.rebuilt and report.embedded == 5 and report.model_version == "base"
+    assert ix_status.check_consistency(other)["ok"]
+
+
+def test_a_kept_version_of_another_base_model_is_rebuilt_when_asked(
+    sqlite_settings: Settings, tmp_path: Path
+) -> None:
+    """After the refusal of the rollback's re-index, `index refresh --rebuild` embeds
+    every article with the configured model and records it; the old version's vectors
+    are not reused."""
+    from litpulse.core.schema import model_versions
+    from tests.ranking.test_index import _activate
+
+    s = sqlite_settings
+    engine = db.connect(s)
+    add_articles(engine, list(range(1, 6)), models=("base", "m2"))
+    refresh.refresh_index(s, embed=False)
+    other = _another_model(s, tmp_path / "other")
+    _activate(engine, "m2", other)
+    refresh.refresh_index(other, embed=False)
+    with engine.begin() as conn:
+        conn.execute(update(model_versions).where(model_versions.c.id == "m2")
+                     .values(status="rejected"))
+    report = refresh.refresh_index(other, rebuild=True)
+    assert report.rebuilt and report.embedded == 5 and report.model_version == "base"
+    assert _details(engine, report.id)["base_model"]["fingerprint"] == em.base_fingerprint(
+        other.model_path)
+    assert ix_status.check_consistency(other)["ok"]

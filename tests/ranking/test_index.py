@@ -926,11 +926,6 @@ def test_similar_articles_of_a_deleted_article_is_not_found(
         similar_articles(settings, 5, k=3, engine=engine)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding 5: refresh checks the base model only against the published row; an "
-    "incremental update of a kept older version of the active model (a model rollback) "
-    "keeps that version's vectors of the old base model and labels the result with the "
-    "new one"))
 def test_a_kept_version_of_another_base_model_is_not_updated_in_place(
     sqlite_settings: Settings, tmp_path: Path
 ) -> None:
