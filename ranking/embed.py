@@ -43,7 +43,7 @@ import numpy as np
 from sqlalchemy import Engine, and_, func, or_, select
 
 from litpulse.core import db
-from litpulse.core.errors import ConfigError, NotFoundError
+from litpulse.core.errors import ConfigError, ConsistencyError, NotFoundError
 from litpulse.core.schema import articles, embeddings, model_versions
 from litpulse.core.settings import DEFAULT_MODEL, Settings
 from litpulse.core.states import Device, Precision
@@ -66,6 +66,7 @@ __all__ = [
     "base_model_changed",
     "base_record",
     "base_records",
+    "check_stored_base",
     "legacy_base_record",
     "stored_base_changed",
     "embed_pending",
@@ -271,6 +272,31 @@ def stored_base_changed(engine: Engine, spec: ModelSpec) -> str | None:
         if changed is not None:
             return f"index version {row.id} of model {spec.id}: {changed}"
     return None
+
+
+def check_stored_base(engine: Engine, spec: ModelSpec) -> None:
+    """Refuse to embed for ``spec`` beside vectors of another base model.
+
+    When the index versions of ``spec`` were built with another base model
+    (:func:`stored_base_changed`) and vectors of ``spec`` are stored, those vectors are of
+    that model: new ones of this model would be stored beside them, under the same model
+    version and with current text hashes, and a later refresh (with ``LITPULSE_MODEL``
+    set back, say) would publish an index mixing the two. With no vector of ``spec``
+    stored (an embedding rebuild dropped them) there is nothing to mix with.
+
+    Raises:
+        ConsistencyError: The base model changed and vectors of the old one are stored.
+    """
+    changed = stored_base_changed(engine, spec)
+    if changed is None:
+        return
+    with engine.connect() as conn:
+        stored = conn.execute(
+            select(embeddings.c.pmid).where(embeddings.c.model_version == spec.id).limit(1)
+        ).first()
+    if stored is not None:
+        raise ConsistencyError(
+            f"not embedding for model {spec.id} with {spec.base_model}: {changed}")
 
 
 def _base_path(settings: Settings, base_model: str | None) -> str:
@@ -726,9 +752,15 @@ def embed_pending(
 
     Returns:
         The number of articles embedded.
+
+    Raises:
+        ConsistencyError: The index versions of ``spec`` were built with another base
+            model and its vectors of that model are stored (:func:`check_stored_base`):
+            ``litpulse index refresh --rebuild`` embeds every article again.
     """
     engine = engine or db.connect(settings)
     spec = spec or active_model(settings, engine)
+    check_stored_base(engine, spec)
     query = pending_query(spec.id, shard=shard, shards=shards)
     with engine.connect() as conn:
         pending = [int(p) for p in conn.execute(query).scalars()]

@@ -356,13 +356,19 @@ def plan_embedding_shards(
     Returns:
         ``n`` shards with their pending counts (shards with nothing pending included, so
         the mapped task count is stable).
+
+    Raises:
+        ConsistencyError: The stored vectors of the active model version are of another
+            base model than ``LITPULSE_MODEL`` now (:func:`ranking.embed.check_stored_base`;
+            each shard would refuse too): ``litpulse index refresh --rebuild``.
     """
     if n < 1:
         raise ConfigError(f"the shard count must be >= 1, got {n}")
-    from ranking.embed import active_model, pending_query
+    from ranking.embed import active_model, check_stored_base, pending_query
 
     engine = engine or db.connect(settings)
     spec = active_model(settings, engine)
+    check_stored_base(engine, spec)
     shards = []
     with engine.connect() as conn:
         for i in range(n):
@@ -392,7 +398,8 @@ def embed_shard(
 
     Raises:
         ConsistencyError: The active model version is no longer ``shard.model_version``
-            (a newer promotion happened; its own reindex takes over).
+            (a newer promotion happened; its own reindex takes over), or its stored
+            vectors are of another base model (:func:`ranking.embed.embed_pending`).
 
     Returns:
         Articles embedded.

@@ -141,6 +141,50 @@ def _another_model(s: Settings, where: Path) -> Settings:
     return s.replace(model=str(where))
 
 
+def test_the_embedding_steps_refuse_beside_another_models_vectors(
+    sqlite_settings: Settings, tmp_path: Path
+) -> None:
+    """LITPULSE_MODEL changed under a published index of 'base': the DAG's embed task,
+    the reindex DAG's planning and shards refuse (not retryable) and write nothing; a
+    `refresh --rebuild` drops the old vectors and embeds every article with the new
+    model, after which embedding goes on as usual."""
+    from litpulse.core.errors import ConsistencyError
+    from litpulse.core.schema import embeddings
+    from litpulse.pipeline.planning import EmbeddingShard, embed_shard, plan_embedding_shards
+
+    s = sqlite_settings
+    engine = db.connect(s)
+    add_articles(engine, list(range(1, 6)))
+    refresh.refresh_index(s, embed=False)
+    other = _another_model(s, tmp_path / "other")
+    add_articles(engine, [6], models=())  # a new article, pending
+
+    def stored() -> list[tuple[int, bytes]]:
+        with engine.connect() as conn:
+            return sorted((int(p), bytes(v)) for p, v in conn.execute(
+                select(embeddings.c.pmid, embeddings.c.vector)))
+
+    before = stored()
+    for step in (lambda: em.embed_pending(other),
+                 lambda: plan_embedding_shards(other, 2),
+                 lambda: embed_shard(other, EmbeddingShard(0, 2, "base", 1))):
+        try:
+            step()
+        except ConsistencyError as exc:
+            assert "base model changed" in str(exc) and "--rebuild" in str(exc)
+            assert not exc.retryable
+        else:
+            raise AssertionError("embedded beside another model's vectors")
+    assert stored() == before
+
+    report = refresh.refresh_index(other, rebuild=True)
+    assert report.published and report.rebuilt and report.embedded == 6
+    assert _details(engine, report.id)["base_model"] == em.base_record(str(tmp_path / "other"))
+    assert ix_status.check_consistency(other)["ok"]
+    add_articles(engine, [7], models=())
+    assert em.embed_pending(other) == 1
+
+
 def test_a_kept_version_without_files_still_says_which_model_its_vectors_are(
     sqlite_settings: Settings, tmp_path: Path
 ) -> None:

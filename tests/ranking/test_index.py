@@ -823,11 +823,6 @@ def test_a_fine_tuned_base_model_of_the_same_shape_is_noticed(
         refresh.refresh_index(tuned)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding 2: embed_pending (the index-refresh DAG's own embed step, the reindex shards) "
-    "never checks the base model: it stores another base model's vectors under the same "
-    "model version, and once LITPULSE_MODEL is set back they are published beside the old "
-    "model's vectors"))
 def test_vectors_embedded_under_another_base_model_never_reach_the_index(
     sqlite_settings: Settings, tmp_path: Path
 ) -> None:
