@@ -8,7 +8,8 @@ Readers (:func:`open_published`) load the version the ``index_versions`` row nam
 per process and version; a :class:`PublishedIndex` already loaded never changes, so
 searches running during a publish finish on the old version.
 
-On a host where FAISS sees a GPU (and ``use_gpu`` is not ``no``) searches run on it; the
+On a host where FAISS sees a GPU (and ``use_gpu`` is not ``no``) searches run on it, but
+for more than :data:`GPU_MAX_K` neighbours (FAISS-GPU's limit), which run on the CPU; the
 CPU index stays the master copy (GPU indexes cannot remove ids).
 
 Example:
@@ -51,6 +52,9 @@ logger = logging.getLogger(__name__)
 
 #: The files of one index version.
 FILES = ("index.faiss", "ids.npy", "meta.json")
+#: Most neighbours one FAISS-GPU search returns (its k-selection limit); longer lists
+#: are searched on the CPU copy.
+GPU_MAX_K = 2048
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,7 +115,7 @@ class PublishedIndex:
         if self.size == 0:
             return (np.full((len(q), k), -np.inf, dtype=np.float32),
                     np.full((len(q), k), -1, dtype=np.int64))
-        if self._gpu is not None:
+        if self._gpu is not None and k <= GPU_MAX_K:
             scores, labels = self._gpu.search(q, k)
             if self._gpu_ids is not None:  # a flat GPU index answers positions
                 labels = np.where(labels >= 0, self._gpu_ids[np.maximum(labels, 0)], -1)

@@ -11,9 +11,12 @@ restricted to the candidates), the two parts are fused (RRF or a min-max mix, ra
 ranges taken over the candidates that pass the filters) and the survivors are re-ranked by
 :func:`ranking.scoring.score_article` with recency and citation impact. When the filters
 are selective the lists are widened ×4 (up to the whole index) until ``k`` articles
-survive or the indexes are exhausted. Deleted articles never come back; retracted ones
-only on request. ``sort=date`` returns the same hits newest first (ties and undated
-last by PMID, highest first), reproducible for one index version and reference day.
+survive or the indexes are exhausted; an IVF index searches only ``ivf_nprobe`` of its
+lists, so once its probed lists run dry (or the list reaches its size) the passing
+articles are scored exactly against their stored vectors (:func:`nearest`). Deleted
+articles never come back; retracted ones only on request. ``sort=date`` returns the same
+hits newest first (ties and undated last by PMID, highest first), reproducible for one
+index version and reference day.
 Pages (``offset``) are slices of one list of results, built in blocks of
 ``rerank_candidates`` each ranked from a deeper candidate list (see :func:`run_search`).
 
@@ -58,6 +61,7 @@ __all__ = [
     "MAX_QUERY_CHARS",
     "load_rows",
     "Hit",
+    "nearest",
     "NoIndexError",
     "SearchFilters",
     "SearchResult",
@@ -65,6 +69,7 @@ __all__ = [
     "search",
     "run_search",
     "sort_by_date",
+    "stored_cosines",
     "widened",
     "warm_up",
 ]
@@ -385,6 +390,105 @@ def load_rows(engine: Engine, pmids: Sequence[int], conds: list[Any]) -> dict[in
     return rows
 
 
+#: Passing articles scored at once when a neighbour list is scored exactly.
+EXACT_CHUNK = 50_000
+
+
+def stored_cosines(index: Any, pmids: Sequence[int], vector: np.ndarray) -> dict[int, float]:
+    """The cosine of ``vector`` (``(1, d)``) with the stored vector of each of ``pmids``
+    the index holds (others are left out: not embedded yet), from ``vectors_of`` (one
+    call) or else ``reconstruct`` (one call each); ``{}`` from an index with neither."""
+    import numpy as np
+
+    if not len(pmids):
+        return {}
+    vectors_of = getattr(index, "vectors_of", None)
+    if vectors_of is not None:
+        found, vectors = vectors_of(pmids)
+        sims = np.asarray(vectors, dtype=np.float32) @ vector[0]
+        return dict(zip(np.asarray(found).tolist(), sims.tolist(), strict=True))
+    reconstruct = getattr(index, "reconstruct", None)
+    out: dict[int, float] = {}
+    if reconstruct is None:
+        return out
+    for pmid in pmids:
+        try:
+            out[int(pmid)] = float(np.dot(np.asarray(reconstruct(pmid)), vector[0]))
+        except (RuntimeError, KeyError):  # not in the vector index (not embedded)
+            continue
+    return out
+
+
+def _scores_exactly(index: Any) -> bool:
+    """Whether the passing articles' stored vectors can be scored (``vectors_of`` or
+    ``reconstruct``)."""
+    return hasattr(index, "vectors_of") or hasattr(index, "reconstruct")
+
+
+def _exact_neighbours(
+    engine: Engine, index: Any, vector: np.ndarray, n: int, conds: list[Any]
+) -> list[tuple[int, float]]:
+    """The ``n`` articles passing ``conds`` whose stored vectors are nearest ``vector``:
+    ``(pmid, cosine)``, best first (ties: lower PMID first); every passing article the
+    index holds is scored."""
+    import numpy as np
+
+    with engine.connect() as conn:
+        passing = [int(p) for p in conn.execute(select(articles.c.pmid).where(*conds)).scalars()]
+    held = getattr(index, "ids", None)
+    if held is not None and passing:  # the PMIDs a PublishedIndex holds: skip the others
+        arr = np.asarray(passing, dtype=np.int64)
+        passing = arr[np.isin(arr, np.asarray(held, dtype=np.int64))].tolist()
+    ids = np.zeros(0, dtype=np.int64)
+    sims = np.zeros(0, dtype=np.float64)
+    for start in range(0, len(passing), EXACT_CHUNK):
+        got = stored_cosines(index, passing[start : start + EXACT_CHUNK], vector)
+        ids = np.concatenate([ids, np.fromiter(got, np.int64, len(got))])
+        sims = np.concatenate([sims, np.fromiter(got.values(), np.float64, len(got))])
+        if len(ids) > n:  # keep the best n (and their ties) of what is scored so far
+            cut = np.partition(-sims, n - 1)[n - 1]
+            keep = -sims <= cut
+            ids, sims = ids[keep], sims[keep]
+    order = np.lexsort((ids, -sims))[:n]
+    return list(zip(ids[order].tolist(), sims[order].tolist(), strict=True))
+
+
+def nearest(
+    engine: Engine, index: Any, vector: np.ndarray, n: int, conds: list[Any]
+) -> tuple[list[tuple[int, float]], bool]:
+    """The ``n`` stored vectors nearest ``vector`` as ``(pmid, cosine)``, and whether every
+    article passing ``conds`` that the index holds is among them (no longer list can hold
+    another).
+
+    FAISS answers the nearest of what it searches: the whole of a flat index, but only
+    the ``ivf_nprobe`` lists nearest the query in an IVF one. So when ``n`` reaches an
+    IVF index's size, or FAISS answers fewer than asked (the probed lists ran dry), a
+    longer list could never reach the passing articles in the other lists: the articles
+    passing ``conds`` are then scored exactly against their stored vectors instead
+    (:func:`stored_cosines`), and the best ``n`` of them are the list. A flat index, or a
+    probe that fills the list, keeps FAISS's answer (the first page of a search).
+    """
+    size = int(index.size)
+    want = min(n, size)
+    if want <= 0:
+        return [], True
+    approximate = getattr(index, "kind", "flat") != "flat"
+    pairs: list[tuple[int, float]] = []
+    if not (approximate and n >= size and _scores_exactly(index)):
+        scores, pmids = index.search(vector, want)
+        pairs = [
+            (int(pmid), float(score))
+            for score, pmid in zip(scores[0].tolist(), pmids[0].tolist(), strict=True)
+            if pmid >= 0 and math.isfinite(score)
+        ]
+        if len(pairs) >= want or not _scores_exactly(index):
+            return pairs, n >= size
+    exact = _exact_neighbours(engine, index, vector, want, conds)
+    logger.debug("the index answered %d of %d neighbours: %d passing scored exactly",
+                 len(pairs), want, len(exact))
+    return exact, len(exact) < want or n >= size
+
+
 def run_search(
     settings: Settings,
     query: str,
@@ -607,15 +711,14 @@ def _candidates(
     size = max(int(index.size) if dense else 0, int(lex.size) if lex is not None else 0)
     n = min(max(settings.rerank_candidates, k), size)
     seen: set[int] = set()
+    dense_complete = not dense or vector is None
     while n > 0:
         fresh: list[int] = []
-        if dense and vector is not None:
-            scores, pmids = index.search(vector, min(n, int(index.size)) or 1)
-            for score, pmid in zip(scores[0].tolist(), pmids[0].tolist(), strict=True):
-                if pmid < 0 or pmid in pool.sims or not math.isfinite(score):
-                    continue
-                pool.sims[int(pmid)] = float(score)
-        lexical_exhausted = False
+        if not dense_complete and vector is not None:
+            pairs, dense_complete = nearest(engine, index, vector, n, conds)
+            for pmid, score in pairs:
+                pool.sims.setdefault(pmid, score)
+        lexical_exhausted = lex is None
         if lex is not None:
             found = lex.search(text, n)
             # fewer than asked: every document matching a term is in the list already
@@ -633,14 +736,15 @@ def _candidates(
             loaded = load_rows(engine, todo, conds)
             known.update((p, loaded.get(p)) for p in todo)
             pool.rows.update((p, row) for p in fresh if (row := known[p]) is not None)
-        if len(pool.rows) >= k or n >= size or (not dense and lexical_exhausted):
+        if len(pool.rows) >= k or n >= size or (dense_complete and lexical_exhausted):
             break
         n = widened(n, len(pool.rows), k, size)
         logger.debug(
             "only %d of %d candidates pass the filters; widening to %d", len(pool.rows), k, n
         )
     pool.seen = len(seen)
-    pool.exhausted = n >= size
+    # no longer list holds another passing candidate
+    pool.exhausted = n >= size or (dense_complete and lexical_exhausted)
     if mode == SearchMode.HYBRID and lex is not None:
         _fill_in(pool, index, lex, vector, text)
     return pool
@@ -650,22 +754,9 @@ def _fill_in(
     pool: _Pool, index: SearchableIndex, lex: LexicalSearcher, vector: np.ndarray | None, text: str
 ) -> None:
     """Cosine of the passing lexical-only candidates, BM25 of the semantic-only ones."""
-    import numpy as np
-
-    reconstruct = getattr(index, "reconstruct", None)
-    vectors_of = getattr(index, "vectors_of", None)
-    if vector is not None and vectors_of is not None:  # one call for all of them
-        found, vectors = vectors_of([p for p in pool.rows if p not in pool.sims])
-        for pmid, sim in zip(found.tolist(), (vectors @ vector[0]).tolist(), strict=True):
-            pool.sims[int(pmid)] = float(sim)
-    elif vector is not None and reconstruct is not None:
-        q = vector[0]
-        for pmid in pool.rows:
-            if pmid not in pool.sims:
-                try:
-                    pool.sims[pmid] = float(np.dot(np.asarray(reconstruct(pmid)), q))
-                except (RuntimeError, KeyError):  # not in the vector index (not embedded)
-                    continue
+    if vector is not None:
+        pool.sims.update(stored_cosines(index, [p for p in pool.rows if p not in pool.sims],
+                                        vector))
     missing = [p for p in pool.rows if p not in pool.bm25]
     if missing:
         pool.bm25.update(lex.scores(text, missing))

@@ -5,7 +5,10 @@ The published index version gives back the article's stored vector
 "similar" means the same thing as search's similarity (cosine under the index's model
 version), with no query text involved. The article itself is left out, and so are deleted
 articles and — unless asked — retracted ones; when filters remove too many the neighbour
-list widens ×4 (up to the whole index), as in :mod:`ranking.search`. Hits are ordered by
+list widens ×4 (up to the whole index), as in :mod:`ranking.search`, and where an IVF
+index's probed lists run dry the passing articles are scored exactly
+(:func:`ranking.search.nearest`). A deleted article is not found, even while its vector
+is still in the index (until the next refresh removes it). Hits are ordered by
 cosine, best first (ties: lower PMID first), and carry the details of a result list
 (:mod:`ranking.details`); their ``score`` is the cosine.
 
@@ -17,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +36,7 @@ from ranking.search import (
     SearchableIndex,
     SearchFilters,
     load_rows,
+    nearest,
     widened,
 )
 
@@ -83,9 +86,21 @@ def _vector(index: Any, pmid: int) -> Any:
 
 
 def _title(engine: Engine, pmid: int) -> str:
+    """The title of a live ``pmid`` (retracted too), read through search's own rule of
+    which rows are live (:meth:`SearchFilters.clauses`).
+
+    Raises:
+        NotFoundError: No such article, or it is deleted (its vector may still be in the
+            index until the next refresh removes it).
+    """
+    live = SearchFilters(include_retracted=True).clauses()
     with engine.connect() as conn:
-        title = conn.execute(select(articles.c.title).where(articles.c.pmid == pmid)).scalar()
-    return str(title or "")
+        row = conn.execute(
+            select(articles.c.title).where(articles.c.pmid == pmid, *live)
+        ).first()
+    if row is None:
+        raise NotFoundError(f"PMID {pmid} is not found (unknown or deleted)")
+    return str(row[0] or "")
 
 
 def similar_articles(
@@ -110,7 +125,7 @@ def similar_articles(
     Raises:
         ConfigError: ``k`` outside 1..:data:`MAX_SIMILAR`.
         NoIndexError: Nothing is published yet.
-        NotFoundError: ``pmid`` is not in the index.
+        NotFoundError: ``pmid`` is unknown, deleted, or not in the index.
     """
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_SIMILAR:
         raise ConfigError(f"k must be an integer in 1..{MAX_SIMILAR}, got {k!r}")
@@ -121,6 +136,7 @@ def similar_articles(
         index = open_published(settings, engine)
         if index is None:
             raise NoIndexError("no index is published yet: run `litpulse index refresh`")
+    title = _title(engine, int(pmid))  # a deleted article is not found
     vector = _vector(index, int(pmid))
     conds = SearchFilters(include_retracted=include_retracted).clauses()
     size = int(index.size)
@@ -128,15 +144,15 @@ def similar_articles(
     sims: dict[int, float] = {}
     rows: dict[int, dict[str, Any]] = {}
     while n > 0:
-        scores, ids = index.search(vector, n)
+        pairs, complete = nearest(engine, index, vector, n, conds)
         fresh = []
-        for score, other in zip(scores[0].tolist(), ids[0].tolist(), strict=True):
-            if other < 0 or other == pmid or other in sims or not math.isfinite(score):
+        for other, score in pairs:
+            if other == pmid or other in sims:
                 continue
-            sims[int(other)] = float(score)
-            fresh.append(int(other))
+            sims[other] = score
+            fresh.append(other)
         rows.update(load_rows(engine, fresh, conds))
-        if len(rows) >= k or n >= size:
+        if len(rows) >= k or n >= size or complete:
             break
         n = widened(n, len(rows), k, size)
     best = sorted(rows, key=lambda p: (-sims[p], p))[:k]
@@ -151,7 +167,7 @@ def similar_articles(
     )
     return SimilarResult(
         pmid=int(pmid),
-        title=_title(engine, int(pmid)),
+        title=title,
         index_version=str(index.id),
         model_version=str(index.model_version),
         hits=tuple(with_details(engine, hits, "")),

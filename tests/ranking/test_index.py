@@ -876,10 +876,19 @@ def test_vectors_embedded_under_another_base_model_never_reach_the_index(
     assert float(got @ want) > 0.99, "PMID 3's vector in the index is of the other model"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding 3: a semantic search with a selective filter on an IVF index widens to "
-    "k = index size, but FAISS still probes only ivf_nprobe lists: passing articles in "
-    "other lists are never seen, and the pool is reported exhausted"))
+def _spanish_ivf(s: Settings) -> tuple[Engine, index_files.PublishedIndex, list[int]]:
+    """5,000 articles in an IVF index (128 lists), five of them in Spanish."""
+    engine = db.connect(s)
+    add_articles(engine, list(range(1, 5001)))
+    spanish = [101, 1202, 2303, 3404, 4505]
+    with engine.begin() as conn:
+        conn.execute(update(articles).where(articles.c.pmid.in_(spanish)).values(language="spa"))
+    assert refresh.refresh_index(s, embed=False).kind == "ivf"
+    pub = index_files.open_published(s)
+    assert pub is not None
+    return engine, pub, spanish
+
+
 def test_a_selective_filter_on_an_ivf_index_finds_every_passing_article(
     sqlite_settings: Settings,
 ) -> None:
@@ -889,15 +898,7 @@ def test_a_selective_filter_on_an_ivf_index_finds_every_passing_article(
     from ranking.search import SearchFilters, run_search
 
     s = sqlite_settings.replace(exact_index_max=1000)
-    engine = db.connect(s)
-    add_articles(engine, list(range(1, 5001)))
-    spanish = [101, 1202, 2303, 3404, 4505]
-    with engine.begin() as conn:
-        conn.execute(update(articles).where(articles.c.pmid.in_(spanish)).values(language="spa"))
-    report = refresh.refresh_index(s, embed=False)
-    assert report.kind == "ivf"
-    pub = index_files.open_published(s)
-    assert pub is not None
+    engine, pub, spanish = _spanish_ivf(s)
     query = _vec(7)
     res = run_search(s, "anything", k=10, filters=SearchFilters(language="spa"),
                      engine=engine, index=pub, embed=lambda _t: query[None, :],
@@ -905,9 +906,6 @@ def test_a_selective_filter_on_an_ivf_index_finds_every_passing_article(
     assert sorted(h.pmid for h in res.hits) == spanish
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding 4: similar_articles serves a tombstoned PMID (its title and neighbours) until "
-    "the next refresh removes its vector; it never asks the store whether the source is live"))
 def test_similar_articles_of_a_deleted_article_is_not_found(
     settings: Settings, engine: Engine
 ) -> None:
@@ -919,6 +917,72 @@ def test_similar_articles_of_a_deleted_article_is_not_found(
     delete_article(engine, 5)  # DeleteCitation applied by tonight's ingest
     with pytest.raises(NotFoundError):
         similar_articles(settings, 5, k=3, engine=engine)
+
+
+@pytest.mark.parametrize("mode", ["semantic", "hybrid"])
+def test_pages_of_a_selective_filter_on_an_ivf_index_list_every_passing_article(
+    sqlite_settings: Settings, mode: str
+) -> None:
+    """Pages, and hybrid mode, too: every Spanish article on the first page, the rest
+    honestly empty (``has_more`` False), a deleted one never."""
+    from ranking.search import SearchFilters, run_search
+
+    s = sqlite_settings.replace(exact_index_max=1000)
+    engine, pub, spanish = _spanish_ivf(s)
+    delete_article(engine, 2303)  # tombstoned: its vector stays until the next refresh
+    live = [p for p in spanish if p != 2303]
+    query = _vec(7)
+
+    def page(offset: int) -> tuple[list[int], bool]:
+        res = run_search(s, "anything", k=3, filters=SearchFilters(language="spa"),
+                         engine=engine, index=pub, embed=lambda _t: query[None, :],
+                         mode=mode, offset=offset)
+        return [h.pmid for h in res.hits], res.has_more
+
+    first, more = page(0)
+    second, last = page(3)
+    assert more and not last
+    assert sorted(first + second) == live
+
+
+def test_similar_articles_on_an_ivf_index_whose_probed_lists_run_dry(
+    sqlite_settings: Settings,
+) -> None:
+    """One list probed (~40 vectors) and 60 neighbours asked: the exact 60 nearest."""
+    from ranking.similar import similar_articles
+
+    s = sqlite_settings.replace(exact_index_max=1000, ivf_nprobe=1)
+    engine = db.connect(s)
+    add_articles(engine, list(range(1, 5001)))
+    refresh.refresh_index(s, embed=False)
+    pub = index_files.open_published(s)
+    assert pub is not None and pub.kind == "ivf"
+    src = pub.reconstruct(42)
+    want = sorted((p for p in range(1, 5001) if p != 42),
+                  key=lambda p: (-float(pub.reconstruct(p) @ src), p))[:60]
+    res = similar_articles(s, 42, k=60, engine=engine, index=pub)
+    assert [h.pmid for h in res.hits] == want
+
+
+def test_a_gpu_index_searches_more_neighbours_than_its_limit_on_the_cpu() -> None:
+    """FAISS-GPU answers at most GPU_MAX_K neighbours: longer lists come from the CPU copy."""
+    vectors = np.stack([_vec(p) for p in range(1, 3001)])
+    cpu = faiss_ops.build_index(vectors, np.arange(1, 3001), kind="flat")
+    asked: list[int] = []
+
+    class Gpu:
+        def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            asked.append(k)
+            if k > 2048:  # FAISS-GPU's GPU_MAX_SELECTION_K
+                raise RuntimeError("k > GPU_MAX_SELECTION_K")
+            return cpu.search(q, k)  # type: ignore[no-any-return]
+
+    pub = index_files.PublishedIndex(
+        id="v", model_version="base", kind="ivf", size=3000, path="", ids=np.arange(1, 3001),
+        index=cpu, _gpu=Gpu())
+    assert pub.search(_vec(7)[None, :], 10)[1].shape == (1, 10)
+    scores, pmids = pub.search(_vec(7)[None, :], 2500)
+    assert asked == [10] and int((pmids >= 0).sum()) == 2500
 
 
 def test_a_kept_version_of_another_base_model_is_not_updated_in_place(
