@@ -2,8 +2,9 @@
 
 Included by :func:`litpulse.app.api.create_app` (``app.include_router(router)``); the
 settings are the application's (``app.state.settings``). Reading is open, like ``/search``.
-Answers 404 for a PMID the published index does not hold, 503 before anything is
-published (the application's error handlers).
+Answers 404 for a PMID the published index does not hold or the store holds deleted
+(its vector stays until the next refresh), 503 before anything is published (the
+application's error handlers).
 
 Example:
     >>> client.get("/similar/31415926", params={"k": 5}).json()["results"]  # doctest: +SKIP

@@ -764,7 +764,7 @@ def test_a_revision_written_by_a_lagging_host_reaches_the_next_refresh(
 
 
 
-# ------------------------------------------- review (rev-index): open findings, xfail
+# ------------------------------------------------ review (rev-index): the findings
 
 
 def _fine_tuned_copy(src: str, dst: Path, *, seed: int = 1, config_note: str | None = None) -> Path:
