@@ -270,7 +270,13 @@ class Settings:
         min=1,
         max=1_000_000_000,
     )
-    ivf_nprobe: int = _opt(16, "IVF lists probed per query.", min=1, max=65536)
+    ivf_nprobe: int = _opt(
+        16,
+        "IVF lists probed per query (a filtered search whose probed lists run dry scores "
+        "the articles that pass the filter exactly).",
+        min=1,
+        max=65536,
+    )
     ivf_codec: str = _opt(
         "flat",
         "How IVF lists hold the vectors: flat (float32, 1.5 KB per 384-d vector) or sq8 "
