@@ -645,11 +645,12 @@ def _optimise(
             first_done = now
         elif step + 1 == replan_at and step + 1 < steps:
             per_step = (now - first_done) / step * 1.1
-            fit = min(cap, step + 1 + int((options.max_seconds - (now - started)) / per_step))
-            if fit >= 1.2 * steps:
+            grown = _grown_plan(steps, step + 1, per_step,
+                                options.max_seconds - (now - started), cap)  # fmt: skip
+            if grown > steps:
                 logger.info("training plan %d -> %d steps: %.2f s/step measured over %d steps",
-                            steps, fit, per_step, step)  # fmt: skip
-                steps = fit
+                            steps, grown, per_step, step)  # fmt: skip
+                steps = grown
                 bar.total = steps
                 bar.refresh()
         if step + 1 < steps and now - started > options.max_seconds:
@@ -658,6 +659,14 @@ def _optimise(
             stopped_early = True
             break
     return losses, stopped_early, steps
+
+
+def _grown_plan(steps: int, done: int, per_step: float, left: float, cap: int) -> int:
+    """The plan of ``steps`` after ``done`` of them, each now taking ``per_step`` seconds
+    with ``left`` seconds of the budget left: grown (to at most ``cap``) when at least
+    20 % more steps fit, else unchanged (it never shrinks)."""
+    fit = min(cap, done + int(left / max(per_step, 1e-9)))
+    return fit if fit >= 1.2 * steps else steps
 
 
 def train(
