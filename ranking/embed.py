@@ -133,7 +133,7 @@ WEIGHTS_HASH = "sha1"
 _HASH_BLOCK = 1 << 20
 
 
-def base_fingerprint(base_model: str) -> str:
+def base_fingerprint(base_model: str, *, legacy: bool = False) -> str:
     """Which base model a path holds: SHA-1 (12 hex) of its identity files and of the
     SHA-1 of its weight files' bytes — the same for a copy of the model elsewhere (or the
     same model saved again by another library version), different for another model of
@@ -141,20 +141,15 @@ def base_fingerprint(base_model: str) -> str:
     not a folder is fingerprinted by its name. Each weight file is hashed once per state
     of the file (path, size, mtime, ctime, inode) in a process: the bundled MiniLM's
     whole fingerprint takes 0.14-0.21 s the first time (its 87 MiB of weights ~0.07-0.12 s
-    of that, about 1 s per GiB from the page cache), 0.2 ms when asked again."""
+    of that, about 1 s per GiB from the page cache), 0.2 ms when asked again.
+
+    ``legacy``: the fingerprint as recorded before the weights' bytes were hashed (their
+    sizes only), which :func:`base_model_changed` recognises in records made then.
+    """
     folder = Path(base_model)
     if not folder.is_dir():
-        return _fingerprint(f"name:{base_model}", None, legacy=False)
-    return _fingerprint(str(folder), _stats(folder), legacy=False)
-
-
-def _legacy_fingerprint(base_model: str) -> str:
-    """The fingerprint as recorded before the weights' bytes were hashed (their sizes
-    only): recognised by :func:`base_model_changed` in records made then."""
-    folder = Path(base_model)
-    if not folder.is_dir():
-        return _fingerprint(f"name:{base_model}", None, legacy=True)
-    return _fingerprint(str(folder), _stats(folder), legacy=True)
+        return _fingerprint(f"name:{base_model}", None, legacy=legacy)
+    return _fingerprint(str(folder), _stats(folder), legacy=legacy)
 
 
 def _stats(folder: Path) -> tuple[tuple[str, int, int, int, int], ...]:
@@ -242,7 +237,7 @@ def base_model_changed(details: Any, spec: ModelSpec) -> str | None:
     recorded = record.get("fingerprint")
     if not recorded or recorded == base_fingerprint(spec.base_model):
         return None
-    if legacy_base_record(details) and recorded == _legacy_fingerprint(spec.base_model):
+    if legacy_base_record(details) and recorded == base_fingerprint(spec.base_model, legacy=True):
         return None
     was = record.get("path")
     return (

@@ -33,7 +33,7 @@ def _make_legacy(engine: Engine, version_id: str, settings: Settings) -> None:
     """The record an index version got before the weights' bytes were hashed."""
     details = _details(engine, version_id)
     details["base_model"] = {"path": settings.model_path,
-                             "fingerprint": em._legacy_fingerprint(settings.model_path)}
+                             "fingerprint": em.base_fingerprint(settings.model_path, legacy=True)}
     with engine.begin() as conn:
         conn.execute(update(index_versions).where(index_versions.c.id == version_id)
                      .values(details=details))
@@ -52,7 +52,8 @@ def test_the_fingerprint_hashes_the_weights_bytes(
     tuned = _fine_tuned_copy(original, tmp_path / "tuned")
     assert em.base_fingerprint(str(tuned)) != em.base_fingerprint(original)
     # the old way could not tell them apart: what a legacy record is checked with
-    assert em._legacy_fingerprint(str(tuned)) == em._legacy_fingerprint(original)
+    assert em.base_fingerprint(str(tuned), legacy=True) == em.base_fingerprint(original,
+                                                                      legacy=True)
 
     inplace = tmp_path / "inplace"
     shutil.copytree(original, inplace)
