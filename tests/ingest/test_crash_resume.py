@@ -301,11 +301,14 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
 
 @dataclass(frozen=True)
 class KillPoint:
-    """Kill the run once ``count(articles WHERE where) >= at`` is committed."""
+    """Kill the run once ``count(articles WHERE where) >= at`` is committed (before its
+    ``then``-th SQL statement from there)."""
 
     label: str
     where: ColumnElement[bool]
     at: int
+    #: the kill comes before this statement after the commit that reached the point
+    then: int = 1
 
 
 def kill_points(c: Corpus) -> list[KillPoint]:
@@ -313,16 +316,16 @@ def kill_points(c: Corpus) -> list[KillPoint]:
     every = a.pmid.isnot(None)
     deleted = a.is_deleted.is_(True)
     return [
-        KillPoint("file 1, early", every, 50),
+        KillPoint("file 1, early", every, 50, then=2),
         KillPoint("file 1, inside its deletions", a.pmid.in_(c.deleted_in[0]) & deleted, 1),
-        KillPoint("file 2, early", every, 200),
+        KillPoint("file 2, early", every, 200, then=4),
         KillPoint("file 2, its revisions", a.pmid.in_(c.bumped_in[1]) & (a.version == 2), 1),
         KillPoint("file 2, inside its deletions", a.pmid.in_(c.deleted_in[1]) & deleted, 2),
-        KillPoint("file 3, early", every, 350),
+        KillPoint("file 3, early", every, 350, then=3),
         KillPoint("file 3, inside its deletions", a.pmid.in_(c.deleted_in[2]) & deleted, 12),
         KillPoint("plain file a, after its deletions", (a.pmid == c.lifted) & deleted, 1),
         KillPoint("plain file b, a tombstone lifted", (a.pmid == c.lifted) & (a.version == 3), 1),
-        KillPoint("plain file b, deep", a.pmid.in_(c.fillers_b), 40),
+        KillPoint("plain file b, deep", a.pmid.in_(c.fillers_b), 40, then=2),
     ]
 
 
@@ -338,44 +341,83 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
+#: Run in the child before its real entry point: before every SQL statement the child sends
+#: (any thread), count the point's rows on a connection of its own; once the point is
+#: committed, the child SIGKILLs itself before its ``then``-th statement from there (1: at
+#: the commit boundary; more: inside the next transaction). A poller in the parent could
+#: miss a point that lasts a few milliseconds on a loaded machine (a tombstone lifted by
+#: the next batch): the run then ended before it was killed, and the test failed on CI.
+_KILL_AT_POINT = """
+import os, runpy, signal, sys, threading
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
+url, sql, at, then, how, *rest = sys.argv[1:]
+probe = create_engine(url, poolclass=NullPool)
+lock = threading.Lock()
+left = []
+def before(conn, cursor, statement, parameters, context, executemany):
+    if conn.engine is probe:
+        return
+    with lock:
+        if not left:
+            with probe.connect() as c:
+                if c.execute(text(sql)).scalar_one() < int(at):
+                    return
+            left.append(int(then))
+        left[0] -= 1
+        if left[0] <= 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+event.listen(Engine, "before_cursor_execute", before)
+if how == "-m":
+    sys.argv = rest
+    runpy.run_module(rest[0], run_name="__main__", alter_sys=True)
+else:
+    sys.argv = ["-c", *rest[1:]]
+    exec(compile(rest[0], "<string>", "exec"), {"__name__": "__main__"})
+"""
+
+
 def run_and_kill(
     argv: Sequence[str], env: dict[str, str], engine: Engine, point: KillPoint, log: Path
 ) -> None:
-    """Start ``python argv…`` and SIGKILL it as soon as ``point`` is committed."""
-    cond = select(func.count()).select_from(articles).where(point.where)
-
-    def reached() -> bool:
-        with engine.connect() as conn:
-            return bool(conn.execute(cond).scalar_one() >= point.at)
-
-    kill_when(argv, env, reached, log, label=point.label, timeout=60)
+    """Run ``python argv…`` (``-m module …`` or ``-c script …``) and have it SIGKILL itself
+    once ``point`` is committed, before its ``point.then``-th SQL statement from there."""
+    how, first, *rest = argv
+    assert how in ("-m", "-c"), argv
+    count = select(func.count()).select_from(articles).where(point.where)
+    sql = str(count.compile(engine, compile_kwargs={"literal_binds": True}))
+    url = engine.url.render_as_string(hide_password=False)
+    wrapped = ["-c", _KILL_AT_POINT, url, sql, str(point.at), str(point.then), how, first, *rest]
+    kill_when(wrapped, env, lambda: False, log, label=point.label, timeout=120)
 
 
 def kill_when(
     argv: Sequence[str], env: dict[str, str], reached: Callable[[], bool], log: Path, *,
     label: str, timeout: float,
 ) -> None:
-    """Start ``python argv…`` and SIGKILL it as soon as ``reached()`` says so; fails
-    when the run ends first."""
+    """Start ``python argv…`` and SIGKILL it as soon as ``reached()`` says so (or let it
+    SIGKILL itself); fails when the run ends otherwise, or outlives ``timeout``."""
     with log.open("wb") as err:
         proc = subprocess.Popen(
             [sys.executable, *argv], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
             preexec_fn=lambda: os.nice(5),  # the poller keeps up with the run
         )  # fmt: skip
+        late = False
         try:
             deadline = time.monotonic() + timeout
-            while proc.poll() is None and time.monotonic() < deadline:
-                if reached():
+            while proc.poll() is None:
+                late = time.monotonic() > deadline
+                if late or reached():
+                    os.kill(proc.pid, signal.SIGKILL)
                     break
                 time.sleep(0.005)
-            finished = proc.poll() is not None
-            if not finished:
-                os.kill(proc.pid, signal.SIGKILL)
         finally:
             proc.wait(timeout=30)
-    assert not finished, f"{label}: the run ended before the kill point: " + \
-        log.read_text(errors="replace")[-2000:]  # fmt: skip
-    assert proc.returncode == -signal.SIGKILL
+    tail = log.read_text(errors="replace")[-2000:]
+    assert not late, f"{label}: still running after {timeout} s: {tail}"
+    ended = f"{label}: the run ended (exit {proc.returncode}) before the kill point: "
+    assert proc.returncode == -signal.SIGKILL, ended + tail
 
 
 def kill_and_resume(
@@ -521,7 +563,10 @@ def test_killed_eutils_window_resumes_to_the_clean_state(
         "ingest_window(Settings.from_env(), dt.datetime(2024, 1, 2), dt.datetime(2024, 2, 1))\n"
     )
     env = {**child_env(s), **emu.env(s)}
-    points = [KillPoint(f"{n} records", articles.c.pmid.isnot(None), n) for n in (100, 250)]
+    points = [
+        KillPoint(f"{n} records", articles.c.pmid.isnot(None), n, then=t)
+        for n, t in ((100, 1), (250, 3))
+    ]
     failures = kill_and_resume(
         points, engine, clean,
         lambda p: run_and_kill(["-c", script], env, engine, p, tmp_path / "child.log"),
