@@ -59,7 +59,7 @@ from tests.ingest.test_bootstrap import _files as source_file_rows
 from tests.ingest.test_crash_resume import child_env, differences, snapshot
 from tests.ranking.test_index import _activate
 
-pytestmark = [pytest.mark.airflow_integration, pytest.mark.postgres, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.airflow_integration, pytest.mark.postgres, pytest.mark.timeout(1800)]
 
 NIGHTLY, REFRESH, RETRAIN, REINDEX, BOOTSTRAP = (
     "litpulse_nightly_ingest",

@@ -344,23 +344,34 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
 #: Run in the child before its real entry point: before every SQL statement the child sends
 #: (any thread), count the point's rows on a connection of its own; once the point is
 #: committed, the child SIGKILLs itself before its ``then``-th statement from there (1: at
-#: the commit boundary; more: inside the next transaction). A poller in the parent could
+#: the commit boundary; more: inside the next transaction); with a ``files`` pattern, only
+#: while a non-empty file matches it. A poller in the parent could
 #: miss a point that lasts a few milliseconds on a loaded machine (a tombstone lifted by
 #: the next batch): the run then ended before it was killed, and the test failed on CI.
 _KILL_AT_POINT = """
-import os, runpy, signal, sys, threading
+import glob, os, runpy, signal, sys, threading
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
-url, sql, at, then, how, *rest = sys.argv[1:]
+url, sql, at, then, files, how, *rest = sys.argv[1:]
 probe = create_engine(url, poolclass=NullPool)
 lock = threading.Lock()
 left = []
+def some_file():
+    for path in glob.glob(files):
+        try:
+            if os.path.getsize(path):
+                return True
+        except OSError:
+            pass
+    return False
 def before(conn, cursor, statement, parameters, context, executemany):
     if conn.engine is probe:
         return
     with lock:
         if not left:
+            if files and not some_file():
+                return
             with probe.connect() as c:
                 if c.execute(text(sql)).scalar_one() < int(at):
                     return
@@ -378,17 +389,28 @@ else:
 """
 
 
+def self_killing(
+    argv: Sequence[str], engine: Engine, count_sql: str, at: int, then: int = 1, *,
+    files: str = "",
+) -> list[str]:
+    """``argv`` (``-m module …`` or ``-c script …``) run under :data:`_KILL_AT_POINT`: the
+    child SIGKILLs itself before its ``then``-th SQL statement after ``count_sql`` (one
+    integer) reached ``at`` in ``engine``'s database (and, with ``files``, a glob pattern,
+    a non-empty file matched it). For :func:`kill_when`."""
+    how, first, *rest = argv
+    assert how in ("-m", "-c"), argv
+    url = engine.url.render_as_string(hide_password=False)
+    return ["-c", _KILL_AT_POINT, url, count_sql, str(at), str(then), files, how, first, *rest]
+
+
 def run_and_kill(
     argv: Sequence[str], env: dict[str, str], engine: Engine, point: KillPoint, log: Path
 ) -> None:
-    """Run ``python argv…`` (``-m module …`` or ``-c script …``) and have it SIGKILL itself
-    once ``point`` is committed, before its ``point.then``-th SQL statement from there."""
-    how, first, *rest = argv
-    assert how in ("-m", "-c"), argv
+    """Run ``python argv…`` and have it SIGKILL itself once ``point`` is committed, before
+    its ``point.then``-th SQL statement from there."""
     count = select(func.count()).select_from(articles).where(point.where)
     sql = str(count.compile(engine, compile_kwargs={"literal_binds": True}))
-    url = engine.url.render_as_string(hide_password=False)
-    wrapped = ["-c", _KILL_AT_POINT, url, sql, str(point.at), str(point.then), how, first, *rest]
+    wrapped = self_killing(argv, engine, sql, point.at, point.then)
     kill_when(wrapped, env, lambda: False, log, label=point.label, timeout=120)
 
 

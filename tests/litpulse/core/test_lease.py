@@ -175,10 +175,11 @@ def test_heartbeat_keeps_a_short_lease_alive(settings: Settings, engine: Engine)
     assert dt.timedelta(seconds=30) < ttl <= dt.timedelta(minutes=5)
     default.release()
 
-    lease = db.acquire_lease(engine, "short", ttl_s=0.6)
+    # renewed every TTL/4: a TTL of 2 s leaves a loaded machine 1.5 s for one renewal
+    lease = db.acquire_lease(engine, "short", ttl_s=2.0)
     assert lease is not None
     with lease:
-        time.sleep(1.5)  # 2.5 TTLs: only renewals keep it
+        time.sleep(5.0)  # 2.5 TTLs: only renewals keep it
         other = f"{ELSEWHERE}:1:t1:cafe0000:00000003"
         assert db.acquire_lease(engine, "short", holder=other) is None
         assert _aware(_row(engine, "short").expires_at) > db.utcnow()

@@ -30,7 +30,7 @@ from litpulse.pipeline.planning import reindex_pending
 from ranking import index_files, lexical, refresh
 from ranking.index_status import check_consistency
 from ranking.models import published_index_row
-from tests.ingest.test_crash_resume import child_env, kill_when
+from tests.ingest.test_crash_resume import child_env, kill_when, self_killing
 from tests.ranking.test_index import _activate, _embed, add_articles
 
 
@@ -185,7 +185,10 @@ def test_a_promotion_killed_while_embedding_is_finished_by_a_rerun(
         )
     db.dispose_engines()
 
-    kill_when(["-c", _PROMOTE], child_env(s), lambda: len(_created(engine, "m2")) >= 8,
+    # the child kills itself once the first chunk of m2's vectors is committed (a poller
+    # here could wake after the last of the ~8 chunks, each a few tens of ms)
+    count = "SELECT count(*) FROM embeddings WHERE model_version = 'm2'"
+    kill_when(self_killing(["-c", _PROMOTE], engine, count, 8), child_env(s), lambda: False,
               tmp_path / "child.log", label="promote m2", timeout=180)  # fmt: skip
     index_files._CACHE.clear()
     lexical._CACHE.clear()
