@@ -17,8 +17,11 @@ window.
 **Reconciliation.** Every PMID ESearch returned ends up stored, deleted, quarantined or
 listed as *missing* (EFetch did not return it even after a second, targeted request —
 typically a record withdrawn between the two calls). Missing PMIDs are counted in
-``IngestCounts.missing`` and listed in the run's ``details["missing_pmids"]``; a later
-run of the same window asks for them again. A record of an EFetch answer that is not
+``IngestCounts.missing`` and listed in the run's ``details["missing_pmids"]``, and they
+are *owed* (:mod:`ingest.missing`): every later run, whatever its window, asks EFetch for
+the PMIDs still owed and stores what comes (``details["owed"]``), until
+``settings.missing_retries`` runs asked in vain; then they are given up and reported
+(``litpulse status``, ``litpulse missing``). A record of an EFetch answer that is not
 well-formed (an unescaped ``&``, an unclosed tag) is quarantined like one of a file,
 under its PMID, and the rest of the answer is stored; only an answer that is empty, cut
 short (no closing ``</PubmedArticleSet>``) or an error document is retried.
@@ -51,6 +54,7 @@ from typing import Any
 
 from lxml import etree
 
+from ingest import missing as owing
 from ingest.http import HttpClient, eutils_client
 from ingest.parse import ParseLimits, parse_bytes
 from ingest.records import Deletion, Item, QuarantineEntry, Record, SourceRef
@@ -562,17 +566,20 @@ def ingest_window(
             missing_all += _fetch_batch(
                 store, client, settings, run, f"{wkey}#batch{n}", batch, generation, limits
             )
-        run.details.update(
-            missing_pmids=missing_all[:1000],
-            missing_total=len(missing_all),
-            requests=client.requests_sent,
-            retries=client.retries,
-        )
+        run.details.update(missing_pmids=missing_all[:1000], missing_total=len(missing_all))
         if missing_all:
             logger.warning(
-                "window %s: %d PMIDs listed by ESearch were not returned by EFetch: %s",
-                target, len(missing_all), missing_all[:20],
+                "window %s: %d PMIDs listed by ESearch were not returned by EFetch (owed: "
+                "later runs ask for them again): %s", target, len(missing_all), missing_all[:20],
             )  # fmt: skip
+        # what this window owes and settles, then what earlier windows still owe
+        owed_key = f"{wkey}#gen{generation}"
+        given_up = owing.note_window(
+            store.engine, listed=all_pmids, missing=missing_all, where=f"{target} (run {run.id})",
+            key=owed_key, retries=settings.missing_retries,
+        )  # fmt: skip
+        run.details["owed"] = _ask_owed(store, client, settings, run, owed_key, limits, given_up)
+        run.details.update(requests=client.requests_sent, retries=client.retries)
         store.set_checkpoint(SCOPE, f"{wkey}#search", "done", value)
     return run.counts
 
@@ -614,6 +621,47 @@ def _fetch_batch(
     )  # fmt: skip
     run.counts += IngestCounts(missing=len(missing))
     return missing
+
+
+def _ask_owed(
+    store: Store,
+    client: HttpClient,
+    settings: Settings,
+    run: OpenRun,
+    key: str,
+    limits: ParseLimits,
+    given_up: list[int],
+) -> dict[str, Any]:
+    """Ask EFetch again for the PMIDs earlier windows listed and did not get
+    (:mod:`ingest.missing`), store what comes, settle or count a try for each.
+
+    Returns:
+        ``asked``, ``found``, ``still_missing`` (counts) and ``given_up`` (PMIDs given up
+        by this run, ``given_up`` of the window's own included), for the run's details.
+    """
+    owing.drop_stored(store.engine)
+    pmids = owing.owed(store.engine, key)
+    found = still = 0
+    if pmids:
+        logger.info("asking EFetch again for %d PMIDs earlier windows did not get", len(pmids))
+    size = settings.efetch_batch
+    for i in range(0, len(pmids), size):
+        batch = pmids[i : i + size]
+        items, lost = fetch_reconciled(
+            client, batch, location=f"efetch run {run.id} owed", limits=limits
+        )
+
+        def on_batch(counts: IngestCounts) -> None:
+            run.counts += counts  # committed: counted even if a later store batch fails
+
+        store.apply(items, run_id=run.id, batch_size=settings.store_batch, on_batch=on_batch)
+        given_up = given_up + owing.settle(
+            store.engine, asked=batch, missing=lost, key=key, retries=settings.missing_retries
+        )
+        found += len(batch) - len(lost)
+        still += len(lost)
+    return {"asked": len(pmids), "found": found, "still_missing": still,
+            "given_up": sorted(given_up)}  # fmt: skip
 
 
 def _searched(

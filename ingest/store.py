@@ -56,6 +56,7 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
+from ingest import missing as owing
 from ingest.checkpoints import Checkpoints
 from ingest.links import chunks, new_cited_by, recompute_cited_by, recount_range, replace_links
 from ingest.records import NLM_YEAR_FACTOR, Deletion, Record, nlm_file_order
@@ -423,6 +424,7 @@ class Store(RunLedger, Checkpoints):
         """Counts of the store and the latest runs."""
         with self.engine.connect() as conn:
             counts = store_counts(conn)
+            missing_counts = owing.counts(conn)
         return {
             "articles": counts["live"],
             **{k: counts[k] for k in ("deleted", "retracted", "quarantined", "references")},
@@ -432,6 +434,7 @@ class Store(RunLedger, Checkpoints):
                 if self.counts_deferred()
                 else "current"
             ),
+            "missing": missing_counts,
             "writer": self._writer(),
             "last_runs": self.runs(runs),
         }
@@ -441,6 +444,11 @@ class Store(RunLedger, Checkpoints):
         when unless renewed; ``None`` when no process writes articles."""
         held = lease_holder(self.engine, STORE_LEASE)
         return None if held is None else f"{held[0]}, until {iso(held[1])}"
+
+    def missing_pmids(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """The PMIDs E-utilities windows listed and EFetch has not returned yet (owed, or
+        given up), oldest first (:mod:`ingest.missing`)."""
+        return owing.listing(self.engine, limit)
 
     def quarantined(self, limit: int = 50) -> list[dict[str, Any]]:
         """The latest quarantined elements: what, why, from where."""

@@ -223,6 +223,22 @@ ingest_runs = Table(
     Column("finished_at", UTCDateTime()),
 )
 
+#: PMIDs an E-utilities window listed (ESearch) but EFetch did not return, even asked twice:
+#: owed until a later run stores them; ``given_up_at`` once ``missing_retries`` later runs
+#: asked in vain (see :mod:`ingest.missing`).
+missing_pmids = Table(
+    "missing_pmids",
+    metadata,
+    Column("pmid", BigInteger, primary_key=True, autoincrement=False),
+    Column("first_missing_in", Text, nullable=False),  # the window (target) and its run
+    Column("first_missing_at", UTCDateTime(), nullable=False),
+    Column("last_asked_at", UTCDateTime(), nullable=False),
+    # the run step that asked last (a window's generation): a resumed run counts no try twice
+    Column("last_asked_in", String(255), nullable=False),
+    Column("tries", Integer, nullable=False),  # EFetch asks that left it out (each twice)
+    Column("given_up_at", UTCDateTime()),
+)
+
 #: Resumable progress: one row per (scope, key), e.g. ("eutils", "2024-01-01..02#batch3").
 checkpoints = Table(
     "checkpoints",

@@ -177,6 +177,14 @@ class Settings:
         min=1,
         max=365,
     )
+    missing_retries: int = _opt(
+        7,
+        "Later E-utilities runs that ask EFetch again for a PMID ESearch listed but EFetch "
+        "did not return (each nightly window asks for the PMIDs still owed); then it is "
+        "given up and reported by `litpulse status` and `litpulse missing`.",
+        min=0,
+        max=365,
+    )
     icite_batch: int = _opt(
         200, "PMIDs per iCite request (iCite's own limit is 200).", min=1, max=200
     )

@@ -216,6 +216,96 @@ def test_pmids_efetch_never_returns_are_listed_then_fetched_later(
     assert sorted(_stored(s)) == sorted(small.live_pmids)
 
 
+#: A window after the small corpus's days: ESearch lists none of its PMIDs.
+LATER = dt.datetime(2024, 6, 3)
+
+
+def _later(s: Settings, n: int) -> Any:
+    """The ``n``-th nightly window after :data:`LATER` (one day each)."""
+    day = LATER + dt.timedelta(days=n)
+    return ingest_window(s, day, day + dt.timedelta(days=1))
+
+
+def test_a_pmid_efetch_left_out_is_fetched_by_the_next_nightly_window(
+    emu: Emulator, settings: Settings, small: CorpusManifest
+) -> None:
+    """A PMID ESearch listed and EFetch left out twice is owed: the next window, whose
+    dates list nothing of it, asks for it again and stores it (before: never again,
+    unless that same window was run again)."""
+    emu.load_files(small.files)
+    emu.faults.add("drop", path="efetch", times=2)  # the batch answer and the second ask
+    s = _settings(emu, settings, efetch_batch=1000)
+    assert ingest_window(s, SINCE, UNTIL).missing == 1
+    store = Store(db.connect(s))
+    (lost,) = store.runs(1)[0]["details"]["missing_pmids"]
+    assert store.status()["missing"] == {"waiting": 1, "given_up": 0}
+    later = _later(s, 0)
+    assert later.inserted == 1 and later.missing == 0
+    assert sorted(_stored(s)) == sorted(small.live_pmids)
+    run = store.runs(1)[0]
+    assert run["details"]["owed"] == {"asked": 1, "found": 1, "still_missing": 0, "given_up": []}
+    assert store.status()["missing"] == {"waiting": 0, "given_up": 0}
+    asked = len(emu.requests("efetch"))
+    _later(s, 1)  # nothing owed: no EFetch at all
+    assert len(emu.requests("efetch")) == asked
+    assert lost in _stored(s)
+
+
+def test_a_pmid_efetch_never_returns_is_given_up_after_the_retries_and_reported(
+    emu: Emulator, sqlite_settings: Settings, small: CorpusManifest
+) -> None:
+    """Asked again by ``missing_retries`` later windows, then given up: reported by the
+    run and ``litpulse status``, and asked for no more."""
+    emu.load_files(small.files)
+    retries = 2
+    emu.faults.add("drop", path="efetch", times=2 * (1 + retries))  # every ask of it
+    s = _settings(emu, sqlite_settings, efetch_batch=1000, missing_retries=retries)
+    ingest_window(s, SINCE, UNTIL)
+    store = Store(db.connect(s))
+    (lost,) = store.runs(1)[0]["details"]["missing_pmids"]
+    for n in range(retries):
+        assert _later(s, n).missing == 0  # owed, not this window's
+        assert store.status()["missing"] == {"waiting": 1 if n < retries - 1 else 0,
+                                             "given_up": 0 if n < retries - 1 else 1}
+    owed = store.runs(1)[0]["details"]["owed"]
+    assert owed == {"asked": 1, "found": 0, "still_missing": 1, "given_up": [lost]}
+    assert store.missing_pmids() == [
+        {"pmid": lost, "tries": 1 + retries, "given_up": True,
+         "first_missing_in": store.missing_pmids()[0]["first_missing_in"],
+         "first_missing_at": store.missing_pmids()[0]["first_missing_at"],
+         "last_asked_at": store.missing_pmids()[0]["last_asked_at"]}
+    ]
+    assert "2024-01-01..2024-01-31" in store.missing_pmids()[0]["first_missing_in"]
+    asked = len(emu.requests("efetch"))
+    _later(s, retries)
+    assert len(emu.requests("efetch")) == asked  # given up: not asked again
+    assert emu.faults.pending() == 0
+    assert lost not in _stored(s)
+    # the same window run again lists it again: asked again, found, no longer given up
+    again = ingest_window(s, SINCE, UNTIL)
+    assert again.inserted == 1 and lost in _stored(s)
+    assert store.status()["missing"] == {"waiting": 0, "given_up": 0}
+
+
+def test_a_killed_owed_fetch_is_asked_again_by_the_next_run(
+    emu: Emulator, sqlite_settings: Settings, small: CorpusManifest
+) -> None:
+    """The owed PMIDs stay owed until the run that fetched them has stored them: a run
+    failing while it asks again leaves them owed, and the next run stores them."""
+    emu.load_files(small.files)
+    emu.faults.add("drop", path="efetch", times=2)
+    s = _settings(emu, sqlite_settings, efetch_batch=1000, max_retries=0)
+    ingest_window(s, SINCE, UNTIL)
+    store = Store(db.connect(s))
+    emu.faults.add("500", path="efetch", times=1)  # the owed ask of the next window fails
+    with pytest.raises(TransientSourceError):
+        _later(s, 0)
+    assert store.status()["missing"] == {"waiting": 1, "given_up": 0}
+    assert _later(s, 1).inserted == 1
+    assert sorted(_stored(s)) == sorted(small.live_pmids)
+    assert store.status()["missing"] == {"waiting": 0, "given_up": 0}
+
+
 def test_failed_run_resumes_from_the_last_finished_batch(
     emu: Emulator, settings: Settings, small: CorpusManifest
 ) -> None:

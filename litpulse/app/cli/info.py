@@ -1,9 +1,10 @@
-"""Read-only commands: ``article``, ``status``, ``quarantine`` and ``settings``."""
+"""Read-only commands: ``article``, ``status``, ``quarantine``, ``missing`` and ``settings``."""
 
 from __future__ import annotations
 
 import argparse
 import textwrap
+from collections.abc import Callable
 from typing import Any
 
 from litpulse.app.cli._common import kv, print_json, print_table
@@ -28,6 +29,15 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print as JSON (with the raw XML)")
     p.add_argument("--limit", type=int, default=20, metavar="N", help="entries (default 20)")
     p.set_defaults(func=quarantine)
+
+    p = sub.add_parser(
+        "missing",
+        help="PMIDs E-utilities listed but EFetch has not returned: owed (asked again by "
+        "every E-utilities run) or given up",
+    )
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="PMIDs (default 50)")
+    p.set_defaults(func=missing)
 
     p = sub.add_parser(
         "settings", help="every setting: variable, current value, allowed range and help"
@@ -105,6 +115,11 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
     )
     if ix["reindex_pending"]:
         st["reindex pending"] = ix["reindex_pending"]
+    owed = st.pop("missing")
+    st["missing"] = (
+        f"{owed['waiting']} owed (asked again by every E-utilities run), "
+        f"{owed['given_up']} given up" + (" (litpulse missing)" if any(owed.values()) else "")
+    )
     kv([(k, v if v is not None else "-") for k, v in st.items() if k != "last_runs"])
     runs = st["last_runs"]
     if runs:
@@ -141,28 +156,41 @@ def _index(settings: Settings) -> dict[str, Any]:
 
 
 def quarantine(args: argparse.Namespace, settings: Settings) -> int:
+    return _listing(
+        args, _store(settings).quarantined, "quarantine is empty",
+        lambda r: (r["id"], r["pmid"] or "-", _short(r["reason"], 60),
+                   r["source_location"] + (f":{r['line']}" if r["line"] else ""),
+                   (r["created_at"] or "")[:19]),
+        ["id", "pmid", "why", "from", "when"],
+    )  # fmt: skip
+
+
+def missing(args: argparse.Namespace, settings: Settings) -> int:
+    return _listing(
+        args, _store(settings).missing_pmids, "no PMID is missing",
+        lambda r: (r["pmid"], "given up" if r["given_up"] else "owed", r["tries"],
+                   _short(r["first_missing_in"], 50), (r["last_asked_at"] or "")[:19]),
+        ["pmid", "state", "asks", "first missing in", "last asked"],
+    )  # fmt: skip
+
+
+def _listing(
+    args: argparse.Namespace,
+    fetch: Callable[[int], list[dict[str, Any]]],
+    empty: str,
+    row: Callable[[dict[str, Any]], tuple[Any, ...]],
+    headers: list[str],
+) -> int:
+    """A listing command: ``--limit`` rows of ``fetch``, as JSON or a table (or ``empty``)."""
     if args.limit <= 0:
         raise ConfigError("--limit must be positive")
-    rows = _store(settings).quarantined(args.limit)
+    rows = fetch(args.limit)
     if args.json:
         print_json(rows)
-        return 0
-    if not rows:
-        print("quarantine is empty")
-        return 0
-    print_table(
-        [
-            (
-                r["id"],
-                r["pmid"] or "-",
-                _short(r["reason"], 60),
-                r["source_location"] + (f":{r['line']}" if r["line"] else ""),
-                (r["created_at"] or "")[:19],
-            )
-            for r in rows
-        ],
-        ["id", "pmid", "why", "from", "when"],
-    )
+    elif not rows:
+        print(empty)
+    else:
+        print_table([row(r) for r in rows], headers)
     return 0
 
 

@@ -82,6 +82,29 @@ def test_ingest_files_then_info(
     assert "pubmed26n0001.xml.gz" in capsys.readouterr().out
 
 
+def test_missing_lists_owed_and_given_up_pmids(
+    env: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ingest import missing
+    from litpulse.core import db
+
+    assert main(["missing"]) == 0
+    assert "no PMID is missing" in capsys.readouterr().out
+    engine = db.connect(env)
+    missing.note_window(engine, listed=[11, 12], missing=[11, 12],
+                        where="2024-01-01..2024-01-02 (run 4)", key="k", retries=1)  # fmt: skip
+    missing.settle(engine, asked=[12], missing=[12], key="k2", retries=1)
+    got = run_json(capsys, "missing")
+    assert [(r["pmid"], r["given_up"], r["tries"]) for r in got] == [(11, False, 1), (12, True, 2)]
+    assert got[0]["first_missing_in"] == "2024-01-01..2024-01-02 (run 4)"
+    assert main(["missing"]) == 0
+    out = capsys.readouterr().out
+    assert "owed" in out and "given up" in out and "(run 4)" in out
+    assert run_json(capsys, "status")["missing"] == {"waiting": 1, "given_up": 1}
+    assert main(["status"]) == 0
+    assert "1 owed (asked again by every E-utilities run), 1 given up" in capsys.readouterr().out
+
+
 def test_unknown_pmid_exits_1(env: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["article", "424242"]) == 1
     captured = capsys.readouterr()
