@@ -1026,7 +1026,9 @@ def _page(
         for h in _explain(ranked, chosen, options, mode, lexical, text):
             explained[h.pmid] = h
     hits = [explained[int(ranked.ids[i])] for ranked, i in page]
-    return hits, pool, len(listed) > end or not final
+    # a next page only where one can be asked for: its offset (``end``) is refused past
+    # MAX_OFFSET
+    return hits, pool, (len(listed) > end or not final) and end <= MAX_OFFSET
 
 
 def _hit(

@@ -101,6 +101,22 @@ def test_hits_carry_authors_snippet_mesh_types_doi_and_links(
     assert d["authors"] == ["Doe J", "Test Consortium"] and d["retracted"] is False
 
 
+def test_no_next_page_is_promised_past_the_deepest_offset(
+    settings: Settings, corpus: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``has_more`` says a next page may be asked for: not when its offset would be
+    refused (before: True at offset MAX_OFFSET, and the next page answered 422)."""
+    import ranking.search
+
+    monkeypatch.setattr(ranking.search, "MAX_OFFSET", 8)
+    query = "gene editing in human cells"
+    assert go(settings, corpus, query, k=4, offset=4).has_more  # the next offset, 8, is allowed
+    deepest = go(settings, corpus, query, k=4, offset=8)
+    assert len(deepest.hits) == 4 and not deepest.has_more  # 12 would be refused
+    with pytest.raises(ConfigError):
+        go(settings, corpus, query, k=4, offset=12)
+
+
 def test_pages_are_disjoint_slices_of_one_ranking(settings: Settings, corpus: Engine) -> None:
     query = "gene editing in human cells"
     whole = go(settings, corpus, query, k=12, offset=0)
