@@ -25,7 +25,8 @@ DOC_MD = """
 `[D 02:00, D+1 02:00)` (`CronDataIntervalTimetable("0 2 * * *")`, UTC) ingests the UTC day
 `D`, complete two hours before the run starts, from PubMed E-utilities into the litpulse
 store (`ingest.eutils.ingest_window(settings, D, D+1)`, half-open; it re-reads
-`LITPULSE_WINDOW_OVERLAP_DAYS` earlier days for late-indexed records), refreshes
+`LITPULSE_WINDOW_OVERLAP_DAYS` earlier days for late-indexed records, and asks EFetch again
+for the PMIDs earlier windows listed but did not get: `litpulse missing`), refreshes
 iCite citations, checks data quality, then emits the **`litpulse_articles`** asset (with the
 counts as metadata), which triggers `litpulse_index_refresh`.
 
