@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from sqlalchemy import Engine, update
 
 from ingest import missing
@@ -57,3 +58,25 @@ def test_a_pmid_stored_after_its_last_ask_is_settled(settings: Settings) -> None
     Store(engine).apply([make_record(7)])
     assert missing.drop_stored(engine) == 1
     assert _state(engine) == {8: (1, False)}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: note_window deletes/counts owed PMIDs with one IN (...) of them all; "
+    "over 65,535 the PostgreSQL driver refuses it and the window fails on every rerun",
+)
+def test_review_a_window_listing_a_huge_owed_list_settles_it(settings: Settings) -> None:
+    """A backfill window that lists (and gets) more than 65,535 owed PMIDs at once: the
+    settle is one ``DELETE … IN`` with a bound parameter each (psycopg's limit is 65,535;
+    SQLite's is 32,766 or 250,000 by build), so the run fails after its batches, and
+    again on each resume. Skipped on SQLite, whose build here binds 250,000."""
+    if not settings.effective_database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's bound-parameter limit (SQLite's is larger in this build)")
+    engine = db.connect(settings)
+    pmids = list(range(1, 65_537))
+    where = "2024-01-01..2024-03-31 (run 1)"
+    missing.note_window(engine, listed=pmids, missing=pmids, where=where, key="w1#gen1", retries=3)
+    # the next window lists them all again and EFetch returns every one
+    missing.note_window(engine, listed=pmids, missing=[], where=where, key="w2#gen1", retries=3)
+    with engine.connect() as conn:
+        assert missing.counts(conn) == {"waiting": 0, "given_up": 0}
