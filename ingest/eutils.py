@@ -19,9 +19,10 @@ listed as *missing* (EFetch did not return it even after a second, targeted requ
 typically a record withdrawn between the two calls). Missing PMIDs are counted in
 ``IngestCounts.missing`` and listed in the run's ``details["missing_pmids"]``, and they
 are *owed* (:mod:`ingest.missing`): every later run, whatever its window, asks EFetch for
-the PMIDs still owed and stores what comes (``details["owed"]``), until
-``settings.missing_retries`` runs asked in vain; then they are given up and reported
-(``litpulse status``, ``litpulse missing``). A record of an EFetch answer that is not
+the PMIDs still owed and stores what comes (``details["owed"]``, its counts apart from the
+window's own, which the data-quality checks judge), until ``settings.missing_retries`` runs
+asked in vain; then they are given up and reported (``litpulse status``, ``litpulse
+missing``). A record of an EFetch answer that is not
 well-formed (an unescaped ``&``, an unclosed tag) is quarantined like one of a file,
 under its PMID, and the rest of the answer is stored; only an answer that is empty, cut
 short (no closing ``</PubmedArticleSet>``) or an error document is retried.
@@ -574,6 +575,7 @@ def ingest_window(
             )  # fmt: skip
         # what this window owes and settles, then what earlier windows still owe
         owed_key = f"{wkey}#gen{generation}"
+        owing.drop_stored(store.engine)  # stored (or deleted) by another path meanwhile
         given_up = owing.note_window(
             store.engine, listed=all_pmids, missing=missing_all, where=f"{target} (run {run.id})",
             key=owed_key, retries=settings.missing_retries,
@@ -635,33 +637,51 @@ def _ask_owed(
     """Ask EFetch again for the PMIDs earlier windows listed and did not get
     (:mod:`ingest.missing`), store what comes, settle or count a try for each.
 
+    The list asked is fixed when this window generation (``key``) first gets here
+    (checkpoint ``<key>#owed``), and each EFetch batch is marked done with its settle:
+    a resumed run asks only the batches not done. What the ask stores is counted apart
+    (``counts``), not as the window's: the window's own counts are what the data-quality
+    checks judge (a window that found nothing is not hidden by an owed record).
+
     Returns:
-        ``asked``, ``found``, ``still_missing`` (counts) and ``given_up`` (PMIDs given up
-        by this run, ``given_up`` of the window's own included), for the run's details.
+        ``asked``, ``found``, ``still_missing``, ``given_up`` (PMIDs given up by this
+        window generation, its own misses' included; the first 1,000),
+        ``given_up_total`` and ``counts`` (of what the ask stored), for the run's details.
     """
-    owing.drop_stored(store.engine)
-    pmids = owing.owed(store.engine, key)
-    found = still = 0
-    if pmids:
-        logger.info("asking EFetch again for %d PMIDs earlier windows did not get", len(pmids))
+    mark = f"{key}#owed"
+    seen = store.get_checkpoint(SCOPE, mark)
+    if seen is not None:
+        state = seen["value"]
+    else:
+        state = {"pmids": owing.owed(store.engine, key), "done": 0, "found": 0,
+                 "still_missing": 0, "given_up": given_up, "counts": IngestCounts().to_dict()}
+        store.set_checkpoint(SCOPE, mark, "asking", state)
+    pmids: list[int] = [int(p) for p in state["pmids"]]
     size = settings.efetch_batch
-    for i in range(0, len(pmids), size):
-        batch = pmids[i : i + size]
+    batches = [pmids[i : i + size] for i in range(0, len(pmids), size)]
+    if len(batches) > state["done"]:
+        logger.info("asking EFetch again for %d PMIDs earlier windows did not get", len(pmids))
+    for n, batch in enumerate(batches):
+        if n < state["done"]:
+            continue  # asked and settled by the run this one resumes
         items, lost = fetch_reconciled(
             client, batch, location=f"efetch run {run.id} owed", limits=limits
         )
+        stored = store.apply(items, run_id=run.id, batch_size=settings.store_batch)
+        counts = IngestCounts(**state["counts"]) + stored
+        state = {**state, "done": n + 1, "found": state["found"] + len(batch) - len(lost),
+                 "still_missing": state["still_missing"] + len(lost),
+                 "counts": counts.to_dict()}  # fmt: skip
 
-        def on_batch(counts: IngestCounts) -> None:
-            run.counts += counts  # committed: counted even if a later store batch fails
+        def progress(up: list[int], st: dict[str, Any] = state) -> tuple[str, dict[str, Any]]:
+            return mark, {**st, "given_up": [*st["given_up"], *up]}
 
-        store.apply(items, run_id=run.id, batch_size=settings.store_batch, on_batch=on_batch)
-        given_up = given_up + owing.settle(
-            store.engine, asked=batch, missing=lost, key=key, retries=settings.missing_retries
-        )
-        found += len(batch) - len(lost)
-        still += len(lost)
-    return {"asked": len(pmids), "found": found, "still_missing": still,
-            "given_up": sorted(given_up)}  # fmt: skip
+        up = owing.settle(store.engine, asked=batch, missing=lost, key=key,
+                          retries=settings.missing_retries, progress=progress)  # fmt: skip
+        state["given_up"] = [*state["given_up"], *up]
+    every = sorted(state["given_up"])
+    return {"asked": len(pmids), "found": state["found"], "still_missing": state["still_missing"],
+            "given_up": every[:1000], "given_up_total": len(every), "counts": state["counts"]}
 
 
 def _searched(

@@ -180,8 +180,9 @@ class Settings:
     missing_retries: int = _opt(
         7,
         "Later E-utilities runs that ask EFetch again for a PMID ESearch listed but EFetch "
-        "did not return (each nightly window asks for the PMIDs still owed); then it is "
-        "given up and reported by `litpulse status` and `litpulse missing`.",
+        "did not return (each nightly window asks for the PMIDs still owed); then, once its "
+        "first miss is as many days old, it is given up and reported by `litpulse status` "
+        "and `litpulse missing`.",
         min=0,
         max=365,
     )

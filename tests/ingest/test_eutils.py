@@ -240,10 +240,13 @@ def test_a_pmid_efetch_left_out_is_fetched_by_the_next_nightly_window(
     (lost,) = store.runs(1)[0]["details"]["missing_pmids"]
     assert store.status()["missing"] == {"waiting": 1, "given_up": 0}
     later = _later(s, 0)
-    assert later.inserted == 1 and later.missing == 0
+    assert later.inserted == 0 and later.missing == 0  # the window's own: it lists nothing
     assert sorted(_stored(s)) == sorted(small.live_pmids)
     run = store.runs(1)[0]
-    assert run["details"]["owed"] == {"asked": 1, "found": 1, "still_missing": 0, "given_up": []}
+    owed = run["details"]["owed"]
+    assert owed["counts"]["inserted"] == 1  # what the owed ask stored, counted apart
+    assert {k: owed[k] for k in ("asked", "found", "still_missing", "given_up")} == {
+        "asked": 1, "found": 1, "still_missing": 0, "given_up": []}
     assert store.status()["missing"] == {"waiting": 0, "given_up": 0}
     asked = len(emu.requests("efetch"))
     _later(s, 1)  # nothing owed: no EFetch at all
@@ -263,12 +266,15 @@ def test_a_pmid_efetch_never_returns_is_given_up_after_the_retries_and_reported(
     ingest_window(s, SINCE, UNTIL)
     store = Store(db.connect(s))
     (lost,) = store.runs(1)[0]["details"]["missing_pmids"]
+    _first_missing_days_ago(s, retries)  # given up only once its first miss is that old
     for n in range(retries):
         assert _later(s, n).missing == 0  # owed, not this window's
         assert store.status()["missing"] == {"waiting": 1 if n < retries - 1 else 0,
                                              "given_up": 0 if n < retries - 1 else 1}
     owed = store.runs(1)[0]["details"]["owed"]
-    assert owed == {"asked": 1, "found": 0, "still_missing": 1, "given_up": [lost]}
+    assert {k: owed[k] for k in ("asked", "found", "still_missing", "given_up")} == {
+        "asked": 1, "found": 0, "still_missing": 1, "given_up": [lost]}
+    assert owed["given_up_total"] == 1 and owed["counts"]["inserted"] == 0
     assert store.missing_pmids() == [
         {"pmid": lost, "tries": 1 + retries, "given_up": True,
          "first_missing_in": store.missing_pmids()[0]["first_missing_in"],
@@ -287,6 +293,68 @@ def test_a_pmid_efetch_never_returns_is_given_up_after_the_retries_and_reported(
     assert store.status()["missing"] == {"waiting": 0, "given_up": 0}
 
 
+def test_a_backfill_gives_nothing_up_before_its_first_miss_is_retries_days_old(
+    emu: Emulator, sqlite_settings: Settings, small: CorpusManifest
+) -> None:
+    """Many windows in an hour (a backfill) ask an owed PMID many times: it stays owed
+    until its first miss is ``missing_retries`` days old."""
+    emu.load_files(small.files)
+    emu.faults.add("drop", path="efetch", times=2 * 4)
+    s = _settings(emu, sqlite_settings, efetch_batch=1000, missing_retries=2)
+    ingest_window(s, SINCE, UNTIL)
+    for n in range(3):
+        _later(s, n)
+    (row,) = Store(db.connect(s)).missing_pmids()
+    assert (row["tries"], row["given_up"]) == (4, False)
+
+
+def test_an_owed_ask_cut_between_its_batches_resumes_to_the_clean_state(
+    emu: Emulator, settings: Settings, small: CorpusManifest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owed ask of a window is cut after its second batch is stored, before that batch
+    is settled (a crash); the window run again resumes the ask: nothing is asked twice
+    that was settled, nothing owed is left, every record is stored."""
+    from ingest import missing as owing
+
+    emu.load_files(small.files)
+    emu.faults.add("drop", path="efetch", times=2, drop=3)  # three PMIDs left out
+    s = _settings(emu, settings, efetch_batch=1000)
+    ingest_window(s, SINCE, UNTIL)
+    store = Store(db.connect(s))
+    assert len(store.runs(1)[0]["details"]["missing_pmids"]) == 3
+    one = s.replace(efetch_batch=1)  # the owed PMIDs asked one per EFetch
+    settled: list[int] = []
+    real_settle = owing.settle
+
+    def crash_on_second(engine: Any, **kw: Any) -> list[int]:
+        if settled:
+            raise RuntimeError("killed before the settle of the second owed batch")
+        settled.append(1)
+        return real_settle(engine, **kw)
+
+    monkeypatch.setattr(owing, "settle", crash_on_second)
+    with pytest.raises(RuntimeError, match="killed"):
+        _later(one, 0)
+    monkeypatch.setattr(owing, "settle", real_settle)
+    assert store.status()["missing"] == {"waiting": 2, "given_up": 0}
+    asked = len(emu.requests("efetch"))
+    _later(one, 0)  # the same window again: resumes its owed ask at the second batch
+    assert len(emu.requests("efetch")) == asked + 2  # the second and third, not the first
+    owed = store.runs(1)[0]["details"]["owed"]
+    assert (owed["asked"], owed["found"], owed["still_missing"]) == (3, 3, 0)
+    assert store.status()["missing"] == {"waiting": 0, "given_up": 0}
+    assert sorted(_stored(s)) == sorted(small.live_pmids)
+
+
+def _first_missing_days_ago(s: Settings, days: int) -> None:
+    """Move the first miss of every owed PMID ``days`` days (and a minute) back."""
+    from litpulse.core.schema import missing_pmids
+
+    with db.connect(s).begin() as conn:
+        conn.execute(missing_pmids.update().values(
+            first_missing_at=db.utcnow() - dt.timedelta(days=days, minutes=1)))  # fmt: skip
+
+
 def test_a_killed_owed_fetch_is_asked_again_by_the_next_run(
     emu: Emulator, sqlite_settings: Settings, small: CorpusManifest
 ) -> None:
@@ -301,7 +369,8 @@ def test_a_killed_owed_fetch_is_asked_again_by_the_next_run(
     with pytest.raises(TransientSourceError):
         _later(s, 0)
     assert store.status()["missing"] == {"waiting": 1, "given_up": 0}
-    assert _later(s, 1).inserted == 1
+    _later(s, 1)
+    assert store.runs(1)[0]["details"]["owed"]["counts"]["inserted"] == 1
     assert sorted(_stored(s)) == sorted(small.live_pmids)
     assert store.status()["missing"] == {"waiting": 0, "given_up": 0}
 
@@ -580,11 +649,6 @@ def test_windows_meet_at_pubmeds_eastern_day(emu: Emulator, sqlite_settings: Set
     assert sorted(_stored(s)) == [1, 2]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a window listing an owed PMID again counts its try (last_asked_at = now) "
-    "before drop_stored runs, so an update file's record stored in between never settles it",
-)
 def test_review_an_owed_pmid_an_update_file_stored_is_settled_when_a_window_lists_it_again(
     emu: Emulator, sqlite_settings: Settings, small: CorpusManifest
 ) -> None:
@@ -613,11 +677,6 @@ def test_review_an_owed_pmid_an_update_file_stored_is_settled_when_a_window_list
     assert (row["tries"], row["given_up"]) == (1, False)  # got: (2, True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a PMID whose DeleteCitation the store applied before it went missing is "
-    "never settled (drop_stored wants a row newer than the ask): asked again, then given up",
-)
 def test_review_a_pmid_deleted_before_it_went_missing_is_settled_not_given_up(
     emu: Emulator, sqlite_settings: Settings, small: CorpusManifest
 ) -> None:
@@ -646,11 +705,6 @@ def test_review_a_pmid_deleted_before_it_went_missing_is_settled_not_given_up(
     assert store.status()["missing"] == {"waiting": 0, "given_up": 0}  # got: given_up 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a resumed window re-notes its own missing PMIDs from the batch checkpoints; "
-    "if another run asked them meanwhile, last_asked_in != key and the same ask counts again",
-)
 def test_review_a_resumed_window_counts_its_own_ask_once_after_another_run_asked(
     emu: Emulator, sqlite_settings: Settings, small: CorpusManifest
 ) -> None:
@@ -667,6 +721,7 @@ def test_review_a_resumed_window_counts_its_own_ask_once_after_another_run_asked
     ghost = 99_999_999  # owed by an earlier window; EFetch never has it
     owing.note_window(engine, listed=[ghost], missing=[ghost], where="earlier", key="e#gen1",
                       retries=2)  # fmt: skip
+    _first_missing_days_ago(s, 2)  # old enough to be given up at its third try
     emu.faults.add("drop", path="efetch", times=2)  # W: the batch and its second ask
     emu.faults.add("500", path="efetch", times=1)  # W's owed ask fails
     with pytest.raises(TransientSourceError):
@@ -686,11 +741,6 @@ def test_review_a_resumed_window_counts_its_own_ask_once_after_another_run_asked
     assert state == {ghost: (3, True), lost: (2, False)}  # got: lost (3, True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: the owed ask's records are added to the window's run counts, so a window "
-    "that returned nothing passes the empty-weekday and not-moving-forward checks",
-)
 def test_review_an_owed_record_does_not_hide_an_empty_window_from_the_quality_check(
     emu: Emulator, sqlite_settings: Settings, small: CorpusManifest
 ) -> None:

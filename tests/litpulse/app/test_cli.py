@@ -93,6 +93,11 @@ def test_missing_lists_owed_and_given_up_pmids(
     engine = db.connect(env)
     missing.note_window(engine, listed=[11, 12], missing=[11, 12],
                         where="2024-01-01..2024-01-02 (run 4)", key="k", retries=1)  # fmt: skip
+    from litpulse.core.schema import missing_pmids
+
+    with engine.begin() as conn:  # first missed a day ago: old enough to give up
+        conn.execute(missing_pmids.update().values(
+            first_missing_at=db.utcnow() - dt.timedelta(days=1, minutes=1)))  # fmt: skip
     missing.settle(engine, asked=[12], missing=[12], key="k2", retries=1)
     got = run_json(capsys, "missing")
     assert [(r["pmid"], r["given_up"], r["tries"]) for r in got] == [(11, False, 1), (12, True, 2)]
