@@ -196,6 +196,7 @@ def _get_article(engine: Any, pmid: int) -> dict[str, Any]:
 
 
 def _status(settings: Settings, engine: Any) -> dict[str, Any]:
+    from ingest.missing import counts as missing_counts
     from ingest.store import store_counts
     from ranking.embed import active_model
     from ranking.models import published_index_row
@@ -203,6 +204,7 @@ def _status(settings: Settings, engine: Any) -> dict[str, Any]:
     idx = published_index_row(engine)
     with engine.connect() as conn:
         counts = store_counts(conn)
+        owed = missing_counts(conn)
         run = conn.execute(
             select(ingest_runs.c.source, ingest_runs.c.finished_at)
             .where(ingest_runs.c.status == RunStatus.SUCCEEDED)
@@ -219,6 +221,8 @@ def _status(settings: Settings, engine: Any) -> dict[str, Any]:
         "last_ingest": (
             {"source": run.source, "finished_at": iso(run.finished_at)} if run else None
         ),
+        # PMIDs E-utilities listed and EFetch has not returned: owed, or given up
+        "missing": owed,
         "index": (
             {
                 "version": idx.id,

@@ -194,6 +194,15 @@ def test_status_reports_freshness(client: TestClient) -> None:
     assert s["index"]["size"] == len(ARTICLES) - 1 and s["index"]["published_at"]
     assert s["index"]["model_version"] == "base" and s["model_version"] == "base"
     assert s["scoring"]["recency_half_life_days"] == 365.0
+    assert s["missing"] == {"waiting": 0, "given_up": 0}
+
+
+def test_status_counts_the_pmids_efetch_still_owes(client: TestClient, store: Settings) -> None:
+    from ingest import missing
+
+    missing.note_window(db.connect(store), listed=[901, 902], missing=[901], where="w",
+                        key="w#gen1", retries=3)  # fmt: skip
+    assert client.get("/status").json()["missing"] == {"waiting": 1, "given_up": 0}
 
 
 def test_feedback_is_recorded(client: TestClient, store: Settings,
