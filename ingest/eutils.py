@@ -638,7 +638,8 @@ def _ask_owed(
     (:mod:`ingest.missing`), store what comes, settle or count a try for each.
 
     The list asked is fixed when this window generation (``key``) first gets here
-    (checkpoint ``<key>#owed``), and each EFetch batch is marked done with its settle:
+    (checkpoint ``<key>#owed-list``), and each EFetch batch is marked done with its settle
+    (``<key>#owed``, small: rewritten per batch):
     a resumed run asks only the batches not done. What the ask stores is counted apart
     (``counts``), not as the window's: the window's own counts are what the data-quality
     checks judge (a window that found nothing is not hidden by an owed record).
@@ -648,15 +649,16 @@ def _ask_owed(
         window generation, its own misses' included; the first 1,000),
         ``given_up_total`` and ``counts`` (of what the ask stored), for the run's details.
     """
-    mark = f"{key}#owed"
-    seen = store.get_checkpoint(SCOPE, mark)
-    if seen is not None:
-        state = seen["value"]
+    listed, mark = f"{key}#owed-list", f"{key}#owed"  # the list (once), the progress
+    seen, fixed = store.get_checkpoint(SCOPE, mark), store.get_checkpoint(SCOPE, listed)
+    if seen is not None and fixed is not None:
+        state, pmids = seen["value"], [int(p) for p in fixed["value"]["pmids"]]
     else:
-        state = {"pmids": owing.owed(store.engine, key), "done": 0, "found": 0,
-                 "still_missing": 0, "given_up": given_up, "counts": IngestCounts().to_dict()}
+        pmids = owing.owed(store.engine, key)
+        state = {"done": 0, "found": 0, "still_missing": 0, "given_up": given_up,
+                 "counts": IngestCounts().to_dict()}
+        store.set_checkpoint(SCOPE, listed, "asking", {"pmids": pmids})
         store.set_checkpoint(SCOPE, mark, "asking", state)
-    pmids: list[int] = [int(p) for p in state["pmids"]]
     size = settings.efetch_batch
     batches = [pmids[i : i + size] for i in range(0, len(pmids), size)]
     if len(batches) > state["done"]:
