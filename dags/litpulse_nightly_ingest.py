@@ -98,8 +98,9 @@ def _days() -> tuple[dt.datetime, dt.datetime]:
 def litpulse_nightly_ingest() -> None:
     @task(pool=NCBI_POOL, execution_timeout=dt.timedelta(hours=4))
     def ingest_window() -> dict[str, int]:
-        """Ingest the run's days from E-utilities; the counts go to XCom."""
-        from ingest.eutils import ingest_window as run
+        """Ingest the run's days from E-utilities (alerting on PMIDs given up); the counts
+        go to XCom."""
+        from litpulse.pipeline.nightly import ingest_eutils_window as run
 
         first, after = _days()
         return run(settings(), first, after).to_dict()

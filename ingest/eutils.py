@@ -49,7 +49,7 @@ import datetime as dt
 import hashlib
 import logging
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -497,6 +497,7 @@ def ingest_window(
     query: str | None = None,
     progress: bool = False,
     restart: bool = False,
+    on_given_up: Callable[[list[int], str], None] | None = None,
 ) -> IngestCounts:
     """Fetch and store every PubMed record created or revised in a date window.
 
@@ -512,6 +513,9 @@ def ingest_window(
         query: An ESearch term to restrict the window (default: all of PubMed).
         progress: Show a progress bar (or log each batch).
         restart: Discard the progress of an unfinished run of this window; search again.
+        on_given_up: Called once the run has succeeded, if it gave PMIDs up
+            (:mod:`ingest.missing`), with the first 1,000 of them and the window: how the
+            application alerts (this stage knows no alerting).
 
     Returns:
         The :class:`ingest.store.IngestCounts` of this call (``missing`` included).
@@ -580,9 +584,13 @@ def ingest_window(
             store.engine, listed=all_pmids, missing=missing_all, where=f"{target} (run {run.id})",
             key=owed_key, retries=settings.missing_retries,
         )  # fmt: skip
-        run.details["owed"] = _ask_owed(store, client, settings, run, owed_key, limits, given_up)
+        owed = run.details["owed"] = _ask_owed(
+            store, client, settings, run, owed_key, limits, given_up
+        )
         run.details.update(requests=client.requests_sent, retries=client.retries)
         store.set_checkpoint(SCOPE, f"{wkey}#search", "done", value)
+    if on_given_up is not None and owed["given_up"]:
+        on_given_up(list(owed["given_up"]), target)
     return run.counts
 
 

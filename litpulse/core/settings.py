@@ -246,8 +246,9 @@ class Settings:
     )
     alert_webhook_url: str = _opt(
         "",
-        "URL that receives a JSON POST when a scheduled task fails or misses its deadline "
-        "(Slack-compatible `text` field); empty means log only.",
+        "URL that receives a JSON POST when a scheduled task fails or misses its deadline, "
+        "or an E-utilities run gives PMIDs up (Slack-compatible `text` field); empty means "
+        "log only.",
         secret=True,
     )
 

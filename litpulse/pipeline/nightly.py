@@ -448,6 +448,36 @@ def _window(
     return start, end
 
 
+def ingest_eutils_window(
+    settings: Settings,
+    since: dt.datetime | dt.date,
+    until: dt.datetime | dt.date,
+    *,
+    progress: bool = False,
+) -> Any:
+    """:func:`ingest.eutils.ingest_window` that alerts the on-call engineer (log, and the
+    webhook when set) when the run gives PMIDs up: listed by ESearch, never returned by
+    EFetch however often asked (``litpulse missing``). The nightly job and the nightly
+    DAG's ingest task call this.
+
+    Returns:
+        The window's :class:`ingest.store.IngestCounts`.
+    """
+    from ingest.eutils import ingest_window
+    from litpulse.pipeline.alerts import notify
+
+    def alert(pmids: list[int], window: str) -> None:
+        notify(
+            settings,
+            f"litpulse gave up {len(pmids)} PMID{'s' if len(pmids) != 1 else ''} ESearch "
+            f"listed but EFetch never returned (window {window}): {pmids[:20]}; "
+            "`litpulse missing` lists them",
+            {"window": window, "pmids": pmids[:100], "given_up": len(pmids)},
+        )
+
+    return ingest_window(settings, since, until, progress=progress, on_given_up=alert)
+
+
 def _ingest(
     settings: Settings,
     source: str,
@@ -456,11 +486,9 @@ def _ingest(
     progress: bool,
 ) -> dict[str, int]:
     if source == "eutils":
-        from ingest.eutils import ingest_window
-
         if window is None:
             raise ConfigError("the eutils source needs a window")
-        counts: Any = ingest_window(settings, window[0], window[1], progress=progress)
+        counts: Any = ingest_eutils_window(settings, window[0], window[1], progress=progress)
     elif source == "updatefiles":
         from ingest.updatefiles import apply_updates
 

@@ -132,6 +132,32 @@ def test_nightly_chain_then_watermark(sqlite_settings: Settings, emulator: Emula
     assert _count(s, embeddings) == 15
 
 
+def test_pmids_given_up_raise_an_alert(
+    sqlite_settings: Settings, emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PMID ESearch listed that EFetch never returned, given up by this window's run, is
+    a known loss: the on-call engineer is alerted (log and webhook), once."""
+    import logging
+
+    from ingest.store import Store
+    from litpulse.pipeline.nightly import ingest_eutils_window
+
+    _serve(emulator, DAY, range(1000, 1005))
+    emulator.faults.add("drop", path="efetch", times=2)  # the batch and its second ask
+    s = emulator.configure(sqlite_settings, missing_retries=0)  # given up at once
+    with caplog.at_level(logging.ERROR, logger="litpulse.pipeline.alerts"):
+        counts = ingest_eutils_window(s, **WINDOW)
+    assert counts.missing == 1
+    (lost,) = Store(db.connect(s)).runs(1)[0]["details"]["missing_pmids"]
+    alerts = [r.getMessage() for r in caplog.records if r.name == "litpulse.pipeline.alerts"]
+    assert len(alerts) == 1, alerts
+    assert "gave up 1 PMID" in alerts[0] and str(lost) in alerts[0]
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="litpulse.pipeline.alerts"):
+        ingest_eutils_window(s, **WINDOW)  # the same window again: nothing given up anew
+    assert not [r for r in caplog.records if r.name == "litpulse.pipeline.alerts"]
+
+
 def test_retrain_runs_when_due(
     sqlite_settings: Settings, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
