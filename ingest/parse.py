@@ -69,6 +69,7 @@ import os
 import queue
 import re
 import threading
+import types
 import zlib
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
@@ -103,6 +104,12 @@ from ingest.records import (
     nlm_sequence,
 )
 from litpulse.core.errors import ParseError
+
+_inflate_lib: types.ModuleType
+try:  # zlib-ng's inflate: zlib's API and stream rules, ~3.5× faster on x86-64 (SIMD)
+    from zlib_ng import zlib_ng as _inflate_lib
+except ImportError:  # pragma: no cover - a platform without its wheel: zlib itself
+    _inflate_lib = zlib
 
 if TYPE_CHECKING:
     from litpulse.core.settings import Settings
@@ -794,7 +801,18 @@ def _chunks(fh: IO[bytes]) -> Iterator[bytes]:
             if not block:
                 return
             yield block
-    d = zlib.decompressobj(31)
+    error: type[Exception] = _inflate_lib.error
+    try:
+        yield from _inflate(first, fh)
+    except error as exc:  # zlib-ng's own class: raised as zlib's
+        raise zlib.error(str(exc)) from exc
+
+
+def _inflate(first: bytes, fh: IO[bytes]) -> Iterator[bytes]:
+    """The decompressed blocks of the gzip stream that starts with ``first`` (every
+    member in turn); :data:`_inflate_lib`'s error when the stream is corrupt, ``EOFError``
+    when it ends inside a member."""
+    d = _inflate_lib.decompressobj(31)
     pending = False  # the current gzip member has input but no end yet
     buf = first
     while True:
@@ -812,7 +830,7 @@ def _chunks(fh: IO[bytes]) -> Iterator[bytes]:
                     yield out
             if d.eof:  # next gzip member (multi-member files), if any: unused_data
                 buf = d.unused_data
-                d = zlib.decompressobj(31)
+                d = _inflate_lib.decompressobj(31)
                 pending = False
             else:
                 buf = b""
