@@ -169,3 +169,30 @@ def test_feedback_conflict_across_a_closing_mark(settings: Settings, engine: Eng
     trained = {(query_text(p.anchor), p.pmid) for p in ps.pairs if p.kind == "feedback"}
     assert ("gout flares", 5004) in trained
     assert ("gout flares", 5001) not in trained, trained
+
+
+@pytest.mark.xfail(strict=True, reason="a revoked token's earlier feedback still trains")
+def test_a_revoked_tokens_feedback_no_longer_trains(settings: Settings, engine: Engine) -> None:
+    """Ann's token leaked: what was sent with it stops training once it is revoked, while
+    Bob's judgements (another token) still train. Exclusion is per token, not per expert."""
+    from litpulse.app.tokens import create_token, revoke_token
+    from retrain.feedback import FeedbackSource
+
+    _corpus(engine)
+    ann = create_token(settings, "ann").info
+    bob = create_token(settings, "bob").info
+
+    def judge(token_id: int, expert: str, pmid: int, relevant: bool) -> None:
+        record_feedback(settings, query="gout flares", pmid=pmid, relevant=relevant,
+                        user=expert, source=FeedbackSource.API, token_id=token_id)
+
+    judge(ann.id, "ann", 5001, True)
+    judge(ann.id, "ann", 5002, False)
+    judge(bob.id, "bob", 5004, True)
+    before = mine_pairs(settings, since=T0, fresh_size=20)
+    assert before.feedback_experts == {"ann": 2, "bob": 1}
+
+    revoke_token(settings, ann.id)
+    ps = mine_pairs(settings, since=T0, fresh_size=20)
+    assert {p.pmid for p in ps.pairs if p.kind == "feedback"} == {5004}
+    assert ps.feedback_experts == {"bob": 1}
