@@ -8,6 +8,13 @@ relevant* one becomes a hard negative for the same query (see :mod:`retrain.pair
 an API token, whose id is kept; ``cli``: ``litpulse feedback``, a local admin with
 database access) and its time. API judgements are limited per expert and hour.
 
+A judgement sent with an API token that has since been revoked (it leaked, or its
+expert's judgement is no longer trusted) stays in both tables, for the audit, but no
+longer trains (:func:`trainable_feedback`): per token, not per expert, since an expert may
+hold several. Where the expert judged the same article for the same query earlier without
+that token (another token, or the CLI), that earlier judgement trains in its place.
+Judgements older than API tokens carry none and keep training, like the CLI's.
+
 Example:
     >>> record_feedback(settings, query="statins dementia", pmid=123,
     ...                 relevant=True, user="alice")  # doctest: +SKIP
@@ -19,12 +26,14 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
+from collections import Counter
+from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, func, insert, select, text, update
 
 from litpulse.core.db import connect, upsert
 from litpulse.core.errors import ConfigError, LitpulseError, NotFoundError
-from litpulse.core.schema import articles, feedback, feedback_log
+from litpulse.core.schema import api_tokens, articles, feedback, feedback_log
 from litpulse.core.settings import Settings
 from litpulse.core.text import checked_text
 from litpulse.core.timeutil import utcnow
@@ -32,10 +41,16 @@ from litpulse.core.timeutil import utcnow
 __all__ = [
     "FeedbackLimitError",
     "FeedbackSource",
+    "Judgement",
+    "TokenFeedback",
+    "TrainableFeedback",
+    "Withheld",
     "MAX_QUERY_CHARS",
     "MAX_USER_CHARS",
     "clean_expert",
+    "feedback_by_token",
     "record_feedback",
+    "trainable_feedback",
 ]
 
 logger = logging.getLogger(__name__)
@@ -172,9 +187,9 @@ def record_feedback(
             conn,
             feedback,
             [{"query": query, "pmid": pmid, "relevant": relevant, "user": user,
-              "created_at": now}],
+              "created_at": now, "token_id": token_id}],
             keys=("query", "pmid", "user"),
-            update=("relevant", "created_at"),
+            update=("relevant", "created_at", "token_id"),
         )
         fid = conn.execute(
             select(feedback.c.id).where(
@@ -190,3 +205,127 @@ def record_feedback(
     logger.info("feedback %d: %r -> %d relevant=%s by %s (%s)", fid, query, pmid, relevant,
                 user, source.value)
     return int(fid)
+
+
+# ------------------------------------------------------------------ what may train
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """An expert's judgement of an article for a query, as training reads it."""
+
+    #: The ``feedback`` row (one per query, article and expert).
+    id: int
+    query: str
+    pmid: int
+    relevant: bool
+    expert: str
+    created_at: dt.datetime
+    #: The API token it was sent with (``None``: the CLI, or older than API tokens).
+    token_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Withheld:
+    """An expert's standing judgement sent with a revoked token: kept, never trained on."""
+
+    judgement: Judgement
+    #: The expert's latest earlier judgement of the same article for the same query that
+    #: was not sent with a revoked token, which trains in its place (``None``: none).
+    fallback: Judgement | None = None
+
+
+@dataclass(frozen=True)
+class TrainableFeedback:
+    """Every expert's standing judgements, split into those that may train and not."""
+
+    #: What may train, oldest first: standing judgements and the fallbacks of withheld ones.
+    judgements: tuple[Judgement, ...]
+    #: Standing judgements sent with a revoked token, oldest first.
+    withheld: tuple[Withheld, ...]
+
+
+def trainable_feedback(engine: Engine) -> TrainableFeedback:
+    """The judgements training may use: none sent with a revoked API token.
+
+    Each expert's standing judgement (``feedback``) counts, unless it was sent with a
+    token revoked since; then the expert's latest earlier judgement of the same article
+    for the same query (``feedback_log``) not sent with a revoked token counts instead,
+    if there is one.
+    """
+    f, t = feedback.c, api_tokens.c
+    stmt = (
+        select(f.id, f.query, f.pmid, f.relevant, f.user, f.created_at, f.token_id,
+               t.revoked_at)
+        .select_from(feedback.outerjoin(api_tokens, t.id == f.token_id))
+        .order_by(f.created_at, f.id)
+    )
+    usable: list[Judgement] = []
+    revoked: list[Judgement] = []
+    with engine.connect() as conn:
+        for row in conn.execute(stmt):
+            j = Judgement(int(row.id), row.query, int(row.pmid), bool(row.relevant), row.user,
+                          row.created_at, row.token_id)
+            (usable if row.revoked_at is None else revoked).append(j)
+        fallbacks = _fallbacks(conn, revoked)
+    withheld = tuple(Withheld(j, fallbacks.get(j.id)) for j in revoked)
+    judgements = usable + [w.fallback for w in withheld if w.fallback is not None]
+    judgements.sort(key=lambda j: (j.created_at, j.id))
+    return TrainableFeedback(tuple(judgements), withheld)
+
+
+def _fallbacks(conn: Connection, revoked: list[Judgement]) -> dict[int, Judgement]:
+    """Feedback id → the latest logged judgement of it not sent with a revoked token."""
+    log, t = feedback_log.c, api_tokens.c
+    by_id = {j.id: j for j in revoked}
+    out: dict[int, Judgement] = {}
+    ids = sorted(by_id)
+    for start in range(0, len(ids), 500):
+        stmt = (
+            select(log.feedback_id, log.relevant, log.created_at, log.token_id)
+            .select_from(feedback_log.outerjoin(api_tokens, t.id == log.token_id))
+            .where(log.feedback_id.in_(ids[start : start + 500]), t.revoked_at.is_(None))
+            .order_by(log.id)
+        )
+        for fid, relevant, created_at, token_id in conn.execute(stmt):
+            j = by_id[int(fid)]
+            out[j.id] = Judgement(j.id, j.query, j.pmid, bool(relevant), j.expert, created_at,
+                                  token_id)
+    return out
+
+
+@dataclass(frozen=True)
+class TokenFeedback:
+    """What one API token's judgements amount to."""
+
+    #: Judgements sent with it (``feedback_log``, changes of mind included).
+    sent: int = 0
+    #: Of them, those still standing (each expert's latest per query and article): what
+    #: trains while the token is active, and what is withheld from training once revoked.
+    standing: int = 0
+    #: Withheld ones whose expert's earlier judgement (not sent with a revoked token)
+    #: trains in their place.
+    fallbacks: int = 0
+
+
+def feedback_by_token(engine: Engine) -> dict[int, TokenFeedback]:
+    """Token id → :class:`TokenFeedback`, for every token that sent a judgement."""
+    log, f = feedback_log.c, feedback.c
+    with engine.connect() as conn:
+        sent: dict[int, int] = dict(conn.execute(
+            select(log.token_id, func.count()).where(log.token_id.is_not(None))
+            .group_by(log.token_id)
+        ).all())  # fmt: skip
+        standing: dict[int, int] = dict(conn.execute(
+            select(f.token_id, func.count()).where(f.token_id.is_not(None))
+            .group_by(f.token_id)
+        ).all())  # fmt: skip
+    fallbacks = Counter(
+        w.judgement.token_id for w in trainable_feedback(engine).withheld
+        if w.fallback is not None
+    )
+    return {
+        int(tid): TokenFeedback(int(sent.get(tid, 0)), int(standing.get(tid, 0)),
+                                fallbacks.get(tid, 0))
+        for tid in set(sent) | set(standing)
+    }

@@ -6,7 +6,8 @@ Kinds of pair:
 * ``citation`` — a citing article's title → the text of an article it cites, both in
   the corpus (from the ``references`` table);
 * ``feedback`` — an expert's query → an article marked relevant; the articles marked
-  not relevant for the same query become its hard negatives;
+  not relevant for the same query become its hard negatives (never a judgement sent with
+  a revoked API token: :func:`retrain.feedback.trainable_feedback`);
 * ``mesh``, ``keywords``, ``sentence`` — query-like anchors of an article (a few of its
   MeSH headings, a few of its author keywords, one sentence of its abstract) → the article
   (see :mod:`retrain.anchors`; headings on more than 15 % of the articles, check tags
@@ -46,16 +47,17 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import JSON, Engine, and_, or_, select, type_coerce
+from sqlalchemy import JSON, Engine, or_, select, type_coerce
 
 from litpulse.core.db import connect
 from litpulse.core.impact import NEUTRAL_CITATION, age_days, citation_impact, recency_decay
-from litpulse.core.schema import articles, feedback, references
+from litpulse.core.schema import articles, references
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import as_utc, iso, utcnow
 from ranking.embed import query_text
 from retrain.anchors import LexicalSearch, article_anchors, heldout_anchor, pick_negative
 from retrain.evaluate import EvalItem, HeldOut
+from retrain.feedback import trainable_feedback
 
 __all__ = ["Pair", "PairSet", "ArticleRow", "mine_pairs", "doc_text", "article_weight"]
 
@@ -117,6 +119,8 @@ class PairSet:
     notes: tuple[str, ...] = field(default_factory=tuple)
     #: Expert → judgements of theirs the feedback pairs used (positives and negatives).
     feedback_experts: dict[str, int] = field(default_factory=dict)
+    #: Judgements of the window left out because their API token was revoked.
+    feedback_excluded: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """A summary (not the pairs themselves)."""
@@ -130,6 +134,7 @@ class PairSet:
             "hard_negatives": self.hard_negatives,
             "feedback_unpaired": self.feedback_unpaired,
             "feedback_experts": dict(self.feedback_experts),
+            "feedback_excluded": self.feedback_excluded,
             "heldout": self.heldout.to_dict(),
             "notes": list(self.notes),
         }
@@ -327,7 +332,7 @@ def mine_pairs(
     chosen = _weighted_sample(candidates, [p.weight for p in candidates], limit, seed)
 
     # ---- expert feedback: every usable judgement, hard negatives attached
-    fb_pairs, unpaired, experts = _feedback_pairs(engine, since, by_pmid, split.held)
+    fb_pairs, unpaired, experts, excluded = _feedback_pairs(engine, since, by_pmid, split.held)
     available["feedback"] = len(fb_pairs)
 
     # ---- replay of older pairs against forgetting
@@ -363,6 +368,7 @@ def mine_pairs(
         heldout=split.heldout,
         feedback_unpaired=unpaired,
         feedback_experts=experts,
+        feedback_excluded=excluded,
         hard_negatives=sum(1 for p in pairs if p.negative),
         notes=tuple(notes),
     )
@@ -582,24 +588,23 @@ def _feedback_pairs(
     since: dt.datetime | None,
     by_pmid: dict[int, ArticleRow],
     held: AbstractSet[int],
-) -> tuple[list[Pair], int, dict[str, int]]:
-    """Feedback pairs, the count of unpaired negatives, and expert → judgements used.
+) -> tuple[list[Pair], int, dict[str, int], int]:
+    """Feedback pairs, the count of unpaired negatives, expert → judgements used, and the
+    count of the window's judgements withheld because their API token was revoked
+    (:func:`retrain.feedback.trainable_feedback`).
 
     Queries are grouped as the model sees them (:func:`ranking.embed.query_text`: ``gout
     flares?`` and ``gout flares`` are one query), and an expert's latest judgement of an
     article for that query is the one that counts, as for the same text.
     """
-    f = feedback.c
-    stmt = select(f.query, f.pmid, f.relevant, f.user).order_by(f.created_at, f.id)
-    if since is not None:
-        stmt = stmt.where(and_(f.created_at > since))
+    found = trainable_feedback(engine)
     latest: dict[tuple[str, int, str], bool] = {}  # (query, pmid, expert) → relevant
-    with engine.connect() as conn:
-        for query, pmid, relevant, user in conn.execute(stmt):
-            pmid = int(pmid)
-            if pmid not in by_pmid or pmid in held:
-                continue
-            latest[(query_text(query), pmid, user)] = bool(relevant)
+    for j in found.judgements:
+        if (since is not None and j.created_at <= since) or j.pmid not in by_pmid \
+                or j.pmid in held:
+            continue
+        latest[(query_text(j.query), j.pmid, j.expert)] = j.relevant
+    excluded = sum(1 for w in found.withheld if since is None or w.judgement.created_at > since)
     positives: dict[str, list[int]] = defaultdict(list)
     negatives: dict[str, list[int]] = defaultdict(list)
     judges: dict[tuple[str, int, bool], list[str]] = defaultdict(list)
@@ -633,4 +638,4 @@ def _feedback_pairs(
             )
         for pmid in used_neg:
             used.update(judges[(query, pmid, False)])
-    return pairs, unpaired, dict(sorted(used.items()))
+    return pairs, unpaired, dict(sorted(used.items())), excluded

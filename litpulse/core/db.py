@@ -120,7 +120,8 @@ def add_missing_columns(engine: Engine) -> list[str]:
     ``create_all`` makes missing tables but never alters existing ones. A column that
     the schema has and the database lacks is added with ``ALTER TABLE … ADD COLUMN``,
     with its default filled into existing rows (or the column's ``info["upgrade_fill"]``,
-    where rows written before the column existed need another value). Only additive
+    where rows written before the column existed need another value: a constant, or an
+    SQL expression over the row, e.g. a correlated subquery). Only additive
     changes are automatic; a new NOT NULL column without a default, or a new key column,
     is a :class:`ConfigError` naming the column (such a change needs a written migration).
 

@@ -28,6 +28,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
+    select,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -357,7 +358,19 @@ feedback = Table(
     Column("relevant", Boolean, nullable=False),
     Column("user", String(255), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    # the API token this judgement was sent with (NULL: ``litpulse feedback``, or a
+    # judgement older than API tokens); a revoked token's judgements no longer train
+    Column("token_id", Integer),
     UniqueConstraint("query", "pmid", "user", name="uq_feedback_query_pmid_user"),
+)
+# A store made before ``feedback.token_id``: each row gets the token of its latest logged
+# judgement (the one it holds: both are written in one transaction); no log row, no token.
+feedback.c.token_id.info["upgrade_fill"] = (
+    select(feedback_log.c.token_id)
+    .where(feedback_log.c.feedback_id == feedback.c.id)
+    .order_by(feedback_log.c.id.desc())
+    .limit(1)
+    .scalar_subquery()
 )
 
 #: Leases: at most one holder per name (index publish, nightly run, retrain) across

@@ -71,3 +71,48 @@ def test_concurrent_judgements_cannot_pass_the_expert_limit(
         t.join()
     assert errors == []
     assert (len(accepted), len(refused)) == (2, 18)
+
+
+def test_a_revoked_tokens_judgements_are_withheld_and_earlier_ones_train_again(
+    settings: Settings, engine: Engine
+) -> None:
+    """Ann's first token leaks and is used to overturn her judgements. Revoked, what it
+    sent is withheld (kept for the audit); where she had judged the same article for the
+    same query before, with her other token or the CLI, that judgement trains again."""
+    from litpulse.app.tokens import create_token, revoke_token
+    from retrain.feedback import (
+        FeedbackSource,
+        TokenFeedback,
+        feedback_by_token,
+        trainable_feedback,
+    )
+
+    insert_batch(engine, start_pmid=10, n=4, start=dt.date(2024, 1, 1), days=3,
+                 ingested=dt.datetime(2024, 1, 5, tzinfo=dt.UTC))
+    leaked = create_token(settings, "ann").info.id
+    other = create_token(settings, "ann").info.id
+
+    def judge(pmid: int, relevant: bool, token_id: int | None) -> None:
+        source = FeedbackSource.CLI if token_id is None else FeedbackSource.API
+        record_feedback(settings, query="gout", pmid=pmid, relevant=relevant, user="ann",
+                        source=source, token_id=token_id)
+
+    judge(10, True, other)
+    judge(11, True, None)
+    judge(10, False, leaked)  # overturned with the leaked token
+    judge(11, False, leaked)
+    judge(11, False, leaked)  # sent twice: one standing judgement
+    judge(12, True, leaked)   # only ever judged with the leaked token
+    judge(13, True, other)
+    assert feedback_by_token(engine)[leaked] == TokenFeedback(4, 3, 0)
+
+    revoke_token(settings, leaked)
+    found = trainable_feedback(engine)
+    assert sorted((j.pmid, j.relevant, j.token_id) for j in found.judgements) == [
+        (10, True, other), (11, True, None), (13, True, other),
+    ]
+    assert sorted(w.judgement.pmid for w in found.withheld) == [10, 11, 12]
+    assert feedback_by_token(engine)[leaked] == TokenFeedback(4, 3, 2)
+    assert feedback_by_token(engine)[other] == TokenFeedback(2, 1, 0)
+    with engine.connect() as conn:  # nothing was deleted: the audit keeps all of it
+        assert conn.execute(select(func.count()).select_from(feedback)).scalar() == 4

@@ -191,3 +191,42 @@ def test_articles_index_only_the_columns_queries_look_up(settings: Settings) -> 
     engine = db.connect(settings)
     indexed = {tuple(ix["column_names"]) for ix in inspect(engine).get_indexes("articles")}
     assert indexed == {("best_date",), ("updated_at",), ("is_deleted",)}
+
+
+def test_an_older_feedback_table_learns_each_judgements_token_from_the_log(
+    settings: Settings,
+) -> None:
+    """``feedback.token_id`` came after ``feedback_log`` (which always kept the token):
+    the upgrade fills each row from its latest logged judgement, so feedback sent with a
+    token before the upgrade is withheld from training once that token is revoked."""
+    from bench.drift import insert_batch
+    from litpulse.app.tokens import create_token, revoke_token
+    from litpulse.core.schema import feedback
+    from retrain.feedback import FeedbackSource, record_feedback, trainable_feedback
+
+    engine = db.connect(settings)
+    insert_batch(engine, start_pmid=10, n=3, start=dt.date(2024, 1, 1), days=3,
+                 ingested=dt.datetime(2024, 1, 5, tzinfo=dt.UTC))
+    ann = create_token(settings, "ann").info.id
+    ann2 = create_token(settings, "ann").info.id
+    api = FeedbackSource.API
+    record_feedback(settings, query="q", pmid=10, relevant=True, user="ann", source=api,
+                    token_id=ann)
+    record_feedback(settings, query="q", pmid=10, relevant=False, user="ann", source=api,
+                    token_id=ann2)  # the standing judgement: the second token's
+    record_feedback(settings, query="q", pmid=11, relevant=True, user="ann", source=api,
+                    token_id=ann)
+    record_feedback(settings, query="q", pmid=12, relevant=True, user="bob")  # the CLI
+    with engine.begin() as conn:  # as the store was before feedback.token_id existed
+        conn.execute(text("ALTER TABLE feedback DROP COLUMN token_id"))
+    db.dispose_engines()
+
+    engine = db.connect(settings)  # reconnecting upgrades the schema
+
+    with engine.connect() as conn:
+        rows = conn.execute(select(feedback.c.pmid, feedback.c.token_id)).all()
+    assert sorted(rows) == [(10, ann2), (11, ann), (12, None)]
+    revoke_token(settings, ann)
+    found = trainable_feedback(engine)
+    assert sorted(j.pmid for j in found.judgements) == [10, 12]
+    assert [w.judgement.pmid for w in found.withheld] == [11]
