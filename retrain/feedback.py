@@ -300,9 +300,12 @@ class TokenFeedback:
 
     #: Judgements sent with it (``feedback_log``, changes of mind included).
     sent: int = 0
-    #: Of them, those still standing (each expert's latest per query and article): what
-    #: trains while the token is active, and what is withheld from training once revoked.
+    #: Of them, those still standing (each expert's latest per query and article).
     standing: int = 0
+    #: Of them, those training uses now (a standing one, or a fallback of a withheld one).
+    training: int = 0
+    #: Standing ones withheld from training, the token being revoked (kept in the store).
+    withheld: int = 0
     #: Withheld ones whose expert's earlier judgement (not sent with a revoked token)
     #: trains in their place.
     fallbacks: int = 0
@@ -320,12 +323,12 @@ def feedback_by_token(engine: Engine) -> dict[int, TokenFeedback]:
             select(f.token_id, func.count()).where(f.token_id.is_not(None))
             .group_by(f.token_id)
         ).all())  # fmt: skip
-    fallbacks = Counter(
-        w.judgement.token_id for w in trainable_feedback(engine).withheld
-        if w.fallback is not None
-    )
+    found = trainable_feedback(engine)
+    training = Counter(j.token_id for j in found.judgements)
+    withheld = Counter(w.judgement.token_id for w in found.withheld)
+    fallbacks = Counter(w.judgement.token_id for w in found.withheld if w.fallback is not None)
     return {
         int(tid): TokenFeedback(int(sent.get(tid, 0)), int(standing.get(tid, 0)),
-                                fallbacks.get(tid, 0))
+                                training[tid], withheld[tid], fallbacks[tid])
         for tid in set(sent) | set(standing)
     }

@@ -6,6 +6,12 @@ prints the token once. A request proves it holds a token by sending it as
 ``Authorization: Bearer <token>``; the API looks the digest up and compares it in
 constant time. A revoked token stays listed (who had access, and until when).
 
+Revoking a token also withholds the judgements sent with it from training (they stay in
+the store, for the audit; see :func:`retrain.feedback.trainable_feedback`): per token,
+not per expert. :func:`revoke_token` and :func:`list_tokens` count them
+(:class:`retrain.feedback.TokenFeedback`). A model already trained on them keeps what it
+learnt: :func:`revoke_token` says how many were sent before the active model was made.
+
 Example:
     >>> issued = create_token(settings, "alice", created_by="admin")  # doctest: +SKIP
     >>> verify_token(connect(settings), issued.token).expert           # doctest: +SKIP
@@ -30,11 +36,12 @@ from litpulse.core.errors import NotFoundError
 from litpulse.core.schema import api_tokens
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import iso, utcnow
-from retrain.feedback import clean_expert
+from retrain.feedback import TokenFeedback, clean_expert, feedback_by_token, trainable_feedback
 
 __all__ = [
     "TOKEN_PREFIX",
     "IssuedToken",
+    "Revocation",
     "TokenInfo",
     "TokenState",
     "any_active_token",
@@ -69,12 +76,20 @@ class TokenInfo:
     created_at: dt.datetime
     created_by: str | None = None
     revoked_at: dt.datetime | None = None
+    #: The judgements sent with it (counted by :func:`list_tokens` and :func:`revoke_token`).
+    feedback: TokenFeedback = field(default_factory=TokenFeedback)
 
     @property
     def state(self) -> TokenState:
         return TokenState.REVOKED if self.revoked_at is not None else TokenState.ACTIVE
 
+    @property
+    def excluded(self) -> int:
+        """Its standing judgements withheld from training: all of them once revoked."""
+        return self.feedback.withheld
+
     def to_dict(self) -> dict[str, Any]:
+        fb = self.feedback
         return {
             "id": self.id,
             "expert": self.expert,
@@ -83,7 +98,30 @@ class TokenInfo:
             "created_at": iso(self.created_at),
             "created_by": self.created_by,
             "revoked_at": iso(self.revoked_at),
+            "feedback": {
+                "sent": fb.sent,
+                "standing": fb.standing,
+                "training": fb.training,
+                "excluded": fb.withheld,
+                "fallbacks": fb.fallbacks,
+            },
         }
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """A revoked token and what its revocation withheld from training."""
+
+    info: TokenInfo
+    #: Of the withheld judgements, those sent before the active model was made, which it
+    #: may have learnt from (0 with the base model).
+    before_active: int = 0
+    #: The active model version then (``None``: the base model).
+    active_model: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.info.to_dict(), "excluded_before_active_model": self.before_active,
+                "active_model": self.active_model}
 
 
 @dataclass(frozen=True)
@@ -99,10 +137,10 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def _info(row: Any) -> TokenInfo:
+def _info(row: Any, feedback: TokenFeedback | None = None) -> TokenInfo:
     return TokenInfo(id=int(row.id), expert=row.expert, prefix=row.prefix,
                      created_at=row.created_at, created_by=row.created_by,
-                     revoked_at=row.revoked_at)
+                     revoked_at=row.revoked_at, feedback=feedback or TokenFeedback())
 
 
 def create_token(
@@ -131,19 +169,26 @@ def create_token(
 
 
 def list_tokens(settings: Settings, *, engine: Engine | None = None) -> list[TokenInfo]:
-    """Every token, active and revoked, oldest first."""
+    """Every token, active and revoked, oldest first, with its judgements counted."""
     engine = engine or connect(settings)
     with engine.connect() as conn:
         rows = conn.execute(select(api_tokens).order_by(api_tokens.c.id)).all()
-    return [_info(r) for r in rows]
+    counts = feedback_by_token(engine)
+    return [_info(r, counts.get(int(r.id))) for r in rows]
 
 
-def revoke_token(settings: Settings, token_id: int, *, engine: Engine | None = None) -> TokenInfo:
-    """Revoke a token (idempotent) and return it.
+def revoke_token(
+    settings: Settings, token_id: int, *, engine: Engine | None = None
+) -> Revocation:
+    """Revoke a token (idempotent): it can no longer write, and no judgement sent with it
+    trains any more (each stays in the store). Returns the token, with its judgements
+    counted, and how many of those withheld the active model may have learnt from.
 
     Raises:
         NotFoundError: No token has this id.
     """
+    from retrain.registry import active_version
+
     engine = engine or connect(settings)
     with engine.begin() as conn:
         conn.execute(
@@ -154,8 +199,17 @@ def revoke_token(settings: Settings, token_id: int, *, engine: Engine | None = N
         row = conn.execute(select(api_tokens).where(api_tokens.c.id == token_id)).first()
     if row is None:
         raise NotFoundError(f"no API token has id {token_id}")
-    logger.info("revoked API token %d of expert %s", token_id, row.expert)
-    return _info(row)
+    info = _info(row, feedback_by_token(engine).get(token_id))
+    active = active_version(settings, engine=engine)
+    before = 0
+    if active is not None:
+        before = sum(
+            1 for w in trainable_feedback(engine).withheld
+            if w.judgement.token_id == token_id and w.judgement.created_at < active.created_at
+        )
+    logger.info("revoked API token %d of expert %s: %d standing judgements withheld from "
+                "training", token_id, row.expert, info.excluded)
+    return Revocation(info, before, active.id if active is not None else None)
 
 
 def any_active_token(engine: Engine) -> bool:

@@ -104,7 +104,7 @@ def test_a_revoked_tokens_judgements_are_withheld_and_earlier_ones_train_again(
     judge(11, False, leaked)  # sent twice: one standing judgement
     judge(12, True, leaked)   # only ever judged with the leaked token
     judge(13, True, other)
-    assert feedback_by_token(engine)[leaked] == TokenFeedback(4, 3, 0)
+    assert feedback_by_token(engine)[leaked] == TokenFeedback(4, 3, 3, 0, 0)
 
     revoke_token(settings, leaked)
     found = trainable_feedback(engine)
@@ -112,7 +112,7 @@ def test_a_revoked_tokens_judgements_are_withheld_and_earlier_ones_train_again(
         (10, True, other), (11, True, None), (13, True, other),
     ]
     assert sorted(w.judgement.pmid for w in found.withheld) == [10, 11, 12]
-    assert feedback_by_token(engine)[leaked] == TokenFeedback(4, 3, 2)
-    assert feedback_by_token(engine)[other] == TokenFeedback(2, 1, 0)
+    assert feedback_by_token(engine)[leaked] == TokenFeedback(4, 3, 0, 3, 2)
+    assert feedback_by_token(engine)[other] == TokenFeedback(2, 1, 2, 0, 0)
     with engine.connect() as conn:  # nothing was deleted: the audit keeps all of it
         assert conn.execute(select(func.count()).select_from(feedback)).scalar() == 4

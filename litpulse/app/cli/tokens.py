@@ -60,9 +60,11 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     print_table(
         [[t.id, t.expert, t.prefix + "…", t.state.value, f"{t.created_at:%Y-%m-%d %H:%M}",
-          t.created_by or "", f"{t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else ""]
+          t.created_by or "", f"{t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "",
+          t.feedback.sent, t.excluded]
          for t in tokens],
-        ["id", "expert", "token", "state", "created", "by", "revoked"],
+        ["id", "expert", "token", "state", "created", "by", "revoked", "judgements",
+         "excluded"],
     )
     return 0
 
@@ -70,9 +72,19 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
 def run_revoke(args: argparse.Namespace, settings: Settings) -> int:
     from litpulse.app.tokens import revoke_token
 
-    info = revoke_token(settings, args.id)
+    done = revoke_token(settings, args.id)
     if args.json:
-        print_json(info.to_dict())
-    else:
-        print(f"token {info.id} of expert {info.expert!r} revoked")
+        print_json(done.to_dict())
+        return 0
+    info, fb = done.info, done.info.feedback
+    print(f"token {info.id} of expert {info.expert!r} revoked")
+    print(f"feedback: {info.excluded} standing judgement(s) sent with it excluded from "
+          f"training ({fb.sent} sent in all; kept in the store)")
+    if fb.fallbacks:
+        print(f"  for {fb.fallbacks} of them {info.expert}'s earlier judgement (not sent with "
+              "this token) trains instead")
+    if done.before_active:
+        print(f"  {done.before_active} of them predate the active model {done.active_model}, "
+              "which may have learnt from them (`litpulse models rollback` re-activates the "
+              "version before it)")
     return 0

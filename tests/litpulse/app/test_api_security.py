@@ -202,8 +202,8 @@ def test_tokens_and_the_expert_limit_on_both_databases(settings: Settings) -> No
     record_feedback(settings, query="q 3", pmid=201, relevant=True, user=info.expert)  # cli
     assert [x.source for x in log_rows(settings)] == ["api"] * 3 + ["cli"]
     assert any_active_token(engine)
-    assert revoke_token(settings, info.id).state is TokenState.REVOKED
-    assert revoke_token(settings, info.id).revoked_at is not None  # idempotent
+    assert revoke_token(settings, info.id).info.state is TokenState.REVOKED
+    assert revoke_token(settings, info.id).info.revoked_at is not None  # idempotent
     assert not any_active_token(engine)
     with pytest.raises(NotFoundError):
         revoke_token(settings, 12345)
