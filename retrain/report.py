@@ -43,7 +43,7 @@ __all__ = [
 #: Per-set counts the evaluation records beside the metrics; not metrics themselves.
 COUNT_KEYS = frozenset({"queries"})
 #: Keys of ``pair_counts`` that are not pair kinds.
-NOT_KINDS = frozenset({"hard_negatives", "feedback_experts"})
+NOT_KINDS = frozenset({"hard_negatives", "feedback_experts", "feedback_excluded"})
 #: Keys of the training record that are local paths (left out of the report).
 PATH_KEYS = frozenset({"output_dir", "weights_file"})
 
@@ -98,6 +98,8 @@ class ModelVersionReport:
     pairs: dict[str, int]
     #: expert → feedback judgements used
     feedback_experts: dict[str, int]
+    #: judgements of the window left out because their API token was revoked
+    feedback_excluded: int
     hard_negatives: int
     #: held-out set → queries (and distractors)
     heldout: dict[str, int]
@@ -281,6 +283,7 @@ def model_history(settings: Settings, *, engine: Engine | None = None) -> list[M
                     if k not in NOT_KINDS and isinstance(n, int)
                 },
                 feedback_experts=dict(counts.get("feedback_experts") or {}),
+                feedback_excluded=int(counts.get("feedback_excluded") or 0),
                 hard_negatives=int(counts.get("hard_negatives") or 0),
                 heldout=_heldout(v),
                 training=_training(v),

@@ -78,6 +78,9 @@ class RetrainReport:
             if experts:
                 lines.append("feedback used from: " + ", ".join(
                     f"{name} {n}" for name, n in experts.items()))
+            if p.get("feedback_excluded"):
+                lines.append(f"feedback excluded: {p['feedback_excluded']} judgement(s) sent "
+                             "with revoked API tokens")
         if self.training:
             t = self.training
             budget = t.get("budget_seconds")
@@ -258,7 +261,8 @@ def _retrain(
         window_start=pairs.window_start,
         window_end=pairs.window_end,
         pair_counts={**pairs.counts, "hard_negatives": pairs.hard_negatives,
-                     "feedback_experts": dict(pairs.feedback_experts)},
+                     "feedback_experts": dict(pairs.feedback_experts),
+                     "feedback_excluded": pairs.feedback_excluded},
         options=options_doc,
         metrics=metrics_doc,
         training={**training, "new_articles": pairs.new_articles},

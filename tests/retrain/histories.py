@@ -82,6 +82,7 @@ def register_history(settings: Settings, reindex: Any = None) -> tuple[str, str]
             "replay": 0,
             "hard_negatives": 1,
             "feedback_experts": {"ann": 2},
+            "feedback_excluded": 1,
         },
         options={"batch_size": 16},
         training=training(8, 128),

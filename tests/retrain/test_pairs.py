@@ -196,3 +196,10 @@ def test_a_revoked_tokens_feedback_no_longer_trains(settings: Settings, engine: 
     assert {p.pmid for p in ps.pairs if p.kind == "feedback"} == {5004}
     assert ps.feedback_experts == {"bob": 1}
     assert (before.feedback_excluded, ps.feedback_excluded) == (0, 2)
+    from retrain.run import retrain
+
+    report = retrain(
+        settings, dry_run=True, mine_kwargs={"fresh_size": 20}, reindex=reindex_now
+    )
+    assert report.pairs["feedback_excluded"] == 2
+    assert "feedback excluded: 2 judgement(s) sent with revoked API tokens" in report.summary()

@@ -40,6 +40,7 @@ def test_history_of_registered_versions(settings: Settings) -> None:
     assert va.pairs == {"title_abstract": 90, "citation": 30, "feedback": 2, "replay": 0}
     assert va.pairs_total == 122 and va.hard_negatives == 1
     assert va.feedback_experts == {"ann": 2}
+    assert (va.feedback_excluded, vb.feedback_excluded) == (1, 0)  # not a pair kind
     assert va.heldout == {"fresh": 20, "older": 20, "distractors": 30}
     assert va.training["steps"] == 8 and va.training["epochs"] == 1.0  # 8 * 16 / 128
     assert vb.training["epochs"] == round(2 * 8 / 55, 3)
@@ -67,6 +68,23 @@ def test_history_of_registered_versions(settings: Settings) -> None:
     assert doc["active"] == "base" and doc["count"] == 2
     assert doc["versions"][1]["comparisons"][0]["against"] == a
     assert doc["versions"][0]["status"] == "rejected" and doc["versions"][0]["pairs_total"] == 122
+    assert doc["versions"][0]["feedback_excluded"] == 1
+
+
+def test_cli_shows_the_feedback_excluded_and_never_counts_it_as_pairs(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from litpulse.app.cli import main
+
+    monkeypatch.setenv("LITPULSE_HOME", str(settings.home))
+    if settings.database_url:
+        monkeypatch.setenv("LITPULSE_DATABASE_URL", settings.database_url)
+    a, _ = register_history(settings)
+    assert main(["models", "report"]) == 0
+    assert "feedback excluded: 1 (revoked API tokens)" in capsys.readouterr().out
+    assert main(["models", "list"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(a))
+    assert " 122 " in row
 
 
 def test_promotion_retires_and_rollback_reactivates(settings: Settings) -> None:

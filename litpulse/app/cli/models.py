@@ -122,6 +122,7 @@ def _metric(v: Any, name: str) -> str:
 
 def run_list(args: argparse.Namespace, settings: Settings) -> int:
     from retrain.registry import list_models
+    from retrain.report import NOT_KINDS
 
     models = list_models(settings)
     if args.json:
@@ -132,7 +133,7 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     print_table(
         [[m.id, m.status, m.parent_id or "base", sum(
-            v for k, v in m.pair_counts.items() if k != "hard_negatives" and isinstance(v, int)
+            v for k, v in m.pair_counts.items() if k not in NOT_KINDS and isinstance(v, int)
         ), _metric(m, "fresh"), _metric(m, "older"), m.promoted_by or "",
           m.created_at.strftime("%Y-%m-%d %H:%M")] for m in models],
         ["id", "status", "parent", "pairs", "fresh_r@10", "older_r@10", "promoted_by", "created"],
@@ -206,6 +207,8 @@ def _version_lines(v: Any) -> list[str]:
     if v.feedback_experts:
         lines.append("  feedback from: " + ", ".join(
             f"{who} {n}" for who, n in v.feedback_experts.items()))
+    if v.feedback_excluded:
+        lines.append(f"  feedback excluded: {v.feedback_excluded} (revoked API tokens)")
     t = v.training
     if t:
         epochs = f" ({t['epochs']:.2f} epochs)" if "epochs" in t else ""

@@ -45,6 +45,8 @@ function pairsCell(v) {
   const experts = Object.entries(v.feedback_experts);
   if (experts.length) td.appendChild(el("div", "feedback from " +
     experts.map(([who, n]) => `${who} (${n})`).join(", "), "muted"));
+  if (v.feedback_excluded) td.appendChild(el("div",
+    `feedback excluded: ${v.feedback_excluded} (revoked API tokens)`, "muted"));
   td.appendChild(el("div", `window ${day(v.window_start) || "the start"} – ${day(v.window_end) || "now"}`, "muted"));
   return td;
 }
