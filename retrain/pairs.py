@@ -57,7 +57,7 @@ from litpulse.core.timeutil import as_utc, iso, utcnow
 from ranking.embed import query_text
 from retrain.anchors import LexicalSearch, article_anchors, heldout_anchor, pick_negative
 from retrain.evaluate import EvalItem, HeldOut
-from retrain.feedback import trainable_feedback
+from retrain.feedback import Judgement, trainable_feedback
 
 __all__ = ["Pair", "PairSet", "ArticleRow", "mine_pairs", "doc_text", "article_weight"]
 
@@ -590,21 +590,23 @@ def _feedback_pairs(
     held: AbstractSet[int],
 ) -> tuple[list[Pair], int, dict[str, int], int]:
     """Feedback pairs, the count of unpaired negatives, expert → judgements used, and the
-    count of the window's judgements withheld because their API token was revoked
-    (:func:`retrain.feedback.trainable_feedback`).
+    count of the window's judgements (of trainable articles) withheld because their API
+    token was revoked (:func:`retrain.feedback.trainable_feedback`).
 
     Queries are grouped as the model sees them (:func:`ranking.embed.query_text`: ``gout
     flares?`` and ``gout flares`` are one query), and an expert's latest judgement of an
     article for that query is the one that counts, as for the same text.
     """
+    def usable(j: Judgement) -> bool:
+        in_window = since is None or j.created_at > since
+        return in_window and j.pmid in by_pmid and j.pmid not in held
+
     found = trainable_feedback(engine)
     latest: dict[tuple[str, int, str], bool] = {}  # (query, pmid, expert) → relevant
     for j in found.judgements:
-        if (since is not None and j.created_at <= since) or j.pmid not in by_pmid \
-                or j.pmid in held:
-            continue
-        latest[(query_text(j.query), j.pmid, j.expert)] = j.relevant
-    excluded = sum(1 for w in found.withheld if since is None or w.judgement.created_at > since)
+        if usable(j):
+            latest[(query_text(j.query), j.pmid, j.expert)] = j.relevant
+    excluded = sum(1 for w in found.withheld if usable(w.judgement))
     positives: dict[str, list[int]] = defaultdict(list)
     negatives: dict[str, list[int]] = defaultdict(list)
     judges: dict[tuple[str, int, bool], list[str]] = defaultdict(list)

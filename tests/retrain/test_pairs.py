@@ -196,6 +196,8 @@ def test_a_revoked_tokens_feedback_no_longer_trains(settings: Settings, engine: 
     assert {p.pmid for p in ps.pairs if p.kind == "feedback"} == {5004}
     assert ps.feedback_experts == {"bob": 1}
     assert (before.feedback_excluded, ps.feedback_excluded) == (0, 2)
+    later = mine_pairs(settings, since=dt.datetime.now(dt.UTC), fresh_size=20)
+    assert later.feedback_excluded == 0  # judgements before the window are not its concern
     from retrain.run import retrain
 
     report = retrain(
