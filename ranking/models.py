@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, desc, select
+from sqlalchemy import Connection, Engine, desc, select
 
 from litpulse.core.schema import index_versions, model_versions
 from litpulse.core.states import IndexStatus, ModelStatus
@@ -21,15 +21,20 @@ from litpulse.core.states import IndexStatus, ModelStatus
 __all__ = ["active_model_row", "newest_index_row", "published_index_row"]
 
 
-def active_model_row(engine: Engine) -> Any:
-    """The newest ``model_versions`` row with status ``active``, or ``None`` (base model)."""
-    with engine.connect() as conn:
-        return conn.execute(
-            select(model_versions)
-            .where(model_versions.c.status == ModelStatus.ACTIVE)
-            .order_by(desc(model_versions.c.promoted_at), desc(model_versions.c.created_at))
-            .limit(1)
-        ).first()
+def active_model_row(bind: Engine | Connection) -> Any:
+    """The newest ``model_versions`` row with status ``active``, or ``None`` (base model).
+
+    ``bind``: the store, or a connection whose transaction the read belongs to."""
+    query = (
+        select(model_versions)
+        .where(model_versions.c.status == ModelStatus.ACTIVE)
+        .order_by(desc(model_versions.c.promoted_at), desc(model_versions.c.created_at))
+        .limit(1)
+    )
+    if isinstance(bind, Connection):
+        return bind.execute(query).first()
+    with bind.connect() as conn:
+        return conn.execute(query).first()
 
 
 def published_index_row(engine: Engine) -> Any:

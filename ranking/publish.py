@@ -31,20 +31,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, delete, desc, insert, select, update
+from sqlalchemy import Connection, Engine, delete, desc, insert, select, text, update
 
 from litpulse.core import db
-from litpulse.core.errors import LeaseLostError, LitpulseError, NotFoundError
-from litpulse.core.schema import index_versions
+from litpulse.core.errors import ConsistencyError, LeaseLostError, LitpulseError, NotFoundError
+from litpulse.core.schema import index_versions, model_versions
 from litpulse.core.settings import Settings
 from litpulse.core.states import IndexStatus
 from litpulse.core.timeutil import iso
 from ranking import index_files
-from ranking.embed import ModelSpec, active_model, base_record
+from ranking.embed import BASE_MODEL_ID, ModelSpec, active_model, base_record
 from ranking.faiss_ops import index_kind
 from ranking.index_store import newest_date
 from ranking.lexical import LexicalPlan
-from ranking.models import published_index_row
+from ranking.models import active_model_row, published_index_row
 
 __all__ = [
     "KEEP_VERSIONS",
@@ -55,6 +55,7 @@ __all__ = [
     "IndexReport",
     "PublishContext",
     "acquire_publish_lease",
+    "check_model_active",
     "publish",
     "rollback_index",
 ]
@@ -159,6 +160,34 @@ def acquire_publish_lease(engine: Engine) -> db.Lease:
     return lease
 
 
+def check_model_active(conn: Connection, spec: ModelSpec) -> None:
+    """Make sure ``spec`` is still the active model version.
+
+    A promotion or rollback switches the model in a transaction of its own and holds no
+    index lease while it does (a deferred promotion, the Airflow retrain DAG's, holds
+    none at all): a refresh that read the active model before the switch (a re-run
+    ``litpulse models promote`` finishing a re-index, ``litpulse index refresh``) must
+    not publish the index it built for the model switched out, as if it were current.
+    :func:`publish` asks inside the transaction that flips the rows, the table locked
+    against switches until it commits (PostgreSQL; on SQLite the lease's renewal holds
+    the database's write lock already).
+
+    Raises:
+        ConsistencyError: Another model version is active now; the caller publishes
+            nothing (the newly active model's own re-index publishes its index).
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(f"LOCK TABLE {model_versions.name} IN SHARE MODE"))
+    row = active_model_row(conn)
+    active = row.id if row is not None else BASE_MODEL_ID
+    if active != spec.id:
+        raise ConsistencyError(
+            f"model {active} became active while an index was built for model {spec.id}: "
+            f"nothing published (the re-index for {active} publishes its index: the "
+            "litpulse_reindex DAG after a deferred promotion, else `litpulse index refresh`)"
+        )
+
+
 def _new_id() -> str:
     return f"ix-{db.utcnow():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
 
@@ -172,6 +201,8 @@ def publish(ctx: PublishContext, index: Any, ids: np.ndarray, meta_extra: dict[s
     Raises:
         LeaseLostError: The lease was taken over; nothing was published and the written
             files are removed.
+        ConsistencyError: Another model version than ``ctx.spec`` is active now
+            (:func:`check_model_active`); the same.
     """
     import faiss
 
@@ -211,6 +242,7 @@ def publish(ctx: PublishContext, index: Any, ids: np.ndarray, meta_extra: dict[s
     try:
         with ctx.engine.begin() as conn:
             ctx.lease.verify(conn)  # still ours, and no takeover until this commits
+            check_model_active(conn, ctx.spec)  # and no model switch either
             conn.execute(
                 update(index_versions).where(index_versions.c.status == IndexStatus.PUBLISHED)
                 .values(status=IndexStatus.RETIRED)
@@ -221,7 +253,7 @@ def publish(ctx: PublishContext, index: Any, ids: np.ndarray, meta_extra: dict[s
                 parent_id=meta["parent_id"], details=meta, created_at=now,
                 published_at=db.utcnow(),
             ))
-    except LeaseLostError:
+    except (LeaseLostError, ConsistencyError):
         shutil.rmtree(path, ignore_errors=True)  # no row names it
         raise
     if ctx.lease.renew():  # pruning is the holder's job; a lost lease leaves it to the next

@@ -53,7 +53,13 @@ from ranking.faiss_ops import (
 )
 from ranking.lexical import LexicalPlan, has_lexical, plan_lexical
 from ranking.models import published_index_row
-from ranking.publish import IndexReport, PublishContext, acquire_publish_lease, publish
+from ranking.publish import (
+    IndexReport,
+    PublishContext,
+    acquire_publish_lease,
+    check_model_active,
+    publish,
+)
 
 __all__ = ["DRIFT_FACTOR", "refresh_index"]
 
@@ -83,7 +89,9 @@ def refresh_index(settings: Settings, *, rebuild: bool = False, progress: bool =
         ConsistencyError: The base model changed since the published index of the active
             model version, or the kept version an update would start from, was built
             (``LITPULSE_MODEL``): only ``rebuild`` (embedding) goes on, embedding every
-            article again.
+            article again. Or another model version became active while this refresh
+            embedded or built (:func:`ranking.publish.check_model_active`): nothing
+            was published.
         IndexBusyError: Another process is publishing (the lease is held).
         LeaseLostError: Another process took the lease over meanwhile; nothing was
             published.
@@ -96,6 +104,8 @@ def refresh_index(settings: Settings, *, rebuild: bool = False, progress: bool =
         published = published_index_row(engine)
         _base_current(engine, spec, rebuild=rebuild and embed)
         embedded = embed_pending(settings, spec, progress, engine=engine) if embed else 0
+        with engine.connect() as conn:  # switched out while embedding: build nothing
+            check_model_active(conn, spec)
         ctx = PublishContext(
             settings=settings, engine=engine, lease=lease, spec=spec, published=published,
             watermark=index_store.watermark(engine, spec.id), embedded=embedded, t0=t0,

@@ -29,6 +29,7 @@ from litpulse.core.settings import Settings
 from ranking import faiss_ops, index_files, lexical, publish, refresh
 from ranking import index_status as ix_status
 from ranking.embed import vector_to_bytes
+from ranking.models import published_index_row
 
 D = 16
 
@@ -723,6 +724,33 @@ def test_a_revision_committed_during_a_refresh_is_taken_by_the_next(
     assert top1(pub, _vec(2, salt=1))[1] == 2
     assert [p for p, _ in pub.lexical.search("zebrafish", 3)] == [2]
     assert ix_status.check_consistency(settings)["ok"]
+
+
+def test_a_model_switched_while_the_files_are_written_gets_no_index(
+    settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A promotion or rollback switches the model under no index lease (the retrain DAG's
+    deferred one). A refresh that built for the model switched out meanwhile publishes
+    nothing, and leaves no folder behind: the new model's re-index publishes."""
+    add_articles(engine, [1, 2, 3], models=("base", "m2"))
+    before = refresh.refresh_index(settings, embed=False)
+    add_articles(engine, [9], models=("base", "m2"))
+    real = lexical.LexicalPlan.write
+
+    def racing(self: lexical.LexicalPlan, folder: Path) -> dict[str, object]:
+        _activate(engine, "m2", settings)  # promote(..., reindex=defer_reindex)
+        return real(self, folder)
+
+    monkeypatch.setattr(lexical.LexicalPlan, "write", racing)
+    with pytest.raises(ConsistencyError, match="model m2 became active"):
+        refresh.refresh_index(settings, embed=False)
+    monkeypatch.undo()
+    row = published_index_row(engine)
+    assert row.id == before.id and row.model_version == "base"
+    folders = {p.name for p in index_files.indexes_dir(settings).iterdir()}
+    assert folders == {Path(before.path).name}, folders
+    done = refresh.refresh_index(settings, embed=False)  # the re-index for m2
+    assert done.published and done.model_version == "m2" and done.size == 4
 
 
 # ------------------------------------------- finding: the check shares the watermark

@@ -332,8 +332,6 @@ def test_an_unknown_reindex_dag_is_no_reindex_coming(settings: Settings, engine:
 # ------------------------------- a re-run promotion racing a promotion of another version
 
 
-@pytest.mark.xfail(strict=True, reason="a finishing re-index publishes an index for a model "
-                   "switched out meanwhile and the re-run promotion reports success")
 def test_a_rerun_promotion_never_publishes_for_a_model_switched_out_meanwhile(
     settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
