@@ -40,11 +40,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import Engine, and_, func, or_, select
+from sqlalchemy import Connection, Engine, and_, delete, func, or_, select
 
 from litpulse.core import db
 from litpulse.core.errors import ConfigError, ConsistencyError, NotFoundError
-from litpulse.core.schema import articles, embeddings, model_versions
+from litpulse.core.schema import articles, checkpoints, embeddings, model_versions
 from litpulse.core.settings import DEFAULT_MODEL, Settings
 from litpulse.core.states import Device, Precision
 from ranking.models import active_model_row, newest_index_row, published_index_row
@@ -67,7 +67,11 @@ __all__ = [
     "base_record",
     "base_records",
     "check_stored_base",
+    "clear_rebuild",
     "legacy_base_record",
+    "mark_rebuild",
+    "rebuild_changed",
+    "rebuild_record",
     "stored_base_changed",
     "embed_pending",
     "embed_texts",
@@ -87,6 +91,8 @@ BASE_MODEL_ID = "base"
 MIN_COSINE = 0.99
 #: Articles read, embedded and written per database round trip.
 CHUNK = 1024
+#: ``checkpoints`` scope of an embedding rebuild under way (:func:`rebuild_record`).
+REBUILD_SCOPE = "embedding-rebuild"
 
 _PROBES = (
     "Statins and the risk of dementia.",
@@ -259,9 +265,67 @@ def base_records(engine: Engine, spec: ModelSpec) -> list[Any]:
     return rows
 
 
+def rebuild_record(bind: Engine | Connection, model_version: str) -> dict[str, Any] | None:
+    """The base model (:func:`base_record`) an embedding rebuild of ``model_version``
+    writes the vectors of, or ``None`` when no rebuild is under way.
+
+    A rebuild (``litpulse index refresh --rebuild`` after ``LITPULSE_MODEL`` changed) drops
+    the stored vectors of the model version and records this in the same transaction
+    (:func:`mark_rebuild`); publishing an index of that base model removes the record
+    (:func:`clear_rebuild`). While it stands, the stored vectors of the model version are
+    of that base model, whatever its index versions record: a rebuild cut short (killed,
+    OOM) is resumed by the next refresh or embedding with that model (the nightly's too),
+    and refused with another (:func:`rebuild_changed`).
+    """
+    query = select(checkpoints.c.value).where(checkpoints.c.scope == REBUILD_SCOPE,
+                                              checkpoints.c.key == model_version)
+    if isinstance(bind, Connection):
+        value = bind.execute(query).scalar()
+    else:
+        with bind.connect() as conn:
+            value = conn.execute(query).scalar()
+    return dict(value) if value else None
+
+
+def mark_rebuild(conn: Connection, spec: ModelSpec) -> None:
+    """Record, inside the transaction that drops the stored vectors of ``spec``, that
+    they are rebuilt with its base model (:func:`rebuild_record`)."""
+    db.upsert(conn, checkpoints, [{
+        "scope": REBUILD_SCOPE, "key": spec.id, "status": "running",
+        "value": base_record(spec.base_model), "updated_at": db.db_now(conn),
+    }], keys=("scope", "key"))
+
+
+def clear_rebuild(conn: Connection, model_version: str) -> None:
+    """Remove the rebuild record of ``model_version`` (inside the transaction that
+    publishes an index of its base model)."""
+    conn.execute(delete(checkpoints).where(checkpoints.c.scope == REBUILD_SCOPE,
+                                           checkpoints.c.key == model_version))
+
+
+def rebuild_changed(record: dict[str, Any], spec: ModelSpec) -> str | None:
+    """Why the vectors a rebuild cut short stored (``record``: :func:`rebuild_record`)
+    are not of ``spec``'s base model as configured now, or ``None`` (resume it)."""
+    if base_model_changed({"base_model": record}, spec) is None:
+        return None
+    was = record.get("path")
+    return (
+        f"an embedding rebuild of model {spec.id} with {was} was cut short: the stored "
+        f"vectors of {spec.id} are of that model, not of {spec.base_model} (LITPULSE_MODEL): "
+        f"set LITPULSE_MODEL back to {was} and run `litpulse index refresh` to finish the "
+        "rebuild (the vectors embedded are kept), or run `litpulse index refresh --rebuild` "
+        f"to embed every article with {spec.base_model}"
+    )
+
+
 def stored_base_changed(engine: Engine, spec: ModelSpec) -> str | None:
-    """Why the index versions of ``spec`` (:func:`base_records`) were built with another
-    base model than ``spec``'s as configured now (``LITPULSE_MODEL``), or ``None``."""
+    """Why the stored vectors of ``spec`` are of another base model than ``spec``'s as
+    configured now (``LITPULSE_MODEL``), or ``None``: the rebuild under way says which
+    (:func:`rebuild_record`), else the index versions of ``spec``
+    (:func:`base_records`) do."""
+    record = rebuild_record(engine, spec.id)
+    if record is not None:
+        return rebuild_changed(record, spec)
     for row in base_records(engine, spec):
         changed = base_model_changed(row.details, spec)
         if changed is not None:

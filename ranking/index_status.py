@@ -18,7 +18,14 @@ from litpulse.core.errors import ConsistencyError
 from litpulse.core.schema import articles, embeddings, index_versions
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import iso
-from ranking.embed import active_model, base_model_changed, count_pending
+from ranking.embed import (
+    ModelSpec,
+    active_model,
+    base_model_changed,
+    count_pending,
+    rebuild_changed,
+    rebuild_record,
+)
 from ranking.index_files import PublishedIndex, open_published
 from ranking.index_store import live_ids
 from ranking.lexical import changed_docs, open_lexical_at, read_ids, text_changed_ids
@@ -110,7 +117,7 @@ def check_consistency(settings: Settings, *, sample: int = 10) -> dict[str, Any]
             "`airflow dags trigger litpulse_reindex`)"
         )
     else:
-        changed = base_model_changed(row.details, spec)
+        changed = _rebuild_problem(engine, spec) or base_model_changed(row.details, spec)
         if changed:
             problems.append(changed)
     codec = str(row.details.get("codec") or "flat")
@@ -122,6 +129,19 @@ def check_consistency(settings: Settings, *, sample: int = 10) -> dict[str, Any]
     _check_lexical(engine, row, live, sample, out, problems)
     out["ok"] = not problems
     return out
+
+
+def _rebuild_problem(engine: Engine, spec: ModelSpec) -> str | None:
+    """What an embedding rebuild cut short left (:func:`ranking.embed.rebuild_record`),
+    and what finishes it; ``None`` when none is under way."""
+    record = rebuild_record(engine, spec.id)
+    if record is None:
+        return None
+    return rebuild_changed(record, spec) or (
+        f"an embedding rebuild of model {spec.id} with {spec.base_model} was cut short: the "
+        "published index holds the old base model's vectors until it is finished; the next "
+        "`litpulse index refresh` (the nightly's too) resumes it, keeping the vectors embedded"
+    )
 
 
 def _check_lexical(engine: Engine, row: Any, live: np.ndarray, sample: int,

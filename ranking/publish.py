@@ -40,7 +40,7 @@ from litpulse.core.settings import Settings
 from litpulse.core.states import IndexStatus
 from litpulse.core.timeutil import iso
 from ranking import index_files
-from ranking.embed import BASE_MODEL_ID, ModelSpec, active_model, base_record
+from ranking.embed import BASE_MODEL_ID, ModelSpec, active_model, base_record, clear_rebuild
 from ranking.faiss_ops import index_kind
 from ranking.index_store import newest_date
 from ranking.lexical import LexicalPlan
@@ -243,6 +243,7 @@ def publish(ctx: PublishContext, index: Any, ids: np.ndarray, meta_extra: dict[s
         with ctx.engine.begin() as conn:
             ctx.lease.verify(conn)  # still ours, and no takeover until this commits
             check_model_active(conn, ctx.spec)  # and no model switch either
+            clear_rebuild(conn, ctx.spec.id)  # its vectors are of the base this records
             conn.execute(
                 update(index_versions).where(index_versions.c.status == IndexStatus.PUBLISHED)
                 .values(status=IndexStatus.RETIRED)

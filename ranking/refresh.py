@@ -42,6 +42,9 @@ from ranking.embed import (
     embed_pending,
     legacy_base_record,
     load_encoder,
+    mark_rebuild,
+    rebuild_changed,
+    rebuild_record,
 )
 from ranking.faiss_ops import (
     build_index,
@@ -102,7 +105,7 @@ def refresh_index(settings: Settings, *, rebuild: bool = False, progress: bool =
         spec = active_model(settings, engine)
         lease.check()
         published = published_index_row(engine)
-        _base_current(engine, spec, rebuild=rebuild and embed)
+        resuming = _base_current(engine, spec, rebuild=rebuild and embed)
         embedded = embed_pending(settings, spec, progress, engine=engine) if embed else 0
         with engine.connect() as conn:  # switched out while embedding: build nothing
             check_model_active(conn, spec)
@@ -111,7 +114,7 @@ def refresh_index(settings: Settings, *, rebuild: bool = False, progress: bool =
             watermark=index_store.watermark(engine, spec.id), embedded=embedded, t0=t0,
         )
         live = index_store.live_ids(engine)
-        base = None if rebuild else index_store.base_row(engine, spec.id)
+        base = None if rebuild or resuming else index_store.base_row(engine, spec.id)
         loaded: tuple[Any, np.ndarray, dict[str, Any]] | None = None
         if base is not None:
             try:
@@ -123,13 +126,14 @@ def refresh_index(settings: Settings, *, rebuild: bool = False, progress: bool =
                          if r is not None and has_lexical(r.path)), None)
         lexical = plan_lexical(engine, lex_base, live, rebuild=rebuild)
         lease.check()
-        reason = "asked" if rebuild else _rebuild_reason(ctx, base, meta, len(live))
+        reason = ("asked" if rebuild else "an embedding rebuild cut short, resumed" if resuming
+                  else _rebuild_reason(ctx, base, meta, len(live)))
         if reason is None and loaded is not None:
             return _incremental(ctx, base, loaded, live, lexical)
         return _full(ctx, live, reason, lexical)
 
 
-def _base_current(engine: Engine, spec: ModelSpec, *, rebuild: bool) -> None:
+def _base_current(engine: Engine, spec: ModelSpec, *, rebuild: bool) -> bool:
     """Make sure the stored vectors of ``spec`` are of its base model as configured now.
 
     When an index version of this model version that the refresh builds on or that says
@@ -139,27 +143,44 @@ def _base_current(engine: Engine, spec: ModelSpec, *, rebuild: bool) -> None:
     another base model (``LITPULSE_MODEL`` changed; :func:`ranking.embed.base_model_changed`),
     its vectors and the stored embeddings would be ranked against queries of the new one:
     a rebuild (that embeds) drops those embeddings so every article is embedded again;
-    anything else refuses. Matching records made before the weights' bytes were hashed
-    get the full fingerprint (:func:`_record_fingerprint`).
+    anything else refuses. The drop is recorded (:func:`ranking.embed.mark_rebuild`) until
+    an index of the new base model is published: a rebuild cut short is resumed by the
+    next refresh, ``--rebuild`` or not, keeping what it embedded (and refused under another
+    base model: :func:`ranking.embed.rebuild_changed`). Matching records made before the
+    weights' bytes were hashed get the full fingerprint (:func:`_record_fingerprint`).
+
+    Returns:
+        Whether the index is built anew from the vectors of a rebuild (begun now or cut
+        short before), never updated from a version of the old base model.
 
     Raises:
         ConsistencyError: The base model changed and this is not an embedding rebuild.
     """
-    rows = base_records(engine, spec)
-    kept = index_store.base_row(engine, spec.id)
-    if kept is not None and all(r.id != kept.id for r in rows):
-        rows.append(kept)
-    changed = next((f"index version {r.id} of model {spec.id}: {why}" for r in rows
-                    if (why := base_model_changed(r.details, spec)) is not None), None)
-    if changed is None:
-        for row in rows:
-            _record_fingerprint(engine, row, spec)
-        return
+    record = rebuild_record(engine, spec.id)
+    if record is not None:
+        changed = rebuild_changed(record, spec)
+        if changed is None:
+            logger.warning("resuming the embedding rebuild of model %s with %s cut short: "
+                           "the vectors it embedded are kept", spec.id, spec.base_model)
+            return True
+    else:
+        rows = base_records(engine, spec)
+        kept = index_store.base_row(engine, spec.id)
+        if kept is not None and all(r.id != kept.id for r in rows):
+            rows.append(kept)
+        changed = next((f"index version {r.id} of model {spec.id}: {why}" for r in rows
+                        if (why := base_model_changed(r.details, spec)) is not None), None)
+        if changed is None:
+            for row in rows:
+                _record_fingerprint(engine, row, spec)
+            return False
     if not rebuild:
         raise ConsistencyError(changed)
     with engine.begin() as conn:
         n = conn.execute(delete(embeddings).where(embeddings.c.model_version == spec.id)).rowcount
+        mark_rebuild(conn, spec)
     logger.warning("%s: dropped %d stored embeddings of %s to embed again", changed, n, spec.id)
+    return True
 
 
 def _record_fingerprint(engine: Engine, row: Any, spec: ModelSpec) -> None:
