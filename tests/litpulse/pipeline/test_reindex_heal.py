@@ -391,3 +391,39 @@ def test_a_rerun_promotion_never_publishes_for_a_model_switched_out_meanwhile(
     assert isinstance(error, ConsistencyError) and "m3" in str(error), outcome
     assert registry.active_version(settings).id == "m3"
     assert reindex_pending(settings) is not None  # m3's re-index is still to come
+
+
+@pytest.mark.xfail(strict=True, reason="`models promote`/`rollback` switch the model before "
+                   "they find the index-publish lease held, then switch it back")
+@pytest.mark.parametrize("argv", [["models", "promote", "m3", "--by", "ops"],
+                                  ["models", "rollback", "--by", "ops"]])
+def test_a_promotion_during_an_inline_reindex_switches_nothing(
+    settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch, argv: list[str]
+) -> None:
+    """While a re-index runs in another process under the index-publish lease (a re-run
+    promotion finishing it, `litpulse index refresh`: hours at full size), a promotion or
+    rollback is refused before it touches the registry. It used to switch the model, fail
+    to take the lease, and switch it back: meanwhile a retrain ending its round saw another
+    model active and rejected its candidate, and the re-index's own publication found the
+    model switched out."""
+    from litpulse.core.errors import LitpulseError
+    from ranking.publish import acquire_publish_lease
+    from retrain import registry
+
+    _stalled(settings, engine, promoted_ago=dt.timedelta(hours=3))
+    with engine.begin() as conn:
+        conn.execute(model_versions.insert().values(
+            id="m3", base_model=settings.model_path, adapter_path=None, status="candidate",
+            created_at=db.utcnow()))
+    undone: list[object] = []
+    real = registry._restore
+
+    def spy(engine: Engine, rows: list[registry.ModelVersion]) -> None:
+        undone.extend(r.id for r in rows)  # a switch made, then undone
+        real(engine, rows)
+
+    monkeypatch.setattr(registry, "_restore", spy)
+    with acquire_publish_lease(engine), pytest.raises(LitpulseError, match="index-publish"):
+        _cli(argv, settings)
+    assert undone == []
+    assert registry.active_version(settings).id == "m2"
