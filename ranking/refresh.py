@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -73,7 +74,7 @@ DRIFT_FACTOR = 2.0
 
 
 def refresh_index(settings: Settings, *, rebuild: bool = False, progress: bool = False,
-                  embed: bool = True) -> IndexReport:
+                  embed: bool = True, lease: db.Lease | None = None) -> IndexReport:
     """Bring the published index up to date with the store and the active model.
 
     Args:
@@ -84,6 +85,8 @@ def refresh_index(settings: Settings, *, rebuild: bool = False, progress: bool =
             step of a refresh). ``False`` for callers that ran
             :func:`ranking.embed.embed_pending` as their own step just before (the
             index-refresh DAG, sharded reindexing).
+        lease: The ``index-publish`` lease when the caller holds it already (a promotion
+            takes it before it switches the model); else it is taken here and released.
 
     Returns:
         What was done; ``published`` is ``False`` when nothing had changed.
@@ -95,13 +98,14 @@ def refresh_index(settings: Settings, *, rebuild: bool = False, progress: bool =
             article again. Or another model version became active while this refresh
             embedded or built (:func:`ranking.publish.check_model_active`): nothing
             was published.
-        IndexBusyError: Another process is publishing (the lease is held).
+        IndexBusyError: Another process is publishing (the lease is held; only when
+            ``lease`` is not given).
         LeaseLostError: Another process took the lease over meanwhile; nothing was
             published.
     """
     t0 = time.perf_counter()
     engine = db.connect(settings)
-    with acquire_publish_lease(engine) as lease:
+    with nullcontext(lease) if lease is not None else acquire_publish_lease(engine) as lease:
         spec = active_model(settings, engine)
         lease.check()
         published = published_index_row(engine)

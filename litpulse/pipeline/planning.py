@@ -37,6 +37,7 @@ __all__ = [
     "last_watermark",
     "plan_embedding_shards",
     "promoted_model",
+    "promotion_lease",
     "reindex_now",
     "reindex_pending",
     "refresh_waits_for_reindex",
@@ -313,19 +314,49 @@ def refresh_waits_for_reindex(
     )
 
 
-def finish_reindex(settings: Settings, *, progress: bool = False) -> Any | None:
+def finish_reindex(
+    settings: Settings, *, progress: bool = False, lease: db.Lease | None = None
+) -> Any | None:
     """Finish a pending re-index in this process (:func:`reindex_now`), or ``None`` when
     the published index is the active model's already.
 
     A promotion whose inline re-index was killed left the model switched; running the
     promotion again lands here (the registry finds the model active already). The
-    vectors the killed run wrote are kept: only the rest is embedded.
+    vectors the killed run wrote are kept: only the rest is embedded. ``lease``: the
+    ``index-publish`` lease the caller took before it read the registry.
     """
     pending = reindex_pending(settings)
     if pending is None:
         return None
     logger.warning("finishing the pending re-index: %s", pending)
-    return reindex_now(settings, progress=progress)
+    return reindex_now(settings, progress=progress, lease=lease)
+
+
+def promotion_lease(settings: Settings) -> db.Lease:
+    """The ``index-publish`` lease a promotion or rollback run in this process takes
+    before it switches the model, and holds through its re-index (:func:`reindex_now`).
+
+    Taken after the switch (by the re-index itself), a lease held by a re-index already
+    running (a re-run promotion finishing one, ``litpulse index refresh``: hours at full
+    size) failed the promotion only once the model was switched, and the switch was undone:
+    meanwhile a retrain ending its round saw another model active and rejected its
+    candidate, and the running re-index found its model switched out.
+
+    Raises:
+        IndexBusyError: Another process re-indexes or publishes; nothing was switched.
+    """
+    from ranking.publish import LEASE_NAME, IndexBusyError, acquire_publish_lease
+
+    engine = db.connect(settings)
+    try:
+        return acquire_publish_lease(engine)
+    except IndexBusyError:
+        holder = db.live_holder(engine, LEASE_NAME)
+        raise IndexBusyError(
+            f"another process is re-indexing or publishing the index (lease {LEASE_NAME} "
+            f"held by {holder or 'a process of another host'}): nothing was switched; run "
+            "this again once it has ended"
+        ) from None
 
 
 def defer_reindex(settings: Settings) -> dict[str, Any]:
@@ -434,17 +465,20 @@ def lexical_negatives(settings: Settings) -> LexicalSearch | None:
     return index.search
 
 
-def reindex_now(settings: Settings, *, progress: bool = False) -> Any:
+def reindex_now(
+    settings: Settings, *, progress: bool = False, lease: db.Lease | None = None
+) -> Any:
     """The ``reindex`` step of a promotion or rollback run in this process.
 
     A model without a kept index gets a full build; one whose index files are still kept
     (a rollback, a re-promotion) has that index brought up to date and republished. The
     cached encoders are dropped so that searches load the newly active model.
-    ``progress`` shows the embedding's bar on stderr.
+    ``progress`` shows the embedding's bar on stderr. ``lease``: the ``index-publish``
+    lease when the caller took it before switching the model (:func:`promotion_lease`).
     """
     from ranking.embed import clear_cache
     from ranking.refresh import refresh_index
 
-    report = refresh_index(settings, progress=progress)
+    report = refresh_index(settings, progress=progress, lease=lease)
     clear_cache()
     return report

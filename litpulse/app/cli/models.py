@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import getpass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from litpulse.app.cli._common import (
     add_json,
@@ -18,6 +19,9 @@ from litpulse.app.cli._common import (
 )
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import iso
+
+if TYPE_CHECKING:
+    from litpulse.core.db import Lease
 
 
 def register(sub: Any) -> None:
@@ -256,17 +260,18 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_promote(args: argparse.Namespace, settings: Settings) -> int:
-    from litpulse.pipeline.planning import finish_reindex, reindex_now
+    from litpulse.pipeline.planning import finish_reindex, promotion_lease, reindex_now
     from retrain.registry import promote
 
-    result = promote(
-        settings, args.id, by=_who(args.by), reason=args.reason, reindex=reindex_now
-    )
-    finished = None
-    if not result["changed"]:  # active already: an earlier promotion's re-index was killed?
-        finished = finish_reindex(settings, progress=show_progress() and not args.json)
-        if finished is not None:
-            result["index"] = finished.to_dict()
+    with promotion_lease(settings) as lease:  # before the switch: see promotion_lease
+        result = promote(settings, args.id, by=_who(args.by), reason=args.reason,
+                         reindex=functools.partial(reindex_now, lease=lease))
+        finished = None
+        if not result["changed"]:  # active already: an earlier promotion's re-index killed?
+            finished = finish_reindex(settings, progress=show_progress() and not args.json,
+                                      lease=lease)
+            if finished is not None:
+                result["index"] = finished.to_dict()
     if args.json:
         print_json(result)
     elif finished is not None:
@@ -280,6 +285,13 @@ def run_promote(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    from litpulse.pipeline.planning import promotion_lease
+
+    with promotion_lease(settings) as lease:  # before the switch: see promotion_lease
+        return _rollback(args, settings, lease)
+
+
+def _rollback(args: argparse.Namespace, settings: Settings, lease: Lease) -> int:
     from litpulse.core.states import ModelEvent
     from litpulse.pipeline.planning import finish_reindex, reindex_now, reindex_pending
     from retrain.registry import active_version, rollback
@@ -294,7 +306,8 @@ def run_rollback(args: argparse.Namespace, settings: Settings) -> int:
     ):
         # the last rollback was cut short while re-indexing (killed, OOM): running the
         # command again finishes it, as a re-run promotion does, instead of a step further
-        finished = finish_reindex(settings, progress=show_progress() and not args.json)
+        finished = finish_reindex(settings, progress=show_progress() and not args.json,
+                                  lease=lease)
         if args.json:
             print_json({"model": active.id, "rolled_back": None, "finished_reindex":
                         finished.to_dict() if finished is not None else None})
@@ -304,7 +317,8 @@ def run_rollback(args: argparse.Namespace, settings: Settings) -> int:
                                           if finished is not None else "")
                   + " (`--further` rolls back one more step)")
         return 0
-    result = rollback(settings, by=_who(args.by), reason=args.reason, reindex=reindex_now)
+    result = rollback(settings, by=_who(args.by), reason=args.reason,
+                      reindex=functools.partial(reindex_now, lease=lease))
     if args.json:
         print_json(result)
     else:

@@ -393,8 +393,6 @@ def test_a_rerun_promotion_never_publishes_for_a_model_switched_out_meanwhile(
     assert reindex_pending(settings) is not None  # m3's re-index is still to come
 
 
-@pytest.mark.xfail(strict=True, reason="`models promote`/`rollback` switch the model before "
-                   "they find the index-publish lease held, then switch it back")
 @pytest.mark.parametrize("argv", [["models", "promote", "m3", "--by", "ops"],
                                   ["models", "rollback", "--by", "ops"]])
 def test_a_promotion_during_an_inline_reindex_switches_nothing(
