@@ -270,6 +270,16 @@ def run_promote(args: argparse.Namespace, settings: Settings) -> int:
         if not result["changed"]:  # active already: an earlier promotion's re-index killed?
             finished = finish_reindex(settings, progress=show_progress() and not args.json,
                                       lease=lease)
+            if finished is not None and finished.model_version != args.id:
+                from litpulse.core.errors import ConsistencyError
+
+                raise ConsistencyError(
+                    f"{args.id} is no longer the active model: {finished.model_version} "
+                    "was promoted while this command ran (the retrain DAG's promotion "
+                    f"takes no lease); the index it published, {finished.id}, is "
+                    f"{finished.model_version}'s (`litpulse models promote {args.id}` "
+                    f"makes {args.id} active again)"
+                )
             if finished is not None:
                 result["index"] = finished.to_dict()
     if args.json:

@@ -427,8 +427,6 @@ def test_a_promotion_during_an_inline_reindex_switches_nothing(
     assert registry.active_version(settings).id == "m2"
 
 
-@pytest.mark.xfail(strict=True, reason="the re-run promotion says it finished its model's "
-                   "re-index when the index it published is another model's")
 def test_a_rerun_promotion_never_reports_another_models_index_as_its_own(
     settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
