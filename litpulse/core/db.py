@@ -360,7 +360,8 @@ def bulk_upsert(
     """:func:`upsert` through the driver's bulk path: one set-based statement per call.
 
     PostgreSQL: the rows are ``COPY``-ed into a temporary staging table shaped like
-    ``table`` and merged with one ``INSERT … SELECT … ON CONFLICT``. SQLite: one
+    ``table`` (with its columns' compression) and merged with one ``INSERT … SELECT …
+    ON CONFLICT``. SQLite: one
     ``executemany`` of ``INSERT … ON CONFLICT`` (in-process, no round trips). Values go
     through the columns' own bind conversions (dates, UTC timestamps, booleans), so the
     stored values are those :func:`upsert` stores.
@@ -391,8 +392,12 @@ def bulk_upsert(
     conflict = f"ON CONFLICT ({', '.join(q.quote(k) for k in keys)}) {action}"
     if conn.dialect.name == "postgresql":
         stage = q.quote(f"_stage_{table.name}")
+        # with the table's column compression (PostgreSQL 14+): a staged value is compressed
+        # once, as the table stores it, not with pglz here and again when it is merged
+        version = conn.dialect.server_version_info or (0,)
+        like = " INCLUDING COMPRESSION" if version >= (14,) else ""
         conn.exec_driver_sql(
-            f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {name}) ON COMMIT DELETE ROWS"
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {name}{like}) ON COMMIT DELETE ROWS"
         )
         conn.exec_driver_sql(f"TRUNCATE {stage}")
         _copy(conn, stage, col_sql, values, _binary_types(conn, table, cols))

@@ -181,7 +181,6 @@ def test_bulk_insert_and_upsert_store_what_sqlalchemy_stores(settings: Settings)
     assert got[4][3] == t0 and got[5][3] == t0
 
 
-@pytest.mark.xfail(strict=True, reason="staged LIKE articles without its compression")
 def test_the_postgresql_staging_table_compresses_as_its_table(settings: Settings) -> None:
     """The staging table of an upsert keeps the target's column compression (lz4 where
     the server has it): a staged row is compressed once, with the method the table
