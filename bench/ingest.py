@@ -39,7 +39,8 @@ default) a further child runs the SQLite ingest with the parse in-process
 cumulative and by self time are printed, each tagged parse or store, with the parse/store
 split and a breakdown of the store's phases. Never pass/fail; the machine is shared, so
 the load average is printed, and ``--repeat N`` runs the paths N times interleaved and
-shows each one's run of median wall time.
+shows each one's run of median wall time, and under the table each path's ratio to the
+anchor round by round (against the anchor's run of the same round) with their median.
 
     python -m bench.ingest --records 20000
 """
@@ -430,6 +431,30 @@ def _median(runs: list[dict[str, float] | str]) -> dict[str, float] | str:
     return done[len(done) // 2] if done else runs[-1]
 
 
+def _paired(runs: dict[str, list[dict[str, float] | str]]) -> str:
+    """Each path's wall ratio to the anchor *round by round* (each against the anchor's run
+    of the same round, which ran minutes apart at most), and their median: on a machine
+    whose speed drifts, a steadier figure than the ratio of two median runs. Empty without
+    the anchor or with one round."""
+    anchors = runs.get(ANCHOR, [])
+    if len(anchors) < 2:
+        return ""
+    out = ["ours ÷ anchor (wall), round by round (median):"]
+    for name, got in runs.items():
+        if name == ANCHOR:
+            continue
+        ratios = [
+            (r["n"] / r["wall"]) / (a["n"] / a["wall"])
+            for r, a in zip(got, anchors, strict=True)
+            if isinstance(r, dict) and isinstance(a, dict)
+        ]
+        if ratios:
+            each = ", ".join(f"{x:.2f}" for x in ratios)
+            mid = sorted(ratios)[(len(ratios) - 1) // 2 : len(ratios) // 2 + 1]
+            out.append(f"- {LABELS[name]}: {each} ({sum(mid) / len(mid):.2f}×)")
+    return "\n".join(out) + "\n" if len(out) > 1 else ""
+
+
 def _split_corpus(workdir: Path, records: int, seed: int) -> str:
     """The same number of records as :data:`SCALE_FILES` files (``os.pathsep``-joined)."""
     from litpulse.app.demo.generate import generate_corpus
@@ -494,6 +519,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat > 1:
         sys.stdout.write(f"each row: the run of median wall time of {args.repeat}, interleaved\n\n")
     sys.stdout.write(_table(results))
+    paired = _paired(runs)
+    if paired:
+        sys.stdout.write(f"\n{paired}")
     sys.stdout.write(f"\nload average {os.getloadavg()[0]:.1f} after the table\n")
 
     if args.profile:
