@@ -52,6 +52,7 @@ import contextlib
 import json
 import os
 import pstats
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -450,8 +451,7 @@ def _paired(runs: dict[str, list[dict[str, float] | str]]) -> str:
         ]
         if ratios:
             each = ", ".join(f"{x:.2f}" for x in ratios)
-            mid = sorted(ratios)[(len(ratios) - 1) // 2 : len(ratios) // 2 + 1]
-            out.append(f"- {LABELS[name]}: {each} ({sum(mid) / len(mid):.2f}×)")
+            out.append(f"- {LABELS[name]}: {each} ({statistics.median(ratios):.2f}×)")
     return "\n".join(out) + "\n" if len(out) > 1 else ""
 
 
