@@ -25,7 +25,9 @@ asked in vain; then they are given up and reported (``litpulse status``, ``litpu
 missing``). A record of an EFetch answer that is not
 well-formed (an unescaped ``&``, an unclosed tag) is quarantined like one of a file,
 under its PMID, and the rest of the answer is stored; only an answer that is empty, cut
-short (no closing ``</PubmedArticleSet>``) or an error document is retried.
+short (no closing ``</PubmedArticleSet>``) or an error document is retried, unless its
+``<ERROR>`` names a fault of the request (well-formed or not: NCBI echoes the request
+into it), which fails at once (:func:`classify_eutils_error`).
 
 **Resuming.** Progress is checkpointed in ``checkpoints`` (scope ``eutils``): the PMID
 list of the window (key ``<window>[|q=<hash>]#search``, status ``searched`` while the
@@ -109,6 +111,22 @@ _INVALID_HINTS = (
 )
 
 
+#: An ``<ERROR>`` element's text, looked for in the first bytes of a body that is not
+#: well-formed (NCBI echoes the request into it: an unescaped ``&`` breaks the XML).
+_ERROR_RE = re.compile(rb"<ERROR>(.*?)</ERROR>", re.DOTALL)
+_ERROR_SCAN = 1 << 16
+
+
+def _unparseable(body: bytes, where: str, exc: etree.XMLSyntaxError, what: str) -> LitpulseError:
+    """The exception for a body that is not well-formed: an ``<ERROR>`` in it classified
+    by :func:`classify_eutils_error` (a bad request is not retried as a glitch), else
+    transient."""
+    m = _ERROR_RE.search(body, 0, _ERROR_SCAN)
+    if m is not None:
+        return classify_eutils_error(where, m.group(1).decode("utf-8", "replace"))
+    return TransientSourceError(f"{where}: {what} ({exc.msg})")
+
+
 def classify_eutils_error(where: str, message: str) -> LitpulseError:
     """The exception for an ``<ERROR>`` found in an HTTP 200 E-utilities body.
 
@@ -152,7 +170,7 @@ def parse_esearch(body: bytes, *, where: str = "esearch") -> SearchResult:
     try:
         root = etree.fromstring(body, _XML)
     except etree.XMLSyntaxError as exc:
-        raise TransientSourceError(f"{where}: unparseable body ({exc.msg})") from None
+        raise _unparseable(body, where, exc, "unparseable body") from None
     if root.tag != "eSearchResult":
         raise TransientSourceError(f"{where}: unexpected document <{root.tag}>")
     error = root.findtext("ERROR")
@@ -352,7 +370,8 @@ def _check_efetch_body(body: bytes, where: str) -> None:
 
     An empty body, one cut short (it does not end with ``</PubmedArticleSet>``) and
     anything else that is not XML is transient; an error document (``<ERROR>``, in an
-    ``eFetchResult`` or not) is classified by :func:`classify_eutils_error`. A whole
+    ``eFetchResult`` or not, well-formed or not) is classified by
+    :func:`classify_eutils_error`. A whole
     ``PubmedArticleSet`` whose records are not all well-formed passes: the parser
     quarantines each bad record and keeps the others (one record must not fail the
     window).
@@ -373,7 +392,7 @@ def _check_efetch_body(body: bytes, where: str) -> None:
                 where, exc.msg,
             )  # fmt: skip
             return
-        raise TransientSourceError(f"{where}: unparseable or truncated body ({exc.msg})") from None
+        raise _unparseable(body, where, exc, "unparseable or truncated body") from None
     error = root.findtext("ERROR")
     if error is not None:
         raise classify_eutils_error(where, error)

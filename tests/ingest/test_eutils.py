@@ -105,8 +105,7 @@ def test_parse_esearch_result() -> None:
          TransientSourceError),
         # an error document that is not well-formed (the echoed term's '&' unescaped): the
         # ERROR still says what is wrong, so a bad request is not retried as a glitch
-        pytest.param(_doc("<ERROR>Invalid query syntax near 'a&b'</ERROR>"), InvalidRequestError,
-                     marks=pytest.mark.xfail(strict=True, reason="retried as transient")),
+        (_doc("<ERROR>Invalid query syntax near 'a&b'</ERROR>"), InvalidRequestError),
         (_doc("<ERROR>Search Backend failed: 'a&b' timed out</ERROR>"), TransientSourceError),
     ],
 )
@@ -617,9 +616,8 @@ _WHOLE_WITH_BAD = _efetch_body(*_records(1), _malformed(2, dt.date(2024, 1, 2)),
         # not a PubmedArticleSet, though it ends like one
         (b"<html>" + _WHOLE_WITH_BAD.split(b"<PubmedArticleSet>", 1)[1], TransientSourceError),
         # error documents that are not well-formed: their ERROR still classifies them
-        pytest.param(b'<?xml version="1.0" ?><eFetchResult><ERROR>Invalid id list: 1&2</ERROR>'
-                     b"</eFetchResult>", InvalidRequestError,
-                     marks=pytest.mark.xfail(strict=True, reason="retried as transient")),
+        (b'<?xml version="1.0" ?><eFetchResult><ERROR>Invalid id list: 1&2</ERROR>'
+         b"</eFetchResult>", InvalidRequestError),
         (b'<?xml version="1.0" ?>\n<eFetchResult>\n\t<ERROR>Unable to obtain query #1 & '
          b"WebEnv</ERROR>\n</eFetchResult>", TransientSourceError),
     ],
