@@ -85,7 +85,7 @@ def _child(root: str, workers: int, counts: str = "deferred", url: str = "") -> 
     t0, c0 = time.perf_counter(), time.process_time()
     report = load_files(settings, workers=workers, defer_counts=counts == "deferred")
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    tree_mb, descendants_cpu = sampler.stop()
+    tree_mb, descendants_cpu, _alone = sampler.stop()
     out = {
         "store_bytes": _store_bytes(engine) - empty,
         "articles": _articles(engine),

@@ -140,6 +140,11 @@ class TreeSampler:
     every :attr:`EVERY_S` (their own ``/proc`` entries); the last CPU times of each are
     kept. The sampler runs in the measured process, so its own CPU counts as the
     writer's: walking the tree every 50 ms took ~5 % of a core, this ~2 %.
+
+    It also notes the last reading at which a parse worker (a grandchild: the forkserver's
+    child) had used more CPU than at the reading before: :meth:`stop` gives how long the
+    writer (and the database server) went on alone after the parse was done, to within
+    :attr:`EVERY_S` — the stretch where one of two cores has nothing to do.
     """
 
     #: Seconds between two readings of the known processes.
@@ -155,6 +160,7 @@ class TreeSampler:
         self.me = psutil.Process()
         self.peak = 0
         self.cpu: dict[int, float] = {}
+        self.parsing: float | None = None  # monotonic time a parse worker was last busy
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -175,16 +181,22 @@ class TreeSampler:
                 with contextlib.suppress(psutil.Error):
                     total += child.memory_info().rss
                     t = child.cpu_times()
-                    self.cpu[child.pid] = t.user + t.system
+                    used = t.user + t.system
+                    if used > self.cpu.get(child.pid, 0.0) and child.ppid() != self.me.pid:
+                        self.parsing = now
+                    self.cpu[child.pid] = used
             self.peak = max(self.peak, total)
             if self._stop.wait(self.EVERY_S):
                 return
 
-    def stop(self) -> tuple[float, float]:
-        """(peak RSS MiB of the tree, CPU s of the descendants)."""
+    def stop(self) -> tuple[float, float, float | None]:
+        """(peak RSS MiB of the tree, CPU s of the descendants, seconds from the last
+        reading with a busy parse worker to now: ``None`` without parse workers)."""
+        end = time.monotonic()
         self._stop.set()
         self._thread.join()
-        return self.peak / 2**20, sum(self.cpu.values())
+        alone = None if self.parsing is None else max(0.0, end - self.parsing)
+        return self.peak / 2**20, sum(self.cpu.values()), alone
 
 
 def _ingest(
@@ -203,9 +215,11 @@ def _ingest(
     t0, c0 = time.perf_counter(), time.process_time()
     counts = ingest_files(settings, paths, workers=workers, stripe=stripe)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    tree_mb, workers_cpu = sampler.stop()
+    tree_mb, workers_cpu, alone = sampler.stop()
     out = {"n": counts.inserted + counts.updated, "wall": wall, "cpu": cpu + workers_cpu,
            "writer_cpu": cpu, "workers_cpu": workers_cpu, "tree_mb": tree_mb}  # fmt: skip
+    if alone is not None:
+        out["alone"] = alone
     if server0 is not None:
         server1 = _server_cpu(engine) or {}
         out["server_cpu"] = sum(t - server0.get(pid, 0.0) for pid, t in server1.items())
@@ -335,13 +349,14 @@ def _table(results: dict[str, dict[str, float] | str]) -> str:
         "| path | records | wall s | CPU s | records/s (wall) | records/s (CPU) "
         "| peak RSS MiB (writer / all processes) | ours ÷ anchor (wall) | ours ÷ anchor (CPU) "
         "| CPU s writer / parse workers | anchor ÷ busiest process (CPU) "
-        "| CPU µs per record: worker / writer / server |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| CPU µs per record: worker / writer / server | store alone at the end s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results.items():
         if isinstance(r, str):
-            rows.append(f"| {LABELS[name]} | — | — | — | — | — | — | {r} | | | | |")
+            rows.append(f"| {LABELS[name]} | — | — | — | — | — | — | {r} | | | | | |")
             continue
+        alone = f"{r['alone']:.1f}" if "alone" in r else "—"
         split = busiest = per_record = "—"
         if "writer_cpu" in r:
             server = f"{1e6 * r['server_cpu'] / r['n']:.0f}" if "server_cpu" in r else "—"
@@ -362,7 +377,7 @@ def _table(results: dict[str, dict[str, float] | str]) -> str:
             f"| {LABELS[name]} | {r['n']:.0f} | {r['wall']:.2f} | {r['cpu']:.2f} "
             f"| {r['n'] / r['wall']:,.0f} | {r['n'] / r['cpu']:,.0f} "
             f"| {r['rss_mb']:.0f} / {r['tree_mb']:.0f} "
-            f"| {ratio_wall} | {ratio_cpu} | {split} | {busiest} | {per_record} |"
+            f"| {ratio_wall} | {ratio_cpu} | {split} | {busiest} | {per_record} | {alone} |"
         )
     return "\n".join(rows) + "\n"
 

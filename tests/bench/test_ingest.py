@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 from bench import ingest as bench
 
 
@@ -26,3 +29,39 @@ def test_one_round_or_no_anchor_gives_no_summary() -> None:
     }  # fmt: skip
     assert bench._paired(one) == ""
     assert bench._paired({"sqlite": [{"n": 1, "wall": 1.0}, {"n": 1, "wall": 1.0}]}) == ""
+
+
+def _articles(n: int) -> bytes:
+    body = b"".join(
+        b"<PubmedArticle><MedlineCitation Status='MEDLINE'><PMID Version='1'>%d</PMID>"
+        b"<Article><ArticleTitle>Title %d</ArticleTitle></Article></MedlineCitation>"
+        b"</PubmedArticle>" % (i, i)
+        for i in range(1, n + 1)
+    )
+    return b"<PubmedArticleSet>" + body + b"</PubmedArticleSet>"
+
+
+def test_the_sampler_times_how_long_the_store_went_on_after_the_parse(tmp_path: Path) -> None:
+    """The "store alone at the end" column: from the last reading at which a parse worker
+    was busy to the end; the writer's own CPU and its other children do not count."""
+    from ingest.parallel import parse_ordered
+    from ingest.parse import source_ref_for
+
+    path = tmp_path / "pubmed26n0001.xml"
+    path.write_bytes(_articles(30_000))
+    sampler = bench.TreeSampler()
+    n = 0
+    for _index, items in parse_ordered([(path, source_ref_for(path))], workers=2, stripe=True):
+        n += sum(1 for _ in items)
+    busy = time.monotonic() + 0.8
+    while time.monotonic() < busy:  # the writer alone, on a core of its own
+        pass
+    _mb, workers_cpu, alone = sampler.stop()
+    assert n == 30_000 and workers_cpu > 0
+    assert alone is not None and 0.8 <= alone < 5
+
+
+def test_no_parse_workers_no_stretch_alone() -> None:
+    sampler = bench.TreeSampler()
+    time.sleep(0.3)
+    assert sampler.stop()[2] is None
