@@ -810,13 +810,19 @@ def _chunks(fh: IO[bytes]) -> Iterator[bytes]:
 
 def _inflate(first: bytes, fh: IO[bytes]) -> Iterator[bytes]:
     """The decompressed blocks of the gzip stream that starts with ``first`` (every
-    member in turn); :data:`_inflate_lib`'s error when the stream is corrupt, ``EOFError``
-    when it ends inside a member."""
+    member in turn, NUL bytes between or after members skipped as padding, as gzip(1) and
+    Python's :mod:`gzip` skip them); :data:`_inflate_lib`'s error when the stream is
+    corrupt (other bytes after a member among them), ``EOFError`` when it ends inside a
+    member."""
     d = _inflate_lib.decompressobj(31)
     pending = False  # the current gzip member has input but no end yet
     buf = first
     while True:
         while buf:
+            if not pending:  # between members: NUL padding is skipped, as gzip(1) does
+                buf = buf.lstrip(b"\0")
+                if not buf:
+                    break
             pending = True
             out = d.decompress(buf, MAX_FEED)
             if out:
