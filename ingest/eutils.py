@@ -27,7 +27,8 @@ well-formed (an unescaped ``&``, an unclosed tag) is quarantined like one of a f
 under its PMID, and the rest of the answer is stored; only an answer that is empty, cut
 short (no closing ``</PubmedArticleSet>``) or an error document is retried, unless its
 ``<ERROR>`` names a fault of the request (well-formed or not: NCBI echoes the request
-into it), which fails at once (:func:`classify_eutils_error`).
+into it), which fails at once; NCBI's own faults are retried whatever they say
+(:func:`classify_eutils_error`).
 
 **Resuming.** Progress is checkpointed in ``checkpoints`` (scope ``eutils``): the PMID
 list of the window (key ``<window>[|q=<hash>]#search``, status ``searched`` while the
@@ -109,34 +110,54 @@ _INVALID_HINTS = (
     "too long",
     "unknown database",
 )
+#: How NCBI's own faults begin: transient whatever words follow (the request echoed, or
+#: "Database is not supported" while a backend is down, as in July 2025), except the
+#: paging limit, which comes as a "Search Backend failed" too.
+_OUTAGE_STARTS = ("search backend failed", "ncbi c++ exception", "unable to obtain query")
+_PAGING_LIMIT = "'retstart' cannot be larger than"
 
-
-#: An ``<ERROR>`` element's text, looked for in the first bytes of a body that is not
-#: well-formed (NCBI echoes the request into it: an unescaped ``&`` breaks the XML).
-_ERROR_RE = re.compile(rb"<ERROR>(.*?)</ERROR>", re.DOTALL)
+#: The start of an error document (declaration, DOCTYPE, the result element, then its
+#: ``<ERROR>`` first): only such a body is classified by its error when it is not
+#: well-formed; anything else that lxml refuses (an answer cut short, whatever its text
+#: holds) is transient.
+_ERROR_DOC_RE = re.compile(
+    rb"\s*(?:<\?xml[^>]*\?>\s*)?(?:<!DOCTYPE[^>\[]*>\s*)?"
+    rb"(?:<(?:eSearchResult|eFetchResult)(?:\s[^>]*)?>\s*)?<ERROR>"
+)
 _ERROR_SCAN = 1 << 16
 
 
 def _unparseable(body: bytes, where: str, exc: etree.XMLSyntaxError, what: str) -> LitpulseError:
-    """The exception for a body that is not well-formed: an ``<ERROR>`` in it classified
-    by :func:`classify_eutils_error` (a bad request is not retried as a glitch), else
-    transient."""
-    m = _ERROR_RE.search(body, 0, _ERROR_SCAN)
+    """The exception for a body that is not well-formed: an error document (NCBI echoes
+    the request into ``<ERROR>``: an unescaped ``&`` breaks the XML) classified by its
+    error with :func:`classify_eutils_error` (``echoed``: only an error that begins as a
+    bad request's does is one), anything else transient."""
+    m = _ERROR_DOC_RE.match(body, 0, _ERROR_SCAN)
     if m is not None:
-        return classify_eutils_error(where, m.group(1).decode("utf-8", "replace"))
+        end = body.find(b"</ERROR>", m.end(), _ERROR_SCAN)
+        if end >= 0:
+            message = body[m.end() : end].decode("utf-8", "replace")
+            return classify_eutils_error(where, message, echoed=True)
     return TransientSourceError(f"{where}: {what} ({exc.msg})")
 
 
-def classify_eutils_error(where: str, message: str) -> LitpulseError:
+def classify_eutils_error(where: str, message: str, *, echoed: bool = False) -> LitpulseError:
     """The exception for an ``<ERROR>`` found in an HTTP 200 E-utilities body.
 
     "Invalid db", "Empty term", the 9,999 paging limit and syntax errors are the
-    caller's fault (:class:`InvalidRequestError`, never retried); anything else —
-    "Search Backend failed", "Unable to obtain query", timeouts — is transient.
+    caller's fault (:class:`InvalidRequestError`, never retried); NCBI's own faults
+    ("Search Backend failed", "NCBI C++ Exception", "Unable to obtain query") are
+    transient whatever else they say, and so is anything else — timeouts and the like.
+    ``echoed``: the message may carry the request's own text (a body broken by it): then
+    only a message that *begins* as a bad request's does is one.
     """
     text = " ".join(message.split())
     low = text.lower()
-    if any(h in low for h in _INVALID_HINTS):
+    if _PAGING_LIMIT in low:
+        return InvalidRequestError(f"{where}: {text}")
+    if low.startswith(_OUTAGE_STARTS):
+        return TransientSourceError(f"{where}: error in body: {text}")
+    if low.startswith(_INVALID_HINTS) if echoed else any(h in low for h in _INVALID_HINTS):
         return InvalidRequestError(f"{where}: {text}")
     return TransientSourceError(f"{where}: error in body: {text}")
 

@@ -73,9 +73,6 @@ def _stored(settings: Settings) -> list[int]:
 # ------------------------------------------------------------------------------- parsing
 
 
-_REVIEW = pytest.mark.xfail(strict=True, reason="review: classified as a bad request")
-
-
 def _doc(inner: str) -> bytes:
     return f'<?xml version="1.0" ?><eSearchResult>{inner}</eSearchResult>'.encode()
 
@@ -113,14 +110,14 @@ def test_parse_esearch_result() -> None:
         # review: an outage whose text holds a hint word (echoed, or NCBI's own) is still an
         # outage; only an error that *is* a hint is the request's fault
         pytest.param(_doc("<ERROR>Search Backend failed: 'illegal drugs&overdose' timed out"
-                          "</ERROR>"), TransientSourceError, marks=_REVIEW),
+                          "</ERROR>"), TransientSourceError),
         pytest.param(_doc("<ERROR>Search Backend failed: 'illegal drugs' timed out</ERROR>"),
-                     TransientSourceError, marks=_REVIEW),
+                     TransientSourceError),
         pytest.param(_doc("<ERROR>Search Backend failed: Database is not supported: pubmed"
-                          "</ERROR>"), TransientSourceError, marks=_REVIEW),  # NCBI, July 2025
+                          "</ERROR>"), TransientSourceError),  # NCBI, July 2025
         # review: a result cut short with an ERROR after its start is cut short, not an error
         pytest.param(b'<?xml version="1.0"?><eSearchResult><Count>3</Count><IdList><Id>1'
-                     b"<ERROR>illegal</ERROR>", TransientSourceError, marks=_REVIEW),
+                     b"<ERROR>illegal</ERROR>", TransientSourceError),
     ],
 )
 def test_parse_esearch_errors(body: bytes, error: type[Exception]) -> None:
@@ -638,11 +635,11 @@ _WHOLE_WITH_BAD = _efetch_body(*_records(1), _malformed(2, dt.date(2024, 1, 2)),
         pytest.param(b'<?xml version="1.0" ?><eFetchResult><ERROR>NCBI C++ Exception: Error: '
                      b"EUTILSAPP(CException::eInvalid) CDTD_XSLT_Loader<pubmed>::GetData: "
                      b"Cannot open file: dtdinfo.ini</ERROR></eFetchResult>",
-                     TransientSourceError, marks=_REVIEW),
+                     TransientSourceError),
         # review: an answer cut short whose record text holds an ERROR (CDATA) is cut short
         pytest.param(_efetch_body(*_records(1, 2)).replace(
             b"</ArticleTitle>", b"<![CDATA[<ERROR>invalid</ERROR>]]></ArticleTitle>", 1)[:-60],
-            TransientSourceError, marks=_REVIEW),
+            TransientSourceError),
     ],
     ids=["empty", "blank", "cut-in-bad-record", "cut-after-record", "cut-in-record", "html",
          "error-transient", "error-invalid", "bare-error", "other-root",
