@@ -81,7 +81,7 @@ def _child(root: str, workers: int, counts: str = "deferred", url: str = "") -> 
     )  # fmt: skip
     engine = connect(settings)  # tables first: not part of the load
     empty = _store_bytes(engine)
-    sampler = TreeSampler()
+    sampler = TreeSampler(workers=workers > 0)
     t0, c0 = time.perf_counter(), time.process_time()
     report = load_files(settings, workers=workers, defer_counts=counts == "deferred")
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0

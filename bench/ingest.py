@@ -144,7 +144,9 @@ class TreeSampler:
     It also notes the last reading at which a parse worker (a grandchild: the forkserver's
     child) had used more CPU than at the reading before: :meth:`stop` gives how long the
     writer (and the database server) went on alone after the parse was done, to within
-    :attr:`EVERY_S` — the stretch where one of two cores has nothing to do.
+    :attr:`EVERY_S` — the stretch where one of two cores has nothing to do. With
+    ``workers`` (parse workers will come) the tree is walked at every reading until one is
+    seen: workers started late whose whole parse falls between two walks would be missed.
     """
 
     #: Seconds between two readings of the known processes.
@@ -152,11 +154,12 @@ class TreeSampler:
     #: Seconds between two walks of the process tree.
     FIND_S = 1.0
 
-    def __init__(self) -> None:
+    def __init__(self, *, workers: bool = True) -> None:
         import threading
 
         import psutil
 
+        self.workers = workers
         self.me = psutil.Process()
         self.peak = 0
         self.cpu: dict[int, float] = {}
@@ -172,7 +175,9 @@ class TreeSampler:
         start = found = time.monotonic()
         while True:
             now = time.monotonic()
-            if now - start < self.FIND_S or now - found >= self.FIND_S:  # start-up: each time
+            # start-up, and until the first parse worker is seen: each time
+            looking = self.workers and self.parsing is None
+            if now - start < self.FIND_S or now - found >= self.FIND_S or looking:
                 with contextlib.suppress(psutil.Error):
                     known = self.me.children(recursive=True)
                 found = now
@@ -211,7 +216,7 @@ def _ingest(
     settings = Settings.from_env({}, home=home, database_url=url)
     engine = connect(settings)  # tables first: not part of the ingest
     server0 = _server_cpu(engine)
-    sampler = TreeSampler()
+    sampler = TreeSampler(workers=workers > 0)
     t0, c0 = time.perf_counter(), time.process_time()
     counts = ingest_files(settings, paths, workers=workers, stripe=stripe)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0

@@ -725,6 +725,8 @@ def _gzip_cases() -> dict[str, bytes]:
         "one member": one,
         "two members": two,
         "zero padding": one + b"\0" * 8,
+        "zero padding over blocks": one + b"\0" * (3 * parse_mod.READ_BLOCK + 5),
+        "member after zeros": gzip.compress(xml[:half]) + b"\0" * 64 + gzip.compress(xml[half:]),
         "trailing garbage": one + b"not gzip at all",
         "corrupt crc": bytes(corrupt_crc),
         "corrupt block": bytes(corrupt_block),
@@ -765,7 +767,8 @@ def test_the_parse_inflates_with_zlib_ng_and_gets_zlibs_blocks_and_errors(
     assert fast == slow
     error = {"truncated": "EOFError", "truncated member two": "EOFError"}.get(case, "error")
     if case in ("one member", "two members", "capped inflate", "header fields straddling",
-                "level 1", "zero padding"):  # fmt: skip
+                "level 1", "zero padding", "zero padding over blocks",
+                "member after zeros"):  # fmt: skip
         assert fast == (gzip.decompress(data), None)
     else:
         assert fast[1] == error
