@@ -349,7 +349,7 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
 #: miss a point that lasts a few milliseconds on a loaded machine (a tombstone lifted by
 #: the next batch): the run then ended before it was killed, and the test failed on CI.
 _KILL_AT_POINT = """
-import glob, os, runpy, signal, sys, threading
+import glob, os, runpy, signal, sys, threading, time
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
@@ -371,6 +371,7 @@ def before(conn, cursor, statement, parameters, context, executemany):
     with lock:
         if not left:
             if files and not some_file():
+                time.sleep(0.02)  # the writer lags until the file comes: it surely comes
                 return
             with probe.connect() as c:
                 if c.execute(text(sql)).scalar_one() < int(at):
@@ -396,7 +397,10 @@ def self_killing(
     """``argv`` (``-m module …`` or ``-c script …``) run under :data:`_KILL_AT_POINT`: the
     child SIGKILLs itself before its ``then``-th SQL statement after ``count_sql`` (one
     integer) reached ``at`` in ``engine``'s database (and, with ``files``, a glob pattern,
-    a non-empty file matched it). For :func:`kill_when`."""
+    a non-empty file matched it; until one does, each SQL statement waits 20 ms first, so
+    the processes that make the file get ahead of a writer that would otherwise keep up
+    with them: a run on a fast or a busy machine ended before any file came). For
+    :func:`kill_when`."""
     how, first, *rest = argv
     assert how in ("-m", "-c"), argv
     url = engine.url.render_as_string(hide_password=False)
