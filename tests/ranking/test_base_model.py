@@ -373,3 +373,50 @@ def test_a_rebuild_cut_short_is_recorded_until_its_index_is_published(
     assert ix_status.check_consistency(other)["ok"]
     with pytest.raises(ConsistencyError, match="--rebuild"):  # as before any rebuild
         em.embed_pending(settings)
+
+
+@pytest.mark.xfail(strict=True, reason="a first embedding records no base model")
+def test_a_first_embedding_cut_short_is_never_resumed_with_another_base_model(
+    settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    """A model version's first embedding (no index of it yet: a new deployment's, or a
+    promotion's re-index; hours at full size, in shards) is cut short, and LITPULSE_MODEL
+    is changed before it is finished. Nothing recorded which base model its vectors are of,
+    so the rest was embedded with the new model beside them and the first index mixed two
+    models. The first vectors now say which model they are of until an index is published:
+    every embedding step under another model refuses, the `--rebuild` it names embeds
+    everything again, and under the first model the embedding resumes and is published."""
+    from litpulse.core.errors import ConsistencyError
+    from litpulse.core.schema import embeddings
+    from litpulse.pipeline.planning import plan_embedding_shards
+
+    add_articles(engine, list(range(1, 7)), models=())  # stored, nothing embedded yet
+    assert em.embed_pending(settings, shard=0, shards=2) == 3  # one shard, then cut short
+    other = _another_model(settings, tmp_path / "other")
+
+    def stored() -> list[tuple[int, bytes]]:
+        with engine.connect() as conn:
+            return sorted((int(p), bytes(v)) for p, v in conn.execute(
+                select(embeddings.c.pmid, embeddings.c.vector)))
+
+    before = stored()
+    for step in (lambda: em.embed_pending(other, shard=1, shards=2),
+                 lambda: plan_embedding_shards(other, 2),
+                 lambda: refresh.refresh_index(other)):
+        with pytest.raises(ConsistencyError, match="LITPULSE_MODEL") as caught:
+            step()
+        assert "first embedding" in str(caught.value) and "--rebuild" in str(caught.value)
+        assert not caught.value.retryable
+    assert stored() == before
+
+    # under the first model it goes on, and its publication ends the record
+    assert em.embed_pending(settings) == 3
+    report = refresh.refresh_index(settings, embed=False)
+    assert report.published and report.size == 6
+    assert em.rebuild_record(engine, "base") is None
+    assert ix_status.check_consistency(settings)["ok"]
+
+    # or, under the other model, the rebuild it names embeds every article again
+    report = refresh.refresh_index(other, rebuild=True, embed=True)
+    assert report.published and report.rebuilt and report.embedded == 6
+    assert _details(engine, report.id)["base_model"] == em.base_record(other.model_path)
