@@ -67,8 +67,10 @@ __all__ = [
     "base_record",
     "base_records",
     "check_stored_base",
+    "claim_first_embedding",
     "clear_rebuild",
     "legacy_base_record",
+    "first_embedding",
     "mark_rebuild",
     "rebuild_changed",
     "rebuild_record",
@@ -275,7 +277,8 @@ def rebuild_record(bind: Engine | Connection, model_version: str) -> dict[str, A
     (:func:`clear_rebuild`). While it stands, the stored vectors of the model version are
     of that base model, whatever its index versions record: a rebuild cut short (killed,
     OOM) is resumed by the next refresh or embedding with that model (the nightly's too),
-    and refused with another (:func:`rebuild_changed`).
+    and refused with another (:func:`rebuild_changed`). A model version's first embedding
+    is recorded the same way, with ``first`` set (:func:`claim_first_embedding`).
     """
     query = select(checkpoints.c.value).where(checkpoints.c.scope == REBUILD_SCOPE,
                                               checkpoints.c.key == model_version)
@@ -296,6 +299,41 @@ def mark_rebuild(conn: Connection, spec: ModelSpec) -> None:
     }], keys=("scope", "key"))
 
 
+def first_embedding(engine: Engine, spec: ModelSpec) -> bool:
+    """Whether embedding for ``spec`` now is its first: no vector of it is stored, no
+    index version of it was built and no rebuild is under way. Its vectors then say
+    which base model they are of only through :func:`claim_first_embedding`."""
+    if rebuild_record(engine, spec.id) is not None or newest_index_row(engine, spec.id):
+        return False
+    with engine.connect() as conn:
+        return conn.execute(
+            select(embeddings.c.pmid).where(embeddings.c.model_version == spec.id).limit(1)
+        ).first() is None
+
+
+def claim_first_embedding(conn: Connection, spec: ModelSpec) -> None:
+    """Inside the transaction that stores vectors of ``spec``'s first embedding
+    (:func:`first_embedding`), record that they are of its base model, as a rebuild does
+    (:func:`rebuild_record`, ``first``: nothing was dropped), until an index of it is
+    published (:func:`clear_rebuild`). A first embedding cut short (hours in, at full
+    size) is then resumed only with that model, never finished with another beside it.
+
+    Raises:
+        ConsistencyError: Another embedding recorded another base model meanwhile (a
+            worker with another ``LITPULSE_MODEL``): nothing of this one is stored.
+    """
+    db.upsert(conn, checkpoints, [{
+        "scope": REBUILD_SCOPE, "key": spec.id, "status": "running",
+        "value": {**base_record(spec.base_model), "first": True},
+        "updated_at": db.db_now(conn),
+    }], keys=("scope", "key"), update=())
+    record = rebuild_record(conn, spec.id)
+    changed = rebuild_changed(record, spec) if record is not None else None
+    if changed is not None:
+        raise ConsistencyError(f"not embedding for model {spec.id} with {spec.base_model}: "
+                               f"{changed}")
+
+
 def clear_rebuild(conn: Connection, model_version: str) -> None:
     """Remove the rebuild record of ``model_version`` (inside the transaction that
     publishes an index of its base model)."""
@@ -309,6 +347,14 @@ def rebuild_changed(record: dict[str, Any], spec: ModelSpec) -> str | None:
     if base_model_changed({"base_model": record}, spec) is None:
         return None
     was = record.get("path")
+    if record.get("first"):
+        return (
+            f"the first embedding of model {spec.id} (no index of it is published yet) is "
+            f"not finished: its stored vectors are of {was}, not of {spec.base_model} "
+            f"(LITPULSE_MODEL): set LITPULSE_MODEL back to {was} and run `litpulse index "
+            "refresh` to finish it (the vectors embedded are kept), or run `litpulse index "
+            f"refresh --rebuild` to embed every article with {spec.base_model}"
+        )
     return (
         f"an embedding rebuild of model {spec.id} with {was} was cut short: the stored "
         f"vectors of {spec.id} are of that model, not of {spec.base_model} (LITPULSE_MODEL): "
@@ -827,6 +873,7 @@ def embed_pending(
         return 0
     part = f" (shard {shard}/{shards})" if shards > 1 else ""
     logger.info("embedding %d articles with model %s%s", len(pending), spec.id, part)
+    first = first_embedding(engine, spec)
     encoder = load_encoder(spec, settings)
     from tqdm.auto import tqdm
 
@@ -847,6 +894,8 @@ def embed_pending(
             texts = [article_text(r.title, r.abstract) for r in rows]
             vectors = embed_texts(encoder, texts, settings, bar=bar)
             with engine.begin() as conn:
+                if first:  # the vectors say which base model they are of
+                    claim_first_embedding(conn, spec)
                 now = db.db_now(conn)  # the database's clock, as the store's rows
                 out = [
                     {

@@ -150,8 +150,11 @@ def _base_current(engine: Engine, spec: ModelSpec, *, rebuild: bool) -> bool:
     anything else refuses. The drop is recorded (:func:`ranking.embed.mark_rebuild`) until
     an index of the new base model is published: a rebuild cut short is resumed by the
     next refresh, ``--rebuild`` or not, keeping what it embedded (and refused under another
-    base model: :func:`ranking.embed.rebuild_changed`). Matching records made before the
-    weights' bytes were hashed get the full fingerprint (:func:`_record_fingerprint`).
+    base model: :func:`ranking.embed.rebuild_changed`). A model version's first embedding
+    is recorded the same way (:func:`ranking.embed.claim_first_embedding`): under another
+    base model it is refused, or dropped and embedded again by a rebuild. Matching records
+    made before the weights' bytes were hashed get the full fingerprint
+    (:func:`_record_fingerprint`).
 
     Returns:
         Whether the index is built anew from the vectors of a rebuild (begun now or cut
@@ -164,6 +167,8 @@ def _base_current(engine: Engine, spec: ModelSpec, *, rebuild: bool) -> bool:
     if record is not None:
         changed = rebuild_changed(record, spec)
         if changed is None:
+            if record.get("first"):  # a first embedding of this model: nothing to rebuild
+                return False
             logger.warning("resuming the embedding rebuild of model %s with %s cut short: "
                            "the vectors it embedded are kept", spec.id, spec.base_model)
             return True

@@ -375,7 +375,6 @@ def test_a_rebuild_cut_short_is_recorded_until_its_index_is_published(
         em.embed_pending(settings)
 
 
-@pytest.mark.xfail(strict=True, reason="a first embedding records no base model")
 def test_a_first_embedding_cut_short_is_never_resumed_with_another_base_model(
     settings: Settings, engine: Engine, tmp_path: Path
 ) -> None:
@@ -420,3 +419,24 @@ def test_a_first_embedding_cut_short_is_never_resumed_with_another_base_model(
     report = refresh.refresh_index(other, rebuild=True, embed=True)
     assert report.published and report.rebuilt and report.embedded == 6
     assert _details(engine, report.id)["base_model"] == em.base_record(other.model_path)
+
+
+def test_two_first_embeddings_with_different_models_never_both_store(
+    settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    """Two workers begin a model version's first embedding at once, one with another
+    LITPULSE_MODEL (both saw nothing stored): the first to commit says which model the
+    vectors are of, and the other's transaction refuses instead of storing beside them."""
+    from litpulse.core.errors import ConsistencyError
+
+    spec = em.active_model(settings, engine)
+    other = em.active_model(_another_model(settings, tmp_path / "other"), engine)
+    assert em.first_embedding(engine, spec) and em.first_embedding(engine, other)
+    with engine.begin() as conn:
+        em.claim_first_embedding(conn, spec)
+    with pytest.raises(ConsistencyError, match="first embedding"), engine.begin() as conn:
+        em.claim_first_embedding(conn, other)
+    with engine.begin() as conn:
+        em.claim_first_embedding(conn, spec)  # the same model goes on
+    assert em.rebuild_record(engine, spec.id) == {**em.base_record(spec.base_model),
+                                                  "first": True}
