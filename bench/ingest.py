@@ -144,7 +144,12 @@ class TreeSampler:
     It also notes the last reading at which a parse worker (a grandchild: the forkserver's
     child) had used more CPU than at the reading before: :meth:`stop` gives how long the
     writer (and the database server) went on alone after the parse was done, to within
-    :attr:`EVERY_S` — the stretch where one of two cores has nothing to do. With
+    :attr:`EVERY_S` — the stretch where one of two cores has nothing to do. A lower bound:
+    a worker whose last chunks wait in its queue stays alive until the writer reads them
+    and uses a little CPU then (its feeder thread writes them, then it exits), so the
+    stretch can be counted from the writer's last read instead of the parse's end (a
+    PostgreSQL split run showed 0.1 s here where ``/proc/stat`` had a core idle for
+    0.65 s); :func:`idle_core_seconds` over the run is the direct measure. With
     ``workers`` (parse workers will come) the tree is walked at every reading until one is
     seen: workers started late whose whole parse falls between two walks would be missed.
     """
@@ -204,6 +209,21 @@ class TreeSampler:
         return self.peak / 2**20, sum(self.cpu.values()), alone
 
 
+def idle_core_seconds() -> float | None:
+    """Seconds of CPU the whole machine has left idle since boot, summed over its cores
+    (``idle`` + ``iowait`` of ``/proc/stat``); ``None`` without ``/proc``. The difference
+    over a run is how much of wall × cores nothing used: the overlap the run lost (other
+    processes of the machine make it smaller, never larger)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = fh.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 6:
+        return None
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
+
+
 def _ingest(
     paths: list[str], url: str, workers: int, stripe: bool | None = None
 ) -> dict[str, float]:
@@ -217,14 +237,19 @@ def _ingest(
     engine = connect(settings)  # tables first: not part of the ingest
     server0 = _server_cpu(engine)
     sampler = TreeSampler(workers=workers > 0)
+    idle0 = idle_core_seconds()
     t0, c0 = time.perf_counter(), time.process_time()
     counts = ingest_files(settings, paths, workers=workers, stripe=stripe)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    idle1 = idle_core_seconds()
     tree_mb, workers_cpu, alone = sampler.stop()
     out = {"n": counts.inserted + counts.updated, "wall": wall, "cpu": cpu + workers_cpu,
            "writer_cpu": cpu, "workers_cpu": workers_cpu, "tree_mb": tree_mb}  # fmt: skip
     if alone is not None:
         out["alone"] = alone
+    if idle0 is not None and idle1 is not None:
+        out["idle"] = idle1 - idle0
+        out["cores"] = float(os.cpu_count() or 1)
     if server0 is not None:
         server1 = _server_cpu(engine) or {}
         out["server_cpu"] = sum(t - server0.get(pid, 0.0) for pid, t in server1.items())
@@ -354,14 +379,16 @@ def _table(results: dict[str, dict[str, float] | str]) -> str:
         "| path | records | wall s | CPU s | records/s (wall) | records/s (CPU) "
         "| peak RSS MiB (writer / all processes) | ours ÷ anchor (wall) | ours ÷ anchor (CPU) "
         "| CPU s writer / parse workers | anchor ÷ busiest process (CPU) "
-        "| CPU µs per record: worker / writer / server | store alone at the end s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| CPU µs per record: worker / writer / server | store alone at the end s "
+        "| cores idle s of wall × cores |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results.items():
         if isinstance(r, str):
-            rows.append(f"| {LABELS[name]} | — | — | — | — | — | — | {r} | | | | | |")
+            rows.append(f"| {LABELS[name]} | — | — | — | — | — | — | {r} | | | | | | |")
             continue
         alone = f"{r['alone']:.1f}" if "alone" in r else "—"
+        idle = f"{r['idle']:.2f} of {r['wall'] * r['cores']:.2f}" if "idle" in r else "—"
         split = busiest = per_record = "—"
         if "writer_cpu" in r:
             server = f"{1e6 * r['server_cpu'] / r['n']:.0f}" if "server_cpu" in r else "—"
@@ -382,7 +409,8 @@ def _table(results: dict[str, dict[str, float] | str]) -> str:
             f"| {LABELS[name]} | {r['n']:.0f} | {r['wall']:.2f} | {r['cpu']:.2f} "
             f"| {r['n'] / r['wall']:,.0f} | {r['n'] / r['cpu']:,.0f} "
             f"| {r['rss_mb']:.0f} / {r['tree_mb']:.0f} "
-            f"| {ratio_wall} | {ratio_cpu} | {split} | {busiest} | {per_record} | {alone} |"
+            f"| {ratio_wall} | {ratio_cpu} | {split} | {busiest} | {per_record} | {alone} "
+            f"| {idle} |"
         )
     return "\n".join(rows) + "\n"
 

@@ -80,3 +80,53 @@ def test_no_parse_workers_no_stretch_alone() -> None:
     sampler = bench.TreeSampler()
     time.sleep(0.3)
     assert sampler.stop()[2] is None
+
+
+def test_idle_core_seconds_count_what_no_process_used() -> None:
+    """The "cores idle" column: /proc/stat's idle time over all cores, in seconds. Over a
+    second, idle is at most every core's second, and with a child spinning, at most what
+    the child left of them (its own CPU in the same second, read from its /proc entry)."""
+    import os
+    import subprocess
+    import sys
+
+    import psutil
+
+    def uptime_idle() -> float:  # the kernel's other count of it: idle only, no iowait
+        return float(Path("/proc/uptime").read_text().split()[1])
+
+    cores = os.cpu_count() or 1
+    t0, before, up0 = time.monotonic(), bench.idle_core_seconds(), uptime_idle()
+    time.sleep(1.0)
+    quiet, up1, wall = bench.idle_core_seconds(), uptime_idle(), time.monotonic() - t0
+    assert before is not None and quiet is not None
+    assert 0 < quiet - before <= cores * wall * 1.05
+    assert up1 - up0 - 0.05 <= quiet - before <= up1 - up0 + 0.25  # the same seconds
+
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)  # started and spinning
+        proc = psutil.Process(child.pid)
+        t0, before, c0 = time.monotonic(), bench.idle_core_seconds(), sum(proc.cpu_times()[:2])
+        time.sleep(1.0)
+        after, c1 = bench.idle_core_seconds(), sum(proc.cpu_times()[:2])
+        wall = time.monotonic() - t0
+    finally:
+        child.kill()
+        child.wait()
+    assert before is not None and after is not None
+    spun = c1 - c0
+    assert spun > 0.3  # it did run
+    assert 0 <= after - before <= cores * wall * 1.05 - spun + 0.05
+
+
+def test_the_table_shows_the_idle_cores_of_a_run() -> None:
+    row = {"n": 21_000, "wall": 3.0, "cpu": 3.5, "rss_mb": 150, "tree_mb": 280,
+           "writer_cpu": 0.7, "workers_cpu": 2.8, "idle": 0.62, "cores": 2.0}  # fmt: skip
+    table = bench._table({"postgresql-w2": row, bench.ANCHOR: {
+        "n": 20_000, "wall": 6.0, "cpu": 6.0, "rss_mb": 58, "tree_mb": 58}})
+    header, _rule, ours, anchor = table.splitlines()
+    assert header.endswith("| cores idle s of wall × cores |")
+    assert ours.endswith("| 0.62 of 6.00 |")
+    assert anchor.endswith("| — |")
+    assert len({line.count("|") for line in (header, ours, anchor)}) == 1
