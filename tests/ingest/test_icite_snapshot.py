@@ -582,7 +582,6 @@ def _header() -> str:
     return FIXTURE.read_text().splitlines()[0]
 
 
-@pytest.mark.xfail(strict=True, reason="a quarantined row's NUL bytes are stored as they are")
 def test_a_nul_byte_in_a_malformed_row_is_quarantined_and_the_load_goes_on(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -603,3 +602,29 @@ def test_a_nul_byte_in_a_malformed_row_is_quarantined_and_the_load_goes_on(
     with db.connect(settings).connect() as conn:
         (line, raw), = conn.execute(select(quarantine.c.line, quarantine.c.raw_xml)).all()
     assert line == 3 and raw.rstrip("\r\n") == "\\x00" * 64  # escapes, as the XML path
+
+
+@pytest.mark.xfail(strict=True, reason="a quarantined row is keyed by its raw text alone")
+def test_the_same_bad_row_in_next_months_snapshot_is_quarantined_for_that_file(
+    sqlite_settings: Settings, tmp_path: Path
+) -> None:
+    """A bad row iCite publishes unchanged month after month was counted malformed in
+    each month's load, but only the first month's file and line were ever quarantined:
+    nothing named the file just loaded. A repeated load of one file still adds nothing."""
+    settings = sqlite_settings
+    _seed(settings, [1, 2])
+    bad = _snapshot_row(2).replace(",5,", ",many,", 1)  # an unreadable citation count
+    april = tmp_path / "2026-04" / "icite_metadata.csv"
+    may = tmp_path / "2026-05" / "icite_metadata.csv"
+    april.parent.mkdir()
+    may.parent.mkdir()
+    april.write_text(f"{_header()}\n{_snapshot_row(1)}\n{bad}\n")
+    may.write_text(f"{_header()}\n{bad}\n{_snapshot_row(1, count=7)}\n")
+    assert load_snapshot(settings, april, as_of=AS_OF).malformed == 1
+    assert load_snapshot(settings, may, as_of=AS_OF + dt.timedelta(days=31)).malformed == 1
+    assert load_snapshot(settings, may, as_of=AS_OF + dt.timedelta(days=31)).malformed == 1
+
+    with db.connect(settings).connect() as conn:
+        q = conn.execute(select(quarantine.c.source_location, quarantine.c.line)).all()
+    assert sorted((Path(loc).parent.name, line) for loc, line in q) == [
+        ("2026-04", 3), ("2026-05", 2)]
