@@ -50,7 +50,9 @@ another ``--as-of`` is a new load.
 
 **Bad rows** (a wrong number of fields, a PMID that is not one, a value that does not read
 as its type, broken CSV quoting) are counted as ``malformed``, quarantined with their raw
-text (first 64 KiB), source and line, and skipped; the load goes on.
+text (first 64 KiB; NUL as ``\\x00``), source and line, and skipped; the load goes on. A bad
+row is quarantined once per file and line: loading a file again adds nothing, and the same
+bad row in next month's snapshot is quarantined for that file too.
 
 **A stray quote** (a field that opens a quote and never closes it) would make CSV read the
 lines after it, up to the next quote, as one field: rows swallowed unseen, and the broken
@@ -424,6 +426,7 @@ def iter_batches(
             source=source,
             pmid=pmid,
             line=quarantine_line(first_line),
+            key=f"{location}:{first_line}",  # each file's load names its own bad rows
         )
         bad.append(entry)
 

@@ -620,9 +620,9 @@ def _entry(reason: str, kept: bytes, size: int, ref: SourceRef, line: int) -> Qu
 
 
 def _raw_text(raw: bytes) -> str:
-    """Raw bytes as storable text: invalid UTF-8 and NUL written as ``\\xNN`` escapes."""
-    text = raw.decode("utf-8", "backslashreplace")
-    return text.replace("\x00", "\\x00") if "\x00" in text else text
+    """Raw bytes as text: invalid UTF-8 written as ``\\xNN`` escapes (NUL is escaped by
+    :class:`ingest.records.QuarantineEntry` itself)."""
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def _pmid_in_bytes(raw: bytes) -> int | None:

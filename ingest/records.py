@@ -220,18 +220,36 @@ class Deletion:
 
 @dataclass(frozen=True, slots=True)
 class QuarantineEntry:
-    """An element that could not be parsed, kept with its raw XML and the reason."""
+    """An element that could not be parsed, kept with its raw XML and the reason.
+
+    Its raw text is storable: NUL is kept as the escape ``\\x00`` (PostgreSQL refuses NUL
+    in text; a block of zeros in a damaged file would otherwise fail the batch that
+    quarantines it, and with it the load, at the same place on every rerun).
+    """
 
     reason: str
     raw_xml: str
     source: SourceRef
     pmid: int | None = None
     line: int | None = None
+    #: What else tells this entry from another with the same raw text (hashed with it):
+    #: empty for records (the same bad element, met again in any file, is quarantined
+    #: once); an iCite snapshot row's file and line (each month's snapshot repeats a bad
+    #: row, and each load must name its own file).
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        if "\x00" in self.raw_xml:
+            object.__setattr__(self, "raw_xml", self.raw_xml.replace("\x00", "\\x00"))
+        if "\x00" in self.reason:
+            object.__setattr__(self, "reason", self.reason.replace("\x00", "\\x00"))
 
     @property
     def digest(self) -> str:
-        """SHA-256 of the raw XML: the same bad element is quarantined once."""
-        return hashlib.sha256(self.raw_xml.encode()).hexdigest()
+        """SHA-256 of the raw XML (and :attr:`key`): the same bad element is quarantined
+        once."""
+        text = f"{self.key}\n{self.raw_xml}" if self.key else self.raw_xml
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 Item = Record | Deletion | QuarantineEntry

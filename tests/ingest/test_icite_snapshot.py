@@ -604,7 +604,6 @@ def test_a_nul_byte_in_a_malformed_row_is_quarantined_and_the_load_goes_on(
     assert line == 3 and raw.rstrip("\r\n") == "\\x00" * 64  # escapes, as the XML path
 
 
-@pytest.mark.xfail(strict=True, reason="a quarantined row is keyed by its raw text alone")
 def test_the_same_bad_row_in_next_months_snapshot_is_quarantined_for_that_file(
     sqlite_settings: Settings, tmp_path: Path
 ) -> None:
