@@ -27,7 +27,7 @@ from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import digest_matches, saved_searches
 from litpulse.core.settings import Settings
 from litpulse.core.text import checked_text
-from litpulse.core.timeutil import iso, utcnow
+from litpulse.core.timeutil import iso
 from ranking.search import MAX_QUERY_CHARS, SearchFilters
 
 __all__ = [
@@ -180,8 +180,10 @@ def add_search(
     min_score = _clean_min_score(min_score)
     filters = filters or SearchFilters()
     engine = engine or db.connect(settings)
-    now = utcnow()
     with engine.begin() as conn:
+        # the database's clock, as articles' first-stored times: the watermark compares
+        # one clock's stamps (an app host running ahead would hide the first new ones)
+        now = db.db_now(conn)
         taken = conn.execute(
             select(saved_searches.c.id).where(saved_searches.c.name == name)
         ).first()
