@@ -352,14 +352,25 @@ def _digest_one(
         for h in hits
     ]
     with engine.begin() as conn:
+        # the search as it was read, first (on PostgreSQL this locks its row until the
+        # matches are committed; a removal deletes the row, then its matches): one removed
+        # while it was ranked records nothing — nor, on SQLite, which gives a freed id to
+        # the next search saved, does it hand its matches to that one
+        still = conn.execute(
+            update(saved_searches)
+            .where(saved_searches.c.id == search.id,
+                   saved_searches.c.created_at == search.created_at)
+            .values(watermark=mark, last_digest_at=now, last_index_version=str(index.id))
+        ).rowcount
+        if still != 1:
+            conn.rollback()
+            logger.info("saved search %d %r was removed while it was digested: nothing "
+                        "recorded", search.id, search.name)
+            return SearchDigest(search_id=search.id, name=search.name, candidates=len(ids),
+                                matched=0, threshold=threshold)
         before = _count(conn, search.id)
         db.upsert(conn, digest_matches, rows, keys=("search_id", "pmid"), update=())
         matched = _count(conn, search.id) - before
-        conn.execute(
-            update(saved_searches)
-            .where(saved_searches.c.id == search.id)
-            .values(watermark=mark, last_digest_at=now, last_index_version=str(index.id))
-        )
     logger.info(
         "saved search %d %r: %d new articles, %d new matches (>= %g)",
         search.id,

@@ -255,7 +255,9 @@ def remove_search(
     engine = engine or db.connect(settings)
     found = get_search(settings, ref, engine=engine)
     with engine.begin() as conn:
-        conn.execute(delete(digest_matches).where(digest_matches.c.search_id == found.id))
+        # the search first: a digest recording its matches holds its row (see
+        # litpulse.pipeline.digest), so they are committed, and deleted here, before it goes
         conn.execute(delete(saved_searches).where(saved_searches.c.id == found.id))
+        conn.execute(delete(digest_matches).where(digest_matches.c.search_id == found.id))
     logger.info("removed saved search %d %r", found.id, found.name)
     return found

@@ -517,26 +517,17 @@ def test_an_article_restored_after_a_deletion_is_reported(indexed: Settings) -> 
 # ------------------------------------- 3. a search removed while the digest searches it
 
 
-@pytest.fixture
-def sqlite_indexed(sqlite_settings: Settings) -> Settings:
-    _load(db.connect(sqlite_settings), OLD)
-    assert refresh_index(sqlite_settings).size == len(OLD)
-    return sqlite_settings
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="_digest_one records matches for a search removed meanwhile (no check it still "
-    "exists, no foreign key); SQLite reuses the freed id for the next saved search, "
-    "which inherits the matches: another user's articles are delivered under it",
-)
 def test_matches_of_a_removed_search_never_reach_the_next_user(
-    sqlite_indexed: Settings, hook: _Hook
+    indexed: Settings, hook: _Hook
 ) -> None:
+    """Alice removes her search while the digest ranks it and carol saves hers: the
+    digest recorded alice's matches anyway, and SQLite gave carol's search alice's freed
+    id, so carol's webhook got alice's articles (and her watermark alice's); on
+    PostgreSQL they stayed behind, matches of no search."""
     from ranking.index_files import open_published
     from ranking.search import _query_embedder
 
-    s = sqlite_indexed.replace(digest_webhook_url=hook.url)
+    s = indexed.replace(digest_webhook_url=hook.url)
     engine = db.connect(s)
     alice = add_search(s, name="alice crispr", query=CRISPR, min_score=THRESHOLD, owner="alice")
     _load(engine, NEW)
@@ -563,6 +554,8 @@ def test_matches_of_a_removed_search_never_reach_the_next_user(
         f"{[x['pmid'] for b in posted for x in b['matches']]}"
     )
     assert not leaked, f"carol's saved search (id {new.id}, alice's was {alice.id}) holds {leaked}"
+    with engine.connect() as conn:
+        assert conn.execute(select(digest_matches.c.pmid)).all() == []  # none left behind
 
 
 # ------------------------------------------- 4. the app's clock sets the first watermark
