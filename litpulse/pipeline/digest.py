@@ -17,7 +17,9 @@ For every saved search (:mod:`litpulse.pipeline.saved_searches`), :func:`run_dig
    (never past an article not yet in the index: it is new for the next digest);
 4. delivers every match not yet delivered on each configured channel — e-mail over SMTP,
    a webhook POST — and stamps ``email_sent_at`` / ``webhook_sent_at`` only on success,
-   so a failed delivery is retried by the next digest and no match is lost. The Atom
+   so a failed delivery is retried by the next digest and no match is lost (an e-mail
+   the SMTP server took for some recipients and refused for others went out: it is
+   stamped, and the refused ones are reported, never sent to the rest again). The Atom
    feed (``/feeds/{id}.atom``, :func:`feed_for`) reads the matches directly.
 
 A saved search that cannot be searched (filters saved before a rule they break, a value
@@ -434,7 +436,7 @@ def matches_of(
 
 def _deliver(settings: Settings, engine: Engine) -> tuple[int, int, list[str]]:
     """Send every pending match on each configured channel; stamp what went out."""
-    channels: list[tuple[str, Callable[[Settings, SavedSearch, Sequence[Match]], None]]] = []
+    channels: list[tuple[str, Callable[[Settings, SavedSearch, Sequence[Match]], str | None]]] = []
     if email_configured(settings):
         channels.append(("email", send_email))
     if settings.digest_webhook_url:
@@ -447,7 +449,7 @@ def _deliver(settings: Settings, engine: Engine) -> tuple[int, int, list[str]]:
             if not pending:
                 continue
             try:
-                send(settings, search, pending)
+                partly = send(settings, search, pending)
             except DeliveryError as exc:
                 logger.warning(
                     "digest %s for saved search %d failed (retried next time): %s",
@@ -465,6 +467,9 @@ def _deliver(settings: Settings, engine: Engine) -> tuple[int, int, list[str]]:
                     .values({column: utcnow()})
                 )
             sent[channel] += len(pending)
+            if partly:  # delivered, not to everyone: said, never sent again to the rest
+                logger.warning("digest %s for saved search %d: %s", channel, search.id, partly)
+                failures.append(f"{channel} for {search.name!r}: {partly}")
     return sent["email"], sent["webhook"], failures
 
 

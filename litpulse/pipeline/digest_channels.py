@@ -180,11 +180,18 @@ def email_configured(settings: Settings) -> bool:
     return bool(settings.digest_smtp_host and _recipients(settings))
 
 
-def send_email(settings: Settings, search: SavedSearch, matches: Sequence[Match]) -> None:
+def send_email(settings: Settings, search: SavedSearch, matches: Sequence[Match]) -> str | None:
     """Send the e-mail of :func:`email_message` through ``LITPULSE_DIGEST_SMTP_HOST``.
 
+    Returns:
+        ``None``, or, when the server took the message for some recipients and refused
+        others, which it refused and why: the message went out (to the others), so it is
+        delivered — sending it again would repeat it to everyone who got it — and the
+        refusal is for the report.
+
     Raises:
-        DeliveryError: The server could not be reached or refused the message.
+        DeliveryError: The server could not be reached, or refused the message (for every
+            recipient): nothing went out.
     """
     msg = email_message(settings, search, matches)
     timeout = min(settings.http_timeout, MAX_DELIVERY_TIMEOUT_S)
@@ -195,8 +202,13 @@ def send_email(settings: Settings, search: SavedSearch, matches: Sequence[Match]
             refused = smtp.send_message(msg)
     except (OSError, smtplib.SMTPException) as exc:
         raise DeliveryError(f"e-mail to {msg['To']} failed: {exc}") from exc
-    if refused:
-        raise DeliveryError(f"the SMTP server refused {', '.join(refused)}")
+    if not refused:
+        return None
+    why = "; ".join(
+        f"{address} ({code} {reply.decode('utf-8', 'replace').strip()})"
+        for address, (code, reply) in sorted(refused.items())
+    )
+    return f"the SMTP server refused {why}: the other recipients got it"
 
 
 def post_webhook(settings: Settings, search: SavedSearch, matches: Sequence[Match]) -> None:
