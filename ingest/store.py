@@ -108,6 +108,10 @@ _RECORD_COLUMNS = (
     "entrez_date best_date language doi pmcid is_retracted is_book is_deleted deleted_at "
     "has_abstract text_hash content_hash authors mesh publication_types record updated_at"
 ).split()
+#: Columns rewritten when a record lifts a stored tombstone: the article enters the live
+#: corpus again, so the time it did moves too (``ingested_at``: when the article last
+#: became live; a digest's "new since" compares it).
+_LIFT_COLUMNS = [*_RECORD_COLUMNS, "ingested_at"]
 #: Columns rewritten when a deletion tombstones a stored row.
 _TOMBSTONE_COLUMNS = (
     "is_deleted deleted_at source_sequence source_time source_kind source_location "
@@ -269,7 +273,17 @@ class Store(RunLedger, Checkpoints):
                 for pmid in counts.keys() & rows.keys():
                     rows[pmid] = with_values(rows[pmid], {"cited_by_in_corpus": counts[pmid]})
             counted = new
-        self._write_articles(conn, plan.full, _RECORD_COLUMNS, stored)
+        # a record that lifts a stored tombstone enters the live corpus now: its
+        # ingested_at moves, so whatever follows new articles (a saved search's digest)
+        # meets it, as it meets an article stored for the first time
+        lifted = {p: row for p, row in plan.full.items()
+                  if p in stored and p not in was_live and not row[deleted]}  # fmt: skip
+        if lifted:
+            kept = {p: row for p, row in plan.full.items() if p not in lifted}
+            self._write_articles(conn, kept, _RECORD_COLUMNS, stored)
+            self._write_articles(conn, lifted, _LIFT_COLUMNS, stored)
+        else:
+            self._write_articles(conn, plan.full, _RECORD_COLUMNS, stored)
         self._write_articles(conn, plan.tomb, _TOMBSTONE_COLUMNS, stored)
         if plan.quarantined:
             upsert(conn, quarantine, list(plan.quarantined.values()), keys=["digest"], update=[])

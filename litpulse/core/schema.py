@@ -147,6 +147,7 @@ articles = Table(
     Column("icite_provisional", Boolean),
     Column("icite_fetched_at", UTCDateTime()),
     Column("cited_by_in_corpus", Integer, nullable=False, default=0),
+    # when the article last became live: first stored, or a record lifted its tombstone
     Column("ingested_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False, index=True),
 )

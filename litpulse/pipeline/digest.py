@@ -2,8 +2,9 @@
 
 For every saved search (:mod:`litpulse.pipeline.saved_searches`), :func:`run_digest`
 
-1. takes the articles *new* for it: live, first stored after its ``watermark`` and held
-   by the published index version;
+1. takes the articles *new* for it: live, stored after its ``watermark`` (``ingested_at``:
+   first stored, or brought back by a record after a deletion) and held by the published
+   index version;
 2. ranks them with the real search (:func:`ranking.search.run_search`: the search's
    query embedded with the index's own model version, its filters, the current scoring)
    over an exact index of just those articles' vectors, in semantic mode — a hybrid

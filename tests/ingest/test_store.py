@@ -266,6 +266,28 @@ def test_record_from_later_source_lifts_tombstone(engine: Engine) -> None:
     assert r["is_deleted"] is False and r["deleted_at"] is None and r["title"] == "v2"
 
 
+@pytest.mark.parametrize("bulk", [True, False], ids=["bulk", "reference"])
+def test_a_lifted_tombstone_enters_the_live_corpus_again(engine: Engine, bulk: bool) -> None:
+    """``ingested_at`` is when an article last became live: a record lifting a stored
+    tombstone moves it (a saved search's digest meets the article as a new one; before, it
+    kept its first time, behind the digest's watermark, and was never reported), a
+    revision or a deletion does not, nor does a record after a deletion in its batch."""
+    store = Store(engine, bulk=bulk)
+    store.apply([make_record(60, source=src(1)), make_record(61, source=src(1))])
+    first = row(engine, 60)["ingested_at"]
+    store.apply([Deletion(60, src(2))])
+    assert row(engine, 60)["ingested_at"] == first  # a tombstone keeps it
+    store.apply([make_record(61, version=2, source=src(2))])
+    assert row(engine, 61)["ingested_at"] == first  # a revision keeps it (same batch: same time)
+    store.apply([make_record(60, version=2, title="back", source=src(3))])
+    back = row(engine, 60)
+    assert back["is_deleted"] is False and back["ingested_at"] > first
+    assert back["ingested_at"] == back["updated_at"]
+    # within one batch: live, deleted, live again: it never left the corpus between batches
+    store.apply([Deletion(61, src(4)), make_record(61, version=3, source=src(5))])
+    assert row(engine, 61)["ingested_at"] == first
+
+
 def test_deletion_older_than_record_is_ignored(engine: Engine) -> None:
     store = Store(engine)
     store.apply([make_record(45, source=src(7))])

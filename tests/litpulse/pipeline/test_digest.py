@@ -479,11 +479,6 @@ def test_an_email_accepted_for_one_recipient_is_not_sent_again(indexed: Settings
 # ------------------------------------------------------------ 2. deleted, then undeleted
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an article deleted when a digest runs and restored later keeps its first "
-    "ingested_at, now behind the watermark the digest moved past it: never reported",
-)
 def test_an_article_restored_after_a_deletion_is_reported(indexed: Settings) -> None:
     """PubMed deletes an article (or its DeleteCitation comes before the record) while a
     digest runs; a later record brings it back, and it matches: it is new for the search
