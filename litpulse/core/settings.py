@@ -403,7 +403,8 @@ class Settings:
     )
     digest_max_matches: int = _opt(
         50,
-        "Most new articles one digest records per saved search (the best scores first).",
+        "Most new articles one digest records per saved search (the best scores first; a "
+        "search that had more is named among the digest's warnings).",
         min=1,
         max=10000,
     )

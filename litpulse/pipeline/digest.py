@@ -105,6 +105,8 @@ class SearchDigest:
         threshold: The score they needed.
         error: Why it could not be searched this time (its watermark stayed, so the next
             digest tries again), or ``None``.
+        capped: More new articles scored above its threshold than
+            ``LITPULSE_DIGEST_MAX_MATCHES``: only the best that many were recorded.
     """
 
     search_id: int
@@ -113,6 +115,7 @@ class SearchDigest:
     matched: int
     threshold: float
     error: str | None = None
+    capped: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -129,6 +132,9 @@ class DigestReport:
         posted: Matches delivered to the webhook now.
         failures: Saved searches that could not be searched, and deliveries that
             failed (both retried by the next digest).
+        warnings: What went wrong and is not retried: e-mail recipients the SMTP server
+            refused while it took the message for the others, searches whose new matches
+            were more than ``LITPULSE_DIGEST_MAX_MATCHES``.
         skipped: Why nothing was searched, when so.
     """
 
@@ -137,6 +143,7 @@ class DigestReport:
     emailed: int = 0
     posted: int = 0
     failures: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
     skipped: str | None = None
 
     @property
@@ -152,6 +159,7 @@ class DigestReport:
             "emailed": self.emailed,
             "posted": self.posted,
             "failures": list(self.failures),
+            "warnings": list(self.warnings),
             "skipped": self.skipped,
         }
 
@@ -216,7 +224,8 @@ def run_digest(
             lease.check()
             done.append(_digest_or_report(settings, engine, search, index, embed))
         lease.check()
-        emailed, posted, failures = _deliver(settings, engine)
+        emailed, posted, failures, warnings = _deliver(settings, engine)
+    cap = settings.digest_max_matches
     report = DigestReport(
         index_version=str(index.id),
         searches=tuple(done),
@@ -224,7 +233,15 @@ def run_digest(
         posted=posted,
         failures=tuple(f"search {d.search_id} {d.name!r}: {d.error}" for d in done if d.error)
         + tuple(failures),
+        warnings=tuple(
+            f"search {d.search_id} {d.name!r}: more than {cap} new articles scored at least "
+            f"its threshold; the best {cap} were recorded, the others were not "
+            "(LITPULSE_DIGEST_MAX_MATCHES, or a higher --min-score)"
+            for d in done if d.capped
+        ) + tuple(warnings),
     )
+    for line in report.warnings:
+        logger.warning("digest: %s", line)
     logger.info(
         "digest of index %s: %d new matches over %d saved searches; %d e-mailed, "
         "%d posted, %d failures",
@@ -325,14 +342,16 @@ def _digest_one(
     new, mark = _new_articles(engine, search, index.ids)
     vectors, ids = fetch_vectors(engine, str(index.model_version), new)
     hits: Sequence[Any] = ()
+    capped = False
     if len(ids):
         subset = _SubsetIndex(
             id=str(index.id), model_version=str(index.model_version), vectors=vectors, ids=ids
         )
+        cap = settings.digest_max_matches
         result = run_search(
             settings,
             search.query,
-            k=min(settings.digest_max_matches, len(ids)),
+            k=min(cap + 1, len(ids)),  # one more: whether the cap left any out
             filters=search.filters,
             engine=engine,
             index=subset,
@@ -340,6 +359,8 @@ def _digest_one(
             mode="semantic",  # an absolute score for the threshold (see the module doc)
         )
         hits = [h for h in result.hits if h.score >= threshold]
+        capped = len(hits) > cap
+        hits = hits[:cap]
     now = utcnow()
     rows = [
         {
@@ -388,6 +409,7 @@ def _digest_one(
         candidates=len(ids),
         matched=matched,
         threshold=threshold,
+        capped=capped,
     )
 
 
@@ -435,8 +457,11 @@ def matches_of(
         return [_match(r) for r in conn.execute(stmt).all()]
 
 
-def _deliver(settings: Settings, engine: Engine) -> tuple[int, int, list[str]]:
-    """Send every pending match on each configured channel; stamp what went out."""
+def _deliver(settings: Settings, engine: Engine) -> tuple[int, int, list[str], list[str]]:
+    """Send every pending match on each configured channel; stamp what went out.
+
+    Returns:
+        Matches e-mailed, matches posted, failures (retried), warnings (not retried)."""
     channels: list[tuple[str, Callable[[Settings, SavedSearch, Sequence[Match]], str | None]]] = []
     if email_configured(settings):
         channels.append(("email", send_email))
@@ -444,6 +469,7 @@ def _deliver(settings: Settings, engine: Engine) -> tuple[int, int, list[str]]:
         channels.append(("webhook", post_webhook))
     sent = {"email": 0, "webhook": 0}
     failures: list[str] = []
+    warnings: list[str] = []
     for search in list_searches(settings, engine=engine):
         for channel, send in channels:
             pending = matches_of(engine, search.id, pending=channel)
@@ -469,9 +495,8 @@ def _deliver(settings: Settings, engine: Engine) -> tuple[int, int, list[str]]:
                 )
             sent[channel] += len(pending)
             if partly:  # delivered, not to everyone: said, never sent again to the rest
-                logger.warning("digest %s for saved search %d: %s", channel, search.id, partly)
-                failures.append(f"{channel} for {search.name!r}: {partly}")
-    return sent["email"], sent["webhook"], failures
+                warnings.append(f"{channel} for {search.name!r}: {partly}")
+    return sent["email"], sent["webhook"], failures, warnings
 
 
 def feed_for(

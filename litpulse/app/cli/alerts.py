@@ -148,6 +148,8 @@ def run_digest_cmd(args: argparse.Namespace, settings: Settings) -> int:
     )
     for failure in report.failures:
         print(f"failed (tried again by the next digest): {failure}", file=sys.stderr)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -464,8 +464,9 @@ def test_an_email_accepted_for_one_recipient_is_not_sent_again(indexed: Settings
         controller.stop()
     # the first digest says who did not get it; the matches are delivered (to alice)
     assert first.emailed == first.matched
-    assert any("bob@example.org (550" in f and "other recipients got it" in f
-               for f in first.failures), first.failures
+    assert any("bob@example.org (550" in w and "other recipients got it" in w
+               for w in first.warnings), first.warnings
+    assert not first.failures  # nothing to retry
     assert matches_of(engine, search.id, pending="email") == []
     to_alice = [m for rcpts, m in inbox.messages if "alice@example.org" in rcpts]
     pmids_sent = [
@@ -585,3 +586,26 @@ def test_articles_stored_after_a_search_is_saved_are_new_whatever_the_app_clock(
     assert 101 in _matched(engine, search.id), (
         f"0 new articles for the search: {report.searches[0].candidates} candidates"
     )
+
+
+def test_matches_over_the_cap_are_reported_not_dropped_silently(indexed: Settings) -> None:
+    """LITPULSE_DIGEST_MAX_MATCHES records the best so many new matches of a search; the
+    others were dropped without a word (the watermark moves past them). The digest now
+    says so for that search; at the cap exactly it says nothing."""
+    s = indexed
+    engine = db.connect(s)
+    search = add_search(s, name="crispr", query=CRISPR, min_score=THRESHOLD, owner="alice")
+    _load(engine, {101, 103})  # two new CRISPR articles: both match
+    assert refresh_index(s).published
+    at_cap = run_digest(s.replace(digest_max_matches=2))
+    assert at_cap.searches[0].matched == 2 and not at_cap.searches[0].capped
+    assert not at_cap.warnings
+
+    _load(engine, {104, 107})  # two more
+    assert refresh_index(s).published
+    report = run_digest(s.replace(digest_max_matches=1))
+    (one,) = report.searches
+    assert one.matched == 1 and one.capped
+    assert any(w.startswith(f"search {search.id} 'crispr': more than 1 new articles")
+               for w in report.warnings), report.warnings
+    assert len(_matched(engine, search.id)) == 3
