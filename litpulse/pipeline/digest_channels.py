@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import smtplib
 import urllib.request
@@ -98,6 +99,16 @@ class Match:
         }
 
 
+def delivery_key(search: SavedSearch, matches: Sequence[Match]) -> str:
+    """The same text for the same matches of the same search, whenever they are sent:
+    a digest killed between sending them and recording it sends them again, and a
+    receiver can tell the repeat (the e-mail's ``Message-ID``, the webhook's
+    ``Idempotency-Key`` header and ``delivery`` field)."""
+    ids = ",".join(str(i) for i in sorted(m.id for m in matches))
+    text = f"{search.id}:{search.created_at.timestamp():.6f}:{ids}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
 def _feed_id(search: SavedSearch) -> str:
     # the creation time keeps ids unique even if a removed search's id is reused
     return f"urn:litpulse:saved-search:{search.id}:{int(search.created_at.timestamp())}"
@@ -158,6 +169,8 @@ def email_message(
     msg["Subject"] = f"litpulse: {n} new article{'s' if n != 1 else ''} for “{search.name}”"
     msg["From"] = settings.digest_smtp_from
     msg["To"] = ", ".join(_recipients(settings))
+    domain = settings.digest_smtp_from.rpartition("@")[2] or "localhost"
+    msg["Message-ID"] = f"<litpulse-digest-{delivery_key(search, matches)}@{domain}>"
     lines = [f"New articles for your saved search “{search.name}” ({search.query}):", ""]
     for i, m in enumerate(matches, start=1):
         lines += [
@@ -214,16 +227,19 @@ def send_email(settings: Settings, search: SavedSearch, matches: Sequence[Match]
 def post_webhook(settings: Settings, search: SavedSearch, matches: Sequence[Match]) -> None:
     """POST the matches as JSON to ``LITPULSE_DIGEST_WEBHOOK_URL``.
 
-    The body is ``{"text": one line, "search": {...}, "matches": [...]}`` (``text`` for
-    chat webhooks).
+    The body is ``{"text": one line, "delivery": key, "search": {...}, "matches":
+    [...]}`` (``text`` for chat webhooks; ``delivery``, also the ``Idempotency-Key``
+    header, is :func:`delivery_key`: the same when the same matches are sent again).
 
     Raises:
         DeliveryError: No 2xx answer.
     """
     n = len(matches)
+    key = delivery_key(search, matches)
     body = json.dumps(
         {
             "text": f"litpulse: {n} new article{'s' if n != 1 else ''} for “{search.name}”",
+            "delivery": key,
             "search": search.to_dict(),
             "matches": [m.to_dict() for m in matches],
         },
@@ -233,7 +249,8 @@ def post_webhook(settings: Settings, search: SavedSearch, matches: Sequence[Matc
         settings.digest_webhook_url,
         data=body,
         method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": "litpulse-digest"},
+        headers={"Content-Type": "application/json", "User-Agent": "litpulse-digest",
+                 "Idempotency-Key": key},
     )
     timeout = min(settings.http_timeout, MAX_DELIVERY_TIMEOUT_S)
     try:

@@ -197,6 +197,7 @@ class _Hook:
     def __init__(self) -> None:
         self.status = 200
         self.bodies: list[dict[str, Any]] = []
+        self.keys: list[str | None] = []  # the Idempotency-Key header of each body kept
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -204,6 +205,7 @@ class _Hook:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 if hook.status == 200:
                     hook.bodies.append(json.loads(body))
+                    hook.keys.append(self.headers.get("Idempotency-Key"))
                 self.send_response(hook.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -609,3 +611,41 @@ def test_matches_over_the_cap_are_reported_not_dropped_silently(indexed: Setting
     assert any(w.startswith(f"search {search.id} 'crispr': more than 1 new articles")
                for w in report.warnings), report.warnings
     assert len(_matched(engine, search.id)) == 3
+
+
+def test_matches_sent_again_after_a_kill_carry_the_same_delivery_key(
+    indexed: Settings, hook: _Hook
+) -> None:
+    """A digest killed between sending its matches and recording that sends them again
+    (nothing says they went out). The repeat carries the same key — the webhook's
+    Idempotency-Key header and `delivery` field, the e-mail's Message-ID — so a receiver
+    can drop it; other matches carry another."""
+    from sqlalchemy import update
+
+    from litpulse.pipeline.digest_channels import email_message
+
+    s = indexed.replace(digest_webhook_url=hook.url, digest_smtp_from="lp@example.org",
+                        digest_smtp_to="alice@example.org")  # fmt: skip
+    engine = db.connect(s)
+    search = add_search(s, name="crispr", query=CRISPR, min_score=THRESHOLD, owner="alice")
+    _load(engine, {101, 103})
+    assert refresh_index(s).published
+    assert run_digest(s.replace(digest_smtp_to="")).posted == 2
+    with engine.begin() as conn:  # what a kill before the stamp leaves
+        conn.execute(update(digest_matches).values(webhook_sent_at=None))
+    assert run_digest(s.replace(digest_smtp_to="")).posted == 2
+    first, again = hook.bodies
+    assert first["matches"] == again["matches"]
+    assert first["delivery"] == again["delivery"] == hook.keys[0] == hook.keys[1]
+
+    sent = matches_of(engine, search.id)
+    mail = email_message(s, get_search(s, search.id), sent)
+    assert mail["Message-ID"] == email_message(s, get_search(s, search.id), sent)["Message-ID"]
+    assert mail["Message-ID"].endswith("@example.org>")
+    assert (email_message(s, get_search(s, search.id), sent[:1])["Message-ID"]
+            != mail["Message-ID"])  # fmt: skip
+
+    _load(engine, {104})
+    assert refresh_index(s).published
+    run_digest(s.replace(digest_smtp_to=""))
+    assert hook.bodies[-1]["delivery"] != first["delivery"] and len(set(hook.keys)) == 2
