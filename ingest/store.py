@@ -278,12 +278,9 @@ class Store(RunLedger, Checkpoints):
         # meets it, as it meets an article stored for the first time
         lifted = {p: row for p, row in plan.full.items()
                   if p in stored and p not in was_live and not row[deleted]}  # fmt: skip
-        if lifted:
-            kept = {p: row for p, row in plan.full.items() if p not in lifted}
-            self._write_articles(conn, kept, _RECORD_COLUMNS, stored)
-            self._write_articles(conn, lifted, _LIFT_COLUMNS, stored)
-        else:
-            self._write_articles(conn, plan.full, _RECORD_COLUMNS, stored)
+        kept = {p: row for p, row in plan.full.items() if p not in lifted}
+        self._write_articles(conn, kept, _RECORD_COLUMNS, stored)
+        self._write_articles(conn, lifted, _LIFT_COLUMNS, stored)
         self._write_articles(conn, plan.tomb, _TOMBSTONE_COLUMNS, stored)
         if plan.quarantined:
             upsert(conn, quarantine, list(plan.quarantined.values()), keys=["digest"], update=[])

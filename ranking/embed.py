@@ -293,10 +293,13 @@ def rebuild_record(bind: Engine | Connection, model_version: str) -> dict[str, A
 def mark_rebuild(conn: Connection, spec: ModelSpec) -> None:
     """Record, inside the transaction that drops the stored vectors of ``spec``, that
     they are rebuilt with its base model (:func:`rebuild_record`)."""
-    db.upsert(conn, checkpoints, [{
-        "scope": REBUILD_SCOPE, "key": spec.id, "status": "running",
-        "value": base_record(spec.base_model), "updated_at": db.db_now(conn),
-    }], keys=("scope", "key"))
+    db.upsert(conn, checkpoints, [_rebuild_row(conn, spec)], keys=("scope", "key"))
+
+
+def _rebuild_row(conn: Connection, spec: ModelSpec, **extra: Any) -> dict[str, Any]:
+    """The ``checkpoints`` row of :func:`rebuild_record` for ``spec``'s base model."""
+    return {"scope": REBUILD_SCOPE, "key": spec.id, "status": "running",
+            "value": {**base_record(spec.base_model), **extra}, "updated_at": db.db_now(conn)}
 
 
 def first_embedding(engine: Engine, spec: ModelSpec) -> bool:
@@ -322,11 +325,8 @@ def claim_first_embedding(conn: Connection, spec: ModelSpec) -> None:
         ConsistencyError: Another embedding recorded another base model meanwhile (a
             worker with another ``LITPULSE_MODEL``): nothing of this one is stored.
     """
-    db.upsert(conn, checkpoints, [{
-        "scope": REBUILD_SCOPE, "key": spec.id, "status": "running",
-        "value": {**base_record(spec.base_model), "first": True},
-        "updated_at": db.db_now(conn),
-    }], keys=("scope", "key"), update=())
+    db.upsert(conn, checkpoints, [_rebuild_row(conn, spec, first=True)], keys=("scope", "key"),
+              update=())
     record = rebuild_record(conn, spec.id)
     changed = rebuild_changed(record, spec) if record is not None else None
     if changed is not None:
