@@ -649,3 +649,84 @@ def test_matches_sent_again_after_a_kill_carry_the_same_delivery_key(
     assert refresh_index(s).published
     run_digest(s.replace(digest_smtp_to=""))
     assert hook.bodies[-1]["delivery"] != first["delivery"] and len(set(hook.keys)) == 2
+
+
+_NO_ADDRESS = "every e-mail goes to LITPULSE_DIGEST_SMTP_TO: tokens have no address yet"
+
+
+@pytest.mark.xfail(strict=True, reason=_NO_ADDRESS)
+def test_a_search_is_e_mailed_to_its_owners_address_and_to_no_one_else(
+    indexed: Settings,
+) -> None:
+    """A saved search's digest goes to the e-mail address of its owner's API token, set
+    by whoever issued it; a search whose owner has none goes to the shared list. Without
+    a shared list, only the searches with an owner's address are e-mailed (the others
+    stay pending, sent to no one)."""
+    from aiosmtpd.controller import Controller
+
+    from litpulse.app.tokens import create_token
+
+    port = _free_port()
+    s = indexed.replace(
+        digest_smtp_host="127.0.0.1", digest_smtp_port=port, digest_smtp_from="lp@example.org",
+        digest_smtp_to="team@example.org",
+    )  # fmt: skip
+    engine = db.connect(s)
+    alice = create_token(s, "alice", email="Alice@Example.org").info
+    assert alice.email == "Alice@Example.org" and alice.to_dict()["email"] == alice.email
+    create_token(s, "bob")  # no address: bob's searches go to the shared list
+    mine = add_search(s, name="alice crispr", query=CRISPR, min_score=THRESHOLD, owner="alice")
+    other = add_search(s, name="bob crispr", query=CRISPR, min_score=THRESHOLD, owner="bob")
+    carol = add_search(s, name="carol crispr", query=CRISPR, min_score=THRESHOLD, owner="carol")
+    _load(engine, NEW)
+    refresh_index(s)
+
+    inbox = _Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        alone = run_digest(s.replace(digest_smtp_to=""))  # no shared list: alice's only
+        assert alone.matched > 0 and not alone.failures
+        assert alone.emailed == len(matches_of(engine, mine.id))
+        assert matches_of(engine, other.id, pending="email")
+        got = run_digest(s)  # the shared list now takes bob's and carol's
+    finally:
+        controller.stop()
+
+    by_subject = {msg["Subject"]: sorted(rcpts) for rcpts, msg in inbox.messages}
+    assert len(inbox.messages) == 3, by_subject
+    for rcpts, msg in inbox.messages:
+        if "alice crispr" in msg["Subject"]:
+            assert rcpts == ["Alice@Example.org"] and msg["To"] == "Alice@Example.org"
+        else:
+            assert rcpts == ["team@example.org"] and msg["To"] == "team@example.org"
+    assert got.emailed == len(matches_of(engine, other.id)) + len(matches_of(engine, carol.id))
+    assert not any(matches_of(engine, x.id, pending="email") for x in (mine, other, carol))
+
+
+@pytest.mark.xfail(strict=True, reason=_NO_ADDRESS)
+def test_a_revoked_tokens_address_gets_no_more_digests(indexed: Settings) -> None:
+    from aiosmtpd.controller import Controller
+
+    from litpulse.app.tokens import create_token, revoke_token
+
+    port = _free_port()
+    s = indexed.replace(
+        digest_smtp_host="127.0.0.1", digest_smtp_port=port, digest_smtp_from="lp@example.org",
+        digest_smtp_to="team@example.org",
+    )  # fmt: skip
+    engine = db.connect(s)
+    old = create_token(s, "alice", email="alice@old.example.org").info
+    create_token(s, "alice", email="alice@new.example.org")
+    revoke_token(s, old.id)  # she left the old lab: its address gets nothing more
+    add_search(s, name="alice crispr", query=CRISPR, min_score=THRESHOLD, owner="alice")
+    _load(engine, NEW)
+    refresh_index(s)
+    inbox = _Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        assert run_digest(s).emailed > 0
+    finally:
+        controller.stop()
+    assert [sorted(r) for r, _ in inbox.messages] == [["alice@new.example.org"]]
