@@ -6,6 +6,10 @@ prints the token once. A request proves it holds a token by sending it as
 ``Authorization: Bearer <token>``; the API looks the digest up and compares it in
 constant time. A revoked token stays listed (who had access, and until when).
 
+A token may carry an e-mail address, set by whoever issues it (``tokens create --email``):
+the expert's saved-search digests are e-mailed there (:mod:`litpulse.pipeline.digest`),
+while the token is active.
+
 Revoking a token also withholds the judgements sent with it from training (they stay in
 the store, for the audit; see :func:`retrain.feedback.trainable_feedback`): per token,
 not per expert. :func:`revoke_token` and :func:`list_tokens` count them
@@ -35,6 +39,7 @@ from litpulse.core.db import connect
 from litpulse.core.errors import NotFoundError
 from litpulse.core.schema import api_tokens
 from litpulse.core.settings import Settings
+from litpulse.core.text import plain_mailbox
 from litpulse.core.timeutil import iso, utcnow
 from retrain.feedback import TokenFeedback, clean_expert, feedback_by_token, trainable_feedback
 
@@ -76,6 +81,8 @@ class TokenInfo:
     created_at: dt.datetime
     created_by: str | None = None
     revoked_at: dt.datetime | None = None
+    #: Where the expert's saved-search digests are e-mailed while it is active.
+    email: str | None = None
     #: The judgements sent with it (counted by :func:`list_tokens` and :func:`revoke_token`).
     feedback: TokenFeedback = field(default_factory=TokenFeedback)
 
@@ -98,6 +105,7 @@ class TokenInfo:
             "created_at": iso(self.created_at),
             "created_by": self.created_by,
             "revoked_at": iso(self.revoked_at),
+            "email": self.email,
             "feedback": {
                 "sent": fb.sent,
                 "standing": fb.standing,
@@ -140,26 +148,34 @@ def hash_token(token: str) -> str:
 def _info(row: Any, feedback: TokenFeedback | None = None) -> TokenInfo:
     return TokenInfo(id=int(row.id), expert=row.expert, prefix=row.prefix,
                      created_at=row.created_at, created_by=row.created_by,
-                     revoked_at=row.revoked_at, feedback=feedback or TokenFeedback())
+                     revoked_at=row.revoked_at, email=row.email,
+                     feedback=feedback or TokenFeedback())
 
 
 def create_token(
     settings: Settings, expert: str, *, created_by: str | None = None,
-    engine: Engine | None = None,
+    email: str | None = None, engine: Engine | None = None,
 ) -> IssuedToken:
     """Create a token for ``expert``; the returned object is the only copy of the secret.
 
+    Args:
+        email: Where the expert's saved-search digests are e-mailed while this token is
+            active (:func:`litpulse.core.text.plain_mailbox`); ``None``: to the shared
+            ``LITPULSE_DIGEST_SMTP_TO`` list, unless another of the expert's tokens has one.
+
     Raises:
-        ConfigError: The expert's name is empty or too long.
+        ConfigError: The expert's name is empty or too long, or ``email`` is not one
+            plain mailbox (nothing is stored).
     """
     expert = clean_expert(expert)
+    email = None if email is None else plain_mailbox(email)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     engine = engine or connect(settings)
     with engine.begin() as conn:
         key = conn.execute(
             insert(api_tokens).values(
                 expert=expert, token_sha256=hash_token(token), prefix=token[:10],
-                created_by=created_by, created_at=utcnow(),
+                created_by=created_by, created_at=utcnow(), email=email,
             )
         ).inserted_primary_key
         tid = int(key[0]) if key is not None else 0

@@ -331,6 +331,8 @@ api_tokens = Table(
     Column("created_by", String(255)),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("revoked_at", UTCDateTime()),
+    # where the expert's saved-search digests are e-mailed (set by whoever issues it)
+    Column("email", String(320)),
 )
 
 #: Every judgement as sent, append-only: who (expert), how (api, cli, with which token)

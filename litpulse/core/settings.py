@@ -416,7 +416,10 @@ class Settings:
     digest_smtp_port: int = _opt(25, "Port of the SMTP server.", min=1, max=65535)
     digest_smtp_from: str = _opt("litpulse@localhost", "Sender address of digest e-mails.")
     digest_smtp_to: str = _opt(
-        "", "Recipients of digest e-mails, comma-separated; empty means no e-mail."
+        "",
+        "Recipients of digest e-mails of the saved searches whose owner has no address of "
+        "their own (`tokens create --email`), comma-separated; empty means those are not "
+        "e-mailed.",
     )
     digest_webhook_url: str = _opt(
         "",

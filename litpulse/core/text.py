@@ -21,7 +21,7 @@ import re
 
 from litpulse.core.errors import ConfigError
 
-__all__ = ["checked_text"]
+__all__ = ["checked_text", "plain_mailbox"]
 
 #: C0 and C1 control characters but tab, line feed and carriage return; DEL; lone
 #: surrogates (the CLI's arguments carry undecodable bytes as such; no database stores them).
@@ -48,3 +48,35 @@ def checked_text(value: str, what: str) -> str:
     code = ord(found.group())
     name = f"U+{code:04X}" + (f" ({_NAMES[code]})" if code in _NAMES else "")
     raise ConfigError(f"{what} must not hold control characters: {name} at {found.start()}")
+
+
+#: The longest address SMTP carries (RFC 5321's path, 256 octets, less its brackets).
+MAX_ADDRESS = 254
+#: One plain mailbox: a local part and a domain, neither holding whitespace, a control
+#: character or what would make it more than one address (a display name, a list, a
+#: comment). Deliverability is the mail server's to say; this rule keeps an address
+#: from changing the message it is written into.
+_MAILBOX = re.compile(r"[^\s@<>(),;:\"\[\]\\\x00-\x1f\x7f]{1,64}@"
+                      r"[^\s@<>(),;:\"\[\]\\\x00-\x1f\x7f.][^\s@<>(),;:\"\[\]\\\x00-\x1f\x7f]*")
+
+
+def plain_mailbox(value: str, what: str = "e-mail address") -> str:
+    """``value`` without surrounding blanks, when it is one plain mailbox
+    (``local@domain``).
+
+    Refused: a line break or any control character (in a header it would start another
+    header: a ``Bcc:`` to anyone), a display name or angle brackets, two addresses, no
+    local part or domain, more than :data:`MAX_ADDRESS` characters.
+
+    Example:
+        >>> plain_mailbox(" ann@lab.example.org ")
+        'ann@lab.example.org'
+
+    Raises:
+        ConfigError: It is not one plain mailbox.
+    """
+    address = value.strip()
+    if len(address) > MAX_ADDRESS or not _MAILBOX.fullmatch(address) or address.endswith("."):
+        raise ConfigError(f"{what} must be one plain mailbox (name@domain, at most "
+                          f"{MAX_ADDRESS} characters), got {value!r}")
+    return address

@@ -20,7 +20,10 @@ For every saved search (:mod:`litpulse.pipeline.saved_searches`), :func:`run_dig
    a webhook POST — and stamps ``email_sent_at`` / ``webhook_sent_at`` only on success,
    so a failed delivery is retried by the next digest and no match is lost (an e-mail
    the SMTP server took for some recipients and refused for others went out: it is
-   stamped, and the refused ones are reported, never sent to the rest again). The Atom
+   stamped, and the refused ones are reported, never sent to the rest again). A
+   search's e-mail goes to its owner's addresses (those of the owner's active API tokens,
+   :func:`owner_addresses`), else to the shared ``LITPULSE_DIGEST_SMTP_TO`` list: one
+   expert's searches never reach another's mailbox. The Atom
    feed (``/feeds/{id}.atom``, :func:`feed_for`) reads the matches directly.
 
 A saved search that cannot be searched (filters saved before a rule they break, a value
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -52,16 +56,16 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from litpulse.core import db
 from litpulse.core.errors import ConfigError, LitpulseError
-from litpulse.core.schema import articles, digest_matches, saved_searches
+from litpulse.core.schema import api_tokens, articles, digest_matches, saved_searches
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import utcnow
 from litpulse.pipeline.digest_channels import (
     DeliveryError,
     Match,
     atom_feed,
-    email_configured,
     post_webhook,
     send_email,
+    shared_recipients,
 )
 from litpulse.pipeline.saved_searches import SavedSearch, get_search, list_searches
 
@@ -76,6 +80,8 @@ __all__ = [
     "digest_step",
     "feed_for",
     "matches_of",
+    "owner_addresses",
+    "recipients_of",
     "run_digest",
 ]
 
@@ -457,20 +463,56 @@ def matches_of(
         return [_match(r) for r in conn.execute(stmt).all()]
 
 
+def recipients_of(
+    settings: Settings, search: SavedSearch, owners: dict[str, list[str]]
+) -> list[str]:
+    """Whom a search's digest is e-mailed to: the addresses of its owner's active API
+    tokens (``owners``: :func:`owner_addresses`), else the shared
+    ``LITPULSE_DIGEST_SMTP_TO`` list (empty: the search is not e-mailed)."""
+    return owners.get(search.owner) or shared_recipients(settings)
+
+
+def owner_addresses(engine: Engine) -> dict[str, list[str]]:
+    """Each expert's e-mail addresses: those of their active API tokens, oldest token
+    first, each once (letter case aside). A revoked token's address gets nothing more."""
+    t = api_tokens.c
+    out: dict[str, list[str]] = {}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(t.expert, t.email)
+            .where(t.revoked_at.is_(None), t.email.is_not(None))
+            .order_by(t.id)
+        ).all()
+    for expert, email in rows:
+        have = out.setdefault(expert, [])
+        if email.casefold() not in {a.casefold() for a in have}:
+            have.append(email)
+    return out
+
+
+Send = Callable[[Settings, SavedSearch, Sequence[Match]], str | None]
+
+
 def _deliver(settings: Settings, engine: Engine) -> tuple[int, int, list[str], list[str]]:
     """Send every pending match on each configured channel; stamp what went out.
 
+    E-mail goes out when ``LITPULSE_DIGEST_SMTP_HOST`` is set, each search's to
+    :func:`recipients_of` it (a search with none is not e-mailed: its matches stay
+    pending); the webhook when ``LITPULSE_DIGEST_WEBHOOK_URL`` is.
+
     Returns:
         Matches e-mailed, matches posted, failures (retried), warnings (not retried)."""
-    channels: list[tuple[str, Callable[[Settings, SavedSearch, Sequence[Match]], str | None]]] = []
-    if email_configured(settings):
-        channels.append(("email", send_email))
-    if settings.digest_webhook_url:
-        channels.append(("webhook", post_webhook))
+    owners = owner_addresses(engine) if settings.digest_smtp_host else {}
     sent = {"email": 0, "webhook": 0}
     failures: list[str] = []
     warnings: list[str] = []
     for search in list_searches(settings, engine=engine):
+        channels: list[tuple[str, Send]] = []
+        to = recipients_of(settings, search, owners) if settings.digest_smtp_host else []
+        if to:
+            channels.append(("email", functools.partial(send_email, to=to)))
+        if settings.digest_webhook_url:
+            channels.append(("webhook", post_webhook))
         for channel, send in channels:
             pending = matches_of(engine, search.id, pending=channel)
             if not pending:

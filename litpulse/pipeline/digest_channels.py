@@ -7,7 +7,9 @@ decides what is new and records what was delivered.
   ``updated``, ``author`` and ``self`` link; per match an entry with ``id``, ``title``,
   ``link`` (the PubMed record), ``updated`` and a ``summary`` holding the score and its
   explanation.
-* :func:`send_email` sends one plain-text message over SMTP (stdlib ``smtplib``).
+* :func:`send_email` sends one plain-text message over SMTP (stdlib ``smtplib``), to the
+  addresses it is given (:func:`litpulse.pipeline.digest.recipients_of`: the owner's, or
+  the shared ``LITPULSE_DIGEST_SMTP_TO`` list).
 * :func:`post_webhook` POSTs ``{"search": ..., "matches": [...]}`` as JSON.
 
 Example:
@@ -39,11 +41,11 @@ __all__ = [
     "DeliveryError",
     "Match",
     "atom_feed",
-    "email_configured",
     "email_message",
     "post_webhook",
     "pubmed_url",
     "send_email",
+    "shared_recipients",
 ]
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
@@ -161,14 +163,16 @@ def atom_feed(search: SavedSearch, matches: Sequence[Match], *, self_url: str) -
 
 
 def email_message(
-    settings: Settings, search: SavedSearch, matches: Sequence[Match]
+    settings: Settings, search: SavedSearch, matches: Sequence[Match],
+    to: Sequence[str] | None = None,
 ) -> EmailMessage:
-    """The plain-text e-mail listing a saved search's new matches."""
+    """The plain-text e-mail listing a saved search's new matches, to ``to`` (default:
+    :func:`shared_recipients`)."""
     msg = EmailMessage()
     n = len(matches)
     msg["Subject"] = f"litpulse: {n} new article{'s' if n != 1 else ''} for “{search.name}”"
     msg["From"] = settings.digest_smtp_from
-    msg["To"] = ", ".join(_recipients(settings))
+    msg["To"] = ", ".join(shared_recipients(settings) if to is None else to)
     domain = settings.digest_smtp_from.rpartition("@")[2] or "localhost"
     msg["Message-ID"] = f"<litpulse-digest-{delivery_key(search, matches)}@{domain}>"
     lines = [f"New articles for your saved search “{search.name}” ({search.query}):", ""]
@@ -184,17 +188,18 @@ def email_message(
     return msg
 
 
-def _recipients(settings: Settings) -> list[str]:
+def shared_recipients(settings: Settings) -> list[str]:
+    """``LITPULSE_DIGEST_SMTP_TO``: who gets the digests of searches whose owner has no
+    address of their own."""
     return [a.strip() for a in settings.digest_smtp_to.split(",") if a.strip()]
 
 
-def email_configured(settings: Settings) -> bool:
-    """Whether digests go out by e-mail (an SMTP host and at least one recipient)."""
-    return bool(settings.digest_smtp_host and _recipients(settings))
-
-
-def send_email(settings: Settings, search: SavedSearch, matches: Sequence[Match]) -> str | None:
-    """Send the e-mail of :func:`email_message` through ``LITPULSE_DIGEST_SMTP_HOST``.
+def send_email(
+    settings: Settings, search: SavedSearch, matches: Sequence[Match],
+    to: Sequence[str] | None = None,
+) -> str | None:
+    """Send the e-mail of :func:`email_message` (to ``to``, default
+    :func:`shared_recipients`) through ``LITPULSE_DIGEST_SMTP_HOST``.
 
     Returns:
         ``None``, or, when the server took the message for some recipients and refused
@@ -206,7 +211,7 @@ def send_email(settings: Settings, search: SavedSearch, matches: Sequence[Match]
         DeliveryError: The server could not be reached, or refused the message (for every
             recipient): nothing went out.
     """
-    msg = email_message(settings, search, matches)
+    msg = email_message(settings, search, matches, to)
     timeout = min(settings.http_timeout, MAX_DELIVERY_TIMEOUT_S)
     try:
         with smtplib.SMTP(

@@ -25,6 +25,9 @@ def register(sub: Any) -> None:
     c = command(actions, "create", run_create,
                 help="create a token for an expert and print it once")
     c.add_argument("--expert", required=True, metavar="NAME", help="who the token speaks for")
+    c.add_argument("--email", metavar="ADDRESS",
+                   help="e-mail the expert's saved-search digests here while the token is "
+                        "active (default: the shared LITPULSE_DIGEST_SMTP_TO list)")
     add_json(c)
     command(actions, "list", run_list, help="list tokens (never the tokens themselves)",
             json="print JSON")
@@ -37,7 +40,7 @@ def register(sub: Any) -> None:
 def run_create(args: argparse.Namespace, settings: Settings) -> int:
     from litpulse.app.tokens import create_token
 
-    issued = create_token(settings, args.expert, created_by=_who(None))
+    issued = create_token(settings, args.expert, created_by=_who(None), email=args.email)
     if args.json:
         print_json({**issued.info.to_dict(), "token": issued.token})
         return 0
@@ -61,9 +64,9 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
     print_table(
         [[t.id, t.expert, t.prefix + "…", t.state.value, f"{t.created_at:%Y-%m-%d %H:%M}",
           t.created_by or "", f"{t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "",
-          t.feedback.sent, t.excluded]
+          t.email or "", t.feedback.sent, t.excluded]
          for t in tokens],
-        ["id", "expert", "token", "state", "created", "by", "revoked", "judgements",
+        ["id", "expert", "token", "state", "created", "by", "revoked", "e-mail", "judgements",
          "excluded"],
     )
     return 0

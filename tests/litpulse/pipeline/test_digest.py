@@ -651,10 +651,6 @@ def test_matches_sent_again_after_a_kill_carry_the_same_delivery_key(
     assert hook.bodies[-1]["delivery"] != first["delivery"] and len(set(hook.keys)) == 2
 
 
-_NO_ADDRESS = "every e-mail goes to LITPULSE_DIGEST_SMTP_TO: tokens have no address yet"
-
-
-@pytest.mark.xfail(strict=True, reason=_NO_ADDRESS)
 def test_a_search_is_e_mailed_to_its_owners_address_and_to_no_one_else(
     indexed: Settings,
 ) -> None:
@@ -704,7 +700,6 @@ def test_a_search_is_e_mailed_to_its_owners_address_and_to_no_one_else(
     assert not any(matches_of(engine, x.id, pending="email") for x in (mine, other, carol))
 
 
-@pytest.mark.xfail(strict=True, reason=_NO_ADDRESS)
 def test_a_revoked_tokens_address_gets_no_more_digests(indexed: Settings) -> None:
     from aiosmtpd.controller import Controller
 
