@@ -201,3 +201,61 @@ def test_a_saved_search_stored_before_the_rule_still_has_a_well_formed_feed(
     assert root.findtext("a:title", namespaces=ns) == "litpulse: malariakids"
     assert "malaria [31m vaccine" in root.findtext("a:subtitle", namespaces=ns)
     assert not feedparser.parse(feed.content).bozo
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "add_search checks the name, then inserts: two concurrent POST /alerts of one name "
+    "both pass the check and the loser's INSERT raises IntegrityError, answered 500"))
+def test_concurrent_saves_of_one_name_are_never_500(store: Settings, client: TestClient) -> None:
+    import threading
+    from collections import Counter
+
+    auth = {"Authorization": f"Bearer {create_token(store, 'alice').token}"}
+    seen: Counter[int] = Counter()
+    for trial in range(20):
+        barrier = threading.Barrier(8)
+
+        def post(name: str = f"race {trial}", barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            r = client.post("/alerts", json={"name": name, "query": "malaria"}, headers=auth)
+            seen[r.status_code] += 1
+
+        threads = [threading.Thread(target=post) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if seen[500]:
+            break
+    assert seen[500] == 0, dict(seen)
+    assert set(seen) == {201, 400} and seen[201] == trial + 1, dict(seen)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "POST /alerts has no per-expert limit: one token saves any number of searches, each "
+    "re-run by every nightly digest"))
+def test_one_expert_keeps_at_most_the_configured_number_of_saved_searches(
+    store: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``LITPULSE_ALERTS_PER_EXPERT`` bounds what one token's expert can make every
+    nightly digest run: past it a save is refused (403, saying how to make room); a
+    removal makes room; other experts and the CLI (an operator) are not held by it."""
+    s = store.replace(alerts_per_expert=3)
+    monkeypatch.setenv("LITPULSE_ALERTS_PER_EXPERT", "3")
+    mallory = {"Authorization": f"Bearer {create_token(s, 'mallory').token}"}
+    alice = {"Authorization": f"Bearer {create_token(s, 'alice').token}"}
+    with TestClient(create_app(s), raise_server_exceptions=False) as c:
+        codes = [c.post("/alerts", json={"name": f"spam {i}", "query": "malaria"},
+                        headers=mallory).status_code for i in range(5)]  # fmt: skip
+        assert codes == [201, 201, 201, 403, 403]
+        refused = c.post("/alerts", json={"name": "spam 9", "query": "malaria"}, headers=mallory)
+        assert "3 saved searches" in refused.json()["detail"]
+        assert c.post("/alerts", json={"name": "alice 1", "query": "malaria"},
+                      headers=alice).status_code == 201  # fmt: skip
+        first = next(x for x in c.get("/alerts").json() if x["name"] == "spam 0")
+        assert c.delete(f"/alerts/{first['id']}", headers=mallory).status_code == 200
+        assert c.post("/alerts", json={"name": "spam 5", "query": "malaria"},
+                      headers=mallory).status_code == 201  # fmt: skip
+    for i in range(4):  # the operator's own searches
+        assert main(["alerts", "add", "malaria", "--name", f"ops {i}"]) == 0
+    capsys.readouterr()
