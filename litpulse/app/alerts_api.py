@@ -10,6 +10,8 @@
 
 Reading is open like ``/search``; writing needs an API token like ``POST /feedback``
 (the same dependency: 401 without or with an unknown token, 403 on a read-only server).
+One expert keeps at most ``LITPULSE_ALERTS_PER_EXPERT`` saved searches (every digest runs
+each): past it a save is answered 403, saying so.
 
 Example:
     >>> add_alert_routes(app, settings, engine, Depends(expert))  # doctest: +SKIP
@@ -84,6 +86,7 @@ def add_alert_routes(
 
     from litpulse.pipeline.digest import feed_for, matches_of
     from litpulse.pipeline.saved_searches import (
+        SearchLimitError,
         add_search,
         get_search,
         list_searches,
@@ -118,15 +121,19 @@ def add_alert_routes(
             has_abstract=item.has_abstract,
             include_retracted=item.include_retracted,
         )
-        saved = add_search(
-            settings,
-            name=item.name,
-            query=item.query,
-            filters=filters,
-            min_score=item.min_score,
-            owner=who.expert,
-            engine=engine(),
-        )
+        try:
+            saved = add_search(
+                settings,
+                name=item.name,
+                query=item.query,
+                filters=filters,
+                min_score=item.min_score,
+                owner=who.expert,
+                owner_limit=settings.alerts_per_expert,
+                engine=engine(),
+            )
+        except SearchLimitError as exc:
+            raise HTTPException(403, str(exc)) from None
         return saved.to_dict()
 
     @app.get(

@@ -606,11 +606,15 @@ def _add_search_routes(
     def export_endpoint(
         format: Literal["ris", "bibtex", "csv"] = Query("ris", description="File format."),
         k: int = Query(50, ge=1, le=500, description="Number of results."),
+        offset: int = Query(0, ge=0, le=MAX_OFFSET, description="Results to skip: the "
+                            "file holds exactly the page `GET /search` shows for the same "
+                            "parameters."),
         spec: SearchSpec = spec_dep,
     ) -> Any:  # a Response (annotations are resolved in this module's globals)
         from litpulse.app.export import FORMATS, load_export_rows, render
 
-        result = do_search(spec, k)
+        # the page /search answers (its blocks, its date order), not a search of its own
+        result = do_search(spec, k, offset)
         rows = load_export_rows(engine(), [h.pmid for h in result.hits])
         media, ext = FORMATS[format]
         body = render(format, list(result.hits), rows)

@@ -41,8 +41,10 @@ FORMATS: dict[str, tuple[str, str]] = {
 
 CSV_COLUMNS = (
     "rank", "pmid", "title", "authors", "journal", "year", "date", "volume", "issue",
-    "pages", "doi", "url", "score", "similarity", "recency", "citation",
+    "pages", "doi", "url", "score", "similarity", "recency", "citation", "retracted",
 )
+#: What a retracted article's RIS ``N1`` and BibTeX ``note`` say (the page's label).
+RETRACTED = "Retracted article"
 
 
 def load_export_rows(engine: Engine, pmids: Iterable[int]) -> dict[int, dict[str, Any]]:
@@ -54,7 +56,7 @@ def load_export_rows(engine: Engine, pmids: Iterable[int]) -> dict[int, dict[str
         articles.c.pmid, articles.c.title, articles.c.abstract, articles.c.journal,
         articles.c.pub_year, articles.c.pub_month, articles.c.best_date, articles.c.language,
         articles.c.doi, articles.c.pmcid, articles.c.authors, articles.c.mesh,
-        articles.c.publication_types, articles.c.record,
+        articles.c.publication_types, articles.c.record, articles.c.is_retracted,
     )
     with engine.connect() as conn:
         return {
@@ -143,6 +145,8 @@ def to_ris(hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]]) -> 
         tag("LA", row.get("language"))
         for term in _mesh_terms(row):
             tag("KW", term)
+        if row.get("is_retracted"):
+            tag("N1", RETRACTED)
         if hit is not None:
             tag("N1", f"litpulse score {hit.score:.4f}")
         lines.append("ER  - ")
@@ -192,6 +196,8 @@ def to_bibtex(hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]]) 
             fields.append(("keywords", _bib(", ".join(keywords))))
         if row.get("abstract"):
             fields.append(("abstract", _bib(row["abstract"])))
+        if row.get("is_retracted"):
+            fields.append(("note", RETRACTED))
         body = ",\n".join(f"  {k} = {{{v}}}" for k, v in fields)
         entries.append(f"@article{{pmid{pmid},\n{body}\n}}\n")
     return "\n".join(entries)
@@ -226,6 +232,7 @@ def to_csv(hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]]) -> 
             ]
         else:
             values += ["", "", "", ""]
+        values.append("true" if row.get("is_retracted") else "false")
         writer.writerow([_cell(v) for v in values])
     return buf.getvalue()
 

@@ -408,6 +408,13 @@ class Settings:
         min=1,
         max=10000,
     )
+    alerts_per_expert: int = _opt(
+        100,
+        "Most saved searches one API token's expert may keep (POST /alerts; each is run "
+        "by every digest); the CLI's are not held by it.",
+        min=1,
+        max=100000,
+    )
     digest_smtp_host: str = _opt(
         "",
         "SMTP server that sends each saved search's new matches by e-mail (plain SMTP, "

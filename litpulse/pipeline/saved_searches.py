@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from litpulse.core import db
 from litpulse.core.errors import ConfigError, NotFoundError
@@ -31,6 +32,7 @@ from litpulse.core.timeutil import iso
 from ranking.search import MAX_QUERY_CHARS, SearchFilters
 
 __all__ = [
+    "SearchLimitError",
     "MAX_NAME_CHARS",
     "SavedSearch",
     "add_search",
@@ -128,6 +130,13 @@ def _from_row(row: Any, matches: int = 0) -> SavedSearch:
     )
 
 
+def _check_name_free(conn: Any, name: str) -> None:
+    """Refuse ``name`` when a saved search has it (a ``ConfigError``)."""
+    taken = conn.execute(select(saved_searches.c.id).where(saved_searches.c.name == name)).first()
+    if taken is not None:
+        raise ConfigError(f"a saved search named {name!r} exists already (id {taken.id})")
+
+
 def _clean_name(name: str) -> str:
     text = " ".join(checked_text(str(name or ""), "a saved search's name").split())
     if not text:
@@ -158,6 +167,10 @@ def _clean_min_score(value: float | None) -> float | None:
     return float(value)
 
 
+class SearchLimitError(ConfigError):
+    """The owner keeps as many saved searches as they may (``owner_limit``)."""
+
+
 def add_search(
     settings: Settings,
     *,
@@ -166,42 +179,58 @@ def add_search(
     filters: SearchFilters | None = None,
     min_score: float | None = None,
     owner: str,
+    owner_limit: int | None = None,
     engine: Engine | None = None,
 ) -> SavedSearch:
     """Save a search; articles stored from now on are its new ones.
 
+    Args:
+        owner_limit: Most saved searches ``owner`` may keep (``None``: no limit; the API
+            passes ``LITPULSE_ALERTS_PER_EXPERT``). Counted in the saving transaction:
+            saves at the same moment may pass it by the few that raced.
+
     Raises:
         ConfigError: An empty or over-long name or query, a name of digits only, a name
             or query holding a control character, a threshold outside 0..1000, or the
-            name is taken.
+            name is taken (also when another save of that name wins at the same moment).
+        SearchLimitError: ``owner`` keeps ``owner_limit`` saved searches already.
     """
     name = _clean_name(name)
     query = _clean_query(query)
     min_score = _clean_min_score(min_score)
     filters = filters or SearchFilters()
     engine = engine or db.connect(settings)
-    with engine.begin() as conn:
-        # the database's clock, as articles' first-stored times: the watermark compares
-        # one clock's stamps (an app host running ahead would hide the first new ones)
-        now = db.db_now(conn)
-        taken = conn.execute(
-            select(saved_searches.c.id).where(saved_searches.c.name == name)
-        ).first()
-        if taken is not None:
-            raise ConfigError(f"a saved search named {name!r} exists already (id {taken.id})")
-        key = conn.execute(
-            insert(saved_searches).values(
-                name=name,
-                query=query,
-                filters=filters.to_dict(),
-                min_score=min_score,
-                owner=owner,
-                created_at=now,
-                watermark=now,
-            )
-        ).inserted_primary_key
-        sid = int(key[0]) if key is not None else 0
-        row = conn.execute(select(saved_searches).where(saved_searches.c.id == sid)).one()
+    try:
+        with engine.begin() as conn:
+            # the database's clock, as articles' first-stored times: the watermark compares
+            # one clock's stamps (an app host running ahead would hide the first new ones)
+            now = db.db_now(conn)
+            _check_name_free(conn, name)
+            if owner_limit is not None:
+                kept = conn.execute(
+                    select(func.count()).where(saved_searches.c.owner == owner)
+                ).scalar_one()
+                if kept >= owner_limit:
+                    raise SearchLimitError(
+                        f"{owner!r} keeps {kept} saved searches, the most one expert may "
+                        f"(LITPULSE_ALERTS_PER_EXPERT): remove one to save another")
+            key = conn.execute(
+                insert(saved_searches).values(
+                    name=name,
+                    query=query,
+                    filters=filters.to_dict(),
+                    min_score=min_score,
+                    owner=owner,
+                    created_at=now,
+                    watermark=now,
+                )
+            ).inserted_primary_key
+            sid = int(key[0]) if key is not None else 0
+            row = conn.execute(select(saved_searches).where(saved_searches.c.id == sid)).one()
+    except IntegrityError:  # another save of this name committed since the check
+        with engine.connect() as conn:
+            _check_name_free(conn, name)
+        raise
     logger.info("saved search %d %r by %s", sid, name, owner)
     return _from_row(row)
 

@@ -203,9 +203,7 @@ def test_a_saved_search_stored_before_the_rule_still_has_a_well_formed_feed(
     assert not feedparser.parse(feed.content).bozo
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "add_search checks the name, then inserts: two concurrent POST /alerts of one name "
-    "both pass the check and the loser's INSERT raises IntegrityError, answered 500"))
+
 def test_concurrent_saves_of_one_name_are_never_500(store: Settings, client: TestClient) -> None:
     import threading
     from collections import Counter
@@ -231,9 +229,7 @@ def test_concurrent_saves_of_one_name_are_never_500(store: Settings, client: Tes
     assert set(seen) == {201, 400} and seen[201] == trial + 1, dict(seen)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "POST /alerts has no per-expert limit: one token saves any number of searches, each "
-    "re-run by every nightly digest"))
+
 def test_one_expert_keeps_at_most_the_configured_number_of_saved_searches(
     store: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -38,10 +38,7 @@ def _pmids(r: Any) -> list[int]:
     return [h["pmid"] for h in r.json()["results"]]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "/export runs the search without an offset (the k best, then sorted by date) while "
-    "/search pages (with sort=date the newest k of the first block): the page's Export "
-    "link downloads other articles than the list it shows"))
+
 def test_export_holds_the_articles_the_search_shows(client: TestClient) -> None:
     for sort in ("date", "score"):
         for q in ("malaria", "gene editing"):
@@ -53,9 +50,7 @@ def test_export_holds_the_articles_the_search_shows(client: TestClient) -> None:
             assert exported == shown, (sort, q)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "export.py writes no retraction mark: with include_retracted=true a retracted "
-    "article is exported like any other, although /search flags it (retracted: true)"))
+
 def test_export_marks_retracted_articles(client: TestClient) -> None:
     params: dict[str, Any] = {"q": "CRISPR gene editing cures everything", "k": 20,
                               "include_retracted": "true"}
