@@ -443,7 +443,12 @@ def _match(row: Any) -> Match:
 def matches_of(
     engine: Engine, search_id: int, *, limit: int | None = None, pending: str | None = None
 ) -> list[Match]:
-    """A saved search's matches, newest first (best score first within one digest).
+    """A saved search's matches whose article is live, newest first (best score first
+    within one digest).
+
+    A match whose article PubMed has deleted since is left out — not sent, not in the
+    feed — as no search shows a deleted article; it stays recorded (and pending where it
+    was), so a record that brings the article back brings the match back too.
 
     Args:
         engine: The store.
@@ -451,7 +456,12 @@ def matches_of(
         limit: Most matches returned.
         pending: ``"email"`` or ``"webhook"``: only those not yet delivered there.
     """
-    stmt = select(digest_matches).where(digest_matches.c.search_id == search_id)
+    live = select(articles.c.pmid).where(
+        articles.c.pmid == digest_matches.c.pmid, articles.c.is_deleted.is_(False)
+    )
+    stmt = select(digest_matches).where(
+        digest_matches.c.search_id == search_id, live.exists()
+    )
     if pending is not None:
         stmt = stmt.where(digest_matches.c[f"{pending}_sent_at"].is_(None))
     stmt = stmt.order_by(

@@ -727,8 +727,6 @@ def test_a_revoked_tokens_address_gets_no_more_digests(indexed: Settings) -> Non
     assert [sorted(r) for r, _ in inbox.messages] == [["alice@new.example.org"]]
 
 
-@pytest.mark.xfail(strict=True, reason="matches are listed and sent whatever became of "
-                   "their article")  # fmt: skip
 def test_a_match_deleted_before_it_is_delivered_is_neither_sent_nor_listed(
     indexed: Settings, hook: _Hook
 ) -> None:
