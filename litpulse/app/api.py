@@ -617,7 +617,7 @@ def _add_search_routes(
         result = do_search(spec, k, offset)
         rows = load_export_rows(engine(), [h.pmid for h in result.hits])
         media, ext = FORMATS[format]
-        body = render(format, list(result.hits), rows)
+        body = render(format, list(result.hits), rows, first_rank=offset + 1)
         filename = f"litpulse-{_slug(result.query)}.{ext}"
         return Response(
             content=body.encode("utf-8"),

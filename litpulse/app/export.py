@@ -210,12 +210,15 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def to_csv(hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]]) -> str:
-    """One CSV row per hit with its bibliographic fields and score components."""
+def to_csv(
+    hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]], first_rank: int = 1
+) -> str:
+    """One CSV row per hit with its bibliographic fields and score components; the
+    first hit's ``rank`` is ``first_rank`` (a page's offset + 1)."""
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(CSV_COLUMNS)
-    for rank, (pmid, hit) in enumerate(_hits_by_pmid(hits), start=1):
+    for rank, (pmid, hit) in enumerate(_hits_by_pmid(hits), start=first_rank):
         row = rows.get(pmid)
         if row is None:
             continue
@@ -237,14 +240,18 @@ def to_csv(hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]]) -> 
     return buf.getvalue()
 
 
-def render(fmt: str, hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]]) -> str:
-    """The export of ``hits`` in ``fmt`` (``ris``, ``bibtex`` or ``csv``)."""
+def render(
+    fmt: str, hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]],
+    first_rank: int = 1,
+) -> str:
+    """The export of ``hits`` in ``fmt`` (``ris``, ``bibtex`` or ``csv``); CSV ranks start
+    at ``first_rank`` (a page's offset + 1)."""
     if fmt == "ris":
         return to_ris(hits, rows)
     if fmt == "bibtex":
         return to_bibtex(hits, rows)
     if fmt == "csv":
-        return to_csv(hits, rows)
+        return to_csv(hits, rows, first_rank)
     from litpulse.core.errors import ConfigError
 
     raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")

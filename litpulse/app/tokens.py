@@ -36,11 +36,12 @@ from typing import Any
 from sqlalchemy import Engine, insert, select, update
 
 from litpulse.core.db import connect
-from litpulse.core.errors import NotFoundError
+from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import api_tokens
 from litpulse.core.settings import Settings
 from litpulse.core.text import plain_mailbox
 from litpulse.core.timeutil import iso, utcnow
+from litpulse.pipeline.saved_searches import CLI_OWNER_PREFIX
 from retrain.feedback import TokenFeedback, clean_expert, feedback_by_token, trainable_feedback
 
 __all__ = [
@@ -164,10 +165,14 @@ def create_token(
             ``LITPULSE_DIGEST_SMTP_TO`` list, unless another of the expert's tokens has one.
 
     Raises:
-        ConfigError: The expert's name is empty or too long, or ``email`` is not one
-            plain mailbox (nothing is stored).
+        ConfigError: The expert's name is empty, too long or starts with ``cli:`` (the
+            owner of searches saved from the CLI), or ``email`` is not one plain mailbox
+            (nothing is stored).
     """
     expert = clean_expert(expert)
+    if expert.startswith(CLI_OWNER_PREFIX):  # the CLI's own saved searches are owned so
+        raise ConfigError(f"an expert's name must not start with {CLI_OWNER_PREFIX!r} (the "
+                          f"owner of searches saved from the CLI), got {expert!r}")
     email = None if email is None else plain_mailbox(email)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     engine = engine or connect(settings)

@@ -67,7 +67,13 @@ from litpulse.pipeline.digest_channels import (
     send_email,
     shared_recipients,
 )
-from litpulse.pipeline.saved_searches import SavedSearch, get_search, list_searches
+from litpulse.pipeline.saved_searches import (
+    CLI_OWNER_PREFIX,
+    SavedSearch,
+    get_search,
+    list_searches,
+    live_match,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -446,9 +452,10 @@ def matches_of(
     """A saved search's matches whose article is live, newest first (best score first
     within one digest).
 
-    A match whose article PubMed has deleted since is left out — not sent, not in the
-    feed — as no search shows a deleted article; it stays recorded (and pending where it
-    was), so a record that brings the article back brings the match back too.
+    A match whose article PubMed has deleted since is left out (:func:`live_match`) —
+    not sent, not in the feed, not counted — as no search shows a deleted article; it
+    stays recorded (and pending where it was), so a record that brings the article back
+    brings the match back too.
 
     Args:
         engine: The store.
@@ -456,12 +463,7 @@ def matches_of(
         limit: Most matches returned.
         pending: ``"email"`` or ``"webhook"``: only those not yet delivered there.
     """
-    live = select(articles.c.pmid).where(
-        articles.c.pmid == digest_matches.c.pmid, articles.c.is_deleted.is_(False)
-    )
-    stmt = select(digest_matches).where(
-        digest_matches.c.search_id == search_id, live.exists()
-    )
+    stmt = select(digest_matches).where(digest_matches.c.search_id == search_id, live_match())
     if pending is not None:
         stmt = stmt.where(digest_matches.c[f"{pending}_sent_at"].is_(None))
     stmt = stmt.order_by(
@@ -478,7 +480,11 @@ def recipients_of(
 ) -> list[str]:
     """Whom a search's digest is e-mailed to: the addresses of its owner's active API
     tokens (``owners``: :func:`owner_addresses`), else the shared
-    ``LITPULSE_DIGEST_SMTP_TO`` list (empty: the search is not e-mailed)."""
+    ``LITPULSE_DIGEST_SMTP_TO`` list (empty: the search is not e-mailed). A search saved
+    from the CLI (owner ``cli:<user>``) always goes to the shared list: no token speaks
+    for the operator, whatever its expert is called."""
+    if search.owner.startswith(CLI_OWNER_PREFIX):
+        return shared_recipients(settings)
     return owners.get(search.owner) or shared_recipients(settings)
 
 

@@ -28,6 +28,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from email.utils import getaddresses
 from typing import Any
 
 from litpulse.core.errors import TransientSourceError
@@ -211,13 +212,17 @@ def send_email(
         DeliveryError: The server could not be reached, or refused the message (for every
             recipient): nothing went out.
     """
+    to = shared_recipients(settings) if to is None else list(to)
     msg = email_message(settings, search, matches, to)
+    envelope = [address for _, address in getaddresses(to) if address]
     timeout = min(settings.http_timeout, MAX_DELIVERY_TIMEOUT_S)
     try:
         with smtplib.SMTP(
             settings.digest_smtp_host, settings.digest_smtp_port, timeout=timeout
         ) as smtp:
-            refused = smtp.send_message(msg)
+            # the envelope is the addresses given, not what reading the To header back
+            # makes of them (the e-mail library decodes encoded words there)
+            refused = smtp.send_message(msg, to_addrs=envelope)
     except (OSError, smtplib.SMTPException) as exc:
         raise DeliveryError(f"e-mail to {msg['To']} failed: {exc}") from exc
     if not refused:

@@ -25,13 +25,14 @@ from sqlalchemy.exc import IntegrityError
 
 from litpulse.core import db
 from litpulse.core.errors import ConfigError, NotFoundError
-from litpulse.core.schema import digest_matches, saved_searches
+from litpulse.core.schema import articles, digest_matches, saved_searches
 from litpulse.core.settings import Settings
 from litpulse.core.text import checked_text
 from litpulse.core.timeutil import iso
 from ranking.search import MAX_QUERY_CHARS, SearchFilters
 
 __all__ = [
+    "CLI_OWNER_PREFIX",
     "SearchLimitError",
     "MAX_NAME_CHARS",
     "SavedSearch",
@@ -43,6 +44,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: How a search saved from the CLI names its owner (``cli:<user>``); no API token's expert
+#: may be named so (:func:`litpulse.app.tokens.create_token`).
+CLI_OWNER_PREFIX = "cli:"
 #: Longest name of a saved search, in characters.
 MAX_NAME_CHARS = 255
 
@@ -62,7 +66,7 @@ class SavedSearch:
         watermark: Articles first stored after this are new for it.
         last_digest_at: When a digest last looked at it.
         last_index_version: The index version that digest searched.
-        matches: Matches recorded so far.
+        matches: Matches recorded so far whose article is live (:func:`live_match`).
         problem: Why it cannot be searched, or ``None``: its stored filters break a
             rule added since it was saved (``filters`` is then empty; the digest reports
             it instead of searching it). Remove it and save it again.
@@ -235,10 +239,23 @@ def add_search(
     return _from_row(row)
 
 
+def live_match() -> Any:
+    """The condition on ``digest_matches`` rows whose article is live: the matches a
+    search lists, sends and counts. A match whose article PubMed deleted since stays
+    recorded (pending where it was) and comes back with a record that restores it."""
+    return (
+        select(articles.c.pmid)
+        .where(articles.c.pmid == digest_matches.c.pmid, articles.c.is_deleted.is_(False))
+        .exists()
+    )
+
+
 def _match_counts(engine: Engine) -> dict[int, int]:
     with engine.connect() as conn:
         rows = conn.execute(
-            select(digest_matches.c.search_id, func.count()).group_by(digest_matches.c.search_id)
+            select(digest_matches.c.search_id, func.count())
+            .where(live_match())
+            .group_by(digest_matches.c.search_id)
         ).all()
     return {int(sid): int(n) for sid, n in rows}
 
@@ -269,7 +286,9 @@ def get_search(settings: Settings, ref: int | str, *, engine: Engine | None = No
         row = conn.execute(select(saved_searches).where(cond)).first()
         if row is None:
             raise NotFoundError(f"no saved search has id or name {text!r}")
-        n = conn.execute(select(func.count()).where(digest_matches.c.search_id == row.id)).scalar()
+        n = conn.execute(
+            select(func.count()).where(digest_matches.c.search_id == row.id, live_match())
+        ).scalar()
     return _from_row(row, int(n or 0))
 
 

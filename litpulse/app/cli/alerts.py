@@ -65,7 +65,7 @@ def register(sub: Any) -> None:
 
 
 def run_add(args: argparse.Namespace, settings: Settings) -> int:
-    from litpulse.pipeline.saved_searches import add_search
+    from litpulse.pipeline.saved_searches import CLI_OWNER_PREFIX, add_search
 
     saved = add_search(
         settings,
@@ -73,7 +73,7 @@ def run_add(args: argparse.Namespace, settings: Settings) -> int:
         query=args.query,
         filters=filters_from_args(args),
         min_score=args.min_score,
-        owner=f"cli:{_who(None)}",
+        owner=f"{CLI_OWNER_PREFIX}{_who(None)}",
     )
     if args.json:
         print_json(saved.to_dict())

@@ -326,9 +326,8 @@ function setExports(p) {
   for (const f of ["ris", "bibtex", "csv"]) {
     const q = new URLSearchParams(p);
     q.set("format", f);
-    q.delete("k");
-    q.delete("offset");
-    q.set("k", p.get("k") || "20");
+    q.set("k", p.get("k") || "20");  // the page shown: its k and its offset
+    q.set("offset", p.get("offset") || "0");
     $(`export-${f}`).href = `export?${q.toString()}`;
   }
 }

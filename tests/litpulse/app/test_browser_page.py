@@ -219,8 +219,6 @@ def test_the_researchers_page(
     assert target.stat().st_size > 10_000
 
 
-@pytest.mark.xfail(strict=True, reason="the page's export links drop its offset: page 2's "
-                   "buttons download page 1")  # fmt: skip
 def test_the_export_buttons_download_the_page_shown(
     browser: Any,  # noqa: F811 - fixture
     server: str,  # noqa: F811 - fixture

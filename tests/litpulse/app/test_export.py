@@ -70,9 +70,6 @@ def test_export_marks_retracted_articles(client: TestClient) -> None:
     assert bib.count("Retracted article") == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "to_csv numbers rows from 1 whatever the page: GET /export?offset=3 labels the "
-    "page's 4th..6th results as ranks 1..3"))
 def test_exported_ranks_are_the_pages_ranks(client: TestClient) -> None:
     params = {"q": "malaria", "k": 3, "offset": 3}
     shown = [h["pmid"] for h in client.get("/search", params=params).json()["results"]]
