@@ -243,3 +243,67 @@ def real_corpus(tmp_path_factory: Any) -> Any:
         assert report.published and report.size == len(ARTICLES) - 1  # the deleted one is out
         _REAL["settings"] = settings
     return _REAL["settings"]
+
+
+# ------------------------------------------- records through the real store, both indexes
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def make_article(
+    pmid: int,
+    title: str,
+    abstract: str,
+    *,
+    languages: tuple[str, ...] = ("eng",),
+    mesh: tuple[str, ...] = ("Humans",),
+) -> Any:
+    """A parsed record as the ingest produces it (stored through :class:`Store`)."""
+    from ingest.records import AbstractSection, MeshHeading, PartialDate, Record, SourceRef
+
+    return Record(
+        pmid=pmid,
+        version=1,
+        title=title,
+        source=SourceRef("file", "pubmed26n0001.xml.gz", sequence=1, fetched_at=T0),
+        abstract_sections=(AbstractSection(abstract),) if abstract else (),
+        journal="J Test",
+        pub_date=PartialDate(2024, 3, None, "2024 Mar"),
+        article_date=dt.date(2024, 2, 20),
+        entrez_date=dt.date(2024, 2, 21),
+        date_revised=dt.date(2025, 1, 1),
+        mesh=tuple(MeshHeading(m, f"D{i}") for i, m in enumerate(mesh)),
+        publication_types=("Journal Article",),
+        languages=languages,
+        doi=f"10.1000/{pmid}",
+    )
+
+
+def store_and_index(engine: Engine, tmp_path: Any, records: list[Any]) -> tuple[HashIndex, Any]:
+    """Store the records through the ingest, and build both indexes over them."""
+    from ingest.store import Store
+    from ranking.lexical import LexicalIndex, build_lexical
+
+    Store(engine).apply(records)
+    build_lexical(
+        engine, tmp_path / "lexical", base=None, add=None, remove=np.zeros(0, dtype=np.int64)
+    )
+    index = HashIndex({r.pmid: hash_embed(f"{r.title}\n{r.abstract}")[0] for r in records})
+    return index, LexicalIndex.open(tmp_path / "lexical")
+
+
+def search_in(
+    settings: Any, engine: Engine, query: str, *, index: Any = None, lexical: Any = None,
+    mode: str = "hybrid", k: int = 10, **filters: Any,
+) -> Any:
+    """:func:`ranking.search.run_search` over these indexes (the hash embedder)."""
+    from ranking.search import SearchFilters, run_search
+
+    return run_search(
+        settings, query, k=k, filters=SearchFilters(**filters), engine=engine,
+        index=index or HashIndex.of(), embed=hash_embed, lexical=lexical, mode=mode,
+    )
+
+
+def pmids_of(result: Any) -> list[int]:
+    return [h.pmid for h in result.hits]
