@@ -87,7 +87,8 @@ class PreparedRecord(NamedTuple):
         values: The values of :data:`PREPARED_COLUMNS` (the article columns except
             ``source_position``, ``ingested_at`` and ``updated_at``; JSON columns as
             text); :attr:`row` is the same as a dict.
-        terms: ``(kind, term, major)`` of its MeSH descriptors and publication types.
+        terms: ``(kind, term, major)`` of its MeSH descriptors, publication types and
+            (``lang``, lower case) its languages after the first.
         references: Cited PMIDs, sorted, without itself.
     """
 
@@ -238,6 +239,13 @@ def prepare(rec: Record) -> PreparedRecord:
         terms[key] = terms.get(key, False) or m.major
     for pt in rec.publication_types:
         terms.setdefault(("ptype", pt[:_TERM_MAX]), False)
+    # the ``language`` column holds the first <Language>; the others, of a bilingual
+    # article, are terms, so a language filter finds it by any of them
+    first = (lang or "")[:8].lower()
+    for code in rec.languages[1:]:
+        other = code.strip().lower()[:8]
+        if other and other != first:
+            terms.setdefault(("lang", other), False)
     return _new_prepared(PreparedRecord, (  # the named tuple's own __new__ is Python code
         pmid, rec.version, rec.date_revised, src, chash, values,
         tuple((k, t, major) for (k, t), major in terms.items()),

@@ -145,7 +145,8 @@ STATS_FILE = "litpulse_bm25.json"
 #: counting one word three times.
 SEGMENT_BOOST = 0.3
 #: Words of the form of a question rather than its topic ("What is the role of ...",
-#: "Which genes does ..."), dropped from queries beside tantivy's English stop words.
+#: "Which genes does ..."), dropped from queries beside tantivy's English stop words —
+#: unless typed in capitals (ALL, the leukaemia) in a query not wholly in capitals.
 QUERY_STOP_WORDS = frozenset(
     "what which who whom whose when where why how does do did done can could should would "
     "may might is are was were been being has have had its it they them this that these "
@@ -182,6 +183,8 @@ _DASHES = str.maketrans(
 _MARKS = str.maketrans(dict.fromkeys("\u2122\u2120\u00ae\u00a9", " "))
 _WORD = re.compile(r"[^\W_]+(?:-+[^\W_]+)*")
 _SEGMENT = re.compile(r"[^\W\d_]+|\d+")
+#: Words of two or more letters (the capitals of an abbreviation, say).
+_CAPS = re.compile(r"(?<![^\W\d_])[^\W\d_]{2,}(?![^\W\d_])")
 
 
 # --------------------------------------------------------------------------- tokenisation
@@ -273,12 +276,17 @@ def _query_terms(query: str) -> tuple[tuple[str, float], ...]:
     terms up for the candidates, their missing scores and the explanations)."""
     analyzer = _analyzer()
     out: dict[str, float] = {}
+    # a question word typed in capitals is an abbreviation — ALL (acute lymphoblastic
+    # leukaemia), not "all" — unless the whole query of several words is in capitals
+    words = _CAPS.findall(query)
+    shouted = query.isupper() and len(words) > 1
+    capitals = set() if shouted else {w.lower() for w in words if w.isupper()}
     for seg in _words(query):
         parts = [("".join(seg), 1.0)]
         if len(seg) > 1:
             parts += [(s, SEGMENT_BOOST) for s in seg]
         for token, boost in parts:
-            if token in QUERY_STOP_WORDS:
+            if token in QUERY_STOP_WORDS and token not in capitals:
                 continue
             for term in analyzer.analyze(token):
                 out[term] = max(out.get(term, 0.0), boost)

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import and_, exists, func, select
+from sqlalchemy import and_, exists, func, or_, select
 
 from litpulse.core import db
 from litpulse.core.errors import ConfigError, NotFoundError
@@ -206,7 +206,9 @@ def _terms(name: str, value: str | Iterable[str] | None) -> tuple[str, ...]:
     for item in items:
         if not isinstance(item, str):
             raise ConfigError(f"{name} must be text, got {item!r}")
-        item = checked_text(item, name).strip()
+        # runs of white space as one space, as the stored terms have them (a term copied
+        # from a web page brings a doubled or non-breaking space along)
+        item = " ".join(checked_text(item, name).split())
         if len(item) > 255:
             raise ConfigError(f"{name} is longer than 255 characters")
         if item:
@@ -221,9 +223,12 @@ class SearchFilters:
     Args:
         since: Earliest ``best_date`` (inclusive); articles without a date are then out.
         until: Latest ``best_date`` (inclusive).
-        mesh: MeSH descriptors the article must all carry (case-insensitive).
-        publication_type: Publication types it must all have (case-insensitive).
-        language: Language code, e.g. ``eng`` (case-insensitive).
+        mesh: MeSH descriptors the article must all carry (case-insensitive; runs of
+            white space, non-breaking ones too, count as one space).
+        publication_type: Publication types it must all have (likewise).
+        language: Language code, e.g. ``eng`` (case-insensitive): any language of the
+            article (stores older than this rule know only the first of an article
+            stored before, until a revision of it is stored).
         has_abstract: ``True`` only with an abstract, ``False`` only without, ``None`` any.
         include_retracted: Also return retracted articles (flagged in the explanation).
 
@@ -283,8 +288,15 @@ class SearchFilters:
             conds.append(articles.c.best_date >= self.since)
         if self.until:
             conds.append(articles.c.best_date <= self.until)
-        if self.language:
-            conds.append(func.lower(articles.c.language) == self.language)
+        if self.language:  # its first language, or another of a bilingual article
+            conds.append(or_(
+                func.lower(articles.c.language) == self.language,
+                exists().where(and_(
+                    article_terms.c.pmid == articles.c.pmid,
+                    article_terms.c.kind == "lang",
+                    article_terms.c.term == self.language,
+                )),
+            ))  # fmt: skip
         if self.has_abstract is not None:
             conds.append(articles.c.has_abstract.is_(bool(self.has_abstract)))
         for kind, terms in (("mesh", self.mesh), ("ptype", self.publication_type)):

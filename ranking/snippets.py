@@ -34,8 +34,11 @@ __all__ = ["SNIPPET_CHARS", "Snippet", "highlight_spans", "highlight_terms", "sn
 #: Longest snippet, in characters (ellipses not counted).
 SNIPPET_CHARS = 320
 
+#: A letter or digit with the combining marks after it (an accent of decomposed text,
+#: NFD, belongs to its letter: a highlight never splits a character).
+_CHAR = r"[^\W_][\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]*"
 #: A word as the lexical index reads one: letters/digits joined by hyphens or dashes.
-_WORD = re.compile(r"[^\W_]+(?:[-\u2010-\u2013\u2212][^\W_]+)*")
+_WORD = re.compile(rf"(?:{_CHAR})+(?:[-\u2010-\u2013\u2212](?:{_CHAR})+)*")
 #: Sentence ends: . ! ? (optionally followed by a closing quote or bracket) then space.
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
 ELLIPSIS = "…"
@@ -123,9 +126,9 @@ def _cut(
         return start, end
     first = next((a for a, _, _ in words if start <= a < end), start)
     lo = max(start, min(first - limit // 4, end - limit))
-    if lo > start:  # begin at a word
-        m = _WORD.search(text, lo)
-        lo = m.start() if m and m.start() < end else lo
+    if lo > start:  # begin at a whole word: the one lo falls in, else the next
+        m = next((w for w in _WORD.finditer(text, start, end) if w.end() > lo), None)
+        lo = m.start() if m is not None else lo
     hi = min(end, lo + limit)
     if hi < end:  # end after a whole word
         cut = text.rfind(" ", lo, hi)

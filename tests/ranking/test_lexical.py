@@ -513,11 +513,6 @@ def test_rebuild_on_request_rebuilds_the_lexical_index(sqlite_settings: Settings
     assert np.array_equal(lexical.read_ids(forced.path), [1, 2])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="QUERY_STOP_WORDS drops 'all' from queries although documents index it: 'ALL' "
-    "(acute lymphoblastic leukaemia) finds nothing, 'ALL relapse' ranks AML relapse as high",
-)
 def test_all_leukaemia_abbreviation_is_searched(
     sqlite_settings: Settings, tmp_path: Path
 ) -> None:

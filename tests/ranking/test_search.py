@@ -276,11 +276,6 @@ def test_candidate_rows_are_read_by_pmid(
     assert outer and all(any(k in p for k in by_key) for p in outer), plan
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SearchFilters only strips a MeSH/publication-type term's ends: a doubled or "
-    "non-breaking space inside it (copied from a web page) matches nothing, silently",
-)
 @pytest.mark.parametrize("term", ["Diabetes  Mellitus, Type 2", "Diabetes\u00a0Mellitus, Type 2"])
 def test_mesh_filter_ignores_whitespace_differences_inside_a_term(
     settings: Settings, engine: Engine, term: str
@@ -293,12 +288,6 @@ def test_mesh_filter_ignores_whitespace_differences_inside_a_term(
     assert set(pmids_of(search_in(settings, engine, "diabetes", mesh=term))) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the store keeps only an article's first <Language> (ingest/rows.py rec.language) "
-    "and the language filter compares that one: a Spanish/English article is not found "
-    "with language=eng",
-)
 def test_language_filter_matches_any_language_of_the_article(
     settings: Settings, engine: Engine, tmp_path: Path
 ) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import itertools
 import unicodedata
 
-import pytest
-
 from ranking.lexical import query_terms
 from ranking.snippets import ELLIPSIS, highlight_spans, highlight_terms, snippet
 
@@ -86,11 +84,6 @@ def test_equal_weights_tie_to_the_earliest_window_whatever_the_term_order() -> N
         assert s is not None and s.text == "Malaria here. " + ELLIPSIS, weights
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="snippets._cut moves the start to `_WORD.search(text, lo)`, which matches from "
-    "lo itself: a snippet of a long sentence starts with the tail of a word ('… esis')",
-)
 def test_snippet_of_a_long_sentence_starts_at_a_whole_word() -> None:
     text = (
         "Background: " + " ".join(["carcinogenesis"] * 20) + " vaccination "
@@ -102,11 +95,6 @@ def test_snippet_of_a_long_sentence_starts_at_a_whole_word() -> None:
     assert first in text.split(), f"snippet starts mid-word: {s.text[:30]!r}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the snippet's word pattern stops at a combining mark: in decomposed (NFD) text "
-    "the highlight of 'café' ends before its accent, splitting a character",
-)
 def test_highlight_covers_a_decomposed_accented_word() -> None:
     text = unicodedata.normalize("NFD", "Workers in a café. Coffee in cafés.")
     s = snippet(text, query_terms("café"))
