@@ -1,8 +1,5 @@
-"""A hostile review of the CLI, as a hurried data engineer runs it.
-
-Each test asserts the correct behaviour and is marked ``xfail(strict=True)`` with the
-defect it reproduces.
-"""
+"""The CLI as a hurried data engineer runs it (found by a hostile review): a relative
+home, a file that is not PubMed XML, busy leases, a killed ingest, a bad output path."""
 
 from __future__ import annotations
 
