@@ -81,7 +81,7 @@ from ingest.updatefiles import (
     list_remote_files,
 )
 from litpulse.core import db
-from litpulse.core.errors import ConfigError, LitpulseError, StoppedError
+from litpulse.core.errors import BusyError, ConfigError, LitpulseError, StoppedError
 from litpulse.core.schema import source_files
 from litpulse.core.settings import Settings
 
@@ -114,7 +114,7 @@ POLL_S = 0.2
 RECORDS_PER_FILE_GUESS = 30_000
 
 
-class BootstrapBusyError(LitpulseError):
+class BootstrapBusyError(BusyError):
     """Another live process is applying bootstrap files (the writer lease is held)."""
 
     retryable = True

@@ -46,7 +46,7 @@ from typing import Any, Self
 from sqlalchemy import Engine, insert, select, update
 
 from litpulse.core.db import Lease, acquire_lease, default_holder, holder_alive, lease_holder
-from litpulse.core.errors import ConfigError, LitpulseError, NotFoundError
+from litpulse.core.errors import BusyError, ConfigError, NotFoundError
 from litpulse.core.schema import ingest_runs
 from litpulse.core.states import RunStatus
 from litpulse.core.timeutil import iso, utcnow
@@ -71,7 +71,7 @@ STORE_LEASE = "store-writer"
 ARTICLE_SOURCES = frozenset({"files", "eutils", "updatefiles"})
 
 
-class StoreBusyError(LitpulseError):
+class StoreBusyError(BusyError):
     """Another live process is writing articles (it holds :data:`STORE_LEASE`); nothing
     was written. Retry when it is done."""
 

@@ -34,7 +34,12 @@ import numpy as np
 from sqlalchemy import Connection, Engine, delete, desc, insert, select, text, update
 
 from litpulse.core import db
-from litpulse.core.errors import ConsistencyError, LeaseLostError, LitpulseError, NotFoundError
+from litpulse.core.errors import (
+    BusyError,
+    ConsistencyError,
+    LeaseLostError,
+    NotFoundError,
+)
 from litpulse.core.schema import index_versions, model_versions
 from litpulse.core.settings import Settings
 from litpulse.core.states import IndexStatus
@@ -73,7 +78,7 @@ TMP_MAX_AGE_S = 3600.0
 KEEP_VERSIONS = 3
 
 
-class IndexBusyError(LitpulseError):
+class IndexBusyError(BusyError):
     """Another process holds the index-publish lease; retry later."""
 
     retryable = True

@@ -27,6 +27,7 @@ __all__ = [
     "TransientSourceError",
     "ConsistencyError",
     "BudgetError",
+    "BusyError",
     "DataQualityError",
     "FileChangedError",
     "LeaseLostError",
@@ -83,6 +84,13 @@ class ChecksumError(TransientSourceError):
 
 class ConsistencyError(LitpulseError):
     """Two stores that must agree (index and database, model and index) do not."""
+
+
+class BusyError(LitpulseError):
+    """Another live process holds the lease this work needs; nothing was done. Retry when
+    it is done (the CLI exits with 75, ``EX_TEMPFAIL``)."""
+
+    retryable = True
 
 
 class BudgetError(LitpulseError, ValueError):

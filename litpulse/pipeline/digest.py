@@ -55,7 +55,7 @@ from sqlalchemy import Engine, desc, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from litpulse.core import db
-from litpulse.core.errors import ConfigError, LitpulseError
+from litpulse.core.errors import BusyError, ConfigError, LitpulseError
 from litpulse.core.schema import api_tokens, articles, digest_matches, saved_searches
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import utcnow
@@ -99,7 +99,7 @@ LEASE_NAME = "digest"
 FEED_ENTRIES = 200
 
 
-class DigestBusyError(LitpulseError):
+class DigestBusyError(BusyError):
     """Another digest is running; try again later."""
 
     retryable = True

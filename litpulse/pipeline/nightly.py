@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine
 
 from litpulse.core import db
-from litpulse.core.errors import ConfigError, LitpulseError
+from litpulse.core.errors import BusyError, ConfigError
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import as_utc, iso, utcnow
 from litpulse.pipeline.digest import digest_step
@@ -84,7 +84,7 @@ STEP_TITLES = {
 }
 
 
-class NightlyBusyError(LitpulseError):
+class NightlyBusyError(BusyError):
     """Another nightly run holds the ``nightly`` lease; try again later."""
 
     retryable = True

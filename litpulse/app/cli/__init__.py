@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from litpulse.core import __version__
-from litpulse.core.errors import LitpulseError, NotFoundError
+from litpulse.core.errors import BusyError, LitpulseError, NotFoundError
 
 __all__ = ["main", "build_parser"]
 
@@ -55,12 +55,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"litpulse: {exc}", file=sys.stderr)
         return 1
     except LitpulseError as exc:
-        from ingest.runs import StoreBusyError
         from litpulse.app.cli.nightly import EXIT_BUSY
 
         print(f"litpulse: error: {exc}", file=sys.stderr)
-        # another process writes articles: try again later (EX_TEMPFAIL, as nightly's lease)
-        return EXIT_BUSY if isinstance(exc, StoreBusyError) else 2
+        # another process holds the lease (writes articles, publishes an index, runs a
+        # bootstrap, nightly or digest): try again later (EX_TEMPFAIL)
+        return EXIT_BUSY if isinstance(exc, BusyError) else 2
+    except OSError as exc:  # a path the command cannot write or read (a missing folder)
+        print(f"litpulse: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("litpulse: interrupted", file=sys.stderr)
         return 130

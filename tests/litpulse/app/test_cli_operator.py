@@ -110,14 +110,6 @@ def test_plain_text_is_quarantined_for_comparison(
 # ------------------------------------------------------------------ busy exit codes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="main() maps only StoreBusyError to exit 75 (EX_TEMPFAIL, as documented for a "
-    "busy store or nightly); the other 'another process holds the lease, retry later' "
-    "errors (IndexBusyError of index refresh/rollback and models promote/rollback, "
-    "BootstrapBusyError of a second bootstrap), all marked retryable, exit 2 like a hard "
-    "error, so a wrapper retrying on 75 gives up on a harmless overlap",
-)
 @pytest.mark.parametrize(
     ("lease", "argv"),
     [
@@ -217,13 +209,6 @@ def test_the_runs_of_a_killed_and_resumed_ingest_account_for_every_stored_articl
 # ------------------------------------------------------------------ a bad output path
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="main() catches LitpulseError only: `models report --plot` into a folder that "
-    "does not exist (or onto a directory) escapes as a raw FileNotFoundError/"
-    "IsADirectoryError traceback (exit 1, the code of 'not found') instead of one "
-    "'litpulse: error: …' line and exit 2; the same for a LITPULSE_HOME that is a file",
-)
 def test_models_report_plot_to_a_missing_folder_is_a_clear_error(
     env: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
 ) -> None:
