@@ -90,7 +90,11 @@ class Settings:
     """All litpulse settings. Construct with :meth:`from_env` in applications."""
 
     # -- storage -----------------------------------------------------------------
-    home: Path = _opt(Path(".litpulse"), "Data directory: database, indexes, adapters, downloads.")
+    home: Path = _opt(
+        Path(".litpulse"),
+        "Data directory: database, indexes, adapters, downloads (a relative path is taken "
+        "from the folder the command starts in).",
+    )
     database_url: str = _opt(
         "",
         "SQLAlchemy URL of the metadata store; empty means a SQLite file "
@@ -481,6 +485,9 @@ class Settings:
 
     # ---------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
+        # the home as an absolute path, fixed when the settings are made: what is recorded
+        # under it (index and adapter paths) names the same folder from any other folder
+        object.__setattr__(self, "home", Path(os.path.abspath(Path(self.home).expanduser())))
         for f, kind in _numeric_fields():
             object.__setattr__(self, f.name, _checked_number(f, kind, getattr(self, f.name)))
         if self.backoff_base > self.backoff_max:

@@ -34,14 +34,6 @@ def dispose() -> Iterator[None]:
 # ------------------------------------------------------------------ relative LITPULSE_HOME
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a relative LITPULSE_HOME (the default is .litpulse) is never resolved: "
-    "index_versions.path is stored relative to the cwd of the process that published it "
-    "('home/indexes/ix-…'), so from another folder, with the same data directory and "
-    "database, the published index is 'missing' (index check exit 1) and a refresh "
-    "rebuilds it claiming 'model changed (base -> base)'",
-)
 def test_a_published_index_is_found_from_another_folder_with_the_same_home(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     dispose: None,

@@ -28,7 +28,7 @@ NAMES = [name for name, *_ in NUMERIC]
 
 def test_defaults() -> None:
     s = Settings.from_env({})
-    assert s.home == Path(".litpulse")
+    assert s.home == Path.cwd() / ".litpulse"  # relative: from the folder it starts in
     assert s.effective_database_url.startswith("sqlite:///")
     assert s.effective_database_url.endswith("/.litpulse/litpulse.db")
     assert s.rate_limit == 3.0
