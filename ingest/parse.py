@@ -17,7 +17,9 @@ Where ``pip install -e .`` built it, a compiled reader (``ingest/_cfields.pyx``)
 each ``PubmedArticle`` by walking libxml2's nodes in C, with the same rules and results
 as the Python code, which takes every record the compiled one is unsure of.
 Documents that are not a ``PubmedArticleSet`` go through an incremental pull parser
-(``XMLPullParser`` with ``tag=`` filtering, elements cleared as it goes) instead.
+(``XMLPullParser`` with ``tag=`` filtering, elements cleared as it goes) instead; one of
+them that holds no record at all (an HTML error page saved under a PubMed file's name)
+is quarantined as a whole, never passed off as an empty file.
 :func:`iter_units` lets several processes share one file: each cuts the whole stream
 (cheap) but parses and reads only its stripe of the batches ("units"); read in unit
 order, the stripes are exactly the items of :func:`iter_items`
@@ -716,6 +718,7 @@ def _pull_items(
     state: dict[str, Any] = {"last": None}
     syntax_error: etree.XMLSyntaxError | None = None
     feed_error: str | None = None
+    root: Any = None
     try:
         for chunk in chunks:
             try:
@@ -726,7 +729,7 @@ def _pull_items(
             yield from _drain(parser, ref, state, offset)
         else:
             try:
-                parser.close()
+                root = parser.close()
             except etree.XMLSyntaxError as exc:
                 syntax_error = exc
     except (OSError, EOFError, zlib.error) as exc:
@@ -736,6 +739,25 @@ def _pull_items(
     yield from _drain(parser, ref, state, offset)
     if syntax_error is not None or feed_error is not None:
         yield _broken_document(ref, state, syntax_error, feed_error, offset)
+    elif state["last"] is None and root is not None and _local(root) != "PubmedArticleSet":
+        yield _foreign_document(ref, root)
+
+
+def _local(elem: Any) -> str:
+    """An element's tag without its namespace."""
+    tag = elem.tag
+    return str(etree.QName(tag).localname) if isinstance(tag, str) else str(tag)
+
+
+def _foreign_document(ref: SourceRef, root: Any) -> QuarantineEntry:
+    """The entry of a well-formed document that is not PubMed XML and holds no record (an
+    HTML error page saved under a PubMed file's name, another service's answer): read as
+    nothing, it would pass for an empty file."""
+    reason = f"not a PubMed document: its root element is <{_local(root)}>, and it holds no record"
+    head = etree.tostring(root, encoding="unicode", with_tail=False)[:MAX_RAW_TAIL]
+    logger.warning("%s: %s", ref.location, reason)
+    return QuarantineEntry(reason=reason, raw_xml=f"<!-- {ref.location}: {reason} -->\n{head}",
+                           source=ref, line=1)  # fmt: skip
 
 
 def _broken_document(

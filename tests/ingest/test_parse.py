@@ -447,8 +447,10 @@ def test_other_roots_use_the_pull_parser() -> None:
     assert [getattr(i, "pmid", None) for i in items] == [3]
     error = parse_bytes(
         b"<eFetchResult><ERROR>Empty id list</ERROR></eFetchResult>", source_ref=REF
-    )
-    assert error == []
+    )  # not PubMed data, and no record in it: said, not passed off as an empty file
+    assert [type(i).__name__ for i in error] == ["QuarantineEntry"]
+    assert "root element is <eFetchResult>" in error[0].reason
+    assert "Empty id list" in error[0].raw_xml
 
 
 # --------------------------------------------------------------------------- broken files

@@ -62,13 +62,6 @@ def test_a_published_index_is_found_from_another_folder_with_the_same_home(
 # ------------------------------------------------------------------ input that is not PubMed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an XML file that is not a PubmedArticleSet (an HTML error page saved as .xml, "
-    "another schema) is read by the pull parser as zero items: exit 0, run 'succeeded', "
-    "everything 0 and nothing quarantined, while a plain-text file is quarantined; the "
-    "operator is never told the file held no PubMed record",
-)
 @pytest.mark.parametrize(
     "body",
     [
@@ -84,8 +77,9 @@ def test_a_file_that_is_not_pubmed_xml_is_not_a_silent_success(
     page.write_text(body, encoding="utf-8")
     code = main(["ingest", "--files", str(page), "--json"])
     out = capsys.readouterr().out
-    if code == 0:  # accepted: then the file must at least be quarantined, as plain text is
-        assert json.loads(out)["quarantined"] >= 1, out
+    assert code == 0 and json.loads(out)["quarantined"] == 1, out  # as plain text is
+    listed = _json(capsys, "quarantine")
+    assert "not a PubMed document" in json.dumps(listed), listed
 
 
 def test_plain_text_is_quarantined_for_comparison(
