@@ -43,7 +43,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 
 from litpulse.core.db import Lease, acquire_lease, default_holder, holder_alive, lease_holder
 from litpulse.core.errors import BusyError, ConfigError, NotFoundError
@@ -58,6 +58,7 @@ __all__ = [
     "OpenRun",
     "RunLedger",
     "StoreBusyError",
+    "add_run_counts",
     "recorded_run",
     "run_dict",
     "store_writer",
@@ -184,7 +185,8 @@ class OpenRun:
 
     Attributes:
         id: The ``ingest_runs`` id.
-        counts: What the run has stored so far; written when the run closes.
+        counts: What the run has stored so far; written when the run closes (the store
+            adds each batch's to the run's row as it commits: :func:`add_run_counts`).
         details: The run's details, written when it closes.
         on_failure: Extra details to add when the block raises (called then).
     """
@@ -239,6 +241,22 @@ def recorded_run(
             )
             raise
         ledger.finish_run(run.id, run.counts, details=run.details)
+
+
+def add_run_counts(conn: Connection, run_id: int, delta: IngestCounts) -> None:
+    """Add ``delta`` to the counts of run ``run_id`` while it is ``running``, in the
+    caller's transaction: the store calls it in each batch's, so a run killed after a
+    batch committed still counts what it stored (closed ``abandoned`` with those counts).
+    :meth:`RunLedger.finish_run` writes the run's whole counts when it closes."""
+    changes = {k: v for k, v in delta.to_dict().items() if v}
+    if not changes:
+        return
+    c = ingest_runs.c
+    conn.execute(
+        update(ingest_runs)
+        .where(c.id == run_id, c.status == RunStatus.RUNNING)
+        .values({k: c[k] + v for k, v in changes.items()})
+    )
 
 
 class RunLedger:
@@ -350,12 +368,20 @@ class RunLedger:
         return run_dict(row._mapping)
 
     def runs(self, limit: int = 10) -> list[dict[str, Any]]:
-        """The latest ingest runs, newest first."""
+        """The latest ingest runs, newest first. A run still ``running`` whose process on
+        this host is gone (killed) is shown ``abandoned``, as the next ingest records it."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(ingest_runs).order_by(ingest_runs.c.id.desc()).limit(limit)
             ).all()
-        return [run_dict(r._mapping) for r in rows]
+        out = [run_dict(r._mapping) for r in rows]
+        for run in out:
+            holder = run["details"].get("holder")
+            if run["status"] == RunStatus.RUNNING and holder and not holder_alive(str(holder)):
+                run["status"] = str(RunStatus.ABANDONED)
+                run["error"] = (f"process {holder} ended without finishing the run (killed?); "
+                                "the next ingest records it so")  # fmt: skip
+        return out
 
 
 def run_dict(m: Any) -> dict[str, Any]:

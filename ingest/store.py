@@ -69,7 +69,7 @@ from ingest.rows import (
     with_values,
 )
 from ingest.rules import Counter, StoredState, plan_batch
-from ingest.runs import STORE_LEASE, IngestCounts, RunLedger
+from ingest.runs import STORE_LEASE, IngestCounts, RunLedger, add_run_counts
 from litpulse.core.db import (
     bulk_insert,
     bulk_load,
@@ -78,6 +78,7 @@ from litpulse.core.db import (
     db_now,
     id_in,
     lease_holder,
+    live_holder,
     upsert,
 )
 from litpulse.core.errors import ConfigError, NotFoundError
@@ -192,6 +193,8 @@ class Store(RunLedger, Checkpoints):
                 before = counter.freeze()
                 with self.engine.begin() as conn:
                     self._apply_batch(conn, batch, first, run_id, counter, touched)
+                    if run_id is not None:  # what a killed run stored stays counted
+                        add_run_counts(conn, run_id, counter.freeze() - before)
                 first += len(batch)
                 if on_batch is not None:
                     on_batch(counter.freeze() - before)
@@ -452,7 +455,10 @@ class Store(RunLedger, Checkpoints):
 
     def _writer(self) -> str | None:
         """Who holds the store's writer lease (:data:`ingest.runs.STORE_LEASE`) and until
-        when unless renewed; ``None`` when no process writes articles."""
+        when unless renewed; ``None`` when no live process writes articles (a killed
+        writer's lease, not yet expired, names nobody: :func:`~litpulse.core.db.live_holder`)."""
+        if live_holder(self.engine, STORE_LEASE) is None:
+            return None
         held = lease_holder(self.engine, STORE_LEASE)
         return None if held is None else f"{held[0]}, until {iso(held[1])}"
 

@@ -157,13 +157,6 @@ def killed_ingest(
     return s, [str(big)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after a SIGKILLed ingest `litpulse status` says it is still writing: 'writer' "
-    "names the dead process until its lease's TTL (Store._writer reads lease_holder, not "
-    "live_holder) and its run is listed 'running' (runs are closed as abandoned only by "
-    "the next ingest's start_run; status never asks whether a run's holder is alive)",
-)
 def test_status_does_not_show_a_killed_ingest_as_running(
     killed_ingest: tuple[Settings, list[str]], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -174,13 +167,6 @@ def test_status_does_not_show_a_killed_ingest_as_running(
     assert run["status"] != "running", run
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a run's counts are written only when it closes (OpenRun.counts lives in "
-    "memory), so the run of a SIGKILLed ingest, once closed as abandoned, says it inserted "
-    "0 while it committed 40 articles, and the resuming run counts those 40 as unchanged: "
-    "no run in `litpulse status` accounts for them",
-)
 def test_the_runs_of_a_killed_and_resumed_ingest_account_for_every_stored_article(
     killed_ingest: tuple[Settings, list[str]], capsys: pytest.CaptureFixture[str]
 ) -> None:
