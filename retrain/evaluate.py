@@ -232,7 +232,7 @@ def gate(
             f"{n_fresh} fresh held-out article(s), fewer than {MIN_FRESH}: too few to show the "
             "candidate learned (one lucky hit would decide)"
         )
-    elif fresh_gain >= settings.gate_fresh_margin:
+    elif fresh_gain >= settings.gate_fresh_margin - 1e-12:  # a gain of exactly the margin
         reasons.append(
             f"fresh {metric} {c_f:.3f} vs active {a_f:.3f}: +{fresh_gain:.3f} "
             f">= margin {settings.gate_fresh_margin:.3f}"

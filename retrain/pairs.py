@@ -29,7 +29,7 @@ value from the RCR or the in-corpus citations, scaled so that a typical article 
 
 Held-out evaluation articles never become training pairs nor hard negatives: the *fresh*
 set is the newest articles of the window (newer than anything trained on), and the *older*
-set is a stable hash bucket of older articles (the same for every run, so no model ever
+set is a stable hash bucket of older articles (the same for every run and seed, so no model ever
 trains on it). The *queries* set asks for the same held-out articles with one query-like
 anchor each (:func:`retrain.anchors.heldout_anchor`), ranked among full article texts.
 """
@@ -68,8 +68,13 @@ KINDS = ("title_abstract", "citation", "mesh", "keywords", "sentence", "feedback
 #: that the format of a text never tells a positive from a negative).
 ABSTRACT_ONLY = ("title_abstract", "replay")
 
-#: One article in this many (by a hash of pmid and seed) belongs to the older held-out set.
+#: One article in this many (by a hash of its pmid) belongs to the older held-out set.
 HOLDOUT_BUCKETS = 20
+#: What the held-out bucket's hash is salted with: a constant, not ``LITPULSE_SEED``, so
+#: the older held-out set is the same whatever the seed (a new seed would otherwise move
+#: it onto articles an earlier round trained on). 13, the seed's default: a store that
+#: kept the default keeps the set it had.
+HOLDOUT_SALT = 13
 #: MeSH headings on more than this share of the articles are no anchor (check tags).
 COMMON_HEADING_SHARE = 0.15
 #: Fewest articles for heading shares to count.
@@ -183,9 +188,10 @@ def _hash_unit(pmid: int, seed: int, salt: str = "") -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def in_older_holdout(pmid: int, seed: int, buckets: int = HOLDOUT_BUCKETS) -> bool:
-    """Whether an article belongs to the (stable) older held-out bucket."""
-    return _hash_unit(pmid, seed, "holdout") < 1.0 / buckets
+def in_older_holdout(pmid: int, buckets: int = HOLDOUT_BUCKETS) -> bool:
+    """Whether an article belongs to the older held-out bucket: the same for every run and
+    every ``LITPULSE_SEED`` (:data:`HOLDOUT_SALT`), so no model ever trains on it."""
+    return _hash_unit(pmid, HOLDOUT_SALT, "holdout") < 1.0 / buckets
 
 
 def _load_articles(engine: Engine) -> list[ArticleRow]:
@@ -287,7 +293,7 @@ def mine_pairs(
         fresh_share: Most share of the window's articles held out as fresh.
         older_size: Most articles of the older held-out set.
         distractors: Other abstracts retrieval has to rank the held-out ones against.
-        holdout_buckets: One article in this many (a stable hash of pmid and seed) is
+        holdout_buckets: One article in this many (a stable hash of its pmid) is
             held out as "older"; keep it the same between runs.
         now: Reference time for recency (default: now).
         engine: An engine to use instead of ``connect(settings)``.
@@ -435,7 +441,7 @@ def _hold_out(
     # ---- older held-out: a stable hash bucket, from before the window when there is one
     bucket = [
         r for r in rows
-        if in_older_holdout(r.pmid, seed, holdout_buckets) and r.pmid not in fresh_ids
+        if in_older_holdout(r.pmid, holdout_buckets) and r.pmid not in fresh_ids
     ]
     older_ids = {r.pmid for r in older_rows}
     judged = [r for r in bucket if r.title and r.abstract]

@@ -225,7 +225,7 @@ def test_gate_does_not_promote_without_an_older_held_out_set(settings: Settings)
     from retrain.pairs import HOLDOUT_BUCKETS, in_older_holdout, mine_pairs
 
     start = next(s for s in range(1000, 200000, 61)
-                 if not any(in_older_holdout(p, settings.seed, HOLDOUT_BUCKETS)
+                 if not any(in_older_holdout(p, HOLDOUT_BUCKETS)
                             for p in range(s, s + 60)))
     insert_batch(db.connect(settings), start_pmid=start, n=60, start=dt.date(2024, 1, 1),
                  days=90, ingested=dt.datetime(2024, 7, 1, tzinfo=dt.UTC),

@@ -39,10 +39,6 @@ def _metrics(fresh: float, older: float, n: int = 200) -> dict[str, dict[str, fl
 # ------------------------------------------------------------------------------- gate
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gate(): the fresh check compares `c_f - a_f >= margin` in raw floats (the older and "
-    "query checks allow 1e-12), so on the default 200 fresh articles a gain of exactly "
-    "one more hit (0.005 = the default margin) fails for 22 of the 200 start values"))
 def test_a_fresh_gain_equal_to_the_margin_passes_the_gate(sqlite_settings: Settings) -> None:
     s = sqlite_settings
     assert s.gate_fresh_margin == 0.005
@@ -145,11 +141,6 @@ def test_an_adapter_whose_weights_changed_is_refused(
 # ------------------------------------------------------------------------------ pairs
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "retrain.pairs.in_older_holdout hashes the pmid with settings.seed: after LITPULSE_SEED "
-    "changes, the 'stable' older held-out bucket (\"the same for every run, so no model "
-    "ever trains on it\") is a new sample that contains articles the active model, which "
-    "the candidate continues, trained on; nothing records or checks the hold-out seed"))
 def test_the_older_heldout_set_never_holds_articles_an_earlier_round_trained_on(
     sqlite_settings: Settings,
 ) -> None:
