@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, desc, insert, select, update
+from sqlalchemy import Connection, Engine, desc, insert, select, text, update
 
 from litpulse.core.db import connect, folder_store, store_id
 from litpulse.core.errors import ConfigError, NotFoundError
@@ -258,6 +258,17 @@ def _inactive_status(status: ModelStatus | str, message: str) -> ModelStatus:
     return value
 
 
+def _lock_models(conn: Connection) -> None:
+    """PostgreSQL: take ``model_versions`` in SHARE ROW EXCLUSIVE mode for the rest of the
+    transaction. It conflicts with itself, so two switches (a promotion by the retrain's
+    gate and a ``models promote``, say) run one after the other and the second retires
+    what the first activated: never two active versions (under READ COMMITTED each would
+    miss the other's uncommitted row). It also waits for a publication's SHARE lock
+    (:func:`ranking.publish.check_model_active`). SQLite writes one at a time already."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(f"LOCK TABLE {model_versions.name} IN SHARE ROW EXCLUSIVE MODE"))
+
+
 def _switch(
     conn: Connection,
     *,
@@ -271,6 +282,7 @@ def _switch(
 ) -> None:
     """Activate ``activate`` (``reason`` kept on the row, ``why`` on its event), inside
     the caller's transaction."""
+    _lock_models(conn)
     now = utcnow()
     replaced = f"replaced by {activate or BASE_ID}"
     if previous is not None and previous.id != activate:
@@ -408,6 +420,7 @@ def rollback(
     before = [current] + ([target] if target is not None else [])
     why = reason or f"rolled back by {by}"
     with engine.begin() as conn:  # one transaction: a crash leaves the current one active
+        _lock_models(conn)
         conn.execute(
             update(model_versions)
             .where(model_versions.c.id == current.id)

@@ -50,11 +50,6 @@ def test_a_fresh_gain_equal_to_the_margin_passes_the_gate(sqlite_settings: Setti
 # --------------------------------------------------------------------------- registry
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "registry._switch retires 'stray' active rows with a plain SELECT inside READ "
-    "COMMITTED and no lock or unique index: two promotions at once (the retrain DAG's "
-    "gate promotion takes no lease) each miss the other's uncommitted row and both "
-    "versions end up active"))
 def test_two_promotions_at_once_leave_one_active_model(settings: Settings) -> None:
     if not settings.effective_database_url.startswith("postgresql"):
         pytest.skip("the race needs concurrent writers (PostgreSQL)")
