@@ -43,6 +43,7 @@ import numpy as np
 from sqlalchemy import Connection, Engine, and_, delete, func, or_, select
 
 from litpulse.core import db
+from litpulse.core.checksums import file_sha256
 from litpulse.core.errors import ConfigError, ConsistencyError, NotFoundError
 from litpulse.core.schema import articles, checkpoints, embeddings, model_versions
 from litpulse.core.settings import DEFAULT_MODEL, Settings
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 __all__ = [
+    "ADAPTER_WEIGHTS",
     "BASE_MODEL_ID",
     "quiet_model_loading",
     "ModelSpec",
@@ -86,6 +88,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+#: The file peft saves a LoRA adapter's weights in (its recorded SHA-256 is of this file).
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 #: Model version id of the base model without an adapter.
 BASE_MODEL_ID = "base"
@@ -114,11 +118,15 @@ class ModelSpec:
         id: Model version id (``"base"`` for the bare base model).
         base_model: Local path of the base sentence-transformers model.
         adapter_path: Folder of a peft LoRA adapter for the base model, or ``None``.
+        adapter_sha256: Its weights' recorded SHA-256 (``None``: not checked).
     """
 
     id: str
     base_model: str
     adapter_path: str | None = None
+    #: The SHA-256 of the adapter's weights recorded when the version was registered:
+    #: weights changed on disk since are refused when the model is loaded.
+    adapter_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if not self.id or len(self.id) > 64:
@@ -413,7 +421,8 @@ def _base_path(settings: Settings, base_model: str | None) -> str:
 
 
 def _spec_from_row(settings: Settings, row: Any) -> ModelSpec:
-    return ModelSpec(row.id, _base_path(settings, row.base_model), row.adapter_path or None)
+    return ModelSpec(row.id, _base_path(settings, row.base_model), row.adapter_path or None,
+                     getattr(row, "adapter_sha256", None) or None)
 
 
 def active_model(settings: Settings, engine: Engine | None = None) -> ModelSpec:
@@ -548,6 +557,15 @@ def _apply_adapter(encoder: SentenceTransformer, spec: ModelSpec, *, merge: bool
     path = spec.adapter_path or ""
     if not os.path.isdir(path):
         raise ConfigError(f"model {spec.id!r}: adapter folder {path!r} is missing")
+    weights = os.path.join(path, ADAPTER_WEIGHTS)
+    if spec.adapter_sha256 and os.path.isfile(weights):
+        found = file_sha256(weights)
+        if found != spec.adapter_sha256:
+            raise ConfigError(
+                f"model {spec.id!r}: the adapter's weights {weights!r} changed since the "
+                f"version was registered (SHA-256 {found[:12]}…, recorded "
+                f"{spec.adapter_sha256[:12]}…): restore them, or roll back to another version"
+            )
     transformer: Any = encoder[0]
     wrapped = PeftModel.from_pretrained(transformer.auto_model, path)
     transformer.model = wrapped.merge_and_unload() if merge else wrapped

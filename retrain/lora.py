@@ -33,7 +33,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import logging
 import random
@@ -45,10 +44,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from litpulse.core.checksums import file_sha256
 from litpulse.core.errors import BudgetError, ConfigError
 from litpulse.core.settings import Settings, _opt
 from litpulse.core.states import Device
-from ranking.embed import query_text, quiet_model_loading, resolve_device
+from ranking.embed import ADAPTER_WEIGHTS, query_text, quiet_model_loading, resolve_device
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -69,7 +69,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: File name peft writes the adapter weights to.
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -204,15 +203,6 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _rss_peak_mb() -> float:

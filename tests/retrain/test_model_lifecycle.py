@@ -105,10 +105,6 @@ def test_a_version_keeps_the_base_model_it_was_trained_on(
 # ---------------------------------------------------------------------------- adapters
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the adapter's SHA-256 is recorded at registration (model_versions.adapter_sha256) but "
-    "never checked: ranking.embed.load_encoder loads an adapter whose weights changed on "
-    "disk without a word, so search and re-index silently serve a different model"))
 def test_an_adapter_whose_weights_changed_is_refused(
     sqlite_settings: Settings, tmp_path: Path, tiny_model: str
 ) -> None:
