@@ -46,7 +46,7 @@ from litpulse.core import db
 from litpulse.core.checksums import file_sha256
 from litpulse.core.errors import ConfigError, ConsistencyError, NotFoundError
 from litpulse.core.schema import articles, checkpoints, embeddings, model_versions
-from litpulse.core.settings import DEFAULT_MODEL, Settings
+from litpulse.core.settings import DEFAULT_MODEL, Settings, default_model_path
 from litpulse.core.states import Device, Precision
 from ranking.models import active_model_row, newest_index_row, published_index_row
 
@@ -413,10 +413,16 @@ def check_stored_base(engine: Engine, spec: ModelSpec) -> None:
 
 
 def _base_path(settings: Settings, base_model: str | None) -> str:
-    if not base_model or base_model in (DEFAULT_MODEL, BASE_MODEL_ID):
+    """The folder of the base model a version was trained on: the bundled model for its
+    name (what ``base_model`` records when no ``LITPULSE_MODEL`` was set) whatever
+    ``LITPULSE_MODEL`` says now — an adapter put on another base would serve another
+    model without a word — the configured one for the base model itself."""
+    if not base_model or base_model == BASE_MODEL_ID:
         return settings.model_path
-    if base_model.startswith("sentence-transformers/") and base_model.endswith(DEFAULT_MODEL):
-        return settings.model_path
+    if base_model == DEFAULT_MODEL or (
+        base_model.startswith("sentence-transformers/") and base_model.endswith(DEFAULT_MODEL)
+    ):
+        return settings.model_path if not settings.model else default_model_path()
     return base_model
 
 

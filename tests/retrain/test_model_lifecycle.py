@@ -83,11 +83,6 @@ def test_two_promotions_at_once_leave_one_active_model(settings: Settings) -> No
     assert len(active) <= 1, f"two active model versions: {active}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ranking.embed._base_path maps a row whose base_model is the bundled model's name "
-    "('all-MiniLM-L6-v2') to the *current* settings.model_path: after LITPULSE_MODEL "
-    "changed, promoting or serving an older version loads its MiniLM adapter onto another "
-    "base model, and registry.promote never compares base models"))
 def test_a_version_keeps_the_base_model_it_was_trained_on(
     sqlite_settings: Settings, tmp_path: Path
 ) -> None:
