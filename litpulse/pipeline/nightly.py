@@ -48,6 +48,7 @@ from litpulse.pipeline.planning import (
     promoted_model,
     reindex_now,
     retrain_due,
+    withhold_watermark,
 )
 
 __all__ = [
@@ -375,15 +376,21 @@ def run_nightly(
                 window = _window(settings, engine, since, until)
             counts = step("ingest", lambda: _ingest(settings, source, paths, window, progress))
             cites = None
-            if citations:
-                cites = step("citations", lambda: _citations(settings, progress))
             report_q: dict[str, Any] = {"ok": True, "checks": [], "problems": []}
-            if quality:
-                from ingest.quality import check_ingest
+            try:  # a window is through only once it passed its check
+                if citations:
+                    cites = step("citations", lambda: _citations(settings, progress))
+                if quality:
+                    from ingest.quality import check_ingest
 
-                report_q = step(
-                    "quality", lambda: check_ingest(settings, counts, window).to_dict()
-                )
+                    report_q = step(
+                        "quality", lambda: check_ingest(settings, counts, window).to_dict()
+                    )
+            except BaseException as exc:
+                if window is not None:  # the rerun ingests (and checks) this window again
+                    withhold_watermark(engine, window, started, f"{steps[-1][0]} failed: "
+                                       f"{type(exc).__name__}")  # fmt: skip
+                raise
             embedded, index = step("index", lambda: _index(settings, progress))
             index_step = index
             decision = None

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 
 from litpulse.core import db
 from litpulse.core.errors import ConfigError, ConsistencyError
@@ -42,6 +42,7 @@ __all__ = [
     "reindex_pending",
     "refresh_waits_for_reindex",
     "retrain_due",
+    "withhold_watermark",
 ]
 
 logger = logging.getLogger(__name__)
@@ -139,17 +140,22 @@ def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datet
     """End of the newest window of a succeeded E-utilities or update-file run over the
     whole corpus: where the next nightly window starts.
 
-    A run restricted by an ESearch query (``litpulse ingest --eutils --query …``) fetched
-    one topic only and does not move the mark (the next window would skip every other
-    record of the days it covered). A window end after the run's start (``--until`` in
-    the future) counts as the start: records of later days could not be searched yet.
+    A run whose nightly failed after it (its iCite step or its data-quality check:
+    :func:`withhold_watermark`) moves the mark to its window's start only: the next
+    nightly ingests and checks that window again. A run restricted by an ESearch query
+    (``litpulse ingest --eutils --query …``) fetched one topic only and does not move the
+    mark (the next
+    window would skip every other record of the days it covered). A window end after the
+    run's start (``--until`` in the future) counts as the start: records of later days
+    could not be searched yet.
     """
     r = ingest_runs.c
     engine = engine or db.connect(settings)
     best: dt.datetime | None = None
     with engine.connect() as conn:
         rows = conn.execute(
-            select(r.window_end, r.started_at)
+            select(r.window_start, r.window_end, r.started_at,
+                   r.details["watermark"].as_string())
             .where(
                 r.source.in_(WINDOW_SOURCES),
                 r.status == RunStatus.SUCCEEDED,
@@ -157,13 +163,38 @@ def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datet
                 r.details["query"].as_string().is_(None),  # absent or null: all of PubMed
             )
             .order_by(r.window_end.desc())
-        )
-        for end, started in rows:  # UTCDateTime: aware UTC already
+        )  # fmt: skip
+        for start, end, started, withheld in rows:  # UTCDateTime: aware UTC already
             if best is not None and end <= best:
-                break  # no later row can beat it: min(end, started) <= end
-            mark = min(end, started)
+                break  # no later row can beat it: every mark <= its end
+            # a withheld window is not through: what came before it is
+            reached = end if withheld is None or start is None else start
+            mark = min(reached, started)
             best = mark if best is None else max(best, mark)
     return best
+
+
+def withhold_watermark(
+    engine: Engine, window: tuple[dt.datetime, dt.datetime], since: dt.datetime, why: str
+) -> int:
+    """Keep the E-utilities run of ``window`` (started at ``since`` or later) from moving
+    the watermark (:func:`last_watermark`): a step after the ingest failed, so the window
+    is not through and the next nightly ingests and checks it again. Returns how many
+    runs it marked (``details.watermark`` holds ``why``)."""
+    r = ingest_runs.c
+    with engine.begin() as conn:
+        rows = conn.execute(
+            select(r.id, r.details).where(
+                r.source == "eutils", r.window_start == window[0], r.window_end == window[1],
+                r.started_at >= since,
+            )
+        ).all()
+        for run_id, details in rows:
+            conn.execute(update(ingest_runs).where(r.id == run_id)
+                         .values(details={**(details or {}), "watermark": f"withheld: {why}"}))
+    if rows:
+        logger.warning("window %s..%s withheld from the watermark: %s", *window, why)
+    return len(rows)
 
 
 def retrain_due(settings: Settings, engine: Engine | None = None) -> RetrainDecision:

@@ -35,12 +35,6 @@ def _stored(settings: Settings) -> set[int]:
 # ------------------------------------------------------------------ 1. the nightly watermark
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a nightly whose data-quality check failed (an empty window: NCBI returned "
-    "nothing) still recorded its eutils run as succeeded, so the watermark moved past the "
-    "window and the rerun never searches its days again",
-)
 def test_a_nightly_failed_by_its_quality_check_is_ingested_again_by_the_rerun(
     sqlite_settings: Settings, emulator: Emulator
 ) -> None:
@@ -266,12 +260,6 @@ def test_the_documented_clear_recovers_an_empty_weekday_run(
 # --------------------------- 8. a citations failure makes the nightly skip the quality gate
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run_nightly checks data quality after the iCite step: when iCite fails the "
-    "window is already a succeeded run (the watermark moved) but was never quality-checked, "
-    "and the rerun checks only its own new window, so a 50 % quarantine passes unnoticed",
-)
 def test_a_window_whose_nightly_failed_at_citations_is_still_quality_checked(
     sqlite_settings: Settings, emulator: Emulator
 ) -> None:
