@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, or_, select, update
 
 from litpulse.core import db
 from litpulse.core.errors import ConfigError, ConsistencyError
@@ -49,6 +49,10 @@ logger = logging.getLogger(__name__)
 
 #: Sources whose succeeded runs move the watermark forward.
 WINDOW_SOURCES = ("eutils", "updatefiles")
+#: How far behind the day it is read an update-file run's content is taken to reach (NLM
+#: publishes each day's update file the next day): such a run (a bootstrap's included)
+#: moves the watermark to its start less this, and E-utilities go on from there.
+UPDATE_FILE_LAG = dt.timedelta(days=1)
 #: How long after a promotion the index-refresh DAG waits for the litpulse_reindex run
 #: its model asset triggers to appear (the retrain DAG switches the model in one task and
 #: emits the asset in the next) before it calls the re-index stalled.
@@ -140,8 +144,9 @@ def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datet
     """End of the newest window of a succeeded E-utilities or update-file run over the
     whole corpus: where the next nightly window starts.
 
-    A run whose nightly failed after it (its iCite step or its data-quality check:
-    :func:`withhold_watermark`) moves the mark to its window's start only: the next
+    An update-file run (a bootstrap's too) records no window: it reaches
+    :data:`UPDATE_FILE_LAG` before it started. A run whose nightly failed after it (its
+    iCite step or its data-quality check: :func:`withhold_watermark`) moves the mark to its window's start only: the next
     nightly ingests and checks that window again. A run restricted by an ESearch query
     (``litpulse ingest --eutils --query …``) fetched one topic only and does not move the
     mark (the next
@@ -153,22 +158,27 @@ def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datet
     engine = engine or db.connect(settings)
     best: dt.datetime | None = None
     with engine.connect() as conn:
+        reach = func.coalesce(r.window_end, r.started_at)
         rows = conn.execute(
             select(r.window_start, r.window_end, r.started_at,
                    r.details["watermark"].as_string())
             .where(
                 r.source.in_(WINDOW_SOURCES),
                 r.status == RunStatus.SUCCEEDED,
-                r.window_end.is_not(None),
+                or_(r.window_end.is_not(None), r.source == "updatefiles"),
                 r.details["query"].as_string().is_(None),  # absent or null: all of PubMed
             )
-            .order_by(r.window_end.desc())
+            .order_by(reach.desc())
         )  # fmt: skip
         for start, end, started, withheld in rows:  # UTCDateTime: aware UTC already
-            if best is not None and end <= best:
-                break  # no later row can beat it: every mark <= its end
-            # a withheld window is not through: what came before it is
-            reached = end if withheld is None or start is None else start
+            if best is not None and (end or started) <= best:
+                break  # no later row can beat it: every mark <= its end (or start)
+            if end is None:  # update files (a bootstrap's too) hold what NLM published
+                reached = started - UPDATE_FILE_LAG  # by the day before they were read
+            elif withheld is not None and start is not None:
+                reached = start  # a withheld window is not through: what came before is
+            else:
+                reached = end
             mark = min(reached, started)
             best = mark if best is None else max(best, mark)
     return best

@@ -120,13 +120,6 @@ def test_the_nightly_summary_says_the_digest_was_not_delivered() -> None:
 # ------------------------------------------- 4. update-file runs and the E-utilities mark
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="planning.WINDOW_SOURCES says succeeded update-file runs move the watermark, but "
-    "update-file/bootstrap runs never record a window_end: after `litpulse bootstrap` (or "
-    "nightly --source updatefiles) the first E-utilities nightly ingests only its last day "
-    "and the days between are never searched",
-)
 def test_the_first_eutils_nightly_after_update_files_starts_where_they_ended(
     sqlite_settings: Settings,
 ) -> None:
