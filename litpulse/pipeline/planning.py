@@ -146,13 +146,12 @@ def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datet
 
     An update-file run (a bootstrap's too) records no window: it reaches
     :data:`UPDATE_FILE_LAG` before it started. A run whose nightly failed after it (its
-    iCite step or its data-quality check: :func:`withhold_watermark`) moves the mark to its window's start only: the next
-    nightly ingests and checks that window again. A run restricted by an ESearch query
-    (``litpulse ingest --eutils --query …``) fetched one topic only and does not move the
-    mark (the next
-    window would skip every other record of the days it covered). A window end after the
-    run's start (``--until`` in the future) counts as the start: records of later days
-    could not be searched yet.
+    iCite step or its data-quality check: :func:`withhold_watermark`) moves the mark to
+    its window's start only: the next nightly ingests and checks that window again. A run
+    restricted by an ESearch query (``litpulse ingest --eutils --query …``) fetched one
+    topic only and does not move the mark (the next window would skip every other record
+    of the days it covered). A window end after the run's start (``--until`` in the
+    future) counts as the start: records of later days could not be searched yet.
     """
     r = ingest_runs.c
     engine = engine or db.connect(settings)
