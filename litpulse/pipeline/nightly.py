@@ -172,6 +172,8 @@ class NightlyReport:
             rows.append(("retrain", "-", str(self.retrain_decision.get("reason", "not due"))))
         else:
             rows.append(("retrain", "-", "disabled"))
+        if self.digest is not None:
+            rows.append(("digest", duration(took.get("digest")), _digest_text(self.digest)))
         rows.append(("total", duration(sum(took.values())), ""))
         return rows
 
@@ -217,6 +219,21 @@ def _ingest_text(counts: dict[str, int]) -> str:
     parts = [f"{counts.get(k, 0):,} {w}" for k, w in words.items()
              if counts.get(k, 0) or k == "inserted"]
     return "records: " + ", ".join(parts)
+
+
+def _digest_text(digest: dict[str, Any]) -> str:
+    """``2 new matches; 0 e-mailed, 0 posted; FAILED: …`` or why it did not run."""
+    if digest.get("skipped"):
+        return f"skipped: {digest['skipped']}"
+    text = (f"{digest.get('matched', 0):,} new matches; {digest.get('emailed', 0):,} e-mailed, "
+            f"{digest.get('posted', 0):,} posted")  # fmt: skip
+    failures = "; ".join(map(str, digest.get("failures") or []))
+    warnings = "; ".join(map(str, digest.get("warnings") or []))
+    if failures:
+        text += f"; FAILED (retried next time): {failures}"
+    if warnings:
+        text += f"; {warnings}"
+    return text
 
 
 def _index_text(embedded: int, index: dict[str, Any] | None) -> str:
