@@ -72,7 +72,8 @@ def litpulse_retrain() -> None:
 
         log = logging.getLogger(__name__)
         dag_run = get_current_context()["dag_run"]
-        catchup = catchup_skip_reason(dag_run.run_type, dag_run.run_after, dag_run.start_date)
+        catchup = catchup_skip_reason(dag_run.run_type, dag_run.run_after, dag_run.start_date,
+                                      cleared=getattr(dag_run, "clear_number", 0) or 0)
         if catchup is not None:
             log.info("retrain due: False (%s)", catchup)
             return False

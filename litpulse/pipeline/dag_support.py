@@ -414,22 +414,27 @@ def catchup_skip_reason(
     slot: dt.datetime | None,
     started: dt.datetime | None,
     grace: dt.timedelta = CATCHUP_GRACE,
+    cleared: int = 0,
 ) -> str | None:
     """Why a scheduled run is a catch-up of a missed slot, or ``None`` when it is not.
 
     With ``catchup=False`` Airflow still creates the latest past slot of a cron schedule
     when a DAG is unpaused (or its scheduler comes back): unpausing the weekly retrain on
     a Wednesday would retrain "last Sunday" at once. A *scheduled* run that started more
-    than ``grace`` after its slot is such a catch-up; manual runs and backfills never are.
+    than ``grace`` after its slot is such a catch-up; manual runs and backfills never are,
+    nor a run an engineer cleared (``cleared``: the run's ``clear_number``; a clear resets
+    its start to the clear's time, hours or days after its slot).
 
     >>> sunday = dt.datetime(2026, 11, 29, 4, tzinfo=dt.UTC)
     >>> catchup_skip_reason("scheduled", sunday, sunday + dt.timedelta(minutes=1)) is None
     True
     >>> catchup_skip_reason("manual", sunday, sunday + dt.timedelta(days=3)) is None
     True
+    >>> catchup_skip_reason("scheduled", sunday, sunday + dt.timedelta(days=1), cleared=1) is None
+    True
     """
     kind = str(getattr(run_type, "value", run_type) or "")
-    if kind != "scheduled" or slot is None or started is None:
+    if kind != "scheduled" or slot is None or started is None or cleared:
         return None
     late = started - slot
     if late <= grace:

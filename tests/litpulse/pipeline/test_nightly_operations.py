@@ -148,12 +148,6 @@ def _retrain_due_callable():  # the real task callable of dags/litpulse_retrain.
     return module, dag.task_dict["retrain_due"].python_callable
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="catchup_skip_reason compares the slot with dag_run.start_date, which a clear "
-    "resets to the clear's time: a failed Sunday retrain (retrain_due has retries=0) cleared "
-    "by the engineer more than 6 h later short-circuits as a 'catch-up' and trains nothing",
-)
 def test_a_cleared_scheduled_retrain_run_is_not_skipped_as_a_catch_up(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
