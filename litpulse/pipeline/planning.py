@@ -141,23 +141,26 @@ class EmbeddingShard:
 
 
 def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datetime | None:
-    """End of the newest window of a succeeded E-utilities or update-file run over the
-    whole corpus: where the next nightly window starts.
+    """Where the next nightly window starts: the end of the succeeded E-utilities and
+    update-file runs over the whole corpus that follow one another without a gap, from the
+    earliest (a later window past a gap — one day pulled by hand — does not carry the mark
+    over days no window searched; each window searches ``LITPULSE_WINDOW_OVERLAP_DAYS``
+    before its start).
 
     An update-file run (a bootstrap's too) records no window: it reaches
-    :data:`UPDATE_FILE_LAG` before it started. A run whose nightly failed after it (its
-    iCite step or its data-quality check: :func:`withhold_watermark`) moves the mark to
-    its window's start only: the next nightly ingests and checks that window again. A run
-    restricted by an ESearch query (``litpulse ingest --eutils --query …``) fetched one
-    topic only and does not move the mark (the next window would skip every other record
-    of the days it covered). A window end after the run's start (``--until`` in the
-    future) counts as the start: records of later days could not be searched yet.
+    :data:`UPDATE_FILE_LAG` before it started, and covers everything before. A run whose
+    nightly failed after it (its iCite step or its data-quality check:
+    :func:`withhold_watermark`) reaches its window's start only: the next nightly ingests
+    and checks that window again. A run restricted by an ESearch query (``litpulse ingest
+    --eutils --query …``) fetched one topic only and does not count. A window end after
+    the run's start (``--until`` in the future) counts as the start: records of later days
+    could not be searched yet.
     """
     r = ingest_runs.c
     engine = engine or db.connect(settings)
-    best: dt.datetime | None = None
+    overlap = dt.timedelta(days=settings.window_overlap_days)
+    spans: list[tuple[dt.datetime | None, dt.datetime]] = []  # (from, reached); None: all before
     with engine.connect() as conn:
-        reach = func.coalesce(r.window_end, r.started_at)
         rows = conn.execute(
             select(r.window_start, r.window_end, r.started_at,
                    r.details["watermark"].as_string())
@@ -167,19 +170,24 @@ def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datet
                 or_(r.window_end.is_not(None), r.source == "updatefiles"),
                 r.details["query"].as_string().is_(None),  # absent or null: all of PubMed
             )
-            .order_by(reach.desc())
         )  # fmt: skip
         for start, end, started, withheld in rows:  # UTCDateTime: aware UTC already
-            if best is not None and (end or started) <= best:
-                break  # no later row can beat it: every mark <= its end (or start)
             if end is None:  # update files (a bootstrap's too) hold what NLM published
-                reached = started - UPDATE_FILE_LAG  # by the day before they were read
-            elif withheld is not None and start is not None:
-                reached = start  # a withheld window is not through: what came before is
-            else:
-                reached = end
-            mark = min(reached, started)
-            best = mark if best is None else max(best, mark)
+                spans.append((None, started - UPDATE_FILE_LAG))  # by the day before
+                continue
+            # a withheld window is not through: what came before it is
+            reached = start if withheld is not None and start is not None else end
+            # a window searches from `overlap` before its start (ingest.eutils)
+            spans.append((None if start is None else start - overlap, min(reached, started)))
+    # the end of the windows that follow one another without a gap from the earliest: a
+    # later window past a gap (one day pulled by hand) does not carry the mark over days
+    # no window searched
+    spans.sort(key=lambda span: (span[0] is not None, span[0] or dt.datetime.min))
+    best: dt.datetime | None = None
+    for begin, reached in spans:
+        if best is not None and begin is not None and begin > best:
+            break
+        best = reached if best is None else max(best, reached)
     return best
 
 

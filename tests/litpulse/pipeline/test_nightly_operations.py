@@ -175,12 +175,6 @@ def test_a_cleared_scheduled_retrain_run_is_not_skipped_as_a_catch_up(
 # ------------------------------------ 6. a later one-off window jumps the watermark over a gap
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="last_watermark takes the end of the newest succeeded window whatever its start: "
-    "one later day pulled by hand (`litpulse ingest --eutils --since D --until D+1`, or a DAG "
-    "run with first_day) moves the nightly's mark over the days between, never ingested",
-)
 def test_a_later_one_day_window_does_not_move_the_nightly_watermark_over_a_gap(
     sqlite_settings: Settings, emulator: Emulator
 ) -> None:
