@@ -499,7 +499,10 @@ def ingest_eutils_window(
             {"window": window, "pmids": pmids[:100], "given_up": len(pmids)},
         )
 
-    return ingest_window(settings, since, until, progress=progress, on_given_up=alert)
+    # the whole window's counts: its data-quality check (the DAG's next task, the nightly's
+    # quality step) judges a retried window whole, not the retry's batches alone
+    return ingest_window(settings, since, until, progress=progress, on_given_up=alert,
+                         whole_window=True)
 
 
 def _ingest(

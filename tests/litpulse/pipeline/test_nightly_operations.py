@@ -60,12 +60,6 @@ def _malformed(pmid: int, day: dt.date) -> bytes:
     return article_xml(pmid, edat=day).replace(b"<ArticleTitle>", b"<ArticleTitle>Q&A <i>x")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ingest_eutils_window returns the counts of this try only: after a retry the "
-    "data_quality task judges the retried batches alone, so the quarantined records of the "
-    "first try never reach the quarantine-rate gate (and the asset metadata undercounts)",
-)
 def test_the_quality_gate_after_an_ingest_retry_sees_the_whole_window(
     sqlite_settings: Settings, emulator: Emulator
 ) -> None:
