@@ -46,7 +46,12 @@ again: `airflow tasks clear litpulse_nightly_ingest --only-failed --yes` (every 
 the DAG; `-s`/`-e` with the logical date limit it to scheduled runs of those days), the UI's
 *Clear*, or the REST API `POST /api/v2/dags/litpulse_nightly_ingest/clearTaskInstances`
 with `{"dag_run_id": RUN, "only_failed": true, "dry_run": false}`. A backfill over failed
-days: add `--reprocess-behavior failed`.
+days: add `--reprocess-behavior failed`. When `data_quality` failed on what the window
+returned (no record on a weekday, too many quarantined) and the cause was the source (a
+mirror, NCBI), the window must be ingested again, not only judged again: clear
+`ingest_window` with what follows it, `airflow tasks clear litpulse_nightly_ingest -t
+ingest_window --downstream -s DAY -e DAY --yes` (the UI: *Clear* on `ingest_window` with
+*Downstream*); a rerun searches the window afresh.
 
 **Retries.** Transient NCBI failures (429, 5xx, timeouts: `TransientSourceError`) are retried
 3 times, 2, 4 and 8 min after the first, second and third failure (after NCBI's `Retry-After`
