@@ -259,6 +259,17 @@ def add_run_counts(conn: Connection, run_id: int, delta: IngestCounts) -> None:
     )
 
 
+#: The error of a run whose process ended without closing it.
+_ABANDONED = "process {holder} ended without finishing the run (killed?)"
+
+
+def _dead_holder(details: dict[str, Any] | None) -> str | None:
+    """The recorded holder of a run whose process (on this host) is gone, else ``None``:
+    another host's, or a run without a holder, cannot be judged from here."""
+    holder = (details or {}).get("holder")
+    return str(holder) if holder and not holder_alive(str(holder)) else None
+
+
 class RunLedger:
     """Opens, closes and lists ingest runs.
 
@@ -312,18 +323,14 @@ class RunLedger:
                     ingest_runs.c.status == RunStatus.RUNNING
                 )
             ).all()
-            dead = [
-                (r.id, str((r.details or {}).get("holder")))
-                for r in rows
-                if (r.details or {}).get("holder") and not holder_alive(str(r.details["holder"]))
-            ]
+            dead = [(r.id, holder) for r in rows if (holder := _dead_holder(r.details))]
             for run_id, holder in dead:
                 conn.execute(
                     update(ingest_runs)
                     .where(ingest_runs.c.id == run_id, ingest_runs.c.status == RunStatus.RUNNING)
                     .values(
                         status=RunStatus.ABANDONED,
-                        error=f"process {holder} ended without finishing the run (killed?)",
+                        error=_ABANDONED.format(holder=holder),
                         finished_at=utcnow(),
                     )
                 )
@@ -376,11 +383,10 @@ class RunLedger:
             ).all()
         out = [run_dict(r._mapping) for r in rows]
         for run in out:
-            holder = run["details"].get("holder")
-            if run["status"] == RunStatus.RUNNING and holder and not holder_alive(str(holder)):
+            holder = _dead_holder(run["details"]) if run["status"] == RunStatus.RUNNING else None
+            if holder:
                 run["status"] = str(RunStatus.ABANDONED)
-                run["error"] = (f"process {holder} ended without finishing the run (killed?); "
-                                "the next ingest records it so")  # fmt: skip
+                run["error"] = _ABANDONED.format(holder=holder) + "; the next ingest records it so"
         return out
 
 

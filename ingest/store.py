@@ -77,8 +77,7 @@ from litpulse.core.db import (
     bulk_upsert,
     db_now,
     id_in,
-    lease_holder,
-    live_holder,
+    live_lease,
     upsert,
 )
 from litpulse.core.errors import ConfigError, NotFoundError
@@ -456,10 +455,8 @@ class Store(RunLedger, Checkpoints):
     def _writer(self) -> str | None:
         """Who holds the store's writer lease (:data:`ingest.runs.STORE_LEASE`) and until
         when unless renewed; ``None`` when no live process writes articles (a killed
-        writer's lease, not yet expired, names nobody: :func:`~litpulse.core.db.live_holder`)."""
-        if live_holder(self.engine, STORE_LEASE) is None:
-            return None
-        held = lease_holder(self.engine, STORE_LEASE)
+        writer's lease, not yet expired, names nobody: :func:`~litpulse.core.db.live_lease`)."""
+        held = live_lease(self.engine, STORE_LEASE)
         return None if held is None else f"{held[0]}, until {iso(held[1])}"
 
     def missing_pmids(self, limit: int = 1000) -> list[dict[str, Any]]:

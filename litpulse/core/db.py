@@ -66,6 +66,7 @@ __all__ = [
     "mark_folder",
     "folder_store",
     "live_holder",
+    "live_lease",
 ]
 
 logger = logging.getLogger(__name__)
@@ -961,14 +962,20 @@ def lease_holder(engine: Engine, name: str) -> tuple[str, dt.datetime] | None:
     return None if row is None else (str(row.holder), row.expires_at)
 
 
-def live_holder(engine: Engine, name: str) -> str | None:
-    """The holder of lease ``name`` when it holds it now (unexpired, its process alive:
-    :func:`holder_alive`), else ``None``."""
+def live_lease(engine: Engine, name: str) -> tuple[str, dt.datetime] | None:
+    """``(holder, expires)`` of lease ``name`` when it is held now (unexpired, its
+    process alive: :func:`holder_alive`), else ``None``."""
     held = lease_holder(engine, name)
     if held is None:
         return None
     holder, expires = held
-    return holder if expires > utcnow() and holder_alive(holder) else None
+    return held if expires > utcnow() and holder_alive(holder) else None
+
+
+def live_holder(engine: Engine, name: str) -> str | None:
+    """The holder of lease ``name`` when it holds it now (:func:`live_lease`), else ``None``."""
+    held = live_lease(engine, name)
+    return None if held is None else held[0]
 
 
 def release_lease(engine: Engine, name: str, holder: str) -> None:
