@@ -52,7 +52,7 @@ import datetime as dt
 import hashlib
 import logging
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -539,6 +539,7 @@ def ingest_window(
     restart: bool = False,
     on_given_up: Callable[[list[int], str], None] | None = None,
     whole_window: bool = False,
+    run_details: Mapping[str, Any] | None = None,
 ) -> IngestCounts:
     """Fetch and store every PubMed record created or revised in a date window.
 
@@ -557,6 +558,8 @@ def ingest_window(
         on_given_up: Called once the run has succeeded, if it gave PMIDs up
             (:mod:`ingest.missing`), with the first 1,000 of them and the window: how the
             application alerts (this stage knows no alerting).
+        run_details: Added to the run's details (the application marks a window whose
+            check is still to come; the mark is in the row once the run succeeded).
 
     Returns:
         The :class:`ingest.store.IngestCounts` of this call (``missing`` included); with
@@ -594,7 +597,8 @@ def ingest_window(
             redact=client.redact,
         ) as run,
     ):  # fmt: skip
-        run.details = {"window": f"{start}..{end}", "query": query, "term": term}
+        run.details = {**(run_details or {}), "window": f"{start}..{end}", "query": query,
+                       "term": term}
         run.on_failure = lambda: {"requests": client.requests_sent, "retries": client.retries}
         value = _searched(store, client, settings, wkey, term, start, end, restart, run.details)
         generation = int(value.get("generation", 1))

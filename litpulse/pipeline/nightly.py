@@ -30,7 +30,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,10 +43,12 @@ from litpulse.core.settings import Settings
 from litpulse.core.timeutil import as_utc, iso, utcnow
 from litpulse.pipeline.digest import digest_step
 from litpulse.pipeline.planning import (
+    PENDING_CHECK,
     last_watermark,
     lexical_negatives,
     promoted_model,
     reindex_now,
+    release_watermark,
     retrain_due,
     withhold_watermark,
 )
@@ -57,7 +59,9 @@ __all__ = [
     "SOURCES",
     "NightlyBusyError",
     "NightlyReport",
+    "check_window",
     "duration",
+    "ingest_eutils_window",
     "run_nightly",
 ]
 
@@ -391,7 +395,10 @@ def run_nightly(
             window: tuple[dt.datetime, dt.datetime] | None = None
             if source == "eutils":
                 window = _window(settings, engine, since, until)
-            counts = step("ingest", lambda: _ingest(settings, source, paths, window, progress))
+            checked = citations or quality  # the window is through once these passed
+            counts = step(
+                "ingest", lambda: _ingest(settings, source, paths, window, progress, checked)
+            )
             cites = None
             report_q: dict[str, Any] = {"ok": True, "checks": [], "problems": []}
             try:  # a window is through only once it passed its check
@@ -408,6 +415,8 @@ def run_nightly(
                     withhold_watermark(engine, window, started, f"{steps[-1][0]} failed: "
                                        f"{type(exc).__name__}")  # fmt: skip
                 raise
+            if window is not None and checked:
+                release_watermark(engine, window)
             embedded, index = step("index", lambda: _index(settings, progress))
             index_step = index
             decision = None
@@ -478,11 +487,14 @@ def ingest_eutils_window(
     until: dt.datetime | dt.date,
     *,
     progress: bool = False,
+    checked: bool = True,
 ) -> Any:
     """:func:`ingest.eutils.ingest_window` that alerts the on-call engineer (log, and the
     webhook when set) when the run gives PMIDs up: listed by ESearch, never returned by
     EFetch however often asked (``litpulse missing``). The nightly job and the nightly
-    DAG's ingest task call this.
+    DAG's ingest task call this. With ``checked`` (a data-quality check or the iCite step
+    follows), the window moves the watermark only once :func:`planning.release_watermark`
+    says it passed them.
 
     Returns:
         The window's :class:`ingest.store.IngestCounts`.
@@ -501,8 +513,28 @@ def ingest_eutils_window(
 
     # the whole window's counts: its data-quality check (the DAG's next task, the nightly's
     # quality step) judges a retried window whole, not the retry's batches alone
+    # with a check to come (``checked``), the window's run is held from the watermark until
+    # the check passed (planning.release_watermark): a kill before it leaves it held
     return ingest_window(settings, since, until, progress=progress, on_given_up=alert,
-                         whole_window=True)
+                         whole_window=True,
+                         run_details={"watermark": PENDING_CHECK} if checked else None)
+
+
+def check_window(
+    settings: Settings, counts: Mapping[str, Any], window: tuple[dt.datetime, dt.datetime]
+) -> dict[str, Any]:
+    """The data-quality check of an E-utilities window (:func:`ingest.quality.check_ingest`);
+    once it passed, the window moves the watermark (:func:`planning.release_watermark`).
+    The nightly DAG's ``data_quality`` task calls this.
+
+    Raises:
+        DataQualityError: The window failed a check; it stays held from the watermark.
+    """
+    from ingest.quality import check_ingest
+
+    report = check_ingest(settings, counts, window).to_dict()
+    release_watermark(db.connect(settings), window)
+    return report
 
 
 def _ingest(
@@ -511,11 +543,14 @@ def _ingest(
     paths: list[Path],
     window: tuple[dt.datetime, dt.datetime] | None,
     progress: bool,
+    checked: bool,
 ) -> dict[str, int]:
     if source == "eutils":
         if window is None:
             raise ConfigError("the eutils source needs a window")
-        counts: Any = ingest_eutils_window(settings, window[0], window[1], progress=progress)
+        counts: Any = ingest_eutils_window(
+            settings, window[0], window[1], progress=progress, checked=checked
+        )
     elif source == "updatefiles":
         from ingest.updatefiles import apply_updates
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FINISH_REINDEX",
+    "PENDING_CHECK",
     "REINDEX_GRACE",
     "EmbeddingShard",
     "RetrainDecision",
@@ -41,6 +42,7 @@ __all__ = [
     "reindex_now",
     "reindex_pending",
     "refresh_waits_for_reindex",
+    "release_watermark",
     "retrain_due",
     "withhold_watermark",
 ]
@@ -53,6 +55,11 @@ WINDOW_SOURCES = ("eutils", "updatefiles")
 #: publishes each day's update file the next day): such a run (a bootstrap's included)
 #: moves the watermark to its start less this, and E-utilities go on from there.
 UPDATE_FILE_LAG = dt.timedelta(days=1)
+#: The ``details.watermark`` an E-utilities run of the nightly (or the nightly DAG) is
+#: stored with: its window is not through until its checks passed
+#: (:func:`release_watermark`); a run killed between its ingest and its check stays held,
+#: and the next nightly ingests (and checks) the window again.
+PENDING_CHECK = "pending: its data-quality check has not passed yet"
 #: How long after a promotion the index-refresh DAG waits for the litpulse_reindex run
 #: its model asset triggers to appear (the retrain DAG switches the model in one task and
 #: emits the asset in the next) before it calls the re-index stalled.
@@ -150,8 +157,9 @@ def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datet
     An update-file run (a bootstrap's too) records no window: it reaches
     :data:`UPDATE_FILE_LAG` before it started, and covers everything before. A run whose
     nightly failed after it (its iCite step or its data-quality check:
-    :func:`withhold_watermark`) reaches its window's start only: the next nightly ingests
-    and checks that window again. A run restricted by an ESearch query (``litpulse ingest
+    :func:`withhold_watermark`), or that still waits for its checks (killed before them:
+    :data:`PENDING_CHECK`), reaches its window's start only: the next nightly ingests and
+    checks that window again. A run restricted by an ESearch query (``litpulse ingest
     --eutils --query …``) fetched one topic only and does not count. A window end after
     the run's start (``--until`` in the future) counts as the start: records of later days
     could not be searched yet.
@@ -211,6 +219,25 @@ def withhold_watermark(
                          .values(details={**(details or {}), "watermark": f"withheld: {why}"}))
     if rows:
         logger.warning("window %s..%s withheld from the watermark: %s", *window, why)
+    return len(rows)
+
+
+def release_watermark(engine: Engine, window: tuple[dt.datetime, dt.datetime]) -> int:
+    """Let the succeeded E-utilities runs of ``window`` held by :data:`PENDING_CHECK` move
+    the watermark: the window passed its checks. Runs withheld by a failed step stay
+    withheld (the run that passed moves the mark). Returns how many runs it released."""
+    r = ingest_runs.c
+    with engine.begin() as conn:
+        rows = conn.execute(
+            select(r.id, r.details).where(
+                r.source == "eutils", r.window_start == window[0], r.window_end == window[1],
+                r.status == RunStatus.SUCCEEDED,
+                r.details["watermark"].as_string() == PENDING_CHECK,
+            )
+        ).all()
+        for run_id, details in rows:
+            kept = {k: v for k, v in (details or {}).items() if k != "watermark"}
+            conn.execute(update(ingest_runs).where(r.id == run_id).values(details=kept))
     return len(rows)
 
 
