@@ -239,6 +239,7 @@ def _status(settings: Settings, engine: Any) -> dict[str, Any]:
             "weight_similarity": settings.weight_similarity,
             "weight_recency": settings.weight_recency,
             "weight_citation": settings.weight_citation,
+            "weight_lexical": settings.weight_lexical,
             "recency_half_life_days": settings.recency_half_life_days,
         },
     }

@@ -6,8 +6,8 @@ function savedBody(name) {
   const p = params();
   const body = { name, query: p.get("q") || "" };
   for (const id of ["since", "until", "language"]) if (p.get(id)) body[id] = p.get(id);
-  if (p.get("mesh")) body.mesh = [p.get("mesh")];
-  if (p.get("type")) body.publication_type = [p.get("type")];
+  if (p.has("mesh")) body.mesh = p.getAll("mesh");  // every value: all must hold
+  if (p.has("type")) body.publication_type = p.getAll("type");
   if (p.get("has_abstract")) body.has_abstract = true;
   if (p.get("include_retracted")) body.include_retracted = true;
   const min = document.getElementById("save-min-score").value.trim();

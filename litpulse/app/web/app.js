@@ -2,12 +2,27 @@
 // Content-Security-Policy can forbid inline script.
 "use strict";
 const $ = (id) => document.getElementById(id);
-const WEIGHTS = ["w_sim", "w_recency", "w_citation"];
+const WEIGHTS = ["w_sim", "w_lexical", "w_recency", "w_citation"];  // the sliders
+const SCORING = [...WEIGHTS, "half_life"];  // sent only when chosen: see `chosen`
 const COMPONENTS = [["similarity", "sim"], ["lexical", "lex"], ["recency", "rec"],
                     ["citation", "cit"]];
 const CHOICES = { mode: "hybrid", sort: "score" };  // selectors and their defaults
-let defaults = { w_sim: 1, w_recency: 0.15, w_citation: 0.1, half_life: 365 };
-let offset = 0;  // the page shown: results skipped before it
+// Filters /search takes more than once (an article must match all): the URL parameter,
+// its first field, and the label of each further field.
+const MULTI = { mesh: { input: "mesh", label: "and MeSH descriptor" },
+                type: { input: "ptype", label: "and publication type" } };
+const MAX_TERMS = 20;  // the API's limit of values per repeated filter
+const PAGE_K = 20;  // results per page when the form's field is empty
+// The server's scoring defaults (GET /status); these stand in when it cannot be read.
+let defaults = { w_sim: 1, w_lexical: 0.35, w_recency: 0.15, w_citation: 0.1, half_life: 365 };
+let defaultsKnown = false;
+// The scoring values the researcher chose (a slider moved, the half-life typed) or the
+// page's URL carried: id -> text sent. Everything else is left to the server's defaults,
+// so a default is never sent back rounded, nor kept in a link once the server changes it.
+const chosen = new Map();
+let shown = null;  // URLSearchParams of the search whose results the page shows
+let searchSeq = 0;  // the latest search started: answers to earlier ones are dropped
+let pageSearch = location.search;  // the query string the page's state comes from
 const AUTHORS_SHOWN = 3;  // then "et al."
 const TERMS_SHOWN = 8;  // MeSH terms shown per result
 
@@ -24,6 +39,11 @@ function el(tag, props, ...children) {
 
 function fmt(x, digits = 3) {
   return (x === null || x === undefined) ? "–" : Number(x).toFixed(digits);
+}
+
+// Show or hide a block (app.css makes `hidden` win over the blocks' own `display`).
+function reveal(node, on) {
+  node.hidden = !on;
 }
 
 function showError(message) {
@@ -43,49 +63,114 @@ async function errorText(resp) {
   return `HTTP ${resp.status}`;
 }
 
-function params() {
+// The search the form describes (what a submit asks), at `offset`.
+function params(offset = 0) {
   const p = new URLSearchParams();
   p.set("q", $("q").value.trim());
-  const k = parseInt($("k").value, 10);
-  if (k) p.set("k", String(k));
-  for (const id of ["since", "until", "mesh", "language"]) {
+  p.set("k", String(parseInt($("k").value, 10) || PAGE_K));
+  for (const id of ["since", "until"]) {
     const v = $(id).value.trim();
     if (v) p.set(id, v);
   }
-  const t = $("ptype").value.trim();
-  if (t) p.set("type", t);
+  for (const v of multiValues("mesh")) p.append("mesh", v);
+  const lang = $("language").value.trim();
+  if (lang) p.set("language", lang);
+  for (const v of multiValues("type")) p.append("type", v);
   if ($("has_abstract").checked) p.set("has_abstract", "true");
   if ($("include_retracted").checked) p.set("include_retracted", "true");
-  for (const w of WEIGHTS) {
-    if (Number($(w).value) !== Number(defaults[w])) p.set(w, $(w).value);
-  }
-  const hl = $("half_life").value.trim();
-  if (hl && Number(hl) !== Number(defaults.half_life)) p.set("half_life", hl);
+  for (const id of SCORING) if (chosen.has(id)) p.set(id, chosen.get(id));
   for (const [id, dflt] of Object.entries(CHOICES)) if ($(id).value !== dflt) p.set(id, $(id).value);
   if (offset > 0) p.set("offset", String(offset));
   return p;
 }
 
+function offsetOf(p) {
+  return Math.max(0, parseInt(p.get("offset") || "0", 10) || 0);
+}
+
+// The form set to the search of a URL: every field, those the URL leaves out to their
+// defaults (Back and Forward apply the URL of another search to a filled form).
 function applyParams(p) {
   $("q").value = p.get("q") || "";
-  for (const id of ["since", "until", "mesh", "language", "k"]) {
-    if (p.get(id)) $(id).value = p.get(id);
-  }
-  if (p.get("type")) $("ptype").value = p.get("type");
+  for (const id of ["since", "until", "language"]) $(id).value = p.get(id) || "";
+  $("k").value = p.get("k") || $("k").defaultValue;
+  for (const name of Object.keys(MULTI)) setMulti(name, p.getAll(name));
   $("has_abstract").checked = p.get("has_abstract") === "true";
   $("include_retracted").checked = p.get("include_retracted") === "true";
-  for (const w of WEIGHTS) if (p.get(w)) $(w).value = p.get(w);
-  if (p.get("half_life")) $("half_life").value = p.get("half_life");
-  for (const id of Object.keys(CHOICES)) if (p.get(id)) $(id).value = p.get(id);
-  offset = Math.max(0, parseInt(p.get("offset") || "0", 10) || 0);
+  chosen.clear();
+  for (const id of SCORING) {
+    const v = (p.get(id) || "").trim();
+    if (v) chosen.set(id, v);
+  }
+  showScoring();
+  for (const [id, dflt] of Object.entries(CHOICES)) $(id).value = p.get(id) || dflt;
   const custom = ["since", "until", "mesh", "type", "language", "has_abstract",
-                  "include_retracted", "half_life", ...WEIGHTS].some((x) => p.has(x));
+                  "include_retracted", ...SCORING].some((x) => p.has(x));
   if (custom) $("filters").open = true;
+}
+
+// The fields of a repeated filter: its first field and the ones added after it.
+function multiInputs(name) {
+  return [$(MULTI[name].input), ...document.querySelectorAll(`input[data-also="${name}"]`)];
+}
+
+function multiValues(name) {
+  return multiInputs(name).map((i) => i.value.trim()).filter(Boolean);
+}
+
+function addMultiInput(name, value) {
+  const inputs = multiInputs(name);
+  const input = inputs[0].cloneNode(false);  // its type, length limit, suggestions
+  input.removeAttribute("id");
+  input.dataset.also = name;
+  input.value = value;
+  input.addEventListener("input", () => growMulti(name));
+  inputs[inputs.length - 1].closest("label").after(el("label", {}, `${MULTI[name].label} `, input));
+}
+
+// One empty field after the last filled one, for one more value (up to the API's limit).
+function growMulti(name) {
+  const inputs = multiInputs(name);
+  if (inputs[inputs.length - 1].value.trim() && inputs.length < MAX_TERMS) addMultiInput(name, "");
+}
+
+function setMulti(name, values) {
+  for (const input of multiInputs(name).slice(1)) input.closest("label").remove();
+  $(MULTI[name].input).value = values[0] || "";
+  for (const v of values.slice(1)) addMultiInput(name, v);
+  growMulti(name);
+}
+
+// A weight as the page shows it: two decimals, more where the value has them.
+function weightText(v) {
+  const x = Number(v);
+  if (v === "" || !Number.isFinite(x)) return String(v);
+  return Number(x.toFixed(2)) === x ? x.toFixed(2) : String(x);
+}
+
+// The sliders and the half-life field show the chosen values, else the server's defaults,
+// exactly: a range is widened to hold a value beyond it (step="any" keeps any value).
+function showScoring() {
+  for (const id of SCORING) {
+    const input = $(id);
+    const v = chosen.has(id) ? chosen.get(id) : String(defaults[id]);
+    const x = Number(v);
+    if (input.type === "range" && Number.isFinite(x)) {
+      input.max = String(Math.max(Number(input.dataset.max || input.max), Math.ceil(x)));
+    }
+    input.value = v;
+  }
+  $("half_life").placeholder = String(defaults.half_life);  // emptied: the server's default
   syncSliders();
 }
 
 function syncSliders() {
-  for (const w of WEIGHTS) $(w + "_out").textContent = Number($(w).value).toFixed(2);
+  for (const w of WEIGHTS) {
+    const out = $(w + "_out");
+    if (chosen.has(w)) out.textContent = weightText(chosen.get(w));
+    else out.textContent = defaultsKnown ? `${weightText(defaults[w])} (server default)`
+      : "(server default)";
+  }
 }
 
 function stackedBar(hit, full) {
@@ -240,7 +325,8 @@ async function toggleSimilar(hit, button, region) {
   if (!open || region.dataset.loaded) return;
   region.replaceChildren(el("p", { class: "note", text: "Loading similar articles…" }));
   const q = new URLSearchParams({ k: "5" });
-  if ($("include_retracted").checked) q.set("include_retracted", "true");
+  // the filter of the search shown, not a change of the form not yet searched
+  if (shown && shown.get("include_retracted") === "true") q.set("include_retracted", "true");
   try {
     const resp = await fetchPatient(`similar/${encodeURIComponent(hit.pmid)}?${q.toString()}`);
     if (!resp.ok) {
@@ -266,7 +352,7 @@ async function toggleSimilar(hit, button, region) {
 function render(data) {
   const list = $("results");
   list.replaceChildren();
-  $("toolbar").hidden = false;
+  reveal($("toolbar"), true);
   const n = data.results.length;
   const first = (data.offset || 0) + 1;
   const range = n ? ` (${first}–${first + n - 1})` : "";
@@ -307,29 +393,50 @@ function render(data) {
   });
 }
 
+// Results per page of a search: its k (the API's default 10 where it has none).
+function pageSize(p) {
+  return parseInt(p.get("k"), 10) || 10;
+}
+
 function renderPager(data, n) {
-  const k = parseInt($("k").value, 10) || 20;
-  $("pager").hidden = !(data.offset || data.has_more);
+  const k = pageSize(shown);
+  reveal($("pager"), Boolean(data.offset || data.has_more));
   $("prev").disabled = !data.offset;
   $("next").disabled = !data.has_more || n === 0;
   const page = Math.floor((data.offset || 0) / k) + 1;
   $("page-info").textContent = `Page ${page}`;
 }
 
+// Previous or Next page of the search shown: its query, filters, k and offset, whatever
+// the form holds now (the form is asked on submit only).
 function goPage(delta) {
-  const k = parseInt($("k").value, 10) || 20;
-  offset = Math.max(0, offset + delta * k);
-  runSearch().then(() => $("count").focus());
+  if (!shown) return;
+  const p = new URLSearchParams(shown);
+  const offset = Math.max(0, offsetOf(shown) + delta * pageSize(shown));
+  if (offset > 0) p.set("offset", String(offset));
+  else p.delete("offset");
+  runSearch(p, "push").then((done) => { if (done) $("count").focus(); });
 }
 
 function setExports(p) {
   for (const f of ["ris", "bibtex", "csv"]) {
     const q = new URLSearchParams(p);
     q.set("format", f);
-    q.set("k", p.get("k") || "20");  // the page shown: its k and its offset
-    q.set("offset", p.get("offset") || "0");
+    q.set("k", String(pageSize(p)));  // the page shown: its k and its offset
+    q.set("offset", String(offsetOf(p)));
     $(`export-${f}`).href = `export?${q.toString()}`;
   }
+}
+
+// No search shown: no results, count, pages nor export links (after an error, or Back to
+// the page without a query), so that nothing of another search stays under its URL.
+function clearResults() {
+  shown = null;
+  $("results").replaceChildren();
+  $("count").textContent = "";
+  reveal($("toolbar"), false);
+  reveal($("pager"), false);
+  for (const f of ["ris", "bibtex", "csv"]) $(`export-${f}`).setAttribute("href", "#");
 }
 
 // A read the API answered 429 (the client's request rate) is asked once more after the
@@ -344,25 +451,62 @@ async function fetchPatient(url) {
   return resp;
 }
 
-async function runSearch() {
-  const p = params();
-  if (!p.get("q")) return;
+// Search with `p` and show its answer. `how` the URL follows: "push" (a new search or
+// page: a history entry of its own, Back returns to the one before), "replace" (the URL
+// the page was opened with) or "none" (Back/Forward: the URL is already this search's).
+// True when its results are shown.
+async function runSearch(p, how) {
+  if (!p.get("q")) return false;
+  const seq = ++searchSeq;
+  const current = () => seq === searchSeq;
   showError("");
+  const url = `?${p.toString()}`;
+  if (how === "push" && location.search !== url) history.pushState(null, "", url);
+  else if (how !== "none") history.replaceState(null, "", url);
+  pageSearch = location.search;
   $("go").disabled = true;
-  history.replaceState(null, "", `?${p.toString()}`);
+  $("prev").disabled = $("next").disabled = true;  // until this page is shown
   try {
     const resp = await fetchPatient(`search?${p.toString()}`);
+    if (!current()) return false;
     if (!resp.ok) {
-      showError(await errorText(resp));
-      return;
+      const message = await errorText(resp);
+      if (!current()) return false;
+      clearResults();
+      showError(message);
+      return false;
     }
-    render(await resp.json());
+    const data = await resp.json();
+    if (!current()) return false;
+    shown = p;
+    render(data);
     setExports(p);
+    return true;
   } catch (e) {
-    showError(`The server could not be reached: ${e}`);
+    if (current()) {
+      clearResults();
+      showError(`The server could not be reached: ${e}`);
+    }
+    return false;
   } finally {
-    $("go").disabled = false;
+    if (current()) $("go").disabled = false;
   }
+}
+
+// Back or Forward to another entry of this page: the form and the results of its URL.
+function onPopState() {
+  if (location.search === pageSearch) return;  // only the fragment moved (the skip link)
+  pageSearch = location.search;
+  const p = new URLSearchParams(location.search);
+  applyParams(p);
+  if (p.get("q")) {
+    runSearch(params(offsetOf(p)), "none");
+    return;
+  }
+  searchSeq += 1;  // an answer still awaited belongs to another entry
+  $("go").disabled = false;
+  clearResults();
+  showError("");
 }
 
 async function loadStatus() {
@@ -372,7 +516,9 @@ async function loadStatus() {
     const s = await resp.json();
     defaults = { w_sim: s.scoring.weight_similarity, w_recency: s.scoring.weight_recency,
                  w_citation: s.scoring.weight_citation,
+                 w_lexical: s.scoring.weight_lexical ?? defaults.w_lexical,
                  half_life: s.scoring.recency_half_life_days };
+    defaultsKnown = true;
     const idx = s.index ? `index ${s.index.version} (${s.index.size} vectors, ` +
       `published ${(s.index.published_at || "").slice(0, 16).replace("T", " ")})`
       : "no index published yet";
@@ -385,16 +531,32 @@ async function loadStatus() {
 
 async function init() {
   await loadStatus();
-  for (const w of WEIGHTS) { $(w).value = defaults[w]; $(w).addEventListener("input", syncSliders); }
-  $("half_life").value = defaults.half_life;
+  for (const w of WEIGHTS) {
+    $(w).dataset.max = $(w).max;  // the range the page offers; widened for larger values
+    $(w).addEventListener("input", () => {
+      chosen.set(w, String(Math.round(Number($(w).value) * 100) / 100));
+      syncSliders();
+    });
+  }
+  $("half_life").addEventListener("input", () => {
+    const v = $("half_life").value.trim();
+    if (v) chosen.set("half_life", v);
+    else chosen.delete("half_life");  // emptied: the server's default again
+  });
+  for (const name of Object.keys(MULTI)) {
+    $(MULTI[name].input).addEventListener("input", () => growMulti(name));
+  }
   const p = new URLSearchParams(location.search);
   applyParams(p);
-  $("search").addEventListener("submit", (ev) => { ev.preventDefault(); offset = 0; runSearch(); });
+  $("search").addEventListener("submit", (ev) => { ev.preventDefault(); runSearch(params(), "push"); });
   for (const id of Object.keys(CHOICES)) {
-    $(id).addEventListener("change", () => { offset = 0; if ($("q").value.trim()) runSearch(); });
+    $(id).addEventListener("change", () => { if ($("q").value.trim()) runSearch(params(), "push"); });
   }
   $("prev").addEventListener("click", () => goPage(-1));
   $("next").addEventListener("click", () => goPage(1));
-  if (p.get("q")) runSearch();
+  window.addEventListener("popstate", onPopState);
+  if (p.get("q")) runSearch(params(offsetOf(p)), "replace");
 }
+reveal($("toolbar"), false);  // nothing searched yet: as the markup says
+reveal($("pager"), false);
 init();

@@ -1,8 +1,8 @@
 """Hostile review of the researcher's page (headless Chromium): URL state, paging, stale
 results after an error, shared links and server-side scoring defaults.
 
-Each test is a finding, marked ``xfail(strict=True)``: it fails on the current code
-because of the defect and passes once the defect is fixed. Uses the fixtures of
+Each test is a finding of that review (first strict xfails, now fixed in the page's
+``app.js``/``alerts.js``/``index.html``). Uses the fixtures of
 :mod:`tests.litpulse.app.test_browser` (skipped without Chromium).
 """
 
@@ -43,11 +43,22 @@ def _wait_results(driver: Any, text: str) -> None:
     WebDriverWait(driver, 20).until(lambda d: text in _count(d))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="paging uses history.replaceState and has no popstate handler: Back after "
-    "Next leaves the page instead of returning to page 1",
-)
+def _api_pmids(url: str) -> list[int]:
+    """The PMIDs ``GET /search`` answers for ``url``, in order."""
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return [h["pmid"] for h in json.loads(resp.read())["results"]]
+
+
+def _weights(driver: Any) -> dict[str, str]:
+    """The weight column of the first result's explanation: component -> text."""
+    first = driver.find_elements(By.CSS_SELECTOR, "#results > li.hit")[0]
+    rows = [
+        [td.get_attribute("textContent") for td in tr.find_elements(By.TAG_NAME, "td")]
+        for tr in first.find_elements(By.CSS_SELECTOR, "table.explain tr")[1:]
+    ]
+    return {row[0]: row[2] for row in rows}
+
+
 def test_back_button_after_next_returns_to_the_previous_page(
     browser: Any,  # noqa: F811 - fixture
     server: str,  # noqa: F811 - fixture
@@ -58,19 +69,32 @@ def test_back_button_after_next_returns_to_the_previous_page(
     page1 = _pmids(browser)
     browser.find_element(By.ID, "next").click()
     _wait_results(browser, "(6–10)")
+    page2 = _pmids(browser)
     browser.back()
     # the researcher expects page 1 of the same search again, not the page before litpulse
     WebDriverWait(browser, 10).until(lambda d: d.current_url.startswith(server))
     assert "offset=5" not in browser.current_url
     _wait_results(browser, "(1–5)")
     assert _pmids(browser) == page1
+    # and Forward shows page 2 again, from its URL
+    browser.forward()
+    _wait_results(browser, "(6–10)")
+    assert "offset=5" in browser.current_url
+    assert _pmids(browser) == page2
+    # a new search is an entry of its own too: Back from it shows page 2 of the first one,
+    # with the form set to that search again
+    box = browser.find_element(By.ID, "q")
+    box.clear()
+    box.send_keys("malaria vaccine for children")
+    browser.find_element(By.ID, "go").click()
+    WebDriverWait(browser, 20).until(lambda d: "malaria" in d.current_url)
+    _wait_results(browser, "(1–5)")
+    browser.back()
+    _wait_results(browser, "(6–10)")
+    assert _pmids(browser) == page2
+    assert browser.find_element(By.ID, "q").get_attribute("value") == "gene editing with CRISPR"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Next/Previous page with the form's current k, not the k of the page shown: "
-    "changing 'Results' then pressing Next silently skips results",
-)
 def test_next_after_changing_k_does_not_skip_results(
     browser: Any,  # noqa: F811 - fixture
     server: str,  # noqa: F811 - fixture
@@ -82,14 +106,12 @@ def test_next_after_changing_k_does_not_skip_results(
     browser.find_element(By.ID, "next").click()
     WebDriverWait(browser, 20).until(lambda d: "(1–5)" not in _count(d))
     # results 6.. must follow the five shown: nothing between them is skipped
-    assert "(6–" in _count(browser), _count(browser)
+    assert "(6–10)" in _count(browser), _count(browser)
+    assert "k=5" in browser.current_url and "offset=5" in browser.current_url
+    assert _pmids(browser) == _api_pmids(server + "/search?q=gene+editing+with+CRISPR&k=5&offset=5")
+    assert "Page 2" in browser.find_element(By.ID, "page-info").text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Next pages whatever is typed in the query box (unsubmitted), not the search "
-    "shown: page 2 of a query whose page 1 was never displayed",
-)
 def test_next_pages_the_search_shown_not_the_unsubmitted_box(
     browser: Any,  # noqa: F811 - fixture
     server: str,  # noqa: F811 - fixture
@@ -102,13 +124,12 @@ def test_next_pages_the_search_shown_not_the_unsubmitted_box(
     browser.find_element(By.ID, "next").click()
     _wait_results(browser, "(6–10)")
     assert "gene+editing" in browser.current_url, browser.current_url
+    assert "malaria" not in browser.current_url
+    assert _pmids(browser) == _api_pmids(server + "/search?q=gene+editing+with+CRISPR&k=5&offset=5")
+    # what was typed stays in the box, for a submit of its own
+    assert browser.find_element(By.ID, "q").get_attribute("value") == "malaria vaccine"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a failed search leaves the previous query's results, count and export links "
-    "on the page under the new query's URL and error message",
-)
 def test_a_failed_search_does_not_leave_stale_results(
     browser: Any,  # noqa: F811 - fixture
     server: str,  # noqa: F811 - fixture
@@ -132,13 +153,17 @@ def test_a_failed_search_does_not_leave_stale_results(
     href = browser.find_element(By.ID, "export-csv").get_attribute("href") or ""
     toolbar = browser.find_element(By.ID, "toolbar")
     assert not toolbar.is_displayed() or "malaria" not in href
+    assert _pmids(browser) == [] and not toolbar.is_displayed()
+    assert "malaria" not in href and _count(browser) == ""
+    assert not browser.find_element(By.ID, "pager").is_displayed()
+    # Back: the malaria search again, its results and export links, no error
+    browser.back()
+    _wait_results(browser, "result")
+    assert _pmids(browser) and not browser.find_element(By.ID, "error").is_displayed()
+    href = browser.find_element(By.ID, "export-csv").get_attribute("href") or ""
+    assert "q=malaria" in href
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a shared link with several MeSH filters (as /search accepts) loses all but "
-    "the first: the page searches, and rewrites the URL, with one",
-)
 def test_a_link_with_two_mesh_filters_keeps_both(
     browser: Any,  # noqa: F811 - fixture
     server: str,  # noqa: F811 - fixture
@@ -154,13 +179,28 @@ def test_a_link_with_two_mesh_filters_keeps_both(
     assert api and not api & {101, 104}, api
     assert shown == api, shown
     assert browser.current_url.count("mesh=") == 2, browser.current_url
+    # the form holds both (a field each), and so do searches from it and saved searches
+    fields = [
+        i.get_attribute("value")
+        for i in browser.find_elements(By.CSS_SELECTOR, "#mesh, input[data-also='mesh']")
+    ]
+    assert fields[:2] == ["Gene Editing", "Animals"] and not any(fields[2:]), fields
+    assert browser.execute_script("return savedBody('x').mesh") == ["Gene Editing", "Animals"]
+    browser.execute_script("document.getElementById('count').textContent = ''")
+    browser.find_element(By.ID, "go").click()
+    _wait_results(browser, "result")
+    assert browser.current_url.count("mesh=") == 2, browser.current_url
+    assert set(_pmids(browser)) == api
+    # w_lexical in a link reaches the search (hybrid: half the relevance is lexical) and
+    # stays in the URL
+    browser.get(server + "/?q=gene+editing&w_lexical=0.5&k=5")
+    _wait_results(browser, "result")
+    assert "w_lexical=0.5" in browser.current_url
+    weights = _weights(browser)
+    assert weights["similarity"] == weights["lexical"] == "0.50", weights
+    assert browser.find_element(By.ID, "w_lexical_out").text == "0.50"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a server weight off the sliders' 0.05 grid or above 2 is snapped by the "
-    "range input; every page search then overrides the server default (w_recency=0.1)",
-)
 def test_page_searches_with_the_servers_own_weights(
     browser: Any,  # noqa: F811 - fixture
     real: Settings,  # noqa: F811 - fixture
@@ -169,16 +209,42 @@ def test_page_searches_with_the_servers_own_weights(
     with contextlib.contextmanager(_serve)(tuned) as url:
         browser.get(url + "/?q=malaria+vaccine+for+children")
         _wait_results(browser, "result")
-        first = browser.find_elements(By.CSS_SELECTOR, "#results > li.hit")[0]
-        weights = {
-            tr.find_elements(By.TAG_NAME, "td")[0].get_attribute("textContent"): tr.find_elements(
-                By.TAG_NAME, "td"
-            )[2].get_attribute("textContent")
-            for tr in first.find_elements(By.CSS_SELECTOR, "table.explain tr")[1:]
-        }
+        weights = _weights(browser)
         # the researcher touched no slider: the server's defaults must apply (hybrid splits
         # the similarity weight between the semantic and the lexical part)
         assert weights["recency"] == "0.12", weights
         relevance = float(weights["similarity"]) + float(weights.get("lexical", "0"))
         assert relevance == pytest.approx(3.0, abs=0.011), weights
         assert "w_recency" not in browser.current_url and "w_sim" not in browser.current_url
+        # the sliders show the server's values, unrounded, and say they are its defaults
+        assert browser.execute_script(
+            "return [document.getElementById('w_recency').value,"
+            " document.getElementById('w_sim').value]"
+        ) == ["0.12", "3"]
+        assert (
+            browser.find_element(By.ID, "w_recency_out").get_attribute("textContent")
+            == "0.12 (server default)"
+        )
+        assert (
+            browser.find_element(By.ID, "w_sim_out").get_attribute("textContent")
+            == "3.00 (server default)"
+        )
+        # a slider the researcher moves is sent, and only that one
+        browser.execute_script(
+            "const s = document.getElementById('w_recency'); s.value = '0.5';"
+            "s.dispatchEvent(new Event('input', { bubbles: true }));"
+        )
+        browser.execute_script("document.getElementById('count').textContent = ''")
+        browser.find_element(By.ID, "go").click()
+        _wait_results(browser, "result")
+        assert "w_recency=0.5" in browser.current_url and "w_sim" not in browser.current_url
+        assert _weights(browser)["recency"] == "0.50"
+        # Back: the server's defaults again, nothing sent
+        browser.back()
+        WebDriverWait(browser, 20).until(lambda d: "w_recency" not in d.current_url)
+        _wait_results(browser, "result")
+        assert _weights(browser)["recency"] == "0.12"
+        assert (
+            browser.find_element(By.ID, "w_recency_out").get_attribute("textContent")
+            == "0.12 (server default)"
+        )
