@@ -24,6 +24,26 @@ in-corpus count (``cited_by_in_corpus``, from references inside the corpus) and 
 earlier iCite values — and still gets ``icite_fetched_at``, so it is asked again only
 on the schedule above rather than every night.
 
+**Values: one rule for the API and the snapshot** (:func:`icite_values`, used by both
+this refresh and :mod:`ingest.icite_snapshot`):
+
+* a *missing-value marker* is NULL and the record is kept with its other values: JSON
+  ``null``, an empty field, and the markers tabular writers print for a missing number
+  (``NaN``, ``-NaN``, ``NA``, ``N/A``, ``null``, ``None``; any case, see
+  :data:`MISSING_MARKERS`). iCite leaves a metric out this way where it is not computed
+  (an RCR for an article too new to have one: the figshare snapshot's description and
+  NIH's iSearch notes on missing RCRs), and the other metrics of the row are real;
+* a value that is present but *not possible* for its column rejects the whole record,
+  with a reason naming the column and the value: text that is not a number (or not a
+  flag), a count or year that is not a whole number or does not fit the 32-bit column,
+  a negative ``citation_count``, ``relative_citation_ratio`` or ``citations_per_year``,
+  an infinite ratio or rate, a year outside 1..9999. Such a record is no set of facts
+  (one impossible value says the record is damaged, so its other values are not trusted
+  either): it is quarantined (the snapshot: the row with its file and line; this refresh:
+  the record's JSON, source kind ``icite``), counted as ``quarantined`` in the run, and
+  the article keeps what it had. Here it still gets ``icite_fetched_at``, like a PMID
+  iCite does not know, so it is asked again on the schedule above.
+
 Example:
     >>> counts = refresh_citations(settings)            # doctest: +SKIP
     >>> counts.to_dict()                                 # doctest: +SKIP
@@ -33,33 +53,40 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, Update, and_, bindparam, func, or_, select, update
 
+from ingest.boundaries import MAX_RAW_TAIL
 from ingest.fields import MAX_PMID, id_value
 from ingest.http import HttpClient
 from ingest.runs import Counts, IngestCounts, recorded_run
 from ingest.store import Store
 from litpulse.core import db
+from litpulse.core.db import upsert
 from litpulse.core.errors import TransientSourceError
-from litpulse.core.schema import articles
+from litpulse.core.schema import articles, quarantine
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import utcnow
 
 __all__ = [
     "ICITE_FIELDS",
+    "MISSING_MARKERS",
     "REFRESH_POLICY",
     "CitationCounts",
+    "IciteAnswer",
     "due_pmids",
     "icite_params",
     "icite_update",
     "icite_values",
     "parse_icite",
+    "read_icite",
     "refresh_citations",
 ]
 
@@ -77,11 +104,19 @@ class CitationCounts(Counts):
         requested: PMIDs sent to iCite.
         updated: Articles given iCite values.
         unknown: PMIDs iCite did not return (their in-corpus count stays).
+
+    The rest, ``requested - updated - unknown`` (:attr:`rejected`), are records iCite
+    returned with an impossible value: quarantined, their articles keep what they had.
     """
 
     requested: int = 0
     updated: int = 0
     unknown: int = 0
+
+    @property
+    def rejected(self) -> int:
+        """Records returned but quarantined (an impossible value; see the module docstring)."""
+        return self.requested - self.updated - self.unknown
 
 
 def due_pmids(
@@ -143,32 +178,95 @@ _KINDS: dict[str, type] = {
 }
 
 
-def _bool(value: Any) -> bool | None:
+#: Text that means "no value" in an iCite field (compared stripped and lower-cased): the
+#: empty field of a CSV writer and the NaN/NA/null markers of pandas, R and JSON dumps.
+MISSING_MARKERS = frozenset({"", "nan", "-nan", "+nan", "na", "n/a", "null", "none"})
+#: Columns that can never be negative (counts, ratios and rates of citations).
+_NON_NEGATIVE = frozenset({"citation_count", "relative_citation_ratio", "citations_per_year"})
+#: The years an ``icite_year`` may hold.
+_YEARS = (1, 9999)
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+class _Impossible(ValueError):
+    """A value present but not possible for its column (the message says why)."""
+
+
+def _missing(value: Any) -> bool:
+    """Whether ``value`` is a missing-value marker (:data:`MISSING_MARKERS`, JSON null, NaN)."""
     if value is None:
-        return None
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    if isinstance(value, str):
+        return value.strip().lower() in MISSING_MARKERS
+    return False
+
+
+def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
     if text in ("yes", "true", "1", "y"):
         return True
-    if text in ("no", "false", "0", "n", ""):
+    if text in ("no", "false", "0", "n"):
         return False
-    return None
+    raise _Impossible("is not a flag (True/False, Yes/No)")
 
 
-def _num(value: Any, kind: type) -> Any:
-    if value is None or value == "":
+def _int(value: Any) -> int:
+    """A whole number: ``42``, ``"42"``, or ``42.0``/``"42.0"`` as a writer that keeps a
+    column with missing values as floats prints it; never a fraction or bool."""
+    if isinstance(value, bool):
+        raise _Impossible("is not a whole number")
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        pass
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise _Impossible("is not a whole number") from None
+    if not math.isfinite(number) or not number.is_integer():
+        raise _Impossible("is not a whole number")
+    return int(number)
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise _Impossible("is not a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise _Impossible("is not a number") from None
+    if not math.isfinite(number):
+        raise _Impossible("is not finite")
+    return number + 0.0  # -0.0 is 0.0
+
+
+def _num(value: Any, kind: type, column: str = "") -> Any:
+    """The value of one iCite field for ``column``: None for a missing-value marker.
+
+    Raises:
+        ValueError: The value is present but impossible for the column (the module
+            docstring lists what is); the message says why, without the value.
+    """
+    if _missing(value):
         return None
+    number: Any
     if kind is bool:
         return _bool(value)
-    try:
-        number = kind(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    if kind is float and not math.isfinite(number):
-        return None
-    if kind is int and not -(2**31) <= number < 2**31:  # the columns are 32-bit
-        return None
+    if kind is int:
+        number = _int(value)
+        low, high = _YEARS if column == "icite_year" else _INT32  # the columns are 32-bit
+        if not low <= number <= high:
+            raise _Impossible("is out of range" if column != "icite_year" else "is not a year")
+    else:
+        number = _float(value)
+    if column in _NON_NEGATIVE and number < 0:
+        raise _Impossible("is negative: not a possible count, ratio or rate")
     return number
 
 
@@ -177,37 +275,62 @@ def icite_values(
 ) -> tuple[int, dict[str, Any]] | None:
     """The PMID and the ``articles`` column values of one iCite record.
 
+    A missing-value marker (:data:`MISSING_MARKERS`, JSON ``null``, NaN) is NULL in either
+    mode; the record keeps its other values.
+
     Args:
         row: One iCite record: an object of the API's ``data`` list, or a row of the
             snapshot CSV as a dict (its values text, ``True``/``False`` for flags).
-        strict: Raise on a value that is present but unreadable (the snapshot loader
-            counts such rows as malformed); otherwise it becomes NULL.
+        strict: Raise on a value that is present but impossible (the rule of both
+            loaders: the record is quarantined, see the module docstring); otherwise such
+            a value becomes NULL (a lenient reading for callers that want one).
 
     Returns:
         ``(pmid, {column: value})``, or None for a record without a valid PMID
         (1..2^31-1) when not ``strict``.
 
     Raises:
-        ValueError: ``strict`` and the PMID or a value is unreadable (the message says which).
+        ValueError: ``strict`` and the PMID or a value is impossible (the message names
+            the field, the value and why).
     """
     raw_pmid = row.get("pmid", row.get("_id"))
     pmid = None if raw_pmid is None else id_value(str(raw_pmid), MAX_PMID)
     if pmid is None:
         if strict:
-            raise ValueError(f"pmid {raw_pmid!r} is not a PMID")
+            raise ValueError(f"pmid {str(raw_pmid)[:40]!r} is not a PMID")
         return None
     values: dict[str, Any] = {}
     for column, name in ICITE_FIELDS.items():
         raw = row.get(name)
-        value = _num(raw, _KINDS[column])
-        if strict and value is None and raw not in (None, ""):
-            raise ValueError(f"{name} {str(raw)[:40]!r} is not a valid {_KINDS[column].__name__}")
+        kind = _KINDS[column]
+        try:
+            value = _num(raw, kind, column)
+        except _Impossible as exc:
+            if strict:
+                raise ValueError(
+                    f"{name} {str(raw)[:40]!r} is not a valid {kind.__name__}: it {exc}"
+                ) from None
+            value = None
         values[column] = value
     return pmid, values
 
 
-def parse_icite(body: Any, where: str = "icite") -> dict[int, dict[str, Any]]:
-    """The article column values per PMID from one iCite JSON answer.
+@dataclass(frozen=True)
+class IciteAnswer:
+    """One iCite JSON answer read by the loaders' rule (:func:`icite_values`, strict).
+
+    Attributes:
+        values: The column values per PMID of the records kept.
+        rejected: ``(pmid or None, reason, record)`` of each record with an impossible
+            value (or no valid PMID): to be quarantined, never written.
+    """
+
+    values: dict[int, dict[str, Any]]
+    rejected: list[tuple[int | None, str, Any]] = field(default_factory=list)
+
+
+def read_icite(body: Any, where: str = "icite") -> IciteAnswer:
+    """The records of one iCite JSON answer: the values kept and the records rejected.
 
     Raises:
         TransientSourceError: The answer is not the expected JSON (an HTML error page
@@ -215,14 +338,32 @@ def parse_icite(body: Any, where: str = "icite") -> dict[int, dict[str, Any]]:
     """
     if not isinstance(body, dict) or not isinstance(body.get("data"), list):
         raise TransientSourceError(f"{where}: unexpected answer (no data list)")
-    out: dict[int, dict[str, Any]] = {}
+    answer = IciteAnswer({})
     for row in body["data"]:
         if not isinstance(row, dict):
+            answer.rejected.append((None, "not a JSON object", row))
             continue
-        parsed = icite_values(row)
+        try:
+            parsed = icite_values(row, strict=True)
+        except ValueError as exc:
+            raw_pmid = row.get("pmid", row.get("_id"))
+            pmid = None if raw_pmid is None else id_value(str(raw_pmid), MAX_PMID)
+            answer.rejected.append((pmid, str(exc), row))
+            continue
         if parsed is not None:
-            out[parsed[0]] = parsed[1]
-    return out
+            answer.values[parsed[0]] = parsed[1]
+    return answer
+
+
+def parse_icite(body: Any, where: str = "icite") -> dict[int, dict[str, Any]]:
+    """The article column values per PMID from one iCite JSON answer (records with an
+    impossible value left out: :func:`read_icite` returns them too).
+
+    Raises:
+        TransientSourceError: The answer is not the expected JSON (an HTML error page
+            behind a proxy, a truncated body).
+    """
+    return read_icite(body, where).values
 
 
 def icite_update(*, keep_newer: bool = False) -> Update:
@@ -260,23 +401,56 @@ def icite_params(found: Mapping[int, Mapping[str, Any]], now: dt.datetime) -> li
     ]
 
 
-def _fetch(client: HttpClient, pmids: Sequence[int]) -> dict[int, dict[str, Any]]:
+def _fetch(client: HttpClient, pmids: Sequence[int]) -> IciteAnswer:
     where = f"icite {len(pmids)} pmids"
 
-    def parse(response: Any) -> dict[int, dict[str, Any]]:
+    def parse(response: Any) -> IciteAnswer:
         try:
             body = response.json()
         except ValueError:
             raise TransientSourceError(f"{where}: body is not JSON") from None
-        return parse_icite(body, where)
+        return read_icite(body, where)
 
-    result: dict[int, dict[str, Any]] = client.get(
+    result: IciteAnswer = client.get(
         "pubs", params={"pmids": ",".join(str(p) for p in pmids), "format": "json"}, parse=parse
     )
     return result
 
 
-def _write(engine: Engine, found: dict[int, dict[str, Any]], unknown: Iterable[int]) -> None:
+#: The quarantine's ``source_kind`` of an iCite API record.
+SOURCE_KIND = "icite"
+
+
+def _quarantine_rows(
+    rejected: Iterable[tuple[int | None, str, Any]], location: str, run_id: int, now: dt.datetime
+) -> list[dict[str, Any]]:
+    """The quarantine rows of rejected API records: the record's JSON, the reason, the
+    request (the same record met again is quarantined once: the digest is its JSON's)."""
+    rows = []
+    for pmid, reason, record in rejected:
+        raw = json.dumps(record, sort_keys=True, default=str)[:MAX_RAW_TAIL]
+        rows.append({
+            "digest": hashlib.sha256(f"{SOURCE_KIND}\n{raw}".encode()).hexdigest(),
+            "pmid": pmid,
+            "reason": f"iCite record: {reason}",
+            "source_kind": SOURCE_KIND,
+            "source_location": location if pmid is None else f"{location}?pmids={pmid}",
+            "line": None,
+            "raw_xml": raw,
+            "run_id": run_id,
+            "created_at": now,
+        })  # fmt: skip
+    return rows
+
+
+def _write(
+    engine: Engine,
+    found: Mapping[int, dict[str, Any]],
+    unknown: Iterable[int],
+    bad: Sequence[dict[str, Any]] = (),
+) -> None:
+    """Write one batch: the values found; ``icite_fetched_at`` alone for the PMIDs not
+    found or rejected (they keep what they had); the rejected records' quarantine rows."""
     now = utcnow()
     a = articles.c
     with engine.begin() as conn:
@@ -290,6 +464,8 @@ def _write(engine: Engine, found: dict[int, dict[str, Any]], unknown: Iterable[i
                 .values(icite_fetched_at=bindparam("b_now")),
                 rest,
             )
+        if bad:
+            upsert(conn, quarantine, list(bad), keys=["digest"], update=[])
 
 
 def refresh_citations(
@@ -306,7 +482,8 @@ def refresh_citations(
         progress: Log each batch.
 
     Returns:
-        Requested, updated and unknown counts.
+        Requested, updated and unknown counts (the rest were quarantined: an impossible
+        value, see the module docstring; the run counts them as ``quarantined``).
 
     Raises:
         TransientSourceError: iCite kept failing (batches already written stay).
@@ -329,15 +506,25 @@ def refresh_citations(
         HttpClient(settings, settings.icite_url) as client,
         recorded_run(store, "citations", target=target, redact=client.redact) as run,
     ):
-        run.details = {"citations": counts.to_dict(), "batches": len(batches)}
+        run.details = {"citations": counts.to_dict(), "batches": len(batches), "rejected": 0}
+        location = client.redact(client.url("pubs"))
         for n, batch in enumerate(batches, 1):
-            found = _fetch(client, batch)
-            found = {p: v for p, v in found.items() if p in set(batch)}
-            unknown = [p for p in batch if p not in found]
-            _write(engine, found, unknown)
+            answer = _fetch(client, batch)
+            in_batch = set(batch)
+            found = {p: v for p, v in answer.values.items() if p in in_batch}
+            rejected = [r for r in answer.rejected if r[0] is None or r[0] in in_batch]
+            refused = {r[0] for r in rejected if r[0] is not None} - found.keys()
+            for pmid, reason, _ in rejected:
+                logger.warning("iCite record of pmid %s quarantined: %s", pmid, reason)
+            bad = _quarantine_rows(rejected, location, run.id, utcnow())
+            unknown = [p for p in batch if p not in found and p not in refused]
+            _write(engine, found, [*unknown, *sorted(refused)], bad)
             counts = counts + CitationCounts(len(batch), len(found), len(unknown))
-            run.counts = IngestCounts(updated=counts.updated, missing=counts.unknown)
+            run.counts = IngestCounts(
+                updated=counts.updated, missing=counts.unknown, quarantined=counts.rejected
+            )
             run.details["citations"] = counts.to_dict()
+            run.details["rejected"] = counts.rejected
             if progress:
                 logger.info("icite batch %d/%d: %s", n, len(batches), counts.to_dict())
         run.details.update(requests=client.requests_sent, retries=client.retries)

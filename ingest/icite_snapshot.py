@@ -33,8 +33,15 @@ The citation links (``cited_by``, ``references``, the Open Citation Collection) 
 loaded: the store's ``references`` come from the PubMed records themselves.
 
 **Reading.** ``FILE`` is the CSV (plain, ``.gz``, or figshare's ``.zip`` holding one CSV),
-or a folder of such files (loaded in name order). The JSON tarball is refused (the CSV
-carries the same fields), and so is the Open Citation Collection. Rows are streamed
+or a folder of such files (loaded in name order). Given as ``FILE``, the JSON tarball is
+refused (the CSV carries the same fields), and so is the Open Citation Collection or any
+CSV without the metrics' columns. A folder is read as figshare's download is saved (the
+metrics beside ``open_citation_collection.zip`` and the JSON tarball): each file in it that
+is not the metrics (another name ending, a header without the columns the loader needs,
+the Open Citation Collection's ``citing,referenced``, a ``.zip`` without a CSV) is skipped,
+logged and listed in the run's details (``skipped_files``) with the reason; a folder
+with nothing to load is refused. A file whose header cannot be read (a damaged ``.zip``)
+is not skipped: its load fails as below. Rows are streamed
 (``csv`` over a byte-counting line reader) in batches of ``LITPULSE_ICITE_SNAPSHOT_BATCH``;
 each batch is one transaction: PostgreSQL ``COPY`` into a temporary staging table and one
 ``UPDATE … FROM``, SQLite one ``executemany`` ``UPDATE`` by primary key. The loader holds
@@ -48,8 +55,13 @@ ends in the state of an uninterrupted load. A finished file loaded again is read
 the start (articles ingested since then get their values); a changed file (size, mtime) or
 another ``--as-of`` is a new load.
 
-**Bad rows** (a wrong number of fields, a PMID that is not one, a value that does not read
-as its type, broken CSV quoting) are counted as ``malformed``, quarantined with their raw
+**Values** follow the API refresh's rule (:func:`ingest.citations.icite_values`, the
+module docstring of :mod:`ingest.citations`): a missing-value marker (empty, ``NaN``,
+``NA``, …) is NULL and the row keeps its other values; a value that is impossible for its
+column (not a number, negative, infinite, out of range) makes the row a bad row.
+
+**Bad rows** (a wrong number of fields, a PMID that is not one, an impossible value,
+broken CSV quoting) are counted as ``malformed``, quarantined with their raw
 text (first 64 KiB; NUL as ``\\x00``), source and line, and skipped; the load goes on. A bad
 row is quarantined once per file and line: loading a file again adds nothing, and the same
 bad row in next month's snapshot is quarantined for that file too.
@@ -118,6 +130,7 @@ __all__ = [
     "load_snapshot",
     "open_snapshot",
     "snapshot_files",
+    "snapshot_plan",
 ]
 
 logger = logging.getLogger(__name__)
@@ -277,25 +290,72 @@ class _Lines:
 def snapshot_files(path: str | Path) -> list[Path]:
     """The CSV files to load for ``path`` (a file, or a folder of them in name order).
 
+    In a folder, the files that are not the metrics snapshot are skipped and logged
+    (:func:`snapshot_plan` says which and why).
+
     Raises:
-        NotFoundError: Nothing at ``path``, or a folder without CSV files.
+        NotFoundError: Nothing at ``path``, or a folder without a metrics snapshot.
+        ConfigError: A format the loader does not read (the JSON tarball).
+    """
+    return snapshot_plan(path)[0]
+
+
+def snapshot_plan(path: str | Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The files to load for ``path`` and, for a folder, those skipped with the reason.
+
+    A file given itself is loaded whatever its header (the load refuses one that is not
+    the metrics, with the reason); in a folder, only files that can be the metrics are.
+
+    Raises:
+        NotFoundError: Nothing at ``path``, or a folder without a metrics snapshot.
         ConfigError: A format the loader does not read (the JSON tarball).
     """
     p = Path(path).resolve()
     if not p.exists():
         raise NotFoundError(f"no such file: {p}")
     if p.is_dir():
-        found = sorted(f for f in p.iterdir() if f.is_file() and _kind(f) != "other")
+        found: list[Path] = []
+        skipped: list[tuple[Path, str]] = []
+        for f in sorted(f for f in p.iterdir() if f.is_file()):
+            why = _not_the_metrics(f)
+            if why is None:
+                found.append(f)
+            else:
+                logger.info("%s: skipped: %s", f, why)
+                skipped.append((f, why))
         if not found:
-            raise NotFoundError(f"{p}: no .csv, .csv.gz or .zip files in this folder")
-        return found
+            listed = "; ".join(f"{f.name}: {why}" for f, why in skipped[:10])
+            raise NotFoundError(
+                f"{p}: no iCite metrics snapshot (icite_metadata .csv, .csv.gz or .zip) in "
+                f"this folder" + (f"; skipped {listed}" if listed else "")
+            )
+        return found, skipped
     if _kind(p) == "other":
         raise ConfigError(
             f"{p}: not an iCite snapshot CSV (.csv, .csv.gz or .zip); the JSON tarball "
             "(icite_metadata.tar.gz) is not read: load icite_metadata.csv/.zip, which "
             "carries the same fields"
         )
-    return [p]
+    return [p], []
+
+
+def _not_the_metrics(path: Path) -> str | None:
+    """Why a file in a folder is not the metrics snapshot, or None to load it (a file whose
+    header cannot be read is loaded, so that its load says what is wrong with it)."""
+    if _kind(path) == "other":
+        if path.name.lower().endswith((".tar.gz", ".tgz", ".json")):
+            return "the JSON form is not read (the CSV carries the same fields)"
+        return "not a .csv, .csv.gz or .zip file"
+    try:
+        if _kind(path) == "zip":
+            with zipfile.ZipFile(path) as zf:
+                if not any(n.lower().endswith(".csv") for n in zf.namelist()):
+                    return "a .zip without a CSV inside"
+        with open_snapshot(path) as stream:
+            names = _names(stream.readline(MAX_LINE))
+    except (ConfigError, *_UNREADABLE):  # several CSVs in a .zip, a damaged file: its load says
+        return None
+    return _not_metrics_header(names)
 
 
 def _kind(path: Path) -> str:
@@ -328,22 +388,36 @@ def open_snapshot(path: Path) -> Iterator[IO[bytes]]:
             yield plain
 
 
-def _header(stream: IO[bytes], location: str) -> tuple[list[str], int]:
-    """The column names of the CSV and the byte offset after the header line."""
-    first = stream.readline(MAX_LINE)
+def _names(first: bytes) -> list[str]:
+    """The column names of a CSV's header line."""
     names = next(csv.reader([first.decode("utf-8", "replace").lstrip("\ufeff")]), [])
-    names = [n.strip() for n in names]
+    return [n.strip() for n in names]
+
+
+def _not_metrics_header(names: list[str]) -> str | None:
+    """Why a CSV with this header is not the metrics snapshot, or None."""
     if names == _OCC_HEADER:
-        raise ConfigError(
-            f"{location} is the Open Citation Collection (citing,referenced links); "
-            "`citations load` reads the metrics file icite_metadata.csv"
+        return (
+            "the Open Citation Collection (citing,referenced links); `citations load` "
+            "reads the metrics file icite_metadata.csv"
         )
     missing = [c for c in REQUIRED if c not in names]
     if missing:
-        raise ConfigError(
-            f"{location}: not an iCite snapshot CSV: no column {', '.join(missing)} "
-            f"in its header {names[:30]}"
+        return (
+            f"not an iCite snapshot CSV: no column {', '.join(missing)} in its header {names[:30]}"
         )
+    return None
+
+
+def _header(stream: IO[bytes], location: str) -> tuple[list[str], int]:
+    """The column names of the CSV and the byte offset after the header line."""
+    first = stream.readline(MAX_LINE)
+    names = _names(first)
+    why = _not_metrics_header(names)
+    if why is not None:
+        if names == _OCC_HEADER:
+            raise ConfigError(f"{location} is {why}")
+        raise ConfigError(f"{location}: {why}")
     return names, len(first)
 
 
@@ -521,7 +595,8 @@ def load_snapshot(
 
     Args:
         settings: Where the store is; ``icite_snapshot_batch``.
-        path: The snapshot CSV (plain, ``.gz``, ``.zip``) or a folder of them.
+        path: The snapshot CSV (plain, ``.gz``, ``.zip``) or a folder of them (its files
+            that are not the metrics are skipped: :func:`snapshot_plan`).
         as_of: The snapshot's date, stored as the fetch time (default: each file's
             modification time; never later than now).
         progress: Show a progress bar (rows/s) on stderr.
@@ -531,15 +606,17 @@ def load_snapshot(
         What this run did (a resumed run: from where the killed one stopped).
 
     Raises:
-        NotFoundError: Nothing at ``path`` (no run is recorded).
-        ConfigError: Not a snapshot CSV (the run is recorded as failed).
+        NotFoundError: Nothing at ``path``, or a folder without a metrics snapshot (no
+            run is recorded).
+        ConfigError: A file given that is not a snapshot CSV (the run is recorded as
+            failed; the JSON tarball: no run is recorded).
         ParseError: A file is truncated or corrupt (a ``.gz``/``.zip`` cut short or
             damaged) or cannot be read; the batches committed before stay (the run is
             recorded as failed).
     """
     from litpulse.core.db import connect
 
-    files = snapshot_files(path)
+    files, skipped = snapshot_plan(path)
     size = batch_size or settings.icite_snapshot_batch
     if size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {size}")
@@ -549,6 +626,8 @@ def load_snapshot(
         per_file: list[dict[str, Any]] = []
         sample: list[dict[str, Any]] = []
         run.details = {"snapshot": per_file, "malformed_sample": sample}
+        if skipped:
+            run.details["skipped_files"] = [{"path": str(f), "reason": why} for f, why in skipped]
         for f in files:
             total += _load_file(store, f, as_of, size, run, progress, per_file, sample)
         logger.info("iCite snapshot loaded: %s", total.to_dict())

@@ -70,10 +70,9 @@ from litpulse.core.impact import (
     CPY_REFERENCE,
     NEUTRAL_CITATION,
     RCR_REFERENCE,
-    CitationImpact,
     age_days,
-    citation_impact,
     recency_decay,
+    row_citation_impact,
     saturate,
 )
 from litpulse.core.settings import Settings
@@ -360,17 +359,6 @@ def recency_value(best_date: Any, options: ScoringOptions) -> tuple[float, dict[
     }
 
 
-def _number(row: Mapping[str, Any], key: str) -> float | None:
-    value = row.get(key)
-    if value is None:
-        return None
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _as_date(value: Any) -> dt.date | None:
     """A date from a row value; unreadable text counts as no date."""
     try:
@@ -379,20 +367,10 @@ def _as_date(value: Any) -> dt.date | None:
         return None
 
 
-def _impact(row: Mapping[str, Any], age: int | None) -> CitationImpact:
-    """The citation impact of a row ``age`` days old (``None``: no date)."""
-    return citation_impact(
-        rcr=_number(row, "relative_citation_ratio"),
-        citations_per_year=_number(row, "citations_per_year"),
-        citation_count=_number(row, "citation_count"),
-        cited_by_in_corpus=_number(row, "cited_by_in_corpus"),
-        age=age,
-    )
-
-
 def citation_value(row: Mapping[str, Any], options: ScoringOptions) -> tuple[float, dict[str, Any]]:
     """Citation impact in [0, 1) with its explanation; see the module docstring."""
-    impact = _impact(row, age_days(_as_date(row.get("best_date")), options.reference_day()))
+    age = age_days(_as_date(row.get("best_date")), options.reference_day())
+    impact = row_citation_impact(row, age)
     value = impact.value
     info: dict[str, Any] = {"raw": impact.raw, "source": impact.source}
     if impact.source == "icite_rcr":
@@ -515,7 +493,7 @@ def scores(
     cit = np.empty(len(rows), dtype=np.float64)
     for i, row in enumerate(rows):
         rec[i], _, age = _recency(row.get("best_date"), options)
-        cit[i] = _impact(row, age).value
+        cit[i] = row_citation_impact(row, age).value
     parts: list[tuple[Any, float]]
     if mode is None:
         parts = [(similarity, options.w_similarity)]

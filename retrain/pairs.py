@@ -23,9 +23,11 @@ pick_negative`); expert feedback keeps the experts' own negatives. Training mask
 negative the model scores nearly as high as the positive (:mod:`retrain.lora`).
 
 Sampling is weighted by the same recency and citation impact as ranking
-(:mod:`litpulse.core.impact`: recency ``0.5 ** (age / half_life)``, citation ranking's
-value from the RCR or the in-corpus citations, scaled so that a typical article weighs
-1.0; missing means neutral) and deterministic by ``settings.seed``.
+(:mod:`litpulse.core.impact`: recency ``0.5 ** (age / half_life)``; citation ranking's
+value, :func:`~litpulse.core.impact.row_citation_impact` of the same columns ranking's
+score reads: iCite's RCR, else its citations per year (or count ÷ years: a young or
+provisional article without an RCR yet), else the in-corpus citations; scaled so that a
+typical article weighs 1.0; missing means neutral) and deterministic by ``settings.seed``.
 
 Held-out evaluation articles never become training pairs nor hard negatives: the *fresh*
 set is the newest articles of the window (newer than anything trained on), and the *older*
@@ -50,7 +52,13 @@ from typing import Any
 from sqlalchemy import JSON, Engine, or_, select, type_coerce
 
 from litpulse.core.db import connect
-from litpulse.core.impact import NEUTRAL_CITATION, age_days, citation_impact, recency_decay
+from litpulse.core.impact import (
+    CITATION_COLUMNS,
+    NEUTRAL_CITATION,
+    age_days,
+    recency_decay,
+    row_citation_impact,
+)
 from litpulse.core.schema import articles, references
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import as_utc, iso, utcnow
@@ -106,6 +114,9 @@ class ArticleRow:
     cited_by_in_corpus: int
     mesh: tuple[str, ...] = ()
     keywords: tuple[str, ...] = ()
+    #: iCite's citations per year and citation count (ranking's evidence when no RCR yet).
+    citations_per_year: float | None = None
+    citation_count: int | None = None
 
 
 @dataclass(frozen=True)
@@ -171,15 +182,15 @@ def article_weight(row: ArticleRow, *, now: dt.date, half_life_days: float) -> f
 def _citation(row: ArticleRow, today: dt.date) -> float:
     """0.5 + ranking's citation value: 1.0 for a typical or unknown article.
 
-    In [0.5, 1.5): it rises with what ranking adds for citations, so the sample leans
-    towards cited articles, but an uncited one (iCite's RCR 0) still weighs half a typical
-    article: new literature, which has had no time to be cited, must stay in the sample.
+    Ranking's value is :func:`~litpulse.core.impact.row_citation_impact` of the same
+    columns (:data:`~litpulse.core.impact.CITATION_COLUMNS`) and age that ranking's
+    ``citation_value`` reads. In [0.5, 1.5): it rises with what ranking adds for
+    citations, so the sample leans towards cited articles, but an uncited one (iCite's
+    RCR 0) still weighs half a typical article: new literature, which has had no time to
+    be cited, must stay in the sample.
     """
-    impact = citation_impact(
-        rcr=row.relative_citation_ratio,
-        cited_by_in_corpus=row.cited_by_in_corpus,
-        age=age_days(row.best_date, today),
-    )
+    columns = {c: getattr(row, c) for c in CITATION_COLUMNS}
+    impact = row_citation_impact(columns, age_days(row.best_date, today))
     return NEUTRAL_CITATION + impact.value
 
 
@@ -199,7 +210,8 @@ def _load_articles(engine: Engine) -> list[ArticleRow]:
     stmt = (
         select(
             a.pmid, a.title, a.abstract, a.best_date, a.updated_at,
-            a.relative_citation_ratio, a.cited_by_in_corpus, a.mesh,
+            a.relative_citation_ratio, a.cited_by_in_corpus, a.citations_per_year,
+            a.citation_count, a.mesh,
             type_coerce(a.record["keywords"], JSON).label("keywords"),
         )
         .where(
@@ -215,6 +227,7 @@ def _load_articles(engine: Engine) -> list[ArticleRow]:
                 best_date=r.best_date, updated_at=r.updated_at or utcnow(),
                 relative_citation_ratio=r.relative_citation_ratio,
                 cited_by_in_corpus=int(r.cited_by_in_corpus or 0),
+                citations_per_year=r.citations_per_year, citation_count=r.citation_count,
                 mesh=_texts(r.mesh, "descriptor"), keywords=_texts(r.keywords),
             )
             for r in conn.execute(stmt)

@@ -168,6 +168,31 @@ def _bib(value: Any) -> str:
     return _BIB_SPECIAL.sub(lambda m: _BIB_REPL[m.group(1)], _one_line(value))
 
 
+def _nested(text: str) -> bool:
+    """Whether every ``}`` in ``text`` closes a ``{`` before it and every ``{`` is closed."""
+    depth = 0
+    for ch in text:
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth < 0:
+                return False
+    return depth == 0
+
+
+def _bib_verbatim(value: Any) -> str:
+    """A verbatim field's value (biblatex ``doi``, ``url``): the text as it is, on one line.
+
+    LaTeX escapes would become part of the value (a DOI ``…_3`` written ``…\\_3`` is
+    another DOI), so none is added. BibTeX still counts braces in every field, so braces
+    that do not nest (``}`` before its ``{``, one left open) would end the field or swallow
+    the entry: they are dropped (a DOI or URL never holds braces legitimately).
+    """
+    text = _one_line(value)
+    return text if _nested(text) else text.replace("{", "").replace("}", "")
+
+
 def to_bibtex(hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]]) -> str:
     """BibTeX ``@article{pmidNNN, …}`` entries, one per hit, in rank order."""
     entries = []
@@ -185,12 +210,14 @@ def to_bibtex(hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]]) 
             ("volume", _extra(row, "volume")),
             ("number", _extra(row, "issue")),
             ("pages", _extra(row, "pages").replace("-", "--")),
-            ("doi", row.get("doi")),
         ):
             if value:
                 fields.append((key, _bib(value)))
+        doi = _bib_verbatim(row.get("doi"))
+        if doi:
+            fields.append(("doi", doi))
         fields.append(("pmid", str(pmid)))
-        fields.append(("url", _bib(pubmed_url(pmid))))
+        fields.append(("url", _bib_verbatim(pubmed_url(pmid))))
         keywords = _mesh_terms(row)
         if keywords:
             fields.append(("keywords", _bib(", ".join(keywords))))
@@ -204,10 +231,18 @@ def to_bibtex(hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]]) 
 
 
 def _cell(value: Any) -> Any:
-    """Guard spreadsheet formula injection (cells starting ``= + - @``)."""
+    """A text cell guarded against spreadsheet formula injection (cells starting
+    ``= + - @``, tab or carriage return get a leading ``'``). Only for text from the
+    records: numbers this module formats itself (rank, PMID, year, scores) are written as
+    they are, so that a negative score stays a number."""
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
     return value
+
+
+def _number(value: float) -> str:
+    """A score as the CSV writes it: fixed 6 decimals (``-0.120000``), never guarded."""
+    return f"{float(value):.6f}"
 
 
 def to_csv(
@@ -222,21 +257,23 @@ def to_csv(
         row = rows.get(pmid)
         if row is None:
             continue
-        values = [
-            rank, pmid, _one_line(row.get("title")), "; ".join(n for n, _ in _authors(row)),
-            _one_line(row.get("journal")), row.get("pub_year") or "",
+        year = row.get("pub_year")
+        text = [
+            _one_line(row.get("title")), "; ".join(n for n, _ in _authors(row)),
+            _one_line(row.get("journal")),
+            year if isinstance(year, int) and not isinstance(year, bool) else _one_line(year),
             str(row.get("best_date") or "")[:10], _extra(row, "volume"), _extra(row, "issue"),
-            _extra(row, "pages"), row.get("doi") or "", pubmed_url(pmid),
-        ]
-        if hit is not None:
-            values += [
-                f"{hit.score:.6f}", f"{hit.similarity:.6f}", f"{hit.recency:.6f}",
-                f"{hit.citation:.6f}",
-            ]
-        else:
-            values += ["", "", "", ""]
-        values.append("true" if row.get("is_retracted") else "false")
-        writer.writerow([_cell(v) for v in values])
+            _extra(row, "pages"), _one_line(row.get("doi")), pubmed_url(pmid),
+        ]  # fmt: skip
+        # the scores are numbers formatted here, never text: not guarded (a negative
+        # score stays a number); the text cells from the records are
+        scores = (
+            [_number(hit.score), _number(hit.similarity), _number(hit.recency),
+             _number(hit.citation)]
+            if hit is not None else ["", "", "", ""]
+        )  # fmt: skip
+        retracted = "true" if row.get("is_retracted") else "false"
+        writer.writerow([rank, pmid, *(_cell(v) for v in text), *scores, retracted])
     return buf.getvalue()
 
 

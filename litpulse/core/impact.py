@@ -9,6 +9,9 @@
   (``saturate(rcr, 1)``), else citations per year (``saturate(cpy, 2)``; from a count ÷
   years when only a count is known), else in-corpus citations per year, which can only
   raise the value (``0.5 + 0.5 · rate / (rate + 1)``), else neutral.
+* :func:`row_citation_impact` — :func:`citation_impact` of an article row's columns
+  (:data:`CITATION_COLUMNS`): the evidence ranking scores with, read once for everyone
+  who weighs articles by it (ranking's score, retraining's sampling weight).
 
 Example:
     >>> recency_decay(365, 365.0)
@@ -21,17 +24,21 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "NEUTRAL_CITATION",
     "RCR_REFERENCE",
     "CPY_REFERENCE",
     "CORPUS_REFERENCE",
+    "CITATION_COLUMNS",
     "DAYS_PER_YEAR",
     "CitationImpact",
     "age_days",
     "citation_impact",
+    "row_citation_impact",
     "recency_decay",
     "saturate",
     "years_of",
@@ -130,3 +137,37 @@ def citation_impact(
         value = NEUTRAL_CITATION + (1 - NEUTRAL_CITATION) * rate / (rate + CORPUS_REFERENCE)
         return CitationImpact(value, "in_corpus", local, rate)
     return CitationImpact(NEUTRAL_CITATION, "missing")
+
+
+#: The ``articles`` columns the citation impact reads, in :func:`citation_impact`'s order.
+CITATION_COLUMNS = (
+    "relative_citation_ratio",
+    "citations_per_year",
+    "citation_count",
+    "cited_by_in_corpus",
+)
+
+
+def _number(value: Any) -> float | None:
+    """A finite number from a column value; anything else (NULL, text, NaN) is unknown."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def row_citation_impact(row: Mapping[str, Any], age: int | None) -> CitationImpact:
+    """:func:`citation_impact` of an article row ``age`` days old (``None``: no date).
+
+    Args:
+        row: The article's columns; read are :data:`CITATION_COLUMNS` (a missing key, NULL
+            or a value that is no finite number counts as unknown).
+        age: Its age in days (:func:`age_days`).
+    """
+    rcr, cpy, count, local = (_number(row.get(c)) for c in CITATION_COLUMNS)
+    return citation_impact(
+        rcr=rcr, citations_per_year=cpy, citation_count=count, cited_by_in_corpus=local, age=age
+    )
