@@ -4,6 +4,9 @@ A version's files — the vector index (``index.faiss``, ``ids.npy``), the lexic
 (``lexical/``, ``lexical_ids.npy``, see :mod:`ranking.lexical`) and ``meta.json`` — are
 written into one temporary folder, fsynced and renamed to ``<home>/indexes/<id>/``
 (:func:`write_files`): one rename publishes both, and a crash before it publishes neither.
+The SHA-256 of the vector index's files and of the lexical id list are recorded in
+``meta.json`` (``files``, and so in the version's row): :func:`verify_files` tells whether a
+kept version still holds what was written and loads, before a rollback re-publishes it.
 Readers (:func:`open_published`) load the version the ``index_versions`` row names, once
 per process and version; a :class:`PublishedIndex` already loaded never changes, so
 searches running during a publish finish on the old version.
@@ -32,19 +35,32 @@ import numpy as np
 from sqlalchemy import Engine
 
 from litpulse.core import db
+from litpulse.core.checksums import file_sha256
 from litpulse.core.errors import ConsistencyError
 from litpulse.core.settings import Settings
 from ranking import faiss_ops
-from ranking.lexical import LEXICAL_DIR, Bm25, LexicalIndex, LexicalPlan, open_lexical_at
+from ranking.lexical import (
+    IDS_FILE,
+    LEXICAL_DIR,
+    Bm25,
+    LexicalIndex,
+    LexicalPlan,
+    has_lexical,
+    open_lexical_at,
+    read_ids,
+)
 from ranking.models import published_index_row
 
 __all__ = [
+    "CHECKSUMMED",
     "FILES",
     "PublishedIndex",
     "has_files",
     "indexes_dir",
     "open_published",
     "read_files",
+    "read_vector_ids",
+    "verify_files",
     "write_files",
 ]
 
@@ -52,6 +68,12 @@ logger = logging.getLogger(__name__)
 
 #: The files of one index version.
 FILES = ("index.faiss", "ids.npy", "meta.json")
+#: The files of a version whose SHA-256 :func:`write_files` records in ``meta.json``
+#: (``files``): the vector index, its id list and the lexical index's id list. The lexical
+#: index's own files are left out: most are hard links of the previous version's
+#: (:func:`ranking.lexical.link_copy`), and hashing them all would make each refresh cost
+#: the size of the corpus; :func:`verify_files` opens it instead.
+CHECKSUMMED = ("index.faiss", "ids.npy", IDS_FILE)
 #: Most neighbours one FAISS-GPU search returns (its k-selection limit); longer lists
 #: are searched on the CPU copy.
 GPU_MAX_K = 2048
@@ -176,7 +198,8 @@ def write_files(settings: Settings, version_id: str, index: Any, ids: np.ndarray
         version_id: The new version.
         index: The FAISS index.
         ids: Its PMIDs, sorted.
-        meta: ``meta.json``; the lexical index's entry is added as ``lexical``.
+        meta: ``meta.json``; the lexical index's entry is added as ``lexical``, the
+            SHA-256 of the files of :data:`CHECKSUMMED` as ``files``.
         lexical: The lexical index to build into the same folder first.
         store: The :func:`litpulse.core.db.store_id` the folder is marked for, before it
             is renamed into place (its orphan is pruned by that store only).
@@ -195,6 +218,8 @@ def write_files(settings: Settings, version_id: str, index: Any, ids: np.ndarray
         _fsync_dir(tmp / LEXICAL_DIR)
     faiss.write_index(index, str(tmp / "index.faiss"))
     np.save(tmp / "ids.npy", ids)
+    meta = {**meta, "files": {name: file_sha256(tmp / name) for name in CHECKSUMMED
+                              if (tmp / name).exists()}}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
     for name in FILES:
         with open(tmp / name, "rb") as fh:
@@ -230,6 +255,47 @@ def read_files(path: str) -> tuple[Any, np.ndarray, dict[str, Any]]:
     ids = read_vector_ids(path)
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     return index, ids, meta
+
+
+def verify_files(path: str, details: dict[str, Any] | None) -> None:
+    """Make sure a kept version can be served as it was written: its files hold the bytes
+    recorded when they were written (the SHA-256 in ``details["files"]``, the version's
+    row; versions written before they were recorded are not compared), its vector index,
+    id list and ``meta.json`` load and agree (as searches load them: :func:`read_files`),
+    and its lexical index, when it has one, opens and agrees with its id list.
+
+    Args:
+        path: The version folder.
+        details: The version's ``index_versions.details`` (its ``meta.json`` as written).
+
+    Raises:
+        ConsistencyError: What is wrong (a file missing, changed, or unreadable).
+    """
+    folder = Path(path)
+    recorded = (details or {}).get("files") or {}
+    try:
+        for name, digest in sorted(recorded.items()):
+            if not (folder / name).exists():
+                raise ConsistencyError(f"{name} is missing in {folder}")
+            if file_sha256(folder / name) != digest:
+                raise ConsistencyError(f"{name} in {folder} is not the file written (its "
+                                       "SHA-256 differs from the one recorded)")
+        index, ids, _ = read_files(path)
+        if len(ids) != int(index.ntotal):
+            raise ConsistencyError(f"index in {folder} holds {index.ntotal} vectors, its id "
+                                   f"list {len(ids)}")
+        if has_lexical(folder):
+            lexical = LexicalIndex.open(folder / LEXICAL_DIR)
+            listed = len(read_ids(folder))
+            if lexical.size != listed:
+                raise ConsistencyError(f"lexical index in {folder} holds {lexical.size} "
+                                       f"documents, its id list {listed}")
+        elif (folder / LEXICAL_DIR).exists():
+            raise ConsistencyError(f"lexical index in {folder} is incomplete")
+    except ConsistencyError:
+        raise
+    except (OSError, EOFError, RuntimeError, ValueError) as exc:  # faiss, numpy, json, tantivy
+        raise ConsistencyError(f"index files in {folder} cannot be loaded: {exc}") from exc
 
 
 def _load(row: Any, settings: Settings) -> PublishedIndex:

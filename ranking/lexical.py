@@ -1035,33 +1035,45 @@ class LexicalPlan:
         }
 
 
+def _lexical_meta(version_path: str | Path) -> dict[str, Any]:
+    """The ``lexical`` entry of a version's ``meta.json`` (``{}`` when it has none).
+
+    Raises:
+        ValueError: The file is not a JSON object (damaged, cut short).
+        OSError: It cannot be read.
+    """
+    data = json.loads((Path(version_path) / "meta.json").read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"meta.json of {version_path} is not a JSON object")
+    entry = data.get("lexical")
+    return entry if isinstance(entry, dict) else {}
+
+
 def plan_lexical(
     engine: Engine, base_path: str | None, live: np.ndarray, *, rebuild: bool = False
 ) -> LexicalPlan:
     """The lexical side of a refresh, from a base version folder and the live PMIDs.
 
     The base is updated (new and changed articles added, deleted and changed removed) unless
-    a rebuild is asked, there is no base with a lexical index, or its :data:`FORMAT` differs.
+    a rebuild is asked, there is no base with a lexical index, its :data:`FORMAT` differs, or
+    it cannot be read (its version's ``meta.json``, its id list or the index itself): then
+    it is built from scratch, and nothing of the base is read.
     """
     upto = text_watermark(engine)
     empty = np.zeros(0, dtype=np.int64)
     reason = "asked" if rebuild else None
-    meta: dict[str, Any] = {}
     if reason is None and (base_path is None or not has_lexical(base_path)):
         reason = "no lexical index to update"
-    if reason is None and base_path is not None:
-        meta = (
-            json.loads((Path(base_path) / "meta.json").read_text(encoding="utf-8")).get("lexical")
-            or {}
-        )
-        if meta.get("format") != FORMAT:
-            reason = f"lexical format {meta.get('format')} -> {FORMAT}"
     if reason is not None or base_path is None:
         return LexicalPlan(engine, None, empty, None, empty, upto, reason)
     try:
+        meta = _lexical_meta(base_path)
+        if meta.get("format") != FORMAT:
+            return LexicalPlan(engine, None, empty, None, empty, upto,
+                               f"lexical format {meta.get('format')} -> {FORMAT}")
         base_ids = read_ids(base_path)
         lex = LexicalIndex.open(Path(base_path) / LEXICAL_DIR)
-    except (ConsistencyError, OSError, ValueError) as exc:
+    except (ConsistencyError, OSError, EOFError, ValueError) as exc:
         logger.warning("cannot read lexical index of %s (%s): rebuilding", base_path, exc)
         return LexicalPlan(engine, None, empty, None, empty, upto, "lexical index unreadable")
     gone = np.setdiff1d(base_ids, live, assume_unique=True)

@@ -45,7 +45,14 @@ from litpulse.core.settings import Settings
 from litpulse.core.states import IndexStatus
 from litpulse.core.timeutil import iso
 from ranking import index_files
-from ranking.embed import BASE_MODEL_ID, ModelSpec, active_model, base_record, clear_rebuild
+from ranking.embed import (
+    BASE_MODEL_ID,
+    ModelSpec,
+    active_model,
+    base_model_changed,
+    base_record,
+    clear_rebuild,
+)
 from ranking.faiss_ops import index_kind
 from ranking.index_store import newest_date
 from ranking.lexical import LexicalPlan
@@ -242,8 +249,10 @@ def publish(ctx: PublishContext, index: Any, ids: np.ndarray, meta_extra: dict[s
         shutil.rmtree(index_files.indexes_dir(ctx.settings) / f".tmp-{version_id}",
                       ignore_errors=True)  # never renamed: nothing was published
         raise
-    lex = json.loads((path / "meta.json").read_text(encoding="utf-8"))["lexical"]
+    written = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    lex = written["lexical"]
     meta["lexical"] = lex
+    meta["files"] = written.get("files") or {}  # their SHA-256: a rollback checks them
     try:
         with ctx.engine.begin() as conn:
             ctx.lease.verify(conn)  # still ours, and no takeover until this commits
@@ -315,27 +324,41 @@ def rollback_index(settings: Settings) -> dict[str, Any]:
     the index's model while the active one is another, and the next refresh would either
     wait for a re-index nobody started or rebuild for the active model, undoing the
     rollback. Going back to another model is ``litpulse models rollback``, which
-    re-publishes its index.
+    re-publishes its index. Versions built with another base model (``LITPULSE_MODEL``
+    changed since: :func:`ranking.embed.base_model_changed`, the rule a refresh refuses
+    by) are passed over alike: queries are embedded with the base model configured now.
+
+    The version is re-published only once its files are checked (their recorded SHA-256,
+    and that they load: :func:`ranking.index_files.verify_files`), and, as
+    :func:`publish` does, only if the model is still the active one in the transaction
+    that flips the rows (:func:`check_model_active`: a promotion switches it under no
+    index lease). Whatever fails, nothing is changed.
 
     Returns:
         ``{"from": <id>, "to": <id>, "model_version": ...}``.
 
     Raises:
         NotFoundError: No earlier version of the active model is kept on disk.
+        ConsistencyError: The earlier versions of the active model kept were built with
+            another base model; or the one to re-publish cannot be loaded (a file missing,
+            damaged, or not the one written); or another model version became active
+            meanwhile. Nothing was changed.
         IndexBusyError: Another process is publishing.
+        LeaseLostError: Another process took the lease over meanwhile; nothing changed.
     """
     engine = db.connect(settings)
     with acquire_publish_lease(engine) as lease:
         current = published_index_row(engine)
-        model = active_model(settings, engine).id
+        spec = active_model(settings, engine)
+        model = spec.id
         with engine.connect() as conn:
             candidates = conn.execute(
                 select(index_versions).where(index_versions.c.status == IndexStatus.RETIRED)
                 .order_by(desc(index_versions.c.published_at))
             ).all()
         kept = [r for r in candidates if index_files.has_files(r.path)]
-        target = next((r for r in kept if r.model_version == model), None)
-        if target is None:
+        ours = [r for r in kept if r.model_version == model]
+        if not ours:
             others = sorted({r.model_version for r in kept})
             raise NotFoundError(
                 f"no earlier index version of the active model {model} to roll back to"
@@ -343,8 +366,28 @@ def rollback_index(settings: Settings) -> dict[str, Any]:
                    "roll back the model with `litpulse models rollback`, which re-publishes "
                    "its index)" if others else "")
             )
+        target = next((r for r in ours if base_model_changed(r.details, spec) is None), None)
+        if target is None:
+            raise ConsistencyError(
+                f"no earlier index version of model {model} built with its base model as "
+                f"configured now ({spec.base_model}) to roll back to: index version "
+                f"{ours[0].id}: {base_model_changed(ours[0].details, spec)}; nothing changed"
+            )
+        try:
+            index_files.verify_files(target.path, target.details)
+        except ConsistencyError as exc:
+            raise ConsistencyError(
+                f"index version {target.id} cannot be re-published: {exc}; nothing changed "
+                f"(the published version {current.id if current is not None else None} stays)"
+            ) from exc
         with engine.begin() as conn:
-            lease.verify(conn)
+            lease.verify(conn)  # still ours, and no takeover until this commits
+            try:
+                check_model_active(conn, spec)  # and no model switch either
+            except ConsistencyError as exc:
+                raise ConsistencyError(
+                    f"index rollback to {target.id} not done, nothing changed: {exc}"
+                ) from exc
             if current is not None:
                 conn.execute(update(index_versions).where(index_versions.c.id == current.id)
                              .values(status=IndexStatus.ROLLED_BACK))

@@ -6,11 +6,13 @@ PMIDs are added (a changed PMID is removed first), deleted PMIDs are removed. Th
 index of the same version is updated alike (:func:`ranking.lexical.plan_lexical`: new
 articles and articles whose indexed text, MeSH headings or keywords changed are
 re-indexed, deleted ones removed), starting from the same base version — or from the
-published one when the vectors are rebuilt for a new model — so its cost is proportional
-to the change too. It rebuilds
+published one when the vectors are rebuilt for a new model, never from a base whose files
+cannot be read — so its cost is proportional to the change too. It rebuilds
 when asked, when there is no index for the model version, when the corpus crosses the
 exact/IVF threshold, or when an IVF index has grown past :data:`DRIFT_FACTOR` times the
-size its lists were trained on. The new version is published by
+size its lists were trained on. Either way, a new version that would leave out live
+articles the published version serves (their vectors of a newly active model not written
+yet) is not published (:func:`_would_drop`). The new version is published by
 :func:`ranking.publish.publish` under the ``index-publish`` lease.
 
 Example:
@@ -126,8 +128,10 @@ def refresh_index(settings: Settings, *, rebuild: bool = False, progress: bool =
             except (ConsistencyError, OSError, RuntimeError, ValueError) as exc:
                 logger.warning("cannot read index %s (%s): rebuilding", base.id, exc)
         meta = loaded[2] if loaded is not None else None
+        # a base whose files cannot be read is rebuilt, its lexical half too: never read
+        damaged = base.id if base is not None and loaded is None else None
         lex_base = next((r.path for r in (base, ctx.published)
-                         if r is not None and has_lexical(r.path)), None)
+                         if r is not None and r.id != damaged and has_lexical(r.path)), None)
         lexical = plan_lexical(engine, lex_base, live, rebuild=rebuild)
         lease.check()
         reason = ("asked" if rebuild else "an embedding rebuild cut short, resumed" if resuming
@@ -256,12 +260,25 @@ def _full(ctx: PublishContext, live: np.ndarray, reason: str | None,
 
 
 def _would_drop(ctx: PublishContext, live: np.ndarray, ids: np.ndarray) -> IndexReport | None:
-    """The unchanged published version's report when a build from ``ids`` would leave out
-    live articles it serves; ``None`` when nothing would be lost."""
+    """The unchanged published version's report when a new version holding ``ids`` would
+    leave out live articles it serves; ``None`` when nothing would be lost.
+
+    The one rule of both ways to a new version (:func:`_full`, :func:`_incremental`): a
+    refresh that does not embed, racing the shards of a re-index after a promotion, meets
+    the active model with only some of its vectors written, whether it builds from them
+    all or updates a kept version of that model. A published version whose files are gone,
+    or whose id list cannot be read (searches load it: such a version serves nothing),
+    loses nothing: it never blocks its own repair."""
     pub = ctx.published
     if pub is None or not index_files.has_files(pub.path):
         return None
-    served = np.intersect1d(index_files.read_vector_ids(pub.path), live, assume_unique=True)
+    try:
+        held = index_files.read_vector_ids(pub.path)
+    except (OSError, EOFError, ValueError) as exc:
+        logger.warning("cannot read the id list of the published index %s (%s): it serves "
+                       "nothing, replacing it", pub.id, exc)
+        return None
+    served = np.intersect1d(held, live, assume_unique=True)
     missing = np.setdiff1d(served, ids, assume_unique=True)
     if not len(missing):
         return None
@@ -283,7 +300,9 @@ def _incremental(ctx: PublishContext, base: Any,
     """Update the base version in place (add new and changed, remove gone) and publish.
 
     Returns the base version unchanged (``published=False``) when nothing differs, in the
-    vectors or in the lexical index.
+    vectors or in the lexical index; the published version unchanged when the update would
+    leave out live articles it serves (:func:`_would_drop`: the base is a kept version of
+    a model made active again, whose re-index has not written all its vectors yet).
     """
     index, base_ids, meta = loaded
     gone = np.setdiff1d(base_ids, live, assume_unique=True)
@@ -308,8 +327,11 @@ def _incremental(ctx: PublishContext, base: Any,
             seconds=time.perf_counter() - ctx.t0, embedded=ctx.embedded, published=False,
             lexical_size=len(lexical.base_ids),
         )
-    removed = update_index(index, add_vectors=vectors, add_ids=add_ids, remove_ids=removed_ids)
     ids = np.union1d(np.setdiff1d(base_ids, removed_ids, assume_unique=True), add_ids)
+    kept = _would_drop(ctx, live, ids)  # a kept version of a newly active model, say
+    if kept is not None:
+        return kept
+    removed = update_index(index, add_vectors=vectors, add_ids=add_ids, remove_ids=removed_ids)
     meta_extra = {"trained_size": int(meta.get("trained_size") or 0),
                   "nlist": int(meta.get("nlist") or 0), "codec": index_codec(index)}
     logger.info("updated index %s: +%d new, %d changed, -%d deleted", base.id,
