@@ -73,12 +73,13 @@ from ingest.parallel import FileIdentity, Job
 from ingest.runs import IngestCounts, OpenRun, recorded_run, store_writer
 from ingest.store import Store
 from ingest.updatefiles import (
+    FilePlan,
     RemoteFile,
     _download_verified,
     _file_ref,
     _source,
     _store_file,
-    list_remote_files,
+    plan_files,
 )
 from litpulse.core import db
 from litpulse.core.errors import BusyError, ConfigError, LitpulseError, StoppedError
@@ -222,12 +223,15 @@ def _is_applied(engine: Engine, name: str) -> bool:
         return conn.execute(q).first() is not None
 
 
-def pending_files(settings: Settings, engine: Engine | None = None) -> tuple[list[RemoteFile], int]:
-    """The listed files not applied yet, in application order, and how many were listed."""
+def pending_files(
+    settings: Settings, engine: Engine | None = None, *, accept_gaps: bool = False
+) -> FilePlan:
+    """The listed files not applied yet, in application order, up to a gap in the listing
+    (:func:`ingest.updatefiles.plan_files`: one annual baseline, then its update files)."""
     engine = engine or db.connect(settings)
-    remote = list_remote_files(settings, include_baseline=True)
-    done = _applied_names(engine)
-    return [f for f in remote if f.name not in done], len(remote)
+    with engine.connect() as conn:
+        applied = dict(conn.execute(select(source_files.c.name, source_files.c.kind)).all())
+    return plan_files(settings, applied, include_baseline=True, accept_gaps=accept_gaps)
 
 
 # ----------------------------------------------------------------------------- staging
@@ -572,6 +576,7 @@ def load_files(
     progress: bool = False,
     on_file: Callable[[str, IngestCounts], None] | None = None,
     defer_counts: bool = True,
+    accept_gaps: bool = False,
 ) -> LoadReport:
     """Apply every pending baseline file, then the update files, in order (the writer).
 
@@ -586,6 +591,8 @@ def load_files(
         defer_counts: Leave the in-corpus citation counts alone while files are applied
             and recount them once after the last one (``False``: keep them batch by
             batch, as other ingests do; a recount deferred before still runs at the end).
+        accept_gaps: Apply the files after a number missing from the listing
+            (:func:`ingest.updatefiles.plan_files`).
 
     Returns:
         What was done; :attr:`LoadReport.nothing_to_do` when every file was applied before
@@ -597,6 +604,9 @@ def load_files(
             bootstrap holds :data:`ingest.runs.STORE_LEASE` for its whole call, its final
             recount included, so no other writer moves a count under it.
         ChecksumError: A file kept failing its MD5; it and later files stay unapplied.
+        IncompleteSourceError: The listing is not whole (an error page; a number missing:
+            the files before it are applied, then the run fails), or a file is cut short
+            under its MD5.
         TransientSourceError: The server kept failing.
     """
     if prefetch < 0:
@@ -620,7 +630,8 @@ def load_files(
             f"another process ({holder[0] if holder else '?'}) is applying the bootstrap files"
         )
     with lease, store_writer(engine):
-        pending, listed = pending_files(settings, engine)
+        plan = pending_files(settings, engine, accept_gaps=accept_gaps)
+        pending, listed = list(plan.pending), plan.listed
         n_pending = len(pending)
         folder = _folder(settings)
         done = _applied_names(engine)
@@ -636,6 +647,7 @@ def load_files(
         if not pending and n_pending:  # max_files=0: nothing asked while files remain
             return LoadReport(listed, already, workers=workers, seconds=time.perf_counter() - t0)
         if not pending:
+            plan.raise_if_held()  # files wait behind a missing one: not bootstrapped
             logger.info("bootstrap: all %d listed files were applied before", listed)
             deferred = store.counts_deferred()  # read once: the recount is given the answer
             if not deferred:
@@ -701,6 +713,9 @@ def load_files(
                     bar.close()
                 run.details.pop("current", None)
                 run.details["bytes"] = total_bytes
+                if last_call:  # files wait behind a missing one: the run fails, they wait
+                    run.details["held"] = plan.held
+                    plan.raise_if_held()
             recounted = _finish_counts(store) if last_call else None
         finally:
             source.close()

@@ -122,6 +122,7 @@ __all__ = [
     "MAX_PMID",
     "MAX_VERSION",
     "ParseLimits",
+    "document_damage",
     "flatten_text",
     "iter_items",
     "iter_units",
@@ -319,6 +320,37 @@ def _open(
         source_ref_for(name) if isinstance(name, str) else SourceRef("file", "<stream>")
     )
     return source, ref, False
+
+
+#: How a whole PubMed document ends (white space may follow).
+_DOCUMENT_END_RE = re.compile(rb"</PubmedArticleSet\s*>\s*\Z")
+
+
+def document_damage(path: str | os.PathLike[str]) -> str | None:
+    """Why the PubMed document at ``path`` is not whole, or ``None``: its gzip stream ends
+    inside a member or is corrupt, or its text does not end with the
+    ``</PubmedArticleSet>`` end tag (a file cut at a record boundary). Reads (and
+    decompresses) the file once, in constant memory.
+
+    :func:`iter_items` reads such a file up to the damage and quarantines the cut, which is
+    right for a local file; a file NLM publishes is always whole, so one that is not came
+    damaged from a mirror and must not be applied (:mod:`ingest.updatefiles`).
+
+    Raises:
+        ParseError: The file cannot be opened.
+    """
+    tail = b""
+    try:
+        with open(path, "rb") as fh:
+            for block in _chunks(fh):
+                tail = (tail + block)[-256:] if len(block) < 256 else block[-256:]
+    except OSError as exc:
+        raise ParseError(f"cannot read {os.fspath(path)}: {exc}") from exc
+    except (EOFError, zlib.error) as exc:
+        return f"its gzip stream is damaged: {exc}"
+    if not _DOCUMENT_END_RE.search(tail):
+        return "it does not end with the </PubmedArticleSet> end tag (cut short)"
+    return None
 
 
 def parse_bytes(

@@ -31,7 +31,7 @@ import hashlib
 import logging
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -47,6 +47,7 @@ from litpulse.core import db
 from litpulse.core.errors import (
     ChecksumError,
     ConfigError,
+    IncompleteSourceError,
     InvalidRequestError,
     LitpulseError,
 )
@@ -56,8 +57,14 @@ from litpulse.core.timeutil import utcnow
 
 __all__ = [
     "BootstrapUnfinishedError",
+    "FilePlan",
     "RemoteFile",
-    "apply_updates", "list_remote_files", "parse_listing", "parse_md5"]
+    "apply_updates",
+    "list_remote_files",
+    "parse_listing",
+    "parse_md5",
+    "plan_files",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -181,51 +188,198 @@ def _source(settings: Settings) -> _HttpSource | _LocalSource:
     raise ConfigError(f"LITPULSE_PUBMED_FILES_URL must be http(s) or file, got {url!r}")
 
 
+@dataclass(frozen=True)
+class FilePlan:
+    """What to apply of the server's listing: the files not applied yet, in application
+    order, up to the first gap in the numbers (``held`` says which file is missing and
+    what waits for it), and how many files the listing offered."""
+
+    pending: tuple[RemoteFile, ...]
+    listed: int
+    held: str | None = None
+
+    def raise_if_held(self) -> None:
+        """Raise :class:`IncompleteSourceError` when files wait behind a gap."""
+        if self.held is not None:
+            raise IncompleteSourceError(self.held)
+
+
 def list_remote_files(settings: Settings, *, include_baseline: bool = False) -> list[RemoteFile]:
-    """Every published file, in application order (baseline first when included)."""
+    """Every published file, in application order (baseline first when included): one
+    annual baseline (:func:`plan_files`), the update files from its year on."""
     source = _source(settings)
     try:
-        return _list(source, include_baseline)
+        return _listed_files(source, include_baseline, {})[0]
     finally:
         source.close()
 
 
+def plan_files(
+    settings: Settings,
+    applied: Mapping[str, str],
+    *,
+    include_baseline: bool = False,
+    accept_gaps: bool = False,
+) -> FilePlan:
+    """The files to apply now, from the server's listing and the store's ``applied`` files
+    (name → kind, ``source_files``).
+
+    The listing is taken for what it is only when it can be whole: a ``baseline/`` listing
+    naming no file (an error page served with status 200) raises
+    :class:`IncompleteSourceError`; of several annual baselines a mirror kept, the one the
+    store started (else the newest) is loaded, and update files of earlier years are left
+    out (their records are in that baseline); files are numbered without gaps within a
+    year (NLM's update files go on from the baseline's last number), so a number missing
+    between listed or applied ones (a mirror still copying) holds every later file back
+    (``FilePlan.held``) — applied after it, a deletion or revision would land before the
+    record it changes. ``accept_gaps`` applies past such gaps (a file NLM withdrew).
+
+    Raises:
+        IncompleteSourceError: The baseline listing names no file.
+        BootstrapUnfinishedError: Update files only (no ``include_baseline``) while
+            baseline files of the annual baseline this store started are not applied.
+    """
+    source = _source(settings)
+    try:
+        return _plan(source, applied, include_baseline, accept_gaps)
+    finally:
+        source.close()
+
+
+def _year_of(name: str) -> int | None:
+    m = FILE_RE.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+
+def _listed_kind(source: _HttpSource | _LocalSource, kind: str) -> list[RemoteFile]:
+    """The files of one folder's listing; a baseline listing naming none is not a listing."""
+    page = source.listing(FOLDERS[kind])
+    files = parse_listing(page, kind)
+    if not files and kind == "baseline":
+        raise IncompleteSourceError(
+            f"the {FOLDERS[kind]}/ listing names no PubMed file (an error page instead of "
+            f"the listing?): {page[:120]!r}; nothing was applied"
+        )
+    return files
+
+
+def _listed_files(
+    source: _HttpSource | _LocalSource, include_baseline: bool, applied: Mapping[str, str]
+) -> tuple[list[RemoteFile], int | None]:
+    """The listed files in application order, and the year of the baseline they go on from
+    (``None``: no baseline listed or applied)."""
+    started = {y for name, kind in applied.items()
+               if kind == "baseline" and (y := _year_of(name)) is not None}  # fmt: skip
+    found: list[RemoteFile] = []
+    year: int | None = max(started) if started else None
+    if include_baseline:
+        baseline = _listed_kind(source, "baseline")
+        years = sorted({f.year for f in baseline})
+        year = max((y for y in years if y in started), default=years[-1])
+        if len(years) > 1:
+            logger.warning(
+                "the baseline/ folder holds the annual baselines of %s: only %02d's is "
+                "loaded (the one this store started, else the newest)",
+                ", ".join(f"{y:02d}" for y in years), year,
+            )  # fmt: skip
+        found += [f for f in baseline if f.year == year]
+    updates = _listed_kind(source, "updatefile")
+    if year is not None:
+        older = [f.name for f in updates if f.year < year]
+        if older:
+            logger.info("%d update files of years before the %02d baseline left out (first "
+                        "%s): that baseline holds their records", len(older), year, older[0])
+            updates = [f for f in updates if f.year >= year]
+    found += updates
+    # one name may be listed in both folders in a transition: keep the first kind
+    unique: dict[str, RemoteFile] = {}
+    for f in found:
+        unique.setdefault(f.name, f)
+    return sorted(unique.values()), year
+
+
+def _first_gap(
+    remote: list[RemoteFile], applied: Mapping[str, str], baseline_year: int | None
+) -> tuple[int, int] | None:
+    """The first ``(year, number)`` missing among the listed and applied files' numbers,
+    above the highest applied one of its year (a hole below it is behind the store
+    already); a baseline's year counts from 1."""
+    numbers: dict[int, set[int]] = {}
+    applied_top: dict[int, int] = {}
+    for f in remote:
+        numbers.setdefault(f.year, set()).add(f.number)
+    for name in applied:
+        m = FILE_RE.fullmatch(name)
+        if m:
+            year, number = int(m.group(1)), int(m.group(2))
+            numbers.setdefault(year, set()).add(number)
+            applied_top[year] = max(applied_top.get(year, 0), number)
+    gaps = []
+    for year, have in numbers.items():
+        start = max(1 if year == baseline_year else min(have), applied_top.get(year, 0) + 1)
+        missing = next((n for n in range(start, max(have)) if n not in have), None)
+        if missing is not None:
+            gaps.append((year, missing))
+    return min(gaps, default=None)
+
+
+def _plan(
+    source: _HttpSource | _LocalSource,
+    applied: Mapping[str, str],
+    include_baseline: bool,
+    accept_gaps: bool,
+) -> FilePlan:
+    remote, year = _listed_files(source, include_baseline, applied)
+    if not include_baseline:
+        _refuse_before_the_baseline(source, applied)
+    pending = [f for f in remote if f.name not in applied]
+    if applied and pending:
+        newest = max((f for f in remote if f.name in applied), default=None)
+        late = [f.name for f in pending if newest is not None and f < newest]
+        if late:
+            logger.warning("files older than the newest applied one are pending: %s", late)
+    gap = _first_gap(remote, applied, year)
+    if gap is None:
+        return FilePlan(tuple(pending), len(remote))
+    missing = f"pubmed{gap[0]:02d}n{gap[1]:04d}.xml.gz"
+    waiting = [f for f in pending if (f.year, f.number) > gap]
+    if accept_gaps:
+        logger.warning("%s is not on the server: applying the files after it anyway "
+                       "(accept_gaps)", missing)
+        return FilePlan(tuple(pending), len(remote))
+    held = (
+        f"{missing} is not on the server, though files after it are: the {len(waiting)} "
+        f"file(s) from {waiting[0].name} on wait for it (a mirror still copying?), since "
+        "applied before it they would change records it holds. Run again once it is "
+        "there; if NLM withdrew it, apply past it with --accept-gaps"
+        if waiting else f"{missing} is not on the server"
+    )
+    kept = tuple(f for f in pending if (f.year, f.number) < gap)
+    return FilePlan(kept, len(remote), held if waiting else None)
+
+
 def _refuse_before_the_baseline(
-    source: _HttpSource | _LocalSource, done: set[str], baseline_done: set[str]
+    source: _HttpSource | _LocalSource, applied: Mapping[str, str]
 ) -> None:
     """Raise :class:`BootstrapUnfinishedError` when this store applied baseline files and
     the server lists baseline files of the same annual baseline (the year of the name) it
     has not: update files applied before them would be out of order (a record the baseline
     holds and an update file deletes would come back as a bare tombstone, its content
     lost). NLM's next annual baseline, published each December, does not count: a store
-    whose baseline is complete goes on with the update files."""
-    years = {m.group(1) for m in map(FILE_RE.fullmatch, baseline_done) if m}
+    whose baseline is complete goes on with the update files. A baseline listing naming
+    no file is not taken for a finished baseline (:class:`IncompleteSourceError`)."""
+    years = {y for name, kind in applied.items()
+             if kind == "baseline" and (y := _year_of(name)) is not None}  # fmt: skip
     if not years:
         return
-    left = [f.name for f in _list_kind(source, "baseline")
-            if f.name not in done and f"{f.year:02d}" in years]  # fmt: skip
+    left = [f.name for f in _listed_kind(source, "baseline")
+            if f.name not in applied and f.year in years]  # fmt: skip
     if left:
         raise BootstrapUnfinishedError(
             f"a bootstrap is unfinished: {len(left)} baseline file(s) are not applied yet "
             f"(first {left[0]}); update files must come after them: run `litpulse bootstrap` "
             "(it applies them, then the update files)"
         )
-
-
-def _list_kind(source: _HttpSource | _LocalSource, kind: str) -> list[RemoteFile]:
-    return parse_listing(source.listing(FOLDERS[kind]), kind)
-
-
-def _list(source: _HttpSource | _LocalSource, include_baseline: bool) -> list[RemoteFile]:
-    kinds = ("baseline", "updatefile") if include_baseline else ("updatefile",)
-    found: list[RemoteFile] = []
-    for kind in kinds:
-        found += _list_kind(source, kind)
-    # one name may be listed in both folders in a transition: keep the first kind
-    unique: dict[str, RemoteFile] = {}
-    for f in found:
-        unique.setdefault(f.name, f)
-    return sorted(unique.values())
 
 
 # -------------------------------------------------------------------------------- apply
@@ -239,10 +393,23 @@ def _download_verified(
 ) -> tuple[int, str]:
     """Download ``f`` to ``dest`` until its MD5 matches the published one (``stop``: see
     :meth:`ingest.http.HttpClient.download`)."""
+    from ingest.parse import document_damage
+
     expected = parse_md5(source.text(f"{f.folder}/{f.name}.md5", stop), f.name)
     for attempt in range(1, CHECKSUM_ATTEMPTS + 1):
         size, digest = source.fetch(f"{f.folder}/{f.name}", dest, stop)
         if digest == expected:
+            # NLM's files are whole: one cut short under a matching MD5 (a mirror that
+            # copied it half-way, then its .md5) is not applied, or its records after the
+            # cut would be lost for good once it is recorded as applied
+            damage = document_damage(dest)
+            if damage is not None:
+                dest.unlink(missing_ok=True)
+                raise IncompleteSourceError(
+                    f"{f.name} matches its published MD5 but is not whole: {damage}; the "
+                    "server holds a damaged copy: this file and the later ones were not "
+                    "applied (run again once the mirror is repaired)"
+                )
             return size, digest
         logger.warning(
             "%s: MD5 %s does not match the published %s (download %d/%d)",
@@ -266,8 +433,10 @@ def apply_updates(
     include_baseline: bool = False,
     progress: bool = False,
     workers: int | None = None,
+    accept_gaps: bool = False,
 ) -> IngestCounts:
-    """Download, verify and apply the update files not applied yet, in number order.
+    """Download, verify and apply the update files not applied yet, in number order
+    (:func:`plan_files`).
 
     Args:
         settings: ``pubmed_files_url``, ``home`` (downloads), retry settings, database.
@@ -276,6 +445,8 @@ def apply_updates(
         progress: Log each file as it is applied.
         workers: Parse processes feeding the store (default ``settings.ingest_workers``;
             0: parse in this process). A file is parsed while it is stored.
+        accept_gaps: Apply the files after a number missing from the listing (see
+            :func:`plan_files`).
 
     Returns:
         The summed counts of the files applied.
@@ -285,6 +456,9 @@ def apply_updates(
         TransientSourceError: The server kept failing.
         BootstrapUnfinishedError: A bootstrap applied some baseline files and others are
             still pending (the run is recorded as failed, nothing is applied).
+        IncompleteSourceError: The listing is not whole (an error page for the baseline;
+            a number missing: the files before it were applied, the run fails), or a file
+            is cut short under its MD5 (it and later files are not applied).
     """
     if max_files is not None and max_files < 0:
         raise ConfigError(f"max_files must be >= 0, got {max_files!r}")
@@ -300,21 +474,13 @@ def apply_updates(
         ) as run:
             details = run.details = {"files": applied, "include_baseline": include_baseline}
             run.on_failure = lambda: {"failed_at": utcnow().isoformat()}
-            remote = _list(source, include_baseline)
             with engine.connect() as conn:
                 rows = conn.execute(select(source_files.c.name, source_files.c.kind)).all()
-            done = {name for name, _kind in rows}
-            if not include_baseline:
-                _refuse_before_the_baseline(
-                    source, done, {name for name, kind in rows if kind == "baseline"}
-                )
-            pending = [f for f in remote if f.name not in done]
-            if done and pending:
-                newest = max((f for f in remote if f.name in done), default=None)
-                late = [f.name for f in pending if newest is not None and f < newest]
-                if late:
-                    logger.warning("files older than the newest applied one are pending: %s", late)
-            details.update(listed=len(remote), pending=len(pending))
+            plan = _plan(source, dict(rows), include_baseline, accept_gaps)
+            pending = list(plan.pending)
+            details.update(listed=plan.listed, pending=len(pending))
+            if plan.held is not None:
+                details["held"] = plan.held
             if max_files is not None:
                 pending = pending[:max_files]
             total_bytes = 0
@@ -331,6 +497,8 @@ def apply_updates(
                 logger.info("applied %s: %s", f.name, file_counts.to_dict())
             details.pop("current", None)
             details["bytes"] = total_bytes
+            if max_files is None or len(pending) < max_files:
+                plan.raise_if_held()  # what was applied before the gap stays applied
     finally:
         source.close()
     return run.counts

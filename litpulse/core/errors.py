@@ -19,6 +19,7 @@ __all__ = [
     "ChecksumError",
     "ConfigError",
     "InvalidRequestError",
+    "IncompleteSourceError",
     "LitpulseError",
     "NotFoundError",
     "ParseError",
@@ -80,6 +81,13 @@ class InvalidRequestError(SourceError, ValueError):
 
 class ChecksumError(TransientSourceError):
     """A downloaded file does not match its published MD5 checksum."""
+
+
+class IncompleteSourceError(TransientSourceError):
+    """The file server serves less than the whole: a listing that is an error page, a file
+    missing between two listed ones (a mirror still copying), a file cut short under an
+    MD5 that matches the cut bytes. Nothing past it is applied; a later try, once the
+    mirror is whole, goes on where this one stopped."""
 
 
 class ConsistencyError(LitpulseError):

@@ -113,6 +113,7 @@ def bootstrap(
     embed: bool = True,
     max_files: int | None = None,
     progress: bool = False,
+    accept_gaps: bool = False,
 ) -> BootstrapReport:
     """Load the baseline and the update files, embed in shards, publish the index.
 
@@ -125,6 +126,8 @@ def bootstrap(
         embed: Also embed and publish (``False``: the store only).
         max_files: Apply at most this many files (the embed and publish steps follow).
         progress: Progress bars on stderr (one over all files; one per embedded shard).
+        accept_gaps: Apply the files after a number missing from the server's listing
+            (:func:`ingest.updatefiles.plan_files`).
 
     Raises:
         BootstrapBusyError: Another process is applying the files.
@@ -135,7 +138,8 @@ def bootstrap(
     t0 = time.perf_counter()
     ahead = settings.bootstrap_prefetch if prefetch is None else prefetch
     load = load_files(
-        settings, workers=workers, prefetch=ahead, max_files=max_files, progress=progress
+        settings, workers=workers, prefetch=ahead, max_files=max_files, progress=progress,
+        accept_gaps=accept_gaps,
     )
     if not embed:
         return BootstrapReport(load, seconds=time.perf_counter() - t0)
@@ -151,9 +155,11 @@ def bootstrap(
 
 def list_pending(settings: Settings) -> list[dict[str, Any]]:
     """The files to apply, in order, as small dicts (the DAG maps its fetchers over them)."""
-    pending, listed = pending_files(settings)
-    logger.info("bootstrap: %d of %d listed files to apply", len(pending), listed)
-    return [file_to_dict(f) for f in pending]
+    plan = pending_files(settings)
+    logger.info("bootstrap: %d of %d listed files to apply", len(plan.pending), plan.listed)
+    if plan.held is not None:  # the writer applies those before the gap, then fails
+        logger.warning("bootstrap: %s", plan.held)
+    return [file_to_dict(f) for f in plan.pending]
 
 
 def fetch_file(settings: Settings, file: dict[str, Any]) -> str:

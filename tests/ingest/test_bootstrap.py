@@ -243,7 +243,7 @@ def test_a_bad_file_stops_the_stream_after_the_files_before_it(
     emu: Emulator, sqlite_settings: Settings
 ) -> None:
     s = _settings(emu, sqlite_settings)
-    pending, _listed = pending_files(s)
+    pending = list(pending_files(s).pending)
     emu.faults.add("badmd5", path=pending[3].name, times=100)
     with pytest.raises(ChecksumError, match=pending[3].name):
         load_files(s, workers=2, prefetch=0)
@@ -256,7 +256,8 @@ def test_staged_files_are_reused_and_stale_ones_removed(
     emu: Emulator, sqlite_settings: Settings
 ) -> None:
     s = _settings(emu, sqlite_settings)
-    pending, listed = pending_files(s)
+    plan = pending_files(s)
+    pending, listed = plan.pending, plan.listed
     assert listed == N_BASELINE + 3 and pending[0].kind == "baseline"
     first, second = pending[0], pending[1]
     got = stage_file(s, second)
@@ -293,7 +294,7 @@ def test_a_failed_prefetch_leaves_the_file_to_the_writer_and_prefetches_the_next
     from ingest.bootstrap import _Prefetcher
 
     s = _settings(emu, sqlite_settings)
-    pending, _listed = pending_files(s)
+    pending = list(pending_files(s).pending)
     emu.faults.add("badmd5", path=pending[1].name, times=100)
     stager = _Prefetcher(s, db.connect(s), pending, window=3)
     stager.start()
@@ -566,7 +567,7 @@ def test_a_listed_file_gone_from_the_server_stops_after_the_files_before_it(
     bootstrap raises an error naming it, the files before it are applied, no parse
     worker is left and nothing hangs (with prefetch, whose thread meets the 404 first)."""
     s = _settings(emu, sqlite_settings)
-    pending, _listed = pending_files(s)
+    pending = list(pending_files(s).pending)
     gone = pending[3]
     listing = emu.listing("baseline")  # listed as before...
     with emu._lock:
@@ -686,6 +687,14 @@ def _article_rows(engine: Engine) -> list[tuple[Any, ...]]:
 # ------------------------------------------------- a stopped writer stops its downloads
 
 
+def _bulky(seed: int, size: int) -> bytes:
+    """A whole PubMed document of ``size`` bytes that does not compress (random text in
+    a comment): slow to download under a trickle, and whole once downloaded."""
+    head, tail = b'<?xml version="1.0"?>\n<PubmedArticleSet>\n<!-- ', b" -->\n</PubmedArticleSet>\n"
+    filler = random.Random(seed).randbytes((size - len(head) - len(tail)) // 2).hex()
+    return head + filler.encode() + tail
+
+
 @pytest.mark.parametrize("prefetch", [0, 1], ids=["by the parse feeder", "by the prefetch"])
 def test_a_bootstrap_that_raises_mid_download_leaves_nothing_writing(
     emu: Emulator, sqlite_settings: Settings, prefetch: int
@@ -695,9 +704,9 @@ def test_a_bootstrap_that_raises_mid_download_leaves_nothing_writing(
     download is kept (resumed next time), and no thread of it writes on in the staging
     folder once it has returned."""
     s = _settings(emu, sqlite_settings)
-    pending, _listed = pending_files(s)
+    pending = list(pending_files(s).pending)
     slow = pending[1]
-    big = random.Random(7).randbytes(4 << 20)  # 4 MiB at ~200 KB/s: 20 s to download
+    big = _bulky(7, 4 << 20)  # 4 MiB at ~200 KB/s: 20 s to download
     emu.add_file("baseline", slow.name, big)
     emu.faults.add("trickle", path=slow.name, times=100, piece=2048, delay=0.01)
     folder = s.home / "downloads"
@@ -740,7 +749,7 @@ def test_a_bootstrap_stopped_during_the_md5_fetch_returns_at_once(
     """The writer fails while the feeder fetches the next file's MD5 and the server asks it
     to come back later (429, Retry-After 6 s): load_files returns within a moment."""
     s = _settings(emu, sqlite_settings)
-    pending, _listed = pending_files(s)
+    pending = list(pending_files(s).pending)
     slow = pending[1]
     emu.faults.add("429", path=f"{slow.name}.md5", times=1, retry_after="6")
 
@@ -769,9 +778,9 @@ def test_an_interrupt_while_the_writer_waits_for_a_download_stops_it(
     """Ctrl-C while the writer waits for the next file, which the feeder downloads: the
     download stops within a chunk and load_files raises at once (the .part is kept)."""
     s = _settings(emu, sqlite_settings)
-    pending, _listed = pending_files(s)
+    pending = list(pending_files(s).pending)
     slow = pending[1]
-    big = random.Random(8).randbytes(2 << 20)  # 2 MiB at ~200 KB/s: ~10 s to download
+    big = _bulky(8, 2 << 20)  # 2 MiB at ~200 KB/s: ~10 s to download
     emu.add_file("baseline", slow.name, big)
     emu.faults.add("trickle", path=slow.name, times=100, piece=2048, delay=0.01)
     part = s.home / "downloads" / f"{slow.name}.part"
@@ -807,7 +816,7 @@ def test_a_staged_file_rewritten_after_its_md5_check_is_not_applied(
     place, a corrupted disk): the bootstrap refuses it or fetches it again; it never
     stores records the published file does not hold."""
     s = _settings(emu, sqlite_settings)
-    pending, _listed = pending_files(s)
+    pending = list(pending_files(s).pending)
     f = pending[0]
     edat = dt.date(2024, 1, 2)
     good = pubmed_set([article_xml(p, edat=edat) for p in range(9100001, 9100006)])
@@ -833,9 +842,9 @@ def test_a_bootstrap_stopped_during_a_trickling_download_returns_at_once(
     """The writer fails while the next file arrives at ~1.3 KB/s (a 16 KiB chunk takes
     ~13 s, each piece well within the read timeout): load_files returns within a moment."""
     s = _settings(emu, sqlite_settings)
-    pending, _listed = pending_files(s)
+    pending = list(pending_files(s).pending)
     slow = pending[1]
-    emu.add_file("baseline", slow.name, random.Random(9).randbytes(1 << 20))
+    emu.add_file("baseline", slow.name, _bulky(9, 1 << 20))
     emu.faults.add("trickle", path=slow.name, times=100, piece=64, delay=0.05)
     part = s.home / "downloads" / f"{slow.name}.part"
 

@@ -22,7 +22,7 @@ from ingest.bootstrap import load_files
 from ingest.updatefiles import apply_updates
 from litpulse.app.demo.pubmed_xml import article_xml, gz, pubmed_set
 from litpulse.core import db
-from litpulse.core.errors import LitpulseError
+from litpulse.core.errors import IncompleteSourceError, LitpulseError
 from litpulse.core.schema import articles, source_files
 from litpulse.core.settings import Settings
 from tests.emulator import Emulator, running_emulator
@@ -79,12 +79,6 @@ def _clean_state(
 # ------------------------------------------------- 1. a truncated file whose md5 matches
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an update file whose gzip stream is cut short (md5 published for the cut bytes) "
-    "is recorded as applied: the records after the cut are lost for good, even once the "
-    "mirror republishes the whole file with its new md5",
-)
 def test_a_truncated_update_file_is_not_recorded_as_applied(
     emu: Emulator, settings: Settings
 ) -> None:
@@ -92,13 +86,30 @@ def test_a_truncated_update_file_is_not_recorded_as_applied(
     whole = _file(range(1, 301))
     cut = whole[: len(whole) * 6 // 10]  # the mirror copied it half-way, then its .md5
     emu.add_file("updatefiles", "pubmed25n1275.xml.gz", cut)  # md5 of the cut bytes
-    with contextlib.suppress(LitpulseError):
+    with pytest.raises(IncompleteSourceError, match="matches its published MD5 but is not whole"):
         apply_updates(s, workers=0)
+    assert _applied(s) == [], "a damaged file was recorded as applied"
     # the mirror is repaired: the whole file and its (new) md5
     emu.add_file("updatefiles", "pubmed25n1275.xml.gz", whole)
     with contextlib.suppress(LitpulseError):
         apply_updates(s, workers=0)
     assert _live(s) == set(range(1, 301))
+
+
+def test_a_file_cut_at_a_record_boundary_under_a_whole_gzip_is_not_applied(
+    emu: Emulator, sqlite_settings: Settings
+) -> None:
+    """The mirror cut the XML (a whole gzip of a partial document): no end tag."""
+    import gzip
+
+    s = _configure(emu, sqlite_settings)
+    text = gzip.decompress(_file(range(1, 11)))
+    cut = text[: text.index(b"<PubmedArticle>", len(text) // 2)]  # records 1.. up to half
+    emu.add_file("updatefiles", "pubmed25n1275.xml.gz", gzip.compress(cut))
+    emu.add_file("updatefiles", "pubmed25n1276.xml.gz", _file([20]))
+    with pytest.raises(IncompleteSourceError, match="does not end with the </PubmedArticleSet>"):
+        apply_updates(s, workers=0)
+    assert _applied(s) == [] and not _live(s), "a cut file or a later one was applied"
 
 
 # -------------------------------------------------- 2. a gap in the update-file numbers
@@ -115,24 +126,36 @@ def _publish_updates(emu: Emulator) -> None:
         emu.add_file("updatefiles", name, data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a listing missing update file N (mirror not yet synced) while N+1 is listed: "
-    "N+1 is applied at once and N later (only a log warning), so deletions in N+1 leave "
-    "bare/stale tombstones; the store differs from the ordered run",
-)
 def test_a_gap_in_the_update_file_numbers_is_not_applied_across(
     emu: Emulator, settings: Settings
 ) -> None:
     s = _configure(emu, settings)
     emu.add_file("updatefiles", "pubmed25n1275.xml.gz", U1)
     emu.add_file("updatefiles", "pubmed25n1277.xml.gz", U3)  # 1276 not on the mirror yet
-    apply_updates(s, workers=0)
+    with pytest.raises(IncompleteSourceError, match=r"pubmed25n1276\.xml\.gz is not on the"):
+        apply_updates(s, workers=0)  # the run fails, loudly ...
+    assert _applied(s) == ["pubmed25n1275.xml.gz"]  # ... with what came before the gap
     emu.add_file("updatefiles", "pubmed25n1276.xml.gz", U2)  # the next day it is
     apply_updates(s, workers=0)
     got = snapshot(db.connect(s))
     want = _clean_state(emu, s, _publish_updates, lambda s: apply_updates(s, workers=0))
     assert not differences(got, want)
+
+
+def test_an_operator_applies_past_a_file_nlm_withdrew(
+    emu: Emulator, sqlite_settings: Settings
+) -> None:
+    s = _configure(emu, sqlite_settings)
+    emu.add_file("updatefiles", "pubmed25n1275.xml.gz", U1)
+    emu.add_file("updatefiles", "pubmed25n1277.xml.gz", U3)
+    with pytest.raises(IncompleteSourceError):
+        apply_updates(s, workers=0)
+    apply_updates(s, workers=0, accept_gaps=True)
+    assert _applied(s) == ["pubmed25n1275.xml.gz", "pubmed25n1277.xml.gz"]
+    # the hole is behind the store now: the next day's file is applied without the flag
+    emu.add_file("updatefiles", "pubmed25n1278.xml.gz", _file([30]))
+    apply_updates(s, workers=0)
+    assert 30 in _live(s)
 
 
 # ------------------------------------- 3./4. an empty or gapped baseline listing trusted
@@ -157,12 +180,6 @@ def _bootstrap(s: Settings) -> None:
     load_files(s, workers=0, prefetch=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the guard that keeps update files behind an unfinished bootstrap fails open "
-    "when the baseline listing comes back as an HTML error page with status 200: "
-    "ingest --updatefiles applies the update files before the baseline files left",
-)
 def test_update_files_wait_for_the_baseline_even_when_its_listing_is_an_error_page(
     emu: Emulator, settings: Settings
 ) -> None:
@@ -178,13 +195,6 @@ def test_update_files_wait_for_the_baseline_even_when_its_listing_is_an_error_pa
     assert not differences(got, _clean_state(emu, s, _publish_bootstrap, _bootstrap))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a bootstrap trusts whatever baseline listing it gets: an error page (200, no "
-    "links) or a listing missing a baseline file lets it apply the update files and "
-    "declare the deployment bootstrapped; the baseline applied later differs from the "
-    "ordered run",
-)
 @pytest.mark.parametrize("broken", ["error page", "a missing file"])
 def test_a_bootstrap_does_not_apply_update_files_past_a_broken_baseline_listing(
     emu: Emulator, sqlite_settings: Settings, broken: str
@@ -212,12 +222,6 @@ def test_a_bootstrap_does_not_apply_update_files_past_a_broken_baseline_listing(
 # ------------------------------------------- 5. last year's baseline left on the mirror
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a mirror that keeps last year's baseline (pubmed24n*) beside this year's "
-    "(pubmed25n*) makes the bootstrap apply both: records NLM deleted in between (absent "
-    "from the 2025 baseline, their DeleteCitation in 2024 update files not applied) stay live",
-)
 def test_a_bootstrap_loads_one_annual_baseline_not_every_year_the_mirror_kept(
     emu: Emulator, settings: Settings
 ) -> None:

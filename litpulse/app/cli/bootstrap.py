@@ -50,6 +50,14 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--no-embed", action="store_true", help="load the store only")
     p.add_argument("--max-files", type=int, metavar="N", help="apply at most N files this time")
+    p.add_argument(
+        "--accept-gaps",
+        action="store_true",
+        help=(
+            "apply the files after a number missing from the server's listing (only for a "
+            "file NLM withdrew; a mirror still copying fills its gap later)"
+        ),
+    )
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=run)
 
@@ -65,6 +73,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         embed=not args.no_embed,
         max_files=args.max_files,
         progress=show_progress() and not args.json,
+        accept_gaps=args.accept_gaps,
     )
     out = report.to_dict()
     if args.json:

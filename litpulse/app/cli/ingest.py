@@ -44,6 +44,14 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--max-files", type=int, metavar="N", help="apply at most N files (--updatefiles)"
     )
+    p.add_argument(
+        "--accept-gaps",
+        action="store_true",
+        help=(
+            "apply the update files after a number missing from the server's listing "
+            "(only for a file NLM withdrew; a mirror still copying fills its gap later)"
+        ),
+    )
     p.add_argument("--json", action="store_true", help="print the counts as one JSON object")
     p.set_defaults(func=run)
 
@@ -61,6 +69,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("--since, --until and --query only go with --eutils")
     if not args.updatefiles and args.max_files is not None:
         raise ConfigError("--max-files only goes with --updatefiles")
+    if not args.updatefiles and args.accept_gaps:
+        raise ConfigError("--accept-gaps only goes with --updatefiles")
     if args.files:
         from ingest.files import ingest_files
 
@@ -84,7 +94,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             raise ConfigError("--max-files must be positive")
         from ingest.updatefiles import apply_updates
 
-        counts = apply_updates(settings, max_files=args.max_files, progress=progress)
+        counts = apply_updates(
+            settings, max_files=args.max_files, progress=progress, accept_gaps=args.accept_gaps
+        )
     result = counts.to_dict()
     if args.json:
         print_json(result)

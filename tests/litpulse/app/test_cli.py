@@ -176,11 +176,16 @@ def test_ingest_eutils_and_updatefiles_dispatch(
     assert kw["query"] == "cancer"
     got = run_json(capsys, "ingest", "--updatefiles", "--max-files", "2")
     assert got["updated"] == 3 and calls[-1] == ("updatefiles", {"max_files": 2,
-                                                                 "progress": False})  # fmt: skip
+                                                                 "progress": False,
+                                                                 "accept_gaps": False})  # fmt: skip
+    run_json(capsys, "ingest", "--updatefiles", "--accept-gaps")
+    assert calls[-1][1]["accept_gaps"] is True
     # options that do not fit the source
     assert main(["ingest", "--eutils"]) == 2
     assert "--since" in capsys.readouterr().err
     assert main(["ingest", "--updatefiles", "--since", "2024-01-01"]) == 2
+    assert main(["ingest", "--files", "a.xml", "--accept-gaps"]) == 2
+    assert "--accept-gaps only goes with --updatefiles" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["ingest", "--files", "a.xml", "--eutils"])  # mutually exclusive
     with pytest.raises(SystemExit):
