@@ -29,6 +29,7 @@ import datetime as dt
 import functools
 import hashlib
 import json
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import msgspec
@@ -43,6 +44,7 @@ __all__ = [
     "StoreItem",
     "article_row",
     "content_hash",
+    "other_languages",
     "prepare",
     "prepare_item",
     "quarantine_row",
@@ -239,18 +241,27 @@ def prepare(rec: Record) -> PreparedRecord:
         terms[key] = terms.get(key, False) or m.major
     for pt in rec.publication_types:
         terms.setdefault(("ptype", pt[:_TERM_MAX]), False)
-    # the ``language`` column holds the first <Language>; the others, of a bilingual
-    # article, are terms, so a language filter finds it by any of them
-    first = (lang or "")[:8].lower()
-    for code in rec.languages[1:]:
-        other = code.strip().lower()[:8]
-        if other and other != first:
+    if len(rec.languages) > 1:  # a bilingual article: its other languages are terms
+        for other in other_languages(lang, rec.languages):
             terms.setdefault(("lang", other), False)
     return _new_prepared(PreparedRecord, (  # the named tuple's own __new__ is Python code
         pmid, rec.version, rec.date_revised, src, chash, values,
         tuple((k, t, major) for (k, t), major in terms.items()),
         tuple(sorted({c for c in rec.references if c != pmid})),
     ))  # fmt: skip
+
+
+def other_languages(first: str | None, languages: Iterable[str]) -> list[str]:
+    """The ``lang`` terms of an article: the ``language`` column holds its first
+    <Language>; the others, of a bilingual article, are terms, so a language filter finds
+    it by any of them (lower case, at most 8 characters, the first left out)."""
+    head = (first or "")[:8].lower()
+    out: list[str] = []
+    for code in list(languages)[1:]:
+        other = code.strip().lower()[:8]
+        if other and other != head and other not in out:
+            out.append(other)
+    return out
 
 
 def prepare_item(item: Any) -> Any:

@@ -53,7 +53,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, func, select, update
+from sqlalchemy import JSON, Engine, bindparam, func, select, type_coerce, update
 from sqlalchemy.engine import Connection
 
 from ingest import missing as owing
@@ -66,6 +66,7 @@ from ingest.rows import (
     JSON_COLUMNS,
     PreparedRecord,
     StoreItem,
+    other_languages,
     with_values,
 )
 from ingest.rules import Counter, StoredState, plan_batch
@@ -81,7 +82,7 @@ from litpulse.core.db import (
     upsert,
 )
 from litpulse.core.errors import ConfigError, NotFoundError
-from litpulse.core.schema import articles, quarantine, references
+from litpulse.core.schema import article_terms, articles, quarantine, references
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import iso, utcnow
 
@@ -97,6 +98,11 @@ COUNTS_CHECKPOINT = ("store", "cited_by_in_corpus")
 SEQUENCE_CHECKPOINT = ("store", "nlm_sequence")
 #: Stores (engine URLs) this process found upgraded: the check is one query a process.
 _SEQUENCES_CURRENT: set[str] = set()
+#: Set once the bilingual articles stored before their other languages were ``lang``
+#: terms (:func:`ingest.rows.other_languages`) have them.
+LANG_TERMS_CHECKPOINT = ("store", "lang_terms")
+#: Stores this process found with their ``lang`` terms complete.
+_LANG_TERMS_CURRENT: set[str] = set()
 #: PMIDs per transaction of a full recount (PubMed's ~40 M PMIDs: ~160 statements).
 RECOUNT_STEP = 250_000
 
@@ -181,6 +187,7 @@ class Store(RunLedger, Checkpoints):
         if batch_size <= 0:
             raise ConfigError(f"batch_size must be positive, got {batch_size!r}")
         self.upgrade_sequences()
+        self.upgrade_lang_terms()
         counter = Counter()
         touched: set[int] = set()
         first = 0
@@ -240,6 +247,48 @@ class Store(RunLedger, Checkpoints):
                                "file's year, then number", done)  # fmt: skip
         _SEQUENCES_CURRENT.add(url)
         return done
+
+    def upgrade_lang_terms(self) -> int:
+        """Give the bilingual articles stored before their other languages were ``lang``
+        terms those terms (a language filter finds them by any of their languages), once
+        per store: one pass over the articles whose record lists several languages, on
+        the first write after the upgrade; then a checkpoint.
+
+        Returns:
+            The terms added (0 when the store was current).
+        """
+        url = self.engine.url.render_as_string(hide_password=True)
+        if url in _LANG_TERMS_CURRENT:
+            return 0
+        added = 0
+        if self.get_checkpoint(*LANG_TERMS_CHECKPOINT) is None:
+            a = articles.c
+            languages = a.record["languages"]
+            last = 0
+            with self.engine.begin() as conn:
+                while True:  # by PMID, a page at a time: memory stays flat
+                    page = conn.execute(
+                        select(a.pmid, a.language, type_coerce(languages, JSON))
+                        .where(a.pmid > last, func.json_array_length(languages) > 1)
+                        .order_by(a.pmid)
+                        .limit(10_000)
+                    ).all()
+                    if not page:
+                        break
+                    last = page[-1][0]
+                    rows = [{"pmid": pmid, "kind": "lang", "term": term, "major": False}
+                            for pmid, first, codes in page
+                            for term in other_languages(first, codes or [])]  # fmt: skip
+                    if rows:
+                        upsert(conn, article_terms, rows, keys=["pmid", "kind", "term"],
+                               update=[])  # fmt: skip
+                    added += len(rows)
+                self.set_checkpoint(*LANG_TERMS_CHECKPOINT, "done", {"terms": added}, conn=conn)
+            if added:
+                logger.warning("store upgraded: %d language terms of bilingual articles "
+                               "added", added)  # fmt: skip
+        _LANG_TERMS_CURRENT.add(url)
+        return added
 
     def _apply_batch(
         self,

@@ -730,8 +730,6 @@ def test_rows_of_a_store_made_before_nlm_sequences_had_the_year_are_upgraded(
     assert Store(engine).upgrade_sequences() == 0  # once
 
 
-@pytest.mark.xfail(strict=True, reason="a bilingual article stored before its other "
-                   "languages were terms stays missing from a language filter on them")
 def test_a_bilingual_article_stored_before_lang_terms_gains_them_on_the_next_write(
     settings: Settings,
 ) -> None:
