@@ -208,6 +208,28 @@ class Store(RunLedger, Checkpoints):
         logger.info("applied %d items: %s", counts.total, counts.to_dict())
         return counts
 
+    def _upgrade_once(
+        self,
+        checkpoint: tuple[str, str],
+        current: set[str],
+        work: Callable[[Connection], int],
+        what: str,
+    ) -> int:
+        """Run the store upgrade ``work`` once per store (then ``checkpoint`` holds its
+        count) and once per process (``current`` remembers the stores found current)."""
+        url = self.engine.url.render_as_string(hide_password=True)
+        if url in current:
+            return 0
+        done = 0
+        if self.get_checkpoint(*checkpoint) is None:
+            with self.engine.begin() as conn:
+                done = work(conn)
+                self.set_checkpoint(*checkpoint, "done", {"rows": done}, conn=conn)
+            if done:
+                logger.warning("store upgraded: %d %s", done, what)
+        current.add(url)
+        return done
+
     def upgrade_sequences(self) -> int:
         """Give rows written by an NLM file before sequences carried the year their
         file's year (:func:`ingest.records.nlm_sequence`), once per store.
@@ -219,34 +241,29 @@ class Store(RunLedger, Checkpoints):
         Returns:
             The rows rewritten (0 when the store was current).
         """
-        url = self.engine.url.render_as_string(hide_password=True)
-        if url in _SEQUENCES_CURRENT:
-            return 0
-        done = 0
-        if self.get_checkpoint(*SEQUENCE_CHECKPOINT) is None:
+
+        def work(conn: Connection) -> int:
             seq = articles.c.source_sequence
             legacy = (seq > 0) & (seq < NLM_YEAR_FACTOR)
-            with self.engine.begin() as conn:
-                by_year: dict[int, list[str]] = {}
-                for location in conn.execute(
-                    select(articles.c.source_location).where(legacy).distinct()
-                ).scalars():
-                    order = nlm_file_order(location)
-                    if order is not None:
-                        by_year.setdefault(order[0], []).append(location)
-                for year, locations in sorted(by_year.items()):
-                    for part in chunks(locations, 500):
-                        done += conn.execute(
-                            update(articles)
-                            .where(legacy, articles.c.source_location.in_(part))
-                            .values(source_sequence=seq + year * NLM_YEAR_FACTOR)
-                        ).rowcount
-                self.set_checkpoint(*SEQUENCE_CHECKPOINT, "done", {"rows": done}, conn=conn)
-            if done:
-                logger.warning("store upgraded: %d rows of NLM files now order by the "
-                               "file's year, then number", done)  # fmt: skip
-        _SEQUENCES_CURRENT.add(url)
-        return done
+            by_year: dict[int, list[str]] = {}
+            for location in conn.execute(
+                select(articles.c.source_location).where(legacy).distinct()
+            ).scalars():
+                order = nlm_file_order(location)
+                if order is not None:
+                    by_year.setdefault(order[0], []).append(location)
+            done = 0
+            for year, locations in sorted(by_year.items()):
+                for part in chunks(locations, 500):
+                    done += conn.execute(
+                        update(articles)
+                        .where(legacy, articles.c.source_location.in_(part))
+                        .values(source_sequence=seq + year * NLM_YEAR_FACTOR)
+                    ).rowcount
+            return done
+
+        what = "rows of NLM files now order by the file's year, then number"
+        return self._upgrade_once(SEQUENCE_CHECKPOINT, _SEQUENCES_CURRENT, work, what)
 
     def upgrade_lang_terms(self) -> int:
         """Give the bilingual articles stored before their other languages were ``lang``
@@ -257,38 +274,30 @@ class Store(RunLedger, Checkpoints):
         Returns:
             The terms added (0 when the store was current).
         """
-        url = self.engine.url.render_as_string(hide_password=True)
-        if url in _LANG_TERMS_CURRENT:
-            return 0
-        added = 0
-        if self.get_checkpoint(*LANG_TERMS_CHECKPOINT) is None:
-            a = articles.c
-            languages = a.record["languages"]
-            last = 0
-            with self.engine.begin() as conn:
-                while True:  # by PMID, a page at a time: memory stays flat
-                    page = conn.execute(
-                        select(a.pmid, a.language, type_coerce(languages, JSON))
-                        .where(a.pmid > last, func.json_array_length(languages) > 1)
-                        .order_by(a.pmid)
-                        .limit(10_000)
-                    ).all()
-                    if not page:
-                        break
-                    last = page[-1][0]
-                    rows = [{"pmid": pmid, "kind": "lang", "term": term, "major": False}
-                            for pmid, first, codes in page
-                            for term in other_languages(first, codes or [])]  # fmt: skip
-                    if rows:
-                        upsert(conn, article_terms, rows, keys=["pmid", "kind", "term"],
-                               update=[])  # fmt: skip
-                    added += len(rows)
-                self.set_checkpoint(*LANG_TERMS_CHECKPOINT, "done", {"terms": added}, conn=conn)
-            if added:
-                logger.warning("store upgraded: %d language terms of bilingual articles "
-                               "added", added)  # fmt: skip
-        _LANG_TERMS_CURRENT.add(url)
-        return added
+        a = articles.c
+        languages = a.record["languages"]
+
+        def work(conn: Connection) -> int:
+            added, last = 0, 0
+            while True:  # by PMID, a page at a time: memory stays flat
+                page = conn.execute(
+                    select(a.pmid, a.language, type_coerce(languages, JSON))
+                    .where(a.pmid > last, func.json_array_length(languages) > 1)
+                    .order_by(a.pmid)
+                    .limit(10_000)
+                ).all()
+                if not page:
+                    return added
+                last = page[-1][0]
+                rows = [{"pmid": pmid, "kind": "lang", "term": term, "major": False}
+                        for pmid, first, codes in page
+                        for term in other_languages(first, codes or [])]  # fmt: skip
+                if rows:
+                    upsert(conn, article_terms, rows, keys=["pmid", "kind", "term"], update=[])
+                added += len(rows)
+
+        what = "language terms of bilingual articles added"
+        return self._upgrade_once(LANG_TERMS_CHECKPOINT, _LANG_TERMS_CURRENT, work, what)
 
     def _apply_batch(
         self,
