@@ -641,26 +641,29 @@ def load_files(
                 _discard(folder, name)
         for spill in folder.glob(SPILL_GLOB):  # parse output of a killed writer
             shutil.rmtree(spill, ignore_errors=True)
-        already = listed - len(pending)
+        already = plan.applied
         if max_files is not None:
             pending = pending[:max_files]
         if not pending and n_pending:  # max_files=0: nothing asked while files remain
             return LoadReport(listed, already, workers=workers, seconds=time.perf_counter() - t0)
         if not pending:
-            plan.raise_if_held()  # files wait behind a missing one: not bootstrapped
-            logger.info("bootstrap: all %d listed files were applied before", listed)
+            if plan.held is None:
+                logger.info("bootstrap: all %d listed files were applied before", listed)
             deferred = store.counts_deferred()  # read once: the recount is given the answer
             if not deferred:
                 store.close_abandoned_runs()  # a run killed after its last commit
+                plan.raise_if_held()  # files wait behind a missing one: not bootstrapped
                 return LoadReport(listed, already, workers=workers,
                                   seconds=time.perf_counter() - t0)  # fmt: skip
-            # killed in the recount after the last file: finish it, as a run of its own
+            # killed in the recount after the last file (or held by a gap): finish the
+            # recount of what is applied, as a run of its own
             with recorded_run(
                 store, "updatefiles", target=str(settings.pubmed_files_url)
             ) as run:  # fmt: skip
                 run.details = {"bootstrap": True, "listed": listed, "pending": 0}
                 recounted = _finish_counts(store, deferred=deferred)
                 run.details["recounted"] = recounted
+            plan.raise_if_held()
             return LoadReport(
                 listed, already, workers=workers, seconds=time.perf_counter() - t0,
                 run_id=run.id, recounted=recounted,
@@ -713,8 +716,11 @@ def load_files(
                     bar.close()
                 run.details.pop("current", None)
                 run.details["bytes"] = total_bytes
-                if last_call:  # files wait behind a missing one: the run fails, they wait
+                if last_call and plan.held is not None:
+                    # files wait behind a missing one: the counts of what is applied are
+                    # made right, then the run fails; the files wait
                     run.details["held"] = plan.held
+                    run.details["recounted"] = _finish_counts(store)
                     plan.raise_if_held()
             recounted = _finish_counts(store) if last_call else None
         finally:

@@ -197,6 +197,8 @@ class FilePlan:
     pending: tuple[RemoteFile, ...]
     listed: int
     held: str | None = None
+    #: Listed files this store applied before.
+    applied: int = 0
 
     def raise_if_held(self) -> None:
         """Raise :class:`IncompleteSourceError` when files wait behind a gap."""
@@ -209,7 +211,8 @@ def list_remote_files(settings: Settings, *, include_baseline: bool = False) -> 
     annual baseline (:func:`plan_files`), the update files from its year on."""
     source = _source(settings)
     try:
-        return _listed_files(source, include_baseline, {})[0]
+        baseline = _listed_baseline(source, strict=include_baseline)
+        return _listed_files(source, baseline if include_baseline else [], set())[0]
     finally:
         source.close()
 
@@ -251,29 +254,57 @@ def _year_of(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _listed_kind(source: _HttpSource | _LocalSource, kind: str) -> list[RemoteFile]:
-    """The files of one folder's listing; a baseline listing naming none is not a listing."""
-    page = source.listing(FOLDERS[kind])
-    files = parse_listing(page, kind)
-    if not files and kind == "baseline":
+def _order_of(name: str) -> tuple[int, int] | None:
+    m = FILE_RE.fullmatch(name)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _baseline_years(applied: Mapping[str, str]) -> set[int]:
+    """The years of the baseline files this store applied (a bootstrap started)."""
+    return {y for name, kind in applied.items()
+            if kind == "baseline" and (y := _year_of(name)) is not None}  # fmt: skip
+
+
+def _past_the_baseline(applied: Mapping[str, str]) -> bool:
+    """Whether this store applied an update file after its last baseline file: its
+    bootstrap finished (a bootstrap applies update files only after every baseline file)."""
+    last: dict[str, tuple[int, int]] = {}
+    for name, kind in applied.items():
+        order = _order_of(name)
+        if order is not None and order > last.get(kind, (0, 0)):
+            last[kind] = order
+    return "baseline" in last and last.get("updatefile", (0, 0)) > last["baseline"]
+
+
+def _listed_baseline(source: _HttpSource | _LocalSource, *, strict: bool) -> list[RemoteFile]:
+    """The ``baseline/`` listing. ``strict`` (a bootstrap, or one not known to be
+    finished): a listing naming no file — an error page served with status 200, an empty
+    folder — is refused, never read as "no baseline file left". Otherwise an absent or
+    empty folder (a local mirror pruned after its bootstrap) lists nothing."""
+    try:
+        page = source.listing(FOLDERS["baseline"])
+    except InvalidRequestError:  # 404: no such folder
+        if strict:
+            raise
+        return []
+    files = parse_listing(page, "baseline")
+    if not files and strict:
         raise IncompleteSourceError(
-            f"the {FOLDERS[kind]}/ listing names no PubMed file (an error page instead of "
-            f"the listing?): {page[:120]!r}; nothing was applied"
+            f"the baseline/ listing names no PubMed file (an error page instead of the "
+            f"listing, or an empty folder): {page[:120]!r}; nothing was applied"
         )
     return files
 
 
 def _listed_files(
-    source: _HttpSource | _LocalSource, include_baseline: bool, applied: Mapping[str, str]
+    source: _HttpSource | _LocalSource, baseline: list[RemoteFile], started: set[int]
 ) -> tuple[list[RemoteFile], int | None]:
-    """The listed files in application order, and the year of the baseline they go on from
-    (``None``: no baseline listed or applied)."""
-    started = {y for name, kind in applied.items()
-               if kind == "baseline" and (y := _year_of(name)) is not None}  # fmt: skip
+    """The files to consider in application order — of ``baseline`` (given: a bootstrap)
+    one annual baseline, then the update files from its year on — and the year of the
+    baseline they go on from (``None``: no baseline listed or applied)."""
     found: list[RemoteFile] = []
     year: int | None = max(started) if started else None
-    if include_baseline:
-        baseline = _listed_kind(source, "baseline")
+    if baseline:
         years = sorted({f.year for f in baseline})
         year = max((y for y in years if y in started), default=years[-1])
         if len(years) > 1:
@@ -283,7 +314,7 @@ def _listed_files(
                 ", ".join(f"{y:02d}" for y in years), year,
             )  # fmt: skip
         found += [f for f in baseline if f.year == year]
-    updates = _listed_kind(source, "updatefile")
+    updates = parse_listing(source.listing(FOLDERS["updatefile"]), "updatefile")
     if year is not None:
         older = [f.name for f in updates if f.year < year]
         if older:
@@ -299,24 +330,35 @@ def _listed_files(
 
 
 def _first_gap(
-    remote: list[RemoteFile], applied: Mapping[str, str], baseline_year: int | None
+    remote: list[RemoteFile],
+    applied: Mapping[str, str],
+    baseline_year: int | None,
+    baseline_tops: Mapping[int, int],
 ) -> tuple[int, int] | None:
     """The first ``(year, number)`` missing among the listed and applied files' numbers,
     above the highest applied one of its year (a hole below it is behind the store
-    already); a baseline's year counts from 1."""
+    already). The year of the store's baseline counts from 1; another year whose baseline
+    is listed (NLM's next one, in December) from that baseline's last number + 1, where
+    its update files begin; any other year from its lowest known number."""
     numbers: dict[int, set[int]] = {}
     applied_top: dict[int, int] = {}
     for f in remote:
         numbers.setdefault(f.year, set()).add(f.number)
     for name in applied:
-        m = FILE_RE.fullmatch(name)
-        if m:
-            year, number = int(m.group(1)), int(m.group(2))
+        order = _order_of(name)
+        if order is not None:
+            year, number = order
             numbers.setdefault(year, set()).add(number)
             applied_top[year] = max(applied_top.get(year, 0), number)
     gaps = []
     for year, have in numbers.items():
-        start = max(1 if year == baseline_year else min(have), applied_top.get(year, 0) + 1)
+        if year == baseline_year:
+            floor = 1
+        elif year in baseline_tops:
+            floor = baseline_tops[year] + 1
+        else:
+            floor = min(have)
+        start = max(floor, applied_top.get(year, 0) + 1)
         missing = next((n for n in range(start, max(have)) if n not in have), None)
         if missing is not None:
             gaps.append((year, missing))
@@ -329,51 +371,56 @@ def _plan(
     include_baseline: bool,
     accept_gaps: bool,
 ) -> FilePlan:
-    remote, year = _listed_files(source, include_baseline, applied)
+    started = _baseline_years(applied)
+    # the baseline listing must be whole where it decides what is applied: a bootstrap,
+    # or update files while this store's bootstrap is not known to be finished
+    strict = include_baseline or (bool(started) and not _past_the_baseline(applied))
+    baseline = _listed_baseline(source, strict=strict)
     if not include_baseline:
-        _refuse_before_the_baseline(source, applied)
+        _refuse_before_the_baseline(baseline, applied, started)
+    remote, year = _listed_files(source, baseline if include_baseline else [], started)
+    tops: dict[int, int] = {}
+    for f in baseline:
+        tops[f.year] = max(tops.get(f.year, 0), f.number)
     pending = [f for f in remote if f.name not in applied]
+    already = len(remote) - len(pending)
     if applied and pending:
         newest = max((f for f in remote if f.name in applied), default=None)
         late = [f.name for f in pending if newest is not None and f < newest]
         if late:
             logger.warning("files older than the newest applied one are pending: %s", late)
-    gap = _first_gap(remote, applied, year)
+    gap = _first_gap(remote, applied, year, tops)
     if gap is None:
-        return FilePlan(tuple(pending), len(remote))
+        return FilePlan(tuple(pending), len(remote), applied=already)
     missing = f"pubmed{gap[0]:02d}n{gap[1]:04d}.xml.gz"
     waiting = [f for f in pending if (f.year, f.number) > gap]
     if accept_gaps:
         logger.warning("%s is not on the server: applying the files after it anyway "
                        "(accept_gaps)", missing)
-        return FilePlan(tuple(pending), len(remote))
+        return FilePlan(tuple(pending), len(remote), applied=already)
+    if not waiting:
+        return FilePlan(tuple(pending), len(remote), applied=already)
     held = (
         f"{missing} is not on the server, though files after it are: the {len(waiting)} "
         f"file(s) from {waiting[0].name} on wait for it (a mirror still copying?), since "
         "applied before it they would change records it holds. Run again once it is "
-        "there; if NLM withdrew it, apply past it with --accept-gaps"
-        if waiting else f"{missing} is not on the server"
+        "there; if NLM withdrew it, apply past it once: `litpulse ingest --updatefiles "
+        "--accept-gaps` (a bootstrap: `litpulse bootstrap --accept-gaps`)"
     )
     kept = tuple(f for f in pending if (f.year, f.number) < gap)
-    return FilePlan(kept, len(remote), held if waiting else None)
+    return FilePlan(kept, len(remote), held, applied=already)
 
 
 def _refuse_before_the_baseline(
-    source: _HttpSource | _LocalSource, applied: Mapping[str, str]
+    baseline: list[RemoteFile], applied: Mapping[str, str], started: set[int]
 ) -> None:
     """Raise :class:`BootstrapUnfinishedError` when this store applied baseline files and
     the server lists baseline files of the same annual baseline (the year of the name) it
     has not: update files applied before them would be out of order (a record the baseline
     holds and an update file deletes would come back as a bare tombstone, its content
     lost). NLM's next annual baseline, published each December, does not count: a store
-    whose baseline is complete goes on with the update files. A baseline listing naming
-    no file is not taken for a finished baseline (:class:`IncompleteSourceError`)."""
-    years = {y for name, kind in applied.items()
-             if kind == "baseline" and (y := _year_of(name)) is not None}  # fmt: skip
-    if not years:
-        return
-    left = [f.name for f in _listed_kind(source, "baseline")
-            if f.name not in applied and f.year in years]  # fmt: skip
+    whose baseline is complete goes on with the update files."""
+    left = [f.name for f in baseline if f.name not in applied and f.year in started]
     if left:
         raise BootstrapUnfinishedError(
             f"a bootstrap is unfinished: {len(left)} baseline file(s) are not applied yet "
@@ -497,8 +544,8 @@ def apply_updates(
                 logger.info("applied %s: %s", f.name, file_counts.to_dict())
             details.pop("current", None)
             details["bytes"] = total_bytes
-            if max_files is None or len(pending) < max_files:
-                plan.raise_if_held()  # what was applied before the gap stays applied
+            if len(pending) == len(plan.pending):  # this call reached the gap
+                plan.raise_if_held()  # what was applied before it stays applied
     finally:
         source.close()
     return run.counts

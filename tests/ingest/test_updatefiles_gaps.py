@@ -55,12 +55,6 @@ def _live(settings: Settings) -> set[int]:
 # ------------------------------------------------------------ the gap rule (updatefiles)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gap rule misses a missing FIRST update file of a new year (December rollover): "
-    "_first_gap starts a non-baseline year at min(listed), so pubmed26n0005 is applied "
-    "while pubmed26n0004 (the first after the 26 baseline's last number) is still missing",
-)
 def test_first_update_file_of_the_new_year_missing_holds_the_later_ones(
     emu: Emulator, sqlite_settings: Settings
 ) -> None:
@@ -84,12 +78,6 @@ def test_first_update_file_of_the_new_year_missing_holds_the_later_ones(
     assert "pubmed26n0005.xml.gz" not in _applied(s), "applied across the missing n0004"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="apply_updates with --max-files equal to the files before a gap succeeds "
-    "silently (raise only when len(pending) < max_files), while load_files fails the same "
-    "last call: the held files are not reported as the run's failure",
-)
 def test_max_files_reaching_the_gap_still_fails_the_run(
     emu: Emulator, sqlite_settings: Settings
 ) -> None:
@@ -100,11 +88,6 @@ def test_max_files_reaching_the_gap_still_fails_the_run(
         apply_updates(s, workers=0, max_files=1)  # exactly the file before the gap
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LoadReport.already counts the files held behind a gap as applied before "
-    "(already = listed - pending before the gap): a cut-short bootstrap misreports progress",
-)
 def test_bootstrap_report_does_not_count_held_files_as_applied(
     emu: Emulator, sqlite_settings: Settings
 ) -> None:
@@ -118,12 +101,6 @@ def test_bootstrap_report_does_not_count_held_files_as_applied(
     assert not report.nothing_to_do
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a bootstrap held by a gap never recounts the in-corpus citations it deferred: "
-    "the last call raises before _finish_counts, and every later call raises "
-    "(raise_if_held) before the deferred recount, for as long as the gap lasts",
-)
 def test_a_held_bootstrap_still_recounts_the_citations_it_deferred(
     emu: Emulator, sqlite_settings: Settings
 ) -> None:
@@ -152,13 +129,6 @@ def _mirror(root: Path, kind: str, name: str, data: bytes) -> None:
     (folder / f"{name}.md5").write_text(f"MD5({name})= {digest}\n", encoding="ascii")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a file:// mirror whose baseline/ was pruned after a finished bootstrap blocks "
-    "every update-file run: the empty folder is refused as 'an error page instead of the "
-    "listing' (IncompleteSourceError), and no flag (--accept-gaps) gets past it; before "
-    "the change the update files were applied",
-)
 def test_a_local_mirror_without_baseline_folder_still_applies_update_files(
     tmp_path: Path, sqlite_settings: Settings
 ) -> None:
