@@ -59,6 +59,7 @@ from litpulse.core.settings import Settings
 
 __all__ = [
     "HttpClient",
+    "RETRY_AFTER_MAX",
     "RateLimiter",
     "eutils_client",
     "limiter_for",
@@ -183,6 +184,11 @@ def reset_limiters() -> None:
 
 
 # ------------------------------------------------------------------------------- client
+
+
+#: The longest ``Retry-After`` a request waits for; a server asking for longer gets the
+#: error at once (with its ``retry_after``), for the scheduler to retry the task later.
+RETRY_AFTER_MAX = 900.0
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -339,6 +345,13 @@ class HttpClient:
                 if attempt >= self.settings.max_retries:
                     raise type(exc)(
                         self.redact(f"{exc} (gave up after {attempt + 1} attempts)"),
+                        retry_after=exc.retry_after,
+                    ) from None
+                if exc.retry_after is not None and exc.retry_after > RETRY_AFTER_MAX:
+                    # not waited for here: the caller (a scheduler) retries much later
+                    raise type(exc)(
+                        self.redact(f"{exc} (the server asks to wait {exc.retry_after:.0f} s, "
+                                    f"over {RETRY_AFTER_MAX:.0f} s: not waited for)"),
                         retry_after=exc.retry_after,
                     ) from None
                 delay = self.backoff(attempt, exc.retry_after)

@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from ingest.records import Author, Deletion, QuarantineEntry, Record, SourceRef
+from litpulse.core.schema import articles as _articles
 
 __all__ = [
     "ARTICLE_COLUMNS",
@@ -221,7 +222,7 @@ def prepare(rec: Record) -> PreparedRecord:
         rec.best_date,
         lang[:8] if lang else None,
         rec.doi,
-        rec.pmcid,
+        _pmcid(rec.pmcid),
         bool(rec.is_retracted),
         bool(rec.is_book),
         False,  # is_deleted
@@ -249,6 +250,16 @@ def prepare(rec: Record) -> PreparedRecord:
         tuple((k, t, major) for (k, t), major in terms.items()),
         tuple(sorted({c for c in rec.references if c != pmid})),
     ))  # fmt: skip
+
+
+#: The longest PMC id the ``pmcid`` column holds (``PMC`` and a few digits in practice).
+_PMCID_MAX: int = _articles.c.pmcid.type.length  # type: ignore[attr-defined]
+
+
+def _pmcid(value: str | None) -> str | None:
+    """The ``pmcid`` column's value: a text longer than the column is no PMC id (the
+    record keeps it); stored as it is it would fail the whole batch on PostgreSQL."""
+    return value if value is None or len(value) <= _PMCID_MAX else None
 
 
 def other_languages(first: str | None, languages: Iterable[str]) -> list[str]:

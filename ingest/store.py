@@ -343,7 +343,20 @@ class Store(RunLedger, Checkpoints):
         self._write_articles(conn, lifted, _LIFT_COLUMNS, stored)
         self._write_articles(conn, plan.tomb, _TOMBSTONE_COLUMNS, stored)
         if plan.quarantined:
-            upsert(conn, quarantine, list(plan.quarantined.values()), keys=["digest"], update=[])
+            entries = list(plan.quarantined.values())
+            upsert(conn, quarantine, entries, keys=["digest"], update=[])
+            # an entry stored without a PMID, now known to be a PMID's (EFetch asked for
+            # it alone: ingest.eutils._attribute), is named: else the PMID, settled as
+            # found, would be neither owed nor quarantined under its number
+            named = [{"d": r["digest"], "p": r["pmid"]} for r in entries if r.get("pmid")]
+            if named:
+                q = quarantine.c
+                conn.execute(
+                    update(quarantine)
+                    .where(q.digest == bindparam("d"), q.pmid.is_(None))
+                    .values(pmid=bindparam("p")),
+                    named,
+                )
         if changed:
             replace_links(
                 conn, changed & stored, live, was_live, bulk=self.bulk, new=new, counted=counted,
