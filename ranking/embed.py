@@ -711,7 +711,7 @@ def _precision(encoder: SentenceTransformer, settings: Settings) -> Any:
 def embed_texts(
     encoder: SentenceTransformer, texts: Sequence[str], settings: Settings, *, bar: Any = None
 ) -> np.ndarray:
-    """Embed texts: float32 ``(n, d)``, every row L2-normalised.
+    """Embed texts: float32 ``(n, d)``, every row L2-normalised (a blank text: zeros).
 
     Runs the fast path (see the module docstring): inference mode, autocast to a
     verified half type where native, length-sorted batches of ``settings.embed_batch_size``.
@@ -719,6 +719,19 @@ def embed_texts(
     each (documents/s and an ETA while a long call runs).
     """
     texts = list(texts)
+    blank = [i for i, t in enumerate(texts) if not t.strip()]
+    if blank:
+        # a text of nothing (an article with neither title nor abstract) is the zero
+        # vector: similar to nothing. Encoded, the empty string is one shared vector that
+        # scores above real articles for short generic queries
+        dim = encoder.get_embedding_dimension() or 0
+        out = np.zeros((len(texts), dim), dtype=np.float32)
+        if bar is not None:
+            bar.update(len(blank))
+        rest = [i for i in range(len(texts)) if texts[i].strip()]
+        if rest:
+            out[rest] = embed_texts(encoder, [texts[i] for i in rest], settings, bar=bar)
+        return out
     if not texts:
         dim = encoder.get_embedding_dimension() or 0
         return np.zeros((0, dim), dtype=np.float32)
@@ -917,6 +930,11 @@ def embed_pending(
                 continue
             texts = [article_text(r.title, r.abstract) for r in rows]
             vectors = embed_texts(encoder, texts, settings, bar=bar)
+            # checked again before each chunk is stored, not only at the start: a rebuild
+            # with another base model (LITPULSE_MODEL changed) published while this chunk
+            # was encoded would get vectors of the old model beside its own
+            if not first:
+                check_stored_base(engine, spec)
             with engine.begin() as conn:
                 if first:  # the vectors say which base model they are of
                     claim_first_embedding(conn, spec)

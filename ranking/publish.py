@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, Engine, delete, desc, insert, select, text, update
+from sqlalchemy import Connection, Engine, delete, desc, exists, insert, select, text, update
 
 from litpulse.core import db
 from litpulse.core.errors import (
@@ -40,9 +40,9 @@ from litpulse.core.errors import (
     LeaseLostError,
     NotFoundError,
 )
-from litpulse.core.schema import index_versions, model_versions
+from litpulse.core.schema import embeddings, index_versions, model_versions
 from litpulse.core.settings import Settings
-from litpulse.core.states import IndexStatus
+from litpulse.core.states import IndexStatus, ModelStatus
 from litpulse.core.timeutil import iso
 from ranking import index_files
 from ranking.embed import (
@@ -284,8 +284,48 @@ def publish(ctx: PublishContext, index: Any, ids: np.ndarray, meta_extra: dict[s
     )
 
 
+#: Vectors deleted per transaction when a retired model's are dropped.
+DROP_STEP = 50_000
+
+
+def drop_unused_vectors(engine: Engine) -> int:
+    """Delete the stored vectors of model versions that are retired or rejected and that
+    no kept index version holds: nothing serves them, nor can roll back to them without
+    re-embedding (a rollback to such a model re-embeds the corpus anyway), and each is a
+    corpus of vectors (~58 GB at PubMed's size). :data:`DROP_STEP` rows a transaction;
+    a model promoted again meanwhile keeps the rest.
+
+    Returns:
+        The vectors deleted.
+    """
+    mv, ix, e = model_versions.c, index_versions.c, embeddings.c
+    unused = (
+        mv.status.in_((ModelStatus.RETIRED, ModelStatus.REJECTED))
+        & ~exists().where(ix.model_version == mv.id)
+    )
+    with engine.connect() as conn:
+        models = conn.execute(select(mv.id).where(unused)).scalars().all()
+    dropped = 0
+    for model in models:
+        still = exists().where(mv.id == model, unused)
+        while True:
+            step = select(e.pmid).where(e.model_version == model).limit(DROP_STEP)
+            with engine.begin() as conn:
+                n = conn.execute(
+                    delete(embeddings).where(
+                        e.model_version == model, e.pmid.in_(step.scalar_subquery()), still
+                    )
+                ).rowcount
+            dropped += n
+            if n < DROP_STEP:
+                break
+        logger.info("dropped the vectors of model version %s: no kept index holds them", model)
+    return dropped
+
+
 def _prune(settings: Settings, engine: Engine) -> None:
-    """Delete versions beyond the newest :data:`KEEP_VERSIONS` (rows and files)."""
+    """Delete versions beyond the newest :data:`KEEP_VERSIONS` (rows and files), then the
+    vectors no kept version or model can use (:func:`drop_unused_vectors`)."""
     with engine.connect() as conn:
         rows = conn.execute(
             select(index_versions.c.id, index_versions.c.path, index_versions.c.status)
@@ -314,6 +354,7 @@ def _prune(settings: Settings, engine: Engine) -> None:
                 and db.folder_store(folder) == mine):  # not another store's
             shutil.rmtree(folder, ignore_errors=True)
             logger.warning("removed index folder %s: no index version names it", folder)
+    drop_unused_vectors(engine)
 
 
 def rollback_index(settings: Settings) -> dict[str, Any]:

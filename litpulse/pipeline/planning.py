@@ -475,12 +475,14 @@ def plan_embedding_shards(
     engine = engine or db.connect(settings)
     spec = active_model(settings, engine)
     check_stored_base(engine, spec)
-    shards = []
+    # one pass over the corpus: every shard's count from one GROUP BY (``pmid % n`` can
+    # use no index, so a count per shard would read the corpus n times)
+    sub = pending_query(spec.id).order_by(None).subquery()
+    shard_of = (sub.c.pmid % n).label("shard")
     with engine.connect() as conn:
-        for i in range(n):
-            sub = pending_query(spec.id, shard=i, shards=n).order_by(None).subquery()
-            pending = int(conn.execute(select(func.count()).select_from(sub)).scalar() or 0)
-            shards.append(EmbeddingShard(i, n, spec.id, pending))
+        rows = conn.execute(select(shard_of, func.count()).group_by(shard_of)).all()
+    counts: dict[int, int] = {int(i): int(c) for i, c in rows}
+    shards = [EmbeddingShard(i, n, spec.id, counts.get(i, 0)) for i in range(n)]
     logger.info(
         "planned %d shards for model %s: %d articles pending",
         n,
