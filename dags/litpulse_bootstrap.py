@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from airflow.sdk import Metadata, Param, dag, get_current_context, task
+from airflow.sdk import Param, dag, get_current_context, task
 
-from litpulse.pipeline.dag_support import INDEX, dag_args, index_metadata, settings
+from litpulse.pipeline.dag_support import INDEX, dag_args, index_event, settings
 
 DAG_ID = "litpulse_bootstrap"
 #: Fetcher tasks running at once; below `max_active_tasks_per_dag` (4 in airflow.cfg), so
@@ -30,7 +30,8 @@ are staged there (bounded disk). `apply_files`, running **beside** the fetchers,
 writer: it applies the files strictly in order (parsing in `LITPULSE_INGEST_WORKERS`
 processes), fetching itself any file no fetcher has staged, and deletes each download once
 applied. Then `embed_shard` is mapped over PMID shards and `publish_index` publishes the
-index, emitting **`litpulse_index`**.
+index, emitting **`litpulse_index`**. A run that publishes nothing new (a second trigger
+with nothing pending) skips `publish_index` and emits no `litpulse_index` event.
 
 **Why one writer.** Fetchers overlap the network with the store; the store is written in file
 order by one process (lease `bootstrap-writer`), which gives exactly the state of an
@@ -102,11 +103,12 @@ def litpulse_bootstrap() -> None:
 
     @task(outlets=[INDEX], execution_timeout=dt.timedelta(hours=12))
     def publish_index(embedded: list[int]) -> Any:
-        """Build the index for the active model version and publish it atomically."""
+        """Build the index for the active model version and publish it atomically; skips
+        (no asset event) when nothing new was published."""
         from ranking.refresh import refresh_index
 
         report = refresh_index(settings(), embed=False).to_dict()
-        yield Metadata(INDEX, index_metadata(report, sum(embedded)))
+        yield index_event(report, sum(embedded))
 
     files = list_files()
     fetch_file.expand(file=files)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from airflow.sdk import Metadata, dag, task
+from airflow.sdk import TriggerRule, dag, task
 
 from litpulse.pipeline.dag_support import (
     ARTICLES,
     INDEX,
     dag_args,
-    index_metadata,
+    index_event,
     settings,
 )
 
@@ -35,20 +35,27 @@ last run) or `litpulse index refresh`; embeddings already written are kept. Then
 `embed_pending` embeds the new and changed articles with the *active* model
 version (`ranking.embed.embed_pending`), then `refresh_index` adds them to (and removes
 deleted articles from) the FAISS index and publishes a new index version atomically
-(`ranking.refresh.refresh_index`). Emits **`litpulse_index`** with the index report.
-Then `digest` records each saved search's new matches and sends what is pending by e-mail
-and webhook (`litpulse.pipeline.digest.digest_step`; a failed delivery is retried by the
-next digest, so the task itself does not fail on it).
+(`ranking.refresh.refresh_index`), emitting **`litpulse_index`** with the index report.
+When it publishes nothing (every article unchanged, e.g. a rerun of a day; or a new
+version would drop live articles, the reason in its log) `refresh_index` is **skipped**
+and no `litpulse_index` event is emitted: the asset means a new index version.
+Then `digest` (after `refresh_index` succeeded or skipped) records each saved search's new
+matches and sends what is pending by e-mail and webhook
+(`litpulse.pipeline.digest.digest_step`; a failed delivery is retried by the next digest,
+so the task itself does not fail on it).
 
 **Resuming.** Embeddings are stored per (PMID, model version, text hash): a failed or killed
 run re-embeds nothing already done. Publishing is write-aside-then-switch, so searches never
 see a half-built index; a rerun is safe.
 
 **On failure.** `ConsistencyError` (index and database disagree) is not retried: run
-`litpulse index check`, then `litpulse index refresh --rebuild` if needed. Out-of-memory or
-a killed worker is retried twice (2 and 4 min later; the count restarts at every clear).
-Then clear the failed task: `airflow tasks clear litpulse_index_refresh --only-failed --yes`,
-the UI's *Clear* or the REST API `clearTaskInstances`.
+`litpulse index check`, then `litpulse index refresh --rebuild` if needed. Other errors a
+task raises (a `MemoryError`, a database hiccup) are retried twice, 2 and 4 min later (the
+count restarts at every clear). A task killed from outside (the OOM killer, a lost worker)
+raises nothing: Airflow retries it itself, twice, after its own delay (2 min growing with
+the try number, at most 8 min: `max_retry_delay`). Then clear the failed task:
+`airflow tasks clear litpulse_index_refresh --only-failed --yes`, the UI's *Clear* or the
+REST API `clearTaskInstances`.
 
 **Alerts.** Failures, and tasks that start or finish more than 4 h after their run started,
 go to `LITPULSE_ALERT_WEBHOOK_URL` (always logged). A run still going after 8 h times out.
@@ -89,13 +96,15 @@ def litpulse_index_refresh() -> None:
 
     @task(outlets=[INDEX], execution_timeout=dt.timedelta(hours=2))
     def refresh_index(embedded: int) -> Any:
-        """Add/remove vectors and publish a new index version; emits the index asset."""
+        """Add/remove vectors and publish a new index version; emits the index asset, or
+        skips (no event) when nothing was published."""
         from ranking.refresh import refresh_index as run
 
         report = run(settings(), embed=False).to_dict()  # embed_pending did it
-        yield Metadata(INDEX, index_metadata(report, embedded))
+        yield index_event(report, embedded)
 
-    @task(execution_timeout=dt.timedelta(hours=1))
+    # after a refresh that published nothing too; a short-circuit skips it all the same
+    @task(execution_timeout=dt.timedelta(hours=1), trigger_rule=TriggerRule.NONE_FAILED)
     def digest() -> dict[str, Any]:
         """Saved searches: record the new matches, send e-mail and webhook (report)."""
         from litpulse.pipeline.digest import digest_step

@@ -1,4 +1,4 @@
-"""litpulse_nightly_ingest: one day of PubMed per run, quality-checked, then the asset."""
+"""litpulse_nightly_ingest: a day of PubMed per run (and missed nights), checked, the asset."""
 
 from __future__ import annotations
 
@@ -10,30 +10,50 @@ from airflow.sdk import CronDataIntervalTimetable, Metadata, dag, get_current_co
 from litpulse.pipeline.dag_support import (
     ARTICLES,
     NCBI_POOL,
+    NIGHTLY_DAG_ID,
     dag_args,
     day_param,
     ingest_days,
+    ingested,
+    ingested_window,
     settings,
 )
 
-DAG_ID = "litpulse_nightly_ingest"
+DAG_ID = NIGHTLY_DAG_ID
 
 DOC_MD = """
 ### litpulse nightly ingest
 
-**What it does.** Each run ingests exactly its data interval: the interval
+**What it does.** Each run ingests its data interval: the interval
 `[D 02:00, D+1 02:00)` (`CronDataIntervalTimetable("0 2 * * *")`, UTC) ingests the UTC day
 `D`, complete two hours before the run starts, from PubMed E-utilities into the litpulse
 store (`ingest.eutils.ingest_window(settings, D, D+1)`, half-open; it re-reads
 `LITPULSE_WINDOW_OVERLAP_DAYS` earlier days for late-indexed records, and asks EFetch again
 for the PMIDs earlier windows listed but did not get: `litpulse missing`), refreshes
 iCite citations, checks data quality, then emits the **`litpulse_articles`** asset (with the
-counts as metadata), which triggers `litpulse_index_refresh`.
+window and the counts as metadata), which triggers `litpulse_index_refresh`.
+`ingest_window` decides the run's window once and hands it on (XCom) to `data_quality` and
+`publish_articles`: a cleared `data_quality` checks the window that was ingested.
+
+**Missed nights are caught up, within a bound.** With `catchup=False`, after the scheduler
+was down or the DAG paused Airflow creates only the latest interval's run. A *scheduled*
+run whose interval starts after the nightly watermark (where the last window that passed
+its data-quality check ends; the CLI's `litpulse nightly` starts there too) reaches back:
+it ingests from 00:00 UTC of the watermark's day to the end of its interval in one window,
+checked whole. A night whose run failed is caught up the same way by the next scheduled run.
+At most `LITPULSE_NIGHTLY_MAX_DAYS` days (default 14) per run: a run further behind fails
+`ingest_window` at once (`DataQualityError`, not retried, alerted) and names the backfill of
+the missed days (`airflow backfill create --dag-id litpulse_nightly_ingest --from-date
+FIRST --to-date DAY_AFTER_LAST --max-active-runs 1`); run it, then clear the failed run.
+Manual and backfill runs ingest exactly their days.
 
 **Manual runs.** `airflow dags trigger litpulse_nightly_ingest` (no logical date) ingests the
 last full UTC day before the trigger. Pick days with the params (inclusive ISO dates):
 `airflow dags trigger litpulse_nightly_ingest --conf '{"first_day": "2026-11-28",
-"last_day": "2026-11-29"}'`; params win over a logical date's data interval.
+"last_day": "2026-11-29"}'`; params win over a logical date's data interval. Only complete
+UTC days: a `last_day` of today or later is refused at the start (`ConfigError`, not
+retried), and so is a range of more than `LITPULSE_NIGHTLY_MAX_DAYS` days (the message
+names the backfill that ingests it one day per run).
 
 **Reruns and backfills are safe.** A window is idempotent: a rerun finds every record
 `unchanged`; checkpoints let a killed run resume. Backfill one day per run, one run at a
@@ -55,10 +75,10 @@ ingest_window --downstream -s DAY -e DAY --yes` (the UI: *Clear* on `ingest_wind
 
 **Retries.** Transient NCBI failures (429, 5xx, timeouts: `TransientSourceError`) are retried
 3 times, 2, 4 and 8 min after the first, second and third failure (after NCBI's `Retry-After`
-when it sends one); the count restarts at every clear. Non-retryable errors
-(`InvalidRequestError`, `ParseError`, `ConfigError`, `DataQualityError`) fail at once:
-retrying cannot help. A task killed from outside (worker lost) is retried by Airflow itself,
-at most 8 min later.
+instead when it asks for longer, at most 1 h); the count restarts at every clear.
+Non-retryable errors (`InvalidRequestError`, `ParseError`, `ConfigError`,
+`DataQualityError`) fail at once: retrying cannot help. A task killed from outside
+(worker lost) is retried by Airflow itself, at most 8 min later.
 
 **Pool.** `ingest_window` and `refresh_citations` run in the pool **`ncbi`** (1 slot: every
 E-utilities and iCite call of all runs goes through one process, which keeps itself under
@@ -81,11 +101,6 @@ times out.
 """
 
 
-def _days() -> tuple[dt.datetime, dt.datetime]:
-    """The UTC days this run ingests (params, else data interval, else the last full day)."""
-    return ingest_days(get_current_context())
-
-
 @dag(
     **dag_args(
         DAG_ID, schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
@@ -102,13 +117,15 @@ def _days() -> tuple[dt.datetime, dt.datetime]:
 )
 def litpulse_nightly_ingest() -> None:
     @task(pool=NCBI_POOL, execution_timeout=dt.timedelta(hours=4))
-    def ingest_window() -> dict[str, int]:
-        """Ingest the run's days from E-utilities (alerting on PMIDs given up); the counts
-        go to XCom."""
+    def ingest_window() -> dict[str, Any]:
+        """Decide the run's window (params, else the data interval, reaching back to the
+        watermark on a scheduled run; refused when not complete or too long) and ingest it
+        from E-utilities (alerting on PMIDs given up); the window and the counts go to XCom."""
         from litpulse.pipeline.nightly import ingest_eutils_window as run
 
-        first, after = _days()
-        return run(settings(), first, after).to_dict()
+        s = settings()
+        window = ingest_days(get_current_context(), s)
+        return ingested(window, run(s, *window).to_dict())
 
     @task(pool=NCBI_POOL, execution_timeout=dt.timedelta(hours=2))
     def refresh_citations() -> dict[str, Any]:
@@ -118,35 +135,36 @@ def litpulse_nightly_ingest() -> None:
         return run(settings()).to_dict()
 
     @task
-    def data_quality(counts: dict[str, int]) -> dict[str, Any]:
-        """Fail (DataQualityError, not retried) on an empty weekday, quarantine or staleness;
-        once passed, the window may move the nightly watermark."""
+    def data_quality(ingest: dict[str, Any]) -> dict[str, Any]:
+        """Fail (DataQualityError, not retried) on an empty weekday, quarantine or staleness
+        of the window ingest_window ingested; once passed, it may move the watermark."""
         from litpulse.pipeline.nightly import check_window
 
-        return check_window(settings(), counts, _days())
+        return check_window(settings(), ingest["counts"], ingested_window(ingest))
 
     @task(outlets=[ARTICLES], retries=0)
     def publish_articles(
-        counts: dict[str, int], citations: dict[str, Any], quality: dict[str, Any]
+        ingest: dict[str, Any], citations: dict[str, Any], quality: dict[str, Any]
     ) -> Any:
-        """Emit the articles asset with the run's counts (triggers the index refresh)."""
-        first, after = _days()
+        """Emit the articles asset with the run's window and counts (triggers the index
+        refresh)."""
+        first, after = ingested_window(ingest)
         yield Metadata(
             ARTICLES,
             {
                 "window_start": first.isoformat(),
                 "window_end": after.isoformat(),
-                **{k: int(v) for k, v in counts.items()},
+                **{k: int(v) for k, v in ingest["counts"].items()},
                 "quarantine_rate": quality.get("quarantine_rate", 0.0),
                 "citations": citations,
             },
         )
 
-    counts = ingest_window()
+    ingest = ingest_window()
     citations = refresh_citations()
-    quality = data_quality(counts)
-    counts >> citations
-    publish_articles(counts, citations, quality)
+    quality = data_quality(ingest)
+    ingest >> citations
+    publish_articles(ingest, citations, quality)
 
 
 litpulse_nightly_ingest()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from airflow.sdk import Metadata, Param, dag, get_current_context, task
+from airflow.sdk import Param, dag, get_current_context, task
 
 from litpulse.pipeline.dag_support import (
     INDEX,
     MODEL,
     dag_args,
-    index_metadata,
+    index_event,
     settings,
 )
 
@@ -25,9 +25,16 @@ with the `shards` parameter.
 
 **What it does.** `plan_shards` splits the live corpus into `shards` PMID shards
 (`pmid % shards`) for the active model version; `embed_shard` runs once per shard as a
-**mapped task** (`.partial().expand()`), so the shards run in parallel on as many workers as
-the pool allows; `publish_index` rebuilds the FAISS index for that model version and
-publishes it atomically, emitting **`litpulse_index`**.
+**mapped task** (`.expand()`), so the shards run in parallel: **at most 4 at once** with the
+shipped `airflow.cfg` (`[core] max_active_tasks_per_dag = 4`, which in Airflow 3 caps the
+running tasks of each DAG run), and never more than the free executor slots (`[core]
+parallelism = 8`; with Celery, the workers' `worker_concurrency`). To run more shards at once
+raise `max_active_tasks_per_dag` (in `airflow.cfg` or `AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG`
+where the scheduler runs; it applies to every litpulse DAG) up to 8, the bound `embed_shard`
+sets itself (`max_active_tis_per_dag=8`), with `parallelism` and the worker slots to match.
+`publish_index` rebuilds the FAISS index for that model version and publishes it atomically,
+emitting **`litpulse_index`**; when it publishes nothing (the reason in its log) it is
+skipped and no `litpulse_index` event is emitted.
 
 **Resuming.** A shard embeds only the articles that have no vector for the model version yet:
 clearing one failed shard redoes only what is missing. If the active model changes while
@@ -40,7 +47,8 @@ Failures, and tasks that start or finish more than 24 h after their run started,
 `LITPULSE_ALERT_WEBHOOK_URL`; a run times out after 48 h.
 
 **Sizing.** One shard of PubMed (~38M articles) / 16 is ~2.4M texts: about 2 h on one GPU
-with all-MiniLM-L6-v2. Raise `shards` and add GPU workers to go faster.
+with all-MiniLM-L6-v2. Raise `shards` and add GPU workers to go faster, and raise the
+per-run task cap above (4) to use more than 4 of them at once.
 """
 
 
@@ -75,7 +83,7 @@ def litpulse_reindex() -> None:
         from ranking.refresh import refresh_index
 
         report = refresh_index(settings(), rebuild=True).to_dict()
-        yield Metadata(INDEX, index_metadata(report, sum(embedded)))
+        yield index_event(report, sum(embedded))
 
     publish_index(embed_shard.expand(shard=plan_shards()))
 

@@ -181,6 +181,15 @@ class Settings:
         min=1,
         max=365,
     )
+    nightly_max_days: int = _opt(
+        14,
+        "Most UTC days one run of the litpulse_nightly_ingest DAG ingests: a scheduled run "
+        "reaches back to the nightly watermark over nights the scheduler missed, a manual "
+        "run takes its first_day..last_day; a run that would need more fails at its start "
+        "and names the `airflow backfill create` command that ingests them one day per run.",
+        min=1,
+        max=366,
+    )
     missing_retries: int = _opt(
         7,
         "Later E-utilities runs that ask EFetch again for a PMID ESearch listed but EFetch "

@@ -23,10 +23,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import Asset, Param, RetryDecision, RetryPolicy
+from airflow.sdk import Asset, Metadata, Param, RetryDecision, RetryPolicy
 
-from litpulse.core.errors import ConfigError, LitpulseError
-from litpulse.core.timeutil import parse_date
+from litpulse.core.errors import ConfigError, DataQualityError, LitpulseError
+from litpulse.core.timeutil import as_utc, day_start, parse_date
 from litpulse.pipeline.alerts import notify
 
 if TYPE_CHECKING:
@@ -39,21 +39,29 @@ __all__ = [
     "CATCHUP_GRACE",
     "DEFAULT_ARGS",
     "INDEX",
+    "MAX_RETRY_AFTER",
     "MODEL",
     "NCBI_CONN_ID",
     "NCBI_POOL",
+    "NIGHTLY_DAG_ID",
     "START_DATE",
     "LitpulseRetryPolicy",
     "RunBudget",
     "active_runs",
     "dag_paused",
     "attempt_since_clear",
+    "backfill_command",
     "backoff_delay",
     "catchup_skip_reason",
     "dag_args",
     "day_param",
+    "index_event",
     "index_metadata",
     "ingest_days",
+    "ingested",
+    "ingested_window",
+    "reach_back",
+    "retry_after",
     "run_overdue",
     "scalars",
     "settings",
@@ -71,6 +79,9 @@ INDEX = Asset(name="litpulse_index", uri="litpulse://index", group="litpulse")
 #: A new model version was promoted to active.
 MODEL = Asset(name="litpulse_model", uri="litpulse://model", group="litpulse")
 
+#: The DAG that ingests PubMed day by day (named in the backfill commands it prints).
+NIGHTLY_DAG_ID = "litpulse_nightly_ingest"
+
 #: Earliest day a backfill can reach (catchup is off: nothing runs by itself before today).
 START_DATE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 OWNER = "litpulse-data"
@@ -87,6 +98,11 @@ CATCHUP_GRACE = dt.timedelta(hours=6)
 RETRY_DELAY = dt.timedelta(minutes=2)
 RETRY_BACKOFF = 2.0
 MAX_RETRY_DELAY = dt.timedelta(minutes=8)
+#: Longest wait a server's ``Retry-After`` may impose before a task's retry: a 429 saying
+#: "come back tomorrow" must not schedule the retry after its run has timed out (the
+#: shortest run timeout of an NCBI task's DAG, the nightly's, is 12 h; 3 retries at most
+#: an hour apart stay well inside it).
+MAX_RETRY_AFTER = dt.timedelta(hours=1)
 
 
 # ------------------------------------------------------------------------------ retries
@@ -129,16 +145,38 @@ def backoff_delay(
     return dt.timedelta(seconds=min(seconds, dt.timedelta.max.total_seconds() / 2))
 
 
+def retry_after(
+    exception: BaseException, cap: dt.timedelta = MAX_RETRY_AFTER
+) -> dt.timedelta | None:
+    """The server's ``Retry-After`` an exception carries, at most ``cap``; ``None`` when it
+    carries none (or nothing usable: zero, negative, not a number).
+
+    >>> from litpulse.core.errors import RateLimitedError
+    >>> retry_after(RateLimitedError("429", retry_after=86400)).total_seconds()
+    3600.0
+    """
+    raw = getattr(exception, "retry_after", None)
+    try:
+        seconds = float(raw) if raw is not None else math.nan
+    except (TypeError, ValueError):
+        return None
+    if not seconds > 0:  # NaN, zero, negative
+        return None
+    return dt.timedelta(seconds=min(seconds, cap.total_seconds()))
+
+
 class LitpulseRetryPolicy(RetryPolicy):
     """Retry exactly the errors litpulse marks retryable, on a schedule clears do not stretch.
 
     * a :class:`~litpulse.core.errors.LitpulseError` with ``retryable = False`` (bad request,
       parse error, configuration, data quality, consistency) fails at once: repeating
       the call gives the same answer;
-    * a retryable one (429, 5xx, timeouts, checksum mismatch) is retried after the server's
-      ``Retry-After`` when it sent one, else after :func:`backoff_delay` of the attempt
-      *since the last clear* (2, 4, 8 min; Airflow's own formula uses the try number,
-      which keeps growing over clears, and adds up to 100 % jitter);
+    * a retryable one (429, 5xx, timeouts, checksum mismatch) is retried after
+      :func:`backoff_delay` of the attempt *since the last clear* (2, 4, 8 min; Airflow's
+      own formula uses the try number, which keeps growing over clears, and adds up to
+      100 % jitter), or after the server's ``Retry-After`` when it sent a longer one,
+      at most :data:`MAX_RETRY_AFTER` (1 h): a shorter ``Retry-After`` never shortens the
+      backoff, a longer one never outlives the run;
     * anything else (an unexpected ``OSError``) takes the task's standard retries, with
       the same delays.
 
@@ -166,9 +204,9 @@ class LitpulseRetryPolicy(RetryPolicy):
                 float(task.retry_exponential_backoff or 1.0),
                 task.max_retry_delay,
             )
-        after = getattr(exception, "retry_after", None)
-        if after:
-            delay = dt.timedelta(seconds=float(after))
+        after = retry_after(exception)
+        if after is not None:
+            delay = after if delay is None else max(delay, after)
         if isinstance(exception, LitpulseError):
             return RetryDecision.retry(delay=delay, reason=f"{name} is transient")
         if delay is None:
@@ -349,11 +387,29 @@ class RunBudget:
 # ------------------------------------------------------------------------------ windows
 
 
+def backfill_command(first: dt.date, last: dt.date) -> str:
+    """The backfill that ingests the UTC days ``first`` to ``last`` (inclusive), one run per
+    day, one run at a time (a run's logical date is 02:00 of its day, so ``--to-date`` is
+    the day after the last).
+
+    >>> backfill_command(dt.date(2026, 1, 1), dt.date(2026, 1, 7)).split(" --")[1:]
+    ['dag-id litpulse_nightly_ingest', 'from-date 2026-01-01', 'to-date 2026-01-08', \
+'max-active-runs 1']
+    """
+    return (
+        f"airflow backfill create --dag-id {NIGHTLY_DAG_ID} --from-date {first.isoformat()} "
+        f"--to-date {(last + dt.timedelta(days=1)).isoformat()} --max-active-runs 1"
+    )
+
+
 def window_days(
     interval: tuple[dt.datetime | None, dt.datetime | None],
     run_after: dt.datetime | None,
     first_day: str | dt.date | None = None,
     last_day: str | dt.date | None = None,
+    *,
+    now: dt.datetime | None = None,
+    max_days: int | None = None,
 ) -> tuple[dt.datetime, dt.datetime]:
     """The UTC days a nightly-ingest run covers: ``[first day 00:00, day after the last 00:00)``.
 
@@ -367,16 +423,24 @@ def window_days(
     3. neither (``airflow dags trigger`` without a logical date): the last full UTC day
        before ``run_after``.
 
+    Days given as params must have happened: a last day not complete at ``now`` (default:
+    the clock) is refused, and so is a range of more than ``max_days`` days (when given),
+    with the backfill command that ingests it one day per run.
+
+    Raises:
+        ConfigError: Params that are not ISO dates, in the wrong order, not complete yet
+            or too many (not retryable: the same params fail the same way).
+
     >>> t = dt.datetime(2026, 12, 1, 9, 30, tzinfo=dt.UTC)
     >>> [d.date().isoformat() for d in window_days((None, None), t)]
     ['2026-11-30', '2026-12-01']
     """
-    midnight = dt.time(tzinfo=dt.UTC)
     if first_day or last_day:
         first = _date(first_day or last_day)
         last = _date(last_day or first_day)
         if last < first:
             raise ConfigError(f"last_day {last} is before first_day {first}")
+        _check_params(first, last, as_utc(now) if now else dt.datetime.now(dt.UTC), max_days)
     elif interval[0] is not None and interval[1] is not None:
         start, end = interval[0].astimezone(dt.UTC), interval[1].astimezone(dt.UTC)
         first = start.date()
@@ -384,21 +448,140 @@ def window_days(
     else:
         when = (run_after or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
         first = last = when.date() - dt.timedelta(days=1)
-    return (
-        dt.datetime.combine(first, midnight),
-        dt.datetime.combine(last + dt.timedelta(days=1), midnight),
+    return day_start(first), day_start(last + dt.timedelta(days=1))
+
+
+def _check_params(first: dt.date, last: dt.date, now: dt.datetime, max_days: int | None) -> None:
+    """Refuse ``first_day..last_day`` params for days not complete at ``now``, or too many."""
+    end = day_start(last + dt.timedelta(days=1))
+    if end > now:
+        what = "is in the future" if day_start(last) > now else "is not over yet"
+        raise ConfigError(
+            f"last_day {last} {what} (it ends at {end:%Y-%m-%d %H:%M} UTC; now "
+            f"{now:%Y-%m-%d %H:%M} UTC): a run can only ingest UTC days that are complete; "
+            f"the last complete day is {(now - dt.timedelta(days=1)).date()}"
+        )
+    days = (last - first).days + 1
+    if max_days is not None and days > max_days:
+        raise ConfigError(
+            f"first_day {first} to last_day {last} is {days} days, more than one run ingests "
+            f"(LITPULSE_NIGHTLY_MAX_DAYS={max_days}: a long range holds the ncbi pool for "
+            f"hours and is redone whole on a failure): backfill it one day per run, one run "
+            f"at a time: `{backfill_command(first, last)}`"
+        )
+
+
+def reach_back(
+    window: tuple[dt.datetime, dt.datetime],
+    mark: dt.datetime | None,
+    max_days: int,
+) -> tuple[dt.datetime, dt.datetime]:
+    """A scheduled run's window reaching back to the nightly watermark ``mark``.
+
+    With ``catchup=False`` Airflow creates only the latest interval's run after nights the
+    scheduler missed (an outage, a paused DAG); ingesting only that interval would lose the
+    nights before it silently. When ``mark`` (where the succeeded, checked windows end:
+    :func:`litpulse.pipeline.planning.last_watermark`) lies before the window, the window
+    starts at midnight of the mark's UTC day instead, as the CLI nightly starts at the mark.
+    ``None`` (nothing ingested yet) or a mark at or after the window's start leave it as is.
+
+    Raises:
+        DataQualityError: The window would cover more than ``max_days`` UTC days; the
+            message names the backfill of the missed days (not retryable).
+
+    >>> day = dt.datetime(2026, 12, 4, tzinfo=dt.UTC)
+    >>> start, end = reach_back((day, day + dt.timedelta(days=1)),
+    ...                         dt.datetime(2026, 12, 1, 9, 30, tzinfo=dt.UTC), 14)
+    >>> start.isoformat(), end.isoformat()
+    ('2026-12-01T00:00:00+00:00', '2026-12-05T00:00:00+00:00')
+    """
+    start, end = window
+    if mark is None or as_utc(mark) >= start:
+        return window
+    missed_from = as_utc(mark).date()
+    first = day_start(missed_from)
+    days = (end - first).days
+    if days > max_days:
+        missed_to = (start - dt.timedelta(days=1)).date()
+        raise DataQualityError(
+            f"the nightly ingest is {(start - first).days} day(s) behind: the last checked "
+            f"window ends at {as_utc(mark):%Y-%m-%d %H:%M} UTC, so the days {missed_from} to "
+            f"{missed_to} were never ingested (the scheduler was down or the DAG paused, or "
+            f"their runs failed), and this run would ingest {days} days, more than "
+            f"LITPULSE_NIGHTLY_MAX_DAYS={max_days}. Backfill them one day per run, one run at "
+            f"a time: `{backfill_command(missed_from, missed_to)}`; then clear this run "
+            f"(`airflow tasks clear {NIGHTLY_DAG_ID} --only-failed --yes`): it ingests its "
+            "own days"
+            + (f"; or set LITPULSE_NIGHTLY_MAX_DAYS={days} on the workers and clear this run "
+               "to ingest them all in it" if days <= _most_nightly_days() else "")
+        )
+    logger.warning(
+        "the nightly watermark is at %s, before this run's window: ingesting from %s "
+        "(%d days) to catch up on nights no run ingested", as_utc(mark).isoformat(),
+        first.date(), days,
     )
+    return first, end
 
 
-def ingest_days(context: Mapping[str, Any]) -> tuple[dt.datetime, dt.datetime]:
-    """:func:`window_days` of the running task's context (params, data interval, run)."""
+def _most_nightly_days() -> int:
+    """The upper end of ``LITPULSE_NIGHTLY_MAX_DAYS``'s range."""
+    import dataclasses
+
+    from litpulse.core.settings import Settings
+
+    field = next(f for f in dataclasses.fields(Settings) if f.name == "nightly_max_days")
+    return int(field.metadata["max"])
+
+
+def ingest_days(
+    context: Mapping[str, Any],
+    settings: Settings | None = None,
+    *,
+    now: dt.datetime | None = None,
+) -> tuple[dt.datetime, dt.datetime]:
+    """The window of the nightly-ingest run of ``context`` (params, data interval, run).
+
+    :func:`window_days` of the context. With ``settings``, the params' range is bounded by
+    ``LITPULSE_NIGHTLY_MAX_DAYS``, and a *scheduled* run without params reaches back to the
+    nightly watermark (:func:`reach_back`); manual runs (params, a logical date or none)
+    and backfill runs keep exactly their days. The ``ingest_window`` task computes it
+    once and hands it to the tasks after it through XCom (:func:`ingested`).
+    """
     params = context.get("params") or {}
     dag_run = context.get("dag_run")
-    return window_days(
+    first_day, last_day = params.get("first_day"), params.get("last_day")
+    window = window_days(
         (context.get("data_interval_start"), context.get("data_interval_end")),
         getattr(dag_run, "run_after", None),
-        params.get("first_day"),
-        params.get("last_day"),
+        first_day,
+        last_day,
+        now=now,
+        max_days=settings.nightly_max_days if settings is not None else None,
+    )
+    run_type = getattr(dag_run, "run_type", None)
+    scheduled = str(getattr(run_type, "value", run_type) or "") == "scheduled"
+    if settings is None or not scheduled or first_day or last_day:
+        return window
+    from litpulse.pipeline.planning import last_watermark
+
+    return reach_back(window, last_watermark(settings), settings.nightly_max_days)
+
+
+def ingested(window: tuple[dt.datetime, dt.datetime], counts: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``ingest_window`` task's XCom: the window it ingested and the counts."""
+    return {
+        "window_start": window[0].isoformat(),
+        "window_end": window[1].isoformat(),
+        "counts": {k: int(v) for k, v in counts.items()},
+    }
+
+
+def ingested_window(result: Mapping[str, Any]) -> tuple[dt.datetime, dt.datetime]:
+    """The window an ``ingest_window`` XCom (:func:`ingested`) names: the one the run's
+    later tasks check and announce."""
+    return (
+        as_utc(dt.datetime.fromisoformat(str(result["window_start"]))),
+        as_utc(dt.datetime.fromisoformat(str(result["window_end"]))),
     )
 
 
@@ -532,6 +715,29 @@ def dag_paused(dag_id: str) -> bool | None:
 def index_metadata(report: Mapping[str, Any], embedded: int) -> dict[str, Any]:
     """The ``litpulse_index`` asset event of a published index: its report's scalars."""
     return {"embedded": int(embedded), **scalars(report)}
+
+
+def index_event(report: Mapping[str, Any], embedded: int) -> Metadata:
+    """The ``litpulse_index`` asset event of an index refresh report (``yield`` it from the
+    task whose outlet is :data:`INDEX`).
+
+    ``litpulse_index`` means "a new index version is published": a report that published
+    nothing (every record unchanged, a second bootstrap, a refresh that would drop live
+    articles) skips the task instead, since Airflow emits no asset event for a skipped task
+    (a succeeded one emits its outlets' events whatever it yields). The reason is logged.
+
+    Raises:
+        AirflowSkipException: ``report["published"]`` is false.
+    """
+    if not report.get("published"):
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        why = report.get("reason") or "nothing changed"
+        raise AirflowSkipException(
+            f"no new index version published ({why}; index {report.get('id')} stays): "
+            "no litpulse_index event"
+        )
+    return Metadata(INDEX, index_metadata(report, embedded))
 
 
 def day_param(title: str, description: str) -> Param:
