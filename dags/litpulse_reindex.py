@@ -78,14 +78,23 @@ def litpulse_reindex() -> None:
         return embed_shard(settings(), EmbeddingShard.from_dict(shard))
 
     @task(outlets=[INDEX], execution_timeout=dt.timedelta(hours=6))
-    def publish_index(embedded: list[int]) -> Any:
-        """Rebuild the index for the active model version and publish it atomically."""
+    def publish_index(embedded: list[int], shards: list[dict[str, Any]]) -> Any:
+        """Rebuild the index for the active model version and publish it atomically;
+        skipped when another model was promoted after the shards were planned (its own
+        run publishes: this one would embed the whole corpus for it in one task)."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from litpulse.pipeline.planning import superseded_plan
         from ranking.refresh import refresh_index
 
+        why = superseded_plan(settings(), shards)
+        if why is not None:
+            raise AirflowSkipException(f"{why}; no index published by this run")
         report = refresh_index(settings(), rebuild=True).to_dict()
         yield index_event(report, sum(embedded))
 
-    publish_index(embed_shard.expand(shard=plan_shards()))
+    planned = plan_shards()
+    publish_index(embed_shard.expand(shard=planned), planned)
 
 
 litpulse_reindex()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,7 @@ __all__ = [
     "refresh_waits_for_reindex",
     "release_watermark",
     "retrain_due",
+    "superseded_plan",
     "withhold_watermark",
 ]
 
@@ -490,6 +491,22 @@ def plan_embedding_shards(
         sum(s.pending for s in shards),
     )
     return shards
+
+
+def superseded_plan(settings: Settings, shards: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why a sharded re-index planned as ``shards`` must not publish: another model version
+    was promoted after the plan (its own re-index run embeds and publishes for it), or
+    ``None``. Publishing now would embed the whole corpus for that model in one task."""
+    from ranking.embed import active_model
+
+    planned = {str(EmbeddingShard.from_dict(dict(s)).model_version) for s in shards}
+    active = active_model(settings).id
+    if planned and planned != {active}:
+        return (
+            f"the shards were planned for model {', '.join(sorted(planned))}, and {active} "
+            "was promoted since: its own litpulse_reindex run embeds and publishes for it"
+        )
+    return None
 
 
 def embed_shard(
