@@ -6,8 +6,9 @@ Kinds of pair:
 * ``citation`` — a citing article's title → the text of an article it cites, both in
   the corpus (from the ``references`` table);
 * ``feedback`` — an expert's query → an article marked relevant; the articles marked
-  not relevant for the same query become its hard negatives (never a judgement sent with
-  a revoked API token: :func:`retrain.feedback.trainable_feedback`);
+  not relevant for the same query become its hard negatives (never an article experts
+  disagree on for it, never a judgement sent with a revoked API token:
+  :func:`retrain.feedback.trainable_feedback`; see *Expert feedback* below);
 * ``mesh``, ``keywords``, ``sentence`` — query-like anchors of an article (a few of its
   MeSH headings, a few of its author keywords, one sentence of its abstract) → the article
   (see :mod:`retrain.anchors`; headings on more than 15 % of the articles, check tags
@@ -29,11 +30,37 @@ score reads: iCite's RCR, else its citations per year (or count ÷ years: a youn
 provisional article without an RCR yet), else the in-corpus citations; scaled so that a
 typical article weighs 1.0; missing means neutral) and deterministic by ``settings.seed``.
 
-Held-out evaluation articles never become training pairs nor hard negatives: the *fresh*
-set is the newest articles of the window (newer than anything trained on), and the *older*
-set is a stable hash bucket of older articles (the same for every run and seed, so no model ever
-trains on it). The *queries* set asks for the same held-out articles with one query-like
-anchor each (:func:`retrain.anchors.heldout_anchor`), ranked among full article texts.
+Held-out evaluation articles never train, under their own PMID or another: the *fresh*
+set is the newest *new literature* of the window (articles first ingested after the
+window start, by ``ingested_at``, which a revision does not move; never an article an
+earlier round's window held, never the twin of one), and the *older* set is a stable hash
+bucket of older articles (the same for every run and seed, so no model ever trains on
+it). Nothing newer than the first fresh article trains in the round (the time split).
+Exclusion is by text as well as by PMID: an article whose text (title and abstract, or the
+abstract alone, compared with case and spacing ignored) is a held-out article's, a
+duplicate PubMed record, is neither a positive, an anchor, a citation, a hard negative, a
+feedback pair nor a distractor. The *queries* set asks for the same held-out articles
+with one query-like anchor each (:func:`retrain.anchors.heldout_anchor`), ranked among
+full article texts.
+
+What a round held back it does not lose: each mining records, keyed by its window end
+(``checkpoints`` scope :data:`UNTRAINED_SCOPE`), the articles of its window it left
+untrained (the fresh set, anything as new, their text twins) and the articles whose expert
+judgements waited with them. The round that continues from that window end (its
+``since``) trains those articles with its own new ones once they are older than its own
+fresh set (they are never fresh again), and uses the judgements that waited. A window
+end mined before such records were kept has none: its held-out articles are not carried,
+and the round says so in its notes.
+
+Expert feedback (:func:`_feedback_pairs`): each expert's latest judgement of an article
+for a query counts. An article experts disagree on for a query (one says relevant,
+another not) is *disputed*: neither a positive nor a hard negative of that query.
+Judgements of an article held back from the round wait for a later one (counted as
+*carried*); those of the older held-out set never train (counted as *held out*). One
+expert's feedback pairs are at most :data:`EXPERT_SHARE` (a quarter) of the round's pairs,
+keeping each expert's most recent judgements; the others are counted as *capped*, per
+expert. A pair several experts agree on counts for each of them, and stays while one of
+them has room.
 """
 
 from __future__ import annotations
@@ -43,6 +70,7 @@ import datetime as dt
 import functools
 import hashlib
 import logging
+import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -51,7 +79,7 @@ from typing import Any
 
 from sqlalchemy import JSON, Engine, or_, select, type_coerce
 
-from litpulse.core.db import connect
+from litpulse.core.db import connect, upsert
 from litpulse.core.impact import (
     CITATION_COLUMNS,
     NEUTRAL_CITATION,
@@ -59,7 +87,7 @@ from litpulse.core.impact import (
     recency_decay,
     row_citation_impact,
 )
-from litpulse.core.schema import articles, references
+from litpulse.core.schema import articles, checkpoints, references
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import as_utc, iso, utcnow
 from ranking.embed import query_text
@@ -87,6 +115,13 @@ HOLDOUT_SALT = 13
 COMMON_HEADING_SHARE = 0.15
 #: Fewest articles for heading shares to count.
 MIN_HEADING_CORPUS = 200
+#: Largest share of a round's training pairs one expert's feedback may make (the pairs
+#: of their most recent judgements are kept): a quarter, so that even a tireless expert
+#: (the API lets one send 120 judgements an hour, the CLI any number) steers a round
+#: no more than its literature does.
+EXPERT_SHARE = 0.25
+#: ``checkpoints`` scope of what each mined window left untrained (key: its window end).
+UNTRAINED_SCOPE = "retrain/untrained"
 
 
 @dataclass(frozen=True)
@@ -117,6 +152,9 @@ class ArticleRow:
     #: iCite's citations per year and citation count (ranking's evidence when no RCR yet).
     citations_per_year: float | None = None
     citation_count: int | None = None
+    #: When the article was first stored (a revision does not move it; ``None``: unknown,
+    #: taken to be ``updated_at``).
+    ingested_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +175,21 @@ class PairSet:
     feedback_experts: dict[str, int] = field(default_factory=dict)
     #: Judgements of the window left out because their API token was revoked.
     feedback_excluded: int = 0
+    #: Judgements of articles held back from this round (fresh, newer than the fresh set,
+    #: or sharing a held-out text): they wait for the round that trains those articles.
+    feedback_carried: int = 0
+    #: Judgements of articles of the older held-out set (or sharing its text): never
+    #: trained on.
+    feedback_held_out: int = 0
+    #: Judgements of articles experts disagree on for the same query (neither a positive
+    #: nor a hard negative of it).
+    feedback_disputed: int = 0
+    #: Expert → feedback pairs left out over one expert's share (:data:`EXPERT_SHARE`).
+    feedback_capped: dict[str, int] = field(default_factory=dict)
+    #: Articles an earlier round held back that this round could train.
+    carried: int = 0
+    #: Articles of this round's window it held back, recorded for the next round.
+    held_back: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """A summary (not the pairs themselves)."""
@@ -151,6 +204,12 @@ class PairSet:
             "feedback_unpaired": self.feedback_unpaired,
             "feedback_experts": dict(self.feedback_experts),
             "feedback_excluded": self.feedback_excluded,
+            "feedback_carried": self.feedback_carried,
+            "feedback_held_out": self.feedback_held_out,
+            "feedback_disputed": self.feedback_disputed,
+            "feedback_capped": dict(self.feedback_capped),
+            "carried": self.carried,
+            "held_back": self.held_back,
             "heldout": self.heldout.to_dict(),
             "notes": list(self.notes),
         }
@@ -209,7 +268,7 @@ def _load_articles(engine: Engine) -> list[ArticleRow]:
     a = articles.c
     stmt = (
         select(
-            a.pmid, a.title, a.abstract, a.best_date, a.updated_at,
+            a.pmid, a.title, a.abstract, a.best_date, a.updated_at, a.ingested_at,
             a.relative_citation_ratio, a.cited_by_in_corpus, a.citations_per_year,
             a.citation_count, a.mesh,
             type_coerce(a.record["keywords"], JSON).label("keywords"),
@@ -229,6 +288,7 @@ def _load_articles(engine: Engine) -> list[ArticleRow]:
                 cited_by_in_corpus=int(r.cited_by_in_corpus or 0),
                 citations_per_year=r.citations_per_year, citation_count=r.citation_count,
                 mesh=_texts(r.mesh, "descriptor"), keywords=_texts(r.keywords),
+                ingested_at=r.ingested_at,
             )
             for r in conn.execute(stmt)
         ]
@@ -294,16 +354,19 @@ def mine_pairs(
     lexical: LexicalSearch | None = None,
     negative_depth: int = 30,
     negative_skip: int = 2,
+    expert_share: float = EXPERT_SHARE,
+    record: bool = True,
 ) -> PairSet:
-    """Mine training pairs from articles updated after ``since`` (all when ``None``).
+    """Mine training pairs from articles updated after ``since`` (all when ``None``), and
+    from the articles the round that ended at ``since`` held back.
 
     Args:
         settings: Database, seed and recency half-life.
-        since: End of the active model's training window.
+        since: End of the active model's training window (its ``window_end``).
         max_pairs: Most new (non-replay, non-feedback) pairs to sample; ``None`` = all.
         replay_share: Share of the final set made of older pairs (0 disables replay).
         fresh_size: Most articles of the fresh held-out set.
-        fresh_share: Most share of the window's articles held out as fresh.
+        fresh_share: Most share of the window's new articles held out as fresh.
         older_size: Most articles of the older held-out set.
         distractors: Other abstracts retrieval has to rank the held-out ones against.
         holdout_buckets: One article in this many (a stable hash of its pmid) is
@@ -314,58 +377,98 @@ def mine_pairs(
         lexical: A lexical ranker for hard negatives (``None``: in-batch negatives only).
         negative_depth: How deep in the lexical ranking a hard negative may be.
         negative_skip: Top lexical matches (besides the positive) never used as negatives.
+        expert_share: Largest share of the round's pairs one expert's feedback may make.
+        record: Record what this window holds back, keyed by its window end, for the
+            round that continues from it (``False``: write nothing).
 
     Returns:
         The sampled :class:`PairSet` (pairs in a seeded random order).
     """
-    if not 0 <= replay_share < 1:
-        from litpulse.core.errors import ConfigError
+    from litpulse.core.errors import ConfigError
 
+    if not 0 <= replay_share < 1:
         raise ConfigError(f"`replay_share` must be within [0, 1), got {replay_share!r}")
+    if not 0 < expert_share <= 1:
+        raise ConfigError(f"`expert_share` must be within (0, 1], got {expert_share!r}")
     engine = engine or connect(settings)
     seed = settings.seed
     since = as_utc(since)
     today = (now or utcnow()).date()
     rows = _without_common_headings(_load_articles(engine))
     by_pmid = {r.pmid: r for r in rows}
+    keys = {r.pmid: text_keys(r.title, r.abstract) for r in rows}
     window = [r for r in rows if since is None or r.updated_at > since]
     older_rows = [r for r in rows if since is not None and r.updated_at <= since]
     notes: list[str] = []
 
+    waiting = _load_untrained(engine, since) if since is not None else _Untrained()
+    if waiting is None:
+        notes.append(
+            f"no record of what the window ending {iso(since)} held back (mined before "
+            "such records were kept): its held-out articles are not carried"
+        )
+        waiting = _Untrained()
+    carried_rows = [r for r in older_rows if r.pmid in waiting.articles]
+
     split = _hold_out(
-        rows, window, older_rows, seed=seed, since_set=since is not None,
+        rows, window, older_rows, keys, since=since, waiting=waiting.articles, seed=seed,
         fresh_size=fresh_size, fresh_share=fresh_share, older_size=older_size,
         distractors=distractors, holdout_buckets=holdout_buckets,
     )
-    new_rows = [r for r in window if split.trainable(r)]
-    replay_rows = [r for r in older_rows if split.trainable(r)]
+    pool = [*window, *carried_rows]
+    new_rows = [r for r in pool if split.trainable(r)]
+    replay_rows = [
+        r for r in older_rows if r.pmid not in waiting.articles and split.trainable(r)
+    ]
+    held_back = frozenset(
+        r.pmid for r in pool if not split.trainable(r) and not split.for_good(r.pmid)
+    )
 
     def weight(r: ArticleRow) -> float:
         return article_weight(r, now=today, half_life_days=settings.recency_half_life_days)
 
     candidates = _new_pairs(
-        engine, settings, new_rows, by_pmid, split.held, today, weight, anchors=anchors
+        engine, settings, new_rows, by_pmid, split, today, weight, anchors=anchors
     )
     available = Counter(p.kind for p in candidates)
     limit = len(candidates) if max_pairs is None else max_pairs
     chosen = _weighted_sample(candidates, [p.weight for p in candidates], limit, seed)
 
-    # ---- expert feedback: every usable judgement, hard negatives attached
-    fb_pairs, unpaired, experts, excluded = _feedback_pairs(engine, since, by_pmid, split.held)
-    available["feedback"] = len(fb_pairs)
+    # ---- expert feedback: every usable judgement, hard negatives attached, each expert
+    # at most `expert_share` of the round's pairs
+    fb = _feedback_pairs(engine, since, by_pmid, split, waiting.articles | waiting.feedback)
+    available["feedback"] = len(fb.pairs)
+    replay_candidates = _replay_candidates(replay_rows, weight) if replay_share > 0 else []
+    ratio = replay_share / (1 - replay_share)
+
+    def total(n_feedback: int) -> int:
+        """The round's pairs with ``n_feedback`` feedback pairs (replay included)."""
+        n = len(chosen) + n_feedback
+        return n + min(round(ratio * n), len(replay_candidates))
+
+    fb_kept, capped = _cap_experts(fb.pairs, total, expert_share)
+    fb_pairs = [p.pair for p in fb_kept]
+    if capped:
+        notes.append(
+            f"feedback capped at {expert_share:.0%} of the round's pairs per expert: "
+            + ", ".join(f"{e} {n}" for e, n in capped.items()) + " pair(s) left out"
+        )
 
     # ---- replay of older pairs against forgetting
     replay: list[Pair] = []
     if replay_share > 0 and replay_rows:
-        n_replay = round(replay_share / (1 - replay_share) * (len(chosen) + len(fb_pairs)))
-        replay, available["replay"] = _replay_pairs(replay_rows, weight, n_replay, seed + 1)
+        n_replay = round(ratio * (len(chosen) + len(fb_pairs)))
+        replay = _weighted_sample(
+            replay_candidates, [p.weight for p in replay_candidates], n_replay, seed + 1
+        )
+        available["replay"] = len(replay_candidates)
     elif replay_share > 0 and since is not None:
         notes.append("no older articles to replay")
 
     pairs = chosen + fb_pairs + replay
     if lexical is not None:
         pairs = _with_negatives(
-            pairs, lexical, by_pmid, split.held, depth=negative_depth, skip=negative_skip,
+            pairs, lexical, by_pmid, split, depth=negative_depth, skip=negative_skip,
             seed=seed,
         )
     else:
@@ -377,17 +480,26 @@ def mine_pairs(
     counts.update(Counter(p.kind for p in pairs))
     if not split.heldout.fresh:
         notes.append("no fresh held-out set: too few new articles")
+    window_end = max((r.updated_at for r in rows), default=None)
+    if record and window_end is not None:
+        _save_untrained(engine, window_end, _Untrained(held_back, fb.waiting))
     result = PairSet(
         pairs=tuple(pairs),
         counts=counts,
         available={k: int(available.get(k, 0)) for k in KINDS},
         window_start=since,
-        window_end=max((r.updated_at for r in rows), default=None),
+        window_end=window_end,
         new_articles=len(window),
         heldout=split.heldout,
-        feedback_unpaired=unpaired,
-        feedback_experts=experts,
-        feedback_excluded=excluded,
+        feedback_unpaired=fb.unpaired,
+        feedback_experts=_experts_used(fb_kept),
+        feedback_excluded=fb.excluded,
+        feedback_carried=fb.carried,
+        feedback_held_out=fb.held_out,
+        feedback_disputed=fb.disputed,
+        feedback_capped=capped,
+        carried=sum(1 for r in carried_rows if split.trainable(r)),
+        held_back=len(held_back),
         hard_negatives=sum(1 for p in pairs if p.negative),
         notes=tuple(notes),
     )
@@ -395,19 +507,45 @@ def mine_pairs(
     return result
 
 
-def _replay_pairs(
-    rows: Sequence[ArticleRow], weight: Callable[[ArticleRow], float], n: int, seed: int
-) -> tuple[list[Pair], int]:
-    """``n`` title → abstract pairs of older articles, by weight; and how many there were."""
-    candidates = [
+def _replay_candidates(
+    rows: Sequence[ArticleRow], weight: Callable[[ArticleRow], float]
+) -> list[Pair]:
+    """Title → abstract pairs of older articles, weighted (replay samples among them)."""
+    return [
         Pair(r.title, r.abstract, "replay", r.pmid, weight=weight(r))
         for r in rows if r.title and r.abstract
     ]
-    return _weighted_sample(candidates, [p.weight for p in candidates], n, seed), len(candidates)
 
 
 def _date_key(r: ArticleRow) -> tuple[dt.date, int]:
     return (r.best_date or dt.date.min, r.pmid)
+
+
+# ------------------------------------------------------------------ texts and held-out sets
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def text_keys(title: str, abstract: str) -> tuple[bytes, ...]:
+    """What makes two articles the same text: their title and abstract together, and
+    their abstract alone (when there is one), case and spacing ignored.
+
+    Two PMIDs sharing either (a duplicate PubMed record, a reprint under another title)
+    are one text to the held-out rules: a held-out answer is never trained under the
+    other PMID.
+    """
+    abstract = _normal(abstract)
+    whole = f"{_normal(title)}\n{abstract}"
+    out = [hashlib.blake2b(b"t:" + whole.encode(), digest_size=12).digest()]
+    if abstract:
+        out.append(hashlib.blake2b(b"a:" + abstract.encode(), digest_size=12).digest())
+    return tuple(out)
+
+
+def _first_ingest(r: ArticleRow) -> dt.datetime:
+    return r.ingested_at or r.updated_at
 
 
 @dataclass(frozen=True)
@@ -417,21 +555,38 @@ class _Split:
     heldout: HeldOut
     #: PMIDs held out (fresh, and the whole older bucket)
     held: frozenset[int]
+    #: the texts of the held-out articles (:func:`text_keys`): no other PMID trains them
+    held_keys: frozenset[bytes]
+    #: the older bucket (held for good) and its texts
+    bucket: frozenset[int]
+    bucket_keys: frozenset[bytes]
     #: the (date, pmid) of the first fresh article; training stays before it
     cutoff: tuple[dt.date, int] | None
+    #: pmid → :func:`text_keys`
+    keys: Mapping[int, tuple[bytes, ...]]
+
+    def is_held(self, pmid: int) -> bool:
+        """Held out, or sharing a held-out article's text."""
+        return pmid in self.held or not self.held_keys.isdisjoint(self.keys.get(pmid, ()))
+
+    def for_good(self, pmid: int) -> bool:
+        """In the older held-out bucket, or sharing the text of an article in it."""
+        return pmid in self.bucket or not self.bucket_keys.isdisjoint(self.keys.get(pmid, ()))
 
     def trainable(self, r: ArticleRow) -> bool:
-        """Neither held out nor as new as the fresh held-out set."""
-        return r.pmid not in self.held and (self.cutoff is None or _date_key(r) < self.cutoff)
+        """Neither held out (by PMID or text) nor as new as the fresh held-out set."""
+        return not self.is_held(r.pmid) and (self.cutoff is None or _date_key(r) < self.cutoff)
 
 
 def _hold_out(
     rows: Sequence[ArticleRow],
     window: Sequence[ArticleRow],
     older_rows: Sequence[ArticleRow],
+    keys: Mapping[int, tuple[bytes, ...]],
     *,
+    since: dt.datetime | None,
+    waiting: AbstractSet[int],
     seed: int,
-    since_set: bool,
     fresh_size: int,
     fresh_share: float,
     older_size: int,
@@ -442,12 +597,29 @@ def _hold_out(
 
     They judge title → abstract, so only articles with both are among them; an article
     with a title alone in the older hash bucket is still held (never trained on).
+
+    Fresh candidates are the window's *new literature*: first ingested after ``since``
+    (a revision of an article an earlier window held is not), not held back by the round
+    before (``waiting``), and sharing no text with an article ingested before, which an
+    earlier round may have trained on. Of twins among them, the newest stands for them.
     """
-    # ---- fresh held-out: the newest articles of the window, never trained on
-    window = [r for r in window if r.title and r.abstract]
-    n_fresh = min(fresh_size, int(len(window) * fresh_share))
-    ordered = sorted(window, key=_date_key)
-    fresh = ordered[len(ordered) - n_fresh :] if n_fresh else []
+    # ---- fresh held-out: the newest new literature of the window, never trained on
+    earlier = {k for r in rows if since is not None and _first_ingest(r) <= since
+               for k in keys[r.pmid]}  # fmt: skip
+    candidates = [
+        r for r in window
+        if r.title and r.abstract and (since is None or _first_ingest(r) > since)
+        and r.pmid not in waiting and earlier.isdisjoint(keys[r.pmid])
+    ]
+    unique: list[ArticleRow] = []
+    seen: set[bytes] = set()
+    for r in sorted(candidates, key=_date_key, reverse=True):
+        if seen.isdisjoint(keys[r.pmid]):
+            unique.append(r)
+        seen.update(keys[r.pmid])
+    unique.reverse()
+    n_fresh = min(fresh_size, int(len(unique) * fresh_share))
+    fresh = unique[len(unique) - n_fresh :] if n_fresh else []
     cutoff = _date_key(fresh[0]) if fresh else None
     fresh_ids = {r.pmid for r in fresh}
 
@@ -456,17 +628,35 @@ def _hold_out(
         r for r in rows
         if in_older_holdout(r.pmid, holdout_buckets) and r.pmid not in fresh_ids
     ]
+    bucket_ids = frozenset(r.pmid for r in bucket)
+    bucket_keys = frozenset(k for r in bucket for k in keys[r.pmid])
+    # an older item shares no text with an article outside the bucket: before texts were
+    # held, an earlier round may have trained that twin
+    outside = {k for r in rows if r.pmid not in bucket_ids for k in keys[r.pmid]}
     older_ids = {r.pmid for r in older_rows}
-    judged = [r for r in bucket if r.title and r.abstract]
-    pool = [r for r in judged if r.pmid in older_ids] if since_set else []
+    judged = [
+        r for r in bucket if r.title and r.abstract and outside.isdisjoint(keys[r.pmid])
+    ]
+    pool = [r for r in judged if r.pmid in older_ids] if since is not None else []
     if len(pool) < min(20, older_size):
         pool = [r for r in judged if cutoff is None or _date_key(r) < cutoff]
     pool.sort(key=lambda r: _hash_unit(r.pmid, seed, "older"))
-    older = pool[:older_size]
-    held = frozenset(fresh_ids | {r.pmid for r in bucket})
+    older: list[ArticleRow] = []
+    seen = {k for r in fresh for k in keys[r.pmid]}
+    for r in pool:  # one item per text
+        if len(older) >= older_size:
+            break
+        if seen.isdisjoint(keys[r.pmid]):
+            older.append(r)
+            seen.update(keys[r.pmid])
+    held = frozenset(fresh_ids | bucket_ids)
+    held_keys = frozenset(bucket_keys | {k for r in fresh for k in keys[r.pmid]})
 
     # ---- distractors: other abstracts, fixed by seed
-    others = [r for r in rows if r.pmid not in held and r.abstract]
+    others = [
+        r for r in rows
+        if r.pmid not in held and r.abstract and held_keys.isdisjoint(keys[r.pmid])
+    ]
     others.sort(key=lambda r: _hash_unit(r.pmid, seed, "distractor"))
     heldout = HeldOut(
         fresh=tuple(EvalItem(r.pmid, r.title, r.abstract) for r in fresh),
@@ -474,7 +664,67 @@ def _hold_out(
         distractors=tuple(EvalItem(r.pmid, r.title, r.abstract) for r in others[:distractors]),
         queries=tuple(_query_items([*fresh, *older], seed)),
     )
-    return _Split(heldout=heldout, held=held, cutoff=cutoff)
+    return _Split(
+        heldout=heldout, held=held, held_keys=held_keys, bucket=bucket_ids,
+        bucket_keys=bucket_keys, cutoff=cutoff, keys=keys,
+    )
+
+
+# ------------------------------------------------------------------ what a window held back
+
+
+@dataclass(frozen=True)
+class _Untrained:
+    """What a mined window held back: articles it left untrained (its fresh set, what
+    was as new, their text twins), and articles whose expert judgements waited."""
+
+    articles: frozenset[int] = frozenset()
+    feedback: frozenset[int] = frozenset()
+
+
+def _window_key(at: dt.datetime) -> str:
+    return str(iso(at))
+
+
+def _load_untrained(engine: Engine, since: dt.datetime | None) -> _Untrained | None:
+    """What the window ending at ``since`` held back; ``None``: no record of it."""
+    if since is None:
+        return _Untrained()
+    c = checkpoints.c
+    stmt = select(c.value).where(c.scope == UNTRAINED_SCOPE, c.key == _window_key(since))
+    with engine.connect() as conn:
+        value = conn.execute(stmt).scalar()
+    if not isinstance(value, dict):
+        return None
+    return _Untrained(
+        frozenset(int(p) for p in value.get("articles") or ()),
+        frozenset(int(p) for p in value.get("feedback") or ()),
+    )
+
+
+def _save_untrained(engine: Engine, window_end: dt.datetime, held: _Untrained) -> None:
+    """Add what this mining holds back to the record of its window end.
+
+    Records are merged: two minings of the same window end (a dry run, another seed or
+    fresh size) hold back the union, so a round continuing from it may train an article
+    twice but never loses one.
+    """
+    c = checkpoints.c
+    key = _window_key(window_end)
+    stmt = select(c.value).where(c.scope == UNTRAINED_SCOPE, c.key == key).with_for_update()
+    with engine.begin() as conn:
+        old = conn.execute(stmt).scalar()
+        before = {
+            name: {int(p) for p in (old.get(name) or ())} if isinstance(old, dict) else set()
+            for name in ("articles", "feedback")
+        }
+        merged = {name: before[name] | set(getattr(held, name)) for name in before}
+        if isinstance(old, dict) and merged == before:
+            return
+        value = {name: sorted(pmids) for name, pmids in merged.items()}
+        upsert(conn, checkpoints, [{"scope": UNTRAINED_SCOPE, "key": key, "status": "done",
+                                    "value": value, "updated_at": utcnow()}],
+               keys=("scope", "key"))  # fmt: skip
 
 
 def _query_items(rows: Sequence[ArticleRow], seed: int) -> Iterable[EvalItem]:
@@ -490,14 +740,15 @@ def _new_pairs(
     settings: Settings,
     new_rows: Sequence[ArticleRow],
     by_pmid: Mapping[int, ArticleRow],
-    held: frozenset[int],
+    split: _Split,
     today: dt.date,
     weight: Callable[[ArticleRow], float],
     *,
     anchors: bool,
 ) -> list[Pair]:
     """Candidate pairs of the window: title → abstract, query-like anchors → article (an
-    article's weight shared by its pairs), and citing title → cited text."""
+    article's weight shared by its pairs), and citing title → cited text (a cited article
+    that may train: not held out by PMID or text, older than the fresh set)."""
     candidates: list[Pair] = []
     for r in new_rows:
         own = []
@@ -515,7 +766,7 @@ def _new_pairs(
     new_ids = {r.pmid for r in new_rows}
     for citing, cited in _references(engine, new_ids):
         src, dst = by_pmid.get(citing), by_pmid.get(cited)
-        if src is None or dst is None or dst.pmid in held or not src.title:
+        if src is None or dst is None or not split.trainable(dst) or not src.title:
             continue
         # recency of the citing article, impact of the cited one
         w = _recency(src, today, settings) * _citation(dst, today)
@@ -530,7 +781,7 @@ def _with_negatives(
     pairs: Sequence[Pair],
     lexical: LexicalSearch,
     by_pmid: Mapping[int, ArticleRow],
-    held: AbstractSet[int],
+    split: _Split,
     *,
     depth: int,
     skip: int,
@@ -539,9 +790,10 @@ def _with_negatives(
     """The pairs, each without a negative (but feedback) given one from the lexical ranking
     of its anchor.
 
-    The negative is neither the pair's articles nor a held-out one (held-out text is never
-    trained on), and is formatted like the positive (abstract alone, or title and abstract,
-    or a title alone: see :func:`_negative_allowed`).
+    The negative is neither the pair's articles nor one that may not train (held out by
+    PMID or text, or as new as the fresh set: held-out text is never trained on), and is
+    formatted like the positive (abstract alone, or title and abstract, or a title alone:
+    see :func:`_negative_allowed`).
     """
     ranked: dict[str, Sequence[tuple[int, float]]] = {}
     out: list[Pair] = []
@@ -559,7 +811,7 @@ def _with_negatives(
         with_abstract = abstract_only or bool(positive is None or positive.abstract)
         neg = pick_negative(
             ranked[p.anchor], exclude, skip=skip, key=(seed, p.kind, p.pmid, p.anchor),
-            allowed=functools.partial(_negative_allowed, by_pmid, held, with_abstract),
+            allowed=functools.partial(_negative_allowed, by_pmid, split, with_abstract),
         )
         if neg is None:
             out.append(p)
@@ -571,15 +823,17 @@ def _with_negatives(
 
 
 def _negative_allowed(
-    by_pmid: Mapping[int, ArticleRow], held: AbstractSet[int], with_abstract: bool, pmid: int
+    by_pmid: Mapping[int, ArticleRow], split: _Split, with_abstract: bool, pmid: int
 ) -> bool:
-    """Whether an article may be a hard negative: known, not held out, and shaped like the
-    positive (an abstract where the positive has one, a title alone where it has none), so
-    that the length of a text never tells a positive from a negative (measured on BioASQ:
-    title-only negatives for positives with an abstract cost MRR@10 0.006)."""
-    if pmid not in by_pmid or pmid in held:
+    """Whether an article may be a hard negative: known, allowed to train (not held out by
+    PMID or text, older than the fresh set), and shaped like the positive (an abstract
+    where the positive has one, a title alone where it has none), so that the length of a
+    text never tells a positive from a negative (measured on BioASQ: title-only negatives
+    for positives with an abstract cost MRR@10 0.006)."""
+    r = by_pmid.get(pmid)
+    if r is None or not split.trainable(r):
         return False
-    return bool(by_pmid[pmid].abstract) == with_abstract
+    return bool(r.abstract) == with_abstract
 
 
 def _recency(r: ArticleRow, today: dt.date, settings: Settings) -> float:
@@ -602,61 +856,157 @@ def _references(engine: Engine, citing: Iterable[int]) -> list[tuple[int, int]]:
     return out
 
 
+# ------------------------------------------------------------------ expert feedback
+
+
+@dataclass(frozen=True)
+class _FeedbackPair:
+    """A feedback pair and the judgements behind it."""
+
+    pair: Pair
+    #: the experts who marked its positive relevant for its query
+    backers: tuple[str, ...]
+    #: the newest of those judgements (time, id): which pairs a cap keeps
+    recency: tuple[dt.datetime, int]
+    #: (query, pmid) of its negative, and the experts who marked that not relevant
+    negative: tuple[str, int] | None = None
+    negative_backers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Feedback:
+    """What the round's feedback amounts to (see :func:`_feedback_pairs`)."""
+
+    pairs: list[_FeedbackPair]
+    unpaired: int = 0
+    excluded: int = 0
+    carried: int = 0
+    held_out: int = 0
+    disputed: int = 0
+    #: articles whose judgements wait for a later round
+    waiting: frozenset[int] = frozenset()
+
+
 def _feedback_pairs(
     engine: Engine,
     since: dt.datetime | None,
-    by_pmid: dict[int, ArticleRow],
-    held: AbstractSet[int],
-) -> tuple[list[Pair], int, dict[str, int], int]:
-    """Feedback pairs, the count of unpaired negatives, expert → judgements used, and the
-    count of the window's judgements (of trainable articles) withheld because their API
-    token was revoked (:func:`retrain.feedback.trainable_feedback`).
+    by_pmid: Mapping[int, ArticleRow],
+    split: _Split,
+    waiting: AbstractSet[int],
+) -> _Feedback:
+    """The round's feedback pairs, and what became of the judgements it did not use.
 
-    Queries are grouped as the model sees them (:func:`ranking.embed.query_text`: ``gout
-    flares?`` and ``gout flares`` are one query), and an expert's latest judgement of an
-    article for that query is the one that counts, as for the same text.
+    A judgement is the round's when it came after ``since``, or when its article was held
+    back by the round that ended there (``waiting``: it waited). It trains when its
+    article may train in this round; a held-back article's judgements wait again
+    (*carried*), the older held-out set's never train (*held out*). Queries are grouped as
+    the model sees them (:func:`ranking.embed.query_text`: ``gout flares?`` and ``gout
+    flares`` are one query), and an expert's latest judgement of an article for that
+    query is the one that counts, as for the same text. An article experts disagree on
+    for a query, over every standing judgement (this round's or not), is *disputed*:
+    neither a positive nor a negative of that query. Judgements withheld because their
+    API token was revoked (:func:`retrain.feedback.trainable_feedback`) are counted
+    (``excluded``), for articles not held out.
     """
-    def usable(j: Judgement) -> bool:
-        in_window = since is None or j.created_at > since
-        return in_window and j.pmid in by_pmid and j.pmid not in held
+    def in_round(j: Judgement) -> bool:
+        return (since is None or j.created_at > since or j.pmid in waiting) and (
+            j.pmid in by_pmid
+        )
 
     found = trainable_feedback(engine)
-    latest: dict[tuple[str, int, str], bool] = {}  # (query, pmid, expert) → relevant
-    for j in found.judgements:
-        if usable(j):
-            latest[(query_text(j.query), j.pmid, j.expert)] = j.relevant
-    excluded = sum(1 for w in found.withheld if usable(w.judgement))
+    standing: dict[tuple[str, int, str], bool] = {}
+    latest: dict[tuple[str, int, str], Judgement] = {}
+    for j in found.judgements:  # oldest first: the latest stays
+        key = (query_text(j.query), j.pmid, j.expert)
+        standing[key] = j.relevant
+        if in_round(j):
+            latest[key] = j
+    stances: dict[tuple[str, int], set[bool]] = defaultdict(set)
+    for (query, pmid, _), relevant in standing.items():
+        stances[(query, pmid)].add(relevant)
+    excluded = sum(
+        1 for w in found.withheld
+        if in_round(w.judgement) and not split.is_held(w.judgement.pmid)
+    )
+    carried = held_out = disputed = 0
+    waits: set[int] = set()
     positives: dict[str, list[int]] = defaultdict(list)
     negatives: dict[str, list[int]] = defaultdict(list)
-    judges: dict[tuple[str, int, bool], list[str]] = defaultdict(list)
-    for (query, pmid, user), relevant in latest.items():
-        (positives if relevant else negatives)[query].append(pmid)
-        judges[(query, pmid, relevant)].append(user)
-    pairs: list[Pair] = []
+    judges: dict[tuple[str, int, bool], list[Judgement]] = defaultdict(list)
+    for (query, pmid, _), j in latest.items():
+        if not split.trainable(by_pmid[pmid]):
+            if split.for_good(pmid):
+                held_out += 1
+            else:
+                carried += 1
+                waits.add(pmid)
+            continue
+        if len(stances[(query, pmid)]) > 1:
+            disputed += 1
+            continue
+        (positives if j.relevant else negatives)[query].append(pmid)
+        judges[(query, pmid, j.relevant)].append(j)
+    pairs: list[_FeedbackPair] = []
     unpaired = 0
-    used: Counter[str] = Counter()
     for query in sorted(set(positives) | set(negatives)):
-        pos = [p for p in dict.fromkeys(positives.get(query, [])) if p not in negatives[query]]
+        pos = list(dict.fromkeys(positives.get(query, [])))
         neg = list(dict.fromkeys(negatives.get(query, [])))
         if not pos:
             unpaired += len(neg)
             continue
-        used_neg: set[int] = set()
         for i, pmid in enumerate(pos):
             r = by_pmid[pmid]
             n = by_pmid[neg[i % len(neg)]] if neg else None
-            if n is not None:
-                used_neg.add(n.pmid)
-            used.update(judges[(query, pmid, True)])
-            pairs.append(
-                Pair(
-                    query,
-                    doc_text(r.title, r.abstract),
-                    "feedback",
-                    pmid,
-                    negative=doc_text(n.title, n.abstract) if n else None,
-                )
-            )
-        for pmid in used_neg:
-            used.update(judges[(query, pmid, False)])
-    return pairs, unpaired, dict(sorted(used.items())), excluded
+            backers = judges[(query, pmid, True)]
+            pairs.append(_FeedbackPair(
+                Pair(query, doc_text(r.title, r.abstract), "feedback", pmid,
+                     negative=doc_text(n.title, n.abstract) if n else None),
+                backers=tuple(j.expert for j in backers),
+                recency=max((j.created_at, j.id) for j in backers),
+                negative=(query, n.pmid) if n else None,
+                negative_backers=tuple(j.expert for j in judges[(query, n.pmid, False)])
+                if n else (),
+            ))  # fmt: skip
+    return _Feedback(pairs, unpaired, excluded, carried, held_out, disputed, frozenset(waits))
+
+
+def _cap_experts(
+    pairs: Sequence[_FeedbackPair], total: Callable[[int], int], share: float
+) -> tuple[list[_FeedbackPair], dict[str, int]]:
+    """The feedback pairs within one expert's share of the round, and expert → pairs left
+    out.
+
+    ``total(n)`` is the round's pair count with ``n`` feedback pairs. Each expert may
+    back at most ``floor(share × total)`` of the kept pairs, their most recent judgements
+    first; a pair several experts back is kept while one of them has room (and counts for
+    each that has). Leaving pairs out shrinks the round (and its replay), so the cap is
+    worked out again until nothing more is left out.
+    """
+    kept = sorted(pairs, key=lambda p: p.recency, reverse=True)
+    while True:
+        cap = math.floor(share * total(len(kept)) + 1e-9)
+        charged: Counter[str] = Counter()
+        out: list[_FeedbackPair] = []
+        for p in kept:
+            room = [e for e in dict.fromkeys(p.backers) if charged[e] < cap]
+            if room:
+                charged.update(room)
+                out.append(p)
+        if len(out) == len(kept):
+            break
+        kept = out
+    left = {id(p) for p in kept}
+    capped = Counter(e for p in pairs if id(p) not in left for e in dict.fromkeys(p.backers))
+    return [p for p in pairs if id(p) in left], dict(sorted(capped.items()))
+
+
+def _experts_used(pairs: Iterable[_FeedbackPair]) -> dict[str, int]:
+    """Expert → judgements of theirs the pairs use (positives, and each negative once)."""
+    used: Counter[str] = Counter()
+    negatives: set[tuple[str, int]] = set()
+    for p in pairs:
+        used.update(p.backers)
+        if p.negative is not None and p.negative not in negatives:
+            negatives.add(p.negative)
+            used.update(p.negative_backers)
+    return dict(sorted(used.items()))

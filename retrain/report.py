@@ -43,7 +43,10 @@ __all__ = [
 #: Per-set counts the evaluation records beside the metrics; not metrics themselves.
 COUNT_KEYS = frozenset({"queries"})
 #: Keys of ``pair_counts`` that are not pair kinds.
-NOT_KINDS = frozenset({"hard_negatives", "feedback_experts", "feedback_excluded"})
+NOT_KINDS = frozenset({
+    "hard_negatives", "feedback_experts", "feedback_excluded", "feedback_carried",
+    "feedback_held_out", "feedback_disputed", "feedback_capped", "carried", "held_back",
+})
 #: Keys of the training record that are local paths (left out of the report).
 PATH_KEYS = frozenset({"output_dir", "weights_file"})
 
@@ -115,6 +118,14 @@ class ModelVersionReport:
     #: what became of it, in a few words ("rejected by the gate", "rolled back by ann")
     summary: str
     reason: str | None
+    #: judgements of articles held back from the round: they waited for a later one
+    feedback_carried: int = 0
+    #: judgements of articles of the older held-out set (never trained on)
+    feedback_held_out: int = 0
+    #: judgements of articles experts disagreed on for the query (not trained on)
+    feedback_disputed: int = 0
+    #: expert → feedback pairs left out over one expert's share of the round's pairs
+    feedback_capped: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def pairs_total(self) -> int:
@@ -294,6 +305,10 @@ def model_history(settings: Settings, *, engine: Engine | None = None) -> list[M
                 events=events,
                 summary=_summary(v, events, passed if isinstance(passed, bool) else None),
                 reason=v.reason,
+                feedback_carried=int(counts.get("feedback_carried") or 0),
+                feedback_held_out=int(counts.get("feedback_held_out") or 0),
+                feedback_disputed=int(counts.get("feedback_disputed") or 0),
+                feedback_capped=dict(counts.get("feedback_capped") or {}),
             )
         )
     return out

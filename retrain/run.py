@@ -81,6 +81,12 @@ class RetrainReport:
             if p.get("feedback_excluded"):
                 lines.append(f"feedback excluded: {p['feedback_excluded']} judgement(s) sent "
                              "with revoked API tokens")
+            lines.extend(_feedback_lines(p))
+            if p.get("carried") or p.get("held_back"):
+                lines.append(
+                    f"carried: {p.get('carried', 0)} article(s) the last round held back "
+                    f"trainable now; {p.get('held_back', 0)} held back for the next round"
+                )
         if self.training:
             t = self.training
             budget = t.get("budget_seconds")
@@ -99,6 +105,26 @@ class RetrainReport:
                     )
         lines.extend(f"- {r}" for r in self.reasons)
         return lines
+
+
+def _feedback_lines(p: dict[str, Any]) -> list[str]:
+    """What became of the judgements the round did not train on (never silently)."""
+    lines = []
+    if p.get("feedback_carried"):
+        lines.append(f"feedback carried: {p['feedback_carried']} judgement(s) of articles "
+                     "held back from this round wait for the round that trains them")
+    if p.get("feedback_held_out"):
+        lines.append(f"feedback held out: {p['feedback_held_out']} judgement(s) of articles "
+                     "of the older held-out set (never trained on)")
+    if p.get("feedback_disputed"):
+        lines.append(f"feedback disputed: {p['feedback_disputed']} judgement(s) of articles "
+                     "experts disagree on for the query (neither positive nor negative)")
+    capped = p.get("feedback_capped") or {}
+    if capped:
+        lines.append("feedback capped (over one expert's share of the round's pairs, "
+                     "their most recent judgements kept): " + ", ".join(
+                         f"{name} {n}" for name, n in capped.items()) + " pair(s) left out")
+    return lines
 
 
 def _queries_line(m: dict[str, Any]) -> str:
@@ -262,7 +288,12 @@ def _retrain(
         window_end=pairs.window_end,
         pair_counts={**pairs.counts, "hard_negatives": pairs.hard_negatives,
                      "feedback_experts": dict(pairs.feedback_experts),
-                     "feedback_excluded": pairs.feedback_excluded},
+                     "feedback_excluded": pairs.feedback_excluded,
+                     "feedback_carried": pairs.feedback_carried,
+                     "feedback_held_out": pairs.feedback_held_out,
+                     "feedback_disputed": pairs.feedback_disputed,
+                     "feedback_capped": dict(pairs.feedback_capped),
+                     "carried": pairs.carried, "held_back": pairs.held_back},
         options=options_doc,
         metrics=metrics_doc,
         training={**training, "new_articles": pairs.new_articles},
