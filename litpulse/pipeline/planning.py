@@ -500,8 +500,10 @@ def superseded_plan(settings: Settings, shards: Sequence[Mapping[str, Any]]) -> 
     from ranking.embed import active_model
 
     planned = {str(EmbeddingShard.from_dict(dict(s)).model_version) for s in shards}
+    if not planned:
+        return None
     active = active_model(settings).id
-    if planned and planned != {active}:
+    if planned != {active}:
         return (
             f"the shards were planned for model {', '.join(sorted(planned))}, and {active} "
             "was promoted since: its own litpulse_reindex run embeds and publishes for it"

@@ -378,12 +378,13 @@ def test_no_index_asset_event_when_nothing_was_published(
     monkeypatch.setattr(ranking.refresh, "refresh_index",
                         lambda *_a, **_k: SimpleNamespace(to_dict=lambda: report))
     call = dag.task_dict[task_id].python_callable
-    arg = 0 if task_id == "refresh_index" else [0, 0]
+    args: tuple[Any, ...] = {"litpulse_index_refresh": (0,), "litpulse_bootstrap": ([0, 0],),
+                             "litpulse_reindex": ([0, 0], [])}[dag_name]  # fmt: skip
     with pytest.raises(AirflowSkipException):
-        list(call(arg))
+        list(call(*args))
     # a published version: the event, with the report
     report = {**report, "published": True, "id": "v2"}
-    [event] = list(call(arg))
+    [event] = list(call(*args))
     assert event.asset.name == "litpulse_index"
     assert event.extra["id"] == "v2" and event.extra["embedded"] == 0
 
