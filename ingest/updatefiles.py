@@ -39,7 +39,7 @@ from urllib.parse import unquote, urlsplit
 from sqlalchemy import select
 
 from ingest.http import HttpClient, raise_if_stopped
-from ingest.records import SourceRef, nlm_sequence
+from ingest.records import SourceRef, nlm_file_order, nlm_sequence
 from ingest.rows import StoreItem
 from ingest.runs import IngestCounts, OpenRun, recorded_run
 from ingest.store import Store
@@ -249,20 +249,10 @@ def plan_files(
         source.close()
 
 
-def _year_of(name: str) -> int | None:
-    m = FILE_RE.fullmatch(name)
-    return int(m.group(1)) if m else None
-
-
-def _order_of(name: str) -> tuple[int, int] | None:
-    m = FILE_RE.fullmatch(name)
-    return (int(m.group(1)), int(m.group(2))) if m else None
-
-
 def _baseline_years(applied: Mapping[str, str]) -> set[int]:
     """The years of the baseline files this store applied (a bootstrap started)."""
-    return {y for name, kind in applied.items()
-            if kind == "baseline" and (y := _year_of(name)) is not None}  # fmt: skip
+    orders = (nlm_file_order(name) for name, kind in applied.items() if kind == "baseline")
+    return {order[0] for order in orders if order is not None}
 
 
 def _past_the_baseline(applied: Mapping[str, str]) -> bool:
@@ -270,7 +260,7 @@ def _past_the_baseline(applied: Mapping[str, str]) -> bool:
     bootstrap finished (a bootstrap applies update files only after every baseline file)."""
     last: dict[str, tuple[int, int]] = {}
     for name, kind in applied.items():
-        order = _order_of(name)
+        order = nlm_file_order(name)
         if order is not None and order > last.get(kind, (0, 0)):
             last[kind] = order
     return "baseline" in last and last.get("updatefile", (0, 0)) > last["baseline"]
@@ -345,7 +335,7 @@ def _first_gap(
     for f in remote:
         numbers.setdefault(f.year, set()).add(f.number)
     for name in applied:
-        order = _order_of(name)
+        order = nlm_file_order(name)
         if order is not None:
             year, number = order
             numbers.setdefault(year, set()).add(number)

@@ -14,6 +14,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
@@ -111,3 +112,16 @@ def _truncate(engine: Engine) -> None:
     with engine.begin() as conn:
         names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
         conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY"))
+
+
+@pytest.fixture(scope="module")
+def sup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
+    """``litpulse.pipeline.dag_support``, imported with a throw-away AIRFLOW_HOME (nothing
+    lands in ``~``)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AIRFLOW_HOME", str(tmp_path_factory.mktemp("airflow_home")))
+    mp.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    import litpulse.pipeline.dag_support as module
+
+    yield module
+    mp.undo()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.util
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -35,16 +34,6 @@ DAGS = Path(__file__).resolve().parents[2] / "dags"
 MONDAY = dt.date(2024, 1, 8)
 
 
-@pytest.fixture(scope="module")
-def sup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
-    """``dag_support``, imported with a throw-away AIRFLOW_HOME (nothing lands in ``~``)."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("AIRFLOW_HOME", str(tmp_path_factory.mktemp("airflow_home")))
-    mp.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-    import litpulse.pipeline.dag_support as module
-
-    yield module
-    mp.undo()
 
 
 def _dag_module(name: str) -> tuple[ModuleType, Any]:

@@ -24,23 +24,9 @@ from tests.litpulse.app.test_browser import (  # noqa: F401 - fixtures
     real,
     server,
 )
+from tests.litpulse.app.test_browser_page import _count, _pmids, _wait_results
 
 pytestmark = pytest.mark.browser
-
-
-def _count(driver: Any) -> str:
-    return str(driver.find_element(By.ID, "count").text)
-
-
-def _pmids(driver: Any) -> list[int]:
-    return [
-        int(h.get_attribute("data-pmid"))
-        for h in driver.find_elements(By.CSS_SELECTOR, "#results > li.hit")
-    ]
-
-
-def _wait_results(driver: Any, text: str) -> None:
-    WebDriverWait(driver, 20).until(lambda d: text in _count(d))
 
 
 def _api_pmids(url: str) -> list[int]:

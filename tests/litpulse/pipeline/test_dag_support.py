@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterator
 from types import ModuleType, SimpleNamespace
 
 import pytest
@@ -18,15 +17,6 @@ from litpulse.core.errors import ConfigError, InvalidRequestError, TransientSour
 UTC = dt.UTC
 
 
-@pytest.fixture(scope="module")
-def sup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("AIRFLOW_HOME", str(tmp_path_factory.mktemp("airflow_home")))
-    mp.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-    import litpulse.pipeline.dag_support as module
-
-    yield module
-    mp.undo()
 
 
 def _days(window: tuple[dt.datetime, dt.datetime]) -> list[str]:
