@@ -647,11 +647,22 @@ class LexicalIndex:
         return tantivy.Query.boolean_query([(tantivy.Occur.Must, only), (tantivy.Occur.Must, text)])
 
     def _idf(self, searcher: Any, name: str, term: str) -> float:
-        """:meth:`Bm25.idf` of ``term`` in field ``name`` (kept: the index is read-only)."""
+        """:meth:`Bm25.idf` of ``term`` in field ``name`` (kept: the index is read-only).
+
+        The document frequency is counted over the live documents: tantivy's ``doc_freq``
+        also counts the documents an incremental refresh deleted (each revised article's
+        old copy) until a merge drops them, which would drift from the live ``N`` of the
+        statistics, by the night, down to a negative idf. Counting walks the term's
+        postings (once per term and index: the cache).
+        """
+        import tantivy
+
         key = (name, term)
         idf = self._idfs.get(key)
         if idf is None:
-            idf = Bm25.idf(self._stats.docs, searcher.doc_freq(name, term))
+            query = tantivy.Query.term_query(self._index.schema, name, term, index_option="basic")
+            live = searcher.search(query, 1, count=True).count
+            idf = Bm25.idf(self._stats.docs, int(live or 0))
             if len(self._idfs) >= IDF_CACHE:
                 self._idfs.clear()
             self._idfs[key] = idf

@@ -244,8 +244,8 @@ class Settings:
     )
     quality_expect_weekdays: bool = _opt(
         True,
-        "A window touching a weekday (Monday-Friday UTC) that returns no record, while the "
-        "store holds none of its days either, fails the nightly data-quality check; "
+        "A window touching a weekday (Monday-Friday UTC) that returns no record (a rerun "
+        "counts the batches an earlier try stored) fails the nightly data-quality check; "
         "weekend windows may be empty.",
     )
     quality_max_staleness_days: int = _opt(

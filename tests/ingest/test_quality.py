@@ -60,8 +60,10 @@ def test_empty_weekday_allowed_by_setting(settings: Settings) -> None:
 def test_rerun_with_only_unchanged_records_is_not_empty(settings: Settings) -> None:
     _store_articles(settings, [dt.date(2024, 1, 2)])
     assert check_ingest(settings, IngestCounts(unchanged=5), TUESDAY).ok
-    # a repeated window whose batches were all skipped returns nothing at all
-    assert check_ingest(settings, IngestCounts(), TUESDAY).ok
+    # a repeated window whose batches were all skipped reports them (whole_window): an
+    # empty count is an empty source, whatever the store holds of the day
+    with pytest.raises(DataQualityError, match="returned no record"):
+        check_ingest(settings, IngestCounts(), TUESDAY)
 
 
 def test_quarantine_rate_above_threshold_fails(sqlite_settings: Settings) -> None:

@@ -1,6 +1,9 @@
 """Hostile review of the lexical (tantivy BM25) index and of the nightly data-quality checks.
 
-Each test asserts the correct behaviour and is a strict xfail on the current code.
+Each test failed before its fix (a strict xfail first): tantivy's ``doc_freq`` counts the
+superseded copies an incremental refresh deletes, until a merge drops them (the idf now
+counts live documents: ``LexicalIndex._idf``); the empty-weekday check took the store's
+articles of the window's first day, stored by the window before, for a rerun.
 """
 
 from __future__ import annotations
@@ -42,11 +45,6 @@ def _revise_mesh(engine: Engine, pmids: list[int], mesh: list[str]) -> None:
 # ------------------------------------------------------------ BM25 after revisions
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="idf uses tantivy doc_freq, which counts deleted (superseded) documents: after a "
-    "few nightly revisions idf < 0 and LexicalIndex._ranked drops every match",
-)
 def test_revised_articles_stay_findable_after_nightly_refreshes(
     sqlite_settings: Settings,
 ) -> None:
@@ -70,11 +68,6 @@ def test_revised_articles_stay_findable_after_nightly_refreshes(
         assert all(m.score > 0 for m in lex.explain("sepsis", [7, 8]).values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="--explain BM25 figures after an incremental refresh use a document frequency "
-    "that still counts the superseded copies of revised articles (LexicalIndex._idf)",
-)
 def test_explained_bm25_after_an_update_equals_the_documented_formula(
     sqlite_settings: Settings,
 ) -> None:
@@ -102,11 +95,6 @@ def test_explained_bm25_after_an_update_equals_the_documented_formula(
     assert rebuilt.explain("sepsis", [1])[1].score == pytest.approx(got.score, rel=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LexicalIndex.scores (hybrid fill-in of semantic-only candidates) omits live "
-    "articles holding the term once idf turns negative: they get lexical 0",
-)
 def test_bm25_of_given_candidates_covers_every_live_match_after_revisions(
     sqlite_settings: Settings,
 ) -> None:
@@ -134,11 +122,6 @@ def _store_articles(settings: Settings, edats: list[dt.date]) -> None:
     Store(db.connect(settings)).apply(items)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_ingest's empty-weekday check counts articles of the window's first day "
-    "that the previous nightly window stored, so a source returning nothing passes",
-)
 def test_empty_nightly_window_fails_even_if_its_first_day_was_partly_ingested_before(
     sqlite_settings: Settings,
 ) -> None:
