@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from litpulse.core import db
 from litpulse.core.schema import articles, embeddings, index_versions, ingest_runs, model_versions
 from litpulse.core.settings import Settings
-from tests.dags.conftest import REPO, RUNNER, airflow_env, publish_bootstrap_files, run_dags
+from tests.dags.conftest import REPO, RUNNER, airflow_env, run_dags
 from tests.emulator import Emulator
 
 EXPECTED_DAGS = {
@@ -356,44 +356,6 @@ def test_train_queue_reads_its_one_variable(caplog: pytest.LogCaptureFixture) ->
     finally:
         dag_support.logger.removeHandler(caplog.handler)
     assert "LITPULSE_TRAIN_QUEUE is blank" in caplog.text
-
-
-@pytest.mark.slow
-def test_bootstrap_with_dag_test(airflow_home: Path, emulator: Emulator, tmp_path: Path) -> None:
-    """`litpulse_bootstrap` as shipped: baseline then updates applied, embedded, published;
-    a second run applies nothing and publishes nothing new."""
-    base, upd = publish_bootstrap_files(emulator, tmp_path)
-    settings = emulator.configure(Settings.from_env({}, home=tmp_path / "lp"),
-                                  bootstrap_prefetch=1)
-    report = run_dags(
-        airflow_home,
-        [{"dag_id": "litpulse_bootstrap", "conf": {"shards": 2}},
-         {"dag_id": "litpulse_bootstrap", "conf": {"shards": 2}}],
-        emulator.env(settings),
-        tmp_path,
-    )
-    first, second = report["runs"]
-    assert first["state"] == "success", first
-    assert {k for k in first["tasks"] if k.startswith("fetch_file")} == {
-        f"fetch_file[{i}]" for i in range(4)
-    }
-    assert {k for k in first["tasks"] if k.startswith("embed_shard")} == {
-        "embed_shard[0]", "embed_shard[1]"
-    }
-    engine = db.connect(settings)
-    with engine.connect() as conn:
-        live = set(conn.execute(
-            select(articles.c.pmid).where(articles.c.is_deleted.is_(False))).scalars())
-        vectors = conn.execute(select(func.count()).select_from(embeddings)).scalar()
-        published = conn.execute(
-            select(index_versions).where(index_versions.c.status == "published")).all()
-    assert live == set(base.live_pmids) | set(upd.live_pmids)
-    assert vectors == len(live)
-    assert len(published) == 1 and published[0].size == len(live)
-    assert second["state"] == "success", second
-    assert not any(k.startswith("fetch_file[") for k in second["tasks"])  # nothing pending
-    sizes = [e["extra"]["size"] for e in report["asset_events"] if e["asset"] == "litpulse_index"]
-    assert sizes and sizes[0] == len(live)
 
 
 @pytest.mark.slow

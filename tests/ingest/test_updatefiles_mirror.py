@@ -127,9 +127,9 @@ def _publish_updates(emu: Emulator) -> None:
 
 
 def test_a_gap_in_the_update_file_numbers_is_not_applied_across(
-    emu: Emulator, settings: Settings
+    emu: Emulator, sqlite_settings: Settings
 ) -> None:
-    s = _configure(emu, settings)
+    s = _configure(emu, sqlite_settings)  # the file plan's rule: one database is enough
     emu.add_file("updatefiles", "pubmed25n1275.xml.gz", U1)
     emu.add_file("updatefiles", "pubmed25n1277.xml.gz", U3)  # 1276 not on the mirror yet
     with pytest.raises(IncompleteSourceError, match=r"pubmed25n1276\.xml\.gz is not on the"):
@@ -181,9 +181,9 @@ def _bootstrap(s: Settings) -> None:
 
 
 def test_update_files_wait_for_the_baseline_even_when_its_listing_is_an_error_page(
-    emu: Emulator, settings: Settings
+    emu: Emulator, sqlite_settings: Settings
 ) -> None:
-    s = _configure(emu, settings)
+    s = _configure(emu, sqlite_settings)  # the file plan's rule: one database is enough
     _publish_bootstrap(emu)
     load_files(s, workers=0, prefetch=0, max_files=1)  # a bootstrap cut short
     emu.faults.add("garbage", path="=/pubmed/baseline/", times=1)
@@ -223,9 +223,9 @@ def test_a_bootstrap_does_not_apply_update_files_past_a_broken_baseline_listing(
 
 
 def test_a_bootstrap_loads_one_annual_baseline_not_every_year_the_mirror_kept(
-    emu: Emulator, settings: Settings
+    emu: Emulator, sqlite_settings: Settings
 ) -> None:
-    s = _configure(emu, settings)
+    s = _configure(emu, sqlite_settings)  # the file plan's rule: one database is enough
     emu.add_file("baseline", "pubmed24n0001.xml.gz", _file(range(1, 9)))  # stale
     emu.add_file("baseline", "pubmed25n0001.xml.gz", _file(range(1, 7)))  # 7, 8 deleted since
     emu.add_file("updatefiles", "pubmed25n0002.xml.gz", _file([20]))
