@@ -93,12 +93,13 @@ class Settings:
     home: Path = _opt(
         Path(".litpulse"),
         "Data directory: database, indexes, adapters, downloads (a relative path is taken "
-        "from the folder the command starts in).",
+        "from the folder the command starts in; blank is refused).",
     )
     database_url: str = _opt(
         "",
         "SQLAlchemy URL of the metadata store; empty means a SQLite file "
-        "`litpulse.db` in the home. PostgreSQL: postgresql+psycopg://user@host/db.",
+        "`litpulse.db` in the home (a relative or ~ SQLite path is taken as the home's is). "
+        "PostgreSQL: postgresql+psycopg://user@host/db. Its password is never shown.",
     )
     store_batch: int = _opt(
         5000,
@@ -559,6 +560,10 @@ class Settings:
             raise ConfigError(
                 f"{env_name('database_url')} must be a SQLAlchemy URL, got {self.database_url!r}"
             )
+        if self.database_url:
+            # a SQLite file named as the home is: `~` expanded, a relative path fixed now
+            # (else each process, or the same one after a chdir, opens its own store)
+            object.__setattr__(self, "database_url", _sqlite_fixed(self.database_url))
 
     # -- derived ------------------------------------------------------------------------------
     @property
@@ -596,7 +601,7 @@ class Settings:
         rows = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            shown = "***" if f.metadata.get("secret") and value else str(value)
+            shown = "***" if f.metadata.get("secret") and value else _displayed(value)
             rows.append(
                 {
                     "name": f.name,
@@ -614,6 +619,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.metadata.get("secret") and value:
                 value = "***"
+            elif isinstance(value, str):
+                value = hide_password(value)
             parts.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(parts)})"
 
@@ -704,11 +711,57 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:30] + f"...({len(text)} chars)"
 
 
+def hide_password(url: str) -> str:
+    """``url`` with the password of its ``user:password@`` part shown as ``***`` (any
+    scheme: a database URL, a mirror's); other text as it is."""
+    import urllib.parse
+
+    if "://" not in url or "@" not in url:
+        return url
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user = userinfo.split(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _displayed(value: Any) -> str:
+    return hide_password(value) if isinstance(value, str) else str(value)
+
+
+def _sqlite_fixed(url: str) -> str:
+    """A ``sqlite`` URL whose file path is absolute and ``~``-expanded (others as they
+    are: another database, an in-memory or ``file:`` URI database)."""
+    if not url.startswith("sqlite"):
+        return url
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"{env_name('database_url')}={url!r} is not a SQLAlchemy URL") from exc
+    path = parsed.database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return url
+    fixed = os.path.abspath(os.path.expanduser(path))
+    if fixed == path:
+        return url
+    return parsed.set(database=fixed).render_as_string(hide_password=False)
+
+
 def _convert(key: str, raw: str, hint: Any) -> Any:
     raw = raw.strip()
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if not raw and hint is Path:  # Path("") is the working directory: data spread anywhere
+        raise ConfigError(f"{key} is blank: unset it for the default, or name a folder")
     try:
         if hint is bool:
             low = raw.lower()

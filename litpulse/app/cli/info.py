@@ -9,7 +9,7 @@ from typing import Any
 
 from litpulse.app.cli._common import kv, print_json, print_table
 from litpulse.core.errors import ConfigError
-from litpulse.core.settings import Settings
+from litpulse.core.settings import Settings, hide_password
 
 __all__ = ["register"]
 
@@ -103,7 +103,7 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
     if args.runs < 0:
         raise ConfigError("--runs must be >= 0")
     st = _store(settings).status(runs=args.runs)
-    st["database"] = _safe_url(settings.effective_database_url)
+    st["database"] = hide_password(settings.effective_database_url)
     st["index"] = _index(settings)
     if args.json:
         print_json(st)
@@ -209,13 +209,3 @@ def settings_cmd(args: argparse.Namespace, settings: Settings) -> int:
 def _short(text: str, width: int) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _safe_url(url: str) -> str:
-    """The database URL without its password."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - show nothing rather than a secret
-        return "?"

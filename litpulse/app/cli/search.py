@@ -200,9 +200,36 @@ def search_via_server(
         print(f"litpulse: the server at {base} serves index {data.get('index_version')}, this "
               f"store publishes {published}: searching in process", file=sys.stderr)
         return None
+    differs = _options_differ(data.get("options"), options.to_dict())
+    if differs:
+        print(f"litpulse: the server at {base} ranks with other options ({differs}): "
+              "searching in process", file=sys.stderr)
+        return None
     print(f"litpulse: answered by the server at {base} in "
           f"{time.perf_counter() - started:.2f} s", file=sys.stderr)
     return data
+
+
+def _options_differ(served: Any, ours: dict[str, Any]) -> str:
+    """The scoring options (``ScoringOptions.to_dict``) a server's answer was ranked with
+    that are not this CLI's — the fusion and its k come from each side's own settings, the
+    query sends the rest — as ``name server≠ours`` text; empty when all agree."""
+    import math
+
+    if not isinstance(served, dict):
+        return "none given"
+    out = []
+    for name, want in ours.items():
+        if name == "today":
+            continue
+        got = served.get(name)
+        same = (
+            isinstance(got, int | float) and not isinstance(got, bool)
+            and math.isclose(float(got), float(want), rel_tol=1e-9, abs_tol=1e-12)
+        ) if isinstance(want, int | float) and not isinstance(want, bool) else got == want
+        if not same:
+            out.append(f"{name} {got!r}≠{want!r}")
+    return ", ".join(out)
 
 
 def _published_index_id(settings: Settings) -> str | None:

@@ -1,8 +1,10 @@
 """Hostile review of configuration and deployment: settings an operator may plausibly
 give that silently lose, split or mix data, give a wrong answer or show a secret.
 
-Each test states the correct behaviour and is expected to fail on the current code
-(``xfail(strict=True)``); ``--runxfail`` shows the failure.
+Each test failed before its fix (a strict xfail first): the database password shown by
+``litpulse settings`` and ``repr``; ``~`` and relative SQLite paths resolved by whichever
+process opened them; a blank home taken for the working directory; the CLI taking a
+server's answer ranked with another fusion.
 """
 
 from __future__ import annotations
@@ -33,11 +35,6 @@ def _dispose(settings: Settings) -> None:
 PG_URL = "postgresql+psycopg://litpulse:S3cr%40tPw@db.internal:5432/litpulse"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Settings.describe()/__repr__ (litpulse settings) print LITPULSE_DATABASE_URL's "
-    "password: database_url is not marked secret",
-)
 def test_settings_never_show_the_database_password(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -57,11 +54,6 @@ def test_settings_never_show_the_database_password(
 # ------------------------------------------------------------- paths in the database URL
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a `~` in a sqlite LITPULSE_DATABASE_URL is not expanded (home is): db.connect "
-    "makes a folder literally named '~' in the working directory and stores there",
-)
 def test_tilde_in_a_sqlite_url_means_the_home_folder(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -82,11 +74,6 @@ def test_tilde_in_a_sqlite_url_means_the_home_folder(
     assert (user_home / "lp" / "litpulse.db").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a relative sqlite LITPULSE_DATABASE_URL is resolved against the cwd of whoever "
-    "opens it, not fixed when the settings are made (as LITPULSE_HOME is): two stores",
-)
 def test_relative_sqlite_url_names_one_file_like_the_home(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -112,11 +99,6 @@ def test_relative_sqlite_url_names_one_file_like_the_home(
 
 
 @pytest.mark.parametrize("raw", ["", "   "])
-@pytest.mark.xfail(
-    strict=True,
-    reason="a blank LITPULSE_HOME (`LITPULSE_HOME=` in an env file) silently becomes the "
-    "working directory itself (Path('')=='.'), not the default .litpulse nor an error",
-)
 def test_blank_home_is_the_default_or_an_error(
     raw: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -174,11 +156,6 @@ def fake_server() -> Iterator[_FakeServer]:
     srv.httpd.server_close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.search.search_via_server sends neither LITPULSE_FUSION/RRF_K nor checks the "
-    "server's options: a CLI with fusion=rrf takes a server's fusion=mix ranking as its own",
-)
 def test_cli_search_never_takes_a_server_answer_ranked_another_way(
     fake_server: _FakeServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
