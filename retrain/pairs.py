@@ -92,7 +92,7 @@ from litpulse.core.settings import Settings
 from litpulse.core.timeutil import as_utc, iso, utcnow
 from ranking.embed import query_text
 from retrain.anchors import LexicalSearch, article_anchors, heldout_anchor, pick_negative
-from retrain.evaluate import EvalItem, HeldOut
+from retrain.evaluate import MIN_OLDER, EvalItem, HeldOut
 from retrain.feedback import Judgement, trainable_feedback
 
 __all__ = ["Pair", "PairSet", "ArticleRow", "mine_pairs", "doc_text", "article_weight"]
@@ -122,6 +122,9 @@ MIN_HEADING_CORPUS = 200
 EXPERT_SHARE = 0.25
 #: ``checkpoints`` scope of what each mined window left untrained (key: its window end).
 UNTRAINED_SCOPE = "retrain/untrained"
+#: ``checkpoints`` scope and key of the widest older held-out bucket a round held out.
+OLDER_SCOPE = "retrain/older"
+OLDER_KEY = "buckets"
 
 
 @dataclass(frozen=True)
@@ -410,11 +413,22 @@ def mine_pairs(
         waiting = _Untrained()
     carried_rows = [r for r in older_rows if r.pmid in waiting.articles]
 
-    split = _hold_out(
-        rows, window, older_rows, keys, since=since, waiting=waiting.articles, seed=seed,
-        fresh_size=fresh_size, fresh_share=fresh_share, older_size=older_size,
-        distractors=distractors, holdout_buckets=holdout_buckets,
-    )
+    # the older bucket: the narrowest that holds MIN_OLDER judged articles, never wider
+    # than a round before held out (its model may have trained on the rest)
+    widest = _older_buckets(engine, holdout_buckets)
+    for buckets in _bucket_choices(holdout_buckets, widest):
+        split = _hold_out(
+            rows, window, older_rows, keys, since=since, waiting=waiting.articles, seed=seed,
+            fresh_size=fresh_size, fresh_share=fresh_share, older_size=older_size,
+            distractors=distractors, holdout_buckets=buckets,
+        )
+        if len(split.heldout.older) >= MIN_OLDER:
+            break
+    if buckets != holdout_buckets:
+        notes.append(
+            f"older held-out set: 1 article in {buckets} (1 in {holdout_buckets} held "
+            f"{'too few' if widest is None or buckets < widest else 'fewer than a round before'})"
+        )
     pool = [*window, *carried_rows]
     new_rows = [r for r in pool if split.trainable(r)]
     replay_rows = [
@@ -483,6 +497,8 @@ def mine_pairs(
     window_end = max((r.updated_at for r in rows), default=None)
     if record and window_end is not None:
         _save_untrained(engine, window_end, _Untrained(held_back, fb.waiting))
+    if record and (widest is None or buckets != widest):
+        _save_older_buckets(engine, buckets)
     result = PairSet(
         pairs=tuple(pairs),
         counts=counts,
@@ -700,6 +716,50 @@ def _load_untrained(engine: Engine, since: dt.datetime | None) -> _Untrained | N
         frozenset(int(p) for p in value.get("articles") or ()),
         frozenset(int(p) for p in value.get("feedback") or ()),
     )
+
+
+def _bucket_choices(requested: int, widest: int | None) -> list[int]:
+    """The older buckets a round may hold out, narrowest first: 1 in ``requested``, then
+    twice and four times as wide, none wider than 1 in ``widest`` (a round before held
+    out that much; ``None``: no model has trained yet, any width is safe). Each is a
+    subset of the wider ones (:func:`in_older_holdout`), so narrowing never exposes an
+    article that was trained."""
+    choices = [b for b in (requested, requested // 2, requested // 4) if b >= 1]
+    if widest is not None:
+        choices = [b for b in choices if b >= widest] or [widest]
+    return list(dict.fromkeys(choices))
+
+
+def _older_buckets(engine: Engine, requested: int) -> int | None:
+    """The widest older bucket any round of this store held out (1 in N: the N), or
+    ``None`` when no round has trained: no record and no model version. A store whose
+    rounds ran before the width was recorded held out 1 in ``requested``."""
+    from litpulse.core.schema import model_versions
+
+    c = checkpoints.c
+    stmt = select(c.value).where(c.scope == OLDER_SCOPE, c.key == OLDER_KEY)
+    with engine.connect() as conn:
+        value = conn.execute(stmt).scalar()
+        if isinstance(value, dict) and isinstance(value.get("buckets"), int):
+            return int(value["buckets"])
+        trained = conn.execute(select(model_versions.c.id).limit(1)).first()
+    return None if trained is None else requested
+
+
+def _save_older_buckets(engine: Engine, buckets: int) -> None:
+    """Record the older bucket this round held out, if wider than the one recorded (rounds
+    mined at once: the widest holds, so a later round never widens past it)."""
+    c = checkpoints.c
+    stmt = select(c.value).where(c.scope == OLDER_SCOPE, c.key == OLDER_KEY).with_for_update()
+    with engine.begin() as conn:
+        old = conn.execute(stmt).scalar()
+        if isinstance(old, dict) and isinstance(old.get("buckets"), int):
+            buckets = min(buckets, int(old["buckets"]))
+            if buckets == old["buckets"]:
+                return
+        upsert(conn, checkpoints, [{"scope": OLDER_SCOPE, "key": OLDER_KEY, "status": "done",
+                                    "value": {"buckets": buckets}, "updated_at": utcnow()}],
+               keys=("scope", "key"))  # fmt: skip
 
 
 def _save_untrained(engine: Engine, window_end: dt.datetime, held: _Untrained) -> None:

@@ -233,3 +233,38 @@ def test_one_expert_cannot_flood_the_training_set(
 
     summary = RetrainReport(RetrainOutcome.DRY_RUN, pairs=ps.to_dict()).summary()
     assert any("feedback capped" in line and f"mallory {150 - n}" in line for line in summary)
+
+
+# ------------------------------------------------------- the older held-out set of a small store
+
+
+def test_a_small_stores_rounds_get_an_older_set_that_never_widens(
+    sqlite_settings: Settings, engine: Engine
+) -> None:
+    """BioASQ's 1,328 articles (316 with an abstract) put 8 judged articles in the 1-in-20
+    older bucket, 7 of them before the fresh set: under :data:`MIN_OLDER`, so the gate
+    rejected every retrain of that store. A first round may hold out a wider bucket (no
+    model has trained yet); a later round never a wider one than a round before it, so no
+    article a model trained on is ever judged as held out."""
+    from retrain.evaluate import MIN_OLDER
+    from retrain.pairs import HOLDOUT_BUCKETS
+
+    drugs = make_drugs(12)
+    first_ids = insert_batch(engine, start_pmid=1000, n=150, start=dt.date(2024, 1, 1),
+                             days=180, ingested=T0, drugs=drugs, seed=4)
+    pmids = [p for group in first_ids.values() for p in group]
+    narrow = [p for p in pmids if in_older_holdout(p, HOLDOUT_BUCKETS)]
+    assert len(narrow) < MIN_OLDER  # the 1-in-20 bucket alone is too small here
+    first = mine_pairs(sqlite_settings, fresh_size=20, distractors=50)
+    older = {i.pmid for i in first.heldout.older}
+    assert len(older) >= MIN_OLDER
+    trained = _trained(first, (*NEW_KINDS, "replay"))
+    assert not older & trained
+    # a later round, the store grown: its older set holds nothing a round before trained
+    insert_batch(engine, start_pmid=5000, n=150, start=dt.date(2024, 7, 1), days=180,
+                 ingested=T1, drugs=drugs, seed=5)
+    second = mine_pairs(sqlite_settings, since=T0, fresh_size=20, distractors=50)
+    later = {i.pmid for i in second.heldout.older}
+    assert len(later) >= MIN_OLDER
+    assert not later & trained, "an article the first round trained on is judged as held out"
+    assert not later & _trained(second, (*NEW_KINDS, "replay"))
