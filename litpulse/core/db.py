@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, Table, create_engine, delete, event, insert, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError
 
 from litpulse.core.errors import ConfigError, LeaseLostError
@@ -100,8 +100,9 @@ def connect(settings: Settings, *, create: bool = True) -> Engine:
     engine = _ENGINES.get(url)
     if engine is None:
         if url.startswith("sqlite"):
-            if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-                os.makedirs(os.path.dirname(url[len("sqlite:///") :]) or ".", exist_ok=True)
+            database = make_url(url).database  # the path SQLite opens (decoded)
+            if database and database != ":memory:" and not database.startswith("file:"):
+                os.makedirs(os.path.dirname(database) or ".", exist_ok=True)
             engine = create_engine(url, connect_args={"timeout": 60})
             event.listen(engine, "connect", _sqlite_pragmas)
             with _BULK_LOCK:

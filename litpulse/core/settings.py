@@ -713,21 +713,20 @@ def _shown(value: Any) -> str:
 
 def hide_password(url: str) -> str:
     """``url`` with the password of its ``user:password@`` part shown as ``***`` (any
-    scheme: a database URL, a mirror's); other text as it is."""
-    import urllib.parse
+    scheme: a database URL, a mirror's); other text as it is.
 
-    if "://" not in url or "@" not in url:
+    The password is what SQLAlchemy takes for it: everything from the first ``:`` after
+    the user to the last ``@`` (``/``, ``#``, ``?`` and ``[`` included, as a base64 secret
+    may hold); a URL path holding an ``@`` is masked more than needed, never less.
+    """
+    head, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
         return url
-    try:
-        parts = urllib.parse.urlsplit(url)
-        password = parts.password
-    except ValueError:
+    userinfo, _, host = rest.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    if not colon:
         return url
-    if not password:
-        return url
-    userinfo, host = parts.netloc.rsplit("@", 1)
-    user = userinfo.split(":", 1)[0]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return f"{head}://{user}:***@{host}"
 
 
 def _displayed(value: Any) -> str:
@@ -735,24 +734,21 @@ def _displayed(value: Any) -> str:
 
 
 def _sqlite_fixed(url: str) -> str:
-    """A ``sqlite`` URL whose file path is absolute and ``~``-expanded (others as they
-    are: another database, an in-memory or ``file:`` URI database)."""
+    """A ``sqlite`` URL whose file path is absolute and ``~``-expanded, the rest of its text
+    as given (nothing re-encoded: SQLite opens the path as written); others as they are
+    (another database, an in-memory or ``file:`` URI database)."""
     if not url.startswith("sqlite"):
         return url
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise ConfigError(f"{env_name('database_url')}={url!r} is not a SQLAlchemy URL") from exc
-    path = parsed.database
+    head, sep, rest = url.partition(":///")
+    if not sep:  # sqlite:// (in memory)
+        return url
+    path, question, query = rest.partition("?")
     if not path or path == ":memory:" or path.startswith("file:"):
         return url
     fixed = os.path.abspath(os.path.expanduser(path))
     if fixed == path:
         return url
-    return parsed.set(database=fixed).render_as_string(hide_password=False)
+    return f"{head}:///{fixed}{question}{query}"
 
 
 def _convert(key: str, raw: str, hint: Any) -> Any:

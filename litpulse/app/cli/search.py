@@ -200,7 +200,7 @@ def search_via_server(
         print(f"litpulse: the server at {base} serves index {data.get('index_version')}, this "
               f"store publishes {published}: searching in process", file=sys.stderr)
         return None
-    differs = _options_differ(data.get("options"), options.to_dict())
+    differs = _options_differ(data.get("options"), options.to_dict(), mode=args.mode)
     if differs:
         print(f"litpulse: the server at {base} ranks with other options ({differs}): "
               "searching in process", file=sys.stderr)
@@ -210,17 +210,23 @@ def search_via_server(
     return data
 
 
-def _options_differ(served: Any, ours: dict[str, Any]) -> str:
+def _options_differ(served: Any, ours: dict[str, Any], *, mode: str = "hybrid") -> str:
     """The scoring options (``ScoringOptions.to_dict``) a server's answer was ranked with
     that are not this CLI's — the fusion and its k come from each side's own settings, the
-    query sends the rest — as ``name server≠ours`` text; empty when all agree."""
+    query sends the rest — as ``name server≠ours`` text; empty when all agree. The fusion
+    counts in hybrid mode only, its k only when both sides fuse by rank (rrf)."""
     import math
 
     if not isinstance(served, dict):
         return "none given"
+    ignored = {"today"}
+    if mode != "hybrid":
+        ignored |= {"fusion", "rrf_k"}
+    elif not (ours.get("fusion") == served.get("fusion") == "rrf"):
+        ignored.add("rrf_k")
     out = []
     for name, want in ours.items():
-        if name == "today":
+        if name in ignored:
             continue
         got = served.get(name)
         same = (

@@ -224,3 +224,17 @@ def _published(settings: Settings) -> str:
     from ranking.index_files import open_published
 
     return str(open_published(settings).id)
+
+
+# ------------------------------------------------------------------ _options_differ
+
+
+def test_cli_takes_a_server_answer_ranked_the_same_way() -> None:
+    from litpulse.app.cli.search import _options_differ
+    from ranking.scoring import ScoringOptions
+
+    ours = ScoringOptions(fusion="mix", rrf_k=10).to_dict()
+    served = ScoringOptions(fusion="mix", rrf_k=60).to_dict()
+    # with mix fusion rrf_k is not used (ranking.search._fuse: rrf only when fusion is
+    # rrf): the answers are identical, yet the CLI loads the model to search in process
+    assert _options_differ(served, ours) == ""

@@ -21,7 +21,7 @@ import pytest
 
 from litpulse.core import db
 from litpulse.core.errors import ConfigError
-from litpulse.core.settings import Settings
+from litpulse.core.settings import Settings, hide_password
 
 
 def _dispose(settings: Settings) -> None:
@@ -180,3 +180,43 @@ def test_cli_search_never_takes_a_server_answer_ranked_another_way(
     assert data is None or (
         data["options"]["fusion"] == "rrf" and data["options"]["rrf_k"] == 10
     ), f"took the server's {data['options']['fusion']} ranking for an rrf search"
+
+
+# a review of the fixes above (each failed first, as a strict xfail)
+
+
+# ------------------------------------------------------------------ hide_password
+
+# SQLAlchemy takes everything between "user:" and the last "@" as the password, "/", "#",
+# "?", "[" and "]" included (a base64 secret holds "/" and "+"); the status command's old
+# make_url-based _safe_url hid them
+@pytest.mark.parametrize("password", ["ab/cd+ef==", "pa#ss", "pa?ss", "pa[ss"])
+def test_database_password_with_url_delimiters_is_hidden(password: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    url = f"postgresql+psycopg://litpulse:{password}@db.internal:5432/litpulse"
+    assert make_url(url).password == password  # what SQLAlchemy connects with
+    assert password not in hide_password(url)  # litpulse status
+    s = Settings.from_env({"LITPULSE_DATABASE_URL": url})
+    assert password not in repr(s)  # logs, tracebacks
+    shown = {r["name"]: r["value"] for r in s.describe()}  # litpulse settings
+    assert password not in shown["database_url"]
+
+
+# ------------------------------------------------------------------ _sqlite_fixed
+
+
+def test_relative_sqlite_url_in_a_non_ascii_folder_opens(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    # worked before 5749c93: the URL was kept as given, its folder made and opened
+    s = Settings.from_env(
+        {"LITPULSE_DATABASE_URL": "sqlite:///données/litpulse.db"}, home=tmp_path / "home"
+    )
+    try:
+        db.store_id(db.connect(s))
+    finally:
+        _dispose(s)
+    assert (tmp_path / "données" / "litpulse.db").exists()
+    assert "%" not in s.database_url  # `litpulse settings`/`status` show the real path
