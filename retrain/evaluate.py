@@ -209,6 +209,14 @@ MIN_FRESH = 10
 MIN_OLDER = 10
 
 
+def one_item(n: int) -> float:
+    """The most one of ``n`` held-out items moves their mean recall@k or MRR@k (from 1 to
+    0): a loss below it one item could make alone, so the gate takes it for noise, not
+    for forgetting (70 query-like items: an MRR loss under 0.014; the tolerances of the
+    settings still allow more where they are larger)."""
+    return 1.0 / n if n > 0 else 0.0
+
+
 def gate(
     settings: Settings,
     candidate: Mapping[str, Mapping[str, float]],
@@ -217,8 +225,8 @@ def gate(
     k: int = K,
 ) -> GateDecision:
     """The promotion gate: fresh gain ≥ margin on at least :data:`MIN_FRESH` fresh held-out
-    articles, and older loss ≤ tolerance on at least :data:`MIN_OLDER` older ones
-    (recall@k)."""
+    articles, and older loss ≤ tolerance (or under :func:`one_item`'s worth) on at least
+    :data:`MIN_OLDER` older ones (recall@k), and :func:`query_check`."""
     metric = f"recall@{k}"
     reasons: list[str] = []
     c_f, a_f = float(candidate["fresh"][metric]), float(active["fresh"][metric])
@@ -255,6 +263,11 @@ def gate(
             f"older {metric} {c_o:.3f} vs active {a_o:.3f}: {older_change:+.3f} "
             f"within tolerance {settings.gate_older_tolerance:.3f}"
         )
+    elif -older_change < one_item(n_older) - 1e-12:
+        reasons.append(
+            f"older {metric} {c_o:.3f} vs active {a_o:.3f}: {older_change:+.3f} "
+            f"less than one article's worth (1/{n_older})"
+        )
     else:
         ok = False
         reasons.append(
@@ -275,13 +288,15 @@ def query_check(
     k: int = K,
 ) -> tuple[bool, tuple[str, ...]]:
     """The gate's check on the query-like set: neither recall@k nor MRR@k may drop by more
-    than ``settings.gate_query_tolerance``. Passes (saying so) when no set was measured."""
+    than ``settings.gate_query_tolerance``, unless by less than one query's worth
+    (:func:`one_item`). Passes (saying so) when no set was measured."""
     c, a = candidate.get("queries"), active.get("queries")
     if not c or not a or not int(c.get("queries", 0)):
         return True, ("no query-like held-out set: not checked",)
     ok = True
     reasons = []
     tol = settings.gate_query_tolerance
+    n = int(c.get("queries", 0))
     for metric in (f"recall@{k}", f"mrr@{k}"):
         cv, av = float(c[metric]), float(a[metric])
         change = cv - av
@@ -289,6 +304,11 @@ def query_check(
             reasons.append(
                 f"queries {metric} {cv:.3f} vs active {av:.3f}: {change:+.3f} "
                 f"within tolerance {tol:.3f}"
+            )
+        elif -change < one_item(n) - 1e-12:
+            reasons.append(
+                f"queries {metric} {cv:.3f} vs active {av:.3f}: {change:+.3f} "
+                f"less than one query's worth (1/{n})"
             )
         else:
             ok = False

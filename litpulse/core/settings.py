@@ -475,14 +475,15 @@ class Settings:
     gate_older_tolerance: float = _opt(
         0.01,
         "Largest recall@10 loss on the older set a candidate may show (well below 1, so the "
-        "older set always counts).",
+        "older set always counts); a loss under one article's worth (1/n) is noise.",
         min=0.0,
         max=0.2,
     )
     gate_query_tolerance: float = _opt(
         0.0,
         "Largest recall@10 or MRR@10 loss on the query-like held-out set (MeSH headings, "
-        "keywords, abstract sentences as queries) a candidate may show.",
+        "keywords, abstract sentences as queries) a candidate may show; a loss under one "
+        "query's worth (1/n) is noise.",
         min=0.0,
         max=0.2,
     )

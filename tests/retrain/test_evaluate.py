@@ -242,3 +242,30 @@ def test_gate_does_not_promote_without_an_older_held_out_set(settings: Settings)
     active = {**evaluate_encoder(_noise, held), "queries": candidate["queries"]}
     decision = gate(settings, candidate, active)
     assert not decision.passed, decision.reasons
+
+
+def test_a_loss_one_held_out_item_could_make_alone_is_noise(sqlite_settings: Settings) -> None:
+    """BioASQ's retrain (70 query-like items): the candidate found every fresh article the
+    active model missed (+0.032) and lost 0.011 of query-like MRR, less than one query
+    moving from rank 1 to rank 2 (0.5/70 = 0.007) and twice that; at tolerance 0 the gate
+    rejected it. A loss under one item's worth (1/n) is no evidence of forgetting; one of
+    a whole item or more still is."""
+    s = sqlite_settings
+    assert s.gate_query_tolerance == 0.0
+    fresh = {"fresh": {"recall@10": 1.0, "queries": 63},
+             "older": {"recall@10": 1.0, "queries": 40}}
+    active = {**fresh, "fresh": {"recall@10": 0.968, "queries": 63},
+              "queries": {"recall@10": 0.987, "mrr@10": 0.836, "queries": 70}}
+    noise = {**fresh, "queries": {"recall@10": 0.987, "mrr@10": 0.825, "queries": 70}}
+    decision = gate(s, noise, active)
+    assert decision.passed, decision.reasons
+    assert "less than one query's worth (1/70)" in decision.reasons[-1]
+    # a whole query's worth lost (one query out of the top 10): rejected
+    lost = {**fresh, "queries": {"recall@10": round(0.987 - 1 / 70, 6), "mrr@10": 0.836,
+                                 "queries": 70}}
+    assert not gate(s, lost, active).passed
+    # the older set alike: one of 40 older articles dropping out is rejected, less is not
+    older = {**noise, "older": {"recall@10": 1.0 - 1 / 40, "queries": 40}}
+    assert not gate(s, older, active).passed
+    slightly = {**noise, "older": {"recall@10": 0.99, "queries": 200}}
+    assert gate(s, slightly, {**active, "older": {"recall@10": 1.0, "queries": 200}}).passed
