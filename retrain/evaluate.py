@@ -209,6 +209,11 @@ MIN_FRESH = 10
 MIN_OLDER = 10
 
 
+#: How far two metrics rounded to 6 digits (:func:`retrieval_metrics`) may put a loss off:
+#: one whole item lost must never read as less than :func:`one_item`.
+ROUNDING = 1e-6
+
+
 def one_item(n: int) -> float:
     """The most one of ``n`` held-out items moves their mean recall@k or MRR@k (from 1 to
     0): a loss below it one item could make alone, so the gate takes it for noise, not
@@ -263,7 +268,7 @@ def gate(
             f"older {metric} {c_o:.3f} vs active {a_o:.3f}: {older_change:+.3f} "
             f"within tolerance {settings.gate_older_tolerance:.3f}"
         )
-    elif -older_change < one_item(n_older) - 1e-12:
+    elif -older_change < one_item(n_older) - ROUNDING:
         reasons.append(
             f"older {metric} {c_o:.3f} vs active {a_o:.3f}: {older_change:+.3f} "
             f"less than one article's worth (1/{n_older})"
@@ -305,7 +310,7 @@ def query_check(
                 f"queries {metric} {cv:.3f} vs active {av:.3f}: {change:+.3f} "
                 f"within tolerance {tol:.3f}"
             )
-        elif -change < one_item(n) - 1e-12:
+        elif -change < one_item(n) - ROUNDING:
             reasons.append(
                 f"queries {metric} {cv:.3f} vs active {av:.3f}: {change:+.3f} "
                 f"less than one query's worth (1/{n})"

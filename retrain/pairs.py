@@ -122,7 +122,7 @@ MIN_HEADING_CORPUS = 200
 EXPERT_SHARE = 0.25
 #: ``checkpoints`` scope of what each mined window left untrained (key: its window end).
 UNTRAINED_SCOPE = "retrain/untrained"
-#: ``checkpoints`` scope and key of the widest older held-out bucket a round held out.
+#: ``checkpoints`` scope and key of the narrowest older held-out bucket a round held out.
 OLDER_SCOPE = "retrain/older"
 OLDER_KEY = "buckets"
 
@@ -414,9 +414,9 @@ def mine_pairs(
     carried_rows = [r for r in older_rows if r.pmid in waiting.articles]
 
     # the older bucket: the narrowest that holds MIN_OLDER judged articles, never wider
-    # than a round before held out (its model may have trained on the rest)
-    widest = _older_buckets(engine, holdout_buckets)
-    for buckets in _bucket_choices(holdout_buckets, widest):
+    # than the narrowest a round before held out (its model may have trained on the rest)
+    narrowest = _older_buckets(engine, holdout_buckets)
+    for buckets in _bucket_choices(holdout_buckets, narrowest):
         split = _hold_out(
             rows, window, older_rows, keys, since=since, waiting=waiting.articles, seed=seed,
             fresh_size=fresh_size, fresh_share=fresh_share, older_size=older_size,
@@ -424,10 +424,14 @@ def mine_pairs(
         )
         if len(split.heldout.older) >= MIN_OLDER:
             break
-    if buckets != holdout_buckets:
+    if buckets < holdout_buckets:
         notes.append(
-            f"older held-out set: 1 article in {buckets} (1 in {holdout_buckets} held "
-            f"{'too few' if widest is None or buckets < widest else 'fewer than a round before'})"
+            f"older held-out set: 1 article in {buckets} (1 in {holdout_buckets} held too few)"
+        )
+    elif buckets > holdout_buckets:
+        notes.append(
+            f"older held-out set: 1 article in {buckets} (a round before held out only 1 in "
+            f"{narrowest})"
         )
     pool = [*window, *carried_rows]
     new_rows = [r for r in pool if split.trainable(r)]
@@ -497,7 +501,7 @@ def mine_pairs(
     window_end = max((r.updated_at for r in rows), default=None)
     if record and window_end is not None:
         _save_untrained(engine, window_end, _Untrained(held_back, fb.waiting))
-    if record and (widest is None or buckets != widest):
+    if record and (narrowest is None or buckets > narrowest):
         _save_older_buckets(engine, buckets)
     result = PairSet(
         pairs=tuple(pairs),
@@ -718,22 +722,23 @@ def _load_untrained(engine: Engine, since: dt.datetime | None) -> _Untrained | N
     )
 
 
-def _bucket_choices(requested: int, widest: int | None) -> list[int]:
+def _bucket_choices(requested: int, narrowest: int | None) -> list[int]:
     """The older buckets a round may hold out, narrowest first: 1 in ``requested``, then
-    twice and four times as wide, none wider than 1 in ``widest`` (a round before held
-    out that much; ``None``: no model has trained yet, any width is safe). Each is a
-    subset of the wider ones (:func:`in_older_holdout`), so narrowing never exposes an
-    article that was trained."""
+    twice and four times as wide, none wider than 1 in ``narrowest`` (the narrowest a
+    round before held out: its model trained on the rest; ``None``: no model has trained
+    yet, any width is safe). A bucket is a subset of every wider one
+    (:func:`in_older_holdout`), so what a round holds out was held out by every round
+    before it."""
     choices = [b for b in (requested, requested // 2, requested // 4) if b >= 1]
-    if widest is not None:
-        choices = [b for b in choices if b >= widest] or [widest]
+    if narrowest is not None:
+        choices = [b for b in choices if b >= narrowest] or [narrowest]
     return list(dict.fromkeys(choices))
 
 
 def _older_buckets(engine: Engine, requested: int) -> int | None:
-    """The widest older bucket any round of this store held out (1 in N: the N), or
-    ``None`` when no round has trained: no record and no model version. A store whose
-    rounds ran before the width was recorded held out 1 in ``requested``."""
+    """The narrowest older bucket any round of this store held out (1 in N: the largest
+    N), or ``None`` when no round has trained: no record and no model version. A store
+    whose rounds ran before the width was recorded held out 1 in ``requested``."""
     from litpulse.core.schema import model_versions
 
     c = checkpoints.c
@@ -747,14 +752,16 @@ def _older_buckets(engine: Engine, requested: int) -> int | None:
 
 
 def _save_older_buckets(engine: Engine, buckets: int) -> None:
-    """Record the older bucket this round held out, if wider than the one recorded (rounds
-    mined at once: the widest holds, so a later round never widens past it)."""
+    """Record the older bucket this round held out, if narrower than the one recorded: a
+    later round holds out no wider one, so it never judges what this round trained. (A
+    round that trains nothing, a dry run, records a width too: harmless, the next round
+    may still narrow.)"""
     c = checkpoints.c
     stmt = select(c.value).where(c.scope == OLDER_SCOPE, c.key == OLDER_KEY).with_for_update()
     with engine.begin() as conn:
         old = conn.execute(stmt).scalar()
         if isinstance(old, dict) and isinstance(old.get("buckets"), int):
-            buckets = min(buckets, int(old["buckets"]))
+            buckets = max(buckets, int(old["buckets"]))
             if buckets == old["buckets"]:
                 return
         upsert(conn, checkpoints, [{"scope": OLDER_SCOPE, "key": OLDER_KEY, "status": "done",
