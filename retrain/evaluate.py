@@ -263,26 +263,30 @@ def gate(
             f"{n_older} older held-out article(s), fewer than {MIN_OLDER}: the candidate's "
             "effect on older literature is not measured"
         )
-    elif -older_change <= settings.gate_older_tolerance + 1e-12:
-        reasons.append(
-            f"older {metric} {c_o:.3f} vs active {a_o:.3f}: {older_change:+.3f} "
-            f"within tolerance {settings.gate_older_tolerance:.3f}"
-        )
-    elif -older_change < one_item(n_older) - ROUNDING:
-        reasons.append(
-            f"older {metric} {c_o:.3f} vs active {a_o:.3f}: {older_change:+.3f} "
-            f"less than one article's worth (1/{n_older})"
-        )
     else:
-        ok = False
-        reasons.append(
-            f"older {metric} {c_o:.3f} vs active {a_o:.3f}: {older_change:+.3f} "
-            f"loses more than tolerance {settings.gate_older_tolerance:.3f}"
-        )
+        kept, reason = _loss(f"older {metric}", c_o, a_o, settings.gate_older_tolerance,
+                             n_older, "article")  # fmt: skip
+        ok = ok and kept
+        reasons.append(reason)
     query_ok, query_reasons = query_check(settings, candidate, active, k=k)
     return GateDecision(
         ok and query_ok, (*reasons, *query_reasons), round(fresh_gain, 6), round(older_change, 6)
     )
+
+
+def _loss(
+    label: str, candidate: float, active: float, tolerance: float, n: int, item: str
+) -> tuple[bool, str]:
+    """Whether a candidate's ``candidate`` against the active model's ``active`` (a mean over
+    ``n`` held-out items) loses no more than ``tolerance``, or less than one item's worth
+    (:func:`one_item`); and the reason, as the gate reports it."""
+    change = candidate - active
+    head = f"{label} {candidate:.3f} vs active {active:.3f}: {change:+.3f}"
+    if -change <= tolerance + 1e-12:
+        return True, f"{head} within tolerance {tolerance:.3f}"
+    if -change < one_item(n) - ROUNDING:
+        return True, f"{head} less than one {item}'s worth (1/{n})"
+    return False, f"{head} loses more than tolerance {tolerance:.3f}"
 
 
 def query_check(
@@ -303,24 +307,10 @@ def query_check(
     tol = settings.gate_query_tolerance
     n = int(c.get("queries", 0))
     for metric in (f"recall@{k}", f"mrr@{k}"):
-        cv, av = float(c[metric]), float(a[metric])
-        change = cv - av
-        if -change <= tol + 1e-12:
-            reasons.append(
-                f"queries {metric} {cv:.3f} vs active {av:.3f}: {change:+.3f} "
-                f"within tolerance {tol:.3f}"
-            )
-        elif -change < one_item(n) - ROUNDING:
-            reasons.append(
-                f"queries {metric} {cv:.3f} vs active {av:.3f}: {change:+.3f} "
-                f"less than one query's worth (1/{n})"
-            )
-        else:
-            ok = False
-            reasons.append(
-                f"queries {metric} {cv:.3f} vs active {av:.3f}: {change:+.3f} "
-                f"loses more than tolerance {tol:.3f}"
-            )
+        kept, reason = _loss(f"queries {metric}", float(c[metric]), float(a[metric]), tol, n,
+                             "query")  # fmt: skip
+        ok = ok and kept
+        reasons.append(reason)
     return ok, tuple(reasons)
 
 

@@ -87,7 +87,7 @@ from litpulse.core.impact import (
     recency_decay,
     row_citation_impact,
 )
-from litpulse.core.schema import articles, checkpoints, references
+from litpulse.core.schema import articles, checkpoints, model_versions, references
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import as_utc, iso, utcnow
 from ranking.embed import query_text
@@ -739,8 +739,6 @@ def _older_buckets(engine: Engine, requested: int) -> int | None:
     """The narrowest older bucket any round of this store held out (1 in N: the largest
     N), or ``None`` when no round has trained: no record and no model version. A store
     whose rounds ran before the width was recorded held out 1 in ``requested``."""
-    from litpulse.core.schema import model_versions
-
     c = checkpoints.c
     stmt = select(c.value).where(c.scope == OLDER_SCOPE, c.key == OLDER_KEY)
     with engine.connect() as conn:

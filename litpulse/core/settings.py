@@ -602,7 +602,7 @@ class Settings:
         rows = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            shown = "***" if f.metadata.get("secret") and value else _displayed(value)
+            shown = "***" if f.metadata.get("secret") and value else hide_password(str(value))
             rows.append(
                 {
                     "name": f.name,
@@ -728,10 +728,6 @@ def hide_password(url: str) -> str:
     if not colon:
         return url
     return f"{head}://{user}:***@{host}"
-
-
-def _displayed(value: Any) -> str:
-    return hide_password(value) if isinstance(value, str) else str(value)
 
 
 def _sqlite_fixed(url: str) -> str:

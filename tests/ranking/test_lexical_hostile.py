@@ -9,6 +9,7 @@ articles of the window's first day, stored by the window before, for a rerun.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from litpulse.core.errors import DataQualityError
 from litpulse.core.schema import articles
 from litpulse.core.settings import Settings
 from ranking import lexical, refresh
+from ranking.publish import IndexReport
 from tests.emulator import article_xml, pubmed_set
 from tests.ranking.test_lexical import found, load, put
 
@@ -42,24 +44,29 @@ def _revise_mesh(engine: Engine, pmids: list[int], mesh: list[str]) -> None:
         )
 
 
+def _sepsis_nights(settings: Settings, nights: int = 3) -> Iterator[IndexReport]:
+    """Two sepsis papers among unrelated ones, indexed; then each night their MeSH headings
+    are revised while an unrelated paper arrives (an ordinary update-file night) and the
+    index is refreshed: each night's refresh report."""
+    engine = db.connect(settings)
+    load(engine, [2, 5])
+    put(engine, 7, "Sepsis in children", "Sepsis outcomes.", ["Sepsis"], [])
+    put(engine, 8, "Neonatal sepsis", "Early sepsis.", ["Sepsis"], [])
+    refresh.refresh_index(settings)
+    assert found(settings, "sepsis") == [7, 8]
+    for night in range(nights):
+        _revise_mesh(engine, [7, 8], ["Sepsis", f"Heading {night}"])
+        put(engine, 20 + night, f"Knee surgery {night}", "Outcomes of knee surgery.", [], [])
+        yield refresh.refresh_index(settings)
+
+
 # ------------------------------------------------------------ BM25 after revisions
 
 
 def test_revised_articles_stay_findable_after_nightly_refreshes(
     sqlite_settings: Settings,
 ) -> None:
-    # two sepsis papers among unrelated ones; each night their MeSH headings are revised
-    # while an unrelated paper arrives (an ordinary update-file night)
-    engine = db.connect(sqlite_settings)
-    load(engine, [2, 5])
-    put(engine, 7, "Sepsis in children", "Sepsis outcomes.", ["Sepsis"], [])
-    put(engine, 8, "Neonatal sepsis", "Early sepsis.", ["Sepsis"], [])
-    refresh.refresh_index(sqlite_settings)
-    assert found(sqlite_settings, "sepsis") == [7, 8]
-    for night in range(3):
-        _revise_mesh(engine, [7, 8], ["Sepsis", f"Heading {night}"])
-        put(engine, 20 + night, f"Knee surgery {night}", "Outcomes of knee surgery.", [], [])
-        report = refresh.refresh_index(sqlite_settings)
+    for night, report in enumerate(_sepsis_nights(sqlite_settings)):
         assert report.published and not report.lexical_rebuilt
         # the two live sepsis papers are found every night, with a positive BM25
         assert sorted(found(sqlite_settings, "sepsis")) == [7, 8], f"night {night}"
@@ -98,15 +105,8 @@ def test_explained_bm25_after_an_update_equals_the_documented_formula(
 def test_bm25_of_given_candidates_covers_every_live_match_after_revisions(
     sqlite_settings: Settings,
 ) -> None:
-    engine = db.connect(sqlite_settings)
-    load(engine, [2, 5])
-    put(engine, 7, "Sepsis in children", "Sepsis outcomes.", ["Sepsis"], [])
-    put(engine, 8, "Neonatal sepsis", "Early sepsis.", ["Sepsis"], [])
-    refresh.refresh_index(sqlite_settings)
-    for night in range(3):
-        _revise_mesh(engine, [7, 8], ["Sepsis", f"Heading {night}"])
-        put(engine, 20 + night, f"Knee surgery {night}", "Outcomes of knee surgery.", [], [])
-        refresh.refresh_index(sqlite_settings)
+    for _report in _sepsis_nights(sqlite_settings):
+        pass
     lex = lexical.open_lexical(sqlite_settings)
     assert lex is not None
     # every live document holding the query term is a candidate with a BM25 score
