@@ -142,7 +142,9 @@ class TreeSampler:
     writer's: walking the tree every 50 ms took ~5 % of a core, this ~2 %.
 
     It also notes the last reading at which a parse worker (a grandchild: the forkserver's
-    child) had used more CPU than at the reading before: :meth:`stop` gives how long the
+    child) had used more CPU than at the reading before, once a later reading finds it still
+    there (a worker's exit, freeing its memory, uses CPU too: a fresh-interpreter test read
+    0.59 s for a 1 s stretch when that counted): :meth:`stop` gives how long the
     writer (and the database server) went on alone after the parse was done, to within
     :attr:`EVERY_S` — the stretch where one of two cores has nothing to do. A lower bound:
     a worker whose last chunks wait in its queue stays alive until the writer reads them
@@ -177,6 +179,7 @@ class TreeSampler:
         import psutil
 
         known: list[psutil.Process] = []
+        rose: dict[int, float] = {}  # pid → a reading at which that worker's CPU rose
         start = found = time.monotonic()
         while True:
             now = time.monotonic()
@@ -188,13 +191,22 @@ class TreeSampler:
                 found = now
             total = self.me.memory_info().rss
             for child in known:
-                with contextlib.suppress(psutil.Error):
+                try:
+                    alive = child.status() != psutil.STATUS_ZOMBIE
                     total += child.memory_info().rss
                     t = child.cpu_times()
                     used = t.user + t.system
-                    if used > self.cpu.get(child.pid, 0.0) and child.ppid() != self.me.pid:
-                        self.parsing = now
-                    self.cpu[child.pid] = used
+                    worker = child.ppid() != self.me.pid
+                except psutil.Error:
+                    alive = False
+                if not alive:  # its last rise was its exit (os._exit frees its memory)
+                    rose.pop(child.pid, None)
+                    continue
+                if child.pid in rose:  # still there: that rise was work
+                    self.parsing = max(self.parsing or 0.0, rose.pop(child.pid))
+                if used > self.cpu.get(child.pid, 0.0) and worker:
+                    rose[child.pid] = now
+                self.cpu[child.pid] = used
             self.peak = max(self.peak, total)
             if self._stop.wait(self.EVERY_S):
                 return
