@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from ingest.records import Author, Deletion, QuarantineEntry, Record, SourceRef
-from litpulse.core.schema import articles as _articles
+from litpulse.core.widths import LANGUAGE_MAX, PMCID_MAX, TERM_MAX
 
 __all__ = [
     "ARTICLE_COLUMNS",
@@ -70,7 +70,6 @@ ARTICLE_COLUMNS = (*PREPARED_COLUMNS, "source_position", "ingested_at", "updated
 JSON_COLUMNS = frozenset({"authors", "mesh", "publication_types", "record"})
 #: Where each column sits in a row of :data:`ARTICLE_COLUMNS`.
 COLUMN_INDEX = {c: i for i, c in enumerate(ARTICLE_COLUMNS)}
-_TERM_MAX = 255
 _encode = msgspec.json.Encoder().encode
 _new_prepared = tuple.__new__
 
@@ -220,7 +219,7 @@ def prepare(rec: Record) -> PreparedRecord:
         rec.article_date,
         rec.entrez_date,
         rec.best_date,
-        lang[:8] if lang else None,
+        lang[:LANGUAGE_MAX] if lang else None,
         rec.doi,
         _pmcid(rec.pmcid),
         bool(rec.is_retracted),
@@ -238,10 +237,10 @@ def prepare(rec: Record) -> PreparedRecord:
     )  # fmt: skip
     terms: dict[tuple[str, str], bool] = {}
     for m in rec.mesh:
-        key = ("mesh", m.descriptor[:_TERM_MAX])
+        key = ("mesh", m.descriptor[:TERM_MAX])
         terms[key] = terms.get(key, False) or m.major
     for pt in rec.publication_types:
-        terms.setdefault(("ptype", pt[:_TERM_MAX]), False)
+        terms.setdefault(("ptype", pt[:TERM_MAX]), False)
     if len(rec.languages) > 1:  # a bilingual article: its other languages are terms
         for other in other_languages(lang, rec.languages):
             terms.setdefault(("lang", other), False)
@@ -252,24 +251,20 @@ def prepare(rec: Record) -> PreparedRecord:
     ))  # fmt: skip
 
 
-#: The longest PMC id the ``pmcid`` column holds (``PMC`` and a few digits in practice).
-_PMCID_MAX: int = _articles.c.pmcid.type.length  # type: ignore[attr-defined]
-
-
 def _pmcid(value: str | None) -> str | None:
     """The ``pmcid`` column's value: a text longer than the column is no PMC id (the
     record keeps it); stored as it is it would fail the whole batch on PostgreSQL."""
-    return value if value is None or len(value) <= _PMCID_MAX else None
+    return value if value is None or len(value) <= PMCID_MAX else None
 
 
 def other_languages(first: str | None, languages: Iterable[str]) -> list[str]:
     """The ``lang`` terms of an article: the ``language`` column holds its first
     <Language>; the others, of a bilingual article, are terms, so a language filter finds
     it by any of them (lower case, at most 8 characters, the first left out)."""
-    head = (first or "")[:8].lower()
+    head = (first or "")[:LANGUAGE_MAX].lower()
     out: list[str] = []
     for code in list(languages)[1:]:
-        other = code.strip().lower()[:8]
+        other = code.strip().lower()[:LANGUAGE_MAX]
         if other and other != head and other not in out:
             out.append(other)
     return out

@@ -34,6 +34,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
 from litpulse.core.timeutil import as_utc
+from litpulse.core.widths import LANGUAGE_MAX, PMCID_MAX, TERM_KIND_MAX, TERM_MAX
 
 __all__ = [
     "UTCDateTime",
@@ -121,9 +122,9 @@ articles = Table(
     Column("best_date", Date, index=True),
     # no index on language: none is read (searches filter lower(language) over their
     # candidates) and it cost every row written. Stores made before keep theirs.
-    Column("language", String(8)),
+    Column("language", String(LANGUAGE_MAX)),
     Column("doi", Text),
-    Column("pmcid", String(32)),
+    Column("pmcid", String(PMCID_MAX)),
     Column("is_retracted", Boolean, nullable=False, default=False),
     Column("is_book", Boolean, nullable=False, default=False),
     # indexed: on SQLite the index is what lists and counts the live PMIDs (every refresh,
@@ -171,8 +172,8 @@ article_terms = Table(
     "article_terms",
     metadata,
     Column("pmid", BigInteger, primary_key=True, autoincrement=False),
-    Column("kind", String(8), primary_key=True),  # "mesh" or "ptype"
-    Column("term", String(255), primary_key=True),
+    Column("kind", String(TERM_KIND_MAX), primary_key=True),  # "mesh", "ptype" or "lang"
+    Column("term", String(TERM_MAX), primary_key=True),
     Column("major", Boolean, nullable=False, default=False),
     Index("ix_article_terms_term", "kind", "term"),
     # SQLite: the rows live in the primary key's B-tree (no rowid table beside it: one

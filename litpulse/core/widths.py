@@ -1,0 +1,22 @@
+"""Widths of the bounded text columns that code outside the database writes to.
+
+The schema (:mod:`litpulse.core.schema`) declares these columns with these widths, and
+the rows a parse worker prepares (:mod:`ingest.rows`) cut or drop values to fit them.
+They live here, not in the schema, because parse workers must not import SQLAlchemy:
+each worker process (and the forkserver they fork from) imports only what it runs, and
+SQLAlchemy was ~60 % of that start-up, time the writer spent waiting for the first
+record (an import contract in ``pyproject.toml`` keeps the workers' modules free of it).
+"""
+
+from __future__ import annotations
+
+__all__ = ["LANGUAGE_MAX", "PMCID_MAX", "TERM_KIND_MAX", "TERM_MAX"]
+
+#: ``articles.language``: the first <Language> code (``eng``; longer text is cut).
+LANGUAGE_MAX = 8
+#: ``articles.pmcid``: ``PMC`` and a few digits in practice; a longer text is no PMC id.
+PMCID_MAX = 32
+#: ``article_terms.kind``: ``mesh``, ``ptype`` or ``lang``.
+TERM_KIND_MAX = 8
+#: ``article_terms.term``: a MeSH descriptor, publication type or language code.
+TERM_MAX = 255
