@@ -55,7 +55,11 @@ is indexed under every segment and every joined run of adjacent segments (``COVI
 query word is looked up joined (``IL-6`` and ``IL6`` → ``il6``) and, with a lower boost
 (:data:`SEGMENT_BOOST`), by its segments, so a query matches across the spellings (``alpha
 synuclein`` finds ``α-synuclein``). Then tantivy drops English stop words and applies the
-English Snowball stemmer (``effects`` → ``effect``). ``/`` separates words (``CRISPR/Cas9``
+English Snowball stemmer (``effects`` → ``effect``). An abbreviation in capitals that
+spells a stop word (``NO`` nitric oxide, ``AS`` ankylosing spondylitis, ``AT``, ``OR``)
+stays in capitals, a term of its own that the stop filter passes (joined into a longer
+word it is lower case: ``NO-induced`` → ``NO``, ``induced``, ``noinduced``); in a text of
+several words wholly in capitals every word is lower-cased. ``/`` separates words (``CRISPR/Cas9``
 → ``crispr``, ``cas9``).
 
 Public API (for search, the benchmark and retraining's hard negatives):
@@ -128,8 +132,12 @@ logger = logging.getLogger(__name__)
 LEXICAL_DIR = "lexical"
 #: Version of the schema and tokenisation: a base of another format is rebuilt, not updated.
 #: (2: analysed terms indexed as given, field lengths and term frequencies stored;
-#: 3: the frequencies as binary records, :data:`TF_RECORD`.)
-FORMAT = 3
+#: 3: the frequencies as binary records, :data:`TF_RECORD`; 4: abbreviations in capitals
+#: that spell a stop word kept as terms in capitals, ``NO`` nitric oxide.)
+FORMAT = 4
+#: Formats an opened index is searched in: 3 differs from 4 only by the terms it lacks
+#: (``NO`` finds nothing there, as it did), so search goes on until a refresh rebuilds it.
+READABLE_FORMATS = frozenset({3, FORMAT})
 #: BM25 multiplier of each text field (a term's weight is the sum over the fields).
 FIELD_BOOSTS: dict[str, float] = {"title": 2.0, "abstract": 1.0, "mesh": 1.0, "keywords": 1.0}
 #: The text fields, in the order of the frequencies of a ``tf`` record.
@@ -185,13 +193,47 @@ _WORD = re.compile(r"[^\W_]+(?:-+[^\W_]+)*")
 _SEGMENT = re.compile(r"[^\W\d_]+|\d+")
 #: Words of two or more letters (the capitals of an abbreviation, say).
 _CAPS = re.compile(r"(?<![^\W\d_])[^\W\d_]{2,}(?![^\W\d_])")
+#: Words of 2-5 ASCII capitals (tantivy's English stop words are such words in lower case).
+_CAPS_WORD = re.compile(r"(?<![^\W\d_])[A-Z]{2,5}(?![^\W\d_])")
 
 
 # --------------------------------------------------------------------------- tokenisation
 
 
+def _shouted(text: str) -> bool:
+    """A text of several words wholly in capitals (an old title, a query typed so): its
+    capitals say nothing of abbreviations."""
+    return text.isupper() and len(_CAPS.findall(text)) > 1
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_stop_word(word: str) -> bool:
+    """Whether tantivy's analyzer drops ``word`` (lower case) as an English stop word."""
+    return not _analyzer().analyze(word)
+
+
+def _lower(text: str) -> str:
+    """``text`` in lower case but for abbreviations in capitals that spell an English stop
+    word (``NO`` nitric oxide, ``AS`` ankylosing spondylitis, ``AT``, ``OR``): in lower
+    case the stop filter would drop them, in capitals they pass it as terms of their own
+    (no lower-case word is spelt so). A text wholly in capitals (:func:`_shouted`) is
+    lower-cased whole."""
+    if _shouted(text):
+        return text.lower()
+    parts: list[str] = []
+    last = 0
+    for match in _CAPS_WORD.finditer(text):
+        if _is_stop_word(match.group().lower()):
+            parts += (text[last : match.start()].lower(), match.group())
+            last = match.end()
+    if not parts:
+        return text.lower()
+    parts.append(text[last:].lower())
+    return "".join(parts)
+
+
 def _normalise(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text.translate(_MARKS)).lower().translate(_DASHES)
+    text = _lower(unicodedata.normalize("NFKC", text.translate(_MARKS))).translate(_DASHES)
     text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     return "".join(f"-{_GREEK[c]}-" if c in _GREEK else c for c in text)
 
@@ -224,17 +266,22 @@ def bio_tokens(text: str, *, query: bool = False) -> list[str]:
         if len(seg) == 1:
             out.append(seg[0])
         elif query:
-            out.extend(["".join(seg), *seg])
+            out.extend([_joined(seg), *seg])
         elif len(seg) > MAX_JOIN:
-            out.extend([*seg, "".join(seg)])
+            out.extend([*seg, _joined(seg)])
         else:
             out.extend(
-                "".join(seg[i:j])
+                _joined(seg[i : i + n])
                 for n in range(1, len(seg) + 1)
                 for i in range(len(seg) - n + 1)
-                for j in (i + n,)
             )
     return out
+
+
+def _joined(segments: list[str]) -> str:
+    """Segments joined into one word, in lower case (``NO-induced`` → ``noinduced``, as the
+    lower-case spelling reads): only a segment alone keeps an abbreviation's capitals."""
+    return "".join(segments).lower() if len(segments) > 1 else segments[0]
 
 
 _ANALYZER: Any = None
@@ -278,11 +325,11 @@ def _query_terms(query: str) -> tuple[tuple[str, float], ...]:
     out: dict[str, float] = {}
     # a question word typed in capitals is an abbreviation — ALL (acute lymphoblastic
     # leukaemia), not "all" — unless the whole query of several words is in capitals
-    words = _CAPS.findall(query)
-    shouted = query.isupper() and len(words) > 1
-    capitals = set() if shouted else {w.lower() for w in words if w.isupper()}
+    capitals = set() if _shouted(query) else {
+        w.lower() for w in _CAPS.findall(query) if w.isupper()
+    }
     for seg in _words(query):
-        parts = [("".join(seg), 1.0)]
+        parts = [(_joined(seg), 1.0)]
         if len(seg) > 1:
             parts += [(s, SEGMENT_BOOST) for s in seg]
         for token, boost in parts:
@@ -529,7 +576,7 @@ class _Stats:
                 "format: run `litpulse index refresh`"
             ) from exc
         found = data.get("format", 2)  # format 2 wrote none
-        if found != FORMAT:
+        if found not in READABLE_FORMATS:
             raise ConsistencyError(
                 f"lexical index in {folder} is of format {found}, this release reads {FORMAT}: "
                 "run `litpulse index refresh`"

@@ -527,3 +527,77 @@ def test_all_leukaemia_abbreviation_is_searched(
                     mode="lexical")) == [2]
     assert pmids_of(search_in(sqlite_settings, engine, "ALL relapse", index=index, lexical=lex,
                     mode="lexical"))[0] == 2
+
+
+# An abbreviation in capitals that spells an English stop word (NO nitric oxide, AS
+# ankylosing spondylitis, AT ataxia telangiectasia, OR odds ratio) was dropped from
+# documents and queries alike: tantivy's stop filter ran on the lower-cased word.
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [
+        ("NO synthase", ["NO", "synthase"]),
+        ("NO-induced injury", ["NO", "induced", "noinduced", "injury"]),
+        ("nitric oxide (NO) and no effect", ["nitric", "oxide", "NO", "and", "no", "effect"]),
+        ("AT and AS", ["AT", "and", "AS"]),
+        # a text wholly in capitals is read as words, not abbreviations
+        ("ROLE OF NO IN SEPSIS", ["role", "of", "no", "in", "sepsis"]),
+        # an abbreviation that is no stop word is lower-cased as before
+        ("TNF and IL-6", ["tnf", "and", "il", "6", "il6"]),
+    ],
+)
+def test_capital_stop_word_abbreviations_are_kept_in_documents(
+    text: str, tokens: list[str]
+) -> None:
+    assert lexical.bio_tokens(text) == tokens
+
+
+def test_capital_stop_word_abbreviations_are_query_terms() -> None:
+    assert list(lexical.query_terms("role of NO in sepsis")) == ["role", "NO", "sepsi"]
+    assert list(lexical.query_terms("no role of it in sepsis")) == ["role", "sepsi"]
+    assert "AS" in lexical.query_terms("TNF blockers in AS")
+    assert list(lexical.query_terms("ROLE OF NO IN SEPSIS")) == ["role", "sepsi"]
+    assert lexical.query_terms("NO") == {"NO": 1.0}
+
+
+def test_nitric_oxide_and_ankylosing_spondylitis_are_found(
+    sqlite_settings: Settings, tmp_path: Path
+) -> None:
+    engine = db.connect(sqlite_settings)
+    index, lex = store_and_index(engine, tmp_path, [
+        make_article(1, "NO synthase in septic shock", "Inducible NO synthase rises in sepsis."),
+        make_article(2, "Statins in septic shock", "There was no effect of statins in sepsis."),
+        make_article(3, "TNF blockers in AS", "Spinal fusion slows in AS under TNF blockers."),
+        make_article(4, "TNF blockers as therapy", "TNF blockers as a first therapy."),
+    ])  # fmt: skip
+
+    def lexical_hits(query: str) -> list[int]:
+        return pmids_of(search_in(sqlite_settings, engine, query, index=index, lexical=lex,
+                                  mode="lexical"))  # fmt: skip
+
+    assert lexical_hits("NO") == [1]
+    assert lexical_hits("NO sepsis")[0] == 1
+    assert lexical_hits("AS") == [3]
+    assert lexical_hits("TNF blockers in AS")[0] == 3
+    assert lexical_hits("no") == []  # the English word: a stop word still
+
+
+def test_a_format_3_index_is_still_searched_and_refresh_rebuilds_it(
+    sqlite_settings: Settings,
+) -> None:
+    # format 4 only adds the capital abbreviations' terms: a format 3 index (the release
+    # before) is searched as it is (such a term finds nothing there, as before) until the
+    # next refresh rebuilds it; older formats are still refused (the test above)
+    load(db.connect(sqlite_settings))
+    first = refresh.refresh_index(sqlite_settings)
+    folder = Path(first.path) / lexical.LEXICAL_DIR
+    (folder / lexical.STATS_FILE).write_text(json.dumps({**_stats(folder), "format": 3}))
+    assert [p for p, _ in lexical.LexicalIndex.open(folder).search("IL6", 1)] == [1]
+    meta_path = Path(first.path) / "meta.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta["lexical"]["format"] = 3
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    again = refresh.refresh_index(sqlite_settings)
+    assert again.lexical_rebuilt
+    assert index_files.read_files(again.path)[2]["lexical"]["format"] == lexical.FORMAT
