@@ -254,7 +254,7 @@ def test_a_rollback_during_a_retrain_is_not_undone_by_its_candidate(
     from retrain.run import retrain
 
     s = sqlite_settings.replace(max_seq_length=64, embed_batch_size=64, device="cpu")
-    options = LoraOptions(max_steps=10, batch_size=16, max_seq_length=64, max_seconds=1e5)
+    options = LoraOptions(max_steps=2, batch_size=16, max_seq_length=64, max_seconds=1e5)
     mine = {"fresh_size": 40, "distractors": 100, "holdout_buckets": 8}
     t0 = dt.datetime(2024, 7, 1, tzinfo=dt.UTC)
     engine, drugs, reindex = connect(s), make_drugs(24), Reindex()
