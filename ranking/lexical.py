@@ -58,8 +58,11 @@ synuclein`` finds ``α-synuclein``). Then tantivy drops English stop words and a
 English Snowball stemmer (``effects`` → ``effect``). An abbreviation in capitals that
 spells a stop word (``NO`` nitric oxide, ``AS`` ankylosing spondylitis, ``AT``, ``OR``)
 stays in capitals, a term of its own that the stop filter passes (joined into a longer
-word it is lower case: ``NO-induced`` → ``NO``, ``induced``, ``noinduced``); in a text of
-several words wholly in capitals every word is lower-cased. ``/`` separates words (``CRISPR/Cas9``
+word it is lower case: ``NO-induced`` → ``NO``, ``induced``, ``noinduced``; a plural
+``ORs`` is ``OR``); in a text of several words wholly in capitals, one of six or more
+letters (``ROLE OF NO IN SEPSIS``, not ``AS HLA-B27``), and in the section labels of a
+structured abstract (``PRACTICE OR POLICY:``) every word is lower-cased, and a capital
+``AND``, ``OR`` or ``NOT`` between two query words is PubMed's operator, not a term. ``/`` separates words (``CRISPR/Cas9``
 → ``crispr``, ``cas9``).
 
 Public API (for search, the benchmark and retraining's hard negatives):
@@ -194,16 +197,35 @@ _SEGMENT = re.compile(r"[^\W\d_]+|\d+")
 #: Words of two or more letters (the capitals of an abbreviation, say).
 _CAPS = re.compile(r"(?<![^\W\d_])[^\W\d_]{2,}(?![^\W\d_])")
 #: Words of 2-5 ASCII capitals (tantivy's English stop words are such words in lower case).
-_CAPS_WORD = re.compile(r"(?<![^\W\d_])[A-Z]{2,5}(?![^\W\d_])")
+#: Words of 2-5 ASCII capitals (tantivy's English stop words are such words in lower case),
+#: or their plural (``ORs``): group 1 is the word.
+_CAPS_WORD = re.compile(r"(?<![^\W\d_])([A-Z]{2,5})s?(?![^\W\d_])")
+#: A run of six or more letters: in a text wholly in capitals, a word (``EFFECT``,
+#: ``SEPSIS``) rather than an abbreviation.
+_LONG_WORD = re.compile(r"[^\W\d_]{6,}")
+#: The label of a section of a structured abstract (``LABEL: text`` at a line's start, as
+#: :attr:`ingest.records.Record.abstract` writes it): ``MATERIALS AND METHODS:``.
+_LABEL = re.compile(r"^[^\S\n]*[A-Z][A-Z0-9 ,;&/()'-]*:", re.MULTILINE)
+#: PubMed's operators typed between two query words (``COPD OR emphysema``): not terms.
+_OPERATORS = frozenset({"AND", "OR", "NOT"})
+#: Lower-case Greek letters, left out when telling whether a text is wholly in capitals.
+_NO_GREEK = str.maketrans(dict.fromkeys(_GREEK))
 
 
 # --------------------------------------------------------------------------- tokenisation
 
 
 def _shouted(text: str) -> bool:
-    """A text of several words wholly in capitals (an old title, a query typed so): its
-    capitals say nothing of abbreviations."""
-    return text.isupper() and len(_CAPS.findall(text)) > 1
+    """A text of several words wholly in capitals (an old title, a query typed so), one of
+    them a word of six or more letters (``ROLE OF NO IN SEPSIS``): its capitals say nothing
+    of abbreviations. Lower-case Greek letters do not count (``TNF-α``); a text of short
+    words only (``AS HLA-B27``, ``NO AND ROS``) is abbreviations; one word (``AS-ODN``) is
+    never shouted."""
+    return (
+        len(text.split()) > 1
+        and text.translate(_NO_GREEK).isupper()
+        and _LONG_WORD.search(text) is not None
+    )
 
 
 @functools.lru_cache(maxsize=1024)
@@ -216,16 +238,22 @@ def _lower(text: str) -> str:
     """``text`` in lower case but for abbreviations in capitals that spell an English stop
     word (``NO`` nitric oxide, ``AS`` ankylosing spondylitis, ``AT``, ``OR``): in lower
     case the stop filter would drop them, in capitals they pass it as terms of their own
-    (no lower-case word is spelt so). A text wholly in capitals (:func:`_shouted`) is
-    lower-cased whole."""
+    (no lower-case word is spelt so), their plural too (``ORs`` → ``OR``). A text wholly in
+    capitals (:func:`_shouted`) and the section labels of a structured abstract
+    (``PRACTICE OR POLICY:``) are lower-cased whole."""
     if _shouted(text):
         return text.lower()
+    labels = [m.span() for m in _LABEL.finditer(text)] if ":" in text else []
     parts: list[str] = []
     last = 0
     for match in _CAPS_WORD.finditer(text):
-        if _is_stop_word(match.group().lower()):
-            parts += (text[last : match.start()].lower(), match.group())
-            last = match.end()
+        word = match.group(1)
+        if not _is_stop_word(word.lower()):
+            continue
+        if any(a <= match.start() < b for a, b in labels):
+            continue
+        parts += (text[last : match.start()].lower(), word)
+        last = match.end()
     if not parts:
         return text.lower()
     parts.append(text[last:].lower())
@@ -328,7 +356,10 @@ def _query_terms(query: str) -> tuple[tuple[str, float], ...]:
     capitals = set() if _shouted(query) else {
         w.lower() for w in _CAPS.findall(query) if w.isupper()
     }
-    for seg in _words(query):
+    words = list(_words(query))
+    for i, seg in enumerate(words):
+        if 0 < i < len(words) - 1 and len(seg) == 1 and seg[0] in _OPERATORS:
+            continue  # COPD OR emphysema: PubMed's operator, not the odds ratio
         parts = [(_joined(seg), 1.0)]
         if len(seg) > 1:
             parts += [(s, SEGMENT_BOOST) for s in seg]
