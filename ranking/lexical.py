@@ -62,8 +62,8 @@ word it is lower case: ``NO-induced`` → ``NO``, ``induced``, ``noinduced``; a 
 ``ORs`` is ``OR``); in a text of several words wholly in capitals, one of six or more
 letters (``ROLE OF NO IN SEPSIS``, not ``AS HLA-B27``), and in the section labels of a
 structured abstract (``PRACTICE OR POLICY:``) every word is lower-cased, and a capital
-``AND``, ``OR`` or ``NOT`` between two query words is PubMed's operator, not a term. ``/`` separates words (``CRISPR/Cas9``
-→ ``crispr``, ``cas9``).
+``AND``, ``OR`` or ``NOT`` between two query words is PubMed's operator, not a term.
+``/`` separates words (``CRISPR/Cas9`` → ``crispr``, ``cas9``).
 
 Public API (for search, the benchmark and retraining's hard negatives):
 
