@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -136,10 +137,23 @@ class ModelVersionReport:
         return next((c for c in self.comparisons if c.relation == relation), None)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: iso(v) for k, v in dataclasses.asdict(self).items()}
+        """JSON-ready: a value that is no finite number (a diverged run's NaN loss) is
+        ``null``, which every JSON reader takes (NaN is not JSON)."""
+        d = {k: _finite(iso(v)) for k, v in dataclasses.asdict(self).items()}
         d["status"] = str(self.status)
         d["pairs_total"] = self.pairs_total
         return d
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every float that is NaN or infinite, at any depth, as ``None``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def metric_table(role: Mapping[str, Any] | None) -> Metrics:
@@ -150,8 +164,8 @@ def metric_table(role: Mapping[str, Any] | None) -> Metrics:
     """
     out: Metrics = {}
     for name, values in (role or {}).items():
-        if not isinstance(values, Mapping):
-            continue
+        if not isinstance(values, Mapping) or values.get("queries") == 0:
+            continue  # a held-out set with no item was not measured: its 0.0 is no value
         row = {
             k: float(v)
             for k, v in values.items()

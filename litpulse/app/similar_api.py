@@ -19,6 +19,7 @@ from fastapi import APIRouter, Path, Query, Request
 from litpulse.app.api import MAX_PMID, _responses
 from litpulse.core import db
 from litpulse.core.settings import Settings
+from ranking.similar import MAX_SIMILAR
 
 __all__ = ["router"]
 
@@ -33,7 +34,7 @@ router = APIRouter()
 def similar_endpoint(
     request: Request,
     pmid: int = Path(..., ge=1, le=MAX_PMID, description="PubMed id of the article."),
-    k: int = Query(10, ge=1, le=50, description="Number of similar articles."),
+    k: int = Query(10, ge=1, le=MAX_SIMILAR, description="Number of similar articles."),
     include_retracted: bool = Query(False, description="Also return retracted articles."),
 ) -> dict[str, Any]:
     """The ``k`` nearest articles by cosine of their stored vectors, without the article
