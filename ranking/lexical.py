@@ -196,7 +196,6 @@ _WORD = re.compile(r"[^\W_]+(?:-+[^\W_]+)*")
 _SEGMENT = re.compile(r"[^\W\d_]+|\d+")
 #: Words of two or more letters (the capitals of an abbreviation, say).
 _CAPS = re.compile(r"(?<![^\W\d_])[^\W\d_]{2,}(?![^\W\d_])")
-#: Words of 2-5 ASCII capitals (tantivy's English stop words are such words in lower case).
 #: Words of 2-5 ASCII capitals (tantivy's English stop words are such words in lower case),
 #: or their plural (``ORs``): group 1 is the word.
 _CAPS_WORD = re.compile(r"(?<![^\W\d_])([A-Z]{2,5})s?(?![^\W\d_])")
