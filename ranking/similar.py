@@ -49,8 +49,6 @@ logger = logging.getLogger(__name__)
 
 #: Most similar articles one call returns.
 MAX_SIMILAR = 100
-#: The largest id a ``BIGINT`` column holds: a PMID beyond it is no article of the store.
-_PMID_LIMIT = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -138,8 +136,6 @@ def similar_articles(
         index = open_published(settings, engine)
         if index is None:
             raise NoIndexError("no index is published yet: run `litpulse index refresh`")
-    if not 1 <= int(pmid) <= _PMID_LIMIT:
-        raise NotFoundError(f"PMID {pmid} is not found (unknown or deleted)")
     title = _title(engine, int(pmid))  # a deleted article is not found
     vector = _vector(index, int(pmid))
     if not vector.any():  # neither title nor abstract: the zero vector, similar to nothing

@@ -59,6 +59,7 @@ from litpulse.core.schema import ingest_runs
 from litpulse.core.settings import Settings
 from litpulse.core.states import RunStatus
 from litpulse.core.timeutil import iso
+from litpulse.core.widths import PMID_MAX
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -74,10 +75,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Largest PMID accepted in a path or body: 2**53, the largest integer every JSON reader
-#: (JavaScript, a float) holds exactly, so the OpenAPI document states the bound exactly
-#: too (FastAPI keeps bounds as floats). Real PMIDs have 8 digits.
-MAX_PMID = 2**53
+#: Largest PMID accepted in a path or body (:data:`litpulse.core.widths.PMID_MAX`).
+MAX_PMID = PMID_MAX
 
 #: Most MeSH descriptors, and most publication types, one search may require.
 MAX_TERMS = 20

@@ -10,12 +10,16 @@ record (an import contract in ``pyproject.toml`` keeps the workers' modules free
 
 from __future__ import annotations
 
-__all__ = ["LANGUAGE_MAX", "PMCID_MAX", "TERM_KIND_MAX", "TERM_MAX"]
+__all__ = ["LANGUAGE_MAX", "PMCID_MAX", "PMID_MAX", "TERM_KIND_MAX", "TERM_MAX"]
 
 #: ``articles.language``: the first <Language> code (``eng``; longer text is cut).
 LANGUAGE_MAX = 8
 #: ``articles.pmcid``: ``PMC`` and a few digits in practice; a longer text is no PMC id.
 PMCID_MAX = 32
+#: Largest PMID the API and the CLI take: 2**53, the largest integer every JSON reader
+#: (JavaScript, a float) holds exactly, so the OpenAPI document states the bound exactly too
+#: (FastAPI keeps bounds as floats); within ``articles.pmid`` (BIGINT). Real PMIDs have 8 digits.
+PMID_MAX = 2**53
 #: ``article_terms.kind``: ``mesh``, ``ptype`` or ``lang``.
 TERM_KIND_MAX = 8
 #: ``article_terms.term``: a MeSH descriptor, publication type or language code.

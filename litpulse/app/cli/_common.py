@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from litpulse.core.settings import Settings
+from litpulse.core.widths import PMID_MAX
 
 if TYPE_CHECKING:
     from ranking.search import SearchFilters
@@ -92,6 +93,14 @@ def command(
 def add_json(parser: argparse.ArgumentParser, help: str = "print JSON") -> None:
     """The ``--json`` flag: print the result as one JSON document."""
     parser.add_argument("--json", action="store_true", help=help)
+
+
+def pmid_arg(text: str) -> int:
+    """An argparse type: a PMID, 1 .. :data:`~litpulse.core.widths.PMID_MAX` (a larger
+    number is no article and would overflow the database's integer)."""
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= PMID_MAX:
+        raise argparse.ArgumentTypeError(f"not a PMID: {text!r}")
+    return int(text)
 
 
 def date_arg(text: str) -> dt.date:

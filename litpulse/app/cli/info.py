@@ -7,7 +7,7 @@ import textwrap
 from collections.abc import Callable
 from typing import Any
 
-from litpulse.app.cli._common import kv, print_json, print_table
+from litpulse.app.cli._common import kv, pmid_arg, print_json, print_table
 from litpulse.core.errors import ConfigError
 from litpulse.core.settings import Settings, hide_password
 
@@ -16,7 +16,7 @@ __all__ = ["register"]
 
 def register(sub: Any) -> None:
     p = sub.add_parser("article", help="show one stored article")
-    p.add_argument("pmid", type=int, metavar="PMID")
+    p.add_argument("pmid", type=pmid_arg, metavar="PMID")
     p.add_argument("--json", action="store_true", help="every stored field as JSON")
     p.set_defaults(func=article)
 

@@ -13,6 +13,7 @@ from litpulse.app.cli._common import (
     command,
     command_group,
     kv,
+    pmid_arg,
     print_json,
     print_table,
     show_progress,
@@ -100,7 +101,7 @@ def register(sub: Any) -> None:
         help="record whether an article is relevant to a query (used by retrain)",
     )
     f.add_argument("--query", required=True, help="the search query")
-    f.add_argument("--pmid", required=True, type=int, help="the article")
+    f.add_argument("--pmid", required=True, type=pmid_arg, help="the article")
     g = f.add_mutually_exclusive_group(required=True)
     g.add_argument("--relevant", dest="relevant", action="store_true", help="it is relevant")
     g.add_argument("--not-relevant", dest="relevant", action="store_false", help="it is not")

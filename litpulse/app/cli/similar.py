@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from litpulse.app.cli._common import add_json, command, print_json, print_table
+from litpulse.app.cli._common import add_json, command, pmid_arg, print_json, print_table
 from litpulse.core.settings import Settings
 
 
@@ -22,18 +22,12 @@ def register(sub: Any) -> None:
             "--include-retracted, retracted ones. The same as `GET /similar/{pmid}`."
         ),
     )
-    p.add_argument("pmid", type=_pmid, help="PubMed id of the article")
+    p.add_argument("pmid", type=pmid_arg, help="PubMed id of the article")
     p.add_argument("-k", type=int, default=10, help="number of articles (1..100, default 10)")
     p.add_argument(
         "--include-retracted", action="store_true", help="also list retracted articles (marked)"
     )
     add_json(p, "print the result as JSON")
-
-
-def _pmid(text: str) -> int:
-    if not text.isascii() or not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"not a PMID: {text!r}")
-    return int(text)
 
 
 def run_similar_cmd(args: argparse.Namespace, settings: Settings) -> int:

@@ -272,3 +272,21 @@ def test_a_killed_rollback_run_again_ends_where_an_uninterrupted_one_ends(
     statuses = {v.id: str(v.status) for v in registry.list_models(env)}
     assert active is not None and active.id == "m1", statuses
     assert published_index_row(engine).model_version == "m1"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["article", "99999999999999999999"],
+        ["feedback", "--query", "sepsis", "--pmid", "99999999999999999999", "--relevant"],
+        ["similar", "99999999999999999999"],
+    ],
+)
+def test_a_pmid_beyond_any_is_refused_by_every_command(
+    env: Settings, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # it reached the database and ended in an OverflowError traceback (article, feedback)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "not a PMID" in capsys.readouterr().err
