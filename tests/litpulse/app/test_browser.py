@@ -14,6 +14,8 @@ import shutil
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,24 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 def token(real: Settings) -> str:
     """An API token of the expert ``browser-test``."""
     return create_token(real, "browser-test").token
+
+
+def fetch(url: str, attempts: int = 5) -> bytes:
+    """The body of ``GET url``, waiting out a 429 as a polite client does.
+
+    The test's own requests share 127.0.0.1's token bucket with the page's (default API
+    limits: 20 at once, then 5/s), so after a burst of page loads the API may ask the test
+    to wait: it sleeps ``Retry-After`` and asks again, ``attempts`` times at most.
+    """
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                return bytes(resp.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code != 429 or attempt == attempts - 1:
+                raise
+            time.sleep(float(exc.headers.get("Retry-After") or 1))
+    raise AssertionError("unreachable")
 
 
 def _serve(settings: Settings) -> Iterator[str]:

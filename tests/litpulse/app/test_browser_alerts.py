@@ -6,7 +6,6 @@ Uses the fixtures of :mod:`tests.litpulse.app.test_browser` (skipped without Chr
 
 from __future__ import annotations
 
-import urllib.request
 from typing import Any
 
 import feedparser
@@ -23,6 +22,7 @@ from tests.litpulse.app.test_browser import (  # noqa: F401 - fixtures
     By,
     WebDriverWait,
     browser,
+    fetch,
     real,
     server,
     token,
@@ -66,7 +66,6 @@ def test_a_search_saved_on_the_page_has_a_feed_after_the_digest(
         lambda d: "1 match)" in d.find_element(By.ID, "saved-list").text
     )
     link = browser.find_element(By.CSS_SELECTOR, f"#saved-list li[data-id='{saved.id}'] a.feed")
-    with urllib.request.urlopen(link.get_attribute("href"), timeout=10) as resp:
-        feed = feedparser.parse(resp.read())
+    feed = feedparser.parse(fetch(link.get_attribute("href")))
     assert not feed.bozo
     assert [e.title for e in feed.entries] == [TITLE]

@@ -9,7 +9,6 @@ Uses the fixtures of :mod:`tests.litpulse.app.test_browser` (skipped without Chr
 from __future__ import annotations
 
 import json
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from tests.litpulse.app.test_browser import (  # noqa: F401 - fixtures
     Select,
     WebDriverWait,
     browser,
+    fetch,
     real,
     screenshot_target,
     server,
@@ -135,8 +135,7 @@ def test_the_researchers_page(
         int(li.get_attribute("data-pmid"))
         for li in region.find_elements(By.CSS_SELECTOR, "li.similar-hit")
     ]
-    with urllib.request.urlopen(f"{server}/similar/201?k=5", timeout=10) as resp:
-        api = [h["pmid"] for h in json.loads(resp.read())["results"]]
+    api = [h["pmid"] for h in json.loads(fetch(f"{server}/similar/201?k=5"))["results"]]
     assert shown == api and 201 not in shown and len(shown) == 5
 
     # pages: five at a time, Next and Previous by keyboard, disjoint and reproducible
@@ -235,7 +234,6 @@ def test_the_export_buttons_download_the_page_shown(
         href = browser.find_element(By.ID, f"export-{fmt}").get_attribute("href")
         assert "offset=5" in href and "k=5" in href, href
     href = browser.find_element(By.ID, "export-csv").get_attribute("href")
-    with urllib.request.urlopen(href, timeout=10) as resp:
-        rows = list(csv.DictReader(io.StringIO(resp.read().decode("utf-8"))))
+    rows = list(csv.DictReader(io.StringIO(fetch(href).decode("utf-8"))))
     assert [int(r["pmid"]) for r in rows] == shown
     assert [int(r["rank"]) for r in rows] == [6, 7, 8, 9, 10]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import urllib.request
 from typing import Any
 
 import pytest
@@ -21,6 +20,7 @@ from tests.litpulse.app.test_browser import (  # noqa: F401 - fixtures
     WebDriverWait,
     _serve,
     browser,
+    fetch,
     real,
     server,
 )
@@ -31,8 +31,7 @@ pytestmark = pytest.mark.browser
 
 def _api_pmids(url: str) -> list[int]:
     """The PMIDs ``GET /search`` answers for ``url``, in order."""
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return [h["pmid"] for h in json.loads(resp.read())["results"]]
+    return [h["pmid"] for h in json.loads(fetch(url))["results"]]
 
 
 def _weights(driver: Any) -> dict[str, str]:
@@ -157,10 +156,7 @@ def test_a_link_with_two_mesh_filters_keeps_both(
     browser.get(server + "/?q=gene+editing&mesh=Gene+Editing&mesh=Animals&k=20")
     _wait_results(browser, "result")
     shown = set(_pmids(browser))
-    with urllib.request.urlopen(
-        server + "/search?q=gene+editing&mesh=Gene+Editing&mesh=Animals&k=20", timeout=10
-    ) as resp:
-        api = {h["pmid"] for h in json.loads(resp.read())["results"]}
+    api = set(_api_pmids(server + "/search?q=gene+editing&mesh=Gene+Editing&mesh=Animals&k=20"))
     # 102 and 103 carry both descriptors; 101 and 104 (Humans, not Animals) must be out
     assert api and not api & {101, 104}, api
     assert shown == api, shown
