@@ -276,6 +276,34 @@ def test_candidate_rows_are_read_by_pmid(
     assert outer and all(any(k in p for k in by_key) for p in outer), plan
 
 
+@pytest.mark.xfail(strict=True, reason="article_terms carries a (kind, term) index no query uses")
+def test_article_terms_is_reached_by_pmid_and_carries_no_other_index(
+    settings: Settings, engine: Engine
+) -> None:
+    # every filter reads a candidate's terms by its PMID (the primary key's prefix); a
+    # second B-tree over (kind, term) text costs each of ~6.7 rows a record (255 million at
+    # the full baseline) its upkeep and disk, and no query reads it
+    from sqlalchemy import inspect, text
+
+    from ranking.search import _rows_query
+
+    load_corpus(engine)
+    assert inspect(engine).get_indexes("article_terms") == []
+    filters = SearchFilters(language="eng", mesh="Humans", publication_type="Review")
+    stmt = _rows_query([201, 202, 203], filters.clauses())
+    sql = str(stmt.compile(engine, compile_kwargs={"literal_binds": True}))
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            plan = " ".join(r[-1] for r in conn.execute(text("EXPLAIN QUERY PLAN " + sql)))
+            reads = [p for p in plan.split("article_terms")[1:]]
+            assert reads and all(p.lstrip().startswith("USING PRIMARY KEY (pmid=? AND kind=?")
+                                 for p in reads), plan
+        else:
+            conn.execute(text("SET enable_seqscan = off"))  # a tiny table: the index or nothing
+            plan = " ".join(r[0] for r in conn.execute(text("EXPLAIN " + sql)))
+            assert "article_terms_pkey" in plan and "Seq Scan on article_terms" not in plan, plan
+
+
 @pytest.mark.parametrize("term", ["Diabetes  Mellitus, Type 2", "Diabetes\u00a0Mellitus, Type 2"])
 def test_mesh_filter_ignores_whitespace_differences_inside_a_term(
     settings: Settings, engine: Engine, term: str
