@@ -35,13 +35,14 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError
 
 from litpulse.core.errors import ConfigError, LeaseLostError
-from litpulse.core.schema import checkpoints, locks, metadata
+from litpulse.core.schema import RETIRED_INDEXES, checkpoints, locks, metadata
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import as_utc, utcnow
 
 __all__ = [
     "connect",
     "add_missing_columns",
+    "drop_retired_indexes",
     "upsert",
     "bulk_upsert",
     "bulk_insert",
@@ -112,6 +113,7 @@ def connect(settings: Settings, *, create: bool = True) -> Engine:
         if create:
             metadata.create_all(engine)
             add_missing_columns(engine)
+            drop_retired_indexes(engine)
         _ENGINES[url] = engine
     return engine
 
@@ -167,6 +169,48 @@ def add_missing_columns(engine: Engine) -> list[str]:
     if added:
         logger.warning("store schema upgraded: added %s", ", ".join(added))
     return added
+
+
+#: How long dropping a retired index waits for PostgreSQL's lock on its table (readers of
+#: the table, e.g. the API, wait behind the drop meanwhile); past it the drop is left to
+#: the next start.
+RETIRE_LOCK_TIMEOUT_MS = 2000
+
+
+def drop_retired_indexes(engine: Engine) -> list[str]:
+    """Drop the indexes an older store has that the schema retired (:data:`RETIRED_INDEXES`).
+
+    Only their upkeep and disk go: no query reads them. On PostgreSQL the drop waits at
+    most :data:`RETIRE_LOCK_TIMEOUT_MS` for its lock (a long transaction on the table, a
+    running ingest): past it, a warning, the store works as it is, and the next start tries
+    again.
+
+    Returns:
+        The indexes dropped.
+    """
+    from sqlalchemy import inspect, text
+    from sqlalchemy.exc import OperationalError
+
+    inspector = inspect(engine)
+    tables = set(inspector.get_table_names())
+    dropped: list[str] = []
+    for table, index in RETIRED_INDEXES:
+        if table not in tables or index not in {i["name"] for i in inspector.get_indexes(table)}:
+            continue
+        quoted = engine.dialect.identifier_preparer.quote(index)
+        try:
+            with engine.begin() as conn:
+                if engine.dialect.name == "postgresql":
+                    conn.execute(text(f"SET LOCAL lock_timeout = {RETIRE_LOCK_TIMEOUT_MS}"))
+                conn.execute(text(f"DROP INDEX IF EXISTS {quoted}"))
+        except OperationalError as exc:
+            logger.warning("retired index %s not dropped yet (%s); the next start tries again",
+                           index, str(exc.orig).strip().splitlines()[0])
+            continue
+        dropped.append(index)
+    if dropped:
+        logger.warning("store schema upgraded: dropped %s (read by no query)", ", ".join(dropped))
+    return dropped
 
 
 #: The ``checkpoints`` row (scope, key) that holds this store's identity.

@@ -39,6 +39,7 @@ from litpulse.core.widths import LANGUAGE_MAX, PMCID_MAX, TERM_KIND_MAX, TERM_MA
 __all__ = [
     "UTCDateTime",
     "metadata",
+    "RETIRED_INDEXES",
     "articles",
     "references",
     "quarantine",
@@ -83,6 +84,12 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
 
 metadata = MetaData()
+
+#: Indexes older stores have and this schema no longer makes: (table, index). Opening such
+#: a store drops them (:func:`litpulse.core.db.drop_retired_indexes`).
+RETIRED_INDEXES: tuple[tuple[str, str], ...] = (
+    ("article_terms", "ix_article_terms_term"),  # read by no query (filters go by PMID)
+)
 
 #: A PMID key column's type: ``BIGINT`` on PostgreSQL; ``INTEGER`` on SQLite, where a
 #: single-column ``INTEGER`` primary key is the rowid itself, so the table is one B-tree
@@ -167,7 +174,9 @@ _ARTICLES_LZ4 = DDL(
 ).execute_if(dialect="postgresql")
 event.listen(articles, "after_create", _ARTICLES_LZ4)
 
-#: MeSH descriptors and publication types, one row each, for filters.
+#: MeSH descriptors and publication types, one row each, for filters. Filters read a
+#: candidate's terms by its PMID (the primary key's prefix), so the table has no other
+#: index: one over (kind, term) cost every row a second B-tree and no query read it.
 article_terms = Table(
     "article_terms",
     metadata,
@@ -175,7 +184,6 @@ article_terms = Table(
     Column("kind", String(TERM_KIND_MAX), primary_key=True),  # "mesh", "ptype" or "lang"
     Column("term", String(TERM_MAX), primary_key=True),
     Column("major", Boolean, nullable=False, default=False),
-    Index("ix_article_terms_term", "kind", "term"),
     # SQLite: the rows live in the primary key's B-tree (no rowid table beside it: one
     # B-tree less to write per link; stores created before this keep their rowid tables)
     sqlite_with_rowid=False,

@@ -276,7 +276,6 @@ def test_candidate_rows_are_read_by_pmid(
     assert outer and all(any(k in p for k in by_key) for p in outer), plan
 
 
-@pytest.mark.xfail(strict=True, reason="article_terms carries a (kind, term) index no query uses")
 def test_article_terms_is_reached_by_pmid_and_carries_no_other_index(
     settings: Settings, engine: Engine
 ) -> None:

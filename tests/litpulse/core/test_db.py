@@ -264,3 +264,48 @@ def test_an_older_feedback_table_learns_each_judgements_token_from_the_log(
     found = trainable_feedback(engine)
     assert sorted(j.pmid for j in found.judgements) == [10, 12]
     assert [w.judgement.pmid for w in found.withheld] == [11]
+
+
+def _indexes(engine: Any, table: str) -> set[str]:
+    from sqlalchemy import inspect
+
+    return {i["name"] for i in inspect(engine).get_indexes(table)}
+
+
+def test_an_older_store_loses_its_retired_index_and_keeps_its_rows(settings: Settings) -> None:
+    engine = db.connect(settings)
+    Store(engine).apply([make_record(11), make_record(12)])
+    with engine.begin() as conn:  # as stores were made before 2026-12-05
+        conn.execute(text("CREATE INDEX ix_article_terms_term ON article_terms (kind, term)"))
+        before = sorted(conn.execute(text("SELECT pmid, kind, term FROM article_terms")).all())
+    db.dispose_engines()
+
+    engine = db.connect(settings)  # reconnecting drops it
+
+    assert "ix_article_terms_term" not in _indexes(engine, "article_terms")
+    with engine.connect() as conn:
+        after = sorted(conn.execute(text("SELECT pmid, kind, term FROM article_terms")).all())
+    assert after == before
+    assert before and db.drop_retired_indexes(engine) == []  # nothing left to drop
+    assert Store(engine).apply([make_record(13)]).inserted == 1
+
+
+def test_a_retired_index_under_a_long_reader_is_left_to_the_next_start(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    if settings.effective_database_url.startswith("sqlite"):
+        pytest.skip("SQLite's readers (WAL) never hold a writer back")
+    engine = db.connect(settings)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE INDEX ix_article_terms_term ON article_terms (kind, term)"))
+    reader = engine.connect()
+    try:
+        reader.execute(text("SELECT count(*) FROM article_terms"))  # its transaction stays open
+        with caplog.at_level("WARNING", logger="litpulse.core.db"):
+            assert db.drop_retired_indexes(engine) == []  # waits 2 s at most, then gives up
+        assert "next start tries again" in caplog.text
+        assert "ix_article_terms_term" in _indexes(engine, "article_terms")
+    finally:
+        reader.close()
+    assert db.drop_retired_indexes(engine) == ["ix_article_terms_term"]
+    assert "ix_article_terms_term" not in _indexes(engine, "article_terms")
