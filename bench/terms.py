@@ -85,7 +85,7 @@ def _run(kind: str, records: int, stretches: int, seed: int, url_new: str, url_o
         conn.execute(text(f"CREATE INDEX {index} ON {table} (kind, term)"))
     spent = {"with": 0.0, "without": 0.0}
     rows_done = 0
-    per_stretch = max(BATCH, records // stretches // BATCH * BATCH)
+    per_stretch = -(-records // stretches // BATCH) * BATCH  # whole batches, ≤ stretches rows
     rng = random.Random(seed)
     start = 1
     mark = 0
