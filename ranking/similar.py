@@ -10,7 +10,9 @@ index's probed lists run dry the passing articles are scored exactly
 (:func:`ranking.search.nearest`). A deleted article is not found, even while its vector
 is still in the index (until the next refresh removes it). Hits are ordered by
 cosine, best first (ties: lower PMID first), and carry the details of a result list
-(:mod:`ranking.details`); their ``score`` is the cosine.
+(:mod:`ranking.details`); their ``score`` is the cosine, and their ``recency`` and
+``citation`` (with explanations) are the values search gives the same article, shown
+beside it, not mixed in.
 
 Example:
     >>> res = similar_articles(settings, 31415926, k=5)              # doctest: +SKIP
@@ -30,6 +32,7 @@ from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import articles
 from litpulse.core.settings import Settings
 from ranking.details import with_details
+from ranking.scoring import ScoringOptions, citation_value, recency_value
 from ranking.search import (
     Hit,
     NoIndexError,
@@ -162,7 +165,8 @@ def similar_articles(
             break
         n = widened(n, len(rows), k, size)
     best = sorted(rows, key=lambda p: (-sims[p], p))[:k]
-    hits = [_hit(p, rows[p], sims[p], int(pmid)) for p in best]
+    options = ScoringOptions.from_settings(settings)
+    hits = [_hit(p, rows[p], sims[p], int(pmid), options) for p in best]
     logger.info(
         "similar to %d: %d neighbours seen, %d pass, returning %d (index %s)",
         pmid,
@@ -181,10 +185,18 @@ def similar_articles(
     )
 
 
-def _hit(pmid: int, row: dict[str, Any], cosine: float, source: int) -> Hit:
+def _hit(
+    pmid: int, row: dict[str, Any], cosine: float, source: int, options: ScoringOptions
+) -> Hit:
+    """A neighbour: its score is the cosine; recency and citation are search's values for
+    it (the same settings and day), shown beside it and not mixed in."""
+    recency, recency_info = recency_value(row.get("best_date"), options)
+    citation, citation_info = citation_value(row, options)
     explanation: dict[str, Any] = {
         "similar_to": source,
         "text": f"cosine {cosine:.3f} between this article's vector and PMID {source}'s",
+        "recency": {**recency_info, "value": recency},
+        "citation": {**citation_info, "value": citation},
     }
     if row.get("is_retracted"):
         explanation["retracted"] = True
@@ -193,8 +205,8 @@ def _hit(pmid: int, row: dict[str, Any], cosine: float, source: int) -> Hit:
         title=row.get("title") or "",
         score=cosine,
         similarity=cosine,
-        recency=0.0,
-        citation=0.0,
+        recency=recency,
+        citation=citation,
         journal=row.get("journal"),
         pub_year=row.get("pub_year"),
         best_date=row.get("best_date"),

@@ -26,6 +26,12 @@ def print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+def fixed(value: float, digits: int = 3) -> str:
+    """``value`` with ``digits`` decimals, never a negative zero (a cosine of -0.0004 is
+    ``0.000``, not ``-0.000``)."""
+    return f"{round(float(value), digits) + 0.0:.{digits}f}"
+
+
 #: Control characters (C0, DEL, C1): a cell shows them escaped, so a stored escape sequence
 #: cannot act on the terminal and a line break cannot break the table.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")

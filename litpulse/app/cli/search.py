@@ -11,6 +11,7 @@ from litpulse.app.cli._common import (
     add_json,
     command,
     filters_from_args,
+    fixed,
     print_json,
     print_table,
 )
@@ -101,8 +102,8 @@ def run_search_cmd(args: argparse.Namespace, settings: Settings) -> int:
         (
             n,
             h["pmid"],
-            f"{h['score']:.3f}",
-            f"{h['similarity']:.3f}",
+            fixed(h['score']),
+            fixed(h['similarity']),
             "" if h.get("bm25") is None else f"{h['bm25']:.2f}",
             f"{h['recency']:.2f}",
             f"{h['citation']:.2f}",

@@ -6,7 +6,14 @@ import argparse
 import sys
 from typing import Any
 
-from litpulse.app.cli._common import add_json, command, pmid_arg, print_json, print_table
+from litpulse.app.cli._common import (
+    add_json,
+    command,
+    fixed,
+    pmid_arg,
+    print_json,
+    print_table,
+)
 from litpulse.core.settings import Settings
 
 
@@ -47,7 +54,7 @@ def run_similar_cmd(args: argparse.Namespace, settings: Settings) -> int:
         (
             n,
             h.pmid,
-            f"{h.similarity:.3f}",
+            fixed(h.similarity),
             h.best_date or h.pub_year or "",
             ("[retracted] " if h.retracted else "")
             + (h.title[:67] + "…" if len(h.title) > 68 else h.title),

@@ -38,7 +38,9 @@ function el(tag, props, ...children) {
 }
 
 function fmt(x, digits = 3) {
-  return (x === null || x === undefined) ? "–" : Number(x).toFixed(digits);
+  if (x === null || x === undefined) return "–";
+  const text = Number(x).toFixed(digits);
+  return /^-0\.?0*$/.test(text) ? text.slice(1) : text;  // never a negative zero
 }
 
 // Show or hide a block (app.css makes `hidden` win over the blocks' own `display`).

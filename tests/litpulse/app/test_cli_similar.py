@@ -48,7 +48,6 @@ def test_similar_errors(real: Settings) -> None:
         args.func(args, real)
 
 
-@pytest.mark.xfail(strict=True, reason="similar hits carry recency and citation as 0.0")
 def test_similar_hits_carry_the_recency_and_citation_search_gives_them(real: Settings) -> None:
     from ranking.search import search
 
@@ -65,7 +64,6 @@ def test_similar_hits_carry_the_recency_and_citation_search_gives_them(real: Set
         assert h.score == h.similarity  # still ordered by cosine alone
 
 
-@pytest.mark.xfail(strict=True, reason="a tiny negative cosine prints as -0.000")
 @pytest.mark.parametrize(("value", "shown"), [(-0.0004, "0.000"), (-0.0, "0.000"),
                                               (-0.0006, "-0.001"), (0.12345, "0.123")])
 def test_scores_print_without_a_negative_zero(value: float, shown: str) -> None:
