@@ -73,6 +73,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _ENGINES: dict[str, Engine] = {}
+#: Engines whose store :func:`connect` brought up to date in this process.
+_UPGRADED: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 #: Values per ``IN (...)`` list in one statement (SQLite allows 32766 bound parameters,
 #: PostgreSQL 65535; smaller lists also keep each statement's plan cheap).
@@ -99,6 +101,9 @@ def connect(settings: Settings, *, create: bool = True) -> Engine:
     """
     url = settings.effective_database_url
     engine = _ENGINES.get(url)
+    if engine is not None and create and engine not in _UPGRADED:  # made with create=False
+        _upgrade(engine)
+        _UPGRADED.add(engine)
     if engine is None:
         if url.startswith("sqlite"):
             database = make_url(url).database  # the path SQLite opens (decoded)
@@ -111,11 +116,27 @@ def connect(settings: Settings, *, create: bool = True) -> Engine:
         else:
             engine = create_engine(url, pool_pre_ping=True)
         if create:
-            metadata.create_all(engine)
-            add_missing_columns(engine)
-            drop_retired_indexes(engine)
+            _upgrade(engine)
+            _UPGRADED.add(engine)
         _ENGINES[url] = engine
     return engine
+
+
+def _upgrade(engine: Engine) -> None:
+    """Make the missing tables, add the missing columns, drop the retired indexes.
+
+    Several processes may open one store at once (the API and the nightly after an
+    upgrade): each step finds what another did meanwhile (a table or column it made) and
+    goes on.
+    """
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        metadata.create_all(engine)
+    except DBAPIError:  # another opener made a table between the check and the CREATE
+        metadata.create_all(engine)  # finds them now; a real error is raised again
+    add_missing_columns(engine)
+    drop_retired_indexes(engine)
 
 
 def add_missing_columns(engine: Engine) -> list[str]:
@@ -133,39 +154,51 @@ def add_missing_columns(engine: Engine) -> list[str]:
         ``table.column`` for every column added.
     """
     from sqlalchemy import inspect, literal, text
+    from sqlalchemy.exc import DBAPIError
     from sqlalchemy.schema import CreateColumn
 
     inspector = inspect(engine)
     existing = set(inspector.get_table_names())
     added: list[str] = []
-    with engine.begin() as conn:
-        for table in metadata.sorted_tables:
-            if table.name not in existing:
+    for table in metadata.sorted_tables:
+        if table.name not in existing:
+            continue
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for col in table.columns:
+            if col.name in have:
                 continue
-            have = {c["name"] for c in inspector.get_columns(table.name)}
-            for col in table.columns:
-                if col.name in have:
-                    continue
-                default = ""
-                if col.server_default is None and col.default is not None:
-                    arg = getattr(col.default, "arg", None)
-                    if getattr(col.default, "is_scalar", False):
-                        bound = literal(arg, type_=col.type).compile(
-                            dialect=engine.dialect, compile_kwargs={"literal_binds": True}
-                        )
-                        default = f" DEFAULT {bound}"
-                no_default = not default and col.server_default is None
-                if col.primary_key or (not col.nullable and no_default):
-                    raise ConfigError(
-                        f"the store lacks column {table.name}.{col.name}, which cannot be "
-                        "added automatically (no default); migrate the database by hand"
+            default = ""
+            if col.server_default is None and col.default is not None:
+                arg = getattr(col.default, "arg", None)
+                if getattr(col.default, "is_scalar", False):
+                    bound = literal(arg, type_=col.type).compile(
+                        dialect=engine.dialect, compile_kwargs={"literal_binds": True}
                     )
-                spec = CreateColumn(col).compile(dialect=engine.dialect)
-                name = engine.dialect.identifier_preparer.quote(table.name)
-                conn.execute(text(f"ALTER TABLE {name} ADD COLUMN {spec}{default}"))
-                if "upgrade_fill" in col.info:
-                    conn.execute(table.update().values({col.name: col.info["upgrade_fill"]}))
-                added.append(f"{table.name}.{col.name}")
+                    default = f" DEFAULT {bound}"
+            no_default = not default and col.server_default is None
+            if col.primary_key or (not col.nullable and no_default):
+                raise ConfigError(
+                    f"the store lacks column {table.name}.{col.name}, which cannot be "
+                    "added automatically (no default); migrate the database by hand"
+                )
+            spec = CreateColumn(col).compile(dialect=engine.dialect)
+            name = engine.dialect.identifier_preparer.quote(table.name)
+            try:  # a column and its fill in one transaction (PostgreSQL's DDL is transactional)
+                with engine.begin() as conn:
+                    conn.execute(text(f"ALTER TABLE {name} ADD COLUMN {spec}{default}"))
+                    if "upgrade_fill" in col.info:
+                        fill = {col.name: col.info["upgrade_fill"]}
+                        conn.execute(table.update().values(fill))
+            except DBAPIError as exc:
+                now = {c["name"] for c in inspect(engine).get_columns(table.name)}
+                if col.name in now:  # another process opening the store added it meanwhile
+                    continue
+                raise ConfigError(
+                    f"the store lacks column {table.name}.{col.name} and could not add it "
+                    f"({_cause(exc)}); open the store once as a role that may alter its "
+                    "tables (the tables' owner)"
+                ) from exc
+            added.append(f"{table.name}.{col.name}")
     if added:
         logger.warning("store schema upgraded: added %s", ", ".join(added))
     return added
@@ -182,14 +215,15 @@ def drop_retired_indexes(engine: Engine) -> list[str]:
 
     Only their upkeep and disk go: no query reads them. On PostgreSQL the drop waits at
     most :data:`RETIRE_LOCK_TIMEOUT_MS` for its lock (a long transaction on the table, a
-    running ingest): past it, a warning, the store works as it is, and the next start tries
+    running ingest). A drop that fails (that wait, a read-only database, a role that does
+    not own the table) is a warning: the store works as it is, and the next start tries
     again.
 
     Returns:
         The indexes dropped.
     """
     from sqlalchemy import inspect, text
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import DBAPIError
 
     inspector = inspect(engine)
     tables = set(inspector.get_table_names())
@@ -203,14 +237,23 @@ def drop_retired_indexes(engine: Engine) -> list[str]:
                 if engine.dialect.name == "postgresql":
                     conn.execute(text(f"SET LOCAL lock_timeout = {RETIRE_LOCK_TIMEOUT_MS}"))
                 conn.execute(text(f"DROP INDEX IF EXISTS {quoted}"))
-        except OperationalError as exc:
-            logger.warning("retired index %s not dropped yet (%s); the next start tries again",
-                           index, str(exc.orig).strip().splitlines()[0])
+        except DBAPIError as exc:  # a lock held too long, a read-only database, not the owner
+            logger.warning(
+                "retired index %s not dropped (%s); it costs write time only: the next start "
+                "tries again (a start as the tables' owner, on a writable database, drops it)",
+                index, _cause(exc),
+            )  # fmt: skip
             continue
         dropped.append(index)
     if dropped:
         logger.warning("store schema upgraded: dropped %s (read by no query)", ", ".join(dropped))
     return dropped
+
+
+def _cause(exc: BaseException) -> str:
+    """The first line of a database error's own message (not SQLAlchemy's wrapping)."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 #: The ``checkpoints`` row (scope, key) that holds this store's identity.

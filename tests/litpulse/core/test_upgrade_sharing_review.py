@@ -74,14 +74,6 @@ def _run_first(engine: Engine, marker: str, action: Any) -> None:
 # ------------------------------------------------------------- two openers of an old store
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="add_missing_columns inspects the columns, then runs a plain ALTER TABLE ... ADD "
-    "COLUMN: a second process that opens the same older store at the same moment (the API "
-    "and the nightly after an upgrade) adds the column in between and this one crashes with "
-    "a raw duplicate-column error (SQLite OperationalError / PostgreSQL DuplicateColumn) "
-    "instead of finding the column there (db.py add_missing_columns: no IF NOT EXISTS, no lock)",
-)
 def test_two_processes_upgrading_an_older_store_at_once_both_open_it(settings: Settings) -> None:
     first = _older_store(settings)
     second = create_engine(settings.effective_database_url)
@@ -117,13 +109,6 @@ def test_two_processes_dropping_the_retired_index_at_once_both_open_the_store(
         second.dispose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="connect(create=False) caches the engine in db._ENGINES without upgrading; a later "
-    "connect(settings) (create=True) in the same process returns that cached engine and never "
-    "adds the missing columns nor drops the retired index (db.py connect: the upgrade runs only "
-    "when the engine is first made)",
-)
 def test_connect_without_create_first_does_not_skip_the_upgrade_for_good(
     sqlite_settings: Settings,
 ) -> None:
@@ -138,13 +123,6 @@ def test_connect_without_create_first_does_not_skip_the_upgrade_for_good(
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    reason="drop_retired_indexes catches only OperationalError: on a read-only PostgreSQL "
-    "database (a hot standby the API reads, default_transaction_read_only) DROP INDEX raises "
-    "ReadOnlySqlTransaction (sqlalchemy InternalError), so connect() crashes with a traceback "
-    "where the store is up to date but for the index no query reads (db.py drop_retired_indexes)",
-)
 def test_a_read_only_postgresql_store_with_the_retired_index_still_opens(tmp_path: Path) -> None:
     with fresh_postgres_database("litpulse_review_ro") as url:
         s = Settings.from_env({}, home=tmp_path / "home", database_url=url)
@@ -190,14 +168,6 @@ def app_role() -> Iterator[str]:
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    reason="drop_retired_indexes catches only OperationalError: an application role with "
-    "full DML grants but not the tables' owner gets InsufficientPrivilege (sqlalchemy "
-    "ProgrammingError, 'must be owner of index') and connect() crashes on every start of the "
-    "API and nightly, where before this release the same role opened the store fine "
-    "(db.py drop_retired_indexes)",
-)
 def test_a_non_owner_application_role_still_opens_an_older_store(
     tmp_path: Path, app_role: str
 ) -> None:
@@ -226,6 +196,35 @@ def test_a_non_owner_application_role_still_opens_an_older_store(
                 assert Store(engine).apply([make_record(12)]).inserted == 1
             finally:
                 _forget(app_url)
+        finally:
+            _forget(url)
+
+
+@pytest.mark.postgres
+def test_a_column_a_non_owner_role_cannot_add_is_a_clear_error(
+    tmp_path: Path, app_role: str
+) -> None:
+    """A missing column the opener may not add: a ConfigError naming it, not a traceback."""
+    from litpulse.core.errors import ConfigError
+
+    with fresh_postgres_database("litpulse_review_col") as url:
+        owner = Settings.from_env({}, home=tmp_path / "home", database_url=url)
+        try:
+            engine = db.connect(owner)
+            with engine.begin() as conn:
+                conn.execute(text("ALTER TABLE articles DROP COLUMN source_position"))
+                conn.execute(text(f'GRANT USAGE ON SCHEMA public TO "{app_role}"'))
+                conn.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN "
+                                  f'SCHEMA public TO "{app_role}"'))  # fmt: skip
+            _forget(url)
+            app_url = make_url(url).set(username=app_role).render_as_string(hide_password=False)
+            app = Settings.from_env({}, home=tmp_path / "home", database_url=app_url)
+            try:
+                with pytest.raises(ConfigError, match=r"articles\.source_position.*owner"):
+                    db.connect(app)
+            finally:
+                _forget(app_url)
+            assert "source_position" in _columns(db.connect(owner), "articles")  # the owner can
         finally:
             _forget(url)
 
