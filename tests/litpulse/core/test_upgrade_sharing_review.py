@@ -167,6 +167,19 @@ def app_role() -> Iterator[str]:
         admin.dispose()
 
 
+def _as_app_role(engine: Engine, url: str, role: str, tmp_path: Path) -> tuple[Settings, str]:
+    """Grant ``role`` what an application role has (DML, no ownership); its settings and URL
+    (the owner's cached engine is forgotten)."""
+    with engine.begin() as conn:
+        conn.execute(text(f'GRANT USAGE ON SCHEMA public TO "{role}"'))
+        conn.execute(text(f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public '
+                          f'TO "{role}"'))  # fmt: skip
+        conn.execute(text(f'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO "{role}"'))
+    _forget(url)
+    app_url = make_url(url).set(username=role).render_as_string(hide_password=False)
+    return Settings.from_env({}, home=tmp_path / "home", database_url=app_url), app_url
+
+
 @pytest.mark.postgres
 def test_a_non_owner_application_role_still_opens_an_older_store(
     tmp_path: Path, app_role: str
@@ -178,19 +191,7 @@ def test_a_non_owner_application_role_still_opens_an_older_store(
             Store(engine).apply([make_record(11)])
             with engine.begin() as conn:
                 conn.execute(text(f"CREATE INDEX {RETIRED} ON article_terms (kind, term)"))
-                conn.execute(text(f'GRANT USAGE ON SCHEMA public TO "{app_role}"'))
-                conn.execute(
-                    text(
-                        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN "
-                        f'SCHEMA public TO "{app_role}"'
-                    )
-                )
-                conn.execute(
-                    text(f'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO "{app_role}"')
-                )
-            _forget(url)
-            app_url = make_url(url).set(username=app_role).render_as_string(hide_password=False)
-            app = Settings.from_env({}, home=tmp_path / "home", database_url=app_url)
+            app, app_url = _as_app_role(engine, url, app_role, tmp_path)
             try:
                 engine = db.connect(app)
                 assert Store(engine).apply([make_record(12)]).inserted == 1
@@ -213,12 +214,7 @@ def test_a_column_a_non_owner_role_cannot_add_is_a_clear_error(
             engine = db.connect(owner)
             with engine.begin() as conn:
                 conn.execute(text("ALTER TABLE articles DROP COLUMN source_position"))
-                conn.execute(text(f'GRANT USAGE ON SCHEMA public TO "{app_role}"'))
-                conn.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN "
-                                  f'SCHEMA public TO "{app_role}"'))  # fmt: skip
-            _forget(url)
-            app_url = make_url(url).set(username=app_role).render_as_string(hide_password=False)
-            app = Settings.from_env({}, home=tmp_path / "home", database_url=app_url)
+            app, app_url = _as_app_role(engine, url, app_role, tmp_path)
             try:
                 with pytest.raises(ConfigError, match=r"articles\.source_position.*owner"):
                     db.connect(app)
