@@ -574,6 +574,31 @@ def test_a_version_folder_without_a_row_is_pruned(sqlite_settings: Settings) -> 
     assert kept == rows | {"ix-20260101-000000-0the12"}, f"without a row: {sorted(kept - rows)}"
 
 
+@pytest.mark.xfail(strict=True, reason="_prune removes every .tmp-* folder older than an hour, "
+                   "another store's build in a shared home too")
+def test_a_build_folder_of_another_store_is_not_pruned(sqlite_settings: Settings) -> None:
+    """Two stores sharing one data directory: one's prune removes its own crashed builds
+    (``.tmp-*`` older than an hour), never the other's build in progress (a lexical index
+    of the whole baseline writes for hours inside its folder's subfolder, so the folder's
+    own time does not move)."""
+    s = sqlite_settings
+    engine = db.connect(s)
+    add_articles(engine, [1, 2, 3])
+    refresh.refresh_index(s, embed=False)
+    folders = {}
+    for name, store in ((".tmp-mine-crashed", db.store_id(engine)),
+                        (".tmp-theirs-building", "another-store")):  # fmt: skip
+        folder = folders[store] = index_files.indexes_dir(s) / name
+        folder.mkdir()
+        db.mark_folder(folder, store)
+        old = os.path.getmtime(folder) - 2 * publish.TMP_MAX_AGE_S
+        os.utime(folder, (old, old))
+    add_articles(engine, [4])
+    refresh.refresh_index(s, embed=False)  # publishes, then prunes
+    assert not folders[db.store_id(engine)].exists()
+    assert folders["another-store"].exists()
+
+
 # ------------------------------------------------- SIGKILL of a refresh, then a rerun
 
 _KILLER = textwrap.dedent("""
