@@ -5,8 +5,10 @@ The work is every listed ``baseline/`` and ``updatefiles/`` file not yet recorde
 share it:
 
 * **Stagers** download a file and verify its MD5 into the staging folder
-  (``<home>/downloads``): ``NAME`` plus a ``NAME.verified`` marker (``md5 size`` and the
-  verified file's identity: device, inode, modification time) written last, atomically,
+  (``<home>/downloads/<store id>``, one per store:
+  :func:`ingest.updatefiles.downloads_folder`): ``NAME`` plus a ``NAME.verified`` marker
+  (``md5 size`` and the verified file's identity: device, inode, modification time) written
+  last, atomically,
   so a half-downloaded file is never taken for a staged one, and a staged file changed
   after its check is neither: it is staged again, and its parse checks the identity the
   marker holds (:class:`ingest.parallel.FileIdentity`). A stager
@@ -79,6 +81,7 @@ from ingest.updatefiles import (
     _file_ref,
     _source,
     _store_file,
+    downloads_folder,
     plan_files,
 )
 from litpulse.core import db
@@ -237,12 +240,6 @@ def pending_files(
 # ----------------------------------------------------------------------------- staging
 
 
-def _folder(settings: Settings) -> Path:
-    folder = settings.ensure_home() / "downloads"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 def _marker(path: Path) -> Path:
     return path.with_name(path.name + MARKER)
 
@@ -316,7 +313,7 @@ def stage_file(
         StoppedError: ``stop`` was set.
     """
     engine = engine or db.connect(settings)
-    folder = _folder(settings)
+    folder = downloads_folder(settings, engine)
     found = staged(folder, f)
     if found is not None:
         return found
@@ -364,7 +361,7 @@ def prefetch_file(
     if window < 1:
         raise ConfigError(f"window must be >= 1, got {window!r}")
     engine = db.connect(settings)
-    folder = _folder(settings)
+    folder = downloads_folder(settings, engine)
     deadline = time.monotonic() + max_wait_s
     while True:
         if _is_applied(engine, f.name):
@@ -450,7 +447,7 @@ def _wait_staged(
 ) -> StagedFile:
     """``f`` staged: by a stager, or by this process when nobody else is at it (``stop``:
     once set, :class:`~litpulse.core.errors.StoppedError` before the next wait or chunk)."""
-    folder = _folder(settings)
+    folder = downloads_folder(settings, engine)
     while True:
         raise_if_stopped(stop, f"waiting for {f.name}")
         found = staged(folder, f)
@@ -633,7 +630,7 @@ def load_files(
         plan = pending_files(settings, engine, accept_gaps=accept_gaps)
         pending, listed = list(plan.pending), plan.listed
         n_pending = len(pending)
-        folder = _folder(settings)
+        folder = downloads_folder(settings, engine)
         done = _applied_names(engine)
         for staged_path in folder.glob("*.xml.gz*"):
             name = staged_path.name.split(".xml.gz", 1)[0] + ".xml.gz"

@@ -7,7 +7,7 @@ several a day) and ``baseline/`` (yearly), each with a ``.md5`` beside it in the
 1. lists the folders (the HTML index of ``settings.pubmed_files_url``; a ``file://``
    mirror is listed from disk);
 2. skips files already recorded in ``source_files``;
-3. downloads each remaining file to ``<home>/downloads`` (a partial ``.part`` file is
+3. downloads each remaining file to ``<home>/downloads/<store id>`` (a partial ``.part`` file is
    resumed with an HTTP Range request, or restarted when the server ignores Range);
 4. verifies it against its ``.md5``; a mismatch is downloaded again (up to two more
    times) and then fails the run with :class:`~litpulse.core.errors.ChecksumError` — that
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
 from ingest.http import HttpClient, raise_if_stopped
 from ingest.records import SourceRef, nlm_file_order, nlm_sequence
@@ -60,6 +60,7 @@ __all__ = [
     "FilePlan",
     "RemoteFile",
     "apply_updates",
+    "downloads_folder",
     "list_remote_files",
     "parse_listing",
     "parse_md5",
@@ -177,6 +178,18 @@ class _LocalSource:
 
     def close(self) -> None:
         pass
+
+
+def downloads_folder(settings: Settings, engine: Engine | None = None) -> Path:
+    """Where this store stages its downloads: ``<home>/downloads/<store id>``.
+
+    One folder per store (:func:`litpulse.core.db.store_id`): two stores sharing one
+    ``LITPULSE_HOME`` (two databases: a test store beside production) never take, discard
+    or clean up each other's files, which may carry the same NLM names with other content.
+    """
+    folder = settings.ensure_home() / "downloads" / db.store_id(engine or db.connect(settings))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _source(settings: Settings) -> _HttpSource | _LocalSource:
@@ -501,7 +514,7 @@ def apply_updates(
         raise ConfigError(f"max_files must be >= 0, got {max_files!r}")
     engine = db.connect(settings)
     store = Store(engine)
-    downloads = settings.ensure_home() / "downloads"
+    downloads = downloads_folder(settings, engine)
     applied: list[str] = []
     source = _source(settings)
     redact = getattr(getattr(source, "client", None), "redact", str)

@@ -339,15 +339,16 @@ def _prune(settings: Settings, engine: Engine) -> None:
             conn.execute(delete(index_versions).where(index_versions.c.id == row.id))
         shutil.rmtree(row.path, ignore_errors=True)
         logger.info("pruned index version %s", row.id)
+    mine = db.store_id(engine)
     for tmp in index_files.indexes_dir(settings).glob(".tmp-*"):  # a crashed publisher's
-        if time.time() - tmp.stat().st_mtime > TMP_MAX_AGE_S:
+        if (time.time() - tmp.stat().st_mtime > TMP_MAX_AGE_S
+                and db.folder_store(tmp) in (mine, None)):  # not another store's build
             shutil.rmtree(tmp, ignore_errors=True)
     # a whole version no row names: a publisher killed between renaming its folder into
     # place and committing the row, or a prune killed between the row and the files (the
     # age spares a publisher about to commit its row)
     with engine.connect() as conn:
         named = {Path(p).name for p in conn.execute(select(index_versions.c.path)).scalars()}
-    mine = db.store_id(engine)
     for folder in index_files.indexes_dir(settings).iterdir():
         if (folder.is_dir() and not folder.name.startswith(".") and folder.name not in named
                 and time.time() - folder.stat().st_mtime > TMP_MAX_AGE_S

@@ -41,7 +41,7 @@ from ingest.files import ingest_files
 from ingest.rows import prepare
 from ingest.runs import STORE_LEASE
 from ingest.store import COUNTS_CHECKPOINT, Store
-from ingest.updatefiles import apply_updates
+from ingest.updatefiles import apply_updates, downloads_folder
 from litpulse.app.demo.generate import CorpusManifest, generate_corpus
 from litpulse.app.demo.pubmed_xml import article_xml, gz, pubmed_set
 from litpulse.core import db
@@ -144,7 +144,7 @@ def _files(engine: Engine) -> list[tuple[Any, ...]]:
 
 
 def _downloads(s: Settings) -> list[str]:
-    folder = s.home / "downloads"
+    folder = downloads_folder(s)
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
@@ -261,12 +261,12 @@ def test_staged_files_are_reused_and_stale_ones_removed(
     assert listed == N_BASELINE + 3 and pending[0].kind == "baseline"
     first, second = pending[0], pending[1]
     got = stage_file(s, second)
-    assert got is not None and staged(s.home / "downloads", second) == got
+    assert got is not None and staged(downloads_folder(s), second) == got
     gets = len(emu.requests(second.name))
     load_files(s, workers=1, prefetch=0, max_files=2)
     assert len(emu.requests(second.name)) == gets  # the staged copy was applied
     # a file staged again after it was applied (a kill between the two): removed at start
-    folder = s.home / "downloads"
+    folder = downloads_folder(s)
     (folder / first.name).write_bytes(b"x")
     (folder / f"{first.name}.verified").write_text("0" * 32 + " 1\n")
     load_files(s, workers=1, prefetch=0, max_files=1)
@@ -298,7 +298,7 @@ def test_a_failed_prefetch_leaves_the_file_to_the_writer_and_prefetches_the_next
     emu.faults.add("badmd5", path=pending[1].name, times=100)
     stager = _Prefetcher(s, db.connect(s), pending, window=3)
     stager.start()
-    folder, deadline = s.home / "downloads", time.monotonic() + 30
+    folder, deadline = downloads_folder(s), time.monotonic() + 30
     try:
         while time.monotonic() < deadline and not all(
             staged(folder, f) is not None for f in pending[2:4]
@@ -529,14 +529,14 @@ def test_bootstrap_killed_while_workers_have_spilled_resumes_to_the_clean_state(
     log = tmp_path / "child.log"
     # the writer kills itself at its first SQL statement once a worker has spilled a job
     # ahead of it and something is committed (a poller here could miss the spill)
-    spills = str(s.home / "downloads" / "litpulse-spill-*" / "job-*.pkl")
+    spills = str(downloads_folder(s) / "litpulse-spill-*" / "job-*.pkl")
     killed = self_killing(["-m", "litpulse", *argv], engine, _progress_sql(engine), 1,
                           files=spills)  # fmt: skip
     kill_when(killed, env, lambda: False, log, label="a spill ahead", timeout=120)
     assert _files(engine) != clean_files  # killed before the end
 
     # a stale spill folder of an older run: its items must never reach the store
-    stale = s.home / "downloads" / "litpulse-spill-stale"
+    stale = downloads_folder(s) / "litpulse-spill-stale"
     stale.mkdir(parents=True, exist_ok=True)
     ghost = prepare(make_record(999_999_999))
     for i in range(N_BASELINE + 3):
@@ -709,7 +709,7 @@ def test_a_bootstrap_that_raises_mid_download_leaves_nothing_writing(
     big = _bulky(7, 4 << 20)  # 4 MiB at ~200 KB/s: 20 s to download
     emu.add_file("baseline", slow.name, big)
     emu.faults.add("trickle", path=slow.name, times=100, piece=2048, delay=0.01)
-    folder = s.home / "downloads"
+    folder = downloads_folder(s)
     part = folder / f"{slow.name}.part"
     raised: list[float] = []
 
@@ -783,7 +783,7 @@ def test_an_interrupt_while_the_writer_waits_for_a_download_stops_it(
     big = _bulky(8, 2 << 20)  # 2 MiB at ~200 KB/s: ~10 s to download
     emu.add_file("baseline", slow.name, big)
     emu.faults.add("trickle", path=slow.name, times=100, piece=2048, delay=0.01)
-    part = s.home / "downloads" / f"{slow.name}.part"
+    part = downloads_folder(s) / f"{slow.name}.part"
 
     fired: list[float] = []
 
@@ -846,7 +846,7 @@ def test_a_bootstrap_stopped_during_a_trickling_download_returns_at_once(
     slow = pending[1]
     emu.add_file("baseline", slow.name, _bulky(9, 1 << 20))
     emu.faults.add("trickle", path=slow.name, times=100, piece=64, delay=0.05)
-    part = s.home / "downloads" / f"{slow.name}.part"
+    part = downloads_folder(s) / f"{slow.name}.part"
 
     def fail_mid_download(name: str, counts: object) -> None:
         deadline = time.monotonic() + 10

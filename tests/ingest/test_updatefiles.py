@@ -11,7 +11,13 @@ import pytest
 from sqlalchemy import func, select
 
 from ingest.store import Store
-from ingest.updatefiles import apply_updates, list_remote_files, parse_listing, parse_md5
+from ingest.updatefiles import (
+    apply_updates,
+    downloads_folder,
+    list_remote_files,
+    parse_listing,
+    parse_md5,
+)
 from litpulse.app.demo.generate import CorpusManifest, generate_corpus
 from litpulse.core import db
 from litpulse.core.errors import ChecksumError
@@ -96,7 +102,7 @@ def test_files_are_applied_in_order_to_the_expected_state(
         got = row.one()._mapping
     assert got["size"] == corpus.files[0].stat().st_size and len(got["md5"]) == 32
     assert got["counts"]["inserted"] == first.inserted
-    assert not list((s.home / "downloads").iterdir())  # downloads are removed once applied
+    assert not list(downloads_folder(s).iterdir())  # downloads are removed once applied
     # nothing new: nothing downloaded, nothing changed
     before = len(emu.requests(".xml.gz"))
     assert apply_updates(s).total == 0

@@ -574,8 +574,6 @@ def test_a_version_folder_without_a_row_is_pruned(sqlite_settings: Settings) -> 
     assert kept == rows | {"ix-20260101-000000-0the12"}, f"without a row: {sorted(kept - rows)}"
 
 
-@pytest.mark.xfail(strict=True, reason="_prune removes every .tmp-* folder older than an hour, "
-                   "another store's build in a shared home too")
 def test_a_build_folder_of_another_store_is_not_pruned(sqlite_settings: Settings) -> None:
     """Two stores sharing one data directory: one's prune removes its own crashed builds
     (``.tmp-*`` older than an hour), never the other's build in progress (a lexical index

@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 
 from ingest.bootstrap import load_files, pending_files, stage_file, staged
 from ingest.store import Store
+from ingest.updatefiles import downloads_folder
 from litpulse.app.demo.pubmed_xml import article_xml, gz, pubmed_set
 from litpulse.core import db
 from litpulse.core.schema import articles, source_files
@@ -298,14 +299,6 @@ def _pmids(settings: Settings) -> list[int]:
         return sorted(conn.execute(select(articles.c.pmid)).scalars())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the staging folder <home>/downloads is shared by every store using the home, and "
-    "staged() trusts a NAME.verified marker (md5, size, identity) without checking it against "
-    "this store's source: store B (its own mirror) applies the copy store A staged from "
-    "another mirror under the same NLM name, and records A's MD5 as B's file: B silently holds "
-    "the other deployment's records (ingest/bootstrap.py staged / stage_file, _folder)",
-)
 def test_a_store_never_applies_a_file_another_store_staged_in_the_shared_home(
     two_stores: Any,
 ) -> None:
@@ -320,14 +313,6 @@ def test_a_store_never_applies_a_file_another_store_staged_in_the_shared_home(
     assert md5 == hashlib.md5(published).hexdigest()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="load_files' start removes every staged file (with its marker and .part) whose name "
-    "this store has applied, whichever store staged it: store B deletes store A's verified, "
-    "not yet applied download in the shared <home>/downloads (A downloads it again; a file A's "
-    "parse worker holds fails A's run as changed) (ingest/bootstrap.py load_files: the "
-    "glob('*.xml.gz*') / _discard loop)",
-)
 def test_a_store_does_not_discard_the_files_another_store_staged(two_stores: Any) -> None:
     a, b = two_stores(same_mirror=True)
     load_files(b, workers=0, prefetch=0)  # B applied the file
@@ -335,17 +320,9 @@ def test_a_store_does_not_discard_the_files_another_store_staged(two_stores: Any
     got = stage_file(a, f)  # A staged it, not applied yet
     assert got is not None
     load_files(b, workers=0, prefetch=0)  # nothing to do for B
-    assert staged(a.home / "downloads", f) == got
+    assert staged(downloads_folder(a), f) == got
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="load_files' start rmtree()s every litpulse-spill-* folder in <home>/downloads as "
-    "'parse output of a killed writer', without asking whose: a bootstrap of another store "
-    "sharing the home deletes the spill folder of a live bootstrap (its writer lease held in "
-    "its own database), which then fails reading or writing its spilled jobs "
-    "(ingest/bootstrap.py load_files: the SPILL_GLOB loop; spill folders are not marked)",
-)
 def test_a_store_does_not_remove_the_live_spill_folder_of_another_store(
     two_stores: Any,
 ) -> None:
@@ -353,7 +330,7 @@ def test_a_store_does_not_remove_the_live_spill_folder_of_another_store(
 
     a, b = two_stores(same_mirror=True)
     engine_a = db.connect(a)
-    folder = a.home / "downloads"
+    folder = downloads_folder(a)
     folder.mkdir(parents=True, exist_ok=True)
     lease = db.acquire_lease(engine_a, WRITER_LEASE)  # A's bootstrap is running
     assert lease is not None
