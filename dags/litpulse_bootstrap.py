@@ -22,16 +22,16 @@ DOC_MD = """
 The same job as `litpulse bootstrap`.
 
 **What it does.** `list_files` lists `baseline/` and `updatefiles/` of
-`LITPULSE_PUBMED_FILES_URL` and keeps the files not in `source_files`, in order.
-`fetch_file` is **mapped** over them (`.expand()`, at most 2 in flight:
-`max_active_tis_per_dagrun`): each downloads its file (resuming with HTTP Range) and checks
-its MD5 into `<LITPULSE_HOME>/downloads`, waiting while `LITPULSE_BOOTSTRAP_PREFETCH` files
-are staged there (bounded disk). `apply_files`, running **beside** the fetchers, is the one
-writer: it applies the files strictly in order (parsing in `LITPULSE_INGEST_WORKERS`
-processes), fetching itself any file no fetcher has staged, and deletes each download once
-applied. Then `embed_shard` is mapped over PMID shards and `publish_index` publishes the
-index, emitting **`litpulse_index`**. A run that publishes nothing new (a second trigger
-with nothing pending) skips `publish_index` and emits no `litpulse_index` event.
+`LITPULSE_PUBMED_FILES_URL` and keeps the files not in `source_files`, in order. `fetch_file`
+is **mapped** over them (`.expand()`, at most 2 in flight: `max_active_tis_per_dagrun`): each
+downloads its file (resuming with HTTP Range) and checks its MD5 into
+`<LITPULSE_HOME>/downloads/<store id>`, waiting while `LITPULSE_BOOTSTRAP_PREFETCH` files are
+staged there (bounded disk). `apply_files`, running **beside** the fetchers, is the one writer:
+it applies the files strictly in order (parsing in `LITPULSE_INGEST_WORKERS` processes),
+fetching itself any file no fetcher has staged, and deletes each download once applied. Then
+`embed_shard` is mapped over PMID shards and `publish_index` publishes the index, emitting
+**`litpulse_index`**. A run that publishes nothing new (a second trigger with nothing pending)
+skips `publish_index` and emits no `litpulse_index` event.
 
 **Why one writer.** Fetchers overlap the network with the store; the store is written in file
 order by one process (lease `bootstrap-writer`), which gives exactly the state of an
@@ -43,8 +43,8 @@ left to the writer, which retries it.
 --yes`) or trigger a new run: applied files are skipped, staged downloads reused, a file cut
 short replayed from where it stopped; finished shards have nothing pending.
 
-**Hosts.** Fetchers and the writer share `<LITPULSE_HOME>/downloads`: run this DAG on one host
-(LocalExecutor) or give the Celery workers a shared `LITPULSE_HOME`.
+**Hosts.** Fetchers and the writer share `<LITPULSE_HOME>/downloads/<store id>`: run this DAG
+on one host (LocalExecutor) or give the Celery workers a shared `LITPULSE_HOME`.
 
 **Alerts.** Failures, and tasks that start or finish more than 48 h after the run started,
 go to `LITPULSE_ALERT_WEBHOOK_URL`. A run times out after 7 days.
