@@ -159,6 +159,12 @@ _SUFFIX = b"</PubmedArticleSet>"
 _XML_DECL_RE = re.compile(rb"<\?xml[^>]*\?>")
 _INTERNAL_SUBSET_RE = re.compile(rb"<!DOCTYPE[^>\[]*\[")
 _PMID_BYTES_RE = re.compile(rb"<PMID\b[^>]*>\s*([0-9]{1,10})\s*</PMID>")
+#: A record's own PMID: the first child of its ``MedlineCitation`` or ``BookDocument``
+#: (other ``<PMID>`` elements of a record are PMIDs it cites or comments on).
+_OWN_PMID_RE = re.compile(
+    rb"<(?:MedlineCitation|BookDocument)\b[^>]*>\s*<PMID\b[^>]*>\s*([0-9]{1,10})\s*</PMID>"
+)
+_DELETE_CITATION = b"<DeleteCitation"
 #: libxml2 keeps its own limits (nesting depth 256, 10 MB text nodes, entity
 #: amplification) because ``huge_tree`` is off; entities are never expanded, nothing is
 #: fetched and no DTD is loaded.
@@ -536,7 +542,8 @@ def _unit_batches(
         return
     entry = _piece_entry(data, cut.decl, cut.root, parser, ref, limits)
     if entry is not None:
-        yield ("entry", entry, 0, False)
+        for one in _per_deletion(entry, data[1][0]):  # the piece's bytes (kept or tail)
+            yield ("entry", one, 0, False)
 
 
 def _batches(
@@ -573,14 +580,16 @@ def _parse_batch(
                 try:
                     etree.fromstring(decl + root + data + _SUFFIX, parser)
                 except etree.XMLSyntaxError as exc:
-                    entry = _syntax_entry(data, line, exc, ref, "between records")
-                    yield ("entry", entry, 0, False)
+                    entry = _syntax_entry(data, line, exc, ref, "between records", placed=True)
+                    for one in _per_deletion(entry, data):
+                        yield ("entry", one, 0, False)
             continue
         for sub, sub_line in split_records(data, line):
             try:
                 elem = etree.fromstring(decl + sub, parser)
             except etree.XMLSyntaxError as exc:
-                yield ("entry", _syntax_entry(sub, sub_line, exc, ref), 0, False)
+                for one in _per_deletion(_syntax_entry(sub, sub_line, exc, ref), sub):
+                    yield ("entry", one, 0, False)
             else:
                 yield ("elems", (elem,), sub_line - 1, len(sub) > max_text)
 
@@ -595,7 +604,7 @@ def _piece_entry(
         if not kept:  # only whitespace
             return None
         reason = f"{size} bytes of unexpected content between records"
-        return _entry(reason, kept, size, ref, line)
+        return _entry(reason, kept, size, ref, line, placed=True)
     if kind == "oversize":
         kept, size, how = data
         reason = (
@@ -609,21 +618,29 @@ def _piece_entry(
         logger.warning(
             "%s: %s at line %d; the records before it were kept", ref.location, error, where
         )
-        return _entry(error, tail, size, ref, where if not inside else line)
+        return _entry(error, tail, size, ref, where if not inside else line, placed=True)
     if inside or tail.strip() == _SUFFIX:
         return None
     try:  # what follows the last record must close the document (comments may follow)
         etree.fromstring(decl + root + tail, parser)
     except etree.XMLSyntaxError as exc:
-        entry = _syntax_entry(tail, line, exc, ref, "after the last record")
+        entry = _syntax_entry(tail, line, exc, ref, "after the last record", placed=True)
         logger.warning("%s: %s", ref.location, entry.reason)
         return entry
     return None
 
 
 def _syntax_entry(
-    raw: bytes, line: int, exc: etree.XMLSyntaxError, ref: SourceRef, where: str = ""
+    raw: bytes,
+    line: int,
+    exc: etree.XMLSyntaxError,
+    ref: SourceRef,
+    where: str = "",
+    *,
+    placed: bool = False,
 ) -> QuarantineEntry:
+    """The entry of bytes that are not well-formed (``placed``: not a record, see
+    :func:`_entry`)."""
     at = line - 1 + (exc.lineno or 1)
     msg = _LXML_POSITION_RE.sub("", exc.msg or "XML syntax error")
     # libxml2 names lines of the record's own document: make them lines of the file
@@ -635,11 +652,20 @@ def _syntax_entry(
         source=ref,
         pmid=_pmid_in_bytes(raw),
         line=quarantine_line(at),
+        key=_place(ref, at) if placed else "",
     )
 
 
-def _entry(reason: str, kept: bytes, size: int, ref: SourceRef, line: int) -> QuarantineEntry:
-    """A quarantine entry holding at most the first :data:`MAX_RAW_TAIL` bytes."""
+def _entry(
+    reason: str, kept: bytes, size: int, ref: SourceRef, line: int, *, placed: bool = False
+) -> QuarantineEntry:
+    """A quarantine entry holding at most the first :data:`MAX_RAW_TAIL` bytes.
+
+    ``placed``: the bytes are not a record (a file cut short, junk between records, what
+    follows the last record), so the entry is told apart by its file and line as well as
+    by its bytes: two files cut short alike are two entries (a bad record met again in
+    another file stays one).
+    """
     head = kept[:MAX_RAW_TAIL]
     raw = _raw_text(head)
     if size > len(head):
@@ -650,7 +676,35 @@ def _entry(reason: str, kept: bytes, size: int, ref: SourceRef, line: int) -> Qu
         source=ref,
         pmid=_pmid_in_bytes(kept),
         line=quarantine_line(line),
+        key=_place(ref, line) if placed else "",
     )
+
+
+def _place(ref: SourceRef, line: int) -> str:
+    """The key of an entry that is not a record: where it is."""
+    return f"{ref.location}:{line}"
+
+
+def _per_deletion(entry: QuarantineEntry, raw: bytes) -> list[QuarantineEntry]:
+    """A ``DeleteCitation`` block that is not well-formed: one entry per PMID it names
+    (none of its deletions is applied from damaged bytes, and none is lost unseen);
+    anything else: the entry itself."""
+    head = raw[:MAX_RAW_TAIL]
+    if _DELETE_CITATION not in head:
+        return [entry]
+    pmids = list(dict.fromkeys(
+        p for m in _PMID_BYTES_RE.finditer(head)
+        if (p := id_value(m.group(1).decode("ascii"), MAX_PMID)) is not None
+    ))  # fmt: skip
+    if not pmids:
+        return [entry]
+    return [
+        dataclasses.replace(
+            entry, pmid=p, key=f"{entry.key} deletion {p}",
+            reason=f"{entry.reason}; the deletion of PMID {p} it holds is not applied",
+        )  # fmt: skip
+        for p in pmids
+    ]
 
 
 def _raw_text(raw: bytes) -> str:
@@ -660,8 +714,9 @@ def _raw_text(raw: bytes) -> str:
 
 
 def _pmid_in_bytes(raw: bytes) -> int | None:
-    """The first valid ``<PMID>`` of a record's raw bytes, if any."""
-    m = _PMID_BYTES_RE.search(raw, 0, MAX_RAW_TAIL)
+    """A record's own PMID in its raw bytes (its ``MedlineCitation``'s or
+    ``BookDocument``'s first child), if readable: never a PMID it cites."""
+    m = _OWN_PMID_RE.search(raw, 0, MAX_RAW_TAIL)
     return id_value(m.group(1).decode("ascii"), MAX_PMID) if m else None
 
 

@@ -63,12 +63,6 @@ def _owed(store: Store) -> set[int]:
 # ============================================================================ defects
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a DeleteCitation block that is not well-formed is quarantined whole and named by "
-    "its first PMID only (ingest/parse.py:_syntax_entry -> _pmid_in_bytes, the first "
-    "<PMID> match): the other PMIDs it deletes stay live and no quarantine row names them",
-)
 def test_a_malformed_delete_citation_block_loses_no_deletion_silently(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -79,7 +73,8 @@ def test_a_malformed_delete_citation_block_loses_no_deletion_silently(
     counts = ingest_files(
         settings, [_write(tmp_path, "pubmed26n0002.xml", document([block, article(10)]))]
     )
-    assert counts.quarantined == 1 and counts.inserted == 1  # the rest of the file goes on
+    # one entry per PMID the block names; the rest of the file goes on
+    assert counts.quarantined == 3 and counts.inserted == 1
     store = Store(db.connect(settings))
     live = store.existing_pmids([1, 2, 3])
     named = {r["pmid"] for r in _rows(settings)}
@@ -87,14 +82,6 @@ def test_a_malformed_delete_citation_block_loses_no_deletion_silently(
     assert live - named == set(), f"still live, named by no quarantine row: {live - named}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="entries that are not records (a file cut short, junk between records) are keyed "
-    "by their raw bytes alone (QuarantineEntry.digest with key=''; ingest/parse.py:_entry, "
-    "_syntax_entry): a second file cut at a record boundary has the same raw text ('\\n') as "
-    "the first, its row is dropped by the upsert on digest, and `litpulse quarantine` never "
-    "names the second file (its run counts 1 quarantined with no row of its own)",
-)
 def test_each_file_cut_short_gets_its_own_quarantine_entry(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -125,14 +112,6 @@ def test_a_quarantined_record_delivered_fine_later_is_no_longer_counted(
     assert store.status()["quarantined"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a record that is not well-formed and whose own PMID is unreadable is named by "
-    "the first <PMID> of its bytes, a PMID it cites in CommentsCorrections "
-    "(ingest/parse.py:_pmid_in_bytes via _PMID_BYTES_RE); in an E-utilities batch that "
-    "PMID then counts as accounted for (ingest/eutils.py:_pmids_of), so the cited PMID, "
-    "listed by ESearch and left out by EFetch, is neither stored nor owed: silently dropped",
-)
 def test_a_malformed_record_naming_a_cited_pmid_does_not_hide_that_pmid(
     sqlite_settings: Settings, emu: Emulator
 ) -> None:
