@@ -446,13 +446,15 @@ def efetch(
 
 
 def _pmids_of(items: Iterable[Item]) -> set[int]:
-    out: set[int] = set()
-    for item in items:
-        if isinstance(item, Record | Deletion):
-            out.add(item.pmid)
-        elif isinstance(item, QuarantineEntry) and item.pmid is not None:
-            out.add(item.pmid)
+    """The PMIDs ``items`` name: records, deletions and quarantine entries."""
+    out = _stored(items)
+    out.update(i.pmid for i in items if isinstance(i, QuarantineEntry) and i.pmid is not None)
     return out
+
+
+def _stored(items: Iterable[Item]) -> set[int]:
+    """The PMIDs ``items`` give the store something for: a record or a deletion."""
+    return {i.pmid for i in items if isinstance(i, Record | Deletion)}
 
 
 def fetch_reconciled(
@@ -462,28 +464,41 @@ def fetch_reconciled(
     location: str,
     limits: ParseLimits | None = None,
 ) -> tuple[list[Item], list[int]]:
-    """EFetch ``pmids``; ask again, once, for any the answer left out.
+    """EFetch ``pmids``; ask again, once, for any the answer gave no record or deletion.
 
-    A PMID is accounted for by a record, a deletion or a quarantine entry naming it (a
-    quarantined PMID is not asked for again). A record quarantined without a readable
-    PMID names none: its PMID is asked for again, and when that second request was for
-    that one PMID and its answer is one unreadable record, the entry is that PMID's
-    (otherwise the PMID stays missing, and the entries stay quarantined without one).
+    A PMID left out, or whose record was quarantined (damaged in transit, or by NCBI), is
+    asked for again: an intact record in the second answer replaces the damaged one (whose
+    entry is dropped: it never reaches the store), and the same bad bytes met again are
+    one entry, not two. A record quarantined without a readable PMID names none: when the
+    second request was for that one PMID and its answer is one unreadable record, the
+    entry is that PMID's. A PMID with no record or deletion after the second request is
+    returned as missing (owed: later runs ask for it again, up to the give-up), quarantined
+    or not.
 
     Returns:
-        The items, and the PMIDs still absent after the second request.
+        The items, and the PMIDs still without a record or deletion.
     """
     items = efetch(client, pmids, location=location, limits=limits)
-    missing = sorted(set(pmids) - _pmids_of(items))
+    missing = sorted(set(pmids) - _stored(items))
     if missing:
-        logger.info("%s: %d PMIDs absent from EFetch, asking again", location, len(missing))
+        logger.info("%s: %d PMIDs absent or unreadable in EFetch's answer, asking again",
+                    location, len(missing))  # fmt: skip
         again = efetch(client, missing, location=location, limits=limits)
         if len(missing) == 1 and not _pmids_of(again):
             items = _attribute(items, again, missing[0])
         else:
-            items += again
-        missing = sorted(set(missing) - _pmids_of(items))
+            items = _merged(items, again)
+        missing = sorted(set(missing) - _stored(items))
     return items, missing
+
+
+def _merged(items: list[Item], again: list[Item]) -> list[Item]:
+    """``items`` + ``again`` (the answer to the second request): entries of records the
+    second answer holds intact are dropped, and so are entries met again."""
+    intact = _stored(again)
+    kept = [i for i in items if not (isinstance(i, QuarantineEntry) and i.pmid in intact)]
+    seen = {i.digest for i in kept if isinstance(i, QuarantineEntry)}
+    return kept + [i for i in again if not (isinstance(i, QuarantineEntry) and i.digest in seen)]
 
 
 def _attribute(items: list[Item], again: list[Item], pmid: int) -> list[Item]:
@@ -496,7 +511,7 @@ def _attribute(items: list[Item], again: list[Item], pmid: int) -> list[Item]:
         and i.raw_xml.lstrip().startswith(_RECORD_STARTS)
     ]  # fmt: skip
     if len(unnamed) != 1:
-        return items + again
+        return _merged(items, again)
     entry = unnamed[0]
     digest = entry.digest
     kept = [i for i in items if not (isinstance(i, QuarantineEntry) and i.digest == digest)]
@@ -622,8 +637,9 @@ def ingest_window(
         run.details.update(missing_pmids=missing_all[:1000], missing_total=len(missing_all))
         if missing_all:
             logger.warning(
-                "window %s: %d PMIDs listed by ESearch were not returned by EFetch (owed: "
-                "later runs ask for them again): %s", target, len(missing_all), missing_all[:20],
+                "window %s: %d PMIDs listed by ESearch were not returned readable by EFetch "
+                "(owed: later runs ask for them again): %s", target, len(missing_all),
+                missing_all[:20],
             )  # fmt: skip
         # what this window owes and settles, then what earlier windows still owe
         owed_key = f"{wkey}#gen{generation}"

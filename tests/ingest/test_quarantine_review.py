@@ -129,13 +129,6 @@ def test_a_malformed_record_naming_a_cited_pmid_does_not_hide_that_pmid(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="EFetch's second ask for PMIDs whose records were unreadable returns the same "
-    "bad records, and ingest/eutils.py:fetch_reconciled appends them (`items += again`) "
-    "without dropping the entries already held: each is counted quarantined twice (run "
-    "counts 4 for 2 quarantine rows), doubling the quarantine rate the quality gate judges",
-)
 def test_the_second_efetch_ask_counts_a_quarantined_record_once(
     sqlite_settings: Settings, emu: Emulator
 ) -> None:
@@ -152,13 +145,6 @@ def test_the_second_efetch_ask_counts_a_quarantined_record_once(
     assert counts.quarantined == 2 and store.runs(1)[0]["quarantined"] == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a record EFetch once delivered damaged (a bad byte in an otherwise whole answer) "
-    "is quarantined and counts as accounted for (ingest/eutils.py:fetch_reconciled/_pmids_of: "
-    "'a quarantined PMID is not asked for again'): no second ask, not owed, so no later run "
-    "fetches it although NCBI serves it intact; it is lost unless its window is re-run",
-)
 def test_a_record_efetch_delivered_damaged_once_is_asked_for_again(
     sqlite_settings: Settings, emu: Emulator
 ) -> None:
@@ -177,12 +163,31 @@ def test_a_record_efetch_delivered_damaged_once_is_asked_for_again(
     emu.efetch = garbled_once  # type: ignore[method-assign]
     s = emu.configure(sqlite_settings, max_retries=0)
     first = _window(s)
-    assert first.quarantined == 1 and first.inserted == 2
-    _window(s, DAY + dt.timedelta(days=10))  # the next nightly: its dates list nothing of it
+    # asked again at once: the intact record replaces the damaged one, which is not kept
     store = Store(db.connect(s))
     assert store.existing_pmids([101, 102, 103]) == {101, 102, 103}, (
         f"owed: {_owed(store)}; EFetch asked {calls['n']} times"
     )
+    assert calls["n"] == 2 and first.inserted == 3 and first.quarantined == 0
+    assert _rows(s) == [] and _owed(store) == set()
+
+
+def test_a_record_efetch_always_serves_damaged_is_quarantined_once_and_owed(
+    sqlite_settings: Settings, emu: Emulator
+) -> None:
+    """NCBI's own copy is bad (its PMID readable): asked again, met again, one entry; and
+    owed, so a later run asks for it once NCBI mends it, and stores it."""
+    emu.add_article(101, edat=DAY, xml=article_xml(101, edat=DAY).replace(
+        b"<ArticleTitle>", b"<ArticleTitle>\x01", 1))  # fmt: skip
+    emu.add_article(102, edat=DAY)
+    s = emu.configure(sqlite_settings, max_retries=0)
+    counts = _window(s)
+    store = Store(db.connect(s))
+    assert counts.inserted == 1 and counts.quarantined == 1
+    assert [r["pmid"] for r in _rows(s)] == [101] and _owed(store) == {101}
+    emu.add_article(101, edat=DAY)  # NCBI mends it
+    _window(s, DAY + dt.timedelta(days=10))  # a later night asks for what is owed
+    assert store.existing_pmids([101, 102]) == {101, 102} and _owed(store) == set()
 
 
 @pytest.mark.xfail(
