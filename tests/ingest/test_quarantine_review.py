@@ -190,13 +190,6 @@ def test_a_record_efetch_always_serves_damaged_is_quarantined_once_and_owed(
     assert store.existing_pmids([101, 102]) == {101, 102} and _owed(store) == set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`litpulse quarantine --json` prints raw_xml with ensure_ascii=False "
-    "(litpulse/app/cli/_common.py:print_json): C1 controls (U+009B CSI) and DEL of a "
-    "malformed record reach the terminal raw, while the table path escapes C0/DEL/C1 "
-    "(_common._CONTROL) so a stored escape sequence cannot act on the terminal",
-)
 def test_quarantine_json_shows_no_raw_terminal_controls(
     sqlite_settings: Settings,
     tmp_path: Path,

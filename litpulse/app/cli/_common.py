@@ -21,9 +21,15 @@ Handler = Callable[[argparse.Namespace, Settings], int]
 
 
 def print_json(obj: Any) -> None:
-    """Print one JSON document to stdout."""
-    json.dump(obj, sys.stdout, indent=2, default=str, ensure_ascii=False)
+    """Print one JSON document to stdout; DEL and the C1 controls escaped (``\\u009b``), as
+    JSON escapes C0 itself, so stored bytes cannot act on the terminal."""
+    text = json.dumps(obj, indent=2, default=str, ensure_ascii=False)
+    sys.stdout.write(_JSON_CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", text))
     sys.stdout.write("\n")
+
+
+#: What JSON leaves raw but a terminal acts on: DEL and the C1 controls.
+_JSON_CONTROL = re.compile(r"[\x7f-\x9f]")
 
 
 def fixed(value: float, digits: int = 3) -> str:
