@@ -59,7 +59,7 @@ from sqlalchemy.engine import Connection
 from ingest import missing as owing
 from ingest.checkpoints import Checkpoints
 from ingest.links import chunks, new_cited_by, recompute_cited_by, recount_range, replace_links
-from ingest.records import NLM_YEAR_FACTOR, Deletion, Record, nlm_file_order
+from ingest.records import NLM_YEAR_FACTOR, Deletion, QuarantineEntry, Record, nlm_file_order
 from ingest.rows import (
     ARTICLE_COLUMNS,
     COLUMN_INDEX,
@@ -357,6 +357,13 @@ class Store(RunLedger, Checkpoints):
                     .values(pmid=bindparam("p")),
                     named,
                 )
+        resolved = _resolving(batch, changed)
+        if resolved:  # entries of PMIDs whose later record or deletion is now stored
+            q = quarantine.c
+            for part in chunks(sorted(resolved)):
+                conn.execute(update(quarantine)
+                             .where(q.pmid.in_(part), q.resolved_at.is_(None))
+                             .values(resolved_at=now))  # fmt: skip
         if changed:
             replace_links(
                 conn, changed & stored, live, was_live, bulk=self.bulk, new=new, counted=counted,
@@ -535,11 +542,15 @@ class Store(RunLedger, Checkpoints):
         given up), oldest first (:mod:`ingest.missing`)."""
         return owing.listing(self.engine, limit)
 
-    def quarantined(self, limit: int = 50) -> list[dict[str, Any]]:
-        """The latest quarantined elements: what, why, from where."""
+    def quarantined(self, limit: int = 50, *, resolved: bool = False) -> list[dict[str, Any]]:
+        """The latest quarantined elements still open (``resolved``: those a later record
+        or deletion of their PMID resolved as well): what, why, from where."""
         q = quarantine.c
+        query = select(quarantine).order_by(q.id.desc()).limit(limit)
+        if not resolved:
+            query = query.where(q.resolved_at.is_(None))
         with self.engine.connect() as conn:
-            rows = conn.execute(select(quarantine).order_by(q.id.desc()).limit(limit)).all()
+            rows = conn.execute(query).all()
         return [
             {
                 "id": m["id"],
@@ -551,10 +562,25 @@ class Store(RunLedger, Checkpoints):
                 "run_id": m["run_id"],
                 "digest": m["digest"],
                 "created_at": iso(m["created_at"]),
+                "resolved_at": iso(m["resolved_at"]),
                 "raw_xml": m["raw_xml"],
             }
             for m in (r._mapping for r in rows)
         ]
+
+
+def _resolving(batch: list[StoreItem], changed: set[int]) -> set[int]:
+    """The PMIDs whose quarantine entries a batch resolves: a record or deletion of the
+    PMID was written (``changed``) and no bad element of it follows in the batch (a good
+    revision followed by a bad one leaves the bad one open)."""
+    last_bad: dict[int, bool] = {}
+    for item in batch:
+        if isinstance(item, QuarantineEntry):
+            if item.pmid is not None:
+                last_bad[item.pmid] = True
+        else:
+            last_bad[item.pmid] = False
+    return {p for p in changed if last_bad.get(p) is False}
 
 
 def store_counts(conn: Connection) -> dict[str, Any]:
@@ -578,7 +604,9 @@ def store_counts(conn: Connection) -> dict[str, Any]:
             func.max(a.updated_at),
         )
     ).one()
-    n_quarantined = conn.execute(select(func.count()).select_from(quarantine)).scalar()
+    n_quarantined = conn.execute(
+        select(func.count()).select_from(quarantine).where(quarantine.c.resolved_at.is_(None))
+    ).scalar()
     n_refs = conn.execute(select(func.count()).select_from(references)).scalar()
     names = ("live", "deleted", "retracted", "with_abstract", "with_citations")
     out: dict[str, Any] = {n: int(v or 0) for n, v in zip(names, row[:5], strict=True)}

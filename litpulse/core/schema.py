@@ -211,6 +211,9 @@ quarantine = Table(
     Column("raw_xml", Text, nullable=False),
     Column("run_id", Integer),
     Column("created_at", UTCDateTime(), nullable=False),
+    # when a later record or deletion of its PMID was stored: the entry no longer stands
+    # for a missing record (rows of stores made before the column stay open until then)
+    Column("resolved_at", UTCDateTime()),
 )
 
 ingest_runs = Table(

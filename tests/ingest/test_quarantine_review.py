@@ -93,13 +93,6 @@ def test_each_file_cut_short_gets_its_own_quarantine_entry(
     assert places == {"a.xml", "b.xml"}, places
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a quarantine row is never resolved: once a later file stores the PMID live, "
-    "`status` still counts it quarantined (ingest/store.py:store_counts counts every row of "
-    "`quarantine`) and `litpulse quarantine` lists it with nothing saying it was superseded "
-    "(the table has no resolved/superseded column; Store.quarantined)",
-)
 def test_a_quarantined_record_delivered_fine_later_is_no_longer_counted(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -110,6 +103,9 @@ def test_a_quarantined_record_delivered_fine_later_is_no_longer_counted(
     store = Store(db.connect(settings))
     assert store.existing_pmids([4, 5]) == {4, 5}
     assert store.status()["quarantined"] == 0
+    assert store.quarantined() == []  # nothing needs attention
+    (entry,) = store.quarantined(resolved=True)  # kept, marked resolved
+    assert entry["pmid"] == 5 and entry["resolved_at"] is not None
 
 
 def test_a_malformed_record_naming_a_cited_pmid_does_not_hide_that_pmid(
@@ -225,6 +221,12 @@ def test_a_malformed_revision_keeps_the_good_stored_version(
     (row,) = _rows(settings)
     assert row["pmid"] == 5 and row["source_location"].endswith("pubmed26n0002.xml")
     assert "Revised" in row["raw_xml"] and "mismatch" in row["reason"]
+    # the newer revision is the bad one: its entry stays open, though 5 was stored before
+    assert row["resolved_at"] is None and store.status()["quarantined"] == 1
+    # and in one batch too: a good record, then a bad revision of it, leaves it open
+    ingest_files(settings, [_write(tmp_path, "pubmed26n0003.xml", document(
+        [article(7, title="Good."), article(7, version="2", title="Bad <b>unclosed")]))])
+    assert [r["resolved_at"] for r in _rows(settings) if r["pmid"] == 7] == [None]
 
 
 def test_a_well_formed_delete_citation_with_one_bad_pmid_applies_the_others(
@@ -284,3 +286,25 @@ def test_the_quarantine_table_escapes_controls_and_keeps_invalid_utf8_visible(
     assert main(["quarantine", "--json", "--limit", "1"]) == 0
     (entry,) = json.loads(capsys.readouterr().out)
     assert entry["pmid"] == 7 and "caf\\xe9" in entry["raw_xml"]
+
+
+def test_the_quarantine_listing_shows_open_entries_and_all_with_their_state(
+    sqlite_settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    s = sqlite_settings
+    ingest_files(s, [_write(tmp_path, "pubmed26n0001.xml", document(
+        [article(4, title="<b>unclosed"), article(5, title="<i>unclosed")]))])  # fmt: skip
+    ingest_files(s, [_write(tmp_path, "pubmed26n0002.xml", document([article(5)]))])
+    monkeypatch.setenv("LITPULSE_HOME", str(s.home))
+    assert main(["quarantine"]) == 0
+    table = capsys.readouterr().out
+    assert "open" in table and " 4 " in table and " 5 " not in table
+    assert main(["quarantine", "--all", "--json"]) == 0
+    states = {e["pmid"]: e["resolved_at"] is not None for e in json.loads(capsys.readouterr().out)}
+    assert states == {4: False, 5: True}
+    ingest_files(s, [_write(tmp_path, "pubmed26n0003.xml", document([article(4)]))])
+    assert main(["quarantine"]) == 0
+    assert "needs attention" in capsys.readouterr().out

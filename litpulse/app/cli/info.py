@@ -28,6 +28,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("quarantine", help="records that could not be parsed: what, why, where")
     p.add_argument("--json", action="store_true", help="print as JSON (with the raw XML)")
     p.add_argument("--limit", type=int, default=20, metavar="N", help="entries (default 20)")
+    p.add_argument("--all", action="store_true",
+                   help="also the entries resolved since (a later record or deletion of their "
+                        "PMID was stored)")  # fmt: skip
     p.set_defaults(func=quarantine)
 
     p = sub.add_parser(
@@ -156,12 +159,16 @@ def _index(settings: Settings) -> dict[str, Any]:
 
 
 def quarantine(args: argparse.Namespace, settings: Settings) -> int:
+    store = _store(settings)
     return _listing(
-        args, _store(settings).quarantined, "quarantine is empty",
+        args, lambda n: store.quarantined(n, resolved=args.all),
+        "nothing in quarantine needs attention" + ("" if args.all else
+                                                   " (--all lists resolved entries too)"),
         lambda r: (r["id"], r["pmid"] or "-", _short(r["reason"], 60),
                    r["source_location"] + (f":{r['line']}" if r["line"] else ""),
-                   (r["created_at"] or "")[:19]),
-        ["id", "pmid", "why", "from", "when"],
+                   (r["created_at"] or "")[:19],
+                   f"resolved {r['resolved_at'][:10]}" if r["resolved_at"] else "open"),
+        ["id", "pmid", "why", "from", "when", "state"],
     )  # fmt: skip
 
 
