@@ -222,6 +222,8 @@ def _status(settings: Settings, engine: Any) -> dict[str, Any]:
         ),
         # PMIDs E-utilities listed and EFetch has not returned: owed, or given up
         "missing": owed,
+        # quarantine entries still open (no later record or deletion of their PMID stored)
+        "quarantined": counts["quarantined"],
         "index": (
             {
                 "version": idx.id,

@@ -205,7 +205,6 @@ def test_status_counts_the_pmids_efetch_still_owes(client: TestClient, store: Se
     assert client.get("/status").json()["missing"] == {"waiting": 1, "given_up": 0}
 
 
-@pytest.mark.xfail(strict=True, reason="GET /status has no quarantine count")
 def test_status_counts_the_open_quarantine_entries(client: TestClient, store: Settings) -> None:
     from ingest.records import QuarantineEntry, SourceRef
     from ingest.store import Store
