@@ -165,7 +165,8 @@ def check_ingest(
       a rerun of a finished window counts the batches it skipped, or its records come
       back unchanged, so it is not empty. Articles the store holds of those days do not
       make it so: the window before searched the first day too.
-    * **quarantine rate** — quarantined / parsed above ``LITPULSE_MAX_QUARANTINE_RATE``.
+    * **quarantine rate** — quarantined / parsed above ``LITPULSE_MAX_QUARANTINE_RATE``,
+      when at least ``LITPULSE_QUALITY_MIN_QUARANTINED`` were (fewer: a warning).
     * **not moving forward** (``stale_watermark``) — judged from what the runs did *and*
       from dates, with ``N = LITPULSE_QUALITY_MAX_STALENESS_DAYS`` (0 disables). The ingest
       moves forward when this run inserted or updated records (``"run"``), or a succeeded
@@ -201,11 +202,19 @@ def check_ingest(
     checks = ["quarantine_rate"]
 
     if rate > settings.max_quarantine_rate:
-        problems.append(
-            f"{c['quarantined']} of {parsed} records quarantined ({rate:.2%}), above "
-            f"LITPULSE_MAX_QUARANTINE_RATE={settings.max_quarantine_rate:.2%}; "
-            "see `litpulse quarantine`"
-        )
+        if c["quarantined"] >= settings.quality_min_quarantined:
+            problems.append(
+                f"{c['quarantined']} of {parsed} records quarantined ({rate:.2%}), above "
+                f"LITPULSE_MAX_QUARANTINE_RATE={settings.max_quarantine_rate:.2%} "
+                f"(LITPULSE_QUALITY_MIN_QUARANTINED={settings.quality_min_quarantined}); "
+                "see `litpulse quarantine`"
+            )
+        else:
+            logger.warning(
+                "%d of %d records quarantined (%.2f%%): above the rate, but fewer than "
+                "LITPULSE_QUALITY_MIN_QUARANTINED=%d; see `litpulse quarantine`",
+                c["quarantined"], parsed, rate * 100, settings.quality_min_quarantined,
+            )  # fmt: skip
 
     start = end = None
     newest = None

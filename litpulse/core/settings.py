@@ -243,6 +243,14 @@ class Settings:
         min=0.0,
         max=1.0,
     )
+    quality_min_quarantined: int = _opt(
+        5,
+        "Fewest quarantined records that fail a run on LITPULSE_MAX_QUARANTINE_RATE: fewer "
+        "pass whatever their share (one bad record of a quiet day's fifty is not a malformed "
+        "file, and would fail every re-run of that night); 1: every one counts.",
+        min=1,
+        max=1_000_000,
+    )
     quality_expect_weekdays: bool = _opt(
         True,
         "A window touching a weekday (Monday-Friday UTC) that returns no record (a rerun "

@@ -77,7 +77,6 @@ def test_quarantine_rate_above_threshold_fails(sqlite_settings: Settings) -> Non
         check_ingest(s, IngestCounts(inserted=90, quarantined=10))
 
 
-@pytest.mark.xfail(strict=True, reason="one bad record of a quiet day fails the rate check")
 def test_a_few_quarantined_records_of_a_small_run_pass_the_rate_check(
     sqlite_settings: Settings,
 ) -> None:
