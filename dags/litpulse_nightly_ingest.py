@@ -92,8 +92,8 @@ NCBI's status page and the emulator/mirror URL (`LITPULSE_EUTILS_URL`), then cle
 *Quarantine rate*: `litpulse quarantine` lists the bad records and their reasons.
 *Not moving forward*: the run inserted/updated nothing, no earlier window moved the
 watermark up to this one, and the newest entrez date is days old: look for failed earlier
-runs. Thresholds: `LITPULSE_MAX_QUARANTINE_RATE`, `LITPULSE_QUALITY_EXPECT_WEEKDAYS`,
-`LITPULSE_QUALITY_MAX_STALENESS_DAYS`.
+runs. Thresholds: `LITPULSE_MAX_QUARANTINE_RATE` (with `LITPULSE_QUALITY_MIN_QUARANTINED`),
+`LITPULSE_QUALITY_EXPECT_WEEKDAYS`, `LITPULSE_QUALITY_MAX_STALENESS_DAYS`.
 
 **Alerts.** A failed task, and a task that starts or finishes more than 6 h after its run
 started, post to `LITPULSE_ALERT_WEBHOOK_URL` (always logged). A run still going after 12 h
