@@ -72,7 +72,9 @@ def test_the_quality_gate_after_an_ingest_retry_sees_the_whole_window(
         emulator.add_article(pmid, edat=day, xml=_malformed(pmid, day))
     for pmid in (104, 105, 106):  # batch 1
         emulator.add_article(pmid, edat=day)
-    s = emulator.configure(sqlite_settings, efetch_batch=3, max_retries=0)
+    # every quarantined record counts (the default minimum of 5 would pass these 3)
+    s = emulator.configure(sqlite_settings.replace(quality_min_quarantined=1), efetch_batch=3,
+                           max_retries=0)  # fmt: skip
     # the DAG run of `day` (data interval [day 02:00, day+1 02:00))
     first, after = window_days(
         (_at(day) + dt.timedelta(hours=2), _at(day) + dt.timedelta(days=1, hours=2)), None
@@ -235,7 +237,8 @@ def test_a_window_whose_nightly_failed_at_citations_is_still_quality_checked(
         emulator.add_article(pmid, edat=day, xml=_malformed(pmid, day))
     for pmid in (104, 105, 106):
         emulator.add_article(pmid, edat=day)
-    s = emulator.configure(sqlite_settings, max_retries=0)
+    # every quarantined record counts (the default minimum of 5 would pass these 3)
+    s = emulator.configure(sqlite_settings.replace(quality_min_quarantined=1), max_retries=0)
     until = _at(day + dt.timedelta(days=5))  # the nightly catches up a week
     emulator.faults.add("503", path="/icite/", times=100)
     with pytest.raises(TransientSourceError):
