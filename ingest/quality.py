@@ -24,13 +24,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 
 from ingest.runs import IngestCounts
 from litpulse.core.errors import ConfigError, DataQualityError
 from litpulse.core.settings import Settings
 from litpulse.core.states import RunStatus
-from litpulse.core.timeutil import as_date, as_utc, day_start, iso
+from litpulse.core.timeutil import as_date, as_utc, day_start, iso, utcnow
 
 __all__ = [
     "QualityReport",
@@ -56,7 +56,9 @@ class QualityReport:
         problems: One sentence per failed check.
         records: Records the source returned (inserted + updated + unchanged + deleted +
             quarantined).
-        quarantine_rate: Quarantined share of the parsed records (0..1).
+        quarantine_rate: Share of the parsed records quarantined and new to the store
+            (0..1): elements met again are not counted.
+        requarantined: Quarantined elements met again (judged by an earlier run).
         newest_entrez_date: Newest entrez date of a live article in the store.
         window_start: Start of the checked window (UTC), when known.
         window_end: End of the checked window (UTC), when known.
@@ -73,6 +75,7 @@ class QualityReport:
     problems: tuple[str, ...] = ()
     records: int = 0
     quarantine_rate: float = 0.0
+    requarantined: int = 0
     newest_entrez_date: dt.date | None = None
     window_start: dt.datetime | None = None
     window_end: dt.datetime | None = None
@@ -94,6 +97,7 @@ class QualityReport:
             "checks": list(self.checks),
             "records": self.records,
             "quarantine_rate": round(self.quarantine_rate, 6),
+            "requarantined": self.requarantined,
             "newest_entrez_date": iso(self.newest_entrez_date),
             "window_start": iso(self.window_start),
             "window_end": iso(self.window_end),
@@ -165,8 +169,14 @@ def check_ingest(
       a rerun of a finished window counts the batches it skipped, or its records come
       back unchanged, so it is not empty. Articles the store holds of those days do not
       make it so: the window before searched the first day too.
-    * **quarantine rate** — quarantined / parsed above ``LITPULSE_MAX_QUARANTINE_RATE``,
-      when at least ``LITPULSE_QUALITY_MIN_QUARANTINED`` were (fewer: a warning).
+    * **quarantine rate** — the bad elements new to the store (quarantined, less those
+      met again: :attr:`~ingest.runs.IngestCounts.requarantined`) / parsed above
+      ``LITPULSE_MAX_QUARANTINE_RATE``, when at least ``LITPULSE_QUALITY_MIN_QUARANTINED``
+      were (fewer: a warning). Elements an earlier check judged, met again (the next
+      window's overlap day, a failed window searched again), were judged then: a
+      warning says them, so one bad day does not fail every night after it. With a
+      ``window``, the check marks the quarantine entries of that window's runs judged,
+      whatever its outcome.
     * **not moving forward** (``stale_watermark``) — judged from what the runs did *and*
       from dates, with ``N = LITPULSE_QUALITY_MAX_STALENESS_DAYS`` (0 disables). The ingest
       moves forward when this run inserted or updated records (``"run"``), or a succeeded
@@ -197,14 +207,21 @@ def check_ingest(
     c = counts_as_dict(counts)
     parsed = c["inserted"] + c["updated"] + c["unchanged"] + c["quarantined"]
     records = parsed + c["deleted"]
-    rate = c["quarantined"] / parsed if parsed else 0.0
+    again = min(c["requarantined"], c["quarantined"])
+    new_bad = c["quarantined"] - again
+    rate = new_bad / parsed if parsed else 0.0
     problems: list[str] = []
     checks = ["quarantine_rate"]
 
+    if again:
+        logger.warning(
+            "%d quarantined element(s) met again, in quarantine from an earlier run (not "
+            "judged again); see `litpulse quarantine`", again,
+        )  # fmt: skip
     if rate > settings.max_quarantine_rate:
-        if c["quarantined"] >= settings.quality_min_quarantined:
+        if new_bad >= settings.quality_min_quarantined:
             problems.append(
-                f"{c['quarantined']} of {parsed} records quarantined ({rate:.2%}), above "
+                f"{new_bad} of {parsed} records quarantined ({rate:.2%}), above "
                 f"LITPULSE_MAX_QUARANTINE_RATE={settings.max_quarantine_rate:.2%} "
                 f"(LITPULSE_QUALITY_MIN_QUARANTINED={settings.quality_min_quarantined}); "
                 "see `litpulse quarantine`"
@@ -213,7 +230,7 @@ def check_ingest(
             logger.warning(
                 "%d of %d records quarantined (%.2f%%): above the rate, but fewer than "
                 "LITPULSE_QUALITY_MIN_QUARANTINED=%d; see `litpulse quarantine`",
-                c["quarantined"], parsed, rate * 100, settings.quality_min_quarantined,
+                new_bad, parsed, rate * 100, settings.quality_min_quarantined,
             )  # fmt: skip
 
     start = end = None
@@ -271,11 +288,14 @@ def check_ingest(
                     newest or "missing", days, end.date(), "+".join(progress), iso(watermark),
                 )
 
+    if window is not None and engine is not None and start is not None and end is not None:
+        _mark_judged(engine, start, end)
     report = QualityReport(
         ok=not problems,
         problems=tuple(problems),
         records=records,
         quarantine_rate=rate,
+        requarantined=again,
         newest_entrez_date=newest,
         window_start=start,
         window_end=end,
@@ -292,6 +312,24 @@ def check_ingest(
             "data-quality check passed: %d records, %.2f%% quarantined", records, rate * 100
         )
     return report
+
+
+def _mark_judged(engine: Engine, start: dt.datetime, end: dt.datetime) -> int:
+    """Mark the quarantine entries held by the window runs of ``[start, end)`` judged
+    (:attr:`~ingest.runs.IngestCounts.requarantined`); returns how many."""
+    from litpulse.core.schema import ingest_runs, quarantine
+
+    r, q = ingest_runs.c, quarantine.c
+    runs = select(r.id).where(
+        r.source.in_(_WINDOW_SOURCES), r.window_start == start, r.window_end == end
+    )
+    with engine.begin() as conn:
+        done = conn.execute(
+            update(quarantine)
+            .where(q.run_id.in_(runs), q.judged_at.is_(None))
+            .values(judged_at=utcnow())
+        ).rowcount
+    return int(done or 0)
 
 
 def _has_weekday(start: dt.datetime, end: dt.datetime) -> bool:

@@ -112,10 +112,11 @@ class StoredState:
 class Counter:
     """Running counts of one :meth:`ingest.store.Store.apply` call."""
 
-    __slots__ = ("inserted", "updated", "unchanged", "deleted", "quarantined")
+    __slots__ = ("inserted", "updated", "unchanged", "deleted", "quarantined", "requarantined")
 
     def __init__(self) -> None:
         self.inserted = self.updated = self.unchanged = self.deleted = self.quarantined = 0
+        self.requarantined = 0
 
     def freeze(self) -> IngestCounts:
         return IngestCounts(
@@ -124,6 +125,7 @@ class Counter:
             unchanged=self.unchanged,
             deleted=self.deleted,
             quarantined=self.quarantined,
+            requarantined=self.requarantined,
         )
 
 

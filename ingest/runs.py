@@ -162,6 +162,11 @@ class IngestCounts(Counts):
         deleted: Deletions that tombstoned a live article.
         quarantined: Elements that could not be parsed (each one met in this run, even
             when the same element was quarantined before).
+        requarantined: Of ``quarantined``, those met *again*: in quarantine already, and
+            judged by the data-quality check of an earlier window (the next window's
+            overlap day, a failed window searched again). The check judges the others,
+            the bad elements new to the store. Met again before any check judged it (a
+            killed or failed try, which a resumed run repeats), an element counts as new.
         missing: PMIDs a source listed but did not deliver (E-utilities).
     """
 
@@ -170,6 +175,7 @@ class IngestCounts(Counts):
     unchanged: int = 0
     deleted: int = 0
     quarantined: int = 0
+    requarantined: int = 0
     missing: int = 0
 
     @property
@@ -408,6 +414,7 @@ def run_dict(m: Any) -> dict[str, Any]:
         "unchanged": m["unchanged"],
         "deleted": m["deleted"],
         "quarantined": m["quarantined"],
+        "requarantined": m["requarantined"],
         "missing": m["missing"],
         "details": dict(m["details"] or {}),
         "error": m["error"],

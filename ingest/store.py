@@ -344,6 +344,7 @@ class Store(RunLedger, Checkpoints):
         self._write_articles(conn, plan.tomb, _TOMBSTONE_COLUMNS, stored)
         if plan.quarantined:
             entries = list(plan.quarantined.values())
+            _count_met_again(conn, batch, plan.quarantined.keys(), run_id, counter)
             upsert(conn, quarantine, entries, keys=["digest"], update=[])
             # an entry stored without a PMID, now known to be a PMID's (EFetch asked for
             # it alone: ingest.eutils._attribute), is named: else the PMID, settled as
@@ -638,6 +639,40 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
+
+
+def _count_met_again(
+    conn: Connection,
+    batch: list[StoreItem],
+    digests: Iterable[str],
+    run_id: int | None,
+    counter: Counter,
+) -> None:
+    """Count the quarantine entries of ``batch`` met again
+    (:attr:`IngestCounts.requarantined`): in quarantine already and judged by a
+    data-quality check (``judged_at``: :func:`ingest.quality.check_ingest`).
+
+    An entry no check has judged yet (its run was killed, failed, or stopped before its
+    check) is still new, and this run takes it over, so that this run's check judges it.
+    """
+    q = quarantine.c
+    known: set[str] = set()
+    taken: list[str] = []
+    for part in chunks(sorted(digests)):
+        rows = conn.execute(
+            select(q.digest, q.run_id, q.judged_at).where(q.digest.in_(part))
+        ).all()
+        for digest, stored_by, judged in rows:
+            if judged is not None:
+                known.add(digest)
+            elif stored_by != run_id:
+                taken.append(digest)
+    counter.requarantined += sum(
+        1 for it in batch if isinstance(it, QuarantineEntry) and it.digest in known
+    )
+    if taken and run_id is not None:
+        for part in chunks(taken):
+            conn.execute(update(quarantine).where(q.digest.in_(part)).values(run_id=run_id))
 
 
 def _batches(items: Iterable[StoreItem], size: int) -> Iterator[list[StoreItem]]:

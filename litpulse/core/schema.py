@@ -214,6 +214,9 @@ quarantine = Table(
     # when a later record or deletion of its PMID was stored: the entry no longer stands
     # for a missing record (rows of stores made before the column stay open until then)
     Column("resolved_at", UTCDateTime()),
+    # when a data-quality check judged the run that holds it (ingest.quality): met again
+    # after that, the entry is not a new bad record (IngestCounts.requarantined)
+    Column("judged_at", UTCDateTime()),
 )
 
 ingest_runs = Table(
@@ -230,6 +233,8 @@ ingest_runs = Table(
     Column("unchanged", Integer, nullable=False, default=0),
     Column("deleted", Integer, nullable=False, default=0),
     Column("quarantined", Integer, nullable=False, default=0),
+    # of those, the elements met again (judged by an earlier check): see IngestCounts
+    Column("requarantined", Integer, nullable=False, default=0),
     Column("missing", Integer, nullable=False, default=0),
     Column("details", JSON, nullable=False, default=dict),
     Column("error", Text),

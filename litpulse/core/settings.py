@@ -239,15 +239,17 @@ class Settings:
     # -- data quality ----------------------------------------------------------------------
     max_quarantine_rate: float = _opt(
         0.01,
-        "Largest share of quarantined records a nightly run accepts before failing.",
+        "Largest share of records quarantined and new to the store a nightly run accepts "
+        "before failing (bad records an earlier check judged, met again on a window's "
+        "overlap day, give a warning only).",
         min=0.0,
         max=1.0,
     )
     quality_min_quarantined: int = _opt(
         5,
-        "Fewest quarantined records that fail a run on LITPULSE_MAX_QUARANTINE_RATE: fewer "
-        "pass whatever their share (one bad record of a quiet day's fifty is not a malformed "
-        "file, and would fail every re-run of that night); 1: every one counts.",
+        "Fewest new quarantined records that fail a run on LITPULSE_MAX_QUARANTINE_RATE: "
+        "fewer pass whatever their share (one bad record of a quiet day's fifty is not a "
+        "malformed file); 1: every one counts.",
         min=1,
         max=1_000_000,
     )

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from pathlib import Path
 
 import pytest
 
@@ -116,7 +116,8 @@ def test_counts_as_dict_accepts_counts_and_mappings() -> None:
     assert counts_as_dict(IngestCounts(inserted=2))["inserted"] == 2
     assert counts_as_dict({"updated": 3})["updated"] == 3
     assert counts_as_dict(None) == dict.fromkeys(
-        ("inserted", "updated", "unchanged", "deleted", "quarantined", "missing"), 0
+        ("inserted", "updated", "unchanged", "deleted", "quarantined", "requarantined",
+         "missing"), 0,
     )
     with pytest.raises(ConfigError):
         counts_as_dict(3)
@@ -183,45 +184,42 @@ def test_not_moving_forward_names_runs_and_dates(settings: Settings) -> None:
 # ------------------------------------- quarantined records met again are not new bad records
 
 
-def _bad_file(tmp_path: Path, n: int) -> Path:
-    good = [article_xml(200 + i, edat=dt.date(2024, 1, 2)) for i in range(n)]
-    bad = [
-        article_xml(300 + i, edat=dt.date(2024, 1, 2)).replace(
-            b"<ArticleTitle>", b"<ArticleTitle>Q&A <i>x"
-        )
-        for i in range(n)
-    ]
-    path = tmp_path / "bad.xml"
-    path.write_bytes(pubmed_set(good + bad))
-    return path
+def _malformed(pmid: int, day: dt.date) -> bytes:
+    return article_xml(pmid, edat=day).replace(b"<ArticleTitle>", b"<ArticleTitle>Q&A <i>x")
 
 
-@pytest.mark.xfail(strict=True, reason="every bad element met counts as new: no requarantined")
-def test_quarantined_elements_met_again_after_a_finished_run_are_counted_apart(
-    settings: Settings, tmp_path: Path
+def _at(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), UTC)
+
+
+def test_quarantined_elements_met_again_after_their_check_are_counted_apart(
+    settings: Settings,
 ) -> None:
-    """An element a finished run quarantined, met again (the next window's overlap day, a
-    failed window searched again, a replayed file), is counted as met *again*: the quality
-    check judges the bad records that are new to the store. Met again after a run that did
-    not finish (a killed or failed try), it counts as new: a resumed run does not escape
-    the check by meeting what its first try stored."""
-    from ingest.files import ingest_files
-    from ingest.runs import recorded_run
+    """An element quarantined and judged by its window's quality check, met again (the
+    next window's overlap day), is counted as met *again*, and the check judges the bad
+    records new to the store. Met again before any check judged it (a try killed before
+    its check, searched again), it is still new: a rerun does not escape the check."""
+    from ingest.eutils import ingest_window
+    from tests.emulator import running_emulator
 
-    path = _bad_file(tmp_path, 6)
-    store = Store(db.connect(settings))
-    items = parse_bytes(path.read_bytes(), source_ref=SourceRef("file", str(path)))
-    with pytest.raises(RuntimeError, match="killed"):
-        with recorded_run(store, "files", target=str(path)) as run:
-            store.apply(items, run_id=run.id)
-            raise RuntimeError("killed after the batch committed")
-    resumed = ingest_files(settings, [path], workers=0)
-    assert (resumed.quarantined, resumed.requarantined) == (6, 0)
-    s = settings.replace(quality_max_staleness_days=0)
-    with pytest.raises(DataQualityError, match="6 of 12 records quarantined"):
-        check_ingest(s, resumed)
-    again = ingest_files(settings, [path], workers=0)  # after a run that succeeded
-    assert (again.quarantined, again.requarantined) == (6, 6)
-    report = check_ingest(s, again)
-    assert report.ok and report.quarantine_rate == 0.0
-    assert report.to_dict()["requarantined"] == 6
+    monday, tuesday, wednesday = (dt.date(2024, 1, 8) + dt.timedelta(days=i) for i in range(3))
+    with contextlib.ExitStack() as stack:
+        emulator = stack.enter_context(contextlib.contextmanager(running_emulator)())
+        for pmid in range(101, 107):
+            emulator.add_article(pmid, edat=monday, xml=_malformed(pmid, monday))
+            emulator.add_article(pmid + 100, edat=monday)
+        for pmid in range(301, 313):
+            emulator.add_article(pmid, edat=tuesday)
+        s = emulator.configure(settings.replace(quality_max_staleness_days=0))
+        first = ingest_window(s, _at(monday), _at(tuesday))
+        assert (first.quarantined, first.requarantined) == (6, 0)
+        # killed before its check: the rerun searches the window again and meets them
+        rerun = ingest_window(s, _at(monday), _at(tuesday), restart=True)
+        assert (rerun.quarantined, rerun.requarantined) == (6, 0)
+        with pytest.raises(DataQualityError, match="6 of 12 records quarantined"):
+            check_ingest(s, rerun, (_at(monday), _at(tuesday)))
+        nxt = ingest_window(s, _at(tuesday), _at(wednesday))  # searches Monday again
+        assert (nxt.quarantined, nxt.requarantined, nxt.inserted) == (6, 6, 12)
+        report = check_ingest(s, nxt, (_at(tuesday), _at(wednesday)))
+        assert report.ok and report.quarantine_rate == 0.0
+        assert report.to_dict()["requarantined"] == 6

@@ -105,7 +105,8 @@ def counts(**kw: int) -> IngestCounts:
 def test_counts_add_and_validate() -> None:
     total = counts(inserted=1, quarantined=2) + counts(inserted=2, deleted=1)
     assert total.to_dict() == {
-        "inserted": 3, "updated": 0, "unchanged": 0, "deleted": 1, "quarantined": 2, "missing": 0
+        "inserted": 3, "updated": 0, "unchanged": 0, "deleted": 1, "quarantined": 2,
+        "requarantined": 0, "missing": 0,
     }  # fmt: skip
     assert total.total == 6
     assert total - counts(inserted=1) == counts(inserted=2, deleted=1, quarantined=2)

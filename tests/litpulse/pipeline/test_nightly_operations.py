@@ -88,7 +88,6 @@ def test_the_quality_gate_after_an_ingest_retry_sees_the_whole_window(
         check_ingest(s, counts, (first, after))  # 3 of 6 quarantined > 1 %
 
 
-@pytest.mark.xfail(strict=True, reason="the overlap day's bad records count as new again")
 def test_the_night_after_a_bad_day_is_not_failed_again_by_the_same_bad_records(
     sqlite_settings: Settings, emulator: Emulator
 ) -> None:
