@@ -85,6 +85,7 @@ __all__ = [
     "ingest_window",
     "parse_esearch",
     "search_pmids",
+    "searched_days",
     "window_key",
 ]
 
@@ -597,8 +598,7 @@ def ingest_window(
             f"{since_dt:%Y-%m-%d %H:%M}"
         )
     # ESearch dates are whole days: every day the half-open window touches is searched
-    start = (since_dt - dt.timedelta(days=settings.window_overlap_days)).date()
-    end = (until_dt - dt.timedelta(microseconds=1)).date()
+    start, end = searched_days(settings, since_dt, until_dt)
     query = (query or "").strip() or None
     term = query or "all[sb]"
     wkey = window_key(start, end, query)
@@ -658,6 +658,18 @@ def ingest_window(
     if whole_window:  # batches an earlier try stored included: a retry is judged whole
         return run.counts + IngestCounts(**run.details.get("resumed_counts", {}))
     return run.counts
+
+
+def searched_days(
+    settings: Settings, since: dt.datetime, until: dt.datetime
+) -> tuple[dt.date, dt.date]:
+    """The first and last PubMed day ESearch searches for the window ``[since, until)``
+    (UTC instants): every day the window touches, from ``LITPULSE_WINDOW_OVERLAP_DAYS``
+    before ``since``. PubMed's days are NLM's Eastern days
+    (:func:`litpulse.core.timeutil.nlm_day_start` says when one begins)."""
+    since, until = as_utc(since), as_utc(until)
+    first = (since - dt.timedelta(days=settings.window_overlap_days)).date()
+    return first, (until - dt.timedelta(microseconds=1)).date()
 
 
 def _fetch_batch(

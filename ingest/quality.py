@@ -26,11 +26,12 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select, update
 
+from ingest.eutils import searched_days
 from ingest.runs import IngestCounts
 from litpulse.core.errors import ConfigError, DataQualityError
 from litpulse.core.settings import Settings
 from litpulse.core.states import RunStatus
-from litpulse.core.timeutil import as_date, as_utc, day_start, iso, utcnow
+from litpulse.core.timeutil import as_date, as_utc, iso, utcnow
 
 __all__ = [
     "QualityReport",
@@ -164,11 +165,14 @@ def check_ingest(
 
     Checks, each configurable:
 
-    * **empty weekday** — a window touching a Monday-Friday (UTC) that returned no record
-      at all (``LITPULSE_QUALITY_EXPECT_WEEKDAYS``). ``counts`` are the window's whole:
-      a rerun of a finished window counts the batches it skipped, or its records come
-      back unchanged, so it is not empty. Articles the store holds of those days do not
-      make it so: the window before searched the first day too.
+    * **empty weekday** — a window whose searched days (PubMed's, from
+      ``LITPULSE_WINDOW_OVERLAP_DAYS`` before its start: :func:`ingest.eutils.searched_days`)
+      hold a Monday-Friday and that returned no record at all
+      (``LITPULSE_QUALITY_EXPECT_WEEKDAYS``): a Saturday window searches Friday again.
+      ``counts`` are the window's whole: a rerun of a finished window counts the batches
+      it skipped, or its records come back unchanged, so it is not empty. Articles the
+      store holds of those days do not make it so: the window before searched the first
+      day too.
     * **quarantine rate** — the bad elements new to the store (quarantined, less those
       met again: :attr:`~ingest.runs.IngestCounts.requarantined`) / parsed above
       ``LITPULSE_MAX_QUARANTINE_RATE``, when at least ``LITPULSE_QUALITY_MIN_QUARANTINED``
@@ -251,10 +255,14 @@ def check_ingest(
             # batches an earlier try stored: ingest.eutils.ingest_window(whole_window=)),
             # so no count is an empty source; the store's articles of the window's days
             # do not say so (the window before searched its first day too)
-            if records == 0 and _has_weekday(start, end):
+            # the days ESearch searched, the overlap day included: a Saturday window
+            # searches Friday again, and an empty answer for a Friday is no healthy source
+            first, last = searched_days(settings, start, end)
+            if records == 0 and _has_weekday(first, last):
                 problems.append(
-                    f"the window {start.isoformat()}..{end.isoformat()} includes a weekday "
-                    "but returned no record; "
+                    f"the window {start.isoformat()}..{end.isoformat()} (PubMed's days "
+                    f"{first}..{last}, LITPULSE_WINDOW_OVERLAP_DAYS included) includes a "
+                    "weekday but returned no record; "
                     "PubMed adds records every weekday (check the source and the query; set "
                     "LITPULSE_QUALITY_EXPECT_WEEKDAYS=false to allow empty weekdays)"
                 )
@@ -332,12 +340,11 @@ def _mark_judged(engine: Engine, start: dt.datetime, end: dt.datetime) -> int:
     return int(done or 0)
 
 
-def _has_weekday(start: dt.datetime, end: dt.datetime) -> bool:
-    """Whether ``[start, end)`` touches a Monday-Friday (UTC) calendar day."""
-    day = start.date()
-    while day_start(day) < end:
+def _has_weekday(first: dt.date, last: dt.date) -> bool:
+    """Whether the days ``first``..``last`` (both included) hold a Monday-Friday."""
+    day = first
+    while day <= last:
         if day.weekday() < 5:
             return True
         day += dt.timedelta(days=1)
     return False
-

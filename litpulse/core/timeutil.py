@@ -18,7 +18,10 @@ from typing import Any, overload
 
 from litpulse.core.errors import ConfigError
 
-__all__ = ["utcnow", "as_utc", "iso", "as_date", "parse_date", "day_start"]
+__all__ = ["utcnow", "as_utc", "iso", "as_date", "parse_date", "day_start", "nlm_day_start"]
+
+#: The time zone of PubMed's dates (entrez, modification): NLM's day in Bethesda.
+NLM_TIMEZONE = "America/New_York"
 
 
 def utcnow() -> dt.datetime:
@@ -84,3 +87,14 @@ def parse_date(value: dt.date | str | None, name: str = "date") -> dt.date | Non
 def day_start(day: dt.date) -> dt.datetime:
     """Midnight UTC at the start of ``day``."""
     return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+
+
+def nlm_day_start(day: dt.date) -> dt.datetime:
+    """When PubMed's day ``day`` begins, in UTC: midnight in Bethesda (04:00 or 05:00 UTC).
+
+    ESearch dates are NLM's US Eastern days: a search of ``day`` covers the records entered
+    from this instant, not from UTC midnight.
+    """
+    from zoneinfo import ZoneInfo
+
+    return dt.datetime.combine(day, dt.time(), ZoneInfo(NLM_TIMEZONE)).astimezone(dt.UTC)

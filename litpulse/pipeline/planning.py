@@ -20,7 +20,7 @@ from litpulse.core.errors import ConfigError, ConsistencyError
 from litpulse.core.schema import articles, ingest_runs
 from litpulse.core.settings import Settings
 from litpulse.core.states import RunStatus
-from litpulse.core.timeutil import iso
+from litpulse.core.timeutil import iso, nlm_day_start
 from ranking.models import active_model_row, published_index_row
 
 if TYPE_CHECKING:
@@ -155,8 +155,11 @@ def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datet
     over days no window searched; each window searches ``LITPULSE_WINDOW_OVERLAP_DAYS``
     before its start).
 
-    An update-file run (a bootstrap's too) records no window: it reaches
-    :data:`UPDATE_FILE_LAG` before it started, and covers everything before. A run whose
+    An update-file run (a bootstrap's too) records no window: one that applied a file
+    reaches :data:`UPDATE_FILE_LAG` before it started, and covers everything before (one
+    that applied none, NLM or the mirror having published nothing, moves nothing). A
+    window reaches back to when the first PubMed day it searched began (midnight in
+    Bethesda): one that starts later than the mark leaves a gap. A run whose
     nightly failed after it (its iCite step or its data-quality check:
     :func:`withhold_watermark`), or that still waits for its checks (killed before them:
     :data:`PENDING_CHECK`), reaches its window's start only: the next nightly ingests and
@@ -165,14 +168,15 @@ def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datet
     the run's start (``--until`` in the future) counts as the start: records of later days
     could not be searched yet.
     """
+    from ingest.eutils import searched_days
+
     r = ingest_runs.c
     engine = engine or db.connect(settings)
-    overlap = dt.timedelta(days=settings.window_overlap_days)
     spans: list[tuple[dt.datetime | None, dt.datetime]] = []  # (from, reached); None: all before
     with engine.connect() as conn:
         rows = conn.execute(
             select(r.window_start, r.window_end, r.started_at,
-                   r.details["watermark"].as_string())
+                   r.details["watermark"].as_string(), r.details)
             .where(
                 r.source.in_(WINDOW_SOURCES),
                 r.status == RunStatus.SUCCEEDED,
@@ -180,14 +184,17 @@ def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datet
                 r.details["query"].as_string().is_(None),  # absent or null: all of PubMed
             )
         )  # fmt: skip
-        for start, end, started, withheld in rows:  # UTCDateTime: aware UTC already
+        for start, end, started, withheld, details in rows:  # UTCDateTime: aware UTC already
             if end is None:  # update files (a bootstrap's too) hold what NLM published
-                spans.append((None, started - UPDATE_FILE_LAG))  # by the day before
+                if (details or {}).get("files"):  # by the day before; a run that applied
+                    spans.append((None, started - UPDATE_FILE_LAG))  # none says nothing
                 continue
             # a withheld window is not through: what came before it is
             reached = start if withheld is not None and start is not None else end
-            # a window searches from `overlap` before its start (ingest.eutils)
-            spans.append((None if start is None else start - overlap, min(reached, started)))
+            # a window searches PubMed's days from `overlap` before its start
+            # (ingest.eutils.searched_days), which begin at midnight in Bethesda
+            begin = None if start is None else nlm_day_start(searched_days(settings, start, end)[0])
+            spans.append((begin, min(reached, started)))
     # the end of the windows that follow one another without a gap from the earliest: a
     # later window past a gap (one day pulled by hand) does not carry the mark over days
     # no window searched

@@ -19,6 +19,7 @@ from tests.emulator import article_xml, pubmed_set
 UTC = dt.UTC
 TUESDAY = (dt.datetime(2024, 1, 2, tzinfo=UTC), dt.datetime(2024, 1, 3, tzinfo=UTC))
 SATURDAY = (dt.datetime(2024, 1, 6, tzinfo=UTC), dt.datetime(2024, 1, 7, tzinfo=UTC))
+SUNDAY = (dt.datetime(2024, 1, 7, tzinfo=UTC), dt.datetime(2024, 1, 8, tzinfo=UTC))
 
 
 def _store_articles(settings: Settings, edats: list[dt.date]) -> None:
@@ -47,9 +48,13 @@ def test_empty_weekday_fails_and_is_not_retryable(settings: Settings) -> None:
 
 
 def test_empty_weekend_passes(settings: Settings) -> None:
+    """The Sunday window searches Saturday and Sunday (its overlap day): nothing is due.
+    The Saturday window searches Friday again, so an empty answer there fails."""
     _store_articles(settings, [dt.date(2024, 1, 5)])
-    report = check_ingest(settings, {"inserted": 0}, SATURDAY)
+    report = check_ingest(settings, {"inserted": 0}, SUNDAY)
     assert report.ok, report.problems
+    with pytest.raises(DataQualityError, match=r"days 2024-01-05\.\.2024-01-06"):
+        check_ingest(settings, {"inserted": 0}, SATURDAY)
 
 
 def test_empty_weekday_allowed_by_setting(settings: Settings) -> None:

@@ -104,11 +104,6 @@ def _night(settings: Settings, window: tuple[dt.datetime, dt.datetime]) -> dict[
 # ===================================================================== defects (xfail)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an update-file run that applied no file moves the "
-    "E-utilities watermark to a day before it started (planning.py:184-185)",
-)
 def test_an_update_file_run_that_applied_no_file_does_not_carry_the_watermark(
     emu: ReviewEmulator, sqlite_settings: Settings
 ) -> None:
@@ -143,13 +138,6 @@ FRI = dt.date(2024, 1, 5)
 SAT, SUN, MON = (FRI + dt.timedelta(days=n) for n in (1, 2, 3))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the empty-weekday check looks at the window's own UTC "
-    "days, not the days ESearch searched (check_ingest: _has_weekday(start, end)): an "
-    "empty answer on a Saturday window passes; the overlap Friday's late records "
-    "are lost",
-)
 def test_an_empty_answer_for_a_weekend_window_is_not_passed_silently(
     emu: ReviewEmulator, sqlite_settings: Settings
 ) -> None:
@@ -182,12 +170,6 @@ def test_an_empty_answer_for_a_weekend_window_is_not_passed_silently(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the watermark's gap rule compares UTC instants, but "
-    "ESearch days are Eastern: a hand-run window from the next UTC day is "
-    "taken as contiguous (planning.py:189,196) over an unsearched evening",
-)
 def test_a_window_pulled_by_hand_does_not_bridge_the_eastern_evening_after_the_mark(
     emu: ReviewEmulator, sqlite_settings: Settings
 ) -> None:
