@@ -35,7 +35,7 @@ import warnings
 import weakref
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ADAPTER_WEIGHTS",
     "BASE_MODEL_ID",
+    "FINGERPRINT_SCOPE",
     "quiet_model_loading",
     "ModelSpec",
     "active_model",
@@ -68,6 +69,10 @@ __all__ = [
     "base_model_changed",
     "base_record",
     "base_records",
+    "precision_name",
+    "profile_change",
+    "profile_changed",
+    "spec_record",
     "check_stored_base",
     "claim_first_embedding",
     "clear_rebuild",
@@ -119,6 +124,10 @@ class ModelSpec:
         base_model: Local path of the base sentence-transformers model.
         adapter_path: Folder of a peft LoRA adapter for the base model, or ``None``.
         adapter_sha256: Its weights' recorded SHA-256 (``None``: not checked).
+        max_seq_length: Where its texts are cut, in tokens (``LITPULSE_MAX_SEQ_LENGTH``
+            when the spec is made from settings; ``None``: not compared). Vectors cut at
+            another length are other vectors: an index records it (:func:`base_record`)
+            and a change is refused like a change of base model (:func:`profile_change`).
     """
 
     id: str
@@ -127,6 +136,9 @@ class ModelSpec:
     #: The SHA-256 of the adapter's weights recorded when the version was registered:
     #: weights changed on disk since are refused when the model is loaded.
     adapter_sha256: str | None = None
+    #: not part of which model version it is (equality, hash): the encoder cache keys
+    #: the sequence length apart (:func:`load_encoder`)
+    max_seq_length: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.id or len(self.id) > 64:
@@ -147,9 +159,14 @@ _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 WEIGHTS_HASH = "sha1"
 #: Bytes read per call while hashing a weight file.
 _HASH_BLOCK = 1 << 20
+#: What a fingerprint recorded now covers (``base_model.scope``): the files of the module
+#: folders ``modules.json`` names too (``1_Pooling/config.json``, a ``2_Dense`` layer, a
+#: transformer kept in ``0_Transformer/``), so a pooling or dense layer changed in place is
+#: another model. A record without it covered the folder's top-level files only.
+FINGERPRINT_SCOPE = "modules"
 
 
-def base_fingerprint(base_model: str, *, legacy: bool = False) -> str:
+def base_fingerprint(base_model: str, *, legacy: bool = False, modules: bool = True) -> str:
     """Which base model a path holds: SHA-1 (12 hex) of its identity files and of the
     SHA-1 of its weight files' bytes — the same for a copy of the model elsewhere (or the
     same model saved again by another library version), different for another model of
@@ -160,20 +177,46 @@ def base_fingerprint(base_model: str, *, legacy: bool = False) -> str:
     of that, about 1 s per GiB from the page cache), 0.2 ms when asked again.
 
     ``legacy``: the fingerprint as recorded before the weights' bytes were hashed (their
-    sizes only), which :func:`base_model_changed` recognises in records made then.
+    sizes only, top-level files only), which :func:`base_model_changed` recognises in
+    records made then. ``modules=False``: as recorded before the module folders were
+    hashed (:data:`FINGERPRINT_SCOPE`).
     """
     folder = Path(base_model)
     if not folder.is_dir():
         return _fingerprint(f"name:{base_model}", None, legacy=legacy)
-    return _fingerprint(str(folder), _stats(folder), legacy=legacy)
+    return _fingerprint(str(folder), _stats(folder, modules and not legacy), legacy=legacy)
 
 
-def _stats(folder: Path) -> tuple[tuple[str, int, int, int, int], ...]:
+def _stats(folder: Path, modules: bool) -> tuple[tuple[str, int, int, int, int], ...]:
+    names = [*_IDENTITY_FILES, *_WEIGHT_FILES]
+    if modules:
+        names += _module_files(folder)
     return tuple(
         (name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-        for name in (*_IDENTITY_FILES, *_WEIGHT_FILES)
+        for name in names
         if (f := folder / name).is_file() and (st := f.stat())
     )
+
+
+def _module_files(folder: Path) -> list[str]:
+    """The files of the module folders ``modules.json`` names (their JSON and weight
+    files, by path relative to ``folder``), in its order."""
+    import json
+
+    try:
+        listed = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    out: list[str] = []
+    for module in listed if isinstance(listed, list) else []:
+        sub = str(module.get("path") or "") if isinstance(module, dict) else ""
+        where = folder / sub
+        if not sub or not where.is_dir() or folder.resolve() not in where.resolve().parents:
+            continue
+        for f in sorted(where.iterdir()):
+            if f.is_file() and (f.suffix == ".json" or f.name in _WEIGHT_FILES):
+                out.append(f"{sub}/{f.name}")
+    return out
 
 
 @functools.lru_cache(maxsize=16)
@@ -186,7 +229,7 @@ def _fingerprint(where: str, stats: tuple[tuple[str, int, int, int, int], ...] |
         h.update(where.encode())
         return h.hexdigest()[:12]
     for name, size, mtime, ctime, inode in stats:
-        if name not in _WEIGHT_FILES:
+        if name.rsplit("/", 1)[-1] not in _WEIGHT_FILES:
             h.update(name.encode() + b"\0" + _identity_bytes(Path(where) / name))
         elif legacy:
             h.update(f"{name}:{size}".encode())
@@ -210,17 +253,87 @@ def _file_sha1(path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -
     return h.hexdigest()
 
 
-def base_record(base_model: str) -> dict[str, str]:
-    """What an index version's meta records of the base model its vectors come from."""
-    return {"path": base_model, "fingerprint": base_fingerprint(base_model),
-            "weights": WEIGHTS_HASH}
+def base_record(
+    base_model: str, *, max_seq_length: int | None = None, precision: str | None = None
+) -> dict[str, Any]:
+    """What an index version's meta records of the model its vectors come from: the base
+    model, and where texts were cut (``max_seq_length``) and in which precision the
+    encoder ran (``precision``: ``fp32``, ``bf16``, ``fp16``), when known."""
+    out: dict[str, Any] = {"path": base_model, "fingerprint": base_fingerprint(base_model),
+                           "weights": WEIGHTS_HASH, "scope": FINGERPRINT_SCOPE}
+    if max_seq_length is not None:
+        out["max_seq_length"] = int(max_seq_length)
+    if precision is not None:
+        out["precision"] = precision
+    return out
+
+
+def spec_record(spec: ModelSpec, settings: Settings | None = None) -> dict[str, Any]:
+    """:func:`base_record` of ``spec``: its base model and sequence length, and the
+    precision of the encoder this process holds for it (when it holds one)."""
+    precision = None
+    if settings is not None and (encoder := cached_encoder(spec, settings)) is not None:
+        precision = precision_name(_PRECISION.get(encoder))
+    return base_record(spec.base_model, max_seq_length=spec.max_seq_length, precision=precision)
+
+
+def precision_name(dtype: Any) -> str:
+    """``fp32``, ``bf16`` or ``fp16`` for an encoder's autocast dtype (``None``: fp32)."""
+    name = str(dtype or "float32").rsplit(".", 1)[-1]
+    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(name, name)
+
+
+def profile_change(record: dict[str, Any], spec: ModelSpec) -> tuple[str, Any, Any] | None:
+    """The setting that makes ``spec``'s vectors differ from those ``record``
+    (:func:`base_record`) describes, as ``(setting, recorded, now)``, or ``None``. The
+    base model first (``LITPULSE_MODEL``), then the sequence length
+    (``LITPULSE_MAX_SEQ_LENGTH``, where both record it). The precision is not one: a half
+    type is used only when its vectors keep cosine >= ``MIN_COSINE`` to fp32's."""
+    if base_model_changed({"base_model": record}, spec) is not None:
+        return ("LITPULSE_MODEL", record.get("path"), spec.base_model)
+    seq = record.get("max_seq_length")
+    if seq is not None and spec.max_seq_length is not None and int(seq) != spec.max_seq_length:
+        return ("LITPULSE_MAX_SEQ_LENGTH", int(seq), spec.max_seq_length)
+    return None
+
+
+def profile_changed(details: Any, spec: ModelSpec) -> str | None:
+    """Why an index version's vectors (``details``: its meta) are not what ``spec`` gives
+    now, or ``None``: :func:`base_model_changed`, or a sequence length other than the one
+    recorded (:func:`profile_change`)."""
+    changed = base_model_changed(details, spec)
+    if changed is not None:
+        return changed
+    record = (details or {}).get("base_model") or {}
+    change = profile_change(record, spec)
+    if change is None:
+        return None
+    _, was, now = change
+    return (
+        f"LITPULSE_MAX_SEQ_LENGTH is {now}, but this index's vectors cut their texts at {was} "
+        f"tokens: set LITPULSE_MAX_SEQ_LENGTH back to {was}, or run `litpulse index refresh "
+        f"--rebuild` to embed every article at {now}"
+    )
 
 
 def legacy_base_record(details: Any) -> bool:
-    """Whether an index version's record of its base model predates :data:`WEIGHTS_HASH`
-    (its fingerprint hashed the weights' sizes only)."""
+    """Whether an index version's record of its base model predates the fingerprint made
+    now: :data:`WEIGHTS_HASH` (it hashed the weights' sizes only) or
+    :data:`FINGERPRINT_SCOPE` (it hashed the top-level files only)."""
     record = (details or {}).get("base_model") or {}
-    return bool(record.get("fingerprint")) and record.get("weights") != WEIGHTS_HASH
+    return bool(record.get("fingerprint")) and (
+        record.get("weights") != WEIGHTS_HASH or record.get("scope") != FINGERPRINT_SCOPE
+    )
+
+
+def _older_fingerprint(record: dict[str, Any], base_model: str) -> str | None:
+    """The fingerprint of ``base_model`` made as ``record``'s was, when that was an older
+    way (:func:`legacy_base_record`), else ``None``."""
+    if record.get("weights") != WEIGHTS_HASH:
+        return base_fingerprint(base_model, legacy=True)
+    if record.get("scope") != FINGERPRINT_SCOPE:
+        return base_fingerprint(base_model, modules=False)
+    return None
 
 
 #: Keys of a model's JSON files that say which library saved it, not which model it is.
@@ -253,7 +366,7 @@ def base_model_changed(details: Any, spec: ModelSpec) -> str | None:
     recorded = record.get("fingerprint")
     if not recorded or recorded == base_fingerprint(spec.base_model):
         return None
-    if legacy_base_record(details) and recorded == base_fingerprint(spec.base_model, legacy=True):
+    if legacy_base_record(details) and recorded == _older_fingerprint(record, spec.base_model):
         return None
     was = record.get("path")
     return (
@@ -307,7 +420,7 @@ def mark_rebuild(conn: Connection, spec: ModelSpec) -> None:
 def _rebuild_row(conn: Connection, spec: ModelSpec, **extra: Any) -> dict[str, Any]:
     """The ``checkpoints`` row of :func:`rebuild_record` for ``spec``'s base model."""
     return {"scope": REBUILD_SCOPE, "key": spec.id, "status": "running",
-            "value": {**base_record(spec.base_model), **extra}, "updated_at": db.db_now(conn)}
+            "value": {**spec_record(spec), **extra}, "updated_at": db.db_now(conn)}
 
 
 def first_embedding(engine: Engine, spec: ModelSpec) -> bool:
@@ -352,9 +465,18 @@ def clear_rebuild(conn: Connection, model_version: str) -> None:
 def rebuild_changed(record: dict[str, Any], spec: ModelSpec) -> str | None:
     """Why the vectors a rebuild cut short stored (``record``: :func:`rebuild_record`)
     are not of ``spec``'s base model as configured now, or ``None`` (resume it)."""
-    if base_model_changed({"base_model": record}, spec) is None:
+    change = profile_change(record, spec)
+    if change is None:
         return None
-    was = record.get("path")
+    setting, was, now = change
+    if setting != "LITPULSE_MODEL":
+        what = ("the first embedding" if record.get("first") else "an embedding rebuild")
+        return (
+            f"{what} of model {spec.id} is not finished: its stored vectors cut their texts "
+            f"at {was} tokens, and {setting} is {now}: set {setting} back to {was} and run "
+            f"`litpulse index refresh` to finish it (the vectors embedded are kept), or run "
+            f"`litpulse index refresh --rebuild` to embed every article at {now}"
+        )
     if record.get("first"):
         return (
             f"the first embedding of model {spec.id} (no index of it is published yet) is "
@@ -381,7 +503,7 @@ def stored_base_changed(engine: Engine, spec: ModelSpec) -> str | None:
     if record is not None:
         return rebuild_changed(record, spec)
     for row in base_records(engine, spec):
-        changed = base_model_changed(row.details, spec)
+        changed = profile_changed(row.details, spec)
         if changed is not None:
             return f"index version {row.id} of model {spec.id}: {changed}"
     return None
@@ -428,7 +550,7 @@ def _base_path(settings: Settings, base_model: str | None) -> str:
 
 def _spec_from_row(settings: Settings, row: Any) -> ModelSpec:
     return ModelSpec(row.id, _base_path(settings, row.base_model), row.adapter_path or None,
-                     getattr(row, "adapter_sha256", None) or None)
+                     getattr(row, "adapter_sha256", None) or None, settings.max_seq_length)
 
 
 def active_model(settings: Settings, engine: Engine | None = None) -> ModelSpec:
@@ -439,7 +561,8 @@ def active_model(settings: Settings, engine: Engine | None = None) -> ModelSpec:
     """
     row = active_model_row(engine or db.connect(settings))
     if row is None:
-        return ModelSpec(BASE_MODEL_ID, settings.model_path, None)
+        return ModelSpec(BASE_MODEL_ID, settings.model_path, None,
+                         max_seq_length=settings.max_seq_length)
     return _spec_from_row(settings, row)
 
 
@@ -450,7 +573,8 @@ def model_spec(settings: Settings, model_version: str, engine: Engine | None = N
         NotFoundError: No such model version.
     """
     if model_version == BASE_MODEL_ID:
-        return ModelSpec(BASE_MODEL_ID, settings.model_path, None)
+        return ModelSpec(BASE_MODEL_ID, settings.model_path, None,
+                         max_seq_length=settings.max_seq_length)
     engine = engine or db.connect(settings)
     with engine.connect() as conn:
         row = conn.execute(
@@ -526,8 +650,8 @@ def load_encoder(
         ConfigError: The model or adapter folder does not exist.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    device = resolve_device(settings)
-    key = (spec, device, settings.max_seq_length)
+    key = _encoder_key(spec, settings)
+    device, seq = key[1], key[2]
     cache = cache and merge
     with _LOCK:
         if cache and key in _ENCODERS:
@@ -541,7 +665,13 @@ def load_encoder(
                 f"model {spec.id!r}: base model folder {spec.base_model!r} is missing"
             )
         encoder = SentenceTransformer(spec.base_model, device=device)
-        encoder.max_seq_length = settings.max_seq_length
+        limit = _longest_input(encoder)
+        if limit is not None and seq > limit:
+            raise ConfigError(
+                f"LITPULSE_MAX_SEQ_LENGTH={seq} is more than model {spec.id!r} "
+                f"({spec.base_model}) takes: at most {limit} tokens"
+            )
+        encoder.max_seq_length = seq
         if spec.adapter_path:
             _apply_adapter(encoder, spec, merge=merge)
         encoder.eval()
@@ -553,8 +683,34 @@ def load_encoder(
                 while len(_ENCODERS) > ENCODER_CACHE:
                     _ENCODERS.popitem(last=False)
                 _release_frozen()
-        logger.info("loaded encoder %s on %s (adapter: %s)", spec.id, device, spec.adapter_path)
+        logger.info("loaded encoder %s on %s, %d tokens (adapter: %s)", spec.id, device, seq,
+                    spec.adapter_path)
         return encoder
+
+
+def _encoder_key(spec: ModelSpec, settings: Settings) -> tuple[Any, ...]:
+    """What tells one cached encoder from another: the model version, the device, the
+    sequence length and the precision the settings ask for."""
+    return (spec, resolve_device(settings), settings.max_seq_length, settings.embed_precision)
+
+
+def _longest_input(encoder: SentenceTransformer) -> int | None:
+    """The most tokens the encoder's transformer takes (its position embeddings, and its
+    tokenizer's limit where it states a real one), or ``None`` when it does not say."""
+    limits: list[int] = []
+    module: Any = encoder[0]
+    config = getattr(getattr(module, "auto_model", None), "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        # RoBERTa-style models count the padding offset among their positions
+        offset = (getattr(config, "pad_token_id", 0) or 0) + 1 if getattr(
+            config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") else 0
+        limits.append(positions - offset)
+    tokenizer = getattr(encoder, "tokenizer", None)
+    stated = getattr(tokenizer, "model_max_length", None)
+    if isinstance(stated, int) and 0 < stated < 1_000_000:
+        limits.append(stated)
+    return min(limits) if limits else None
 
 
 def _apply_adapter(encoder: SentenceTransformer, spec: ModelSpec, *, merge: bool) -> None:
@@ -595,7 +751,7 @@ def _release_frozen() -> None:
 def cached_encoder(spec: ModelSpec, settings: Settings) -> SentenceTransformer | None:
     """The encoder :func:`load_encoder` holds for ``spec`` now, if any (loads nothing)."""
     with _LOCK:
-        return _ENCODERS.get((spec, resolve_device(settings), settings.max_seq_length))
+        return _ENCODERS.get(_encoder_key(spec, settings))
 
 
 def clear_cache() -> None:
@@ -763,7 +919,7 @@ def encode_query(settings: Settings, spec: ModelSpec | str, text: str) -> np.nda
         spec = model_spec(settings, spec)
     text = query_text(text)
     size = settings.query_cache_size
-    key = (spec, resolve_device(settings), settings.max_seq_length, text)
+    key = (*_encoder_key(spec, settings), text)
     if size:
         with _LOCK:
             hit = _QUERIES.get(key)

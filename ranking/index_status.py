@@ -21,8 +21,8 @@ from litpulse.core.timeutil import iso
 from ranking.embed import (
     ModelSpec,
     active_model,
-    base_model_changed,
     count_pending,
+    profile_changed,
     rebuild_changed,
     rebuild_record,
 )
@@ -117,7 +117,7 @@ def check_consistency(settings: Settings, *, sample: int = 10) -> dict[str, Any]
             "`airflow dags trigger litpulse_reindex`)"
         )
     else:
-        changed = _rebuild_problem(engine, spec) or base_model_changed(row.details, spec)
+        changed = _rebuild_problem(engine, spec) or profile_changed(row.details, spec)
         if changed:
             problems.append(changed)
     codec = str(row.details.get("codec") or "flat")

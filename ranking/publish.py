@@ -49,9 +49,9 @@ from ranking.embed import (
     BASE_MODEL_ID,
     ModelSpec,
     active_model,
-    base_model_changed,
-    base_record,
     clear_rebuild,
+    profile_changed,
+    spec_record,
 )
 from ranking.faiss_ops import index_kind
 from ranking.index_store import newest_date
@@ -237,7 +237,8 @@ def publish(ctx: PublishContext, index: Any, ids: np.ndarray, meta_extra: dict[s
         "created_at": iso(now),
         "faiss_version": getattr(faiss, "__version__", ""),
         # which base model its vectors come from ("base" names whatever LITPULSE_MODEL is)
-        "base_model": base_record(ctx.spec.base_model),
+        # and where its texts were cut, in which precision (ranking.embed.profile_changed)
+        "base_model": spec_record(ctx.spec, ctx.settings),
         **meta_extra,
     }
     ctx.lease.check()
@@ -367,7 +368,7 @@ def rollback_index(settings: Settings) -> dict[str, Any]:
     wait for a re-index nobody started or rebuild for the active model, undoing the
     rollback. Going back to another model is ``litpulse models rollback``, which
     re-publishes its index. Versions built with another base model (``LITPULSE_MODEL``
-    changed since: :func:`ranking.embed.base_model_changed`, the rule a refresh refuses
+    changed since: :func:`ranking.embed.profile_changed`, the rule a refresh refuses
     by) are passed over alike: queries are embedded with the base model configured now.
 
     The version is re-published only once its files are checked (their recorded SHA-256,
@@ -408,12 +409,12 @@ def rollback_index(settings: Settings) -> dict[str, Any]:
                    "roll back the model with `litpulse models rollback`, which re-publishes "
                    "its index)" if others else "")
             )
-        target = next((r for r in ours if base_model_changed(r.details, spec) is None), None)
+        target = next((r for r in ours if profile_changed(r.details, spec) is None), None)
         if target is None:
             raise ConsistencyError(
                 f"no earlier index version of model {model} built with its base model as "
                 f"configured now ({spec.base_model}) to roll back to: index version "
-                f"{ours[0].id}: {base_model_changed(ours[0].details, spec)}; nothing changed"
+                f"{ours[0].id}: {profile_changed(ours[0].details, spec)}; nothing changed"
             )
         try:
             index_files.verify_files(target.path, target.details)

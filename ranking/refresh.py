@@ -39,13 +39,13 @@ from ranking import index_files, index_store
 from ranking.embed import (
     ModelSpec,
     active_model,
-    base_model_changed,
     base_record,
     base_records,
     embed_pending,
     legacy_base_record,
     load_encoder,
     mark_rebuild,
+    profile_changed,
     rebuild_changed,
     rebuild_record,
 )
@@ -182,7 +182,7 @@ def _base_current(engine: Engine, spec: ModelSpec, *, rebuild: bool) -> bool:
         if kept is not None and all(r.id != kept.id for r in rows):
             rows.append(kept)
         changed = next((f"index version {r.id} of model {spec.id}: {why}" for r in rows
-                        if (why := base_model_changed(r.details, spec)) is not None), None)
+                        if (why := profile_changed(r.details, spec)) is not None), None)
         if changed is None:
             for row in rows:
                 _record_fingerprint(engine, row, spec)
@@ -204,7 +204,8 @@ def _record_fingerprint(engine: Engine, row: Any, spec: ModelSpec) -> None:
     the record (``meta.json`` on disk keeps the old one: nothing reads it for this)."""
     if not legacy_base_record(row.details):
         return
-    details = {**(row.details or {}), "base_model": base_record(spec.base_model)}
+    old = (row.details or {}).get("base_model") or {}
+    details = {**(row.details or {}), "base_model": {**old, **base_record(spec.base_model)}}
     with engine.begin() as conn:
         conn.execute(update(index_versions).where(index_versions.c.id == row.id)
                      .values(details=details))

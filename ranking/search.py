@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sqlalchemy import and_, exists, func, or_, select
 
 from litpulse.core import db
-from litpulse.core.errors import ConfigError, NotFoundError
+from litpulse.core.errors import ConfigError, ConsistencyError, NotFoundError
 from litpulse.core.schema import article_terms, articles
 from litpulse.core.settings import Settings
 from litpulse.core.states import Fusion, SearchMode, SearchSort
@@ -371,7 +371,7 @@ def warm_up(settings: Settings, engine: Engine | None = None) -> str | None:
     index = open_published(settings, engine)
     if index is None:
         return None
-    _query_embedder(settings, engine, index.model_version)("warm-up")
+    _query_embedder(settings, engine, index)("warm-up")
     return str(index.id)
 
 
@@ -576,7 +576,7 @@ def run_search(
         effective = SearchMode.SEMANTIC
     vector = None
     if effective != SearchMode.LEXICAL:
-        embed = embed or _query_embedder(settings, engine, index.model_version)
+        embed = embed or _query_embedder(settings, engine, index)
         vector = np.ascontiguousarray(np.asarray(embed(text), dtype=np.float32).reshape(1, -1))
     conds = filters.clauses()
     has_more = False
@@ -672,12 +672,27 @@ def _checked_query(query: str, k: int) -> str:
 
 
 def _query_embedder(
-    settings: Settings, engine: Engine, model_version: str
+    settings: Settings, engine: Engine, index: Any
 ) -> Callable[[str], np.ndarray]:
-    """Query text → vector with the index's own model version."""
-    from ranking.embed import encode_query, model_spec
+    """Query text → vector as the index's own vectors were made: its model version, cut
+    at the sequence length its meta records (whatever ``LITPULSE_MAX_SEQ_LENGTH`` says now).
 
-    spec = model_spec(settings, model_version, engine)
+    Raises:
+        ConsistencyError: The base model configured now (``LITPULSE_MODEL``) is not the one
+            the index's vectors are of: its queries would be compared with another model's
+            vectors.
+    """
+    from ranking.embed import base_model_changed, encode_query, model_spec
+
+    spec = model_spec(settings, index.model_version, engine)
+    details = getattr(index, "details", None) or {}
+    changed = base_model_changed(details, spec)
+    if changed is not None:
+        raise ConsistencyError(f"not searching index {index.id}: {changed}")
+    seq = (details.get("base_model") or {}).get("max_seq_length")
+    if seq is not None and int(seq) != settings.max_seq_length:
+        spec = dataclasses.replace(spec, max_seq_length=int(seq))
+        settings = settings.replace(max_seq_length=int(seq))
 
     def embed(text: str) -> np.ndarray:
         return encode_query(settings, spec, text)

@@ -138,7 +138,9 @@ def _embedder(settings: Settings, model_id: str, adapter_path: str | None, bar: 
     from ranking.embed import ModelSpec, embed_texts, load_encoder
 
     encoder = load_encoder(
-        ModelSpec(model_id, settings.model_path, adapter_path), settings, cache=False
+        ModelSpec(model_id, settings.model_path, adapter_path,
+                  max_seq_length=settings.max_seq_length),
+        settings, cache=False,
     )
     return lambda texts: embed_texts(encoder, texts, settings, bar=bar)
 

@@ -289,7 +289,14 @@ class Settings:
         min=1,
         max=65536,
     )
-    max_seq_length: int = _opt(256, "Longest input to the encoder, in tokens.", min=8, max=32768)
+    max_seq_length: int = _opt(
+        256,
+        "Longest input to the encoder, in tokens (at most what the model takes). Each index "
+        "records it: a change is refused by the next refresh until `litpulse index refresh "
+        "--rebuild` embeds every article again; a search embeds its query at its index's.",
+        min=8,
+        max=32768,
+    )
     embed_precision: str = _opt(
         "auto",
         "Arithmetic of the encoder at inference: auto (bf16 on CPUs with native bf16, "

@@ -33,29 +33,13 @@ from ranking import embed as em
 from ranking import index_status as ix_status
 from ranking import refresh
 from ranking.models import published_index_row
+from tests.tiny_encoder import build_tiny_encoder
 
 LONG = " ".join(f"sepsis cohort outcome marker{i} mortality" for i in range(30))
 
 
 def _build_tiny(folder: Path, seed: int) -> str:
-    import torch
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from litpulse.core.settings import default_model_path
-
-    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64,
-                        max_position_embeddings=128)
-    BertModel(config).save_pretrained(folder / "hf")
-    tokenizer.save_pretrained(folder / "hf")
-    word = Transformer(str(folder / "hf"), max_seq_length=64)
-    model = SentenceTransformer(modules=[word, Pooling(word.get_embedding_dimension())])
-    model.save(str(folder / "encoder"))
-    return str(folder / "encoder")
+    return build_tiny_encoder(folder, seed=seed, positions=128, max_seq_length=64)
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +105,6 @@ def _says(exc_or_text: Any, setting: str) -> bool:
 # ------------------------------------------------------------------------------- defects
 
 
-@pytest.mark.xfail(strict=True, reason="a nightly under a new LITPULSE_MAX_SEQ_LENGTH keeps "
-                   "the old vectors (text_hash only) and publishes an index mixing both")
 def test_nightly_after_max_seq_length_change_re_embeds_or_refuses(
     settings: Settings, tiny: str
 ) -> None:
@@ -145,7 +127,6 @@ def test_nightly_after_max_seq_length_change_re_embeds_or_refuses(
         f"max_seq_length=64 gives: {cos}")
 
 
-@pytest.mark.xfail(strict=True, reason="no index records the precision its encoder ran in")
 def test_a_precision_change_is_recorded_and_stays_within_the_probe(
     sqlite_settings: Settings, tiny: str
 ) -> None:
@@ -173,8 +154,6 @@ def test_a_precision_change_is_recorded_and_stays_within_the_probe(
     assert min(float(stored[p] @ half[i]) for i, p in enumerate(range(1, 6))) >= em.MIN_COSINE
 
 
-@pytest.mark.xfail(strict=True, reason="index meta.json / index_versions.details record the "
-                   "base model but neither max_seq_length nor the effective precision")
 def test_an_index_records_the_embedding_settings_it_was_built_with(
     sqlite_settings: Settings, tiny: str
 ) -> None:
@@ -192,8 +171,6 @@ def test_an_index_records_the_embedding_settings_it_was_built_with(
             f"precision not recorded: {sorted(flat)}")
 
 
-@pytest.mark.xfail(strict=True, reason="`litpulse index check` says ok under another "
-                   "LITPULSE_MAX_SEQ_LENGTH than the published index was built with")
 def test_index_check_notices_another_max_seq_length(sqlite_settings: Settings,
                                                      tiny: str) -> None:
     s16, s64 = _at(sqlite_settings, tiny, 16), _at(sqlite_settings, tiny, 64)
@@ -207,8 +184,6 @@ def test_index_check_notices_another_max_seq_length(sqlite_settings: Settings,
         f"problems={report['problems']}")
 
 
-@pytest.mark.xfail(strict=True, reason="a search embeds its query at LITPULSE_MAX_SEQ_LENGTH "
-                   "now, not where the index's vectors were cut")
 def test_a_search_embeds_the_query_at_the_index_s_sequence_length(
     sqlite_settings: Settings, tiny: str
 ) -> None:
@@ -228,8 +203,6 @@ def test_a_search_embeds_the_query_at_the_index_s_sequence_length(
         (h.pmid, round(h.score, 6)) for h in want.hits]
 
 
-@pytest.mark.xfail(strict=True, reason="embedding shards run under different "
-                   "LITPULSE_MAX_SEQ_LENGTH are published as one index, unseen")
 def test_shards_embedded_under_different_settings_never_publish_together(
     sqlite_settings: Settings, tiny: str
 ) -> None:
@@ -255,8 +228,6 @@ def test_shards_embedded_under_different_settings_never_publish_together(
         f"cos(stored 1, 64-token) {float(stored[1] @ at64[0]):.4f}")
 
 
-@pytest.mark.xfail(strict=True, reason="load_encoder's cache key (spec, device, seq) leaves out "
-                   "the precision: a bf16 request gets the cached fp32 encoder")
 def test_the_encoder_cache_is_keyed_by_precision(sqlite_settings: Settings, tiny: str) -> None:
     import torch
 
@@ -273,8 +244,6 @@ def test_the_encoder_cache_is_keyed_by_precision(sqlite_settings: Settings, tiny
         f"(same object: {first is second})")
 
 
-@pytest.mark.xfail(strict=True, reason="base_fingerprint hashes only the folder's top-level "
-                   "files: a pooling change in 1_Pooling/config.json goes unnoticed")
 def test_a_pooling_change_in_the_model_folder_is_noticed(
     sqlite_settings: Settings, tiny: str, tmp_path: Path
 ) -> None:
@@ -303,8 +272,6 @@ def test_a_pooling_change_in_the_model_folder_is_noticed(
         f"fingerprint unchanged ({em.base_fingerprint(str(folder))})")
 
 
-@pytest.mark.xfail(strict=True, reason="LITPULSE_MAX_SEQ_LENGTH above the model's position "
-                   "embeddings is accepted, then a long text crashes the encoder obscurely")
 def test_max_seq_length_beyond_the_model_is_refused_clearly(sqlite_settings: Settings,
                                                             tiny: str) -> None:
     s = _at(sqlite_settings, tiny, 512)  # the tiny model has 128 positions
@@ -318,8 +285,6 @@ def test_max_seq_length_beyond_the_model_is_refused_clearly(sqlite_settings: Set
     assert out.shape == (1, 32)  # clamped to what the model can take: also fine
 
 
-@pytest.mark.xfail(strict=True, reason="search never checks the index's recorded base model: "
-                   "under another LITPULSE_MODEL it embeds queries with the new one")
 def test_search_under_another_base_model_says_so(
     sqlite_settings: Settings, tiny: str, tmp_path: Path
 ) -> None:

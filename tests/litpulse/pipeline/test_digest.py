@@ -533,7 +533,7 @@ def test_matches_of_a_removed_search_never_reach_the_next_user(
     _load(engine, NEW)
     assert refresh_index(s).published
     index = open_published(s, engine)
-    real = _query_embedder(s, engine, index.model_version)
+    real = _query_embedder(s, engine, index)
     carol: list[Any] = []
 
     def embed(text: str) -> Any:
