@@ -494,9 +494,14 @@ class Store(RunLedger, Checkpoints):
         """
         with self.engine.connect() as conn:
             row = conn.execute(select(articles).where(articles.c.pmid == int(pmid))).first()
+        # open entries of the PMID: a newer revision of it (or the record itself) that
+        # could not be parsed
+        bad = self.quarantined(100, pmid=int(pmid), raw=False)
         if row is None:
-            raise NotFoundError(f"PMID {pmid} is not in the store")
-        return _article_dict(row._mapping)
+            hint = (f"; {len(bad)} quarantined element(s) name it: `litpulse quarantine "
+                    f"--pmid {int(pmid)}`" if bad else "")
+            raise NotFoundError(f"PMID {pmid} is not in the store{hint}")
+        return {**_article_dict(row._mapping), "quarantined": bad}
 
     def existing_pmids(self, pmids: Iterable[int]) -> set[int]:
         """Those of ``pmids`` the store holds as live (not deleted) articles."""
@@ -543,31 +548,76 @@ class Store(RunLedger, Checkpoints):
         given up), oldest first (:mod:`ingest.missing`)."""
         return owing.listing(self.engine, limit)
 
-    def quarantined(self, limit: int = 50, *, resolved: bool = False) -> list[dict[str, Any]]:
+    def quarantined(
+        self,
+        limit: int = 50,
+        *,
+        resolved: bool = False,
+        pmid: int | None = None,
+        run_id: int | None = None,
+        location: str | None = None,
+        before: int | None = None,
+        raw: bool = True,
+    ) -> list[dict[str, Any]]:
         """The latest quarantined elements still open (``resolved``: those a later record
-        or deletion of their PMID resolved as well): what, why, from where."""
+        or deletion of their PMID resolved as well): what, why, from where; newest first.
+
+        Args:
+            limit: Entries at most.
+            resolved: Resolved entries too.
+            pmid: Only the entries of this PMID.
+            run_id: Only those the run stored (or, met again before a check judged them,
+                took over).
+            location: Only those whose source location holds this text (a file's name).
+            before: Only entries older than this id (the next page: the last id shown).
+            raw: With each entry's raw XML.
+        """
         q = quarantine.c
         query = select(quarantine).order_by(q.id.desc()).limit(limit)
         if not resolved:
             query = query.where(q.resolved_at.is_(None))
+        if pmid is not None:
+            query = query.where(q.pmid == int(pmid))
+        if run_id is not None:
+            query = query.where(q.run_id == int(run_id))
+        if location:
+            query = query.where(q.source_location.contains(location, autoescape=True))
+        if before is not None:
+            query = query.where(q.id < int(before))
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
-        return [
-            {
-                "id": m["id"],
-                "pmid": m["pmid"],
-                "reason": m["reason"],
-                "source_kind": m["source_kind"],
-                "source_location": m["source_location"],
-                "line": m["line"],
-                "run_id": m["run_id"],
-                "digest": m["digest"],
-                "created_at": iso(m["created_at"]),
-                "resolved_at": iso(m["resolved_at"]),
-                "raw_xml": m["raw_xml"],
-            }
-            for m in (r._mapping for r in rows)
-        ]
+        return [_quarantine_dict(r._mapping, raw=raw) for r in rows]
+
+    def quarantine_entry(self, entry_id: int) -> dict[str, Any]:
+        """One quarantine entry, with its raw XML.
+
+        Raises:
+            NotFoundError: No entry has this id.
+        """
+        with self.engine.connect() as conn:
+            row = conn.execute(select(quarantine).where(quarantine.c.id == int(entry_id))).first()
+        if row is None:
+            raise NotFoundError(f"no quarantine entry {entry_id} (`litpulse quarantine --all` "
+                                "lists them)")
+        return _quarantine_dict(row._mapping, raw=True)
+
+
+def _quarantine_dict(m: Any, *, raw: bool) -> dict[str, Any]:
+    out = {
+        "id": m["id"],
+        "pmid": m["pmid"],
+        "reason": m["reason"],
+        "source_kind": m["source_kind"],
+        "source_location": m["source_location"],
+        "line": m["line"],
+        "run_id": m["run_id"],
+        "digest": m["digest"],
+        "created_at": iso(m["created_at"]),
+        "resolved_at": iso(m["resolved_at"]),
+    }
+    if raw:
+        out["raw_xml"] = m["raw_xml"]
+    return out
 
 
 def _resolving(batch: list[StoreItem], changed: set[int]) -> set[int]:

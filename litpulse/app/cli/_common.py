@@ -48,6 +48,14 @@ def _cell(value: Any) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
+def safe_text(text: str) -> str:
+    """``text`` with its control characters shown as ``\\xNN``, line breaks and tabs kept
+    (for a terminal: a stored escape sequence cannot act on it)."""
+    return _CONTROL.sub(
+        lambda m: m.group() if m.group() in "\n\t" else f"\\x{ord(m.group()):02x}", text
+    )
+
+
 def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
     """Print rows as an aligned plain-text table (control characters shown as ``\\xNN``)."""
     cells = [[_cell(h) for h in headers]] + [[_cell(c) for c in r] for r in rows]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import textwrap
 from collections.abc import Callable
 from typing import Any
 
-from litpulse.app.cli._common import kv, pmid_arg, print_json, print_table
+from litpulse.app.cli._common import kv, pmid_arg, print_json, print_table, safe_text
 from litpulse.core.errors import ConfigError
 from litpulse.core.settings import Settings, hide_password
 
@@ -31,6 +32,16 @@ def register(sub: Any) -> None:
     p.add_argument("--all", action="store_true",
                    help="also the entries resolved since (a later record or deletion of their "
                         "PMID was stored)")  # fmt: skip
+    p.add_argument("--pmid", type=int, metavar="PMID", help="only the entries of this PMID")
+    p.add_argument("--run", type=int, metavar="ID",
+                   help="only those of this ingest run (`litpulse status` lists runs)")
+    p.add_argument("--file", metavar="TEXT",
+                   help="only those whose source (file, request) holds TEXT")
+    p.add_argument("--before", type=int, metavar="ID",
+                   help="only entries older than ID: the next page after the last id shown")
+    p.add_argument("--raw", type=int, metavar="ID",
+                   help="print entry ID's raw XML as it was met, nothing else "
+                        "(`> bad.xml` keeps it for a bug report)")  # fmt: skip
     p.set_defaults(func=quarantine)
 
     p = sub.add_parser(
@@ -94,6 +105,15 @@ def article(args: argparse.Namespace, settings: Settings) -> int:
     ]
     if art["is_deleted"]:
         pairs.append(("deleted", art["deleted_at"]))
+    bad = art.get("quarantined") or []
+    if bad:  # what is shown may not be PubMed's newest: a revision could not be parsed
+        newest = bad[0]
+        pairs.append((
+            "quarantine",
+            f"{len(bad)} element(s) of this PMID could not be parsed, the newest from "
+            f"{newest['source_location']} ({(newest['created_at'] or '')[:10]}): "
+            f"`litpulse quarantine --pmid {art['pmid']}`",
+        ))
     kv(pairs)
     if art["abstract"]:
         print()
@@ -160,8 +180,20 @@ def _index(settings: Settings) -> dict[str, Any]:
 
 def quarantine(args: argparse.Namespace, settings: Settings) -> int:
     store = _store(settings)
-    return _listing(
-        args, lambda n: store.quarantined(n, resolved=args.all),
+    if args.raw is not None:
+        raw = store.quarantine_entry(args.raw)["raw_xml"]  # NotFoundError: exit 1
+        # as met, for a file or a pipe; on a terminal its control characters are shown
+        sys.stdout.write(safe_text(raw) if sys.stdout.isatty() else raw)
+        return 0
+    shown: list[dict[str, Any]] = []
+
+    def fetch(n: int) -> list[dict[str, Any]]:
+        shown[:] = store.quarantined(n, resolved=args.all, pmid=args.pmid, run_id=args.run,
+                                     location=args.file, before=args.before)  # fmt: skip
+        return shown
+
+    code = _listing(
+        args, fetch,
         "nothing in quarantine needs attention" + ("" if args.all else
                                                    " (--all lists resolved entries too)"),
         lambda r: (r["id"], r["pmid"] or "-", _short(r["reason"], 60),
@@ -170,6 +202,9 @@ def quarantine(args: argparse.Namespace, settings: Settings) -> int:
                    f"resolved {r['resolved_at'][:10]}" if r["resolved_at"] else "open"),
         ["id", "pmid", "why", "from", "when", "state"],
     )  # fmt: skip
+    if len(shown) == args.limit:  # maybe more: say how to see them (stderr: JSON stays JSON)
+        print(f"more may follow: add --before {shown[-1]['id']}", file=sys.stderr)
+    return code
 
 
 def missing(args: argparse.Namespace, settings: Settings) -> int:
