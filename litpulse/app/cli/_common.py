@@ -72,11 +72,11 @@ def show_progress() -> bool:
 
 
 def kv(pairs: Iterable[tuple[str, Any]]) -> None:
-    """Print ``key: value`` lines."""
+    """Print ``key: value`` lines (control characters shown as ``\\xNN``)."""
     items = list(pairs)
     width = max((len(k) for k, _ in items), default=0)
     for k, v in items:
-        print(f"{k.ljust(width)}  {v}")
+        print(f"{k.ljust(width)}  {_cell(v)}")
 
 
 def command_group(sub: Any, name: str, *, help: str, description: str | None = None) -> Any:

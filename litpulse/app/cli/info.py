@@ -75,11 +75,12 @@ def article(args: argparse.Namespace, settings: Settings) -> int:
     flags = [f for f, on in (("DELETED", art["is_deleted"]), ("RETRACTED", art["is_retracted"]),
                              ("BOOK", art["is_book"])) if on]  # fmt: skip
     print(f"PMID {art['pmid']}  version {art['version']}  {' '.join(f'[{f}]' for f in flags)}")
-    print(art["title"] or "(no title)")
+    # stored text as the record had it: XML allows DEL and C1 controls, a terminal acts on them
+    print(safe_text(art["title"] or "(no title)"))
     names = [a.get("name", "") for a in art["authors"]]
     if names:
         shown = ", ".join(names[:10]) + (f", … ({len(names)} authors)" if len(names) > 10 else "")
-        print(shown)
+        print(safe_text(shown))
     where = ". ".join(
         str(x) for x in (art["journal"], art["pub_date_raw"] or art["pub_year"]) if x
     )
@@ -118,7 +119,7 @@ def article(args: argparse.Namespace, settings: Settings) -> int:
     if art["abstract"]:
         print()
         for para in art["abstract"].split("\n"):
-            print(textwrap.fill(para, width=100))
+            print(textwrap.fill(safe_text(para), width=100))
     return 0
 
 

@@ -98,7 +98,6 @@ def test_an_article_says_a_newer_revision_sits_in_quarantine(
         Store(db.connect(bad_store)).get_article(11)  # never stored, only quarantined
 
 
-@pytest.mark.xfail(strict=True, reason="litpulse article prints stored C1 controls raw")
 def test_an_article_s_text_cannot_act_on_the_terminal(
     sqlite_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
