@@ -35,7 +35,10 @@ def parse_medline_date(raw: str) -> PartialDate:
     """Read a free-text ``MedlineDate`` into a :class:`PartialDate` (start of the period).
 
     ``"1998 Dec-1999 Jan"`` → 1998-12, ``"2024 Sep-Oct"`` → 2024-09, ``"2000 Spring"`` →
-    2000-03 (season kept), ``"1975-1976"`` → 1975, ``"2001 Jul 15-31"`` → 2001-07-15.
+    2000-03 (season kept), ``"1975-1976"`` → 1975, ``"2001 Jul 15-31"`` → 2001-07-15; a
+    month before the year is the start as well: ``"Nov-Dec 2019"`` → 2019-11, ``"Dec
+    2019-Jan 2020"`` → 2019-12; a winter over two years starts in December of the first
+    (``"1998-1999 Winter"``, ``"Winter 2023-2024"`` → 12).
 
     Args:
         raw: The MedlineDate text.
@@ -54,21 +57,27 @@ def parse_medline_date(raw: str) -> PartialDate:
     month = day = None
     season = None
     nxt = tokens[yi + 1] if yi + 1 < len(tokens) else None
-    if nxt is not None and nxt.isalpha():
+    spans_years = nxt is not None and len(nxt) == 4 and nxt.isdigit()
+    # a month or season before the year: the first of them starts the period ("Nov-Dec
+    # 2019", "Dec 2019-Jan 2020": what follows the year is the period's end)
+    before = (_month_or_season(t) for t in tokens[:yi] if t.isalpha())
+    month, season = next((m for m in before if m[0] is not None), (None, None))
+    if month is not None:
+        if season == "Winter" and spans_years:
+            month = 12  # "Winter 2023-2024" starts in the first year's December
+    elif nxt is not None and nxt.isalpha():
         month, season = _month_or_season(nxt)
         if month is not None and season is None and yi + 2 < len(tokens):
             d = tokens[yi + 2]
             if d.isdigit() and len(d) <= 2:
                 day = int(d)
-    elif nxt is not None and len(nxt) == 4 and nxt.isdigit():
+    elif spans_years:
         # "1998-1999 Winter": a season spanning two years starts in the first.
         after = tokens[yi + 2] if yi + 2 < len(tokens) else None
         if after is not None and after.isalpha():
             month, season = _month_or_season(after)
             if season == "Winter":
                 month = 12
-    if month is None and yi > 0 and tokens[yi - 1].isalpha():
-        month, season = _month_or_season(tokens[yi - 1])  # "Spring 2001"
     return PartialDate(year, month, _valid_day(year, month, day), raw, season)
 
 
@@ -115,7 +124,7 @@ def _partial_date(
     year_t: str | None, month_t: str | None, day_t: str | None, season_t: str | None
 ) -> PartialDate:
     raw = " ".join(t for t in (year_t, month_t or season_t, day_t) if t)
-    year = _small_int(year_t) or None  # 1..9999, what a date can hold
+    year = _year(year_t)
     month = season = None
     if month_t:
         month = _small_int(month_t)
@@ -127,6 +136,17 @@ def _partial_date(
         month, season = _month_or_season(season_t)
     day = _small_int(day_t) if month else None
     return PartialDate(year, month, _valid_day(year, month, day), raw, season)
+
+
+#: Years before this are not real publication years: a two-digit ``<Year>98</Year>``, a
+#: typo. Such a date is unknown (the next date in line stands in: the entrez date).
+MIN_YEAR = 1000
+
+
+def _year(text: str | None) -> int | None:
+    """A four-digit year from :data:`MIN_YEAR` on, else None (``98`` is not 98 AD)."""
+    value = _small_int(text.strip() if text else None)
+    return value if value is not None and value >= MIN_YEAR else None
 
 
 def _small_int(text: str | None) -> int | None:
@@ -190,13 +210,14 @@ def ymd_of(y: str | None, m: str | None, d: str | None) -> dt.date | None:
 
 
 def _to_date(y: str | None, m: str | None, d: str | None) -> dt.date | None:
-    if not y:
+    year = _year(y)
+    if year is None:
         return None
     try:
         month = 1
         if m:
             m = m.strip()
             month = int(m) if m.isdigit() else _MONTHS[m.lower()]
-        return dt.date(int(y), month, int(d) if d else 1)
+        return dt.date(year, month, int(d) if d else 1)
     except (ValueError, KeyError, OverflowError):
         return None

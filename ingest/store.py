@@ -651,7 +651,8 @@ def store_counts(conn: Connection) -> dict[str, Any]:
             func.count().filter(live_only, a.is_retracted.is_(True)),
             func.count().filter(live_only, a.has_abstract.is_(True)),
             func.count().filter(live_only, a.icite_fetched_at.is_not(None)),
-            func.max(a.best_date).filter(live_only),
+            # the newest date that is not ahead of today (an issue dated next year)
+            func.max(a.best_date).filter(live_only, a.best_date <= utcnow().date()),
             func.max(a.updated_at),
         )
     ).one()

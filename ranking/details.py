@@ -31,7 +31,10 @@ if TYPE_CHECKING:
 
     from ranking.search import Hit
 
-__all__ = ["AUTHORS_SHOWN", "author_names", "doi_url", "links", "pubmed_url", "with_details"]
+__all__ = [
+    "AUTHORS_SHOWN", "author_names", "doi_url", "links", "published_parts", "published_text",
+    "pubmed_url", "with_details",
+]  # fmt: skip
 
 #: Authors named per result; the rest are counted (``author_count``), as "et al.".
 AUTHORS_SHOWN = 6
@@ -130,3 +133,34 @@ def with_details(engine: Engine, hits: Sequence[Hit], query: str) -> list[Hit]:
             )
         )
     return out
+
+
+def published_parts(row: Mapping[str, Any]) -> tuple[int, int | None, int | None] | None:
+    """When an article was published, as precisely as PubMed says: ``(year, month, day)``
+    with the parts it does not give as ``None``. Its electronic date (``article_date``),
+    else its issue date (``pub_year``, ``pub_month``, ``pub_day``), else its
+    ``best_date`` (the entrez date); ``None`` without any. ``best_date`` itself is the
+    first day such a date can mean (recency, sorting): a year-only ``2019`` is not
+    shown as ``2019-01-01``."""
+    import datetime as dt
+
+    for name in ("article_date", "best_date"):
+        value = row.get(name)
+        year = row.get("pub_year")
+        if name == "best_date" and year:
+            month, day = row.get("pub_month"), row.get("pub_day")
+            return int(year), int(month) if month else None, int(day) if month and day else None
+        if isinstance(value, str) and value:
+            value = dt.date.fromisoformat(value[:10])
+        if isinstance(value, dt.date):
+            return value.year, value.month, value.day
+    return None
+
+
+def published_text(row: Mapping[str, Any]) -> str | None:
+    """:func:`published_parts` as ISO text: ``2019``, ``2019-11`` or ``2019-11-20``."""
+    parts = published_parts(row)
+    if parts is None:
+        return None
+    year, month, day = parts
+    return f"{year:04d}" + (f"-{month:02d}" if month else "") + (f"-{day:02d}" if day else "")

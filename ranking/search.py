@@ -48,7 +48,7 @@ from litpulse.core.settings import Settings
 from litpulse.core.states import Fusion, SearchMode, SearchSort
 from litpulse.core.text import checked_text
 from litpulse.core.timeutil import iso, parse_date
-from ranking.details import links, with_details
+from ranking.details import links, published_text, with_details
 from ranking.scoring import Relevance, ScoringOptions, score_article, scores
 from ranking.snippets import Snippet
 
@@ -102,6 +102,9 @@ _ROW_COLUMNS = (
     articles.c.title,
     articles.c.journal,
     articles.c.pub_year,
+    articles.c.pub_month,
+    articles.c.pub_day,
+    articles.c.article_date,
     articles.c.best_date,
     articles.c.language,
     articles.c.has_abstract,
@@ -159,6 +162,8 @@ class Hit:
     pub_year: int | None = None
     best_date: dt.date | None = None
     explanation: dict[str, Any] = field(default_factory=dict, compare=False)
+    #: the publication date as precisely as PubMed gives it (ranking.details.published_text)
+    published: str | None = None
     lexical: float = 0.0
     bm25: float | None = None
     # what a result list shows (ranking.details): the first authors and how many there are
@@ -179,6 +184,7 @@ class Hit:
             "journal": self.journal,
             "pub_year": self.pub_year,
             "best_date": iso(self.best_date),
+            "published": self.published,
             "score": self.score,
             "similarity": self.similarity,
             "recency": self.recency,
@@ -221,8 +227,13 @@ class SearchFilters:
     """Which articles may be returned.
 
     Args:
-        since: Earliest ``best_date`` (inclusive); articles without a date are then out.
-        until: Latest ``best_date`` (inclusive).
+        since: Earliest publication day (inclusive); articles without a date are then
+            out. An article is in the range ``since..until`` when its ``best_date`` is, or
+            when any day of its issue's publication period is (its ``pub_year``, month and
+            day, as far as PubMed gives them: a year-only 2019 article is in a
+            June-December 2019 range; a January 2020 issue published online in November
+            2019 is in 2020): PubMed's own [dp] matches the print or the electronic date.
+        until: Latest publication day (inclusive); see ``since``.
         mesh: MeSH descriptors the article must all carry (case-insensitive; runs of
             white space, non-breaking ones too, count as one space).
         publication_type: Publication types it must all have (likewise).
@@ -284,10 +295,8 @@ class SearchFilters:
         conds: list[Any] = [func.coalesce(articles.c.is_deleted, True).is_(False)]
         if not self.include_retracted:
             conds.append(articles.c.is_retracted.is_(False))
-        if self.since:
-            conds.append(articles.c.best_date >= self.since)
-        if self.until:
-            conds.append(articles.c.best_date <= self.until)
+        if self.since or self.until:
+            conds.append(or_(_best_in(self.since, self.until), _issue_in(self.since, self.until)))
         if self.language:  # its first language, or another of a bilingual article
             conds.append(or_(
                 func.lower(articles.c.language) == self.language,
@@ -384,6 +393,29 @@ def _open_index(settings: Settings, engine: Engine) -> SearchableIndex:
             "no index is published yet: ingest articles, then run `litpulse index refresh`"
         )
     return index
+
+
+def _best_in(since: dt.date | None, until: dt.date | None) -> Any:
+    """``best_date`` within ``since..until`` (either may be open)."""
+    a = articles.c
+    return and_(*([a.best_date >= since] if since else []),
+                *([a.best_date <= until] if until else []))
+
+
+def _issue_in(since: dt.date | None, until: dt.date | None) -> Any:
+    """Some day of the issue's publication period (``pub_year``, and ``pub_month`` and
+    ``pub_day`` where PubMed gives them) within ``since..until``, compared as ``YYYYMMDD``
+    numbers: a year runs from its 0101 to its 1231, a month from its 01 to its 31."""
+    a = articles.c
+    year = a.pub_year * 10000
+    first = year + func.coalesce(a.pub_month, 1) * 100 + func.coalesce(a.pub_day, 1)
+    last = year + func.coalesce(a.pub_month, 12) * 100 + func.coalesce(a.pub_day, 31)
+    conds: list[Any] = [a.pub_year.is_not(None)]
+    if since:
+        conds.append(last >= since.year * 10000 + since.month * 100 + since.day)
+    if until:
+        conds.append(first <= until.year * 10000 + until.month * 100 + until.day)
+    return and_(*conds)
 
 
 def _rows_query(pmids: Sequence[int], conds: list[Any]) -> Select[Any]:
@@ -1074,6 +1106,7 @@ def _hit(
         journal=row.get("journal"),
         pub_year=row.get("pub_year"),
         best_date=row.get("best_date"),
+        published=published_text(row),
         explanation=s.explanation,
         lexical=s.lexical,
         bm25=rel.bm25 if rel is not None else None,

@@ -31,7 +31,7 @@ from litpulse.core import db
 from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import articles
 from litpulse.core.settings import Settings
-from ranking.details import with_details
+from ranking.details import published_text, with_details
 from ranking.scoring import ScoringOptions, citation_value, recency_value
 from ranking.search import (
     Hit,
@@ -210,5 +210,6 @@ def _hit(
         journal=row.get("journal"),
         pub_year=row.get("pub_year"),
         best_date=row.get("best_date"),
+        published=published_text(row),
         explanation=explanation,
     )

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from litpulse.core.schema import articles
-from ranking.details import pubmed_url
+from ranking.details import published_parts, published_text, pubmed_url
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -54,7 +54,8 @@ def load_export_rows(engine: Engine, pmids: Iterable[int]) -> dict[int, dict[str
         return {}
     cols = (
         articles.c.pmid, articles.c.title, articles.c.abstract, articles.c.journal,
-        articles.c.pub_year, articles.c.pub_month, articles.c.best_date, articles.c.language,
+        articles.c.pub_year, articles.c.pub_month, articles.c.pub_day, articles.c.article_date,
+        articles.c.best_date, articles.c.language,
         articles.c.doi, articles.c.pmcid, articles.c.authors, articles.c.mesh,
         articles.c.publication_types, articles.c.record, articles.c.is_retracted,
     )
@@ -127,8 +128,11 @@ def to_ris(hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]]) -> 
         for name, _ in _authors(row):
             tag("AU", name)
         tag("PY", row.get("pub_year"))
-        if row.get("best_date"):
-            tag("DA", str(row["best_date"])[:10].replace("-", "/"))
+        parts = published_parts(row)
+        if parts is not None:  # RIS leaves the parts PubMed does not give empty: 2019///
+            y, m, d = parts
+            tag("DA", f"{y:04d}/{m:02d}/{d:02d}" if m and d
+                else f"{y:04d}/{f'{m:02d}' if m else ''}//")
         tag("T2", row.get("journal"))
         tag("JO", _extra(row, "journal_iso") or row.get("journal"))
         tag("VL", _extra(row, "volume"))
@@ -262,7 +266,7 @@ def to_csv(
             _one_line(row.get("title")), "; ".join(n for n, _ in _authors(row)),
             _one_line(row.get("journal")),
             year if isinstance(year, int) and not isinstance(year, bool) else _one_line(year),
-            str(row.get("best_date") or "")[:10], _extra(row, "volume"), _extra(row, "issue"),
+            published_text(row) or "", _extra(row, "volume"), _extra(row, "issue"),
             _extra(row, "pages"), _one_line(row.get("doi")), pubmed_url(pmid),
         ]  # fmt: skip
         # the scores are numbers formatted here, never text: not guarded (a negative

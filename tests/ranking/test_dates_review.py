@@ -206,15 +206,9 @@ def test_partial_dates_keep_their_precision() -> None:
 @pytest.mark.parametrize(
     ("pmid", "start"),
     [
-        pytest.param(1004, dt.date(2023, 12, 1), marks=pytest.mark.xfail(
-            strict=True, reason="'Winter 2023-2024' is read as January 2023 (11 months "
-            "before the period), though '1998-1999 Winter' gives December")),
-        pytest.param(1005, dt.date(2019, 11, 1), marks=pytest.mark.xfail(
-            strict=True, reason="'Nov-Dec 2019' is read as December (the end of the "
-            "period), unlike '2019 Nov-Dec' (November)")),
-        pytest.param(1006, dt.date(2019, 12, 1), marks=pytest.mark.xfail(
-            strict=True, reason="'Dec 2019-Jan 2020' is read as January 2019: the month "
-            "after the year is taken as the year's")),
+        pytest.param(1004, dt.date(2023, 12, 1)),
+        pytest.param(1005, dt.date(2019, 11, 1)),
+        pytest.param(1006, dt.date(2019, 12, 1)),
     ],
 )
 def test_medline_date_ranges_mean_their_first_month(pmid: int, start: dt.date) -> None:
@@ -226,12 +220,8 @@ def test_medline_date_ranges_mean_their_first_month(pmid: int, start: dt.date) -
 @pytest.mark.parametrize(
     "pmid",
     [
-        pytest.param(1010, marks=pytest.mark.xfail(
-            strict=True, reason="PubDate <Year>98</Year> is stored as the year 98 AD "
-            "(best_date 0098-01-01) instead of 1998 or the entrez date")),
-        pytest.param(1016, marks=pytest.mark.xfail(
-            strict=True, reason="an ArticleDate with <Year>19</Year> becomes 0019-11-20 "
-            "and overrides the valid January 2020 issue date as best_date")),
+        pytest.param(1010),
+        pytest.param(1016),
     ],
 )
 def test_two_digit_year_is_not_taken_literally(pmid: int) -> None:
@@ -290,7 +280,8 @@ def test_filter_bounds_are_inclusive(world: Settings) -> None:
     got = found(world, since="2019-06-01", until="2019-12-31")
     assert {1011, 1012} <= set(got)  # exactly on either bound
     assert not {1013, 1014} & set(got)  # one day outside either bound
-    assert set(found(world, since="2019-06-01", until="2019-06-01")) == {1011}
+    # 1001 is dated "2019" only: every day of 2019 may be its day, June 1 included
+    assert set(found(world, since="2019-06-01", until="2019-06-01")) == {1011, 1001}
     assert 1012 in found(world, since=dt.date(2019, 12, 31))
     assert 1013 not in found(world, until=dt.date(2019, 12, 31))
 
@@ -312,8 +303,6 @@ def test_future_date_is_capped_at_recency_one_and_sorts_cleanly(world: Settings)
 # ------------------------------------------------------------- filters: the defects
 
 
-@pytest.mark.xfail(strict=True, reason="a year-only 2019 article (best_date 2019-01-01) is "
-                   "silently dropped by since=2019-06-01&until=2019-12-31; nothing says so")
 def test_year_only_article_is_not_silently_dropped_by_a_range_inside_its_year(
     world: Settings,
 ) -> None:
@@ -321,9 +310,6 @@ def test_year_only_article_is_not_silently_dropped_by_a_range_inside_its_year(
     assert 1001 in got, sorted(got)
 
 
-@pytest.mark.xfail(strict=True, reason="a 'published' 2020 filter drops the January 2020 "
-                   "issue article whose epub was 2019 (filter uses only best_date), "
-                   "although CLI/API/page call it the publication date and PY says 2020")
 def test_published_filter_counts_the_issue_date(world: Settings) -> None:
     got = found(world, since="2020-01-01", until="2020-12-31")
     assert 1007 in got, sorted(got)
@@ -375,8 +361,6 @@ def test_saved_search_digest_filters_dates_like_search(
     assert digest == set(found(s, since="2019-06-01", until="2019-12-31"))
 
 
-@pytest.mark.xfail(strict=True, reason="exports invent a day for a year-only article: RIS "
-                   "'DA  - 2019/01/01' and CSV date '2019-01-01' where PubMed says only 2019")
 def test_exports_do_not_invent_a_day_for_a_year_only_article(sqlite_world: Settings) -> None:
     client = _api(sqlite_world)
     params = {"q": QUERY, "k": 100, "since": "2019-01-01", "until": "2019-12-31"}
@@ -390,8 +374,6 @@ def test_exports_do_not_invent_a_day_for_a_year_only_article(sqlite_world: Setti
     assert row["year"] == "2019" and row["date"] in ("", "2019"), row
 
 
-@pytest.mark.xfail(strict=True, reason="the CLI table's date column (and the page, "
-                   "app.js:288) shows 2019-01-01 for an article PubMed dates only '2019'")
 def test_cli_table_does_not_show_a_day_pubmed_never_gave(
     sqlite_world: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -401,8 +383,6 @@ def test_cli_table_does_not_show_a_day_pubmed_never_gave(
     assert "2019-01-01" not in line, line
 
 
-@pytest.mark.xfail(strict=True, reason="status 'newest_best_date' (page header 'newest …') "
-                   "shows next year's ahead-of-print issue date, a date in the future")
 def test_status_newest_date_is_not_in_the_future(sqlite_world: Settings) -> None:
     resp = _api(sqlite_world).get("/status")
     assert resp.status_code == 200, resp.text

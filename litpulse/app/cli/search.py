@@ -107,7 +107,7 @@ def run_search_cmd(args: argparse.Namespace, settings: Settings) -> int:
             "" if h.get("bm25") is None else f"{h['bm25']:.2f}",
             f"{h['recency']:.2f}",
             f"{h['citation']:.2f}",
-            h["best_date"] or h["pub_year"] or "",
+            h.get("published") or h["best_date"] or h["pub_year"] or "",
             _cut(h["title"], 70),
         )
         for n, h in enumerate(hits, start=1)

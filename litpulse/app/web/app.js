@@ -285,7 +285,7 @@ function articleHead(hit, titleTag) {
   const title = el("a", { class: "title", href: url, target: "_blank", rel: "noopener" },
     ...(hit.title ? marked(hit.title, hit.title_highlights) : [`PMID ${hit.pmid}`]));
   const meta = el("div", { class: "meta",
-    text: [hit.journal, hit.best_date || hit.pub_year, `PMID ${hit.pmid}`]
+    text: [hit.journal, hit.published || hit.best_date || hit.pub_year, `PMID ${hit.pmid}`]
       .filter(Boolean).join(" · ") });
   if (hit.retracted || hit.explanation.retracted) {
     meta.append(el("span", { class: "badge", text: "Retracted article" }));
