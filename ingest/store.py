@@ -497,10 +497,11 @@ class Store(RunLedger, Checkpoints):
         # open entries of the PMID: a newer revision of it (or the record itself) that
         # could not be parsed
         bad = self.quarantined(100, pmid=int(pmid), raw=False)
-        if row is None:
+        if row is None or _bare_tombstone(row._mapping):
             hint = (f"; {len(bad)} quarantined element(s) name it: `litpulse quarantine "
                     f"--pmid {int(pmid)}`" if bad else "")
-            raise NotFoundError(f"PMID {pmid} is not in the store{hint}")
+            met = " (only a deletion of it was met)" if row is not None else ""
+            raise NotFoundError(f"PMID {pmid} is not in the store{met}{hint}")
         return {**_article_dict(row._mapping), "quarantined": bad}
 
     def existing_pmids(self, pmids: Iterable[int]) -> set[int]:
@@ -602,6 +603,11 @@ class Store(RunLedger, Checkpoints):
         return _quarantine_dict(row._mapping, raw=True)
 
 
+def _bare_tombstone(m: Any) -> bool:
+    """A row a deletion of a PMID never stored made (version 0): no record ever held it."""
+    return bool(m["is_deleted"]) and not m["version"]
+
+
 def _quarantine_dict(m: Any, *, raw: bool) -> dict[str, Any]:
     out = {
         "id": m["id"],
@@ -647,7 +653,8 @@ def store_counts(conn: Connection) -> dict[str, Any]:
     row = conn.execute(
         select(
             func.count().filter(live_only),
-            func.count().filter(a.is_deleted.is_(True)),
+            # articles withdrawn: not the tombstones of PMIDs no record ever held
+            func.count().filter(a.is_deleted.is_(True), a.version > 0),
             func.count().filter(live_only, a.is_retracted.is_(True)),
             func.count().filter(live_only, a.has_abstract.is_(True)),
             func.count().filter(live_only, a.icite_fetched_at.is_not(None)),

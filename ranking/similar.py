@@ -64,11 +64,14 @@ class SimilarResult:
     model_version: str
     hits: tuple[Hit, ...]
     include_retracted: bool = False
+    #: the source article itself is retracted (it is shown whatever ``include_retracted``)
+    retracted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "pmid": self.pmid,
             "title": self.title,
+            "retracted": self.retracted,
             "index_version": self.index_version,
             "model_version": self.model_version,
             "include_retracted": self.include_retracted,
@@ -88,9 +91,9 @@ def _vector(index: Any, pmid: int) -> Any:
     return np.ascontiguousarray(np.asarray(vec, dtype=np.float32).reshape(1, -1))
 
 
-def _title(engine: Engine, pmid: int) -> str:
-    """The title of a live ``pmid`` (retracted too), read through search's own rule of
-    which rows are live (:meth:`SearchFilters.clauses`).
+def _title(engine: Engine, pmid: int) -> tuple[str, bool]:
+    """The title of a live ``pmid`` (retracted too) and whether it is retracted, read
+    through search's own rule of which rows are live (:meth:`SearchFilters.clauses`).
 
     Raises:
         NotFoundError: No such article, or it is deleted (its vector may still be in the
@@ -99,11 +102,12 @@ def _title(engine: Engine, pmid: int) -> str:
     live = SearchFilters(include_retracted=True).clauses()
     with engine.connect() as conn:
         row = conn.execute(
-            select(articles.c.title).where(articles.c.pmid == pmid, *live)
+            select(articles.c.title, articles.c.is_retracted)
+            .where(articles.c.pmid == pmid, *live)
         ).first()
     if row is None:
         raise NotFoundError(f"PMID {pmid} is not found (unknown or deleted)")
-    return str(row[0] or "")
+    return str(row[0] or ""), bool(row[1])
 
 
 def similar_articles(
@@ -139,13 +143,13 @@ def similar_articles(
         index = open_published(settings, engine)
         if index is None:
             raise NoIndexError("no index is published yet: run `litpulse index refresh`")
-    title = _title(engine, int(pmid))  # a deleted article is not found
+    title, retracted = _title(engine, int(pmid))  # a deleted article is not found
     vector = _vector(index, int(pmid))
     if not vector.any():  # neither title nor abstract: the zero vector, similar to nothing
         return SimilarResult(
             pmid=int(pmid), title=title, index_version=str(index.id),
             model_version=str(index.model_version), hits=(),
-            include_retracted=include_retracted,
+            include_retracted=include_retracted, retracted=retracted,
         )  # fmt: skip
     conds = SearchFilters(include_retracted=include_retracted).clauses()
     size = int(index.size)
@@ -182,6 +186,7 @@ def similar_articles(
         model_version=str(index.model_version),
         hits=tuple(with_details(engine, hits, "")),
         include_retracted=include_retracted,
+        retracted=retracted,
     )
 
 

@@ -166,6 +166,8 @@ _ERRORS = {
     401: "No API token, or an unknown or revoked one (`Authorization: Bearer <token>`).",
     403: "The server is read-only (no API token exists), or `user` names another expert.",
     404: "No such article.",
+    410: "The article was withdrawn from PubMed (a DeleteCitation): only its PMID and "
+         "when it was deleted are given.",
     413: "The request body is larger than the server accepts.",
     429: "Too many requests from this client, or judgements from this expert.",
     503: "Nothing is published yet, or the database is unavailable.",
@@ -633,12 +635,19 @@ def _add_store_routes(
 ) -> None:
     """``GET /articles/{pmid}``, ``GET /status`` and ``POST /feedback``."""
     from fastapi import HTTPException, Path
+    from fastapi.responses import JSONResponse
 
-    @app.get("/articles/{pmid}", summary="One stored article", responses=_responses(404))
+    @app.get("/articles/{pmid}", summary="One stored article", responses=_responses(404, 410))
     def article_endpoint(
         pmid: int = Path(..., ge=1, le=MAX_PMID, description="PubMed id."),
-    ) -> dict[str, Any]:
-        return _get_article(engine(), pmid)
+    ) -> Any:
+        art = _get_article(engine(), pmid)
+        if art["is_deleted"]:  # withdrawn: PubMed shows nothing of it any more
+            return JSONResponse(status_code=410, content={
+                "detail": f"PMID {pmid} was withdrawn from PubMed (deleted {art['deleted_at']})",
+                "pmid": art["pmid"], "is_deleted": True, "deleted_at": art["deleted_at"],
+            })  # fmt: skip
+        return art
 
     @app.get("/status", summary="Freshness of the store, index and model",
              responses=_responses())

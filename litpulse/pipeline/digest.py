@@ -443,6 +443,7 @@ def _match(row: Any) -> Match:
         model_version=row.model_version,
         found_at=row.found_at,
         explanation=dict(row.explanation or {}),
+        retracted=bool(getattr(row, "retracted", False)),
     )
 
 
@@ -463,7 +464,14 @@ def matches_of(
         limit: Most matches returned.
         pending: ``"email"`` or ``"webhook"``: only those not yet delivered there.
     """
-    stmt = select(digest_matches).where(digest_matches.c.search_id == search_id, live_match())
+    # whether the article is retracted now: a match found before its retraction says so
+    retracted = (
+        select(articles.c.is_retracted).where(articles.c.pmid == digest_matches.c.pmid)
+        .scalar_subquery().label("retracted")
+    )
+    stmt = select(digest_matches, retracted).where(
+        digest_matches.c.search_id == search_id, live_match()
+    )
     if pending is not None:
         stmt = stmt.where(digest_matches.c[f"{pending}_sent_at"].is_(None))
     stmt = stmt.order_by(

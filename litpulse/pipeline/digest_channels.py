@@ -72,6 +72,8 @@ class Match:
         index_version: The index version it was found in.
         model_version: The model version that scored it.
         found_at: When the digest recorded it.
+        retracted: The article is retracted now (it may have been retracted after it was
+            found): every channel says so.
     """
 
     id: int
@@ -83,6 +85,13 @@ class Match:
     model_version: str
     found_at: dt.datetime
     explanation: dict[str, Any] = field(default_factory=dict, compare=False)
+    retracted: bool = False
+
+    @property
+    def headline(self) -> str:
+        """The title as a channel shows it, ``[Retracted]`` first when it is."""
+        title = self.title or f"PMID {self.pmid}"
+        return f"[Retracted] {title}" if self.retracted else title
 
     @property
     def why(self) -> str:
@@ -99,6 +108,7 @@ class Match:
             "index_version": self.index_version,
             "model_version": self.model_version,
             "found_at": iso(self.found_at),
+            "retracted": self.retracted,
         }
 
 
@@ -156,10 +166,11 @@ def atom_feed(search: SavedSearch, matches: Sequence[Match], *, self_url: str) -
     for m in matches:
         entry = ET.SubElement(feed, f"{{{ATOM_NS}}}entry")
         _text(entry, "id", f"{_feed_id(search)}:pmid:{m.pmid}")
-        _text(entry, "title", m.title or f"PMID {m.pmid}")
+        _text(entry, "title", m.headline)
         ET.SubElement(entry, f"{{{ATOM_NS}}}link", {"rel": "alternate", "href": pubmed_url(m.pmid)})
         _text(entry, "updated", iso(m.found_at))
-        _text(entry, "summary", f"PMID {m.pmid}, {m.why}", type="text")
+        retracted = " (retracted)" if m.retracted else ""
+        _text(entry, "summary", f"PMID {m.pmid}{retracted}, {m.why}", type="text")
     return bytes(ET.tostring(feed, encoding="utf-8", xml_declaration=True))
 
 
@@ -179,7 +190,7 @@ def email_message(
     lines = [f"New articles for your saved search “{search.name}” ({search.query}):", ""]
     for i, m in enumerate(matches, start=1):
         lines += [
-            f"{i}. {m.title or f'PMID {m.pmid}'}",
+            f"{i}. {m.headline}",
             f"   {pubmed_url(m.pmid)}",
             f"   {m.why}",
             "",

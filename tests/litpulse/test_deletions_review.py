@@ -286,8 +286,10 @@ def test_a_deletion_in_the_file_of_its_record_of_a_pmid_never_stored_and_an_olde
     got = ingest_files(s, [second], workers=0, batch_size=1)
     assert (got.inserted, got.deleted, got.unchanged) == (1, 2, 1)  # 4 in and out, 3 out
     store = Store(engine)
-    for pmid in (3, 4, 999):
+    for pmid in (3, 4):
         assert store.get_article(pmid)["is_deleted"] is True
+    with pytest.raises(NotFoundError, match="only a deletion of it was met"):
+        store.get_article(999)  # no record ever held it: not an article of the store
     assert cited_by(engine, 1) == {1: 0}  # neither deleted citer counts
     st = store.status()
     assert st["articles"] == 2 and st["references"] == 0
@@ -304,8 +306,10 @@ def test_a_deletion_in_the_file_of_its_record_of_a_pmid_never_stored_and_an_olde
     ])
     assert ingest_files(s, [older], workers=0).updated == 0
     assert store.get_article(3)["is_deleted"] is True
-    code, out = cli(s, capsys, "article", "999")
+    code, out = cli(s, capsys, "article", "3")
     assert code == 0 and "[DELETED]" in out
+    with pytest.raises(NotFoundError, match="only a deletion"):  # `litpulse article`: exit 1
+        cli(s, capsys, "article", "999")
 
 
 @pytest.mark.parametrize("bulk", [True, False], ids=["bulk", "reference"])
@@ -441,8 +445,6 @@ def test_training_pairs_never_use_a_deleted_or_retracted_article(sqlite_settings
 # -------------------------------------------------------------------------- defects
 
 
-@pytest.mark.xfail(strict=True, reason="`litpulse search` table never marks a retracted hit "
-                   "(only --json or --explain say so)")
 def test_cli_search_table_marks_a_retracted_hit(
     sqlite_settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -456,8 +458,6 @@ def test_cli_search_table_marks_a_retracted_hit(
     assert "retracted" in row.lower()
 
 
-@pytest.mark.xfail(strict=True, reason="a saved search's Atom feed and e-mail never say a "
-                   "matched article is retracted (Match carries no retraction flag)")
 def test_digest_feed_and_email_flag_a_retracted_match(sqlite_settings: Settings) -> None:
     from litpulse.pipeline.digest import feed_for, matches_of, run_digest
     from litpulse.pipeline.digest_channels import email_message
@@ -479,9 +479,6 @@ def test_digest_feed_and_email_flag_a_retracted_match(sqlite_settings: Settings)
     assert "retract" in block.lower()
 
 
-@pytest.mark.xfail(strict=True, reason="a match retracted after it was recorded stays in the "
-                   "feed, pending e-mail and webhook of a search that excludes retracted "
-                   "articles, unflagged")
 def test_a_match_retracted_after_it_was_recorded_is_withheld_or_flagged(
     sqlite_settings: Settings,
 ) -> None:
@@ -510,8 +507,6 @@ def test_a_match_retracted_after_it_was_recorded_is_withheld_or_flagged(
     assert all("retract" in h.lower() for h in hooks), hooks
 
 
-@pytest.mark.xfail(strict=True, reason="/similar/{pmid} and `litpulse similar` show a "
-                   "retracted source article without any retraction flag")
 def test_similar_flags_a_retracted_source_article(
     sqlite_settings: Settings, capsys: pytest.CaptureFixture[str], client_for: Any,
 ) -> None:
@@ -526,8 +521,6 @@ def test_similar_flags_a_retracted_source_article(
     assert "retracted" in header.lower()
 
 
-@pytest.mark.xfail(strict=True, reason="status counts the tombstone of a PMID never stored "
-                   "as a deleted article (the run itself counts that deletion as unchanged)")
 def test_status_counts_only_articles_that_were_deleted(
     sqlite_settings: Settings, client_for: Any,
 ) -> None:
@@ -541,8 +534,6 @@ def test_status_counts_only_articles_that_were_deleted(
     assert store.status()["deleted"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason="GET /articles/{pmid} answers 200 with an empty "
-                   "version-0 article for a PMID only ever seen in a DeleteCitation")
 def test_api_article_of_a_pmid_never_stored_is_not_found(
     sqlite_settings: Settings, client_for: Any,
 ) -> None:
@@ -555,8 +546,6 @@ def test_api_article_of_a_pmid_never_stored_is_not_found(
     assert r.status_code in (404, 410), (r.status_code, r.json().get("version"))
 
 
-@pytest.mark.xfail(strict=True, reason="GET /articles/{pmid} serves a withdrawn article's "
-                   "full record (title, abstract) with 200 instead of 404/410")
 def test_api_article_of_a_withdrawn_article_is_gone(
     sqlite_settings: Settings, client_for: Any,
 ) -> None:

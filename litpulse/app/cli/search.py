@@ -108,7 +108,8 @@ def run_search_cmd(args: argparse.Namespace, settings: Settings) -> int:
             f"{h['recency']:.2f}",
             f"{h['citation']:.2f}",
             h.get("published") or h["best_date"] or h["pub_year"] or "",
-            _cut(h["title"], 70),
+            ("[retracted] " if h.get("retracted") or h["explanation"].get("retracted")
+             else "") + _cut(h["title"], 70),
         )
         for n, h in enumerate(hits, start=1)
     ]

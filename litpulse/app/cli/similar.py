@@ -13,6 +13,7 @@ from litpulse.app.cli._common import (
     pmid_arg,
     print_json,
     print_table,
+    safe_text,
 )
 from litpulse.core.settings import Settings
 
@@ -46,7 +47,8 @@ def run_similar_cmd(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print_json(result.to_dict())
         return 0
-    print(f"similar to PMID {result.pmid}: {result.title}")
+    flag = "[retracted] " if result.retracted else ""
+    print(safe_text(f"similar to PMID {result.pmid}: {flag}{result.title}"))
     if not result.hits:
         print("no similar articles", file=sys.stderr)
         return 0
