@@ -64,13 +64,14 @@ from typing import Any
 from sqlalchemy import Engine, Update, and_, bindparam, func, or_, select, update
 
 from ingest.boundaries import MAX_RAW_TAIL
+from ingest.dates import MIN_YEAR
 from ingest.fields import MAX_PMID, id_value
 from ingest.http import HttpClient
 from ingest.runs import Counts, IngestCounts, recorded_run
 from ingest.store import Store
 from litpulse.core import db
 from litpulse.core.db import upsert
-from litpulse.core.errors import TransientSourceError
+from litpulse.core.errors import InvalidRequestError, RateLimitedError, TransientSourceError
 from litpulse.core.schema import articles, quarantine
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import utcnow
@@ -127,8 +128,9 @@ def due_pmids(
     Args:
         engine: The store.
         now: The reference time (default: now, UTC).
-        limit: At most this many PMIDs: never-fetched articles first, then the newest
-            (their counts move fastest); the rest wait for the next run.
+        limit: At most this many PMIDs: never-fetched articles first (the newest first),
+            then those fetched longest ago, so every due article comes up within a
+            bounded number of runs; the rest wait for the next run.
 
     Returns:
         The PMIDs, ascending.
@@ -152,7 +154,10 @@ def due_pmids(
     query = (
         select(a.pmid)
         .where(a.is_deleted.is_(False), or_(*conditions))
-        .order_by(a.icite_fetched_at.is_(None).desc(), age_ref.desc().nulls_last(), a.pmid)
+        # never fetched first (the newest of them first), then whoever waited longest: a
+        # young article due every week never keeps an older one out for good
+        .order_by(a.icite_fetched_at.is_(None).desc(), a.icite_fetched_at.asc(),
+                  age_ref.desc().nulls_last(), a.pmid)
     )
     if limit is not None:
         query = query.limit(limit)
@@ -183,8 +188,9 @@ _KINDS: dict[str, type] = {
 MISSING_MARKERS = frozenset({"", "nan", "-nan", "+nan", "na", "n/a", "null", "none"})
 #: Columns that can never be negative (counts, ratios and rates of citations).
 _NON_NEGATIVE = frozenset({"citation_count", "relative_citation_ratio", "citations_per_year"})
-#: The years an ``icite_year`` may hold.
-_YEARS = (1, 9999)
+#: The earliest year an ``icite_year`` may hold (the dates' rule: ingest.dates.MIN_YEAR);
+#: the latest is next year (an issue dated ahead), by the clock when read.
+_FIRST_YEAR = MIN_YEAR
 _INT32 = (-(2**31), 2**31 - 1)
 
 
@@ -260,7 +266,8 @@ def _num(value: Any, kind: type, column: str = "") -> Any:
         return _bool(value)
     if kind is int:
         number = _int(value)
-        low, high = _YEARS if column == "icite_year" else _INT32  # the columns are 32-bit
+        # the columns are 32-bit; a year is a real one, not 0 nor 2999
+        low, high = (_FIRST_YEAR, utcnow().year + 1) if column == "icite_year" else _INT32
         if not low <= number <= high:
             raise _Impossible("is out of range" if column != "icite_year" else "is not a year")
     else:
@@ -380,7 +387,8 @@ def icite_update(*, keep_newer: bool = False) -> Update:
         .where(a.pmid == bindparam("b_pmid"))
         .values(
             {
-                **{c: bindparam(f"b_{c}") for c in ICITE_FIELDS},
+                # a null from iCite is "not known", not "none": what the article had stays
+                **{c: func.coalesce(bindparam(f"b_{c}"), a[c]) for c in ICITE_FIELDS},
                 "icite_fetched_at": bindparam("b_now"),
             }
         )
@@ -415,6 +423,55 @@ def _fetch(client: HttpClient, pmids: Sequence[int]) -> IciteAnswer:
         "pubs", params={"pmids": ",".join(str(p) for p in pmids), "format": "json"}, parse=parse
     )
     return result
+
+
+def _fetch_isolating(client: HttpClient, batch: Sequence[int]) -> tuple[IciteAnswer, list[int]]:
+    """The answer for ``batch``, and the PMIDs iCite refuses to answer for.
+
+    A batch iCite keeps refusing (an error status after every retry) is split in halves,
+    and a failing half again, down to the PMIDs it chokes on: one bad record costs its own
+    PMID, not every batch after it, night after night. When neither half of a batch is
+    answered the fault is iCite's, not a record's: the error is raised (the run fails,
+    what it wrote stays). A rate limit is never split.
+
+    Raises:
+        TransientSourceError, InvalidRequestError: iCite answers nothing.
+    """
+    try:
+        return _fetch(client, batch), []
+    except RateLimitedError:
+        raise
+    except (TransientSourceError, InvalidRequestError) as exc:
+        return _split(client, batch, exc)
+
+
+def _split(
+    client: HttpClient, batch: Sequence[int], error: Exception
+) -> tuple[IciteAnswer, list[int]]:
+    """:func:`_fetch_isolating` of a ``batch`` whose request failed with ``error``."""
+    if len(batch) == 1:
+        logger.warning("iCite refuses to answer for PMID %d: %s", batch[0], error)
+        return IciteAnswer({}), list(batch)
+    half = len(batch) // 2
+    outcomes: list[tuple[Sequence[int], IciteAnswer | None, Exception | None]] = []
+    for part in (batch[:half], batch[half:]):
+        try:
+            outcomes.append((part, _fetch(client, part), None))
+        except RateLimitedError:
+            raise
+        except (TransientSourceError, InvalidRequestError) as exc:
+            outcomes.append((part, None, exc))
+    if all(answer is None for _, answer, _ in outcomes):
+        raise error  # neither half: iCite is down, not one record
+    merged, refused = IciteAnswer({}), list[int]()
+    for part, answer, failure in outcomes:
+        if answer is None and failure is not None:
+            answer, lost = _split(client, part, failure)
+            refused += lost
+        if answer is not None:
+            merged.values.update(answer.values)
+            merged.rejected.extend(answer.rejected)
+    return merged, refused
 
 
 #: The quarantine's ``source_kind`` of an iCite API record.
@@ -509,11 +566,16 @@ def refresh_citations(
         run.details = {"citations": counts.to_dict(), "batches": len(batches), "rejected": 0}
         location = client.redact(client.url("pubs"))
         for n, batch in enumerate(batches, 1):
-            answer = _fetch(client, batch)
+            answer, choked = _fetch_isolating(client, batch)
+            if choked:  # asked again on their schedule, like a PMID iCite does not know
+                run.details["icite_refused"] = sorted(
+                    {*run.details.get("icite_refused", []), *choked})[:1000]
             in_batch = set(batch)
             found = {p: v for p, v in answer.values.items() if p in in_batch}
             rejected = [r for r in answer.rejected if r[0] is None or r[0] in in_batch]
-            refused = {r[0] for r in rejected if r[0] is not None} - found.keys()
+            refused = {r[0] for r in rejected if r[0] is not None}
+            # a PMID answered twice, one copy damaged: neither copy is trusted
+            found = {p: v for p, v in found.items() if p not in refused}
             for pmid, reason, _ in rejected:
                 logger.warning("iCite record of pmid %s quarantined: %s", pmid, reason)
             bad = _quarantine_rows(rejected, location, run.id, utcnow())

@@ -374,9 +374,14 @@ def citation_value(row: Mapping[str, Any], options: ScoringOptions) -> tuple[flo
     value = impact.value
     info: dict[str, Any] = {"raw": impact.raw, "source": impact.source}
     if impact.source == "icite_rcr":
+        # iCite marks an RCR from too few years of citations provisional: it moves yet
+        provisional = bool(row.get("icite_provisional"))
+        info["provisional"] = provisional
+        kind = "field- and year-normalised"
         info["text"] = (
-            f"iCite relative citation ratio {impact.raw:g} (field- and year-normalised; "
-            f"1 = field median) -> {value:.3f}"
+            f"iCite relative citation ratio {impact.raw:g} "
+            f"({'provisional, ' if provisional else ''}{kind}; 1 = field median) "
+            f"-> {value:.3f}"
         )
     elif impact.source in ("icite_citations_per_year", "icite_citation_count"):
         info["text"] = (

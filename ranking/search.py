@@ -110,6 +110,7 @@ _ROW_COLUMNS = (
     articles.c.has_abstract,
     articles.c.is_retracted,
     articles.c.relative_citation_ratio,
+    articles.c.icite_provisional,
     articles.c.citations_per_year,
     articles.c.citation_count,
     articles.c.cited_by_in_corpus,

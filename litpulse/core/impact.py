@@ -149,14 +149,15 @@ CITATION_COLUMNS = (
 
 
 def _number(value: Any) -> float | None:
-    """A finite number from a column value; anything else (NULL, text, NaN) is unknown."""
+    """A finite number >= 0 from a column value; anything else (NULL, text, NaN, a
+    negative count or ratio: impossible, written before ingest refused it) is unknown."""
     if value is None:
         return None
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
         return None
-    return number if math.isfinite(number) else None
+    return number if math.isfinite(number) and number >= 0 else None
 
 
 def row_citation_impact(row: Mapping[str, Any], age: int | None) -> CitationImpact:

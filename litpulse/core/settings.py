@@ -205,8 +205,8 @@ class Settings:
     )
     icite_max_per_run: int = _opt(
         20000,
-        "Most PMIDs one citation refresh asks iCite for (never-fetched, then newest first; "
-        "the rest wait for the next run); 0 means no cap.",
+        "Most PMIDs one citation refresh asks iCite for (never-fetched first, then those "
+        "fetched longest ago; the rest wait for the next run); 0 means no cap.",
         min=0,
         max=100_000_000,
     )

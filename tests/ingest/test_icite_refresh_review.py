@@ -146,10 +146,6 @@ def test_records_nobody_asked_for_are_ignored_even_for_stored_articles(
     assert _row(s, 10)["citation_count"] == 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a PMID answered twice (one copy damaged) is quarantined but the run counts 0 rejected",
-)
 def test_a_duplicate_record_with_a_damaged_copy_is_counted_where_it_is_quarantined(
     hostile: HostileIcite, sqlite_settings: Settings
 ) -> None:
@@ -170,10 +166,6 @@ def test_a_duplicate_record_with_a_damaged_copy_is_counted_where_it_is_quarantin
 # ------------------------------------------------ nulls, provisional flags, years
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an iCite record with null metrics erases the article's known citation count",
-)
 def test_a_null_metric_does_not_erase_a_known_value(emu: Emulator, settings: Settings) -> None:
     """A PMID iCite leaves out keeps what it had; a PMID iCite answers with ``null``
     (unknown) for its count should not lose the count it had either: unknown is not 0
@@ -206,10 +198,6 @@ def test_year_zero_quarantines_the_record_and_the_article_keeps_its_values(
     assert q["pmid"] == 40 and "year" in q["reason"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="icite_year 2999 (impossible, like year 0) is stored, while year 0 drops the record",
-)
 def test_a_year_far_in_the_future_is_as_impossible_as_year_zero(
     emu: Emulator, sqlite_settings: Settings
 ) -> None:
@@ -221,10 +209,6 @@ def test_a_year_far_in_the_future_is_as_impossible_as_year_zero(
     assert counts.rejected == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a provisional RCR is explained as a settled field-normalised RCR; the flag is ignored",
-)
 def test_the_explanation_says_when_the_rcr_is_provisional(
     emu: Emulator, sqlite_settings: Settings
 ) -> None:
@@ -321,10 +305,6 @@ def test_a_5xx_storm_keeps_partial_progress_and_the_rerun_asks_only_the_rest(
     assert runs[1]["details"]["citations"]["updated"] == 6  # the failed run's own count
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="one batch iCite always refuses aborts the refresh; every night stops at that batch",
-)
 @pytest.mark.parametrize("status", [500, 400])
 def test_one_batch_that_always_fails_does_not_block_every_other_article(
     hostile: HostileIcite, sqlite_settings: Settings, status: int
@@ -367,10 +347,6 @@ def _simulate_nights(engine: Any, start: dt.datetime, nights: int, cap: int) -> 
     return picked
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cap + newest-first: while young due articles fill the cap, older ones never refresh",
-)
 def test_every_due_article_is_refreshed_within_a_bounded_number_of_nights(
     sqlite_settings: Settings,
 ) -> None:
@@ -470,10 +446,6 @@ def test_odd_rcr_values_never_give_a_score_out_of_range(rcr: float, source: str)
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a negative RCR in the store (impossible) scores as the worst impact, not as unknown",
-)
 def test_a_negative_rcr_in_the_store_counts_as_unknown(sqlite_settings: Settings) -> None:
     """The ingest rule calls a negative RCR impossible (never stored); a row holding one
     (written before the rule, or by hand) should be read like a NaN: unknown, next
