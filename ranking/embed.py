@@ -31,6 +31,7 @@ import functools
 import logging
 import os
 import threading
+import unicodedata
 import warnings
 import weakref
 from collections import OrderedDict
@@ -952,9 +953,11 @@ def query_text(text: str) -> str:
     so a model learns on queries embedded as searches embed them. Every closing mark
     goes, spaced or not (``Is X used ? .`` → ``Is X used``: the rule gives its own result
     back); nothing else changes (case, inner punctuation); a query of marks alone stays as
-    it is.
+    it is. The text is taken in its compatibility form first (NFKC): a full-width
+    ``ＣＯＶＩＤ－１９`` typed on a CJK keyboard is ``COVID-19``, which the encoder's
+    vocabulary knows (it read the full-width form as unknown tokens).
     """
-    stripped = text.strip()
+    stripped = unicodedata.normalize("NFKC", text).strip()
     end = len(stripped)  # back over the closing marks and the blanks between them
     while end and (stripped[end - 1] in _CLOSING_MARKS or stripped[end - 1].isspace()):
         end -= 1

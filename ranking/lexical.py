@@ -136,11 +136,12 @@ LEXICAL_DIR = "lexical"
 #: Version of the schema and tokenisation: a base of another format is rebuilt, not updated.
 #: (2: analysed terms indexed as given, field lengths and term frequencies stored;
 #: 3: the frequencies as binary records, :data:`TF_RECORD`; 4: abbreviations in capitals
-#: that spell a stop word kept as terms in capitals, ``NO`` nitric oxide.)
-FORMAT = 4
-#: Formats an opened index is searched in: 3 differs from 4 only by the terms it lacks
-#: (``NO`` finds nothing there, as it did), so search goes on until a refresh rebuilds it.
-READABLE_FORMATS = frozenset({3, FORMAT})
+#: that spell a stop word kept as terms in capitals, ``NO`` nitric oxide; 5: ø, ß, æ...
+#: folded, apostrophe-like marks and invisible format characters inside a word dropped.)
+FORMAT = 5
+#: Formats an opened index is searched in: 3 and 4 differ from 5 only by the terms they
+#: lack or spell otherwise (``NO``; ``tromsø``), so search goes on until a refresh rebuilds.
+READABLE_FORMATS = frozenset({3, 4, FORMAT})
 #: BM25 multiplier of each text field (a term's weight is the sum over the fields).
 FIELD_BOOSTS: dict[str, float] = {"title": 2.0, "abstract": 1.0, "mesh": 1.0, "keywords": 1.0}
 #: The text fields, in the order of the frequencies of a ``tf`` record.
@@ -190,8 +191,21 @@ _GREEK = dict(
 _DASHES = str.maketrans(
     {**{c: "-" for c in "\u2010\u2011\u2012\u2013\u2212\ufe63\uff0d"}, "'": None, "\u2019": None}
 )
-#: Trade and service marks, dropped before NFKC (which would spell ``MAVYRET™`` ``mavyrettm``).
-_MARKS = str.maketrans(dict.fromkeys("\u2122\u2120\u00ae\u00a9", " "))
+#: Trade and service marks, dropped before NFKC (which would spell ``MAVYRET™`` ``mavyrettm``);
+#: apostrophe-like marks inside a word (``Crohnʼs``, ``5′-UTR``, ``Crohn´s``: the acute
+#: accent, which NFKC would make a space), dropped as ``'`` is; and the invisible format
+#: characters a word can hold (a soft hyphen, zero-width spaces and joiners, bidirectional
+#: marks): ``immuno\u00adglobulin`` is one word.
+_MARKS = str.maketrans({
+    **dict.fromkeys("\u2122\u2120\u00ae\u00a9", " "),
+    **dict.fromkeys("\u02bc\u2018\u2032\u00b4"),
+    **dict.fromkeys("\u00ad\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2062\u2063\u2064"
+                    "\ufeff\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"),
+})
+#: Letters with no Unicode decomposition, folded as a reader would type them (after lower
+#: case): ``Tromsø`` ``tromso``, ``Gießen`` ``giessen``.
+_FOLDS = str.maketrans({"ø": "o", "ß": "ss", "æ": "ae", "œ": "oe", "ł": "l", "đ": "d",
+                        "ı": "i", "þ": "th", "ð": "d", "ħ": "h"})
 _WORD = re.compile(r"[^\W_]+(?:-+[^\W_]+)*")
 _SEGMENT = re.compile(r"[^\W\d_]+|\d+")
 #: Words of two or more letters (the capitals of an abbreviation, say).
@@ -260,7 +274,8 @@ def _lower(text: str) -> str:
 
 
 def _normalise(text: str) -> str:
-    text = _lower(unicodedata.normalize("NFKC", text.translate(_MARKS))).translate(_DASHES)
+    text = _lower(unicodedata.normalize("NFKC", text.translate(_MARKS)))
+    text = text.translate(_DASHES).translate(_FOLDS)
     text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     return "".join(f"-{_GREEK[c]}-" if c in _GREEK else c for c in text)
 

@@ -295,7 +295,6 @@ def test_italic_greek_letter_stays_in_its_word(world: Settings) -> None:
 # ranking/lexical.py:262-265 (_normalise): accents are folded by NFKD + dropping combining
 # marks, but ø, ß (and æ, ł, đ) have no decomposition, and str.lower keeps ß: "Tromso" and
 # "Giessen" (as typed on an ASCII keyboard) find nothing
-@pytest.mark.xfail(strict=True, reason="letters without a decomposition (ø, ß) are not folded")
 @pytest.mark.parametrize(("query", "pmid"), [("Tromso", 3010), ("Giessen", 3018)])
 def test_letters_without_a_decomposition_are_folded(world: Settings, query: str, pmid: int) -> None:
     assert _pmids(_lexical(world, query))[:1] == [pmid]
@@ -304,7 +303,6 @@ def test_letters_without_a_decomposition_are_folded(world: Settings, query: str,
 # ranking/lexical.py:195,262-265: a soft hyphen (U+00AD) or zero-width space (U+200B) inside a
 # word, as text from typeset sources carries them for line breaking, is taken for a word break: the
 # article holds "immuno" and "globulin" and the query "immunoglobulin" does not find it
-@pytest.mark.xfail(strict=True, reason="soft hyphen / zero-width space inside a word split it")
 @pytest.mark.parametrize(("query", "pmid"), [("immunoglobulin", 3011), ("hepatocellular", 3012)])
 def test_invisible_format_characters_do_not_split_words(
     world: Settings, query: str, pmid: int
@@ -318,7 +316,6 @@ def test_invisible_format_characters_do_not_split_words(
 # ranking/lexical.py:190-193 (_DASHES drops only ' and U+2019): the modifier-letter apostrophe
 # U+02BC is a letter, so "Crohnʼs" is the one term "crohnʼ" and neither "Crohn's disease"
 # nor "Crohn" finds the article
-@pytest.mark.xfail(strict=True, reason="U+02BC apostrophe is glued into the word")
 def test_modifier_letter_apostrophe_reads_as_an_apostrophe(world: Settings) -> None:
     assert 3013 in _pmids(_lexical(world, "Crohn"))
     assert "crohn" in _matched(world, "Crohn's disease", 3013)
@@ -327,7 +324,6 @@ def test_modifier_letter_apostrophe_reads_as_an_apostrophe(world: Settings) -> N
 # ranking/lexical.py:190-193: the prime of 5′/3′ (U+2032, how PubMed's XML writes them) is a
 # word break while the apostrophe a user types is dropped, so "5'-UTR" joins to 5utr for the
 # query and for the apostrophe twin but not for the prime one: the same title ranks lower
-@pytest.mark.xfail(strict=True, reason="prime U+2032 is not read like the apostrophe")
 def test_prime_and_apostrophe_spellings_score_alike(world: Settings) -> None:
     hits = _lexical(world, "5'-UTR ferritin")
     assert _score(hits, 3014) == pytest.approx(_score(hits, 3015))
@@ -357,7 +353,6 @@ def test_mesh_filter_folds_variants_like_the_index(
 # the encoder's tokenizer does no NFKC, so a full-width query (a CJK input method) is [UNK]s
 # and ranks other articles than the same query in ASCII; saved searches (digest.py:371,
 # semantic only) are hit too
-@pytest.mark.xfail(strict=True, reason="query is not NFKC-normalised before embedding")
 def test_full_width_query_embeds_as_its_ascii_form(world: Settings) -> None:
     ascii_hits = search(world, "COVID-19 vaccine uptake", k=5, mode="semantic")
     wide_hits = search(world, "ＣＯＶＩＤ－１９ ｖａｃｃｉｎｅ ｕｐｔａｋｅ", k=5, mode="semantic")
