@@ -70,8 +70,13 @@ from ingest.http import HttpClient
 from ingest.runs import Counts, IngestCounts, recorded_run
 from ingest.store import Store
 from litpulse.core import db
-from litpulse.core.db import upsert
-from litpulse.core.errors import InvalidRequestError, RateLimitedError, TransientSourceError
+from litpulse.core.db import acquire_lease, lease_holder, upsert
+from litpulse.core.errors import (
+    BusyError,
+    InvalidRequestError,
+    RateLimitedError,
+    TransientSourceError,
+)
 from litpulse.core.schema import articles, quarantine
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import utcnow
@@ -474,6 +479,8 @@ def _split(
     return merged, refused
 
 
+#: The lease one citation refresh holds: two at once would ask iCite for the same articles.
+REFRESH_LEASE = "citations-refresh"
 #: The quarantine's ``source_kind`` of an iCite API record.
 SOURCE_KIND = "icite"
 
@@ -544,8 +551,25 @@ def refresh_citations(
 
     Raises:
         TransientSourceError: iCite kept failing (batches already written stay).
+        BusyError: Another citation refresh of this store runs now (lease
+            :data:`REFRESH_LEASE`): it would ask iCite for the same articles.
     """
     engine = db.connect(settings)
+    lease = acquire_lease(engine, REFRESH_LEASE)
+    if lease is None:
+        holder = lease_holder(engine, REFRESH_LEASE)
+        raise BusyError(
+            f"busy: another citation refresh ({holder[0] if holder else '?'}) runs on this "
+            f"store (lease {REFRESH_LEASE!r}); nothing was asked: run again when it is done"
+        )
+    with lease:
+        return _refresh(settings, engine, pmids, progress)
+
+
+def _refresh(
+    settings: Settings, engine: Engine, pmids: Iterable[int] | None, progress: bool
+) -> CitationCounts:
+    """:func:`refresh_citations` under its lease."""
     store = Store(engine)
     if pmids is None:
         wanted = due_pmids(engine, limit=settings.icite_max_per_run or None)

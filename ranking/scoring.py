@@ -70,6 +70,7 @@ from litpulse.core.impact import (
     CPY_REFERENCE,
     NEUTRAL_CITATION,
     RCR_REFERENCE,
+    YOUNG_DAYS,
     age_days,
     recency_decay,
     row_citation_impact,
@@ -384,9 +385,11 @@ def citation_value(row: Mapping[str, Any], options: ScoringOptions) -> tuple[flo
             f"-> {value:.3f}"
         )
     elif impact.source in ("icite_citations_per_year", "icite_citation_count"):
+        young = age is not None and age < YOUNG_DAYS
         info["text"] = (
             f"iCite {impact.raw:.2f} citations/year (no RCR yet; {CPY_REFERENCE:g}/year "
-            f"is typical) -> {value:.3f}"
+            f"is typical{'; under a year old: at least neutral' if young else ''}) "
+            f"-> {value:.3f}"
         )
     elif impact.source == "in_corpus":
         info["rate_per_year"] = impact.rate_per_year

@@ -7,8 +7,10 @@
 * :func:`citation_impact` — the best citation evidence known, mapped into [0, 1) so that a
   typical article lands on :data:`NEUTRAL_CITATION`: iCite's Relative Citation Ratio
   (``saturate(rcr, 1)``), else citations per year (``saturate(cpy, 2)``; from a count ÷
-  years when only a count is known), else in-corpus citations per year, which can only
-  raise the value (``0.5 + 0.5 · rate / (rate + 1)``), else neutral.
+  years when only a count is known; for an article under :data:`YOUNG_DAYS` old, which
+  has had no time to be cited, it can only raise the value above neutral), else in-corpus
+  citations per year, which can only raise the value (``0.5 + 0.5 · rate / (rate + 1)``),
+  else neutral.
 * :func:`row_citation_impact` — :func:`citation_impact` of an article row's columns
   (:data:`CITATION_COLUMNS`): the evidence ranking scores with, read once for everyone
   who weighs articles by it (ranking's score, retraining's sampling weight).
@@ -35,6 +37,7 @@ __all__ = [
     "CORPUS_REFERENCE",
     "CITATION_COLUMNS",
     "DAYS_PER_YEAR",
+    "YOUNG_DAYS",
     "CitationImpact",
     "age_days",
     "citation_impact",
@@ -54,6 +57,9 @@ CPY_REFERENCE = 2.0
 CORPUS_REFERENCE = 1.0
 #: Days per year when ages become citation rates.
 DAYS_PER_YEAR = 365.25
+#: Days under which an article's citation count says nothing against it (iCite has no RCR
+#: for it yet either): its value from citations per year is at least neutral.
+YOUNG_DAYS = 365
 
 
 def recency_decay(age_days: float, half_life_days: float) -> float:
@@ -128,9 +134,10 @@ def citation_impact(
         citations_per_year = citation_count / years_of(age)
         source = "icite_citation_count"
     if citations_per_year is not None:
-        return CitationImpact(
-            saturate(citations_per_year, CPY_REFERENCE), source, citations_per_year
-        )
+        value = saturate(citations_per_year, CPY_REFERENCE)
+        if age is not None and age < YOUNG_DAYS:  # too young for few citations to count
+            value = max(NEUTRAL_CITATION, value)
+        return CitationImpact(value, source, citations_per_year)
     local = cited_by_in_corpus or 0.0
     if local > 0:
         rate = local / years_of(age)

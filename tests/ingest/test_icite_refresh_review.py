@@ -396,10 +396,6 @@ def test_deleted_articles_are_never_refreshed(emu: Emulator, sqlite_settings: Se
 # ------------------------------------------------ ranking: what the numbers become
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a days-old article iCite knows with 0 citations drops from neutral 0.5 to 0.0",
-)
 def test_a_brand_new_article_is_not_penalised_once_icite_learns_of_it(
     emu: Emulator, sqlite_settings: Settings
 ) -> None:
@@ -503,10 +499,6 @@ def test_refresh_moves_the_ranking_the_way_the_numbers_say(
 # ------------------------------------------------ two refreshes at once
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="two concurrent refreshes (CLI beside the nightly) each ask iCite for every due PMID",
-)
 def test_two_refreshes_at_once_do_not_both_ask_for_the_same_articles(
     emu: Emulator, sqlite_settings: Settings
 ) -> None:
