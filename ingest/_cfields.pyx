@@ -233,7 +233,7 @@ cdef class ArticleReader:
 
     cdef _Maker Record, Author, AbstractSection
     cdef object MeshHeading
-    cdef object id_value, clean_doi, clean_orcid, pub_date_of, ymd_of
+    cdef object id_value, clean_doi, clean_orcid, pub_date_of, ymd_of, markup_spaces
     cdef dict mesh_cache
     cdef Py_ssize_t mesh_cache_size
     cdef object max_pmid, max_version, no_date
@@ -246,6 +246,7 @@ cdef class ArticleReader:
         self.id_value = fields.id_value
         self.clean_doi = fields._clean_doi
         self.clean_orcid = fields._clean_orcid
+        self.markup_spaces = fields._markup_spaces
         self.pub_date_of = dates.pub_date_of
         self.ymd_of = dates.ymd_of
         self.mesh_cache = fields._MESH_CACHE
@@ -292,10 +293,13 @@ cdef class ArticleReader:
             inner = _all_text(child)
             tail = _collect(child.next)
             if inner and _u(<const char*>child.name) in _WORD_MARKUP:
-                if parts and parts[-1][-1:].isalpha() and inner[:1].isalpha():
+                # the Python reader's rule (fields._markup_spaces), called as it is
+                space_before, space_after = self.markup_spaces(
+                    parts[-1] if parts else "", inner, tail or "")
+                if space_before:
                     parts.append(" ")
                 parts.append(inner)
-                if tail and tail[:1].isalpha() and inner[-1:].isalpha():
+                if space_after:
                     parts.append(" ")
             elif inner:
                 parts.append(inner)

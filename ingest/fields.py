@@ -634,6 +634,27 @@ def _squeeze(text: str) -> str:
     return text.strip()
 
 
+def _markup_spaces(before: str, inner: str, after: str) -> tuple[bool, bool]:
+    """Whether a space lost between a word and italic/bold markup holding ``inner`` goes
+    back before it (``before``: the text just before) and after it (``after``: just after).
+
+    Only between two letters, and not for markup of one letter or around a Greek letter:
+    such markup belongs to its word (``NF-<i>κ</i>B``, ``TNF<i>α</i>``, ``p<i>K</i>a``).
+    The one home of the rule: the compiled reader calls it too.
+    """
+    if len(inner) < 2:
+        return False, False
+
+    def apart(left: str, right: str) -> bool:
+        return left.isalpha() and right.isalpha() and not (_greek(left) or _greek(right))
+
+    return apart(before[-1:], inner[:1]), apart(inner[-1:], after[:1])
+
+
+def _greek(char: str) -> bool:
+    return "\u0370" <= char <= "\u03ff" or "\u1f00" <= char <= "\u1fff"
+
+
 def _flatten_children(elem: Any) -> str:
     head = elem.text
     parts: list[str] = [head] if head else []
@@ -642,10 +663,12 @@ def _flatten_children(elem: Any) -> str:
         tail = child.tail
         if child.tag in _WORD_MARKUP and inner:
             # Put back a space lost between a word and italic/bold markup.
-            if parts and parts[-1][-1:].isalpha() and inner[:1].isalpha():
+            space_before, space_after = _markup_spaces(parts[-1] if parts else "", inner,
+                                                       tail or "")  # fmt: skip
+            if space_before:
                 parts.append(" ")
             parts.append(inner)
-            if tail and tail[:1].isalpha() and inner[-1:].isalpha():
+            if space_after:
                 parts.append(" ")
         elif inner:
             parts.append(inner)
