@@ -17,8 +17,12 @@ import re
 from typing import Any
 
 from ingest.records import PartialDate
+from litpulse.core.settings import Settings
+from litpulse.core.timeutil import as_utc
 
-__all__ = ["parse_medline_date", "pub_date_of", "read_pub_date", "read_ymd", "ymd_of"]
+__all__ = [
+    "parse_medline_date", "pub_date_of", "read_pub_date", "read_ymd", "searched_days", "ymd_of",
+]  # fmt: skip
 
 _MONTHS: dict[str, int] = {}
 for _i, _name in enumerate(calendar.month_name):
@@ -221,3 +225,15 @@ def _to_date(y: str | None, m: str | None, d: str | None) -> dt.date | None:
         return dt.date(year, month, int(d) if d else 1)
     except (ValueError, KeyError, OverflowError):
         return None
+
+
+def searched_days(
+    settings: Settings, since: dt.datetime, until: dt.datetime
+) -> tuple[dt.date, dt.date]:
+    """The first and last PubMed day ESearch searches for the window ``[since, until)``
+    (UTC instants): every day the window touches, from ``LITPULSE_WINDOW_OVERLAP_DAYS``
+    before ``since``. PubMed's days are NLM's Eastern days
+    (:func:`litpulse.core.timeutil.nlm_day_start` says when one begins)."""
+    since, until = as_utc(since), as_utc(until)
+    first = (since - dt.timedelta(days=settings.window_overlap_days)).date()
+    return first, (until - dt.timedelta(microseconds=1)).date()

@@ -59,6 +59,7 @@ from typing import Any
 from lxml import etree
 
 from ingest import missing as owing
+from ingest.dates import searched_days
 from ingest.http import HttpClient, eutils_client
 from ingest.parse import ParseLimits, parse_bytes
 from ingest.records import Deletion, Item, QuarantineEntry, Record, SourceRef
@@ -85,7 +86,6 @@ __all__ = [
     "ingest_window",
     "parse_esearch",
     "search_pmids",
-    "searched_days",
     "window_key",
 ]
 
@@ -658,18 +658,6 @@ def ingest_window(
     if whole_window:  # batches an earlier try stored included: a retry is judged whole
         return run.counts + IngestCounts(**run.details.get("resumed_counts", {}))
     return run.counts
-
-
-def searched_days(
-    settings: Settings, since: dt.datetime, until: dt.datetime
-) -> tuple[dt.date, dt.date]:
-    """The first and last PubMed day ESearch searches for the window ``[since, until)``
-    (UTC instants): every day the window touches, from ``LITPULSE_WINDOW_OVERLAP_DAYS``
-    before ``since``. PubMed's days are NLM's Eastern days
-    (:func:`litpulse.core.timeutil.nlm_day_start` says when one begins)."""
-    since, until = as_utc(since), as_utc(until)
-    first = (since - dt.timedelta(days=settings.window_overlap_days)).date()
-    return first, (until - dt.timedelta(microseconds=1)).date()
 
 
 def _fetch_batch(

@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select, update
 
-from ingest.eutils import searched_days
+from ingest.dates import searched_days
 from ingest.runs import IngestCounts
 from litpulse.core.errors import ConfigError, DataQualityError
 from litpulse.core.settings import Settings
@@ -166,7 +166,7 @@ def check_ingest(
     Checks, each configurable:
 
     * **empty weekday** — a window whose searched days (PubMed's, from
-      ``LITPULSE_WINDOW_OVERLAP_DAYS`` before its start: :func:`ingest.eutils.searched_days`)
+      ``LITPULSE_WINDOW_OVERLAP_DAYS`` before its start: :func:`ingest.dates.searched_days`)
       hold a Monday-Friday and that returned no record at all
       (``LITPULSE_QUALITY_EXPECT_WEEKDAYS``): a Saturday window searches Friday again.
       ``counts`` are the window's whole: a rerun of a finished window counts the batches
@@ -295,9 +295,8 @@ def check_ingest(
                     "progress watermark %s): a mirror or a replay?",
                     newest or "missing", days, end.date(), "+".join(progress), iso(watermark),
                 )
+        _mark_judged(engine, start, end)  # whatever the outcome: see the rate's rule
 
-    if window is not None and engine is not None and start is not None and end is not None:
-        _mark_judged(engine, start, end)
     report = QualityReport(
         ok=not problems,
         problems=tuple(problems),

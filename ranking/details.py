@@ -24,6 +24,7 @@ from sqlalchemy import select
 
 from litpulse.core import db
 from litpulse.core.schema import articles
+from litpulse.core.timeutil import as_date
 from ranking.snippets import highlight_spans, highlight_terms, snippet
 
 if TYPE_CHECKING:
@@ -142,19 +143,12 @@ def published_parts(row: Mapping[str, Any]) -> tuple[int, int | None, int | None
     ``best_date`` (the entrez date); ``None`` without any. ``best_date`` itself is the
     first day such a date can mean (recency, sorting): a year-only ``2019`` is not
     shown as ``2019-01-01``."""
-    import datetime as dt
-
-    for name in ("article_date", "best_date"):
-        value = row.get(name)
-        year = row.get("pub_year")
-        if name == "best_date" and year:
-            month, day = row.get("pub_month"), row.get("pub_day")
-            return int(year), int(month) if month else None, int(day) if month and day else None
-        if isinstance(value, str) and value:
-            value = dt.date.fromisoformat(value[:10])
-        if isinstance(value, dt.date):
-            return value.year, value.month, value.day
-    return None
+    year = row.get("pub_year")
+    if not row.get("article_date") and year:
+        month, day = row.get("pub_month"), row.get("pub_day")
+        return int(year), int(month) if month else None, int(day) if month and day else None
+    day_of = as_date(row.get("article_date") or row.get("best_date"))
+    return None if day_of is None else (day_of.year, day_of.month, day_of.day)
 
 
 def published_text(row: Mapping[str, Any]) -> str | None:

@@ -292,6 +292,11 @@ def profile_change(record: dict[str, Any], spec: ModelSpec) -> tuple[str, Any, A
     type is used only when its vectors keep cosine >= ``MIN_COSINE`` to fp32's."""
     if base_model_changed({"base_model": record}, spec) is not None:
         return ("LITPULSE_MODEL", record.get("path"), spec.base_model)
+    return _seq_change(record, spec)
+
+
+def _seq_change(record: dict[str, Any], spec: ModelSpec) -> tuple[str, Any, Any] | None:
+    """:func:`profile_change` of the sequence length alone."""
     seq = record.get("max_seq_length")
     if seq is not None and spec.max_seq_length is not None and int(seq) != spec.max_seq_length:
         return ("LITPULSE_MAX_SEQ_LENGTH", int(seq), spec.max_seq_length)
@@ -305,8 +310,7 @@ def profile_changed(details: Any, spec: ModelSpec) -> str | None:
     changed = base_model_changed(details, spec)
     if changed is not None:
         return changed
-    record = (details or {}).get("base_model") or {}
-    change = profile_change(record, spec)
+    change = _seq_change((details or {}).get("base_model") or {}, spec)
     if change is None:
         return None
     _, was, now = change

@@ -168,7 +168,7 @@ def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datet
     the run's start (``--until`` in the future) counts as the start: records of later days
     could not be searched yet.
     """
-    from ingest.eutils import searched_days
+    from ingest.dates import searched_days
 
     r = ingest_runs.c
     engine = engine or db.connect(settings)
@@ -192,7 +192,7 @@ def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datet
             # a withheld window is not through: what came before it is
             reached = start if withheld is not None and start is not None else end
             # a window searches PubMed's days from `overlap` before its start
-            # (ingest.eutils.searched_days), which begin at midnight in Bethesda
+            # (ingest.dates.searched_days), which begin at midnight in Bethesda
             begin = None if start is None else nlm_day_start(searched_days(settings, start, end)[0])
             spans.append((begin, min(reached, started)))
     # the end of the windows that follow one another without a gap from the earliest: a
