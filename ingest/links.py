@@ -25,13 +25,16 @@ from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.engine import Connection
 
 from ingest.rows import PreparedRecord
-from litpulse.core.db import id_in, insert_tuples, pg_int_array
-from litpulse.core.schema import article_terms, articles, references
+from litpulse.core.db import id_in, insert_tuples, pg_int_array, upsert
+from litpulse.core.schema import article_terms, articles, references, term_forms
+from litpulse.core.text import fold_term
 
 T = TypeVar("T")
 
 __all__ = [
+    "FOLDED_KINDS",
     "IN_CHUNK",
+    "add_term_forms",
     "chunks",
     "new_cited_by",
     "recompute_cited_by",
@@ -44,6 +47,8 @@ IN_CHUNK = 5000
 #: ``UPDATE … FROM`` (3.33) and ``json_each`` make the SQLite count updates set-based.
 _SQLITE_SET_BASED = sqlite3.sqlite_version_info >= (3, 33)
 _NONE: frozenset[int] = frozenset()
+#: The term kinds a filter compares folded (``lang`` codes are compared as they are).
+FOLDED_KINDS = ("mesh", "ptype")
 
 _SET_CITED_BY = (
     update(articles)
@@ -120,6 +125,30 @@ def replace_links(
     recount -= counted
     if recount:
         recompute_cited_by(conn, recount, bulk=bulk, fresh=recount & new)
+
+
+def add_term_forms(
+    conn: Connection, live: dict[int, PreparedRecord], known: Set[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """Record in ``term_forms`` the spellings of MeSH descriptors and publication types
+    that ``live`` carries and ``known`` does not hold, with their folded form (one
+    statement; a spelling another writer added meanwhile is left as it is).
+
+    Args:
+        conn: The batch's connection.
+        live: The batch's records that end it live.
+        known: Spellings known to be recorded already (the caller's cache: it adds what
+            this returns once the batch has committed).
+
+    Returns:
+        The ``(kind, term)`` spellings this batch wrote.
+    """
+    seen = {t[:2] for prep in live.values() for t in prep.terms if t[0] in FOLDED_KINDS}
+    fresh = seen - known
+    if fresh:  # in key order: two writers wait for each other rather than deadlock
+        rows = [{"kind": k, "term": t, "folded": fold_term(t)} for k, t in sorted(fresh)]
+        upsert(conn, term_forms, rows, keys=["kind", "term"], update=[])
+    return fresh
 
 
 def new_cited_by(

@@ -58,7 +58,15 @@ from sqlalchemy.engine import Connection
 
 from ingest import missing as owing
 from ingest.checkpoints import Checkpoints
-from ingest.links import chunks, new_cited_by, recompute_cited_by, recount_range, replace_links
+from ingest.links import (
+    FOLDED_KINDS,
+    add_term_forms,
+    chunks,
+    new_cited_by,
+    recompute_cited_by,
+    recount_range,
+    replace_links,
+)
 from ingest.records import NLM_YEAR_FACTOR, Deletion, QuarantineEntry, Record, nlm_file_order
 from ingest.rows import (
     ARTICLE_COLUMNS,
@@ -82,8 +90,9 @@ from litpulse.core.db import (
     upsert,
 )
 from litpulse.core.errors import ConfigError, NotFoundError
-from litpulse.core.schema import article_terms, articles, quarantine, references
+from litpulse.core.schema import article_terms, articles, quarantine, references, term_forms
 from litpulse.core.settings import Settings
+from litpulse.core.text import fold_term
 from litpulse.core.timeutil import iso, utcnow
 
 __all__ = ["COUNTS_CHECKPOINT", "IngestCounts", "RECOUNT_STEP", "Store", "store_counts"]
@@ -103,6 +112,10 @@ _SEQUENCES_CURRENT: set[str] = set()
 LANG_TERMS_CHECKPOINT = ("store", "lang_terms")
 #: Stores this process found with their ``lang`` terms complete.
 _LANG_TERMS_CURRENT: set[str] = set()
+#: Set once ``term_forms`` holds every spelling ``article_terms`` held when it came.
+TERM_FORMS_CHECKPOINT = ("store", "term_forms")
+#: Stores this process found with their ``term_forms`` complete.
+_TERM_FORMS_CURRENT: set[str] = set()
 #: PMIDs per transaction of a full recount (PubMed's ~40 M PMIDs: ~160 statements).
 RECOUNT_STEP = 250_000
 
@@ -153,6 +166,8 @@ class Store(RunLedger, Checkpoints):
         self.bulk = bulk
         self.defer_counts = defer_counts
         self._marked = False
+        #: term spellings known to be in ``term_forms`` (committed ones only)
+        self._term_forms: set[tuple[str, str]] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -188,6 +203,7 @@ class Store(RunLedger, Checkpoints):
             raise ConfigError(f"batch_size must be positive, got {batch_size!r}")
         self.upgrade_sequences()
         self.upgrade_lang_terms()
+        self.upgrade_term_forms()
         counter = Counter()
         touched: set[int] = set()
         first = 0
@@ -198,9 +214,10 @@ class Store(RunLedger, Checkpoints):
                     self._marked = True
                 before = counter.freeze()
                 with self.engine.begin() as conn:
-                    self._apply_batch(conn, batch, first, run_id, counter, touched)
+                    forms = self._apply_batch(conn, batch, first, run_id, counter, touched)
                     if run_id is not None:  # what a killed run stored stays counted
                         add_run_counts(conn, run_id, counter.freeze() - before)
+                self._term_forms |= forms  # committed: a batch rolled back adds nothing
                 first += len(batch)
                 if on_batch is not None:
                     on_batch(counter.freeze() - before)
@@ -299,6 +316,33 @@ class Store(RunLedger, Checkpoints):
         what = "language terms of bilingual articles added"
         return self._upgrade_once(LANG_TERMS_CHECKPOINT, _LANG_TERMS_CURRENT, work, what)
 
+    def upgrade_term_forms(self) -> int:
+        """Record the term spellings stored before ``term_forms`` existed (a MeSH filter
+        finds their folded forms), once per store: one pass over ``article_terms`` by PMID
+        range, on the first write after the upgrade; then a checkpoint. Memory holds the
+        distinct spellings only (MeSH: ~30,000).
+
+        Returns:
+            The spellings added (0 when the store was current).
+        """
+        t = article_terms.c
+
+        def work(conn: Connection) -> int:
+            top = conn.execute(select(func.max(t.pmid))).scalar() or 0
+            seen: set[tuple[str, str]] = set()
+            for low in range(0, top + 1, RECOUNT_STEP):
+                seen.update(conn.execute(
+                    select(t.kind, t.term).distinct()
+                    .where(t.pmid >= low, t.pmid < low + RECOUNT_STEP,
+                           t.kind.in_(FOLDED_KINDS))
+                ))  # fmt: skip
+            rows = [{"kind": k, "term": v, "folded": fold_term(v)} for k, v in sorted(seen)]
+            upsert(conn, term_forms, rows, keys=["kind", "term"], update=[])
+            return len(rows)
+
+        what = "term spellings recorded for the folded MeSH and publication-type filters"
+        return self._upgrade_once(TERM_FORMS_CHECKPOINT, _TERM_FORMS_CURRENT, work, what)
+
     def _apply_batch(
         self,
         conn: Connection,
@@ -307,8 +351,9 @@ class Store(RunLedger, Checkpoints):
         run_id: int | None,
         counter: Counter,
         touched: set[int],
-    ) -> None:
-        """Decide (:func:`ingest.rules.plan_batch`) and write one batch at ``first``."""
+    ) -> set[tuple[str, str]]:
+        """Decide (:func:`ingest.rules.plan_batch`) and write one batch at ``first``;
+        returns the term spellings it added to ``term_forms``."""
         now = db_now(conn)  # the database's clock: watermarks compare one clock's stamps
         pmids = {it.pmid for it in batch if isinstance(it, PreparedRecord | Record | Deletion)}
         states = self._read_states(conn, pmids)
@@ -365,11 +410,13 @@ class Store(RunLedger, Checkpoints):
                 conn.execute(update(quarantine)
                              .where(q.pmid.in_(part), q.resolved_at.is_(None))
                              .values(resolved_at=now))  # fmt: skip
-        if changed:
-            replace_links(
-                conn, changed & stored, live, was_live, bulk=self.bulk, new=new, counted=counted,
-                counts=not self.defer_counts,
-            )  # fmt: skip
+        if not changed:
+            return set()
+        replace_links(
+            conn, changed & stored, live, was_live, bulk=self.bulk, new=new, counted=counted,
+            counts=not self.defer_counts,
+        )  # fmt: skip
+        return add_term_forms(conn, live, self._term_forms)
 
     def _write_articles(
         self,

@@ -87,7 +87,6 @@ import math
 import os
 import re
 import threading
-import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +99,7 @@ from litpulse.core import db
 from litpulse.core.errors import ConsistencyError
 from litpulse.core.schema import articles
 from litpulse.core.settings import Settings
+from litpulse.core.text import GREEK, fold
 from ranking.models import published_index_row
 
 __all__ = [
@@ -178,34 +178,6 @@ IDF_CACHE = 100_000
 #: tantivy's tokenizer of the text fields: the text given is already analysed.
 _TOKENIZER = "litpulse_terms"
 
-_GREEK = dict(
-    zip(
-        "αβγδεζηθικλμνξοπρσςτυφϕχψω",
-        (
-            "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi "
-            "rho sigma sigma tau upsilon phi phi chi psi omega"
-        ).split(),
-        strict=True,
-    )
-)
-_DASHES = str.maketrans(
-    {**{c: "-" for c in "\u2010\u2011\u2012\u2013\u2212\ufe63\uff0d"}, "'": None, "\u2019": None}
-)
-#: Trade and service marks, dropped before NFKC (which would spell ``MAVYRET™`` ``mavyrettm``);
-#: apostrophe-like marks inside a word (``Crohnʼs``, ``5′-UTR``, ``Crohn´s``: the acute
-#: accent, which NFKC would make a space), dropped as ``'`` is; and the invisible format
-#: characters a word can hold (a soft hyphen, zero-width spaces and joiners, bidirectional
-#: marks): ``immuno\u00adglobulin`` is one word.
-_MARKS = str.maketrans({
-    **dict.fromkeys("\u2122\u2120\u00ae\u00a9", " "),
-    **dict.fromkeys("\u02bc\u2018\u2032\u00b4"),
-    **dict.fromkeys("\u00ad\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2062\u2063\u2064"
-                    "\ufeff\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"),
-})
-#: Letters with no Unicode decomposition, folded as a reader would type them (after lower
-#: case): ``Tromsø`` ``tromso``, ``Gießen`` ``giessen``.
-_FOLDS = str.maketrans({"ø": "o", "ß": "ss", "æ": "ae", "œ": "oe", "ł": "l", "đ": "d",
-                        "ı": "i", "þ": "th", "ð": "d", "ħ": "h"})
 _WORD = re.compile(r"[^\W_]+(?:-+[^\W_]+)*")
 _SEGMENT = re.compile(r"[^\W\d_]+|\d+")
 #: Words of two or more letters (the capitals of an abbreviation, say).
@@ -222,7 +194,7 @@ _LABEL = re.compile(r"^[^\S\n]*[A-Z][A-Z0-9 ,;&/()'-]*:", re.MULTILINE)
 #: PubMed's operators typed between two query words (``COPD OR emphysema``): not terms.
 _OPERATORS = frozenset({"AND", "OR", "NOT"})
 #: Lower-case Greek letters, left out when telling whether a text is wholly in capitals.
-_NO_GREEK = str.maketrans(dict.fromkeys(_GREEK))
+_NO_GREEK = str.maketrans(dict.fromkeys(GREEK))
 
 
 # --------------------------------------------------------------------------- tokenisation
@@ -274,10 +246,7 @@ def _lower(text: str) -> str:
 
 
 def _normalise(text: str) -> str:
-    text = _lower(unicodedata.normalize("NFKC", text.translate(_MARKS)))
-    text = text.translate(_DASHES).translate(_FOLDS)
-    text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
-    return "".join(f"-{_GREEK[c]}-" if c in _GREEK else c for c in text)
+    return fold(text, _lower)
 
 
 def _words(text: str) -> Iterator[list[str]]:

@@ -43,10 +43,10 @@ from sqlalchemy import and_, exists, func, or_, select
 
 from litpulse.core import db
 from litpulse.core.errors import ConfigError, ConsistencyError, NotFoundError
-from litpulse.core.schema import article_terms, articles
+from litpulse.core.schema import article_terms, articles, term_forms
 from litpulse.core.settings import Settings
 from litpulse.core.states import Fusion, SearchMode, SearchSort
-from litpulse.core.text import checked_text
+from litpulse.core.text import checked_text, fold_term
 from litpulse.core.timeutil import iso, parse_date
 from ranking.details import links, published_text, with_details
 from ranking.scoring import Relevance, ScoringOptions, score_article, scores
@@ -235,8 +235,10 @@ class SearchFilters:
             June-December 2019 range; a January 2020 issue published online in November
             2019 is in 2020): PubMed's own [dp] matches the print or the electronic date.
         until: Latest publication day (inclusive); see ``since``.
-        mesh: MeSH descriptors the article must all carry (case-insensitive; runs of
-            white space, non-breaking ones too, count as one space).
+        mesh: MeSH descriptors the article must all carry, compared folded
+            (:func:`litpulse.core.text.fold_term`: case, accents, apostrophes, dashes,
+            Greek letters and white space aside: ``Sjögren’s syndrome`` finds
+            ``Sjogren's Syndrome``, ``α-Synuclein`` finds ``alpha-Synuclein``).
         publication_type: Publication types it must all have (likewise).
         language: Language code, e.g. ``eng`` (case-insensitive): any language of the
             article (stores older than this rule know only the first of an article
@@ -309,17 +311,17 @@ class SearchFilters:
             ))  # fmt: skip
         if self.has_abstract is not None:
             conds.append(articles.c.has_abstract.is_(bool(self.has_abstract)))
+        t, f = article_terms.c, term_forms.c
         for kind, terms in (("mesh", self.mesh), ("ptype", self.publication_type)):
             for term in terms:
-                conds.append(
-                    exists().where(
-                        and_(
-                            article_terms.c.pmid == articles.c.pmid,
-                            article_terms.c.kind == kind,
-                            func.lower(article_terms.c.term) == term.lower(),
-                        )
-                    )
-                )
+                # any stored spelling of the same folded form (Sjögren’s, α-, ‐), or the
+                # term itself in any case (spellings stored before term_forms was filled)
+                spellings = select(f.term).where(f.kind == kind, f.folded == fold_term(term))
+                conds.append(exists().where(
+                    t.pmid == articles.c.pmid,
+                    t.kind == kind,
+                    or_(func.lower(t.term) == term.lower(), t.term.in_(spellings)),
+                ))  # fmt: skip
         return conds
 
     def to_dict(self) -> dict[str, Any]:

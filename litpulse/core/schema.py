@@ -42,6 +42,7 @@ __all__ = [
     "RETIRED_INDEXES",
     "articles",
     "references",
+    "term_forms",
     "quarantine",
     "ingest_runs",
     "checkpoints",
@@ -186,6 +187,21 @@ article_terms = Table(
     Column("major", Boolean, nullable=False, default=False),
     # SQLite: the rows live in the primary key's B-tree (no rowid table beside it: one
     # B-tree less to write per link; stores created before this keep their rowid tables)
+    sqlite_with_rowid=False,
+)
+
+#: The spellings ``article_terms`` holds of each MeSH descriptor and publication type, with
+#: their folded form (:func:`litpulse.core.text.fold_term`): a filter typed ``Sjögren’s
+#: Syndrome`` or ``α-Synuclein`` finds the stored ``Sjogren's Syndrome`` and
+#: ``alpha-Synuclein`` through it. Written with the terms; never pruned (a spelling no
+#: article carries any more matches nothing).
+term_forms = Table(
+    "term_forms",
+    metadata,
+    Column("kind", String(TERM_KIND_MAX), primary_key=True),
+    Column("term", String(TERM_MAX), primary_key=True),
+    Column("folded", String(TERM_MAX), nullable=False),
+    Index("ix_term_forms_folded", "kind", "folded"),
     sqlite_with_rowid=False,
 )
 

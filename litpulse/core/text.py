@@ -18,10 +18,13 @@ Example:
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections.abc import Callable
 
 from litpulse.core.errors import ConfigError
+from litpulse.core.widths import TERM_MAX
 
-__all__ = ["checked_text", "plain_mailbox"]
+__all__ = ["GREEK", "checked_text", "fold", "fold_term", "plain_mailbox"]
 
 #: C0 and C1 control characters but tab, line feed and carriage return; DEL; lone
 #: surrogates (the CLI's arguments carry undecodable bytes as such; no database stores them).
@@ -87,3 +90,69 @@ def plain_mailbox(value: str, what: str = "e-mail address") -> str:
         raise ConfigError(f"{what} must be one plain mailbox (name@domain, at most "
                           f"{MAX_ADDRESS} characters), got {value!r}")
     return address
+
+
+# ------------------------------------------------------------------------------ folding
+
+#: Greek letters by the names PubMed spells them with (``alpha-Synuclein``).
+GREEK = dict(
+    zip(
+        "αβγδεζηθικλμνξοπρσςτυφϕχψω",
+        (
+            "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi "
+            "rho sigma sigma tau upsilon phi phi chi psi omega"
+        ).split(),
+        strict=True,
+    )
+)
+#: Hyphens, dashes and minus signs as ``-``; the apostrophe dropped (``Crohn's`` ``crohns``).
+_DASHES = str.maketrans(
+    {**{c: "-" for c in "\u2010\u2011\u2012\u2013\u2212\ufe63\uff0d"}, "'": None, "\u2019": None}
+)
+#: Trade and service marks, dropped before NFKC (which would spell ``MAVYRET™`` ``mavyrettm``);
+#: apostrophe-like marks inside a word (``Crohnʼs``, ``5′-UTR``, ``Crohn´s``: the acute
+#: accent, which NFKC would make a space), dropped as ``'`` is; and the invisible format
+#: characters a word can hold (a soft hyphen, zero-width spaces and joiners, bidirectional
+#: marks): ``immuno\u00adglobulin`` is one word.
+_MARKS = str.maketrans({
+    **dict.fromkeys("\u2122\u2120\u00ae\u00a9", " "),
+    **dict.fromkeys("\u02bc\u2018\u2032\u00b4"),
+    **dict.fromkeys("\u00ad\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2062\u2063\u2064"
+                    "\ufeff\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"),
+})  # fmt: skip
+#: Letters with no Unicode decomposition, folded as a reader would type them (after lower
+#: case): ``Tromsø`` ``tromso``, ``Gießen`` ``giessen``.
+_FOLDS = str.maketrans({"ø": "o", "ß": "ss", "æ": "ae", "œ": "oe", "ł": "l", "đ": "d",
+                        "ı": "i", "þ": "th", "ð": "d", "ħ": "h"})  # fmt: skip
+#: A run of letters and digits: a folded term's words.
+_TERM_WORD = re.compile(r"[^\W_]+")
+
+
+def fold(text: str, lower: Callable[[str], str] = str.lower) -> str:
+    """``text`` as the lexical index and the term filters compare it: marks and invisible
+    characters dropped, NFKC (full-width forms, ligatures, the micro sign), ``lower``
+    (the lexical index keeps some capitals: :func:`ranking.lexical._lower`), dashes as
+    ``-``, apostrophes dropped, accents stripped, ``ø ß æ …`` spelt out, and each Greek
+    letter as its name between hyphens (``α-Synuclein`` ``-alpha--synuclein``).
+
+    Example:
+        >>> fold("Sjögren’s Syndrome")
+        'sjogrens syndrome'
+    """
+    text = lower(unicodedata.normalize("NFKC", text.translate(_MARKS)))
+    text = text.translate(_DASHES).translate(_FOLDS)
+    text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return "".join(f"-{GREEK[c]}-" if c in GREEK else c for c in text)
+
+
+def fold_term(term: str) -> str:
+    """A MeSH descriptor or publication type as a filter compares it: :func:`fold`, then
+    its words (runs of letters and digits) joined by one space, cut to ``TERM_MAX``. A
+    term typed with an accent, a curly apostrophe, a Greek letter or another dash finds
+    the stored spelling.
+
+    Example:
+        >>> fold_term("α‑Synuclein") == fold_term("alpha-Synuclein") == "alpha synuclein"
+        True
+    """
+    return " ".join(_TERM_WORD.findall(fold(term)))[:TERM_MAX]

@@ -764,3 +764,78 @@ def test_a_bilingual_article_stored_before_lang_terms_gains_them_on_the_next_wri
 
     assert lang_terms() == {(1, "spa"), (1, "fre")}
     assert Store(engine).upgrade_lang_terms() == 0  # once
+
+
+def _term_forms(engine: Engine) -> dict[tuple[str, str], str]:
+    from litpulse.core.schema import term_forms
+
+    with engine.connect() as conn:
+        rows = conn.execute(select(term_forms.c.kind, term_forms.c.term, term_forms.c.folded))
+        return {(k, t): f for k, t, f in rows}
+
+
+def test_term_spellings_are_recorded_folded_with_the_terms(engine: Engine) -> None:
+    """Each MeSH descriptor and publication type an article carries is in ``term_forms``
+    with its folded form (what the MeSH filter compares); ``lang`` terms are not."""
+    store = Store(engine)
+    mesh = (MeshHeading("Sjögren's Syndrome", "D012859"), MeshHeading("alpha-Synuclein", "D0"))
+    store.apply([make_record(1, mesh=mesh, ptypes=("Journal Article", "Review"))])
+    store.apply([make_record(2, mesh=mesh[:1])])  # known: nothing written again
+    assert _term_forms(engine) == {
+        ("mesh", "Sjögren's Syndrome"): "sjogrens syndrome",
+        ("mesh", "alpha-Synuclein"): "alpha synuclein",
+        ("ptype", "Journal Article"): "journal article",
+        ("ptype", "Review"): "review",
+    }
+
+
+def test_a_rolled_back_batch_leaves_its_term_spellings_unknown(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer remembers only spellings whose batch committed: a batch that fails after
+    writing them (rolled back) and is applied again by the same store writes them again."""
+    from ingest import store as store_module
+
+    store = Store(engine)
+    run = store.start_run("file", target="a.xml")
+    real = store_module.add_run_counts
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("killed after the batch's writes")
+
+    monkeypatch.setattr(store_module, "add_run_counts", crash)
+    record = make_record(1, mesh=(MeshHeading("Interleukin-6", "D015850"),))
+    with pytest.raises(RuntimeError):
+        store.apply([record], run_id=run)
+    assert _term_forms(engine) == {}
+    monkeypatch.setattr(store_module, "add_run_counts", real)
+    store.apply([record], run_id=run)
+    assert ("mesh", "Interleukin-6") in _term_forms(engine)
+
+
+def test_term_spellings_stored_before_term_forms_are_recorded_on_the_next_write(
+    settings: Settings,
+) -> None:
+    """Articles stored by a release without ``term_forms`` have their spellings recorded
+    on the first write after the upgrade (once): the folded MeSH filter finds them."""
+    from ingest import store as store_module
+    from litpulse.core.schema import checkpoints, term_forms
+    from ranking.search import SearchFilters
+
+    engine = db.connect(settings)
+    Store(engine).apply([make_record(1, mesh=(MeshHeading("Sjogren's Syndrome", "D0"),))])
+    with engine.begin() as conn:  # the store as an older litpulse left it
+        conn.execute(term_forms.delete())
+        conn.execute(checkpoints.delete().where(checkpoints.c.key == "term_forms"))
+    store_module._TERM_FORMS_CURRENT.clear()
+
+    def found(term: str) -> list[int]:
+        with engine.connect() as conn:
+            q = select(articles.c.pmid).where(*SearchFilters(mesh=(term,)).clauses())
+            return list(conn.execute(q).scalars())
+
+    assert found("sjogren's syndrome") == [1]  # any case: as before
+    assert found("Sjögren’s Syndrome") == []
+    Store(engine).apply([make_record(2, mesh=())])
+    assert found("Sjögren’s Syndrome") == [1]
+    assert Store(engine).upgrade_term_forms() == 0  # once

@@ -341,7 +341,6 @@ def test_prime_and_apostrophe_spellings_score_alike(world: Settings) -> None:
         pytest.param("sepsis", "Interleukin\u20106", 3003, id="unicode-hyphen"),
     ],
 )
-@pytest.mark.xfail(strict=True, reason="MeSH filter does not fold text like the lexical index")
 def test_mesh_filter_folds_variants_like_the_index(
     world: Settings, query: str, mesh: str, pmid: int
 ) -> None:
