@@ -620,12 +620,9 @@ def load_files(
     engine = db.connect(settings)
     # counts of citations inside the corpus are recounted once, after the last file
     store = Store(engine, defer_counts=defer_counts)
-    lease = db.acquire_lease(engine, WRITER_LEASE)
-    if lease is None:
-        holder = db.lease_holder(engine, WRITER_LEASE)
-        raise BootstrapBusyError(
-            f"another process ({holder[0] if holder else '?'}) is applying the bootstrap files"
-        )
+    lease = db.take_lease(engine, WRITER_LEASE, lambda who: BootstrapBusyError(
+        f"another process ({who}) is applying the bootstrap files"
+    ))  # fmt: skip
     with lease, store_writer(engine):
         plan = pending_files(settings, engine, accept_gaps=accept_gaps)
         pending, listed = list(plan.pending), plan.listed

@@ -70,7 +70,7 @@ from ingest.http import HttpClient
 from ingest.runs import Counts, IngestCounts, recorded_run
 from ingest.store import Store
 from litpulse.core import db
-from litpulse.core.db import acquire_lease, lease_holder, upsert
+from litpulse.core.db import upsert
 from litpulse.core.errors import (
     BusyError,
     InvalidRequestError,
@@ -555,13 +555,10 @@ def refresh_citations(
             :data:`REFRESH_LEASE`): it would ask iCite for the same articles.
     """
     engine = db.connect(settings)
-    lease = acquire_lease(engine, REFRESH_LEASE)
-    if lease is None:
-        holder = lease_holder(engine, REFRESH_LEASE)
-        raise BusyError(
-            f"busy: another citation refresh ({holder[0] if holder else '?'}) runs on this "
-            f"store (lease {REFRESH_LEASE!r}); nothing was asked: run again when it is done"
-        )
+    lease = db.take_lease(engine, REFRESH_LEASE, lambda who: BusyError(
+        f"busy: another citation refresh ({who}) runs on this store; nothing was asked: "
+        "run again when it is done"
+    ))  # fmt: skip
     with lease:
         return _refresh(settings, engine, pmids, progress)
 

@@ -45,7 +45,7 @@ from typing import Any, Self
 
 from sqlalchemy import Connection, Engine, insert, select, update
 
-from litpulse.core.db import Lease, acquire_lease, default_holder, holder_alive, lease_holder
+from litpulse.core.db import Lease, default_holder, holder_alive, take_lease
 from litpulse.core.errors import BusyError, ConfigError, NotFoundError
 from litpulse.core.schema import ingest_runs
 from litpulse.core.states import RunStatus
@@ -98,14 +98,10 @@ def store_writer(engine: Engine) -> Iterator[None]:
         lease, depth = held[key]
         held[key] = (lease, depth + 1)
     else:
-        taken = acquire_lease(engine, STORE_LEASE)
-        if taken is None:
-            holder = lease_holder(engine, STORE_LEASE)
-            raise StoreBusyError(
-                f"another process ({holder[0] if holder else '?'}) is writing articles to "
-                f"this store (lease {STORE_LEASE!r}, see `litpulse status`); nothing was "
-                "written: run again when it is done"
-            )
+        taken = take_lease(engine, STORE_LEASE, lambda who: StoreBusyError(
+            f"another process ({who}) is writing articles to this store (see `litpulse "
+            "status`); nothing was written: run again when it is done"
+        ))  # fmt: skip
         held[key] = (taken, 1)
     try:
         yield

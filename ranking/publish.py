@@ -166,10 +166,9 @@ def acquire_publish_lease(engine: Engine) -> db.Lease:
     Raises:
         IndexBusyError: Another process holds it.
     """
-    lease = db.acquire_lease(engine, LEASE_NAME, ttl_s=LEASE_TTL_S)
-    if lease is None:
-        raise IndexBusyError(f"another process is refreshing the index (lease {LEASE_NAME})")
-    return lease
+    return db.take_lease(engine, LEASE_NAME, lambda who: IndexBusyError(
+        f"another process ({who}) is refreshing the index"
+    ), ttl_s=LEASE_TTL_S)  # fmt: skip
 
 
 def check_model_active(conn: Connection, spec: ModelSpec) -> None:

@@ -22,6 +22,7 @@ import os
 import socket
 import sqlite3
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -37,7 +38,7 @@ from sqlalchemy.exc import IntegrityError
 from litpulse.core.errors import ConfigError, LeaseLostError
 from litpulse.core.schema import RETIRED_INDEXES, checkpoints, locks, metadata
 from litpulse.core.settings import Settings
-from litpulse.core.timeutil import as_utc, utcnow
+from litpulse.core.timeutil import as_utc, iso, utcnow
 
 __all__ = [
     "connect",
@@ -58,6 +59,7 @@ __all__ = [
     "LEASE_TTL_S",
     "Lease",
     "acquire_lease",
+    "take_lease",
     "release_lease",
     "lease_holder",
     "default_holder",
@@ -1039,6 +1041,40 @@ def acquire_lease(
             logger.warning("took lease %s over from %s: %s", name, row.holder, why)
             return Lease(engine, name, holder, ttl_s, heartbeat=heartbeat)
     return None
+
+
+def take_lease(
+    engine: Engine,
+    name: str,
+    busy: Callable[[str], Exception],
+    *,
+    ttl_s: float = LEASE_TTL_S,
+    wait_s: float = 0.0,
+) -> Lease:
+    """Take the lease ``name`` (:func:`acquire_lease`), or raise ``busy(who)``.
+
+    Args:
+        engine: The store's engine.
+        name: The lease.
+        busy: Makes the error raised when a live holder keeps it: it is given who holds
+            it (``HOLDER, lease NAME until ISO unless renewed``) for the message.
+        ttl_s: As for :func:`acquire_lease`.
+        wait_s: Seconds to keep trying (every few seconds) before giving up.
+
+    Example:
+        >>> lease = take_lease(engine, "digest", DigestBusyError)  # doctest: +SKIP
+    """
+    deadline = time.monotonic() + max(0.0, wait_s)
+    while True:
+        lease = acquire_lease(engine, name, ttl_s=ttl_s)  # takes a dead one over
+        if lease is not None:
+            return lease
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+    held = lease_holder(engine, name)
+    until = f" until {iso(held[1])} unless renewed" if held else ""
+    raise busy(f"{held[0] if held else '?'}, lease {name!r}{until}")
 
 
 def lease_holder(engine: Engine, name: str) -> tuple[str, dt.datetime] | None:

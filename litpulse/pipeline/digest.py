@@ -219,9 +219,9 @@ def run_digest(
         DigestBusyError: Another digest holds the ``digest`` lease.
     """
     engine = engine or db.connect(settings)
-    lease = db.acquire_lease(engine, LEASE_NAME)
-    if lease is None:
-        raise DigestBusyError(f"another digest is running (lease {LEASE_NAME!r})")
+    lease = db.take_lease(engine, LEASE_NAME, lambda who: DigestBusyError(
+        f"another digest ({who}) is running"
+    ))  # fmt: skip
     with lease:
         searches = list_searches(settings, engine=engine)
         if not searches:

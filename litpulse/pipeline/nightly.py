@@ -292,19 +292,9 @@ def _retrain_text(report: dict[str, Any]) -> str:
 
 
 def _acquire(engine: Engine, ttl_s: float, wait_s: float) -> db.Lease:
-    deadline = time.monotonic() + max(0.0, wait_s)
-    while True:
-        lease = db.acquire_lease(engine, LEASE_NAME, ttl_s=ttl_s)  # takes a dead one over
-        if lease is not None:
-            return lease
-        if time.monotonic() >= deadline:
-            held = db.lease_holder(engine, LEASE_NAME)
-            holder, until = (held[0], iso(held[1])) if held is not None else ("?", "?")
-            raise NightlyBusyError(
-                f"another nightly run is in progress (lease {LEASE_NAME!r} held by {holder}, "
-                f"expires {until} unless renewed); not starting a second one"
-            )
-        time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+    return db.take_lease(engine, LEASE_NAME, lambda who: NightlyBusyError(
+        f"another nightly run is in progress (held by {who}); not starting a second one"
+    ), ttl_s=ttl_s, wait_s=wait_s)  # fmt: skip
 
 
 # -------------------------------------------------------------------------------- run

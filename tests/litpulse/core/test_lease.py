@@ -262,3 +262,23 @@ def test_nightly_stops_before_writing_once_its_lease_is_taken_over(
         assert conn.execute(select(func.count()).select_from(embeddings)).scalar() == 0
         assert conn.execute(select(func.count()).select_from(index_versions)).scalar() == 0
     assert _row(engine, nightly.LEASE_NAME).holder == thief
+
+
+def test_take_lease_names_the_live_holder_in_the_busy_error(engine: Engine) -> None:
+    """The one lease-or-busy rule: a live holder makes ``take_lease`` raise the caller's
+    error, told who holds the lease, which lease and until when; once released it is
+    taken, and a caller that waits takes it as soon as it is freed."""
+    import threading
+
+    from litpulse.core.errors import BusyError
+
+    first = db.take_lease(engine, "digest", BusyError)
+    with pytest.raises(BusyError) as caught:
+        db.take_lease(engine, "digest", lambda who: BusyError(f"another digest ({who})"))
+    message = str(caught.value)
+    assert first.holder in message and "'digest'" in message and "unless renewed" in message
+    threading.Timer(0.5, first.release).start()
+    t0 = time.monotonic()
+    with db.take_lease(engine, "digest", BusyError, wait_s=30) as second:
+        assert db.lease_holder(engine, "digest")[0] == second.holder  # type: ignore[index]
+    assert time.monotonic() - t0 < 10  # taken when freed, not at the end of the wait
