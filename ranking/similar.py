@@ -34,6 +34,7 @@ from litpulse.core.settings import Settings
 from ranking.details import published_text, with_details
 from ranking.scoring import ScoringOptions, citation_value, recency_value
 from ranking.search import (
+    MAX_OFFSET,
     Hit,
     NoIndexError,
     SearchableIndex,
@@ -66,6 +67,10 @@ class SimilarResult:
     include_retracted: bool = False
     #: the source article itself is retracted (it is shown whatever ``include_retracted``)
     retracted: bool = False
+    #: neighbours skipped before ``hits`` (a page of the one ordered list)
+    offset: int = 0
+    #: whether a next page holds more neighbours
+    has_more: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +80,8 @@ class SimilarResult:
             "index_version": self.index_version,
             "model_version": self.model_version,
             "include_retracted": self.include_retracted,
+            "offset": self.offset,
+            "has_more": self.has_more,
             "results": [h.to_dict() for h in self.hits],
         }
 
@@ -118,8 +125,13 @@ def similar_articles(
     include_retracted: bool = False,
     engine: Engine | None = None,
     index: SearchableIndex | None = None,
+    offset: int = 0,
 ) -> SimilarResult:
-    """The ``k`` articles whose vectors are nearest to ``pmid``'s own, best first.
+    """The ``k`` articles whose vectors are nearest to ``pmid``'s own, best first, after
+    the first ``offset`` of them.
+
+    Pages of one article, whatever their ``k``, are disjoint slices of one ordered list
+    (cosine, then PMID), as long as the published index and the store stay the same.
 
     Args:
         settings: Store and index settings.
@@ -128,14 +140,18 @@ def similar_articles(
         include_retracted: Also return retracted articles (flagged ``retracted``).
         engine: Database engine (default :func:`litpulse.core.db.connect`).
         index: The vector index (default the published one); needs ``reconstruct``.
+        offset: Neighbours to skip (0..:data:`ranking.search.MAX_OFFSET`).
 
     Raises:
-        ConfigError: ``k`` outside 1..:data:`MAX_SIMILAR`.
+        ConfigError: ``k`` outside 1..:data:`MAX_SIMILAR`, or ``offset`` outside
+            0..:data:`ranking.search.MAX_OFFSET`.
         NoIndexError: Nothing is published yet.
         NotFoundError: ``pmid`` is unknown, deleted, or not in the index.
     """
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_SIMILAR:
         raise ConfigError(f"k must be an integer in 1..{MAX_SIMILAR}, got {k!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+        raise ConfigError(f"offset must be an integer in 0..{MAX_OFFSET}, got {offset!r}")
     engine = engine or db.connect(settings)
     if index is None:
         from ranking.index_files import open_published
@@ -149,11 +165,12 @@ def similar_articles(
         return SimilarResult(
             pmid=int(pmid), title=title, index_version=str(index.id),
             model_version=str(index.model_version), hits=(),
-            include_retracted=include_retracted, retracted=retracted,
+            include_retracted=include_retracted, retracted=retracted, offset=offset,
         )  # fmt: skip
     conds = SearchFilters(include_retracted=include_retracted).clauses()
     size = int(index.size)
-    n = min(k + 1, size)
+    want = offset + k + 1  # one beyond the page: whether another page follows
+    n = min(want + 1, size)  # the article itself is among its neighbours
     sims: dict[int, float] = {}
     rows: dict[int, dict[str, Any]] = {}
     while n > 0:
@@ -165,10 +182,11 @@ def similar_articles(
             sims[other] = score
             fresh.append(other)
         rows.update(load_rows(engine, fresh, conds))
-        if len(rows) >= k or n >= size or complete:
+        if len(rows) >= want or n >= size or complete:
             break
-        n = widened(n, len(rows), k, size)
-    best = sorted(rows, key=lambda p: (-sims[p], p))[:k]
+        n = widened(n, len(rows), want, size)
+    ranked = sorted(rows, key=lambda p: (-sims[p], p))
+    best = ranked[offset : offset + k]
     options = ScoringOptions.from_settings(settings)
     hits = [_hit(p, rows[p], sims[p], int(pmid), options) for p in best]
     logger.info(
@@ -187,6 +205,8 @@ def similar_articles(
         hits=tuple(with_details(engine, hits, "")),
         include_retracted=include_retracted,
         retracted=retracted,
+        offset=offset,
+        has_more=len(ranked) > offset + k,
     )
 
 

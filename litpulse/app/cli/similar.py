@@ -33,6 +33,10 @@ def register(sub: Any) -> None:
     p.add_argument("pmid", type=pmid_arg, help="PubMed id of the article")
     p.add_argument("-k", type=int, default=10, help="number of articles (1..100, default 10)")
     p.add_argument(
+        "--offset", type=int, default=0,
+        help="neighbours to skip (0..1000): the next page starts where one ended",
+    )  # fmt: skip
+    p.add_argument(
         "--include-retracted", action="store_true", help="also list retracted articles (marked)"
     )
     add_json(p, "print the result as JSON")
@@ -42,8 +46,9 @@ def run_similar_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from ranking.similar import similar_articles
 
     result = similar_articles(
-        settings, args.pmid, k=args.k, include_retracted=args.include_retracted
-    )
+        settings, args.pmid, k=args.k, include_retracted=args.include_retracted,
+        offset=args.offset,
+    )  # fmt: skip
     if args.json:
         print_json(result.to_dict())
         return 0
@@ -61,8 +66,10 @@ def run_similar_cmd(args: argparse.Namespace, settings: Settings) -> int:
             ("[retracted] " if h.retracted else "")
             + (h.title[:67] + "…" if len(h.title) > 68 else h.title),
         )
-        for n, h in enumerate(result.hits, start=1)
+        for n, h in enumerate(result.hits, start=result.offset + 1)
     ]
     print_table(rows, ["#", "pmid", "cosine", "date", "title"])
+    if result.has_more:  # say how to go on (stderr, as `quarantine` does)
+        print(f"more follow: add --offset {result.offset + len(result.hits)}", file=sys.stderr)
     print(f"\nindex {result.index_version} (model {result.model_version})")
     return 0

@@ -13,6 +13,7 @@ const MULTI = { mesh: { input: "mesh", label: "and MeSH descriptor" },
                 type: { input: "ptype", label: "and publication type" } };
 const MAX_TERMS = 20;  // the API's limit of values per repeated filter
 const PAGE_K = 20;  // results per page when the form's field is empty
+const SIMILAR_PAGE = 5;  // similar articles per page under a result
 // The server's scoring defaults (GET /status); these stand in when it cannot be read.
 let defaults = { w_sim: 1, w_lexical: 0.35, w_recency: 0.15, w_citation: 0.1, half_life: 365 };
 let defaultsKnown = false;
@@ -326,29 +327,66 @@ async function toggleSimilar(hit, button, region) {
   region.hidden = !open;
   if (!open || region.dataset.loaded) return;
   region.replaceChildren(el("p", { class: "note", text: "Loading similar articles…" }));
-  const q = new URLSearchParams({ k: "5" });
   // the filter of the search shown, not a change of the form not yet searched
-  if (shown && shown.get("include_retracted") === "true") q.set("include_retracted", "true");
+  const retracted = Boolean(shown && shown.get("include_retracted") === "true");
+  const page = async (offset) => {
+    const q = new URLSearchParams({ k: String(SIMILAR_PAGE), offset: String(offset) });
+    if (retracted) q.set("include_retracted", "true");
+    return fetchPatient(`similar/${encodeURIComponent(hit.pmid)}?${q.toString()}`);
+  };
   try {
-    const resp = await fetchPatient(`similar/${encodeURIComponent(hit.pmid)}?${q.toString()}`);
+    const resp = await page(0);
     if (!resp.ok) {
       region.replaceChildren(el("p", { class: "note", text: await errorText(resp) }));
       return;
     }
     const data = await resp.json();
     const list = el("ol", { class: "similar-list" });
-    for (const s of data.results) {
-      list.append(el("li", { class: "similar-hit", "data-pmid": String(s.pmid) },
-        articleHead(s, "h4"),
-        el("div", { class: "cosine", text: `similarity ${fmt(s.similarity)}` })));
-    }
+    const add = (results) => {
+      for (const s of results) {
+        list.append(el("li", { class: "similar-hit", "data-pmid": String(s.pmid) },
+          articleHead(s, "h4"),
+          el("div", { class: "cosine", text: `similarity ${fmt(s.similarity)}` })));
+      }
+    };
+    add(data.results);
     region.replaceChildren(
       el("h3", { text: `Similar to PMID ${hit.pmid}` }),
       data.results.length ? list : el("p", { class: "note", text: "No similar articles." }));
     region.dataset.loaded = "1";
+    if (data.has_more) region.append(moreSimilar(list, add, page));
   } catch (e) {
     region.replaceChildren(el("p", { class: "note", text: `The server could not be reached: ${e}` }));
   }
+}
+
+// "More similar articles": the next page of the same list (the API's offset), appended;
+// the button goes when no page follows, and says so when a page fails.
+function moreSimilar(list, add, page) {
+  const button = el("button", { type: "button", class: "more-similar",
+                                text: "More similar articles" });
+  const note = el("p", { class: "note", hidden: true });
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    try {
+      const resp = await page(list.children.length);
+      if (!resp.ok) {
+        note.textContent = await errorText(resp);
+        note.hidden = false;
+        return;
+      }
+      const data = await resp.json();
+      add(data.results);
+      note.hidden = true;
+      if (!data.has_more || !data.results.length) button.remove();
+    } catch (e) {
+      note.textContent = `The server could not be reached: ${e}`;
+      note.hidden = false;
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return el("div", { class: "similar-more" }, button, note);
 }
 
 function render(data) {

@@ -137,6 +137,28 @@ def test_the_researchers_page(
     ]
     api = [h["pmid"] for h in json.loads(fetch(f"{server}/similar/201?k=5"))["results"]]
     assert shown == api and 201 not in shown and len(shown) == 5
+    # more: the next page of the same list appended, until none follows
+    whole = [h["pmid"] for h in json.loads(fetch(f"{server}/similar/201?k=100"))["results"]]
+    more = region.find_element(By.CSS_SELECTOR, "button.more-similar")
+    more.click()
+    WebDriverWait(browser, 20).until(
+        lambda d: len(region.find_elements(By.CSS_SELECTOR, "li.similar-hit")) == 10
+    )
+    assert [
+        int(li.get_attribute("data-pmid"))
+        for li in region.find_elements(By.CSS_SELECTOR, "li.similar-hit")
+    ] == whole[:10]
+    while region.find_elements(By.CSS_SELECTOR, "button.more-similar"):
+        count = len(region.find_elements(By.CSS_SELECTOR, "li.similar-hit"))
+        region.find_element(By.CSS_SELECTOR, "button.more-similar").click()
+        WebDriverWait(browser, 20).until(
+            lambda d, n=count: len(region.find_elements(By.CSS_SELECTOR, "li.similar-hit")) > n
+            or not region.find_elements(By.CSS_SELECTOR, "button.more-similar")
+        )
+    assert [
+        int(li.get_attribute("data-pmid"))
+        for li in region.find_elements(By.CSS_SELECTOR, "li.similar-hit")
+    ] == whole
 
     # pages: five at a time, Next and Previous by keyboard, disjoint and reproducible
     browser.get(server + "/?q=gene+editing+with+CRISPR&k=5")

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from litpulse.app.cli import similar as cli
-from litpulse.core.errors import NotFoundError
+from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.settings import Settings
 from ranking.similar import similar_articles
 from tests.ranking.corpus import ARTICLES, real_corpus
@@ -70,3 +70,34 @@ def test_scores_print_without_a_negative_zero(value: float, shown: str) -> None:
     from litpulse.app.cli._common import fixed
 
     assert fixed(value) == shown
+
+
+def test_similar_pages_are_disjoint_slices_of_one_list(
+    real: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``offset`` pages through the neighbours: pages of any size are slices of the one
+    list (cosine, then PMID), ``has_more`` says whether a next page holds more, and the
+    CLI numbers the rows of a page from the offset and says how to go on."""
+    whole = similar_articles(real, 201, k=100, include_retracted=True)
+    ranked = [h.pmid for h in whole.hits]
+    assert not whole.has_more and len(ranked) > 10
+    seen: list[int] = []
+    offset = 0
+    while True:
+        page = similar_articles(real, 201, k=4, offset=offset, include_retracted=True)
+        assert page.offset == offset
+        seen += [h.pmid for h in page.hits]
+        if not page.has_more:
+            break
+        offset += len(page.hits)
+    assert seen == ranked
+    assert similar_articles(real, 201, k=3, offset=5).to_dict()["offset"] == 5
+    with pytest.raises(ConfigError):
+        similar_articles(real, 201, k=3, offset=-1)
+
+    args = parse(["similar", "201", "-k", "3", "--offset", "3"])
+    assert args.func(args, real) == 0
+    out, err = capsys.readouterr()
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["4"], ["5"], ["6"])]
+    assert [int(r[1]) for r in rows] == [h.pmid for h in similar_articles(real, 201, k=6).hits[3:]]
+    assert "--offset 6" in err

@@ -143,6 +143,19 @@ def test_similar_articles_match_brute_force_cosine(client: TestClient, store: Se
         h["pmid"] for h in client.get("/similar/101", params={"k": 18}).json()["results"]
     ]
     assert "/similar/{pmid}" in client.get("/openapi.json").json()["paths"]
+    # pages: disjoint slices of the one list, has_more until it ends; bad offsets refused
+    whole = client.get("/similar/201", params={"k": 100}).json()
+    assert whole["has_more"] is False and whole["offset"] == 0
+    first = client.get("/similar/201", params={"k": 3}).json()
+    second = client.get("/similar/201", params={"k": 3, "offset": 3}).json()
+    assert first["has_more"] is True and second["offset"] == 3
+    assert [h["pmid"] for h in first["results"] + second["results"]] == [
+        h["pmid"] for h in whole["results"][:6]
+    ]
+    last = client.get("/similar/201", params={"k": 5, "offset": len(whole["results"]) - 2})
+    assert len(last.json()["results"]) == 2 and last.json()["has_more"] is False
+    assert client.get("/similar/201", params={"offset": -1}).status_code == 422
+    assert client.get("/similar/201", params={"offset": 10**6}).status_code == 422
 
 
 # ------------------------------------------------------------ review (rev-api): findings
