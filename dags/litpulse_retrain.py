@@ -85,11 +85,15 @@ def litpulse_retrain() -> None:
     def retrain() -> dict[str, Any]:
         """Train, evaluate and (if the gate passes) promote a candidate model version."""
         from litpulse.pipeline.planning import defer_reindex, lexical_negatives
+        from retrain.run import RetrainBusyError
         from retrain.run import retrain as run
 
         s = settings()
-        report = run(s, min_new_articles=s.retrain_min_new_articles, reindex=defer_reindex,
-                     negatives=lexical_negatives(s))
+        try:
+            report = run(s, min_new_articles=s.retrain_min_new_articles, reindex=defer_reindex,
+                         negatives=lexical_negatives(s))
+        except RetrainBusyError as exc:  # another retrain (an operator's) trains this data
+            raise AirflowSkipException(str(exc)) from exc
         data = report.to_dict()
         return {**scalars(data), "reasons": "; ".join(data.get("reasons") or [])}
 

@@ -63,6 +63,8 @@ __all__ = [
     "quiet_model_loading",
     "ModelSpec",
     "active_model",
+    "adapter_problem",
+    "version_base_path",
     "article_text",
     "query_text",
     "WEIGHTS_HASH",
@@ -539,7 +541,7 @@ def check_stored_base(engine: Engine, spec: ModelSpec) -> None:
             f"not embedding for model {spec.id} with {spec.base_model}: {changed}")
 
 
-def _base_path(settings: Settings, base_model: str | None) -> str:
+def version_base_path(settings: Settings, base_model: str | None) -> str:
     """The folder of the base model a version was trained on: the bundled model for its
     name (what ``base_model`` records when no ``LITPULSE_MODEL`` was set) whatever
     ``LITPULSE_MODEL`` says now — an adapter put on another base would serve another
@@ -554,7 +556,7 @@ def _base_path(settings: Settings, base_model: str | None) -> str:
 
 
 def _spec_from_row(settings: Settings, row: Any) -> ModelSpec:
-    return ModelSpec(row.id, _base_path(settings, row.base_model), row.adapter_path or None,
+    return ModelSpec(row.id, version_base_path(settings, row.base_model), row.adapter_path or None,
                      getattr(row, "adapter_sha256", None) or None, settings.max_seq_length)
 
 
@@ -718,21 +720,35 @@ def _longest_input(encoder: SentenceTransformer) -> int | None:
     return min(limits) if limits else None
 
 
+def adapter_problem(path: str | None, sha256: str | None) -> str | None:
+    """Why the adapter in ``path`` cannot serve the version that recorded ``sha256`` for
+    its weights (the folder is missing, or its weights changed since), or ``None``.
+
+    Example:
+        >>> adapter_problem("/nowhere", None)
+        "adapter folder '/nowhere' is missing"
+    """
+    if not path or not os.path.isdir(path):
+        return f"adapter folder {path!r} is missing"
+    weights = os.path.join(path, ADAPTER_WEIGHTS)
+    if sha256 and os.path.isfile(weights):
+        found = file_sha256(weights)
+        if found != sha256:
+            return (
+                f"the adapter's weights {weights!r} changed since the version was registered "
+                f"(SHA-256 {found[:12]}…, recorded {sha256[:12]}…)"
+            )
+    return None
+
+
 def _apply_adapter(encoder: SentenceTransformer, spec: ModelSpec, *, merge: bool) -> None:
     from peft import PeftModel
 
     path = spec.adapter_path or ""
-    if not os.path.isdir(path):
-        raise ConfigError(f"model {spec.id!r}: adapter folder {path!r} is missing")
-    weights = os.path.join(path, ADAPTER_WEIGHTS)
-    if spec.adapter_sha256 and os.path.isfile(weights):
-        found = file_sha256(weights)
-        if found != spec.adapter_sha256:
-            raise ConfigError(
-                f"model {spec.id!r}: the adapter's weights {weights!r} changed since the "
-                f"version was registered (SHA-256 {found[:12]}…, recorded "
-                f"{spec.adapter_sha256[:12]}…): restore them, or roll back to another version"
-            )
+    problem = adapter_problem(path, spec.adapter_sha256)
+    if problem is not None:
+        advice = "" if "missing" in problem else ": restore them, or roll back to another version"
+        raise ConfigError(f"model {spec.id!r}: {problem}{advice}")
     transformer: Any = encoder[0]
     wrapped = PeftModel.from_pretrained(transformer.auto_model, path)
     transformer.model = wrapped.merge_and_unload() if merge else wrapped

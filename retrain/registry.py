@@ -28,20 +28,20 @@ import datetime as dt
 import logging
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, desc, insert, select, text, update
+from sqlalchemy import Connection, Engine, desc, func, insert, select, text, update
 
 from litpulse.core.db import connect, folder_store, store_id
 from litpulse.core.errors import ConfigError, NotFoundError
-from litpulse.core.schema import model_versions
+from litpulse.core.schema import articles, model_versions
 from litpulse.core.settings import DEFAULT_MODEL, Settings
 from litpulse.core.states import ModelEvent, ModelStatus
 from litpulse.core.timeutil import iso, utcnow
-from ranking.embed import BASE_MODEL_ID
+from ranking.embed import BASE_MODEL_ID, adapter_problem
 
 __all__ = [
     "ADAPTER_MAX_AGE_S",
@@ -56,6 +56,9 @@ __all__ = [
     "set_status",
     "promote",
     "prune_adapters",
+    "prune_rejected",
+    "last_training_end",
+    "articles_since_training",
     "rollback",
 ]
 
@@ -402,10 +405,14 @@ def rollback(
     """Re-activate the version that was active before the current one (or the base model).
 
     The current version becomes ``rejected`` (so a second rollback goes one step further
-    back), the previous one ``active`` again, and an index for it is published.
+    back), the previous one ``active`` again, and an index for it is published. A previous
+    version that cannot serve (its adapter folder deleted, its weights changed since it was
+    registered: :func:`ranking.embed.adapter_problem`) is passed over to the one before it
+    (or the base model) and marked ``rejected`` with the reason, in the same transaction.
 
     Returns:
-        ``{"model": re-activated id or "base", "rolled_back": id, "index": report}``.
+        ``{"model": re-activated id or "base", "rolled_back": id, "skipped": [{"id", "problem"}],
+        "index": report}``.
 
     Raises:
         NotFoundError: Nothing is active (the base model is already in use).
@@ -416,8 +423,17 @@ def rollback(
     current = active_version(settings, engine=engine)
     if current is None:
         raise NotFoundError("no active model version to roll back: the base model is in use")
+    skipped: list[tuple[ModelVersion, str]] = []
     target = _previous_active(engine, current)
-    before = [current] + ([target] if target is not None else [])
+    while target is not None:
+        problem = target.adapter_path and adapter_problem(
+            target.adapter_path, target.adapter_sha256
+        )
+        if not problem:
+            break
+        skipped.append((target, problem))
+        target = _previous_active(engine, target, passed={v.id for v, _ in skipped})
+    before = [current, *(v for v, _ in skipped)] + ([target] if target is not None else [])
     why = reason or f"rolled back by {by}"
     with engine.begin() as conn:  # one transaction: a crash leaves the current one active
         _lock_models(conn)
@@ -426,6 +442,12 @@ def rollback(
             .where(model_versions.c.id == current.id)
             .values(status=ModelStatus.REJECTED, reason=why)
         )
+        for version, problem in skipped:  # never a rollback's target again
+            note = f"passed over by the rollback of {current.id}: {problem}"
+            conn.execute(update(model_versions).where(model_versions.c.id == version.id)
+                         .values(status=ModelStatus.REJECTED, reason=note))  # fmt: skip
+            _append_event(conn, version.id, ModelEvent.REJECTED, by=by, reason=note)
+            logger.warning("rollback passes over %s: %s", version.id, problem)
         _append_event(conn, current.id, ModelEvent.ROLLED_BACK, by=by,
                       reason=f"{why}; active again: {target.id if target else BASE_ID}")
         if target is not None:
@@ -440,6 +462,7 @@ def rollback(
     return {
         "model": target.id if target else BASE_ID,
         "rolled_back": current.id,
+        "skipped": [{"id": v.id, "problem": problem} for v, problem in skipped],
         "index": _as_dict(report),
     }
 
@@ -483,14 +506,95 @@ def prune_adapters(
     return removed
 
 
-def _previous_active(engine: Engine, current: ModelVersion) -> ModelVersion | None:
-    """The retired version promoted most recently before ``current``."""
+def last_training_end(engine: Engine) -> dt.datetime | None:
+    """Where the newest training from the model in use ended its data window: the active
+    version's window, or a later round continued from it (from the base model while it
+    serves) that never served — one the gate rejected, or a candidate waiting — when its
+    window ends later. ``None``: nothing was trained from the model in use."""
+    from ranking.models import active_model_row
+
+    mv = model_versions.c
+    active = active_model_row(engine)
+    since = select(func.max(mv.window_end)).where(
+        mv.promoted_at.is_(None),
+        mv.status.in_([ModelStatus.REJECTED, ModelStatus.CANDIDATE]),
+        mv.parent_id == active.id if active is not None else mv.parent_id.is_(None),
+    )
+    with engine.connect() as conn:
+        later = conn.execute(since).scalar()
+    ends = [t for t in (active.window_end if active is not None else None, later) if t]
+    return max(ends) if ends else None
+
+
+def articles_since_training(engine: Engine) -> tuple[int, dt.datetime | None]:
+    """Live articles updated after :func:`last_training_end` (every live article when
+    nothing was trained from the model in use), and that end."""
+    last = last_training_end(engine)
+    query = select(func.count()).select_from(articles).where(articles.c.is_deleted.is_(False))
+    if last is not None:
+        query = query.where(articles.c.updated_at > last)
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar() or 0), last
+
+
+def prune_rejected(
+    settings: Settings,
+    *,
+    older_than_days: float | None = None,
+    dry_run: bool = False,
+    engine: Engine | None = None,
+) -> list[str]:
+    """Remove the adapter and report folders of versions the gate rejected that never
+    served, registered more than ``older_than_days`` days ago (default
+    ``LITPULSE_KEEP_REJECTED_DAYS``). Their rows stay (the history, ``models report``),
+    with a ``pruned`` event; a version that was ever active (rolled back, retired) keeps
+    its adapter: a rollback or a promotion may need it.
+
+    Returns:
+        The ids whose folders were (``dry_run``: would be) removed.
+    """
+    days = settings.keep_rejected_days if older_than_days is None else older_than_days
+    if days < 0:
+        raise ConfigError(f"older_than_days must be >= 0, got {days!r}")
+    engine = engine or connect(settings)
+    mv = model_versions.c
+    cutoff = utcnow() - dt.timedelta(days=days)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(model_versions).where(
+                mv.status == ModelStatus.REJECTED, mv.promoted_at.is_(None),
+                mv.created_at < cutoff,
+            ).order_by(mv.created_at)
+        ).all()
+    pruned = []
+    for version in map(ModelVersion.from_row, rows):
+        if any(e.get("event") == ModelEvent.PRUNED for e in version.events):
+            continue
+        pruned.append(version.id)
+        if dry_run:
+            continue
+        for folder in (Path(version.adapter_path) if version.adapter_path else None,
+                       settings.home / "reports" / version.id):  # fmt: skip
+            if folder is not None and folder.is_dir() and not folder.is_symlink():
+                shutil.rmtree(folder, ignore_errors=True)
+        with engine.begin() as conn:
+            _append_event(conn, version.id, ModelEvent.PRUNED, by=None,
+                          reason=f"rejected and older than {days:g} days: folders removed")
+        logger.info("pruned rejected model version %s (adapter and report removed)", version.id)
+    return pruned
+
+
+def _previous_active(
+    engine: Engine, current: ModelVersion, passed: Iterable[str] = ()
+) -> ModelVersion | None:
+    """The retired version promoted most recently before ``current`` (not one ``passed``)."""
     mv = model_versions.c
     stmt = select(model_versions).where(
-        mv.status == ModelStatus.RETIRED, mv.promoted_at.is_not(None)
+        mv.status == ModelStatus.RETIRED, mv.promoted_at.is_not(None),
+        mv.id.not_in([current.id, *passed]),
     )
     if current.promoted_at is not None:
-        stmt = stmt.where(mv.promoted_at <= current.promoted_at, mv.id != current.id)
+        stmt = stmt.where(mv.promoted_at <= current.promoted_at)
     with engine.connect() as conn:
         row = conn.execute(stmt.order_by(desc(mv.promoted_at)).limit(1)).first()
     return ModelVersion.from_row(row) if row is not None else None

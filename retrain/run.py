@@ -18,22 +18,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from litpulse.core.db import Lease, acquire_lease, connect, mark_folder, store_id
-from litpulse.core.errors import ConfigError
+from litpulse.core.db import Lease, connect, mark_folder, store_id, take_lease
+from litpulse.core.errors import BusyError, ConfigError
 from litpulse.core.settings import Settings
 from litpulse.core.states import ModelStatus, RetrainOutcome
+from ranking.embed import adapter_problem, version_base_path
 from retrain import registry
 from retrain.anchors import LexicalSearch
 from retrain.evaluate import GateDecision, HeldOut, evaluate_encoder, gate, write_report
 from retrain.lora import LoraOptions, train
 from retrain.pairs import PairSet, mine_pairs
 
-__all__ = ["RetrainReport", "retrain", "evaluate_versions"]
+__all__ = ["RetrainBusyError", "RetrainReport", "retrain", "evaluate_versions"]
 
 logger = logging.getLogger(__name__)
 
 #: Name of the lease that keeps two retrains from running at once.
 LEASE = "retrain"
+
+
+class RetrainBusyError(BusyError):
+    """Another retrain holds the ``retrain`` lease: nothing was done (retry later)."""
 
 
 @dataclass(frozen=True)
@@ -209,6 +214,10 @@ def retrain(
             passes the published BM25 index's search); ``None``: none mined.
 
     Raises:
+        RetrainBusyError: Another retrain holds the ``retrain`` lease (nothing was done).
+        ConfigError: The active version cannot be continued or judged against: its adapter
+            is missing or its weights changed, or it was trained on another base model
+            than ``LITPULSE_MODEL`` (``from_base`` starts afresh).
         BudgetError: Training would exceed the options' time or memory budget.
         LeaseLostError: Another retrain took the ``retrain`` lease over meanwhile; this
             one stopped before registering or promoting anything.
@@ -216,11 +225,12 @@ def retrain(
     started = time.perf_counter()
     options = options or LoraOptions(max_seconds=settings.retrain_budget_s)
     engine = connect(settings)
-    lease = acquire_lease(engine, LEASE)  # heartbeat-renewed; see litpulse.core.db.Lease
-    if lease is None:
-        return RetrainReport(RetrainOutcome.SKIPPED, reasons=("another retrain is running",))
+    lease = take_lease(engine, LEASE, lambda who: RetrainBusyError(
+        f"another retrain ({who}) is running; nothing was done: run again when it is done"
+    ))  # fmt: skip
     try:
         registry.prune_adapters(settings, engine=engine)  # what killed rounds left
+        registry.prune_rejected(settings, engine=engine)  # old rejected candidates
         return _retrain(
             settings, engine, options, lease, dry_run=dry_run, from_base=from_base,
             progress=progress,
@@ -250,6 +260,7 @@ def _retrain(
 ) -> RetrainReport:
     """The round under the lease: mine, then stop early or train, evaluate and decide."""
     active = registry.active_version(settings, engine=engine)
+    judged_against = _usable_active(settings, active, from_base=from_base)
     since = None if (from_base or active is None) else active.window_end
     max_pairs = options.max_steps * options.batch_size
     pairs = mine_pairs(settings, since=since, max_pairs=max_pairs, engine=engine, **mine_kwargs)
@@ -257,7 +268,8 @@ def _retrain(
         pairs = pair_filter(pairs)
     parent = None if from_base or active is None else active.id
 
-    early = _early_stop(pairs, dry_run=dry_run, min_new_articles=min_new_articles)
+    early = _early_stop(pairs, dry_run=dry_run, min_new_articles=min_new_articles,
+                        engine=None if from_base else engine)  # fmt: skip
     if early is not None:
         outcome, reason = early
         return RetrainReport(
@@ -270,8 +282,9 @@ def _retrain(
     )
     roles: dict[str, tuple[str, str | None]] = {"candidate": (version_id, str(final))}
     roles["active"] = (
-        (active.id, active.adapter_path) if active is not None else (registry.BASE_ID, None)
-    )
+        (judged_against.id, judged_against.adapter_path)
+        if judged_against is not None else (registry.BASE_ID, None)
+    )  # fmt: skip
     roles["base"] = (registry.BASE_ID, None)
     metrics = evaluate_versions(settings, pairs.heldout, roles, progress=progress)
     decision = gate(settings, metrics["candidate"], metrics["active"])
@@ -327,14 +340,22 @@ def _retrain(
 
 
 def _early_stop(
-    pairs: PairSet, *, dry_run: bool, min_new_articles: int | None
+    pairs: PairSet, *, dry_run: bool, min_new_articles: int | None, engine: Any = None
 ) -> tuple[RetrainOutcome, str] | None:
-    """Why the round stops after mining (outcome and reason); ``None`` to train."""
-    if min_new_articles is not None and pairs.new_articles < min_new_articles:
-        return RetrainOutcome.SKIPPED, (
-            f"{pairs.new_articles} new articles since the last training, fewer than "
-            f"{min_new_articles}"
-        )
+    """Why the round stops after mining (outcome and reason); ``None`` to train.
+
+    With ``engine``, the new articles are also counted from the last training from the
+    model in use (:func:`retrain.registry.articles_since_training`): a round the gate
+    rejected leaves its articles counted, so the next is not run on the same data.
+    """
+    if min_new_articles is not None:
+        new = pairs.new_articles
+        if engine is not None:
+            new = min(new, registry.articles_since_training(engine)[0])
+        if new < min_new_articles:
+            return RetrainOutcome.SKIPPED, (
+                f"{new} new articles since the last training, fewer than {min_new_articles}"
+            )
     if dry_run:
         return RetrainOutcome.DRY_RUN, "dry run: pairs mined, nothing trained"
     if len(pairs.pairs) < 2:
@@ -349,19 +370,42 @@ def _early_stop(
 
 
 def _init_adapter(active: registry.ModelVersion | None) -> str | None:
-    """The adapter a continued training starts from: the active version's.
-
-    Raises:
-        ConfigError: The active version's adapter folder is missing.
-    """
+    """The adapter a continued training starts from: the active version's (checked by
+    :func:`_usable_active` before mining)."""
     if active is None or not active.adapter_path:
         return None
-    if not Path(active.adapter_path).is_dir():
-        raise ConfigError(
-            f"the active model's adapter {active.adapter_path!r} is missing; "
-            "retrain with from_base=True"
-        )
     return active.adapter_path
+
+
+def _usable_active(
+    settings: Settings, active: registry.ModelVersion | None, *, from_base: bool
+) -> registry.ModelVersion | None:
+    """The version a candidate is judged against: the active one, when it can serve as it
+    was registered (its adapter there, its weights unchanged, on the configured base
+    model); else ``None`` (the base model) when training ``from_base``.
+
+    Raises:
+        ConfigError: A continued training (not ``from_base``) of an active version that
+            cannot serve so; the message names the ways out.
+    """
+    if active is None:
+        return None
+    problem = adapter_problem(active.adapter_path, active.adapter_sha256) if (
+        active.adapter_path) else None
+    if problem is None and version_base_path(settings, active.base_model) != settings.model_path:
+        problem = (f"it was trained on the base model {active.base_model!r}, and "
+                   f"LITPULSE_MODEL is now {registry.base_model_name(settings)!r}")
+    if problem is None:
+        return active
+    if from_base:
+        logger.warning("active model %s: %s; the candidate is judged against the base "
+                       "model", active.id, problem)
+        return None
+    raise ConfigError(
+        f"the active model {active.id} cannot be continued: {problem}. Restore it, roll "
+        "back (`litpulse models rollback`), or train a new adapter on the base model "
+        "(`litpulse retrain --from-base`)"
+    )
 
 
 def _train_candidate(

@@ -469,9 +469,18 @@ class Settings:
     # -- retraining ------------------------------------------------------------------------
     retrain_min_new_articles: int = _opt(
         500,
-        "Fewest new articles since the last training for a scheduled retrain to run.",
+        "Fewest new articles since the last training for a scheduled retrain to run (a "
+        "round the gate rejected counts as a training: its articles are not new again).",
         min=0,
         max=100_000_000,
+    )
+    keep_rejected_days: float = _opt(
+        30.0,
+        "Days the adapter and report folders of a model version the gate rejected are "
+        "kept; then each retrain (and `litpulse models prune`) removes them, keeping the "
+        "version's row and history. Versions that ever served are kept for rollbacks.",
+        min=0.0,
+        max=36_500.0,
     )
     retrain_budget_s: float = _opt(
         60.0,

@@ -66,6 +66,8 @@ class ModelEvent(enum.StrEnum):
     REACTIVATED = "reactivated"
     #: set back to ``candidate`` by a person
     REOPENED = "reopened"
+    #: rejected and old: its adapter and report folders were removed (the row stays)
+    PRUNED = "pruned"
 
 
 class RetrainOutcome(enum.StrEnum):

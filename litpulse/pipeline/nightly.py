@@ -570,13 +570,17 @@ def _index(
 
 
 def _retrain(settings: Settings, progress: bool) -> dict[str, Any]:
-    from retrain.run import retrain
+    from retrain.run import RetrainBusyError, retrain
 
-    report = retrain(
-        settings,
-        progress=progress,
-        min_new_articles=settings.retrain_min_new_articles,
-        reindex=functools.partial(reindex_now, progress=progress),
-        negatives=lexical_negatives(settings),
-    )
+    try:
+        report = retrain(
+            settings,
+            progress=progress,
+            min_new_articles=settings.retrain_min_new_articles,
+            reindex=functools.partial(reindex_now, progress=progress),
+            negatives=lexical_negatives(settings),
+        )
+    except RetrainBusyError as exc:  # an operator's retrain runs: it trains on the same data
+        logger.warning("retrain skipped: %s", exc)
+        return {"status": "skipped", "reasons": [str(exc)]}
     return dict(report.to_dict())

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, func, or_, select, update
 
 from litpulse.core import db
 from litpulse.core.errors import ConfigError, ConsistencyError
-from litpulse.core.schema import articles, ingest_runs
+from litpulse.core.schema import ingest_runs
 from litpulse.core.settings import Settings
 from litpulse.core.states import RunStatus
 from litpulse.core.timeutil import iso, nlm_day_start
@@ -79,9 +79,10 @@ class RetrainDecision:
 
     Attributes:
         due: Enough new articles arrived since the last training.
-        new_articles: Live articles updated since the active model's training window.
+        new_articles: Live articles updated since the last training (its window's end).
         threshold: ``LITPULSE_RETRAIN_MIN_NEW_ARTICLES``.
-        last_trained_at: End of the active model's training window (``None``: base model).
+        last_trained_at: End of the last training's window (``None``: nothing trained
+            from the model in use).
         reason: One sentence for the log.
     """
 
@@ -252,21 +253,18 @@ def release_watermark(engine: Engine, window: tuple[dt.datetime, dt.datetime]) -
 def retrain_due(settings: Settings, engine: Engine | None = None) -> RetrainDecision:
     """Whether enough new articles arrived since the last training for a retrain.
 
-    "New" follows :func:`retrain.run.retrain`: live articles updated after the end of
-    the active model version's training window (every live article while the base
-    model is active). This is a cheap upper bound of the count ``retrain`` computes
-    itself (it also holds some articles out), so a due decision can still end with
-    ``retrain`` reporting ``skipped``.
+    "New" follows :func:`retrain.run.retrain`: live articles updated after the last
+    training from the model in use (:func:`retrain.registry.last_training_end`: the
+    active version's window, or a later round the gate rejected; every live article
+    while nothing was trained from the base model). This is a cheap upper bound of the
+    count ``retrain`` computes itself (it also holds some articles out), so a due
+    decision can still end with ``retrain`` reporting ``skipped``.
     """
+    from retrain.registry import articles_since_training
+
     engine = engine or db.connect(settings)
     threshold = settings.retrain_min_new_articles
-    active = active_model_row(engine)
-    last = active.window_end if active is not None else None
-    with engine.connect() as conn:
-        query = select(func.count()).select_from(articles).where(articles.c.is_deleted.is_(False))
-        if last is not None:
-            query = query.where(articles.c.updated_at > last)
-        new = int(conn.execute(query).scalar() or 0)
+    new, last = articles_since_training(engine)
     since = f"since the last training window ({last:%Y-%m-%d %H:%M} UTC)" if last else "in total"
     due = new >= threshold
     if due:

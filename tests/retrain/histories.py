@@ -58,6 +58,14 @@ def training(steps: int, pairs: int) -> dict[str, Any]:
     }
 
 
+def _folder(settings: Settings, version: str) -> str:
+    """An adapter folder for ``version`` (empty: the registry only needs it there, as a
+    rollback checks that the version it goes back to can serve)."""
+    folder = settings.ensure_home() / "adapters" / version
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder)
+
+
 def register_history(settings: Settings, reindex: Any = None) -> tuple[str, str]:
     """Version ``a`` (from the base, promoted by the gate) and ``b`` (continued from
     ``a``, rejected by the gate); then ``a`` is rolled back by ``tester``.
@@ -70,7 +78,7 @@ def register_history(settings: Settings, reindex: Any = None) -> tuple[str, str]
     registry.register(
         settings,
         id=a,
-        adapter_path=f"/adapters/{a}",
+        adapter_path=_folder(settings, a),
         adapter_sha256="a" * 64,
         parent_id=None,
         window_start=None,
@@ -100,7 +108,7 @@ def register_history(settings: Settings, reindex: Any = None) -> tuple[str, str]
     registry.register(
         settings,
         id=b,
-        adapter_path=f"/adapters/{b}",
+        adapter_path=_folder(settings, b),
         adapter_sha256="b" * 64,
         parent_id=a,
         window_start=W1,

@@ -20,8 +20,11 @@ from retrain.evaluate import gate
 def _register(settings: Settings, digest: str, *, adapter_path: str | None = None,
               sha: str | None = None) -> str:
     vid = registry.new_version_id(digest * 6)
+    if adapter_path is None:  # there: a rollback may go back to it
+        adapter_path = str(settings.ensure_home() / "adapters" / vid)
+        Path(adapter_path).mkdir(parents=True)
     registry.register(
-        settings, id=vid, adapter_path=adapter_path or f"/adapters/{vid}",
+        settings, id=vid, adapter_path=adapter_path,
         adapter_sha256=sha or digest * 64, parent_id=None, window_start=None,
         window_end=dt.datetime(2024, 12, 1, tzinfo=dt.UTC),
         pair_counts={"title_abstract": 10}, options={"r": 8},

@@ -34,8 +34,10 @@ class Reindex:
 
 def _register(settings: Settings, digest: str, parent: str | None = None) -> str:
     vid = registry.new_version_id(digest * 6)
+    folder = settings.ensure_home() / "adapters" / vid  # there: a rollback may go back to it
+    folder.mkdir(parents=True, exist_ok=True)
     registry.register(
-        settings, id=vid, adapter_path=f"/adapters/{vid}", adapter_sha256=digest * 64,
+        settings, id=vid, adapter_path=str(folder), adapter_sha256=digest * 64,
         parent_id=parent, window_start=None,
         window_end=dt.datetime(2024, 12, 1, tzinfo=dt.UTC),
         pair_counts={"title_abstract": 10}, options={"r": 8},
@@ -88,7 +90,7 @@ def test_promote_and_rollback_stack(settings: Settings) -> None:
     assert reindex.calls == [a, b]
 
     back = registry.rollback(settings, by="bob", reindex=reindex)
-    assert back == {"model": a, "rolled_back": b, "index": {"model_version": a}}
+    assert back == {"model": a, "rolled_back": b, "skipped": [], "index": {"model_version": a}}
     assert registry.get_model(settings, b).status == "rejected"
     assert registry.active_version(settings).id == a  # type: ignore[union-attr]
     # a second rollback goes one step further: the base model
@@ -157,7 +159,7 @@ def test_a_rollback_interrupted_between_its_steps_keeps_a_model_active(
 def _folder(path: Path, age_s: float, store: Settings | None = None) -> Path:
     """An adapter folder last written ``age_s`` seconds ago (by a retrain of ``store``:
     marked as the retrain marks it)."""
-    path.mkdir(parents=True)
+    path.mkdir(parents=True, exist_ok=True)
     if store is not None:
         mark_folder(path, store_id(connect(store)))
     (path / "adapter_model.safetensors").write_bytes(b"\0" * 16)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import getpass
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,21 @@ def register(sub: Any) -> None:
     pr.add_argument("--by", default=None, help="who promotes (default: the login name)")
     pr.add_argument("--reason", default=None, help="why (kept on the version)")
     add_json(pr)
+    pn = command(
+        actions, "prune", run_prune,
+        help="remove the adapters and reports of old versions the gate rejected",
+        description=(
+            "Remove the adapter and report folders of the versions the gate rejected that "
+            "never served, registered more than DAYS days ago (default "
+            "LITPULSE_KEEP_REJECTED_DAYS; every retrain does this too). Their rows and "
+            "history stay (`models list`, `models report`); versions that ever served are "
+            "kept for rollbacks."
+        ),
+    )
+    pn.add_argument("--older-than", type=float, default=None, metavar="DAYS",
+                    help="age in days (default LITPULSE_KEEP_REJECTED_DAYS; 0: all)")
+    pn.add_argument("--dry-run", action="store_true", help="only list what would go")
+    add_json(pn)
     rb = command(
         actions, "rollback", run_rollback,
         help="re-activate the previous version (or the base model) and re-index",
@@ -143,6 +159,21 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
           m.created_at.strftime("%Y-%m-%d %H:%M")] for m in models],
         ["id", "status", "parent", "pairs", "fresh_r@10", "older_r@10", "promoted_by", "created"],
     )
+    return 0
+
+
+def run_prune(args: argparse.Namespace, settings: Settings) -> int:
+    from retrain.registry import prune_rejected
+
+    pruned = prune_rejected(settings, older_than_days=args.older_than, dry_run=args.dry_run)
+    if args.json:
+        print_json({"pruned": pruned, "dry_run": args.dry_run})
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    for version in pruned:
+        print(f"{verb} the adapter and report of {version}")
+    if not pruned:
+        print("no rejected version to prune", file=sys.stderr)
     return 0
 
 
@@ -333,6 +364,8 @@ def _rollback(args: argparse.Namespace, settings: Settings, lease: Lease) -> int
     if args.json:
         print_json(result)
     else:
+        for passed in result.get("skipped") or []:
+            print(f"passed over {passed['id']} (now rejected): {passed['problem']}")
         print(f"rolled back {result['rolled_back']}; active model: {result['model']}")
     return 0
 

@@ -320,3 +320,23 @@ def test_a_nightly_killed_before_its_quality_check_is_ingested_again_by_the_reru
     assert child.exitcode == -9, "the nightly was not killed at its check"
     start, _ = _window(s, db.connect(s), None, until + dt.timedelta(hours=1))
     assert start <= since, f"the rerun starts at {start}: the unchecked window is skipped"
+
+
+def test_the_nightly_skips_its_retrain_while_an_operators_retrain_runs(
+    settings: Settings,
+) -> None:
+    """A retrain refused by the ``retrain`` lease raises :class:`RetrainBusyError` (the CLI
+    exits 75); the nightly's retrain step records it as skipped, naming the holder, and the
+    night goes on to its digest."""
+    from litpulse.pipeline import nightly
+    from retrain.run import LEASE
+
+    engine = db.connect(settings)
+    lease = db.acquire_lease(engine, LEASE, holder="operator-host:4242:1")
+    assert lease is not None
+    try:
+        step = nightly._retrain(settings, progress=False)
+    finally:
+        lease.release()
+    assert step["status"] == "skipped"
+    assert "another retrain (operator-host:4242:1" in step["reasons"][0]
