@@ -48,6 +48,8 @@ cdef enum:
 import dataclasses
 import types
 
+from litpulse.core.states import RETRACTED_TYPE
+
 
 class _Bail(Exception):
     """Not a record this reader is sure about: the Python reader takes it."""
@@ -672,7 +674,7 @@ cdef class ArticleReader:
             doi or id_doi,
             pmcid,
             tuple(dict.fromkeys(references)) if references else (),
-            bool(retraction_in) or "Retracted Publication" in publication_types,
+            bool(retraction_in) or RETRACTED_TYPE in publication_types,
             tuple(dict.fromkeys(retraction_in)) if retraction_in else (),
             False,
             _get(mc, b"Status"),

@@ -29,6 +29,7 @@ from ingest.records import (
     Record,
     SourceRef,
 )
+from litpulse.core.states import RETRACTED_TYPE
 
 __all__ = [
     "COMPILED",
@@ -350,7 +351,7 @@ def _article(elem: Any, ref: SourceRef) -> Record:
         doi=doi or id_doi,
         pmcid=pmcid,
         references=tuple(dict.fromkeys(references)) if references else (),
-        is_retracted=bool(retraction_in) or "Retracted Publication" in publication_types,
+        is_retracted=bool(retraction_in) or RETRACTED_TYPE in publication_types,
         retraction_in=tuple(dict.fromkeys(retraction_in)) if retraction_in else (),
         is_book=False,
         status=mc.get("Status"),
@@ -429,7 +430,7 @@ def _book(elem: Any, ref: SourceRef) -> Record:
         doi=f.doi or own_ids.get("doi"),
         pmcid=own_ids.get("pmc"),
         references=_dedup(references),
-        is_retracted="Retracted Publication" in f.publication_types,
+        is_retracted=RETRACTED_TYPE in f.publication_types,
         is_book=True,
     )
 

@@ -26,13 +26,12 @@ from sqlalchemy.engine import Connection
 
 from ingest.rows import PreparedRecord
 from litpulse.core.db import id_in, insert_tuples, pg_int_array, upsert
-from litpulse.core.schema import article_terms, articles, references, term_forms
+from litpulse.core.schema import FOLDED_TERM_KINDS, article_terms, articles, references, term_forms
 from litpulse.core.text import fold_term
 
 T = TypeVar("T")
 
 __all__ = [
-    "FOLDED_KINDS",
     "IN_CHUNK",
     "add_term_forms",
     "chunks",
@@ -47,8 +46,6 @@ IN_CHUNK = 5000
 #: ``UPDATE … FROM`` (3.33) and ``json_each`` make the SQLite count updates set-based.
 _SQLITE_SET_BASED = sqlite3.sqlite_version_info >= (3, 33)
 _NONE: frozenset[int] = frozenset()
-#: The term kinds a filter compares folded (``lang`` codes are compared as they are).
-FOLDED_KINDS = ("mesh", "ptype")
 
 _SET_CITED_BY = (
     update(articles)
@@ -143,7 +140,7 @@ def add_term_forms(
     Returns:
         The ``(kind, term)`` spellings this batch wrote.
     """
-    seen = {t[:2] for prep in live.values() for t in prep.terms if t[0] in FOLDED_KINDS}
+    seen = {t[:2] for prep in live.values() for t in prep.terms if t[0] in FOLDED_TERM_KINDS}
     fresh = seen - known
     if fresh:  # in key order: two writers wait for each other rather than deadlock
         rows = [{"kind": k, "term": t, "folded": fold_term(t)} for k, t in sorted(fresh)]

@@ -59,7 +59,6 @@ from sqlalchemy.engine import Connection
 from ingest import missing as owing
 from ingest.checkpoints import Checkpoints
 from ingest.links import (
-    FOLDED_KINDS,
     add_term_forms,
     chunks,
     new_cited_by,
@@ -90,9 +89,8 @@ from litpulse.core.db import (
     upsert,
 )
 from litpulse.core.errors import ConfigError, NotFoundError
-from litpulse.core.schema import article_terms, articles, quarantine, references, term_forms
+from litpulse.core.schema import article_terms, articles, quarantine, references
 from litpulse.core.settings import Settings
-from litpulse.core.text import fold_term
 from litpulse.core.timeutil import iso, utcnow
 
 __all__ = ["COUNTS_CHECKPOINT", "IngestCounts", "RECOUNT_STEP", "Store", "store_counts"]
@@ -112,10 +110,6 @@ _SEQUENCES_CURRENT: set[str] = set()
 LANG_TERMS_CHECKPOINT = ("store", "lang_terms")
 #: Stores this process found with their ``lang`` terms complete.
 _LANG_TERMS_CURRENT: set[str] = set()
-#: Set once ``term_forms`` holds every spelling ``article_terms`` held when it came.
-TERM_FORMS_CHECKPOINT = ("store", "term_forms")
-#: Stores this process found with their ``term_forms`` complete.
-_TERM_FORMS_CURRENT: set[str] = set()
 #: PMIDs per transaction of a full recount (PubMed's ~40 M PMIDs: ~160 statements).
 RECOUNT_STEP = 250_000
 
@@ -203,7 +197,6 @@ class Store(RunLedger, Checkpoints):
             raise ConfigError(f"batch_size must be positive, got {batch_size!r}")
         self.upgrade_sequences()
         self.upgrade_lang_terms()
-        self.upgrade_term_forms()
         counter = Counter()
         touched: set[int] = set()
         first = 0
@@ -315,33 +308,6 @@ class Store(RunLedger, Checkpoints):
 
         what = "language terms of bilingual articles added"
         return self._upgrade_once(LANG_TERMS_CHECKPOINT, _LANG_TERMS_CURRENT, work, what)
-
-    def upgrade_term_forms(self) -> int:
-        """Record the term spellings stored before ``term_forms`` existed (a MeSH filter
-        finds their folded forms), once per store: one pass over ``article_terms`` by PMID
-        range, on the first write after the upgrade; then a checkpoint. Memory holds the
-        distinct spellings only (MeSH: ~30,000).
-
-        Returns:
-            The spellings added (0 when the store was current).
-        """
-        t = article_terms.c
-
-        def work(conn: Connection) -> int:
-            top = conn.execute(select(func.max(t.pmid))).scalar() or 0
-            seen: set[tuple[str, str]] = set()
-            for low in range(0, top + 1, RECOUNT_STEP):
-                seen.update(conn.execute(
-                    select(t.kind, t.term).distinct()
-                    .where(t.pmid >= low, t.pmid < low + RECOUNT_STEP,
-                           t.kind.in_(FOLDED_KINDS))
-                ))  # fmt: skip
-            rows = [{"kind": k, "term": v, "folded": fold_term(v)} for k, v in sorted(seen)]
-            upsert(conn, term_forms, rows, keys=["kind", "term"], update=[])
-            return len(rows)
-
-        what = "term spellings recorded for the folded MeSH and publication-type filters"
-        return self._upgrade_once(TERM_FORMS_CHECKPOINT, _TERM_FORMS_CURRENT, work, what)
 
     def _apply_batch(
         self,

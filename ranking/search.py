@@ -35,6 +35,7 @@ import dataclasses
 import datetime as dt
 import logging
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -45,7 +46,7 @@ from litpulse.core import db
 from litpulse.core.errors import ConfigError, ConsistencyError, NotFoundError
 from litpulse.core.schema import article_terms, articles, term_forms
 from litpulse.core.settings import Settings
-from litpulse.core.states import Fusion, SearchMode, SearchSort
+from litpulse.core.states import RETRACTED_TYPE, Fusion, SearchMode, SearchSort
 from litpulse.core.text import checked_text, fold_term
 from litpulse.core.timeutil import iso, parse_date
 from ranking.details import links, published_text, with_details
@@ -218,9 +219,59 @@ def _terms(name: str, value: str | Iterable[str] | None) -> tuple[str, ...]:
         item = " ".join(checked_text(item, name).split())
         if len(item) > 255:
             raise ConfigError(f"{name} is longer than 255 characters")
+        if name == "mesh" and _QUALIFIED.search(item):
+            descriptor = item.split("/")[0].rstrip("* ")
+            raise ConfigError(
+                f"mesh {item!r} names a subheading: MeSH subheadings are not filtered on; "
+                f"filter by the descriptor ({descriptor!r}), and add the subheading's words "
+                "to the query"
+            )
         if item:
             out.append(item)
     return tuple(out)
+
+
+#: The publication type every retracted article carries, folded.
+_RETRACTED_TYPE = fold_term(RETRACTED_TYPE)
+#: PubMed's descriptor/subheading form (``Neoplasms/genetics``, ``Neoplasms/drug therapy*``).
+_QUALIFIED = re.compile(r"\S\s*/\s*[A-Za-z]")
+#: The mark of a major topic after a MeSH descriptor (``Neoplasms*``), as PubMed shows it.
+MAJOR_MARK = "*"
+#: Language names as PubMed lists them, and the codes its records hold (ISO 639-2/B).
+LANGUAGE_CODES = {
+    "afrikaans": "afr", "albanian": "alb", "arabic": "ara", "armenian": "arm",
+    "bosnian": "bos", "bulgarian": "bul", "catalan": "cat", "chinese": "chi",
+    "croatian": "hrv", "czech": "cze", "danish": "dan", "dutch": "dut", "english": "eng",
+    "esperanto": "epo", "estonian": "est", "finnish": "fin", "french": "fre",
+    "georgian": "geo", "german": "ger", "greek": "gre", "hebrew": "heb", "hindi": "hin",
+    "hungarian": "hun", "icelandic": "ice", "indonesian": "ind", "irish": "gle",
+    "italian": "ita", "japanese": "jpn", "korean": "kor", "latin": "lat", "latvian": "lav",
+    "lithuanian": "lit", "macedonian": "mac", "malay": "may", "norwegian": "nor",
+    "persian": "per", "polish": "pol", "portuguese": "por", "romanian": "rum",
+    "russian": "rus", "sanskrit": "san", "serbian": "srp", "slovak": "slo",
+    "slovenian": "slv", "spanish": "spa", "swedish": "swe", "thai": "tha", "turkish": "tur",
+    "ukrainian": "ukr", "urdu": "urd", "vietnamese": "vie", "welsh": "wel",
+    "multiple languages": "mul", "undetermined": "und",
+}  # fmt: skip
+
+
+def _language(value: str | None) -> str | None:
+    """A language filter as the code records hold: a code (``eng``, any case) or a name
+    (``English``).
+
+    Raises:
+        ConfigError: Neither a three-letter code nor a known name.
+    """
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"language must be text, got {value!r}")
+    lang = " ".join(checked_text(value or "", "language").split()).lower() or None
+    if lang is None or re.fullmatch(r"[a-z]{3}", lang):
+        return lang
+    if lang in LANGUAGE_CODES:
+        return LANGUAGE_CODES[lang]
+    raise ConfigError(
+        f"language must be a code like 'eng' or a name like 'English', got {value!r}"
+    )
 
 
 @dataclass(frozen=True)
@@ -269,12 +320,11 @@ class SearchFilters:
         object.__setattr__(
             self, "publication_type", _terms("publication_type", self.publication_type)
         )
-        if self.language is not None and not isinstance(self.language, str):
-            raise ConfigError(f"language must be text, got {self.language!r}")
-        lang = checked_text(self.language or "", "language").strip().lower() or None
-        if lang is not None and len(lang) > 8:
-            raise ConfigError(f"language must be a code like 'eng', got {self.language!r}")
-        object.__setattr__(self, "language", lang)
+        object.__setattr__(self, "language", _language(self.language))
+        # every article of this type is retracted (ingest.fields): asking for the type asks
+        # for retracted articles, which would otherwise be left out, silently, all of them
+        if any(fold_term(t) == _RETRACTED_TYPE for t in self.publication_type):
+            object.__setattr__(self, "include_retracted", True)
 
     @property
     def selective(self) -> bool:
@@ -314,6 +364,8 @@ class SearchFilters:
         t, f = article_terms.c, term_forms.c
         for kind, terms in (("mesh", self.mesh), ("ptype", self.publication_type)):
             for term in terms:
+                major = kind == "mesh" and term.endswith(MAJOR_MARK)  # Neoplasms*: major topic
+                term = term.rstrip(MAJOR_MARK + " ") if major else term
                 # any stored spelling of the same folded form (Sjögren’s, α-, ‐), or the
                 # term itself in any case (spellings stored before term_forms was filled)
                 spellings = select(f.term).where(f.kind == kind, f.folded == fold_term(term))
@@ -321,6 +373,7 @@ class SearchFilters:
                     t.pmid == articles.c.pmid,
                     t.kind == kind,
                     or_(func.lower(t.term) == term.lower(), t.term.in_(spellings)),
+                    *([t.major.is_(True)] if major else []),
                 ))  # fmt: skip
         return conds
 

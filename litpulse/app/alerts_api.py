@@ -72,7 +72,9 @@ class SavedSearchIn(BaseModel):
         max_length=MAX_TERMS,
         description="Publication types it must all have.",
     )
-    language: str | None = Field(None, max_length=8, description="Language code, e.g. eng.")
+    language: str | None = Field(
+        None, max_length=32, description="Language: a code (eng) or a name (English)."
+    )
     has_abstract: bool | None = Field(None, description="true: only with an abstract.")
     include_retracted: bool = Field(False, description="Also match retracted articles.")
 

@@ -504,7 +504,9 @@ def _search_spec_dependency(settings: Settings) -> Callable[..., SearchSpec]:
         None, alias="type", max_length=MAX_TERMS,
         description=f"Publication type the article must have (repeatable, {MAX_TERMS} at most).",
     )
-    lang_param = Query(None, max_length=8, description="Language code, e.g. eng.")
+    lang_param = Query(
+        None, max_length=32, description="Language: a code (eng) or a name (English)."
+    )
     abstract_param = Query(None, description="true: only with an abstract; false: only without.")
     retracted_param = Query(False, description="Also return retracted articles.")
 

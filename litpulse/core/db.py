@@ -31,12 +31,20 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Table, create_engine, delete, event, insert, select, update
+from sqlalchemy import Engine, Table, create_engine, delete, event, func, insert, select, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError
 
 from litpulse.core.errors import ConfigError, LeaseLostError
-from litpulse.core.schema import RETIRED_INDEXES, checkpoints, locks, metadata
+from litpulse.core.schema import (
+    FOLDED_TERM_KINDS,
+    RETIRED_INDEXES,
+    article_terms,
+    checkpoints,
+    locks,
+    metadata,
+    term_forms,
+)
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import as_utc, iso, utcnow
 
@@ -139,6 +147,60 @@ def _upgrade(engine: Engine) -> None:
         metadata.create_all(engine)  # finds them now; a real error is raised again
     add_missing_columns(engine)
     drop_retired_indexes(engine)
+    fill_term_forms(engine)
+
+
+#: The ``checkpoints`` row set once ``term_forms`` holds what ``article_terms`` held.
+TERM_FORMS_CHECKPOINT = ("store", "term_forms")
+#: PMIDs read per statement while :func:`fill_term_forms` scans ``article_terms``.
+_FILL_STEP = 250_000
+
+
+def fill_term_forms(engine: Engine) -> int:
+    """Record the term spellings of a store made before ``term_forms`` (the folded MeSH
+    and publication-type filters find them), once per store: one pass over
+    ``article_terms`` by PMID range when the store is first opened by this release, a
+    reader too (a server that only searches finds the folded forms at once); then a
+    checkpoint. Memory holds the distinct spellings only (MeSH: ~30,000). A role that
+    may not write leaves it to the next opener that may (its filters meanwhile ignore
+    case and white space only).
+
+    Returns:
+        The spellings added (0 when the store was current).
+    """
+    from sqlalchemy.exc import DBAPIError
+
+    from litpulse.core.text import fold_term
+
+    scope, key = TERM_FORMS_CHECKPOINT
+    c, t = checkpoints.c, article_terms.c
+    with engine.connect() as conn:
+        if conn.execute(select(c.status).where(c.scope == scope, c.key == key)).scalar():
+            return 0
+    try:
+        with engine.begin() as conn:
+            top = conn.execute(select(func.max(t.pmid))).scalar() or 0
+            seen: set[tuple[str, str]] = set()
+            for low in range(0, top + 1, _FILL_STEP):
+                seen.update(conn.execute(
+                    select(t.kind, t.term).distinct()
+                    .where(t.pmid >= low, t.pmid < low + _FILL_STEP,
+                           t.kind.in_(FOLDED_TERM_KINDS))
+                ))  # fmt: skip
+            rows = [{"kind": k, "term": v, "folded": fold_term(v)} for k, v in sorted(seen)]
+            upsert(conn, term_forms, rows, keys=["kind", "term"], update=[])
+            upsert(conn, checkpoints, [{"scope": scope, "key": key, "status": "done",
+                                        "value": {"rows": len(rows)}, "updated_at": utcnow()}],
+                   keys=["scope", "key"], update=[])  # fmt: skip
+    except DBAPIError as exc:
+        logger.warning("term spellings not recorded (%s): the MeSH and publication-type "
+                       "filters ignore case and white space only until a writer opens "
+                       "the store", _cause(exc))
+        return 0
+    if rows:
+        logger.warning("store upgraded: %d term spellings recorded for the folded MeSH and "
+                       "publication-type filters", len(rows))
+    return len(rows)
 
 
 def add_missing_columns(engine: Engine) -> list[str]:

@@ -43,6 +43,7 @@ __all__ = [
     "articles",
     "references",
     "term_forms",
+    "FOLDED_TERM_KINDS",
     "quarantine",
     "ingest_runs",
     "checkpoints",
@@ -190,11 +191,15 @@ article_terms = Table(
     sqlite_with_rowid=False,
 )
 
+#: The term kinds a filter compares folded (``lang`` codes are compared as they are).
+FOLDED_TERM_KINDS = ("mesh", "ptype")
+
 #: The spellings ``article_terms`` holds of each MeSH descriptor and publication type, with
 #: their folded form (:func:`litpulse.core.text.fold_term`): a filter typed ``Sjögren’s
 #: Syndrome`` or ``α-Synuclein`` finds the stored ``Sjogren's Syndrome`` and
-#: ``alpha-Synuclein`` through it. Written with the terms; never pruned (a spelling no
-#: article carries any more matches nothing).
+#: ``alpha-Synuclein`` through it. Written with the terms; filled once for a store made
+#: before it when it is opened (:func:`litpulse.core.db.fill_term_forms`); never pruned (a
+#: spelling no article carries any more matches nothing).
 term_forms = Table(
     "term_forms",
     metadata,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 
 __all__ = [
+    "RETRACTED_TYPE",
     "RunStatus",
     "IndexStatus",
     "ModelStatus",
@@ -20,6 +21,10 @@ __all__ = [
     "SearchSort",
     "Fusion",
 ]
+
+
+#: The publication type PubMed gives every retracted article (what ``is_retracted`` reads).
+RETRACTED_TYPE = "Retracted Publication"
 
 
 class RunStatus(enum.StrEnum):

@@ -2,9 +2,11 @@
 
 For every saved search (:mod:`litpulse.pipeline.saved_searches`), :func:`run_digest`
 
-1. takes the articles *new* for it: live, stored after its ``watermark`` (``ingested_at``:
-   first stored, or brought back by a record after a deletion) and held by the published
-   index version;
+1. takes the articles *new* for it: live, written after its ``watermark`` (``updated_at``:
+   first stored, brought back by a record after a deletion, or revised — MEDLINE adds the
+   MeSH headings and publication types weeks after a citation first comes, so an article
+   a MeSH-filtered search could not meet then meets it with its revision) and held by the
+   published index version;
 2. ranks them with the real search (:func:`ranking.search.run_search`: the search's
    query embedded with the index's own model version, its filters, the current scoring)
    over an exact index of just those articles' vectors, in semantic mode — a hybrid
@@ -284,28 +286,31 @@ def digest_step(settings: Settings) -> dict[str, Any]:
 def _new_articles(
     engine: Engine, search: SavedSearch, index_ids: np.ndarray
 ) -> tuple[np.ndarray, dt.datetime]:
-    """The PMIDs new for ``search`` that the index holds, and the next watermark.
+    """The PMIDs new for ``search`` (stored or revised after its watermark) that the index
+    holds, and the next watermark.
 
-    The watermark moves to the newest first-stored time looked at, but stops just
-    before the oldest new article the index does not hold yet (it will be new next time).
+    The watermark moves to the newest write time looked at, but stops just before the
+    oldest new article the index does not hold yet (it will be new next time). An article
+    matched before is not matched again (``digest_matches`` is unique per search and PMID).
     """
     import numpy as np
 
+    a = articles.c
     with engine.connect() as conn:
         rows = conn.execute(
-            select(articles.c.pmid, articles.c.ingested_at)
-            .where(articles.c.ingested_at > search.watermark, articles.c.is_deleted.is_(False))
-            .order_by(articles.c.ingested_at)
+            select(a.pmid, a.updated_at)
+            .where(a.updated_at > search.watermark, a.is_deleted.is_(False))
+            .order_by(a.updated_at)
         ).all()
     if not rows:
         return np.zeros(0, dtype=np.int64), search.watermark
     pmids = np.fromiter((int(r.pmid) for r in rows), dtype=np.int64, count=len(rows))
     held = np.isin(pmids, index_ids)
-    waiting = [r.ingested_at for r, h in zip(rows, held, strict=True) if not h]
+    waiting = [r.updated_at for r, h in zip(rows, held, strict=True) if not h]
     if waiting:
         mark = max(search.watermark, min(waiting) - dt.timedelta(microseconds=1))
     else:
-        mark = rows[-1].ingested_at
+        mark = rows[-1].updated_at
     return pmids[held], mark
 
 

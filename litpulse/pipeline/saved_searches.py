@@ -2,8 +2,8 @@
 
 A saved search is created by ``litpulse alerts add``, ``POST /alerts`` or the page, and
 named uniquely (a name is never only digits, so ``alerts remove 3`` means the id). Its
-``watermark`` starts at its creation: articles first stored after it are "new" for the
-search; each digest (:mod:`litpulse.pipeline.digest`) moves it forward.
+``watermark`` starts at its creation: articles stored or revised after it are "new" for
+the search; each digest (:mod:`litpulse.pipeline.digest`) moves it forward.
 
 Example:
     >>> s = add_search(settings, name="crispr", query="CRISPR off-target effects",
@@ -63,7 +63,7 @@ class SavedSearch:
         min_score: Score a new article needs; ``None``: ``LITPULSE_DIGEST_MIN_SCORE``.
         owner: Who saved it (the API token's expert, or ``cli:<user>``).
         created_at: When it was saved.
-        watermark: Articles first stored after this are new for it.
+        watermark: Articles stored or revised after this are new for it.
         last_digest_at: When a digest last looked at it.
         last_index_version: The index version that digest searched.
         matches: Matches recorded so far whose article is live (:func:`live_match`).

@@ -813,29 +813,31 @@ def test_a_rolled_back_batch_leaves_its_term_spellings_unknown(
     assert ("mesh", "Interleukin-6") in _term_forms(engine)
 
 
-def test_term_spellings_stored_before_term_forms_are_recorded_on_the_next_write(
+def test_term_spellings_stored_before_term_forms_are_recorded_when_the_store_is_opened(
     settings: Settings,
 ) -> None:
     """Articles stored by a release without ``term_forms`` have their spellings recorded
-    on the first write after the upgrade (once): the folded MeSH filter finds them."""
-    from ingest import store as store_module
+    when a process of this release first opens the store (a reader too, once): the folded
+    MeSH filter finds them before any write."""
     from litpulse.core.schema import checkpoints, term_forms
     from ranking.search import SearchFilters
 
     engine = db.connect(settings)
     Store(engine).apply([make_record(1, mesh=(MeshHeading("Sjogren's Syndrome", "D0"),))])
-    with engine.begin() as conn:  # the store as an older litpulse left it
-        conn.execute(term_forms.delete())
+    with engine.begin() as conn:  # the store as an older litpulse left it (no table)
+        term_forms.drop(conn)
         conn.execute(checkpoints.delete().where(checkpoints.c.key == "term_forms"))
-    store_module._TERM_FORMS_CURRENT.clear()
 
     def found(term: str) -> list[int]:
-        with engine.connect() as conn:
+        with db.connect(settings).connect() as conn:
             q = select(articles.c.pmid).where(*SearchFilters(mesh=(term,)).clauses())
             return list(conn.execute(q).scalars())
 
-    assert found("sjogren's syndrome") == [1]  # any case: as before
-    assert found("Sjögren’s Syndrome") == []
-    Store(engine).apply([make_record(2, mesh=())])
+    db.dispose_engines()  # a process of this release opens it: the table is made and filled
+    assert found("sjogren's syndrome") == [1]
     assert found("Sjögren’s Syndrome") == [1]
-    assert Store(engine).upgrade_term_forms() == 0  # once
+    assert _term_forms(db.connect(settings)) == {
+        ("mesh", "Sjogren's Syndrome"): "sjogrens syndrome",
+        ("ptype", "Journal Article"): "journal article",
+    }
+    assert db.fill_term_forms(db.connect(settings)) == 0  # once

@@ -142,7 +142,7 @@ def add_filter_args(p: argparse.ArgumentParser) -> None:
         "--type", dest="ptype", action="append", metavar="PUBTYPE",
         help="publication type, e.g. Review (repeat for all of)",
     )
-    p.add_argument("--language", help="language code, e.g. eng")
+    p.add_argument("--language", help="language: a code (eng) or a name (English)")
     p.add_argument("--has-abstract", action="store_true", help="only articles with an abstract")
     p.add_argument(
         "--include-retracted", action="store_true", help="also return retracted articles"
