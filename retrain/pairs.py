@@ -95,7 +95,10 @@ from retrain.anchors import LexicalSearch, article_anchors, heldout_anchor, pick
 from retrain.evaluate import MIN_OLDER, EvalItem, HeldOut
 from retrain.feedback import Judgement, trainable_feedback
 
-__all__ = ["Pair", "PairSet", "ArticleRow", "mine_pairs", "doc_text", "article_weight"]
+__all__ = [
+    "Pair", "PairSet", "ArticleRow", "mine_pairs", "doc_text", "article_weight",
+    "prune_untrained",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -765,6 +768,39 @@ def _save_older_buckets(engine: Engine, buckets: int) -> None:
         upsert(conn, checkpoints, [{"scope": OLDER_SCOPE, "key": OLDER_KEY, "status": "done",
                                     "value": {"buckets": buckets}, "updated_at": utcnow()}],
                keys=("scope", "key"))  # fmt: skip
+
+
+def prune_untrained(engine: Engine) -> int:
+    """Remove the records of what a window held back (:data:`UNTRAINED_SCOPE`) that no
+    round will read: a round reads the record of the window end of the version it
+    continues, so a record is kept while a version whose adapter is still there ends its
+    window at its key (active, retired, a candidate, a rejected one not yet pruned: a
+    person may promote it). Those of dry runs, of rounds that stopped after mining and of
+    pruned rejected versions go. Call it under the ``retrain`` lease (no round mines
+    meanwhile).
+
+    Returns:
+        The records removed.
+    """
+    from litpulse.core.states import ModelEvent
+
+    c, mv = checkpoints.c, model_versions.c
+    with engine.begin() as conn:
+        kept = {
+            _window_key(end)
+            for end, events in conn.execute(select(mv.window_end, mv.events))
+            if end is not None
+            and not any(e.get("event") == ModelEvent.PRUNED for e in events or ())
+        }
+        keys = conn.execute(select(c.key).where(c.scope == UNTRAINED_SCOPE)).scalars().all()
+        gone = [k for k in keys if k not in kept]
+        for part in range(0, len(gone), 500):
+            conn.execute(checkpoints.delete().where(
+                c.scope == UNTRAINED_SCOPE, c.key.in_(gone[part : part + 500])
+            ))  # fmt: skip
+    if gone:
+        logger.info("removed %d records of held-back articles no round will read", len(gone))
+    return len(gone)
 
 
 def _save_untrained(engine: Engine, window_end: dt.datetime, held: _Untrained) -> None:

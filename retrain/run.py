@@ -27,7 +27,7 @@ from retrain import registry
 from retrain.anchors import LexicalSearch
 from retrain.evaluate import GateDecision, HeldOut, evaluate_encoder, gate, write_report
 from retrain.lora import LoraOptions, train
-from retrain.pairs import PairSet, mine_pairs
+from retrain.pairs import PairSet, mine_pairs, prune_untrained
 
 __all__ = ["RetrainBusyError", "RetrainReport", "retrain", "evaluate_versions"]
 
@@ -231,6 +231,7 @@ def retrain(
     try:
         registry.prune_adapters(settings, engine=engine)  # what killed rounds left
         registry.prune_rejected(settings, engine=engine)  # old rejected candidates
+        prune_untrained(engine)  # held-back records no round will read
         return _retrain(
             settings, engine, options, lease, dry_run=dry_run, from_base=from_base,
             progress=progress,
@@ -263,7 +264,8 @@ def _retrain(
     judged_against = _usable_active(settings, active, from_base=from_base)
     since = None if (from_base or active is None) else active.window_end
     max_pairs = options.max_steps * options.batch_size
-    pairs = mine_pairs(settings, since=since, max_pairs=max_pairs, engine=engine, **mine_kwargs)
+    pairs = mine_pairs(settings, since=since, max_pairs=max_pairs, engine=engine,
+                       **{"record": not dry_run, **mine_kwargs})  # a dry run writes nothing
     if pair_filter is not None:
         pairs = pair_filter(pairs)
     parent = None if from_base or active is None else active.id

@@ -333,3 +333,45 @@ def test_a_retrain_killed_while_training_is_rerun_cleanly(
     (version,) = registry.list_models(s)
     assert not version.adapter_path.split("/")[-1].startswith(".tmp-")  # type: ignore[union-attr]
     assert {p.name for p in adapters.iterdir()} == {*left, version.id}
+
+
+# ------------------------------------------------ records of held-back articles (carried)
+
+
+# retrain/pairs.py _save_untrained: every mining (a dry run too, a round that stopped after
+# mining) recorded what its window held back, keyed by its window end, and nothing removed
+# them; only the record of a version's window end is ever read (the round continuing it).
+def test_held_back_records_are_kept_only_for_versions_a_round_may_continue(
+    sqlite_settings: Settings, tiny_model: str
+) -> None:
+    from sqlalchemy import insert, select
+
+    from litpulse.core.schema import checkpoints
+    from litpulse.core.timeutil import iso, utcnow
+    from retrain.pairs import UNTRAINED_SCOPE
+
+    s = _tiny(sqlite_settings, tiny_model)
+    engine = db.connect(s)
+    _night(engine, 0)
+    refresh_index(s)
+
+    def keys() -> set[str]:
+        with engine.connect() as conn:
+            return set(conn.execute(select(checkpoints.c.key)
+                                    .where(checkpoints.c.scope == UNTRAINED_SCOPE)).scalars())
+
+    dry = _round(s, dry_run=True)
+    assert dry.status == "dry_run" and keys() == set()  # a dry run writes nothing
+    first = _round(s)
+    version = registry.get_model(s, first.version_id)  # type: ignore[attr-defined]
+    assert keys() == {iso(version.window_end)}
+    stray = "2020-01-01T00:00:00+00:00"  # as a round that stopped after mining leaves one
+    with engine.begin() as conn:
+        conn.execute(insert(checkpoints).values(scope=UNTRAINED_SCOPE, key=stray, status="done",
+                                                value={"articles": [1]}, updated_at=utcnow()))
+    _night(engine, 1)
+    time.sleep(1.1)
+    second = _round(s)
+    ends = {iso(m.window_end) for m in registry.list_models(s)}
+    assert stray not in keys() and keys() <= ends, (keys(), ends, second.status)  # type: ignore[attr-defined]
+    assert iso(version.window_end) in keys()
