@@ -49,6 +49,7 @@ __all__ = [
     "BASE_ID",
     "ModelVersion",
     "new_version_id",
+    "free_version_id",
     "register",
     "list_models",
     "get_model",
@@ -118,6 +119,23 @@ def new_version_id(digest: str, when: dt.datetime | None = None) -> str:
     """``m-YYYYMMDDHHMMSS-<first 6 hex of digest>``."""
     when = when or utcnow()
     return f"m-{when.strftime('%Y%m%d%H%M%S')}-{digest[:6]}"
+
+
+def free_version_id(
+    settings: Settings, digest: str, when: dt.datetime | None = None, *,
+    engine: Engine | None = None,
+) -> str:
+    """:func:`new_version_id`, with ``-2``, ``-3``… added while a version or an adapter
+    folder has it already (the same weights trained twice within one second: a rerun on
+    the same data)."""
+    base = new_version_id(digest, when)
+    taken = {m.id for m in list_models(settings, engine=engine)}
+    adapters = settings.home / "adapters"
+    version_id, n = base, 1
+    while version_id in taken or (adapters / version_id).exists():
+        n += 1
+        version_id = f"{base}-{n}"
+    return version_id
 
 
 def base_model_name(settings: Settings) -> str:

@@ -431,7 +431,7 @@ def _train_candidate(
         result = train(
             settings, pairs.pairs, options, tmp, init_adapter=init_adapter, progress=progress
         )
-        version_id = registry.new_version_id(result.sha256)
+        version_id = registry.free_version_id(settings, result.sha256)
         final = adapters / version_id
         tmp.rename(final)
     except BaseException:

@@ -304,3 +304,15 @@ def test_a_rollback_during_a_retrain_is_not_undone_by_its_candidate(
         f"rollback rejected) is active, its gate compared with "
         f"{second.metrics['active']['model'] if second.metrics else '?'}; reasons "
         f"{second.reasons}")
+
+
+def test_a_version_id_taken_in_the_same_second_gets_the_next_number(settings: Settings) -> None:
+    """The same weights trained twice within one second (a rerun on the same data) made
+    the same id, and the second round crashed renaming its folder onto the first's."""
+    when = dt.datetime(2026, 12, 5, 12, 0, 0, tzinfo=dt.UTC)
+    first = registry.free_version_id(settings, "abcdef" * 10, when)
+    assert first == "m-20261205120000-abcdef"
+    (settings.ensure_home() / "adapters" / first).mkdir(parents=True)
+    assert registry.free_version_id(settings, "abcdef" * 10, when) == f"{first}-2"
+    (settings.home / "adapters" / f"{first}-2").mkdir()
+    assert registry.free_version_id(settings, "abcdef" * 10, when) == f"{first}-3"
