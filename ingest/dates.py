@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import functools
 import re
 from typing import Any
 
@@ -21,7 +22,8 @@ from litpulse.core.settings import Settings
 from litpulse.core.timeutil import as_utc
 
 __all__ = [
-    "parse_medline_date", "pub_date_of", "read_pub_date", "read_ymd", "searched_days", "ymd_of",
+    "parse_medline_date", "period_end", "pub_date_of", "read_pub_date", "read_ymd",
+    "searched_days", "ymd_of",
 ]  # fmt: skip
 
 _MONTHS: dict[str, int] = {}
@@ -83,6 +85,52 @@ def parse_medline_date(raw: str) -> PartialDate:
             if season == "Winter":
                 month = 12
     return PartialDate(year, month, _valid_day(year, month, day), raw, season)
+
+
+#: Season → the last month it means (winter: its February, the first year's December
+#: being its start only when it spans two years, as :func:`parse_medline_date` reads it).
+_SEASON_ENDS = {"spring": 5, "summer": 8, "fall": 11, "autumn": 11, "winter": 2}
+
+
+@functools.lru_cache(maxsize=4096)
+def period_end(pd: PartialDate) -> dt.date | None:
+    """The last day of the publication period ``pd``'s text gives when it reaches beyond
+    what its start says (a range of months or years, a season, a span of days); ``None``
+    when the start's own precision says it all (a year: its 31 December; a month: its
+    last day; a day). A date filter takes an article in while any day of its period is
+    in range: ``"2019 Nov-Dec"`` → 2019-12-31, ``"Dec 2019-Jan 2020"`` → 2020-01-31,
+    ``"2000 Spring"`` → 2000-05-31, ``"Winter 2023-2024"`` → 2024-02-29, ``"1975-1976"``
+    → 1976-12-31, ``"2001 Jul 15-31"`` → 2001-07-31.
+
+    Example:
+        >>> period_end(parse_medline_date("2019 Nov-Dec"))
+        datetime.date(2019, 12, 31)
+    """
+    if pd.year is None or not pd.raw:
+        return None
+    tokens = _TOKEN_RE.findall(pd.raw)
+    years = [int(t) for t in tokens if len(t) == 4 and t.isdigit() and int(t) >= pd.year]
+    end_year = max(years, default=pd.year)
+    month = day = None
+    season = None
+    for i, t in enumerate(tokens):
+        if t.isalpha():
+            m, s = _month_or_season(t)
+            if m is not None:
+                month, season, day = m, s, None
+        elif month is not None and len(t) <= 2 and t.isdigit() and i == len(tokens) - 1:
+            day = int(t)  # "Jul 15-31": the span's last day
+    if season is not None:
+        month = _SEASON_ENDS[season.lower()]
+    if month is None:
+        end = dt.date(end_year, 12, 31)
+    else:
+        last = calendar.monthrange(end_year, month)[1]
+        end = dt.date(end_year, month, day if day and day <= last else last)
+    start_month = pd.month or 12
+    start_end = dt.date(pd.year, start_month,
+                        pd.day or calendar.monthrange(pd.year, start_month)[1])  # fmt: skip
+    return end if end > start_end else None
 
 
 def read_pub_date(pd: Any) -> PartialDate:

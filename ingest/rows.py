@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from ingest.dates import period_end
 from ingest.records import Author, Deletion, QuarantineEntry, Record, SourceRef
 from litpulse.core.widths import LANGUAGE_MAX, PMCID_MAX, TERM_MAX
 
@@ -58,9 +59,9 @@ __all__ = [
 PREPARED_COLUMNS = tuple(
     "pmid version date_revised source_sequence source_time source_kind source_location "
     "title vernacular_title abstract journal pub_year pub_month pub_day pub_date_raw "
-    "article_date entrez_date best_date language doi pmcid is_retracted is_book is_deleted "
-    "deleted_at has_abstract text_hash content_hash authors mesh publication_types record "
-    "cited_by_in_corpus".split()
+    "pub_period_end article_date entrez_date best_date language doi pmcid is_retracted "
+    "is_book is_deleted deleted_at has_abstract text_hash content_hash authors mesh "
+    "publication_types record cited_by_in_corpus".split()
 )
 #: Every column of ``articles`` the store writes, in the order of its rows
 #: (:func:`article_row`, :func:`tombstone_row`): the prepared ones, then the three a
@@ -216,6 +217,7 @@ def prepare(rec: Record) -> PreparedRecord:
         pd.month,
         pd.day,
         pd.raw or None,
+        period_end(pd),
         rec.article_date,
         rec.entrez_date,
         rec.best_date,
@@ -299,6 +301,7 @@ def tombstone_row(pmid: int, src: SourceRef, position: int, now: dt.datetime) ->
         None,  # pub_month
         None,  # pub_day
         None,  # pub_date_raw
+        None,  # pub_period_end
         None,  # article_date
         None,  # entrez_date
         None,  # best_date

@@ -53,11 +53,12 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from sqlalchemy import JSON, Engine, bindparam, func, select, type_coerce, update
+from sqlalchemy import JSON, Engine, bindparam, func, or_, select, type_coerce, update
 from sqlalchemy.engine import Connection
 
 from ingest import missing as owing
 from ingest.checkpoints import Checkpoints
+from ingest.dates import period_end
 from ingest.links import (
     add_term_forms,
     chunks,
@@ -66,7 +67,14 @@ from ingest.links import (
     recount_range,
     replace_links,
 )
-from ingest.records import NLM_YEAR_FACTOR, Deletion, QuarantineEntry, Record, nlm_file_order
+from ingest.records import (
+    NLM_YEAR_FACTOR,
+    Deletion,
+    PartialDate,
+    QuarantineEntry,
+    Record,
+    nlm_file_order,
+)
 from ingest.rows import (
     ARTICLE_COLUMNS,
     COLUMN_INDEX,
@@ -110,6 +118,11 @@ _SEQUENCES_CURRENT: set[str] = set()
 LANG_TERMS_CHECKPOINT = ("store", "lang_terms")
 #: Stores this process found with their ``lang`` terms complete.
 _LANG_TERMS_CURRENT: set[str] = set()
+#: Set once the rows stored before ``pub_period_end`` have it (a date filter meets the
+#: whole of an issue's period, "2019 Nov-Dec", "2000 Spring").
+PERIOD_END_CHECKPOINT = ("store", "pub_period_end")
+#: Stores this process found with their period ends filled.
+_PERIOD_END_CURRENT: set[str] = set()
 #: PMIDs per transaction of a full recount (PubMed's ~40 M PMIDs: ~160 statements).
 RECOUNT_STEP = 250_000
 
@@ -117,7 +130,8 @@ RECOUNT_STEP = 250_000
 _RECORD_COLUMNS = (
     "version date_revised source_sequence source_time source_kind source_location "
     "source_position title "
-    "vernacular_title abstract journal pub_year pub_month pub_day pub_date_raw article_date "
+    "vernacular_title abstract journal pub_year pub_month pub_day pub_date_raw pub_period_end "
+    "article_date "
     "entrez_date best_date language doi pmcid is_retracted is_book is_deleted deleted_at "
     "has_abstract text_hash content_hash authors mesh publication_types record updated_at"
 ).split()
@@ -197,6 +211,7 @@ class Store(RunLedger, Checkpoints):
             raise ConfigError(f"batch_size must be positive, got {batch_size!r}")
         self.upgrade_sequences()
         self.upgrade_lang_terms()
+        self.upgrade_period_ends()
         counter = Counter()
         touched: set[int] = set()
         first = 0
@@ -308,6 +323,43 @@ class Store(RunLedger, Checkpoints):
 
         what = "language terms of bilingual articles added"
         return self._upgrade_once(LANG_TERMS_CHECKPOINT, _LANG_TERMS_CURRENT, work, what)
+
+    def upgrade_period_ends(self) -> int:
+        """Give the rows stored before ``pub_period_end`` existed their period's end
+        (:func:`ingest.dates.period_end`), once per store: one pass, by PMID, over the
+        rows whose date text may name a period (a dash or a season), on the first write
+        after the upgrade; then a checkpoint.
+
+        Returns:
+            The rows given an end (0 when the store was current).
+        """
+        a = articles.c
+        raw = func.lower(a.pub_date_raw)
+        periodic = or_(raw.like("%-%"), *(raw.like(f"%{s}%") for s in
+                                          ("spring", "summer", "fall", "autumn", "winter")))
+
+        def work(conn: Connection) -> int:
+            done, last = 0, 0
+            while True:  # by PMID, a page at a time: memory stays flat
+                page = conn.execute(
+                    select(a.pmid, a.pub_year, a.pub_month, a.pub_day, a.pub_date_raw)
+                    .where(a.pmid > last, a.pub_year.is_not(None), a.pub_period_end.is_(None),
+                           periodic)
+                    .order_by(a.pmid)
+                    .limit(10_000)
+                ).all()
+                if not page:
+                    return done
+                last = page[-1][0]
+                ends = [{"b_pmid": pmid, "b_end": end} for pmid, y, m, d, text in page
+                        if (end := period_end(PartialDate(y, m, d, text))) is not None]
+                if ends:
+                    conn.execute(update(articles).where(a.pmid == bindparam("b_pmid"))
+                                 .values(pub_period_end=bindparam("b_end")), ends)
+                    done += len(ends)
+
+        what = "articles given the end of their issue's period (date filters)"
+        return self._upgrade_once(PERIOD_END_CHECKPOINT, _PERIOD_END_CURRENT, work, what)
 
     def _apply_batch(
         self,

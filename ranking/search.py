@@ -461,14 +461,19 @@ def _best_in(since: dt.date | None, until: dt.date | None) -> Any:
 def _issue_in(since: dt.date | None, until: dt.date | None) -> Any:
     """Some day of the issue's publication period (``pub_year``, and ``pub_month`` and
     ``pub_day`` where PubMed gives them) within ``since..until``, compared as ``YYYYMMDD``
-    numbers: a year runs from its 0101 to its 1231, a month from its 01 to its 31."""
+    numbers: a year runs from its 0101 to its 1231, a month from its 01 to its 31; a
+    period whose text reaches further (``2019 Nov-Dec``, ``2000 Spring``) ends on its
+    ``pub_period_end``."""
     a = articles.c
     year = a.pub_year * 10000
     first = year + func.coalesce(a.pub_month, 1) * 100 + func.coalesce(a.pub_day, 1)
     last = year + func.coalesce(a.pub_month, 12) * 100 + func.coalesce(a.pub_day, 31)
     conds: list[Any] = [a.pub_year.is_not(None)]
     if since:
-        conds.append(last >= since.year * 10000 + since.month * 100 + since.day)
+        conds.append(or_(
+            last >= since.year * 10000 + since.month * 100 + since.day,
+            a.pub_period_end >= since,
+        ))  # fmt: skip
     if until:
         conds.append(first <= until.year * 10000 + until.month * 100 + until.day)
     return and_(*conds)

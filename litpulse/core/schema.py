@@ -126,6 +126,9 @@ articles = Table(
     Column("pub_month", Integer),
     Column("pub_day", Integer),
     Column("pub_date_raw", Text),
+    # the last day of the issue's period when its text reaches beyond the start ("2019
+    # Nov-Dec", "2000 Spring": ingest.dates.period_end); NULL when the start says it all
+    Column("pub_period_end", Date),
     Column("article_date", Date),
     Column("entrez_date", Date),
     Column("best_date", Date, index=True),

@@ -349,6 +349,31 @@ def test_parse_medline_date(raw: str, expected: tuple[object, ...]) -> None:
 
 
 @pytest.mark.parametrize(
+    ("raw", "end"),
+    [
+        ("1998 Dec-1999 Jan", dt.date(1999, 1, 31)),
+        ("2024 Sep-Oct", dt.date(2024, 10, 31)),
+        ("Nov-Dec 2019", dt.date(2019, 12, 31)),
+        ("2000 Spring", dt.date(2000, 5, 31)),
+        ("2001 Summer-Fall", dt.date(2001, 11, 30)),
+        ("1975-1976", dt.date(1976, 12, 31)),
+        ("1998-1999 Winter", dt.date(1999, 2, 28)),
+        ("Winter 2023-2024", dt.date(2024, 2, 29)),
+        ("2020 Winter", dt.date(2020, 2, 29)),
+        ("2001 Jul 15-31", dt.date(2001, 7, 31)),
+        ("2001 Sept", None),  # a month says it all
+        ("2001 Jul 15", None),
+        ("1975", None),
+        ("nonsense", None),
+    ],
+)
+def test_period_end_is_the_last_day_the_date_text_names(raw: str, end: dt.date | None) -> None:
+    from ingest.dates import period_end
+
+    assert period_end(parse_medline_date(raw)) == end
+
+
+@pytest.mark.parametrize(
     ("pub_date", "expected"),
     [
         ("<Year>2020</Year><Month>Sep</Month>", PartialDate(2020, 9, None, "2020 Sep")),

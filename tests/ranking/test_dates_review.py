@@ -315,6 +315,32 @@ def test_published_filter_counts_the_issue_date(world: Settings) -> None:
     assert 1007 in got, sorted(got)
 
 
+# ingest.dates.period_end / ranking.search._issue_in: a period's later months count too;
+# before, a season or a month range counted only its first month ("2019 Nov-Dec" was
+# November: a December range silently left it out)
+@pytest.mark.parametrize(
+    ("pmid", "since", "until"),
+    [
+        (1002, "2019-12-01", "2019-12-31"),  # 2019 Nov-Dec
+        (1005, "2019-12-10", "2019-12-20"),  # Nov-Dec 2019
+        (1006, "2020-01-01", "2020-01-31"),  # Dec 2019-Jan 2020
+        (1004, "2024-02-01", "2024-02-28"),  # Winter 2023-2024
+        (1003, "2019-02-01", "2019-02-28"),  # 2019 Winter: January and February
+    ],
+)
+def test_a_range_in_the_later_months_of_an_issue_period_meets_it(
+    world: Settings, pmid: int, since: str, until: str
+) -> None:
+    assert pmid in found(world, since=since, until=until)
+
+
+def test_a_range_after_an_issue_period_leaves_it_out(world: Settings) -> None:
+    assert not {1002, 1005} & found(world, since="2020-01-01", until="2020-12-31").keys()
+    assert 1004 not in found(world, since="2024-03-01", until="2024-12-31")
+    assert 1006 not in found(world, since="2020-02-01", until="2020-12-31")
+    assert 1003 not in found(world, since="2019-03-01", until="2019-12-31")
+
+
 # ------------------------------------------- API, CLI, exports, digest: consistency
 
 
