@@ -388,11 +388,18 @@ def promote(
 
     Raises:
         NotFoundError: No such version.
+        ConfigError: Its adapter cannot serve (the folder is gone: pruned as an old
+            rejected version, deleted by hand; its weights changed): nothing is switched.
     """
     if not by:
         raise ConfigError("`by` must name who promotes the version")
     engine = engine or connect(settings)
     target = get_model(settings, id, engine=engine)
+    problem = target.adapter_path and adapter_problem(target.adapter_path, target.adapter_sha256)
+    if problem:
+        pruned = any(e.get("event") == ModelEvent.PRUNED for e in target.events)
+        raise ConfigError(f"model version {id} cannot be promoted: {problem}"
+                          + (" (pruned as an old rejected version)" if pruned else ""))
     previous = active_version(settings, engine=engine)
     if previous is not None and previous.id == target.id:
         logger.info("model %s is already active", id)

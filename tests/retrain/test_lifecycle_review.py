@@ -26,6 +26,7 @@ from bench.drift import insert_batch, make_drugs
 from litpulse.app.cli import main
 from litpulse.core import db
 from litpulse.core.db import acquire_lease
+from litpulse.core.errors import ConfigError
 from litpulse.core.settings import Settings
 from litpulse.core.states import ModelStatus
 from litpulse.pipeline.planning import reindex_now, retrain_due
@@ -190,6 +191,9 @@ def test_old_rejected_candidates_can_be_removed(
     assert {m.id for m in registry.list_models(s)} >= set(ids)
     assert registry.prune_rejected(s, older_than_days=0) == []  # once
     assert registry.get_model(s, ids[0]).events[-1]["event"] == "pruned"
+    with pytest.raises(ConfigError, match="pruned as an old rejected version"):
+        registry.promote(s, ids[0], by="ann", reindex=reindex_now)  # refused before any switch
+    assert registry.get_model(s, ids[0]).status == ModelStatus.REJECTED
 
 
 # ------------------------------------------------------------- a damaged or moved model
