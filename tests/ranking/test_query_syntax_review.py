@@ -1,0 +1,362 @@
+"""Review: the query syntax researchers bring from PubMed and Google Scholar.
+
+Quoted phrases, field tags (``covid[ti]``, ``humans[mh]``), boolean operators (``NOT``,
+``-term``), truncation wildcards (``cardio*``), a PMID or a DOI typed as the query, queries
+with nothing searchable in them (stop words, punctuation, an invisible character), pasted
+abstracts, control characters, mixed scripts — through :func:`ranking.search.search`, the
+CLI (``litpulse search``), the HTTP API (``GET /search``) and saved searches
+(:func:`litpulse.pipeline.saved_searches.add_search`).
+
+Every record goes the real way: PubMed XML through :func:`ingest.parse.parse_bytes`,
+:class:`ingest.store.Store`, a real published index (:func:`ranking.refresh.refresh_index`
+with the tiny random encoder), then the surface under test — once on SQLite and once on
+PostgreSQL (one corpus per database, built once for the module, in a database of its own).
+
+The ``xfail(strict=True)`` tests state what a demanding user expects where the code
+silently does otherwise (the syntax is read as words to look for, so the results are the
+opposite of what was asked, or the article asked for is not found); the plain ones pin
+what holds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from ingest.parse import parse_bytes
+from ingest.records import Record, SourceRef
+from ingest.store import Store
+from litpulse.app.api import create_app
+from litpulse.app.cli import build_parser
+from litpulse.core import db
+from litpulse.core.errors import ConfigError
+from litpulse.core.settings import Settings
+from litpulse.pipeline.saved_searches import add_search
+from ranking import embed as em
+from ranking import lexical
+from ranking.refresh import refresh_index
+from ranking.search import MAX_QUERY_CHARS, Hit, search
+from tests.conftest import fresh_postgres_database
+from tests.tiny_encoder import build_tiny_encoder
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+#: The NEJM BNT162b2 trial: its real PMID and DOI.
+NEJM_PMID = 33301246
+NEJM_DOI = "10.1056/NEJMoa2034577"
+
+#: pmid -> (title, abstract, MeSH descriptors, year, DOI)
+CORPUS: dict[int, tuple[str, str, list[str], int, str | None]] = {
+    # the phrase "heart failure", and its two words apart
+    31000001: ("Heart failure in elderly outpatients",
+               "Chronic heart failure was followed for two years.", ["Heart Failure", "Humans"],
+               2020, None),
+    31000002: ("Kidney failure after heart transplantation",
+               "Renal failure occurred in heart transplant recipients.",
+               ["Heart Transplantation", "Humans"], 2020, None),
+    # COPD with asthma, COPD without, asthma without COPD
+    31000003: ("Asthma and COPD overlap in adults",
+               "Patients with asthma and COPD had more exacerbations.",
+               ["Asthma", "Pulmonary Disease, Chronic Obstructive"], 2020, None),
+    31000004: ("COPD exacerbations and smoking cessation",
+               "Smoking cessation reduced COPD exacerbations.",
+               ["Pulmonary Disease, Chronic Obstructive", "Smoking Cessation"], 2020, None),
+    31000011: ("Asthma in children exposed to traffic pollution",
+               "Childhood asthma incidence rose near major roads.", ["Asthma", "Child"], 2018,
+               None),
+    # "Ti" (titanium) and "MH" (malignant hyperthermia): what the tags [ti] and [mh] spell
+    31000005: ("Titanium (Ti) dental implants", "Ti implants osseointegrate within months.",
+               ["Dental Implants", "Titanium"], 2020, None),
+    31000007: ("Malignant hyperthermia (MH) after anaesthesia",
+               "MH is triggered by volatile anaesthetics in susceptible patients.",
+               ["Malignant Hyperthermia"], 2019, None),
+    31000006: ("Nursing homes and the COVID-19 outbreak",
+               "Outbreaks of SARS-CoV-2 in nursing homes were traced.",
+               ["COVID-19", "Nursing Homes", "Humans"], 2021, None),
+    31000008: ("Cardiomyopathy screening in young athletes",
+               "Athletes were screened for hypertrophic cardiomyopathy.",
+               ["Cardiomyopathies", "Athletes"], 2020, None),
+    31000009: ("Vaccination coverage of school children", "Coverage of measles vaccination rose.",
+               ["Vaccination", "Child"], 2020, None),
+    NEJM_PMID: ("Safety and Efficacy of the BNT162b2 mRNA Covid-19 Vaccine",
+                "BNT162b2 conferred 95% protection against Covid-19 in persons 16 years of age "
+                "or older.", ["COVID-19 Vaccines", "Humans"], 2020, NEJM_DOI),
+}  # fmt: skip
+
+
+def _article(pmid: int, title: str, abstract: str, mesh: list[str], year: int,
+             doi: str | None) -> str:
+    heads = "".join(
+        f'<MeshHeading><DescriptorName UI="D{pmid}{i}" MajorTopicYN="N">{m}</DescriptorName>'
+        "</MeshHeading>"
+        for i, m in enumerate(mesh)
+    )
+    eloc = f'<ELocationID EIdType="doi" ValidYN="Y">{doi}</ELocationID>' if doi else ""
+    return (
+        f'<PubmedArticle><MedlineCitation Status="MEDLINE"><PMID Version="1">{pmid}</PMID>'
+        f"<Article><Journal><JournalIssue><PubDate><Year>{year}</Year></PubDate></JournalIssue>"
+        f"<Title>J Test</Title></Journal><ArticleTitle>{title}</ArticleTitle>{eloc}"
+        f"<Abstract><AbstractText>{abstract}</AbstractText></Abstract>"
+        "<Language>eng</Language></Article>"
+        f"<MeshHeadingList>{heads}</MeshHeadingList></MedlineCitation>"
+        "<PubmedData/></PubmedArticle>"
+    )
+
+
+def _records() -> list[Record]:
+    body = "".join(_article(p, *v) for p, v in CORPUS.items())
+    xml = f'<?xml version="1.0" encoding="utf-8"?>\n<PubmedArticleSet>{body}</PubmedArticleSet>'
+    items = parse_bytes(xml.encode(), source_ref=SourceRef("file", "query_syntax.xml"))
+    out = [i for i in items if isinstance(i, Record)]
+    assert {r.pmid for r in out} == set(CORPUS), items
+    return out
+
+
+def _text(pmid: int) -> str:
+    title, abstract, *_ = CORPUS[pmid]
+    return f"{title} {abstract}".lower()
+
+
+# ------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return build_tiny_encoder(tmp_path_factory.mktemp("tiny-syntax"), max_seq_length=32)
+
+
+def _world(home: Path, url: str, tiny: str) -> Settings:
+    s = Settings.from_env({}, home=home, database_url=url).replace(
+        model=tiny, max_seq_length=32, search_server_url="", api_rate_burst=100000
+    )
+    Store(db.connect(s)).apply(_records())
+    report = refresh_index(s)
+    assert report.published and report.size == len(CORPUS)
+    return s
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny: str
+) -> Iterator[Settings]:
+    """The corpus stored and indexed, on SQLite and on PostgreSQL (a database of its own)."""
+    home = tmp_path_factory.mktemp(f"syntax-{request.param}")
+    em.clear_cache()
+    if request.param == "sqlite":
+        s = _world(home, "", tiny)
+        yield s
+        eng = db._ENGINES.pop(s.effective_database_url, None)
+        if eng is not None:
+            eng.dispose()
+    else:
+        with fresh_postgres_database("litpulse_syntax") as url:
+            yield _world(home, url, tiny)
+            db.dispose_engines()
+    em.clear_cache()
+
+
+@pytest.fixture(scope="module")
+def client(world: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(world), raise_server_exceptions=False) as c:
+        yield c
+
+
+def _pmids(hits: list[Hit]) -> list[int]:
+    return [h.pmid for h in hits]
+
+
+def _lexical(s: Settings, query: str) -> list[int]:
+    return _pmids(search(s, query, k=50, mode="lexical"))
+
+
+def _cli(s: Settings, argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    args = build_parser().parse_args(["search", *argv, "--json"])
+    assert args.func(args, s) == 0
+    out: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return out
+
+
+# ----------------------------------------------------------------------- what holds
+
+
+def test_a_quoted_phrase_ranks_the_article_holding_it_first(world: Settings) -> None:
+    """The quotes are dropped, but the article with both words (twice) still comes first."""
+    assert _lexical(world, '"heart failure"')[0] == 31000001
+
+
+def test_or_between_two_words_is_not_a_term(world: Settings) -> None:
+    """README: ``OR`` between two query words is PubMed's operator, not the odds ratio."""
+    assert "OR" not in lexical.query_terms("COPD OR asthma")
+    assert set(_lexical(world, "COPD OR asthma")) == {31000003, 31000004, 31000011}
+
+
+def test_mixed_scripts_and_emoji_neither_fail_nor_lose_the_latin_words(world: Settings) -> None:
+    assert set(_lexical(world, "COVID-19 新冠 🦠")) == {31000006, NEJM_PMID}
+
+
+def test_control_characters_are_refused_alike_by_core_and_api(
+    world: Settings, client: TestClient
+) -> None:
+    with pytest.raises(ConfigError, match="control characters"):
+        search(world, "asthma\x00", k=5)
+    r = client.get("/search", params={"q": "asthma\x1b[31m", "k": "5"})
+    assert r.status_code == 400 and "control characters" in r.json()["detail"]
+
+
+def test_a_pasted_abstract_is_refused_with_the_limit_not_cut_silently(
+    world: Settings, client: TestClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Core, API and saved searches refuse a query over 512 characters and say why (the
+    web page's ``maxlength`` cuts a paste instead: see the reply)."""
+    pasted = ("Smoking cessation reduced COPD exacerbations in adults with asthma. " * 10)
+    assert len(pasted) > MAX_QUERY_CHARS
+    with pytest.raises(ConfigError, match="at most 512"):
+        search(world, pasted, k=5)
+    r = client.get("/search", params={"q": pasted, "k": "5"})
+    assert r.status_code == 422 and "512" in r.text
+    with pytest.raises(ConfigError, match="at most 512"):
+        add_search(world, name="pasted", query=pasted, owner="cli:review")
+
+
+def test_a_query_at_the_length_limit_answers_quickly(world: Settings) -> None:
+    pasted = ("Smoking cessation reduced COPD exacerbations in adults with asthma. " * 10)
+    query = pasted[:MAX_QUERY_CHARS].strip()
+    started = time.perf_counter()
+    hits = search(world, query, k=10)
+    assert time.perf_counter() - started < 5.0
+    assert hits and hits[0].pmid in {31000003, 31000004}
+
+
+def test_cli_and_api_answer_a_tagged_query_alike(
+    world: Settings, client: TestClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Whatever a query's syntax means, the surfaces agree on it (here: all read [ti] as
+    a word)."""
+    api = client.get("/search", params={"q": "covid[ti]", "k": "5", "mode": "lexical"})
+    assert api.status_code == 200
+    cli = _cli(world, ["covid[ti]", "-k", "5", "--mode", "lexical"], capsys)
+    core = _pmids(search(world, "covid[ti]", k=5, mode="lexical"))
+    assert [h["pmid"] for h in api.json()["results"]] == [h["pmid"] for h in cli["results"]]
+    assert [h["pmid"] for h in cli["results"]] == core
+
+
+# ------------------------------------------------------------------------ defects
+
+
+# ranking/lexical.py:343-345 (_query_terms): a capital NOT between two words is dropped as
+# "PubMed's operator" (README, Scoring), and a leading "-" is a non-word character, so the
+# word to be excluded becomes a term to look for: "COPD NOT asthma" ranks an asthma-only
+# article above the COPD-only one, the opposite of what PubMed and Google Scholar do.
+@pytest.mark.xfail(strict=True, reason="NOT / -term: the excluded word is searched for "
+                   "(ranking/lexical.py _query_terms drops the operator, keeps the word)")
+@pytest.mark.parametrize("query", ["COPD NOT asthma", "COPD -asthma"])
+def test_an_excluded_word_is_not_searched_for(world: Settings, query: str) -> None:
+    found = _lexical(world, query)
+    assert 31000004 in found  # COPD, no asthma
+    assert [p for p in found if "asthma" in _text(p)] == []
+
+
+# ranking/lexical.py:338-354 (_query_terms) and ranking/search.py:750 (_checked_query): a
+# PubMed field tag is read as text, so `covid[ti]` looks for the word "ti" and
+# `humans[mh]` for "mh": the titanium (Ti) and malignant hyperthermia (MH) articles, which
+# hold neither covid nor humans, come back — first — for them.
+@pytest.mark.xfail(strict=True, reason="field tags [ti]/[mh] are searched as the words "
+                   "'ti'/'mh' (ranking/lexical.py _query_terms)")
+@pytest.mark.parametrize(("query", "stranger"),
+                         [("covid[ti]", 31000005), ("humans[mh]", 31000007)])
+def test_a_field_tag_is_not_searched_as_a_word(world: Settings, query: str,
+                                               stranger: int) -> None:
+    assert stranger not in _lexical(world, query)
+    assert search(world, query, k=1)[0].pmid != stranger  # the default (hybrid) page
+
+
+# ranking/search.py:597 (run_search; nothing looks the query up as an identifier) and
+# ranking/lexical.py (no pmid/DOI term): a PMID typed as the query (what PubMed answers
+# with that one article) is searched as the number's text, and the article is not among
+# the results although it is stored and indexed.
+@pytest.mark.xfail(strict=True, reason="a PMID typed as the query does not find its "
+                   "article (ranking/search.py run_search searches it as text)")
+def test_a_pmid_typed_as_the_query_finds_that_article(world: Settings) -> None:
+    assert search(world, str(NEJM_PMID), k=5)[0].pmid == NEJM_PMID
+
+
+# ranking/lexical.py:_words (the DOI is cut into "10", "1056", "nejmoa2034577") and the
+# index holds no DOI: a DOI pasted as the query does not find the article it names.
+@pytest.mark.xfail(strict=True, reason="a DOI typed as the query does not find its "
+                   "article (no DOI in the lexical index; ranking/lexical.py)")
+def test_a_doi_typed_as_the_query_finds_that_article(world: Settings) -> None:
+    assert NEJM_PMID in _lexical(world, NEJM_DOI)
+    assert search(world, NEJM_DOI, k=5)[0].pmid == NEJM_PMID
+
+
+# ranking/lexical.py:_WORD / _query_terms: "*" is a non-word character, dropped, so
+# `cardio*` looks for the stem "cardio" only and misses cardiomyopathy (`vaccin*` works
+# only because the stemmer happens to cut "vaccination" there): truncation silently
+# loses the results PubMed's truncation finds, and nothing says "*" is not supported.
+@pytest.mark.xfail(strict=True, reason="a truncation wildcard is dropped: cardio* finds "
+                   "nothing lexically (ranking/lexical.py _query_terms)")
+def test_a_truncation_wildcard_finds_the_words_it_starts(world: Settings) -> None:
+    assert 31000008 in _lexical(world, "cardio*")
+
+
+# ranking/lexical.py:_query_terms drops the quotes: a quoted phrase is a bag of words, so
+# the kidney-failure-after-heart-transplant article is returned for "heart failure" —
+# and neither the README nor --help says quotes are ignored.
+@pytest.mark.xfail(strict=True, reason="a quoted phrase is searched as separate words "
+                   "(ranking/lexical.py _query_terms drops the quotes)")
+def test_a_quoted_phrase_is_not_matched_by_its_words_apart(world: Settings) -> None:
+    assert 31000002 not in _lexical(world, '"heart failure"')
+
+
+# ranking/search.py:750-764 (_checked_query) checks only that the trimmed query is not
+# empty: a query with no searchable word (stop words only, punctuation, a zero-width
+# space) has no lexical term, and hybrid search answers it with the vectors' nearest
+# neighbours of noise — a full page of arbitrary articles, no word that nothing was
+# searched (lexical mode answers nothing, for the same query).
+@pytest.mark.xfail(strict=True, reason="a query with no searchable word returns a page "
+                   "of arbitrary articles (ranking/search.py _checked_query)")
+@pytest.mark.parametrize("query", ["the of and", "!!!", "\u200b"])
+def test_a_query_with_nothing_searchable_is_refused_or_empty(world: Settings,
+                                                             query: str) -> None:
+    assert lexical.query_terms(query) == {}
+    try:
+        hits = search(world, query, k=10)
+    except ConfigError:
+        return
+    assert hits == []
+
+
+# litpulse/pipeline/saved_searches.py:155 (_clean_query): the same query is saved as an
+# alert, whose nightly digest (semantic only) then records whatever new articles score
+# above the threshold against the embedding of noise.
+@pytest.mark.xfail(strict=True, reason="a saved search with no searchable word is "
+                   "accepted (litpulse/pipeline/saved_searches.py _clean_query)")
+def test_a_saved_search_with_nothing_searchable_is_refused(world: Settings) -> None:
+    with pytest.raises(ConfigError):
+        add_search(world, name="noise", query="!!!", owner="cli:review")
+
+
+# README.md "Scoring" (lexical) and litpulse/app/cli/search.py:34 ("free-text query"): no
+# word on what PubMed/Scholar syntax does here — quotes, NOT and -term, [tags], "*" —
+# only that OR between two words is PubMed's operator, which suggests the others are too.
+@pytest.mark.xfail(strict=True, reason="README does not say how quotes, NOT/-term, field "
+                   "tags and wildcards are treated")
+def test_readme_says_what_pubmed_syntax_does() -> None:
+    text = README.read_text(encoding="utf-8")
+    said = {
+        "quoted phrases": r"\bphrases?\b",
+        "NOT / -term": r"\bNOT\b",
+        "field tags": r"\[ti\]|\bfield tags?\b",
+        "wildcards": r"\bwildcards?\b|\btruncation\b",
+    }
+    missing = [what for what, pattern in said.items() if not re.search(pattern, text)]
+    assert missing == []
