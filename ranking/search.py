@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_OFFSET",
     "MAX_QUERY_CHARS",
+    "checked_query",
     "load_rows",
     "Hit",
     "nearest",
@@ -748,19 +749,80 @@ def _check_offset(offset: int | None) -> None:
 
 
 def _checked_query(query: str, k: int) -> str:
-    """The trimmed query.
+    """:func:`checked_query`, and ``k`` >= 1."""
+    text = checked_query(query)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"k must be a positive integer, got {k!r}")
+    return text
+
+
+#: PubMed's field tags (``covid[ti]``, ``humans[mh]``), and what to use instead.
+_FIELD_TAG = re.compile(r"\[\s*([A-Za-z][A-Za-z ]{0,30}?)\s*\]")
+_TAG_ADVICE = {
+    **dict.fromkeys(("mh", "mesh", "mesh terms", "mh:noexp", "majr", "mesh major topic"),
+                    "filter by MeSH instead (--mesh, mesh=; 'Term*' for a major topic)"),
+    **dict.fromkeys(("dp", "pdat", "edat", "publication date", "date"),
+                    "bound the date instead (--since/--until)"),
+    **dict.fromkeys(("pt", "publication type"), "filter by type instead (--type, type=)"),
+    **dict.fromkeys(("la", "language"), "filter by language instead (--language)"),
+    **dict.fromkeys(("au", "author", "1au", "lastau", "fau"),
+                    "authors are not searched (search the topic's words)"),
+}  # fmt: skip
+#: Words excluded the PubMed or Google way: ``COPD NOT asthma``, ``COPD -asthma``.
+_EXCLUSION = re.compile(r"(?:^|(?<=[\s(]))(?:NOT\s+(?=\S)|-(?=[^\W\d_]))")
+#: Truncation: ``cardio*``.
+_TRUNCATION = re.compile(r"[^\W_]\*(?![^\W_])")
+#: A query that is a PMID alone (``33301246``, ``PMID: 33301246``) or a DOI alone.
+_PMID_ONLY = re.compile(r"(?:pmid\s*:?\s*)?(\d{1,9})", re.IGNORECASE)
+_DOI_ONLY = re.compile(r"(?:doi:\s*|https?://(?:dx\.)?doi\.org/)?10\.\d{4,9}/\S+", re.I)
+
+
+def checked_query(query: str) -> str:
+    """The trimmed query text of a search or a saved search, refused where it would be
+    searched other than the user means (litpulse ranks by meaning and by BM25 over
+    words: quotes group nothing, every word counts, ``OR`` between words is ignored).
 
     Raises:
-        ConfigError: An empty or over-long query, one holding a control character, or
-            ``k`` < 1.
+        ConfigError: An empty or over-long query, one holding a control character; one
+            with nothing to search for (stop words or punctuation only); a PMID or a DOI
+            alone (the message names the commands that show that article); PubMed's field
+            tags (``[ti]``, ``[mh]``: the message names the filter to use); words excluded
+            with ``NOT`` or ``-`` (they would be searched for); truncation (``cardio*``).
     """
     text = checked_text(query or "", "query").strip()
     if not text:
         raise ConfigError("query must not be empty")
     if len(text) > MAX_QUERY_CHARS:
         raise ConfigError(f"query must be at most {MAX_QUERY_CHARS} characters")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"k must be a positive integer, got {k!r}")
+    pmid = _PMID_ONLY.fullmatch(text)
+    if pmid:
+        n = int(pmid.group(1))
+        raise ConfigError(
+            f"the query is a PMID alone: `litpulse article {n}` (GET /articles/{n}) shows "
+            f"that article, `litpulse similar {n}` (GET /similar/{n}) the ones nearest it; "
+            "search words to find articles"
+        )
+    if _DOI_ONLY.fullmatch(text):
+        raise ConfigError("the query is a DOI alone: articles are not looked up by DOI "
+                          "here; search the article's title or words")
+    tag = _FIELD_TAG.search(text)
+    if tag:
+        name = tag.group(1).strip().lower()
+        advice = _TAG_ADVICE.get(name, "the words are searched in titles, abstracts, MeSH "
+                                       "headings and keywords alike: drop the tag")
+        raise ConfigError(f"PubMed field tags such as {tag.group(0)!r} are not supported: "
+                          f"{advice}")
+    if _EXCLUSION.search(text):
+        raise ConfigError("excluding words (NOT word, -word) is not supported: litpulse "
+                          "ranks by meaning, and the word would be searched for; remove it")
+    if _TRUNCATION.search(text):
+        raise ConfigError("truncation (word*) is not supported: type whole words (they are "
+                          "stemmed: vaccination also finds vaccine and vaccines)")
+    from ranking.lexical import query_terms
+
+    if not query_terms(text):
+        raise ConfigError("the query has no word to search for (only stop words or "
+                          "punctuation)")
     return text
 
 

@@ -29,7 +29,7 @@ from litpulse.core.schema import articles, digest_matches, saved_searches
 from litpulse.core.settings import Settings
 from litpulse.core.text import checked_text
 from litpulse.core.timeutil import iso
-from ranking.search import MAX_QUERY_CHARS, SearchFilters
+from ranking.search import SearchFilters, checked_query
 
 __all__ = [
     "CLI_OWNER_PREFIX",
@@ -153,12 +153,7 @@ def _clean_name(name: str) -> str:
 
 
 def _clean_query(query: str) -> str:
-    text = checked_text(query or "", "query").strip()
-    if not text:
-        raise ConfigError("query must not be empty")
-    if len(text) > MAX_QUERY_CHARS:
-        raise ConfigError(f"query must be at most {MAX_QUERY_CHARS} characters")
-    return text
+    return checked_query(query)  # the rules of a search's query
 
 
 def _clean_min_score(value: float | None) -> float | None:

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import Engine, insert, update
 
 from litpulse.core import db
+from litpulse.core.errors import ConfigError
 from litpulse.core.schema import articles, embeddings
 from litpulse.core.settings import Settings
 from ranking import index_files, lexical, publish, refresh
@@ -580,7 +581,8 @@ def test_nitric_oxide_and_ankylosing_spondylitis_are_found(
     assert lexical_hits("NO sepsis")[0] == 1
     assert lexical_hits("AS") == [3]
     assert lexical_hits("TNF blockers in AS")[0] == 3
-    assert lexical_hits("no") == []  # the English word: a stop word still
+    with pytest.raises(ConfigError, match="no word to search for"):
+        lexical_hits("no")  # the English word: a stop word still (nothing to search for)
 
 
 def test_a_format_3_index_is_still_searched_and_refresh_rebuilds_it(

@@ -239,14 +239,18 @@ def test_a_query_at_the_length_limit_answers_quickly(world: Settings) -> None:
 def test_cli_and_api_answer_a_tagged_query_alike(
     world: Settings, client: TestClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Whatever a query's syntax means, the surfaces agree on it (here: all read [ti] as
-    a word)."""
+    """Whatever a query's syntax means, the surfaces agree on it (since the fix: all refuse
+    [ti] with the same message; the API answers 400, the CLI exits 2)."""
+    from litpulse.app.cli import main
+
     api = client.get("/search", params={"q": "covid[ti]", "k": "5", "mode": "lexical"})
-    assert api.status_code == 200
-    cli = _cli(world, ["covid[ti]", "-k", "5", "--mode", "lexical"], capsys)
-    core = _pmids(search(world, "covid[ti]", k=5, mode="lexical"))
-    assert [h["pmid"] for h in api.json()["results"]] == [h["pmid"] for h in cli["results"]]
-    assert [h["pmid"] for h in cli["results"]] == core
+    assert api.status_code == 400 and "field tags" in api.json()["detail"]
+    with pytest.raises(ConfigError) as core:
+        search(world, "covid[ti]", k=5, mode="lexical")
+    assert api.json()["detail"] == str(core.value)
+    capsys.readouterr()
+    assert main(["search", "covid[ti]", "-k", "5"]) == 2
+    assert str(core.value) in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------ defects
@@ -256,63 +260,66 @@ def test_cli_and_api_answer_a_tagged_query_alike(
 # "PubMed's operator" (README, Scoring), and a leading "-" is a non-word character, so the
 # word to be excluded becomes a term to look for: "COPD NOT asthma" ranks an asthma-only
 # article above the COPD-only one, the opposite of what PubMed and Google Scholar do.
-@pytest.mark.xfail(strict=True, reason="NOT / -term: the excluded word is searched for "
-                   "(ranking/lexical.py _query_terms drops the operator, keeps the word)")
 @pytest.mark.parametrize("query", ["COPD NOT asthma", "COPD -asthma"])
 def test_an_excluded_word_is_not_searched_for(world: Settings, query: str) -> None:
-    found = _lexical(world, query)
-    assert 31000004 in found  # COPD, no asthma
-    assert [p for p in found if "asthma" in _text(p)] == []
+    # fixed: refused, saying why (the word would be searched for), on every surface
+    with pytest.raises(ConfigError, match="excluding words"):
+        _lexical(world, query)
+    with pytest.raises(ConfigError, match="excluding words"):
+        search(world, query, k=5)
 
 
 # ranking/lexical.py:338-354 (_query_terms) and ranking/search.py:750 (_checked_query): a
 # PubMed field tag is read as text, so `covid[ti]` looks for the word "ti" and
 # `humans[mh]` for "mh": the titanium (Ti) and malignant hyperthermia (MH) articles, which
 # hold neither covid nor humans, come back — first — for them.
-@pytest.mark.xfail(strict=True, reason="field tags [ti]/[mh] are searched as the words "
-                   "'ti'/'mh' (ranking/lexical.py _query_terms)")
 @pytest.mark.parametrize(("query", "stranger"),
                          [("covid[ti]", 31000005), ("humans[mh]", 31000007)])
 def test_a_field_tag_is_not_searched_as_a_word(world: Settings, query: str,
                                                stranger: int) -> None:
-    assert stranger not in _lexical(world, query)
-    assert search(world, query, k=1)[0].pmid != stranger  # the default (hybrid) page
+    # fixed: refused, naming what to use instead ([mh]: the MeSH filter)
+    with pytest.raises(ConfigError, match="field tags") as refused:
+        search(world, query, k=1)
+    assert "--mesh" in str(refused.value) if "[mh]" in query else "drop the tag" in str(
+        refused.value)
 
 
 # ranking/search.py:597 (run_search; nothing looks the query up as an identifier) and
 # ranking/lexical.py (no pmid/DOI term): a PMID typed as the query (what PubMed answers
 # with that one article) is searched as the number's text, and the article is not among
 # the results although it is stored and indexed.
-@pytest.mark.xfail(strict=True, reason="a PMID typed as the query does not find its "
-                   "article (ranking/search.py run_search searches it as text)")
 def test_a_pmid_typed_as_the_query_finds_that_article(world: Settings) -> None:
-    assert search(world, str(NEJM_PMID), k=5)[0].pmid == NEJM_PMID
+    # fixed: refused, naming the commands that show that article and the nearest ones
+    for query in (str(NEJM_PMID), f"PMID: {NEJM_PMID}"):
+        with pytest.raises(ConfigError, match=f"litpulse article {NEJM_PMID}") as refused:
+            search(world, query, k=5)
+        assert f"litpulse similar {NEJM_PMID}" in str(refused.value)
 
 
 # ranking/lexical.py:_words (the DOI is cut into "10", "1056", "nejmoa2034577") and the
 # index holds no DOI: a DOI pasted as the query does not find the article it names.
-@pytest.mark.xfail(strict=True, reason="a DOI typed as the query does not find its "
-                   "article (no DOI in the lexical index; ranking/lexical.py)")
 def test_a_doi_typed_as_the_query_finds_that_article(world: Settings) -> None:
-    assert NEJM_PMID in _lexical(world, NEJM_DOI)
-    assert search(world, NEJM_DOI, k=5)[0].pmid == NEJM_PMID
+    # fixed: refused, saying DOIs are not looked up (search the title instead)
+    for query in (NEJM_DOI, f"https://doi.org/{NEJM_DOI}"):
+        with pytest.raises(ConfigError, match="DOI alone"):
+            search(world, query, k=5)
 
 
 # ranking/lexical.py:_WORD / _query_terms: "*" is a non-word character, dropped, so
 # `cardio*` looks for the stem "cardio" only and misses cardiomyopathy (`vaccin*` works
 # only because the stemmer happens to cut "vaccination" there): truncation silently
 # loses the results PubMed's truncation finds, and nothing says "*" is not supported.
-@pytest.mark.xfail(strict=True, reason="a truncation wildcard is dropped: cardio* finds "
-                   "nothing lexically (ranking/lexical.py _query_terms)")
 def test_a_truncation_wildcard_finds_the_words_it_starts(world: Settings) -> None:
-    assert 31000008 in _lexical(world, "cardio*")
+    # fixed: refused, saying words are stemmed instead
+    with pytest.raises(ConfigError, match="truncation"):
+        _lexical(world, "cardio*")
 
 
 # ranking/lexical.py:_query_terms drops the quotes: a quoted phrase is a bag of words, so
 # the kidney-failure-after-heart-transplant article is returned for "heart failure" —
 # and neither the README nor --help says quotes are ignored.
-@pytest.mark.xfail(strict=True, reason="a quoted phrase is searched as separate words "
-                   "(ranking/lexical.py _query_terms drops the quotes)")
+@pytest.mark.xfail(strict=True, reason="phrase search is not supported: positions are "
+                   "not indexed; the README says quotes are ignored (open)")
 def test_a_quoted_phrase_is_not_matched_by_its_words_apart(world: Settings) -> None:
     assert 31000002 not in _lexical(world, '"heart failure"')
 
@@ -322,8 +329,6 @@ def test_a_quoted_phrase_is_not_matched_by_its_words_apart(world: Settings) -> N
 # space) has no lexical term, and hybrid search answers it with the vectors' nearest
 # neighbours of noise — a full page of arbitrary articles, no word that nothing was
 # searched (lexical mode answers nothing, for the same query).
-@pytest.mark.xfail(strict=True, reason="a query with no searchable word returns a page "
-                   "of arbitrary articles (ranking/search.py _checked_query)")
 @pytest.mark.parametrize("query", ["the of and", "!!!", "\u200b"])
 def test_a_query_with_nothing_searchable_is_refused_or_empty(world: Settings,
                                                              query: str) -> None:
@@ -338,8 +343,6 @@ def test_a_query_with_nothing_searchable_is_refused_or_empty(world: Settings,
 # litpulse/pipeline/saved_searches.py:155 (_clean_query): the same query is saved as an
 # alert, whose nightly digest (semantic only) then records whatever new articles score
 # above the threshold against the embedding of noise.
-@pytest.mark.xfail(strict=True, reason="a saved search with no searchable word is "
-                   "accepted (litpulse/pipeline/saved_searches.py _clean_query)")
 def test_a_saved_search_with_nothing_searchable_is_refused(world: Settings) -> None:
     with pytest.raises(ConfigError):
         add_search(world, name="noise", query="!!!", owner="cli:review")
@@ -348,8 +351,6 @@ def test_a_saved_search_with_nothing_searchable_is_refused(world: Settings) -> N
 # README.md "Scoring" (lexical) and litpulse/app/cli/search.py:34 ("free-text query"): no
 # word on what PubMed/Scholar syntax does here — quotes, NOT and -term, [tags], "*" —
 # only that OR between two words is PubMed's operator, which suggests the others are too.
-@pytest.mark.xfail(strict=True, reason="README does not say how quotes, NOT/-term, field "
-                   "tags and wildcards are treated")
 def test_readme_says_what_pubmed_syntax_does() -> None:
     text = README.read_text(encoding="utf-8")
     said = {
