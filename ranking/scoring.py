@@ -349,6 +349,13 @@ def recency_value(best_date: Any, options: ScoringOptions) -> tuple[float, dict[
             "source": "missing",
             "text": f"no publication date known: neutral {NEUTRAL_RECENCY}",
         }
+    if day is not None and day > options.reference_day():  # ahead of print, a wrong date
+        return value, {
+            "raw": iso(day),
+            "age_days": 0,
+            "source": "best_date",
+            "text": f"published {day}, in the future: counted as today -> {value:.3f}",
+        }
     return value, {
         "raw": iso(day),
         "age_days": age,
@@ -386,10 +393,15 @@ def citation_value(row: Mapping[str, Any], options: ScoringOptions) -> tuple[flo
         )
     elif impact.source in ("icite_citations_per_year", "icite_citation_count"):
         young = age is not None and age < YOUNG_DAYS
+        rate = (
+            f"iCite {impact.raw:.2f} citations/year"
+            if impact.source == "icite_citations_per_year"
+            else f"{impact.raw:.2f} citations/year from iCite's count of "
+            f"{row.get('citation_count')} over the article's age"
+        )
         info["text"] = (
-            f"iCite {impact.raw:.2f} citations/year (no RCR yet; {CPY_REFERENCE:g}/year "
-            f"is typical{'; under a year old: at least neutral' if young else ''}) "
-            f"-> {value:.3f}"
+            f"{rate} (no RCR yet; {CPY_REFERENCE:g}/year is typical"
+            f"{'; under a year old: at least neutral' if young else ''}) -> {value:.3f}"
         )
     elif impact.source == "in_corpus":
         info["rate_per_year"] = impact.rate_per_year
@@ -401,6 +413,12 @@ def citation_value(row: Mapping[str, Any], options: ScoringOptions) -> tuple[flo
     else:
         info["text"] = f"no citation data yet: neutral {NEUTRAL_CITATION}"
     return value, info
+
+
+def _places(weight: float) -> int:
+    """Decimals a value is printed with beside ``weight``: enough that the printed
+    products add up to the printed total (to its 4 decimals) whatever the weight."""
+    return 5 + max(0, math.ceil(math.log10(weight))) if weight > 0 else 3
 
 
 def score_article(
@@ -455,7 +473,8 @@ def score_article(
             "contribution": contribution,
         }
     summary = " + ".join(
-        f"{c['weight']:g}x{c['value']:.3f} ({name})" for name, c in components.items()
+        f"{c['weight']:g}x{c['value']:.{_places(c['weight'])}f} ({name})"
+        for name, c in components.items()
     )
     explanation = {
         "formula": FORMULA if relevance is None else HYBRID_FORMULA,
@@ -468,7 +487,9 @@ def score_article(
         return Score(total, sim, rec, cit, explanation)
     explanation["mode"] = str(relevance.mode)
     explanation["lexical_share"] = relevance.share(options)
-    return Score(total, sim, rec, cit, explanation, lexical=relevance.lexical)
+    # the similarity the score used (fused: the cosine normalised over the candidates),
+    # as ``lexical`` is: the README's formula gives the score from a hit's own fields
+    return Score(total, relevance.similarity, rec, cit, explanation, lexical=relevance.lexical)
 
 
 def scores(

@@ -1129,10 +1129,13 @@ def _explain(
             _hit(p, rows[i], options, None, float(cosine[i]))
             for p, i in zip(pmids, chosen, strict=True)
         ]
-    if mode == SearchMode.SEMANTIC:  # shown, not used: BM25 of the hits only
-        pool = ranked.pool
-        pool.bm25.update(lexical.scores(text, pmids))
-        rels = relevances(pool.sims, pool.bm25, pmids, mode, options)
+    if mode == SearchMode.SEMANTIC:  # shown, not used: ranks among all the candidates,
+        pool = ranked.pool  # as in the other modes (not among the hits of this page)
+        every = [int(p) for p in ids]
+        missing = [p for p in every if p not in pool.bm25]
+        if missing:
+            pool.bm25.update(lexical.scores(text, missing))
+        rels = relevances(pool.sims, pool.bm25, every, mode, options)
     else:
         rels = {p: fused.relevance(i) for p, i in zip(pmids, chosen, strict=True)}
     matches = lexical.explain(text, pmids)

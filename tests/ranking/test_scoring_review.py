@@ -412,11 +412,6 @@ def test_min_max_fusion_makes_scores_depend_on_the_other_candidates_as_documente
 # cosine, while its ``lexical`` is the fused (min-max) value and the score uses the fused
 # similarity too: the score cannot be recomputed from the hit's own fields with the
 # README's formula in hybrid mode.
-@pytest.mark.xfail(
-    strict=True,
-    reason="hit.similarity is the raw cosine, not the fused "
-    "similarity the score uses (hybrid): the hit's fields do not add up",
-)
 def test_a_hits_own_fields_add_up_to_its_score(client: TestClient) -> None:
     data = client.get("/search", params={"q": QUERY, "k": 20}).json()
     o = data["options"]
@@ -439,11 +434,6 @@ _TERM = re.compile(r"([-0-9.e+]+)x([-0-9.]+) \((\w+)\)")
 # the total to 4; with weights above 1 (allowed per query, up to 1000) the printed
 # products add up to a different total — "20x0.010 (recency) + … = X" where X is off in
 # the third decimal.
-@pytest.mark.xfail(
-    strict=True,
-    reason="the explanation text rounds values to 3 decimals: "
-    "its printed terms do not add up to its printed total",
-)
 def test_the_printed_explanation_adds_up_to_the_printed_total(client: TestClient) -> None:
     params: dict[str, Any] = {"q": QUERY, "k": 20, "w_recency": 20, "w_citation": 20}
     off = []
@@ -461,11 +451,6 @@ def test_the_printed_explanation_adds_up_to_the_printed_total(client: TestClient
 # ranking/scoring.py:recency_value (the ``text``/``age_days`` of a future best_date): an
 # article dated next January is explained as "published <next year>-01-01 (0 days ago)";
 # the age is false — the date is in the future and merely counted as today (recency 1).
-@pytest.mark.xfail(
-    strict=True,
-    reason="a future date is explained as '(0 days ago)' "
-    "instead of saying it lies in the future and counts as today",
-)
 def test_a_future_date_is_not_explained_as_zero_days_ago(client: TestClient) -> None:
     data = client.get("/search", params={"q": QUERY, "k": 20}).json()
     rec = next(h for h in data["results"] if h["pmid"] == 7003)
@@ -480,11 +465,6 @@ def test_a_future_date_is_not_explained_as_zero_days_ago(client: TestClient) -> 
 # the hits shown on this page, not among the candidates (as in hybrid and lexical mode):
 # the same article for the same query is "rank 4" with k=20 and "rank 2" with k=2, and
 # the first hit of every further page is "rank 1".
-@pytest.mark.xfail(
-    strict=True,
-    reason="semantic mode ranks the shown hits only: an "
-    "article's explained cosine rank changes with k and the page",
-)
 def test_semantic_ranks_in_the_explanation_do_not_depend_on_the_page(
     client: TestClient,
 ) -> None:
@@ -513,11 +493,6 @@ def test_semantic_ranks_in_the_explanation_do_not_depend_on_the_page(
 # icite_citation_count, in_corpus or missing", but a rate made from iCite's bare count ÷
 # the article's age is printed as "iCite 1.12 citations/year", exactly like iCite's own
 # rate; nothing in --explain says it was derived from a count.
-@pytest.mark.xfail(
-    strict=True,
-    reason="--explain shows a count-derived rate as iCite's "
-    "citations/year and never names the icite_citation_count source",
-)
 def test_cli_explain_names_a_count_derived_citation_source(
     world: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -534,11 +509,6 @@ def test_cli_explain_names_a_count_derived_citation_source(
 # while the page shows the hybrid score at the researcher's own weights right above the
 # "Lowest score" field it is chosen from; neither the page nor `alerts add --help` says
 # the threshold is on another scale, so a threshold read off the page is wrong.
-@pytest.mark.xfail(
-    strict=True,
-    reason="the page and `alerts add` say nothing of the "
-    "digest's threshold being a semantic score, unlike the hybrid one shown",
-)
 def test_the_saved_search_threshold_says_which_score_it_is_compared_with(
     sqlite_settings: Settings, tiny: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -34,13 +34,16 @@ def register(sub: Any) -> None:
         ),
     )
     a = command(actions, "add", run_add, help="save a search")
-    a.add_argument("query", help="free-text query (quote it)")
+    a.add_argument("query", help="words to search for, quoted as one argument (the rules of "
+                   "`litpulse search`)")
     a.add_argument("--name", required=True, help="a unique name (not only digits)")
     a.add_argument(
         "--min-score",
         type=float,
         metavar="S",
-        help="score a new article needs (default LITPULSE_DIGEST_MIN_SCORE)",
+        help="score a new article needs (default LITPULSE_DIGEST_MIN_SCORE): its semantic "
+        "score at the server's weights (`litpulse search --mode semantic` shows it), not "
+        "the hybrid score of a default search",
     )
     add_filter_args(a)
     add_json(a)
