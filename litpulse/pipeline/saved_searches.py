@@ -67,9 +67,9 @@ class SavedSearch:
         last_digest_at: When a digest last looked at it.
         last_index_version: The index version that digest searched.
         matches: Matches recorded so far whose article is live (:func:`live_match`).
-        problem: Why it cannot be searched, or ``None``: its stored filters break a
-            rule added since it was saved (``filters`` is then empty; the digest reports
-            it instead of searching it). Remove it and save it again.
+        problem: Why it cannot be searched, or ``None``: its stored filters or its query
+            break a rule added since it was saved (``filters`` is then empty; the digest
+            reports it instead of searching it). Remove it and save it again.
     """
 
     id: int
@@ -118,6 +118,10 @@ def _from_row(row: Any, matches: int = 0) -> SavedSearch:
         filters = SearchFilters(**dict(row.filters or {}))
     except (ConfigError, TypeError) as exc:  # saved before a rule it breaks existed
         filters, problem = SearchFilters(), f"its stored filters are refused: {exc}"
+    try:  # its query too (PubMed's syntax, refused since: it was searched other than meant)
+        checked_query(row.query)
+    except ConfigError as exc:
+        problem = f"its query is refused: {exc}" + (f"; {problem}" if problem else "")
     return SavedSearch(
         id=int(row.id),
         name=row.name,

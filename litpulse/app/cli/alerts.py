@@ -114,6 +114,10 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
         ],
         ["id", "name", "query", "min score", "matches", "last digest", "owner", "feed"],
     )
+    for s in found:  # saved before a rule it breaks: the digest reports it, never searches it
+        if s.problem:
+            print(f"search {s.id} {s.name!r} cannot be searched: {s.problem}; remove it and "
+                  "save it again", file=sys.stderr)
     return 0
 
 

@@ -861,3 +861,38 @@ def test_a_searchs_match_count_agrees_with_its_listed_matches(
     assert [m.pmid for m in listed] == [101]  # the change itself: sound
     assert get_search(s, search.id, engine=engine).matches == len(listed)
     assert [x.matches for x in list_searches(s, engine=engine)] == [len(listed)]
+
+
+def test_a_saved_search_whose_query_a_later_rule_refuses_is_reported_not_searched(
+    indexed: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A query saved before PubMed's syntax was refused (``COPD NOT asthma`` searched FOR
+    asthma) is listed with its problem, reported by the digest and never searched; the
+    other searches are digested."""
+    from litpulse.app.cli import main
+    from litpulse.core.schema import saved_searches
+    from litpulse.core.timeutil import utcnow
+    from litpulse.pipeline.digest import run_digest
+
+    s = indexed
+    engine = db.connect(s)
+    now = utcnow()
+    with engine.begin() as conn:  # as an older release stored it
+        conn.execute(insert(saved_searches).values(
+            name="copd", query="COPD NOT asthma", filters={}, min_score=THRESHOLD, owner="eve",
+            created_at=now, watermark=now,
+        ))  # fmt: skip
+    good = add_search(s, name="crispr", query=CRISPR, min_score=THRESHOLD, owner="alice")
+    listed = {x.name: x for x in list_searches(s)}
+    assert "query is refused" in (listed["copd"].problem or "")
+    assert listed["crispr"].problem is None
+    report = run_digest(s)
+    (failure,) = report.failures
+    assert "'copd'" in failure and "excluding words" in failure
+    assert good.id in {d.search_id for d in report.searches if d.error is None}
+    monkeypatch.setenv("LITPULSE_HOME", str(s.home))
+    if s.database_url:
+        monkeypatch.setenv("LITPULSE_DATABASE_URL", s.database_url)
+    capsys.readouterr()
+    assert main(["alerts", "list"]) == 0
+    assert "'copd' cannot be searched: its query is refused" in capsys.readouterr().err
