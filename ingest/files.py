@@ -48,7 +48,7 @@ from ingest.records import nlm_file_order
 from ingest.rows import StoreItem
 from ingest.runs import IngestCounts, recorded_run
 from ingest.store import Store
-from litpulse.core.errors import NotFoundError
+from litpulse.core.errors import ConfigError
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import utcnow
 
@@ -106,7 +106,8 @@ def ingest_files(
         ``inserted == updated == deleted == 0``.
 
     Raises:
-        NotFoundError: A path does not exist (nothing is applied, no run is recorded).
+        ConfigError: A path does not exist or is a directory (nothing is applied, no run
+            is recorded).
         FileChangedError: A file changed while it was read (see the module's notes).
         Exception: Whatever parsing or storing raised; the run is marked ``failed``
             with the error first.
@@ -118,9 +119,13 @@ def ingest_files(
 
     size = settings.store_batch if batch_size is None else batch_size
     files = [p.resolve() for p in order_files(paths)]
+    folders = [str(p) for p in files if p.is_dir()]
+    if folders:  # a usage error, as every path the command cannot read (exit 2)
+        raise ConfigError(f"a directory, not a file: {', '.join(folders)} (give the files "
+                          "in it, e.g. DIR/*.xml.gz)")
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
-        raise NotFoundError(f"no such file: {', '.join(missing)}")
+        raise ConfigError(f"no such file: {', '.join(missing)}")
     limits = ParseLimits.from_settings(settings)
     store = Store(connect(settings))
     per_file: list[dict[str, object]] = []

@@ -294,8 +294,9 @@ def snapshot_files(path: str | Path) -> list[Path]:
     (:func:`snapshot_plan` says which and why).
 
     Raises:
-        NotFoundError: Nothing at ``path``, or a folder without a metrics snapshot.
-        ConfigError: A format the loader does not read (the JSON tarball).
+        NotFoundError: A folder without a metrics snapshot.
+        ConfigError: Nothing at ``path``, or a format the loader does not read (the JSON
+            tarball).
     """
     return snapshot_plan(path)[0]
 
@@ -311,8 +312,8 @@ def snapshot_plan(path: str | Path) -> tuple[list[Path], list[tuple[Path, str]]]
         ConfigError: A format the loader does not read (the JSON tarball).
     """
     p = Path(path).resolve()
-    if not p.exists():
-        raise NotFoundError(f"no such file: {p}")
+    if not p.exists():  # a usage error, as every path the command cannot read (exit 2)
+        raise ConfigError(f"no such file: {p}")
     if p.is_dir():
         found: list[Path] = []
         skipped: list[tuple[Path, str]] = []

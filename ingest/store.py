@@ -123,6 +123,8 @@ _LANG_TERMS_CURRENT: set[str] = set()
 PERIOD_END_CHECKPOINT = ("store", "pub_period_end")
 #: Stores this process found with their period ends filled.
 _PERIOD_END_CURRENT: set[str] = set()
+#: Longest text a quarantine listing filters source locations by (a path, a request).
+MAX_LOCATION_FILTER = 4096
 #: PMIDs per transaction of a full recount (PubMed's ~40 M PMIDs: ~160 statements).
 RECOUNT_STEP = 250_000
 
@@ -647,6 +649,9 @@ class Store(RunLedger, Checkpoints):
         if run_id is not None:
             query = query.where(q.run_id == int(run_id))
         if location:
+            if len(location) > MAX_LOCATION_FILTER:  # SQLite refuses longer LIKE patterns
+                raise ConfigError(f"a source filter is at most {MAX_LOCATION_FILTER} "
+                                  f"characters, got {len(location)}")
             query = query.where(q.source_location.contains(location, autoescape=True))
         if before is not None:
             query = query.where(q.id < int(before))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -579,8 +580,9 @@ def prune_rejected(
         The ids whose folders were (``dry_run``: would be) removed.
     """
     days = settings.keep_rejected_days if older_than_days is None else older_than_days
-    if days < 0:
-        raise ConfigError(f"older_than_days must be >= 0, got {days!r}")
+    if not isinstance(days, int | float) or not math.isfinite(days) or not 0 <= days <= 36_500:
+        raise ConfigError(f"older_than_days must be a number of days from 0 to 36500, "
+                          f"got {days!r}")
     engine = engine or connect(settings)
     mv = model_versions.c
     cutoff = utcnow() - dt.timedelta(days=days)

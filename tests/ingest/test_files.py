@@ -18,7 +18,7 @@ from ingest.store import IngestCounts, Store
 from litpulse.app.demo import pubmed_xml
 from litpulse.app.demo.generate import generate_corpus
 from litpulse.core import db
-from litpulse.core.errors import FileChangedError, NotFoundError, ParseError
+from litpulse.core.errors import ConfigError, FileChangedError, ParseError
 from litpulse.core.schema import articles
 from litpulse.core.settings import Settings
 from tests.ingest.test_crash_resume import differences, reset, snapshot
@@ -91,8 +91,10 @@ def test_ingest_files_counts_runs_and_is_idempotent(settings: Settings, tmp_path
 
 
 def test_missing_file_raises_before_a_run(sqlite_settings: Settings, tmp_path: Path) -> None:
-    with pytest.raises(NotFoundError, match="nope.xml"):
+    with pytest.raises(ConfigError, match="no such file: .*nope.xml"):
         ingest_files(sqlite_settings, [tmp_path / "nope.xml"])
+    with pytest.raises(ConfigError, match="a directory, not a file"):
+        ingest_files(sqlite_settings, [tmp_path])
     assert Store(db.connect(sqlite_settings)).runs() == []
 
 

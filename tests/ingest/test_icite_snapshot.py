@@ -36,7 +36,7 @@ from ingest.records import Deletion, Record, SourceRef
 from ingest.store import Store
 from litpulse.app.cli import citations as cli
 from litpulse.core import db
-from litpulse.core.errors import ConfigError, NotFoundError, ParseError
+from litpulse.core.errors import ConfigError, ParseError
 from litpulse.core.schema import articles, checkpoints, quarantine
 from litpulse.core.settings import Settings
 from tests.emulator import running_emulator
@@ -241,7 +241,7 @@ def test_other_files_are_refused_with_the_reason(sqlite_settings: Settings, tmp_
     tar.write_bytes(b"")
     with pytest.raises(ConfigError, match="JSON tarball"):
         load_snapshot(sqlite_settings, tar)
-    with pytest.raises(NotFoundError):
+    with pytest.raises(ConfigError, match="no such file"):
         load_snapshot(sqlite_settings, tmp_path / "missing.csv")
     runs = Store(db.connect(sqlite_settings)).runs(5)
     assert [r["status"] for r in runs] == ["failed", "failed"]  # the two read, then refused

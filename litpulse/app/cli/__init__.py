@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -40,27 +41,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for arg in argv:  # undecodable bytes reach Python as lone surrogates
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            print(f"litpulse: error: an argument is not valid text (UTF-8): {arg!r}",
+                  file=sys.stderr)
+            return 2
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from sqlalchemy.exc import OperationalError
+
+    from litpulse.app.cli.nightly import EXIT_BUSY
     from litpulse.core.settings import Settings
 
     try:
         settings = Settings.from_env()
-        return int(args.func(args, settings) or 0)
+        code = int(args.func(args, settings) or 0)
+        sys.stdout.flush()  # a reader that left shows here, not at the interpreter's exit
+        return code
     except NotFoundError as exc:
         print(f"litpulse: {exc}", file=sys.stderr)
         return 1
     except LitpulseError as exc:
-        from litpulse.app.cli.nightly import EXIT_BUSY
-
         print(f"litpulse: error: {exc}", file=sys.stderr)
         # another process holds the lease (writes articles, publishes an index, runs a
-        # bootstrap, nightly or digest): try again later (EX_TEMPFAIL)
-        return EXIT_BUSY if isinstance(exc, BusyError) else 2
+        # bootstrap, nightly or digest), or a source failed for now: try again later
+        # (EX_TEMPFAIL)
+        return EXIT_BUSY if isinstance(exc, BusyError) or exc.retryable else 2
+    except OperationalError as exc:  # the database cannot be reached (down, refused)
+        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[:1]
+        print(f"litpulse: error: the database cannot be reached: {''.join(first)}",
+              file=sys.stderr)
+        return EXIT_BUSY
+    except BrokenPipeError:  # the reader of stdout left (`| head`): nothing more to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the exit's flush must not fail again
+        return 141  # as a process a SIGPIPE ends
     except OSError as exc:  # a path the command cannot write or read (a missing folder)
         print(f"litpulse: error: {exc}", file=sys.stderr)
         return 2

@@ -123,6 +123,30 @@ def pmid_arg(text: str) -> int:
     return int(text)
 
 
+#: The largest id a database key holds (a 64-bit signed integer).
+MAX_ID = 2**63 - 1
+
+
+def int_arg(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number in ``low .. high`` (a larger one would overflow the
+    database's integer: a traceback, where a usage error is due)."""
+
+    def parse(text: str) -> int:
+        if not text.isascii() or not text.lstrip("-").isdigit() or len(text) > 20:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {text}")
+        return value
+
+    parse.__name__ = "whole number"  # argparse names the type so in its messages
+    return parse
+
+
+#: An id of a stored row (an ingest run, a quarantine entry, a token).
+id_arg = int_arg(1, MAX_ID)
+
+
 def date_arg(text: str) -> dt.date:
     """An argparse type: a date ``YYYY-MM-DD``."""
     try:

@@ -6,7 +6,15 @@ import argparse
 import datetime as dt
 from typing import Any
 
-from litpulse.app.cli._common import add_json, command, command_group, kv, print_json, show_progress
+from litpulse.app.cli._common import (
+    add_json,
+    command,
+    command_group,
+    kv,
+    pmid_arg,
+    print_json,
+    show_progress,
+)
 from litpulse.core.settings import Settings
 
 
@@ -37,7 +45,7 @@ def register(sub: Any) -> None:
     r.add_argument(
         "--pmid",
         dest="pmids",
-        type=int,
+        type=pmid_arg,
         action="append",
         metavar="PMID",
         help="refresh this PMID (repeatable); PMIDs not in the store are ignored",

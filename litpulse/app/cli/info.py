@@ -8,7 +8,15 @@ import textwrap
 from collections.abc import Callable
 from typing import Any
 
-from litpulse.app.cli._common import kv, pmid_arg, print_json, print_table, safe_text
+from litpulse.app.cli._common import (
+    id_arg,
+    int_arg,
+    kv,
+    pmid_arg,
+    print_json,
+    print_table,
+    safe_text,
+)
 from litpulse.core.errors import ConfigError
 from litpulse.core.settings import Settings, hide_password
 
@@ -23,23 +31,26 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("status", help="counts of the store and the latest ingest runs")
     p.add_argument("--json", action="store_true", help="print as JSON")
-    p.add_argument("--runs", type=int, default=5, metavar="N", help="runs to list (default 5)")
+    p.add_argument("--runs", type=int_arg(0, 10_000), default=5, metavar="N",
+                   help="runs to list (default 5)")
     p.set_defaults(func=status)
 
     p = sub.add_parser("quarantine", help="records that could not be parsed: what, why, where")
     p.add_argument("--json", action="store_true", help="print as JSON (with the raw XML)")
-    p.add_argument("--limit", type=int, default=20, metavar="N", help="entries (default 20)")
+    p.add_argument("--limit", type=int_arg(1, 100_000), default=20, metavar="N",
+                   help="entries (default 20)")
     p.add_argument("--all", action="store_true",
                    help="also the entries resolved since (a later record or deletion of their "
                         "PMID was stored)")  # fmt: skip
-    p.add_argument("--pmid", type=int, metavar="PMID", help="only the entries of this PMID")
-    p.add_argument("--run", type=int, metavar="ID",
+    p.add_argument("--pmid", type=pmid_arg, metavar="PMID",
+                   help="only the entries of this PMID")
+    p.add_argument("--run", type=id_arg, metavar="ID",
                    help="only those of this ingest run (`litpulse status` lists runs)")
     p.add_argument("--file", metavar="TEXT",
                    help="only those whose source (file, request) holds TEXT")
-    p.add_argument("--before", type=int, metavar="ID",
+    p.add_argument("--before", type=id_arg, metavar="ID",
                    help="only entries older than ID: the next page after the last id shown")
-    p.add_argument("--raw", type=int, metavar="ID",
+    p.add_argument("--raw", type=id_arg, metavar="ID",
                    help="print entry ID's raw XML as it was met, nothing else "
                         "(`> bad.xml` keeps it for a bug report)")  # fmt: skip
     p.set_defaults(func=quarantine)
@@ -50,7 +61,8 @@ def register(sub: Any) -> None:
         "every E-utilities run) or given up",
     )
     p.add_argument("--json", action="store_true", help="print as JSON")
-    p.add_argument("--limit", type=int, default=50, metavar="N", help="PMIDs (default 50)")
+    p.add_argument("--limit", type=int_arg(1, 100_000), default=50, metavar="N",
+                   help="PMIDs (default 50)")
     p.set_defaults(func=missing)
 
     p = sub.add_parser(

@@ -6,7 +6,14 @@ import argparse
 import sys
 from typing import Any
 
-from litpulse.app.cli._common import add_json, command, command_group, print_json, print_table
+from litpulse.app.cli._common import (
+    add_json,
+    command,
+    command_group,
+    id_arg,
+    print_json,
+    print_table,
+)
 from litpulse.app.cli.models import _who
 from litpulse.core.settings import Settings
 
@@ -33,7 +40,7 @@ def register(sub: Any) -> None:
             json="print JSON")
     r = command(actions, "revoke", run_revoke,
                 help="revoke a token by its id (see `tokens list`)")
-    r.add_argument("id", type=int, help="the token's id")
+    r.add_argument("id", type=id_arg, help="the token's id")
     add_json(r)
 
 

@@ -129,7 +129,7 @@ def test_ingest_human_output_and_missing_file(
     assert main(["ingest", "--files", str(path)]) == 0
     out = capsys.readouterr().out
     assert "inserted" in out and "1" in out
-    assert main(["ingest", "--files", str(tmp_path / "nope.xml")]) == 1
+    assert main(["ingest", "--files", str(tmp_path / "nope.xml")]) == 2  # a usage error
     assert "nope.xml" in capsys.readouterr().err
 
 
