@@ -91,9 +91,12 @@ from litpulse.core.db import (
     bulk_load,
     bulk_update,
     bulk_upsert,
+    catch_up_mark,
     db_now,
+    fill_term_forms,
     id_in,
     live_lease,
+    set_catch_up_mark,
     upsert,
 )
 from litpulse.core.errors import ConfigError, NotFoundError
@@ -118,11 +121,9 @@ _SEQUENCES_CURRENT: set[str] = set()
 LANG_TERMS_CHECKPOINT = ("store", "lang_terms")
 #: Stores this process found with their ``lang`` terms complete.
 _LANG_TERMS_CURRENT: set[str] = set()
-#: Set once the rows stored before ``pub_period_end`` have it (a date filter meets the
-#: whole of an issue's period, "2019 Nov-Dec", "2000 Spring").
+#: How far the period ends (a date filter meets the whole of an issue's period, "2019
+#: Nov-Dec", "2000 Spring") are caught up with the rows written (:func:`catch_up_mark`).
 PERIOD_END_CHECKPOINT = ("store", "pub_period_end")
-#: Stores this process found with their period ends filled.
-_PERIOD_END_CURRENT: set[str] = set()
 #: Longest text a quarantine listing filters source locations by (a path, a request).
 MAX_LOCATION_FILTER = 4096
 #: PMIDs per transaction of a full recount (PubMed's ~40 M PMIDs: ~160 statements).
@@ -213,7 +214,8 @@ class Store(RunLedger, Checkpoints):
             raise ConfigError(f"batch_size must be positive, got {batch_size!r}")
         self.upgrade_sequences()
         self.upgrade_lang_terms()
-        self.upgrade_period_ends()
+        self.catch_up_period_ends()  # rows a previous release wrote (or a store before it)
+        fill_term_forms(self.engine)  # their spellings likewise
         counter = Counter()
         touched: set[int] = set()
         first = 0
@@ -326,32 +328,39 @@ class Store(RunLedger, Checkpoints):
         what = "language terms of bilingual articles added"
         return self._upgrade_once(LANG_TERMS_CHECKPOINT, _LANG_TERMS_CURRENT, work, what)
 
-    def upgrade_period_ends(self) -> int:
-        """Give the rows stored before ``pub_period_end`` existed their period's end
-        (:func:`ingest.dates.period_end`), once per store: one pass, by PMID, over the
-        rows whose date text may name a period (a dash or a season), on the first write
-        after the upgrade; then a checkpoint.
+    def catch_up_period_ends(self) -> int:
+        """Give the rows without ``pub_period_end`` whose date text names a period (a dash
+        or a season) their period's end (:func:`ingest.dates.period_end`): the first time,
+        every row (a store made before the column: one pass by PMID); then, before each
+        write and when the API starts, the rows written since the last pass (a previous
+        release's writer during a rolling upgrade leaves the column empty).
 
         Returns:
-            The rows given an end (0 when the store was current).
+            The rows given an end.
         """
         a = articles.c
         raw = func.lower(a.pub_date_raw)
         periodic = or_(raw.like("%-%"), *(raw.like(f"%{s}%") for s in
                                           ("spring", "summer", "fall", "autumn", "winter")))
-
-        def work(conn: Connection) -> int:
-            done, last = 0, 0
+        ran, since = catch_up_mark(self.engine, PERIOD_END_CHECKPOINT)
+        done, last = 0, 0
+        with self.engine.begin() as conn:
+            through = conn.execute(select(func.max(a.updated_at))).scalar()
+            if ran and (through is None or (since is not None and through <= since)):
+                return 0  # nothing written since
             while True:  # by PMID, a page at a time: memory stays flat
-                page = conn.execute(
+                query = (
                     select(a.pmid, a.pub_year, a.pub_month, a.pub_day, a.pub_date_raw)
                     .where(a.pmid > last, a.pub_year.is_not(None), a.pub_period_end.is_(None),
                            periodic)
                     .order_by(a.pmid)
                     .limit(10_000)
-                ).all()
+                )  # fmt: skip
+                if since is not None:
+                    query = query.where(a.updated_at > since)
+                page = conn.execute(query).all()
                 if not page:
-                    return done
+                    break
                 last = page[-1][0]
                 ends = [{"b_pmid": pmid, "b_end": end} for pmid, y, m, d, text in page
                         if (end := period_end(PartialDate(y, m, d, text))) is not None]
@@ -359,9 +368,11 @@ class Store(RunLedger, Checkpoints):
                     conn.execute(update(articles).where(a.pmid == bindparam("b_pmid"))
                                  .values(pub_period_end=bindparam("b_end")), ends)
                     done += len(ends)
-
-        what = "articles given the end of their issue's period (date filters)"
-        return self._upgrade_once(PERIOD_END_CHECKPOINT, _PERIOD_END_CURRENT, work, what)
+            set_catch_up_mark(conn, PERIOD_END_CHECKPOINT, through, done)
+        if done:
+            logger.warning("%d articles given the end of their issue's period (date filters)",
+                           done)
+        return done
 
     def _apply_batch(
         self,

@@ -345,6 +345,22 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error(503, "the database is unavailable; try again shortly")
 
 
+def _catch_up(settings: Settings) -> None:
+    """Bring the data filters read up to date with what was written before the server
+    started (a store of a previous release, or its writer in a rolling upgrade): the
+    period ends of date filters (:meth:`ingest.store.Store.catch_up_period_ends`; the
+    term spellings are caught up when the store is opened). A role that may not write
+    leaves it to the next writer, with a warning."""
+    from sqlalchemy.exc import DBAPIError
+
+    from ingest.store import Store
+
+    try:
+        Store(db.connect(settings)).catch_up_period_ends()
+    except DBAPIError as exc:
+        logger.warning("period ends not caught up (%s): the next ingest does it", exc)
+
+
 def _warn_if_read_only(settings: Settings) -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -411,6 +427,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         _warn_if_read_only(resolved)
+        _catch_up(resolved)
         yield
 
     app = FastAPI(

@@ -40,6 +40,7 @@ from litpulse.core.schema import (
     FOLDED_TERM_KINDS,
     RETIRED_INDEXES,
     article_terms,
+    articles,
     checkpoints,
     locks,
     metadata,
@@ -156,48 +157,89 @@ TERM_FORMS_CHECKPOINT = ("store", "term_forms")
 _FILL_STEP = 250_000
 
 
+#: How far back a catch-up looks before the last one's newest write: a writer's rows
+#: stamped before that moment may commit after it (a long batch of another process).
+CATCH_UP_MARGIN = dt.timedelta(hours=1)
+
+
+def catch_up_mark(engine: Engine, key: tuple[str, str]) -> tuple[bool, dt.datetime | None]:
+    """Where a catch-up of derived data (:func:`fill_term_forms`, the period ends of
+    :meth:`ingest.store.Store.catch_up_period_ends`) stands: whether it ever ran, and the
+    ``updated_at`` its next pass reads articles from (``None``: all of them)."""
+    c = checkpoints.c
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(c.status, c.value).where(c.scope == key[0], c.key == key[1])
+        ).first()
+    if row is None or not row.status:
+        return False, None
+    through = (row.value or {}).get("through") if isinstance(row.value, dict) else None
+    return True, (as_utc(dt.datetime.fromisoformat(through)) - CATCH_UP_MARGIN
+                  if through else None)  # fmt: skip
+
+
+def set_catch_up_mark(conn: Connection, key: tuple[str, str], through: dt.datetime | None,
+                      rows: int) -> None:
+    """Record a catch-up pass: it saw every article written up to ``through``."""
+    upsert(conn, checkpoints, [{"scope": key[0], "key": key[1], "status": "done",
+                                "value": {"through": iso(through), "rows": rows},
+                                "updated_at": utcnow()}],
+           keys=["scope", "key"], update=["status", "value", "updated_at"])  # fmt: skip
+
+
 def fill_term_forms(engine: Engine) -> int:
-    """Record the term spellings of a store made before ``term_forms`` (the folded MeSH
-    and publication-type filters find them), once per store: one pass over
-    ``article_terms`` by PMID range when the store is first opened by this release, a
-    reader too (a server that only searches finds the folded forms at once); then a
-    checkpoint. Memory holds the distinct spellings only (MeSH: ~30,000). A role that
-    may not write leaves it to the next opener that may (its filters meanwhile ignore
-    case and white space only).
+    """Record in ``term_forms`` the term spellings ``article_terms`` holds and it lacks
+    (the folded MeSH and publication-type filters find them through it): when this
+    release first opens a store made before it, one pass over ``article_terms`` by PMID
+    range (a reader too: a server that only searches finds the folded forms at once);
+    afterwards, at each open and before each write (:meth:`ingest.store.Store.apply`), the
+    terms of the articles written since the last pass — what a previous release's writer
+    stored meanwhile (a rolling upgrade), which writes no spellings. Memory holds the
+    distinct spellings only (MeSH: ~30,000). A role that may not write leaves it to the
+    next opener that may (its filters meanwhile ignore case and white space only).
 
     Returns:
-        The spellings added (0 when the store was current).
+        The spellings recorded (0 when the store was current).
     """
     from sqlalchemy.exc import DBAPIError
 
     from litpulse.core.text import fold_term
 
-    scope, key = TERM_FORMS_CHECKPOINT
-    c, t = checkpoints.c, article_terms.c
-    with engine.connect() as conn:
-        if conn.execute(select(c.status).where(c.scope == scope, c.key == key)).scalar():
-            return 0
+    t, a = article_terms.c, articles.c
+    ran, since = catch_up_mark(engine, TERM_FORMS_CHECKPOINT)
     try:
         with engine.begin() as conn:
-            top = conn.execute(select(func.max(t.pmid))).scalar() or 0
+            through = conn.execute(select(func.max(a.updated_at))).scalar()
+            if ran and (through is None or (since is not None and through <= since)):
+                return 0  # nothing written since
             seen: set[tuple[str, str]] = set()
-            for low in range(0, top + 1, _FILL_STEP):
-                seen.update(conn.execute(
-                    select(t.kind, t.term).distinct()
-                    .where(t.pmid >= low, t.pmid < low + _FILL_STEP,
-                           t.kind.in_(FOLDED_TERM_KINDS))
-                ))  # fmt: skip
+            if not ran:  # the first pass: every article, a PMID range at a time
+                top = conn.execute(select(func.max(t.pmid))).scalar() or 0
+                for low in range(0, top + 1, _FILL_STEP):
+                    seen.update(conn.execute(
+                        select(t.kind, t.term).distinct()
+                        .where(t.pmid >= low, t.pmid < low + _FILL_STEP,
+                               t.kind.in_(FOLDED_TERM_KINDS))
+                    ))  # fmt: skip
+            else:  # the articles written since the last pass
+                written = select(a.pmid).where(a.updated_at > since) if since else None
+                query = select(t.kind, t.term).distinct().where(t.kind.in_(FOLDED_TERM_KINDS))
+                if written is not None:
+                    query = query.where(t.pmid.in_(written))
+                seen.update(conn.execute(query))
+            if seen:  # the spellings not recorded yet (term_forms is small: ~30,000 rows)
+                seen -= {(k, v) for k, v in conn.execute(select(term_forms.c.kind,
+                                                                term_forms.c.term))}
             rows = [{"kind": k, "term": v, "folded": fold_term(v)} for k, v in sorted(seen)]
             upsert(conn, term_forms, rows, keys=["kind", "term"], update=[])
-            upsert(conn, checkpoints, [{"scope": scope, "key": key, "status": "done",
-                                        "value": {"rows": len(rows)}, "updated_at": utcnow()}],
-                   keys=["scope", "key"], update=[])  # fmt: skip
+            set_catch_up_mark(conn, TERM_FORMS_CHECKPOINT, as_utc(through) if through else None,
+                              len(rows))
     except DBAPIError as exc:
         logger.warning("term spellings not recorded (%s): the MeSH and publication-type "
                        "filters ignore case and white space only until a writer opens "
                        "the store", _cause(exc))
         return 0
-    if rows:
+    if rows and not ran:
         logger.warning("store upgraded: %d term spellings recorded for the folded MeSH and "
                        "publication-type filters", len(rows))
     return len(rows)
