@@ -59,6 +59,7 @@ __all__ = [
     "RunLedger",
     "StoreBusyError",
     "add_run_counts",
+    "holds_store_writer",
     "recorded_run",
     "run_dict",
     "store_writer",
@@ -112,6 +113,13 @@ def store_writer(engine: Engine) -> Iterator[None]:
         else:
             del held[key]
             lease.release()
+
+
+def holds_store_writer(engine: Engine) -> bool:
+    """Whether this thread holds :data:`STORE_LEASE` of ``engine``'s store (inside
+    :func:`store_writer`)."""
+    held: dict[str, tuple[Lease, int]] = getattr(_local, "held", {})
+    return engine.url.render_as_string(hide_password=False) in held
 
 
 @dataclass(frozen=True)

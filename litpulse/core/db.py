@@ -157,9 +157,11 @@ TERM_FORMS_CHECKPOINT = ("store", "term_forms")
 _FILL_STEP = 250_000
 
 
-#: How far back a catch-up looks before the last one's newest write: a writer's rows
-#: stamped before that moment may commit after it (a long batch of another process).
-CATCH_UP_MARGIN = dt.timedelta(hours=1)
+#: How far back a reader's catch-up looks before the newest write it saw: a writer's
+#: rows stamped before that moment may commit after it (a batch under way, a clock set
+#: back). A writer that recorded its own rows marks exactly where it ended
+#: (:func:`set_catch_up_mark` with ``exact``): only later rows are looked at.
+CATCH_UP_MARGIN = dt.timedelta(minutes=10)
 
 
 def catch_up_mark(engine: Engine, key: tuple[str, str]) -> tuple[bool, dt.datetime | None]:
@@ -173,16 +175,22 @@ def catch_up_mark(engine: Engine, key: tuple[str, str]) -> tuple[bool, dt.dateti
         ).first()
     if row is None or not row.status:
         return False, None
-    through = (row.value or {}).get("through") if isinstance(row.value, dict) else None
-    return True, (as_utc(dt.datetime.fromisoformat(through)) - CATCH_UP_MARGIN
-                  if through else None)  # fmt: skip
+    value = row.value if isinstance(row.value, dict) else {}
+    through = value.get("through")
+    if not through:
+        return True, None
+    margin = dt.timedelta(0) if value.get("exact") else CATCH_UP_MARGIN
+    return True, as_utc(dt.datetime.fromisoformat(through)) - margin
 
 
 def set_catch_up_mark(conn: Connection, key: tuple[str, str], through: dt.datetime | None,
-                      rows: int) -> None:
-    """Record a catch-up pass: it saw every article written up to ``through``."""
+                      rows: int, *, exact: bool = False) -> None:
+    """Record a catch-up pass: it saw every article written up to ``through`` (``exact``:
+    a writer under the store-writer lease marking the end of its own rows, which it
+    recorded itself; no other writer's rows can be under way)."""
     upsert(conn, checkpoints, [{"scope": key[0], "key": key[1], "status": "done",
-                                "value": {"through": iso(through), "rows": rows},
+                                "value": {"through": iso(through), "rows": rows,
+                                          "exact": exact},
                                 "updated_at": utcnow()}],
            keys=["scope", "key"], update=["status", "value", "updated_at"])  # fmt: skip
 

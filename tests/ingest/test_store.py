@@ -865,3 +865,28 @@ def test_rows_stored_before_period_ends_gain_them_on_the_next_write(settings: Se
         ends = {p: e for p, e in conn.execute(select(articles.c.pmid, articles.c.pub_period_end))}
     assert ends == {1: dt.date(2019, 12, 31), 2: dt.date(2000, 5, 31), 3: None, 4: None}
     assert Store(engine).catch_up_period_ends() == 0  # caught up
+
+
+def test_a_writer_marks_the_catch_ups_exactly_where_its_rows_end(engine: Engine) -> None:
+    """A writer under the store-writer lease records its rows' spellings and period ends
+    itself, so it moves the catch-up marks exactly to its newest row: the next catch-up
+    reads only rows written after it (a bootstrap of many files does not re-read the
+    files before), while rows another release's writer stores later are still caught up."""
+    from ingest.runs import store_writer
+    from litpulse.core.schema import checkpoints, term_forms
+
+    with store_writer(engine):
+        Store(engine).apply([make_record(1, mesh=(MeshHeading("Humans", "D006801"),))])
+    with engine.connect() as conn:
+        newest = conn.execute(select(func.max(articles.c.updated_at))).scalar()
+        marks = {k: v for k, v in conn.execute(select(checkpoints.c.key, checkpoints.c.value)
+                 .where(checkpoints.c.key.in_(["term_forms", "pub_period_end"])))}
+    for value in marks.values():
+        assert value["exact"] is True and value["through"] == newest.isoformat()
+    assert db.catch_up_mark(engine, db.TERM_FORMS_CHECKPOINT) == (True, newest)
+    # another release's writer (no lease, no spellings) stores an article later
+    Store(engine).apply([make_record(2, mesh=(MeshHeading("Sjögren's Syndrome", "D0"),))])
+    with engine.begin() as conn:
+        conn.execute(term_forms.delete().where(term_forms.c.term == "Sjögren's Syndrome"))
+    assert db.fill_term_forms(engine) == 1  # only what was written after the mark
+    assert ("mesh", "Sjögren's Syndrome") in _term_forms(engine)
