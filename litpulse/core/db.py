@@ -140,15 +140,52 @@ def _upgrade(engine: Engine) -> None:
     upgrade): each step finds what another did meanwhile (a table or column it made) and
     goes on.
     """
+    from sqlalchemy import inspect
     from sqlalchemy.exc import DBAPIError
 
+    before = set(inspect(engine).get_table_names())
     try:
         metadata.create_all(engine)
     except DBAPIError:  # another opener made a table between the check and the CREATE
-        metadata.create_all(engine)  # finds them now; a real error is raised again
+        try:
+            metadata.create_all(engine)  # finds them now; a real error is raised again
+        except DBAPIError as exc:
+            missing = sorted(set(metadata.tables) - set(inspect(engine).get_table_names()))
+            raise ConfigError(
+                f"the store lacks table(s) {', '.join(missing)} and could not make them "
+                f"({_cause(exc)}); open the store once as a role that may create its tables "
+                "(the tables' owner)"
+            ) from exc
+    made = sorted(set(metadata.tables) - before) if before else []
+    if made:  # a store of an older release: its reader roles may read the new tables too
+        _grant_like_articles(engine, made)
     add_missing_columns(engine)
     drop_retired_indexes(engine)
     fill_term_forms(engine)
+
+
+def _grant_like_articles(engine: Engine, tables: Sequence[str]) -> None:
+    """Grant SELECT on ``tables`` (made now, for a store of an older release) to every
+    role that may read ``articles`` (PostgreSQL): a read-only role set up with ``GRANT
+    SELECT ON ALL TABLES`` (the tables that existed then) reads the new ones as it read
+    the old (a MeSH filter reads ``term_forms``). Nothing to do on SQLite."""
+    from sqlalchemy import text
+
+    if engine.dialect.name != "postgresql":
+        return
+    q = engine.dialect.identifier_preparer
+    with engine.begin() as conn:
+        readers = conn.execute(text(
+            "SELECT DISTINCT grantee FROM information_schema.role_table_grants "
+            "WHERE table_schema = current_schema() AND table_name = 'articles' "
+            "AND privilege_type = 'SELECT' AND grantee <> current_user"
+        )).scalars().all()  # fmt: skip
+        for role in readers:
+            for table in tables:
+                conn.execute(text(f"GRANT SELECT ON {q.quote(table)} TO {q.quote(role)}"))
+    if readers:
+        logger.warning("granted SELECT on %s to %s, as on articles", ", ".join(tables),
+                       ", ".join(readers))
 
 
 #: The ``checkpoints`` row set once ``term_forms`` holds what ``article_terms`` held.

@@ -409,12 +409,6 @@ def _previous_release_store_with_reader(
 # Seen with the real releases: the previous release's `litpulse status` as that role works,
 # this release's crashes.
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    reason="a read-only role opening a store the previous "
-    "release left gets a raw InsufficientPrivilege traceback on CREATE TABLE "
-    "term_forms, not a ConfigError naming the owner step",
-)
 def test_a_read_only_role_opening_a_previous_release_store_is_told_to_open_it_as_owner(
     tmp_path: Path, reader_role: str
 ) -> None:
@@ -436,12 +430,6 @@ def test_a_read_only_role_opening_a_previous_release_store_is_told_to_open_it_as
 # (grant the new table to the roles reading article_terms, or fall back to lower(term)
 # when it cannot read it) nor the README (no upgrade note on roles) deals with it.
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    reason="after the owner's upgrade, the read-only role that "
-    "served searches fails every MeSH filter: permission denied for table "
-    "term_forms",
-)
 def test_a_read_only_role_still_filters_by_mesh_after_the_owner_upgraded(
     tmp_path: Path, reader_role: str
 ) -> None:
