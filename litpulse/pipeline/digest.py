@@ -354,7 +354,7 @@ def _digest_one(
     from ranking.search import run_search
 
     if search.problem is not None:
-        raise ConfigError(f"not searched: {search.problem}; remove it and save it again")
+        raise ConfigError(f"not searched: {search.problem}; {search.remedy}")
     threshold = search.threshold(settings)
     new, mark = _new_articles(engine, search, index.ids)
     vectors, ids = fetch_vectors(engine, str(index.model_version), new)

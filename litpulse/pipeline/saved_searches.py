@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select
+from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from litpulse.core import db
@@ -69,7 +69,7 @@ class SavedSearch:
         matches: Matches recorded so far whose article is live (:func:`live_match`).
         problem: Why it cannot be searched, or ``None``: its stored filters or its query
             break a rule added since it was saved (``filters`` is then empty; the digest
-            reports it instead of searching it). Remove it and save it again.
+            reports it instead of searching it). :func:`edit_search` corrects it in place.
     """
 
     id: int
@@ -84,6 +84,18 @@ class SavedSearch:
     last_index_version: str | None = None
     matches: int = 0
     problem: str | None = None
+
+    @property
+    def remedy(self) -> str:
+        """How to correct a search with a :attr:`problem` in place (its feed, matches and
+        owed articles kept)."""
+        parts = []
+        if self.problem and "query is refused" in self.problem:
+            parts.append("--query ...")
+        if self.problem and "filters are refused" in self.problem:
+            parts.append("--replace-filters [filter options]")
+        return (f"correct it in place, keeping its feed and the articles it is owed: "
+                f"`litpulse alerts edit {self.id} {' '.join(parts) or '--query ...'}`")
 
     def threshold(self, settings: Settings) -> float:
         """The score a new article needs for this search."""
@@ -289,6 +301,43 @@ def get_search(settings: Settings, ref: int | str, *, engine: Engine | None = No
             select(func.count()).where(digest_matches.c.search_id == row.id, live_match())
         ).scalar()
     return _from_row(row, int(n or 0))
+
+
+def edit_search(
+    settings: Settings,
+    ref: int | str,
+    *,
+    query: str | None = None,
+    filters: SearchFilters | None = None,
+    min_score: float | None = None,
+    engine: Engine | None = None,
+) -> SavedSearch:
+    """Change a saved search in place: its query, its filters or its threshold (what is
+    ``None`` stays). It keeps its id (its feed's address), its matches and its watermark,
+    so the articles stored while it could not be searched (a query a later rule refuses)
+    are still new for it: the next digest matches them.
+
+    Raises:
+        NotFoundError: No saved search has this id or name.
+        ConfigError: A query or threshold refused as by :func:`add_search`, or nothing to
+            change.
+    """
+    values: dict[str, Any] = {}
+    if query is not None:
+        values["query"] = _clean_query(query)
+    if filters is not None:
+        values["filters"] = filters.to_dict()
+    if min_score is not None:
+        values["min_score"] = _clean_min_score(min_score)
+    if not values:
+        raise ConfigError("nothing to change: give a query, filters or a threshold")
+    engine = engine or db.connect(settings)
+    found = get_search(settings, ref, engine=engine)
+    with engine.begin() as conn:
+        conn.execute(update(saved_searches).where(saved_searches.c.id == found.id)
+                     .values(**values))  # fmt: skip
+    logger.info("edited saved search %d %r: %s", found.id, found.name, ", ".join(values))
+    return get_search(settings, found.id, engine=engine)
 
 
 def remove_search(

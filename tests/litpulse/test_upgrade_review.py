@@ -295,7 +295,7 @@ def _broken_saved_search(s: Settings) -> tuple[int, set[int]]:
     assert refresh_index(s).published
     report = run_digest(s)
     (failure,) = report.failures
-    assert "'sepsis'" in failure and "remove it and save it again" in failure
+    assert "'sepsis'" in failure and "litpulse alerts edit" in failure
     return sid, {2, 3, 4}
 
 
@@ -307,20 +307,15 @@ def _broken_saved_search(s: Settings) -> tuple[int, set[int]]:
 # every article stored since the broken search's last digest (the whole time between the
 # upgrade and the operator noticing) is never matched; its feed URL (/feeds/ID.atom, the
 # subscribers' link) and its match history go too.
-@pytest.mark.xfail(
-    strict=True,
-    reason="the only remedy offered for a saved search this "
-    "release refuses (remove it and save it again) drops the articles stored "
-    "while it was refused: they are never matched",
-)
 def test_fixing_a_refused_saved_search_keeps_the_articles_it_was_owed(world: Settings) -> None:
     from litpulse.pipeline.digest import run_digest
-    from litpulse.pipeline.saved_searches import add_search, remove_search
+    from litpulse.pipeline.saved_searches import edit_search
 
     s = world
-    _sid, owed = _broken_saved_search(s)
-    remove_search(s, "sepsis")  # what the digest and `alerts list` tell the operator to do
-    fixed = add_search(s, name="sepsis", query=QUERY, min_score=0.0, owner="cli:ops")
+    sid, owed = _broken_saved_search(s)
+    # fixed: what the digest and `alerts list` now tell the operator to do
+    fixed = edit_search(s, "sepsis", query=QUERY)
+    assert fixed.id == sid and fixed.problem is None
     report = run_digest(s)
     assert not report.failures
     with db.connect(s).connect() as conn:
@@ -338,11 +333,6 @@ def test_fixing_a_refused_saved_search_keeps_the_articles_it_was_owed(world: Set
 # job or a DAG task running it sees success night after night; only a stderr line, whose
 # prefix even says "tried again by the next digest", tells of it. `litpulse status` does
 # not mention it either (and the search's Atom feed simply goes quiet for its owner).
-@pytest.mark.xfail(
-    strict=True,
-    reason="`litpulse alerts run` exits 0 while a saved search "
-    "the new query rules refuse fails every night",
-)
 def test_alerts_run_fails_when_a_saved_search_cannot_be_searched(
     world: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -451,11 +441,6 @@ def test_a_read_only_role_still_filters_by_mesh_after_the_owner_upgraded(
 # term_forms and period-end passes miss what they write afterwards); that saved searches
 # the new query rules refuse stop matching until removed and saved again (losing their feed
 # and the articles in between); that the digest now takes revised articles as new.
-@pytest.mark.xfail(
-    strict=True,
-    reason="the README's upgrade note says nothing of term_forms "
-    "for reader roles, stopping the old writers, or refused saved searches",
-)
 def test_the_readme_upgrade_note_says_what_this_upgrade_needs() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     start = readme.index("A store made by an older litpulse is upgraded on connect")

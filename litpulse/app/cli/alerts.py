@@ -58,6 +58,24 @@ def register(sub: Any) -> None:
         help="run the digest now (record new matches, send what is pending)",
         json="print the digest report as JSON",
     )
+    e = command(
+        actions, "edit", run_edit,
+        help="change a saved search in place (query, filters, threshold)",
+        description=(
+            "Change a saved search's query, threshold or filters, keeping its id, feed, "
+            "matches and watermark: the articles stored while it could not be searched "
+            "(a query a later rule refuses) are matched by the next digest. Filters are "
+            "replaced only with --replace-filters (by those given, none to clear them)."
+        ),
+    )
+    e.add_argument("ref", metavar="ID|NAME", help="the saved search's id or name")
+    e.add_argument("--query", default=None, help="the new query")
+    e.add_argument("--min-score", type=float, metavar="S", default=None,
+                   help="the new threshold (a semantic score, as for `alerts add`)")
+    e.add_argument("--replace-filters", action="store_true",
+                   help="replace its filters by the filter options given here")
+    add_filter_args(e)
+    add_json(e)
     f = command(actions, "feed", run_feed, help="print a saved search's Atom feed")
     f.add_argument("ref", metavar="ID|NAME", help="the saved search's id or name")
     f.add_argument(
@@ -116,8 +134,8 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
     )
     for s in found:  # saved before a rule it breaks: the digest reports it, never searches it
         if s.problem:
-            print(f"search {s.id} {s.name!r} cannot be searched: {s.problem}; remove it and "
-                  "save it again", file=sys.stderr)
+            print(f"search {s.id} {s.name!r} cannot be searched: {s.problem}; {s.remedy}",
+                  file=sys.stderr)
     return 0
 
 
@@ -153,10 +171,28 @@ def run_digest_cmd(args: argparse.Namespace, settings: Settings) -> int:
         f"\nindex {report.index_version}: {report.matched} new matches; "
         f"{report.emailed} e-mailed, {report.posted} sent to the webhook"
     )
+    unsearchable = [d for d in report.searches if d.error is not None]
     for failure in report.failures:
-        print(f"failed (tried again by the next digest): {failure}", file=sys.stderr)
+        print(f"failed: {failure}", file=sys.stderr)
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    # a saved search that could not be searched needs someone (it fails every digest until
+    # edited): a usage error; a delivery that failed is tried again by the next digest
+    return 2 if unsearchable else 0
+
+
+def run_edit(args: argparse.Namespace, settings: Settings) -> int:
+    from litpulse.pipeline.saved_searches import edit_search
+
+    edited = edit_search(
+        settings, args.ref, query=args.query, min_score=args.min_score,
+        filters=filters_from_args(args) if args.replace_filters else None,
+    )  # fmt: skip
+    if args.json:
+        print_json(edited.to_dict())
+    else:
+        print(f"edited saved search {edited.id} {edited.name!r}: {edited.query!r}, new "
+              f"articles scoring at least {edited.threshold(settings):g}")
     return 0
 
 
