@@ -756,8 +756,17 @@ def _checked_query(query: str, k: int) -> str:
     return text
 
 
-#: PubMed's field tags (``covid[ti]``, ``humans[mh]``), and what to use instead.
-_FIELD_TAG = re.compile(r"\[\s*([A-Za-z][A-Za-z ]{0,30}?)\s*\]")
+#: PubMed's field tags (``covid[ti]``, ``humans[mh]``), and what to use instead. Only
+#: these are refused: other bracketed text is searched (PubMed writes a translated title
+#: in brackets, ``[Diabetes in children]``; ``[18F]FDG``).
+_FIELD_TAG = re.compile(
+    r"\[\s*(ti|tiab|ab|tw|all|all fields|text word|title|title/abstract|abstract|mh|mesh|"
+    r"mesh terms|mh:noexp|majr|mesh major topic|sh|subheading|dp|pdat|edat|crdt|mhda|"
+    r"publication date|date|pt|publication type|la|language|au|author|1au|lastau|fau|"
+    r"full author name|ad|affl|affiliation|ta|jour|journal|pmid|uid|doi|aid|lid|nm|ot|gr|"
+    r"is|vi|ip|pg|sb|filter)\s*\]",
+    re.IGNORECASE,
+)
 _TAG_ADVICE = {
     **dict.fromkeys(("mh", "mesh", "mesh terms", "mh:noexp", "majr", "mesh major topic"),
                     "filter by MeSH instead (--mesh, mesh=; 'Term*' for a major topic)"),

@@ -361,3 +361,16 @@ def test_readme_says_what_pubmed_syntax_does() -> None:
     }
     missing = [what for what, pattern in said.items() if not re.search(pattern, text)]
     assert missing == []
+
+
+# ranking/search.py _FIELD_TAG (found after the fix): any bracketed run of letters was
+# taken for a field tag, so a translated title pasted from PubMed ("[Diabetes mellitus in
+# children]") or a tracer ("[18F]FDG") would have been refused; only PubMed's tags are
+@pytest.mark.parametrize(
+    "query", ["[Diabetes mellitus in children]", "[18F]FDG PET in lymphoma", "heart [sic] failure"]
+)
+def test_bracketed_text_that_is_no_field_tag_is_searched(world: Settings, query: str) -> None:
+    from ranking.search import checked_query
+
+    assert checked_query(query) == query
+    search(world, query, k=3)  # answers (no refusal)
