@@ -240,8 +240,11 @@ class Store(RunLedger, Checkpoints):
                 first += len(batch)
                 if on_batch is not None:
                     on_batch(counter.freeze() - before)
-        if counter.freeze().total:
-            self._mark_caught_up()
+        done = counter.freeze()
+        if done.total:
+            # rows whose updated_at this call moved: new ones, replaced ones, tombstones
+            # (a new tombstone row too: counted in deleted or unchanged, hence >=)
+            self._mark_caught_up(done.inserted + done.updated + done.deleted)
         counts = counter.freeze()
         logger.info("applied %d items: %s", counts.total, counts.to_dict())
         return counts
@@ -337,16 +340,30 @@ class Store(RunLedger, Checkpoints):
         what = "language terms of bilingual articles added"
         return self._upgrade_once(LANG_TERMS_CHECKPOINT, _LANG_TERMS_CURRENT, work, what)
 
-    def _mark_caught_up(self) -> None:
+    def _mark_caught_up(self, written: int) -> None:
         """After this writer's batches: its rows carry their period ends and spellings, so
         the catch-ups' marks move exactly to its newest row (the next catch-up reads only
-        rows written after it: another release's writer's). Under the store-writer lease
-        (:func:`ingest.runs.store_writer`) no other writer's rows are under way; without
-        it (a test's bare store) the marks stay where they were."""
+        rows written after it). Only when the rows written since the marks are this
+        call's own: a previous release's writer, which knows no lease, may have written
+        meanwhile (a rolling upgrade); then the catch-ups run first (they read the rows
+        since the marks once). Without the store-writer lease (a test's bare store) the
+        marks stay where they were."""
         if not holds_store_writer(self.engine):
             return
+        a = articles.c
+        marks = [catch_up_mark(self.engine, key) for key in
+                 (PERIOD_END_CHECKPOINT, TERM_FORMS_CHECKPOINT)]  # fmt: skip
+        since = min((s for ran, s in marks if ran and s is not None), default=None)
+        with self.engine.connect() as conn:
+            query = select(func.count()).select_from(articles)
+            if since is not None:
+                query = query.where(a.updated_at > since)
+            others = conn.execute(query).scalar_one() > written
+        if others or since is None or not all(ran for ran, _ in marks):
+            self.catch_up_period_ends()
+            fill_term_forms(self.engine)
         with self.engine.begin() as conn:
-            through = conn.execute(select(func.max(articles.c.updated_at))).scalar()
+            through = conn.execute(select(func.max(a.updated_at))).scalar()
             for key in (PERIOD_END_CHECKPOINT, TERM_FORMS_CHECKPOINT):
                 set_catch_up_mark(conn, key, through, 0, exact=True)
 

@@ -172,14 +172,6 @@ def test_an_article_revised_twice_between_digests_is_matched_once(
 # ------------------------------ 4. an old-release writer beside the exact catch-up mark
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Store._mark_caught_up sets both catch-up marks exact at max(articles.updated_at) of "
-    "the whole table, assuming the store-writer lease excludes every other writer; a "
-    "previous release's writer (which knows no lease) storing a row during the apply is "
-    "covered by that mark without its pub_period_end or term_forms spelling, and no later "
-    "catch-up reads it: lost for good, after the old writer is stopped too (README: "
-    "'caught up at this release's next open or write')"
-))
 def test_a_row_the_previous_release_writes_during_an_apply_is_caught_up_later(
     settings: Settings,
 ) -> None:
