@@ -53,7 +53,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, desc, select, update
+from sqlalchemy import Engine, and_, desc, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from litpulse.core import db
@@ -284,28 +284,36 @@ def digest_step(settings: Settings) -> dict[str, Any]:
 
 
 def _new_articles(
-    engine: Engine, search: SavedSearch, index_ids: np.ndarray
+    engine: Engine, search: SavedSearch, index_ids: np.ndarray, model_version: str
 ) -> tuple[np.ndarray, dt.datetime]:
     """The PMIDs new for ``search`` (stored or revised after its watermark) that the index
     holds, and the next watermark.
 
     The watermark moves to the newest write time looked at, but stops just before the
-    oldest new article the index does not hold yet (it will be new next time). An article
-    matched before is not matched again (``digest_matches`` is unique per search and PMID).
+    oldest new article the index does not hold yet, or holds only as an older text (a
+    revision not embedded yet: its vector of the current text has not come; it will be
+    new next time). An article matched before is not matched again (``digest_matches``
+    is unique per search and PMID).
     """
     import numpy as np
 
-    a = articles.c
+    from litpulse.core.schema import embeddings
+
+    a, e = articles.c, embeddings.c
     with engine.connect() as conn:
         rows = conn.execute(
-            select(a.pmid, a.updated_at)
+            select(a.pmid, a.updated_at, (e.text_hash == a.text_hash).label("current"))
+            .select_from(articles.outerjoin(
+                embeddings, and_(e.pmid == a.pmid, e.model_version == model_version)
+            ))
             .where(a.updated_at > search.watermark, a.is_deleted.is_(False))
             .order_by(a.updated_at)
-        ).all()
+        ).all()  # fmt: skip
     if not rows:
         return np.zeros(0, dtype=np.int64), search.watermark
     pmids = np.fromiter((int(r.pmid) for r in rows), dtype=np.int64, count=len(rows))
-    held = np.isin(pmids, index_ids)
+    current = np.fromiter((bool(r.current) for r in rows), dtype=bool, count=len(rows))
+    held = np.isin(pmids, index_ids) & current
     waiting = [r.updated_at for r, h in zip(rows, held, strict=True) if not h]
     if waiting:
         mark = max(search.watermark, min(waiting) - dt.timedelta(microseconds=1))
@@ -356,7 +364,7 @@ def _digest_one(
     if search.problem is not None:
         raise ConfigError(f"not searched: {search.problem}; {search.remedy}")
     threshold = search.threshold(settings)
-    new, mark = _new_articles(engine, search, index.ids)
+    new, mark = _new_articles(engine, search, index.ids, str(index.model_version))
     vectors, ids = fetch_vectors(engine, str(index.model_version), new)
     hits: Sequence[Any] = ()
     capped = False

@@ -64,12 +64,6 @@ def _oracle(s: Settings) -> dict[int, Any]:
 # --------------------------------------------- 1. a revision whose new vector is not indexed
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "digest._new_articles counts a revised article as 'held' because its PMID is in the "
-    "published index (its OLD vector); fetch_vectors returns the stale embedding (no "
-    "text_hash check), the revision is ranked with its old text and the watermark passes "
-    "it: once re-embedded and published it is never new again and never matched"
-))
 def test_a_revision_whose_new_text_is_not_indexed_yet_is_matched_once_it_is(
     indexed: Settings,  # noqa: F811
 ) -> None:
