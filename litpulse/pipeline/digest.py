@@ -283,6 +283,10 @@ def digest_step(settings: Settings) -> dict[str, Any]:
         return DigestReport(index_version=None, skipped=f"{type(exc).__name__}: {exc}").to_dict()
 
 
+#: New articles scored per search call of a digest (all of them are, part after part).
+DIGEST_PART = 20_000
+
+
 def _new_articles(
     engine: Engine, search: SavedSearch, index_ids: np.ndarray, model_version: str
 ) -> tuple[np.ndarray, dt.datetime]:
@@ -368,24 +372,34 @@ def _digest_one(
     vectors, ids = fetch_vectors(engine, str(index.model_version), new)
     hits: Sequence[Any] = ()
     capped = False
-    if len(ids):
+    cap = settings.digest_max_matches
+    passing: list[Any] = []
+    # every new article is scored, a part at a time: a search's candidate pool is its
+    # nearest by cosine, and a flood of revised older articles (near, but low on
+    # recency) would crowd a new one that scores higher out of it. Semantic scores are
+    # absolute (see the module doc), so the parts' hits compare.
+    for start in range(0, len(ids), DIGEST_PART):
+        part = slice(start, start + DIGEST_PART)
+        part_ids, part_vectors = ids[part], vectors[part]
         subset = _SubsetIndex(
-            id=str(index.id), model_version=str(index.model_version), vectors=vectors, ids=ids
-        )
-        cap = settings.digest_max_matches
+            id=str(index.id), model_version=str(index.model_version), vectors=part_vectors,
+            ids=part_ids,
+        )  # fmt: skip
         result = run_search(
-            settings,
+            settings.replace(rerank_candidates=len(part_ids)),  # the whole part, exactly
             search.query,
-            k=min(cap + 1, len(ids)),  # one more: whether the cap left any out
+            k=min(cap + 1, len(part_ids)),  # one more: whether the cap left any out
             filters=search.filters,
             engine=engine,
             index=subset,
             embed=embed,
             mode="semantic",  # an absolute score for the threshold (see the module doc)
         )
-        hits = [h for h in result.hits if h.score >= threshold]
-        capped = len(hits) > cap
-        hits = hits[:cap]
+        passing += [h for h in result.hits if h.score >= threshold]
+    if passing:
+        passing.sort(key=lambda h: (-h.score, h.pmid))
+        capped = len(passing) > cap
+        hits = passing[:cap]
     now = utcnow()
     rows = [
         {

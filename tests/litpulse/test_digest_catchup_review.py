@@ -93,13 +93,6 @@ def test_a_revision_whose_new_text_is_not_indexed_yet_is_matched_once_it_is(
 # ------------------------------- 2. a flood of revised old articles crowds out a new one
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "digest._digest_one ranks the new/revised articles with run_search(k=cap+1), whose "
-    "candidates are only the max(LITPULSE_RERANK_CANDIDATES, k) nearest by cosine: old "
-    "revised articles (close in cosine, below the threshold by recency) fill the pool, a "
-    "new article that scores above the threshold is never ranked, capped stays False (no "
-    "warning) and the watermark passes it: silently dropped"
-))
 def test_revised_old_articles_do_not_crowd_a_new_match_out_of_the_digest(
     indexed: Settings,  # noqa: F811
 ) -> None:
