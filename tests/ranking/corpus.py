@@ -10,13 +10,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pytest
 from sqlalchemy import Engine, insert
 
+from litpulse.core import db
 from litpulse.core.db import utcnow
 from litpulse.core.schema import article_terms, articles
 
@@ -307,3 +309,31 @@ def search_in(
 
 def pmids_of(result: Any) -> list[int]:
     return [h.pmid for h in result.hits]
+
+
+#: The ``params`` of a module fixture that builds its world on both databases.
+BOTH_DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+def world_on(
+    database: str, tmp_path_factory: Any, name: str, build: Callable[[Any, str], Any]
+) -> Iterator[Any]:
+    """A module fixture's world on ``database`` (``sqlite`` or ``postgresql``, a database
+    of its own): ``build(home, database_url)`` stores and indexes it (``""``: SQLite in
+    ``home``); the engines and model caches are let go after."""
+    from ranking import embed as em
+    from tests.conftest import fresh_postgres_database
+
+    home = tmp_path_factory.mktemp(f"{name}-{database}")
+    em.clear_cache()
+    if database == "sqlite":
+        s = build(home, "")
+        yield s
+        eng = db._ENGINES.pop(s.effective_database_url, None)
+        if eng is not None:
+            eng.dispose()
+    else:
+        with fresh_postgres_database(f"litpulse_{name}") as url:
+            yield build(home, url)
+            db.dispose_engines()
+    em.clear_cache()

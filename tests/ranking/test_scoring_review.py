@@ -44,7 +44,7 @@ from litpulse.core.timeutil import utcnow
 from ranking import embed as em
 from ranking.refresh import refresh_index
 from ranking.search import run_search, search
-from tests.conftest import fresh_postgres_database
+from tests.ranking.corpus import BOTH_DATABASES, world_on
 from tests.tiny_encoder import build_tiny_encoder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,26 +149,13 @@ def _world(home: Path, url: str, tiny: str) -> Settings:
     return s
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-)
+@pytest.fixture(scope="module", params=BOTH_DATABASES)
 def world(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny: str
 ) -> Iterator[Settings]:
     """The corpus stored and indexed, on SQLite and on PostgreSQL (a database of its own)."""
-    home = tmp_path_factory.mktemp(f"scoring-{request.param}")
-    em.clear_cache()
-    if request.param == "sqlite":
-        s = _world(home, "", tiny)
-        yield s
-        eng = db._ENGINES.pop(s.effective_database_url, None)
-        if eng is not None:
-            eng.dispose()
-    else:
-        with fresh_postgres_database("litpulse_scoring") as url:
-            yield _world(home, url, tiny)
-            db.dispose_engines()
-    em.clear_cache()
+    yield from world_on(request.param, tmp_path_factory, "scoring",
+                        lambda home, url: _world(home, url, tiny))
 
 
 @pytest.fixture(scope="module")
