@@ -122,7 +122,11 @@ __all__ = [
     "open_lexical",
     "open_lexical_at",
     "plan_lexical",
+    "phrase_terms",
+    "query_phrases",
     "query_terms",
+    "quoted",
+    "unquoted_text",
     "read_ids",
     "STATS_FILE",
     "text_changed_ids",
@@ -137,11 +141,18 @@ LEXICAL_DIR = "lexical"
 #: (2: analysed terms indexed as given, field lengths and term frequencies stored;
 #: 3: the frequencies as binary records, :data:`TF_RECORD`; 4: abbreviations in capitals
 #: that spell a stop word kept as terms in capitals, ``NO`` nitric oxide; 5: ø, ß, æ...
-#: folded, apostrophe-like marks and invisible format characters inside a word dropped.)
-FORMAT = 5
+#: folded, apostrophe-like marks and invisible format characters inside a word dropped;
+#: 6: positions indexed, and each MeSH heading and keyword a value of its own, for quoted
+#: phrases — tantivy leaves a gap in the positions between two values of a field, so a
+#: phrase never spans two headings.)
+FORMAT = 6
 #: Formats an opened index is searched in: 3 and 4 differ from 5 only by the terms they
-#: lack or spell otherwise (``NO``; ``tromsø``), so search goes on until a refresh rebuilds.
-READABLE_FORMATS = frozenset({3, 4, FORMAT})
+#: lack or spell otherwise (``NO``; ``tromsø``), and 5 from 6 by its missing positions
+#: (a query with a quoted phrase is refused on it: :meth:`LexicalIndex.phrases`), so
+#: search goes on until a refresh rebuilds.
+READABLE_FORMATS = frozenset({3, 4, 5, FORMAT})
+#: The first format with positions (quoted phrases).
+PHRASE_FORMAT = 6
 #: BM25 multiplier of each text field (a term's weight is the sum over the fields).
 FIELD_BOOSTS: dict[str, float] = {"title": 2.0, "abstract": 1.0, "mesh": 1.0, "keywords": 1.0}
 #: The text fields, in the order of the frequencies of a ``tf`` record.
@@ -354,6 +365,49 @@ def _query_terms(query: str) -> tuple[tuple[str, float], ...]:
     return tuple(out.items())
 
 
+#: A quoted phrase: straight quotes, or curly ones as a word processor or a web page sets
+#: them (group 1 or 2 is the text inside). A quote left alone quotes nothing.
+_QUOTED = re.compile(r'"([^"]*)"|[\u201c\u201e]([^\u201c\u201d\u201e"]*)\u201d')
+
+
+def quoted(query: str) -> list[str]:
+    """The texts quoted in ``query``, in order (empty ones included)."""
+    return [m.group(1) if m.group(1) is not None else m.group(2)
+            for m in _QUOTED.finditer(query)]
+
+
+def unquoted_text(query: str) -> str:
+    """``query`` with each quoted text replaced by a space."""
+    return _QUOTED.sub(" ", query)
+
+
+def phrase_terms(text: str) -> tuple[str, ...]:
+    """The index terms of a quoted phrase, as a document holding it is indexed (stop words
+    out, stemmed; a compound word as its segments and their joined runs)."""
+    return tuple(_analyzer().analyze(_field_text([text])))
+
+
+def query_phrases(query: str) -> tuple[tuple[str, ...], ...]:
+    """The quoted phrases of ``query`` as the index terms each must hold in a row (one
+    term: that term), in query order, repeated ones and those with no term left out.
+
+    A document matches a phrase when one of its text fields holds those terms one after
+    the other: stop words aside (``"quality of life"`` matches *quality-of-life* and
+    *quality and life*), stemmed (``"heart failures"`` matches *heart failure*), never
+    across two MeSH headings or two keywords.
+
+    Example:
+        >>> query_phrases('"heart failure" in the "elderly" and "IL-6 signalling"')
+        (('heart', 'failur'), ('elder',), ('il', '6', 'il6', 'signal'))
+    """
+    out: dict[tuple[str, ...], None] = {}
+    for text in quoted(query):
+        terms = phrase_terms(text)
+        if terms:
+            out.setdefault(terms)
+    return tuple(out)
+
+
 def _field_text(values: Iterable[str]) -> str:
     return " ".join(t for v in values for t in bio_tokens(v))
 
@@ -438,7 +492,7 @@ def _schema() -> Any:
     sb = tantivy.SchemaBuilder()
     sb.add_integer_field("pmid", stored=True, indexed=True, fast=True)
     for name in TEXT_FIELDS:
-        sb.add_text_field(name, tokenizer_name=_TOKENIZER, index_option="freq")
+        sb.add_text_field(name, tokenizer_name=_TOKENIZER, index_option="position")
     for name in TEXT_FIELDS:
         sb.add_integer_field(f"n_{name}", fast=True)
     sb.add_bytes_field("tf", stored=True)
@@ -453,12 +507,25 @@ def _terms_tokenizer() -> Any:
     return tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.whitespace()).build()
 
 
-def analysed(doc: _Doc) -> dict[str, list[str]]:
-    """The index terms of each text field of ``doc``, in order (stop words out, stemmed)."""
+def analysed_values(doc: _Doc) -> dict[str, list[list[str]]]:
+    """The index terms of each value of each text field of ``doc``, in order (stop words
+    out, stemmed): one value for the title and the abstract, one per MeSH heading and per
+    keyword."""
     analyzer = _analyzer()
     values = {"title": [doc.title], "abstract": [doc.abstract], "mesh": doc.mesh,
               "keywords": doc.keywords}
-    return {name: analyzer.analyze(_field_text(values[name])) for name in TEXT_FIELDS}
+    return {
+        name: [analyzer.analyze(_field_text([v])) for v in values[name]] for name in TEXT_FIELDS
+    }
+
+
+def analysed(doc: _Doc) -> dict[str, list[str]]:
+    """The index terms of each text field of ``doc``, in order (stop words out, stemmed)."""
+    return _flat(analysed_values(doc))
+
+
+def _flat(values: dict[str, list[list[str]]]) -> dict[str, list[str]]:
+    return {name: [t for terms in values[name] for t in terms] for name in TEXT_FIELDS}
 
 
 #: One record of the stored ``tf`` value: a term's :func:`term_key` and its frequency in
@@ -508,10 +575,16 @@ def tf_records(fields: dict[str, list[str]]) -> tuple[str, bytes]:
     return ("tfw" if wide else "tf"), rec.tobytes()
 
 
-def _document(doc: _Doc, fields: dict[str, list[str]]) -> Any:
+def _document(doc: _Doc, per_value: dict[str, list[list[str]]],
+              fields: dict[str, list[str]]) -> Any:
+    """The tantivy document: each text field's values (``per_value``, their terms in
+    order; a phrase never spans two: tantivy's positions leave a gap between them), its
+    lengths and its term frequencies (from ``fields``, :func:`analysed`)."""
     import tantivy
 
-    values: dict[str, Any] = {name: [" ".join(fields[name])] for name in TEXT_FIELDS}
+    values: dict[str, Any] = {
+        name: [" ".join(terms) for terms in per_value[name]] for name in TEXT_FIELDS
+    }
     values.update({f"n_{name}": len(fields[name]) for name in TEXT_FIELDS})
     name, tf = tf_records(fields)
     values[name] = [tf]
@@ -578,6 +651,7 @@ class _Stats:
 
     docs: int
     tokens: dict[str, int]
+    format: int = FORMAT
 
     @classmethod
     def read(cls, folder: Path) -> _Stats:
@@ -595,7 +669,7 @@ class _Stats:
                 f"lexical index in {folder} is of format {found}, this release reads {FORMAT}: "
                 "run `litpulse index refresh`"
             )
-        return stats
+        return dataclasses.replace(stats, format=found)
 
     def write(self, folder: Path) -> None:
         """Into ``folder`` by rename (a hard-linked base's file stays as it was)."""
@@ -684,7 +758,46 @@ class LexicalIndex:
         """The same index, scored with other constants."""
         return self if bm25 == self.bm25 else dataclasses.replace(self, bm25=bm25)
 
-    def _query(self, terms: dict[str, float], pmids: Sequence[int] | None = None) -> Any:
+    @property
+    def phrases(self) -> bool:
+        """Whether this index can match quoted phrases (format :data:`PHRASE_FORMAT` on)."""
+        return self._stats.format >= PHRASE_FORMAT
+
+    def _phrase_query(self, phrases: tuple[tuple[str, ...], ...]) -> Any:
+        """Documents holding every phrase (each in any text field), scoring nothing.
+
+        Raises:
+            ConsistencyError: This index was built before positions were indexed.
+        """
+        import tantivy
+
+        if not self.phrases:
+            raise ConsistencyError(
+                f"the lexical index in {self.path} was built before quoted phrases were "
+                f"indexed (format {self._stats.format}): run `litpulse index refresh`, which "
+                "rebuilds it, or search without quotes"
+            )
+        schema = self._index.schema
+        musts = []
+        for terms in phrases:
+            per_field = [
+                tantivy.Query.term_query(schema, name, terms[0], index_option="basic")
+                if len(terms) == 1
+                else tantivy.Query.phrase_query(schema, name, list(terms))
+                for name in TEXT_FIELDS
+            ]
+            musts.append(
+                (tantivy.Occur.Must,
+                 tantivy.Query.boolean_query([(tantivy.Occur.Should, q) for q in per_field]))
+            )
+        return tantivy.Query.const_score_query(tantivy.Query.boolean_query(musts), 0.0)
+
+    def _query(
+        self,
+        terms: dict[str, float],
+        pmids: Sequence[int] | None = None,
+        phrases: tuple[tuple[str, ...], ...] = (),
+    ) -> Any:
         import tantivy
 
         schema = self._index.schema
@@ -700,12 +813,15 @@ class LexicalIndex:
             for name, boost in FIELD_BOOSTS.items()
         ]
         text = tantivy.Query.boolean_query(should)
-        if pmids is None:
-            return text
-        only = tantivy.Query.const_score_query(
-            tantivy.Query.term_set_query(schema, "pmid", [int(p) for p in pmids]), 0.0
-        )
-        return tantivy.Query.boolean_query([(tantivy.Occur.Must, only), (tantivy.Occur.Must, text)])
+        musts = [(tantivy.Occur.Must, text)]
+        if phrases:
+            musts.append((tantivy.Occur.Must, self._phrase_query(phrases)))
+        if pmids is not None:
+            only = tantivy.Query.const_score_query(
+                tantivy.Query.term_set_query(schema, "pmid", [int(p) for p in pmids]), 0.0
+            )
+            musts.append((tantivy.Occur.Must, only))
+        return text if len(musts) == 1 else tantivy.Query.boolean_query(musts)
 
     def _idf(self, searcher: Any, name: str, term: str) -> float:
         """:meth:`Bm25.idf` of ``term`` in field ``name`` (kept: the index is read-only).
@@ -730,10 +846,14 @@ class LexicalIndex:
         return idf
 
     def _scored(
-        self, terms: dict[str, float], limit: int, pmids: Sequence[int] | None = None
+        self,
+        terms: dict[str, float],
+        limit: int,
+        pmids: Sequence[int] | None = None,
+        phrases: tuple[tuple[str, ...], ...] = (),
     ) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
         """What :meth:`_matches` adds up, for all of tantivy's best ``limit`` documents at
-        once (among ``pmids`` if given).
+        once (among ``pmids`` if given; only those holding every phrase of ``phrases``).
 
         Returns:
             ``(pmids, doc, term, weights)``: the documents' PMIDs (``-1``: none stored) and,
@@ -742,7 +862,7 @@ class LexicalIndex:
             of :data:`TEXT_FIELDS` (``0.0`` where the term is absent).
         """
         searcher = self._index.searcher()
-        hits = searcher.search(self._query(terms, pmids), limit, count=False).hits
+        hits = searcher.search(self._query(terms, pmids, phrases), limit, count=False).hits
         empty = np.zeros(0, dtype=np.intp)
         if not hits:
             return [], empty, empty, np.zeros((0, len(TEXT_FIELDS)))
@@ -776,10 +896,14 @@ class LexicalIndex:
         return ids, doc, term, weights
 
     def _ranked(
-        self, terms: dict[str, float], limit: int, pmids: Sequence[int] | None = None
+        self,
+        terms: dict[str, float],
+        limit: int,
+        pmids: Sequence[int] | None = None,
+        phrases: tuple[tuple[str, ...], ...] = (),
     ) -> list[tuple[int, float]]:
         """``(pmid, bm25)`` of :meth:`_matches`, without the terms."""
-        ids, doc, _, weights = self._scored(terms, limit, pmids)
+        ids, doc, _, weights = self._scored(terms, limit, pmids, phrases)
         # summed in the order of the records, then of the fields: as term by term
         totals = np.bincount(
             np.repeat(doc, len(TEXT_FIELDS)), weights=weights.ravel(), minlength=len(ids)
@@ -793,11 +917,16 @@ class LexicalIndex:
         return out
 
     def _matches(
-        self, terms: dict[str, float], limit: int, pmids: Sequence[int] | None = None
+        self,
+        terms: dict[str, float],
+        limit: int,
+        pmids: Sequence[int] | None = None,
+        phrases: tuple[tuple[str, ...], ...] = (),
     ) -> list[LexicalMatch]:
-        """The documents tantivy finds (its best ``limit``; among ``pmids`` if given), scored
-        with :attr:`bm25`, best first (ties by PMID), with their matched terms."""
-        ids, doc, term, weights = self._scored(terms, limit, pmids)
+        """The documents tantivy finds (its best ``limit``; among ``pmids`` if given; holding
+        every phrase of ``phrases``), scored with :attr:`bm25`, best first (ties by PMID),
+        with their matched terms."""
+        ids, doc, term, weights = self._scored(terms, limit, pmids, phrases)
         names = list(terms)
         per_doc: dict[int, list[tuple[int, LexicalTerm]]] = {}
         for d, t, row in zip(doc.tolist(), term.tolist(), weights.tolist(), strict=True):
@@ -815,27 +944,63 @@ class LexicalIndex:
 
     def search(self, query: str, k: int) -> list[tuple[int, float]]:
         """The ``k`` best ``(pmid, bm25)`` for a free-text query, best first (ties by PMID),
-        among tantivy's best ``max(k, FIRST_STAGE)``."""
+        among tantivy's best ``max(k, FIRST_STAGE)`` of the documents holding every quoted
+        phrase of it (:func:`query_phrases`).
+
+        Raises:
+            ConsistencyError: The query quotes a phrase and this index has no positions
+                (:attr:`phrases`).
+        """
         terms = query_terms(query)
         if not terms or k <= 0 or not self.size:
             return []
-        return self._ranked(terms, max(k, FIRST_STAGE))[:k]
+        return self._ranked(terms, max(k, FIRST_STAGE), None, query_phrases(query))[:k]
 
     def scores(self, query: str, pmids: Sequence[int]) -> dict[int, float]:
-        """BM25 of the given PMIDs for ``query`` (absent: no query term occurs in it)."""
+        """BM25 of the given PMIDs for ``query`` (absent: no query term occurs in it, or it
+        lacks a quoted phrase of it)."""
         terms = query_terms(query)
+        phrases = query_phrases(query)
         out: dict[int, float] = {}
         for chunk in self._chunks(terms, pmids, None):
-            out.update(self._ranked(terms, len(chunk), chunk))
+            out.update(self._ranked(terms, len(chunk), chunk, phrases))
         return out
 
     def explain(self, query: str, pmids: Sequence[int]) -> dict[int, LexicalMatch]:
         """The matched terms of each given PMID (the first :data:`PMID_CHUNK` by PMID) and
-        their BM25 weights, per field; they add up to its score."""
+        their BM25 weights, per field; they add up to its score. A PMID lacking a quoted
+        phrase of ``query`` has none."""
         terms = query_terms(query)
+        phrases = query_phrases(query)
         out: dict[int, LexicalMatch] = {}
         for chunk in self._chunks(terms, pmids, PMID_CHUNK):
-            out.update((m.pmid, m) for m in self._matches(terms, len(chunk), chunk))
+            out.update((m.pmid, m) for m in self._matches(terms, len(chunk), chunk, phrases))
+        return out
+
+    def matching(self, query: str, pmids: Sequence[int]) -> set[int]:
+        """Those of ``pmids`` that hold every quoted phrase of ``query`` (all of them when it
+        quotes none; a PMID this index does not hold, none).
+
+        Raises:
+            ConsistencyError: The query quotes a phrase and this index has no positions.
+        """
+        import tantivy
+
+        phrases = query_phrases(query)
+        if not phrases:
+            return {int(p) for p in pmids}
+        required = self._phrase_query(phrases)
+        searcher = self._index.searcher()
+        out: set[int] = set()
+        wanted = sorted({int(p) for p in pmids})
+        for start in range(0, len(wanted), PMID_CHUNK):
+            chunk = wanted[start : start + PMID_CHUNK]
+            only = tantivy.Query.term_set_query(self._index.schema, "pmid", chunk)
+            query_ = tantivy.Query.boolean_query(
+                [(tantivy.Occur.Must, only), (tantivy.Occur.Must, required)]
+            )
+            addrs = [addr for _, addr in searcher.search(query_, len(chunk), count=False).hits]
+            out.update(int(p) for p in searcher.fast_field_values("pmid", addrs) if p is not None)
         return out
 
     def _chunks(
@@ -918,8 +1083,9 @@ def build_lexical(
         writer.delete_documents_by_term("pmid", int(pmid))
     added: list[int] = []
     for doc in _docs(engine, add):
-        fields = analysed(doc)
-        writer.add_document(_document(doc, fields))
+        per_value = analysed_values(doc)
+        fields = _flat(per_value)
+        writer.add_document(_document(doc, per_value, fields))
         added.append(doc.pmid)
         docs += 1
         for name in TEXT_FIELDS:

@@ -150,6 +150,8 @@ class LexicalSearcher(Protocol):
 
     def explain(self, query: str, pmids: Sequence[int]) -> dict[int, Any]: ...
 
+    def matching(self, query: str, pmids: Sequence[int]) -> set[int]: ...
+
 
 @dataclass(frozen=True)
 class Hit:
@@ -644,10 +646,14 @@ def run_search(
         ConfigError: An empty or over-long query, one holding a control character
             (:func:`litpulse.core.text.checked_text`), ``k`` < 1, an ``offset`` outside
             0..:data:`MAX_OFFSET`, or an unknown mode or sort.
-        NoIndexError: Nothing is published yet, or lexical mode on a version without a
-            lexical index.
+        NoIndexError: Nothing is published yet, or lexical mode (or a query quoting a
+            phrase) on a version without a lexical index.
+        ConsistencyError: A query quoting a phrase on a lexical index built before
+            phrases were indexed (a refresh rebuilds it).
     """
     import numpy as np
+
+    from ranking.lexical import query_phrases
 
     text = _checked_query(query, k)
     _check_offset(offset)
@@ -666,6 +672,11 @@ def run_search(
         if requested == SearchMode.LEXICAL:
             raise NoIndexError(
                 f"index {index.id} has no lexical index yet: run `litpulse index refresh`"
+            )
+        if query_phrases(text):
+            raise NoIndexError(
+                f"quoted phrases are matched in the lexical index, and index {index.id} has "
+                "none yet: run `litpulse index refresh`, or search without quotes"
             )
         effective = SearchMode.SEMANTIC
     vector = None
@@ -794,11 +805,11 @@ def _excludes(text: str) -> bool:
     between two words, the one before it a term (not a stop or question word: ``To treat
     or NOT to treat``, ``DO NOT RESUSCITATE``), outside quotes, in a query not wholly in
     capitals (a title typed so: ``EFFECT OF DIET NOT EXERCISE``)."""
-    from ranking.lexical import _shouted, query_terms
+    from ranking.lexical import _shouted, query_terms, unquoted_text
 
     if "NOT" not in text or _shouted(text):
         return False
-    unquoted = re.sub(r'"[^"]*"', " ", text)
+    unquoted = unquoted_text(text)
     for match in _NOT.finditer(unquoted):
         before = re.findall(r"[^\W_][\w-]*", unquoted[: match.start()])
         if before and query_terms(before[-1].lower()):  # DO NOT, or NOT: no term before
@@ -809,7 +820,8 @@ def _excludes(text: str) -> bool:
 def checked_query(query: str) -> str:
     """The trimmed query text of a search or a saved search, refused where it would be
     searched other than the user means (litpulse ranks by meaning and by BM25 over
-    words: quotes group nothing, every word counts, ``OR`` between words is ignored).
+    words: every word counts, a quoted phrase is required, ``OR`` between words is
+    ignored).
 
     Raises:
         ConfigError: An empty or over-long query, one holding a control character; one
@@ -817,8 +829,9 @@ def checked_query(query: str) -> str:
             alone (the message names the commands that show that article); PubMed's field
             tags (``covid[ti]``, ``humans[mh]``: the message names the filter to use); a
             word excluded with ``NOT`` (it would be searched for); truncation
-            (``cardio*``). Google's ``-word`` is not refused: a space before a hyphen is
-            too common in biomedical text (``Ca2+ -activated``, ``(-OH)``).
+            (``cardio*``); a quoted phrase with no word to require (``"the"``). Google's
+            ``-word`` is not refused: a space before a hyphen is too common in biomedical
+            text (``Ca2+ -activated``, ``(-OH)``).
     """
     text = checked_text(query or "", "query").strip()
     if not text:
@@ -849,11 +862,16 @@ def checked_query(query: str) -> str:
     if _TRUNCATION.search(text):
         raise ConfigError("truncation (word*) is not supported: type whole words (they are "
                           "stemmed: vaccination also finds vaccine and vaccines)")
-    from ranking.lexical import query_terms
+    from ranking.lexical import phrase_terms, query_terms, quoted
 
     if not query_terms(text):
         raise ConfigError("the query has no word to search for (only stop words or "
                           "punctuation)")
+    for phrase in quoted(text):
+        if phrase.strip() and not phrase_terms(phrase):
+            raise ConfigError(f"the quoted phrase {phrase.strip()!r} has no word to require "
+                              "(only stop words or punctuation): quote words, or drop the "
+                              "quotes")
     return text
 
 
@@ -913,11 +931,16 @@ def _candidates(
     """Nearest neighbours and best BM25 matches, and the rows of those passing the filters.
 
     Starts at ``settings.rerank_candidates`` of each and widens (:func:`widened`)
-    while fewer than ``k`` pass. In hybrid mode the missing input of each passing
+    while fewer than ``k`` pass. A query quoting a phrase passes only the candidates
+    holding every quoted phrase (:meth:`ranking.lexical.LexicalIndex.matching`; the
+    lexical list holds only such), in every mode: once the lexical list has them all, no
+    deeper neighbour can pass. In hybrid mode the missing input of each passing
     candidate is then filled in (cosine from its stored vector, BM25 of the candidates).
     ``known``: rows read before with the same ``conds`` (``None``: it does not pass),
     kept up to date, so that the pools of one page read each row once.
     """
+    from ranking.lexical import query_phrases
+
     pool = _Pool()
     dense = mode != SearchMode.LEXICAL
     lex = lexical if mode != SearchMode.SEMANTIC else None
@@ -925,6 +948,7 @@ def _candidates(
     n = min(max(settings.rerank_candidates, k), size)
     seen: set[int] = set()
     dense_complete = not dense or vector is None
+    phrased = lexical if lexical is not None and query_phrases(text) else None
     while n > 0:
         fresh: list[int] = []
         if not dense_complete and vector is not None:
@@ -942,6 +966,12 @@ def _candidates(
             if pmid not in seen:
                 seen.add(pmid)
                 fresh.append(pmid)
+        if phrased is not None:
+            unsure = [p for p in fresh if p not in pool.bm25]  # the lexical list's hold them
+            held = phrased.matching(text, unsure) if unsure else set()
+            fresh = [p for p in fresh if p in pool.bm25 or p in held]
+            if lex is not None and lexical_exhausted:
+                dense_complete = True  # every document holding the phrases is listed
         if known is None:
             pool.rows.update(load_rows(engine, fresh, conds))
         else:

@@ -511,7 +511,8 @@ def _search_spec_dependency(settings: Settings) -> Callable[..., SearchSpec]:
     from ranking.search import SearchFilters
 
     q_param = Query(
-        ..., min_length=1, max_length=512, pattern=NOT_BLANK, description="Free-text query."
+        ..., min_length=1, max_length=512, pattern=NOT_BLANK,
+        description='Free-text query; a phrase in double quotes is required ("heart failure").',
     )
     mesh_param = Query(
         None, max_length=MAX_TERMS,

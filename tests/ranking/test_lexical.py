@@ -585,6 +585,19 @@ def test_nitric_oxide_and_ankylosing_spondylitis_are_found(
         lexical_hits("no")  # the English word: a stop word still (nothing to search for)
 
 
+def as_format(version: Path, found: int) -> Path:
+    """Make the lexical index of the index version folder ``version`` read as one of format
+    ``found`` (its statistics and the version's meta say so), as an older release wrote it;
+    its folder."""
+    folder = version / lexical.LEXICAL_DIR
+    (folder / lexical.STATS_FILE).write_text(json.dumps({**_stats(folder), "format": found}))
+    meta_path = version / "meta.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta["lexical"]["format"] = found
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    return folder
+
+
 def test_a_format_3_index_is_still_searched_and_refresh_rebuilds_it(
     sqlite_settings: Settings,
 ) -> None:
@@ -593,13 +606,8 @@ def test_a_format_3_index_is_still_searched_and_refresh_rebuilds_it(
     # next refresh rebuilds it; older formats are still refused (the test above)
     load(db.connect(sqlite_settings))
     first = refresh.refresh_index(sqlite_settings)
-    folder = Path(first.path) / lexical.LEXICAL_DIR
-    (folder / lexical.STATS_FILE).write_text(json.dumps({**_stats(folder), "format": 3}))
+    folder = as_format(Path(first.path), 3)
     assert [p for p, _ in lexical.LexicalIndex.open(folder).search("IL6", 1)] == [1]
-    meta_path = Path(first.path) / "meta.json"
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    meta["lexical"]["format"] = 3
-    meta_path.write_text(json.dumps(meta), encoding="utf-8")
     again = refresh.refresh_index(sqlite_settings)
     assert again.lexical_rebuilt
     assert index_files.read_files(again.path)[2]["lexical"]["format"] == lexical.FORMAT

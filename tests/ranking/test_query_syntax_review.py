@@ -313,10 +313,29 @@ def test_a_truncation_wildcard_finds_the_words_it_starts(world: Settings) -> Non
 # ranking/lexical.py:_query_terms drops the quotes: a quoted phrase is a bag of words, so
 # the kidney-failure-after-heart-transplant article is returned for "heart failure" —
 # and neither the README nor --help says quotes are ignored.
-@pytest.mark.xfail(strict=True, reason="phrase search is not supported: positions are "
-                   "not indexed; the README says quotes are ignored (open)")
 def test_a_quoted_phrase_is_not_matched_by_its_words_apart(world: Settings) -> None:
+    # fixed: the lexical index holds positions (format 6) and a quoted phrase is required
     assert 31000002 not in _lexical(world, '"heart failure"')
+    assert 31000001 in _lexical(world, '"heart failure"')
+    for mode in ("hybrid", "semantic"):  # required whatever ranks the results
+        found = _pmids(search(world, '"heart failure"', k=50, mode=mode))
+        assert 31000001 in found and 31000002 not in found, mode
+    # the words apart still find both without the quotes
+    assert {31000001, 31000002} <= set(_lexical(world, "heart failure"))
+
+
+def test_a_quoted_phrase_is_required_on_the_api_and_the_cli(
+    world: Settings, client: TestClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    r = client.get("/search", params={"q": '"heart failure" outcomes', "k": "20"})
+    assert r.status_code == 200, r.text
+    api = [h["pmid"] for h in r.json()["results"]]
+    assert 31000001 in api and 31000002 not in api
+    cli = [h["pmid"] for h in _cli(world, ['"heart failure" outcomes', "-k", "20"],
+                                   capsys)["results"]]
+    assert cli == api
+    r = client.get("/search", params={"q": '"the" heart failure', "k": "5"})
+    assert r.status_code == 400 and "quoted phrase" in r.json()["detail"]
 
 
 # ranking/search.py:750-764 (_checked_query) checks only that the trimmed query is not

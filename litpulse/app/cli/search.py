@@ -31,8 +31,9 @@ def register(sub: Any) -> None:
             "Retracted articles are left out unless --include-retracted."
         ),
     )
-    p.add_argument("query", help="words to search for, quoted as one argument (not PubMed's "
-                   "syntax: field tags, NOT, -word and word* are refused; see the README)")
+    p.add_argument("query", help="words to search for, quoted as one argument; a phrase in "
+                   "double quotes inside it is required ('\"heart failure\" outcomes'); not "
+                   "PubMed's syntax: field tags, NOT and word* are refused (see the README)")
     p.add_argument("-k", type=_positive_int, default=10, help="number of results (default 10)")
     add_filter_args(p)
     p.add_argument("--w-sim", type=float, metavar="X", help="weight of the similarity")

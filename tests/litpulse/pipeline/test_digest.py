@@ -898,3 +898,28 @@ def test_a_saved_search_whose_query_a_later_rule_refuses_is_reported_not_searche
     capsys.readouterr()
     assert main(["alerts", "list"]) == 0
     assert "'copd' cannot be searched: its query is refused" in capsys.readouterr().err
+
+
+def test_a_saved_search_quoting_a_phrase_matches_only_new_articles_holding_it(
+    indexed: Settings,
+) -> None:
+    """A quoted phrase is required in the digest as in a search: of the new CRISPR
+    articles only the one about "human cells" is matched by the quoting search, however
+    low its threshold; the same words unquoted match the others too."""
+    s = indexed
+    engine = db.connect(s)
+    quoting = add_search(s, name="cells", query='CRISPR gene editing "human cells"',
+                         min_score=0.0, owner="alice")
+    plain = add_search(s, name="words", query="CRISPR gene editing human cells",
+                       min_score=0.0, owner="alice")
+    _load(engine, NEW)
+    assert refresh_index(s).published
+    report = run_digest(s)
+    assert not report.failures
+    assert set(_matched(engine, quoting.id)) == {101}  # "... off-target effects in human cells"
+    assert {101, 103, 107} <= set(_matched(engine, plain.id))
+    # the oracle: the real semantic search over the whole published index, phrase and all
+    hits = run_search(s, quoting.query, k=len(ARTICLES), mode="semantic").hits
+    assert {h.pmid for h in hits} & NEW == {101}
+    score = {h.pmid: h.score for h in hits}[101]
+    assert _matched(engine, quoting.id)[101] == pytest.approx(score, abs=1e-5)

@@ -1,0 +1,163 @@
+"""Quoted phrases: required in every mode, matched by position in the lexical index.
+
+A phrase in quotes (``"heart failure"``) is required: every result holds its words one
+after the other (stop words aside, stemmed, never across two MeSH headings), whether the
+results are ranked by meaning, by BM25 or both, on every page. The records go through the
+real store and the real lexical index (tantivy, format 6 with positions); the vectors are
+the hashed bag of words of :mod:`tests.ranking.corpus`, so the articles holding the words
+apart are the nearest neighbours a phrase must turn away.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+
+from litpulse.core import db
+from litpulse.core.errors import ConfigError, ConsistencyError
+from litpulse.core.settings import Settings
+from ranking import index_files, lexical, refresh
+from ranking.search import NoIndexError, SearchFilters, checked_query, run_search
+from tests.ranking.corpus import hash_embed, make_article, search_in, store_and_index
+from tests.ranking.test_lexical import as_format, load
+
+#: The phrase "heart failure" in the title, in the abstract, in one MeSH heading.
+HOLDING = {
+    1: ("Heart failure in older adults", "Outcomes of chronic disease.", ("Humans",)),
+    2: ("Outcomes after discharge", "Readmissions for heart failure rose.", ("Humans",)),
+    3: ("Outcomes of older adults", "A registry study.", ("Heart Failure", "Humans")),
+    4: ("Heart failures treated at home", "Home care of the failing heart.", ("Humans",)),
+}
+#: Both words, never one after the other (or only across two MeSH headings).
+APART = {
+    10 + i: (f"Failure of the kidney after heart surgery {i}",
+             f"Heart surgery and kidney failure in cohort {i}.", ("Humans",))
+    for i in range(12)
+} | {
+    30: ("Heart outcomes", "Renal failure was rare.", ("Heart", "Failure to Thrive")),
+}
+#: Compound words, stop words.
+OTHERS = {
+    40: ("IL-6 signalling in sepsis", "Interleukin-6 in septic shock.", ("Sepsis",)),
+    41: ("IL6 signalling pathways", "Cytokines in inflammation.", ("Cytokines",)),
+    42: ("Signalling of IL-6 receptors", "Receptor biology.", ("Receptors",)),
+    43: ("Quality of life after stroke", "Patients reported outcomes.", ("Stroke",)),
+    44: ("Life and its quality after stroke", "Patients reported outcomes.", ("Stroke",)),
+}
+ALL = HOLDING | APART | OTHERS
+
+
+def _world(engine: Engine, tmp_path: Path) -> tuple[Any, lexical.LexicalIndex]:
+    records = [make_article(p, t, a, mesh=m) for p, (t, a, m) in ALL.items()]
+    return store_and_index(engine, tmp_path, records)
+
+
+def _pmids(result: Any) -> list[int]:
+    return [h.pmid for h in result.hits]
+
+
+def test_phrases_are_read_from_straight_and_curly_quotes() -> None:
+    assert lexical.query_phrases('"heart failure" in the \u201celderly\u201d') == (
+        ("heart", "failur"), ("elder",))
+    # stemmed and without stop words, as a document is indexed; a compound as its segments
+    assert lexical.query_phrases('"quality of life"') == (("qualiti", "life"),)
+    assert lexical.query_phrases('"IL6 signalling"') == (("il", "6", "il6", "signal"),)
+    # repeated once; an empty pair or a lone quote quotes nothing
+    assert lexical.query_phrases('"heart failure" and "Heart failures"') == (
+        ("heart", "failur"),)
+    assert lexical.query_phrases('"" heart "failure') == ()
+    # the quoted words are still terms of the query
+    assert {"heart", "failur"} <= set(lexical.query_terms('"heart failure" outcomes'))
+
+
+def test_a_quoted_phrase_with_nothing_to_require_is_refused() -> None:
+    with pytest.raises(ConfigError, match="quoted phrase 'the' has no word"):
+        checked_query('"the" heart failure')
+    assert checked_query('"" heart failure') == '"" heart failure'
+    assert checked_query('"heart failure" outcomes') == '"heart failure" outcomes'
+    # a quoted NOT is no exclusion, in curly quotes too
+    assert checked_query("\u201cDO NOT RESUSCITATE\u201d orders") == (
+        "\u201cDO NOT RESUSCITATE\u201d orders")
+
+
+def test_the_lexical_index_matches_a_phrase_by_position(
+    sqlite_settings: Settings, tmp_path: Path
+) -> None:
+    _, lex = _world(db.connect(sqlite_settings), tmp_path)
+    assert lex.phrases
+    found = {p for p, _ in lex.search('"heart failure"', 100)}
+    assert found == set(HOLDING)  # title, abstract, one heading; a plural too (stemmed)
+    assert set(APART) <= {p for p, _ in lex.search("heart failure", 100)}
+    # never across two MeSH headings ("Heart", "Failure to Thrive"): 30 is not there
+    assert lex.matching('"heart failure"', list(ALL)) == set(HOLDING)
+    assert lex.matching("heart failure", [1, 30, 999]) == {1, 30, 999}  # no phrase: all
+    # compound words in either spelling; stop words aside
+    assert {p for p, _ in lex.search('"IL-6 signalling"', 10)} == {40, 41}
+    assert {p for p, _ in lex.search('"quality of life"', 10)} == {43}
+    # the phrase filters; the scores are the words' BM25, quoted or not
+    plain = dict(lex.search("heart failure", 100))
+    assert dict(lex.search('"heart failure"', 100)) == {p: plain[p] for p in HOLDING}
+    assert lex.scores('"heart failure"', [1, 10, 30]) == {1: plain[1]}
+    assert set(lex.explain('"heart failure"', [1, 10])) == {1}
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "semantic", "lexical"])
+def test_every_mode_returns_only_articles_holding_the_phrase(
+    settings: Settings, tmp_path: Path, mode: str
+) -> None:
+    engine = db.connect(settings)
+    index, lex = _world(engine, tmp_path)
+    # few candidates per round: the twelve articles holding the words apart are nearer
+    # the query than most holding the phrase, so the lists must widen past them
+    s = settings.replace(rerank_candidates=3)
+    query = '"heart failure" kidney heart surgery'
+    index.calls.clear()
+    result = search_in(s, engine, query, index=index, lexical=lex, mode=mode, k=10)
+    assert set(_pmids(result)) == set(HOLDING)
+    if mode == "hybrid":  # once the lexical list holds every phrase, no deeper neighbour can
+        assert max(index.calls) < index.size
+    unquoted = search_in(s, engine, query.replace('"', ""), index=index, lexical=lex,
+                         mode=mode, k=10)
+    assert set(_pmids(unquoted)) & set(APART)  # without the quotes they come first
+    # pages: disjoint slices of the same phrase-holding list
+    pages = [search_in(s, engine, query, index=index, lexical=lex, mode=mode, k=1)]
+    for offset in range(1, 5):
+        pages.append(run_search(s, query, k=1, offset=offset, filters=SearchFilters(),
+                                engine=engine, index=index, embed=hash_embed, lexical=lex,
+                                mode=mode))
+    listed = [p for page in pages for p in _pmids(page)]
+    assert sorted(listed) == sorted(HOLDING) and not pages[-1].has_more
+
+
+def test_a_phrase_without_a_lexical_index_is_refused(settings: Settings, tmp_path: Path) -> None:
+    engine = db.connect(settings)
+    index, _ = _world(engine, tmp_path)
+    with pytest.raises(NoIndexError, match="quoted phrases"):
+        search_in(settings, engine, '"heart failure"', index=index, lexical=None,
+                  mode="semantic")
+    # without quotes the semantic search goes on, as before
+    assert _pmids(search_in(settings, engine, "heart failure", index=index, lexical=None,
+                            mode="semantic"))
+
+
+def test_an_index_built_before_positions_refuses_phrases_until_a_refresh_rebuilds_it(
+    sqlite_settings: Settings,
+) -> None:
+    load(db.connect(sqlite_settings))
+    first = refresh.refresh_index(sqlite_settings)
+    old = lexical.LexicalIndex.open(as_format(Path(first.path), 5))
+    assert not old.phrases
+    assert [p for p, _ in old.search("IL-6 sepsis", 1)] == [1]  # words: searched as before
+    with pytest.raises(ConsistencyError, match="litpulse index refresh"):
+        old.search('"IL-6 signalling"', 5)
+    with pytest.raises(ConsistencyError, match="without quotes"):
+        old.matching('"IL-6 signalling"', [1])
+    again = refresh.refresh_index(sqlite_settings)
+    assert again.lexical_rebuilt
+    assert index_files.read_files(again.path)[2]["lexical"]["format"] == lexical.FORMAT
+    rebuilt = lexical.open_lexical(sqlite_settings)
+    assert rebuilt is not None and rebuilt.phrases
+    assert [p for p, _ in rebuilt.search('"IL-6 signalling"', 5)] == [1]
