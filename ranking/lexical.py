@@ -115,6 +115,7 @@ __all__ = [
     "LexicalTerm",
     "bio_tokens",
     "build_lexical",
+    "constrains",
     "changed_docs",
     "doc_hash",
     "has_lexical",
@@ -123,11 +124,13 @@ __all__ = [
     "open_lexical_at",
     "plan_lexical",
     "phrase_terms",
+    "query_exclusions",
     "query_phrases",
     "query_terms",
     "quoted",
     "unquoted_text",
     "read_ids",
+    "split_exclusions",
     "STATS_FILE",
     "text_changed_ids",
     "text_watermark",
@@ -332,9 +335,13 @@ def query_terms(query: str) -> dict[str, float]:
     words, no :data:`QUERY_STOP_WORDS`): a whole word 1.0, a segment of a compound word
     :data:`SEGMENT_BOOST`.
 
+    A word the query excludes (``COPD NOT asthma``: :func:`split_exclusions`) is none.
+
     Example:
         >>> query_terms("What are the effects of IL-6 on the cells?")
         {'effect': 1.0, 'il6': 1.0, 'il': 0.3, '6': 0.3, 'cell': 1.0}
+        >>> query_terms("COPD NOT asthma")
+        {'copd': 1.0}
     """
     return dict(_query_terms(query))
 
@@ -343,6 +350,7 @@ def query_terms(query: str) -> dict[str, float]:
 def _query_terms(query: str) -> tuple[tuple[str, float], ...]:
     """:func:`query_terms` as pairs, kept for the last queries (a search looks its query's
     terms up for the candidates, their missing scores and the explanations)."""
+    query = split_exclusions(query)[0]  # an excluded word is no term to look for
     analyzer = _analyzer()
     out: dict[str, float] = {}
     # a question word typed in capitals is an abbreviation — ALL (acute lymphoblastic
@@ -401,11 +409,80 @@ def query_phrases(query: str) -> tuple[tuple[str, ...], ...]:
         (('heart', 'failur'), ('elder',), ('il', '6', 'il6', 'signal'))
     """
     out: dict[tuple[str, ...], None] = {}
-    for text in quoted(query):
+    for text in quoted(split_exclusions(query)[0]):
         terms = phrase_terms(text)
         if terms:
             out.setdefault(terms)
     return tuple(out)
+
+
+#: PubMed's exclusion, ``COPD NOT asthma``, ``COPD NOT "heart failure"``: a capital NOT
+#: after a word or a quoted phrase, then the word (hyphens and all) or the quoted phrase it
+#: excludes (group 1). :func:`split_exclusions` decides which are exclusions.
+_NOT_CLAUSE = re.compile(
+    r'(?:(?<=[^\W_])|(?<=["\u201d]))\s+NOT\s+'
+    r'("[^"]*"|\u201c[^\u201c\u201d]*\u201d|[^\W_][\w-]*)'
+)
+_WORD_BEFORE = re.compile(r"[^\W_][\w-]*")
+
+
+@functools.lru_cache(maxsize=256)
+def split_exclusions(query: str) -> tuple[str, tuple[str, ...]]:
+    """``query`` less the words and phrases it excludes the PubMed way, and those (their
+    text, quotes off), in query order.
+
+    ``A NOT B`` excludes ``B`` — the next word, or the next quoted phrase — when ``A`` is a
+    term of the query (a word that is no stop or question word, or a quoted phrase), the
+    ``NOT`` is in capitals and outside quotes, and the query is not wholly in capitals (a
+    title typed so). So ``To treat or NOT to treat``, ``DO NOT RESUSCITATE orders``,
+    ``COVID-19 in children: NOT just a cold`` and ``"do NOT resuscitate"`` exclude nothing
+    (their ``NOT`` is no term either).
+
+    Example:
+        >>> split_exclusions('COPD NOT asthma in adults NOT "heart failure"')
+        ('COPD in adults', ('asthma', 'heart failure'))
+        >>> split_exclusions("DO NOT RESUSCITATE orders")
+        ('DO NOT RESUSCITATE orders', ())
+    """
+    if "NOT" not in query or _shouted(query):
+        return query, ()
+    quotes = [m.span() for m in _QUOTED.finditer(query)]
+    kept: list[str] = []
+    excluded: list[str] = []
+    last = 0
+    for match in _NOT_CLAUSE.finditer(query):
+        at = match.start() + match.group(0).index("NOT")
+        if any(a <= at < b for a, b in quotes):
+            continue  # a NOT inside a quoted phrase is a word of it
+        if not any(b == match.start() for _, b in quotes):  # not after a quoted phrase
+            before = _WORD_BEFORE.findall(query, 0, match.start())
+            if not before or not query_terms(before[-1].lower()):
+                continue  # DO NOT, or NOT: no term before
+        kept.append(query[last : match.start()])
+        excluded.append(match.group(1).strip('"\u201c\u201d').strip())
+        last = match.end()
+    if not excluded:
+        return query, ()
+    kept.append(query[last:])
+    return " ".join(p.strip() for p in kept if p.strip()), tuple(excluded)
+
+
+def query_exclusions(query: str) -> tuple[tuple[str, ...], ...]:
+    """The words and phrases ``query`` excludes (:func:`split_exclusions`) as the index
+    terms each stands for in a row (:func:`phrase_terms`), in query order, those with no
+    term (a stop word) left out."""
+    out: dict[tuple[str, ...], None] = {}
+    for text in split_exclusions(query)[1]:
+        terms = phrase_terms(text)
+        if terms:
+            out.setdefault(terms)
+    return tuple(out)
+
+
+def constrains(query: str) -> bool:
+    """Whether ``query`` quotes a phrase or excludes a word: only the lexical index can
+    tell which articles meet it (in every mode)."""
+    return bool(query_phrases(query) or query_exclusions(query))
 
 
 def _field_text(values: Iterable[str]) -> str:
@@ -763,40 +840,45 @@ class LexicalIndex:
         """Whether this index can match quoted phrases (format :data:`PHRASE_FORMAT` on)."""
         return self._stats.format >= PHRASE_FORMAT
 
-    def _phrase_query(self, phrases: tuple[tuple[str, ...], ...]) -> Any:
-        """Documents holding every phrase (each in any text field), scoring nothing.
+    def _constraints(self, query: str) -> list[tuple[Any, Any]]:
+        """The clauses of ``query``'s quoted phrases (each a ``Must``) and exclusions (each
+        a ``MustNot``), each phrase or excluded word in any text field, scoring nothing.
 
         Raises:
-            ConsistencyError: This index was built before positions were indexed.
+            ConsistencyError: A phrase of several terms, and this index was built before
+                positions were indexed.
         """
         import tantivy
 
-        if not self.phrases:
+        phrases, excluded = query_phrases(query), query_exclusions(query)
+        if not self.phrases and any(len(t) > 1 for t in (*phrases, *excluded)):
             raise ConsistencyError(
                 f"the lexical index in {self.path} was built before quoted phrases were "
                 f"indexed (format {self._stats.format}): run `litpulse index refresh`, which "
                 "rebuilds it, or search without quotes"
             )
         schema = self._index.schema
-        musts = []
-        for terms in phrases:
+
+        def anywhere(terms: tuple[str, ...]) -> Any:
             per_field = [
                 tantivy.Query.term_query(schema, name, terms[0], index_option="basic")
                 if len(terms) == 1
                 else tantivy.Query.phrase_query(schema, name, list(terms))
                 for name in TEXT_FIELDS
             ]
-            musts.append(
-                (tantivy.Occur.Must,
-                 tantivy.Query.boolean_query([(tantivy.Occur.Should, q) for q in per_field]))
+            return tantivy.Query.const_score_query(
+                tantivy.Query.boolean_query([(tantivy.Occur.Should, q) for q in per_field]), 0.0
             )
-        return tantivy.Query.const_score_query(tantivy.Query.boolean_query(musts), 0.0)
+
+        return [(tantivy.Occur.Must, anywhere(t)) for t in phrases] + [
+            (tantivy.Occur.MustNot, anywhere(t)) for t in excluded
+        ]
 
     def _query(
         self,
         terms: dict[str, float],
         pmids: Sequence[int] | None = None,
-        phrases: tuple[tuple[str, ...], ...] = (),
+        constraints: Sequence[tuple[Any, Any]] = (),
     ) -> Any:
         import tantivy
 
@@ -813,9 +895,7 @@ class LexicalIndex:
             for name, boost in FIELD_BOOSTS.items()
         ]
         text = tantivy.Query.boolean_query(should)
-        musts = [(tantivy.Occur.Must, text)]
-        if phrases:
-            musts.append((tantivy.Occur.Must, self._phrase_query(phrases)))
+        musts = [(tantivy.Occur.Must, text), *constraints]
         if pmids is not None:
             only = tantivy.Query.const_score_query(
                 tantivy.Query.term_set_query(schema, "pmid", [int(p) for p in pmids]), 0.0
@@ -850,10 +930,11 @@ class LexicalIndex:
         terms: dict[str, float],
         limit: int,
         pmids: Sequence[int] | None = None,
-        phrases: tuple[tuple[str, ...], ...] = (),
+        constraints: Sequence[tuple[Any, Any]] = (),
     ) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
         """What :meth:`_matches` adds up, for all of tantivy's best ``limit`` documents at
-        once (among ``pmids`` if given; only those holding every phrase of ``phrases``).
+        once (among ``pmids`` if given; only those meeting ``constraints``,
+        :meth:`_constraints`).
 
         Returns:
             ``(pmids, doc, term, weights)``: the documents' PMIDs (``-1``: none stored) and,
@@ -862,7 +943,7 @@ class LexicalIndex:
             of :data:`TEXT_FIELDS` (``0.0`` where the term is absent).
         """
         searcher = self._index.searcher()
-        hits = searcher.search(self._query(terms, pmids, phrases), limit, count=False).hits
+        hits = searcher.search(self._query(terms, pmids, constraints), limit, count=False).hits
         empty = np.zeros(0, dtype=np.intp)
         if not hits:
             return [], empty, empty, np.zeros((0, len(TEXT_FIELDS)))
@@ -900,10 +981,10 @@ class LexicalIndex:
         terms: dict[str, float],
         limit: int,
         pmids: Sequence[int] | None = None,
-        phrases: tuple[tuple[str, ...], ...] = (),
+        constraints: Sequence[tuple[Any, Any]] = (),
     ) -> list[tuple[int, float]]:
         """``(pmid, bm25)`` of :meth:`_matches`, without the terms."""
-        ids, doc, _, weights = self._scored(terms, limit, pmids, phrases)
+        ids, doc, _, weights = self._scored(terms, limit, pmids, constraints)
         # summed in the order of the records, then of the fields: as term by term
         totals = np.bincount(
             np.repeat(doc, len(TEXT_FIELDS)), weights=weights.ravel(), minlength=len(ids)
@@ -921,12 +1002,12 @@ class LexicalIndex:
         terms: dict[str, float],
         limit: int,
         pmids: Sequence[int] | None = None,
-        phrases: tuple[tuple[str, ...], ...] = (),
+        constraints: Sequence[tuple[Any, Any]] = (),
     ) -> list[LexicalMatch]:
-        """The documents tantivy finds (its best ``limit``; among ``pmids`` if given; holding
-        every phrase of ``phrases``), scored with :attr:`bm25`, best first (ties by PMID),
-        with their matched terms."""
-        ids, doc, term, weights = self._scored(terms, limit, pmids, phrases)
+        """The documents tantivy finds (its best ``limit``; among ``pmids`` if given; meeting
+        ``constraints``), scored with :attr:`bm25`, best first (ties by PMID), with their
+        matched terms."""
+        ids, doc, term, weights = self._scored(terms, limit, pmids, constraints)
         names = list(terms)
         per_doc: dict[int, list[tuple[int, LexicalTerm]]] = {}
         for d, t, row in zip(doc.tolist(), term.tolist(), weights.tolist(), strict=True):
@@ -945,7 +1026,7 @@ class LexicalIndex:
     def search(self, query: str, k: int) -> list[tuple[int, float]]:
         """The ``k`` best ``(pmid, bm25)`` for a free-text query, best first (ties by PMID),
         among tantivy's best ``max(k, FIRST_STAGE)`` of the documents holding every quoted
-        phrase of it (:func:`query_phrases`).
+        phrase of it and none of the words or phrases it excludes (:meth:`_constraints`).
 
         Raises:
             ConsistencyError: The query quotes a phrase and this index has no positions
@@ -954,51 +1035,51 @@ class LexicalIndex:
         terms = query_terms(query)
         if not terms or k <= 0 or not self.size:
             return []
-        return self._ranked(terms, max(k, FIRST_STAGE), None, query_phrases(query))[:k]
+        return self._ranked(terms, max(k, FIRST_STAGE), None, self._constraints(query))[:k]
 
     def scores(self, query: str, pmids: Sequence[int]) -> dict[int, float]:
         """BM25 of the given PMIDs for ``query`` (absent: no query term occurs in it, or it
-        lacks a quoted phrase of it)."""
+        lacks a quoted phrase of it, or holds a word it excludes)."""
         terms = query_terms(query)
-        phrases = query_phrases(query)
+        constraints = self._constraints(query) if terms else []
         out: dict[int, float] = {}
         for chunk in self._chunks(terms, pmids, None):
-            out.update(self._ranked(terms, len(chunk), chunk, phrases))
+            out.update(self._ranked(terms, len(chunk), chunk, constraints))
         return out
 
     def explain(self, query: str, pmids: Sequence[int]) -> dict[int, LexicalMatch]:
         """The matched terms of each given PMID (the first :data:`PMID_CHUNK` by PMID) and
         their BM25 weights, per field; they add up to its score. A PMID lacking a quoted
-        phrase of ``query`` has none."""
+        phrase of ``query``, or holding a word it excludes, has none."""
         terms = query_terms(query)
-        phrases = query_phrases(query)
+        constraints = self._constraints(query) if terms else []
         out: dict[int, LexicalMatch] = {}
         for chunk in self._chunks(terms, pmids, PMID_CHUNK):
-            out.update((m.pmid, m) for m in self._matches(terms, len(chunk), chunk, phrases))
+            out.update(
+                (m.pmid, m) for m in self._matches(terms, len(chunk), chunk, constraints)
+            )
         return out
 
     def matching(self, query: str, pmids: Sequence[int]) -> set[int]:
-        """Those of ``pmids`` that hold every quoted phrase of ``query`` (all of them when it
-        quotes none; a PMID this index does not hold, none).
+        """Those of ``pmids`` that hold every quoted phrase of ``query`` and none of the
+        words and phrases it excludes (all of them when it has neither; else a PMID this
+        index does not hold is none).
 
         Raises:
             ConsistencyError: The query quotes a phrase and this index has no positions.
         """
         import tantivy
 
-        phrases = query_phrases(query)
-        if not phrases:
+        constraints = self._constraints(query)
+        if not constraints:
             return {int(p) for p in pmids}
-        required = self._phrase_query(phrases)
         searcher = self._index.searcher()
         out: set[int] = set()
         wanted = sorted({int(p) for p in pmids})
         for start in range(0, len(wanted), PMID_CHUNK):
             chunk = wanted[start : start + PMID_CHUNK]
             only = tantivy.Query.term_set_query(self._index.schema, "pmid", chunk)
-            query_ = tantivy.Query.boolean_query(
-                [(tantivy.Occur.Must, only), (tantivy.Occur.Must, required)]
-            )
+            query_ = tantivy.Query.boolean_query([(tantivy.Occur.Must, only), *constraints])
             addrs = [addr for _, addr in searcher.search(query_, len(chunk), count=False).hits]
             out.update(int(p) for p in searcher.fast_field_values("pmid", addrs) if p is not None)
         return out

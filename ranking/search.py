@@ -408,6 +408,7 @@ class SearchResult:
     requested_mode: SearchMode = SearchMode.SEMANTIC
     offset: int | None = None  # a page (see run_search), or None: the k best
     has_more: bool = False  # a page: whether a next page may hold results
+    excluded: tuple[str, ...] = ()  # what the query excludes with NOT
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -420,6 +421,7 @@ class SearchResult:
             "candidates": self.candidates,
             "offset": self.offset or 0,
             "has_more": self.has_more,
+            "excluded": list(self.excluded),
             "options": self.options.to_dict(),
             "filters": self.filters.to_dict(),
             "results": [h.to_dict() for h in self.hits],
@@ -653,9 +655,10 @@ def run_search(
     """
     import numpy as np
 
-    from ranking.lexical import query_phrases
+    from ranking.lexical import constrains, split_exclusions
 
     text = _checked_query(query, k)
+    searched, excluded = split_exclusions(text)
     _check_offset(offset)
     requested, order = _mode(mode), _sort(sort)
     filters = filters or SearchFilters()
@@ -673,16 +676,20 @@ def run_search(
             raise NoIndexError(
                 f"index {index.id} has no lexical index yet: run `litpulse index refresh`"
             )
-        if query_phrases(text):
+        if constrains(text):
             raise NoIndexError(
-                f"quoted phrases are matched in the lexical index, and index {index.id} has "
-                "none yet: run `litpulse index refresh`, or search without quotes"
+                f"quoted phrases and NOT are matched in the lexical index, and index "
+                f"{index.id} has none yet: run `litpulse index refresh`, or search without "
+                "them"
             )
         effective = SearchMode.SEMANTIC
     vector = None
     if effective != SearchMode.LEXICAL:
         embed = embed or _query_embedder(settings, engine, index)
-        vector = np.ascontiguousarray(np.asarray(embed(text), dtype=np.float32).reshape(1, -1))
+        # what is embedded is what is searched for: not the words excluded
+        vector = np.ascontiguousarray(
+            np.asarray(embed(searched), dtype=np.float32).reshape(1, -1)
+        )
     conds = filters.clauses()
     has_more = False
     if offset is None:
@@ -729,6 +736,7 @@ def run_search(
         requested_mode=requested,
         offset=offset,
         has_more=has_more,
+        excluded=excluded,
     )
 
 
@@ -789,8 +797,6 @@ _TAG_ADVICE = {
     **dict.fromkeys(("au", "author", "1au", "lastau", "fau", "full author name"),
                     "authors are not searched (search the topic's words)"),
 }  # fmt: skip
-#: PubMed's exclusion between two terms: ``COPD NOT asthma`` (see :func:`_excludes`).
-_NOT = re.compile(r"(?<=[^\W_])\s+NOT\s+(?=[^\W_])")
 #: Truncation the PubMed way: a lower-case stem of three letters or more, then ``*``
 #: (``cardio*``, ``vaccin*``); not a star after a digit or a capital (``miR-21*``,
 #: ``E6*``, a title's footnote ``Children*``) nor a pair (``*BRCA1*``).
@@ -800,36 +806,19 @@ _PMID_ONLY = re.compile(r"(?:pmid\s*:?\s*)?(\d{1,9})", re.IGNORECASE)
 _DOI_ONLY = re.compile(r"(?:doi:\s*|https?://(?:dx\.)?doi\.org/)?10\.\d{4,9}/\S+", re.I)
 
 
-def _excludes(text: str) -> bool:
-    """Whether ``text`` excludes a word the PubMed way, ``COPD NOT asthma``: a capital NOT
-    between two words, the one before it a term (not a stop or question word: ``To treat
-    or NOT to treat``, ``DO NOT RESUSCITATE``), outside quotes, in a query not wholly in
-    capitals (a title typed so: ``EFFECT OF DIET NOT EXERCISE``)."""
-    from ranking.lexical import _shouted, query_terms, unquoted_text
-
-    if "NOT" not in text or _shouted(text):
-        return False
-    unquoted = unquoted_text(text)
-    for match in _NOT.finditer(unquoted):
-        before = re.findall(r"[^\W_][\w-]*", unquoted[: match.start()])
-        if before and query_terms(before[-1].lower()):  # DO NOT, or NOT: no term before
-            return True
-    return False
-
-
 def checked_query(query: str) -> str:
     """The trimmed query text of a search or a saved search, refused where it would be
     searched other than the user means (litpulse ranks by meaning and by BM25 over
-    words: every word counts, a quoted phrase is required, ``OR`` between words is
-    ignored).
+    words: every word counts, a quoted phrase is required, ``A NOT B`` excludes ``B``
+    (:func:`ranking.lexical.split_exclusions`), ``OR`` between words is ignored).
 
     Raises:
         ConfigError: An empty or over-long query, one holding a control character; one
             with nothing to search for (stop words or punctuation only); a PMID or a DOI
             alone (the message names the commands that show that article); PubMed's field
-            tags (``covid[ti]``, ``humans[mh]``: the message names the filter to use); a
-            word excluded with ``NOT`` (it would be searched for); truncation
-            (``cardio*``); a quoted phrase with no word to require (``"the"``). Google's
+            tags (``covid[ti]``, ``humans[mh]``: the message names the filter to use);
+            truncation (``cardio*``); a quoted phrase with no word to require (``"the"``),
+            ``NOT`` a stop word (nothing to exclude). Google's
             ``-word`` is not refused: a space before a hyphen is too common in biomedical
             text (``Ca2+ -activated``, ``(-OH)``).
     """
@@ -856,22 +845,24 @@ def checked_query(query: str) -> str:
                                        "headings and keywords alike: drop the tag")
         raise ConfigError(f"PubMed field tags such as {tag.group(0)!r} are not supported: "
                           f"{advice}")
-    if _excludes(text):
-        raise ConfigError("excluding words (term NOT word) is not supported: litpulse "
-                          "ranks by meaning, and the word would be searched for; remove it")
     if _TRUNCATION.search(text):
         raise ConfigError("truncation (word*) is not supported: type whole words (they are "
                           "stemmed: vaccination also finds vaccine and vaccines)")
-    from ranking.lexical import phrase_terms, query_terms, quoted
+    from ranking.lexical import phrase_terms, query_terms, quoted, split_exclusions
 
     if not query_terms(text):
         raise ConfigError("the query has no word to search for (only stop words or "
                           "punctuation)")
-    for phrase in quoted(text):
+    searched, excluded = split_exclusions(text)
+    for phrase in quoted(searched):
         if phrase.strip() and not phrase_terms(phrase):
             raise ConfigError(f"the quoted phrase {phrase.strip()!r} has no word to require "
                               "(only stop words or punctuation): quote words, or drop the "
                               "quotes")
+    for word in excluded:
+        if not phrase_terms(word):
+            raise ConfigError(f"NOT {word!r} excludes nothing (a stop word or punctuation): "
+                              "name a word or a quoted phrase to exclude")
     return text
 
 
@@ -931,15 +922,16 @@ def _candidates(
     """Nearest neighbours and best BM25 matches, and the rows of those passing the filters.
 
     Starts at ``settings.rerank_candidates`` of each and widens (:func:`widened`)
-    while fewer than ``k`` pass. A query quoting a phrase passes only the candidates
-    holding every quoted phrase (:meth:`ranking.lexical.LexicalIndex.matching`; the
-    lexical list holds only such), in every mode: once the lexical list has them all, no
-    deeper neighbour can pass. In hybrid mode the missing input of each passing
+    while fewer than ``k`` pass. A query quoting a phrase or excluding a word (``NOT``)
+    passes only the candidates holding every quoted phrase and no excluded word
+    (:meth:`ranking.lexical.LexicalIndex.matching`; the lexical list holds only such), in
+    every mode: once the lexical list has every document holding the phrases, no deeper
+    neighbour can pass. In hybrid mode the missing input of each passing
     candidate is then filled in (cosine from its stored vector, BM25 of the candidates).
     ``known``: rows read before with the same ``conds`` (``None``: it does not pass),
     kept up to date, so that the pools of one page read each row once.
     """
-    from ranking.lexical import query_phrases
+    from ranking.lexical import constrains, query_phrases
 
     pool = _Pool()
     dense = mode != SearchMode.LEXICAL
@@ -948,7 +940,8 @@ def _candidates(
     n = min(max(settings.rerank_candidates, k), size)
     seen: set[int] = set()
     dense_complete = not dense or vector is None
-    phrased = lexical if lexical is not None and query_phrases(text) else None
+    phrases = bool(query_phrases(text))
+    constrained = lexical if lexical is not None and constrains(text) else None
     while n > 0:
         fresh: list[int] = []
         if not dense_complete and vector is not None:
@@ -966,11 +959,11 @@ def _candidates(
             if pmid not in seen:
                 seen.add(pmid)
                 fresh.append(pmid)
-        if phrased is not None:
-            unsure = [p for p in fresh if p not in pool.bm25]  # the lexical list's hold them
-            held = phrased.matching(text, unsure) if unsure else set()
+        if constrained is not None:
+            unsure = [p for p in fresh if p not in pool.bm25]  # the lexical list's meet them
+            held = constrained.matching(text, unsure) if unsure else set()
             fresh = [p for p in fresh if p in pool.bm25 or p in held]
-            if lex is not None and lexical_exhausted:
+            if phrases and lex is not None and lexical_exhausted:
                 dense_complete = True  # every document holding the phrases is listed
         if known is None:
             pool.rows.update(load_rows(engine, fresh, conds))

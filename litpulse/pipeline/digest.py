@@ -363,7 +363,7 @@ def _digest_one(
     embed: Callable[[str], np.ndarray] | None,
 ) -> SearchDigest:
     from ranking.index_store import fetch_vectors
-    from ranking.lexical import query_phrases
+    from ranking.lexical import constrains
     from ranking.search import run_search
 
     if search.problem is not None:
@@ -375,9 +375,9 @@ def _digest_one(
     capped = False
     cap = settings.digest_max_matches
     passing: list[Any] = []
-    # a quoted phrase is required: the published lexical index tells which articles hold
-    # it (none there: not searched this time, reported)
-    phrase_filter = getattr(index, "lexical", None) if query_phrases(search.query) else None
+    # a quoted phrase is required, a word after NOT excluded: the published lexical index
+    # tells which articles hold them (none there: not searched this time, reported)
+    phrase_filter = getattr(index, "lexical", None) if constrains(search.query) else None
     # every new article is scored, a part at a time: a search's candidate pool is its
     # nearest by cosine, and a flood of revised older articles (near, but low on
     # recency) would crowd a new one that scores higher out of it. Semantic scores are

@@ -1,4 +1,8 @@
-"""Quoted phrases: required in every mode, matched by position in the lexical index.
+"""Quoted phrases and NOT: required and excluded in every mode, by the lexical index.
+
+``A NOT B`` (PubMed's operator) excludes every article holding ``B`` — a word, or a quoted
+phrase — in any text field, in every mode, on every page; ``B`` is neither a term of the
+query nor embedded.
 
 A phrase in quotes (``"heart failure"``) is required: every result holds its words one
 after the other (stop words aside, stemmed, never across two MeSH headings), whether the
@@ -161,3 +165,88 @@ def test_an_index_built_before_positions_refuses_phrases_until_a_refresh_rebuild
     rebuilt = lexical.open_lexical(sqlite_settings)
     assert rebuilt is not None and rebuilt.phrases
     assert [p for p, _ in rebuilt.search('"IL-6 signalling"', 5)] == [1]
+
+
+# --------------------------------------------------------------------------- exclusions
+
+
+@pytest.mark.parametrize(("query", "searched", "excluded"), [
+    ("COPD NOT asthma", "COPD", ("asthma",)),
+    ('COPD NOT "heart failure" outcomes', "COPD outcomes", ("heart failure",)),
+    ('COPD NOT \u201cheart failure\u201d', "COPD", ("heart failure",)),
+    ('"heart failure" NOT kidney', '"heart failure"', ("kidney",)),
+    ("sepsis NOT IL-6 NOT TNF-\u03b1 in adults", "sepsis in adults", ("IL-6", "TNF-\u03b1")),
+    # no exclusion: NOT after a stop or question word, inside quotes, in a title in
+    # capitals, NOT at the start or the end, or part of a word
+    ("DO NOT RESUSCITATE orders", "DO NOT RESUSCITATE orders", ()),
+    ("cells do NOT divide", "cells do NOT divide", ()),
+    ('"do NOT resuscitate" orders', '"do NOT resuscitate" orders', ()),
+    ("EFFECT OF DIET NOT EXERCISE ON WEIGHT", "EFFECT OF DIET NOT EXERCISE ON WEIGHT", ()),
+    ("NOT asthma", "NOT asthma", ()),
+    ("asthma NOT", "asthma NOT", ()),
+    ("CCR4-NOT complex", "CCR4-NOT complex", ()),
+    ("COVID-19 in children: NOT just a cold", "COVID-19 in children: NOT just a cold", ()),
+])
+def test_not_excludes_the_word_or_phrase_after_it(
+    query: str, searched: str, excluded: tuple[str, ...]
+) -> None:
+    assert lexical.split_exclusions(query) == (searched, excluded)
+    assert checked_query(query) == query
+
+
+def test_an_excluded_word_is_no_term_and_an_excluded_quote_no_required_phrase() -> None:
+    assert lexical.query_terms("COPD NOT asthma") == {"copd": 1.0}
+    assert lexical.query_phrases('COPD NOT "heart failure"') == ()
+    assert lexical.query_exclusions('COPD NOT "heart failures" NOT IL-6') == (
+        ("heart", "failur"), ("il", "6", "il6"))
+    with pytest.raises(ConfigError, match="NOT 'the' excludes nothing"):
+        checked_query("COPD NOT the")
+
+
+def test_the_lexical_index_leaves_out_what_is_excluded(
+    sqlite_settings: Settings, tmp_path: Path
+) -> None:
+    _, lex = _world(db.connect(sqlite_settings), tmp_path)
+    both = {p for p, _ in lex.search("heart failure", 100)}
+    kidney = {p for p in APART if p < 30}  # "kidney" in their titles and abstracts
+    assert {p for p, _ in lex.search("heart failure NOT kidney", 100)} == both - kidney
+    # in a MeSH heading too ("Failure to Thrive"), and a phrase excludes only itself
+    assert 30 not in {p for p, _ in lex.search("heart NOT thrive", 100)}
+    apart = {p for p, _ in lex.search('heart failure NOT "heart failure"', 100)}
+    assert apart == both - set(HOLDING)
+    assert lex.matching("heart NOT kidney", [1, 10, 30]) == {1, 30}
+    assert lex.scores("heart NOT kidney", [1, 10]) == {1: pytest.approx(
+        dict(lex.search("heart", 100))[1])}
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "semantic", "lexical"])
+def test_every_mode_leaves_out_what_is_excluded_and_embeds_the_rest(
+    settings: Settings, tmp_path: Path, mode: str
+) -> None:
+    engine = db.connect(settings)
+    index, lex = _world(engine, tmp_path)
+    s = settings.replace(rerank_candidates=3)
+    embedded: list[str] = []
+
+    def embed(text: str) -> Any:
+        embedded.append(text)
+        return hash_embed(text)
+
+    query = "kidney failure after heart surgery NOT cohort"
+    hits = []
+    for offset in range(0, 20, 5):
+        page = run_search(s, query, k=5, offset=offset, filters=SearchFilters(),
+                          engine=engine, index=index, embed=embed, lexical=lex, mode=mode)
+        hits += _pmids(page)
+        assert page.excluded == ("cohort",)
+        if not page.has_more:
+            break
+    assert hits and len(hits) == len(set(hits))
+    # every article holding the apart words says "cohort" in its abstract: none is left
+    assert not set(hits) & {p for p in APART if p < 30}
+    assert embedded == [] if mode == "lexical" else set(embedded) == {
+        "kidney failure after heart surgery"}
+    # without NOT they are the best matches
+    plain = search_in(s, engine, "kidney failure after heart surgery", index=index,
+                      lexical=lex, mode=mode, k=5)
+    assert set(_pmids(plain)) & set(APART)

@@ -247,11 +247,13 @@ def test_cli_and_api_answer_a_tagged_query_alike(
 # word to be excluded becomes a term to look for: "COPD NOT asthma" ranks an asthma-only
 # article above the COPD-only one, the opposite of what PubMed and Google Scholar do.
 def test_an_excluded_word_is_not_searched_for(world: Settings) -> None:
-    # fixed: refused, saying why (the word would be searched for), on every surface
-    with pytest.raises(ConfigError, match="excluding words"):
-        _lexical(world, "COPD NOT asthma")
-    with pytest.raises(ConfigError, match="excluding words"):
-        search(world, "COPD NOT asthma", k=5)
+    # fixed: first refused; now NOT excludes the word (or quoted phrase) after it, in every
+    # mode: the asthma articles are gone, the COPD-only one is found
+    for mode in ("lexical", "hybrid", "semantic"):
+        found = _pmids(search(world, "COPD NOT asthma", k=50, mode=mode))
+        assert 31000004 in found, mode
+        assert [p for p in found if "asthma" in _text(p)] == [], mode
+    assert set(_lexical(world, "COPD")) >= {31000003, 31000004}  # without NOT: both
 
 
 # ranking/search.py checked_query: Google's `-word` is not refused (a space before a
@@ -336,6 +338,21 @@ def test_a_quoted_phrase_is_required_on_the_api_and_the_cli(
     assert cli == api
     r = client.get("/search", params={"q": '"the" heart failure', "k": "5"})
     assert r.status_code == 400 and "quoted phrase" in r.json()["detail"]
+
+
+def test_not_excludes_on_the_api_and_the_cli_and_says_so(
+    world: Settings, client: TestClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    r = client.get("/search", params={"q": "COPD NOT asthma", "k": "20"})
+    assert r.status_code == 200, r.text
+    assert r.json()["excluded"] == ["asthma"]
+    api = [h["pmid"] for h in r.json()["results"]]
+    assert 31000004 in api and not {31000003, 31000011} & set(api)
+    assert [h["pmid"] for h in _cli(world, ["COPD NOT asthma", "-k", "20"],
+                                    capsys)["results"]] == api
+    args = build_parser().parse_args(["search", "COPD NOT asthma", "-k", "20"])
+    assert args.func(args, world) == 0
+    assert "excluding 'asthma'" in capsys.readouterr().out
 
 
 # ranking/search.py:750-764 (_checked_query) checks only that the trimmed query is not

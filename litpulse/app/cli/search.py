@@ -32,8 +32,9 @@ def register(sub: Any) -> None:
         ),
     )
     p.add_argument("query", help="words to search for, quoted as one argument; a phrase in "
-                   "double quotes inside it is required ('\"heart failure\" outcomes'); not "
-                   "PubMed's syntax: field tags, NOT and word* are refused (see the README)")
+                   "double quotes inside it is required ('\"heart failure\" outcomes'), a "
+                   "word or phrase after a capital NOT excluded ('COPD NOT asthma'); "
+                   "PubMed's field tags and word* are refused (see the README)")
     p.add_argument("-k", type=_positive_int, default=10, help="number of results (default 10)")
     add_filter_args(p)
     p.add_argument("--w-sim", type=float, metavar="X", help="weight of the similarity")
@@ -126,6 +127,7 @@ def run_search_cmd(args: argparse.Namespace, settings: Settings) -> int:
         f"score = {relevance} + {o['w_recency']:g}*rec + "
         f"{o['w_citation']:g}*cit, half-life {o['half_life_days']:g} days"
         + ("; sorted by date" if data["sort"] == "date" else "")
+        + "".join(f"; excluding {w!r}" for w in data.get("excluded") or ())
     )
     if args.explain:
         for n, h in enumerate(hits, start=1):

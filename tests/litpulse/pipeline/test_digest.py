@@ -868,8 +868,8 @@ def test_a_searchs_match_count_agrees_with_its_listed_matches(
 def test_a_saved_search_whose_query_a_later_rule_refuses_is_reported_not_searched(
     indexed: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A query saved before PubMed's syntax was refused (``COPD NOT asthma`` searched FOR
-    asthma) is listed with its problem, reported by the digest and never searched; the
+    """A query saved before PubMed's syntax was refused (``covid[ti]`` searched for the
+    word "ti") is listed with its problem, reported by the digest and never searched; the
     other searches are digested."""
     from litpulse.app.cli import main
     from litpulse.core.schema import saved_searches
@@ -881,7 +881,8 @@ def test_a_saved_search_whose_query_a_later_rule_refuses_is_reported_not_searche
     now = utcnow()
     with engine.begin() as conn:  # as an older release stored it
         conn.execute(insert(saved_searches).values(
-            name="copd", query="COPD NOT asthma", filters={}, min_score=THRESHOLD, owner="eve",
+            name="copd", query="COPD exacerbations[ti]", filters={}, min_score=THRESHOLD,
+            owner="eve",
             created_at=now, watermark=now,
         ))  # fmt: skip
     good = add_search(s, name="crispr", query=CRISPR, min_score=THRESHOLD, owner="alice")
@@ -890,7 +891,7 @@ def test_a_saved_search_whose_query_a_later_rule_refuses_is_reported_not_searche
     assert listed["crispr"].problem is None
     report = run_digest(s)
     (failure,) = report.failures
-    assert "'copd'" in failure and "excluding words" in failure
+    assert "'copd'" in failure and "field tags" in failure
     assert good.id in {d.search_id for d in report.searches if d.error is None}
     monkeypatch.setenv("LITPULSE_HOME", str(s.home))
     if s.database_url:
@@ -903,21 +904,26 @@ def test_a_saved_search_whose_query_a_later_rule_refuses_is_reported_not_searche
 def test_a_saved_search_quoting_a_phrase_matches_only_new_articles_holding_it(
     indexed: Settings,
 ) -> None:
-    """A quoted phrase is required in the digest as in a search: of the new CRISPR
-    articles only the one about "human cells" is matched by the quoting search, however
-    low its threshold; the same words unquoted match the others too."""
+    """A quoted phrase is required in the digest as in a search, and a word after NOT
+    excluded: of the new CRISPR articles only the one about "human cells" is matched by
+    the quoting search, however low its threshold, and the zebrafish one never by the
+    excluding one; the same words unquoted match the others too."""
     s = indexed
     engine = db.connect(s)
     quoting = add_search(s, name="cells", query='CRISPR gene editing "human cells"',
                          min_score=0.0, owner="alice")
     plain = add_search(s, name="words", query="CRISPR gene editing human cells",
                        min_score=0.0, owner="alice")
+    excluding = add_search(s, name="not fish", query="CRISPR gene editing NOT zebrafish",
+                           min_score=0.0, owner="alice")
     _load(engine, NEW)
     assert refresh_index(s).published
     report = run_digest(s)
     assert not report.failures
     assert set(_matched(engine, quoting.id)) == {101}  # "... off-target effects in human cells"
     assert {101, 103, 107} <= set(_matched(engine, plain.id))
+    assert {101, 107} <= set(_matched(engine, excluding.id))
+    assert 103 not in _matched(engine, excluding.id)  # "CRISPR gene editing in zebrafish"
     # the oracle: the real semantic search over the whole published index, phrase and all
     hits = run_search(s, quoting.query, k=len(ARTICLES), mode="semantic").hits
     assert {h.pmid for h in hits} & NEW == {101}
