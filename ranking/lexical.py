@@ -145,17 +145,21 @@ LEXICAL_DIR = "lexical"
 #: 3: the frequencies as binary records, :data:`TF_RECORD`; 4: abbreviations in capitals
 #: that spell a stop word kept as terms in capitals, ``NO`` nitric oxide; 5: ø, ß, æ...
 #: folded, apostrophe-like marks and invisible format characters inside a word dropped;
-#: 6: positions indexed, and each MeSH heading and keyword a value of its own, for quoted
-#: phrases — tantivy leaves a gap in the positions between two values of a field, so a
-#: phrase never spans two headings.)
+#: 6: the phrase field, :data:`PHRASE_FIELD`, for quoted phrases and NOT.)
 FORMAT = 6
 #: Formats an opened index is searched in: 3 and 4 differ from 5 only by the terms they
 #: lack or spell otherwise (``NO``; ``tromsø``), and 5 from 6 by its missing positions
 #: (a query with a quoted phrase is refused on it: :meth:`LexicalIndex.phrases`), so
 #: search goes on until a refresh rebuilds.
 READABLE_FORMATS = frozenset({3, 4, 5, FORMAT})
-#: The first format with positions (quoted phrases).
+#: The first format with the phrase field.
 PHRASE_FORMAT = 6
+#: The field quoted phrases and NOT are looked up in: each value of each text field (the
+#: title, the abstract, each MeSH heading, each keyword) as the segments of its words with
+#: their positions (:func:`phrase_values`), so a compound matches in any spelling
+#: (``non-small-cell``, ``non small cell``) and a phrase never spans two values. Only
+#: filters: it scores nothing.
+PHRASE_FIELD = "phrase"
 #: BM25 multiplier of each text field (a term's weight is the sum over the fields).
 FIELD_BOOSTS: dict[str, float] = {"title": 2.0, "abstract": 1.0, "mesh": 1.0, "keywords": 1.0}
 #: The text fields, in the order of the frequencies of a ``tf`` record.
@@ -286,8 +290,13 @@ def bio_tokens(text: str, *, query: bool = False) -> list[str]:
         >>> bio_tokens("IL6 and TNFα", query=True)
         ['il6', 'il', '6', 'and', 'tnfalpha', 'tnf', 'alpha']
     """
+    return _tokens(_words(text), query=query)
+
+
+def _tokens(words: Iterable[list[str]], *, query: bool = False) -> list[str]:
+    """:func:`bio_tokens` of the segments of each word (:func:`_words`)."""
     out: list[str] = []
-    for seg in _words(text):
+    for seg in words:
         if len(seg) == 1:
             out.append(seg[0])
         elif query:
@@ -373,15 +382,17 @@ def _query_terms(query: str) -> tuple[tuple[str, float], ...]:
     return tuple(out.items())
 
 
-#: A quoted phrase: straight quotes, or curly ones as a word processor or a web page sets
-#: them (group 1 or 2 is the text inside). A quote left alone quotes nothing.
-_QUOTED = re.compile(r'"([^"]*)"|[\u201c\u201e]([^\u201c\u201d\u201e"]*)\u201d')
+#: Opening and closing double quotes: straight, curly (English “…”, German „…“), mixed
+#: as an edited query leaves them.
+_OPEN, _CLOSE, _QUOTES = '"\u201c\u201e', '"\u201d\u201c', '"\u201c\u201d\u201e'
+#: A quoted phrase (group 1 is the text inside). A quote left alone quotes nothing.
+_QUOTED_PATTERN = f"[{_OPEN}]([^{_QUOTES}]*)[{_CLOSE}]"
+_QUOTED = re.compile(_QUOTED_PATTERN)
 
 
 def quoted(query: str) -> list[str]:
     """The texts quoted in ``query``, in order (empty ones included)."""
-    return [m.group(1) if m.group(1) is not None else m.group(2)
-            for m in _QUOTED.finditer(query)]
+    return [m.group(1) for m in _QUOTED.finditer(query)]
 
 
 def unquoted_text(query: str) -> str:
@@ -389,28 +400,40 @@ def unquoted_text(query: str) -> str:
     return _QUOTED.sub(" ", query)
 
 
-def phrase_terms(text: str) -> tuple[str, ...]:
-    """The index terms of a quoted phrase, as a document holding it is indexed (stop words
-    out, stemmed; a compound word as its segments and their joined runs)."""
-    return tuple(_analyzer().analyze(_field_text([text])))
+def _parts(text: str) -> list[str]:
+    """The segments of the words of ``text``, in order (``non-small-cell`` and ``non small
+    cell`` alike: ``non``, ``small``, ``cell``; ``IL6`` → ``il``, ``6``)."""
+    return [s for seg in _words(text) for s in seg]
+
+
+def phrase_terms(text: str, *, shouted: bool = False) -> tuple[str, ...]:
+    """The terms a quoted phrase must hold one after the other in the phrase field
+    (:data:`PHRASE_FIELD`): the segments of its words, stop words out, stemmed — so a
+    compound matches in any spelling, hyphens or spaces (``"type 2 diabetes"``:
+    *type-2 diabetes*). ``shouted``: the phrase's query is wholly in capitals
+    (:func:`_shouted`), so its capitals say nothing of abbreviations either."""
+    return tuple(_analyzer().analyze(" ".join(_parts(text.lower() if shouted else text))))
 
 
 def query_phrases(query: str) -> tuple[tuple[str, ...], ...]:
     """The quoted phrases of ``query`` as the index terms each must hold in a row (one
     term: that term), in query order, repeated ones and those with no term left out.
 
-    A document matches a phrase when one of its text fields holds those terms one after
-    the other: stop words aside (``"quality of life"`` matches *quality-of-life* and
-    *quality and life*), stemmed (``"heart failures"`` matches *heart failure*), never
-    across two MeSH headings or two keywords.
+    A document matches a phrase when a value of its :data:`PHRASE_FIELD` (its title, its
+    abstract, one MeSH heading, one keyword) holds those terms one after the other: stop
+    words aside (``"quality of life"`` matches *quality-of-life* and *quality and life*),
+    stemmed (``"heart failures"`` matches *heart failure*), a compound in any spelling
+    (``"type 2 diabetes"``: *type-2 diabetes*), never across two values. In a query wholly
+    in capitals, its phrases are read in lower case as the rest of it.
 
     Example:
         >>> query_phrases('"heart failure" in the "elderly" and "IL-6 signalling"')
-        (('heart', 'failur'), ('elder',), ('il', '6', 'il6', 'signal'))
+        (('heart', 'failur'), ('elder',), ('il', '6', 'signal'))
     """
     out: dict[tuple[str, ...], None] = {}
+    shouted = _shouted(query)
     for text in quoted(split_exclusions(query)[0]):
-        terms = phrase_terms(text)
+        terms = phrase_terms(text, shouted=shouted)
         if terms:
             out.setdefault(terms)
     return tuple(out)
@@ -420,8 +443,7 @@ def query_phrases(query: str) -> tuple[tuple[str, ...], ...]:
 #: after a word or a quoted phrase, then the word (hyphens and all) or the quoted phrase it
 #: excludes (group 1). :func:`split_exclusions` decides which are exclusions.
 _NOT_CLAUSE = re.compile(
-    r'(?:(?<=[^\W_])|(?<=["\u201d]))\s+NOT\s+'
-    r'("[^"]*"|\u201c[^\u201c\u201d]*\u201d|[^\W_][\w-]*)'
+    rf"(?:(?<=[^\W_])|(?<=[{_CLOSE}]))\s+NOT\s+([{_OPEN}][^{_QUOTES}]*[{_CLOSE}]|[^\W_][\w-]*)"
 )
 _WORD_BEFORE = re.compile(r"[^\W_][\w-]*")
 
@@ -459,7 +481,7 @@ def split_exclusions(query: str) -> tuple[str, tuple[str, ...]]:
             if not before or not query_terms(before[-1].lower()):
                 continue  # DO NOT, or NOT: no term before
         kept.append(query[last : match.start()])
-        excluded.append(match.group(1).strip('"\u201c\u201d').strip())
+        excluded.append(match.group(1).strip(_QUOTES).strip())
         last = match.end()
     if not excluded:
         return query, ()
@@ -472,8 +494,9 @@ def query_exclusions(query: str) -> tuple[tuple[str, ...], ...]:
     terms each stands for in a row (:func:`phrase_terms`), in query order, those with no
     term (a stop word) left out."""
     out: dict[tuple[str, ...], None] = {}
+    shouted = _shouted(query)
     for text in split_exclusions(query)[1]:
-        terms = phrase_terms(text)
+        terms = phrase_terms(text, shouted=shouted)
         if terms:
             out.setdefault(terms)
     return tuple(out)
@@ -569,7 +592,8 @@ def _schema() -> Any:
     sb = tantivy.SchemaBuilder()
     sb.add_integer_field("pmid", stored=True, indexed=True, fast=True)
     for name in TEXT_FIELDS:
-        sb.add_text_field(name, tokenizer_name=_TOKENIZER, index_option="position")
+        sb.add_text_field(name, tokenizer_name=_TOKENIZER, index_option="freq")
+    sb.add_text_field(PHRASE_FIELD, tokenizer_name=_TOKENIZER, index_option="position")
     for name in TEXT_FIELDS:
         sb.add_integer_field(f"n_{name}", fast=True)
     sb.add_bytes_field("tf", stored=True)
@@ -584,25 +608,45 @@ def _terms_tokenizer() -> Any:
     return tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.whitespace()).build()
 
 
-def analysed_values(doc: _Doc) -> dict[str, list[list[str]]]:
-    """The index terms of each value of each text field of ``doc``, in order (stop words
-    out, stemmed): one value for the title and the abstract, one per MeSH heading and per
-    keyword."""
-    analyzer = _analyzer()
-    values = {"title": [doc.title], "abstract": [doc.abstract], "mesh": doc.mesh,
-              "keywords": doc.keywords}
-    return {
-        name: [analyzer.analyze(_field_text([v])) for v in values[name]] for name in TEXT_FIELDS
-    }
+def _values(doc: _Doc) -> dict[str, Sequence[str]]:
+    return {"title": [doc.title], "abstract": [doc.abstract], "mesh": doc.mesh,
+            "keywords": doc.keywords}
 
 
 def analysed(doc: _Doc) -> dict[str, list[str]]:
     """The index terms of each text field of ``doc``, in order (stop words out, stemmed)."""
-    return _flat(analysed_values(doc))
+    return _analysed(doc)[0]
 
 
-def _flat(values: dict[str, list[list[str]]]) -> dict[str, list[str]]:
-    return {name: [t for terms in values[name] for t in terms] for name in TEXT_FIELDS}
+def phrase_values(doc: _Doc) -> list[str]:
+    """The values of ``doc``'s :data:`PHRASE_FIELD`: the title, the abstract, each MeSH
+    heading and each keyword, each as the terms of its words' segments in order (stop
+    words out, stemmed: what :func:`phrase_terms` looks for). A phrase never spans two:
+    tantivy leaves a gap in the positions between two values of a field."""
+    return _analysed(doc)[1]
+
+
+def _analysed(doc: _Doc) -> tuple[dict[str, list[str]], list[str]]:
+    """:func:`analysed` and :func:`phrase_values` at once: each value's words are cut
+    once (the costly part), and each side analysed in one call."""
+    analyzer = _analyzer()
+    fields: dict[str, list[str]] = {}
+    parts: list[str] = []
+    for name, values in _values(doc).items():
+        tokens: list[str] = []
+        for v in values:
+            words = list(_words(v))
+            tokens += _tokens(words)
+            parts += [s for seg in words for s in seg]
+            parts.append(_VALUE_END)
+        fields[name] = analyzer.analyze(" ".join(tokens))
+    analysed_parts = " ".join(analyzer.analyze(" ".join(parts)))
+    return fields, [v.strip() for v in analysed_parts.split(_VALUE_END)][:-1]
+
+
+#: Ends each value in the one text of :func:`_analysed`'s phrase values (a symbol no word
+#: is made of: the analyzer passes it as it is, and it is cut out again).
+_VALUE_END = "\u241e"
 
 
 #: One record of the stored ``tf`` value: a term's :func:`term_key` and its frequency in
@@ -652,16 +696,13 @@ def tf_records(fields: dict[str, list[str]]) -> tuple[str, bytes]:
     return ("tfw" if wide else "tf"), rec.tobytes()
 
 
-def _document(doc: _Doc, per_value: dict[str, list[list[str]]],
-              fields: dict[str, list[str]]) -> Any:
-    """The tantivy document: each text field's values (``per_value``, their terms in
-    order; a phrase never spans two: tantivy's positions leave a gap between them), its
-    lengths and its term frequencies (from ``fields``, :func:`analysed`)."""
+def _document(doc: _Doc, fields: dict[str, list[str]], phrases: list[str]) -> Any:
+    """The tantivy document: each text field's terms (``fields``, :func:`analysed`), their
+    lengths and frequencies, and the phrase field (``phrases``, :func:`phrase_values`)."""
     import tantivy
 
-    values: dict[str, Any] = {
-        name: [" ".join(terms) for terms in per_value[name]] for name in TEXT_FIELDS
-    }
+    values: dict[str, Any] = {name: [" ".join(fields[name])] for name in TEXT_FIELDS}
+    values[PHRASE_FIELD] = phrases
     values.update({f"n_{name}": len(fields[name]) for name in TEXT_FIELDS})
     name, tf = tf_records(fields)
     values[name] = [tf]
@@ -842,33 +883,30 @@ class LexicalIndex:
 
     def _constraints(self, query: str) -> list[tuple[Any, Any]]:
         """The clauses of ``query``'s quoted phrases (each a ``Must``) and exclusions (each
-        a ``MustNot``), each phrase or excluded word in any text field, scoring nothing.
+        a ``MustNot``) on :data:`PHRASE_FIELD`, scoring nothing.
 
         Raises:
-            ConsistencyError: A phrase of several terms, and this index was built before
-                positions were indexed.
+            ConsistencyError: A phrase or an exclusion, and this index was built before
+                the phrase field (format 5 and older).
         """
         import tantivy
 
         phrases, excluded = query_phrases(query), query_exclusions(query)
-        if not self.phrases and any(len(t) > 1 for t in (*phrases, *excluded)):
+        if not self.phrases and (phrases or excluded):
             raise ConsistencyError(
-                f"the lexical index in {self.path} was built before quoted phrases were "
-                f"indexed (format {self._stats.format}): run `litpulse index refresh`, which "
-                "rebuilds it, or search without quotes"
+                f"the lexical index in {self.path} was built before quoted phrases and NOT "
+                f"were indexed (format {self._stats.format}): run `litpulse index refresh`, "
+                "which rebuilds it, or search without quotes and NOT"
             )
         schema = self._index.schema
 
         def anywhere(terms: tuple[str, ...]) -> Any:
-            per_field = [
-                tantivy.Query.term_query(schema, name, terms[0], index_option="basic")
+            query = (
+                tantivy.Query.term_query(schema, PHRASE_FIELD, terms[0], index_option="basic")
                 if len(terms) == 1
-                else tantivy.Query.phrase_query(schema, name, list(terms))
-                for name in TEXT_FIELDS
-            ]
-            return tantivy.Query.const_score_query(
-                tantivy.Query.boolean_query([(tantivy.Occur.Should, q) for q in per_field]), 0.0
+                else tantivy.Query.phrase_query(schema, PHRASE_FIELD, list(terms))
             )
+            return tantivy.Query.const_score_query(query, 0.0)
 
         return [(tantivy.Occur.Must, anywhere(t)) for t in phrases] + [
             (tantivy.Occur.MustNot, anywhere(t)) for t in excluded
@@ -1164,9 +1202,8 @@ def build_lexical(
         writer.delete_documents_by_term("pmid", int(pmid))
     added: list[int] = []
     for doc in _docs(engine, add):
-        per_value = analysed_values(doc)
-        fields = _flat(per_value)
-        writer.add_document(_document(doc, per_value, fields))
+        fields, phrases = _analysed(doc)
+        writer.add_document(_document(doc, fields, phrases))
         added.append(doc.pmid)
         docs += 1
         for name in TEXT_FIELDS:

@@ -965,6 +965,19 @@ def _candidates(
             fresh = [p for p in fresh if p in pool.bm25 or p in held]
             if phrases and lex is not None and lexical_exhausted:
                 dense_complete = True  # every document holding the phrases is listed
+            elif phrases and lex is None and not dense_complete and vector is not None \
+                    and _scores_exactly(index):
+                # semantic: when fewer than n articles hold the phrases, score them all by
+                # their stored vectors instead of widening the neighbours towards the
+                # whole index to meet them
+                holders = constrained.search(text, n)
+                if len(holders) < n:
+                    cosines = stored_cosines(index, [p for p, _ in holders if p not in seen],
+                                             vector)
+                    pool.sims.update(cosines)
+                    seen.update(cosines)
+                    fresh += list(cosines)
+                    dense_complete = True
         if known is None:
             pool.rows.update(load_rows(engine, fresh, conds))
         else:

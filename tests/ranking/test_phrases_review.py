@@ -240,7 +240,6 @@ def test_saved_searches_refuse_a_stop_word_phrase_on_add_and_edit(world: Setting
 # diabetes" misses "type-2 diabetes", "quality-of-life" misses "quality of life". Fix:
 # match phrases on segments only (e.g. a positions field of segments, or joined runs given
 # the position of their first segment), for documents and phrases alike.
-@pytest.mark.xfail(strict=True, reason="a phrase misses another hyphen/space spelling")
 def test_a_phrase_finds_its_compound_in_another_spelling(world: Settings) -> None:
     missed = [
         (query, pmid, mode)
@@ -276,7 +275,6 @@ def test_hepatitis_a_in_quotes_is_not_hepatitis_b(world: Settings) -> None:
 # word of six letters) keeps "IN" as an abbreviation term that no article holds: nothing
 # is found, though the unquoted query finds the article. Fix: judge capitals on the
 # whole query for its phrases too (query_phrases passes the query's _shouted verdict).
-@pytest.mark.xfail(strict=True, reason="a quoted phrase in a shouted query finds nothing")
 def test_a_phrase_in_a_query_typed_in_capitals(world: Settings) -> None:
     assert 10 in _found(world, "IN VITRO FERTILIZATION OUTCOMES")
     assert 10 in _found(world, '"IN VITRO" FERTILIZATION OUTCOMES')
@@ -298,7 +296,6 @@ def test_a_phrase_with_an_abbreviation_finds_a_title_in_capitals(world: Settings
 # query) quotes nothing and the phrase is silently not required: the words apart
 # (kidney failure after heart surgery) come back. Fix: any opening double quote
 # (" \u201c \u201e) closed by any closing one (" \u201d \u201c).
-@pytest.mark.xfail(strict=True, reason="other double quote pairs are silently ignored")
 def test_other_double_quote_pairs_are_phrases_too(world: Settings) -> None:
     for query in ("\u201eheart failure\u201c surgery", "\u201cheart failure\" surgery"):
         assert lexical.query_phrases(query) == (("heart", "failur"),), query
@@ -327,7 +324,6 @@ def test_the_snippet_shows_the_quoted_phrase(world: Settings) -> None:
 # PMID (all of PubMed: 38 M neighbours) before the search answers. Fix: in semantic mode
 # too, know the phrase's holders from the lexical index (count them, or list them when
 # few and rank them by their stored vectors), and stop widening once all are seen.
-@pytest.mark.xfail(strict=True, reason="semantic mode fetches the whole index for a phrase")
 def test_a_rare_phrase_in_semantic_mode_does_not_fetch_the_whole_index(
     sqlite_settings: Settings, tmp_path: Path
 ) -> None:
