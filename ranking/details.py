@@ -111,7 +111,10 @@ def with_details(engine: Engine, hits: Sequence[Hit], query: str) -> list[Hit]:
     The snippet and the title highlight the terms of :func:`ranking.snippets.highlight_terms`
     (the hit's matched BM25 terms, else the query's terms; ``query`` empty: none).
     """
+    from ranking.lexical import query_phrases
+
     rows = _rows(engine, [h.pmid for h in hits])
+    phrases = query_phrases(query) if query else ()
     out = []
     for hit in hits:
         row = rows.get(hit.pmid)
@@ -125,7 +128,7 @@ def with_details(engine: Engine, hits: Sequence[Hit], query: str) -> list[Hit]:
                 hit,
                 authors=tuple(names[:AUTHORS_SHOWN]),
                 author_count=len(names),
-                snippet=snippet(row["abstract"] or "", terms),
+                snippet=snippet(row["abstract"] or "", terms, phrases=phrases),
                 title_highlights=highlight_spans(hit.title, terms),
                 mesh=_mesh_names(row["mesh"]),
                 publication_types=tuple(str(t) for t in row["publication_types"] or ()),

@@ -1,7 +1,8 @@
 """Abstract snippets with the query's terms highlighted, for result lists.
 
 :func:`snippet` picks the window of whole sentences (at most :data:`SNIPPET_CHARS`
-characters) holding the most weight of distinct query terms — earliest window on a tie,
+characters) holding the most of the query's quoted phrases, then the most weight of
+distinct query terms — earliest window on a tie,
 the opening sentences when no term occurs — and returns it with the character spans of
 the words to highlight. A word is highlighted when one of its index terms (the lexical
 index's own analysis: :func:`ranking.lexical.query_terms`, so ``vaccines`` and
@@ -25,7 +26,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,26 +96,42 @@ def _window(
     words: list[tuple[int, int, frozenset[str]]],
     terms: Mapping[str, float],
     limit: int,
+    phrase_tokens: list[list[str]] | None = None,
+    phrases: Sequence[tuple[str, ...]] = (),
 ) -> tuple[int, int]:
     """The run of whole sentences, no longer than ``limit`` (but at least one sentence),
-    with the most weight of distinct terms; the earliest, then the longest, on a tie."""
-    best: tuple[float, int, int] | None = None  # (weight, -start, end): most, earliest, longest
+    holding the most of ``phrases`` (``phrase_tokens``: each sentence's phrase terms),
+    then with the most weight of distinct terms; the earliest, then the longest, on a
+    tie."""
+    # (phrases, weight, -start, end): most, most, earliest, longest
+    best: tuple[int, float, int, int] | None = None
     # a word never spans two sentences (they are cut at white space): a window's terms are
     # those of its sentences; fsum: the weight does not depend on the set's order (which
     # varies with the process's string hashing)
     inside = [{t for a, b, ts in words if s <= a and b <= e for t in ts} for s, e in sentences]
     for i, (start, _) in enumerate(sentences):
         found: set[str] = set()
+        tokens: list[str] = []
         for j in range(i, len(sentences)):
             if j > i and sentences[j][1] - start > limit:
                 break
             end = sentences[j][1]
             found |= inside[j]
-            key = (math.fsum(terms[t] for t in found), -start, end)
+            held = 0
+            if phrases and phrase_tokens is not None:
+                tokens += phrase_tokens[j]
+                held = sum(_holds(tokens, p) for p in phrases)
+            key = (held, math.fsum(terms[t] for t in found), -start, end)
             if best is None or key > best:
                 best = key
     assert best is not None
-    return -best[1], best[2]
+    return -best[2], best[3]
+
+
+def _holds(tokens: list[str], phrase: tuple[str, ...]) -> bool:
+    """Whether ``phrase`` occurs in ``tokens`` one term after the other."""
+    n = len(phrase)
+    return any(tuple(tokens[i : i + n]) == phrase for i in range(len(tokens) - n + 1))
 
 
 def _cut(
@@ -136,8 +153,16 @@ def _cut(
     return lo, hi
 
 
-def snippet(text: str, terms: Mapping[str, float], *, limit: int = SNIPPET_CHARS) -> Snippet | None:
-    """The best sentence window of ``text`` for ``terms`` (index term → weight).
+def snippet(
+    text: str,
+    terms: Mapping[str, float],
+    *,
+    limit: int = SNIPPET_CHARS,
+    phrases: Sequence[tuple[str, ...]] = (),
+) -> Snippet | None:
+    """The best sentence window of ``text`` for ``terms`` (index term → weight) and the
+    query's quoted ``phrases`` (:func:`ranking.lexical.query_phrases`): the window holding
+    the most phrases, then the most weight of terms.
 
     Returns ``None`` for an empty text. The snippet starts/ends with ``…`` where it does
     not start/end the text; its spans point into the snippet's own text.
@@ -146,7 +171,13 @@ def snippet(text: str, terms: Mapping[str, float], *, limit: int = SNIPPET_CHARS
     if not text:
         return None
     words = _matches(text, terms)
-    start, end = _window(_sentences(text), words, terms, limit)
+    sentences = _sentences(text)
+    tokens = None
+    if phrases:
+        from ranking.lexical import phrase_terms
+
+        tokens = [list(phrase_terms(text[a:b])) for a, b in sentences]
+    start, end = _window(sentences, words, terms, limit, tokens, phrases)
     start, end = _cut(text, start, end, words, limit)
     head = ELLIPSIS + " " if start > 0 else ""
     tail = " " + ELLIPSIS if end < len(text) else ""

@@ -309,7 +309,6 @@ def test_other_double_quote_pairs_are_phrases_too(world: Settings) -> None:
 # never shows why it matched the required phrase. Fix: prefer the windows holding the
 # quoted phrases (pass query_phrases to snippet; weigh a phrase occurrence above its
 # words apart).
-@pytest.mark.xfail(strict=True, reason="the snippet does not show the required phrase")
 def test_the_snippet_shows_the_quoted_phrase(world: Settings) -> None:
     hits = {h.pmid - P: h for h in search(world, '"heart failure"', k=50, mode="lexical")}
     assert 30 in hits

@@ -101,3 +101,14 @@ def test_highlight_covers_a_decomposed_accented_word() -> None:
     assert s is not None
     shown = [s.text[a:b] for a, b in s.highlights]
     assert shown and all(unicodedata.normalize("NFC", w).startswith("café") for w in shown)
+
+
+def test_the_window_holding_a_quoted_phrase_is_shown() -> None:
+    text = ("Heart surgery raised the risk of kidney failure and heart damage. " * 4
+            + "Chronic heart failure followed in few patients.")
+    terms = {"heart": 1.0, "failur": 1.0}
+    plain = snippet(text, terms, limit=80)
+    assert plain is not None and "Chronic" not in plain.text  # the words apart, earliest
+    quoted = snippet(text, terms, limit=80, phrases=[("heart", "failur")])
+    assert quoted is not None and "heart failure" in quoted.text
+    assert [quoted.text[a:b] for a, b in quoted.highlights] == ["heart", "failure"]
