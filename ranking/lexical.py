@@ -145,7 +145,8 @@ LEXICAL_DIR = "lexical"
 #: 3: the frequencies as binary records, :data:`TF_RECORD`; 4: abbreviations in capitals
 #: that spell a stop word kept as terms in capitals, ``NO`` nitric oxide; 5: ø, ß, æ...
 #: folded, apostrophe-like marks and invisible format characters inside a word dropped;
-#: 6: the phrase field, :data:`PHRASE_FIELD`, for quoted phrases and NOT.)
+#: 6: the phrase field, :data:`PHRASE_FIELD`, for quoted phrases and NOT; the letter A
+#: after a word a term in capitals, ``hepatitis A``.)
 FORMAT = 6
 #: Formats an opened index is searched in: 3 and 4 differ from 5 only by the terms they
 #: lack or spell otherwise (``NO``; ``tromsø``), and 5 from 6 by its missing positions
@@ -201,8 +202,13 @@ _SEGMENT = re.compile(r"[^\W\d_]+|\d+")
 #: Words of two or more letters (the capitals of an abbreviation, say).
 _CAPS = re.compile(r"(?<![^\W\d_])[^\W\d_]{2,}(?![^\W\d_])")
 #: Words of 2-5 ASCII capitals (tantivy's English stop words are such words in lower case),
-#: or their plural (``ORs``): group 1 is the word.
-_CAPS_WORD = re.compile(r"(?<![^\W\d_])([A-Z]{2,5})s?(?![^\W\d_])")
+#: or their plural (``ORs``): group 1 is the word; or the letter ``A`` after a word and a
+#: space or hyphen (``hepatitis A``, ``vitamin A``, ``influenza A``): group 2.
+_CAPS_WORD = re.compile(
+    r"(?<![^\W\d_])([A-Z]{2,5})s?(?![^\W\d_])|(?<=[^\W_][ \t-])(A)(?![^\W\d_])"
+)
+#: The word that ends a text, before its last spaces or hyphens (group 1).
+_LAST_WORD = re.compile(r"([^\W_]+)[ \t-]+$")
 #: A run of six or more letters: in a text wholly in capitals, a word (``EFFECT``,
 #: ``SEPSIS``) rather than an abbreviation.
 _LONG_WORD = re.compile(r"[^\W\d_]{6,}")
@@ -241,8 +247,9 @@ def _lower(text: str) -> str:
     """``text`` in lower case but for abbreviations in capitals that spell an English stop
     word (``NO`` nitric oxide, ``AS`` ankylosing spondylitis, ``AT``, ``OR``): in lower
     case the stop filter would drop them, in capitals they pass it as terms of their own
-    (no lower-case word is spelt so), their plural too (``ORs`` → ``OR``). A text wholly in
-    capitals (:func:`_shouted`) and the section labels of a structured abstract
+    (no lower-case word is spelt so), their plural too (``ORs`` → ``OR``); so does the
+    letter ``A`` after a word that is no stop word (``hepatitis A``, not ``Of A``). A text
+    wholly in capitals (:func:`_shouted`) and the section labels of a structured abstract
     (``PRACTICE OR POLICY:``) are lower-cased whole."""
     if _shouted(text):
         return text.lower()
@@ -250,9 +257,13 @@ def _lower(text: str) -> str:
     parts: list[str] = []
     last = 0
     for match in _CAPS_WORD.finditer(text):
-        word = match.group(1)
+        word = match.group(1) or match.group(2)
         if not _is_stop_word(word.lower()):
             continue
+        if match.group(2) is not None:  # A: after a word that is no stop word
+            before = _LAST_WORD.search(text, max(0, match.start() - 64), match.start())
+            if before is None or _is_stop_word(before.group(1).lower()):
+                continue
         if any(a <= match.start() < b for a, b in labels):
             continue
         parts += (text[last : match.start()].lower(), word)
@@ -900,12 +911,22 @@ class LexicalIndex:
             )
         schema = self._index.schema
 
+        def one(terms: tuple[str, ...]) -> Any:
+            if len(terms) == 1:
+                return tantivy.Query.term_query(schema, PHRASE_FIELD, terms[0],
+                                                index_option="basic")
+            return tantivy.Query.phrase_query(schema, PHRASE_FIELD, list(terms))
+
         def anywhere(terms: tuple[str, ...]) -> Any:
-            query = (
-                tantivy.Query.term_query(schema, PHRASE_FIELD, terms[0], index_option="basic")
-                if len(terms) == 1
-                else tantivy.Query.phrase_query(schema, PHRASE_FIELD, list(terms))
-            )
+            # an abbreviation in capitals that spells a stop word (NO) is a term, but a
+            # text wholly in capitals is indexed in lower case without it: a phrase of
+            # two terms more matches that text too ("role of NO in septic shock")
+            loose = tuple(t for t in terms if not (t.isupper() and _is_stop_word(t.lower())))
+            query = one(terms)
+            if loose != terms and len(loose) >= 2:
+                query = tantivy.Query.boolean_query(
+                    [(tantivy.Occur.Should, query), (tantivy.Occur.Should, one(loose))]
+                )
             return tantivy.Query.const_score_query(query, 0.0)
 
         return [(tantivy.Occur.Must, anywhere(t)) for t in phrases] + [

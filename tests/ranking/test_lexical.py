@@ -158,6 +158,12 @@ def found(settings: Settings, query: str, k: int = 10) -> list[int]:
         ("Naïve T cells", ["naive", "t", "cells"]),
         ("Alzheimer's", ["alzheimers"]),
         ("MAVYRET™ (glecaprevir®)", ["mavyret", "glecaprevir"]),
+        # the letter A after a word is a term (hepatitis A), not after a stop word, nor
+        # in a text in capitals
+        ("hepatitis A virus", ["hepatitis", "A", "virus"]),
+        ("A study of vitamin A.", ["a", "study", "of", "vitamin", "A"]),
+        ("Effect Of A New Drug", ["effect", "of", "a", "new", "drug"]),
+        ("HEPATITIS A OUTBREAK IN CHILDREN", ["hepatitis", "a", "outbreak", "in", "children"]),
     ],
 )
 def test_document_tokens_of_biomedical_terms(text: str, tokens: list[str]) -> None:

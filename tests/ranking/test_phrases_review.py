@@ -263,7 +263,6 @@ def test_a_phrase_finds_its_compound_in_another_spelling(world: Settings) -> Non
 # returns hepatitis B articles (as '"vitamin A"' any vitamin, '"influenza A"' any
 # influenza); the quotes promise the words one after the other. Fix: keep a capital
 # letter after a word (hepatitis A, vitamin A, type A) as a term in capitals, like NO.
-@pytest.mark.xfail(strict=True, reason='"hepatitis A" matches hepatitis B')
 def test_hepatitis_a_in_quotes_is_not_hepatitis_b(world: Settings) -> None:
     for mode in ("lexical", "hybrid"):
         assert _found(world, '"hepatitis A"', mode) == {9}
@@ -286,7 +285,6 @@ def test_a_phrase_in_a_query_typed_in_capitals(world: Settings) -> None:
 # ("role of NO in septic shock") does not find the title that holds them. Fix: let a
 # capital stop-word abbreviation of a phrase match its absence too (or index a shouted
 # text's stop-word abbreviations as NO as well).
-@pytest.mark.xfail(strict=True, reason="a phrase with NO misses a title in capitals")
 def test_a_phrase_with_an_abbreviation_finds_a_title_in_capitals(world: Settings) -> None:
     assert 11 in _found(world, '"role of NO in septic shock"')
 
