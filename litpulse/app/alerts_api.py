@@ -4,6 +4,8 @@
 ``GET /alerts``                every saved search (JSON), with its feed path
 ``POST /alerts``               save a search (API token; its expert owns it)
 ``GET /alerts/{id}``           one saved search and its newest matches
+``PATCH /alerts/{id}``         change its query, threshold or filters in place (API token
+                               of its owner; its id, feed, matches and watermark kept)
 ``DELETE /alerts/{id}``        remove it and its matches (API token of its owner)
 ``GET /feeds/{id}.atom``       its matches as an Atom 1.0 feed
 =============================  ====================================================
@@ -31,7 +33,7 @@ from litpulse.core.settings import Settings
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-__all__ = ["SavedSearchIn", "add_alert_routes"]
+__all__ = ["FiltersIn", "SavedSearchEdit", "SavedSearchIn", "add_alert_routes"]
 
 #: Newest matches shown by ``GET /alerts/{id}``.
 RECENT_MATCHES = 50
@@ -39,27 +41,11 @@ RECENT_MATCHES = 50
 MAX_ID = 2**31 - 1
 
 
-class SavedSearchIn(BaseModel):
-    """A search to save: the query and filters of ``/search``, a name and a threshold."""
+class FiltersIn(BaseModel):
+    """The filters of a saved search (those of ``/search``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(
-        min_length=1,
-        max_length=255,
-        pattern=NOT_BLANK,
-        description="A unique name (not only digits).",
-    )
-    query: str = Field(
-        min_length=1, max_length=512, pattern=NOT_BLANK, description="Free-text query."
-    )
-    min_score: float | None = Field(
-        None,
-        ge=0,
-        le=1000,
-        allow_inf_nan=False,
-        description="Score a new article needs (default LITPULSE_DIGEST_MIN_SCORE).",
-    )
     since: IsoDate | None = Field(None, description="Earliest publication date.")
     until: IsoDate | None = Field(None, description="Latest publication date.")
     mesh: list[Term] = Field(
@@ -78,6 +64,58 @@ class SavedSearchIn(BaseModel):
     has_abstract: bool | None = Field(None, description="true: only with an abstract.")
     include_retracted: bool = Field(False, description="Also match retracted articles.")
 
+    def to_filters(self) -> Any:
+        """The :class:`ranking.search.SearchFilters` these fields say."""
+        from ranking.search import SearchFilters
+
+        return SearchFilters(
+            since=self.since,
+            until=self.until,
+            mesh=tuple(self.mesh),
+            publication_type=tuple(self.publication_type),
+            language=self.language,
+            has_abstract=self.has_abstract,
+            include_retracted=self.include_retracted,
+        )
+
+
+_QUERY_DESCRIPTION = ('Free-text query; a phrase in double quotes is required ("heart '
+                      'failure"), a word or phrase after a capital NOT excluded.')
+_MIN_SCORE_DESCRIPTION = "Score a new article needs (default LITPULSE_DIGEST_MIN_SCORE)."
+
+
+class SavedSearchIn(FiltersIn):
+    """A search to save: the query and filters of ``/search``, a name and a threshold."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=255,
+        pattern=NOT_BLANK,
+        description="A unique name (not only digits).",
+    )
+    query: str = Field(
+        min_length=1, max_length=512, pattern=NOT_BLANK, description=_QUERY_DESCRIPTION
+    )
+    min_score: float | None = Field(
+        None, ge=0, le=1000, allow_inf_nan=False, description=_MIN_SCORE_DESCRIPTION
+    )
+
+
+class SavedSearchEdit(BaseModel):
+    """What to change in a saved search; what is left out stays."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: str | None = Field(
+        None, min_length=1, max_length=512, pattern=NOT_BLANK, description=_QUERY_DESCRIPTION
+    )
+    min_score: float | None = Field(
+        None, ge=0, le=1000, allow_inf_nan=False, description=_MIN_SCORE_DESCRIPTION
+    )
+    filters: FiltersIn | None = Field(
+        None, description="Its filters, all replaced by these ({} clears them)."
+    )
+
 
 def add_alert_routes(
     app: FastAPI, settings: Settings, engine: Callable[[], Any], expert_dep: Any
@@ -90,12 +128,11 @@ def add_alert_routes(
     from litpulse.pipeline.saved_searches import (
         SearchLimitError,
         add_search,
+        edit_search,
         get_search,
         list_searches,
         remove_search,
     )
-    from ranking.search import SearchFilters
-
     not_found: dict[int | str, dict[str, Any]] = {
         404: {"model": ErrorOut, "description": "No saved search has this id."}
     }
@@ -114,21 +151,12 @@ def add_alert_routes(
         responses=_responses(400, 401, 403),
     )
     def add_endpoint(item: SavedSearchIn, who: Any = expert_dep) -> dict[str, Any]:
-        filters = SearchFilters(
-            since=item.since,
-            until=item.until,
-            mesh=tuple(item.mesh),
-            publication_type=tuple(item.publication_type),
-            language=item.language,
-            has_abstract=item.has_abstract,
-            include_retracted=item.include_retracted,
-        )
         try:
             saved = add_search(
                 settings,
                 name=item.name,
                 query=item.query,
-                filters=filters,
+                filters=item.to_filters(),
                 min_score=item.min_score,
                 owner=who.expert,
                 owner_limit=settings.alerts_per_expert,
@@ -149,6 +177,27 @@ def add_alert_routes(
         recent = matches_of(eng, found.id, limit=RECENT_MATCHES)
         return {**found.to_dict(), "recent_matches": [m.to_dict() for m in recent]}
 
+    def owned(search_id: int, who: Any, eng: Any) -> Any:
+        found = get_search(settings, search_id, engine=eng)
+        if found.owner != who.expert:
+            raise HTTPException(403, f"saved search {found.id} belongs to {found.owner!r}")
+        return found
+
+    @app.patch(
+        "/alerts/{search_id}",
+        summary="Change a saved search in place (its owner's API token)",
+        responses={**_responses(400, 401, 403), **not_found},
+    )
+    def edit_endpoint(
+        change: SavedSearchEdit, search_id: int = id_param(), who: Any = expert_dep
+    ) -> dict[str, Any]:
+        eng = engine()
+        found = owned(search_id, who, eng)
+        return edit_search(
+            settings, found.id, query=change.query, min_score=change.min_score,
+            filters=None if change.filters is None else change.filters.to_filters(), engine=eng,
+        ).to_dict()  # fmt: skip
+
     @app.delete(
         "/alerts/{search_id}",
         summary="Remove a saved search and its matches (its owner's API token)",
@@ -156,10 +205,7 @@ def add_alert_routes(
     )
     def remove_endpoint(search_id: int = id_param(), who: Any = expert_dep) -> dict[str, Any]:
         eng = engine()
-        found = get_search(settings, search_id, engine=eng)
-        if found.owner != who.expert:
-            raise HTTPException(403, f"saved search {found.id} belongs to {found.owner!r}")
-        return remove_search(settings, found.id, engine=eng).to_dict()
+        return remove_search(settings, owned(search_id, who, eng).id, engine=eng).to_dict()
 
     @app.get(
         "/feeds/{search_id}.atom",

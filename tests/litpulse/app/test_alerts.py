@@ -255,3 +255,40 @@ def test_one_expert_keeps_at_most_the_configured_number_of_saved_searches(
     for i in range(4):  # the operator's own searches
         assert main(["alerts", "add", "malaria", "--name", f"ops {i}"]) == 0
     capsys.readouterr()
+
+
+def test_the_owner_edits_a_saved_search_in_place_over_the_api(
+    store: Settings, client: TestClient
+) -> None:
+    """``PATCH /alerts/{id}``, as ``litpulse alerts edit``: its owner changes the query, the
+    threshold or (all) the filters; the id, feed, owner and watermark stay; others are
+    refused, and a change the rules refuse changes nothing."""
+    alice = {"Authorization": f"Bearer {create_token(store, 'alice').token}"}
+    bob = {"Authorization": f"Bearer {create_token(store, 'bob').token}"}
+    made = client.post("/alerts", headers=alice, json={
+        "name": "malaria", "query": "malaria vaccine", "min_score": 0.5, "mesh": ["Humans"],
+    }).json()  # fmt: skip
+    url = f"/alerts/{made['id']}"
+    assert client.patch(url, json={"query": "x"}).status_code == 401
+    assert client.patch(url, headers=bob, json={"query": "malaria"}).status_code == 403
+    assert client.patch("/alerts/999999", headers=alice, json={"query": "x"}).status_code == 404
+    nothing = client.patch(url, headers=alice, json={})
+    assert nothing.status_code == 400 and "nothing to change" in nothing.json()["detail"]
+    refused = client.patch(url, headers=alice, json={"query": "malaria[ti]"})
+    assert refused.status_code == 400 and "field tags" in refused.json()["detail"]
+    assert client.patch(url, headers=alice, json={"colour": "red"}).status_code == 422
+    assert client.get(url).json()["query"] == "malaria vaccine"  # unchanged so far
+
+    edited = client.patch(url, headers=alice, json={
+        "query": '"malaria vaccine" NOT Sahel', "min_score": 0.7,
+    })  # fmt: skip
+    assert edited.status_code == 200, edited.text
+    got = edited.json()
+    assert (got["id"], got["name"], got["owner"]) == (made["id"], "malaria", "alice")
+    assert got["query"] == '"malaria vaccine" NOT Sahel' and got["min_score"] == 0.7
+    assert got["filters"]["mesh"] == ["Humans"]  # filters left out: kept
+    cleared = client.patch(url, headers=alice, json={"filters": {"language": "English"}})
+    assert cleared.json()["filters"]["mesh"] == []  # replaced whole
+    assert cleared.json()["filters"]["language"] == "eng"
+    assert cleared.json()["watermark"] == made["watermark"]
+    assert client.get(f"/feeds/{made['id']}.atom").status_code == 200
