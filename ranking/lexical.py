@@ -379,9 +379,13 @@ def _query_terms(query: str) -> tuple[tuple[str, float], ...]:
         w.lower() for w in _CAPS.findall(query) if w.isupper()
     }
     words = list(_words(query))
+    dangling = False
     for i, seg in enumerate(words):
-        if 0 < i < len(words) - 1 and len(seg) == 1 and seg[0] in _OPERATORS:
+        if len(seg) == 1 and seg[0] in _OPERATORS and 0 < i < len(words) - 1:
             continue  # COPD OR emphysema: PubMed's operator, not the odds ratio
+        if seg == ["NOT"] and len(words) > 1:
+            dangling = True  # "COPD NOT": the word to exclude not typed (yet)
+            continue
         parts = [(_joined(seg), 1.0)]
         if len(seg) > 1:
             parts += [(s, SEGMENT_BOOST) for s in seg]
@@ -390,6 +394,8 @@ def _query_terms(query: str) -> tuple[tuple[str, float], ...]:
                 continue
             for term in analyzer.analyze(token):
                 out[term] = max(out.get(term, 0.0), boost)
+    if dangling and not out:  # "to be or NOT": the word is all there is
+        out["NOT"] = 1.0
     return tuple(out.items())
 
 
@@ -454,9 +460,17 @@ def query_phrases(query: str) -> tuple[tuple[str, ...], ...]:
 #: after a word or a quoted phrase, then the word (hyphens and all) or the quoted phrase it
 #: excludes (group 1). :func:`split_exclusions` decides which are exclusions.
 _NOT_CLAUSE = re.compile(
-    rf"(?:(?<=[^\W_])|(?<=[{_CLOSE}]))\s+NOT\s+([{_OPEN}][^{_QUOTES}]*[{_CLOSE}]|[^\W_][\w-]*)"
+    # after a word, a closing quote or bracket, or a sign ending a term (HER2+, 5%)
+    rf"(?:(?<=[^\W_])|(?<=[{_CLOSE})\]+%]))\s+NOT\s+"
+    # a quoted phrase; a group (asthma OR bronchitis); a word, possessive and all
+    # (Alzheimer's), after a quote left open
+    rf"([{_OPEN}][^{_QUOTES}]*[{_CLOSE}]|\([^()]*\)|[{_OPEN}]?[^\W_](?:[\w-]|['\u2019\u02bc](?=\w))*[+%]*)"
 )
 _WORD_BEFORE = re.compile(r"[^\W_][\w-]*")
+#: ``AND`` between a term and NOT (``COPD AND NOT asthma``, as Scopus writes it).
+_AND_BEFORE = re.compile(r"\s+AND\s*$")
+#: The words of a group after NOT: ``(asthma OR bronchitis)``.
+_OR = re.compile(r"\s+OR\s+")
 
 
 @functools.lru_cache(maxsize=256)
@@ -487,17 +501,35 @@ def split_exclusions(query: str) -> tuple[str, tuple[str, ...]]:
         at = match.start() + match.group(0).index("NOT")
         if any(a <= at < b for a, b in quotes):
             continue  # a NOT inside a quoted phrase is a word of it
-        if not any(b == match.start() for _, b in quotes):  # not after a quoted phrase
-            before = _WORD_BEFORE.findall(query, 0, match.start())
-            if not before or not query_terms(before[-1].lower()):
+        cut = match.start()
+        and_ = _AND_BEFORE.search(query, last, cut)
+        if and_ is not None:  # A AND NOT B: A NOT B
+            cut = and_.start()
+        chained = bool(excluded) and not query[last:cut].strip()  # A NOT B NOT C
+        if not chained and not any(b == cut for _, b in quotes):  # nor after a quote
+            before = _WORD_BEFORE.findall(query, last, cut)
+            if not before or not _term_before_not(before[-1]):
                 continue  # DO NOT, or NOT: no term before
-        kept.append(query[last : match.start()])
-        excluded.append(match.group(1).strip(_QUOTES).strip())
+        kept.append(query[last:cut])
+        target = match.group(1)
+        if target.startswith("("):
+            excluded += [p.strip().strip(_QUOTES).strip() for p in _OR.split(target[1:-1])]
+        else:
+            excluded.append(target.strip(_QUOTES).strip())
         last = match.end()
     if not excluded:
         return query, ()
     kept.append(query[last:])
     return " ".join(p.strip() for p in kept if p.strip()), tuple(excluded)
+
+
+def _term_before_not(word: str) -> bool:
+    """Whether ``word``, just before a NOT, is a term of the query: not a stop word, nor a
+    question word in any case (``DO NOT``, ``Why NOT``, ``ALL NOT``), nor an operator; an
+    abbreviation in capitals that spells a stop word is one (``uveitis AS NOT psoriasis``)."""
+    if word in _OPERATORS or word.lower() in QUERY_STOP_WORDS:
+        return False
+    return bool(query_terms(word))
 
 
 def query_exclusions(query: str) -> tuple[tuple[str, ...], ...]:

@@ -860,6 +860,9 @@ def checked_query(query: str) -> str:
                               "(only stop words or punctuation): quote words, or drop the "
                               "quotes")
     for word in excluded:
+        if word in ("NOT", "AND", "OR"):
+            raise ConfigError(f"NOT {word} is not an exclusion: NOT must be followed by the "
+                              "word or the quoted phrase to exclude")
         if not phrase_terms(word):
             raise ConfigError(f"NOT {word!r} excludes nothing (a stop word or punctuation): "
                               "name a word or a quoted phrase to exclude")

@@ -282,7 +282,6 @@ def test_the_cli_says_what_it_excluded(world: Settings,
 # asthma articles are ranked in, the opposite of what was asked. Same for "COPD NOT
 # (asthma OR bronchitis)". Fix: accept ")" before NOT and "(" group after it (exclude
 # each word of the group), or refuse parentheses around or after NOT with a message.
-@pytest.mark.xfail(strict=True, reason="'(A OR B) NOT C' searches for C")
 @pytest.mark.parametrize("query", ["(COPD OR emphysema) NOT asthma",
                                    "COPD NOT (asthma)"])
 def test_pubmed_parentheses_around_not_exclude_or_are_refused(world: Settings,
@@ -298,7 +297,6 @@ def test_pubmed_parentheses_around_not_exclude_or_are_refused(world: Settings,
 # in a sign — HER2+, Ca2+, CD34+, 5% — which is no sentence punctuation ("children: NOT
 # just a cold"): "breast cancer HER2+ NOT trastuzumab" searches for trastuzumab. Fix:
 # accept a closing ")", "]", "+" or "%" right after a term before NOT.
-@pytest.mark.xfail(strict=True, reason="NOT after HER2+ searches the next word")
 @pytest.mark.parametrize(("query", "word"), [
     ("breast cancer HER2+ NOT trastuzumab", "trastuzumab"),
     ("CD34+ cells NOT CD38+ NOT CD45", "cd45"),  # the second NOT follows "CD38+"
@@ -314,7 +312,6 @@ def test_not_after_a_term_ending_in_a_sign_excludes(query: str, word: str) -> No
 # no term), and _query_terms drops AND and NOT as operators, so Scopus' / EBSCO's "COPD
 # AND NOT asthma" searches for asthma. Fix: read "A AND NOT B" as "A NOT B" (AND after a
 # term, then NOT), or refuse it naming "A NOT B".
-@pytest.mark.xfail(strict=True, reason="'COPD AND NOT asthma' searches for asthma")
 def test_and_not_excludes_or_is_refused(world: Settings) -> None:
     try:
         found = _found(world, "COPD AND NOT asthma")
@@ -330,7 +327,6 @@ def test_and_not_excludes_or_is_refused(world: Settings) -> None:
 # nothing and psoriasis is searched for (the psoriasis article is found). Fix: a word of
 # 2-5 capitals that spells a stop word (and is no operator AND/OR/NOT) is a term as
 # typed; lower-case only the other words (keeps "DO NOT RESUSCITATE" no exclusion).
-@pytest.mark.xfail(strict=True, reason="NOT after AS / NO is no exclusion")
 def test_not_after_an_abbreviation_that_spells_a_stop_word(world: Settings) -> None:
     for mode in ("lexical", "hybrid"):
         r = run_search(world, "uveitis AS NOT psoriasis", k=50, mode=mode)
@@ -345,7 +341,6 @@ def test_not_after_an_abbreviation_that_spells_a_stop_word(world: Settings) -> N
 # "Protein S deficiency" for a dementia query, and the results say "excluding
 # 'Alzheimer'". Fix: take the apostrophe-like marks _normalise folds inside a word
 # (', ’, ʼ, ′) as part of the excluded word, as the index does.
-@pytest.mark.xfail(strict=True, reason="NOT Alzheimer's leaves 's' as a search term")
 @pytest.mark.parametrize("apostrophe", ["'", "\u2019"])
 def test_not_before_a_possessive_excludes_the_whole_word(world: Settings,
                                                         apostrophe: str) -> None:
@@ -359,7 +354,6 @@ def test_not_before_a_possessive_excludes_the_whole_word(world: Settings,
 # asthma" excludes the word "NOT" (articles holding a capital NOT) and searches for
 # asthma; a typo (or "NOT NOT" meant as a double negative) is silently read as the
 # opposite. Fix: refuse NOT followed by an operator (NOT, AND, OR) with a message.
-@pytest.mark.xfail(strict=True, reason="'NOT NOT asthma' searches for asthma")
 def test_not_not_is_refused_or_excludes(world: Settings) -> None:
     try:
         found = _found(world, "COPD NOT NOT asthma")
@@ -372,7 +366,6 @@ def test_not_not_is_refused_or_excludes(world: Settings) -> None:
 # quotes; a quote left open ('COPD NOT "asthma', as an edited query leaves it — the
 # README: "a quote left alone quotes nothing") is neither, so NOT is no exclusion and
 # asthma is searched for. Fix: after NOT, skip a lone opening quote and exclude the word.
-@pytest.mark.xfail(strict=True, reason="NOT before an unclosed quote searches the word")
 @pytest.mark.parametrize("query", ['COPD NOT "asthma', "COPD NOT \u201casthma"])
 def test_not_before_an_unclosed_quote_excludes_the_word(world: Settings, query: str) -> None:
     r = run_search(world, query, k=50, mode="lexical")
@@ -386,7 +379,6 @@ def test_not_before_an_unclosed_quote_excludes_the_word(world: Settings, query: 
 # word), so lexical mode ranks an article whose text holds a capital NOT ("Why clinicians
 # should NOT intubate") though it holds no COPD. Fix: drop a capital NOT at the start or
 # end of a query as an operator (or refuse "NOT with nothing to exclude").
-@pytest.mark.xfail(strict=True, reason="a trailing NOT is searched as the term 'NOT'")
 def test_a_trailing_not_is_no_term(world: Settings) -> None:
     try:
         found = _found(world, "COPD NOT")
@@ -400,7 +392,6 @@ def test_a_trailing_not_is_no_term(world: Settings) -> None:
 # "emphysema NOT smokers" in lexical mode) never says what it excluded — exactly when the
 # user needs to know why nothing came back (the web page shows its count line even then).
 # Fix: print the "excluding ..." note with "no results".
-@pytest.mark.xfail(strict=True, reason="the CLI hides the exclusion when nothing is found")
 def test_the_cli_says_what_it_excluded_when_nothing_is_left(
     world: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:

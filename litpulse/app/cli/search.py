@@ -99,7 +99,8 @@ def run_search_cmd(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     hits = data["results"]
     if not hits:
-        print("no results", file=sys.stderr)
+        print("no results" + "".join(f"; excluding {w!r}" for w in data.get("excluded") or ()),
+              file=sys.stderr)
         return 0
     rows = [
         (

@@ -396,7 +396,8 @@ function render(data) {
   const n = data.results.length;
   const first = (data.offset || 0) + 1;
   const range = n ? ` (${first}–${first + n - 1})` : "";
-  const excluded = (data.excluded || []).map((w) => `NOT ${w}`).join(", ");
+  const excluded = (data.excluded || [])
+    .map((w) => (/\s/.test(w) ? `NOT "${w}"` : `NOT ${w}`)).join(", ");
   $("count").textContent = `${n} result${n === 1 ? "" : "s"}${range} · ${data.mode}` +
     `${data.sort === "date" ? " · newest first" : ""}` +
     `${excluded ? ` · excluding ${excluded}` : ""} · index ${data.index_version}` +

@@ -224,6 +224,10 @@ def test_filters_and_errors_in_the_page(browser: Any, server: str) -> None:
     hits = _search(browser, "gene editing")
     assert "mode=lexical" in browser.current_url and "sort=date" in browser.current_url
     assert "lexical · newest first" in browser.find_element(By.ID, "count").text
+    # a NOT is applied and said (the count line names what was excluded)
+    hits = _search(browser, "gene editing NOT zebrafish")
+    assert "excluding NOT zebrafish" in browser.find_element(By.ID, "count").text
+    assert "103" not in [h.get_attribute("data-pmid") for h in hits]
     # a server-side validation error is shown, not swallowed
     browser.get(server + "/?q=gene+editing&since=2024-05-01&until=2024-01-01")
     WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "error").is_displayed())
