@@ -110,7 +110,8 @@ class SavedSearchEdit(BaseModel):
         None, min_length=1, max_length=512, pattern=NOT_BLANK, description=_QUERY_DESCRIPTION
     )
     min_score: float | None = Field(
-        None, ge=0, le=1000, allow_inf_nan=False, description=_MIN_SCORE_DESCRIPTION
+        None, ge=0, le=1000, allow_inf_nan=False,
+        description="Score a new article needs; null: back to LITPULSE_DIGEST_MIN_SCORE.",
     )
     filters: FiltersIn | None = Field(
         None, description="Its filters, all replaced by these ({} clears them)."
@@ -126,6 +127,7 @@ def add_alert_routes(
 
     from litpulse.pipeline.digest import feed_for, matches_of
     from litpulse.pipeline.saved_searches import (
+        KEEP,
         SearchLimitError,
         add_search,
         edit_search,
@@ -193,8 +195,10 @@ def add_alert_routes(
     ) -> dict[str, Any]:
         eng = engine()
         found = owned(search_id, who, eng)
+        # a threshold left out stays; null sets it back to LITPULSE_DIGEST_MIN_SCORE
+        threshold = change.min_score if "min_score" in change.model_fields_set else KEEP
         return edit_search(
-            settings, found.id, query=change.query, min_score=change.min_score,
+            settings, found.id, query=change.query, min_score=threshold, owner=who.expert,
             filters=None if change.filters is None else change.filters.to_filters(), engine=eng,
         ).to_dict()  # fmt: skip
 

@@ -447,6 +447,9 @@ saved_searches = Table(
     Column("watermark", UTCDateTime(), nullable=False),
     Column("last_digest_at", UTCDateTime()),
     Column("last_index_version", String(64)),
+    # the last edit in place (its query, filters or threshold): a digest that read the
+    # search before it records nothing (the next one judges the articles by the edit)
+    Column("edited_at", UTCDateTime()),
 )
 
 #: What a digest found for a saved search: one row per (search, PMID), so the same

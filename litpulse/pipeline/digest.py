@@ -427,13 +427,16 @@ def _digest_one(
         still = conn.execute(
             update(saved_searches)
             .where(saved_searches.c.id == search.id,
-                   saved_searches.c.created_at == search.created_at)
+                   saved_searches.c.created_at == search.created_at,
+                   # edited in place meanwhile: these were judged by the old search
+                   saved_searches.c.edited_at.is_not_distinct_from(search.edited_at))
             .values(watermark=mark, last_digest_at=now, last_index_version=str(index.id))
         ).rowcount
         if still != 1:
             conn.rollback()
-            logger.info("saved search %d %r was removed while it was digested: nothing "
-                        "recorded", search.id, search.name)
+            logger.info("saved search %d %r was removed or edited while it was digested: "
+                        "nothing recorded (an edited one is judged by the next digest)",
+                        search.id, search.name)
             return SearchDigest(search_id=search.id, name=search.name, candidates=len(ids),
                                 matched=0, threshold=threshold)
         before = _count(conn, search.id)

@@ -28,7 +28,7 @@ from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import articles, digest_matches, saved_searches
 from litpulse.core.settings import Settings
 from litpulse.core.text import checked_text
-from litpulse.core.timeutil import iso
+from litpulse.core.timeutil import iso, utcnow
 from ranking.search import SearchFilters, checked_query
 
 __all__ = [
@@ -66,6 +66,7 @@ class SavedSearch:
         watermark: Articles stored or revised after this are new for it.
         last_digest_at: When a digest last looked at it.
         last_index_version: The index version that digest searched.
+        edited_at: When it was last edited in place (:func:`edit_search`), or ``None``.
         matches: Matches recorded so far whose article is live (:func:`live_match`).
         problem: Why it cannot be searched, or ``None``: its stored filters or its query
             break a rule added since it was saved (``filters`` is then empty; the digest
@@ -84,6 +85,7 @@ class SavedSearch:
     last_index_version: str | None = None
     matches: int = 0
     problem: str | None = None
+    edited_at: dt.datetime | None = None
 
     @property
     def remedy(self) -> str:
@@ -118,6 +120,7 @@ class SavedSearch:
             "watermark": iso(self.watermark),
             "last_digest_at": iso(self.last_digest_at),
             "last_index_version": self.last_index_version,
+            "edited_at": iso(self.edited_at),
             "matches": self.matches,
             "feed": self.feed_path,
             "problem": self.problem,
@@ -147,6 +150,7 @@ def _from_row(row: Any, matches: int = 0) -> SavedSearch:
         last_digest_at=row.last_digest_at,
         last_index_version=row.last_index_version,
         matches=matches,
+        edited_at=row.edited_at,
     )
 
 
@@ -303,22 +307,43 @@ def get_search(settings: Settings, ref: int | str, *, engine: Engine | None = No
     return _from_row(row, int(n or 0))
 
 
+class _Keep:
+    """:func:`edit_search`'s "leave it as it is" for the threshold (``None`` resets it)."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+#: Leave the threshold as it is (:func:`edit_search`).
+KEEP: Any = _Keep()
+
+
 def edit_search(
     settings: Settings,
     ref: int | str,
     *,
     query: str | None = None,
     filters: SearchFilters | None = None,
-    min_score: float | None = None,
+    min_score: float | None | _Keep = KEEP,
+    owner: str | None = None,
     engine: Engine | None = None,
 ) -> SavedSearch:
-    """Change a saved search in place: its query, its filters or its threshold (what is
-    ``None`` stays). It keeps its id (its feed's address), its matches and its watermark,
-    so the articles stored while it could not be searched (a query a later rule refuses)
-    are still new for it: the next digest matches them.
+    """Change a saved search in place: its query, its filters or its threshold (``None``
+    for ``query`` or ``filters``, :data:`KEEP` for ``min_score``: it stays; ``min_score``
+    ``None``: back to ``LITPULSE_DIGEST_MIN_SCORE``). It keeps its id (its feed's address),
+    its matches and its watermark, so the articles stored while it could not be searched
+    (a query a later rule refuses) are still new for it: the next digest matches them.
+    A digest that read it before the edit records nothing for it (``edited_at``); the
+    next one judges those articles by the edit. The log line names the old and new
+    values and ``owner`` (or the CLI).
+
+    Args:
+        owner: The expert who edits (the API's token): the search must still be theirs,
+            the one they checked, when it is written (else ``NotFoundError``).
 
     Raises:
-        NotFoundError: No saved search has this id or name.
+        NotFoundError: No saved search has this id or name (or it was removed, or is no
+            longer ``owner``'s, while it was edited).
         ConfigError: A query or threshold refused as by :func:`add_search`, or nothing to
             change.
     """
@@ -327,16 +352,28 @@ def edit_search(
         values["query"] = _clean_query(query)
     if filters is not None:
         values["filters"] = filters.to_dict()
-    if min_score is not None:
+    if not isinstance(min_score, _Keep):
         values["min_score"] = _clean_min_score(min_score)
     if not values:
         raise ConfigError("nothing to change: give a query, filters or a threshold")
     engine = engine or db.connect(settings)
     found = get_search(settings, ref, engine=engine)
+    c = saved_searches.c
+    where = [c.id == found.id, c.created_at == found.created_at]
+    if owner is not None:
+        where.append(c.owner == owner)
     with engine.begin() as conn:
-        conn.execute(update(saved_searches).where(saved_searches.c.id == found.id)
-                     .values(**values))  # fmt: skip
-    logger.info("edited saved search %d %r: %s", found.id, found.name, ", ".join(values))
+        changed = conn.execute(
+            update(saved_searches).where(*where).values(**values, edited_at=utcnow())
+        ).rowcount
+    if changed != 1:
+        raise NotFoundError(f"saved search {ref} was removed (or is no longer yours) while "
+                            "it was edited: nothing changed")
+    before = found.to_dict()
+    logger.info(
+        "saved search %d %r edited by %s: %s", found.id, found.name, owner or "the CLI",
+        "; ".join(f"{k} {before[k]!r} -> {values[k]!r}" for k in values),
+    )
     return get_search(settings, found.id, engine=engine)
 
 

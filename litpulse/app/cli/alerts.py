@@ -70,8 +70,11 @@ def register(sub: Any) -> None:
     )
     e.add_argument("ref", metavar="ID|NAME", help="the saved search's id or name")
     e.add_argument("--query", default=None, help="the new query")
-    e.add_argument("--min-score", type=float, metavar="S", default=None,
-                   help="the new threshold (a semantic score, as for `alerts add`)")
+    threshold = e.add_mutually_exclusive_group()
+    threshold.add_argument("--min-score", type=float, metavar="S", default=None,
+                           help="the new threshold (a semantic score, as for `alerts add`)")
+    threshold.add_argument("--default-min-score", action="store_true",
+                           help="back to the default threshold, LITPULSE_DIGEST_MIN_SCORE")
     e.add_argument("--replace-filters", action="store_true",
                    help="replace its filters by the filter options given here")
     add_filter_args(e)
@@ -182,10 +185,12 @@ def run_digest_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_edit(args: argparse.Namespace, settings: Settings) -> int:
-    from litpulse.pipeline.saved_searches import edit_search
+    from litpulse.pipeline.saved_searches import KEEP, edit_search
 
+    threshold = (None if args.default_min_score
+                 else KEEP if args.min_score is None else args.min_score)
     edited = edit_search(
-        settings, args.ref, query=args.query, min_score=args.min_score,
+        settings, args.ref, query=args.query, min_score=threshold,
         filters=filters_from_args(args) if args.replace_filters else None,
     )  # fmt: skip
     if args.json:

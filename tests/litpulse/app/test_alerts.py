@@ -292,3 +292,16 @@ def test_the_owner_edits_a_saved_search_in_place_over_the_api(
     assert cleared.json()["filters"]["language"] == "eng"
     assert cleared.json()["watermark"] == made["watermark"]
     assert client.get(f"/feeds/{made['id']}.atom").status_code == 200
+
+
+def test_the_cli_sets_a_threshold_back_to_the_default(
+    store: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    made = _cli_json(capsys, "alerts", "add", "malaria", "--name", "m", "--min-score", "0.9")
+    assert made["min_score"] == 0.9
+    kept = _cli_json(capsys, "alerts", "edit", "m", "--query", "malaria vaccine")
+    assert kept["min_score"] == 0.9 and kept["edited_at"]  # a threshold left out stays
+    back = _cli_json(capsys, "alerts", "edit", "m", "--default-min-score")
+    assert back["min_score"] is None and back["query"] == "malaria vaccine"
+    with pytest.raises(SystemExit):  # one or the other
+        main(["alerts", "edit", "m", "--min-score", "0.5", "--default-min-score"])

@@ -195,7 +195,6 @@ def test_concurrent_patch_and_delete_are_never_500(store: Settings, client: Test
 # CLI: --min-score takes a number only); the only way is remove-and-save, which loses the
 # id, feed, matches and watermark the edit exists to keep. Fix: tell null from absent
 # (change.model_fields_set; a sentinel for edit_search's min_score), null resetting it.
-@pytest.mark.xfail(strict=True, reason="min_score null cannot reset to the default")
 def test_patch_min_score_null_resets_the_threshold_to_the_default(
     store: Settings, client: TestClient
 ) -> None:
@@ -213,7 +212,6 @@ def test_patch_min_score_null_resets_the_threshold_to_the_default(
 # them (README: the watermark is kept so what was stored meanwhile is matched). Fix: add
 # query, filters and min_score (or an edit counter) to that UPDATE's WHERE, recording
 # nothing when the search changed (as for a removed one): the next digest judges them.
-@pytest.mark.xfail(strict=True, reason="a PATCH during a digest loses articles for the new query")
 def test_a_patch_while_the_digest_ranks_leaves_the_new_articles_to_the_new_query(
     store: Settings, client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -254,7 +252,6 @@ def test_a_patch_while_the_digest_ranks_leaves_the_new_articles_to_the_new_query
 # her search N, racing her DELETE of N and bob's save (which gets N), rewrites bob's
 # search. Fix: pass the checked owner/created_at to edit_search and put them in the
 # UPDATE's WHERE (0 rows: 404), as the digest does with created_at.
-@pytest.mark.xfail(strict=True, reason="PATCH's owner check and its UPDATE are not atomic")
 def test_a_patch_never_rewrites_another_experts_search_that_took_the_id(
     store: Settings, client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -285,7 +282,6 @@ def test_a_patch_never_rewrites_another_experts_search_that_took_the_id(
 # search 3 'malaria': query" — not what the query or threshold was, nor who changed it.
 # A replaced query is gone (no history, no undo), and the log, the only trace, cannot
 # say what it was. Fix: log the old and the new values (and the API's expert).
-@pytest.mark.xfail(strict=True, reason="an edit's log line keeps no trace of the old query")
 def test_an_edit_is_logged_with_the_query_it_replaced(
     store: Settings, client: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:
