@@ -119,13 +119,19 @@ def _window(
             found |= inside[j]
             held = 0
             if phrases and phrase_tokens is not None:
-                tokens += phrase_tokens[j]
+                # a phrase held within a sentence (the index takes one across a full stop
+                # too, but a snippet shows the phrase only where it reads as one)
+                tokens += [_SENTENCE_GAP, *phrase_tokens[j]]
                 held = sum(_holds(tokens, p) for p in phrases)
             key = (held, math.fsum(terms[t] for t in found), -start, end)
             if best is None or key > best:
                 best = key
     assert best is not None
     return -best[2], best[3]
+
+
+#: Between two sentences' phrase terms: no phrase holds it.
+_SENTENCE_GAP = "\u241e"
 
 
 def _holds(tokens: list[str], phrase: tuple[str, ...]) -> bool:
@@ -135,13 +141,20 @@ def _holds(tokens: list[str], phrase: tuple[str, ...]) -> bool:
 
 
 def _cut(
-    text: str, start: int, end: int, words: list[tuple[int, int, frozenset[str]]], limit: int
+    text: str,
+    start: int,
+    end: int,
+    words: list[tuple[int, int, frozenset[str]]],
+    limit: int,
+    phrases: Sequence[tuple[str, ...]] = (),
 ) -> tuple[int, int]:
-    """``[start, end)`` shortened to ``limit`` characters around its first match, at word
-    boundaries."""
+    """``[start, end)`` shortened to ``limit`` characters around its first phrase of
+    ``phrases``, else its first match, at word boundaries."""
     if end - start <= limit:
         return start, end
-    first = next((a for a, _, _ in words if start <= a < end), start)
+    first = _phrase_at(text, start, end, phrases)
+    if first is None:
+        first = next((a for a, _, _ in words if start <= a < end), start)
     lo = max(start, min(first - limit // 4, end - limit))
     if lo > start:  # begin at a whole word: the one lo falls in, else the next
         m = next((w for w in _WORD.finditer(text, start, end) if w.end() > lo), None)
@@ -151,6 +164,27 @@ def _cut(
         cut = text.rfind(" ", lo, hi)
         hi = cut if cut > lo else hi
     return lo, hi
+
+
+def _phrase_at(
+    text: str, start: int, end: int, phrases: Sequence[tuple[str, ...]]
+) -> int | None:
+    """Where the first occurrence of one of ``phrases`` begins in ``text[start:end]``."""
+    if not phrases:
+        return None
+    from ranking.lexical import phrase_terms
+
+    terms: list[str] = []
+    at: list[int] = []
+    for m in _WORD.finditer(text, start, end):
+        for term in phrase_terms(m.group()):
+            terms.append(term)
+            at.append(m.start())
+    found = [
+        i for p in phrases for i in range(len(terms) - len(p) + 1)
+        if tuple(terms[i : i + len(p)]) == p
+    ]
+    return at[min(found)] if found else None
 
 
 def snippet(
@@ -178,7 +212,7 @@ def snippet(
 
         tokens = [list(phrase_terms(text[a:b])) for a, b in sentences]
     start, end = _window(sentences, words, terms, limit, tokens, phrases)
-    start, end = _cut(text, start, end, words, limit)
+    start, end = _cut(text, start, end, words, limit, phrases)
     head = ELLIPSIS + " " if start > 0 else ""
     tail = " " + ELLIPSIS if end < len(text) else ""
     shift = len(head) - start

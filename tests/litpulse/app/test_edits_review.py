@@ -325,7 +325,6 @@ def test_snippet_without_the_phrase_in_the_abstract_falls_back_to_the_terms() ->
 # failure" across the full stop; the earliest such window wins and the snippet shows
 # the false pair while the real "heart failure" later in the abstract is cut off. Fix:
 # look for a phrase inside one sentence (or put a boundary token between sentences).
-@pytest.mark.xfail(strict=True, reason="a phrase is taken as held across a full stop")
 def test_snippet_shows_the_phrase_not_its_words_across_a_full_stop() -> None:
     text = ("Patients had a weak heart. Failure of therapy was common. " + FILLER
             + " Readmission for heart failure was the commonest outcome.")  # fmt: skip
@@ -338,7 +337,6 @@ def test_snippet_shows_the_phrase_not_its_words_across_a_full_stop() -> None:
 # that says "heart" early and "heart failure" at its end gives a snippet without the
 # phrase — the very case the change set out to fix. Fix: pass the phrases to _cut and
 # centre the cut on the first phrase occurrence when the window holds one.
-@pytest.mark.xfail(strict=True, reason="_cut centres a long sentence on a term, not the phrase")
 def test_snippet_of_one_long_sentence_shows_the_phrase() -> None:
     text = (
         "The heart of the problem is that "
