@@ -123,6 +123,7 @@ __all__ = [
     "open_lexical",
     "open_lexical_at",
     "plan_lexical",
+    "phrase_forms",
     "phrase_terms",
     "query_exclusions",
     "query_phrases",
@@ -545,6 +546,44 @@ def query_exclusions(query: str) -> tuple[tuple[str, ...], ...]:
     return tuple(out)
 
 
+#: A lower-case ``a`` after a word and a space or hyphen (``hepatitis a``): typed for the
+#: letter as often as for the article.
+_LOWER_A = re.compile(r"(?<=[^\W_][ \t-])a(?![^\W\d_])")
+Forms = tuple[tuple[str, ...], ...]
+
+
+def _forms(text: str, shouted: bool) -> Forms:
+    """The term sequences a quoted (or excluded) ``text`` matches, any of them: its
+    :func:`phrase_terms`; typed with a lower-case ``a`` after a word, the same with the
+    letter ``A`` there too (``"hepatitis a vaccine"`` finds *Hepatitis A vaccine*, which
+    keeps ``A``, as well as texts without it); and with an abbreviation in capitals that
+    spells a stop word (``NO``) left out, when two terms are left (a text wholly in
+    capitals is indexed in lower case, without it)."""
+    main = phrase_terms(text, shouted=shouted)
+    if not main:
+        return ()
+    forms: dict[tuple[str, ...], None] = {main: None}
+    if not shouted and "a" in text:
+        capital = phrase_terms(_LOWER_A.sub("A", text))  # _lower keeps the A after a term
+        if capital:
+            forms.setdefault(capital)
+    loose = tuple(t for t in main
+                  if not (len(t) > 1 and t.isupper() and _is_stop_word(t.lower())))
+    if loose != main and len(loose) >= 2:
+        forms.setdefault(loose)
+    return tuple(forms)
+
+
+def phrase_forms(query: str) -> tuple[tuple[Forms, ...], tuple[Forms, ...]]:
+    """The forms (:func:`_forms`) of each quoted phrase ``query`` requires and of each word
+    or phrase it excludes, in query order."""
+    shouted = _shouted(query)
+    searched, excluded = split_exclusions(query)
+    required = {f: None for f in (_forms(t, shouted) for t in quoted(searched)) if f}
+    left_out = {f: None for f in (_forms(t, shouted) for t in excluded) if f}
+    return tuple(required), tuple(left_out)
+
+
 def constrains(query: str) -> bool:
     """Whether ``query`` quotes a phrase or excludes a word: only the lexical index can
     tell which articles meet it (in every mode)."""
@@ -934,7 +973,7 @@ class LexicalIndex:
         """
         import tantivy
 
-        phrases, excluded = query_phrases(query), query_exclusions(query)
+        phrases, excluded = phrase_forms(query)
         if not self.phrases and (phrases or excluded):
             raise ConsistencyError(
                 f"the lexical index in {self.path} was built before quoted phrases and NOT "
@@ -949,16 +988,10 @@ class LexicalIndex:
                                                 index_option="basic")
             return tantivy.Query.phrase_query(schema, PHRASE_FIELD, list(terms))
 
-        def anywhere(terms: tuple[str, ...]) -> Any:
-            # an abbreviation in capitals that spells a stop word (NO) is a term, but a
-            # text wholly in capitals is indexed in lower case without it: a phrase of
-            # two terms more matches that text too ("role of NO in septic shock")
-            loose = tuple(t for t in terms if not (t.isupper() and _is_stop_word(t.lower())))
-            query = one(terms)
-            if loose != terms and len(loose) >= 2:
-                query = tantivy.Query.boolean_query(
-                    [(tantivy.Occur.Should, query), (tantivy.Occur.Should, one(loose))]
-                )
+        def anywhere(forms: Forms) -> Any:
+            query = one(forms[0]) if len(forms) == 1 else tantivy.Query.boolean_query(
+                [(tantivy.Occur.Should, one(f)) for f in forms]
+            )
             return tantivy.Query.const_score_query(query, 0.0)
 
         return [(tantivy.Occur.Must, anywhere(t)) for t in phrases] + [
