@@ -210,6 +210,27 @@ _CAPS_WORD = re.compile(
 )
 #: The word that ends a text, before its last spaces or hyphens (group 1).
 _LAST_WORD = re.compile(r"([^\W_]+)[ \t-]+$")
+#: Words a letter names a kind of (``hepatitis A``, ``protein kinase A``, ``type A``): in a
+#: text in Title Case (``Towards A Cure``) only after these is ``A`` the letter.
+LETTER_WORDS = frozenset(
+    "hepatitis vitamin influenza type group protein kinase class grade phase factor "
+    "hemophilia haemophilia toxin botulinum complex subunit receptor site domain chain strain "
+    "serotype serogroup clade genotype subtype lineage panel part appendix table figure "
+    "plan zone category stage tier schedule arm cohort cluster variant allele form "
+    "isoform region loop helix fragment peptide antigen immunoglobulin iga ige igg igm "
+    "lipoprotein apolipoprotein coenzyme phospholipase cyclin lamin dystrophy syndrome "
+    "streptococcus streptococci".split()
+)
+#: Words of four letters or more (telling a text in Title Case).
+_LONG_WORDS = re.compile(r"[^\W\d_]{4,}")
+
+
+def _title_case(text: str) -> bool:
+    """A text whose words of four letters or more are mostly capitalised (three or more
+    of them, seven in ten): a title in Title Case, whose capitals say nothing of an
+    abbreviation either."""
+    words = _LONG_WORDS.findall(text)
+    return len(words) >= 3 and sum(w[0].isupper() for w in words) >= 0.7 * len(words)
 #: A run of six or more letters: in a text wholly in capitals, a word (``EFFECT``,
 #: ``SEPSIS``) rather than an abbreviation.
 _LONG_WORD = re.compile(r"[^\W\d_]{6,}")
@@ -265,6 +286,8 @@ def _lower(text: str) -> str:
             before = _LAST_WORD.search(text, max(0, match.start() - 64), match.start())
             if before is None or _is_stop_word(before.group(1).lower()):
                 continue
+            if before.group(1).lower() not in LETTER_WORDS and _title_case(text):
+                continue  # Towards A Cure: the article, capitalised as every word is
         if any(a <= match.start() < b for a, b in labels):
             continue
         parts += (text[last : match.start()].lower(), word)

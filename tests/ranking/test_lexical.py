@@ -164,6 +164,9 @@ def found(settings: Settings, query: str, k: int = 10) -> list[int]:
         ("A study of vitamin A.", ["a", "study", "of", "vitamin", "A"]),
         ("Effect Of A New Drug", ["effect", "of", "a", "new", "drug"]),
         ("HEPATITIS A OUTBREAK IN CHILDREN", ["hepatitis", "a", "outbreak", "in", "children"]),
+        # in Title Case, only after a word a letter names a kind of
+        ("Towards A Cure For Sepsis", ["towards", "a", "cure", "for", "sepsis"]),
+        ("Hepatitis A Virus In Children", ["hepatitis", "A", "virus", "in", "children"]),
     ],
 )
 def test_document_tokens_of_biomedical_terms(text: str, tokens: list[str]) -> None:
