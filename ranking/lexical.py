@@ -129,7 +129,6 @@ __all__ = [
     "query_phrases",
     "query_terms",
     "quoted",
-    "unquoted_text",
     "read_ids",
     "split_exclusions",
     "STATS_FILE",
@@ -158,7 +157,7 @@ READABLE_FORMATS = frozenset({3, 4, 5, FORMAT})
 PHRASE_FORMAT = 6
 #: The field quoted phrases and NOT are looked up in: each value of each text field (the
 #: title, the abstract, each MeSH heading, each keyword) as the segments of its words with
-#: their positions (:func:`phrase_values`), so a compound matches in any spelling
+#: their positions (:func:`analysed`), so a compound matches in any spelling
 #: (``non-small-cell``, ``non small cell``) and a phrase never spans two values. Only
 #: filters: it scores nothing.
 PHRASE_FIELD = "phrase"
@@ -427,18 +426,12 @@ def _query_terms(query: str) -> tuple[tuple[str, float], ...]:
 #: as an edited query leaves them.
 _OPEN, _CLOSE, _QUOTES = '"\u201c\u201e', '"\u201d\u201c', '"\u201c\u201d\u201e'
 #: A quoted phrase (group 1 is the text inside). A quote left alone quotes nothing.
-_QUOTED_PATTERN = f"[{_OPEN}]([^{_QUOTES}]*)[{_CLOSE}]"
-_QUOTED = re.compile(_QUOTED_PATTERN)
+_QUOTED = re.compile(f"[{_OPEN}]([^{_QUOTES}]*)[{_CLOSE}]")
 
 
 def quoted(query: str) -> list[str]:
     """The texts quoted in ``query``, in order (empty ones included)."""
     return [m.group(1) for m in _QUOTED.finditer(query)]
-
-
-def unquoted_text(query: str) -> str:
-    """``query`` with each quoted text replaced by a space."""
-    return _QUOTED.sub(" ", query)
 
 
 def _parts(text: str) -> list[str]:
@@ -471,13 +464,7 @@ def query_phrases(query: str) -> tuple[tuple[str, ...], ...]:
         >>> query_phrases('"heart failure" in the "elderly" and "IL-6 signalling"')
         (('heart', 'failur'), ('elder',), ('il', '6', 'signal'))
     """
-    out: dict[tuple[str, ...], None] = {}
-    shouted = _shouted(query)
-    for text in quoted(split_exclusions(query)[0]):
-        terms = phrase_terms(text, shouted=shouted)
-        if terms:
-            out.setdefault(terms)
-    return tuple(out)
+    return tuple(dict.fromkeys(forms[0] for forms in phrase_forms(query)[0]))
 
 
 #: PubMed's exclusion, ``COPD NOT asthma``, ``COPD NOT "heart failure"``: a capital NOT
@@ -560,13 +547,7 @@ def query_exclusions(query: str) -> tuple[tuple[str, ...], ...]:
     """The words and phrases ``query`` excludes (:func:`split_exclusions`) as the index
     terms each stands for in a row (:func:`phrase_terms`), in query order, those with no
     term (a stop word) left out."""
-    out: dict[tuple[str, ...], None] = {}
-    shouted = _shouted(query)
-    for text in split_exclusions(query)[1]:
-        terms = phrase_terms(text, shouted=shouted)
-        if terms:
-            out.setdefault(terms)
-    return tuple(out)
+    return tuple(dict.fromkeys(forms[0] for forms in phrase_forms(query)[1]))
 
 
 #: A lower-case ``a`` after a word and a space or hyphen (``hepatitis a``): typed for the
@@ -597,9 +578,11 @@ def _forms(text: str, shouted: bool) -> Forms:
     return tuple(forms)
 
 
+@functools.lru_cache(maxsize=256)
 def phrase_forms(query: str) -> tuple[tuple[Forms, ...], tuple[Forms, ...]]:
     """The forms (:func:`_forms`) of each quoted phrase ``query`` requires and of each word
-    or phrase it excludes, in query order."""
+    or phrase it excludes, in query order, repeated ones and those with no term left out
+    (the first form of each: :func:`query_phrases`, :func:`query_exclusions`)."""
     shouted = _shouted(query)
     searched, excluded = split_exclusions(query)
     required = {f: None for f in (_forms(t, shouted) for t in quoted(searched)) if f}
@@ -718,22 +701,13 @@ def _values(doc: _Doc) -> dict[str, Sequence[str]]:
             "keywords": doc.keywords}
 
 
-def analysed(doc: _Doc) -> dict[str, list[str]]:
-    """The index terms of each text field of ``doc``, in order (stop words out, stemmed)."""
-    return _analysed(doc)[0]
-
-
-def phrase_values(doc: _Doc) -> list[str]:
-    """The values of ``doc``'s :data:`PHRASE_FIELD`: the title, the abstract, each MeSH
-    heading and each keyword, each as the terms of its words' segments in order (stop
-    words out, stemmed: what :func:`phrase_terms` looks for). A phrase never spans two:
-    tantivy leaves a gap in the positions between two values of a field."""
-    return _analysed(doc)[1]
-
-
-def _analysed(doc: _Doc) -> tuple[dict[str, list[str]], list[str]]:
-    """:func:`analysed` and :func:`phrase_values` at once: each value's words are cut
-    once (the costly part), and each side analysed in one call."""
+def analysed(doc: _Doc) -> tuple[dict[str, list[str]], list[str]]:
+    """The index terms of each text field of ``doc``, in order (stop words out, stemmed),
+    and the values of its :data:`PHRASE_FIELD`: the title, the abstract, each MeSH heading
+    and each keyword, each as the terms of its words' segments in order (what
+    :func:`phrase_terms` looks for; a phrase never spans two: tantivy leaves a gap in the
+    positions between two values of a field). Each value's words are cut once (the costly
+    part), and each side analysed in one call."""
     analyzer = _analyzer()
     fields: dict[str, list[str]] = {}
     parts: list[str] = []
@@ -749,7 +723,7 @@ def _analysed(doc: _Doc) -> tuple[dict[str, list[str]], list[str]]:
     return fields, [v.strip() for v in analysed_parts.split(_VALUE_END)][:-1]
 
 
-#: Ends each value in the one text of :func:`_analysed`'s phrase values (a symbol no word
+#: Ends each value in the one text of :func:`analysed`'s phrase values (a symbol no word
 #: is made of: the analyzer passes it as it is, and it is cut out again).
 _VALUE_END = "\u241e"
 
@@ -803,7 +777,8 @@ def tf_records(fields: dict[str, list[str]]) -> tuple[str, bytes]:
 
 def _document(doc: _Doc, fields: dict[str, list[str]], phrases: list[str]) -> Any:
     """The tantivy document: each text field's terms (``fields``, :func:`analysed`), their
-    lengths and frequencies, and the phrase field (``phrases``, :func:`phrase_values`)."""
+    lengths and frequencies, and the phrase field (``phrases``); both from
+    :func:`analysed`."""
     import tantivy
 
     values: dict[str, Any] = {name: [" ".join(fields[name])] for name in TEXT_FIELDS}
@@ -1311,7 +1286,7 @@ def build_lexical(
         writer.delete_documents_by_term("pmid", int(pmid))
     added: list[int] = []
     for doc in _docs(engine, add):
-        fields, phrases = _analysed(doc)
+        fields, phrases = analysed(doc)
         writer.add_document(_document(doc, fields, phrases))
         added.append(doc.pmid)
         docs += 1

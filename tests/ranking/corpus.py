@@ -7,6 +7,7 @@ inner-product search over hashed bag-of-words vectors, so texts sharing words ar
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import re
@@ -337,3 +338,30 @@ def world_on(
             yield build(home, url)
             db.dispose_engines()
     em.clear_cache()
+
+
+def indexed_world(home: Any, url: str, tiny: str, records: list[Any], **changes: Any) -> Any:
+    """Settings on the tiny encoder ``tiny`` (sequence length 32, no search server) over a
+    store in ``home`` (or ``url``) holding ``records`` through the real store, with a
+    published index of them all: the ``build`` of :func:`world_on` for review corpora."""
+    from ingest.store import Store
+    from litpulse.core.settings import Settings
+    from ranking.refresh import refresh_index
+
+    s = Settings.from_env({}, home=home, database_url=url).replace(
+        model=tiny, max_seq_length=32, search_server_url="", **changes
+    )
+    Store(db.connect(s)).apply(records)
+    report = refresh_index(s)
+    assert report.published and report.size == len(records)
+    return s
+
+
+def dated(record: Any, year: int) -> Any:
+    """``record`` published, dated and entered in June of ``year``."""
+    from ingest.records import PartialDate
+
+    return dataclasses.replace(
+        record, pub_date=PartialDate(year, 6, None, f"{year} Jun"),
+        article_date=dt.date(year, 6, 1), entrez_date=dt.date(year, 6, 2),
+    )  # fmt: skip

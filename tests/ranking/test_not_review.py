@@ -29,8 +29,6 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from ingest.records import PartialDate
-from ingest.store import Store
 from litpulse.app.api import create_app
 from litpulse.app.cli import build_parser
 from litpulse.core import db
@@ -38,9 +36,8 @@ from litpulse.core.errors import ConfigError
 from litpulse.core.settings import Settings
 from litpulse.pipeline.saved_searches import add_search, edit_search, list_searches
 from ranking import index_files
-from ranking.refresh import refresh_index
 from ranking.search import SearchFilters, run_search, search
-from tests.ranking.corpus import BOTH_DATABASES, make_article, world_on
+from tests.ranking.corpus import BOTH_DATABASES, dated, indexed_world, make_article, world_on
 from tests.tiny_encoder import build_tiny_encoder
 
 P = 43000000
@@ -101,13 +98,8 @@ SEPSIS = {30, 31, 32, 33, 34, 35, 36}
 
 
 def _records() -> list[Any]:
-    out = []
-    for off, (title, abstract, mesh, year) in CORPUS.items():
-        rec = make_article(P + off, title, abstract, mesh=mesh)
-        out.append(dataclasses.replace(
-            rec, pub_date=PartialDate(year, 6, None, f"{year} Jun"),
-            article_date=dt.date(year, 6, 1), entrez_date=dt.date(year, 6, 2)))
-    return out
+    return [dated(make_article(P + off, title, abstract, mesh=mesh), year)
+            for off, (title, abstract, mesh, year) in CORPUS.items()]
 
 
 @pytest.fixture(scope="module")
@@ -116,13 +108,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _build(home: Path, url: str, tiny: str) -> Settings:
-    s = Settings.from_env({}, home=home, database_url=url).replace(
-        model=tiny, max_seq_length=32, search_server_url="", api_rate_burst=100000,
-        rerank_candidates=4,
-    )
-    Store(db.connect(s)).apply(_records())
-    report = refresh_index(s)
-    assert report.published and report.size == len(CORPUS)
+    s: Settings = indexed_world(home, url, tiny, _records(), api_rate_burst=100000,
+                                rerank_candidates=4)
     return s
 
 

@@ -26,18 +26,17 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from ingest.records import PartialDate
-from ingest.store import Store
 from litpulse.app.api import create_app
 from litpulse.core import db
 from litpulse.core.errors import ConfigError
 from litpulse.core.settings import Settings
 from litpulse.pipeline.saved_searches import add_search, edit_search
 from ranking import index_files, lexical
-from ranking.refresh import refresh_index
 from ranking.search import SearchFilters, run_search, search
 from tests.ranking.corpus import (
     BOTH_DATABASES,
+    dated,
+    indexed_world,
     make_article,
     search_in,
     store_and_index,
@@ -103,13 +102,8 @@ CORPUS: dict[int, tuple[str, str, tuple[str, ...], int, str]] = {
 
 
 def _records() -> list[Any]:
-    out = []
-    for off, (title, abstract, mesh, year, lang) in CORPUS.items():
-        rec = make_article(P + off, title, abstract, mesh=mesh, languages=(lang,))
-        out.append(dataclasses.replace(
-            rec, pub_date=PartialDate(year, 6, None, f"{year} Jun"),
-            article_date=dt.date(year, 6, 1), entrez_date=dt.date(year, 6, 2)))
-    return out
+    return [dated(make_article(P + off, title, abstract, mesh=mesh, languages=(lang,)), year)
+            for off, (title, abstract, mesh, year, lang) in CORPUS.items()]
 
 
 @pytest.fixture(scope="module")
@@ -118,13 +112,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _build(home: Path, url: str, tiny: str) -> Settings:
-    s = Settings.from_env({}, home=home, database_url=url).replace(
-        model=tiny, max_seq_length=32, search_server_url="", api_rate_burst=100000,
-        rerank_candidates=4,
-    )
-    Store(db.connect(s)).apply(_records())
-    report = refresh_index(s)
-    assert report.published and report.size == len(CORPUS)
+    s: Settings = indexed_world(home, url, tiny, _records(), api_rate_burst=100000,
+                                rerank_candidates=4)
     return s
 
 

@@ -32,17 +32,14 @@ from fastapi.testclient import TestClient
 
 from ingest.parse import parse_bytes
 from ingest.records import Record, SourceRef
-from ingest.store import Store
 from litpulse.app.api import create_app
 from litpulse.app.cli import build_parser
-from litpulse.core import db
 from litpulse.core.errors import ConfigError
 from litpulse.core.settings import Settings
 from litpulse.pipeline.saved_searches import add_search
 from ranking import lexical
-from ranking.refresh import refresh_index
 from ranking.search import MAX_QUERY_CHARS, Hit, search
-from tests.ranking.corpus import BOTH_DATABASES, world_on
+from tests.ranking.corpus import BOTH_DATABASES, indexed_world, world_on
 from tests.tiny_encoder import build_tiny_encoder
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -132,12 +129,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _world(home: Path, url: str, tiny: str) -> Settings:
-    s = Settings.from_env({}, home=home, database_url=url).replace(
-        model=tiny, max_seq_length=32, search_server_url="", api_rate_burst=100000
-    )
-    Store(db.connect(s)).apply(_records())
-    report = refresh_index(s)
-    assert report.published and report.size == len(CORPUS)
+    s: Settings = indexed_world(home, url, tiny, _records(), api_rate_burst=100000)
     return s
 
 

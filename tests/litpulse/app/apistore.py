@@ -56,3 +56,15 @@ def clone_store(real: Settings, home: Path, **changes: Any) -> Settings:
                 .values(path=row.path.replace(old, new, 1))
             )
     return settings
+
+
+def unlimited_store(tmp_path: Path, tmp_path_factory: Any, monkeypatch: Any) -> Settings:
+    """A copy of the real corpus's store in ``tmp_path`` without API limits
+    (:data:`UNLIMITED`), its home and limits set in the environment too (for the CLI)."""
+    from tests.ranking.corpus import real_corpus
+
+    s = clone_store(real_corpus(tmp_path_factory), tmp_path / "home", **UNLIMITED)
+    monkeypatch.setenv("LITPULSE_HOME", str(s.home))
+    for key, value in UNLIMITED.items():
+        monkeypatch.setenv(f"LITPULSE_{key.upper()}", str(value))
+    return s

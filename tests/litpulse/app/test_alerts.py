@@ -18,8 +18,8 @@ from litpulse.core import db
 from litpulse.core.schema import article_terms, articles
 from litpulse.core.settings import Settings
 from ranking.refresh import refresh_index
-from tests.litpulse.app.apistore import UNLIMITED, clone_store
-from tests.ranking.corpus import article_rows, real_corpus
+from tests.litpulse.app.apistore import unlimited_store
+from tests.ranking.corpus import article_rows
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -38,11 +38,7 @@ NEW = {
 @pytest.fixture
 def store(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
           monkeypatch: pytest.MonkeyPatch) -> Settings:
-    s = clone_store(real_corpus(tmp_path_factory), tmp_path / "home", **UNLIMITED)
-    monkeypatch.setenv("LITPULSE_HOME", str(s.home))
-    for key, value in UNLIMITED.items():
-        monkeypatch.setenv(f"LITPULSE_{key.upper()}", str(value))
-    return s
+    return unlimited_store(tmp_path, tmp_path_factory, monkeypatch)
 
 
 @pytest.fixture

@@ -25,8 +25,8 @@ from litpulse.core import db
 from litpulse.core.settings import Settings
 from ranking.lexical import query_phrases, query_terms
 from ranking.snippets import snippet
-from tests.litpulse.app.apistore import UNLIMITED, clone_store
-from tests.ranking.corpus import make_article, real_corpus, search_in, store_and_index
+from tests.litpulse.app.apistore import unlimited_store
+from tests.ranking.corpus import make_article, search_in, store_and_index
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -41,11 +41,7 @@ from litpulse.app.tokens import create_token, revoke_token  # noqa: E402
 def store(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> Settings:
-    s = clone_store(real_corpus(tmp_path_factory), tmp_path / "home", **UNLIMITED)
-    monkeypatch.setenv("LITPULSE_HOME", str(s.home))
-    for key, value in UNLIMITED.items():
-        monkeypatch.setenv(f"LITPULSE_{key.upper()}", str(value))
-    return s
+    return unlimited_store(tmp_path, tmp_path_factory, monkeypatch)
 
 
 @pytest.fixture
