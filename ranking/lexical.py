@@ -451,7 +451,9 @@ def phrase_terms(text: str, *, shouted: bool = False) -> tuple[str, ...]:
 
 def query_phrases(query: str) -> tuple[tuple[str, ...], ...]:
     """The quoted phrases of ``query`` as the index terms each must hold in a row (one
-    term: that term), in query order, repeated ones and those with no term left out.
+    term: that term), in query order, repeated ones and those with no term left out; of a
+    group joined by OR (:func:`phrase_forms`), every alternative, a word's too (what
+    snippets show).
 
     A document matches a phrase when a value of its :data:`PHRASE_FIELD` (its title, its
     abstract, one MeSH heading, one keyword) holds those terms one after the other: stop
@@ -463,20 +465,26 @@ def query_phrases(query: str) -> tuple[tuple[str, ...], ...]:
     Example:
         >>> query_phrases('"heart failure" in the "elderly" and "IL-6 signalling"')
         (('heart', 'failur'), ('elder',), ('il', '6', 'signal'))
+        >>> query_phrases('("heart failure" OR dyspnea) in the elderly')
+        (('heart', 'failur'), ('dyspnea',))
     """
-    return tuple(dict.fromkeys(forms[0] for forms in phrase_forms(query)[0]))
+    return tuple(dict.fromkeys(alt[0] for group in _required(query) for alt in group))
 
 
-#: PubMed's exclusion, ``COPD NOT asthma``, ``COPD NOT "heart failure"``: a capital NOT
-#: after a word or a quoted phrase, then the word (hyphens and all) or the quoted phrase it
-#: excludes (group 1). :func:`split_exclusions` decides which are exclusions.
-_NOT_CLAUSE = re.compile(
-    # after a word, a closing quote or bracket, or a sign ending a term (HER2+, 5%)
-    rf"(?:(?<=[^\W_])|(?<=[{_CLOSE})\]+%]))\s+NOT\s+"
-    # a quoted phrase; a group (asthma OR bronchitis); a word, possessive and all
-    # (Alzheimer's), after a quote left open
+#: What a NOT excludes (group 1): a quoted phrase; a group (asthma OR bronchitis); a word,
+#: possessive and all (Alzheimer's), after a quote left open.
+_NOT_TARGET = (
     rf"([{_OPEN}][^{_QUOTES}]*[{_CLOSE}]|\([^()]*\)|[{_OPEN}]?[^\W_](?:[\w-]|['\u2019\u02bc](?=\w))*[+%]*)"
 )
+#: PubMed's exclusion, ``COPD NOT asthma``, ``COPD NOT "heart failure"``: a capital NOT
+#: after a word or a quoted phrase, then what it excludes (group 1).
+#: :func:`split_exclusions` decides which are exclusions.
+_NOT_CLAUSE = re.compile(
+    # after a word, a closing quote or bracket, or a sign ending a term (HER2+, 5%)
+    rf"(?:(?<=[^\W_])|(?<=[{_CLOSE})\]+%]))\s+NOT\s+{_NOT_TARGET}"
+)
+#: ``NOT asthma COPD``: a NOT first excludes as Google's ``-asthma COPD`` does.
+_LEADING_NOT = re.compile(rf"\s*NOT\s+{_NOT_TARGET}")
 _WORD_BEFORE = re.compile(r"[^\W_][\w-]*")
 #: ``AND`` between a term and NOT (``COPD AND NOT asthma``, as Scopus writes it).
 _AND_BEFORE = re.compile(r"\s+AND\s*$")
@@ -494,7 +502,9 @@ def split_exclusions(query: str) -> tuple[str, tuple[str, ...]]:
     ``NOT`` is in capitals and outside quotes, and the query is not wholly in capitals (a
     title typed so). So ``To treat or NOT to treat``, ``DO NOT RESUSCITATE orders``,
     ``COVID-19 in children: NOT just a cold`` and ``"do NOT resuscitate"`` exclude nothing
-    (their ``NOT`` is no term either).
+    (their ``NOT`` is no term either). A ``NOT`` first excludes what follows it, unless a
+    stop word does (``NOT asthma COPD`` searches COPD less asthma; ``NOT to treat`` is
+    searched): :func:`ranking.search.checked_query` refuses a query that only excludes.
 
     Example:
         >>> split_exclusions('COPD NOT asthma in adults NOT "heart failure"')
@@ -508,7 +518,15 @@ def split_exclusions(query: str) -> tuple[str, tuple[str, ...]]:
     kept: list[str] = []
     excluded: list[str] = []
     last = 0
+    lead = _LEADING_NOT.match(query)
+    target = lead.group(1) if lead is not None else ""
+    if lead is not None and (target in _OPERATORS or target.startswith("(")
+                             or phrase_terms(target.strip(_QUOTES))):  # not NOT to treat
+        excluded += _excluded(target)
+        last = lead.end()
     for match in _NOT_CLAUSE.finditer(query):
+        if match.start() < last:
+            continue  # NOT NOT x: the second is the first one's (refused: checked_query)
         at = match.start() + match.group(0).index("NOT")
         if any(a <= at < b for a, b in quotes):
             continue  # a NOT inside a quoted phrase is a word of it
@@ -522,16 +540,19 @@ def split_exclusions(query: str) -> tuple[str, tuple[str, ...]]:
             if not before or not _term_before_not(before[-1]):
                 continue  # DO NOT, or NOT: no term before
         kept.append(query[last:cut])
-        target = match.group(1)
-        if target.startswith("("):
-            excluded += [p.strip().strip(_QUOTES).strip() for p in _OR.split(target[1:-1])]
-        else:
-            excluded.append(target.strip(_QUOTES).strip())
+        excluded += _excluded(match.group(1))
         last = match.end()
     if not excluded:
         return query, ()
     kept.append(query[last:])
     return " ".join(p.strip() for p in kept if p.strip()), tuple(excluded)
+
+
+def _excluded(target: str) -> list[str]:
+    """The texts a NOT's target excludes: each of a group's, else the word or phrase."""
+    if target.startswith("("):
+        return [p.strip().strip(_QUOTES).strip() for p in _OR.split(target[1:-1])]
+    return [target.strip(_QUOTES).strip()]
 
 
 def _term_before_not(word: str) -> bool:
@@ -578,15 +599,68 @@ def _forms(text: str, shouted: bool) -> Forms:
     return tuple(forms)
 
 
+#: The items of a query that OR joins (:func:`_alternatives`): a quoted phrase (group 1),
+#: a capital OR (group 2), a word (group 3, hyphens, a possessive and a closing sign in
+#: it); anything else but space and brackets (group 4) ends a chain.
+_CHAIN_ITEM = re.compile(
+    rf"[{_OPEN}]([^{_QUOTES}]*)[{_CLOSE}]|(?<![\w-])(OR)(?![\w-])"
+    r"|([^\W_](?:[\w-]|['\u2019\u02bc](?=\w))*[+%]*)|([^\s()\[\]])"
+)
+
+
+def _alternatives(searched: str) -> list[list[tuple[str, bool]]]:
+    """The quoted phrases of ``searched`` (a query less its exclusions) grouped by the
+    capital ``OR`` between them and the words beside it: ``("heart failure" OR dyspnea)
+    elderly`` → ``[[("heart failure", True), ("dyspnea", False)]]``. Each group holds a
+    quoted phrase (a chain of words alone requires nothing: every word is scored anyway);
+    brackets are transparent, and ``AND``, ``NOT`` or punctuation end a chain."""
+    chains: list[list[tuple[str, bool]]] = []
+    joined = False  # an OR since the last item
+    chain: list[tuple[str, bool]] | None = None
+    for m in _CHAIN_ITEM.finditer(searched):
+        phrase, op, word, _ = m.groups()
+        if op is not None:
+            joined = chain is not None
+            continue
+        if phrase is None and (word is None or word in _OPERATORS):
+            chain, joined = None, False  # punctuation, AND, NOT: the chain ends
+            continue
+        item = (phrase, True) if phrase is not None else (word, False)
+        if joined and chain is not None:
+            chain.append(item)
+        else:
+            chain = [item]
+            chains.append(chain)
+        joined = False
+    return [c for c in chains if any(quoted for _, quoted in c)]
+
+
+@functools.lru_cache(maxsize=256)
+def _required(query: str) -> tuple[tuple[Forms, ...], ...]:
+    """The requirements of ``query``: for each quoted phrase, or group of alternatives
+    joined by OR (:func:`_alternatives`), the forms (:func:`_forms`) of each alternative
+    that has a term; a group whose quoted phrases have none requires nothing."""
+    shouted = _shouted(query)
+    out: dict[tuple[Forms, ...], None] = {}
+    for chain in _alternatives(split_exclusions(query)[0]):
+        if not any(q and _forms(t, shouted) for t, q in chain):
+            continue
+        group = tuple(dict.fromkeys(f for f in (_forms(t, shouted) for t, _ in chain) if f))
+        out.setdefault(group)
+    return tuple(out)
+
+
 @functools.lru_cache(maxsize=256)
 def phrase_forms(query: str) -> tuple[tuple[Forms, ...], tuple[Forms, ...]]:
-    """The forms (:func:`_forms`) of each quoted phrase ``query`` requires and of each word
-    or phrase it excludes, in query order, repeated ones and those with no term left out
-    (the first form of each: :func:`query_phrases`, :func:`query_exclusions`)."""
+    """The forms (:func:`_forms`) each requirement of ``query`` is met by — a quoted
+    phrase's, or those of every alternative of a group joined by OR (``"heart failure" OR
+    "cardiac failure"``: either) — and those of each word or phrase it excludes, in query
+    order, repeated ones and those with no term left out (the first form of each
+    alternative: :func:`query_phrases`; of each exclusion: :func:`query_exclusions`)."""
     shouted = _shouted(query)
-    searched, excluded = split_exclusions(query)
-    required = {f: None for f in (_forms(t, shouted) for t in quoted(searched)) if f}
-    left_out = {f: None for f in (_forms(t, shouted) for t in excluded) if f}
+    required = {tuple(dict.fromkeys(f for alt in group for f in alt)): None
+                for group in _required(query)}
+    left_out = {f: None for f in (_forms(t, shouted) for t in split_exclusions(query)[1]) if f}
     return tuple(required), tuple(left_out)
 
 

@@ -810,7 +810,8 @@ def checked_query(query: str) -> str:
     """The trimmed query text of a search or a saved search, refused where it would be
     searched other than the user means (litpulse ranks by meaning and by BM25 over
     words: every word counts, a quoted phrase is required, ``A NOT B`` excludes ``B``
-    (:func:`ranking.lexical.split_exclusions`), ``OR`` between words is ignored).
+    (:func:`ranking.lexical.split_exclusions`), ``OR`` beside a quoted phrase offers
+    alternatives (:func:`ranking.lexical.phrase_forms`); between words alone it changes nothing).
 
     Raises:
         ConfigError: An empty or over-long query, one holding a control character; one
@@ -818,7 +819,8 @@ def checked_query(query: str) -> str:
             alone (the message names the commands that show that article); PubMed's field
             tags (``covid[ti]``, ``humans[mh]``: the message names the filter to use);
             truncation (``cardio*``); a quoted phrase with no word to require (``"the"``),
-            ``NOT`` a stop word (nothing to exclude). Google's
+            ``NOT`` a stop word (nothing to exclude), a query that only excludes
+            (``NOT asthma``). Google's
             ``-word`` is not refused: a space before a hyphen is too common in biomedical
             text (``Ca2+ -activated``, ``(-OH)``).
     """
@@ -850,10 +852,10 @@ def checked_query(query: str) -> str:
                           "stemmed: vaccination also finds vaccine and vaccines)")
     from ranking.lexical import phrase_terms, query_terms, quoted, split_exclusions
 
-    if not query_terms(text):
+    searched, excluded = split_exclusions(text)
+    if not excluded and not query_terms(text):
         raise ConfigError("the query has no word to search for (only stop words or "
                           "punctuation)")
-    searched, excluded = split_exclusions(text)
     for phrase in quoted(searched):
         if phrase.strip() and not phrase_terms(phrase):
             raise ConfigError(f"the quoted phrase {phrase.strip()!r} has no word to require "
@@ -866,6 +868,11 @@ def checked_query(query: str) -> str:
         if not phrase_terms(word):
             raise ConfigError(f"NOT {word!r} excludes nothing (a stop word or punctuation): "
                               "name a word or a quoted phrase to exclude")
+    if not query_terms(searched):  # NOT asthma: before, it searched asthma
+        raise ConfigError(
+            f"the query only excludes ({', '.join(repr(w) for w in excluded)}): NOT leaves "
+            "out of what the other words find; add what to search for (COPD NOT asthma)"
+        )
     return text
 
 

@@ -51,7 +51,12 @@ OTHERS = {
     43: ("Quality of life after stroke", "Patients reported outcomes.", ("Stroke",)),
     44: ("Life and its quality after stroke", "Patients reported outcomes.", ("Stroke",)),
 }
-ALL = HOLDING | APART | OTHERS
+#: The alternatives of an OR: another phrase, a word.
+ALTERNATIVES = {
+    50: ("Cardiac failure in dialysis", "Dialysis and cardiac failure.", ("Renal Dialysis",)),
+    51: ("Breathlessness at rest", "Dyspnea measured by questionnaire.", ("Dyspnea",)),
+}
+ALL = HOLDING | APART | OTHERS | ALTERNATIVES
 
 
 def _world(engine: Engine, tmp_path: Path) -> tuple[Any, lexical.LexicalIndex]:
@@ -61,6 +66,17 @@ def _world(engine: Engine, tmp_path: Path) -> tuple[Any, lexical.LexicalIndex]:
 
 def _pmids(result: Any) -> list[int]:
     return [h.pmid for h in result.hits]
+
+
+def _paged(
+    s: Settings, engine: Engine, query: str, index: Any, lex: Any, mode: str, *, k: int,
+    pages: int,
+) -> tuple[list[int], list[Any]]:
+    """The PMIDs of the first ``pages`` pages of ``k`` results, in order, and the pages."""
+    out = [run_search(s, query, k=k, offset=o * k, filters=SearchFilters(), engine=engine,
+                      index=index, embed=hash_embed, lexical=lex, mode=mode)
+           for o in range(pages)]
+    return [p for page in out for p in _pmids(page)], out
 
 
 def test_phrases_are_read_from_straight_and_curly_quotes() -> None:
@@ -127,12 +143,7 @@ def test_every_mode_returns_only_articles_holding_the_phrase(
                          mode=mode, k=10)
     assert set(_pmids(unquoted)) & set(APART)  # without the quotes they come first
     # pages: disjoint slices of the same phrase-holding list
-    pages = [search_in(s, engine, query, index=index, lexical=lex, mode=mode, k=1)]
-    for offset in range(1, 5):
-        pages.append(run_search(s, query, k=1, offset=offset, filters=SearchFilters(),
-                                engine=engine, index=index, embed=hash_embed, lexical=lex,
-                                mode=mode))
-    listed = [p for page in pages for p in _pmids(page)]
+    listed, pages = _paged(s, engine, query, index, lex, mode, k=1, pages=5)
     assert sorted(listed) == sorted(HOLDING) and not pages[-1].has_more
 
 
@@ -176,13 +187,17 @@ def test_an_index_built_before_positions_refuses_phrases_until_a_refresh_rebuild
     ('COPD NOT \u201cheart failure\u201d', "COPD", ("heart failure",)),
     ('"heart failure" NOT kidney', '"heart failure"', ("kidney",)),
     ("sepsis NOT IL-6 NOT TNF-\u03b1 in adults", "sepsis in adults", ("IL-6", "TNF-\u03b1")),
+    # NOT first: what follows is searched less what it excludes
+    ("NOT asthma COPD", "COPD", ("asthma",)),
+    ('NOT "heart failure" kidney NOT surgery', "kidney", ("heart failure", "surgery")),
+    ("NOT (asthma OR bronchitis) COPD", "COPD", ("asthma", "bronchitis")),
+    ("NOT to treat hypertension", "NOT to treat hypertension", ()),
     # no exclusion: NOT after a stop or question word, inside quotes, in a title in
-    # capitals, NOT at the start or the end, or part of a word
+    # capitals, NOT at the end, or part of a word
     ("DO NOT RESUSCITATE orders", "DO NOT RESUSCITATE orders", ()),
     ("cells do NOT divide", "cells do NOT divide", ()),
     ('"do NOT resuscitate" orders', '"do NOT resuscitate" orders', ()),
     ("EFFECT OF DIET NOT EXERCISE ON WEIGHT", "EFFECT OF DIET NOT EXERCISE ON WEIGHT", ()),
-    ("NOT asthma", "NOT asthma", ()),
     ("asthma NOT", "asthma NOT", ()),
     ("CCR4-NOT complex", "CCR4-NOT complex", ()),
     ("COVID-19 in children: NOT just a cold", "COVID-19 in children: NOT just a cold", ()),
@@ -250,3 +265,88 @@ def test_every_mode_leaves_out_what_is_excluded_and_embeds_the_rest(
     plain = search_in(s, engine, "kidney failure after heart surgery", index=index,
                       lexical=lex, mode=mode, k=5)
     assert set(_pmids(plain)) & set(APART)
+
+
+def test_not_first_with_nothing_else_to_search_is_refused_not_searched() -> None:
+    # before: "NOT asthma" searched asthma, the opposite of what was asked
+    for query in ("NOT asthma", 'NOT "heart failure"', "NOT asthma NOT COPD",
+                  "NOT (asthma OR COPD)"):
+        with pytest.raises(ConfigError, match="only excludes"):
+            checked_query(query)
+    with pytest.raises(ConfigError, match="NOT NOT is not an exclusion"):
+        checked_query("NOT NOT asthma")
+    assert lexical.query_terms("NOT asthma COPD") == {"copd": 1.0}
+
+
+def test_not_first_excludes_in_the_index(sqlite_settings: Settings, tmp_path: Path) -> None:
+    _, lex = _world(db.connect(sqlite_settings), tmp_path)
+    assert {p for p, _ in lex.search("NOT kidney heart failure", 100)} == (
+        {p for p, _ in lex.search("heart failure NOT kidney", 100)})
+    assert not {p for p, _ in lex.search("NOT kidney heart failure", 100)} & {10, 11}
+
+
+# --------------------------------------------------------------------------------- OR
+
+
+@pytest.mark.parametrize(("query", "required", "shown"), [
+    # one requirement met by either phrase
+    ('"heart failure" OR "cardiac failure"',
+     ((("heart", "failur"), ("cardiac", "failur")),),
+     (("heart", "failur"), ("cardiac", "failur"))),
+    # a word beside OR is an alternative; brackets group; the rest is scored only
+    ('("heart failure" OR dyspnea) elderly', ((("heart", "failur"), ("dyspnea",)),),
+     (("heart", "failur"), ("dyspnea",))),
+    ('elderly "heart failure" OR dyspnea', ((("heart", "failur"), ("dyspnea",)),),
+     (("heart", "failur"), ("dyspnea",))),
+    # chains, and two groups side by side
+    ('"heart failure" OR "cardiac failure" OR HFrEF', (
+        (("heart", "failur"), ("cardiac", "failur"), ("hfref",)),),
+     (("heart", "failur"), ("cardiac", "failur"), ("hfref",))),
+    ('("heart failure" OR dyspnea) ("older adults" OR elderly)', (
+        (("heart", "failur"), ("dyspnea",)), (("older", "adult"), ("elder",))),
+     (("heart", "failur"), ("dyspnea",), ("older", "adult"), ("elder",))),
+    # AND ends a chain; a phrase outside it is required on its own
+    ('"heart failure" OR dyspnea AND "older adults"', (
+        (("heart", "failur"), ("dyspnea",)), (("older", "adult"),)),
+     (("heart", "failur"), ("dyspnea",), ("older", "adult"))),
+    # no phrase: OR between words needs nothing (a bag of words finds either)
+    ("asthma OR COPD", (), ()),
+    # OR inside quotes is a word of the phrase; lower-case or is no operator
+    ('"heart failure" or dyspnea', ((("heart", "failur"),),), (("heart", "failur"),)),
+    # an exclusion leaves the group
+    ('"heart failure" OR dyspnea NOT kidney', ((("heart", "failur"), ("dyspnea",)),),
+     (("heart", "failur"), ("dyspnea",))),
+])
+def test_or_between_a_phrase_and_another_term_requires_either(
+    query: str, required: tuple[Any, ...], shown: tuple[Any, ...]
+) -> None:
+    assert lexical.phrase_forms(query)[0] == required
+    assert lexical.query_phrases(query) == shown  # each alternative, for the snippets
+    assert checked_query(query) == query
+
+
+def test_the_lexical_index_matches_either_alternative(
+    sqlite_settings: Settings, tmp_path: Path
+) -> None:
+    _, lex = _world(db.connect(sqlite_settings), tmp_path)
+    # before: both phrases were required, and no article holds both
+    either = {p for p, _ in lex.search('"heart failure" OR "cardiac failure"', 100)}
+    assert either == set(HOLDING) | {50}
+    assert {p for p, _ in lex.search('("heart failure" OR dyspnea) outcomes', 100)} == (
+        set(HOLDING) | {51})
+    assert lex.matching('"cardiac failure" OR dyspnea', list(ALL)) == {50, 51}
+    # an OR group and an exclusion
+    assert {p for p, _ in lex.search('"heart failure" OR dyspnea NOT home', 100)} == (
+        set(HOLDING) - {4} | {51})
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "semantic", "lexical"])
+def test_every_mode_returns_the_articles_holding_either(
+    settings: Settings, tmp_path: Path, mode: str
+) -> None:
+    engine = db.connect(settings)
+    index, lex = _world(engine, tmp_path)
+    s = settings.replace(rerank_candidates=3)
+    query = '"heart failure" OR "cardiac failure" kidney heart surgery'
+    listed, pages = _paged(s, engine, query, index, lex, mode, k=2, pages=3)
+    assert sorted(listed) == sorted(set(HOLDING) | {50}) and not pages[-1].has_more
