@@ -109,6 +109,7 @@ from litpulse.core.db import (
 from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import article_terms, articles, quarantine, references
 from litpulse.core.settings import Settings
+from litpulse.core.text import doi_key
 from litpulse.core.timeutil import iso, utcnow
 
 __all__ = ["COUNTS_CHECKPOINT", "IngestCounts", "RECOUNT_STEP", "Store", "store_counts"]
@@ -620,6 +621,38 @@ class Store(RunLedger, Checkpoints):
             met = " (only a deletion of it was met)" if row is not None else ""
             raise NotFoundError(f"PMID {pmid} is not in the store{met}{hint}")
         return {**_article_dict(row._mapping), "quarantined": bad}
+
+    def pmids_by_doi(self, doi: str) -> list[int]:
+        """The PMIDs of the live articles with DOI ``doi`` (its case, ``doi:`` or a
+        ``doi.org`` link aside: :func:`litpulse.core.text.doi_key`), in order; usually one,
+        more where PubMed gave two records one DOI (an erratum, a duplicate).
+
+        Raises:
+            ConfigError: ``doi`` is not one DOI.
+        """
+        key = doi_key(doi)
+        if key is None:
+            raise ConfigError(f"not a DOI: {doi!r} (a DOI reads 10.NNNN/suffix)")
+        a = articles.c
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                select(a.pmid).where(func.lower(a.doi) == key, a.is_deleted.is_(False))
+                .order_by(a.pmid)
+            ).scalars().all()  # fmt: skip
+        return [int(p) for p in found]
+
+    def article_by_doi(self, doi: str) -> dict[str, Any]:
+        """:meth:`get_article` of the article with DOI ``doi`` (the first PMID of
+        :meth:`pmids_by_doi`), with ``same_doi``: the other PMIDs with that DOI.
+
+        Raises:
+            ConfigError: ``doi`` is not one DOI.
+            NotFoundError: No live article has it.
+        """
+        pmids = self.pmids_by_doi(doi)
+        if not pmids:
+            raise NotFoundError(f"no article in the store has DOI {doi_key(doi)}")
+        return {**self.get_article(pmids[0]), "same_doi": pmids[1:]}
 
     def existing_pmids(self, pmids: Iterable[int]) -> set[int]:
         """Those of ``pmids`` the store holds as live (not deleted) articles."""

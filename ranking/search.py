@@ -47,7 +47,7 @@ from litpulse.core.errors import ConfigError, ConsistencyError, NotFoundError
 from litpulse.core.schema import article_terms, articles, term_forms
 from litpulse.core.settings import Settings
 from litpulse.core.states import RETRACTED_TYPE, Fusion, SearchMode, SearchSort
-from litpulse.core.text import checked_text, fold_term
+from litpulse.core.text import checked_text, doi_key, fold_term
 from litpulse.core.timeutil import iso, parse_date
 from ranking.details import links, published_text, with_details
 from ranking.scoring import Relevance, ScoringOptions, score_article, scores
@@ -801,9 +801,8 @@ _TAG_ADVICE = {
 #: (``cardio*``, ``vaccin*``); not a star after a digit or a capital (``miR-21*``,
 #: ``E6*``, a title's footnote ``Children*``) nor a pair (``*BRCA1*``).
 _TRUNCATION = re.compile(r"(?<![\w*])[a-z]{3,}\*(?![\w*])")
-#: A query that is a PMID alone (``33301246``, ``PMID: 33301246``) or a DOI alone.
+#: A query that is a PMID alone (``33301246``, ``PMID: 33301246``); a DOI alone: :func:`doi_key`.
 _PMID_ONLY = re.compile(r"(?:pmid\s*:?\s*)?(\d{1,9})", re.IGNORECASE)
-_DOI_ONLY = re.compile(r"(?:doi:\s*|https?://(?:dx\.)?doi\.org/)?10\.\d{4,9}/\S+", re.I)
 
 
 def checked_query(query: str) -> str:
@@ -837,9 +836,11 @@ def checked_query(query: str) -> str:
             f"that article, `litpulse similar {n}` (GET /similar/{n}) the ones nearest it; "
             "search words to find articles"
         )
-    if _DOI_ONLY.fullmatch(text):
-        raise ConfigError("the query is a DOI alone: articles are not looked up by DOI "
-                          "here; search the article's title or words")
+    doi = doi_key(text)
+    if doi is not None:
+        raise ConfigError(f"the query is a DOI alone: `litpulse article {doi}` (GET "
+                          f"/articles/doi/{doi}) shows that article; search words to find "
+                          "articles")
     tag = _FIELD_TAG.search(text)
     if tag:
         name = (tag.group(1) or tag.group(2)).strip().lower()

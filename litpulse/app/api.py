@@ -10,6 +10,7 @@ Endpoints (OpenAPI at ``/openapi.json``, interactive docs at ``/docs``):
 ``GET /similar/{pmid}``    nearest articles to one article (:mod:`litpulse.app.similar_api`)
 ``GET /export``            the same search as a RIS, BibTeX or CSV download
 ``GET /articles/{pmid}``   everything stored about one article (404 when unknown)
+``GET /articles/doi/{doi}``   the same, by DOI (``same_doi``: other PMIDs with it)
 ``GET /status``            freshness: newest article, counts, index and model versions
 ``POST /feedback``         an expert's relevant / not relevant judgement (API token)
 ``/alerts``, ``/feeds``    saved searches and their Atom feeds (:mod:`litpulse.app.alerts_api`)
@@ -653,7 +654,8 @@ def _add_search_routes(
 def _add_store_routes(
     app: FastAPI, settings: Settings, engine: Callable[[], Any], expert_dep: Any
 ) -> None:
-    """``GET /articles/{pmid}``, ``GET /status`` and ``POST /feedback``."""
+    """``GET /articles/{pmid}``, ``GET /articles/doi/{doi}``, ``GET /status`` and
+    ``POST /feedback``."""
     from fastapi import HTTPException, Path
     from fastapi.responses import JSONResponse
 
@@ -668,6 +670,16 @@ def _add_store_routes(
                 "pmid": art["pmid"], "is_deleted": True, "deleted_at": art["deleted_at"],
             })  # fmt: skip
         return art
+
+    @app.get("/articles/doi/{doi:path}", summary="One stored article, by DOI",
+             responses=_responses(400, 404))
+    def article_by_doi_endpoint(doi: str) -> Any:
+        """The live article with this DOI (any case; ``doi:`` or a ``doi.org`` link
+        aside), as ``GET /articles/{pmid}`` gives it, with ``same_doi``: the other PMIDs
+        PubMed gave that DOI (an erratum, a duplicate)."""
+        from ingest.store import Store
+
+        return Store(engine()).article_by_doi(doi)
 
     @app.get("/status", summary="Freshness of the store, index and model",
              responses=_responses())

@@ -134,7 +134,8 @@ def connect(settings: Settings, *, create: bool = True) -> Engine:
 
 
 def _upgrade(engine: Engine) -> None:
-    """Make the missing tables, add the missing columns, drop the retired indexes.
+    """Make the missing tables, add the missing columns and indexes, drop the retired
+    indexes.
 
     Several processes may open one store at once (the API and the nightly after an
     upgrade): each step finds what another did meanwhile (a table or column it made) and
@@ -160,6 +161,7 @@ def _upgrade(engine: Engine) -> None:
     if made:  # a store of an older release: its reader roles may read the new tables too
         _grant_like_articles(engine, made)
     add_missing_columns(engine)
+    add_missing_indexes(engine)
     drop_retired_indexes(engine)
     fill_term_forms(engine)
 
@@ -355,17 +357,75 @@ def add_missing_columns(engine: Engine) -> list[str]:
     return added
 
 
-#: How long dropping a retired index waits for PostgreSQL's lock on its table (readers of
-#: the table, e.g. the API, wait behind the drop meanwhile); past it the drop is left to
-#: the next start.
-RETIRE_LOCK_TIMEOUT_MS = 2000
+#: How long making a missing index or dropping a retired one waits for PostgreSQL's lock on
+#: its table (readers of the table, e.g. the API, wait behind a drop meanwhile); past it
+#: the change is left to the next start.
+DDL_LOCK_TIMEOUT_MS = 2000
+
+
+def index_names(engine: Engine, table: str) -> set[str]:
+    """The names of ``table``'s indexes, those on expressions too (which SQLAlchemy's
+    reflection skips on SQLite)."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            sql = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = :t"
+        else:
+            sql = ("SELECT indexname FROM pg_indexes WHERE tablename = :t "
+                   "AND schemaname = current_schema()")
+        return set(conn.execute(text(sql), {"t": table}).scalars())
+
+
+def add_missing_indexes(engine: Engine) -> list[str]:
+    """Make the indexes of the schema that a store made by an older litpulse lacks (such
+    as ``ix_articles_doi``), as the tables' owner; returns their names.
+
+    The build reads the whole table once and holds back writers, not readers, meanwhile.
+    On PostgreSQL it waits at most :data:`DDL_LOCK_TIMEOUT_MS` for its lock; a build that
+    fails (that wait, a read-only database, a role that does not own the table) is a
+    warning: the store
+    works without the index, only slower where a query would read it, and the next start
+    tries again.
+    """
+    from sqlalchemy import inspect, text
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.schema import CreateIndex
+
+    tables = set(inspect(engine).get_table_names())
+    made: list[str] = []
+    for table in metadata.sorted_tables:
+        if table.name not in tables:
+            continue
+        have = index_names(engine, table.name)
+        for index in sorted(table.indexes, key=lambda i: str(i.name)):
+            if index.name in have:
+                continue
+            try:
+                with engine.begin() as conn:
+                    if engine.dialect.name == "postgresql":
+                        conn.execute(text(f"SET LOCAL lock_timeout = {DDL_LOCK_TIMEOUT_MS}"))
+                    conn.execute(CreateIndex(index, if_not_exists=True))
+            except DBAPIError as exc:
+                logger.warning(
+                    "index %s not made (%s); the store works without it, only slower where "
+                    "a query reads it: the next start tries again (a start as the tables' "
+                    "owner, on a writable database, makes it)", index.name, _cause(exc),
+                )  # fmt: skip
+                continue
+            made.append(str(index.name))
+    if made:
+        logger.warning("store schema upgraded: made index(es) %s", ", ".join(made))
+    return made
+
+
 
 
 def drop_retired_indexes(engine: Engine) -> list[str]:
     """Drop the indexes an older store has that the schema retired (:data:`RETIRED_INDEXES`).
 
     Only their upkeep and disk go: no query reads them. On PostgreSQL the drop waits at
-    most :data:`RETIRE_LOCK_TIMEOUT_MS` for its lock (a long transaction on the table, a
+    most :data:`DDL_LOCK_TIMEOUT_MS` for its lock (a long transaction on the table, a
     running ingest). A drop that fails (that wait, a read-only database, a role that does
     not own the table) is a warning: the store works as it is, and the next start tries
     again.
@@ -386,7 +446,7 @@ def drop_retired_indexes(engine: Engine) -> list[str]:
         try:
             with engine.begin() as conn:
                 if engine.dialect.name == "postgresql":
-                    conn.execute(text(f"SET LOCAL lock_timeout = {RETIRE_LOCK_TIMEOUT_MS}"))
+                    conn.execute(text(f"SET LOCAL lock_timeout = {DDL_LOCK_TIMEOUT_MS}"))
                 conn.execute(text(f"DROP INDEX IF EXISTS {quoted}"))
         except DBAPIError as exc:  # a lock held too long, a read-only database, not the owner
             logger.warning(

@@ -28,6 +28,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
+    func,
     select,
 )
 from sqlalchemy.engine import Dialect
@@ -164,6 +165,10 @@ articles = Table(
     Column("ingested_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False, index=True),
 )
+#: An article by its DOI (``litpulse article DOI``, ``GET /articles/doi/DOI``): DOIs
+#: match without regard to case (:func:`litpulse.core.text.doi_key`). A store made before
+#: it gains it on its next open (:func:`litpulse.core.db.add_missing_indexes`).
+Index("ix_articles_doi", func.lower(articles.c.doi))
 
 #: PostgreSQL: the large text columns of a new ``articles`` table are compressed with
 #: lz4 instead of the default pglz when they go to TOAST (a row is several KB): several

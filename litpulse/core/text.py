@@ -24,7 +24,7 @@ from collections.abc import Callable
 from litpulse.core.errors import ConfigError
 from litpulse.core.widths import TERM_MAX
 
-__all__ = ["GREEK", "checked_text", "fold", "fold_term", "plain_mailbox"]
+__all__ = ["GREEK", "checked_text", "doi_key", "fold", "fold_term", "plain_mailbox"]
 
 #: C0 and C1 control characters but tab, line feed and carriage return; DEL; lone
 #: surrogates (the CLI's arguments carry undecodable bytes as such; no database stores them).
@@ -156,3 +156,29 @@ def fold_term(term: str) -> str:
         True
     """
     return " ".join(_TERM_WORD.findall(fold(term)))[:TERM_MAX]
+
+
+#: A DOI as typed or pasted: bare, after ``doi:`` (any case, a space or not), or as a
+#: ``doi.org`` link (group 1: the URL prefix); ``10.`` a registrant of 4–9 digits, ``/`` and
+#: a suffix without spaces, maybe followed by a sentence's full stop or comma.
+_DOI = re.compile(
+    r"\s*(?:doi\s*:\s*|(https?://(?:dx\.)?doi\.org/))?(10\.\d{4,9}/\S+?)[.,;]?\s*", re.I
+)
+
+
+def doi_key(text: str) -> str | None:
+    """The key a DOI is looked up by: the DOI alone, in lower case (DOIs are matched
+    without regard to case), a link's percent-escapes decoded; ``None`` when ``text`` is
+    not one DOI alone.
+
+    Example:
+        >>> doi_key("https://doi.org/10.1056/NEJMoa2034577")
+        '10.1056/nejmoa2034577'
+    """
+    from urllib.parse import unquote
+
+    m = _DOI.fullmatch(text)
+    if m is None:
+        return None
+    doi = unquote(m.group(2)) if m.group(1) else m.group(2)
+    return doi.lower()

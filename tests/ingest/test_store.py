@@ -890,3 +890,21 @@ def test_a_writer_marks_the_catch_ups_exactly_where_its_rows_end(engine: Engine)
         conn.execute(term_forms.delete().where(term_forms.c.term == "Sjögren's Syndrome"))
     assert db.fill_term_forms(engine) == 1  # only what was written after the mark
     assert ("mesh", "Sjögren's Syndrome") in _term_forms(engine)
+
+
+def test_an_article_is_found_by_its_doi_in_any_case_and_form(engine: Engine) -> None:
+    store = Store(engine)
+    erratum = dataclasses.replace(make_record(31), doi="10.1000/AbC.30")  # one DOI, two PMIDs
+    thirty = dataclasses.replace(make_record(30, title="Thirty"), doi="10.1000/ABC.30")
+    store.apply([thirty, erratum, make_record(32),
+                 dataclasses.replace(make_record(33), doi="10.1000/gone"), Deletion(33, src(1))])
+    for typed in ("10.1000/abc.30", "doi:10.1000/ABC.30", "https://doi.org/10.1000/Abc.30"):
+        assert store.pmids_by_doi(typed) == [30, 31]
+        art = store.article_by_doi(typed)
+        assert (art["pmid"], art["title"], art["same_doi"]) == (30, "Thirty", [31])
+    assert store.pmids_by_doi("10.1000/32") == [32]
+    assert store.pmids_by_doi("10.1000/gone") == []  # withdrawn: not shown
+    with pytest.raises(NotFoundError, match="10.1000/nothing"):
+        store.article_by_doi("10.1000/Nothing")
+    with pytest.raises(ConfigError, match="not a DOI"):
+        store.pmids_by_doi("malaria")

@@ -123,6 +123,19 @@ def pmid_arg(text: str) -> int:
     return int(text)
 
 
+def pmid_or_doi_arg(text: str) -> int | str:
+    """An argparse type: a PMID (:func:`pmid_arg`), or a DOI (``10.1056/NEJMoa2034577``,
+    ``doi:…``, a ``doi.org`` link: :func:`litpulse.core.text.doi_key`) as typed."""
+    from litpulse.core.text import doi_key
+
+    if doi_key(text) is not None:
+        return text
+    try:
+        return pmid_arg(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"not a PMID or a DOI: {text!r}") from None
+
+
 #: The largest id a database key holds (a 64-bit signed integer).
 MAX_ID = 2**63 - 1
 

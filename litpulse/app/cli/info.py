@@ -13,6 +13,7 @@ from litpulse.app.cli._common import (
     int_arg,
     kv,
     pmid_arg,
+    pmid_or_doi_arg,
     print_json,
     print_table,
     safe_text,
@@ -24,8 +25,8 @@ __all__ = ["register"]
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("article", help="show one stored article")
-    p.add_argument("pmid", type=pmid_arg, metavar="PMID")
+    p = sub.add_parser("article", help="show one stored article, by PMID or DOI")
+    p.add_argument("pmid", type=pmid_or_doi_arg, metavar="PMID|DOI")
     p.add_argument("--json", action="store_true", help="every stored field as JSON")
     p.set_defaults(func=article)
 
@@ -80,7 +81,9 @@ def _store(settings: Settings) -> Any:
 
 
 def article(args: argparse.Namespace, settings: Settings) -> int:
-    art = _store(settings).get_article(args.pmid)  # NotFoundError -> exit 1
+    store = _store(settings)  # NotFoundError -> exit 1
+    art = store.get_article(args.pmid) if isinstance(args.pmid, int) else (
+        store.article_by_doi(args.pmid))
     if args.json:
         print_json(art)
         return 0
@@ -100,6 +103,8 @@ def article(args: argparse.Namespace, settings: Settings) -> int:
     pairs: list[tuple[str, Any]] = [("published", where or "-")]
     if art["doi"]:
         pairs.append(("doi", art["doi"]))
+    if art.get("same_doi"):  # PubMed gave two records one DOI (an erratum, a duplicate)
+        pairs.append(("same doi", ", ".join(f"PMID {p}" for p in art["same_doi"])))
     if art["pmcid"]:
         pairs.append(("pmc", art["pmcid"]))
     pairs += [

@@ -183,6 +183,22 @@ def test_articles_endpoint(client: TestClient) -> None:
     assert r.status_code == 404 and "987654" in r.json()["detail"]
 
 
+def test_an_article_by_doi(client: TestClient) -> None:
+    for doi in ("10.1000/test.201", "10.1000/TEST.201", "doi:10.1000/test.201",
+                "https://doi.org/10.1000/test.201"):
+        r = client.get(f"/articles/doi/{doi}")
+        assert r.status_code == 200, (doi, r.text)
+        body = r.json()
+        assert body["pmid"] == 201 and body["title"] == ARTICLES[201]["title"]
+        assert body["same_doi"] == []
+    r = client.get("/articles/doi/10.1000/none")
+    assert r.status_code == 404 and "10.1000/none" in r.json()["detail"]
+    assert client.get("/articles/doi/malaria").status_code == 400
+    # a DOI typed as a search names the lookup
+    r = client.get("/search", params={"q": "doi:10.1000/test.201"})
+    assert r.status_code == 400 and "/articles/doi/10.1000/test.201" in r.json()["detail"]
+
+
 def test_status_reports_freshness(client: TestClient) -> None:
     r = client.get("/status")
     assert r.status_code == 200

@@ -290,3 +290,26 @@ def test_a_pmid_beyond_any_is_refused_by_every_command(
         main(argv)
     assert exc.value.code == 2
     assert "not a PMID" in capsys.readouterr().err
+
+
+def test_an_article_is_shown_by_its_doi(env: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    import dataclasses
+
+    from ingest.store import Store
+    from litpulse.core import db
+    from tests.ingest.test_store import make_record
+
+    first = dataclasses.replace(make_record(301, title="First"), doi="10.1056/NEJMoa2034577")
+    second = dataclasses.replace(make_record(302), doi="10.1056/nejmoa2034577")
+    Store(db.connect(env)).apply([first, second, make_record(303)])
+    art = run_json(capsys, "article", "https://doi.org/10.1056/NEJMOA2034577")
+    assert (art["pmid"], art["title"], art["same_doi"]) == (301, "First", [302])
+    assert main(["article", "doi:10.1056/NEJMoa2034577"]) == 0
+    human = capsys.readouterr().out
+    assert "PMID 301" in human and "same doi" in human and "PMID 302" in human
+    assert run_json(capsys, "article", "10.1000/303")["pmid"] == 303
+    assert main(["article", "10.1000/nothing"]) == 1
+    assert "no article in the store has DOI 10.1000/nothing" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:  # neither a PMID nor a DOI: a usage error
+        main(["article", "malaria"])
+    assert usage.value.code == 2 and "not a PMID or a DOI" in capsys.readouterr().err

@@ -219,12 +219,12 @@ def test_articles_index_only_the_columns_queries_look_up(settings: Settings) -> 
     """Every index of ``articles`` costs each row the ingest writes (its COPY is most of
     the server's time): none on ``language`` (searches filter ``lower(language)`` over
     their candidates, which no index on the column serves). ``is_deleted`` stays: on
-    SQLite it covers the listing and counting of live PMIDs."""
-    from sqlalchemy import inspect
-
+    SQLite it covers the listing and counting of live PMIDs; ``lower(doi)`` serves the
+    lookup by DOI."""
     engine = db.connect(settings)
-    indexed = {tuple(ix["column_names"]) for ix in inspect(engine).get_indexes("articles")}
-    assert indexed == {("best_date",), ("updated_at",), ("is_deleted",)}
+    indexed = {n for n in db.index_names(engine, "articles") if n.startswith("ix_")}
+    assert indexed == {"ix_articles_best_date", "ix_articles_updated_at",
+                       "ix_articles_is_deleted", "ix_articles_doi"}
 
 
 def test_an_older_feedback_table_learns_each_judgements_token_from_the_log(
@@ -267,9 +267,7 @@ def test_an_older_feedback_table_learns_each_judgements_token_from_the_log(
 
 
 def _indexes(engine: Any, table: str) -> set[str]:
-    from sqlalchemy import inspect
-
-    return {i["name"] for i in inspect(engine).get_indexes(table)}
+    return db.index_names(engine, table)
 
 
 def test_an_older_store_loses_its_retired_index_and_keeps_its_rows(settings: Settings) -> None:
@@ -309,3 +307,34 @@ def test_a_retired_index_under_a_long_reader_is_left_to_the_next_start(
         reader.close()
     assert db.drop_retired_indexes(engine) == ["ix_article_terms_term"]
     assert "ix_article_terms_term" not in _indexes(engine, "article_terms")
+
+
+def test_an_older_store_gains_the_doi_index_and_a_failed_build_is_left_to_the_next_start(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = db.connect(settings)
+    Store(engine).apply([make_record(11), make_record(12)])
+    assert "ix_articles_doi" in _indexes(engine, "articles")
+    with engine.begin() as conn:  # as stores were made before the DOI lookup
+        conn.execute(text("DROP INDEX ix_articles_doi"))
+    db.dispose_engines()
+
+    engine = db.connect(settings)  # reconnecting makes it
+    assert "ix_articles_doi" in _indexes(engine, "articles")
+    assert db.add_missing_indexes(engine) == []  # nothing left to make
+    assert Store(engine).pmids_by_doi("10.1000/12") == [12]
+
+    if engine.dialect.name != "postgresql":
+        return
+    with engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_articles_doi"))
+    reader = engine.connect()
+    try:  # an open transaction that wrote to the table: the build waits 2 s, then gives up
+        reader.execute(text("UPDATE articles SET cited_by_in_corpus = 0 WHERE pmid = 11"))
+        with caplog.at_level("WARNING", logger="litpulse.core.db"):
+            assert db.add_missing_indexes(engine) == []
+        assert "next start tries again" in caplog.text
+    finally:
+        reader.rollback()
+        reader.close()
+    assert db.add_missing_indexes(engine) == ["ix_articles_doi"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from litpulse.core.errors import ConfigError
-from litpulse.core.text import checked_text
+from litpulse.core.text import checked_text, doi_key
 
 
 @pytest.mark.parametrize(
@@ -34,3 +34,24 @@ def test_ordinary_text_and_whitespace_pass_unchanged(text: str) -> None:
 def test_control_characters_are_refused_by_name_and_position(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         checked_text(text, "query")
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("10.1056/NEJMoa2034577", "10.1056/nejmoa2034577"),
+    ("  doi:10.1056/NEJMoa2034577. ", "10.1056/nejmoa2034577"),
+    ("DOI: 10.1056/nejmoa2034577", "10.1056/nejmoa2034577"),
+    ("https://doi.org/10.1056/NEJMoa2034577", "10.1056/nejmoa2034577"),
+    ("http://dx.doi.org/10.1016/S0140-6736(20)30183-5", "10.1016/s0140-6736(20)30183-5"),
+    ("https://doi.org/10.1002/(SICI)1097-0258(19980115)17:1%3C3::AID-SIM1%3E3.0.CO;2-4",
+     "10.1002/(sici)1097-0258(19980115)17:1<3::aid-sim1>3.0.co;2-4"),
+])
+def test_a_doi_is_read_as_pubmed_stores_it_whatever_its_case_and_prefix(
+    text: str, key: str
+) -> None:
+    assert doi_key(text) == key
+
+
+@pytest.mark.parametrize("text", ["", "malaria", "10.1056", "10.12/x", "PMID 123",
+                                  "10.1056/NEJMoa2034577 and more words", "doi:"])
+def test_what_is_no_doi_is_none(text: str) -> None:
+    assert doi_key(text) is None
