@@ -127,6 +127,7 @@ __all__ = [
     "phrase_terms",
     "query_exclusions",
     "query_phrases",
+    "query_problems",
     "query_terms",
     "quoted",
     "read_ids",
@@ -483,8 +484,11 @@ _NOT_CLAUSE = re.compile(
     # after a word, a closing quote or bracket, or a sign ending a term (HER2+, 5%)
     rf"(?:(?<=[^\W_])|(?<=[{_CLOSE})\]+%]))\s+NOT\s+{_NOT_TARGET}"
 )
-#: ``NOT asthma COPD``: a NOT first excludes as Google's ``-asthma COPD`` does.
-_LEADING_NOT = re.compile(rf"\s*NOT\s+{_NOT_TARGET}")
+#: ``NOT asthma COPD``, ``(NOT asthma) COPD``: a NOT first, or first in brackets, excludes
+#: as Google's ``-asthma COPD`` does.
+_FIRST_NOT = re.compile(rf"(?:^|\()\s*NOT\s+{_NOT_TARGET}")
+#: An OR right after an exclusion (``NOT asthma OR COPD``): which one does it join?
+_OR_AFTER = re.compile(r"\s*OR(?![\w-])")
 _WORD_BEFORE = re.compile(r"[^\W_][\w-]*")
 #: ``AND`` between a term and NOT (``COPD AND NOT asthma``, as Scopus writes it).
 _AND_BEFORE = re.compile(r"\s+AND\s*$")
@@ -492,7 +496,6 @@ _AND_BEFORE = re.compile(r"\s+AND\s*$")
 _OR = re.compile(r"\s+OR\s+")
 
 
-@functools.lru_cache(maxsize=256)
 def split_exclusions(query: str) -> tuple[str, tuple[str, ...]]:
     """``query`` less the words and phrases it excludes the PubMed way, and those (their
     text, quotes off), in query order.
@@ -502,8 +505,9 @@ def split_exclusions(query: str) -> tuple[str, tuple[str, ...]]:
     ``NOT`` is in capitals and outside quotes, and the query is not wholly in capitals (a
     title typed so). So ``To treat or NOT to treat``, ``DO NOT RESUSCITATE orders``,
     ``COVID-19 in children: NOT just a cold`` and ``"do NOT resuscitate"`` exclude nothing
-    (their ``NOT`` is no term either). A ``NOT`` first excludes what follows it, unless a
-    stop word does (``NOT asthma COPD`` searches COPD less asthma; ``NOT to treat`` is
+    (their ``NOT`` is no term either). A ``NOT`` first, or first in brackets, excludes what
+    follows it unless that is a stop or question word (``NOT asthma COPD`` and ``(NOT
+    asthma) COPD`` search COPD less asthma; ``NOT to treat`` and ``NOT all wheeze`` are
     searched): :func:`ranking.search.checked_query` refuses a query that only excludes.
 
     Example:
@@ -512,40 +516,68 @@ def split_exclusions(query: str) -> tuple[str, tuple[str, ...]]:
         >>> split_exclusions("DO NOT RESUSCITATE orders")
         ('DO NOT RESUSCITATE orders', ())
     """
+    searched, excluded, _ = _split(query)
+    return searched, excluded
+
+
+@functools.lru_cache(maxsize=256)
+def _split(query: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """:func:`split_exclusions`, and the problems met (an OR right after an exclusion)."""
     if "NOT" not in query or _shouted(query):
-        return query, ()
+        return query, (), ()
     quotes = [m.span() for m in _QUOTED.finditer(query)]
     kept: list[str] = []
     excluded: list[str] = []
+    problems: list[str] = []
     last = 0
-    lead = _LEADING_NOT.match(query)
-    target = lead.group(1) if lead is not None else ""
-    if lead is not None and (target in _OPERATORS or target.startswith("(")
-                             or phrase_terms(target.strip(_QUOTES))):  # not NOT to treat
-        excluded += _excluded(target)
-        last = lead.end()
-    for match in _NOT_CLAUSE.finditer(query):
+    found = sorted([*((m, True) for m in _FIRST_NOT.finditer(query)),
+                    *((m, False) for m in _NOT_CLAUSE.finditer(query))],
+                   key=lambda pair: pair[0].start())  # fmt: skip
+    for match, first in found:
         if match.start() < last:
             continue  # NOT NOT x: the second is the first one's (refused: checked_query)
         at = match.start() + match.group(0).index("NOT")
         if any(a <= at < b for a, b in quotes):
             continue  # a NOT inside a quoted phrase is a word of it
+        target = match.group(1)
         cut = match.start()
-        and_ = _AND_BEFORE.search(query, last, cut)
-        if and_ is not None:  # A AND NOT B: A NOT B
-            cut = and_.start()
-        chained = bool(excluded) and not query[last:cut].strip()  # A NOT B NOT C
-        if not chained and not any(b == cut for _, b in quotes):  # nor after a quote
-            before = _WORD_BEFORE.findall(query, last, cut)
-            if not before or not _term_before_not(before[-1]):
-                continue  # DO NOT, or NOT: no term before
+        if first:
+            if not _excludable_first(target):
+                continue  # NOT to treat, NOT all wheeze: words
+        else:
+            and_ = _AND_BEFORE.search(query, last, cut)
+            if and_ is not None:  # A AND NOT B: A NOT B
+                cut = and_.start()
+            chained = bool(excluded) and not query[last:cut].strip()  # A NOT B NOT C
+            if not chained and not any(b == cut for _, b in quotes):  # nor after a quote
+                before = _WORD_BEFORE.findall(query, last, cut)
+                if not before or not _term_before_not(before[-1]):
+                    continue  # DO NOT, or NOT: no term before
         kept.append(query[last:cut])
-        excluded += _excluded(match.group(1))
+        excluded += _excluded(target)
         last = match.end()
+        if _OR_AFTER.match(query, last):
+            problems.append(
+                f"an OR right after NOT {target}: does it join what NOT excludes or what "
+                f"is searched? Exclude several as NOT ({target.strip('()')} OR …), and "
+                "put the alternatives to search before NOT"
+            )
     if not excluded:
-        return query, ()
+        return query, (), ()
     kept.append(query[last:])
-    return " ".join(p.strip() for p in kept if p.strip()), tuple(excluded)
+    searched = " ".join(p.strip() for p in kept if p.strip())
+    return searched, tuple(excluded), tuple(problems)
+
+
+def _excludable_first(target: str) -> bool:
+    """Whether a NOT first (or first in brackets) excludes ``target``: a group, a quoted
+    phrase with a term, or a word that is no stop or question word; an operator too
+    (``NOT NOT``: refused by :func:`ranking.search.checked_query`)."""
+    if target.startswith("(") or target in _OPERATORS:
+        return True
+    if target[0] in _OPEN:
+        return bool(phrase_terms(target.strip(_QUOTES)))
+    return _term_before_not(target)
 
 
 def _excluded(target: str) -> list[str]:
@@ -599,50 +631,148 @@ def _forms(text: str, shouted: bool) -> Forms:
     return tuple(forms)
 
 
-#: The items of a query that OR joins (:func:`_alternatives`): a quoted phrase (group 1),
-#: a capital OR (group 2), a word (group 3, hyphens, a possessive and a closing sign in
-#: it); anything else but space and brackets (group 4) ends a chain.
+#: The items of a query that OR joins (:func:`_structure`): a quoted phrase (group 1), a
+#: capital OR (2), a species' abbreviation (3: ``E. coli``, ``S. aureus``), a word (4:
+#: hyphens, a possessive and a closing sign in it), an opening (5) or closing (6) bracket;
+#: anything else but space (7) ends a chain.
 _CHAIN_ITEM = re.compile(
     rf"[{_OPEN}]([^{_QUOTES}]*)[{_CLOSE}]|(?<![\w-])(OR)(?![\w-])"
-    r"|([^\W_](?:[\w-]|['\u2019\u02bc](?=\w))*[+%]*)|([^\s()\[\]])"
+    r"|(?<![\w.])([A-Z]\.[ \t]?[a-z]{3,})(?![\w-])"
+    r"|([^\W_](?:[\w-]|['\u2019\u02bc](?=\w))*[+%]*)|([(\[])|([)\]])|(\S)"
 )
+#: What ends a chain of alternatives (punctuation, AND, NOT), and the OR between two.
+_BREAK, _JOIN = "break", "or"
+Alternative = tuple[str, bool]  # the text, and whether it was quoted
+Node = Any  # an Alternative, _BREAK, _JOIN, or a list of nodes (a bracketed group)
 
 
-def _alternatives(searched: str) -> list[list[tuple[str, bool]]]:
-    """The quoted phrases of ``searched`` (a query less its exclusions) grouped by the
-    capital ``OR`` between them and the words beside it: ``("heart failure" OR dyspnea)
-    elderly`` → ``[[("heart failure", True), ("dyspnea", False)]]``. Each group holds a
-    quoted phrase (a chain of words alone requires nothing: every word is scored anyway);
-    brackets are transparent, and ``AND``, ``NOT`` or punctuation end a chain."""
-    chains: list[list[tuple[str, bool]]] = []
-    joined = False  # an OR since the last item
-    chain: list[tuple[str, bool]] | None = None
-    for m in _CHAIN_ITEM.finditer(searched):
-        phrase, op, word, _ = m.groups()
-        if op is not None:
+def _structure(searched: str) -> tuple[list[Node], list[str]]:
+    """``searched`` as nested nodes (a bracketed group: a list), and the problems met.
+
+    ``OR NOT`` before a term is a problem (it cannot be met: NOT excludes from what the
+    other words find). An OR before a number (``OR 1.9``, ``OR 95% CI``) is the odds
+    ratio, no operator: it ends the chain.
+    """
+    matches = list(_CHAIN_ITEM.finditer(searched))
+    stack: list[list[Node]] = [[]]
+    problems: list[str] = []
+    for i, m in enumerate(matches):
+        phrase, op, species, word, opening, closing, _ = m.groups()
+        top = stack[-1]
+        nxt = matches[i + 1] if i + 1 < len(matches) else None
+        if opening:
+            stack.append([])
+            top.append(stack[-1])
+        elif closing:
+            if len(stack) > 1:  # a bracket closing none is nothing
+                stack.pop()
+        elif op:
+            number = nxt is not None and (nxt.group(4) or "")[:1].isdigit()
+            top.append(_BREAK if number else _JOIN)
+        elif phrase is not None:
+            top.append((phrase, True))
+        elif species or (word and word not in _OPERATORS):
+            top.append((species or word, False))
+        else:
+            top.append(_BREAK)
+            after = nxt.group(1) if nxt is not None and nxt.group(1) is not None else (
+                nxt.group(4) if nxt is not None else None)
+            if word == "NOT" and i and matches[i - 1].group(2) and after and (
+                phrase_terms(after) if nxt is not None and nxt.group(1) is not None
+                else _term_before_not(after)
+            ):
+                problems.append(f"OR NOT {after}: NOT excludes from what the other words "
+                                f"find, it offers no alternative; write A NOT {after}")
+    return stack[0], problems
+
+
+def _pure(group: list[Node]) -> list[Alternative] | None:
+    """The alternatives of a bracketed group that is one chain of ORs (``(a OR "b c")``,
+    nested ones too), else ``None`` (``("heart failure" elderly)``: several terms)."""
+    out: list[Alternative] = []
+    expect_term = True
+    for node in group:
+        if node is _JOIN and not expect_term:
+            expect_term = True
+            continue
+        if node is _BREAK or node is _JOIN or not expect_term:
+            return None
+        inner = _pure(node) if isinstance(node, list) else [node]
+        if inner is None:
+            return None
+        out += inner
+        expect_term = False
+    return out or None
+
+
+def _alternatives(
+    nodes: list[Node], problems: list[str]
+) -> list[list[Alternative]]:
+    """The chains of alternatives joined by OR among ``nodes``, those holding a quoted
+    phrase (a chain of words alone requires nothing: every word is scored anyway); a
+    quoted phrase alone is a chain of one. A bracketed group beside OR is one chain of
+    ORs, whose alternatives join the chain; one holding several terms is a problem."""
+    chains: list[list[Node]] = []
+    chain: list[Node] | None = None
+    joined = False
+    for node in nodes:
+        if node is _JOIN:
             joined = chain is not None
             continue
-        if phrase is None and (word is None or word in _OPERATORS):
-            chain, joined = None, False  # punctuation, AND, NOT: the chain ends
+        if node is _BREAK:
+            chain, joined = None, False
             continue
-        item = (phrase, True) if phrase is not None else (word, False)
         if joined and chain is not None:
-            chain.append(item)
+            chain.append(node)
         else:
-            chain = [item]
+            chain = [node]
             chains.append(chain)
         joined = False
-    return [c for c in chains if any(quoted for _, quoted in c)]
+    out: list[list[Alternative]] = []
+    for members in chains:
+        if len(members) == 1 and isinstance(members[0], list):
+            out += _alternatives(members[0], problems)  # a group on its own: inside it
+            continue
+        alternatives: list[Alternative] = []
+        for node in members:
+            inner = _pure(node) if isinstance(node, list) else [node]
+            if inner is None:
+                problems.append("brackets beside OR hold several terms: a result must hold a "
+                                "quoted phrase or one of its alternatives, each one word or "
+                                "one quoted phrase; search the combinations apart")
+                break
+            alternatives += inner
+        else:
+            if any(quoted for _, quoted in alternatives):
+                out.append(alternatives)
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(query: str) -> tuple[tuple[tuple[Alternative, ...], ...], tuple[str, ...]]:
+    """The chains of alternatives of ``query`` (:func:`_alternatives`) and every problem
+    met reading its NOT and OR."""
+    searched, _, problems = _split(query)
+    nodes, more = _structure(searched)
+    found: list[str] = [*problems, *more]
+    chains = _alternatives(nodes, found)
+    return tuple(tuple(c) for c in chains), tuple(dict.fromkeys(found))
+
+
+def query_problems(query: str) -> tuple[str, ...]:
+    """What makes ``query``'s NOT and OR impossible to read one way (``"a" OR NOT "b"``,
+    ``NOT a OR b``, ``("a" b) OR c``), each as a message saying what to write instead."""
+    return _parsed(query)[1]
 
 
 @functools.lru_cache(maxsize=256)
 def _required(query: str) -> tuple[tuple[Forms, ...], ...]:
     """The requirements of ``query``: for each quoted phrase, or group of alternatives
-    joined by OR (:func:`_alternatives`), the forms (:func:`_forms`) of each alternative
+    joined by OR (:func:`_parsed`), the forms (:func:`_forms`) of each alternative
     that has a term; a group whose quoted phrases have none requires nothing."""
     shouted = _shouted(query)
     out: dict[tuple[Forms, ...], None] = {}
-    for chain in _alternatives(split_exclusions(query)[0]):
+    for chain in _parsed(query)[0]:
         if not any(q and _forms(t, shouted) for t, q in chain):
             continue
         group = tuple(dict.fromkeys(f for f in (_forms(t, shouted) for t, _ in chain) if f))

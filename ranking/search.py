@@ -819,7 +819,8 @@ def checked_query(query: str) -> str:
             tags (``covid[ti]``, ``humans[mh]``: the message names the filter to use);
             truncation (``cardio*``); a quoted phrase with no word to require (``"the"``),
             ``NOT`` a stop word (nothing to exclude), a query that only excludes
-            (``NOT asthma``). Google's
+            (``NOT asthma``), ``OR`` that cannot be read one way
+            (:func:`ranking.lexical.query_problems`). Google's
             ``-word`` is not refused: a space before a hyphen is too common in biomedical
             text (``Ca2+ -activated``, ``(-OH)``).
     """
@@ -851,7 +852,13 @@ def checked_query(query: str) -> str:
     if _TRUNCATION.search(text):
         raise ConfigError("truncation (word*) is not supported: type whole words (they are "
                           "stemmed: vaccination also finds vaccine and vaccines)")
-    from ranking.lexical import phrase_terms, query_terms, quoted, split_exclusions
+    from ranking.lexical import (
+        phrase_terms,
+        query_problems,
+        query_terms,
+        quoted,
+        split_exclusions,
+    )
 
     searched, excluded = split_exclusions(text)
     if not excluded and not query_terms(text):
@@ -869,6 +876,8 @@ def checked_query(query: str) -> str:
         if not phrase_terms(word):
             raise ConfigError(f"NOT {word!r} excludes nothing (a stop word or punctuation): "
                               "name a word or a quoted phrase to exclude")
+    for problem in query_problems(text):
+        raise ConfigError(problem)
     if not query_terms(searched):  # NOT asthma: before, it searched asthma
         raise ConfigError(
             f"the query only excludes ({', '.join(repr(w) for w in excluded)}): NOT leaves "

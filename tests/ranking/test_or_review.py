@@ -144,8 +144,6 @@ def test_the_api_the_cli_and_saved_searches(
 # README's "brackets group" promises, is silently missing. Fix: parse brackets as groups
 # (an OR between a bracket and a term joins the whole bracket), or refuse a bracket that
 # holds a phrase and another term beside an OR.
-@pytest.mark.xfail(strict=True, reason="brackets are transparent: ('\"a\" b) OR c' "
-                   "requires \"a\"; the article holding only c is missing")
 @pytest.mark.parametrize("query", ['("heart failure" elderly) OR dyspnea',
                                    '(("heart failure" AND elderly) OR dyspnea)'])
 def test_a_bracketed_group_beside_or_is_an_alternative(world: Settings, query: str) -> None:
@@ -162,8 +160,6 @@ def test_a_bracketed_group_beside_or_is_an_alternative(world: Settings, query: s
 # only articles holding kidney failure (and heart failure), the opposite of what was
 # asked; the heart-failure-only article is gone. Fix: refuse OR followed by NOT (as NOT
 # NOT is refused), or read it as an exclusion.
-@pytest.mark.xfail(strict=True, reason="'\"a\" OR NOT \"b\"' requires \"b\": the "
-                   "article with only \"a\" is missing")
 def test_or_not_never_requires_what_follows_not(world: Settings) -> None:
     try:
         found = _found(world, '"heart failure" OR NOT "kidney failure"')
@@ -180,8 +176,6 @@ def test_or_not_never_requires_what_follows_not(world: Settings) -> None:
 # words, is kept as the term OR (odds ratio): lexical mode lists a stroke article saying
 # "(OR 1.9)" with no COPD. Fix: an OR left first by a leading exclusion is an operator
 # (refuse it, or let it extend the exclusion), never a term nor a requirement.
-@pytest.mark.xfail(strict=True, reason="after 'NOT x', a dangling OR makes what follows "
-                   "required, or is searched as the term OR (odds ratio)")
 @pytest.mark.parametrize(("query", "wanted", "unwanted"), [
     ('NOT "heart failure" OR "cardiac failure" dyspnea', 3, 1),
     ("NOT asthma OR COPD", 15, 13),
@@ -203,8 +197,6 @@ def test_an_or_after_a_leading_exclusion_is_no_term_nor_requirement(
 # article saying "all" (Asthma in all children) is silently dropped, and checked_query
 # accepts it. Fix: a leading NOT before a question word is no exclusion either (as 'NOT
 # to treat'), unless that word is in capitals (ALL, the leukaemia).
-@pytest.mark.xfail(strict=True, reason="'NOT all wheeze is asthma' excludes every "
-                   "article holding 'all'")
 def test_a_leading_not_before_a_question_word_excludes_nothing(world: Settings) -> None:
     r = run_search(world, "NOT all wheeze is asthma", k=50, mode="lexical")
     assert r.excluded == () and {6, 7} <= {h.pmid - P for h in r.hits}, (r.excluded, r.hits)
@@ -216,7 +208,6 @@ def test_a_leading_not_before_a_question_word_excludes_nothing(world: Settings) 
 # asthma is searched for: the asthma articles are ranked in (lexical mode lists asthma
 # without COPD), the opposite of what was asked. Fix: skip opening brackets before a
 # leading NOT (and after one following a term), or refuse NOT inside brackets.
-@pytest.mark.xfail(strict=True, reason="'(NOT asthma) COPD' searches asthma")
 def test_a_bracketed_leading_not_excludes(world: Settings) -> None:
     try:
         found = _found(world, "(NOT asthma) COPD")
@@ -231,8 +222,6 @@ def test_a_bracketed_leading_not_excludes(world: Settings) -> None:
 # holding an "E" (vitamin E), which lexical mode then lists for an E. coli query. Fix: take
 # a one-letter word followed by ". " and a word as one alternative (a phrase "e coli"), or
 # never let a lone letter stand as an alternative.
-@pytest.mark.xfail(strict=True, reason="'\"Escherichia coli\" OR E. coli': the "
-                   "alternative is the letter E; vitamin E articles listed")
 def test_an_abbreviated_species_beside_or_is_one_alternative(world: Settings) -> None:
     found = _found(world, '"Escherichia coli" OR E. coli')
     assert 8 in found and 9 not in found, found
@@ -244,8 +233,6 @@ def test_an_abbreviated_species_beside_or_is_one_alternative(world: Settings) ->
 # every abstract reporting "95% CI" qualifies — lexical mode lists the hazard-ratio
 # article. Before this change (and for OR between words) the phrase was required. Fix: an
 # OR whose neighbour is a number (or a percentage) is no operator of alternatives.
-@pytest.mark.xfail(strict=True, reason="'\"odds ratio\" OR 95% CI' no longer requires "
-                   "the phrase: the hazard-ratio article (95% CI) is listed")
 def test_or_before_a_number_is_the_odds_ratio_not_an_alternative(world: Settings) -> None:
     found = _found(world, '"odds ratio" OR 95% CI')
     assert 10 in found and 11 not in found, found

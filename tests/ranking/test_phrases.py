@@ -350,3 +350,37 @@ def test_every_mode_returns_the_articles_holding_either(
     query = '"heart failure" OR "cardiac failure" kidney heart surgery'
     listed, pages = _paged(s, engine, query, index, lex, mode, k=2, pages=3)
     assert sorted(listed) == sorted(set(HOLDING) | {50}) and not pages[-1].has_more
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ('("heart failure" elderly) OR dyspnea', "brackets beside OR hold several terms"),
+    ('(("heart failure" AND elderly) OR dyspnea)', "brackets beside OR hold several terms"),
+    ('"heart failure" OR NOT "kidney failure"', "OR NOT kidney failure: NOT excludes"),
+    ("NOT asthma OR COPD", r"an OR right after NOT asthma.*NOT \(asthma OR"),
+    ("COPD NOT asthma OR bronchitis", "an OR right after NOT asthma"),
+])
+def test_or_that_cannot_be_read_one_way_is_refused_saying_what_to_write(
+    query: str, message: str
+) -> None:
+    assert lexical.query_problems(query)
+    with pytest.raises(ConfigError, match=message):
+        checked_query(query)
+
+
+@pytest.mark.parametrize(("query", "required"), [
+    # brackets holding one chain of ORs join it; nested ones too
+    ('"heart failure" OR (dyspnea OR "cardiac failure")',
+     ((("heart", "failur"), ("dyspnea",), ("cardiac", "failur")),)),
+    # a species' abbreviation is one alternative; OR before a number is the odds ratio
+    ('"Escherichia coli" OR E. coli', ((("escherichia", "coli"), ("e", "coli")),)),
+    ('"odds ratio" OR 95% CI', ((("odd", "ratio"),),)),
+    # NOT first in brackets excludes; before a question word it is a word
+    ('(NOT asthma) "COPD exacerbations"', ((("copd", "exacerb"),),)),
+    ("To be OR NOT to be vaccinated", ()),
+])
+def test_how_or_and_brackets_are_read(query: str, required: tuple[Any, ...]) -> None:
+    assert lexical.phrase_forms(query)[0] == required
+    assert not lexical.query_problems(query)
+    assert checked_query(query) == query
+    assert lexical.split_exclusions("NOT all wheeze is asthma")[1] == ()
+    assert lexical.split_exclusions("(NOT asthma) COPD")[1] == ("asthma",)
