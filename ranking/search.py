@@ -649,9 +649,9 @@ def run_search(
             (:func:`litpulse.core.text.checked_text`), ``k`` < 1, an ``offset`` outside
             0..:data:`MAX_OFFSET`, or an unknown mode or sort.
         NoIndexError: Nothing is published yet, or lexical mode (or a query quoting a
-            phrase) on a version without a lexical index.
-        ConsistencyError: A query quoting a phrase on a lexical index built before
-            phrases were indexed (a refresh rebuilds it).
+            phrase or excluding with NOT) on a version without a lexical index.
+        ConsistencyError: A query quoting a phrase or excluding with NOT on a lexical
+            index built before phrases were indexed (a refresh rebuilds it).
     """
     import numpy as np
 

@@ -19,7 +19,7 @@ from sqlalchemy import Engine, insert, select
 
 from litpulse.core import db
 from litpulse.core.errors import ConfigError, NotFoundError
-from litpulse.core.schema import article_terms, articles, digest_matches
+from litpulse.core.schema import article_terms, articles, digest_matches, saved_searches
 from litpulse.core.settings import Settings
 from litpulse.pipeline.digest import feed_for, matches_of, run_digest
 from litpulse.pipeline.nightly import run_nightly
@@ -168,6 +168,28 @@ def test_saved_search_rules(settings: Settings) -> None:
     assert run_digest(settings).skipped == "no saved searches"
     add_search(settings, name="b", query="q", owner="o")
     assert run_digest(settings).skipped == "no index is published yet"
+
+
+@pytest.mark.parametrize(("query", "problem"), [
+    ("NOT asthma", "only excludes"),
+    ('"heart failure" OR NOT "kidney failure"', "OR NOT"),
+    ("NOT asthma OR COPD", "an OR right after NOT asthma"),
+    ('("heart failure" elderly) OR dyspnea', "brackets beside OR"),
+])
+def test_a_saved_search_the_or_and_not_rules_refuse_is_listed_with_its_problem(
+    settings: Settings, query: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        add_search(settings, name="new", query=query, owner="cli:x")
+    engine = db.connect(settings)
+    now = dt.datetime.now(dt.UTC)
+    with engine.begin() as conn:  # as a previous release's `alerts add` stored it
+        conn.execute(insert(saved_searches).values(
+            name="old", query=query, filters={}, min_score=0.0, owner="cli:x",
+            created_at=now, watermark=now,
+        ))  # fmt: skip
+    (listed,) = list_searches(settings)
+    assert listed.problem is not None and problem in listed.problem
 
 
 # ------------------------------------------------------------------------- delivery
