@@ -30,6 +30,7 @@ from ingest.records import (
     SourceRef,
 )
 from litpulse.core.states import RETRACTED_TYPE
+from litpulse.core.text import clean_doi
 
 __all__ = [
     "COMPILED",
@@ -679,8 +680,14 @@ def _flatten_children(elem: Any) -> str:
 
 
 def _clean_doi(text: str | None) -> str | None:
+    """The DOI of an ELocationID or ArticleId: as a lookup reads it (``doi: 10.…``, a
+    ``doi.org`` link, :func:`litpulse.core.text.clean_doi`), else its first word, a
+    link's or ``doi:`` prefix off."""
     if not text:
         return None
+    whole = clean_doi(text)
+    if whole is not None:
+        return whole
     words = text.split()
     if not words:
         return None

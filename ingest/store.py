@@ -109,7 +109,7 @@ from litpulse.core.db import (
 from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import article_terms, articles, quarantine, references
 from litpulse.core.settings import Settings
-from litpulse.core.text import doi_key
+from litpulse.core.text import clean_doi, doi_key
 from litpulse.core.timeutil import iso, utcnow
 
 __all__ = ["COUNTS_CHECKPOINT", "IngestCounts", "RECOUNT_STEP", "Store", "store_counts"]
@@ -630,26 +630,36 @@ class Store(RunLedger, Checkpoints):
         Raises:
             ConfigError: ``doi`` is not one DOI.
         """
-        key = doi_key(doi)
-        if key is None:
+        return self._by_doi(doi, deleted=False)
+
+    def _by_doi(self, doi: str, *, deleted: bool) -> list[int]:
+        typed = clean_doi(doi, typed=True)
+        if typed is None:
             raise ConfigError(f"not a DOI: {doi!r} (a DOI reads 10.NNNN/suffix)")
         a = articles.c
         with self.engine.connect() as conn:
             found = conn.execute(
-                select(a.pmid).where(func.lower(a.doi) == key, a.is_deleted.is_(False))
+                # both sides through the database's lower(), so that a letter it folds
+                # and Python's would not (or the other way round) still matches; the
+                # deleted flag wrapped, so the planner reads ix_articles_doi (SQLite has
+                # no statistics to tell the two indexes apart)
+                select(a.pmid).where(func.lower(a.doi) == func.lower(typed),
+                                     func.coalesce(a.is_deleted, True).is_(deleted))
                 .order_by(a.pmid)
             ).scalars().all()  # fmt: skip
         return [int(p) for p in found]
 
     def article_by_doi(self, doi: str) -> dict[str, Any]:
         """:meth:`get_article` of the article with DOI ``doi`` (the first PMID of
-        :meth:`pmids_by_doi`), with ``same_doi``: the other PMIDs with that DOI.
+        :meth:`pmids_by_doi`), with ``same_doi``: the other PMIDs with that DOI; when no
+        live article has it, a withdrawn one that had it (``is_deleted``: the API answers
+        410 for it, as for its PMID).
 
         Raises:
             ConfigError: ``doi`` is not one DOI.
             NotFoundError: No live article has it.
         """
-        pmids = self.pmids_by_doi(doi)
+        pmids = self.pmids_by_doi(doi) or self._by_doi(doi, deleted=True)
         if not pmids:
             raise NotFoundError(f"no article in the store has DOI {doi_key(doi)}")
         return {**self.get_article(pmids[0]), "same_doi": pmids[1:]}

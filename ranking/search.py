@@ -839,9 +839,12 @@ def checked_query(query: str) -> str:
         )
     doi = doi_key(text)
     if doi is not None:
-        raise ConfigError(f"the query is a DOI alone: `litpulse article {doi}` (GET "
-                          f"/articles/doi/{doi}) shows that article; search words to find "
-                          "articles")
+        import shlex
+        from urllib.parse import quote
+
+        raise ConfigError(f"the query is a DOI alone: `litpulse article {shlex.quote(doi)}` "
+                          f"(GET /articles/doi/{quote(doi, safe='/')}) shows that article; "
+                          "search words to find articles")
     tag = _FIELD_TAG.search(text)
     if tag:
         name = (tag.group(1) or tag.group(2)).strip().lower()

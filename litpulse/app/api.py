@@ -191,6 +191,20 @@ def _web_file(name: str) -> str:
     return resources.files("litpulse.app").joinpath("web", name).read_text(encoding="utf-8")
 
 
+def _article_answer(art: dict[str, Any]) -> Any:
+    """A stored article as ``GET /articles/…`` answers it: 410 for one PubMed withdrew
+    (PubMed shows nothing of it any more), else the article."""
+    from fastapi.responses import JSONResponse
+
+    if art["is_deleted"]:
+        return JSONResponse(status_code=410, content={
+            "detail": f"PMID {art['pmid']} was withdrawn from PubMed (deleted "
+                      f"{art['deleted_at']})",
+            "pmid": art["pmid"], "is_deleted": True, "deleted_at": art["deleted_at"],
+        })  # fmt: skip
+    return art
+
+
 def _get_article(engine: Any, pmid: int) -> dict[str, Any]:
     from ingest.store import Store
 
@@ -657,29 +671,28 @@ def _add_store_routes(
     """``GET /articles/{pmid}``, ``GET /articles/doi/{doi}``, ``GET /status`` and
     ``POST /feedback``."""
     from fastapi import HTTPException, Path
-    from fastapi.responses import JSONResponse
 
     @app.get("/articles/{pmid}", summary="One stored article", responses=_responses(404, 410))
     def article_endpoint(
         pmid: int = Path(..., ge=1, le=MAX_PMID, description="PubMed id."),
     ) -> Any:
-        art = _get_article(engine(), pmid)
-        if art["is_deleted"]:  # withdrawn: PubMed shows nothing of it any more
-            return JSONResponse(status_code=410, content={
-                "detail": f"PMID {pmid} was withdrawn from PubMed (deleted {art['deleted_at']})",
-                "pmid": art["pmid"], "is_deleted": True, "deleted_at": art["deleted_at"],
-            })  # fmt: skip
-        return art
+        return _article_answer(_get_article(engine(), pmid))
+
+    doi_answers = _responses(400, 404, 410)
+    doi_answers[400] = {**doi_answers[400], "description": (
+        "The path is not a DOI (a DOI reads 10.NNNN/suffix; `doi:` or a doi.org link "
+        "in front is read too).")}  # fmt: skip
 
     @app.get("/articles/doi/{doi:path}", summary="One stored article, by DOI",
-             responses=_responses(400, 404))
+             responses=doi_answers)
     def article_by_doi_endpoint(doi: str) -> Any:
         """The live article with this DOI (any case; ``doi:`` or a ``doi.org`` link
         aside), as ``GET /articles/{pmid}`` gives it, with ``same_doi``: the other PMIDs
-        PubMed gave that DOI (an erratum, a duplicate)."""
+        PubMed gave that DOI (an erratum, a duplicate); 410 when only a withdrawn article
+        had it."""
         from ingest.store import Store
 
-        return Store(engine()).article_by_doi(doi)
+        return _article_answer(Store(engine()).article_by_doi(doi))
 
     @app.get("/status", summary="Freshness of the store, index and model",
              responses=_responses())

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import sqlite3
 import threading
@@ -357,6 +358,22 @@ def add_missing_columns(engine: Engine) -> list[str]:
     return added
 
 
+@contextmanager
+def _short_lock_wait(conn: Connection) -> Iterator[None]:
+    """Within ``conn``'s transaction: wait at most :data:`DDL_LOCK_TIMEOUT_MS` for a lock
+    (PostgreSQL's lock wait, SQLite's busy wait, put back after)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {DDL_LOCK_TIMEOUT_MS}")
+        yield
+        return
+    before = int(conn.exec_driver_sql("PRAGMA busy_timeout").scalar() or 0)
+    conn.exec_driver_sql(f"PRAGMA busy_timeout = {DDL_LOCK_TIMEOUT_MS}")
+    try:
+        yield
+    finally:
+        conn.exec_driver_sql(f"PRAGMA busy_timeout = {before}")
+
+
 #: How long making a missing index or dropping a retired one waits for PostgreSQL's lock on
 #: its table (readers of the table, e.g. the API, wait behind a drop meanwhile); past it
 #: the change is left to the next start.
@@ -366,27 +383,46 @@ DDL_LOCK_TIMEOUT_MS = 2000
 def index_names(engine: Engine, table: str) -> set[str]:
     """The names of ``table``'s indexes, those on expressions too (which SQLAlchemy's
     reflection skips on SQLite)."""
+    return set(_index_definitions(engine, table))
+
+
+def _index_definitions(engine: Engine, table: str) -> dict[str, str | None]:
+    """``table``'s indexes: name → definition (SQL), ``None`` for one PostgreSQL marks
+    invalid (a ``CREATE INDEX CONCURRENTLY`` that failed: no query reads it)."""
     from sqlalchemy import text
 
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
-            sql = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = :t"
+            sql = "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = :t"
         else:
-            sql = ("SELECT indexname FROM pg_indexes WHERE tablename = :t "
-                   "AND schemaname = current_schema()")
-        return set(conn.execute(text(sql), {"t": table}).scalars())
+            sql = ("SELECT c.relname, CASE WHEN i.indisvalid THEN pg_get_indexdef(c.oid) END "
+                   "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                   "JOIN pg_class t ON t.oid = i.indrelid "
+                   "WHERE t.relname = :t AND t.relnamespace = current_schema()::regnamespace")
+        return {str(n): d for n, d in conn.execute(text(sql), {"t": table}).all()}
+
+
+def _same_definition(made: str, kept: str | None) -> bool:
+    """Whether an index's kept definition (``sqlite_master.sql``, ``pg_get_indexdef``) is
+    the one the schema makes (``made``): quotes, spaces, the schema and the method aside."""
+    def norm(sql: str) -> str:
+        sql = re.sub(r'[\s"]+', "", sql.lower())
+        return sql.replace("ifnotexists", "").replace("usingbtree", "").replace("public.", "")
+
+    return kept is not None and norm(made) == norm(kept)
 
 
 def add_missing_indexes(engine: Engine) -> list[str]:
     """Make the indexes of the schema that a store made by an older litpulse lacks (such
-    as ``ix_articles_doi``), as the tables' owner; returns their names.
+    as ``ix_articles_doi``), as the tables' owner; returns their names. An index of the
+    same name on other columns or expressions, or one PostgreSQL marks invalid (a
+    concurrent build that failed), is dropped and made again: no query could read it.
 
     The build reads the whole table once and holds back writers, not readers, meanwhile.
-    On PostgreSQL it waits at most :data:`DDL_LOCK_TIMEOUT_MS` for its lock; a build that
-    fails (that wait, a read-only database, a role that does not own the table) is a
-    warning: the store
-    works without the index, only slower where a query would read it, and the next start
-    tries again.
+    It waits at most :data:`DDL_LOCK_TIMEOUT_MS` for its lock (PostgreSQL's lock wait,
+    SQLite's busy wait); a build that fails (that wait, a read-only database, a role that
+    does not own the table) is a warning: the store works without the index, only slower
+    where a query would read it, and the next start tries again.
     """
     from sqlalchemy import inspect, text
     from sqlalchemy.exc import DBAPIError
@@ -397,16 +433,23 @@ def add_missing_indexes(engine: Engine) -> list[str]:
     for table in metadata.sorted_tables:
         if table.name not in tables:
             continue
-        have = index_names(engine, table.name)
+        kept = _index_definitions(engine, table.name)
         for index in sorted(table.indexes, key=lambda i: str(i.name)):
-            if index.name in have:
+            ddl = str(CreateIndex(index).compile(dialect=engine.dialect))
+            if index.name in kept and _same_definition(ddl, kept[index.name]):
                 continue
+            name = engine.dialect.identifier_preparer.quote(str(index.name))
             try:
-                with engine.begin() as conn:
-                    if engine.dialect.name == "postgresql":
-                        conn.execute(text(f"SET LOCAL lock_timeout = {DDL_LOCK_TIMEOUT_MS}"))
-                    conn.execute(CreateIndex(index, if_not_exists=True))
+                with engine.begin() as conn, _short_lock_wait(conn):
+                    if index.name in kept:  # another definition, or invalid
+                        logger.warning("index %s is not the schema's (%s): made again",
+                                       index.name, kept[index.name])
+                        conn.execute(text(f"DROP INDEX IF EXISTS {name}"))
+                    conn.execute(text(ddl))
             except DBAPIError as exc:
+                now = _index_definitions(engine, table.name).get(str(index.name))
+                if _same_definition(ddl, now):  # another opener made it meanwhile
+                    continue
                 logger.warning(
                     "index %s not made (%s); the store works without it, only slower where "
                     "a query reads it: the next start tries again (a start as the tables' "

@@ -20,11 +20,12 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable
+from urllib.parse import unquote
 
 from litpulse.core.errors import ConfigError
 from litpulse.core.widths import TERM_MAX
 
-__all__ = ["GREEK", "checked_text", "doi_key", "fold", "fold_term", "plain_mailbox"]
+__all__ = ["GREEK", "checked_text", "clean_doi", "doi_key", "fold", "fold_term", "plain_mailbox"]
 
 #: C0 and C1 control characters but tab, line feed and carriage return; DEL; lone
 #: surrogates (the CLI's arguments carry undecodable bytes as such; no database stores them).
@@ -158,27 +159,51 @@ def fold_term(term: str) -> str:
     return " ".join(_TERM_WORD.findall(fold(term)))[:TERM_MAX]
 
 
-#: A DOI as typed or pasted: bare, after ``doi:`` (any case, a space or not), or as a
-#: ``doi.org`` link (group 1: the URL prefix); ``10.`` a registrant of 4–9 digits, ``/`` and
-#: a suffix without spaces, maybe followed by a sentence's full stop or comma.
+#: A DOI as typed or pasted: bare, after ``doi:`` or Springer's ``DOI`` (any case, a space
+#: or a colon or both), or as a ``doi.org`` link, with or without its scheme (group 1: the
+#: link's prefix); ``10.``, a registrant of 4–9 digits, ``/`` and a suffix without spaces
+#: (group 2), maybe followed by a sentence's full stop, comma or semicolon.
 _DOI = re.compile(
-    r"\s*(?:doi\s*:\s*|(https?://(?:dx\.)?doi\.org/))?(10\.\d{4,9}/\S+?)[.,;]?\s*", re.I
+    r"\s*(?:doi\s*:?\s*|((?:https?://)?(?:dx\.)?doi\.org/))?(10\.\d{4,9}/\S+?)[.,;]?\s*", re.I
 )
+#: A DOI alone with nothing around it to take off (no space, no escape, no last full stop).
+_PLAIN_DOI = re.compile(r"10\.\d{4,9}/[^\s%]*[^\s%.,;]")
+_LINK = re.compile(r"doi\.org/", re.I)
+#: What a PDF or a word processor puts in a DOI copied from it: Unicode hyphens and minus
+#: signs for ``-``, a soft hyphen where a line broke (nothing).
+_DOI_DASHES = str.maketrans(dict.fromkeys("\u2010\u2011\u2012\u2013\u2212", "-") | {"\u00ad": None})
+
+
+def clean_doi(text: str, *, typed: bool = False) -> str | None:
+    """The DOI ``text`` holds alone, as written (its case kept): ``doi:``, ``DOI``, a
+    ``doi.org`` link's prefix and a sentence's last full stop off, a link's
+    percent-escapes decoded; ``None`` when ``text`` is not one DOI alone. PubMed's stored
+    DOIs (:mod:`ingest.fields`) and the DOIs typed to look an article up both go through
+    it; ``typed`` (a lookup): Unicode hyphens read as ``-`` and soft hyphens dropped, as
+    a DOI copied from a PDF carries them (a stored DOI keeps what PubMed gave).
+
+    Example:
+        >>> clean_doi("doi: 10.1056/NEJMoa2034577.")
+        '10.1056/NEJMoa2034577'
+    """
+    if typed:
+        text = text.translate(_DOI_DASHES)
+    if _PLAIN_DOI.fullmatch(text):  # most of PubMed's: nothing to take off
+        return text
+    if _LINK.search(text):  # a link: its escapes are the DOI's characters
+        text = unquote(text)
+    m = _DOI.fullmatch(text)
+    return m.group(2) if m is not None else None
 
 
 def doi_key(text: str) -> str | None:
-    """The key a DOI is looked up by: the DOI alone, in lower case (DOIs are matched
-    without regard to case), a link's percent-escapes decoded; ``None`` when ``text`` is
-    not one DOI alone.
+    """The DOI typed in ``text`` alone (:func:`clean_doi`) in lower case, as DOIs are
+    matched (without regard to case; the store compares both sides through its own
+    ``lower``); ``None`` when ``text`` is not one DOI alone.
 
     Example:
         >>> doi_key("https://doi.org/10.1056/NEJMoa2034577")
         '10.1056/nejmoa2034577'
     """
-    from urllib.parse import unquote
-
-    m = _DOI.fullmatch(text)
-    if m is None:
-        return None
-    doi = unquote(m.group(2)) if m.group(1) else m.group(2)
-    return doi.lower()
+    doi = clean_doi(text, typed=True)
+    return doi.lower() if doi is not None else None

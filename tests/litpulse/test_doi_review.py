@@ -89,12 +89,6 @@ def _restore_doi_index(engine: Engine) -> None:
 # --------------------------------------------------------------------------- as typed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="doi_key refuses or mis-keys common pasted forms of "
-    "a DOI: a doi.org link without its scheme, Springer's 'DOI 10.…', a link "
-    "whose '/' is percent-encoded, a PDF's unicode hyphen or soft hyphen",
-)
 @pytest.mark.parametrize(
     "typed",
     [
@@ -134,14 +128,6 @@ def _xml_with_doi(pmid: int, elocation: str) -> str:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the parser (_clean_doi) and doi_key disagree: "
-    "'doi: 10.…' is dropped by the parser (stored NULL), 'https://dx.doi.org/…' "
-    "and 'http://doi.org/…' are stored with the link, a doi.org link's "
-    "%3C/%3E are stored encoded while doi_key decodes them: the article is "
-    "not found by the very text PubMed gave, nor by its DOI",
-)
 @pytest.mark.parametrize(
     ("elocation", "doi"),
     [
@@ -184,32 +170,11 @@ def test_a_parsed_doi_with_a_prefix_or_a_full_stop_is_found(
 # ------------------------------------------------------------------------ database
 
 
-def test_a_doi_with_a_capital_beyond_ascii_is_found_as_typed(
-    engine: Engine, request: pytest.FixtureRequest
-) -> None:
-    if engine.dialect.name == "sqlite":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "SQLite's lower() folds ASCII only, Python's str.lower() (doi_key) folds "
-                    "every letter: a DOI holding a non-ASCII capital is not found even typed "
-                    "exactly as stored (PostgreSQL's lower() folds it: found there)"
-                ),
-            )
-        )
+def test_a_doi_with_a_capital_beyond_ascii_is_found_as_typed(engine: Engine) -> None:
     Store(engine).apply([_with_doi(61, "10.4000/Études.123")])
     assert Store(engine).pmids_by_doi("10.4000/Études.123") == [61]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SQLite has no statistics (litpulse never runs ANALYZE): between "
-    "ix_articles_doi and ix_articles_is_deleted, both equalities, it reads the index made "
-    "last, and metadata.create_all makes a table's indexes in a set's order (it varies "
-    "from process to process): a new store where ix_articles_is_deleted came last reads "
-    "every live article for each lookup by DOI",
-)
 def test_the_lookup_by_doi_reads_its_index_on_sqlite(sqlite_settings: Settings) -> None:
     from litpulse.core.schema import articles
 
@@ -263,13 +228,6 @@ def test_a_doi_shared_by_several_pmids_shows_the_first_and_names_the_live_others
 # ------------------------------------------------------------------------ withdrawn
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a withdrawn article keeps its DOI in the store, "
-    "yet GET /articles/doi/{doi} answers 404 'no article in the store has "
-    "DOI …' where GET /articles/{pmid} answers 410 naming the PMID and the "
-    "deletion",
-)
 def test_a_withdrawn_articles_doi_answers_as_its_pmid_does(
     settings: Settings, client: TestClient
 ) -> None:
@@ -304,12 +262,6 @@ def test_the_api_finds_a_sici_doi_percent_encoded_in_the_path(
     assert [p["name"] for p in spec["/articles/doi/{doi}"]["get"]["parameters"]] == ["doi"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the OpenAPI 400 answer of GET /articles/doi/{doi} "
-    "is the generic 'a rule the schema cannot express (since after until, "
-    "every weight 0…)': it never says the path is not a DOI",
-)
 def test_the_openapi_400_of_the_doi_lookup_says_what_a_doi_is(sqlite_settings: Settings) -> None:
     with TestClient(create_app(sqlite_settings)) as c:
         op = c.get("/openapi.json").json()["paths"]["/articles/doi/{doi}"]["get"]
@@ -319,12 +271,6 @@ def test_the_openapi_400_of_the_doi_lookup_says_what_a_doi_is(sqlite_settings: S
 # ------------------------------------------------------------------------ search
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the refusal of a DOI searched alone suggests "
-    "`litpulse article <doi>` and GET /articles/doi/<doi> unquoted: a SICI "
-    "DOI's ( ) < > ; break the shell command and its # cuts the URL",
-)
 def test_the_search_refusal_of_a_sici_doi_names_a_command_and_url_that_work() -> None:
     with pytest.raises(ConfigError) as refused:
         checked_query(SICI)
@@ -343,13 +289,6 @@ def test_a_doi_searched_alone_is_refused_naming_the_lookup() -> None:
 # ----------------------------------------------------------------------- upgrade
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="add_missing_indexes goes by name alone: an index "
-    "ix_articles_doi an operator made on doi (SQLAlchemy's own name for "
-    "index=True on articles.doi) is kept, so lower(doi) lookups read no "
-    "index, silently",
-)
 def test_an_index_of_the_name_on_another_expression_is_replaced(engine: Engine) -> None:
     try:
         with engine.begin() as conn:
@@ -361,13 +300,6 @@ def test_an_index_of_the_name_on_another_expression_is_replaced(engine: Engine) 
         _restore_doi_index(engine)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an INVALID ix_articles_doi (a CREATE INDEX "
-    "CONCURRENTLY that timed out, as an operator runs it to spare the ingest) "
-    "counts as present: it is never rebuilt nor reported, and no lookup "
-    "reads it",
-)
 def test_an_invalid_doi_index_left_by_a_concurrent_build_is_rebuilt(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
