@@ -475,7 +475,12 @@ def query_phrases(query: str) -> tuple[tuple[str, ...], ...]:
 #: What a NOT excludes (group 1): a quoted phrase; a group (asthma OR bronchitis); a word,
 #: possessive and all (Alzheimer's), after a quote left open.
 _NOT_TARGET = (
-    rf"([{_OPEN}][^{_QUOTES}]*[{_CLOSE}]|\([^()]*\)|[{_OPEN}]?[^\W_](?:[\w-]|['\u2019\u02bc](?=\w))*[+%]*)"
+    rf"([{_OPEN}][^{_QUOTES}]*[{_CLOSE}]"  # a quoted phrase
+    r"|\((?:[^()]|\([^()]*\))*\)|\([^()]*$"  # a group (one inside it), or one left open
+    r"|\[[^\[\]\s]+\][\w-]+"  # a tracer: [18F]FDG
+    r"|\[[^\[\]]*\]"  # a group in square brackets
+    r"|['\u2018][^'\u2018\u2019\s]+['\u2019]"  # a word in single quotes
+    rf"|[{_OPEN}]?[^\W_](?:[\w-]|\.(?=\w)|['\u2019\u02bc](?=\w))*[+%]*)"  # a word
 )
 #: PubMed's exclusion, ``COPD NOT asthma``, ``COPD NOT "heart failure"``: a capital NOT
 #: after a word or a quoted phrase, then what it excludes (group 1).
@@ -523,9 +528,9 @@ def split_exclusions(query: str) -> tuple[str, tuple[str, ...]]:
 @functools.lru_cache(maxsize=256)
 def _split(query: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
     """:func:`split_exclusions`, and the problems met (an OR right after an exclusion)."""
-    if "NOT" not in query or _shouted(query):
-        return query, (), ()
     quotes = [m.span() for m in _QUOTED.finditer(query)]
+    if "NOT" not in query or (_shouted(query) and not quotes):  # quotes are syntax
+        return query, (), ()
     kept: list[str] = []
     excluded: list[str] = []
     problems: list[str] = []
@@ -554,7 +559,13 @@ def _split(query: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
                 if not before or not _term_before_not(before[-1]):
                     continue  # DO NOT, or NOT: no term before
         kept.append(query[last:cut])
-        excluded += _excluded(target)
+        texts, problem = _excluded(target)
+        excluded += texts
+        if problem:
+            problems.append(problem)
+        if _or_beside(query, at):
+            problems.append(f"NOT {target} inside brackets beside OR would exclude from "
+                            "every alternative: put NOT after the brackets")
         last = match.end()
         if _OR_AFTER.match(query, last):
             problems.append(
@@ -562,7 +573,7 @@ def _split(query: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
                 f"is searched? Exclude several as NOT ({target.strip('()')} OR …), and "
                 "put the alternatives to search before NOT"
             )
-    if not excluded:
+    if not excluded and not problems:
         return query, (), ()
     kept.append(query[last:])
     searched = " ".join(p.strip() for p in kept if p.strip())
@@ -580,11 +591,56 @@ def _excludable_first(target: str) -> bool:
     return _term_before_not(target)
 
 
-def _excluded(target: str) -> list[str]:
-    """The texts a NOT's target excludes: each of a group's, else the word or phrase."""
-    if target.startswith("("):
-        return [p.strip().strip(_QUOTES).strip() for p in _OR.split(target[1:-1])]
-    return [target.strip(_QUOTES).strip()]
+#: One alternative of a group after NOT: a quoted phrase, or one word (a tracer, a dotted
+#: variant, hyphens, a possessive and a closing sign in it).
+_ONE_ALTERNATIVE = re.compile(
+    rf"[{_OPEN}][^{_QUOTES}]*[{_CLOSE}]|(?:\[[^\[\]\s]+\])?[^\W_]"
+    r"(?:[\w-]|\.(?=\w)|['\u2019\u02bc](?=\w))*[+%]*"
+)
+
+
+def _excluded(target: str) -> tuple[list[str], str | None]:
+    """The texts a NOT's target excludes — each alternative of a group, else the word or
+    phrase, quotes off — and the problem of a group that is no chain of ORs of words and
+    quoted phrases (``(asthma AND bronchitis)``, ``(asthma, bronchitis)``, one left open)."""
+    group = target[:1] in "([" and not re.fullmatch(r"\[[^\[\]\s]+\][\w-]+", target)
+    if not group:
+        return [target.strip(_QUOTES + "'\u2018\u2019").strip()], None
+    if target[-1:] not in ")]":
+        return [], f"NOT {target.strip()}: a bracket left open; close it"
+    inner = re.sub(r"^[\s(]+|[\s)]+$", "", target[1:-1])  # ((a OR b)): one group
+    out: list[str] = []
+    for part in re.split(r"\s+OR\s+", inner):
+        part = re.sub(r"^[\s(]+|[\s)]+$", "", part)  # (a OR (b))
+        if not _ONE_ALTERNATIVE.fullmatch(part) or part in _OPERATORS:
+            return [], (f"NOT {target}: what NOT excludes in brackets must be words or "
+                        "quoted phrases joined by OR, e.g. NOT (asthma OR \"chronic "
+                        "bronchitis\"); to exclude several words, name each with NOT")
+        out.append(part.strip(_QUOTES).strip())
+    return out, None
+
+
+def _or_beside(query: str, at: int) -> bool:
+    """Whether the brackets around position ``at`` of ``query`` (outside quotes) are an
+    alternative of an OR: ``("heart failure" NOT elderly) OR dyspnea``."""
+    depth_at: list[int] = []
+    stack: list[int] = []
+    quoted = False
+    for i, c in enumerate(query):
+        if c in _QUOTES:
+            quoted = not quoted
+        if quoted:
+            continue
+        if i == at:
+            depth_at = list(stack)
+        if c == "(":
+            stack.append(i)
+        elif c == ")" and stack:
+            start = stack.pop()
+            if depth_at and start == depth_at[-1]:
+                return bool(re.match(r"\s*OR(?![\w-])", query[i + 1:])
+                            or re.search(r"(?<![\w-])OR\s*$", query[:start]))
+    return False
 
 
 def _term_before_not(word: str) -> bool:
@@ -633,25 +689,30 @@ def _forms(text: str, shouted: bool) -> Forms:
 
 #: The items of a query that OR joins (:func:`_structure`): a quoted phrase (group 1), a
 #: capital OR (2), a species' abbreviation (3: ``E. coli``, ``S. aureus``), a word (4:
-#: hyphens, a possessive and a closing sign in it), an opening (5) or closing (6) bracket;
-#: anything else but space (7) ends a chain.
+#: hyphens, inner dots, a possessive, a closing sign, a tracer's bracket: ``p.R132H``,
+#: ``[18F]FDG``), an opening (5) or closing (6) bracket; anything else but space (7) ends
+#: a chain.
 _CHAIN_ITEM = re.compile(
     rf"[{_OPEN}]([^{_QUOTES}]*)[{_CLOSE}]|(?<![\w-])(OR)(?![\w-])"
     r"|(?<![\w.])([A-Z]\.[ \t]?[a-z]{3,})(?![\w-])"
-    r"|([^\W_](?:[\w-]|['\u2019\u02bc](?=\w))*[+%]*)|([(\[])|([)\]])|(\S)"
+    r"|((?:\[[^\[\]\s]+\])?[^\W_](?:[\w-]|\.(?=\w)|['\u2019\u02bc](?=\w))*[+%]*)"
+    r"|([(\[])|([)\]])|(\S)"
 )
+#: A number alone, as an odds ratio's value follows OR: ``1.9``, ``95%``, ``0,8``.
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)?%?")
 #: What ends a chain of alternatives (punctuation, AND, NOT), and the OR between two.
 _BREAK, _JOIN = "break", "or"
 Alternative = tuple[str, bool]  # the text, and whether it was quoted
 Node = Any  # an Alternative, _BREAK, _JOIN, or a list of nodes (a bracketed group)
 
 
-def _structure(searched: str) -> tuple[list[Node], list[str]]:
+def _structure(searched: str, shouted: bool) -> tuple[list[Node], list[str]]:
     """``searched`` as nested nodes (a bracketed group: a list), and the problems met.
 
     ``OR NOT`` before a term is a problem (it cannot be met: NOT excludes from what the
-    other words find). An OR before a number (``OR 1.9``, ``OR 95% CI``) is the odds
-    ratio, no operator: it ends the chain.
+    other words find), unless the query is ``shouted`` (wholly in capitals, no quotes: a
+    title, whose NOT is a word). An OR before a number alone (``OR 1.9``, ``OR 95% CI``)
+    is the odds ratio, no operator: it ends the chain.
     """
     matches = list(_CHAIN_ITEM.finditer(searched))
     stack: list[list[Node]] = [[]]
@@ -667,7 +728,7 @@ def _structure(searched: str) -> tuple[list[Node], list[str]]:
             if len(stack) > 1:  # a bracket closing none is nothing
                 stack.pop()
         elif op:
-            number = nxt is not None and (nxt.group(4) or "")[:1].isdigit()
+            number = nxt is not None and bool(_NUMBER.fullmatch(nxt.group(4) or ""))
             top.append(_BREAK if number else _JOIN)
         elif phrase is not None:
             top.append((phrase, True))
@@ -675,14 +736,14 @@ def _structure(searched: str) -> tuple[list[Node], list[str]]:
             top.append((species or word, False))
         else:
             top.append(_BREAK)
-            after = nxt.group(1) if nxt is not None and nxt.group(1) is not None else (
-                nxt.group(4) if nxt is not None else None)
-            if word == "NOT" and i and matches[i - 1].group(2) and after and (
-                phrase_terms(after) if nxt is not None and nxt.group(1) is not None
-                else _term_before_not(after)
+            quoted_next = nxt is not None and nxt.group(1) is not None
+            after = None if nxt is None else nxt.group(1) if quoted_next else nxt.group(4)
+            if not shouted and word == "NOT" and i and matches[i - 1].group(2) and after and (
+                phrase_terms(after) if quoted_next else _term_before_not(after)
             ):
-                problems.append(f"OR NOT {after}: NOT excludes from what the other words "
-                                f"find, it offers no alternative; write A NOT {after}")
+                typed = nxt.group(0) if nxt is not None else after
+                problems.append(f"OR NOT {typed}: NOT excludes from what the other words "
+                                f"find, it offers no alternative; write A NOT {typed}")
     return stack[0], problems
 
 
@@ -703,6 +764,13 @@ def _pure(group: list[Node]) -> list[Alternative] | None:
         out += inner
         expect_term = False
     return out or None
+
+
+def _holds_phrase(node: Node) -> bool:
+    """Whether ``node`` is, or a bracketed group holds, a quoted phrase."""
+    if isinstance(node, list):
+        return any(_holds_phrase(n) for n in node)
+    return isinstance(node, tuple) and node[1]
 
 
 def _alternatives(
@@ -737,6 +805,8 @@ def _alternatives(
         for node in members:
             inner = _pure(node) if isinstance(node, list) else [node]
             if inner is None:
+                if not any(_holds_phrase(m) for m in members):
+                    break  # words alone: OR changes nothing (an odds ratio, a title)
                 problems.append("brackets beside OR hold several terms: a result must hold a "
                                 "quoted phrase or one of its alternatives, each one word or "
                                 "one quoted phrase; search the combinations apart")
@@ -753,7 +823,7 @@ def _parsed(query: str) -> tuple[tuple[tuple[Alternative, ...], ...], tuple[str,
     """The chains of alternatives of ``query`` (:func:`_alternatives`) and every problem
     met reading its NOT and OR."""
     searched, _, problems = _split(query)
-    nodes, more = _structure(searched)
+    nodes, more = _structure(searched, _shouted(query) and not _QUOTED.search(query))
     found: list[str] = [*problems, *more]
     chains = _alternatives(nodes, found)
     return tuple(tuple(c) for c in chains), tuple(dict.fromkeys(found))
