@@ -403,9 +403,10 @@ def _query_terms(query: str) -> tuple[tuple[str, float], ...]:
         w.lower() for w in _CAPS.findall(query) if w.isupper()
     }
     words = list(_words(query))
+    syntax = bool(_QUOTED.search(query))  # "heart failure" OR: an operator, left dangling
     dangling = False
     for i, seg in enumerate(words):
-        if len(seg) == 1 and seg[0] in _OPERATORS and 0 < i < len(words) - 1:
+        if len(seg) == 1 and seg[0] in _OPERATORS and (0 < i < len(words) - 1 or syntax):
             continue  # COPD OR emphysema: PubMed's operator, not the odds ratio
         if seg == ["NOT"] and len(words) > 1:
             dangling = True  # "COPD NOT": the word to exclude not typed (yet)
@@ -472,6 +473,13 @@ def query_phrases(query: str) -> tuple[tuple[str, ...], ...]:
     return tuple(dict.fromkeys(alt[0] for group in _required(query) for alt in group))
 
 
+#: One word of a query as OR and NOT take it: hyphens, inner dots, a possessive, brackets
+#: inside it and a closing sign (``p.R132H``, ``25(OH)D``, ``1,25-dihydroxy``, ``HER2+``),
+#: a tracer's or a stereo prefix (``[18F]FDG``, ``(S)-ibuprofen``).
+_WORD_ITEM = (
+    r"(?:\[[^\[\]\s]+\]|\((?:[RSEZDL]|[+\-\u00b1])\)-)?[^\W_]"
+    r"(?:[\w-]|\.(?=\w)|(?<=\d),(?=\d)|\(\w+\)(?=[\w-])|['\u2019\u02bc](?=\w))*[+%]*"
+)
 #: What a NOT excludes (group 1): a quoted phrase; a group (asthma OR bronchitis); a word,
 #: possessive and all (Alzheimer's), after a quote left open.
 _NOT_TARGET = (
@@ -479,8 +487,8 @@ _NOT_TARGET = (
     r"|\((?:[^()]|\([^()]*\))*\)|\([^()]*$"  # a group (one inside it), or one left open
     r"|\[[^\[\]\s]+\][\w-]+"  # a tracer: [18F]FDG
     r"|\[[^\[\]]*\]"  # a group in square brackets
-    r"|['\u2018][^'\u2018\u2019\s]+['\u2019]"  # a word in single quotes
-    rf"|[{_OPEN}]?[^\W_](?:[\w-]|\.(?=\w)|['\u2019\u02bc](?=\w))*[+%]*)"  # a word
+    r"|['\u2018][^'\u2018\u2019]*[^'\u2018\u2019\s]['\u2019]"  # in single quotes
+    rf"|[{_OPEN}]?{_WORD_ITEM})"  # a word
 )
 #: PubMed's exclusion, ``COPD NOT asthma``, ``COPD NOT "heart failure"``: a capital NOT
 #: after a word or a quoted phrase, then what it excludes (group 1).
@@ -567,6 +575,9 @@ def _split(query: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
             problems.append(f"NOT {target} inside brackets beside OR would exclude from "
                             "every alternative: put NOT after the brackets")
         last = match.end()
+        if first and match.group(0).lstrip().startswith("("):  # (NOT asthma): its bracket
+            close = re.match(r"\s*\)", query[last:])
+            last += close.end() if close else 0
         if _OR_AFTER.match(query, last):
             problems.append(
                 f"an OR right after NOT {target}: does it join what NOT excludes or what "
@@ -594,8 +605,7 @@ def _excludable_first(target: str) -> bool:
 #: One alternative of a group after NOT: a quoted phrase, or one word (a tracer, a dotted
 #: variant, hyphens, a possessive and a closing sign in it).
 _ONE_ALTERNATIVE = re.compile(
-    rf"[{_OPEN}][^{_QUOTES}]*[{_CLOSE}]|(?:\[[^\[\]\s]+\])?[^\W_]"
-    r"(?:[\w-]|\.(?=\w)|['\u2019\u02bc](?=\w))*[+%]*"
+    rf"[{_OPEN}][^{_QUOTES}]*[{_CLOSE}]|{_WORD_ITEM}"
 )
 
 
@@ -680,11 +690,17 @@ def _forms(text: str, shouted: bool) -> Forms:
         capital = phrase_terms(_LOWER_A.sub("A", text))  # _lower keeps the A after a term
         if capital:
             forms.setdefault(capital)
-    loose = tuple(t for t in main
-                  if not (len(t) > 1 and t.isupper() and _is_stop_word(t.lower())))
+    # a whole word only (NO synthase), never a segment of one (the OR of the gene OR2A4)
+    kept = [w for w in text.split() if not (len(core := w.strip(_PUNCT)) > 1 and core.isupper()
+                                            and core.isalpha() and _is_stop_word(core.lower()))]
+    loose = phrase_terms(" ".join(kept), shouted=shouted) if len(kept) < len(text.split()) else main
     if loose != main and len(loose) >= 2:
         forms.setdefault(loose)
     return tuple(forms)
+
+
+#: What may surround a word of a phrase: punctuation it is not made of.
+_PUNCT = ".,;:!?()[]{}'\"\u2018\u2019\u201c\u201d"
 
 
 #: The items of a query that OR joins (:func:`_structure`): a quoted phrase (group 1), a
@@ -695,7 +711,7 @@ def _forms(text: str, shouted: bool) -> Forms:
 _CHAIN_ITEM = re.compile(
     rf"[{_OPEN}]([^{_QUOTES}]*)[{_CLOSE}]|(?<![\w-])(OR)(?![\w-])"
     r"|(?<![\w.])([A-Z]\.[ \t]?[a-z]{3,})(?![\w-])"
-    r"|((?:\[[^\[\]\s]+\])?[^\W_](?:[\w-]|\.(?=\w)|['\u2019\u02bc](?=\w))*[+%]*)"
+    rf"|({_WORD_ITEM})"
     r"|([(\[])|([)\]])|(\S)"
 )
 #: A number alone, as an odds ratio's value follows OR: ``1.9``, ``95%``, ``0,8``.
@@ -706,13 +722,17 @@ Alternative = tuple[str, bool]  # the text, and whether it was quoted
 Node = Any  # an Alternative, _BREAK, _JOIN, or a list of nodes (a bracketed group)
 
 
-def _structure(searched: str, shouted: bool) -> tuple[list[Node], list[str]]:
+def _structure(
+    searched: str, shouted: bool, capitals: bool = False
+) -> tuple[list[Node], list[str]]:
     """``searched`` as nested nodes (a bracketed group: a list), and the problems met.
 
     ``OR NOT`` before a term is a problem (it cannot be met: NOT excludes from what the
     other words find), unless the query is ``shouted`` (wholly in capitals, no quotes: a
-    title, whose NOT is a word). An OR before a number alone (``OR 1.9``, ``OR 95% CI``)
-    is the odds ratio, no operator: it ends the chain.
+    title, whose NOT is a word) or the word after NOT is a stop word (in a query wholly in
+    ``capitals``, even one with quotes, ``TO`` is the word, no abbreviation). An OR before
+    a number alone (``OR 1.9``, ``OR 95% CI``) is the odds ratio, no operator: it ends the
+    chain.
     """
     matches = list(_CHAIN_ITEM.finditer(searched))
     stack: list[list[Node]] = [[]]
@@ -739,7 +759,8 @@ def _structure(searched: str, shouted: bool) -> tuple[list[Node], list[str]]:
             quoted_next = nxt is not None and nxt.group(1) is not None
             after = None if nxt is None else nxt.group(1) if quoted_next else nxt.group(4)
             if not shouted and word == "NOT" and i and matches[i - 1].group(2) and after and (
-                phrase_terms(after) if quoted_next else _term_before_not(after)
+                phrase_terms(after) if quoted_next
+                else _term_before_not(after.lower() if capitals else after)
             ):
                 typed = nxt.group(0) if nxt is not None else after
                 problems.append(f"OR NOT {typed}: NOT excludes from what the other words "
@@ -822,10 +843,16 @@ def _alternatives(
 def _parsed(query: str) -> tuple[tuple[tuple[Alternative, ...], ...], tuple[str, ...]]:
     """The chains of alternatives of ``query`` (:func:`_alternatives`) and every problem
     met reading its NOT and OR."""
-    searched, _, problems = _split(query)
-    nodes, more = _structure(searched, _shouted(query) and not _QUOTED.search(query))
+    searched, excluded, problems = _split(query)
+    capitals = _shouted(query)
+    nodes, more = _structure(searched, capitals and not _QUOTED.search(query), capitals)
     found: list[str] = [*problems, *more]
     chains = _alternatives(nodes, found)
+    out: set[tuple[str, ...]] = {f for t in excluded for f in _forms(t, capitals)}
+    for chain in chains:
+        for text, _ in chain:
+            if out & set(_forms(text, capitals)):  # "a" OR b NOT "a": asked for and excluded
+                found.append(f"{text!r} is both asked for and excluded: drop it from one side")
     return tuple(tuple(c) for c in chains), tuple(dict.fromkeys(found))
 
 
