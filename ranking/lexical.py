@@ -480,12 +480,14 @@ _WORD_ITEM = (
     r"(?:\[[^\[\]\s]+\]|\((?:[RSEZDL]|[+\-\u00b1])\)-)?[^\W_]"
     r"(?:[\w-]|\.(?=\w)|(?<=\d),(?=\d)|\(\w+\)(?=[\w-])|['\u2019\u02bc](?=\w))*[+%]*"
 )
+#: A tracer's name, its isotope in square brackets: ``[18F]FDG``, ``[11C]PiB``.
+_TRACER = r"\[[^\[\]\s]+\][\w-]+"
 #: What a NOT excludes (group 1): a quoted phrase; a group (asthma OR bronchitis); a word,
 #: possessive and all (Alzheimer's), after a quote left open.
 _NOT_TARGET = (
     rf"([{_OPEN}][^{_QUOTES}]*[{_CLOSE}]"  # a quoted phrase
     r"|\((?:[^()]|\([^()]*\))*\)|\([^()]*$"  # a group (one inside it), or one left open
-    r"|\[[^\[\]\s]+\][\w-]+"  # a tracer: [18F]FDG
+    rf"|{_TRACER}"  # a tracer: [18F]FDG
     r"|\[[^\[\]]*\]"  # a group in square brackets
     r"|['\u2018][^'\u2018\u2019]*[^'\u2018\u2019\s]['\u2019]"  # in single quotes
     rf"|[{_OPEN}]?{_WORD_ITEM})"  # a word
@@ -613,14 +615,14 @@ def _excluded(target: str) -> tuple[list[str], str | None]:
     """The texts a NOT's target excludes — each alternative of a group, else the word or
     phrase, quotes off — and the problem of a group that is no chain of ORs of words and
     quoted phrases (``(asthma AND bronchitis)``, ``(asthma, bronchitis)``, one left open)."""
-    group = target[:1] in "([" and not re.fullmatch(r"\[[^\[\]\s]+\][\w-]+", target)
+    group = target[:1] in "([" and not re.fullmatch(_TRACER, target)
     if not group:
         return [target.strip(_QUOTES + "'\u2018\u2019").strip()], None
     if target[-1:] not in ")]":
         return [], f"NOT {target.strip()}: a bracket left open; close it"
     inner = re.sub(r"^[\s(]+|[\s)]+$", "", target[1:-1])  # ((a OR b)): one group
     out: list[str] = []
-    for part in re.split(r"\s+OR\s+", inner):
+    for part in _OR.split(inner):
         part = re.sub(r"^[\s(]+|[\s)]+$", "", part)  # (a OR (b))
         if not _ONE_ALTERNATIVE.fullmatch(part) or part in _OPERATORS:
             return [], (f"NOT {target}: what NOT excludes in brackets must be words or "

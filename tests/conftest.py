@@ -94,6 +94,16 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setting
 
 
 @pytest.fixture
+def env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The ``settings`` store as the CLI finds it: LITPULSE_HOME and LITPULSE_DATABASE_URL
+    in os.environ."""
+    monkeypatch.setenv("LITPULSE_HOME", str(settings.home))
+    if settings.database_url:
+        monkeypatch.setenv("LITPULSE_DATABASE_URL", settings.database_url)
+    return settings
+
+
+@pytest.fixture
 def sqlite_settings(tmp_path: Path) -> Iterator[Settings]:
     """Settings on SQLite only (for tests whose point is not the database)."""
     s = Settings.from_env({}, home=tmp_path / "home")

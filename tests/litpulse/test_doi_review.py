@@ -43,15 +43,6 @@ def _with_doi(pmid: int, doi: str | None, **kw: Any) -> Any:
 
 
 @pytest.fixture
-def env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """The ``settings`` store as the CLI finds it (LITPULSE_HOME / LITPULSE_DATABASE_URL)."""
-    monkeypatch.setenv("LITPULSE_HOME", str(settings.home))
-    if settings.database_url:
-        monkeypatch.setenv("LITPULSE_DATABASE_URL", settings.database_url)
-    return settings
-
-
-@pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         yield c

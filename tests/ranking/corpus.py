@@ -365,3 +365,27 @@ def dated(record: Any, year: int) -> Any:
         record, pub_date=PartialDate(year, 6, None, f"{year} Jun"),
         article_date=dt.date(year, 6, 1), entrez_date=dt.date(year, 6, 2),
     )  # fmt: skip
+
+
+def titled_records(base: int, corpus: Mapping[int, tuple[str, str]]) -> list[Any]:
+    """``corpus`` (offset → title, abstract) as records ``base + offset``, each dated in
+    June of ``2015 + offset % 10``: the corpora of the query-language reviews."""
+    return [dated(make_article(base + off, title, abstract), 2015 + off % 10)
+            for off, (title, abstract) in corpus.items()]
+
+
+def review_world(
+    request: Any, tmp_path_factory: Any, tiny: str, name: str, records: list[Any],
+    **changes: Any,
+) -> Iterator[Any]:
+    """A module fixture's world of ``records`` on ``request.param``'s database
+    (:func:`world_on` of :func:`indexed_world` with the tiny encoder ``tiny``)."""
+    yield from world_on(request.param, tmp_path_factory, name,
+                        lambda home, url: indexed_world(home, url, tiny, records, **changes))
+
+
+def found_offsets(settings: Any, query: str, base: int, mode: str = "lexical") -> set[int]:
+    """The offsets from ``base`` of the first 50 results of ``query`` in ``mode``."""
+    from ranking.search import search
+
+    return {h.pmid - base for h in search(settings, query, k=50, mode=mode)}

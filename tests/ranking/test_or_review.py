@@ -18,8 +18,6 @@ otherwise; the plain ones pin what holds.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -29,8 +27,8 @@ from litpulse.app.cli import build_parser
 from litpulse.core.errors import ConfigError
 from litpulse.core.settings import Settings
 from litpulse.pipeline.saved_searches import add_search
-from ranking.search import run_search, search
-from tests.ranking.corpus import BOTH_DATABASES, dated, indexed_world, make_article, world_on
+from ranking.search import run_search
+from tests.ranking.corpus import BOTH_DATABASES, found_offsets, review_world, titled_records
 from tests.tiny_encoder import build_tiny_encoder
 
 P = 44000000
@@ -62,28 +60,17 @@ CORPUS: dict[int, tuple[str, str]] = {
 EITHER = {1, 2, 4}  # "heart failure" or "cardiac failure"
 
 
-def _records() -> list[Any]:
-    return [dated(make_article(P + off, title, abstract), 2015 + off % 10)
-            for off, (title, abstract) in CORPUS.items()]
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
     return build_tiny_encoder(tmp_path_factory.mktemp("tiny-or"), max_seq_length=32)
-
-
-def _build(home: Path, url: str, tiny: str) -> Settings:
-    s: Settings = indexed_world(home, url, tiny, _records(), api_rate_burst=100000,
-                                rerank_candidates=3)
-    return s
 
 
 @pytest.fixture(scope="module", params=BOTH_DATABASES)
 def world(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny: str
 ) -> Iterator[Settings]:
-    yield from world_on(request.param, tmp_path_factory, "or_review",
-                        lambda home, url: _build(home, url, tiny))
+    yield from review_world(request, tmp_path_factory, tiny, "or_review",
+                            titled_records(P, CORPUS), api_rate_burst=100000, rerank_candidates=3)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +80,7 @@ def client(world: Settings) -> Iterator[TestClient]:
 
 
 def _found(s: Settings, query: str, mode: str = "lexical") -> set[int]:
-    return {h.pmid - P for h in search(s, query, k=50, mode=mode)}
+    return found_offsets(s, query, P, mode)
 
 
 # ----------------------------------------------------------------------- what holds

@@ -16,8 +16,6 @@ otherwise; the plain ones pin what holds.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -28,8 +26,8 @@ from litpulse.core import db
 from litpulse.core.errors import ConfigError
 from litpulse.core.settings import Settings
 from ranking.lexical import phrase_forms, query_problems, query_terms, split_exclusions
-from ranking.search import checked_query, run_search, search
-from tests.ranking.corpus import BOTH_DATABASES, dated, indexed_world, make_article, world_on
+from ranking.search import checked_query, run_search
+from tests.ranking.corpus import BOTH_DATABASES, found_offsets, review_world, titled_records
 from tests.tiny_encoder import build_tiny_encoder
 
 P = 46000000
@@ -55,31 +53,21 @@ CORPUS: dict[int, tuple[str, str]] = {
 }  # fmt: skip
 
 
-def _records() -> list[Any]:
-    return [dated(make_article(P + off, title, abstract), 2015 + off % 10)
-            for off, (title, abstract) in CORPUS.items()]
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
     return build_tiny_encoder(tmp_path_factory.mktemp("tiny-or3"), max_seq_length=32)
-
-
-def _build(home: Path, url: str, tiny: str) -> Settings:
-    s: Settings = indexed_world(home, url, tiny, _records(), rerank_candidates=3)
-    return s
 
 
 @pytest.fixture(scope="module", params=BOTH_DATABASES)
 def world(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny: str
 ) -> Iterator[Settings]:
-    yield from world_on(request.param, tmp_path_factory, "or_third_review",
-                        lambda home, url: _build(home, url, tiny))
+    yield from review_world(request, tmp_path_factory, tiny, "or_third_review",
+                            titled_records(P, CORPUS), rerank_candidates=3)
 
 
 def _found(s: Settings, query: str, mode: str = "lexical") -> set[int]:
-    return {h.pmid - P for h in search(s, query, k=50, mode=mode)}
+    return found_offsets(s, query, P, mode)
 
 
 def _embedded(s: Settings, query: str) -> list[str]:

@@ -19,15 +19,6 @@ from litpulse.core.settings import Settings
 from tests.ingest.test_files import BROKEN, article_xml, deletion_xml, write_xml
 
 
-@pytest.fixture
-def env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """LITPULSE_HOME / LITPULSE_DATABASE_URL of the ``settings`` fixture, in os.environ."""
-    monkeypatch.setenv("LITPULSE_HOME", str(settings.home))
-    if settings.database_url:
-        monkeypatch.setenv("LITPULSE_DATABASE_URL", settings.database_url)
-    return settings
-
-
 def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
     assert main([*argv, "--json"]) == 0
     return json.loads(capsys.readouterr().out)
