@@ -14,7 +14,6 @@ from litpulse.app.cli import main
 from litpulse.core import db
 from litpulse.core.settings import Settings
 from tests.ingest.test_files import article_xml, write_xml
-from tests.litpulse.app.test_cli import env  # noqa: F401 - fixture
 from tests.ranking.test_index import add_articles
 
 
