@@ -100,6 +100,7 @@ from litpulse.core.errors import ConsistencyError
 from litpulse.core.schema import articles
 from litpulse.core.settings import Settings
 from litpulse.core.text import GREEK, fold
+from ranking.authors import AuthorClause, author_keys, split_authors
 from ranking.models import published_index_row
 
 __all__ = [
@@ -125,6 +126,7 @@ __all__ = [
     "plan_lexical",
     "phrase_forms",
     "phrase_terms",
+    "query_authors",
     "query_exclusions",
     "query_phrases",
     "query_problems",
@@ -147,15 +149,23 @@ LEXICAL_DIR = "lexical"
 #: that spell a stop word kept as terms in capitals, ``NO`` nitric oxide; 5: ø, ß, æ...
 #: folded, apostrophe-like marks and invisible format characters inside a word dropped;
 #: 6: the phrase field, :data:`PHRASE_FIELD`, for quoted phrases and NOT; the letter A
-#: after a word a term in capitals, ``hepatitis A``.)
-FORMAT = 6
+#: after a word a term in capitals, ``hepatitis A``; 7: the author field,
+#: :data:`AUTHOR_FIELD`.)
+FORMAT = 7
 #: Formats an opened index is searched in: 3 and 4 differ from 5 only by the terms they
-#: lack or spell otherwise (``NO``; ``tromsø``), and 5 from 6 by its missing positions
-#: (a query with a quoted phrase is refused on it: :meth:`LexicalIndex.phrases`), so
-#: search goes on until a refresh rebuilds.
-READABLE_FORMATS = frozenset({3, 4, 5, FORMAT})
+#: lack or spell otherwise (``NO``; ``tromsø``), 5 from 6 by its missing positions
+#: (a query with a quoted phrase is refused on it: :meth:`LexicalIndex.phrases`) and 6
+#: from 7 by its missing authors (a query naming an author is refused on it), so search
+#: goes on until a refresh rebuilds.
+READABLE_FORMATS = frozenset({3, 4, 5, 6, FORMAT})
 #: The first format with the phrase field.
 PHRASE_FORMAT = 6
+#: The first format with the author field.
+AUTHOR_FORMAT = 7
+#: The field author clauses (``Smith J[au]``, :mod:`ranking.authors`) are looked up in:
+#: each of an article's author keys (:func:`ranking.authors.author_keys`) as one raw
+#: term. Only filters: it scores nothing.
+AUTHOR_FIELD = "author"
 #: The field quoted phrases and NOT are looked up in: each value of each text field (the
 #: title, the abstract, each MeSH heading, each keyword) as the segments of its words with
 #: their positions (:func:`analysed`), so a compound matches in any spelling
@@ -537,13 +547,16 @@ def split_exclusions(query: str) -> tuple[str, tuple[str, ...]]:
 
 @functools.lru_cache(maxsize=256)
 def _split(query: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
-    """:func:`split_exclusions`, and the problems met (an OR right after an exclusion)."""
+    """:func:`split_exclusions`, and the problems met (an OR right after an exclusion, an
+    author clause that cannot be read). The query's author clauses (``Smith J[au]``,
+    :func:`query_authors`) are out of it first: a name is no word to search."""
+    query, _, named = split_authors(query)
     quotes = [m.span() for m in _QUOTED.finditer(query)]
     if "NOT" not in query or (_shouted(query) and not quotes):  # quotes are syntax
-        return query, (), ()
+        return query, (), named
     kept: list[str] = []
     excluded: list[str] = []
-    problems: list[str] = []
+    problems: list[str] = list(named)
     last = 0
     found = sorted([*((m, True) for m in _FIRST_NOT.finditer(query)),
                     *((m, False) for m in _NOT_CLAUSE.finditer(query))],
@@ -586,8 +599,8 @@ def _split(query: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
                 f"is searched? Exclude several as NOT ({target.strip('()')} OR …), and "
                 "put the alternatives to search before NOT"
             )
-    if not excluded and not problems:
-        return query, (), ()
+    if not excluded and len(problems) == len(named):
+        return query, (), named
     kept.append(query[last:])
     searched = " ".join(p.strip() for p in kept if p.strip())
     return searched, tuple(excluded), tuple(problems)
@@ -894,9 +907,15 @@ def phrase_forms(query: str) -> tuple[tuple[Forms, ...], tuple[Forms, ...]]:
 
 
 def constrains(query: str) -> bool:
-    """Whether ``query`` quotes a phrase or excludes a word: only the lexical index can
-    tell which articles meet it (in every mode)."""
-    return bool(query_phrases(query) or query_exclusions(query))
+    """Whether ``query`` quotes a phrase, excludes a word or names an author: only the
+    lexical index can tell which articles meet it (in every mode)."""
+    return bool(query_phrases(query) or query_exclusions(query) or query_authors(query))
+
+
+def query_authors(query: str) -> tuple[AuthorClause, ...]:
+    """The authors ``query`` asks for or excludes (``Smith J[au]``, ``NOT Li X[1au]``), in
+    query order (:func:`ranking.authors.split_authors`); their words are no terms."""
+    return split_authors(query)[1]
 
 
 def _field_text(values: Iterable[str]) -> str:
@@ -913,15 +932,24 @@ class _Doc:
     abstract: str
     mesh: tuple[str, ...]
     keywords: tuple[str, ...]
+    authors: tuple[str, ...] = ()  # author keys: ranking.authors.author_keys
 
     @property
     def hash(self) -> str:
-        return doc_hash(self.title, self.abstract, self.mesh, self.keywords)
+        return doc_hash(self.title, self.abstract, self.mesh, self.keywords, self.authors)
 
 
-def doc_hash(title: str, abstract: str, mesh: Sequence[str], keywords: Sequence[str]) -> str:
-    """SHA-1 of what the lexical index holds of an article (and of :data:`FORMAT`)."""
-    blob = json.dumps([FORMAT, title, abstract, list(mesh), list(keywords)], ensure_ascii=False)
+def doc_hash(
+    title: str,
+    abstract: str,
+    mesh: Sequence[str],
+    keywords: Sequence[str],
+    authors: Sequence[str] = (),
+) -> str:
+    """SHA-1 of what the lexical index holds of an article (and of :data:`FORMAT`): its
+    text fields and its author keys, so a corrected author list is indexed again."""
+    blob = json.dumps([FORMAT, title, abstract, list(mesh), list(keywords), list(authors)],
+                      ensure_ascii=False)  # fmt: skip
     return hashlib.sha1(blob.encode()).hexdigest()
 
 
@@ -942,6 +970,7 @@ _DOC_COLUMNS = (
     articles.c.abstract,
     articles.c.mesh,
     articles.c.record["keywords"].label("keywords"),
+    articles.c.authors,
 )
 
 
@@ -974,6 +1003,7 @@ def _doc(row: Any) -> _Doc:
         row.abstract or "",
         _strings(row.mesh, "descriptor"),
         _strings(keywords),
+        author_keys(row.authors) if isinstance(row.authors, list) else (),
     )
 
 
@@ -985,6 +1015,7 @@ def _schema() -> Any:
     for name in TEXT_FIELDS:
         sb.add_text_field(name, tokenizer_name=_TOKENIZER, index_option="freq")
     sb.add_text_field(PHRASE_FIELD, tokenizer_name=_TOKENIZER, index_option="position")
+    sb.add_text_field(AUTHOR_FIELD, tokenizer_name="raw", index_option="basic")
     for name in TEXT_FIELDS:
         sb.add_integer_field(f"n_{name}", fast=True)
     sb.add_bytes_field("tf", stored=True)
@@ -1086,6 +1117,7 @@ def _document(doc: _Doc, fields: dict[str, list[str]], phrases: list[str]) -> An
 
     values: dict[str, Any] = {name: [" ".join(fields[name])] for name in TEXT_FIELDS}
     values[PHRASE_FIELD] = phrases
+    values[AUTHOR_FIELD] = list(doc.authors)
     values.update({f"n_{name}": len(fields[name]) for name in TEXT_FIELDS})
     name, tf = tf_records(fields)
     values[name] = [tf]
@@ -1266,11 +1298,13 @@ class LexicalIndex:
 
     def _constraints(self, query: str) -> list[tuple[Any, Any]]:
         """The clauses of ``query``'s quoted phrases (each a ``Must``) and exclusions (each
-        a ``MustNot``) on :data:`PHRASE_FIELD`, scoring nothing.
+        a ``MustNot``) on :data:`PHRASE_FIELD`, and of its authors (a ``Must``, or a
+        ``MustNot`` after NOT) on :data:`AUTHOR_FIELD`, scoring nothing.
 
         Raises:
             ConsistencyError: A phrase or an exclusion, and this index was built before
-                the phrase field (format 5 and older).
+                the phrase field (format 5 and older); an author, and it was built before
+                the author field (format 6 and older).
         """
         import tantivy
 
@@ -1280,6 +1314,13 @@ class LexicalIndex:
                 f"the lexical index in {self.path} was built before quoted phrases and NOT "
                 f"were indexed (format {self._stats.format}): run `litpulse index refresh`, "
                 "which rebuilds it, or search without quotes and NOT"
+            )
+        authors = query_authors(query)
+        if authors and self._stats.format < AUTHOR_FORMAT:
+            raise ConsistencyError(
+                f"the lexical index in {self.path} was built before authors were indexed "
+                f"(format {self._stats.format}): run `litpulse index refresh`, which "
+                f"rebuilds it, or search without {authors[0].shown}"
             )
         schema = self._index.schema
 
@@ -1295,9 +1336,19 @@ class LexicalIndex:
             )
             return tantivy.Query.const_score_query(query, 0.0)
 
+        by = [
+            (
+                tantivy.Occur.MustNot if a.excluded else tantivy.Occur.Must,
+                tantivy.Query.const_score_query(
+                    tantivy.Query.term_query(schema, AUTHOR_FIELD, a.key, index_option="basic"),
+                    0.0,
+                ),
+            )
+            for a in authors
+        ]
         return [(tantivy.Occur.Must, anywhere(t)) for t in phrases] + [
             (tantivy.Occur.MustNot, anywhere(t)) for t in excluded
-        ]
+        ] + by
 
     def _query(
         self,
@@ -1484,6 +1535,23 @@ class LexicalIndex:
                 (m.pmid, m) for m in self._matches(terms, len(chunk), chunk, constraints)
             )
         return out
+
+    def holders(self, query: str, limit: int) -> list[int]:
+        """The PMIDs (sorted) of up to ``limit`` documents that meet ``query``'s
+        constraints whatever its words: by each author it asks for (and by none it
+        excludes), holding its quoted phrases; none when it asks for no author.
+
+        Raises:
+            ConsistencyError: As :meth:`matching`.
+        """
+        import tantivy
+
+        if limit <= 0 or not any(not a.excluded for a in query_authors(query)):
+            return []
+        searcher = self._index.searcher()
+        query_ = tantivy.Query.boolean_query(self._constraints(query))
+        addrs = [addr for _, addr in searcher.search(query_, limit, count=False).hits]
+        return sorted(int(p) for p in searcher.fast_field_values("pmid", addrs) if p is not None)
 
     def matching(self, query: str, pmids: Sequence[int]) -> set[int]:
         """Those of ``pmids`` that hold every quoted phrase of ``query`` and none of the

@@ -152,6 +152,8 @@ class LexicalSearcher(Protocol):
 
     def matching(self, query: str, pmids: Sequence[int]) -> set[int]: ...
 
+    def holders(self, query: str, limit: int) -> list[int]: ...
+
 
 @dataclass(frozen=True)
 class Hit:
@@ -409,6 +411,7 @@ class SearchResult:
     offset: int | None = None  # a page (see run_search), or None: the k best
     has_more: bool = False  # a page: whether a next page may hold results
     excluded: tuple[str, ...] = ()  # what the query excludes with NOT
+    authors: tuple[str, ...] = ()  # its author clauses as read: Smith J[au], NOT Li X[1au]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -422,6 +425,7 @@ class SearchResult:
             "offset": self.offset or 0,
             "has_more": self.has_more,
             "excluded": list(self.excluded),
+            "authors": list(self.authors),
             "options": self.options.to_dict(),
             "filters": self.filters.to_dict(),
             "results": [h.to_dict() for h in self.hits],
@@ -655,7 +659,7 @@ def run_search(
     """
     import numpy as np
 
-    from ranking.lexical import constrains, split_exclusions
+    from ranking.lexical import constrains, query_authors, split_exclusions
 
     text = _checked_query(query, k)
     searched, excluded = split_exclusions(text)
@@ -678,9 +682,9 @@ def run_search(
             )
         if constrains(text):
             raise NoIndexError(
-                f"quoted phrases and NOT are matched in the lexical index, and index "
-                f"{index.id} has none yet: run `litpulse index refresh`, or search without "
-                "them"
+                f"quoted phrases, NOT and authors ([au]) are matched in the lexical index, "
+                f"and index {index.id} has none yet: run `litpulse index refresh`, or "
+                "search without them"
             )
         effective = SearchMode.SEMANTIC
     vector = None
@@ -737,6 +741,7 @@ def run_search(
         offset=offset,
         has_more=has_more,
         excluded=excluded,
+        authors=tuple(a.shown for a in query_authors(text)),
     )
 
 
@@ -782,10 +787,10 @@ def _checked_query(query: str, k: int) -> str:
 #: bracketed text (a translated title, ``[18F]FDG``) is searched.
 _FIELD_TAG = re.compile(
     r"(?<=[^\s\[])\[\s*(ti|tiab|ab|tw|all|mh|mesh|mh:noexp|majr|sh|dp|pdat|edat|crdt|mhda|"
-    r"pt|la|au|1au|lastau|fau|ad|affl|ta|jour|pmid|uid|doi|aid|lid|nm|ot|gr|sb)\s*\]"
+    r"pt|la|ad|affl|ta|jour|pmid|uid|doi|aid|lid|nm|ot|gr|sb)\s*\]"
     r"|(?<=[^\s\[])\[\s*(?i:(title|title/abstract|abstract|text word|all fields|mesh terms|"
     r"mesh major topic|subheading|publication date|date - publication|publication type|"
-    r"language|author|full author name|affiliation|journal|filter))\s*\]"
+    r"language|affiliation|journal|filter))\s*\]"
 )
 _TAG_ADVICE = {
     **dict.fromkeys(("mh", "mesh", "mesh terms", "mh:noexp", "majr", "mesh major topic"),
@@ -794,8 +799,6 @@ _TAG_ADVICE = {
                     "bound the date instead (--since/--until)"),
     **dict.fromkeys(("pt", "publication type"), "filter by type instead (--type, type=)"),
     **dict.fromkeys(("la", "language"), "filter by language instead (--language)"),
-    **dict.fromkeys(("au", "author", "1au", "lastau", "fau", "full author name"),
-                    "authors are not searched (search the topic's words)"),
 }  # fmt: skip
 #: Truncation the PubMed way: a lower-case stem of three letters or more, then ``*``
 #: (``cardio*``, ``vaccin*``); not a star after a digit or a capital (``miR-21*``,
@@ -810,7 +813,8 @@ def checked_query(query: str) -> str:
     searched other than the user means (litpulse ranks by meaning and by BM25 over
     words: every word counts, a quoted phrase is required, ``A NOT B`` excludes ``B``
     (:func:`ranking.lexical.split_exclusions`), ``OR`` beside a quoted phrase offers
-    alternatives (:func:`ranking.lexical.phrase_forms`); between words alone it changes nothing).
+    alternatives (:func:`ranking.lexical.phrase_forms`); between words alone it changes
+    nothing; ``Smith J[au]`` requires an author (:mod:`ranking.authors`)).
 
     Raises:
         ConfigError: An empty or over-long query, one holding a control character; one
@@ -820,7 +824,9 @@ def checked_query(query: str) -> str:
             truncation (``cardio*``); a quoted phrase with no word to require (``"the"``),
             ``NOT`` a stop word (nothing to exclude), a query that only excludes
             (``NOT asthma``), ``OR`` that cannot be read one way
-            (:func:`ranking.lexical.query_problems`). Google's
+            (:func:`ranking.lexical.query_problems`); an author clause that cannot be
+            read (``asthma Smith J[au]``: where does the name start?) or a query of
+            authors alone (:mod:`ranking.authors`). Google's
             ``-word`` is not refused: a space before a hyphen is too common in biomedical
             text (``Ca2+ -activated``, ``(-OH)``).
     """
@@ -845,7 +851,13 @@ def checked_query(query: str) -> str:
         raise ConfigError(f"the query is a DOI alone: `litpulse article {shlex.quote(doi)}` "
                           f"(GET /articles/doi/{quote(doi, safe='/')}) shows that article; "
                           "search words to find articles")
-    tag = _FIELD_TAG.search(text)
+    from ranking.authors import split_authors
+    from ranking.lexical import split_exclusions
+
+    rest, authors, unread = split_authors(text)  # Smith J[au]: read before other tags
+    for problem in unread:
+        raise ConfigError(problem)
+    tag = _FIELD_TAG.search(rest)
     if tag:
         name = (tag.group(1) or tag.group(2)).strip().lower()
         advice = _TAG_ADVICE.get(name, "the words are searched in titles, abstracts, MeSH "
@@ -855,15 +867,16 @@ def checked_query(query: str) -> str:
     if _TRUNCATION.search(text):
         raise ConfigError("truncation (word*) is not supported: type whole words (they are "
                           "stemmed: vaccination also finds vaccine and vaccines)")
-    from ranking.lexical import (
-        phrase_terms,
-        query_problems,
-        query_terms,
-        quoted,
-        split_exclusions,
-    )
+    from ranking.lexical import phrase_terms, query_problems, query_terms, quoted
 
     searched, excluded = split_exclusions(text)
+    if authors and not query_terms(searched):
+        shown = " ".join(a.shown for a in authors)
+        raise ConfigError(
+            f"the query names only {'an author' if len(authors) == 1 else 'authors'} "
+            f"({shown}): an author is searched with the topic's words, as "
+            f"'asthma AND {authors[0].name}[{authors[0].role.value}]'"
+        )
     if not excluded and not query_terms(text):
         raise ConfigError("the query has no word to search for (only stop words or "
                           "punctuation)")
@@ -954,7 +967,7 @@ def _candidates(
     ``known``: rows read before with the same ``conds`` (``None``: it does not pass),
     kept up to date, so that the pools of one page read each row once.
     """
-    from ranking.lexical import constrains, query_phrases
+    from ranking.lexical import constrains, query_authors, query_phrases
 
     pool = _Pool()
     dense = mode != SearchMode.LEXICAL
@@ -964,6 +977,7 @@ def _candidates(
     seen: set[int] = set()
     dense_complete = not dense or vector is None
     phrases = bool(query_phrases(text))
+    by_author = any(not a.excluded for a in query_authors(text))
     constrained = lexical if lexical is not None and constrains(text) else None
     while n > 0:
         fresh: list[int] = []
@@ -986,6 +1000,15 @@ def _candidates(
             unsure = [p for p in fresh if p not in pool.bm25]  # the lexical list's meet them
             held = constrained.matching(text, unsure) if unsure else set()
             fresh = [p for p in fresh if p in pool.bm25 or p in held]
+            if by_author and not dense_complete and vector is not None \
+                    and _scores_exactly(index):
+                # an author's articles are few: when fewer than n meet the query, score
+                # them all by their stored vectors (those without its words too) instead
+                # of widening the neighbours towards the whole index to meet them
+                authored = constrained.holders(text, n)
+                if len(authored) < n:
+                    fresh += _score_all(pool, seen, index, authored, vector)
+                    dense_complete = True
             if phrases and lex is not None and lexical_exhausted:
                 dense_complete = True  # every document holding the phrases is listed
             elif phrases and lex is None and not dense_complete and vector is not None \
@@ -995,11 +1018,7 @@ def _candidates(
                 # whole index to meet them
                 holders = constrained.search(text, n)
                 if len(holders) < n:
-                    cosines = stored_cosines(index, [p for p, _ in holders if p not in seen],
-                                             vector)
-                    pool.sims.update(cosines)
-                    seen.update(cosines)
-                    fresh += list(cosines)
+                    fresh += _score_all(pool, seen, index, [p for p, _ in holders], vector)
                     dense_complete = True
         if known is None:
             pool.rows.update(load_rows(engine, fresh, conds))
@@ -1020,6 +1039,17 @@ def _candidates(
     if mode == SearchMode.HYBRID and lex is not None:
         _fill_in(pool, index, lex, vector, text)
     return pool
+
+
+def _score_all(
+    pool: _Pool, seen: set[int], index: Any, pmids: Sequence[int], vector: np.ndarray
+) -> list[int]:
+    """Give each of ``pmids`` not seen yet its cosine from its stored vector (one not
+    embedded yet is left out); the PMIDs scored."""
+    cosines = stored_cosines(index, [p for p in pmids if p not in seen], vector)
+    pool.sims.update(cosines)
+    seen.update(cosines)
+    return list(cosines)
 
 
 def _fill_in(

@@ -80,7 +80,8 @@ class FiltersIn(BaseModel):
 
 
 _QUERY_DESCRIPTION = ('Free-text query; a phrase in double quotes is required ("heart '
-                      'failure"), a word or phrase after a capital NOT excluded.')
+                      'failure"), a word or phrase after a capital NOT excluded, an author '
+                      "required (asthma AND Smith J[au]).")
 _MIN_SCORE_DESCRIPTION = "Score a new article needs (default LITPULSE_DIGEST_MIN_SCORE)."
 
 

@@ -527,7 +527,9 @@ def _search_spec_dependency(settings: Settings) -> Callable[..., SearchSpec]:
 
     q_param = Query(
         ..., min_length=1, max_length=512, pattern=NOT_BLANK,
-        description='Free-text query; a phrase in double quotes is required ("heart failure").',
+        description='Free-text query; a phrase in double quotes is required ("heart failure"), '
+                    "a word or phrase after a capital NOT excluded, an author required "
+                    "(asthma AND Smith J[au]; [1au] first, [lastau] last author).",
     )
     mesh_param = Query(
         None, max_length=MAX_TERMS,

@@ -33,8 +33,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument("query", help="words to search for, quoted as one argument; a phrase in "
                    "double quotes inside it is required ('\"heart failure\" outcomes'), a "
-                   "word or phrase after a capital NOT excluded ('COPD NOT asthma'); "
-                   "PubMed's field tags and word* are refused (see the README)")
+                   "word or phrase after a capital NOT excluded ('COPD NOT asthma'), an "
+                   "author required ('asthma AND Smith J[au]', [1au], [lastau]); PubMed's "
+                   "other field tags and word* are refused (see the README)")
     p.add_argument("-k", type=_positive_int, default=10, help="number of results (default 10)")
     add_filter_args(p)
     p.add_argument("--w-sim", type=float, metavar="X", help="weight of the similarity")
@@ -99,7 +100,8 @@ def run_search_cmd(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     hits = data["results"]
     if not hits:
-        print("no results" + "".join(f"; excluding {w!r}" for w in data.get("excluded") or ()),
+        print("no results" + "".join(f"; excluding {w!r}" for w in data.get("excluded") or ())
+              + ("; authors " + ", ".join(data["authors"]) if data.get("authors") else ""),
               file=sys.stderr)
         return 0
     rows = [
@@ -129,6 +131,7 @@ def run_search_cmd(args: argparse.Namespace, settings: Settings) -> int:
         f"{o['w_citation']:g}*cit, half-life {o['half_life_days']:g} days"
         + ("; sorted by date" if data["sort"] == "date" else "")
         + "".join(f"; excluding {w!r}" for w in data.get("excluded") or ())
+        + ("; authors " + ", ".join(data["authors"]) if data.get("authors") else "")
     )
     if args.explain:
         for n, h in enumerate(hits, start=1):

@@ -400,7 +400,9 @@ function render(data) {
     .map((w) => (/\s/.test(w) ? `NOT "${w}"` : `NOT ${w}`)).join(", ");
   $("count").textContent = `${n} result${n === 1 ? "" : "s"}${range} · ${data.mode}` +
     `${data.sort === "date" ? " · newest first" : ""}` +
-    `${excluded ? ` · excluding ${excluded}` : ""} · index ${data.index_version}` +
+    `${excluded ? ` · excluding ${excluded}` : ""}` +
+    `${(data.authors || []).length ? ` · authors ${data.authors.join(", ")}` : ""}` +
+    ` · index ${data.index_version}` +
     ` · model ${data.model_version}`;
   renderPager(data, n);
   if (!n) {

@@ -64,6 +64,25 @@ def test_search_returns_ranked_explained_results(client: TestClient) -> None:
     assert scores == sorted(scores, reverse=True)
 
 
+def test_search_by_author_over_http(client: TestClient) -> None:
+    # every article of the corpus is Doe J's, with the Test Consortium as last author
+    plain = client.get("/search", params={"q": "malaria", "k": 20}).json()
+    by = client.get("/search", params={"q": "malaria AND Doe J[au]", "k": 20})
+    assert by.status_code == 200, by.text
+    assert by.json()["authors"] == ["Doe J[au]"]
+    assert [h["pmid"] for h in by.json()["results"]] == [h["pmid"] for h in plain["results"]]
+    last = client.get("/search", params={"q": 'malaria AND "Test Consortium"[lastau]',
+                                         "k": 20}).json()  # fmt: skip
+    assert [h["pmid"] for h in last["results"]] == [h["pmid"] for h in plain["results"]]
+    for q in ("malaria AND Roe J[au]", "malaria AND Doe J[lastau]", "malaria NOT Doe J[au]"):
+        r = client.get("/search", params={"q": q, "mode": "semantic"})
+        assert r.status_code == 200 and r.json()["results"] == [], q
+    alone = client.get("/search", params={"q": "Doe J[au]"})
+    assert alone.status_code == 400 and "names only an author" in alone.json()["detail"]
+    unread = client.get("/search", params={"q": "malaria Doe J[au]"})
+    assert unread.status_code == 400 and "AND" in unread.json()["detail"]
+
+
 def test_search_modes_sort_and_lexical_explanation(client: TestClient) -> None:
     r = client.get("/search", params={"q": "artemisinin malaria resistance", "k": 3})
     body = r.json()

@@ -38,6 +38,18 @@ def test_search_table_and_explain(real: Settings, capsys: pytest.CaptureFixture[
     assert "cosine similarity" in out and "half-life 365 days" in out
 
 
+def test_search_by_author_names_the_author_in_the_results_line(
+    real: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = parse(["search", "malaria vaccine for children AND Doe J[au]", "-k", "2"])
+    assert args.func(args, real) == 0
+    out = capsys.readouterr().out
+    assert "201" in out and "; authors Doe J[au]" in out
+    args = parse(["search", "malaria AND Roe J[au]"])
+    assert args.func(args, real) == 0
+    assert "no results; authors Roe J[au]" in capsys.readouterr().err
+
+
 def test_search_json_with_filters(real: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     args = parse([
         "search", "gene editing", "-k", "50", "--mesh", "Humans", "--type", "Journal Article",

@@ -1,0 +1,238 @@
+"""Authors in queries, PubMed's way: ``Smith J[au]``, ``"van der Berg J"[au]``, ``[1au]``.
+
+The lexical index holds each article's authors as *keys* (:func:`author_keys`, the
+field :data:`ranking.lexical.AUTHOR_FIELD`): each author's surname folded
+(:func:`litpulse.core.text.fold_term`: case, accents, apostrophes and hyphens aside), the
+surname with each prefix of the initials (``smith j``, ``smith ja``), the surname with the
+first words of the forename (``smith john``), a collective name whole; the first and the
+last author's keys once more with a mark (``[1au]``, ``[lastau]``). A query's author
+clause is one key looked up as it is, so ``Smith J[au]`` finds Smith J, Smith JA and
+Smith JR, as PubMed does, ``Smith[au]`` every Smith, and ``Müller[au]`` Muller too.
+
+Where a name ends is read as PubMed reads it: the tag takes the text before it back to
+the start of the query, an ``AND``/``OR``/``NOT``, a bracket, a comma or a quote. That
+text must name one author: a surname (its particles ``van der``, ``de la`` … before it)
+and at most one more word, the initials or a forename. ``asthma Smith J[au]`` is
+refused (does *asthma* belong to the name?): ``asthma AND Smith J[au]``, or the name in
+quotes, ``asthma "Smith J"[au]``, says it. A quoted name is taken whole.
+
+``NOT`` before a name excludes that author's articles. An author is searched *with*
+words: a query of authors alone, and an author among alternatives (``OR``), are refused
+with what to write instead (:func:`ranking.search.checked_query`).
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from litpulse.core.text import fold, fold_term
+
+__all__ = ["AuthorClause", "Role", "author_keys", "split_authors"]
+
+
+class Role(enum.StrEnum):
+    """Which of an article's authors a clause asks for."""
+
+    ANY = "au"
+    FIRST = "1au"
+    LAST = "lastau"
+
+
+#: The mark before a first or last author's keys in the index (:func:`author_keys`).
+_MARKS = {Role.ANY: "", Role.FIRST: "^", Role.LAST: "$"}
+
+
+@dataclass(frozen=True)
+class AuthorClause:
+    """One author a query asks for (or, ``excluded``, leaves out).
+
+    Attributes:
+        name: The name as typed (quotes off), for messages and the results line.
+        key: What is looked up in the index: the mark of :attr:`role`, then the name
+            folded (:func:`litpulse.core.text.fold_term`).
+        role: Any author, the first or the last.
+        excluded: ``NOT Smith J[au]``: articles by this author are left out.
+    """
+
+    name: str
+    key: str
+    role: Role = Role.ANY
+    excluded: bool = False
+
+    @property
+    def shown(self) -> str:
+        """The clause as PubMed writes it: ``Smith J[au]``, ``NOT Smith J[1au]``."""
+        return f"{'NOT ' if self.excluded else ''}{self.name}[{self.role.value}]"
+
+
+def author_keys(authors: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The keys an article's authors are found by (see the module doc), in author order,
+    each once.
+
+    Args:
+        authors: The ``authors`` column's entries (``last_name``, ``fore_name``,
+            ``initials``, ``collective_name``); anything else is skipped.
+
+    Example:
+        >>> keys = author_keys([{"last_name": "Smith", "fore_name": "John Paul",
+        ...                      "initials": "JP"}, {"collective_name": "ATLAS Collaboration"}])
+        >>> keys  # doctest: +NORMALIZE_WHITESPACE
+        ('smith', 'smith j', 'smith jp', 'smith john', 'smith john paul', '^smith',
+         '^smith j', '^smith jp', '^smith john', '^smith john paul',
+         'atlas collaboration', '$atlas collaboration')
+    """
+    named = [f for f in (_forms(a) for a in authors if isinstance(a, Mapping)) if f]
+    keys: dict[str, None] = {}
+    for i, forms in enumerate(named):
+        marks = [""] + ["^"] * (i == 0) + ["$"] * (i == len(named) - 1)
+        for mark in marks:
+            keys.update((mark + f, None) for f in forms)
+    return tuple(keys)
+
+
+def _forms(author: Mapping[str, Any]) -> list[str]:
+    """The folded forms of one author's name (without marks)."""
+    last = fold_term(_text(author.get("last_name")))
+    if not last:
+        collective = fold_term(_text(author.get("collective_name")))
+        return [collective] if collective else []
+    fore = fold_term(_text(author.get("fore_name")))
+    initials = "".join(fold_term(_text(author.get("initials"))).split())
+    if not initials and fore:  # PubMed gives initials; a record without them: the forename's
+        initials = "".join(w[0] for w in re.split(r"[\s-]+", fold(_text(author.get("fore_name"))))
+                           if w[:1].isalnum())  # fmt: skip
+    forms = [last, *(f"{last} {initials[:j]}" for j in range(1, len(initials) + 1))]
+    words = fore.split()
+    forms += [f"{last} {' '.join(words[:j])}" for j in range(1, len(words) + 1)]
+    return list(dict.fromkeys(forms))
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+#: PubMed's author tags, attached to the name (``Smith J[au]``; ``[AU]`` too, as PubMed's
+#: own pages write it, but not ``[Au]``: gold). Group 1 is the tag.
+_TAG = re.compile(
+    r"(?<=[^\s\[])\[\s*(au|AU|1au|1AU|lastau|LASTAU|fau|FAU|(?i:author|full author name|"
+    r"first author name|last author name))\s*\]"
+)
+_ROLES = {"au": Role.ANY, "fau": Role.ANY, "author": Role.ANY, "full author name": Role.ANY,
+          "1au": Role.FIRST, "first author name": Role.FIRST,
+          "lastau": Role.LAST, "last author name": Role.LAST}  # fmt: skip
+#: Where the text a tag names begins, at the latest: an operator, a bracket, a comma or
+#: semicolon, a quote (a closing one right before the tag quotes the name instead).
+_BOUNDARY = re.compile(r"(?<![\w-])(?:AND|OR|NOT)(?![\w-])|[()\[\];,\"\u201c\u201d\u201e]")
+#: Lower-case words that come before a surname (``van der Berg``, ``de la Cruz``).
+_PARTICLES = frozenset(
+    "van von der den de del della dei des di da dal dos das du le la les ten ter el al "
+    "bin ben ibn mac st san dela vander".split()
+)
+_WORD = re.compile(r"[^\W\d_][\w'\u2019.-]*")
+#: Brackets an author clause leaves empty, and an AND it leaves first or last.
+_EMPTY = re.compile(r"\(\s*\)|\[\s*\]")
+_LEFT_OVER = re.compile(r"^(?:AND(?![\w-])\s*)+|(?:(?<![\w-])AND\s*)+$")
+_QUOTE_CLOSE = "\"\u201d\u201c"
+_QUOTE_OPEN = "\"\u201c\u201e"
+
+
+@functools.lru_cache(maxsize=256)
+def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str, ...]]:
+    """``query`` without its author clauses (each replaced by a space, with the ``AND``
+    or ``NOT`` that joins it), the clauses in query order, and what could not be read
+    (messages saying what to write instead).
+
+    Example:
+        >>> rest, clauses, problems = split_authors("asthma AND Smith J[au] NOT Li X[1au]")
+        >>> rest.split(), [c.shown for c in clauses], [c.key for c in clauses], problems
+        (['asthma'], ['Smith J[au]', 'NOT Li X[1au]'], ['smith j', '^li x'], ())
+    """
+    tags = list(_TAG.finditer(query))
+    if not tags:
+        return query, (), ()
+    clauses: list[AuthorClause] = []
+    problems: list[str] = []
+    spans: list[tuple[int, int]] = []
+    floor = 0
+    for tag in tags:
+        role = _ROLES[tag.group(1).lower()]
+        start, name, problem = _name_before(query, floor, tag.start())
+        floor = tag.end()
+        if problem:
+            problems.append(problem.format(tag=tag.group(0)))
+            spans.append((start, tag.end()))
+            continue
+        key = fold_term(name)
+        if not key:
+            problems.append(f"{name!r}{tag.group(0)} names no author: write a surname and its "
+                            "initials, as Smith J[au]")  # fmt: skip
+            spans.append((start, tag.end()))
+            continue
+        before = query[:start].rstrip()
+        after = query[tag.end():].lstrip()  # fmt: skip
+        excluded = _ends_with(before, "NOT")
+        if excluded or _ends_with(before, "AND"):
+            start = len(before) - 3
+        elif _ends_with(before, "OR") or after.startswith("OR") and not after[2:3].isalnum():
+            clause = f"{name}{tag.group(0)}"
+            problems.append(f"an author cannot be one of alternatives (OR): search {clause} "
+                            f"with words (asthma AND {clause})")  # fmt: skip
+        clauses.append(AuthorClause(name, _MARKS[role] + key, role, excluded))
+        spans.append((start, tag.end()))
+    kept, last = [], 0
+    for a, b in spans:
+        kept.append(query[last:a])
+        last = b
+    kept.append(query[last:])
+    rest = " ".join(" ".join(kept).split())
+    while True:  # (Smith J[au]) AND asthma: the brackets and the AND held only the author
+        tidy = _LEFT_OVER.sub("", _EMPTY.sub(" ", rest)).strip()
+        if tidy == rest:
+            break
+        rest = tidy
+    return rest, tuple(clauses), tuple(dict.fromkeys(problems))
+
+
+def _ends_with(text: str, word: str) -> bool:
+    return text.endswith(word) and (len(text) == len(word) or not text[-len(word) - 1].isalnum())
+
+
+def _name_before(query: str, floor: int, end: int) -> tuple[int, str, str | None]:
+    """The author name before a tag at ``end`` (no further back than ``floor``): where it
+    starts, the name, and a problem (a message with ``{tag}``) if it cannot be read."""
+    if end > floor and query[end - 1] in _QUOTE_CLOSE:  # "van der Berg J"[au]
+        opening = max(query.rfind(q, floor, end - 1) for q in _QUOTE_OPEN)
+        if opening >= 0:
+            return opening, query[opening + 1 : end - 1].strip(), None
+    start = floor
+    for m in _BOUNDARY.finditer(query, floor, end):
+        start = m.end()
+    text = query[start:end]
+    words = text.split()
+    lead = len(text) - len(text.lstrip())
+    start += lead
+    name = " ".join(words)
+    if not words:
+        return start, name, "{tag} follows no name: write the author before it, as Smith J[au]"
+    if not all(_WORD.fullmatch(w) for w in words):
+        return start, name, (f"is {name!r} an author's name? Write the author before {{tag}} "
+                             "as a surname and its initials (Smith J{tag}), or in quotes")
+    comma = query[:start].rstrip().endswith(",")
+    if comma and len(words) == 1 and len(words[0]) <= 3:  # Smith, J[au]
+        return start, name, (f"the author's name ends at the comma before {name!r}: write "
+                             f"it without the comma (Smith {name}{{tag}}) or in quotes")
+    particles = 0
+    while particles < len(words) and words[particles].lower() in _PARTICLES:
+        particles += 1
+    if len(words) - particles > 2:
+        return start, name, (
+            f"which words of {name!r} name the author? Put AND between the topic and the "
+            f"author ({' '.join(words[:-2])} AND {' '.join(words[-2:])}{{tag}}), or quote "
+            f"the name (\"{' '.join(words[-2:])}\"{{tag}})"
+        )
+    return start, name, None

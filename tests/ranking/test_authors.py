@@ -1,0 +1,212 @@
+"""Authors in queries: ``asthma AND Smith J[au]`` finds Smith J's articles on asthma.
+
+The records go through the real store and the real lexical index (tantivy, format 7 with
+the author field); the vectors are the hashed bag of words of :mod:`tests.ranking.corpus`,
+so articles by other authors on the same topic are the nearest neighbours an author
+clause must turn away, in every mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import Engine
+
+from ingest.records import Author
+from litpulse.core.errors import ConfigError, ConsistencyError
+from litpulse.core.settings import Settings
+from ranking import lexical
+from ranking.authors import Role, author_keys, split_authors
+from ranking.search import NoIndexError, checked_query
+from tests.ranking.corpus import make_article, pmids_of, search_in, store_and_index
+from tests.ranking.test_lexical import _stats
+
+SMITH_JA, SMITH_JR, SMITH_J = Author("Smith", "Jane A", "JA"), Author("Smith", "John R", "JR"), \
+    Author("Smith", "Jo", "J")  # fmt: skip
+JONES, LI = Author("Jones", "Kate", "K"), Author("Li", "Xin", "X")
+#: pmid -> (title, abstract, authors)
+WORLD: dict[int, tuple[str, str, tuple[Author, ...]]] = {
+    1: ("Asthma in children", "Wheeze and asthma in school children.", (SMITH_JA, JONES)),
+    2: ("Inhaled steroids for asthma", "Asthma control with steroids.", (SMITH_JR, LI)),
+    3: ("Biologics in severe asthma", "Asthma biologics.",
+        (Author("Smithson", "Jan", "J"), Author("Müller", "Hans", "H"))),
+    4: ("Asthma exacerbations in winter", "Asthma attacks.", (JONES, SMITH_J)),
+    5: ("Chronic obstructive pulmonary disease", "COPD in smokers.", (SMITH_J,)),
+    6: ("Asthma and obesity", "Obese adults with asthma.", (Author("Smith", "John"),)),
+    7: ("Asthma phenotypes", "Clusters of asthma.", (Author("van der Berg", "Jan", "J"),)),
+    8: ("Asthma registries", "A national asthma registry.",
+        (Author(collective_name="Global Asthma Network"), JONES)),
+    **{10 + i: (f"Asthma cohort {i}", f"Asthma outcomes in cohort {i}.", (JONES, LI))
+       for i in range(10)},
+}
+
+
+def _world(engine: Engine, tmp_path: Path) -> tuple[Any, lexical.LexicalIndex]:
+    records = [dataclasses.replace(make_article(p, t, a), authors=au)
+               for p, (t, a, au) in WORLD.items()]  # fmt: skip
+    return store_and_index(engine, tmp_path, records)
+
+
+def _found(settings: Settings, engine: Engine, query: str, index: Any, lex: Any,
+           mode: str = "lexical") -> set[int]:  # fmt: skip
+    return set(pmids_of(search_in(settings, engine, query, index=index, lexical=lex, mode=mode,
+                                  k=30)))  # fmt: skip
+
+
+def test_author_keys_fold_the_name_and_mark_the_first_and_last_author() -> None:
+    keys = author_keys([
+        {"last_name": "Müller-Lüdenscheidt", "fore_name": "Hans-Peter", "initials": None},
+        {"last_name": "O\u2019Brien", "fore_name": "K", "initials": "K"},
+        {"collective_name": "ATLAS Collaboration"},
+        "not an author",
+    ])  # fmt: skip
+    # no initials given: the forename's (Hans-Peter: HP), as PubMed writes them
+    assert {"muller ludenscheidt", "muller ludenscheidt h", "muller ludenscheidt hp",
+            "muller ludenscheidt hans", "muller ludenscheidt hans peter"} <= set(keys)
+    assert "^muller ludenscheidt hp" in keys and "$muller ludenscheidt" not in keys
+    assert "obrien k" in keys and "^obrien k" not in keys and "$obrien" not in keys
+    assert "atlas collaboration" in keys and "$atlas collaboration" in keys
+    assert author_keys([]) == () and author_keys([{"last_name": " "}]) == ()
+
+
+@pytest.mark.parametrize(
+    ("query", "rest", "shown", "keys"),
+    [
+        ("asthma AND Smith J[au]", "asthma", ["Smith J[au]"], ["smith j"]),
+        ("Smith J[au] AND asthma", "asthma", ["Smith J[au]"], ["smith j"]),
+        ("Smith J[au] asthma", "asthma", ["Smith J[au]"], ["smith j"]),
+        ('asthma "van der Berg J"[au]', "asthma", ["van der Berg J[au]"], ["van der berg j"]),
+        ("van der Berg J[au] AND asthma", "asthma", ["van der Berg J[au]"], ["van der berg j"]),
+        ("asthma NOT Li X[1au]", "asthma", ["NOT Li X[1au]"], ["^li x"]),
+        ("asthma AND Müller[lastau]", "asthma", ["Müller[lastau]"], ["$muller"]),
+        ("asthma AND Smith J[AU]", "asthma", ["Smith J[au]"], ["smith j"]),
+        ("asthma AND Smith John[author]", "asthma", ["Smith John[au]"], ["smith john"]),
+        ("asthma AND (Smith J[au] AND Li X[au])", "asthma", ["Smith J[au]", "Li X[au]"],
+         ["smith j", "li x"]),
+        ("covid-19 AND O'Brien K[fau]", "covid-19", ["O'Brien K[au]"], ["obrien k"]),
+        # not author tags: gold, a bracket after a space, a tag PubMed does not have
+        ("gold [Au] nanoparticles", "gold [Au] nanoparticles", [], []),
+        ("Cl[Au] complexes", "Cl[Au] complexes", [], []),
+    ],
+)
+def test_author_clauses_are_read_as_pubmed_reads_them(
+    query: str, rest: str, shown: list[str], keys: list[str]
+) -> None:
+    got_rest, clauses, problems = split_authors(query)
+    assert (got_rest, [c.shown for c in clauses], [c.key for c in clauses]) == (rest, shown, keys)
+    assert problems == ()
+    if shown:
+        checked_query(query)  # accepted as it is
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        ("asthma Smith J[au]", "Put AND between the topic and the author"),
+        ("Smith, J[au] asthma", "ends at the comma"),
+        ("asthma OR Smith J[au]", "cannot be one of alternatives"),
+        ("asthma AND 5-FU[au]", "an author's name?"),
+        ("Smith J[au]", "names only an author"),
+        ("Smith J[au] AND Li X[1au]", "names only authors"),
+        ("asthma AND Smith J[ti]", "field tags"),
+    ],
+)
+def test_author_clauses_that_cannot_be_read_one_way_are_refused(query: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=r".*") as err:
+        checked_query(query)
+    assert says in str(err.value)
+
+
+def test_an_author_clause_requires_the_author_in_every_mode(
+    settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    index, lex = _world(engine, tmp_path)
+    smith_j = {1, 2, 4, 6}  # Smith JA, Smith JR, Smith J, Smith John (no initials: J)
+    for mode in ("lexical", "semantic", "hybrid"):
+        found = _found(settings, engine, "asthma AND Smith J[au]", index, lex, mode)
+        # 5 is Smith J's too, without the word: meaning may rank it, BM25 cannot
+        assert found - {5} == smith_j, mode
+        assert {3, 7, 8} & found == set(), mode  # Smithson J is no Smith J
+    assert _found(settings, engine, "Smith JA[au] asthma", index, lex) == {1}
+    assert _found(settings, engine, "asthma AND Smith J[1au]", index, lex) == {1, 2, 6}
+    assert _found(settings, engine, "asthma AND Smith J[lastau]", index, lex) == {4, 6}
+    assert _found(settings, engine, "asthma AND Smith[au]", index, lex) == smith_j
+    assert _found(settings, engine, "asthma AND Muller H[au]", index, lex) == {3}
+    assert _found(settings, engine, "asthma AND Müller[au]", index, lex) == {3}
+    assert _found(settings, engine, 'asthma AND "van der Berg J"[au]', index, lex) == {7}
+    assert _found(settings, engine, "asthma AND van der Berg[au]", index, lex) == {7}
+    assert _found(settings, engine, 'asthma AND "Global Asthma Network"[au]', index, lex) == {8}
+    assert _found(settings, engine, "asthma AND Smith J[au] AND Jones K[au]", index, lex) \
+        == {1, 4}  # fmt: skip
+    everyone = _found(settings, engine, "asthma", index, lex)
+    assert _found(settings, engine, "asthma NOT Smith J[au]", index, lex) == everyone - smith_j
+    result = search_in(settings, engine, "asthma NOT Li X[au] AND Smith J[au]", index=index,
+                       lexical=lex, mode="lexical", k=30)  # fmt: skip
+    assert set(pmids_of(result)) == smith_j - {2}
+    assert result.authors == ("NOT Li X[au]", "Smith J[au]")
+    assert result.to_dict()["authors"] == ["NOT Li X[au]", "Smith J[au]"]
+
+
+def test_semantic_search_meets_a_rare_author_without_widening_to_the_whole_index(
+    settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    # van der Berg J wrote one article, far from "obesity": with 3 candidates asked for,
+    # the neighbours alone would widen towards all 18; the author's articles are scored
+    # by their stored vectors at once
+    index, lex = _world(engine, tmp_path)
+    s = settings.replace(rerank_candidates=3)
+    calls: list[int] = []
+    search = index.search
+
+    def counted(vectors: np.ndarray, k: int) -> Any:
+        calls.append(k)
+        return search(vectors, k)
+
+    index.search = counted  # type: ignore[method-assign]
+    result = search_in(s, engine, "obesity AND van der Berg J[au]", index=index, lexical=lex,
+                       mode="semantic", k=1)  # fmt: skip
+    assert pmids_of(result) == [7]
+    assert calls == [3]
+    calls.clear()
+    index.search = search  # type: ignore[method-assign]
+    assert pmids_of(search_in(s, engine, "obesity", index=index, lexical=lex, mode="semantic",
+                              k=1)) == [6]  # fmt: skip
+
+
+def test_an_index_built_before_authors_refuses_an_author_clause(
+    settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    index, lex = _world(engine, tmp_path)
+    folder = tmp_path / "lexical"
+    (folder / lexical.STATS_FILE).write_text(json.dumps({**_stats(folder), "format": 6}))
+    old = lexical.LexicalIndex.open(folder)
+    assert old.search("asthma", 3)  # searched as before
+    with pytest.raises(ConsistencyError, match="before authors were indexed"):
+        search_in(settings, engine, "asthma AND Smith J[au]", index=index, lexical=old)
+    with pytest.raises(NoIndexError, match="authors"):
+        search_in(settings, engine, "asthma AND Smith J[au]", index=index, lexical=None,
+                  mode="semantic")  # fmt: skip
+
+
+def test_a_corrected_author_list_is_indexed_again(
+    settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    from ingest.store import Store
+
+    index, lex = _world(engine, tmp_path)
+    pmids = np.asarray(sorted(WORLD), dtype=np.int64)
+    assert len(lexical.changed_docs(engine, lex, pmids)) == 0
+    title, abstract, _ = WORLD[2]
+    fixed = dataclasses.replace(make_article(2, title, abstract), version=2,
+                                authors=(Author("Smith", "Joan R", "JR"), LI))  # fmt: skip
+    Store(engine).apply([fixed])
+    assert lexical.changed_docs(engine, lex, pmids).tolist() == [2]
+
+
+def test_roles_name_the_tags() -> None:
+    assert [r.value for r in Role] == ["au", "1au", "lastau"]
