@@ -116,10 +116,11 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-#: PubMed's author tags, attached to the name (``Smith J[au]``; ``[AU]`` too, as PubMed's
-#: own pages write it, but not ``[Au]``: gold). Group 1 is the tag.
+#: PubMed's author tags, after the name or a space after it (``Smith J[au]``, ``Smith J
+#: [au]``; ``[AU]`` too, as PubMed's own pages write it, but not ``[Au]``: gold). Group 1
+#: is the tag.
 _TAG = re.compile(
-    r"(?<=[^\s\[])\[\s*(au|AU|1au|1AU|lastau|LASTAU|fau|FAU|(?i:author|full author name|"
+    r"(?<=[^\s\[])\s?\[\s*(au|AU|1au|1AU|lastau|LASTAU|fau|FAU|(?i:author|full author name|"
     r"first author name|last author name))\s*\]"
 )
 _ROLES = {"au": Role.ANY, "fau": Role.ANY, "author": Role.ANY, "full author name": Role.ANY,
@@ -155,35 +156,40 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
     tags = list(_TAG.finditer(query))
     if not tags:
         return query, (), ()
+    bare = _QUOTED.sub(lambda m: " " * len(m.group(0)), query)  # operators outside quotes
     clauses: list[AuthorClause] = []
     problems: list[str] = []
     spans: list[tuple[int, int]] = []
     floor = 0
     for tag in tags:
         role = _ROLES[tag.group(1).lower()]
+        label = f"[{role.value}]"
         start, name, problem = _name_before(query, floor, tag.start())
-        floor = tag.end()
-        if problem:
-            problems.append(problem.format(tag=tag.group(0)))
-            spans.append((start, tag.end()))
-            continue
+        floor = end = tag.end()
         key = fold_term(name)
-        if not key:
-            problems.append(f"{name!r}{tag.group(0)} names no author: write a surname and its "
-                            "initials, as Smith J[au]")  # fmt: skip
-            spans.append((start, tag.end()))
+        if problem is None and not key:
+            problem = (f"{name!r}{{tag}} names no author: write a surname and its initials, "
+                       "as Smith J[au]")  # fmt: skip
+        if problem is not None:
+            problems.append(problem.format(tag=label))
+            spans.append((start, end))
             continue
         before = query[:start].rstrip()
-        after = query[tag.end():].lstrip()  # fmt: skip
-        excluded = _ends_with(before, "NOT")
+        inner = before.rstrip("( \t")  # NOT (Smith J[au]): NOT takes the bracketed name
+        opened = before[len(inner):].count("(")  # fmt: skip
+        excluded = _ends_with(inner, "NOT")
         if excluded or _ends_with(before, "AND"):
-            start = len(before) - 3
-        elif _ends_with(before, "OR") or after.startswith("OR") and not after[2:3].isalnum():
-            clause = f"{name}{tag.group(0)}"
+            start = len(inner if excluded else before) - 3
+            for _ in range(opened if excluded else 0):  # and the brackets it opened
+                close = _CLOSE_BRACKET.match(query, end)
+                end = close.end() if close else end
+        if _ends_with(before, "OR") or _or_beside(bare, start, end):
+            clause = f"{name}{label}"
             problems.append(f"an author cannot be one of alternatives (OR): search {clause} "
-                            f"with words (asthma AND {clause})")  # fmt: skip
+                            f"with the topic's words (asthma AND {clause}), and put the "
+                            "alternatives in brackets before it")  # fmt: skip
         clauses.append(AuthorClause(name, _MARKS[role] + key, role, excluded))
-        spans.append((start, tag.end()))
+        spans.append((start, end))
     kept, last = [], 0
     for a, b in spans:
         kept.append(query[last:a])
@@ -198,41 +204,108 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
     return rest, tuple(clauses), tuple(dict.fromkeys(problems))
 
 
+#: A quoted phrase (its operators are words of it), a closing bracket, and the tokens
+#: :func:`_or_beside` reads.
+_QUOTED = re.compile("[\"\u201c\u201e][^\"\u201c\u201d\u201e]*[\"\u201d\u201c]")
+_CLOSE_BRACKET = re.compile(r"\s*\)")
+_OR_TOKENS = re.compile(r"\(|\)|(?<![\w-])OR(?![\w-])")
+
+
+def _or_beside(bare: str, start: int, end: int) -> bool:
+    """Whether the clause at ``start:end`` of ``bare`` (quotes blanked) is one side of an
+    OR, read left to right as PubMed does: an OR after it at its level or outside its
+    brackets (``asthma AND Smith J[au] OR copd``: (asthma AND Smith J) OR copd), or one
+    beside a bracket holding it (``copd OR (asthma AND Smith J[au])``). An OR before it
+    at its level joins what comes before (``"a" OR "b" AND Smith J[au]``: (a OR b) AND
+    Smith J), which is searched so."""
+    depth = 0
+    for m in _OR_TOKENS.finditer(bare, end):
+        token = m.group(0)
+        depth += 1 if token == "(" else -1 if token == ")" else 0
+        if token == "OR" and depth <= 0:
+            return True
+    depth = 0
+    for m in reversed(list(_OR_TOKENS.finditer(bare, 0, start))):
+        token = m.group(0)
+        depth += 1 if token == ")" else -1 if token == "(" else 0
+        if token == "OR" and depth < 0:
+            return True
+    return False
+
+
 def _ends_with(text: str, word: str) -> bool:
     return text.endswith(word) and (len(text) == len(word) or not text[-len(word) - 1].isalnum())
 
 
 def _name_before(query: str, floor: int, end: int) -> tuple[int, str, str | None]:
     """The author name before a tag at ``end`` (no further back than ``floor``): where it
-    starts, the name, and a problem (a message with ``{tag}``) if it cannot be read."""
+    starts, the name (initials joined: ``J.A.``, ``J-H``, ``J A`` → ``JA``), and a problem
+    (a message with ``{tag}``) if it cannot be read."""
     if end > floor and query[end - 1] in _QUOTE_CLOSE:  # "van der Berg J"[au]
         opening = max(query.rfind(q, floor, end - 1) for q in _QUOTE_OPEN)
         if opening >= 0:
-            return opening, query[opening + 1 : end - 1].strip(), None
-    start = floor
+            return opening, " ".join(_joined(query[opening + 1 : end - 1].split())), None
+    start, explicit = floor, False
     for m in _BOUNDARY.finditer(query, floor, end):
-        start = m.end()
+        start, explicit = m.end(), m.group(0) in _EXPLICIT
     text = query[start:end]
-    words = text.split()
-    lead = len(text) - len(text.lstrip())
-    start += lead
-    name = " ".join(words)
-    if not words:
+    start += len(text) - len(text.lstrip())
+    typed = text.split()
+    name = " ".join(typed)
+    if not typed:
         return start, name, "{tag} follows no name: write the author before it, as Smith J[au]"
-    if not all(_WORD.fullmatch(w) for w in words):
+    if not all(_WORD.fullmatch(w) for w in typed):
         return start, name, (f"is {name!r} an author's name? Write the author before {{tag}} "
                              "as a surname and its initials (Smith J{tag}), or in quotes")
     comma = query[:start].rstrip().endswith(",")
-    if comma and len(words) == 1 and len(words[0]) <= 3:  # Smith, J[au]
+    if comma and len(typed) == 1 and len(typed[0]) <= 3 and typed[0].isupper():  # Smith, J[au]
         return start, name, (f"the author's name ends at the comma before {name!r}: write "
                              f"it without the comma (Smith {name}{{tag}}) or in quotes")
-    particles = 0
-    while particles < len(words) and words[particles].lower() in _PARTICLES:
-        particles += 1
-    if len(words) - particles > 2:
-        return start, name, (
-            f"which words of {name!r} name the author? Put AND between the topic and the "
-            f"author ({' '.join(words[:-2])} AND {' '.join(words[-2:])}{{tag}}), or quote "
-            f"the name (\"{' '.join(words[-2:])}\"{{tag}})"
-        )
-    return start, name, None
+    words = _joined(typed)
+    core = words[next((i for i, w in enumerate(words) if w.lower() not in _PARTICLES),
+                      len(words)):]  # fmt: skip
+    # a word in lower case or capitals before a capitalised one (asthma Smith, COPD Smith)
+    # is a topic's; after an AND, NOT or comma the rest names the author (Garcia Lopez M);
+    # first, or after a bracket, a surname and its initials at most (Smith J)
+    mixed = any(_plain(a) and _titled(b) for a, b in zip(core, core[1:], strict=False))
+    loose = len(core) > 2 or (len(core) == 2 and not _initials(core[1]))
+    if mixed or (loose and not explicit):
+        guess = 2 if _initials(words[-1]) and len(words) > 2 else 1
+        topic, author = " ".join(typed[:-guess]), " ".join(words[-guess:])
+        split = f"put AND between the topic and the author ({topic} AND {author}{{tag}})"
+        whole = f"quote the whole name (\"{' '.join(words)}\"{{tag}})"
+        first, second = (split, whole) if mixed else (whole, split)
+        return start, name, (f"which words of {name!r} name the author? "
+                             f"{first[0].upper()}{first[1:]}, or {second}")
+    return start, " ".join(words), None
+
+
+#: Boundaries after which the text before a tag is the name whole.
+_EXPLICIT = frozenset({"AND", "OR", "NOT", ",", ";"})
+
+
+def _joined(words: list[str]) -> list[str]:
+    """``words`` with initials joined as PubMed writes them: ``J.A.`` and ``J-H`` one word
+    (``JA``, ``JH``), trailing single letters one (``Smith J A`` → ``Smith JA``)."""
+    out = []
+    for w in words:
+        bits = [b for b in re.split(r"[.\-]", w) if b]
+        if bits and all(len(b) == 1 and b.isalpha() for b in bits) and len(w) > 1:
+            w = "".join(bits)  # J.A. / J-H / J.
+        out.append(w)
+    k = len(out)
+    while k > 1 and len(out[k - 1]) == 1 and out[k - 1].isalpha():
+        k -= 1
+    return out[:k] + ["".join(out[k:])] if len(out) - k > 1 else out
+
+
+def _initials(word: str) -> bool:
+    return word.isalpha() and len(word) <= 3
+
+
+def _plain(word: str) -> bool:
+    return word.islower() or (word.isupper() and len(word) > 3)
+
+
+def _titled(word: str) -> bool:
+    return len(word) > 1 and word[0].isupper() and not word[1:].isupper() and word[1:] != ""

@@ -550,9 +550,10 @@ def _split(query: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
     """:func:`split_exclusions`, and the problems met (an OR right after an exclusion, an
     author clause that cannot be read). The query's author clauses (``Smith J[au]``,
     :func:`query_authors`) are out of it first: a name is no word to search."""
-    query, _, named = split_authors(query)
+    query, authors, named = split_authors(query)
     quotes = [m.span() for m in _QUOTED.finditer(query)]
-    if "NOT" not in query or (_shouted(query) and not quotes):  # quotes are syntax
+    # quotes and author clauses are syntax: a NOT beside them is the operator
+    if "NOT" not in query or (_shouted(query) and not quotes and not authors):
         return query, (), named
     kept: list[str] = []
     excluded: list[str] = []

@@ -1,5 +1,5 @@
 """Hostile review of author search (commit 7e6cc90): each test asserts the correct
-behaviour and is a strict xfail while the defect stands.
+behaviour; each was a strict xfail until its fix.
 
 The worlds are those of :mod:`tests.ranking.test_authors` (the real store and the real
 tantivy lexical index, format 7). In that world the asthma articles are 1-4, 6-8 and
@@ -36,7 +36,6 @@ def _found_or_refused(settings: Settings, engine: Engine, query: str, index, lex
 # ----------------------------------------------------------------- silently wrong results
 
 
-@pytest.mark.xfail(strict=True, reason="NOT (Smith J[au]) is read as AND Smith J[au]")
 @pytest.mark.parametrize("mode", ["lexical", "semantic"])
 def test_not_before_a_bracketed_author_excludes_the_author(
     settings: Settings, engine: Engine, tmp_path: Path, mode: str
@@ -52,7 +51,6 @@ def test_not_before_a_bracketed_author_excludes_the_author(
     assert found is None or (found & SMITH_J_ASTHMA == set() and found >= ASTHMA - SMITH_J_ASTHMA)
 
 
-@pytest.mark.xfail(strict=True, reason="an author clause turns 'COPD NOT ASTHMA' into words")
 def test_an_author_clause_keeps_a_capitals_not_an_exclusion(
     settings: Settings, engine: Engine, tmp_path: Path
 ) -> None:
@@ -67,7 +65,6 @@ def test_an_author_clause_keeps_a_capitals_not_an_exclusion(
     assert _found(settings, engine, "COPD NOT ASTHMA AND Smith J[au]", index, lex) == {5}
 
 
-@pytest.mark.xfail(strict=True, reason="'Smith J [au]' (space before the tag) searched as words")
 def test_an_author_tag_after_a_space_is_not_searched_as_words(
     settings: Settings, engine: Engine, tmp_path: Path
 ) -> None:
@@ -78,11 +75,9 @@ def test_an_author_tag_after_a_space_is_not_searched_as_words(
     # ("smith j [au]"). Either read it as the author or refuse it.
     index, lex = _world(engine, tmp_path)
     for query in ("asthma AND Smith J [au]", 'asthma AND "Smith J" [au]'):
-        found = _found_or_refused(settings, engine, query, index, lex)
-        assert found is None or found == SMITH_J_ASTHMA, query
+        assert _found(settings, engine, query, index, lex) == SMITH_J_ASTHMA, query
 
 
-@pytest.mark.xfail(strict=True, reason="initials with full stops never match: 'smith j a'")
 def test_initials_written_with_full_stops_find_the_author(
     settings: Settings, engine: Engine, tmp_path: Path
 ) -> None:
@@ -92,22 +87,20 @@ def test_initials_written_with_full_stops_find_the_author(
     # "Smith JA[au]" finds article 1. The citation style "Smith J.A." is common.
     index, lex = _world(engine, tmp_path)
     assert _found(settings, engine, "asthma AND Smith JA[au]", index, lex) == {1}
-    found = _found_or_refused(settings, engine, "asthma AND Smith J.A.[au]", index, lex)
-    assert found is None or found == {1}
+    for query in ("asthma AND Smith J.A.[au]", "asthma AND Smith J A[au]",
+                  "asthma AND Smith J. A.[au]"):
+        assert _found(settings, engine, query, index, lex) == {1}, query
 
 
-@pytest.mark.xfail(strict=True, reason="hyphenated initials (Kim J-H) never match 'kim jh'")
 def test_hyphenated_initials_find_the_author() -> None:
     # Defect, same root: "Kim J-H[au]" is accepted with key "kim j h", but Kim Jae-Hoon
     # (PubMed initials JH) is indexed as "kim jh" / "kim jae hoon": silently nothing.
     rest, clauses, problems = split_authors("asthma AND Kim J-H[au]")
-    if problems:
-        return  # a refusal would be acceptable
+    assert problems == ()
     keys = author_keys([{"last_name": "Kim", "fore_name": "Jae-Hoon", "initials": "JH"}])
     assert clauses[0].key in keys
 
 
-@pytest.mark.xfail(strict=True, reason="an author before OR is accepted after AND/NOT")
 @pytest.mark.parametrize(
     "query",
     ["asthma AND Smith J[au] OR copd", "asthma NOT Smith J[au] OR copd",
@@ -126,7 +119,6 @@ def test_an_author_joined_by_and_or_not_is_still_refused_among_alternatives(quer
         checked_query(query)
 
 
-@pytest.mark.xfail(strict=True, reason="a topic word and a surname read as one author name")
 def test_a_topic_word_is_not_silently_taken_into_a_two_word_name(
     settings: Settings, engine: Engine, tmp_path: Path
 ) -> None:
@@ -146,7 +138,6 @@ def test_a_topic_word_is_not_silently_taken_into_a_two_word_name(
 # ------------------------------------------------------------------- misleading refusals
 
 
-@pytest.mark.xfail(strict=True, reason="refusal advises a query naming the author 'asthma Smith'")
 def test_the_author_alone_refusal_does_not_advise_the_topic_as_part_of_the_name() -> None:
     # Defect: "asthma Smith[au]" is read as the author "asthma Smith" and refused as
     # "names only an author", advising 'asthma AND asthma Smith[au]' -- a query that
@@ -156,7 +147,6 @@ def test_the_author_alone_refusal_does_not_advise_the_topic_as_part_of_the_name(
     assert "asthma Smith[au]" not in str(err.value)
 
 
-@pytest.mark.xfail(strict=True, reason="refusal of a 3-word name advises another author")
 @pytest.mark.parametrize(
     ("query", "name"),
     [("asthma AND Garcia Lopez M[au]", "Garcia Lopez M"),
