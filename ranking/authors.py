@@ -16,9 +16,10 @@ and at most one more word, the initials or a forename. ``asthma Smith J[au]`` is
 refused (does *asthma* belong to the name?): ``asthma AND Smith J[au]``, or the name in
 quotes, ``asthma "Smith J"[au]``, says it. A quoted name is taken whole.
 
-``NOT`` before a name excludes that author's articles. An author is searched *with*
-words: a query of authors alone, and an author among alternatives (``OR``), are refused
-with what to write instead (:func:`ranking.search.checked_query`).
+``NOT`` before a name excludes that author's articles. A query of authors alone lists
+their articles (:func:`ranking.search.run_search`); an author among alternatives
+(``OR``) and a query that only excludes authors are refused with what to write instead
+(:func:`ranking.search.checked_query`).
 """
 
 from __future__ import annotations

@@ -687,6 +687,21 @@ def run_search(
                 "search without them"
             )
         effective = SearchMode.SEMANTIC
+    if lexical is not None and _lists_authors(text):
+        # authors alone (Smith J[au]): their articles, by recency and citation
+        hits, seen, passing, has_more = _listing(
+            engine, index, lexical, text, filters.clauses(), options, k=k, offset=offset,
+            by_date=order == SearchSort.DATE,
+        )  # fmt: skip
+        logger.info("query %r (authors alone): %d articles, %d pass filters, returning %d "
+                    "(index %s)", text[:60], seen, passing, len(hits), index.id)  # fmt: skip
+        return SearchResult(
+            query=text, index_version=str(index.id), model_version=str(index.model_version),
+            hits=tuple(with_details(engine, hits, text)), candidates=seen, options=options,
+            filters=filters, mode=SearchMode.LEXICAL, sort=order, requested_mode=requested,
+            offset=offset, has_more=has_more, excluded=excluded,
+            authors=tuple(a.shown for a in query_authors(text)),
+        )  # fmt: skip
     vector = None
     if effective != SearchMode.LEXICAL:
         embed = embed or _query_embedder(settings, engine, index)
@@ -825,8 +840,9 @@ def checked_query(query: str) -> str:
             ``NOT`` a stop word (nothing to exclude), a query that only excludes
             (``NOT asthma``), ``OR`` that cannot be read one way
             (:func:`ranking.lexical.query_problems`); an author clause that cannot be
-            read (``asthma Smith J[au]``: where does the name start?) or a query of
-            authors alone (:mod:`ranking.authors`). Google's
+            read (``asthma Smith J[au]``: where does the name start?) or a query that
+            only excludes authors (:mod:`ranking.authors`; authors alone list their
+            articles: :func:`run_search`). Google's
             ``-word`` is not refused: a space before a hyphen is too common in biomedical
             text (``Ca2+ -activated``, ``(-OH)``).
     """
@@ -870,14 +886,12 @@ def checked_query(query: str) -> str:
     from ranking.lexical import phrase_terms, query_problems, query_terms, quoted
 
     searched, excluded = split_exclusions(text)
-    if authors and not query_terms(searched):
+    listed = any(not a.excluded for a in authors)  # Smith J[au] alone: the author's list
+    if authors and not listed and not query_terms(searched):
         shown = " ".join(a.shown for a in authors)
-        raise ConfigError(
-            f"the query names only {'an author' if len(authors) == 1 else 'authors'} "
-            f"({shown}): an author is searched with the topic's words, as "
-            f"'asthma AND {authors[0].name}[{authors[0].role.value}]'"
-        )
-    if not excluded and not query_terms(text):
+        raise ConfigError(f"the query only excludes ({shown}): NOT leaves out of what the "
+                          f"rest finds; add what to search for (asthma {shown})")  # fmt: skip
+    if not excluded and not listed and not query_terms(text):
         raise ConfigError("the query has no word to search for (only stop words or "
                           "punctuation)")
     for phrase in quoted(searched):
@@ -894,7 +908,7 @@ def checked_query(query: str) -> str:
                               "name a word or a quoted phrase to exclude")
     for problem in query_problems(text):
         raise ConfigError(problem)
-    if not query_terms(searched):  # NOT asthma: before, it searched asthma
+    if not listed and not query_terms(searched):  # NOT asthma: before, it searched asthma
         raise ConfigError(
             f"the query only excludes ({', '.join(repr(w) for w in excluded)}): NOT leaves "
             "out of what the other words find; add what to search for (COPD NOT asthma)"
@@ -1039,6 +1053,66 @@ def _candidates(
     if mode == SearchMode.HYBRID and lex is not None:
         _fill_in(pool, index, lex, vector, text)
     return pool
+
+
+#: Most articles a query of authors alone lists (``Smith J[au]``); one naming more is
+#: refused with what to add (the topic's words, the initials).
+LISTING_MAX = 10_000
+#: How a listed article's relevance is made (its explanation says so).
+_LISTED = "by the author asked for: the query asks nothing more, so the article meets it whole"
+
+
+def _lists_authors(text: str) -> bool:
+    """Whether ``text`` names authors and no word to search (``Smith J[au]``,
+    ``Smith J[au] NOT Li X[au]``)."""
+    from ranking.lexical import query_authors, query_terms
+
+    return any(not a.excluded for a in query_authors(text)) and not query_terms(text)
+
+
+def _listing(
+    engine: Engine,
+    index: SearchableIndex,
+    lexical: LexicalSearcher,
+    text: str,
+    conds: list[Any],
+    options: ScoringOptions,
+    *,
+    k: int,
+    offset: int | None,
+    by_date: bool,
+) -> tuple[list[Hit], int, int, bool]:
+    """The articles of a query of authors alone: every article of this index version by
+    them (and passing the filters), each meeting the query whole (relevance 1), so ranked
+    by recency and citation (``by_date``: newest first); the ``k`` from ``offset``, how
+    many the authors have, how many pass, and whether a next page may hold results.
+
+    Raises:
+        ConfigError: The authors have more than :data:`LISTING_MAX` articles.
+    """
+    found = lexical.holders(text, LISTING_MAX + 1)
+    if len(found) > LISTING_MAX:
+        from ranking.lexical import query_authors
+
+        shown = " ".join(a.shown for a in query_authors(text))
+        raise ConfigError(f"{shown} names more than {LISTING_MAX:,} articles: add the topic's "
+                          f"words (asthma AND {shown}), or the initials")  # fmt: skip
+    import numpy as np
+
+    ids = getattr(index, "ids", None)  # the version's articles (a digest's: its new ones)
+    if ids is not None:
+        held = set(np.asarray(ids).tolist())
+        found = [p for p in found if p in held]
+    rows = load_rows(engine, found, conds)
+    rel = Relevance(SearchMode.LEXICAL, similarity=0.0, lexical=1.0, how=_LISTED)
+    hits = [_hit(p, row, options, rel, 0.0) for p, row in rows.items()]
+    if by_date:
+        hits.sort(key=lambda h: _date_key(h.best_date, h.pmid))
+    else:
+        hits.sort(key=lambda h: (-h.score, h.pmid))
+    start = offset or 0
+    end = start + k
+    return hits[start:end], len(found), len(hits), len(hits) > end and end <= MAX_OFFSET
 
 
 def _score_all(

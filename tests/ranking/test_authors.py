@@ -111,8 +111,8 @@ def test_author_clauses_are_read_as_pubmed_reads_them(
         ("Smith, J[au] asthma", "ends at the comma"),
         ("asthma OR Smith J[au]", "cannot be one of alternatives"),
         ("asthma AND 5-FU[au]", "an author's name?"),
-        ("Smith J[au]", "names only an author"),
-        ("Smith J[au] AND Li X[1au]", "names only authors"),
+        ("NOT Smith J[au]", "only excludes"),
+        ("NOT Smith J[au] AND NOT Li X[1au]", "only excludes"),
         ("asthma AND Smith J[ti]", "field tags"),
     ],
 )
@@ -210,3 +210,65 @@ def test_a_corrected_author_list_is_indexed_again(
 
 def test_roles_name_the_tags() -> None:
     assert [r.value for r in Role] == ["au", "1au", "lastau"]
+
+
+def test_authors_alone_list_their_articles_by_recency_and_citation(
+    settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    from ingest.records import PartialDate
+    from ranking.search import SearchFilters, run_search
+
+    records = [dataclasses.replace(make_article(p, t, a), authors=au)
+               for p, (t, a, au) in WORLD.items()]  # fmt: skip
+    years = {1: 2019, 2: 2024, 4: 2021, 5: 2023, 6: 2016}  # Smith J's, newest 2 then 5 4 1 6
+    records = [dataclasses.replace(r, pub_date=PartialDate(years.get(r.pmid, 2010), 6, None,
+                                                           "x"), article_date=None)
+               for r in records]  # fmt: skip
+    index, lex = store_and_index(engine, tmp_path, records)
+    checked_query("Smith J[au]")  # accepted: the author's list
+    for mode in ("lexical", "semantic", "hybrid"):
+        result = search_in(settings, engine, "Smith J[au]", index=index, lexical=lex,
+                           mode=mode, k=10)  # fmt: skip
+        assert pmids_of(result) == [2, 5, 4, 1, 6], mode  # equal citations: newest first
+        assert result.authors == ("Smith J[au]",) and result.candidates == 5
+    hit = search_in(settings, engine, "Smith J[au]", index=index, lexical=lex, k=1).hits[0]
+    assert "by the author asked for" in hit.explanation["components"]["lexical"]["text"]
+    assert hit.score == pytest.approx(hit.explanation["score"])
+    # NOT a word, a second author, [1au], filters and pages apply
+    assert set(pmids_of(search_in(settings, engine, "Smith J[au] NOT copd", index=index,
+                                  lexical=lex))) == {1, 2, 4, 6}  # fmt: skip
+    assert pmids_of(search_in(settings, engine, "Smith J[au] AND Jones K[au]", index=index,
+                              lexical=lex)) == [4, 1]  # fmt: skip
+    assert pmids_of(search_in(settings, engine, "Smith J[1au]", index=index,
+                              lexical=lex)) == [2, 5, 1, 6]  # fmt: skip
+    assert pmids_of(search_in(settings, engine, "Smith J[au]", index=index, lexical=lex,
+                              since="2020-01-01")) == [2, 5, 4]  # fmt: skip
+    pages = [run_search(settings, "Smith J[au]", k=2, offset=o, filters=SearchFilters(),
+                        engine=engine, index=index, lexical=lex) for o in (0, 2, 4)]  # fmt: skip
+    assert [pmids_of(p) for p in pages] == [[2, 5], [4, 1], [6]]
+    assert [p.has_more for p in pages] == [True, True, False]
+    dated = run_search(settings, "Jones K[au]", k=3, sort="date", filters=SearchFilters(),
+                       engine=engine, index=index, lexical=lex)  # fmt: skip
+    assert [h.best_date for h in dated.hits] == sorted((h.best_date for h in dated.hits),
+                                                       reverse=True)  # fmt: skip
+
+
+def test_an_author_with_too_many_articles_to_list_is_refused_and_a_subset_index_lists_its_own(
+    settings: Settings, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import types
+
+    from ranking import search as searching
+
+    index, lex = _world(engine, tmp_path)
+    monkeypatch.setattr(searching, "LISTING_MAX", 4)
+    with pytest.raises(ConfigError, match="names more than 4 articles"):
+        search_in(settings, engine, "Smith J[au]", index=index, lexical=lex)
+    assert set(pmids_of(search_in(settings, engine, "Smith JR[au]", index=index,
+                                  lexical=lex))) == {2}  # fmt: skip
+    monkeypatch.undo()
+    # a digest's index of the new articles (ids): only those of them are listed
+    subset = types.SimpleNamespace(id="ix-test", model_version="base", size=2,
+                                   ids=np.array([1, 3], dtype=np.int64),
+                                   search=index.search)  # fmt: skip
+    assert pmids_of(search_in(settings, engine, "Smith[au]", index=subset, lexical=lex)) == [1]

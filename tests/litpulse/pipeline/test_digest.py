@@ -951,3 +951,24 @@ def test_a_saved_search_quoting_a_phrase_matches_only_new_articles_holding_it(
     assert {h.pmid for h in hits} & NEW == {101}
     score = {h.pmid: h.score for h in hits}[101]
     assert _matched(engine, quoting.id)[101] == pytest.approx(score, abs=1e-5)
+
+
+def test_a_saved_search_of_an_author_alone_matches_each_new_article_of_theirs(
+    indexed: Settings,
+) -> None:
+    """``Doe J[au]`` alone (every corpus article is Doe J's): each new live article is a
+    match, whatever the threshold (it meets the query whole), and no old one; another
+    author's search matches none, and a topic with the author only that topic's."""
+    s = indexed
+    engine = db.connect(s)
+    doe = add_search(s, name="doe", query="Doe J[au]", min_score=THRESHOLD, owner="alice")
+    roe = add_search(s, name="roe", query="Roe J[au]", min_score=0.0, owner="alice")
+    both = add_search(s, name="doe crispr", query='"gene editing" AND Doe J[au]',
+                      min_score=0.0, owner="alice")  # fmt: skip
+    _load(engine, NEW)
+    assert refresh_index(s).published
+    report = run_digest(s)
+    assert not report.failures
+    assert set(_matched(engine, doe.id)) == NEW - {105, 106}  # retracted, deleted
+    assert _matched(engine, roe.id) == {}
+    assert set(_matched(engine, both.id)) == {101, 103, 104, 107}
