@@ -58,12 +58,21 @@ class AuthorClause:
             folded (:func:`litpulse.core.text.fold_term`).
         role: Any author, the first or the last.
         excluded: ``NOT Smith J[au]``: articles by this author are left out.
+        also: Other keys of the same author (see the field).
     """
 
     name: str
     key: str
     role: Role = Role.ANY
     excluded: bool = False
+    #: Other keys that name the same author: a full name in natural order (``Jane A
+    #: Smith``) read inverted too (``smith jane a``), as PubMed reads [fau].
+    also: tuple[str, ...] = ()
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every key the clause is met by."""
+        return (self.key, *self.also)
 
     @property
     def shown(self) -> str:
@@ -105,7 +114,7 @@ def _forms(author: Mapping[str, Any]) -> list[str]:
     fore = fold_term(_text(author.get("fore_name")))
     initials = "".join(fold_term(_text(author.get("initials"))).split())
     if not initials and fore:  # PubMed gives initials; a record without them: the forename's
-        initials = "".join(w[0] for w in re.split(r"[\s-]+", fold(_text(author.get("fore_name"))))
+        initials = "".join(w[0] for w in re.split(r"[\s.\-]+", fold(_text(author.get("fore_name"))))
                            if w[:1].isalnum())  # fmt: skip
     forms = [last, *(f"{last} {initials[:j]}" for j in range(1, len(initials) + 1))]
     words = fore.split()
@@ -121,19 +130,22 @@ def _text(value: Any) -> str:
 #: [au]``; ``[AU]`` too, as PubMed's own pages write it, but not ``[Au]``: gold). Group 1
 #: is the tag.
 _TAG = re.compile(
-    r"(?<=[^\s\[])\s?\[\s*(au|AU|1au|1AU|lastau|LASTAU|fau|FAU|(?i:author|full author name|"
-    r"first author name|last author name))\s*\]"
+    r"(?<=[^\s\[])\s?\[\s*(au|AU|1au|1AU|lastau|LASTAU|fau|FAU|cn|CN|(?i:author|"
+    r"full author name|first author name|last author name|corporate author|"
+    r"author\s*-\s*(?:first|last|full|corporate)))\s*\]"
 )
 _ROLES = {"au": Role.ANY, "fau": Role.ANY, "author": Role.ANY, "full author name": Role.ANY,
-          "1au": Role.FIRST, "first author name": Role.FIRST,
-          "lastau": Role.LAST, "last author name": Role.LAST}  # fmt: skip
+          "cn": Role.ANY, "corporate author": Role.ANY, "author-full": Role.ANY,
+          "author-corporate": Role.ANY,
+          "1au": Role.FIRST, "first author name": Role.FIRST, "author-first": Role.FIRST,
+          "lastau": Role.LAST, "last author name": Role.LAST, "author-last": Role.LAST}  # fmt: skip
 #: Where the text a tag names begins, at the latest: an operator, a bracket, a comma or
 #: semicolon, a quote (a closing one right before the tag quotes the name instead).
 _BOUNDARY = re.compile(r"(?<![\w-])(?:AND|OR|NOT)(?![\w-])|[()\[\];,\"\u201c\u201d\u201e]")
 #: Lower-case words that come before a surname (``van der Berg``, ``de la Cruz``).
 _PARTICLES = frozenset(
-    "van von der den de del della dei des di da dal dos das du le la les ten ter el al "
-    "bin ben ibn mac st san dela vander".split()
+    "van von der den de del della delle dello degli dei des di da dal do dos das du le la "
+    "les ten ter el al bin ben ibn mac st san dela vander zu zum zur af av e y i".split()
 )
 _WORD = re.compile(r"[^\W\d_][\w'\u2019.-]*")
 #: Brackets an author clause leaves empty, and an AND it leaves first or last.
@@ -163,9 +175,10 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
     spans: list[tuple[int, int]] = []
     floor = 0
     for tag in tags:
-        role = _ROLES[tag.group(1).lower()]
+        role = _ROLES[re.sub(r"\s*-\s*", "-", tag.group(1).lower())]
         label = f"[{role.value}]"
-        start, name, problem = _name_before(query, floor, tag.start())
+        full = "f" in tag.group(1).lower()  # [fau], [full author name], [Author - Full]
+        start, name, problem = _name_before(query, floor, tag.start(), full)
         floor = end = tag.end()
         key = fold_term(name)
         if problem is None and not key:
@@ -176,20 +189,33 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
             spans.append((start, end))
             continue
         before = query[:start].rstrip()
-        inner = before.rstrip("( \t")  # NOT (Smith J[au]): NOT takes the bracketed name
-        opened = before[len(inner):].count("(")  # fmt: skip
+        inner = before.rstrip("([ \t")  # NOT (Smith J[au]): NOT takes the bracketed name
+        opened = len(before[len(inner):].replace(" ", "").replace("\t", ""))  # fmt: skip
         excluded = _ends_with(inner, "NOT")
         if excluded or _ends_with(before, "AND"):
             start = len(inner if excluded else before) - 3
             for _ in range(opened if excluded else 0):  # and the brackets it opened
                 close = _CLOSE_BRACKET.match(query, end)
-                end = close.end() if close else end
-        if _ends_with(before, "OR") or _or_beside(bare, start, end):
-            clause = f"{name}{label}"
-            problems.append(f"an author cannot be one of alternatives (OR): search {clause} "
-                            f"with the topic's words (asthma AND {clause}), and put the "
-                            "alternatives in brackets before it")  # fmt: skip
-        clauses.append(AuthorClause(name, _MARKS[role] + key, role, excluded))
+                if close is None:  # NOT (Smith J[au] AND children): a group
+                    opened = -1
+                    break
+                end = close.end()
+        clause = f"{name}{label}"
+        if opened < 0 or _in_not_group(bare, start, end):  # NOT (children AND Smith J[au])
+            problems.append(f"an author inside a group after NOT cannot be read one way: "
+                            f"exclude each on its own (asthma NOT {clause} NOT children)")
+        elif _ends_with(before, "OR") or _or_beside(bare, start, end):
+            problems.append(
+                "an author cannot be one of alternatives (OR): "
+                + (f"exclude each on its own (asthma NOT {clause} NOT …)" if excluded else
+                   f"search {clause} with the topic's words (asthma AND {clause}), and put "
+                   "the alternatives in brackets before it")
+            )  # fmt: skip
+        words = name.split()
+        also: tuple[str, ...] = ()  # Jane A Smith[fau]: natural order, read inverted too
+        if full and len(words) > 1 and not _initials(words[-1]):
+            also = (_MARKS[role] + fold_term(" ".join([words[-1], *words[:-1]])),)
+        clauses.append(AuthorClause(name, _MARKS[role] + key, role, excluded, also))
         spans.append((start, end))
     kept, last = [], 0
     for a, b in spans:
@@ -208,8 +234,23 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
 #: A quoted phrase (its operators are words of it), a closing bracket, and the tokens
 #: :func:`_or_beside` reads.
 _QUOTED = re.compile("[\"\u201c\u201e][^\"\u201c\u201d\u201e]*[\"\u201d\u201c]")
-_CLOSE_BRACKET = re.compile(r"\s*\)")
+_CLOSE_BRACKET = re.compile(r"\s*[)\]]")
 _OR_TOKENS = re.compile(r"\(|\)|(?<![\w-])OR(?![\w-])")
+_GROUP_TOKENS = re.compile(r"[(\[]|[)\]]")
+
+
+def _in_not_group(bare: str, start: int, end: int) -> bool:
+    """Whether the clause at ``start:end`` (its NOT and brackets included when NOT takes
+    it) lies inside a bracket that a NOT opens (``NOT (children AND Smith J[au])``):
+    the group's other terms would be excluded or searched unlike what it says."""
+    depth = 0
+    for m in reversed(list(_GROUP_TOKENS.finditer(bare, 0, start))):
+        depth += 1 if m.group(0) in ")]" else -1
+        if depth < 0:  # a bracket holding the clause
+            if _ends_with(bare[: m.start()].rstrip(), "NOT"):
+                return True
+            depth = 0
+    return False
 
 
 def _or_beside(bare: str, start: int, end: int) -> bool:
@@ -238,10 +279,13 @@ def _ends_with(text: str, word: str) -> bool:
     return text.endswith(word) and (len(text) == len(word) or not text[-len(word) - 1].isalnum())
 
 
-def _name_before(query: str, floor: int, end: int) -> tuple[int, str, str | None]:
+def _name_before(
+    query: str, floor: int, end: int, full: bool = False
+) -> tuple[int, str, str | None]:
     """The author name before a tag at ``end`` (no further back than ``floor``): where it
-    starts, the name (initials joined: ``J.A.``, ``J-H``, ``J A`` → ``JA``), and a problem
-    (a message with ``{tag}``) if it cannot be read."""
+    starts, the name (initials joined: ``J.A.``, ``J-H``, ``J A`` → ``JA``; PubMed's
+    inverted ``Smith, J.A.`` and, for a full name tag (``full``), ``Smith, John``, without
+    the comma), and a problem (a message with ``{tag}``) if it cannot be read."""
     if end > floor and query[end - 1] in _QUOTE_CLOSE:  # "van der Berg J"[au]
         opening = max(query.rfind(q, floor, end - 1) for q in _QUOTE_OPEN)
         if opening >= 0:
@@ -258,17 +302,32 @@ def _name_before(query: str, floor: int, end: int) -> tuple[int, str, str | None
     if not all(_WORD.fullmatch(w) for w in typed):
         return start, name, (f"is {name!r} an author's name? Write the author before {{tag}} "
                              "as a surname and its initials (Smith J{tag}), or in quotes")
-    comma = query[:start].rstrip().endswith(",")
-    if comma and len(typed) == 1 and len(typed[0]) <= 3 and typed[0].isupper():  # Smith, J[au]
-        return start, name, (f"the author's name ends at the comma before {name!r}: write "
-                             f"it without the comma (Smith {name}{{tag}}) or in quotes")
     words = _joined(typed)
+    if query[:start].rstrip().endswith(","):  # Smith, J.A.[au], Smith, John[fau]
+        comma = query.rindex(",", floor, start)
+        back = floor
+        for m in _BOUNDARY.finditer(query, floor, comma):
+            back, explicit = m.end(), m.group(0) in _EXPLICIT
+        surname = query[back:comma].split()
+        initials = len(words) == 1 and _initials(words[0]) and words[0].isupper()
+        named = bool(surname) and all(_WORD.fullmatch(w) for w in surname) and \
+            not _plain(surname[-1]) and len(words) <= 2  # fmt: skip
+        if named and (initials or full):
+            start = back + len(query[back:comma]) - len(query[back:comma].lstrip())
+            typed = words = [*surname, *words]
+            name = " ".join(typed)
+        elif named:
+            other = " ".join(surname)
+            return start, name, (f"is {other!r} part of the author's name? Write it without "
+                                 f"the comma ({other} {name}{{tag}}), or put AND before the "
+                                 f"author ({other} AND {name}{{tag}})")
     core = words[next((i for i, w in enumerate(words) if w.lower() not in _PARTICLES),
                       len(words)):]  # fmt: skip
     # a word in lower case or capitals before a capitalised one (asthma Smith, COPD Smith)
     # is a topic's; after an AND, NOT or comma the rest names the author (Garcia Lopez M);
     # first, or after a bracket, a surname and its initials at most (Smith J)
-    mixed = any(_plain(a) and _titled(b) for a, b in zip(core, core[1:], strict=False))
+    mixed = any(_plain(a) and _titled(b) for a, b in zip(core, core[1:], strict=False)
+                if a.lower() not in _PARTICLES)  # fmt: skip
     loose = len(core) > 2 or (len(core) == 2 and not _initials(core[1]))
     if mixed or (loose and not explicit):
         guess = 2 if _initials(words[-1]) and len(words) > 2 else 1
@@ -295,7 +354,7 @@ def _joined(words: list[str]) -> list[str]:
             w = "".join(bits)  # J.A. / J-H / J.
         out.append(w)
     k = len(out)
-    while k > 1 and len(out[k - 1]) == 1 and out[k - 1].isalpha():
+    while k > 0 and len(out[k - 1]) == 1 and out[k - 1].isalpha():
         k -= 1
     return out[:k] + ["".join(out[k:])] if len(out) - k > 1 else out
 

@@ -1337,16 +1337,16 @@ class LexicalIndex:
             )
             return tantivy.Query.const_score_query(query, 0.0)
 
-        by = [
-            (
-                tantivy.Occur.MustNot if a.excluded else tantivy.Occur.Must,
-                tantivy.Query.const_score_query(
-                    tantivy.Query.term_query(schema, AUTHOR_FIELD, a.key, index_option="basic"),
-                    0.0,
-                ),
+        def named(keys: tuple[str, ...]) -> Any:
+            terms = [tantivy.Query.term_query(schema, AUTHOR_FIELD, key, index_option="basic")
+                     for key in keys]  # fmt: skip
+            query = terms[0] if len(terms) == 1 else tantivy.Query.boolean_query(
+                [(tantivy.Occur.Should, t) for t in terms]
             )
-            for a in authors
-        ]
+            return tantivy.Query.const_score_query(query, 0.0)
+
+        by = [(tantivy.Occur.MustNot if a.excluded else tantivy.Occur.Must, named(a.keys))
+              for a in authors]  # fmt: skip
         return [(tantivy.Occur.Must, anywhere(t)) for t in phrases] + [
             (tantivy.Occur.MustNot, anywhere(t)) for t in excluded
         ] + by
