@@ -346,7 +346,10 @@ _EXPLICIT = frozenset({"AND", "OR", "NOT", ",", ";"})
 
 def _joined(words: list[str]) -> list[str]:
     """``words`` with initials joined as PubMed writes them: ``J.A.`` and ``J-H`` one word
-    (``JA``, ``JH``), trailing single letters one (``Smith J A`` → ``Smith JA``)."""
+    (``JA``, ``JH``), trailing single letters one (``Smith J A`` → ``Smith JA``); a last
+    ``Jr`` or ``Sr`` left out (PubMed's author keys hold no suffix)."""
+    if len(words) > 1 and words[-1].rstrip(".").lower() in ("jr", "sr"):
+        words = words[:-1]
     out = []
     for w in words:
         bits = [b for b in re.split(r"[.\-]", w) if b]

@@ -89,6 +89,8 @@ def test_author_keys_fold_the_name_and_mark_the_first_and_last_author() -> None:
         ("asthma AND (Smith J[au] AND Li X[au])", "asthma", ["Smith J[au]", "Li X[au]"],
          ["smith j", "li x"]),
         ("covid-19 AND O'Brien K[fau]", "covid-19", ["O'Brien K[au]"], ["obrien k"]),
+        ("asthma AND Smith J Jr.[au]", "asthma", ["Smith J[au]"], ["smith j"]),
+        ('asthma AND "King ML Jr"[au]', "asthma", ["King ML[au]"], ["king ml"]),
         # not author tags: gold, a bracket after a space, a tag PubMed does not have
         ("gold [Au] nanoparticles", "gold [Au] nanoparticles", [], []),
         ("Cl[Au] complexes", "Cl[Au] complexes", [], []),
