@@ -344,11 +344,16 @@ def _name_before(
 _EXPLICIT = frozenset({"AND", "OR", "NOT", ",", ";"})
 
 
+#: A name's last word that is its suffix, not initials (``Smith J Jr``; ``Smith JR`` is
+#: J. R. Smith).
+_SUFFIXES = frozenset({"Jr", "Jr.", "Sr", "Sr.", "jr.", "sr."})
+
+
 def _joined(words: list[str]) -> list[str]:
     """``words`` with initials joined as PubMed writes them: ``J.A.`` and ``J-H`` one word
     (``JA``, ``JH``), trailing single letters one (``Smith J A`` → ``Smith JA``); a last
-    ``Jr`` or ``Sr`` left out (PubMed's author keys hold no suffix)."""
-    if len(words) > 1 and words[-1].rstrip(".").lower() in ("jr", "sr"):
+    ``Jr`` or ``Sr`` left out (PubMed's author keys hold no suffix; ``JR`` is initials)."""
+    if len(words) > 1 and words[-1] in _SUFFIXES:  # not JR, SR: initials
         words = words[:-1]
     out = []
     for w in words:

@@ -687,7 +687,7 @@ def run_search(
                 "search without them"
             )
         effective = SearchMode.SEMANTIC
-    if lexical is not None and _lists_authors(text):
+    if lexical is not None and lists_authors(text):
         # authors alone (Smith J[au]): their articles, by recency and citation
         hits, seen, passing, has_more = _listing(
             engine, index, lexical, text, filters.clauses(), options, k=k, offset=offset,
@@ -1059,10 +1059,11 @@ def _candidates(
 #: refused with what to add (the topic's words, the initials).
 LISTING_MAX = 10_000
 #: How a listed article's relevance is made (its explanation says so).
-_LISTED = "by the author asked for: the query asks nothing more, so the article meets it whole"
+_LISTED = ("the query names authors alone, and each article by them (as asked) meets it "
+           "whole")
 
 
-def _lists_authors(text: str) -> bool:
+def lists_authors(text: str) -> bool:
     """Whether ``text`` names authors and no word to search (``Smith J[au]``,
     ``Smith J[au] NOT Li X[au]``)."""
     from ranking.lexical import query_authors, query_terms
@@ -1083,26 +1084,28 @@ def _listing(
     by_date: bool,
 ) -> tuple[list[Hit], int, int, bool]:
     """The articles of a query of authors alone: every article of this index version by
-    them (and passing the filters), each meeting the query whole (relevance 1), so ranked
-    by recency and citation (``by_date``: newest first); the ``k`` from ``offset``, how
-    many the authors have, how many pass, and whether a next page may hold results.
+    them (its lexical index holds every live one, embedded or not yet) and passing the
+    filters, each meeting the query whole (relevance 1), so ranked by recency and citation
+    (``by_date``: newest first); the ``k`` from ``offset``, how many the authors have, how
+    many pass, and whether a next page may hold results. An index with ``only`` (a
+    digest's new articles) lists those of them alone.
 
     Raises:
-        ConfigError: The authors have more than :data:`LISTING_MAX` articles.
+        ConfigError: The authors have more than :data:`LISTING_MAX` articles (not asked
+            for an index with ``only``: a few of theirs among those).
     """
-    found = lexical.holders(text, LISTING_MAX + 1)
-    if len(found) > LISTING_MAX:
-        from ranking.lexical import query_authors
+    only = getattr(index, "only", None)
+    if only is not None:
+        found = sorted(lexical.matching(text, [int(p) for p in only]))
+    else:
+        found = lexical.holders(text, LISTING_MAX + 1)
+        if len(found) > LISTING_MAX:
+            from ranking.lexical import query_authors
 
-        shown = " ".join(a.shown for a in query_authors(text))
-        raise ConfigError(f"{shown} names more than {LISTING_MAX:,} articles: add the topic's "
-                          f"words (asthma AND {shown}), or the initials")  # fmt: skip
-    import numpy as np
-
-    ids = getattr(index, "ids", None)  # the version's articles (a digest's: its new ones)
-    if ids is not None:
-        held = set(np.asarray(ids).tolist())
-        found = [p for p in found if p in held]
+            shown = " ".join(a.shown for a in query_authors(text))
+            raise ConfigError(f"{shown} names more than {LISTING_MAX:,} articles (filters "
+                              f"aside): add the topic's words (asthma AND {shown}), or the "
+                              "initials")  # fmt: skip
     rows = load_rows(engine, found, conds)
     rel = Relevance(SearchMode.LEXICAL, similarity=0.0, lexical=1.0, how=_LISTED)
     hits = [_hit(p, row, options, rel, 0.0) for p, row in rows.items()]

@@ -14,7 +14,8 @@ For every saved search (:mod:`litpulse.pipeline.saved_searches`), :func:`run_dig
    absolute measure a fixed threshold could be set against; cosine, recency and citation
    impact are — and keeps those scoring at least
    its threshold (``--min-score``, else ``LITPULSE_DIGEST_MIN_SCORE``), best first, at
-   most ``LITPULSE_DIGEST_MAX_MATCHES``;
+   most ``LITPULSE_DIGEST_MAX_MATCHES``; a query of authors alone (``Smith J[au]``) keeps
+   each new article of theirs, whatever the threshold: each meets it whole;
 3. records them in ``digest_matches`` with their explanation — unique per (search, PMID),
    so an article is never sent twice for one search — and moves the watermark forward
    (never past an article not yet in the index: it is new for the next digest);
@@ -192,6 +193,12 @@ class _SubsetIndex:
     def size(self) -> int:
         return len(self.ids)
 
+    @property
+    def only(self) -> np.ndarray:
+        """What a query of authors alone lists (:func:`ranking.search.run_search`): these
+        new articles, not every article of the version by them."""
+        return self.ids
+
     def search(self, query_vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         import numpy as np
 
@@ -364,7 +371,7 @@ def _digest_one(
 ) -> SearchDigest:
     from ranking.index_store import fetch_vectors
     from ranking.lexical import constrains
-    from ranking.search import run_search
+    from ranking.search import lists_authors, run_search
 
     if search.problem is not None:
         raise ConfigError(f"not searched: {search.problem}; {search.remedy}")
@@ -378,6 +385,7 @@ def _digest_one(
     # a quoted phrase is required, a word after NOT excluded: the published lexical index
     # tells which articles hold them (none there: not searched this time, reported)
     phrase_filter = getattr(index, "lexical", None) if constrains(search.query) else None
+    listed = lists_authors(search.query)
     # every new article is scored, a part at a time: a search's candidate pool is its
     # nearest by cosine, and a flood of revised older articles (near, but low on
     # recency) would crowd a new one that scores higher out of it. Semantic scores are
@@ -400,7 +408,8 @@ def _digest_one(
             lexical=phrase_filter,
             mode="semantic",  # an absolute score for the threshold (see the module doc)
         )
-        passing += [h for h in result.hits if h.score >= threshold]
+        # authors alone (Smith J[au]): each new article of theirs meets the query whole
+        passing += [h for h in result.hits if listed or h.score >= threshold]
     if passing:
         passing.sort(key=lambda h: (-h.score, h.pmid))
         capped = len(passing) > cap

@@ -91,6 +91,7 @@ def test_author_keys_fold_the_name_and_mark_the_first_and_last_author() -> None:
         ("covid-19 AND O'Brien K[fau]", "covid-19", ["O'Brien K[au]"], ["obrien k"]),
         ("asthma AND Smith J Jr.[au]", "asthma", ["Smith J[au]"], ["smith j"]),
         ('asthma AND "King ML Jr"[au]', "asthma", ["King ML[au]"], ["king ml"]),
+        ("asthma AND Smith JR[au]", "asthma", ["Smith JR[au]"], ["smith jr"]),
         # not author tags: gold, a bracket after a space, a tag PubMed does not have
         ("gold [Au] nanoparticles", "gold [Au] nanoparticles", [], []),
         ("Cl[Au] complexes", "Cl[Au] complexes", [], []),
@@ -234,7 +235,7 @@ def test_authors_alone_list_their_articles_by_recency_and_citation(
         assert pmids_of(result) == [2, 5, 4, 1, 6], mode  # equal citations: newest first
         assert result.authors == ("Smith J[au]",) and result.candidates == 5
     hit = search_in(settings, engine, "Smith J[au]", index=index, lexical=lex, k=1).hits[0]
-    assert "by the author asked for" in hit.explanation["components"]["lexical"]["text"]
+    assert "names authors alone" in hit.explanation["components"]["lexical"]["text"]
     assert hit.score == pytest.approx(hit.explanation["score"])
     # NOT a word, a second author, [1au], filters and pages apply
     assert set(pmids_of(search_in(settings, engine, "Smith J[au] NOT copd", index=index,
@@ -270,7 +271,7 @@ def test_an_author_with_too_many_articles_to_list_is_refused_and_a_subset_index_
                                   lexical=lex))) == {2}  # fmt: skip
     monkeypatch.undo()
     # a digest's index of the new articles (ids): only those of them are listed
-    subset = types.SimpleNamespace(id="ix-test", model_version="base", size=2,
-                                   ids=np.array([1, 3], dtype=np.int64),
-                                   search=index.search)  # fmt: skip
+    new = np.array([1, 3], dtype=np.int64)
+    subset = types.SimpleNamespace(id="ix-test", model_version="base", size=2, ids=new,
+                                   only=new, search=index.search)  # fmt: skip
     assert pmids_of(search_in(settings, engine, "Smith[au]", index=subset, lexical=lex)) == [1]

@@ -1,6 +1,6 @@
 """Third hostile review of author search: an author alone lists their articles (commit
 7b8e95a, ``Smith J[au]``). Each test asserts the correct behaviour; each is a strict xfail
-until its fix.
+until its fix (all four fixed).
 
 The world is that of :mod:`tests.ranking.test_authors` (the real store and the real
 tantivy lexical index, format 7). Smith J's articles (Smith JA, Smith JR, Smith J, Smith
@@ -75,7 +75,6 @@ def _matched(engine: Engine, search_id: int) -> set[int]:
 # ----------------------------------------------------------------- silently wrong results
 
 
-@pytest.mark.xfail(strict=True, reason="the listing keeps only the vector index's ids: an article not yet embedded is left out although every other search of the version finds it")  # noqa: E501  # fmt: skip
 def test_an_author_alone_lists_the_articles_not_yet_embedded_that_a_search_finds(
     settings: Settings, engine: Engine, tmp_path: Path
 ) -> None:
@@ -99,7 +98,6 @@ def test_an_author_alone_lists_the_articles_not_yet_embedded_that_a_search_finds
     assert listed.candidates == len(SMITH_J)
 
 
-@pytest.mark.xfail(strict=True, reason="a listed article scores w_sim*1 + recency + citation (~1.05..1.07) and the digest still applies min_score: at 1.1 none of the author's new articles is matched")  # noqa: E501  # fmt: skip
 def test_a_saved_search_of_an_author_alone_matches_each_new_article_whatever_its_threshold(
     settings: Settings, engine: Engine, tmp_path: Path
 ) -> None:
@@ -130,7 +128,6 @@ def test_a_saved_search_of_an_author_alone_matches_each_new_article_whatever_its
 # ------------------------------------------------------------------- misleading refusals
 
 
-@pytest.mark.xfail(strict=True, reason="LISTING_MAX is counted over the whole lexical index before the digest's new articles are kept: a prolific author's saved search fails every digest")  # noqa: E501  # fmt: skip
 def test_a_digest_lists_the_new_articles_of_an_author_with_many_old_ones(
     settings: Settings, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -146,9 +143,9 @@ def test_a_digest_lists_the_new_articles_of_an_author_with_many_old_ones(
 
     index, lex = _world(engine, tmp_path)
     monkeypatch.setattr(searching, "LISTING_MAX", 4)
-    digest_index = types.SimpleNamespace(id="ix-3rd", model_version="base", size=1,
-                                         ids=np.array([2], dtype=np.int64),
-                                         search=index.search)  # fmt: skip
+    new = np.array([2], dtype=np.int64)  # a digest's index of its new articles: only them
+    digest_index = types.SimpleNamespace(id="ix-3rd", model_version="base", size=1, ids=new,
+                                         only=new, search=index.search)  # fmt: skip
     result = run_search(settings.replace(rerank_candidates=1), "Smith J[au]", k=2,
                         filters=SearchFilters(), engine=engine, index=digest_index,
                         embed=hash_embed, lexical=lex, mode="semantic")  # as _digest_one
@@ -158,7 +155,6 @@ def test_a_digest_lists_the_new_articles_of_an_author_with_many_old_ones(
 # ------------------------------------------------------- cost at full size (a crash there)
 
 
-@pytest.mark.xfail(strict=True, reason="every listing builds a Python set of ALL the published index's PMIDs (ids.tolist()): ~3.3 GB and ~8 s per query at PubMed size")  # noqa: E501  # fmt: skip
 def test_listing_a_few_articles_does_not_copy_the_whole_index_into_python(
     settings: Settings, engine: Engine, tmp_path: Path
 ) -> None:
