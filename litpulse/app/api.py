@@ -193,8 +193,11 @@ def _web_file(name: str) -> str:
 
 def _article_answer(art: dict[str, Any]) -> Any:
     """A stored article as ``GET /articles/…`` answers it: 410 for one PubMed withdrew
-    (PubMed shows nothing of it any more), else the article."""
+    (PubMed shows nothing of it any more), else the article with its ``links`` (PubMed,
+    doi.org), as search results carry them."""
     from fastapi.responses import JSONResponse
+
+    from ranking.details import links
 
     if art["is_deleted"]:
         return JSONResponse(status_code=410, content={
@@ -202,7 +205,7 @@ def _article_answer(art: dict[str, Any]) -> Any:
                       f"{art['deleted_at']})",
             "pmid": art["pmid"], "is_deleted": True, "deleted_at": art["deleted_at"],
         })  # fmt: skip
-    return art
+    return {**art, "links": links(art["pmid"], art["doi"])}
 
 
 def _get_article(engine: Any, pmid: int) -> dict[str, Any]:

@@ -321,6 +321,17 @@ function linkLine(hit) {
   return box;
 }
 
+// A result's "Similar articles" button and the region it opens.
+function similarParts(hit) {
+  const region = el("section", { class: "similar", id: `similar-${hit.pmid}`,
+                                 "aria-live": "polite", "aria-label": `Articles similar to PMID ${hit.pmid}` });
+  region.hidden = true;
+  const button = el("button", { type: "button", class: "similar-btn",
+    "aria-expanded": "false", "aria-controls": region.id, text: "Similar articles" });
+  button.addEventListener("click", () => toggleSimilar(hit, button, region));
+  return [button, region];
+}
+
 async function toggleSimilar(hit, button, region) {
   const open = button.getAttribute("aria-expanded") !== "true";
   button.setAttribute("aria-expanded", String(open));
@@ -392,6 +403,7 @@ function moreSimilar(list, add, page) {
 function render(data) {
   const list = $("results");
   list.replaceChildren();
+  $("toolbar").classList.remove("lookup");
   reveal($("toolbar"), true);
   const n = data.results.length;
   const first = (data.offset || 0) + 1;
@@ -415,12 +427,7 @@ function render(data) {
   data.results.forEach((hit, i) => {
     const score = el("div", { class: "scorebox" },
       el("div", { class: "score", text: fmt(hit.score) }), stackedBar(hit, full));
-    const region = el("section", { class: "similar", id: `similar-${hit.pmid}`,
-                                   "aria-live": "polite", "aria-label": `Articles similar to PMID ${hit.pmid}` });
-    region.hidden = true;
-    const simButton = el("button", { type: "button", class: "similar-btn",
-      "aria-expanded": "false", "aria-controls": region.id, text: "Similar articles" });
-    simButton.addEventListener("click", () => toggleSimilar(hit, simButton, region));
+    const [simButton, region] = similarParts(hit);
     const actions = el("div", { class: "actions" },
       el("button", { type: "button", "data-relevant": "true", text: "Relevant" }),
       el("button", { type: "button", "data-relevant": "false", text: "Not relevant" }),
@@ -479,6 +486,7 @@ function clearResults() {
   shown = null;
   $("results").replaceChildren();
   $("count").textContent = "";
+  $("toolbar").classList.remove("lookup");
   reveal($("toolbar"), false);
   reveal($("pager"), false);
   for (const f of ["ris", "bibtex", "csv"]) $(`export-${f}`).setAttribute("href", "#");
@@ -496,6 +504,44 @@ async function fetchPatient(url) {
   return resp;
 }
 
+// A PMID or a DOI alone is no search (the API refuses it, naming the article's URL): the
+// page asks for that article instead (`GET /articles/PMID`, `GET /articles/doi/DOI`).
+const PMID_ALONE = /^\s*(?:pmid\s*:?\s*)?(\d{1,9})\s*$/i;
+const DOI_ALONE = /^\s*(?:doi\s*:?\s*|(?:https?:\/\/)?(?:dx\.)?doi\.org\/)?(10\.\d{4,9}\/\S+)\s*$/i;
+
+function lookupOf(q) {
+  const pmid = PMID_ALONE.exec(q || "");
+  if (pmid) return `articles/${Number(pmid[1])}`;
+  const doi = DOI_ALONE.exec(q || "");
+  if (doi) return `articles/doi/${doi[1].split("/").map(encodeURIComponent).join("/")}`;
+  return null;
+}
+
+// One stored article (a PMID or a DOI looked up) as the one result: its head, abstract,
+// MeSH and links, and its similar articles; no score, pages nor exports.
+function renderArticle(a, path) {
+  const names = (a.authors || []).map((x) => x.name || x.collective_name ||
+    [x.last_name, x.initials || x.fore_name].filter(Boolean).join(" ")).filter(Boolean);
+  const hit = {
+    pmid: a.pmid, title: a.title, journal: a.journal, best_date: a.best_date,
+    pub_year: a.pub_year, authors: names, author_count: names.length,
+    retracted: a.is_retracted, explanation: {}, doi: a.doi, links: a.links,
+    mesh: (a.mesh || []).map((m) => m.descriptor).filter(Boolean),
+    publication_types: a.publication_types || [],
+  };
+  const body = el("div", { class: "body" }, articleHead(hit, "h3"));
+  if (a.abstract) body.append(el("p", { class: "snippet", text: a.abstract }));
+  body.append(tagLine(hit), linkLine(hit));
+  const same = (a.same_doi || []).map((p) => `PMID ${p}`).join(", ");
+  body.append(el("p", { class: "lookup", text: `The query names this article (GET /${path})` +
+    (same ? `; PubMed gave its DOI to ${same} too.` : ".") }));
+  const [simButton, region] = similarParts(hit);
+  $("results").append(el("li", { class: hit.retracted ? "hit retracted" : "hit",
+                                 "data-pmid": String(hit.pmid) },
+    el("div", { class: "rank", text: "1." }), body, el("div", { class: "actions" }, simButton),
+    region));
+}
+
 // Search with `p` and show its answer. `how` the URL follows: "push" (a new search or
 // page: a history entry of its own, Back returns to the one before), "replace" (the URL
 // the page was opened with) or "none" (Back/Forward: the URL is already this search's).
@@ -511,8 +557,9 @@ async function runSearch(p, how) {
   pageSearch = location.search;
   $("go").disabled = true;
   $("prev").disabled = $("next").disabled = true;  // until this page is shown
+  const lookup = lookupOf(p.get("q"));
   try {
-    const resp = await fetchPatient(`search?${p.toString()}`);
+    const resp = await fetchPatient(lookup || `search?${p.toString()}`);
     if (!current()) return false;
     if (!resp.ok) {
       const message = await errorText(resp);
@@ -523,6 +570,14 @@ async function runSearch(p, how) {
     }
     const data = await resp.json();
     if (!current()) return false;
+    if (lookup) {
+      clearResults();
+      renderArticle(data, lookup);
+      $("toolbar").classList.add("lookup");  // no legend nor exports: no score, no list
+      reveal($("toolbar"), true);
+      $("count").textContent = `1 result · the article of PMID ${data.pmid}`;
+      return true;
+    }
     shown = p;
     render(data);
     setExports(p);

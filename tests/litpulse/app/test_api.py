@@ -204,6 +204,8 @@ def test_articles_endpoint(client: TestClient) -> None:
     body = r.json()
     assert body["pmid"] == 201 and body["title"] == ARTICLES[201]["title"]
     assert body["relative_citation_ratio"] == 2.0
+    assert body["links"] == {"pubmed": "https://pubmed.ncbi.nlm.nih.gov/201/",
+                             "doi": "https://doi.org/10.1000/test.201"}  # as hits carry them
     r = client.get("/articles/987654")
     assert r.status_code == 404 and "987654" in r.json()["detail"]
 

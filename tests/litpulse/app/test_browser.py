@@ -234,6 +234,36 @@ def test_filters_and_errors_in_the_page(browser: Any, server: str) -> None:
     assert "since" in browser.find_element(By.ID, "error").text
 
 
+def test_a_pmid_or_a_doi_in_the_search_box_shows_that_article(
+    browser: Any, server: str
+) -> None:
+    # a PMID or a DOI alone is no search (the API refuses it): the page shows the article
+    browser.get(server + "/")
+    WebDriverWait(browser, 20).until(ec.element_to_be_clickable((By.ID, "go")))
+    for typed in ("201", "PMID: 201", "10.1000/TEST.201", "https://doi.org/10.1000/test.201"):
+        hits = _search(browser, typed)
+        assert [h.get_attribute("data-pmid") for h in hits] == ["201"], typed
+        card = hits[0]
+        assert card.find_element(By.CSS_SELECTOR, ".title").text == ARTICLES[201]["title"]
+        assert card.find_element(By.CSS_SELECTOR, ".authors").text == "Doe J, Test Consortium"
+        assert "The query names this article (GET /articles/" in card.text
+        assert browser.find_element(By.ID, "error").text == ""
+        assert not browser.find_element(By.ID, "pager").is_displayed()
+        assert not browser.find_element(By.ID, "export-csv").is_displayed()
+    # its similar articles open as a result's do
+    card.find_element(By.CSS_SELECTOR, ".similar-btn").click()
+    WebDriverWait(browser, 20).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#similar-201 li.similar-hit"))
+    # one the store lacks: the API's 404 is said
+    browser.get(server + "/?q=10.1000/none")
+    WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "error").is_displayed())
+    assert "10.1000/none" in browser.find_element(By.ID, "error").text
+    assert browser.find_elements(By.CSS_SELECTOR, "li.hit") == []
+    # a search after it shows its list, scores and exports again
+    hits = _search(browser, "malaria vaccine for children")
+    assert len(hits) > 1 and browser.find_element(By.ID, "export-csv").is_displayed()
+
+
 def test_the_page_waits_out_the_rate_limit(browser: Any, real: Settings) -> None:
     """A quick series of searches beyond the client's request rate: the page's own files
     take no token, and a search answered 429 is asked again after the server's Retry-After;
