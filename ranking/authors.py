@@ -177,8 +177,10 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
     for tag in tags:
         role = _ROLES[re.sub(r"\s*-\s*", "-", tag.group(1).lower())]
         label = f"[{role.value}]"
-        full = "f" in tag.group(1).lower()  # [fau], [full author name], [Author - Full]
-        start, name, problem = _name_before(query, floor, tag.start(), full)
+        typed_tag = tag.group(1).lower()
+        full = "f" in typed_tag  # [fau], [full author name], [Author - Full]
+        collective = typed_tag == "cn" or "corporate" in typed_tag
+        start, name, problem = _name_before(query, floor, tag.start(), full, collective)
         floor = end = tag.end()
         key = fold_term(name)
         if problem is None and not key:
@@ -280,12 +282,13 @@ def _ends_with(text: str, word: str) -> bool:
 
 
 def _name_before(
-    query: str, floor: int, end: int, full: bool = False
+    query: str, floor: int, end: int, full: bool = False, collective: bool = False
 ) -> tuple[int, str, str | None]:
     """The author name before a tag at ``end`` (no further back than ``floor``): where it
     starts, the name (initials joined: ``J.A.``, ``J-H``, ``J A`` → ``JA``; PubMed's
     inverted ``Smith, J.A.`` and, for a full name tag (``full``), ``Smith, John``, without
-    the comma), and a problem (a message with ``{tag}``) if it cannot be read."""
+    the comma), and a problem (a message with ``{tag}``) if it cannot be read. A
+    ``collective`` tag (``[cn]``) takes the text before it whole as a group's name."""
     if end > floor and query[end - 1] in _QUOTE_CLOSE:  # "van der Berg J"[au]
         opening = max(query.rfind(q, floor, end - 1) for q in _QUOTE_OPEN)
         if opening >= 0:
@@ -328,8 +331,9 @@ def _name_before(
     # first, or after a bracket, a surname and its initials at most (Smith J)
     mixed = any(_plain(a) and _titled(b) for a, b in zip(core, core[1:], strict=False)
                 if a.lower() not in _PARTICLES)  # fmt: skip
-    loose = len(core) > 2 or (len(core) == 2 and not _initials(core[1]))
-    if mixed or (loose and not explicit):
+    loose = len(core) > 2 or (len(core) == 2 and not _initials(core[1])
+                              and not (_titled(core[0]) and _titled(core[1])))  # Smith John
+    if mixed or (loose and not explicit and not collective):
         guess = 2 if _initials(words[-1]) and len(words) > 2 else 1
         topic, author = " ".join(typed[:-guess]), " ".join(words[-guess:])
         split = f"put AND between the topic and the author ({topic} AND {author}{{tag}})"

@@ -802,10 +802,10 @@ def _checked_query(query: str, k: int) -> str:
 #: bracketed text (a translated title, ``[18F]FDG``) is searched.
 _FIELD_TAG = re.compile(
     r"(?<=[^\s\[])\[\s*(ti|tiab|ab|tw|all|mh|mesh|mh:noexp|majr|sh|dp|pdat|edat|crdt|mhda|"
-    r"pt|la|ad|affl|ta|jour|pmid|uid|doi|aid|lid|nm|ot|gr|sb)\s*\]"
+    r"pt|la|ad|affl|ta|jour|pmid|uid|doi|aid|lid|nm|ot|gr|sb|ir|fir|auid)\s*\]"
     r"|(?<=[^\s\[])\[\s*(?i:(title|title/abstract|abstract|text word|all fields|mesh terms|"
     r"mesh major topic|subheading|publication date|date - publication|publication type|"
-    r"language|affiliation|journal|filter))\s*\]"
+    r"language|affiliation|journal|filter|investigator|author - identifier))\s*\]"
 )
 _TAG_ADVICE = {
     **dict.fromkeys(("mh", "mesh", "mesh terms", "mh:noexp", "majr", "mesh major topic"),
@@ -814,13 +814,27 @@ _TAG_ADVICE = {
                     "bound the date instead (--since/--until)"),
     **dict.fromkeys(("pt", "publication type"), "filter by type instead (--type, type=)"),
     **dict.fromkeys(("la", "language"), "filter by language instead (--language)"),
+    **dict.fromkeys(("ir", "fir", "investigator", "auid", "author - identifier"),
+                    "investigators and author identifiers are not indexed; an author is "
+                    "searched as Smith J[au]"),
 }  # fmt: skip
 #: Truncation the PubMed way: a lower-case stem of three letters or more, then ``*``
 #: (``cardio*``, ``vaccin*``); not a star after a digit or a capital (``miR-21*``,
 #: ``E6*``, a title's footnote ``Children*``) nor a pair (``*BRCA1*``).
 _TRUNCATION = re.compile(r"(?<![\w*])[a-z]{3,}\*(?![\w*])")
-#: A query that is a PMID alone (``33301246``, ``PMID: 33301246``); a DOI alone: :func:`doi_key`.
+#: A query that is a PMID alone (``33301246``, ``PMID: 33301246``, in any digits: ``２０１``);
+#: a DOI alone: :func:`doi_key`.
 _PMID_ONLY = re.compile(r"(?:pmid\s*:?\s*)?(\d{1,9})", re.IGNORECASE)
+
+
+class ArticleQuery(ConfigError):
+    """A query that names one article, a PMID or a DOI alone: no search. ``path`` is
+    the API path that shows it (``/articles/201``, ``/articles/doi/10.1000/x``); the page
+    follows it (the API's 400 carries it as ``article``)."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 def checked_query(query: str) -> str:
@@ -852,21 +866,23 @@ def checked_query(query: str) -> str:
     if len(text) > MAX_QUERY_CHARS:
         raise ConfigError(f"query must be at most {MAX_QUERY_CHARS} characters")
     pmid = _PMID_ONLY.fullmatch(text)
-    if pmid:
+    if pmid and int(pmid.group(1)) > 0:  # 0 names no article
         n = int(pmid.group(1))
-        raise ConfigError(
+        raise ArticleQuery(
             f"the query is a PMID alone: `litpulse article {n}` (GET /articles/{n}) shows "
             f"that article, `litpulse similar {n}` (GET /similar/{n}) the ones nearest it; "
-            "search words to find articles"
+            "search words to find articles",
+            f"/articles/{n}",
         )
     doi = doi_key(text)
     if doi is not None:
         import shlex
         from urllib.parse import quote
 
-        raise ConfigError(f"the query is a DOI alone: `litpulse article {shlex.quote(doi)}` "
-                          f"(GET /articles/doi/{quote(doi, safe='/')}) shows that article; "
-                          "search words to find articles")
+        path = f"/articles/doi/{quote(doi, safe='/')}"
+        raise ArticleQuery(f"the query is a DOI alone: `litpulse article {shlex.quote(doi)}` "
+                           f"(GET {path}) shows that article; search words to find articles",
+                           path)  # fmt: skip
     from ranking.authors import split_authors
     from ranking.lexical import split_exclusions
 

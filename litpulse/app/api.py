@@ -326,7 +326,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     from fastapi.responses import JSONResponse
     from sqlalchemy.exc import OperationalError
 
-    from ranking.search import NoIndexError
+    from ranking.search import ArticleQuery, NoIndexError
     from retrain.feedback import FeedbackLimitError
 
     def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -346,6 +346,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ConfigError)
     async def _bad_config(_request: Request, exc: ConfigError) -> JSONResponse:
+        if isinstance(exc, ArticleQuery):  # a PMID or a DOI alone: where that article is
+            return JSONResponse(status_code=400,
+                                content={"detail": str(exc), "article": exc.path})  # fmt: skip
         return error(400, str(exc))
 
     @app.exception_handler(FeedbackLimitError)

@@ -1,9 +1,10 @@
 """Fourth hostile review of the search: the page's PMID/DOI lookup (commit 2d102e2:
 a PMID or a DOI typed alone in the search box shows that article). Each test asserts the
-correct behaviour; each is a strict xfail until its fix.
+correct behaviour; each was a strict xfail until its fix (the page now follows the
+``article`` the API's refusal names: the server's reading alone decides).
 
-The page decides on its own (``app.js`` ``PMID_ALONE``/``DOI_ALONE``/``lookupOf``) what is
-a PMID or a DOI, and the server decides again (``ranking.search._PMID_ONLY``,
+The page decided on its own (``app.js`` ``PMID_ALONE``/``DOI_ALONE``/``lookupOf``) what is
+a PMID or a DOI, and the server decided again (``ranking.search._PMID_ONLY``,
 ``litpulse.core.text.doi_key``): where the two readings differ, the page either asks
 ``GET /articles/doi/…`` for something that is not the DOI, or sends the server a query it
 refuses as "a PMID/DOI alone" — the very refusal the lookup was added to replace.
@@ -79,7 +80,6 @@ def test_the_doi_itself_is_looked_up(browser: Any, server: str) -> None:
 # the whole link right (doi_key decodes a link's escapes; GET /articles/doi/<the link>
 # would too), and its search refusal of the same text names the right DOI. A link is the
 # most common way a DOI is pasted; doi.org/Crossref escape <, >, #, space, [ ] etc.
-@pytest.mark.xfail(strict=True, reason="a doi.org link's percent-escapes are encoded again: 404 for a stored article")  # noqa: E501
 def test_a_doi_link_with_escapes_shows_its_article(browser: Any, server: str) -> None:
     hits, error = _typed(browser, server, SICI_LINK)
     assert (hits, error) == (["202"], "")
@@ -90,7 +90,6 @@ def test_a_doi_link_with_escapes_shows_its_article(browser: Any, server: str) ->
 # it with "the query is a DOI alone: … shows that article"; the page's DOI_ALONE needs a
 # literal "/" after the prefix, so it searches instead and shows that refusal — exactly
 # what the lookup feature was made to replace.
-@pytest.mark.xfail(strict=True, reason="the page searches a doi.org link with %2F, shows the server's 'DOI alone' refusal")  # noqa: E501
 def test_a_doi_link_with_an_escaped_slash_shows_its_article(browser: Any, server: str) -> None:
     hits, error = _typed(browser, server, "https://doi.org/10.1000%2Ftest.201")
     assert (hits, error) == (["201"], "")
@@ -102,7 +101,6 @@ def test_a_doi_link_with_an_escaped_slash_shows_its_article(browser: Any, server
 # article"; the page's PMID_ALONE uses JavaScript's \d (ASCII only), so it searches and
 # shows that refusal instead of the article. Either both read it as PMID 201 (the page
 # looks it up) or neither does.
-@pytest.mark.xfail(strict=True, reason="full-width digits: the page searches, the server refuses them as a PMID alone")  # noqa: E501
 def test_a_pmid_in_full_width_digits_shows_its_article(browser: Any, server: str) -> None:
     hits, error = _typed(browser, server, "\uff12\uff10\uff11")  # ２０１
     assert (hits, error) == (["201"], "")

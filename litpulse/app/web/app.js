@@ -504,17 +504,27 @@ async function fetchPatient(url) {
   return resp;
 }
 
-// A PMID or a DOI alone is no search (the API refuses it, naming the article's URL): the
-// page asks for that article instead (`GET /articles/PMID`, `GET /articles/doi/DOI`).
-const PMID_ALONE = /^\s*(?:pmid\s*:?\s*)?(\d{1,9})\s*$/i;
-const DOI_ALONE = /^\s*(?:doi\s*:?\s*|(?:https?:\/\/)?(?:dx\.)?doi\.org\/)?(10\.\d{4,9}\/\S+)\s*$/i;
-
-function lookupOf(q) {
-  const pmid = PMID_ALONE.exec(q || "");
-  if (pmid) return `articles/${Number(pmid[1])}`;
-  const doi = DOI_ALONE.exec(q || "");
-  if (doi) return `articles/doi/${doi[1].split("/").map(encodeURIComponent).join("/")}`;
-  return null;
+// A PMID or a DOI alone is no search: the API refuses it, naming where that article is
+// (`article` in its 400, the server's own reading of the query), and the page shows it.
+async function showArticle(path, current) {
+  const where = path.replace(/^\//, "");  // relative, as every request of the page
+  const resp = await fetchPatient(where);
+  if (!current()) return false;
+  if (!resp.ok) {
+    const message = await errorText(resp);
+    if (!current()) return false;
+    clearResults();
+    showError(message);
+    return false;
+  }
+  const data = await resp.json();
+  if (!current()) return false;
+  clearResults();
+  renderArticle(data, where);
+  $("toolbar").classList.add("lookup");  // no legend nor exports: no score, no list
+  reveal($("toolbar"), true);
+  $("count").textContent = `1 result · the article of PMID ${data.pmid}`;
+  return true;
 }
 
 // One stored article (a PMID or a DOI looked up) as the one result: its head, abstract,
@@ -557,11 +567,12 @@ async function runSearch(p, how) {
   pageSearch = location.search;
   $("go").disabled = true;
   $("prev").disabled = $("next").disabled = true;  // until this page is shown
-  const lookup = lookupOf(p.get("q"));
   try {
-    const resp = await fetchPatient(lookup || `search?${p.toString()}`);
+    const resp = await fetchPatient(`search?${p.toString()}`);
     if (!current()) return false;
     if (!resp.ok) {
+      const refused = resp.status === 400 ? await resp.clone().json().catch(() => ({})) : {};
+      if (refused.article) return await showArticle(refused.article, current);
       const message = await errorText(resp);
       if (!current()) return false;
       clearResults();
@@ -570,14 +581,6 @@ async function runSearch(p, how) {
     }
     const data = await resp.json();
     if (!current()) return false;
-    if (lookup) {
-      clearResults();
-      renderArticle(data, lookup);
-      $("toolbar").classList.add("lookup");  // no legend nor exports: no score, no list
-      reveal($("toolbar"), true);
-      $("count").textContent = `1 result · the article of PMID ${data.pmid}`;
-      return true;
-    }
     shown = p;
     render(data);
     setExports(p);

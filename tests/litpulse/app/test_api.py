@@ -224,6 +224,16 @@ def test_an_article_by_doi(client: TestClient) -> None:
     # a DOI typed as a search names the lookup
     r = client.get("/search", params={"q": "doi:10.1000/test.201"})
     assert r.status_code == 400 and "/articles/doi/10.1000/test.201" in r.json()["detail"]
+    # ... and where it is, for a client to follow (the page does): the server's reading
+    for q, path in (("doi:10.1000/TEST.201", "/articles/doi/10.1000/test.201"),
+                    ("https://doi.org/10.1000%2Ftest.201", "/articles/doi/10.1000/test.201"),
+                    ("PMID: 201", "/articles/201"), ("\uff12\uff10\uff11", "/articles/201")):
+        r = client.get("/search", params={"q": q})
+        assert r.status_code == 400 and r.json()["article"] == path, q
+        assert client.get(path).json()["pmid"] == 201
+    r = client.get("/search", params={"q": "malaria[ti]"})
+    assert r.status_code == 400 and "article" not in r.json()  # other refusals: none
+    assert client.get("/search", params={"q": "0"}).status_code == 200  # no PMID: searched
 
 
 def test_status_reports_freshness(client: TestClient) -> None:
