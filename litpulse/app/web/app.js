@@ -504,19 +504,23 @@ async function fetchPatient(url) {
   return resp;
 }
 
+// An answer that is no success: its message shown in place of any results (false).
+async function refused(resp, current) {
+  const message = await errorText(resp);
+  if (current()) {
+    clearResults();
+    showError(message);
+  }
+  return false;
+}
+
 // A PMID or a DOI alone is no search: the API refuses it, naming where that article is
 // (`article` in its 400, the server's own reading of the query), and the page shows it.
 async function showArticle(path, current) {
   const where = path.replace(/^\//, "");  // relative, as every request of the page
   const resp = await fetchPatient(where);
   if (!current()) return false;
-  if (!resp.ok) {
-    const message = await errorText(resp);
-    if (!current()) return false;
-    clearResults();
-    showError(message);
-    return false;
-  }
+  if (!resp.ok) return refused(resp, current);
   const data = await resp.json();
   if (!current()) return false;
   clearResults();
@@ -571,13 +575,9 @@ async function runSearch(p, how) {
     const resp = await fetchPatient(`search?${p.toString()}`);
     if (!current()) return false;
     if (!resp.ok) {
-      const refused = resp.status === 400 ? await resp.clone().json().catch(() => ({})) : {};
-      if (refused.article) return await showArticle(refused.article, current);
-      const message = await errorText(resp);
-      if (!current()) return false;
-      clearResults();
-      showError(message);
-      return false;
+      const body = resp.status === 400 ? await resp.clone().json().catch(() => ({})) : {};
+      if (body.article) return await showArticle(body.article, current);
+      return refused(resp, current);
     }
     const data = await resp.json();
     if (!current()) return false;
