@@ -15,7 +15,7 @@ from typing import Any
 
 import feedparser
 import pytest
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, insert, select, update
 
 from litpulse.core import db
 from litpulse.core.errors import ConfigError, NotFoundError
@@ -972,3 +972,16 @@ def test_a_saved_search_of_an_author_alone_matches_each_new_article_of_theirs(
     assert set(_matched(engine, doe.id)) == NEW - {105, 106}  # retracted, deleted
     assert _matched(engine, roe.id) == {}
     assert set(_matched(engine, both.id)) == {101, 103, 104, 107}
+    # an old article of theirs revised (MeSH indexing completed, say) is no news for the
+    # author's search; a topic search takes a revised article as new, as before
+    topic = add_search(s, name="malaria", query="malaria parasite resistance",
+                       min_score=0.0, owner="alice")  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(update(articles).where(articles.c.pmid == 202).values(
+            abstract="Plasmodium falciparum resistance to artemisinin, revised.",
+            text_hash="revised", updated_at=db.db_now(conn)))  # fmt: skip
+    assert refresh_index(s).published
+    again = run_digest(s)
+    assert not again.failures
+    assert set(_matched(engine, doe.id)) == NEW - {105, 106}
+    assert 202 in _matched(engine, topic.id)
