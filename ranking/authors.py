@@ -214,8 +214,10 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
                    "the alternatives in brackets before it")
             )  # fmt: skip
         words = name.split()
-        also: tuple[str, ...] = ()  # Jane A Smith[fau]: natural order, read inverted too
-        if full and len(words) > 1 and not _initials(words[-1]):
+        also: tuple[str, ...] = ()  # Jane A Smith: natural order, read inverted too
+        if len(words) > 1 and not collective and not (
+            _initials(words[-1]) and words[-1].isupper()
+        ):
             also = (_MARKS[role] + fold_term(" ".join([words[-1], *words[:-1]])),)
         clauses.append(AuthorClause(name, _MARKS[role] + key, role, excluded, also))
         spans.append((start, end))
@@ -324,6 +326,8 @@ def _name_before(
             return start, name, (f"is {other!r} part of the author's name? Write it without "
                                  f"the comma ({other} {name}{{tag}}), or put AND before the "
                                  f"author ({other} AND {name}{{tag}})")
+    if collective:  # a group's name: whole, but for words in lower case before it
+        return _group_name(query, start, typed, explicit)
     core = words[next((i for i, w in enumerate(words) if w.lower() not in _PARTICLES),
                       len(words)):]  # fmt: skip
     # a word in lower case or capitals before a capitalised one (asthma Smith, COPD Smith)
@@ -331,9 +335,8 @@ def _name_before(
     # first, or after a bracket, a surname and its initials at most (Smith J)
     mixed = any(_plain(a) and _titled(b) for a, b in zip(core, core[1:], strict=False)
                 if a.lower() not in _PARTICLES)  # fmt: skip
-    loose = len(core) > 2 or (len(core) == 2 and not _initials(core[1])
-                              and not (_titled(core[0]) and _titled(core[1])))  # Smith John
-    if mixed or (loose and not explicit and not collective):
+    loose = len(core) > 2 or (len(core) == 2 and not _initials(core[1]))
+    if mixed or (loose and not explicit):
         guess = 2 if _initials(words[-1]) and len(words) > 2 else 1
         topic, author = " ".join(typed[:-guess]), " ".join(words[-guess:])
         split = f"put AND between the topic and the author ({topic} AND {author}{{tag}})"
@@ -342,6 +345,26 @@ def _name_before(
         return start, name, (f"which words of {name!r} name the author? "
                              f"{first[0].upper()}{first[1:]}, or {second}")
     return start, " ".join(words), None
+
+
+def _group_name(
+    query: str, start: int, typed: list[str], explicit: bool
+) -> tuple[int, str, str | None]:
+    """A ``[cn]`` name (``ATLAS Collaboration``, ``Society for Maternal-Fetal Medicine``):
+    the text before the tag whole; first or after a bracket, words in lower case before
+    its first capitalised one are a topic's (``asthma World Health Organization``), and a
+    bracket just before it may be the name's own (``… (COG-UK) Consortium``)."""
+    name = " ".join(typed)
+    if query[:start].rstrip().endswith(")"):
+        return start, name, (f"does the bracket before {name!r} belong to the group's "
+                             "name? Quote the whole name (\"… (COG-UK) Consortium\"[cn])")
+    lead = next((i for i, w in enumerate(typed) if not w.islower()), len(typed))
+    if lead and not explicit and lead < len(typed):
+        topic, group = " ".join(typed[:lead]), " ".join(typed[lead:])
+        return start, name, (f"which words of {name!r} name the group? Put AND between the "
+                             f"topic and the group ({topic} AND {group}[cn]), or quote the "
+                             f"whole name (\"{name}\"[cn])")
+    return start, name, None
 
 
 #: Boundaries after which the text before a tag is the name whole.
@@ -357,7 +380,7 @@ def _joined(words: list[str]) -> list[str]:
     """``words`` with initials joined as PubMed writes them: ``J.A.`` and ``J-H`` one word
     (``JA``, ``JH``), trailing single letters one (``Smith J A`` → ``Smith JA``); a last
     ``Jr`` or ``Sr`` left out (PubMed's author keys hold no suffix; ``JR`` is initials)."""
-    if len(words) > 1 and words[-1] in _SUFFIXES:  # not JR, SR: initials
+    if len(words) > 2 and words[-1] in _SUFFIXES:  # not JR, SR: initials; Smith Jr kept
         words = words[:-1]
     out = []
     for w in words:

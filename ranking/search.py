@@ -879,7 +879,12 @@ def checked_query(query: str) -> str:
         import shlex
         from urllib.parse import quote
 
-        path = f"/articles/doi/{quote(doi, safe='/')}"
+        # each segment escaped, "." and ".." too: a client (the page) resolving the path
+        # must not take them for the path's own steps
+        path = "/articles/doi/" + "/".join(
+            seg.replace(".", "%2E") if seg in (".", "..") else quote(seg, safe="")
+            for seg in doi.split("/")
+        )
         raise ArticleQuery(f"the query is a DOI alone: `litpulse article {shlex.quote(doi)}` "
                            f"(GET {path}) shows that article; search words to find articles",
                            path)  # fmt: skip

@@ -15,8 +15,9 @@ For every saved search (:mod:`litpulse.pipeline.saved_searches`), :func:`run_dig
    impact are — and keeps those scoring at least
    its threshold (``--min-score``, else ``LITPULSE_DIGEST_MIN_SCORE``), best first, at
    most ``LITPULSE_DIGEST_MAX_MATCHES``; a query of authors alone (``Smith J[au]``) keeps
-   each article of theirs first stored since, whatever the threshold (each meets it
-   whole), and not an older one revised (their past work is no news);
+   each new article of theirs whatever the threshold (each meets it whole), a revised
+   one too, as a topic's search does (a correction may have added the author: never a
+   missed article), each once;
 3. records them in ``digest_matches`` with their explanation — unique per (search, PMID),
    so an article is never sent twice for one search — and moves the watermark forward
    (never past an article not yet in the index: it is new for the next digest);
@@ -334,20 +335,6 @@ def _new_articles(
     return pmids[held], mark
 
 
-def _first_stored_since(engine: Engine, pmids: np.ndarray, since: dt.datetime) -> np.ndarray:
-    """Those of ``pmids`` first stored (or restored after a deletion: ``ingested_at``)
-    after ``since``; a revision of an older article is not among them."""
-    import numpy as np
-
-    keep: set[int] = set()
-    with engine.connect() as conn:
-        for start in range(0, len(pmids), db.IN_CHUNK):
-            chunk = [int(p) for p in pmids[start : start + db.IN_CHUNK]]
-            keep.update(conn.execute(select(articles.c.pmid).where(
-                articles.c.pmid.in_(chunk), articles.c.ingested_at > since)).scalars())  # fmt: skip
-    return pmids[np.isin(pmids, np.fromiter(keep, dtype=np.int64, count=len(keep)))]
-
-
 def _digest_or_report(
     settings: Settings,
     engine: Engine,
@@ -393,8 +380,6 @@ def _digest_one(
     threshold = search.threshold(settings)
     new, mark = _new_articles(engine, search, index.ids, str(index.model_version))
     listed = lists_authors(search.query)
-    if listed:  # authors alone: an article of theirs stored since, not an old one revised
-        new = _first_stored_since(engine, new, search.watermark)
     vectors, ids = fetch_vectors(engine, str(index.model_version), new)
     hits: Sequence[Any] = ()
     capped = False

@@ -92,10 +92,10 @@ def test_author_keys_fold_the_name_and_mark_the_first_and_last_author() -> None:
         ("asthma AND Smith J Jr.[au]", "asthma", ["Smith J[au]"], ["smith j"]),
         ('asthma AND "King ML Jr"[au]', "asthma", ["King ML[au]"], ["king ml"]),
         ("asthma AND Smith JR[au]", "asthma", ["Smith JR[au]"], ["smith jr"]),
-        # alone: a surname and a forename, a group's name whole ([cn])
-        ("Smith John[au]", "", ["Smith John[au]"], ["smith john"]),
+        # a group's name whole ([cn]), alone too
         ("Global Asthma Network[cn]", "", ["Global Asthma Network[au]"],
          ["global asthma network"]),
+        ("ATLAS Collaboration[cn]", "", ["ATLAS Collaboration[au]"], ["atlas collaboration"]),
         # not author tags: gold, a bracket after a space, a tag PubMed does not have
         ("gold [Au] nanoparticles", "gold [Au] nanoparticles", [], []),
         ("Cl[Au] complexes", "Cl[Au] complexes", [], []),
@@ -123,6 +123,8 @@ def test_author_clauses_are_read_as_pubmed_reads_them(
         ("asthma AND Smith J[ti]", "field tags"),
         ("asthma AND Smith J[ir]", "investigators and author identifiers are not indexed"),
         ("asthma smith[au]", "Quote the whole name"),
+        ("Smith John[au]", "Quote the whole name"),  # alone: "Smith John"[au]
+        ("asthma World Health Organization[cn]", "asthma AND World Health Organization[cn]"),
     ],
 )
 def test_author_clauses_that_cannot_be_read_one_way_are_refused(query: str, says: str) -> None:
