@@ -154,7 +154,7 @@ def test_same_positive_twice_in_a_batch_is_no_negative(sqlite_settings: Settings
     # a hard negative (a near miss) is a real column: the loss is above zero
     near = "Zorvex lowered the relapse rate in children."
     hard = [Pair(p.anchor, p.positive, p.kind, 1, negative=near) for p in same]
-    assert float(contrastive_loss(model, hard, TINY, "cpu")) > 1e-3
+    assert float(contrastive_loss(model, hard, TINY, "cpu").detach()) > 1e-3
 
 
 def test_a_hard_negative_scoring_like_the_positive_is_masked(sqlite_settings: Settings) -> None:
@@ -178,7 +178,9 @@ def test_a_hard_negative_scoring_like_the_positive_is_masked(sqlite_settings: Se
                                                                       strict=True))]
     near = [dataclasses.replace(p, negative=p.positive + " ") for p in plain]
     loss = {
-        name: float(contrastive_loss(model, batch, TINY.replace(false_negative_ratio=r), "cpu"))
+        name: float(
+            contrastive_loss(model, batch, TINY.replace(false_negative_ratio=r), "cpu").detach()
+        )
         for name, batch, r in (("plain", plain, 0.95), ("masked", near, 0.95),
                                ("unmasked", near, 0.0))
     }
@@ -218,9 +220,9 @@ def test_anchors_are_embedded_as_searches_embed_queries(sqlite_settings: Setting
     bare = [Pair("statins and dementia", docs[0], "feedback", 1),
             Pair("Influenza vaccines", docs[1], "feedback", 2)]
     with torch.no_grad():
-        a = float(contrastive_loss(model, asked, TINY, "cpu"))
-        b = float(contrastive_loss(model, bare, TINY, "cpu"))
+        a = float(contrastive_loss(model, asked, TINY, "cpu").detach())
+        b = float(contrastive_loss(model, bare, TINY, "cpu").detach())
         glued = [Pair(p.anchor + " ?x", p.positive, p.kind, p.pmid) for p in bare]
-        c = float(contrastive_loss(model, glued, TINY, "cpu"))
+        c = float(contrastive_loss(model, glued, TINY, "cpu").detach())
     assert a == pytest.approx(b, abs=1e-6)
     assert abs(c - b) > 1e-6  # the loss does see the anchor's text
