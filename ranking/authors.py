@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from litpulse.core.text import fold, fold_term
+from ranking.quotes import CLOSE, OPEN, QUOTED, QUOTES
 
 __all__ = ["AuthorClause", "Role", "author_keys", "split_authors"]
 
@@ -141,7 +142,7 @@ _ROLES = {"au": Role.ANY, "fau": Role.ANY, "author": Role.ANY, "full author name
           "lastau": Role.LAST, "last author name": Role.LAST, "author-last": Role.LAST}  # fmt: skip
 #: Where the text a tag names begins, at the latest: an operator, a bracket, a comma or
 #: semicolon, a quote (a closing one right before the tag quotes the name instead).
-_BOUNDARY = re.compile(r"(?<![\w-])(?:AND|OR|NOT)(?![\w-])|[()\[\];,\"\u201c\u201d\u201e]")
+_BOUNDARY = re.compile(rf"(?<![\w-])(?:AND|OR|NOT)(?![\w-])|[()\[\];,{QUOTES}]")
 #: Lower-case words that come before a surname (``van der Berg``, ``de la Cruz``).
 _PARTICLES = frozenset(
     "van von der den de del della delle dello degli dei des di da dal do dos das du le la "
@@ -151,8 +152,6 @@ _WORD = re.compile(r"[^\W\d_][\w'\u2019.-]*")
 #: Brackets an author clause leaves empty, and an AND it leaves first or last.
 _EMPTY = re.compile(r"\(\s*\)|\[\s*\]")
 _LEFT_OVER = re.compile(r"^(?:AND(?![\w-])\s*)+|(?:(?<![\w-])AND\s*)+$")
-_QUOTE_CLOSE = "\"\u201d\u201c"
-_QUOTE_OPEN = "\"\u201c\u201e"
 
 
 @functools.lru_cache(maxsize=256)
@@ -169,7 +168,7 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
     tags = list(_TAG.finditer(query))
     if not tags:
         return query, (), ()
-    bare = _QUOTED.sub(lambda m: " " * len(m.group(0)), query)  # operators outside quotes
+    bare = QUOTED.sub(lambda m: " " * len(m.group(0)), query)  # operators outside quotes
     clauses: list[AuthorClause] = []
     problems: list[str] = []
     spans: list[tuple[int, int]] = []
@@ -235,9 +234,8 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
     return rest, tuple(clauses), tuple(dict.fromkeys(problems))
 
 
-#: A quoted phrase (its operators are words of it), a closing bracket, and the tokens
-#: :func:`_or_beside` reads.
-_QUOTED = re.compile("[\"\u201c\u201e][^\"\u201c\u201d\u201e]*[\"\u201d\u201c]")
+#: A closing bracket, and the tokens :func:`_or_beside` reads (in the query with its
+#: quoted phrases blanked: their operators are words of them).
 _CLOSE_BRACKET = re.compile(r"\s*[)\]]")
 _OR_TOKENS = re.compile(r"\(|\)|(?<![\w-])OR(?![\w-])")
 _GROUP_TOKENS = re.compile(r"[(\[]|[)\]]")
@@ -291,8 +289,8 @@ def _name_before(
     inverted ``Smith, J.A.`` and, for a full name tag (``full``), ``Smith, John``, without
     the comma), and a problem (a message with ``{tag}``) if it cannot be read. A
     ``collective`` tag (``[cn]``) takes the text before it whole as a group's name."""
-    if end > floor and query[end - 1] in _QUOTE_CLOSE:  # "van der Berg J"[au]
-        opening = max(query.rfind(q, floor, end - 1) for q in _QUOTE_OPEN)
+    if end > floor and query[end - 1] in CLOSE:  # "van der Berg J"[au]
+        opening = max(query.rfind(q, floor, end - 1) for q in OPEN)
         if opening >= 0:
             return opening, " ".join(_joined(query[opening + 1 : end - 1].split())), None
     start, explicit = floor, False

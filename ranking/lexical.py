@@ -100,6 +100,7 @@ from litpulse.core.errors import ConsistencyError
 from litpulse.core.schema import articles
 from litpulse.core.settings import Settings
 from litpulse.core.text import GREEK, fold
+from ranking import quotes
 from ranking.authors import AuthorClause, author_keys, split_authors
 from ranking.models import published_index_row
 
@@ -434,11 +435,8 @@ def _query_terms(query: str) -> tuple[tuple[str, float], ...]:
     return tuple(out.items())
 
 
-#: Opening and closing double quotes: straight, curly (English “…”, German „…“), mixed
-#: as an edited query leaves them.
-_OPEN, _CLOSE, _QUOTES = '"\u201c\u201e', '"\u201d\u201c', '"\u201c\u201d\u201e'
-#: A quoted phrase (group 1 is the text inside). A quote left alone quotes nothing.
-_QUOTED = re.compile(f"[{_OPEN}]([^{_QUOTES}]*)[{_CLOSE}]")
+#: Double quotes and a quoted phrase (group 1 the text inside): :mod:`ranking.quotes`.
+_OPEN, _CLOSE, _QUOTES, _QUOTED = quotes.OPEN, quotes.CLOSE, quotes.QUOTES, quotes.QUOTED
 
 
 def quoted(query: str) -> list[str]:

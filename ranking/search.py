@@ -687,51 +687,35 @@ def run_search(
                 "search without them"
             )
         effective = SearchMode.SEMANTIC
+    conds = filters.clauses()
+    by_date = order == SearchSort.DATE
     if lexical is not None and lists_authors(text):
         # authors alone (Smith J[au]): their articles, by recency and citation
-        hits, seen, passing, has_more = _listing(
-            engine, index, lexical, text, filters.clauses(), options, k=k, offset=offset,
-            by_date=order == SearchSort.DATE,
-        )  # fmt: skip
-        logger.info("query %r (authors alone): %d articles, %d pass filters, returning %d "
-                    "(index %s)", text[:60], seen, passing, len(hits), index.id)  # fmt: skip
-        return SearchResult(
-            query=text, index_version=str(index.id), model_version=str(index.model_version),
-            hits=tuple(with_details(engine, hits, text)), candidates=seen, options=options,
-            filters=filters, mode=SearchMode.LEXICAL, sort=order, requested_mode=requested,
-            offset=offset, has_more=has_more, excluded=excluded,
-            authors=tuple(a.shown for a in query_authors(text)),
-        )  # fmt: skip
-    vector = None
-    if effective != SearchMode.LEXICAL:
-        embed = embed or _query_embedder(settings, engine, index)
-        # what is embedded is what is searched for: not the words excluded
-        vector = np.ascontiguousarray(
-            np.asarray(embed(searched), dtype=np.float32).reshape(1, -1)
-        )
-    conds = filters.clauses()
-    has_more = False
-    if offset is None:
-        pool = _candidates(settings, engine, index, lexical, vector, text, k, conds, effective)
-        ranked = _rank(pool, options, effective, lexical)
-        hits = _explain(ranked, ranked.order[:k], options, effective, lexical, text)
-        if order == SearchSort.DATE:
-            hits = sort_by_date(hits)
+        effective = SearchMode.LEXICAL
+        hits, pool, has_more = _listing(engine, index, lexical, text, conds, options, k=k,
+                                        offset=offset, by_date=by_date)  # fmt: skip
     else:
-        hits, pool, has_more = _page(
-            settings,
-            engine,
-            index,
-            lexical,
-            vector,
-            text,
-            conds,
-            effective,
-            options,
-            start=offset,
-            k=k,
-            by_date=order == SearchSort.DATE,
-        )
+        vector = None
+        if effective != SearchMode.LEXICAL:
+            embed = embed or _query_embedder(settings, engine, index)
+            # what is embedded is what is searched for: not the words excluded
+            vector = np.ascontiguousarray(
+                np.asarray(embed(searched), dtype=np.float32).reshape(1, -1)
+            )
+        has_more = False
+        if offset is None:
+            pool = _candidates(
+                settings, engine, index, lexical, vector, text, k, conds, effective
+            )
+            ranked = _rank(pool, options, effective, lexical)
+            hits = _explain(ranked, ranked.order[:k], options, effective, lexical, text)
+            if by_date:
+                hits = sort_by_date(hits)
+        else:
+            hits, pool, has_more = _page(
+                settings, engine, index, lexical, vector, text, conds, effective, options,
+                start=offset, k=k, by_date=by_date,
+            )  # fmt: skip
     hits = with_details(engine, hits, text)
     logger.info(
         "query %r (%s): %d candidates, %d pass filters, returning %d (index %s)",
@@ -1103,13 +1087,13 @@ def _listing(
     k: int,
     offset: int | None,
     by_date: bool,
-) -> tuple[list[Hit], int, int, bool]:
+) -> tuple[list[Hit], _Pool, bool]:
     """The articles of a query of authors alone: every article of this index version by
     them (its lexical index holds every live one, embedded or not yet) and passing the
     filters, each meeting the query whole (relevance 1), so ranked by recency and citation
-    (``by_date``: newest first); the ``k`` from ``offset``, how many the authors have, how
-    many pass, and whether a next page may hold results. An index with ``only`` (a
-    digest's new articles) lists those of them alone.
+    (``by_date``: newest first); the ``k`` from ``offset``, the pool (``seen``: how many
+    the authors have; ``rows``: those passing), and whether a next page may hold results.
+    An index with ``only`` (a digest's new articles) lists those of them alone.
 
     Raises:
         ConfigError: The authors have more than :data:`LISTING_MAX` articles (not asked
@@ -1136,7 +1120,8 @@ def _listing(
         hits.sort(key=lambda h: (-h.score, h.pmid))
     start = offset or 0
     end = start + k
-    return hits[start:end], len(found), len(hits), len(hits) > end and end <= MAX_OFFSET
+    pool = _Pool(rows=rows, seen=len(found), exhausted=True)
+    return hits[start:end], pool, len(hits) > end and end <= MAX_OFFSET
 
 
 def _score_all(
