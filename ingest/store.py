@@ -102,6 +102,7 @@ from litpulse.core.db import (
     db_now,
     fill_term_forms,
     id_in,
+    id_in_clause,
     live_lease,
     set_catch_up_mark,
     upsert,
@@ -476,11 +477,11 @@ class Store(RunLedger, Checkpoints):
                 )
         resolved = _resolving(batch, changed)
         if resolved:  # entries of PMIDs whose later record or deletion is now stored
-            q = quarantine.c
-            for part in chunks(sorted(resolved)):
-                conn.execute(update(quarantine)
-                             .where(q.pmid.in_(part), q.resolved_at.is_(None))
-                             .values(resolved_at=now))  # fmt: skip
+            # one statement, one parameter (a batch resolves thousands of PMIDs)
+            conn.execute(update(quarantine)
+                         .where(id_in_clause(conn, "pmid", resolved),
+                                quarantine.c.resolved_at.is_(None))
+                         .values(resolved_at=now))  # fmt: skip
         if not changed:
             return set()
         replace_links(

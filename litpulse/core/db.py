@@ -32,9 +32,23 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Table, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import (
+    Engine,
+    Table,
+    TextClause,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.types import NullType
 
 from litpulse.core.errors import ConfigError, LeaseLostError
 from litpulse.core.schema import (
@@ -59,6 +73,7 @@ __all__ = [
     "bulk_insert",
     "insert_tuples",
     "id_in",
+    "id_in_clause",
     "pg_array",
     "pg_int_array",
     "bulk_update",
@@ -920,9 +935,28 @@ def id_in(conn: Connection, column: str, ids: Iterable[int]) -> tuple[str, Any]:
     ``column IN (SELECT value FROM json_each(?))`` with a JSON list. For
     :meth:`Connection.exec_driver_sql`.
     """
-    if conn.dialect.name == "postgresql":
-        return f"{column} = ANY(%s::bigint[])", pg_int_array(ids)
-    return f"{column} IN (SELECT value FROM json_each(?))", json.dumps([int(i) for i in ids])
+    pg = conn.dialect.name == "postgresql"
+    return _id_in_sql(pg, column, "%s" if pg else "?"), _id_list(pg, ids)
+
+
+def id_in_clause(conn: Connection, column: str, ids: Iterable[int]) -> TextClause:
+    """:func:`id_in` as a clause of a SQLAlchemy Core statement (``WHERE``): the same one
+    parameter, named ``ids``."""
+    pg = conn.dialect.name == "postgresql"
+    clause = text(_id_in_sql(pg, column, ":ids"))
+    # untyped: a VARCHAR parameter would be cast to text first, and PostgreSQL would then
+    # compare each row with every id in turn (no hashed array, no plan from the ids)
+    return clause.bindparams(bindparam("ids", _id_list(pg, ids), type_=NullType()))
+
+
+def _id_in_sql(pg: bool, column: str, mark: str) -> str:
+    if pg:
+        return f"{column} = ANY(CAST({mark} AS bigint[]))"
+    return f"{column} IN (SELECT value FROM json_each({mark}))"
+
+
+def _id_list(pg: bool, ids: Iterable[int]) -> str:
+    return pg_int_array(ids) if pg else json.dumps([int(i) for i in ids])
 
 
 def pg_array(values: Iterable[Any]) -> str:
