@@ -8,8 +8,7 @@ A PubMed XML file yields three kinds of item, in file order:
 
 Every item carries a :class:`SourceRef` saying where it came from; the store uses
 :meth:`SourceRef.order_key` to break ties between two records of the same PMID, version
-and revision date (the later update file, or the later fetch, wins; between an
-E-utilities answer and a numbered NLM file the fetch time alone: ``ingest.rules``).
+and revision date (the later update file, or the later fetch, wins).
 """
 
 from __future__ import annotations

@@ -22,8 +22,7 @@ Ordering rules (a record *wins* over the stored state when):
 *Later item*: every row keeps the source of the item that wrote it and that item's
 position in it (``source_position``, its ordinal in the :meth:`Store.apply` call, which
 carries one source from its start). Between two sources the later one wins
-(:meth:`SourceRef.order_key`: update-file number, then fetch time; between an E-utilities
-answer and a numbered NLM file, fetch time alone: :func:`_by_time`). Within one source
+(:meth:`SourceRef.order_key`: update-file number, then fetch time). Within one source
 (same kind, location and file number, whatever the fetch time) the later position wins,
 and an item at or before the stored position is a *replay* that changes nothing. So a
 file read again after a run died in the middle of it — at any batch — changes nothing
@@ -135,40 +134,13 @@ def source_wins(src: SourceRef, position: int, cur: StoredState, touched: bool) 
 
     Within one source (:meth:`StoredState.same_source`) the position decides: the same
     file or request read again is a replay up to the stored position and goes on after it.
-    Between E-utilities and a numbered NLM file the time decides (:func:`_by_time`).
     """
     if cur.same_source(src):
         return position > cur.source_position
-    mine: tuple[float, float] = src.order_key()
-    theirs: tuple[float, float] = cur.source_key()
-    if _by_time(src.kind, src.sequence, cur.source_kind, cur.source_sequence):
-        # an EFetch's content is PubMed's at its fetch time; a file's is no newer than our
-        # first read of it: the later fetch wins, and a tie keeps the file's side
-        mine = (mine[1], float(src.kind != EUTILS))
-        theirs = (theirs[1], float(cur.source_kind != EUTILS))
     if touched:
         # written earlier in this call from another source: later items win ties
-        return mine >= theirs
-    return mine > theirs
-
-
-#: The source kind of E-utilities items (EFetch answers).
-EUTILS = "eutils"
-
-
-def _by_time(kind: str, sequence: int, other_kind: str, other_sequence: int) -> bool:
-    """Whether two sources are ordered by fetch time, not by NLM file number: one is an
-    E-utilities answer and the other a numbered NLM file (baseline or update file).
-
-    An EFetch serves the record as PubMed holds it when fetched. A numbered file holds it
-    as NLM wrote the file, before we first read it (its fetch time, kept on every re-read).
-    So an EFetch fetched after we first read a file is newer than the file's record, and a
-    file first read before an EFetch is older than the EFetch's: a PMC id EFetch adds after
-    a bootstrap is kept, a replayed baseline never undoes it, and a record PubMed serves
-    again after an update file deleted it is live again. Either way round, the file number
-    alone would rank every file above every EFetch, whatever their times.
-    """
-    return (kind == EUTILS and other_sequence > 0) or (other_kind == EUTILS and sequence > 0)
+        return src.order_key() >= cur.source_key()
+    return src.order_key() > cur.source_key()
 
 
 def decide_record(
