@@ -1,0 +1,131 @@
+"""The order of sources stays transitive and resume-safe (ingest/rules.py).
+
+Regression guards from the hostile review of an attempt (b50197c, reverted) to rank an
+EFetch against a numbered NLM file by fetch time: an EFetch that changes nothing must
+never let an older NLM file overwrite a newer one's record, and a file killed before its
+deletion and resumed after such an EFetch must end as a clean run. The file number ranks
+every NLM file above every EFetch; these hold under it, and any new order must keep them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from ingest.eutils import ingest_window
+from ingest.parse import parse_bytes
+from ingest.records import Deletion, SourceRef, nlm_sequence
+from ingest.store import Store
+from ingest.updatefiles import apply_updates
+from litpulse.core import db
+from litpulse.core.schema import articles
+from litpulse.core.settings import Settings
+from tests.emulator import Emulator, article_xml, gz, pubmed_set, running_emulator
+
+DAY = dt.date(2024, 3, 5)
+FIRST = dt.date(2024, 1, 3)
+SINCE, UNTIL = dt.datetime(2024, 3, 5), dt.datetime(2024, 3, 6)
+
+
+@pytest.fixture
+def emu() -> Iterator[Emulator]:
+    yield from running_emulator()
+
+
+def _settings(emu: Emulator, base: Settings, **kw: Any) -> Settings:
+    return emu.configure(base.replace(ncbi_email="t@example.org"), **kw)
+
+
+def _row(settings: Settings, pmid: int) -> dict[str, Any]:
+    with db.connect(settings).connect() as conn:
+        row = conn.execute(select(articles).where(articles.c.pmid == pmid)).one()
+    return dict(row._mapping)
+
+
+def _with_pmc(pmid: int, pmc: str, **kw: Any) -> bytes:
+    xml = article_xml(pmid, edat=DAY, **kw)
+    own = f'<ArticleId IdType="pubmed">{pmid}</ArticleId>'.encode()
+    return xml.replace(own, own + f'<ArticleId IdType="pmc">{pmc}</ArticleId>'.encode())
+
+
+def _at(day: int, hour: int = 0) -> dt.datetime:
+    return dt.datetime(2024, 3, day, hour, tzinfo=dt.UTC)
+
+
+def _file(number: int, fetched: dt.datetime, kind: str = "updatefile") -> SourceRef:
+    return SourceRef(kind, f"pubmed26n{number:04d}.xml.gz",  # type: ignore[arg-type]
+                     sequence=nlm_sequence(26, number), fetched_at=fetched)  # fmt: skip
+
+
+def _efetch(fetched: dt.datetime) -> SourceRef:
+    return SourceRef("eutils", f"efetch {fetched.isoformat()}", fetched_at=fetched)
+
+
+def _parsed(elements: list[bytes], ref: SourceRef) -> list[Any]:
+    return parse_bytes(pubmed_set(elements), source_ref=ref)
+
+
+def test_an_unchanged_efetch_never_lets_the_baseline_overwrite_a_newer_update_file(
+    emu: Emulator, settings: Settings
+) -> None:
+    s = _settings(emu, settings)
+    newer = _with_pmc(101, "PMC1111111")
+    emu.add_file("baseline", "pubmed26n0001.xml.gz", gz(pubmed_set([article_xml(101, edat=DAY)])))
+    emu.add_file("updatefiles", "pubmed26n0002.xml.gz", gz(pubmed_set([newer])))
+    apply_updates(s)  # the update files first (a store started without its baseline)
+    assert _row(s, 101)["pmcid"] == "PMC1111111"
+    emu.add_article(101, edat=DAY, xml=newer)  # EFetch serves exactly the same record
+    counts = ingest_window(s, SINCE, UNTIL)
+    assert (counts.inserted, counts.updated, counts.unchanged) == (0, 0, 1)
+    apply_updates(s, include_baseline=True)  # then the baseline, older than n0002
+    assert _row(s, 101)["pmcid"] == "PMC1111111"
+
+
+def test_without_the_efetch_the_baseline_never_overwrites_a_newer_update_file(
+    emu: Emulator, settings: Settings
+) -> None:
+    """The control of the finding above: the same files, no EFetch between them."""
+    s = _settings(emu, settings)
+    emu.add_file("baseline", "pubmed26n0001.xml.gz", gz(pubmed_set([article_xml(101, edat=DAY)])))
+    emu.add_file("updatefiles", "pubmed26n0002.xml.gz",
+                 gz(pubmed_set([_with_pmc(101, "PMC1111111")])))  # fmt: skip
+    apply_updates(s)
+    apply_updates(s, include_baseline=True)
+    assert _row(s, 101)["pmcid"] == "PMC1111111"
+
+
+def test_an_unchanged_efetch_never_lets_an_older_update_file_win(settings: Settings) -> None:
+    store = Store(db.connect(settings))
+    newer = _with_pmc(101, "PMC2222222")
+    store.apply(_parsed([newer], _file(1401, _at(1))))
+    counts = store.apply(_parsed([newer], _efetch(_at(2))))  # repeats it: changes nothing
+    assert (counts.updated, counts.unchanged) == (0, 1)
+    store.apply(_parsed([_with_pmc(101, "PMC1111111")], _file(1400, _at(3))))
+    assert _row(settings, 101)["pmcid"] == "PMC2222222"
+
+
+def test_a_file_killed_before_its_deletion_ends_as_a_clean_run_after_an_unchanged_efetch(
+    settings: Settings,
+) -> None:
+    store = Store(db.connect(settings))
+
+    def run(pmid: int, *, killed: bool) -> dict[str, Any]:
+        # one store, two PMID families: 101.. the clean run, 201.. the killed one
+        base = article_xml(pmid, edat=FIRST, mdat=FIRST)
+        store.apply(_parsed([base], _file(5, _at(1), "baseline")))
+        upd = _file(1400, _at(2))  # first read at 2; its fetch time kept (ingest files)
+        items = _parsed([article_xml(pmid + p, edat=DAY) for p in (1, 2, 3)], upd)
+        items.append(Deletion(pmid, upd))
+        store.apply(items[:2] if killed else items, batch_size=1)
+        # PubMed still serves the record as it was (E-utilities behind the update file)
+        store.apply(_parsed([base], _efetch(_at(3))))
+        if killed:
+            store.apply(items, batch_size=1)  # the killed run resumed
+        row = _row(settings, pmid)
+        return {k: row[k] for k in ("is_deleted", "source_kind", "source_position")}
+
+    assert run(201, killed=True) == run(101, killed=False)
