@@ -69,6 +69,8 @@ class AuthorClause:
     #: Other keys that name the same author: a full name in natural order (``Jane A
     #: Smith``) read inverted too (``smith jane a``), as PubMed reads [fau].
     also: tuple[str, ...] = ()
+    #: The tag the results line shows: :attr:`role`'s, or ``fau`` or ``cn`` as typed.
+    tag: str = ""
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -78,7 +80,7 @@ class AuthorClause:
     @property
     def shown(self) -> str:
         """The clause as PubMed writes it: ``Smith J[au]``, ``NOT Smith J[1au]``."""
-        return f"{'NOT ' if self.excluded else ''}{self.name}[{self.role.value}]"
+        return f"{'NOT ' if self.excluded else ''}{self.name}[{self.tag or self.role.value}]"
 
 
 def author_keys(authors: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
@@ -218,7 +220,8 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
             _initials(words[-1]) and words[-1].isupper()
         ):
             also = (_MARKS[role] + fold_term(" ".join([words[-1], *words[:-1]])),)
-        clauses.append(AuthorClause(name, _MARKS[role] + key, role, excluded, also))
+        shown_tag = "cn" if collective else "fau" if full and role is Role.ANY else ""
+        clauses.append(AuthorClause(name, _MARKS[role] + key, role, excluded, also, shown_tag))
         spans.append((start, end))
     kept, last = [], 0
     for a, b in spans:

@@ -88,14 +88,19 @@ def test_author_keys_fold_the_name_and_mark_the_first_and_last_author() -> None:
         ("asthma AND Smith John[author]", "asthma", ["Smith John[au]"], ["smith john"]),
         ("asthma AND (Smith J[au] AND Li X[au])", "asthma", ["Smith J[au]", "Li X[au]"],
          ["smith j", "li x"]),
-        ("covid-19 AND O'Brien K[fau]", "covid-19", ["O'Brien K[au]"], ["obrien k"]),
+        ("covid-19 AND O'Brien K[fau]", "covid-19", ["O'Brien K[fau]"], ["obrien k"]),
+        # the results line shows the tag as PubMed names it: [fau], [cn], [1au]
+        ("asthma AND Smith, John[Full Author Name]", "asthma", ["Smith John[fau]"],
+         ["smith john"]),
+        ("asthma AND Smith J[Author - First]", "asthma", ["Smith J[1au]"], ["^smith j"]),
         ("asthma AND Smith J Jr.[au]", "asthma", ["Smith J[au]"], ["smith j"]),
         ('asthma AND "King ML Jr"[au]', "asthma", ["King ML[au]"], ["king ml"]),
         ("asthma AND Smith JR[au]", "asthma", ["Smith JR[au]"], ["smith jr"]),
         # a group's name whole ([cn]), alone too
-        ("Global Asthma Network[cn]", "", ["Global Asthma Network[au]"],
+        ("Global Asthma Network[cn]", "", ["Global Asthma Network[cn]"],
          ["global asthma network"]),
-        ("ATLAS Collaboration[cn]", "", ["ATLAS Collaboration[au]"], ["atlas collaboration"]),
+        ("ATLAS Collaboration[cn]", "", ["ATLAS Collaboration[cn]"], ["atlas collaboration"]),
+        ("asthma AND ATLAS[Corporate Author]", "asthma", ["ATLAS[cn]"], ["atlas"]),
         # not author tags: gold, a bracket after a space, a tag PubMed does not have
         ("gold [Au] nanoparticles", "gold [Au] nanoparticles", [], []),
         ("Cl[Au] complexes", "Cl[Au] complexes", [], []),
