@@ -16,10 +16,12 @@ and at most one more word, the initials or a forename. ``asthma Smith J[au]`` is
 refused (does *asthma* belong to the name?): ``asthma AND Smith J[au]``, or the name in
 quotes, ``asthma "Smith J"[au]``, says it. A quoted name is taken whole.
 
-``NOT`` before a name excludes that author's articles. A query of authors alone lists
-their articles (:func:`ranking.search.run_search`); an author among alternatives
-(``OR``) and a query that only excludes authors are refused with what to write instead
-(:func:`ranking.search.checked_query`).
+``NOT`` before a name excludes that author's articles. Authors joined by ``OR`` alone,
+in brackets of their own or first in the query (``asthma AND (Smith J[au] OR Li
+X[au])``), are one clause met by any of them. A query of authors alone lists their
+articles (:func:`ranking.search.run_search`); an author among the topic's alternatives
+(``asthma OR Smith J[au]``) and a query that only excludes authors are refused with what
+to write instead (:func:`ranking.search.checked_query`).
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ class AuthorClause:
     also: tuple[str, ...] = ()
     #: The tag the results line shows: :attr:`role`'s, or ``fau`` or ``cn`` as typed.
     tag: str = ""
+    #: ``(Smith J[au] OR Li X[au])``: the authors any of which meets the clause (their
+    #: keys are :attr:`keys`); empty for one author.
+    alternatives: tuple[AuthorClause, ...] = ()
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -80,6 +85,8 @@ class AuthorClause:
     @property
     def shown(self) -> str:
         """The clause as PubMed writes it: ``Smith J[au]``, ``NOT Smith J[1au]``."""
+        if self.alternatives:
+            return "(" + " OR ".join(a.shown for a in self.alternatives) + ")"
         return f"{'NOT ' if self.excluded else ''}{self.name}[{self.tag or self.role.value}]"
 
 
@@ -171,9 +178,9 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
     if not tags:
         return query, (), ()
     bare = QUOTED.sub(lambda m: " " * len(m.group(0)), query)  # operators outside quotes
-    clauses: list[AuthorClause] = []
     problems: list[str] = []
     spans: list[tuple[int, int]] = []
+    reads: list[_Read] = []
     floor = 0
     for tag in tags:
         role = _ROLES[re.sub(r"\s*-\s*", "-", tag.group(1).lower())]
@@ -203,17 +210,6 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
                     opened = -1
                     break
                 end = close.end()
-        clause = f"{name}{label}"
-        if opened < 0 or _in_not_group(bare, start, end):  # NOT (children AND Smith J[au])
-            problems.append(f"an author inside a group after NOT cannot be read one way: "
-                            f"exclude each on its own (asthma NOT {clause} NOT children)")
-        elif _ends_with(before, "OR") or _or_beside(bare, start, end):
-            problems.append(
-                "an author cannot be one of alternatives (OR): "
-                + (f"exclude each on its own (asthma NOT {clause} NOT …)" if excluded else
-                   f"search {clause} with the topic's words (asthma AND {clause}), and put "
-                   "the alternatives in brackets before it")
-            )  # fmt: skip
         words = name.split()
         also: tuple[str, ...] = ()  # Jane A Smith: natural order, read inverted too
         if len(words) > 1 and not collective and not (
@@ -221,8 +217,41 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
         ):
             also = (_MARKS[role] + fold_term(" ".join([words[-1], *words[:-1]])),)
         shown_tag = "cn" if collective else "fau" if full and role is Role.ANY else ""
-        clauses.append(AuthorClause(name, _MARKS[role] + key, role, excluded, also, shown_tag))
+        clause = AuthorClause(name, _MARKS[role] + key, role, excluded, also, shown_tag)
+        reads.append(_Read(clause, start, end, opened < 0))
+    clauses: list[AuthorClause] = []
+    for group in _alternatives(bare, reads):
+        first = group[0]
+        start, end = first.start, group[-1].end
+        clause = first.clause
+        shown = f"{clause.name}[{clause.role.value}]"
+        if len(group) > 1:  # Smith J[au] OR Li X[au]: one clause met by any of them
+            problem = _alone_or_bracketed(bare, start, end)
+            alternatives = tuple(r.clause for r in group)
+            clause = AuthorClause(
+                " OR ".join(c.name for c in alternatives), clause.key, clause.role,
+                also=tuple(k for c in alternatives for k in c.keys)[1:],
+                alternatives=alternatives,
+            )  # fmt: skip
+            shown = clause.shown
+            if problem is not None:
+                problems.append(problem.format(group=shown))
+        before = query[:start].rstrip()
+        if first.in_group or _in_not_group(bare, start, end):  # NOT (children AND Smith J[au])
+            problems.append(f"an author inside a group after NOT cannot be read one way: "
+                            f"exclude each on its own (asthma NOT {shown} NOT children)")
+        elif _ends_with(before, "OR") or _or_beside(bare, start, end):
+            problems.append(
+                "an author cannot be one of alternatives (OR) beside other terms: "
+                + (f"exclude each on its own (asthma NOT {shown} NOT …)" if clause.excluded else
+                   f"search {shown} with the topic's words (asthma AND {shown}), and put "
+                   "the topic's alternatives in brackets before it"
+                   + ("" if len(group) > 1 else "; alternative authors go in brackets of "
+                      f"their own (asthma AND ({shown} OR …))"))
+            )  # fmt: skip
+        clauses.append(clause)
         spans.append((start, end))
+    spans.sort()
     kept, last = [], 0
     for a, b in spans:
         kept.append(query[last:a])
@@ -235,6 +264,51 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
             break
         rest = tidy
     return rest, tuple(clauses), tuple(dict.fromkeys(problems))
+
+
+@dataclass(frozen=True)
+class _Read:
+    """An author clause as read at ``start:end`` of the query (its ``AND`` or ``NOT`` and
+    the brackets ``NOT`` takes included); ``in_group``: inside a group after ``NOT``."""
+
+    clause: AuthorClause
+    start: int
+    end: int
+    in_group: bool
+
+
+#: Only an ``OR`` between two author clauses: they are alternatives.
+_OR_ONLY = re.compile(r"\s*OR\s*")
+
+
+def _alternatives(bare: str, reads: list[_Read]) -> list[list[_Read]]:
+    """The clauses in query order, those joined by ``OR`` alone (``Smith J[au] OR Li
+    X[au]``) in one group; an excluded clause or one inside a group after ``NOT`` stays
+    alone (and is refused when an ``OR`` is beside it)."""
+    groups: list[list[_Read]] = []
+    for read in reads:
+        prev = groups[-1][-1] if groups else None
+        if (
+            prev is not None
+            and not (prev.clause.excluded or prev.in_group)
+            and not (read.clause.excluded or read.in_group)
+            and _OR_ONLY.fullmatch(bare, prev.end, read.start)
+        ):
+            groups[-1].append(read)
+        else:
+            groups.append([read])
+    return groups
+
+
+def _alone_or_bracketed(bare: str, start: int, end: int) -> str | None:
+    """``None`` when alternative authors at ``start:end`` are read as one group: in
+    brackets of their own, or first in the query (read left to right: ``Smith J[au] OR
+    Li X[au] AND asthma``); else the problem (with ``{group}``)."""
+    before, after = bare[:start].rstrip(), bare[end:].lstrip()
+    if not before or (before.endswith(("(", "[")) and after.startswith((")", "]"))):
+        return None
+    return ("alternative authors beside other terms need brackets of their own: "
+            "asthma AND {group}")  # fmt: skip
 
 
 #: A closing bracket, and the tokens :func:`_or_beside` reads (in the query with its

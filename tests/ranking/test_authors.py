@@ -101,6 +101,14 @@ def test_author_keys_fold_the_name_and_mark_the_first_and_last_author() -> None:
          ["global asthma network"]),
         ("ATLAS Collaboration[cn]", "", ["ATLAS Collaboration[cn]"], ["atlas collaboration"]),
         ("asthma AND ATLAS[Corporate Author]", "asthma", ["ATLAS[cn]"], ["atlas"]),
+        # alternative authors: one clause met by any of them
+        ("Smith J[au] OR Li X[au]", "", ["(Smith J[au] OR Li X[au])"], ["smith j"]),
+        ("asthma AND (Smith J[1au] OR Jones K[lastau] OR ATLAS Collaboration[cn])", "asthma",
+         ["(Smith J[1au] OR Jones K[lastau] OR ATLAS Collaboration[cn])"], ["^smith j"]),
+        ("(Smith J[au] OR Li X[au]) AND asthma NOT Wu Y[au]", "asthma",
+         ["(Smith J[au] OR Li X[au])", "NOT Wu Y[au]"], ["smith j", "wu y"]),
+        ("Smith J[au] OR Li X[au] AND asthma", "asthma", ["(Smith J[au] OR Li X[au])"],
+         ["smith j"]),  # read left to right: (Smith J OR Li X) AND asthma
         # not author tags: gold, a bracket after a space, a tag PubMed does not have
         ("gold [Au] nanoparticles", "gold [Au] nanoparticles", [], []),
         ("Cl[Au] complexes", "Cl[Au] complexes", [], []),
@@ -122,6 +130,12 @@ def test_author_clauses_are_read_as_pubmed_reads_them(
         ("asthma Smith J[au]", "Put AND between the topic and the author"),
         ("Asthma, Smith[au]", "part of the author's name"),
         ("asthma OR Smith J[au]", "cannot be one of alternatives"),
+        # read left to right: (asthma AND Smith J) OR Li X
+        ("asthma AND Smith J[au] OR Li X[au]", "asthma AND (Smith J[au] OR Li X[au])"),
+        ("asthma AND (Smith J[au] OR Li X[au] OR copd)", "brackets of their own"),
+        ("copd OR (Smith J[au] OR Li X[au])", "cannot be one of alternatives"),
+        ("NOT (Smith J[au] OR Li X[au])", "exclude each on its own"),
+        ("asthma NOT Smith J[au] OR Li X[au]", "exclude each on its own"),
         ("asthma AND 5-FU[au]", "an author's name?"),
         ("NOT Smith J[au]", "only excludes"),
         ("NOT Smith J[au] AND NOT Li X[1au]", "only excludes"),
@@ -288,3 +302,23 @@ def test_an_author_with_too_many_articles_to_list_is_refused_and_a_subset_index_
     subset = types.SimpleNamespace(id="ix-test", model_version="base", size=2, ids=new,
                                    only=new, search=index.search)  # fmt: skip
     assert pmids_of(search_in(settings, engine, "Smith[au]", index=subset, lexical=lex)) == [1]
+
+
+def test_alternative_authors_meet_the_clause_by_any_of_them(
+    settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    index, lex = _world(engine, tmp_path)
+    query = "asthma AND (Smith JA[au] OR Muller H[au] OR van der Berg[au])"
+    checked_query(query)
+    for mode in ("lexical", "semantic", "hybrid"):
+        assert _found(settings, engine, query, index, lex, mode) == {1, 3, 7}, mode
+    # beside another author, NOT and roles: each alternative keeps its own role
+    got = _found(settings, engine, "(Smith J[1au] OR Li X[lastau]) AND Jones K[au] NOT copd",
+                 index, lex)  # fmt: skip
+    assert got == {1} | set(range(10, 20))  # first author Smith J, or last author Li X
+    # alone: every article of either, listed
+    listed = search_in(settings, engine, "Smith JR[au] OR Smithson J[au] OR Global Asthma "
+                       "Network[cn]", index=index, lexical=lex, k=30)  # fmt: skip
+    assert set(pmids_of(listed)) == {2, 3, 8} and listed.candidates == 3
+    assert listed.authors == ("(Smith JR[au] OR Smithson J[au] OR Global Asthma Network[cn])",)
+    assert listed.to_dict()["authors"] == list(listed.authors)
