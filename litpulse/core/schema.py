@@ -246,6 +246,9 @@ quarantine = Table(
     # when a data-quality check judged the run that holds it (ingest.quality): met again
     # after that, the entry is not a new bad record (IngestCounts.requarantined)
     Column("judged_at", UTCDateTime()),
+    # every batch resolves the entries of the PMIDs it stores (one UPDATE by PMID): a
+    # lookup, not a scan of the whole quarantine per batch, when it holds many
+    Index("ix_quarantine_pmid", "pmid"),
 )
 
 ingest_runs = Table(

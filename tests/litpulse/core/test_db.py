@@ -227,6 +227,27 @@ def test_articles_index_only_the_columns_queries_look_up(settings: Settings) -> 
                        "ix_articles_is_deleted", "ix_articles_doi"}
 
 
+def test_an_older_store_gains_the_quarantine_pmid_index_and_a_batch_resolves_by_it(
+    settings: Settings,
+) -> None:
+    from ingest.records import QuarantineEntry, SourceRef
+
+    engine = db.connect(settings)
+    store = Store(engine)
+    src = SourceRef("file", "x.xml")
+    bad = [QuarantineEntry(f"bad {i}", f"<x{i}/>", src, pmid=7 + i) for i in range(3)]
+    store.apply([*bad, make_record(7, title="good")])
+    with engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_quarantine_pmid"))  # a store made before it
+    db._ENGINES.pop(settings.effective_database_url).dispose()
+    engine = db.connect(settings)
+    assert "ix_quarantine_pmid" in db.index_names(engine, "quarantine")
+    entries = Store(engine).quarantined(resolved=True)
+    assert sorted(e["pmid"] for e in entries) == [7, 8, 9]
+    # 7's entry resolved by its good record: a later item of its PMID
+    assert sorted(e["pmid"] for e in entries if e["resolved_at"] is None) == [8, 9]
+
+
 def test_an_older_feedback_table_learns_each_judgements_token_from_the_log(
     settings: Settings,
 ) -> None:
