@@ -160,7 +160,10 @@ _PARTICLES = frozenset(
 _WORD = re.compile(r"[^\W\d_][\w'\u2019.-]*")
 #: Brackets an author clause leaves empty, and an AND it leaves first or last.
 _EMPTY = re.compile(r"\(\s*\)|\[\s*\]")
-_LEFT_OVER = re.compile(r"^(?:AND(?![\w-])\s*)+|(?:(?<![\w-])AND\s*)+$")
+_LEFT_OVER = re.compile(
+    r"^[)\]\s]*(?:AND(?![\w-])\s*)+|(?:(?<![\w-])AND\s*)+[(\[\s]*$"  # first or last
+    r"|(?<=[(\[])\s*AND(?![\w-])|(?<![\w-])AND\s*(?=[)\]])"  # first or last in brackets
+)
 
 
 @functools.lru_cache(maxsize=256)
@@ -184,10 +187,11 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
     floor = 0
     for tag in tags:
         role = _ROLES[re.sub(r"\s*-\s*", "-", tag.group(1).lower())]
-        label = f"[{role.value}]"
         typed_tag = tag.group(1).lower()
         full = "f" in typed_tag  # [fau], [full author name], [Author - Full]
         collective = typed_tag == "cn" or "corporate" in typed_tag
+        shown_tag = "cn" if collective else "fau" if full and role is Role.ANY else ""
+        label = f"[{shown_tag or role.value}]"
         start, name, problem = _name_before(query, floor, tag.start(), full, collective)
         floor = end = tag.end()
         key = fold_term(name)
@@ -195,7 +199,7 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
             problem = (f"{name!r}{{tag}} names no author: write a surname and its initials, "
                        "as Smith J[au]")  # fmt: skip
         if problem is not None:
-            problems.append(problem.format(tag=label))
+            problems.append(problem.replace("{tag}", label))  # not format: names may hold braces
             spans.append((start, end))
             continue
         before = query[:start].rstrip()
@@ -216,7 +220,6 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
             _initials(words[-1]) and words[-1].isupper()
         ):
             also = (_MARKS[role] + fold_term(" ".join([words[-1], *words[:-1]])),)
-        shown_tag = "cn" if collective else "fau" if full and role is Role.ANY else ""
         clause = AuthorClause(name, _MARKS[role] + key, role, excluded, also, shown_tag)
         reads.append(_Read(clause, start, end, opened < 0))
     clauses: list[AuthorClause] = []
@@ -224,9 +227,10 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
         first = group[0]
         start, end = first.start, group[-1].end
         clause = first.clause
-        shown = f"{clause.name}[{clause.role.value}]"
+        shown = f"{clause.name}[{clause.tag or clause.role.value}]"
         if len(group) > 1:  # Smith J[au] OR Li X[au]: one clause met by any of them
-            problem = _alone_or_bracketed(bare, start, end)
+            start, end = _group_span(bare, group)
+            problem = _alone_or_bracketed(query, bare, start, end)
             alternatives = tuple(r.clause for r in group)
             clause = AuthorClause(
                 " OR ".join(c.name for c in alternatives), clause.key, clause.role,
@@ -235,7 +239,7 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
             )  # fmt: skip
             shown = clause.shown
             if problem is not None:
-                problems.append(problem.format(group=shown))
+                problems.append(problem.replace("{group}", shown))
         before = query[:start].rstrip()
         if first.in_group or _in_not_group(bare, start, end):  # NOT (children AND Smith J[au])
             problems.append(f"an author inside a group after NOT cannot be read one way: "
@@ -277,14 +281,17 @@ class _Read:
     in_group: bool
 
 
-#: Only an ``OR`` between two author clauses: they are alternatives.
-_OR_ONLY = re.compile(r"\s*OR\s*")
+#: Only an ``OR`` (and brackets) between two author clauses: they are alternatives.
+_OR_ONLY = re.compile(r"[\s()\[\]]*(?<![\w-])OR(?![\w-])[\s()\[\]]*")
+_OPENING, _CLOSING = "([", ")]"
 
 
 def _alternatives(bare: str, reads: list[_Read]) -> list[list[_Read]]:
     """The clauses in query order, those joined by ``OR`` alone (``Smith J[au] OR Li
-    X[au]``) in one group; an excluded clause or one inside a group after ``NOT`` stays
-    alone (and is refused when an ``OR`` is beside it)."""
+    X[au]``, ``(Smith J[au] OR Li X[au]) OR Wu Y[au]``) in one group whose brackets
+    balance (:func:`_group_span`); an excluded clause or one inside a group after ``NOT``
+    stays alone (and is refused when an ``OR`` is beside it), and so do the clauses of a
+    group whose brackets hold other terms too (``(asthma AND Smith J[au]) OR Li X[au]``)."""
     groups: list[list[_Read]] = []
     for read in reads:
         prev = groups[-1][-1] if groups else None
@@ -297,15 +304,47 @@ def _alternatives(bare: str, reads: list[_Read]) -> list[list[_Read]]:
             groups[-1].append(read)
         else:
             groups.append([read])
-    return groups
+    out: list[list[_Read]] = []
+    for group in groups:
+        if len(group) == 1 or _group_span(bare, group) != (-1, -1):
+            out.append(group)
+        else:
+            out.extend([read] for read in group)
+    return out
 
 
-def _alone_or_bracketed(bare: str, start: int, end: int) -> str | None:
+def _group_span(bare: str, group: list[_Read]) -> tuple[int, int]:
+    """Where alternative authors lie in ``bare``, over the brackets their ``OR``s leave
+    open (``(Smith J[au] OR Li X[au]) OR Wu Y[au]`` whole); ``(-1, -1)`` when those
+    brackets close or open beyond what lies right beside the group (other terms share
+    them)."""
+    depth = low = 0
+    for prev, read in zip(group, group[1:], strict=False):
+        for ch in bare[prev.end : read.start]:
+            depth += 1 if ch in _OPENING else -1 if ch in _CLOSING else 0
+            low = min(low, depth)
+    start, end = group[0].start, group[-1].end
+    for _ in range(-low):  # brackets closed inside that opened before the first
+        start = len(bare[:start].rstrip())
+        if not start or bare[start - 1] not in _OPENING:
+            return -1, -1
+        start -= 1
+    for _ in range(depth - low):  # brackets opened inside that close after the last
+        end += len(bare[end:]) - len(bare[end:].lstrip())
+        if end >= len(bare) or bare[end] not in _CLOSING:
+            return -1, -1
+        end += 1
+    return start, end
+
+
+def _alone_or_bracketed(query: str, bare: str, start: int, end: int) -> str | None:
     """``None`` when alternative authors at ``start:end`` are read as one group: in
     brackets of their own, or first in the query (read left to right: ``Smith J[au] OR
-    Li X[au] AND asthma``); else the problem (with ``{group}``)."""
+    Li X[au] AND asthma``; a quoted phrase before them is a term too); else the problem
+    (with ``{group}``)."""
     before, after = bare[:start].rstrip(), bare[end:].lstrip()
-    if not before or (before.endswith(("(", "[")) and after.startswith((")", "]"))):
+    if not query[:start].strip() or (before.endswith(tuple(_OPENING))
+                                     and after.startswith(tuple(_CLOSING))):  # fmt: skip
         return None
     return ("alternative authors beside other terms need brackets of their own: "
             "asthma AND {group}")  # fmt: skip
@@ -414,6 +453,12 @@ def _name_before(
     if mixed or (loose and not explicit):
         guess = 2 if _initials(words[-1]) and len(words) > 2 else 1
         topic, author = " ".join(typed[:-guess]), " ".join(words[-guess:])
+        spans = [m.span() for m in re.finditer(r"\S+", query[start:end])]
+        if len(typed) > guess and typed[-guess - 1] in _LOWER_OPERATORS:  # Smith J[au] or Li X[au]
+            a, b = spans[len(typed) - guess - 1]
+            fixed = query[: start + a] + typed[-guess - 1].upper() + query[start + b :]
+            return start, name, (f"is {typed[-guess - 1]!r} an operator? PubMed's are "
+                                 f"capitals: {fixed}")
         split = f"put AND between the topic and the author ({topic} AND {author}{{tag}})"
         whole = f"quote the whole name (\"{' '.join(words)}\"{{tag}})"
         first, second = (split, whole) if mixed else (whole, split)
@@ -444,6 +489,8 @@ def _group_name(
 
 #: Boundaries after which the text before a tag is the name whole.
 _EXPLICIT = frozenset({"AND", "OR", "NOT", ",", ";"})
+#: PubMed's operators typed in lower case: words, which a name never starts after.
+_LOWER_OPERATORS = frozenset({"and", "or", "not"})
 
 
 #: A name's last word that is its suffix, not initials (``Smith J Jr``; ``Smith JR`` is
