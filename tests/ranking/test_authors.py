@@ -135,6 +135,9 @@ def test_author_clauses_are_read_as_pubmed_reads_them(
         ("asthma AND (Smith J[au] OR Li X[au] OR copd)", "brackets of their own"),
         ("copd OR (Smith J[au] OR Li X[au])", "cannot be one of alternatives"),
         ("NOT (Smith J[au] OR Li X[au])", "exclude each on its own"),
+        ("asthma and Smith J[au]", "capitals: asthma AND Smith J[au]"),
+        ("asthma AND {x} Smith[au]", "an author's name?"),  # braces: no format string
+        ("{0} Collaboration[cn]", "an author's name?"),
         ("asthma NOT Smith J[au] OR Li X[au]", "exclude each on its own"),
         ("asthma AND 5-FU[au]", "an author's name?"),
         ("NOT Smith J[au]", "only excludes"),
