@@ -36,7 +36,7 @@ from typing import Any
 from litpulse.core.text import fold, fold_term
 from ranking.quotes import CLOSE, OPEN, QUOTED, QUOTES
 
-__all__ = ["AuthorClause", "Role", "author_keys", "split_authors"]
+__all__ = ["AuthorClause", "Role", "author_keys", "split_authors", "tidy_left_over"]
 
 
 class Role(enum.StrEnum):
@@ -253,6 +253,9 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
                    + ("" if len(group) > 1 else "; alternative authors go in brackets of "
                       f"their own (asthma AND ({shown} OR …))"))
             )  # fmt: skip
+        after = _LOWER_AFTER.match(query, group[-1].end)
+        if after is not None:  # Smith J[au] not copd: NOT meant, or a stop word?
+            problems.append(_capitals(query, *after.span(1)))
         clauses.append(clause)
         spans.append((start, end))
     spans.sort()
@@ -261,13 +264,26 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
         kept.append(query[last:a])
         last = b
     kept.append(query[last:])
-    rest = " ".join(" ".join(kept).split())
-    while True:  # (Smith J[au]) AND asthma: the brackets and the AND held only the author
-        tidy = _LEFT_OVER.sub("", _EMPTY.sub(" ", rest)).strip()
-        if tidy == rest:
-            break
-        rest = tidy
+    # (Smith J[au]) AND asthma: the brackets and the AND held only the author
+    rest = tidy_left_over(" ".join(kept))
     return rest, tuple(clauses), tuple(dict.fromkeys(problems))
+
+
+def tidy_left_over(text: str) -> str:
+    """``text`` once clauses were cut out of it (authors here, exclusions in
+    :func:`ranking.lexical.split_exclusions`): without the brackets they left empty and
+    an ``AND`` they left first or last, in the whole or in a bracket (no word to search).
+
+    Example:
+        >>> tidy_left_over("( AND wheeze) AND  ( )")
+        '( wheeze)'
+    """
+    text = " ".join(text.split())
+    while True:
+        tidy = _LEFT_OVER.sub("", _EMPTY.sub(" ", text)).strip()
+        if tidy == text:
+            return text
+        text = tidy
 
 
 @dataclass(frozen=True)
@@ -300,6 +316,7 @@ def _alternatives(bare: str, reads: list[_Read]) -> list[list[_Read]]:
             and not (prev.clause.excluded or prev.in_group)
             and not (read.clause.excluded or read.in_group)
             and _OR_ONLY.fullmatch(bare, prev.end, read.start)
+            and not bare.startswith("AND", read.start)  # Smith J[au] OR AND Li X[au]
         ):
             groups[-1].append(read)
         else:
@@ -378,11 +395,12 @@ def _or_beside(bare: str, start: int, end: int) -> bool:
     beside a bracket holding it (``copd OR (asthma AND Smith J[au])``). An OR before it
     at its level joins what comes before (``"a" OR "b" AND Smith J[au]``: (a OR b) AND
     Smith J), which is searched so."""
-    depth = 0
+    depth = low = 0
     for m in _OR_TOKENS.finditer(bare, end):
         token = m.group(0)
         depth += 1 if token == "(" else -1 if token == ")" else 0
-        if token == "OR" and depth <= 0:
+        low = min(low, depth)
+        if token == "OR" and depth <= low:  # not inside a bracket opened after it
             return True
     depth = 0
     for m in reversed(list(_OR_TOKENS.finditer(bare, 0, start))):
@@ -421,6 +439,10 @@ def _name_before(
     if not all(_WORD.fullmatch(w) for w in typed):
         return start, name, (f"is {name!r} an author's name? Write the author before {{tag}} "
                              "as a surname and its initials (Smith J{tag}), or in quotes")
+    ops = [i for i, w in enumerate(typed[:-1]) if w in _LOWER_OPERATORS]
+    if ops and not collective:  # asthma and Smith J[au], Smith J[au] or Li X[au]
+        a, b = [m.span() for m in re.finditer(r"\S+", query[start:end])][ops[-1]]
+        return start, name, _capitals(query, start + a, start + b)
     words = _joined(typed)
     if query[:start].rstrip().endswith(","):  # Smith, J.A.[au], Smith, John[fau]
         comma = query.rindex(",", floor, start)
@@ -453,12 +475,6 @@ def _name_before(
     if mixed or (loose and not explicit):
         guess = 2 if _initials(words[-1]) and len(words) > 2 else 1
         topic, author = " ".join(typed[:-guess]), " ".join(words[-guess:])
-        spans = [m.span() for m in re.finditer(r"\S+", query[start:end])]
-        if len(typed) > guess and typed[-guess - 1] in _LOWER_OPERATORS:  # Smith J[au] or Li X[au]
-            a, b = spans[len(typed) - guess - 1]
-            fixed = query[: start + a] + typed[-guess - 1].upper() + query[start + b :]
-            return start, name, (f"is {typed[-guess - 1]!r} an operator? PubMed's are "
-                                 f"capitals: {fixed}")
         split = f"put AND between the topic and the author ({topic} AND {author}{{tag}})"
         whole = f"quote the whole name (\"{' '.join(words)}\"{{tag}})"
         first, second = (split, whole) if mixed else (whole, split)
@@ -491,6 +507,21 @@ def _group_name(
 _EXPLICIT = frozenset({"AND", "OR", "NOT", ",", ";"})
 #: PubMed's operators typed in lower case: words, which a name never starts after.
 _LOWER_OPERATORS = frozenset({"and", "or", "not"})
+#: A lower-case ``or`` or ``not`` right after an author clause (``Smith J[au] not copd``):
+#: a stop word to the search, so the clause would silently mean AND.
+_LOWER_AFTER = re.compile(r"[)\]\s]*?\s(or|not)\s+(?=\S)")
+
+
+def _capitals(query: str, a: int, b: int) -> str:
+    """The problem of a lower-case operator at ``a:b`` of ``query``: the query with it in
+    capitals when that is read (the advice is a query that works), else why that is
+    refused too."""
+    word = query[a:b]
+    fixed = query[:a] + word.upper() + query[b:]
+    rest = split_authors(fixed)[2]
+    if not rest:
+        return f"is {word!r} an operator? PubMed's are capitals: {fixed}"
+    return f"is {word!r} an operator? PubMed's are in capitals, and as {word.upper()}: {rest[0]}"
 
 
 #: A name's last word that is its suffix, not initials (``Smith J Jr``; ``Smith JR`` is

@@ -101,7 +101,7 @@ from litpulse.core.schema import articles
 from litpulse.core.settings import Settings
 from litpulse.core.text import GREEK, fold
 from ranking import quotes
-from ranking.authors import AuthorClause, author_keys, split_authors
+from ranking.authors import AuthorClause, author_keys, split_authors, tidy_left_over
 from ranking.models import published_index_row
 
 __all__ = [
@@ -601,7 +601,8 @@ def _split(query: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
     if not excluded and len(problems) == len(named):
         return query, (), named
     kept.append(query[last:])
-    searched = " ".join(p.strip() for p in kept if p.strip())
+    # NOT copd AND asthma: the AND the exclusion leaves first is no word to search
+    searched = tidy_left_over(" ".join(p.strip() for p in kept if p.strip()))
     return searched, tuple(excluded), tuple(problems)
 
 

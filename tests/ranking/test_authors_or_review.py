@@ -132,7 +132,11 @@ def test_a_lower_case_or_between_authors_is_not_advised_into_an_and(
     # accepted and lists article 2 alone (by both), while the user asked for either
     # author: the advice should name the capital OR ("Smith J[au] OR Li X[au]").
     index, lex = _world(engine, tmp_path)
-    assert _found(settings, engine, "Smith J[au] or AND Li X[au]", index, lex) == {2}
+    assert _found(settings, engine, "Smith J[au] AND Li X[au]", index, lex) == {2}
+    with pytest.raises(ConfigError):  # OR AND: no reading
+        checked_query("Smith J[au] or AND Li X[au]")
+    with pytest.raises(ConfigError):
+        checked_query("Smith J[au] OR AND Li X[au]")
     with pytest.raises(ConfigError) as err:
         checked_query("Smith J[au] or Li X[au]")
     assert "or AND Li X[au]" not in str(err.value)

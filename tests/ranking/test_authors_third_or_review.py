@@ -2,7 +2,7 @@
 (commits beeb831, d45a514, 2d9f901: ``(A OR B) OR C``, ``_alone_or_bracketed``, the
 ``_LEFT_OVER`` tidy, lower-case operators advised in capitals, ``.replace("{tag}")``).
 
-Each defect is a strict xfail asserting the correct behaviour. The world is
+Each defect it found was a strict xfail asserting the correct behaviour, and is fixed. The world is
 :mod:`tests.ranking.test_authors`'s (the real store and the real tantivy lexical index):
 Smith J's articles (Smith JA, Smith JR, Smith J, Smith John) are 1, 2, 4, 5 and 6, article
 5 the COPD one; Li X wrote 2 and 10-19; van der Berg J wrote 7 (asthma).
@@ -31,7 +31,6 @@ LI_X = {2, *range(10, 20)}
 # ----------------------------------------------------------------- silently wrong results
 
 
-@pytest.mark.xfail(strict=True, reason="an AND after a NOT clause the author cut leaves first or last is searched as the term 'AND'")  # noqa: E501
 @pytest.mark.parametrize(
     ("query", "expected"),
     [("Smith J[au] NOT copd AND asthma", SMITH_J_ASTHMA),
@@ -60,7 +59,6 @@ def test_an_and_left_beside_an_exclusion_after_the_author_cut_is_no_word_to_sear
     assert "AND" not in lexical.query_terms(query)
 
 
-@pytest.mark.xfail(strict=True, reason="a lower-case not/or right after an author clause is silently a word: 'Smith J[au] not copd' searches copd")  # noqa: E501
 @pytest.mark.parametrize("query", ["Smith J[au] not copd", "Smith J[au] or asthma",
                                    "(Smith J[au] OR Li X[au]) not copd"])  # fmt: skip
 def test_a_lower_case_operator_after_an_author_is_advised_in_capitals_as_one_before(
@@ -82,7 +80,6 @@ def test_a_lower_case_operator_after_an_author_is_advised_in_capitals_as_one_bef
 # ------------------------------------------------------------------- misleading refusals
 
 
-@pytest.mark.xfail(strict=True, reason="the 'capitals' advice is itself refused (OR beside a topic, a second lower-case or)")  # noqa: E501
 @pytest.mark.parametrize("query", ["asthma or Smith J[au]",
                                    "asthma and Smith J[au] or Li X[au]"])  # fmt: skip
 def test_the_capitals_advice_is_a_query_that_is_accepted(query: str) -> None:
@@ -97,7 +94,6 @@ def test_the_capitals_advice_is_a_query_that_is_accepted(query: str) -> None:
         checked_query(message.split("capitals: ", 1)[1])  # the advice must be accepted
 
 
-@pytest.mark.xfail(strict=True, reason="the capitals advice misses an 'and' before a particle, a compound surname, spaced initials or Jr, and advises a split name")  # noqa: E501
 @pytest.mark.parametrize(
     ("query", "advice"),
     [("asthma and van der Berg J[au]", "asthma AND van der Berg J[au]"),
@@ -123,7 +119,6 @@ def test_a_lower_case_and_before_any_name_is_advised_in_capitals(
     assert f"capitals: {advice}" in str(err.value)
 
 
-@pytest.mark.xfail(strict=True, reason="a bracketed author (group) first, then a bracketed OR of topic words, is refused as an author among alternatives")  # noqa: E501
 @pytest.mark.parametrize(
     ("query", "same_as"),
     [("(Smith J[au] OR Li X[au]) AND (asthma OR wheeze)",

@@ -384,3 +384,17 @@ def test_how_or_and_brackets_are_read(query: str, required: tuple[Any, ...]) -> 
     assert checked_query(query) == query
     assert lexical.split_exclusions("NOT all wheeze is asthma")[1] == ()
     assert lexical.split_exclusions("(NOT asthma) COPD")[1] == ("asthma",)
+
+
+@pytest.mark.parametrize(
+    ("query", "searched"),
+    [("NOT copd AND asthma", "asthma"), ("(NOT copd) AND asthma", "asthma"),
+     ("asthma AND (NOT copd)", "asthma"), ("asthma NOT copd AND smoking", "asthma AND smoking")],
+)  # fmt: skip
+def test_an_and_an_exclusion_leaves_first_or_last_is_no_word_to_search(
+    query: str, searched: str
+) -> None:
+    # a capital AND is a term of the index (an abbreviation): searched, it found articles
+    # holding "PCR AND ELISA" and not the topic
+    assert lexical.split_exclusions(query) == (searched, ("copd",))
+    assert "AND" not in lexical.query_terms(query)
