@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import select, update
@@ -26,14 +25,9 @@ from litpulse.core import db
 from litpulse.core.errors import ConfigError, TransientSourceError
 from litpulse.core.schema import articles
 from litpulse.core.settings import Settings
-from tests.emulator import Emulator, running_emulator
+from tests.emulator import Emulator
 
 TODAY = dt.date.today()
-
-
-@pytest.fixture
-def emu() -> Iterator[Emulator]:
-    yield from running_emulator()
 
 
 def _seed(

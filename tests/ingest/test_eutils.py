@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,7 +29,7 @@ from litpulse.core import db
 from litpulse.core.errors import ConfigError, InvalidRequestError, TransientSourceError
 from litpulse.core.schema import articles, checkpoints, metadata, quarantine
 from litpulse.core.settings import Settings
-from tests.emulator import PUBMED_DOCTYPE, Emulator, article_xml, running_emulator
+from tests.emulator import PUBMED_DOCTYPE, Emulator, article_xml
 
 KEY = "SECRET-eutils-key-987654321"
 REPO = Path(__file__).resolve().parents[2]
@@ -52,11 +51,6 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> CorpusManifest:
     return generate_corpus(
         tmp_path_factory.mktemp("small"), n_records=400, days=3, seed=5, delete_fraction=0.02
     )
-
-
-@pytest.fixture
-def emu() -> Iterator[Emulator]:
-    yield from running_emulator()
 
 
 def _settings(emu: Emulator, base: Settings, **kw: object) -> Settings:

@@ -11,7 +11,6 @@ through update files). Each fails on the current code and passes once decided an
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +25,10 @@ from litpulse.core import db
 from litpulse.core.schema import articles, quarantine
 from litpulse.core.settings import Settings
 from tests.conftest import _truncate
-from tests.emulator import Emulator, article_xml, pubmed_set, running_emulator
+from tests.emulator import Emulator, article_xml, pubmed_set
 
 DAY = dt.date(2024, 3, 5)
 SINCE, UNTIL = dt.datetime(2024, 3, 5), dt.datetime(2024, 3, 6)
-
-
-@pytest.fixture
-def emu() -> Iterator[Emulator]:
-    yield from running_emulator()
 
 
 def _settings(emu: Emulator, base: Settings, **kw: Any) -> Settings:

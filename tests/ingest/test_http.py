@@ -6,7 +6,6 @@ import logging
 import random
 import re
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,9 @@ import requests
 from ingest.http import HttpClient, RateLimiter, eutils_client, limiter_for, redact
 from litpulse.core.errors import InvalidRequestError, RateLimitedError, TransientSourceError
 from litpulse.core.settings import Settings
-from tests.emulator import Emulator, max_requests_in_window, running_emulator
+from tests.emulator import Emulator, max_requests_in_window
 
 KEY = "SECRET-api-key-0123456789"
-
-
-@pytest.fixture
-def emu() -> Iterator[Emulator]:
-    yield from running_emulator()
 
 
 @pytest.fixture

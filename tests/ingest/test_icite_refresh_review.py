@@ -31,7 +31,7 @@ from litpulse.core.impact import NEUTRAL_CITATION
 from litpulse.core.schema import articles, quarantine
 from litpulse.core.settings import Settings
 from ranking.scoring import ScoringOptions, citation_value, score_article
-from tests.emulator import Emulator, _HttpError, running_emulator
+from tests.emulator import Emulator, _HttpError
 
 TODAY = dt.date.today()
 SRC = SourceRef("generated", "icite-review")
@@ -56,11 +56,6 @@ class HostileIcite(Emulator):
         doc = json.loads(super().icite_json(params))
         doc["data"].extend(self.extra)
         return json.dumps(doc).encode()
-
-
-@pytest.fixture
-def emu() -> Iterator[Emulator]:
-    yield from running_emulator()
 
 
 @pytest.fixture

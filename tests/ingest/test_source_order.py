@@ -10,10 +10,8 @@ every NLM file above every EFetch; these hold under it, and any new order must k
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from sqlalchemy import select
 
 from ingest.eutils import ingest_window
@@ -24,20 +22,12 @@ from ingest.updatefiles import apply_updates
 from litpulse.core import db
 from litpulse.core.schema import articles
 from litpulse.core.settings import Settings
-from tests.emulator import Emulator, article_xml, gz, pubmed_set, running_emulator
+from tests.emulator import Emulator, article_xml, gz, pubmed_set
+from tests.ingest.test_eutils_hostile import _settings
 
 DAY = dt.date(2024, 3, 5)
 FIRST = dt.date(2024, 1, 3)
 SINCE, UNTIL = dt.datetime(2024, 3, 5), dt.datetime(2024, 3, 6)
-
-
-@pytest.fixture
-def emu() -> Iterator[Emulator]:
-    yield from running_emulator()
-
-
-def _settings(emu: Emulator, base: Settings, **kw: Any) -> Settings:
-    return emu.configure(base.replace(ncbi_email="t@example.org"), **kw)
 
 
 def _row(settings: Settings, pmid: int) -> dict[str, Any]:

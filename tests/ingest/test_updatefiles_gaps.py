@@ -9,7 +9,6 @@ failure). Mirror scenarios run against the loopback emulator (``tests/emulator.p
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +22,9 @@ from litpulse.core import db
 from litpulse.core.errors import IncompleteSourceError
 from litpulse.core.schema import articles, source_files
 from litpulse.core.settings import Settings
-from tests.emulator import Emulator, running_emulator
+from tests.emulator import Emulator
 
 EDAT = dt.date(2024, 6, 1)
-
-
-@pytest.fixture
-def emu() -> Iterator[Emulator]:
-    yield from running_emulator()
 
 
 def _configure(emu: Emulator, settings: Settings) -> Settings:

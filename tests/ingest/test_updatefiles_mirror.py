@@ -12,7 +12,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -25,15 +25,10 @@ from litpulse.core import db
 from litpulse.core.errors import IncompleteSourceError, LitpulseError
 from litpulse.core.schema import articles, source_files
 from litpulse.core.settings import Settings
-from tests.emulator import Emulator, running_emulator
+from tests.emulator import Emulator
 from tests.ingest.test_crash_resume import differences, quick, reset, snapshot
 
 EDAT = dt.date(2024, 6, 1)
-
-
-@pytest.fixture
-def emu() -> Iterator[Emulator]:
-    yield from running_emulator()
 
 
 def _configure(emu: Emulator, settings: Settings) -> Settings:

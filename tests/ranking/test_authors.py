@@ -29,8 +29,10 @@ from tests.ranking.test_lexical import _stats
 SMITH_JA, SMITH_JR, SMITH_J = Author("Smith", "Jane A", "JA"), Author("Smith", "John R", "JR"), \
     Author("Smith", "Jo", "J")  # fmt: skip
 JONES, LI = Author("Jones", "Kate", "K"), Author("Li", "Xin", "X")
+#: title, abstract, authors
+Article = tuple[str, str, tuple[Author, ...]]
 #: pmid -> (title, abstract, authors)
-WORLD: dict[int, tuple[str, str, tuple[Author, ...]]] = {
+WORLD: dict[int, Article] = {
     1: ("Asthma in children", "Wheeze and asthma in school children.", (SMITH_JA, JONES)),
     2: ("Inhaled steroids for asthma", "Asthma control with steroids.", (SMITH_JR, LI)),
     3: ("Biologics in severe asthma", "Asthma biologics.",
@@ -46,9 +48,12 @@ WORLD: dict[int, tuple[str, str, tuple[Author, ...]]] = {
 }
 
 
-def _world(engine: Engine, tmp_path: Path) -> tuple[Any, lexical.LexicalIndex]:
+def _world(
+    engine: Engine, tmp_path: Path, extra: dict[int, Article] | None = None
+) -> tuple[Any, lexical.LexicalIndex]:
+    """:data:`WORLD` (and ``extra`` articles, the same shape) stored and indexed."""
     records = [dataclasses.replace(make_article(p, t, a), authors=au)
-               for p, (t, a, au) in WORLD.items()]  # fmt: skip
+               for p, (t, a, au) in {**WORLD, **(extra or {})}.items()]  # fmt: skip
     return store_and_index(engine, tmp_path, records)
 
 

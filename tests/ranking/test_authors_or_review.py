@@ -9,7 +9,6 @@ Smith JR 2, Li X 2 and 10-19 (asthma cohorts), Smithson J 3, Smith J 4 and 5 (CO
 
 from __future__ import annotations
 
-import dataclasses
 import types
 from pathlib import Path
 
@@ -22,19 +21,10 @@ from litpulse.core.settings import Settings
 from ranking import lexical
 from ranking.authors import split_authors
 from ranking.search import checked_query
-from tests.ranking.corpus import make_article, pmids_of, search_in, store_and_index
-from tests.ranking.test_authors import LI, WORLD, _found, _world
+from tests.ranking.corpus import pmids_of, search_in
+from tests.ranking.test_authors import LI, _found, _world
 
 LI_X = {2, *range(10, 20)}
-
-
-def _found_or_refused(settings: Settings, engine: Engine, query: str, index, lex,
-                      mode: str = "lexical") -> set[int] | None:  # fmt: skip
-    """The PMIDs found, or None when the query is refused (a refusal is acceptable)."""
-    try:
-        return _found(settings, engine, query, index, lex, mode)
-    except ConfigError:
-        return None
 
 
 # ----------------------------------------------------------------- silently wrong results
@@ -73,12 +63,8 @@ def test_the_and_after_a_group_in_outer_brackets_is_no_word_to_search(
     # ("PCR AND ELISA", no wheeze) is found beside Smith JA's wheeze article 1, and
     # snippets highlight "AND". PubMed reads (Smith JA OR Li X) AND wheeze: {1}. (An
     # unbalanced bracket leaves ") AND wheeze", the same; a refusal is fine there.)
-    records = [dataclasses.replace(make_article(p, t, a), authors=au)
-               for p, (t, a, au) in WORLD.items()]  # fmt: skip
-    records.append(dataclasses.replace(
-        make_article(30, "Smokers screened by PCR AND ELISA", "Results of PCR AND ELISA."),
-        authors=(LI,)))  # fmt: skip
-    index, lex = store_and_index(engine, tmp_path, records)
+    index, lex = _world(engine, tmp_path, {30: (
+        "Smokers screened by PCR AND ELISA", "Results of PCR AND ELISA.", (LI,))})
     assert _found(settings, engine, "(Smith JA[au] OR Li X[au]) AND wheeze", index, lex) == {1}
     checked_query(query)  # read as (Smith JA OR Li X) AND wheeze, the stray bracket aside
     assert _found(settings, engine, query, index, lex) == {1}

@@ -10,7 +10,6 @@ Smith J's articles (Smith JA, Smith JR, Smith J, Smith John) are 1, 2, 4, 5 and 
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -21,8 +20,7 @@ from litpulse.core.settings import Settings
 from ranking import lexical
 from ranking.authors import split_authors
 from ranking.search import checked_query
-from tests.ranking.corpus import make_article, store_and_index
-from tests.ranking.test_authors import SMITH_J, WORLD, _found, _world
+from tests.ranking.test_authors import SMITH_J, _found, _world
 
 SMITH_J_ASTHMA = {1, 2, 4, 6}
 LI_X = {2, *range(10, 20)}
@@ -48,12 +46,8 @@ def test_an_and_left_beside_an_exclusion_after_the_author_cut_is_no_word_to_sear
     # brackets, not the one split_exclusions then leaves first/last once it takes "NOT
     # copd" out, so query_terms gives {'AND', 'asthma'}. A capital AND is an index term:
     # Smith J's article 30 ("PCR AND ELISA", no asthma) is found beside the asthma ones.
-    records = [dataclasses.replace(make_article(p, t, a), authors=au)
-               for p, (t, a, au) in WORLD.items()]  # fmt: skip
-    records.append(dataclasses.replace(
-        make_article(30, "Smokers screened by PCR AND ELISA", "Results of PCR AND ELISA."),
-        authors=(SMITH_J,)))  # fmt: skip
-    index, lex = store_and_index(engine, tmp_path, records)
+    index, lex = _world(engine, tmp_path, {30: (
+        "Smokers screened by PCR AND ELISA", "Results of PCR AND ELISA.", (SMITH_J,))})
     checked_query(query)
     assert _found(settings, engine, query, index, lex) == expected
     assert "AND" not in lexical.query_terms(query)
