@@ -79,7 +79,9 @@ class AuthorClause:
 
     @property
     def keys(self) -> tuple[str, ...]:
-        """Every key the clause is met by."""
+        """Every key the clause is met by (any alternative's)."""
+        if self.alternatives:
+            return tuple(k for a in self.alternatives for k in a.keys)
         return (self.key, *self.also)
 
     @property
@@ -232,11 +234,8 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
             start, end = _group_span(bare, group)
             problem = _alone_or_bracketed(query, bare, start, end)
             alternatives = tuple(r.clause for r in group)
-            clause = AuthorClause(
-                " OR ".join(c.name for c in alternatives), clause.key, clause.role,
-                also=tuple(k for c in alternatives for k in c.keys)[1:],
-                alternatives=alternatives,
-            )  # fmt: skip
+            clause = AuthorClause(" OR ".join(c.name for c in alternatives), clause.key,
+                                  clause.role, alternatives=alternatives)  # fmt: skip
             shown = clause.shown
             if problem is not None:
                 problems.append(problem.replace("{group}", shown))
