@@ -146,6 +146,10 @@ _TAG = re.compile(
     r"full author name|first author name|last author name|corporate author|"
     r"author\s*-\s*(?:first|last|full|corporate)))\s*\]"
 )
+#: Where a problem's text names the tag as typed (``[au]``, ``[cn]``): a control
+#: character, which no query holds (:func:`ranking.search.checked_query` refuses them), so
+#: a name typed with braces (``x{tag}y``) is shown as it was typed.
+_TAG_MARK = "\x1f"
 _ROLES = {"au": Role.ANY, "fau": Role.ANY, "author": Role.ANY, "full author name": Role.ANY,
           "cn": Role.ANY, "corporate author": Role.ANY, "author-full": Role.ANY,
           "author-corporate": Role.ANY,
@@ -198,10 +202,10 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
         floor = end = tag.end()
         key = fold_term(name)
         if problem is None and not key:
-            problem = (f"{name!r}{{tag}} names no author: write a surname and its initials, "
+            problem = (f"{name!r}{_TAG_MARK} names no author: write a surname and its initials, "
                        "as Smith J[au]")  # fmt: skip
         if problem is not None:
-            problems.append(problem.replace("{tag}", label))  # not format: names may hold braces
+            problems.append(problem.replace(_TAG_MARK, label))
             spans.append((start, end))
             continue
         before = query[:start].rstrip()
@@ -420,7 +424,8 @@ def _name_before(
     """The author name before a tag at ``end`` (no further back than ``floor``): where it
     starts, the name (initials joined: ``J.A.``, ``J-H``, ``J A`` → ``JA``; PubMed's
     inverted ``Smith, J.A.`` and, for a full name tag (``full``), ``Smith, John``, without
-    the comma), and a problem (a message with ``{tag}``) if it cannot be read. A
+    the comma), and a problem (a message with :data:`_TAG_MARK` where the tag goes) if it
+    cannot be read. A
     ``collective`` tag (``[cn]``) takes the text before it whole as a group's name."""
     if end > floor and query[end - 1] in CLOSE:  # "van der Berg J"[au]
         opening = max(query.rfind(q, floor, end - 1) for q in OPEN)
@@ -434,10 +439,11 @@ def _name_before(
     typed = text.split()
     name = " ".join(typed)
     if not typed:
-        return start, name, "{tag} follows no name: write the author before it, as Smith J[au]"
+        return start, name, (f"{_TAG_MARK} follows no name: write the author before it, as "
+                             "Smith J[au]")
     if not all(_WORD.fullmatch(w) for w in typed):
-        return start, name, (f"is {name!r} an author's name? Write the author before {{tag}} "
-                             "as a surname and its initials (Smith J{tag}), or in quotes")
+        return start, name, (f"is {name!r} an author's name? Write the author before {_TAG_MARK} "
+                             f"as a surname and its initials (Smith J{_TAG_MARK}), or in quotes")
     ops = [i for i, w in enumerate(typed[:-1]) if w in _LOWER_OPERATORS]
     if ops and not collective:  # asthma and Smith J[au], Smith J[au] or Li X[au]
         a, b = [m.span() for m in re.finditer(r"\S+", query[start:end])][ops[-1]]
@@ -459,8 +465,8 @@ def _name_before(
         elif named:
             other = " ".join(surname)
             return start, name, (f"is {other!r} part of the author's name? Write it without "
-                                 f"the comma ({other} {name}{{tag}}), or put AND before the "
-                                 f"author ({other} AND {name}{{tag}})")
+                                 f"the comma ({other} {name}{_TAG_MARK}), or put AND before the "
+                                 f"author ({other} AND {name}{_TAG_MARK})")
     if collective:  # a group's name: whole, but for words in lower case before it
         return _group_name(query, start, typed, explicit)
     core = words[next((i for i, w in enumerate(words) if w.lower() not in _PARTICLES),
@@ -474,8 +480,8 @@ def _name_before(
     if mixed or (loose and not explicit):
         guess = 2 if _initials(words[-1]) and len(words) > 2 else 1
         topic, author = " ".join(typed[:-guess]), " ".join(words[-guess:])
-        split = f"put AND between the topic and the author ({topic} AND {author}{{tag}})"
-        whole = f"quote the whole name (\"{' '.join(words)}\"{{tag}})"
+        split = f"put AND between the topic and the author ({topic} AND {author}{_TAG_MARK})"
+        whole = f"quote the whole name (\"{' '.join(words)}\"{_TAG_MARK})"
         first, second = (split, whole) if mixed else (whole, split)
         return start, name, (f"which words of {name!r} name the author? "
                              f"{first[0].upper()}{first[1:]}, or {second}")

@@ -142,6 +142,7 @@ def test_author_clauses_are_read_as_pubmed_reads_them(
         ("NOT (Smith J[au] OR Li X[au])", "exclude each on its own"),
         ("asthma and Smith J[au]", "capitals: asthma AND Smith J[au]"),
         ("asthma AND {x} Smith[au]", "an author's name?"),  # braces: no format string
+        ("asthma AND x{tag}y[au]", "'x{tag}y'"),  # the name as typed, braces and all
         ("{0} Collaboration[cn]", "an author's name?"),
         ("asthma NOT Smith J[au] OR Li X[au]", "exclude each on its own"),
         ("asthma AND 5-FU[au]", "an author's name?"),
