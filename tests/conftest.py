@@ -34,6 +34,17 @@ PG_ADMIN_URL = os.environ.get(
 PG_REQUIRED = bool(os.environ.get("CI") or os.environ.get("LITPULSE_TEST_REQUIRE_POSTGRES"))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The real Airflow stacks' tests first, the rest in their order.
+
+    They are the longest file by far (minutes); pytest-xdist hands out whole files in
+    this order (``--dist loadfile --no-loadscope-reorder``, pyproject.toml), so one
+    worker runs them while the others take the rest, instead of all waiting on them at
+    the end. Every worker collects, and so orders, the same way.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("airflow_integration") is None)
+
+
 @pytest.fixture(autouse=True)
 def _clean_litpulse_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never see the developer's own LITPULSE_* settings."""
