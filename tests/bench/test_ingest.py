@@ -133,7 +133,7 @@ def test_idle_core_seconds_count_what_no_process_used() -> None:
     time.sleep(1.0)
     quiet, up1, wall = bench.idle_core_seconds(), uptime_idle(), time.monotonic() - t0
     assert before is not None and quiet is not None
-    assert 0 < quiet - before <= cores * wall * 1.05
+    assert 0 <= quiet - before <= cores * wall * 1.05  # 0: other processes used every core
     assert up1 - up0 - 0.05 <= quiet - before <= up1 - up0 + 0.25  # the same seconds
 
     child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
@@ -149,7 +149,7 @@ def test_idle_core_seconds_count_what_no_process_used() -> None:
         child.wait()
     assert before is not None and after is not None
     spun = c1 - c0
-    assert spun > 0.3  # it did run
+    assert spun > 0.1  # it did run (beside whatever else the cores run)
     assert 0 <= after - before <= cores * wall * 1.05 - spun + 0.05
 
 

@@ -152,6 +152,9 @@ class AirflowStack:
         self.home.mkdir(parents=True, exist_ok=True)
         self.cli("db", "migrate", timeout=300)
         self.cli("pools", "set", "ncbi", "1", "NCBI E-utilities/iCite calls (rate limit)")
+        # picked now, not when the stack was made: the migration takes tens of seconds, in
+        # which another test process may bind a port the kernel handed out
+        self.port = free_port()
         self.spawn("api-server", "api-server", "--host", "127.0.0.1", "--port", str(self.port),
                    "--workers", "1")
         self.spawn("dag-processor", "dag-processor")
