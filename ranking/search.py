@@ -1111,17 +1111,24 @@ def _listing(
             raise ConfigError(f"{shown} names more than {LISTING_MAX:,} articles (filters "
                               f"aside): add the topic's words (asthma AND {shown}), or the "
                               "initials")  # fmt: skip
+    import numpy as np
+
     rows = load_rows(engine, found, conds)
-    rel = Relevance(SearchMode.LEXICAL, similarity=0.0, lexical=1.0, how=_LISTED)
-    hits = [_hit(p, row, options, rel, 0.0) for p, row in rows.items()]
+    pmids = list(rows)
     if by_date:
-        hits.sort(key=lambda h: _date_key(h.best_date, h.pmid))
-    else:
-        hits.sort(key=lambda h: (-h.score, h.pmid))
+        order = sorted(pmids, key=lambda p: _date_key(rows[p].get("best_date"), p))
+    else:  # ranked by every score at once, as a search ranks its candidates (_rank)
+        ones = np.ones(len(pmids), dtype=np.float64)
+        total = scores(ones * 0.0, ones, list(rows.values()), options, SearchMode.LEXICAL)
+        ids = np.asarray(pmids, dtype=np.int64)
+        order = [pmids[i] for i in np.lexsort((ids, -total)).tolist()] if pmids else []
     start = offset or 0
     end = start + k
+    # explained (score_article: the same score) only the page shown, not every listed one
+    rel = Relevance(SearchMode.LEXICAL, similarity=0.0, lexical=1.0, how=_LISTED)
+    hits = [_hit(p, rows[p], options, rel, 0.0) for p in order[start:end]]
     pool = _Pool(rows=rows, seen=len(found), exhausted=True)
-    return hits[start:end], pool, len(hits) > end and end <= MAX_OFFSET
+    return hits, pool, len(order) > end and end <= MAX_OFFSET
 
 
 def _score_all(

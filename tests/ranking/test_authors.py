@@ -292,6 +292,39 @@ def test_authors_alone_list_their_articles_by_recency_and_citation(
                                                        reverse=True)  # fmt: skip
 
 
+def test_a_listing_ranks_every_article_as_each_scored_alone_and_pages_through_them(
+    settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    """The listing ranks all the author's articles at once (ranking.scoring.scores) and
+    explains only the page: the order, the scores and the explanations are those of
+    score_article applied to each article, citations and dates differing."""
+    from sqlalchemy import update
+
+    from litpulse.core.schema import articles
+    from ranking.scoring import Relevance, ScoringOptions, SearchMode, score_article
+    from ranking.search import SearchFilters, load_rows, run_search
+
+    index, lex = _world(engine, tmp_path)
+    ratios = {1: 4.0, 2: 0.5, 4: 2.0, 5: None, 6: 9.0}  # Smith J's: 1, 2, 4, 5, 6
+    with engine.begin() as conn:
+        for pmid, rcr in ratios.items():
+            conn.execute(update(articles).where(articles.c.pmid == pmid)
+                         .values(relative_citation_ratio=rcr, citation_count=pmid * 7))  # fmt: skip
+    options = ScoringOptions()
+    rel = Relevance(SearchMode.LEXICAL, similarity=0.0, lexical=1.0)
+    rows = load_rows(engine, sorted(ratios), SearchFilters().clauses())
+    alone = {p: score_article(0.0, row, options, rel).score for p, row in rows.items()}
+    expected = sorted(alone, key=lambda p: (-alone[p], p))
+    assert len(set(alone.values())) == len(alone)  # the citations order them, not the PMIDs
+    pages = [run_search(settings, "Smith J[au]", k=2, offset=o, filters=SearchFilters(),
+                        engine=engine, index=index, lexical=lex) for o in (0, 2, 4)]  # fmt: skip
+    assert [h.pmid for p in pages for h in p.hits] == expected
+    assert [p.has_more for p in pages] == [True, True, False]
+    for hit in (h for p in pages for h in p.hits):
+        assert hit.score == alone[hit.pmid] == hit.explanation["score"]
+        assert "names authors alone" in hit.explanation["components"]["lexical"]["text"]
+
+
 def test_an_author_with_too_many_articles_to_list_is_refused_and_a_subset_index_lists_its_own(
     settings: Settings, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
