@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +34,32 @@ PG_ADMIN_URL = os.environ.get(
 )
 #: Read once at import: the autouse fixture below hides LITPULSE_* from the tests.
 PG_REQUIRED = bool(os.environ.get("CI") or os.environ.get("LITPULSE_TEST_REQUIRE_POSTGRES"))
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now, for a server a test starts later.
+
+    Taken below the kernel's ephemeral range (``ip_local_port_range``), which ``bind(0)``
+    and outgoing connections draw from: the test processes running beside this one (the
+    suite runs on every core) keep binding port 0 for their own servers, and could take a
+    port of that range in the seconds before this test's server binds it.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):  # not Linux: the IANA ephemeral range
+        low = 49152
+    rng = random.Random()  # its own: tests that seed the global one stay unaffected
+    for _ in range(200):
+        port = rng.randrange(max(1024, low // 2), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # nothing free below the range: the kernel's pick
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

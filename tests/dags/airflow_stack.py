@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from typing import Any, TypeVar
 
 import requests
 
+from tests.conftest import free_port
 from tests.dags.conftest import REPO, airflow_env
 
 __all__ = ["AirflowStack", "StackError", "free_port", "wait_for"]
@@ -41,12 +41,6 @@ FINISHED = {"success", "failed"}
 
 class StackError(AssertionError):
     """The deployment did not do what the test waited for (the message has the logs)."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float, every: float = 1.0) -> T:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import threading
 import time
 import urllib.error
@@ -27,6 +26,7 @@ from litpulse.app.tokens import create_token
 from litpulse.core import db
 from litpulse.core.schema import feedback
 from litpulse.core.settings import Settings
+from tests.conftest import free_port
 from tests.litpulse.app.apistore import clone_store
 from tests.ranking.corpus import ARTICLES, real_corpus
 
@@ -45,12 +45,6 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +88,7 @@ def _serve(settings: Settings) -> Iterator[str]:
 
     from litpulse.app.api import create_app
 
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
                             log_level="warning")
     srv = uvicorn.Server(config)

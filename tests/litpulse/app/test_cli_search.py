@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import pytest
 
 from litpulse.app.cli import search as cli
 from litpulse.core.settings import Settings
+from tests.conftest import free_port
 from tests.ranking.corpus import ARTICLES, real_corpus
 
 
@@ -135,12 +135,6 @@ def test_serve_loads_the_model_first_and_freezes_the_heap(
 # ------------------------------------------------------------ a running server answers
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(real: Settings) -> Iterator[str]:
     """A real ``litpulse serve`` app (uvicorn on 127.0.0.1, a free port) over ``real``."""
@@ -148,7 +142,7 @@ def server(real: Settings) -> Iterator[str]:
 
     from litpulse.app.api import create_app
 
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(create_app(real), host="127.0.0.1", port=port, log_level="warning")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -211,7 +205,7 @@ def test_in_process_answer_is_the_servers(
 def test_search_runs_in_process_without_a_server(
     real: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = f"http://127.0.0.1:{_free_port()}/"  # nothing listens there
+    url = f"http://127.0.0.1:{free_port()}/"  # nothing listens there
     data, err = _search(real.replace(search_server_url=url), capsys)
     assert f"no server at {url}: searching in process" in err
     assert data["results"] and data["results"][0]["pmid"] == 201

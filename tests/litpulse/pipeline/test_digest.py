@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import socket
 import threading
 from collections.abc import Iterable, Iterator
 from email import message_from_bytes, policy
@@ -31,6 +30,7 @@ from litpulse.pipeline.saved_searches import (
 )
 from ranking.refresh import refresh_index
 from ranking.search import SearchFilters, run_search
+from tests.conftest import free_port
 from tests.emulator import Emulator, running_emulator
 from tests.litpulse.pipeline.test_nightly import WINDOW, _serve
 from tests.ranking.corpus import ARTICLES, article_rows, term_rows
@@ -195,12 +195,6 @@ def test_a_saved_search_the_or_and_not_rules_refuse_is_listed_with_its_problem(
 # ------------------------------------------------------------------------- delivery
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class _Inbox:
     """An aiosmtpd handler keeping every message it accepts."""
 
@@ -258,7 +252,7 @@ def test_email_and_webhook_delivery_retried_until_delivered(
 ) -> None:
     from aiosmtpd.controller import Controller
 
-    port = _free_port()  # nothing listens there yet
+    port = free_port()  # nothing listens there yet
     s = indexed.replace(
         digest_smtp_host="127.0.0.1", digest_smtp_port=port, digest_smtp_from="lp@example.org",
         digest_smtp_to="alice@example.org, bob@example.org", digest_webhook_url=hook.url,
@@ -469,7 +463,7 @@ def test_an_email_accepted_for_one_recipient_is_not_sent_again(indexed: Settings
     the matches pending, and every later digest e-mailed them to alice again."""
     from aiosmtpd.controller import Controller
 
-    port = _free_port()
+    port = free_port()
     s = indexed.replace(
         digest_smtp_host="127.0.0.1", digest_smtp_port=port, digest_smtp_from="lp@example.org",
         digest_smtp_to="alice@example.org, bob@example.org",
@@ -686,7 +680,7 @@ def test_a_search_is_e_mailed_to_its_owners_address_and_to_no_one_else(
 
     from litpulse.app.tokens import create_token
 
-    port = _free_port()
+    port = free_port()
     s = indexed.replace(
         digest_smtp_host="127.0.0.1", digest_smtp_port=port, digest_smtp_from="lp@example.org",
         digest_smtp_to="team@example.org",
@@ -729,7 +723,7 @@ def test_a_revoked_tokens_address_gets_no_more_digests(indexed: Settings) -> Non
 
     from litpulse.app.tokens import create_token, revoke_token
 
-    port = _free_port()
+    port = free_port()
     s = indexed.replace(
         digest_smtp_host="127.0.0.1", digest_smtp_port=port, digest_smtp_from="lp@example.org",
         digest_smtp_to="team@example.org",
@@ -819,7 +813,7 @@ def test_the_envelope_is_the_addresses_given_not_the_header_read_back(
 
     from litpulse.pipeline.digest_channels import Match, send_email
 
-    port = _free_port()
+    port = free_port()
     s = sqlite_settings.replace(
         digest_smtp_host="127.0.0.1", digest_smtp_port=port, digest_smtp_from="lp@example.org",
         digest_smtp_to="Team Lead <lead@example.org>, ops@example.org",
