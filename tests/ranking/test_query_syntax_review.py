@@ -215,11 +215,20 @@ def test_a_query_at_the_length_limit_answers_quickly(world: Settings) -> None:
 
 
 def test_cli_and_api_answer_a_tagged_query_alike(
-    world: Settings, client: TestClient, capsys: pytest.CaptureFixture[str]
+    world: Settings,
+    client: TestClient,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Whatever a query's syntax means, the surfaces agree on it (since the fix: all refuse
     [ti] with the same message; the API answers 400, the CLI exits 2)."""
     from litpulse.app.cli import main
+
+    # the CLI on this world's store, in process (never a server another test may run)
+    monkeypatch.setenv("LITPULSE_HOME", str(world.home))
+    if world.database_url:
+        monkeypatch.setenv("LITPULSE_DATABASE_URL", world.database_url)
+    monkeypatch.setenv("LITPULSE_SEARCH_SERVER_URL", "")
 
     api = client.get("/search", params={"q": "covid[ti]", "k": "5", "mode": "lexical"})
     assert api.status_code == 400 and "field tags" in api.json()["detail"]
