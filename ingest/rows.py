@@ -277,10 +277,16 @@ def prepare_item(item: Any) -> Any:
     return prepare(item) if type(item) is Record else item
 
 
-def article_row(prep: PreparedRecord, position: int, now: dt.datetime) -> tuple[Any, ...]:
+def article_row(
+    prep: PreparedRecord, position: int, now: dt.datetime, source: SourceRef | None = None
+) -> tuple[Any, ...]:
     """The full ``articles`` row (values of :data:`ARTICLE_COLUMNS`) of a prepared record
-    stored at ``position`` of its source."""
-    return prep.values + (position, now, now)
+    stored at ``position`` of its source (``source``: as the store ordered it, when that
+    is not the record's own; its JSON keeps the source as read)."""
+    if source is None or source is prep.source:
+        return prep.values + (position, now, now)
+    v = prep.values
+    return (*v[:3], source.sequence, source.fetched_at.timestamp(), *v[5:], position, now, now)
 
 
 def tombstone_row(pmid: int, src: SourceRef, position: int, now: dt.datetime) -> tuple[Any, ...]:

@@ -12,9 +12,12 @@ Ordering rules (a record *wins* over the stored state when):
   re-applying a file, or fetching an overlapping window again, changes nothing (a
   later source repeating the same content only moves the stored source forward, without
   touching ``updated_at``).
-* the stored state is a tombstone: ``DeleteCitation`` is final in PubMed, so a
-  tombstone is only lifted by a *later item* than the deletion whose content differs
-  from, and is not older than, the record that was deleted.
+* the stored state is a tombstone: it is lifted by a *later item* than the deletion
+  whose record is not older than the one that was deleted (its content the same or not:
+  a tombstone is lifted as a live row is touched, so a file killed before its deletion
+  and resumed after such an item ends as a clean run). A replayed or older file never
+  lifts it; an EFetch made after the deleting file was first read does (PubMed serves the
+  record again).
 * a :class:`~ingest.records.Deletion` tombstones a live row when it is a later item
   than the one that wrote that row. Deleting an unknown PMID still writes a tombstone
   row (counted as ``unchanged``), so an older record arriving afterwards stays deleted.
@@ -22,9 +25,22 @@ Ordering rules (a record *wins* over the stored state when):
 *Later item*: every row keeps the source of the item that wrote it and that item's
 position in it (``source_position``, its ordinal in the :meth:`Store.apply` call, which
 carries one source from its start). Between two sources the later one wins
-(:meth:`SourceRef.order_key`: update-file number, then fetch time). Within one source
-(same kind, location and file number, whatever the fetch time) the later position wins,
-and an item at or before the stored position is a *replay* that changes nothing. So a
+(:meth:`SourceRef.order_key`: sequence, then time), with the sources *ordered* by the
+store first (:meth:`ingest.store.Store.apply`), so the order is one total order:
+
+* a numbered NLM file keeps its file number and takes its *as-of* time, when the store
+  first read it (table ``source_times``), however often it is read again;
+* an EFetch keeps its fetch time and takes as its sequence the newest file number first
+  read at or before that time: it comes after every file the store had read when it was
+  fetched, and before every file read later (PubMed served it then; a file read later
+  may be newer). A replayed baseline never undoes an EFetch made after it was read, and
+  an EFetch that repeats a record unchanged never lets an older file win over a newer
+  one (the EFetch ranks after the newer file too);
+* any other source (a local file without an NLM name) keeps sequence 0, its fetch time.
+
+Within one source (same kind, location and file number; for anything but a numbered file
+also the same fetch time) the later position wins, and an item at or before the stored
+position is a *replay* that changes nothing. So a
 file read again after a run died in the middle of it — at any batch — changes nothing
 up to where that run got, and from there on every item (a deletion late in the file of
 a record stored early in it, a second version further down) decides exactly as in a run
@@ -34,10 +50,11 @@ that never stopped.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ingest.records import Deletion, QuarantineEntry, Record, SourceRef
+from ingest.records import Deletion, QuarantineEntry, Record, SourceRef, numbered_source
 from ingest.rows import (
     PreparedRecord,
     StoreItem,
@@ -89,18 +106,24 @@ class StoredState:
     def same_source(self, src: SourceRef) -> bool:
         """The same file or request as read before.
 
-        A numbered NLM file (``sequence`` > 0) is the same source whenever it is read: its
-        number fixes its content. A source without a number (a local file, an E-utilities
-        batch) must also have the same fetch time: readers keep a file's first fetch time
-        while it is unchanged (a resumed run is the same source), and a changed file at the
-        same path gets a new one, so its items are a newer source instead of a replay.
+        A numbered NLM file is the same source whenever and wherever it is read (another
+        mirror, ``ingest --files`` or the update files): its number fixes its content, and
+        the store gives it one time (its as-of time). A source without a number (a local
+        file, an E-utilities batch) must have the same kind, location and fetch time:
+        readers keep a file's first fetch time while it is unchanged (a resumed run is the
+        same source), and a changed file at the same path gets a new one, so its items are
+        a newer source instead of a replay.
         """
-        same = (src.kind, src.location, src.sequence) == (
+        if numbered_source(src.kind, src.sequence):
+            return src.sequence == self.source_sequence and numbered_source(
+                self.source_kind, self.source_sequence
+            )
+        return (src.kind, src.location, src.sequence, src.fetched_at.timestamp()) == (
             self.source_kind,
             self.source_location,
             self.source_sequence,
+            self.source_time,
         )
-        return same and (src.sequence > 0 or src.fetched_at.timestamp() == self.source_time)
 
     def move_to(self, src: SourceRef, position: int) -> None:
         """Record that the item at ``position`` of ``src`` wrote (or touched) the row."""
@@ -144,27 +167,34 @@ def source_wins(src: SourceRef, position: int, cur: StoredState, touched: bool) 
 
 
 def decide_record(
-    rec: Record | PreparedRecord, position: int, chash: str, cur: StoredState | None, touched: bool
+    rec: Record | PreparedRecord,
+    position: int,
+    chash: str,
+    cur: StoredState | None,
+    touched: bool,
+    src: SourceRef | None = None,
 ) -> str:
-    """``inserted``, ``updated``, ``touch`` or ``unchanged`` against the stored state."""
+    """``inserted``, ``updated``, ``touch`` or ``unchanged`` against the stored state.
+
+    ``src`` is the record's source as the store ordered it (default: its own).
+    """
     if cur is None:
         return "inserted"
-    src = rec.source
+    if src is None:
+        src = rec.source
     if chash == cur.content_hash:
         # the same content again: only another, later source is remembered (a repeat
-        # inside one source changes nothing, so a resumed file does exactly the same)
-        if (
-            not cur.is_deleted
-            and not touched
-            and not cur.same_source(src)
-            and source_wins(src, position, cur, touched)
-        ):
+        # inside one source changes nothing, so a resumed file does exactly the same);
+        # a later source lifts a tombstone of this very record, as it touches a live row
+        if cur.is_deleted:
+            return "updated" if source_wins(src, position, cur, touched) else "unchanged"
+        if not touched and not cur.same_source(src) and source_wins(src, position, cur, touched):
             return "touch"
         return "unchanged"
     mine = (rec.version, rec.date_revised or dt.date.min)
     theirs = (cur.version, cur.date_revised or dt.date.min)
     if cur.is_deleted:
-        # DeleteCitation is final unless a later item brings a record at least as new
+        # a deletion stands unless a later item brings a record at least as new
         if mine < theirs or not source_wins(src, position, cur, touched):
             return "unchanged"
         return "updated"
@@ -203,13 +233,16 @@ def plan_batch(
     *,
     run_id: int | None,
     now: dt.datetime,
+    ordered: Mapping[SourceRef, SourceRef] | None = None,
 ) -> BatchPlan:
     """Decide the items of one batch (the first at position ``first``) in order.
 
     ``states`` and ``touched`` (PMIDs written earlier in this apply call) are updated as
     items win, so a later item of the same PMID decides against the earlier one.
+    ``ordered`` maps an item's source to the source as the store orders it (see the
+    module docstring); a source it lacks is its own.
     """
-    planner = _Planner(states, touched, counter, now)
+    planner = _Planner(states, touched, counter, now, ordered or {})
     plan = planner.plan
     for pos, item in enumerate(batch, first):
         if isinstance(item, PreparedRecord):
@@ -236,6 +269,7 @@ class _Planner:
     touched: set[int]
     counter: Counter
     now: dt.datetime
+    ordered: Mapping[SourceRef, SourceRef]
     plan: BatchPlan = field(default_factory=BatchPlan)
 
     def record(self, item: PreparedRecord, pos: int) -> None:
@@ -245,21 +279,21 @@ class _Planner:
         pmid = item.pmid
         chash = item.content_hash
         cur = states.get(pmid)
+        src = self.ordered.get(item.source, item.source) if self.ordered else item.source
         if cur is None:  # nothing stored: an insert whatever the rules (bootstrap's case)
             counter.inserted += 1
-            plan.full[pmid] = article_row(item, pos, now)
+            plan.full[pmid] = article_row(item, pos, now, src)
             plan.records[pmid] = item
-            src = item.source
             states[pmid] = StoredState(
                 item.version, item.date_revised, src.sequence, src.fetched_at.timestamp(),
                 src.kind, src.location, pos, chash, False,
             )  # fmt: skip
             touched.add(pmid)
             return
-        verdict = decide_record(item, pos, chash, cur, pmid in touched)
+        verdict = decide_record(item, pos, chash, cur, pmid in touched, src)
         if verdict == "touch" and cur is not None:
             # same content from a later source: remember the source, no update
-            cur.move_to(item.source, pos)
+            cur.move_to(src, pos)
             plan.touches[pmid] = {
                 "b_pmid": pmid,
                 "b_seq": cur.source_sequence,
@@ -277,10 +311,10 @@ class _Planner:
             counter.inserted += 1
         else:
             counter.updated += 1
-        plan.full[pmid] = article_row(item, pos, now)
+        plan.full[pmid] = article_row(item, pos, now, src)
         plan.tomb.pop(pmid, None)
         plan.records[pmid] = item
-        states[pmid] = StoredState.written(item.source, pos, item.version, item.date_revised, chash)
+        states[pmid] = StoredState.written(src, pos, item.version, item.date_revised, chash)
         touched.add(pmid)
 
     def deletion(self, item: Deletion, pos: int) -> None:
@@ -289,7 +323,7 @@ class _Planner:
         )  # fmt: skip
         pmid = item.pmid
         cur = states.get(pmid)
-        src = item.source
+        src = self.ordered.get(item.source, item.source) if self.ordered else item.source
         if cur is None:
             # unknown PMID: remember the deletion so an older record stays out
             plan.tomb[pmid] = tombstone_row(pmid, src, pos, now)

@@ -47,10 +47,12 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import gc
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import JSON, Engine, bindparam, func, or_, select, type_coerce, update
@@ -73,7 +75,10 @@ from ingest.records import (
     PartialDate,
     QuarantineEntry,
     Record,
+    SourceRef,
     nlm_file_order,
+    nlm_sequence,
+    numbered_source,
 )
 from ingest.rows import (
     ARTICLE_COLUMNS,
@@ -108,10 +113,17 @@ from litpulse.core.db import (
     upsert,
 )
 from litpulse.core.errors import ConfigError, NotFoundError
-from litpulse.core.schema import article_terms, articles, quarantine, references
+from litpulse.core.schema import (
+    article_terms,
+    articles,
+    quarantine,
+    references,
+    source_files,
+    source_times,
+)
 from litpulse.core.settings import Settings
 from litpulse.core.text import clean_doi, doi_key
-from litpulse.core.timeutil import iso, utcnow
+from litpulse.core.timeutil import as_utc, iso, utcnow
 
 __all__ = ["COUNTS_CHECKPOINT", "IngestCounts", "RECOUNT_STEP", "Store", "store_counts"]
 
@@ -125,6 +137,11 @@ COUNTS_CHECKPOINT = ("store", "cited_by_in_corpus")
 SEQUENCE_CHECKPOINT = ("store", "nlm_sequence")
 #: Stores (engine URLs) this process found upgraded: the check is one query a process.
 _SEQUENCES_CURRENT: set[str] = set()
+#: Set once ``source_times`` holds the as-of time of every NLM file whose records a store
+#: made before that table holds (:meth:`Store.upgrade_source_times`).
+SOURCE_TIMES_CHECKPOINT = ("store", "source_times")
+#: Stores this process found with ``source_times`` filled.
+_SOURCE_TIMES_CURRENT: set[str] = set()
 #: Set once the bilingual articles stored before their other languages were ``lang``
 #: terms (:func:`ingest.rows.other_languages`) have them.
 LANG_TERMS_CHECKPOINT = ("store", "lang_terms")
@@ -222,11 +239,13 @@ class Store(RunLedger, Checkpoints):
         if batch_size <= 0:
             raise ConfigError(f"batch_size must be positive, got {batch_size!r}")
         self.upgrade_sequences()
+        self.upgrade_source_times()
         self.upgrade_lang_terms()
         self.catch_up_period_ends()  # rows a previous release wrote (or a store before it)
         fill_term_forms(self.engine)  # their spellings likewise
         counter = Counter()
         touched: set[int] = set()
+        order: dict[SourceRef, SourceRef] = {}  # each source as ordered (ingest.rules)
         first = 0
         with bulk_load(self.engine), _gc_paused():
             for batch in _batches(items, batch_size):
@@ -235,7 +254,9 @@ class Store(RunLedger, Checkpoints):
                     self._marked = True
                 before = counter.freeze()
                 with self.engine.begin() as conn:
-                    forms = self._apply_batch(conn, batch, first, run_id, counter, touched)
+                    forms = self._apply_batch(
+                        conn, batch, first, run_id, counter, touched, order
+                    )
                     if run_id is not None:  # what a killed run stored stays counted
                         add_run_counts(conn, run_id, counter.freeze() - before)
                 self._term_forms |= forms  # committed: a batch rolled back adds nothing
@@ -307,6 +328,86 @@ class Store(RunLedger, Checkpoints):
 
         what = "rows of NLM files now order by the file's year, then number"
         return self._upgrade_once(SEQUENCE_CHECKPOINT, _SEQUENCES_CURRENT, work, what)
+
+    def upgrade_source_times(self) -> int:
+        """Record the as-of time of every NLM file a store made before ``source_times``
+        holds records of, or applied (once per store).
+
+        A file's as-of time is when the store first read it (:mod:`ingest.rules`); for
+        those read before, the earliest fetch time among the rows it wrote, else the time
+        it was recorded applied. Without them an EFetch would rank below those files.
+
+        Returns:
+            The files recorded (0 when the store was current).
+        """
+        a, f = articles.c, source_files.c
+
+        def work(conn: Connection) -> int:
+            first: dict[int, tuple[float, str]] = {}
+            for seq, kind, loc, at in conn.execute(
+                select(a.source_sequence, a.source_kind, func.min(a.source_location),
+                       func.min(a.source_time))
+                .where(a.source_sequence > 0)
+                .group_by(a.source_sequence, a.source_kind)
+            ):  # fmt: skip
+                if numbered_source(kind, seq) and (seq not in first or at < first[seq][0]):
+                    first[seq] = (at, loc)
+            for seq, name, applied in conn.execute(select(f.sequence, f.name, f.applied_at)):
+                order = nlm_file_order(name)
+                seq = nlm_sequence(*order) if order else seq
+                if seq > 0 and seq not in first:
+                    first[seq] = (as_utc(applied).timestamp(), name)
+            rows = [{"sequence": seq, "as_of": at, "location": loc}
+                    for seq, (at, loc) in sorted(first.items())]  # fmt: skip
+            for part in chunks(rows, 1000):
+                upsert(conn, source_times, part, keys=["sequence"], update=[])
+            return len(rows)
+
+        what = "NLM files given the time the store first read them"
+        return self._upgrade_once(SOURCE_TIMES_CHECKPOINT, _SOURCE_TIMES_CURRENT, work, what)
+
+    def _ordered_sources(
+        self, conn: Connection, batch: list[StoreItem], cache: dict[SourceRef, SourceRef]
+    ) -> dict[SourceRef, SourceRef]:
+        """The sources of ``batch`` that the store orders differently from how they were
+        read, each mapped to its ordered form (:mod:`ingest.rules`); ``cache`` keeps those
+        of one apply call.
+
+        A numbered NLM file is recorded in ``source_times`` when first read (in the
+        batch's transaction) and takes that time whenever it is read again; an EFetch
+        takes as its sequence the newest file first read at or before its fetch time.
+        """
+        objects: dict[int, SourceRef] = {}
+        for item in batch:  # one source object for many items: dedupe by identity first
+            src = item.source
+            if id(src) not in objects:
+                objects[id(src)] = src
+        out: dict[SourceRef, SourceRef] = {}
+        t = source_times.c
+        for src in set(objects.values()):
+            ordered = cache.get(src)
+            if ordered is None:
+                ordered = src
+                if src.numbered:
+                    at = src.fetched_at.timestamp()
+                    upsert(conn, source_times,
+                           [{"sequence": src.sequence, "as_of": at, "location": src.location}],
+                           keys=["sequence"], update=[])  # fmt: skip
+                    as_of = conn.execute(
+                        select(t.as_of).where(t.sequence == src.sequence)
+                    ).scalar_one()
+                    if as_of != at:
+                        ordered = replace(src, fetched_at=dt.datetime.fromtimestamp(as_of, dt.UTC))
+                elif src.kind == "eutils" and src.sequence == 0:
+                    after = conn.execute(
+                        select(func.max(t.sequence)).where(t.as_of <= src.fetched_at.timestamp())
+                    ).scalar()
+                    if after:
+                        ordered = replace(src, sequence=int(after))
+                cache[src] = ordered
+            if ordered != src:
+                out[src] = ordered
+        return out
 
     def upgrade_lang_terms(self) -> int:
         """Give the bilingual articles stored before their other languages were ``lang``
@@ -423,6 +524,7 @@ class Store(RunLedger, Checkpoints):
         run_id: int | None,
         counter: Counter,
         touched: set[int],
+        order: dict[SourceRef, SourceRef],
     ) -> set[tuple[str, str]]:
         """Decide (:func:`ingest.rules.plan_batch`) and write one batch at ``first``;
         returns the term spellings it added to ``term_forms``."""
@@ -431,7 +533,10 @@ class Store(RunLedger, Checkpoints):
         states = self._read_states(conn, pmids)
         stored = set(states)
         was_live = {p for p, st in states.items() if not st.is_deleted}
-        plan = plan_batch(batch, first, states, touched, counter, run_id=run_id, now=now)
+        ordered = self._ordered_sources(conn, batch, order)
+        plan = plan_batch(
+            batch, first, states, touched, counter, run_id=run_id, now=now, ordered=ordered
+        )
         if plan.touches:
             if self.bulk:
                 bulk_update(conn, articles, "pmid", _TOUCH_COLUMNS,

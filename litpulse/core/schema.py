@@ -315,6 +315,18 @@ source_files = Table(
     Column("applied_at", UTCDateTime(), nullable=False),
 )
 
+#: When the store first read each numbered NLM file (``sequence``: :func:`ingest.records.
+#: nlm_sequence`): its *as-of* time, recorded once and never moved by a re-read. It ranks
+#: an EFetch against the files (``ingest.rules``): an EFetch fetched at ``t`` comes after
+#: every file first read at or before ``t``.
+source_times = Table(
+    "source_times",
+    metadata,
+    Column("sequence", BigInteger, primary_key=True, autoincrement=False),
+    Column("as_of", Float, nullable=False),
+    Column("location", Text, nullable=False),
+)
+
 # --------------------------------------------------------------------------------- ranking
 
 embeddings = Table(

@@ -60,13 +60,19 @@ def plan(files: list[Path]) -> list[tuple[Path, SourceRef, int | None]]:
         return dataclasses.replace(r, location=location or r.location,
                                    fetched_at=T0 + dt.timedelta(minutes=minutes))  # fmt: skip
 
+    def later(p: Path, minutes: int) -> SourceRef:
+        """``p``'s records as a later, unnumbered source serves them (an EFetch)."""
+        return SourceRef("eutils", "mirror/" + p.name,
+                         fetched_at=T0 + dt.timedelta(minutes=minutes))  # fmt: skip
+
     return [
         (files[0], ref(files[0], 0), None),
         (files[1], ref(files[1], 1), 40),  # killed part-way...
         (files[1], ref(files[1], 2), None),  # ...and read again: a replay, then the rest
         (files[2], ref(files[2], 3), None),
-        (files[0], ref(files[0], 4, "mirror/" + files[0].name), None),  # a later source
+        (files[0], later(files[0], 4), None),  # a later source (touches, lifts)
         (files[2], ref(files[2], 5), None),  # the same numbered file again: a replay
+        (files[1], ref(files[1], 6, "mirror/" + files[1].name), None),  # elsewhere: a replay
     ]
 
 

@@ -1,13 +1,13 @@
 """The E-utilities client and the store's record rules under a hostile review.
 
-The tests still marked ``xfail(strict=True)`` are open questions of the source-order
-design, reproduced and left for a decision (DESIGN.md: NLM files outrank E-utilities on
-equal Version and DateRevised, so a replayed file never undoes newer state): an EFetch
-that changes only PubmedData (a PMC id) after a bootstrap, a record PubMed serves again
-after an update file deleted it, and a withdrawal E-utilities cannot see (deletions come
-through update files). Each fails on the current code and passes once decided and fixed.
+Three tests were strict xfails, open questions of the source-order design, and pass since
+the store orders sources in one total order (``ingest.rules``: an NLM file by its number
+and the time the store first read it, an EFetch after every file read before it): an
+EFetch that changes only PubmedData (a PMC id) after a bootstrap, a record PubMed serves
+again after an update file deleted it, and a withdrawal E-utilities cannot see (a window
+deletes what it no longer lists and EFetch no longer serves: ``tests/ingest/
+test_withdrawals.py``).
 """
-
 from __future__ import annotations
 
 import datetime as dt
@@ -78,9 +78,6 @@ UPDATE = SourceRef("updatefile", "pubmed26n1400.xml.gz", sequence=nlm_sequence(2
                    fetched_at=dt.datetime(2024, 2, 1, tzinfo=dt.UTC))
 
 
-@pytest.mark.xfail(strict=True, reason="any NLM-file row outranks every later EFetch of the "
-                   "same Version/DateRevised (order_key: sequence 0 < file number): after a "
-                   "bootstrap, E-utilities content changes (a PMC id added) are dropped")
 def test_a_later_efetch_updates_what_the_baseline_stored(
     emu: Emulator, settings: Settings
 ) -> None:
@@ -95,8 +92,6 @@ def test_a_later_efetch_updates_what_the_baseline_stored(
     assert _rows(s)[101]["pmcid"] == "PMC7654321"
 
 
-@pytest.mark.xfail(strict=True, reason="an update file's tombstone can never be lifted by "
-                   "E-utilities, even by a newer revision EFetch serves after the deletion")
 def test_a_record_pubmed_serves_again_after_its_deletion_is_live(
     emu: Emulator, settings: Settings
 ) -> None:

@@ -3,10 +3,12 @@
 Regression guards from the hostile review of an attempt (b50197c, reverted) to rank an
 EFetch against a numbered NLM file by fetch time: an EFetch that changes nothing must
 never let an older NLM file overwrite a newer one's record, and a file killed before its
-deletion and resumed after such an EFetch must end as a clean run. The file number ranks
-every NLM file above every EFetch; these hold under it, and any new order must keep them.
+deletion and resumed after such an EFetch must end as a clean run. They hold under the
+order that replaced both (an NLM file by its number and as-of time, the time the store
+first read it; an EFetch after every file first read before it was fetched), with the
+review's first finding (a resumed file read again, with a new fetch time, outranked an
+EFetch made meanwhile) and the upgrade of an older store below.
 """
-
 from __future__ import annotations
 
 import datetime as dt
@@ -119,3 +121,75 @@ def test_a_file_killed_before_its_deletion_ends_as_a_clean_run_after_an_unchange
         return {k: row[k] for k in ("is_deleted", "source_kind", "source_position")}
 
     assert run(201, killed=True) == run(101, killed=False)
+
+
+# -- the total order: a file's as-of time, an EFetch after the files read before it ------
+
+
+def test_a_file_resumed_after_an_efetch_never_undoes_it_and_ends_as_a_clean_run(
+    settings: Settings,
+) -> None:
+    """A resumed update file is read again with a new fetch time; the store ranks it by
+    the time it first read the file, so an EFetch made meanwhile stays newer (the first
+    failure of the reverted fetch-time order)."""
+    store = Store(db.connect(settings))
+
+    def run(pmid: int, *, killed: bool) -> dict[str, Any]:
+        number = 1400 + pmid // 100  # a file of its own per run (a file's time is its own)
+        first, again = _file(number, _at(1)), _file(number, _at(3))
+        items = _parsed([article_xml(pmid, edat=DAY), article_xml(pmid + 1, edat=DAY)], first)
+        items.append(Deletion(pmid, first))
+        store.apply(items[:1] if killed else items, batch_size=1)
+        # PubMed serves the record at 2, its PMC id added (Version, DateRevised as they were)
+        store.apply(_parsed([_with_pmc(pmid, "PMC3333333")], _efetch(_at(2))))
+        if killed:  # the run resumed at 3: the same file, read again
+            resumed = _parsed([article_xml(pmid, edat=DAY), article_xml(pmid + 1, edat=DAY)],
+                              again)  # fmt: skip
+            store.apply([*resumed, Deletion(pmid, again)], batch_size=1)
+        row = _row(settings, pmid)
+        return {k: row[k] for k in ("is_deleted", "pmcid", "source_kind", "source_time")}
+
+    killed, clean = run(201, killed=True), run(101, killed=False)
+    assert killed == clean == {"is_deleted": False, "pmcid": "PMC3333333",
+                               "source_kind": "eutils", "source_time": _at(2).timestamp()}
+
+
+def test_an_efetch_ranks_below_a_file_first_read_after_it(settings: Settings) -> None:
+    store = Store(db.connect(settings))
+    store.apply(_parsed([_with_pmc(101, "PMC1111111")], _efetch(_at(1))))
+    # a file the store first reads later may carry newer state: it wins on equal revision
+    store.apply(_parsed([_with_pmc(101, "PMC2222222")], _file(1400, _at(2))))
+    assert _row(settings, 101)["pmcid"] == "PMC2222222"
+    # and an EFetch after that read ranks after the file
+    store.apply(_parsed([_with_pmc(101, "PMC4444444")], _efetch(_at(3))))
+    row = _row(settings, 101)
+    assert (row["pmcid"], row["source_sequence"]) == ("PMC4444444", nlm_sequence(26, 1400))
+    # the file read again (a replay, a mirror, a re-run) changes nothing
+    counts = store.apply(_parsed([_with_pmc(101, "PMC2222222")], _file(1400, _at(4))))
+    assert (counts.updated, counts.unchanged) == (0, 1)
+    assert _row(settings, 101)["pmcid"] == "PMC4444444"
+
+
+def test_a_store_of_an_earlier_release_gets_its_files_as_of_times(settings: Settings) -> None:
+    """Rows written before ``source_times`` existed: the files' times are taken from them
+    once, so an EFetch after them outranks the baseline as in a new store."""
+    from ingest import store as store_module
+    from litpulse.core.schema import checkpoints, source_times
+
+    engine = db.connect(settings)
+    store = Store(engine)
+    store.apply(_parsed([article_xml(101, edat=DAY)], _file(5, _at(1), "baseline")))
+    with engine.begin() as conn:  # as a store of the release before
+        conn.execute(source_times.delete())
+        scope, key = store_module.SOURCE_TIMES_CHECKPOINT
+        gone = conn.execute(checkpoints.delete().where(
+            checkpoints.c.scope == scope, checkpoints.c.key == key
+        )).rowcount  # fmt: skip
+        assert gone == 1
+    store_module._SOURCE_TIMES_CURRENT.clear()
+    store.apply(_parsed([_with_pmc(101, "PMC5555555")], _efetch(_at(2))))
+    row = _row(settings, 101)
+    assert (row["pmcid"], row["source_sequence"]) == ("PMC5555555", nlm_sequence(26, 5))
+    with engine.connect() as conn:
+        times = conn.execute(select(source_times.c.sequence, source_times.c.as_of)).all()
+    assert times == [(nlm_sequence(26, 5), _at(1).timestamp())]

@@ -193,12 +193,12 @@ def test_source_breaks_ties(engine: Engine) -> None:
 def test_reapplying_is_idempotent(engine: Engine) -> None:
     store = Store(engine)
     batch = [make_record(p, refs=(p + 1,)) for p in range(100, 110)]
-    batch.append(Deletion(105, src()))
+    batch.append(Deletion(105, src(7)))
     first = store.apply(batch)
     assert first == counts(inserted=10, deleted=1)
     before = {p: row(engine, p)["updated_at"] for p in range(100, 110)}
-    # the same file read again later: a new SourceRef with the same location
-    again_src = src(0, 30)
+    # the same NLM file read again later: a new SourceRef, another fetch time and place
+    again_src = src(7, 30, "mirror/pubmed26n0007.xml.gz")
     again = [dataclass_replace_source(it, again_src) for it in batch]
     assert store.apply(again) == counts(unchanged=11)
     assert {p: row(engine, p)["updated_at"] for p in range(100, 110)} == before
@@ -254,15 +254,26 @@ def test_record_from_later_source_lifts_tombstone(engine: Engine) -> None:
     store = Store(engine)
     store.apply([make_record(40, title="v1", source=src(1))])
     store.apply([Deletion(40, src(2))])
-    # the deleted content again, even from a later file: stays deleted
-    assert store.apply([make_record(40, title="v1", source=src(3))]) == counts(unchanged=1)
+    # the deleted content again from the file that held it, or an older one: stays deleted
+    assert store.apply([make_record(40, title="v1", source=src(1, 60))]) == counts(unchanged=1)
+    assert store.apply([make_record(40, title="v1", source=src(0, 90, "x"))]) == counts(
+        unchanged=1
+    )
     # an older version from a later file: stays deleted
     assert store.apply(
         [make_record(40, version=1, revised=dt.date(2024, 1, 1), title="x", source=src(3))]
     ) == counts(unchanged=1)
     assert row(engine, 40)["is_deleted"] is True
+    # the deleted content again from a later file than the deletion: back, as a live
+    # row's source moves to a later file that repeats it (a file killed before the
+    # deletion and resumed after that file ends the same)
+    assert store.apply([make_record(40, title="v1", source=src(3))]) == counts(updated=1)
+    r = row(engine, 40)
+    assert r["is_deleted"] is False and r["title"] == "v1" and r["source_sequence"] == 3
+    store.apply([Deletion(40, src(4))])
+    assert row(engine, 40)["is_deleted"] is True
     # a revised record from a later file than the deletion: back
-    revised = make_record(40, version=2, title="v2", source=src(3))
+    revised = make_record(40, version=2, title="v2", source=src(5))
     assert store.apply([revised]) == counts(updated=1)
     r = row(engine, 40)
     assert r["is_deleted"] is False and r["deleted_at"] is None and r["title"] == "v2"
