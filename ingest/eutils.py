@@ -30,6 +30,13 @@ short (no closing ``</PubmedArticleSet>``) or an error document is retried, unle
 into it), which fails at once; NCBI's own faults are retried whatever they say
 (:func:`classify_eutils_error`).
 
+**Withdrawals.** ESearch and EFetch simply stop returning a PMID PubMed withdrew. A window
+of all PubMed (no query) checks the live records the store holds entered in its days that
+its ESearch no longer lists: EFetch's record is stored as any; one EFetch does not serve
+(asked twice) and ESearch does not list alone is deleted (``details["unlisted"]``; more
+unlisted than a batch and a twentieth of the window are taken for a short search, and
+none is deleted).
+
 **Resuming.** Progress is checkpointed in ``checkpoints`` (scope ``eutils``): the PMID
 list of the window (key ``<window>[|q=<hash>]#search``, status ``searched`` while the
 window is being fetched, ``done`` once a run finished it) and each finished EFetch batch
@@ -96,6 +103,8 @@ PUBMED_RETRIEVABLE = 9999
 #: Upper end of the PMID range used when a single day must be split.
 UID_MAX = 999_999_999
 SCOPE = "eutils"
+#: ESearch's earliest date: a PMID searched alone (``<pmid>[uid]``) over every date.
+_EARLIEST = dt.date(1800, 1, 1)
 
 _XML = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True, load_dtd=False)
 
@@ -635,6 +644,10 @@ def ingest_window(
                 store, client, settings, run, f"{wkey}#batch{n}", batch, generation, limits
             )
         run.details.update(missing_pmids=missing_all[:1000], missing_total=len(missing_all))
+        if query is None:  # a window of all PubMed: what it no longer lists, withdrawn?
+            run.details["unlisted"] = _check_unlisted(
+                store, client, settings, run, wkey, start, end, all_pmids, limits
+            )
         if missing_all:
             logger.warning(
                 "window %s: %d PMIDs listed by ESearch were not returned readable by EFetch "
@@ -701,6 +714,78 @@ def _fetch_batch(
     )  # fmt: skip
     run.counts += IngestCounts(missing=len(missing))
     return missing
+
+
+def _check_unlisted(
+    store: Store,
+    client: HttpClient,
+    settings: Settings,
+    run: OpenRun,
+    wkey: str,
+    start: dt.date,
+    end: dt.date,
+    listed: Sequence[int],
+    limits: ParseLimits,
+) -> dict[str, Any]:
+    """Delete the stored records PubMed withdrew: entered in the window, no longer listed.
+
+    ESearch and EFetch simply stop returning a withdrawn PMID, so a window run again (a
+    rerun, a backfill, the next night's overlap) finds the live records the store holds
+    entered in its days (:meth:`ingest.store.Store.unlisted_entered`) that its ESearch
+    no longer lists. Each is asked of EFetch (twice, :func:`fetch_reconciled`): a record
+    that comes is stored as any; one that does not come, and that ESearch does not list
+    when asked for it alone, is withdrawn: a :class:`Deletion` from this EFetch (ranked
+    as one, :mod:`ingest.rules`: it outranks the files read before it, and a record PubMed
+    serves again later lifts it). Only a search of all PubMed can tell: a window with a
+    query never checks. More unlisted records than ``settings.efetch_batch`` and a
+    twentieth of the window's are not taken for withdrawals (a search that came back
+    short): none is deleted, the run's details and the log say so.
+
+    Returns:
+        ``checked``, ``found`` (EFetch still served them), ``withdrawn`` (the first 1,000),
+        ``withdrawn_total``, ``kept`` (not served, yet listed alone), ``skipped`` (the
+        reason, when none was checked) and ``counts`` (of what the check stored), for the
+        run's details; stored counts are apart from the window's own, as the owed ask's.
+    """
+    unlisted = store.unlisted_entered(listed, start, end)
+    out: dict[str, Any] = {"checked": 0, "found": 0, "withdrawn": [], "withdrawn_total": 0,
+                           "kept": [], "counts": IngestCounts().to_dict()}  # fmt: skip
+    if not unlisted:
+        return out
+    if len(unlisted) > max(settings.efetch_batch, len(listed) // 20):
+        logger.warning(
+            "window %s: %d stored records entered in it are not listed by its ESearch (%d "
+            "listed): too many to be withdrawals, none deleted", wkey, len(unlisted),
+            len(listed),
+        )  # fmt: skip
+        return {**out, "skipped": f"{len(unlisted)} unlisted, {len(listed)} listed"}
+    counts = IngestCounts()
+    withdrawn: list[int] = []
+    size = settings.efetch_batch
+    for batch in (unlisted[i : i + size] for i in range(0, len(unlisted), size)):
+        items, gone = fetch_reconciled(
+            client, batch, location=f"efetch run {run.id} {wkey} unlisted", limits=limits
+        )
+        counts += store.apply(items, run_id=run.id, batch_size=settings.store_batch)
+        out["found"] += len(batch) - len(gone)
+        absent = [p for p in gone if not _listed_alone(client, p)]
+        out["kept"] += [p for p in gone if p not in absent]
+        if absent:
+            ref = SourceRef("eutils", f"withdrawn run {run.id} {wkey}", fetched_at=utcnow())
+            counts += store.apply([Deletion(p, ref) for p in absent], run_id=run.id)
+            withdrawn += absent
+    if withdrawn:
+        logger.warning("window %s: %d records PubMed withdrew are deleted: %s",
+                       wkey, len(withdrawn), withdrawn[:20])  # fmt: skip
+    return {**out, "checked": len(unlisted), "withdrawn": withdrawn[:1000],
+            "withdrawn_total": len(withdrawn), "counts": counts.to_dict()}  # fmt: skip
+
+
+def _listed_alone(client: HttpClient, pmid: int) -> bool:
+    """Whether ESearch lists ``pmid`` searched alone, over every date."""
+    found = esearch(client, term=f"{pmid}[uid]", datetype="edat", mindate=_EARLIEST,
+                    maxdate=utcnow().date() + dt.timedelta(days=1), retmax=1)  # fmt: skip
+    return pmid in found.ids or found.count > 0
 
 
 def _ask_owed(

@@ -8,9 +8,10 @@ returns it — a window's dates alone would never list it again once the overlap
 After ``settings.missing_retries`` later runs asked in vain, and once its first miss is as
 many days old (a backfill asking many windows in an hour gives nothing up early), it is
 *given up*: kept, shown by ``litpulse status`` and ``litpulse missing``, and no longer
-asked for, unless a window lists it again. A PMID the store holds deleted (a DeleteCitation
-is final) is not owed, and one stored by any other path after its last ask (an update
-file) is settled (:func:`drop_stored`).
+asked for, unless a window lists it again. A PMID the store holds deleted is not owed
+(EFetch, not serving it, agrees; a record PubMed serves again lifts the deletion when it
+comes), and one stored by any other path after its last ask (an update file) is settled
+(:func:`drop_stored`).
 
 A window generation (``key``: the window and the generation of its search) notes its misses
 once (checkpoint ``<key>#owed-noted``, in the note's transaction) and asks the owed list it
@@ -202,7 +203,7 @@ def _count_try(
 
 
 def _deleted(conn: Connection, pmids: Sequence[int]) -> set[int]:
-    """Those of ``pmids`` the store holds as deleted (a DeleteCitation is final)."""
+    """Those of ``pmids`` the store holds as deleted (EFetch, not serving them, agrees)."""
     a = articles.c
     out: set[int] = set()
     for part in chunks(pmids):

@@ -784,6 +784,35 @@ class Store(RunLedger, Checkpoints):
                 )
         return out
 
+    def unlisted_entered(
+        self, listed: Iterable[int], start: dt.date, end: dt.date
+    ) -> list[int]:
+        """Live articles entered (``entrez_date``) in ``[start, end]`` that ``listed`` (a
+        window's ESearch) lacks, within the PMID span of the listed ones entered then.
+
+        PubMed numbers records as it creates them, so the PMIDs a window created lie in a
+        narrow span: a key range read, not a scan of every article's date.
+        """
+        a = articles.c
+        entered = a.entrez_date.between(start, end)
+        wanted = sorted({int(p) for p in listed})
+        lo: int | None = None
+        hi: int | None = None
+        with self.engine.connect() as conn:
+            for chunk in chunks(wanted):
+                low, high = conn.execute(
+                    select(func.min(a.pmid), func.max(a.pmid)).where(a.pmid.in_(chunk), entered)
+                ).one()
+                if low is not None:
+                    lo = low if lo is None else min(lo, low)
+                    hi = high if hi is None else max(hi, high)
+            if lo is None or hi is None:
+                return []
+            found = conn.execute(
+                select(a.pmid).where(a.pmid.between(lo, hi), entered, a.is_deleted.is_(False))
+            ).scalars()
+            return sorted(set(found) - set(wanted))
+
     def status(self, *, runs: int = 5) -> dict[str, Any]:
         """Counts of the store and the latest runs."""
         with self.engine.connect() as conn:

@@ -109,8 +109,6 @@ def test_a_record_pubmed_serves_again_after_its_deletion_is_live(
     assert not row["is_deleted"] and row["title"] == "Reinstated finding"
 
 
-@pytest.mark.xfail(strict=True, reason="E-utilities never applies a withdrawal: a record "
-                   "PubMed deleted stays live for ever, even when its own window is run again")
 def test_a_window_run_again_after_pubmed_withdrew_a_record_ends_as_a_clean_run(
     emu: Emulator, settings: Settings
 ) -> None:
