@@ -1118,10 +1118,10 @@ def _listing(
     if by_date:
         order = sorted(pmids, key=lambda p: _date_key(rows[p].get("best_date"), p))
     else:  # ranked by every score at once, as a search ranks its candidates (_rank)
-        ones = np.ones(len(pmids), dtype=np.float64)
-        total = scores(ones * 0.0, ones, list(rows.values()), options, SearchMode.LEXICAL)
+        n = len(pmids)
+        total = scores(np.zeros(n), np.ones(n), list(rows.values()), options, SearchMode.LEXICAL)
         ids = np.asarray(pmids, dtype=np.int64)
-        order = [pmids[i] for i in np.lexsort((ids, -total)).tolist()] if pmids else []
+        order = [pmids[i] for i in np.lexsort((ids, -total)).tolist()]
     start = offset or 0
     end = start + k
     # explained (score_article: the same score) only the page shown, not every listed one
