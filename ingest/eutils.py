@@ -782,9 +782,20 @@ def _check_unlisted(
 
 
 def _listed_alone(client: HttpClient, pmid: int) -> bool:
-    """Whether ESearch lists ``pmid`` searched alone, over every date."""
-    found = esearch(client, term=f"{pmid}[uid]", datetype="edat", mindate=_EARLIEST,
-                    maxdate=utcnow().date() + dt.timedelta(days=1), retmax=1)  # fmt: skip
+    """Whether ESearch lists ``pmid`` searched alone, over every date.
+
+    Asked as a PMID range of one (``pmid:pmid[uid]``, as a window's split asks): an
+    empty range is a Count of 0, where a PMID PubMed does not know, searched as a term,
+    may come back as a phrase not found. An answer that says the query was not understood
+    proves nothing: the PMID is taken as listed (kept, never deleted on it).
+    """
+    try:
+        found = esearch(client, term=f"{pmid}:{pmid}[uid]", datetype="edat",
+                        mindate=_EARLIEST, maxdate=utcnow().date() + dt.timedelta(days=1),
+                        retmax=1)  # fmt: skip
+    except InvalidRequestError as exc:
+        logger.warning("PMID %d searched alone: %s; kept", pmid, exc)
+        return True
     return pmid in found.ids or found.count > 0
 
 

@@ -144,6 +144,9 @@ def ingest_files(
              fetched[path][1])
             for path in files
         ]  # fmt: skip
+        # the NLM files' first reads, as the fetch times are fixed (ingest.rules: a file
+        # killed before its first batch committed keeps the time it was first read)
+        store.record_sources(src for _path, src, _identity in jobs)
         n_workers = settings.ingest_workers if workers is None else workers
         parsed = parse_ordered(
             jobs, workers=n_workers, limits=limits, parse=parse.iter_items,

@@ -34,7 +34,6 @@ __all__ = [
     "SourceRef",
     "nlm_file_order",
     "nlm_sequence",
-    "numbered_source",
 ]
 
 SourceKind = Literal["file", "updatefile", "baseline", "eutils", "generated"]
@@ -64,17 +63,8 @@ class SourceRef:
 
     @property
     def numbered(self) -> bool:
-        """An NLM file (its number fixes its content), not an EFetch or another source."""
-        return numbered_source(self.kind, self.sequence)
-
-
-def numbered_source(kind: str, sequence: int) -> bool:
-    """Whether a source of ``kind`` and ``sequence`` is a numbered NLM file.
-
-    An EFetch's stored sequence is the newest file it ranks after (``ingest.rules``), so
-    only its kind tells it from a file.
-    """
-    return sequence > 0 and kind != "eutils"
+        """A numbered NLM file (its number fixes its content)."""
+        return self.sequence > 0
 
 
 #: An NLM file's number has at most 9 digits (``pubmedYYnNNNN``, 4 in use).

@@ -25,22 +25,25 @@ Ordering rules (a record *wins* over the stored state when):
 *Later item*: every row keeps the source of the item that wrote it and that item's
 position in it (``source_position``, its ordinal in the :meth:`Store.apply` call, which
 carries one source from its start). Between two sources the later one wins
-(:meth:`SourceRef.order_key`: sequence, then time), with the sources *ordered* by the
-store first (:meth:`ingest.store.Store.apply`), so the order is one total order:
+by its *rank* (:class:`SourceRanks`), one total order of every source:
 
-* a numbered NLM file keeps its file number and takes its *as-of* time, when the store
-  first read it (table ``source_times``), however often it is read again;
-* an EFetch keeps its fetch time and takes as its sequence the newest file number first
-  read at or before that time: it comes after every file the store had read when it was
-  fetched, and before every file read later (PubMed served it then; a file read later
-  may be newer). A replayed baseline never undoes an EFetch made after it was read, and
-  an EFetch that repeats a record unchanged never lets an older file win over a newer
-  one (the EFetch ranks after the newer file too);
-* any other source (a local file without an NLM name) keeps sequence 0, its fetch time.
+* a numbered NLM file (``sequence`` > 0) ranks by its number, then its *as-of* time, when
+  the store first read it (table ``source_times``, recorded in a transaction of its own
+  before the file's first batch: a batch rolled back or a kill keeps it), however often
+  and wherever it is read again (the store gives its items that time);
+* any other source (an EFetch, a local file without an NLM name) ranks after every
+  numbered file first read at or before its fetch time and before every file read later
+  (its rank's number is the highest number of those files), then by its fetch time. So a
+  later read of PubMed wins over an earlier one whatever it came through; a replayed
+  baseline never undoes an EFetch made after it was read; an EFetch that repeats a record
+  unchanged never lets an older file win over a newer one (it ranks after the newer one
+  too). Its rank is worked out when decided, from its fetch time: the row keeps
+  sequence 0.
 
-Within one source (same kind, location and file number; for anything but a numbered file
-also the same fetch time) the later position wins, and an item at or before the stored
-position is a *replay* that changes nothing. So a
+Within one source the later position wins, and an item at or before the stored position
+is a *replay* that changes nothing: a numbered file is one source whatever its location
+(its number fixes its content); any other source must have the same kind, location and
+fetch time. So a
 file read again after a run died in the middle of it — at any batch — changes nothing
 up to where that run got, and from there on every item (a deletion late in the file of
 a record stored early in it, a second version further down) decides exactly as in a run
@@ -50,11 +53,12 @@ that never stopped.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ingest.records import Deletion, QuarantineEntry, Record, SourceRef, numbered_source
+from ingest.records import Deletion, QuarantineEntry, Record, SourceRef
 from ingest.rows import (
     PreparedRecord,
     StoreItem,
@@ -66,7 +70,49 @@ from ingest.rows import (
 )
 from ingest.runs import IngestCounts
 
-__all__ = ["BatchPlan", "Counter", "StoredState", "decide_record", "plan_batch", "source_wins"]
+__all__ = [
+    "BatchPlan",
+    "Counter",
+    "SourceRanks",
+    "StoredState",
+    "decide_record",
+    "plan_batch",
+    "source_wins",
+]
+
+
+class SourceRanks:
+    """The rank of a source from its sequence and time (see the module docstring).
+
+    Args:
+        as_of: ``(as-of time, sequence)`` of every numbered file the store has read
+            (``source_times``). Without any, every source ranks by its own
+            ``(sequence, time)``.
+    """
+
+    __slots__ = ("_best", "_times")
+
+    def __init__(self, as_of: Iterable[tuple[float, int]] = ()) -> None:
+        pairs = sorted(as_of)
+        self._times = [t for t, _ in pairs]
+        self._best: list[int] = []
+        best = 0
+        for _, seq in pairs:
+            best = max(best, seq)
+            self._best.append(best)
+
+    def __call__(self, sequence: int, time: float) -> tuple[int, float, int]:
+        """``(sequence, time, 0)`` of a numbered file; of any other source, the highest
+        number of the files first read at or before ``time`` (0 if none), then ``time``,
+        then 1 (after such a file read at the same instant)."""
+        if sequence > 0:
+            return (sequence, time, 0)
+        i = bisect_right(self._times, time)
+        return (self._best[i - 1] if i else 0, time, 1)
+
+
+#: Each source by its own ``(sequence, time)`` (no file read: nothing to rank after).
+PLAIN = SourceRanks()
 
 
 @dataclass(slots=True)
@@ -100,8 +146,8 @@ class StoredState:
             src.location, position, chash, deleted,
         )  # fmt: skip
 
-    def source_key(self) -> tuple[int, float]:
-        return (self.source_sequence, self.source_time)
+    def source_key(self, rank: SourceRanks = PLAIN) -> tuple[int, float, int]:
+        return rank(self.source_sequence, self.source_time)
 
     def same_source(self, src: SourceRef) -> bool:
         """The same file or request as read before.
@@ -114,10 +160,8 @@ class StoredState:
         same source), and a changed file at the same path gets a new one, so its items are
         a newer source instead of a replay.
         """
-        if numbered_source(src.kind, src.sequence):
-            return src.sequence == self.source_sequence and numbered_source(
-                self.source_kind, self.source_sequence
-            )
+        if src.sequence > 0:
+            return src.sequence == self.source_sequence
         return (src.kind, src.location, src.sequence, src.fetched_at.timestamp()) == (
             self.source_kind,
             self.source_location,
@@ -152,18 +196,22 @@ class Counter:
         )
 
 
-def source_wins(src: SourceRef, position: int, cur: StoredState, touched: bool) -> bool:
+def source_wins(
+    src: SourceRef, position: int, cur: StoredState, touched: bool, rank: SourceRanks = PLAIN
+) -> bool:
     """Whether the item at ``position`` of ``src`` comes after the one that wrote ``cur``.
 
     Within one source (:meth:`StoredState.same_source`) the position decides: the same
     file or request read again is a replay up to the stored position and goes on after it.
+    Between two sources their ranks decide (``rank``: :class:`SourceRanks`).
     """
     if cur.same_source(src):
         return position > cur.source_position
+    mine = rank(src.sequence, src.fetched_at.timestamp())
     if touched:
         # written earlier in this call from another source: later items win ties
-        return src.order_key() >= cur.source_key()
-    return src.order_key() > cur.source_key()
+        return mine >= cur.source_key(rank)
+    return mine > cur.source_key(rank)
 
 
 def decide_record(
@@ -173,10 +221,12 @@ def decide_record(
     cur: StoredState | None,
     touched: bool,
     src: SourceRef | None = None,
+    rank: SourceRanks = PLAIN,
 ) -> str:
     """``inserted``, ``updated``, ``touch`` or ``unchanged`` against the stored state.
 
-    ``src`` is the record's source as the store ordered it (default: its own).
+    ``src`` is the record's source with the time the store gives it (default: its own);
+    ``rank`` ranks sources (:class:`SourceRanks`).
     """
     if cur is None:
         return "inserted"
@@ -186,21 +236,22 @@ def decide_record(
         # the same content again: only another, later source is remembered (a repeat
         # inside one source changes nothing, so a resumed file does exactly the same);
         # a later source lifts a tombstone of this very record, as it touches a live row
+        later = source_wins(src, position, cur, touched, rank)
         if cur.is_deleted:
-            return "updated" if source_wins(src, position, cur, touched) else "unchanged"
-        if not touched and not cur.same_source(src) and source_wins(src, position, cur, touched):
+            return "updated" if later else "unchanged"
+        if not touched and not cur.same_source(src) and later:
             return "touch"
         return "unchanged"
     mine = (rec.version, rec.date_revised or dt.date.min)
     theirs = (cur.version, cur.date_revised or dt.date.min)
     if cur.is_deleted:
         # a deletion stands unless a later item brings a record at least as new
-        if mine < theirs or not source_wins(src, position, cur, touched):
+        if mine < theirs or not source_wins(src, position, cur, touched, rank):
             return "unchanged"
         return "updated"
     if mine != theirs:
         return "updated" if mine > theirs else "unchanged"
-    return "updated" if source_wins(src, position, cur, touched) else "unchanged"
+    return "updated" if source_wins(src, position, cur, touched, rank) else "unchanged"
 
 
 @dataclass
@@ -234,15 +285,16 @@ def plan_batch(
     run_id: int | None,
     now: dt.datetime,
     ordered: Mapping[SourceRef, SourceRef] | None = None,
+    rank: SourceRanks = PLAIN,
 ) -> BatchPlan:
     """Decide the items of one batch (the first at position ``first``) in order.
 
     ``states`` and ``touched`` (PMIDs written earlier in this apply call) are updated as
     items win, so a later item of the same PMID decides against the earlier one.
-    ``ordered`` maps an item's source to the source as the store orders it (see the
-    module docstring); a source it lacks is its own.
+    ``ordered`` maps a numbered file's source to the same with the time the store gives
+    it (its as-of time; a source it lacks is its own); ``rank`` ranks sources.
     """
-    planner = _Planner(states, touched, counter, now, ordered or {})
+    planner = _Planner(states, touched, counter, now, ordered or {}, rank)
     plan = planner.plan
     for pos, item in enumerate(batch, first):
         if isinstance(item, PreparedRecord):
@@ -270,6 +322,7 @@ class _Planner:
     counter: Counter
     now: dt.datetime
     ordered: Mapping[SourceRef, SourceRef]
+    rank: SourceRanks
     plan: BatchPlan = field(default_factory=BatchPlan)
 
     def record(self, item: PreparedRecord, pos: int) -> None:
@@ -290,7 +343,7 @@ class _Planner:
             )  # fmt: skip
             touched.add(pmid)
             return
-        verdict = decide_record(item, pos, chash, cur, pmid in touched, src)
+        verdict = decide_record(item, pos, chash, cur, pmid in touched, src, self.rank)
         if verdict == "touch" and cur is not None:
             # same content from a later source: remember the source, no update
             cur.move_to(src, pos)
@@ -331,7 +384,7 @@ class _Planner:
             counter.unchanged += 1
             touched.add(pmid)
             return
-        if cur.is_deleted or not source_wins(src, pos, cur, pmid in touched):
+        if cur.is_deleted or not source_wins(src, pos, cur, pmid in touched, self.rank):
             counter.unchanged += 1
             return
         counter.deleted += 1

@@ -78,7 +78,6 @@ from ingest.records import (
     SourceRef,
     nlm_file_order,
     nlm_sequence,
-    numbered_source,
 )
 from ingest.rows import (
     ARTICLE_COLUMNS,
@@ -89,7 +88,7 @@ from ingest.rows import (
     other_languages,
     with_values,
 )
-from ingest.rules import Counter, StoredState, plan_batch
+from ingest.rules import Counter, SourceRanks, StoredState, plan_batch
 from ingest.runs import (
     STORE_LEASE,
     IngestCounts,
@@ -245,7 +244,10 @@ class Store(RunLedger, Checkpoints):
         fill_term_forms(self.engine)  # their spellings likewise
         counter = Counter()
         touched: set[int] = set()
-        order: dict[SourceRef, SourceRef] = {}  # each source as ordered (ingest.rules)
+        # each source with the time the store gives it (ingest.rules), and the ranks
+        order: dict[SourceRef, SourceRef] = {}
+        ordered: dict[SourceRef, SourceRef] = {}
+        rank: SourceRanks | None = None
         first = 0
         with bulk_load(self.engine), _gc_paused():
             for batch in _batches(items, batch_size):
@@ -253,9 +255,14 @@ class Store(RunLedger, Checkpoints):
                     self.set_checkpoint(*COUNTS_CHECKPOINT, "deferred", {"since": iso(utcnow())})
                     self._marked = True
                 before = counter.freeze()
+                new = _new_sources(batch, order)
+                if new or rank is None:  # a first read is committed before its batch
+                    order.update({s: s for s in new} | self.record_sources(new))
+                    ordered = {s: o for s, o in order.items() if o is not s}
+                    rank = self.source_ranks()
                 with self.engine.begin() as conn:
                     forms = self._apply_batch(
-                        conn, batch, first, run_id, counter, touched, order
+                        conn, batch, first, run_id, counter, touched, ordered, rank
                     )
                     if run_id is not None:  # what a killed run stored stays counted
                         add_run_counts(conn, run_id, counter.freeze() - before)
@@ -343,15 +350,15 @@ class Store(RunLedger, Checkpoints):
         a, f = articles.c, source_files.c
 
         def work(conn: Connection) -> int:
-            first: dict[int, tuple[float, str]] = {}
-            for seq, kind, loc, at in conn.execute(
-                select(a.source_sequence, a.source_kind, func.min(a.source_location),
-                       func.min(a.source_time))
-                .where(a.source_sequence > 0)
-                .group_by(a.source_sequence, a.source_kind)
-            ):  # fmt: skip
-                if numbered_source(kind, seq) and (seq not in first or at < first[seq][0]):
-                    first[seq] = (at, loc)
+            first: dict[int, tuple[float, str]] = {
+                seq: (at, loc)
+                for seq, loc, at in conn.execute(
+                    select(a.source_sequence, func.min(a.source_location),
+                           func.min(a.source_time))
+                    .where(a.source_sequence > 0)
+                    .group_by(a.source_sequence)
+                )
+            }  # fmt: skip
             for seq, name, applied in conn.execute(select(f.sequence, f.name, f.applied_at)):
                 order = nlm_file_order(name)
                 seq = nlm_sequence(*order) if order else seq
@@ -366,48 +373,50 @@ class Store(RunLedger, Checkpoints):
         what = "NLM files given the time the store first read them"
         return self._upgrade_once(SOURCE_TIMES_CHECKPOINT, _SOURCE_TIMES_CURRENT, work, what)
 
-    def _ordered_sources(
-        self, conn: Connection, batch: list[StoreItem], cache: dict[SourceRef, SourceRef]
-    ) -> dict[SourceRef, SourceRef]:
-        """The sources of ``batch`` that the store orders differently from how they were
-        read, each mapped to its ordered form (:mod:`ingest.rules`); ``cache`` keeps those
-        of one apply call.
+    def record_sources(self, sources: Iterable[SourceRef]) -> dict[SourceRef, SourceRef]:
+        """Record the first read of each numbered NLM file of ``sources`` (its as-of time,
+        ``source_times``: :mod:`ingest.rules`) in a transaction of its own, and return
+        each with the time the store gives it (the first read's, however often and
+        wherever it is read again).
 
-        A numbered NLM file is recorded in ``source_times`` when first read (in the
-        batch's transaction) and takes that time whenever it is read again; an EFetch
-        takes as its sequence the newest file first read at or before its fetch time.
+        :meth:`apply` records a file's source before its first batch (a batch rolled back,
+        or a kill, keeps the first read); a reader that keeps a fetch time of its own
+        (``ingest --files``) records its files as it fixes those times.
         """
-        objects: dict[int, SourceRef] = {}
-        for item in batch:  # one source object for many items: dedupe by identity first
-            src = item.source
-            if id(src) not in objects:
-                objects[id(src)] = src
-        out: dict[SourceRef, SourceRef] = {}
+        sources = list(sources)
+        numbered: dict[int, SourceRef] = {}
+        for src in sources:
+            if src.numbered:
+                numbered.setdefault(src.sequence, src)
+        if not numbered:
+            return {}
         t = source_times.c
-        for src in set(objects.values()):
-            ordered = cache.get(src)
-            if ordered is None:
-                ordered = src
-                if src.numbered:
-                    at = src.fetched_at.timestamp()
-                    upsert(conn, source_times,
-                           [{"sequence": src.sequence, "as_of": at, "location": src.location}],
-                           keys=["sequence"], update=[])  # fmt: skip
-                    as_of = conn.execute(
-                        select(t.as_of).where(t.sequence == src.sequence)
-                    ).scalar_one()
-                    if as_of != at:
-                        ordered = replace(src, fetched_at=dt.datetime.fromtimestamp(as_of, dt.UTC))
-                elif src.kind == "eutils" and src.sequence == 0:
-                    after = conn.execute(
-                        select(func.max(t.sequence)).where(t.as_of <= src.fetched_at.timestamp())
-                    ).scalar()
-                    if after:
-                        ordered = replace(src, sequence=int(after))
-                cache[src] = ordered
-            if ordered != src:
-                out[src] = ordered
+        rows = [{"sequence": seq, "as_of": src.fetched_at.timestamp(), "location": src.location}
+                for seq, src in sorted(numbered.items())]  # fmt: skip
+        with self.engine.begin() as conn:
+            as_of: dict[int, float] = {}
+            for part in chunks(rows, 1000):
+                upsert(conn, source_times, part, keys=["sequence"], update=[])
+                seqs = [r["sequence"] for r in part]
+                as_of.update(conn.execute(
+                    select(t.sequence, t.as_of).where(t.sequence.in_(seqs))
+                ).all())  # fmt: skip
+        out: dict[SourceRef, SourceRef] = {}
+        for src in sources:
+            if src.numbered:
+                at = as_of[src.sequence]
+                if at == src.fetched_at.timestamp():
+                    out[src] = src
+                else:
+                    out[src] = replace(src, fetched_at=dt.datetime.fromtimestamp(at, dt.UTC))
         return out
+
+    def source_ranks(self) -> SourceRanks:
+        """The ranks of sources (:class:`ingest.rules.SourceRanks`) from the as-of times of
+        every numbered file this store has read (a few thousand rows for all of PubMed)."""
+        t = source_times.c
+        with self.engine.connect() as conn:
+            return SourceRanks(conn.execute(select(t.as_of, t.sequence)).all())
 
     def upgrade_lang_terms(self) -> int:
         """Give the bilingual articles stored before their other languages were ``lang``
@@ -524,7 +533,8 @@ class Store(RunLedger, Checkpoints):
         run_id: int | None,
         counter: Counter,
         touched: set[int],
-        order: dict[SourceRef, SourceRef],
+        ordered: dict[SourceRef, SourceRef],
+        rank: SourceRanks,
     ) -> set[tuple[str, str]]:
         """Decide (:func:`ingest.rules.plan_batch`) and write one batch at ``first``;
         returns the term spellings it added to ``term_forms``."""
@@ -533,10 +543,10 @@ class Store(RunLedger, Checkpoints):
         states = self._read_states(conn, pmids)
         stored = set(states)
         was_live = {p for p, st in states.items() if not st.is_deleted}
-        ordered = self._ordered_sources(conn, batch, order)
         plan = plan_batch(
-            batch, first, states, touched, counter, run_id=run_id, now=now, ordered=ordered
-        )
+            batch, first, states, touched, counter, run_id=run_id, now=now, ordered=ordered,
+            rank=rank,
+        )  # fmt: skip
         if plan.touches:
             if self.bulk:
                 bulk_update(conn, articles, "pmid", _TOUCH_COLUMNS,
@@ -1029,6 +1039,17 @@ def _count_met_again(
     if taken and run_id is not None:
         for part in chunks(taken):
             conn.execute(update(quarantine).where(q.digest.in_(part)).values(run_id=run_id))
+
+
+def _new_sources(batch: list[StoreItem], known: dict[SourceRef, SourceRef]) -> list[SourceRef]:
+    """The sources of ``batch`` not in ``known`` (one source object serves many items:
+    told apart by identity first)."""
+    objects: dict[int, SourceRef] = {}
+    for item in batch:
+        src = item.source
+        if id(src) not in objects:
+            objects[id(src)] = src
+    return [s for s in set(objects.values()) if s not in known]
 
 
 def _batches(items: Iterable[StoreItem], size: int) -> Iterator[list[StoreItem]]:

@@ -163,7 +163,7 @@ def test_an_efetch_ranks_below_a_file_first_read_after_it(settings: Settings) ->
     # and an EFetch after that read ranks after the file
     store.apply(_parsed([_with_pmc(101, "PMC4444444")], _efetch(_at(3))))
     row = _row(settings, 101)
-    assert (row["pmcid"], row["source_sequence"]) == ("PMC4444444", nlm_sequence(26, 1400))
+    assert (row["pmcid"], row["source_kind"]) == ("PMC4444444", "eutils")
     # the file read again (a replay, a mirror, a re-run) changes nothing
     counts = store.apply(_parsed([_with_pmc(101, "PMC2222222")], _file(1400, _at(4))))
     assert (counts.updated, counts.unchanged) == (0, 1)
@@ -189,7 +189,21 @@ def test_a_store_of_an_earlier_release_gets_its_files_as_of_times(settings: Sett
     store_module._SOURCE_TIMES_CURRENT.clear()
     store.apply(_parsed([_with_pmc(101, "PMC5555555")], _efetch(_at(2))))
     row = _row(settings, 101)
-    assert (row["pmcid"], row["source_sequence"]) == ("PMC5555555", nlm_sequence(26, 5))
+    assert (row["pmcid"], row["source_kind"]) == ("PMC5555555", "eutils")
     with engine.connect() as conn:
         times = conn.execute(select(source_times.c.sequence, source_times.c.as_of)).all()
     assert times == [(nlm_sequence(26, 5), _at(1).timestamp())]
+
+
+def test_ranks_are_one_order_and_a_read_at_the_same_instant_as_a_file_comes_after_it() -> None:
+    from ingest.rules import SourceRanks
+
+    f1, f2 = nlm_sequence(26, 1400), nlm_sequence(26, 1401)
+    rank = SourceRanks([(_at(2).timestamp(), f2), (_at(1).timestamp(), f1)])
+    files = [rank(f1, _at(1).timestamp()), rank(f2, _at(2).timestamp())]
+    others = [rank(0, _at(day).timestamp()) for day in (1, 2, 3)] + [rank(0, 0.0)]
+    assert rank(0, 0.0) < files[0] < others[0] < files[1] < others[1] < others[2]
+    # a file read late (a gap filled) with a lower number than one read before: still
+    # below it, and an EFetch after both reads ranks after both
+    late = rank(nlm_sequence(26, 1399), _at(4).timestamp())
+    assert late < files[0] and rank(0, _at(5).timestamp()) > files[1] > late

@@ -1,8 +1,11 @@
 """A hostile review of one total order of sources (297295d) and the withdrawal check
 (e4c43e8).
 
-Strict xfails are defects: each asserts what a user must get and fails on the reviewed
-code for the reason it gives. The plain tests are attacks that held.
+The first two tests were strict xfails, defects of the reviewed code, and pass since the
+fix: a file's first read is recorded in a transaction of its own before its first batch
+(and by ``ingest --files`` as it fixes its fetch times), and every source without a
+number ranks as an EFetch does (after the files first read before it). The other tests
+are attacks that held.
 """
 
 from __future__ import annotations
@@ -76,13 +79,6 @@ def _state(settings: Settings, pmid: int) -> dict[str, Any]:
 # ------------------------------------------------------------- findings (strict xfails)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a file's as-of time is recorded only when its first batch commits, yet it is "
-    "the reader's fetch time: a file whose first read died before that commit ranks "
-    "above an EFetch made in between once resumed (its stored as-of time says the "
-    "opposite), so the killed-and-resumed run loses the EFetch's PMC id",
-)
 def test_files_killed_before_a_files_first_commit_end_as_a_clean_run(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -125,13 +121,6 @@ def test_files_killed_before_a_files_first_commit_end_as_a_clean_run(
     assert run(201, 1403, killed=True) == clean
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a local file without an NLM name keeps sequence 0 while an EFetch takes the "
-    "newest file's number: once the store has read any NLM file, a local file read "
-    "after an EFetch ranks below it (without one, the later read wins), so the order "
-    "of two sources depends on an unrelated third",
-)
 def test_a_local_export_read_after_an_efetch_wins_whether_or_not_an_nlm_file_was_read(
     settings: Settings,
 ) -> None:
@@ -229,7 +218,7 @@ def test_an_esearch_outage_in_the_withdrawal_check_deletes_nothing_and_a_rerun_d
     emu.faults.add("backend", path="esearch", times=50, after=own)
     with pytest.raises(Exception, match="Search Backend failed"):
         ingest_window(s, SINCE, UNTIL)
-    assert emu.requests("esearch")[-1].params["term"] == "102[uid]"  # the check's ask
+    assert emu.requests("esearch")[-1].params["term"] == "102:102[uid]"  # the check's ask
     assert _live(s) == {101, 102, 103}  # PubMed could not say: nothing deleted
     emu.faults.clear()
     ingest_window(s, SINCE, UNTIL)

@@ -50,9 +50,12 @@ def whole_record(record: dict[str, Any], authors: Any, mesh: Any) -> dict[str, A
 
 
 def src(seq: int = 0, minutes: int = 0, location: str | None = None) -> SourceRef:
-    """A source: update file ``seq`` read ``minutes`` after T0."""
+    """A source: update file ``seq`` read ``minutes`` after T0; without a number, a local
+    file read ``minutes`` after the day before T0 (before every numbered file of these
+    tests, so it ranks below them: ``ingest.rules``)."""
     loc = location if location is not None else f"pubmed26n{seq:04d}.xml.gz"
-    return SourceRef("file", loc, sequence=seq, fetched_at=T0 + dt.timedelta(minutes=minutes))
+    start = T0 if seq > 0 else T0 - dt.timedelta(days=1)
+    return SourceRef("file", loc, sequence=seq, fetched_at=start + dt.timedelta(minutes=minutes))
 
 
 def make_record(
