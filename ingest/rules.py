@@ -19,7 +19,8 @@ Ordering rules (a record *wins* over the stored state when):
   lifts it; an EFetch made after the deleting file was first read does (PubMed serves the
   record again).
 * a :class:`~ingest.records.Deletion` tombstones a live row when it is a later item
-  than the one that wrote that row. Deleting an unknown PMID still writes a tombstone
+  than the one that wrote that row; met by a tombstone, a later deletion moves its source
+  (as a touch moves a live row's). Deleting an unknown PMID still writes a tombstone
   row (counted as ``unchanged``), so an older record arriving afterwards stays deleted.
 
 *Later item*: every row keeps the source of the item that wrote it and that item's
@@ -346,15 +347,7 @@ class _Planner:
         verdict = decide_record(item, pos, chash, cur, pmid in touched, src, self.rank)
         if verdict == "touch" and cur is not None:
             # same content from a later source: remember the source, no update
-            cur.move_to(src, pos)
-            plan.touches[pmid] = {
-                "b_pmid": pmid,
-                "b_seq": cur.source_sequence,
-                "b_time": cur.source_time,
-                "b_kind": cur.source_kind,
-                "b_loc": cur.source_location,
-                "b_pos": pos,
-            }
+            self._touch(pmid, cur, src, pos)
             counter.unchanged += 1
             return
         if verdict == "unchanged":
@@ -370,6 +363,18 @@ class _Planner:
         states[pmid] = StoredState.written(src, pos, item.version, item.date_revised, chash)
         touched.add(pmid)
 
+    def _touch(self, pmid: int, cur: StoredState, src: SourceRef, pos: int) -> None:
+        """Move the stored source of ``pmid`` to the item at ``pos`` of ``src`` (no update)."""
+        cur.move_to(src, pos)
+        self.plan.touches[pmid] = {
+            "b_pmid": pmid,
+            "b_seq": cur.source_sequence,
+            "b_time": cur.source_time,
+            "b_kind": cur.source_kind,
+            "b_loc": cur.source_location,
+            "b_pos": pos,
+        }
+
     def deletion(self, item: Deletion, pos: int) -> None:
         plan, states, touched, counter, now = (
             self.plan, self.states, self.touched, self.counter, self.now
@@ -384,7 +389,19 @@ class _Planner:
             counter.unchanged += 1
             touched.add(pmid)
             return
-        if cur.is_deleted or not source_wins(src, pos, cur, pmid in touched, self.rank):
+        if cur.is_deleted:
+            # deleted again by a later source: the tombstone ranks from it, as a live row's
+            # source moves to a later source that repeats it (a source ranked between the
+            # two deletions never lifts it)
+            if (
+                pmid not in touched
+                and not cur.same_source(src)
+                and source_wins(src, pos, cur, False, self.rank)
+            ):
+                self._touch(pmid, cur, src, pos)
+            counter.unchanged += 1
+            return
+        if not source_wins(src, pos, cur, pmid in touched, self.rank):
             counter.unchanged += 1
             return
         counter.deleted += 1

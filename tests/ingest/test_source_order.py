@@ -207,3 +207,22 @@ def test_ranks_are_one_order_and_a_read_at_the_same_instant_as_a_file_comes_afte
     # below it, and an EFetch after both reads ranks after both
     late = rank(nlm_sequence(26, 1399), _at(4).timestamp())
     assert late < files[0] and rank(0, _at(5).timestamp()) > files[1] > late
+
+
+def test_a_later_deletion_of_a_deleted_record_moves_its_rank_as_a_touch_does(
+    settings: Settings,
+) -> None:
+    """A tombstone met by a later deletion ranks from that deletion (as a live row's source
+    moves to a later source repeating it), so a source ranked between the two deletions,
+    applied after both, does not bring the record back: the later deletion says it is gone
+    (the review's fuzzing found a killed run and a clean one ending apart on this)."""
+    store = Store(db.connect(settings))
+    store.apply(_parsed([article_xml(101, edat=DAY)], _file(1400, _at(1))))
+    store.apply([Deletion(101, _file(1402, _at(2)))])
+    counts = store.apply([Deletion(101, _efetch(_at(4)))])  # withdrawn, seen again later
+    assert (counts.deleted, counts.unchanged) == (0, 1)
+    row = _row(settings, 101)
+    assert (row["is_deleted"], row["source_kind"]) == (True, "eutils")
+    # an EFetch made between the two deletions, applied only now: older than the second
+    store.apply(_parsed([article_xml(101, edat=DAY)], _efetch(_at(3))))
+    assert _row(settings, 101)["is_deleted"]
