@@ -44,6 +44,20 @@ def _weights(driver: Any) -> dict[str, str]:
     return {row[0]: row[2] for row in rows}
 
 
+def _wait_weight(driver: Any, component: str, text: str) -> None:
+    """Wait until the first result's explanation shows ``text`` as ``component``'s weight.
+
+    After Back (or a new search) the page shows the results it had until the new answer
+    renders; read meanwhile, a result the render replaces is stale (or none is listed yet).
+    """
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    WebDriverWait(driver, 20, ignored_exceptions=(StaleElementReferenceException, IndexError,
+                                                  KeyError)).until(
+        lambda d: _weights(d)[component] == text
+    )  # fmt: skip
+
+
 def test_back_button_after_next_returns_to_the_previous_page(
     browser: Any,  # noqa: F811 - fixture
     server: str,  # noqa: F811 - fixture
@@ -220,12 +234,12 @@ def test_page_searches_with_the_servers_own_weights(
         browser.find_element(By.ID, "go").click()
         _wait_results(browser, "result")
         assert "w_recency=0.5" in browser.current_url and "w_sim" not in browser.current_url
-        assert _weights(browser)["recency"] == "0.50"
+        _wait_weight(browser, "recency", "0.50")
         # Back: the server's defaults again, nothing sent
         browser.back()
         WebDriverWait(browser, 20).until(lambda d: "w_recency" not in d.current_url)
         _wait_results(browser, "result")
-        assert _weights(browser)["recency"] == "0.12"
+        _wait_weight(browser, "recency", "0.12")
         assert (
             browser.find_element(By.ID, "w_recency_out").get_attribute("textContent")
             == "0.12 (server default)"
