@@ -23,48 +23,19 @@ from ingest.parse import parse_bytes
 from ingest.records import Deletion, SourceRef, nlm_sequence
 from ingest.store import Store
 from litpulse.core import db
-from litpulse.core.schema import articles, source_times
+from litpulse.core.schema import source_times
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import utcnow
 from tests.emulator import Emulator, article_xml, gz, pubmed_set
 from tests.ingest.test_eutils_hostile import _settings
+from tests.ingest.test_source_order import _at, _efetch, _file, _row, _with_pmc
+from tests.ingest.test_withdrawals import _live
 
 DAY = dt.date(2024, 3, 5)
 SINCE, UNTIL = dt.datetime(2024, 3, 5), dt.datetime(2024, 3, 6)
 
 
 # ------------------------------------------------------------------------------ helpers
-
-
-def _row(settings: Settings, pmid: int) -> dict[str, Any]:
-    with db.connect(settings).connect() as conn:
-        row = conn.execute(select(articles).where(articles.c.pmid == pmid)).one()
-    return dict(row._mapping)
-
-
-def _live(settings: Settings) -> set[int]:
-    with db.connect(settings).connect() as conn:
-        q = select(articles.c.pmid).where(articles.c.is_deleted.is_(False))
-        return set(conn.execute(q).scalars())
-
-
-def _with_pmc(pmid: int, pmc: str, **kw: Any) -> bytes:
-    xml = article_xml(pmid, edat=DAY, **kw)
-    own = f'<ArticleId IdType="pubmed">{pmid}</ArticleId>'.encode()
-    return xml.replace(own, own + f'<ArticleId IdType="pmc">{pmc}</ArticleId>'.encode())
-
-
-def _at(day: int, hour: int = 0) -> dt.datetime:
-    return dt.datetime(2024, 3, day, hour, tzinfo=dt.UTC)
-
-
-def _file(number: int, fetched: dt.datetime, kind: str = "updatefile") -> SourceRef:
-    return SourceRef(kind, f"pubmed26n{number:04d}.xml.gz",  # type: ignore[arg-type]
-                     sequence=nlm_sequence(26, number), fetched_at=fetched)  # fmt: skip
-
-
-def _efetch(fetched: dt.datetime) -> SourceRef:
-    return SourceRef("eutils", f"efetch {fetched.isoformat()}", fetched_at=fetched)
 
 
 def _parsed(elements: list[bytes], ref: SourceRef, deletions: tuple[int, ...] = ()) -> list[Any]:
