@@ -465,13 +465,17 @@ class Store(RunLedger, Checkpoints):
         a = articles.c
         marks = [catch_up_mark(self.engine, key) for key in
                  (PERIOD_END_CHECKPOINT, TERM_FORMS_CHECKPOINT)]  # fmt: skip
-        since = min((s for ran, s in marks if ran and s is not None), default=None)
+        starts = [s for ran, s in marks if ran]  # None: every row (an empty store's pass)
+        known = [s for s in starts if s is not None]
+        since = min(known) if known and len(known) == len(starts) else None
         with self.engine.connect() as conn:
             query = select(func.count()).select_from(articles)
             if since is not None:
                 query = query.where(a.updated_at > since)
             others = conn.execute(query).scalar_one() > written
-        if others or since is None or not all(ran for ran, _ in marks):
+        # marks that ran with no ``through`` (the store was empty) count every row: a
+        # first ingest's end counts its rows instead of reading them all again
+        if others or not all(ran for ran, _ in marks):
             self.catch_up_period_ends()
             fill_term_forms(self.engine)
         with self.engine.begin() as conn:

@@ -881,6 +881,39 @@ def test_rows_stored_before_period_ends_gain_them_on_the_next_write(settings: Se
     assert Store(engine).catch_up_period_ends() == 0  # caught up
 
 
+def test_a_first_write_to_an_empty_store_does_not_read_its_rows_again(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first ingest into a new store (a bootstrap's first file, every benchmark) stores
+    its rows' spellings and period ends itself; at its end only the rows are counted, not
+    read again, and the marks still end exactly at its newest row."""
+    import ingest.store as store_module
+    from ingest.runs import store_writer
+
+    passes: list[str] = []
+    fill = store_module.fill_term_forms
+    periods = Store.catch_up_period_ends
+
+    def counted_fill(e: Engine) -> int:
+        passes.append("term_forms")
+        return fill(e)
+
+    def counted_periods(self: Store) -> int:
+        passes.append("period_ends")
+        return periods(self)
+
+    monkeypatch.setattr(store_module, "fill_term_forms", counted_fill)
+    monkeypatch.setattr(Store, "catch_up_period_ends", counted_periods)
+    with store_writer(engine):
+        Store(engine).apply([make_record(p, mesh=(MeshHeading("Humans", "D006801"),))
+                             for p in range(1, 6)], batch_size=2)  # fmt: skip
+    assert passes == ["period_ends", "term_forms"]  # the opening check only
+    with engine.connect() as conn:
+        newest = conn.execute(select(func.max(articles.c.updated_at))).scalar()
+    assert db.catch_up_mark(engine, db.TERM_FORMS_CHECKPOINT) == (True, newest)
+    assert db.catch_up_mark(engine, store_module.PERIOD_END_CHECKPOINT) == (True, newest)
+
+
 def test_a_writer_marks_the_catch_ups_exactly_where_its_rows_end(engine: Engine) -> None:
     """A writer under the store-writer lease records its rows' spellings and period ends
     itself, so it moves the catch-up marks exactly to its newest row: the next catch-up

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -159,16 +160,14 @@ def test_an_article_revised_twice_between_digests_is_matched_once(
 # ------------------------------ 4. an old-release writer beside the exact catch-up mark
 
 
-def test_a_row_the_previous_release_writes_during_an_apply_is_caught_up_later(
-    settings: Settings,
-) -> None:
-    s = settings
-    engine = db.connect(s)
-    Store(engine).apply([_rec(1, date="2018")])  # the store, caught up
+def _old_release_writer_after_first_batch(
+    engine: Any,
+) -> tuple[list[int], Callable[[Any], None]]:
+    """An ``on_batch`` hook that, after this release's first batch, has the previous
+    release's nightly store PMID 3 (another process: no lease, no period end, no
+    spelling; its rows as that release leaves them); and the list it marks once it has."""
 
     def old_release_writer() -> None:
-        # the previous release's nightly, another process: no lease, no period end, no
-        # spelling (its rows as that release leaves them)
         Store(engine).apply([_rec(3, date="2019 Nov-Dec", mesh=("Sjögren's Syndrome",))])
         with engine.begin() as conn:
             conn.execute(update(articles).where(articles.c.pmid == 3)
@@ -184,6 +183,17 @@ def test_a_row_the_previous_release_writes_during_an_apply_is_caught_up_later(
             t.start()
             t.join()
 
+    return ran, on_batch
+
+
+def test_a_row_the_previous_release_writes_during_an_apply_is_caught_up_later(
+    settings: Settings,
+) -> None:
+    s = settings
+    engine = db.connect(s)
+    Store(engine).apply([_rec(1, date="2018")])  # the store, caught up
+
+    ran, on_batch = _old_release_writer_after_first_batch(engine)
     with store_writer(engine):  # this release's nightly, under the lease
         Store(engine).apply([_rec(10, date="2018"), _rec(11, date="2018")],
                             batch_size=1, on_batch=on_batch)  # fmt: skip
@@ -196,6 +206,25 @@ def test_a_row_the_previous_release_writes_during_an_apply_is_caught_up_later(
             Store(engine).apply([_rec(pmid, date="2018")])
     assert 3 in _filtered(db.connect(s), **DECEMBER_2019), "2019 Nov-Dec row: no period end"
     assert _filtered(db.connect(s), mesh=("Sjogren's Syndrome",)) == [3], "no folded spelling"
+
+
+def test_a_row_the_previous_release_writes_during_the_first_apply_to_an_empty_store_is_caught_up(
+    settings: Settings,
+) -> None:
+    """The same, on a store that was empty when this release's writer began: the catch-up
+    marks then say "every row" (no ``through``), and the rows since them are counted
+    against the writer's own to find the other writer's row."""
+    s = settings
+    engine = db.connect(s)
+
+    ran, on_batch = _old_release_writer_after_first_batch(engine)
+    with store_writer(engine):
+        Store(engine).apply([_rec(10, date="2018"), _rec(11, date="2018")],
+                            batch_size=1, on_batch=on_batch)  # fmt: skip
+    assert ran
+    engine = db.connect(s)
+    assert 3 in _filtered(engine, **DECEMBER_2019), "2019 Nov-Dec row: no period end"
+    assert _filtered(engine, mesh=("Sjogren's Syndrome",)) == [3], "no folded spelling"
 
 
 def test_a_writer_killed_before_its_mark_leaves_nothing_uncaught(settings: Settings) -> None:
