@@ -87,7 +87,7 @@ import math
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,16 +128,19 @@ __all__ = [
     "phrase_forms",
     "phrase_terms",
     "query_authors",
+    "exclusion_forms",
     "query_exclusions",
     "query_phrases",
     "query_problems",
     "query_terms",
     "quoted",
     "read_ids",
+    "s_stem",
     "split_exclusions",
     "STATS_FILE",
     "text_changed_ids",
     "text_watermark",
+    "word_terms",
 ]
 
 logger = logging.getLogger(__name__)
@@ -151,18 +154,21 @@ LEXICAL_DIR = "lexical"
 #: folded, apostrophe-like marks and invisible format characters inside a word dropped;
 #: 6: the phrase field, :data:`PHRASE_FIELD`, for quoted phrases and NOT; the letter A
 #: after a word a term in capitals, ``hepatitis A``; 7: the author field,
-#: :data:`AUTHOR_FIELD`.)
-FORMAT = 7
+#: :data:`AUTHOR_FIELD`; 8: the word field, :data:`WORD_FIELD`, for NOT.)
+FORMAT = 8
 #: Formats an opened index is searched in: 3 and 4 differ from 5 only by the terms they
 #: lack or spell otherwise (``NO``; ``tromsø``), 5 from 6 by its missing positions
 #: (a query with a quoted phrase is refused on it: :meth:`LexicalIndex.phrases`) and 6
-#: from 7 by its missing authors (a query naming an author is refused on it), so search
-#: goes on until a refresh rebuilds.
-READABLE_FORMATS = frozenset({3, 4, 5, 6, FORMAT})
+#: from 7 by its missing authors (a query naming an author is refused on it), 7 from 8 by
+#: its missing words (NOT matches stemmed words on it, as it did), so search goes on until
+#: a refresh rebuilds.
+READABLE_FORMATS = frozenset({3, 4, 5, 6, 7, FORMAT})
 #: The first format with the phrase field.
 PHRASE_FORMAT = 6
 #: The first format with the author field.
 AUTHOR_FORMAT = 7
+#: The first format with the word field.
+WORD_FORMAT = 8
 #: The field author clauses (``Smith J[au]``, :mod:`ranking.authors`) are looked up in:
 #: each of an article's author keys (:func:`ranking.authors.author_keys`) as one raw
 #: term. Only filters: it scores nothing.
@@ -173,6 +179,11 @@ AUTHOR_FIELD = "author"
 #: (``non-small-cell``, ``non small cell``) and a phrase never spans two values. Only
 #: filters: it scores nothing.
 PHRASE_FIELD = "phrase"
+#: The field NOT is looked up in: the values of :data:`PHRASE_FIELD`, their words as
+#: written but for a plural -s (:func:`s_stem`), not stemmed: ``NOT medication`` excludes
+#: *medication* and *medications*, not *medical* (both ``medic`` to the stemmer). Only
+#: filters: it scores nothing.
+WORD_FIELD = "word"
 #: BM25 multiplier of each text field (a term's weight is the sum over the fields).
 FIELD_BOOSTS: dict[str, float] = {"title": 2.0, "abstract": 1.0, "mesh": 1.0, "keywords": 1.0}
 #: The text fields, in the order of the frequencies of a ``tf`` record.
@@ -364,25 +375,47 @@ def _joined(segments: list[str]) -> str:
     return "".join(segments).lower() if len(segments) > 1 else segments[0]
 
 
-_ANALYZER: Any = None
+_ANALYZERS: dict[bool, Any] = {}
 _ANALYZER_LOCK = threading.Lock()
 
 
-def _analyzer() -> Any:
-    """tantivy's analyzer of the pre-tokenised text: stop words, then the stemmer."""
-    global _ANALYZER
+def _analyzer(*, stem: bool = True) -> Any:
+    """tantivy's analyzer of the pre-tokenised text: stop words, then the stemmer (without
+    it: the words of :data:`WORD_FIELD`)."""
     with _ANALYZER_LOCK:
-        if _ANALYZER is None:
+        if stem not in _ANALYZERS:
             import tantivy
 
-            _ANALYZER = (
+            builder = (
                 tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.whitespace())
                 .filter(tantivy.Filter.remove_long(40))
                 .filter(tantivy.Filter.stopword("english"))
-                .filter(tantivy.Filter.stemmer("english"))
-                .build()
             )
-        return _ANALYZER
+            if stem:
+                builder = builder.filter(tantivy.Filter.stemmer("english"))
+            _ANALYZERS[stem] = builder.build()
+        return _ANALYZERS[stem]
+
+
+def s_stem(word: str) -> str:
+    """A word as :data:`WORD_FIELD` holds it: Harman's S-stemmer (1991), the plural alone —
+    ``-ies`` → ``-y`` (not ``-eies``, ``-aies``), ``-es`` → ``-e`` (not ``-aes``, ``-ees``,
+    ``-oes``), ``-s`` dropped (not ``-us``, ``-ss``) — on a word in lower case of four
+    letters or more (``gas``, ``NO`` and an abbreviation in capitals stay as they are).
+
+    Example:
+        >>> [s_stem(w) for w in ("medications", "studies", "diseases", "virus", "ORs")]
+        ['medication', 'study', 'disease', 'virus', 'ORs']
+    """
+    if len(word) < 4 or not word.islower():
+        return word
+    if word.endswith("ies"):
+        return word if word.endswith(("eies", "aies")) else word[:-3] + "y"
+    if word.endswith("es"):
+        return word if word.endswith(("aes", "ees", "oes")) else word[:-1]
+    if word.endswith("s"):
+        return word if word.endswith(("us", "ss")) else word[:-1]
+    return word
 
 
 def query_terms(query: str) -> dict[str, float]:
@@ -457,6 +490,15 @@ def phrase_terms(text: str, *, shouted: bool = False) -> tuple[str, ...]:
     *type-2 diabetes*). ``shouted``: the phrase's query is wholly in capitals
     (:func:`_shouted`), so its capitals say nothing of abbreviations either."""
     return tuple(_analyzer().analyze(" ".join(_parts(text.lower() if shouted else text))))
+
+
+def word_terms(text: str, *, shouted: bool = False) -> tuple[str, ...]:
+    """The terms an excluded ``text`` must hold one after the other in the word field
+    (:data:`WORD_FIELD`): the segments of its words, stop words out, as written but for a
+    plural -s (:func:`s_stem`) — so ``NOT medication`` excludes *medications*, not
+    *medical*; a compound in any spelling, as :func:`phrase_terms`."""
+    parts = _parts(text.lower() if shouted else text)
+    return tuple(_analyzer(stem=False).analyze(" ".join(map(s_stem, parts))))
 
 
 def query_phrases(query: str) -> tuple[tuple[str, ...], ...]:
@@ -690,25 +732,29 @@ _LOWER_A = re.compile(r"(?<=[^\W_][ \t-])a(?![^\W\d_])")
 Forms = tuple[tuple[str, ...], ...]
 
 
-def _forms(text: str, shouted: bool) -> Forms:
+def _forms(
+    text: str, shouted: bool, terms: Callable[..., tuple[str, ...]] | None = None
+) -> Forms:
     """The term sequences a quoted (or excluded) ``text`` matches, any of them: its
-    :func:`phrase_terms`; typed with a lower-case ``a`` after a word, the same with the
-    letter ``A`` there too (``"hepatitis a vaccine"`` finds *Hepatitis A vaccine*, which
-    keeps ``A``, as well as texts without it); and with an abbreviation in capitals that
-    spells a stop word (``NO``) left out, when two terms are left (a text wholly in
-    capitals is indexed in lower case, without it)."""
-    main = phrase_terms(text, shouted=shouted)
+    :func:`phrase_terms` (``terms``: another such function, :func:`word_terms`); typed
+    with a lower-case ``a`` after a word, the same with the letter ``A`` there too
+    (``"hepatitis a vaccine"`` finds *Hepatitis A vaccine*, which keeps ``A``, as well as
+    texts without it); and with an abbreviation in capitals that spells a stop word
+    (``NO``) left out, when two terms are left (a text wholly in capitals is indexed in
+    lower case, without it)."""
+    terms = terms or phrase_terms
+    main = terms(text, shouted=shouted)
     if not main:
         return ()
     forms: dict[tuple[str, ...], None] = {main: None}
     if not shouted and "a" in text:
-        capital = phrase_terms(_LOWER_A.sub("A", text))  # _lower keeps the A after a term
+        capital = terms(_LOWER_A.sub("A", text))  # _lower keeps the A after a term
         if capital:
             forms.setdefault(capital)
     # a whole word only (NO synthase), never a segment of one (the OR of the gene OR2A4)
     kept = [w for w in text.split() if not (len(core := w.strip(_PUNCT)) > 1 and core.isupper()
                                             and core.isalpha() and _is_stop_word(core.lower()))]
-    loose = phrase_terms(" ".join(kept), shouted=shouted) if len(kept) < len(text.split()) else main
+    loose = terms(" ".join(kept), shouted=shouted) if len(kept) < len(text.split()) else main
     if loose != main and len(loose) >= 2:
         forms.setdefault(loose)
     return tuple(forms)
@@ -906,6 +952,18 @@ def phrase_forms(query: str) -> tuple[tuple[Forms, ...], tuple[Forms, ...]]:
     return tuple(required), tuple(left_out)
 
 
+@functools.lru_cache(maxsize=256)
+def exclusion_forms(query: str, *, exact: bool = True) -> tuple[Forms, ...]:
+    """The forms (:func:`_forms`) of each word or phrase ``query`` excludes, in query
+    order, repeated ones and those with no term left out: as :data:`WORD_FIELD` holds
+    words (:func:`word_terms`), or, ``exact=False``, as :data:`PHRASE_FIELD` does,
+    stemmed (an index built before the word field)."""
+    shouted = _shouted(query)
+    terms = word_terms if exact else phrase_terms
+    texts = split_exclusions(query)[1]
+    return tuple({f: None for f in (_forms(t, shouted, terms) for t in texts) if f})
+
+
 def constrains(query: str) -> bool:
     """Whether ``query`` quotes a phrase, excludes a word or names an author: only the
     lexical index can tell which articles meet it (in every mode)."""
@@ -1015,6 +1073,7 @@ def _schema() -> Any:
     for name in TEXT_FIELDS:
         sb.add_text_field(name, tokenizer_name=_TOKENIZER, index_option="freq")
     sb.add_text_field(PHRASE_FIELD, tokenizer_name=_TOKENIZER, index_option="position")
+    sb.add_text_field(WORD_FIELD, tokenizer_name=_TOKENIZER, index_option="position")
     sb.add_text_field(AUTHOR_FIELD, tokenizer_name="raw", index_option="basic")
     for name in TEXT_FIELDS:
         sb.add_integer_field(f"n_{name}", fast=True)
@@ -1035,13 +1094,15 @@ def _values(doc: _Doc) -> dict[str, Sequence[str]]:
             "keywords": doc.keywords}
 
 
-def analysed(doc: _Doc) -> tuple[dict[str, list[str]], list[str]]:
+def analysed(doc: _Doc) -> tuple[dict[str, list[str]], list[str], list[str]]:
     """The index terms of each text field of ``doc``, in order (stop words out, stemmed),
     and the values of its :data:`PHRASE_FIELD`: the title, the abstract, each MeSH heading
     and each keyword, each as the terms of its words' segments in order (what
     :func:`phrase_terms` looks for; a phrase never spans two: tantivy leaves a gap in the
-    positions between two values of a field). Each value's words are cut once (the costly
-    part), and each side analysed in one call."""
+    positions between two values of a field), and the same values for
+    :data:`WORD_FIELD` (what :func:`word_terms` looks for: not stemmed, a plural -s
+    aside). Each value's words are cut once (the costly part), and each side analysed in
+    one call."""
     analyzer = _analyzer()
     fields: dict[str, list[str]] = {}
     parts: list[str] = []
@@ -1053,8 +1114,15 @@ def analysed(doc: _Doc) -> tuple[dict[str, list[str]], list[str]]:
             parts += [s for seg in words for s in seg]
             parts.append(_VALUE_END)
         fields[name] = analyzer.analyze(" ".join(tokens))
-    analysed_parts = " ".join(analyzer.analyze(" ".join(parts)))
-    return fields, [v.strip() for v in analysed_parts.split(_VALUE_END)][:-1]
+
+    def values_of(terms: list[str]) -> list[str]:
+        return [v.strip() for v in " ".join(terms).split(_VALUE_END)][:-1]
+
+    return (
+        fields,
+        values_of(analyzer.analyze(" ".join(parts))),
+        values_of(_analyzer(stem=False).analyze(" ".join(map(s_stem, parts)))),
+    )
 
 
 #: Ends each value in the one text of :func:`analysed`'s phrase values (a symbol no word
@@ -1109,14 +1177,17 @@ def tf_records(fields: dict[str, list[str]]) -> tuple[str, bytes]:
     return ("tfw" if wide else "tf"), rec.tobytes()
 
 
-def _document(doc: _Doc, fields: dict[str, list[str]], phrases: list[str]) -> Any:
+def _document(
+    doc: _Doc, fields: dict[str, list[str]], phrases: list[str], words: list[str]
+) -> Any:
     """The tantivy document: each text field's terms (``fields``, :func:`analysed`), their
-    lengths and frequencies, and the phrase field (``phrases``); both from
-    :func:`analysed`."""
+    lengths and frequencies, the phrase field (``phrases``) and the word field
+    (``words``); all from :func:`analysed`."""
     import tantivy
 
     values: dict[str, Any] = {name: [" ".join(fields[name])] for name in TEXT_FIELDS}
     values[PHRASE_FIELD] = phrases
+    values[WORD_FIELD] = words
     values[AUTHOR_FIELD] = list(doc.authors)
     values.update({f"n_{name}": len(fields[name]) for name in TEXT_FIELDS})
     name, tf = tf_records(fields)
@@ -1296,6 +1367,11 @@ class LexicalIndex:
         """Whether this index can match quoted phrases (format :data:`PHRASE_FORMAT` on)."""
         return self._stats.format >= PHRASE_FORMAT
 
+    @property
+    def words(self) -> bool:
+        """Whether NOT matches words as written here (format :data:`WORD_FORMAT` on)."""
+        return self._stats.format >= WORD_FORMAT
+
     def _constraints(self, query: str) -> list[tuple[Any, Any]]:
         """The clauses of ``query``'s quoted phrases (each a ``Must``) and exclusions (each
         a ``MustNot``) on :data:`PHRASE_FIELD`, and of its authors (a ``Must``, or a
@@ -1309,6 +1385,8 @@ class LexicalIndex:
         import tantivy
 
         phrases, excluded = phrase_forms(query)
+        if self.words:  # as written, not stemmed (an older index: stemmed, as it was)
+            excluded = exclusion_forms(query)
         if not self.phrases and (phrases or excluded):
             raise ConsistencyError(
                 f"the lexical index in {self.path} was built before quoted phrases and NOT "
@@ -1324,15 +1402,14 @@ class LexicalIndex:
             )
         schema = self._index.schema
 
-        def one(terms: tuple[str, ...]) -> Any:
+        def one(terms: tuple[str, ...], field: str) -> Any:
             if len(terms) == 1:
-                return tantivy.Query.term_query(schema, PHRASE_FIELD, terms[0],
-                                                index_option="basic")
-            return tantivy.Query.phrase_query(schema, PHRASE_FIELD, list(terms))
+                return tantivy.Query.term_query(schema, field, terms[0], index_option="basic")
+            return tantivy.Query.phrase_query(schema, field, list(terms))
 
-        def anywhere(forms: Forms) -> Any:
-            query = one(forms[0]) if len(forms) == 1 else tantivy.Query.boolean_query(
-                [(tantivy.Occur.Should, one(f)) for f in forms]
+        def anywhere(forms: Forms, field: str = PHRASE_FIELD) -> Any:
+            query = one(forms[0], field) if len(forms) == 1 else tantivy.Query.boolean_query(
+                [(tantivy.Occur.Should, one(f, field)) for f in forms]
             )
             return tantivy.Query.const_score_query(query, 0.0)
 
@@ -1346,8 +1423,9 @@ class LexicalIndex:
 
         by = [(tantivy.Occur.MustNot if a.excluded else tantivy.Occur.Must, named(a.keys))
               for a in authors]  # fmt: skip
+        against = WORD_FIELD if self.words else PHRASE_FIELD
         return [(tantivy.Occur.Must, anywhere(t)) for t in phrases] + [
-            (tantivy.Occur.MustNot, anywhere(t)) for t in excluded
+            (tantivy.Occur.MustNot, anywhere(t, against)) for t in excluded
         ] + by
 
     def _query(
@@ -1657,8 +1735,8 @@ def build_lexical(
         writer.delete_documents_by_term("pmid", int(pmid))
     added: list[int] = []
     for doc in _docs(engine, add):
-        fields, phrases = analysed(doc)
-        writer.add_document(_document(doc, fields, phrases))
+        fields, phrases, words = analysed(doc)
+        writer.add_document(_document(doc, fields, phrases, words))
         added.append(doc.pmid)
         docs += 1
         for name in TEXT_FIELDS:

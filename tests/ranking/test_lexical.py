@@ -620,3 +620,41 @@ def test_a_format_3_index_is_still_searched_and_refresh_rebuilds_it(
     again = refresh.refresh_index(sqlite_settings)
     assert again.lexical_rebuilt
     assert index_files.read_files(again.path)[2]["lexical"]["format"] == lexical.FORMAT
+
+
+def test_the_word_field_holds_words_as_written_but_for_a_plural_s() -> None:
+    """What NOT matches (:data:`lexical.WORD_FIELD`): Harman's S-stemmer, not Snowball;
+    stop words out, compounds cut as the phrase field cuts them, capitals kept."""
+    stem = lexical.s_stem
+    assert [stem(w) for w in ("medications", "medication", "medical", "studies", "diseases",
+                              "virus", "glass", "species", "series", "gas", "NO")] == [
+        "medication", "medication", "medical", "study", "disease", "virus", "glass",
+        "specy", "sery", "gas", "NO"]  # fmt: skip  (keys: both sides alike)
+    assert lexical.word_terms("medications") == ("medication",)
+    assert lexical.word_terms("medical") == ("medical",)
+    assert lexical.phrase_terms("medication") == lexical.phrase_terms("medical")  # Snowball
+    assert lexical.word_terms("the non-small-cell lung cancers") == (
+        "non", "small", "cell", "lung", "cancer")
+    assert lexical.word_terms("NO synthases") == ("NO", "synthase")
+    assert lexical.word_terms("ROLE OF NO", shouted=True) == ("role",)
+
+
+def test_an_index_built_before_the_word_field_excludes_stemmed_until_a_refresh_rebuilds_it(
+    sqlite_settings: Settings,
+) -> None:
+    """An index of format 7 is searched on, its NOT matching stemmed words as it did (the
+    word field is not there); the next refresh rebuilds it and NOT matches words."""
+    engine = db.connect(sqlite_settings)
+    put(engine, 1, "Medical records in hypertension", "Lifestyle advice.", [], [])
+    put(engine, 2, "Medication adherence in hypertension", "Adherence to drugs.", [], [])
+    first = refresh.refresh_index(sqlite_settings)
+    now = lexical.LexicalIndex.open(Path(first.path) / lexical.LEXICAL_DIR)
+    assert now.words and [p for p, _ in now.search("hypertension NOT medication", 5)] == [1]
+    old = lexical.LexicalIndex.open(as_format(Path(first.path), 7))
+    assert not old.words
+    assert [p for p, _ in old.search("hypertension NOT medication", 5)] == []  # "medic"
+    again = refresh.refresh_index(sqlite_settings)
+    assert again.lexical_rebuilt
+    rebuilt = lexical.open_lexical(sqlite_settings)
+    assert rebuilt is not None and rebuilt.words
+    assert [p for p, _ in rebuilt.search("hypertension NOT medication", 5)] == [1]
