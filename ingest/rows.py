@@ -10,13 +10,17 @@ One JSON serialisation per record: the record without its source is dumped once
 (compact, ``ensure_ascii=False``: the text :func:`content_hash` defines, written by
 msgspec's encoder straight from the dataclasses, several times faster than building a
 dict for ``json.dumps``); its SHA-1 is the content hash and the ``record`` column is
-that text with the source added and without the authors and MeSH headings, which have
-columns of their own (they were half of its bytes: the row, its COPY and its TOAST
-entry shrink). The ``mesh`` and ``publication_types`` columns are their fields encoded
-by the same encoder (the same text as inside the hashed record), ``authors`` too, each
-author with its display ``name`` added. The tests decode every column and compare, and
-put the record back together from them (rows written before this layout hold the
-authors and MeSH headings in ``record`` too; nothing reads them from there).
+that text with the source added and without what other columns hold: the authors and
+MeSH headings (they were half of its bytes: the row, its COPY and its TOAST entry
+shrink), the title, and the text of the abstract's sections — each section keeps its
+label, category and length, and :func:`abstract_sections` cuts the texts back out of the
+``abstract`` column, which joins them (every abstract was stored twice). The ``mesh`` and
+``publication_types`` columns are their fields encoded by the same encoder (the same
+text as inside the hashed record), ``authors`` too, each author with its display
+``name`` added. The tests decode every column and compare, and put the record back
+together from them (rows written before this layout hold the authors, MeSH headings,
+title and sections' texts in ``record`` too; nothing reads them from there but
+:func:`abstract_sections`, which takes a section's text where it is stored).
 
 The store's rows are tuples in the order of :data:`ARTICLE_COLUMNS`, built straight
 from :attr:`PreparedRecord.values` (no mapping per row), which the bulk paths hand to
@@ -35,7 +39,14 @@ from typing import Any, NamedTuple
 import msgspec
 
 from ingest.dates import period_end
-from ingest.records import Author, Deletion, QuarantineEntry, Record, SourceRef
+from ingest.records import (
+    AbstractSection,
+    Author,
+    Deletion,
+    QuarantineEntry,
+    Record,
+    SourceRef,
+)
 from litpulse.core.widths import LANGUAGE_MAX, PMCID_MAX, TERM_MAX
 
 __all__ = [
@@ -44,6 +55,7 @@ __all__ = [
     "JSON_COLUMNS",
     "PreparedRecord",
     "StoreItem",
+    "abstract_sections",
     "article_row",
     "content_hash",
     "other_languages",
@@ -134,6 +146,42 @@ def _source_json(src: SourceRef) -> str:
                    "fetched_at": src.fetched_at.isoformat()})  # fmt: skip
 
 
+class _SectionRow(msgspec.Struct):
+    """One abstract section in the ``record`` column: its text is in the ``abstract``
+    column (:func:`abstract_sections`)."""
+
+    length: int
+    label: str | None
+    category: str | None
+
+
+def _sections_json(sections: tuple[AbstractSection, ...]) -> bytes:
+    """The ``abstract_sections`` member of the ``record`` column (with its leading comma)."""
+    rows = [_SectionRow(len(s.text), s.label, s.category) for s in sections]
+    return b',"abstract_sections":' + _encode(rows)
+
+
+def abstract_sections(stored: Iterable[Any], abstract: str) -> list[dict[str, Any]]:
+    """The sections of an article's abstract, as ``Record.to_dict()`` has them, from the
+    ``record`` column's ``abstract_sections`` and the ``abstract`` column: each section's
+    text is cut out of the abstract (``LABEL: text`` paragraphs, one a line: the
+    ``Record.abstract`` that wrote it) by its length; a row written before this layout
+    holds the text itself."""
+    out: list[dict[str, Any]] = []
+    at = 0
+    for s in stored:
+        if "text" in s:  # an older row
+            out.append(dict(s))
+            continue
+        label = s.get("label")
+        if label:
+            at += len(label) + 2  # "LABEL: "
+        end = at + s["length"]
+        out.append({"text": abstract[at:end], "label": label, "category": s.get("category")})
+        at = end + 1  # the line break
+    return out
+
+
 class _AuthorRow(msgspec.Struct):
     """One author of the ``authors`` column: the record's fields, then the display name."""
 
@@ -189,12 +237,16 @@ def prepare(rec: Record) -> PreparedRecord:
     """Everything the store needs of ``rec``, from one JSON serialisation."""
     body = _record_json(rec)
     chash = hashlib.sha1(body).hexdigest()
-    # the record column leaves out the authors and MeSH headings: their own columns hold
-    # them (keys in field order, and no key can start inside a string: its quotes are \")
-    cut = body.index(b',"authors":')
+    # the record column leaves out what other columns hold: the title and the sections'
+    # texts, the authors and MeSH headings (keys in field order, and no key can start
+    # inside a string: its quotes are \")
+    head = body.index(b',"title":')
+    tail = body.index(b',"vernacular_title":', head)
+    cut = body.index(b',"authors":', tail)
     mesh = body.index(b',"mesh":', cut)
     rest = body.index(b',"keywords":', mesh)
-    text = (body[:cut] + body[rest:]).decode()
+    sections = _sections_json(rec.abstract_sections)
+    text = (body[:head] + sections + body[tail:cut] + body[rest:]).decode()
     abstract = rec.abstract
     pd = rec.pub_date
     src = rec.source

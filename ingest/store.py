@@ -85,6 +85,7 @@ from ingest.rows import (
     JSON_COLUMNS,
     PreparedRecord,
     StoreItem,
+    abstract_sections,
     other_languages,
     with_values,
 )
@@ -1076,7 +1077,8 @@ def _article_dict(m: Any) -> dict[str, Any]:
         "title": m["title"],
         "vernacular_title": m["vernacular_title"],
         "abstract": m["abstract"],
-        "abstract_sections": rec.get("abstract_sections", []),
+        "abstract_sections": abstract_sections(rec.get("abstract_sections", []),
+                                               m["abstract"] or ""),
         "journal": m["journal"],
         "journal_iso": rec.get("journal_iso"),
         "volume": rec.get("volume"),

@@ -115,24 +115,30 @@ def test_prepared_columns_decode_to_the_record() -> None:
     assert prep.content_hash == hashlib.sha1(text.encode()).hexdigest() == content_hash(plain)
     row = prep.row
     # the record column: the record without the authors and MeSH headings (each has its
-    # own column; they were half of the column's bytes), its source last
+    # own column; they were half of the column's bytes), the title and the sections'
+    # texts (the title and abstract columns hold them), its source last
     assert json.loads(row["record"]) == stored_part(plain)
     own = ',"authors":' + json.dumps(body["authors"], separators=(",", ":"), ensure_ascii=False)
     own += ',"mesh":' + json.dumps(body["mesh"], separators=(",", ":"), ensure_ascii=False)
     assert own in text
+    title = ',"title":' + json.dumps(body["title"], separators=(",", ":"), ensure_ascii=False)
+    sections = json.dumps(body["abstract_sections"], separators=(",", ":"), ensure_ascii=False)
+    lengths = json.dumps(stored_part(plain)["abstract_sections"], separators=(",", ":"))
+    assert title + ',"abstract_sections":' + sections in text
     assert (
         row["record"]
-        == text[:-1].replace(own, "")
+        == text[:-1].replace(own, "").replace(title, "").replace(sections, lengths, 1)
         + ',"source":'
         + json.dumps(plain["source"], separators=(",", ":"), ensure_ascii=False)
         + "}"
     )
+    assert body["title"] not in row["record"] and rec.abstract not in row["record"]
     assert json.loads(row["mesh"]) == plain["mesh"]
     assert json.loads(row["publication_types"]) == plain["publication_types"]
     # encoded apart, yet the very text the hashed record holds
     assert f',"mesh":{row["mesh"]},"keywords":' in text
     assert f',"publication_types":{row["publication_types"]},"languages":' in row["record"]
-    assert whole_record(json.loads(row["record"]), row["authors"], row["mesh"]) == plain
+    assert whole_record(row) == plain
     assert json.loads(row["authors"]) == [
         {**a, "name": author.display_name}
         for a, author in zip(plain["authors"], rec.authors, strict=True)
@@ -183,7 +189,7 @@ def test_prepare_writes_the_json_of_to_dict_for_any_text(text: str) -> None:
     assert prep.content_hash == content_hash(plain)
     row = prep.row
     assert json.loads(row["record"]) == stored_part(plain)
-    assert whole_record(json.loads(row["record"]), row["authors"], row["mesh"]) == plain
+    assert whole_record(row) == plain
     assert json.loads(row["authors"]) == [
         {**a, "name": author.display_name}
         for a, author in zip(plain["authors"], rec.authors, strict=True)
@@ -202,7 +208,7 @@ def test_prepare_equals_to_dict_over_a_generated_corpus(files: list[Path]) -> No
         assert prep.content_hash == content_hash(plain)
         row = prep.row
         assert json.loads(row["record"]) == stored_part(plain)
-        assert whole_record(json.loads(row["record"]), row["authors"], row["mesh"]) == plain
+        assert whole_record(row) == plain
 
 
 def _old_layout(path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, func, select
+from sqlalchemy import Engine, event, func, select, update
 
 from ingest import links
 from ingest.records import (
@@ -36,17 +36,31 @@ T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 def stored_part(plain: dict[str, Any]) -> dict[str, Any]:
-    """What the ``record`` column holds of ``Record.to_dict()``."""
-    return {k: v for k, v in plain.items() if k not in ("authors", "mesh")}
+    """What the ``record`` column holds of ``Record.to_dict()``: neither the authors, the
+    MeSH headings nor the title, and of each abstract section its length, not its text."""
+    part = {k: v for k, v in plain.items() if k not in ("authors", "mesh", "title")}
+    part["abstract_sections"] = [{"length": len(s["text"]), "label": s["label"],
+                                  "category": s["category"]}
+                                 for s in plain["abstract_sections"]]  # fmt: skip
+    return part
 
 
-def whole_record(record: dict[str, Any], authors: Any, mesh: Any) -> dict[str, Any]:
-    """``Record.to_dict()`` back from an article row: its record column with the authors
-    (less the display name the column adds) and MeSH headings of their own columns."""
-    authors = json.loads(authors) if isinstance(authors, str) else authors
-    mesh = json.loads(mesh) if isinstance(mesh, str) else mesh
-    return {**record, "authors": [{k: v for k, v in a.items() if k != "name"} for a in authors],
-            "mesh": mesh}  # fmt: skip
+def whole_record(row: dict[str, Any]) -> dict[str, Any]:
+    """``Record.to_dict()`` back from an article row (its columns by name): its record
+    column with the title, the authors (less the display name the column adds) and MeSH
+    headings of their own columns, the sections' texts cut from the abstract's."""
+    from ingest.rows import abstract_sections
+
+    def decoded(value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+    record, authors = decoded(row["record"]), decoded(row["authors"])
+    whole = dict(record)
+    whole["title"] = row["title"]
+    whole["abstract_sections"] = abstract_sections(record["abstract_sections"], row["abstract"])
+    whole["authors"] = [{k: v for k, v in a.items() if k != "name"} for a in authors]
+    whole["mesh"] = decoded(row["mesh"])
+    return whole
 
 
 def src(seq: int = 0, minutes: int = 0, location: str | None = None) -> SourceRef:
@@ -135,7 +149,7 @@ def test_insert_fills_every_column(engine: Engine) -> None:
     assert r["language"] == "eng" and r["doi"] == "10.1000/11" and r["is_retracted"] is True
     assert r["text_hash"] == rec.text_hash() and r["content_hash"]
     assert "authors" not in r["record"] and "mesh" not in r["record"]  # own columns
-    assert whole_record(r["record"], r["authors"], r["mesh"]) == rec.to_dict()
+    assert whole_record(r) == rec.to_dict()
     assert r["is_deleted"] is False and r["source_sequence"] == 0
 
     art = store.get_article(11)
@@ -516,6 +530,40 @@ def test_checkpoints(engine: Engine) -> None:
 
 
 # ------------------------------------------------------------------------ reads
+
+
+def test_an_abstract_is_stored_once_and_its_sections_read_back_whole(engine: Engine) -> None:
+    """The ``record`` column keeps each section's label, category and length; the texts
+    are the ``abstract`` column's (each abstract was stored twice). Sections with and
+    without labels, texts holding line breaks, ``LABEL: `` and characters beyond the BMP
+    read back as parsed; a row written before keeps its texts in ``record`` and reads the
+    same."""
+    from ingest.records import AbstractSection
+
+    sections = (
+        AbstractSection("Why \U0001d6fc-synuclein?\nMETHODS: not a label", "BACKGROUND",
+                        "BACKGROUND"),
+        AbstractSection("Unlabelled: text."),
+        AbstractSection("", "RESULTS", "RESULTS"),
+        AbstractSection("Last \U0001f600 line.", "CONCLUSIONS", None),
+    )  # fmt: skip
+    rec = dataclasses.replace(make_record(31), abstract_sections=sections)
+    store = Store(engine)
+    store.apply([rec])
+    art = store.get_article(31)
+    want = rec.to_dict()["abstract_sections"]
+    assert art["abstract_sections"] == want and art["abstract"] == rec.abstract
+    with engine.connect() as conn:
+        stored = conn.execute(select(articles.c.record).where(articles.c.pmid == 31)).scalar_one()
+    assert stored["abstract_sections"] == [
+        {"length": len(s.text), "label": s.label, "category": s.category} for s in sections
+    ]
+    assert "title" not in stored
+    # a row of the layout before: the texts and the title in the record column too
+    with engine.begin() as conn:
+        conn.execute(update(articles).where(articles.c.pmid == 31).values(
+            record={**stored, "title": rec.title, "abstract_sections": want}))  # fmt: skip
+    assert store.get_article(31)["abstract_sections"] == want
 
 
 def test_get_article_unknown_raises(engine: Engine) -> None:
