@@ -371,8 +371,10 @@ def _run_path(name: str, path: Path | str, args: argparse.Namespace) -> dict[str
     env = dict(os.environ, PYTHONPATH=str(root))
     try:
         with scratch_database(name, args) as url:
+            # -P: the working directory is not put first on sys.path, so PYTHONPATH decides
+            # whose code runs (run from this checkout, a before row ran this code)
             child = subprocess.run(
-                [sys.executable, "-m", "bench.ingest", "--child", name, str(path), url],
+                [sys.executable, "-P", "-m", "bench.ingest", "--child", name, str(path), url],
                 capture_output=True, text=True, timeout=args.timeout, env=env,
             )  # fmt: skip
     except subprocess.TimeoutExpired:

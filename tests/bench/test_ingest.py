@@ -163,3 +163,28 @@ def test_the_table_shows_the_idle_cores_of_a_run() -> None:
     assert ours.endswith("| 0.62 of 6.00 |")
     assert anchor.endswith("| — |")
     assert len({line.count("|") for line in (header, ours, anchor)}) == 1
+
+
+def test_a_before_row_runs_the_code_of_the_before_checkout(tmp_path: Path) -> None:
+    """``--before DIR``: the child of a ``NAME@before`` row imports ``bench.ingest`` (and
+    with it ``ingest`` and ``litpulse``) from DIR, whatever the working directory is (run
+    from this checkout, ``python -m`` would put it first on the path)."""
+    import argparse
+    import os
+
+    other = tmp_path / "before"
+    (other / "bench").mkdir(parents=True)
+    (other / "bench" / "__init__.py").write_text("")
+    (other / "bench" / "ingest.py").write_text(
+        "import json, sys\nsys.stdout.write(json.dumps({'n': 1, 'wall': 1.0, 'other': 7.0}))\n"
+    )
+    args = argparse.Namespace(before=str(other), workdir=tmp_path, timeout=60.0,
+                              pg_admin_url="")  # fmt: skip
+    here = Path(bench.__file__).resolve().parents[1]
+    cwd = os.getcwd()
+    os.chdir(here)  # as `python -m bench.ingest` is run: from this checkout
+    try:
+        got = bench._run_path("sqlite" + bench.BEFORE, tmp_path / "corpus.xml", args)
+    finally:
+        os.chdir(cwd)
+    assert got == {"n": 1, "wall": 1.0, "other": 7.0}
