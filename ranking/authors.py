@@ -30,7 +30,7 @@ import enum
 import functools
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from litpulse.core.text import fold, fold_term
@@ -229,7 +229,7 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
         clause = AuthorClause(name, _MARKS[role] + key, role, excluded, also, shown_tag)
         reads.append(_Read(clause, start, end, opened < 0))
     clauses: list[AuthorClause] = []
-    for group in _alternatives(bare, reads):
+    for group in _alternatives(bare, _excluded_alternatives(bare, reads)):
         first = group[0]
         start, end = first.start, group[-1].end
         clause = first.clause
@@ -243,8 +243,11 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
             shown = clause.shown
             if problem is not None:
                 problems.append(problem.replace("{group}", shown))
+        if first.within is not None:  # NOT (Smith J[au] OR Li X[au]): the bracket is the term
+            start, end = first.within
         before = query[:start].rstrip()
-        if first.in_group or _in_not_group(bare, start, end):  # NOT (children AND Smith J[au])
+        if first.within is None and (first.in_group or _in_not_group(bare, start, end)):
+            # NOT (children AND Smith J[au])
             problems.append(f"an author inside a group after NOT cannot be read one way: "
                             f"exclude each on its own (asthma NOT {shown} NOT children)")
         elif _ends_with(before, "OR") or _or_beside(bare, start, end):
@@ -260,7 +263,7 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
         if after is not None:  # Smith J[au] not copd: NOT meant, or a stop word?
             problems.append(_capitals(query, *after.span(1)))
         clauses.append(clause)
-        spans.append((start, end))
+        spans.append((first.start, first.end) if first.within is not None else (start, end))
     spans.sort()
     kept, last = [], 0
     for a, b in spans:
@@ -298,6 +301,8 @@ class _Read:
     start: int
     end: int
     in_group: bool
+    #: the whole ``NOT (… OR …)`` it is one exclusion of (:func:`_excluded_alternatives`)
+    within: tuple[int, int] | None = None
 
 
 #: Only an ``OR`` (and brackets) between two author clauses: they are alternatives.
@@ -331,6 +336,54 @@ def _alternatives(bare: str, reads: list[_Read]) -> list[list[_Read]]:
         else:
             out.extend([read] for read in group)
     return out
+
+
+#: What joins two authors in a bracket after NOT: an OR alone.
+_OR_ALONE = re.compile(r"\s*(?<![\w-])OR(?![\w-])\s*")
+
+
+def _excluded_alternatives(bare: str, reads: list[_Read]) -> list[_Read]:
+    """``NOT (Smith J[au] OR Li X[au])`` — neither author, as PubMed reads it: each author
+    of a bracket that NOT opens and that holds authors joined by OR alone, closing right
+    after the last, becomes an exclusion of its own, as ``NOT Smith J[au] NOT Li X[au]``
+    (the first's span from NOT, each next one's from the end of the one before, the last's
+    to the closing bracket; ``within``: the whole). Any other group after NOT stays as
+    read (refused: ``NOT (children AND Smith J[au])``)."""
+    out: list[_Read] = []
+    i = 0
+    while i < len(reads):
+        first, j = reads[i], i
+        if first.clause.excluded and first.in_group:
+            while (
+                j + 1 < len(reads)
+                and not (reads[j + 1].clause.excluded or reads[j + 1].in_group)
+                and _OR_ALONE.fullmatch(bare, reads[j].end, reads[j + 1].start)
+            ):
+                j += 1
+        close = _CLOSE_BRACKET.match(bare, reads[j].end) if j > i else None
+        if close is not None and _depth(bare[first.start : close.end()]) != 0:
+            close = None  # NOT ((Smith J[au] OR Li X[au]) …): more than the one bracket
+        if close is None:
+            out.append(first)
+            i += 1
+            continue
+        whole = (first.start, close.end())
+        for k in range(i, j + 1):
+            r = reads[k]
+            out.append(_Read(
+                replace(r.clause, excluded=True),
+                r.start if k == i else reads[k - 1].end,
+                close.end() if k == j else r.end,
+                False,
+                whole,
+            ))  # fmt: skip
+        i = j + 1
+    return out
+
+
+def _depth(text: str) -> int:
+    """Brackets ``text`` opens less those it closes."""
+    return sum(1 if m.group(0) in _OPENING else -1 for m in _GROUP_TOKENS.finditer(text))
 
 
 def _group_span(bare: str, group: list[_Read]) -> tuple[int, int]:

@@ -139,7 +139,9 @@ def test_author_clauses_are_read_as_pubmed_reads_them(
         ("asthma AND Smith J[au] OR Li X[au]", "asthma AND (Smith J[au] OR Li X[au])"),
         ("asthma AND (Smith J[au] OR Li X[au] OR copd)", "brackets of their own"),
         ("copd OR (Smith J[au] OR Li X[au])", "cannot be one of alternatives"),
-        ("NOT (Smith J[au] OR Li X[au])", "exclude each on its own"),
+        ("NOT (Smith J[au] OR Li X[au])", "only excludes"),  # two exclusions, no topic
+        ("asthma NOT (children OR Smith J[au])", "exclude each on its own"),
+        ("asthma NOT ((Smith J[au] OR Li X[au]) OR Wu Y[au])", "exclude each on its own"),
         ("asthma and Smith J[au]", "capitals: asthma AND Smith J[au]"),
         ("asthma AND {x} Smith[au]", "an author's name?"),  # braces: no format string
         ("asthma AND x{tag}y[au]", "'x{tag}y'"),  # the name as typed, braces and all
@@ -189,6 +191,38 @@ def test_an_author_clause_requires_the_author_in_every_mode(
     assert set(pmids_of(result)) == smith_j - {2}
     assert result.authors == ("NOT Li X[au]", "Smith J[au]")
     assert result.to_dict()["authors"] == ["NOT Li X[au]", "Smith J[au]"]
+
+
+def test_not_before_a_bracket_of_alternative_authors_excludes_each(
+    settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    """``asthma NOT (Smith J[au] OR Li X[au])`` leaves out the articles of either author,
+    as PubMed reads it and as ``asthma NOT Smith J[au] NOT Li X[au]`` says (it was
+    refused); in every mode, with square brackets, three authors, and beside a group of
+    required authors."""
+    from ranking.authors import split_authors
+
+    index, lex = _world(engine, tmp_path)
+    everyone = _found(settings, engine, "asthma", index, lex)
+    smith_j = _found(settings, engine, "asthma AND Smith J[au]", index, lex)
+    li_x = _found(settings, engine, "asthma AND Li X[au]", index, lex)
+    assert smith_j and li_x and everyone - smith_j - li_x
+    for mode in ("lexical", "hybrid", "semantic"):
+        flat = _found(settings, engine, "asthma NOT Smith J[au] NOT Li X[au]", index, lex, mode)
+        for query in ("asthma NOT (Smith J[au] OR Li X[au])",
+                      "asthma NOT [Smith J[au] OR Li X[au]]",
+                      "NOT (Smith J[au] OR Li X[au]) asthma"):
+            assert _found(settings, engine, query, index, lex, mode) == flat, (mode, query)
+        assert flat & (smith_j | li_x) == set(), mode
+    assert _found(settings, engine, "asthma NOT (Smith J[au] OR Li X[au])", index, lex) == (
+        everyone - smith_j - li_x)
+    rest, clauses, problems = split_authors(
+        "asthma AND (Smith J[au] OR Jones K[au]) NOT (Li X[au] OR Wu Y[1au] OR Muller H[au])")
+    assert (rest, problems) == ("asthma", ())
+    assert [c.shown for c in clauses] == [
+        "(Smith J[au] OR Jones K[au])", "NOT Li X[au]", "NOT Wu Y[1au]", "NOT Muller H[au]"]
+    # the same bracket beside another OR is still refused (what would the OR join?)
+    assert split_authors("asthma NOT (Smith J[au] OR Li X[au]) OR copd")[2]
 
 
 def test_semantic_search_meets_a_rare_author_without_widening_to_the_whole_index(

@@ -147,7 +147,7 @@ def test_a_group_first_is_read_left_to_right_with_quotes_phrases_and_not(
     assert (rest, len(clauses), problems) == ("(asthma OR copd)", 1, ())
     for query in ("asthma AND Smith J[au] OR Li X[au] AND copd",
                   "(Smith J[au] OR Li X[au]) AND asthma OR copd",
-                  "asthma NOT (Smith J[au] OR Li X[au])"):  # fmt: skip
+                  "asthma NOT (Smith J[au] OR Li X[au]) OR copd"):  # fmt: skip
         with pytest.raises(ConfigError):
             checked_query(query)
 
