@@ -250,6 +250,7 @@ class Store(RunLedger, Checkpoints):
         ordered: dict[SourceRef, SourceRef] = {}
         rank: SourceRanks | None = None
         first = 0
+        written: set[int] = set()  # PMIDs whose rows this call wrote (new, replaced, deleted)
         with bulk_load(self.engine), _gc_paused():
             for batch in _batches(items, batch_size):
                 if self.defer_counts and not self._marked:  # before the batch commits
@@ -262,20 +263,18 @@ class Store(RunLedger, Checkpoints):
                     ordered = {s: o for s, o in order.items() if o is not s}
                     rank = self.source_ranks()
                 with self.engine.begin() as conn:
-                    forms = self._apply_batch(
+                    forms, changed = self._apply_batch(
                         conn, batch, first, run_id, counter, touched, ordered, rank
                     )
                     if run_id is not None:  # what a killed run stored stays counted
                         add_run_counts(conn, run_id, counter.freeze() - before)
                 self._term_forms |= forms  # committed: a batch rolled back adds nothing
+                written |= changed
                 first += len(batch)
                 if on_batch is not None:
                     on_batch(counter.freeze() - before)
-        done = counter.freeze()
-        if done.total:
-            # rows whose updated_at this call moved: new ones, replaced ones, tombstones
-            # (a new tombstone row too: counted in deleted or unchanged, hence >=)
-            self._mark_caught_up(done.inserted + done.updated + done.deleted)
+        if written:  # the rows whose updated_at this call moved, each once
+            self._mark_caught_up(len(written))
         counts = counter.freeze()
         logger.info("applied %d items: %s", counts.total, counts.to_dict())
         return counts
@@ -454,6 +453,8 @@ class Store(RunLedger, Checkpoints):
         return self._upgrade_once(LANG_TERMS_CHECKPOINT, _LANG_TERMS_CURRENT, work, what)
 
     def _mark_caught_up(self, written: int) -> None:
+        # ``written``: how many rows this call wrote, each counted once however many of
+        # its items wrote it (a record and its revision, a record and its deletion)
         """After this writer's batches: its rows carry their period ends and spellings, so
         the catch-ups' marks move exactly to its newest row (the next catch-up reads only
         rows written after it). Only when the rows written since the marks are this
@@ -540,9 +541,10 @@ class Store(RunLedger, Checkpoints):
         touched: set[int],
         ordered: dict[SourceRef, SourceRef],
         rank: SourceRanks,
-    ) -> set[tuple[str, str]]:
+    ) -> tuple[set[tuple[str, str]], set[int]]:
         """Decide (:func:`ingest.rules.plan_batch`) and write one batch at ``first``;
-        returns the term spellings it added to ``term_forms``."""
+        returns the term spellings it added to ``term_forms`` and the PMIDs whose rows it
+        wrote (their ``updated_at`` moved)."""
         now = db_now(conn)  # the database's clock: watermarks compare one clock's stamps
         pmids = {it.pmid for it in batch if isinstance(it, PreparedRecord | Record | Deletion)}
         states = self._read_states(conn, pmids)
@@ -603,12 +605,12 @@ class Store(RunLedger, Checkpoints):
                                 quarantine.c.resolved_at.is_(None))
                          .values(resolved_at=now))  # fmt: skip
         if not changed:
-            return set()
+            return set(), changed
         replace_links(
             conn, changed & stored, live, was_live, bulk=self.bulk, new=new, counted=counted,
             counts=not self.defer_counts,
         )  # fmt: skip
-        return add_term_forms(conn, live, self._term_forms)
+        return add_term_forms(conn, live, self._term_forms), changed
 
     def _write_articles(
         self,
