@@ -135,7 +135,7 @@ __all__ = [
     "query_terms",
     "quoted",
     "read_ids",
-    "s_stem",
+    "number_forms",
     "split_exclusions",
     "STATS_FILE",
     "text_changed_ids",
@@ -179,10 +179,11 @@ AUTHOR_FIELD = "author"
 #: (``non-small-cell``, ``non small cell``) and a phrase never spans two values. Only
 #: filters: it scores nothing.
 PHRASE_FIELD = "phrase"
-#: The field NOT is looked up in: the values of :data:`PHRASE_FIELD`, their words as
-#: written but for a plural -s (:func:`s_stem`), not stemmed: ``NOT medication`` excludes
-#: *medication* and *medications*, not *medical* (both ``medic`` to the stemmer). Only
-#: filters: it scores nothing.
+#: The field NOT is looked up in: the values of :data:`PHRASE_FIELD` with their words as
+#: written (folded, stop words out), not stemmed; NOT looks up a word in its singular and
+#: plural forms (:func:`number_forms`): ``NOT medication`` excludes *medication* and
+#: *medications*, not *medical* (both ``medic`` to the stemmer). Only filters: it scores
+#: nothing.
 WORD_FIELD = "word"
 #: BM25 multiplier of each text field (a term's weight is the sum over the fields).
 FIELD_BOOSTS: dict[str, float] = {"title": 2.0, "abstract": 1.0, "mesh": 1.0, "keywords": 1.0}
@@ -397,25 +398,36 @@ def _analyzer(*, stem: bool = True) -> Any:
         return _ANALYZERS[stem]
 
 
-def s_stem(word: str) -> str:
-    """A word as :data:`WORD_FIELD` holds it: Harman's S-stemmer (1991), the plural alone —
-    ``-ies`` → ``-y`` (not ``-eies``, ``-aies``), ``-es`` → ``-e`` (not ``-aes``, ``-ees``,
-    ``-oes``), ``-s`` dropped (not ``-us``, ``-ss``) — on a word in lower case of four
-    letters or more (``gas``, ``NO`` and an abbreviation in capitals stay as they are).
+def number_forms(word: str) -> tuple[str, ...]:
+    """``word`` and its regular English plural or singular forms, as NOT looks them up in
+    :data:`WORD_FIELD` (which holds words as written): as a singular, its plural in -s,
+    -es (after s, x, z, ch, sh) or -ies (after a consonant and y); as a plural, of four
+    letters or more, its singular without -s, -es or -ies (→ -y). Only a word of letters
+    in lower case has forms; an abbreviation in capitals (``NO``) or a word with digits is
+    only itself. Forms no text holds (``viruse``) find nothing: they cost a term lookup.
 
     Example:
-        >>> [s_stem(w) for w in ("medications", "studies", "diseases", "virus", "ORs")]
-        ['medication', 'study', 'disease', 'virus', 'ORs']
+        >>> number_forms("knee"), number_forms("study"), number_forms("NO")
+        (('knee', 'knees'), ('studies', 'study', 'studys'), ('NO',))
+        >>> number_forms("viruses")
+        ('virus', 'viruse', 'viruses', 'viruseses')
     """
-    if len(word) < 4 or not word.islower():
-        return word
-    if word.endswith("ies"):
-        return word if word.endswith(("eies", "aies")) else word[:-3] + "y"
-    if word.endswith("es"):
-        return word if word.endswith(("aes", "ees", "oes")) else word[:-1]
-    if word.endswith("s"):
-        return word if word.endswith(("us", "ss")) else word[:-1]
-    return word
+    if len(word) < 3 or not (word.isalpha() and word.islower()):
+        return (word,)
+    forms = {word}
+    if word.endswith(("s", "x", "z", "ch", "sh")):
+        forms.add(word + "es")
+    else:
+        forms.add(word + "s")
+    if word.endswith("y") and word[-2] not in "aeiou":
+        forms.add(word[:-1] + "ies")
+    if len(word) >= 4 and word.endswith("s") and not word.endswith("ss"):
+        forms.add(word[:-1])
+        if word.endswith("es"):
+            forms.add(word[:-2])
+        if word.endswith("ies"):
+            forms.add(word[:-3] + "y")
+    return tuple(sorted(forms))
 
 
 def query_terms(query: str) -> dict[str, float]:
@@ -493,12 +505,11 @@ def phrase_terms(text: str, *, shouted: bool = False) -> tuple[str, ...]:
 
 
 def word_terms(text: str, *, shouted: bool = False) -> tuple[str, ...]:
-    """The terms an excluded ``text`` must hold one after the other in the word field
-    (:data:`WORD_FIELD`): the segments of its words, stop words out, as written but for a
-    plural -s (:func:`s_stem`) — so ``NOT medication`` excludes *medications*, not
-    *medical*; a compound in any spelling, as :func:`phrase_terms`."""
-    parts = _parts(text.lower() if shouted else text)
-    return tuple(_analyzer(stem=False).analyze(" ".join(map(s_stem, parts))))
+    """The terms an excluded ``text`` holds in the word field (:data:`WORD_FIELD`): the
+    segments of its words as written, stop words out, not stemmed (a compound in any
+    spelling, as :func:`phrase_terms`); :func:`exclusion_forms` adds the last word's
+    singular and plural forms."""
+    return tuple(_analyzer(stem=False).analyze(" ".join(_parts(text.lower() if shouted else text))))
 
 
 def query_phrases(query: str) -> tuple[tuple[str, ...], ...]:
@@ -956,12 +967,21 @@ def phrase_forms(query: str) -> tuple[tuple[Forms, ...], tuple[Forms, ...]]:
 def exclusion_forms(query: str, *, exact: bool = True) -> tuple[Forms, ...]:
     """The forms (:func:`_forms`) of each word or phrase ``query`` excludes, in query
     order, repeated ones and those with no term left out: as :data:`WORD_FIELD` holds
-    words (:func:`word_terms`), or, ``exact=False``, as :data:`PHRASE_FIELD` does,
-    stemmed (an index built before the word field)."""
+    words (:func:`word_terms`), each form also with its last word in its other number
+    (:func:`number_forms`: ``NOT "heart failures"`` excludes *heart failure*, ``NOT knee``
+    *knees*); or, ``exact=False``, as :data:`PHRASE_FIELD` holds them, stemmed (an index
+    built before the word field)."""
     shouted = _shouted(query)
-    terms = word_terms if exact else phrase_terms
     texts = split_exclusions(query)[1]
-    return tuple({f: None for f in (_forms(t, shouted, terms) for t in texts) if f})
+    if not exact:
+        return tuple({f: None for f in (_forms(t, shouted) for t in texts) if f})
+    out: dict[Forms, None] = {}
+    for text in texts:
+        forms = {(*f[:-1], last): None
+                 for f in _forms(text, shouted, word_terms) for last in number_forms(f[-1])}
+        if forms:
+            out.setdefault(tuple(forms))
+    return tuple(out)
 
 
 def constrains(query: str) -> bool:
@@ -1100,9 +1120,8 @@ def analysed(doc: _Doc) -> tuple[dict[str, list[str]], list[str], list[str]]:
     and each keyword, each as the terms of its words' segments in order (what
     :func:`phrase_terms` looks for; a phrase never spans two: tantivy leaves a gap in the
     positions between two values of a field), and the same values for
-    :data:`WORD_FIELD` (what :func:`word_terms` looks for: not stemmed, a plural -s
-    aside). Each value's words are cut once (the costly part), and each side analysed in
-    one call."""
+    :data:`WORD_FIELD` (what :func:`word_terms` looks for: the words as written). Each
+    value's words are cut once (the costly part), and each side analysed in one call."""
     analyzer = _analyzer()
     fields: dict[str, list[str]] = {}
     parts: list[str] = []
@@ -1121,7 +1140,7 @@ def analysed(doc: _Doc) -> tuple[dict[str, list[str]], list[str], list[str]]:
     return (
         fields,
         values_of(analyzer.analyze(" ".join(parts))),
-        values_of(_analyzer(stem=False).analyze(" ".join(map(s_stem, parts)))),
+        values_of(_analyzer(stem=False).analyze(" ".join(parts))),
     )
 
 

@@ -622,21 +622,29 @@ def test_a_format_3_index_is_still_searched_and_refresh_rebuilds_it(
     assert index_files.read_files(again.path)[2]["lexical"]["format"] == lexical.FORMAT
 
 
-def test_the_word_field_holds_words_as_written_but_for_a_plural_s() -> None:
-    """What NOT matches (:data:`lexical.WORD_FIELD`): Harman's S-stemmer, not Snowball;
-    stop words out, compounds cut as the phrase field cuts them, capitals kept."""
-    stem = lexical.s_stem
-    assert [stem(w) for w in ("medications", "medication", "medical", "studies", "diseases",
-                              "virus", "glass", "species", "series", "gas", "NO")] == [
-        "medication", "medication", "medical", "study", "disease", "virus", "glass",
-        "specy", "sery", "gas", "NO"]  # fmt: skip  (keys: both sides alike)
-    assert lexical.word_terms("medications") == ("medication",)
-    assert lexical.word_terms("medical") == ("medical",)
+def test_not_looks_up_words_as_written_in_their_singular_and_plural() -> None:
+    """What NOT matches (:data:`lexical.WORD_FIELD`): words as written, not stemmed (stop
+    words out, compounds cut as the phrase field cuts them, capitals kept), the last word
+    of each excluded text in its singular and plural forms."""
+    forms = lexical.number_forms
+    assert forms("knee") == ("knee", "knees")
+    assert {"virus", "viruses"} <= set(forms("virus")) & set(forms("viruses"))
+    assert {"study", "studies"} <= set(forms("study")) & set(forms("studies"))
+    assert {"box", "boxes"} <= set(forms("box")) and "church" in forms("churches")
+    assert "medical" not in forms("medication") and "medic" not in forms("medications")
+    assert forms("NO") == ("NO",) and forms("cd4s") == ("cd4s",)  # capitals, digits
+    assert forms("gas") == ("gas", "gases")  # three letters: no singular ("ga")
+    assert lexical.word_terms("medications") == ("medications",)
     assert lexical.phrase_terms("medication") == lexical.phrase_terms("medical")  # Snowball
     assert lexical.word_terms("the non-small-cell lung cancers") == (
-        "non", "small", "cell", "lung", "cancer")
-    assert lexical.word_terms("NO synthases") == ("NO", "synthase")
+        "non", "small", "cell", "lung", "cancers")
+    assert lexical.word_terms("NO synthases") == ("NO", "synthases")
     assert lexical.word_terms("ROLE OF NO", shouted=True) == ("role",)
+    assert lexical.word_terms("living wills") == ("living", "wills")  # not the stop word
+    (failure,) = lexical.exclusion_forms('sepsis NOT "heart failures"')
+    assert {("heart", "failure"), ("heart", "failures")} <= set(failure)
+    assert lexical.exclusion_forms('sepsis NOT "heart failures"', exact=False) == (
+        (lexical.phrase_terms("heart failures"),),)
 
 
 def test_an_index_built_before_the_word_field_excludes_stemmed_until_a_refresh_rebuilds_it(
