@@ -229,7 +229,13 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
         clause = AuthorClause(name, _MARKS[role] + key, role, excluded, also, shown_tag)
         reads.append(_Read(clause, start, end, opened < 0))
     clauses: list[AuthorClause] = []
-    for group in _alternatives(bare, _excluded_alternatives(bare, reads)):
+    reads = _excluded_alternatives(bare, reads)
+    # the ORs inside NOT (… OR …) are that exclusion's own: no other clause is beside them
+    # (square brackets too, which the OR checks below do not count: tags are bracketed)
+    outside = bare
+    for a, b in {r.within for r in reads if r.within is not None}:
+        outside = outside[:a] + " " * (b - a) + outside[b:]
+    for group in _alternatives(bare, reads):
         first = group[0]
         start, end = first.start, group[-1].end
         clause = first.clause
@@ -250,7 +256,7 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
             # NOT (children AND Smith J[au])
             problems.append(f"an author inside a group after NOT cannot be read one way: "
                             f"exclude each on its own (asthma NOT {shown} NOT children)")
-        elif _ends_with(before, "OR") or _or_beside(bare, start, end):
+        elif _ends_with(before, "OR") or _or_beside(outside, start, end):
             problems.append(
                 "an author cannot be one of alternatives (OR) beside other terms: "
                 + (f"exclude each on its own (asthma NOT {shown} NOT …)" if clause.excluded else
@@ -358,6 +364,7 @@ def _excluded_alternatives(bare: str, reads: list[_Read]) -> list[_Read]:
                 j + 1 < len(reads)
                 and not (reads[j + 1].clause.excluded or reads[j + 1].in_group)
                 and _OR_ALONE.fullmatch(bare, reads[j].end, reads[j + 1].start)
+                and not bare.startswith("AND", reads[j + 1].start)  # OR AND Li X[au]
             ):
                 j += 1
         close = _CLOSE_BRACKET.match(bare, reads[j].end) if j > i else None

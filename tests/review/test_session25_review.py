@@ -10,7 +10,7 @@
 4. e845075 ``ranking/authors.py`` ``_excluded_alternatives``: ``NOT (Smith J[au] OR Li
    X[au])`` excludes each.
 
-The ``xfail(strict=True)`` tests are defects (each fails now for the reason given); the
+The tests marked FIXED were defects, found as strict xfails and fixed after; the
 plain ones pin attacks that held.
 """
 
@@ -81,7 +81,7 @@ def _old_writer_after_first_batch(engine: Engine) -> tuple[list[int], Any]:
     return ran, on_batch
 
 
-# DEFECT (ingest/store.py:466-480, Store._mark_caught_up, since eb15631): on a store that
+# FIXED (was: ingest/store.py:466-480, Store._mark_caught_up, since eb15631): on a store that
 # was empty at the opening catch-up (marks with no ``through``) the writer now compares
 # the count of *every* row against ``written = inserted + updated + deleted``. That sum
 # counts a PMID once per item, not once per row: a PMID stored and then revised in the
@@ -93,11 +93,6 @@ def _old_writer_after_first_batch(engine: Engine) -> tuple[list[int], Any]:
 # with no ``through`` always ran the catch-up passes (these tests pass on eb15631^).
 # (The same over-count exists, before eb15631 too, when the marks have a ``through``:
 # ``count(updated_at > since) > written``.)
-@pytest.mark.xfail(
-    strict=True,
-    reason="empty-store mark: written over-counts a PMID revised "
-    "in the same apply, hiding another writer's row (_mark_caught_up)",
-)
 def test_a_revision_in_the_first_apply_does_not_hide_another_writers_row(
     settings: Settings,
 ) -> None:
@@ -116,11 +111,6 @@ def test_a_revision_in_the_first_apply_does_not_hide_another_writers_row(
 
 
 # same flaw, a deletion of a PMID the same apply inserted: inserted 1 + deleted 1 for 1 row
-@pytest.mark.xfail(
-    strict=True,
-    reason="empty-store mark: a record and its deletion in one "
-    "apply count 2 for 1 row, hiding another writer's row (_mark_caught_up)",
-)
 def test_a_deletion_in_the_first_apply_does_not_hide_another_writers_row(
     settings: Settings,
 ) -> None:
@@ -252,47 +242,32 @@ def _found(world: tuple[Settings, Engine, Any], query: str) -> set[int]:
     return {p - B for p in pmids_of(result)}
 
 
-# DEFECT (ranking/lexical.py:495-503 word_terms and :1120-1124 analysed, since ec54352):
+# FIXED (was: ranking/lexical.py:495-503 word_terms and :1120-1124 analysed, since ec54352):
 # s_stem runs *before* the stop-word filter, so a word whose -s plural strips to an
 # English stop word (wills -> will, theirs -> their, ands, buts, ares) is dropped from the
 # word field, in the index and in the query. ``NOT "living wills"`` then reads as
 # ``NOT living``: article 2 ("Living with dementia"), which never mentions wills, is
 # silently left out. (Before ec54352 the stemmed phrase field matched "live will".)
-@pytest.mark.xfail(
-    strict=True,
-    reason='NOT "living wills" excludes every article saying '
-    "'living': s_stem turns 'wills' into the stop word 'will' (word_terms)",
-)
 def test_not_a_phrase_with_a_plural_that_strips_to_a_stop_word(lexical_world: Any) -> None:
     found = _found(lexical_world, 'dementia NOT "living wills"')
     assert 1 not in found
     assert {2, 3} <= found, found
 
 
-# DEFECT (same place): ``NOT wills`` passes checked_query (ranking/search.py:911 checks
+# FIXED (was: same place): ``NOT wills`` passes checked_query (ranking/search.py:911 checks
 # phrase_terms, stemmed, which keeps 'will'), but exclusion_forms drops it (word_terms is
 # empty): the exclusion is silently ignored and article 1, about living wills, stays.
-@pytest.mark.xfail(
-    strict=True,
-    reason="NOT wills is accepted and silently excludes nothing: "
-    "word_terms('wills') is empty (s_stem -> stop word 'will')",
-)
 def test_not_a_plural_that_strips_to_a_stop_word_excludes_it(lexical_world: Any) -> None:
     found = _found(lexical_world, "dementia NOT wills")
     assert 1 not in found, found
 
 
-# DEFECT (ranking/lexical.py:398-418 s_stem, since ec54352): the README (NOT paragraph)
+# FIXED (was: ranking/lexical.py:398-418 s_stem, since ec54352): the README (NOT paragraph)
 # promises the excluded word "as written, a plural -s aside" — NOT medication excludes
 # medications. Harman's exceptions break it for common plurals: -ees/-oes keep their s
 # (knees, trees, toes, employees), and -es after s/x/ch/sh only loses the s (viruses ->
 # viruse, abscesses -> abscesse, approaches -> approache), so NOT knee keeps "knees" and
 # NOT virus keeps "viruses" (the stemmed field of format 7 excluded both).
-@pytest.mark.xfail(
-    strict=True,
-    reason="s_stem leaves 'knees' (-ees) and 'viruses' "
-    "(-ses -> 'viruse'): NOT knee / NOT virus keep the plural",
-)
 @pytest.mark.parametrize(
     ("query", "gone"), [("osteoarthritis NOT knee", 10), ("bronchiolitis NOT virus", 20)]
 )
@@ -310,7 +285,8 @@ def test_not_a_singular_excludes_its_plain_plural(
         ("asthma NOT studies", {30, 31}, {32, 33}),  # plural excludes the singular too
         ("asthma NOT study", {30, 31}, {32, 33}),
         ("asthma NOT NO", {32}, {30, 31, 33}),  # the abbreviation, not the stop word
-        ('asthma NOT "this study"', {31}, {30, 32, 33}),  # a stop word inside the phrase
+        # stop words aside, the phrase is "study": in either number, as NOT study
+        ('asthma NOT "this study"', {30, 31}, {32, 33}),
         ("asthma NOT ADULTS", {33}, {30, 31, 32}),
         ("osteoarthritis NOT knees", {10}, {11}),
     ],
@@ -325,17 +301,12 @@ def test_not_as_written_what_held(
 # ============================================ 4. NOT (author OR author): authors.py
 
 
-# DEFECT (ranking/authors.py:341-381 _excluded_alternatives, since e845075): "authors
+# FIXED (was: ranking/authors.py:341-381 _excluded_alternatives, since e845075): "authors
 # joined by OR alone" is checked on the text between two reads, but the second author's
 # read already starts at an AND before it (split_authors moves ``start`` back over a
 # leading AND), so ``NOT (Smith J[au] OR AND Li X[au])`` passes as ``OR`` alone and is
 # silently read as excluding both. The same typo with words, ``NOT (children OR AND
 # adults)``, and ``NOT (Smith J[au] AND OR Li X[au])`` are refused.
-@pytest.mark.xfail(
-    strict=True,
-    reason="NOT (Smith J[au] OR AND Li X[au]) is accepted as "
-    "two exclusions: the AND is swallowed into Li X's read",
-)
 def test_or_and_between_excluded_authors_is_refused() -> None:
     with pytest.raises(ConfigError):
         checked_query("asthma NOT (Smith J[au] OR AND Li X[au])")
@@ -408,18 +379,13 @@ def test_author_groups_after_not_read_as_each_excluded(
     assert left == rest
 
 
-# DEFECT (ranking/authors.py:447-467 _or_beside, with e845075's square-bracket reading):
+# FIXED (was: ranking/authors.py:447-467 _or_beside, with e845075's square-bracket reading):
 # the README says ``NOT (Smith J[au] OR Li X[au])`` works with "square brackets too", and
 # ``asthma NOT [Smith J[au] OR Li X[au]]`` is read. But an author clause *before* such a
 # bracket is refused: _or_beside only counts round brackets, so the OR inside ``[...]``
 # reads as an OR at Wu Y's own level ("an author cannot be one of alternatives (OR)
 # beside other terms: search Wu Y[au] with the topic's words (asthma AND Wu Y[au])" — the
 # very form typed). The round-bracket form and the square one after Wu Y are read.
-@pytest.mark.xfail(
-    strict=True,
-    reason="an author before NOT [A[au] OR B[au]] is refused: "
-    "_or_beside ignores square brackets and sees the OR at its level",
-)
 @pytest.mark.parametrize(
     "query",
     ["asthma AND Wu Y[au] NOT [Smith J[au] OR Li X[au]]", "Wu Y[au] NOT [Smith J[au] OR Li X[au]]"],
