@@ -1060,9 +1060,14 @@ def _candidates(
     return pool
 
 
-#: Most articles a query of authors alone lists (``Smith J[au]``); one naming more is
-#: refused with what to add (the topic's words, the initials).
+#: Most articles a query of authors alone lists (``Smith J[au]``); one naming more that
+#: pass its filters is refused with what to add (the topic's words, the initials, a date).
 LISTING_MAX = 10_000
+#: Most articles of the authors a listing reads to apply its filters to (``Wang Y[au]``
+#: has ~10⁵ in PubMed; ``--since`` leaves a few hundred): only their PMIDs are read.
+HOLDERS_MAX = 1_000_000
+#: PMIDs per statement when the filters are applied to the authors' articles.
+_PASS_CHUNK = 100_000
 #: How a listed article's relevance is made (its explanation says so).
 _LISTED = ("the query names authors alone, and each article by them (as asked) meets it "
            "whole")
@@ -1096,21 +1101,28 @@ def _listing(
     An index with ``only`` (a digest's new articles) lists those of them alone.
 
     Raises:
-        ConfigError: The authors have more than :data:`LISTING_MAX` articles (not asked
-            for an index with ``only``: a few of theirs among those).
+        ConfigError: More than :data:`LISTING_MAX` of the authors' articles pass the
+            filters (all of them count when they have more than :data:`HOLDERS_MAX`; not
+            asked for an index with ``only``: a few of theirs among those).
     """
     only = getattr(index, "only", None)
     if only is not None:
         found = sorted(lexical.matching(text, [int(p) for p in only]))
+        seen = len(found)
     else:
         found = lexical.holders(text, LISTING_MAX + 1)
+        seen = len(found)
+        if len(found) > LISTING_MAX:  # too many to list, unless the filters leave fewer
+            every = lexical.holders(text, HOLDERS_MAX + 1)
+            seen = len(every)
+            found = _passing(engine, every, conds) if seen <= HOLDERS_MAX else every
         if len(found) > LISTING_MAX:
             from ranking.lexical import query_authors
 
             shown = " ".join(a.shown for a in query_authors(text))
-            raise ConfigError(f"{shown} names more than {LISTING_MAX:,} articles (filters "
-                              f"aside): add the topic's words (asthma AND {shown}), or the "
-                              "initials")  # fmt: skip
+            raise ConfigError(f"{shown} names more than {LISTING_MAX:,} articles that pass "
+                              f"the filters: add the topic's words (asthma AND {shown}), "
+                              "the initials, or a date range")  # fmt: skip
     import numpy as np
 
     rows = load_rows(engine, found, conds)
@@ -1127,8 +1139,21 @@ def _listing(
     # explained (score_article: the same score) only the page shown, not every listed one
     rel = Relevance(SearchMode.LEXICAL, similarity=0.0, lexical=1.0, how=_LISTED)
     hits = [_hit(p, rows[p], options, rel, 0.0) for p in order[start:end]]
-    pool = _Pool(rows=rows, seen=len(found), exhausted=True)
+    pool = _Pool(rows=rows, seen=seen, exhausted=True)
     return hits, pool, len(order) > end and end <= MAX_OFFSET
+
+
+def _passing(engine: Engine, pmids: Sequence[int], conds: list[Any]) -> list[int]:
+    """Those of ``pmids`` whose articles pass ``conds`` (sorted): their PMIDs alone read,
+    :data:`_PASS_CHUNK` in one statement (one bound parameter: :func:`db.id_in_clause`)."""
+    out: list[int] = []
+    with engine.connect() as conn:
+        for start in range(0, len(pmids), _PASS_CHUNK):
+            chunk = pmids[start : start + _PASS_CHUNK]
+            ids = db.id_in_clause(conn, "articles.pmid", chunk)
+            out += [int(p) for p in conn.execute(select(articles.c.pmid).where(ids, *conds))
+                    .scalars()]  # fmt: skip
+    return sorted(out)
 
 
 def _score_all(

@@ -380,6 +380,36 @@ def test_an_author_with_too_many_articles_to_list_is_refused_and_a_subset_index_
     assert pmids_of(search_in(settings, engine, "Smith[au]", index=subset, lexical=lex)) == [1]
 
 
+def test_an_author_with_too_many_articles_is_listed_when_the_filters_leave_few(
+    settings: Settings, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prolific author (``Wang Y[au]``: ~10⁵ articles in PubMed) with a filter that leaves
+    few (a language, a date range) is listed: the filters are applied to every article of
+    theirs before the cap, not after it (it was refused, "filters aside"). Without such a
+    filter, or with more articles than can be filtered, it is refused as before."""
+    from sqlalchemy import update
+
+    from litpulse.core.schema import articles
+    from ranking import search as searching
+
+    index, lex = _world(engine, tmp_path)
+    with engine.begin() as conn:  # two of Smith J's five in French
+        conn.execute(update(articles).where(articles.c.pmid.in_([1, 2])).values(language="fre"))
+    monkeypatch.setattr(searching, "LISTING_MAX", 4)
+    with pytest.raises(ConfigError, match="names more than 4 articles that pass the filters"):
+        search_in(settings, engine, "Smith J[au]", index=index, lexical=lex)
+    for mode in ("lexical", "hybrid", "semantic"):
+        french = search_in(settings, engine, "Smith J[au]", index=index, lexical=lex,
+                           mode=mode, language="fre")  # fmt: skip
+        assert sorted(pmids_of(french)) == [1, 2], mode
+    english = search_in(settings, engine, "Smith J[au]", index=index, lexical=lex, k=10,
+                        language="eng")  # fmt: skip
+    assert sorted(pmids_of(english)) == [4, 5, 6]
+    monkeypatch.setattr(searching, "HOLDERS_MAX", 4)  # more of theirs than can be filtered
+    with pytest.raises(ConfigError, match="names more than 4 articles"):
+        search_in(settings, engine, "Smith J[au]", index=index, lexical=lex, language="fre")
+
+
 def test_alternative_authors_meet_the_clause_by_any_of_them(
     settings: Settings, engine: Engine, tmp_path: Path
 ) -> None:
