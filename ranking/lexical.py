@@ -401,8 +401,9 @@ def _analyzer(*, stem: bool = True) -> Any:
 def number_forms(word: str) -> tuple[str, ...]:
     """``word`` and its regular English plural or singular forms, as NOT looks them up in
     :data:`WORD_FIELD` (which holds words as written): as a singular, its plural in -s,
-    -es (after s, x, z, ch, sh) or -ies (after a consonant and y); as a plural, of four
-    letters or more, its singular without -s, -es or -ies (→ -y). Only a word of letters
+    -es (after s, x, z, ch, sh) or -ies (after a consonant and y); as a plural, its
+    singular without -s, -es or -ies (→ -y), when that has four letters or more (``news``
+    is not ``new``, ``aids`` not ``aid``). Only a word of letters
     in lower case has forms; an abbreviation in capitals (``NO``) or a word with digits is
     only itself. Forms no text holds (``viruse``) find nothing: they cost a term lookup.
 
@@ -421,12 +422,16 @@ def number_forms(word: str) -> tuple[str, ...]:
         forms.add(word + "s")
     if word.endswith("y") and word[-2] not in "aeiou":
         forms.add(word[:-1] + "ies")
-    if len(word) >= 4 and word.endswith("s") and not word.endswith("ss"):
-        forms.add(word[:-1])
+    if word.endswith("s") and not word.endswith("ss"):
+        singular = [word[:-1]]
         if word.endswith("es"):
-            forms.add(word[:-2])
+            singular.append(word[:-2])
         if word.endswith("ies"):
-            forms.add(word[:-3] + "y")
+            singular.append(word[:-3] + "y")
+        # a singular of four letters or more: a shorter one is more often another word
+        # than the plural's (news: new, aids: aid, cases: cas), and NOT would leave out
+        # every article holding it
+        forms.update(w for w in singular if len(w) >= 4)
     return tuple(sorted(forms))
 
 

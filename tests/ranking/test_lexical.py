@@ -630,10 +630,14 @@ def test_not_looks_up_words_as_written_in_their_singular_and_plural() -> None:
     assert forms("knee") == ("knee", "knees")
     assert {"virus", "viruses"} <= set(forms("virus")) & set(forms("viruses"))
     assert {"study", "studies"} <= set(forms("study")) & set(forms("studies"))
-    assert {"box", "boxes"} <= set(forms("box")) and "church" in forms("churches")
+    assert "boxes" in forms("box") and "church" in forms("churches")
     assert "medical" not in forms("medication") and "medic" not in forms("medications")
     assert forms("NO") == ("NO",) and forms("cd4s") == ("cd4s",)  # capitals, digits
     assert forms("gas") == ("gas", "gases")  # three letters: no singular ("ga")
+    # a singular under four letters is more often another word: NOT news is not NOT new
+    for word, other in (("news", "new"), ("aids", "aid"), ("cases", "cas"), ("boxes", "box")):
+        assert other not in forms(word), word
+    assert "cell" in forms("cells") and "virus" in forms("viruses")
     assert lexical.word_terms("medications") == ("medications",)
     assert lexical.phrase_terms("medication") == lexical.phrase_terms("medical")  # Snowball
     assert lexical.word_terms("the non-small-cell lung cancers") == (
