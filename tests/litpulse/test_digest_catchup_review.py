@@ -24,9 +24,9 @@ from sqlalchemy import delete, select, update
 
 from ingest.records import MeshHeading, PartialDate, Record, SourceRef
 from ingest.runs import store_writer
-from ingest.store import Store
+from ingest.store import PERIOD_END_CHECKPOINT, Store
 from litpulse.core import db
-from litpulse.core.schema import articles, term_forms
+from litpulse.core.schema import articles, checkpoints, term_forms
 from litpulse.core.settings import Settings
 from litpulse.pipeline.digest import run_digest
 from litpulse.pipeline.saved_searches import add_search
@@ -161,15 +161,39 @@ def test_an_article_revised_twice_between_digests_is_matched_once(
 
 
 def _old_release_writer_after_first_batch(
-    engine: Any,
+    engine: Any, *, empty: bool = False
 ) -> tuple[list[int], Callable[[Any], None]]:
     """An ``on_batch`` hook that, after this release's first batch, has the previous
     release's nightly store PMID 3 (another process: no lease, no period end, no
-    spelling; its rows as that release leaves them); and the list it marks once it has."""
+    spelling; its rows as that release leaves them) — and, as that release knows no
+    catch-up marks, leaves them as they were (this release's Store would have run its
+    opening catch-ups and moved them: they are put back); and the list it marks once it
+    has. ``empty``: the marks are checked to be an empty store's ("every row")."""
+    keys = [PERIOD_END_CHECKPOINT, db.TERM_FORMS_CHECKPOINT]
+
+    def marks() -> list[Any]:
+        c = checkpoints.c
+        with engine.connect() as conn:
+            return [conn.execute(select(c.status, c.value).where(c.scope == scope, c.key == key)
+                                 ).first() for scope, key in keys]  # fmt: skip
 
     def old_release_writer() -> None:
+        before = marks()
+        if empty:
+            assert all(
+                m is not None and m.status and not (m.value or {}).get("through")
+                for m in before
+            ), before  # an empty store's marks: "every row"
         Store(engine).apply([_rec(3, date="2019 Nov-Dec", mesh=("Sjögren's Syndrome",))])
         with engine.begin() as conn:
+            for (scope, key), m in zip(keys, before, strict=True):
+                if m is None:
+                    conn.execute(delete(checkpoints).where(checkpoints.c.scope == scope,
+                                                           checkpoints.c.key == key))
+                    continue
+                conn.execute(update(checkpoints).where(checkpoints.c.scope == scope,
+                                                       checkpoints.c.key == key)
+                             .values(status=m.status, value=m.value))  # fmt: skip
             conn.execute(update(articles).where(articles.c.pmid == 3)
                          .values(pub_period_end=None))  # fmt: skip
             conn.execute(delete(term_forms).where(term_forms.c.term == "Sjögren's Syndrome"))

@@ -17,23 +17,23 @@ plain ones pin attacks that held.
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, select, update
 
 from ingest.records import AbstractSection, Deletion
 from ingest.runs import store_writer
-from ingest.store import PERIOD_END_CHECKPOINT, Store
+from ingest.store import Store
 from litpulse.core import db
 from litpulse.core.errors import ConfigError
-from litpulse.core.schema import articles, checkpoints, term_forms
+from litpulse.core.schema import articles
 from litpulse.core.settings import Settings
 from ranking.search import checked_query
 from tests.ingest.test_store import make_record, src
+from tests.litpulse.test_digest_catchup_review import _old_release_writer_after_first_batch
 from tests.litpulse.test_upgrade_review import DECEMBER_2019, _filtered, _rec
 from tests.ranking.corpus import make_article, pmids_of, search_in
 
@@ -41,44 +41,9 @@ from tests.ranking.corpus import make_article, pmids_of, search_in
 
 
 def _old_writer_after_first_batch(engine: Engine) -> tuple[list[int], Any]:
-    """After this release's first batch, the previous release's nightly (another
-    process, no lease) stores PMID 3 as that release leaves it: no period end, no
-    spelling (tests/litpulse/test_digest_catchup_review.py does the same) — and, as that
-    release knows no catch-up marks, it leaves them as they were (this release's Store
-    would have run its opening catch-ups and moved them: they are put back)."""
-    keys = [PERIOD_END_CHECKPOINT, db.TERM_FORMS_CHECKPOINT]
-
-    def marks() -> list[Any]:
-        c = checkpoints.c
-        with engine.connect() as conn:
-            return [conn.execute(select(c.status, c.value).where(c.scope == scope, c.key == key)
-                                 ).first() for scope, key in keys]  # fmt: skip
-
-    def old_release_writer() -> None:
-        before = marks()
-        assert all(
-            m is not None and m.status and not (m.value or {}).get("through") for m in before
-        ), before  # an empty store's marks: "every row"
-        Store(engine).apply([_rec(3, date="2019 Nov-Dec", mesh=("Sjögren's Syndrome",))])
-        with engine.begin() as conn:
-            for (scope, key), m in zip(keys, before, strict=True):
-                conn.execute(update(checkpoints).where(checkpoints.c.scope == scope,
-                                                       checkpoints.c.key == key)
-                             .values(status=m.status, value=m.value))  # fmt: skip
-            conn.execute(update(articles).where(articles.c.pmid == 3)
-                         .values(pub_period_end=None))  # fmt: skip
-            conn.execute(delete(term_forms).where(term_forms.c.term == "Sjögren's Syndrome"))
-
-    ran: list[int] = []
-
-    def on_batch(_counts: Any) -> None:
-        if not ran:
-            ran.append(1)
-            t = threading.Thread(target=old_release_writer)
-            t.start()
-            t.join()
-
-    return ran, on_batch
+    """The previous release's nightly after this release's first batch, on an empty store
+    (marks and rows as that release leaves them)."""
+    return _old_release_writer_after_first_batch(engine, empty=True)
 
 
 # FIXED (was: ingest/store.py:466-480, Store._mark_caught_up, since eb15631): on a store that
