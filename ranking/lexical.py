@@ -131,6 +131,7 @@ __all__ = [
     "exclusion_forms",
     "query_exclusions",
     "query_phrases",
+    "query_notes",
     "query_problems",
     "query_terms",
     "quoted",
@@ -937,6 +938,59 @@ def query_problems(query: str) -> tuple[str, ...]:
     """What makes ``query``'s NOT and OR impossible to read one way (``"a" OR NOT "b"``,
     ``NOT a OR b``, ``("a" b) OR c``), each as a message saying what to write instead."""
     return _parsed(query)[1]
+
+
+#: Google's exclusion, ``COPD -asthma``: a hyphen first or after a space, then a word that
+#: starts with a letter (group 1). Not read as an exclusion (a space before a hyphen is common
+#: in biomedical text: ``Ca2+ -activated``, ``Ki-67 -positive``, ``beta -lactamase``), so the
+#: word is searched for; :func:`query_notes` says so.
+_DASH_WORD = re.compile(r"(?:^|(?<=\s))-([^\W\d_][\w-]*)")
+
+
+@functools.lru_cache(maxsize=256)
+def query_notes(query: str) -> tuple[str, ...]:
+    """What a user may expect of ``query`` that it does not do, each as a sentence saying
+    what to write instead (shown with the results; the query is searched as it reads).
+
+    A word after a hyphen that follows a space (``COPD -asthma``, Google's exclusion) is
+    searched for as any other word, so its articles are found, not left out: the note gives
+    the query with ``NOT`` instead. A quoted phrase, a word the query excludes with
+    ``NOT``, and a word of fewer than three characters or that the index does not search (a
+    stop word: ``Long COVID -what we know``; ``ER -ve``) get none.
+
+    Example:
+        >>> query_notes("COPD -asthma -smoking")[0].rsplit(": ", 1)[1]
+        'COPD NOT asthma NOT smoking'
+        >>> query_notes("hydroxyl (-OH) groups")
+        ()
+    """
+    searched = _unquoted(split_exclusions(query)[0])
+    dashed = dict.fromkeys(m.group(1).rstrip("-") for m in _DASH_WORD.finditer(searched))
+    words = [w for w in dashed if len(w) >= 3 and query_terms(w)]
+    if not words:
+        return ()
+    # the query as typed, each of them after NOT instead
+    kept, last = [], 0
+    for m in _DASH_WORD.finditer(_unquoted(query)):
+        if m.group(1).rstrip("-") in words:
+            kept.append(query[last : m.start()])
+            last = m.end()
+    kept.append(query[last:])
+    nots = " ".join(f"NOT {w}" for w in words)
+    listed = " and ".join(f"-{w}" for w in words)
+    them = words[0] if len(words) == 1 else "them"
+    one = len(words) == 1
+    rest = " ".join("".join(kept).split())
+    instead = (f"write: {rest} {nots}" if query_terms(rest) or query_authors(rest)
+               else f"add the words to search for, then {nots}")
+    return (f"{listed} {'is' if one else 'are'} searched for like any other "
+            f"word{'' if one else 's'}: a hyphen excludes nothing here. To leave out the "
+            f"articles that mention {them}, {instead}",)  # fmt: skip
+
+
+def _unquoted(text: str) -> str:
+    """``text`` with each quoted phrase blanked out (spaces: the positions stay)."""
+    return _QUOTED.sub(lambda m: " " * len(m.group(0)), text)
 
 
 @functools.lru_cache(maxsize=256)

@@ -412,6 +412,9 @@ class SearchResult:
     has_more: bool = False  # a page: whether a next page may hold results
     excluded: tuple[str, ...] = ()  # what the query excludes with NOT
     authors: tuple[str, ...] = ()  # its author clauses as read: Smith J[au], NOT Li X[1au]
+    #: what the query does not do that its syntax may suggest, and what to write instead
+    #: (:func:`ranking.lexical.query_notes`: Google's ``-word`` is searched for)
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -426,6 +429,7 @@ class SearchResult:
             "has_more": self.has_more,
             "excluded": list(self.excluded),
             "authors": list(self.authors),
+            "notes": list(self.notes),
             "options": self.options.to_dict(),
             "filters": self.filters.to_dict(),
             "results": [h.to_dict() for h in self.hits],
@@ -659,7 +663,7 @@ def run_search(
     """
     import numpy as np
 
-    from ranking.lexical import constrains, query_authors, split_exclusions
+    from ranking.lexical import constrains, query_authors, query_notes, split_exclusions
 
     text = _checked_query(query, k)
     searched, excluded = split_exclusions(text)
@@ -741,6 +745,7 @@ def run_search(
         has_more=has_more,
         excluded=excluded,
         authors=tuple(a.shown for a in query_authors(text)),
+        notes=query_notes(text),
     )
 
 

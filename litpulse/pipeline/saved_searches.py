@@ -124,7 +124,16 @@ class SavedSearch:
             "matches": self.matches,
             "feed": self.feed_path,
             "problem": self.problem,
+            "notes": list(self.notes),
         }
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What its query does not do that its syntax may suggest, and what to write
+        instead (:func:`ranking.lexical.query_notes`: its digests hold what it searches)."""
+        from ranking.lexical import query_notes
+
+        return query_notes(self.query)
 
 
 def _from_row(row: Any, matches: int = 0) -> SavedSearch:

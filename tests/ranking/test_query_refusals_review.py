@@ -161,3 +161,53 @@ def test_pubmed_syntax_still_refused(query: str, message: str) -> None:
         checked_query(query)
     with pytest.raises(ConfigError, match=message):
         _clean_query(query)
+
+
+# ------------------------------------------------------------------ notes on -word
+#: A Google exclusion typed -> the query the note gives instead (NOT for each -word).
+GOOGLE_MINUS = {
+    "COPD -asthma": "COPD NOT asthma",
+    "-asthma COPD": "COPD NOT asthma",
+    "COPD -asthma -smoking in adults": "COPD in adults NOT asthma NOT smoking",
+    "COPD -asthma \"heart failure\"": "COPD \"heart failure\" NOT asthma",
+    "COPD NOT bronchitis -asthma": "COPD NOT bronchitis NOT asthma",
+    "(COPD OR emphysema) -asthma": "(COPD OR emphysema) NOT asthma",
+    "COPD -asthma AND Smith J[au]": "COPD AND Smith J[au] NOT asthma",
+    "COPD -asthma -asthma": "COPD NOT asthma",
+    "COPD -non-smokers": "COPD NOT non-smokers",
+}
+
+
+@pytest.mark.parametrize("query", list(GOOGLE_MINUS))
+def test_a_google_exclusion_gets_a_note_giving_the_query_with_not(query: str) -> None:
+    from ranking.lexical import query_notes
+
+    notes = query_notes(checked_query(query))
+    assert len(notes) == 1 and "a hyphen excludes nothing here" in notes[0], notes
+    instead = notes[0].rsplit("write: ", 1)[1]
+    assert instead == GOOGLE_MINUS[query]
+    # what the note gives is accepted, and excludes each word the hyphen did not
+    searched, excluded = split_exclusions(checked_query(instead))
+    noted = [w[1:] for w in notes[0].split(" is searched")[0].split(" are searched")[0]
+             .split(" and ")]  # fmt: skip
+    assert set(noted) <= set(excluded), (noted, excluded)
+    assert "-" + noted[0] not in searched
+
+
+def test_a_google_exclusion_alone_gets_a_note_without_a_query_that_would_be_refused() -> None:
+    from ranking.lexical import query_notes
+
+    (note,) = query_notes("-asthma")
+    assert note.endswith("add the words to search for, then NOT asthma"), note
+
+
+@pytest.mark.parametrize("query", [
+    "hydroxyl (-OH) groups", "Long COVID -what we know", "ER -ve PR -ve HER2 -ve breast cancer",
+    "CD45 -ve cells", "p53 -/- mice", "samples stored at -80 °C", "IL-6 -174G/C polymorphism",
+    "TNF -308G>A", '"COPD -asthma"', "COPD NOT asthma", "non-small cell lung cancer",
+    "IL-2 −induced proliferation",
+])  # fmt: skip
+def test_no_note_where_no_word_is_searched_after_a_spaced_hyphen(query: str) -> None:
+    from ranking.lexical import query_notes
+
+    assert query_notes(checked_query(query)) == ()

@@ -106,6 +106,8 @@ def run_add(args: argparse.Namespace, settings: Settings) -> int:
             f"saved search {saved.id} {saved.name!r}: new articles scoring at least "
             f"{saved.threshold(settings):g}; feed {saved.feed_path}"
         )
+        for note in saved.notes:
+            print(f"note: {note}", file=sys.stderr)
     return 0
 
 
@@ -198,6 +200,8 @@ def run_edit(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(f"edited saved search {edited.id} {edited.name!r}: {edited.query!r}, new "
               f"articles scoring at least {edited.threshold(settings):g}")
+        for note in edited.notes:
+            print(f"note: {note}", file=sys.stderr)
     return 0
 
 

@@ -98,6 +98,8 @@ def run_search_cmd(args: argparse.Namespace, settings: Settings) -> int:
                 hit["explanation"] = hit["explanation"]["text"]
         print_json(data)
         return 0
+    for note in data.get("notes") or ():  # what the query does not do, as it may seem to
+        print(f"note: {note}", file=sys.stderr)
     hits = data["results"]
     if not hits:
         print("no results" + "".join(f"; excluding {w!r}" for w in data.get("excluded") or ())

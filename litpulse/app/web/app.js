@@ -400,9 +400,17 @@ function moreSimilar(list, add, page) {
   return el("div", { class: "similar-more" }, button, note);
 }
 
+// What the query does not do that its syntax may suggest (Google's -word is searched for),
+// each with what to write instead, above the results.
+function showNotes(notes) {
+  $("notes").replaceChildren(...notes.map((text) => el("li", { text })));
+  reveal($("notes"), notes.length > 0);
+}
+
 function render(data) {
   const list = $("results");
   list.replaceChildren();
+  showNotes(data.notes || []);
   $("toolbar").classList.remove("lookup");
   reveal($("toolbar"), true);
   const n = data.results.length;
@@ -486,6 +494,7 @@ function clearResults() {
   shown = null;
   $("results").replaceChildren();
   $("count").textContent = "";
+  showNotes([]);
   $("toolbar").classList.remove("lookup");
   reveal($("toolbar"), false);
   reveal($("pager"), false);

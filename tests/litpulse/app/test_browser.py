@@ -222,6 +222,16 @@ def test_filters_and_errors_in_the_page(browser: Any, server: str) -> None:
     hits = _search(browser, "gene editing NOT zebrafish")
     assert "excluding NOT zebrafish" in browser.find_element(By.ID, "count").text
     assert "103" not in [h.get_attribute("data-pmid") for h in hits]
+    assert not browser.find_element(By.ID, "notes").is_displayed()
+    # Google's -word is searched for: the page says so above the results, naming NOT
+    _search(browser, "gene editing -zebrafish")
+    notes = browser.find_element(By.ID, "notes")
+    assert notes.is_displayed()
+    assert notes.text == ("-zebrafish is searched for like any other word: a hyphen excludes "
+                          "nothing here. To leave out the articles that mention zebrafish, "
+                          "write: gene editing NOT zebrafish")
+    _search(browser, "gene editing")  # the next search's own (none)
+    assert not browser.find_element(By.ID, "notes").is_displayed()
     # a server-side validation error is shown, not swallowed
     browser.get(server + "/?q=gene+editing&since=2024-05-01&until=2024-01-01")
     WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "error").is_displayed())
