@@ -399,12 +399,18 @@ def _analyzer(*, stem: bool = True) -> Any:
         return _ANALYZERS[stem]
 
 
+#: Words whose singular or plural in -s is another word: ``means`` (by means of) is no
+#: plural of ``mean`` (a statistical mean); ``number_forms`` links neither to the other.
+_NO_NUMBER = frozenset({"mean", "means"})
+
+
 def number_forms(word: str) -> tuple[str, ...]:
     """``word`` and its regular English plural or singular forms, as NOT looks them up in
     :data:`WORD_FIELD` (which holds words as written): as a singular, its plural in -s,
     -es (after s, x, z, ch, sh) or -ies (after a consonant and y); as a plural, its
     singular without -s, -es or -ies (→ -y), when that has four letters or more (``news``
-    is not ``new``, ``aids`` not ``aid``). Only a word of letters
+    is not ``new``, ``aids`` not ``aid``), unless it ends in -ics (``genetics`` is not
+    ``genetic``) or is ``means`` (not ``mean``: :data:`_NO_NUMBER`). Only a word of letters
     in lower case has forms; an abbreviation in capitals (``NO``) or a word with digits is
     only itself. Forms no text holds (``viruse``) find nothing: they cost a term lookup.
 
@@ -419,11 +425,13 @@ def number_forms(word: str) -> tuple[str, ...]:
     forms = {word}
     if word.endswith(("s", "x", "z", "ch", "sh")):
         forms.add(word + "es")
-    else:
+    elif word not in _NO_NUMBER:
         forms.add(word + "s")
     if word.endswith("y") and word[-2] not in "aeiou":
         forms.add(word[:-1] + "ies")
-    if word.endswith("s") and not word.endswith("ss"):
+    # a field in -ics (genetics, economics, statistics) is no plural of its adjective: the
+    # adjective is far more common, and NOT would leave out every article holding it
+    if word.endswith("s") and not word.endswith(("ss", "ics")) and word not in _NO_NUMBER:
         singular = [word[:-1]]
         if word.endswith("es"):
             singular.append(word[:-2])
