@@ -131,7 +131,6 @@ __all__ = [
     "exclusion_forms",
     "query_exclusions",
     "query_phrases",
-    "query_notes",
     "query_problems",
     "query_terms",
     "quoted",
@@ -400,17 +399,20 @@ def _analyzer(*, stem: bool = True) -> Any:
 
 
 #: Words whose singular or plural in -s is another word: ``means`` (by means of) is no
-#: plural of ``mean`` (a statistical mean); ``number_forms`` links neither to the other.
-_NO_NUMBER = frozenset({"mean", "means"})
+#: plural of ``mean`` (a statistical mean), ``goods`` none of ``good``; ``number_forms``
+#: links neither to the other.
+_NO_NUMBER = frozenset({"mean", "means", "good", "goods"})
 
 
 def number_forms(word: str) -> tuple[str, ...]:
     """``word`` and its regular English plural or singular forms, as NOT looks them up in
     :data:`WORD_FIELD` (which holds words as written): as a singular, its plural in -s,
     -es (after s, x, z, ch, sh) or -ies (after a consonant and y); as a plural, its
-    singular without -s, -es or -ies (→ -y), when that has four letters or more (``news``
-    is not ``new``, ``aids`` not ``aid``), unless it ends in -ics (``genetics`` is not
-    ``genetic``) or is ``means`` (not ``mean``: :data:`_NO_NUMBER`). Only a word of letters
+    singular without -s, -es (after s, x, z, ch, sh: ``testes`` is not ``test``) or -ies
+    (→ -y). Only a singular of four letters or more is linked, either way (``news`` is not
+    ``new``, ``aid`` not ``aids``); not an adjective in -ic and a noun in -ics (``genetic``,
+    ``genetics``; ``logistic``, ``logistics``), nor ``mean`` and ``means``
+    (:data:`_NO_NUMBER`). Only a word of letters
     in lower case has forms; an abbreviation in capitals (``NO``) or a word with digits is
     only itself. Forms no text holds (``viruse``) find nothing: they cost a term lookup.
 
@@ -420,28 +422,30 @@ def number_forms(word: str) -> tuple[str, ...]:
         >>> number_forms("viruses")
         ('virus', 'viruse', 'viruses', 'viruseses')
     """
-    if len(word) < 3 or not (word.isalpha() and word.islower()):
+    if len(word) < 3 or not (word.isalpha() and word.islower()) or word in _NO_NUMBER:
         return (word,)
     forms = {word}
-    if word.endswith(("s", "x", "z", "ch", "sh")):
-        forms.add(word + "es")
-    elif word not in _NO_NUMBER:
-        forms.add(word + "s")
-    if word.endswith("y") and word[-2] not in "aeiou":
-        forms.add(word[:-1] + "ies")
-    # a field in -ics (genetics, economics, statistics) is no plural of its adjective: the
-    # adjective is far more common, and NOT would leave out every article holding it
-    if word.endswith("s") and not word.endswith(("ss", "ics")) and word not in _NO_NUMBER:
+    # a singular of four letters or more, either way: a shorter one is more often another
+    # word than the plural's (news: new, aids: aid, cases: cas), and NOT would leave out
+    # every article holding it; nor does an adjective in -ic have a plural (logistic:
+    # logistics, tropic: tropics, genetic: genetics are other words)
+    if len(word) >= 4 and not word.endswith("ic"):
+        forms.add(word + ("es" if word.endswith(_ES_AFTER) else "s"))
+        if word.endswith("y") and word[-2] not in "aeiou":
+            forms.add(word[:-1] + "ies")
+    # a field in -ics (genetics, economics, statistics) is no plural of its adjective
+    if word.endswith("s") and not word.endswith(("ss", "ics")):
         singular = [word[:-1]]
-        if word.endswith("es"):
-            singular.append(word[:-2])
+        if word.endswith("es") and word[:-2].endswith(_ES_AFTER):  # boxes, churches
+            singular.append(word[:-2])  # not testes: test, spines: spin
         if word.endswith("ies"):
             singular.append(word[:-3] + "y")
-        # a singular of four letters or more: a shorter one is more often another word
-        # than the plural's (news: new, aids: aid, cases: cas), and NOT would leave out
-        # every article holding it
         forms.update(w for w in singular if len(w) >= 4)
     return tuple(sorted(forms))
+
+
+#: The endings a plural in -es follows (boxes, churches, gases, buzzes, wishes).
+_ES_AFTER = ("s", "x", "z", "ch", "sh")
 
 
 def query_terms(query: str) -> dict[str, float]:
@@ -946,59 +950,6 @@ def query_problems(query: str) -> tuple[str, ...]:
     """What makes ``query``'s NOT and OR impossible to read one way (``"a" OR NOT "b"``,
     ``NOT a OR b``, ``("a" b) OR c``), each as a message saying what to write instead."""
     return _parsed(query)[1]
-
-
-#: Google's exclusion, ``COPD -asthma``: a hyphen first or after a space, then a word that
-#: starts with a letter (group 1). Not read as an exclusion (a space before a hyphen is common
-#: in biomedical text: ``Ca2+ -activated``, ``Ki-67 -positive``, ``beta -lactamase``), so the
-#: word is searched for; :func:`query_notes` says so.
-_DASH_WORD = re.compile(r"(?:^|(?<=\s))-([^\W\d_][\w-]*)")
-
-
-@functools.lru_cache(maxsize=256)
-def query_notes(query: str) -> tuple[str, ...]:
-    """What a user may expect of ``query`` that it does not do, each as a sentence saying
-    what to write instead (shown with the results; the query is searched as it reads).
-
-    A word after a hyphen that follows a space (``COPD -asthma``, Google's exclusion) is
-    searched for as any other word, so its articles are found, not left out: the note gives
-    the query with ``NOT`` instead. A quoted phrase, a word the query excludes with
-    ``NOT``, and a word of fewer than three characters or that the index does not search (a
-    stop word: ``Long COVID -what we know``; ``ER -ve``) get none.
-
-    Example:
-        >>> query_notes("COPD -asthma -smoking")[0].rsplit(": ", 1)[1]
-        'COPD NOT asthma NOT smoking'
-        >>> query_notes("hydroxyl (-OH) groups")
-        ()
-    """
-    searched = _unquoted(split_exclusions(query)[0])
-    dashed = dict.fromkeys(m.group(1).rstrip("-") for m in _DASH_WORD.finditer(searched))
-    words = [w for w in dashed if len(w) >= 3 and query_terms(w)]
-    if not words:
-        return ()
-    # the query as typed, each of them after NOT instead
-    kept, last = [], 0
-    for m in _DASH_WORD.finditer(_unquoted(query)):
-        if m.group(1).rstrip("-") in words:
-            kept.append(query[last : m.start()])
-            last = m.end()
-    kept.append(query[last:])
-    nots = " ".join(f"NOT {w}" for w in words)
-    listed = " and ".join(f"-{w}" for w in words)
-    them = words[0] if len(words) == 1 else "them"
-    one = len(words) == 1
-    rest = " ".join("".join(kept).split())
-    instead = (f"write: {rest} {nots}" if query_terms(rest) or query_authors(rest)
-               else f"add the words to search for, then {nots}")
-    return (f"{listed} {'is' if one else 'are'} searched for like any other "
-            f"word{'' if one else 's'}: a hyphen excludes nothing here. To leave out the "
-            f"articles that mention {them}, {instead}",)  # fmt: skip
-
-
-def _unquoted(text: str) -> str:
-    """``text`` with each quoted phrase blanked out (spaces: the positions stay)."""
-    return _QUOTED.sub(lambda m: " " * len(m.group(0)), text)
 
 
 @functools.lru_cache(maxsize=256)

@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -413,7 +414,7 @@ class SearchResult:
     excluded: tuple[str, ...] = ()  # what the query excludes with NOT
     authors: tuple[str, ...] = ()  # its author clauses as read: Smith J[au], NOT Li X[1au]
     #: what the query does not do that its syntax may suggest, and what to write instead
-    #: (:func:`ranking.lexical.query_notes`: Google's ``-word`` is searched for)
+    #: (:func:`query_notes`: Google's ``-word`` is searched for)
     notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -663,7 +664,7 @@ def run_search(
     """
     import numpy as np
 
-    from ranking.lexical import constrains, query_authors, query_notes, split_exclusions
+    from ranking.lexical import constrains, query_authors, split_exclusions
 
     text = _checked_query(query, k)
     searched, excluded = split_exclusions(text)
@@ -924,6 +925,195 @@ def checked_query(query: str) -> str:
             "out of what the other words find; add what to search for (COPD NOT asthma)"
         )
     return text
+
+
+#: Google's exclusion, ``COPD -asthma``, ``-"heart failure"``, ``-(asthma OR bronchitis)``:
+#: a hyphen first or after a space (group 1: what comes before it), then what ``NOT``
+#: would exclude there (group 2: a word, a quoted phrase or a group in brackets).
+_MINUS: re.Pattern[str] | None = None
+#: Words that follow a hyphen in a compound split by a stray space (``estrogen receptor
+#: -positive``, ``TNF -induced``): no exclusion is meant.
+_COMPOUND_ENDS = frozenset(
+    "positive negative dependent independent activated induced related associated based "
+    "like mediated free specific derived resistant sensitive lowering producing treated "
+    "deficient containing binding responsive expressing exposed infected naive targeted "
+    "linked coupled driven rich poor enriched labeled labelled tagged type".split()
+)
+#: Words that end in a hyphen when written alone: a prefix (``non -small cell``) or a
+#: Greek letter (``beta -lactamase``) before a stray space.
+_BOUND = frozenset(
+    "non anti pre post co re un sub semi multi inter intra extra over under self well "
+    "cross mid pseudo neo para peri pro trans ultra hyper hypo bi tri mono poly micro macro "
+    "auto de dis mis counter alpha beta gamma delta epsilon zeta eta theta iota kappa lambda "
+    "mu nu xi omicron pi rho sigma tau upsilon phi chi psi omega".split()
+)
+#: An operator left doubled, first or last (a group's or the query's) once a -word is cut.
+_LONE_OPERATOR = re.compile(
+    r"(?<![\w-])(AND|OR)(?:\s+(?:AND|OR|NOT))+(?![\w-])"  # OR OR, AND OR, OR NOT
+    r"|^\s*(?:AND|OR)(?![\w-])|(?<![\w-])(?:AND|OR|NOT)\s*$"  # first or last
+    r"|(?<=[(\[])\s*(?:AND|OR)(?![\w-])|(?<![\w-])(?:AND|OR)\s*(?=[)\]])"  # in brackets
+    r"|\(\s*\)|\[\s*\]"  # an empty group
+)
+
+
+def _minus_pattern() -> re.Pattern[str]:
+    global _MINUS
+    if _MINUS is None:
+        from ranking.lexical import _NOT_TARGET
+
+        _MINUS = re.compile(rf"(?:^\s*|(?<=(\S))\s+)-{_NOT_TARGET}")
+    return _MINUS
+
+
+@functools.lru_cache(maxsize=256)
+def query_notes(query: str) -> tuple[str, ...]:
+    """What a user may expect of ``query`` that it does not do, each as a sentence saying
+    what to write instead (shown with the results; the query is searched as it reads).
+
+    Google's exclusion — a hyphen first or after a space, then a word, a quoted phrase or
+    a group in brackets (``COPD -asthma``, ``-"heart failure"``, ``-(asthma OR
+    bronchitis)``) — is searched for as if the hyphen were not there (a space before a
+    hyphen is common in biomedical text), so those articles are found, not left out: the
+    note gives the query with ``NOT`` instead, checked to be accepted and to exclude what
+    the hyphen meant to and nothing else (else it says how to write it). No note for what
+    no exclusion is meant by: a compound split by a stray space (after a digit or a sign,
+    ``Ca2+ -activated``, ``Ki-67 -positive``; after a prefix or a Greek letter, ``non
+    -small cell``, ``beta -lactamase``; before a word with digits, ``-log10``, or that ends
+    compounds, ``receptor -positive``), a word of under three characters (``ER -ve``), a
+    stop word (``Long COVID -what we know``), an operator, what quotes hold or the query
+    excludes with NOT already.
+
+    Example:
+        >>> query_notes("COPD -asthma in adults")[0].rsplit(": ", 1)[1]
+        'COPD NOT asthma in adults'
+        >>> query_notes("beta -lactamase"), query_notes("hydroxyl (-OH) groups")
+        ((), ())
+    """
+    import unicodedata
+
+    from ranking.lexical import query_terms, split_exclusions
+    from ranking.quotes import QUOTED
+
+    query = unicodedata.normalize("NFC", query)  # an accent is one character (macOS: two)
+    searched, excluded = split_exclusions(query)
+    searched_terms = set(query_terms(searched))
+    gone = {e.lower() for e in excluded}
+    quotes = [m.span() for m in QUOTED.finditer(query)]
+    found: list[tuple[int, int, str]] = []  # (start, end, what NOT would exclude)
+    for m in _minus_pattern().finditer(query):
+        at = m.start() + m.group(0).index("-")
+        target = m.group(2)
+        before = query[:at].split()
+        if any(a <= at < b for a, b in quotes) or not _meant_to_exclude(
+            before[-1] if before else None, target
+        ):
+            continue
+        bare = target.strip("\"'()[]\u201c\u201d\u2018\u2019").lower()
+        terms = set(query_terms(target))
+        if bare in gone or not terms or not terms <= searched_terms:
+            continue  # excluded already, or nothing of it is searched
+        grouped = target[0] in "\"'(\u201c\u2018["  # a phrase or a group, else a word
+        found.append((at, m.end(), target if grouped else target.rstrip("-")))
+    if not found:
+        return ()
+    targets = list(dict.fromkeys(t for _, _, t in found))
+    shown = " and ".join(f"-{t}" for t in targets)
+    one = len(targets) == 1
+    what = targets[0].strip("()[]") if one else "them"
+    # a quoted phrase is required: only the articles holding it are found
+    done = "required" if all(t[0] in "\"\u201c" for t in targets) else "searched for"
+    head = (f"{shown} {'is' if one else 'are'} {done}, not left out: a hyphen excludes "
+            f"nothing here. To leave out the articles that mention {what}, ")
+    nots = " ".join(f"NOT {t}" for t in targets)
+    for instead in _with_not(query, found, targets):
+        if _excludes(instead, targets, searched_terms - _terms_of(targets)):
+            return (f"{head}write: {instead}",)
+    rest = _cut(query, found)
+    if not query_terms(rest) and not _authors_in(rest):
+        return (f"{head}add the words to search for, then {nots}",)
+    each = f"NOT {targets[0]} in place of -{targets[0]}" if one else "NOT in place of each hyphen"
+    longer = len(query) + 3 * len(found) > MAX_QUERY_CHARS
+    return (f"{head}write {each}" + (f" (in {MAX_QUERY_CHARS} characters at most: shorten "
+                                     "the query)" if longer else ""),)  # fmt: skip
+
+
+def _meant_to_exclude(before: str | None, target: str) -> bool:
+    """Whether ``-target`` after the word ``before`` (``None``: first in the query) may be
+    Google's exclusion, not a compound split by a stray space."""
+    if target[0] in "\"'(\u201c\u2018[":
+        return True  # a quoted phrase or a group
+    if not target[0].isalpha() or any(c.isdigit() for c in target) or len(target) < 3:
+        return False  # -80, -log10, -ve
+    if target in ("AND", "OR", "NOT") or target.lower() in _COMPOUND_ENDS:
+        return False
+    if before is None or before in ("AND", "OR", "NOT"):
+        return True
+    if any(c.isdigit() for c in before) or before.lower().strip("\"'()[]") in _BOUND:
+        return False  # Ki-67 -positive, sox2 -dependent, non -small cell, beta -lactamase
+    return before[-1].isalpha() or before[-1] in "\"')]\u201d\u2019"
+
+
+def _with_not(query: str, found: list[tuple[int, int, str]], targets: list[str]) -> Iterator[str]:
+    """Queries that say with NOT what ``query``'s hyphens meant: each in its place, then
+    all after the rest; in lower case too (NOT is a word in a query wholly in capitals)."""
+    nots = " ".join(f"NOT {t}" for t in targets)
+    cut = _cut(query, found)
+    for lower in (False, True):
+        out, last, placed = [], 0, set()
+        for start, end, target in found:
+            out.append(query[last:start])
+            if target not in placed:  # a repeated one once
+                out.append(f"NOT {target.lower() if lower else target}")
+                placed.add(target)
+            last = end
+        out.append(query[last:])
+        yield _tidy("".join(out))
+        yield _tidy(f"{cut} {nots.lower() if lower else nots}")
+
+
+def _cut(query: str, found: list[tuple[int, int, str]]) -> str:
+    """``query`` without the hyphens' words, tidied (no operator left doubled or alone)."""
+    out, last = [], 0
+    for start, end, _ in found:
+        out.append(query[last:start])
+        last = end
+    out.append(query[last:])
+    return _tidy("".join(out))
+
+
+def _tidy(text: str) -> str:
+    """``text`` with single spaces, and no operator left doubled, alone or at an end."""
+    text = " ".join(text.split()).replace("( ", "(").replace(" )", ")")
+    while True:
+        tidy = " ".join(_LONE_OPERATOR.sub(lambda m: m.group(1) or " ", text).split())
+        tidy = tidy.replace("( ", "(").replace(" )", ")")
+        if tidy == text:
+            return text
+        text = tidy
+
+
+def _terms_of(targets: list[str]) -> set[str]:
+    from ranking.lexical import query_terms
+
+    return {t for target in targets for t in query_terms(target)}
+
+
+def _authors_in(text: str) -> bool:
+    from ranking.lexical import query_authors
+
+    return bool(query_authors(text))
+
+
+def _excludes(instead: str, targets: list[str], kept: set[str]) -> bool:
+    """Whether ``instead`` is accepted, excludes each target, and searches ``kept``."""
+    from ranking.lexical import query_terms, split_exclusions
+
+    try:
+        text = checked_query(instead)
+    except ConfigError:
+        return False
+    searched, excluded = split_exclusions(text)
+    return _terms_of(targets) <= _terms_of(list(excluded)) and set(query_terms(searched)) == kept
 
 
 def _query_embedder(

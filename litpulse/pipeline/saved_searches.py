@@ -29,7 +29,7 @@ from litpulse.core.schema import articles, digest_matches, saved_searches
 from litpulse.core.settings import Settings
 from litpulse.core.text import checked_text
 from litpulse.core.timeutil import iso, utcnow
-from ranking.search import SearchFilters, checked_query
+from ranking.search import SearchFilters, checked_query, query_notes
 
 __all__ = [
     "CLI_OWNER_PREFIX",
@@ -130,9 +130,7 @@ class SavedSearch:
     @property
     def notes(self) -> tuple[str, ...]:
         """What its query does not do that its syntax may suggest, and what to write
-        instead (:func:`ranking.lexical.query_notes`: its digests hold what it searches)."""
-        from ranking.lexical import query_notes
-
+        instead (:func:`ranking.search.query_notes`: its digests hold what it searches)."""
         return query_notes(self.query)
 
 

@@ -262,8 +262,8 @@ def test_an_excluded_word_is_not_searched_for(world: Settings) -> None:
 # tests/ranking/test_query_refusals_review.py), so the excluded word is still searched for.
 # It was a strict xfail (the asthma articles come back, silently); now every surface says
 # that the word is searched and gives the query with NOT to write instead.
-GOOGLE_NOTE = ("-asthma is searched for like any other word: a hyphen excludes nothing here. "
-               "To leave out the articles that mention asthma, write: COPD NOT asthma")
+GOOGLE_NOTE = ("-asthma is searched for, not left out: a hyphen excludes nothing here. To "
+               "leave out the articles that mention asthma, write: COPD NOT asthma")
 
 
 def test_a_google_excluded_word_is_searched_and_every_surface_says_so(

@@ -141,6 +141,8 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
         if s.problem:
             print(f"search {s.id} {s.name!r} cannot be searched: {s.problem}; {s.remedy}",
                   file=sys.stderr)
+        for note in s.notes:  # its digests hold what it searches (-word: the word)
+            print(f"search {s.id} {s.name!r}: note: {note}", file=sys.stderr)
     return 0
 
 

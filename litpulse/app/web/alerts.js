@@ -41,7 +41,10 @@ async function loadSaved() {
     el("span", { class: "saved-name", text: s.name }), " — ",
     el("span", { class: "saved-query", text: s.query }),
     ` (${s.matches} match${s.matches === 1 ? "" : "es"}) `,
-    el("a", { href: s.feed.replace(/^\//, ""), class: "feed", text: "Atom feed" }))));
+    el("a", { href: s.feed.replace(/^\//, ""), class: "feed", text: "Atom feed" }),
+    // why it cannot be searched, and what its query does not do (-word: the word is found)
+    ...[s.problem, ...(s.notes || [])].filter(Boolean)
+      .map((text) => el("div", { class: "saved-note", text })))));
   if (!items.length) list.replaceChildren(el("li", { text: "No saved searches yet." }));
 }
 

@@ -227,9 +227,9 @@ def test_filters_and_errors_in_the_page(browser: Any, server: str) -> None:
     _search(browser, "gene editing -zebrafish")
     notes = browser.find_element(By.ID, "notes")
     assert notes.is_displayed()
-    assert notes.text == ("-zebrafish is searched for like any other word: a hyphen excludes "
-                          "nothing here. To leave out the articles that mention zebrafish, "
-                          "write: gene editing NOT zebrafish")
+    assert notes.text == ("-zebrafish is searched for, not left out: a hyphen excludes nothing "
+                          "here. To leave out the articles that mention zebrafish, write: "
+                          "gene editing NOT zebrafish")
     _search(browser, "gene editing")  # the next search's own (none)
     assert not browser.find_element(By.ID, "notes").is_displayed()
     # a server-side validation error is shown, not swallowed

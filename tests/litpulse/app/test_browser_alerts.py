@@ -16,7 +16,7 @@ from litpulse.core import db
 from litpulse.core.schema import articles
 from litpulse.core.settings import Settings
 from litpulse.pipeline.digest import run_digest
-from litpulse.pipeline.saved_searches import get_search
+from litpulse.pipeline.saved_searches import add_search, get_search, remove_search
 from ranking.refresh import refresh_index
 from tests.litpulse.app.test_browser import (  # noqa: F401 - fixtures
     By,
@@ -69,3 +69,21 @@ def test_a_search_saved_on_the_page_has_a_feed_after_the_digest(
     feed = feedparser.parse(fetch(link.get_attribute("href")))
     assert not feed.bozo
     assert [e.title for e in feed.entries] == [TITLE]
+
+
+def test_the_saved_list_says_what_a_query_does_not_do(
+    browser: Any, server: str, real: Settings,  # noqa: F811 - fixtures
+) -> None:
+    """A search saved (by the API, the CLI) with Google's -word: its digests hold the
+    articles of the word, and the page's list says so under it, with the query to write."""
+    saved = add_search(real, name="minus word", query="malaria vaccine -children",
+                       owner="browser-test")  # fmt: skip
+    try:
+        browser.get(server + "/")
+        item = f"#saved-list li[data-id='{saved.id}']"
+        WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, item))
+        notes = browser.find_elements(By.CSS_SELECTOR, f"{item} .saved-note")
+        assert [n.text for n in notes] == list(saved.notes)
+        assert notes[0].text.endswith("write: malaria vaccine NOT children")
+    finally:
+        remove_search(real, saved.id)
