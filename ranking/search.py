@@ -994,6 +994,8 @@ def query_notes(query: str) -> tuple[str, ...]:
     from ranking.lexical import query_terms, split_exclusions
     from ranking.quotes import QUOTED
 
+    if "-" not in query:
+        return ()
     query = unicodedata.normalize("NFC", query)  # an accent is one character (macOS: two)
     searched, excluded = split_exclusions(query)
     searched_terms = set(query_terms(searched))

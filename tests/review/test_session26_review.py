@@ -424,7 +424,8 @@ def test_hostile_queries_are_fast_and_never_raise(name: str) -> None:
     query_notes.cache_clear()
     started = time.perf_counter()
     notes = query_notes(query)
-    assert time.perf_counter() - started < 0.5, name
+    # no catastrophic backtracking: ~10 ms here; the bound leaves a loaded CI machine room
+    assert time.perf_counter() - started < 5.0, name
     assert isinstance(notes, tuple) and len(notes) <= 1
 
 
