@@ -792,10 +792,14 @@ def _checked_query(query: str, k: int) -> str:
 #: bracketed text (a translated title, ``[18F]FDG``) is searched.
 _FIELD_TAG = re.compile(
     r"(?<=[^\s\[])\[\s*(ti|tiab|ab|tw|all|mh|mesh|mh:noexp|majr|sh|dp|pdat|edat|crdt|mhda|"
-    r"pt|la|ad|affl|ta|jour|pmid|uid|doi|aid|lid|nm|ot|gr|sb|ir|fir|auid)\s*\]"
+    r"pt|la|ad|affl|ta|jour|pmid|uid|doi|aid|lid|nm|ot|gr|sb|ir|fir|auid"
+    # as PubMed's search builder writes them ("Asthma"[Mesh], [Majr]): no abbreviation in
+    # capitals is spelt so ([MH] malignant hyperthermia, [ALL] and [Ti] are searched)
+    r"|(?i:mesh|majr|tiab|pdat|edat|crdt|mhda|affl|jour|pmid|auid|mesh:noexp|mh:noexp))"
+    r"(?::~\d+)?\s*\]"  # proximity: [tiab:~3]
     r"|(?<=[^\s\[])\[\s*(?i:(title|title/abstract|abstract|text word|all fields|mesh terms|"
     r"mesh major topic|subheading|publication date|date - publication|publication type|"
-    r"language|affiliation|journal|filter|investigator|author - identifier))\s*\]"
+    r"language|affiliation|journal|filter|investigator|author - identifier))(?::~\d+)?\s*\]"
 )
 _TAG_ADVICE = {
     **dict.fromkeys(("mh", "mesh", "mesh terms", "mh:noexp", "majr", "mesh major topic"),
@@ -811,10 +815,134 @@ _TAG_ADVICE = {
 #: Truncation the PubMed way: a lower-case stem of three letters or more, then ``*``
 #: (``cardio*``, ``vaccin*``); not a star after a digit or a capital (``miR-21*``,
 #: ``E6*``, a title's footnote ``Children*``) nor a pair (``*BRCA1*``).
-_TRUNCATION = re.compile(r"(?<![\w*])[a-z]{3,}\*(?![\w*])")
+_TRUNCATION = re.compile(r"(?<![\w*$])[a-z]{3,}[*$](?![\w*$])")  # wheez$: Ovid's
 #: A query that is a PMID alone (``33301246``, ``PMID: 33301246``, in any digits: ``２０１``);
 #: a DOI alone: :func:`doi_key`.
 _PMID_ONLY = re.compile(r"(?:pmid\s*:?\s*)?(\d{1,9})", re.IGNORECASE)
+
+
+_WORDS_ALIKE = ("the words are searched in titles, abstracts, MeSH headings and keywords "
+                "alike")
+#: Ovid's MeSH explode, ``exp Asthma/``: the heading (group 1).
+_OVID_EXP = re.compile(r"(?<![\w/])exp\s+([A-Z][^/\n]{0,80}?)/(?=[\s),]|$)")
+#: Ovid's field suffixes, ``asthma.ti,ab.``, ``.mp.``, ``.tw.`` (group 1: the codes), in
+#: lower case after a word, a bracket or a quote (``m.p.``, ``i.v.`` are no such codes).
+_OVID_CODES = r"(?:ti|ab|tw|mp|kw|kf|sh|hw|pt|af|fs|ot|tx|nm|rn|mh|xm)"
+_OVID_FIELD = re.compile(rf"(?<=[\w)\"\u201d])\.({_OVID_CODES}(?:,{_OVID_CODES})*)\.(?!\w)")
+#: Cochrane's field suffixes, ``asthma:ti,ab,kw`` (lower case: ``Ag:Ab`` is an antigen).
+_COCHRANE_FIELD = re.compile(
+    r"(?<=[\w)\"\u201d]):((?:ti|ab|kw|tw|mh|pt)(?:,(?:ti|ab|kw|tw|mh|pt))*)(?![\w:])"
+)
+#: Cochrane's MeSH line, ``MeSH descriptor: [Asthma] explode all trees`` (group 1: it).
+_COCHRANE_MESH = re.compile(r"(?i:mesh descriptor)\s*:?\s*\[([^\]\n]{1,80})\]")
+#: Proximity: Ovid's ``adj3``, Scopus's ``W/3`` and ``PRE/3``, ``NEAR/3`` (Web of Science,
+#: Cochrane, Embase), ``NEXT/3`` (Embase); in capitals but ``adj`` (``w/3``: with 3).
+_PROXIMITY = re.compile(r"(?<![\w/])(?:adj\d{1,2}|(?:W|PRE|NEAR|NEXT)/\d{1,2})(?![\w/])")
+#: Proximity of a quoted phrase (Europe PMC, Lucene): ``"asthma children"~5``.
+_PHRASE_PROXIMITY = re.compile(r"[\"\u201d](~\d{1,3})(?![\w.])")
+#: Search history lines: ``#1 AND #2``, or a query of line numbers only (``1 or 2 or 3``).
+_HISTORY = re.compile(
+    r"#\d+\s+(?i:and|or|not)\s+#\d+|^\s*#?\d+(?:\s+(?i:and|or|not)\s+#?\d+)+\s*$"
+)
+#: Scopus's field codes before a bracket (group 1), its date bound (group 2).
+_SCOPUS = re.compile(
+    r"(?<![\w-])(TITLE-ABS-KEY|TITLE-ABS|AUTHKEY|AUTHOR-NAME|AUTHLASTNAME|SRCTITLE|AFFIL|"
+    r"DOCTYPE|INDEXTERMS|(?:TITLE|ABS|KEY|AUTH)(?=\())\s*\("
+    r"|(?<![\w-])(PUBYEAR)\s*(?:[<>=]|AFT\b|BEF\b|IS\b)"
+)
+#: Web of Science's field codes, ``TS=(asthma)`` (``TI = 10`` is no such code).
+_WOS = re.compile(r"(?<![\w-])(TS|TI|AB|AU|SO|PY|DO|SU|WC|AK|KP|OG|ALL)\s*=\s*\(")
+#: Embase's Emtree terms, ``'asthma'/exp`` (group 1: the term, group 2: the link).
+_EMTREE = re.compile(r"['\u2018\u2019\"\u201c\u201d]([^'\u2018\u2019\"\u201c\u201d\n]{1,80})"
+                     r"['\u2018\u2019\"\u201c\u201d]/(exp|de|mj|syn|br|lnk)\b")
+#: Google Scholar's operators (``intitle:asthma``, ``author:"smith"``) and Europe PMC's
+#: fields (``AUTH:"Smith J"``, ``TITLE:asthma``): group 1, right before what they take.
+_COLON_FIELD = re.compile(
+    r"(?<![\w-])((?i:allintitle|intitle|allintext|intext|allinurl|inurl|author|source|site)"
+    r"|AUTH|TITLE|ABSTRACT|KW|JOURNAL|PUB_YEAR|PUB_TYPE|TITLE_ABS):(?=\S)"
+)
+#: What a colon field or ``author:`` takes: a quoted name, or a word.
+_COLON_VALUE = re.compile(r"[\"\u201c]([^\"\u201d\n]{1,80})[\"\u201d]|([^\s\"()]+)")
+
+
+def _mesh_advice(what: str, term: str) -> str:
+    return (f"{what} is not supported: filter by MeSH instead (--mesh {term.strip()!r}, "
+            "mesh= on the API)")
+
+
+#: Each form :func:`foreign_syntax` refuses: its pattern, whether it is looked for in the
+#: whole query (else outside quoted phrases), and the message it gets.
+_FOREIGN: tuple[tuple[re.Pattern[str], bool, Callable[[re.Match[str], str], str]], ...] = (
+    (_OVID_EXP, False,
+     lambda m, q: _mesh_advice(f"Ovid's MeSH heading {m.group(0)!r}", m.group(1))),
+    (_OVID_FIELD, False,
+     lambda m, q: f"Ovid field suffixes such as '.{m.group(1)}.' are not supported: "
+                  f"{_WORDS_ALIKE}: drop the suffix"),
+    (_COCHRANE_FIELD, False,
+     lambda m, q: f"Cochrane field suffixes such as ':{m.group(1)}' are not supported: "
+                  f"{_WORDS_ALIKE}: drop the suffix"),
+    (_COCHRANE_MESH, True,
+     lambda m, q: _mesh_advice(f"Cochrane's MeSH line {m.group(0)!r}", m.group(1))),
+    (_EMTREE, True,
+     lambda m, q: f"Emtree terms such as {m.group(0)!r} are not supported: filter by MeSH "
+                  f"(--mesh {m.group(1).strip()!r}), or search the words"),
+    (_PROXIMITY, False,
+     lambda m, q: f"proximity operators such as {m.group(0)!r} are not supported: write "
+                  f"the words ({_tidy(_PROXIMITY.sub(' ', q))}), or quote a phrase to "
+                  "require them side by side"),
+    (_PHRASE_PROXIMITY, True,
+     lambda m, q: f"proximity ({m.group(1)} after a quoted phrase) is not supported: drop "
+                  f"{m.group(1)} to require the words side by side, or the quotes to "
+                  "search the words"),
+    (_HISTORY, False,
+     lambda m, q: "search history lines (#1 AND #2) are not supported: write the lines' "
+                  "words themselves"),
+    (_SCOPUS, False,
+     lambda m, q: "Scopus's PUBYEAR is not supported: bound the date instead "
+                  "(--since/--until)" if m.group(2) else
+                  f"Scopus field codes such as {m.group(1)}( ) are not supported: "
+                  f"{_WORDS_ALIKE}: drop the code and keep the words"),
+    (_WOS, False,
+     lambda m, q: f"Web of Science field codes such as {m.group(1)}=( ) are not "
+                  f"supported: {_WORDS_ALIKE}: drop the code and keep the words"),
+)  # fmt: skip
+
+
+def foreign_syntax(query: str) -> str | None:
+    """Why ``query`` holds another database's syntax that would be searched as words —
+    Ovid's ``exp Asthma/``, ``.ti,ab.``, ``adj3`` and ``wheez$``; Scopus's
+    ``TITLE-ABS-KEY( )``, ``PUBYEAR >``, ``W/3``; Web of Science's ``TS=( )``; Embase's
+    ``'asthma'/exp``; Cochrane's ``:ti,ab,kw`` and MeSH line; Google Scholar's
+    ``intitle:``, ``author:``; Europe PMC's ``AUTH:`` and ``"…"~5``; search history lines
+    (``#1 AND #2``) — as a message saying what to write instead; ``None`` when it holds
+    none. Each form is one no biomedical text takes (``W/kg``, ``w/v``, ``Ti:sapphire``,
+    ``m.p.``, ``US$``, ``TI = 10``, ``corresponding author: J Smith`` are searched)."""
+    from ranking.quotes import QUOTED
+
+    bare = QUOTED.sub(lambda m: " " * len(m.group(0)), query)  # a phrase holds no syntax
+    for pattern, whole, say in _FOREIGN:
+        m = pattern.search(query if whole else bare)
+        if m:
+            return say(m, query)
+    quotes = [q.span() for q in QUOTED.finditer(query)]
+    for m in _COLON_FIELD.finditer(query):
+        if any(a <= m.start() < b for a, b in quotes):
+            continue  # a phrase holds no syntax
+        field_ = m.group(1)
+        value = _COLON_VALUE.match(query, m.end())
+        taken = (value.group(1) or value.group(2)) if value else ""
+        if field_.lower() in ("author", "auth") and field_ != "Auth":
+            return (f"{field_}: is another database's author field (here it would search "
+                    f"the name's words in the text): an author is searched as "
+                    f"{taken or 'Smith J'}[au]")
+        if field_.lower() in ("site", "allinurl", "inurl", "source", "journal"):
+            return (f"{field_}: is not supported: journals and sites are not searched "
+                    "apart; search the words")
+        if field_ in ("PUB_YEAR",):
+            return f"{field_}: is not supported: bound the date instead (--since/--until)"
+        return (f"{field_}: is another database's field, not supported: {_WORDS_ALIKE}: "
+                "drop it")
+    return None
 
 
 class ArticleQuery(ConfigError):
@@ -881,6 +1009,9 @@ def checked_query(query: str) -> str:
     from ranking.authors import split_authors
     from ranking.lexical import split_exclusions
 
+    foreign = foreign_syntax(text)
+    if foreign is not None:
+        raise ConfigError(foreign)
     rest, authors, unread = split_authors(text)  # Smith J[au]: read before other tags
     for problem in unread:
         raise ConfigError(problem)
@@ -891,9 +1022,11 @@ def checked_query(query: str) -> str:
                                        "headings and keywords alike: drop the tag")
         raise ConfigError(f"PubMed field tags such as {tag.group(0)!r} are not supported: "
                           f"{advice}")
-    if _TRUNCATION.search(text):
-        raise ConfigError("truncation (word*) is not supported: type whole words (they are "
-                          "stemmed: vaccination also finds vaccine and vaccines)")
+    truncated = _TRUNCATION.search(text)
+    if truncated:
+        raise ConfigError(f"truncation ({truncated.group(0)}) is not supported: type whole "
+                          "words (they are stemmed: vaccination also finds vaccine and "
+                          "vaccines)")
     from ranking.lexical import phrase_terms, query_problems, query_terms, quoted
 
     searched, excluded = split_exclusions(text)
@@ -968,7 +1101,78 @@ def _minus_pattern() -> re.Pattern[str]:
 @functools.lru_cache(maxsize=256)
 def query_notes(query: str) -> tuple[str, ...]:
     """What a user may expect of ``query`` that it does not do, each as a sentence saying
-    what to write instead (shown with the results; the query is searched as it reads).
+    what to write instead (shown with the results; the query is searched as it reads):
+    Google's exclusion (``COPD -asthma``: :func:`_minus_notes`), and Boolean operators in
+    lower case as other databases read them (``"heart failure" or "cardiac failure"``:
+    both phrases are required; ``(asthma or wheeze) not copd``: copd is searched for;
+    :func:`_lower_case_notes`).
+
+    Example:
+        >>> query_notes("COPD -asthma in adults")[0].rsplit(": ", 1)[1]
+        'COPD NOT asthma in adults'
+        >>> query_notes("beta -lactamase"), query_notes("asthma or COPD in smokers")
+        ((), ())
+    """
+    return _minus_notes(query) + _lower_case_notes(query)
+
+
+#: Lower-case ``or`` between two quoted phrases (both are then required).
+_LOWER_OR = re.compile(r"(?<=[\"\u201d])(\s+)or(\s+)(?=[\"\u201c])")
+#: Lower-case ``not`` after a bracket (an operator when the group holds ``or``/``and``).
+_LOWER_NOT = re.compile(r"\)(\s+)not(\s+)(?=\S)")
+
+
+def _lower_case_notes(query: str) -> tuple[str, ...]:
+    """Notes on ``or`` and ``not`` in lower case where another database's strategy reads
+    them as operators: between two quoted phrases (``"a b" or "c d"``), and after a
+    bracket group of such operators (``(a or b) not c``). Elsewhere they are words of a
+    title or question (``asthma not controlled by``, ``asthma or COPD in smokers``: every
+    word is searched either way). Each note's query is checked as :func:`_minus_notes`'s."""
+    from ranking.lexical import phrase_forms, split_exclusions
+
+    notes: list[str] = []
+    if _LOWER_OR.search(query):
+        instead = _LOWER_OR.sub(lambda m: f"{m.group(1)}OR{m.group(2)}", query)
+        try:
+            merged = len(phrase_forms(checked_query(instead))[0]) < len(phrase_forms(query)[0])
+        except ConfigError:
+            merged = False
+        if merged:
+            notes.append('lower-case "or" is a word here: each quoted phrase is required. '
+                         f"For any of them, write: {instead}")
+    for m in _LOWER_NOT.finditer(query):
+        group = _group_before(query, m.start())
+        if group is None or not re.search(r"\s(?:or|and)\s", group):
+            continue
+        instead = f"{query[: m.start() + 1]}{m.group(1)}NOT{m.group(2)}{query[m.end():]}"
+        try:
+            excluded = split_exclusions(checked_query(instead))[1]
+        except ConfigError:
+            continue
+        if excluded and not split_exclusions(query)[1]:
+            what = excluded[0]
+            notes.append(f'lower-case "not" is a word here: {what} is searched for, not left '
+                         f"out. To leave out the articles that mention {what}, write: "
+                         f"{instead}")
+            break
+    return tuple(notes)
+
+
+def _group_before(text: str, close: int) -> str | None:
+    """The text of the bracket group that ends at ``text[close]`` (a ``)``), or ``None``."""
+    depth = 0
+    for i in range(close, -1, -1):
+        if text[i] == ")":
+            depth += 1
+        elif text[i] == "(":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : close]
+    return None
+
+
+def _minus_notes(query: str) -> tuple[str, ...]:
+    """The note on Google's exclusion in ``query``, if it holds one.
 
     Google's exclusion — a hyphen first or after a space, then a word, a quoted phrase or
     a group in brackets (``COPD -asthma``, ``-"heart failure"``, ``-(asthma OR
@@ -984,10 +1188,8 @@ def query_notes(query: str) -> tuple[str, ...]:
     excludes with NOT already.
 
     Example:
-        >>> query_notes("COPD -asthma in adults")[0].rsplit(": ", 1)[1]
-        'COPD NOT asthma in adults'
-        >>> query_notes("beta -lactamase"), query_notes("hydroxyl (-OH) groups")
-        ((), ())
+        >>> _minus_notes("hydroxyl (-OH) groups")
+        ()
     """
     import unicodedata
 
