@@ -815,7 +815,7 @@ _TAG_ADVICE = {
 #: Truncation the PubMed way: a lower-case stem of three letters or more, then ``*``
 #: (``cardio*``, ``vaccin*``); not a star after a digit or a capital (``miR-21*``,
 #: ``E6*``, a title's footnote ``Children*``) nor a pair (``*BRCA1*``).
-_TRUNCATION = re.compile(r"(?<![\w*$])[a-z]{3,}[*$](?![\w*$])")  # wheez$: Ovid's
+_TRUNCATION = re.compile(r"(?<![\w*$\\])[a-z]{3,}[*$](?![\w*$])")  # wheez$: Ovid's
 #: A query that is a PMID alone (``33301246``, ``PMID: 33301246``, in any digits: ``２０１``);
 #: a DOI alone: :func:`doi_key`.
 _PMID_ONLY = re.compile(r"(?:pmid\s*:?\s*)?(\d{1,9})", re.IGNORECASE)
@@ -828,38 +828,53 @@ _OVID_EXP = re.compile(r"(?<![\w/])exp\s+([A-Z][^/\n]{0,80}?)/(?=[\s),]|$)")
 #: Ovid's field suffixes, ``asthma.ti,ab.``, ``.mp.``, ``.tw.`` (group 1: the codes), in
 #: lower case after a word, a bracket or a quote (``m.p.``, ``i.v.`` are no such codes).
 _OVID_CODES = r"(?:ti|ab|tw|mp|kw|kf|sh|hw|pt|af|fs|ot|tx|nm|rn|mh|xm)"
-_OVID_FIELD = re.compile(rf"(?<=[\w)\"\u201d])\.({_OVID_CODES}(?:,{_OVID_CODES})*)\.(?!\w)")
+_OVID_FIELD = re.compile(
+    rf"(?<=[\w)\"\u201d])\.({_OVID_CODES}(?:,{_OVID_CODES})+|ti|ab|tw|mp|kw|kf)\.(?!\w)"
+)
 #: Cochrane's field suffixes, ``asthma:ti,ab,kw`` (lower case: ``Ag:Ab`` is an antigen).
-_COCHRANE_FIELD = re.compile(
-    r"(?<=[\w)\"\u201d]):((?:ti|ab|kw|tw|mh|pt)(?:,(?:ti|ab|kw|tw|mh|pt))*)(?![\w:])"
+_COCHRANE_FIELD = re.compile(  # one code alone only of ti, ab, kw (nurse:pt is a ratio)
+    r"(?<=[\w)\"\u201d]):((?:ti|ab|kw|tw|mh|pt)(?:,(?:ti|ab|kw|tw|mh|pt))+|ti|ab|kw)(?![\w:])"
 )
 #: Cochrane's MeSH line, ``MeSH descriptor: [Asthma] explode all trees`` (group 1: it).
 _COCHRANE_MESH = re.compile(r"(?i:mesh descriptor)\s*:?\s*\[([^\]\n]{1,80})\]")
 #: Proximity: Ovid's ``adj3``, Scopus's ``W/3`` and ``PRE/3``, ``NEAR/3`` (Web of Science,
 #: Cochrane, Embase), ``NEXT/3`` (Embase); in capitals but ``adj`` (``w/3``: with 3).
 _PROXIMITY = re.compile(r"(?<![\w/])(?:adj\d{1,2}|(?:W|PRE|NEAR|NEXT)/\d{1,2})(?![\w/])")
-#: Proximity of a quoted phrase (Europe PMC, Lucene): ``"asthma children"~5``.
-_PHRASE_PROXIMITY = re.compile(r"[\"\u201d](~\d{1,3})(?![\w.])")
-#: Search history lines: ``#1 AND #2``, or a query of line numbers only (``1 or 2 or 3``).
+#: Proximity after a quoted phrase (Europe PMC, Lucene): ``"asthma children"~5``.
+_PHRASE_PROXIMITY = re.compile(r"~\d{1,3}(?![\w.])")
+#: Search history lines: a query of line numbers, operators and brackets only (``#1 AND
+#: #2``, ``1 or 2 or 3``; ``Patients #1 and #2 were siblings`` is searched).
 _HISTORY = re.compile(
-    r"#\d+\s+(?i:and|or|not)\s+#\d+|^\s*#?\d+(?:\s+(?i:and|or|not)\s+#?\d+)+\s*$"
+    r"^[\s(]*#?\d+[\s)]*(?:(?i:and|or|not)[\s(]+#?\d+[\s)]*)+$"
 )
 #: Scopus's field codes before a bracket (group 1), its date bound (group 2).
 _SCOPUS = re.compile(
     r"(?<![\w-])(TITLE-ABS-KEY|TITLE-ABS|AUTHKEY|AUTHOR-NAME|AUTHLASTNAME|SRCTITLE|AFFIL|"
-    r"DOCTYPE|INDEXTERMS|(?:TITLE|ABS|KEY|AUTH)(?=\())\s*\("
+    r"DOCTYPE|INDEXTERMS)\s*\("
     r"|(?<![\w-])(PUBYEAR)\s*(?:[<>=]|AFT\b|BEF\b|IS\b)"
+    # the short codes right before a bracket, in a query with a Boolean operator in capitals
+    # (ABS(acrylonitrile butadiene styrene) in a title is searched)
+    r"|(?<![\w-])(TITLE|ABS|KEY|AUTH)\((?=.*(?<![\w-])(?:AND|OR|NOT)(?![\w-]))"
+    r"|(?<![\w-])(?:AND|OR|NOT)(?![\w-]).*(?<![\w-])(TITLE|ABS|KEY|AUTH)\("
 )
-#: Web of Science's field codes, ``TS=(asthma)`` (``TI = 10`` is no such code).
-_WOS = re.compile(r"(?<![\w-])(TS|TI|AB|AU|SO|PY|DO|SU|WC|AK|KP|OG|ALL)\s*=\s*\(")
+#: Web of Science's field codes, ``TS=(asthma)``: no space around ``=``, first in the query or
+#: after a capital operator or a bracket (``TI = (LD50/ED50)``, ``DO = (dissolved oxygen)``
+#: define abbreviations).
+_WOS = re.compile(
+    r"(?:^|(?<=\()|(?<=\sAND\s)|(?<=\sOR\s)|(?<=\sNOT\s))\s*"
+    r"(TS|TI|AB|AU|SO|PY|DO|SU|WC|AK|KP|OG|ALL)=\("
+)
 #: Embase's Emtree terms, ``'asthma'/exp`` (group 1: the term, group 2: the link).
 _EMTREE = re.compile(r"['\u2018\u2019\"\u201c\u201d]([^'\u2018\u2019\"\u201c\u201d\n]{1,80})"
                      r"['\u2018\u2019\"\u201c\u201d]/(exp|de|mj|syn|br|lnk)\b")
 #: Google Scholar's operators (``intitle:asthma``, ``author:"smith"``) and Europe PMC's
 #: fields (``AUTH:"Smith J"``, ``TITLE:asthma``): group 1, right before what they take.
 _COLON_FIELD = re.compile(
-    r"(?<![\w-])((?i:allintitle|intitle|allintext|intext|allinurl|inurl|author|source|site)"
+    r"(?<![\w-])(allintitle|intitle|allintext|intext|allinurl|inurl"
     r"|AUTH|TITLE|ABSTRACT|KW|JOURNAL|PUB_YEAR|PUB_TYPE|TITLE_ABS):(?=\S)"
+    # author: and source: before a quoted value, site: before a host (source:sink ratio,
+    # site:treatment interaction and Corresponding author:Jane Doe are searched)
+    r"|(?<![\w-])(author|source):(?=[\"\u201c])|(?<![\w-])(site):(?=[\w-]+\.[a-z]{2,})"
 )
 #: What a colon field or ``author:`` takes: a quoted name, or a word.
 _COLON_VALUE = re.compile(r"[\"\u201c]([^\"\u201d\n]{1,80})[\"\u201d]|([^\s\"()]+)")
@@ -890,22 +905,29 @@ _FOREIGN: tuple[tuple[re.Pattern[str], bool, Callable[[re.Match[str], str], str]
      lambda m, q: f"proximity operators such as {m.group(0)!r} are not supported: write "
                   f"the words ({_tidy(_PROXIMITY.sub(' ', q))}), or quote a phrase to "
                   "require them side by side"),
-    (_PHRASE_PROXIMITY, True,
-     lambda m, q: f"proximity ({m.group(1)} after a quoted phrase) is not supported: drop "
-                  f"{m.group(1)} to require the words side by side, or the quotes to "
-                  "search the words"),
+
     (_HISTORY, False,
      lambda m, q: "search history lines (#1 AND #2) are not supported: write the lines' "
                   "words themselves"),
     (_SCOPUS, False,
      lambda m, q: "Scopus's PUBYEAR is not supported: bound the date instead "
                   "(--since/--until)" if m.group(2) else
-                  f"Scopus field codes such as {m.group(1)}( ) are not supported: "
+                  f"Scopus field codes such as {m.group(1) or m.group(3) or m.group(4)}( ) "
+                  "are not supported: "
                   f"{_WORDS_ALIKE}: drop the code and keep the words"),
     (_WOS, False,
      lambda m, q: f"Web of Science field codes such as {m.group(1)}=( ) are not "
                   f"supported: {_WORDS_ALIKE}: drop the code and keep the words"),
 )  # fmt: skip
+
+
+def _in_path(text: str, at: int) -> bool:
+    """Whether ``text[at]`` is inside a URL or a file or host name (a token holding
+    ``://``, or a dot before ``at``): ``http://bioinfo.ntu.edu.tw.`` ends no Ovid line."""
+    start = max(text.rfind(" ", 0, at), text.rfind("\t", 0, at)) + 1
+    end = len(text) if (e := text.find(" ", at)) < 0 else e
+    token = text[start:end]
+    return "://" in token or "." in text[start:at]
 
 
 def foreign_syntax(query: str) -> str | None:
@@ -922,13 +944,19 @@ def foreign_syntax(query: str) -> str | None:
     bare = QUOTED.sub(lambda m: " " * len(m.group(0)), query)  # a phrase holds no syntax
     for pattern, whole, say in _FOREIGN:
         m = pattern.search(query if whole else bare)
-        if m:
+        if m and not _in_path(query, m.start()):
             return say(m, query)
+    for quoted in QUOTED.finditer(query):  # "asthma children"~5 (not 2"~3": inch marks)
+        near = _PHRASE_PROXIMITY.match(query, quoted.end())
+        if near and quoted.group(1).strip():
+            return (f"proximity ({near.group(0)} after a quoted phrase) is not supported: "
+                    f"drop {near.group(0)} to require the words side by side, or the quotes "
+                    "to search the words")
     quotes = [q.span() for q in QUOTED.finditer(query)]
     for m in _COLON_FIELD.finditer(query):
         if any(a <= m.start() < b for a, b in quotes):
             continue  # a phrase holds no syntax
-        field_ = m.group(1)
+        field_ = m.group(1) or m.group(2) or m.group(3)
         value = _COLON_VALUE.match(query, m.end())
         taken = (value.group(1) or value.group(2)) if value else ""
         if field_.lower() in ("author", "auth") and field_ != "Auth":
@@ -1070,7 +1098,9 @@ _COMPOUND_ENDS = frozenset(
     "positive negative dependent independent activated induced related associated based "
     "like mediated free specific derived resistant sensitive lowering producing treated "
     "deficient containing binding responsive expressing exposed infected naive targeted "
-    "linked coupled driven rich poor enriched labeled labelled tagged type".split()
+    "linked coupled driven rich poor enriched labeled labelled tagged type refractory "
+    "mutant mutated sparing bearing matched adjusted stratified guided assisted controlled "
+    "null knockout".split()
 )
 #: Words that end in a hyphen when written alone: a prefix (``non -small cell``) or a
 #: Greek letter (``beta -lactamase``) before a stray space.
@@ -1118,6 +1148,10 @@ def query_notes(query: str) -> tuple[str, ...]:
 
 #: Lower-case ``or`` between two quoted phrases (both are then required).
 _LOWER_OR = re.compile(r"(?<=[\"\u201d])(\s+)or(\s+)(?=[\"\u201c])")
+#: A group of single terms (words or quoted phrases) joined by lower-case or/and.
+_TERMS_JOINED = re.compile(
+    r"(?:[\w'-]+|\"[^\"]+\")(?:\s+(?:or|and)\s+(?:[\w'-]+|\"[^\"]+\"))+"
+)
 #: Lower-case ``not`` after a bracket (an operator when the group holds ``or``/``and``).
 _LOWER_NOT = re.compile(r"\)(\s+)not(\s+)(?=\S)")
 
@@ -1128,7 +1162,7 @@ def _lower_case_notes(query: str) -> tuple[str, ...]:
     bracket group of such operators (``(a or b) not c``). Elsewhere they are words of a
     title or question (``asthma not controlled by``, ``asthma or COPD in smokers``: every
     word is searched either way). Each note's query is checked as :func:`_minus_notes`'s."""
-    from ranking.lexical import phrase_forms, split_exclusions
+    from ranking.lexical import phrase_forms, query_terms, split_exclusions
 
     notes: list[str] = []
     if _LOWER_OR.search(query):
@@ -1142,8 +1176,10 @@ def _lower_case_notes(query: str) -> tuple[str, ...]:
                          f"For any of them, write: {instead}")
     for m in _LOWER_NOT.finditer(query):
         group = _group_before(query, m.start())
-        if group is None or not re.search(r"\s(?:or|and)\s", group):
-            continue
+        if group is None or not _TERMS_JOINED.fullmatch(group.strip()) or any(
+            not query_terms(t) for t in re.split(r"\s+(?:or|and)\s+", group.strip())
+        ):
+            continue  # prose: (with or without nasal polyps) not controlled by
         instead = f"{query[: m.start() + 1]}{m.group(1)}NOT{m.group(2)}{query[m.end():]}"
         try:
             excluded = split_exclusions(checked_query(instead))[1]
