@@ -204,9 +204,11 @@ def test_gate_rejects_a_model_that_lowers_query_like_retrieval(
     engine = db.connect(s)
     _corpus(engine)
     ps = mine_pairs(s, since=T0, max_pairs=96, fresh_size=20, distractors=30)
-    # an honest bad candidate: anchors taught to find random articles
+    # an honest bad candidate: anchors taught to find random articles, all 8 steps (the
+    # retrain budget, 60 s, cut them to 6 on a slow CI machine: too little harm to refuse)
     opts = LoraOptions(
-        max_steps=8, batch_size=12, max_seq_length=48, warmup_steps=0, learning_rate=5e-3
+        max_steps=8, batch_size=12, max_seq_length=48, warmup_steps=0, learning_rate=5e-3,
+        max_seconds=1e5,
     )
     train(s, _shuffled(ps), opts, tmp_path / "bad")
 
