@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from litpulse.core.text import fold, fold_term
-from ranking.quotes import CLOSE, OPEN, QUOTED, QUOTES
+from ranking.quotes import CLOSE, OPEN, QUOTES, blank_quoted
 
 __all__ = ["AuthorClause", "Role", "author_keys", "split_authors", "tidy_left_over"]
 
@@ -186,7 +186,7 @@ def split_authors(query: str) -> tuple[str, tuple[AuthorClause, ...], tuple[str,
     tags = list(_TAG.finditer(query))
     if not tags:
         return query, (), ()
-    bare = QUOTED.sub(lambda m: " " * len(m.group(0)), query)  # operators outside quotes
+    bare = blank_quoted(query)  # operators outside quotes
     problems: list[str] = []
     spans: list[tuple[int, int]] = []
     reads: list[_Read] = []

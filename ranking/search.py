@@ -939,9 +939,9 @@ def foreign_syntax(query: str) -> str | None:
     (``#1 AND #2``) — as a message saying what to write instead; ``None`` when it holds
     none. Each form is one no biomedical text takes (``W/kg``, ``w/v``, ``Ti:sapphire``,
     ``m.p.``, ``US$``, ``TI = 10``, ``corresponding author: J Smith`` are searched)."""
-    from ranking.quotes import QUOTED
+    from ranking.quotes import QUOTED, blank_quoted
 
-    bare = QUOTED.sub(lambda m: " " * len(m.group(0)), query)  # a phrase holds no syntax
+    bare = blank_quoted(query)  # a phrase holds no syntax
     for pattern, whole, say in _FOREIGN:
         m = pattern.search(query if whole else bare)
         if m and not _in_path(query, m.start()):

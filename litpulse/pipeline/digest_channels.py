@@ -145,11 +145,13 @@ def atom_feed(search: SavedSearch, matches: Sequence[Match], *, self_url: str) -
     feed = ET.Element(f"{{{ATOM_NS}}}feed")
     _text(feed, "id", _feed_id(search))
     _text(feed, "title", f"litpulse: {search.name}")
+    notes = "".join(f" Note: {note}" for note in search.notes)
     _text(
         feed,
         "subtitle",
         f"New articles for “{search.query}” scoring at least "
-        f"{search.min_score if search.min_score is not None else 'the default threshold'}",
+        f"{search.min_score if search.min_score is not None else 'the default threshold'}."
+        f"{notes}",
     )
     stamps = [m.found_at for m in matches] + [search.created_at]
     if search.last_digest_at is not None:
@@ -188,6 +190,8 @@ def email_message(
     domain = settings.digest_smtp_from.rpartition("@")[2] or "localhost"
     msg["Message-ID"] = f"<litpulse-digest-{delivery_key(search, matches)}@{domain}>"
     lines = [f"New articles for your saved search “{search.name}” ({search.query}):", ""]
+    if search.notes:  # what its query does not do (the page, API and CLI say it too)
+        lines += [*(f"Note: {note}" for note in search.notes), ""]
     for i, m in enumerate(matches, start=1):
         lines += [
             f"{i}. {m.headline}",

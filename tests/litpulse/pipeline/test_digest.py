@@ -4,6 +4,7 @@ against local servers, failed deliveries retried without loss."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import threading
@@ -980,3 +981,33 @@ def test_a_saved_search_of_an_author_alone_matches_each_new_article_of_theirs(
     assert set(_matched(engine, doe.id)) == (NEW - {105, 106}) | {202}
     assert 202 in _matched(engine, topic.id)
     assert run_digest(s).matched == 0  # once
+
+
+def test_the_email_and_the_feed_say_what_a_saved_query_does_not_do() -> None:
+    """A saved query with a Google-style ``-word`` searches the word; the page, the API
+    and the CLI say so in a note, and so must the digest a researcher reads instead of
+    them: the e-mail and the Atom feed (the webhook carries the search's notes)."""
+    from litpulse.pipeline.digest_channels import Match, atom_feed, email_message
+    from litpulse.pipeline.saved_searches import SavedSearch
+
+    at = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    search = SavedSearch(id=7, name="copd", query="COPD -asthma", filters=SearchFilters(),
+                         min_score=None, owner="alice", created_at=at, watermark=at)  # fmt: skip
+    (note,) = search.notes
+    assert "COPD NOT asthma" in note
+    match = Match(id=1, search_id=7, pmid=101, title="A COPD trial", score=0.9,
+                  index_version="v1", model_version="m1", found_at=at,
+                  explanation={"text": "title matches"})  # fmt: skip
+    s = Settings.from_env({}, digest_smtp_from="lp@example.org", digest_smtp_to="a@example.org")
+
+    text = email_message(s, search, [match]).get_content()
+    assert f"Note: {note}" in text
+    assert text.index("Note:") < text.index("A COPD trial")  # read before the matches
+
+    feed = feedparser.parse(atom_feed(search, [match], self_url="http://127.0.0.1/feeds/7.atom"))
+    assert not feed.bozo, feed.get("bozo_exception")
+    assert note in feed.feed.subtitle
+
+    plain = dataclasses.replace(search, query="COPD NOT asthma")
+    assert not plain.notes
+    assert "Note:" not in email_message(s, plain, [match]).get_content()
