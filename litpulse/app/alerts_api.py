@@ -7,7 +7,8 @@
 ``PATCH /alerts/{id}``         change its query, threshold or filters in place (API token
                                of its owner; its id, feed, matches and watermark kept)
 ``DELETE /alerts/{id}``        remove it and its matches (API token of its owner)
-``GET /feeds/{id}.atom``       its matches as an Atom 1.0 feed
+``GET /feeds/{id}.atom``       its matches as an Atom 1.0 feed (``?page=N``: 200 a page,
+                               newest first; each page links the next, RFC 5005)
 =============================  ====================================================
 
 Reading is open like ``/search``; writing needs an API token like ``POST /feedback``
@@ -39,6 +40,8 @@ __all__ = ["FiltersIn", "SavedSearchEdit", "SavedSearchIn", "add_alert_routes"]
 RECENT_MATCHES = 50
 #: Largest saved-search id accepted in a path.
 MAX_ID = 2**31 - 1
+#: Largest feed page asked for (a search records at most 10,000 matches a digest).
+MAX_FEED_PAGE = 1_000_000
 
 
 class FiltersIn(BaseModel):
@@ -123,7 +126,7 @@ def add_alert_routes(
     app: FastAPI, settings: Settings, engine: Callable[[], Any], expert_dep: Any
 ) -> None:
     """Add the routes of the module docstring to ``app``."""
-    from fastapi import HTTPException, Path
+    from fastapi import HTTPException, Path, Query
     from fastapi.responses import Response
 
     from litpulse.pipeline.digest import feed_for, matches_of
@@ -225,8 +228,14 @@ def add_alert_routes(
             **not_found,
         },
     )
-    def feed_endpoint(request: Request, search_id: int = id_param()) -> Any:
+    def feed_endpoint(
+        request: Request,
+        search_id: int = id_param(),
+        page: int = Query(1, ge=1, le=MAX_FEED_PAGE, description="Page of its matches, "
+                          "newest first (RFC 5005: each page links the next)"),
+    ) -> Any:
         body = feed_for(
-            settings, search_id, self_url=str(request.url.replace(query="")), engine=engine()
-        )
+            settings, search_id, self_url=str(request.url.replace(query="")), engine=engine(),
+            page=page,
+        )  # fmt: skip
         return Response(body, media_type="application/atom+xml; charset=utf-8")

@@ -66,6 +66,7 @@ from litpulse.core.settings import Settings
 from litpulse.core.timeutil import utcnow
 from litpulse.pipeline.digest_channels import (
     DeliveryError,
+    FeedPage,
     Match,
     atom_feed,
     post_webhook,
@@ -413,6 +414,17 @@ def _digest_one(
         # authors alone (Smith J[au]): each new article of theirs meets the query whole
         passing += [h for h in result.hits if listed or h.score >= threshold]
     if passing:
+        # only matches not recorded before count toward the cap: an old match revised
+        # since (MEDLINE adds MeSH weeks later) would take a new article's place, and the
+        # watermark moves past that one for good
+        with engine.connect() as conn:
+            known = set(conn.execute(
+                select(digest_matches.c.pmid).where(
+                    digest_matches.c.search_id == search.id,
+                    db.id_in_clause(conn, "pmid", [h.pmid for h in passing]),
+                )
+            ).scalars())  # fmt: skip
+        passing = [h for h in passing if h.pmid not in known]
         passing.sort(key=lambda h: (-h.score, h.pmid))
         capped = len(passing) > cap
         hits = passing[:cap]
@@ -494,7 +506,12 @@ def _match(row: Any) -> Match:
 
 
 def matches_of(
-    engine: Engine, search_id: int, *, limit: int | None = None, pending: str | None = None
+    engine: Engine,
+    search_id: int,
+    *,
+    limit: int | None = None,
+    pending: str | None = None,
+    offset: int = 0,
 ) -> list[Match]:
     """A saved search's matches whose article is live, newest first (best score first
     within one digest).
@@ -509,6 +526,7 @@ def matches_of(
         search_id: The saved search.
         limit: Most matches returned.
         pending: ``"email"`` or ``"webhook"``: only those not yet delivered there.
+        offset: Matches of that order skipped first (a feed's later pages).
     """
     # whether the article is retracted now: a match found before its retraction says so
     retracted = (
@@ -525,8 +543,20 @@ def matches_of(
     )
     if limit is not None:
         stmt = stmt.limit(limit)
+    if offset:
+        stmt = stmt.offset(offset)
     with engine.connect() as conn:
         return [_match(r) for r in conn.execute(stmt).all()]
+
+
+def count_matches(engine: Engine, search_id: int) -> int:
+    """How many matches of a saved search :func:`matches_of` gives (those whose article
+    is live)."""
+    from sqlalchemy import func
+
+    stmt = select(func.count()).where(digest_matches.c.search_id == search_id, live_match())
+    with engine.connect() as conn:
+        return int(conn.execute(stmt).scalar() or 0)
 
 
 def recipients_of(
@@ -584,44 +614,63 @@ def _deliver(settings: Settings, engine: Engine) -> tuple[int, int, list[str], l
         if settings.digest_webhook_url:
             channels.append(("webhook", post_webhook))
         for channel, send in channels:
-            pending = matches_of(engine, search.id, pending=channel)
-            if not pending:
-                continue
-            try:
-                partly = send(settings, search, pending)
-            except DeliveryError as exc:
-                logger.warning(
-                    "digest %s for saved search %d failed (retried next time): %s",
-                    channel,
-                    search.id,
-                    exc,
-                )
-                failures.append(f"{channel} for {search.name!r}: {exc}")
-                continue
-            column = digest_matches.c[f"{channel}_sent_at"]
-            with engine.begin() as conn:
-                conn.execute(
-                    update(digest_matches)
-                    .where(digest_matches.c.id.in_([m.id for m in pending]))
-                    .values({column: utcnow()})
-                )
-            sent[channel] += len(pending)
-            if partly:  # delivered, not to everyone: said, never sent again to the rest
-                warnings.append(f"{channel} for {search.name!r}: {partly}")
+            # each digest's matches on their own, oldest first: a message sent and not
+            # stamped (a kill in between) goes again exactly as it was, with its key,
+            # whatever later digests found meanwhile
+            for group in _by_digest(matches_of(engine, search.id, pending=channel)):
+                try:
+                    partly = send(settings, search, group)
+                except Exception as exc:  # noqa: BLE001 - one search's failure stops no other
+                    log = logger.warning if isinstance(exc, DeliveryError) else logger.exception
+                    log("digest %s for saved search %d failed (retried next time): %s",
+                        channel, search.id, exc)  # fmt: skip
+                    why = str(exc) if isinstance(exc, DeliveryError) else (
+                        f"{type(exc).__name__}: {exc}")  # fmt: skip
+                    failures.append(f"{channel} for {search.name!r}: {why}")
+                    break  # the later ones wait: they go out after it, in order
+                column = digest_matches.c[f"{channel}_sent_at"]
+                with engine.begin() as conn:
+                    conn.execute(
+                        update(digest_matches)
+                        .where(digest_matches.c.id.in_([m.id for m in group]))
+                        .values({column: utcnow()})
+                    )
+                sent[channel] += len(group)
+                if partly:  # delivered, not to everyone: said, never sent again to the rest
+                    warnings.append(f"{channel} for {search.name!r}: {partly}")
     return sent["email"], sent["webhook"], failures, warnings
 
 
+def _by_digest(matches: Sequence[Match]) -> list[list[Match]]:
+    """``matches`` (newest first, as :func:`matches_of` gives them) in groups of one digest
+    each (their ``found_at``), the oldest digest first, each group in its order."""
+    groups: dict[dt.datetime, list[Match]] = {}
+    for m in matches:
+        groups.setdefault(m.found_at, []).append(m)
+    return list(reversed(groups.values()))
+
+
 def feed_for(
-    settings: Settings, ref: int | str, *, self_url: str, engine: Engine | None = None
+    settings: Settings,
+    ref: int | str,
+    *,
+    self_url: str,
+    engine: Engine | None = None,
+    page: int = 1,
 ) -> bytes:
-    """The Atom feed of a saved search (its newest :data:`FEED_ENTRIES` matches).
+    """The Atom feed of a saved search: its matches, newest first, :data:`FEED_ENTRIES`
+    a page (RFC 5005's paged feed: ``page`` 1 is the newest; a search with more matches
+    links its next page, ``?page=2``, says so in the subtitle and counts them there).
 
     Characters XML 1.0 forbids are left out of its text (a name or query saved before
     control characters were refused, an article title): the feed stays well-formed.
 
     Raises:
         NotFoundError: No saved search has this id or name.
+        ConfigError: ``page`` is below 1.
     """
+    if page < 1:
+        raise ConfigError(f"a feed's pages start at 1, got {page}")
     engine = engine or db.connect(settings)
     search = get_search(settings, ref, engine=engine)
     search = dataclasses.replace(search, name=_xml_safe(search.name), query=_xml_safe(search.query))
@@ -631,9 +680,11 @@ def feed_for(
             title=_xml_safe(m.title),
             explanation={**m.explanation, "text": _xml_safe(str(m.explanation.get("text", "")))},
         )
-        for m in matches_of(engine, search.id, limit=FEED_ENTRIES)
+        for m in matches_of(engine, search.id, limit=FEED_ENTRIES,
+                            offset=(page - 1) * FEED_ENTRIES)  # fmt: skip
     ]
-    return atom_feed(search, matches, self_url=self_url)
+    paging = FeedPage(page, FEED_ENTRIES, count_matches(engine, search.id))
+    return atom_feed(search, matches, self_url=self_url, paging=paging)
 
 
 #: What XML 1.0 does not allow in a document (the complement of its ``Char``).

@@ -19,15 +19,19 @@ Example:
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import json
+import re
 import smtplib
+import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from email.policy import EmailPolicy
 from email.utils import getaddresses
 from typing import Any
 
@@ -40,6 +44,7 @@ from ranking.details import pubmed_url
 __all__ = [
     "ATOM_NS",
     "DeliveryError",
+    "FeedPage",
     "Match",
     "atom_feed",
     "email_message",
@@ -133,14 +138,61 @@ def _text(parent: ET.Element, tag: str, text: str, **attrs: str) -> ET.Element:
     return child
 
 
-def atom_feed(search: SavedSearch, matches: Sequence[Match], *, self_url: str) -> bytes:
+@dataclass(frozen=True)
+class FeedPage:
+    """Which page of a saved search's matches a feed document holds (RFC 5005 paging).
+
+    Attributes:
+        number: The page, from 1 (the newest matches).
+        size: Matches a page.
+        total: The search's matches over every page.
+    """
+
+    number: int
+    size: int
+    total: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.size))
+
+    def url(self, base: str, number: int) -> str:
+        """The URL of page ``number`` of the feed at ``base`` (page 1: ``base`` itself)."""
+        return base if number == 1 else f"{base}?page={number}"
+
+    def said(self, base: str) -> str:
+        """What the subtitle says of the pages (nothing when one holds them all)."""
+        if self.total <= self.size and self.number == 1:
+            return ""
+        if self.number > self.pages:
+            return (f" No matches on page {self.number}: its {self.total} matches are on "
+                    f"pages 1 to {self.pages} ({self.url(base, 1)}).")  # fmt: skip
+        first = (self.number - 1) * self.size + 1
+        last = min(self.total, self.number * self.size)
+        more = (f"; older ones on the next page ({self.url(base, self.number + 1)})"
+                if self.number < self.pages else "")  # fmt: skip
+        return f" Matches {first} to {last} of {self.total}, newest first{more}."
+
+
+def atom_feed(
+    search: SavedSearch,
+    matches: Sequence[Match],
+    *,
+    self_url: str,
+    paging: FeedPage | None = None,
+) -> bytes:
     """The Atom 1.0 document of a saved search's matches (newest first), UTF-8.
 
     Args:
         search: The saved search.
-        matches: Its matches, in the order wanted.
-        self_url: The feed's own URL (its ``rel="self"`` link).
+        matches: Its matches, in the order wanted (those of ``paging``'s page).
+        self_url: The feed's own URL without a page (its first page; the ``rel="self"``
+            link of page 1).
+        paging: Which page ``matches`` are, of how many matches: the document links the
+            first, previous and next pages (RFC 5005) and its subtitle counts them
+            (``None``: ``matches`` are all of them).
     """
+    paging = paging or FeedPage(1, max(1, len(matches)), len(matches))
     ET.register_namespace("", ATOM_NS)
     feed = ET.Element(f"{{{ATOM_NS}}}feed")
     _text(feed, "id", _feed_id(search))
@@ -151,7 +203,7 @@ def atom_feed(search: SavedSearch, matches: Sequence[Match], *, self_url: str) -
         "subtitle",
         f"New articles for “{search.query}” scoring at least "
         f"{search.min_score if search.min_score is not None else 'the default threshold'}."
-        f"{notes}",
+        f"{paging.said(self_url)}{notes}",
     )
     stamps = [m.found_at for m in matches] + [search.created_at]
     if search.last_digest_at is not None:
@@ -159,11 +211,19 @@ def atom_feed(search: SavedSearch, matches: Sequence[Match], *, self_url: str) -
     _text(feed, "updated", iso(max(stamps)))
     author = ET.SubElement(feed, f"{{{ATOM_NS}}}author")
     _text(author, "name", "litpulse")
-    ET.SubElement(
-        feed,
-        f"{{{ATOM_NS}}}link",
-        {"rel": "self", "href": self_url, "type": "application/atom+xml"},
-    )
+    links = {"self": paging.number}
+    if paging.pages > 1 or paging.number > 1:
+        links["first"] = 1
+        if 1 < paging.number <= paging.pages + 1:
+            links["previous"] = paging.number - 1
+        if paging.number < paging.pages:
+            links["next"] = paging.number + 1
+    for rel, number in links.items():
+        ET.SubElement(
+            feed,
+            f"{{{ATOM_NS}}}link",
+            {"rel": rel, "href": paging.url(self_url, number), "type": "application/atom+xml"},
+        )
     _text(feed, "generator", "litpulse")
     for m in matches:
         entry = ET.SubElement(feed, f"{{{ATOM_NS}}}entry")
@@ -182,9 +242,10 @@ def email_message(
 ) -> EmailMessage:
     """The plain-text e-mail listing a saved search's new matches, to ``to`` (default:
     :func:`shared_recipients`)."""
-    msg = EmailMessage()
+    msg = EmailMessage(policy=_POLICY)
     n = len(matches)
-    msg["Subject"] = f"litpulse: {n} new article{'s' if n != 1 else ''} for “{search.name}”"
+    name = _header_text(search.name)
+    msg["Subject"] = _encoded(f"litpulse: {n} new article{'s' if n != 1 else ''} for “{name}”")
     msg["From"] = settings.digest_smtp_from
     msg["To"] = ", ".join(shared_recipients(settings) if to is None else to)
     domain = settings.digest_smtp_from.rpartition("@")[2] or "localhost"
@@ -202,6 +263,58 @@ def email_message(
     lines.append(f"Feed of every match: {search.feed_path} on your litpulse server.")
     msg.set_content("\n".join(lines))
     return msg
+
+
+#: Control characters and line or paragraph separators: a header holds none of them.
+_NOT_IN_HEADER = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def _header_text(text: str) -> str:
+    """``text`` for a header of one line: each run of control characters (a line break
+    in a name saved before they were refused) as one space."""
+    return _NOT_IN_HEADER.sub(" ", text).strip()
+
+
+class _Folded(str):
+    """A header value already encoded and folded (:func:`_encoded`): stored as it is."""
+
+
+class _Policy(EmailPolicy):
+    """The default policy, but for values that are :class:`_Folded`: kept as they are.
+
+    Python's folding of a long non-ASCII header (3.11) leaves some spaces between RFC 2047
+    encoded words, where every reader drops them ("клеточнойтерапии"); a value folded here
+    keeps them inside the words.
+    """
+
+    def header_store_parse(self, name: str, value: Any) -> tuple[str, Any]:
+        if isinstance(value, _Folded):
+            return name, str(value)
+        return super().header_store_parse(name, value)
+
+
+_POLICY = _Policy()
+#: UTF-8 bytes per encoded word: ``=?utf-8?b?`` + base64 of 39 bytes (52) + ``?=`` is 64
+#: characters: within RFC 2047's 75, and a first line ``Subject: `` + one word within the
+#: policy's 78 (a longer line would be folded again, by Python).
+_WORD_BYTES = 39
+
+
+def _encoded(text: str) -> str:
+    """``text`` for a header: as it is when ASCII; else as RFC 2047 encoded words of
+    whole characters, spaces inside them, one a line (:class:`_Folded`)."""
+    if text.isascii():
+        return text
+    words: list[bytes] = []
+    chunk = b""
+    for char in text:
+        raw = char.encode()
+        if len(chunk) + len(raw) > _WORD_BYTES:
+            words.append(chunk)
+            chunk = b""
+        chunk += raw
+    words.append(chunk)
+    return _Folded("\n ".join(f"=?utf-8?b?{base64.b64encode(w).decode('ascii')}?=" for w in words))
 
 
 def shared_recipients(settings: Settings) -> list[str]:
@@ -279,9 +392,31 @@ def post_webhook(settings: Settings, search: SavedSearch, matches: Sequence[Matc
     )
     timeout = min(settings.http_timeout, MAX_DELIVERY_TIMEOUT_S)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        with _NO_REDIRECTS.open(request, timeout=timeout) as resp:
             status = int(resp.status)
-    except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors
+    except urllib.error.HTTPError as exc:
+        moved = exc.headers.get("Location") if 300 <= exc.code < 400 else None
+        if moved:  # followed, the body would be lost (a 301/302 turns a POST into a GET)
+            raise DeliveryError(
+                f"webhook answered HTTP {exc.code}, moved to {moved}: not followed; set "
+                "LITPULSE_DIGEST_WEBHOOK_URL to the new address"
+            ) from exc
+        raise DeliveryError(f"webhook POST failed: {exc}") from exc
+    except (OSError, ValueError) as exc:  # URLError is an OSError
         raise DeliveryError(f"webhook POST failed: {exc}") from exc
     if not 200 <= status < 300:
         raise DeliveryError(f"webhook answered HTTP {status}")
+
+
+class _Unredirected(urllib.request.HTTPRedirectHandler):
+    """Follows no redirect: the answer is raised as the :class:`urllib.error.HTTPError`
+    it is."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+#: The webhook's opener: a redirect is a failure, never followed (urllib would re-send a
+#: POST answered 301, 302 or 303 as a GET without its body, and take the GET's 200 for a
+#: delivery).
+_NO_REDIRECTS = urllib.request.build_opener(_Unredirected)

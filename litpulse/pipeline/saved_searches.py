@@ -3,7 +3,10 @@
 A saved search is created by ``litpulse alerts add``, ``POST /alerts`` or the page, and
 named uniquely (a name is never only digits, so ``alerts remove 3`` means the id). Its
 ``watermark`` starts at its creation: articles stored or revised after it are "new" for
-the search; each digest (:mod:`litpulse.pipeline.digest`) moves it forward.
+the search; each digest (:mod:`litpulse.pipeline.digest`) moves it forward. It starts at
+the newest write time of the articles committed when it is saved, not at the time of the
+save: a batch being written meanwhile stamped its rows when it began (earlier) and commits
+them after; they are new for it too.
 
 Example:
     >>> s = add_search(settings, name="crispr", query="CRISPR off-target effects",
@@ -49,6 +52,8 @@ logger = logging.getLogger(__name__)
 CLI_OWNER_PREFIX = "cli:"
 #: Longest name of a saved search, in characters.
 MAX_NAME_CHARS = 255
+#: The watermark of a search saved while no article is stored: every article is new.
+_BEFORE_ALL = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -240,6 +245,9 @@ def add_search(
                     raise SearchLimitError(
                         f"{owner!r} keeps {kept} saved searches, the most one expert may "
                         f"(LITPULSE_ALERTS_PER_EXPERT): remove one to save another")
+            # what is committed now is not new for it; what commits later is, whenever
+            # its batch stamped it (one writer at a time: after everything committed)
+            newest = conn.execute(select(func.max(articles.c.updated_at))).scalar()
             key = conn.execute(
                 insert(saved_searches).values(
                     name=name,
@@ -248,7 +256,7 @@ def add_search(
                     min_score=min_score,
                     owner=owner,
                     created_at=now,
-                    watermark=now,
+                    watermark=min(newest, now) if newest is not None else _BEFORE_ALL,
                 )
             ).inserted_primary_key
             sid = int(key[0]) if key is not None else 0

@@ -32,6 +32,17 @@ def print_json(obj: Any) -> None:
 _JSON_CONTROL = re.compile(r"[\x7f-\x9f]")
 
 
+def positive_int(text: str) -> int:
+    """An argument's whole number of 1 or more (argparse's ``type``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
+    return value
+
+
 def fixed(value: float, digits: int = 3) -> str:
     """``value`` with ``digits`` decimals, never a negative zero (a cosine of -0.0004 is
     ``0.000``, not ``-0.000``)."""

@@ -12,6 +12,7 @@ from litpulse.app.cli._common import (
     command,
     command_group,
     filters_from_args,
+    positive_int,
     print_json,
     print_table,
 )
@@ -85,6 +86,12 @@ def register(sub: Any) -> None:
         "--base-url",
         default="http://127.0.0.1:8000/",
         help="URL of `litpulse serve`, for the feed's own link",
+    )
+    f.add_argument(
+        "--page",
+        type=positive_int,
+        default=1,
+        help="page of its matches, newest first (200 a page; each page links the next)",
     )
 
 
@@ -213,5 +220,6 @@ def run_feed(args: argparse.Namespace, settings: Settings) -> int:
 
     found = get_search(settings, args.ref)
     url = args.base_url.rstrip("/") + found.feed_path
-    sys.stdout.write(feed_for(settings, found.id, self_url=url).decode("utf-8") + "\n")
+    feed = feed_for(settings, found.id, self_url=url, page=args.page)
+    sys.stdout.write(feed.decode("utf-8") + "\n")
     return 0

@@ -12,6 +12,7 @@ from litpulse.app.cli._common import (
     command,
     filters_from_args,
     fixed,
+    positive_int,
     print_json,
     print_table,
 )
@@ -36,7 +37,7 @@ def register(sub: Any) -> None:
                    "word or phrase after a capital NOT excluded ('COPD NOT asthma'), an "
                    "author required ('asthma AND Smith J[au]', [1au], [lastau]); PubMed's "
                    "other field tags and word* are refused (see the README)")
-    p.add_argument("-k", type=_positive_int, default=10, help="number of results (default 10)")
+    p.add_argument("-k", type=positive_int, default=10, help="number of results (default 10)")
     add_filter_args(p)
     p.add_argument("--w-sim", type=float, metavar="X", help="weight of the similarity")
     p.add_argument("--w-recency", type=float, metavar="X", help="weight of the recency")
@@ -58,16 +59,6 @@ def register(sub: Any) -> None:
     )
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
-    return value
 
 
 def run_search_cmd(args: argparse.Namespace, settings: Settings) -> int:

@@ -113,6 +113,18 @@ def test_saved_searches_by_cli_and_api_then_digest_and_feed(
 
     assert main(["alerts", "feed", "malaria"]) == 0
     assert feedparser.parse(capsys.readouterr().out).entries
+    # pages (RFC 5005): one holds them all here; past it, an empty page that says where
+    # they are; a page below 1 is refused
+    assert main(["alerts", "feed", "malaria", "--page", "2"]) == 0
+    beyond = feedparser.parse(capsys.readouterr().out)
+    assert not beyond.entries and "No matches on page 2" in beyond.feed.subtitle
+    assert {x.rel for x in beyond.feed.links} == {"self", "first", "previous"}
+    resp = client.get(f"{api_search['feed']}?page=2")
+    assert resp.status_code == 200 and not feedparser.parse(resp.content).entries
+    assert client.get(f"{api_search['feed']}?page=0").status_code == 422
+    with pytest.raises(SystemExit):
+        main(["alerts", "feed", "malaria", "--page", "0"])
+    capsys.readouterr()
 
     # only the owner removes over the API; the CLI (an admin) removes by name
     url = f"/alerts/{api_search['id']}"

@@ -1011,3 +1011,35 @@ def test_the_email_and_the_feed_say_what_a_saved_query_does_not_do() -> None:
     plain = dataclasses.replace(search, query="COPD NOT asthma")
     assert not plain.notes
     assert "Note:" not in email_message(s, plain, [match]).get_content()
+
+
+def test_one_search_whose_delivery_breaks_stops_no_other(
+    indexed: Settings, hook: _Hook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever a channel raises for one search (not only a DeliveryError: a value the
+    message cannot hold) is reported and retried; every other search is delivered."""
+    from litpulse.pipeline import digest as digest_mod
+
+    s = indexed.replace(digest_webhook_url=hook.url)
+    engine = db.connect(s)
+    broken = add_search(s, name="broken", query=CRISPR, min_score=THRESHOLD, owner="a")
+    fine = add_search(s, name="fine", query=CRISPR, min_score=THRESHOLD, owner="b")
+    real = digest_mod.post_webhook
+
+    def post(settings: Settings, search: Any, matches: Any) -> None:
+        if search.name == "broken":
+            raise ValueError("a value the message cannot hold")
+        real(settings, search, matches)
+
+    monkeypatch.setattr(digest_mod, "post_webhook", post)
+    _load(engine, NEW)
+    assert refresh_index(s).published
+    report = run_digest(s)
+    n = len(_matched(engine, fine.id))
+    assert n > 0 and report.posted == n
+    assert [f for f in report.failures if "'broken'" in f and "ValueError" in f]
+    assert not matches_of(engine, fine.id, pending="webhook")
+    assert len(matches_of(engine, broken.id, pending="webhook")) == n  # retried next time
+    monkeypatch.setattr(digest_mod, "post_webhook", real)
+    assert run_digest(s).posted == n
+    assert not matches_of(engine, broken.id, pending="webhook")
