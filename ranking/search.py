@@ -414,8 +414,14 @@ class SearchResult:
     excluded: tuple[str, ...] = ()  # what the query excludes with NOT
     authors: tuple[str, ...] = ()  # its author clauses as read: Smith J[au], NOT Li X[1au]
     #: what the query does not do that its syntax may suggest, and what to write instead
-    #: (:func:`query_notes`: Google's ``-word`` is searched for)
+    #: (:func:`query_notes`: Google's ``-word`` is searched for); that more results match
+    #: than the deepest page reaches
     notes: tuple[str, ...] = ()
+    #: a page: more results match past the deepest offset (:data:`MAX_OFFSET`): not paged
+    truncated: bool = False
+    #: the store as ranked (:func:`litpulse.core.db.store_version`): pages with the same
+    #: index version, day and store version are slices of one list
+    store_version: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -428,6 +434,8 @@ class SearchResult:
             "candidates": self.candidates,
             "offset": self.offset or 0,
             "has_more": self.has_more,
+            "truncated": self.truncated,
+            "store_version": self.store_version,
             "excluded": list(self.excluded),
             "authors": list(self.authors),
             "notes": list(self.notes),
@@ -722,6 +730,21 @@ def run_search(
                 start=offset, k=k, by_date=by_date,
             )  # fmt: skip
     hits = with_details(engine, hits, text)
+    notes = query_notes(text)
+    # a next page only where one can be asked for (its offset is refused past MAX_OFFSET);
+    # more results past it are said, never left for the end of the list
+    start = offset or 0
+    truncated = has_more and offset is not None and start + k > MAX_OFFSET
+    if truncated:
+        has_more = False
+        notes += (
+            f"More articles match than the deepest page reaches (results past "
+            f"{start + len(hits):,} are not paged: offsets stop at {MAX_OFFSET:,}): narrow "
+            "the query with a filter, a date range or more words, or sort by date for the "
+            "newest first.",
+        )
+    with engine.connect() as conn:
+        version = db.store_version(conn)
     logger.info(
         "query %r (%s): %d candidates, %d pass filters, returning %d (index %s)",
         text[:60],
@@ -746,7 +769,9 @@ def run_search(
         has_more=has_more,
         excluded=excluded,
         authors=tuple(a.shown for a in query_authors(text)),
-        notes=query_notes(text),
+        notes=notes,
+        truncated=truncated,
+        store_version=version,
     )
 
 
@@ -1575,7 +1600,7 @@ def _listing(
     rel = Relevance(SearchMode.LEXICAL, similarity=0.0, lexical=1.0, how=_LISTED)
     hits = [_hit(p, rows[p], options, rel, 0.0) for p in order[start:end]]
     pool = _Pool(rows=rows, seen=seen, exhausted=True)
-    return hits, pool, len(order) > end and end <= MAX_OFFSET
+    return hits, pool, len(order) > end
 
 
 def _passing(engine: Engine, pmids: Sequence[int], conds: list[Any]) -> list[int]:
@@ -1881,9 +1906,7 @@ def _page(
         for h in _explain(ranked, chosen, options, mode, lexical, text):
             explained[h.pmid] = h
     hits = [explained[int(ranked.ids[i])] for ranked, i in page]
-    # a next page only where one can be asked for: its offset (``end``) is refused past
-    # MAX_OFFSET
-    return hits, pool, (len(listed) > end or not final) and end <= MAX_OFFSET
+    return hits, pool, len(listed) > end or not final
 
 
 def _hit(

@@ -182,8 +182,18 @@ def similar_articles(
             sims[other] = score
             fresh.append(other)
         rows.update(load_rows(engine, fresh, conds))
-        if len(rows) >= want or n >= size or complete:
+        if n >= size or complete:
             break
+        if len(rows) >= want:
+            # FAISS cuts a tie at the end of its list in its own order, not by PMID: the
+            # page is one slice of the (cosine, PMID) order only when the last neighbour
+            # it needs is nearer than the farthest seen (else an unseen one of that
+            # cosine may come first; identical texts, e.g. errata, tie exactly)
+            last = sorted(rows, key=lambda p: (-sims[p], p))[want - 1]
+            if sims[last] > min(sims.values()):
+                break
+            n = min(size, max(n + 1, n * 2))
+            continue
         n = widened(n, len(rows), want, size)
     ranked = sorted(rows, key=lambda p: (-sims[p], p))
     best = ranked[offset : offset + k]

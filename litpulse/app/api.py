@@ -669,8 +669,13 @@ def _add_search_routes(
         return Response(
             content=body.encode("utf-8"),
             media_type=f"{media}; charset=utf-8",
-            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
-        )
+            # what GET /search says of its page: files exported page by page tell whether
+            # they are slices of one list (the same three) or not
+            headers={"Content-Disposition": f'attachment; filename="{filename}"',
+                     "X-Litpulse-Index-Version": result.index_version,
+                     "X-Litpulse-Store-Version": result.store_version,
+                     "X-Litpulse-Has-More": "true" if result.has_more else "false"},
+        )  # fmt: skip
 
 
 def _add_store_routes(

@@ -80,6 +80,8 @@ __all__ = [
     "bulk_load",
     "utcnow",
     "db_now",
+    "mark_citations_written",
+    "store_version",
     "IN_CHUNK",
     "LEASE_TTL_S",
     "Lease",
@@ -118,6 +120,39 @@ def db_now(conn: Connection) -> dt.datetime:
         value = conn.exec_driver_sql("SELECT clock_timestamp()").scalar_one()
         return as_utc(value)
     return utcnow()
+
+
+#: The checkpoint every write of citation values moves, in its own transaction
+#: (:func:`mark_citations_written`): what :func:`store_version` reads of them.
+CITATIONS_WRITTEN = ("store", "citations-written")
+
+
+def mark_citations_written(conn: Connection) -> None:
+    """Record, inside the transaction that writes citation values into ``articles``, that
+    they changed (a new mark each time): :func:`store_version` moves when it commits."""
+    scope, key = CITATIONS_WRITTEN
+    upsert(conn, checkpoints, [{"scope": scope, "key": key, "status": "done",
+                                "value": {"mark": uuid.uuid4().hex},
+                                "updated_at": utcnow()}], keys=["scope", "key"])  # fmt: skip
+
+
+def store_version(conn: Connection) -> str:
+    """A short text that changes whenever what a search ranks by changes in the store:
+    an article stored, revised, retracted or deleted (the newest ``updated_at``, moved by
+    the transaction that writes it) or citation values written (:data:`CITATIONS_WRITTEN`).
+    Two pages of one query, index version and reference day with the same store version
+    are slices of one list; with another, the store changed between them.
+
+    One index lookup and one primary-key read (one statement).
+    """
+    scope, key = CITATIONS_WRITTEN
+    c = checkpoints.c
+    newest, mark = conn.execute(select(
+        select(func.max(articles.c.updated_at)).scalar_subquery(),
+        select(c.value).where(c.scope == scope, c.key == key).scalar_subquery(),
+    )).one()  # fmt: skip
+    stamp = f"{iso(as_utc(newest)) if newest is not None else ''}|{json.dumps(mark)}"
+    return hashlib.sha1(stamp.encode()).hexdigest()[:16]
 
 
 def connect(settings: Settings, *, create: bool = True) -> Engine:

@@ -598,9 +598,10 @@ def test_page_shows_and_clears_the_notes() -> None:
     js = (ROOT / "litpulse/app/web/app.js").read_text()
     html = (ROOT / "litpulse/app/web/index.html").read_text()
     assert 'id="notes"' in html
-    render = js.split("function render(data) {", 1)[1].split("\n}\n", 1)[0]
+    render = js.split("function render(data, p) {", 1)[1].split("\n}\n", 1)[0]
     clear = js.split("function clearResults() {", 1)[1].split("\n}\n", 1)[0]
-    assert "showNotes(data.notes || [])" in render and "showNotes([])" in clear
+    assert "const notes = [...(data.notes || [])];" in render
+    assert "showNotes(notes)" in render and "showNotes([])" in clear
     # each note as the text of a list item (no HTML from the query)
     assert 'el("li", { text })' in js
 

@@ -22,6 +22,9 @@ let defaultsKnown = false;
 // so a default is never sent back rounded, nor kept in a link once the server changes it.
 const chosen = new Map();
 let shown = null;  // URLSearchParams of the search whose results the page shows
+// The list the last page shown was a slice of: its search (offset aside), index version
+// and store version; a page of the same search from another list says so.
+let lastList = null;
 let searchSeq = 0;  // the latest search started: answers to earlier ones are dropped
 let pageSearch = location.search;  // the query string the page's state comes from
 const AUTHORS_SHOWN = 3;  // then "et al."
@@ -407,10 +410,29 @@ function showNotes(notes) {
   reveal($("notes"), notes.length > 0);
 }
 
-function render(data) {
+// Whether `data`, a page of the search `p`, comes from another list than the page shown
+// before it (a new index, or articles or citations stored meanwhile): its pages are then
+// no longer slices of one list.
+function listChanged(p, data) {
+  const q = new URLSearchParams(p);
+  q.delete("offset");
+  const list = { search: q.toString(), index: data.index_version, store: data.store_version };
+  const before = lastList;
+  lastList = list;
+  return Boolean(before && before.search === list.search && data.offset &&
+    (before.index !== list.index || before.store !== list.store));
+}
+
+function render(data, p) {
   const list = $("results");
   list.replaceChildren();
-  showNotes(data.notes || []);
+  const notes = [...(data.notes || [])];
+  if (p && listChanged(p, data)) {
+    notes.unshift("The results changed since the page before (a new index, or articles " +
+      "or citations stored meanwhile): this page is of the new list, and may repeat or " +
+      "miss an article of the pages before. Go back to page 1 to read it whole.");
+  }
+  showNotes(notes);
   $("toolbar").classList.remove("lookup");
   reveal($("toolbar"), true);
   const n = data.results.length;
@@ -591,7 +613,7 @@ async function runSearch(p, how) {
     const data = await resp.json();
     if (!current()) return false;
     shown = p;
-    render(data);
+    render(data, p);
     setExports(p);
     return true;
   } catch (e) {

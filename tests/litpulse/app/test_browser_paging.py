@@ -244,3 +244,33 @@ def test_page_searches_with_the_servers_own_weights(
             browser.find_element(By.ID, "w_recency_out").get_attribute("textContent")
             == "0.12 (server default)"
         )
+
+
+def test_a_page_from_another_list_says_so(
+    browser: Any,  # noqa: F811 - fixture
+    server: str,  # noqa: F811 - fixture
+    real: Settings,  # noqa: F811 - fixture
+) -> None:
+    """Pages are slices of one list only while the index and the store stay the same: a
+    page answered after citations were written (the store version moved) says it is of
+    another list, where the researcher reads it, above the results."""
+    from litpulse.core import db
+
+    def note() -> str:
+        return browser.find_element(By.ID, "notes").get_attribute("textContent") or ""
+
+    browser.get("about:blank")
+    browser.get(server + "/?q=gene+editing+with+CRISPR&k=5")
+    _wait_results(browser, "(1–5)")
+    browser.find_element(By.ID, "next").click()
+    _wait_results(browser, "(6–10)")
+    assert "changed since the page before" not in note()  # one list so far
+    with db.connect(real).begin() as conn:  # a citation refresh commits meanwhile
+        db.mark_citations_written(conn)
+    browser.find_element(By.ID, "next").click()
+    _wait_results(browser, "(11–15)")
+    assert "The results changed since the page before" in note()
+    assert browser.find_element(By.ID, "notes").is_displayed()
+    browser.find_element(By.ID, "prev").click()  # the page before, of that list again
+    _wait_results(browser, "(6–10)")
+    assert "changed since the page before" not in note()

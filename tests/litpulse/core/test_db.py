@@ -393,3 +393,35 @@ def test_id_in_matches_any_number_of_ids_with_one_parameter(settings: Settings) 
                 assert "'::bigint[]" in plan and "cstring" not in plan, plan[:300]
     finally:
         meta.drop_all(engine)
+
+
+def test_the_store_version_moves_with_what_a_search_ranks_by(settings: Settings) -> None:
+    """A write of articles (new, revised, deleted) or of citation values changes it; a
+    read, or a write of neither, does not. Both databases."""
+    from ingest.records import Deletion, SourceRef
+
+    engine = db.connect(settings)
+
+    def version() -> str:
+        with engine.connect() as conn:
+            return db.store_version(conn)
+
+    empty = version()
+    assert empty == version()  # reading changes nothing
+    store = Store(engine)
+    store.apply([make_record(1), make_record(2)])
+    stored = version()
+    assert stored != empty
+    store.apply([make_record(1)])  # the same record again: nothing written
+    assert version() == stored
+    store.apply([Deletion(2, SourceRef("file", "pubmed26n0002.xml", 2))])  # a later file
+    deleted = version()
+    assert deleted != stored
+    with engine.begin() as conn:  # a citation write marks it in its own transaction
+        db.mark_citations_written(conn)
+    cited = version()
+    assert cited != deleted
+    with engine.begin() as conn:
+        db.mark_citations_written(conn)
+        conn.rollback()  # rolled back with its write: nothing changed
+    assert version() == cited
