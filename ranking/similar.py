@@ -71,6 +71,9 @@ class SimilarResult:
     offset: int = 0
     #: whether a next page holds more neighbours
     has_more: bool = False
+    #: the store as read (:func:`litpulse.core.db.store_version`): pages with the same
+    #: index and store versions are slices of one list
+    store_version: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +82,7 @@ class SimilarResult:
             "retracted": self.retracted,
             "index_version": self.index_version,
             "model_version": self.model_version,
+            "store_version": self.store_version,
             "include_retracted": self.include_retracted,
             "offset": self.offset,
             "has_more": self.has_more,
@@ -207,6 +211,8 @@ def similar_articles(
         len(hits),
         index.id,
     )
+    with engine.connect() as conn:
+        version = db.store_version(conn)
     return SimilarResult(
         pmid=int(pmid),
         title=title,
@@ -217,6 +223,7 @@ def similar_articles(
         retracted=retracted,
         offset=offset,
         has_more=len(ranked) > offset + k,
+        store_version=version,
     )
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine
 
+from litpulse.core import db
 from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.settings import Settings
 from ranking.lexical import query_terms
@@ -113,6 +114,10 @@ def test_no_next_page_is_promised_past_the_deepest_offset(
     assert go(settings, corpus, query, k=4, offset=4).has_more  # the next offset, 8, is allowed
     deepest = go(settings, corpus, query, k=4, offset=8)
     assert len(deepest.hits) == 4 and not deepest.has_more  # 12 would be refused
+    # more results match: said (truncated, and a note), never left as a list's end
+    assert deepest.truncated and deepest.to_dict()["truncated"] is True
+    assert [n for n in deepest.notes if "offsets stop at 8" in n]
+    assert not go(settings, corpus, query, k=4, offset=4).truncated
     with pytest.raises(ConfigError):
         go(settings, corpus, query, k=4, offset=12)
 
@@ -199,6 +204,8 @@ def test_similar_articles_are_the_true_nearest_neighbours(
         assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-6)
         assert pmid not in [p for p, _ in got]
         assert res.title == ARTICLES[pmid]["title"]
+    with corpus.connect() as conn:  # the store the pages were read from
+        assert res.store_version == db.store_version(conn) == res.to_dict()["store_version"]
     with_retracted = similar_articles(
         settings, 101, k=18, engine=corpus, index=index, include_retracted=True
     )
