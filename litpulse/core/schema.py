@@ -489,6 +489,11 @@ digest_matches = Table(
     Column("found_at", UTCDateTime(), nullable=False),
     Column("email_sent_at", UTCDateTime()),
     Column("webhook_sent_at", UTCDateTime()),
+    # the delivery key of the message the match was handed to on that channel, written
+    # before it is sent: a message not known to have gone out is sent again whole, with
+    # its key (a receiver drops the repeat), and matches found since go in another one
+    Column("email_key", String(32)),
+    Column("webhook_key", String(32)),
     UniqueConstraint("search_id", "pmid", name="uq_digest_matches_search_pmid"),
     Index("ix_digest_matches_search_found", "search_id", "found_at"),
 )

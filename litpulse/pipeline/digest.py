@@ -69,6 +69,7 @@ from litpulse.pipeline.digest_channels import (
     FeedPage,
     Match,
     atom_feed,
+    delivery_key,
     post_webhook,
     send_email,
     shared_recipients,
@@ -502,6 +503,7 @@ def _match(row: Any) -> Match:
         found_at=row.found_at,
         explanation=dict(row.explanation or {}),
         retracted=bool(getattr(row, "retracted", False)),
+        attempt=getattr(row, "attempt", None),
     )
 
 
@@ -537,6 +539,7 @@ def matches_of(
         digest_matches.c.search_id == search_id, live_match()
     )
     if pending is not None:
+        stmt = stmt.add_columns(digest_matches.c[f"{pending}_key"].label("attempt"))
         stmt = stmt.where(digest_matches.c[f"{pending}_sent_at"].is_(None))
     stmt = stmt.order_by(
         desc(digest_matches.c.found_at), desc(digest_matches.c.score), digest_matches.c.pmid
@@ -590,7 +593,8 @@ def owner_addresses(engine: Engine) -> dict[str, list[str]]:
     return out
 
 
-Send = Callable[[Settings, SavedSearch, Sequence[Match]], str | None]
+#: A channel: ``send(settings, search, matches, key=...)`` (a partial delivery's warning).
+Send = Callable[..., str | None]
 
 
 def _deliver(settings: Settings, engine: Engine) -> tuple[int, int, list[str], list[str]]:
@@ -614,12 +618,19 @@ def _deliver(settings: Settings, engine: Engine) -> tuple[int, int, list[str], l
         if settings.digest_webhook_url:
             channels.append(("webhook", post_webhook))
         for channel, send in channels:
-            # each digest's matches on their own, oldest first: a message sent and not
-            # stamped (a kill in between) goes again exactly as it was, with its key,
-            # whatever later digests found meanwhile
-            for group in _by_digest(matches_of(engine, search.id, pending=channel)):
+            # a message handed on before and not known to have gone out (a kill between
+            # sending and stamping, a timeout) goes again whole, with its key, first; the
+            # matches never handed on go together in one new message after it
+            for key, group in _messages(search, matches_of(engine, search.id, pending=channel)):
+                if any(m.attempt is None for m in group):  # its key, before it goes out
+                    with engine.begin() as conn:
+                        conn.execute(
+                            update(digest_matches)
+                            .where(digest_matches.c.id.in_([m.id for m in group]))
+                            .values({f"{channel}_key": key})
+                        )
                 try:
-                    partly = send(settings, search, group)
+                    partly = send(settings, search, group, key=key)
                 except Exception as exc:  # noqa: BLE001 - one search's failure stops no other
                     log = logger.warning if isinstance(exc, DeliveryError) else logger.exception
                     log("digest %s for saved search %d failed (retried next time): %s",
@@ -641,13 +652,22 @@ def _deliver(settings: Settings, engine: Engine) -> tuple[int, int, list[str], l
     return sent["email"], sent["webhook"], failures, warnings
 
 
-def _by_digest(matches: Sequence[Match]) -> list[list[Match]]:
-    """``matches`` (newest first, as :func:`matches_of` gives them) in groups of one digest
-    each (their ``found_at``), the oldest digest first, each group in its order."""
-    groups: dict[dt.datetime, list[Match]] = {}
-    for m in matches:
-        groups.setdefault(m.found_at, []).append(m)
-    return list(reversed(groups.values()))
+def _messages(search: SavedSearch, pending: Sequence[Match]) -> list[tuple[str, list[Match]]]:
+    """The messages that carry ``pending`` (one channel's, newest first as
+    :func:`matches_of` gives them), each with its delivery key, in the order to send them:
+    each message handed on before (its matches' ``attempt``) again, with its key, the
+    oldest first; then the matches never handed on, in one new message."""
+    tried: dict[str, list[Match]] = {}
+    fresh: list[Match] = []
+    for m in pending:
+        if m.attempt is None:
+            fresh.append(m)
+        else:
+            tried.setdefault(m.attempt, []).append(m)
+    out = sorted(tried.items(), key=lambda kv: min(m.found_at for m in kv[1]))
+    if fresh:
+        out.append((delivery_key(search, fresh), fresh))
+    return out
 
 
 def feed_for(

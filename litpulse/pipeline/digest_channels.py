@@ -47,6 +47,7 @@ __all__ = [
     "FeedPage",
     "Match",
     "atom_feed",
+    "delivery_key",
     "email_message",
     "post_webhook",
     "pubmed_url",
@@ -79,6 +80,9 @@ class Match:
         found_at: When the digest recorded it.
         retracted: The article is retracted now (it may have been retracted after it was
             found): every channel says so.
+        attempt: The delivery key of the message it was handed to on the channel asked
+            for (:func:`~litpulse.pipeline.digest.matches_of` ``pending``) and not yet known
+            to have gone out; ``None``: never handed to one.
     """
 
     id: int
@@ -91,6 +95,7 @@ class Match:
     found_at: dt.datetime
     explanation: dict[str, Any] = field(default_factory=dict, compare=False)
     retracted: bool = False
+    attempt: str | None = field(default=None, compare=False)
 
     @property
     def headline(self) -> str:
@@ -238,10 +243,11 @@ def atom_feed(
 
 def email_message(
     settings: Settings, search: SavedSearch, matches: Sequence[Match],
-    to: Sequence[str] | None = None,
+    to: Sequence[str] | None = None, key: str | None = None,
 ) -> EmailMessage:
     """The plain-text e-mail listing a saved search's new matches, to ``to`` (default:
-    :func:`shared_recipients`)."""
+    :func:`shared_recipients`); ``key`` in its ``Message-ID`` (default
+    :func:`delivery_key`)."""
     msg = EmailMessage(policy=_POLICY)
     n = len(matches)
     name = _header_text(search.name)
@@ -249,7 +255,7 @@ def email_message(
     msg["From"] = settings.digest_smtp_from
     msg["To"] = ", ".join(shared_recipients(settings) if to is None else to)
     domain = settings.digest_smtp_from.rpartition("@")[2] or "localhost"
-    msg["Message-ID"] = f"<litpulse-digest-{delivery_key(search, matches)}@{domain}>"
+    msg["Message-ID"] = f"<litpulse-digest-{key or delivery_key(search, matches)}@{domain}>"
     lines = [f"New articles for your saved search “{search.name}” ({search.query}):", ""]
     if search.notes:  # what its query does not do (the page, API and CLI say it too)
         lines += [*(f"Note: {note}" for note in search.notes), ""]
@@ -325,7 +331,7 @@ def shared_recipients(settings: Settings) -> list[str]:
 
 def send_email(
     settings: Settings, search: SavedSearch, matches: Sequence[Match],
-    to: Sequence[str] | None = None,
+    to: Sequence[str] | None = None, key: str | None = None,
 ) -> str | None:
     """Send the e-mail of :func:`email_message` (to ``to``, default
     :func:`shared_recipients`) through ``LITPULSE_DIGEST_SMTP_HOST``.
@@ -341,7 +347,7 @@ def send_email(
             recipient): nothing went out.
     """
     to = shared_recipients(settings) if to is None else list(to)
-    msg = email_message(settings, search, matches, to)
+    msg = email_message(settings, search, matches, to, key)
     envelope = [address for _, address in getaddresses(to) if address]
     timeout = min(settings.http_timeout, MAX_DELIVERY_TIMEOUT_S)
     try:
@@ -362,18 +368,21 @@ def send_email(
     return f"the SMTP server refused {why}: the other recipients got it"
 
 
-def post_webhook(settings: Settings, search: SavedSearch, matches: Sequence[Match]) -> None:
+def post_webhook(
+    settings: Settings, search: SavedSearch, matches: Sequence[Match], key: str | None = None
+) -> None:
     """POST the matches as JSON to ``LITPULSE_DIGEST_WEBHOOK_URL``.
 
     The body is ``{"text": one line, "delivery": key, "search": {...}, "matches":
     [...]}`` (``text`` for chat webhooks; ``delivery``, also the ``Idempotency-Key``
-    header, is :func:`delivery_key`: the same when the same matches are sent again).
+    header, is ``key``, by default :func:`delivery_key`: the same when the same matches
+    are sent again).
 
     Raises:
         DeliveryError: No 2xx answer.
     """
     n = len(matches)
-    key = delivery_key(search, matches)
+    key = key or delivery_key(search, matches)
     body = json.dumps(
         {
             "text": f"litpulse: {n} new article{'s' if n != 1 else ''} for “{search.name}”",

@@ -9,11 +9,13 @@ through ``run_digest``, e-mail through an aiosmtpd sink and webhooks through
 channel sent (nothing of the digest's own ``except`` clauses catches it).
 
 Defects (each first a strict xfail asserting the correct behaviour; all fixed since, the
-xfail marks removed: the cap counts only matches not recorded before; each digest's
-matches are delivered as a message of their own, oldest first; a redirect is a failure
-that names the new address; a header holds no control character and any error of one
-search's delivery is reported, never raised; a new search's watermark is the newest write
-time committed; the feed is paged (RFC 5005); long non-ASCII subjects are encoded here):
+xfail marks removed: the cap counts only matches not recorded before; a message's key is
+recorded with its matches before it goes out, a message not known to have gone out goes
+again whole with it, and matches never handed on go in one new message after it; a
+redirect is a failure that names the new address; a header holds no control character
+and any error of one search's delivery is reported, never raised; a new search's
+watermark is the newest write time committed; the feed is paged (RFC 5005); long non-
+ASCII subjects are encoded here):
 
 D1 A revision of an article already matched takes a slot of
    ``LITPULSE_DIGEST_MAX_MATCHES``: ``_digest_one`` caps ``passing`` (every hit above
@@ -593,3 +595,32 @@ def test_a_search_saved_again_under_its_old_name_gets_none_of_the_old_matches(
     assert refresh_index(s).published
     assert run_digest(s).posted == 1
     assert [x["pmid"] for x in hook.bodies[0]["matches"]] == [104]
+
+
+def test_a_channel_down_for_nights_sends_the_message_it_tried_then_one_with_the_rest(
+    world: Settings, hook: _Hook
+) -> None:
+    """Down for three digests, each finding a new match: once back, the message handed on
+    the first night goes again with its key (the receiver may have it: a timeout), then
+    one message holds everything found since — not one message a night."""
+    s = world.replace(digest_webhook_url=hook.url)
+    engine = db.connect(s)
+    search = add_search(s, name="crispr", query=CRISPR, min_score=THRESHOLD, owner="alice")
+    hook.status = 500
+    for night in ({101}, {103}, {104}):
+        _load(engine, night)
+        assert refresh_index(s).published
+        assert run_digest(s).matched == 1
+    with engine.connect() as conn:  # only the first night's match was handed on
+        keys = dict(conn.execute(select(digest_matches.c.pmid, digest_matches.c.webhook_key)
+                                 ).all())  # fmt: skip
+    assert keys[101] and keys[103] is None and keys[104] is None
+    hook.status = 200
+    report = run_digest(s)
+    assert report.posted == 3 and not report.failures
+    assert hook.keys[0] == keys[101] == hook.bodies[0]["delivery"]  # again, with its key
+    assert [x["pmid"] for x in hook.bodies[0]["matches"]] == [101]
+    assert sorted(x["pmid"] for x in hook.bodies[1]["matches"]) == [103, 104]
+    assert len(hook.bodies) == 2 and hook.keys[1] != keys[101]
+    assert not matches_of(engine, search.id, pending="webhook")
+    assert run_digest(s).posted == 0 and len(hook.bodies) == 2

@@ -1026,10 +1026,10 @@ def test_one_search_whose_delivery_breaks_stops_no_other(
     fine = add_search(s, name="fine", query=CRISPR, min_score=THRESHOLD, owner="b")
     real = digest_mod.post_webhook
 
-    def post(settings: Settings, search: Any, matches: Any) -> None:
+    def post(settings: Settings, search: Any, matches: Any, key: str | None = None) -> None:
         if search.name == "broken":
             raise ValueError("a value the message cannot hold")
-        real(settings, search, matches)
+        real(settings, search, matches, key=key)
 
     monkeypatch.setattr(digest_mod, "post_webhook", post)
     _load(engine, NEW)
