@@ -70,7 +70,7 @@ from ingest.http import HttpClient
 from ingest.runs import Counts, IngestCounts, recorded_run
 from ingest.store import Store
 from litpulse.core import db
-from litpulse.core.db import mark_citations_written, upsert
+from litpulse.core.db import mark_written, upsert
 from litpulse.core.errors import (
     BusyError,
     InvalidRequestError,
@@ -520,7 +520,6 @@ def _write(
     with engine.begin() as conn:
         if found:
             conn.execute(icite_update(), icite_params(found, now))
-            mark_citations_written(conn)  # what a search ranks by changed: store_version
         rest = [{"b_pmid": p, "b_now": now} for p in unknown]
         if rest:
             conn.execute(
@@ -531,6 +530,8 @@ def _write(
             )
         if bad:
             upsert(conn, quarantine, list(bad), keys=["digest"], update=[])
+        if found:  # last: what a search ranks by changed (store_version)
+            mark_written(conn, "citations")
 
 
 def refresh_citations(

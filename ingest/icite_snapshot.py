@@ -116,7 +116,7 @@ from ingest.records import QuarantineEntry, SourceRef
 from ingest.rows import quarantine_row
 from ingest.runs import Counts, IngestCounts, OpenRun, recorded_run
 from ingest.store import Store
-from litpulse.core.db import mark_citations_written, upsert
+from litpulse.core.db import mark_written, upsert
 from litpulse.core.errors import ConfigError, NotFoundError, ParseError
 from litpulse.core.schema import articles, quarantine
 from litpulse.core.settings import Settings
@@ -554,7 +554,7 @@ def _write(conn: Connection, batch: Batch, fetched_at: dt.datetime, run_id: int)
             stmt = icite_update(keep_newer=True)
             updated = conn.execute(stmt, icite_params(batch.values, fetched_at)).rowcount
         if updated:
-            mark_citations_written(conn)  # what a search ranks by changed: store_version
+            mark_written(conn, "citations")  # what a search ranks by changed: store_version
     if batch.bad:
         now = utcnow()
         rows = [quarantine_row(e, run_id, now) for e in batch.bad]

@@ -25,7 +25,7 @@ from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.engine import Connection
 
 from ingest.rows import PreparedRecord
-from litpulse.core.db import id_in, insert_tuples, pg_int_array, upsert
+from litpulse.core.db import id_in, insert_tuples, mark_written, pg_int_array, upsert
 from litpulse.core.schema import FOLDED_TERM_KINDS, article_terms, articles, references, term_forms
 from litpulse.core.text import fold_term
 
@@ -227,7 +227,10 @@ def recount_range(conn: Connection, lo: int, hi: int) -> int:
         ),
         {"lo": lo, "hi": hi},
     )
-    return int(result.rowcount or 0)
+    changed = int(result.rowcount or 0)
+    if changed:
+        mark_written(conn, "counts")  # counts a search ranks by changed: store_version
+    return changed
 
 
 def _live_citers(conn: Connection, cited: Set[int], *, skip: Set[int] = _NONE) -> dict[int, int]:

@@ -109,6 +109,7 @@ from litpulse.core.db import (
     id_in,
     id_in_clause,
     live_lease,
+    mark_written,
     set_catch_up_mark,
     upsert,
 )
@@ -681,7 +682,8 @@ class Store(RunLedger, Checkpoints):
             self.recount_all()
             return
         with self.engine.begin() as conn:
-            recompute_cited_by(conn, set(pmids))
+            if recompute_cited_by(conn, set(pmids)):  # counts a search ranks by changed
+                mark_written(conn, "counts")
 
     def recount_all(self, *, step: int = RECOUNT_STEP) -> int:
         """Recount ``cited_by_in_corpus`` of every article, ``step`` PMIDs per transaction

@@ -683,6 +683,9 @@ def run_search(
     if options.today is None:  # one reference day for every candidate of this query
         options = dataclasses.replace(options, today=options.reference_day())
     engine = engine or db.connect(settings)
+    # read before ranking: a write while this page is ranked shows as a change on the next
+    with engine.connect() as conn:
+        version = db.store_version(conn)
     if index is None:
         index = _open_index(settings, engine)
     if lexical is None:
@@ -743,8 +746,6 @@ def run_search(
             "the query with a filter, a date range or more words, or sort by date for the "
             "newest first.",
         )
-    with engine.connect() as conn:
-        version = db.store_version(conn)
     logger.info(
         "query %r (%s): %d candidates, %d pass filters, returning %d (index %s)",
         text[:60],

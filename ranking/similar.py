@@ -71,6 +71,9 @@ class SimilarResult:
     offset: int = 0
     #: whether a next page holds more neighbours
     has_more: bool = False
+    #: more neighbours follow than the deepest offset (:data:`ranking.search.MAX_OFFSET`)
+    #: reaches: not paged
+    truncated: bool = False
     #: the store as read (:func:`litpulse.core.db.store_version`): pages with the same
     #: index and store versions are slices of one list
     store_version: str = ""
@@ -86,6 +89,7 @@ class SimilarResult:
             "include_retracted": self.include_retracted,
             "offset": self.offset,
             "has_more": self.has_more,
+            "truncated": self.truncated,
             "results": [h.to_dict() for h in self.hits],
         }
 
@@ -163,6 +167,8 @@ def similar_articles(
         index = open_published(settings, engine)
         if index is None:
             raise NoIndexError("no index is published yet: run `litpulse index refresh`")
+    with engine.connect() as conn:  # before ranking: a write meanwhile shows on the next
+        version = db.store_version(conn)
     title, retracted = _title(engine, int(pmid))  # a deleted article is not found
     vector = _vector(index, int(pmid))
     if not vector.any():  # neither title nor abstract: the zero vector, similar to nothing
@@ -170,6 +176,7 @@ def similar_articles(
             pmid=int(pmid), title=title, index_version=str(index.id),
             model_version=str(index.model_version), hits=(),
             include_retracted=include_retracted, retracted=retracted, offset=offset,
+            store_version=version,
         )  # fmt: skip
     conds = SearchFilters(include_retracted=include_retracted).clauses()
     size = int(index.size)
@@ -211,8 +218,6 @@ def similar_articles(
         len(hits),
         index.id,
     )
-    with engine.connect() as conn:
-        version = db.store_version(conn)
     return SimilarResult(
         pmid=int(pmid),
         title=title,
@@ -222,7 +227,9 @@ def similar_articles(
         include_retracted=include_retracted,
         retracted=retracted,
         offset=offset,
-        has_more=len(ranked) > offset + k,
+        # a next page only where its offset is accepted; more past it is said
+        has_more=len(ranked) > offset + k and offset + k <= MAX_OFFSET,
+        truncated=len(ranked) > offset + k > MAX_OFFSET,
         store_version=version,
     )
 

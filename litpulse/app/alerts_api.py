@@ -40,8 +40,6 @@ __all__ = ["FiltersIn", "SavedSearchEdit", "SavedSearchIn", "add_alert_routes"]
 RECENT_MATCHES = 50
 #: Largest saved-search id accepted in a path.
 MAX_ID = 2**31 - 1
-#: Largest feed page asked for (a search records at most 10,000 matches a digest).
-MAX_FEED_PAGE = 1_000_000
 
 
 class FiltersIn(BaseModel):
@@ -129,7 +127,7 @@ def add_alert_routes(
     from fastapi import HTTPException, Path, Query
     from fastapi.responses import Response
 
-    from litpulse.pipeline.digest import feed_for, matches_of
+    from litpulse.pipeline.digest import FEED_PAGES_MAX, feed_for, matches_of
     from litpulse.pipeline.saved_searches import (
         KEEP,
         SearchLimitError,
@@ -231,7 +229,7 @@ def add_alert_routes(
     def feed_endpoint(
         request: Request,
         search_id: int = id_param(),
-        page: int = Query(1, ge=1, le=MAX_FEED_PAGE, description="Page of its matches, "
+        page: int = Query(1, ge=1, le=FEED_PAGES_MAX, description="Page of its matches, "
                           "newest first (RFC 5005: each page links the next)"),
     ) -> Any:
         body = feed_for(

@@ -674,7 +674,9 @@ def _add_search_routes(
             headers={"Content-Disposition": f'attachment; filename="{filename}"',
                      "X-Litpulse-Index-Version": result.index_version,
                      "X-Litpulse-Store-Version": result.store_version,
-                     "X-Litpulse-Has-More": "true" if result.has_more else "false"},
+                     "X-Litpulse-Has-More": "true" if result.has_more else "false",
+                     # more match past the deepest offset: said, never left as the end
+                     "X-Litpulse-Truncated": "true" if result.truncated else "false"},
         )  # fmt: skip
 
 

@@ -35,13 +35,16 @@ from typing import Any
 from sqlalchemy import (
     Engine,
     Table,
+    Text,
     TextClause,
     bindparam,
+    cast,
     create_engine,
     delete,
     event,
     func,
     insert,
+    literal,
     select,
     text,
     update,
@@ -80,7 +83,7 @@ __all__ = [
     "bulk_load",
     "utcnow",
     "db_now",
-    "mark_citations_written",
+    "mark_written",
     "store_version",
     "IN_CHUNK",
     "LEASE_TTL_S",
@@ -122,16 +125,19 @@ def db_now(conn: Connection) -> dt.datetime:
     return utcnow()
 
 
-#: The checkpoint every write of citation values moves, in its own transaction
-#: (:func:`mark_citations_written`): what :func:`store_version` reads of them.
-CITATIONS_WRITTEN = ("store", "citations-written")
+#: The checkpoints (this scope; one key per kind of writer) that writes of values a search
+#: ranks by move in their own transaction, where ``updated_at`` does not move: iCite's
+#: citation values, the in-corpus counts recounted outside an ingest batch
+#: (:func:`mark_written`); what :func:`store_version` reads besides ``updated_at``.
+VERSION_SCOPE = "store-version"
 
 
-def mark_citations_written(conn: Connection) -> None:
-    """Record, inside the transaction that writes citation values into ``articles``, that
-    they changed (a new mark each time): :func:`store_version` moves when it commits."""
-    scope, key = CITATIONS_WRITTEN
-    upsert(conn, checkpoints, [{"scope": scope, "key": key, "status": "done",
+def mark_written(conn: Connection, kind: str) -> None:
+    """Record, last in the transaction that writes values a search ranks by without moving
+    ``updated_at`` (``kind``: ``"citations"``, ``"counts"``), that they changed: a new mark
+    each time, so :func:`store_version` moves when it commits. One row a kind: writers of
+    different kinds never wait for each other here, and taken last, it is held briefly."""
+    upsert(conn, checkpoints, [{"scope": VERSION_SCOPE, "key": kind, "status": "done",
                                 "value": {"mark": uuid.uuid4().hex},
                                 "updated_at": utcnow()}], keys=["scope", "key"])  # fmt: skip
 
@@ -139,19 +145,21 @@ def mark_citations_written(conn: Connection) -> None:
 def store_version(conn: Connection) -> str:
     """A short text that changes whenever what a search ranks by changes in the store:
     an article stored, revised, retracted or deleted (the newest ``updated_at``, moved by
-    the transaction that writes it) or citation values written (:data:`CITATIONS_WRITTEN`).
-    Two pages of one query, index version and reference day with the same store version
-    are slices of one list; with another, the store changed between them.
+    the transaction that writes it), or citation values or in-corpus counts written
+    (:func:`mark_written`). Two pages of one query, index version and reference day with
+    the same store version are slices of one list; with another, the store changed
+    between them.
 
-    One index lookup and one primary-key read (one statement).
+    One statement: an index lookup and the few marks.
     """
-    scope, key = CITATIONS_WRITTEN
     c = checkpoints.c
-    newest, mark = conn.execute(select(
-        select(func.max(articles.c.updated_at)).scalar_subquery(),
-        select(c.value).where(c.scope == scope, c.key == key).scalar_subquery(),
-    )).one()  # fmt: skip
-    stamp = f"{iso(as_utc(newest)) if newest is not None else ''}|{json.dumps(mark)}"
+    marks = (
+        select(cast(func.max(articles.c.updated_at), Text).label("v"), literal("").label("k"))
+        .union_all(select(cast(c.value, Text), c.key).where(c.scope == VERSION_SCOPE))
+        .subquery()
+    )
+    rows = conn.execute(select(marks.c.k, marks.c.v)).all()
+    stamp = "|".join(f"{k}={v}" for k, v in sorted((str(k), str(v)) for k, v in rows))
     return hashlib.sha1(stamp.encode()).hexdigest()[:16]
 
 

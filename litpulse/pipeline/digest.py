@@ -104,6 +104,8 @@ logger = logging.getLogger(__name__)
 LEASE_NAME = "digest"
 #: Most matches a feed shows (the newest).
 FEED_ENTRIES = 200
+#: The last feed page asked for (the API and the CLI refuse a larger one).
+FEED_PAGES_MAX = 1_000_000
 
 
 class DigestBusyError(BusyError):
@@ -337,6 +339,24 @@ def _new_articles(
     return pmids[held], mark
 
 
+def _not_matched(engine: Engine, search_id: int, pmids: np.ndarray) -> np.ndarray:
+    """``pmids`` less those recorded as matches of the search already."""
+    import numpy as np
+
+    if not len(pmids):
+        return pmids
+    with engine.connect() as conn:
+        known = conn.execute(
+            select(digest_matches.c.pmid).where(
+                digest_matches.c.search_id == search_id,
+                db.id_in_clause(conn, "pmid", pmids.tolist()),
+            )
+        ).scalars().all()  # fmt: skip
+    if not known:
+        return pmids
+    return pmids[~np.isin(pmids, np.asarray(known, dtype=np.int64))]
+
+
 def _digest_or_report(
     settings: Settings,
     engine: Engine,
@@ -381,6 +401,11 @@ def _digest_one(
         raise ConfigError(f"not searched: {search.problem}; {search.remedy}")
     threshold = search.threshold(settings)
     new, mark = _new_articles(engine, search, index.ids, str(index.model_version))
+    # an article matched before is never recorded again (a revision of it is new by its
+    # write time): left out before ranking, it takes no place under the cap
+    unmatched = _not_matched(engine, search.id, new)
+    matched_before = len(new) - len(unmatched)  # looked at (candidates), not ranked
+    new = unmatched
     listed = lists_authors(search.query)
     vectors, ids = fetch_vectors(engine, str(index.model_version), new)
     hits: Sequence[Any] = ()
@@ -415,17 +440,6 @@ def _digest_one(
         # authors alone (Smith J[au]): each new article of theirs meets the query whole
         passing += [h for h in result.hits if listed or h.score >= threshold]
     if passing:
-        # only matches not recorded before count toward the cap: an old match revised
-        # since (MEDLINE adds MeSH weeks later) would take a new article's place, and the
-        # watermark moves past that one for good
-        with engine.connect() as conn:
-            known = set(conn.execute(
-                select(digest_matches.c.pmid).where(
-                    digest_matches.c.search_id == search.id,
-                    db.id_in_clause(conn, "pmid", [h.pmid for h in passing]),
-                )
-            ).scalars())  # fmt: skip
-        passing = [h for h in passing if h.pmid not in known]
         passing.sort(key=lambda h: (-h.score, h.pmid))
         capped = len(passing) > cap
         hits = passing[:cap]
@@ -461,8 +475,9 @@ def _digest_one(
             logger.info("saved search %d %r was removed or edited while it was digested: "
                         "nothing recorded (an edited one is judged by the next digest)",
                         search.id, search.name)
-            return SearchDigest(search_id=search.id, name=search.name, candidates=len(ids),
-                                matched=0, threshold=threshold)
+            return SearchDigest(search_id=search.id, name=search.name,
+                                candidates=len(ids) + matched_before, matched=0,
+                                threshold=threshold)  # fmt: skip
         before = _count(conn, search.id)
         db.upsert(conn, digest_matches, rows, keys=("search_id", "pmid"), update=())
         matched = _count(conn, search.id) - before
@@ -477,7 +492,7 @@ def _digest_one(
     return SearchDigest(
         search_id=search.id,
         name=search.name,
-        candidates=len(ids),
+        candidates=len(ids) + matched_before,
         matched=matched,
         threshold=threshold,
         capped=capped,
@@ -689,8 +704,8 @@ def feed_for(
         NotFoundError: No saved search has this id or name.
         ConfigError: ``page`` is below 1.
     """
-    if page < 1:
-        raise ConfigError(f"a feed's pages start at 1, got {page}")
+    if not 1 <= page <= FEED_PAGES_MAX:
+        raise ConfigError(f"a feed's pages are 1 to {FEED_PAGES_MAX:,}, got {page}")
     engine = engine or db.connect(settings)
     search = get_search(settings, ref, engine=engine)
     search = dataclasses.replace(search, name=_xml_safe(search.name), query=_xml_safe(search.query))

@@ -32,14 +32,17 @@ def print_json(obj: Any) -> None:
 _JSON_CONTROL = re.compile(r"[\x7f-\x9f]")
 
 
-def positive_int(text: str) -> int:
-    """An argument's whole number of 1 or more (argparse's ``type``)."""
+def positive_int(text: str, most: int | None = None) -> int:
+    """An argument's whole number of 1 or more, and at most ``most`` (argparse's
+    ``type``)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
+    if most is not None and value > most:
+        raise argparse.ArgumentTypeError(f"must be <= {most:,}: {text!r}")
     return value
 
 

@@ -89,10 +89,17 @@ def register(sub: Any) -> None:
     )
     f.add_argument(
         "--page",
-        type=positive_int,
+        type=_feed_page,
         default=1,
         help="page of its matches, newest first (200 a page; each page links the next)",
     )
+
+
+def _feed_page(text: str) -> int:
+    """``--page``: 1 to the last page a feed serves."""
+    from litpulse.pipeline.digest import FEED_PAGES_MAX
+
+    return positive_int(text, most=FEED_PAGES_MAX)
 
 
 def run_add(args: argparse.Namespace, settings: Settings) -> int:

@@ -43,6 +43,7 @@ def register(sub: Any) -> None:
 
 
 def run_similar_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from ranking.search import MAX_OFFSET
     from ranking.similar import similar_articles
 
     result = similar_articles(
@@ -71,5 +72,8 @@ def run_similar_cmd(args: argparse.Namespace, settings: Settings) -> int:
     print_table(rows, ["#", "pmid", "cosine", "date", "title"])
     if result.has_more:  # say how to go on (stderr, as `quarantine` does)
         print(f"more follow: add --offset {result.offset + len(result.hits)}", file=sys.stderr)
+    elif result.truncated:  # more, past the deepest offset: said, never left as the end
+        print(f"more follow past the deepest offset ({MAX_OFFSET:,}): they are not listed",
+              file=sys.stderr)
     print(f"\nindex {result.index_version} (model {result.model_version})")
     return 0

@@ -266,7 +266,7 @@ def test_a_page_from_another_list_says_so(
     _wait_results(browser, "(6–10)")
     assert "changed since the page before" not in note()  # one list so far
     with db.connect(real).begin() as conn:  # a citation refresh commits meanwhile
-        db.mark_citations_written(conn)
+        db.mark_written(conn, "citations")
     browser.find_element(By.ID, "next").click()
     _wait_results(browser, "(11–15)")
     assert "The results changed since the page before" in note()

@@ -418,10 +418,13 @@ def test_the_store_version_moves_with_what_a_search_ranks_by(settings: Settings)
     deleted = version()
     assert deleted != stored
     with engine.begin() as conn:  # a citation write marks it in its own transaction
-        db.mark_citations_written(conn)
+        db.mark_written(conn, "citations")
     cited = version()
     assert cited != deleted
     with engine.begin() as conn:
-        db.mark_citations_written(conn)
+        db.mark_written(conn, "citations")
         conn.rollback()  # rolled back with its write: nothing changed
     assert version() == cited
+    with engine.begin() as conn:  # the in-corpus recount's own mark
+        db.mark_written(conn, "counts")
+    assert version() != cited
