@@ -115,18 +115,23 @@ from tests.ranking.corpus import ARTICLES, article_rows, term_rows
 
 
 @pytest.fixture
-def world(sqlite_settings: Settings) -> Settings:
-    """The OLD corpus articles stored and indexed (bundled model), on SQLite."""
-    _load(db.connect(sqlite_settings), OLD)
-    assert refresh_index(sqlite_settings).size == len(OLD)
-    return sqlite_settings
-
-
-@pytest.fixture
 def hook() -> Iterator[_Hook]:
     h = _Hook()
     yield h
     h.close()
+
+
+def crispr_world(s: Settings) -> Settings:
+    """``s`` with the OLD corpus articles stored and indexed (bundled model)."""
+    _load(db.connect(s), OLD)
+    assert refresh_index(s).size == len(OLD)
+    return s
+
+
+@pytest.fixture
+def world(sqlite_settings: Settings) -> Settings:
+    """The OLD corpus articles stored and indexed (bundled model), on SQLite."""
+    return crispr_world(sqlite_settings)
 
 
 class _Killed(BaseException):

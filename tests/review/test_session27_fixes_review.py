@@ -124,7 +124,6 @@ from ranking.search import SearchFilters
 from tests.ingest.test_store import make_record
 from tests.litpulse.pipeline.test_digest import (
     CRISPR,
-    OLD,
     THRESHOLD,
     _Hook,
     _Inbox,
@@ -132,7 +131,7 @@ from tests.litpulse.pipeline.test_digest import (
     _matched,
 )
 from tests.ranking.corpus import ARTICLES, article_rows, make_article
-from tests.review.test_session27_digest_review import _Killed, _scores, _smtp
+from tests.review.test_session27_digest_review import _Killed, _scores, _smtp, crispr_world
 from tests.review.test_session27_digest_review import pg_world as pg_world  # noqa: F401
 from tests.review.test_session27_paging_review import (  # noqa: F401
     P,
@@ -147,18 +146,16 @@ from tests.review.test_session27_paging_review import (  # noqa: F401
 
 
 @pytest.fixture
-def crispr(sqlite_settings: Settings) -> Settings:
-    """The OLD corpus articles stored and indexed (bundled model), on SQLite."""
-    _load(db.connect(sqlite_settings), OLD)
-    assert refresh_index(sqlite_settings).size == len(OLD)
-    return sqlite_settings
-
-
-@pytest.fixture
 def hook() -> Iterator[_Hook]:
     h = _Hook()
     yield h
     h.close()
+
+
+@pytest.fixture
+def crispr(sqlite_settings: Settings) -> Settings:
+    """The OLD corpus articles stored and indexed (bundled model), on SQLite."""
+    return crispr_world(sqlite_settings)
 
 
 def _revise(engine: Any, pmids: Any) -> None:
