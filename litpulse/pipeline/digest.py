@@ -238,6 +238,7 @@ def run_digest(
         f"another digest ({who}) is running"
     ))  # fmt: skip
     with lease:
+        started = utcnow()  # the matches this digest records are found from now on
         searches = list_searches(settings, engine=engine)
         if not searches:
             return DigestReport(index_version=None, skipped="no saved searches")
@@ -251,7 +252,7 @@ def run_digest(
             lease.check()
             done.append(_digest_or_report(settings, engine, search, index, embed))
         lease.check()
-        emailed, posted, failures, warnings = _deliver(settings, engine)
+        emailed, posted, failures, warnings = _deliver(settings, engine, started)
     cap = settings.digest_max_matches
     report = DigestReport(
         index_version=str(index.id),
@@ -612,12 +613,16 @@ def owner_addresses(engine: Engine) -> dict[str, list[str]]:
 Send = Callable[..., str | None]
 
 
-def _deliver(settings: Settings, engine: Engine) -> tuple[int, int, list[str], list[str]]:
+def _deliver(
+    settings: Settings, engine: Engine, started: dt.datetime | None = None
+) -> tuple[int, int, list[str], list[str]]:
     """Send every pending match on each configured channel; stamp what went out.
 
     E-mail goes out when ``LITPULSE_DIGEST_SMTP_HOST`` is set, each search's to
     :func:`recipients_of` it (a search with none is not e-mailed: its matches stay
-    pending); the webhook when ``LITPULSE_DIGEST_WEBHOOK_URL`` is.
+    pending); the webhook when ``LITPULSE_DIGEST_WEBHOOK_URL`` is. The messages are
+    :func:`_messages`'; each one's key is recorded with its matches before it goes out.
+    ``started``: when the digest began (its own matches are found after it).
 
     Returns:
         Matches e-mailed, matches posted, failures (retried), warnings (not retried)."""
@@ -625,6 +630,7 @@ def _deliver(settings: Settings, engine: Engine) -> tuple[int, int, list[str], l
     sent = {"email": 0, "webhook": 0}
     failures: list[str] = []
     warnings: list[str] = []
+    dm = digest_matches.c
     for search in list_searches(settings, engine=engine):
         channels: list[tuple[str, Send]] = []
         to = recipients_of(settings, search, owners) if settings.digest_smtp_host else []
@@ -633,17 +639,15 @@ def _deliver(settings: Settings, engine: Engine) -> tuple[int, int, list[str], l
         if settings.digest_webhook_url:
             channels.append(("webhook", post_webhook))
         for channel, send in channels:
-            # a message handed on before and not known to have gone out (a kill between
-            # sending and stamping, a timeout) goes again whole, with its key, first; the
-            # matches never handed on go together in one new message after it
-            for key, group in _messages(search, matches_of(engine, search.id, pending=channel)):
+            key_col, sent_col = dm[f"{channel}_key"], dm[f"{channel}_sent_at"]
+            pending = matches_of(engine, search.id, pending=channel)
+            for key, group in _messages(search, pending, started):
+                ids = [m.id for m in group]
                 if any(m.attempt is None for m in group):  # its key, before it goes out
                     with engine.begin() as conn:
-                        conn.execute(
-                            update(digest_matches)
-                            .where(digest_matches.c.id.in_([m.id for m in group]))
-                            .values({f"{channel}_key": key})
-                        )
+                        conn.execute(update(digest_matches)
+                                     .where(db.id_in_clause(conn, "id", ids))
+                                     .values({key_col: key}))  # fmt: skip
                 try:
                     partly = send(settings, search, group, key=key)
                 except Exception as exc:  # noqa: BLE001 - one search's failure stops no other
@@ -654,24 +658,39 @@ def _deliver(settings: Settings, engine: Engine) -> tuple[int, int, list[str], l
                         f"{type(exc).__name__}: {exc}")  # fmt: skip
                     failures.append(f"{channel} for {search.name!r}: {why}")
                     break  # the later ones wait: they go out after it, in order
-                column = digest_matches.c[f"{channel}_sent_at"]
                 with engine.begin() as conn:
-                    conn.execute(
-                        update(digest_matches)
-                        .where(digest_matches.c.id.in_([m.id for m in group]))
-                        .values({column: utcnow()})
-                    )
+                    conn.execute(update(digest_matches)
+                                 .where(db.id_in_clause(conn, "id", ids))
+                                 .values({sent_col: utcnow()}))  # fmt: skip
+                    # the key went out without its matches left out meanwhile (an article
+                    # deleted since it was tried): they go under a new key, never this one
+                    conn.execute(update(digest_matches)
+                                 .where(dm.search_id == search.id, key_col == key,
+                                        sent_col.is_(None))
+                                 .values({key_col: None}))  # fmt: skip
                 sent[channel] += len(group)
                 if partly:  # delivered, not to everyone: said, never sent again to the rest
                     warnings.append(f"{channel} for {search.name!r}: {partly}")
     return sent["email"], sent["webhook"], failures, warnings
 
 
-def _messages(search: SavedSearch, pending: Sequence[Match]) -> list[tuple[str, list[Match]]]:
-    """The messages that carry ``pending`` (one channel's, newest first as
-    :func:`matches_of` gives them), each with its delivery key, in the order to send them:
-    each message handed on before (its matches' ``attempt``) again, with its key, the
-    oldest first; then the matches never handed on, in one new message."""
+#: Most matches one message carries (an e-mail one can read, a webhook body well under a
+#: receiver's usual limit of 1 MiB: ~130 KB).
+MESSAGE_MATCHES = 200
+
+
+def _messages(
+    search: SavedSearch, pending: Sequence[Match], started: dt.datetime | None = None
+) -> list[tuple[str, list[Match]]]:
+    """The messages that carry ``pending`` (one channel's, as :func:`matches_of` gives
+    them), each with its delivery key, in the order to send them.
+
+    Each message handed on before (its matches' ``attempt``) goes again, with its key,
+    the oldest first. Then the matches never handed on, oldest first, at most
+    :data:`MESSAGE_MATCHES` a message: those found before ``started`` (left by earlier
+    digests: a release before recorded keys sent all of a search's pending matches as
+    one message, whose key these give again), then those this digest found.
+    """
     tried: dict[str, list[Match]] = {}
     fresh: list[Match] = []
     for m in pending:
@@ -680,8 +699,12 @@ def _messages(search: SavedSearch, pending: Sequence[Match]) -> list[tuple[str, 
         else:
             tried.setdefault(m.attempt, []).append(m)
     out = sorted(tried.items(), key=lambda kv: min(m.found_at for m in kv[1]))
-    if fresh:
-        out.append((delivery_key(search, fresh), fresh))
+    fresh.sort(key=lambda m: (m.found_at, -m.score, m.pmid))
+    earlier = [m for m in fresh if started is not None and m.found_at < started]
+    for part in (earlier, fresh[len(earlier):]):
+        for at in range(0, len(part), MESSAGE_MATCHES):
+            chunk = part[at : at + MESSAGE_MATCHES]
+            out.append((delivery_key(search, chunk), chunk))
     return out
 
 

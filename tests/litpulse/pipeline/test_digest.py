@@ -209,21 +209,29 @@ class _Inbox:
 
 
 class _Hook:
-    """A local webhook: answers ``status`` and keeps the JSON bodies it got."""
+    """A local webhook: answers ``status`` and keeps the JSON bodies it got; with
+    ``limit``, behind a proxy that answers 413 to a body over that many bytes (nginx's
+    default ``client_max_body_size``: 1 MiB), counted in ``refused``."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self.status = 200
         self.bodies: list[dict[str, Any]] = []
         self.keys: list[str | None] = []  # the Idempotency-Key header of each body kept
+        self.refused = 0
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if hook.status == 200:
+                size = int(self.headers["Content-Length"])
+                body = self.rfile.read(size)
+                status = hook.status
+                if limit is not None and size > limit:
+                    hook.refused += 1
+                    status = 413
+                elif status == 200:
                     hook.bodies.append(json.loads(body))
                     hook.keys.append(self.headers.get("Idempotency-Key"))
-                self.send_response(hook.status)
+                self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
