@@ -114,13 +114,6 @@ from tests.litpulse.pipeline.test_digest import (
 from tests.ranking.corpus import ARTICLES, article_rows, term_rows
 
 
-@pytest.fixture
-def hook() -> Iterator[_Hook]:
-    h = _Hook()
-    yield h
-    h.close()
-
-
 def crispr_world(s: Settings) -> Settings:
     """``s`` with the OLD corpus articles stored and indexed (bundled model)."""
     _load(db.connect(s), OLD)

@@ -103,7 +103,6 @@ import datetime as dt
 import io
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import feedparser
@@ -143,13 +142,6 @@ from tests.review.test_session27_paging_review import (  # noqa: F401
     tiny,
     world,
 )
-
-
-@pytest.fixture
-def hook() -> Iterator[_Hook]:
-    h = _Hook()
-    yield h
-    h.close()
 
 
 @pytest.fixture

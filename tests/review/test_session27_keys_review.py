@@ -77,7 +77,6 @@ from __future__ import annotations
 import datetime as dt
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -111,13 +110,6 @@ from tests.review.test_session27_digest_review import _Killed, _smtp, crispr_wor
 @pytest.fixture
 def world(sqlite_settings: Settings) -> Settings:
     return crispr_world(sqlite_settings)
-
-
-@pytest.fixture
-def hook() -> Iterator[_Hook]:
-    h = _Hook()
-    yield h
-    h.close()
 
 
 # ------------------------------------------------------------------ the receiver's view

@@ -90,7 +90,6 @@ entrez date).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import select
@@ -111,16 +110,6 @@ from tests.litpulse.pipeline.test_nightly_operations import _malformed
 #: A Friday, its weekend and the week after (2024: no DST change, no US holiday).
 FRI = dt.date(2024, 1, 5)
 SAT, SUN, MON, TUE, WED, THU, FRI2 = (FRI + dt.timedelta(days=n) for n in range(1, 8))
-
-
-@pytest.fixture
-def emu() -> Iterator[ReviewEmulator]:
-    server = ReviewEmulator()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _dag_window(s: Settings, run_day: dt.date) -> tuple[dt.datetime, dt.datetime]:

@@ -1,0 +1,4 @@
+"""Fixtures the review files share, from the test modules that own them."""
+
+from tests.ingest.test_windows_review import emu  # noqa: F401 - fixture
+from tests.litpulse.pipeline.test_digest import hook  # noqa: F401 - fixture
