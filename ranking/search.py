@@ -87,6 +87,15 @@ MAX_OFFSET = 1000
 WIDEN_FACTOR = 4
 
 
+def next_page(more: bool, offset: int, k: int) -> tuple[bool, bool]:
+    """Whether a page of ``k`` at ``offset`` that ``more`` results follow has a next page
+    (its offset, ``offset + k``, is accepted: at most :data:`MAX_OFFSET`), and whether
+    it is cut instead (more follow past the deepest offset: said, never left as the end):
+    ``(has_more, truncated)``."""
+    within = offset + k <= MAX_OFFSET
+    return more and within, more and not within
+
+
 def widened(n: int, passing: int, wanted: int, size: int) -> int:
     """The next candidate list length after ``n`` gave ``passing`` of ``wanted``.
 
@@ -737,9 +746,8 @@ def run_search(
     # a next page only where one can be asked for (its offset is refused past MAX_OFFSET);
     # more results past it are said, never left for the end of the list
     start = offset or 0
-    truncated = has_more and offset is not None and start + k > MAX_OFFSET
+    has_more, truncated = next_page(has_more, start, k)
     if truncated:
-        has_more = False
         notes += (
             f"More articles match than the deepest page reaches (results past "
             f"{start + len(hits):,} are not paged: offsets stop at {MAX_OFFSET:,}): narrow "

@@ -41,6 +41,7 @@ from ranking.search import (
     SearchFilters,
     load_rows,
     nearest,
+    next_page,
     widened,
 )
 
@@ -218,6 +219,7 @@ def similar_articles(
         len(hits),
         index.id,
     )
+    has_more, truncated = next_page(len(ranked) > offset + k, offset, k)
     return SimilarResult(
         pmid=int(pmid),
         title=title,
@@ -228,8 +230,8 @@ def similar_articles(
         retracted=retracted,
         offset=offset,
         # a next page only where its offset is accepted; more past it is said
-        has_more=len(ranked) > offset + k and offset + k <= MAX_OFFSET,
-        truncated=len(ranked) > offset + k > MAX_OFFSET,
+        has_more=has_more,
+        truncated=truncated,
         store_version=version,
     )
 
