@@ -19,7 +19,7 @@ from typing import Any
 
 from ingest.records import PartialDate
 from litpulse.core.settings import Settings
-from litpulse.core.timeutil import as_utc
+from litpulse.core.timeutil import as_utc, nlm_day_start
 
 __all__ = [
     "parse_medline_date", "period_end", "pub_date_of", "read_pub_date", "read_ymd",
@@ -285,3 +285,32 @@ def searched_days(
     since, until = as_utc(since), as_utc(until)
     first = (since - dt.timedelta(days=settings.window_overlap_days)).date()
     return first, (until - dt.timedelta(microseconds=1)).date()
+
+
+#: A PubMed day the window covers for at least this long is the window's own to answer
+#: for (:func:`covered_days`); a shorter part is the day's edge (the evening before the
+#: window, a morning not yet begun in Bethesda), answered by the window before or after.
+COVERED_HOURS = 12
+
+
+def covered_days(
+    since: dt.datetime, until: dt.datetime, *, hours: float = COVERED_HOURS
+) -> list[dt.date]:
+    """PubMed's days (NLM's Eastern days: :func:`litpulse.core.timeutil.nlm_day_start`)
+    of which the window ``[since, until)`` (UTC instants) covers at least ``hours``.
+
+    The nightly DAG's window ``[Mon 00:00, Tue 00:00)`` UTC covers Monday in Bethesda for
+    19 hours and Sunday for 5; a window ending at 02:00 UTC on a Monday covers none of
+    Monday, which has not begun there.
+    """
+    since, until = as_utc(since), as_utc(until)
+    need = dt.timedelta(hours=hours)
+    # PubMed's day of an instant is its UTC date or the day before (Bethesda is behind)
+    day = since.date() - dt.timedelta(days=1)
+    out: list[dt.date] = []
+    while nlm_day_start(day) < until:
+        begin, end = nlm_day_start(day), nlm_day_start(day + dt.timedelta(days=1))
+        if min(end, until) - max(begin, since) >= need:
+            out.append(day)
+        day += dt.timedelta(days=1)
+    return out

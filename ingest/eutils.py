@@ -35,7 +35,11 @@ of all PubMed (no query) checks the live records the store holds entered in its 
 its ESearch no longer lists: EFetch's record is stored as any; one EFetch does not serve
 (asked twice) and ESearch does not list alone is deleted (``details["unlisted"]``; more
 unlisted than a batch and a twentieth of the window are taken for a short search, and
-none is deleted).
+none is deleted). The run also records what its answer held of each day
+(``details["days"]``: the listed records entered on each, and the days it lists none of
+while the store holds records entered then), which the window's data-quality check
+judges (:func:`ingest.quality.check_ingest`: a short answer fails the window, so it is
+searched again).
 
 **Resuming.** Progress is checkpointed in ``checkpoints`` (scope ``eutils``): the PMID
 list of the window (key ``<window>[|q=<hash>]#search``, status ``searched`` while the
@@ -648,6 +652,8 @@ def ingest_window(
             run.details["unlisted"] = _check_unlisted(
                 store, client, settings, run, wkey, start, end, all_pmids, limits
             )
+        # what the answer holds of each day, for the window's data-quality check
+        run.details["days"] = _day_evidence(store, start, end, all_pmids, whole=query is None)
         if missing_all:
             logger.warning(
                 "window %s: %d PMIDs listed by ESearch were not returned readable by EFetch "
@@ -779,6 +785,31 @@ def _check_unlisted(
                        wkey, len(withdrawn), withdrawn[:20])  # fmt: skip
     return {**out, "checked": len(unlisted), "withdrawn": withdrawn[:1000],
             "withdrawn_total": len(withdrawn), "counts": counts.to_dict()}  # fmt: skip
+
+
+def _day_evidence(
+    store: Store, start: dt.date, end: dt.date, listed: Sequence[int], *, whole: bool
+) -> dict[str, Any]:
+    """What a window's answer holds of each of its PubMed days ``start``..``end``, for its
+    data-quality check (:func:`ingest.quality.check_ingest`).
+
+    Returns:
+        ``entered``: ISO day → how many of the listed records the store holds entered
+        that day (days with none left out); ``short``: with a search of all PubMed
+        (``whole``), the days of which the answer lists no record while the store holds a
+        live one entered then (checked after the withdrawals were taken), proof that the
+        answer came back short: a degraded ESearch answers Count 0 without an error, and a
+        day it left out is never searched again once the window has passed.
+    """
+    entered = store.entered_by_day(listed, start, end)
+    short: list[str] = []
+    if whole:
+        day = start
+        while day <= end:
+            if not entered.get(day) and store.holds_entered(day):
+                short.append(day.isoformat())
+            day += dt.timedelta(days=1)
+    return {"entered": {d.isoformat(): n for d, n in sorted(entered.items())}, "short": short}
 
 
 def _listed_alone(client: HttpClient, pmid: int) -> bool:

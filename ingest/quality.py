@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select, update
 
-from ingest.dates import searched_days
+from ingest.dates import COVERED_HOURS, covered_days, searched_days
 from ingest.runs import IngestCounts
 from litpulse.core.errors import ConfigError, DataQualityError
 from litpulse.core.settings import Settings
@@ -172,7 +172,18 @@ def check_ingest(
       ``counts`` are the window's whole: a rerun of a finished window counts the batches
       it skipped, or its records come back unchanged, so it is not empty. Articles the
       store holds of those days do not make it so: the window before searched the first
-      day too.
+      day too. Day by day (with the run's record of its answer: a window of all PubMed
+      that :func:`ingest.eutils.ingest_window` searched), each PubMed weekday the window
+      covers for at least :data:`ingest.dates.COVERED_HOURS` hours
+      (:func:`ingest.dates.covered_days`) must have a listed record entered on it: a
+      catch-up window whose own days a mirror has not synced does not pass on the records
+      of its overlap day, which are the day before its start.
+    * **short answer** (``short_answer``, with that record) — ESearch listed no record of
+      a searched day while the store holds live records entered then, or more stored
+      records of its days than withdrawals explain (``details["unlisted"]["skipped"]``):
+      a degraded ESearch answers Count 0 without an error, and a day a passed window left
+      out is never searched again. Weekend days included: the Monday window of the DAG
+      searches Saturday and Sunday only.
     * **quarantine rate** — the bad elements new to the store (quarantined, less those
       met again: :attr:`~ingest.runs.IngestCounts.requarantined`) / parsed above
       ``LITPULSE_MAX_QUARANTINE_RATE``, when at least ``LITPULSE_QUALITY_MIN_QUARANTINED``
@@ -266,6 +277,10 @@ def check_ingest(
                     "PubMed adds records every weekday (check the source and the query; set "
                     "LITPULSE_QUALITY_EXPECT_WEEKDAYS=false to allow empty weekdays)"
                 )
+        answer = _window_answer(engine, start, end)
+        if answer is not None:
+            problems += _answer_problems(settings, answer, start, end, records)
+            checks.append("short_answer")
         if settings.quality_max_staleness_days:
             checks.append("stale_watermark")
             days = settings.quality_max_staleness_days
@@ -319,6 +334,70 @@ def check_ingest(
             "data-quality check passed: %d records, %.2f%% quarantined", records, rate * 100
         )
     return report
+
+
+def _window_answer(engine: Engine, start: dt.datetime, end: dt.datetime) -> dict[str, Any] | None:
+    """What the newest succeeded E-utilities run of the window ``[start, end)`` recorded of
+    its answer (:func:`ingest.eutils.ingest_window`'s details: ``days``, ``unlisted``), when
+    it searched all of PubMed; ``None`` otherwise (an update-file window, a query, counts
+    from elsewhere, a run of a release that recorded no days)."""
+    from litpulse.core.schema import ingest_runs
+
+    r = ingest_runs.c
+    with engine.connect() as conn:
+        details = conn.execute(
+            select(r.details)
+            .where(r.source == "eutils", r.status == RunStatus.SUCCEEDED,
+                   r.window_start == start, r.window_end == end)
+            .order_by(r.id.desc())
+            .limit(1)
+        ).scalar()  # fmt: skip
+    if not details or details.get("query") or "days" not in details:
+        return None
+    return dict(details)
+
+
+def _answer_problems(
+    settings: Settings,
+    answer: Mapping[str, Any],
+    start: dt.datetime,
+    end: dt.datetime,
+    records: int,
+) -> list[str]:
+    """The failed checks of what a window's ESearch answered, day by day (see
+    :func:`check_ingest`: short answer, and the empty-weekday rule's days)."""
+    problems: list[str] = []
+    days = answer.get("days") or {}
+    short = [str(d) for d in days.get("short") or ()]
+    if short:
+        problems.append(
+            f"the window's ESearch listed no record of PubMed's day(s) {', '.join(short)}, "
+            "though the store holds live records entered then: its answer came back short "
+            "(a degraded ESearch answers Count 0 without an error); the window stays held "
+            "and is searched again by the next run"
+        )
+    skipped = (answer.get("unlisted") or {}).get("skipped")
+    if skipped:
+        problems.append(
+            f"the window's ESearch left out more of the stored records entered in its days "
+            f"than withdrawals explain ({skipped}): its answer came back short; the window "
+            "stays held and is searched again by the next run"
+        )
+    if settings.quality_expect_weekdays and records:  # none at all: said above
+        entered = days.get("entered") or {}
+        unanswered = [d.isoformat() for d in covered_days(start, end)
+                      if d.weekday() < 5 and not entered.get(d.isoformat())]  # fmt: skip
+        if unanswered:
+            problems.append(
+                f"PubMed's weekday(s) {', '.join(unanswered)}, each covered by the window "
+                f"{start.isoformat()}..{end.isoformat()} for at least {COVERED_HOURS} hours, "
+                f"returned no record entered on them ({records} records came back, of "
+                "other days: the day before the window, revisions); PubMed adds records "
+                "every weekday (a source not synced yet? The window stays held and is "
+                "searched again; set LITPULSE_QUALITY_EXPECT_WEEKDAYS=false to allow empty "
+                "weekdays)"
+            )
+    return problems
 
 
 def _mark_judged(engine: Engine, start: dt.datetime, end: dt.datetime) -> int:

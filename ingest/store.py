@@ -124,7 +124,7 @@ from litpulse.core.schema import (
 )
 from litpulse.core.settings import Settings
 from litpulse.core.text import clean_doi, doi_key
-from litpulse.core.timeutil import as_utc, iso, utcnow
+from litpulse.core.timeutil import as_date, as_utc, iso, nlm_day_start, utcnow
 
 __all__ = ["COUNTS_CHECKPOINT", "IngestCounts", "RECOUNT_STEP", "Store", "store_counts"]
 
@@ -831,6 +831,47 @@ class Store(RunLedger, Checkpoints):
                 select(a.pmid).where(a.pmid.between(lo, hi), entered, a.is_deleted.is_(False))
             ).scalars()
             return sorted(set(found) - set(wanted))
+
+    def entered_by_day(
+        self, listed: Iterable[int], first: dt.date, last: dt.date
+    ) -> dict[dt.date, int]:
+        """How many of ``listed`` (a window's ESearch) the store holds entered
+        (``entrez_date``) on each day of ``first``..``last``; days with none are left out.
+        Read by primary key, in chunks."""
+        a = articles.c
+        out: dict[dt.date, int] = {}
+        with self.engine.connect() as conn:
+            for chunk in chunks(sorted({int(p) for p in listed})):
+                rows = conn.execute(
+                    select(a.entrez_date, func.count())
+                    .where(a.pmid.in_(chunk), a.entrez_date.between(first, last))
+                    .group_by(a.entrez_date)
+                ).all()
+                for day, n in rows:
+                    key = as_date(day)
+                    if key is not None:
+                        out[key] = out.get(key, 0) + int(n)
+        return out
+
+    def holds_entered(self, day: dt.date) -> bool:
+        """Whether a live article entered on PubMed's ``day`` is stored.
+
+        Read through the index on ``updated_at``: such a record can only have been written
+        once that day had begun in Bethesda (:func:`litpulse.core.timeutil.nlm_day_start`),
+        so only the rows written since are looked at, not every article's date.
+        """
+        a = articles.c
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                select(a.pmid)
+                .where(
+                    a.updated_at >= nlm_day_start(day),
+                    a.entrez_date == day,
+                    a.is_deleted.is_(False),
+                )
+                .limit(1)
+            ).first()
+        return found is not None
 
     def status(self, *, runs: int = 5) -> dict[str, Any]:
         """Counts of the store and the latest runs."""

@@ -256,8 +256,9 @@ class Settings:
     quality_expect_weekdays: bool = _opt(
         True,
         "A window touching a weekday (Monday-Friday UTC) that returns no record (a rerun "
-        "counts the batches an earlier try stored) fails the nightly data-quality check; "
-        "weekend windows may be empty.",
+        "counts the batches an earlier try stored) fails the nightly data-quality check, "
+        "as does one whose answer holds no record entered on a PubMed weekday it covers "
+        "for at least 12 hours (a source not synced yet); weekend days may be empty.",
     )
     quality_max_staleness_days: int = _opt(
         3,

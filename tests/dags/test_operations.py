@@ -103,11 +103,14 @@ def test_nights_missed_by_the_scheduler_are_ingested_or_alerted(
     emulator.add_article(2, edat=MONDAY + dt.timedelta(days=2), title="Kinase signalling")
     friday = MONDAY + dt.timedelta(days=4)
     emulator.add_article(3, edat=friday, title="Gut microbiome in mice")
+    # ... every weekday (a weekday the window covers without a record fails its check)
+    emulator.add_article(4, edat=MONDAY + dt.timedelta(days=1), title="Tuesday's trial")
+    emulator.add_article(5, edat=MONDAY + dt.timedelta(days=3), title="Thursday's cohort")
     # Saturday morning it is back: catchup=False creates only Friday's interval run
     window = nightly_run(friday)
     assert _days(window) == (MONDAY + dt.timedelta(days=1), friday), window
     assert 2 in _stored(s), "Wednesday's record was never ingested and nothing failed"
-    assert _stored(s) == {1, 2, 3}
+    assert _stored(s) == {1, 2, 3, 4, 5}
     # the window that was checked is the one that was ingested: it moved the watermark
     assert last_watermark(s) == _at(friday + dt.timedelta(days=1))
     # the next night is back to one day
@@ -251,6 +254,9 @@ def test_the_dag_tasks_use_the_window_ingest_window_decided(
     emulator.add_article(1, edat=MONDAY, title="Statins and the gut")
     emulator.add_article(2, edat=MONDAY + dt.timedelta(days=2), title="Kinase signalling")
     emulator.add_article(3, edat=friday, title="Gut microbiome in mice")
+    # PubMed adds records every weekday (one the window covers without any fails its check)
+    emulator.add_article(4, edat=MONDAY + dt.timedelta(days=1), title="Tuesday's trial")
+    emulator.add_article(5, edat=MONDAY + dt.timedelta(days=3), title="Thursday's cohort")
 
     def context(ctx: dict[str, Any]) -> None:
         monkeypatch.setattr(module, "get_current_context", lambda: ctx)
@@ -266,14 +272,14 @@ def test_the_dag_tasks_use_the_window_ingest_window_decided(
     out = task["ingest_window"]()
     assert out["window_start"] == _at(MONDAY + dt.timedelta(days=1)).isoformat()
     assert out["window_end"] == _at(friday + dt.timedelta(days=1)).isoformat()
-    assert out["counts"]["inserted"] == 2
+    assert out["counts"]["inserted"] == 4
     monkeypatch.setattr(module, "get_current_context", no_context)
     quality = task["data_quality"](out)
     assert last_watermark(s) == _at(friday + dt.timedelta(days=1))
     [event] = list(task["publish_articles"](out, {"fetched": 3}, quality))
     assert event.extra["window_start"] == out["window_start"]
     assert event.extra["window_end"] == out["window_end"]
-    assert event.extra["inserted"] == 2
+    assert event.extra["inserted"] == 4
     # future params: refused in ingest_window, before any search
     searched = len(emulator.requests("esearch"))
     tomorrow = (dt.datetime.now(UTC) + dt.timedelta(days=1)).date().isoformat()

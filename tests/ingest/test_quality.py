@@ -228,3 +228,131 @@ def test_quarantined_elements_met_again_after_their_check_are_counted_apart(
         report = check_ingest(s, nxt, (_at(tuesday), _at(wednesday)))
         assert report.ok and report.quarantine_rate == 0.0
         assert report.to_dict()["requarantined"] == 6
+
+
+# ------------------------------------------------------- the answer, day by day (Q1, Q2)
+
+
+def test_covered_days_are_pubmeds_days_the_window_covers_for_12_hours() -> None:
+    from ingest.dates import covered_days
+
+    def at(day: int, hour: int, month: int = 1) -> dt.datetime:
+        return dt.datetime(2024, month, day, hour, tzinfo=UTC)
+
+    mon, tue, wed, sun = (dt.date(2024, 1, d) for d in (8, 9, 10, 7))
+    # the DAG's [Mon, Tue) UTC: Bethesda's Sunday 19:00 .. Monday 19:00
+    assert covered_days(at(8, 0), at(9, 0)) == [mon]
+    # the CLI nightly at 02:00: Sunday 21:00 .. Monday 21:00
+    assert covered_days(at(8, 2), at(9, 2)) == [mon]
+    # at 02:00 on a Monday: Monday has not begun in Bethesda
+    assert covered_days(at(7, 2), at(8, 2)) == [sun]
+    # a catch-up window, Monday 21:00 .. Wednesday 21:00 Eastern
+    assert covered_days(at(9, 2), at(11, 2)) == [tue, wed]
+    # an hour's window covers no day for 12 hours; exactly 12 hours do
+    assert covered_days(at(8, 10), at(8, 11)) == []
+    assert covered_days(at(8, 5), at(8, 17)) == [mon]  # EST: the day begins at 05:00 UTC
+    # summer time: the day begins at 04:00 UTC
+    assert covered_days(at(8, 4, 7), at(8, 16, 7)) == [dt.date(2024, 7, 8)]
+    assert covered_days(at(8, 5, 7), at(8, 16, 7)) == []
+
+
+def test_a_day_the_answer_leaves_out_while_the_store_holds_its_records_fails(
+    settings: Settings,
+) -> None:
+    """A searched day of which ESearch lists nothing, while the store holds records
+    entered then, proves the answer short, a weekend day included (the DAG's Monday
+    window searches Saturday and Sunday only); the withdrawal check leaves those records
+    alone (a day's records do not all vanish)."""
+    from ingest.eutils import ingest_window
+    from tests.emulator import running_emulator
+
+    sat, sun, mon = dt.date(2024, 1, 6), dt.date(2024, 1, 7), dt.date(2024, 1, 8)
+    with contextlib.ExitStack() as stack:
+        emulator = stack.enter_context(contextlib.contextmanager(running_emulator)())
+        for pmid in range(100, 104):
+            emulator.add_article(pmid, edat=sat)
+        s = emulator.configure(settings.replace(quality_max_staleness_days=0))
+        assert check_ingest(s, ingest_window(s, _at(sat), _at(sun)), (_at(sat), _at(sun))).ok
+        for pmid in range(100, 104):  # a mirror serving Sunday's records, not Saturday's
+            del emulator.articles[pmid]
+        for pmid in range(200, 203):
+            emulator.add_article(pmid, edat=sun)
+        counts = ingest_window(s, _at(sun), _at(mon))
+        assert counts.inserted == 3
+        with pytest.raises(DataQualityError, match=r"no record of PubMed's day\(s\) 2024-01-06"):
+            check_ingest(s, counts, (_at(sun), _at(mon)))
+        kept = Store(db.connect(s)).existing_pmids(range(100, 104))
+        assert kept == set(range(100, 104))
+
+
+def test_a_search_too_short_for_withdrawals_fails_the_window(settings: Settings) -> None:
+    """More stored records of the window's days unlisted than withdrawals explain: none is
+    deleted (as before), and the check no longer passes the window with a warning."""
+    from ingest.eutils import ingest_window
+    from tests.emulator import running_emulator
+
+    tue, wed, thu = dt.date(2024, 1, 9), dt.date(2024, 1, 10), dt.date(2024, 1, 11)
+    with contextlib.ExitStack() as stack:
+        emulator = stack.enter_context(contextlib.contextmanager(running_emulator)())
+        for pmid in range(1000, 1100):
+            emulator.add_article(pmid, edat=tue)
+        s = emulator.configure(settings.replace(quality_max_staleness_days=0, efetch_batch=20))
+        assert check_ingest(s, ingest_window(s, _at(tue), _at(wed)), (_at(tue), _at(wed))).ok
+        for pmid in range(1040, 1100):  # the mirror lists 40 of Tuesday's 100
+            del emulator.articles[pmid]
+        emulator.add_article(2000, edat=wed)
+        counts = ingest_window(s, _at(wed), _at(thu))
+        with pytest.raises(DataQualityError, match=r"than withdrawals explain \(60 unlisted"):
+            check_ingest(s, counts, (_at(wed), _at(thu)))
+        assert Store(db.connect(s)).existing_pmids(range(1040, 1100)) == set(range(1040, 1100))
+
+
+def test_a_weekday_the_window_covers_needs_a_record_entered_on_it(settings: Settings) -> None:
+    """A catch-up window whose own weekdays came back empty fails even when its overlap
+    day's records came back; a rerun of a passed window (all unchanged) still passes; a
+    weekday covered for less than 12 hours (Monday at 02:00 UTC) is not required."""
+    from ingest.eutils import ingest_window
+    from tests.emulator import running_emulator
+
+    sat, sun, mon, tue, wed, thu = (dt.date(2024, 1, 6) + dt.timedelta(days=i) for i in range(6))
+
+    def at2(day: dt.date) -> dt.datetime:
+        return _at(day) + dt.timedelta(hours=2)
+
+    with contextlib.ExitStack() as stack:
+        emulator = stack.enter_context(contextlib.contextmanager(running_emulator)())
+        emulator.add_article(1, edat=sat)
+        s = emulator.configure(settings.replace(quality_max_staleness_days=0))
+        # the CLI nightly at Monday 02:00: Saturday's record again, an empty Sunday, and
+        # Monday not begun in Bethesda: passes
+        monday_night = (at2(sun), at2(mon))
+        assert check_ingest(s, ingest_window(s, *monday_night), monday_night).ok
+        emulator.add_article(2, edat=mon)
+        first = (at2(mon), at2(tue))
+        assert check_ingest(s, ingest_window(s, *first), first).ok
+        again = ingest_window(s, *first)  # a rerun: everything unchanged
+        assert again.unchanged == again.total
+        assert check_ingest(s, again, first).ok
+        emulator.add_article(4, edat=thu)  # Wednesday never synced
+        catch_up = (at2(tue), _at(thu) + dt.timedelta(hours=23))
+        counts = ingest_window(s, *catch_up)
+        assert (counts.unchanged, counts.inserted) == (1, 1)  # Monday's again, Thursday's
+        with pytest.raises(DataQualityError, match=r"weekday\(s\) 2024-01-09, 2024-01-10, each"):
+            check_ingest(s, counts, catch_up)
+        allowed = s.replace(quality_expect_weekdays=False)
+        assert check_ingest(allowed, counts, catch_up).ok
+
+
+def test_a_window_with_a_query_is_not_judged_day_by_day(settings: Settings) -> None:
+    from ingest.eutils import ingest_window
+    from tests.emulator import running_emulator
+
+    mon, tue, wed = dt.date(2024, 1, 8), dt.date(2024, 1, 9), dt.date(2024, 1, 10)
+    with contextlib.ExitStack() as stack:
+        emulator = stack.enter_context(contextlib.contextmanager(running_emulator)())
+        emulator.add_article(1, edat=mon, title="Statins")
+        emulator.add_article(2, edat=tue, title="Kinases")
+        s = emulator.configure(settings.replace(quality_max_staleness_days=0))
+        counts = ingest_window(s, _at(tue), _at(wed), query="statins")
+        assert counts.total == 1
+        assert check_ingest(s, counts, (_at(tue), _at(wed))).ok

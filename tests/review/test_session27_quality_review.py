@@ -12,8 +12,10 @@ night is what ``litpulse nightly`` and the nightly DAG run: the window ingested 
 (``ingest_eutils_window``), then its check, which releases it (``check_window``). A
 mirror that has not synced a day yet is the emulator without that day's records.
 
-Defects (strict xfails asserting the correct behaviour; left for the next session, see
-the note under Q3):
+Defects (strict xfails asserting the correct behaviour, left by session 27; Q1 and Q2
+fixed in session 28, now plain tests: ingest.eutils records what the answer held of each
+day, ``details["days"]``, and ``check_ingest`` judges it, a short answer and each PubMed
+weekday the window covers for 12 hours; see the note under Q3 for it):
 
 Q1 **The DAG's Monday window passes an empty ESearch; Saturday evening is lost for good**
    (ingest/quality.py ``check_ingest``, empty-weekday rule; dag_support ``window_days``).
@@ -134,9 +136,6 @@ def _held_runs(s: Settings) -> list[str]:
 # ========================================================================= defects (xfail)
 
 
-@pytest.mark.xfail(strict=True, reason="Q1: the DAG's Sat..Sun window passes an empty ESearch "
-                   "though the store holds Saturday records it did not list; Saturday evening's "
-                   "record is never fetched")  # fmt: skip
 def test_q1_the_dag_monday_window_does_not_pass_an_empty_esearch_over_saturday(
     emu: ReviewEmulator, sqlite_settings: Settings
 ) -> None:
@@ -173,9 +172,6 @@ def test_q1_the_dag_monday_window_does_not_pass_an_empty_esearch_over_saturday(
     )
 
 
-@pytest.mark.xfail(strict=True, reason="Q2: a catch-up window whose own weekdays returned "
-                   "nothing passes on its overlap day's unchanged records; those days are never "
-                   "searched again")  # fmt: skip
 def test_q2_a_window_whose_own_days_came_back_empty_is_not_passed_on_its_overlap_day(
     emu: ReviewEmulator, sqlite_settings: Settings
 ) -> None:
@@ -251,10 +247,11 @@ def test_two_failed_windows_in_a_row_hold_the_mark_and_the_third_night_fetches_b
     emu.outage = False
     emu.add_article(2, edat=TUE)
     emu.add_article(3, edat=WED)
+    emu.add_article(4, edat=THU)  # each weekday the window covers adds records
     window = _window(s, db.connect(s), None, _at(FRI2, 2))
     assert window[0] == mark
     assert _night(s, window)["ok"]
-    assert {1, 2, 3} <= _stored(s) and last_watermark(s) == _at(FRI2, 2)
+    assert {1, 2, 3, 4} <= _stored(s) and last_watermark(s) == _at(FRI2, 2)
 
 
 def test_a_failed_window_then_a_later_window_by_hand_leaves_the_failed_days_to_the_nightly(
@@ -268,13 +265,14 @@ def test_a_failed_window_then_a_later_window_by_hand_leaves_the_failed_days_to_t
     with pytest.raises(DataQualityError):
         _night(s, _window(s, db.connect(s), None, _at(WED, 2)))
     emu.outage = False
-    emu.add_article(2, edat=TUE)  # the day the failed window missed
+    emu.add_article(2, edat=TUE)  # the days the failed window missed
+    emu.add_article(3, edat=WED)
     emu.add_article(4, edat=THU)
     # the operator pulls Thursday alone (nightly --since Thu --until Fri): it passes
     assert _night(s, (_at(THU), _at(FRI2)))["ok"]
     assert last_watermark(s) == mark  # Tuesday 02:00 .. Wednesday 05:00 UTC: searched by none
     _night(s, _window(s, db.connect(s), None, _at(FRI2, 3)))
-    assert {1, 2, 4} <= _stored(s)
+    assert {1, 2, 3, 4} <= _stored(s)
 
 
 def test_run_nightly_withholds_a_failed_window_and_no_quality_is_the_way_out(
@@ -365,6 +363,7 @@ def test_a_record_on_the_exclusive_end_day_is_stored_by_the_next_window(
     assert 1 in _stored(s) and 2 not in _stored(s)
     revised = emulation.article_xml(3, edat=FRI, mdat=WED, title="Revised on the end day")
     emu.add_article(3, edat=FRI, mdat=WED, xml=revised)
+    emu.add_article(4, edat=WED)  # Wednesday's own records (PubMed adds some every weekday)
     _night(s, _dag_window(s, WED))  # [Tue, Wed): the revision of Wednesday is not in it
     assert 2 in _stored(s) and 3 not in _stored(s)
     _night(s, _dag_window(s, THU))  # [Wed, Thu)
