@@ -738,43 +738,61 @@ def _check_unlisted(
     ESearch and EFetch simply stop returning a withdrawn PMID, so a window run again (a
     rerun, a backfill, the next night's overlap) finds the live records the store holds
     entered in its days (:meth:`ingest.store.Store.unlisted_entered`) that its ESearch
-    no longer lists. Each is asked of EFetch (twice, :func:`fetch_reconciled`): a record
-    that comes is stored as any; one that does not come, and that ESearch does not list
-    when asked for it alone, is withdrawn: a :class:`Deletion` from this EFetch (ranked
-    as one, :mod:`ingest.rules`: it outranks the files read before it, and a record PubMed
-    serves again later lifts it). Only a search of all PubMed can tell: a window with a
-    query never checks. More unlisted records than ``settings.efetch_batch`` and a
-    twentieth of the window's are not taken for withdrawals (a search that came back
-    short): none is deleted, the run's details and the log say so.
+    no longer lists, and those of the days it lists no record of
+    (:meth:`ingest.store.Store.entered_live`: they lie outside the span of the listed
+    PMIDs). Each is asked of EFetch (twice, :func:`fetch_reconciled`): a record that comes
+    is stored as any; one that does not come, and that ESearch does not list when asked
+    for it alone, is withdrawn: a :class:`Deletion` from this EFetch (ranked as one,
+    :mod:`ingest.rules`: it outranks the files read before it, and a record PubMed serves
+    again later lifts it). Only a search of all PubMed can tell: a window with a query
+    never checks. More unlisted records than ``settings.efetch_batch`` and a twentieth of
+    the window's are not taken for withdrawals (a search that came back short), nor is
+    any record when ESearch listed nothing at all: none is deleted, the run's details
+    and the log say so.
 
     Returns:
-        ``checked``, ``found`` (EFetch still served them), ``withdrawn`` (the first 1,000),
-        ``withdrawn_total``, ``kept`` (not served, yet listed alone), ``skipped`` (the
-        reason, when none was checked) and ``counts`` (of what the check stored), for the
-        run's details; stored counts are apart from the window's own, as the owed ask's.
+        ``checked``, ``found`` (EFetch still served them), ``missed`` (of those, the ones
+        still entered in the window's days once stored: records ESearch should have
+        listed, proof of a short answer), ``withdrawn`` (the first 1,000),
+        ``withdrawn_total``, ``kept`` (not served, yet listed alone or nothing listed),
+        ``skipped`` (the reason, when none was checked) and ``counts`` (of what the check
+        stored), for the run's details; stored counts are apart from the window's own, as
+        the owed ask's.
     """
-    unlisted = store.unlisted_entered(listed, start, end)
-    out: dict[str, Any] = {"checked": 0, "found": 0, "withdrawn": [], "withdrawn_total": 0,
-                           "kept": [], "counts": IngestCounts().to_dict()}  # fmt: skip
+    most = max(settings.efetch_batch, len(listed) // 20)
+    entered = store.entered_by_day(listed, start, end)
+    unlisted = set(store.unlisted_entered(listed, start, end))
+    for day in _each_day(start, end):
+        if len(unlisted) > most:
+            break
+        if not entered.get(day):  # none listed: its records lie outside the span
+            unlisted.update(store.entered_live(day, most + 1 - len(unlisted)))
+    out: dict[str, Any] = {"checked": 0, "found": 0, "missed": 0, "withdrawn": [],
+                           "withdrawn_total": 0, "kept": [],
+                           "counts": IngestCounts().to_dict()}  # fmt: skip
     if not unlisted:
         return out
-    if len(unlisted) > max(settings.efetch_batch, len(listed) // 20):
+    if len(unlisted) > most:
         logger.warning(
-            "window %s: %d stored records entered in it are not listed by its ESearch (%d "
-            "listed): too many to be withdrawals, none deleted", wkey, len(unlisted),
-            len(listed),
+            "window %s: %d or more stored records entered in it are not listed by its "
+            "ESearch (%d listed): too many to be withdrawals, none deleted", wkey,
+            len(unlisted), len(listed),
         )  # fmt: skip
         return {**out, "skipped": f"{len(unlisted)} unlisted, {len(listed)} listed"}
     counts = IngestCounts()
     withdrawn: list[int] = []
+    served: list[int] = []
     size = settings.efetch_batch
-    for batch in (unlisted[i : i + size] for i in range(0, len(unlisted), size)):
+    ordered = sorted(unlisted)
+    for batch in (ordered[i : i + size] for i in range(0, len(ordered), size)):
         items, gone = fetch_reconciled(
             client, batch, location=f"efetch run {run.id} {wkey} unlisted", limits=limits
         )
         counts += store.apply(items, run_id=run.id, batch_size=settings.store_batch)
-        out["found"] += len(batch) - len(gone)
-        absent = [p for p in gone if not _listed_alone(client, p)]
+        served += [p for p in batch if p not in gone]
+        # an answer that listed nothing proves no withdrawal (a degraded ESearch says
+        # Count 0 of every day, and of every PMID asked alone)
+        absent = [p for p in gone if listed and not _listed_alone(client, p)]
         out["kept"] += [p for p in gone if p not in absent]
         if absent:
             ref = SourceRef("eutils", f"withdrawn run {run.id} {wkey}", fetched_at=utcnow())
@@ -783,8 +801,22 @@ def _check_unlisted(
     if withdrawn:
         logger.warning("window %s: %d records PubMed withdrew are deleted: %s",
                        wkey, len(withdrawn), withdrawn[:20])  # fmt: skip
-    return {**out, "checked": len(unlisted), "withdrawn": withdrawn[:1000],
-            "withdrawn_total": len(withdrawn), "counts": counts.to_dict()}  # fmt: skip
+    missed = sum(store.entered_by_day(served, start, end).values())
+    if missed:
+        logger.warning(
+            "window %s: ESearch did not list %d stored records entered in its days that "
+            "EFetch still serves: a short answer", wkey, missed,
+        )  # fmt: skip
+    return {**out, "checked": len(unlisted), "found": len(served), "missed": missed,
+            "withdrawn": withdrawn[:1000], "withdrawn_total": len(withdrawn),
+            "counts": counts.to_dict()}  # fmt: skip
+
+
+def _each_day(first: dt.date, last: dt.date) -> Iterator[dt.date]:
+    day = first
+    while day <= last:
+        yield day
+        day += dt.timedelta(days=1)
 
 
 def _day_evidence(
@@ -802,14 +834,12 @@ def _day_evidence(
         day it left out is never searched again once the window has passed.
     """
     entered = store.entered_by_day(listed, start, end)
-    short: list[str] = []
-    if whole:
-        day = start
-        while day <= end:
-            if not entered.get(day) and store.holds_entered(day):
-                short.append(day.isoformat())
-            day += dt.timedelta(days=1)
-    return {"entered": {d.isoformat(): n for d, n in sorted(entered.items())}, "short": short}
+    short = [day.isoformat() for day in _each_day(start, end)
+             if whole and not entered.get(day) and store.entered_live(day, 1)]  # fmt: skip
+    # listed PMIDs the store holds no row of (quarantined, owed): their days are unknown
+    unplaced = len(listed) - len(store.existing_pmids(listed, live=False))
+    return {"entered": {d.isoformat(): n for d, n in sorted(entered.items())}, "short": short,
+            "unplaced": unplaced}  # fmt: skip
 
 
 def _listed_alone(client: HttpClient, pmid: int) -> bool:

@@ -44,6 +44,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _COUNT_FIELDS = tuple(f.name for f in dataclasses.fields(IngestCounts))
+#: The checkpoints of the checks (the weekdays found without a record).
+SCOPE = "quality"
 #: Ingest sources whose runs cover a time window (the watermark).
 _WINDOW_SOURCES = ("eutils", "updatefiles")
 
@@ -279,7 +281,7 @@ def check_ingest(
                 )
         answer = _window_answer(engine, start, end)
         if answer is not None:
-            problems += _answer_problems(settings, answer, start, end, records)
+            problems += _answer_problems(settings, engine, answer, start, end, records)
             checks.append("short_answer")
         if settings.quality_max_staleness_days:
             checks.append("stale_watermark")
@@ -359,6 +361,7 @@ def _window_answer(engine: Engine, start: dt.datetime, end: dt.datetime) -> dict
 
 def _answer_problems(
     settings: Settings,
+    engine: Engine,
     answer: Mapping[str, Any],
     start: dt.datetime,
     end: dt.datetime,
@@ -368,6 +371,7 @@ def _answer_problems(
     :func:`check_ingest`: short answer, and the empty-weekday rule's days)."""
     problems: list[str] = []
     days = answer.get("days") or {}
+    unlisted = answer.get("unlisted") or {}
     short = [str(d) for d in days.get("short") or ()]
     if short:
         problems.append(
@@ -376,28 +380,78 @@ def _answer_problems(
             "(a degraded ESearch answers Count 0 without an error); the window stays held "
             "and is searched again by the next run"
         )
-    skipped = (answer.get("unlisted") or {}).get("skipped")
-    if skipped:
+    if unlisted.get("skipped"):
         problems.append(
             f"the window's ESearch left out more of the stored records entered in its days "
-            f"than withdrawals explain ({skipped}): its answer came back short; the window "
+            f"than withdrawals explain ({unlisted['skipped']}): its answer came back short; "
+            "the window stays held and is searched again by the next run"
+        )
+    if unlisted.get("missed"):
+        problems.append(
+            f"the window's ESearch did not list {unlisted['missed']} stored record(s) entered "
+            "in its days that EFetch still serves: its answer came back short; the window "
             "stays held and is searched again by the next run"
         )
     if settings.quality_expect_weekdays and records:  # none at all: said above
-        entered = days.get("entered") or {}
-        unanswered = [d.isoformat() for d in covered_days(start, end)
-                      if d.weekday() < 5 and not entered.get(d.isoformat())]  # fmt: skip
-        if unanswered:
-            problems.append(
-                f"PubMed's weekday(s) {', '.join(unanswered)}, each covered by the window "
-                f"{start.isoformat()}..{end.isoformat()} for at least {COVERED_HOURS} hours, "
-                f"returned no record entered on them ({records} records came back, of "
-                "other days: the day before the window, revisions); PubMed adds records "
-                "every weekday (a source not synced yet? The window stays held and is "
-                "searched again; set LITPULSE_QUALITY_EXPECT_WEEKDAYS=false to allow empty "
-                "weekdays)"
-            )
+        problems += _unanswered_weekdays(engine, days, start, end, records)
     return problems
+
+
+#: A weekday an earlier check found without a record is taken for a day PubMed added
+#: nothing on (a holiday) when a window ending this much later finds it so again, while
+#: its answer holds records of a later day: the source has synced past it.
+_EMPTY_AGAIN = dt.timedelta(hours=20)
+
+
+def _unanswered_weekdays(
+    engine: Engine, days: Mapping[str, Any], start: dt.datetime, end: dt.datetime, records: int
+) -> list[str]:
+    """The empty-weekday rule's days: each PubMed weekday the window covers for
+    :data:`~ingest.dates.COVERED_HOURS` hours must have a listed record entered on it."""
+    from ingest.store import Store
+
+    entered = {str(k): int(v) for k, v in (days.get("entered") or {}).items() if v}
+    missing = [d for d in covered_days(start, end)
+               if d.weekday() < 5 and d.isoformat() not in entered]  # fmt: skip
+    if not missing:
+        return []
+    unplaced = int(days.get("unplaced") or 0)
+    if unplaced >= len(missing):  # its records may be those the store holds no row of
+        logger.warning(
+            "PubMed's weekday(s) %s returned no record the store holds, and %d listed PMIDs "
+            "are quarantined or owed (their days unknown): the quarantine rate and the owed "
+            "PMIDs judge them", ", ".join(map(str, missing)), unplaced,
+        )  # fmt: skip
+        return []
+    store = Store(engine)
+    newest = max(entered, default="")
+    failing: list[dt.date] = []
+    for day in missing:
+        key = f"empty weekday {day.isoformat()}"
+        seen = store.get_checkpoint(SCOPE, key)
+        first_end = as_utc(dt.datetime.fromisoformat(seen["value"]["window_end"])) if seen else None
+        if first_end is not None and end - first_end >= _EMPTY_AGAIN and newest > day.isoformat():
+            logger.warning(
+                "PubMed's weekday %s returned no record again (first found so by the window "
+                "ending %s), while later days did: taken for a day PubMed added nothing on",
+                day, first_end.isoformat(),
+            )  # fmt: skip
+            continue
+        if seen is None:
+            store.set_checkpoint(SCOPE, key, "empty", {"window_end": end.isoformat()})
+        failing.append(day)
+    if not failing:
+        return []
+    return [
+        f"PubMed's weekday(s) {', '.join(d.isoformat() for d in failing)}, each covered by "
+        f"the window {start.isoformat()}..{end.isoformat()} for at least {COVERED_HOURS} "
+        f"hours, returned no record entered on them ({records} records came back, of other "
+        "days: the day before the window, revisions); PubMed adds records every weekday (a "
+        "source not synced yet? The window stays held and is searched again; a day still "
+        f"empty for a window ending {_EMPTY_AGAIN.total_seconds() / 3600:.0f} hours or more "
+        "later, while later days have records, is taken for a day PubMed added nothing on; "
+        "set LITPULSE_QUALITY_EXPECT_WEEKDAYS=false to allow empty weekdays)"
+    ]
 
 
 def _mark_judged(engine: Engine, start: dt.datetime, end: dt.datetime) -> int:

@@ -192,6 +192,11 @@ _TOUCH_SOURCE = (
 )
 
 
+#: How many of the rows written last :meth:`Store.entered_live` reads at most (a week or
+#: more of nightly windows, new records and revisions together).
+RECENT_ROWS = 200_000
+
+
 class Store(RunLedger, Checkpoints):
     """Reads and writes articles and quarantine; runs and checkpoints come from its bases.
 
@@ -789,18 +794,17 @@ class Store(RunLedger, Checkpoints):
             raise NotFoundError(f"no article in the store has DOI {doi_key(doi)}")
         return {**self.get_article(pmids[0]), "same_doi": pmids[1:]}
 
-    def existing_pmids(self, pmids: Iterable[int]) -> set[int]:
-        """Those of ``pmids`` the store holds as live (not deleted) articles."""
+    def existing_pmids(self, pmids: Iterable[int], *, live: bool = True) -> set[int]:
+        """Those of ``pmids`` the store holds as live (not deleted) articles; with
+        ``live=False``, those it holds a row of, tombstones included."""
         out: set[int] = set()
+        a = articles.c
         with self.engine.connect() as conn:
             for chunk in chunks(sorted({int(p) for p in pmids})):
-                out.update(
-                    conn.execute(
-                        select(articles.c.pmid).where(
-                            articles.c.pmid.in_(chunk), articles.c.is_deleted.is_(False)
-                        )
-                    ).scalars()
-                )
+                query = select(a.pmid).where(a.pmid.in_(chunk))
+                if live:
+                    query = query.where(a.is_deleted.is_(False))
+                out.update(conn.execute(query).scalars())
         return out
 
     def unlisted_entered(
@@ -853,25 +857,33 @@ class Store(RunLedger, Checkpoints):
                         out[key] = out.get(key, 0) + int(n)
         return out
 
-    def holds_entered(self, day: dt.date) -> bool:
-        """Whether a live article entered on PubMed's ``day`` is stored.
+    def entered_live(self, day: dt.date, limit: int) -> list[int]:
+        """Up to ``limit`` live articles entered on PubMed's ``day`` (``entrez_date``), among
+        the :data:`RECENT_ROWS` rows written last since that day began.
 
-        Read through the index on ``updated_at``: such a record can only have been written
-        once that day had begun in Bethesda (:func:`litpulse.core.timeutil.nlm_day_start`),
-        so only the rows written since are looked at, not every article's date.
+        Read through the index on ``updated_at``, newest first: a record entered on ``day``
+        can only have been written once the day had begun in Bethesda
+        (:func:`litpulse.core.timeutil.nlm_day_start`), and the window that searches it
+        again comes within days, so its records are among the rows written last. A bulk
+        load since then is read no further than that bound, never in whole.
         """
         a = articles.c
+        recent = (
+            select(a.pmid, a.entrez_date, a.is_deleted)
+            .where(a.updated_at >= nlm_day_start(day))
+            .order_by(a.updated_at.desc())
+            .limit(RECENT_ROWS)
+            .subquery()
+        )
+        r = recent.c
         with self.engine.connect() as conn:
             found = conn.execute(
-                select(a.pmid)
-                .where(
-                    a.updated_at >= nlm_day_start(day),
-                    a.entrez_date == day,
-                    a.is_deleted.is_(False),
-                )
-                .limit(1)
-            ).first()
-        return found is not None
+                select(r.pmid)
+                .where(r.entrez_date == day, r.is_deleted.is_(False))
+                .order_by(r.pmid)
+                .limit(limit)
+            ).scalars()
+            return list(found)
 
     def status(self, *, runs: int = 5) -> dict[str, Any]:
         """Counts of the store and the latest runs."""

@@ -261,28 +261,36 @@ def test_a_day_the_answer_leaves_out_while_the_store_holds_its_records_fails(
 ) -> None:
     """A searched day of which ESearch lists nothing, while the store holds records
     entered then, proves the answer short, a weekend day included (the DAG's Monday
-    window searches Saturday and Sunday only); the withdrawal check leaves those records
-    alone (a day's records do not all vanish)."""
+    window searches Saturday and Sunday only). ESearch down (Count 0, no error) and EFetch
+    serving: the records are served, not listed (``missed``). Both down: an answer that
+    listed nothing proves no withdrawal, and nothing is deleted."""
     from ingest.eutils import ingest_window
-    from tests.emulator import running_emulator
+    from tests.ingest.test_windows_review import ReviewEmulator
 
     sat, sun, mon = dt.date(2024, 1, 6), dt.date(2024, 1, 7), dt.date(2024, 1, 8)
-    with contextlib.ExitStack() as stack:
-        emulator = stack.enter_context(contextlib.contextmanager(running_emulator)())
+    emulator = ReviewEmulator().start()
+    try:
         for pmid in range(100, 104):
             emulator.add_article(pmid, edat=sat)
         s = emulator.configure(settings.replace(quality_max_staleness_days=0))
         assert check_ingest(s, ingest_window(s, _at(sat), _at(sun)), (_at(sat), _at(sun))).ok
-        for pmid in range(100, 104):  # a mirror serving Sunday's records, not Saturday's
-            del emulator.articles[pmid]
-        for pmid in range(200, 203):
-            emulator.add_article(pmid, edat=sun)
+        emulator.outage = True  # ESearch: Count 0 of every day, and of every PMID alone
         counts = ingest_window(s, _at(sun), _at(mon))
-        assert counts.inserted == 3
+        assert counts.total == 0
+        unlisted = Store(db.connect(s)).runs(1)[0]["details"]["unlisted"]
+        assert (unlisted["found"], unlisted["missed"]) == (4, 4)
         with pytest.raises(DataQualityError, match=r"no record of PubMed's day\(s\) 2024-01-06"):
             check_ingest(s, counts, (_at(sun), _at(mon)))
-        kept = Store(db.connect(s)).existing_pmids(range(100, 104))
-        assert kept == set(range(100, 104))
+        emulator.faults.add("drop", path="efetch", times=4, drop=100)  # EFetch too
+        counts = ingest_window(s, _at(sun), _at(mon))
+        unlisted = Store(db.connect(s)).runs(1)[0]["details"]["unlisted"]
+        kept = [100, 101, 102, 103]
+        assert (unlisted["found"], unlisted["kept"], unlisted["withdrawn"]) == (0, kept, [])
+        with pytest.raises(DataQualityError, match=r"no record of PubMed's day\(s\) 2024-01-06"):
+            check_ingest(s, counts, (_at(sun), _at(mon)))
+        assert Store(db.connect(s)).existing_pmids(range(100, 104)) == set(range(100, 104))
+    finally:
+        emulator.stop()
 
 
 def test_a_search_too_short_for_withdrawals_fails_the_window(settings: Settings) -> None:

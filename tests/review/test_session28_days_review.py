@@ -9,7 +9,16 @@ tests/ingest/test_windows_review.py; ``PartialEmulator`` below, an ESearch that 
 PMIDs out of its answer without an error); one night is ``ingest_eutils_window`` then
 ``check_window``, as ``litpulse nightly`` and the DAG run them.
 
-Defects (strict xfails asserting the correct behaviour):
+Defects (strict xfails asserting the correct behaviour; all five fixed in the same session,
+now plain tests: a weekday found empty by a check is taken for a day PubMed added nothing
+on when a window ending 20 hours or more later finds it empty again while later days have
+records; listed PMIDs the store holds no row of, quarantined or owed, stand for the empty
+weekdays they may be (``details["days"]["unplaced"]``); the withdrawal check also asks for
+the stored records of the days the answer lists none of, and deletes none when nothing
+at all was listed; records EFetch serves, still entered in the window's days, that
+ESearch did not list (``unlisted.missed``) fail the window as a short answer;
+``holds_entered`` became ``Store.entered_live``, which reads at most the
+``RECENT_ROWS`` rows written last):
 
 D1 **A weekday PubMed added nothing on wedges the nightly for ever** (ingest/quality.py
    ``_answer_problems``, weekday rule). A covered weekday without a listed record fails
@@ -85,14 +94,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
+from ingest import store as store_module
 from ingest.quality import check_ingest
 from ingest.store import Store
 from litpulse.core import db
 from litpulse.core.errors import DataQualityError, TransientSourceError
 from litpulse.core.settings import Settings
-from litpulse.core.timeutil import nlm_day_start
 from litpulse.pipeline.dag_support import reach_back, window_days
 from litpulse.pipeline.nightly import _window, ingest_eutils_window, run_nightly
 from litpulse.pipeline.planning import last_watermark
@@ -164,8 +173,6 @@ def partial() -> Iterator[PartialEmulator]:
 # ========================================================================= defects (xfail)
 
 
-@pytest.mark.xfail(strict=True, reason="D1: a weekday PubMed added nothing on fails every "
-                   "window covering it; the held window covers it every night after")  # fmt: skip
 def test_d1_a_weekday_with_no_record_does_not_wedge_the_nightly_for_ever(
     emu: ReviewEmulator, sqlite_settings: Settings
 ) -> None:
@@ -185,9 +192,6 @@ def test_d1_a_weekday_with_no_record_does_not_wedge_the_nightly_for_ever(
     )
 
 
-@pytest.mark.xfail(strict=True, reason="D2: a weekday whose few records are all "
-                   "quarantined (fewer than LITPULSE_QUALITY_MIN_QUARANTINED: a warning) fails "
-                   "every night after, judged or not")  # fmt: skip
 def test_d2_a_weekday_whose_records_are_all_quarantined_fails_once_not_for_ever(
     emu: ReviewEmulator, sqlite_settings: Settings
 ) -> None:
@@ -204,9 +208,6 @@ def test_d2_a_weekday_whose_records_are_all_quarantined_fails_once_not_for_ever(
     assert {200, 300} <= _stored(s)
 
 
-@pytest.mark.xfail(strict=True, reason="D3: the withdrawn records of the overlap day lie "
-                   "below the listed PMIDs' span: never asked for, they read as a short answer "
-                   "every night")  # fmt: skip
 def test_d3_withdrawn_records_of_the_overlap_day_are_not_a_short_answer(
     emu: ReviewEmulator, settings: Settings
 ) -> None:
@@ -225,9 +226,6 @@ def test_d3_withdrawn_records_of_the_overlap_day_are_not_a_short_answer(
     assert not {200, 201} & _stored(s)
 
 
-@pytest.mark.xfail(strict=True, reason="D4: records of a searched day that ESearch did not "
-                   "list but EFetch still serves (details.unlisted.found) prove a partial "
-                   "answer; the check ignores them: the day's new records are lost")  # fmt: skip
 def test_d4_a_partial_answer_for_the_overlap_day_is_not_passed(
     partial: PartialEmulator, sqlite_settings: Settings
 ) -> None:
@@ -254,10 +252,9 @@ def test_d4_a_partial_answer_for_the_overlap_day_is_not_passed(
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(strict=True, reason="D5: Store.holds_entered reads every row written "
-                   "since the day began (no index on entrez_date): after a bulk load, a scan "
-                   "of the whole table for each searched day the answer lists none of")  # fmt: skip
-def test_d5_holds_entered_is_not_a_scan_of_a_bulk_load(settings: Settings) -> None:
+def test_d5_holds_entered_is_not_a_scan_of_a_bulk_load(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if not settings.database_url.startswith("postgresql"):
         pytest.skip("EXPLAIN of PostgreSQL")
     engine = db.connect(settings)
@@ -273,15 +270,29 @@ def test_d5_holds_entered_is_not_a_scan_of_a_bulk_load(settings: Settings) -> No
             "FROM generate_series(1, :n) g"
         ), {"n": rows})  # fmt: skip
         conn.execute(text("ANALYZE articles"))
-    assert not Store(engine).holds_entered(MON)
+    bound = 5_000  # RECENT_ROWS, made small: the bulk load is ten times it
+    monkeypatch.setattr(store_module, "RECENT_ROWS", bound)
+    statements: list[tuple[str, Any]] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: Any) -> None:
+        statements.append((statement, params))
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        assert Store(engine).entered_live(MON, 1) == []
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    [(statement, params)] = [(q, p) for q, p in statements if "entrez_date" in q]
     with engine.connect() as conn:
-        plan = conn.execute(text(
-            "EXPLAIN (ANALYZE, FORMAT JSON) SELECT pmid FROM articles WHERE updated_at >= :t "
-            "AND entrez_date = :d AND is_deleted = false LIMIT 1"
-        ), {"t": nlm_day_start(MON), "d": MON}).scalar()  # fmt: skip
+        plan = conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", params).scalar()
     doc = plan if isinstance(plan, list) else json.loads(str(plan))
     read = _rows_read(doc[0]["Plan"])
-    assert read < rows // 10, f"holds_entered({MON}) read {read} of {rows} rows: {doc}"
+    assert read <= bound, f"entered_live({MON}) read {read} of {rows} rows: {doc}"
+    # a record entered that day, written last, is found
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE articles SET entrez_date = :d, updated_at = now() "
+                          "WHERE pmid = 7"), {"d": MON})  # fmt: skip
+    assert Store(engine).entered_live(MON, 5) == [7]
 
 
 def _rows_read(node: dict[str, Any]) -> int:
