@@ -322,20 +322,24 @@ def check_ingest(
 
 
 def _mark_judged(engine: Engine, start: dt.datetime, end: dt.datetime) -> int:
-    """Mark the quarantine entries held by the window runs of ``[start, end)`` judged
-    (:attr:`~ingest.runs.IngestCounts.requarantined`); returns how many."""
+    """Mark the window runs of ``[start, end)`` judged, and the quarantine entries they
+    hold, in one transaction: met again, their rows and entries are not new to a check
+    (:attr:`~ingest.runs.IngestCounts.reseen`, ``requarantined``); returns how many
+    entries."""
     from litpulse.core.schema import ingest_runs, quarantine
 
     r, q = ingest_runs.c, quarantine.c
-    runs = select(r.id).where(
-        r.source.in_(_WINDOW_SOURCES), r.window_start == start, r.window_end == end
-    )
+    window = (r.source.in_(_WINDOW_SOURCES), r.window_start == start, r.window_end == end)
+    runs = select(r.id).where(*window)
+    now = utcnow()
     with engine.begin() as conn:
         done = conn.execute(
             update(quarantine)
             .where(q.run_id.in_(runs), q.judged_at.is_(None))
-            .values(judged_at=utcnow())
+            .values(judged_at=now)
         ).rowcount
+        conn.execute(update(ingest_runs).where(*window, r.judged_at.is_(None))
+                     .values(judged_at=now))  # fmt: skip
     return int(done or 0)
 
 

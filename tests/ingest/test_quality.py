@@ -122,7 +122,7 @@ def test_counts_as_dict_accepts_counts_and_mappings() -> None:
     assert counts_as_dict({"updated": 3})["updated"] == 3
     assert counts_as_dict(None) == dict.fromkeys(
         ("inserted", "updated", "unchanged", "deleted", "quarantined", "requarantined",
-         "missing"), 0,
+         "reseen", "missing"), 0,
     )
     with pytest.raises(ConfigError):
         counts_as_dict(3)
