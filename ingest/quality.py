@@ -57,9 +57,12 @@ class QualityReport:
         problems: One sentence per failed check.
         records: Records the source returned (inserted + updated + unchanged + deleted +
             quarantined).
-        quarantine_rate: Share of the parsed records quarantined and new to the store
-            (0..1): elements met again are not counted.
-        requarantined: Quarantined elements met again (judged by an earlier run).
+        quarantine_rate: Share of the records new to the check quarantined (0..1): of the
+            parsed records, those an earlier check judged, met again (``requarantined``
+            and ``reseen``), count neither above nor below the line.
+        requarantined: Quarantined elements met again (judged by an earlier check).
+        reseen: Unchanged records and deletions met again, whose stored rows an earlier
+            check judged (:attr:`~ingest.runs.IngestCounts.reseen`).
         newest_entrez_date: Newest entrez date of a live article in the store.
         window_start: Start of the checked window (UTC), when known.
         window_end: End of the checked window (UTC), when known.
@@ -77,6 +80,7 @@ class QualityReport:
     records: int = 0
     quarantine_rate: float = 0.0
     requarantined: int = 0
+    reseen: int = 0
     newest_entrez_date: dt.date | None = None
     window_start: dt.datetime | None = None
     window_end: dt.datetime | None = None
@@ -99,6 +103,7 @@ class QualityReport:
             "records": self.records,
             "quarantine_rate": round(self.quarantine_rate, 6),
             "requarantined": self.requarantined,
+            "reseen": self.reseen,
             "newest_entrez_date": iso(self.newest_entrez_date),
             "window_start": iso(self.window_start),
             "window_end": iso(self.window_end),
@@ -108,7 +113,7 @@ class QualityReport:
 
 
 def counts_as_dict(counts: IngestCounts | Mapping[str, Any] | None) -> dict[str, int]:
-    """The six ingest counts of an ``IngestCounts``, a dict (e.g. from XCom) or ``None``.
+    """The ingest counts of an ``IngestCounts``, a dict (e.g. from XCom) or ``None``.
 
     Counts a mapping lacks are 0.
     """
@@ -173,14 +178,20 @@ def check_ingest(
       it skipped, or its records come back unchanged, so it is not empty. Articles the
       store holds of those days do not make it so: the window before searched the first
       day too.
-    * **quarantine rate** — the bad elements new to the store (quarantined, less those
-      met again: :attr:`~ingest.runs.IngestCounts.requarantined`) / parsed above
+    * **quarantine rate** — the bad elements new to the check (quarantined, less those
+      met again: :attr:`~ingest.runs.IngestCounts.requarantined`) / the records new to
+      the check (parsed, less the bad elements met again and the unchanged records met
+      again: :attr:`~ingest.runs.IngestCounts.reseen`) above
       ``LITPULSE_MAX_QUARANTINE_RATE``, when at least ``LITPULSE_QUALITY_MIN_QUARANTINED``
-      were (fewer: a warning). Elements an earlier check judged, met again (the next
-      window's overlap day, a failed window searched again), were judged then: a
-      warning says them, so one bad day does not fail every night after it. With a
-      ``window``, the check marks the quarantine entries of that window's runs judged,
-      whatever its outcome.
+      were (fewer: a warning). What an earlier check judged, good or bad, met again (the
+      next window's overlap day, a failed window searched again), was judged then: it
+      neither dilutes the share (a day's 5 bad records of 20 are 25 %, not 5 of the 520
+      its overlap day makes) nor fails every night after one bad day (a warning says the
+      bad ones again). What a run killed or failed before its check stored, met again,
+      was judged by no check: the run meeting it takes it over and judges it, good and
+      bad alike, so a window searched again reads as the clean run would have. With a
+      ``window``, the check marks that window's runs judged, with their quarantine
+      entries, whatever its outcome.
     * **not moving forward** (``stale_watermark``) — judged from what the runs did *and*
       from dates, with ``N = LITPULSE_QUALITY_MAX_STALENESS_DAYS`` (0 disables). The ingest
       moves forward when this run inserted or updated records (``"run"``), or a succeeded
@@ -212,8 +223,13 @@ def check_ingest(
     parsed = c["inserted"] + c["updated"] + c["unchanged"] + c["quarantined"]
     records = parsed + c["deleted"]
     again = min(c["requarantined"], c["quarantined"])
+    reseen = min(c["reseen"], c["unchanged"])
     new_bad = c["quarantined"] - again
-    rate = new_bad / parsed if parsed else 0.0
+    judged = parsed - again - reseen  # the records new to this check
+    rate = new_bad / judged if judged else 0.0
+    of = f"{new_bad} of {judged} records quarantined ({rate:.2%}), of the records new to the check"
+    if again or reseen:
+        of += f" ({again + reseen} more met again, judged by an earlier check)"
     problems: list[str] = []
     checks = ["quarantine_rate"]
 
@@ -225,16 +241,15 @@ def check_ingest(
     if rate > settings.max_quarantine_rate:
         if new_bad >= settings.quality_min_quarantined:
             problems.append(
-                f"{new_bad} of {parsed} records quarantined ({rate:.2%}), above "
+                f"{of}, above "
                 f"LITPULSE_MAX_QUARANTINE_RATE={settings.max_quarantine_rate:.2%} "
                 f"(LITPULSE_QUALITY_MIN_QUARANTINED={settings.quality_min_quarantined}); "
                 "see `litpulse quarantine`"
             )
         else:
             logger.warning(
-                "%d of %d records quarantined (%.2f%%): above the rate, but fewer than "
-                "LITPULSE_QUALITY_MIN_QUARANTINED=%d; see `litpulse quarantine`",
-                new_bad, parsed, rate * 100, settings.quality_min_quarantined,
+                "%s: above the rate, but fewer than LITPULSE_QUALITY_MIN_QUARANTINED=%d; "
+                "see `litpulse quarantine`", of, settings.quality_min_quarantined,
             )  # fmt: skip
 
     start = end = None
@@ -303,6 +318,7 @@ def check_ingest(
         records=records,
         quarantine_rate=rate,
         requarantined=again,
+        reseen=reseen,
         newest_entrez_date=newest,
         window_start=start,
         window_end=end,
@@ -315,9 +331,7 @@ def check_ingest(
         if raise_on_failure:
             raise DataQualityError("data-quality check failed: " + "; ".join(problems))
     else:
-        logger.info(
-            "data-quality check passed: %d records, %.2f%% quarantined", records, rate * 100
-        )
+        logger.info("data-quality check passed: %d records; %s", records, of)
     return report
 
 
