@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select, update
 
 from ingest.dates import COVERED_HOURS, covered_days, searched_days
-from ingest.runs import IngestCounts
+from ingest.runs import WINDOW_SOURCES, IngestCounts
 from litpulse.core.errors import ConfigError, DataQualityError
 from litpulse.core.settings import Settings
 from litpulse.core.states import RunStatus
@@ -46,8 +46,6 @@ logger = logging.getLogger(__name__)
 _COUNT_FIELDS = tuple(f.name for f in dataclasses.fields(IngestCounts))
 #: The checkpoints of the checks (the weekdays found without a record).
 SCOPE = "quality"
-#: Ingest sources whose runs cover a time window (the watermark).
-_WINDOW_SOURCES = ("eutils", "updatefiles")
 
 
 @dataclass(frozen=True)
@@ -59,9 +57,12 @@ class QualityReport:
         problems: One sentence per failed check.
         records: Records the source returned (inserted + updated + unchanged + deleted +
             quarantined).
-        quarantine_rate: Share of the parsed records quarantined and new to the store
-            (0..1): elements met again are not counted.
-        requarantined: Quarantined elements met again (judged by an earlier run).
+        quarantine_rate: Share of the records new to the check quarantined (0..1): of the
+            parsed records, those an earlier check judged, met again (``requarantined``
+            and ``reseen``), count neither above nor below the line.
+        requarantined: Quarantined elements met again (judged by an earlier check).
+        reseen: Unchanged records and deletions met again, whose stored rows an earlier
+            check judged (:attr:`~ingest.runs.IngestCounts.reseen`).
         newest_entrez_date: Newest entrez date of a live article in the store.
         window_start: Start of the checked window (UTC), when known.
         window_end: End of the checked window (UTC), when known.
@@ -79,6 +80,7 @@ class QualityReport:
     records: int = 0
     quarantine_rate: float = 0.0
     requarantined: int = 0
+    reseen: int = 0
     newest_entrez_date: dt.date | None = None
     window_start: dt.datetime | None = None
     window_end: dt.datetime | None = None
@@ -101,6 +103,7 @@ class QualityReport:
             "records": self.records,
             "quarantine_rate": round(self.quarantine_rate, 6),
             "requarantined": self.requarantined,
+            "reseen": self.reseen,
             "newest_entrez_date": iso(self.newest_entrez_date),
             "window_start": iso(self.window_start),
             "window_end": iso(self.window_end),
@@ -110,7 +113,7 @@ class QualityReport:
 
 
 def counts_as_dict(counts: IngestCounts | Mapping[str, Any] | None) -> dict[str, int]:
-    """The six ingest counts of an ``IngestCounts``, a dict (e.g. from XCom) or ``None``.
+    """The ingest counts of an ``IngestCounts``, a dict (e.g. from XCom) or ``None``.
 
     Counts a mapping lacks are 0.
     """
@@ -146,7 +149,7 @@ def progress_watermark(engine: Engine) -> dt.datetime | None:
     with engine.connect() as conn:
         value = conn.execute(
             select(func.max(r.window_end)).where(
-                r.source.in_(_WINDOW_SOURCES),
+                r.source.in_(WINDOW_SOURCES),
                 r.status == RunStatus.SUCCEEDED,
                 r.window_end.is_not(None),
                 r.inserted + r.updated > 0,
@@ -180,20 +183,32 @@ def check_ingest(
       (:func:`ingest.dates.covered_days`) must have a listed record entered on it: a
       catch-up window whose own days a mirror has not synced does not pass on the records
       of its overlap day, which are the day before its start.
+      A weekday an earlier check found so, found so again by a window ending 20 hours or
+      more later while later days have records, is taken for a day PubMed added nothing
+      on (a holiday: warned, not failed for ever); listed PMIDs the store holds no row of
+      (quarantined, owed) may be an empty weekday's and stand for it.
     * **short answer** (``short_answer``, with that record) — ESearch listed no record of
-      a searched day while the store holds live records entered then, or more stored
-      records of its days than withdrawals explain (``details["unlisted"]["skipped"]``):
-      a degraded ESearch answers Count 0 without an error, and a day a passed window left
-      out is never searched again. Weekend days included: the Monday window of the DAG
-      searches Saturday and Sunday only.
-    * **quarantine rate** — the bad elements new to the store (quarantined, less those
-      met again: :attr:`~ingest.runs.IngestCounts.requarantined`) / parsed above
+      a searched day while the store holds live records entered then; or EFetch still
+      serves stored records entered in its days that ESearch did not list
+      (``details["unlisted"]["missed"]``); or more stored records of its days are
+      unlisted than withdrawals explain (``details["unlisted"]["skipped"]``): a degraded
+      ESearch answers Count 0 without an error, and a day a passed window left out is
+      never searched again. Weekend days included: the Monday window of the DAG searches
+      Saturday and Sunday only.
+    * **quarantine rate** — the bad elements new to the check (quarantined, less those
+      met again: :attr:`~ingest.runs.IngestCounts.requarantined`) / the records new to
+      the check (parsed, less the bad elements met again and the unchanged records met
+      again: :attr:`~ingest.runs.IngestCounts.reseen`) above
       ``LITPULSE_MAX_QUARANTINE_RATE``, when at least ``LITPULSE_QUALITY_MIN_QUARANTINED``
-      were (fewer: a warning). Elements an earlier check judged, met again (the next
-      window's overlap day, a failed window searched again), were judged then: a
-      warning says them, so one bad day does not fail every night after it. With a
-      ``window``, the check marks the quarantine entries of that window's runs judged,
-      whatever its outcome.
+      were (fewer: a warning). What an earlier check judged, good or bad, met again (the
+      next window's overlap day, a failed window searched again), was judged then: it
+      neither dilutes the share (a day's 5 bad records of 20 are 25 %, not 5 of the 520
+      its overlap day makes) nor fails every night after one bad day (a warning says the
+      bad ones again). What a run killed or failed before its check stored, met again,
+      was judged by no check: the run meeting it takes it over and judges it, good and
+      bad alike, so a window searched again reads as the clean run would have. With a
+      ``window``, the check marks that window's runs judged, with their quarantine
+      entries, whatever its outcome.
     * **not moving forward** (``stale_watermark``) — judged from what the runs did *and*
       from dates, with ``N = LITPULSE_QUALITY_MAX_STALENESS_DAYS`` (0 disables). The ingest
       moves forward when this run inserted or updated records (``"run"``), or a succeeded
@@ -225,8 +240,13 @@ def check_ingest(
     parsed = c["inserted"] + c["updated"] + c["unchanged"] + c["quarantined"]
     records = parsed + c["deleted"]
     again = min(c["requarantined"], c["quarantined"])
+    reseen = min(c["reseen"], c["unchanged"])
     new_bad = c["quarantined"] - again
-    rate = new_bad / parsed if parsed else 0.0
+    judged = parsed - again - reseen  # the records new to this check
+    rate = new_bad / judged if judged else 0.0
+    of = f"{new_bad} of {judged} records quarantined ({rate:.2%}), of the records new to the check"
+    if again or reseen:
+        of += f" ({again + reseen} more met again, judged by an earlier check)"
     problems: list[str] = []
     checks = ["quarantine_rate"]
 
@@ -238,16 +258,15 @@ def check_ingest(
     if rate > settings.max_quarantine_rate:
         if new_bad >= settings.quality_min_quarantined:
             problems.append(
-                f"{new_bad} of {parsed} records quarantined ({rate:.2%}), above "
+                f"{of}, above "
                 f"LITPULSE_MAX_QUARANTINE_RATE={settings.max_quarantine_rate:.2%} "
                 f"(LITPULSE_QUALITY_MIN_QUARANTINED={settings.quality_min_quarantined}); "
                 "see `litpulse quarantine`"
             )
         else:
             logger.warning(
-                "%d of %d records quarantined (%.2f%%): above the rate, but fewer than "
-                "LITPULSE_QUALITY_MIN_QUARANTINED=%d; see `litpulse quarantine`",
-                new_bad, parsed, rate * 100, settings.quality_min_quarantined,
+                "%s: above the rate, but fewer than LITPULSE_QUALITY_MIN_QUARANTINED=%d; "
+                "see `litpulse quarantine`", of, settings.quality_min_quarantined,
             )  # fmt: skip
 
     start = end = None
@@ -320,6 +339,7 @@ def check_ingest(
         records=records,
         quarantine_rate=rate,
         requarantined=again,
+        reseen=reseen,
         newest_entrez_date=newest,
         window_start=start,
         window_end=end,
@@ -332,9 +352,7 @@ def check_ingest(
         if raise_on_failure:
             raise DataQualityError("data-quality check failed: " + "; ".join(problems))
     else:
-        logger.info(
-            "data-quality check passed: %d records, %.2f%% quarantined", records, rate * 100
-        )
+        logger.info("data-quality check passed: %d records; %s", records, of)
     return report
 
 
@@ -455,20 +473,24 @@ def _unanswered_weekdays(
 
 
 def _mark_judged(engine: Engine, start: dt.datetime, end: dt.datetime) -> int:
-    """Mark the quarantine entries held by the window runs of ``[start, end)`` judged
-    (:attr:`~ingest.runs.IngestCounts.requarantined`); returns how many."""
+    """Mark the window runs of ``[start, end)`` judged, and the quarantine entries they
+    hold, in one transaction: met again, their rows and entries are not new to a check
+    (:attr:`~ingest.runs.IngestCounts.reseen`, ``requarantined``); returns how many
+    entries."""
     from litpulse.core.schema import ingest_runs, quarantine
 
     r, q = ingest_runs.c, quarantine.c
-    runs = select(r.id).where(
-        r.source.in_(_WINDOW_SOURCES), r.window_start == start, r.window_end == end
-    )
+    window = (r.source.in_(WINDOW_SOURCES), r.window_start == start, r.window_end == end)
+    runs = select(r.id).where(*window)
+    now = utcnow()
     with engine.begin() as conn:
         done = conn.execute(
             update(quarantine)
             .where(q.run_id.in_(runs), q.judged_at.is_(None))
-            .values(judged_at=utcnow())
+            .values(judged_at=now)
         ).rowcount
+        conn.execute(update(ingest_runs).where(*window, r.judged_at.is_(None))
+                     .values(judged_at=now))  # fmt: skip
     return int(done or 0)
 
 

@@ -76,9 +76,9 @@ PREPARED_COLUMNS = tuple(
     "publication_types record cited_by_in_corpus".split()
 )
 #: Every column of ``articles`` the store writes, in the order of its rows
-#: (:func:`article_row`, :func:`tombstone_row`): the prepared ones, then the three a
-#: record alone does not fix.
-ARTICLE_COLUMNS = (*PREPARED_COLUMNS, "source_position", "ingested_at", "updated_at")
+#: (:func:`article_row`, :func:`tombstone_row`): the prepared ones, then the four a
+#: record alone does not fix (``run_id``: the ingest run that writes the row).
+ARTICLE_COLUMNS = (*PREPARED_COLUMNS, "source_position", "ingested_at", "updated_at", "run_id")
 #: Columns whose values in the rows built here are serialised JSON text.
 JSON_COLUMNS = frozenset({"authors", "mesh", "publication_types", "record"})
 #: Where each column sits in a row of :data:`ARTICLE_COLUMNS`.
@@ -330,19 +330,28 @@ def prepare_item(item: Any) -> Any:
 
 
 def article_row(
-    prep: PreparedRecord, position: int, now: dt.datetime, source: SourceRef | None = None
+    prep: PreparedRecord,
+    position: int,
+    now: dt.datetime,
+    source: SourceRef | None = None,
+    run_id: int | None = None,
 ) -> tuple[Any, ...]:
     """The full ``articles`` row (values of :data:`ARTICLE_COLUMNS`) of a prepared record
     stored at ``position`` of its source (``source``: as the store ordered it, when that
-    is not the record's own; its JSON keeps the source as read)."""
+    is not the record's own; its JSON keeps the source as read) by the ingest run
+    ``run_id``."""
     if source is None or source is prep.source:
-        return prep.values + (position, now, now)
+        return prep.values + (position, now, now, run_id)
     v = prep.values
-    return (*v[:3], source.sequence, source.fetched_at.timestamp(), *v[5:], position, now, now)
+    return (*v[:3], source.sequence, source.fetched_at.timestamp(), *v[5:], position, now, now,
+            run_id)  # fmt: skip
 
 
-def tombstone_row(pmid: int, src: SourceRef, position: int, now: dt.datetime) -> tuple[Any, ...]:
-    """A full row for a deleted PMID (only the deletion columns overwrite a stored row)."""
+def tombstone_row(
+    pmid: int, src: SourceRef, position: int, now: dt.datetime, run_id: int | None = None
+) -> tuple[Any, ...]:
+    """A full row for a deleted PMID (only the deletion columns overwrite a stored row),
+    written by the ingest run ``run_id``."""
     return (
         pmid,
         0,  # version
@@ -381,6 +390,7 @@ def tombstone_row(pmid: int, src: SourceRef, position: int, now: dt.datetime) ->
         position,  # source_position
         now,  # ingested_at
         now,  # updated_at
+        run_id,  # run_id
     )
 
 

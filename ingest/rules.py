@@ -49,13 +49,19 @@ file read again after a run died in the middle of it — at any batch — change
 up to where that run got, and from there on every item (a deletion late in the file of
 a record stored early in it, a second version further down) decides exactly as in a run
 that never stopped.
+
+Every row written keeps the ingest run that wrote it (``articles.run_id``); a touch does
+not move it. An item that changes nothing is *met again*
+(:attr:`~ingest.runs.IngestCounts.reseen`) when a data-quality check judged that run
+(:func:`ingest.quality.check_ingest`); else this run takes the row over, so that its own
+check judges it (see :func:`plan_batch`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,7 +124,11 @@ PLAIN = SourceRanks()
 
 @dataclass(slots=True)
 class StoredState:
-    """What the store holds for one PMID (as read, then as decided within a batch)."""
+    """What the store holds for one PMID (as read, then as decided within a batch).
+
+    ``run_id`` is the ingest run that wrote the row (``articles.run_id``: ``None`` on rows
+    older than the column, or written with no run), or took it over (:func:`plan_batch`).
+    """
 
     version: int
     date_revised: dt.date | None
@@ -129,6 +139,7 @@ class StoredState:
     source_position: int
     content_hash: str
     is_deleted: bool
+    run_id: int | None = None
 
     @classmethod
     def written(
@@ -140,11 +151,13 @@ class StoredState:
         chash: str,
         *,
         deleted: bool = False,
+        run_id: int | None = None,
     ) -> StoredState:
-        """The state after the item at ``position`` of ``src`` wrote the row."""
+        """The state after the item at ``position`` of ``src`` wrote the row (in the
+        ingest run ``run_id``)."""
         return cls(
             version, date_revised, src.sequence, src.fetched_at.timestamp(), src.kind,
-            src.location, position, chash, deleted,
+            src.location, position, chash, deleted, run_id,
         )  # fmt: skip
 
     def source_key(self, rank: SourceRanks = PLAIN) -> tuple[int, float, int]:
@@ -180,11 +193,12 @@ class StoredState:
 class Counter:
     """Running counts of one :meth:`ingest.store.Store.apply` call."""
 
-    __slots__ = ("inserted", "updated", "unchanged", "deleted", "quarantined", "requarantined")
+    __slots__ = ("inserted", "updated", "unchanged", "deleted", "quarantined", "requarantined",
+                 "reseen")  # fmt: skip
 
     def __init__(self) -> None:
         self.inserted = self.updated = self.unchanged = self.deleted = self.quarantined = 0
-        self.requarantined = 0
+        self.requarantined = self.reseen = 0
 
     def freeze(self) -> IngestCounts:
         return IngestCounts(
@@ -194,6 +208,7 @@ class Counter:
             deleted=self.deleted,
             quarantined=self.quarantined,
             requarantined=self.requarantined,
+            reseen=self.reseen,
         )
 
 
@@ -267,6 +282,8 @@ class BatchPlan:
         records: The winning (prepared) record of each PMID in ``full``.
         quarantined: Quarantine rows by digest.
         touches: Source moves of records repeated unchanged by a later source.
+        taken: PMIDs met again unchanged whose stored row a run no check has judged
+            wrote: this run takes them over (``run_id``), so that its check judges them.
     """
 
     full: dict[int, tuple[Any, ...]] = field(default_factory=dict)
@@ -274,6 +291,7 @@ class BatchPlan:
     records: dict[int, PreparedRecord] = field(default_factory=dict)
     quarantined: dict[str, dict[str, Any]] = field(default_factory=dict)
     touches: dict[int, dict[str, Any]] = field(default_factory=dict)
+    taken: set[int] = field(default_factory=set)
 
 
 def plan_batch(
@@ -287,6 +305,7 @@ def plan_batch(
     now: dt.datetime,
     ordered: Mapping[SourceRef, SourceRef] | None = None,
     rank: SourceRanks = PLAIN,
+    judged: Set[int] = frozenset(),
 ) -> BatchPlan:
     """Decide the items of one batch (the first at position ``first``) in order.
 
@@ -294,8 +313,15 @@ def plan_batch(
     items win, so a later item of the same PMID decides against the earlier one.
     ``ordered`` maps a numbered file's source to the same with the time the store gives
     it (its as-of time; a source it lacks is its own); ``rank`` ranks sources.
+
+    Rows written get ``run_id``. An item that changes nothing (``unchanged``) is *met
+    again* (:attr:`~ingest.runs.IngestCounts.reseen`) when the run that wrote its stored
+    row is in ``judged`` (runs a data-quality check judged), or the row has no run (older
+    than ``articles.run_id``); a row of another run no check judged yet (a run killed or
+    failed before its check) is taken over instead (:attr:`BatchPlan.taken`), as
+    :func:`ingest.store._count_met_again` takes over its quarantine entries.
     """
-    planner = _Planner(states, touched, counter, now, ordered or {}, rank)
+    planner = _Planner(states, touched, counter, now, ordered or {}, rank, run_id, judged)
     plan = planner.plan
     for pos, item in enumerate(batch, first):
         if isinstance(item, PreparedRecord):
@@ -311,6 +337,8 @@ def plan_batch(
             raise TypeError(f"cannot apply {type(item).__name__}")
     for pmid in set(plan.touches) & (set(plan.full) | set(plan.tomb)):
         del plan.touches[pmid]
+    if plan.taken:
+        plan.taken -= plan.full.keys() | plan.tomb.keys()
     return plan
 
 
@@ -324,7 +352,23 @@ class _Planner:
     now: dt.datetime
     ordered: Mapping[SourceRef, SourceRef]
     rank: SourceRanks
+    run_id: int | None
+    judged: Set[int]
     plan: BatchPlan = field(default_factory=BatchPlan)
+
+    def _unchanged(self, pmid: int, cur: StoredState) -> None:
+        """Count an item that leaves the stored row ``cur`` of ``pmid`` as it is: met
+        again when a check judged the run that wrote the row (or it has none), else taken
+        over by this run (unless this run wrote it)."""
+        self.counter.unchanged += 1
+        stored_by = cur.run_id
+        if stored_by == self.run_id:
+            return
+        if stored_by is None or stored_by in self.judged:
+            self.counter.reseen += 1
+        elif self.run_id is not None:
+            self.plan.taken.add(pmid)
+            cur.run_id = self.run_id
 
     def record(self, item: PreparedRecord, pos: int) -> None:
         plan, states, touched, counter, now = (
@@ -336,11 +380,11 @@ class _Planner:
         src = self.ordered.get(item.source, item.source) if self.ordered else item.source
         if cur is None:  # nothing stored: an insert whatever the rules (bootstrap's case)
             counter.inserted += 1
-            plan.full[pmid] = article_row(item, pos, now, src)
+            plan.full[pmid] = article_row(item, pos, now, src, self.run_id)
             plan.records[pmid] = item
             states[pmid] = StoredState(
                 item.version, item.date_revised, src.sequence, src.fetched_at.timestamp(),
-                src.kind, src.location, pos, chash, False,
+                src.kind, src.location, pos, chash, False, self.run_id,
             )  # fmt: skip
             touched.add(pmid)
             return
@@ -348,19 +392,21 @@ class _Planner:
         if verdict == "touch" and cur is not None:
             # same content from a later source: remember the source, no update
             self._touch(pmid, cur, src, pos)
-            counter.unchanged += 1
+            self._unchanged(pmid, cur)
             return
         if verdict == "unchanged":
-            counter.unchanged += 1
+            self._unchanged(pmid, cur)
             return
         if verdict == "inserted":
             counter.inserted += 1
         else:
             counter.updated += 1
-        plan.full[pmid] = article_row(item, pos, now, src)
+        plan.full[pmid] = article_row(item, pos, now, src, self.run_id)
         plan.tomb.pop(pmid, None)
         plan.records[pmid] = item
-        states[pmid] = StoredState.written(src, pos, item.version, item.date_revised, chash)
+        states[pmid] = StoredState.written(
+            src, pos, item.version, item.date_revised, chash, run_id=self.run_id
+        )
         touched.add(pmid)
 
     def _touch(self, pmid: int, cur: StoredState, src: SourceRef, pos: int) -> None:
@@ -384,8 +430,10 @@ class _Planner:
         src = self.ordered.get(item.source, item.source) if self.ordered else item.source
         if cur is None:
             # unknown PMID: remember the deletion so an older record stays out
-            plan.tomb[pmid] = tombstone_row(pmid, src, pos, now)
-            states[pmid] = StoredState.written(src, pos, 0, None, "", deleted=True)
+            plan.tomb[pmid] = tombstone_row(pmid, src, pos, now, self.run_id)
+            states[pmid] = StoredState.written(
+                src, pos, 0, None, "", deleted=True, run_id=self.run_id
+            )
             counter.unchanged += 1
             touched.add(pmid)
             return
@@ -399,10 +447,10 @@ class _Planner:
                 and source_wins(src, pos, cur, False, self.rank)
             ):
                 self._touch(pmid, cur, src, pos)
-            counter.unchanged += 1
+            self._unchanged(pmid, cur)
             return
         if not source_wins(src, pos, cur, pmid in touched, self.rank):
-            counter.unchanged += 1
+            self._unchanged(pmid, cur)
             return
         counter.deleted += 1
         changes = {
@@ -414,11 +462,13 @@ class _Planner:
             "source_location": src.location,
             "source_position": pos,
             "updated_at": now,
+            "run_id": self.run_id,
         }
         if pmid in plan.full:
             plan.full[pmid] = with_values(plan.full[pmid], changes)
         else:
-            plan.tomb[pmid] = tombstone_row(pmid, src, pos, now)
+            plan.tomb[pmid] = tombstone_row(pmid, src, pos, now, self.run_id)
         cur.is_deleted = True
         cur.move_to(src, pos)
+        cur.run_id = self.run_id
         touched.add(pmid)

@@ -58,6 +58,7 @@ __all__ = [
     "OpenRun",
     "RunLedger",
     "StoreBusyError",
+    "WINDOW_SOURCES",
     "add_run_counts",
     "holds_store_writer",
     "recorded_run",
@@ -71,6 +72,9 @@ logger = logging.getLogger(__name__)
 STORE_LEASE = "store-writer"
 #: Run sources that write articles, so that their runs hold :data:`STORE_LEASE`.
 ARTICLE_SOURCES = frozenset({"files", "eutils", "updatefiles"})
+#: Run sources that cover a time window (the watermark), which a data-quality check of
+#: that window judges (:func:`ingest.quality.check_ingest`).
+WINDOW_SOURCES = ("eutils", "updatefiles")
 
 
 class StoreBusyError(BusyError):
@@ -171,6 +175,12 @@ class IngestCounts(Counts):
             overlap day, a failed window searched again). The check judges the others,
             the bad elements new to the store. Met again before any check judged it (a
             killed or failed try, which a resumed run repeats), an element counts as new.
+        reseen: Of ``unchanged``, the records and deletions met *again* whose stored row
+            was written by a run a data-quality check has judged (``articles.run_id``,
+            ``ingest_runs.judged_at``; a row older than the column counts as judged): the
+            next window's overlap day. The same rule as ``requarantined``, for the rows:
+            a row whose run no check judged yet (killed or failed before its check) is
+            taken over by this run and counts as new to its check.
         missing: PMIDs a source listed but did not deliver (E-utilities).
     """
 
@@ -180,6 +190,7 @@ class IngestCounts(Counts):
     deleted: int = 0
     quarantined: int = 0
     requarantined: int = 0
+    reseen: int = 0
     missing: int = 0
 
     @property
@@ -419,6 +430,7 @@ def run_dict(m: Any) -> dict[str, Any]:
         "deleted": m["deleted"],
         "quarantined": m["quarantined"],
         "requarantined": m["requarantined"],
+        "reseen": m["reseen"],
         "missing": m["missing"],
         "details": dict(m["details"] or {}),
         "error": m["error"],

@@ -92,6 +92,7 @@ from ingest.rows import (
 from ingest.rules import Counter, SourceRanks, StoredState, plan_batch
 from ingest.runs import (
     STORE_LEASE,
+    WINDOW_SOURCES,
     IngestCounts,
     RunLedger,
     add_run_counts,
@@ -117,6 +118,7 @@ from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import (
     article_terms,
     articles,
+    ingest_runs,
     quarantine,
     references,
     source_files,
@@ -163,7 +165,8 @@ _RECORD_COLUMNS = (
     "vernacular_title abstract journal pub_year pub_month pub_day pub_date_raw pub_period_end "
     "article_date "
     "entrez_date best_date language doi pmcid is_retracted is_book is_deleted deleted_at "
-    "has_abstract text_hash content_hash authors mesh publication_types record updated_at"
+    "has_abstract text_hash content_hash authors mesh publication_types record updated_at "
+    "run_id"
 ).split()
 #: Columns rewritten when a record lifts a stored tombstone: the article enters the live
 #: corpus again, so the time it did moves too (``ingested_at``: when the article last
@@ -172,7 +175,7 @@ _LIFT_COLUMNS = [*_RECORD_COLUMNS, "ingested_at"]
 #: Columns rewritten when a deletion tombstones a stored row.
 _TOMBSTONE_COLUMNS = (
     "is_deleted deleted_at source_sequence source_time source_kind source_location "
-    "source_position updated_at"
+    "source_position updated_at run_id"
 ).split()
 
 #: Columns a touch moves (:data:`_TOUCH_SOURCE`), after the PMID.
@@ -234,7 +237,8 @@ class Store(RunLedger, Checkpoints):
         Args:
             items: Parsed items of one source, in source order from its start (an item's
                 ordinal here is its position in the source: see the module docstring).
-            run_id: The ingest run they belong to (stamped on quarantine rows).
+            run_id: The ingest run they belong to (stamped on the article rows it writes
+                or takes over, :func:`ingest.rules.plan_batch`, and on quarantine rows).
             batch_size: Items per transaction.
             on_batch: Called with the counts of each batch once it is committed (so a
                 caller can record what was stored before a later batch fails).
@@ -257,6 +261,7 @@ class Store(RunLedger, Checkpoints):
         rank: SourceRanks | None = None
         first = 0
         written: set[int] = set()  # PMIDs whose rows this call wrote (new, replaced, deleted)
+        take_over = run_id is not None and self._checked_by_window(run_id)
         with bulk_load(self.engine), _gc_paused():
             for batch in _batches(items, batch_size):
                 if self.defer_counts and not self._marked:  # before the batch commits
@@ -270,7 +275,7 @@ class Store(RunLedger, Checkpoints):
                     rank = self.source_ranks()
                 with self.engine.begin() as conn:
                     forms, changed = self._apply_batch(
-                        conn, batch, first, run_id, counter, touched, ordered, rank
+                        conn, batch, first, run_id, counter, touched, ordered, rank, take_over
                     )
                     if run_id is not None:  # what a killed run stored stays counted
                         add_run_counts(conn, run_id, counter.freeze() - before)
@@ -284,6 +289,16 @@ class Store(RunLedger, Checkpoints):
         counts = counter.freeze()
         logger.info("applied %d items: %s", counts.total, counts.to_dict())
         return counts
+
+    def _checked_by_window(self, run_id: int) -> bool:
+        """Whether run ``run_id`` covers a window (:data:`ingest.runs.WINDOW_SOURCES`), whose
+        data-quality check judges what it meets: only such a run takes rows over, so a
+        file read again (a files or bootstrap run, never judged) writes nothing."""
+        with self.engine.connect() as conn:
+            source = conn.execute(
+                select(ingest_runs.c.source).where(ingest_runs.c.id == run_id)
+            ).scalar()
+        return source in WINDOW_SOURCES
 
     def _upgrade_once(
         self,
@@ -547,10 +562,12 @@ class Store(RunLedger, Checkpoints):
         touched: set[int],
         ordered: dict[SourceRef, SourceRef],
         rank: SourceRanks,
+        take_over: bool = True,
     ) -> tuple[set[tuple[str, str]], set[int]]:
         """Decide (:func:`ingest.rules.plan_batch`) and write one batch at ``first``;
         returns the term spellings it added to ``term_forms`` and the PMIDs whose rows it
-        wrote (their ``updated_at`` moved)."""
+        wrote (their ``updated_at`` moved). ``take_over``: rows met again that no check
+        judged become this run's (a window run, whose check judges them)."""
         now = db_now(conn)  # the database's clock: watermarks compare one clock's stamps
         pmids = {it.pmid for it in batch if isinstance(it, PreparedRecord | Record | Deletion)}
         states = self._read_states(conn, pmids)
@@ -558,8 +575,11 @@ class Store(RunLedger, Checkpoints):
         was_live = {p for p, st in states.items() if not st.is_deleted}
         plan = plan_batch(
             batch, first, states, touched, counter, run_id=run_id, now=now, ordered=ordered,
-            rank=rank,
+            rank=rank, judged=_judged_runs(conn, states, run_id),
         )  # fmt: skip
+        if plan.taken and take_over:  # met again, judged by no check: this run's check will
+            conn.execute(update(articles).where(id_in_clause(conn, "pmid", plan.taken))
+                         .values(run_id=run_id))  # fmt: skip
         if plan.touches:
             if self.bulk:
                 bulk_update(conn, articles, "pmid", _TOUCH_COLUMNS,
@@ -654,7 +674,7 @@ class Store(RunLedger, Checkpoints):
         where, param = id_in(conn, "pmid", pmids)
         rows = conn.exec_driver_sql(
             "SELECT pmid, version, date_revised, source_sequence, source_time, source_kind, "
-            "source_location, source_position, content_hash, is_deleted FROM articles "
+            "source_location, source_position, content_hash, is_deleted, run_id FROM articles "
             f"WHERE {where}",
             (param,),
         ).all()
@@ -672,6 +692,7 @@ class Store(RunLedger, Checkpoints):
                 row[7],
                 row[8],
                 bool(row[9]),
+                row[10],
             )  # fmt: skip
             for row in rows
         }
@@ -1101,6 +1122,23 @@ def _count_met_again(
     if taken and run_id is not None:
         for part in chunks(taken):
             conn.execute(update(quarantine).where(q.digest.in_(part)).values(run_id=run_id))
+
+
+def _judged_runs(
+    conn: Connection, states: dict[int, StoredState], run_id: int | None
+) -> set[int]:
+    """The runs, of those that wrote the stored rows ``states``, a data-quality check has
+    judged (``ingest_runs.judged_at``): one query over their distinct ids, none when no
+    row was stored by another run (a first ingest, the rows this run wrote)."""
+    ids = {st.run_id for st in states.values() if st.run_id is not None} - {run_id}
+    if not ids:
+        return set()
+    r = ingest_runs.c
+    return set(
+        conn.execute(
+            select(r.id).where(id_in_clause(conn, "id", ids), r.judged_at.is_not(None))
+        ).scalars()
+    )
 
 
 def _new_sources(batch: list[StoreItem], known: dict[SourceRef, SourceRef]) -> list[SourceRef]:

@@ -164,6 +164,11 @@ articles = Table(
     # when the article last became live: first stored, or a record lifted its tombstone
     Column("ingested_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False, index=True),
+    # the ingest run that last inserted or updated the row (a deletion's tombstone too; a
+    # later source repeating it unchanged does not move it), or took it over: met again
+    # before a data-quality check judged its run (ingest.quality: IngestCounts.reseen).
+    # NULL on rows of a store made before the column: judged, as their runs' checks did
+    Column("run_id", Integer),
 )
 #: An article by its DOI (``litpulse article DOI``, ``GET /articles/doi/DOI``): DOIs
 #: match without regard to case (:func:`litpulse.core.text.doi_key`). A store made before
@@ -267,11 +272,17 @@ ingest_runs = Table(
     Column("quarantined", Integer, nullable=False, default=0),
     # of those, the elements met again (judged by an earlier check): see IngestCounts
     Column("requarantined", Integer, nullable=False, default=0),
+    # of ``unchanged``, the records and deletions met again whose stored row an earlier
+    # check judged (articles.run_id of a judged run): see IngestCounts
+    Column("reseen", Integer, nullable=False, default=0),
     Column("missing", Integer, nullable=False, default=0),
     Column("details", JSON, nullable=False, default=dict),
     Column("error", Text),
     Column("started_at", UTCDateTime(), nullable=False),
     Column("finished_at", UTCDateTime()),
+    # when a data-quality check of its window judged the run (ingest.quality), with its
+    # quarantine entries: the articles it wrote, met again, are not new to a check
+    Column("judged_at", UTCDateTime()),
 )
 
 #: PMIDs an E-utilities window listed (ESearch) but EFetch did not return, even asked twice:

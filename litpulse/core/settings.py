@@ -239,9 +239,11 @@ class Settings:
     # -- data quality ----------------------------------------------------------------------
     max_quarantine_rate: float = _opt(
         0.01,
-        "Largest share of records quarantined and new to the store a nightly run accepts "
-        "before failing (bad records an earlier check judged, met again on a window's "
-        "overlap day, give a warning only).",
+        "Largest share of the records new to the check quarantined a nightly run accepts "
+        "before failing: records an earlier check judged, met again on a window's overlap "
+        "day, are left out of the share, good ones (reseen) and bad ones (a warning only) "
+        "alike; what a run killed before its check stored is judged by the run that meets "
+        "it again.",
         min=0.0,
         max=1.0,
     )

@@ -183,6 +183,22 @@ def test_baseline_then_updates_in_order_and_a_repeat_does_nothing(
         assert conn.execute(select(func.count()).select_from(ingest_runs)).scalar() == runs
 
 
+def test_every_row_the_bootstrap_writes_keeps_its_run(
+    emu: Emulator, sqlite_settings: Settings, published: Published
+) -> None:
+    """Baseline and update files parsed by workers: every row the run stored (inserted,
+    revised, tombstoned) carries its run id (``articles.run_id``: what a later window's
+    check tells met-again records by)."""
+    s = _settings(emu, sqlite_settings)
+    engine = db.connect(s)
+    report = load_files(s, workers=2, prefetch=1)
+    assert report.run_id is not None
+    with engine.connect() as conn:
+        owners = dict(conn.execute(select(articles.c.pmid, articles.c.run_id)).all())
+    assert published.deleted | published.revised <= owners.keys()
+    assert set(owners.values()) == {report.run_id}
+
+
 @pytest.mark.parametrize("workers", [0, 3])
 def test_any_number_of_workers_gives_the_same_state_within_the_disk_bound(
     emu: Emulator, sqlite_settings: Settings, workers: int

@@ -231,6 +231,30 @@ def test_one_file_split_over_two_workers_stores_what_one_process_stores(
     assert got == want
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_every_row_a_files_run_writes_keeps_its_run(
+    settings: Settings, tmp_path: Path, workers: int
+) -> None:
+    """Parsed here or by workers, written by COPY or executemany: every row of the file
+    (records, a revision, tombstones) carries the run that wrote it (``articles.run_id``)."""
+    from tests.ingest.hostile import article, corpus, deletion, document
+
+    items = corpus(300, {})
+    items.insert(100, article(50, title="Revised 50."))
+    items.insert(200, deletion("60", "99999"))  # a live article and an unknown PMID
+    path = tmp_path / "pubmed26n0008.xml.gz"
+    path.write_bytes(gzip.compress(document(items)))
+    engine = db.connect(settings)
+    counts = ingest_files(settings, [path], workers=workers)
+    assert counts.deleted == 1 and counts.inserted >= 300
+    run = Store(engine).runs(1)[0]
+    with engine.connect() as conn:
+        owners = dict(conn.execute(select(articles.c.pmid, articles.c.run_id)).all())
+    assert {50, 60, 99999} <= owners.keys()
+    assert set(owners.values()) == {run["id"]}
+    assert run["reseen"] == 0
+
+
 # ------------------------------------------------- a file that changes while it is read
 
 

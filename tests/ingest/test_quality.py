@@ -122,7 +122,7 @@ def test_counts_as_dict_accepts_counts_and_mappings() -> None:
     assert counts_as_dict({"updated": 3})["updated"] == 3
     assert counts_as_dict(None) == dict.fromkeys(
         ("inserted", "updated", "unchanged", "deleted", "quarantined", "requarantined",
-         "missing"), 0,
+         "reseen", "missing"), 0,
     )
     with pytest.raises(ConfigError):
         counts_as_dict(3)
@@ -364,3 +364,82 @@ def test_a_window_with_a_query_is_not_judged_day_by_day(settings: Settings) -> N
         counts = ingest_window(s, _at(tue), _at(wed), query="statins")
         assert counts.total == 1
         assert check_ingest(s, counts, (_at(tue), _at(wed))).ok
+
+
+# ------------------------------ the share is judged over the records new to the check
+
+
+def test_the_share_is_of_the_records_new_to_the_check(sqlite_settings: Settings) -> None:
+    """A day's 20 new records, 5 malformed, behind an overlap day of 500 records an
+    earlier check judged (``reseen``): 25 %, not 5 of 520. The same 500 taken over from a
+    run no check judged are new to this check, and count."""
+    s = sqlite_settings.replace(quality_max_staleness_days=0)
+    day = {"inserted": 15, "unchanged": 500, "quarantined": 5}
+    report = check_ingest(s, {**day, "reseen": 500}, raise_on_failure=False)
+    assert not report.ok and report.quarantine_rate == pytest.approx(0.25)
+    assert report.records == 520 and report.to_dict()["reseen"] == 500
+    assert report.problems[0].startswith(
+        "5 of 20 records quarantined (25.00%), of the records new to the check (500 more "
+        "met again, judged by an earlier check), above LITPULSE_MAX_QUARANTINE_RATE=1.00%"
+    )
+    taken = check_ingest(s, day, raise_on_failure=False)
+    assert taken.ok and taken.quarantine_rate == pytest.approx(5 / 520)
+    # everything met again, judged: nothing new to the check, no share (no division by 0)
+    judged = check_ingest(s, {"unchanged": 7, "reseen": 7, "quarantined": 2, "requarantined": 2})
+    assert judged.ok and judged.quarantine_rate == 0.0
+
+
+def test_a_window_killed_before_its_check_and_searched_again_reads_as_the_clean_run(
+    settings: Settings,
+) -> None:
+    """A clean day of 1,000 good and 5 bad records passes (0.5 %). Killed before its
+    check and searched again, the rerun meets the good ones unchanged, stored by a run
+    no check judged: it takes them over and judges them with the bad ones, 5 of 1,005,
+    as the clean run would. The next window meets them again, judged now (``reseen``):
+    its own 20 new records with 5 malformed fail it (25 %), undiluted by the 1,005."""
+    from sqlalchemy import select
+
+    from ingest.eutils import ingest_window
+    from litpulse.core.schema import articles, ingest_runs
+    from tests.emulator import EmuArticle, running_emulator
+
+    monday, tuesday, wednesday = (dt.date(2024, 1, 8) + dt.timedelta(days=i) for i in range(3))
+    with contextlib.ExitStack() as stack:
+        emulator = stack.enter_context(contextlib.contextmanager(running_emulator)())
+        with emulator._lock:  # synthetic records, rendered on demand
+            for pmid in range(1000, 2000):
+                emulator.articles[pmid] = EmuArticle(pmid, monday, monday)
+        for pmid in range(2000, 2005):
+            emulator.add_article(pmid, edat=monday, xml=_malformed(pmid, monday))
+        s = emulator.configure(
+            settings.replace(quality_max_staleness_days=0, ncbi_api_key="k",
+                             ncbi_email="t@example.org"),
+            efetch_batch=1000,
+        )  # fmt: skip
+        engine = db.connect(s)
+        first = ingest_window(s, _at(monday), _at(tuesday))
+        assert (first.inserted, first.quarantined) == (1000, 5)
+        clean = check_ingest(s, first, raise_on_failure=False)  # no window: judges nothing
+        assert clean.ok and clean.quarantine_rate == pytest.approx(5 / 1005)
+        # killed before its check: the rerun searches the window again
+        rerun = ingest_window(s, _at(monday), _at(tuesday), restart=True)
+        assert (rerun.unchanged, rerun.reseen, rerun.quarantined, rerun.requarantined) == (
+            1000, 0, 5, 0)  # fmt: skip
+        report = check_ingest(s, rerun, (_at(monday), _at(tuesday)))
+        assert report.ok and report.quarantine_rate == clean.quarantine_rate
+        with engine.connect() as conn:
+            runs = conn.execute(select(ingest_runs.c.id, ingest_runs.c.judged_at)
+                                .order_by(ingest_runs.c.id)).all()  # fmt: skip
+            owners = set(conn.execute(select(articles.c.run_id).distinct()).scalars())
+        assert [judged is not None for _, judged in runs] == [True, True]  # the window's
+        assert owners == {runs[-1][0]}  # taken over by the rerun, which its check judged
+        # the next window searches Monday again, and Tuesday: 20 new, 5 of them malformed
+        for pmid in range(3000, 3015):
+            emulator.add_article(pmid, edat=tuesday)
+        for pmid in range(3015, 3020):
+            emulator.add_article(pmid, edat=tuesday, xml=_malformed(pmid, tuesday))
+        nxt = ingest_window(s, _at(tuesday), _at(wednesday))
+        assert (nxt.inserted, nxt.unchanged, nxt.reseen) == (15, 1000, 1000)
+        assert (nxt.quarantined, nxt.requarantined) == (10, 5)
+        with pytest.raises(DataQualityError, match=r"5 of 20 records quarantined \(25\.00%\)"):
+            check_ingest(s, nxt, (_at(tuesday), _at(wednesday)))

@@ -124,7 +124,7 @@ def test_counts_add_and_validate() -> None:
     total = counts(inserted=1, quarantined=2) + counts(inserted=2, deleted=1)
     assert total.to_dict() == {
         "inserted": 3, "updated": 0, "unchanged": 0, "deleted": 1, "quarantined": 2,
-        "requarantined": 0, "missing": 0,
+        "requarantined": 0, "reseen": 0, "missing": 0,
     }  # fmt: skip
     assert total.total == 6
     assert total - counts(inserted=1) == counts(inserted=2, deleted=1, quarantined=2)
@@ -1003,3 +1003,139 @@ def test_an_article_is_found_by_its_doi_in_any_case_and_form(engine: Engine) -> 
         store.article_by_doi("10.1000/Nothing")
     with pytest.raises(ConfigError, match="not a DOI"):
         store.pmids_by_doi("malaria")
+
+
+# ------------------------------------ the run that wrote a row, and records met again
+
+
+def _run_ids(engine: Engine) -> dict[int, int | None]:
+    with engine.connect() as conn:
+        return dict(conn.execute(select(articles.c.pmid, articles.c.run_id)).all())
+
+
+def _judge(engine: Engine, run_id: int) -> None:
+    """What a data-quality check of the run's window does to it (ingest.quality)."""
+    from litpulse.core.schema import ingest_runs
+
+    with engine.begin() as conn:
+        conn.execute(update(ingest_runs).where(ingest_runs.c.id == run_id)
+                     .values(judged_at=db.utcnow()))  # fmt: skip
+
+
+def test_rows_keep_the_run_that_wrote_them_and_a_touch_does_not_move_it(engine: Engine) -> None:
+    store = Store(engine)
+    first = store.start_run("files")
+    store.apply([make_record(1), make_record(2), make_record(3), Deletion(9, src())],
+                run_id=first)  # fmt: skip
+    assert _run_ids(engine) == {1: first, 2: first, 3: first, 9: first}  # a tombstone too
+    _judge(engine, first)
+    second = store.start_run("files")
+    counts = store.apply(
+        [make_record(1, source=src(1)),  # the same content from a later source: a touch
+         make_record(2, version=2, source=src(1)),  # a newer version: rewritten
+         Deletion(3, src(1))],  # a deletion: the tombstone is this run's
+        run_id=second,
+    )  # fmt: skip
+    assert (counts.unchanged, counts.reseen, counts.updated, counts.deleted) == (1, 1, 1, 1)
+    assert row(engine, 1)["source_sequence"] > 0  # the touch moved the source ...
+    assert _run_ids(engine) == {1: first, 2: second, 3: second, 9: first}  # ... not the run
+
+
+def test_records_met_again_are_reseen_when_a_check_judged_their_run(engine: Engine) -> None:
+    """The overlap day: rows a judged run wrote, met again unchanged (records and a
+    deletion), are counted ``reseen`` and written nothing; rows of a run no check judged
+    are not, and this run takes them over (its own check will judge them)."""
+    from litpulse.core.schema import ingest_runs
+
+    store = Store(engine)
+    judged = store.start_run("eutils")
+    store.apply([make_record(1), make_record(2), Deletion(3, src())], run_id=judged)
+    _judge(engine, judged)
+    killed = store.start_run("eutils")  # killed before its check: never judged
+    store.apply([make_record(4), make_record(5)], run_id=killed)
+    now = store.start_run("eutils")
+    items = [make_record(p) for p in (1, 2, 4, 5)] + [Deletion(3, src()), make_record(6)]
+    counts = store.apply(items, run_id=now, batch_size=2)
+    assert (counts.inserted, counts.unchanged, counts.reseen) == (1, 5, 3)
+    assert _run_ids(engine) == {1: judged, 2: judged, 3: judged, 4: now, 5: now, 6: now}
+    with engine.connect() as conn:
+        assert conn.execute(select(ingest_runs.c.reseen)
+                            .where(ingest_runs.c.id == now)).scalar() == 3  # fmt: skip
+    # met again by the run that took them over: its own, not reseen, nothing taken
+    again = store.apply([make_record(4), make_record(5)], run_id=now)
+    assert (again.unchanged, again.reseen) == (2, 0)
+    # a later run meets them before this run's check: taken over again
+    later = store.start_run("eutils")
+    assert store.apply([make_record(4)], run_id=later).reseen == 0
+    assert _run_ids(engine)[4] == later
+
+
+def test_a_row_older_than_the_run_column_counts_as_judged(settings: Settings) -> None:
+    """A store made before ``articles.run_id`` and ``ingest_runs.judged_at``/``reseen``
+    gains them (NULL on its rows, 0 on its runs); its rows, met again, were judged by the
+    checks of their time."""
+    from sqlalchemy import text
+
+    from litpulse.core.schema import ingest_runs
+
+    engine = db.connect(settings)
+    store = Store(engine)
+    old = store.start_run("eutils")
+    store.apply([make_record(1), make_record(2)], run_id=old)
+    store.finish_run(old, IngestCounts(inserted=2))
+    with engine.begin() as conn:  # as the store was before the columns existed
+        for table, column in (("articles", "run_id"), ("ingest_runs", "judged_at"),
+                              ("ingest_runs", "reseen")):  # fmt: skip
+            conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+    db.dispose_engines()
+    engine = db.connect(settings)  # reconnecting upgrades the schema
+    assert db.add_missing_columns(engine) == []
+    assert _run_ids(engine) == {1: None, 2: None}
+    with engine.connect() as conn:
+        r = ingest_runs.c
+        assert conn.execute(select(r.reseen, r.judged_at).where(r.id == old)).one() == (0, None)
+    store = Store(engine)
+    now = store.start_run("eutils")
+    counts = store.apply([make_record(1), make_record(2), make_record(3)], run_id=now)
+    assert (counts.inserted, counts.unchanged, counts.reseen) == (1, 2, 2)
+    assert _run_ids(engine) == {1: None, 2: None, 3: now}  # nothing taken over
+    store.finish_run(now, counts)
+    assert store.get_run(now)["reseen"] == 2
+
+
+def test_a_batch_without_stored_rows_asks_no_run_judged(engine: Engine) -> None:
+    """The bulk ingest's common case (new PMIDs, or rows this run wrote) reads nothing
+    more: the judged runs are looked up only for rows other runs wrote."""
+    store = Store(engine)
+    run = store.start_run("files")
+    seen: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "judged_at" in statement:
+            seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        store.apply([make_record(p) for p in range(1, 6)], run_id=run, batch_size=2)
+        store.apply([make_record(p) for p in range(1, 6)], run_id=run, batch_size=2)
+        assert seen == []
+        other = store.start_run("files")
+        store.apply([make_record(1), make_record(2)], run_id=other)
+        assert len(seen) == 1  # one batch, one query
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+
+def test_a_run_no_window_check_judges_takes_no_row_over(engine: Engine) -> None:
+    """A file read again (a files or bootstrap run, which no window's check judges) writes
+    nothing: the rows stay the first run's, for a window run to take over and judge."""
+    store = Store(engine)
+    first = store.start_run("files")
+    store.apply([make_record(p) for p in range(1, 4)], run_id=first)
+    again = store.start_run("files")
+    counts = store.apply([make_record(p) for p in range(1, 4)], run_id=again)
+    assert (counts.unchanged, counts.reseen) == (3, 0)
+    assert _run_ids(engine) == {1: first, 2: first, 3: first}
+    window = store.start_run("eutils")
+    assert store.apply([make_record(1)], run_id=window).reseen == 0
+    assert _run_ids(engine) == {1: window, 2: first, 3: first}

@@ -42,7 +42,7 @@ def test_ingest_files_then_info(
 ) -> None:
     got = run_json(capsys, "ingest", "--files", *map(str, corpus))
     assert got == {"inserted": 3, "updated": 1, "unchanged": 0, "deleted": 1, "quarantined": 1,
-                   "requarantined": 0, "missing": 0}  # fmt: skip
+                   "requarantined": 0, "reseen": 0, "missing": 0}  # fmt: skip
     again = run_json(capsys, "ingest", "--files", *map(str, corpus))
     assert (again["inserted"], again["updated"], again["deleted"]) == (0, 0, 0)
 
