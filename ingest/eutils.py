@@ -569,6 +569,7 @@ def ingest_window(
     on_given_up: Callable[[list[int], str], None] | None = None,
     whole_window: bool = False,
     run_details: Mapping[str, Any] | None = None,
+    check_follows: bool = False,
 ) -> IngestCounts:
     """Fetch and store every PubMed record created or revised in a date window.
 
@@ -589,6 +590,11 @@ def ingest_window(
             application alerts (this stage knows no alerting).
         run_details: Added to the run's details (the application marks a window whose
             check is still to come; the mark is in the row once the run succeeded).
+        check_follows: A data-quality check of this window follows and judges the run
+            (:func:`ingest.quality.check_ingest`); without one the run, and those whose
+            batches it resumed, are judged once it succeeded
+            (:func:`ingest.quality.judge_runs`), so the next window's overlap day meets
+            its records as judged, not new.
 
     Returns:
         The :class:`ingest.store.IngestCounts` of this call (``missing`` included); with
@@ -672,6 +678,10 @@ def ingest_window(
         )
         run.details.update(requests=client.requests_sent, retries=client.retries)
         store.set_checkpoint(SCOPE, f"{wkey}#search", "done", value)
+    if not check_follows:  # taken unchecked (a window by hand, --no-quality): accepted
+        from ingest.quality import judge_runs
+
+        judge_runs(store.engine, [run.id, *run.details.get("resumed_runs", ())])
     if on_given_up is not None and owed["given_up"]:
         on_given_up(list(owed["given_up"]), target)
     if whole_window:  # batches an earlier try stored included: a retry is judged whole
@@ -698,6 +708,10 @@ def _fetch_batch(
     value = done["value"] if done is not None and done["status"] == "done" else {}
     if value.get("generation") == generation:
         run.details["batches_skipped"] += 1  # fetched by the run that was cut short
+        earlier_run = value.get("run_id")
+        if earlier_run is not None and earlier_run != run.id:  # judged with this one
+            resumed_runs = set(run.details.get("resumed_runs", ())) | {int(earlier_run)}
+            run.details["resumed_runs"] = sorted(resumed_runs)
         # what that run stored of this window: its row counts it, the window's total too
         earlier = IngestCounts(**(value.get("counts") or {}))
         resumed = IngestCounts(**run.details.get("resumed_counts", {})) + earlier

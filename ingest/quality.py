@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,7 @@ __all__ = [
     "QualityReport",
     "check_ingest",
     "counts_as_dict",
+    "judge_runs",
     "newest_entrez_date",
     "progress_watermark",
 ]
@@ -473,23 +474,47 @@ def _unanswered_weekdays(
 
 
 def _mark_judged(engine: Engine, start: dt.datetime, end: dt.datetime) -> int:
-    """Mark the window runs of ``[start, end)`` judged, and the quarantine entries they
-    hold, in one transaction: met again, their rows and entries are not new to a check
-    (:attr:`~ingest.runs.IngestCounts.reseen`, ``requarantined``); returns how many
-    entries."""
+    """Mark the window runs of ``[start, end)`` judged, with the runs whose batches they
+    resumed (``details["resumed_runs"]``: a nightly rerun later the same day ends at
+    another time, yet counts the batches its first try stored); see :func:`judge_runs`."""
+    from litpulse.core.schema import ingest_runs
+
+    r = ingest_runs.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(r.id, r.details).where(
+                r.source.in_(WINDOW_SOURCES), r.window_start == start, r.window_end == end
+            )
+        ).all()
+    ids = {int(run_id) for run_id, _ in rows}
+    for _, details in rows:
+        ids.update(int(p) for p in (details or {}).get("resumed_runs", ()))
+    return judge_runs(engine, ids)
+
+
+def judge_runs(engine: Engine, run_ids: Iterable[int]) -> int:
+    """Mark runs judged, and the quarantine entries they hold, in one transaction: met
+    again, their rows and entries are not new to a check
+    (:attr:`~ingest.runs.IngestCounts.reseen`, ``requarantined``). The check of a window
+    does it whatever its outcome; a window ingested with no check to come does it once it
+    succeeded (:func:`ingest.eutils.ingest_window`: nothing else would, and the next
+    window's overlap day would count its records as new). Returns how many entries."""
+    from litpulse.core.db import id_in_clause
     from litpulse.core.schema import ingest_runs, quarantine
 
+    ids = sorted({int(i) for i in run_ids})
+    if not ids:
+        return 0
     r, q = ingest_runs.c, quarantine.c
-    window = (r.source.in_(WINDOW_SOURCES), r.window_start == start, r.window_end == end)
-    runs = select(r.id).where(*window)
     now = utcnow()
     with engine.begin() as conn:
         done = conn.execute(
             update(quarantine)
-            .where(q.run_id.in_(runs), q.judged_at.is_(None))
+            .where(id_in_clause(conn, "run_id", ids), q.judged_at.is_(None))
             .values(judged_at=now)
         ).rowcount
-        conn.execute(update(ingest_runs).where(*window, r.judged_at.is_(None))
+        conn.execute(update(ingest_runs)
+                     .where(id_in_clause(conn, "id", ids), r.judged_at.is_(None))
                      .values(judged_at=now))  # fmt: skip
     return int(done or 0)
 

@@ -387,7 +387,8 @@ def run_nightly(
                 window = _window(settings, engine, since, until)
             checked = citations or quality  # the window is through once these passed
             counts = step(
-                "ingest", lambda: _ingest(settings, source, paths, window, progress, checked)
+                "ingest",
+                lambda: _ingest(settings, source, paths, window, progress, checked, quality),
             )
             cites = None
             report_q: dict[str, Any] = {"ok": True, "checks": [], "problems": []}
@@ -478,13 +479,16 @@ def ingest_eutils_window(
     *,
     progress: bool = False,
     checked: bool = True,
+    quality: bool | None = None,
 ) -> Any:
     """:func:`ingest.eutils.ingest_window` that alerts the on-call engineer (log, and the
     webhook when set) when the run gives PMIDs up: listed by ESearch, never returned by
     EFetch however often asked (``litpulse missing``). The nightly job and the nightly
     DAG's ingest task call this. With ``checked`` (a data-quality check or the iCite step
     follows), the window moves the watermark only once :func:`planning.release_watermark`
-    says it passed them.
+    says it passed them. With ``quality`` (default: ``checked``) its data-quality check
+    follows and judges the run (:func:`ingest.quality.check_ingest`); without one the run
+    is judged once it succeeded, so the next window's overlap day meets it as judged.
 
     Returns:
         The window's :class:`ingest.store.IngestCounts`.
@@ -505,9 +509,12 @@ def ingest_eutils_window(
     # quality step) judges a retried window whole, not the retry's batches alone
     # with a check to come (``checked``), the window's run is held from the watermark until
     # the check passed (planning.release_watermark): a kill before it leaves it held
+    # with a data-quality check to come (``quality``, default ``checked``), that check
+    # judges the run; without one, the run is judged once it succeeded
     return ingest_window(settings, since, until, progress=progress, on_given_up=alert,
                          whole_window=True,
-                         run_details={"watermark": PENDING_CHECK} if checked else None)
+                         run_details={"watermark": PENDING_CHECK} if checked else None,
+                         check_follows=checked if quality is None else quality)
 
 
 def check_window(
@@ -534,12 +541,13 @@ def _ingest(
     window: tuple[dt.datetime, dt.datetime] | None,
     progress: bool,
     checked: bool,
+    quality: bool,
 ) -> dict[str, int]:
     if source == "eutils":
         if window is None:
             raise ConfigError("the eutils source needs a window")
         counts: Any = ingest_eutils_window(
-            settings, window[0], window[1], progress=progress, checked=checked
+            settings, window[0], window[1], progress=progress, checked=checked, quality=quality
         )
     elif source == "updatefiles":
         from ingest.updatefiles import apply_updates

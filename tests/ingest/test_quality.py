@@ -216,14 +216,15 @@ def test_quarantined_elements_met_again_after_their_check_are_counted_apart(
         for pmid in range(301, 313):
             emulator.add_article(pmid, edat=tuesday)
         s = emulator.configure(settings.replace(quality_max_staleness_days=0))
-        first = ingest_window(s, _at(monday), _at(tuesday))
+        first = ingest_window(s, _at(monday), _at(tuesday), check_follows=True)
         assert (first.quarantined, first.requarantined) == (6, 0)
         # killed before its check: the rerun searches the window again and meets them
-        rerun = ingest_window(s, _at(monday), _at(tuesday), restart=True)
+        rerun = ingest_window(s, _at(monday), _at(tuesday), restart=True, check_follows=True)
         assert (rerun.quarantined, rerun.requarantined) == (6, 0)
         with pytest.raises(DataQualityError, match="6 of 12 records quarantined"):
             check_ingest(s, rerun, (_at(monday), _at(tuesday)))
-        nxt = ingest_window(s, _at(tuesday), _at(wednesday))  # searches Monday again
+        # the next window searches Monday again
+        nxt = ingest_window(s, _at(tuesday), _at(wednesday), check_follows=True)
         assert (nxt.quarantined, nxt.requarantined, nxt.inserted) == (6, 6, 12)
         report = check_ingest(s, nxt, (_at(tuesday), _at(wednesday)))
         assert report.ok and report.quarantine_rate == 0.0
@@ -417,12 +418,12 @@ def test_a_window_killed_before_its_check_and_searched_again_reads_as_the_clean_
             efetch_batch=1000,
         )  # fmt: skip
         engine = db.connect(s)
-        first = ingest_window(s, _at(monday), _at(tuesday))
+        first = ingest_window(s, _at(monday), _at(tuesday), check_follows=True)
         assert (first.inserted, first.quarantined) == (1000, 5)
         clean = check_ingest(s, first, raise_on_failure=False)  # no window: judges nothing
         assert clean.ok and clean.quarantine_rate == pytest.approx(5 / 1005)
         # killed before its check: the rerun searches the window again
-        rerun = ingest_window(s, _at(monday), _at(tuesday), restart=True)
+        rerun = ingest_window(s, _at(monday), _at(tuesday), restart=True, check_follows=True)
         assert (rerun.unchanged, rerun.reseen, rerun.quarantined, rerun.requarantined) == (
             1000, 0, 5, 0)  # fmt: skip
         report = check_ingest(s, rerun, (_at(monday), _at(tuesday)))
@@ -438,7 +439,7 @@ def test_a_window_killed_before_its_check_and_searched_again_reads_as_the_clean_
             emulator.add_article(pmid, edat=tuesday)
         for pmid in range(3015, 3020):
             emulator.add_article(pmid, edat=tuesday, xml=_malformed(pmid, tuesday))
-        nxt = ingest_window(s, _at(tuesday), _at(wednesday))
+        nxt = ingest_window(s, _at(tuesday), _at(wednesday), check_follows=True)
         assert (nxt.inserted, nxt.unchanged, nxt.reseen) == (15, 1000, 1000)
         assert (nxt.quarantined, nxt.requarantined) == (10, 5)
         with pytest.raises(DataQualityError, match=r"5 of 20 records quarantined \(25\.00%\)"):
