@@ -551,6 +551,12 @@ def apply_updates(
                 plan.raise_if_held()  # what was applied before it stays applied
     finally:
         source.close()
+    # no window's check judges an update file's run (its counts are checked whole, if at
+    # all): judged once it succeeded, so a later window meeting its records again counts
+    # them judged (``reseen``), not new, as it does a window run's
+    from ingest.quality import judge_runs
+
+    judge_runs(engine, [run.id])
     return run.counts
 
 

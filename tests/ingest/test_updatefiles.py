@@ -220,3 +220,31 @@ def test_a_deletion_in_next_years_update_file_wins_over_last_years_file(
         assert [n for n, _ in _applied(s)][-1] == "pubmed26n1335.xml.gz"
         assert counts.deleted == 1
         assert _live(s) == {1002}
+
+
+def test_an_update_file_run_is_judged_so_a_window_meets_its_records_as_judged(
+    emu: Emulator, settings: Settings, corpus: CorpusManifest
+) -> None:
+    """No window's check judges an update file's run: it is judged once it succeeded, so
+    an E-utilities window meeting its records again counts them ``reseen`` (not new to
+    its check) and takes none of them over."""
+    from ingest.parse import parse_bytes
+    from ingest.records import SourceRef
+    from litpulse.core.schema import ingest_runs
+
+    s = emu.configure(settings)
+    apply_updates(s, max_files=1)
+    store = Store(db.connect(s))
+    run = store.runs(1)[0]
+    with db.connect(s).connect() as conn:
+        judged = conn.execute(
+            select(ingest_runs.c.judged_at).where(ingest_runs.c.id == run["id"])
+        ).scalar()
+    assert judged is not None
+    window = store.start_run("eutils")
+    items = parse_bytes(corpus.files[0].read_bytes(), source_ref=SourceRef("eutils", "efetch"))
+    counts = store.apply(items, run_id=window)
+    assert counts.unchanged > 0 and counts.reseen == counts.unchanged
+    with db.connect(s).connect() as conn:
+        mine = conn.execute(select(func.count()).where(articles.c.run_id == window)).scalar()
+    assert mine <= counts.inserted + counts.updated + counts.deleted  # its own writes only
