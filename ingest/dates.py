@@ -15,6 +15,7 @@ import calendar
 import datetime as dt
 import functools
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from ingest.records import PartialDate
@@ -285,6 +286,14 @@ def searched_days(
     since, until = as_utc(since), as_utc(until)
     first = (since - dt.timedelta(days=settings.window_overlap_days)).date()
     return first, (until - dt.timedelta(microseconds=1)).date()
+
+
+def each_day(first: dt.date, last: dt.date) -> Iterator[dt.date]:
+    """The days ``first``..``last``, both included."""
+    day = first
+    while day <= last:
+        yield day
+        day += dt.timedelta(days=1)
 
 
 #: A PubMed day the window covers for at least this long is the window's own to answer

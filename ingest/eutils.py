@@ -70,7 +70,7 @@ from typing import Any
 from lxml import etree
 
 from ingest import missing as owing
-from ingest.dates import searched_days
+from ingest.dates import each_day, searched_days
 from ingest.http import HttpClient, eutils_client
 from ingest.parse import ParseLimits, parse_bytes
 from ingest.records import Deletion, Item, QuarantineEntry, Record, SourceRef
@@ -654,12 +654,17 @@ def ingest_window(
                 store, client, settings, run, f"{wkey}#batch{n}", batch, generation, limits
             )
         run.details.update(missing_pmids=missing_all[:1000], missing_total=len(missing_all))
+        # the listed records the store holds, by entrez day (the withdrawal check below
+        # writes unlisted PMIDs only, so this stands after it)
+        entered = store.entered_by_day(all_pmids, start, end)
         if query is None:  # a window of all PubMed: what it no longer lists, withdrawn?
             run.details["unlisted"] = _check_unlisted(
-                store, client, settings, run, wkey, start, end, all_pmids, limits
+                store, client, settings, run, wkey, start, end, all_pmids, entered, limits
             )
         # what the answer holds of each day, for the window's data-quality check
-        run.details["days"] = _day_evidence(store, start, end, all_pmids, whole=query is None)
+        run.details["days"] = _day_evidence(
+            store, start, end, all_pmids, entered, whole=query is None
+        )
         if missing_all:
             logger.warning(
                 "window %s: %d PMIDs listed by ESearch were not returned readable by EFetch "
@@ -745,6 +750,7 @@ def _check_unlisted(
     start: dt.date,
     end: dt.date,
     listed: Sequence[int],
+    entered: Mapping[dt.date, int],
     limits: ParseLimits,
 ) -> dict[str, Any]:
     """Delete the stored records PubMed withdrew: entered in the window, no longer listed.
@@ -774,9 +780,8 @@ def _check_unlisted(
         the owed ask's.
     """
     most = max(settings.efetch_batch, len(listed) // 20)
-    entered = store.entered_by_day(listed, start, end)
     unlisted = set(store.unlisted_entered(listed, start, end))
-    for day in _each_day(start, end):
+    for day in each_day(start, end):
         if len(unlisted) > most:
             break
         if not entered.get(day):  # none listed: its records lie outside the span
@@ -826,29 +831,28 @@ def _check_unlisted(
             "counts": counts.to_dict()}  # fmt: skip
 
 
-def _each_day(first: dt.date, last: dt.date) -> Iterator[dt.date]:
-    day = first
-    while day <= last:
-        yield day
-        day += dt.timedelta(days=1)
-
-
 def _day_evidence(
-    store: Store, start: dt.date, end: dt.date, listed: Sequence[int], *, whole: bool
+    store: Store,
+    start: dt.date,
+    end: dt.date,
+    listed: Sequence[int],
+    entered: Mapping[dt.date, int],
+    *,
+    whole: bool,
 ) -> dict[str, Any]:
     """What a window's answer holds of each of its PubMed days ``start``..``end``, for its
     data-quality check (:func:`ingest.quality.check_ingest`).
 
     Returns:
         ``entered``: ISO day → how many of the listed records the store holds entered
-        that day (days with none left out); ``short``: with a search of all PubMed
-        (``whole``), the days of which the answer lists no record while the store holds a
-        live one entered then (checked after the withdrawals were taken), proof that the
-        answer came back short: a degraded ESearch answers Count 0 without an error, and a
-        day it left out is never searched again once the window has passed.
+        that day (``entered``, :meth:`ingest.store.Store.entered_by_day`; days with none
+        left out); ``short``: with a search of all PubMed (``whole``), the days of which
+        the answer lists no record while the store holds a live one entered then (checked
+        after the withdrawals were taken), proof that the answer came back short: a
+        degraded ESearch answers Count 0 without an error, and a day it left out is never
+        searched again once the window has passed.
     """
-    entered = store.entered_by_day(listed, start, end)
-    short = [day.isoformat() for day in _each_day(start, end)
+    short = [day.isoformat() for day in each_day(start, end)
              if whole and not entered.get(day) and store.entered_live(day, 1)]  # fmt: skip
     # listed PMIDs the store holds no row of (quarantined, owed): their days are unknown
     unplaced = len(listed) - len(store.existing_pmids(listed, live=False))

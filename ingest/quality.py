@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select, update
 
-from ingest.dates import COVERED_HOURS, covered_days, searched_days
+from ingest.dates import COVERED_HOURS, covered_days, each_day, searched_days
 from ingest.runs import WINDOW_SOURCES, IngestCounts
 from litpulse.core.errors import ConfigError, DataQualityError
 from litpulse.core.settings import Settings
@@ -521,9 +521,4 @@ def judge_runs(engine: Engine, run_ids: Iterable[int]) -> int:
 
 def _has_weekday(first: dt.date, last: dt.date) -> bool:
     """Whether the days ``first``..``last`` (both included) hold a Monday-Friday."""
-    day = first
-    while day <= last:
-        if day.weekday() < 5:
-            return True
-        day += dt.timedelta(days=1)
-    return False
+    return any(day.weekday() < 5 for day in each_day(first, last))

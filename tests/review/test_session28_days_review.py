@@ -97,6 +97,7 @@ import pytest
 from sqlalchemy import event, text
 
 from ingest import store as store_module
+from ingest.dates import each_day
 from ingest.quality import check_ingest
 from ingest.store import Store
 from litpulse.core import db
@@ -122,13 +123,6 @@ def _dag_window(s: Settings, run_day: dt.date) -> tuple[dt.datetime, dt.datetime
 def _cli(s: Settings, run_day: dt.date, hour: int = 2) -> tuple[dt.datetime, dt.datetime]:
     """The window of ``litpulse nightly`` run at ``run_day`` ``hour``:00 UTC."""
     return _window(s, db.connect(s), None, _at(run_day, hour))
-
-
-def _days(first: dt.date, last: dt.date) -> Iterator[dt.date]:
-    day = first
-    while day <= last:
-        yield day
-        day += dt.timedelta(days=1)
 
 
 def _nights(s: Settings, days: list[dt.date], window: Any = _cli) -> list[str]:
@@ -178,12 +172,12 @@ def test_d1_a_weekday_with_no_record_does_not_wedge_the_nightly_for_ever(
 ) -> None:
     s = _settings(emu, sqlite_settings)
     mon, tue, wed = dt.date(2024, 12, 23), dt.date(2024, 12, 24), dt.date(2024, 12, 25)
-    for n, day in enumerate(_days(mon, dt.date(2025, 1, 3))):
+    for n, day in enumerate(each_day(mon, dt.date(2025, 1, 3))):
         if day != wed and day.weekday() < 5:  # Christmas: nothing entered (say)
             for pmid in range(1000 * (n + 1), 1000 * (n + 1) + 3):
                 emu.add_article(pmid, edat=day)
     assert not _nights(s, [tue, wed])  # Monday's and Tuesday's nights pass
-    later = list(_days(dt.date(2024, 12, 26), dt.date(2025, 1, 4)))
+    later = list(each_day(dt.date(2024, 12, 26), dt.date(2025, 1, 4)))
     failures = _nights(s, later)
     mark = last_watermark(s)
     assert mark is not None and mark >= _at(later[-1], 2), (
@@ -312,11 +306,11 @@ def test_the_dag_windows_of_each_weekday_across_a_dst_change_pass(
     emu: ReviewEmulator, settings: Settings, first: dt.date, last: dt.date
 ) -> None:
     s = _settings(emu, settings)
-    for n, day in enumerate(_days(first - dt.timedelta(days=1), last)):
+    for n, day in enumerate(each_day(first - dt.timedelta(days=1), last)):
         if day.weekday() < 5:  # weekdays only: weekends empty
             emu.add_article(1000 + 10 * n, edat=day)
             emu.add_article(1001 + 10 * n, edat=day)
-    failures = _nights(s, list(_days(first, last)), _dag_window)
+    failures = _nights(s, list(each_day(first, last)), _dag_window)
     assert not failures, failures
     assert last_watermark(s) == _at(last)
 
@@ -361,9 +355,9 @@ def test_a_rerun_of_a_passed_window_and_a_backfill_behind_newer_windows_pass(
     emu: ReviewEmulator, settings: Settings
 ) -> None:
     s = _settings(emu, settings)
-    for n, day in enumerate(_days(FRI, FRI2)):
+    for n, day in enumerate(each_day(FRI, FRI2)):
         emu.add_article(100 * (n + 1), edat=day)
-    assert not _nights(s, list(_days(SAT, FRI2)), _dag_window)
+    assert not _nights(s, list(each_day(SAT, FRI2)), _dag_window)
     assert _night(s, (_at(TUE), _at(WED)))["ok"]  # a clear of Tuesday's passed run
     assert _night(s, (_at(SUN), _at(MON)))["ok"]  # a backfill of Sunday (weekend, overlap)
     assert _night(s, (_at(MON, 14), _at(WED, 9)))["ok"]  # nightly --since/--until by hand
@@ -374,10 +368,10 @@ def test_the_dag_nights_pass_with_an_overlap_of_3_days(
 ) -> None:
     """(An overlap of 0 is refused by the settings: 1..365.)"""
     s = _settings(emu, sqlite_settings.replace(window_overlap_days=3))
-    for n, day in enumerate(_days(FRI - dt.timedelta(days=3), FRI2)):
+    for n, day in enumerate(each_day(FRI - dt.timedelta(days=3), FRI2)):
         if day.weekday() < 5:
             emu.add_article(100 * (n + 1), edat=day)
-    assert not _nights(s, list(_days(SAT, FRI2)), _dag_window)
+    assert not _nights(s, list(each_day(SAT, FRI2)), _dag_window)
 
 
 def test_run_nightly_with_a_sub_second_until_reads_its_own_run(
