@@ -505,6 +505,10 @@ digest_matches = Table(
     # its key (a receiver drops the repeat), and matches found since go in another one
     Column("email_key", String(32)),
     Column("webhook_key", String(32)),
+    # when the receiver last refused that message (its content, not a failure to reach
+    # it): such a message goes after the others, so one refused for good holds none back
+    Column("email_refused_at", UTCDateTime()),
+    Column("webhook_refused_at", UTCDateTime()),
     UniqueConstraint("search_id", "pmid", name="uq_digest_matches_search_pmid"),
     Index("ix_digest_matches_search_found", "search_id", "found_at"),
 )

@@ -26,6 +26,10 @@ For every saved search (:mod:`litpulse.pipeline.saved_searches`), :func:`run_dig
    so a failed delivery is retried by the next digest and no match is lost (an e-mail
    the SMTP server took for some recipients and refused for others went out: it is
    stamped, and the refused ones are reported, never sent to the rest again). A
+   receiver that is down holds the later messages back; a message it answers with a
+   refusal (:attr:`DeliveryError.refused <litpulse.pipeline.digest_channels.DeliveryError>`)
+   holds none back: it stays pending, reported, and goes after the others (at most
+   :data:`REFUSED_IN_A_ROW` refused in a row, then the channel waits for the next digest). A
    search's e-mail goes to its owner's addresses (those of the owner's active API tokens,
    :func:`owner_addresses`), else to the shared ``LITPULSE_DIGEST_SMTP_TO`` list: one
    expert's searches never reach another's mailbox. The Atom
@@ -520,6 +524,7 @@ def _match(row: Any) -> Match:
         explanation=dict(row.explanation or {}),
         retracted=bool(getattr(row, "retracted", False)),
         attempt=getattr(row, "attempt", None),
+        refused_at=getattr(row, "refused_at", None),
     )
 
 
@@ -555,7 +560,10 @@ def matches_of(
         digest_matches.c.search_id == search_id, live_match()
     )
     if pending is not None:
-        stmt = stmt.add_columns(digest_matches.c[f"{pending}_key"].label("attempt"))
+        stmt = stmt.add_columns(
+            digest_matches.c[f"{pending}_key"].label("attempt"),
+            digest_matches.c[f"{pending}_refused_at"].label("refused_at"),
+        )
         stmt = stmt.where(digest_matches.c[f"{pending}_sent_at"].is_(None))
     stmt = stmt.order_by(
         desc(digest_matches.c.found_at), desc(digest_matches.c.score), digest_matches.c.pmid
@@ -640,7 +648,9 @@ def _deliver(
             channels.append(("webhook", post_webhook))
         for channel, send in channels:
             key_col, sent_col = dm[f"{channel}_key"], dm[f"{channel}_sent_at"]
+            refused_col = dm[f"{channel}_refused_at"]
             pending = matches_of(engine, search.id, pending=channel)
+            refused = 0  # messages the receiver refused in a row
             for key, group in _messages(search, pending, started):
                 ids = [m.id for m in group]
                 if any(m.attempt is None for m in group):  # its key, before it goes out
@@ -656,12 +666,30 @@ def _deliver(
                         channel, search.id, exc)  # fmt: skip
                     why = str(exc) if isinstance(exc, DeliveryError) else (
                         f"{type(exc).__name__}: {exc}")  # fmt: skip
-                    failures.append(f"{channel} for {search.name!r}: {why}")
-                    break  # the later ones wait: they go out after it, in order
+                    if not (isinstance(exc, DeliveryError) and exc.refused):
+                        failures.append(f"{channel} for {search.name!r}: {why}")
+                        break  # unreachable or failing: the later ones wait, in order
+                    # the receiver refused this message: it goes after the others from
+                    # now on, and the next one goes now, unless the receiver refuses
+                    # every message (a revoked token): then a few tries a digest, no more
+                    with engine.begin() as conn:
+                        conn.execute(update(digest_matches)
+                                     .where(db.id_in_clause(conn, "id", ids))
+                                     .values({refused_col: utcnow()}))  # fmt: skip
+                    failures.append(
+                        f"{channel} for {search.name!r}: {why} (refused: {len(group)} "
+                        f"match{'es' if len(group) != 1 else ''} under key {key} stay "
+                        "pending and are tried again after the others each digest)"
+                    )
+                    refused += 1
+                    if refused >= REFUSED_IN_A_ROW:
+                        break
+                    continue
+                refused = 0
                 with engine.begin() as conn:
                     conn.execute(update(digest_matches)
                                  .where(db.id_in_clause(conn, "id", ids))
-                                 .values({sent_col: utcnow()}))  # fmt: skip
+                                 .values({sent_col: utcnow(), refused_col: None}))  # fmt: skip
                     # the key went out without its matches left out meanwhile (an article
                     # deleted since it was tried): they go under a new key, never this one
                     conn.execute(update(digest_matches)
@@ -674,6 +702,10 @@ def _deliver(
     return sent["email"], sent["webhook"], failures, warnings
 
 
+#: Messages a receiver may refuse in a row (:attr:`DeliveryError.refused`) before a
+#: digest stops sending it that search's others: it refuses every message, not one.
+REFUSED_IN_A_ROW = 3
+
 #: Most matches one message carries (an e-mail one can read, a webhook body well under a
 #: receiver's usual limit of 1 MiB: ~130 KB).
 MESSAGE_MATCHES = 200
@@ -685,11 +717,13 @@ def _messages(
     """The messages that carry ``pending`` (one channel's, as :func:`matches_of` gives
     them), each with its delivery key, in the order to send them.
 
-    Each message handed on before (its matches' ``attempt``) goes again, with its key,
-    the oldest first. Then the matches never handed on, oldest first, at most
-    :data:`MESSAGE_MATCHES` a message: those found before ``started`` (left by earlier
-    digests: a release before recorded keys sent all of a search's pending matches as
-    one message, whose key these give again), then those this digest found.
+    Each message handed on before (its matches' ``attempt``) and not refused goes again,
+    with its key, the oldest first. Then the matches never handed on, oldest first, at
+    most :data:`MESSAGE_MATCHES` a message: those found before ``started`` (left by
+    earlier digests: a release before recorded keys sent all of a search's pending
+    matches as one message, whose key these give again), then those this digest found.
+    Last the messages the receiver refused (``refused_at``), again with their keys, the
+    oldest first: one it refuses for good holds back no other.
     """
     tried: dict[str, list[Match]] = {}
     fresh: list[Match] = []
@@ -698,14 +732,15 @@ def _messages(
             fresh.append(m)
         else:
             tried.setdefault(m.attempt, []).append(m)
-    out = sorted(tried.items(), key=lambda kv: min(m.found_at for m in kv[1]))
+    ordered = sorted(tried.items(), key=lambda kv: min(m.found_at for m in kv[1]))
+    out = [(k, g) for k, g in ordered if not any(m.refused_at for m in g)]
     fresh.sort(key=lambda m: (m.found_at, -m.score, m.pmid))
     earlier = [m for m in fresh if started is not None and m.found_at < started]
     for part in (earlier, fresh[len(earlier):]):
         for at in range(0, len(part), MESSAGE_MATCHES):
             chunk = part[at : at + MESSAGE_MATCHES]
             out.append((delivery_key(search, chunk), chunk))
-    return out
+    return out + [(k, g) for k, g in ordered if any(m.refused_at for m in g)]
 
 
 def feed_for(

@@ -61,7 +61,22 @@ MAX_DELIVERY_TIMEOUT_S = 30.0
 
 
 class DeliveryError(TransientSourceError):
-    """An e-mail or webhook delivery failed; the matches stay pending for the next digest."""
+    """An e-mail or webhook delivery failed; the matches stay pending for the next digest.
+
+    ``refused``: the receiver answered and refused this message (a webhook's 4xx other
+    than 408, 425 and 429; an SMTP server's permanent 5xx to the message's data), where
+    another message may still go; otherwise the receiver could not be reached or failed
+    (a 5xx, a timeout, a redirect, every recipient refused), and the later messages wait.
+    """
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
+
+
+#: Webhook answers in 4xx that say "not now" rather than "not this message": Request
+#: Timeout, Too Early, Too Many Requests.
+_NOT_NOW = frozenset({408, 425, 429})
 
 
 @dataclass(frozen=True)
@@ -83,6 +98,8 @@ class Match:
         attempt: The delivery key of the message it was handed to on the channel asked
             for (:func:`~litpulse.pipeline.digest.matches_of` ``pending``) and not yet known
             to have gone out; ``None``: never handed to one.
+        refused_at: When the receiver on that channel last refused that message
+            (:attr:`DeliveryError.refused`); ``None``: never.
     """
 
     id: int
@@ -96,6 +113,7 @@ class Match:
     explanation: dict[str, Any] = field(default_factory=dict, compare=False)
     retracted: bool = False
     attempt: str | None = field(default=None, compare=False)
+    refused_at: dt.datetime | None = field(default=None, compare=False)
 
     @property
     def headline(self) -> str:
@@ -357,6 +375,10 @@ def send_email(
             # the envelope is the addresses given, not what reading the To header back
             # makes of them (the e-mail library decodes encoded words there)
             refused = smtp.send_message(msg, to_addrs=envelope)
+    except smtplib.SMTPDataError as exc:  # the server refused this message's content
+        raise DeliveryError(
+            f"e-mail to {msg['To']} failed: {exc}", refused=500 <= exc.smtp_code < 600
+        ) from exc
     except (OSError, smtplib.SMTPException) as exc:
         raise DeliveryError(f"e-mail to {msg['To']} failed: {exc}") from exc
     if not refused:
@@ -410,7 +432,8 @@ def post_webhook(
                 f"webhook answered HTTP {exc.code}, moved to {moved}: not followed; set "
                 "LITPULSE_DIGEST_WEBHOOK_URL to the new address"
             ) from exc
-        raise DeliveryError(f"webhook POST failed: {exc}") from exc
+        refused = 400 <= exc.code < 500 and exc.code not in _NOT_NOW
+        raise DeliveryError(f"webhook POST failed: {exc}", refused=refused) from exc
     except (OSError, ValueError) as exc:  # URLError is an OSError
         raise DeliveryError(f"webhook POST failed: {exc}") from exc
     if not 200 <= status < 300:

@@ -218,6 +218,8 @@ class _Hook:
         self.bodies: list[dict[str, Any]] = []
         self.keys: list[str | None] = []  # the Idempotency-Key header of each body kept
         self.refused = 0
+        self.poison: set[int] = set()  # a body holding one of these PMIDs is answered 422
+        self.posts = 0  # every POST answered, whatever its answer
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -225,9 +227,13 @@ class _Hook:
                 size = int(self.headers["Content-Length"])
                 body = self.rfile.read(size)
                 status = hook.status
+                hook.posts += 1
                 if limit is not None and size > limit:
                     hook.refused += 1
                     status = 413
+                elif hook.poison & {m["pmid"] for m in json.loads(body)["matches"]}:
+                    hook.refused += 1
+                    status = 422
                 elif status == 200:
                     hook.bodies.append(json.loads(body))
                     hook.keys.append(self.headers.get("Idempotency-Key"))
@@ -1051,3 +1057,131 @@ def test_one_search_whose_delivery_breaks_stops_no_other(
     monkeypatch.setattr(digest_mod, "post_webhook", real)
     assert run_digest(s).posted == n
     assert not matches_of(engine, broken.id, pending="webhook")
+
+
+# ------------------------------------------------- a message a receiver refuses for good
+
+
+def _pending_pmids(engine: Engine, search_id: int, channel: str) -> set[int]:
+    return {m.pmid for m in matches_of(engine, search_id, pending=channel)}
+
+
+def test_a_webhook_message_refused_for_good_holds_back_no_later_one(
+    indexed: Settings, hook: _Hook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receiver that refuses one message (HTTP 422: its content, every time) takes the
+    others: they go out the same night, the refused one stays pending with its key, is
+    reported each digest, and goes out once the receiver takes it."""
+    from litpulse.pipeline import digest as digest_mod
+
+    monkeypatch.setattr(digest_mod, "MESSAGE_MATCHES", 1)  # one message per match
+    s = indexed.replace(digest_webhook_url=hook.url)
+    engine = db.connect(s)
+    search = add_search(s, name="crispr", query=CRISPR, min_score=THRESHOLD, owner="alice")
+    _load(engine, NEW)
+    assert refresh_index(s).published
+    hits = _expected(s, CRISPR, SearchFilters())
+    found = sorted(hits)
+    assert len(found) >= 3, found
+    best = max(found, key=lambda p: hits[p].score)  # the first message: best score first
+    hook.poison = {best}
+
+    first = run_digest(s)
+    assert first.matched == len(found)
+    assert _pending_pmids(engine, search.id, "webhook") == {best}
+    assert first.posted == len(found) - 1
+    assert [f for f in first.failures if "422" in f and "'crispr'" in f], first.failures
+    key = matches_of(engine, search.id, pending="webhook")[0].attempt
+    assert key
+
+    again = run_digest(s)  # refused again, reported again, nothing else held
+    assert again.posted == 0 and [f for f in again.failures if "422" in f]
+    assert _pending_pmids(engine, search.id, "webhook") == {best}
+
+    hook.poison = set()  # the receiver takes it now: the same message, the same key
+    last = run_digest(s)
+    assert last.posted == 1 and not last.failures
+    assert not matches_of(engine, search.id, pending="webhook")
+    assert hook.keys[-1] == key
+    assert sorted(m["pmid"] for b in hook.bodies for m in b["matches"]) == found
+
+
+def test_refused_messages_go_after_the_others_and_a_receiver_refusing_all_is_not_flooded(
+    indexed: Settings, hook: _Hook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages refused before are tried after the others, so several the receiver
+    refuses for good never stand in front of the rest; and a receiver that refuses every
+    message (its token revoked: 401) gets a few POSTs a digest, not one per message."""
+    from litpulse.pipeline import digest as digest_mod
+
+    monkeypatch.setattr(digest_mod, "MESSAGE_MATCHES", 1)
+    s = indexed.replace(digest_webhook_url=hook.url)
+    engine = db.connect(s)
+    search = add_search(s, name="crispr", query=CRISPR, min_score=THRESHOLD, owner="alice")
+    _load(engine, NEW)
+    assert refresh_index(s).published
+
+    hook.status = 401  # refuses everything
+    down = run_digest(s)
+    n = down.matched
+    assert n > digest_mod.REFUSED_IN_A_ROW, n
+    assert down.posted == 0 and hook.posts == digest_mod.REFUSED_IN_A_ROW
+    assert len(matches_of(engine, search.id, pending="webhook")) == n
+
+    # the receiver is mended but refuses the first REFUSED_IN_A_ROW messages for good:
+    # the others go out this digest, not never
+    hook.status, hook.posts = 200, 0
+    refused_pmids = {m.pmid for m in matches_of(engine, search.id, pending="webhook")
+                     if m.attempt is not None}
+    assert len(refused_pmids) == digest_mod.REFUSED_IN_A_ROW
+    hook.poison = set(refused_pmids)
+    up = run_digest(s)
+    assert up.posted == n - len(refused_pmids)
+    assert _pending_pmids(engine, search.id, "webhook") == refused_pmids
+    assert len(up.failures) == len(refused_pmids)  # each refusal reported
+
+
+def test_an_email_the_server_refuses_for_its_content_holds_back_no_later_one(
+    indexed: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An SMTP server that answers one message's DATA with a permanent 554 (its content)
+    takes the next: the refused one stays pending and is reported."""
+    from aiosmtpd.controller import Controller
+
+    from litpulse.pipeline import digest as digest_mod
+
+    monkeypatch.setattr(digest_mod, "MESSAGE_MATCHES", 1)
+    port = free_port()
+    s = indexed.replace(
+        digest_smtp_host="127.0.0.1", digest_smtp_port=port, digest_smtp_from="lp@example.org",
+        digest_smtp_to="alice@example.org",
+    )
+    engine = db.connect(s)
+    search = add_search(s, name="crispr", query=CRISPR, min_score=THRESHOLD, owner="cli:x")
+    _load(engine, NEW)
+    assert refresh_index(s).published
+    poison: set[int] = set()
+
+    class Picky(_Inbox):
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+            text = envelope.content.decode("utf-8", "replace")
+            if any(f"pubmed.ncbi.nlm.nih.gov/{p}/" in text for p in poison):
+                return "554 5.7.1 Message content rejected"
+            return await super().handle_DATA(server, session, envelope)
+
+    inbox = Picky()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        hits = _expected(s, CRISPR, SearchFilters())
+        found = sorted(hits)
+        assert len(found) >= 2
+        best = max(found, key=lambda p: hits[p].score)  # the first message
+        poison.add(best)
+        report = run_digest(s)
+        assert report.matched == len(found)
+        assert report.emailed == len(found) - 1, report.failures
+        assert [f for f in report.failures if "554" in f]
+        assert _pending_pmids(engine, search.id, "email") == {best}
+    finally:
+        controller.stop()
