@@ -231,9 +231,13 @@ def add_alert_routes(
         search_id: int = id_param(),
         page: int = Query(1, ge=1, le=FEED_PAGES_MAX, description="Page of its matches, "
                           "newest first (RFC 5005: each page links the next)"),
+        after: int | None = Query(None, ge=1, le=2**63 - 1, description="Read the "
+                                  "matches after this match (each page's next link gives it: "
+                                  "a reader following them reads each match once while "
+                                  "matches come and go)"),
     ) -> Any:
         body = feed_for(
             settings, search_id, self_url=str(request.url.replace(query="")), engine=engine(),
-            page=page,
+            page=page, after=after,
         )  # fmt: skip
         return Response(body, media_type="application/atom+xml; charset=utf-8")

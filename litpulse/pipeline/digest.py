@@ -60,11 +60,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, and_, desc, select, update
+from sqlalchemy import ColumnElement, Engine, and_, desc, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from litpulse.core import db
-from litpulse.core.errors import BusyError, ConfigError, LitpulseError
+from litpulse.core.errors import BusyError, ConfigError, LitpulseError, NotFoundError
 from litpulse.core.schema import api_tokens, articles, digest_matches, saved_searches
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import utcnow
@@ -535,6 +535,7 @@ def matches_of(
     limit: int | None = None,
     pending: str | None = None,
     offset: int = 0,
+    after: int | None = None,
 ) -> list[Match]:
     """A saved search's matches whose article is live, newest first (best score first
     within one digest).
@@ -550,6 +551,8 @@ def matches_of(
         limit: Most matches returned.
         pending: ``"email"`` or ``"webhook"``: only those not yet delivered there.
         offset: Matches of that order skipped first (a feed's later pages).
+        after: Only the matches that come after match ``after`` (of this search) in that
+            order (a feed's page after the one that ended with it: :func:`after_match`).
     """
     # whether the article is retracted now: a match found before its retraction says so
     retracted = (
@@ -559,6 +562,8 @@ def matches_of(
     stmt = select(digest_matches, retracted).where(
         digest_matches.c.search_id == search_id, live_match()
     )
+    if after is not None:
+        stmt = stmt.where(after_match(after))
     if pending is not None:
         stmt = stmt.add_columns(
             digest_matches.c[f"{pending}_key"].label("attempt"),
@@ -576,12 +581,32 @@ def matches_of(
         return [_match(r) for r in conn.execute(stmt).all()]
 
 
-def count_matches(engine: Engine, search_id: int) -> int:
+def after_match(match_id: int) -> ColumnElement[bool]:
+    """The matches that come after match ``match_id`` in :func:`matches_of`'s order
+    (newest first, best score first within one digest, then by PMID), read from its row:
+    its article may have been deleted since, its row stays."""
+    dm = digest_matches.c
+    at = digest_matches.alias("cursor")
+
+    def of(col: str) -> Any:
+        return select(at.c[col]).where(at.c.id == match_id).scalar_subquery()
+
+    found, score, pmid = of("found_at"), of("score"), of("pmid")
+    return or_(
+        dm.found_at < found,
+        and_(dm.found_at == found, dm.score < score),
+        and_(dm.found_at == found, dm.score == score, dm.pmid > pmid),
+    )
+
+
+def count_matches(engine: Engine, search_id: int, *, after: int | None = None) -> int:
     """How many matches of a saved search :func:`matches_of` gives (those whose article
-    is live)."""
+    is live; ``after``: those after that match)."""
     from sqlalchemy import func
 
     stmt = select(func.count()).where(digest_matches.c.search_id == search_id, live_match())
+    if after is not None:
+        stmt = stmt.where(after_match(after))
     with engine.connect() as conn:
         return int(conn.execute(stmt).scalar() or 0)
 
@@ -750,22 +775,40 @@ def feed_for(
     self_url: str,
     engine: Engine | None = None,
     page: int = 1,
+    after: int | None = None,
 ) -> bytes:
     """The Atom feed of a saved search: its matches, newest first, :data:`FEED_ENTRIES`
     a page (RFC 5005's paged feed: ``page`` 1 is the newest; a search with more matches
-    links its next page, ``?page=2``, says so in the subtitle and counts them there).
+    links its next page, says so in the subtitle and counts them there).
+
+    A page's ``next`` link reads the matches after its last one (``?page=2&after=ID``,
+    :class:`~litpulse.pipeline.digest_channels.FeedPage`), so a reader following the
+    links reads every match once while digests add matches or articles leave the feed;
+    ``page`` alone (no ``after``) is the page by position, as a link of an older release.
 
     Characters XML 1.0 forbids are left out of its text (a name or query saved before
     control characters were refused, an article title): the feed stays well-formed.
 
+    Args:
+        page: The page's number (its position, when ``after`` is not given).
+        after: Read the matches after this match of the search (a ``next`` link's).
+
     Raises:
-        NotFoundError: No saved search has this id or name.
+        NotFoundError: No saved search has this id or name, or it has no match ``after``.
         ConfigError: ``page`` is below 1.
     """
     if not 1 <= page <= FEED_PAGES_MAX:
         raise ConfigError(f"a feed's pages are 1 to {FEED_PAGES_MAX:,}, got {page}")
     engine = engine or db.connect(settings)
     search = get_search(settings, ref, engine=engine)
+    if after is not None:
+        with engine.connect() as conn:
+            held = conn.execute(select(digest_matches.c.id).where(
+                digest_matches.c.id == after, digest_matches.c.search_id == search.id
+            )).first()  # fmt: skip
+        if held is None:
+            raise NotFoundError(f"saved search {search.id}'s feed holds no match {after} to "
+                                "read after; its first page is the feed itself")  # fmt: skip
     search = dataclasses.replace(search, name=_xml_safe(search.name), query=_xml_safe(search.query))
     matches = [
         dataclasses.replace(
@@ -773,10 +816,15 @@ def feed_for(
             title=_xml_safe(m.title),
             explanation={**m.explanation, "text": _xml_safe(str(m.explanation.get("text", "")))},
         )
-        for m in matches_of(engine, search.id, limit=FEED_ENTRIES,
-                            offset=(page - 1) * FEED_ENTRIES)  # fmt: skip
-    ]
-    paging = FeedPage(page, FEED_ENTRIES, count_matches(engine, search.id))
+        for m in (matches_of(engine, search.id, limit=FEED_ENTRIES, after=after)
+                  if after is not None else
+                  matches_of(engine, search.id, limit=FEED_ENTRIES,
+                             offset=(page - 1) * FEED_ENTRIES))
+    ]  # fmt: skip
+    total = count_matches(engine, search.id)
+    first = None if after is None else total - count_matches(engine, search.id, after=after) + 1
+    paging = FeedPage(page, FEED_ENTRIES, total, after=after, first=first, shown=len(matches),
+                      last=matches[-1].id if matches else None)  # fmt: skip
     return atom_feed(search, matches, self_url=self_url, paging=paging)
 
 

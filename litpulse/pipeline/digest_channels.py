@@ -165,36 +165,72 @@ def _text(parent: ET.Element, tag: str, text: str, **attrs: str) -> ET.Element:
 class FeedPage:
     """Which page of a saved search's matches a feed document holds (RFC 5005 paging).
 
+    A page is read by its number (``?page=N``: the matches from position ``(N - 1) ×
+    size + 1``), or after a match (``?page=N&after=ID``: the matches that come after
+    match ``ID`` in the feed's order, whatever came or went before it). Each page's
+    ``next`` link is of the second kind, after its last match, so a reader walking the
+    pages while digests add matches at the top, or articles leave, reads each match
+    once: a number would shift under it, showing a match again or skipping one.
+
     Attributes:
         number: The page, from 1 (the newest matches).
         size: Matches a page.
         total: The search's matches over every page.
+        after: The match this page was read after (``None``: read by its number).
+        first: The position (from 1) of its first match, when it holds any.
+        shown: Matches it holds.
+        last: The id of its last match (the ``next`` link reads after it).
     """
 
     number: int
     size: int
     total: int
+    after: int | None = None
+    first: int | None = None
+    shown: int | None = None
+    last: int | None = None
 
     @property
     def pages(self) -> int:
         return max(1, -(-self.total // self.size))
 
-    def url(self, base: str, number: int) -> str:
-        """The URL of page ``number`` of the feed at ``base`` (page 1: ``base`` itself)."""
+    @property
+    def start(self) -> int:
+        """The position of its first match (the one a page by number begins with)."""
+        return self.first if self.first is not None else (self.number - 1) * self.size + 1
+
+    @property
+    def end(self) -> int:
+        """The position of its last match (``start - 1``: it holds none)."""
+        if self.shown is not None:
+            return self.start + self.shown - 1
+        return min(self.total, self.number * self.size)
+
+    @property
+    def has_next(self) -> bool:
+        return self.end < self.total and self.end >= self.start
+
+    def url(self, base: str, number: int, after: int | None = None) -> str:
+        """The URL of page ``number`` of the feed at ``base`` (page 1: ``base`` itself),
+        read after match ``after`` when given."""
+        if after is not None:
+            return f"{base}?page={number}&after={after}"
         return base if number == 1 else f"{base}?page={number}"
+
+    def next_url(self, base: str) -> str:
+        """The next page's URL: after this page's last match (by number: it has none)."""
+        return self.url(base, self.number + 1, self.last)
 
     def said(self, base: str) -> str:
         """What the subtitle says of the pages (nothing when one holds them all)."""
-        if self.total <= self.size and self.number == 1:
+        if self.total <= self.size and self.number == 1 and self.after is None:
             return ""
-        if self.number > self.pages:
+        if self.end < self.start:
             return (f" No matches on page {self.number}: its {self.total} matches are on "
                     f"pages 1 to {self.pages} ({self.url(base, 1)}).")  # fmt: skip
-        first = (self.number - 1) * self.size + 1
-        last = min(self.total, self.number * self.size)
-        more = (f"; older ones on the next page ({self.url(base, self.number + 1)})"
-                if self.number < self.pages else "")  # fmt: skip
-        return f" Matches {first} to {last} of {self.total}, newest first{more}."
+        more = (f"; older ones on the next page ({self.next_url(base)})"
+                if self.has_next else "")  # fmt: skip
+        return f" Matches {self.start} to {self.end} of {self.total}, newest first{more}."
 
 
 def atom_feed(
@@ -234,18 +270,16 @@ def atom_feed(
     _text(feed, "updated", iso(max(stamps)))
     author = ET.SubElement(feed, f"{{{ATOM_NS}}}author")
     _text(author, "name", "litpulse")
-    links = {"self": paging.number}
-    if paging.pages > 1 or paging.number > 1:
-        links["first"] = 1
+    links = {"self": paging.url(self_url, paging.number, paging.after)}
+    if paging.pages > 1 or paging.number > 1 or paging.after is not None:
+        links["first"] = paging.url(self_url, 1)
         if 1 < paging.number <= paging.pages + 1:
-            links["previous"] = paging.number - 1
-        if paging.number < paging.pages:
-            links["next"] = paging.number + 1
-    for rel, number in links.items():
+            links["previous"] = paging.url(self_url, paging.number - 1)
+        if paging.has_next:
+            links["next"] = paging.next_url(self_url)
+    for rel, href in links.items():
         ET.SubElement(
-            feed,
-            f"{{{ATOM_NS}}}link",
-            {"rel": rel, "href": paging.url(self_url, number), "type": "application/atom+xml"},
+            feed, f"{{{ATOM_NS}}}link", {"rel": rel, "href": href, "type": "application/atom+xml"}
         )
     _text(feed, "generator", "litpulse")
     for m in matches:

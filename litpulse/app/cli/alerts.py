@@ -93,6 +93,14 @@ def register(sub: Any) -> None:
         default=1,
         help="page of its matches, newest first (200 a page; each page links the next)",
     )
+    f.add_argument(
+        "--after",
+        type=positive_int,
+        default=None,
+        metavar="MATCH",
+        help="the matches after this one (the `after` of a page's next link: following "
+        "those links reads each match once while matches come and go)",
+    )
 
 
 def _feed_page(text: str) -> int:
@@ -227,6 +235,6 @@ def run_feed(args: argparse.Namespace, settings: Settings) -> int:
 
     found = get_search(settings, args.ref)
     url = args.base_url.rstrip("/") + found.feed_path
-    feed = feed_for(settings, found.id, self_url=url, page=args.page)
+    feed = feed_for(settings, found.id, self_url=url, page=args.page, after=args.after)
     sys.stdout.write(feed.decode("utf-8") + "\n")
     return 0

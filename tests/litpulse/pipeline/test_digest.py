@@ -21,6 +21,7 @@ from litpulse.core import db
 from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import article_terms, articles, digest_matches, saved_searches
 from litpulse.core.settings import Settings
+from litpulse.core.timeutil import utcnow
 from litpulse.pipeline.digest import feed_for, matches_of, run_digest
 from litpulse.pipeline.nightly import run_nightly
 from litpulse.pipeline.saved_searches import (
@@ -1185,3 +1186,95 @@ def test_an_email_the_server_refuses_for_its_content_holds_back_no_later_one(
         assert _pending_pmids(engine, search.id, "email") == {best}
     finally:
         controller.stop()
+
+
+# ------------------------------------------------------ a feed's pages, walked while it moves
+
+
+@pytest.mark.parametrize("meanwhile", ["deleted", "recorded"])
+def test_walking_a_feeds_pages_misses_no_match_when_matches_come_and_go(
+    settings: Settings, meanwhile: str
+) -> None:
+    """A reader follows each page's ``next`` link while the feed changes under it: after
+    each page, an article of that page is deleted by PubMed (its match leaves the feed),
+    or a digest records a new match (it comes first). Every match there at the start and
+    still live is read, each once: pages taken by number shifted under the reader, so a
+    deletion skipped the match that moved up into a page already read, and a new match
+    showed the last of a page again on the next."""
+    from fastapi.testclient import TestClient
+
+    from litpulse.app.api import create_app
+
+    s = settings
+    engine = db.connect(s)
+    search = add_search(s, name="broad", query="gene editing", owner="cli:x")
+    template = next(r for r in article_rows() if r["pmid"] == 101)
+    now, n = utcnow(), 450
+    with engine.begin() as conn:
+        conn.execute(insert(articles), [
+            {**template, "pmid": 10_000 + i, "doi": None, "title": f"T {i}"}
+            for i in range(n + 10)])  # fmt: skip
+        conn.execute(insert(digest_matches), [
+            {"search_id": search.id, "pmid": 10_000 + i, "title": f"T {i}",
+             "score": 0.9 - i / 10_000, "explanation": {"text": "x"}, "index_version": "v1",
+             "model_version": "m1", "found_at": now - dt.timedelta(seconds=i // 100)}
+            for i in range(n)])  # fmt: skip
+    at_start = {m.pmid for m in matches_of(engine, search.id)}
+    read: list[int] = []
+    gone: set[int] = set()
+    pages = 0
+    with TestClient(create_app(s)) as client:
+        url: str | None = f"/feeds/{search.id}.atom"
+        while url is not None:
+            resp = client.get(url)
+            assert resp.status_code == 200, resp.text
+            feed = feedparser.parse(resp.content)
+            assert not feed.bozo
+            page = [int(e.link.rstrip("/").rsplit("/", 1)[1]) for e in feed.entries]
+            read += page
+            pages += 1
+            if page and meanwhile == "deleted":
+                with engine.begin() as conn:
+                    conn.execute(update(articles).where(articles.c.pmid == page[0])
+                                 .values(is_deleted=True, deleted_at=utcnow()))  # fmt: skip
+                gone.add(page[0])
+            elif page:
+                with engine.begin() as conn:
+                    conn.execute(insert(digest_matches).values(
+                        search_id=search.id, pmid=10_000 + n + pages, title="new",
+                        score=0.95, explanation={"text": "x"}, index_version="v2",
+                        model_version="m1", found_at=utcnow()))  # fmt: skip
+            url = next((x.href for x in feed.feed.links if x.rel == "next"), None)
+    assert len(read) == len(set(read)), "a match read twice"
+    missed = sorted(at_start - gone - set(read))
+    assert not missed, f"{len(missed)} matches live throughout never read: {missed[:5]}"
+
+
+def test_a_feed_page_after_a_match_it_does_not_hold_is_not_found(settings: Settings) -> None:
+    """``after`` names a match of this search's feed: another search's match, or none,
+    is a 404 that says where the feed begins; a bad number is refused (422)."""
+    from fastapi.testclient import TestClient
+
+    from litpulse.app.api import create_app
+
+    s = settings
+    engine = db.connect(s)
+    one = add_search(s, name="one", query="gene editing", owner="cli:x")
+    other = add_search(s, name="other", query="asthma", owner="cli:x")
+    template = next(r for r in article_rows() if r["pmid"] == 101)
+    with engine.begin() as conn:
+        conn.execute(insert(articles), [{**template, "pmid": 20_000, "doi": None}])
+        conn.execute(insert(digest_matches).values(
+            search_id=other.id, pmid=20_000, title="T", score=0.9, explanation={"text": "x"},
+            index_version="v1", model_version="m1", found_at=utcnow()))  # fmt: skip
+        theirs = conn.execute(select(digest_matches.c.id)).scalar_one()
+    with pytest.raises(NotFoundError, match="holds no match"):
+        feed_for(s, one.id, self_url="http://x/feeds/1.atom", page=2, after=theirs)
+    with TestClient(create_app(s), raise_server_exceptions=False) as c:
+        for after, status in ((theirs, 404), (theirs + 1, 404), (0, 422), ("x", 422)):
+            resp = c.get(f"/feeds/{one.id}.atom", params={"page": 2, "after": after})
+            assert resp.status_code == status, (after, resp.text)
+        ok = c.get(f"/feeds/{other.id}.atom", params={"page": 2, "after": theirs})
+        assert ok.status_code == 200
+        feed = feedparser.parse(ok.content)
+        assert not feed.entries and "No matches on page 2" in feed.feed.subtitle
