@@ -29,7 +29,9 @@ For every saved search (:mod:`litpulse.pipeline.saved_searches`), :func:`run_dig
    receiver that is down holds the later messages back; a message it answers with a
    refusal (:attr:`DeliveryError.refused <litpulse.pipeline.digest_channels.DeliveryError>`)
    holds none back: it stays pending, reported, and goes after the others (at most
-   :data:`REFUSED_IN_A_ROW` refused in a row, then the channel waits for the next digest). A
+   :data:`REFUSED_IN_A_ROW` refused in a row while none is taken, then the channel waits
+   for the next digest), and one refused for its size goes in smaller ones
+   (:func:`_deliver_channel`). A
    search's e-mail goes to its owner's addresses (those of the owner's active API tokens,
    :func:`owner_addresses`), else to the shared ``LITPULSE_DIGEST_SMTP_TO`` list: one
    expert's searches never reach another's mailbox. The Atom
@@ -663,7 +665,6 @@ def _deliver(
     sent = {"email": 0, "webhook": 0}
     failures: list[str] = []
     warnings: list[str] = []
-    dm = digest_matches.c
     for search in list_searches(settings, engine=engine):
         channels: list[tuple[str, Send]] = []
         to = recipients_of(settings, search, owners) if settings.digest_smtp_host else []
@@ -672,59 +673,108 @@ def _deliver(
         if settings.digest_webhook_url:
             channels.append(("webhook", post_webhook))
         for channel, send in channels:
-            key_col, sent_col = dm[f"{channel}_key"], dm[f"{channel}_sent_at"]
-            refused_col = dm[f"{channel}_refused_at"]
-            pending = matches_of(engine, search.id, pending=channel)
-            refused = 0  # messages the receiver refused in a row
-            for key, group in _messages(search, pending, started):
-                ids = [m.id for m in group]
-                if any(m.attempt is None for m in group):  # its key, before it goes out
-                    with engine.begin() as conn:
-                        conn.execute(update(digest_matches)
-                                     .where(db.id_in_clause(conn, "id", ids))
-                                     .values({key_col: key}))  # fmt: skip
-                try:
-                    partly = send(settings, search, group, key=key)
-                except Exception as exc:  # noqa: BLE001 - one search's failure stops no other
-                    log = logger.warning if isinstance(exc, DeliveryError) else logger.exception
-                    log("digest %s for saved search %d failed (retried next time): %s",
-                        channel, search.id, exc)  # fmt: skip
-                    why = str(exc) if isinstance(exc, DeliveryError) else (
-                        f"{type(exc).__name__}: {exc}")  # fmt: skip
-                    if not (isinstance(exc, DeliveryError) and exc.refused):
-                        failures.append(f"{channel} for {search.name!r}: {why}")
-                        break  # unreachable or failing: the later ones wait, in order
-                    # the receiver refused this message: it goes after the others from
-                    # now on, and the next one goes now, unless the receiver refuses
-                    # every message (a revoked token): then a few tries a digest, no more
-                    with engine.begin() as conn:
-                        conn.execute(update(digest_matches)
-                                     .where(db.id_in_clause(conn, "id", ids))
-                                     .values({refused_col: utcnow()}))  # fmt: skip
-                    failures.append(
-                        f"{channel} for {search.name!r}: {why} (refused: {len(group)} "
-                        f"match{'es' if len(group) != 1 else ''} under key {key} stay "
-                        "pending and are tried again after the others each digest)"
-                    )
-                    refused += 1
-                    if refused >= REFUSED_IN_A_ROW:
-                        break
-                    continue
-                refused = 0
+            done, failed, said = _deliver_channel(settings, engine, search, channel, send, started)
+            sent[channel] += done
+            failures += failed
+            warnings += said
+    return sent["email"], sent["webhook"], failures, warnings
+
+
+def _deliver_channel(
+    settings: Settings,
+    engine: Engine,
+    search: SavedSearch,
+    channel: str,
+    send: Send,
+    started: dt.datetime | None,
+) -> tuple[int, list[str], list[str]]:
+    """Send a search's pending matches on one channel (:func:`_messages`' messages, in
+    their order); stamp what went out.
+
+    A failure (the receiver down, failing, refusing every message alike) stops the
+    channel: the later messages wait, in order. A message the receiver refuses
+    (:attr:`DeliveryError.refused`) is marked so, reported, and the next one goes; once
+    :data:`REFUSED_IN_A_ROW` are refused in a row with none taken this digest, the
+    receiver refuses every message: the channel stops. A message refused for its size
+    (:attr:`DeliveryError.too_large`) never went out: its matches go now in two smaller
+    messages, under new keys (halved again while refused, down to one match). Every
+    refused message still pending is reported, tried this digest or not.
+
+    Returns:
+        Matches delivered, failures (retried), warnings (not retried).
+    """
+    dm = digest_matches.c
+    key_col, sent_col = dm[f"{channel}_key"], dm[f"{channel}_sent_at"]
+    refused_col = dm[f"{channel}_refused_at"]
+    name = f"{channel} for {search.name!r}"
+    messages = _messages(search, matches_of(engine, search.id, pending=channel), started)
+    queue = list(reversed(messages))  # popped from the end: the first message first
+    tried: set[str] = set()
+    delivered, refused, taken = 0, 0, False
+    failures: list[str] = []
+    warnings: list[str] = []
+    while queue:
+        key, group = queue.pop()
+        tried.add(key)
+        ids = [m.id for m in group]
+        if any(m.attempt is None for m in group):  # its key, before it goes out
+            with engine.begin() as conn:
+                conn.execute(update(digest_matches).where(db.id_in_clause(conn, "id", ids))
+                             .values({key_col: key, refused_col: None}))  # fmt: skip
+        try:
+            partly = send(settings, search, group, key=key)
+        except Exception as exc:  # noqa: BLE001 - one search's failure stops no other
+            log = logger.warning if isinstance(exc, DeliveryError) else logger.exception
+            log("digest %s for saved search %d failed (retried next time): %s",
+                channel, search.id, exc)  # fmt: skip
+            why = str(exc) if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}"
+            if not (isinstance(exc, DeliveryError) and exc.refused):
+                failures.append(f"{name}: {why}")
+                break  # unreachable or failing: the later ones wait, in order
+            if exc.too_large and len(group) > 1:  # it went nowhere: its matches, halved
                 with engine.begin() as conn:
                     conn.execute(update(digest_matches)
                                  .where(db.id_in_clause(conn, "id", ids))
-                                 .values({sent_col: utcnow(), refused_col: None}))  # fmt: skip
-                    # the key went out without its matches left out meanwhile (an article
-                    # deleted since it was tried): they go under a new key, never this one
-                    conn.execute(update(digest_matches)
-                                 .where(dm.search_id == search.id, key_col == key,
-                                        sent_col.is_(None))
-                                 .values({key_col: None}))  # fmt: skip
-                sent[channel] += len(group)
-                if partly:  # delivered, not to everyone: said, never sent again to the rest
-                    warnings.append(f"{channel} for {search.name!r}: {partly}")
-    return sent["email"], sent["webhook"], failures, warnings
+                                 .values({key_col: None, refused_col: None}))  # fmt: skip
+                fresh = [dataclasses.replace(m, attempt=None, refused_at=None) for m in group]
+                half = len(fresh) // 2
+                for part in (fresh[half:], fresh[:half]):
+                    queue.append((delivery_key(search, part), part))
+                warnings.append(f"{name}: {why}: its {len(group)} matches go in two messages")
+                continue
+            # refused: it goes after the others from now on, and the next one goes now
+            with engine.begin() as conn:
+                conn.execute(update(digest_matches).where(db.id_in_clause(conn, "id", ids))
+                             .values({refused_col: utcnow()}))  # fmt: skip
+            failures.append(
+                f"{name}: {why} (refused: {_matches_word(len(group))} under key {key} stay "
+                "pending and are tried again after the others each digest)"
+            )
+            refused += 1
+            if refused >= REFUSED_IN_A_ROW and not taken:
+                break  # it refuses every message (a revoked token): a few tries a digest
+            continue
+        refused, taken = 0, True
+        with engine.begin() as conn:
+            conn.execute(update(digest_matches).where(db.id_in_clause(conn, "id", ids))
+                         .values({sent_col: utcnow(), refused_col: None}))  # fmt: skip
+            # the key went out without its matches left out meanwhile (an article deleted
+            # since it was tried): they go under a new key, never this one
+            conn.execute(update(digest_matches)
+                         .where(dm.search_id == search.id, key_col == key, sent_col.is_(None))
+                         .values({key_col: None, refused_col: None}))  # fmt: skip
+        delivered += len(group)
+        if partly:  # delivered, not to everyone: said, never sent again to the rest
+            warnings.append(f"{name}: {partly}")
+    for key, group in messages:  # refused before and not tried now: said each digest
+        if key not in tried and any(m.refused_at for m in group):
+            failures.append(f"{name}: {_matches_word(len(group))} under key {key}, refused "
+                            "before, wait (not tried this digest)")  # fmt: skip
+    return delivered, failures, warnings
+
+
+def _matches_word(n: int) -> str:
+    return f"{n} match{'es' if n != 1 else ''}"
 
 
 #: Messages a receiver may refuse in a row (:attr:`DeliveryError.refused`) before a
@@ -748,7 +798,8 @@ def _messages(
     earlier digests: a release before recorded keys sent all of a search's pending
     matches as one message, whose key these give again), then those this digest found.
     Last the messages the receiver refused (``refused_at``), again with their keys, the
-    oldest first: one it refuses for good holds back no other.
+    one refused longest ago first: one it refuses for good holds back no other, and
+    those a digest did not reach (:data:`REFUSED_IN_A_ROW`) go first the next time.
     """
     tried: dict[str, list[Match]] = {}
     fresh: list[Match] = []
@@ -759,13 +810,15 @@ def _messages(
             tried.setdefault(m.attempt, []).append(m)
     ordered = sorted(tried.items(), key=lambda kv: min(m.found_at for m in kv[1]))
     out = [(k, g) for k, g in ordered if not any(m.refused_at for m in g)]
+    refused = [(k, g) for k, g in ordered if any(m.refused_at for m in g)]
+    refused.sort(key=lambda kv: min(m.refused_at for m in kv[1] if m.refused_at))
     fresh.sort(key=lambda m: (m.found_at, -m.score, m.pmid))
     earlier = [m for m in fresh if started is not None and m.found_at < started]
     for part in (earlier, fresh[len(earlier):]):
         for at in range(0, len(part), MESSAGE_MATCHES):
             chunk = part[at : at + MESSAGE_MATCHES]
             out.append((delivery_key(search, chunk), chunk))
-    return out + [(k, g) for k, g in ordered if any(m.refused_at for m in g)]
+    return out + refused
 
 
 def feed_for(

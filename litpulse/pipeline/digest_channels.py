@@ -63,20 +63,54 @@ MAX_DELIVERY_TIMEOUT_S = 30.0
 class DeliveryError(TransientSourceError):
     """An e-mail or webhook delivery failed; the matches stay pending for the next digest.
 
-    ``refused``: the receiver answered and refused this message (a webhook's 4xx other
-    than 408, 425 and 429; an SMTP server's permanent 5xx to the message's data), where
-    another message may still go; otherwise the receiver could not be reached or failed
-    (a 5xx, a timeout, a redirect, every recipient refused), and the later messages wait.
+    ``refused``: the receiver answered and refused this message (a webhook's 4xx but
+    those below; an SMTP server's permanent 5xx to the message once it had its data),
+    where another message may still go. ``too_large``: it refused the message for its
+    size (a webhook's 413; SMTP 552, or 5.3.4 / 5.2.3), so the same matches may go in
+    smaller messages. Otherwise the receiver could not be reached, failed, or refuses
+    every message alike (a 5xx, a timeout, a redirect, a webhook's 401, 404 or 410, the
+    SMTP server refusing the sender, every recipient or the DATA command itself), and the
+    later messages wait, in order.
     """
 
-    def __init__(self, message: str, *, refused: bool = False) -> None:
+    def __init__(self, message: str, *, refused: bool = False, too_large: bool = False) -> None:
         super().__init__(message)
-        self.refused = refused
+        self.refused = refused or too_large
+        self.too_large = too_large
 
 
-#: Webhook answers in 4xx that say "not now" rather than "not this message": Request
-#: Timeout, Too Early, Too Many Requests.
-_NOT_NOW = frozenset({408, 425, 429})
+#: Webhook answers in 4xx that are no refusal of the message: "not now" (Request Timeout,
+#: Conflict — the Idempotency-Key draft's "a request with this key is in progress" —, Too
+#: Early, Too Many Requests) or "not here, whatever you send" (Unauthorized: the token;
+#: Not Found and Gone: no receiver at the address, a webhook removed or re-created).
+_NO_REFUSAL = frozenset({401, 404, 408, 409, 410, 425, 429})
+#: SMTP enhanced status codes of a message over the server's size limit.
+_TOO_LARGE_SMTP = (b"5.3.4", b"5.2.3")
+
+
+def _too_large(exc: smtplib.SMTPResponseException) -> bool:
+    """Whether an SMTP server's answer refuses a message for its size (552, or the
+    enhanced codes 5.3.4 and 5.2.3)."""
+    reply = exc.smtp_error if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error).encode()
+    return exc.smtp_code == 552 or reply.lstrip().startswith(_TOO_LARGE_SMTP)
+
+
+class _SMTP(smtplib.SMTP):
+    """:class:`smtplib.SMTP` that tells a refused ``DATA`` command (the server refuses
+    any message now: the sender, a policy) from a refusal of the message's data, which
+    :meth:`smtplib.SMTP.data` raises alike (:class:`smtplib.SMTPDataError`)."""
+
+    data_command_refused = False
+
+    def data(self, msg: Any) -> tuple[int, bytes]:
+        self.data_command_refused = True  # until the server answers the command with 354
+        return super().data(msg)
+
+    def getreply(self) -> tuple[int, bytes]:
+        code, reply = super().getreply()
+        if code == 354:
+            self.data_command_refused = False
+        return code, reply
 
 
 @dataclass(frozen=True)
@@ -403,16 +437,20 @@ def send_email(
     envelope = [address for _, address in getaddresses(to) if address]
     timeout = min(settings.http_timeout, MAX_DELIVERY_TIMEOUT_S)
     try:
-        with smtplib.SMTP(
-            settings.digest_smtp_host, settings.digest_smtp_port, timeout=timeout
-        ) as smtp:
-            # the envelope is the addresses given, not what reading the To header back
-            # makes of them (the e-mail library decodes encoded words there)
-            refused = smtp.send_message(msg, to_addrs=envelope)
-    except smtplib.SMTPDataError as exc:  # the server refused this message's content
-        raise DeliveryError(
-            f"e-mail to {msg['To']} failed: {exc}", refused=500 <= exc.smtp_code < 600
-        ) from exc
+        with _SMTP(settings.digest_smtp_host, settings.digest_smtp_port, timeout=timeout) as smtp:
+            try:
+                # the envelope is the addresses given, not what reading the To header
+                # back makes of them (the e-mail library decodes encoded words there)
+                refused = smtp.send_message(msg, to_addrs=envelope)
+            except smtplib.SMTPDataError as exc:  # the DATA command, or the message
+                permanent = 500 <= exc.smtp_code < 600 and not smtp.data_command_refused
+                raise DeliveryError(f"e-mail to {msg['To']} failed: {exc}", refused=permanent,
+                                    too_large=permanent and _too_large(exc)) from exc
+            except smtplib.SMTPSenderRefused as exc:  # its SIZE (RFC 1870), or the sender
+                if not _too_large(exc):
+                    raise
+                raise DeliveryError(f"e-mail to {msg['To']} failed: {exc}",
+                                    too_large=True) from exc  # fmt: skip
     except (OSError, smtplib.SMTPException) as exc:
         raise DeliveryError(f"e-mail to {msg['To']} failed: {exc}") from exc
     if not refused:
@@ -466,8 +504,10 @@ def post_webhook(
                 f"webhook answered HTTP {exc.code}, moved to {moved}: not followed; set "
                 "LITPULSE_DIGEST_WEBHOOK_URL to the new address"
             ) from exc
-        refused = 400 <= exc.code < 500 and exc.code not in _NOT_NOW
-        raise DeliveryError(f"webhook POST failed: {exc}", refused=refused) from exc
+        refused = 400 <= exc.code < 500 and exc.code not in _NO_REFUSAL
+        raise DeliveryError(
+            f"webhook POST failed: {exc}", refused=refused, too_large=exc.code == 413
+        ) from exc
     except (OSError, ValueError) as exc:  # URLError is an OSError
         raise DeliveryError(f"webhook POST failed: {exc}") from exc
     if not 200 <= status < 300:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import re
 import threading
 from collections.abc import Iterable, Iterator
 from email import message_from_bytes, policy
@@ -480,14 +481,8 @@ def test_an_email_accepted_for_one_recipient_is_not_sent_again(indexed: Settings
     from aiosmtpd.controller import Controller
 
     port = free_port()
-    s = indexed.replace(
-        digest_smtp_host="127.0.0.1", digest_smtp_port=port, digest_smtp_from="lp@example.org",
-        digest_smtp_to="alice@example.org, bob@example.org",
-    )
-    engine = db.connect(s)
-    search = add_search(s, name="crispr", query=CRISPR, min_score=THRESHOLD, owner="alice")
-    _load(engine, NEW)
-    assert refresh_index(s).published
+    s, engine, search = _smtp_digest(indexed, port, "alice@example.org, bob@example.org",
+                                     owner="alice")  # fmt: skip
     inbox = _PickyInbox()
     controller = Controller(inbox, hostname="127.0.0.1", port=port)
     controller.start()
@@ -1112,7 +1107,8 @@ def test_refused_messages_go_after_the_others_and_a_receiver_refusing_all_is_not
 ) -> None:
     """Messages refused before are tried after the others, so several the receiver
     refuses for good never stand in front of the rest; and a receiver that refuses every
-    message (its token revoked: 401) gets a few POSTs a digest, not one per message."""
+    message (a firewall answering 403 to each) gets a few POSTs a digest, not one per
+    message; once it takes one, the refused ones are each tried."""
     from litpulse.pipeline import digest as digest_mod
 
     monkeypatch.setattr(digest_mod, "MESSAGE_MATCHES", 1)
@@ -1122,7 +1118,7 @@ def test_refused_messages_go_after_the_others_and_a_receiver_refusing_all_is_not
     _load(engine, NEW)
     assert refresh_index(s).published
 
-    hook.status = 401  # refuses everything
+    hook.status = 403  # refuses everything
     down = run_digest(s)
     n = down.matched
     assert n > digest_mod.REFUSED_IN_A_ROW, n
@@ -1153,14 +1149,7 @@ def test_an_email_the_server_refuses_for_its_content_holds_back_no_later_one(
 
     monkeypatch.setattr(digest_mod, "MESSAGE_MATCHES", 1)
     port = free_port()
-    s = indexed.replace(
-        digest_smtp_host="127.0.0.1", digest_smtp_port=port, digest_smtp_from="lp@example.org",
-        digest_smtp_to="alice@example.org",
-    )
-    engine = db.connect(s)
-    search = add_search(s, name="crispr", query=CRISPR, min_score=THRESHOLD, owner="cli:x")
-    _load(engine, NEW)
-    assert refresh_index(s).published
+    s, engine, search = _smtp_digest(indexed, port)
     poison: set[int] = set()
 
     class Picky(_Inbox):
@@ -1278,3 +1267,109 @@ def test_a_feed_page_after_a_match_it_does_not_hold_is_not_found(settings: Setti
         assert ok.status_code == 200
         feed = feedparser.parse(ok.content)
         assert not feed.entries and "No matches on page 2" in feed.feed.subtitle
+
+
+def _smtp_digest(
+    indexed: Settings, port: int, to: str = "alice@example.org", owner: str = "cli:x"
+) -> tuple[Settings, Engine, Any]:
+    """The CRISPR search (of ``owner``) and the NEW articles indexed, its digest e-mailed
+    to ``to`` through 127.0.0.1:``port``."""
+    s = indexed.replace(
+        digest_smtp_host="127.0.0.1", digest_smtp_port=port, digest_smtp_from="lp@example.org",
+        digest_smtp_to=to,
+    )
+    engine = db.connect(s)
+    search = add_search(s, name="crispr", query=CRISPR, min_score=THRESHOLD, owner=owner)
+    _load(engine, NEW)
+    assert refresh_index(s).published
+    return s, engine, search
+
+
+def test_an_email_too_large_for_the_server_goes_in_smaller_ones(indexed: Settings) -> None:
+    """A server whose size limit (advertised with SIZE, RFC 1870: 552 to MAIL FROM) is
+    below the digest's one message takes the same matches in smaller ones, the same
+    night, each once; before, the whole message was refused every night, for good."""
+    from aiosmtpd.controller import Controller
+
+    from litpulse.pipeline.digest_channels import email_message
+
+    port = free_port()
+    s, engine, search = _smtp_digest(indexed, port)
+    recorded = run_digest(s.replace(digest_smtp_host=""))  # recorded, not sent yet
+    pending = matches_of(engine, search.id, pending="email")
+    assert recorded.matched == len(pending) >= 3
+    to = ["alice@example.org"]
+    whole = len(email_message(s, search, pending, to).as_bytes())
+    one = max(len(email_message(s, search, [m], to).as_bytes()) for m in pending)
+    limit = (one + whole) // 2  # an e-mail of a match fits, one of them all does not
+    inbox = _Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port, data_size_limit=limit)
+    controller.start()
+    try:
+        report = run_digest(s)
+    finally:
+        controller.stop()
+    assert not report.failures, report.failures
+    assert report.emailed == recorded.matched
+    assert [w for w in report.warnings if "552" in w and "two messages" in w]
+    assert len(inbox.messages) > 1
+    sent = [p for _, msg in inbox.messages for p in re.findall(
+        r"pubmed\.ncbi\.nlm\.nih\.gov/(\d+)/", msg.get_content())]  # fmt: skip
+    assert sorted(map(int, sent)) == sorted(_matched(engine, search.id))
+    assert not matches_of(engine, search.id, pending="email")
+
+
+class _DataRefusingServer:
+    """A raw SMTP server that refuses the DATA command itself (``554 5.7.1``, as a policy
+    on the sender does), counting the messages it was offered."""
+
+    def __init__(self, port: int) -> None:
+        import socketserver
+
+        self.offered = 0
+        server = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                self.wfile.write(b"220 ready\r\n")
+                for raw in self.rfile:
+                    verb = raw.decode("ascii", "replace").strip().split(" ")[0].upper()
+                    if verb in ("EHLO", "HELO"):
+                        self.wfile.write(b"250 ok\r\n")
+                    elif verb == "DATA":
+                        server.offered += 1
+                        self.wfile.write(b"554 5.7.1 sender not allowed\r\n")
+                    elif verb == "QUIT":
+                        self.wfile.write(b"221 bye\r\n")
+                        return
+                    else:
+                        self.wfile.write(b"250 ok\r\n")
+
+        self.tcp = socketserver.ThreadingTCPServer(("127.0.0.1", port), Handler)
+        self.thread = threading.Thread(target=self.tcp.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.tcp.shutdown()
+        self.tcp.server_close()
+
+
+def test_an_smtp_server_refusing_the_data_command_holds_the_later_messages_back(
+    indexed: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """554 to the DATA command itself refuses any message now (the sender, a policy), not
+    this one: one try, nothing marked refused, the later messages wait in order."""
+    from litpulse.pipeline import digest as digest_mod
+
+    monkeypatch.setattr(digest_mod, "MESSAGE_MATCHES", 1)
+    port = free_port()
+    s, engine, search = _smtp_digest(indexed, port)
+    server = _DataRefusingServer(port)
+    try:
+        report = run_digest(s)
+    finally:
+        server.close()
+    assert report.matched >= 2 and report.emailed == 0
+    assert server.offered == 1 and len(report.failures) == 1 and "554" in report.failures[0]
+    pending = matches_of(engine, search.id, pending="email")
+    assert len(pending) == report.matched and not any(m.refused_at for m in pending)
