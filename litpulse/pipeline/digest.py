@@ -112,6 +112,8 @@ LEASE_NAME = "digest"
 FEED_ENTRIES = 200
 #: The last feed page asked for (the API and the CLI refuse a larger one).
 FEED_PAGES_MAX = 1_000_000
+#: The largest id a match can have (``digest_matches.id`` is a 32-bit ``INTEGER``).
+MATCH_ID_MAX = 2**31 - 1
 
 
 class DigestBusyError(BusyError):
@@ -696,8 +698,10 @@ def _deliver_channel(
     (:attr:`DeliveryError.refused`) is marked so, reported, and the next one goes; once
     :data:`REFUSED_IN_A_ROW` are refused in a row with none taken this digest, the
     receiver refuses every message: the channel stops. A message refused for its size
-    (:attr:`DeliveryError.too_large`) never went out: its matches go now in two smaller
-    messages, under new keys (halved again while refused, down to one match). Every
+    (:attr:`DeliveryError.too_large`) on its first try never went out: its matches go now
+    in two smaller messages, under new keys (halved again while refused, down to one
+    match); one tried before may have gone out then (a timeout), so it stays whole under
+    its key, refused, and says why. Every
     refused message still pending is reported, tried this digest or not.
 
     Returns:
@@ -717,7 +721,8 @@ def _deliver_channel(
         key, group = queue.pop()
         tried.add(key)
         ids = [m.id for m in group]
-        if any(m.attempt is None for m in group):  # its key, before it goes out
+        first_try = any(m.attempt is None for m in group)
+        if first_try:  # its key, before it goes out
             with engine.begin() as conn:
                 conn.execute(update(digest_matches).where(db.id_in_clause(conn, "id", ids))
                              .values({key_col: key, refused_col: None}))  # fmt: skip
@@ -731,7 +736,7 @@ def _deliver_channel(
             if not (isinstance(exc, DeliveryError) and exc.refused):
                 failures.append(f"{name}: {why}")
                 break  # unreachable or failing: the later ones wait, in order
-            if exc.too_large and len(group) > 1:  # it went nowhere: its matches, halved
+            if exc.too_large and len(group) > 1 and first_try:  # it went nowhere: halved
                 with engine.begin() as conn:
                     conn.execute(update(digest_matches)
                                  .where(db.id_in_clause(conn, "id", ids))
@@ -742,6 +747,9 @@ def _deliver_channel(
                     queue.append((delivery_key(search, part), part))
                 warnings.append(f"{name}: {why}: its {len(group)} matches go in two messages")
                 continue
+            if exc.too_large and not first_try:  # an earlier try may have gone out
+                why += (" (tried before under its key, so it may have gone out: it goes "
+                        "again whole, the receiver must take a message this size)")
             # refused: it goes after the others from now on, and the next one goes now
             with engine.begin() as conn:
                 conn.execute(update(digest_matches).where(db.id_in_clause(conn, "id", ids))
@@ -854,6 +862,9 @@ def feed_for(
         raise ConfigError(f"a feed's pages are 1 to {FEED_PAGES_MAX:,}, got {page}")
     engine = engine or db.connect(settings)
     search = get_search(settings, ref, engine=engine)
+    if after is not None and not 1 <= after <= MATCH_ID_MAX:  # no such row can exist
+        raise NotFoundError(f"saved search {search.id}'s feed holds no match {after} to "
+                            "read after; its first page is the feed itself")  # fmt: skip
     if after is not None:
         with engine.connect() as conn:
             held = conn.execute(select(digest_matches.c.id).where(
@@ -869,15 +880,20 @@ def feed_for(
             title=_xml_safe(m.title),
             explanation={**m.explanation, "text": _xml_safe(str(m.explanation.get("text", "")))},
         )
-        for m in (matches_of(engine, search.id, limit=FEED_ENTRIES, after=after)
+        for m in (matches_of(engine, search.id, limit=FEED_ENTRIES + 1, after=after)
                   if after is not None else
-                  matches_of(engine, search.id, limit=FEED_ENTRIES,
+                  matches_of(engine, search.id, limit=FEED_ENTRIES + 1,
                              offset=(page - 1) * FEED_ENTRIES))
     ]  # fmt: skip
+    # one more than a page says whether a next page exists, from the same read: the counts
+    # below are read after it and only number the matches (an article deleted meanwhile
+    # must not make a full page look like the last)
+    more = len(matches) > FEED_ENTRIES
+    matches = matches[:FEED_ENTRIES]
     total = count_matches(engine, search.id)
     first = None if after is None else total - count_matches(engine, search.id, after=after) + 1
     paging = FeedPage(page, FEED_ENTRIES, total, after=after, first=first, shown=len(matches),
-                      last=matches[-1].id if matches else None)  # fmt: skip
+                      last=matches[-1].id if matches else None, more=more)  # fmt: skip
     return atom_feed(search, matches, self_url=self_url, paging=paging)
 
 

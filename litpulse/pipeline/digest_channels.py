@@ -86,13 +86,19 @@ class DeliveryError(TransientSourceError):
 _NO_REFUSAL = frozenset({401, 404, 408, 409, 410, 425, 429})
 #: SMTP enhanced status codes of a message over the server's size limit.
 _TOO_LARGE_SMTP = (b"5.3.4", b"5.2.3")
+#: An enhanced status code (RFC 3463) at the start of an SMTP reply's text.
+_ENHANCED = re.compile(rb"[245]\.\d{1,3}\.\d{1,3}(?=\s|$)")
 
 
 def _too_large(exc: smtplib.SMTPResponseException) -> bool:
-    """Whether an SMTP server's answer refuses a message for its size (552, or the
-    enhanced codes 5.3.4 and 5.2.3)."""
+    """Whether an SMTP server's answer refuses a message for its size: by its enhanced
+    status code where it gives one (5.3.4, 5.2.3; not 5.2.2, a full mailbox, also sent as
+    552), else by the basic code 552."""
     reply = exc.smtp_error if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error).encode()
-    return exc.smtp_code == 552 or reply.lstrip().startswith(_TOO_LARGE_SMTP)
+    enhanced = _ENHANCED.match(reply.lstrip())
+    if enhanced:
+        return enhanced.group(0) in _TOO_LARGE_SMTP
+    return exc.smtp_code == 552
 
 
 class _SMTP(smtplib.SMTP):
@@ -214,6 +220,8 @@ class FeedPage:
         first: The position (from 1) of its first match, when it holds any.
         shown: Matches it holds.
         last: The id of its last match (the ``next`` link reads after it).
+        more: Whether matches follow its last one, as read with its matches (``None``:
+            from ``total``).
     """
 
     number: int
@@ -223,6 +231,7 @@ class FeedPage:
     first: int | None = None
     shown: int | None = None
     last: int | None = None
+    more: bool | None = None
 
     @property
     def pages(self) -> int:
@@ -242,6 +251,8 @@ class FeedPage:
 
     @property
     def has_next(self) -> bool:
+        if self.more is not None:
+            return self.more
         return self.end < self.total and self.end >= self.start
 
     def url(self, base: str, number: int, after: int | None = None) -> str:

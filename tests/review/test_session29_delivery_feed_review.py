@@ -20,7 +20,12 @@ the real code (loopback webhook / aiosmtpd, the FastAPI app, the CLI's ``main``)
 and PostgreSQL unless it says otherwise; matches are written as a digest records them
 (``_pending_nights``), so no index is needed.
 
-Defects (strict xfails asserting the correct behaviour):
+Defects (each a strict xfail first, asserting the correct behaviour; all fixed in the
+commit after this file's: F1, only a message on its first try is split, one tried before
+goes again whole under its key, refused, saying why; F2, an enhanced status code decides
+(5.3.4 / 5.2.3), 552 alone only without one; F3, a page reads one match more than it
+shows to know whether a next page exists; F4 and F5, ``feed_for`` answers "holds no
+match" for an ``after`` outside ``digest.MATCH_ID_MAX`` before it reaches the database):
 
 F1 A message handed on before, whose fate is unknown, is split under new keys. The split
    (``exc.too_large``) resets the keys of *any* refused message, including one tried on an
@@ -208,11 +213,6 @@ def _taken_late(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
 # ------------------------------------------------------------------------------ defects
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="F1: a message tried before (fate unknown) is split "
-    "under new keys when refused for its size: the receiver gets it twice",
-)
 def test_a_message_tried_before_is_not_split_under_new_keys(
     settings: Settings, receiver: _Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -230,11 +230,6 @@ def test_a_message_tried_before_is_not_split_under_new_keys(
     _check(receiver.taken, pmids)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="F2: SMTP '552 5.2.2 Mailbox full' is taken for a "
-    "message too large: the digest is split down to one e-mail a match",
-)
 def test_an_smtp_mailbox_full_552_is_not_taken_for_a_message_too_large(
     settings: Settings,
 ) -> None:
@@ -315,11 +310,6 @@ def _delete(engine: Any, pmid: int) -> None:
                      .values(is_deleted=True, deleted_at=utcnow()))  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="F3: a page's next link comes from counts read after "
-    "its matches: a deletion between them ends the walk early",
-)
 def test_a_deletion_between_a_pages_read_and_its_count_does_not_end_the_walk(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -365,11 +355,6 @@ def pg_settings(postgres_url: str, tmp_path: Any) -> Settings:
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    reason="F4: after >= 2**31 is bound as ::INTEGER on "
-    "PostgreSQL: 'integer out of range', HTTP 500 instead of 404",
-)
 def test_an_after_beyond_a_match_id_is_a_404_not_a_500(pg_settings: Settings) -> None:
     from fastapi.testclient import TestClient
 
@@ -382,11 +367,6 @@ def test_an_after_beyond_a_match_id_is_a_404_not_a_500(pg_settings: Settings) ->
             assert resp.status_code == 404, (after, resp.status_code, resp.text[:200])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="F5: alerts feed --after has no upper bound: a value "
-    "past the id column's range ends in a traceback",
-)
 def test_the_cli_after_out_of_range_is_an_error_not_a_traceback(
     env: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
