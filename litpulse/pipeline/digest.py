@@ -69,7 +69,7 @@ from litpulse.core import db
 from litpulse.core.errors import BusyError, ConfigError, LitpulseError, NotFoundError
 from litpulse.core.schema import api_tokens, articles, digest_matches, saved_searches
 from litpulse.core.settings import Settings
-from litpulse.core.timeutil import utcnow
+from litpulse.core.timeutil import iso, utcnow
 from litpulse.pipeline.digest_channels import (
     DeliveryError,
     FeedPage,
@@ -613,6 +613,42 @@ def count_matches(engine: Engine, search_id: int, *, after: int | None = None) -
         stmt = stmt.where(after_match(after))
     with engine.connect() as conn:
         return int(conn.execute(stmt).scalar() or 0)
+
+
+def delivery_status(settings: Settings, engine: Engine) -> dict[str, dict[str, Any]]:
+    """What waits to be delivered on each configured channel (``litpulse status``).
+
+    Per channel (``email`` when ``LITPULSE_DIGEST_SMTP_HOST`` is set, ``webhook`` when
+    ``LITPULSE_DIGEST_WEBHOOK_URL`` is): the live matches not delivered there
+    (``pending``), how many of them the receiver refused (``refused``, tried again each
+    digest), of how many saved searches, and when the oldest was found
+    (``oldest_found_at``, ``None`` when none waits). A channel not configured is left out:
+    nothing is sent there, so nothing waits.
+    """
+    from sqlalchemy import func
+
+    dm = digest_matches.c
+    out: dict[str, dict[str, Any]] = {}
+    channels = [c for c, on in (("email", settings.digest_smtp_host),
+                                ("webhook", settings.digest_webhook_url)) if on]  # fmt: skip
+    with engine.connect() as conn:
+        for channel in channels:
+            refused_col = dm[f"{channel}_refused_at"]
+            row = conn.execute(
+                select(
+                    func.count(),
+                    func.count(refused_col),
+                    func.count(func.distinct(dm.search_id)),
+                    func.min(dm.found_at),
+                ).where(dm[f"{channel}_sent_at"].is_(None), live_match())
+            ).one()
+            out[channel] = {  # min() keeps the column's type: an aware datetime
+                "pending": int(row[0]),
+                "refused": int(row[1]),
+                "searches": int(row[2]),
+                "oldest_found_at": iso(row[3]),
+            }
+    return out
 
 
 def recipients_of(

@@ -146,6 +146,7 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
     st = _store(settings).status(runs=args.runs)
     st["database"] = hide_password(settings.effective_database_url)
     st["index"] = _index(settings)
+    st["deliveries"] = _deliveries(settings)
     if args.json:
         print_json(st)
         return 0
@@ -156,6 +157,7 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
     )
     if ix["reindex_pending"]:
         st["reindex pending"] = ix["reindex_pending"]
+    st["deliveries"] = _deliveries_text(st.pop("deliveries"))
     owed = st.pop("missing")
     st["missing"] = (
         f"{owed['waiting']} owed (asked again by every E-utilities run), "
@@ -176,6 +178,30 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
              "quar", "miss", "target / error"],  # fmt: skip
         )
     return 0
+
+
+def _deliveries(settings: Settings) -> dict[str, Any]:
+    """What the digest's channels have not delivered yet (:func:`delivery_status`)."""
+    from litpulse.core.db import connect
+    from litpulse.pipeline.digest import delivery_status
+
+    return delivery_status(settings, connect(settings))
+
+
+def _deliveries_text(channels: dict[str, Any]) -> str:
+    """``webhook 3 pending (1 refused) of 2 searches, the oldest found 2026-12-04…``."""
+    if not channels:
+        return "no channel configured (the Atom feeds only)"
+    parts = []
+    for channel, c in channels.items():
+        if not c["pending"]:
+            parts.append(f"{channel} none pending")
+            continue
+        refused = f", {c['refused']} refused by the receiver" if c["refused"] else ""
+        parts.append(f"{channel} {c['pending']} pending{refused} of {c['searches']} "
+                     f"search(es), the oldest found {c['oldest_found_at'][:16]}")  # fmt: skip
+    return "; ".join(parts) + (" (retried by each digest: `litpulse alerts run`)"
+                               if any(c["pending"] for c in channels.values()) else "")  # fmt: skip
 
 
 def _index(settings: Settings) -> dict[str, Any]:
