@@ -898,14 +898,13 @@ def feed_for(
         raise ConfigError(f"a feed's pages are 1 to {FEED_PAGES_MAX:,}, got {page}")
     engine = engine or db.connect(settings)
     search = get_search(settings, ref, engine=engine)
-    if after is not None and not 1 <= after <= MATCH_ID_MAX:  # no such row can exist
-        raise NotFoundError(f"saved search {search.id}'s feed holds no match {after} to "
-                            "read after; its first page is the feed itself")  # fmt: skip
     if after is not None:
-        with engine.connect() as conn:
-            held = conn.execute(select(digest_matches.c.id).where(
-                digest_matches.c.id == after, digest_matches.c.search_id == search.id
-            )).first()  # fmt: skip
+        held = None
+        if 1 <= after <= MATCH_ID_MAX:  # outside, no row can hold it (nor be asked for)
+            with engine.connect() as conn:
+                held = conn.execute(select(digest_matches.c.id).where(
+                    digest_matches.c.id == after, digest_matches.c.search_id == search.id
+                )).first()  # fmt: skip
         if held is None:
             raise NotFoundError(f"saved search {search.id}'s feed holds no match {after} to "
                                 "read after; its first page is the feed itself")  # fmt: skip

@@ -88,95 +88,44 @@ Not a defect at the sizes the cap allows (50 a night).
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import feedparser
 import pytest
-from sqlalchemy import update
 
 from ingest.records import Deletion, SourceRef
 from ingest.store import Store
 from litpulse.core import db
-from litpulse.core.schema import articles
 from litpulse.core.settings import Settings
-from litpulse.core.timeutil import utcnow
 from litpulse.pipeline import digest as digest_mod
 from litpulse.pipeline.digest import matches_of
 from litpulse.pipeline.digest_channels import DeliveryError, send_email
-from litpulse.pipeline.saved_searches import SavedSearch, add_search
-from tests.conftest import _truncate, free_port
+from litpulse.pipeline.saved_searches import SavedSearch
+from tests.conftest import free_port
 from tests.ingest.test_store import make_record
-from tests.litpulse.pipeline.test_digest import CRISPR, THRESHOLD, _Inbox
+from tests.litpulse.pipeline.test_digest import (
+    _add_feed_matches,
+    _delete_article,
+    _feed_pmids,
+    _Hook,
+    _Inbox,
+    _next_page,
+    _walk_feed,
+)
 from tests.review.test_session27_digest_review import _Killed
-from tests.review.test_session27_keys_review import _check, _mailed, _pending_nights
+from tests.review.test_session27_keys_review import _check, _mailed, _pending_nights, _posted
+from tests.review.test_session29_refused_review import _night, _pending, _search
 
 # ------------------------------------------------------------------------ the receivers
 
 
-class _Receiver:
-    """A loopback webhook whose body limit (413 past it) and status change at will; it keeps
-    ``(key, pmids)`` of every body it took."""
-
-    def __init__(self) -> None:
-        self.limit: int | None = None
-        self.status = 200
-        self.taken: list[tuple[str | None, list[int]]] = []
-        self.posts = 0
-        self.sizes: list[int] = []  # of every body POSTed
-        me = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                size = int(self.headers["Content-Length"])
-                body = json.loads(self.rfile.read(size))
-                me.posts += 1
-                me.sizes.append(size)
-                status = me.status
-                if me.limit is not None and size > me.limit:
-                    status = 413
-                elif status == 200:
-                    me.taken.append((self.headers.get("Idempotency-Key"),
-                                     [m["pmid"] for m in body["matches"]]))  # fmt: skip
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
-
-
 @pytest.fixture
-def receiver() -> Iterator[_Receiver]:
-    r = _Receiver()
+def receiver() -> Iterator[_Hook]:
+    """A loopback webhook whose body limit (413 past it) and status change at will."""
+    r = _Hook()
     yield r
     r.close()
-
-
-def _search(s: Settings, name: str = "crispr") -> SavedSearch:
-    return add_search(s, name=name, query=CRISPR, min_score=THRESHOLD, owner=f"cli:{name}")
-
-
-def _night(s: Settings) -> tuple[int, int, list[str], list[str]]:
-    """One digest's delivery (what ``run_digest`` does after recording the matches)."""
-    return digest_mod._deliver(s, db.connect(s))
-
-
-def _pending(s: Settings, search: SavedSearch, channel: str = "webhook") -> set[int]:
-    return {m.pmid for m in matches_of(db.connect(s), search.id, pending=channel)}
 
 
 def _limit_between_2_and_4(s: Settings, search: SavedSearch) -> int:
@@ -184,7 +133,7 @@ def _limit_between_2_and_4(s: Settings, search: SavedSearch) -> int:
     from litpulse.pipeline.digest_channels import post_webhook
 
     pending = matches_of(db.connect(s), search.id, pending="webhook")
-    probe = _Receiver()
+    probe = _Hook()
     try:
         for k in (2, 4):
             post_webhook(s.replace(digest_webhook_url=probe.url), search, pending[:k])
@@ -214,7 +163,7 @@ def _taken_late(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
 
 
 def test_a_message_tried_before_is_not_split_under_new_keys(
-    settings: Settings, receiver: _Receiver, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, receiver: _Hook, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     s = settings.replace(digest_webhook_url=receiver.url)
     search = _search(s)
@@ -222,12 +171,12 @@ def test_a_message_tried_before_is_not_split_under_new_keys(
     limit = _limit_between_2_and_4(s, search)
     late = _taken_late(monkeypatch)
     _, posted, failures, _ = _night(s)  # taken, the answer lost: not known to have gone
-    assert posted == 0 and failures and len(receiver.taken) == 1
+    assert posted == 0 and failures and len(_posted(receiver)) == 1
     late["on"] = False
     receiver.limit = limit  # now behind a proxy with a lower limit: 413 to all four
     _night(s)
     _night(s)
-    _check(receiver.taken, pmids)
+    _check(_posted(receiver), pmids)
 
 
 def test_an_smtp_mailbox_full_552_is_not_taken_for_a_message_too_large(
@@ -269,47 +218,6 @@ def test_an_smtp_mailbox_full_552_is_not_taken_for_a_message_too_large(
         controller.stop()
 
 
-def _add_feed_matches(s: Settings, n: int, *, same: bool = False) -> tuple[SavedSearch, int]:
-    """A search with ``n`` matches (pmids from 10,000); ``same``: one digest, one score
-    (every key column but the pmid tied)."""
-    import datetime as dt
-
-    from sqlalchemy import insert
-
-    from litpulse.core.schema import digest_matches
-    from tests.ranking.corpus import article_rows
-
-    engine = db.connect(s)
-    search = add_search(s, name="broad", query="gene editing", owner="cli:x")
-    template = next(r for r in article_rows() if r["pmid"] == 101)
-    now = utcnow()
-    with engine.begin() as conn:
-        conn.execute(insert(articles), [
-            {**template, "pmid": 10_000 + i, "doi": None, "title": f"T {i}"}
-            for i in range(n)])  # fmt: skip
-        conn.execute(insert(digest_matches), [
-            {"search_id": search.id, "pmid": 10_000 + i, "title": f"T {i}",
-             "score": 0.5 if same else 0.9 - i / 10_000, "explanation": {"text": "x"},
-             "index_version": "v1", "model_version": "m1",
-             "found_at": now if same else now - dt.timedelta(seconds=i // 100)}
-            for i in range(n)])  # fmt: skip
-    return search, n
-
-
-def _entries(feed: Any) -> list[int]:
-    return [int(e.link.rstrip("/").rsplit("/", 1)[1]) for e in feed.entries]
-
-
-def _next(feed: Any) -> str | None:
-    return next((x.href for x in feed.feed.links if x.rel == "next"), None)
-
-
-def _delete(engine: Any, pmid: int) -> None:
-    with engine.begin() as conn:
-        conn.execute(update(articles).where(articles.c.pmid == pmid)
-                     .values(is_deleted=True, deleted_at=utcnow()))  # fmt: skip
-
-
 def test_a_deletion_between_a_pages_read_and_its_count_does_not_end_the_walk(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -331,27 +239,16 @@ def test_a_deletion_between_a_pages_read_and_its_count_does_not_end_the_walk(
             last = matches_of(engine, search.id)[-1].pmid
             victim = next(m.pmid for m in matches_of(engine, search.id)
                           if m.pmid not in read and m.pmid != last)  # fmt: skip
-            _delete(engine, victim)
+            _delete_article(engine, victim)
             gone.add(victim)
         return real(engine_, search_id, **kwargs)
 
     monkeypatch.setattr(digest_mod, "count_matches", count)
     read: list[int] = []
     with TestClient(create_app(s)) as client:
-        url: str | None = f"/feeds/{search.id}.atom"
-        while url is not None:
-            feed = feedparser.parse(client.get(url).content)
-            read += _entries(feed)
-            url = _next(feed)
+        _walk_feed(client, f"/feeds/{search.id}.atom", read)
     missed = sorted(at_start - gone - set(read))
     assert not missed, f"the walk ended with {len(missed)} live matches unread: {missed}"
-
-
-@pytest.fixture
-def pg_settings(postgres_url: str, tmp_path: Any) -> Settings:
-    s = Settings.from_env({}, home=tmp_path / "home", database_url=postgres_url)
-    _truncate(db.connect(s))
-    return s
 
 
 @pytest.mark.postgres
@@ -386,7 +283,7 @@ def test_the_cli_after_out_of_range_is_an_error_not_a_traceback(
 
 
 def test_a_kill_mid_split_then_a_rerun_delivers_each_match_once_by_key(
-    settings: Settings, receiver: _Receiver, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, receiver: _Hook, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     s = settings.replace(digest_webhook_url=receiver.url)
     search = _search(s)
@@ -408,13 +305,13 @@ def test_a_kill_mid_split_then_a_rerun_delivers_each_match_once_by_key(
     monkeypatch.setattr(digest_mod, "post_webhook", real)
     _night(s)
     assert _night(s)[1] == 0
-    _check(receiver.taken, pmids)
-    assert len(receiver.taken) == 3 and receiver.taken[0] == receiver.taken[1]
+    _check(_posted(receiver), pmids)
+    assert len(_posted(receiver)) == 3 and _posted(receiver)[0] == _posted(receiver)[1]
     assert _pending(s, search) == set()
 
 
 def test_a_failure_mid_split_sends_the_tried_half_again_whole_first(
-    settings: Settings, receiver: _Receiver
+    settings: Settings, receiver: _Hook
 ) -> None:
     s = settings.replace(digest_webhook_url=receiver.url)
     search = _search(s)
@@ -436,8 +333,8 @@ def test_a_failure_mid_split_sends_the_tried_half_again_whole_first(
     receiver.status = 200
     (later,) = _pending_nights(s, search, nights=1, per_night=1, first_pmid=9_100_000)
     _night(s)
-    _check(receiver.taken, {*pmids, later})
-    assert [p for _, g in receiver.taken for p in g] == [*pmids, later]
+    _check(_posted(receiver), {*pmids, later})
+    assert [p for _, g in _posted(receiver) for p in g] == [*pmids, later]
 
 
 def test_walking_a_feed_of_tied_matches_reads_each_once(settings: Settings) -> None:
@@ -451,19 +348,16 @@ def test_walking_a_feed_of_tied_matches_reads_each_once(settings: Settings) -> N
     at_start = {m.pmid for m in matches_of(engine, search.id)}
     read: list[int] = []
     gone: set[int] = set()
+
+    def meanwhile(resp: Any, feed: Any, page: list[int]) -> None:
+        assert resp.status_code == 200, resp.text
+        assert page == sorted(page), "ties are not in PMID order"
+        if page:
+            _delete_article(engine, page[0])
+            gone.add(page[0])
+
     with TestClient(create_app(s)) as client:
-        url: str | None = f"/feeds/{search.id}.atom"
-        while url is not None:
-            resp = client.get(url)
-            assert resp.status_code == 200, resp.text
-            feed = feedparser.parse(resp.content)
-            page = _entries(feed)
-            assert page == sorted(page), "ties are not in PMID order"
-            read += page
-            if page:
-                _delete(engine, page[0])
-                gone.add(page[0])
-            url = _next(feed)
+        _walk_feed(client, f"/feeds/{search.id}.atom", read, meanwhile)
     assert len(read) == len(set(read)) == n
     assert not (at_start - set(read))
 
@@ -480,14 +374,14 @@ def test_a_cursor_whose_article_left_and_came_back_reads_on(settings: Settings) 
     every = matches_of(engine, search.id)
     with TestClient(create_app(s)) as client:
         first = feedparser.parse(client.get(f"/feeds/{search.id}.atom").content)
-        page1 = _entries(first)
+        page1 = _feed_pmids(first)
         cursor_pmid = page1[-1]
         store = Store(engine)
         store.apply([Deletion(cursor_pmid, SourceRef("file", "pubmed26n0002.xml", 2))])
-        url = _next(first)
+        url = _next_page(first)
         assert url is not None and "after=" in url
         second = feedparser.parse(client.get(url).content)
-        page2 = _entries(second)
+        page2 = _feed_pmids(second)
         assert page2 == [m.pmid for m in every[200:400]]
         assert "Matches 200 to 399 of 449" in second.feed.subtitle
         links = {x.rel: x.href for x in second.feed.links}
@@ -495,11 +389,7 @@ def test_a_cursor_whose_article_left_and_came_back_reads_on(settings: Settings) 
         store.apply([make_record(cursor_pmid, title="back",
                                  source=SourceRef("file", "pubmed26n0003.xml", 3))])  # fmt: skip
         rest: list[int] = []
-        url = _next(second)
-        while url is not None:
-            feed = feedparser.parse(client.get(url).content)
-            rest += _entries(feed)
-            url = _next(feed)
+        _walk_feed(client, _next_page(second), rest)
     read = page1 + page2 + rest
     assert len(read) == len(set(read)) == n
     body = feed_for(s, search.id, self_url="http://x/f.atom", page=3, after=every[-1].id)

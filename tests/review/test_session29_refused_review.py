@@ -97,7 +97,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -119,13 +118,6 @@ from tests.litpulse.pipeline.test_digest import CRISPR, THRESHOLD, _Hook, _Inbox
 from tests.review.test_session27_keys_review import _check, _pending_nights, _posted
 
 
-@pytest.fixture
-def hook() -> Iterator[_Hook]:
-    h = _Hook()
-    yield h
-    h.close()
-
-
 def _search(s: Settings, name: str = "crispr") -> SavedSearch:
     return add_search(s, name=name, query=CRISPR, min_score=THRESHOLD, owner=f"cli:{name}")
 
@@ -140,8 +132,8 @@ def _order(hook: _Hook) -> list[int]:
     return [m["pmid"] for b in hook.bodies for m in b["matches"]]
 
 
-def _pending(s: Settings, search: SavedSearch) -> set[int]:
-    return {m.pmid for m in matches_of(db.connect(s), search.id, pending="webhook")}
+def _pending(s: Settings, search: SavedSearch, channel: str = "webhook") -> set[int]:
+    return {m.pmid for m in matches_of(db.connect(s), search.id, pending=channel)}
 
 
 def _key_of(s: Settings, search: SavedSearch, pmid: int) -> str | None:

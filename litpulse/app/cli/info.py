@@ -189,7 +189,8 @@ def _deliveries(settings: Settings) -> dict[str, Any]:
 
 
 def _deliveries_text(channels: dict[str, Any]) -> str:
-    """``webhook 3 pending (1 refused) of 2 searches, the oldest found 2026-12-04…``."""
+    """``webhook 3 pending, 1 refused by the receiver of 2 search(es), the oldest found
+    2026-12-04T09:30 (retried by each digest: …)``, per configured channel."""
     if not channels:
         return "no channel configured (the Atom feeds only)"
     parts = []

@@ -9,7 +9,7 @@ import datetime as dt
 import json
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from email import message_from_bytes, policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -26,6 +26,7 @@ from litpulse.core.timeutil import utcnow
 from litpulse.pipeline.digest import feed_for, matches_of, run_digest
 from litpulse.pipeline.nightly import run_nightly
 from litpulse.pipeline.saved_searches import (
+    SavedSearch,
     add_search,
     get_search,
     list_searches,
@@ -212,11 +213,13 @@ class _Inbox:
 
 class _Hook:
     """A local webhook: answers ``status`` and keeps the JSON bodies it got; with
-    ``limit``, behind a proxy that answers 413 to a body over that many bytes (nginx's
-    default ``client_max_body_size``: 1 MiB), counted in ``refused``."""
+    ``limit`` (changeable), behind a proxy that answers 413 to a body over that many bytes
+    (nginx's default ``client_max_body_size``: 1 MiB), counted in ``refused``."""
 
     def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
         self.status = 200
+        self.sizes: list[int] = []  # of every body POSTed
         self.bodies: list[dict[str, Any]] = []
         self.keys: list[str | None] = []  # the Idempotency-Key header of each body kept
         self.refused = 0
@@ -230,7 +233,8 @@ class _Hook:
                 body = self.rfile.read(size)
                 status = hook.status
                 hook.posts += 1
-                if limit is not None and size > limit:
+                hook.sizes.append(size)
+                if hook.limit is not None and size > hook.limit:
                     hook.refused += 1
                     status = 413
                 elif hook.poison & {m["pmid"] for m in json.loads(body)["matches"]}:
@@ -1180,6 +1184,62 @@ def test_an_email_the_server_refuses_for_its_content_holds_back_no_later_one(
 # ------------------------------------------------------ a feed's pages, walked while it moves
 
 
+def _add_feed_matches(
+    s: Settings, n: int, *, same: bool = False, spare: int = 0
+) -> tuple[SavedSearch, int]:
+    """A search with ``n`` matches (PMIDs from 10,000, 100 a second apart, best first);
+    ``same``: one digest, one score (every key column but the PMID tied); ``spare``: that
+    many more articles stored after them, matched by none yet."""
+    engine = db.connect(s)
+    search = add_search(s, name="broad", query="gene editing", owner="cli:x")
+    template = next(r for r in article_rows() if r["pmid"] == 101)
+    now = utcnow()
+    with engine.begin() as conn:
+        conn.execute(insert(articles), [
+            {**template, "pmid": 10_000 + i, "doi": None, "title": f"T {i}"}
+            for i in range(n + spare)])  # fmt: skip
+        conn.execute(insert(digest_matches), [
+            {"search_id": search.id, "pmid": 10_000 + i, "title": f"T {i}",
+             "score": 0.5 if same else 0.9 - i / 10_000, "explanation": {"text": "x"},
+             "index_version": "v1", "model_version": "m1",
+             "found_at": now if same else now - dt.timedelta(seconds=i // 100)}
+            for i in range(n)])  # fmt: skip
+    return search, n
+
+
+def _feed_pmids(feed: Any) -> list[int]:
+    """The PMIDs of a parsed feed's entries, in its order."""
+    return [int(e.link.rstrip("/").rsplit("/", 1)[1]) for e in feed.entries]
+
+
+def _next_page(feed: Any) -> str | None:
+    return next((x.href for x in feed.feed.links if x.rel == "next"), None)
+
+
+def _delete_article(engine: Engine, pmid: int) -> None:
+    """PubMed deleted it: its matches leave the feed (their rows stay)."""
+    with engine.begin() as conn:
+        conn.execute(update(articles).where(articles.c.pmid == pmid)
+                     .values(is_deleted=True, deleted_at=utcnow()))  # fmt: skip
+
+
+def _walk_feed(
+    client: Any, url: str | None, read: list[int],
+    on_page: Callable[[Any, Any, list[int]], None] | None = None,
+) -> None:
+    """Follow a feed's ``next`` links from ``url`` through the API's ``client``, adding
+    each page's PMIDs to ``read`` once the page is in; ``on_page(response, feed, pmids)``
+    after each page (what happens meanwhile)."""
+    while url is not None:
+        resp = client.get(url)
+        feed = feedparser.parse(resp.content)
+        page = _feed_pmids(feed)
+        if on_page is not None:
+            on_page(resp, feed, page)
+        read += page
+        url = _next_page(feed)
+
+
 @pytest.mark.parametrize("meanwhile", ["deleted", "recorded"])
 def test_walking_a_feeds_pages_misses_no_match_when_matches_come_and_go(
     settings: Settings, meanwhile: str
@@ -1196,44 +1256,29 @@ def test_walking_a_feeds_pages_misses_no_match_when_matches_come_and_go(
 
     s = settings
     engine = db.connect(s)
-    search = add_search(s, name="broad", query="gene editing", owner="cli:x")
-    template = next(r for r in article_rows() if r["pmid"] == 101)
-    now, n = utcnow(), 450
-    with engine.begin() as conn:
-        conn.execute(insert(articles), [
-            {**template, "pmid": 10_000 + i, "doi": None, "title": f"T {i}"}
-            for i in range(n + 10)])  # fmt: skip
-        conn.execute(insert(digest_matches), [
-            {"search_id": search.id, "pmid": 10_000 + i, "title": f"T {i}",
-             "score": 0.9 - i / 10_000, "explanation": {"text": "x"}, "index_version": "v1",
-             "model_version": "m1", "found_at": now - dt.timedelta(seconds=i // 100)}
-            for i in range(n)])  # fmt: skip
+    search, n = _add_feed_matches(s, 450, spare=10)
     at_start = {m.pmid for m in matches_of(engine, search.id)}
     read: list[int] = []
     gone: set[int] = set()
     pages = 0
+
+    def meanwhile_(resp: Any, feed: Any, page: list[int]) -> None:
+        nonlocal pages
+        assert resp.status_code == 200, resp.text
+        assert not feed.bozo
+        pages += 1
+        if page and meanwhile == "deleted":
+            _delete_article(engine, page[0])
+            gone.add(page[0])
+        elif page:
+            with engine.begin() as conn:
+                conn.execute(insert(digest_matches).values(
+                    search_id=search.id, pmid=10_000 + n + pages, title="new",
+                    score=0.95, explanation={"text": "x"}, index_version="v2",
+                    model_version="m1", found_at=utcnow()))  # fmt: skip
+
     with TestClient(create_app(s)) as client:
-        url: str | None = f"/feeds/{search.id}.atom"
-        while url is not None:
-            resp = client.get(url)
-            assert resp.status_code == 200, resp.text
-            feed = feedparser.parse(resp.content)
-            assert not feed.bozo
-            page = [int(e.link.rstrip("/").rsplit("/", 1)[1]) for e in feed.entries]
-            read += page
-            pages += 1
-            if page and meanwhile == "deleted":
-                with engine.begin() as conn:
-                    conn.execute(update(articles).where(articles.c.pmid == page[0])
-                                 .values(is_deleted=True, deleted_at=utcnow()))  # fmt: skip
-                gone.add(page[0])
-            elif page:
-                with engine.begin() as conn:
-                    conn.execute(insert(digest_matches).values(
-                        search_id=search.id, pmid=10_000 + n + pages, title="new",
-                        score=0.95, explanation={"text": "x"}, index_version="v2",
-                        model_version="m1", found_at=utcnow()))  # fmt: skip
-            url = next((x.href for x in feed.feed.links if x.rel == "next"), None)
+        _walk_feed(client, f"/feeds/{search.id}.atom", read, meanwhile_)
     assert len(read) == len(set(read)), "a match read twice"
     missed = sorted(at_start - gone - set(read))
     assert not missed, f"{len(missed)} matches live throughout never read: {missed[:5]}"
