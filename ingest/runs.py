@@ -56,6 +56,7 @@ __all__ = [
     "STORE_LEASE",
     "IngestCounts",
     "OpenRun",
+    "PENDING_CHECK",
     "RunLedger",
     "StoreBusyError",
     "WINDOW_SOURCES",
@@ -75,6 +76,12 @@ ARTICLE_SOURCES = frozenset({"files", "eutils", "updatefiles"})
 #: Run sources that cover a time window (the watermark), which a data-quality check of
 #: that window judges (:func:`ingest.quality.check_ingest`).
 WINDOW_SOURCES = ("eutils", "updatefiles")
+#: The ``details.watermark`` an E-utilities run of the nightly (or the nightly DAG) is
+#: stored with: its window is not through until its checks passed
+#: (:func:`litpulse.pipeline.planning.release_watermark` removes it); a run killed between
+#: its ingest and its check stays held, and the next nightly ingests (and checks) the
+#: window again.
+PENDING_CHECK = "pending: its data-quality check has not passed yet"
 
 
 class StoreBusyError(BusyError):

@@ -91,6 +91,7 @@ from ingest.rows import (
 )
 from ingest.rules import Counter, SourceRanks, StoredState, plan_batch
 from ingest.runs import (
+    PENDING_CHECK,
     STORE_LEASE,
     WINDOW_SOURCES,
     IngestCounts,
@@ -125,6 +126,7 @@ from litpulse.core.schema import (
     source_times,
 )
 from litpulse.core.settings import Settings
+from litpulse.core.states import RunStatus
 from litpulse.core.text import clean_doi, doi_key
 from litpulse.core.timeutil import as_date, as_utc, iso, nlm_day_start, utcnow
 
@@ -150,6 +152,12 @@ _SOURCE_TIMES_CURRENT: set[str] = set()
 LANG_TERMS_CHECKPOINT = ("store", "lang_terms")
 #: Stores this process found with their ``lang`` terms complete.
 _LANG_TERMS_CURRENT: set[str] = set()
+#: Set once the rows an older release stored for window runs killed (or failed) before
+#: their data-quality check carry those runs in ``articles.run_id``
+#: (:meth:`Store.upgrade_run_ids`).
+RUN_IDS_CHECKPOINT = ("store", "run_ids")
+#: Stores this process found with ``articles.run_id`` filled.
+_RUN_IDS_CURRENT: set[str] = set()
 #: How far the period ends (a date filter meets the whole of an issue's period, "2019
 #: Nov-Dec", "2000 Spring") are caught up with the rows written (:func:`catch_up_mark`).
 PERIOD_END_CHECKPOINT = ("store", "pub_period_end")
@@ -251,6 +259,7 @@ class Store(RunLedger, Checkpoints):
         self.upgrade_sequences()
         self.upgrade_source_times()
         self.upgrade_lang_terms()
+        self.upgrade_run_ids()
         self.catch_up_period_ends()  # rows a previous release wrote (or a store before it)
         fill_term_forms(self.engine)  # their spellings likewise
         counter = Counter()
@@ -472,6 +481,56 @@ class Store(RunLedger, Checkpoints):
 
         what = "language terms of bilingual articles added"
         return self._upgrade_once(LANG_TERMS_CHECKPOINT, _LANG_TERMS_CURRENT, work, what)
+
+    def upgrade_run_ids(self) -> int:
+        """Give the rows an older release stored for the window runs still waiting for
+        their data-quality check those runs (``articles.run_id``), once per store.
+
+        That release kept no run on a row; this one reads a row without one as judged
+        by a check (met again on a later window's overlap day: ``reseen``, not new).
+        Right for every row but those of a window killed (or failed) between its ingest
+        and its check: its rerun after the upgrade must take those rows over and judge
+        them, as the rerun does under either release alone, or its check reads the
+        window's bad records alone (5 of 5 where a clean run reads 5 of 1,005) and fails
+        once. Those runs are the window runs after the last one a check got through —
+        judged, or succeeded with its watermark released or withheld (a step after the
+        ingest ran, so the window is not taken for unchecked), or one no check was to
+        come for — that no check judged and that are not through: killed, failed, or
+        succeeded and still :data:`~ingest.runs.PENDING_CHECK`. Their rows are those
+        written within the run (a touch does not move ``updated_at``): from its start to
+        its end, or to the next run's start (one writer at a time), through the index on
+        ``updated_at``; no other row is read. Reading every old row as unjudged instead
+        would dilute the first night after every upgrade, silently.
+
+        Returns:
+            The rows given their run (0 when the store was current).
+        """
+        r, a = ingest_runs.c, articles.c
+
+        def work(conn: Connection) -> int:
+            runs = conn.execute(
+                select(r.id, r.source, r.status, r.started_at, r.finished_at, r.judged_at,
+                       r.details["watermark"].as_string())
+                .order_by(r.started_at, r.id)
+            ).all()  # fmt: skip
+            windows = [i for i, run in enumerate(runs) if run.source in WINDOW_SOURCES]
+            through = max(
+                (i for i in windows if runs[i].judged_at is not None
+                 or (runs[i].status == RunStatus.SUCCEEDED and runs[i][6] != PENDING_CHECK)),
+                default=-1,
+            )  # fmt: skip
+            done = 0
+            for i in (i for i in windows if i > through):  # not through its check
+                run, after = runs[i], runs[i + 1 : i + 2]
+                ends = [as_utc(t) for t in (run.finished_at, *(n.started_at for n in after)) if t]
+                within = [a.run_id.is_(None), a.updated_at >= as_utc(run.started_at)]
+                if ends:
+                    within.append(a.updated_at <= min(ends))
+                done += conn.execute(update(articles).where(*within).values(run_id=run.id)).rowcount
+            return done
+
+        what = "rows of window runs killed before their check given their run"
+        return self._upgrade_once(RUN_IDS_CHECKPOINT, _RUN_IDS_CURRENT, work, what)
 
     def _mark_caught_up(self, written: int) -> None:
         # ``written``: how many rows this call wrote, each counted once however many of

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, func, or_, select, update
 
+from ingest.runs import PENDING_CHECK, WINDOW_SOURCES
 from litpulse.core import db
 from litpulse.core.errors import ConfigError, ConsistencyError
 from litpulse.core.schema import ingest_runs
@@ -50,17 +51,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Sources whose succeeded runs move the watermark forward.
-WINDOW_SOURCES = ("eutils", "updatefiles")
 #: How far behind the day it is read an update-file run's content is taken to reach (NLM
 #: publishes each day's update file the next day): such a run (a bootstrap's included)
 #: moves the watermark to its start less this, and E-utilities go on from there.
 UPDATE_FILE_LAG = dt.timedelta(days=1)
-#: The ``details.watermark`` an E-utilities run of the nightly (or the nightly DAG) is
-#: stored with: its window is not through until its checks passed
-#: (:func:`release_watermark`); a run killed between its ingest and its check stays held,
-#: and the next nightly ingests (and checks) the window again.
-PENDING_CHECK = "pending: its data-quality check has not passed yet"
 #: How long after a promotion the index-refresh DAG waits for the litpulse_reindex run
 #: its model asset triggers to appear (the retrain DAG switches the model in one task and
 #: emits the asset in the next) before it calls the re-index stalled.

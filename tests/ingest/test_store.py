@@ -1108,6 +1108,7 @@ def test_a_batch_without_stored_rows_asks_no_run_judged(engine: Engine) -> None:
     more: the judged runs are looked up only for rows other runs wrote."""
     store = Store(engine)
     run = store.start_run("files")
+    store.upgrade_run_ids()  # the store's one upgrade read of the runs, first
     seen: list[str] = []
 
     def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:

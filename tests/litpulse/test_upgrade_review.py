@@ -103,6 +103,7 @@ def _new_process() -> None:
     db.dispose_engines()
     store_module._SEQUENCES_CURRENT.clear()
     store_module._LANG_TERMS_CURRENT.clear()
+    store_module._RUN_IDS_CURRENT.clear()
 
 
 def _filtered(engine: Engine, **filters: Any) -> list[int]:

@@ -13,11 +13,13 @@ Defects (strict xfails asserting the correct behaviour). J1 and J2 fixed in the 
 session, now plain tests: ``ingest_window`` records the runs whose batches it resumed
 (``details["resumed_runs"]``) and the window's check judges them with it; a window
 ingested with no check to come (``check_follows=False``: ``nightly --no-quality``, a
-window by hand) is judged once it succeeded (``ingest.quality.judge_runs``). J3 is left,
-a strict xfail: its failure is loud and once (the failed check judges the entries), and
-each fix considered costs more than it saves: filling ``run_id`` of every old row from
-the runs' spans rewrites a 38M-row table on upgrade, and reading old rows as unjudged
-dilutes the first night after every upgrade, silently.
+window by hand) is judged once it succeeded (``ingest.quality.judge_runs``). J3 fixed
+in session 30, now a plain test: on the first write after the upgrade
+(``Store.upgrade_run_ids``, once per store) the rows of the window runs after the last
+one a check got through, written within each such run (``updated_at``, through its
+index), get that run; no other row is read or rewritten (filling every old row would
+rewrite a 38M-row table, and reading every old row as unjudged would dilute the first
+night after every upgrade, silently: the tests after J3's guard both).
 
 J1 **A nightly resumed later the same day leaves the run it resumed unjudged; its rows
    dilute the next night** (ingest/quality.py ``_mark_judged``: the runs judged are those
@@ -100,10 +102,11 @@ import datetime as dt
 import pytest
 from sqlalchemy import select, text
 
+from ingest import store as store_module
 from ingest.quality import check_ingest
 from litpulse.core import db
 from litpulse.core.errors import DataQualityError, TransientSourceError
-from litpulse.core.schema import articles, ingest_runs
+from litpulse.core.schema import articles, checkpoints, ingest_runs
 from litpulse.core.settings import Settings
 from litpulse.pipeline.nightly import ingest_eutils_window
 from tests import emulator as emulation
@@ -184,12 +187,6 @@ def test_j2_the_overlap_day_of_a_night_run_without_its_check_does_not_dilute_the
         _night(s, (_at(TUE, 2), _at(WED, 2)))  # 5 of 520 (0.96 %) passes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="J3: rows an older release stored have run_id NULL, "
-    "read as judged; a window killed before its check under the older "
-    "release, rerun after the upgrade, judges its bad records alone (5 of 5)",
-)
 def test_j3_a_window_killed_before_its_check_then_the_upgrade_reruns_as_the_clean_run(
     emu: ReviewEmulator, settings: Settings
 ) -> None:
@@ -198,15 +195,80 @@ def test_j3_a_window_killed_before_its_check_then_the_upgrade_reruns_as_the_clea
     _bad(emu, range(2000, 2005), MON)
     window = (_at(MON, 2), _at(TUE, 2))
     ingest_eutils_window(s, *window)  # the older release's run, killed before its check
+    _upgraded_from_older_release(s)
+    report = _night(s, window)  # the rerun: the clean run passed 5 of 1,005 (0.5 %)
+    assert report["ok"] and report["quarantine_rate"] == pytest.approx(5 / 1005, abs=1e-6)
+    assert list(_owners(s).values()) == [1000] and _unjudged(s) == []  # the rerun's, judged
+
+
+def test_j3_the_upgrade_gives_only_the_killed_windows_rows_their_run(
+    emu: ReviewEmulator, settings: Settings
+) -> None:
+    """J3's fix (``Store.upgrade_run_ids``) must not dilute: Monday's window passed its
+    check under the older release, Tuesday's was killed before its check. After the
+    upgrade, Tuesday's rerun meets Monday's 500 records on its overlap day as judged
+    (``reseen``) and its own 20 as new: 5 bad of 20 fail it, as in a clean run."""
+    s = _settings(emu, settings)
+    _bulk(emu, range(1000, 1500), MON)
+    assert _night(s, (_at(MON, 2), _at(TUE, 2)))["ok"]  # checked, released
+    _tuesday(emu)
+    tuesday = (_at(TUE, 2), _at(WED, 2))
+    ingest_eutils_window(s, *tuesday)  # killed before its check
+    _upgraded_from_older_release(s)
+    with pytest.raises(DataQualityError, match=r"5 of 20 records quarantined"):
+        _night(s, tuesday)
+
+
+def test_j3_a_window_that_failed_then_passed_under_the_older_release_stays_judged(
+    emu: ReviewEmulator, settings: Settings
+) -> None:
+    """A window whose first run failed part way and whose rerun passed, both under the
+    older release: the upgrade gives neither's rows a run (the check got through after
+    them), so the next night's overlap day reads them as judged: 5 of 20 fail it."""
+    s = _settings(emu, settings, efetch_batch=250, max_retries=0)
+    _bulk(emu, range(1000, 1500), MON)
+    emu.faults.add("503", path="efetch", times=1, after=1)  # the second batch fails
+    monday = (_at(MON, 2), _at(TUE, 2))
+    with pytest.raises(TransientSourceError):
+        _night(s, monday)
+    assert _night(s, monday)["ok"]
+    _upgraded_from_older_release(s)
+    assert _owners(s) == {None: 500}
+    _tuesday(emu)
+    with pytest.raises(DataQualityError, match=r"5 of 20 records quarantined"):
+        _night(s, (_at(TUE, 2), _at(WED, 2)))
+
+
+def test_j3_a_window_that_failed_part_way_under_the_older_release_reruns_as_the_clean_run(
+    emu: ReviewEmulator, settings: Settings
+) -> None:
+    """The older release's window failed after its first batch (EFetch 503); after the
+    upgrade its rerun resumes that batch and judges the window whole: 5 of 1,005."""
+    s = _settings(emu, settings, efetch_batch=500, max_retries=0)
+    _bulk(emu, range(1000, 2000), MON)
+    _bad(emu, range(2000, 2005), MON)
+    emu.faults.add("503", path="efetch", times=1, after=1)
+    window = (_at(MON, 2), _at(TUE, 2))
+    with pytest.raises(TransientSourceError):
+        _night(s, window)
+    _upgraded_from_older_release(s)
+    report = _night(s, window)
+    assert report["ok"] and report["quarantine_rate"] == pytest.approx(5 / 1005, abs=1e-6)
+    assert _unjudged(s) == []
+
+
+def _upgraded_from_older_release(s: Settings) -> None:
+    """The store as the release before ``articles.run_id`` left it (no run on a row, no
+    run judged, no upgrade checkpoint), then opened by this release in a new process."""
     engine = db.connect(s)
-    with engine.begin() as conn:  # the store as the older release left it ...
+    with engine.begin() as conn:
         conn.execute(text("ALTER TABLE articles DROP COLUMN run_id"))
         conn.execute(text("ALTER TABLE ingest_runs DROP COLUMN judged_at"))
         conn.execute(text("ALTER TABLE ingest_runs DROP COLUMN reseen"))
-    added = db.add_missing_columns(engine)  # ... upgraded as this release opens it
+        conn.execute(checkpoints.delete().where(checkpoints.c.key == "run_ids"))
+    store_module._RUN_IDS_CURRENT.clear()
+    added = db.add_missing_columns(engine)
     assert set(added) == {"articles.run_id", "ingest_runs.judged_at", "ingest_runs.reseen"}
-    report = _night(s, window)  # the rerun: the clean run passed 5 of 1,005 (0.5 %)
-    assert report["ok"] and report["quarantine_rate"] == pytest.approx(5 / 1005, abs=1e-6)
 
 
 # ========================================================================= attacks that held
