@@ -596,10 +596,13 @@ def after_match(match_id: int) -> ColumnElement[bool]:
         return select(at.c[col]).where(at.c.id == match_id).scalar_subquery()
 
     found, score, pmid = of("found_at"), of("score"), of("pmid")
-    return or_(
-        dm.found_at < found,
-        and_(dm.found_at == found, dm.score < score),
-        and_(dm.found_at == found, dm.score == score, dm.pmid > pmid),
+    return and_(
+        dm.found_at <= found,  # the index's bound (search_id, found_at): no earlier row read
+        or_(
+            dm.found_at < found,
+            and_(dm.found_at == found, dm.score < score),
+            and_(dm.found_at == found, dm.score == score, dm.pmid > pmid),
+        ),
     )
 
 
