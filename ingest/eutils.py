@@ -59,6 +59,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -718,7 +719,12 @@ def _fetch_batch(
             resumed_runs = set(run.details.get("resumed_runs", ())) | {int(earlier_run)}
             run.details["resumed_runs"] = sorted(resumed_runs)
         # what that run stored of this window: its row counts it, the window's total too
-        earlier = IngestCounts(**(value.get("counts") or {}))
+        stored = value.get("counts") or {}
+        earlier = IngestCounts(**stored)
+        if "reseen" not in stored:  # the release before counted no records met again:
+            # those of the batch a check had judged, as this release would have counted
+            met = min(earlier.unchanged, store.judged_among(batch))
+            earlier = dataclasses.replace(earlier, reseen=met)
         resumed = IngestCounts(**run.details.get("resumed_counts", {})) + earlier
         run.details["resumed_counts"] = resumed.to_dict()
         return [int(p) for p in value.get("missing", [])]

@@ -53,6 +53,7 @@ from litpulse.core.timeutil import iso, utcnow
 
 __all__ = [
     "ARTICLE_SOURCES",
+    "CHECK_FAILED",
     "STORE_LEASE",
     "IngestCounts",
     "OpenRun",
@@ -82,6 +83,9 @@ WINDOW_SOURCES = ("eutils", "updatefiles")
 #: its ingest and its check stays held, and the next nightly ingests (and checks) the
 #: window again.
 PENDING_CHECK = "pending: its data-quality check has not passed yet"
+#: The ``details.watermark`` ``litpulse nightly`` leaves on a window whose data-quality
+#: check failed (:func:`litpulse.pipeline.planning.withhold_watermark`): a check judged it.
+CHECK_FAILED = "withheld: quality failed: DataQualityError"
 
 
 class StoreBusyError(BusyError):

@@ -91,7 +91,8 @@ from ingest.rows import (
 )
 from ingest.rules import Counter, SourceRanks, StoredState, plan_batch
 from ingest.runs import (
-    PENDING_CHECK,
+    ARTICLE_SOURCES,
+    CHECK_FAILED,
     STORE_LEASE,
     WINDOW_SOURCES,
     IngestCounts,
@@ -483,8 +484,8 @@ class Store(RunLedger, Checkpoints):
         return self._upgrade_once(LANG_TERMS_CHECKPOINT, _LANG_TERMS_CURRENT, work, what)
 
     def upgrade_run_ids(self) -> int:
-        """Give the rows an older release stored for the window runs still waiting for
-        their data-quality check those runs (``articles.run_id``), once per store.
+        """Give the rows an older release stored for the window runs whose check never
+        came those runs (``articles.run_id``), once per store.
 
         That release kept no run on a row; this one reads a row without one as judged
         by a check (met again on a later window's overlap day: ``reseen``, not new).
@@ -492,40 +493,45 @@ class Store(RunLedger, Checkpoints):
         and its check: its rerun after the upgrade must take those rows over and judge
         them, as the rerun does under either release alone, or its check reads the
         window's bad records alone (5 of 5 where a clean run reads 5 of 1,005) and fails
-        once. Those runs are the window runs after the last one a check got through —
-        judged, or succeeded with its watermark released or withheld (a step after the
-        ingest ran, so the window is not taken for unchecked), or one no check was to
-        come for — that no check judged and that are not through: killed, failed, or
-        succeeded and still :data:`~ingest.runs.PENDING_CHECK`. Their rows are those
-        written within the run (a touch does not move ``updated_at``): from its start to
-        its end, or to the next run's start (one writer at a time), through the index on
-        ``updated_at``; no other row is read. Reading every old row as unjudged instead
-        would dilute the first night after every upgrade, silently.
+        once. A window run's rows are left as judged when a check judged the run
+        (:func:`_judged_by_a_check`) or a later run of a window overlapping its own did
+        (an E-utilities run of all PubMed: an update-file run, or one with a query, meets
+        only some of its records). The others' rows are those written between the
+        previous run that wrote articles and the next one (one writer at a time; a touch
+        does not move ``updated_at``), read through the index on ``updated_at``; no other
+        row is read. Rows are stamped by the database's clock and runs by the writer's,
+        so a run is bounded by its neighbours' times, not its own. Reading every old row
+        as unjudged instead would dilute the first night after every upgrade, silently.
 
         Returns:
             The rows given their run (0 when the store was current).
         """
-        r, a = ingest_runs.c, articles.c
+        r, a, q = ingest_runs.c, articles.c, quarantine.c
 
         def work(conn: Connection) -> int:
+            judged_entries = set(conn.execute(
+                select(q.run_id).where(q.judged_at.is_not(None)).distinct()
+            ).scalars())  # fmt: skip
             runs = conn.execute(
                 select(r.id, r.source, r.status, r.started_at, r.finished_at, r.judged_at,
-                       r.details["watermark"].as_string())
+                       r.window_start, r.window_end,
+                       r.details["watermark"].as_string().label("watermark"),
+                       r.details["query"].as_string().label("query"))
+                .where(r.source.in_(ARTICLE_SOURCES))
                 .order_by(r.started_at, r.id)
             ).all()  # fmt: skip
-            windows = [i for i, run in enumerate(runs) if run.source in WINDOW_SOURCES]
-            through = max(
-                (i for i in windows if runs[i].judged_at is not None
-                 or (runs[i].status == RunStatus.SUCCEEDED and runs[i][6] != PENDING_CHECK)),
-                default=-1,
-            )  # fmt: skip
+            through = [_judged_by_a_check(run, judged_entries) for run in runs]
             done = 0
-            for i in (i for i in windows if i > through):  # not through its check
-                run, after = runs[i], runs[i + 1 : i + 2]
-                ends = [as_utc(t) for t in (run.finished_at, *(n.started_at for n in after)) if t]
-                within = [a.run_id.is_(None), a.updated_at >= as_utc(run.started_at)]
-                if ends:
-                    within.append(a.updated_at <= min(ends))
+            for i, run in enumerate(runs):
+                if run.source not in WINDOW_SOURCES or through[i] or any(
+                    through[j] and _covers(runs[j], run) for j in range(i + 1, len(runs))
+                ):
+                    continue
+                before = runs[i - 1].finished_at if i else None
+                within = [a.run_id.is_(None),
+                          a.updated_at > as_utc(before or run.started_at)]  # fmt: skip
+                if i + 1 < len(runs):
+                    within.append(a.updated_at < as_utc(runs[i + 1].started_at))
                 done += conn.execute(update(articles).where(*within).values(run_id=run.id)).rowcount
             return done
 
@@ -887,6 +893,23 @@ class Store(RunLedger, Checkpoints):
                 out.update(conn.execute(query).scalars())
         return out
 
+    def judged_among(self, pmids: Iterable[int]) -> int:
+        """How many of ``pmids`` have a stored row a data-quality check judged: written by
+        a run a check judged, or older than ``articles.run_id`` (none, after
+        :meth:`upgrade_run_ids`) — the rows a run meeting them unchanged counts as met
+        again (:attr:`IngestCounts.reseen`, :func:`ingest.rules.plan_batch`)."""
+        self.upgrade_run_ids()
+        a, r = articles.c, ingest_runs.c
+        judged = or_(a.run_id.is_(None),
+                     a.run_id.in_(select(r.id).where(r.judged_at.is_not(None))))  # fmt: skip
+        n = 0
+        with self.engine.connect() as conn:
+            for chunk in chunks(sorted({int(p) for p in pmids})):
+                n += int(conn.execute(
+                    select(func.count()).select_from(articles).where(a.pmid.in_(chunk), judged)
+                ).scalar() or 0)  # fmt: skip
+        return n
+
     def unlisted_entered(
         self, listed: Iterable[int], start: dt.date, end: dt.date
     ) -> list[int]:
@@ -1181,6 +1204,31 @@ def _count_met_again(
     if taken and run_id is not None:
         for part in chunks(taken):
             conn.execute(update(quarantine).where(q.digest.in_(part)).values(run_id=run_id))
+
+
+def _judged_by_a_check(run: Any, judged_entries: set[int]) -> bool:
+    """Whether a check judged what run ``run`` (an ``ingest_runs`` row) stored, as an
+    older release's ledger says it (:meth:`Store.upgrade_run_ids`): its ``judged_at``;
+    a quarantine entry of it judged (the check marks them whatever its verdict); a window
+    released (no ``watermark`` left: its check passed) or never held (a run by hand, an
+    update-file run: taken as it came); or withheld by the check's own failure. A run
+    still :data:`~ingest.runs.PENDING_CHECK`, withheld by a step before its check (the
+    citations), or not succeeded, was judged by nothing."""
+    if run.judged_at is not None or run.id in judged_entries:
+        return True
+    if run.status != RunStatus.SUCCEEDED:
+        return False
+    return run.watermark is None or run.watermark == CHECK_FAILED
+
+
+def _covers(later: Any, run: Any) -> bool:
+    """Whether run ``later`` searched all PubMed over days of ``run``'s window: what its
+    check judged includes the records of ``run`` it met again."""
+    return (
+        later.source == "eutils" and later.query is None
+        and None not in (later.window_start, later.window_end, run.window_start, run.window_end)
+        and later.window_start < run.window_end and run.window_start < later.window_end
+    )  # fmt: skip
 
 
 def _judged_runs(

@@ -104,6 +104,7 @@ import pytest
 from sqlalchemy import select
 
 from ingest.quality import check_ingest
+from ingest.runs import CHECK_FAILED
 from ingest.store import Store
 from litpulse.core import db
 from litpulse.core.errors import DataQualityError
@@ -293,7 +294,7 @@ def test_run_nightly_withholds_a_failed_window_and_no_quality_is_the_way_out(
     emu.outage = True
     with pytest.raises(DataQualityError, match="returned no record"):
         run_nightly(s, until=_at(WED, 2), citations=False, retrain=False)
-    assert _held_runs(s)[-1] == "withheld: quality failed: DataQualityError"
+    assert _held_runs(s)[-1] == CHECK_FAILED
     assert last_watermark(s) == mark
     emu.outage = False
     emu.add_article(2, edat=TUE)  # the source recovered: the next nightly re-fetches Tuesday

@@ -257,6 +257,36 @@ def test_j3_a_window_that_failed_part_way_under_the_older_release_reruns_as_the_
     assert _unjudged(s) == []
 
 
+def test_a_window_failed_part_way_on_its_overlap_day_under_the_older_release_is_not_diluted(
+    emu: ReviewEmulator, settings: Settings
+) -> None:
+    """Tuesday's window failed under the older release after storing its first batch:
+    Monday's 500 records, met again on the overlap day. That release's batch checkpoint
+    counts them ``unchanged`` with no ``reseen``; resumed after the upgrade, they must
+    still read as met again: Tuesday's 5 bad of 20 new fail the check, as in a clean run
+    (not 5 of 520, passed)."""
+    s = _settings(emu, settings, efetch_batch=500, max_retries=0)
+    _bulk(emu, range(1000, 1500), MON)
+    assert _night(s, (_at(MON, 2), _at(TUE, 2)))["ok"]
+    _tuesday(emu)
+    emu.faults.add("503", path="efetch", times=1, after=1)  # Tuesday's own batch fails
+    tuesday = (_at(TUE, 2), _at(WED, 2))
+    with pytest.raises(TransientSourceError):
+        _night(s, tuesday)
+    engine = db.connect(s)
+    with engine.begin() as conn:  # the older release's checkpoints count no reseen
+        for key, value in conn.execute(
+            select(checkpoints.c.key, checkpoints.c.value).where(checkpoints.c.scope == "eutils")
+        ).all():
+            if "counts" in value:
+                counts = {k: v for k, v in value["counts"].items() if k != "reseen"}
+                conn.execute(checkpoints.update().where(checkpoints.c.key == key)
+                             .values(value={**value, "counts": counts}))  # fmt: skip
+    _upgraded_from_older_release(s)
+    with pytest.raises(DataQualityError, match=r"5 of 20 records quarantined"):
+        _night(s, tuesday)
+
+
 def _upgraded_from_older_release(s: Settings) -> None:
     """The store as the release before ``articles.run_id`` left it (no run on a row, no
     run judged, no upgrade checkpoint), then opened by this release in a new process."""

@@ -12,7 +12,12 @@ the columns and the checkpoint as the release before left them), on SQLite and P
 Each defect was also run without the upgrade (this release alone): there it gives the
 expected verdict, so each divergence is the upgrade's.
 
-Defects (strict xfails asserting the correct behaviour):
+Defects (were strict xfails; fixed in the same session, now plain tests: the upgrade
+decides run by run — a run a check judged by the older release's own traces (its
+quarantine entries judged, its window released, or withheld by a failed check,
+``ingest.runs.CHECK_FAILED``) or a later E-utilities run of all PubMed over days of its
+window (``_judged_by_a_check``, ``_covers``) keeps its rows as judged; the others' rows are
+bounded by the neighbouring runs that wrote articles, not by their own times):
 
 U1 **Silent dilution: a window whose DAG check FAILED under the older release is taken for
    one killed before its check** (ingest/store.py ``upgrade_run_ids``, the ``through``
@@ -152,15 +157,9 @@ def _run_of(s: Settings, pmids: range) -> set[int | None]:
         ).scalars())  # fmt: skip
 
 
-# ========================================================================= defects (xfail)
+# ========================================================================= defects (fixed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="U1: a window whose DAG check failed under the older release keeps PENDING_CHECK; "
-    "the upgrade reads it as unchecked and gives its rows its run: the next night takes "
-    "500 judged records over and passes 5 bad of 20 new as 5 of 520",
-)
 def test_u1_a_window_whose_dag_check_failed_under_the_older_release_stays_judged(
     emu: ReviewEmulator, settings: Settings
 ) -> None:
@@ -182,12 +181,6 @@ def test_u1_a_window_whose_dag_check_failed_under_the_older_release_stays_judged
         _night(s, (_at(MON, 2), _at(WED, 2)))  # held: from Monday's start
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="U2: a window whose nightly iCite step failed before its check under the older "
-    "release is 'withheld: citations failed', read by the upgrade as through its check; "
-    "its rows keep run_id NULL and the rerun fails on its bad records alone (5 of 5)",
-)
 def test_u2_a_window_whose_icite_step_failed_under_the_older_release_reruns_as_the_clean_run(
     emu: ReviewEmulator, settings: Settings
 ) -> None:
@@ -210,12 +203,6 @@ def test_u2_a_window_whose_icite_step_failed_under_the_older_release_reruns_as_t
     assert _unjudged(s) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="U3: an update-file run that applied no file (run daily beside the nightly, "
-    "README) after the killed window counts as 'a check got through'; the killed window's "
-    "rows keep run_id NULL and its rerun fails on its bad records alone (5 of 5)",
-)
 def test_u3_an_update_file_run_between_the_killed_window_and_the_upgrade(
     emu: ReviewEmulator, settings: Settings
 ) -> None:
@@ -235,13 +222,6 @@ def test_u3_an_update_file_run_between_the_killed_window_and_the_upgrade(
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    reason="U4: the upgrade compares rows' updated_at (the database server's clock, "
-    "db_now) with the run's started_at/finished_at (the writer host's clock, utcnow); "
-    "a server clock 2 s ahead puts every row after the run's end: none is given the "
-    "run and the rerun fails on its bad records alone (5 of 5)",
-)
 def test_u4_a_database_clock_ahead_of_the_writers_still_finds_the_killed_windows_rows(
     emu: ReviewEmulator, pg_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
