@@ -87,12 +87,12 @@ Attacks that held (plain tests, or read and found sound):
   unjudged runs are taken (none on a normal overlap day). A files/bootstrap run never
   takes over (``WINDOW_SOURCES``).
 
-Considered and left: a batch checkpoint written by the previous release lacks ``reseen``
-(read as 0): a window resumed across the upgrade counts its resumed overlap-day records
-as new, diluting that one night only; ``run_nightly(source="updatefiles")`` checks with no
-window, so updatefiles runs (a ``WINDOW_SOURCES`` member) are never judged and every
-unchanged record an update file repeats is taken over and counted new, as before the
-merge (no regression, but the Q3 fix does not reach that source).
+Considered then, fixed since: a batch checkpoint written by the previous release lacks
+``reseen`` (read as 0): a window resumed across the upgrade counted its resumed overlap-day
+records as new, diluting that one night (session 30: such a checkpoint's batch counts as
+met again the rows a check had judged, ``Store.judged_among``; the test after J3's); an
+update-file run was never judged, so a window meeting its records counted them new (an
+update-file run is judged once it succeeded, ``ingest/updatefiles.py``).
 """
 
 from __future__ import annotations
