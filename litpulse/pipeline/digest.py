@@ -256,9 +256,11 @@ def run_digest(
         if index is None:
             return DigestReport(index_version=None, skipped="no index is published yet")
         done = []
+        lexical = getattr(index, "lexical", None)
+        current = _LexicalCurrent(lexical) if lexical is not None else None
         for search in searches:
             lease.check()
-            done.append(_digest_or_report(settings, engine, search, index, embed))
+            done.append(_digest_or_report(settings, engine, search, index, embed, current))
         lease.check()
         emailed, posted, failures, warnings = _deliver(settings, engine, started)
     cap = settings.digest_max_matches
@@ -310,7 +312,11 @@ DIGEST_PART = 20_000
 
 
 def _new_articles(
-    engine: Engine, search: SavedSearch, index_ids: np.ndarray, model_version: str
+    engine: Engine,
+    search: SavedSearch,
+    index_ids: np.ndarray,
+    model_version: str,
+    lexical: _LexicalCurrent | None = None,
 ) -> tuple[np.ndarray, dt.datetime]:
     """The PMIDs new for ``search`` (stored or revised after its watermark) that the index
     holds, and the next watermark.
@@ -318,8 +324,12 @@ def _new_articles(
     The watermark moves to the newest write time looked at, but stops just before the
     oldest new article the index does not hold yet, or holds only as an older text (a
     revision not embedded yet: its vector of the current text has not come; it will be
-    new next time). An article matched before is not matched again (``digest_matches``
-    is unique per search and PMID).
+    new next time). For a search the lexical index decides (a quoted phrase, a word
+    after NOT, an author: ``lexical``), an article is held only when the published
+    lexical index holds its current content too: a revision that changed only its
+    authors, MeSH headings or keywords leaves its vector current, and the lexical index
+    answers for the old list until the next refresh. An article matched before is not
+    matched again (``digest_matches`` is unique per search and PMID).
     """
     import numpy as np
 
@@ -340,12 +350,37 @@ def _new_articles(
     pmids = np.fromiter((int(r.pmid) for r in rows), dtype=np.int64, count=len(rows))
     current = np.fromiter((bool(r.current) for r in rows), dtype=bool, count=len(rows))
     held = np.isin(pmids, index_ids) & current
+    if lexical is not None and held.any():
+        held &= ~np.isin(pmids, lexical.stale(engine, pmids[held]))
     waiting = [r.updated_at for r, h in zip(rows, held, strict=True) if not h]
     if waiting:
         mark = max(search.watermark, min(waiting) - dt.timedelta(microseconds=1))
     else:
         mark = rows[-1].updated_at
     return pmids[held], mark
+
+
+class _LexicalCurrent:
+    """Which articles the published lexical index holds with other content than the
+    store's (:func:`ranking.lexical.changed_docs`), each asked once a digest: the saved
+    searches of one digest mostly share their new articles."""
+
+    def __init__(self, lexical: Any) -> None:
+        self.lexical = lexical
+        self._stale: dict[int, bool] = {}
+
+    def stale(self, engine: Engine, pmids: np.ndarray) -> np.ndarray:
+        """Those of ``pmids`` (held by the vector index) whose lexical entry is older
+        than the store's row, or missing."""
+        import numpy as np
+
+        from ranking.lexical import changed_docs
+
+        ask = np.asarray([p for p in pmids.tolist() if p not in self._stale], dtype=np.int64)
+        if len(ask):
+            changed = set(changed_docs(engine, self.lexical, ask).tolist())  # or missing
+            self._stale.update({p: p in changed for p in ask.tolist()})
+        return np.asarray([p for p in pmids.tolist() if self._stale[p]], dtype=np.int64)
 
 
 def _not_matched(engine: Engine, search_id: int, pmids: np.ndarray) -> np.ndarray:
@@ -372,12 +407,13 @@ def _digest_or_report(
     search: SavedSearch,
     index: Any,
     embed: Callable[[str], np.ndarray] | None,
+    current: _LexicalCurrent | None = None,
 ) -> SearchDigest:
     """:func:`_digest_one`, or, when it fails, what went wrong: one saved search that
     cannot be searched (a rule it breaks, a value the database refuses) never stops the
     digest of the others. Nothing of it is written, so the next digest tries again."""
     try:
-        return _digest_one(settings, engine, search, index, embed)
+        return _digest_one(settings, engine, search, index, embed, current)
     except Exception as exc:  # logged with its traceback, reported, tried again
         logger.exception(
             "saved search %d %r not digested (tried again next time): %s",
@@ -401,6 +437,7 @@ def _digest_one(
     search: SavedSearch,
     index: Any,
     embed: Callable[[str], np.ndarray] | None,
+    current: _LexicalCurrent | None = None,
 ) -> SearchDigest:
     from ranking.index_store import fetch_vectors
     from ranking.lexical import constrains
@@ -409,7 +446,12 @@ def _digest_one(
     if search.problem is not None:
         raise ConfigError(f"not searched: {search.problem}; {search.remedy}")
     threshold = search.threshold(settings)
-    new, mark = _new_articles(engine, search, index.ids, str(index.model_version))
+    # a quoted phrase is required, a word after NOT excluded, an author named: the
+    # published lexical index tells which articles meet them (none there: not searched
+    # this time, reported), so only those it holds as they are now are new
+    phrase_filter = getattr(index, "lexical", None) if constrains(search.query) else None
+    new, mark = _new_articles(engine, search, index.ids, str(index.model_version),
+                              current if phrase_filter is not None else None)
     # an article matched before is never recorded again (a revision of it is new by its
     # write time): left out before ranking, it takes no place under the cap
     unmatched = _not_matched(engine, search.id, new)
@@ -421,9 +463,6 @@ def _digest_one(
     capped = False
     cap = settings.digest_max_matches
     passing: list[Any] = []
-    # a quoted phrase is required, a word after NOT excluded: the published lexical index
-    # tells which articles hold them (none there: not searched this time, reported)
-    phrase_filter = getattr(index, "lexical", None) if constrains(search.query) else None
     # every new article is scored, a part at a time: a search's candidate pool is its
     # nearest by cosine, and a flood of revised older articles (near, but low on
     # recency) would crowd a new one that scores higher out of it. Semantic scores are
