@@ -75,7 +75,7 @@ from ingest.dates import each_day, searched_days
 from ingest.http import HttpClient, eutils_client
 from ingest.parse import ParseLimits, parse_bytes
 from ingest.records import Deletion, Item, QuarantineEntry, Record, SourceRef
-from ingest.runs import IngestCounts, OpenRun, recorded_run
+from ingest.runs import IngestCounts, OpenRun, judge_runs, recorded_run
 from ingest.store import Store
 from litpulse.core import db
 from litpulse.core.errors import (
@@ -544,6 +544,17 @@ def window_key(start: dt.date, end: dt.date, query: str | None) -> str:
     return key
 
 
+def listed_pmids(store: Store, settings: Settings, since: dt.datetime, until: dt.datetime
+                 ) -> list[int] | None:
+    """The PMIDs ESearch listed for the window ``[since, until)`` of all PubMed, as its
+    last search recorded them (its checkpoint); ``None`` when none is recorded."""
+    start, end = searched_days(settings, as_utc(since), as_utc(until))
+    search = store.get_checkpoint(SCOPE, f"{window_key(start, end, None)}#search")
+    if search is None or "pmids" not in (search.get("value") or {}):
+        return None
+    return [int(p) for p in search["value"]["pmids"]]
+
+
 def _progress(items: Sequence[Any], enabled: bool, desc: str) -> Iterator[Any]:
     if enabled:
         try:
@@ -592,10 +603,10 @@ def ingest_window(
         run_details: Added to the run's details (the application marks a window whose
             check is still to come; the mark is in the row once the run succeeded).
         check_follows: A data-quality check of this window follows and judges the run
-            (:func:`ingest.quality.check_ingest`); without one the run, and those whose
-            batches it resumed, are judged once it succeeded
-            (:func:`ingest.quality.judge_runs`), so the next window's overlap day meets
-            its records as judged, not new.
+            (:func:`ingest.quality.check_ingest`); without one the run is judged as it
+            opens and its entries as it closes, however it ends, and those whose batches
+            it resumed once it succeeded (:func:`ingest.runs.judge_runs`), so the next
+            window's overlap day meets its records as judged, not new.
 
     Returns:
         The :class:`ingest.store.IngestCounts` of this call (``missing`` included); with
@@ -627,9 +638,9 @@ def ingest_window(
     limits = ParseLimits.from_settings(settings)
     with (
         eutils_client(settings) as client,
-        recorded_run(
+        recorded_run(  # taken unchecked (a window by hand, --no-quality): judged as it is
             store, "eutils", target=target, window_start=since_dt, window_end=until_dt,
-            redact=client.redact,
+            redact=client.redact, judged=not check_follows,
         ) as run,
     ):  # fmt: skip
         run.details = {**(run_details or {}), "window": f"{start}..{end}", "query": query,
@@ -684,10 +695,8 @@ def ingest_window(
         )
         run.details.update(requests=client.requests_sent, retries=client.retries)
         store.set_checkpoint(SCOPE, f"{wkey}#search", "done", value)
-    if not check_follows:  # taken unchecked (a window by hand, --no-quality): accepted
-        from ingest.quality import judge_runs
-
-        judge_runs(store.engine, [run.id, *run.details.get("resumed_runs", ())])
+    if not check_follows:  # the earlier tries it resumed, accepted with it
+        judge_runs(store.engine, run.details.get("resumed_runs", ()))
     if on_given_up is not None and owed["given_up"]:
         on_given_up(list(owed["given_up"]), target)
     if whole_window:  # batches an earlier try stored included: a retry is judged whole
@@ -715,16 +724,20 @@ def _fetch_batch(
     if value.get("generation") == generation:
         run.details["batches_skipped"] += 1  # fetched by the run that was cut short
         earlier_run = value.get("run_id")
+        resumed_runs = set(run.details.get("resumed_runs", ()))
         if earlier_run is not None and earlier_run != run.id:  # judged with this one
-            resumed_runs = set(run.details.get("resumed_runs", ())) | {int(earlier_run)}
-            run.details["resumed_runs"] = sorted(resumed_runs)
+            resumed_runs.add(int(earlier_run))
         # what that run stored of this window: its row counts it, the window's total too
-        stored = value.get("counts") or {}
-        earlier = IngestCounts(**stored)
-        if "reseen" not in stored:  # the release before counted no records met again:
-            # those of the batch a check had judged, as this release would have counted
-            met = min(earlier.unchanged, store.judged_among(batch))
-            earlier = dataclasses.replace(earlier, reseen=met)
+        saved = value.get("counts") or {}
+        earlier = IngestCounts(**saved)
+        if "reseen" not in saved:  # the release before counted no records met again:
+            # those of the batch a check had judged, as this release would have counted;
+            # the runs that wrote the others are judged with this one
+            met, unjudged = store.judged_among(batch)
+            earlier = dataclasses.replace(earlier, reseen=min(earlier.unchanged, met))
+            resumed_runs |= unjudged - {run.id}
+        if resumed_runs:
+            run.details["resumed_runs"] = sorted(resumed_runs)
         resumed = IngestCounts(**run.details.get("resumed_counts", {})) + earlier
         run.details["resumed_counts"] = resumed.to_dict()
         return [int(p) for p in value.get("missing", [])]

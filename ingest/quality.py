@@ -20,18 +20,18 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, select
 
 from ingest.dates import COVERED_HOURS, covered_days, each_day, searched_days
-from ingest.runs import WINDOW_SOURCES, IngestCounts
+from ingest.runs import WINDOW_SOURCES, IngestCounts, judge_runs
 from litpulse.core.errors import ConfigError, DataQualityError
 from litpulse.core.settings import Settings
 from litpulse.core.states import RunStatus
-from litpulse.core.timeutil import as_date, as_utc, iso, utcnow
+from litpulse.core.timeutil import as_date, as_utc, iso
 
 __all__ = [
     "QualityReport",
@@ -238,6 +238,8 @@ def check_ingest(
     in the order they are reported, each a short block adding to the same report.
     """
     c = counts_as_dict(counts)
+    if window is not None and isinstance(counts, Mapping) and "reseen" not in counts:
+        c["reseen"] = _older_release_reseen(settings, engine, c, window)
     parsed = c["inserted"] + c["updated"] + c["unchanged"] + c["quarantined"]
     records = parsed + c["deleted"]
     again = min(c["requarantined"], c["quarantined"])
@@ -492,31 +494,28 @@ def _mark_judged(engine: Engine, start: dt.datetime, end: dt.datetime) -> int:
     return judge_runs(engine, ids)
 
 
-def judge_runs(engine: Engine, run_ids: Iterable[int]) -> int:
-    """Mark runs judged, and the quarantine entries they hold, in one transaction: met
-    again, their rows and entries are not new to a check
-    (:attr:`~ingest.runs.IngestCounts.reseen`, ``requarantined``). The check of a window
-    does it whatever its outcome; a window ingested with no check to come does it once it
-    succeeded (:func:`ingest.eutils.ingest_window`: nothing else would, and the next
-    window's overlap day would count its records as new). Returns how many entries."""
-    from litpulse.core.db import id_in_clause
-    from litpulse.core.schema import ingest_runs, quarantine
+def _older_release_reseen(
+    settings: Settings,
+    engine: Engine | None,
+    counts: Mapping[str, int],
+    window: tuple[dt.datetime, dt.datetime],
+) -> int:
+    """The records met again of a window whose counts a release before ``reseen`` made
+    (the DAG's ingest task ran before the upgrade, its check after): those of the
+    window's listed PMIDs whose rows a check had judged (:meth:`Store.judged_among`),
+    at most its ``unchanged``. 0 when the window's search is not recorded."""
+    from ingest.eutils import listed_pmids
+    from ingest.store import Store
+    from litpulse.core.db import connect
 
-    ids = sorted({int(i) for i in run_ids})
-    if not ids:
+    if not counts["unchanged"]:
         return 0
-    r, q = ingest_runs.c, quarantine.c
-    now = utcnow()
-    with engine.begin() as conn:
-        done = conn.execute(
-            update(quarantine)
-            .where(id_in_clause(conn, "run_id", ids), q.judged_at.is_(None))
-            .values(judged_at=now)
-        ).rowcount
-        conn.execute(update(ingest_runs)
-                     .where(id_in_clause(conn, "id", ids), r.judged_at.is_(None))
-                     .values(judged_at=now))  # fmt: skip
-    return int(done or 0)
+    store = Store(engine or connect(settings))
+    pmids = listed_pmids(store, settings, *window)
+    if pmids is None:
+        return 0
+    met, _ = store.judged_among(pmids)
+    return min(met, counts["unchanged"])
 
 
 def _has_weekday(first: dt.date, last: dt.date) -> bool:

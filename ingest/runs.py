@@ -38,7 +38,7 @@ import dataclasses
 import datetime as dt
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Self
@@ -63,6 +63,7 @@ __all__ = [
     "WINDOW_SOURCES",
     "add_run_counts",
     "holds_store_writer",
+    "judge_runs",
     "recorded_run",
     "run_dict",
     "store_writer",
@@ -238,6 +239,7 @@ def recorded_run(
     window_start: dt.datetime | None = None,
     window_end: dt.datetime | None = None,
     redact: Callable[[str], str] = str,
+    judged: bool = False,
 ) -> Iterator[OpenRun]:
     """Open a run, yield it, and close it ``succeeded`` or ``failed`` (then re-raise).
 
@@ -248,6 +250,10 @@ def recorded_run(
         window_start: Start of the window, for window sources.
         window_end: End of the window, for window sources.
         redact: Applied to the error text (removes credentials from URLs).
+        judged: No data-quality check is to come for the run (files, update files, a
+            bootstrap, a window taken unchecked): it is judged as it opens, so the rows
+            it writes are met again, not new, by a later window even if it is killed, and
+            its quarantine entries as it closes, however it ends (:func:`judge_runs`).
 
     Yields:
         The open run; set its ``counts`` and ``details`` as the work goes on.
@@ -260,6 +266,8 @@ def recorded_run(
     with store_writer(ledger.engine) if writes else contextlib.nullcontext():
         run = OpenRun(ledger.start_run(source, target=target, window_start=window_start,
                                        window_end=window_end))  # fmt: skip
+        if judged:
+            judge_runs(ledger.engine, [run.id])
         try:
             yield run
         except BaseException as exc:
@@ -272,7 +280,38 @@ def recorded_run(
                 details={**run.details, **extra},
             )
             raise
+        finally:
+            if judged:
+                judge_runs(ledger.engine, [run.id])
         ledger.finish_run(run.id, run.counts, details=run.details)
+
+
+def judge_runs(engine: Engine, run_ids: Iterable[int]) -> int:
+    """Mark runs judged, and the quarantine entries they hold, in one transaction: met
+    again, their rows and entries are not new to a check
+    (:attr:`IngestCounts.reseen`, ``requarantined``). The check of a window does it
+    whatever its outcome (:func:`ingest.quality.check_ingest`); a run no check is to come
+    for (``recorded_run(judged=True)``) is judged as it opens and its entries as it
+    closes, however it ends: nothing else would judge them, and the next window's overlap
+    day would count its records as new. Returns how many entries."""
+    from litpulse.core.db import id_in_clause
+    from litpulse.core.schema import quarantine
+
+    ids = sorted({int(i) for i in run_ids})
+    if not ids:
+        return 0
+    r, q = ingest_runs.c, quarantine.c
+    now = utcnow()
+    with engine.begin() as conn:
+        done = conn.execute(
+            update(quarantine)
+            .where(id_in_clause(conn, "run_id", ids), q.judged_at.is_(None))
+            .values(judged_at=now)
+        ).rowcount
+        conn.execute(update(ingest_runs)
+                     .where(id_in_clause(conn, "id", ids), r.judged_at.is_(None))
+                     .values(judged_at=now))  # fmt: skip
+    return int(done or 0)
 
 
 def add_run_counts(conn: Connection, run_id: int, delta: IngestCounts) -> None:

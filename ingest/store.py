@@ -521,18 +521,31 @@ class Store(RunLedger, Checkpoints):
                 .order_by(r.started_at, r.id)
             ).all()  # fmt: skip
             through = [_judged_by_a_check(run, judged_entries) for run in runs]
-            done = 0
+            done, kept = 0, []
             for i, run in enumerate(runs):
-                if run.source not in WINDOW_SOURCES or through[i] or any(
+                if run.source != "eutils":  # files, update files: no check was to come
+                    continue
+                if through[i] or any(
                     through[j] and _covers(runs[j], run) for j in range(i + 1, len(runs))
                 ):
+                    kept.append(run.id)
                     continue
-                before = runs[i - 1].finished_at if i else None
+                # after the last run before it that had ended when it began (one closed
+                # as abandoned later, by another run's start, ended long before that)
+                ended = [as_utc(p.finished_at) for p in runs[:i]
+                         if p.finished_at is not None and p.finished_at <= run.started_at]
                 within = [a.run_id.is_(None),
-                          a.updated_at > as_utc(before or run.started_at)]  # fmt: skip
+                          a.updated_at > max(ended, default=as_utc(run.started_at))]
                 if i + 1 < len(runs):
                     within.append(a.updated_at < as_utc(runs[i + 1].started_at))
                 done += conn.execute(update(articles).where(*within).values(run_id=run.id)).rowcount
+            # what a check judged is judged whole: the entries of a run a later window's
+            # check covered (its release judged the entries of its own window only)
+            for part in chunks(kept, 500):
+                conn.execute(update(quarantine).where(q.run_id.in_(part), q.judged_at.is_(None))
+                             .values(judged_at=utcnow()))  # fmt: skip
+                conn.execute(update(ingest_runs).where(r.id.in_(part), r.judged_at.is_(None))
+                             .values(judged_at=utcnow()))  # fmt: skip
             return done
 
         what = "rows of window runs killed before their check given their run"
@@ -893,22 +906,27 @@ class Store(RunLedger, Checkpoints):
                 out.update(conn.execute(query).scalars())
         return out
 
-    def judged_among(self, pmids: Iterable[int]) -> int:
-        """How many of ``pmids`` have a stored row a data-quality check judged: written by
-        a run a check judged, or older than ``articles.run_id`` (none, after
-        :meth:`upgrade_run_ids`) — the rows a run meeting them unchanged counts as met
-        again (:attr:`IngestCounts.reseen`, :func:`ingest.rules.plan_batch`)."""
+    def judged_among(self, pmids: Iterable[int]) -> tuple[int, set[int]]:
+        """Of the stored rows of ``pmids``: how many a data-quality check judged (written
+        by a run a check judged, or older than ``articles.run_id``: none, after
+        :meth:`upgrade_run_ids`) — those a run meeting them unchanged counts as met again
+        (:attr:`IngestCounts.reseen`, :func:`ingest.rules.plan_batch`) — and the runs no
+        check judged that wrote the others (a run meeting them takes them over)."""
         self.upgrade_run_ids()
         a, r = articles.c, ingest_runs.c
-        judged = or_(a.run_id.is_(None),
-                     a.run_id.in_(select(r.id).where(r.judged_at.is_not(None))))  # fmt: skip
-        n = 0
+        by_run: dict[int | None, int] = {}
         with self.engine.connect() as conn:
             for chunk in chunks(sorted({int(p) for p in pmids})):
-                n += int(conn.execute(
-                    select(func.count()).select_from(articles).where(a.pmid.in_(chunk), judged)
-                ).scalar() or 0)  # fmt: skip
-        return n
+                for run_id, count in conn.execute(
+                    select(a.run_id, func.count()).where(a.pmid.in_(chunk)).group_by(a.run_id)
+                ):
+                    by_run[run_id] = by_run.get(run_id, 0) + int(count)
+            runs = sorted(i for i in by_run if i is not None)
+            judged = set(conn.execute(
+                select(r.id).where(id_in_clause(conn, "id", runs), r.judged_at.is_not(None))
+            ).scalars()) if runs else set()  # fmt: skip
+        met = by_run.get(None, 0) + sum(by_run[i] for i in judged)
+        return met, {int(i) for i in runs if i not in judged}
 
     def unlisted_entered(
         self, listed: Iterable[int], start: dt.date, end: dt.date

@@ -519,8 +519,9 @@ def apply_updates(
     source = _source(settings)
     redact = getattr(getattr(source, "client", None), "redact", str)
     try:
-        with recorded_run(
-            store, "updatefiles", target=str(settings.pubmed_files_url), redact=redact
+        with recorded_run(  # no window's check judges an update file's records
+            store, "updatefiles", target=str(settings.pubmed_files_url), redact=redact,
+            judged=True,
         ) as run:
             details = run.details = {"files": applied, "include_baseline": include_baseline}
             run.on_failure = lambda: {"failed_at": utcnow().isoformat()}
@@ -551,12 +552,6 @@ def apply_updates(
                 plan.raise_if_held()  # what was applied before it stays applied
     finally:
         source.close()
-    # no window's check judges an update file's run (its counts are checked whole, if at
-    # all): judged once it succeeded, so a later window meeting its records again counts
-    # them judged (``reseen``), not new, as it does a window run's
-    from ingest.quality import judge_runs
-
-    judge_runs(engine, [run.id])
     return run.counts
 
 

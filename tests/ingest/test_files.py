@@ -186,7 +186,7 @@ def test_a_changed_file_at_the_same_path_is_a_newer_source(
         pubmed_xml.article_xml(2, edat=day),
     ]))  # fmt: skip
     ingest_files(settings, [str(path)])
-    assert ingest_files(settings, [str(path)]) == IngestCounts(unchanged=2)  # a replay
+    assert ingest_files(settings, [str(path)]) == IngestCounts(unchanged=2, reseen=2)  # replay
 
     path.write_bytes(pubmed_xml.pubmed_set(
         [pubmed_xml.article_xml(1, edat=day, title="Corrected title")], deletions=[2]

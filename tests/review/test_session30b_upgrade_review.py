@@ -15,7 +15,15 @@ counts (the DAG's XCom) carried no ``reseen``. Each defect was also run under th
 alone (no upgrade): V1-V4 give the expected verdict there, so the divergence is the
 upgrade's; V5 is wrong under this release alone as well.
 
-Defects (strict xfails asserting the correct behaviour):
+Defects (were strict xfails asserting the correct behaviour; fixed in the same session,
+now plain tests: V1 a resumed older checkpoint's batch hands the runs that wrote its
+unjudged rows to the rerun's check (``Store.judged_among``, ``resumed_runs``); V2 a run is
+bounded below by the last run that had ended when it began; V3 the upgrade judges the runs
+it keeps, and their entries; V4 ``check_ingest`` counts an older release's ``reseen`` from
+the window's listed PMIDs (``ingest.eutils.listed_pmids``); V5 a run no check is to come
+for (files, update files, a bootstrap, a window by hand) is judged as it opens and its
+entries as it closes, however it ends (``recorded_run(judged=True)``), and only
+E-utilities runs are the upgrade's candidates):
 
 V1 **Silent dilution: a resumed older-release batch counts the rows of a killed run new,
    but leaves them that run's, unjudged; the next night counts them new again**
@@ -172,13 +180,9 @@ def _dead_holder_here() -> str:
     return f"{socket.gethostname()}:{dead.pid}:-:{db._boot_mark()}:deadbeef"
 
 
-# ========================================================================= defects (xfail)
+# ========================================================================= defects (fixed)
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "V1: a resumed older-release batch counts a killed run's rows new but leaves them "
-    "that run's, unjudged: the next night counts them new again, 5 of 1,020 passes"
-))  # fmt: skip
 def test_v1_a_resumed_older_release_batch_leaves_no_killed_rows_to_count_twice(
     emu: ReviewEmulator, settings: Settings
 ) -> None:
@@ -202,10 +206,6 @@ def test_v1_a_resumed_older_release_batch_leaves_no_killed_rows_to_count_twice(
         _night(s, (_at(WED, 8), _at(THU, 2)))  # 5 of 1,020 (0.49 %) passes
 
 
-@pytest.mark.xfail(strict=True, raises=DataQualityError, reason=(
-    "V2: a run closed abandoned after later runs bounds the killed window's rows away: "
-    "they stay judged, the rerun fails 5 of 5"
-))  # fmt: skip
 def test_v2_a_run_abandoned_late_does_not_hide_the_killed_windows_rows(
     emu: ReviewEmulator, settings: Settings
 ) -> None:
@@ -233,10 +233,6 @@ def test_v2_a_run_abandoned_late_does_not_hide_the_killed_windows_rows(
     assert report["ok"] and report["quarantine_rate"] == pytest.approx(CLEAN, abs=1e-6)
 
 
-@pytest.mark.xfail(strict=True, raises=DataQualityError, reason=(
-    "V3: the upgrade keeps a covered run's rows judged but not its quarantine entries: "
-    "the next night reads them as new bad, 5 of 25 fails"
-))  # fmt: skip
 def test_v3_the_entries_of_a_run_the_upgrade_keeps_judged_are_judged(
     emu: ReviewEmulator, settings: Settings
 ) -> None:
@@ -263,10 +259,6 @@ def test_v3_the_entries_of_a_run_the_upgrade_keeps_judged_are_judged(
     assert report["ok"] and report["requarantined"] == 5
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "V4: an older release's ingest counts (no reseen) checked after the upgrade read "
-    "the overlap day as new: 5 of 520 passes"
-))  # fmt: skip
 def test_v4_an_older_releases_ingest_checked_after_the_upgrade_is_not_diluted(
     emu: ReviewEmulator, settings: Settings
 ) -> None:
@@ -285,10 +277,6 @@ def test_v4_an_older_releases_ingest_checked_after_the_upgrade_is_not_diluted(
 
 
 @pytest.mark.parametrize("upgrade", [True, False], ids=["upgraded", "this-release"])
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "V5: a failed update-file run's rows are never judged (the upgrade gives them its "
-    "run): the nightly takes them over, 5 of 1,020 passes"
-))  # fmt: skip
 def test_v5_the_records_of_a_failed_update_file_run_do_not_dilute_the_nightly(
     emu: ReviewEmulator, settings: Settings, upgrade: bool
 ) -> None:
@@ -361,7 +349,7 @@ def test_an_older_release_checkpoint_resumed_twice_counts_its_reseen_once(
     assert (c["inserted"], c["unchanged"], c["reseen"], c["quarantined"]) == (15, 500, 500, 5)
     with pytest.raises(DataQualityError, match=r"5 of 20 records quarantined"):
         check_window(s, c, tuesday)
-    assert _unjudged(s) == [1]  # Monday's older-release run alone: its rows are NULL
+    assert _unjudged(s) == []  # Monday's older-release run too: the upgrade judged it
 
 
 def test_the_next_wider_window_passing_under_the_older_release_covers_the_killed_one(
