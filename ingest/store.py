@@ -688,6 +688,10 @@ class Store(RunLedger, Checkpoints):
         if plan.quarantined:
             entries = list(plan.quarantined.values())
             _count_met_again(conn, batch, plan.quarantined.keys(), run_id, counter)
+            if run_id is not None and conn.execute(
+                select(ingest_runs.c.judged_at).where(ingest_runs.c.id == run_id)
+            ).scalar() is not None:  # a run no check is to come for: judged as they are
+                entries = [{**e, "judged_at": now} for e in entries]
             upsert(conn, quarantine, entries, keys=["digest"], update=[])
             # an entry stored without a PMID, now known to be a PMID's (EFetch asked for
             # it alone: ingest.eutils._attribute), is named: else the PMID, settled as

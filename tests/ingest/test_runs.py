@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select
 
 from ingest.runs import (
     ARTICLE_SOURCES,
@@ -111,3 +112,41 @@ def test_another_thread_is_another_writer(sqlite_settings: Settings) -> None:
         t.join(30)
     assert len(refused) == 1
 
+
+
+def test_a_run_no_check_is_to_come_for_is_judged_even_when_killed(settings: Settings) -> None:
+    """An update-file run (``recorded_run(judged=True)``) killed after a batch committed
+    (``os._exit``: no ``finally`` runs): the run, the row it wrote and the quarantine entry
+    it stored are judged, so a window meeting them again counts them met again
+    (``reseen``, ``requarantined``), not new: nothing else would ever judge them."""
+    import multiprocessing
+    import os
+
+    from ingest.records import QuarantineEntry
+    from litpulse.core.schema import ingest_runs, quarantine
+    from tests.ingest.test_store import src
+
+    def killed() -> None:
+        db.dispose_engines()
+        store = Store(db.connect(settings))
+        with recorded_run(store, "updatefiles", judged=True) as run:
+            store.apply([make_record(7, source=src(1)),
+                         QuarantineEntry("no PMID", "<PubmedArticle/>", src(1), line=3)],
+                        run_id=run.id)  # fmt: skip
+            os._exit(0)  # killed: the run stays running, nothing after this runs
+
+    db.dispose_engines()
+    child = multiprocessing.get_context("fork").Process(target=killed)
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    with db.connect(settings).connect() as conn:
+        status, judged = conn.execute(select(ingest_runs.c.status, ingest_runs.c.judged_at)).one()
+        entry_judged = conn.execute(select(quarantine.c.judged_at)).scalar_one()
+    assert status == RunStatus.RUNNING and judged is not None and entry_judged is not None
+    store = Store(db.connect(settings))
+    window = store.start_run("eutils")
+    counts = store.apply([make_record(7, source=src(1)),
+                          QuarantineEntry("no PMID", "<PubmedArticle/>", src(1), line=3)],
+                         run_id=window)  # fmt: skip
+    assert (counts.unchanged, counts.reseen, counts.requarantined) == (1, 1, 1)
