@@ -603,10 +603,11 @@ def ingest_window(
         run_details: Added to the run's details (the application marks a window whose
             check is still to come; the mark is in the row once the run succeeded).
         check_follows: A data-quality check of this window follows and judges the run
-            (:func:`ingest.quality.check_ingest`); without one the run is judged as it
-            opens and its entries as it closes, however it ends, and those whose batches
-            it resumed once it succeeded (:func:`ingest.runs.judge_runs`), so the next
-            window's overlap day meets its records as judged, not new.
+            (:func:`ingest.quality.check_ingest`); without one the run, and those whose
+            batches it resumed, are judged once it succeeded
+            (:func:`ingest.runs.judge_runs`), so the next window's overlap day meets its
+            records as judged, not new (one that failed is not: the check of a window
+            meeting its records judges them).
 
     Returns:
         The :class:`ingest.store.IngestCounts` of this call (``missing`` included); with
@@ -638,9 +639,9 @@ def ingest_window(
     limits = ParseLimits.from_settings(settings)
     with (
         eutils_client(settings) as client,
-        recorded_run(  # taken unchecked (a window by hand, --no-quality): judged as it is
+        recorded_run(
             store, "eutils", target=target, window_start=since_dt, window_end=until_dt,
-            redact=client.redact, judged=not check_follows,
+            redact=client.redact,
         ) as run,
     ):  # fmt: skip
         run.details = {**(run_details or {}), "window": f"{start}..{end}", "query": query,
@@ -695,8 +696,10 @@ def ingest_window(
         )
         run.details.update(requests=client.requests_sent, retries=client.retries)
         store.set_checkpoint(SCOPE, f"{wkey}#search", "done", value)
-    if not check_follows:  # the earlier tries it resumed, accepted with it
-        judge_runs(store.engine, run.details.get("resumed_runs", ()))
+    if not check_follows:  # taken unchecked (a window by hand, --no-quality): accepted
+        # once it succeeded, with the earlier tries it resumed; one that fails is not (a
+        # checked window meeting its records judges them)
+        judge_runs(store.engine, [run.id, *run.details.get("resumed_runs", ())])
     if on_given_up is not None and owed["given_up"]:
         on_given_up(list(owed["given_up"]), target)
     if whole_window:  # batches an earlier try stored included: a retry is judged whole

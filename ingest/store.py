@@ -271,7 +271,7 @@ class Store(RunLedger, Checkpoints):
         rank: SourceRanks | None = None
         first = 0
         written: set[int] = set()  # PMIDs whose rows this call wrote (new, replaced, deleted)
-        take_over = run_id is not None and self._checked_by_window(run_id)
+        take_over = run_id is not None and self._check_to_come(run_id)
         with bulk_load(self.engine), _gc_paused():
             for batch in _batches(items, batch_size):
                 if self.defer_counts and not self._marked:  # before the batch commits
@@ -300,15 +300,17 @@ class Store(RunLedger, Checkpoints):
         logger.info("applied %d items: %s", counts.total, counts.to_dict())
         return counts
 
-    def _checked_by_window(self, run_id: int) -> bool:
-        """Whether run ``run_id`` covers a window (:data:`ingest.runs.WINDOW_SOURCES`), whose
-        data-quality check judges what it meets: only such a run takes rows over, so a
-        file read again (a files or bootstrap run, never judged) writes nothing."""
+    def _check_to_come(self, run_id: int) -> bool:
+        """Whether run ``run_id`` covers a window (:data:`ingest.runs.WINDOW_SOURCES`)
+        that a data-quality check is still to judge: only such a run takes over the rows
+        and entries it meets that no check judged (its check judges them). A run judged
+        already (files, update files, a bootstrap: no check is to come) leaves them to
+        the run that stored them, so a check meeting them later judges rows and entries
+        alike."""
+        r = ingest_runs.c
         with self.engine.connect() as conn:
-            source = conn.execute(
-                select(ingest_runs.c.source).where(ingest_runs.c.id == run_id)
-            ).scalar()
-        return source in WINDOW_SOURCES
+            row = conn.execute(select(r.source, r.judged_at).where(r.id == run_id)).first()
+        return row is not None and row.source in WINDOW_SOURCES and row.judged_at is None
 
     def _upgrade_once(
         self,
@@ -687,7 +689,8 @@ class Store(RunLedger, Checkpoints):
         self._write_articles(conn, plan.tomb, _TOMBSTONE_COLUMNS, stored)
         if plan.quarantined:
             entries = list(plan.quarantined.values())
-            _count_met_again(conn, batch, plan.quarantined.keys(), run_id, counter)
+            _count_met_again(conn, batch, plan.quarantined.keys(), run_id, counter,
+                             take=take_over)
             if run_id is not None and conn.execute(
                 select(ingest_runs.c.judged_at).where(ingest_runs.c.id == run_id)
             ).scalar() is not None:  # a run no check is to come for: judged as they are
@@ -1200,13 +1203,16 @@ def _count_met_again(
     digests: Iterable[str],
     run_id: int | None,
     counter: Counter,
+    *,
+    take: bool = True,
 ) -> None:
     """Count the quarantine entries of ``batch`` met again
     (:attr:`IngestCounts.requarantined`): in quarantine already and judged by a
     data-quality check (``judged_at``: :func:`ingest.quality.check_ingest`).
 
     An entry no check has judged yet (its run was killed, failed, or stopped before its
-    check) is still new, and this run takes it over, so that this run's check judges it.
+    check) is still new, and this run takes it over (``take``: a run whose check is to
+    come, as it takes the rows over), so that this run's check judges it.
     """
     q = quarantine.c
     known: set[str] = set()
@@ -1223,7 +1229,7 @@ def _count_met_again(
     counter.requarantined += sum(
         1 for it in batch if isinstance(it, QuarantineEntry) and it.digest in known
     )
-    if taken and run_id is not None:
+    if taken and take and run_id is not None:
         for part in chunks(taken):
             conn.execute(update(quarantine).where(q.digest.in_(part)).values(run_id=run_id))
 

@@ -9,7 +9,10 @@ Every test drives the real client against the loopback emulator (``ReviewEmulato
 ``_night`` = the DAG's pair, ingest then check), on SQLite and PostgreSQL. Tuesday brings 20
 new records, 5 malformed (25 %); ``LITPULSE_MAX_QUARANTINE_RATE`` is 1 %.
 
-Defects (strict xfails asserting the correct behaviour):
+Defects (were strict xfails asserting the correct behaviour; fixed in the same session,
+now plain tests: W1 a window taken unchecked is judged once it succeeded again, not as it
+opens; W2, W3 only a run whose check is to come (``Store._check_to_come``: a window run no
+check judged yet) takes over the rows and the entries no check judged, both alike):
 
 W1 **Silent pass: a window by hand that FAILS part way is accepted as if it had succeeded**
    (ingest/eutils.py ``ingest_window``: ``recorded_run(..., judged=not check_follows)``
@@ -97,14 +100,9 @@ from tests.review.test_session28_judged_review import (
     _tuesday,
 )
 
-# ========================================================================= defects (xfail)
+# ========================================================================= defects (fixed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="W1: a failed window by hand is judged at open: the "
-    "checked nightly meets its bad records as requarantined and passes",
-)
 def test_w1_a_window_by_hand_that_fails_part_way_is_judged_by_the_next_check(
     emu: ReviewEmulator, settings: Settings
 ) -> None:
@@ -119,11 +117,6 @@ def test_w1_a_window_by_hand_that_fails_part_way_is_judged_by_the_next_check(
         _night(s, (_at(TUE, 2), _at(WED, 2)))  # reads 0 of 10 and passes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="W2: an update-file run takes the killed window's "
-    "good rows over and judges them: the rerun reads 5 of 5 and fails",
-)
 def test_w2_an_update_file_run_between_a_killed_window_and_its_rerun_does_not_fail_it(
     emu: ReviewEmulator, settings: Settings
 ) -> None:
@@ -139,11 +132,6 @@ def test_w2_an_update_file_run_between_a_killed_window_and_its_rerun_does_not_fa
     assert report["ok"] and report["quarantine_rate"] == pytest.approx(5 / 1005, abs=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="W3: a files run takes the killed window's entries "
-    "over and judges them, not its rows: the rerun reads 0 of 15 and passes",
-)
 def test_w3_a_local_file_run_does_not_judge_a_killed_windows_bad_records(
     emu: ReviewEmulator, settings: Settings, tmp_path: Path
 ) -> None:
