@@ -64,6 +64,7 @@ __all__ = [
     "add_run_counts",
     "holds_store_writer",
     "judge_runs",
+    "judge_runs_in",
     "recorded_run",
     "run_dict",
     "store_writer",
@@ -294,6 +295,12 @@ def judge_runs(engine: Engine, run_ids: Iterable[int]) -> int:
     for (``recorded_run(judged=True)``) is judged as it opens and its entries as it
     closes, however it ends: nothing else would judge them, and the next window's overlap
     day would count its records as new. Returns how many entries."""
+    with engine.begin() as conn:
+        return judge_runs_in(conn, run_ids)
+
+
+def judge_runs_in(conn: Connection, run_ids: Iterable[int]) -> int:
+    """:func:`judge_runs` in the caller's transaction."""
     from litpulse.core.db import id_in_clause
     from litpulse.core.schema import quarantine
 
@@ -302,15 +309,14 @@ def judge_runs(engine: Engine, run_ids: Iterable[int]) -> int:
         return 0
     r, q = ingest_runs.c, quarantine.c
     now = utcnow()
-    with engine.begin() as conn:
-        done = conn.execute(
-            update(quarantine)
-            .where(id_in_clause(conn, "run_id", ids), q.judged_at.is_(None))
-            .values(judged_at=now)
-        ).rowcount
-        conn.execute(update(ingest_runs)
-                     .where(id_in_clause(conn, "id", ids), r.judged_at.is_(None))
-                     .values(judged_at=now))  # fmt: skip
+    done = conn.execute(
+        update(quarantine)
+        .where(id_in_clause(conn, "run_id", ids), q.judged_at.is_(None))
+        .values(judged_at=now)
+    ).rowcount
+    conn.execute(update(ingest_runs)
+                 .where(id_in_clause(conn, "id", ids), r.judged_at.is_(None))
+                 .values(judged_at=now))  # fmt: skip
     return int(done or 0)
 
 

@@ -99,6 +99,7 @@ from ingest.runs import (
     RunLedger,
     add_run_counts,
     holds_store_writer,
+    judge_runs_in,
 )
 from litpulse.core.db import (
     TERM_FORMS_CHECKPOINT,
@@ -271,7 +272,7 @@ class Store(RunLedger, Checkpoints):
         rank: SourceRanks | None = None
         first = 0
         written: set[int] = set()  # PMIDs whose rows this call wrote (new, replaced, deleted)
-        take_over = run_id is not None and self._check_to_come(run_id)
+        take_over, judged = self._run_state(run_id)
         with bulk_load(self.engine), _gc_paused():
             for batch in _batches(items, batch_size):
                 if self.defer_counts and not self._marked:  # before the batch commits
@@ -285,7 +286,8 @@ class Store(RunLedger, Checkpoints):
                     rank = self.source_ranks()
                 with self.engine.begin() as conn:
                     forms, changed = self._apply_batch(
-                        conn, batch, first, run_id, counter, touched, ordered, rank, take_over
+                        conn, batch, first, run_id, counter, touched, ordered, rank, take_over,
+                        judged
                     )
                     if run_id is not None:  # what a killed run stored stays counted
                         add_run_counts(conn, run_id, counter.freeze() - before)
@@ -300,17 +302,25 @@ class Store(RunLedger, Checkpoints):
         logger.info("applied %d items: %s", counts.total, counts.to_dict())
         return counts
 
-    def _check_to_come(self, run_id: int) -> bool:
-        """Whether run ``run_id`` covers a window (:data:`ingest.runs.WINDOW_SOURCES`)
-        that a data-quality check is still to judge: only such a run takes over the rows
-        and entries it meets that no check judged (its check judges them). A run judged
-        already (files, update files, a bootstrap: no check is to come) leaves them to
-        the run that stored them, so a check meeting them later judges rows and entries
-        alike."""
+    def _run_state(self, run_id: int | None) -> tuple[bool, bool]:
+        """Whether run ``run_id`` takes over what no check judged, and whether it is
+        judged already.
+
+        Only a run covering a window (:data:`ingest.runs.WINDOW_SOURCES`) that a
+        data-quality check is still to judge takes over the rows and entries it meets
+        that no check judged (its check judges them). A run judged already (files, update
+        files, a bootstrap: no check is to come) leaves them to the run that stored them,
+        so a check meeting them later judges rows and entries alike; the entries it
+        stores are judged as they are stored."""
+        if run_id is None:
+            return False, False
         r = ingest_runs.c
         with self.engine.connect() as conn:
             row = conn.execute(select(r.source, r.judged_at).where(r.id == run_id)).first()
-        return row is not None and row.source in WINDOW_SOURCES and row.judged_at is None
+        if row is None:
+            return False, False
+        judged = row.judged_at is not None
+        return row.source in WINDOW_SOURCES and not judged, judged
 
     def _upgrade_once(
         self,
@@ -543,11 +553,7 @@ class Store(RunLedger, Checkpoints):
                 done += conn.execute(update(articles).where(*within).values(run_id=run.id)).rowcount
             # what a check judged is judged whole: the entries of a run a later window's
             # check covered (its release judged the entries of its own window only)
-            for part in chunks(kept, 500):
-                conn.execute(update(quarantine).where(q.run_id.in_(part), q.judged_at.is_(None))
-                             .values(judged_at=utcnow()))  # fmt: skip
-                conn.execute(update(ingest_runs).where(r.id.in_(part), r.judged_at.is_(None))
-                             .values(judged_at=utcnow()))  # fmt: skip
+            judge_runs_in(conn, kept)
             return done
 
         what = "rows of window runs killed before their check given their run"
@@ -643,11 +649,13 @@ class Store(RunLedger, Checkpoints):
         ordered: dict[SourceRef, SourceRef],
         rank: SourceRanks,
         take_over: bool = True,
+        judged: bool = False,
     ) -> tuple[set[tuple[str, str]], set[int]]:
         """Decide (:func:`ingest.rules.plan_batch`) and write one batch at ``first``;
         returns the term spellings it added to ``term_forms`` and the PMIDs whose rows it
         wrote (their ``updated_at`` moved). ``take_over``: rows met again that no check
-        judged become this run's (a window run, whose check judges them)."""
+        judged become this run's (a window run, whose check judges them); ``judged``: the
+        run is judged already (:meth:`_run_state`)."""
         now = db_now(conn)  # the database's clock: watermarks compare one clock's stamps
         pmids = {it.pmid for it in batch if isinstance(it, PreparedRecord | Record | Deletion)}
         states = self._read_states(conn, pmids)
@@ -691,9 +699,7 @@ class Store(RunLedger, Checkpoints):
             entries = list(plan.quarantined.values())
             _count_met_again(conn, batch, plan.quarantined.keys(), run_id, counter,
                              take=take_over)
-            if run_id is not None and conn.execute(
-                select(ingest_runs.c.judged_at).where(ingest_runs.c.id == run_id)
-            ).scalar() is not None:  # a run no check is to come for: judged as they are
+            if judged:  # a run no check is to come for: judged as they are stored
                 entries = [{**e, "judged_at": now} for e in entries]
             upsert(conn, quarantine, entries, keys=["digest"], update=[])
             # an entry stored without a PMID, now known to be a PMID's (EFetch asked for

@@ -113,6 +113,8 @@ from tests import emulator as emulation
 from tests.ingest.test_windows_review import ReviewEmulator, _at, _night, _settings
 from tests.litpulse.pipeline.test_nightly_operations import _malformed
 
+#: The clean run's verdict on a window of 1,000 good records and 5 malformed ones (0.5 %).
+CLEAN = 5 / 1005
 #: A Monday (2024: no DST change, no US holiday) and the days after it.
 MON = dt.date(2024, 1, 8)
 TUE, WED, THU = (MON + dt.timedelta(days=n) for n in range(1, 4))

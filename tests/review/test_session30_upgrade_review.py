@@ -120,6 +120,7 @@ from litpulse.pipeline.planning import withhold_watermark
 from tests import emulator as emulation
 from tests.ingest.test_windows_review import ReviewEmulator, _at, _night, _settings
 from tests.review.test_session28_judged_review import (
+    CLEAN,
     MON,
     TUE,
     WED,
@@ -130,9 +131,6 @@ from tests.review.test_session28_judged_review import (
     _unjudged,
     _upgraded_from_older_release,
 )
-
-#: The clean run's verdict on Monday's window: 5 bad of 1,005 new records (0.5 %).
-CLEAN = 5 / 1005
 
 
 def _monday(emu: ReviewEmulator) -> None:

@@ -140,6 +140,7 @@ from litpulse.pipeline.nightly import check_window, ingest_eutils_window
 from tests import emulator as emulation
 from tests.ingest.test_windows_review import ReviewEmulator, _at, _night, _settings
 from tests.review.test_session28_judged_review import (
+    CLEAN,
     MON,
     THU,
     TUE,
@@ -151,9 +152,6 @@ from tests.review.test_session28_judged_review import (
     _unjudged,
     _upgraded_from_older_release,
 )
-
-#: The clean run's verdict on a window of 1,000 good records and 5 malformed ones.
-CLEAN = 5 / 1005
 
 
 def _older_checkpoints(s: Settings) -> None:

@@ -11,7 +11,7 @@ new records, 5 malformed (25 %); ``LITPULSE_MAX_QUARANTINE_RATE`` is 1 %.
 
 Defects (were strict xfails asserting the correct behaviour; fixed in the same session,
 now plain tests: W1 a window taken unchecked is judged once it succeeded again, not as it
-opens; W2, W3 only a run whose check is to come (``Store._check_to_come``: a window run no
+opens; W2, W3 only a run whose check is to come (``Store._run_state``: a window run no
 check judged yet) takes over the rows and the entries no check judged, both alike):
 
 W1 **Silent pass: a window by hand that FAILS part way is accepted as if it had succeeded**
