@@ -57,7 +57,10 @@ another ``--as-of`` is a new load.
 
 **Values** follow the API refresh's rule (:func:`ingest.citations.icite_values`, the
 module docstring of :mod:`ingest.citations`): a missing-value marker (empty, ``NaN``,
-``NA``, …) is NULL and the row keeps its other values; a value that is impossible for its
+``NA``, …) is NULL and the row keeps its other values; a NULL never overwrites what the article had
+(on both databases). A PMID met twice in a file is stored as the rows one after the other
+would be: the later row's values, and the earlier one's where the later lacks them,
+whatever the batch size. A value that is impossible for its
 column (not a number, negative, infinite, out of range) makes the row a bad row.
 
 **Bad rows** (a wrong number of fields, a PMID that is not one, an impossible value,
@@ -106,7 +109,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import BigInteger, Boolean, Column, Float, Integer, MetaData, Table, text, update
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    Table,
+    func,
+    text,
+    update,
+)
 from sqlalchemy.engine import Connection
 
 from ingest.boundaries import MAX_RAW_TAIL
@@ -422,6 +436,16 @@ def _header(stream: IO[bytes], location: str) -> tuple[list[str], int]:
     return names, len(first)
 
 
+def _merge(values: dict[int, dict[str, Any]], pmid: int, got: dict[str, Any]) -> None:
+    """Add a row's values to its batch's: a PMID met again in the batch keeps, for each
+    value the later row lacks, the earlier row's, as if the rows were stored one after the
+    other (so the batch size never changes what is stored)."""
+    held = values.get(pmid)
+    values[pmid] = got if held is None else {
+        c: held[c] if v is None else v for c, v in got.items()
+    }
+
+
 def iter_batches(
     stream: IO[bytes],
     *,
@@ -536,7 +560,7 @@ def iter_batches(
                 else:
                     lines.pending.clear()
                     if parsed is not None:
-                        values[parsed[0]] = parsed[1]
+                        _merge(values, *parsed)
         if rows >= size:
             yield Batch(values, bad, rows, lines.offset, lines.line)
             values, bad, rows = {}, [], 0
@@ -576,7 +600,8 @@ def _copy_update(conn: Connection, values: Mapping[int, Mapping[str, Any]], at: 
     a, s = articles.c, _STAGE.c
     stmt = (
         update(articles)
-        .values({**{c: s[c] for c in cols}, "icite_fetched_at": at})
+        # a missing value is "not known": what the article had stays (as icite_update)
+        .values({**{c: func.coalesce(s[c], a[c]) for c in cols}, "icite_fetched_at": at})
         .where(
             a.pmid == s.pmid,
             a.is_deleted.is_(False),

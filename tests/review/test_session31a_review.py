@@ -3,7 +3,9 @@ parse (ingest/parallel.py), the store's bulk paths (ingest/store.py, litpulse/co
 ``litpulse ingest --files``, the bootstrap, the update files and the iCite snapshot loader
 (``litpulse citations load FILE``, ingest/icite_snapshot.py), on SQLite and PostgreSQL.
 
-Defects (strict xfails asserting the correct behaviour):
+Defects (were strict xfails asserting the correct behaviour; fixed in the same session,
+now plain tests on both databases: A1 ``_copy_update`` coalesces as ``icite_update`` does;
+A2 ``iter_batches`` merges a PMID met again in a batch by the same rule, ``_merge``):
 
 A1 **PostgreSQL only: a snapshot row with a missing value wipes the value the article had.**
    The user loses known iCite values (an RCR, a citation rate) on PostgreSQL for every
@@ -118,19 +120,8 @@ def _icite(settings: Settings, pmid: int) -> dict[str, Any]:
 
 
 def test_a1_a_missing_snapshot_value_keeps_what_the_article_had_on_both_databases(
-    settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
+    settings: Settings, tmp_path: Path
 ) -> None:
-    if settings.database_url:  # SQLite (executemany of icite_update) holds: a plain pass
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "A1: the PostgreSQL COPY path of the snapshot loader (_copy_update) sets each "
-                    "column to the staged value, so a missing value (NaN) is written as NULL over "
-                    "the article's known value"
-                ),
-            )
-        )
     _seed(settings, [7])
     # an earlier load (an API refresh stores through the same rule) gave it every value
     first = tmp_path / "march.csv"
@@ -150,26 +141,18 @@ def test_a1_a_missing_snapshot_value_keeps_what_the_article_had_on_both_database
 # ========================================================================== A2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="A2: a PMID met twice in one batch keeps only the later "
-    "row (its NULLs included); met in two batches, the earlier values stay: the "
-    "stored value depends on where the batch boundary lands",
-)
 def test_a2_a_pmid_met_twice_ends_the_same_whatever_the_batch_size(
-    sqlite_settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path
 ) -> None:
-    text = (
-        HEADER + _snapshot_row(7, count="42", rcr="3.5") + _snapshot_row(7, count="45", rcr="NaN")
-    )
+    # the same two rows, for PMID 7 loaded in batches of 1 and for PMID 8 in batches of 2
+    _seed(settings, [7, 8])
     got = {}
-    for size in (1, 2):
-        s = Settings.from_env({}, home=tmp_path / f"home{size}")
-        _seed(s, [7])
+    for pmid, size in ((7, 1), (8, 2)):
         f = tmp_path / f"snapshot{size}.csv"
-        f.write_text(text)
-        load_snapshot(s, f, as_of=AS_OF, batch_size=size)
-        got[size] = _icite(s, 7)
+        f.write_text(HEADER + _snapshot_row(pmid, count="42", rcr="3.5")
+                     + _snapshot_row(pmid, count="45", rcr="NaN"))  # fmt: skip
+        load_snapshot(settings, f, as_of=AS_OF, batch_size=size)
+        got[size] = _icite(settings, pmid)
     # rows applied in order by the write rule (a NaN keeps what was known): RCR 3.5
     assert got[1] == got[2], got
     assert got[2]["relative_citation_ratio"] == 3.5 and got[2]["citation_count"] == 45
