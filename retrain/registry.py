@@ -18,7 +18,10 @@ promoted version (:func:`ranking.refresh.refresh_index`: a full build for a mode
 an index; a kept index of that model, as after a rollback, is updated and republished). The index
 carries its model version and searches embed queries with the index's own model, so
 until the new index is published searches keep the old model with the old index; if the
-rebuild fails the statuses are switched back.
+rebuild fails the statuses are switched back (as read under the switch's lock) — unless
+another switch landed meanwhile (the retrain DAG's deferred promotion takes no index
+lease): that one stands, and only the version this one switched in goes back to what it
+was, so never two versions are active (:func:`_restore`).
 """
 
 from __future__ import annotations
@@ -335,27 +338,70 @@ def _switch(
         _append_event(conn, activate, event, by=by, reason=why, at=now)
 
 
-def _restore(engine: Engine, rows: list[ModelVersion]) -> None:
+def _rows(conn: Connection, ids: Iterable[str]) -> list[ModelVersion]:
+    """The rows of these versions and of any active one, read in ``conn``'s transaction
+    (under :func:`_lock_models`: what a failed re-index puts back, :func:`_restore`)."""
+    mv = model_versions.c
+    stmt = select(model_versions).where(mv.id.in_(list(ids)) | (mv.status == ModelStatus.ACTIVE))
+    return [ModelVersion.from_row(r) for r in conn.execute(stmt.order_by(mv.id))]
+
+
+def _restore(engine: Engine, rows: list[ModelVersion], switched_in: str | None) -> None:
+    """Undo a switch whose re-index failed: ``rows`` (read as the switch began) go back
+    as they were, in one transaction under :func:`_lock_models`.
+
+    Unless another switch has happened since (a deferred promotion of the retrain DAG
+    takes no index lease, so it can land during the hours of an inline re-index): when
+    ``switched_in`` (the version this switch made active; ``None``: the base model) is no
+    longer what is active, the newer switch stands, and only ``switched_in``'s own row
+    goes back to what it was before this switch (its status, and who promoted it when:
+    never active again beside the newer one), with an event saying why. Putting every row
+    back then would re-activate the version this switch replaced beside the newer one.
+    """
+    mv = model_versions.c
     with engine.begin() as conn:
+        _lock_models(conn)
+        active = conn.execute(select(mv.id).where(mv.status == ModelStatus.ACTIVE)).scalars()
+        if sorted(active) == ([switched_in] if switched_in is not None else []):
+            for row in rows:
+                conn.execute(
+                    update(model_versions)
+                    .where(mv.id == row.id)
+                    .values(
+                        status=row.status, promoted_by=row.promoted_by,
+                        promoted_at=row.promoted_at, reason=row.reason, events=row.events,
+                    )
+                )
+            return
         for row in rows:
+            if row.id != switched_in or row.status is ModelStatus.ACTIVE:
+                continue
             conn.execute(
                 update(model_versions)
-                .where(model_versions.c.id == row.id)
-                .values(
-                    status=row.status, promoted_by=row.promoted_by,
-                    promoted_at=row.promoted_at, reason=row.reason, events=row.events,
-                )
+                .where(mv.id == row.id)
+                .values(status=row.status, promoted_by=row.promoted_by,
+                        promoted_at=row.promoted_at, reason=row.reason)  # fmt: skip
             )
+            event = (ModelEvent.REOPENED if row.status is ModelStatus.CANDIDATE
+                     else ModelEvent(str(row.status)))  # fmt: skip
+            _append_event(conn, row.id, event, by=None,
+                          reason="its re-index failed after another switch had replaced it")
+        logger.warning("another model switch happened during the re-index: it stands; only "
+                       "%s is put back as it was", switched_in or BASE_ID)
 
 
 def _reindex(
-    settings: Settings, engine: Engine, before: list[ModelVersion], reindex: Reindex
+    settings: Settings,
+    engine: Engine,
+    before: list[ModelVersion],
+    switched_in: str | None,
+    reindex: Reindex,
 ) -> Any:
     try:
         return reindex(settings)
     except BaseException:
         logger.exception("re-index failed: restoring the previous model statuses")
-        _restore(engine, before)
+        _restore(engine, before, switched_in)
         raise
 
 
@@ -405,13 +451,14 @@ def promote(
     if previous is not None and previous.id == target.id:
         logger.info("model %s is already active", id)
         return {"model": target.to_dict(), "previous": id, "index": None, "changed": False}
-    before = [target] + ([previous] if previous is not None else [])
     with engine.begin() as conn:
+        _lock_models(conn)
+        before = _rows(conn, [id])  # read under the switch's lock: what a failure restores
         _switch(conn, activate=id, previous=previous, previous_status=ModelStatus.RETIRED,
                 by=by, reason=reason or target.reason, why=reason)
     logger.info("promoted %s (previous: %s) by %s; re-indexing", id,
                 previous.id if previous else BASE_ID, by)
-    report = _reindex(settings, engine, before, reindex)
+    report = _reindex(settings, engine, before, id, reindex)
     return {
         "model": get_model(settings, id, engine=engine).to_dict(),
         "previous": previous.id if previous else BASE_ID,
@@ -459,10 +506,12 @@ def rollback(
             break
         skipped.append((target, problem))
         target = _previous_active(engine, target, passed={v.id for v, _ in skipped})
-    before = [current, *(v for v, _ in skipped)] + ([target] if target is not None else [])
     why = reason or f"rolled back by {by}"
     with engine.begin() as conn:  # one transaction: a crash leaves the current one active
         _lock_models(conn)
+        # read under the switch's lock: what a failed re-index restores
+        before = _rows(conn, [current.id, *(v.id for v, _ in skipped)]
+                       + ([target.id] if target is not None else []))  # fmt: skip
         conn.execute(
             update(model_versions)
             .where(model_versions.c.id == current.id)
@@ -484,7 +533,7 @@ def rollback(
                        why=f"re-activated by rollback of {current.id}")
     logger.info("rolled back %s to %s by %s; re-indexing", current.id,
                 target.id if target else BASE_ID, by)
-    report = _reindex(settings, engine, before, reindex)
+    report = _reindex(settings, engine, before, target.id if target else None, reindex)
     return {
         "model": target.id if target else BASE_ID,
         "rolled_back": current.id,

@@ -14,6 +14,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from retrain.evaluate import GateDecision, HeldOut, evaluate_encoder, gate, writ
 from retrain.lora import LoraOptions, train
 from retrain.pairs import PairSet, mine_pairs, prune_untrained
 
-__all__ = ["RetrainBusyError", "RetrainReport", "retrain", "evaluate_versions"]
+__all__ = ["LeasedReindex", "RetrainBusyError", "RetrainReport", "retrain", "evaluate_versions"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,26 @@ LEASE = "retrain"
 
 class RetrainBusyError(BusyError):
     """Another retrain holds the ``retrain`` lease: nothing was done (retry later)."""
+
+
+@dataclass(frozen=True)
+class LeasedReindex:
+    """A promotion's re-index that runs under a lease taken *before* the model is switched
+    (the application's :func:`litpulse.pipeline.planning.leased_reindex`).
+
+    ``hold(settings)`` is entered before the switch: it takes the ``index-publish`` lease,
+    or raises a :class:`~litpulse.core.errors.BusyError` while another process re-indexes
+    (then nothing is switched: a switch undone after it failed on the lease would pull the
+    model from under that re-index, and show readers a model without its index); it yields
+    the re-index step, run under that lease.
+    """
+
+    hold: Callable[[Settings], AbstractContextManager[Callable[[Settings], Any]]]
+
+
+#: The ``reindex`` of a round: a plain step (run after the switch: the retrain DAG's
+#: deferring one), or one under a lease taken before it (:class:`LeasedReindex`).
+Reindex = Callable[[Settings], Any] | LeasedReindex
 
 
 @dataclass(frozen=True)
@@ -190,7 +211,7 @@ def retrain(
     min_new_articles: int | None = None,
     pair_filter: Callable[[PairSet], PairSet] | None = None,
     promote_by: str = "gate",
-    reindex: Callable[[Settings], Any],
+    reindex: Reindex,
     mine_kwargs: dict[str, Any] | None = None,
     negatives: LexicalSearch | None = None,
 ) -> RetrainReport:
@@ -208,7 +229,9 @@ def retrain(
             ``settings.retrain_min_new_articles``).
         pair_filter: Transforms the mined pairs before training (experiments, tests).
         promote_by: Recorded as ``promoted_by`` when the gate promotes.
-        reindex: The re-index step of a promotion (see :func:`retrain.registry.promote`).
+        reindex: The re-index step of a promotion (see :func:`retrain.registry.promote`),
+            or a :class:`LeasedReindex` (`litpulse nightly`, `litpulse retrain`): its lease
+            is taken before the model is switched.
         mine_kwargs: Extra arguments of :func:`retrain.pairs.mine_pairs`.
         negatives: The lexical ranker hard negatives come from (the application floor
             passes the published BM25 index's search); ``None``: none mined.
@@ -255,7 +278,7 @@ def _retrain(
     min_new_articles: int | None,
     pair_filter: Callable[[PairSet], PairSet] | None,
     promote_by: str,
-    reindex: Callable[[Settings], Any],
+    reindex: Reindex,
     mine_kwargs: dict[str, Any],
     started: float,
 ) -> RetrainReport:
@@ -461,7 +484,7 @@ def _decide(
     decision: GateDecision,
     *,
     promote_by: str,
-    reindex: Callable[[Settings], Any],
+    reindex: Reindex,
     compared_with: str | None,
 ) -> tuple[RetrainOutcome, tuple[str, ...], dict[str, Any] | None]:
     """Promote the candidate when the gate passed, else reject it.
@@ -492,10 +515,23 @@ def _decide(
         reasons.append(why)
         return RetrainOutcome.REJECTED, tuple(reasons), None
     if decision.passed:
-        promotion = registry.promote(
-            settings, version_id, by=promote_by, reason="; ".join(decision.reasons),
-            reindex=reindex, engine=engine,
-        )
+        with ExitStack() as stack:
+            step: Callable[[Settings], Any]
+            if not isinstance(reindex, LeasedReindex):
+                step = reindex
+            else:
+                try:  # before the switch: see LeasedReindex
+                    step = stack.enter_context(reindex.hold(settings))
+                except BusyError as exc:
+                    raise type(exc)(
+                        f"{version_id} passed its gate but was not promoted, nothing was "
+                        f"switched: {exc}; it stays a candidate (`litpulse models promote "
+                        f"{version_id}` promotes it once that is done)"
+                    ) from exc
+            promotion = registry.promote(
+                settings, version_id, by=promote_by, reason="; ".join(decision.reasons),
+                reindex=step, engine=engine,
+            )
         reasons.append(f"promoted {version_id}; index rebuilt for it")
         return RetrainOutcome.PROMOTED, tuple(reasons), promotion
     registry.set_status(

@@ -25,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import logging
 import os
 import sys
@@ -45,9 +44,9 @@ from litpulse.pipeline.digest import digest_step
 from litpulse.pipeline.planning import (
     PENDING_CHECK,
     last_watermark,
+    leased_reindex,
     lexical_negatives,
     promoted_model,
-    reindex_now,
     release_watermark,
     retrain_due,
     withhold_watermark,
@@ -585,7 +584,7 @@ def _retrain(settings: Settings, progress: bool) -> dict[str, Any]:
             settings,
             progress=progress,
             min_new_articles=settings.retrain_min_new_articles,
-            reindex=functools.partial(reindex_now, progress=progress),
+            reindex=leased_reindex(progress=progress),  # its lease before the switch
             negatives=lexical_negatives(settings),
         )
     except RetrainBusyError as exc:  # an operator's retrain runs: it trains on the same data

@@ -7,9 +7,11 @@ step a promotion runs (now, or deferred to the ``litpulse_reindex`` DAG).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import functools
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +28,7 @@ from ranking.models import active_model_row, published_index_row
 
 if TYPE_CHECKING:
     from retrain.anchors import LexicalSearch
+    from retrain.run import LeasedReindex
 
 __all__ = [
     "FINISH_REINDEX",
@@ -36,6 +39,7 @@ __all__ = [
     "defer_reindex",
     "embed_shard",
     "finish_reindex",
+    "leased_reindex",
     "last_watermark",
     "plan_embedding_shards",
     "promoted_model",
@@ -432,6 +436,22 @@ def promotion_lease(settings: Settings) -> db.Lease:
             f"held by {holder or 'a process of another host'}): nothing was switched; run "
             "this again once it has ended"
         ) from None
+
+
+@contextlib.contextmanager
+def _held_reindex(settings: Settings, *, progress: bool) -> Iterator[Callable[[Settings], Any]]:
+    with promotion_lease(settings) as lease:
+        yield functools.partial(reindex_now, progress=progress, lease=lease)
+
+
+def leased_reindex(*, progress: bool = False) -> LeasedReindex:
+    """The ``reindex`` of a retraining round run in this process (`litpulse nightly`,
+    `litpulse retrain`): when the gate passes, :func:`promotion_lease` is taken before the
+    model is switched (another process re-indexing: nothing is switched, the candidate
+    stays one) and :func:`reindex_now` runs under it."""
+    from retrain.run import LeasedReindex
+
+    return LeasedReindex(functools.partial(_held_reindex, progress=progress))
 
 
 def defer_reindex(settings: Settings) -> dict[str, Any]:

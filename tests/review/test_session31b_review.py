@@ -10,7 +10,11 @@ defer_reindex)``, which takes no lease (README: "the retrain DAG's deferred prom
 needing no lease"); it is run inside the inline re-index's embedding step, where it lands
 in practice (a full re-index takes hours, a retrain round minutes).
 
-Defects (strict xfails asserting the correct behaviour):
+Defects (were strict xfails asserting the correct behaviour; fixed in the same session,
+now plain tests: B1 ``registry._restore`` undoes a failed switch under the models' lock,
+and only the version it switched in when another switch landed meanwhile; B2 the rounds
+run in a process (`litpulse nightly`, `litpulse retrain`) pass ``leased_reindex()``, a
+``retrain.run.LeasedReindex`` whose lease ``_decide`` takes before the switch):
 
 B1. A failed switch's undo makes two models active. ``litpulse models promote m3`` (m2
     active) switches m3 in and re-indexes inline under the index-publish lease; meanwhile
@@ -91,10 +95,6 @@ def _statuses(engine: Engine) -> dict[str, str]:
         return dict(conn.execute(select(model_versions.c.id, model_versions.c.status)).all())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "B1: registry._reindex's _restore puts back the statuses read before the switch, "
-    "blindly: after a deferred promotion of m4 landed during the inline re-index, the "
-    "previous model (promote) or the rolled-back one (rollback) is active again beside m4"))
 @pytest.mark.parametrize("argv", [["models", "promote", "m3", "--by", "ops"],
                                   ["models", "rollback", "--by", "ops"]],
                          ids=["promote", "rollback"])
@@ -134,21 +134,24 @@ def test_b1_a_failed_switch_never_leaves_two_active_models(
     statuses = _statuses(engine)
     active = sorted(m for m, s in statuses.items() if s == "active")
     assert active == ["m4"], f"before {before}, after {statuses}"
+    # the newer switch stands; the version this one switched in is back as it was
+    if argv[1] == "promote":
+        assert statuses == {"m2": "retired", "m3": "candidate", "m4": "active"}, statuses
+    else:  # the rolled-back m3 stays rejected; m2, re-activated, retired again as before
+        assert statuses == {"m2": "retired", "m3": "rejected", "m4": "active"}, statuses
+    from retrain import registry as reg
+
+    # a later rollback from m4 goes back to the version that served before it, m2
+    assert reg._previous_active(engine, reg.get_model(settings, "m4", engine=engine)).id == "m2"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "B2: the nightly's / `litpulse retrain`'s gate promotion switches the model before "
-    "it takes the index-publish lease (reindex_now without lease=): switched to m3, "
-    "IndexBusyError, switched back"))
 def test_b2_a_gate_promotion_during_an_inline_reindex_switches_nothing(
     settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """B2: a passing gate while another process holds the index-publish lease switches
     nothing (as `models promote` is refused before its switch)."""
-    import functools
-
-    from litpulse.pipeline.planning import reindex_now
-    from ranking.publish import acquire_publish_lease
+    from litpulse.pipeline.planning import leased_reindex
+    from ranking.publish import IndexBusyError, acquire_publish_lease
     from retrain import registry, run
     from retrain.evaluate import GateDecision
 
@@ -162,23 +165,49 @@ def test_b2_a_gate_promotion_during_an_inline_reindex_switches_nothing(
     undone: list[str] = []
     real = registry._restore
 
-    def spy(engine_: Engine, rows: list[registry.ModelVersion]) -> None:
+    def spy(engine_: Engine, rows: list[registry.ModelVersion], switched_in: str | None) -> None:
         undone.extend(r.id for r in rows)  # a switch made, then undone
-        real(engine_, rows)
+        real(engine_, rows, switched_in)
 
     monkeypatch.setattr(registry, "_restore", spy)
     passed = GateDecision(passed=True, reasons=("fresh +0.1",), fresh_gain=0.1,
                           older_change=0.0)
     # `litpulse nightly`'s retrain step ends its round (the gate passed, compared with m2)
     # while `litpulse index refresh` (or a `models promote`) re-indexes under the lease
-    with acquire_publish_lease(engine):
-        try:
-            run._decide(settings, engine, "m3", passed, promote_by="gate",
-                        reindex=functools.partial(reindex_now, progress=False),
-                        compared_with="m2")
-        except Exception:  # noqa: BLE001, S110 - what is asserted is the registry
-            pass
+    with acquire_publish_lease(engine), pytest.raises(IndexBusyError, match="m3 passed"):
+        run._decide(settings, engine, "m3", passed, promote_by="gate",
+                    reindex=leased_reindex(), compared_with="m2")
     assert undone == [], "switched to m3 with the index-publish lease held, then undone"
+    assert _statuses(engine) == {"m2": "active", "m3": "candidate"}
+    # the lease free again, the same decision promotes and re-indexes under it
+    run._decide(settings, engine, "m3", passed, promote_by="gate", reindex=leased_reindex(),
+                compared_with="m2")
+    assert _statuses(engine) == {"m2": "retired", "m3": "active"}
+    assert published_index_row(engine).model_version == "m3"
+
+
+@pytest.mark.parametrize("caller", ["nightly", "cli"])
+def test_b2_the_rounds_run_in_a_process_take_the_lease_before_the_switch(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caller: str
+) -> None:
+    """B2: `litpulse nightly`'s and `litpulse retrain`'s rounds pass a LeasedReindex."""
+    from retrain import run
+
+    seen: list[object] = []
+
+    def fake(settings_: Settings, **kwargs: object) -> object:
+        seen.append(kwargs["reindex"])
+        raise run.RetrainBusyError("asserted: what the round was given")
+
+    monkeypatch.setattr(run, "retrain", fake)
+    if caller == "nightly":
+        from litpulse.pipeline import nightly
+
+        nightly._retrain(settings, False)
+    else:
+        with pytest.raises(run.RetrainBusyError):
+            _cli(["retrain"], settings)
+    assert len(seen) == 1 and isinstance(seen[0], run.LeasedReindex), seen
 
 
 def test_held_promote_rollback_promote_serves_every_live_article_once(

@@ -371,7 +371,7 @@ def _rollback(args: argparse.Namespace, settings: Settings, lease: Lease) -> int
 
 
 def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
-    from litpulse.pipeline.planning import lexical_negatives, reindex_now
+    from litpulse.pipeline.planning import leased_reindex, lexical_negatives
     from retrain.lora import LoraOptions
     from retrain.run import retrain
 
@@ -388,7 +388,7 @@ def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
         from_base=args.from_base,
         progress=show_progress() and not args.json,
         options=LoraOptions(**changes),
-        reindex=reindex_now,
+        reindex=leased_reindex(progress=show_progress() and not args.json),
         negatives=lexical_negatives(settings),
     )
     if args.json:

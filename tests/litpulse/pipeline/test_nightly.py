@@ -177,10 +177,11 @@ def test_retrain_runs_when_due(
     assert retrain_due(s).due is False  # nothing stored yet
     report = run_nightly(s, **WINDOW, citations=False)
     assert report.retrain_decision is not None and report.retrain_decision["due"] is True
-    from litpulse.pipeline.planning import reindex_now
+    from litpulse.pipeline.planning import _held_reindex
 
-    reindex = calls[0].pop("reindex")  # the promotion's re-index, with the run's progress
-    assert (reindex.func, reindex.keywords) == (reindex_now, {"progress": False})
+    # the promotion's re-index, with the run's progress, under a lease taken before the switch
+    reindex = calls[0].pop("reindex")
+    assert (reindex.hold.func, reindex.hold.keywords) == (_held_reindex, {"progress": False})
     # no index published (``_index`` is replaced): no BM25 hard negatives yet
     assert calls == [{"progress": False, "min_new_articles": 5, "negatives": None}]
     assert report.retrain is not None and report.retrain["status"] == "rejected"
