@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from litpulse.app.api import MAX_TERMS, NOT_BLANK, ErrorOut, IsoDate, Term, _responses
 from litpulse.core.settings import Settings
+from litpulse.core.widths import ID_MAX
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -38,8 +39,6 @@ __all__ = ["FiltersIn", "SavedSearchEdit", "SavedSearchIn", "add_alert_routes"]
 
 #: Newest matches shown by ``GET /alerts/{id}``.
 RECENT_MATCHES = 50
-#: Largest saved-search id accepted in a path.
-MAX_ID = 2**31 - 1
 
 
 class FiltersIn(BaseModel):
@@ -62,8 +61,13 @@ class FiltersIn(BaseModel):
     language: str | None = Field(
         None, max_length=32, description="Language: a code (eng) or a name (English)."
     )
-    has_abstract: bool | None = Field(None, description="true: only with an abstract.")
-    include_retracted: bool = Field(False, description="Also match retracted articles.")
+    # strict, as POST /feedback: "yes" or 1 is no boolean (JSON true/false only)
+    has_abstract: bool | None = Field(
+        None, strict=True, description="true: only with an abstract."
+    )
+    include_retracted: bool = Field(
+        False, strict=True, description="Also match retracted articles."
+    )
 
     def to_filters(self) -> Any:
         """The :class:`ranking.search.SearchFilters` these fields say."""
@@ -98,8 +102,9 @@ class SavedSearchIn(FiltersIn):
     query: str = Field(
         min_length=1, max_length=512, pattern=NOT_BLANK, description=_QUERY_DESCRIPTION
     )
-    min_score: float | None = Field(
-        None, ge=0, le=1000, allow_inf_nan=False, description=_MIN_SCORE_DESCRIPTION
+    min_score: float | None = Field(  # strict: true or "0.7" is no threshold (a number)
+        None, ge=0, le=1000, allow_inf_nan=False, strict=True,
+        description=_MIN_SCORE_DESCRIPTION,
     )
 
 
@@ -112,7 +117,7 @@ class SavedSearchEdit(BaseModel):
         None, min_length=1, max_length=512, pattern=NOT_BLANK, description=_QUERY_DESCRIPTION
     )
     min_score: float | None = Field(
-        None, ge=0, le=1000, allow_inf_nan=False,
+        None, ge=0, le=1000, allow_inf_nan=False, strict=True,
         description="Score a new article needs; null: back to LITPULSE_DIGEST_MIN_SCORE.",
     )
     filters: FiltersIn | None = Field(
@@ -142,7 +147,7 @@ def add_alert_routes(
     }
 
     def id_param() -> Any:
-        return Path(..., ge=1, le=MAX_ID, description="The saved search's id.")
+        return Path(..., ge=1, le=ID_MAX, description="The saved search's id.")
 
     @app.get("/alerts", summary="Saved searches", responses=_responses())
     def list_endpoint() -> list[dict[str, Any]]:

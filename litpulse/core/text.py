@@ -180,7 +180,9 @@ def clean_doi(text: str, *, typed: bool = False) -> str | None:
     percent-escapes decoded; ``None`` when ``text`` is not one DOI alone. PubMed's stored
     DOIs (:mod:`ingest.fields`) and the DOIs typed to look an article up both go through
     it; ``typed`` (a lookup): Unicode hyphens read as ``-`` and soft hyphens dropped, as
-    a DOI copied from a PDF carries them (a stored DOI keeps what PubMed gave).
+    a DOI copied from a PDF carries them, and one holding a control character (NUL, a
+C1 control, a lone surrogate: :func:`checked_text`'s) is none (a stored DOI keeps what
+PubMed gave).
 
     Example:
         >>> clean_doi("doi: 10.1056/NEJMoa2034577.")
@@ -188,6 +190,8 @@ def clean_doi(text: str, *, typed: bool = False) -> str | None:
     """
     if typed:
         text = text.translate(_DOI_DASHES)
+        if _REFUSED.search(unquote(text)):  # a control character (a link's %00): no DOI
+            return None
     if _PLAIN_DOI.fullmatch(text):  # most of PubMed's: nothing to take off
         return text
     if _LINK.search(text):  # a link: its escapes are the DOI's characters

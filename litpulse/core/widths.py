@@ -10,8 +10,12 @@ record (an import contract in ``pyproject.toml`` keeps the workers' modules free
 
 from __future__ import annotations
 
-__all__ = ["LANGUAGE_MAX", "PMCID_MAX", "PMID_MAX", "TERM_KIND_MAX", "TERM_MAX"]
+__all__ = ["ID_MAX", "LANGUAGE_MAX", "PMCID_MAX", "PMID_MAX", "TERM_KIND_MAX", "TERM_MAX"]
 
+#: The largest row id (the ``id`` of every table keyed by a number is a 32-bit
+#: ``INTEGER``): an id asked for above it is no row's, answered "not found" (or a usage
+#: error) without asking the database, which refuses to compare past its range.
+ID_MAX = 2**31 - 1
 #: ``articles.language``: the first <Language> code (``eng``; longer text is cut).
 LANGUAGE_MAX = 8
 #: ``articles.pmcid``: ``PMC`` and a few digits in practice; a longer text is no PMC id.

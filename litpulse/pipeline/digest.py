@@ -70,6 +70,7 @@ from litpulse.core.errors import BusyError, ConfigError, LitpulseError, NotFound
 from litpulse.core.schema import api_tokens, articles, digest_matches, saved_searches
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import iso, utcnow
+from litpulse.core.widths import ID_MAX
 from litpulse.pipeline.digest_channels import (
     DeliveryError,
     FeedPage,
@@ -112,8 +113,6 @@ LEASE_NAME = "digest"
 FEED_ENTRIES = 200
 #: The last feed page asked for (the API and the CLI refuse a larger one).
 FEED_PAGES_MAX = 1_000_000
-#: The largest id a match can have (``digest_matches.id`` is a 32-bit ``INTEGER``).
-MATCH_ID_MAX = 2**31 - 1
 
 
 class DigestBusyError(BusyError):
@@ -942,7 +941,7 @@ def feed_for(
     search = get_search(settings, ref, engine=engine)
     if after is not None:
         held = None
-        if 1 <= after <= MATCH_ID_MAX:  # outside, no row can hold it (nor be asked for)
+        if 1 <= after <= ID_MAX:  # outside, no row can hold it (nor be asked for)
             with engine.connect() as conn:
                 held = conn.execute(select(digest_matches.c.id).where(
                     digest_matches.c.id == after, digest_matches.c.search_id == search.id

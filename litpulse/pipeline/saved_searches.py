@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ from litpulse.core.schema import articles, digest_matches, saved_searches
 from litpulse.core.settings import Settings
 from litpulse.core.text import checked_text
 from litpulse.core.timeutil import iso, utcnow
+from litpulse.core.widths import ID_MAX
 from ranking.search import SearchFilters, checked_query, query_notes
 
 __all__ = [
@@ -166,15 +168,35 @@ def _from_row(row: Any, matches: int = 0) -> SavedSearch:
     )
 
 
+def _name_forms(name: str) -> list[str]:
+    """The stored forms a name may have: as given, composed (NFC: how names are saved,
+    :func:`_clean_name`) and decomposed (NFD: ``é`` as ``e`` and an accent, as macOS types
+    it, in a name saved before names were composed)."""
+    return sorted({name, unicodedata.normalize("NFC", name), unicodedata.normalize("NFD", name)})
+
+
 def _check_name_free(conn: Any, name: str) -> None:
-    """Refuse ``name`` when a saved search has it (a ``ConfigError``)."""
-    taken = conn.execute(select(saved_searches.c.id).where(saved_searches.c.name == name)).first()
+    """Refuse ``name`` when a saved search has it, in any of its forms (a ``ConfigError``)."""
+    taken = conn.execute(
+        select(saved_searches.c.id).where(saved_searches.c.name.in_(_name_forms(name)))
+    ).first()
     if taken is not None:
         raise ConfigError(f"a saved search named {name!r} exists already (id {taken.id})")
 
 
+#: Invisible format characters a name must not hold (a zero-width space, a byte-order
+#: mark, bidirectional marks and overrides: a name holding one reads as another saved
+#: search's); the joiners (U+200C, U+200D), which spell words and emoji, stay allowed.
+_HIDDEN = frozenset({"\u200c", "\u200d"})
+
+
 def _clean_name(name: str) -> str:
     text = " ".join(checked_text(str(name or ""), "a saved search's name").split())
+    text = unicodedata.normalize("NFC", text)  # one name however it was typed
+    hidden = next((c for c in text if unicodedata.category(c) == "Cf" and c not in _HIDDEN), None)
+    if hidden is not None:
+        raise ConfigError(f"a saved search's name must not hold the invisible character "
+                          f"U+{ord(hidden):04X}: {text!r}")  # fmt: skip
     if not text:
         raise ConfigError("a saved search needs a name")
     if len(text) > MAX_NAME_CHARS:
@@ -307,13 +329,17 @@ def get_search(settings: Settings, ref: int | str, *, engine: Engine | None = No
     """
     engine = engine or db.connect(settings)
     text = str(ref).strip()
-    cond = (
-        saved_searches.c.id == int(text)
-        if text.isdigit() and len(text) < 18
-        else saved_searches.c.name == " ".join(text.split())
-    )
+    # an id is ASCII digits (``²`` is a digit int() refuses); a name never is one
+    # (_clean_name), so digits past any row's id are no saved search's
+    if text.isascii() and text.isdecimal() and len(text) < 18:
+        if int(text) > ID_MAX:
+            raise NotFoundError(f"no saved search has id or name {text!r}")
+        cond = saved_searches.c.id == int(text)
+    else:
+        cond = saved_searches.c.name.in_(_name_forms(" ".join(text.split())))
     with engine.connect() as conn:
-        row = conn.execute(select(saved_searches).where(cond)).first()
+        # the oldest, where a name was saved in both forms before names were composed
+        row = conn.execute(select(saved_searches).where(cond).order_by(saved_searches.c.id)).first()
         if row is None:
             raise NotFoundError(f"no saved search has id or name {text!r}")
         n = conn.execute(

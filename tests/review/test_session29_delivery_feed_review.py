@@ -25,7 +25,7 @@ commit after this file's: F1, only a message on its first try is split, one trie
 goes again whole under its key, refused, saying why; F2, an enhanced status code decides
 (5.3.4 / 5.2.3), 552 alone only without one; F3, a page reads one match more than it
 shows to know whether a next page exists; F4 and F5, ``feed_for`` answers "holds no
-match" for an ``after`` outside ``digest.MATCH_ID_MAX`` before it reaches the database):
+match" for an ``after`` outside ``widths.ID_MAX`` before it reaches the database):
 
 F1 A message handed on before, whose fate is unknown, is split under new keys. The split
    (``exc.too_large``) resets the keys of *any* refused message, including one tried on an

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from litpulse.core.settings import Settings
-from litpulse.core.widths import PMID_MAX
+from litpulse.core.widths import ID_MAX, PMID_MAX
 
 if TYPE_CHECKING:
     from ranking.search import SearchFilters
@@ -150,10 +150,6 @@ def pmid_or_doi_arg(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"not a PMID or a DOI: {text!r}") from None
 
 
-#: The largest id a database key holds (a 64-bit signed integer).
-MAX_ID = 2**63 - 1
-
-
 def int_arg(low: int, high: int) -> Callable[[str], int]:
     """An argparse type: a whole number in ``low .. high`` (a larger one would overflow the
     database's integer: a traceback, where a usage error is due)."""
@@ -171,7 +167,7 @@ def int_arg(low: int, high: int) -> Callable[[str], int]:
 
 
 #: An id of a stored row (an ingest run, a quarantine entry, a token).
-id_arg = int_arg(1, MAX_ID)
+id_arg = int_arg(1, ID_MAX)
 
 
 def date_arg(text: str) -> dt.date:

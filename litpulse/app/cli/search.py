@@ -12,6 +12,7 @@ from litpulse.app.cli._common import (
     command,
     filters_from_args,
     fixed,
+    int_arg,
     positive_int,
     print_json,
     print_table,
@@ -58,7 +59,7 @@ def register(sub: Any) -> None:
         description="Run the HTTP API (OpenAPI at /openapi.json) and the web page at /.",
     )
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    s.add_argument("--port", type=int_arg(1, 65535), default=8000, help="port (default 8000)")
 
 
 def run_search_cmd(args: argparse.Namespace, settings: Settings) -> int:
@@ -150,7 +151,8 @@ def search_via_server(
 
     Asks ``settings.search_server_url`` with the CLI's own filters and effective scoring
     options. ``None`` (search in process) when it is empty, nothing accepts the connection
-    within :data:`CONNECT_TIMEOUT_S`, the server answers an error, or it serves another
+    within :data:`CONNECT_TIMEOUT_S`, the server answers an error or something that is no
+    litpulse answer (another program on the port: no JSON object), or it serves another
     index than this store's published one (another ``LITPULSE_HOME``). Says on stderr
     which path answered.
     """
@@ -197,7 +199,14 @@ def search_via_server(
         print(f"litpulse: the server at {base} answered {answer.status} ({detail}): searching "
               "in process", file=sys.stderr)
         return None
-    data: dict[str, Any] = json.loads(body)
+    try:
+        data = json.loads(body)
+    except ValueError:  # not JSON (UnicodeDecodeError is one): an HTML page, say
+        data = None
+    if not isinstance(data, dict):
+        print(f"litpulse: what answers at {base} is no litpulse server (its answer is no JSON "
+              "object): searching in process", file=sys.stderr)
+        return None
     published = _published_index_id(settings)
     if data.get("index_version") != published:
         print(f"litpulse: the server at {base} serves index {data.get('index_version')}, this "
