@@ -149,9 +149,11 @@ class EmbeddingShard:
 
 def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datetime | None:
     """Where the next nightly window starts: the end of the succeeded E-utilities and
-    update-file runs over the whole corpus that follow one another without a gap, from the
-    earliest (a later window past a gap — one day pulled by hand — does not carry the mark
-    over days no window searched; each window searches ``LITPULSE_WINDOW_OVERLAP_DAYS``
+    update-file runs over the whole corpus that follow one another without a gap, from
+    where the first of them (by start time) began (a later window past a gap — one day
+    pulled by hand — does not carry the mark over days no window searched; a window that
+    ends before that beginning — older history pulled by hand or backfilled — neither
+    starts the chain nor cuts it; each window searches ``LITPULSE_WINDOW_OVERLAP_DAYS``
     before its start).
 
     An update-file run (a bootstrap's too) records no window: one that applied a file
@@ -171,7 +173,8 @@ def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datet
 
     r = ingest_runs.c
     engine = engine or db.connect(settings)
-    spans: list[tuple[dt.datetime | None, dt.datetime]] = []  # (from, reached); None: all before
+    # (from, reached, started); from None: all before
+    spans: list[tuple[dt.datetime | None, dt.datetime, dt.datetime]] = []
     with engine.connect() as conn:
         rows = conn.execute(
             select(r.window_start, r.window_end, r.started_at,
@@ -186,20 +189,28 @@ def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datet
         for start, end, started, withheld, details in rows:  # UTCDateTime: aware UTC already
             if end is None:  # update files (a bootstrap's too) hold what NLM published
                 if (details or {}).get("files"):  # by the day before; a run that applied
-                    spans.append((None, started - UPDATE_FILE_LAG))  # none says nothing
+                    spans.append((None, started - UPDATE_FILE_LAG, started))  # none: nothing
                 continue
             # a withheld window is not through: what came before it is
             reached = start if withheld is not None and start is not None else end
             # a window searches PubMed's days from `overlap` before its start
             # (ingest.dates.searched_days), which begin at midnight in Bethesda
             begin = None if start is None else nlm_day_start(searched_days(settings, start, end)[0])
-            spans.append((begin, min(reached, started)))
-    # the end of the windows that follow one another without a gap from the earliest: a
-    # later window past a gap (one day pulled by hand) does not carry the mark over days
-    # no window searched
+            spans.append((begin, min(reached, started), started))
+    if not spans:
+        return None
+    # the chain starts where the store's first ingest began (the run started first; update
+    # files: all before): a window wholly before that, history pulled by hand or
+    # backfilled later, neither starts the chain nor cuts it
+    first = min(spans, key=lambda span: span[2])[0]
+    # the end of the windows that follow one another without a gap from there: a later
+    # window past a gap (one day pulled by hand) does not carry the mark over days no
+    # window searched
     spans.sort(key=lambda span: (span[0] is not None, span[0] or dt.datetime.min))
     best: dt.datetime | None = None
-    for begin, reached in spans:
+    for begin, reached, _ in spans:
+        if first is not None and begin is not None and reached < first:
+            continue
         if best is not None and begin is not None and begin > best:
             break
         best = reached if best is None else max(best, reached)

@@ -7,7 +7,9 @@ process, as tests/dags/test_operations.py does), driven with the task context Ai
 them (``run_type``, params, data interval), against the loopback NCBI emulator, on SQLite
 and PostgreSQL.
 
-Defects (strict xfails asserting the correct behaviour):
+Defects (was a strict xfail asserting the correct behaviour; fixed in the same session,
+now a plain test: ``last_watermark`` starts its chain where the first run, by start time,
+began; a window ending before that neither starts the chain nor cuts it):
 
 D1. **A manual or backfill run of a day older than the first nightly window drags the
     nightly watermark back to that day, and the next scheduled run fails (or re-ingests
@@ -166,14 +168,6 @@ def _nights(emulator: Emulator, nightly: Nightly, n: int) -> None:
 # ------------------------------------------------------------------------------------ D1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "D1: last_watermark starts its chain at the window that begins earliest: a manual run "
-        "of a day before the first night drags the mark back to that day and the next "
-        "scheduled run fails 'N days behind'"
-    ),
-)
 def test_d1_a_manual_run_of_an_old_day_leaves_the_watermark(
     sup: ModuleType, settings: Settings, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
