@@ -8,6 +8,9 @@ per-client rate limit.
 * **Bodies.** A body larger than ``max_body_bytes`` is answered 413 before it is read:
   on its ``Content-Length`` alone when announced, else as soon as the chunks read so
   far pass the limit. The app gets the body whole, already read.
+* **HEAD.** A ``HEAD`` request is answered as its ``GET`` would be, headers only (RFC 9110
+  9.3.2: a monitor's or ``curl -I``'s check; the routes declare GET alone, and FastAPI
+  answered 405 to HEAD on every one).
 * **Rate.** One token bucket per client address: ``burst`` requests at once, then
   ``rate`` per second; beyond that 429 with ``Retry-After`` (whole seconds). The
   least recently seen clients are forgotten beyond ``max_clients``. GETs under the
@@ -129,6 +132,9 @@ class ApiGuard:
             await self.app(scope, receive, send)
             return
         send = self._with_headers(scope, send)
+        if scope.get("method") == "HEAD":
+            scope = {**scope, "method": "GET"}
+            send = _headers_only(send)
         client = (scope.get("client") or ("unknown", 0))[0]
         path = str(scope.get("path", ""))
         metered = not (
@@ -189,6 +195,20 @@ class ApiGuard:
             await send(message)
 
         return sender
+
+
+def _headers_only(send: Send) -> Send:
+    """``send`` for a HEAD request: the GET's status and headers (its ``Content-Length``
+    included), no body."""
+
+    async def sender(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            if message.get("more_body", False):
+                return  # the body's next chunk: nothing of it goes out
+            message = {**message, "body": b""}
+        await send(message)
+
+    return sender
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -328,6 +328,21 @@ def test_security_headers_everywhere(client: TestClient) -> None:
     assert "script-src 'self'" in csp and "style-src 'self'" in csp
 
 
+def test_head_is_answered_as_get_without_a_body(client: TestClient) -> None:
+    """A monitor's ``HEAD`` (``curl -I``) gets the GET's status and headers, no body
+    (FastAPI answered 405 to HEAD on every route)."""
+    for path in ("/", "/status", "/static/app.js", "/models", "/articles/1",
+                 "/search?q=malaria", "/nothing-here", "/feedback"):
+        got, head = client.get(path), client.head(path)
+        assert head.status_code == got.status_code, (path, head.status_code, got.status_code)
+        assert head.content == b"", path
+        for name in ("content-type", "content-security-policy", "x-frame-options"):
+            assert head.headers.get(name) == got.headers.get(name), (path, name)
+        if got.status_code == 200 and "content-length" in got.headers:
+            assert head.headers["content-length"] == str(len(got.content)), path
+    assert client.get("/status").status_code == 200  # probed: a 200 route is among them
+
+
 def test_page_has_no_inline_code_and_its_files_are_served(client: TestClient) -> None:
     page = client.get("/").text
     scripts = re.findall(r"<script\b[^>]*>", page)
