@@ -190,12 +190,14 @@ PubMed gave).
     """
     if typed:
         text = text.translate(_DOI_DASHES)
-        if _REFUSED.search(unquote(text)):  # a control character (a link's %00): no DOI
+        if _REFUSED.search(text):  # a control character: no DOI
             return None
     if _PLAIN_DOI.fullmatch(text):  # most of PubMed's: nothing to take off
         return text
     if _LINK.search(text):  # a link: its escapes are the DOI's characters
         text = unquote(text)
+        if typed and _REFUSED.search(text):  # a link's %00 (a plain DOI keeps its % as is)
+            return None
     m = _DOI.fullmatch(text)
     return m.group(2) if m is not None else None
 

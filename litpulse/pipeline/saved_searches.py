@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
@@ -184,19 +185,22 @@ def _check_name_free(conn: Any, name: str) -> None:
         raise ConfigError(f"a saved search named {name!r} exists already (id {taken.id})")
 
 
-#: Invisible format characters a name must not hold (a zero-width space, a byte-order
-#: mark, bidirectional marks and overrides: a name holding one reads as another saved
-#: search's); the joiners (U+200C, U+200D), which spell words and emoji, stay allowed.
-_HIDDEN = frozenset({"\u200c", "\u200d"})
+#: Invisible characters a name must not hold (a soft hyphen, zero-width space, word
+#: joiner and invisible operators, byte-order mark, the bidirectional marks, embeddings,
+#: overrides and isolates: a name holding one reads as another saved search's). Other
+#: format characters spell words and emoji (the joiners, a flag's tag characters, the
+#: Mongolian vowel separator) and stay allowed.
+_HIDDEN = re.compile("[\u00ad\u061c\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064"
+                     "\u2066-\u2069\ufeff]")
 
 
 def _clean_name(name: str) -> str:
     text = " ".join(checked_text(str(name or ""), "a saved search's name").split())
     text = unicodedata.normalize("NFC", text)  # one name however it was typed
-    hidden = next((c for c in text if unicodedata.category(c) == "Cf" and c not in _HIDDEN), None)
+    hidden = _HIDDEN.search(text)
     if hidden is not None:
         raise ConfigError(f"a saved search's name must not hold the invisible character "
-                          f"U+{ord(hidden):04X}: {text!r}")  # fmt: skip
+                          f"U+{ord(hidden.group()):04X}: {text!r}")  # fmt: skip
     if not text:
         raise ConfigError("a saved search needs a name")
     if len(text) > MAX_NAME_CHARS:
@@ -324,8 +328,14 @@ def list_searches(settings: Settings, *, engine: Engine | None = None) -> list[S
 def get_search(settings: Settings, ref: int | str, *, engine: Engine | None = None) -> SavedSearch:
     """The saved search with this id (an int, or text of digits) or name.
 
+    A name is found in either Unicode form (composed, as names are saved, or decomposed,
+    as macOS types it); where names saved before they were composed hold both forms of
+    it, the one typed exactly is taken, and otherwise the lookup is refused as ambiguous.
+
     Raises:
         NotFoundError: No saved search has this id or name.
+        ConfigError: Several saved searches have this name in forms other than the one
+            typed (their ids are named: use one).
     """
     engine = engine or db.connect(settings)
     text = str(ref).strip()
@@ -336,12 +346,18 @@ def get_search(settings: Settings, ref: int | str, *, engine: Engine | None = No
             raise NotFoundError(f"no saved search has id or name {text!r}")
         cond = saved_searches.c.id == int(text)
     else:
-        cond = saved_searches.c.name.in_(_name_forms(" ".join(text.split())))
+        name = " ".join(text.split())
+        cond = saved_searches.c.name.in_(_name_forms(name))
     with engine.connect() as conn:
-        # the oldest, where a name was saved in both forms before names were composed
-        row = conn.execute(select(saved_searches).where(cond).order_by(saved_searches.c.id)).first()
-        if row is None:
+        rows = conn.execute(select(saved_searches).where(cond).order_by(saved_searches.c.id)).all()
+        exact = [r for r in rows if r.name == name] if len(rows) > 1 else rows
+        if len(exact) > 1 or (not exact and rows):
+            ids = ", ".join(str(r.id) for r in rows)
+            raise ConfigError(f"saved searches {ids} have the name {text!r} in other Unicode "
+                              "forms (saved before names were composed): name one by its id")
+        if not exact:
             raise NotFoundError(f"no saved search has id or name {text!r}")
+        row = exact[0]
         n = conn.execute(
             select(func.count()).where(digest_matches.c.search_id == row.id, live_match())
         ).scalar()

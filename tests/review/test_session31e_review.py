@@ -2,7 +2,11 @@
 coalesce, 47acfcd model switches under a lease, 69fb9e9 hostile-user API/CLI fixes, 18e993b
 the watermark chain's start), on SQLite and PostgreSQL where the store matters.
 
-Defects (strict xfails asserting the correct behaviour):
+Defects (were strict xfails asserting the correct behaviour; fixed in the same session, now
+plain tests: E1 ``get_search`` takes the row named exactly as typed, and refuses as ambiguous
+where only other forms match several; E2 names refuse a named list of invisible characters,
+not every format character; E3 a typed DOI is checked for control characters as typed, and
+only a link's decoded text after decoding):
 
 E1. **A saved search named by its exact (legacy) name acts on another saved search:
     ``alerts remove`` deletes the wrong one, with its matches.** Before this release names
@@ -139,13 +143,6 @@ _run_cli = _c31._run_cli
 # ------------------------------------------------------------------------------------ E1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "E1: get_search looks a name up in all its Unicode forms and takes the oldest row: "
-        "the exact name of a legacy NFD saved search removes the NFC one instead"
-    ),
-)
 @pytest.mark.parametrize("backend_store", BOTH, indirect=True)
 def test_e1_the_exact_legacy_name_removes_its_own_search(
     backend_store: Settings, capsys: pytest.CaptureFixture[str]
@@ -168,8 +165,22 @@ def test_e1_the_exact_legacy_name_removes_its_own_search(
     # whatever the answer (removed, or refused as ambiguous), the search the user did not
     # name -- "heart failure", id 1, and its matches -- is never the one removed
     assert "heart failure" in left, (code, err, left)
-    if code == 0:
-        assert "asthma" not in left, left
+    assert code == 0 and "asthma" not in left, (code, err, left)
+    # both forms held again, a third form typed (one accent composed, one not) is no
+    # row's exact name: refused as ambiguous, naming both ids, nothing removed
+    nfc2 = unicodedata.normalize("NFC", "éé")
+    nfd2 = unicodedata.normalize("NFD", "éé")
+    mixed = nfc2[0] + nfd2[2:]
+    assert len({nfc2, nfd2, mixed}) == 3
+    one = add_search(backend_store, name=nfc2, query="gout", owner="cli:x")
+    with db.connect(backend_store).begin() as conn:
+        conn.execute(insert(saved_searches).values(
+            name=nfd2, query="lupus", filters={}, owner="cli:x",
+            created_at=one.created_at, watermark=one.created_at,
+        ))  # fmt: skip
+    code, err = _run_cli(["alerts", "remove", mixed], capsys)
+    assert code != 0 and "name one by its id" in err, (code, err)
+    assert {"gout", "lupus"} <= {s.query for s in list_searches(backend_store)}
 
 
 # ------------------------------------------------------------------------------------ E2
@@ -180,13 +191,6 @@ SCOTLAND = "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e00
 MONGOLIAN = "\u1828\u1820\u180e\u1821"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "E2: _clean_name refuses every Cf character but the joiners: emoji tag-sequence "
-        "flags and the Mongolian vowel separator are refused as 'invisible'"
-    ),
-)
 @pytest.mark.parametrize("backend_store", ["sqlite"], indirect=True)
 def test_e2_emoji_tag_flags_and_script_format_characters_name_a_search(
     backend_store: Settings,
@@ -208,13 +212,6 @@ def test_e2_emoji_tag_flags_and_script_format_characters_name_a_search(
 PERCENT_DOI = "10.5555/100%1Fx"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "E3: clean_doi(typed=True) unquotes a plain DOI to look for control characters: a "
-        "stored DOI holding a literal %1F is 'not a DOI' to every lookup (400)"
-    ),
-)
 @pytest.mark.parametrize("backend_store", BOTH, indirect=True)
 def test_e3_a_stored_doi_with_a_literal_percent_escape_is_found(
     backend_store: Settings, capsys: pytest.CaptureFixture[str]
