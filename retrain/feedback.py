@@ -35,7 +35,7 @@ from litpulse.core.db import connect, upsert
 from litpulse.core.errors import ConfigError, LitpulseError, NotFoundError
 from litpulse.core.schema import api_tokens, articles, feedback, feedback_log
 from litpulse.core.settings import Settings
-from litpulse.core.text import checked_text
+from litpulse.core.text import checked_text, visible_name
 from litpulse.core.timeutil import utcnow
 
 __all__ = [
@@ -57,6 +57,11 @@ logger = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 1000
 MAX_USER_CHARS = 255
+#: The most UTF-8 bytes of a query and of an expert's name: both are keys of the unique
+#: index ``uq_feedback_query_pmid_user``, whose entry PostgreSQL caps at ~2,700 bytes
+#: (1,000 CJK characters are 3,000 bytes: the judgement could not be stored at all).
+MAX_QUERY_BYTES = 1800
+MAX_USER_BYTES = 800
 
 #: The window of the per-expert limit.
 LIMIT_WINDOW = dt.timedelta(hours=1)
@@ -80,7 +85,7 @@ class FeedbackLimitError(LitpulseError):
         self.retry_after = retry_after
 
 
-def _clean(value: object, name: str, limit: int) -> str:
+def _clean(value: object, name: str, limit: int, limit_bytes: int) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"`{name}` must be a string")
     text = " ".join(checked_text(value, f"`{name}`").split())
@@ -88,17 +93,23 @@ def _clean(value: object, name: str, limit: int) -> str:
         raise ConfigError(f"`{name}` must not be empty")
     if len(text) > limit:
         raise ConfigError(f"`{name}` must be at most {limit} characters, got {len(text)}")
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > limit_bytes:
+        raise ConfigError(f"`{name}` must be at most {limit_bytes} bytes in UTF-8 (about "
+                          f"{limit_bytes // 3} characters of Chinese or Japanese), got {size}")
     return text
 
 
 def clean_expert(name: object) -> str:
-    """An expert's name with its whitespace normalised.
+    """An expert's name with its whitespace normalised, composed (NFC), so that a name
+    typed on macOS and on Linux is one expert (one per-hour limit, one share of a round's
+    pairs: :func:`litpulse.core.text.visible_name`).
 
     Raises:
         ConfigError: Not a string, empty, longer than :data:`MAX_USER_CHARS`, or holding a
-            control character (:func:`litpulse.core.text.checked_text`).
+            control character (:func:`litpulse.core.text.checked_text`) or an invisible one.
     """
-    return _clean(name, "user", MAX_USER_CHARS)
+    return visible_name(_clean(name, "user", MAX_USER_CHARS, MAX_USER_BYTES), "`user`")
 
 
 def _serialise_expert(conn: Connection, expert: str) -> None:
@@ -161,12 +172,13 @@ def record_feedback(
         engine: Database engine (default :func:`litpulse.core.db.connect`).
 
     Raises:
-        ConfigError: An empty or too long query or user, one holding a control
+        ConfigError: An empty or too long query or user (in characters, or in UTF-8
+            bytes: :data:`MAX_QUERY_BYTES`, :data:`MAX_USER_BYTES`), one holding a control
             character, or a bad pmid.
         NotFoundError: The article does not exist (or was deleted).
         FeedbackLimitError: The expert is over ``max_per_hour``.
     """
-    query = _clean(query, "query", MAX_QUERY_CHARS)
+    query = _clean(query, "query", MAX_QUERY_CHARS, MAX_QUERY_BYTES)
     user = clean_expert(user)
     source = FeedbackSource(source)
     if isinstance(pmid, bool) or not isinstance(pmid, int) or pmid <= 0:

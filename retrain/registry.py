@@ -54,6 +54,7 @@ __all__ = [
     "ModelVersion",
     "new_version_id",
     "free_version_id",
+    "finite",
     "register",
     "list_models",
     "get_model",
@@ -184,17 +185,30 @@ def register(
                 parent_id=parent_id,
                 window_start=window_start,
                 window_end=window_end,
-                pair_counts=dict(pair_counts),
-                options=dict(options),
-                metrics=dict(metrics),
+                # a diverged training's NaN loss, a metric of an empty set: null (JSON)
+                pair_counts=finite(pair_counts),
+                options=finite(options),
+                metrics=finite(metrics),
                 status=status,
                 reason=reason,
                 created_at=now,
-                training=dict(training) if training is not None else None,
+                training=finite(training) if training is not None else None,
                 events=[_event(ModelEvent.REGISTERED, now, None, reason)],
             )
         )
     return get_model(settings, id, engine=engine)
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every float that is NaN or infinite, at any depth, as ``None`` (JSON
+    has no NaN: PostgreSQL's ``json`` refuses it, and so do strict readers of a report)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
 
 
 def list_models(settings: Settings, *, engine: Engine | None = None) -> list[ModelVersion]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -139,21 +138,10 @@ class ModelVersionReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: a value that is no finite number (a diverged run's NaN loss) is
         ``null``, which every JSON reader takes (NaN is not JSON)."""
-        d = {k: _finite(iso(v)) for k, v in dataclasses.asdict(self).items()}
+        d = {k: registry.finite(iso(v)) for k, v in dataclasses.asdict(self).items()}
         d["status"] = str(self.status)
         d["pairs_total"] = self.pairs_total
         return d
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with every float that is NaN or infinite, at any depth, as ``None``."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def metric_table(role: Mapping[str, Any] | None) -> Metrics:

@@ -37,7 +37,7 @@ from sqlalchemy import Engine, insert, select, update
 
 from litpulse.core.db import connect
 from litpulse.core.errors import ConfigError, NotFoundError
-from litpulse.core.schema import api_tokens
+from litpulse.core.schema import api_tokens, feedback_log
 from litpulse.core.settings import Settings
 from litpulse.core.text import plain_mailbox
 from litpulse.core.timeutil import iso, utcnow
@@ -224,10 +224,18 @@ def revoke_token(
     active = active_version(settings, engine=engine)
     before = 0
     if active is not None:
-        before = sum(
-            1 for w in trainable_feedback(engine).withheld
-            if w.judgement.token_id == token_id and w.judgement.created_at < active.created_at
-        )
+        withheld = {w.judgement.id for w in trainable_feedback(engine).withheld
+                    if w.judgement.token_id == token_id}  # fmt: skip
+        # sent with this token before the active model was made: it may have trained on
+        # it, however often the token re-sent or overturned the judgement since (each
+        # sending rewrites the standing judgement's time; the log keeps the first)
+        log = feedback_log.c
+        with engine.connect() as conn:
+            sent = conn.execute(
+                select(log.feedback_id).distinct()
+                .where(log.token_id == token_id, log.created_at < active.created_at)
+            ).scalars()  # fmt: skip
+            before = len(withheld & {int(f) for f in sent})
     logger.info("revoked API token %d of expert %s: %d standing judgements withheld from "
                 "training", token_id, row.expert, info.excluded)
     return Revocation(info, before, active.id if active is not None else None)

@@ -742,21 +742,30 @@ def _shown(value: Any) -> str:
 
 
 def hide_password(url: str) -> str:
-    """``url`` with the password of its ``user:password@`` part shown as ``***`` (any
-    scheme: a database URL, a mirror's); other text as it is.
+    """``url`` with the password of its ``user:password@`` part, and the value of each
+    query parameter that holds a secret (``?password=``, ``sslpassword``, a ``token``, a
+    ``secret``, an ``api_key``: SQLAlchemy and libpq take a password there too), shown as
+    ``***`` (any scheme: a database URL, a mirror's); other text as it is.
 
     The password is what SQLAlchemy takes for it: everything from the first ``:`` after
     the user to the last ``@`` (``/``, ``#``, ``?`` and ``[`` included, as a base64 secret
     may hold); a URL path holding an ``@`` is masked more than needed, never less.
     """
     head, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
+    if not sep:
         return url
-    userinfo, _, host = rest.rpartition("@")
-    user, colon, _password = userinfo.partition(":")
-    if not colon:
-        return url
-    return f"{head}://{user}:***@{host}"
+    if "@" in rest:
+        userinfo, _, host = rest.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        if colon:
+            rest = f"{user}:***@{host}"
+    return head + "://" + _SECRET_PARAM.sub(r"\1***", rest)
+
+
+#: A query parameter holding a secret, up to its value's end (``&``, ``;``, ``#``).
+_SECRET_PARAM = re.compile(
+    r"([?&;][^=&;#]*(?:password|passwd|pwd|secret|token|api_?key)[^=&;#]*=)[^&;#]*", re.I
+)
 
 
 def _sqlite_fixed(url: str) -> str:

@@ -25,7 +25,16 @@ from urllib.parse import unquote
 from litpulse.core.errors import ConfigError
 from litpulse.core.widths import TERM_MAX
 
-__all__ = ["GREEK", "checked_text", "clean_doi", "doi_key", "fold", "fold_term", "plain_mailbox"]
+__all__ = [
+    "GREEK",
+    "checked_text",
+    "clean_doi",
+    "doi_key",
+    "fold",
+    "fold_term",
+    "plain_mailbox",
+    "visible_name",
+]
 
 #: C0 and C1 control characters but tab, line feed and carriage return; DEL; lone
 #: surrogates (the CLI's arguments carry undecodable bytes as such; no database stores them).
@@ -52,6 +61,32 @@ def checked_text(value: str, what: str) -> str:
     code = ord(found.group())
     name = f"U+{code:04X}" + (f" ({_NAMES[code]})" if code in _NAMES else "")
     raise ConfigError(f"{what} must not hold control characters: {name} at {found.start()}")
+
+
+#: Invisible characters a name must not hold (a soft hyphen, zero-width space, word
+#: joiner and invisible operators, byte-order mark, the bidirectional marks, embeddings,
+#: overrides and isolates: a name holding one reads as another's). Other format
+#: characters spell words and emoji (the joiners, a flag's tag characters, the Mongolian
+#: vowel separator) and stay allowed.
+_INVISIBLE = re.compile(
+    "[\u00ad\u061c\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"
+)
+
+
+def visible_name(value: str, what: str) -> str:
+    """A name as it is kept and compared: composed (NFC: ``é`` one character however it was
+    typed; macOS types two) and free of invisible characters, so two names that read the
+    same are one name (a saved search's, an expert's).
+
+    Raises:
+        ConfigError: It holds an invisible character (named, with ``what``).
+    """
+    text = unicodedata.normalize("NFC", value)
+    hidden = _INVISIBLE.search(text)
+    if hidden is not None:
+        raise ConfigError(f"{what} must not hold the invisible character "
+                          f"U+{ord(hidden.group()):04X}: {text!r}")  # fmt: skip
+    return text
 
 
 #: The longest address SMTP carries (RFC 5321's path, 256 octets, less its brackets).

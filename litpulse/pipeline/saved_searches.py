@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +31,7 @@ from litpulse.core import db
 from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.schema import articles, digest_matches, saved_searches
 from litpulse.core.settings import Settings
-from litpulse.core.text import checked_text
+from litpulse.core.text import checked_text, visible_name
 from litpulse.core.timeutil import iso, utcnow
 from litpulse.core.widths import ID_MAX
 from ranking.search import SearchFilters, checked_query, query_notes
@@ -185,22 +184,11 @@ def _check_name_free(conn: Any, name: str) -> None:
         raise ConfigError(f"a saved search named {name!r} exists already (id {taken.id})")
 
 
-#: Invisible characters a name must not hold (a soft hyphen, zero-width space, word
-#: joiner and invisible operators, byte-order mark, the bidirectional marks, embeddings,
-#: overrides and isolates: a name holding one reads as another saved search's). Other
-#: format characters spell words and emoji (the joiners, a flag's tag characters, the
-#: Mongolian vowel separator) and stay allowed.
-_HIDDEN = re.compile("[\u00ad\u061c\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064"
-                     "\u2066-\u2069\ufeff]")
 
 
 def _clean_name(name: str) -> str:
     text = " ".join(checked_text(str(name or ""), "a saved search's name").split())
-    text = unicodedata.normalize("NFC", text)  # one name however it was typed
-    hidden = _HIDDEN.search(text)
-    if hidden is not None:
-        raise ConfigError(f"a saved search's name must not hold the invisible character "
-                          f"U+{ord(hidden.group()):04X}: {text!r}")  # fmt: skip
+    text = visible_name(text, "a saved search's name")  # one name however it was typed
     if not text:
         raise ConfigError("a saved search needs a name")
     if len(text) > MAX_NAME_CHARS:
