@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 
@@ -100,16 +101,25 @@ def _clean(value: object, name: str, limit: int, limit_bytes: int) -> str:
     return text
 
 
-def clean_expert(name: object) -> str:
+def clean_expert(name: object, *, new: bool = True) -> str:
     """An expert's name with its whitespace normalised, composed (NFC), so that a name
     typed on macOS and on Linux is one expert (one per-hour limit, one share of a round's
-    pairs: :func:`litpulse.core.text.visible_name`).
+    pairs); the store's names are composed too (:func:`litpulse.core.db.compose_expert_names`).
+
+    Args:
+        name: The name.
+        new: A name typed now (a token's, ``litpulse feedback --user``, a request's
+            ``user``): it may hold no invisible character either
+            (:func:`litpulse.core.text.visible_name`). ``False``: a name stored already (an
+            API token's), which an older release may have taken with one: it keeps judging.
 
     Raises:
         ConfigError: Not a string, empty, longer than :data:`MAX_USER_CHARS`, or holding a
-            control character (:func:`litpulse.core.text.checked_text`) or an invisible one.
+            control character (:func:`litpulse.core.text.checked_text`), or (``new``) an
+            invisible one.
     """
-    return visible_name(_clean(name, "user", MAX_USER_CHARS, MAX_USER_BYTES), "`user`")
+    text = _clean(name, "user", MAX_USER_CHARS, MAX_USER_BYTES)
+    return visible_name(text, "`user`") if new else unicodedata.normalize("NFC", text)
 
 
 def _serialise_expert(conn: Connection, expert: str) -> None:
@@ -179,7 +189,7 @@ def record_feedback(
         FeedbackLimitError: The expert is over ``max_per_hour``.
     """
     query = _clean(query, "query", MAX_QUERY_CHARS, MAX_QUERY_BYTES)
-    user = clean_expert(user)
+    user = clean_expert(user, new=token_id is None)  # a token's name is stored already
     source = FeedbackSource(source)
     if isinstance(pmid, bool) or not isinstance(pmid, int) or pmid <= 0:
         raise ConfigError(f"`pmid` must be a positive integer, got {pmid!r}")

@@ -24,6 +24,7 @@ import socket
 import sqlite3
 import threading
 import time
+import unicodedata
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -57,11 +58,15 @@ from litpulse.core.errors import ConfigError, LeaseLostError
 from litpulse.core.schema import (
     FOLDED_TERM_KINDS,
     RETIRED_INDEXES,
+    api_tokens,
     article_terms,
     articles,
     checkpoints,
+    feedback,
+    feedback_log,
     locks,
     metadata,
+    saved_searches,
     term_forms,
 )
 from litpulse.core.settings import Settings
@@ -223,6 +228,7 @@ def _upgrade(engine: Engine) -> None:
     add_missing_indexes(engine)
     drop_retired_indexes(engine)
     fill_term_forms(engine)
+    compose_expert_names(engine)
 
 
 def _grant_like_articles(engine: Engine, tables: Sequence[str]) -> None:
@@ -247,6 +253,72 @@ def _grant_like_articles(engine: Engine, tables: Sequence[str]) -> None:
     if readers:
         logger.warning("granted SELECT on %s to %s, as on articles", ", ".join(tables),
                        ", ".join(readers))
+
+
+#: The ``checkpoints`` row set once the experts' names are composed.
+EXPERT_NAMES_CHECKPOINT = ("store", "expert_names")
+
+
+def compose_expert_names(engine: Engine) -> int:
+    """Compose (NFC) the experts' names an older release stored as typed: a name typed on
+    macOS (``é`` as ``e`` and an accent) in ``api_tokens.expert``, ``feedback.user``,
+    ``feedback_log.expert`` and ``saved_searches.owner``. This release keeps names
+    composed (:func:`litpulse.core.text.visible_name`), so without this an expert of
+    such a name would be two: its new judgements beside its old ones (a change of mind
+    leaving both standing), two per-hour limits, its own saved searches refused to its
+    reissued token. Where one expert holds a standing judgement of the same article for
+    the same query in both forms, the newer stands (as a change of mind does); the log
+    keeps both. Once per store (a checkpoint); a role that may not write leaves it to the
+    next opener that may.
+
+    Returns:
+        The names composed (0 when the store was current).
+    """
+    from sqlalchemy.exc import DBAPIError
+
+    c = checkpoints.c
+    key = (c.scope == EXPERT_NAMES_CHECKPOINT[0]) & (c.key == EXPERT_NAMES_CHECKPOINT[1])
+    with engine.connect() as conn:
+        if conn.execute(select(c.status).where(key)).first() is not None:
+            return 0
+    changed = 0
+    try:
+        with engine.begin() as conn:
+            for table, column in ((api_tokens, "expert"), (feedback_log, "expert"),
+                                  (saved_searches, "owner")):  # fmt: skip
+                col = table.c[column]
+                for name in conn.execute(select(col).distinct()).scalars().all():
+                    composed = unicodedata.normalize("NFC", name) if name else name
+                    if composed != name:
+                        conn.execute(update(table).where(col == name).values({column: composed}))
+                        changed += 1
+            f = feedback.c
+            for user in conn.execute(select(f.user).distinct()).scalars().all():
+                composed = unicodedata.normalize("NFC", user)
+                if composed == user:
+                    continue
+                changed += 1
+                for row in conn.execute(select(f.id, f.query, f.pmid, f.created_at)
+                                        .where(f.user == user)).all():  # fmt: skip
+                    twin = conn.execute(select(f.id, f.created_at).where(
+                        f.query == row.query, f.pmid == row.pmid, f.user == composed
+                    )).first()  # fmt: skip
+                    if twin is not None and as_utc(twin.created_at) >= as_utc(row.created_at):
+                        conn.execute(delete(feedback).where(f.id == row.id))
+                        continue
+                    if twin is not None:
+                        conn.execute(delete(feedback).where(f.id == twin.id))
+                    conn.execute(update(feedback).where(f.id == row.id).values(user=composed))
+            upsert(conn, checkpoints, [{"scope": EXPERT_NAMES_CHECKPOINT[0],
+                                        "key": EXPERT_NAMES_CHECKPOINT[1], "status": "done",
+                                        "value": {"names": changed}, "updated_at": utcnow()}],
+                   keys=["scope", "key"], update=["status", "value", "updated_at"])  # fmt: skip
+    except DBAPIError as exc:
+        logger.warning("experts' names not composed (%s): left to a writer", _cause(exc))
+        return 0
+    if changed:
+        logger.warning("composed %d expert name(s) stored by an older release (NFC)", changed)
+    return changed
 
 
 #: The ``checkpoints`` row set once ``term_forms`` holds what ``article_terms`` held.

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from litpulse.core.errors import ConfigError
 
@@ -759,13 +760,20 @@ def hide_password(url: str) -> str:
         user, colon, _password = userinfo.partition(":")
         if colon:
             rest = f"{user}:***@{host}"
-    return head + "://" + _SECRET_PARAM.sub(r"\1***", rest)
+    base, mark, query = rest.partition("?")
+    if not mark:
+        return f"{head}://{rest}"
+    # as SQLAlchemy reads a query: parameters split at "&" only (a value keeps any ";" or
+    # "#"), names percent-decoded ("pass%77ord" is a password)
+    params = []
+    for part in query.split("&"):
+        name, eq, _value = part.partition("=")
+        params.append(f"{name}=***" if eq and _SECRET_PARAM.search(unquote(name)) else part)
+    return f"{head}://{base}?{'&'.join(params)}"
 
 
-#: A query parameter holding a secret, up to its value's end (``&``, ``;``, ``#``).
-_SECRET_PARAM = re.compile(
-    r"([?&;][^=&;#]*(?:password|passwd|pwd|secret|token|api_?key)[^=&;#]*=)[^&;#]*", re.I
-)
+#: The name of a query parameter holding a secret.
+_SECRET_PARAM = re.compile(r"password|passwd|pwd|secret|token|api_?key", re.I)
 
 
 def _sqlite_fixed(url: str) -> str:

@@ -4,7 +4,14 @@ query parameters masked (``hide_password``), a diverged retrain's NaN stored as 
 (``registry.finite``), ``tokens revoke`` counting via ``feedback_log`` and the feedback
 byte limits.
 
-Each confirmed defect is a strict xfail asserting the correct behaviour.
+Each confirmed defect was a strict xfail asserting the correct behaviour; all five were
+fixed in the same session and are plain tests now: G1, G3 the first open of this release
+composes the experts' names an older release stored (``db.compose_expert_names``: tokens,
+judgements, the log, saved searches' owners; the newer of one expert's twin judgements
+stands); G2 a token's stored name is not refused for an invisible character
+(``clean_expert(new=False)``), only a name typed now; G4 ``hide_password`` splits the query
+at ``&`` only and reads its names percent-decoded; G5 ``models report`` prints a null
+number as ``n/a``.
 
 G1  A token issued before this release for an expert whose name was stored decomposed
     (NFD, ``Jose`` + U+0301, as macOS types it) keeps working, but ``record_feedback``
@@ -101,15 +108,16 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
+import unicodedata
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 
 from bench.drift import insert_batch
 from litpulse.app.cli import main
 from litpulse.core import db
-from litpulse.core.schema import api_tokens, feedback, feedback_log, saved_searches
+from litpulse.core.schema import api_tokens, checkpoints, feedback, feedback_log, saved_searches
 from litpulse.core.settings import Settings, hide_password
 from retrain import registry
 from retrain.feedback import trainable_feedback
@@ -136,6 +144,17 @@ def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def _first_open_of_this_release(settings: Settings) -> None:
+    """What this release's first open of an older store does to its experts' names (the
+    checkpoint of a store this release made is dropped first: the store is "older")."""
+    engine = db.connect(settings)
+    c = checkpoints.c
+    with engine.begin() as conn:
+        conn.execute(delete(checkpoints).where(
+            c.scope == db.EXPERT_NAMES_CHECKPOINT[0], c.key == db.EXPERT_NAMES_CHECKPOINT[1]))
+    assert db.compose_expert_names(engine) >= 1
+
+
 def _legacy_token(settings: Settings, expert: str) -> tuple[int, str]:
     """A token as a release before this one stored it: its expert name as typed."""
     issued = create_token(settings, "placeholder")
@@ -149,11 +168,6 @@ def _legacy_token(settings: Settings, expert: str) -> tuple[int, str]:
 # ------------------------------------------------------------------------------- G1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="G1: a legacy NFD expert's change of mind is stored "
-    "under the NFC name beside the old judgement: two standing judgements",
-)
 def test_g1_a_legacy_nfd_experts_change_of_mind_replaces_the_judgement(
     settings: Settings,
 ) -> None:
@@ -168,6 +182,7 @@ def test_g1_a_legacy_nfd_experts_change_of_mind_replaces_the_judgement(
             feedback_id=fid, query="gout", pmid=10, relevant=True, expert=NFD, source="api",
             token_id=tid, created_at=now,
         ))  # fmt: skip
+    _first_open_of_this_release(s)
     with TestClient(create_app(s), raise_server_exceptions=False) as c:
         r = c.post(
             "/feedback",
@@ -183,11 +198,6 @@ def test_g1_a_legacy_nfd_experts_change_of_mind_replaces_the_judgement(
 # ------------------------------------------------------------------------------- G2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="G2: an active legacy token whose expert holds U+200B "
-    "is 400 on every POST /feedback, blaming a `user` never sent",
-)
 def test_g2_an_active_legacy_token_with_an_invisible_character_can_still_judge(
     sqlite_settings: Settings,
 ) -> None:
@@ -209,11 +219,6 @@ def test_g2_an_active_legacy_token_with_an_invisible_character_can_still_judge(
 # ------------------------------------------------------------------------------- G3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="G3: a legacy NFD expert's reissued token is 403 on "
-    "the expert's own saved search (owner NFD, new token's expert NFC)",
-)
 def test_g3_a_reissued_token_keeps_its_experts_legacy_saved_searches(
     sqlite_settings: Settings,
 ) -> None:
@@ -223,12 +228,15 @@ def test_g3_a_reissued_token_keeps_its_experts_legacy_saved_searches(
         made = c.post("/alerts", json={"name": "gout watch", "query": "gout"}, headers=_bearer(old))
         assert made.status_code == 201, made.text
         sid = made.json()["id"]
+        with db.connect(s).connect() as conn:
+            assert conn.execute(select(saved_searches.c.owner)).scalar_one() == NFD  # as then
+        _first_open_of_this_release(s)
         revoke_token(s, tid)  # it leaked: revoke, and issue the expert a new one
         new = create_token(s, NFD).token
         r = c.patch(f"/alerts/{sid}", json={"min_score": 0.5}, headers=_bearer(new))
     with db.connect(s).connect() as conn:
         owner = conn.execute(select(saved_searches.c.owner)).scalar_one()
-    assert owner == NFD  # as saved before the upgrade
+    assert owner == unicodedata.normalize("NFC", NFD)  # composed by the upgrade
     assert r.status_code == 200, r.text
 
 
@@ -249,11 +257,6 @@ G4_URLS = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="G4: hide_password stops a secret value at ';'/'#' and "
-    "matches only an undecoded parameter name",
-)
 @pytest.mark.parametrize(("url", "secret"), G4_URLS)
 def test_g4_a_query_parameter_password_is_never_shown(
     url: str,
@@ -279,11 +282,6 @@ def test_g4_a_query_parameter_password_is_never_shown(
 # ------------------------------------------------------------------------------- G5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="G5: models report formats a diverged retrain's null "
-    "loss with :.3f (TypeError traceback)",
-)
 def test_g5_models_report_shows_a_diverged_retrain(
     sqlite_settings: Settings,
     monkeypatch: pytest.MonkeyPatch,
@@ -319,3 +317,24 @@ def test_g5_models_report_shows_a_diverged_retrain(
         raise AssertionError(f"models report raised TypeError: {exc}") from None
     assert code == 0
     assert vid in capsys.readouterr().out
+
+
+def test_g1_the_upgrade_keeps_the_newer_of_one_experts_judgements_in_both_forms(
+    settings: Settings,
+) -> None:
+    """An expert who judged one article for one query under both forms of its name (two
+    tokens of an older release): after the upgrade the newer judgement stands, alone."""
+    s = _store(settings)
+    nfc = unicodedata.normalize("NFC", NFD)
+    then = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
+    with db.connect(s).begin() as conn:
+        for user, relevant, at in ((NFD, True, then), (nfc, False, then + dt.timedelta(hours=1)),
+                                   (NFD, True, then + dt.timedelta(minutes=5))):  # fmt: skip
+            pmid = 10 if at != then + dt.timedelta(minutes=5) else 11
+            conn.execute(insert(feedback).values(query="gout", pmid=pmid, relevant=relevant,
+                                                 user=user, created_at=at))  # fmt: skip
+    _first_open_of_this_release(s)
+    with db.connect(s).connect() as conn:
+        rows = conn.execute(select(feedback.c.pmid, feedback.c.relevant, feedback.c.user)
+                            .order_by(feedback.c.pmid)).all()  # fmt: skip
+    assert [tuple(r) for r in rows] == [(10, False, nfc), (11, True, nfc)]

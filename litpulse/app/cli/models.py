@@ -247,16 +247,17 @@ def _version_lines(v: Any) -> list[str]:
         lines.append(f"  feedback excluded: {v.feedback_excluded} (revoked API tokens)")
     t = v.training
     if t:
-        epochs = f" ({t['epochs']:.2f} epochs)" if "epochs" in t else ""
-        loss = (f", loss {t['first_loss']:.3f} -> {t['last_loss']:.3f}"
+        epochs = f" ({_num(t['epochs'], '.2f')} epochs)" if "epochs" in t else ""
+        loss = (f", loss {_num(t['first_loss'], '.3f')} -> {_num(t['last_loss'], '.3f')}"
                 if "first_loss" in t and "last_loss" in t else "")
         lines.append(f"  training: {t.get('steps', '?')} steps{epochs} in "
-                     f"{float(t.get('seconds', 0.0)):.1f} s on {t.get('device', '?')}{loss}")
+                     f"{_num(t.get('seconds', 0.0), '.1f')} s on {t.get('device', '?')}{loss}")
     if v.heldout:
         lines.append("  held out: " + ", ".join(f"{k} {n}" for k, n in v.heldout.items()))
     for heldout, row in v.metrics.items():
         for metric, value in row.items():
-            lines.append(f"  {heldout} {metric} {value:.3f}{_deltas(v, heldout, metric)}")
+            lines.append(f"  {heldout} {metric} {_num(value, '.3f')}"
+                         f"{_deltas(v, heldout, metric)}")
     if v.gate_passed is not None:
         lines.append(f"  gate: {'passed' if v.gate_passed else 'failed'}")
         lines.extend(f"    - {r}" for r in v.gate_reasons)
@@ -289,6 +290,12 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
     if args.plot:
         print(f"\nplot written to {args.plot}")
     return 0
+
+
+def _num(value: Any, spec: str) -> str:
+    """A stored number as ``spec`` formats it; ``n/a`` where none is (a diverged training's
+    loss is stored as null: JSON has no NaN)."""
+    return format(float(value), spec) if isinstance(value, int | float) else "n/a"
 
 
 def run_promote(args: argparse.Namespace, settings: Settings) -> int:
