@@ -284,6 +284,16 @@ def compose_expert_names(engine: Engine) -> int:
     changed = 0
     try:
         with engine.begin() as conn:
+            # one opener at a time (two processes opening an older store at once): the
+            # second waits, then finds the checkpoint and does nothing; without this it
+            # read the rows the first was composing and took each for its own twin
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
+                             {"k": "litpulse expert names"})
+            else:  # SQLite: take the write lock now, before reading
+                conn.execute(update(checkpoints).where(text("0")).values(status="done"))
+            if conn.execute(select(c.status).where(key)).first() is not None:
+                return 0
             for table, column in ((api_tokens, "expert"), (feedback_log, "expert"),
                                   (saved_searches, "owner")):  # fmt: skip
                 col = table.c[column]
@@ -301,7 +311,8 @@ def compose_expert_names(engine: Engine) -> int:
                 for row in conn.execute(select(f.id, f.query, f.pmid, f.created_at)
                                         .where(f.user == user)).all():  # fmt: skip
                     twin = conn.execute(select(f.id, f.created_at).where(
-                        f.query == row.query, f.pmid == row.pmid, f.user == composed
+                        f.query == row.query, f.pmid == row.pmid, f.user == composed,
+                        f.id != row.id,
                     )).first()  # fmt: skip
                     if twin is not None and as_utc(twin.created_at) >= as_utc(row.created_at):
                         conn.execute(delete(feedback).where(f.id == row.id))

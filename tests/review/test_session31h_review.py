@@ -2,6 +2,10 @@
 from ``_upgrade`` at each open of a store until its checkpoint is written) and
 ``retrain.feedback.clean_expert(new=)``.
 
+H1 was a strict xfail; fixed in the same session, now a plain test: ``compose_expert_names``
+takes its turn (a PostgreSQL advisory lock, SQLite's write lock) and reads the checkpoint
+again inside it, and a row is never its own twin.
+
 H1  Two processes opening an older PostgreSQL store at once (the API and the nightly
     after an upgrade, a case ``_upgrade``'s docstring names) delete the experts'
     judgements they were meant to keep. Both find no checkpoint and both compose. The
@@ -74,26 +78,36 @@ def _older_store(engine: Any, n: int) -> None:
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(strict=True, reason="H1: a second opener composing at once deletes the "
-                   "rows the first composed (the twin it finds is the row itself)")
 def test_h1_two_openers_at_once_keep_every_judgement() -> None:
+    """The second opener has read the NFD rows when the first starts composing: the first
+    waits for it (``compose_expert_names`` takes its turn), then finds the work done."""
+    import threading
+
     with fresh_postgres_database("litpulse_review_h1") as url:
         s = Settings.from_env({}, home=Path(tempfile.mkdtemp()) / "home", database_url=url)
         owner = db.connect(s)
         _older_store(owner, 5)
         first, second = create_engine(url), create_engine(url)
-        fired: list[int] = []
+        fired: list[threading.Thread] = []
+        got: list[int] = []
 
-        def _first_commits_meanwhile(conn: Any, cursor: Any, statement: str, *a: Any) -> None:
-            # the second opener has read the NFD rows; the first opener runs to its commit
+        def _first_opens_meanwhile(conn: Any, cursor: Any, statement: str, *a: Any) -> None:
+            # the second opener has read the NFD rows; the first opener starts now and is
+            # given 3 s to run to its commit (without turns it did, and the second then
+            # took each composed row for its own twin and deleted it)
             twin_lookup = statement.lstrip().startswith("SELECT feedback.id, feedback.created_at")
             if not fired and twin_lookup:
-                fired.append(db.compose_expert_names(first))
+                t = threading.Thread(target=lambda: got.append(db.compose_expert_names(first)))
+                fired.append(t)
+                t.start()
+                t.join(3.0)
 
-        event.listen(second, "before_cursor_execute", _first_commits_meanwhile)
+        event.listen(second, "before_cursor_execute", _first_opens_meanwhile)
         try:
             db.compose_expert_names(second)
-            assert fired == [1]
+            assert len(fired) == 1
+            fired[0].join(30.0)
+            assert got == [0], got  # it waited its turn and found the names composed
             with owner.connect() as conn:
                 standing = conn.execute(
                     select(feedback.c.user, func.count()).group_by(feedback.c.user)).all()
