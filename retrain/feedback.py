@@ -30,9 +30,9 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, func, insert, select
 
-from litpulse.core.db import connect, upsert
+from litpulse.core.db import connect, take_turn, upsert
 from litpulse.core.errors import ConfigError, LitpulseError, NotFoundError
 from litpulse.core.schema import api_tokens, articles, feedback, feedback_log
 from litpulse.core.settings import Settings
@@ -122,20 +122,8 @@ def clean_expert(name: object, *, new: bool = True) -> str:
     return visible_name(text, "`user`") if new else unicodedata.normalize("NFC", text)
 
 
-def _serialise_expert(conn: Connection, expert: str) -> None:
-    """Make concurrent judgements of one expert wait for each other (count, then insert).
-
-    PostgreSQL: a transaction-level advisory lock on the expert's name. SQLite: take the
-    database's write lock now (a write that changes nothing), before counting.
-    """
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:e))"), {"e": expert})
-    else:
-        conn.execute(update(feedback_log).where(text("0")).values(expert=expert))
-
-
 def _check_limit(conn: Connection, expert: str, per_hour: int, now: dt.datetime) -> None:
-    _serialise_expert(conn, expert)
+    take_turn(conn, expert)  # concurrent judgements of one expert: count, then insert
     log = feedback_log.c
     since = now - LIMIT_WINDOW
     count, oldest = conn.execute(

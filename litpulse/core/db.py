@@ -74,6 +74,7 @@ from litpulse.core.timeutil import as_utc, iso, utcnow
 
 __all__ = [
     "connect",
+    "take_turn",
     "add_missing_columns",
     "drop_retired_indexes",
     "upsert",
@@ -255,6 +256,19 @@ def _grant_like_articles(engine: Engine, tables: Sequence[str]) -> None:
                        ", ".join(readers))
 
 
+def take_turn(conn: Connection, key: str) -> None:
+    """Make the transactions that take a turn on ``key`` run one after the other, from
+    here to their end (read, then write on what was read).
+
+    PostgreSQL: a transaction-level advisory lock on ``key``. SQLite: the database's write
+    lock, taken now (a write that changes nothing), before reading.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
+    else:
+        conn.execute(update(checkpoints).where(text("0")).values(status="done"))
+
+
 #: The ``checkpoints`` row set once the experts' names are composed.
 EXPERT_NAMES_CHECKPOINT = ("store", "expert_names")
 
@@ -287,11 +301,7 @@ def compose_expert_names(engine: Engine) -> int:
             # one opener at a time (two processes opening an older store at once): the
             # second waits, then finds the checkpoint and does nothing; without this it
             # read the rows the first was composing and took each for its own twin
-            if conn.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
-                             {"k": "litpulse expert names"})
-            else:  # SQLite: take the write lock now, before reading
-                conn.execute(update(checkpoints).where(text("0")).values(status="done"))
+            take_turn(conn, "litpulse expert names")
             if conn.execute(select(c.status).where(key)).first() is not None:
                 return 0
             for table, column in ((api_tokens, "expert"), (feedback_log, "expert"),

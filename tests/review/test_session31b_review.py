@@ -90,6 +90,18 @@ def _candidate(engine: Engine, settings: Settings, model: str) -> None:
             created_at=db.utcnow()))
 
 
+def _m2_serving_m3_candidate(settings: Settings, engine: Engine) -> list[int]:
+    """Ten live articles, m2 active with its index published, m3 a candidate; the PMIDs."""
+    live = list(range(1, 11))
+    add_articles(engine, live)
+    refresh.refresh_index(settings, embed=False)
+    _activate(engine, "m2", settings)
+    _embed(engine, live, "m2")
+    assert refresh.refresh_index(settings, embed=False).model_version == "m2"
+    _candidate(engine, settings, "m3")
+    return live
+
+
 def _statuses(engine: Engine) -> dict[str, str]:
     with engine.connect() as conn:
         return dict(conn.execute(select(model_versions.c.id, model_versions.c.status)).all())
@@ -106,13 +118,7 @@ def test_b1_a_failed_switch_never_leaves_two_active_models(
     from litpulse.pipeline.planning import defer_reindex
     from retrain import registry
 
-    live = list(range(1, 11))
-    add_articles(engine, live)
-    refresh.refresh_index(settings, embed=False)
-    _activate(engine, "m2", settings)
-    _embed(engine, live, "m2")
-    assert refresh.refresh_index(settings, embed=False).model_version == "m2"
-    _candidate(engine, settings, "m3")
+    live = _m2_serving_m3_candidate(settings, engine)
     _embed(engine, live, "m3")
     if argv[1] == "rollback":  # m3 served, and is rolled back to m2
         registry.promote(settings, "m3", by="ops",
@@ -155,13 +161,7 @@ def test_b2_a_gate_promotion_during_an_inline_reindex_switches_nothing(
     from retrain import registry, run
     from retrain.evaluate import GateDecision
 
-    live = list(range(1, 11))
-    add_articles(engine, live)
-    refresh.refresh_index(settings, embed=False)
-    _activate(engine, "m2", settings)
-    _embed(engine, live, "m2")
-    assert refresh.refresh_index(settings, embed=False).model_version == "m2"
-    _candidate(engine, settings, "m3")
+    _m2_serving_m3_candidate(settings, engine)
     undone: list[str] = []
     real = registry._restore
 
