@@ -172,11 +172,14 @@ def record_feedback(
     Raises:
         ConfigError: An empty or too long query or user (in characters, or in UTF-8
             bytes: :data:`MAX_QUERY_BYTES`, :data:`MAX_USER_BYTES`), one holding a control
-            character, or a bad pmid.
+            character, a query without a letter or digit (invisible characters or
+            punctuation alone: nothing a search finds), or a bad pmid.
         NotFoundError: The article does not exist (or was deleted).
         FeedbackLimitError: The expert is over ``max_per_hour``.
     """
     query = _clean(query, "query", MAX_QUERY_CHARS, MAX_QUERY_BYTES)
+    if not any(ch.isalnum() for ch in query):  # no search finds anything for it to judge
+        raise ConfigError(f"`query` must hold a letter or digit, got {query!r}")
     user = clean_expert(user, new=token_id is None)  # a token's name is stored already
     source = FeedbackSource(source)
     if isinstance(pmid, bool) or not isinstance(pmid, int) or pmid <= 0:

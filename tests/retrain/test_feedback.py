@@ -31,6 +31,12 @@ def test_upsert_and_validation(settings: Settings, engine: Engine) -> None:
         record_feedback(settings, query="   ", pmid=10, relevant=True, user="ann")
     with pytest.raises(ConfigError, match="`query`"):
         record_feedback(settings, query="x" * 1001, pmid=10, relevant=True, user="ann")
+    # nothing a search could have found: invisible characters or punctuation alone
+    for nothing in ("\u200b", "\u200b\ufeff \u2060", "?!", "\u2014 \u2026", "\u00ad"):
+        with pytest.raises(ConfigError, match="`query` must hold a letter or digit"):
+            record_feedback(settings, query=nothing, pmid=10, relevant=True, user="ann")
+    for words in ("IL-6", "\u03b2", "\u65b0\u51a0", "gout\u200bflares", "5"):
+        record_feedback(settings, query=words, pmid=11, relevant=True, user="ann")
     with pytest.raises(ConfigError, match="`user`"):
         record_feedback(settings, query="q", pmid=10, relevant=True, user="")
     with pytest.raises(ConfigError, match="`pmid`"):

@@ -300,6 +300,8 @@ def test_feedback_is_recorded(client: TestClient, store: Settings,
         ({"query": "q", "pmid": 201, "relevant": True, "user": "a", "admin": 1}, 422),
         ({"query": "q", "pmid": 201, "relevant": True, "user": "bob"}, 403),  # not the token's
         ({"query": "q\x00", "pmid": 201, "relevant": True}, 400),  # no NUL in the store
+        ({"query": "\u200b", "pmid": 201, "relevant": True}, 400),  # nothing searchable
+        ({"query": "?! \u2014", "pmid": 201, "relevant": True}, 400),
     ],
 )
 def test_feedback_rejects_bad_input(client: TestClient, ana: dict[str, str], body: object,
