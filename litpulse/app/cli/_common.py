@@ -170,6 +170,18 @@ def int_arg(low: int, high: int) -> Callable[[str], int]:
 id_arg = int_arg(1, ID_MAX)
 
 
+def path_arg(text: str) -> str:
+    """An argparse type: a file or folder name, not empty (an empty one is the current
+    folder to ``Path``: a plot written nowhere, a corpus written or read where the command
+    happened to run; ``.`` names the current folder)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path (`.` is the current folder)")
+    return text
+
+
+path_arg.__name__ = "path"  # argparse names the type so in its messages
+
+
 def date_arg(text: str) -> dt.date:
     """An argparse type: a date ``YYYY-MM-DD``."""
     try:

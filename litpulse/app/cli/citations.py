@@ -11,6 +11,7 @@ from litpulse.app.cli._common import (
     command,
     command_group,
     kv,
+    path_arg,
     pmid_arg,
     print_json,
     show_progress,
@@ -67,6 +68,7 @@ def register(sub: Any) -> None:
     load.add_argument(
         "file",
         metavar="FILE",
+        type=path_arg,
         help="icite_metadata.csv (plain, .gz or figshare's .zip), or a folder of them",
     )
     load.add_argument(

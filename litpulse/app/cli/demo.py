@@ -7,6 +7,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from litpulse.app.cli._common import date_arg, path_arg
 from litpulse.core.settings import Settings
 
 __all__ = ["register"]
@@ -32,7 +33,7 @@ def register(sub: Any) -> None:
             "Ingest it with `litpulse ingest --files DIR/*.xml.gz` or `litpulse nightly`."
         ),
     )
-    g.add_argument("out_dir", metavar="DIR", help="folder to write the files to")
+    g.add_argument("out_dir", metavar="DIR", type=path_arg, help="folder to write the files to")
     g.add_argument("--records", type=int, default=1000, metavar="N", help="records (default 1000)")
     g.add_argument("--files", type=int, default=1, metavar="K", help="files (default 1)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -44,7 +45,7 @@ def register(sub: Any) -> None:
     )
     g.add_argument(
         "--start",
-        type=dt.date.fromisoformat,
+        type=date_arg,
         default=DEMO_START,
         metavar="YYYY-MM-DD",
         help=f"first entrez date (default {DEMO_START})",

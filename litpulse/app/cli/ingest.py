@@ -6,7 +6,7 @@ import argparse
 import datetime as dt
 from typing import Any
 
-from litpulse.app.cli._common import kv, print_json, show_progress
+from litpulse.app.cli._common import kv, path_arg, print_json, show_progress
 from litpulse.core.errors import ConfigError
 from litpulse.core.settings import Settings
 
@@ -25,7 +25,8 @@ def register(sub: Any) -> None:
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument(
-        "--files", nargs="+", metavar="PATH", help="PubMed XML files (plain or .xml.gz)"
+        "--files", nargs="+", metavar="PATH", type=path_arg,
+        help="PubMed XML files (plain or .xml.gz)",
     )
     src.add_argument(
         "--eutils", action="store_true", help="fetch a date window through E-utilities"

@@ -14,6 +14,7 @@ from litpulse.app.cli._common import (
     command,
     command_group,
     kv,
+    path_arg,
     pmid_arg,
     print_json,
     print_table,
@@ -51,7 +52,7 @@ def register(sub: Any) -> None:
             "promotions and rollbacks. The same as the /models page."
         ),
     )
-    rp.add_argument("--plot", metavar="FILE", default=None,
+    rp.add_argument("--plot", metavar="FILE", default=None, type=path_arg,
                     help="also write the plot of the metrics over versions (PNG) to FILE")
     add_json(rp)
     pr = command(actions, "promote", run_promote,
@@ -274,7 +275,7 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
     from retrain.report import history_dict, model_history
 
     history = model_history(settings)
-    if args.plot:
+    if args.plot is not None:
         path = Path(args.plot)
         path.write_bytes(render_plot(history))
     if args.json:
@@ -287,7 +288,7 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
         for v in history:
             print()
             print("\n".join(_version_lines(v)))
-    if args.plot:
+    if args.plot is not None:
         print(f"\nplot written to {args.plot}")
     return 0
 

@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from litpulse.app.cli._common import add_json, command, print_json, print_table, show_progress
+from litpulse.app.cli._common import (
+    add_json,
+    command,
+    path_arg,
+    print_json,
+    print_table,
+    show_progress,
+)
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import as_utc
 
@@ -33,7 +40,8 @@ def register(sub: Any) -> None:
         default=None,
         help="where new records come from (default: eutils, or files when --files is given)",
     )
-    p.add_argument("--files", nargs="+", metavar="PATH", help="local PubMed XML(.gz) files")
+    p.add_argument("--files", nargs="+", metavar="PATH", type=path_arg,
+                   help="local PubMed XML(.gz) files")
     p.add_argument(
         "--since",
         type=_when,

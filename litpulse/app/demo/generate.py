@@ -270,6 +270,14 @@ class CorpusConfig:
             raise ConfigError("`n_files` must be between 1 and n_records")
         if self.days < 1:
             raise ConfigError("`days` must be at least 1")
+        # the records' other dates reach ~20 years before and ~1 after the entrez dates;
+        # a four-digit year and the calendar's ends bound them
+        first, last = dt.date(1800, 1, 1), dt.date(9998, 1, 1)
+        if self.start_date < first or self.start_date.toordinal() + self.days > last.toordinal():
+            raise ConfigError(
+                f"`start_date` and `days` must keep the generated dates within {first} .. "
+                f"{last}, got {self.start_date} and {self.days} days"
+            )
         if self.first_file_number < 0:
             raise ConfigError("`first_file_number` must not be negative")
         if self.cite_window < 1:

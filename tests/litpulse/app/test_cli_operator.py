@@ -186,3 +186,39 @@ def test_models_report_plot_to_a_missing_folder_is_a_clear_error(
     code = main(["models", "report", "--plot", str(tmp_path / "no" / "such" / "plot.png")])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("litpulse: error:"), err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["models", "report", "--plot", ""],  # wrote no plot, and said nothing
+        ["ingest", "--files", ""],  # read the current folder
+        ["nightly", "--files", ""],
+        ["citations", "load", ""],  # loaded from the current folder
+        ["demo", "generate", ""],  # wrote its files into the current folder
+    ],
+)
+def test_an_empty_path_is_a_usage_error(
+    env: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch, argv: list[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "icite_metadata.csv").write_text("pmid,year\n1,2020\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "an empty path" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["icite_metadata.csv"]
+
+
+@pytest.mark.parametrize(
+    "dates", [["--start", "0001-01-01"], ["--start", "9999-12-01"], ["--days", "99999999"]]
+)
+def test_demo_dates_out_of_range_are_a_usage_error(
+    env: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str],  # noqa: F811
+    dates: list[str],
+) -> None:
+    code = main(["demo", "generate", str(tmp_path / "out"), "--records", "5", *dates])
+    err = capsys.readouterr().err
+    assert code == 2 and "must keep the generated dates within" in err, err
+    assert not (tmp_path / "out").exists()
