@@ -241,8 +241,10 @@ def add_alert_routes(
                                   "a reader following them reads each match once while "
                                   "matches come and go)"),
     ) -> Any:
+        own = (f"{settings.public_url}/feeds/{search_id}.atom" if settings.public_url
+               else str(request.url.replace(query="")))  # fmt: skip
         body = feed_for(
-            settings, search_id, self_url=str(request.url.replace(query="")), engine=engine(),
+            settings, search_id, self_url=own, engine=engine(),
             page=page, after=after,
         )  # fmt: skip
         return Response(body, media_type="application/atom+xml; charset=utf-8")

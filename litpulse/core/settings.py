@@ -404,6 +404,13 @@ class Settings:
         "loaded: answers in milliseconds); when none answers within a second, or it serves "
         "another index, the search runs in process. Empty: always in process.",
     )
+    public_url: str = _opt(
+        "",
+        "The address readers reach this API at, e.g. https://lit.example.org/pulse behind a "
+        "proxy: the Atom feeds' own links (self, next, ...) start with it. Empty: they "
+        "follow the address each request arrived at (its Host header, which a client or "
+        "a proxy may set to anything).",
+    )
     api_max_body_bytes: int = _opt(
         65536,
         "Largest request body the API reads, in bytes; a larger one is answered 413 "
@@ -587,6 +594,17 @@ class Settings:
                 f"{env_name('search_server_url')} must be an http(s) URL or empty, "
                 f"got {self.search_server_url!r}"
             )
+        if self.public_url:
+            from urllib.parse import urlsplit
+
+            public = urlsplit(self.public_url)
+            if (public.scheme not in ("http", "https") or not public.hostname
+                    or public.query or public.fragment or "#" in self.public_url):
+                raise ConfigError(
+                    f"{env_name('public_url')} must be an http(s) URL with a host and no "
+                    f"query or fragment, or empty, got {self.public_url!r}"
+                )
+            object.__setattr__(self, "public_url", self.public_url.rstrip("/"))
         if self.database_url and "://" not in self.database_url:
             raise ConfigError(
                 f"{env_name('database_url')} must be a SQLAlchemy URL, got {self.database_url!r}"

@@ -84,8 +84,9 @@ def register(sub: Any) -> None:
     f.add_argument("ref", metavar="ID|NAME", help="the saved search's id or name")
     f.add_argument(
         "--base-url",
-        default="http://127.0.0.1:8000/",
-        help="URL of `litpulse serve`, for the feed's own link",
+        default=None,
+        help="URL of `litpulse serve`, for the feed's own link (default: "
+        "LITPULSE_PUBLIC_URL, else http://127.0.0.1:8000/)",
     )
     f.add_argument(
         "--page",
@@ -234,7 +235,8 @@ def run_feed(args: argparse.Namespace, settings: Settings) -> int:
     from litpulse.pipeline.saved_searches import get_search
 
     found = get_search(settings, args.ref)
-    url = args.base_url.rstrip("/") + found.feed_path
+    base = args.base_url or settings.public_url or "http://127.0.0.1:8000/"
+    url = base.rstrip("/") + found.feed_path
     feed = feed_for(settings, found.id, self_url=url, page=args.page, after=args.after)
     sys.stdout.write(feed.decode("utf-8") + "\n")
     return 0

@@ -313,3 +313,40 @@ def test_the_cli_sets_a_threshold_back_to_the_default(
     assert back["min_score"] is None and back["query"] == "malaria vaccine"
     with pytest.raises(SystemExit):  # one or the other
         main(["alerts", "edit", "m", "--min-score", "0.5", "--default-min-score"])
+
+
+def test_feed_links_start_with_the_public_url_whatever_host_was_asked(
+    store: Settings,
+) -> None:
+    """Behind a proxy the request's Host header is whatever the client (or a cache's
+    attacker) sent; with ``LITPULSE_PUBLIC_URL`` set, the feed's own links never follow it."""
+    public = store.replace(public_url="https://lit.example.org/pulse/")
+    token = create_token(public, "ana").token
+    with TestClient(create_app(public), raise_server_exceptions=False) as c:
+        made = c.post("/alerts", json={"name": "kids", "query": "malaria vaccine"},
+                      headers={"Authorization": f"Bearer {token}"}).json()
+        feed = c.get(f"/feeds/{made['id']}.atom", headers={"Host": "evil.example"})
+    assert feed.status_code == 200, feed.text
+    links = {link["rel"]: link["href"] for link in feedparser.parse(feed.content).feed.links}
+    assert links["self"] == f"https://lit.example.org/pulse/feeds/{made['id']}.atom"
+    assert b"evil.example" not in feed.content
+    # without it, the links follow the address the request arrived at, as documented
+    with TestClient(create_app(store), raise_server_exceptions=False) as c:
+        plain = c.get(f"/feeds/{made['id']}.atom", headers={"Host": "lit.local:8000"})
+    links = {link["rel"]: link["href"] for link in feedparser.parse(plain.content).feed.links}
+    assert links["self"] == f"http://lit.local:8000/feeds/{made['id']}.atom"
+
+
+def test_the_cli_feed_links_start_with_the_public_url_by_default(
+    store: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = _cli_json(capsys, "alerts", "add", "malaria vaccine", "--name", "kids")
+    monkeypatch.setenv("LITPULSE_PUBLIC_URL", "https://lit.example.org/pulse")
+    assert main(["alerts", "feed", "kids"]) == 0
+    links = {link["rel"]: link["href"]
+             for link in feedparser.parse(capsys.readouterr().out).feed.links}
+    assert links["self"] == f"https://lit.example.org/pulse/feeds/{made['id']}.atom"
+    assert main(["alerts", "feed", "kids", "--base-url", "http://h:1/"]) == 0
+    links = {link["rel"]: link["href"]
+             for link in feedparser.parse(capsys.readouterr().out).feed.links}
+    assert links["self"] == f"http://h:1/feeds/{made['id']}.atom"

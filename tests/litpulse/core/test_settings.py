@@ -272,6 +272,11 @@ def test_describe_and_cli_show_the_range(
         ({"LITPULSE_DEVICE": "cuda:x"}, "LITPULSE_DEVICE"),
         ({"LITPULSE_EUTILS_URL": "file:///tmp/mirror/"}, "LITPULSE_EUTILS_URL"),
         ({"LITPULSE_ICITE_URL": "file:///tmp/mirror/"}, "LITPULSE_ICITE_URL"),
+        ({"LITPULSE_PUBLIC_URL": "lit.example.org"}, "LITPULSE_PUBLIC_URL"),
+        ({"LITPULSE_PUBLIC_URL": "ftp://lit.example.org/"}, "LITPULSE_PUBLIC_URL"),
+        ({"LITPULSE_PUBLIC_URL": "https:///pulse"}, "LITPULSE_PUBLIC_URL"),  # no host
+        ({"LITPULSE_PUBLIC_URL": "https://lit.example.org/?a=1"}, "LITPULSE_PUBLIC_URL"),
+        ({"LITPULSE_PUBLIC_URL": "https://lit.example.org/#top"}, "LITPULSE_PUBLIC_URL"),
     ],
 )
 def test_values_that_would_fail_later_fail_at_load(env: dict[str, str], message: str) -> None:
@@ -279,3 +284,9 @@ def test_values_that_would_fail_later_fail_at_load(env: dict[str, str], message:
         Settings.from_env(env)
     assert Settings.from_env({"LITPULSE_DEVICE": "cuda:1"}).device == "cuda:1"
     assert Settings.from_env({"LITPULSE_PUBMED_FILES_URL": "file:///m/"}).pubmed_files_url
+
+
+def test_the_public_url_is_kept_without_its_last_slash() -> None:
+    assert Settings.from_env({}).public_url == ""
+    given = {"LITPULSE_PUBLIC_URL": "https://lit.example.org/pulse/"}
+    assert Settings.from_env(given).public_url == "https://lit.example.org/pulse"
