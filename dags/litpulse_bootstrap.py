@@ -7,6 +7,7 @@ from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
 
+from litpulse.core.widths import SHARDS_MAX
 from litpulse.pipeline.dag_support import INDEX, dag_args, index_event, settings
 
 DAG_ID = "litpulse_bootstrap"
@@ -60,7 +61,7 @@ go to `LITPULSE_ALERT_WEBHOOK_URL`. A run times out after 7 days.
         alert_after_hours=48,
         timeout_hours=24 * 7,
         params={
-            "shards": Param(8, type="integer", minimum=1, maximum=1024, title="PMID shards"),
+            "shards": Param(8, type="integer", minimum=1, maximum=SHARDS_MAX, title="PMID shards"),
         },
     )
 )

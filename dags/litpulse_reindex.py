@@ -7,6 +7,7 @@ from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
 
+from litpulse.core.widths import SHARDS_MAX
 from litpulse.pipeline.dag_support import (
     INDEX,
     MODEL,
@@ -57,7 +58,7 @@ per-run task cap above (4) to use more than 4 of them at once.
         DAG_ID, schedule=[MODEL], tags=["litpulse", "index", "embedding"], doc_md=DOC_MD,
         retries=2, alert_after_hours=24, timeout_hours=48,
         params={
-            "shards": Param(4, type="integer", minimum=1, maximum=1024, title="PMID shards"),
+            "shards": Param(4, type="integer", minimum=1, maximum=SHARDS_MAX, title="PMID shards"),
         },
     )
 )

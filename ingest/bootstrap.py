@@ -87,7 +87,7 @@ from ingest.updatefiles import (
 from litpulse.core import db
 from litpulse.core.errors import BusyError, ConfigError, LitpulseError, StoppedError
 from litpulse.core.schema import source_files
-from litpulse.core.settings import Settings
+from litpulse.core.settings import Settings, bounds
 
 __all__ = [
     "BootstrapBusyError",
@@ -210,8 +210,11 @@ def resolve_workers(settings: Settings, workers: int | None = None) -> int:
     cores); ``0`` parses in the writer's process."""
     if workers is None:
         workers = settings.ingest_workers
-    if workers < 0:
-        raise ConfigError(f"workers must be >= 0 (0: parse in the writer), got {workers!r}")
+    low, high = bounds("ingest_workers")
+    if not low <= workers <= high:
+        raise ConfigError(
+            f"workers must be from {low} to {high} (0: parse in the writer), got {workers!r}"
+        )
     return workers
 
 
@@ -606,8 +609,9 @@ def load_files(
             under its MD5.
         TransientSourceError: The server kept failing.
     """
-    if prefetch < 0:
-        raise ConfigError(f"prefetch must be >= 0, got {prefetch!r}")
+    low, high = bounds("bootstrap_prefetch")
+    if not low <= prefetch <= high:
+        raise ConfigError(f"prefetch must be from {low} to {high}, got {prefetch!r}")
     if max_files is not None and max_files < 0:
         raise ConfigError(f"max_files must be >= 0, got {max_files!r}")
     from ingest import parse

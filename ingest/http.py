@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import functools
 import hashlib
@@ -464,55 +465,74 @@ class HttpClient:
 
         while True:
             raise_if_stopped(stop, shown, "the part downloaded is kept")
-            have = part.stat().st_size if part.exists() else 0
-            headers = {"Range": f"bytes={have}-"} if have else {}
+            # opened before the request: a download folder that cannot be written is the
+            # disk's failure, not the server's (raised at once, naming the file; no retry)
+            with _local(part, wrap=False):
+                # at its end: what an earlier try left is resumed; unbuffered, so each write
+                # reaches the disk in its own call (and its failure is seen there)
+                fh = part.open("ab", buffering=0)
             try:
-                response = self._send(
-                    method="GET", url=url, shown=shown, params=None, data=None,
-                    headers=headers, stream=True,
-                )
-                with response:
-                    if response.status_code == 416:  # nothing left to send: restart cleanly
-                        part.unlink(missing_ok=True)
-                        raise TransientSourceError(f"{shown}: HTTP 416, restarting download")
-                    resumed = response.status_code == 206
-                    if have and not resumed:
-                        logger.info("%s: server ignored Range, restarting", shown)
-                    total = response.headers.get("Content-Length")
-                    written = 0
-                    with part.open("ab" if resumed else "wb") as fh:
+                try:
+                    have = fh.tell()
+                    # the bytes as served: an archive sent with Content-Encoding: gzip (Apache's
+                    # AddEncoding, an object stored so) is kept as the archive its MD5 is of
+                    headers = {"Accept-Encoding": "identity"}
+                    if have:
+                        headers["Range"] = f"bytes={have}-"
+                    response = self._send(
+                        method="GET", url=url, shown=shown, params=None, data=None,
+                        headers=headers, stream=True,
+                    )
+                    with response:
+                        if response.status_code == 416:  # nothing left to send: restart cleanly
+                            with _local(part):
+                                fh.truncate(0)
+                            raise TransientSourceError(f"{shown}: HTTP 416, restarting download")
+                        resumed = response.status_code == 206
+                        if have and not resumed:
+                            logger.info("%s: server ignored Range, restarting", shown)
+                            with _local(part):
+                                fh.truncate(0)
+                        total = response.headers.get("Content-Length")
+                        written = 0
                         for chunk in _body(response, chunk_size):
-                            fh.write(chunk)
+                            with _local(part):
+                                fh.write(chunk)
                             written += len(chunk)
                             raise_if_stopped(stop, shown, "the part downloaded is kept")
-                    if total is not None and total.isdigit() and written != int(total):
+                        if total is not None and total.isdigit() and written != int(total):
+                            raise TransientSourceError(
+                                f"{shown}: truncated body ({written} of {total} bytes)"
+                            )
+                    break
+                except _LocalFileError as exc:  # the disk's failure, not the server's: no retry
+                    raise exc.error from None
+                except TransientSourceError as exc:
+                    if attempt >= self.settings.max_retries:
                         raise TransientSourceError(
-                            f"{shown}: truncated body ({written} of {total} bytes)"
-                        )
-                break
-            except TransientSourceError as exc:
-                if attempt >= self.settings.max_retries:
-                    raise TransientSourceError(
-                        self.redact(f"{exc} (gave up after {attempt + 1} attempts)")
-                    ) from None
-                delay = self.backoff(attempt, exc.retry_after)
-                logger.warning("%s; retry %d in %.2f s", self.redact(str(exc)), attempt + 1, delay)
-                self.retries += 1
-                attempt += 1
-                self._wait(delay, stop)
-            except (requests.RequestException, urllib3.exceptions.HTTPError,
-                    http.client.HTTPException, OSError) as exc:
-                # raised while streaming the body (urllib3's own errors from _body's raw
-                # reads): keep the part, resume next time
-                if attempt >= self.settings.max_retries:
-                    raise TransientSourceError(
-                        f"{shown}: {type(exc).__name__} (gave up after {attempt + 1} attempts)"
-                    ) from None
-                delay = self.backoff(attempt)
-                logger.warning("%s: %s; resuming in %.2f s", shown, type(exc).__name__, delay)
-                self.retries += 1
-                attempt += 1
-                self._wait(delay, stop)
+                            self.redact(f"{exc} (gave up after {attempt + 1} attempts)")
+                        ) from None
+                    delay = self.backoff(attempt, exc.retry_after)
+                    logger.warning("%s; retry %d in %.2f s", self.redact(str(exc)), attempt + 1,
+                                   delay)
+                    self.retries += 1
+                    attempt += 1
+                    self._wait(delay, stop)
+                except (requests.RequestException, urllib3.exceptions.HTTPError,
+                        http.client.HTTPException, OSError) as exc:
+                    # raised while streaming the body (urllib3's own errors from _body's raw
+                    # reads): keep the part, resume next time
+                    if attempt >= self.settings.max_retries:
+                        raise TransientSourceError(
+                            f"{shown}: {type(exc).__name__} (gave up after {attempt + 1} attempts)"
+                        ) from None
+                    delay = self.backoff(attempt)
+                    logger.warning("%s: %s; resuming in %.2f s", shown, type(exc).__name__, delay)
+                    self.retries += 1
+                    attempt += 1
+                    self._wait(delay, stop)
+            finally:
+                fh.close()  # unbuffered: nothing left to write
         part.replace(dest)
         digest = hashlib.md5(usedforsecurity=False)
         size = 0
@@ -537,15 +557,34 @@ def raise_if_stopped(stop: threading.Event | None, what: str, kept: str = "") ->
         raise StoppedError(f"{what}: stopped" + (f"; {kept}" if kept else ""))
 
 
+class _LocalFileError(Exception):
+    """An ``OSError`` of the local file a download writes (no space left, read-only, a
+    permission): carried past the retries of the transfer's own errors."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@contextlib.contextmanager
+def _local(path: Path, *, wrap: bool = True) -> Iterator[None]:
+    """An ``OSError`` of writing ``path``, naming it, raised as :class:`_LocalFileError`
+    (``wrap=False``: as the ``OSError`` itself)."""
+    try:
+        yield
+    except OSError as exc:
+        named = exc if exc.filename else type(exc)(exc.errno, exc.strerror, str(path))
+        if not wrap:
+            raise named from exc
+        raise _LocalFileError(named) from exc
+
+
 def _body(response: requests.Response, chunk_size: int) -> Iterator[bytes]:
-    """The body of a streamed response in pieces of at most ``chunk_size`` bytes, each
-    as soon as it arrives: a server that trickles (under the read timeout) cannot hold a
-    reader for a whole chunk, so a stop is seen between pieces. An encoded body
-    (``Content-Encoding``) goes through requests' decoding instead, in whole chunks."""
-    if response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity"):
-        yield from response.iter_content(chunk_size)
-        return
-    while piece := response.raw.read1(chunk_size):
+    """The body of a streamed response as served (never decoded: an archive sent with
+    ``Content-Encoding: gzip`` is the archive), in pieces of at most ``chunk_size`` bytes,
+    each as soon as it arrives: a server that trickles (under the read timeout) cannot hold
+    a reader for a whole chunk, so a stop is seen between pieces."""
+    while piece := response.raw.read1(chunk_size, decode_content=False):
         yield piece
 
 

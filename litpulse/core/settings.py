@@ -699,6 +699,13 @@ class Settings:
         return cls(**values)
 
 
+def bounds(field_name: str) -> tuple[Any, Any]:
+    """A numeric setting's allowed range, ``(min, max)`` both included: the one home of the
+    bounds a command-line option or an argument standing for that setting holds to."""
+    meta = next(f for f in dataclasses.fields(Settings) if f.name == field_name).metadata
+    return meta["min"], meta["max"]
+
+
 def env_name(field_name: str) -> str:
     """The environment variable of a settings field."""
     return ENV_PREFIX + field_name.upper()

@@ -10,7 +10,9 @@ record (an import contract in ``pyproject.toml`` keeps the workers' modules free
 
 from __future__ import annotations
 
-__all__ = ["ID_MAX", "LANGUAGE_MAX", "PMCID_MAX", "PMID_MAX", "TERM_KIND_MAX", "TERM_MAX"]
+__all__ = [
+    "ID_MAX", "LANGUAGE_MAX", "PMCID_MAX", "PMID_MAX", "SHARDS_MAX", "TERM_KIND_MAX", "TERM_MAX",
+]
 
 #: The largest row id (the ``id`` of every table keyed by a number is a 32-bit
 #: ``INTEGER``): an id asked for above it is no row's, answered "not found" (or a usage
@@ -24,6 +26,9 @@ PMCID_MAX = 32
 #: (JavaScript, a float) holds exactly, so the OpenAPI document states the bound exactly too
 #: (FastAPI keeps bounds as floats); within ``articles.pmid`` (BIGINT). Real PMIDs have 8 digits.
 PMID_MAX = 2**53
+#: Most PMID shards (``pmid % n``) an embed step is split into: each is a mapped Airflow
+#: task, and the plan lists every shard (the CLI, the DAGs' params and the planner hold to it).
+SHARDS_MAX = 1024
 #: ``article_terms.kind``: ``mesh``, ``ptype`` or ``lang``.
 TERM_KIND_MAX = 8
 #: ``article_terms.term``: a MeSH descriptor, publication type or language code.

@@ -41,6 +41,7 @@ from ingest.bootstrap import (
 from litpulse.core import db
 from litpulse.core.errors import ConfigError
 from litpulse.core.settings import Settings
+from litpulse.core.widths import SHARDS_MAX
 from litpulse.pipeline.planning import embed_shard, plan_embedding_shards
 
 __all__ = ["BootstrapReport", "bootstrap", "embed_shards", "fetch_file", "list_pending"]
@@ -133,8 +134,8 @@ def bootstrap(
         BootstrapBusyError: Another process is applying the files.
         ChecksumError, TransientSourceError: A file could not be fetched intact.
     """
-    if shards < 1:
-        raise ConfigError(f"shards must be >= 1, got {shards!r}")
+    if not 1 <= shards <= SHARDS_MAX:
+        raise ConfigError(f"shards must be from 1 to {SHARDS_MAX}, got {shards!r}")
     t0 = time.perf_counter()
     ahead = settings.bootstrap_prefetch if prefetch is None else prefetch
     load = load_files(

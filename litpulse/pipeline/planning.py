@@ -24,6 +24,7 @@ from litpulse.core.schema import ingest_runs
 from litpulse.core.settings import Settings
 from litpulse.core.states import RunStatus
 from litpulse.core.timeutil import iso, nlm_day_start
+from litpulse.core.widths import SHARDS_MAX
 from ranking.models import active_model_row, published_index_row
 
 if TYPE_CHECKING:
@@ -499,8 +500,8 @@ def plan_embedding_shards(
             base model than ``LITPULSE_MODEL`` now (:func:`ranking.embed.check_stored_base`;
             each shard would refuse too): ``litpulse index refresh --rebuild``.
     """
-    if n < 1:
-        raise ConfigError(f"the shard count must be >= 1, got {n}")
+    if not 1 <= n <= SHARDS_MAX:
+        raise ConfigError(f"the shard count must be from 1 to {SHARDS_MAX}, got {n}")
     from ranking.embed import active_model, check_stored_base, pending_query
 
     engine = engine or db.connect(settings)

@@ -5,8 +5,13 @@ file downloader (``ingest.http.HttpClient.download``), listing and MD5 handling
 
 Every test drives the real code against a loopback file server (the tests' emulator, or a
 few lines of ``http.server`` where the emulator cannot answer as the mirror does) on SQLite
-and, where the store matters, PostgreSQL. Each defect is a strict xfail asserting the
-correct behaviour; the unmarked tests are guards of behaviour that is right today.
+and, where the store matters, PostgreSQL. Each defect was a strict xfail asserting the
+correct behaviour; all three were fixed in the same session and are plain tests now: I1 a
+download asks ``Accept-Encoding: identity`` and keeps the bytes as served (never decoded);
+I2 the ``.part`` is opened before the request and a local write's ``OSError`` propagates at
+once, naming the file; I3 the CLI's ``--workers``/``--prefetch`` hold to their settings'
+bounds (``settings.bounds``) and ``--shards`` to ``widths.SHARDS_MAX`` (so do
+``resolve_workers``, ``load_files`` and the shard planners). The other tests are guards.
 
 Defects:
 
@@ -181,7 +186,7 @@ def test_a_plain_mirror_is_bootstrapped(mirror: _EncodedMirror, settings: Settin
     assert sorted(p for p, ok in live.items() if ok) == [1, 2, *range(4, 13)]
 
 
-@pytest.mark.xfail(strict=True, reason="I1: a Content-Encoding mirror's .gz is saved decoded")
+
 @pytest.mark.parametrize("mirror", ["x-gzip"], indirect=True)
 def test_a_mirror_serving_the_gz_files_content_encoded_is_bootstrapped(
     mirror: _EncodedMirror, settings: Settings
@@ -196,7 +201,7 @@ def test_a_mirror_serving_the_gz_files_content_encoded_is_bootstrapped(
     assert mirror.gets == 2  # each file downloaded once, as published
 
 
-@pytest.mark.xfail(strict=True, reason="I1: a Content-Encoding mirror's update files fail")
+
 @pytest.mark.parametrize("mirror", ["gzip"], indirect=True)
 def test_update_files_from_a_content_encoded_mirror_are_applied(
     mirror: _EncodedMirror, sqlite_settings: Settings
@@ -222,7 +227,7 @@ def test_a_writable_download_folder_applies_the_file(
     assert list(load_files(s, workers=0, prefetch=0).applied) == [BASE]
 
 
-@pytest.mark.xfail(strict=True, reason="I2: a local write error is retried as a server failure")
+
 @pytest.mark.parametrize("how", ["bootstrap", "updatefiles", "cli"])
 def test_a_download_folder_that_cannot_be_written_is_a_local_error_asked_once(
     emu: Emulator, sqlite_settings: Settings, monkeypatch: pytest.MonkeyPatch,
@@ -256,7 +261,7 @@ def test_a_download_folder_that_cannot_be_written_is_a_local_error_asked_once(
 # ------------------------------------------------------------ I3: the CLI's bounds
 
 
-@pytest.mark.xfail(strict=True, reason="I3: --workers / --shards unbounded in the CLI")
+
 @pytest.mark.parametrize("args", [["--workers", "100000"], ["--workers", "65"],
                                   ["--shards", "10000000000"]])  # fmt: skip
 def test_bootstrap_refuses_workers_and_shards_outside_their_bounds(

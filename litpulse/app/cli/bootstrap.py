@@ -6,8 +6,9 @@ import argparse
 import sys
 from typing import Any
 
-from litpulse.app.cli._common import kv, print_json, show_progress
-from litpulse.core.settings import Settings
+from litpulse.app.cli._common import int_arg, kv, print_json, show_progress
+from litpulse.core.settings import Settings, bounds
+from litpulse.core.widths import SHARDS_MAX
 
 __all__ = ["register"]
 
@@ -27,7 +28,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=int_arg(*bounds("ingest_workers")),
         metavar="N",
         help=(
             "parse worker processes, each parsing one of the next files while the writer "
@@ -37,13 +38,13 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--prefetch",
-        type=int,
+        type=int_arg(*bounds("bootstrap_prefetch")),
         metavar="N",
         help="files downloaded ahead (default: LITPULSE_BOOTSTRAP_PREFETCH)",
     )
     p.add_argument(
         "--shards",
-        type=int,
+        type=int_arg(1, SHARDS_MAX),
         default=8,
         metavar="N",
         help="PMID shards of the embed step, each resumable (default: 8)",
