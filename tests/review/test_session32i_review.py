@@ -186,7 +186,6 @@ def test_a_plain_mirror_is_bootstrapped(mirror: _EncodedMirror, settings: Settin
     assert sorted(p for p, ok in live.items() if ok) == [1, 2, *range(4, 13)]
 
 
-
 @pytest.mark.parametrize("mirror", ["x-gzip"], indirect=True)
 def test_a_mirror_serving_the_gz_files_content_encoded_is_bootstrapped(
     mirror: _EncodedMirror, settings: Settings
@@ -199,7 +198,6 @@ def test_a_mirror_serving_the_gz_files_content_encoded_is_bootstrapped(
     assert list(report.applied) == [BASE, UPD]
     assert sorted(p for p, ok in _live(s).items() if ok) == [1, 2, *range(4, 13)]
     assert mirror.gets == 2  # each file downloaded once, as published
-
 
 
 @pytest.mark.parametrize("mirror", ["gzip"], indirect=True)
@@ -225,7 +223,6 @@ def test_a_writable_download_folder_applies_the_file(
     emu.add_file("baseline", BASE, _file(range(1, 6)))
     s = emu.configure(sqlite_settings, max_retries=3)
     assert list(load_files(s, workers=0, prefetch=0).applied) == [BASE]
-
 
 
 @pytest.mark.parametrize("how", ["bootstrap", "updatefiles", "cli"])
@@ -259,7 +256,6 @@ def test_a_download_folder_that_cannot_be_written_is_a_local_error_asked_once(
 
 
 # ------------------------------------------------------------ I3: the CLI's bounds
-
 
 
 @pytest.mark.parametrize("args", [["--workers", "100000"], ["--workers", "65"],
