@@ -324,7 +324,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     from fastapi import Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import DBAPIError, OperationalError
 
     from ranking.search import ArticleQuery, NoIndexError
     from retrain.feedback import FeedbackLimitError
@@ -364,6 +364,17 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _db_down(_request: Request, exc: OperationalError) -> JSONResponse:
         logger.error("database error: %s", exc)
         return error(503, "the database is unavailable; try again shortly")
+
+    @app.exception_handler(DBAPIError)
+    async def _db_refused(request: Request, exc: DBAPIError) -> JSONResponse:
+        # permission denied (42501), a read-only transaction or standby (25006): the role
+        # this server connects as may not write (a read-only API role); nothing was written
+        if getattr(exc.orig, "sqlstate", None) in ("42501", "25006"):
+            logger.error("the database refuses %s %s: %s", request.method, request.url.path,
+                         exc.orig)  # fmt: skip
+            return error(503, "the database refuses writes to this server's role (a "
+                              "read-only role?); nothing was recorded")  # fmt: skip
+        raise exc  # any other: the guard's 500, logged
 
 
 def _catch_up(settings: Settings) -> None:

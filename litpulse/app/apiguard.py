@@ -172,7 +172,26 @@ class ApiGuard:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        await self.app(scope, _replay(b"".join(chunks), receive), send)
+        await self._answer(scope, _replay(b"".join(chunks), receive), send)
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app's answer; an exception escaping it is logged and, when no answer was
+        started, answered with a JSON 500 here, so that it too carries the security headers
+        (Starlette's own 500 is sent outside this guard, without them)."""
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            logger.exception("unhandled error answering %s %s", scope.get("method"),
+                             scope.get("path"))  # fmt: skip
+            if not started:
+                await _reply(send, 500, "internal error (logged by the server)")
 
     async def _too_large(self, send: Send) -> None:
         await _reply(send, 413, f"request body larger than {self.max_body_bytes} bytes",

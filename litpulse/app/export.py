@@ -172,6 +172,18 @@ def _bib(value: Any) -> str:
     return _BIB_SPECIAL.sub(lambda m: _BIB_REPL[m.group(1)], _one_line(value))
 
 
+#: The word BibTeX separates the names of a list by (any case, between blanks).
+_BIB_AND = re.compile(r"\sand\s", re.IGNORECASE)
+
+
+def _bib_person(name: str) -> str:
+    """A person's ``Last, First`` for a BibTeX author list: a part holding the word
+    ``and`` (a compound or group name PubMed gives as a last name, ``Smith and Wesson``)
+    braced, so it stays one name (else BibTeX reads two authors there)."""
+    return ", ".join("{" + part + "}" if _BIB_AND.search(part) else part
+                     for part in _bib(name).split(", "))
+
+
 def _nested(text: str) -> bool:
     """Whether every ``}`` in ``text`` closes a ``{`` before it and every ``{`` is closed."""
     depth = 0
@@ -205,7 +217,7 @@ def to_bibtex(hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]]) 
         if row is None:
             continue
         fields: list[tuple[str, str]] = [("title", "{" + _bib(row.get("title")) + "}")]
-        names = [("{" + _bib(n) + "}") if group else _bib(n) for n, group in _authors(row)]
+        names = [("{" + _bib(n) + "}") if group else _bib_person(n) for n, group in _authors(row)]
         if names:
             fields.append(("author", " and ".join(names)))
         for key, value in (

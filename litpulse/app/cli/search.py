@@ -283,5 +283,8 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         f"litpulse: serving on http://{args.host}:{args.port}/ ({loaded}; Ctrl-C stops)",
         file=sys.stderr,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    # the client is the socket's peer: an X-Forwarded-For is anyone's to write (trusted, a
+    # client of the default 127.0.0.1 server would name a new address each request and
+    # pass the per-client rate limit; behind a proxy, all its clients share one bucket)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", proxy_headers=False)
     return 0
