@@ -577,6 +577,7 @@ def _index(
 
 
 def _retrain(settings: Settings, progress: bool) -> dict[str, Any]:
+    from ranking.publish import IndexBusyError
     from retrain.run import RetrainBusyError, retrain
 
     try:
@@ -590,4 +591,10 @@ def _retrain(settings: Settings, progress: bool) -> dict[str, Any]:
     except RetrainBusyError as exc:  # an operator's retrain runs: it trains on the same data
         logger.warning("retrain skipped: %s", exc)
         return {"status": "skipped", "reasons": [str(exc)]}
+    except IndexBusyError as exc:
+        # the gate passed while another process re-indexed: nothing was switched and the
+        # version stays a candidate (the message names the command that promotes it); the
+        # night's index is published already, so its digest still goes out
+        logger.warning("retrain's promotion not made: %s", exc)
+        return {"status": "not_promoted", "reasons": [str(exc)]}
     return dict(report.to_dict())

@@ -189,6 +189,34 @@ def test_retrain_runs_when_due(
     assert promoted_model({"status": "promoted", "version_id": "m-2"}) == "m-2"
 
 
+def test_an_index_busy_at_promotion_leaves_a_candidate_and_the_digest_runs(
+    sqlite_settings: Settings, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gate passed while another process re-indexed: the round raises what
+    ``retrain.run._decide`` raises then (nothing switched: the session-31b tests), and the
+    night goes on to its digest, reporting the candidate and the command that promotes it
+    (the digest, and the saved searches' deliveries, were skipped for it before)."""
+    import retrain.run
+    from ranking.publish import IndexBusyError
+
+    busy = ("m-3 passed its gate but was not promoted, nothing was switched: the index is "
+            "being published by another process; it stays a candidate (`litpulse models "
+            "promote m-3` promotes it once that is done)")
+
+    def busy_retrain(settings: Settings, **kwargs: Any) -> Any:
+        raise IndexBusyError(busy)
+
+    monkeypatch.setattr(retrain.run, "retrain", busy_retrain)
+    monkeypatch.setattr("litpulse.pipeline.nightly._index", lambda settings, progress: (0, {}))
+    _serve(emulator, DAY, range(1000, 1005))
+    s = emulator.configure(sqlite_settings, retrain_min_new_articles=5)
+    report = run_nightly(s, **WINDOW, citations=False)
+    assert report.retrain == {"status": "not_promoted", "reasons": [busy]}
+    assert report.promoted is None
+    assert [name for name, _ in report.steps][-2:] == ["retrain", "digest"]
+    assert report.digest is not None
+
+
 @pytest.mark.slow
 def test_files_source_then_updatefiles(
     sqlite_settings: Settings, emulator: Emulator, tmp_path: Path
