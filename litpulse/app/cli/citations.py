@@ -10,13 +10,15 @@ from litpulse.app.cli._common import (
     add_json,
     command,
     command_group,
+    date_arg,
+    int_arg,
     kv,
     path_arg,
     pmid_arg,
     print_json,
     show_progress,
 )
-from litpulse.core.settings import Settings
+from litpulse.core.settings import Settings, bounds
 
 
 def register(sub: Any) -> None:
@@ -73,13 +75,13 @@ def register(sub: Any) -> None:
     )
     load.add_argument(
         "--as-of",
-        type=dt.date.fromisoformat,
+        type=date_arg,
         metavar="YYYY-MM-DD",
         help="the snapshot's date, stored as the fetch time (default: the file's mtime)",
     )
     load.add_argument(
         "--batch-size",
-        type=int,
+        type=int_arg(*bounds("icite_snapshot_batch")),
         metavar="N",
         help="rows per transaction (default LITPULSE_ICITE_SNAPSHOT_BATCH)",
     )

@@ -222,3 +222,18 @@ def test_demo_dates_out_of_range_are_a_usage_error(
     err = capsys.readouterr().err
     assert code == 2 and "must keep the generated dates within" in err, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "args", [["--batch-size", "0"], ["--batch-size", "1000001"], ["--as-of", "2020-13-01"]]
+)
+def test_citations_load_options_out_of_range_are_a_usage_error(
+    env: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str],  # noqa: F811
+    args: list[str],
+) -> None:
+    snapshot = tmp_path / "icite_metadata.csv"
+    snapshot.write_text("pmid,year\n1,2020\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["citations", "load", str(snapshot), *args])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"argument {args[0]}" in err, err
