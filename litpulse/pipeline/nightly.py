@@ -39,7 +39,7 @@ from sqlalchemy import Engine
 from litpulse.core import db
 from litpulse.core.errors import BusyError, ConfigError
 from litpulse.core.settings import Settings
-from litpulse.core.timeutil import as_utc, iso, utcnow
+from litpulse.core.timeutil import as_utc, iso, nlm_day_start, utcnow
 from litpulse.pipeline.digest import digest_step
 from litpulse.pipeline.planning import (
     PENDING_CHECK,
@@ -358,6 +358,12 @@ def run_nightly(
             raise ConfigError(f"files not found: {', '.join(missing)}")
     elif paths:
         raise ConfigError(f"--files only applies to source 'files', not {source!r}")
+    if source != "eutils" and (since is not None or until is not None):
+        # files and update files carry no window: the days named would be ingested by none
+        raise ConfigError(f"--since/--until only apply to source 'eutils', not {source!r} "
+                          "(whose files carry no window)")  # fmt: skip
+    if since is not None or until is not None:
+        _searchable(settings, since, until)
     if lease_ttl_s <= 0:
         raise ConfigError(f"lease_ttl_s must be positive, got {lease_ttl_s}")
 
@@ -442,6 +448,24 @@ def run_nightly(
         finished_at=utcnow(),
         digest=digest,
     )
+
+
+def _searchable(
+    settings: Settings, since: dt.datetime | None, until: dt.datetime | None
+) -> None:
+    """Refuse, before anything is taken, a window whose searched days (from the overlap
+    days before ``since``, in NLM's time zone) fall off the calendar's ends."""
+    from ingest.dates import searched_days
+
+    try:
+        end = as_utc(until) if until is not None else utcnow()
+        start = as_utc(since) if since is not None else end - dt.timedelta(days=1)
+        first, last = searched_days(settings, start, end)
+        for day in (first - dt.timedelta(days=1), last + dt.timedelta(days=1)):  # a margin
+            nlm_day_start(day)
+    except (OverflowError, ValueError):
+        raise ConfigError(f"the window {since} .. {until} reaches past the calendar's ends "
+                          "(its searched days must be dates of years 1 to 9999)") from None
 
 
 def _window(

@@ -7,8 +7,11 @@ watermark hand-off), ``planning.py`` (``last_watermark``, ``withhold_watermark``
 Every test drives the real code: the CLI's ``main()`` in-process (the same entry point as
 the ``litpulse`` script) and :func:`run_nightly` / :func:`ingest_eutils_window` against the
 tests' loopback NCBI emulator, on SQLite and PostgreSQL where a store matters; the
-embedding steps use the tests' tiny encoder. Each defect is a strict xfail asserting the
-correct behaviour.
+embedding steps use the tests' tiny encoder. Each defect was a strict xfail asserting the
+correct behaviour; both were fixed in the same session and are plain tests now: N1
+``run_nightly`` refuses ``--since``/``--until`` for a source other than ``eutils``; N2 the
+CLI's ``_when`` answers a time off the calendar in UTC as a usage error, and
+``run_nightly`` refuses, before its lease, a window whose searched days fall off it.
 
 Defects:
 
@@ -125,8 +128,6 @@ def _update_file(folder: Path) -> Path:
 # ----------------------------------------------------------------------------- N1
 
 
-@pytest.mark.xfail(strict=True, reason="N1: nightly --since/--until silently ignored for "
-                                       "the files and updatefiles sources")
 def test_nightly_refuses_a_window_its_source_does_not_ingest(
     cli_env: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -143,8 +144,6 @@ def test_nightly_refuses_a_window_its_source_does_not_ingest(
 # ----------------------------------------------------------------------------- N2
 
 
-@pytest.mark.xfail(strict=True, reason="N2: nightly --since at year 1 ends in an "
-                                       "OverflowError traceback (argparse type)")
 def test_nightly_since_at_the_calendars_edge_is_a_usage_error(
     cli_env: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -154,8 +153,6 @@ def test_nightly_since_at_the_calendars_edge_is_a_usage_error(
     assert "0001-01-01" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, reason="N2: nightly window at year 1 ends in an "
-                                       "OverflowError traceback after taking the lease")
 def test_nightly_window_at_the_calendars_edge_is_a_clear_error(
     cli_env: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -67,10 +67,13 @@ def register(sub: Any) -> None:
 
 def _when(text: str) -> dt.datetime:
     try:
-        value = dt.datetime.fromisoformat(text)
+        return as_utc(dt.datetime.fromisoformat(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date or ISO time: {text!r}") from None
-    return as_utc(value)
+    except OverflowError:  # in UTC it falls off the calendar (0001-01-01T00:00+01:00)
+        raise argparse.ArgumentTypeError(
+            f"not a time of years 1 to 9999 in UTC: {text!r}"
+        ) from None
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
