@@ -208,6 +208,15 @@ def add_filter_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def filter_options_given(args: argparse.Namespace) -> list[str]:
+    """The options of :func:`add_filter_args` given on the command line, as typed."""
+    options = (("--since", args.since), ("--until", args.until), ("--mesh", args.mesh),
+               ("--type", args.ptype), ("--language", args.language),
+               ("--has-abstract", args.has_abstract),
+               ("--include-retracted", args.include_retracted))  # fmt: skip
+    return [option for option, value in options if value not in (None, False, [])]
+
+
 def filters_from_args(args: argparse.Namespace) -> SearchFilters:
     """The :class:`~ranking.search.SearchFilters` of :func:`add_filter_args`' options."""
     from ranking.search import SearchFilters

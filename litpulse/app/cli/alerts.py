@@ -11,6 +11,7 @@ from litpulse.app.cli._common import (
     add_json,
     command,
     command_group,
+    filter_options_given,
     filters_from_args,
     positive_int,
     print_json,
@@ -66,7 +67,8 @@ def register(sub: Any) -> None:
             "Change a saved search's query, threshold or filters, keeping its id, feed, "
             "matches and watermark: the articles stored while it could not be searched "
             "(a query a later rule refuses) are matched by the next digest. Filters are "
-            "replaced only with --replace-filters (by those given, none to clear them)."
+            "replaced only with --replace-filters (by those given, none to clear them); a "
+            "filter option without it is refused."
         ),
     )
     e.add_argument("ref", metavar="ID|NAME", help="the saved search's id or name")
@@ -212,8 +214,16 @@ def run_digest_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_edit(args: argparse.Namespace, settings: Settings) -> int:
+    from litpulse.core.errors import ConfigError
     from litpulse.pipeline.saved_searches import KEEP, edit_search
 
+    given = filter_options_given(args)
+    if given and not args.replace_filters:  # else dropped: the user thinks them applied
+        raise ConfigError(
+            f"{', '.join(given)} change the search's filters only with --replace-filters, "
+            "which replaces all of them by the filter options given: add it, with every "
+            "filter the search should keep"
+        )
     threshold = (None if args.default_min_score
                  else KEEP if args.min_score is None else args.min_score)
     edited = edit_search(
