@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from litpulse.core.errors import ConfigError
+from litpulse.core.text import sender_address
 
 __all__ = ["ENV_PREFIX", "Settings", "get_settings", "default_model_path"]
 
@@ -463,7 +464,11 @@ class Settings:
         "e.g. a local relay); empty means no e-mail.",
     )
     digest_smtp_port: int = _opt(25, "Port of the SMTP server.", min=1, max=65535)
-    digest_smtp_from: str = _opt("litpulse@localhost", "Sender address of digest e-mails.")
+    digest_smtp_from: str = _opt(
+        "litpulse@localhost",
+        "Sender address of digest e-mails: one mailbox (a display name or comment allowed), "
+        "its address ASCII (an internationalised domain in its xn-- form).",
+    )
     digest_smtp_to: str = _opt(
         "",
         "Recipients of digest e-mails of the saved searches whose owner has no address of "
@@ -584,6 +589,8 @@ class Settings:
                 raise ConfigError(f"{env_name(name)} must be {kinds} URL, got {url!r}")
             if not url.endswith("/"):
                 object.__setattr__(self, name, url + "/")
+        # every digest e-mail's From and Message-ID: checked now, not by each e-mail failing
+        sender_address(self.digest_smtp_from, env_name("digest_smtp_from"))
         webhook = self.digest_webhook_url
         if webhook and not webhook.startswith(("http://", "https://")):
             raise ConfigError(f"{env_name('digest_webhook_url')} must be an http(s) URL")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import unquote
 
 from litpulse.core.errors import ConfigError
@@ -33,6 +34,7 @@ __all__ = [
     "fold",
     "fold_term",
     "plain_mailbox",
+    "sender_address",
     "visible_name",
 ]
 
@@ -102,15 +104,19 @@ _MAILBOX = re.compile(
     r"[A-Za-z0-9_%+'-]+(?:\.[A-Za-z0-9_%+'-]+)*"
     r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+"
 )
+#: :data:`_MAILBOX` whose domain may also be one label (``litpulse@localhost``).
+_LOCAL_MAILBOX = re.compile(_MAILBOX.pattern.removesuffix(")+") + ")*")
 
 
-def plain_mailbox(value: str, what: str = "e-mail address") -> str:
+def plain_mailbox(value: str, what: str = "e-mail address", *, one_label: bool = False) -> str:
     """``value`` without surrounding blanks, when it is one plain mailbox
     (``local@domain``, ASCII: see :data:`_MAILBOX`).
 
     Refused: a line break or any control character (in a header it would start another
     header: a ``Bcc:`` to anyone), a display name or angle brackets, two addresses, an
-    encoded word (``=?utf-8?q?…?=``), no local part or a domain without a dot, more than
+    encoded word (``=?utf-8?q?…?=``), no local part or a domain without a dot (unless
+    ``one_label``: a sender on a local relay, ``litpulse@localhost``), a domain that is
+    not ASCII (an internationalised one goes in its ``xn--`` form), more than
     :data:`MAX_ADDRESS` characters or a local part over 64.
 
     Example:
@@ -122,10 +128,43 @@ def plain_mailbox(value: str, what: str = "e-mail address") -> str:
     """
     address = value.strip()
     local = address.partition("@")[0]
-    if len(address) > MAX_ADDRESS or len(local) > 64 or not _MAILBOX.fullmatch(address):
-        raise ConfigError(f"{what} must be one plain mailbox (name@domain, at most "
-                          f"{MAX_ADDRESS} characters), got {value!r}")
+    pattern = _LOCAL_MAILBOX if one_label else _MAILBOX
+    if len(address) > MAX_ADDRESS or len(local) > 64 or not pattern.fullmatch(address):
+        idn = "; an internationalised domain in its xn-- form" if not address.isascii() else ""
+        raise ConfigError(f"{what} must be one plain mailbox (name@domain, ASCII{idn}, at "
+                          f"most {MAX_ADDRESS} characters), got {value!r}")  # fmt: skip
     return address
+
+
+def sender_address(value: str, what: str = "sender") -> str:
+    """The address of ``value``, one mailbox as a ``From`` header gives it
+    (``name@domain``, ``Name <name@domain>``, ``name@domain (comment)``), when that
+    address is a :func:`plain_mailbox` (its domain may be one label: ``localhost``).
+
+    Read as the e-mail library reads the header it is written into, so the address is the
+    one the message goes out from, and its domain the one its ``Message-ID`` names.
+
+    Example:
+        >>> sender_address("digest@lab.example.org (litpulse)")
+        'digest@lab.example.org'
+
+    Raises:
+        ConfigError: A control character (a line break would start another header), not
+            one mailbox, a malformed one, or its address no plain mailbox (an
+            internationalised domain not in its ``xn--`` form).
+    """
+    from email.policy import default
+
+    text = checked_text(value, what).strip()
+    try:
+        header: Any = default.header_factory("From", text)
+        addresses: list[Any] = [] if header.defects else list(header.addresses)
+    except Exception:  # noqa: BLE001 - the parser fails on some malformed text with
+        addresses = []  # AttributeError, IndexError…: so would every e-mail's From
+    if "\n" in text or "\r" in text or len(addresses) != 1:
+        raise ConfigError(f"{what} must be one mailbox (name@domain, optionally with a "
+                          f"display name or a comment), got {value!r}")  # fmt: skip
+    return plain_mailbox(addresses[0].addr_spec, f"the address of {what}", one_label=True)
 
 
 # ------------------------------------------------------------------------------ folding

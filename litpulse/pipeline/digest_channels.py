@@ -37,6 +37,7 @@ from typing import Any
 
 from litpulse.core.errors import TransientSourceError
 from litpulse.core.settings import Settings
+from litpulse.core.text import sender_address
 from litpulse.core.timeutil import iso
 from litpulse.pipeline.saved_searches import SavedSearch
 from ranking.details import pubmed_url
@@ -351,7 +352,8 @@ def email_message(
     msg["Subject"] = _encoded(f"litpulse: {n} new article{'s' if n != 1 else ''} for “{name}”")
     msg["From"] = settings.digest_smtp_from
     msg["To"] = ", ".join(shared_recipients(settings) if to is None else to)
-    domain = settings.digest_smtp_from.rpartition("@")[2] or "localhost"
+    # the domain of the sender's address, as the header is read (not of a comment after it)
+    domain = sender_address(settings.digest_smtp_from).rpartition("@")[2]
     msg["Message-ID"] = f"<litpulse-digest-{key or delivery_key(search, matches)}@{domain}>"
     lines = [f"New articles for your saved search “{search.name}” ({search.query}):", ""]
     if search.notes:  # what its query does not do (the page, API and CLI say it too)
