@@ -567,6 +567,7 @@ def _match(row: Any) -> Match:
         retracted=bool(getattr(row, "retracted", False)),
         attempt=getattr(row, "attempt", None),
         refused_at=getattr(row, "refused_at", None),
+        retracted_at=getattr(row, "retracted_at", None),
     )
 
 
@@ -596,14 +597,17 @@ def matches_of(
         after: Only the matches that come after match ``after`` (of this search) in that
             order (a feed's page after the one that ended with it: :func:`after_match`).
     """
-    # whether the article is retracted now: a match found before its retraction says so
-    retracted = (
-        select(articles.c.is_retracted).where(articles.c.pmid == digest_matches.c.pmid)
-        .scalar_subquery().label("retracted")
+    # whether the article is retracted now: a match found before its retraction says so,
+    # and, when it is, the last write of its record (a feed entry's `updated` moves)
+    of_match = articles.c.pmid == digest_matches.c.pmid
+    retracted = select(articles.c.is_retracted).where(of_match).scalar_subquery()
+    retracted_at = (
+        select(articles.c.updated_at).where(of_match, articles.c.is_retracted.is_(True))
+        .scalar_subquery()
     )
-    stmt = select(digest_matches, retracted).where(
-        digest_matches.c.search_id == search_id, live_match()
-    )
+    stmt = select(
+        digest_matches, retracted.label("retracted"), retracted_at.label("retracted_at")
+    ).where(digest_matches.c.search_id == search_id, live_match())
     if after is not None:
         stmt = stmt.where(after_match(after))
     if pending is not None:

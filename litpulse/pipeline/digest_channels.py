@@ -136,6 +136,9 @@ class Match:
         found_at: When the digest recorded it.
         retracted: The article is retracted now (it may have been retracted after it was
             found): every channel says so.
+        retracted_at: When it is retracted, when the store last wrote its record (the
+            retracted revision, or a later one): the store keeps no other time of the
+            retraction. ``None``: not retracted, or not read.
         attempt: The delivery key of the message it was handed to on the channel asked
             for (:func:`~litpulse.pipeline.digest.matches_of` ``pending``) and not yet known
             to have gone out; ``None``: never handed to one.
@@ -155,12 +158,22 @@ class Match:
     retracted: bool = False
     attempt: str | None = field(default=None, compare=False)
     refused_at: dt.datetime | None = field(default=None, compare=False)
+    retracted_at: dt.datetime | None = field(default=None, compare=False)
 
     @property
     def headline(self) -> str:
         """The title as a channel shows it, ``[Retracted]`` first when it is."""
         title = self.title or f"PMID {self.pmid}"
         return f"[Retracted] {title}" if self.retracted else title
+
+    @property
+    def updated(self) -> dt.datetime:
+        """When the match last changed as its channels show it (a feed entry's
+        ``updated``): found, or retracted since — the title says ``[Retracted]`` from
+        then, and a feed reader holding the entry takes it again only if this moved."""
+        if self.retracted_at is not None and self.retracted_at > self.found_at:
+            return self.retracted_at
+        return self.found_at
 
     @property
     def why(self) -> str:
@@ -310,7 +323,7 @@ def atom_feed(
         f"{search.min_score if search.min_score is not None else 'the default threshold'}."
         f"{paging.said(self_url)}{notes}",
     )
-    stamps = [m.found_at for m in matches] + [search.created_at]
+    stamps = [m.updated for m in matches] + [search.created_at]
     if search.last_digest_at is not None:
         stamps.append(search.last_digest_at)
     _text(feed, "updated", iso(max(stamps)))
@@ -333,7 +346,7 @@ def atom_feed(
         _text(entry, "id", f"{_feed_id(search)}:pmid:{m.pmid}")
         _text(entry, "title", m.headline)
         ET.SubElement(entry, f"{{{ATOM_NS}}}link", {"rel": "alternate", "href": pubmed_url(m.pmid)})
-        _text(entry, "updated", iso(m.found_at))
+        _text(entry, "updated", iso(m.updated))
         retracted = " (retracted)" if m.retracted else ""
         _text(entry, "summary", f"PMID {m.pmid}{retracted}, {m.why}", type="text")
     return bytes(ET.tostring(feed, encoding="utf-8", xml_declaration=True))
