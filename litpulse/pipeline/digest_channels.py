@@ -21,10 +21,15 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
+import http.client
 import json
 import re
 import smtplib
+import socket
+import ssl
+import time
 import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
@@ -36,7 +41,7 @@ from email.utils import getaddresses
 from typing import Any
 
 from litpulse.core.errors import TransientSourceError
-from litpulse.core.settings import Settings
+from litpulse.core.settings import Settings, env_name
 from litpulse.core.text import sender_address
 from litpulse.core.timeutil import iso
 from litpulse.pipeline.saved_searches import SavedSearch
@@ -57,7 +62,8 @@ __all__ = [
 ]
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
-#: Seconds an SMTP or webhook exchange may take at most.
+#: Seconds an SMTP or webhook exchange may take at most (``LITPULSE_HTTP_TIMEOUT``, capped:
+#: the whole exchange, connection to last byte, not each read: :class:`_Deadline`).
 MAX_DELIVERY_TIMEOUT_S = 30.0
 
 
@@ -71,13 +77,20 @@ class DeliveryError(TransientSourceError):
     smaller messages. Otherwise the receiver could not be reached, failed, or refuses
     every message alike (a 5xx, a timeout, a redirect, a webhook's 401, 404 or 410, the
     SMTP server refusing the sender, every recipient or the DATA command itself), and the
-    later messages wait, in order.
+    later messages wait, in order. ``unanswered``: of those, the receiver could not be
+    reached or did not answer within the exchange's time (a refused connection, a name
+    that does not resolve, a timeout): not one message's doing, so no other goes to it
+    this digest (a 5xx answered, and may be one message's).
     """
 
-    def __init__(self, message: str, *, refused: bool = False, too_large: bool = False) -> None:
+    def __init__(
+        self, message: str, *, refused: bool = False, too_large: bool = False,
+        unanswered: bool = False,
+    ) -> None:
         super().__init__(message)
         self.refused = refused or too_large
         self.too_large = too_large
+        self.unanswered = unanswered and not self.refused
 
 
 #: Webhook answers in 4xx that are no refusal of the message: "not now" (Request Timeout,
@@ -102,12 +115,188 @@ def _too_large(exc: smtplib.SMTPResponseException) -> bool:
     return exc.smtp_code == 552
 
 
+class _Deadline:
+    """The time one exchange with a receiver may take (:data:`MAX_DELIVERY_TIMEOUT_S`).
+
+    A socket timeout bounds each read or write, not the exchange: a receiver that drips
+    its answer (a byte every second: a stuck proxy, a tarpit, an overloaded relay) would
+    hold the digest, and its leases, for as long as it drips. Here the connection, and
+    each read and write of it (:class:`_TimedSocket`), waits at most the time left.
+
+    Attributes:
+        seconds: The exchange's time.
+        reached: The receiver accepted the connection.
+        expired: The time ran out (a :class:`TimeoutError` was raised).
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+        self.reached = False
+        self.expired = False
+
+    def left(self) -> float:
+        """Seconds left of the exchange.
+
+        Raises:
+            TimeoutError: None are left.
+        """
+        left = self.end - time.monotonic()
+        if left <= 0:
+            self.expired = True
+            raise TimeoutError(f"no answer within {self.seconds:g} s")
+        return left
+
+    @property
+    def unanswered(self) -> bool:
+        """The receiver could not be reached, or did not answer in time."""
+        return self.expired or not self.reached
+
+    @property
+    def said(self) -> str:
+        """What a failure says when the time ran out."""
+        return (f"no complete answer within {self.seconds:g} s ({env_name('http_timeout')}, "
+                f"at most {MAX_DELIVERY_TIMEOUT_S:g} s an exchange)")  # fmt: skip
+
+    def connect(
+        self, address: tuple[str, int], timeout: object = None, source_address: Any = None
+    ) -> socket.socket:
+        """:func:`socket.create_connection` within the time left (``timeout`` is not
+        used: it is there for the callers' signature), as a :class:`_TimedSocket`."""
+        try:
+            sock = socket.create_connection(address, self.left(), source_address)
+        except TimeoutError:
+            self.expired = True
+            raise
+        self.reached = True
+        timed = _TimedSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        timed.deadline = self
+        timed.settimeout(self.left())  # what a TLS handshake, right after, may take
+        return timed
+
+
+class _TimedSocket(socket.socket):
+    """A connected socket whose every read and write waits at most the time left of its
+    :class:`_Deadline` (none set: as a plain socket)."""
+
+    deadline: _Deadline | None = None
+
+    def _arm(self) -> None:
+        if self.deadline is not None:
+            self.settimeout(self.deadline.left())
+
+    def _timed_out(self) -> None:
+        if self.deadline is not None:
+            self.deadline.expired = True
+
+    def recv(self, *args: Any) -> bytes:
+        self._arm()
+        try:
+            return super().recv(*args)
+        except TimeoutError:
+            self._timed_out()
+            raise
+
+    def recv_into(self, *args: Any) -> int:
+        self._arm()
+        try:
+            return super().recv_into(*args)
+        except TimeoutError:
+            self._timed_out()
+            raise
+
+    def send(self, *args: Any) -> int:
+        self._arm()
+        try:
+            return super().send(*args)
+        except TimeoutError:
+            self._timed_out()
+            raise
+
+    def sendall(self, *args: Any) -> None:
+        self._arm()  # one timeout for the whole of it (Python 3.5+)
+        try:
+            super().sendall(*args)
+        except TimeoutError:
+            self._timed_out()
+            raise
+
+
+class _TimedSSLSocket(_TimedSocket, ssl.SSLSocket):
+    """:class:`_TimedSocket` over TLS (an ``https`` webhook): the TLS socket a context of
+    :func:`_timed_tls` makes, given its deadline once the handshake is done."""
+
+
+@functools.cache
+def _timed_tls() -> ssl.SSLContext:
+    """The TLS context of an ``https`` webhook: the default one (certificates checked),
+    whose sockets are :class:`_TimedSSLSocket`; made once (it reads the CA certificates),
+    shared by every exchange (a context is thread-safe)."""
+    context = ssl.create_default_context()
+    context.sslsocket_class = _TimedSSLSocket
+    return context
+
+
+class _TimedHTTPConnection(http.client.HTTPConnection):
+    """An HTTP connection within a :class:`_Deadline` (``deadline=``)."""
+
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = deadline.connect
+
+
+class _TimedHTTPSConnection(http.client.HTTPSConnection):
+    """An HTTPS connection within a :class:`_Deadline` (``deadline=``)."""
+
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+        self._create_connection = deadline.connect
+
+    def connect(self) -> None:
+        try:
+            super().connect()  # the handshake within the time left (_Deadline.connect)
+        except TimeoutError:
+            self.deadline.expired = True
+            raise
+        if isinstance(self.sock, _TimedSocket):
+            self.sock.deadline = self.deadline
+
+
+class _TimedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_TimedHTTPConnection, deadline=self.deadline), req)
+
+
+class _TimedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        self.tls = _timed_tls()
+        super().__init__(context=self.tls)
+        self.deadline = deadline
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        connection = functools.partial(_TimedHTTPSConnection, deadline=self.deadline)
+        return self.do_open(connection, req, context=self.tls)
+
+
 class _SMTP(smtplib.SMTP):
-    """:class:`smtplib.SMTP` that tells a refused ``DATA`` command (the server refuses
-    any message now: the sender, a policy) from a refusal of the message's data, which
-    :meth:`smtplib.SMTP.data` raises alike (:class:`smtplib.SMTPDataError`)."""
+    """:class:`smtplib.SMTP` within a :class:`_Deadline` (``deadline=``: the connection,
+    the greeting and every command after it), that tells a refused ``DATA`` command (the
+    server refuses any message now: the sender, a policy) from a refusal of the message's
+    data, which :meth:`smtplib.SMTP.data` raises alike (:class:`smtplib.SMTPDataError`)."""
 
     data_command_refused = False
+
+    def __init__(self, host: str, port: int, *, deadline: _Deadline) -> None:
+        self.deadline = deadline  # before the connection and greeting, which __init__ reads
+        super().__init__(host, port, timeout=deadline.seconds)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        return self.deadline.connect((host, port), timeout, self.source_address)
 
     def data(self, msg: Any) -> tuple[int, bytes]:
         self.data_command_refused = True  # until the server answers the command with 354
@@ -461,9 +650,10 @@ def send_email(
     to = shared_recipients(settings) if to is None else list(to)
     msg = email_message(settings, search, matches, to, key)
     envelope = [address for _, address in getaddresses(to) if address]
-    timeout = min(settings.http_timeout, MAX_DELIVERY_TIMEOUT_S)
+    deadline = _Deadline(min(settings.http_timeout, MAX_DELIVERY_TIMEOUT_S))
     try:
-        with _SMTP(settings.digest_smtp_host, settings.digest_smtp_port, timeout=timeout) as smtp:
+        with _SMTP(settings.digest_smtp_host, settings.digest_smtp_port,
+                   deadline=deadline) as smtp:  # fmt: skip
             try:
                 # the envelope is the addresses given, not what reading the To header
                 # back makes of them (the e-mail library decodes encoded words there)
@@ -478,7 +668,9 @@ def send_email(
                 raise DeliveryError(f"e-mail to {msg['To']} failed: {exc}",
                                     too_large=True) from exc  # fmt: skip
     except (OSError, smtplib.SMTPException) as exc:
-        raise DeliveryError(f"e-mail to {msg['To']} failed: {exc}") from exc
+        why = deadline.said if deadline.expired else str(exc)
+        raise DeliveryError(f"e-mail to {msg['To']} failed: {why}",
+                            unanswered=deadline.unanswered) from exc  # fmt: skip
     if not refused:
         return None
     why = "; ".join(
@@ -499,7 +691,8 @@ def post_webhook(
     are sent again).
 
     Raises:
-        DeliveryError: No 2xx answer.
+        DeliveryError: No 2xx answer (none within the exchange's time, :class:`_Deadline`;
+            an answer that is no HTTP).
     """
     n = len(matches)
     key = key or delivery_key(search, matches)
@@ -519,9 +712,12 @@ def post_webhook(
         headers={"Content-Type": "application/json", "User-Agent": "litpulse-digest",
                  "Idempotency-Key": key},
     )
-    timeout = min(settings.http_timeout, MAX_DELIVERY_TIMEOUT_S)
+    deadline = _Deadline(min(settings.http_timeout, MAX_DELIVERY_TIMEOUT_S))
+    opener = urllib.request.build_opener(
+        _Unredirected, _TimedHTTPHandler(deadline), _TimedHTTPSHandler(deadline)
+    )
     try:
-        with _NO_REDIRECTS.open(request, timeout=timeout) as resp:
+        with opener.open(request, timeout=deadline.seconds) as resp:
             status = int(resp.status)
     except urllib.error.HTTPError as exc:
         moved = exc.headers.get("Location") if 300 <= exc.code < 400 else None
@@ -534,21 +730,25 @@ def post_webhook(
         raise DeliveryError(
             f"webhook POST failed: {exc}", refused=refused, too_large=exc.code == 413
         ) from exc
-    except (OSError, ValueError) as exc:  # URLError is an OSError
-        raise DeliveryError(f"webhook POST failed: {exc}") from exc
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError: an OSError
+        # HTTPException: an answer that is no HTTP (a TLS port, a misconfigured proxy:
+        # BadStatusLine, LineTooLong), a failure of the receiver's, not of this message
+        why = (deadline.said if deadline.expired
+               else f"an answer that is no HTTP ({type(exc).__name__}: {exc})"
+               if isinstance(exc, http.client.HTTPException) and not isinstance(exc, OSError)
+               else str(exc))  # fmt: skip
+        raise DeliveryError(f"webhook POST failed: {why}",
+                            unanswered=deadline.unanswered) from exc  # fmt: skip
     if not 200 <= status < 300:
         raise DeliveryError(f"webhook answered HTTP {status}")
 
 
 class _Unredirected(urllib.request.HTTPRedirectHandler):
     """Follows no redirect: the answer is raised as the :class:`urllib.error.HTTPError`
-    it is."""
+    it is (urllib would re-send a POST answered 301, 302 or 303 as a GET without its
+    body, and take the GET's 200 for a delivery)."""
 
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None
 
 
-#: The webhook's opener: a redirect is a failure, never followed (urllib would re-send a
-#: POST answered 301, 302 or 303 as a GET without its body, and take the GET's 200 for a
-#: delivery).
-_NO_REDIRECTS = urllib.request.build_opener(_Unredirected)
