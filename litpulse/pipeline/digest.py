@@ -742,10 +742,17 @@ def _deliver(
     :func:`_messages`'; each one's key is recorded with its matches before it goes out.
     ``started``: when the digest began (its own matches are found after it).
 
+    A receiver that could not be reached or did not answer in time
+    (:attr:`DeliveryError.unanswered`) is not tried again this digest: the later searches'
+    messages on that channel wait for the next digest, each search's reported (tried for
+    each, a receiver down would cost the digest a timeout per search). One that answered,
+    a 5xx say, is tried for the next search: the failure may be one message's.
+
     Returns:
         Matches e-mailed, matches posted, failures (retried), warnings (not retried)."""
     owners = owner_addresses(engine) if settings.digest_smtp_host else {}
     sent = {"email": 0, "webhook": 0}
+    down: dict[str, str] = {}  # channel: the search it could not reach the receiver for
     failures: list[str] = []
     warnings: list[str] = []
     for search in list_searches(settings, engine=engine):
@@ -756,7 +763,11 @@ def _deliver(
         if settings.digest_webhook_url:
             channels.append(("webhook", post_webhook))
         for channel, send in channels:
-            done, failed, said = _deliver_channel(settings, engine, search, channel, send, started)
+            done, failed, said, unanswered = _deliver_channel(
+                settings, engine, search, channel, send, started, down=down.get(channel)
+            )
+            if unanswered and channel not in down:
+                down[channel] = search.name
             sent[channel] += done
             failures += failed
             warnings += said
@@ -770,9 +781,14 @@ def _deliver_channel(
     channel: str,
     send: Send,
     started: dt.datetime | None,
-) -> tuple[int, list[str], list[str]]:
+    *,
+    down: str | None = None,
+) -> tuple[int, list[str], list[str], bool]:
     """Send a search's pending matches on one channel (:func:`_messages`' messages, in
     their order); stamp what went out.
+
+    ``down``: the search this digest could not reach the channel's receiver for (no
+    answer): nothing is sent, the pending matches wait for the next digest, reported.
 
     A failure (the receiver down, failing, refusing every message alike) stops the
     channel: the later messages wait, in order. A message the receiver refuses
@@ -786,16 +802,24 @@ def _deliver_channel(
     refused message still pending is reported, tried this digest or not.
 
     Returns:
-        Matches delivered, failures (retried), warnings (not retried).
+        Matches delivered, failures (retried), warnings (not retried), and whether the
+        receiver could not be reached or did not answer in time
+        (:attr:`DeliveryError.unanswered`).
     """
     dm = digest_matches.c
     key_col, sent_col = dm[f"{channel}_key"], dm[f"{channel}_sent_at"]
     refused_col = dm[f"{channel}_refused_at"]
     name = f"{channel} for {search.name!r}"
     messages = _messages(search, matches_of(engine, search.id, pending=channel), started)
+    if down is not None:
+        waiting = sum(len(group) for _, group in messages)
+        said = [f"{name}: {_matches_word(waiting)} wait for the next digest, not tried: the "
+                f"receiver could not be reached or did not answer in time for {down!r} "
+                "this digest"] if waiting else []  # fmt: skip
+        return 0, said, [], False
     queue = list(reversed(messages))  # popped from the end: the first message first
     tried: set[str] = set()
-    delivered, refused, taken = 0, 0, False
+    delivered, refused, taken, unanswered = 0, 0, False, False
     failures: list[str] = []
     warnings: list[str] = []
     while queue:
@@ -816,6 +840,7 @@ def _deliver_channel(
             why = str(exc) if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}"
             if not (isinstance(exc, DeliveryError) and exc.refused):
                 failures.append(f"{name}: {why}")
+                unanswered = isinstance(exc, DeliveryError) and exc.unanswered
                 break  # unreachable or failing: the later ones wait, in order
             if exc.too_large and len(group) > 1 and first_try:  # it went nowhere: halved
                 with engine.begin() as conn:
@@ -859,7 +884,7 @@ def _deliver_channel(
         if key not in tried and any(m.refused_at for m in group):
             failures.append(f"{name}: {_matches_word(len(group))} under key {key}, refused "
                             "before, wait (not tried this digest)")  # fmt: skip
-    return delivered, failures, warnings
+    return delivered, failures, warnings, unanswered
 
 
 def _matches_word(n: int) -> str:
