@@ -860,8 +860,14 @@ def _torch_threads(threads: int) -> Iterator[None]:
 
 
 def _encode(
-    encoder: SentenceTransformer, texts: list[str], dtype: Any, batch: int, threads: int = 0
+    encoder: SentenceTransformer, texts: list[str], dtype: Any, batch: int, threads: int = 0,
+    *, query: bool = False,
 ) -> np.ndarray:
+    """The texts' vectors, L2-normalised. A vector holding NaN or inf (an encoder that
+    overflows on some input: a half-precision autocast, a damaged adapter) is no vector:
+    an article's is kept as the zero vector, similar to nothing, and logged (stored as
+    such, it would rank first or last at random and make every search score the corpus
+    exactly); a query's (``query``) is refused."""
     import torch
 
     device_type = Device.CUDA if str(encoder.device).startswith(Device.CUDA) else Device.CPU
@@ -872,6 +878,18 @@ def _encode(
             texts, batch_size=batch, convert_to_numpy=True, show_progress_bar=False
         )
     vecs = np.asarray(out, dtype=np.float32)
+    bad = ~np.isfinite(vecs).all(axis=1)
+    if bad.any():
+        if query:
+            raise ConfigError(
+                "the model cannot embed this query (its vector holds NaN or inf): search "
+                "with other words, or mode=lexical"
+            )
+        shown = "; ".join(repr(texts[i][:60]) for i in np.flatnonzero(bad)[:3])
+        logger.warning("%d of %d texts were encoded to a vector holding NaN or inf (kept as "
+                       "the zero vector, similar to nothing), e.g. %s", int(bad.sum()),
+                       len(texts), shown)  # fmt: skip
+        vecs[bad] = 0.0
     norms = np.linalg.norm(vecs, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     return np.ascontiguousarray(vecs / norms, dtype=np.float32)
@@ -948,7 +966,8 @@ def encode_query(settings: Settings, spec: ModelSpec | str, text: str) -> np.nda
                 _QUERIES.move_to_end(key)
                 return hit
     encoder = load_encoder(spec, settings)
-    vector = _encode(encoder, [text], _precision(encoder, settings), 1, settings.query_threads)
+    vector = _encode(encoder, [text], _precision(encoder, settings), 1, settings.query_threads,
+                     query=True)
     vector.flags.writeable = False  # shared by every caller of the cache
     if size:
         with _LOCK:

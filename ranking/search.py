@@ -542,16 +542,19 @@ def stored_cosines(index: Any, pmids: Sequence[int], vector: np.ndarray) -> dict
     if vectors_of is not None:
         found, vectors = vectors_of(pmids)
         sims = np.asarray(vectors, dtype=np.float32) @ vector[0]
-        return dict(zip(np.asarray(found).tolist(), sims.tolist(), strict=True))
+        keep = np.isfinite(sims)  # a stored vector of NaN (an older release kept them): none
+        return dict(zip(np.asarray(found)[keep].tolist(), sims[keep].tolist(), strict=True))
     reconstruct = getattr(index, "reconstruct", None)
     out: dict[int, float] = {}
     if reconstruct is None:
         return out
     for pmid in pmids:
         try:
-            out[int(pmid)] = float(np.dot(np.asarray(reconstruct(pmid)), vector[0]))
+            cosine = float(np.dot(np.asarray(reconstruct(pmid)), vector[0]))
         except (RuntimeError, KeyError):  # not in the vector index (not embedded)
             continue
+        if math.isfinite(cosine):
+            out[int(pmid)] = cosine
     return out
 
 

@@ -171,8 +171,12 @@ def similar_articles(
     with engine.connect() as conn:  # before ranking: a write meanwhile shows on the next
         version = db.store_version(conn)
     title, retracted = _title(engine, int(pmid))  # a deleted article is not found
+    import numpy as np
+
     vector = _vector(index, int(pmid))
-    if not vector.any():  # neither title nor abstract: the zero vector, similar to nothing
+    # neither title nor abstract: the zero vector, similar to nothing (as is a vector of NaN
+    # an older release stored)
+    if not vector.any() or not np.isfinite(vector).all():
         return SimilarResult(
             pmid=int(pmid), title=title, index_version=str(index.id),
             model_version=str(index.model_version), hits=(),

@@ -12,7 +12,11 @@ half-precision overflow makes for real (fp16 autocast, ``LITPULSE_EMBED_PRECISIO
 input embedding of the word ``zebra`` is ``inf``, so every text holding that word is
 encoded to a vector of NaN, as an encoder that overflows on some input does.
 
-Defects (strict xfails asserting the correct behaviour):
+Defects (each was a strict xfail asserting the correct behaviour; both were fixed in the
+same session and are plain tests now: M1 ``ranking.embed._encode`` keeps an article's
+non-finite vector as the zero vector, similar to nothing, and logs it; ``stored_cosines``
+drops non-finite cosines and ``/similar`` of a stored NaN vector finds nothing; M2 a query
+encoded to a non-finite vector is refused, 400, naming other words or ``mode=lexical``):
 
 M1 A non-finite article vector is stored, indexed and served. ``ranking.embed._encode``
    divides by the norm whatever it is (``norms[norms == 0] = 1``, nothing for NaN or inf),
@@ -158,15 +162,15 @@ def test_the_encoder_overflows_on_the_word_alone(world: Settings) -> None:
     """The premise of M1 and M2: the encoder gives NaN for a text holding the word, a
     finite vector for any other."""
     spec = em.model_spec(world, "base")
-    bad, good = (em.encode_query(world, spec, t) for t in (BAD_WORD, "heart failure"))
+    # the encoder itself (``encode_query`` refuses such a vector now: M2)
+    bad, good = em.load_encoder(spec, world).encode([BAD_WORD, "heart failure"],
+                                                   convert_to_numpy=True)
     assert not np.isfinite(bad).any() and np.isfinite(good).all()
 
 
 # ------------------------------------------------------------------------------ M1
 
 
-@pytest.mark.xfail(strict=True, reason="M1: a NaN article vector is stored, indexed, and "
-                   "listed first by /similar with score null")
 def test_a_non_finite_article_vector_never_reaches_the_index_or_similar(
     world: Settings, client: TestClient
 ) -> None:
@@ -188,8 +192,6 @@ def test_a_non_finite_article_vector_never_reaches_the_index_or_similar(
 # ------------------------------------------------------------------------------ M2
 
 
-@pytest.mark.xfail(strict=True, reason="M2: a query embedded to NaN lists the whole corpus "
-                   "with similarity 0 instead of a clear error")
 def test_a_query_embedded_to_a_non_finite_vector_is_refused_not_ranked(
     client: TestClient,
 ) -> None:
