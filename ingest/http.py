@@ -16,9 +16,20 @@ through :class:`HttpClient`:
   ``settings.max_retries`` times, waiting ``uniform(0, min(backoff_max,
   backoff_base * 2**attempt))`` seconds ("full jitter"). Other 4xx answers raise
   :class:`~litpulse.core.errors.InvalidRequestError` at once.
+* **Bounded answers.** An answer is read as it arrives, decoded piece by piece: it must
+  come whole within ``settings.http_timeout`` of the request's start (a server that
+  trickles under the read timeout is cut there, as a timeout) and hold at most
+  ``max_bytes`` decoded bytes (:data:`MAX_BODY_BYTES` unless the caller says: a gzip
+  bomb is never decoded whole); either is transient. A file :meth:`HttpClient.download`
+  streams to disk is bounded by each wait instead.
+* **Redirects** are never followed: a redirected POST would carry the form, ``api_key``
+  included, to whatever host ``Location`` names (307/308), or lose it (301-303). The
+  answer is an error naming the new address: not retried for a permanent move (301,
+  308: the URL setting is out of date), retried for a temporary one.
 * **Secrets.** E-utilities parameters, ``api_key`` included, travel in POST bodies,
   never in URLs (so not in urllib3's debug log either), and every message this module
-  writes or raises passes through :func:`redact`.
+  writes or raises passes through :func:`redact` (an error page whole, before it is cut
+  for the message).
 
 Example:
     >>> from litpulse.core.settings import Settings
@@ -60,6 +71,7 @@ from litpulse.core.settings import Settings
 
 __all__ = [
     "HttpClient",
+    "MAX_BODY_BYTES",
     "RETRY_AFTER_MAX",
     "RateLimiter",
     "eutils_client",
@@ -75,8 +87,9 @@ T = TypeVar("T")
 #: Spacing factor on top of ``1/rate`` so arrival jitter never exceeds the limit.
 RATE_MARGIN = 1.1
 
-#: ``api_key=…`` in a query or form, URL-encoded (``api_key%3D…``) or as a dict/JSON item.
-_KEY_RE = re.compile(r"""(api_key(?:=|%3D|['"]?\s*[:=]\s*['"]?))[^&\s'"]+""", re.IGNORECASE)
+#: ``api_key=…`` in a query or form, URL-encoded (``api_key%3D…``) or as a dict/JSON item;
+#: also spelt ``api-key`` (NCBI's error answers name a refused key so).
+_KEY_RE = re.compile(r"""(api[_-]key(?:=|%3D|['"]?\s*[:=]\s*['"]?))[^&\s'"]+""", re.IGNORECASE)
 _PERCENT_RE = re.compile(r"%(?:25)?[0-9A-Fa-f]{2}")  # one escape, or one escaped twice
 
 
@@ -191,6 +204,18 @@ def reset_limiters() -> None:
 #: error at once (with its ``retry_after``), for the scheduler to retry the task later.
 RETRY_AFTER_MAX = 900.0
 
+#: The most decoded bytes of one answer held in memory unless the caller sets its own
+#: (``max_bytes``): an ESearch page of 9,999 PMIDs is ~200 KB, an iCite batch of 200
+#: records a few MB, a file server's listing well under 1 MB. EFetch sets its own, from
+#: the records it asked for (:func:`ingest.eutils.efetch`).
+MAX_BODY_BYTES = 32 << 20
+#: The most bytes of an error answer (4xx) read for its message.
+_ERROR_BODY_BYTES = 64 << 10
+#: Decoded bytes read at a time: a compressed piece is never decoded past this at once.
+_READ_PIECE = 1 << 16
+#: Redirects that say the address moved for good: the URL setting is out of date.
+_MOVED_FOR_GOOD = (301, 308)
+
 
 def _retry_after(value: str | None) -> float | None:
     if not value:
@@ -221,6 +246,7 @@ class HttpClient:
             limiter always sleeps for real.
         rng: Source of jitter.
         session: A session to use instead of a new one.
+        url_setting: The setting ``base_url`` comes from, named by the error of a redirect.
     """
 
     def __init__(
@@ -234,6 +260,7 @@ class HttpClient:
         sleep: Callable[[float], None] | None = None,
         rng: random.Random | None = None,
         session: requests.Session | None = None,
+        url_setting: str = "",
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"HTTP client needs an http(s) URL, got {redact(base_url)!r}")
@@ -246,6 +273,7 @@ class HttpClient:
         self._rng = rng or random.Random()
         self.session = session or requests.Session()
         self.session.headers["User-Agent"] = f"litpulse/{__version__} (+python-requests)"
+        self.url_setting = url_setting
         #: Requests sent (attempts, not calls), for run details.
         self.requests_sent = 0
         #: Retries made after a transient failure.
@@ -286,10 +314,12 @@ class HttpClient:
         parse: Callable[[requests.Response], T] | None = None,
         headers: Mapping[str, str] | None = None,
         stop: threading.Event | None = None,
+        max_bytes: int = MAX_BODY_BYTES,
     ) -> Any:
-        """GET with retries; returns ``parse(response)`` or the response (``stop``: see
-        :meth:`request`)."""
-        return self.request("GET", path, params=params, parse=parse, headers=headers, stop=stop)
+        """GET with retries; returns ``parse(response)`` or the response (``stop``,
+        ``max_bytes``: see :meth:`request`)."""
+        return self.request("GET", path, params=params, parse=parse, headers=headers, stop=stop,
+                            max_bytes=max_bytes)  # fmt: skip
 
     def post(
         self,
@@ -297,9 +327,11 @@ class HttpClient:
         *,
         data: Mapping[str, Any] | None = None,
         parse: Callable[[requests.Response], T] | None = None,
+        max_bytes: int = MAX_BODY_BYTES,
     ) -> Any:
-        """POST a form with retries; returns ``parse(response)`` or the response."""
-        return self.request("POST", path, data=data, parse=parse)
+        """POST a form with retries; returns ``parse(response)`` or the response
+        (``max_bytes``: see :meth:`request`)."""
+        return self.request("POST", path, data=data, parse=parse, max_bytes=max_bytes)
 
     def request(
         self,
@@ -311,6 +343,7 @@ class HttpClient:
         parse: Callable[[requests.Response], T] | None = None,
         headers: Mapping[str, str] | None = None,
         stop: threading.Event | None = None,
+        max_bytes: int = MAX_BODY_BYTES,
     ) -> Any:
         """Send one logical request, retrying transient failures.
 
@@ -324,10 +357,14 @@ class HttpClient:
             headers: Extra request headers.
             stop: Once set, no further attempt is made and a wait between attempts
                 ends at once: :class:`~litpulse.core.errors.StoppedError`.
+            max_bytes: The most decoded bytes the answer may hold; a larger one is a
+                transient failure, read no further.
 
         Raises:
-            TransientSourceError: Still failing after ``max_retries`` retries.
-            InvalidRequestError: The server rejected the request (4xx other than 429).
+            TransientSourceError: Still failing after ``max_retries`` retries (a timeout
+                counts the whole answer, a temporary redirect is one).
+            InvalidRequestError: The server rejected the request (4xx other than 429), or
+                its address moved for good (301, 308: never followed).
             StoppedError: ``stop`` was set.
         """
         url = self.url(path)
@@ -340,7 +377,8 @@ class HttpClient:
         while True:
             raise_if_stopped(stop, shown)
             try:
-                response = self._send(method, url, shown, params=params, data=data, headers=headers)
+                response = self._send(method, url, shown, params=params, data=data,
+                                      headers=headers, max_bytes=max_bytes)  # fmt: skip
                 return parse(response) if parse is not None else response
             except TransientSourceError as exc:
                 if attempt >= self.settings.max_retries:
@@ -381,30 +419,26 @@ class HttpClient:
         data: Mapping[str, Any] | None,
         headers: Mapping[str, str] | None,
         stream: bool = False,
+        max_bytes: int = MAX_BODY_BYTES,
     ) -> requests.Response:
+        """One attempt. Without ``stream``, the answer is read whole (at most ``max_bytes``
+        decoded, within ``http_timeout`` of the start) before it is returned; with it, the
+        caller reads it (a download)."""
         self.limiter.acquire()
         self.requests_sent += 1
-        try:
+        timeout = self.settings.http_timeout
+        deadline = time.monotonic() + timeout
+        with _transport_errors(shown, self.redact):
             response = self.session.request(
                 method,
                 url,
                 params=params,
                 data=data,
                 headers=dict(headers or {}),
-                timeout=self.settings.http_timeout,
-                stream=stream,
+                timeout=timeout,
+                stream=True,  # read here, piece by piece: bounded in size and time
+                allow_redirects=False,
             )
-            if not stream:
-                _ = response.content  # read the whole body inside the try
-        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema) as exc:
-            raise InvalidRequestError(f"{shown}: invalid URL ({type(exc).__name__})") from None
-        except requests.Timeout:
-            raise TransientSourceError(f"{shown}: timed out") from None
-        except (requests.RequestException, http.client.HTTPException, OSError) as exc:
-            # connection refused/reset, IncompleteRead, ChunkedEncodingError, ...
-            raise TransientSourceError(
-                f"{shown}: {type(exc).__name__}: {self.redact(_short(exc))}"
-            ) from None
         status = response.status_code
         if status == 429:
             response.close()
@@ -418,19 +452,40 @@ class HttpClient:
                 f"{shown}: HTTP {status}",
                 retry_after=_retry_after(response.headers.get("Retry-After")),
             )
+        if 300 <= status < 400:
+            response.close()
+            raise self._redirected(shown, url, status, response.headers.get("Location"))
         if status >= 400 and status != 416:
-            detail = "" if stream else self.redact(_snippet(response.content))
+            # the page whole (as much as is read for a message) redacted, then cut: a key
+            # cut in two by the cut would match no pattern
+            detail = _snippet(self.redact(_error_body(response, deadline)))
             response.close()
             raise InvalidRequestError(f"{shown}: HTTP {status} {detail}".rstrip())
-        if not stream:
-            expected = response.headers.get("Content-Length")
-            encoded = response.headers.get("Content-Encoding", "identity") != "identity"
-            if expected is not None and not encoded and expected.isdigit():
-                if int(expected) != len(response.content):
-                    raise TransientSourceError(
-                        f"{shown}: truncated body ({len(response.content)} of {expected} bytes)"
-                    )
+        if stream:
+            return response
+        with _transport_errors(shown, self.redact), response:
+            body = _read_body(response, shown, max_bytes, deadline, timeout)
+        expected = response.headers.get("Content-Length")
+        encoded = response.headers.get("Content-Encoding", "identity") != "identity"
+        if expected is not None and not encoded and expected.isdigit():
+            if int(expected) != len(body):
+                raise TransientSourceError(
+                    f"{shown}: truncated body ({len(body)} of {expected} bytes)"
+                )
+        response._content = body  # what .content, .text and .json() read
         return response
+
+    def _redirected(self, shown: str, url: str, status: int, location: str | None) -> LitpulseError:
+        """The error of a redirect, never followed (see the module docstring)."""
+        target = self.redact(urljoin(url, location)) if location else "an address not given"
+        why = "not followed: the request, its form included, would go where the answer says"
+        if status in _MOVED_FOR_GOOD:
+            setting = self.url_setting or "the base URL"
+            return InvalidRequestError(
+                f"{shown}: HTTP {status}: moved for good to {target}; {why}: set {setting} to "
+                "the new address if it is trusted"
+            )
+        return TransientSourceError(f"{shown}: HTTP {status}: redirects to {target}; {why}")
 
     # -- downloads ------------------------------------------------------------------
     def download(
@@ -593,9 +648,69 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:300] + "…"
 
 
-def _snippet(body: bytes) -> str:
-    text = body[:300].decode("utf-8", "replace")
-    return " ".join(text.split())
+def _snippet(text: str) -> str:
+    """The start of an answer for a message, its blanks collapsed (redact it first)."""
+    return " ".join(text[:300].split())
+
+
+@contextlib.contextmanager
+def _transport_errors(shown: str, redact_text: Callable[[str], str]) -> Iterator[None]:
+    """The failures of sending a request and reading its answer as this module's errors:
+    a timeout or a broken connection is transient, an invalid URL is not."""
+    try:
+        yield
+    except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema) as exc:
+        raise InvalidRequestError(f"{shown}: invalid URL ({type(exc).__name__})") from None
+    except (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError):
+        raise TransientSourceError(f"{shown}: timed out") from None
+    except (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
+            OSError) as exc:
+        # connection refused/reset, IncompleteRead, a body that does not decode, ...
+        raise TransientSourceError(
+            f"{shown}: {type(exc).__name__}: {redact_text(_short(exc))}"
+        ) from None
+
+
+def _read_body(
+    response: requests.Response, shown: str, max_bytes: int, deadline: float, timeout: float
+) -> bytes:
+    """The decoded body of ``response``, read as it arrives: at most ``max_bytes`` of it
+    (urllib3 decodes a compressed piece no further than asked), all of it before
+    ``deadline``.
+
+    Raises:
+        TransientSourceError: The body is larger, or still coming at the deadline.
+    """
+    pieces: list[bytes] = []
+    size = 0
+    while piece := response.raw.read1(_READ_PIECE, decode_content=True):
+        size += len(piece)
+        if size > max_bytes:
+            raise TransientSourceError(
+                f"{shown}: answer over {max_bytes} bytes (decoded): not read further"
+            )
+        if time.monotonic() > deadline:
+            raise TransientSourceError(
+                f"{shown}: timed out: the answer was still coming after {timeout:g} s"
+            )
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
+def _error_body(response: requests.Response, deadline: float) -> str:
+    """As much of an error answer's body as a message needs (at most
+    :data:`_ERROR_BODY_BYTES`, before ``deadline``), decoded; what cannot be read is left out."""
+    pieces: list[bytes] = []
+    size = 0
+    with contextlib.suppress(requests.RequestException, urllib3.exceptions.HTTPError,
+                             http.client.HTTPException, OSError):  # fmt: skip
+        while size < _ERROR_BODY_BYTES and time.monotonic() < deadline:
+            piece = response.raw.read1(_READ_PIECE, decode_content=True)
+            if not piece:
+                break
+            pieces.append(piece)
+            size += len(piece)
+    return b"".join(pieces)[:_ERROR_BODY_BYTES].decode("utf-8", "replace")
 
 
 def eutils_client(settings: Settings, **kwargs: Any) -> HttpClient:
@@ -614,5 +729,6 @@ def eutils_client(settings: Settings, **kwargs: Any) -> HttpClient:
         settings.eutils_url,
         form=form,
         secrets=(settings.ncbi_api_key,),
+        url_setting="LITPULSE_EUTILS_URL",
         **kwargs,
     )

@@ -129,7 +129,9 @@ def parse_md5(text: str, name: str) -> str:
 
 class _HttpSource:
     def __init__(self, settings: Settings) -> None:
-        self.client = HttpClient(settings, settings.pubmed_files_url)
+        self.client = HttpClient(
+            settings, settings.pubmed_files_url, url_setting="LITPULSE_PUBMED_FILES_URL"
+        )
 
     def listing(self, folder: str) -> str:
         response = self.client.get(f"{folder}/")

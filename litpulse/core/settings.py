@@ -155,7 +155,11 @@ class Settings:
 
     # -- HTTP behaviour ------------------------------------------------------------------
     http_timeout: float = _opt(
-        60.0, "Timeout of one HTTP request, in seconds.", min=0.1, max=3600.0
+        60.0,
+        "Timeout of one HTTP request, in seconds: its whole answer must arrive within it (a "
+        "file download: each wait for the server).",
+        min=0.1,
+        max=3600.0,
     )
     max_retries: int = _opt(
         6, "Attempts after the first for a transient HTTP failure.", min=0, max=100
