@@ -16,13 +16,16 @@ window.
 
 **Reconciliation.** Every PMID ESearch returned ends up stored, deleted, quarantined or
 listed as *missing* (EFetch did not return it even after a second, targeted request —
-typically a record withdrawn between the two calls). Missing PMIDs are counted in
-``IngestCounts.missing`` and listed in the run's ``details["missing_pmids"]``, and they
-are *owed* (:mod:`ingest.missing`): every later run, whatever its window, asks EFetch for
-the PMIDs still owed and stores what comes (``details["owed"]``, its counts apart from the
-window's own, which the data-quality checks judge), until ``settings.missing_retries`` runs
-asked in vain; then they are given up and reported (``litpulse status``, ``litpulse
-missing``). A record of an EFetch answer that is not
+typically a record withdrawn between the two calls). An ESearch answer listing fewer
+distinct ids than its Count says, or an id that is not a PMID, is retried, never saved; an
+EFetch answer counts only for the PMIDs asked: its records of others and any
+``DeleteCitation`` are dropped and listed in the run's ``details["strays"]``. Missing PMIDs
+are counted in ``IngestCounts.missing`` and listed in the run's
+``details["missing_pmids"]``, and they are *owed* (:mod:`ingest.missing`): every later run,
+whatever its window, asks EFetch for the PMIDs still owed and stores what comes
+(``details["owed"]``, its counts apart from the window's own, which the data-quality checks
+judge), until ``settings.missing_retries`` runs asked in vain; then they are given up and
+reported (``litpulse status``, ``litpulse missing``). A record of an EFetch answer that is not
 well-formed (an unescaped ``&``, an unclosed tag) is quarantined like one of a file,
 under its PMID, and the rest of the answer is stored; only an answer that is empty, cut
 short (no closing ``</PubmedArticleSet>``) or an error document is retried, unless its
@@ -72,6 +75,7 @@ from lxml import etree
 
 from ingest import missing as owing
 from ingest.dates import each_day, searched_days
+from ingest.fields import MAX_PMID, id_value
 from ingest.http import HttpClient, eutils_client
 from ingest.parse import ParseLimits, parse_bytes
 from ingest.records import Deletion, Item, QuarantineEntry, Record, SourceRef
@@ -219,21 +223,40 @@ def parse_esearch(body: bytes, *, where: str = "esearch") -> SearchResult:
     ]
     if problems:
         raise InvalidRequestError(f"{where}: query not understood ({'; '.join(problems)})")
-    count_text = root.findtext("Count")
-    if count_text is None or not count_text.strip().isdigit():
+    count = _number(root.findtext("Count"))
+    if count is None:
         raise TransientSourceError(f"{where}: no Count in body")
-    ids = tuple(int(t) for t in (el.text or "" for el in root.iterfind("IdList/Id")) if t.strip())
+    retstart = _number(root.findtext("RetStart") or "0")
+    if retstart is None:
+        raise TransientSourceError(f"{where}: RetStart is not a number")
+    ids: list[int] = []
+    for el in root.iterfind("IdList/Id"):
+        text = (el.text or "").strip()
+        if not text:
+            continue
+        pmid = id_value(text, MAX_PMID)
+        if pmid is None:  # never saved: a later answer is asked for instead
+            shown = text if len(text) <= 40 else text[:40] + "..."
+            raise TransientSourceError(f"{where}: Id {shown!r} in the answer is not a PMID")
+        ids.append(pmid)
     warnings = tuple(
         (el.text or "").strip() for el in root.iterfind("WarningList/*") if isinstance(el.tag, str)
     )
     return SearchResult(
-        count=int(count_text),
-        ids=ids,
-        retstart=int(root.findtext("RetStart") or 0),
+        count=count,
+        ids=tuple(ids),
+        retstart=retstart,
         webenv=root.findtext("WebEnv"),
         query_key=root.findtext("QueryKey"),
         warnings=warnings,
     )
+
+
+def _number(text: str | None) -> int | None:
+    """A count of an ESearch answer: ASCII digits (surrounding blanks allowed), else None
+    (``str.isdigit`` alone would take ``²``, which ``int`` refuses)."""
+    text = (text or "").strip()
+    return int(text) if text.isdigit() and text.isascii() else None
 
 
 def esearch(
@@ -262,9 +285,10 @@ def esearch(
     def parse(response: Any) -> SearchResult:
         result = parse_esearch(response.content, where=where)
         expected = max(0, min(retmax, result.count - retstart))
-        if len(result.ids) < expected:
+        distinct = len(set(result.ids))  # a repeated id must not stand for one left out
+        if distinct < expected:
             raise TransientSourceError(
-                f"{where}: body lists {len(result.ids)} ids, expected {expected}"
+                f"{where}: body lists {distinct} distinct ids, expected {expected}"
             )
         return result
 
@@ -436,28 +460,70 @@ def _check_efetch_body(body: bytes, where: str) -> None:
         raise TransientSourceError(f"{where}: unexpected document <{root.tag}>")
 
 
+#: Bytes an EFetch answer may hold besides its records: declaration, DOCTYPE, root tags,
+#: blanks between records.
+_EFETCH_ENVELOPE = 1 << 20
+
+
 def efetch(
     client: HttpClient,
     pmids: Sequence[int],
     *,
     location: str,
     limits: ParseLimits | None = None,
+    strays: list[int] | None = None,
 ) -> list[Item]:
     """Fetch and parse the records of ``pmids`` with one EFetch POST (retried as needed).
 
-    ``limits`` caps one record's bytes and one text field (default: the settings' defaults).
+    ``limits`` caps one record's bytes and one text field (default: the settings' defaults),
+    and so the answer: at most ``len(pmids) * max_record_bytes`` decoded bytes plus an
+    envelope (more cannot be records the parser reads: a larger answer, a gzip bomb, is
+    transient and never held whole).
+
+    Only what the answer holds of ``pmids`` is returned: a record or quarantine entry of a
+    PMID not asked for is dropped, and so is every ``DeleteCitation`` (EFetch serves none;
+    a withdrawal is found by the window's check of unlisted records): each is logged, its
+    PMID added to ``strays`` when given. An entry naming no PMID is kept (it may be one
+    asked for: :func:`fetch_reconciled`).
     """
+    limits = limits or ParseLimits()
     where = f"efetch {len(pmids)} ids ({location})"
     data = {"db": "pubmed", "id": ",".join(str(p) for p in pmids), "retmode": "xml"}
+    asked = set(pmids)
 
     def parse(response: Any) -> list[Item]:
         body = response.content
         _check_efetch_body(body, where)
         ref = SourceRef("eutils", location, fetched_at=utcnow())
-        return parse_bytes(body, source_ref=ref, limits=limits)
+        return _asked_only(parse_bytes(body, source_ref=ref, limits=limits), asked, where,
+                           strays)  # fmt: skip
 
-    items: list[Item] = client.post("efetch.fcgi", data=data, parse=parse)
+    most = len(pmids) * limits.max_record_bytes + _EFETCH_ENVELOPE
+    items: list[Item] = client.post("efetch.fcgi", data=data, parse=parse, max_bytes=most)
     return items
+
+
+def _asked_only(
+    items: list[Item], asked: set[int], where: str, strays: list[int] | None
+) -> list[Item]:
+    """``items`` less deletions and what names a PMID not in ``asked`` (see :func:`efetch`)."""
+    kept: list[Item] = []
+    dropped: list[int] = []
+    for item in items:
+        if isinstance(item, Deletion):
+            dropped.append(item.pmid)
+        elif item.pmid is not None and item.pmid not in asked:
+            dropped.append(item.pmid)
+        else:
+            kept.append(item)
+    if dropped:
+        logger.warning(
+            "%s: %d items of the answer dropped (deletions, or PMIDs not asked for): %s",
+            where, len(dropped), sorted(set(dropped))[:20],
+        )  # fmt: skip
+        if strays is not None:
+            strays += dropped
+    return kept
 
 
 def _pmids_of(items: Iterable[Item]) -> set[int]:
@@ -478,6 +544,7 @@ def fetch_reconciled(
     *,
     location: str,
     limits: ParseLimits | None = None,
+    strays: list[int] | None = None,
 ) -> tuple[list[Item], list[int]]:
     """EFetch ``pmids``; ask again, once, for any the answer gave no record or deletion.
 
@@ -488,17 +555,18 @@ def fetch_reconciled(
     second request was for that one PMID and its answer is one unreadable record, the
     entry is that PMID's. A PMID with no record or deletion after the second request is
     returned as missing (owed: later runs ask for it again, up to the give-up), quarantined
-    or not.
+    or not. What either answer holds of other PMIDs, and its deletions, are dropped
+    (``strays``: :func:`efetch`).
 
     Returns:
         The items, and the PMIDs still without a record or deletion.
     """
-    items = efetch(client, pmids, location=location, limits=limits)
+    items = efetch(client, pmids, location=location, limits=limits, strays=strays)
     missing = sorted(set(pmids) - _stored(items))
     if missing:
         logger.info("%s: %d PMIDs absent or unreadable in EFetch's answer, asking again",
                     location, len(missing))  # fmt: skip
-        again = efetch(client, missing, location=location, limits=limits)
+        again = efetch(client, missing, location=location, limits=limits, strays=strays)
         if len(missing) == 1 and not _pmids_of(again):
             items = _attribute(items, again, missing[0])
         else:
@@ -646,7 +714,8 @@ def ingest_window(
     ):  # fmt: skip
         run.details = {**(run_details or {}), "window": f"{start}..{end}", "query": query,
                        "term": term}
-        run.on_failure = lambda: {"requests": client.requests_sent, "retries": client.retries}
+        run.on_failure = lambda: {"requests": client.requests_sent, "retries": client.retries,
+                                  **_strays_seen(run)}  # fmt: skip
         value = _searched(store, client, settings, wkey, term, start, end, restart, run.details)
         generation = int(value.get("generation", 1))
         all_pmids: list[int] = [int(p) for p in value["pmids"]]
@@ -694,7 +763,8 @@ def ingest_window(
         owed = run.details["owed"] = _ask_owed(
             store, client, settings, run, owed_key, limits, given_up
         )
-        run.details.update(requests=client.requests_sent, retries=client.retries)
+        run.details.update(requests=client.requests_sent, retries=client.retries,
+                           **_strays_seen(run))  # fmt: skip
         store.set_checkpoint(SCOPE, f"{wkey}#search", "done", value)
     if not check_follows:  # taken unchecked (a window by hand, --no-quality): accepted
         # once it succeeded, with the earlier tries it resumed; one that fails is not (a
@@ -705,6 +775,20 @@ def ingest_window(
     if whole_window:  # batches an earlier try stored included: a retry is judged whole
         return run.counts + IngestCounts(**run.details.get("resumed_counts", {}))
     return run.counts
+
+
+def _strays(run: OpenRun) -> list[int]:
+    """Where the EFetch answers of ``run`` add the PMIDs of the items they drop
+    (:func:`efetch`); :func:`_strays_seen` sums them up for the run's details."""
+    strays: list[int] = run.details.setdefault("strays", [])
+    return strays
+
+
+def _strays_seen(run: OpenRun) -> dict[str, Any]:
+    """The run's details of the items its EFetch answers held that were dropped: their
+    distinct PMIDs (the first 1,000) and how many items."""
+    every = run.details.get("strays", [])
+    return {"strays": sorted(set(every))[:1000], "strays_total": len(every)}
 
 
 def _fetch_batch(
@@ -745,7 +829,7 @@ def _fetch_batch(
         run.details["resumed_counts"] = resumed.to_dict()
         return [int(p) for p in value.get("missing", [])]
     items, missing = fetch_reconciled(
-        client, batch, location=f"efetch run {run.id} {key}", limits=limits
+        client, batch, location=f"efetch run {run.id} {key}", limits=limits, strays=_strays(run)
     )
     def on_batch(counts: IngestCounts) -> None:
         run.counts += counts  # committed: counted even if a later store batch fails
@@ -827,7 +911,8 @@ def _check_unlisted(
     ordered = sorted(unlisted)
     for batch in (ordered[i : i + size] for i in range(0, len(ordered), size)):
         items, gone = fetch_reconciled(
-            client, batch, location=f"efetch run {run.id} {wkey} unlisted", limits=limits
+            client, batch, location=f"efetch run {run.id} {wkey} unlisted", limits=limits,
+            strays=_strays(run),
         )
         counts += store.apply(items, run_id=run.id, batch_size=settings.store_batch)
         served += [p for p in batch if p not in gone]
@@ -942,7 +1027,8 @@ def _ask_owed(
         if n < state["done"]:
             continue  # asked and settled by the run this one resumes
         items, lost = fetch_reconciled(
-            client, batch, location=f"efetch run {run.id} owed", limits=limits
+            client, batch, location=f"efetch run {run.id} owed", limits=limits,
+            strays=_strays(run),
         )
         stored = store.apply(items, run_id=run.id, batch_size=settings.store_batch)
         counts = IngestCounts(**state["counts"]) + stored

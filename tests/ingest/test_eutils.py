@@ -589,7 +589,7 @@ class _OneAnswerClient:
     def __init__(self, body: bytes) -> None:
         self.body = body
 
-    def post(self, path: str, *, data: dict[str, str], parse: Any) -> Any:
+    def post(self, path: str, *, data: dict[str, str], parse: Any, max_bytes: int = 0) -> Any:
         return parse(_Answer(self.body))
 
 
