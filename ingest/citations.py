@@ -44,6 +44,12 @@ this refresh and :mod:`ingest.icite_snapshot`):
   the article keeps what it had. Here it still gets ``icite_fetched_at``, like a PMID
   iCite does not know, so it is asked again on the schedule above.
 
+**A PMID answered twice** in one API answer: identical copies are one record; copies that
+differ, or one damaged beside an intact one, are all rejected and quarantined as above
+(which copy is right is unknowable), and the article keeps what it had. An answer that is
+not JSON (an HTML page, a body cut short, JSON nested past the decoder's depth) is
+transient: retried.
+
 Example:
     >>> counts = refresh_citations(settings)            # doctest: +SKIP
     >>> counts.to_dict()                                 # doctest: +SKIP
@@ -344,6 +350,10 @@ class IciteAnswer:
 def read_icite(body: Any, where: str = "icite") -> IciteAnswer:
     """The records of one iCite JSON answer: the values kept and the records rejected.
 
+    A PMID answered twice with different values is rejected whole: every copy of it is
+    (one of them is damaged, which is unknowable; as a damaged copy beside an intact one,
+    none is trusted). Identical copies are one record.
+
     Raises:
         TransientSourceError: The answer is not the expected JSON (an HTML error page
             behind a proxy, a truncated body).
@@ -351,6 +361,8 @@ def read_icite(body: Any, where: str = "icite") -> IciteAnswer:
     if not isinstance(body, dict) or not isinstance(body.get("data"), list):
         raise TransientSourceError(f"{where}: unexpected answer (no data list)")
     answer = IciteAnswer({})
+    first: dict[int, Any] = {}  # the record each value kept came from
+    disagree = "answered twice with different values: neither copy is trusted"
     for row in body["data"]:
         if not isinstance(row, dict):
             answer.rejected.append((None, "not a JSON object", row))
@@ -362,8 +374,17 @@ def read_icite(body: Any, where: str = "icite") -> IciteAnswer:
             pmid = None if raw_pmid is None else id_value(str(raw_pmid), MAX_PMID)
             answer.rejected.append((pmid, str(exc), row))
             continue
-        if parsed is not None:
-            answer.values[parsed[0]] = parsed[1]
+        if parsed is None:
+            continue
+        pmid, values = parsed
+        if pmid in first and (pmid not in answer.values or answer.values[pmid] != values):
+            if pmid in answer.values:  # the first disagreement: the kept copy goes too
+                del answer.values[pmid]
+                answer.rejected.append((pmid, disagree, first[pmid]))
+            answer.rejected.append((pmid, disagree, row))
+            continue
+        answer.values[pmid] = values
+        first.setdefault(pmid, row)
     return answer
 
 
@@ -420,7 +441,7 @@ def _fetch(client: HttpClient, pmids: Sequence[int]) -> IciteAnswer:
     def parse(response: Any) -> IciteAnswer:
         try:
             body = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the decoder's depth: not JSON either
             raise TransientSourceError(f"{where}: body is not JSON") from None
         return read_icite(body, where)
 
@@ -583,7 +604,7 @@ def _refresh(
     size = settings.icite_batch
     batches = [wanted[i : i + size] for i in range(0, len(wanted), size)]
     with (
-        HttpClient(settings, settings.icite_url) as client,
+        HttpClient(settings, settings.icite_url, url_setting="LITPULSE_ICITE_URL") as client,
         recorded_run(store, "citations", target=target, redact=client.redact) as run,
     ):
         run.details = {"citations": counts.to_dict(), "batches": len(batches), "rejected": 0}
