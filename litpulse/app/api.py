@@ -732,8 +732,10 @@ def _add_store_routes(
         responses=_responses(400, 401, 403, 404),
     )
     def feedback_endpoint(item: FeedbackIn, who: Any = expert_dep) -> FeedbackOut:
+        from ranking.search import checked_query
         from retrain.feedback import FeedbackSource, clean_expert, record_feedback
 
+        checked_query(item.query)  # a query no search answers has no result to judge
         if item.user is not None and clean_expert(item.user) != clean_expert(who.expert, new=False):
             raise HTTPException(
                 403, f"`user` must be the API token's expert ({who.expert!r}) or be left out"

@@ -172,8 +172,9 @@ def _bib(value: Any) -> str:
     return _BIB_SPECIAL.sub(lambda m: _BIB_REPL[m.group(1)], _one_line(value))
 
 
-#: The word BibTeX separates the names of a list by (any case, between blanks).
-_BIB_AND = re.compile(r"\sand\s", re.IGNORECASE)
+#: The word BibTeX separates the names of a list by (any case, with blanks or the field's
+#: ends either side: within a name part or at its edge, where ", " or " and " joins it).
+_BIB_AND = re.compile(r"(?<!\S)and(?!\S)", re.IGNORECASE)
 
 
 def _bib_person(name: str) -> str:

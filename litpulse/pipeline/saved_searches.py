@@ -202,6 +202,17 @@ def _clean_query(query: str) -> str:
     return checked_query(query)  # the rules of a search's query
 
 
+def _check_embeddable(settings: Settings, engine: Engine, query: str) -> None:
+    """Refuse a query the model of the published index cannot embed (an encoder that
+    overflows on some input: a search refuses it too), which each digest would fail."""
+    from ranking.embed import encode_query
+    from ranking.models import published_index_row
+
+    row = published_index_row(engine)
+    if row is not None:  # nothing published yet: nothing searches it before a model does
+        encode_query(settings, row.model_version, query)
+
+
 def _clean_min_score(value: float | None) -> float | None:
     if value is None:
         return None
@@ -245,6 +256,7 @@ def add_search(
     min_score = _clean_min_score(min_score)
     filters = filters or SearchFilters()
     engine = engine or db.connect(settings)
+    _check_embeddable(settings, engine, query)
     try:
         with engine.begin() as conn:
             # the database's clock, as articles' first-stored times: the watermark compares
@@ -402,6 +414,8 @@ def edit_search(
     if not values:
         raise ConfigError("nothing to change: give a query, filters or a threshold")
     engine = engine or db.connect(settings)
+    if "query" in values:
+        _check_embeddable(settings, engine, values["query"])
     found = get_search(settings, ref, engine=engine)
     c = saved_searches.c
     where = [c.id == found.id, c.created_at == found.created_at]

@@ -408,8 +408,10 @@ def run_retrain(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_feedback(args: argparse.Namespace, settings: Settings) -> int:
+    from ranking.search import checked_query
     from retrain.feedback import record_feedback
 
+    checked_query(args.query)  # a query no search answers has no result to judge
     fid = record_feedback(
         settings, query=args.query, pmid=args.pmid, relevant=args.relevant, user=args.user
     )
