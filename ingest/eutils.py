@@ -67,7 +67,7 @@ import datetime as dt
 import hashlib
 import logging
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -77,12 +77,13 @@ from ingest import missing as owing
 from ingest.dates import each_day, searched_days
 from ingest.fields import MAX_PMID, id_value
 from ingest.http import HttpClient, eutils_client
-from ingest.parse import ParseLimits, parse_bytes
+from ingest.parse import ParseLimits, answer_entry, parse_bytes
 from ingest.records import Deletion, Item, QuarantineEntry, Record, SourceRef
 from ingest.runs import IngestCounts, OpenRun, judge_runs, recorded_run
 from ingest.store import Store
 from litpulse.core import db
 from litpulse.core.errors import (
+    AnswerTooLargeError,
     ConfigError,
     ConsistencyError,
     InvalidRequestError,
@@ -561,18 +562,62 @@ def fetch_reconciled(
     Returns:
         The items, and the PMIDs still without a record or deletion.
     """
-    items = efetch(client, pmids, location=location, limits=limits, strays=strays)
+    items = _efetch_bounded(client, pmids, location=location, limits=limits, strays=strays)
     missing = sorted(set(pmids) - _stored(items))
     if missing:
         logger.info("%s: %d PMIDs absent or unreadable in EFetch's answer, asking again",
                     location, len(missing))  # fmt: skip
-        again = efetch(client, missing, location=location, limits=limits, strays=strays)
+        known = {i.pmid for i in items if isinstance(i, QuarantineEntry) and i.pmid is not None}
+        again = _efetch_bounded(client, missing, location=location, limits=limits,
+                                strays=strays, quarantined=known)  # fmt: skip
         if len(missing) == 1 and not _pmids_of(again):
             items = _attribute(items, again, missing[0])
         else:
             items = _merged(items, again)
         missing = sorted(set(missing) - _stored(items))
     return items, missing
+
+
+def _efetch_bounded(
+    client: HttpClient,
+    pmids: Sequence[int],
+    *,
+    location: str,
+    limits: ParseLimits | None,
+    strays: list[int] | None,
+    quarantined: Collection[int] = (),
+) -> list[Item]:
+    """:func:`efetch`, whose answer over its cap is no failure of the window: the request
+    is split in two, each half asked alone, down to one PMID, whose answer over the cap
+    (a record over ``max_record_bytes`` and the envelope: what the parser would quarantine
+    unread, or a gzip bomb) is that PMID's quarantine entry, its first bytes kept
+    (:func:`ingest.parse.answer_entry`), unless it is in ``quarantined`` already (the
+    entry the parser made of the record in an earlier answer stands): counted missing and
+    owed either way, asked again by later runs like any record quarantined."""
+    try:
+        return efetch(client, pmids, location=location, limits=limits, strays=strays)
+    except AnswerTooLargeError as exc:
+        if len(pmids) > 1:
+            half = len(pmids) // 2
+            logger.warning("%s; asking its %d PMIDs in two halves", exc, len(pmids))
+            return [
+                *_efetch_bounded(client, pmids[:half], location=location, limits=limits,
+                                 strays=strays, quarantined=quarantined),
+                *_efetch_bounded(client, pmids[half:], location=location, limits=limits,
+                                 strays=strays, quarantined=quarantined),
+            ]  # fmt: skip
+        pmid = pmids[0]
+        cap = (limits or ParseLimits()).max_record_bytes
+        reason = (
+            f"the answer for PMID {pmid} alone is over {cap + _EFETCH_ENVELOPE} bytes: its "
+            f"record is over the limit of {cap} bytes (LITPULSE_MAX_RECORD_BYTES), or the "
+            "answer is damaged; not read further"
+        )
+        logger.warning("%s: %s", location, reason)
+        if pmid in quarantined:
+            return []
+        ref = SourceRef("eutils", location, fetched_at=utcnow())
+        return [answer_entry(reason, exc.head, ref, pmids[0])]
 
 
 def _merged(items: list[Item], again: list[Item]) -> list[Item]:

@@ -22,10 +22,14 @@ through :class:`HttpClient`:
   ``max_bytes`` decoded bytes (:data:`MAX_BODY_BYTES` unless the caller says: a gzip
   bomb is never decoded whole); either is transient. A file :meth:`HttpClient.download`
   streams to disk is bounded by each wait instead.
-* **Redirects** are never followed: a redirected POST would carry the form, ``api_key``
-  included, to whatever host ``Location`` names (307/308), or lose it (301-303). The
-  answer is an error naming the new address: not retried for a permanent move (301,
-  308: the URL setting is out of date), retried for a temporary one.
+* **Redirects** of a request with a form or a secret (E-utilities' POSTs, with
+  ``api_key``) are never followed: a redirected POST would carry the form, ``api_key``
+  included, to whatever host ``Location`` names (307/308), or lose it (301-303). A GET of
+  a client with neither (the file server's listings and downloads, iCite) follows up to
+  :data:`_MAX_REDIRECTS` in a row (a mirror's director, a storage path), never from
+  ``https`` to plain ``http``; a download's ``Range`` goes to the final address. A
+  redirect not followed is an error naming the new address: not retried for a permanent
+  move (301, 308: the URL setting is out of date), retried for a temporary one.
 * **Secrets.** E-utilities parameters, ``api_key`` included, travel in POST bodies,
   never in URLs (so not in urllib3's debug log either), and every message this module
   writes or raises passes through :func:`redact` (an error page whole, before it is cut
@@ -41,6 +45,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import copy
 import email.utils
 import functools
 import hashlib
@@ -60,6 +65,7 @@ import urllib3
 
 from litpulse.core import __version__
 from litpulse.core.errors import (
+    AnswerTooLargeError,
     ConfigError,
     InvalidRequestError,
     LitpulseError,
@@ -215,6 +221,9 @@ _ERROR_BODY_BYTES = 64 << 10
 _READ_PIECE = 1 << 16
 #: Redirects that say the address moved for good: the URL setting is out of date.
 _MOVED_FOR_GOOD = (301, 308)
+#: The most redirects in a row a GET without form or secrets follows (see the module
+#: docstring).
+_MAX_REDIRECTS = 5
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -358,7 +367,7 @@ class HttpClient:
             stop: Once set, no further attempt is made and a wait between attempts
                 ends at once: :class:`~litpulse.core.errors.StoppedError`.
             max_bytes: The most decoded bytes the answer may hold; a larger one is a
-                transient failure, read no further.
+                transient failure (:class:`AnswerTooLargeError`), read no further.
 
         Raises:
             TransientSourceError: Still failing after ``max_retries`` retries (a timeout
@@ -382,16 +391,15 @@ class HttpClient:
                 return parse(response) if parse is not None else response
             except TransientSourceError as exc:
                 if attempt >= self.settings.max_retries:
-                    raise type(exc)(
-                        self.redact(f"{exc} (gave up after {attempt + 1} attempts)"),
-                        retry_after=exc.retry_after,
+                    raise _restated(
+                        exc, self.redact(f"{exc} (gave up after {attempt + 1} attempts)")
                     ) from None
                 if exc.retry_after is not None and exc.retry_after > RETRY_AFTER_MAX:
                     # not waited for here: the caller (a scheduler) retries much later
-                    raise type(exc)(
+                    raise _restated(
+                        exc,
                         self.redact(f"{exc} (the server asks to wait {exc.retry_after:.0f} s, "
                                     f"over {RETRY_AFTER_MAX:.0f} s: not waited for)"),
-                        retry_after=exc.retry_after,
                     ) from None
                 delay = self.backoff(attempt, exc.retry_after)
                 logger.warning(
@@ -423,23 +431,39 @@ class HttpClient:
     ) -> requests.Response:
         """One attempt. Without ``stream``, the answer is read whole (at most ``max_bytes``
         decoded, within ``http_timeout`` of the start) before it is returned; with it, the
-        caller reads it (a download)."""
-        self.limiter.acquire()
-        self.requests_sent += 1
+        caller reads it (a download). A redirect is followed where it is safe (see
+        :meth:`_unfollowed`), within the same deadline."""
         timeout = self.settings.http_timeout
         deadline = time.monotonic() + timeout
-        with _transport_errors(shown, self.redact):
-            response = self.session.request(
-                method,
-                url,
-                params=params,
-                data=data,
-                headers=dict(headers or {}),
-                timeout=timeout,
-                stream=True,  # read here, piece by piece: bounded in size and time
-                allow_redirects=False,
-            )
-        status = response.status_code
+        hops = 0
+        while True:
+            # a redirect to another host is spaced by that host's limiter
+            limiter = self.limiter if not hops else limiter_for(url, self.limiter.rate)
+            limiter.acquire()
+            self.requests_sent += 1
+            with _transport_errors(shown, self.redact):
+                response = self.session.request(
+                    method,
+                    url,
+                    params=params,
+                    data=data,
+                    headers=dict(headers or {}),
+                    timeout=timeout,
+                    stream=True,  # read here, piece by piece: bounded in size and time
+                    allow_redirects=False,  # followed below, only where it is safe
+                )
+            status = response.status_code
+            if not 300 <= status < 400:
+                break
+            response.close()
+            location = response.headers.get("Location")
+            refused = self._unfollowed(method, url, location, hops)
+            if refused:
+                raise self._redirected(shown, url, status, location, refused)
+            assert location is not None  # _unfollowed refuses a redirect without one
+            url, params, hops = urljoin(url, location), None, hops + 1  # the query is in it
+            shown = self.redact(f"{method} {url}")
+            logger.info("%s: redirected (HTTP %d)", shown, status)
         if status == 429:
             response.close()
             raise RateLimitedError(
@@ -452,9 +476,6 @@ class HttpClient:
                 f"{shown}: HTTP {status}",
                 retry_after=_retry_after(response.headers.get("Retry-After")),
             )
-        if 300 <= status < 400:
-            response.close()
-            raise self._redirected(shown, url, status, response.headers.get("Location"))
         if status >= 400 and status != 416:
             # the page whole (as much as is read for a message) redacted, then cut: a key
             # cut in two by the cut would match no pattern
@@ -475,10 +496,29 @@ class HttpClient:
         response._content = body  # what .content, .text and .json() read
         return response
 
-    def _redirected(self, shown: str, url: str, status: int, location: str | None) -> LitpulseError:
-        """The error of a redirect, never followed (see the module docstring)."""
+    def _unfollowed(self, method: str, url: str, location: str | None, hops: int) -> str:
+        """Why a redirect of ``url`` to ``location`` is not followed; empty when it is (see
+        the module docstring)."""
+        if method != "GET" or self.form:
+            return "not followed: the request, its form included, would go where the answer says"
+        if self.secrets:
+            return "not followed: the request, its key included, would go where the answer says"
+        if not location:
+            return "not followed: no address to follow"
+        scheme = urlsplit(urljoin(url, location)).scheme.lower()
+        if scheme not in ("http", "https"):
+            return "not followed: not an http(s) address"
+        if urlsplit(url).scheme.lower() == "https" and scheme != "https":
+            return "not followed: it leaves https for plain http"
+        if hops >= _MAX_REDIRECTS:
+            return f"not followed: over {_MAX_REDIRECTS} redirects in a row"
+        return ""
+
+    def _redirected(
+        self, shown: str, url: str, status: int, location: str | None, why: str
+    ) -> LitpulseError:
+        """The error of a redirect not followed (``why``: see :meth:`_unfollowed`)."""
         target = self.redact(urljoin(url, location)) if location else "an address not given"
-        why = "not followed: the request, its form included, would go where the answer says"
         if status in _MOVED_FOR_GOOD:
             setting = self.url_setting or "the base URL"
             return InvalidRequestError(
@@ -643,6 +683,14 @@ def _body(response: requests.Response, chunk_size: int) -> Iterator[bytes]:
         yield piece
 
 
+def _restated(exc: TransientSourceError, message: str) -> TransientSourceError:
+    """``exc`` (its class and attributes: ``retry_after``, an oversize answer's ``head``)
+    with ``message``."""
+    out = copy.copy(exc)
+    out.args = (message,)
+    return out
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc)
     return text if len(text) <= 300 else text[:300] + "…"
@@ -679,15 +727,18 @@ def _read_body(
     ``deadline``.
 
     Raises:
-        TransientSourceError: The body is larger, or still coming at the deadline.
+        AnswerTooLargeError: The body is larger (its first bytes kept).
+        TransientSourceError: The body is still coming at the deadline.
     """
     pieces: list[bytes] = []
     size = 0
     while piece := response.raw.read1(_READ_PIECE, decode_content=True):
         size += len(piece)
         if size > max_bytes:
-            raise TransientSourceError(
-                f"{shown}: answer over {max_bytes} bytes (decoded): not read further"
+            raise AnswerTooLargeError(
+                f"{shown}: answer over {max_bytes} bytes (decoded): not read further",
+                head=(pieces[0] if pieces else piece)[:_READ_PIECE],  # the first piece
+                size=size,
             )
         if time.monotonic() > deadline:
             raise TransientSourceError(

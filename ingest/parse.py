@@ -122,6 +122,7 @@ __all__ = [
     "MAX_PMID",
     "MAX_VERSION",
     "ParseLimits",
+    "answer_entry",
     "document_damage",
     "flatten_text",
     "iter_items",
@@ -705,6 +706,20 @@ def _per_deletion(entry: QuarantineEntry, raw: bytes) -> list[QuarantineEntry]:
         )  # fmt: skip
         for p in pmids
     ]
+
+
+def answer_entry(reason: str, head: bytes, ref: SourceRef, pmid: int) -> QuarantineEntry:
+    """The entry of ``pmid`` whose answer (to a request for it alone) was not read whole:
+    its first :data:`MAX_RAW_TAIL` bytes, told apart from another PMID's by the PMID
+    (two damaged answers may begin alike), the same answer met again one entry."""
+    kept = head[:MAX_RAW_TAIL]
+    return QuarantineEntry(
+        reason=reason,
+        raw_xml=f"<!-- the answer's first {len(kept)} bytes -->\n{_raw_text(kept)}",
+        source=ref,
+        pmid=pmid,
+        key=f"answer for PMID {pmid}",
+    )
 
 
 def _raw_text(raw: bytes) -> str:

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 __all__ = [
+    "AnswerTooLargeError",
     "ChecksumError",
     "ConfigError",
     "InvalidRequestError",
@@ -73,6 +74,19 @@ class TransientSourceError(SourceError):
 
 class RateLimitedError(TransientSourceError):
     """The server answered 429 Too Many Requests."""
+
+
+class AnswerTooLargeError(TransientSourceError):
+    """An answer over the decoded bytes its request may hold, read no further (a gzip
+    bomb, or a record larger than the caller can take): ``head`` holds its first bytes,
+    ``size`` the bytes read before it was given up."""
+
+    def __init__(
+        self, message: str, *, head: bytes = b"", size: int = 0, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.head = head
+        self.size = size
 
 
 class InvalidRequestError(SourceError, ValueError):
