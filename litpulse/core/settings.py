@@ -593,8 +593,10 @@ class Settings:
                 raise ConfigError(f"{env_name(name)} must be {kinds} URL, got {url!r}")
             if not url.endswith("/"):
                 object.__setattr__(self, name, url + "/")
-        # every digest e-mail's From and Message-ID: checked now, not by each e-mail failing
-        sender_address(self.digest_smtp_from, env_name("digest_smtp_from"))
+        # every digest e-mail's From and Message-ID: checked now, not by each e-mail failing;
+        # only when e-mail is sent (an unused sender, empty even, stops no command)
+        if self.digest_smtp_host:
+            sender_address(self.digest_smtp_from, env_name("digest_smtp_from"))
         webhook = self.digest_webhook_url
         if webhook and not webhook.startswith(("http://", "https://")):
             raise ConfigError(f"{env_name('digest_webhook_url')} must be an http(s) URL")

@@ -60,7 +60,7 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import ColumnElement, Engine, and_, desc, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -742,17 +742,23 @@ def _deliver(
     :func:`_messages`'; each one's key is recorded with its matches before it goes out.
     ``started``: when the digest began (its own matches are found after it).
 
-    A receiver that could not be reached or did not answer in time
-    (:attr:`DeliveryError.unanswered`) is not tried again this digest: the later searches'
-    messages on that channel wait for the next digest, each search's reported (tried for
-    each, a receiver down would cost the digest a timeout per search). One that answered,
-    a 5xx say, is tried for the next search: the failure may be one message's.
+    A receiver that could not be reached (:attr:`DeliveryError.unreachable`: no
+    connection) is not tried again this digest: the later searches' messages on that
+    channel wait for the next digest, each search's reported (tried for each, a receiver
+    down would cost the digest a timeout per search). One that took the request and did
+    not answer in time (:attr:`DeliveryError.unanswered`) may be stuck on that one message
+    (it goes first again next digest): the next search is tried, and the channel waits only
+    once :data:`UNANSWERED_IN_A_ROW` searches in a row got no answer (a receiver that
+    accepts and never answers costs that many timeouts a digest, not one a search). One
+    that answered, a 5xx say, is tried for the next search: the failure may be one
+    message's.
 
     Returns:
         Matches e-mailed, matches posted, failures (retried), warnings (not retried)."""
     owners = owner_addresses(engine) if settings.digest_smtp_host else {}
     sent = {"email": 0, "webhook": 0}
     down: dict[str, str] = {}  # channel: the search it could not reach the receiver for
+    unanswered: dict[str, int] = {}  # channel: searches in a row the receiver did not answer
     failures: list[str] = []
     warnings: list[str] = []
     for search in list_searches(settings, engine=engine):
@@ -763,10 +769,14 @@ def _deliver(
         if settings.digest_webhook_url:
             channels.append(("webhook", post_webhook))
         for channel, send in channels:
-            done, failed, said, unanswered = _deliver_channel(
+            done, failed, said, ended = _deliver_channel(
                 settings, engine, search, channel, send, started, down=down.get(channel)
             )
-            if unanswered and channel not in down:
+            if ended:  # tried: an answer resets the count
+                unanswered[channel] = unanswered.get(channel, 0) + 1 if ended != "answered" else 0
+            if channel not in down and (
+                ended == "unreachable" or unanswered.get(channel, 0) >= UNANSWERED_IN_A_ROW
+            ):
                 down[channel] = search.name
             sent[channel] += done
             failures += failed
@@ -783,12 +793,13 @@ def _deliver_channel(
     started: dt.datetime | None,
     *,
     down: str | None = None,
-) -> tuple[int, list[str], list[str], bool]:
+) -> tuple[int, list[str], list[str], _Ended]:
     """Send a search's pending matches on one channel (:func:`_messages`' messages, in
     their order); stamp what went out.
 
     ``down``: the search this digest could not reach the channel's receiver for (no
-    answer): nothing is sent, the pending matches wait for the next digest, reported.
+    connection, or no answer for :data:`UNANSWERED_IN_A_ROW` searches in a row): nothing is
+    sent, the pending matches wait for the next digest, reported.
 
     A failure (the receiver down, failing, refusing every message alike) stops the
     channel: the later messages wait, in order. A message the receiver refuses
@@ -802,9 +813,10 @@ def _deliver_channel(
     refused message still pending is reported, tried this digest or not.
 
     Returns:
-        Matches delivered, failures (retried), warnings (not retried), and whether the
-        receiver could not be reached or did not answer in time
-        (:attr:`DeliveryError.unanswered`).
+        Matches delivered, failures (retried), warnings (not retried), and how the last
+        exchange ended: ``"unreachable"`` (:attr:`DeliveryError.unreachable`), ``"timed
+        out"`` (reached, no answer in time: :attr:`DeliveryError.unanswered`),
+        ``"answered"``, or ``""`` (nothing tried).
     """
     dm = digest_matches.c
     key_col, sent_col = dm[f"{channel}_key"], dm[f"{channel}_sent_at"]
@@ -814,12 +826,14 @@ def _deliver_channel(
     if down is not None:
         waiting = sum(len(group) for _, group in messages)
         said = [f"{name}: {_matches_word(waiting)} wait for the next digest, not tried: the "
-                f"receiver could not be reached or did not answer in time for {down!r} "
-                "this digest"] if waiting else []  # fmt: skip
-        return 0, said, [], False
+                f"receiver could not be reached, or did not answer in time "
+                f"{UNANSWERED_IN_A_ROW} searches in a row, up to {down!r} this digest"
+                ] if waiting else []  # fmt: skip
+        return 0, said, [], ""
     queue = list(reversed(messages))  # popped from the end: the first message first
     tried: set[str] = set()
-    delivered, refused, taken, unanswered = 0, 0, False, False
+    delivered, refused, taken = 0, 0, False
+    ended: _Ended = ""
     failures: list[str] = []
     warnings: list[str] = []
     while queue:
@@ -840,7 +854,8 @@ def _deliver_channel(
             why = str(exc) if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}"
             if not (isinstance(exc, DeliveryError) and exc.refused):
                 failures.append(f"{name}: {why}")
-                unanswered = isinstance(exc, DeliveryError) and exc.unanswered
+                ended = ("answered" if not isinstance(exc, DeliveryError) or not exc.unanswered
+                         else "unreachable" if exc.unreachable else "timed out")  # fmt: skip
                 break  # unreachable or failing: the later ones wait, in order
             if exc.too_large and len(group) > 1 and first_try:  # it went nowhere: halved
                 with engine.begin() as conn:
@@ -864,11 +879,11 @@ def _deliver_channel(
                 f"{name}: {why} (refused: {_matches_word(len(group))} under key {key} stay "
                 "pending and are tried again after the others each digest)"
             )
-            refused += 1
+            refused, ended = refused + 1, "answered"
             if refused >= REFUSED_IN_A_ROW and not taken:
                 break  # it refuses every message (a revoked token): a few tries a digest
             continue
-        refused, taken = 0, True
+        refused, taken, ended = 0, True, "answered"
         with engine.begin() as conn:
             conn.execute(update(digest_matches).where(db.id_in_clause(conn, "id", ids))
                          .values({sent_col: utcnow(), refused_col: None}))  # fmt: skip
@@ -884,7 +899,7 @@ def _deliver_channel(
         if key not in tried and any(m.refused_at for m in group):
             failures.append(f"{name}: {_matches_word(len(group))} under key {key}, refused "
                             "before, wait (not tried this digest)")  # fmt: skip
-    return delivered, failures, warnings, unanswered
+    return delivered, failures, warnings, ended
 
 
 def _matches_word(n: int) -> str:
@@ -894,6 +909,14 @@ def _matches_word(n: int) -> str:
 #: Messages a receiver may refuse in a row (:attr:`DeliveryError.refused`) before a
 #: digest stops sending it that search's others: it refuses every message, not one.
 REFUSED_IN_A_ROW = 3
+
+#: Saved searches in a row whose message a receiver took and did not answer in time
+#: (:attr:`DeliveryError.unanswered`, reached) before a digest stops trying it: one may be
+#: stuck on one message, which goes first again each digest and must starve no other.
+UNANSWERED_IN_A_ROW = 2
+
+#: How a search's exchanges with a channel's receiver ended (:func:`_deliver_channel`).
+_Ended = Literal["", "answered", "timed out", "unreachable"]
 
 #: Most matches one message carries (an e-mail one can read, a webhook body well under a
 #: receiver's usual limit of 1 MiB: ~130 KB).

@@ -78,19 +78,23 @@ class DeliveryError(TransientSourceError):
     every message alike (a 5xx, a timeout, a redirect, a webhook's 401, 404 or 410, the
     SMTP server refusing the sender, every recipient or the DATA command itself), and the
     later messages wait, in order. ``unanswered``: of those, the receiver could not be
-    reached or did not answer within the exchange's time (a refused connection, a name
-    that does not resolve, a timeout): not one message's doing, so no other goes to it
-    this digest (a 5xx answered, and may be one message's).
+    reached or did not answer within the exchange's time (a 5xx answered, and may be one
+    message's). ``unreachable``: of those, no connection was made (refused, no route, a
+    name that does not resolve, the connect timing out): not one message's doing, so no
+    other goes to it this digest; a receiver that took the request and did not answer in
+    time may be stuck on that one message (the digest's ``_deliver`` counts those in a
+    row).
     """
 
     def __init__(
         self, message: str, *, refused: bool = False, too_large: bool = False,
-        unanswered: bool = False,
+        unanswered: bool = False, unreachable: bool = False,
     ) -> None:
         super().__init__(message)
         self.refused = refused or too_large
         self.too_large = too_large
-        self.unanswered = unanswered and not self.refused
+        self.unanswered = (unanswered or unreachable) and not self.refused
+        self.unreachable = unreachable and self.unanswered
 
 
 #: Webhook answers in 4xx that are no refusal of the message: "not now" (Request Timeout,
@@ -126,7 +130,8 @@ class _Deadline:
     Attributes:
         seconds: The exchange's time.
         reached: The receiver accepted the connection.
-        expired: The time ran out (a :class:`TimeoutError` was raised).
+        expired: The time ran out (a :class:`TimeoutError` was raised): connecting
+            (``reached`` false) or after (the request may have gone out).
     """
 
     def __init__(self, seconds: float) -> None:
@@ -151,6 +156,12 @@ class _Deadline:
     def unanswered(self) -> bool:
         """The receiver could not be reached, or did not answer in time."""
         return self.expired or not self.reached
+
+    @property
+    def unreachable(self) -> bool:
+        """No connection was made (refused, no route, unresolvable, the connect timed
+        out)."""
+        return not self.reached
 
     @property
     def said(self) -> str:
@@ -670,7 +681,8 @@ def send_email(
     except (OSError, smtplib.SMTPException) as exc:
         why = deadline.said if deadline.expired else str(exc)
         raise DeliveryError(f"e-mail to {msg['To']} failed: {why}",
-                            unanswered=deadline.unanswered) from exc  # fmt: skip
+                            unanswered=deadline.unanswered,
+                            unreachable=deadline.unreachable) from exc  # fmt: skip
     if not refused:
         return None
     why = "; ".join(
@@ -738,7 +750,8 @@ def post_webhook(
                if isinstance(exc, http.client.HTTPException) and not isinstance(exc, OSError)
                else str(exc))  # fmt: skip
         raise DeliveryError(f"webhook POST failed: {why}",
-                            unanswered=deadline.unanswered) from exc  # fmt: skip
+                            unanswered=deadline.unanswered,
+                            unreachable=deadline.unreachable) from exc  # fmt: skip
     if not 200 <= status < 300:
         raise DeliveryError(f"webhook answered HTTP {status}")
 
