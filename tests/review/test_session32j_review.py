@@ -341,7 +341,9 @@ def test_a_webhook_that_never_answers_is_waited_for_once_a_digest_not_once_a_sea
                 want[search.id]
             )
             assert any(repr(search.name) in line for line in failures), (search.name, failures)
-        assert server.accepted == 1, (
+        # 2, not 1: one that takes the request and never answers is down after two
+        # searches in a row (session 32o, O3: one stuck message must starve no other)
+        assert server.accepted == 2, (
             f"the webhook that never answered was waited for {server.accepted} times in one "
             "digest (once a saved search)"
         )
@@ -363,7 +365,11 @@ def test_a_sender_with_a_comment_keeps_the_message_id() -> None:
 
 def test_a_sender_with_an_idn_domain_is_refused_or_works() -> None:
     try:
-        s = Settings.from_env({"LITPULSE_DIGEST_SMTP_FROM": "digest@universität.example"})
+        # e-mail on: the sender is checked at load only then (session 32o, O4)
+        s = Settings.from_env({
+            "LITPULSE_DIGEST_SMTP_HOST": "relay.lab.example.org",
+            "LITPULSE_DIGEST_SMTP_FROM": "digest@universität.example",
+        })
     except ConfigError:
         return  # refused when the settings load: the operator is told at once
     msg = email_message(s, _search(), [_match()], to=["ann@lab.example.org"])
