@@ -209,6 +209,9 @@ class ParseLimits:
 
 _DEFAULT_LIMITS = ParseLimits()
 _ITEM_TAGS = ("PubmedArticle", "PubmedBookArticle", "DeleteCitation")
+#: The pull parser's filter: the item tags in any namespace or none (one in a namespace
+#: is quarantined, never skipped unseen).
+_ITEM_TAGS_ANY_NS = tuple(f"{{*}}{tag}" for tag in _ITEM_TAGS)
 
 
 # --------------------------------------------------------------------------- public API
@@ -488,6 +491,9 @@ def _read(
                 item = record_or_quarantine(elem, ref, True, offset)
             elif tag == "DeleteCitation":
                 yield from deletions(elem, ref, offset)
+                continue
+            elif isinstance(tag, str) and _local(elem) in _ITEM_TAGS:
+                yield from _namespaced_entries(elem, ref, offset)
                 continue
             else:
                 continue
@@ -816,7 +822,7 @@ def _pull_items(
 ) -> Iterator[Item]:
     """Slow, general path: an incremental pull parser over ``chunks`` (documents whose
     root is not ``PubmedArticleSet``). It stops at the first syntax error."""
-    parser = etree.XMLPullParser(events=("end",), tag=_ITEM_TAGS, **_PARSER_OPTIONS)
+    parser = etree.XMLPullParser(events=("end",), tag=_ITEM_TAGS_ANY_NS, **_PARSER_OPTIONS)
     state: dict[str, Any] = {"last": None}
     syntax_error: etree.XMLSyntaxError | None = None
     feed_error: str | None = None
@@ -849,6 +855,20 @@ def _local(elem: Any) -> str:
     """An element's tag without its namespace."""
     tag = elem.tag
     return str(etree.QName(tag).localname) if isinstance(tag, str) else str(tag)
+
+
+def _namespaced_entries(elem: Any, ref: SourceRef, offset: int) -> list[QuarantineEntry]:
+    """The entries of a record of a known kind in an XML namespace (``xmlns`` on it or on
+    the document): PubMed's records have none, so its fields are not read (a namespace
+    may mean another vocabulary); quarantined, never dropped unseen. A ``DeleteCitation``
+    gives one entry per PMID it names (none applied)."""
+    reason = (
+        f"record <{_local(elem)}> in XML namespace {etree.QName(elem).namespace!r} "
+        "(PubMed records have none): not read"
+    )
+    pmid = next((id_value(p.text, MAX_PMID) for p in elem.iter("{*}PMID")), None)
+    entry = element_entry(elem, ref, reason, offset, pmid=pmid)
+    return _per_deletion(entry, etree.tostring(elem, encoding="utf-8", with_tail=False))
 
 
 def _foreign_document(ref: SourceRef, root: Any) -> QuarantineEntry:
@@ -896,7 +916,9 @@ def _drain(parser: Any, ref: SourceRef, state: dict[str, Any], offset: int) -> I
     for _event, elem in parser.read_events():
         tag = elem.tag
         entity = next(elem.iter(etree.Entity), None)
-        if entity is not None:  # declared in the DTD, but never expanded
+        if tag not in _ITEM_TAGS:  # a known kind in a namespace (the filter is "{*}Tag")
+            yield from _namespaced_entries(elem, ref, offset)
+        elif entity is not None:  # declared in the DTD, but never expanded
             reason = f"entity reference {entity.text} in the record (entities are not expanded)"
             yield element_entry(elem, ref, reason, offset, pmid=pmid_guess(elem))
         elif tag == "DeleteCitation":

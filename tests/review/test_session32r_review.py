@@ -238,11 +238,6 @@ def test_a_record_with_its_end_tag_inside_cdata_is_stored_wherever_a_batch_ends(
 # --------------------------------------------------------------------------- R3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R3: records in a default namespace are skipped by "
-    "_read/_drain: 0 stored, 0 quarantined, run succeeded",
-)
 def test_records_in_a_namespace_are_stored_or_quarantined_never_dropped(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -254,7 +249,6 @@ def test_records_in_a_namespace_are_stored_or_quarantined_never_dropped(
     assert counts.inserted + counts.quarantined == 3
 
 
-@pytest.mark.xfail(strict=True, reason="R3: a PubmedArticle with its own xmlns is skipped")
 def test_a_record_with_its_own_xmlns_is_not_dropped() -> None:
     own = article(1).replace(b"<PubmedArticle>", b'<PubmedArticle xmlns="http://x.org/">')
     items = parse_bytes(_doc(own, article(2)), source_ref=REF)
