@@ -1,11 +1,12 @@
 """Cutting a decompressed PubMed XML byte stream at record boundaries, in bounded memory.
 
 :func:`pieces` finds record start tags with ``bytes.find`` (no regex over the records'
-bytes) and yields each record from its start tag to its end tag (or to the next record's
-start tag when its end tag is missing), the runs of bytes between records (bounded by
-:data:`MAX_GAP`), records over the size cap (their first :data:`MAX_RAW_TAIL` bytes) and
-the end of the input. :func:`split_records` re-cuts one batch record by record when it
-is not well-formed. :mod:`ingest.parse` parses what comes out.
+bytes; comments and CDATA are not seen, see :func:`open_markup`) and yields each record
+from its start tag to its end tag (or to the next record's start tag when its end tag is
+missing), the runs of bytes between records (bounded by :data:`MAX_GAP`), records over
+the size cap (their first :data:`MAX_RAW_TAIL` bytes) and the end of the input.
+:func:`split_records` re-cuts one batch record by record when it is not well-formed,
+seeing comments, CDATA sections and PIs. :mod:`ingest.parse` parses what comes out.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["MAX_GAP", "MAX_RAW_TAIL", "Piece", "HOW_ENDED", "pieces", "split_records"]
+__all__ = [
+    "MAX_GAP",
+    "MAX_RAW_TAIL",
+    "Piece",
+    "HOW_ENDED",
+    "open_markup",
+    "pieces",
+    "split_records",
+]
 
 #: Most bytes of a broken, oversize or unexpected element kept in its quarantine entry.
 MAX_RAW_TAIL = 1 << 16
@@ -117,9 +126,9 @@ def pieces(first: bytes, chunks: Iterator[bytes], line: int, max_record: int) ->
         search = open_from = s + 1
         ended = "closed"
         while True:
-            c = buf.find(closer, search)
+            c, after = _find_end(buf, closer, search)
             if c >= 0:
-                end = c + len(closer)
+                end = after
                 break
             end = _next_start(buf, open_from, len(buf))
             if end >= 0:
@@ -131,7 +140,8 @@ def pieces(first: bytes, chunks: Iterator[bytes], line: int, max_record: int) ->
                 end = len(buf)
                 ended = "eof"
                 break
-            search = max(s + 1, len(buf) - len(closer) + 1)
+            # an end tag's name read up to the buffer's end (blanks may follow) is kept
+            search = after if after >= 0 else max(s + 1, len(buf) - len(closer) + 1)
             open_from = max(s + 1, len(buf) - _KEEP)
             if s:
                 del buf[:s]
@@ -152,10 +162,10 @@ def pieces(first: bytes, chunks: Iterator[bytes], line: int, max_record: int) ->
                     end = len(buf)
                     how = HOW_ENDED["eof"]
                     break
-                c = buf.find(closer)
+                c, after = _find_end(buf, closer, 0)
                 o = _next_start(buf, 1, len(buf))
                 if c >= 0 and (o < 0 or c < o):
-                    end = c + len(closer)
+                    end = after
                     how = ""
                 elif o >= 0:
                     end = o
@@ -189,13 +199,34 @@ HOW_ENDED = {
 #: Bytes kept from one read to the next so that a tag cut in two is still found.
 _KEEP = 24
 _START_TAGS = (b"<PubmedArticle", b"<PubmedBookArticle", b"<DeleteCitation")
-#: End tag of a record by the 8th byte of its start tag (``<PubmedA``, ``<PubmedB``...).
+#: End tag of a record (up to its name: blanks may come before ``>``) by the 8th byte of
+#: its start tag (``<PubmedA``, ``<PubmedB``...).
 _END_TAGS = {
-    ord("A"): b"</PubmedArticle>",
-    ord("B"): b"</PubmedBookArticle>",
-    ord("C"): b"</DeleteCitation>",
+    ord("A"): b"</PubmedArticle",
+    ord("B"): b"</PubmedBookArticle",
+    ord("C"): b"</DeleteCitation",
 }
 _AFTER_NAME = frozenset(b" \t\r\n/>")
+_BLANKS = frozenset(b" \t\r\n")
+_GT = ord(">")
+
+
+def _find_end(buf: bytes | bytearray, closer: bytes, start: int) -> tuple[int, int]:
+    """The first end tag ``closer`` (``</Name``) + blanks + ``>`` from ``start`` (XML's
+    ``ETag ::= '</' Name S? '>'``): ``(its index, the index after its '>')``; ``(-1, i)``
+    when the one at ``i`` is read only up to the end of ``buf`` (more bytes may close it);
+    ``(-1, -1)`` when there is none. ``</PubmedArticleSet>`` is not ``</PubmedArticle``."""
+    i = buf.find(closer, start)
+    while i >= 0:
+        j = i + len(closer)
+        while j < len(buf) and buf[j] in _BLANKS:
+            j += 1
+        if j >= len(buf):
+            return -1, i
+        if buf[j] == _GT:
+            return i, j + 1
+        i = buf.find(closer, j)
+    return -1, -1
 
 
 def _next_start(buf: bytes | bytearray, start: int, end: int) -> int:
@@ -259,16 +290,89 @@ class _Run:
         self.size += end - start
 
 
-def split_records(data: bytes, line: int) -> Iterator[tuple[bytes, int]]:
-    """``data`` cut before every record start tag after its first byte (a record whose
-    end tag is missing runs into the next one)."""
-    start = 0
+#: Markup whose text is not markup: an opener and its terminator.
+_MARKUP = ((b"<!--", b"-->"), (b"<![CDATA[", b"]]>"), (b"<?", b"?>"))
+
+
+def _next_markup(data: bytes, start: int, stop: int) -> tuple[int, int, bytes]:
+    """The first comment, CDATA section or PI opening in ``data[start:stop]``: its index,
+    the index after its opener and its terminator; ``(-1, -1, b"")`` when there is none."""
+    best, body, term = -1, -1, b""
+    for opener, closer in _MARKUP:
+        i = data.find(opener, start, stop if best < 0 else best)
+        if i >= 0:
+            best, body, term = i, i + len(opener), closer
+    return best, body, term
+
+
+def open_markup(data: bytes, inside: bytes | None = None) -> bytes | None:
+    """The terminator of a comment, CDATA section or PI that ``data`` ends inside (None
+    when it ends outside); ``inside``: the terminator ``data`` starts inside of. The
+    cutter (:func:`pieces`) does not see such markup, so a piece may end at a record tag
+    written in a comment or CDATA section: :mod:`ingest.parse` never closes a batch
+    there."""
+    pos = 0
+    term = inside
     while True:
-        nxt = _next_start(data, start + 1, len(data))
-        if nxt < 0:
-            yield (data[start:] if start else data), line
+        if term is not None:
+            c = data.find(term, pos)
+            if c < 0:
+                return term
+            pos = c + len(term)
+        o, pos, term = _next_markup(data, pos, len(data))
+        if o < 0:
+            return None
+
+
+def split_records(data: bytes, line: int) -> Iterator[Piece]:
+    """One batch that is not well-formed, cut again: ``("item", bytes, line)`` for each
+    record (start tag to end tag, or to the next record's start tag when its end tag is
+    missing, or to the end of ``data``) and ``("gap", bytes, line)`` for what lies between.
+
+    Unlike :func:`pieces` (fast, streaming, markup-blind), record tags written inside
+    comments, CDATA sections and PIs are text here, so a commented-out
+    ``<DeleteCitation>`` stays in its gap (a comment) and a record holding
+    ``<![CDATA[</PubmedArticle>]]>`` is one item. Markup left open runs to the end.
+    """
+    pos, n = 0, len(data)
+    while pos < n:
+        start = _scan(data, pos, None)[0]
+        if start < 0:
+            start = n
+        if start > pos:
+            gap = data[pos:start]
+            yield ("gap", gap, line)
+            line += gap.count(b"\n")
+        if start >= n:
             return
-        sub = data[start:nxt]
-        yield sub, line
+        closer = _END_TAGS[data[start + 7]]
+        _, end = _scan(data, start + 1, closer)
+        sub = data[start:end]
+        yield ("item", sub, line)
         line += sub.count(b"\n")
-        start = nxt
+        pos = end
+
+
+def _scan(data: bytes, pos: int, closer: bytes | None) -> tuple[int, int]:
+    """From ``pos``, outside comments, CDATA sections and PIs: the first record start tag,
+    or (``closer`` given) end tag ``closer``, whichever comes first: ``(its index, the
+    index after it)`` for an end tag, ``(its index, its index)`` for a start tag;
+    ``(-1, len(data))`` when there is neither."""
+    n = len(data)
+    while True:
+        start = _find_start(data, pos, n)
+        stop = start if start >= 0 else n
+        c, after = _find_end(data, closer, pos) if closer is not None else (-1, -1)
+        if c >= stop:
+            c = -1
+        if c >= 0:
+            stop = c
+        o, body, term = _next_markup(data, pos, stop)
+        if o < 0:
+            if c >= 0:
+                return c, after
+            return (start, start) if start >= 0 else (-1, n)
+        t = data.find(term, body)
+        if t < 0:
+            return -1, n
+        pos = t + len(term)

@@ -82,6 +82,7 @@ from ingest.boundaries import (
     MAX_GAP,
     MAX_RAW_TAIL,
     Piece,
+    open_markup,
     pieces,
     split_records,
 )
@@ -142,6 +143,8 @@ MAX_FEED = 1 << 20
 
 #: Decompressed bytes parsed as one document by the fast path.
 BATCH_BYTES = 1 << 17
+#: Largest batch kept open because it ends inside a comment, CDATA section or PI.
+MAX_BATCH_BYTES = 64 * BATCH_BYTES
 #: Bytes searched for the ``<PubmedArticleSet>`` start tag before using the slow path.
 PROLOG_LIMIT = 1 << 20
 
@@ -519,21 +522,28 @@ _Unit = tuple[str, Any, int]
 
 
 def _units(pieces: Iterator[Piece]) -> Iterator[_Unit]:
-    """Group the pieces into units of parsing work, in document order (nothing parsed)."""
+    """Group the pieces into units of parsing work, in document order (nothing parsed).
+
+    A batch is not closed inside a comment, CDATA section or PI (the cutter may end a
+    piece at a record tag written there: the batch would not be well-formed, and the
+    record cut in two quarantined), unless it is already :data:`MAX_BATCH_BYTES` long.
+    """
     parts: list[Piece] = []
     size = 0
+    inside: bytes | None = None
     for piece in pieces:
         kind = piece[0]
         if kind == "item" or kind == "gap":
             parts.append(piece)
             size += len(piece[1])
-            if size >= BATCH_BYTES:
+            inside = open_markup(piece[1], inside)
+            if size >= BATCH_BYTES and (inside is None or size >= MAX_BATCH_BYTES):
                 yield ("batch", parts, size)
-                parts, size = [], 0
+                parts, size, inside = [], 0, None
             continue
         if parts:
             yield ("batch", parts, size)
-            parts, size = [], 0
+            parts, size, inside = [], 0, None
         yield ("piece", piece, 0)
     if parts:  # pragma: no cover - the pieces always end with an "end" piece
         yield ("batch", parts, size)
@@ -581,7 +591,8 @@ def _parse_batch(
     else:
         yield ("elems", tree, parts[0][2] - 1, size > max_text)
         return
-    for kind, data, line in parts:
+    # cut again, seeing comments, CDATA sections and PIs (the cutter's pieces do not)
+    for kind, data, line in split_records(b"".join(p[1] for p in parts), parts[0][2]):
         if kind == "gap":
             if data.strip():
                 try:
@@ -591,14 +602,13 @@ def _parse_batch(
                     for one in _per_deletion(entry, data):
                         yield ("entry", one, 0, False)
             continue
-        for sub, sub_line in split_records(data, line):
-            try:
-                elem = etree.fromstring(decl + sub, parser)
-            except etree.XMLSyntaxError as exc:
-                for one in _per_deletion(_syntax_entry(sub, sub_line, exc, ref), sub):
-                    yield ("entry", one, 0, False)
-            else:
-                yield ("elems", (elem,), sub_line - 1, len(sub) > max_text)
+        try:
+            elem = etree.fromstring(decl + data, parser)
+        except etree.XMLSyntaxError as exc:
+            for one in _per_deletion(_syntax_entry(data, line, exc, ref), data):
+                yield ("entry", one, 0, False)
+        else:
+            yield ("elems", (elem,), line - 1, len(data) > max_text)
 
 
 def _piece_entry(

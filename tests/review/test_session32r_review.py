@@ -168,11 +168,6 @@ BROKEN = article(4, title="<b>unclosed")
 # --------------------------------------------------------------------------- R1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R1: a commented-out DeleteCitation is applied "
-    "(PMID 2 tombstoned) when another record of its batch is broken",
-)
 def test_a_commented_out_deletion_is_never_applied_whatever_its_neighbours(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -184,11 +179,6 @@ def test_a_commented_out_deletion_is_never_applied_whatever_its_neighbours(
     assert (counts.deleted, counts.quarantined) == (0, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R1: the per-record fallback cuts a good record at "
-    "'<PubmedArticle>' inside its CDATA: quarantined for a broken neighbour",
-)
 def test_a_broken_record_costs_no_good_neighbour_of_its_batch() -> None:
     good = article(3, title="the <![CDATA[<PubmedArticle>]]> element")
     items = parse_bytes(_doc(article(1), good, BROKEN, article(5)), source_ref=REF)
@@ -222,11 +212,6 @@ def test_a_record_with_its_end_tag_inside_cdata_is_stored_inside_a_batch() -> No
     assert items[1].abstract.endswith("the tag </PubmedArticle> is text here tail")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R2: the cutter ends the record at '</PubmedArticle>' "
-    "in its CDATA; at a batch boundary the record is quarantined",
-)
 def test_a_record_with_its_end_tag_inside_cdata_is_stored_wherever_a_batch_ends() -> None:
     # 140 KB of abstract before the CDATA: the batch is over BATCH_BYTES at the fake end
     big = _cdata_record(7, 70_000)
@@ -258,11 +243,6 @@ def test_a_record_with_its_own_xmlns_is_not_dropped() -> None:
 # --------------------------------------------------------------------------- R4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R4: '</PubmedArticle >' is not found as an end tag; "
-    "the last record takes '</PubmedArticleSet>' in and is quarantined",
-)
 def test_an_end_tag_with_blanks_is_read_for_the_last_record_too() -> None:
     arts = b"".join(article(i) for i in (1, 2, 3)).replace(
         b"</PubmedArticle>", b"</PubmedArticle >"
