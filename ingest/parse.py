@@ -16,6 +16,8 @@ loops. At most a few batches are alive at once, so memory does not grow with the
 Where ``pip install -e .`` built it, a compiled reader (``ingest/_cfields.pyx``) reads
 each ``PubmedArticle`` by walking libxml2's nodes in C, with the same rules and results
 as the Python code, which takes every record the compiled one is unsure of.
+A UTF-16 document is transcoded to UTF-8 first and its root start tag is found past the
+prolog's comments, PIs and DOCTYPE (however long), so it is cut the same way.
 Documents that are not a ``PubmedArticleSet`` go through an incremental pull parser
 (``XMLPullParser`` with ``tag=`` filtering, elements cleared as it goes) instead; one of
 them that holds no record at all (an HTML error page saved under a PubMed file's name)
@@ -64,6 +66,7 @@ Example:
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import io
 import logging
@@ -145,7 +148,8 @@ MAX_FEED = 1 << 20
 BATCH_BYTES = 1 << 17
 #: Largest batch kept open because it ends inside a comment, CDATA section or PI.
 MAX_BATCH_BYTES = 64 * BATCH_BYTES
-#: Bytes searched for the ``<PubmedArticleSet>`` start tag before using the slow path.
+#: Bytes of prolog (comments, DOCTYPE) held before the ``<PubmedArticleSet>`` start
+#: tag; past that the prolog is read on without being held.
 PROLOG_LIMIT = 1 << 20
 
 #: Default of ``LITPULSE_MAX_RECORD_BYTES``: well above the largest real PubMed records
@@ -446,36 +450,179 @@ def _start(
     fh: IO[bytes], ref: SourceRef, limits: ParseLimits, *, warn: bool
 ) -> _Cut | Iterator[Item]:
     """Read up to the ``<PubmedArticleSet>`` start tag: the stream cut into pieces, or,
-    for anything else (or a stream unreadable at once), the pull parser's items."""
-    chunks = _chunks(fh)
+    for anything else (or a stream unreadable at once), the pull parser's items.
+
+    A UTF-16 document is read as UTF-8 (:func:`_as_utf8`), so it is cut like any other.
+    The root start tag is found after the prolog's declaration, comments, PIs and DOCTYPE
+    (:func:`_prolog`: a ``<PubmedArticleSet>`` written in one of them is text); a prolog
+    longer than :data:`PROLOG_LIMIT` is not held past that, only its declaration and lines.
+    """
+    origin = fh.tell() if _seekable(fh) else None
+    chunks = _as_utf8(_chunks(fh))
     head = bytearray()
     read_error: BaseException | None = None
-    m = None
+    pos, root_at, subset = 0, -1, False
+    decl: bytes | None = None
+    dropped_lines = 0
     try:
         for chunk in chunks:
             head += chunk
-            m = _ROOT_OPEN_RE.search(head, 0, PROLOG_LIMIT)
-            if m is not None or len(head) >= PROLOG_LIMIT:
+            pos, root_at, in_subset = _prolog(head, pos)
+            subset = subset or in_subset
+            if root_at >= 0 and head.find(b">", root_at) >= 0:
                 break
+            if root_at < 0 and pos > PROLOG_LIMIT:  # a long prolog: not held any longer
+                if decl is None:
+                    decl = _decl(head)
+                dropped_lines += head.count(b"\n", 0, pos)
+                del head[:pos]
+                pos = 0
     except (OSError, EOFError, zlib.error) as exc:
-        if isinstance(exc, OSError) and not head:
+        if isinstance(exc, OSError) and not head and decl is None:
             raise ParseError(f"cannot read {ref.location}: {exc}") from exc
         read_error = exc
+    m = _ROOT_OPEN_RE.match(head, root_at) if root_at >= 0 else None
     if m is None or read_error is not None:
-        # Not a PubmedArticleSet (or its start tag is beyond PROLOG_LIMIT), or unreadable
-        # at once: read it all with the incremental parser.
-        return _pull_items(_chain_chunks(bytes(head), chunks, read_error), ref, 0)
-    if warn and _INTERNAL_SUBSET_RE.search(head, 0, m.start()):
+        # Not a PubmedArticleSet, or unreadable at once: read it all with the incremental
+        # parser (from the start again where the prolog was not held whole).
+        if decl is None:
+            return _pull_items(_chain_chunks(bytes(head), chunks, read_error), ref, 0)
+        if origin is not None and read_error is None:
+            fh.seek(origin)
+            return _pull_items(_as_utf8(_chunks(fh)), ref, 0)
+        reason = (
+            f"not a PubmedArticleSet document (its prolog is over {PROLOG_LIMIT} bytes and "
+            "the stream cannot be read again)"
+        )
+        return iter([_entry(reason, bytes(head), len(head), ref, dropped_lines + 1, placed=True)])
+    if warn and subset:
         logger.warning(
             "%s: the DOCTYPE's internal subset is ignored; a record using one of its "
             "entities is quarantined",
             ref.location,
         )
-    decl_match = _XML_DECL_RE.match(head)
-    decl = bytes(decl_match.group(0)) if decl_match else b""
+    if decl is None:
+        decl = _decl(head)
     root = bytes(m.group(0)).replace(b"\n", b" ").replace(b"\r", b" ")  # as written
-    line = head.count(b"\n", 0, m.end()) + 1
+    line = dropped_lines + head.count(b"\n", 0, m.end()) + 1
     return _Cut(pieces(bytes(head[m.end() :]), chunks, line, limits.max_record_bytes), decl, root)
+
+
+def _seekable(fh: IO[bytes]) -> bool:
+    try:
+        return bool(fh.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _decl(head: bytes | bytearray) -> bytes:
+    """The document's XML declaration (after a UTF-8 BOM, if any), else nothing."""
+    m = _XML_DECL_RE.match(head, 3 if head.startswith(_UTF8_BOM) else 0)
+    return bytes(m.group(0)) if m else b""
+
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+_BLANK_BYTES = frozenset(b" \t\r\n")
+_DOCTYPE_TOKEN_RE = re.compile(rb"[\"'\[>]")
+_SUBSET_TOKEN_RE = re.compile(rb"[\"'\]]|<!--|<\?")
+_TERMINATORS = {b"<?": b"?>", b"<!--": b"-->", b'"': b'"', b"'": b"'"}
+
+
+def _prolog(head: bytes | bytearray, pos: int) -> tuple[int, int, bool]:
+    """The prolog skipped from ``pos`` (blanks, the XML declaration, comments, PIs, the
+    DOCTYPE with its internal subset): ``(where the prolog's whole constructs end, the
+    index of the root element's '<' or of anything else that is no prolog, else -1 while
+    the prolog is not read to its end, whether a DOCTYPE with an internal subset was
+    passed)``."""
+    n = len(head)
+    subset = False
+    while True:
+        if pos == 0 and head.startswith(_UTF8_BOM):
+            pos = 3
+        while pos < n and head[pos] in _BLANK_BYTES:
+            pos += 1
+        if n - pos < 9:  # too short to tell a comment or DOCTYPE from the root
+            return pos, -1, subset
+        if head[pos] != 0x3C:  # text: not a prolog, the parser will say what it is
+            return pos, pos, subset
+        if head.startswith(b"<?", pos) or head.startswith(b"<!--", pos):
+            opener = b"<?" if head[pos + 1] == 0x3F else b"<!--"
+            term = _TERMINATORS[opener]
+            end = head.find(term, pos + len(opener))
+            end = end + len(term) if end >= 0 else -1
+        elif head.startswith(b"<!DOCTYPE", pos):
+            end = _doctype_end(head, pos + 9)
+            subset = subset or (end >= 0 and _INTERNAL_SUBSET_RE.match(head, pos) is not None)
+        else:
+            return pos, pos, subset
+        if end < 0:
+            return pos, -1, subset
+        pos = end
+
+
+def _doctype_end(head: bytes | bytearray, pos: int) -> int:
+    """The index after the ``>`` ending a DOCTYPE whose body starts at ``pos`` (quoted
+    strings, the internal subset's comments, PIs and quoted strings skipped), else -1."""
+    in_subset = False
+    while True:
+        m = (_SUBSET_TOKEN_RE if in_subset else _DOCTYPE_TOKEN_RE).search(head, pos)
+        if m is None:
+            return -1
+        tok = m.group(0)
+        if tok == b">":
+            return m.end()
+        if tok in (b"[", b"]"):
+            in_subset = tok == b"["
+            pos = m.end()
+            continue
+        term = _TERMINATORS[tok]
+        end = head.find(term, m.end())
+        if end < 0:
+            return -1
+        pos = end + len(term)
+
+
+#: ``(encoding="...")`` of a decoded XML declaration, rewritten as UTF-8.
+_DECL_ENCODING_RE = re.compile(r"""\A(<\?xml\b[^>]*?\bencoding\s*=\s*)(["'])[^"']*\2""")
+
+
+def _utf16_codec(first: bytes) -> str | None:
+    """The UTF-16 codec of a document by its first bytes (a BOM, or ``<?`` in UTF-16)."""
+    if first[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):  # UTF-32: left to libxml2
+        return None
+    if first[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "utf-16"
+    if first[:4] == b"<\x00?\x00":
+        return "utf-16-le"
+    if first[:4] == b"\x00<\x00?":
+        return "utf-16-be"
+    return None
+
+
+def _as_utf8(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """The decompressed stream, a UTF-16 document transcoded to UTF-8 (its declaration
+    saying so), so that it is cut into records and its caps hold as for any other; text
+    that is not valid UTF-16 is an :class:`OSError` (unreadable input) where it starts."""
+    first = b""
+    for block in chunks:
+        first += block
+        if len(first) >= 256:
+            break
+    codec = _utf16_codec(first)
+    if codec is None:
+        if first:
+            yield first
+        yield from chunks
+        return
+    decoder = codecs.getincrementaldecoder(codec)("strict")
+    try:
+        text = _DECL_ENCODING_RE.sub(r'\g<1>"UTF-8"', decoder.decode(first), count=1)
+        yield text.encode("utf-8")
+        for block in chunks:
+            yield decoder.decode(block).encode("utf-8")
+        yield decoder.decode(b"", final=True).encode("utf-8")
+    except UnicodeError as exc:
+        raise OSError(f"not valid {codec.upper()}: {exc}") from exc
 
 
 def _read(

@@ -284,11 +284,6 @@ def test_the_size_caps_hold_for_a_utf8_document() -> None:
     assert "LITPULSE_MAX_RECORD_BYTES" in items[1].reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R5: the pull parser (UTF-16, long prolog) applies "
-    "neither LITPULSE_MAX_TEXT_CHARS nor LITPULSE_MAX_RECORD_BYTES",
-)
 @pytest.mark.parametrize("build", [_utf16, _long], ids=["utf16", "long-prolog"])
 def test_the_size_caps_hold_for_a_document_read_by_the_pull_parser(build: Any) -> None:
     items = parse_bytes(build(OVER), source_ref=REF, limits=CAPS)
@@ -308,11 +303,6 @@ def _pulled_with_laughs(_: str) -> bytes:
     return _utf16([article(1), article(2, title="&lol9;"), *GOOD_AFTER], head)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R6: the pull parser stops at the first syntax error: "
-    "the 5 good records after a broken one are lost",
-)
 @pytest.mark.parametrize(
     ("build", "kind"),
     [
@@ -328,9 +318,6 @@ def test_a_broken_record_in_a_pulled_document_costs_that_record_only(build: Any,
     assert [p for t, p in _kinds(items) if t == "QuarantineEntry"] == [2]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="R6: a UTF-16 file with one broken record stores only the records before it"
-)
 def test_a_broken_record_in_a_pull_parsed_document_costs_that_record_only(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -343,11 +330,6 @@ def test_a_broken_record_in_a_pull_parsed_document_costs_that_record_only(
 # --------------------------------------------------------------------------- R7
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R7: the root start tag is taken inside a prolog "
-    "comment; the real one is quarantined as a gap",
-)
 @pytest.mark.parametrize(
     "prolog",
     [
