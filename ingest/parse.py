@@ -37,8 +37,9 @@ field's characters: a longer record is quarantined by its first :data:`MAX_RAW_T
 bytes and skipped unread; runs of blanks or junk between records are counted, not
 held. Entities are never expanded (a record using one is quarantined, the DOCTYPE's
 internal subset is ignored), no DTD is loaded, nothing is fetched, and libxml2 keeps its
-own depth and size limits. A truncated file yields every whole record and one entry
-for the cut; only a file that cannot be opened at all raises
+own depth limit (its text-node cap is lifted for ``PubmedArticleSet`` batches, which hold
+no DOCTYPE: the record-bytes cap bounds them). A truncated file yields every whole record
+and one entry for the cut; only a file that cannot be opened at all raises
 :class:`~litpulse.core.errors.ParseError` (on first iteration).
 
 Modules: this one cuts the stream into records, enforces the limits and quarantines what
@@ -173,7 +174,8 @@ _OWN_PMID_RE = re.compile(
     rb"<(?:MedlineCitation|BookDocument)\b[^>]*>\s*<PMID\b[^>]*>\s*([0-9]{1,10})\s*</PMID>"
 )
 _DELETE_CITATION = b"<DeleteCitation"
-#: libxml2 keeps its own limits (nesting depth 256, 10 MB text nodes, entity
+#: The pull parser's options (documents that are not a ``PubmedArticleSet``, DOCTYPE
+#: and all): libxml2 keeps its own limits (nesting depth 256, 10 MB text nodes, entity
 #: amplification) because ``huge_tree`` is off; entities are never expanded, nothing is
 #: fetched and no DTD is loaded.
 _PARSER_OPTIONS: dict[str, Any] = {
@@ -184,6 +186,12 @@ _PARSER_OPTIONS: dict[str, Any] = {
     "remove_comments": True,
     "remove_pis": True,
 }
+#: The batch parser's: ``huge_tree`` on, so a text field of up to
+#: ``LITPULSE_MAX_TEXT_CHARS`` (268 M at most, over libxml2's 10 MB text-node cap) is
+#: read and :func:`_cap_text` judges it. A batch holds no DOCTYPE, so no entity is ever
+#: declared (a record using one does not parse and is quarantined), and
+#: ``LITPULSE_MAX_RECORD_BYTES`` bounds what one record costs.
+_BATCH_PARSER_OPTIONS: dict[str, Any] = {**_PARSER_OPTIONS, "huge_tree": True}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -427,7 +435,7 @@ def _stream_units(
             yield 0, started
         yield 1, None
         return
-    parser = etree.XMLParser(**_PARSER_OPTIONS)
+    parser = etree.XMLParser(**_BATCH_PARSER_OPTIONS)
     max_text = limits.max_text_chars
     total = 0
     for u, unit in enumerate(_units(started.pieces)):
@@ -715,7 +723,7 @@ def _batches(
 ) -> Iterator[tuple[str, Any, int, bool]]:
     """Parse the pieces in batches: ``("elems", elements, line offset, check_text)`` or
     ``("entry", QuarantineEntry, 0, False)``, in document order."""
-    parser = etree.XMLParser(**_PARSER_OPTIONS)
+    parser = etree.XMLParser(**_BATCH_PARSER_OPTIONS)
     for unit in _units(cut.pieces):
         yield from _unit_batches(unit, cut, parser, ref, limits)
 

@@ -346,11 +346,6 @@ def test_a_root_tag_named_in_a_prolog_comment_quarantines_nothing(prolog: bytes)
 # --------------------------------------------------------------------------- R8
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R8: libxml2's 10 MB text-node cap (huge_tree off) "
-    "quarantines a field the LITPULSE_MAX_TEXT_CHARS setting allows",
-)
 def test_a_text_field_within_a_raised_text_cap_is_stored() -> None:
     limits = ParseLimits(max_record_bytes=64 << 20, max_text_chars=32 << 20)  # README range
     items = parse_bytes(
