@@ -5,7 +5,23 @@ hostile or unusual but real-format input: ``ingest/parse.py``, ``ingest/boundari
 ``ingest/files.py``. Every test drives the real code (``parse_bytes``, ``iter_items``,
 ``iter_units``, ``ingest_files``), on SQLite and PostgreSQL where a store matters.
 
-Defects (strict xfails asserting the correct behaviour):
+Each defect was a strict xfail asserting the correct behaviour; all 8 were fixed in the
+same session and are plain tests now: R1 a batch that fails is cut again by
+``ingest.boundaries.split_records``, which skips ``<!--...-->``, ``<![CDATA[...]]>`` and
+``<?...?>`` (a commented-out block stays in its gap, a CDATA tag stays text); R2 ``_units``
+never closes a batch inside such markup (``boundaries.open_markup``, up to
+``MAX_BATCH_BYTES``); R3 a record of a known kind in a namespace is quarantined with the
+reason "record ... in XML namespace ..." (one entry per PMID of a deletion, none applied),
+the pull parser filtering ``{*}Tag``; R4 an end tag is ``</Tag`` + blanks + ``>``
+(``boundaries._find_end``); R5-R6 a UTF-16 document is transcoded to UTF-8
+(``parse._as_utf8``) and a long prolog is read past (not held past ``PROLOG_LIMIT``), so
+both take the fast path with its caps and per-record fallback; R7 the root start tag is
+found after the prolog's declaration, comments, PIs and DOCTYPE (``parse._prolog``); R8
+``PubmedArticleSet`` batches are parsed with ``huge_tree`` (no DOCTYPE in a batch, so no
+entity can be declared; the record-bytes cap bounds a record), the pull parser keeping
+libxml2's limits.
+
+Defects:
 
 R1 **A commented-out ``DeleteCitation`` (or record) between two records is applied when
    another record of its batch is broken.** The cutter (``ingest.boundaries.pieces``)
