@@ -152,6 +152,9 @@ MAX_BATCH_BYTES = 64 * BATCH_BYTES
 #: Bytes of prolog (comments, DOCTYPE) held before the ``<PubmedArticleSet>`` start
 #: tag; past that the prolog is read on without being held.
 PROLOG_LIMIT = 1 << 20
+#: Longest single prolog construct (a comment, the DOCTYPE) held while looking for its
+#: end; a document with a longer one goes to the pull parser.
+PROLOG_MARKUP_LIMIT = 16 << 20
 
 #: Default of ``LITPULSE_MAX_RECORD_BYTES``: well above the largest real PubMed records
 #: (several thousand authors with affiliations, or thousands of references, come to a
@@ -472,12 +475,18 @@ def _start(
     pos, root_at, subset = 0, -1, False
     decl: bytes | None = None
     dropped_lines = 0
+    scanned = 0
     try:
         for chunk in chunks:
             head += chunk
+            if len(head) < 2 * scanned:  # inside one long construct: read on (linear time)
+                continue
             pos, root_at, in_subset = _prolog(head, pos)
             subset = subset or in_subset
             if root_at >= 0 and head.find(b">", root_at) >= 0:
+                break
+            if len(head) - pos > PROLOG_MARKUP_LIMIT:  # one construct too long to hold
+                root_at = -1
                 break
             if root_at < 0 and pos > PROLOG_LIMIT:  # a long prolog: not held any longer
                 if decl is None:
@@ -485,6 +494,10 @@ def _start(
                 dropped_lines += head.count(b"\n", 0, pos)
                 del head[:pos]
                 pos = 0
+            scanned = len(head)
+        else:
+            pos, root_at, in_subset = _prolog(head, pos)  # the end: what was read last
+            subset = subset or in_subset
     except (OSError, EOFError, zlib.error) as exc:
         if isinstance(exc, OSError) and not head and decl is None:
             raise ParseError(f"cannot read {ref.location}: {exc}") from exc
