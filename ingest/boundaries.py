@@ -311,6 +311,8 @@ def open_markup(data: bytes, inside: bytes | None = None) -> bytes | None:
     cutter (:func:`pieces`) does not see such markup, so a piece may end at a record tag
     written in a comment or CDATA section: :mod:`ingest.parse` never closes a batch
     there."""
+    if inside is None and b"!" not in data and b"?" not in data:  # memchr: the usual case
+        return None
     pos = 0
     term = inside
     while True:
