@@ -219,7 +219,8 @@ def retrain(
 
     Args:
         settings: The settings (gate margins, seed, device, serving sequence length).
-        dry_run: Mine and count the pairs, then stop.
+        dry_run: Mine and count the pairs, then stop; nothing is written or pruned (the
+            old rejected versions a round would prune are named in the reasons).
         from_base: Start a fresh adapter on the base model from all articles, instead
             of continuing the active adapter on the articles since its window.
         progress: Show progress bars.
@@ -252,16 +253,25 @@ def retrain(
         f"another retrain ({who}) is running; nothing was done: run again when it is done"
     ))  # fmt: skip
     try:
-        registry.prune_adapters(settings, engine=engine)  # what killed rounds left
-        registry.prune_rejected(settings, engine=engine)  # old rejected candidates
-        prune_untrained(engine)  # held-back records no round will read
-        return _retrain(
+        would_prune: list[str] = []
+        if dry_run:  # a dry run writes nothing: it only says what a round would prune
+            would_prune = registry.prune_rejected(settings, dry_run=True, engine=engine)
+        else:
+            registry.prune_adapters(settings, engine=engine)  # what killed rounds left
+            registry.prune_rejected(settings, engine=engine)  # old rejected candidates
+            prune_untrained(engine)  # held-back records no round will read
+        report = _retrain(
             settings, engine, options, lease, dry_run=dry_run, from_base=from_base,
             progress=progress,
             min_new_articles=min_new_articles, pair_filter=pair_filter, promote_by=promote_by,
             reindex=reindex, mine_kwargs={"lexical": negatives, **(mine_kwargs or {})},
             started=started,
         )
+        if would_prune:
+            report = dataclasses.replace(report, reasons=(*report.reasons, (
+                f"a round would prune the folders of {len(would_prune)} old rejected "
+                f"version(s): {', '.join(would_prune)}")))
+        return report
     finally:
         lease.release()
 

@@ -391,13 +391,6 @@ def test_q3_a_version_whose_adapter_weights_are_gone_cannot_be_promoted_or_rolle
 # ------------------------------------------------------------------------------- Q4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Q4: retrain --dry-run prunes (deletes rejected versions' adapters, appends events) "
-        "though it is to write nothing"
-    ),
-)
 def test_q4_a_dry_run_retrain_prunes_nothing(settings: Settings) -> None:
     old = _version(settings, "old", status=ModelStatus.REJECTED)
     _age(settings, old, days=settings.keep_rejected_days + 5)
