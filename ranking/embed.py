@@ -722,7 +722,8 @@ def _longest_input(encoder: SentenceTransformer) -> int | None:
 
 def adapter_problem(path: str | None, sha256: str | None) -> str | None:
     """Why the adapter in ``path`` cannot serve the version that recorded ``sha256`` for
-    its weights (the folder is missing, or its weights changed since), or ``None``.
+    its weights (the folder is missing, its weights file is gone, or its weights changed
+    since), or ``None``.
 
     Example:
         >>> adapter_problem("/nowhere", None)
@@ -731,7 +732,9 @@ def adapter_problem(path: str | None, sha256: str | None) -> str | None:
     if not path or not os.path.isdir(path):
         return f"adapter folder {path!r} is missing"
     weights = os.path.join(path, ADAPTER_WEIGHTS)
-    if sha256 and os.path.isfile(weights):
+    if sha256 and not os.path.isfile(weights):  # a prune or restore cut half-way through
+        return f"the adapter's weights {weights!r} are missing"
+    if sha256:
         found = file_sha256(weights)
         if found != sha256:
             return (

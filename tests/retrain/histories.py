@@ -8,11 +8,13 @@ first (as the gate would), rejects the second and rolls the first back.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import time
 from typing import Any
 
 from litpulse.core.settings import Settings
 from litpulse.core.states import ModelStatus
+from ranking.embed import ADAPTER_WEIGHTS
 from retrain import registry
 
 W1 = dt.datetime(2024, 6, 1, tzinfo=dt.UTC)
@@ -58,12 +60,15 @@ def training(steps: int, pairs: int) -> dict[str, Any]:
     }
 
 
-def _folder(settings: Settings, version: str) -> str:
-    """An adapter folder for ``version`` (empty: the registry only needs it there, as a
-    rollback checks that the version it goes back to can serve)."""
+def adapter_folder(settings: Settings, version: str) -> tuple[str, str]:
+    """An adapter folder for ``version`` holding a (fake) weights file, and that file's
+    SHA-256, as a retrain registers them (a promotion or rollback checks that the version
+    can serve: its folder and its weights there, unchanged)."""
     folder = settings.ensure_home() / "adapters" / version
     folder.mkdir(parents=True, exist_ok=True)
-    return str(folder)
+    weights = folder / ADAPTER_WEIGHTS
+    weights.write_bytes(version.encode() * 64)
+    return str(folder), hashlib.sha256(weights.read_bytes()).hexdigest()
 
 
 def register_history(settings: Settings, reindex: Any = None) -> tuple[str, str]:
@@ -75,11 +80,12 @@ def register_history(settings: Settings, reindex: Any = None) -> tuple[str, str]
     """
     reindex = reindex or (lambda s: None)
     a = registry.new_version_id("a" * 6, dt.datetime(2024, 6, 2, tzinfo=dt.UTC))
+    a_path, a_sha = adapter_folder(settings, a)
     registry.register(
         settings,
         id=a,
-        adapter_path=_folder(settings, a),
-        adapter_sha256="a" * 64,
+        adapter_path=a_path,
+        adapter_sha256=a_sha,
         parent_id=None,
         window_start=None,
         window_end=W1,
@@ -105,11 +111,12 @@ def register_history(settings: Settings, reindex: Any = None) -> tuple[str, str]
     registry.promote(settings, a, by="gate", reason="fresh gained; older held", reindex=reindex)
     time.sleep(0.01)
     b = registry.new_version_id("b" * 6, dt.datetime(2024, 9, 2, tzinfo=dt.UTC))
+    b_path, b_sha = adapter_folder(settings, b)
     registry.register(
         settings,
         id=b,
-        adapter_path=_folder(settings, b),
-        adapter_sha256="b" * 64,
+        adapter_path=b_path,
+        adapter_sha256=b_sha,
         parent_id=a,
         window_start=W1,
         window_end=W2,

@@ -15,14 +15,15 @@ from litpulse.core.settings import Settings, default_model_path
 from litpulse.core.states import ModelStatus
 from retrain import registry
 from retrain.evaluate import gate
+from tests.retrain.histories import adapter_folder
 
 
 def _register(settings: Settings, digest: str, *, adapter_path: str | None = None,
               sha: str | None = None) -> str:
     vid = registry.new_version_id(digest * 6)
     if adapter_path is None:  # there: a rollback may go back to it
-        adapter_path = str(settings.ensure_home() / "adapters" / vid)
-        Path(adapter_path).mkdir(parents=True)
+        adapter_path, written = adapter_folder(settings, vid)
+        sha = sha or written
     registry.register(
         settings, id=vid, adapter_path=adapter_path,
         adapter_sha256=sha or digest * 64, parent_id=None, window_start=None,

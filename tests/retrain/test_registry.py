@@ -15,6 +15,7 @@ from litpulse.core.errors import ConfigError, NotFoundError
 from litpulse.core.settings import Settings
 from litpulse.core.states import ModelEvent, ModelStatus
 from retrain import registry
+from tests.retrain.histories import adapter_folder
 
 
 class Reindex:
@@ -34,10 +35,9 @@ class Reindex:
 
 def _register(settings: Settings, digest: str, parent: str | None = None) -> str:
     vid = registry.new_version_id(digest * 6)
-    folder = settings.ensure_home() / "adapters" / vid  # there: a rollback may go back to it
-    folder.mkdir(parents=True, exist_ok=True)
+    folder, sha = adapter_folder(settings, vid)  # there: a rollback may go back to it
     registry.register(
-        settings, id=vid, adapter_path=str(folder), adapter_sha256=digest * 64,
+        settings, id=vid, adapter_path=folder, adapter_sha256=sha,
         parent_id=parent, window_start=None,
         window_end=dt.datetime(2024, 12, 1, tzinfo=dt.UTC),
         pair_counts={"title_abstract": 10}, options={"r": 8},
@@ -52,7 +52,8 @@ def test_register_and_read_back(settings: Settings) -> None:
     assert vid.startswith("m-") and vid.endswith("-aaaaaa")
     m = registry.get_model(settings, vid)
     assert m.status == "candidate" and m.base_model == "all-MiniLM-L6-v2"
-    assert m.pair_counts == {"title_abstract": 10} and m.adapter_sha256 == "a" * 64
+    assert m.pair_counts == {"title_abstract": 10}
+    assert m.adapter_sha256 == adapter_folder(settings, vid)[1]
     assert [v.id for v in registry.list_models(settings)] == [vid]
     assert registry.active_version(settings) is None
     with pytest.raises(NotFoundError):
@@ -198,7 +199,10 @@ def test_the_next_retrain_prunes_orphan_adapters(settings: Settings) -> None:
     adapters = settings.ensure_home() / "adapters"
     orphan = _folder(adapters / ".tmp-0123456789ab", 2 * 24 * 3600.0, settings)
     report = retrain(settings, reindex=reindex_now, dry_run=True)
-    assert report.status in ("dry_run", "skipped")
+    assert report.status == "dry_run"
+    assert orphan.exists()  # a dry run writes nothing, prunes nothing (session 32q, Q4)
+    report = retrain(settings, reindex=reindex_now)  # nothing to train on: skipped
+    assert report.status == "skipped"
     assert not orphan.exists()
 
 

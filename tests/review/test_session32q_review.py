@@ -360,13 +360,6 @@ def test_q2_a_promotion_racing_a_rollback_never_revives_the_rolled_back_version(
 # ------------------------------------------------------------------------------- Q3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Q3: adapter_problem takes a folder without its weights file for one that can serve: "
-        "promote switches to it, rollback does not pass over it"
-    ),
-)
 def test_q3_a_version_whose_adapter_weights_are_gone_cannot_be_promoted_or_rolled_back_to(
     settings: Settings,
 ) -> None:
