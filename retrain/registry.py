@@ -40,7 +40,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, desc, func, insert, select, text, update
 
 from litpulse.core.db import connect, folder_store, store_id
-from litpulse.core.errors import ConfigError, NotFoundError
+from litpulse.core.errors import ConfigError, ConsistencyError, NotFoundError
 from litpulse.core.schema import articles, model_versions
 from litpulse.core.settings import DEFAULT_MODEL, Settings
 from litpulse.core.states import ModelEvent, ModelStatus
@@ -49,6 +49,8 @@ from ranking.embed import BASE_MODEL_ID, adapter_problem
 
 __all__ = [
     "ADAPTER_MAX_AGE_S",
+    "ANY_ACTIVE",
+    "ActiveChangedError",
     "STATUSES",
     "BASE_ID",
     "ModelVersion",
@@ -118,6 +120,21 @@ class ModelVersion:
         d = {k: iso(v) for k, v in dataclasses.asdict(self).items()}
         d["status"] = str(self.status)  # plain text for JSON and the API
         return d
+
+
+#: :func:`promote`'s ``expected_active`` default: whichever version is active.
+ANY_ACTIVE: object = object()
+
+
+class ActiveChangedError(ConsistencyError):
+    """:func:`promote` found another version active than the one it was to replace
+    (a person promoted or rolled back meanwhile); nothing was switched."""
+
+    def __init__(self, expected: str | None, active: str | None) -> None:
+        super().__init__(f"the active model is {active or BASE_ID}, not "
+                         f"{expected or BASE_ID}: nothing was switched")
+        self.expected = expected
+        self.active = active
 
 
 def new_version_id(digest: str, when: dt.datetime | None = None) -> str:
@@ -426,6 +443,7 @@ def promote(
     by: str,
     reason: str | None = None,
     reindex: Reindex,
+    expected_active: str | None | object = ANY_ACTIVE,
     engine: Engine | None = None,
 ) -> dict[str, Any]:
     """Make ``id`` the active version and publish an index built for it.
@@ -443,14 +461,21 @@ def promote(
         reindex: Publishes an index for the newly active model (the application's
             :func:`litpulse.pipeline.planning.reindex_now`, or a deferring step); the
             registry itself never imports the index (floors: retrain sits beside ranking).
+        expected_active: The version that must be active for the switch (``None``: the
+            base model), checked under the switch's lock (the gate's promotion passes the
+            version its candidate was compared with); default: whichever is.
 
     Returns:
-        ``{"model": ModelVersion dict, "previous": id or "base", "index": report}``.
+        ``{"model": ModelVersion dict, "previous": id or "base", "index": report,
+        "changed": False when it was active already}``.
 
     Raises:
         NotFoundError: No such version.
         ConfigError: Its adapter cannot serve (the folder is gone: pruned as an old
-            rejected version, deleted by hand; its weights changed): nothing is switched.
+            rejected version, deleted by hand; its weights or its weights file changed or
+            are gone): nothing is switched.
+        ActiveChangedError: Another version than ``expected_active`` is active: nothing
+            is switched.
     """
     if not by:
         raise ConfigError("`by` must name who promotes the version")
@@ -461,13 +486,20 @@ def promote(
         pruned = any(e.get("event") == ModelEvent.PRUNED for e in target.events)
         raise ConfigError(f"model version {id} cannot be promoted: {problem}"
                           + (" (pruned as an old rejected version)" if pruned else ""))
-    previous = active_version(settings, engine=engine)
-    if previous is not None and previous.id == target.id:
-        logger.info("model %s is already active", id)
-        return {"model": target.to_dict(), "previous": id, "index": None, "changed": False}
     with engine.begin() as conn:
         _lock_models(conn)
-        before = _rows(conn, [id])  # read under the switch's lock: what a failure restores
+        # read under the switch's lock: what a failure restores, and the version this one
+        # replaces (read before the lock, a rollback committed meanwhile would be undone)
+        before = _rows(conn, [id])
+        previous = next((r for r in before if r.status is ModelStatus.ACTIVE), None)
+        if previous is not None and previous.id == target.id:
+            logger.info("model %s is already active", id)
+            return {"model": target.to_dict(), "previous": id, "index": None,
+                    "changed": False}
+        now_id = previous.id if previous is not None else None
+        if expected_active is not ANY_ACTIVE and now_id != expected_active:
+            raise ActiveChangedError(None if expected_active is None else str(expected_active),
+                                     now_id)
         _switch(conn, activate=id, previous=previous, previous_status=ModelStatus.RETIRED,
                 by=by, reason=reason or target.reason, why=reason)
     logger.info("promoted %s (previous: %s) by %s; re-indexing", id,

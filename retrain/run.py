@@ -509,21 +509,11 @@ def _decide(
         The outcome, the reasons (the gate's and what was done) and the promotion report.
     """
     reasons = list(decision.reasons)
+    by_hand = f"{version_id} was promoted by hand during the round; it stays active"
     now = registry.active_version(settings, engine=engine)
-    now_id = now.id if now is not None else None
-    if now_id == version_id:  # a person promoted it already, while the round ended
-        reasons.append(f"{version_id} was promoted by hand during the round; it stays active")
+    if now is not None and now.id == version_id:  # a person promoted it, as the round ended
+        reasons.append(by_hand)
         return RetrainOutcome.PROMOTED, tuple(reasons), None
-    if decision.passed and now_id != compared_with:
-        why = (
-            f"the active model changed during the round ({compared_with or 'base'} -> "
-            f"{now_id or 'base'}): {version_id} was compared with {compared_with or 'base'} "
-            f"only, so it is not promoted (`litpulse models promote {version_id}` overrides)"
-        )
-        registry.set_status(settings, version_id, ModelStatus.REJECTED, reason=why,
-                            engine=engine)  # fmt: skip
-        reasons.append(why)
-        return RetrainOutcome.REJECTED, tuple(reasons), None
     if decision.passed:
         with ExitStack() as stack:
             step: Callable[[Settings], Any]
@@ -538,10 +528,25 @@ def _decide(
                         f"switched: {exc}; it stays a candidate (`litpulse models promote "
                         f"{version_id}` promotes it once that is done)"
                     ) from exc
-            promotion = registry.promote(
-                settings, version_id, by=promote_by, reason="; ".join(decision.reasons),
-                reindex=step, engine=engine,
-            )
+            try:  # the active model checked under the switch's lock, not read before it
+                promotion = registry.promote(
+                    settings, version_id, by=promote_by, reason="; ".join(decision.reasons),
+                    reindex=step, expected_active=compared_with, engine=engine,
+                )
+            except registry.ActiveChangedError as exc:
+                why = (
+                    f"the active model changed during the round ({compared_with or 'base'} "
+                    f"-> {exc.active or 'base'}): {version_id} was compared with "
+                    f"{compared_with or 'base'} only, so it is not promoted (`litpulse "
+                    f"models promote {version_id}` overrides)"
+                )
+                registry.set_status(settings, version_id, ModelStatus.REJECTED, reason=why,
+                                    engine=engine)  # fmt: skip
+                reasons.append(why)
+                return RetrainOutcome.REJECTED, tuple(reasons), None
+        if not promotion.get("changed", True):
+            reasons.append(by_hand)
+            return RetrainOutcome.PROMOTED, tuple(reasons), None
         reasons.append(f"promoted {version_id}; index rebuilt for it")
         return RetrainOutcome.PROMOTED, tuple(reasons), promotion
     registry.set_status(

@@ -301,13 +301,6 @@ def _until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Q2: promote reads the active version before its lock: after a rollback it sets the "
-        "rolled-back version 'retired' again, a rollback target"
-    ),
-)
 def test_q2_a_promotion_racing_a_rollback_never_revives_the_rolled_back_version(
     pg_settings: Settings,
 ) -> None:
