@@ -190,6 +190,8 @@ class PairSet:
     #: Judgements of articles experts disagree on for the same query (neither a positive
     #: nor a hard negative of it).
     feedback_disputed: int = 0
+    #: Judgements of articles retracted or deleted since they were judged (never trained).
+    feedback_gone: int = 0
     #: Expert → feedback pairs left out over one expert's share (:data:`EXPERT_SHARE`).
     feedback_capped: dict[str, int] = field(default_factory=dict)
     #: Articles an earlier round held back that this round could train.
@@ -213,6 +215,7 @@ class PairSet:
             "feedback_carried": self.feedback_carried,
             "feedback_held_out": self.feedback_held_out,
             "feedback_disputed": self.feedback_disputed,
+            "feedback_gone": self.feedback_gone,
             "feedback_capped": dict(self.feedback_capped),
             "carried": self.carried,
             "held_back": self.held_back,
@@ -520,6 +523,7 @@ def mine_pairs(
         feedback_carried=fb.carried,
         feedback_held_out=fb.held_out,
         feedback_disputed=fb.disputed,
+        feedback_gone=fb.gone,
         feedback_capped=capped,
         carried=sum(1 for r in carried_rows if split.trainable(r)),
         held_back=len(held_back),
@@ -986,6 +990,8 @@ class _Feedback:
     disputed: int = 0
     #: articles whose judgements wait for a later round
     waiting: frozenset[int] = frozenset()
+    #: judgements of articles retracted or deleted since (nothing to train)
+    gone: int = 0
 
 
 def _feedback_pairs(
@@ -1009,19 +1015,23 @@ def _feedback_pairs(
     API token was revoked (:func:`retrain.feedback.trainable_feedback`) are counted
     (``excluded``), for articles not held out.
     """
+    def in_window(j: Judgement) -> bool:
+        return since is None or j.created_at > since or j.pmid in waiting
+
     def in_round(j: Judgement) -> bool:
-        return (since is None or j.created_at > since or j.pmid in waiting) and (
-            j.pmid in by_pmid
-        )
+        return in_window(j) and j.pmid in by_pmid
 
     found = trainable_feedback(engine)
     standing: dict[tuple[str, int, str], bool] = {}
     latest: dict[tuple[str, int, str], Judgement] = {}
+    gone_keys: set[tuple[str, int, str]] = set()
     for j in found.judgements:  # oldest first: the latest stays
         key = (query_text(j.query), j.pmid, j.expert)
         standing[key] = j.relevant
         if in_round(j):
             latest[key] = j
+        elif in_window(j):  # its article retracted or deleted since: counted, not trained
+            gone_keys.add(key)
     stances: dict[tuple[str, int], set[bool]] = defaultdict(set)
     for (query, pmid, _), relevant in standing.items():
         stances[(query, pmid)].add(relevant)
@@ -1068,7 +1078,8 @@ def _feedback_pairs(
                 negative_backers=tuple(j.expert for j in judges[(query, n.pmid, False)])
                 if n else (),
             ))  # fmt: skip
-    return _Feedback(pairs, unpaired, excluded, carried, held_out, disputed, frozenset(waits))
+    return _Feedback(pairs, unpaired, excluded, carried, held_out, disputed, frozenset(waits),
+                     gone=len(gone_keys))
 
 
 def _cap_experts(

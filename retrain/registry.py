@@ -62,6 +62,7 @@ __all__ = [
     "get_model",
     "active_version",
     "set_status",
+    "record_event",
     "promote",
     "prune_adapters",
     "prune_rejected",
@@ -210,7 +211,11 @@ def register(
                 reason=reason,
                 created_at=now,
                 training=finite(training) if training is not None else None,
-                events=[_event(ModelEvent.REGISTERED, now, None, reason)],
+                # rejected at once (the gate's outcome): the same events as rejected after
+                events=[_event(ModelEvent.REGISTERED, now, None, None),
+                        _event(ModelEvent.REJECTED, now, None, reason)]
+                if status is ModelStatus.REJECTED
+                else [_event(ModelEvent.REGISTERED, now, None, reason)],
             )
         )
     return get_model(settings, id, engine=engine)
@@ -279,6 +284,15 @@ def set_status(
         conn.execute(update(model_versions).where(model_versions.c.id == id).values(**values))
         _append_event(conn, id, event, by=None, reason=reason)
     return get_model(settings, id, engine=engine)
+
+
+def record_event(
+    settings: Settings, id: str, event: ModelEvent, *, by: str | None = None,
+    reason: str | None = None, engine: Engine | None = None,
+) -> None:
+    """Append ``event`` to the history of version ``id`` without changing its status."""
+    with (engine or connect(settings)).begin() as conn:
+        _append_event(conn, id, event, by=by, reason=reason)
 
 
 def _event(

@@ -46,6 +46,7 @@ COUNT_KEYS = frozenset({"queries"})
 NOT_KINDS = frozenset({
     "hard_negatives", "feedback_experts", "feedback_excluded", "feedback_carried",
     "feedback_held_out", "feedback_disputed", "feedback_capped", "carried", "held_back",
+    "feedback_gone", "feedback_unpaired",
 })
 #: Keys of the training record that are local paths (left out of the report).
 PATH_KEYS = frozenset({"output_dir", "weights_file"})
@@ -124,6 +125,10 @@ class ModelVersionReport:
     feedback_held_out: int = 0
     #: judgements of articles experts disagreed on for the query (not trained on)
     feedback_disputed: int = 0
+    #: judgements of articles retracted or deleted since (nothing to train)
+    feedback_gone: int = 0
+    #: "not relevant" judgements of queries no article was marked relevant for (no pair)
+    feedback_unpaired: int = 0
     #: expert → feedback pairs left out over one expert's share of the round's pairs
     feedback_capped: dict[str, int] = dataclasses.field(default_factory=dict)
 
@@ -310,6 +315,8 @@ def model_history(settings: Settings, *, engine: Engine | None = None) -> list[M
                 feedback_carried=int(counts.get("feedback_carried") or 0),
                 feedback_held_out=int(counts.get("feedback_held_out") or 0),
                 feedback_disputed=int(counts.get("feedback_disputed") or 0),
+                feedback_gone=int(counts.get("feedback_gone") or 0),
+                feedback_unpaired=int(counts.get("feedback_unpaired") or 0),
                 feedback_capped=dict(counts.get("feedback_capped") or {}),
             )
         )

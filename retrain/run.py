@@ -22,7 +22,7 @@ from typing import Any
 from litpulse.core.db import Lease, connect, mark_folder, store_id, take_lease
 from litpulse.core.errors import BusyError, ConfigError
 from litpulse.core.settings import Settings
-from litpulse.core.states import ModelStatus, RetrainOutcome
+from litpulse.core.states import ModelEvent, ModelStatus, RetrainOutcome
 from ranking.embed import adapter_problem, version_base_path
 from retrain import registry
 from retrain.anchors import LexicalSearch
@@ -145,6 +145,12 @@ def _feedback_lines(p: dict[str, Any]) -> list[str]:
     if p.get("feedback_disputed"):
         lines.append(f"feedback disputed: {p['feedback_disputed']} judgement(s) of articles "
                      "experts disagree on for the query (neither positive nor negative)")
+    if p.get("feedback_gone"):
+        lines.append(f"feedback gone: {p['feedback_gone']} judgement(s) of articles "
+                     "retracted or deleted since (nothing to train)")
+    if p.get("feedback_unpaired"):
+        lines.append(f"feedback unpaired: {p['feedback_unpaired']} \"not relevant\" "
+                     "judgement(s) of queries no article was marked relevant for")
     capped = p.get("feedback_capped") or {}
     if capped:
         lines.append("feedback capped (over one expert's share of the round's pairs, "
@@ -257,6 +263,7 @@ def retrain(
         if dry_run:  # a dry run writes nothing: it only says what a round would prune
             would_prune = registry.prune_rejected(settings, dry_run=True, engine=engine)
         else:
+            _settle_cut_rounds(settings, engine)  # candidates of rounds cut short
             registry.prune_adapters(settings, engine=engine)  # what killed rounds left
             registry.prune_rejected(settings, engine=engine)  # old rejected candidates
             prune_untrained(engine)  # held-back records no round will read
@@ -328,7 +335,8 @@ def _retrain(
     if init_adapter:
         options_doc["continued_from"] = parent
     lease.check()  # a retrain whose lease was taken over registers nothing
-    registry.register(
+    failed = "; ".join(decision.reasons) if not decision.passed else None
+    registry.register(  # with the gate's outcome: a round cut after this leaves it decided
         settings,
         id=version_id,
         adapter_path=str(final),
@@ -342,11 +350,15 @@ def _retrain(
                      "feedback_carried": pairs.feedback_carried,
                      "feedback_held_out": pairs.feedback_held_out,
                      "feedback_disputed": pairs.feedback_disputed,
+                     "feedback_gone": pairs.feedback_gone,
+                     "feedback_unpaired": pairs.feedback_unpaired,
                      "feedback_capped": dict(pairs.feedback_capped),
                      "carried": pairs.carried, "held_back": pairs.held_back},
         options=options_doc,
         metrics=metrics_doc,
         training={**training, "new_articles": pairs.new_articles},
+        status=ModelStatus.CANDIDATE if failed is None else ModelStatus.REJECTED,
+        reason=failed,
         engine=engine,
     )
     paths = _write_report(
@@ -475,6 +487,37 @@ def _train_candidate(
     return version_id, final, training
 
 
+def _settle_cut_rounds(settings: Settings, engine: Any) -> list[str]:
+    """Reject the candidates rounds cut short left (killed between registering and the
+    gate's decision): the caller holds the ``retrain`` lease, so no such round is live.
+
+    A candidate a round registered (its gate's decision in its metrics) stays only when
+    a later event kept it: it passed but found the index busy (``not_promoted``: a person
+    promotes it), or a person reopened it. Candidates registered otherwise are left alone.
+
+    Returns:
+        The ids rejected.
+    """
+    settled = []
+    for version in registry.list_models(settings, engine=engine):
+        gate_doc = (version.metrics or {}).get("gate")
+        if version.status is not ModelStatus.CANDIDATE or not isinstance(gate_doc, dict):
+            continue
+        if any(e.get("event") != ModelEvent.REGISTERED for e in version.events):
+            continue  # kept on purpose (not promoted: the index was busy; reopened)
+        if gate_doc.get("passed") is True:
+            why = (f"its round was cut short before the gate's decision was applied (it "
+                   f"passed; `litpulse models promote {version.id}` promotes it)")
+        else:
+            why = ("its round was cut short before the gate's decision was applied: "
+                   + "; ".join(str(r) for r in gate_doc.get("reasons") or ["failed the gate"]))
+        registry.set_status(settings, version.id, ModelStatus.REJECTED, reason=why,
+                            engine=engine)  # fmt: skip
+        logger.warning("rejected candidate %s: %s", version.id, why)
+        settled.append(version.id)
+    return settled
+
+
 def _write_report(
     settings: Settings, engine: Any, version_id: str, report_doc: dict[str, Any]
 ) -> dict[str, str]:
@@ -523,6 +566,11 @@ def _decide(
                 try:  # before the switch: see LeasedReindex
                     step = stack.enter_context(reindex.hold(settings))
                 except BusyError as exc:
+                    registry.record_event(  # kept as a candidate by the next round
+                        settings, version_id, ModelEvent.NOT_PROMOTED,
+                        reason=f"passed its gate; not promoted, the index was busy: {exc}",
+                        engine=engine,
+                    )
                     raise type(exc)(
                         f"{version_id} passed its gate but was not promoted, nothing was "
                         f"switched: {exc}; it stays a candidate (`litpulse models promote "
@@ -549,9 +597,6 @@ def _decide(
             return RetrainOutcome.PROMOTED, tuple(reasons), None
         reasons.append(f"promoted {version_id}; index rebuilt for it")
         return RetrainOutcome.PROMOTED, tuple(reasons), promotion
-    registry.set_status(
-        settings, version_id, ModelStatus.REJECTED, reason="; ".join(decision.reasons),
-        engine=engine,
-    )
+    # registered rejected already, with the gate's reasons (see _retrain)
     reasons.append(f"rejected {version_id}; the active model stays")
     return RetrainOutcome.REJECTED, tuple(reasons), None

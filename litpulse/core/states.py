@@ -71,6 +71,8 @@ class ModelEvent(enum.StrEnum):
     REACTIVATED = "reactivated"
     #: set back to ``candidate`` by a person
     REOPENED = "reopened"
+    #: passed the gate, but the index was busy: a candidate until a person promotes it
+    NOT_PROMOTED = "not_promoted"
     #: rejected and old: its adapter and report folders were removed (the row stays)
     PRUNED = "pruned"
 

@@ -243,13 +243,6 @@ def db_now() -> dt.datetime:
 # ------------------------------------------------------------------------------- Q1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Q1: a round cut between register and _decide leaves its version 'candidate' for "
-        "ever (never settled, never pruned, counted as a training)"
-    ),
-)
 def test_q1_a_round_cut_after_registering_leaves_no_candidate_for_ever(
     settings: Settings, tiny_model: str
 ) -> None:
@@ -415,13 +408,6 @@ def _counted(version: dict[str, Any]) -> int:
     return total
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Q5: a retracted article's judgement and negative-only judgements are in no count of "
-        "the version's report"
-    ),
-)
 def test_q5_every_judgement_of_a_round_is_counted_in_its_versions_report(
     settings: Settings, tiny_model: str
 ) -> None:
