@@ -13,8 +13,16 @@ SHA-256, :func:`retrain.feedback.record_feedback`, :func:`retrain.pairs.mine_pai
 PostgreSQL, whose lock queue orders it deterministically). A re-index is the caller's
 step (``reindex=``, as the application passes :func:`~litpulse.pipeline.planning.
 reindex_now` or :func:`~litpulse.pipeline.planning.defer_reindex`); where it is not the
-point it is a step that records its calls. Each defect is a strict xfail asserting the
-correct behaviour.
+point it is a step that records its calls. Each defect was a strict xfail asserting the
+correct behaviour; all 5 were fixed in the same session and are plain tests now: Q1 a round
+registers its version with the gate's outcome (rejected with its reasons) before it writes
+its report, and each round, under its lease, rejects the candidates cut rounds left (one
+that passed and found the index busy is kept: a ``not_promoted`` event); Q2 ``promote``
+reads the version it replaces under the switch's lock and takes ``expected_active``
+(``ActiveChangedError``), which ``_decide`` passes; Q3 ``adapter_problem`` calls a recorded
+SHA-256 with no weights file a problem; Q4 a dry run prunes nothing (it names what a round
+would prune); Q5 judgements of articles retracted or deleted since (``feedback_gone``) and
+unpaired ones are registered and shown by ``models report`` / ``GET /models``.
 
 Defects:
 
