@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -33,7 +34,7 @@ import time
 import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.policy import EmailPolicy
@@ -192,45 +193,33 @@ class _TimedSocket(socket.socket):
 
     deadline: _Deadline | None = None
 
-    def _arm(self) -> None:
+    @contextlib.contextmanager
+    def _timed(self) -> Iterator[None]:
+        """One read or write, waiting at most the time left; running out expires it."""
         if self.deadline is not None:
             self.settimeout(self.deadline.left())
-
-    def _timed_out(self) -> None:
-        if self.deadline is not None:
-            self.deadline.expired = True
+        try:
+            yield
+        except TimeoutError:
+            if self.deadline is not None:
+                self.deadline.expired = True
+            raise
 
     def recv(self, *args: Any) -> bytes:
-        self._arm()
-        try:
+        with self._timed():
             return super().recv(*args)
-        except TimeoutError:
-            self._timed_out()
-            raise
 
     def recv_into(self, *args: Any) -> int:
-        self._arm()
-        try:
+        with self._timed():
             return super().recv_into(*args)
-        except TimeoutError:
-            self._timed_out()
-            raise
 
     def send(self, *args: Any) -> int:
-        self._arm()
-        try:
+        with self._timed():
             return super().send(*args)
-        except TimeoutError:
-            self._timed_out()
-            raise
 
     def sendall(self, *args: Any) -> None:
-        self._arm()  # one timeout for the whole of it (Python 3.5+)
-        try:
+        with self._timed():  # one timeout for the whole of it (Python 3.5+)
             super().sendall(*args)
-        except TimeoutError:
-            self._timed_out()
-            raise
 
 
 class _TimedSSLSocket(_TimedSocket, ssl.SSLSocket):
