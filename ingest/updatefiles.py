@@ -10,8 +10,9 @@ several a day) and ``baseline/`` (yearly), each with a ``.md5`` beside it in the
 3. downloads each remaining file to ``<home>/downloads/<store id>`` (a partial ``.part`` file is
    resumed with an HTTP Range request, or restarted when the server ignores Range);
 4. verifies it against its ``.md5``; a mismatch is downloaded again (up to two more
-   times) and then fails the run with :class:`~litpulse.core.errors.ChecksumError` — that
-   file and every later one stay unapplied, so the order is never broken;
+   times, each reading the ``.md5`` again: a mirror mid-update changes both) and then
+   fails the run with :class:`~litpulse.core.errors.ChecksumError` — that file and every
+   later one stay unapplied, so the order is never broken;
 5. applies it through :meth:`ingest.store.Store.apply` with
    ``SourceRef("updatefile" | "baseline", name, sequence=nlm_sequence(YY, NNNN))`` (year
    first: NLM's numbering restarts each year) and records it in ``source_files`` with its
@@ -444,11 +445,14 @@ def _download_verified(
     stop: threading.Event | None = None,
 ) -> tuple[int, str]:
     """Download ``f`` to ``dest`` until its MD5 matches the published one (``stop``: see
-    :meth:`ingest.http.HttpClient.download`)."""
+    :meth:`ingest.http.HttpClient.download`). Each download reads the ``.md5`` again: a
+    mirror mid-update changes a file and its ``.md5`` together, so the digest read before
+    the first try may belong to a file no longer served."""
     from ingest.parse import document_damage
 
-    expected = parse_md5(source.text(f"{f.folder}/{f.name}.md5", stop), f.name)
+    expected = ""
     for attempt in range(1, CHECKSUM_ATTEMPTS + 1):
+        expected = parse_md5(source.text(f"{f.folder}/{f.name}.md5", stop), f.name)
         size, digest = source.fetch(f"{f.folder}/{f.name}", dest, stop)
         if digest == expected:
             # NLM's files are whole: one cut short under a matching MD5 (a mirror that

@@ -11,7 +11,9 @@ A real :class:`http.server.ThreadingHTTPServer` on ``127.0.0.1`` (port 0) serves
   ``PubmedArticleSet`` with the live records asked for; deleted or unknown PMIDs are
   simply absent, as in EFetch.
 * ``/pubmed/updatefiles/`` and ``/pubmed/baseline/``: Apache-style HTML listings, the
-  ``.xml.gz`` files (HTTP Range supported) and their ``.md5`` files in NLM's format.
+  ``.xml.gz`` files (HTTP Range supported) and their ``.md5`` files in NLM's format
+  (:meth:`Emulator.update_file_after_md5`: a mirror mid-update, the file and its ``.md5``
+  changing together right after a ``.md5`` was answered).
 * ``/icite/api/pubs?pmids=…&format=json``: iCite's ``{"meta", "links", "data"}`` JSON.
 
 Faults are queued on :attr:`Emulator.faults` (a thread-safe :class:`FaultPlan`):
@@ -237,6 +239,8 @@ class Emulator:
         self._vocab: set[str] = set()
         self._vocab_size = -1
         self._server: ThreadingHTTPServer | None = None
+        #: ``kind/name`` -> the file it becomes right after its next ``.md5`` answer
+        self._updates: dict[str, _File] = {}
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------------
@@ -380,6 +384,24 @@ class Emulator:
         digest = md5 or hashlib.md5(data, usedforsecurity=False).hexdigest()
         with self._lock:
             self.files[kind][name] = _File(data, digest)
+
+    def update_file_after_md5(
+        self, kind: str, name: str, data: bytes, *, md5: str | None = None
+    ) -> None:
+        """A mirror mid-update: the next ``.md5`` of ``name`` still answers the old digest,
+        and right after it the file and its ``.md5`` both become ``data`` (and its MD5)."""
+        digest = md5 or hashlib.md5(data, usedforsecurity=False).hexdigest()
+        with self._lock:
+            self._updates[f"{kind}/{name}"] = _File(data, digest)
+
+    def _md5_answer(self, kind: str, name: str) -> str:
+        """The ``.md5`` of ``name`` as served now; a pending update lands right after it."""
+        with self._lock:
+            f = self.files[kind][name]
+            update = self._updates.pop(f"{kind}/{name}", None)
+            if update is not None:
+                self.files[kind][name] = update
+        return f.md5
 
     def set_icite(self, pmid: int, **fields: Any) -> None:
         """The iCite answer for ``pmid`` (defaults filled in)."""
@@ -694,8 +716,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return 200, emu.listing(folder), "text/html", {}
             files = emu.files[folder]
             if name.endswith(".md5") and name[:-4] in files:
-                f = files[name[:-4]]
-                return 200, f"MD5({name[:-4]})= {f.md5}\n".encode(), "text/plain", {}
+                digest = emu._md5_answer(folder, name[:-4])
+                return 200, f"MD5({name[:-4]})= {digest}\n".encode(), "text/plain", {}
             if name in files:
                 data = files[name].data
                 if kind == "badmd5":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import gzip
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,6 +123,27 @@ def test_a_bad_checksum_is_downloaded_again(
     assert [r.fault for r in gets] == ["badmd5", None]
     resumed = [r for r in emu.requests(corpus.files[2].name) if not r.path.endswith(".md5")]
     assert resumed[-1].headers.get("Range", "bytes=0-") != "bytes=0-"  # resumed, not restarted
+
+
+def test_a_file_and_its_md5_changed_together_mid_download_are_fetched_again(
+    emu: Emulator, sqlite_settings: Settings, corpus: CorpusManifest
+) -> None:
+    """A mirror mid-update: right after the ``.md5`` was read, the file and its ``.md5``
+    change together. The download retried after the mismatch reads the ``.md5`` again and
+    matches (it compared the new file with the old digest on every try: ChecksumError)."""
+    name = corpus.files[1].name
+    same_records = gzip.compress(gzip.decompress(corpus.files[1].read_bytes()), mtime=1)
+    assert same_records != corpus.files[1].read_bytes()  # other bytes, other MD5
+    emu.update_file_after_md5("updatefiles", name, same_records)
+    s = emu.configure(sqlite_settings)
+    apply_updates(s)
+    assert [n for n, _ in _applied(s)] == [p.name for p in corpus.files]
+    assert _live(s) == set(corpus.live_pmids)
+    asked = [r.path.rpartition("/")[2] for r in emu.requests(name)]
+    assert asked == [f"{name}.md5", name, f"{name}.md5", name]  # each download its own MD5
+    with db.connect(s).connect() as conn:
+        md5 = conn.execute(select(source_files.c.md5).where(source_files.c.name == name))
+        assert md5.scalar() == hashlib.md5(same_records, usedforsecurity=False).hexdigest()
 
 
 def test_a_file_that_stays_corrupt_fails_the_run_and_stops_the_order(
