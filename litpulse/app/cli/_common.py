@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -163,6 +164,23 @@ def int_arg(low: int, high: int) -> Callable[[str], int]:
         return value
 
     parse.__name__ = "whole number"  # argparse names the type so in its messages
+    return parse
+
+
+def float_arg(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a finite number in ``low .. high`` (``nan``, an infinity or a
+    number out of range is a usage error, not a value the command bends into another)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value) or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g}, got {text}")
+        return value
+
+    parse.__name__ = "number"  # argparse names the type so in its messages
     return parse
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from litpulse.app.cli._common import (
     add_json,
     command,
+    float_arg,
     path_arg,
     print_json,
     print_table,
@@ -21,6 +22,8 @@ from litpulse.core.timeutil import as_utc
 
 #: Exit code when another nightly run holds the lease (``EX_TEMPFAIL``).
 EXIT_BUSY = 75
+#: Longest ``--wait`` in seconds (a day: by then the next night's run is due).
+MAX_WAIT_S = 24 * 3600
 
 
 def register(sub: Any) -> None:
@@ -57,10 +60,11 @@ def register(sub: Any) -> None:
     p.add_argument("--no-quality", action="store_true", help="skip the data-quality check")
     p.add_argument(
         "--wait",
-        type=float,
+        type=float_arg(0, MAX_WAIT_S),
         default=0.0,
         metavar="SECONDS",
-        help="wait this long for a running nightly to finish (default: exit at once)",
+        help=f"wait this long for a running nightly to finish, 0 to {MAX_WAIT_S} "
+        "(default: exit at once)",
     )
     add_json(p, "print the report as JSON")
 

@@ -237,3 +237,24 @@ def test_citations_load_options_out_of_range_are_a_usage_error(
         main(["citations", "load", str(snapshot), *args])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and f"argument {args[0]}" in err, err
+
+
+@pytest.mark.parametrize("wait", ["-1", "-0.5", "nan", "NaN", "inf", "-inf", "86401", "soon"])
+def test_a_nightly_wait_not_a_finite_time_of_up_to_a_day_is_a_usage_error(
+    env: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    wait: str,
+) -> None:
+    """``litpulse nightly --wait`` takes seconds from 0 to a day: a negative one, NaN or an
+    infinity is a usage error naming the option (it was taken, a NaN or a negative one as
+    no wait at all), and nothing runs."""
+    from litpulse.pipeline import nightly
+
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the nightly ran with a bad --wait")
+
+    monkeypatch.setattr(nightly, "run_nightly", never)
+    with pytest.raises(SystemExit) as exit_:
+        main(["nightly", f"--wait={wait}"])  # "-inf" alone reads as an option
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "argument --wait" in err, err
+    assert "from 0 to 86400" in err or "not a number" in err, err
