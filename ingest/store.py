@@ -1043,7 +1043,7 @@ class Store(RunLedger, Checkpoints):
         when unless renewed; ``None`` when no live process writes articles (a killed
         writer's lease, not yet expired, names nobody: :func:`~litpulse.core.db.live_lease`)."""
         held = live_lease(self.engine, STORE_LEASE)
-        return None if held is None else f"{held[0]}, until {iso(held[1])}"
+        return None if held is None else f"{held.holder}, until {iso(held.until)}"
 
     def missing_pmids(self, limit: int = 1000) -> list[dict[str, Any]]:
         """The PMIDs E-utilities windows listed and EFetch has not returned yet (owed, or

@@ -29,6 +29,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,7 @@ __all__ = [
     "acquire_lease",
     "take_lease",
     "release_lease",
+    "HeldLease",
     "lease_holder",
     "default_holder",
     "holder_alive",
@@ -1436,7 +1438,8 @@ def acquire_lease(
         expires = now + dt.timedelta(seconds=ttl_s)
         try:
             with engine.begin() as conn:
-                conn.execute(insert(locks).values(name=name, holder=holder, expires_at=expires))
+                conn.execute(insert(locks).values(name=name, holder=holder, expires_at=expires,
+                                                  acquired_at=now))
             return Lease(engine, name, holder, ttl_s, heartbeat=heartbeat)
         except IntegrityError:
             pass
@@ -1456,7 +1459,8 @@ def acquire_lease(
             where.append(locks.c.expires_at < now)  # unless its heartbeat came back
         with engine.begin() as conn:
             taken = conn.execute(
-                update(locks).where(*where).values(holder=holder, expires_at=expires)
+                update(locks).where(*where).values(holder=holder, expires_at=expires,
+                                                   acquired_at=now)
             ).rowcount
         if taken:
             why = "its process is gone" if dead else f"it expired at {row.expires_at}"
@@ -1508,20 +1512,41 @@ def lease_holder(engine: Engine, name: str) -> tuple[str, dt.datetime] | None:
     return None if row is None else (str(row.holder), row.expires_at)
 
 
-def live_lease(engine: Engine, name: str) -> tuple[str, dt.datetime] | None:
-    """``(holder, expires)`` of lease ``name`` when it is held now (unexpired, its
-    process alive: :func:`holder_alive`), else ``None``."""
-    held = lease_holder(engine, name)
-    if held is None:
+@dataclass(frozen=True)
+class HeldLease:
+    """A lease held now (:func:`live_lease`).
+
+    Attributes:
+        holder: Who holds it (:func:`default_holder`).
+        since: When the holder took it (``None``: a release that did not record it).
+        until: When it expires unless its holder renews it.
+    """
+
+    holder: str
+    since: dt.datetime | None
+    until: dt.datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"holder": self.holder, "since": iso(self.since), "until": iso(self.until)}
+
+
+def live_lease(engine: Engine, name: str) -> HeldLease | None:
+    """Who holds lease ``name``, since when and until when, when it is held now
+    (unexpired, its process alive: :func:`holder_alive`), else ``None``."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(locks.c.holder, locks.c.acquired_at, locks.c.expires_at)
+            .where(locks.c.name == name)
+        ).first()
+    if row is None or not (row.expires_at > utcnow() and holder_alive(row.holder)):
         return None
-    holder, expires = held
-    return held if expires > utcnow() and holder_alive(holder) else None
+    return HeldLease(str(row.holder), row.acquired_at, row.expires_at)
 
 
 def live_holder(engine: Engine, name: str) -> str | None:
     """The holder of lease ``name`` when it holds it now (:func:`live_lease`), else ``None``."""
     held = live_lease(engine, name)
-    return None if held is None else held[0]
+    return None if held is None else held.holder
 
 
 def release_lease(engine: Engine, name: str, holder: str) -> None:

@@ -451,13 +451,15 @@ feedback.c.token_id.info["upgrade_fill"] = (
 #: Leases: at most one holder per name (index publish, nightly run, retrain) across
 #: processes. ``holder`` is ``host:pid:start:boot:random``
 #: (:func:`litpulse.core.db.default_holder`); ``expires_at`` is pushed ahead by the
-#: holder's heartbeat (:class:`litpulse.core.db.Lease`).
+#: holder's heartbeat (:class:`litpulse.core.db.Lease`); ``acquired_at``: when the holder
+#: took it (``NULL``: taken by a release that did not record it).
 locks = Table(
     "locks",
     metadata,
     Column("name", String(64), primary_key=True),
     Column("holder", String(255), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False),
+    Column("acquired_at", UTCDateTime(), nullable=True),
 )
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "defer_reindex",
     "embed_shard",
     "finish_reindex",
+    "held_windows",
     "leased_reindex",
     "last_watermark",
     "plan_embedding_shards",
@@ -180,12 +181,7 @@ def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datet
         rows = conn.execute(
             select(r.window_start, r.window_end, r.started_at,
                    r.details["watermark"].as_string(), r.details)
-            .where(
-                r.source.in_(WINDOW_SOURCES),
-                r.status == RunStatus.SUCCEEDED,
-                or_(r.window_end.is_not(None), r.source == "updatefiles"),
-                r.details["query"].as_string().is_(None),  # absent or null: all of PubMed
-            )
+            .where(*_watermark_runs())
         )  # fmt: skip
         for start, end, started, withheld, details in rows:  # UTCDateTime: aware UTC already
             if end is None:  # update files (a bootstrap's too) hold what NLM published
@@ -216,6 +212,44 @@ def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datet
             break
         best = reached if best is None else max(best, reached)
     return best
+
+
+def _watermark_runs() -> tuple[Any, ...]:
+    """Which ``ingest_runs`` rows make the watermark (:func:`last_watermark`): succeeded
+    E-utilities windows and update-file runs over the whole corpus."""
+    r = ingest_runs.c
+    return (
+        r.source.in_(WINDOW_SOURCES),
+        r.status == RunStatus.SUCCEEDED,
+        or_(r.window_end.is_not(None), r.source == "updatefiles"),
+        r.details["query"].as_string().is_(None),  # absent or null: all of PubMed
+    )
+
+
+def held_windows(settings: Settings, engine: Engine | None = None) -> list[dict[str, Any]]:
+    """The E-utilities windows ingested but held from the watermark and not covered by it
+    yet (``litpulse status``), by window start: waiting for their data-quality check
+    (:data:`PENDING_CHECK`: not judged yet, or the run was killed before it) or withheld by
+    a step that failed after the ingest (:func:`withhold_watermark`). Each: ``run`` (its
+    id), ``window_start``, ``window_end``, ``started_at`` and ``why`` (the run's
+    ``details.watermark``). A window that a later run got through (the watermark reached
+    its end) is not listed."""
+    r = ingest_runs.c
+    engine = engine or db.connect(settings)
+    mark = last_watermark(settings, engine)
+    why = r.details["watermark"].as_string()
+    query = (
+        select(r.id, r.window_start, r.window_end, r.started_at, why)
+        .where(*_watermark_runs(), r.window_end.is_not(None), why.is_not(None))
+        .order_by(r.window_start, r.id)
+    )
+    if mark is not None:
+        query = query.where(r.window_end > mark)
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return [{"run": run_id, "window_start": iso(start), "window_end": iso(end),
+             "started_at": iso(started), "why": reason}
+            for run_id, start, end, started, reason in rows]  # fmt: skip
 
 
 def withhold_watermark(

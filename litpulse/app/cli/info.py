@@ -147,6 +147,7 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
     st["database"] = hide_password(settings.effective_database_url)
     st["index"] = _index(settings)
     st["deliveries"] = _deliveries(settings)
+    st.update(_nightly(settings))
     if args.json:
         print_json(st)
         return 0
@@ -158,6 +159,16 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
     if ix["reindex_pending"]:
         st["reindex pending"] = ix["reindex_pending"]
     st["deliveries"] = _deliveries_text(st.pop("deliveries"))
+    nightly = st.pop("nightly")
+    st["nightly"] = (
+        f"{nightly['holder']} since {nightly['since'] or 'an unrecorded time'}, until "
+        f"{nightly['until']} unless renewed" if nightly else "not running"
+    )
+    st["watermark"] = st.pop("watermark")  # where the next nightly window starts
+    held = st.pop("held_windows")
+    st["held windows"] = "; ".join(
+        f"{w['window_start']} .. {w['window_end']} (run {w['run']}: {w['why']})" for w in held
+    ) or "none"
     owed = st.pop("missing")
     st["missing"] = (
         f"{owed['waiting']} owed (asked again by every E-utilities run), "
@@ -178,6 +189,24 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
              "quar", "miss", "target / error"],  # fmt: skip
         )
     return 0
+
+
+def _nightly(settings: Settings) -> dict[str, Any]:
+    """Who runs the nightly chain now (its lease: holder, since, until; ``None``: no one),
+    the watermark, and the E-utilities windows held from it
+    (:func:`~litpulse.pipeline.planning.held_windows`)."""
+    from litpulse.core.db import connect, live_lease
+    from litpulse.core.timeutil import iso
+    from litpulse.pipeline.nightly import LEASE_NAME
+    from litpulse.pipeline.planning import held_windows, last_watermark
+
+    engine = connect(settings)
+    lease = live_lease(engine, LEASE_NAME)
+    return {
+        "nightly": None if lease is None else lease.to_dict(),
+        "watermark": iso(last_watermark(settings, engine)),
+        "held_windows": held_windows(settings, engine),
+    }
 
 
 def _deliveries(settings: Settings) -> dict[str, Any]:

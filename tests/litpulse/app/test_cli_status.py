@@ -1,8 +1,12 @@
-"""`litpulse status --json` names the published index version."""
+"""`litpulse status`: the published index version, what the digest has not delivered, the
+nightly run's lease and the windows held from the watermark."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import re
+from typing import Any
 
 import pytest
 
@@ -73,3 +77,67 @@ def test_status_says_what_the_digest_has_not_delivered(
         assert done == {"pending": 0, "refused": 0, "searches": 0, "oldest_found_at": None}
     finally:
         hook.close()
+
+
+def test_status_shows_the_nightly_lease_and_the_windows_held_from_the_watermark(
+    env: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``litpulse status`` names who holds the nightly run's lease, since when and until
+    when unless renewed, and the E-utilities windows ingested but held from the watermark:
+    not judged yet by their data-quality check, or withheld by a failed step; a window
+    that passed its check is not listed, and the watermark moves past it."""
+    from litpulse.pipeline.nightly import LEASE_NAME, check_window, ingest_eutils_window
+    from litpulse.pipeline.planning import PENDING_CHECK, withhold_watermark
+    from tests.emulator import running_emulator
+
+    def status() -> dict[str, Any]:
+        assert main(["status", "--json"]) == 0
+        return dict(json.loads(capsys.readouterr().out))
+
+    def text() -> str:
+        assert main(["status"]) == 0
+        return capsys.readouterr().out
+
+    st = status()
+    assert st["nightly"] is None and st["held_windows"] == [] and st["watermark"] is None
+    assert re.search(r"^nightly +not running$", text(), re.M)
+
+    engine = db.connect(env)
+    before = db.utcnow()
+    lease = db.acquire_lease(engine, LEASE_NAME, holder="otherhost:7:boot", heartbeat=False)
+    assert lease is not None
+    try:
+        held = status()["nightly"]
+        since, until = (dt.datetime.fromisoformat(held[k]) for k in ("since", "until"))
+        assert held["holder"] == "otherhost:7:boot" and before <= since <= db.utcnow()
+        assert until == since + dt.timedelta(seconds=db.LEASE_TTL_S)
+        assert f"otherhost:7:boot since {held['since']}, until {held['until']}" in text()
+    finally:
+        lease.release()
+    assert status()["nightly"] is None
+
+    monday = dt.datetime(2024, 1, 8, tzinfo=dt.UTC)  # a Monday with a record
+    window = (monday, monday + dt.timedelta(days=1))
+    for emu in running_emulator():
+        emu.add_article(1, edat=monday.date(), title="Statins and the gut")
+        s = emu.configure(env)
+        started = db.utcnow()
+        counts = ingest_eutils_window(s, *window).to_dict()  # its check not run yet
+        st = status()
+        [pending] = st["held_windows"]
+        assert pending["window_start"] == monday.isoformat()
+        assert pending["window_end"] == window[1].isoformat()
+        assert pending["why"] == PENDING_CHECK and pending["run"] == st["last_runs"][0]["id"]
+        assert st["watermark"] == monday.isoformat()  # held at the window's start
+        shown = text()
+        assert f"{monday.isoformat()} .. {window[1].isoformat()}" in shown
+        assert PENDING_CHECK in shown
+        withhold_watermark(engine, window, started, "citations failed: TransientSourceError")
+        [withheld] = status()["held_windows"]
+        assert withheld["why"] == "withheld: citations failed: TransientSourceError"
+        # the next night ingests and checks the window again: it passes, nothing is held
+        counts = ingest_eutils_window(s, *window).to_dict()
+        check_window(s, counts, window)
+        st = status()
+        assert st["held_windows"] == [] and st["watermark"] == window[1].isoformat()
+        assert re.search(r"^held windows +none$", text(), re.M)
