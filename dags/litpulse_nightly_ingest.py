@@ -30,8 +30,12 @@ DOC_MD = """
 store (`ingest.eutils.ingest_window(settings, D, D+1)`, half-open; it re-reads
 `LITPULSE_WINDOW_OVERLAP_DAYS` earlier days for late-indexed records, and asks EFetch again
 for the PMIDs earlier windows listed but did not get: `litpulse missing`), refreshes
-iCite citations, checks data quality, then emits the **`litpulse_articles`** asset (with the
-window and the counts as metadata), which triggers `litpulse_index_refresh`.
+iCite citations, then checks data quality, then emits the **`litpulse_articles`** asset (with
+the window and the counts as metadata), which triggers `litpulse_index_refresh`. The window
+moves the watermark only once `refresh_citations` and `data_quality` both passed (as with
+`litpulse nightly`): when the refresh fails, `data_quality` does not run
+(`upstream_failed`) and the window stays held (`litpulse status` lists it) until the
+cleared tasks pass, or a later scheduled run ingests it again.
 `ingest_window` decides the run's window once and hands it on (XCom) to `data_quality` and
 `publish_articles`: a cleared `data_quality` checks the window that was ingested.
 
@@ -136,8 +140,10 @@ def litpulse_nightly_ingest() -> None:
 
     @task
     def data_quality(ingest: dict[str, Any]) -> dict[str, Any]:
-        """Fail (DataQualityError, not retried) on an empty weekday, quarantine or staleness
-        of the window ingest_window ingested; once passed, it may move the watermark."""
+        """After refresh_citations (a failed refresh leaves the window held from the
+        watermark): fail (DataQualityError, not retried) on an empty weekday, quarantine or
+        staleness of the window ingest_window ingested; once passed, it may move the
+        watermark."""
         from litpulse.pipeline.nightly import check_window
 
         return check_window(settings(), ingest["counts"], ingested_window(ingest))
@@ -163,7 +169,8 @@ def litpulse_nightly_ingest() -> None:
     ingest = ingest_window()
     citations = refresh_citations()
     quality = data_quality(ingest)
-    ingest >> citations
+    # as `litpulse nightly`: a window is through once the refresh and the check passed
+    ingest >> citations >> quality
     publish_articles(ingest, citations, quality)
 
 

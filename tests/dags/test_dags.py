@@ -142,6 +142,13 @@ def test_the_digest_runs_after_the_index_is_published(dagbag_report: dict) -> No
     assert tasks["refresh_index"]["upstream"] == ["embed_pending"]
 
 
+def test_the_quality_check_waits_for_the_citations_refresh(dagbag_report: dict) -> None:
+    """A window is through once the refresh and the check passed (as `litpulse nightly`)."""
+    tasks = dagbag_report["dags"]["litpulse_nightly_ingest"]["tasks"]
+    assert tasks["refresh_citations"]["upstream"] == ["ingest_window"]
+    assert tasks["data_quality"]["upstream"] == ["ingest_window", "refresh_citations"]
+
+
 def test_nightly_ingest_has_window_params(dagbag_report: dict) -> None:
     assert dagbag_report["dags"]["litpulse_nightly_ingest"]["params"] == {
         "first_day": None,
@@ -339,6 +346,57 @@ def test_nightly_chain_with_dag_test(
     assert empty["tasks"]["ingest_window"] == "success"
     assert empty["tasks"]["data_quality"] == "failed"
     assert empty["tasks"]["publish_articles"] == "upstream_failed"
+
+
+def test_a_failed_citations_refresh_holds_the_watermark_until_cleared(
+    airflow_home: Path, emulator: Emulator, tmp_path: Path
+) -> None:
+    """As ``litpulse nightly``: a night whose ``refresh_citations`` failed is not through,
+    so its window does not move the watermark; ``data_quality`` waits for the refresh
+    (before: it ran beside it and released the window whatever the refresh did). The run
+    again (``dag.test`` clears its task instances) once iCite answers moves it."""
+    from litpulse.pipeline.nightly import check_window, ingest_eutils_window
+    from litpulse.pipeline.planning import held_windows, last_watermark
+
+    tuesday, wednesday = DAY, DAY + dt.timedelta(days=1)
+    for n, day in enumerate((tuesday, wednesday)):
+        for i in range(3):
+            pmid = 1000 + 10 * n + i
+            emulator.add_article(pmid, edat=day, title=f"Statins and memory, cohort {n}{i}")
+            emulator.set_icite(pmid, citation_count=i)
+    settings = emulator.configure(Settings.from_env({}, home=tmp_path / "lp"))
+    icite_down = settings.replace(icite_url=f"{emulator.url}/no-icite/")  # 404: not retried
+
+    def night(day: dt.date, s: Settings) -> dict:
+        logical = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(2), dt.UTC)
+        folder = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
+        folder.mkdir()
+        runs = [{"dag_id": "litpulse_nightly_ingest", "logical_date": logical.isoformat()}]
+        (run,) = run_dags(airflow_home, runs, emulator.env(s), folder)["runs"]
+        db.dispose_engines()
+        return dict(run)
+
+    def midnight(day: dt.date) -> dt.datetime:
+        return dt.datetime.combine(day, dt.time(), dt.UTC)
+
+    # the night before, through (as its DAG run does): the watermark at Wednesday
+    window = (midnight(tuesday), midnight(wednesday))
+    check_window(settings, ingest_eutils_window(settings, *window).to_dict(), window)
+    db.dispose_engines()
+    assert last_watermark(settings) == midnight(wednesday)
+    failed = night(wednesday, icite_down)
+    assert failed["state"] == "failed", failed
+    assert last_watermark(settings) == midnight(wednesday)  # held where it was
+    assert failed["tasks"]["ingest_window"] == "success", failed["tasks"]
+    assert failed["tasks"]["refresh_citations"] == "failed", failed["tasks"]
+    assert failed["tasks"]["data_quality"] == "upstream_failed", failed["tasks"]
+    assert [w["window_start"] for w in held_windows(settings)] == [
+        midnight(wednesday).isoformat()
+    ]
+    cleared = night(wednesday, settings)
+    assert cleared["state"] == "success", cleared
+    assert last_watermark(settings) == midnight(wednesday + dt.timedelta(days=1))
+    assert held_windows(settings) == []
 
 
 def _aware(value: dt.datetime) -> dt.datetime:
