@@ -22,6 +22,12 @@ DOC_MD = """
 `airflow dags trigger litpulse_bootstrap` (`--conf '{"shards": 16}'` for more embed shards).
 The same job as `litpulse bootstrap`.
 
+**A file missing from the listing.** When a number is missing between listed files (a
+mirror still copying), the files after it wait: `apply_files` applies those before it, then
+fails naming the missing file; clear it once the file is there. Only when NLM withdrew the
+file, apply past it with the param `accept_gaps` (default `false`; `litpulse bootstrap
+--accept-gaps`): `airflow dags trigger litpulse_bootstrap --conf '{"accept_gaps": true}'`.
+
 **What it does.** `list_files` lists `baseline/` and `updatefiles/` of
 `LITPULSE_PUBMED_FILES_URL` and keeps the files not in `source_files`, in order. `fetch_file`
 is **mapped** over them (`.expand()`, at most 2 in flight: `max_active_tis_per_dagrun`): each
@@ -62,6 +68,10 @@ go to `LITPULSE_ALERT_WEBHOOK_URL`. A run times out after 7 days.
         timeout_hours=24 * 7,
         params={
             "shards": Param(8, type="integer", minimum=1, maximum=SHARDS_MAX, title="PMID shards"),
+            "accept_gaps": Param(
+                False, type="boolean", title="Apply past a missing file",
+                description="Only for a file NLM withdrew: `litpulse bootstrap --accept-gaps`.",
+            ),
         },
     )
 )
@@ -71,7 +81,8 @@ def litpulse_bootstrap() -> None:
         """The files not applied yet, in order (one small dict each)."""
         from litpulse.pipeline.bootstrap import list_pending
 
-        return list_pending(settings())
+        accept_gaps = bool(get_current_context()["params"]["accept_gaps"])
+        return list_pending(settings(), accept_gaps=accept_gaps)
 
     @task(max_active_tis_per_dagrun=FETCHERS, execution_timeout=dt.timedelta(hours=2))
     def fetch_file(file: dict[str, Any]) -> str:
@@ -85,7 +96,8 @@ def litpulse_bootstrap() -> None:
         """The one writer: every pending file, in order; returns the load report."""
         from ingest.bootstrap import load_files
 
-        return load_files(settings(), prefetch=0).to_dict()
+        accept_gaps = bool(get_current_context()["params"]["accept_gaps"])
+        return load_files(settings(), prefetch=0, accept_gaps=accept_gaps).to_dict()
 
     @task(retries=0)
     def plan_shards(loaded: dict[str, Any]) -> list[dict[str, Any]]:

@@ -154,9 +154,11 @@ def bootstrap(
 # ------------------------------------------------------------------ the DAG's pieces
 
 
-def list_pending(settings: Settings) -> list[dict[str, Any]]:
-    """The files to apply, in order, as small dicts (the DAG maps its fetchers over them)."""
-    plan = pending_files(settings)
+def list_pending(settings: Settings, *, accept_gaps: bool = False) -> list[dict[str, Any]]:
+    """The files to apply, in order, as small dicts (the DAG maps its fetchers over them);
+    ``accept_gaps``: also those after a number missing from the listing
+    (:func:`ingest.updatefiles.plan_files`)."""
+    plan = pending_files(settings, accept_gaps=accept_gaps)
     logger.info("bootstrap: %d of %d listed files to apply", len(plan.pending), plan.listed)
     if plan.held is not None:  # the writer applies those before the gap, then fails
         logger.warning("bootstrap: %s", plan.held)

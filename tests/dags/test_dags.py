@@ -201,7 +201,10 @@ def test_bootstrap_maps_fetchers_beside_one_ordered_writer(dagbag_report: dict) 
     assert tasks["plan_shards"]["upstream"] == ["apply_files"]
     assert tasks["embed_shard"]["mapped"] and tasks["embed_shard"]["upstream"] == ["plan_shards"]
     assert tasks["publish_index"]["upstream"] == ["embed_shard"]
-    assert dagbag_report["dags"]["litpulse_bootstrap"]["params"] == {"shards": 8}
+    # accept_gaps: `litpulse bootstrap --accept-gaps`, off unless a run asks for it
+    assert dagbag_report["dags"]["litpulse_bootstrap"]["params"] == {
+        "shards": 8, "accept_gaps": False,
+    }
 
 
 def test_documented_dags_test_command(

@@ -392,6 +392,50 @@ def test_the_digest_still_runs_after_a_refresh_that_published_nothing(sup: Modul
     assert dag.task_dict["index_model_current"].ignore_downstream_trigger_rules is True
 
 
+# ---------------------------------------------- the bootstrap DAG's accept_gaps param
+
+
+def test_the_bootstrap_dag_applies_past_a_missing_file_only_with_its_accept_gaps_param(
+    sup: ModuleType, sqlite_settings: Settings, emulator: Emulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The param ``accept_gaps`` (default false) is ``litpulse bootstrap --accept-gaps``:
+    without it the files after a number missing from the listing wait (the writer applies
+    those before, then fails naming the missing file); with it (a file NLM withdrew) the
+    fetchers' list and the writer go past it."""
+    from litpulse.app.demo.pubmed_xml import article_xml, gz, pubmed_set
+    from litpulse.core.errors import IncompleteSourceError
+    from litpulse.core.schema import source_files
+
+    module, dag = _dag_module("litpulse_bootstrap")
+    assert dag.params["accept_gaps"] is False
+    s = emulator.configure(sqlite_settings, ingest_workers=0)
+    monkeypatch.setattr(module, "settings", lambda: s)
+    task = {t: dag.task_dict[t].python_callable for t in ("list_files", "apply_files")}
+    for name, pmids in (("pubmed25n0001.xml.gz", [1, 2]), ("pubmed25n0003.xml.gz", [3])):
+        kind = "baseline" if name.endswith("0001.xml.gz") else "updatefiles"
+        data = gz(pubmed_set([article_xml(p, edat=MONDAY) for p in pmids]))
+        emulator.add_file(kind, name, data)  # n0002: withdrawn
+
+    def run(accept_gaps: bool) -> list[str]:
+        params = {"shards": 8, "accept_gaps": accept_gaps}
+        monkeypatch.setattr(module, "get_current_context", lambda: {"params": params})
+        return [f["name"] for f in task["list_files"]()]
+
+    def applied() -> list[str]:
+        with db.connect(s).connect() as conn:
+            return sorted(conn.execute(select(source_files.c.name)).scalars())
+
+    assert run(accept_gaps=False) == ["pubmed25n0001.xml.gz"]
+    with pytest.raises(IncompleteSourceError, match=r"pubmed25n0002\.xml\.gz"):
+        task["apply_files"]()
+    assert applied() == ["pubmed25n0001.xml.gz"] and _stored(s) == {1, 2}
+    assert run(accept_gaps=True) == ["pubmed25n0003.xml.gz"]
+    assert task["apply_files"]()["applied"] == 1
+    assert applied() == ["pubmed25n0001.xml.gz", "pubmed25n0003.xml.gz"]
+    assert _stored(s) == {1, 2, 3}
+
+
 # ------------------------------------------------------------------- the doc findings
 
 
