@@ -33,3 +33,20 @@ def build_tiny_encoder(folder: Path, *, seed: int = 0, positions: int = 64,
     model = SentenceTransformer(modules=[word, Pooling(word.get_embedding_dimension())])
     model.save(str(folder / "encoder"))
     return str(folder / "encoder")
+
+
+def build_overflowing_encoder(folder: Path, word: str) -> str:
+    """The tiny encoder (:func:`build_tiny_encoder`) whose input embedding of ``word`` (one
+    token of the real tokenizer) is ``inf``: a text holding it encodes to NaN, any other to
+    a finite vector (an encoder that overflows on some input). Saved under ``folder``;
+    returns its path."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    tiny = build_tiny_encoder(folder / "tiny", max_seq_length=32)
+    model = SentenceTransformer(tiny, device="cpu")
+    token = model.tokenizer.convert_tokens_to_ids(word)
+    with torch.no_grad():
+        model[0].auto_model.embeddings.word_embeddings.weight[token] = float("inf")
+    model.save(str(folder / "overflowing"))
+    return str(folder / "overflowing")

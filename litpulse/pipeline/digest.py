@@ -37,10 +37,13 @@ For every saved search (:mod:`litpulse.pipeline.saved_searches`), :func:`run_dig
    expert's searches never reach another's mailbox. The Atom
    feed (``/feeds/{id}.atom``, :func:`feed_for`) reads the matches directly.
 
-A saved search that cannot be searched (filters saved before a rule they break, a value
-the database refuses, any error) is logged with its traceback and reported
-(``SearchDigest.error``, a line of ``DigestReport.failures``); its watermark stays, so
-the next digest tries it again, and the others are digested as usual.
+A saved search that cannot be searched is reported (``SearchDigest.error``, a line of
+``DigestReport.failures``, counted in the digest's closing log line) and skipped; its
+watermark stays, so the next digest tries it again, and the others are digested and
+delivered as usual. One that breaks a rule added since it was saved (its filters, its
+query, a query the published model cannot embed: refused on save since) is logged as a
+warning saying how to correct it in place (``litpulse alerts edit``); any other error (a
+value the database refuses) with its traceback.
 
 ``litpulse nightly`` runs it after its index (and retrain) steps, the
 ``litpulse_index_refresh`` DAG after publishing, ``litpulse alerts run`` on demand.
@@ -287,7 +290,7 @@ def run_digest(
         len(done),
         emailed,
         posted,
-        len(failures),
+        len(report.failures),  # the searches not searched, and the deliveries failed
     )
     return report
 
@@ -413,6 +416,17 @@ def _digest_or_report(
     digest of the others. Nothing of it is written, so the next digest tries again."""
     try:
         return _digest_one(settings, engine, search, index, embed, current)
+    except ConfigError as exc:  # a rule the stored search breaks: its remedy, no traceback
+        logger.warning("saved search %d %r not digested (tried again next time): %s",
+                       search.id, search.name, exc)  # fmt: skip
+        return SearchDigest(
+            search_id=search.id,
+            name=search.name,
+            candidates=0,
+            matched=0,
+            threshold=search.threshold(settings),
+            error=f"{type(exc).__name__}: {exc}",
+        )
     except Exception as exc:  # logged with its traceback, reported, tried again
         logger.exception(
             "saved search %d %r not digested (tried again next time): %s",
@@ -430,6 +444,12 @@ def _digest_or_report(
         )
 
 
+def _not_searched(search: SavedSearch) -> ConfigError:
+    """The error of a search with a :attr:`~SavedSearch.problem`: what it is and how to
+    correct it in place (:attr:`~SavedSearch.remedy`)."""
+    return ConfigError(f"not searched: {search.problem}; {search.remedy}")
+
+
 def _digest_one(
     settings: Settings,
     engine: Engine,
@@ -443,7 +463,7 @@ def _digest_one(
     from ranking.search import lists_authors, run_search
 
     if search.problem is not None:
-        raise ConfigError(f"not searched: {search.problem}; {search.remedy}")
+        raise _not_searched(search)
     threshold = search.threshold(settings)
     # a quoted phrase is required, a word after NOT excluded, an author named: the
     # published lexical index tells which articles meet them (none there: not searched
@@ -473,17 +493,22 @@ def _digest_one(
             id=str(index.id), model_version=str(index.model_version), vectors=part_vectors,
             ids=part_ids,
         )  # fmt: skip
-        result = run_search(
-            settings.replace(rerank_candidates=len(part_ids)),  # the whole part, exactly
-            search.query,
-            k=min(cap + 1, len(part_ids)),  # one more: whether the cap left any out
-            filters=search.filters,
-            engine=engine,
-            index=subset,
-            embed=embed,
-            lexical=phrase_filter,
-            mode="semantic",  # an absolute score for the threshold (see the module doc)
-        )
+        try:
+            result = run_search(
+                settings.replace(rerank_candidates=len(part_ids)),  # the whole part, exactly
+                search.query,
+                k=min(cap + 1, len(part_ids)),  # one more: whether the cap left any out
+                filters=search.filters,
+                engine=engine,
+                index=subset,
+                embed=embed,
+                lexical=phrase_filter,
+                mode="semantic",  # an absolute score for the threshold (see the module doc)
+            )
+        except ConfigError as exc:  # a rule of a search its query breaks, checked only by
+            # searching (the model cannot embed it: saved before that was refused on save)
+            problem = f"its query is refused: {exc}"
+            raise _not_searched(dataclasses.replace(search, problem=problem)) from exc
         # authors alone (Smith J[au]): each new article of theirs meets the query whole
         passing += [h for h in result.hits if listed or h.score >= threshold]
     if passing:

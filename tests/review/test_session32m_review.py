@@ -86,7 +86,7 @@ from ranking import index_files, lexical
 from ranking.refresh import refresh_index
 from ranking.search import SearchFilters, run_search
 from tests.ranking.corpus import BOTH_DATABASES, dated, make_article, world_on
-from tests.tiny_encoder import build_tiny_encoder
+from tests.tiny_encoder import build_overflowing_encoder, build_tiny_encoder
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -115,16 +115,7 @@ def _records() -> list[Any]:
 
 def _overflowing_encoder(folder: Path) -> str:
     """The tiny encoder whose input embedding of :data:`BAD_WORD` is ``inf``."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    tiny = build_tiny_encoder(folder / "tiny", max_seq_length=32)
-    model = SentenceTransformer(tiny, device="cpu")
-    token = model.tokenizer.convert_tokens_to_ids(BAD_WORD)
-    with torch.no_grad():
-        model[0].auto_model.embeddings.word_embeddings.weight[token] = float("inf")
-    model.save(str(folder / "overflowing"))
-    return str(folder / "overflowing")
+    return build_overflowing_encoder(folder, BAD_WORD)
 
 
 @pytest.fixture(scope="module")
