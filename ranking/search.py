@@ -241,9 +241,21 @@ def _terms(name: str, value: str | Iterable[str] | None) -> tuple[str, ...]:
                 f"filter by the descriptor ({descriptor!r}), and add the subheading's words "
                 "to the query"
             )
+        # a term of no letter or digit folds to nothing (fold_term) and names no stored
+        # one: it would match no article, an empty answer without a word
+        named = item.rstrip(MAJOR_MARK + " ") if name == "mesh" else item
+        if item and not fold_term(named):
+            why = "it holds no letter or digit"
+            if name == "mesh" and MAJOR_MARK in item:
+                why = f"{MAJOR_MARK!r} marks a major topic after one ('Neoplasms{MAJOR_MARK}')"
+            raise ConfigError(f"{name} {item!r} names no {_TERM_KINDS[name]}: {why}")
         if item:
             out.append(item)
     return tuple(out)
+
+
+#: What a term of each filter names, for a message.
+_TERM_KINDS = {"mesh": "descriptor", "publication_type": "publication type"}
 
 
 #: The publication type every retracted article carries, folded.
@@ -313,8 +325,9 @@ class SearchFilters:
         include_retracted: Also return retracted articles (flagged in the explanation).
 
     Raises:
-        ConfigError: A malformed date, ``since`` after ``until``, an over-long term, or a
-            term or language holding a control character
+        ConfigError: A malformed date, ``since`` after ``until``, an over-long term, a
+            term naming nothing (no letter or digit: a dash, the major-topic mark ``*``
+            alone), or a term or language holding a control character
             (:func:`litpulse.core.text.checked_text`).
     """
 

@@ -350,6 +350,21 @@ def test_major_topic_mark_is_not_silently_dropped(world: Settings) -> None:
     assert got == {4102}
 
 
+def test_a_filter_term_naming_nothing_is_refused_on_every_surface(
+    world: Settings, client: TestClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``*`` alone (the major-topic mark, no descriptor) or a publication type of no
+    letter or digit answered 0 results without a word; refused now, as any bad term."""
+    for name, value in (("mesh", "*"), ("type", "*"), ("mesh", "**")):
+        answer = _api(client, [(name, value)])
+        assert answer.status_code == 400, answer.text
+        assert repr(value) in answer.json()["detail"]
+    with pytest.raises(ConfigError, match="names no descriptor"):
+        _cli(world, ["--mesh", "*"], capsys)  # `litpulse` prints it and exits 2
+    with pytest.raises(ConfigError, match="names no publication type"):
+        _cli(world, ["--type", "-"], capsys)
+
+
 # ingest/store.py:319 (upgrade_term_forms) fills term_forms for a store made before it
 # only from Store.apply, i.e. on the store's first write; litpulse/core/db.py:127 (_upgrade,
 # run by every connect) creates the table empty. A server that only reads (`litpulse

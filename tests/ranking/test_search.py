@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,22 @@ def test_bad_query_rejected(sqlite_settings: Settings, bad: str) -> None:
 def test_bad_filters_rejected(kw: dict[str, Any], field: str) -> None:
     with pytest.raises(ConfigError, match=field):
         SearchFilters(**kw)
+
+
+@pytest.mark.parametrize(
+    ("kw", "said"),
+    [({"mesh": "*"}, "mesh '*' names no descriptor"), ({"mesh": " * "}, "mesh '*'"),
+     ({"mesh": ("Humans", "**")}, "mesh '**' names no descriptor"),
+     ({"mesh": "- *"}, "mesh '- *' names no descriptor"),
+     ({"publication_type": "*"}, "publication_type '*' names no publication type"),
+     ({"publication_type": "\u2014"}, "publication_type '\u2014'")],
+)
+def test_a_term_naming_nothing_is_refused(kw: dict[str, Any], said: str) -> None:
+    """A term of no letter or digit (the major-topic mark alone, a dash) matches no
+    article: refused, as an over-long term is, never an empty answer."""
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        SearchFilters(**kw)
+    assert SearchFilters(mesh="Neoplasms*").mesh == ("Neoplasms*",)  # the mark after one
 
 
 def test_bad_k_rejected(sqlite_settings: Settings) -> None:
