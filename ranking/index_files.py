@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,10 @@ class PublishedIndex:
         path: Folder of its files.
         ids: The PMIDs it holds, sorted (int64).
         details: The version's ``meta.json``.
-        lexical: Its lexical index, or ``None`` (a version made before lexical indexes).
+        lexical: Its lexical index, or ``None`` (a version made before lexical indexes, or
+            one whose lexical index could not be opened: ``lexical_error``).
+        lexical_error: Why its lexical index could not be opened (search is semantic only
+            meanwhile), or ``None``. Not kept: :func:`open_published` tries again.
     """
 
     id: str
@@ -103,6 +106,7 @@ class PublishedIndex:
     details: dict[str, Any] = field(default_factory=dict, repr=False)
     index: Any = field(default=None, repr=False)
     lexical: LexicalIndex | None = field(default=None, repr=False)
+    lexical_error: str | None = field(default=None, repr=False)
     _gpu: Any = field(default=None, repr=False)
     _gpu_ids: Any = field(default=None, repr=False)
     _gpu_res: Any = field(default=None, repr=False)
@@ -302,14 +306,7 @@ def _load(row: Any, settings: Settings) -> PublishedIndex:
     index, ids, meta = read_files(row.path)
     if hasattr(index, "nprobe"):
         index.nprobe = settings.ivf_nprobe
-    lexical = None
-    try:
-        lexical = open_lexical_at(row.path, Bm25.from_settings(settings))
-    except (ConsistencyError, OSError, ValueError) as exc:
-        logger.warning("lexical index of %s cannot be opened (%s): semantic search only",
-                       row.id, exc)
-    if lexical is None:
-        logger.warning("index %s has no lexical index: run `litpulse index refresh`", row.id)
+    lexical, lexical_error = _open_lexical(row.id, row.path, meta, settings)
     gpu = gpu_ids = res = None
     if faiss_ops.gpu_available(settings) and index.ntotal:  # pragma: no cover - GPU hosts
         try:
@@ -319,9 +316,43 @@ def _load(row: Any, settings: Settings) -> PublishedIndex:
                            row.id, exc)
     return PublishedIndex(
         id=row.id, model_version=row.model_version, kind=row.kind, size=int(index.ntotal),
-        path=row.path, ids=ids, details=meta, index=index, lexical=lexical, _gpu=gpu,
-        _gpu_ids=gpu_ids, _gpu_res=res,
+        path=row.path, ids=ids, details=meta, index=index, lexical=lexical,
+        lexical_error=lexical_error, _gpu=gpu, _gpu_ids=gpu_ids, _gpu_res=res,
     )
+
+
+def _open_lexical(
+    index_id: str, path: str, meta: dict[str, Any], settings: Settings,
+    said: str | None = None,
+) -> tuple[LexicalIndex | None, str | None]:
+    """A version's lexical index (``None``: it has none, made before lexical indexes), and
+    why it could not be opened (``None``: it was, or it has none). A failure is logged,
+    unless it is ``said`` (the last try's: one line while it fails alike, not one a
+    search)."""
+    error = None
+    try:
+        lexical = open_lexical_at(path, Bm25.from_settings(settings))
+    except (ConsistencyError, OSError, ValueError) as exc:  # unreadable, being replaced
+        lexical, error = None, str(exc)
+    if lexical is None and error is None and "lexical" in meta:  # written, gone for now
+        error = f"lexical index files are missing in {Path(path) / LEXICAL_DIR}"
+    if error is not None and error != said:
+        logger.warning("lexical index of %s cannot be opened (%s): semantic search only, "
+                       "until it opens (tried again at the next search)", index_id, error)
+    elif lexical is None and error is None:
+        logger.warning("index %s has no lexical index: run `litpulse index refresh`", index_id)
+    return lexical, error
+
+
+def _lexical_again(loaded: PublishedIndex, settings: Settings) -> PublishedIndex:
+    """``loaded``, whose lexical index could not be opened, with it opened now if it opens
+    (its vectors kept as loaded)."""
+    lexical, error = _open_lexical(loaded.id, loaded.path, loaded.details, settings,
+                                   said=loaded.lexical_error)  # fmt: skip
+    if error is not None:
+        return loaded if error == loaded.lexical_error else replace(loaded, lexical_error=error)
+    logger.info("lexical index of %s opened", loaded.id)
+    return replace(loaded, lexical=lexical, lexical_error=None)
 
 
 _CACHE: dict[str, PublishedIndex] = {}
@@ -332,7 +363,9 @@ def open_published(settings: Settings, engine: Engine | None = None) -> Publishe
     """The published index version, loaded once per process and version.
 
     Each call reads the ``index_versions`` row (cheap) and reloads only when another
-    version has been published since. Returns ``None`` when none is published.
+    version has been published since. Returns ``None`` when none is published. A lexical
+    index that could not be opened (its files unreadable or being replaced for a moment)
+    is not kept so: each call tries to open it again, until it opens.
     """
     engine = engine or db.connect(settings)
     row = published_index_row(engine)
@@ -342,6 +375,8 @@ def open_published(settings: Settings, engine: Engine | None = None) -> Publishe
     with _CACHE_LOCK:
         cached = _CACHE.get(key)
         if cached is not None and cached.id == row.id:
+            if cached.lexical_error is not None:  # a failure is not kept: tried again
+                cached = _CACHE[key] = _lexical_again(cached, settings)
             return cached
         loaded = _load(row, settings)
         _CACHE[key] = loaded

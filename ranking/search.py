@@ -717,15 +717,17 @@ def run_search(
         lexical = getattr(index, "lexical", None)
     effective = requested
     if lexical is None:
+        # one that could not be opened for a moment is opened again by the next search
+        failed = getattr(index, "lexical_error", None)
+        why = (f"index {index.id}'s cannot be opened now ({failed}): try again shortly"
+               if failed else
+               f"index {index.id} has none yet: run `litpulse index refresh`")  # fmt: skip
         if requested == SearchMode.LEXICAL:
-            raise NoIndexError(
-                f"index {index.id} has no lexical index yet: run `litpulse index refresh`"
-            )
+            raise NoIndexError(f"lexical mode searches the lexical index, and {why}")
         if constrains(text):
             raise NoIndexError(
                 f"quoted phrases, NOT and authors ([au]) are matched in the lexical index, "
-                f"and index {index.id} has none yet: run `litpulse index refresh`, or "
-                "search without them"
+                f"and {why}, or search without them"
             )
         effective = SearchMode.SEMANTIC
     conds = filters.clauses()

@@ -30,6 +30,7 @@ from ranking import faiss_ops, index_files, lexical, publish, refresh
 from ranking import index_status as ix_status
 from ranking.embed import vector_to_bytes
 from ranking.models import published_index_row
+from ranking.search import NoIndexError, run_search
 
 D = 16
 
@@ -143,6 +144,53 @@ def test_search_rejects_bad_queries(sqlite_settings: Settings) -> None:
         idx.search(np.zeros((1, D + 1), dtype=np.float32), 3)
     with pytest.raises(TypeError):
         idx.search(np.zeros((1, D), dtype=np.int64), 3)
+
+
+@pytest.mark.parametrize("how", ["file moved", "folder moved", "unreadable"])
+def test_a_lexical_index_that_failed_to_open_is_opened_again(
+    settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture, how: str,
+) -> None:
+    """A version's lexical index that cannot be opened for a moment (its files being
+    replaced, a read failing) leaves search semantic only for that moment: the failure is
+    not kept for the version, the next open tries again; an index opened is kept."""
+    add_articles(engine, [1, 2, 3])
+    published = refresh.refresh_index(settings)
+    index_files._CACHE.clear()
+    lexical._CACHE.clear()
+    folder = Path(published.path) / lexical.LEXICAL_DIR
+    meta = folder / "meta.json"
+    moved = {"file moved": meta, "folder moved": folder}.get(how)
+    real = lexical.LexicalIndex.open
+    fail = [True]
+
+    def unreadable(path: str | Path, bm25: lexical.Bm25 | None = None) -> lexical.LexicalIndex:
+        if fail[0]:
+            raise PermissionError(13, "Permission denied", str(meta))
+        return real(path, bm25)
+
+    if moved is not None:  # as a copy replacing it does, for a moment
+        moved.rename(moved.with_suffix(".away"))
+    else:
+        monkeypatch.setattr(lexical.LexicalIndex, "open", unreadable)
+    with caplog.at_level("WARNING", logger="ranking.index_files"):
+        first = index_files.open_published(settings)
+        assert first is not None and first.id == published.id and first.lexical is None
+        assert index_files.open_published(settings) is not None  # still failing
+        with pytest.raises(NoIndexError, match="cannot be opened now.*try again shortly"):
+            run_search(settings, "title 2", mode="lexical")  # not "run index refresh"
+    # said once, not at every search while it fails the same way
+    assert len([r for r in caplog.records if "cannot be opened" in r.getMessage()]) == 1
+    if moved is not None:
+        moved.with_suffix(".away").rename(moved)
+    fail[0] = False
+
+    again = index_files.open_published(settings)
+    assert again is not None and again.id == published.id and again.lexical is not None
+    assert [p for p, _ in again.lexical.search("title 2", 1)] == [2]
+    assert top1(again, _vec(3)) == (pytest.approx(1.0, abs=1e-5), 3)  # the vectors too
+    assert index_files.open_published(settings) is again  # a success is kept
+    assert [h.pmid for h in run_search(settings, "title 2", k=1, mode="lexical").hits] == [2]
 
 
 def test_rebuild_on_model_change_and_on_request(settings: Settings, engine: Engine) -> None:
