@@ -19,10 +19,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from litpulse.core.settings import Settings
+from litpulse.pipeline.exchange import Deadline, timed_opener
 
-__all__ = ["notify", "deadline_missed"]
+__all__ = ["ALERT_TIMEOUT_S", "notify", "deadline_missed"]
 
 logger = logging.getLogger(__name__)
+
+#: Seconds the webhook exchange of one alert may take at most, connection to last byte
+#: (``LITPULSE_HTTP_TIMEOUT``, capped: the caller, a failure callback, waits on it).
+ALERT_TIMEOUT_S = 10.0
 
 
 def notify(settings: Settings, text: str, details: Mapping[str, Any] | None = None) -> bool:
@@ -30,7 +35,10 @@ def notify(settings: Settings, text: str, details: Mapping[str, Any] | None = No
 
     The body is ``{"text": text, "details": {...}}`` (Slack and most chat webhooks read
     ``text``). A failing webhook is logged, never raised: an alert must not hide the
-    failure it reports.
+    failure it reports. The exchange, connection to last byte, takes at most
+    ``LITPULSE_HTTP_TIMEOUT``, capped at :data:`ALERT_TIMEOUT_S`
+    (:class:`~litpulse.pipeline.exchange.Deadline`): a receiver that answers a byte at a
+    time holds the caller no longer.
 
     Args:
         settings: The settings (webhook URL and timeout).
@@ -48,11 +56,14 @@ def notify(settings: Settings, text: str, details: Mapping[str, Any] | None = No
     request = urllib.request.Request(
         url, data=body, headers={"Content-Type": "application/json"}, method="POST"
     )
+    # one deadline for the whole exchange: a receiver dripping its answer a byte at a
+    # time kept each read within a per-read timeout, and the caller waiting for ever
+    deadline = Deadline.of(settings, ALERT_TIMEOUT_S)
     try:
-        with urllib.request.urlopen(request, timeout=min(settings.http_timeout, 10.0)) as resp:
+        with timed_opener(deadline).open(request, timeout=deadline.seconds) as resp:
             ok = 200 <= resp.status < 300
     except Exception as exc:  # noqa: BLE001 - an alert must never raise
-        logger.warning("alert webhook failed: %s", exc)
+        logger.warning("alert webhook failed: %s", deadline.said if deadline.expired else exc)
         return False
     if not ok:
         logger.warning("alert webhook answered HTTP %s", resp.status)

@@ -20,21 +20,17 @@ Example:
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as dt
-import functools
 import hashlib
 import http.client
 import json
 import re
 import smtplib
 import socket
-import ssl
-import time
 import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.policy import EmailPolicy
@@ -42,9 +38,10 @@ from email.utils import getaddresses
 from typing import Any
 
 from litpulse.core.errors import TransientSourceError
-from litpulse.core.settings import Settings, env_name
+from litpulse.core.settings import Settings
 from litpulse.core.text import sender_address
 from litpulse.core.timeutil import iso
+from litpulse.pipeline.exchange import Deadline, timed_opener
 from litpulse.pipeline.saved_searches import SavedSearch
 from ranking.details import pubmed_url
 
@@ -64,7 +61,8 @@ __all__ = [
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
 #: Seconds an SMTP or webhook exchange may take at most (``LITPULSE_HTTP_TIMEOUT``, capped:
-#: the whole exchange, connection to last byte, not each read: :class:`_Deadline`).
+#: the whole exchange, connection to last byte, not each read:
+#: :class:`~litpulse.pipeline.exchange.Deadline`).
 MAX_DELIVERY_TIMEOUT_S = 30.0
 
 
@@ -120,178 +118,15 @@ def _too_large(exc: smtplib.SMTPResponseException) -> bool:
     return exc.smtp_code == 552
 
 
-class _Deadline:
-    """The time one exchange with a receiver may take (:data:`MAX_DELIVERY_TIMEOUT_S`).
-
-    A socket timeout bounds each read or write, not the exchange: a receiver that drips
-    its answer (a byte every second: a stuck proxy, a tarpit, an overloaded relay) would
-    hold the digest, and its leases, for as long as it drips. Here the connection, and
-    each read and write of it (:class:`_TimedSocket`), waits at most the time left.
-
-    Attributes:
-        seconds: The exchange's time.
-        reached: The receiver accepted the connection.
-        expired: The time ran out (a :class:`TimeoutError` was raised): connecting
-            (``reached`` false) or after (the request may have gone out).
-    """
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.end = time.monotonic() + seconds
-        self.reached = False
-        self.expired = False
-
-    def left(self) -> float:
-        """Seconds left of the exchange.
-
-        Raises:
-            TimeoutError: None are left.
-        """
-        left = self.end - time.monotonic()
-        if left <= 0:
-            self.expired = True
-            raise TimeoutError(f"no answer within {self.seconds:g} s")
-        return left
-
-    @property
-    def unanswered(self) -> bool:
-        """The receiver could not be reached, or did not answer in time."""
-        return self.expired or not self.reached
-
-    @property
-    def unreachable(self) -> bool:
-        """No connection was made (refused, no route, unresolvable, the connect timed
-        out)."""
-        return not self.reached
-
-    @property
-    def said(self) -> str:
-        """What a failure says when the time ran out."""
-        return (f"no complete answer within {self.seconds:g} s ({env_name('http_timeout')}, "
-                f"at most {MAX_DELIVERY_TIMEOUT_S:g} s an exchange)")  # fmt: skip
-
-    def connect(
-        self, address: tuple[str, int], timeout: object = None, source_address: Any = None
-    ) -> socket.socket:
-        """:func:`socket.create_connection` within the time left (``timeout`` is not
-        used: it is there for the callers' signature), as a :class:`_TimedSocket`."""
-        try:
-            sock = socket.create_connection(address, self.left(), source_address)
-        except TimeoutError:
-            self.expired = True
-            raise
-        self.reached = True
-        timed = _TimedSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
-        timed.deadline = self
-        timed.settimeout(self.left())  # what a TLS handshake, right after, may take
-        return timed
-
-
-class _TimedSocket(socket.socket):
-    """A connected socket whose every read and write waits at most the time left of its
-    :class:`_Deadline` (none set: as a plain socket)."""
-
-    deadline: _Deadline | None = None
-
-    @contextlib.contextmanager
-    def _timed(self) -> Iterator[None]:
-        """One read or write, waiting at most the time left; running out expires it."""
-        if self.deadline is not None:
-            self.settimeout(self.deadline.left())
-        try:
-            yield
-        except TimeoutError:
-            if self.deadline is not None:
-                self.deadline.expired = True
-            raise
-
-    def recv(self, *args: Any) -> bytes:
-        with self._timed():
-            return super().recv(*args)
-
-    def recv_into(self, *args: Any) -> int:
-        with self._timed():
-            return super().recv_into(*args)
-
-    def send(self, *args: Any) -> int:
-        with self._timed():
-            return super().send(*args)
-
-    def sendall(self, *args: Any) -> None:
-        with self._timed():  # one timeout for the whole of it (Python 3.5+)
-            super().sendall(*args)
-
-
-class _TimedSSLSocket(_TimedSocket, ssl.SSLSocket):
-    """:class:`_TimedSocket` over TLS (an ``https`` webhook): the TLS socket a context of
-    :func:`_timed_tls` makes, given its deadline once the handshake is done."""
-
-
-@functools.cache
-def _timed_tls() -> ssl.SSLContext:
-    """The TLS context of an ``https`` webhook: the default one (certificates checked),
-    whose sockets are :class:`_TimedSSLSocket`; made once (it reads the CA certificates),
-    shared by every exchange (a context is thread-safe)."""
-    context = ssl.create_default_context()
-    context.sslsocket_class = _TimedSSLSocket
-    return context
-
-
-class _TimedHTTPConnection(http.client.HTTPConnection):
-    """An HTTP connection within a :class:`_Deadline` (``deadline=``)."""
-
-    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._create_connection = deadline.connect
-
-
-class _TimedHTTPSConnection(http.client.HTTPSConnection):
-    """An HTTPS connection within a :class:`_Deadline` (``deadline=``)."""
-
-    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.deadline = deadline
-        self._create_connection = deadline.connect
-
-    def connect(self) -> None:
-        try:
-            super().connect()  # the handshake within the time left (_Deadline.connect)
-        except TimeoutError:
-            self.deadline.expired = True
-            raise
-        if isinstance(self.sock, _TimedSocket):
-            self.sock.deadline = self.deadline
-
-
-class _TimedHTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, deadline: _Deadline) -> None:
-        super().__init__()
-        self.deadline = deadline
-
-    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(functools.partial(_TimedHTTPConnection, deadline=self.deadline), req)
-
-
-class _TimedHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, deadline: _Deadline) -> None:
-        self.tls = _timed_tls()
-        super().__init__(context=self.tls)
-        self.deadline = deadline
-
-    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        connection = functools.partial(_TimedHTTPSConnection, deadline=self.deadline)
-        return self.do_open(connection, req, context=self.tls)
-
-
 class _SMTP(smtplib.SMTP):
-    """:class:`smtplib.SMTP` within a :class:`_Deadline` (``deadline=``: the connection,
+    """:class:`smtplib.SMTP` within a :class:`Deadline` (``deadline=``: the connection,
     the greeting and every command after it), that tells a refused ``DATA`` command (the
     server refuses any message now: the sender, a policy) from a refusal of the message's
     data, which :meth:`smtplib.SMTP.data` raises alike (:class:`smtplib.SMTPDataError`)."""
 
     data_command_refused = False
 
-    def __init__(self, host: str, port: int, *, deadline: _Deadline) -> None:
+    def __init__(self, host: str, port: int, *, deadline: Deadline) -> None:
         self.deadline = deadline  # before the connection and greeting, which __init__ reads
         super().__init__(host, port, timeout=deadline.seconds)
 
@@ -650,7 +485,7 @@ def send_email(
     to = shared_recipients(settings) if to is None else list(to)
     msg = email_message(settings, search, matches, to, key)
     envelope = [address for _, address in getaddresses(to) if address]
-    deadline = _Deadline(min(settings.http_timeout, MAX_DELIVERY_TIMEOUT_S))
+    deadline = Deadline.of(settings, MAX_DELIVERY_TIMEOUT_S)
     try:
         with _SMTP(settings.digest_smtp_host, settings.digest_smtp_port,
                    deadline=deadline) as smtp:  # fmt: skip
@@ -692,7 +527,7 @@ def post_webhook(
     are sent again).
 
     Raises:
-        DeliveryError: No 2xx answer (none within the exchange's time, :class:`_Deadline`;
+        DeliveryError: No 2xx answer (none within the exchange's time, :class:`Deadline`;
             an answer that is no HTTP).
     """
     n = len(matches)
@@ -713,10 +548,8 @@ def post_webhook(
         headers={"Content-Type": "application/json", "User-Agent": "litpulse-digest",
                  "Idempotency-Key": key},
     )
-    deadline = _Deadline(min(settings.http_timeout, MAX_DELIVERY_TIMEOUT_S))
-    opener = urllib.request.build_opener(
-        _Unredirected, _TimedHTTPHandler(deadline), _TimedHTTPSHandler(deadline)
-    )
+    deadline = Deadline.of(settings, MAX_DELIVERY_TIMEOUT_S)
+    opener = timed_opener(deadline, _Unredirected)
     try:
         with opener.open(request, timeout=deadline.seconds) as resp:
             status = int(resp.status)
