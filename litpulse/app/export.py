@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import enum
 import io
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,10 +42,36 @@ FORMATS: dict[str, tuple[str, str]] = {
 
 CSV_COLUMNS = (
     "rank", "pmid", "title", "authors", "journal", "year", "date", "volume", "issue",
-    "pages", "doi", "url", "score", "similarity", "recency", "citation", "retracted",
+    "pages", "doi", "url", "score", "similarity", "recency", "citation", "retracted", "type",
 )
 #: What a retracted article's RIS ``N1`` and BibTeX ``note`` say (the page's label).
 RETRACTED = "Retracted article"
+
+
+class Kind(enum.Enum):
+    """What a record is, as a reference: its RIS ``TY`` and BibTeX entry type follow.
+
+    A PubMed Bookshelf record (``PubmedBookArticle``, stored with ``is_book``) keeps its
+    book's title as ``journal`` (:func:`ingest.fields`): one whose own title is another
+    is a chapter of that book (a GeneReviews chapter), else it is the whole book.
+    """
+
+    ARTICLE = "article"
+    CHAPTER = "chapter"
+    BOOK = "book"
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> Kind:
+        """The kind of an export row (:func:`load_export_rows`)."""
+        if not row.get("is_book"):
+            return cls.ARTICLE
+        book = _one_line(row.get("journal"))
+        return cls.CHAPTER if book and _one_line(row.get("title")) != book else cls.BOOK
+
+
+#: RIS reference type and BibTeX entry type of each kind.
+_RIS_TYPE = {Kind.ARTICLE: "JOUR", Kind.CHAPTER: "CHAP", Kind.BOOK: "BOOK"}
+_BIB_TYPE = {Kind.ARTICLE: "article", Kind.CHAPTER: "incollection", Kind.BOOK: "book"}
 
 
 def load_export_rows(engine: Engine, pmids: Iterable[int]) -> dict[int, dict[str, Any]]:
@@ -58,6 +85,7 @@ def load_export_rows(engine: Engine, pmids: Iterable[int]) -> dict[int, dict[str
         articles.c.best_date, articles.c.language,
         articles.c.doi, articles.c.pmcid, articles.c.authors, articles.c.mesh,
         articles.c.publication_types, articles.c.record, articles.c.is_retracted,
+        articles.c.is_book,
     )
     with engine.connect() as conn:
         return {
@@ -111,7 +139,8 @@ def _hits_by_pmid(hits: Sequence[Hit | int]) -> list[tuple[int, Hit | None]]:
 
 
 def to_ris(hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]]) -> str:
-    """RIS records (``TY  - JOUR`` … ``ER  -``), one per hit, in rank order."""
+    """RIS records (``TY  - JOUR`` … ``ER  -``), one per hit, in rank order; a book
+    chapter is ``TY  - CHAP`` with its book as ``T2``, a whole book ``TY  - BOOK``."""
     lines: list[str] = []
 
     def tag(name: str, value: Any) -> None:
@@ -123,7 +152,8 @@ def to_ris(hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]]) -> 
         row = rows.get(pmid)
         if row is None:
             continue
-        lines.append("TY  - JOUR")
+        kind = Kind.of(row)
+        lines.append(f"TY  - {_RIS_TYPE[kind]}")
         tag("TI", row.get("title"))
         for name, _ in _authors(row):
             tag("AU", name)
@@ -133,8 +163,11 @@ def to_ris(hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]]) -> 
             y, m, d = parts
             tag("DA", f"{y:04d}/{m:02d}/{d:02d}" if m and d
                 else f"{y:04d}/{f'{m:02d}' if m else ''}//")
-        tag("T2", row.get("journal"))
-        tag("JO", _extra(row, "journal_iso") or row.get("journal"))
+        if kind is Kind.ARTICLE:
+            tag("T2", row.get("journal"))
+            tag("JO", _extra(row, "journal_iso") or row.get("journal"))
+        elif kind is Kind.CHAPTER:  # the book the chapter is in (a book has no journal)
+            tag("T2", row.get("journal"))
         tag("VL", _extra(row, "volume"))
         tag("IS", _extra(row, "issue"))
         pages = _extra(row, "pages")
@@ -211,18 +244,22 @@ def _bib_verbatim(value: Any) -> str:
 
 
 def to_bibtex(hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]]) -> str:
-    """BibTeX ``@article{pmidNNN, …}`` entries, one per hit, in rank order."""
+    """BibTeX ``@article{pmidNNN, …}`` entries, one per hit, in rank order; a book
+    chapter is ``@incollection`` with its book as ``booktitle``, a whole book ``@book``."""
     entries = []
     for pmid, _hit in _hits_by_pmid(hits):
         row = rows.get(pmid)
         if row is None:
             continue
+        kind = Kind.of(row)
         fields: list[tuple[str, str]] = [("title", "{" + _bib(row.get("title")) + "}")]
         names = [("{" + _bib(n) + "}") if group else _bib_person(n) for n, group in _authors(row)]
         if names:
             fields.append(("author", " and ".join(names)))
+        # an article's journal; the book a chapter is in (a whole book is in none)
+        container = {Kind.ARTICLE: "journal", Kind.CHAPTER: "booktitle"}.get(kind)
         for key, value in (
-            ("journal", row.get("journal")),
+            (container or "", row.get("journal") if container else None),
             ("year", row.get("pub_year")),
             ("volume", _extra(row, "volume")),
             ("number", _extra(row, "issue")),
@@ -243,7 +280,7 @@ def to_bibtex(hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]]) 
         if row.get("is_retracted"):
             fields.append(("note", RETRACTED))
         body = ",\n".join(f"  {k} = {{{v}}}" for k, v in fields)
-        entries.append(f"@article{{pmid{pmid},\n{body}\n}}\n")
+        entries.append(f"@{_BIB_TYPE[kind]}{{pmid{pmid},\n{body}\n}}\n")
     return "\n".join(entries)
 
 
@@ -266,7 +303,9 @@ def to_csv(
     hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]], first_rank: int = 1
 ) -> str:
     """One CSV row per hit with its bibliographic fields and score components; the
-    first hit's ``rank`` is ``first_rank`` (a page's offset + 1)."""
+    first hit's ``rank`` is ``first_rank`` (a page's offset + 1). ``type`` says what the
+    record is (:class:`Kind`: ``article``, ``chapter`` or ``book``; the ``journal`` of a
+    chapter or book is the book's title)."""
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(CSV_COLUMNS)
@@ -290,7 +329,8 @@ def to_csv(
             if hit is not None else ["", "", "", ""]
         )  # fmt: skip
         retracted = "true" if row.get("is_retracted") else "false"
-        writer.writerow([rank, pmid, *(_cell(v) for v in text), *scores, retracted])
+        writer.writerow([rank, pmid, *(_cell(v) for v in text), *scores, retracted,
+                         Kind.of(row).value])
     return buf.getvalue()
 
 

@@ -107,3 +107,23 @@ def test_export_bibtex_doi_braces_never_break_the_entry(doi: str, written: str |
         assert f"  doi = {{{written}}},\n" in out, out
     assert _nested(out)  # the entry's braces balance: every field ends where it should
     assert out.count(" = {") == out.count("},\n") + 1  # one field a line, the last "}\n"
+
+
+def test_export_a_whole_book_and_a_chapter_by_their_kind() -> None:
+    """A Bookshelf record: a whole book (its title is the book's) is ``TY  - BOOK`` /
+    ``@book`` with no journal or container; a chapter ``CHAP`` / ``@incollection`` in its
+    book; the CSV's ``type`` says which (session 33a's A1)."""
+    from litpulse.app.export import to_bibtex, to_csv, to_ris
+
+    book = _export_rows(title="GeneReviews®", journal="GeneReviews®", is_book=True)
+    ris = to_ris([1], book)
+    assert ris.startswith("TY  - BOOK\r\n") and "TI  - GeneReviews®" in ris
+    assert "T2  - " not in ris and "JO  - " not in ris
+    bib = to_bibtex([1], book)
+    assert bib.startswith("@book{pmid1,\n") and "journal" not in bib and "booktitle" not in bib
+    chapter = _export_rows(title="A syndrome", journal="GeneReviews®", is_book=True)
+    assert to_ris([1], chapter).startswith("TY  - CHAP\r\n")
+    assert "  booktitle = {GeneReviews®}" in to_bibtex([1], chapter)
+    kinds = [next(csv.DictReader(io.StringIO(to_csv([1], rows))))["type"]
+             for rows in (_export_rows(), chapter, book)]  # fmt: skip
+    assert kinds == ["article", "chapter", "book"]
