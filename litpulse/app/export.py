@@ -284,14 +284,25 @@ def to_bibtex(hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]]) 
     return "\n".join(entries)
 
 
+#: What a spreadsheet takes for the start of a formula, at the start of a cell.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+#: A ``;`` and what follows it up to a formula's start (blanks, quotes): where a
+#: spreadsheet whose list separator is ``;`` (Excel in most of continental Europe) starts
+#: a new cell in the middle of ours.
+_FORMULA_AFTER_SEMICOLON = re.compile(r';[\s"]*?(?=[=+\-@\t\r])')
+
+
 def _cell(value: Any) -> Any:
-    """A text cell guarded against spreadsheet formula injection (cells starting
-    ``= + - @``, tab or carriage return get a leading ``'``). Only for text from the
-    records: numbers this module formats itself (rank, PMID, year, scores) are written as
-    they are, so that a negative score stays a number."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
+    """A text cell guarded against spreadsheet formula injection: one starting ``= + -
+    @``, tab or carriage return gets a leading ``'``, and so does each such start after a
+    ``;`` in it (with blanks or quotes between), which a spreadsheet splitting at ``;``
+    reads as a cell of its own (``a;=cmd…`` is written ``a;'=cmd…``). Only for text from
+    the records: numbers this module formats itself (rank, PMID, year, scores) are written
+    as they are, so that a negative score stays a number."""
+    if not isinstance(value, str):
+        return value
+    value = _FORMULA_AFTER_SEMICOLON.sub(lambda m: m.group() + "'", value)
+    return "'" + value if value.startswith(_FORMULA_START) else value
 
 
 def _number(value: float) -> str:

@@ -59,6 +59,22 @@ def test_export_csv_still_guards_text_cells_that_look_like_formulas() -> None:
     assert got["score"] == "-0.500000"  # while the number beside them is not
 
 
+def test_export_csv_guards_a_formula_after_a_semicolon() -> None:
+    """Where ``;`` separates cells (Excel in much of Europe), what follows a ``;`` in a
+    text cell starts a cell: it is guarded as a cell's start is (session 33a's A2)."""
+    from ranking.search import Hit
+
+    hit = Hit(pmid=1, title="t", score=0.5, similarity=0.5, recency=0.0, citation=0.0)
+    rows = _export_rows(
+        title='Outcomes;=cmd|" /C calc"!A0; in adults', journal='J; "@SUM(A1)',
+        authors=[{"last_name": "Doe", "fore_name": "J"}, {"collective_name": "-2+3"}],
+    )  # fmt: skip
+    got = _csv(hit, rows)
+    assert got["title"] == 'Outcomes;\'=cmd|" /C calc"!A0; in adults'
+    assert got["journal"] == 'J; "\'@SUM(A1)' and got["authors"] == "Doe, J; '-2+3"
+    assert _csv(hit, _export_rows(title="A; B; 2-3"))["title"] == "A; B; 2-3"  # else as is
+
+
 def test_export_bibtex_doi_is_the_doi() -> None:
     from litpulse.app.export import to_bibtex
 
