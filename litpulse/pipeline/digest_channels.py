@@ -323,7 +323,9 @@ def atom_feed(
     self_url: str,
     paging: FeedPage | None = None,
 ) -> bytes:
-    """The Atom 1.0 document of a saved search's matches (newest first), UTF-8.
+    """The Atom 1.0 document of a saved search's matches (newest first), UTF-8; DEL and
+    the C1 controls written as character references (``&#155;``), so printed on a
+    terminal it cannot act on it.
 
     Args:
         search: The saved search.
@@ -373,7 +375,15 @@ def atom_feed(
         _text(entry, "updated", iso(m.updated))
         retracted = " (retracted)" if m.retracted else ""
         _text(entry, "summary", f"PMID {m.pmid}{retracted}, {m.why}", type="text")
-    return bytes(ET.tostring(feed, encoding="utf-8", xml_declaration=True))
+    document = bytes(ET.tostring(feed, encoding="utf-8", xml_declaration=True))
+    # DEL and the C1 controls are XML characters, but a terminal acts on them (U+009B
+    # starts a control sequence: `litpulse alerts feed` prints the feed): written as
+    # character references, the same document to a parser, inert where it is shown
+    return _TERMINAL_CONTROL.sub(lambda m: b"&#%d;" % ord(m.group().decode()), document)
+
+
+#: DEL and the C1 controls (U+007F-U+009F) in UTF-8: XML allows them, a terminal acts on them.
+_TERMINAL_CONTROL = re.compile(b"\x7f|\xc2[\x80-\x9f]")
 
 
 def email_message(

@@ -248,5 +248,7 @@ def run_feed(args: argparse.Namespace, settings: Settings) -> int:
     base = args.base_url or settings.public_url or "http://127.0.0.1:8000/"
     url = base.rstrip("/") + found.feed_path
     feed = feed_for(settings, found.id, self_url=url, page=args.page, after=args.after)
+    # printed as it is: the feed holds no control character a terminal acts on (C0 left
+    # out, DEL and C1 as character references), and escaping would change the document
     sys.stdout.write(feed.decode("utf-8") + "\n")
     return 0
