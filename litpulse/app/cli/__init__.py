@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from litpulse.app.cli._common import SafeFormatter, safe_text
 from litpulse.core import __version__
 from litpulse.core.errors import BusyError, LitpulseError, NotFoundError
 
@@ -50,11 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), handlers=[handler])
     from sqlalchemy.exc import OperationalError
 
     from litpulse.app.cli.nightly import EXIT_BUSY
@@ -66,17 +65,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a reader that left shows here, not at the interpreter's exit
         return code
     except NotFoundError as exc:
-        print(f"litpulse: {exc}", file=sys.stderr)
+        print(f"litpulse: {safe_text(str(exc))}", file=sys.stderr)
         return 1
-    except LitpulseError as exc:
-        print(f"litpulse: error: {exc}", file=sys.stderr)
+    except LitpulseError as exc:  # it may quote a source's answer: escaped, as every output
+        print(f"litpulse: error: {safe_text(str(exc))}", file=sys.stderr)
         # another process holds the lease (writes articles, publishes an index, runs a
         # bootstrap, nightly or digest), or a source failed for now: try again later
         # (EX_TEMPFAIL)
         return EXIT_BUSY if isinstance(exc, BusyError) or exc.retryable else 2
     except OperationalError as exc:  # the database cannot be reached (down, refused)
         first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[:1]
-        print(f"litpulse: error: the database cannot be reached: {''.join(first)}",
+        print(f"litpulse: error: the database cannot be reached: {safe_text(''.join(first))}",
               file=sys.stderr)
         return EXIT_BUSY
     except BrokenPipeError:  # the reader of stdout left (`| head`): nothing more to say
@@ -84,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())  # the exit's flush must not fail again
         return 141  # as a process a SIGPIPE ends
     except OSError as exc:  # a path the command cannot write or read (a missing folder)
-        print(f"litpulse: error: {exc}", file=sys.stderr)
+        print(f"litpulse: error: {safe_text(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("litpulse: interrupted", file=sys.stderr)

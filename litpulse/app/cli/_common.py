@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import math
 import re
 import sys
@@ -69,6 +70,14 @@ def safe_text(text: str) -> str:
     return _CONTROL.sub(
         lambda m: m.group() if m.group() in "\n\t" else f"\\x{ord(m.group()):02x}", text
     )
+
+
+class SafeFormatter(logging.Formatter):
+    """The CLI's log lines on stderr, their control characters shown as ``\\xNN``
+    (:func:`safe_text`): a message may quote a source's answer or a stored value."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return safe_text(super().format(record))
 
 
 def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:

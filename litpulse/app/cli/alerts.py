@@ -16,6 +16,7 @@ from litpulse.app.cli._common import (
     positive_int,
     print_json,
     print_table,
+    safe_text,
 )
 from litpulse.app.cli.models import _who
 from litpulse.core.settings import Settings
@@ -164,10 +165,10 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
     )
     for s in found:  # saved before a rule it breaks: the digest reports it, never searches it
         if s.problem:
-            print(f"search {s.id} {s.name!r} cannot be searched: {s.problem}; {s.remedy}",
-                  file=sys.stderr)
+            print(safe_text(f"search {s.id} {s.name!r} cannot be searched: {s.problem}; "
+                            f"{s.remedy}"), file=sys.stderr)  # fmt: skip
         for note in s.notes:  # its digests hold what it searches (-word: the word)
-            print(f"search {s.id} {s.name!r}: note: {note}", file=sys.stderr)
+            print(f"search {s.id} {s.name!r}: note: {safe_text(note)}", file=sys.stderr)
     return 0
 
 
@@ -190,7 +191,7 @@ def run_digest_cmd(args: argparse.Namespace, settings: Settings) -> int:
         print_json(report.to_dict())
         return 0
     if report.skipped:
-        print(f"digest skipped: {report.skipped}")
+        print(f"digest skipped: {safe_text(report.skipped)}")
         return 0
     print_table(
         [
@@ -204,10 +205,10 @@ def run_digest_cmd(args: argparse.Namespace, settings: Settings) -> int:
         f"{report.emailed} e-mailed, {report.posted} sent to the webhook"
     )
     unsearchable = [d for d in report.searches if d.error is not None]
-    for failure in report.failures:
-        print(f"failed: {failure}", file=sys.stderr)
+    for failure in report.failures:  # they may quote a mail server's or webhook's answer
+        print(f"failed: {safe_text(failure)}", file=sys.stderr)
     for warning in report.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"warning: {safe_text(warning)}", file=sys.stderr)
     # a saved search that could not be searched needs someone (it fails every digest until
     # edited): a usage error; a delivery that failed is tried again by the next digest
     return 2 if unsearchable else 0

@@ -16,6 +16,7 @@ from litpulse.app.cli._common import (
     positive_int,
     print_json,
     print_table,
+    safe_text,
 )
 from litpulse.core.settings import Settings
 
@@ -91,12 +92,14 @@ def run_search_cmd(args: argparse.Namespace, settings: Settings) -> int:
         print_json(data)
         return 0
     for note in data.get("notes") or ():  # what the query does not do, as it may seem to
-        print(f"note: {note}", file=sys.stderr)
+        print(f"note: {safe_text(note)}", file=sys.stderr)
     hits = data["results"]
-    if not hits:
-        print("no results" + "".join(f"; excluding {w!r}" for w in data.get("excluded") or ())
-              + ("; authors " + ", ".join(data["authors"]) if data.get("authors") else ""),
-              file=sys.stderr)
+    if not hits:  # the answer may be a server's: its text escaped, as every output
+        print(safe_text("no results"
+                        + "".join(f"; excluding {w!r}" for w in data.get("excluded") or ())
+                        + ("; authors " + ", ".join(data["authors"])
+                           if data.get("authors") else "")),
+              file=sys.stderr)  # fmt: skip
         return 0
     rows = [
         (
@@ -118,7 +121,7 @@ def run_search_cmd(args: argparse.Namespace, settings: Settings) -> int:
     w, lam = o["w_similarity"], o["lexical_share"]
     relevance = (f"{w:g}*sim" if mode == "semantic" else f"{w:g}*lex" if mode == "lexical"
                  else f"{w:g}*({1 - lam:g}*sim + {lam:g}*lex) [{o['fusion']}]")
-    print(
+    print(safe_text(
         f"\nindex {data['index_version']} (model {data['model_version']}); mode {mode}; "
         f"{data['candidates']} candidates re-ranked; "
         f"score = {relevance} + {o['w_recency']:g}*rec + "
@@ -126,12 +129,12 @@ def run_search_cmd(args: argparse.Namespace, settings: Settings) -> int:
         + ("; sorted by date" if data["sort"] == "date" else "")
         + "".join(f"; excluding {w!r}" for w in data.get("excluded") or ())
         + ("; authors " + ", ".join(data["authors"]) if data.get("authors") else "")
-    )
+    ))
     if args.explain:
         for n, h in enumerate(hits, start=1):
-            print(f"\n{n}. PMID {h['pmid']}: {h['explanation']['text']}")
+            print(safe_text(f"\n{n}. PMID {h['pmid']}: {h['explanation']['text']}"))
             for name, comp in h["explanation"]["components"].items():
-                print(f"   {name:<10} {comp['text']}")
+                print(safe_text(f"   {name:<10} {comp['text']}"))
             if h["explanation"].get("retracted"):
                 print("   (retracted)")
     return 0
@@ -195,7 +198,7 @@ def search_via_server(
     finally:
         conn.close()
     if answer.status != 200:
-        detail = body[:200].decode("utf-8", "replace")
+        detail = safe_text(body[:200].decode("utf-8", "replace"))  # whatever answers there
         print(f"litpulse: the server at {base} answered {answer.status} ({detail}): searching "
               "in process", file=sys.stderr)
         return None
@@ -209,7 +212,8 @@ def search_via_server(
         return None
     published = _published_index_id(settings)
     if data.get("index_version") != published:
-        print(f"litpulse: the server at {base} serves index {data.get('index_version')}, this "
+        served = safe_text(str(data.get("index_version")))
+        print(f"litpulse: the server at {base} serves index {served}, this "
               f"store publishes {published}: searching in process", file=sys.stderr)
         return None
     differs = _options_differ(data.get("options"), options.to_dict(), mode=args.mode)

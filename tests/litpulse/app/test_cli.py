@@ -215,6 +215,31 @@ def test_a_table_shows_control_characters_escaped(capsys: pytest.CaptureFixture[
     assert out.splitlines()[2].split() == ["7", "malaria\\x1b[31mkids\\x08"]
 
 
+def test_an_error_or_log_line_shows_control_characters_escaped(
+    sqlite_settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An error or a log line may quote a source's answer (E-utilities' ``<ERROR>`` text, a
+    mail server's reply): on stderr it is escaped as every output is (session 33a)."""
+    import logging
+
+    from litpulse.app.cli import _common, info
+    from litpulse.core.errors import TransientSourceError
+
+    said = "efetch: error in body: \x9b2J\x1b]0;pwned\x07 down"
+
+    def failing(_args: object, _settings: Settings) -> int:
+        raise TransientSourceError(said)
+
+    monkeypatch.setenv("LITPULSE_HOME", str(sqlite_settings.home))
+    monkeypatch.setattr(info, "status", failing)
+    assert main(["status"]) == 75  # retryable: EX_TEMPFAIL
+    err = capsys.readouterr().err
+    assert "error in body: \\x9b2J\\x1b]0;pwned\\x07 down" in err, err
+    record = logging.LogRecord("ingest", logging.WARNING, __file__, 1, "answer: %s", (said,), None)
+    line = _common.SafeFormatter("%(levelname)s %(message)s").format(record)
+    assert line == "WARNING answer: efetch: error in body: \\x9b2J\\x1b]0;pwned\\x07 down"
+
+
 # ------------------------------------------- hostile review: a killed rollback, run again
 
 _KILLED_ROLLBACK = (
