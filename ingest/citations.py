@@ -451,30 +451,102 @@ def _fetch(client: HttpClient, pmids: Sequence[int]) -> IciteAnswer:
     return result
 
 
-def _fetch_isolating(client: HttpClient, batch: Sequence[int]) -> tuple[IciteAnswer, list[int]]:
+class _Liveness:
+    """Whether iCite answers at all: the evidence :func:`_split` asks for when no part of
+    a split batch is answered (both halves failed), which alone cannot tell a record
+    iCite chokes on in each half from an iCite that is down.
+
+    The question is one request for PMIDs outside the failing ones that iCite is known to
+    answer for: one a request of this run got an answer for, else the newest live article
+    holding iCite values (iCite answered for it before), else the next batch of the run.
+    Answered: iCite is up and the failing PMIDs are the records' fault, split further.
+    Not answered, or nothing to ask: iCite is down.
+
+    Args:
+        client: The iCite client.
+        engine: The store (for an article iCite answered for before).
+    """
+
+    def __init__(self, client: HttpClient, engine: Engine) -> None:
+        self.client = client
+        self.engine = engine
+        #: The run's next batch (the question of last resort).
+        self.ahead: Sequence[int] = ()
+        self._known: int | None = None  # a PMID of a request this run got an answer for
+
+    def fetch(self, pmids: Sequence[int]) -> IciteAnswer:
+        """:func:`_fetch`, remembering a PMID iCite answers for."""
+        answer = _fetch(self.client, pmids)
+        self._known = pmids[0]
+        return answer
+
+    def answers(self, without: Sequence[int]) -> bool:
+        """Whether iCite answers a request for PMIDs other than ``without`` now.
+
+        Raises:
+            RateLimitedError: iCite asks to slow down (never taken for an answer).
+        """
+        probe = self._probe(set(without))
+        if not probe:
+            return False
+        try:
+            self.fetch(probe)
+        except RateLimitedError:
+            raise
+        except (TransientSourceError, InvalidRequestError) as exc:
+            logger.warning("iCite does not answer for PMIDs it answers for either: %s", exc)
+            return False
+        return True
+
+    def _probe(self, without: set[int]) -> list[int]:
+        if self._known is not None and self._known not in without:
+            return [self._known]
+        a = articles.c
+        held = or_(*(a[c].is_not(None) for c in ICITE_FIELDS))
+        query = (
+            select(a.pmid)
+            .where(a.is_deleted.is_(False), held, a.pmid.not_in(sorted(without)))
+            .order_by(a.pmid.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            pmid = conn.execute(query).scalar()
+        if pmid is not None:
+            return [int(pmid)]
+        return [p for p in self.ahead if p not in without]
+
+
+def _fetch_isolating(live: _Liveness, batch: Sequence[int]) -> tuple[IciteAnswer, list[int]]:
     """The answer for ``batch``, and the PMIDs iCite refuses to answer for.
 
     A batch iCite keeps refusing (an error status after every retry) is split in halves,
-    and a failing half again, down to the PMIDs it chokes on: one bad record costs its own
-    PMID, not every batch after it, night after night. When neither half of a batch is
-    answered the fault is iCite's, not a record's: the error is raised (the run fails,
-    what it wrote stays). A rate limit is never split.
+    and every failing half again, down to the single PMIDs it chokes on: one bad record
+    costs its own PMID, not every batch after it, night after night, and so do two or
+    more (both halves of a split may fail, one bad record in each). The refused PMIDs
+    are stamped like a PMID iCite does not know: asked again on their schedule.
+
+    iCite is down, not a record, when no part of a split is answered and iCite does not
+    answer for PMIDs it is known to answer for either (:class:`_Liveness`): the error is
+    raised (the run fails, what it wrote stays). A rate limit is never split.
 
     Raises:
         TransientSourceError, InvalidRequestError: iCite answers nothing.
     """
     try:
-        return _fetch(client, batch), []
+        return live.fetch(batch), []
     except RateLimitedError:
         raise
     except (TransientSourceError, InvalidRequestError) as exc:
-        return _split(client, batch, exc)
+        if len(batch) == 1 and not live.answers(batch):
+            raise
+        return _split(live, batch, exc)
 
 
 def _split(
-    client: HttpClient, batch: Sequence[int], error: Exception
+    live: _Liveness, batch: Sequence[int], error: Exception
 ) -> tuple[IciteAnswer, list[int]]:
-    """:func:`_fetch_isolating` of a ``batch`` whose request failed with ``error``."""
+    """:func:`_fetch_isolating` of a ``batch`` whose request failed with ``error``, iCite
+    known to answer (a single PMID here is refused: it was split off a failing part)."""
     if len(batch) == 1:
         logger.warning("iCite refuses to answer for PMID %d: %s", batch[0], error)
         return IciteAnswer({}), list(batch)
@@ -482,17 +554,17 @@ def _split(
     outcomes: list[tuple[Sequence[int], IciteAnswer | None, Exception | None]] = []
     for part in (batch[:half], batch[half:]):
         try:
-            outcomes.append((part, _fetch(client, part), None))
+            outcomes.append((part, live.fetch(part), None))
         except RateLimitedError:
             raise
         except (TransientSourceError, InvalidRequestError) as exc:
             outcomes.append((part, None, exc))
-    if all(answer is None for _, answer, _ in outcomes):
-        raise error  # neither half: iCite is down, not one record
+    if all(answer is None for _, answer, _ in outcomes) and not live.answers(batch):
+        raise error  # neither half, nor PMIDs iCite answers for: iCite is down
     merged, refused = IciteAnswer({}), list[int]()
     for part, answer, failure in outcomes:
         if answer is None and failure is not None:
-            answer, lost = _split(client, part, failure)
+            answer, lost = _split(live, part, failure)
             refused += lost
         if answer is not None:
             merged.values.update(answer.values)
@@ -609,8 +681,10 @@ def _refresh(
     ):
         run.details = {"citations": counts.to_dict(), "batches": len(batches), "rejected": 0}
         location = client.redact(client.url("pubs"))
+        live = _Liveness(client, engine)
         for n, batch in enumerate(batches, 1):
-            answer, choked = _fetch_isolating(client, batch)
+            live.ahead = batches[n] if n < len(batches) else ()
+            answer, choked = _fetch_isolating(live, batch)
             if choked:  # asked again on their schedule, like a PMID iCite does not know
                 run.details["icite_refused"] = sorted(
                     {*run.details.get("icite_refused", []), *choked})[:1000]

@@ -323,6 +323,42 @@ def test_one_batch_that_always_fails_does_not_block_every_other_article(
     assert refreshed == pmids[2:]
 
 
+def test_a_batch_of_only_pmids_icite_refuses_is_stamped_when_icite_answers_for_others(
+    hostile: HostileIcite, settings: Settings
+) -> None:
+    """Both PMIDs of the only batch due are refused (both halves fail): iCite still
+    answers for an article it answered before (the store holds its values), so the two
+    are stamped and wait their turn; the run succeeds (session 33b, B1)."""
+    _seed(settings, {200: TODAY, 201: TODAY, 300: TODAY})
+    _set(settings, 300, citation_count=3, icite_fetched_at=db.utcnow())  # not due
+    hostile.set_icite(300, citation_count=3)
+    hostile.poison = {200: 500, 201: 500}
+    s = _fast(hostile, settings, icite_batch=2, max_retries=0)
+    counts = refresh_citations(s)
+    assert (counts.requested, counts.updated, counts.unknown) == (2, 0, 2)
+    assert all(_row(s, p)["icite_fetched_at"] is not None for p in (200, 201))
+    assert Store(db.connect(s)).runs(1)[0]["details"]["icite_refused"] == [200, 201]
+    assert due_pmids(db.connect(s)) == []
+
+
+def test_icite_down_is_not_taken_for_refused_records(emu: Emulator, settings: Settings) -> None:
+    """iCite answers nothing: the run fails and stamps nothing, whether the batches hold
+    one PMID (a failing single-PMID batch is not refused when iCite answers for no other
+    PMID either) or several, with or without an article iCite answered before."""
+    _seed(settings, {1: TODAY, 2: TODAY, 3: TODAY, 9: TODAY})
+    _set(settings, 9, citation_count=1, icite_fetched_at=db.utcnow())  # iCite knew it
+    emu.faults.add("503", path="/icite", times=1000)
+    for size in (1, 2, 3):
+        s = _fast(emu, settings, icite_batch=size, max_retries=0)
+        with pytest.raises(TransientSourceError):
+            refresh_citations(s)
+        assert [_row(s, p)["icite_fetched_at"] for p in (1, 2, 3)] == [None] * 3
+    _set(settings, 9, citation_count=None)  # nothing iCite is known to answer for
+    with pytest.raises(TransientSourceError):
+        refresh_citations(_fast(emu, settings, icite_batch=2, max_retries=0))
+    assert [_row(settings, p)["icite_fetched_at"] for p in (1, 2, 3)] == [None] * 3
+
+
 # ------------------------------------------------ which articles each night (scale)
 
 

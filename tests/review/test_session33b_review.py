@@ -29,6 +29,12 @@ B1 **Two PMIDs iCite chokes on in one batch stop every citation refresh for good
    iCite down only when no request in the batch (or in the run) got an answer, or when
    every single-PMID request fails; the refused PMIDs are stamped and wait for their turn.
    (test_b1_two_pmids_icite_chokes_on_do_not_stop_every_refresh)
+   **Fixed:** ``_split`` goes on splitting every failing part down to single PMIDs (refused,
+   stamped, listed in ``icite_refused``); where no part of a split is answered it asks iCite
+   once for PMIDs it is known to answer for (``_Liveness``: one a request of this run got an
+   answer for, else the newest live article holding iCite values, else the next batch) and
+   calls iCite down only when that is not answered either. A failing single-PMID batch is
+   asked about the same way (it was refused and stamped even when iCite was down).
 
 B2 **A snapshot ``.zip`` loaded as downloaded overwrites newer API counts with older ones.**
    Without ``--as-of`` the snapshot's date is the file's mtime (``_load_file``: ``default =
@@ -168,11 +174,6 @@ def _nights(settings: Settings, n: int) -> None:
 # ----------------------------------------------------------------------------------- B1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="B1: two PMIDs iCite chokes on in one batch make both halves fail; _split calls "
-    "iCite down and the run fails at the same batch every night",
-)
 def test_b1_two_pmids_icite_chokes_on_do_not_stop_every_refresh(
     icite: HostileIcite, settings: Settings
 ) -> None:
