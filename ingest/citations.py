@@ -37,7 +37,9 @@ this refresh and :mod:`ingest.icite_snapshot`):
   with a reason naming the column and the value: text that is not a number (or not a
   flag), a count or year that is not a whole number or does not fit the 32-bit column,
   a negative ``citation_count``, ``relative_citation_ratio`` or ``citations_per_year``,
-  an infinite ratio or rate, a year outside 1..9999. Such a record is no set of facts
+  an infinite ratio or rate, a year outside 1000..9999 (the four-digit years from
+  :data:`ingest.dates.MIN_YEAR` the PubMed parser stores for an article; a year ahead of
+  the clock is kept: iCite dates ahead-of-print records ahead). Such a record is no set of facts
   (one impossible value says the record is damaged, so its other values are not trusted
   either): it is quarantined (the snapshot: the row with its file and line; this refresh:
   the record's JSON, source kind ``icite``), counted as ``quarantined`` in the run, and
@@ -199,9 +201,10 @@ _KINDS: dict[str, type] = {
 MISSING_MARKERS = frozenset({"", "nan", "-nan", "+nan", "na", "n/a", "null", "none"})
 #: Columns that can never be negative (counts, ratios and rates of citations).
 _NON_NEGATIVE = frozenset({"citation_count", "relative_citation_ratio", "citations_per_year"})
-#: The earliest year an ``icite_year`` may hold (the dates' rule: ingest.dates.MIN_YEAR);
-#: the latest is next year (an issue dated ahead), by the clock when read.
-_FIRST_YEAR = MIN_YEAR
+#: The years an ``icite_year`` may hold: those the PubMed parser stores for an article
+#: (four digits from ingest.dates.MIN_YEAR). No bound by the clock: iCite dates
+#: ahead-of-print records a year or two ahead, and their metrics are real.
+_YEARS = (MIN_YEAR, 9999)
 _INT32 = (-(2**31), 2**31 - 1)
 
 
@@ -277,8 +280,8 @@ def _num(value: Any, kind: type, column: str = "") -> Any:
         return _bool(value)
     if kind is int:
         number = _int(value)
-        # the columns are 32-bit; a year is a real one, not 0 nor 2999
-        low, high = (_FIRST_YEAR, utcnow().year + 1) if column == "icite_year" else _INT32
+        # the columns are 32-bit; a year is one the parser stores, not 0 nor 10000
+        low, high = _YEARS if column == "icite_year" else _INT32
         if not low <= number <= high:
             raise _Impossible("is out of range" if column != "icite_year" else "is not a year")
     else:

@@ -196,11 +196,13 @@ def test_year_zero_quarantines_the_record_and_the_article_keeps_its_values(
 def test_a_year_far_in_the_future_is_as_impossible_as_year_zero(
     emu: Emulator, sqlite_settings: Settings
 ) -> None:
+    # 10000, not 2999: the bound is the years the PubMed parser stores (1000..9999), not
+    # the clock, since iCite dates ahead-of-print records ahead (session 33b, B4)
     _seed(sqlite_settings, {41: TODAY})
-    emu.set_icite(41, citation_count=3, relative_citation_ratio=0.9, year=2999)
+    emu.set_icite(41, citation_count=3, relative_citation_ratio=0.9, year=10000)
     s = _fast(emu, sqlite_settings)
     counts = refresh_citations(s, pmids=[41])
-    assert _row(s, 41)["icite_year"] != 2999
+    assert _row(s, 41)["icite_year"] != 10000
     assert counts.rejected == 1
 
 

@@ -142,6 +142,26 @@ def test_api_impossible_values_are_rejected_by_the_same_rule(
         icite_values({k: str(v) for k, v in _api(**{name: value}).items()}, strict=True)
 
 
+@pytest.mark.parametrize("ahead", [0, 1, 2, 5])
+def test_a_year_ahead_of_the_clock_keeps_the_record(ahead: int) -> None:
+    """iCite dates ahead-of-print records ahead: the API record keeps its year and metrics
+    (session 33b, B4; the snapshot's row: its review test); the bound is the years the
+    PubMed parser stores, 1000..9999."""
+    year = db.utcnow().year + ahead
+    answer = read_icite({"data": [_api(year=year)]})
+    assert not answer.rejected and answer.values[7]["icite_year"] == year
+    assert answer.values[7]["citation_count"] == 42
+    for edge in (1000, 9999):
+        assert read_icite({"data": [_api(year=edge)]}).values[7]["icite_year"] == edge
+
+
+@pytest.mark.parametrize("year", [0, 999, 10000, -2019])
+def test_a_year_the_parser_would_not_store_is_impossible(year: int) -> None:
+    answer = read_icite({"data": [_api(year=year), _api(pmid=10)]})
+    assert 7 not in answer.values and 10 in answer.values
+    assert [(p, "year" in r) for p, r, _ in answer.rejected] == [(7, True)]
+
+
 def test_negative_zero_is_zero() -> None:
     batch = _batch(HEADER + _row(7, rcr="-0.0"))
     assert not batch.bad

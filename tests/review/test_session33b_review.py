@@ -78,6 +78,10 @@ B4 **A record dated two years ahead loses all its citation metrics.** ``ingest.c
    stored (both databases). Fix: bound ``icite_year`` as the docstring says (1..9999 or
    MIN_YEAR..9999), or store NULL for a year out of range and keep the row's other values.
    (test_b4_a_record_dated_two_years_ahead_keeps_its_citation_metrics)
+   **Fixed:** ``icite_year`` is bounded by the years the PubMed parser stores for an
+   article, 1000..9999 (``ingest.dates.MIN_YEAR``), not by the clock: a record dated ahead
+   keeps its year and metrics on both paths; a year outside it (0, 10000) is impossible as
+   before. The module docstring and the README say 1000..9999 in both places.
 
 B5 **A snapshot ``.zip`` with a compression method Python cannot read, or encrypted, crashes
    ``citations load`` with a traceback.** ``open_snapshot``'s ``zf.open`` raises
@@ -244,11 +248,6 @@ def test_b3_a_snapshot_fills_an_article_whose_later_fetch_brought_nothing(
 # ----------------------------------------------------------------------------------- B4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="B4: an icite_year beyond next year makes the whole record impossible: its "
-    "citation count, RCR and rate are dropped",
-)
 def test_b4_a_record_dated_two_years_ahead_keeps_its_citation_metrics(
     settings: Settings, tmp_path: Path
 ) -> None:
