@@ -69,7 +69,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, Update, and_, bindparam, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    Update,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    update,
+)
 
 from ingest.boundaries import MAX_RAW_TAIL
 from ingest.dates import MIN_YEAR
@@ -96,6 +106,8 @@ __all__ = [
     "CitationCounts",
     "IciteAnswer",
     "due_pmids",
+    "icite_held",
+    "icite_not_newer",
     "icite_params",
     "icite_update",
     "icite_values",
@@ -402,13 +414,34 @@ def parse_icite(body: Any, where: str = "icite") -> dict[int, dict[str, Any]]:
     return read_icite(body, where).values
 
 
+def icite_held() -> ColumnElement[bool]:
+    """Whether an article holds iCite values (any of :data:`ICITE_FIELDS` not NULL)."""
+    return or_(*(articles.c[c].is_not(None) for c in ICITE_FIELDS))
+
+
+def icite_not_newer(at: Any) -> ColumnElement[bool]:
+    """Where values of iCite as of ``at`` (a snapshot's date) may be written: live articles
+    whose iCite values held are not newer than ``at``.
+
+    The time of the values held is ``icite_fetched_at`` where the article holds any; an
+    article holding none takes them whatever its ``icite_fetched_at``, which a fetch that
+    brought no values stamps too (a PMID iCite did not know, a record quarantined or
+    refused): there is no later iCite data to keep there.
+    """
+    a = articles.c
+    return and_(
+        a.is_deleted.is_(False),
+        or_(a.icite_fetched_at.is_(None), a.icite_fetched_at <= at, ~icite_held()),
+    )
+
+
 def icite_update(*, keep_newer: bool = False) -> Update:
     """The ``UPDATE`` of one article's iCite columns, for ``executemany``.
 
     Its parameters: ``b_pmid``, ``b_<column>`` for each of :data:`ICITE_FIELDS` and
     ``b_now`` (the fetch time stored). With ``keep_newer`` only live articles whose
-    iCite data is missing or not newer than ``b_now`` are written (a snapshot never
-    overwrites a later API refresh).
+    iCite values held are not newer than ``b_now`` are written (:func:`icite_not_newer`:
+    a snapshot never overwrites a later API refresh's values).
     """
     a = articles.c
     stmt = (
@@ -423,10 +456,7 @@ def icite_update(*, keep_newer: bool = False) -> Update:
         )
     )
     if keep_newer:
-        stmt = stmt.where(
-            a.is_deleted.is_(False),
-            or_(a.icite_fetched_at.is_(None), a.icite_fetched_at <= bindparam("b_now")),
-        )
+        stmt = stmt.where(icite_not_newer(bindparam("b_now")))
     return stmt
 
 
@@ -505,10 +535,9 @@ class _Liveness:
         if self._known is not None and self._known not in without:
             return [self._known]
         a = articles.c
-        held = or_(*(a[c].is_not(None) for c in ICITE_FIELDS))
         query = (
             select(a.pmid)
-            .where(a.is_deleted.is_(False), held, a.pmid.not_in(sorted(without)))
+            .where(a.is_deleted.is_(False), icite_held(), a.pmid.not_in(sorted(without)))
             .order_by(a.pmid.desc())
             .limit(1)
         )

@@ -28,7 +28,10 @@ and ``icite_fetched_at`` set to the snapshot's date (``--as-of``, else the file'
 modification time), so the daily refresh (:func:`ingest.citations.due_pmids`) asks only
 for what its policy finds due after that date. Only live articles the store holds are
 written (a row for any other PMID is counted as ``skipped``; the store keeps no iCite data
-for articles it does not have), and never over iCite data fetched later than the snapshot.
+for articles it does not have), and never over iCite values fetched later than the snapshot
+(:func:`ingest.citations.icite_not_newer`): an article holding no iCite values takes the
+snapshot's whatever its ``icite_fetched_at``, which an API fetch that brought no values (a
+PMID iCite did not know, a record quarantined or refused) stamps too.
 The citation links (``cited_by``, ``references``, the Open Citation Collection) are not
 loaded: the store's ``references`` come from the PubMed records themselves.
 
@@ -124,7 +127,13 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 from ingest.boundaries import MAX_RAW_TAIL
-from ingest.citations import ICITE_FIELDS, icite_params, icite_update, icite_values
+from ingest.citations import (
+    ICITE_FIELDS,
+    icite_not_newer,
+    icite_params,
+    icite_update,
+    icite_values,
+)
 from ingest.fields import MAX_PMID, id_value, quarantine_line
 from ingest.records import QuarantineEntry, SourceRef
 from ingest.rows import quarantine_row
@@ -194,7 +203,7 @@ class SnapshotCounts(Counts):
         rows: Data rows read (malformed ones included).
         updated: Articles given the snapshot's values.
         skipped: Well-formed rows not written: the PMID is not live in the store, or the
-            store holds iCite data fetched after the snapshot.
+            store holds iCite values fetched after the snapshot.
         malformed: Rows quarantined and skipped.
     """
 
@@ -602,11 +611,7 @@ def _copy_update(conn: Connection, values: Mapping[int, Mapping[str, Any]], at: 
         update(articles)
         # a missing value is "not known": what the article had stays (as icite_update)
         .values({**{c: func.coalesce(s[c], a[c]) for c in cols}, "icite_fetched_at": at})
-        .where(
-            a.pmid == s.pmid,
-            a.is_deleted.is_(False),
-            (a.icite_fetched_at.is_(None)) | (a.icite_fetched_at <= at),
-        )
+        .where(a.pmid == s.pmid, icite_not_newer(at))
     )
     return int(conn.execute(stmt).rowcount)  # the staged rows go at commit
 

@@ -65,6 +65,9 @@ B3 **An article whose later API fetch brought no values never gets the snapshot'
    held (e.g. apply the snapshot where the article has no iCite values, or keep a separate
    "values as of" time that only a write of values moves).
    (test_b3_a_snapshot_fills_an_article_whose_later_fetch_brought_nothing)
+   **Fixed:** both write paths guard with one rule, ``ingest.citations.icite_not_newer``:
+   a live article is written where it was never fetched, was fetched at or before the
+   snapshot's date, or holds no iCite values at all (``icite_held``), whatever its stamp.
 
 B4 **A record dated two years ahead loses all its citation metrics.** ``ingest.citations._num``
    rejects an ``icite_year`` above next year as "not a year", which makes the whole record
@@ -224,11 +227,6 @@ def test_b2_a_downloaded_zip_snapshot_does_not_overwrite_newer_api_counts(
 # ----------------------------------------------------------------------------------- B3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="B3: the stamp of an API fetch that brought no values makes the snapshot skip "
-    "the article (keep_newer compares icite_fetched_at only)",
-)
 def test_b3_a_snapshot_fills_an_article_whose_later_fetch_brought_nothing(
     icite: HostileIcite, settings: Settings, tmp_path: Path
 ) -> None:
