@@ -89,7 +89,10 @@ them again too and ends as an uninterrupted one.
 **A truncated or corrupt file** (a ``.gz`` or ``.zip`` cut short, a flipped byte, a plain
 CSV named ``.gz``) stops the load with a :class:`~litpulse.core.errors.ParseError` naming
 the file and the last line committed; the batches committed before it stay, the run is
-recorded ``failed``.
+recorded ``failed``. So does a ``.zip`` whose CSV member is encrypted or compressed with a
+method Python's ``zipfile`` cannot read (Deflate64, which Windows' built-in compressor
+writes for large files): the error names the member and the method; extract the CSV with
+a tool that can and load it.
 
 Example:
     >>> counts = load_snapshot(settings, "icite_metadata.zip")  # doctest: +SKIP
@@ -169,6 +172,11 @@ MAX_SPAN = 32
 #: What reading a damaged file raises: gzip's ``BadGzipFile`` and system errors are
 #: ``OSError``, a cut gzip or zip member ``EOFError``, a corrupt deflate stream ``zlib.error``.
 _UNREADABLE = (OSError, EOFError, zlib.error, zipfile.BadZipFile)
+#: Names of zip compression methods (APPNOTE 4.4.5) a member may use that zipfile cannot
+#: read: Deflate64 (Windows' built-in compressor writes it for large files) and others;
+#: bzip2 and LZMA where Python lacks their module.
+_ZIP_METHODS = {9: "Deflate64", 10: "PKWARE DCL Implode", 12: "bzip2", 14: "LZMA",
+                93: "Zstandard", 95: "XZ", 98: "PPMd"}  # fmt: skip
 #: Malformed rows shown in the run's details (all of them are quarantined).
 SAMPLE = 10
 #: The Open Citation Collection's header: a file of links, not of metrics.
@@ -377,7 +385,8 @@ def _not_the_metrics(path: Path) -> str | None:
                     return "a .zip without a CSV inside"
         with open_snapshot(path) as stream:
             names = _names(stream.readline(MAX_LINE))
-    except (ConfigError, *_UNREADABLE):  # several CSVs in a .zip, a damaged file: its load says
+    # several CSVs in a .zip, a damaged file, a member zipfile cannot read: its load says
+    except (ConfigError, ParseError, *_UNREADABLE):
         return None
     return _not_metrics_header(names)
 
@@ -402,14 +411,40 @@ def open_snapshot(path: Path) -> Iterator[IO[bytes]]:
             yield gz  # type: ignore[misc]
     elif kind == "zip":
         with zipfile.ZipFile(path) as zf:
-            members = [n for n in zf.namelist() if n.lower().endswith(".csv")]
-            if len(members) != 1:
-                raise ConfigError(f"{path}: expected one CSV inside, found {members}")
-            with zf.open(members[0]) as member:
+            info = _csv_member(path, zf)
+            if info.flag_bits & 0x1:  # zf.open: RuntimeError, "password required"
+                raise ParseError(
+                    f"{path}: its member {info.filename} is encrypted (a password is "
+                    "needed), which the loader does not read; extract it with the password "
+                    "and load the CSV; no row of it was loaded"
+                )
+            try:
+                member = zf.open(info)
+            except NotImplementedError:  # Deflate64, or bzip2/lzma without their module
+                method = _ZIP_METHODS.get(info.compress_type, "an unknown method")
+                raise ParseError(
+                    f"{path}: its member {info.filename} is compressed with {method} (zip "
+                    f"compression method {info.compress_type}), which Python's zipfile "
+                    "cannot read; extract it with a tool that can (Info-ZIP unzip, 7-Zip) "
+                    "and load the CSV; no row of it was loaded"
+                ) from None
+            with member:
                 yield member
     else:
         with path.open("rb") as plain:
             yield plain
+
+
+def _csv_member(path: Path, zf: zipfile.ZipFile) -> zipfile.ZipInfo:
+    """The one CSV member of a snapshot ``.zip``.
+
+    Raises:
+        ConfigError: It holds no CSV, or several.
+    """
+    members = [i for i in zf.infolist() if i.filename.lower().endswith(".csv")]
+    if len(members) != 1:
+        raise ConfigError(f"{path}: expected one CSV inside, found {[i.filename for i in members]}")
+    return members[0]
 
 
 def _names(first: bytes) -> list[str]:
