@@ -24,8 +24,10 @@ the header ``citing,referenced`` (NCBI EDirect's ``rchive -nihocc`` checks exact
 **What is stored.** The same columns as the API refresh (:mod:`ingest.citations`), mapped
 by the same function (:func:`ingest.citations.icite_values`): ``citation_count``,
 ``relative_citation_ratio``, ``citations_per_year``, ``icite_year``, ``icite_provisional``,
-and ``icite_fetched_at`` set to the snapshot's date (``--as-of``, else the file's
-modification time), so the daily refresh (:func:`ingest.citations.due_pmids`) asks only
+and ``icite_fetched_at`` set to the snapshot's date (``--as-of``, else the date the file
+carries, which its download does not change: a ``.zip``'s CSV member time, a ``.gz``
+header's time, else the file's modification time; :func:`snapshot_date` says how, the
+run's details which), so the daily refresh (:func:`ingest.citations.due_pmids`) asks only
 for what its policy finds due after that date. Only live articles the store holds are
 written (a row for any other PMID is counted as ``skipped``; the store keeps no iCite data
 for articles it does not have), and never over iCite values fetched later than the snapshot
@@ -107,6 +109,7 @@ import datetime as dt
 import gzip
 import hashlib
 import logging
+import struct
 import zipfile
 import zlib
 from collections.abc import Callable, Generator, Iterator, Mapping
@@ -155,6 +158,7 @@ __all__ = [
     "iter_batches",
     "load_snapshot",
     "open_snapshot",
+    "snapshot_date",
     "snapshot_files",
     "snapshot_plan",
 ]
@@ -177,6 +181,11 @@ _UNREADABLE = (OSError, EOFError, zlib.error, zipfile.BadZipFile)
 #: bzip2 and LZMA where Python lacks their module.
 _ZIP_METHODS = {9: "Deflate64", 10: "PKWARE DCL Implode", 12: "bzip2", 14: "LZMA",
                 93: "Zstandard", 95: "XZ", 98: "PPMd"}  # fmt: skip
+#: The most a local time is ahead of UTC (UTC+14:00): a zip member's DOS time, whose zone
+#: is not recorded, is taken this much earlier (its earliest possible instant).
+_MAX_UTC_OFFSET = dt.timedelta(hours=14)
+#: Where an NTFS FILETIME counts from.
+_FILETIME_EPOCH = dt.datetime(1601, 1, 1, tzinfo=dt.UTC)
 #: Malformed rows shown in the run's details (all of them are quarantined).
 SAMPLE = 10
 #: The Open Citation Collection's header: a file of links, not of metrics.
@@ -447,6 +456,67 @@ def _csv_member(path: Path, zf: zipfile.ZipFile) -> zipfile.ZipInfo:
     return members[0]
 
 
+def snapshot_date(path: Path) -> tuple[dt.datetime, str]:
+    """The date of the snapshot in ``path`` when no ``--as-of`` is given, and what says so.
+
+    The date the file carries itself, which its download does not change:
+
+    * a ``.zip``: its CSV member's time (when the CSV was written, before it was zipped;
+      what ``unzip`` gives the extracted CSV): the UTC time of the member's extended
+      timestamp (``UT``, 0x5455) or NTFS (0x000a) extra field where it has one, else its
+      DOS date and time, which is the zipping machine's local time with no zone: taken at
+      the earliest instant it can denote (as at UTC+14:00), so it is never later than the
+      snapshot;
+    * a ``.gz``: the gzip header's MTIME (UTC), where it is set (not 0);
+    * otherwise (a plain CSV, a header without a time) the file's modification time, which
+      ``unzip`` sets to the member's time, but a download to the time it was saved.
+
+    Each row's ``last_modified`` is not used: it is when iCite last changed that record
+    (years back for most), not the snapshot's date, and the latest of them is known only
+    after the whole file is read. A file whose date cannot be read (a damaged ``.zip``)
+    gets its modification time.
+    """
+    at: dt.datetime | None = None
+    try:
+        if _kind(path) == "zip":
+            with zipfile.ZipFile(path) as zf:
+                at, said = _zip_time(_csv_member(path, zf)), "the zip member's time"
+        elif _kind(path) == "gzip":
+            with path.open("rb") as raw:
+                head = raw.read(10)
+            seconds = int.from_bytes(head[4:8], "little") if len(head) == 10 else 0
+            if head[:3] == b"\x1f\x8b\x08" and seconds:  # a gzip header with its MTIME
+                at, said = dt.datetime.fromtimestamp(seconds, dt.UTC), "the gzip header's time"
+    except (ConfigError, *_UNREADABLE):  # its load says what is wrong with it
+        at = None
+    if at is None:
+        at, said = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC), "the file's mtime"
+    return at, said
+
+
+def _zip_time(info: zipfile.ZipInfo) -> dt.datetime | None:
+    """The time of a zip member (:func:`snapshot_date`); None where it holds none."""
+    extra, at = info.extra, 0
+    try:
+        while at + 4 <= len(extra):
+            tag, size = struct.unpack_from("<HH", extra, at)
+            data = extra[at + 4 : at + 4 + size]
+            at += 4 + size
+            if tag == 0x5455 and len(data) >= 5 and data[0] & 1:  # flags, then mtime
+                return dt.datetime.fromtimestamp(struct.unpack_from("<I", data, 1)[0], dt.UTC)
+            if tag == 0x000A:  # 4 reserved bytes, then attributes; tag 1: mtime (FILETIME)
+                sub = 4
+                while sub + 4 <= len(data):
+                    attr, length = struct.unpack_from("<HH", data, sub)
+                    if attr == 1 and length >= 8 and sub + 12 <= len(data):
+                        ticks = struct.unpack_from("<Q", data, sub + 4)[0]  # 100 ns since 1601
+                        return _FILETIME_EPOCH + dt.timedelta(microseconds=ticks // 10)
+                    sub += 4 + length
+        return dt.datetime(*info.date_time, tzinfo=dt.UTC) - _MAX_UTC_OFFSET
+    except (ValueError, OverflowError, OSError):  # a time no calendar holds
+        return None
+
+
 def _names(first: bytes) -> list[str]:
     """The column names of a CSV's header line."""
     names = next(csv.reader([first.decode("utf-8", "replace").lstrip("\ufeff")]), [])
@@ -665,8 +735,8 @@ def load_snapshot(
         settings: Where the store is; ``icite_snapshot_batch``.
         path: The snapshot CSV (plain, ``.gz``, ``.zip``) or a folder of them (its files
             that are not the metrics are skipped: :func:`snapshot_plan`).
-        as_of: The snapshot's date, stored as the fetch time (default: each file's
-            modification time; never later than now).
+        as_of: The snapshot's date, stored as the fetch time (default: the date each
+            file carries, :func:`snapshot_date`; never later than now).
         progress: Show a progress bar (rows/s) on stderr.
         batch_size: Rows per transaction (default ``settings.icite_snapshot_batch``).
 
@@ -718,8 +788,7 @@ def _load_file(
         "path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
         "as_of": None if as_of is None else as_utc(as_of).isoformat(),
     }  # fmt: skip
-    mtime = dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC)
-    default = as_utc(as_of) if as_of is not None else mtime
+    default, dated_by = (as_utc(as_of), "--as-of") if as_of is not None else snapshot_date(path)
     fetched = store.first_read_at(SCOPE, key, identity, min(default, utcnow()))
     seen = (store.get_checkpoint(SCOPE, key) or {}).get("value", {})
     resume = "offset" in seen and not seen.get("done")
@@ -729,7 +798,8 @@ def _load_file(
     state = {**identity, "fetched_at": fetched.isoformat()}
     counts = SnapshotCounts()
     entry: dict[str, Any] = {
-        "path": str(path), "as_of": fetched.isoformat(), "resumed_at": done_rows,
+        "path": str(path), "as_of": fetched.isoformat(), "dated_by": dated_by,
+        "resumed_at": done_rows,
     }  # fmt: skip
     per_file.append(entry)
     bar = _bar(path.name, done_rows) if progress else None

@@ -16,6 +16,7 @@ import gzip
 import io
 import json
 import shutil
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from ingest.icite_snapshot import (
     SnapshotCounts,
     iter_batches,
     load_snapshot,
+    snapshot_date,
 )
 from ingest.records import Deletion, Record, SourceRef
 from ingest.store import Store
@@ -226,6 +228,58 @@ def test_gzip_zip_and_folder_load_like_the_plain_csv(settings: Settings, tmp_pat
         counts = load_snapshot(settings, path, as_of=AS_OF, batch_size=4)
         assert counts.rows == 35 and counts.malformed == 4, path
         assert _icite(engine) == want, path
+
+
+def _zip_with(path: Path, extra: bytes = b"") -> None:
+    """A snapshot zip whose CSV member is dated 2026-05-01 00:00 (DOS time) with ``extra``."""
+    member = zipfile.ZipInfo("icite_metadata.csv", (2026, 5, 1, 0, 0, 0))
+    member.extra = extra
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(member, FIXTURE.read_bytes())
+
+
+def test_the_snapshot_date_is_the_one_the_file_carries_not_its_download(
+    sqlite_settings: Settings, tmp_path: Path
+) -> None:
+    """Session 33b, B2: a zip's member time (UTC from a UT or NTFS extra field, else its
+    DOS time at the earliest instant, UTC+14), a gzip header's MTIME, else the mtime; each
+    file is given today's mtime, as a download leaves it."""
+    may = dt.datetime(2026, 5, 1, tzinfo=dt.UTC)
+    noon = may + dt.timedelta(hours=12)
+    ut = struct.pack("<HHBI", 0x5455, 5, 1, int(noon.timestamp()))
+    ticks = int((noon - dt.datetime(1601, 1, 1, tzinfo=dt.UTC)).total_seconds()) * 10**7
+    ntfs = struct.pack("<HHIHHQQQ", 0x000A, 32, 0, 1, 24, ticks, ticks, ticks)
+    files = {
+        "dos.zip": (lambda f: _zip_with(f), may - dt.timedelta(hours=14), "zip member's time"),
+        "ut.zip": (lambda f: _zip_with(f, ut), noon, "zip member's time"),
+        "ntfs.zip": (lambda f: _zip_with(f, ntfs), noon, "zip member's time"),
+        "dated.csv.gz": (
+            lambda f: f.write_bytes(gzip.compress(FIXTURE.read_bytes(), mtime=noon.timestamp())),
+            noon, "gzip header's time",
+        ),
+        "undated.csv.gz": (
+            lambda f: f.write_bytes(gzip.compress(FIXTURE.read_bytes(), mtime=0)),
+            None, "file's mtime",
+        ),
+        "plain.csv": (lambda f: f.write_bytes(FIXTURE.read_bytes()), None, "file's mtime"),
+        "damaged.zip": (lambda f: f.write_bytes(b"PK\x03\x04 not a zip"), None, "file's mtime"),
+    }  # fmt: skip
+    now = db.utcnow()
+    for name, (write, want, said) in files.items():
+        path = tmp_path / name
+        write(path)
+        at, dated_by = snapshot_date(path)
+        assert dated_by == f"the {said}", (name, dated_by)
+        if want is None:  # the mtime: the download's, now
+            assert abs(at - now) < dt.timedelta(minutes=5), name
+        else:
+            assert at == want, name
+    _seed(sqlite_settings, [1002])
+    load_snapshot(sqlite_settings, tmp_path / "ut.zip")
+    (run,) = Store(db.connect(sqlite_settings)).runs(1)
+    (entry,) = run["details"]["snapshot"]
+    assert (entry["as_of"], entry["dated_by"]) == (noon.isoformat(), "the zip member's time")
+    assert _icite(db.connect(sqlite_settings))[1002]["icite_fetched_at"] == noon
 
 
 def test_other_files_are_refused_with_the_reason(sqlite_settings: Settings, tmp_path: Path) -> None:

@@ -51,6 +51,13 @@ B2 **A snapshot ``.zip`` loaded as downloaded overwrites newer API counts with o
    header's MTIME, else the latest ``last_modified`` of the rows read, or refuse a load
    without ``--as-of`` where the store holds API data newer than the file's mtime).
    (test_b2_a_downloaded_zip_snapshot_does_not_overwrite_newer_api_counts)
+   **Fixed:** without ``--as-of`` the date is the one the file carries
+   (``ingest.icite_snapshot.snapshot_date``): a ``.zip``'s CSV member time (the UTC time of
+   its ``UT``/NTFS extra field, else its DOS time, zone unrecorded, taken at its earliest
+   instant, UTC+14), a ``.gz`` header's MTIME where set, else the file's mtime; the run's
+   details say which (``dated_by``). The rows' ``last_modified`` is not used: it is each
+   record's own change date (years back for most), not the snapshot's, and its latest is
+   known only after the whole file. ``--help`` and the README say so.
 
 B3 **An article whose later API fetch brought no values never gets the snapshot's values.**
    The refresh stamps ``icite_fetched_at`` on PMIDs it asked but got nothing usable for
@@ -204,11 +211,6 @@ def test_b1_two_pmids_icite_chokes_on_do_not_stop_every_refresh(
 # ----------------------------------------------------------------------------------- B2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="B2: a zip snapshot is dated by its download mtime, not the date it carries; "
-    "its older count overwrites the API's newer one",
-)
 def test_b2_a_downloaded_zip_snapshot_does_not_overwrite_newer_api_counts(
     icite: HostileIcite, settings: Settings, tmp_path: Path
 ) -> None:

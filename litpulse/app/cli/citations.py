@@ -77,7 +77,11 @@ def register(sub: Any) -> None:
         "--as-of",
         type=date_arg,
         metavar="YYYY-MM-DD",
-        help="the snapshot's date, stored as the fetch time (default: the file's mtime)",
+        help=(
+            "the snapshot's date, stored as the fetch time (default: the date the file "
+            "carries: a .zip's CSV member time, a .gz header's time, else the file's mtime; "
+            "give it for a plain CSV whose mtime is its download's)"
+        ),
     )
     load.add_argument(
         "--batch-size",
