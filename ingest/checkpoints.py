@@ -16,6 +16,8 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -25,7 +27,35 @@ from litpulse.core.db import upsert
 from litpulse.core.schema import checkpoints
 from litpulse.core.timeutil import utcnow
 
-__all__ = ["Checkpoints"]
+__all__ = ["FILES_SCOPE", "Checkpoints", "file_key", "files_first_read"]
+
+#: Scope of the fetch times of local files (``ingest --files``: :mod:`ingest.files`),
+#: keyed by :func:`file_key`.
+FILES_SCOPE = "files"
+
+
+def file_key(path: str) -> str:
+    """The checkpoint key of a local file: the SHA-1 of its absolute path."""
+    return hashlib.sha1(path.encode()).hexdigest()
+
+
+def files_first_read(conn: Connection, paths: Iterable[str]) -> dict[str, dt.datetime]:
+    """When this store first read each local file of ``paths`` (absolute paths) as it was
+    last read (:meth:`Checkpoints.first_read_at`, scope :data:`FILES_SCOPE`): those it
+    holds a fetch time of."""
+    keys = {file_key(p): p for p in paths}
+    out: dict[str, dt.datetime] = {}
+    c = checkpoints.c
+    wanted = sorted(keys)
+    for start in range(0, len(wanted), 500):
+        for key, value in conn.execute(
+            select(c.key, c.value).where(c.scope == FILES_SCOPE,
+                                         c.key.in_(wanted[start : start + 500]))
+        ):  # fmt: skip
+            value = value or {}
+            if value.get("fetched_at") and value.get("path", keys[key]) == keys[key]:
+                out[keys[key]] = dt.datetime.fromisoformat(value["fetched_at"])
+    return out
 
 
 class Checkpoints:

@@ -2,9 +2,11 @@
 
 **Reading a file again.** Each file is one source (its absolute path). Its fetch time,
 which orders it against other sources of the same file number (every plain file has
-number 0), is the time this store first read that version of the file: it is kept in
-``checkpoints`` (scope ``files``) with the file's size and modification time, before any
-of its items is stored. So a run that resumes a killed one, or repeats a finished one,
+number 0: any name but an NLM file's whole name, ``pubmedYYnNNNN.xml[.gz]``, so each
+part of a split ``pubmed26n1320_part1.xml`` is a source of its own), is the time this
+store first read that version of the file: it is kept in ``checkpoints`` (scope
+``files``) with the file's size and modification time, before any of its items is
+stored. So a run that resumes a killed one, or repeats a finished one,
 reads every unchanged file as the same source as before: the part already stored is a
 replay, and everything after it — including items of files the killed run had finished,
 which meet rows written by later files — decides exactly as in a run never interrupted.
@@ -37,13 +39,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import hashlib
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ingest.checkpoints import FILES_SCOPE, file_key
 from ingest.records import nlm_file_order
 from ingest.rows import StoreItem
 from ingest.runs import IngestCounts, recorded_run
@@ -60,13 +62,14 @@ __all__ = ["SCOPE", "ingest_files", "order_files"]
 logger = logging.getLogger(__name__)
 
 #: Checkpoint scope of the files read: key SHA-1 of the path, value its identity and time.
-SCOPE = "files"
+SCOPE = FILES_SCOPE
 
 def order_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """The paths in the order to apply them.
 
-    NLM update and baseline files (``pubmedYYnNNNN``) are sorted by year, then number,
-    among the slots they occupy; every other path keeps its place.
+    NLM update and baseline files (named exactly ``pubmedYYnNNNN.xml.gz`` or ``.xml``:
+    :func:`ingest.records.nlm_file_order`) are sorted by year, then number, among the
+    slots they occupy; every other path keeps its place.
     """
     out = [Path(p) for p in paths]
     slots = [i for i, p in enumerate(out) if nlm_file_order(p) is not None]
@@ -183,8 +186,9 @@ def _fetch_times(
         identity: dict[str, Any] = {
             "path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
         }  # fmt: skip
-        key = hashlib.sha1(str(path).encode()).hexdigest()
-        at = store.first_read_at(SCOPE, key, identity, now + dt.timedelta(milliseconds=i))
+        at = store.first_read_at(
+            SCOPE, file_key(str(path)), identity, now + dt.timedelta(milliseconds=i)
+        )
         out[path] = (at, FileIdentity.of(stat))
     return out
 

@@ -236,8 +236,9 @@ _ITEM_TAGS_ANY_NS = tuple(f"{{*}}{tag}" for tag in _ITEM_TAGS)
 
 
 def source_ref_for(path: str | os.PathLike[str], kind: str = "file") -> SourceRef:
-    """The default :class:`SourceRef` of a file: its order from ``pubmedYYnNNNN``
-    (:func:`ingest.records.nlm_sequence`), else 0.
+    """The default :class:`SourceRef` of a file: the order of an NLM file's name (exactly
+    ``pubmedYYnNNNN.xml`` or ``.xml.gz``: :func:`ingest.records.nlm_file_order`,
+    :func:`ingest.records.nlm_sequence`), else 0.
 
     Args:
         path: The file path.

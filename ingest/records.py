@@ -28,6 +28,7 @@ __all__ = [
     "Deletion",
     "Item",
     "MeshHeading",
+    "NLM_FILE_RE",
     "PartialDate",
     "QuarantineEntry",
     "Record",
@@ -69,13 +70,17 @@ class SourceRef:
 
 #: An NLM file's number has at most 9 digits (``pubmedYYnNNNN``, 4 in use).
 NLM_YEAR_FACTOR = 10**9
-_NLM_FILE_RE = re.compile(r"pubmed([0-9]{2})n([0-9]{4,9})(?![0-9])", re.IGNORECASE)
+#: The whole name of an NLM file: ``pubmedYYnNNNN.xml.gz`` as NLM publishes it, or the
+#: same unpacked (``.xml``). A name that only begins like one (``pubmed26n1320_part2.xml``:
+#: a file split in two, an excerpt, a hand-fixed copy) is no NLM file.
+NLM_FILE_RE = re.compile(r"pubmed([0-9]{2})n([0-9]{4,9})\.xml(?:\.gz)?", re.IGNORECASE)
 
 
 def nlm_file_order(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     """``(year, number)`` of an NLM file (``/x/pubmed26n1335.xml.gz`` → ``(26, 1335)``),
-    ``None`` for any other name."""
-    m = _NLM_FILE_RE.match(os.path.basename(os.fspath(path)))
+    ``None`` for any other name (the whole name must be :data:`NLM_FILE_RE`'s: each
+    part of a split ``pubmed26n1320_part1.xml`` is a plain file of its own)."""
+    m = NLM_FILE_RE.fullmatch(os.path.basename(os.fspath(path)))
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 

@@ -59,7 +59,7 @@ from sqlalchemy import JSON, Engine, bindparam, func, or_, select, type_coerce, 
 from sqlalchemy.engine import Connection
 
 from ingest import missing as owing
-from ingest.checkpoints import Checkpoints
+from ingest.checkpoints import Checkpoints, files_first_read
 from ingest.dates import period_end
 from ingest.links import (
     add_term_forms,
@@ -144,6 +144,11 @@ COUNTS_CHECKPOINT = ("store", "cited_by_in_corpus")
 SEQUENCE_CHECKPOINT = ("store", "nlm_sequence")
 #: Stores (engine URLs) this process found upgraded: the check is one query a process.
 _SEQUENCES_CURRENT: set[str] = set()
+#: Set once the rows a file whose name only began like an NLM file's wrote carry the
+#: plain file's source (:meth:`Store.upgrade_plain_names`).
+PLAIN_NAMES_CHECKPOINT = ("store", "plain_names")
+#: Stores this process found with those rows upgraded.
+_PLAIN_NAMES_CURRENT: set[str] = set()
 #: Set once ``source_times`` holds the as-of time of every NLM file whose records a store
 #: made before that table holds (:meth:`Store.upgrade_source_times`).
 SOURCE_TIMES_CHECKPOINT = ("store", "source_times")
@@ -259,6 +264,7 @@ class Store(RunLedger, Checkpoints):
         if batch_size <= 0:
             raise ConfigError(f"batch_size must be positive, got {batch_size!r}")
         self.upgrade_sequences()
+        self.upgrade_plain_names()  # before source_times: a plain file has no as-of time
         self.upgrade_source_times()
         self.upgrade_lang_terms()
         self.upgrade_run_ids()
@@ -378,6 +384,53 @@ class Store(RunLedger, Checkpoints):
 
         what = "rows of NLM files now order by the file's year, then number"
         return self._upgrade_once(SEQUENCE_CHECKPOINT, _SEQUENCES_CURRENT, work, what)
+
+    def upgrade_plain_names(self) -> int:
+        """Give the rows a file whose name only began like an NLM file's wrote under that
+        file's number the source this release gives the file, once per store.
+
+        Earlier releases read any name beginning ``pubmedYYnNNNN`` (the parts of a split
+        ``pubmed26n1320_part1.xml``, an excerpt, a fixed copy) as that NLM file: their
+        rows carry its number and the time the store gave the number. This release reads
+        such a file as a plain one (:func:`ingest.records.nlm_file_order`: sequence 0, its
+        own fetch time), which ranks after a numbered row of its number: left alone, an
+        earlier part read again would win over the rows of the later parts, bringing
+        back what they revised or deleted (and, read after them, undoing it again). The
+        rows get sequence 0 and their file's fetch time (:func:`ingest.checkpoints.
+        files_first_read`; a file with none keeps the row's time), so reading a file
+        again is a replay of its own rows, as it was, and a later part a later source.
+        One scan of the numbered rows' locations on the first write after the upgrade;
+        then a checkpoint.
+
+        Returns:
+            The rows rewritten (0 when the store was current).
+        """
+
+        def work(conn: Connection) -> int:
+            a = articles.c
+            numbered = a.source_sequence > 0
+            plain = sorted(
+                location
+                for location in conn.execute(
+                    select(a.source_location).where(numbered).distinct()
+                ).scalars()
+                if nlm_file_order(location) is None
+            )
+            read_at = files_first_read(conn, plain)
+            done = 0
+            for location in plain:
+                values: dict[str, Any] = {"source_sequence": 0}
+                if location in read_at:
+                    values["source_time"] = read_at[location].timestamp()
+                done += conn.execute(
+                    update(articles)
+                    .where(numbered, a.source_location == location)
+                    .values(**values)
+                ).rowcount
+            return done
+
+        what = "rows of files named like NLM files given the source of a plain file"
+        return self._upgrade_once(PLAIN_NAMES_CHECKPOINT, _PLAIN_NAMES_CURRENT, work, what)
 
     def upgrade_source_times(self) -> int:
         """Record the as-of time of every NLM file a store made before ``source_times``

@@ -70,7 +70,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FILE_RE = re.compile(r"pubmed(\d{2})n(\d{4})\.xml\.gz")
 _HREF_RE = re.compile(
     r"""href\s*=\s*["']?(?:[^"'>\s]*/)?(pubmed\d{2}n\d{4}\.xml\.gz)["'>\s]""", re.I
 )
@@ -106,9 +105,9 @@ def parse_listing(html: str, kind: str) -> list[RemoteFile]:
     """The ``pubmedYYnNNNN.xml.gz`` files linked from a directory listing, in order."""
     seen: dict[str, RemoteFile] = {}
     for name in _HREF_RE.findall(html):
-        m = FILE_RE.fullmatch(name)
-        if m and name not in seen:
-            seen[name] = RemoteFile(int(m.group(1)), int(m.group(2)), name, kind)
+        order = nlm_file_order(name)  # the one rule of an NLM name (ingest.records)
+        if order is not None and name not in seen:
+            seen[name] = RemoteFile(*order, name, kind)
     return sorted(seen.values())
 
 

@@ -52,6 +52,11 @@ def deletion_xml(*pmids: int) -> str:
 def test_order_files_sorts_nlm_files_in_their_slots() -> None:
     assert nlm_file_order("/x/pubmed26n1280.xml.gz") == (26, 1280)
     assert nlm_file_order("local.xml") is None
+    assert nlm_file_order("pubmed26n1280.xml") == (26, 1280)  # unpacked
+    # only the whole name: a split part, an excerpt or a copy is a plain file
+    for name in ("pubmed26n1320_part2.xml", "pubmed26n1280_excerpt.xml", "pubmed26n1280.xml.bak",
+                 "xpubmed26n1280.xml.gz", "pubmed26n1280.xml.gz.part"):
+        assert nlm_file_order(name) is None, name
     got = order_files(["b.xml", "pubmed26n0003.xml.gz", "a.xml", "pubmed26n0001.xml.gz",
                        "pubmed25n1200.xml.gz"])  # fmt: skip
     assert [p.name for p in got] == [

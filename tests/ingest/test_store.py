@@ -794,6 +794,59 @@ def test_rows_of_a_store_made_before_nlm_sequences_had_the_year_are_upgraded(
     assert Store(engine).upgrade_sequences() == 0  # once
 
 
+def test_rows_of_a_file_named_like_an_nlm_file_by_an_older_release_are_upgraded(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Rows an older release wrote for the parts of a split ``pubmed26n1320_partN.xml``
+    under NLM number 1320 (its time: the first part's read) are given the plain file's
+    source on the first write after the upgrade: reading the first part again by hand is
+    a replay of its own rows, and never brings back what the second part revised or
+    deleted (left with the number, the plain first part would outrank them)."""
+    from ingest import store as store_module
+    from ingest.checkpoints import files_first_read
+    from ingest.files import ingest_files
+    from ingest.records import nlm_sequence
+    from litpulse.app.demo.pubmed_xml import article_xml, pubmed_set
+    from litpulse.core.schema import checkpoints, source_times
+
+    day = dt.date(2026, 3, 2)
+    part1 = tmp_path / "pubmed26n1320_part1.xml"
+    part1.write_bytes(pubmed_set([article_xml(30, edat=day, title="Thirty"),
+                                  article_xml(31, edat=day, title="Thirty-one"),
+                                  article_xml(32, edat=day)]))  # fmt: skip
+    part2 = tmp_path / "pubmed26n1320_part2.xml"
+    part2.write_bytes(pubmed_set([article_xml(40, edat=day), article_xml(41, edat=day),
+                                  article_xml(42, edat=day),
+                                  article_xml(30, edat=day, title="Thirty, corrected")],
+                                 deletions=[31]))  # fmt: skip
+    ingest_files(settings, [part1, part2])  # part 2's items come after part 1's: all apply
+    engine = db.connect(settings)
+    with engine.connect() as conn:
+        read = files_first_read(conn, [str(part1.resolve()), str(part2.resolve())])
+    first = read[str(part1.resolve())].timestamp()
+    # the store as an older litpulse left it: both parts file 1320, first read with part 1
+    number = nlm_sequence(26, 1320)
+    with engine.begin() as conn:
+        conn.execute(articles.update().values(source_sequence=number, source_time=first))
+        conn.execute(source_times.insert().values(sequence=number, as_of=first,
+                                                  location=str(part1.resolve())))  # fmt: skip
+        conn.execute(checkpoints.delete().where(checkpoints.c.key == "plain_names"))
+    store_module._PLAIN_NAMES_CURRENT.clear()
+
+    counts = ingest_files(settings, [part1])  # the first part again, by hand
+    assert (counts.inserted, counts.updated, counts.deleted) == (0, 0, 0)
+    store = Store(engine)
+    assert store.get_article(30)["title"] == "Thirty, corrected"  # not part 1's again
+    assert store.get_article(31)["is_deleted"] is True
+    with engine.connect() as conn:
+        rows = dict(conn.execute(select(articles.c.pmid, articles.c.source_sequence)).all())
+        times = {loc: t for loc, t in conn.execute(
+            select(articles.c.source_location, articles.c.source_time).distinct())}
+    assert set(rows.values()) == {0}
+    assert times == {str(p): read[str(p)].timestamp() for p in (part1.resolve(), part2.resolve())}
+    assert store.upgrade_plain_names() == 0  # once
+
+
 def test_a_bilingual_article_stored_before_lang_terms_gains_them_on_the_next_write(
     settings: Settings,
 ) -> None:
