@@ -280,7 +280,12 @@ class BatchPlan:
         tomb: Tombstone rows, the same shape (a deletion won, or an unknown PMID was
             deleted).
         records: The winning (prepared) record of each PMID in ``full``.
-        quarantined: Quarantine rows by digest.
+        quarantined: Quarantine rows by digest, each ``resolved_at`` set (``now``) when
+            an item of the batch after the entry's first placement wrote its PMID's row,
+            else ``None`` (:func:`plan_batch`).
+        written: The position of the last item of the batch that wrote each PMID's row
+            (the PMIDs of ``full`` and ``tomb``): its quarantine entries stored before
+            the batch are resolved, and the batch's own placed before it.
         touches: Source moves of records repeated unchanged by a later source.
         taken: PMIDs met again unchanged whose stored row a run no check has judged
             wrote: this run takes them over (``run_id``), so that its check judges them.
@@ -290,6 +295,7 @@ class BatchPlan:
     tomb: dict[int, tuple[Any, ...]] = field(default_factory=dict)
     records: dict[int, PreparedRecord] = field(default_factory=dict)
     quarantined: dict[str, dict[str, Any]] = field(default_factory=dict)
+    written: dict[int, int] = field(default_factory=dict)
     touches: dict[int, dict[str, Any]] = field(default_factory=dict)
     taken: set[int] = field(default_factory=set)
 
@@ -320,9 +326,16 @@ def plan_batch(
     than ``articles.run_id``); a row of another run no check judged yet (a run killed or
     failed before its check) is taken over instead (:attr:`BatchPlan.taken`), as
     :func:`ingest.store._count_met_again` takes over its quarantine entries.
+
+    A quarantine entry is resolved by a later record or deletion of its PMID that is
+    stored: one of the batch is resolved (``resolved_at``) when an item placed after it
+    wrote the row (:attr:`BatchPlan.written`), never by an item that wrote nothing or one
+    placed before it, so a batch ends as its items applied one by one would, whatever the
+    batch size.
     """
     planner = _Planner(states, touched, counter, now, ordered or {}, rank, run_id, judged)
     plan = planner.plan
+    placed: dict[str, int] = {}  # each entry's first position in the batch
     for pos, item in enumerate(batch, first):
         if isinstance(item, PreparedRecord):
             planner.record(item, pos)
@@ -332,9 +345,14 @@ def plan_batch(
             planner.deletion(item, pos)
         elif isinstance(item, QuarantineEntry):
             counter.quarantined += 1
-            plan.quarantined.setdefault(item.digest, quarantine_row(item, run_id, now))
+            if item.digest not in plan.quarantined:
+                plan.quarantined[item.digest] = quarantine_row(item, run_id, now)
+                placed[item.digest] = pos
         else:  # pragma: no cover - typing guards this
             raise TypeError(f"cannot apply {type(item).__name__}")
+    for digest, row in plan.quarantined.items():
+        wrote = plan.written.get(row["pmid"], -1) if row["pmid"] is not None else -1
+        row["resolved_at"] = now if placed[digest] < wrote else None
     for pmid in set(plan.touches) & (set(plan.full) | set(plan.tomb)):
         del plan.touches[pmid]
     if plan.taken:
@@ -387,6 +405,7 @@ class _Planner:
                 src.kind, src.location, pos, chash, False, self.run_id,
             )  # fmt: skip
             touched.add(pmid)
+            plan.written[pmid] = pos
             return
         verdict = decide_record(item, pos, chash, cur, pmid in touched, src, self.rank)
         if verdict == "touch" and cur is not None:
@@ -408,6 +427,7 @@ class _Planner:
             src, pos, item.version, item.date_revised, chash, run_id=self.run_id
         )
         touched.add(pmid)
+        plan.written[pmid] = pos
 
     def _touch(self, pmid: int, cur: StoredState, src: SourceRef, pos: int) -> None:
         """Move the stored source of ``pmid`` to the item at ``pos`` of ``src`` (no update)."""
@@ -436,6 +456,7 @@ class _Planner:
             )
             counter.unchanged += 1
             touched.add(pmid)
+            plan.written[pmid] = pos
             return
         if cur.is_deleted:
             # deleted again by a later source: the tombstone ranks from it, as a live row's
@@ -472,3 +493,4 @@ class _Planner:
         cur.move_to(src, pos)
         cur.run_id = self.run_id
         touched.add(pmid)
+        plan.written[pmid] = pos

@@ -748,6 +748,14 @@ class Store(RunLedger, Checkpoints):
         self._write_articles(conn, kept, _RECORD_COLUMNS, stored)
         self._write_articles(conn, lifted, _LIFT_COLUMNS, stored)
         self._write_articles(conn, plan.tomb, _TOMBSTONE_COLUMNS, stored)
+        if plan.written:  # the open entries stored before the batch of the PMIDs written
+            # (a later record or deletion is stored); the batch's own come resolved or
+            # not (ingest.rules.plan_batch). One statement, one parameter (a batch
+            # resolves thousands of PMIDs)
+            conn.execute(update(quarantine)
+                         .where(id_in_clause(conn, "pmid", plan.written),
+                                quarantine.c.resolved_at.is_(None))
+                         .values(resolved_at=now))  # fmt: skip
         if plan.quarantined:
             entries = list(plan.quarantined.values())
             _count_met_again(conn, batch, plan.quarantined.keys(), run_id, counter,
@@ -758,22 +766,18 @@ class Store(RunLedger, Checkpoints):
             # an entry stored without a PMID, now known to be a PMID's (EFetch asked for
             # it alone: ingest.eutils._attribute), is named: else the PMID, settled as
             # found, would be neither owed nor quarantined under its number
-            named = [{"d": r["digest"], "p": r["pmid"]} for r in entries if r.get("pmid")]
+            # (resolved as the entry placed here is)
+            named = [{"d": r["digest"], "p": r["pmid"], "r": r["resolved_at"]}
+                     for r in entries if r.get("pmid")]  # fmt: skip
             if named:
                 q = quarantine.c
                 conn.execute(
                     update(quarantine)
                     .where(q.digest == bindparam("d"), q.pmid.is_(None))
-                    .values(pmid=bindparam("p")),
+                    .values(pmid=bindparam("p"),
+                            resolved_at=func.coalesce(q.resolved_at, bindparam("r"))),
                     named,
-                )
-        resolved = _resolving(batch, changed)
-        if resolved:  # entries of PMIDs whose later record or deletion is now stored
-            # one statement, one parameter (a batch resolves thousands of PMIDs)
-            conn.execute(update(quarantine)
-                         .where(id_in_clause(conn, "pmid", resolved),
-                                quarantine.c.resolved_at.is_(None))
-                         .values(resolved_at=now))  # fmt: skip
+                )  # fmt: skip
         if not changed:
             return set(), changed
         replace_links(
@@ -1181,20 +1185,6 @@ def _quarantine_dict(m: Any, *, raw: bool) -> dict[str, Any]:
     if raw:
         out["raw_xml"] = m["raw_xml"]
     return out
-
-
-def _resolving(batch: list[StoreItem], changed: set[int]) -> set[int]:
-    """The PMIDs whose quarantine entries a batch resolves: a record or deletion of the
-    PMID was written (``changed``) and no bad element of it follows in the batch (a good
-    revision followed by a bad one leaves the bad one open)."""
-    last_bad: dict[int, bool] = {}
-    for item in batch:
-        if isinstance(item, QuarantineEntry):
-            if item.pmid is not None:
-                last_bad[item.pmid] = True
-        else:
-            last_bad[item.pmid] = False
-    return {p for p in changed if last_bad.get(p) is False}
 
 
 def store_counts(conn: Connection) -> dict[str, Any]:

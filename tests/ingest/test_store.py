@@ -466,6 +466,48 @@ def test_quarantine_deduplicated_by_digest(engine: Engine) -> None:
     assert len(store.quarantined(limit=1)) == 1
 
 
+def test_quarantine_entries_resolve_by_position_whatever_the_batch_size(engine: Engine) -> None:
+    """An entry is resolved by a record or deletion of its PMID stored after it: one stored
+    before the batch by any write of the batch, one of the batch by a write placed after
+    it (never by an item that wrote nothing, nor one before it). Every batch size ends in
+    the state of items applied one by one."""
+    store = Store(engine)
+
+    def bad(tag: str, pmid: int | None) -> QuarantineEntry:
+        return QuarantineEntry("broken", f"<PubmedArticle>{tag}</PubmedArticle>", src(1),
+                               pmid=pmid)  # fmt: skip
+
+    def run(size: int) -> dict[str, bool]:
+        base = 100 * size  # each size its own PMIDs and entries
+        tag = f"{size}-"
+        first = [
+            bad(tag + "a", base + 1), make_record(base + 1, version=2, source=src(1)),  # a: yes
+            bad(tag + "b", base + 1), make_record(base + 1, source=src(1)),  # older: b open
+            bad(tag + "c", base + 3), Deletion(base + 3, src(1)),  # c: a tombstone is stored
+            bad(tag + "d", base + 4),  # nothing of it follows: open
+            make_record(base + 5, source=src(1)), bad(tag + "e", base + 5),  # after: open
+            bad(tag + "f", base + 6), make_record(base + 6, source=src(1)),
+            bad(tag + "f", base + 6),  # met again after its record: still resolved
+            bad(tag + "g", None), make_record(base + 7, source=src(1)),  # no PMID: open
+        ]  # fmt: skip
+        second = [
+            make_record(base + 1, version=3, source=src(2)),  # b (stored before): yes
+            bad(tag + "h", base + 1),  # after it: open
+            bad(tag + "e", base + 5),  # e again, then its revision: yes
+            make_record(base + 5, version=2, source=src(2)),
+        ]  # fmt: skip
+        store.apply(first, batch_size=size)
+        store.apply(second, batch_size=size)
+        return {e["raw_xml"][len("<PubmedArticle>") + len(tag)] : e["resolved_at"] is not None
+                for e in store.quarantined(100, resolved=True, raw=True)
+                if e["raw_xml"].startswith(f"<PubmedArticle>{tag}")}  # fmt: skip
+
+    expected = {"a": True, "b": True, "c": True, "d": False, "e": True, "f": True, "g": False,
+                "h": False}  # fmt: skip
+    for size in (1, 2, 3, 5, 1000):
+        assert run(size) == expected, size
+
+
 # ------------------------------------------------------------------ runs, checkpoints
 
 
