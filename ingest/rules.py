@@ -17,7 +17,13 @@ Ordering rules (a record *wins* over the stored state when):
   a tombstone is lifted as a live row is touched, so a file killed before its deletion
   and resumed after such an item ends as a clean run). A replayed or older file never
   lifts it; an EFetch made after the deleting file was first read does (PubMed serves the
-  record again).
+  record again). A record of an older source that is newer (``Version``, then
+  ``DateRevised``) than the one the tombstone holds — any record, for a *bare* tombstone
+  (``version`` 0: only a deletion of the PMID was met) — *fills* it: the row takes the
+  record's columns and stays deleted, with its deletion time and the deletion's source
+  (counted ``unchanged``). So update files applied out of number order (``--accept-gaps``
+  past a missing file) end as in number order: the withdrawn article known (410), not a
+  bare tombstone (404).
 * a :class:`~ingest.records.Deletion` tombstones a live row when it is a later item
   than the one that wrote that row; met by a tombstone, a later deletion moves its source
   (as a touch moves a live row's). Deleting an unknown PMID still writes a tombstone
@@ -127,7 +133,8 @@ class StoredState:
     """What the store holds for one PMID (as read, then as decided within a batch).
 
     ``run_id`` is the ingest run that wrote the row (``articles.run_id``: ``None`` on rows
-    older than the column, or written with no run), or took it over (:func:`plan_batch`).
+    older than the column, or written with no run), or took it over (:func:`plan_batch`);
+    ``deleted_at`` when a tombstone's deletion was stored (``None`` on a live row).
     """
 
     version: int
@@ -140,6 +147,7 @@ class StoredState:
     content_hash: str
     is_deleted: bool
     run_id: int | None = None
+    deleted_at: dt.datetime | None = None
 
     @classmethod
     def written(
@@ -152,12 +160,13 @@ class StoredState:
         *,
         deleted: bool = False,
         run_id: int | None = None,
+        deleted_at: dt.datetime | None = None,
     ) -> StoredState:
         """The state after the item at ``position`` of ``src`` wrote the row (in the
-        ingest run ``run_id``)."""
+        ingest run ``run_id``; a deletion at ``deleted_at``)."""
         return cls(
             version, date_revised, src.sequence, src.fetched_at.timestamp(), src.kind,
-            src.location, position, chash, deleted, run_id,
+            src.location, position, chash, deleted, run_id, deleted_at,
         )  # fmt: skip
 
     def source_key(self, rank: SourceRanks = PLAIN) -> tuple[int, float, int]:
@@ -414,6 +423,9 @@ class _Planner:
             self._unchanged(pmid, cur)
             return
         if verdict == "unchanged":
+            if cur.is_deleted and _newer(item, cur):
+                self._fill(item, pos, cur, src)
+                return
             self._unchanged(pmid, cur)
             return
         if verdict == "inserted":
@@ -429,8 +441,27 @@ class _Planner:
         touched.add(pmid)
         plan.written[pmid] = pos
 
+    def _fill(self, item: PreparedRecord, pos: int, cur: StoredState, src: SourceRef) -> None:
+        """Fill the tombstone ``cur`` with the record ``item`` of an older source (at
+        ``pos``), newer than the record it holds: the record's columns, still deleted, with
+        the tombstone's deletion time and source (see the module docstring)."""
+        pmid = item.pmid
+        self.counter.unchanged += 1
+        row = article_row(item, pos, self.now, src, self.run_id)
+        self.plan.full[pmid] = with_values(row, {
+            "is_deleted": True,
+            "deleted_at": cur.deleted_at if cur.deleted_at is not None else self.now,
+            **_source_values(cur),
+        })  # fmt: skip
+        self.plan.tomb.pop(pmid, None)
+        self.plan.records[pmid] = item
+        self.plan.written[pmid] = pos
+        cur.version, cur.date_revised = item.version, item.date_revised
+        cur.content_hash, cur.run_id = item.content_hash, self.run_id
+
     def _touch(self, pmid: int, cur: StoredState, src: SourceRef, pos: int) -> None:
-        """Move the stored source of ``pmid`` to the item at ``pos`` of ``src`` (no update)."""
+        """Move the stored source of ``pmid`` to the item at ``pos`` of ``src`` (no update;
+        a row this batch writes of it, a filled tombstone, moves with it)."""
         cur.move_to(src, pos)
         self.plan.touches[pmid] = {
             "b_pmid": pmid,
@@ -440,6 +471,8 @@ class _Planner:
             "b_loc": cur.source_location,
             "b_pos": pos,
         }
+        if pmid in self.plan.full:
+            self.plan.full[pmid] = with_values(self.plan.full[pmid], _source_values(cur))
 
     def deletion(self, item: Deletion, pos: int) -> None:
         plan, states, touched, counter, now = (
@@ -452,7 +485,7 @@ class _Planner:
             # unknown PMID: remember the deletion so an older record stays out
             plan.tomb[pmid] = tombstone_row(pmid, src, pos, now, self.run_id)
             states[pmid] = StoredState.written(
-                src, pos, 0, None, "", deleted=True, run_id=self.run_id
+                src, pos, 0, None, "", deleted=True, run_id=self.run_id, deleted_at=now
             )
             counter.unchanged += 1
             touched.add(pmid)
@@ -489,8 +522,28 @@ class _Planner:
             plan.full[pmid] = with_values(plan.full[pmid], changes)
         else:
             plan.tomb[pmid] = tombstone_row(pmid, src, pos, now, self.run_id)
-        cur.is_deleted = True
+        cur.is_deleted, cur.deleted_at = True, now
         cur.move_to(src, pos)
         cur.run_id = self.run_id
         touched.add(pmid)
         plan.written[pmid] = pos
+
+
+def _newer(rec: PreparedRecord, cur: StoredState) -> bool:
+    """Whether ``rec`` is newer (``Version``, then ``DateRevised``) than the record the
+    stored row holds; any record is newer than a bare tombstone's none (version 0)."""
+    if cur.version == 0:
+        return True
+    mine = (rec.version, rec.date_revised or dt.date.min)
+    return mine > (cur.version, cur.date_revised or dt.date.min)
+
+
+def _source_values(cur: StoredState) -> dict[str, Any]:
+    """The source columns of a row in state ``cur``."""
+    return {
+        "source_sequence": cur.source_sequence,
+        "source_time": cur.source_time,
+        "source_kind": cur.source_kind,
+        "source_location": cur.source_location,
+        "source_position": cur.source_position,
+    }

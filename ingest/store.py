@@ -822,11 +822,14 @@ class Store(RunLedger, Checkpoints):
         where, param = id_in(conn, "pmid", pmids)
         rows = conn.exec_driver_sql(
             "SELECT pmid, version, date_revised, source_sequence, source_time, source_kind, "
-            "source_location, source_position, content_hash, is_deleted, run_id FROM articles "
-            f"WHERE {where}",
+            "source_location, source_position, content_hash, is_deleted, run_id, deleted_at "
+            f"FROM articles WHERE {where}",
             (param,),
         ).all()
         date = articles.c.date_revised.type.dialect_impl(conn.dialect).result_processor(
+            conn.dialect, None
+        )
+        stamp = articles.c.deleted_at.type.dialect_impl(conn.dialect).result_processor(
             conn.dialect, None
         )
         return {
@@ -841,6 +844,8 @@ class Store(RunLedger, Checkpoints):
                 row[8],
                 bool(row[9]),
                 row[10],
+                # a tombstone's deletion time (a record that fills it keeps it)
+                (stamp(row[11]) if stamp is not None else row[11]) if row[9] else None,
             )  # fmt: skip
             for row in rows
         }

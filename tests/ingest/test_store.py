@@ -260,11 +260,64 @@ def test_deleting_unknown_pmid_blocks_older_record(engine: Engine) -> None:
     store = Store(engine)
     assert store.apply([Deletion(30, src(5))]) == counts(unchanged=1)
     assert row(engine, 30)["is_deleted"] is True
+    deleted_at = row(engine, 30)["deleted_at"]
     # an older file (or an earlier fetch) arriving afterwards does not resurrect it
     assert store.apply([make_record(30, source=src(3))]) == counts(unchanged=1)
     assert store.apply([make_record(30, source=src(0, -5, "x"))]) == counts(unchanged=1)
-    assert row(engine, 30)["is_deleted"] is True
+    r = row(engine, 30)
+    assert r["is_deleted"] is True
     assert store.status()["articles"] == 0
+    # but the withdrawn article is known, as files applied in order leave it (410, not
+    # 404): the record fills the bare tombstone, which keeps its deletion and source
+    assert (r["version"], r["title"], r["deleted_at"]) == (1, "Title 30", deleted_at)
+    assert (r["source_sequence"], r["source_position"]) == (5, 0)
+    assert store.get_article(30)["is_deleted"] is True and store.status()["deleted"] == 1
+
+
+@pytest.mark.parametrize("bulk", [True, False], ids=["bulk", "reference"])
+def test_records_met_after_their_deletion_end_as_in_source_order(
+    engine: Engine, bulk: bool
+) -> None:
+    """Records of older sources than a tombstone's deletion, met after it, leave the row
+    as the sources applied in order do: the newest of them, deleted, with the deletion's
+    time and source; in any order, any batch size, and met again (nothing changes)."""
+    store = Store(engine, bulk=bulk)
+    v1 = {"version": 1, "title": "v1"}
+    v2 = {"version": 2, "title": "v2"}
+    v2_later = {"version": 2, "revised": dt.date(2025, 6, 1), "title": "v2, revised"}
+
+    def items(pmid: int, order: str) -> list[Record | Deletion]:
+        parts: dict[str, Record | Deletion] = {
+            "a": make_record(pmid, source=src(1), **v1),  # type: ignore[arg-type]
+            "b": make_record(pmid, source=src(2), **v2),  # type: ignore[arg-type]
+            "c": make_record(pmid, source=src(3), **v2_later),  # type: ignore[arg-type]
+            "d": Deletion(pmid, src(4)),
+        }
+        return [parts[k] for k in order]
+
+    def state(pmid: int) -> tuple[Any, ...]:
+        r = row(engine, pmid)
+        return (r["is_deleted"], r["version"], r["date_revised"], r["title"],
+                r["source_sequence"], r["source_position"])  # fmt: skip
+
+    for i, order in enumerate(["abcd", "dabc", "dcba", "bdac"]):
+        pmid = 1000 + 10 * i
+        for item in items(pmid, order):  # one source at a time, as readers apply them
+            store.apply([item])
+        placed = [(pmid, 0)]
+        for size in (1, 2, 4):  # every item in one call: the deletion's position there
+            store.apply(items(pmid + size, order), batch_size=size)
+            placed.append((pmid + size, order.index("d")))
+        for p, at in placed:
+            assert state(p) == (True, 2, dt.date(2025, 6, 1), "v2, revised", 4, at), (order, p)
+    # met again, in any order: nothing is written
+    before = row(engine, 1010)
+    assert store.apply(items(1010, "cbad")) == counts(unchanged=4)
+    assert row(engine, 1010) == before
+    # a deletion of a later source met after a fill moves the tombstone's source
+    store.apply([Deletion(90, src(4))])
+    store.apply([make_record(90, source=src(1)), Deletion(90, src(5))])
+    assert state(90) == (True, 1, dt.date(2025, 1, 1), "Title 90", 5, 1)
 
 
 def test_record_from_later_source_lifts_tombstone(engine: Engine) -> None:

@@ -86,6 +86,13 @@ C3 **Update files applied out of number order drop the record of an article whos
    tombstone, ``version`` 0). Fix: a record that loses against a bare tombstone fills it
    (the record's columns, ``is_deleted``/``deleted_at`` and the tombstone's source kept),
    so the final state is the ordered run's whatever the order. (test_c3_..., both stores)
+   **Fixed**: ``_Planner.record`` fills a tombstone with a record that loses to it by
+   source but is newer (``Version``, then ``DateRevised``) than the record it holds — any
+   record, for a bare one: the record's columns, ``is_deleted``, ``deleted_at`` (now read
+   with the state) and the tombstone's source kept, counted ``unchanged``; a later
+   deletion met after it in the batch moves the filled row's source. Not only the bare
+   case: files [v1, v2, deletion] applied deletion first, then v1, then v2 must end
+   holding v2 as the ordered run does (``tests/ingest/test_store.py``, every order).
 """
 
 from __future__ import annotations
@@ -179,8 +186,6 @@ def test_c2b_an_entry_is_resolved_by_a_later_stored_record_whatever_follows_it(
 # ----------------------------------------------------------------------------------- C3
 
 
-@pytest.mark.xfail(strict=True, reason="C3: the record of a PMID whose deletion was applied "
-                   "first is dropped: a bare tombstone (404) where the ordered run has 410")
 def test_c3_update_files_applied_out_of_order_keep_the_withdrawn_article(
     emu: Emulator, settings: Settings
 ) -> None:
