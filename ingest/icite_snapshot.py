@@ -58,7 +58,8 @@ the line, the rows read. A killed load, run again on the unchanged file, seeks t
 goes on; since every write is keyed by PMID and stamped with the snapshot's fixed date, it
 ends in the state of an uninterrupted load. A finished file loaded again is read again from
 the start (articles ingested since then get their values); a changed file (size, mtime) or
-another ``--as-of`` is a new load.
+another snapshot date (``--as-of``; a load begun by a release that dated a ``.zip`` or
+``.gz`` by its mtime) is a new load.
 
 **Values** follow the API refresh's rule (:func:`ingest.citations.icite_values`, the
 module docstring of :mod:`ingest.citations`): a missing-value marker (empty, ``NaN``,
@@ -784,11 +785,13 @@ def _load_file(
 ) -> SnapshotCounts:
     stat = path.stat()
     key = hashlib.sha1(str(path).encode()).hexdigest()
+    default, dated_by = (as_utc(as_of), "--as-of") if as_of is not None else snapshot_date(path)
+    # the date is part of what is loaded: another one (--as-of, or a load begun before the
+    # file's own date was read) is a new load from the first row
     identity: dict[str, Any] = {
         "path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-        "as_of": None if as_of is None else as_utc(as_of).isoformat(),
+        "as_of": default.isoformat(),
     }  # fmt: skip
-    default, dated_by = (as_utc(as_of), "--as-of") if as_of is not None else snapshot_date(path)
     fetched = store.first_read_at(SCOPE, key, identity, min(default, utcnow()))
     seen = (store.get_checkpoint(SCOPE, key) or {}).get("value", {})
     resume = "offset" in seen and not seen.get("done")

@@ -282,6 +282,26 @@ def test_the_snapshot_date_is_the_one_the_file_carries_not_its_download(
     assert _icite(db.connect(sqlite_settings))[1002]["icite_fetched_at"] == noon
 
 
+def test_a_load_dated_by_the_download_is_not_resumed_under_the_files_own_date(
+    sqlite_settings: Settings, tmp_path: Path
+) -> None:
+    """A load of a .zip begun by a release that dated it by its mtime (its checkpoint: no
+    as-of given, the download's date) is a new load from the first row, dated by the zip."""
+    zp = tmp_path / "icite_metadata.zip"
+    _zip_with(zp)
+    stat, now = zp.stat(), db.utcnow()
+    old = {"path": str(zp), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "as_of": None,
+           "fetched_at": now.isoformat(), "offset": 400, "line": 3, "rows": 2}  # fmt: skip
+    store = Store(db.connect(sqlite_settings))
+    store.set_checkpoint(SCOPE, _key(zp), "running", old)
+    _seed(sqlite_settings, [1002])
+    counts = load_snapshot(sqlite_settings, zp)
+    assert counts.rows == 35
+    (entry,) = store.runs(1)[0]["details"]["snapshot"]
+    may = dt.datetime(2026, 5, 1, tzinfo=dt.UTC) - dt.timedelta(hours=14)
+    assert (entry["resumed_at"], entry["as_of"]) == (0, may.isoformat())
+
+
 def test_other_files_are_refused_with_the_reason(sqlite_settings: Settings, tmp_path: Path) -> None:
     occ = tmp_path / "open_citation_collection.csv"
     occ.write_text("citing,referenced\n1001,1002\n")
