@@ -76,9 +76,12 @@ PREPARED_COLUMNS = tuple(
     "publication_types record cited_by_in_corpus".split()
 )
 #: Every column of ``articles`` the store writes, in the order of its rows
-#: (:func:`article_row`, :func:`tombstone_row`): the prepared ones, then the four a
-#: record alone does not fix (``run_id``: the ingest run that writes the row).
-ARTICLE_COLUMNS = (*PREPARED_COLUMNS, "source_position", "ingested_at", "updated_at", "run_id")
+#: (:func:`article_row`, :func:`tombstone_row`): the prepared ones, then the five a
+#: record alone does not fix (``run_id``: the ingest run that writes the row;
+#: ``first_ingested_at`` is written by an insert only: no update list of the store
+#: names it).
+ARTICLE_COLUMNS = (*PREPARED_COLUMNS, "source_position", "ingested_at", "first_ingested_at",
+                   "updated_at", "run_id")  # fmt: skip
 #: Columns whose values in the rows built here are serialised JSON text.
 JSON_COLUMNS = frozenset({"authors", "mesh", "publication_types", "record"})
 #: Where each column sits in a row of :data:`ARTICLE_COLUMNS`.
@@ -100,8 +103,8 @@ class PreparedRecord(NamedTuple):
         source: Where the record came from.
         content_hash: SHA-1 of the record without its source.
         values: The values of :data:`PREPARED_COLUMNS` (the article columns except
-            ``source_position``, ``ingested_at`` and ``updated_at``; JSON columns as
-            text); :attr:`row` is the same as a dict.
+            the five the store fixes: ``source_position``, the three times and
+            ``run_id``; JSON columns as text); :attr:`row` is the same as a dict.
         terms: ``(kind, term, major)`` of its MeSH descriptors, publication types and
             (``lang``, lower case) its languages after the first.
         references: Cited PMIDs, sorted, without itself.
@@ -341,10 +344,10 @@ def article_row(
     is not the record's own; its JSON keeps the source as read) by the ingest run
     ``run_id``."""
     if source is None or source is prep.source:
-        return prep.values + (position, now, now, run_id)
+        return prep.values + (position, now, now, now, run_id)
     v = prep.values
     return (*v[:3], source.sequence, source.fetched_at.timestamp(), *v[5:], position, now, now,
-            run_id)  # fmt: skip
+            now, run_id)  # fmt: skip
 
 
 def tombstone_row(
@@ -389,6 +392,7 @@ def tombstone_row(
         0,  # cited_by_in_corpus
         position,  # source_position
         now,  # ingested_at
+        None,  # first_ingested_at: no record of it stored yet (set when one lifts it)
         now,  # updated_at
         run_id,  # run_id
     )

@@ -173,7 +173,8 @@ MAX_LOCATION_FILTER = 4096
 #: PMIDs per transaction of a full recount (PubMed's ~40 M PMIDs: ~160 statements).
 RECOUNT_STEP = 250_000
 
-#: Columns rewritten when a record replaces the stored one (not ingested_at, not iCite).
+#: Columns rewritten when a record replaces the stored one (not ingested_at, not iCite;
+#: never ``first_ingested_at``: no update list names it, an insert alone writes it).
 _RECORD_COLUMNS = (
     "version date_revised source_sequence source_time source_kind source_location "
     "source_position title "
@@ -185,7 +186,9 @@ _RECORD_COLUMNS = (
 ).split()
 #: Columns rewritten when a record lifts a stored tombstone: the article enters the live
 #: corpus again, so the time it did moves too (``ingested_at``: when the article last
-#: became live; a digest's "new since" compares it).
+#: became live; a digest's "new since" compares it). ``first_ingested_at`` stays (retrain:
+#: an article an earlier round trained on is no new literature when it comes back); a
+#: bare tombstone's, NULL, becomes the lift's time (:meth:`Store._apply_batch`).
 _LIFT_COLUMNS = [*_RECORD_COLUMNS, "ingested_at"]
 #: Columns rewritten when a deletion tombstones a stored row.
 _TOMBSTONE_COLUMNS = (
@@ -747,6 +750,11 @@ class Store(RunLedger, Checkpoints):
         kept = {p: row for p, row in plan.full.items() if p not in lifted}
         self._write_articles(conn, kept, _RECORD_COLUMNS, stored)
         self._write_articles(conn, lifted, _LIFT_COLUMNS, stored)
+        if lifted:  # a bare tombstone (no record stored before): its first record is this
+            conn.execute(update(articles)
+                         .where(id_in_clause(conn, "pmid", lifted),
+                                articles.c.first_ingested_at.is_(None))
+                         .values(first_ingested_at=articles.c.ingested_at))  # fmt: skip
         self._write_articles(conn, plan.tomb, _TOMBSTONE_COLUMNS, stored)
         if plan.written:  # the open entries stored before the batch of the PMIDs written
             # (a later record or deletion is stored); the batch's own come resolved or

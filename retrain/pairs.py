@@ -32,10 +32,11 @@ typical article weighs 1.0; missing means neutral) and deterministic by ``settin
 
 Held-out evaluation articles never train, under their own PMID or another: the *fresh*
 set is the newest *new literature* of the window (articles first ingested after the
-window start, by ``ingested_at``, which a revision does not move; never an article an
-earlier round's window held, never the twin of one), and the *older* set is a stable hash
-bucket of older articles (the same for every run and seed, so no model ever trains on
-it). Nothing newer than the first fresh article trains in the round (the time split).
+window start, by ``first_ingested_at``, which neither a revision nor a reinstatement
+after a withdrawal moves; never an article an earlier round's window held, never the twin
+of one), and the *older* set is a stable hash bucket of older articles (the same for every
+run and seed, so no model ever trains on it). Nothing newer than the first fresh article
+trains in the round (the time split).
 Exclusion is by text as well as by PMID: an article whose text (title and abstract, or the
 abstract alone, compared with case and spacing ignored) is a held-out article's, a
 duplicate PubMed record, is neither a positive, an anchor, a citation, a hard negative, a
@@ -77,7 +78,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import JSON, Engine, or_, select, type_coerce
+from sqlalchemy import JSON, Engine, func, or_, select, type_coerce
 
 from litpulse.core.db import connect, upsert
 from litpulse.core.impact import (
@@ -158,9 +159,10 @@ class ArticleRow:
     #: iCite's citations per year and citation count (ranking's evidence when no RCR yet).
     citations_per_year: float | None = None
     citation_count: int | None = None
-    #: When the article was first stored (a revision does not move it; ``None``: unknown,
-    #: taken to be ``updated_at``).
-    ingested_at: dt.datetime | None = None
+    #: When a record of the article was first stored (``articles.first_ingested_at``:
+    #: neither a revision nor a reinstatement after a withdrawal moves it; ``None``:
+    #: unknown, taken to be ``updated_at``).
+    first_ingested_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -273,11 +275,19 @@ def in_older_holdout(pmid: int, buckets: int = HOLDOUT_BUCKETS) -> bool:
     return _hash_unit(pmid, HOLDOUT_SALT, "holdout") < 1.0 / buckets
 
 
+def _first_stored() -> Any:
+    """When a record of an article was first stored: ``first_ingested_at``, or for a row
+    written without it (a bare tombstone lifted before the column) ``ingested_at``."""
+    a = articles.c
+    return func.coalesce(a.first_ingested_at, a.ingested_at).label("first_ingested_at")
+
+
 def _load_articles(engine: Engine) -> list[ArticleRow]:
+    """The live, unretracted articles with a text: what a round may train and judge."""
     a = articles.c
     stmt = (
         select(
-            a.pmid, a.title, a.abstract, a.best_date, a.updated_at, a.ingested_at,
+            a.pmid, a.title, a.abstract, a.best_date, a.updated_at, _first_stored(),
             a.relative_citation_ratio, a.cited_by_in_corpus, a.citations_per_year,
             a.citation_count, a.mesh,
             type_coerce(a.record["keywords"], JSON).label("keywords"),
@@ -297,7 +307,7 @@ def _load_articles(engine: Engine) -> list[ArticleRow]:
                 cited_by_in_corpus=int(r.cited_by_in_corpus or 0),
                 citations_per_year=r.citations_per_year, citation_count=r.citation_count,
                 mesh=_texts(r.mesh, "descriptor"), keywords=_texts(r.keywords),
-                ingested_at=r.ingested_at,
+                first_ingested_at=r.first_ingested_at,
             )
             for r in conn.execute(stmt)
         ]
@@ -572,7 +582,7 @@ def text_keys(title: str, abstract: str) -> tuple[bytes, ...]:
 
 
 def _first_ingest(r: ArticleRow) -> dt.datetime:
-    return r.ingested_at or r.updated_at
+    return r.first_ingested_at or r.updated_at
 
 
 @dataclass(frozen=True)
@@ -626,7 +636,8 @@ def _hold_out(
     with a title alone in the older hash bucket is still held (never trained on).
 
     Fresh candidates are the window's *new literature*: first ingested after ``since``
-    (a revision of an article an earlier window held is not), not held back by the round
+    (a revision of an article an earlier window held is not, nor one withdrawn and
+    reinstated since), not held back by the round
     before (``waiting``), and sharing no text with an article ingested before, which an
     earlier round may have trained on. Of twins among them, the newest stands for them.
     """

@@ -27,8 +27,11 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
+    case,
     event,
     func,
+    null,
     select,
 )
 from sqlalchemy.engine import Dialect
@@ -87,6 +90,13 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
 
 metadata = MetaData()
+
+
+def _first_ingested(context: Any) -> dt.datetime | None:
+    """``articles.first_ingested_at`` of a row inserted without it: its ``ingested_at``
+    (a bare tombstone, which no record ever held, is written with NULL explicitly)."""
+    value = context.get_current_parameters().get("ingested_at")
+    return value if isinstance(value, dt.datetime) else None
 
 #: Indexes older stores have and this schema no longer makes: (table, index). Opening such
 #: a store drops them (:func:`litpulse.core.db.drop_retired_indexes`).
@@ -163,12 +173,25 @@ articles = Table(
     Column("cited_by_in_corpus", Integer, nullable=False, default=0),
     # when the article last became live: first stored, or a record lifted its tombstone
     Column("ingested_at", UTCDateTime(), nullable=False),
+    # when a record of the article was first stored: set when the row is inserted (NULL
+    # for a deletion's tombstone of a PMID never stored, until a record lifts it) and
+    # never moved after, by a revision, a tombstone or a lift (what retrain calls new
+    # literature). A writer that leaves it out stores its ``ingested_at``; rows of a store
+    # made before the column get theirs (bare tombstones NULL)
+    Column("first_ingested_at", UTCDateTime(), default=_first_ingested),
     Column("updated_at", UTCDateTime(), nullable=False, index=True),
     # the ingest run that last inserted or updated the row (a deletion's tombstone too; a
     # later source repeating it unchanged does not move it), or took it over: met again
     # before a data-quality check judged its run (ingest.quality: IngestCounts.reseen).
     # NULL on rows of a store made before the column: judged, as their runs' checks did
     Column("run_id", Integer),
+)
+# A store made before ``articles.first_ingested_at``: each row gets its ``ingested_at``
+# (an article reinstated before the upgrade keeps the time it came back, the earliest
+# known), a bare tombstone (a deletion of a PMID never stored: version 0) NULL.
+articles.c.first_ingested_at.info["upgrade_fill"] = case(
+    (and_(articles.c.is_deleted.is_(True), articles.c.version == 0), null()),
+    else_=articles.c.ingested_at,
 )
 #: An article by its DOI (``litpulse article DOI``, ``GET /articles/doi/DOI``): DOIs
 #: match without regard to case (:func:`litpulse.core.text.doi_key`). A store made before

@@ -371,6 +371,28 @@ def test_a_lifted_tombstone_enters_the_live_corpus_again(engine: Engine, bulk: b
     assert row(engine, 61)["ingested_at"] == first
 
 
+@pytest.mark.parametrize("bulk", [True, False], ids=["bulk", "reference"])
+def test_first_ingested_at_is_set_by_the_first_record_and_never_moves(
+    engine: Engine, bulk: bool
+) -> None:
+    """``first_ingested_at`` is when a record of the article was first stored: neither a
+    revision, a tombstone nor a record lifting it moves it (retrain: an article an earlier
+    round trained on is no new literature when PubMed reinstates it); a deletion of a PMID
+    never stored leaves it NULL until a record lifts that tombstone."""
+    store = Store(engine, bulk=bulk)
+    store.apply([make_record(62, source=src(1)), Deletion(63, src(1))])
+    first = row(engine, 62)["first_ingested_at"]
+    assert first is not None and first == row(engine, 62)["ingested_at"]
+    assert row(engine, 63)["first_ingested_at"] is None  # no record of it stored yet
+    store.apply([make_record(62, version=2, source=src(2))])  # a revision
+    store.apply([Deletion(62, src(3))])  # withdrawn
+    assert row(engine, 62)["first_ingested_at"] == first
+    store.apply([make_record(62, version=3, source=src(4)), make_record(63, source=src(4))])
+    back, lifted = row(engine, 62), row(engine, 63)
+    assert back["ingested_at"] > first and back["first_ingested_at"] == first  # reinstated
+    assert lifted["first_ingested_at"] == lifted["ingested_at"] > first  # its first record
+
+
 def test_deletion_older_than_record_is_ignored(engine: Engine) -> None:
     store = Store(engine)
     store.apply([make_record(45, source=src(7))])

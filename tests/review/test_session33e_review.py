@@ -37,6 +37,12 @@ E1 **An article an earlier round trained on is judged as fresh once it comes bac
    ``retrain/untrained`` one: an article live at or before ``since`` is no fresh
    candidate, however it came back. (Found through the store's real tombstone and lift.)
    (test_e1_a_reinstated_article_an_earlier_round_trained_is_not_fresh)
+   **Fixed:** ``articles.first_ingested_at`` (``litpulse.core.schema``) records when a
+   record of the article was first stored: written by the insert alone (no update list of
+   ``ingest.store`` names it, so neither a revision, a tombstone nor a lift moves it; a
+   bare tombstone's NULL becomes the lift's time, in one ``UPDATE`` per batch), added to
+   an older store on open with each row's ``ingested_at``. ``retrain.pairs`` judges new
+   literature by it (``_first_ingest``, ``coalesce(first_ingested_at, ingested_at)``).
 
 E2 **The text of a withdrawn (or retracted) article an earlier round trained on is judged
    as held out under its duplicate's PMID, fresh or older.** PubMed withdraws duplicate
@@ -148,8 +154,6 @@ def _next_night(engine: Engine, start: dt.date, *, pmid: int = 8000, hours: int 
 # ------------------------------------------------------------------------------------ E1
 
 
-@pytest.mark.xfail(strict=True, reason="E1: a reinstated article (ingested_at moved by the "
-                   "tombstone lift) that round 1 trained on is put in round 2's fresh set")
 def test_e1_a_reinstated_article_an_earlier_round_trained_is_not_fresh(
     settings: Settings, engine: Engine
 ) -> None:

@@ -36,6 +36,26 @@ def test_an_older_store_gains_new_columns_and_keeps_its_rows(settings: Settings)
     assert counts.inserted == 1
 
 
+def test_an_older_store_gains_first_ingested_at_from_ingested_at(settings: Settings) -> None:
+    from ingest.records import Deletion
+
+    engine = db.connect(settings)
+    Store(engine).apply([make_record(11)])
+    Store(engine).apply([make_record(12), Deletion(13, make_record(13).source)])  # 13: never stored
+    with engine.begin() as conn:  # as the store was before first_ingested_at existed
+        conn.execute(text("ALTER TABLE articles DROP COLUMN first_ingested_at"))
+        before = dict(conn.execute(select(articles.c.pmid, articles.c.ingested_at)).all())
+    db.dispose_engines()
+
+    engine = db.connect(settings)  # reconnecting upgrades the schema
+
+    with engine.connect() as conn:
+        rows = dict(conn.execute(select(articles.c.pmid, articles.c.first_ingested_at)).all())
+    # each article's ingested_at (the earliest known); a bare tombstone none
+    assert rows == {11: before[11], 12: before[12], 13: None} and before[11] < before[12]
+    assert db.add_missing_columns(engine) == []
+
+
 def test_a_column_that_cannot_be_added_is_a_clear_error(settings: Settings) -> None:
     engine = db.connect(settings)
     extra = MetaData()
