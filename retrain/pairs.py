@@ -34,9 +34,9 @@ Held-out evaluation articles never train, under their own PMID or another: the *
 set is the newest *new literature* of the window (articles first ingested after the
 window start, by ``first_ingested_at``, which neither a revision nor a reinstatement
 after a withdrawal moves; never an article an earlier round's window held, never the twin
-of one), and the *older* set is a stable hash bucket of older articles (the same for every
-run and seed, so no model ever trains on it). Nothing newer than the first fresh article
-trains in the round (the time split).
+of one, withdrawn or retracted since or not), and the *older* set is a stable hash bucket
+of older articles (the same for every run and seed, so no model ever trains on it).
+Nothing newer than the first fresh article trains in the round (the time split).
 Exclusion is by text as well as by PMID: an article whose text (title and abstract, or the
 abstract alone, compared with case and spacing ignored) is a held-out article's, a
 duplicate PubMed record, is neither a positive, an anchor, a citation, a hard negative, a
@@ -313,6 +313,36 @@ def _load_articles(engine: Engine) -> list[ArticleRow]:
         ]
 
 
+@dataclass(frozen=True, slots=True)
+class _Gone:
+    """A stored article no longer live (withdrawn, retracted) that still holds a text: an
+    earlier round may have trained it, under this PMID, while it was."""
+
+    pmid: int
+    #: when a record of it was first stored (:func:`_first_stored`)
+    first: dt.datetime
+    #: :func:`text_keys`
+    keys: tuple[bytes, ...]
+
+
+def _load_gone(engine: Engine) -> list[_Gone]:
+    """The text keys (:func:`text_keys`) of every withdrawn or retracted article whose row
+    keeps a text (a tombstone keeps its title and abstract): keys only, the texts are not
+    kept."""
+    a = articles.c
+    stmt = select(a.pmid, a.title, a.abstract, _first_stored(), a.updated_at).where(
+        or_(a.is_deleted.is_(True), a.is_retracted.is_(True)),
+        or_(a.abstract != "", a.title != ""),
+    )
+    with engine.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=10_000).execute(stmt)
+        return [
+            _Gone(int(r.pmid), r.first_ingested_at or r.updated_at or utcnow(),
+                  text_keys(r.title or "", r.abstract or ""))
+            for r in result
+        ]  # fmt: skip
+
+
 def _without_common_headings(
     rows: Sequence[ArticleRow], share: float = COMMON_HEADING_SHARE
 ) -> list[ArticleRow]:
@@ -416,6 +446,7 @@ def mine_pairs(
     rows = _without_common_headings(_load_articles(engine))
     by_pmid = {r.pmid: r for r in rows}
     keys = {r.pmid: text_keys(r.title, r.abstract) for r in rows}
+    gone = _load_gone(engine)
     window = [r for r in rows if since is None or r.updated_at > since]
     older_rows = [r for r in rows if since is not None and r.updated_at <= since]
     notes: list[str] = []
@@ -434,7 +465,8 @@ def mine_pairs(
     narrowest = _older_buckets(engine, holdout_buckets)
     for buckets in _bucket_choices(holdout_buckets, narrowest):
         split = _hold_out(
-            rows, window, older_rows, keys, since=since, waiting=waiting.articles, seed=seed,
+            rows, window, older_rows, keys, gone, since=since, waiting=waiting.articles,
+            seed=seed,
             fresh_size=fresh_size, fresh_share=fresh_share, older_size=older_size,
             distractors=distractors, holdout_buckets=buckets,
         )
@@ -620,6 +652,7 @@ def _hold_out(
     window: Sequence[ArticleRow],
     older_rows: Sequence[ArticleRow],
     keys: Mapping[int, tuple[bytes, ...]],
+    gone: Sequence[_Gone],
     *,
     since: dt.datetime | None,
     waiting: AbstractSet[int],
@@ -637,13 +670,16 @@ def _hold_out(
 
     Fresh candidates are the window's *new literature*: first ingested after ``since``
     (a revision of an article an earlier window held is not, nor one withdrawn and
-    reinstated since), not held back by the round
-    before (``waiting``), and sharing no text with an article ingested before, which an
-    earlier round may have trained on. Of twins among them, the newest stands for them.
+    reinstated since), not held back by the round before (``waiting``), and sharing no
+    text with an article ingested before, which an earlier round may have trained on:
+    live or not (``gone``: withdrawn or retracted since, its text kept). Of twins among
+    them, the newest stands for them.
     """
     # ---- fresh held-out: the newest new literature of the window, never trained on
-    earlier = {k for r in rows if since is not None and _first_ingest(r) <= since
-               for k in keys[r.pmid]}  # fmt: skip
+    earlier: set[bytes] = set()
+    if since is not None:
+        earlier.update(k for r in rows if _first_ingest(r) <= since for k in keys[r.pmid])
+        earlier.update(k for g in gone if g.first <= since for k in g.keys)
     candidates = [
         r for r in window
         if r.title and r.abstract and (since is None or _first_ingest(r) > since)
@@ -668,9 +704,12 @@ def _hold_out(
     ]
     bucket_ids = frozenset(r.pmid for r in bucket)
     bucket_keys = frozenset(k for r in bucket for k in keys[r.pmid])
-    # an older item shares no text with an article outside the bucket: before texts were
-    # held, an earlier round may have trained that twin
+    # an older item shares no text with an article outside the bucket, live or withdrawn
+    # or retracted since: before texts were held, an earlier round may have trained that
+    # twin
     outside = {k for r in rows if r.pmid not in bucket_ids for k in keys[r.pmid]}
+    outside.update(k for g in gone if not in_older_holdout(g.pmid, holdout_buckets)
+                   for k in g.keys)  # fmt: skip
     older_ids = {r.pmid for r in older_rows}
     judged = [
         r for r in bucket if r.title and r.abstract and outside.isdisjoint(keys[r.pmid])
