@@ -37,10 +37,11 @@ after a withdrawal moves; never an article an earlier round's window held, never
 of one, withdrawn or retracted since or not), and the *older* set is a stable hash bucket
 of older articles (the same for every run and seed, so no model ever trains on it).
 Nothing newer than the first fresh article trains in the round (the time split).
-Exclusion is by text as well as by PMID: an article whose text (title and abstract, or the
-abstract alone, compared with case and spacing ignored) is a held-out article's, a
-duplicate PubMed record, is neither a positive, an anchor, a citation, a hard negative, a
-feedback pair nor a distractor. The *queries* set asks for the same held-out articles
+Exclusion is by text and DOI as well as by PMID: an article whose text (title and
+abstract, or the abstract alone, compared with case and spacing ignored) or DOI (case
+aside: :func:`litpulse.core.text.doi_key`) is a held-out article's, a duplicate PubMed
+record, is neither a positive, an anchor, a citation, a hard negative, a feedback pair
+nor a distractor. The *queries* set asks for the same held-out articles
 with one query-like anchor each (:func:`retrain.anchors.heldout_anchor`), ranked among
 full article texts.
 
@@ -90,6 +91,7 @@ from litpulse.core.impact import (
 )
 from litpulse.core.schema import articles, checkpoints, model_versions, references
 from litpulse.core.settings import Settings
+from litpulse.core.text import doi_key
 from litpulse.core.timeutil import as_utc, iso, utcnow
 from ranking.embed import query_text
 from retrain.anchors import LexicalSearch, article_anchors, heldout_anchor, pick_negative
@@ -163,6 +165,9 @@ class ArticleRow:
     #: neither a revision nor a reinstatement after a withdrawal moves it; ``None``:
     #: unknown, taken to be ``updated_at``).
     first_ingested_at: dt.datetime | None = None
+    #: Its DOI as stored (:func:`article_keys` compares it as
+    #: :func:`litpulse.core.text.doi_key` gives it).
+    doi: str | None = None
 
 
 @dataclass(frozen=True)
@@ -287,7 +292,7 @@ def _load_articles(engine: Engine) -> list[ArticleRow]:
     a = articles.c
     stmt = (
         select(
-            a.pmid, a.title, a.abstract, a.best_date, a.updated_at, _first_stored(),
+            a.pmid, a.title, a.abstract, a.best_date, a.updated_at, _first_stored(), a.doi,
             a.relative_citation_ratio, a.cited_by_in_corpus, a.citations_per_year,
             a.citation_count, a.mesh,
             type_coerce(a.record["keywords"], JSON).label("keywords"),
@@ -307,7 +312,7 @@ def _load_articles(engine: Engine) -> list[ArticleRow]:
                 cited_by_in_corpus=int(r.cited_by_in_corpus or 0),
                 citations_per_year=r.citations_per_year, citation_count=r.citation_count,
                 mesh=_texts(r.mesh, "descriptor"), keywords=_texts(r.keywords),
-                first_ingested_at=r.first_ingested_at,
+                first_ingested_at=r.first_ingested_at, doi=r.doi,
             )
             for r in conn.execute(stmt)
         ]
@@ -321,16 +326,16 @@ class _Gone:
     pmid: int
     #: when a record of it was first stored (:func:`_first_stored`)
     first: dt.datetime
-    #: :func:`text_keys`
+    #: :func:`article_keys`
     keys: tuple[bytes, ...]
 
 
 def _load_gone(engine: Engine) -> list[_Gone]:
-    """The text keys (:func:`text_keys`) of every withdrawn or retracted article whose row
-    keeps a text (a tombstone keeps its title and abstract): keys only, the texts are not
-    kept."""
+    """The identity keys (:func:`article_keys`) of every withdrawn or retracted article
+    whose row keeps a text (a tombstone keeps its title and abstract): keys only, the
+    texts are not kept."""
     a = articles.c
-    stmt = select(a.pmid, a.title, a.abstract, _first_stored(), a.updated_at).where(
+    stmt = select(a.pmid, a.title, a.abstract, a.doi, _first_stored(), a.updated_at).where(
         or_(a.is_deleted.is_(True), a.is_retracted.is_(True)),
         or_(a.abstract != "", a.title != ""),
     )
@@ -338,7 +343,7 @@ def _load_gone(engine: Engine) -> list[_Gone]:
         result = conn.execution_options(stream_results=True, yield_per=10_000).execute(stmt)
         return [
             _Gone(int(r.pmid), r.first_ingested_at or r.updated_at or utcnow(),
-                  text_keys(r.title or "", r.abstract or ""))
+                  article_keys(r.title or "", r.abstract or "", r.doi))
             for r in result
         ]  # fmt: skip
 
@@ -445,7 +450,7 @@ def mine_pairs(
     today = (now or utcnow()).date()
     rows = _without_common_headings(_load_articles(engine))
     by_pmid = {r.pmid: r for r in rows}
-    keys = {r.pmid: text_keys(r.title, r.abstract) for r in rows}
+    keys = {r.pmid: article_keys(r.title, r.abstract, r.doi) for r in rows}
     gone = _load_gone(engine)
     window = [r for r in rows if since is None or r.updated_at > since]
     older_rows = [r for r in rows if since is not None and r.updated_at <= since]
@@ -613,6 +618,21 @@ def text_keys(title: str, abstract: str) -> tuple[bytes, ...]:
     return tuple(out)
 
 
+def article_keys(title: str, abstract: str, doi: str | None) -> tuple[bytes, ...]:
+    """What makes two articles one to the held-out rules: :func:`text_keys`, and their DOI
+    (as :func:`litpulse.core.text.doi_key` gives it, case aside) when they have one.
+
+    Two PMIDs sharing a DOI are the same article recorded twice (a duplicate PubMed record
+    whose abstract carries section labels, or a copyright line, the other's not): held
+    out together, never trained the one beside the other.
+    """
+    key = doi_key(doi) if doi else None
+    if key is None:
+        return text_keys(title, abstract)
+    return (*text_keys(title, abstract),
+            hashlib.blake2b(b"d:" + key.encode(), digest_size=12).digest())  # fmt: skip
+
+
 def _first_ingest(r: ArticleRow) -> dt.datetime:
     return r.first_ingested_at or r.updated_at
 
@@ -624,22 +644,23 @@ class _Split:
     heldout: HeldOut
     #: PMIDs held out (fresh, and the whole older bucket)
     held: frozenset[int]
-    #: the texts of the held-out articles (:func:`text_keys`): no other PMID trains them
+    #: the texts and DOIs of the held-out articles (:func:`article_keys`): no other PMID
+    #: trains them
     held_keys: frozenset[bytes]
-    #: the older bucket (held for good) and its texts
+    #: the older bucket (held for good) and its texts and DOIs
     bucket: frozenset[int]
     bucket_keys: frozenset[bytes]
     #: the (date, pmid) of the first fresh article; training stays before it
     cutoff: tuple[dt.date, int] | None
-    #: pmid → :func:`text_keys`
+    #: pmid → :func:`article_keys`
     keys: Mapping[int, tuple[bytes, ...]]
 
     def is_held(self, pmid: int) -> bool:
-        """Held out, or sharing a held-out article's text."""
+        """Held out, or sharing a held-out article's text or DOI."""
         return pmid in self.held or not self.held_keys.isdisjoint(self.keys.get(pmid, ()))
 
     def for_good(self, pmid: int) -> bool:
-        """In the older held-out bucket, or sharing the text of an article in it."""
+        """In the older held-out bucket, or sharing the text or DOI of an article in it."""
         return pmid in self.bucket or not self.bucket_keys.isdisjoint(self.keys.get(pmid, ()))
 
     def trainable(self, r: ArticleRow) -> bool:
@@ -671,9 +692,13 @@ def _hold_out(
     Fresh candidates are the window's *new literature*: first ingested after ``since``
     (a revision of an article an earlier window held is not, nor one withdrawn and
     reinstated since), not held back by the round before (``waiting``), and sharing no
-    text with an article ingested before, which an earlier round may have trained on:
-    live or not (``gone``: withdrawn or retracted since, its text kept). Of twins among
-    them, the newest stands for them.
+    text or DOI (:func:`article_keys`) with an article ingested before, which an earlier
+    round may have trained on: live or not (``gone``: withdrawn or retracted since, its
+    text kept). Of twins among them, the newest stands for them.
+
+    Older items share no text or DOI with an article outside the bucket that an earlier
+    round may have trained before texts and DOIs were held: one stored by ``since`` (any,
+    without one), live or not. A twin stored since is held with its item (never trained).
     """
     # ---- fresh held-out: the newest new literature of the window, never trained on
     earlier: set[bytes] = set()
@@ -704,12 +729,16 @@ def _hold_out(
     ]
     bucket_ids = frozenset(r.pmid for r in bucket)
     bucket_keys = frozenset(k for r in bucket for k in keys[r.pmid])
-    # an older item shares no text with an article outside the bucket, live or withdrawn
-    # or retracted since: before texts were held, an earlier round may have trained that
-    # twin
-    outside = {k for r in rows if r.pmid not in bucket_ids for k in keys[r.pmid]}
+    # an older item shares no text or DOI with an article outside the bucket an earlier
+    # round may have trained (before texts and DOIs were held): one stored by ``since``
+    # (without one, any), live or withdrawn or retracted since
+    def stored_before(first: dt.datetime) -> bool:
+        return since is None or first <= since
+
+    outside = {k for r in rows if r.pmid not in bucket_ids and stored_before(_first_ingest(r))
+               for k in keys[r.pmid]}  # fmt: skip
     outside.update(k for g in gone if not in_older_holdout(g.pmid, holdout_buckets)
-                   for k in g.keys)  # fmt: skip
+                   and stored_before(g.first) for k in g.keys)  # fmt: skip
     older_ids = {r.pmid for r in older_rows}
     judged = [
         r for r in bucket if r.title and r.abstract and outside.isdisjoint(keys[r.pmid])

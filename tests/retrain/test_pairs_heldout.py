@@ -268,3 +268,30 @@ def test_a_small_stores_rounds_get_an_older_set_that_never_widens(
     assert len(later) >= MIN_OLDER
     assert not later & trained, "an article the first round trained on is judged as held out"
     assert not later & _trained(second, (*NEW_KINDS, "replay"))
+
+
+def test_an_older_article_whose_doi_twin_a_round_may_have_trained_is_not_judged(
+    sqlite_settings: Settings, engine: Engine
+) -> None:
+    """The same article recorded twice (one DOI in two cases, the abstract once with
+    section labels), both stored by the window's start: an earlier round may have trained
+    the record outside the older bucket before DOIs were held, so the one in the bucket is
+    no older item; the twin stays held with it (tests/review/test_session33e_review.py E3:
+    a twin stored since is held and its older item judged)."""
+    _corpus(engine)
+    held = next(p for p in range(7000, 8000) if in_older_holdout(p))
+    twin = next(p for p in range(9000, 10000) if not in_older_holdout(p))
+    title = "Gliflozin use in frail elderly with heart failure"
+    abstract = "We followed 300 frail elderly patients given a gliflozin for heart failure."
+    with engine.begin() as conn:
+        conn.execute(articles.insert(), [
+            {**_row(held, title, abstract, dt.date(2024, 2, 20), T0), "doi": "10.1234/hf.1"},
+            {**_row(twin, title, "BACKGROUND: " + abstract, dt.date(2024, 3, 1), T0),
+             "doi": "10.1234/HF.1"},
+        ])  # fmt: skip
+    ps = mine_pairs(sqlite_settings, since=T0, fresh_size=20, distractors=50)
+    assert len(ps.heldout.older) >= 10
+    assert held not in {i.pmid for i in ps.heldout.older}
+    every = {p.pmid for p in ps.pairs} | {p.positive_pmid for p in ps.pairs}
+    assert not {held, twin} & every
+    assert twin not in {i.pmid for i in ps.heldout.distractors}
