@@ -23,8 +23,8 @@ from litpulse.core.settings import Settings
 from litpulse.core.timeutil import as_utc, nlm_day_start
 
 __all__ = [
-    "parse_medline_date", "period_end", "pub_date_of", "read_pub_date", "read_ymd",
-    "searched_days", "ymd_of",
+    "PERIOD_MARKS", "names_period", "parse_medline_date", "period_end", "pub_date_of",
+    "read_pub_date", "read_ymd", "searched_days", "ymd_of",
 ]  # fmt: skip
 
 _MONTHS: dict[str, int] = {}
@@ -91,23 +91,38 @@ def parse_medline_date(raw: str) -> PartialDate:
 #: Season → the last month it means (winter: its February, the first year's December
 #: being its start only when it spans two years, as :func:`parse_medline_date` reads it).
 _SEASON_ENDS = {"spring": 5, "summer": 8, "fall": 11, "autumn": 11, "winter": 2}
+#: What a date text names a period by (letter case aside): a dash ("2019 Nov-Dec", "2001
+#: Jul 15-31", "1975-1976") or a season ("2000 Spring"). Only such a text has a period end
+#: (:func:`period_end`); the store's catch-up finds the rows to read by these too.
+PERIOD_MARKS = ("-", "\u2013", *_SEASON_ENDS)
+
+
+def names_period(raw: str) -> bool:
+    """Whether the date text ``raw`` names a period (:data:`PERIOD_MARKS`): ``"2019
+    Nov-Dec"``, ``"2000 Spring"``; not ``"2019 Mar 05"`` nor ``"2019 03 05"`` (the text of
+    ``Year``/``Month``/``Day`` elements)."""
+    text = raw.lower()
+    return any(mark in text for mark in PERIOD_MARKS)
 
 
 @functools.lru_cache(maxsize=4096)
 def period_end(pd: PartialDate) -> dt.date | None:
-    """The last day of the publication period ``pd``'s text gives when it reaches beyond
-    what its start says (a range of months or years, a season, a span of days); ``None``
-    when the start's own precision says it all (a year: its 31 December; a month: its
-    last day; a day). A date filter takes an article in while any day of its period is
-    in range: ``"2019 Nov-Dec"`` → 2019-12-31, ``"Dec 2019-Jan 2020"`` → 2020-01-31,
-    ``"2000 Spring"`` → 2000-05-31, ``"Winter 2023-2024"`` → 2024-02-29, ``"1975-1976"``
-    → 1976-12-31, ``"2001 Jul 15-31"`` → 2001-07-31.
+    """The last day of the publication period ``pd``'s text names when it reaches beyond
+    what its start says (a range of months or years, a season, a span of days:
+    :func:`names_period`); ``None`` when the start's own precision says it all (a year:
+    its 31 December; a month: its last day; a day), and for a text naming no period (the
+    ``Year``/``Month``/``Day`` elements' ``"2019 03 05"``). A date filter takes an article
+    in while any day of its period is in range: ``"2019 Nov-Dec"`` → 2019-12-31, ``"Dec
+    2019-Jan 2020"`` → 2020-01-31, ``"2000 Spring"`` → 2000-05-31, ``"Winter 2023-2024"``
+    → 2024-02-29, ``"1975-1976"`` → 1976-12-31, ``"2001 Jul 15-31"`` → 2001-07-31. An end
+    month before the start's month in the one year written is in the next year: ``"2019
+    Dec-Jan"`` → 2020-01-31, ``"2001 Fall-Winter"`` → 2002-02-28.
 
     Example:
         >>> period_end(parse_medline_date("2019 Nov-Dec"))
         datetime.date(2019, 12, 31)
     """
-    if pd.year is None or not pd.raw:
+    if pd.year is None or not pd.raw or not names_period(pd.raw):
         return None
     tokens = _TOKEN_RE.findall(pd.raw)
     years = [int(t) for t in tokens if len(t) == 4 and t.isdigit() and int(t) >= pd.year]
@@ -123,6 +138,8 @@ def period_end(pd: PartialDate) -> dt.date | None:
             day = int(t)  # "Jul 15-31": the span's last day
     if season is not None:
         month = _SEASON_ENDS[season.lower()]
+    if month is not None and pd.month is not None and month < pd.month and end_year == pd.year:
+        end_year += 1  # "2019 Dec-Jan", "2001 Fall-Winter": it runs into the next year
     if month is None:
         end = dt.date(end_year, 12, 31)
     else:

@@ -361,6 +361,12 @@ def test_parse_medline_date(raw: str, expected: tuple[object, ...]) -> None:
         ("Winter 2023-2024", dt.date(2024, 2, 29)),
         ("2020 Winter", dt.date(2020, 2, 29)),
         ("2001 Jul 15-31", dt.date(2001, 7, 31)),
+        # an end before the start's month, no later year written: in the next year
+        ("2019 Dec-Jan", dt.date(2020, 1, 31)),
+        ("2001 Fall-Winter", dt.date(2002, 2, 28)),
+        ("2023 Fall-Winter", dt.date(2024, 2, 29)),
+        ("1977-1978 Fall-Winter", dt.date(1978, 2, 28)),
+        ("2019 Dec 28-Jan 4", dt.date(2020, 1, 4)),
         ("2001 Sept", None),  # a month says it all
         ("2001 Jul 15", None),
         ("1975", None),
@@ -371,6 +377,27 @@ def test_period_end_is_the_last_day_the_date_text_names(raw: str, end: dt.date |
     from ingest.dates import period_end
 
     assert period_end(parse_medline_date(raw)) == end
+
+
+@pytest.mark.parametrize(
+    ("texts", "end"),
+    [
+        (("2019", "03", "05", None), None),  # a numeric month names no period
+        (("2019", "03", None, None), None),
+        (("2019", "Mar", "05", None), None),
+        (("2019", None, None, None), None),
+        (("2000", None, None, "Spring"), dt.date(2000, 5, 31)),
+    ],
+)
+def test_the_period_end_of_pubdate_elements(
+    texts: tuple[str | None, ...], end: dt.date | None
+) -> None:
+    """The ``Year``/``Month``/``Day``/``Season`` elements' text (``"2019 03 05"``) has a
+    period end only where it names a period, as a MedlineDate's does."""
+    from ingest.dates import period_end, pub_date_of
+
+    year, month, day, season = texts
+    assert period_end(pub_date_of(year, month, day, season, None)) == end
 
 
 @pytest.mark.parametrize(

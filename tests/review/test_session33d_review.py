@@ -15,8 +15,8 @@ far smaller than ``LITPULSE_RERANK_CANDIDATES``, so a search with ``k=100`` retu
 the articles that pass its filters). The README's promise under test: ``--since``/``--until``
 take an article in "when its best date (recency's) is, or any day of its issue's period
 is, as far as PubMed gives it ... a period reaches its last month: ``2019 Nov-Dec`` is in a
-December range, ``2000 Spring`` in May". Each defect is a strict xfail asserting the
-correct behaviour.
+December range, ``2000 Spring`` in May". Each defect was a strict xfail asserting the
+correct behaviour; a fixed one says how, and its test now passes plainly.
 
 Defects:
 
@@ -38,6 +38,8 @@ X1 (high) **A ``PubDate`` with a numeric month is taken in by every date range t
    ``Year Month Day`` of the ``PubDate`` elements (the stored rows need the column
    recomputed once).
    (test_x1_a_numeric_month_pubdate_is_not_in_a_range_after_its_day)
+   FIXED: ``period_end`` gives an end only to a text naming a period (a dash or a
+   season: ``ingest.dates.names_period``), so ``"2019 03 05"`` has none.
 X2 (medium) **A period that runs into the next year without naming it is cut to its first
    month: the article is dropped from the ranges of its later months.** ``<MedlineDate>
    2001 Fall-Winter</MedlineDate>`` (Fall 2001 to Winter 2001-2002; the form of NLM's
@@ -52,6 +54,9 @@ X2 (medium) **A period that runs into the next year without naming it is cut to 
    before the start month in the same written year belongs to the next year
    (``end_year + 1``), as ``parse_medline_date`` already reads ``Winter 2023-2024``.
    (test_x2_a_period_running_into_the_next_year_meets_a_range_of_its_later_months)
+   FIXED: an end month (or season's end) before the start's month, with no later year
+   written, is in the next year: ``2001 Fall-Winter`` → 2002-02-28, ``2019 Dec-Jan`` →
+   2020-01-31.
 X3 (medium) **EFetch's rendering of a month range, ``<Year>1994</Year><Season>Sep-Dec
    </Season>``, loses the month: the article is dated 1 January and matches ranges
    outside its period.** NCBI's EFetch serves a baseline ``<MedlineDate>1994 Sep-Dec
@@ -156,11 +161,6 @@ def found(s: Settings, **filters: Any) -> set[int]:
     return {h.pmid for h in search(s, QUERY, k=100, **filters)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="X1: period_end reads a numeric PubDate month as no month: the stored period "
-    "runs to 31 December, so an article of 5 March is in a December range",
-)
 def test_x1_a_numeric_month_pubdate_is_not_in_a_range_after_its_day(world: Settings) -> None:
     # the control: the same date with the month spelled out is rightly left out
     assert 3303 not in found(world, since="2019-12-01", until="2019-12-31")
@@ -170,11 +170,6 @@ def test_x1_a_numeric_month_pubdate_is_not_in_a_range_after_its_day(world: Setti
     assert not {3301, 3302} & found(world, since="2019-04-01"), "published in March 2019"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="X2: period_end puts the end month of '2001 Fall-Winter' / '2019 Dec-Jan' in the "
-    "start's year, finds it before the start and gives no end: the later months drop it",
-)
 def test_x2_a_period_running_into_the_next_year_meets_a_range_of_its_later_months(
     world: Settings,
 ) -> None:
