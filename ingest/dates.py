@@ -204,6 +204,12 @@ def _partial_date(
             month = None
     elif season_t:
         month, season = _month_or_season(season_t)
+    if month is None and year is not None and (month_t or season_t):
+        # a Month or Season naming no single month or season is the rest of a MedlineDate:
+        # EFetch renders "1994 Sep-Dec" as Year 1994, Season "Sep-Dec". Read as that, it is
+        # dated (and its period ends) as the baseline's MedlineDate is (the store reads its
+        # rows of earlier releases again the same way: ingest.store.reread_periods)
+        return parse_medline_date(raw)
     day = _small_int(day_t) if month else None
     return PartialDate(year, month, _valid_day(year, month, day), raw, season)
 

@@ -387,6 +387,8 @@ def test_period_end_is_the_last_day_the_date_text_names(raw: str, end: dt.date |
         (("2019", "Mar", "05", None), None),
         (("2019", None, None, None), None),
         (("2000", None, None, "Spring"), dt.date(2000, 5, 31)),
+        (("1994", None, None, "Sep-Dec"), dt.date(1994, 12, 31)),
+        (("2019", None, None, "Dec-Jan"), dt.date(2020, 1, 31)),
     ],
 )
 def test_the_period_end_of_pubdate_elements(
@@ -412,6 +414,11 @@ def test_the_period_end_of_pubdate_elements(
         ("<Year>2020</Year><Season>Fall</Season>", PartialDate(2020, 9, None, "2020 Fall", "Fall")),
         ("<Year>2020</Year>", PartialDate(2020, None, None, "2020")),
         ("<MedlineDate>2020 Nov-Dec</MedlineDate>", PartialDate(2020, 11, None, "2020 Nov-Dec")),
+        # EFetch's rendering of the MedlineDate "1994 Sep-Dec": read as that MedlineDate
+        ("<Year>1994</Year><Season>Sep-Dec</Season>", PartialDate(1994, 9, None, "1994 Sep-Dec")),
+        ("<Year>1994</Year><Season>Spring-Summer</Season>",
+         PartialDate(1994, 3, None, "1994 Spring-Summer", "Spring")),
+        ("<Year>2020</Year><Month>13</Month>", PartialDate(2020, None, None, "2020 13")),
         ("", PartialDate()),
     ],
 )  # fmt: skip

@@ -16,7 +16,7 @@ the articles that pass its filters). The README's promise under test: ``--since`
 take an article in "when its best date (recency's) is, or any day of its issue's period
 is, as far as PubMed gives it ... a period reaches its last month: ``2019 Nov-Dec`` is in a
 December range, ``2000 Spring`` in May". Each defect was a strict xfail asserting the
-correct behaviour; a fixed one says how, and its test now passes plainly.
+correct behaviour; all three are fixed (each says how) and the tests now pass plainly.
 
 Defects:
 
@@ -72,6 +72,10 @@ X3 (medium) **EFetch's rendering of a month range, ``<Year>1994</Year><Season>Se
    text it stands for). Fix: a Season that is not a single season word is read as
    ``parse_medline_date(f"{year} {season}")``.
    (test_x3_a_season_holding_a_month_range_is_read_as_the_medline_date_it_renders)
+   FIXED: ``_partial_date`` reads a ``Season`` (or ``Month``) text naming no single
+   season or month as the MedlineDate it renders (``parse_medline_date("1994 Sep-Dec")``):
+   both forms give one ``PartialDate``, so one month, best date (recency, sort) and
+   period end.
 
 Attacks that held (scratch scripts, not kept as tests):
 
@@ -181,11 +185,6 @@ def test_x2_a_period_running_into_the_next_year_meets_a_range_of_its_later_month
     assert 3312 in found(world, since="2020-01-01", until="2020-01-31")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="X3: <Season>Sep-Dec</Season> (EFetch's rendering of a MedlineDate) loses its "
-    "month: dated 1994-01-01, in a January-June 1994 range",
-)
 def test_x3_a_season_holding_a_month_range_is_read_as_the_medline_date_it_renders(
     world: Settings,
 ) -> None:
