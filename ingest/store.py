@@ -60,7 +60,7 @@ from sqlalchemy.engine import Connection
 
 from ingest import missing as owing
 from ingest.checkpoints import Checkpoints, files_first_read
-from ingest.dates import period_end
+from ingest.dates import PERIOD_MARKS, parse_medline_date, period_end
 from ingest.links import (
     add_term_forms,
     chunks,
@@ -168,6 +168,15 @@ _RUN_IDS_CURRENT: set[str] = set()
 #: How far the period ends (a date filter meets the whole of an issue's period, "2019
 #: Nov-Dec", "2000 Spring") are caught up with the rows written (:func:`catch_up_mark`).
 PERIOD_END_CHECKPOINT = ("store", "pub_period_end")
+#: Set once every stored row's period is read as this release reads its date text
+#: (:meth:`Store.upgrade_period_ends`): earlier releases ended a numeric ``<Month>03``
+#: issue on 31 December, gave ``2019 Dec-Jan`` no end and ``<Season>Sep-Dec</Season>`` no
+#: month.
+PERIOD_DATES_CHECKPOINT = ("store", "period_dates")
+#: Stores this process found with their periods re-read.
+_PERIOD_DATES_CURRENT: set[str] = set()
+#: Rows a pass over the articles' periods reads at a time (memory stays flat).
+PERIOD_PAGE = 10_000
 #: Longest text a quarantine listing filters source locations by (a path, a request).
 MAX_LOCATION_FILTER = 4096
 #: PMIDs per transaction of a full recount (PubMed's ~40 M PMIDs: ~160 statements).
@@ -648,51 +657,46 @@ class Store(RunLedger, Checkpoints):
             for key in (PERIOD_END_CHECKPOINT, TERM_FORMS_CHECKPOINT):
                 set_catch_up_mark(conn, key, through, 0, exact=True)
 
-    def catch_up_period_ends(self) -> int:
-        """Give the rows without ``pub_period_end`` whose date text names a period (a dash
-        or a season) their period's end (:func:`ingest.dates.period_end`): the first time,
-        every row (a store made before the column: one pass by PMID); then, before each
-        write and when the API starts, the rows written since the last pass (a previous
-        release's writer during a rolling upgrade leaves the column empty).
+    def upgrade_period_ends(self) -> int:
+        """Read the publication period of every stored row again as this release reads
+        its date text (:func:`reread_periods`), once per store: earlier releases stored
+        ``pub_period_end`` 31 December for an issue of a numeric month (``<Month>03</Month>``:
+        every later range of its year took it in), no end for a period running into the
+        next year (``2019 Dec-Jan``, ``2001 Fall-Winter``), and no month for EFetch's
+        ``<Year>1994</Year><Season>Sep-Dec</Season>`` (dated 1 January). One pass by PMID
+        over the rows with an end or a date text naming a period, on the first write (or
+        API start) after the upgrade; then a checkpoint.
 
         Returns:
-            The rows given an end.
+            The rows whose dates changed (0 when the store was current).
         """
+        what = "articles' publication periods read again (date filters, recency)"
+        return self._upgrade_once(PERIOD_DATES_CHECKPOINT, _PERIOD_DATES_CURRENT,
+                                  reread_periods, what)  # fmt: skip
+
+    def catch_up_period_ends(self) -> int:
+        """Give the rows their period's end (:func:`reread_periods`): once per store every
+        row (:meth:`upgrade_period_ends`), and the first time every row (a store made
+        before the column: one pass by PMID); then, before each write and when the API
+        starts, the rows written since the last pass (a previous release's writer during
+        a rolling upgrade leaves the column empty, or writes an end it read wrong).
+
+        Returns:
+            The rows whose dates changed.
+        """
+        done = self.upgrade_period_ends()
         a = articles.c
-        raw = func.lower(a.pub_date_raw)
-        periodic = or_(raw.like("%-%"), *(raw.like(f"%{s}%") for s in
-                                          ("spring", "summer", "fall", "autumn", "winter")))
         ran, since = catch_up_mark(self.engine, PERIOD_END_CHECKPOINT)
-        done, last = 0, 0
         with self.engine.begin() as conn:
             through = conn.execute(select(func.max(a.updated_at))).scalar()
             if ran and (through is None or (since is not None and through <= since)):
-                return 0  # nothing written since
-            while True:  # by PMID, a page at a time: memory stays flat
-                query = (
-                    select(a.pmid, a.pub_year, a.pub_month, a.pub_day, a.pub_date_raw)
-                    .where(a.pmid > last, a.pub_year.is_not(None), a.pub_period_end.is_(None),
-                           periodic)
-                    .order_by(a.pmid)
-                    .limit(10_000)
-                )  # fmt: skip
-                if since is not None:
-                    query = query.where(a.updated_at > since)
-                page = conn.execute(query).all()
-                if not page:
-                    break
-                last = page[-1][0]
-                ends = [{"b_pmid": pmid, "b_end": end} for pmid, y, m, d, text in page
-                        if (end := period_end(PartialDate(y, m, d, text))) is not None]
-                if ends:
-                    conn.execute(update(articles).where(a.pmid == bindparam("b_pmid"))
-                                 .values(pub_period_end=bindparam("b_end")), ends)
-                    done += len(ends)
-            set_catch_up_mark(conn, PERIOD_END_CHECKPOINT, through, done)
-        if done:
+                return done  # nothing written since
+            caught = reread_periods(conn, since=since)
+            set_catch_up_mark(conn, PERIOD_END_CHECKPOINT, through, caught)
+        if caught:
             logger.warning("%d articles given the end of their issue's period (date filters)",
-                           done)
-        return done
+                           caught)
+        return done + caught
 
     def _apply_batch(
         self,
@@ -1175,6 +1179,63 @@ class Store(RunLedger, Checkpoints):
             raise NotFoundError(f"no quarantine entry {entry_id} (`litpulse quarantine --all` "
                                 "lists them)")
         return _quarantine_dict(row._mapping, raw=True)
+
+
+def reread_periods(conn: Connection, *, since: dt.datetime | None = None) -> int:
+    """Bring the stored dates of the rows (written after ``since``, or all) that hold a
+    period end or whose date text names a period (:data:`ingest.dates.PERIOD_MARKS`) to
+    what this release reads from that text: the end (:func:`ingest.dates.period_end`),
+    and where the row has no month though its text gives one (EFetch's ``<Season>Sep-Dec
+    </Season>``, stored by earlier releases as the year alone), that month and day
+    (:func:`ingest.dates.parse_medline_date`, as the parser reads it now) with the best
+    date (recency's, and a date filter's) they make. By PMID, :data:`PERIOD_PAGE` rows at
+    a time; marks the store version when a row changed (a search ranks by these).
+
+    Returns:
+        The rows changed.
+    """
+    a = articles.c
+    raw = func.lower(a.pub_date_raw)
+    periodic = or_(*(raw.like(f"%{mark}%") for mark in PERIOD_MARKS))
+    write = update(articles).where(a.pmid == bindparam("b_pmid")).values(
+        pub_month=bindparam("b_month"), pub_day=bindparam("b_day"),
+        pub_period_end=bindparam("b_end"), best_date=bindparam("b_best"),
+    )  # fmt: skip
+    done, last = 0, 0
+    while True:  # by PMID, a page at a time: memory stays flat
+        query = (
+            select(a.pmid, a.pub_year, a.pub_month, a.pub_day, a.pub_date_raw,
+                   a.pub_period_end, a.article_date, a.entrez_date, a.best_date)
+            .where(a.pmid > last, a.pub_year.is_not(None),
+                   or_(a.pub_period_end.is_not(None), periodic))
+            .order_by(a.pmid)
+            .limit(PERIOD_PAGE)
+        )  # fmt: skip
+        if since is not None:
+            query = query.where(a.updated_at > since)
+        page = conn.execute(query).all()
+        if not page:
+            break
+        last = page[-1][0]
+        changed = []
+        for pmid, year, month, day, text, end, article_date, entrez_date, best in page:
+            new_month, new_day, new_best = month, day, best
+            if month is None and text:  # a month the text gives and the row lacks
+                again = parse_medline_date(text)
+                if again.year == year and again.month is not None:
+                    new_month, new_day = again.month, again.day
+                    start = PartialDate(year, new_month, new_day).as_date()
+                    new_best = article_date or start or entrez_date
+            new_end = period_end(PartialDate(year, new_month, new_day, text or ""))
+            if (new_month, new_day, new_end, new_best) != (month, day, end, best):
+                changed.append({"b_pmid": pmid, "b_month": new_month, "b_day": new_day,
+                                "b_end": new_end, "b_best": new_best})  # fmt: skip
+        if changed:
+            conn.execute(write, changed)
+            done += len(changed)
+    if done:
+        mark_written(conn, "dates")
+    return done
 
 
 def _bare_tombstone(m: Any) -> bool:

@@ -135,16 +135,18 @@ def db_now(conn: Connection) -> dt.datetime:
 
 #: The checkpoints (this scope; one key per kind of writer) that writes of values a search
 #: ranks by move in their own transaction, where ``updated_at`` does not move: iCite's
-#: citation values, the in-corpus counts recounted outside an ingest batch
-#: (:func:`mark_written`); what :func:`store_version` reads besides ``updated_at``.
+#: citation values, the in-corpus counts recounted outside an ingest batch, the dates of
+#: rows read again (:func:`mark_written`); what :func:`store_version` reads besides
+#: ``updated_at``.
 VERSION_SCOPE = "store-version"
 
 
 def mark_written(conn: Connection, kind: str) -> None:
     """Record, last in the transaction that writes values a search ranks by without moving
-    ``updated_at`` (``kind``: ``"citations"``, ``"counts"``), that they changed: a new mark
-    each time, so :func:`store_version` moves when it commits. One row a kind: writers of
-    different kinds never wait for each other here, and taken last, it is held briefly."""
+    ``updated_at`` (``kind``: ``"citations"``, ``"counts"``, ``"dates"``), that they
+    changed: a new mark each time, so :func:`store_version` moves when it commits. One row
+    a kind: writers of different kinds never wait for each other here, and taken last, it
+    is held briefly."""
     upsert(conn, checkpoints, [{"scope": VERSION_SCOPE, "key": kind, "status": "done",
                                 "value": {"mark": uuid.uuid4().hex},
                                 "updated_at": utcnow()}], keys=["scope", "key"])  # fmt: skip

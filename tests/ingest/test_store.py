@@ -1099,6 +1099,79 @@ def test_rows_stored_before_period_ends_gain_them_on_the_next_write(settings: Se
     assert Store(engine).catch_up_period_ends() == 0  # caught up
 
 
+def test_periods_an_earlier_release_stored_wrong_are_read_again_once(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows an earlier release stored with a wrong period (an issue of a numeric month
+    ending on 31 December, ``2019 Dec-Jan`` and ``2001 Fall-Winter`` without an end,
+    EFetch's ``<Season>Sep-Dec</Season>`` without its month, dated 1 January) are read
+    again once, on the first write after the upgrade, a page of PMIDs at a time: a date
+    filter and recency then read them as this release stores them; right rows stay."""
+    from ingest import store as store_module
+    from ingest.dates import pub_date_of
+    from litpulse.core.schema import checkpoints
+
+    engine = db.connect(settings)
+    dates = {  # pmid -> the PubDate elements' texts (year, month, day, season, medline)
+        1: ("2019", "03", "05", None, None),
+        2: (None, None, None, None, "2019 Dec-Jan"),
+        3: (None, None, None, None, "2001 Fall-Winter"),
+        4: ("1994", None, None, "Sep-Dec", None),
+        5: (None, None, None, None, "2019 Nov-Dec"),
+        6: ("2019", "Mar", "05", None, None),
+        7: ("1994", None, None, "Sep-Dec", None),  # with an electronic date
+    }
+    Store(engine).apply([
+        dataclasses.replace(make_record(p), pub_date=pub_date_of(*texts), entrez_date=None,
+                            article_date=dt.date(1995, 2, 1) if p == 7 else None)
+        for p, texts in dates.items()
+    ])  # fmt: skip
+    cols = (articles.c.pmid, articles.c.pub_month, articles.c.pub_day,
+            articles.c.pub_period_end, articles.c.best_date)  # fmt: skip
+
+    def stored() -> dict[int, tuple[Any, ...]]:
+        with engine.connect() as conn:
+            return {r[0]: tuple(r[1:]) for r in conn.execute(select(*cols))}
+
+    right = stored()
+    assert right == {
+        1: (3, 5, None, dt.date(2019, 3, 5)),
+        2: (12, None, dt.date(2020, 1, 31), dt.date(2019, 12, 1)),
+        3: (9, None, dt.date(2002, 2, 28), dt.date(2001, 9, 1)),
+        4: (9, None, dt.date(1994, 12, 31), dt.date(1994, 9, 1)),
+        5: (11, None, dt.date(2019, 12, 31), dt.date(2019, 11, 1)),
+        6: (3, 5, None, dt.date(2019, 3, 5)),
+        7: (9, None, dt.date(1994, 12, 31), dt.date(1995, 2, 1)),
+    }
+    wrong = {  # as the earlier release stored them
+        1: (3, 5, dt.date(2019, 12, 31), dt.date(2019, 3, 5)),
+        2: (12, None, None, dt.date(2019, 12, 1)),
+        3: (9, None, None, dt.date(2001, 9, 1)),
+        4: (None, None, None, dt.date(1994, 1, 1)),
+        7: (None, None, None, dt.date(1995, 2, 1)),
+    }
+    with engine.begin() as conn:
+        for pmid, (month, day, end, best) in wrong.items():
+            conn.execute(update(articles).where(articles.c.pmid == pmid).values(
+                pub_month=month, pub_day=day, pub_period_end=end, best_date=best))  # fmt: skip
+        newest = conn.execute(select(func.max(articles.c.updated_at))).scalar()
+        # the catch-up of rows written since its mark has nothing to read: the upgrade alone
+        db.set_catch_up_mark(conn, store_module.PERIOD_END_CHECKPOINT, newest, 0, exact=True)
+        conn.execute(checkpoints.delete().where(checkpoints.c.key == "period_dates"))
+        version = db.store_version(conn)
+    store_module._PERIOD_DATES_CURRENT.clear()
+    assert stored() == right | wrong
+    monkeypatch.setattr(store_module, "PERIOD_PAGE", 2)  # four pages
+
+    Store(engine).apply([])  # this release's first write
+    assert stored() == right
+    with engine.connect() as conn:
+        assert db.store_version(conn) != version  # a search ranks by what changed
+    assert Store(engine).get_checkpoint(*store_module.PERIOD_DATES_CHECKPOINT) is not None
+    store_module._PERIOD_DATES_CURRENT.clear()
+    assert Store(engine).upgrade_period_ends() == 0  # once per store
+
+
 def test_a_first_write_to_an_empty_store_does_not_read_its_rows_again(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -104,6 +104,7 @@ def _new_process() -> None:
     store_module._SEQUENCES_CURRENT.clear()
     store_module._LANG_TERMS_CURRENT.clear()
     store_module._RUN_IDS_CURRENT.clear()
+    store_module._PERIOD_DATES_CURRENT.clear()
 
 
 def _filtered(engine: Engine, **filters: Any) -> list[int]:

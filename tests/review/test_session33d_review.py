@@ -39,7 +39,12 @@ X1 (high) **A ``PubDate`` with a numeric month is taken in by every date range t
    recomputed once).
    (test_x1_a_numeric_month_pubdate_is_not_in_a_range_after_its_day)
    FIXED: ``period_end`` gives an end only to a text naming a period (a dash or a
-   season: ``ingest.dates.names_period``), so ``"2019 03 05"`` has none.
+   season: ``ingest.dates.names_period``/``PERIOD_MARKS``, the marks the store's catch-up
+   selects rows by too), so ``"2019 03 05"`` has none; stores of earlier releases have
+   their rows' periods read again once (``Store.upgrade_period_ends``, checkpoint
+   ``store/period_dates``, a page of PMIDs at a time, on the first write or API start),
+   and the catch-up of rows written since its mark now recomputes their ends instead of
+   only filling empty ones (tests/ingest/test_store.py tests the upgrade on wrong rows).
 X2 (medium) **A period that runs into the next year without naming it is cut to its first
    month: the article is dropped from the ranges of its later months.** ``<MedlineDate>
    2001 Fall-Winter</MedlineDate>`` (Fall 2001 to Winter 2001-2002; the form of NLM's
@@ -56,7 +61,7 @@ X2 (medium) **A period that runs into the next year without naming it is cut to 
    (test_x2_a_period_running_into_the_next_year_meets_a_range_of_its_later_months)
    FIXED: an end month (or season's end) before the start's month, with no later year
    written, is in the next year: ``2001 Fall-Winter`` → 2002-02-28, ``2019 Dec-Jan`` →
-   2020-01-31.
+   2020-01-31 (stored rows: the same one-time re-reading as X1).
 X3 (medium) **EFetch's rendering of a month range, ``<Year>1994</Year><Season>Sep-Dec
    </Season>``, loses the month: the article is dated 1 January and matches ranges
    outside its period.** NCBI's EFetch serves a baseline ``<MedlineDate>1994 Sep-Dec
@@ -75,7 +80,8 @@ X3 (medium) **EFetch's rendering of a month range, ``<Year>1994</Year><Season>Se
    FIXED: ``_partial_date`` reads a ``Season`` (or ``Month``) text naming no single
    season or month as the MedlineDate it renders (``parse_medline_date("1994 Sep-Dec")``):
    both forms give one ``PartialDate``, so one month, best date (recency, sort) and
-   period end.
+   period end; rows stored by earlier releases without the month gain it, their best date
+   and their end in the one-time re-reading (``ingest.store.reread_periods``).
 
 Attacks that held (scratch scripts, not kept as tests):
 
