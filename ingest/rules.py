@@ -354,8 +354,14 @@ def plan_batch(
             planner.deletion(item, pos)
         elif isinstance(item, QuarantineEntry):
             counter.quarantined += 1
-            if item.digest not in plan.quarantined:
+            entry = plan.quarantined.get(item.digest)
+            if entry is None:
                 plan.quarantined[item.digest] = quarantine_row(item, run_id, now)
+                placed[item.digest] = pos
+            elif entry["pmid"] is None and item.pmid is not None:
+                # named here (as the store names one stored without a PMID): a PMID's
+                # entry from this position on
+                entry["pmid"] = item.pmid
                 placed[item.digest] = pos
         else:  # pragma: no cover - typing guards this
             raise TypeError(f"cannot apply {type(item).__name__}")

@@ -787,7 +787,8 @@ class Store(RunLedger, Checkpoints):
                     update(quarantine)
                     .where(q.digest == bindparam("d"), q.pmid.is_(None))
                     .values(pmid=bindparam("p"),
-                            resolved_at=func.coalesce(q.resolved_at, bindparam("r"))),
+                            resolved_at=func.coalesce(q.resolved_at,
+                                                      bindparam("r", type_=q.resolved_at.type))),
                     named,
                 )  # fmt: skip
         if not changed:

@@ -563,22 +563,28 @@ def test_quarantine_entries_resolve_by_position_whatever_the_batch_size(engine: 
             make_record(base + 5, source=src(1)), bad(tag + "e", base + 5),  # after: open
             bad(tag + "f", base + 6), make_record(base + 6, source=src(1)),
             bad(tag + "f", base + 6),  # met again after its record: still resolved
-            bad(tag + "g", None), make_record(base + 7, source=src(1)),  # no PMID: open
+            bad(tag + "g", None), make_record(base + 7, source=src(1)),  # no PMID: not 7's
         ]  # fmt: skip
         second = [
             make_record(base + 1, version=3, source=src(2)),  # b (stored before): yes
             bad(tag + "h", base + 1),  # after it: open
             bad(tag + "e", base + 5),  # e again, then its revision: yes
             make_record(base + 5, version=2, source=src(2)),
+            bad(tag + "i", None), make_record(base + 8, source=src(2)),
+            bad(tag + "i", base + 8),  # i named after its PMID's record: open
+            bad(tag + "g", base + 9),  # g named (EFetch asked for it alone), then stored
+            make_record(base + 9, source=src(2)),
         ]  # fmt: skip
         store.apply(first, batch_size=size)
         store.apply(second, batch_size=size)
-        return {e["raw_xml"][len("<PubmedArticle>") + len(tag)] : e["resolved_at"] is not None
-                for e in store.quarantined(100, resolved=True, raw=True)
-                if e["raw_xml"].startswith(f"<PubmedArticle>{tag}")}  # fmt: skip
+        entries = [e for e in store.quarantined(100, resolved=True, raw=True)
+                   if e["raw_xml"].startswith(f"<PubmedArticle>{tag}")]  # fmt: skip
+        assert all(e["pmid"] is not None for e in entries)  # g and i named
+        return {e["raw_xml"][len("<PubmedArticle>") + len(tag)]: e["resolved_at"] is not None
+                for e in entries}  # fmt: skip
 
-    expected = {"a": True, "b": True, "c": True, "d": False, "e": True, "f": True, "g": False,
-                "h": False}  # fmt: skip
+    expected = {"a": True, "b": True, "c": True, "d": False, "e": True, "f": True, "g": True,
+                "h": False, "i": False}  # fmt: skip
     for size in (1, 2, 3, 5, 1000):
         assert run(size) == expected, size
 
