@@ -71,6 +71,8 @@ def snapshot(engine: Engine, *, eutils: bool = False) -> dict[str, Any]:
             for col in _WALL_CLOCK:
                 m.pop(col)
             m["deleted_at"] = m["deleted_at"] is not None
+            # when a record of it was first stored: whether one was (a wall-clock time)
+            m["first_ingested_at"] = m["first_ingested_at"] is not None
             # the run that wrote it: a clean run and a resumed one are different runs
             m["run_id"] = m["run_id"] is not None
             m["source_location"] = where(m["source_location"])
