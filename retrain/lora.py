@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 import random
 import resource
 import sys
@@ -121,6 +122,10 @@ class LoraOptions:
     )
 
     def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):  # NaN passes every comparison below
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"`{field.name}` must be a finite number, got {value!r}")
         for name in (
             "r alpha epochs batch_size learning_rate max_seq_length max_steps "
             "max_seconds max_memory_mb scale"

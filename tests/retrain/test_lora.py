@@ -44,6 +44,16 @@ def test_options_validation(field: str, value: object, message: str) -> None:
         LoraOptions(**{field: value})  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("field", ["max_seconds", "learning_rate", "max_memory_mb", "scale",
+                                   "weight_decay", "false_negative_ratio", "dropout"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_options_refuse_a_value_that_is_not_finite(field: str, value: float) -> None:
+    """NaN passed every ``<= 0`` / ``< 0`` check (a NaN ``max_seconds`` trained with no
+    budget at all); an infinity is no budget either."""
+    with pytest.raises(ConfigError, match=f"`{field}` must be a finite number"):
+        LoraOptions(**{field: value})  # type: ignore[arg-type]
+
+
 def test_options_round_trip() -> None:
     opts = LoraOptions(r=4, target_modules=("query", "key", "value"))
     assert LoraOptions.from_dict(json.loads(json.dumps(opts.to_dict()))) == opts

@@ -13,6 +13,7 @@ from litpulse.app.cli._common import (
     add_json,
     command,
     command_group,
+    float_arg,
     kv,
     path_arg,
     pmid_arg,
@@ -20,7 +21,7 @@ from litpulse.app.cli._common import (
     print_table,
     show_progress,
 )
-from litpulse.core.settings import Settings
+from litpulse.core.settings import Settings, bounds
 from litpulse.core.timeutil import iso
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ def register(sub: Any) -> None:
     r.add_argument("--steps", type=int, default=None,
                    help="most training steps (a cap: the time budget plans how many fit)")
     r.add_argument("--batch-size", type=int, default=None, help="pairs per step")
-    r.add_argument("--max-seconds", type=float, default=None,
+    r.add_argument("--max-seconds", type=float_arg(*bounds("retrain_budget_s")), default=None,
                    help="training budget, in seconds (default LITPULSE_RETRAIN_BUDGET_S)")
     add_json(r, "print the report as JSON")
 

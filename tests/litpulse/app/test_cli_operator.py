@@ -239,6 +239,25 @@ def test_citations_load_options_out_of_range_are_a_usage_error(
     assert exit_.value.code == 2 and f"argument {args[0]}" in err, err
 
 
+@pytest.mark.parametrize("seconds", ["nan", "inf", "-1", "0", "604801", "soon"])
+def test_a_retrain_budget_not_a_finite_time_in_its_setting_range_is_a_usage_error(
+    env: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    seconds: str,
+) -> None:
+    """``litpulse retrain --max-seconds`` holds to LITPULSE_RETRAIN_BUDGET_S's range: NaN was
+    taken (a round with no time budget), as a dry run showed with exit 0."""
+    from retrain import run
+
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the retrain ran with a bad --max-seconds")
+
+    monkeypatch.setattr(run, "retrain", never)
+    with pytest.raises(SystemExit) as exit_:
+        main(["retrain", "--dry-run", f"--max-seconds={seconds}"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "argument --max-seconds" in err, err
+
+
 @pytest.mark.parametrize("wait", ["-1", "-0.5", "nan", "NaN", "inf", "-inf", "86401", "soon"])
 def test_a_nightly_wait_not_a_finite_time_of_up_to_a_day_is_a_usage_error(
     env: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,  # noqa: F811
