@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
+import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
 from litpulse.core.settings import Settings
-from litpulse.pipeline.exchange import Deadline, timed_opener
+from litpulse.pipeline.exchange import Deadline, moved_note, timed_opener
 
 __all__ = ["ALERT_TIMEOUT_S", "notify", "deadline_missed"]
 
@@ -62,6 +63,9 @@ def notify(settings: Settings, text: str, details: Mapping[str, Any] | None = No
     try:
         with timed_opener(deadline).open(request, timeout=deadline.seconds) as resp:
             ok = 200 <= resp.status < 300
+    except urllib.error.HTTPError as exc:  # a redirect too: the alert is not re-sent
+        logger.warning("alert webhook %s", moved_note(exc, "alert_webhook_url") or exc)
+        return False
     except Exception as exc:  # noqa: BLE001 - an alert must never raise
         logger.warning("alert webhook failed: %s", deadline.said if deadline.expired else exc)
         return False

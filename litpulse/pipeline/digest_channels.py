@@ -41,7 +41,7 @@ from litpulse.core.errors import TransientSourceError
 from litpulse.core.settings import Settings
 from litpulse.core.text import sender_address
 from litpulse.core.timeutil import iso
-from litpulse.pipeline.exchange import Deadline, timed_opener
+from litpulse.pipeline.exchange import Deadline, moved_note, timed_opener
 from litpulse.pipeline.saved_searches import SavedSearch
 from ranking.details import pubmed_url
 
@@ -559,17 +559,14 @@ def post_webhook(
                  "Idempotency-Key": key},
     )
     deadline = Deadline.of(settings, MAX_DELIVERY_TIMEOUT_S)
-    opener = timed_opener(deadline, _Unredirected)
     try:
-        with opener.open(request, timeout=deadline.seconds) as resp:
+        with timed_opener(deadline).open(request, timeout=deadline.seconds) as resp:
             status = int(resp.status)
     except urllib.error.HTTPError as exc:
-        moved = exc.headers.get("Location") if 300 <= exc.code < 400 else None
-        if moved:  # followed, the body would be lost (a 301/302 turns a POST into a GET)
-            raise DeliveryError(
-                f"webhook answered HTTP {exc.code}, moved to {moved}: not followed; set "
-                "LITPULSE_DIGEST_WEBHOOK_URL to the new address"
-            ) from exc
+        # followed, the body would be lost (a 301/302 turns a POST into a GET)
+        moved = moved_note(exc, "digest_webhook_url")
+        if moved:
+            raise DeliveryError(f"webhook {moved}") from exc
         refused = 400 <= exc.code < 500 and exc.code not in _NO_REFUSAL
         raise DeliveryError(
             f"webhook POST failed: {exc}", refused=refused, too_large=exc.code == 413
@@ -587,13 +584,5 @@ def post_webhook(
     if not 200 <= status < 300:
         raise DeliveryError(f"webhook answered HTTP {status}")
 
-
-class _Unredirected(urllib.request.HTTPRedirectHandler):
-    """Follows no redirect: the answer is raised as the :class:`urllib.error.HTTPError`
-    it is (urllib would re-send a POST answered 301, 302 or 303 as a GET without its
-    body, and take the GET's 200 for a delivery)."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
 
 

@@ -20,6 +20,7 @@ import http.client
 import socket
 import ssl
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -34,6 +35,8 @@ __all__ = [
     "TimedHTTPSHandler",
     "TimedSSLSocket",
     "TimedSocket",
+    "Unredirected",
+    "moved_note",
     "timed_opener",
     "timed_tls",
 ]
@@ -213,13 +216,30 @@ class TimedHTTPSHandler(urllib.request.HTTPSHandler):
         return self.do_open(connection, req, context=self.tls)
 
 
-def timed_opener(
-    deadline: Deadline, *handlers: urllib.request.BaseHandler | type[urllib.request.BaseHandler]
-) -> urllib.request.OpenerDirector:
-    """A :mod:`urllib` opener whose ``http`` and ``https`` exchanges (redirects followed
-    included) run within ``deadline``; ``handlers`` as :func:`urllib.request.build_opener`
-    takes them (one that follows no redirect)."""
+class Unredirected(urllib.request.HTTPRedirectHandler):
+    """Follows no redirect: the answer is raised as the :class:`urllib.error.HTTPError`
+    it is (urllib would re-send a POST answered 301, 302 or 303 as a GET without its
+    body, and take the GET's 200 for a delivery)."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def timed_opener(deadline: Deadline) -> urllib.request.OpenerDirector:
+    """A :mod:`urllib` opener whose ``http`` and ``https`` exchanges run within
+    ``deadline`` and follow no redirect (:class:`Unredirected`: what is POSTed here, a
+    digest or an alert, is sent to the address configured or not at all)."""
     return urllib.request.build_opener(
-        *handlers, TimedHTTPHandler(deadline), TimedHTTPSHandler(deadline)
+        Unredirected, TimedHTTPHandler(deadline), TimedHTTPSHandler(deadline)
     )
+
+
+def moved_note(exc: urllib.error.HTTPError, setting: str) -> str | None:
+    """What to say of a redirect answer that was not followed (``None`` for any other
+    answer): where the receiver moved, and the setting (a settings field) to change."""
+    moved = exc.headers.get("Location") if 300 <= exc.code < 400 else None
+    if not moved:
+        return None
+    return (f"answered HTTP {exc.code}, moved to {moved}: not followed; set "
+            f"{env_name(setting)} to the new address")
 

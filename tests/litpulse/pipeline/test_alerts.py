@@ -158,3 +158,30 @@ def test_the_alert_exchange_is_capped_below_a_long_http_timeout(
     assert time.monotonic() - t0 < 0.3 + MARGIN_S
     said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("no complete answer within 0.3 s" in m for m in said), said
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_a_redirected_alert_is_not_followed_and_not_counted_as_accepted(
+    sqlite_settings: Settings, receivers: list[_Receiver], code: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """urllib followed a 301/302/303 by a GET without the alert's body, and took the GET's
+    200 for an accepted alert: the alert was lost and ``notify`` said it was delivered.
+    A redirect is not followed (the digest's webhook follows none either): a warning names
+    where the receiver moved."""
+    def target(conn: socket.socket, body: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    receivers.append(_Receiver(target))
+    moved_to = receivers[0].url
+
+    def moved(conn: socket.socket, body: bytes) -> None:
+        conn.sendall(f"HTTP/1.1 {code} Moved\r\nLocation: {moved_to}\r\n"
+                     "Content-Length: 0\r\n\r\n".encode())
+
+    receivers.append(_Receiver(moved))
+    with caplog.at_level("WARNING", logger="litpulse.pipeline.alerts"):
+        accepted = notify(_settings(sqlite_settings, receivers[1].url), "nightly failed")
+    assert not accepted
+    assert receivers[0].bodies == []  # nothing went to the other address
+    assert f"moved to {moved_to}" in caplog.text, caplog.text
