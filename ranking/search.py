@@ -235,7 +235,7 @@ def _terms(name: str, value: str | Iterable[str] | None) -> tuple[str, ...]:
         if len(item) > 255:
             raise ConfigError(f"{name} is longer than 255 characters")
         if name == "mesh" and _QUALIFIED.search(item):
-            descriptor = item.split("/")[0].rstrip("* ")
+            descriptor = major_topic(item.split("/")[0])[0]
             raise ConfigError(
                 f"mesh {item!r} names a subheading: MeSH subheadings are not filtered on; "
                 f"filter by the descriptor ({descriptor!r}), and add the subheading's words "
@@ -243,7 +243,7 @@ def _terms(name: str, value: str | Iterable[str] | None) -> tuple[str, ...]:
             )
         # a term of no letter or digit folds to nothing (fold_term) and names no stored
         # one: it would match no article, an empty answer without a word
-        named = item.rstrip(MAJOR_MARK + " ") if name == "mesh" else item
+        named = major_topic(item)[0] if name == "mesh" else item
         if item and not fold_term(named):
             why = "it holds no letter or digit"
             if name == "mesh" and MAJOR_MARK in item:
@@ -262,8 +262,16 @@ _TERM_KINDS = {"mesh": "descriptor", "publication_type": "publication type"}
 _RETRACTED_TYPE = fold_term(RETRACTED_TYPE)
 #: PubMed's descriptor/subheading form (``Neoplasms/genetics``, ``Neoplasms/drug therapy*``).
 _QUALIFIED = re.compile(r"\S\s*/\s*[A-Za-z]")
-#: The mark of a major topic after a MeSH descriptor (``Neoplasms*``), as PubMed shows it.
+#: The mark of a major topic after a MeSH descriptor (``Neoplasms*``), as PubMed shows it,
+#: or before it (``*Neoplasms``), as MEDLINE's format (EDirect's, a .nbib file) does.
 MAJOR_MARK = "*"
+
+
+def major_topic(term: str) -> tuple[str, bool]:
+    """A MeSH filter term without its major-topic marks, and whether it had one (after
+    the descriptor, PubMed's way, or before it, MEDLINE's)."""
+    bare = term.strip(MAJOR_MARK + " ")
+    return bare, bare != term.strip() and MAJOR_MARK in term
 #: Language names as PubMed lists them, and the codes its records hold (ISO 639-2/B).
 LANGUAGE_CODES = {
     "afrikaans": "afr", "albanian": "alb", "arabic": "ara", "armenian": "arm",
@@ -392,8 +400,9 @@ class SearchFilters:
         t, f = article_terms.c, term_forms.c
         for kind, terms in (("mesh", self.mesh), ("ptype", self.publication_type)):
             for term in terms:
-                major = kind == "mesh" and term.endswith(MAJOR_MARK)  # Neoplasms*: major topic
-                term = term.rstrip(MAJOR_MARK + " ") if major else term
+                major = False
+                if kind == "mesh":
+                    term, major = major_topic(term)
                 # any stored spelling of the same folded form (Sjögren’s, α-, ‐), or the
                 # term itself in any case (spellings stored before term_forms was filled)
                 spellings = select(f.term).where(f.kind == kind, f.folded == fold_term(term))

@@ -350,6 +350,16 @@ def test_major_topic_mark_is_not_silently_dropped(world: Settings) -> None:
     assert got == {4102}
 
 
+@pytest.mark.parametrize("term", ["*Neoplasms", "* Neoplasms", "*Neoplasms*"])
+def test_medline_leading_major_topic_mark_asks_for_a_major_topic(
+    world: Settings, term: str
+) -> None:
+    """MEDLINE's own format (``MH  - *Neoplasms``, what EDirect's ``-format medline`` and
+    a .nbib file show) marks a major topic before the descriptor: it was folded away and
+    the filter answered every article carrying Neoplasms, major or not."""
+    assert _pmids(search(world, QUERY, k=50, mesh=term)) == {4102}
+
+
 def test_a_filter_term_naming_nothing_is_refused_on_every_surface(
     world: Settings, client: TestClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
