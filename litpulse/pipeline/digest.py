@@ -419,29 +419,19 @@ def _digest_or_report(
     except ConfigError as exc:  # a rule the stored search breaks: its remedy, no traceback
         logger.warning("saved search %d %r not digested (tried again next time): %s",
                        search.id, search.name, exc)  # fmt: skip
-        return SearchDigest(
-            search_id=search.id,
-            name=search.name,
-            candidates=0,
-            matched=0,
-            threshold=search.threshold(settings),
-            error=f"{type(exc).__name__}: {exc}",
-        )
+        failure: Exception = exc
     except Exception as exc:  # logged with its traceback, reported, tried again
-        logger.exception(
-            "saved search %d %r not digested (tried again next time): %s",
-            search.id,
-            search.name,
-            exc,
-        )
-        return SearchDigest(
-            search_id=search.id,
-            name=search.name,
-            candidates=0,
-            matched=0,
-            threshold=search.threshold(settings),
-            error=f"{type(exc).__name__}: {exc}",
-        )
+        logger.exception("saved search %d %r not digested (tried again next time): %s",
+                         search.id, search.name, exc)  # fmt: skip
+        failure = exc
+    return SearchDigest(
+        search_id=search.id,
+        name=search.name,
+        candidates=0,
+        matched=0,
+        threshold=search.threshold(settings),
+        error=f"{type(failure).__name__}: {failure}",
+    )
 
 
 def _not_searched(search: SavedSearch) -> ConfigError:
