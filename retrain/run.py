@@ -133,24 +133,23 @@ class RetrainReport:
         return lines
 
 
+#: The judgements a round did not train on, by the pairs report's key: what each line says.
+_FEEDBACK_UNTRAINED = (
+    ("carried", "judgement(s) of articles held back from this round wait for the round "
+                "that trains them"),
+    ("held_out", "judgement(s) of articles of the older held-out set (never trained on)"),
+    ("disputed", "judgement(s) of articles experts disagree on for the query (neither "
+                 "positive nor negative)"),
+    ("gone", "judgement(s) of articles retracted or deleted since (nothing to train)"),
+    ("unpaired", "\"not relevant\" judgement(s) of queries no article was marked relevant "
+                 "for"),
+)
+
+
 def _feedback_lines(p: dict[str, Any]) -> list[str]:
     """What became of the judgements the round did not train on (never silently)."""
-    lines = []
-    if p.get("feedback_carried"):
-        lines.append(f"feedback carried: {p['feedback_carried']} judgement(s) of articles "
-                     "held back from this round wait for the round that trains them")
-    if p.get("feedback_held_out"):
-        lines.append(f"feedback held out: {p['feedback_held_out']} judgement(s) of articles "
-                     "of the older held-out set (never trained on)")
-    if p.get("feedback_disputed"):
-        lines.append(f"feedback disputed: {p['feedback_disputed']} judgement(s) of articles "
-                     "experts disagree on for the query (neither positive nor negative)")
-    if p.get("feedback_gone"):
-        lines.append(f"feedback gone: {p['feedback_gone']} judgement(s) of articles "
-                     "retracted or deleted since (nothing to train)")
-    if p.get("feedback_unpaired"):
-        lines.append(f"feedback unpaired: {p['feedback_unpaired']} \"not relevant\" "
-                     "judgement(s) of queries no article was marked relevant for")
+    lines = [f"feedback {key.replace('_', ' ')}: {p[f'feedback_{key}']} {says}"
+             for key, says in _FEEDBACK_UNTRAINED if p.get(f"feedback_{key}")]
     capped = p.get("feedback_capped") or {}
     if capped:
         lines.append("feedback capped (over one expert's share of the round's pairs, "
