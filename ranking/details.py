@@ -16,6 +16,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import enum
+import re
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -33,15 +35,43 @@ if TYPE_CHECKING:
     from ranking.search import Hit
 
 __all__ = [
-    "AUTHORS_SHOWN", "author_names", "doi_url", "links", "published_parts", "published_text",
-    "pubmed_url", "with_details",
+    "AUTHORS_SHOWN", "Kind", "author_names", "doi_url", "links", "one_line", "published_parts",
+    "published_text", "pubmed_url", "with_details",
 ]  # fmt: skip
 
 #: Authors named per result; the rest are counted (``author_count``), as "et al.".
 AUTHORS_SHOWN = 6
 
+def one_line(value: Any) -> str:
+    """A stored value as one line of text (runs of white space, line breaks, one blank)."""
+    return re.sub(r"\s+", " ", str(value or "")).strip()
+
+
+class Kind(enum.Enum):
+    """What a record is, as a reference: a search result says it (``kind``), an export's
+    RIS ``TY`` and BibTeX entry type follow it.
+
+    A PubMed Bookshelf record (``PubmedBookArticle``, stored with ``is_book``) keeps its
+    book's title as ``journal`` (:func:`ingest.fields`): one whose own title is another
+    is a chapter of that book (a GeneReviews chapter), else it is the whole book.
+    """
+
+    ARTICLE = "article"
+    CHAPTER = "chapter"
+    BOOK = "book"
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> Kind:
+        """The kind of a row holding ``is_book``, ``journal`` and ``title``."""
+        if not row.get("is_book"):
+            return cls.ARTICLE
+        book = one_line(row.get("journal"))
+        return cls.CHAPTER if book and one_line(row.get("title")) != book else cls.BOOK
+
+
 _COLUMNS = (
     articles.c.pmid,
+    articles.c.is_book,
     articles.c.abstract,
     articles.c.authors,
     articles.c.mesh,
@@ -134,6 +164,8 @@ def with_details(engine: Engine, hits: Sequence[Hit], query: str) -> list[Hit]:
                 publication_types=tuple(str(t) for t in row["publication_types"] or ()),
                 doi=row["doi"],
                 retracted=bool(row["is_retracted"]),
+                kind=Kind.of({"is_book": row["is_book"], "journal": hit.journal,
+                              "title": hit.title}).value,
             )
         )
     return out

@@ -192,6 +192,8 @@ class Hit:
     publication_types: tuple[str, ...] = ()
     doi: str | None = None
     retracted: bool = False
+    #: article, chapter or book (ranking.details.Kind)
+    kind: str = "article"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (dates as ISO strings; highlight spans in code points)."""
@@ -217,6 +219,7 @@ class Hit:
             "publication_types": list(self.publication_types),
             "doi": self.doi,
             "retracted": self.retracted,
+            "kind": self.kind,
             "links": links(self.pmid, self.doi),
         }
 

@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import enum
 import io
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from litpulse.core.schema import articles
-from ranking.details import published_parts, published_text, pubmed_url
+from ranking.details import Kind, published_parts, published_text, pubmed_url
+from ranking.details import one_line as _one_line
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -46,27 +46,6 @@ CSV_COLUMNS = (
 )
 #: What a retracted article's RIS ``N1`` and BibTeX ``note`` say (the page's label).
 RETRACTED = "Retracted article"
-
-
-class Kind(enum.Enum):
-    """What a record is, as a reference: its RIS ``TY`` and BibTeX entry type follow.
-
-    A PubMed Bookshelf record (``PubmedBookArticle``, stored with ``is_book``) keeps its
-    book's title as ``journal`` (:func:`ingest.fields`): one whose own title is another
-    is a chapter of that book (a GeneReviews chapter), else it is the whole book.
-    """
-
-    ARTICLE = "article"
-    CHAPTER = "chapter"
-    BOOK = "book"
-
-    @classmethod
-    def of(cls, row: Mapping[str, Any]) -> Kind:
-        """The kind of an export row (:func:`load_export_rows`)."""
-        if not row.get("is_book"):
-            return cls.ARTICLE
-        book = _one_line(row.get("journal"))
-        return cls.CHAPTER if book and _one_line(row.get("title")) != book else cls.BOOK
 
 
 #: RIS reference type and BibTeX entry type of each kind.
@@ -92,10 +71,6 @@ def load_export_rows(engine: Engine, pmids: Iterable[int]) -> dict[int, dict[str
             int(r["pmid"]): dict(r)
             for r in conn.execute(select(*cols).where(articles.c.pmid.in_(ids))).mappings()
         }
-
-
-def _one_line(value: Any) -> str:
-    return re.sub(r"\s+", " ", str(value or "")).strip()
 
 
 def _authors(row: Mapping[str, Any]) -> list[tuple[str, bool]]:

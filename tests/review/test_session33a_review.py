@@ -97,6 +97,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import sys
 from collections.abc import Iterator
@@ -274,6 +275,29 @@ def test_a1_a_bookshelf_chapter_is_not_exported_as_a_journal_article(
     assert ("T2", "GeneReviews®") in book or ("BT", "GeneReviews®") in book, book
     assert kind in ("incollection", "inbook", "inreference"), (kind, fields)
     assert "journal" not in fields and fields.get("booktitle") == "GeneReviews®", fields
+
+
+def test_a1_search_results_say_a_bookshelf_record_is_a_chapter(
+    client: TestClient, world: Settings, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A1's follow-up: the search JSON (API, CLI) named a chapter's book as its
+    ``journal`` and said nothing else of it; each result now has its ``kind``."""
+    from litpulse.app.cli import main
+
+    r = client.get("/search", params={"q": "heart failure", "mode": "lexical", "k": 10})
+    assert r.status_code == 200, r.text
+    kinds = {h["pmid"]: h["kind"] for h in r.json()["results"]}
+    assert kinds[BOOK] == "chapter" and kinds[FORMULA] == "article", kinds
+    monkeypatch.setenv("LITPULSE_HOME", str(world.home))
+    if world.database_url:
+        monkeypatch.setenv("LITPULSE_DATABASE_URL", world.database_url)
+    if world.model:
+        monkeypatch.setenv("LITPULSE_MODEL", world.model)
+    capsys.readouterr()
+    assert main(["search", "heart failure", "--mode", "lexical", "--json"]) == 0
+    cli = {h["pmid"]: h["kind"] for h in json.loads(capsys.readouterr().out)["results"]}
+    assert cli == kinds
 
 
 # ------------------------------------------------------------------------------ A2

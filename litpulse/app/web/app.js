@@ -294,6 +294,8 @@ function articleHead(hit, titleTag) {
   if (hit.retracted || hit.explanation.retracted) {
     meta.append(el("span", { class: "badge", text: "Retracted article" }));
   }
+  const kind = { chapter: "Book chapter", book: "Book" }[hit.kind];
+  if (kind) meta.append(el("span", { class: "badge kind", text: kind }));
   const head = el("div", { class: "head" }, el(titleTag, { class: "htitle" }, title));
   const authors = authorLine(hit);
   if (authors) head.append(authors);
