@@ -19,6 +19,10 @@ against the state they read (an older version upserted over a newer one) and mov
 in-corpus citation counts under each other's feet (the bootstrap's final recount would
 overwrite a count another writer had just moved). The bootstrap holds the lease for its
 whole call, its runs and its recount included (the lease is re-entrant within a process).
+A writer checks the lease inside each transaction that writes articles
+(:func:`verify_store_writer`): one whose heartbeat stalled past the lease's TTL and lost
+it to another writer stops with :class:`~litpulse.core.errors.LeaseLostError` (retryable)
+before its next batch.
 iCite runs write only the citation columns and take no lease.
 
 Example:
@@ -68,6 +72,7 @@ __all__ = [
     "recorded_run",
     "run_dict",
     "store_writer",
+    "verify_store_writer",
 ]
 
 logger = logging.getLogger(__name__)
@@ -130,6 +135,23 @@ def store_writer(engine: Engine) -> Iterator[None]:
         else:
             del held[key]
             lease.release()
+
+
+def verify_store_writer(conn: Connection) -> None:
+    """Inside a writer's transaction, before its writes: make sure this thread still holds
+    :data:`STORE_LEASE` of the store (:meth:`litpulse.core.db.Lease.verify`: the lease row
+    stays locked until the transaction ends, so no takeover slips in before the commit).
+    A writer whose heartbeat stalled past the lease's TTL (a suspended process) and lost
+    the lease to another writer stops here, before its next batch, instead of writing
+    beside it. Nothing to check without the lease (a test's bare store).
+
+    Raises:
+        LeaseLostError: Another process took the lease over (roll back).
+    """
+    held: dict[str, tuple[Lease, int]] = getattr(_local, "held", {})
+    entry = held.get(conn.engine.url.render_as_string(hide_password=False))
+    if entry is not None:
+        entry[0].verify(conn)
 
 
 def holds_store_writer(engine: Engine) -> bool:

@@ -21,7 +21,10 @@ counts, quarantine) that the CLI and the API show.
 
 Writers hold the store's writer lease (:func:`ingest.runs.store_writer`, taken by every
 ingest run that writes articles, and by the bootstrap for its whole call): two concurrent
-writers of the same PMIDs would each decide against the state they read.
+writers of the same PMIDs would each decide against the state they read. Each batch's
+transaction verifies the lease first (:func:`ingest.runs.verify_store_writer`): a writer
+that lost it (its heartbeat stalled past the TTL, another writer took it over) stops
+before writing anything more.
 
 **Deferred counts** (``Store(engine, defer_counts=True)``, the bootstrap's store): the
 in-corpus citation counts are left alone while the rows, terms and references are written,
@@ -100,6 +103,7 @@ from ingest.runs import (
     add_run_counts,
     holds_store_writer,
     judge_runs_in,
+    verify_store_writer,
 )
 from litpulse.core.db import (
     TERM_FORMS_CHECKPOINT,
@@ -303,6 +307,7 @@ class Store(RunLedger, Checkpoints):
                     ordered = {s: o for s, o in order.items() if o is not s}
                     rank = self.source_ranks()
                 with self.engine.begin() as conn:
+                    verify_store_writer(conn)  # a writer that lost its lease stops here
                     forms, changed = self._apply_batch(
                         conn, batch, first, run_id, counter, touched, ordered, rank, take_over,
                         judged
@@ -653,6 +658,7 @@ class Store(RunLedger, Checkpoints):
             self.catch_up_period_ends()
             fill_term_forms(self.engine)
         with self.engine.begin() as conn:
+            verify_store_writer(conn)  # the marks are exact only while no other writer is
             through = conn.execute(select(func.max(a.updated_at))).scalar()
             for key in (PERIOD_END_CHECKPOINT, TERM_FORMS_CHECKPOINT):
                 set_catch_up_mark(conn, key, through, 0, exact=True)
@@ -891,6 +897,7 @@ class Store(RunLedger, Checkpoints):
             return 0
         for start in range(int(lo), int(hi) + 1, step):
             with self.engine.begin() as conn:
+                verify_store_writer(conn)
                 changed += recount_range(conn, start, start + step)
         logger.info("recounted in-corpus citations of PMIDs %d..%d: %d changed", lo, hi, changed)
         return changed

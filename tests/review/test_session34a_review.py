@@ -79,8 +79,6 @@ def _title(settings: Settings, pmid: int) -> str | None:
 # ---------------------------------------------------------------------------- S1
 
 
-@pytest.mark.xfail(strict=True, reason="S1: Store.apply never verifies the store-writer "
-                   "lease: a writer that lost it keeps committing beside the new holder")
 def test_s1_a_writer_that_lost_the_store_lease_writes_nothing_more(settings: Settings) -> None:
     engine = db.connect(settings)
     store = Store(engine)
