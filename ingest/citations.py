@@ -85,6 +85,7 @@ from ingest.boundaries import MAX_RAW_TAIL
 from ingest.dates import MIN_YEAR
 from ingest.fields import MAX_PMID, id_value
 from ingest.http import HttpClient
+from ingest.records import ICITE_REASON
 from ingest.runs import Counts, IngestCounts, recorded_run
 from ingest.store import Store
 from litpulse.core import db
@@ -621,7 +622,7 @@ def _quarantine_rows(
         rows.append({
             "digest": hashlib.sha256(f"{SOURCE_KIND}\n{raw}".encode()).hexdigest(),
             "pmid": pmid,
-            "reason": f"iCite record: {reason}",
+            "reason": f"{ICITE_REASON}record: {reason}",
             "source_kind": SOURCE_KIND,
             "source_location": location if pmid is None else f"{location}?pmids={pmid}",
             "line": None,

@@ -142,7 +142,7 @@ from ingest.citations import (
     icite_values,
 )
 from ingest.fields import MAX_PMID, id_value, quarantine_line
-from ingest.records import QuarantineEntry, SourceRef
+from ingest.records import ICITE_REASON, QuarantineEntry, SourceRef
 from ingest.rows import quarantine_row
 from ingest.runs import Counts, IngestCounts, OpenRun, recorded_run
 from ingest.store import Store
@@ -635,7 +635,7 @@ def iter_batches(
         if row is not None and len(row) > pmid_at:
             pmid = id_value(row[pmid_at], MAX_PMID)
         entry = QuarantineEntry(
-            reason=f"iCite snapshot row: {reason}",
+            reason=f"{ICITE_REASON}snapshot row: {reason}",
             raw_xml=lines.take(),
             source=source,
             pmid=pmid,

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from litpulse.core.timeutil import utcnow
 
 __all__ = [
+    "ICITE_REASON",
     "AbstractSection",
     "Author",
     "Deletion",
@@ -226,6 +227,14 @@ class Deletion:
 
     pmid: int
     source: SourceRef
+
+
+#: How the reason of every quarantine entry of iCite's data begins (an API record:
+#: ``iCite record: …``; a snapshot row: ``iCite snapshot row: …``). A record or deletion
+#: of the PMID stored later resolves the entries of its PubMed records, never these: the
+#: article's revision says nothing of iCite's damaged record (:meth:`ingest.store.Store.
+#: apply`).
+ICITE_REASON = "iCite "
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,7 @@ from ingest.links import (
     replace_links,
 )
 from ingest.records import (
+    ICITE_REASON,
     NLM_YEAR_FACTOR,
     Deletion,
     PartialDate,
@@ -769,10 +770,13 @@ class Store(RunLedger, Checkpoints):
         if plan.written:  # the open entries stored before the batch of the PMIDs written
             # (a later record or deletion is stored); the batch's own come resolved or
             # not (ingest.rules.plan_batch). One statement, one parameter (a batch
-            # resolves thousands of PMIDs)
+            # resolves thousands of PMIDs). Not iCite's entries (ICITE_REASON): the
+            # record says nothing of iCite's damaged data
             conn.execute(update(quarantine)
                          .where(id_in_clause(conn, "pmid", plan.written),
-                                quarantine.c.resolved_at.is_(None))
+                                quarantine.c.resolved_at.is_(None),
+                                ~quarantine.c.reason.startswith(ICITE_REASON,
+                                                                autoescape=True))
                          .values(resolved_at=now))  # fmt: skip
         if plan.quarantined:
             entries = list(plan.quarantined.values())

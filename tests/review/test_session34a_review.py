@@ -102,8 +102,6 @@ def test_s1_a_writer_that_lost_the_store_lease_writes_nothing_more(settings: Set
 # ---------------------------------------------------------------------------- Q1
 
 
-@pytest.mark.xfail(strict=True, reason="Q1: storing a revision of a PMID resolves the open "
-                   "quarantine entry iCite's refresh stored for it (a damaged iCite record)")
 def test_q1_an_ingest_leaves_the_icite_refresh_entries_of_its_pmids_open(
     emu: Emulator, settings: Settings
 ) -> None:
@@ -128,8 +126,6 @@ SNAPSHOT_HEADER = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason="Q1: storing a revision of a PMID resolves the open "
-                   "quarantine entry an iCite snapshot load stored for its row")
 def test_q1_an_ingest_leaves_the_icite_snapshot_entries_of_its_pmids_open(
     settings: Settings, tmp_path: Path
 ) -> None:
