@@ -1238,16 +1238,20 @@ class Lease:
         """
         if self.lost:
             return False
-        stmt = (
-            update(locks)
-            .where(locks.c.name == self.name, locks.c.holder == self.holder)
-            .values(expires_at=utcnow() + dt.timedelta(seconds=self.ttl_s))
-        )
+
+        def push(c: Connection) -> int:
+            ahead = db_now(c) + dt.timedelta(seconds=self.ttl_s)  # the takers' clock too
+            return int(c.execute(
+                update(locks)
+                .where(locks.c.name == self.name, locks.c.holder == self.holder)
+                .values(expires_at=ahead)
+            ).rowcount)  # fmt: skip
+
         if conn is None:
             with self.engine.begin() as own:
-                n = own.execute(stmt).rowcount
+                n = push(own)
         else:
-            n = conn.execute(stmt).rowcount
+            n = push(conn)
         if not n:
             if not self._lost.is_set():
                 logger.error("lease %s was taken over: %s stops", self.name, self.holder)
@@ -1420,7 +1424,9 @@ def acquire_lease(
     (:func:`holder_alive`: a process of this host that is gone). Works across processes
     and hosts on PostgreSQL and SQLite: the insert is atomic on the primary key, and a
     takeover is a conditional update naming the previous holder, so two processes never
-    take the same lease.
+    take the same lease. Expiries are stamped and judged by the database's clock
+    (:func:`db_now`, as the rows are), never a host's: a holder whose host's clock lags
+    the taker's by more than the TTL is not taken for expired while it renews.
 
     Args:
         engine: The store.
@@ -1435,13 +1441,13 @@ def acquire_lease(
     if not (isinstance(ttl_s, int | float) and 0 < ttl_s <= _MAX_TTL_S):
         raise ConfigError(f"a lease TTL must be within (0, {_MAX_TTL_S:g}] seconds, got {ttl_s!r}")
     holder = holder or default_holder()
+    ttl = dt.timedelta(seconds=ttl_s)
     for _ in range(5):
-        now = utcnow()
-        expires = now + dt.timedelta(seconds=ttl_s)
         try:
             with engine.begin() as conn:
-                conn.execute(insert(locks).values(name=name, holder=holder, expires_at=expires,
-                                                  acquired_at=now))
+                now = db_now(conn)  # one clock for every holder and taker (hosts drift)
+                conn.execute(insert(locks).values(name=name, holder=holder,
+                                                  expires_at=now + ttl, acquired_at=now))
             return Lease(engine, name, holder, ttl_s, heartbeat=heartbeat)
         except IntegrityError:
             pass
@@ -1449,6 +1455,7 @@ def acquire_lease(
             row = conn.execute(
                 select(locks.c.holder, locks.c.expires_at).where(locks.c.name == name)
             ).first()
+            now = db_now(conn)
         if row is None:
             continue  # released meanwhile
         expired = row.expires_at < now
@@ -1461,7 +1468,7 @@ def acquire_lease(
             where.append(locks.c.expires_at < now)  # unless its heartbeat came back
         with engine.begin() as conn:
             taken = conn.execute(
-                update(locks).where(*where).values(holder=holder, expires_at=expires,
+                update(locks).where(*where).values(holder=holder, expires_at=now + ttl,
                                                    acquired_at=now)
             ).rowcount
         if taken:
@@ -1540,7 +1547,8 @@ def live_lease(engine: Engine, name: str) -> HeldLease | None:
             select(locks.c.holder, locks.c.acquired_at, locks.c.expires_at)
             .where(locks.c.name == name)
         ).first()
-    if row is None or not (row.expires_at > utcnow() and holder_alive(row.holder)):
+        now = db_now(conn)  # the clock leases are stamped by
+    if row is None or not (row.expires_at > now and holder_alive(row.holder)):
         return None
     return HeldLease(str(row.holder), row.acquired_at, row.expires_at)
 

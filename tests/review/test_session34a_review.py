@@ -164,8 +164,6 @@ def lagging_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(strict=True, reason="L1: lease expiry is judged by each host's clock: a "
-                   "live holder whose clock lags by more than the TTL is taken over")
 def test_l1_a_live_holder_on_a_host_whose_clock_lags_keeps_its_lease(
     pg_settings: Settings, lagging_clock: Any
 ) -> None:
