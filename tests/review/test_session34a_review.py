@@ -33,6 +33,15 @@ Q1 **An ingest resolves the iCite quarantine entries of the PMIDs it writes.** T
    kind ``icite``) and ``citations load`` (a snapshot row) stored: a revision of the
    article "resolves" a damaged iCite record that nothing fixed; it leaves ``litpulse
    quarantine`` and the open count silently.
+D1 **A deadlock between an ingest batch and an iCite load fails one of them.** On
+   PostgreSQL an ingest batch locks its article rows in its file's order (then the cited
+   rows' counts), and ``citations load`` (no store-writer lease: it writes only the
+   iCite columns) locks a snapshot batch's rows in the snapshot's order; two such
+   transactions meeting on two rows in opposite orders deadlock, and PostgreSQL rolls one
+   back (``40P01``). Nothing retries it: the ingest run (the nightly) or the snapshot load
+   fails, and the CLI reports "the database cannot be reached: deadlock detected". PostgreSQL's
+   rule for such a transaction is to run it again; every writer outside the lease (and
+   the writer under it, which such a writer can still meet) must.
 L1 **A lease is judged expired by the taker's clock, renewed by the holder's.**
    ``acquire_lease`` compares ``expires_at`` (written ``utcnow() + ttl`` by the holder's
    host) with its own host's ``utcnow()``. On PostgreSQL shared by several hosts (Airflow
@@ -44,12 +53,14 @@ L1 **A lease is judged expired by the taker's clock, renewed by the holder's.**
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from ingest.citations import refresh_citations
 from ingest.icite_snapshot import load_snapshot
@@ -178,3 +189,79 @@ def test_l1_a_live_holder_on_a_host_whose_clock_lags_keeps_its_lease(
                              heartbeat=False)
     assert taken is None
     assert db.lease_holder(engine, "nightly")[0] == "hostA:1:-:-:review34a"  # type: ignore[index]
+
+
+# ---------------------------------------------------------------------------- D1
+
+
+def _waiting_on_locks(engine: Any, n: int) -> None:
+    """Until ``n`` sessions of this database wait for a lock (PostgreSQL)."""
+    for _ in range(500):
+        with engine.connect() as conn:
+            k = conn.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'"
+            )).scalar_one()  # fmt: skip
+        if k >= n:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"never {n} sessions waiting for a lock")
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("victim", ["ingest", "snapshot"])
+@pytest.mark.xfail(strict=True, reason="D1: a deadlock between an ingest batch and a "
+                   "snapshot load fails one of them: nothing runs the rolled-back "
+                   "transaction again")
+def test_d1_an_ingest_and_a_snapshot_load_that_deadlock_both_finish(
+    pg_settings: Settings, tmp_path: Path, victim: str
+) -> None:
+    """The interleaving is forced: the test holds row 200; the snapshot (rows 300, 200,
+    100, in that order, as the articles lie) locks 300 and waits for 200; the ingest
+    (revisions of 100, then 300) locks 100 and waits for 300; the test lets 200 go, and
+    the snapshot waits for 100: a cycle. Which transaction PostgreSQL rolls back follows
+    whose deadlock check runs first: the ingest's when 200 goes at once (its check runs
+    deadlock_timeout, 1 s, after it began waiting), the snapshot's when 200 goes after
+    that."""
+    engine = db.connect(pg_settings)
+    t0 = utcnow()
+    Store(engine).apply([_record(p, "v1", at=t0) for p in (300, 200, 100)])
+    csv = tmp_path / "icite_metadata.csv"
+    csv.write_text(SNAPSHOT_HEADER + "".join(
+        f"{p},,A title,,2019,J,True,7,1.0,1.0,2.0,1.5,50.0,0.5,0.25,0.25,0.0,0.4,0.3,"
+        "False,,,,False,2026-05-01\n" for p in (300, 200, 100)))  # fmt: skip
+    errors: dict[str, BaseException] = {}
+
+    def load() -> None:
+        try:
+            load_snapshot(pg_settings, csv, as_of=dt.datetime(2026, 5, 1, tzinfo=dt.UTC))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors["snapshot"] = exc
+
+    def ingest() -> None:
+        later = t0 + dt.timedelta(seconds=5)
+        try:
+            Store(engine).apply([_record(100, "v2", at=later), _record(300, "v2", at=later)])
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors["ingest"] = exc
+
+    with engine.connect() as holder:
+        tx = holder.begin()
+        holder.execute(text("SELECT pmid FROM articles WHERE pmid = 200 FOR UPDATE")).all()
+        loading = threading.Thread(target=load)
+        loading.start()
+        _waiting_on_locks(engine, 1)
+        ingesting = threading.Thread(target=ingest)
+        ingesting.start()
+        _waiting_on_locks(engine, 2)
+        if victim == "snapshot":
+            time.sleep(1.5)  # past the ingest's deadlock check: the snapshot's finds it
+        tx.commit()
+    loading.join(30)
+    ingesting.join(30)
+    assert errors == {}
+    with engine.connect() as conn:
+        rows = conn.execute(select(articles.c.pmid, articles.c.title, articles.c.citation_count)
+                            .order_by(articles.c.pmid)).all()  # fmt: skip
+    assert [tuple(r) for r in rows] == [(100, "v2", 7), (200, "v1", 7), (300, "v2", 7)]
+
