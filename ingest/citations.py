@@ -61,6 +61,7 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -731,7 +732,11 @@ def _refresh(
                 logger.warning("iCite record of pmid %s quarantined: %s", pmid, reason)
             bad = _quarantine_rows(rejected, location, run.id, utcnow())
             unknown = [p for p in batch if p not in found and p not in refused]
-            _write(engine, found, [*unknown, *sorted(refused)], bad)
+            # PostgreSQL may roll it back to break a deadlock with an ingest batch
+            db.retry_conflicts(
+                functools.partial(_write, engine, found, [*unknown, *sorted(refused)], bad),
+                f"iCite batch {n}",
+            )
             counts = counts + CitationCounts(len(batch), len(found), len(unknown))
             run.counts = IngestCounts(
                 updated=counts.updated, missing=counts.unknown, quarantined=counts.rejected

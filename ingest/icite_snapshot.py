@@ -107,6 +107,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import gzip
 import hashlib
 import logging
@@ -146,7 +147,7 @@ from ingest.records import ICITE_REASON, QuarantineEntry, SourceRef
 from ingest.rows import quarantine_row
 from ingest.runs import Counts, IngestCounts, OpenRun, recorded_run
 from ingest.store import Store
-from litpulse.core.db import mark_written, upsert
+from litpulse.core.db import mark_written, retry_conflicts, upsert
 from litpulse.core.errors import ConfigError, NotFoundError, ParseError
 from litpulse.core.schema import articles, quarantine
 from litpulse.core.settings import Settings
@@ -683,6 +684,16 @@ def iter_batches(
         yield Batch(values, bad, rows, lines.offset, lines.line)
 
 
+def _commit(store: Store, batch: Batch, fetched_at: dt.datetime, run_id: int, key: str,
+            mark: dict[str, Any]) -> int:
+    """One batch and the file's checkpoint (``mark``: where it then stands) in a
+    transaction of its own; the number of articles updated."""
+    with store.engine.begin() as conn:
+        updated = _write(conn, batch, fetched_at, run_id)
+        store.set_checkpoint(SCOPE, key, "running", mark, conn=conn)
+    return updated
+
+
 def _write(conn: Connection, batch: Batch, fetched_at: dt.datetime, run_id: int) -> int:
     """Write one batch inside ``conn``'s transaction; the number of articles updated."""
     updated = 0
@@ -824,14 +835,14 @@ def _load_file(
     try:
         with closing(_guarded(_read(path, size, offset, line), unreadable)) as batches:
             for batch in batches:
-                with store.engine.begin() as conn:
-                    updated = _write(conn, batch, fetched, run.id)
-                    done_rows += batch.rows
-                    store.set_checkpoint(
-                        SCOPE, key, "running",
-                        {**state, "offset": batch.offset, "line": batch.line, "rows": done_rows},
-                        conn=conn,
-                    )  # fmt: skip
+                # PostgreSQL may roll it back to break a deadlock with an ingest batch
+                updated = retry_conflicts(
+                    functools.partial(_commit, store, batch, fetched, run.id, key,
+                                      {**state, "offset": batch.offset, "line": batch.line,
+                                       "rows": done_rows + batch.rows}),
+                    f"{path.name}: the batch up to line {batch.line}",
+                )  # fmt: skip
+                done_rows += batch.rows
                 committed = batch.line
                 malformed = len(batch.bad)
                 step = SnapshotCounts(

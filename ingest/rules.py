@@ -209,6 +209,12 @@ class Counter:
         self.inserted = self.updated = self.unchanged = self.deleted = self.quarantined = 0
         self.requarantined = self.reseen = 0
 
+    def restore(self, counts: IngestCounts) -> None:
+        """Put the counts back to ``counts`` (a :meth:`freeze` taken before a batch whose
+        transaction was rolled back and is run again)."""
+        for name in self.__slots__:
+            setattr(self, name, getattr(counts, name))
+
     def freeze(self) -> IngestCounts:
         return IngestCounts(
             inserted=self.inserted,

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import gc
 import json
 import logging
@@ -119,6 +120,7 @@ from litpulse.core.db import (
     id_in_clause,
     live_lease,
     mark_written,
+    retry_conflicts,
     set_catch_up_mark,
     upsert,
 )
@@ -307,14 +309,15 @@ class Store(RunLedger, Checkpoints):
                     order.update({s: s for s in new} | self.record_sources(new))
                     ordered = {s: o for s, o in order.items() if o is not s}
                     rank = self.source_ranks()
-                with self.engine.begin() as conn:
-                    verify_store_writer(conn)  # a writer that lost its lease stops here
-                    forms, changed = self._apply_batch(
-                        conn, batch, first, run_id, counter, touched, ordered, rank, take_over,
-                        judged
-                    )
-                    if run_id is not None:  # what a killed run stored stays counted
-                        add_run_counts(conn, run_id, counter.freeze() - before)
+                # PostgreSQL may roll the batch back to break a deadlock with a writer
+                # outside the lease (an iCite load): it runs again from the same state
+                fresh = _item_pmids(batch) - touched
+                forms, changed = retry_conflicts(
+                    functools.partial(self._commit_batch, batch, first, run_id, counter, touched,
+                                      ordered, rank, take_over, judged, before),
+                    f"a batch of {len(batch)} items",
+                    undo=functools.partial(_undo_batch, counter, before, touched, fresh),
+                )  # fmt: skip
                 self._term_forms |= forms  # committed: a batch rolled back adds nothing
                 written |= changed
                 first += len(batch)
@@ -325,6 +328,29 @@ class Store(RunLedger, Checkpoints):
         counts = counter.freeze()
         logger.info("applied %d items: %s", counts.total, counts.to_dict())
         return counts
+
+    def _commit_batch(
+        self,
+        batch: list[StoreItem],
+        first: int,
+        run_id: int | None,
+        counter: Counter,
+        touched: set[int],
+        ordered: dict[SourceRef, SourceRef],
+        rank: SourceRanks,
+        take_over: bool,
+        judged: bool,
+        before: IngestCounts,
+    ) -> tuple[set[tuple[str, str]], set[int]]:
+        """One batch in a transaction of its own (:meth:`_apply_batch`), with the run's
+        counts; the lease verified first."""
+        with self.engine.begin() as conn:
+            verify_store_writer(conn)  # a writer that lost its lease stops here
+            out = self._apply_batch(conn, batch, first, run_id, counter, touched, ordered, rank,
+                                    take_over, judged)  # fmt: skip
+            if run_id is not None:  # what a killed run stored stays counted
+                add_run_counts(conn, run_id, counter.freeze() - before)
+        return out
 
     def _run_state(self, run_id: int | None) -> tuple[bool, bool]:
         """Whether run ``run_id`` takes over what no check judged, and whether it is
@@ -724,7 +750,7 @@ class Store(RunLedger, Checkpoints):
         judged become this run's (a window run, whose check judges them); ``judged``: the
         run is judged already (:meth:`_run_state`)."""
         now = db_now(conn)  # the database's clock: watermarks compare one clock's stamps
-        pmids = {it.pmid for it in batch if isinstance(it, PreparedRecord | Record | Deletion)}
+        pmids = _item_pmids(batch)
         states = self._read_states(conn, pmids)
         stored = set(states)
         was_live = {p for p, st in states.items() if not st.is_deleted}
@@ -1420,6 +1446,18 @@ def _new_sources(batch: list[StoreItem], known: dict[SourceRef, SourceRef]) -> l
         if id(src) not in objects:
             objects[id(src)] = src
     return [s for s in set(objects.values()) if s not in known]
+
+
+def _item_pmids(batch: list[StoreItem]) -> set[int]:
+    """The PMIDs of a batch's records and deletions."""
+    return {it.pmid for it in batch if isinstance(it, PreparedRecord | Record | Deletion)}
+
+
+def _undo_batch(counter: Counter, before: IngestCounts, touched: set[int], fresh: set[int]) -> None:
+    """Put back what a batch rolled back by the database had counted and touched
+    (``fresh``: its PMIDs no earlier batch had touched)."""
+    counter.restore(before)
+    touched.difference_update(fresh)
 
 
 def _batches(items: Iterable[StoreItem], size: int) -> Iterator[list[StoreItem]]:

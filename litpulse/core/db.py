@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 import socket
 import sqlite3
@@ -32,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Engine,
@@ -52,7 +53,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.types import NullType
 
 from litpulse.core.errors import ConfigError, LeaseLostError
@@ -74,6 +75,9 @@ from litpulse.core.settings import Settings
 from litpulse.core.timeutil import as_utc, iso, utcnow
 
 __all__ = [
+    "CONFLICT_ATTEMPTS",
+    "conflict_rolled_back",
+    "retry_conflicts",
     "connect",
     "take_turn",
     "add_missing_columns",
@@ -119,6 +123,51 @@ _UPGRADED: weakref.WeakSet[Engine] = weakref.WeakSet()
 #: Values per ``IN (...)`` list in one statement (SQLite allows 32766 bound parameters,
 #: PostgreSQL 65535; smaller lists also keep each statement's plan cheap).
 IN_CHUNK = 5000
+
+
+T = TypeVar("T")
+
+#: SQLSTATEs of a transaction PostgreSQL rolled back to break a conflict with another one
+#: (a deadlock, a serialization failure): nothing of it was written; run it again.
+_CONFLICT_STATES = frozenset({"40P01", "40001"})
+#: How often :func:`retry_conflicts` runs a transaction such a conflict rolled back.
+CONFLICT_ATTEMPTS = 5
+
+
+def conflict_rolled_back(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database rolled the transaction back to break a conflict
+    with another writer (PostgreSQL's deadlock detected, serialization failure)."""
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) in _CONFLICT_STATES
+
+
+def retry_conflicts(
+    work: Callable[[], T], what: str, *, undo: Callable[[], None] | None = None
+) -> T:
+    """Run ``work`` (one transaction, begun and committed inside it) and, where the database
+    rolled it back to break a conflict with another writer (:func:`conflict_rolled_back`:
+    two transactions locking the same rows in opposite orders, e.g. an ingest batch and an
+    iCite load, which holds no store-writer lease), run it again, up to
+    :data:`CONFLICT_ATTEMPTS` times, after a short random pause; ``undo`` first puts back
+    what ``work`` changed outside the database. The other transaction goes on meanwhile:
+    nothing is lost, and neither run fails for it.
+
+    Raises:
+        DBAPIError: Any other database error, or a conflict met on every attempt.
+    """
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        try:
+            return work()
+        except DBAPIError as exc:
+            if attempt == CONFLICT_ATTEMPTS or not conflict_rolled_back(exc):
+                raise
+            if undo is not None:
+                undo()
+            first = str(exc.orig).strip().splitlines()[:1]
+            logger.warning("%s rolled back by the database (%s): another writer met the same "
+                           "rows; running it again", what, "".join(first))  # fmt: skip
+            time.sleep(random.uniform(0.02, 0.2) * attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def db_now(conn: Connection) -> dt.datetime:

@@ -210,9 +210,6 @@ def _waiting_on_locks(engine: Any, n: int) -> None:
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("victim", ["ingest", "snapshot"])
-@pytest.mark.xfail(strict=True, reason="D1: a deadlock between an ingest batch and a "
-                   "snapshot load fails one of them: nothing runs the rolled-back "
-                   "transaction again")
 def test_d1_an_ingest_and_a_snapshot_load_that_deadlock_both_finish(
     pg_settings: Settings, tmp_path: Path, victim: str
 ) -> None:
