@@ -21,8 +21,8 @@ overwrite a count another writer had just moved). The bootstrap holds the lease 
 whole call, its runs and its recount included (the lease is re-entrant within a process).
 A writer checks the lease inside each transaction that writes articles
 (:func:`verify_store_writer`): one whose heartbeat stalled past the lease's TTL and lost
-it to another writer stops with :class:`~litpulse.core.errors.LeaseLostError` (retryable)
-before its next batch.
+it to another writer rolls the batch back and stops with
+:class:`~litpulse.core.errors.LeaseLostError` (retryable).
 iCite runs write only the citation columns and take no lease.
 
 Example:
@@ -138,12 +138,12 @@ def store_writer(engine: Engine) -> Iterator[None]:
 
 
 def verify_store_writer(conn: Connection) -> None:
-    """Inside a writer's transaction, before its writes: make sure this thread still holds
+    """Inside a writer's transaction, last before its commit: make sure this thread still holds
     :data:`STORE_LEASE` of the store (:meth:`litpulse.core.db.Lease.verify`: the lease row
     stays locked until the transaction ends, so no takeover slips in before the commit).
     A writer whose heartbeat stalled past the lease's TTL (a suspended process) and lost
-    the lease to another writer stops here, before its next batch, instead of writing
-    beside it. Nothing to check without the lease (a test's bare store).
+    the lease to another writer stops here, its transaction rolled back, instead of
+    writing beside it. Nothing to check without the lease (a test's bare store).
 
     Raises:
         LeaseLostError: Another process took the lease over (roll back).

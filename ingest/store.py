@@ -22,9 +22,9 @@ counts, quarantine) that the CLI and the API show.
 Writers hold the store's writer lease (:func:`ingest.runs.store_writer`, taken by every
 ingest run that writes articles, and by the bootstrap for its whole call): two concurrent
 writers of the same PMIDs would each decide against the state they read. Each batch's
-transaction verifies the lease first (:func:`ingest.runs.verify_store_writer`): a writer
-that lost it (its heartbeat stalled past the TTL, another writer took it over) stops
-before writing anything more.
+transaction verifies the lease before it commits (:func:`ingest.runs.verify_store_writer`):
+a writer that lost it (its heartbeat stalled past the TTL, another writer took it over)
+rolls the batch back and stops.
 
 **Deferred counts** (``Store(engine, defer_counts=True)``, the bootstrap's store): the
 in-corpus citation counts are left alone while the rows, terms and references are written,
@@ -343,13 +343,15 @@ class Store(RunLedger, Checkpoints):
         before: IngestCounts,
     ) -> tuple[set[tuple[str, str]], set[int]]:
         """One batch in a transaction of its own (:meth:`_apply_batch`), with the run's
-        counts; the lease verified first."""
+        counts; the lease verified last, before the commit (a writer that lost it rolls
+        the batch back: nothing of it is written; its lease row is locked only from there
+        to the commit, so the heartbeat never waits out a long batch)."""
         with self.engine.begin() as conn:
-            verify_store_writer(conn)  # a writer that lost its lease stops here
             out = self._apply_batch(conn, batch, first, run_id, counter, touched, ordered, rank,
                                     take_over, judged)  # fmt: skip
             if run_id is not None:  # what a killed run stored stays counted
                 add_run_counts(conn, run_id, counter.freeze() - before)
+            verify_store_writer(conn)
         return out
 
     def _run_state(self, run_id: int | None) -> tuple[bool, bool]:
@@ -685,10 +687,10 @@ class Store(RunLedger, Checkpoints):
             self.catch_up_period_ends()
             fill_term_forms(self.engine)
         with self.engine.begin() as conn:
-            verify_store_writer(conn)  # the marks are exact only while no other writer is
             through = conn.execute(select(func.max(a.updated_at))).scalar()
             for key in (PERIOD_END_CHECKPOINT, TERM_FORMS_CHECKPOINT):
                 set_catch_up_mark(conn, key, through, 0, exact=True)
+            verify_store_writer(conn)  # the marks are exact only while no other writer is
 
     def upgrade_period_ends(self) -> int:
         """Read the publication period of every stored row again as this release reads
@@ -927,8 +929,8 @@ class Store(RunLedger, Checkpoints):
             return 0
         for start in range(int(lo), int(hi) + 1, step):
             with self.engine.begin() as conn:
-                verify_store_writer(conn)
                 changed += recount_range(conn, start, start + step)
+                verify_store_writer(conn)  # last: a writer that lost its lease rolls back
         logger.info("recounted in-corpus citations of PMIDs %d..%d: %d changed", lo, hi, changed)
         return changed
 
