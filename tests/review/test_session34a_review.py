@@ -16,7 +16,20 @@ by :func:`acquire_lease` while the first writer still holds its block; a holder 
 clock lags, made by giving its lease calls that clock: the one seam patched, since a
 second host cannot be had in a test), never left to timing.
 
-Defects (strict xfails until fixed):
+Each defect was a strict xfail asserting the correct behaviour; all four were fixed in the
+same session and are plain tests now:
+
+* S1: the batch's transaction verifies the store-writer lease last, before its commit
+  (:func:`ingest.runs.verify_store_writer`; the bootstrap's recount ranges and the
+  catch-up marks too): a writer that lost it rolls the batch back (``LeaseLostError``).
+* Q1: the ingest's resolution leaves entries whose reason begins
+  :data:`ingest.records.ICITE_REASON` (both iCite writers build their reasons from it).
+* D1: :func:`litpulse.core.db.retry_conflicts` runs a transaction PostgreSQL rolled back
+  for a deadlock or a serialization failure again: an ingest batch (its counts and
+  touched PMIDs put back first), an iCite API batch, a snapshot batch.
+* L1: leases are stamped and judged by the database's clock (:func:`db.db_now`).
+
+Defects:
 
 S1 **A store writer whose lease was taken over keeps writing.** ``store_writer`` takes the
    ``store-writer`` lease once; :meth:`Store.apply` never checks it again (unlike the
@@ -228,6 +241,7 @@ def test_d1_an_ingest_and_a_snapshot_load_that_deadlock_both_finish(
         f"{p},,A title,,2019,J,True,7,1.0,1.0,2.0,1.5,50.0,0.5,0.25,0.25,0.0,0.4,0.3,"
         "False,,,,False,2026-05-01\n" for p in (300, 200, 100)))  # fmt: skip
     errors: dict[str, BaseException] = {}
+    counts: dict[str, Any] = {}
 
     def load() -> None:
         try:
@@ -238,7 +252,9 @@ def test_d1_an_ingest_and_a_snapshot_load_that_deadlock_both_finish(
     def ingest() -> None:
         later = t0 + dt.timedelta(seconds=5)
         try:
-            Store(engine).apply([_record(100, "v2", at=later), _record(300, "v2", at=later)])
+            counts["ingest"] = Store(engine).apply(
+                [_record(100, "v2", at=later), _record(300, "v2", at=later)]
+            ).to_dict()
         except Exception as exc:  # noqa: BLE001 - reported below
             errors["ingest"] = exc
 
@@ -257,6 +273,8 @@ def test_d1_an_ingest_and_a_snapshot_load_that_deadlock_both_finish(
     loading.join(30)
     ingesting.join(30)
     assert errors == {}
+    # a batch run again counts once (its first attempt's counts were put back)
+    assert (counts["ingest"]["updated"], counts["ingest"]["inserted"]) == (2, 0)
     with engine.connect() as conn:
         rows = conn.execute(select(articles.c.pmid, articles.c.title, articles.c.citation_count)
                             .order_by(articles.c.pmid)).all()  # fmt: skip
