@@ -37,6 +37,7 @@ import functools
 import logging
 import math
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -1048,8 +1049,9 @@ class ArticleQuery(ConfigError):
 
 
 def checked_query(query: str) -> str:
-    """The trimmed query text of a search or a saved search, refused where it would be
-    searched other than the user means (litpulse ranks by meaning and by BM25 over
+    """The trimmed query text of a search or a saved search, composed (NFC: an accent
+    one character, however it was typed), refused where it would be searched other than
+    the user means (litpulse ranks by meaning and by BM25 over
     words: every word counts, a quoted phrase is required, ``A NOT B`` excludes ``B``
     (:func:`ranking.lexical.split_exclusions`), ``OR`` beside a quoted phrase offers
     alternatives (:func:`ranking.lexical.phrase_forms`); between words alone it changes
@@ -1070,7 +1072,9 @@ def checked_query(query: str) -> str:
             ``-word`` is not refused: a space before a hyphen is too common in biomedical
             text (``Ca2+ -activated``, ``(-OH)``).
     """
-    text = checked_text(query or "", "query").strip()
+    # composed (NFC): an accent typed as two characters (macOS, PDFs) is one, as in the
+    # text it is compared with, or a name's or an excluded word's pattern stops at it
+    text = unicodedata.normalize("NFC", checked_text(query or "", "query")).strip()
     if not text:
         raise ConfigError("query must not be empty")
     if len(text) > MAX_QUERY_CHARS:
@@ -1291,8 +1295,6 @@ def _minus_notes(query: str) -> tuple[str, ...]:
         >>> _minus_notes("hydroxyl (-OH) groups")
         ()
     """
-    import unicodedata
-
     from ranking.lexical import query_terms, split_exclusions
     from ranking.quotes import QUOTED
 

@@ -380,8 +380,6 @@ def test_pages_of_tied_scores_are_disjoint_and_complete(settings: Settings, tiny
 # ------------------------------------------------------------------------------ defects
 
 
-@pytest.mark.xfail(strict=True, reason="X1: an author typed with decomposed accents (NFD) "
-                   "is refused; composed it is found")
 @pytest.mark.parametrize("mode", ["semantic", "lexical", "hybrid"])
 def test_x1_an_author_typed_decomposed_is_found_as_composed(world: Settings, mode: str) -> None:
     composed = found(world, "Müller J[au]", mode)
@@ -392,8 +390,6 @@ def test_x1_an_author_typed_decomposed_is_found_as_composed(world: Settings, mod
                                                                              mode))
 
 
-@pytest.mark.xfail(strict=True, reason="X2: NOT a word typed with decomposed accents (NFD) "
-                   "excludes nothing, silently")
 @pytest.mark.parametrize("mode", ["semantic", "lexical", "hybrid"])
 def test_x2_not_a_decomposed_word_excludes_as_the_composed_one(world: Settings, mode: str) -> None:
     everything = set(found(world, "cohort", mode))
