@@ -9,7 +9,8 @@ list widens ×4 (up to the whole index), as in :mod:`ranking.search`, and where 
 index's probed lists run dry the passing articles are scored exactly
 (:func:`ranking.search.nearest`). A deleted article is not found, even while its vector
 is still in the index (until the next refresh removes it). Hits are ordered by
-cosine, best first (ties: lower PMID first), and carry the details of a result list
+cosine, best first (ties: lower PMID first; an IVF index's in blocks, as search's pages,
+so that its pages stay slices of one list), and carry the details of a result list
 (:mod:`ranking.details`); their ``score`` is the cosine, and their ``recency`` and
 ``citation`` (with explanations) are the values search gives the same article, shown
 beside it, not mixed in.
@@ -140,7 +141,8 @@ def similar_articles(
     the first ``offset`` of them.
 
     Pages of one article, whatever their ``k``, are disjoint slices of one ordered list
-    (cosine, then PMID), as long as the published index and the store stay the same.
+    (cosine, then PMID; an IVF index's in blocks of ``rerank_candidates``:
+    :func:`_block_list`), as long as the published index and the store stay the same.
 
     Args:
         settings: Store and index settings.
@@ -186,6 +188,44 @@ def similar_articles(
     conds = SearchFilters(include_retracted=include_retracted).clauses()
     size = int(index.size)
     want = offset + k + 1  # one beyond the page: whether another page follows
+    if getattr(index, "kind", "flat") == "flat":
+        ranked, sims, rows = _exact_list(engine, index, vector, int(pmid), conds, want, size)
+    else:
+        ranked, sims, rows = _block_list(engine, index, vector, int(pmid), conds, want, size,
+                                         settings.rerank_candidates)  # fmt: skip
+    best = ranked[offset : offset + k]
+    options = ScoringOptions.from_settings(settings)
+    hits = [_hit(p, rows[p], sims[p], int(pmid), options) for p in best]
+    logger.info(
+        "similar to %d: %d neighbours listed, returning %d (index %s)",
+        pmid,
+        len(ranked),
+        len(hits),
+        index.id,
+    )
+    has_more, truncated = next_page(len(ranked) > offset + k, offset, k)
+    return SimilarResult(
+        pmid=int(pmid),
+        title=title,
+        index_version=str(index.id),
+        model_version=str(index.model_version),
+        hits=tuple(with_details(engine, hits, "")),
+        include_retracted=include_retracted,
+        retracted=retracted,
+        offset=offset,
+        # a next page only where its offset is accepted; more past it is said
+        has_more=has_more,
+        truncated=truncated,
+        store_version=version,
+    )
+
+
+def _exact_list(
+    engine: Engine, index: Any, vector: Any, pmid: int, conds: list[Any], want: int, size: int
+) -> tuple[list[int], dict[int, float], dict[int, dict[str, Any]]]:
+    """The first ``want`` (at least) neighbours of ``pmid`` passing ``conds`` in a flat
+    (exact) index, in (cosine, PMID) order, with their cosines and rows: one list
+    whatever ``want``, as FAISS's answer is exact (its ties at the cut resolved)."""
     n = min(want + 1, size)  # the article itself is among its neighbours
     sims: dict[int, float] = {}
     rows: dict[int, dict[str, Any]] = {}
@@ -211,33 +251,58 @@ def similar_articles(
             n = min(size, max(n + 1, n * 2))
             continue
         n = widened(n, len(rows), want, size)
-    ranked = sorted(rows, key=lambda p: (-sims[p], p))
-    best = ranked[offset : offset + k]
-    options = ScoringOptions.from_settings(settings)
-    hits = [_hit(p, rows[p], sims[p], int(pmid), options) for p in best]
-    logger.info(
-        "similar to %d: %d neighbours seen, %d pass, returning %d (index %s)",
-        pmid,
-        len(sims),
-        len(rows),
-        len(hits),
-        index.id,
-    )
-    has_more, truncated = next_page(len(ranked) > offset + k, offset, k)
-    return SimilarResult(
-        pmid=int(pmid),
-        title=title,
-        index_version=str(index.id),
-        model_version=str(index.model_version),
-        hits=tuple(with_details(engine, hits, "")),
-        include_retracted=include_retracted,
-        retracted=retracted,
-        offset=offset,
-        # a next page only where its offset is accepted; more past it is said
-        has_more=has_more,
-        truncated=truncated,
-        store_version=version,
-    )
+    return sorted(rows, key=lambda p: (-sims[p], p)), sims, rows
+
+
+def _block_list(
+    engine: Engine,
+    index: Any,
+    vector: Any,
+    pmid: int,
+    conds: list[Any],
+    want: int,
+    size: int,
+    block: int,
+) -> tuple[list[int], dict[int, float], dict[int, dict[str, Any]]]:
+    """The first ``want`` (at least) neighbours of ``pmid`` passing ``conds`` in an
+    approximate (IVF) index, with their cosines and rows, in blocks of ``block`` that
+    depend on neither the page nor ``k`` (as search's pages: :func:`ranking.search._page`):
+    block ``i`` is the best ``block`` not listed before among the neighbours of a search
+    for ``(i + 1) * block`` that pass (widened until that many pass); once a search reaches
+    every passing article, all the rest of it is the last block.
+
+    FAISS answers a shallow search from the lists it probes, a deeper one (the probed
+    lists ran dry) by scoring every passing article exactly (:func:`nearest`), which
+    ranks articles of other lists among those a shallower search listed: one list for
+    every ``want`` would repeat some neighbours on later pages and never show others.
+    """
+    listed: list[int] = []
+    sims: dict[int, float] = {}
+    rows: dict[int, dict[str, Any]] = {}
+    known: dict[int, dict[str, Any] | None] = {}  # rows read (None: it does not pass)
+    final, tier = False, 0
+    while len(listed) < want and not final:
+        depth = (tier + 1) * block
+        n = min(depth + 1, size)  # the article itself is among its neighbours
+        while True:
+            pairs, complete = nearest(engine, index, vector, n, conds)
+            found = {other: score for other, score in pairs if other != pmid}  # this search's
+            todo = [p for p in found if p not in known]
+            loaded = load_rows(engine, todo, conds)
+            known.update((p, loaded.get(p)) for p in todo)
+            passing = {p: row for p in found if (row := known[p]) is not None}
+            final = complete or n >= size
+            if final or len(passing) >= depth:
+                break
+            n = widened(n, len(passing), depth, size)
+        fresh = sorted((p for p in passing if p not in sims), key=lambda p: (-found[p], p))
+        if not final:
+            fresh = fresh[:block]
+        sims.update((p, found[p]) for p in fresh)
+        rows.update((p, passing[p]) for p in fresh)
+        listed += fresh
+        tier += 1
+    return listed, sims, rows
 
 
 def _hit(

@@ -35,7 +35,8 @@ and ``GET /export`` CSV pages list the same PMIDs; authors ``[au]``, ``[1au]``,
 ``NOT`` words and phrases, stop words, full-width and soft-hyphenated words, a 490-character
 query.
 
-Defects (each a strict xfail asserting the correct behaviour):
+Defects (each was a strict xfail asserting the correct behaviour; all three are fixed and
+their tests now pass plainly):
 
 X1 **An author name typed with decomposed accents (NFD, as macOS and many PDFs paste
    ``Müller``) is refused** ("is 'Müller J' an author's name?") in every mode, while the
@@ -48,6 +49,10 @@ X2 **``NOT`` a word typed with decomposed accents excludes nothing, silently**:
    out; the NFD phrase ``NOT "Sjo\u0308gren"`` works). The exclusion's word is cut at the
    combining mark. At fault: ``ranking/lexical.py`` ``split_exclusions`` (its word
    pattern), again because the query is not composed first.
+   **X1, X2 fixed**: ``ranking.search.checked_query`` (the rules every search, saved
+   search and feedback query passes) composes the query (NFC) before anything reads it,
+   so names, excluded words, phrases and OR chains see one character per accent, as the
+   stored text has it (``query_notes`` did so already for its own reading).
 X3 **Pages of ``similar`` over an IVF index repeat some neighbours and never list
    others.** ``ranking/similar.py``: a page asks FAISS for ``offset + k + 2`` neighbours;
    a shallow page is answered from the probed lists, a deep one (the probed lists ran
@@ -57,6 +62,11 @@ X3 **Pages of ``similar`` over an IVF index repeat some neighbours and never lis
    the FAISS scores and the exact ones also differ by an ulp, and the order depends on
    which of them an article got first. README: "``--offset`` pages through them (pages are
    disjoint slices of one list)". (flat indexes are right.)
+   **Fixed**: on an approximate index ``similar_articles`` builds its list in blocks of
+   ``rerank_candidates`` that depend on neither the page nor ``k``, as search's pages do
+   (``ranking.similar._block_list``: block ``i`` is the best not listed before among the
+   passing neighbours of a search for ``(i + 1)`` blocks, each search's cosines its own);
+   a flat index keeps its exact (cosine, PMID) list (``_exact_list``).
 """
 
 from __future__ import annotations
@@ -409,8 +419,6 @@ def _similar_pages(s: Settings, pmid: int, k: int) -> list[int]:
         offset += k
 
 
-@pytest.mark.xfail(strict=True, reason="X3: similar's pages over an IVF index repeat "
-                   "neighbours and skip others")
 def test_x3_similar_pages_over_ivf_are_one_list(ivf_world: Settings) -> None:
     live = oracle(ivf_world, SearchFilters())
     for pmid in (FIRST, FIRST + 1, FIRST + 10):
