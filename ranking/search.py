@@ -292,10 +292,20 @@ LANGUAGE_CODES = {
     "ukrainian": "ukr", "urdu": "urd", "vietnamese": "vie", "welsh": "wel",
     "multiple languages": "mul", "undetermined": "und",
 }  # fmt: skip
+#: The ISO 639-2 terminology (T) codes of the languages that have two, and the
+#: bibliographic (B) code PubMed's records hold: ISO 639-3 and most software write ``fra``
+#: and ``deu``, PubMed ``fre`` and ``ger``.
+TERMINOLOGY_CODES = {
+    "sqi": "alb", "hye": "arm", "eus": "baq", "mya": "bur", "zho": "chi", "ces": "cze",
+    "nld": "dut", "fra": "fre", "kat": "geo", "deu": "ger", "ell": "gre", "isl": "ice",
+    "mkd": "mac", "mri": "mao", "msa": "may", "fas": "per", "ron": "rum", "slk": "slo",
+    "bod": "tib", "cym": "wel",
+}  # fmt: skip
 
 
 def _language(value: str | None) -> str | None:
-    """A language filter as the code records hold: a code (``eng``, any case) or a name
+    """A language filter as the code records hold: a code (``eng``, any case; a
+    terminology code as its bibliographic one, ``fra`` as ``fre``) or a name
     (``English``).
 
     Raises:
@@ -304,8 +314,10 @@ def _language(value: str | None) -> str | None:
     if value is not None and not isinstance(value, str):
         raise ConfigError(f"language must be text, got {value!r}")
     lang = " ".join(checked_text(value or "", "language").split()).lower() or None
-    if lang is None or re.fullmatch(r"[a-z]{3}", lang):
-        return lang
+    if lang is None:
+        return None
+    if re.fullmatch(r"[a-z]{3}", lang):
+        return TERMINOLOGY_CODES.get(lang, lang)
     if lang in LANGUAGE_CODES:
         return LANGUAGE_CODES[lang]
     raise ConfigError(

@@ -35,7 +35,7 @@ and ``GET /export`` CSV pages list the same PMIDs; authors ``[au]``, ``[1au]``,
 ``NOT`` words and phrases, stop words, full-width and soft-hyphenated words, a 490-character
 query.
 
-Defects (each was a strict xfail asserting the correct behaviour; all three are fixed and
+Defects (each was a strict xfail asserting the correct behaviour; all four are fixed and
 their tests now pass plainly):
 
 X1 **An author name typed with decomposed accents (NFD, as macOS and many PDFs paste
@@ -74,6 +74,9 @@ X4 **A language filter given as an ISO 639-2/T code (``fra``, ``deu``, ``zho``, 
    and 20 languages have two. README: "A language filter takes a code (``eng``) or a name
    (``English``) ... other text is refused". At fault: ``ranking/search.py``
    ``_language`` (any three letters are taken as the stored code).
+   **Fixed**: ``_language`` reads the 20 terminology codes as their bibliographic ones
+   (``ranking.search.TERMINOLOGY_CODES``), in search, the API, the CLI and saved
+   searches alike (``SearchFilters``); the README says so.
 """
 
 from __future__ import annotations
@@ -443,8 +446,6 @@ def test_similar_pages_of_tied_neighbours_over_ivf(settings: Settings, tiny: str
     assert sorted(pages) == list(range(FIRST + 1, FIRST + 120))
 
 
-@pytest.mark.xfail(strict=True, reason="X4: a language's ISO 639-2/T code (fra, deu) is "
-                   "accepted and matches nothing")
 def test_x4_a_terminology_language_code_finds_the_bibliographic_one(world: Settings) -> None:
     for terminology, bibliographic in (("fra", "fre"), ("deu", "ger")):
         want = found(world, "cohort", language=bibliographic)
