@@ -37,7 +37,6 @@ import functools
 import logging
 import math
 import re
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -49,7 +48,7 @@ from litpulse.core.errors import ConfigError, ConsistencyError, NotFoundError
 from litpulse.core.schema import article_terms, articles, term_forms
 from litpulse.core.settings import Settings
 from litpulse.core.states import RETRACTED_TYPE, Fusion, SearchMode, SearchSort
-from litpulse.core.text import checked_text, doi_key, fold_term
+from litpulse.core.text import as_typed, checked_text, doi_key, fold_term
 from litpulse.core.timeutil import iso, parse_date
 from ranking.details import links, published_text, with_details
 from ranking.scoring import Relevance, ScoringOptions, score_article, scores
@@ -1061,8 +1060,9 @@ class ArticleQuery(ConfigError):
 
 
 def checked_query(query: str) -> str:
-    """The trimmed query text of a search or a saved search, composed (NFC: an accent
-    one character, however it was typed), refused where it would be searched other than
+    """The trimmed query text of a search or a saved search, as typed
+    (:func:`litpulse.core.text.as_typed`: composed, without a soft hyphen or a zero-width
+    character), refused where it would be searched other than
     the user means (litpulse ranks by meaning and by BM25 over
     words: every word counts, a quoted phrase is required, ``A NOT B`` excludes ``B``
     (:func:`ranking.lexical.split_exclusions`), ``OR`` beside a quoted phrase offers
@@ -1084,9 +1084,9 @@ def checked_query(query: str) -> str:
             ``-word`` is not refused: a space before a hyphen is too common in biomedical
             text (``Ca2+ -activated``, ``(-OH)``).
     """
-    # composed (NFC): an accent typed as two characters (macOS, PDFs) is one, as in the
-    # text it is compared with, or a name's or an excluded word's pattern stops at it
-    text = unicodedata.normalize("NFC", checked_text(query or "", "query")).strip()
+    # composed, invisible characters out: a name's or an excluded word's pattern would
+    # stop at a second character of an accent or at a soft hyphen, which fold ignores
+    text = as_typed(checked_text(query or "", "query")).strip()
     if not text:
         raise ConfigError("query must not be empty")
     if len(text) > MAX_QUERY_CHARS:
@@ -1312,7 +1312,7 @@ def _minus_notes(query: str) -> tuple[str, ...]:
 
     if "-" not in query:
         return ()
-    query = unicodedata.normalize("NFC", query)  # an accent is one character (macOS: two)
+    query = as_typed(query)  # an accent is one character (macOS: two), no soft hyphen
     searched, excluded = split_exclusions(query)
     searched_terms = set(query_terms(searched))
     gone = {e.lower() for e in excluded}

@@ -184,16 +184,19 @@ GREEK = dict(
 _DASHES = str.maketrans(
     {**{c: "-" for c in "\u2010\u2011\u2012\u2013\u2212\ufe63\uff0d"}, "'": None, "\u2019": None}
 )
+#: The invisible format characters a word can hold (a soft hyphen, zero-width spaces and
+#: joiners, bidirectional marks): ``immuno\u00adglobulin`` is one word.
+_IN_WORDS = ("\u00ad\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2062\u2063\u2064"
+             "\ufeff\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_UNSEEN = str.maketrans(dict.fromkeys(_IN_WORDS))
 #: Trade and service marks, dropped before NFKC (which would spell ``MAVYRET™`` ``mavyrettm``);
 #: apostrophe-like marks inside a word (``Crohnʼs``, ``5′-UTR``, ``Crohn´s``: the acute
 #: accent, which NFKC would make a space), dropped as ``'`` is; and the invisible format
-#: characters a word can hold (a soft hyphen, zero-width spaces and joiners, bidirectional
-#: marks): ``immuno\u00adglobulin`` is one word.
+#: characters a word can hold (:data:`_IN_WORDS`).
 _MARKS = str.maketrans({
     **dict.fromkeys("\u2122\u2120\u00ae\u00a9", " "),
     **dict.fromkeys("\u02bc\u2018\u2032\u00b4"),
-    **dict.fromkeys("\u00ad\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2062\u2063\u2064"
-                    "\ufeff\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"),
+    **dict.fromkeys(_IN_WORDS),
 })  # fmt: skip
 #: Letters with no Unicode decomposition, folded as a reader would type them (after lower
 #: case): ``Tromsø`` ``tromso``, ``Gießen`` ``giessen``.
@@ -201,6 +204,20 @@ _FOLDS = str.maketrans({"ø": "o", "ß": "ss", "æ": "ae", "œ": "oe", "ł": "l"
                         "ı": "i", "þ": "th", "ð": "d", "ħ": "h"})  # fmt: skip
 #: A run of letters and digits: a folded term's words.
 _TERM_WORD = re.compile(r"[^\W_]+")
+
+
+def as_typed(text: str) -> str:
+    """``text`` as a reader sees it typed: composed (NFC: an accent one character, however
+    it was typed; macOS and many PDFs give two) and without the invisible characters a
+    word can hold (a soft hyphen, zero-width spaces and joiners: :data:`_IN_WORDS`, which
+    :func:`fold` drops too), so that what reads a query word by word (a name, a word
+    after ``NOT``) reads the words :func:`fold` compares.
+
+    Example:
+        >>> as_typed("Mu\u0308l\u00adler") == "Müller"
+        True
+    """
+    return unicodedata.normalize("NFC", text.translate(_UNSEEN))
 
 
 def fold(text: str, lower: Callable[[str], str] = str.lower) -> str:

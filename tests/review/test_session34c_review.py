@@ -35,7 +35,7 @@ and ``GET /export`` CSV pages list the same PMIDs; authors ``[au]``, ``[1au]``,
 ``NOT`` words and phrases, stop words, full-width and soft-hyphenated words, a 490-character
 query.
 
-Defects (each was a strict xfail asserting the correct behaviour; all four are fixed and
+Defects (each was a strict xfail asserting the correct behaviour; all five are fixed and
 their tests now pass plainly):
 
 X1 **An author name typed with decomposed accents (NFD, as macOS and many PDFs paste
@@ -85,6 +85,9 @@ X5 **``NOT`` a word holding an invisible character (a soft hyphen where a PDF or
    author's name holding one (``Mül\u00adler J[au]``) is refused. At fault: the readers
    of the query (``ranking.lexical.split_exclusions``, ``ranking.authors._WORD``) see the
    raw text, and only :func:`litpulse.core.text.fold` drops those characters.
+   **Fixed** with X1, X2's rule: ``checked_query`` reads the query as typed
+   (:func:`litpulse.core.text.as_typed`: composed and without the invisible characters a
+   word can hold, the set ``fold`` drops, now defined once, ``text._IN_WORDS``).
 """
 
 from __future__ import annotations
@@ -462,8 +465,6 @@ def test_x4_a_terminology_language_code_finds_the_bibliographic_one(world: Setti
         assert found(world, "cohort", language=terminology.upper()) == want, terminology
 
 
-@pytest.mark.xfail(strict=True, reason="X5: NOT a word holding a soft hyphen or zero-width "
-                   "space excludes nothing, silently")
 @pytest.mark.parametrize("mode", ["semantic", "lexical", "hybrid"])
 def test_x5_an_invisible_character_inside_a_word_is_ignored(world: Settings, mode: str) -> None:
     plain = set(found(world, "cohort NOT sepsis", mode))
