@@ -39,7 +39,9 @@ def similar_endpoint(
     include_retracted: bool = Query(False, description="Also return retracted articles."),
     offset: int = Query(0, ge=0, le=MAX_OFFSET, description="Neighbours to skip: pages, "
                         "whatever their k, are disjoint slices of one list (cosine, then "
-                        "PMID); `has_more` tells whether a next page holds more."),
+                        "PMID; an IVF index's in blocks of LITPULSE_RERANK_CANDIDATES, "
+                        "as /search's pages); `has_more` tells whether a next page holds "
+                        "more."),
 ) -> dict[str, Any]:
     """The ``k`` nearest articles by cosine of their stored vectors, without the article
     itself, deleted articles and (unless asked) retracted ones; with the same per-article
