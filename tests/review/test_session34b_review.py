@@ -1,0 +1,205 @@
+"""Hostile review (session 34b): a crashing machine on the derived data — kill anywhere,
+resume, same state; and the full disk.
+
+Reviewed: embedding of new and changed articles (``ranking/embed.py``, the shards of
+``litpulse/pipeline/planning.py`` and the bootstrap's embed step), the index refresh and
+its publication (``ranking/refresh.py``, ``publish.py``, ``index_files.py``,
+``index_store.py``, ``faiss_ops.py``), the lexical index (``ranking/lexical.py``), the
+retrain's adapter save, registration and promotion (``retrain/run.py``,
+``retrain/registry.py``, ``retrain/lora.py``), the digest's sent marks
+(``litpulse/pipeline/digest.py``) and the nightly chain's steps and watermark
+(``litpulse/pipeline/nightly.py``). The SIGKILL points of a refresh (lexical written, FAISS
+file half written, folder renamed, row committed) are covered by
+``tests/ranking/test_index.py``; the retrain killed half-way by
+``tests/retrain/test_lifecycle_review.py``; the digest records its matches and moves its
+watermark in one transaction and sends each message under a key recorded before it goes
+(found sound by reading). What was left is the disk that fills up under a write.
+
+A full disk (ENOSPC) or a file-size limit (EFBIG) is simulated in a real ``litpulse``
+subprocess: the third-party writer (``faiss.write_index``, tantivy through
+``ranking.lexical.build_lexical``, ``safetensors.torch.save_file``) runs under
+``RLIMIT_FSIZE`` (the write fails as on a full disk; the limit is lifted again after the
+call, so the database, the logs and stderr are written as usual). Vectors are synthetic
+(``tests/ranking/test_index.py``'s helpers); the retrain trains the tiny random encoder of
+``tests/tiny_encoder.py`` for one step.
+
+Defects (each a strict xfail until fixed):
+
+B1 **A full disk while the FAISS file is written publishes a broken index, exit 0.**
+   ``faiss.write_index(index, path)`` writes through C stdio: an index smaller than the
+   stdio buffer is written at ``fclose``, whose failure FAISS only prints ("close error:
+   File too large") and does not raise. ``write_files`` fsyncs the truncated file, records
+   its SHA-256 and renames the folder in; ``publish`` flips the rows: ``litpulse index
+   refresh`` exits 0 and every search then fails to load the published index (a traceback
+   from ``faiss.read_index``) until the next refresh rebuilds.
+B2 **A full disk in the other writes of a refresh ends in a traceback, not a clear error.**
+   The lexical index (tantivy's ``ValueError: An IO error occurred``) and a FAISS file
+   larger than the stdio buffer (``RuntimeError`` from FAISS's ``fwrite`` check) are
+   neither ``OSError`` nor a litpulse error: the CLI prints a Python traceback (exit 1).
+   The previous version stays published (the folder aside is removed).
+B3 **A full disk while the adapter is saved ends ``litpulse retrain`` in a traceback.**
+   ``safetensors`` raises ``SafetensorError`` (an ``Exception``): the round's temporary
+   adapter folder is removed and nothing is registered, but the CLI prints a traceback
+   (exit 1) instead of saying the adapter could not be written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from litpulse.core import db
+from litpulse.core.settings import Settings
+from ranking import index_files, lexical, refresh
+from ranking.models import published_index_row
+from tests.ranking.test_index import _vec, add_articles, delete_article, top1
+from tests.retrain.conftest import tiny_model  # noqa: F401 - fixture
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: The child: wrap ``OBJ.NAME`` so that the real call runs under a file-size limit of
+#: ``LIMIT`` bytes (a full disk for whatever it writes), then run ``litpulse ARGS...``.
+_FULL_DISK = textwrap.dedent("""
+    import importlib, resource, sys
+    module, name, limit, *argv = sys.argv[1:]
+
+    def full(obj, attr, limit):
+        real = getattr(obj, attr)
+        def wrapped(*a, **k):
+            soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+            try:
+                return real(*a, **k)
+            finally:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        setattr(obj, attr, wrapped)
+
+    full(importlib.import_module(module), name, int(limit))
+    from litpulse.app.cli import main
+    sys.exit(main(argv))
+""")
+
+
+def _env(s: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LITPULSE_")}
+    env.update(PYTHONPATH=str(REPO), LITPULSE_HOME=str(s.home), **extra)
+    if s.database_url:
+        env["LITPULSE_DATABASE_URL"] = s.database_url
+    return env
+
+
+def _full_disk(s: Settings, target: str, limit: int, argv: list[str],
+               **extra: str) -> subprocess.CompletedProcess[str]:
+    """``litpulse argv…`` in a subprocess whose ``target`` (``module:attr``) writes
+    under a file-size limit of ``limit`` bytes."""
+    module, name = target.split(":")
+    db.dispose_engines()
+    return subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, module, name, str(limit), *argv],
+        env=_env(s, **extra), cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+
+
+def _fresh_caches() -> None:
+    index_files._CACHE.clear()
+    lexical._CACHE.clear()
+
+
+def _clear_error(proc: subprocess.CompletedProcess[str]) -> None:
+    """A failed command that says so in one line, with no traceback."""
+    err = proc.stderr
+    assert proc.returncode != 0, f"the command succeeded (exit 0): {err[-1500:]}"
+    assert "Traceback" not in err, f"a traceback, not a clear error: {err[-1500:]}"
+    assert "litpulse: error:" in err, err[-1500:]
+
+
+def _served_unchanged(s: Settings, before_id: str, live: list[int]) -> None:
+    """The version published before is still the one served, whole, and nothing the
+    failed write left sits beside it."""
+    _fresh_caches()
+    engine = db.connect(s)
+    row = published_index_row(engine)
+    assert row is not None and row.id == before_id, (row.id if row else None, before_id)
+    pub = index_files.open_published(s)
+    assert pub is not None and sorted(pub.ids.tolist()) == live
+    assert top1(pub, _vec(live[0]))[1] == live[0]
+    assert pub.lexical is not None and pub.lexical.size == len(live)
+    left = sorted(p.name for p in index_files.indexes_dir(s).iterdir())
+    assert left == [before_id], left
+
+
+# ----------------------------------------------------------------- B1, B2: the index
+
+
+@pytest.mark.xfail(strict=True, reason="B1: a full disk at the FAISS write of a small "
+                   "index publishes a truncated index.faiss and exits 0")
+def test_b1_a_full_disk_at_the_faiss_write_publishes_nothing(settings: Settings) -> None:
+    s = settings
+    engine = db.connect(s)
+    add_articles(engine, list(range(1, 11)))
+    v1 = refresh.refresh_index(s, embed=False)
+    add_articles(engine, [50])
+    proc = _full_disk(s, "faiss:write_index", 64, ["index", "refresh"])
+    _clear_error(proc)
+    _served_unchanged(s, v1.id, list(range(1, 11)))
+    # and the next refresh, with room again, publishes the article
+    again = refresh.refresh_index(s, embed=False)
+    assert again.published and again.size == 11
+
+
+@pytest.mark.xfail(strict=True, reason="B2: a full disk while the lexical index or a "
+                   "large FAISS file is written ends the CLI in a traceback")
+@pytest.mark.parametrize("target", ["ranking.lexical:build_lexical", "faiss:write_index"])
+def test_b2_a_full_disk_in_a_refresh_is_a_clear_error(settings: Settings, target: str) -> None:
+    s = settings
+    engine = db.connect(s)
+    first = list(range(1, 121))  # 120 vectors: the FAISS file is larger than stdio's buffer
+    add_articles(engine, first)
+    v1 = refresh.refresh_index(s, embed=False)
+    add_articles(engine, [500])
+    delete_article(engine, 7)
+    proc = _full_disk(s, target, 64, ["index", "refresh"])
+    _clear_error(proc)
+    assert "could not be written" in proc.stderr, proc.stderr[-1500:]
+    _served_unchanged(s, v1.id, first)
+    again = refresh.refresh_index(s, embed=False)
+    assert again.published and again.size == 120
+
+
+# ------------------------------------------------------------------- B3: the adapter
+
+
+@pytest.mark.xfail(strict=True, reason="B3: a full disk while the adapter is saved ends "
+                   "`litpulse retrain` in a traceback")
+def test_b3_a_full_disk_while_the_adapter_is_saved_is_a_clear_error(
+    settings: Settings, request: pytest.FixtureRequest
+) -> None:
+    from bench.drift import insert_batch, make_drugs
+    from retrain import registry
+
+    model = str(request.getfixturevalue("tiny_model"))
+
+    s = settings.replace(model=model, max_seq_length=32, device="cpu")
+    engine = db.connect(s)
+    insert_batch(engine, start_pmid=1000, n=120, start=dt.date(2024, 1, 1), days=180,
+                 ingested=dt.datetime(2024, 7, 1, tzinfo=dt.UTC), drugs=make_drugs(12),
+                 seed=1)  # fmt: skip
+    refresh.refresh_index(s)
+    proc = _full_disk(
+        s, "safetensors.torch:save_file", 64,
+        ["retrain", "--steps", "1", "--batch-size", "8"],
+        LITPULSE_MODEL=model, LITPULSE_MAX_SEQ_LENGTH="32", LITPULSE_DEVICE="cpu",
+    )
+    _clear_error(proc)
+    assert "could not be written" in proc.stderr, proc.stderr[-1500:]
+    assert registry.list_models(s, engine=engine) == []  # nothing registered
+    adapters = s.home / "adapters"
+    assert not adapters.exists() or not any(adapters.iterdir())  # nothing left behind
+    assert np.asarray(published_index_row(engine).size) == 120
