@@ -36,7 +36,7 @@ from sqlalchemy import Engine
 
 from litpulse.core import db
 from litpulse.core.checksums import file_sha256
-from litpulse.core.errors import ConsistencyError
+from litpulse.core.errors import ConsistencyError, StorageError
 from litpulse.core.settings import Settings
 from ranking import faiss_ops
 from ranking.lexical import (
@@ -61,6 +61,7 @@ __all__ = [
     "read_files",
     "read_vector_ids",
     "verify_files",
+    "write_faiss",
     "write_files",
 ]
 
@@ -207,31 +208,62 @@ def write_files(settings: Settings, version_id: str, index: Any, ids: np.ndarray
         lexical: The lexical index to build into the same folder first.
         store: The :func:`litpulse.core.db.store_id` the folder is marked for, before it
             is renamed into place (its orphan is pruned by that store only).
+
+    Raises:
+        StorageError: A file could not be written (the disk full, an I/O error); the
+            folder was not renamed into place (the caller removes it).
+    """
+    root = indexes_dir(settings)
+    tmp = root / f".tmp-{version_id}"
+    final = root / version_id
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        if store is not None:
+            db.mark_folder(tmp, store)
+        if lexical is not None:
+            meta = {**meta, "lexical": lexical.write(tmp)}
+            _fsync_dir(tmp / LEXICAL_DIR)
+        write_faiss(index, tmp / "index.faiss")
+        np.save(tmp / "ids.npy", ids)
+        meta = {**meta, "files": {name: file_sha256(tmp / name) for name in CHECKSUMMED
+                                  if (tmp / name).exists()}}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str),
+                                       encoding="utf-8")
+        for name in FILES:
+            with open(tmp / name, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    # the writers' own errors: OSError (ours, numpy's, FAISS's through write_faiss),
+    # tantivy's ValueError ("An IO error occurred"), a FAISS RuntimeError
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise StorageError(
+            f"index version {version_id} could not be written in {root} ({exc}): nothing "
+            "was published, the published version stays served; free space, then refresh "
+            "again"
+        ) from exc
+    return final
+
+
+def write_faiss(index: Any, path: Path) -> None:
+    """Write a FAISS index to ``path`` and fsync it, every failure raised.
+
+    Through a Python file, never ``faiss.write_index(index, path)``: FAISS writes a path
+    with C stdio, and a file smaller than stdio's buffer is written at ``fclose``, whose
+    failure (the disk full) FAISS only prints: the truncated file would be published.
+
+    Raises:
+        OSError: The file could not be written whole.
     """
     import faiss
 
-    root = indexes_dir(settings)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-{version_id}"
-    final = root / version_id
-    tmp.mkdir()
-    if store is not None:
-        db.mark_folder(tmp, store)
-    if lexical is not None:
-        meta = {**meta, "lexical": lexical.write(tmp)}
-        _fsync_dir(tmp / LEXICAL_DIR)
-    faiss.write_index(index, str(tmp / "index.faiss"))
-    np.save(tmp / "ids.npy", ids)
-    meta = {**meta, "files": {name: file_sha256(tmp / name) for name in CHECKSUMMED
-                              if (tmp / name).exists()}}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
-    for name in FILES:
-        with open(tmp / name, "rb") as fh:
-            os.fsync(fh.fileno())
-    _fsync_dir(tmp)
-    os.replace(tmp, final)
-    _fsync_dir(root)
-    return final
+    with open(path, "wb") as fh:
+        writer = faiss.PyCallbackIOWriter(fh.write)  # type: ignore[attr-defined] # no stub
+        faiss.write_index(index, writer)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def has_files(path: str) -> bool:

@@ -214,6 +214,8 @@ def publish(ctx: PublishContext, index: Any, ids: np.ndarray, meta_extra: dict[s
             files are removed.
         ConsistencyError: Another model version than ``ctx.spec`` is active now
             (:func:`check_model_active`); the same.
+        StorageError: The files could not be written (the disk full): nothing was
+            published, the folder written aside is removed.
     """
     import faiss
 

@@ -34,6 +34,7 @@ __all__ = [
     "FileChangedError",
     "LeaseLostError",
     "StoppedError",
+    "StorageError",
     "WorkerError",
 ]
 
@@ -147,6 +148,12 @@ class FileChangedError(LitpulseError):
     file as its new version."""
 
     retryable = True
+
+
+class StorageError(LitpulseError):
+    """A file could not be written (the disk full, a file-size limit, an I/O error). What
+    was half written is removed and nothing that depends on it was switched: the state
+    served before stays. Not retried on its own: free space, then run the job again."""
 
 
 class StoppedError(LitpulseError):

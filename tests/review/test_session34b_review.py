@@ -23,7 +23,7 @@ call, so the database, the logs and stderr are written as usual). Vectors are sy
 (``tests/ranking/test_index.py``'s helpers); the retrain trains the tiny random encoder of
 ``tests/tiny_encoder.py`` for one step.
 
-Defects (each a strict xfail until fixed):
+Defects (each was a strict xfail until fixed):
 
 B1 **A full disk while the FAISS file is written publishes a broken index, exit 0.**
    ``faiss.write_index(index, path)`` writes through C stdio: an index smaller than the
@@ -37,6 +37,12 @@ B2 **A full disk in the other writes of a refresh ends in a traceback, not a cle
    larger than the stdio buffer (``RuntimeError`` from FAISS's ``fwrite`` check) are
    neither ``OSError`` nor a litpulse error: the CLI prints a Python traceback (exit 1).
    The previous version stays published (the folder aside is removed).
+   **Fixed (B1, B2):** ``ranking.index_files.write_faiss`` writes the FAISS file through a
+   Python file (``faiss.PyCallbackIOWriter``), flushed and fsynced there, so every failed
+   write raises ``OSError``; ``write_files`` turns a writer's failure (``OSError``,
+   tantivy's ``ValueError``, a FAISS ``RuntimeError``) into
+   :class:`~litpulse.core.errors.StorageError` ("index version … could not be written …:
+   nothing was published"), which the CLI prints in one line (exit 2).
 B3 **A full disk while the adapter is saved ends ``litpulse retrain`` in a traceback.**
    ``safetensors`` raises ``SafetensorError`` (an ``Exception``): the round's temporary
    adapter folder is removed and nothing is registered, but the CLI prints a traceback
@@ -64,24 +70,39 @@ from tests.retrain.conftest import tiny_model  # noqa: F401 - fixture
 
 REPO = Path(__file__).resolve().parents[2]
 
-#: The child: wrap ``OBJ.NAME`` so that the real call runs under a file-size limit of
-#: ``LIMIT`` bytes (a full disk for whatever it writes), then run ``litpulse ARGS...``.
+#: The child: wrap ``OBJ.NAME`` so that the real call writes under a file-size limit of
+#: ``LIMIT`` bytes (a full disk for whatever it writes), then run ``litpulse ARGS...``. The
+#: limit is lifted when the call returns, or, with ``KEEP`` a file name (what the call
+#: writes may sit in a buffer until a flush after it returns), once the process opens a
+#: file of another name.
 _FULL_DISK = textwrap.dedent("""
     import importlib, resource, sys
-    module, name, limit, *argv = sys.argv[1:]
+    module, name, limit, keep, *argv = sys.argv[1:]
+    held = []
 
-    def full(obj, attr, limit):
-        real = getattr(obj, attr)
-        def wrapped(*a, **k):
-            soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-            try:
-                return real(*a, **k)
-            finally:
-                resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        setattr(obj, attr, wrapped)
+    def lift():
+        if held:
+            resource.setrlimit(resource.RLIMIT_FSIZE, held.pop())
 
-    full(importlib.import_module(module), name, int(limit))
+    def on_open(event, args):
+        if held and keep and event == "open" and not str(args[0]).endswith(keep):
+            lift()
+
+    sys.addaudithook(on_open)
+    obj = importlib.import_module(module)
+    real = getattr(obj, name)
+
+    def wrapped(*a, **k):
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        held.append((soft, hard))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), hard))
+        try:
+            return real(*a, **k)
+        finally:
+            if not keep:
+                lift()
+
+    setattr(obj, name, wrapped)
     from litpulse.app.cli import main
     sys.exit(main(argv))
 """)
@@ -95,14 +116,15 @@ def _env(s: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-def _full_disk(s: Settings, target: str, limit: int, argv: list[str],
+def _full_disk(s: Settings, target: str, limit: int, argv: list[str], *, keep: str = "",
                **extra: str) -> subprocess.CompletedProcess[str]:
     """``litpulse argv…`` in a subprocess whose ``target`` (``module:attr``) writes
-    under a file-size limit of ``limit`` bytes."""
+    under a file-size limit of ``limit`` bytes, until it returns or (``keep``) a file of
+    another name than ``keep`` is opened."""
     module, name = target.split(":")
     db.dispose_engines()
     return subprocess.run(
-        [sys.executable, "-c", _FULL_DISK, module, name, str(limit), *argv],
+        [sys.executable, "-c", _FULL_DISK, module, name, str(limit), keep, *argv],
         env=_env(s, **extra), cwd=REPO, capture_output=True, text=True, timeout=120,
     )
 
@@ -138,15 +160,14 @@ def _served_unchanged(s: Settings, before_id: str, live: list[int]) -> None:
 # ----------------------------------------------------------------- B1, B2: the index
 
 
-@pytest.mark.xfail(strict=True, reason="B1: a full disk at the FAISS write of a small "
-                   "index publishes a truncated index.faiss and exits 0")
 def test_b1_a_full_disk_at_the_faiss_write_publishes_nothing(settings: Settings) -> None:
     s = settings
     engine = db.connect(s)
     add_articles(engine, list(range(1, 11)))
     v1 = refresh.refresh_index(s, embed=False)
     add_articles(engine, [50])
-    proc = _full_disk(s, "faiss:write_index", 64, ["index", "refresh"])
+    proc = _full_disk(s, "faiss:write_index", 64, ["index", "refresh"],
+                      keep="index.faiss")
     _clear_error(proc)
     _served_unchanged(s, v1.id, list(range(1, 11)))
     # and the next refresh, with room again, publishes the article
@@ -154,8 +175,6 @@ def test_b1_a_full_disk_at_the_faiss_write_publishes_nothing(settings: Settings)
     assert again.published and again.size == 11
 
 
-@pytest.mark.xfail(strict=True, reason="B2: a full disk while the lexical index or a "
-                   "large FAISS file is written ends the CLI in a traceback")
 @pytest.mark.parametrize("target", ["ranking.lexical:build_lexical", "faiss:write_index"])
 def test_b2_a_full_disk_in_a_refresh_is_a_clear_error(settings: Settings, target: str) -> None:
     s = settings
@@ -165,7 +184,8 @@ def test_b2_a_full_disk_in_a_refresh_is_a_clear_error(settings: Settings, target
     v1 = refresh.refresh_index(s, embed=False)
     add_articles(engine, [500])
     delete_article(engine, 7)
-    proc = _full_disk(s, target, 64, ["index", "refresh"])
+    proc = _full_disk(s, target, 64, ["index", "refresh"],
+                      keep="index.faiss" if target.startswith("faiss") else "")
     _clear_error(proc)
     assert "could not be written" in proc.stderr, proc.stderr[-1500:]
     _served_unchanged(s, v1.id, first)
