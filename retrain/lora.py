@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from litpulse.core.checksums import file_sha256
-from litpulse.core.errors import BudgetError, ConfigError
+from litpulse.core.errors import BudgetError, ConfigError, StorageError
 from litpulse.core.settings import Settings, _opt
 from litpulse.core.states import Device
 from ranking.embed import ADAPTER_WEIGHTS, query_text, quiet_model_loading, resolve_device
@@ -664,6 +664,29 @@ def _grown_plan(steps: int, done: int, per_step: float, left: float, cap: int) -
     return fit if fit >= 1.2 * steps else steps
 
 
+def _save(model: Any, trainable: Any, out: Path, options: LoraOptions) -> Path:
+    """Save the trained weights into ``out`` (created); returns their weights file.
+
+    Raises:
+        StorageError: They could not be written (the disk full, an I/O error):
+            safetensors raises its own ``SafetensorError``, torch a ``RuntimeError``.
+    """
+    from safetensors import SafetensorError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if options.method == "full":
+            model.save(str(out))
+            return next(iter(sorted(out.glob("*.safetensors"))), None) or out / "model.safetensors"
+        trainable.save_pretrained(str(out))
+        return out / ADAPTER_WEIGHTS
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        raise StorageError(
+            f"the trained {options.method} weights could not be written in {out} ({exc}); "
+            "free space, then train again"
+        ) from exc
+
+
 def train(
     settings: Settings,
     pairs: Sequence[Pair],
@@ -687,6 +710,7 @@ def train(
     Raises:
         BudgetError: One step does not fit ``max_seconds``, or the memory exceeds
             ``max_memory_mb``.
+        StorageError: The trained weights could not be written (the disk full).
     """
     import torch
 
@@ -697,13 +721,7 @@ def train(
         model, trainable, pairs, options, device=device, seed=settings.seed, progress=progress
     )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if options.method == "full":
-        model.save(str(out))
-        weights = next(iter(sorted(out.glob("*.safetensors"))), None) or out / "model.safetensors"
-    else:
-        trainable.save_pretrained(str(out))
-        weights = out / ADAPTER_WEIGHTS
+    weights = _save(model, trainable, out, options)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     result = TrainResult(
         output_dir=str(out),

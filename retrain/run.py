@@ -466,6 +466,10 @@ def _train_candidate(
 
     Returns:
         The new version id, its adapter folder and the training statistics.
+
+    Raises:
+        StorageError: The adapter could not be written (the disk full): its temporary
+            folder is removed, nothing is registered, the active model stays.
     """
     adapters = settings.ensure_home() / "adapters"
     tmp = adapters / f".tmp-{uuid.uuid4().hex[:12]}"

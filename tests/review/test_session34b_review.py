@@ -47,6 +47,8 @@ B3 **A full disk while the adapter is saved ends ``litpulse retrain`` in a trace
    ``safetensors`` raises ``SafetensorError`` (an ``Exception``): the round's temporary
    adapter folder is removed and nothing is registered, but the CLI prints a traceback
    (exit 1) instead of saying the adapter could not be written.
+   **Fixed:** ``retrain.lora.train`` saves through ``_save``, which turns a failed write
+   (``OSError``, torch's ``RuntimeError``, ``SafetensorError``) into ``StorageError``.
 """
 
 from __future__ import annotations
@@ -196,8 +198,6 @@ def test_b2_a_full_disk_in_a_refresh_is_a_clear_error(settings: Settings, target
 # ------------------------------------------------------------------- B3: the adapter
 
 
-@pytest.mark.xfail(strict=True, reason="B3: a full disk while the adapter is saved ends "
-                   "`litpulse retrain` in a traceback")
 def test_b3_a_full_disk_while_the_adapter_is_saved_is_a_clear_error(
     settings: Settings, request: pytest.FixtureRequest
 ) -> None:
