@@ -40,7 +40,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, desc, func, insert, select, text, update
 
 from litpulse.core.db import connect, folder_store, store_id
-from litpulse.core.errors import ConfigError, ConsistencyError, NotFoundError
+from litpulse.core.errors import ConfigError, ConsistencyError, LitpulseError, NotFoundError
 from litpulse.core.schema import articles, model_versions
 from litpulse.core.settings import DEFAULT_MODEL, Settings
 from litpulse.core.states import ModelEvent, ModelStatus
@@ -444,8 +444,11 @@ def _reindex(
 ) -> Any:
     try:
         return reindex(settings)
-    except BaseException:
-        logger.exception("re-index failed: restoring the previous model statuses")
+    except BaseException as exc:
+        if isinstance(exc, LitpulseError):  # it names its reason (the disk full, say)
+            logger.warning("re-index failed (%s): restoring the previous model statuses", exc)
+        else:
+            logger.exception("re-index failed: restoring the previous model statuses")
         _restore(engine, before, switched_in)
         raise
 
