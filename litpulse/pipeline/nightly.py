@@ -320,7 +320,8 @@ def run_nightly(
     ``files``: the given local files) → iCite citations → data-quality check → embed
     pending articles → refresh the index → retrain when due (:func:`retrain_due`); a
     promotion re-embeds the corpus with the new model version and publishes its index
-    (inside :func:`retrain.registry.promote`).
+    (inside :func:`retrain.registry.promote`) → the saved searches' digest. A retrain that
+    fails is raised after the digest: the index the night published has its digest.
 
     Args:
         settings: The settings.
@@ -417,17 +418,28 @@ def run_nightly(
             index_step = index
             decision = None
             retrained = None
+            failed: Exception | None = None
             if retrain:
                 d = retrain_due(settings, engine)
                 decision = d.to_dict()
                 logger.info("retrain: %s", d.reason)
                 if d.due:
-                    # a promotion re-embeds the corpus and publishes its index inline
-                    retrained = step("retrain", lambda: _retrain(settings, progress))
-                    promoted_index = (retrained.get("promotion") or {}).get("index")
-                    if isinstance(promoted_index, dict):
-                        index = promoted_index
+                    try:
+                        # a promotion re-embeds the corpus and publishes its index inline
+                        retrained = step("retrain", lambda: _retrain(settings, progress))
+                    except Exception as exc:  # noqa: BLE001 - raised after the digest
+                        # the night's index is published: its digest still goes out
+                        logger.warning("retrain failed (%s: %s): the digest of the index "
+                                       "published tonight goes out first", type(exc).__name__,
+                                       exc)  # fmt: skip
+                        failed = exc
+                    else:
+                        promoted_index = (retrained.get("promotion") or {}).get("index")
+                        if isinstance(promoted_index, dict):
+                            index = promoted_index
             digest = step("digest", lambda: digest_step(settings))
+            if failed is not None:
+                raise failed
     finally:
         logger.info("nightly run ended; lease released")
 
