@@ -13,7 +13,10 @@ file half written, folder renamed, row committed) are covered by
 ``tests/ranking/test_index.py``; the retrain killed half-way by
 ``tests/retrain/test_lifecycle_review.py``; the digest records its matches and moves its
 watermark in one transaction and sends each message under a key recorded before it goes
-(found sound by reading). What was left is the disk that fills up under a write.
+(found sound by reading; a nightly SIGKILLed between its publish and its digest, then
+run again, is pinned here: the same index and digest as a run never killed). What was
+left is the disk that fills up under a write, and the nightly's digest after a failed
+retrain.
 
 A full disk (ENOSPC) or a file-size limit (EFBIG) is simulated in a real ``litpulse``
 subprocess: the third-party writer (``faiss.write_index``, tantivy through
@@ -328,3 +331,95 @@ def test_b5_a_failed_retrain_does_not_hold_back_the_nights_digest(
     assert row is not None and row.size == 125  # the index step published the night
     search = get_search(s, "statins", engine=engine)
     assert search.last_index_version == row.id, "the digest never ran for the new index"
+
+
+# ------------------- pinned: a nightly SIGKILLed between its publish and its digest
+
+
+def _nightly_store(settings: Settings, home: Path, model: str, night: Path) -> Settings:
+    """A fresh store (the database emptied, a new home) with 120 articles, their index
+    published, and one saved search; ``night`` holds the night's 5 new articles."""
+    from bench.drift import insert_batch, make_drugs
+    from litpulse.app.demo.pubmed_xml import article_xml, pubmed_set
+    from litpulse.pipeline.saved_searches import add_search
+    from tests.ingest.test_crash_resume import reset
+
+    s = settings.replace(home=home, model=model, max_seq_length=32, device="cpu")
+    engine = db.connect(s)
+    reset(engine)
+    insert_batch(engine, start_pmid=1000, n=120, start=dt.date(2024, 1, 1), days=180,
+                 ingested=dt.datetime(2024, 7, 1, tzinfo=dt.UTC), drugs=make_drugs(12),
+                 seed=1)  # fmt: skip
+    refresh.refresh_index(s)
+    add_search(s, name="statins", query="statin trial", min_score=0.0, owner="cli:ann",
+               engine=engine)  # fmt: skip
+    night.write_bytes(pubmed_set(
+        article_xml(90000 + i, edat=dt.date(2024, 7, 2), title=f"Statin trial {i}",
+                    abstract=f"Statins lowered the risk in cohort {i}.")
+        for i in range(5)
+    ))
+    return s
+
+
+def _digest_state(s: Settings) -> tuple[list[int], list[int], list[int]]:
+    """(live PMIDs, the published index's vector and lexical PMIDs agreeing with them,
+    the saved search's matched PMIDs) after checking its digest ran for that index."""
+    from sqlalchemy import select
+
+    from litpulse.core.schema import digest_matches
+    from litpulse.pipeline.saved_searches import get_search
+    from ranking.index_store import live_ids
+
+    _fresh_caches()
+    engine = db.connect(s)
+    pub = index_files.open_published(s)
+    assert pub is not None and pub.lexical is not None
+    live = live_ids(engine).tolist()
+    assert sorted(pub.ids.tolist()) == live
+    assert sorted(lexical.read_ids(pub.path).tolist()) == live
+    assert get_search(s, "statins", engine=engine).last_index_version == pub.id
+    with engine.connect() as conn:
+        matched = conn.execute(select(digest_matches.c.pmid)).scalars().all()
+    assert len(matched) == len(set(matched))
+    return live, sorted(pub.ids.tolist()), sorted(matched)
+
+
+def test_a_nightly_killed_between_its_publish_and_its_digest_resumes_to_the_clean_state(
+    settings: Settings, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """`litpulse nightly` SIGKILLed at the first SQL statement after its index version's
+    row committed (before pruning, before the digest), then run again: the same index
+    content and the same digest matches, each once, as a run never killed (holds)."""
+    from litpulse.pipeline.nightly import run_nightly
+    from tests.ingest.test_crash_resume import kill_when, self_killing
+
+    model = str(request.getfixturevalue("tiny_model"))
+    night = tmp_path / "night.xml"
+
+    def run(store: Settings) -> None:
+        run_nightly(store, source="files", files=[night], retrain=False, citations=False,
+                    quality=False)  # fmt: skip
+
+    clean = _nightly_store(settings, tmp_path / "clean", model, night)
+    run(clean)
+    want = _digest_state(clean)
+    assert len(want[2]) and set(want[2]) <= set(range(90000, 90005))
+    db.dispose_engines()
+
+    s = _nightly_store(settings, tmp_path / "killed", model, night)
+    engine = db.connect(s)
+    argv = self_killing(
+        ["-m", "litpulse", "nightly", "--source", "files", "--files", str(night),
+         "--no-retrain", "--no-citations", "--no-quality"],
+        engine, "SELECT count(*) FROM index_versions", at=2,
+    )
+    db.dispose_engines()
+    kill_when(argv, _env(s, LITPULSE_MODEL=model, LITPULSE_MAX_SEQ_LENGTH="32",
+                         LITPULSE_DEVICE="cpu"),
+              lambda: False, tmp_path / "child.log", label="after the publish",
+              timeout=120)  # fmt: skip
+    from litpulse.pipeline.saved_searches import get_search
+
+    assert get_search(s, "statins").last_index_version is None  # killed before the digest
+    run(s)
+    assert _digest_state(s) == want
