@@ -36,7 +36,7 @@ from sqlalchemy import Engine
 
 from litpulse.core import db
 from litpulse.core.checksums import file_sha256
-from litpulse.core.errors import ConsistencyError, StorageError
+from litpulse.core.errors import ConsistencyError, LitpulseError, StorageError
 from litpulse.core.settings import Settings
 from ranking import faiss_ops
 from ranking.lexical import (
@@ -236,6 +236,8 @@ def write_files(settings: Settings, version_id: str, index: Any, ids: np.ndarray
         _fsync_dir(tmp)
         os.replace(tmp, final)
         _fsync_dir(root)
+    except LitpulseError:  # a rule of ours (a ConfigError is a ValueError too): as it is
+        raise
     # the writers' own errors: OSError (ours, numpy's, FAISS's through write_faiss),
     # tantivy's ValueError ("An IO error occurred"), a FAISS RuntimeError
     except (OSError, RuntimeError, ValueError) as exc:
