@@ -3,7 +3,8 @@
 A version's files — the vector index (``index.faiss``, ``ids.npy``), the lexical index
 (``lexical/``, ``lexical_ids.npy``, see :mod:`ranking.lexical`) and ``meta.json`` — are
 written into one temporary folder, fsynced and renamed to ``<home>/indexes/<id>/``
-(:func:`write_files`): one rename publishes both, and a crash before it publishes neither.
+(:func:`write_files`): one rename publishes both, and a crash before it publishes neither;
+a write that fails (the disk full) raises :class:`~litpulse.core.errors.StorageError`.
 The SHA-256 of the vector index's files and of the lexical id list are recorded in
 ``meta.json`` (``files``, and so in the version's row): :func:`verify_files` tells whether a
 kept version still holds what was written and loads, before a rollback re-publishes it.
