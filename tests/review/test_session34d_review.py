@@ -1,0 +1,180 @@
+"""Hostile review (session 34d): E-utilities windows and update-file sequencing — does any
+record fall between the cracks?
+
+Code under review: ``ingest/eutils.py`` (ESearch windows split under the 9,999 cap,
+EFetch batches, reconciliation, resume), ``ingest/dates.py`` (``searched_days``: PubMed's
+Eastern days), ``litpulse/pipeline/planning.py`` (``last_watermark``, held windows),
+``ingest/updatefiles.py`` and ``ingest/bootstrap.py`` (listing, gaps, ``--accept-gaps``,
+``--max-files``) and ``ingest/runs.py``, against the loopback emulator
+(``tests/emulator.py``, subclassed as ``tests.ingest.test_windows_review.ReviewEmulator``).
+
+Attacked and held (read or run, not all kept as tests): a day over the cap split by PMID
+range when ESearch's order is not newest-first (the page is not kept, medians are
+searched); records entered between the requests of a split day (the next window's
+overlap day searches it again); a record whose EDAT or MDAT is the first or last
+searched day (the pieces partition the window, both ends inclusive); UTC windows against
+Eastern days around midnight and the DST changes (``searched_days`` reaches back a whole
+overlap day); a revision after its window was fetched (the next window's mdat pass);
+EFetch leaving a PMID out (asked again, then owed and reported); a run killed after its
+search and resumed (the saved PMID list, the batches not done).
+
+Defects (each a strict xfail asserting the correct behaviour until fixed):
+
+D1 **An update-file run stopped by ``--max-files`` moves the watermark as if it had
+   applied every file listed.** ``planning.last_watermark`` takes any succeeded
+   update-file run that applied a file (a bootstrap's too) to hold everything NLM
+   published up to the day before it started; ``litpulse ingest --updatefiles --max-files
+   1`` (or ``litpulse bootstrap --max-files 1``) applies one of the listed files and
+   leaves the rest, yet the next nightly's window starts yesterday: the days the files
+   left unapplied hold are searched by no window. (test_d1_..., both stores)
+
+D2 **An update file NLM re-issues under the same name after it was applied is neither
+   applied again nor reported.** ``apply_updates`` skips every name in ``source_files``
+   and never reads an applied file's ``.md5`` again. NOT FIXED: a numbered file is one
+   source whatever its content (``ingest.rules``: its items at or before the stored
+   position are replays), so applying a second issue needs a source identity per issue,
+   and finding one needs a ``.md5`` request per applied file (about 1,300 a year) or the
+   listing's dates, which ``source_files`` does not keep: a design change, not a fix for
+   this session. (test_d2_..., both stores)
+
+D3 **A ``file://`` mirror whose ``updatefiles/`` folder is missing (a typo in
+   ``LITPULSE_PUBMED_FILES_URL``, a share not mounted) is read as "nothing published".**
+   ``_LocalSource.listing`` lists a missing folder as empty, so every update-file run
+   succeeds having applied nothing, night after night; an HTTP mirror's missing folder
+   is a 404 and fails the run. (test_d3_..., both stores)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ingest.bootstrap import load_files
+from ingest.eutils import ingest_window
+from ingest.updatefiles import apply_updates
+from litpulse.app.demo.pubmed_xml import article_xml, gz, pubmed_set
+from litpulse.core import db
+from litpulse.core.errors import LitpulseError
+from litpulse.core.settings import Settings
+from litpulse.pipeline.nightly import _window
+from litpulse.pipeline.planning import last_watermark
+from tests.ingest.test_windows_review import ReviewEmulator, _at, _settings, _stored
+
+UTC = dt.UTC
+
+
+def _file(pmids: list[int], edat: dt.date, **kw: Any) -> bytes:
+    return gz(pubmed_set([article_xml(p, edat=edat, **kw) for p in pmids]))
+
+
+# ---------------------------------------------------------------- D1: --max-files
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="D1: an update-file run stopped by --max-files with "
+    "files left moves the watermark as if it applied them all",
+)
+@pytest.mark.parametrize("how", ["updatefiles", "bootstrap"])
+def test_d1_a_run_that_left_listed_files_unapplied_does_not_carry_the_watermark(
+    emu: ReviewEmulator, settings: Settings, how: str
+) -> None:
+    """The E-utilities nightly last succeeded six days ago (an NCBI outage since). The
+    operator catches up from NLM's files a bit at a time: ``litpulse ingest --updatefiles
+    --max-files 1`` (or ``litpulse bootstrap --max-files 1``), which applies the first of
+    the three files listed and leaves two. ``last_watermark`` takes any succeeded
+    update-file run that applied a file to hold everything NLM published up to the day
+    before it started, so the recovering nightly starts yesterday: the records of the
+    days in between, in the files left unapplied, are searched by no window."""
+    s = _settings(emu, settings)
+    today = dt.datetime.now(UTC).date()
+    last_good = today - dt.timedelta(days=6)
+    emu.add_article(1, edat=last_good)
+    ingest_window(s, _at(last_good), _at(last_good + dt.timedelta(days=1)))  # the last night
+    mark = last_watermark(s)
+    missed = today - dt.timedelta(days=4)  # a day the nightly never ran
+    emu.add_article(2, edat=missed)
+    kind = "baseline" if how == "bootstrap" else "updatefiles"
+    emu.add_file(kind, "pubmed26n0001.xml.gz", _file([1], last_good))
+    emu.add_file(kind, "pubmed26n0002.xml.gz", _file([2], missed))
+    emu.add_file(kind, "pubmed26n0003.xml.gz", _file([3], missed))
+    if how == "bootstrap":
+        load_files(s, workers=0, prefetch=0, max_files=1)
+    else:
+        apply_updates(s, workers=0, max_files=1)
+    assert 2 not in _stored(s)
+    since, until = _window(s, db.connect(s), None, None)  # the recovering nightly
+    ingest_window(s, since, until)
+    assert 2 in _stored(s), (
+        f"record 2 (entrez date {missed}) lost: the watermark jumped from "
+        f"{mark:%Y-%m-%d %H:%M} to {since:%Y-%m-%d %H:%M} on a run that left 2 of its 3 "
+        "listed files unapplied"
+    )
+
+
+# ------------------------------------------------------- D2: a file replaced on the server
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="NOT FIXED D2: an update file replaced on the server "
+    "after it was applied (same name, new MD5) is neither applied again nor "
+    "reported",
+)
+def test_d2_an_update_file_replaced_after_it_was_applied_is_applied_or_reported(
+    emu: ReviewEmulator, settings: Settings
+) -> None:
+    """NLM re-issues ``pubmed26n0002.xml.gz`` (same name, new content and ``.md5``) after
+    this store applied the first issue: the new issue holds record 22, the first did not.
+    ``apply_updates`` skips every name recorded in ``source_files`` and never reads an
+    applied file's ``.md5`` again, so the run succeeds, applies nothing and says nothing:
+    record 22 is in no file this store will read."""
+    s = _settings(emu, settings)
+    day = dt.date(2026, 1, 5)
+    emu.add_file("updatefiles", "pubmed26n0001.xml.gz", _file([11], day))
+    emu.add_file("updatefiles", "pubmed26n0002.xml.gz", _file([21], day))
+    apply_updates(s, workers=0)
+    emu.add_file("updatefiles", "pubmed26n0002.xml.gz", _file([21, 22], day))  # re-issued
+    try:
+        apply_updates(s, workers=0)
+    except LitpulseError:
+        return  # reported: what a user wants at the least
+    assert 22 in _stored(s), "record 22 of the re-issued pubmed26n0002.xml.gz never stored"
+
+
+# --------------------------------------------- D3: a local mirror's missing updatefiles/
+
+
+def _mirror(root: Path, folder: str, name: str, data: bytes) -> None:
+    where = root / folder
+    where.mkdir(parents=True, exist_ok=True)
+    (where / name).write_bytes(data)
+    digest = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    (where / f"{name}.md5").write_text(f"MD5({name})= {digest}\n", encoding="ascii")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="D3: a file:// mirror without an updatefiles/ folder "
+    "(a typo, an unmounted share) is read as 'nothing published': the run "
+    "succeeds having applied nothing",
+)
+def test_d3_a_local_mirror_missing_its_updatefiles_folder_fails_the_run(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """``LITPULSE_PUBMED_FILES_URL=file:///mnt/pubmed/`` with the share not mounted (or a
+    typo in the path): an HTTP mirror's missing folder is a 404 and fails the run; the
+    local mirror's is listed as an empty folder, so every nightly's update-file step
+    succeeds with no file, for ever, and the operator is told nothing."""
+    root = tmp_path / "mirror"
+    s = settings.replace(pubmed_files_url=root.as_uri() + "/")
+    _mirror(root, "updatefiles", "pubmed26n0001.xml.gz", _file([1], dt.date(2026, 1, 5)))
+    apply_updates(s, workers=0)
+    assert _stored(s) == {1}
+    wrong = settings.replace(pubmed_files_url=(tmp_path / "mirorr").as_uri() + "/")  # a typo
+    with pytest.raises(LitpulseError, match="updatefiles"):
+        apply_updates(wrong, workers=0)
