@@ -715,6 +715,9 @@ def load_files(
                     bar.close()
                 run.details.pop("current", None)
                 run.details["bytes"] = total_bytes
+                # files the plan offered that this call left (max_files): the run does not
+                # hold what NLM published up to now (planning.last_watermark)
+                run.details["left"] = n_pending - len(pending)
                 if last_call and plan.held is not None:
                     # files wait behind a missing one: the counts of what is applied are
                     # made right, then the run fails; the files wait

@@ -553,6 +553,9 @@ def apply_updates(
                 logger.info("applied %s: %s", f.name, file_counts.to_dict())
             details.pop("current", None)
             details["bytes"] = total_bytes
+            # files the plan offered that this call left (max_files): the run does not
+            # hold what NLM published up to now (planning.last_watermark)
+            details["left"] = len(plan.pending) - len(pending)
             if len(pending) == len(plan.pending):  # this call reached the gap
                 plan.raise_if_held()  # what was applied before it stays applied
     finally:

@@ -160,7 +160,8 @@ def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datet
 
     An update-file run (a bootstrap's too) records no window: one that applied a file
     reaches :data:`UPDATE_FILE_LAG` before it started, and covers everything before (one
-    that applied none, NLM or the mirror having published nothing, moves nothing). A
+    that applied none, NLM or the mirror having published nothing, moves nothing; nor does
+    one that left listed files unapplied, ``max_files``: ``details.left``). A
     window reaches back to when the first PubMed day it searched began (midnight in
     Bethesda): one that starts later than the mark leaves a gap. A run whose
     nightly failed after it (its iCite step or its data-quality check:
@@ -185,8 +186,10 @@ def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datet
         )  # fmt: skip
         for start, end, started, withheld, details in rows:  # UTCDateTime: aware UTC already
             if end is None:  # update files (a bootstrap's too) hold what NLM published
-                if (details or {}).get("files"):  # by the day before; a run that applied
-                    spans.append((None, started - UPDATE_FILE_LAG, started))  # none: nothing
+                # by the day before; a run that applied none, or left listed files
+                # unapplied (max_files), holds nothing of the kind: it moves nothing
+                if (details or {}).get("files") and not (details or {}).get("left"):
+                    spans.append((None, started - UPDATE_FILE_LAG, started))
                 continue
             # a withheld window is not through: what came before it is
             reached = start if withheld is not None and start is not None else end

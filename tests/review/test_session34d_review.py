@@ -27,6 +27,8 @@ D1 **An update-file run stopped by ``--max-files`` moves the watermark as if it 
    1`` (or ``litpulse bootstrap --max-files 1``) applies one of the listed files and
    leaves the rest, yet the next nightly's window starts yesterday: the days the files
    left unapplied hold are searched by no window. (test_d1_..., both stores)
+   **Fixed**: such a run records the files it left (``details.left``, update files and
+   the bootstrap alike), and ``last_watermark`` takes it to move nothing.
 
 D2 **An update file NLM re-issues under the same name after it was applied is neither
    applied again nor reported.** ``apply_updates`` skips every name in ``source_files``
@@ -74,11 +76,6 @@ def _file(pmids: list[int], edat: dt.date, **kw: Any) -> bytes:
 # ---------------------------------------------------------------- D1: --max-files
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="D1: an update-file run stopped by --max-files with "
-    "files left moves the watermark as if it applied them all",
-)
 @pytest.mark.parametrize("how", ["updatefiles", "bootstrap"])
 def test_d1_a_run_that_left_listed_files_unapplied_does_not_carry_the_watermark(
     emu: ReviewEmulator, settings: Settings, how: str
