@@ -155,8 +155,15 @@ class _LocalSource:
         self.root = Path(unquote(urlsplit(settings.pubmed_files_url).path))
 
     def listing(self, folder: str) -> str:
+        """The names in ``folder``, as links. A folder that is not there (a typo in the
+        URL, a share not mounted) or cannot be read is refused as an HTTP mirror's 404 is,
+        never listed as empty: "nothing published" would pass every run that applies
+        nothing (:func:`_listed_baseline` leaves out a pruned mirror's baseline/)."""
         where = self.root / folder
-        names = sorted(p.name for p in where.iterdir()) if where.is_dir() else []
+        try:
+            names = sorted(p.name for p in where.iterdir())
+        except OSError as exc:
+            raise InvalidRequestError(f"cannot list {where}: {exc.strerror}") from None
         return "".join(f'<a href="{n}">{n}</a>\n' for n in names)
 
     def text(self, path: str, stop: threading.Event | None = None) -> str:

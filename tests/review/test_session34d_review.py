@@ -44,6 +44,9 @@ D3 **A ``file://`` mirror whose ``updatefiles/`` folder is missing (a typo in
    ``_LocalSource.listing`` lists a missing folder as empty, so every update-file run
    succeeds having applied nothing, night after night; an HTTP mirror's missing folder
    is a 404 and fails the run. (test_d3_..., both stores)
+   **Fixed**: a local mirror's folder that is not there, or cannot be read, is refused
+   as a 404 is (``InvalidRequestError`` naming it); a pruned ``baseline/`` is still left
+   out where the store's bootstrap is done.
 """
 
 from __future__ import annotations
@@ -154,12 +157,6 @@ def _mirror(root: Path, folder: str, name: str, data: bytes) -> None:
     (where / f"{name}.md5").write_text(f"MD5({name})= {digest}\n", encoding="ascii")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="D3: a file:// mirror without an updatefiles/ folder "
-    "(a typo, an unmounted share) is read as 'nothing published': the run "
-    "succeeds having applied nothing",
-)
 def test_d3_a_local_mirror_missing_its_updatefiles_folder_fails_the_run(
     tmp_path: Path, settings: Settings
 ) -> None:
