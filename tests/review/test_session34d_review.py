@@ -47,6 +47,13 @@ D3 **A ``file://`` mirror whose ``updatefiles/`` folder is missing (a typo in
    **Fixed**: a local mirror's folder that is not there, or cannot be read, is refused
    as a 404 is (``InvalidRequestError`` naming it); a pruned ``baseline/`` is still left
    out where the store's bootstrap is done.
+
+D4 **PMIDs given up by a window whose run then fails are never alerted.**
+   ``ingest_window(on_given_up=)`` (the nightly's alert) is called once the run succeeded;
+   each owed batch's give-ups are committed as it settles, so when a later owed batch
+   fails the run fails, the next nightly's window (other days, another key) does not give
+   them up again, and no alert is ever sent: a record lost for good, told to no one but
+   ``litpulse missing``. (test_d4_..., both stores)
 """
 
 from __future__ import annotations
@@ -57,13 +64,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
 from ingest.bootstrap import load_files
 from ingest.eutils import ingest_window
 from ingest.updatefiles import apply_updates
 from litpulse.app.demo.pubmed_xml import article_xml, gz, pubmed_set
 from litpulse.core import db
-from litpulse.core.errors import LitpulseError
+from litpulse.core.errors import LitpulseError, TransientSourceError
+from litpulse.core.schema import missing_pmids
 from litpulse.core.settings import Settings
 from litpulse.pipeline.nightly import _window
 from litpulse.pipeline.planning import last_watermark
@@ -172,3 +181,54 @@ def test_d3_a_local_mirror_missing_its_updatefiles_folder_fails_the_run(
     wrong = settings.replace(pubmed_files_url=(tmp_path / "mirorr").as_uri() + "/")  # a typo
     with pytest.raises(LitpulseError, match="updatefiles"):
         apply_updates(wrong, workers=0)
+
+
+# ------------------------------------------------- D4: a give-up whose run then fails
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="D4: PMIDs given up by a window whose run then fails (its owed ask) are never "
+    "alerted: the next window does not give them up again",
+)
+def test_d4_a_pmid_given_up_by_a_run_that_then_fails_is_alerted(
+    emu: ReviewEmulator, settings: Settings
+) -> None:
+    """The nightly alerts the on-call engineer when a window gives PMIDs up
+    (``ingest_window(on_given_up=)``), but only once the run succeeded. Each owed batch's
+    give-ups are committed as it settles; when a later owed batch fails (NCBI still
+    flaky), the run fails, and the next nightly's window (other days: another key) never
+    gives those PMIDs up again — they are given up already — so no alert is ever sent:
+    a record lost for good, told to no one but ``litpulse missing``."""
+    s = _settings(emu, settings, missing_retries=1, efetch_batch=1, max_retries=1)
+    day = dt.date(2024, 3, 4)
+    emu.add_article(1, edat=day)
+    emu.add_article(500, edat=day)  # X: EFetch keeps leaving it out
+    emu.add_article(600, edat=day)  # Y: owed too, and its ask fails
+    alerts: list[int] = []
+
+    def alert(pmids: list[int], window: str) -> None:
+        alerts.extend(pmids)
+
+    def night(first: dt.date) -> None:
+        ingest_window(s, _at(first), _at(first + dt.timedelta(days=1)), on_given_up=alert)
+
+    emu.faults.add("drop", path="efetch", times=4, after=1)  # X, Y: asked twice, left out
+    night(day)
+    with db.connect(s).begin() as conn:  # their first miss is two days old
+        conn.execute(
+            update(missing_pmids).values(
+                first_missing_at=dt.datetime.now(UTC) - dt.timedelta(days=2)
+            )
+        )
+    later = day + dt.timedelta(days=5)
+    emu.add_article(2, edat=later)
+    emu.faults.add("drop", path="efetch", times=2, after=1)  # X asked again in vain: given up
+    emu.faults.add("500", path="efetch", times=20)  # then Y's ask fails: the run fails
+    with pytest.raises(TransientSourceError):
+        night(later)
+    emu.faults.clear()
+    emu.add_article(3, edat=later + dt.timedelta(days=3))
+    night(later + dt.timedelta(days=3))  # the next nightly: stores Y
+    assert 600 in _stored(s) and 500 not in _stored(s)
+    assert 500 in alerts, "PMID 500 given up for good, and no alert was ever sent"
