@@ -62,6 +62,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -712,7 +713,9 @@ def ingest_window(
         restart: Discard the progress of an unfinished run of this window; search again.
         on_given_up: Called once the run has succeeded, if it gave PMIDs up
             (:mod:`ingest.missing`), with the first 1,000 of them and the window: how the
-            application alerts (this stage knows no alerting).
+            application alerts (this stage knows no alerting). A run that fails after
+            giving PMIDs up (committed as each owed batch settles) calls it with those as
+            it fails: they stay given up, and no later run gives them up again.
         run_details: Added to the run's details (the application marks a window whose
             check is still to come; the mark is in the row once the run succeeded).
         check_follows: A data-quality check of this window follows and judges the run
@@ -750,7 +753,9 @@ def ingest_window(
     store = Store(db.connect(settings))
     target = f"{start}..{end}" + (f" {query}" if query else "")
     limits = ParseLimits.from_settings(settings)
+    given_up_here: list[int] = []  # committed by this call, whatever becomes of the run
     with (
+        _told_on_failure(on_given_up, given_up_here, target),
         eutils_client(settings) as client,
         recorded_run(
             store, "eutils", target=target, window_start=since_dt, window_end=until_dt,
@@ -805,8 +810,9 @@ def ingest_window(
             store.engine, listed=all_pmids, missing=missing_all, where=f"{target} (run {run.id})",
             key=owed_key, retries=settings.missing_retries,
         )  # fmt: skip
+        given_up_here += given_up
         owed = run.details["owed"] = _ask_owed(
-            store, client, settings, run, owed_key, limits, given_up
+            store, client, settings, run, owed_key, limits, given_up, given_up_here
         )
         run.details.update(requests=client.requests_sent, retries=client.retries,
                            **_strays_seen(run))  # fmt: skip
@@ -820,6 +826,21 @@ def ingest_window(
     if whole_window:  # batches an earlier try stored included: a retry is judged whole
         return run.counts + IngestCounts(**run.details.get("resumed_counts", {}))
     return run.counts
+
+
+@contextlib.contextmanager
+def _told_on_failure(
+    on_given_up: Callable[[list[int], str], None] | None, given_up: list[int], target: str
+) -> Iterator[None]:
+    """Call ``on_given_up`` with ``given_up`` (as it is then) when the block fails: PMIDs
+    given up before the failure stay given up, and no later run gives them up again (the
+    next window has other days: another key), so the alert is now or never."""
+    try:
+        yield
+    except BaseException:
+        if on_given_up is not None and given_up:
+            on_given_up(sorted(set(given_up))[:1000], target)
+        raise
 
 
 def _strays(run: OpenRun) -> list[int]:
@@ -1038,9 +1059,11 @@ def _ask_owed(
     key: str,
     limits: ParseLimits,
     given_up: list[int],
+    gave_up: list[int],
 ) -> dict[str, Any]:
     """Ask EFetch again for the PMIDs earlier windows listed and did not get
-    (:mod:`ingest.missing`), store what comes, settle or count a try for each.
+    (:mod:`ingest.missing`), store what comes, settle or count a try for each; the PMIDs
+    each batch gives up are added to ``gave_up`` as it commits them.
 
     The list asked is fixed when this window generation (``key``) first gets here
     (checkpoint ``<key>#owed-list``), and each EFetch batch is marked done with its settle
@@ -1086,6 +1109,7 @@ def _ask_owed(
 
         up = owing.settle(store.engine, asked=batch, missing=lost, key=key,
                           retries=settings.missing_retries, progress=progress)  # fmt: skip
+        gave_up += up
         state["given_up"] = [*state["given_up"], *up]
     every = sorted(state["given_up"])
     return {"asked": len(pmids), "found": state["found"], "still_missing": state["still_missing"],

@@ -54,6 +54,15 @@ D4 **PMIDs given up by a window whose run then fails are never alerted.**
    fails the run fails, the next nightly's window (other days, another key) does not give
    them up again, and no alert is ever sent: a record lost for good, told to no one but
    ``litpulse missing``. (test_d4_..., both stores)
+   **Fixed**: a run that fails after giving PMIDs up calls ``on_given_up`` with those
+   as it fails (``ingest.eutils._told_on_failure``).
+
+D5 **A window whose searched days fall off the calendar is a traceback, not an error.**
+   ``litpulse ingest --eutils --since 0001-01-01`` (or ``--until 9999-12-31``) dies with
+   ``OverflowError: date value out of range`` from ``ingest.dates.searched_days`` (or the
+   CLI's own ``until + 1 day``); ``litpulse nightly`` refuses the same window with a
+   ``ConfigError`` (``nightly._searchable``), a rule with one caller that the stage's
+   entry point does not share. (test_d5_..., both stores)
 """
 
 from __future__ import annotations
@@ -69,9 +78,10 @@ from sqlalchemy import update
 from ingest.bootstrap import load_files
 from ingest.eutils import ingest_window
 from ingest.updatefiles import apply_updates
+from litpulse.app.cli import main
 from litpulse.app.demo.pubmed_xml import article_xml, gz, pubmed_set
 from litpulse.core import db
-from litpulse.core.errors import LitpulseError, TransientSourceError
+from litpulse.core.errors import ConfigError, LitpulseError, TransientSourceError
 from litpulse.core.schema import missing_pmids
 from litpulse.core.settings import Settings
 from litpulse.pipeline.nightly import _window
@@ -186,11 +196,6 @@ def test_d3_a_local_mirror_missing_its_updatefiles_folder_fails_the_run(
 # ------------------------------------------------- D4: a give-up whose run then fails
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="D4: PMIDs given up by a window whose run then fails (its owed ask) are never "
-    "alerted: the next window does not give them up again",
-)
 def test_d4_a_pmid_given_up_by_a_run_that_then_fails_is_alerted(
     emu: ReviewEmulator, settings: Settings
 ) -> None:
@@ -232,3 +237,23 @@ def test_d4_a_pmid_given_up_by_a_run_that_then_fails_is_alerted(
     night(later + dt.timedelta(days=3))  # the next nightly: stores Y
     assert 600 in _stored(s) and 500 not in _stored(s)
     assert 500 in alerts, "PMID 500 given up for good, and no alert was ever sent"
+
+
+# ---------------------------------------------- D5: days off the calendar's ends
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="D5: a window whose searched days fall off the calendar is an OverflowError "
+    "traceback (ingest --eutils), not a clear error",
+)
+@pytest.mark.parametrize(
+    "days", [("0001-01-01", "0001-01-02"), ("9999-12-30", "9999-12-31")], ids=["first", "last"]
+)
+def test_d5_a_window_off_the_calendar_is_refused_clearly(
+    emu: ReviewEmulator, env: Settings, days: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["ingest", "--eutils", "--since", days[0], "--until", days[1]]) == 2
+    assert "calendar" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="calendar"):
+        ingest_window(_settings(emu, env), dt.date(1, 1, 1), dt.date(1, 1, 2))
