@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ingest.records import PartialDate
+from litpulse.core.errors import ConfigError
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import as_utc, nlm_day_start
 
@@ -305,10 +306,24 @@ def searched_days(
     """The first and last PubMed day ESearch searches for the window ``[since, until)``
     (UTC instants): every day the window touches, from ``LITPULSE_WINDOW_OVERLAP_DAYS``
     before ``since``. PubMed's days are NLM's Eastern days
-    (:func:`litpulse.core.timeutil.nlm_day_start` says when one begins)."""
+    (:func:`litpulse.core.timeutil.nlm_day_start` says when one begins).
+
+    Raises:
+        ConfigError: The searched days, with a day's margin either side (the checks walk
+            the days around them), fall off the calendar's ends (years 1 to 9999).
+    """
     since, until = as_utc(since), as_utc(until)
-    first = (since - dt.timedelta(days=settings.window_overlap_days)).date()
-    return first, (until - dt.timedelta(microseconds=1)).date()
+    try:
+        first = (since - dt.timedelta(days=settings.window_overlap_days)).date()
+        last = (until - dt.timedelta(microseconds=1)).date()
+        for day in (first - dt.timedelta(days=1), last + dt.timedelta(days=1)):  # a margin
+            nlm_day_start(day)
+    except (OverflowError, ValueError):
+        raise ConfigError(
+            f"the window {since.isoformat()} .. {until.isoformat()} reaches past the "
+            "calendar's ends (its searched days must be dates of years 1 to 9999)"
+        ) from None
+    return first, last
 
 
 def each_day(first: dt.date, last: dt.date) -> Iterator[dt.date]:

@@ -39,7 +39,7 @@ from sqlalchemy import Engine
 from litpulse.core import db
 from litpulse.core.errors import BusyError, ConfigError
 from litpulse.core.settings import Settings
-from litpulse.core.timeutil import as_utc, iso, nlm_day_start, utcnow
+from litpulse.core.timeutil import as_utc, iso, utcnow
 from litpulse.pipeline.digest import digest_step
 from litpulse.pipeline.planning import (
     PENDING_CHECK,
@@ -466,18 +466,17 @@ def _searchable(
     settings: Settings, since: dt.datetime | None, until: dt.datetime | None
 ) -> None:
     """Refuse, before anything is taken, a window whose searched days (from the overlap
-    days before ``since``, in NLM's time zone) fall off the calendar's ends."""
+    days before ``since``, in NLM's time zone) fall off the calendar's ends
+    (:func:`ingest.dates.searched_days` raises :class:`ConfigError`)."""
     from ingest.dates import searched_days
 
     try:
         end = as_utc(until) if until is not None else utcnow()
         start = as_utc(since) if since is not None else end - dt.timedelta(days=1)
-        first, last = searched_days(settings, start, end)
-        for day in (first - dt.timedelta(days=1), last + dt.timedelta(days=1)):  # a margin
-            nlm_day_start(day)
     except (OverflowError, ValueError):
         raise ConfigError(f"the window {since} .. {until} reaches past the calendar's ends "
                           "(its searched days must be dates of years 1 to 9999)") from None
+    searched_days(settings, start, end)
 
 
 def _window(

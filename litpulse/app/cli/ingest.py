@@ -84,7 +84,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             until = dt.datetime.now(dt.UTC)
         else:
             # the window is [since, until + 1 day): --until names the last day included
-            until = dt.datetime.combine(args.until + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+            try:
+                after = args.until + dt.timedelta(days=1)
+            except OverflowError:
+                raise ConfigError(f"--until {args.until} reaches past the calendar's end "
+                                  "(the window ends the day after it)") from None
+            until = dt.datetime.combine(after, dt.time(), tzinfo=dt.UTC)
         if until <= since:
             raise ConfigError("--until must not be before --since")
         from ingest.eutils import ingest_window
