@@ -66,6 +66,19 @@ D5 **A window whose searched days fall off the calendar is a traceback, not an e
    **Fixed**: ``searched_days`` is the one home of the rule (``ConfigError``, which
    ``_searchable`` now leaves to it), and ``ingest --eutils`` refuses an ``--until`` whose
    next day is off the calendar.
+
+D6 **A bootstrap from a mirror holding the baseline but no update file moves the
+   watermark to yesterday.** ``last_watermark`` takes a run that applied any file to hold
+   what NLM published up to the day before it started; a baseline is frozen months
+   before (NLM's December release), and the records entered since come only in update
+   files. With an ``updatefiles/`` folder still empty (a mirror whose sync of it is not set
+   up, or the days after NLM's release), the nightly's E-utilities start yesterday: the
+   months between are searched by no window and, on an E-utilities deployment, in no file
+   it will read. NOT FIXED: the reach of an update-file run would have to come from what
+   it applied (the newest entrez day of its records, or of the newest file's), a change
+   of the watermark's rule for every update-file run that the tests' synthetic dates (and
+   an operator's replayed files) do not fit; left for a design decision.
+   (test_d6_..., both stores)
 """
 
 from __future__ import annotations
@@ -255,3 +268,32 @@ def test_d5_a_window_off_the_calendar_is_refused_clearly(
     assert "calendar" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="calendar"):
         ingest_window(_settings(emu, env), dt.date(1, 1, 1), dt.date(1, 1, 2))
+
+
+# ------------------------------- D6: a baseline-only bootstrap and the watermark
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="NOT FIXED D6: a bootstrap that applied baseline files and no update file "
+    "moves the watermark to yesterday, past the months since the baseline was frozen",
+)
+def test_d6_a_baseline_only_bootstrap_leaves_the_months_since_it_to_the_nightly(
+    emu: ReviewEmulator, settings: Settings
+) -> None:
+    s = _settings(emu, settings)
+    today = dt.datetime.now(UTC).date()
+    frozen = today - dt.timedelta(days=30)  # the baseline's newest records
+    emu.add_file("baseline", "pubmed26n0001.xml.gz", _file([1, 2], frozen))
+    emu.add_article(1, edat=frozen)
+    emu.add_article(2, edat=frozen)
+    later = today - dt.timedelta(days=10)  # entered since: in no file the mirror holds
+    emu.add_article(3, edat=later)
+    load_files(s, workers=0, prefetch=0)
+    assert _stored(s) == {1, 2}
+    since, until = _window(s, db.connect(s), None, None)  # the first nightly
+    ingest_window(s, since, until)
+    assert 3 in _stored(s), (
+        f"record 3 (entrez date {later}) lost: the bootstrap of a baseline frozen on "
+        f"{frozen} moved the watermark to {since:%Y-%m-%d %H:%M}"
+    )
