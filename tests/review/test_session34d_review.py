@@ -79,6 +79,15 @@ D6 **A bootstrap from a mirror holding the baseline but no update file moves the
    of the watermark's rule for every update-file run that the tests' synthetic dates (and
    an operator's replayed files) do not fit; left for a design decision.
    (test_d6_..., both stores)
+
+D7 **A record PubMed withdrew whose PMID lies below those its window lists is never
+   deleted.** The withdrawal check of a window of all PubMed reads the stored live
+   records entered in its days within the PMID span of the records it lists
+   (``Store.unlisted_entered``, a key range), and the stored records of the days it lists
+   none of (``Store.entered_live``); the first record created on the overlap day (the
+   lowest PMID of the window's records), withdrawn, lies outside the span of a day that
+   still lists others: never asked for, it stays live and searchable, and no later window
+   searches that day. (test_d7_..., both stores)
 """
 
 from __future__ import annotations
@@ -297,3 +306,32 @@ def test_d6_a_baseline_only_bootstrap_leaves_the_months_since_it_to_the_nightly(
         f"record 3 (entrez date {later}) lost: the bootstrap of a baseline frozen on "
         f"{frozen} moved the watermark to {since:%Y-%m-%d %H:%M}"
     )
+
+
+# ------------------------------------ D7: a withdrawal at the edge of the listed span
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="D7: a record PubMed withdrew whose PMID lies below every PMID the window lists "
+    "(the lowest of its overlap day) is never checked: it stays live",
+)
+def test_d7_a_withdrawn_record_below_the_listed_pmids_is_deleted(
+    emu: ReviewEmulator, settings: Settings
+) -> None:
+    """Monday's window stores 101..103 (entered Monday). PubMed withdraws 101, the first
+    record created that day. Tuesday's window searches Monday again (its overlap day)
+    and lists 102, 103 and Tuesday's 104: the withdrawal check reads the stored records
+    entered in its days *within the PMID span of those listed* (``Store.unlisted_entered``,
+    a key range), 102..104, so 101 is never asked for and stays live and searchable; no
+    later window searches Monday. (A withdrawal in the middle, 102, is found.)"""
+    s = _settings(emu, settings)
+    mon = dt.date(2024, 3, 4)
+    tue = mon + dt.timedelta(days=1)
+    for pmid in (101, 102, 103):
+        emu.add_article(pmid, edat=mon)
+    ingest_window(s, _at(mon), _at(tue))
+    emu.delete(101)  # withdrawn: ESearch and EFetch stop returning it
+    emu.add_article(104, edat=tue)
+    ingest_window(s, _at(tue), _at(tue + dt.timedelta(days=1)))
+    assert 101 not in _stored(s), "record 101, withdrawn by PubMed, still live"
