@@ -929,18 +929,18 @@ def _check_unlisted(
 
     ESearch and EFetch simply stop returning a withdrawn PMID, so a window run again (a
     rerun, a backfill, the next night's overlap) finds the live records the store holds
-    entered in its days (:meth:`ingest.store.Store.unlisted_entered`) that its ESearch
-    no longer lists, and those of the days it lists no record of
-    (:meth:`ingest.store.Store.entered_live`: they lie outside the span of the listed
-    PMIDs). Each is asked of EFetch (twice, :func:`fetch_reconciled`): a record that comes
-    is stored as any; one that does not come, and that ESearch does not list when asked
-    for it alone, is withdrawn: a :class:`Deletion` from this EFetch (ranked as one,
-    :mod:`ingest.rules`: it outranks the files read before it, and a record PubMed serves
-    again later lifts it). Only a search of all PubMed can tell: a window with a query
-    never checks. More unlisted records than ``settings.efetch_batch`` and a twentieth of
-    the window's are not taken for withdrawals (a search that came back short), nor is
-    any record when ESearch listed nothing at all: none is deleted, the run's details
-    and the log say so.
+    entered in its days (:meth:`ingest.store.Store.unlisted_entered`: within the span of
+    the listed PMIDs) that its ESearch no longer lists, and, among the rows written last
+    (:meth:`ingest.store.Store.entered_live`), those of its days outside that span (a day
+    it lists no record of, a day's first record). Each is asked of EFetch (twice,
+    :func:`fetch_reconciled`): a record that comes is stored as any; one that does not
+    come, and that ESearch does not list when asked for it alone, is withdrawn: a
+    :class:`Deletion` from this EFetch (ranked as one, :mod:`ingest.rules`: it outranks
+    the files read before it, and a record PubMed serves again later lifts it). Only a
+    search of all PubMed can tell: a window with a query never checks. More unlisted
+    records than ``settings.efetch_batch`` and a twentieth of the window's are not taken
+    for withdrawals (a search that came back short), nor is any record when ESearch
+    listed nothing at all: none is deleted, the run's details and the log say so.
 
     Returns:
         ``checked``, ``found`` (EFetch still served them), ``missed`` (of those, the ones
@@ -953,11 +953,14 @@ def _check_unlisted(
     """
     most = max(settings.efetch_batch, len(listed) // 20)
     unlisted = set(store.unlisted_entered(listed, start, end))
+    known = set(listed)
     for day in each_day(start, end):
         if len(unlisted) > most:
             break
-        if not entered.get(day):  # none listed: its records lie outside the span
-            unlisted.update(store.entered_live(day, most + 1 - len(unlisted)))
+        # the day's stored records outside the span of those listed (a day listing none,
+        # a day's first record): among its rows written last, past the listed ones
+        found = store.entered_live(day, entered.get(day, 0) + most + 1 - len(unlisted))
+        unlisted.update(p for p in found if p not in known)
     out: dict[str, Any] = {"checked": 0, "found": 0, "missed": 0, "withdrawn": [],
                            "withdrawn_total": 0, "kept": [],
                            "counts": IngestCounts().to_dict()}  # fmt: skip

@@ -88,6 +88,9 @@ D7 **A record PubMed withdrew whose PMID lies below those its window lists is ne
    lowest PMID of the window's records), withdrawn, lies outside the span of a day that
    still lists others: never asked for, it stays live and searchable, and no later window
    searches that day. (test_d7_..., both stores)
+   **Fixed**: the check also reads each searched day's stored live records among the
+   rows written last (``entered_live``, bounded as before), past the listed ones, for
+   every day, not only those listing none.
 """
 
 from __future__ import annotations
@@ -311,11 +314,6 @@ def test_d6_a_baseline_only_bootstrap_leaves_the_months_since_it_to_the_nightly(
 # ------------------------------------ D7: a withdrawal at the edge of the listed span
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="D7: a record PubMed withdrew whose PMID lies below every PMID the window lists "
-    "(the lowest of its overlap day) is never checked: it stays live",
-)
 def test_d7_a_withdrawn_record_below_the_listed_pmids_is_deleted(
     emu: ReviewEmulator, settings: Settings
 ) -> None:
