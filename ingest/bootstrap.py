@@ -718,6 +718,8 @@ def load_files(
                 # files the plan offered that this call left (max_files): the run does not
                 # hold what NLM published up to now (planning.last_watermark)
                 run.details["left"] = n_pending - len(pending)
+                # a run of baseline files only holds what the baseline held (last_watermark)
+                run.details["update_files"] = sum(f.kind == "updatefile" for f in pending)
                 if last_call and plan.held is not None:
                     # files wait behind a missing one: the counts of what is applied are
                     # made right, then the run fails; the files wait

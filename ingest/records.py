@@ -34,6 +34,7 @@ __all__ = [
     "QuarantineEntry",
     "Record",
     "SourceRef",
+    "baseline_frozen_by",
     "nlm_file_order",
     "nlm_sequence",
 ]
@@ -83,6 +84,15 @@ def nlm_file_order(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     part of a split ``pubmed26n1320_part1.xml`` is a plain file of its own)."""
     m = NLM_FILE_RE.fullmatch(os.path.basename(os.fspath(path)))
     return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def baseline_frozen_by(year: int) -> dt.datetime:
+    """How far PubMed's annual baseline ``pubmed{year:02}`` is taken to hold what PubMed
+    held, early enough: NLM builds it late in the year before and releases it in December,
+    so it holds every record of 1 November of that year (UTC). A run that applied
+    baseline files and no update file reaches this far, not the day it ran
+    (:func:`litpulse.pipeline.planning.last_watermark`): the E-utilities go on from here."""
+    return dt.datetime(2000 + year - 1, 11, 1, tzinfo=dt.UTC)
 
 
 def nlm_sequence(year: int, number: int) -> int:

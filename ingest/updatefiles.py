@@ -563,6 +563,8 @@ def apply_updates(
             # files the plan offered that this call left (max_files): the run does not
             # hold what NLM published up to now (planning.last_watermark)
             details["left"] = len(plan.pending) - len(pending)
+            # a run of baseline files only holds what the baseline held (last_watermark)
+            details["update_files"] = sum(f.kind == "updatefile" for f in pending)
             if len(pending) == len(plan.pending):  # this call reached the gap
                 plan.raise_if_held()  # what was applied before it stays applied
     finally:

@@ -149,6 +149,21 @@ class EmbeddingShard:
 # --------------------------------------------------------------------------- decisions
 
 
+def _update_files_reach(details: Mapping[str, Any], started: dt.datetime) -> dt.datetime:
+    """How far an update-file run that applied every file it listed reaches: the day
+    before it started (:data:`UPDATE_FILE_LAG`), or, where it applied baseline files and
+    no update file (a mirror holding none yet), only as far as that baseline holds
+    (:func:`ingest.records.baseline_frozen_by`; the months since are the E-utilities')."""
+    from ingest.records import baseline_frozen_by, nlm_file_order
+
+    reach = started - UPDATE_FILE_LAG
+    if details.get("update_files") == 0:  # recorded since this rule: 0, not absent
+        years = [order[0] for order in map(nlm_file_order, details["files"]) if order]
+        if years:
+            reach = min(reach, baseline_frozen_by(max(years)))
+    return reach
+
+
 def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datetime | None:
     """Where the next nightly window starts: the end of the succeeded E-utilities and
     update-file runs over the whole corpus that follow one another without a gap, from
@@ -159,7 +174,9 @@ def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datet
     before its start).
 
     An update-file run (a bootstrap's too) records no window: one that applied a file
-    reaches :data:`UPDATE_FILE_LAG` before it started, and covers everything before (one
+    reaches :data:`UPDATE_FILE_LAG` before it started (one that applied baseline files
+    and no update file, only as far as that baseline holds: :func:`_update_files_reach`),
+    and covers everything before (one
     that applied none, NLM or the mirror having published nothing, moves nothing; nor does
     one that left listed files unapplied, ``max_files``: ``details.left``). A
     window reaches back to when the first PubMed day it searched began (midnight in
@@ -188,8 +205,9 @@ def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datet
             if end is None:  # update files (a bootstrap's too) hold what NLM published
                 # by the day before; a run that applied none, or left listed files
                 # unapplied (max_files), holds nothing of the kind: it moves nothing
-                if (details or {}).get("files") and not (details or {}).get("left"):
-                    spans.append((None, started - UPDATE_FILE_LAG, started))
+                done = details or {}
+                if done.get("files") and not done.get("left"):
+                    spans.append((None, _update_files_reach(done, started), started))
                 continue
             # a withheld window is not through: what came before it is
             reached = start if withheld is not None and start is not None else end

@@ -74,10 +74,10 @@ D6 **A bootstrap from a mirror holding the baseline but no update file moves the
    files. With an ``updatefiles/`` folder still empty (a mirror whose sync of it is not set
    up, or the days after NLM's release), the nightly's E-utilities start yesterday: the
    months between are searched by no window and, on an E-utilities deployment, in no file
-   it will read. NOT FIXED: the reach of an update-file run would have to come from what
-   it applied (the newest entrez day of its records, or of the newest file's), a change
-   of the watermark's rule for every update-file run that the tests' synthetic dates (and
-   an operator's replayed files) do not fit; left for a design decision.
+   it will read. **Fixed**: a run records how many update files it applied
+   (``details.update_files``); one that applied baseline files and none reaches only as
+   far as that baseline holds (``ingest.records.baseline_frozen_by``: 1 November of the
+   year before the baseline's), so the first nightly searches the months since.
    (test_d6_..., both stores)
 
 D7 **A record PubMed withdrew whose PMID lies below those its window lists is never
@@ -285,11 +285,6 @@ def test_d5_a_window_off_the_calendar_is_refused_clearly(
 # ------------------------------- D6: a baseline-only bootstrap and the watermark
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NOT FIXED D6: a bootstrap that applied baseline files and no update file "
-    "moves the watermark to yesterday, past the months since the baseline was frozen",
-)
 def test_d6_a_baseline_only_bootstrap_leaves_the_months_since_it_to_the_nightly(
     emu: ReviewEmulator, settings: Settings
 ) -> None:
