@@ -172,6 +172,12 @@ _LANG_TERMS_CURRENT: set[str] = set()
 RUN_IDS_CHECKPOINT = ("store", "run_ids")
 #: Stores this process found with ``articles.run_id`` filled.
 _RUN_IDS_CURRENT: set[str] = set()
+#: Set once the runs an older release made that no data-quality check was to come for
+#: (local files, update files, a bootstrap) are judged, with their quarantine entries
+#: (:meth:`Store.upgrade_checkless_runs`).
+CHECKLESS_RUNS_CHECKPOINT = ("store", "checkless_runs_judged")
+#: Stores this process found with those runs judged.
+_CHECKLESS_RUNS_CURRENT: set[str] = set()
 #: How far the period ends (a date filter meets the whole of an issue's period, "2019
 #: Nov-Dec", "2000 Spring") are caught up with the rows written (:func:`catch_up_mark`).
 PERIOD_END_CHECKPOINT = ("store", "pub_period_end")
@@ -287,6 +293,7 @@ class Store(RunLedger, Checkpoints):
         self.upgrade_source_times()
         self.upgrade_lang_terms()
         self.upgrade_run_ids()
+        self.upgrade_checkless_runs()
         self.catch_up_period_ends()  # rows a previous release wrote (or a store before it)
         fill_term_forms(self.engine)  # their spellings likewise
         counter = Counter()
@@ -657,6 +664,37 @@ class Store(RunLedger, Checkpoints):
 
         what = "rows of window runs killed before their check given their run"
         return self._upgrade_once(RUN_IDS_CHECKPOINT, _RUN_IDS_CURRENT, work, what)
+
+    def upgrade_checkless_runs(self) -> int:
+        """Judge the runs of local files and update files (a bootstrap's too) an older
+        release left unjudged, and their quarantine entries, once per store.
+
+        This release judges such a run as it opens and its entries as it closes
+        (``recorded_run(judged=True)``): no window's check is to come for them. Releases
+        before that judged none, and :meth:`upgrade_run_ids` takes only E-utilities runs:
+        left so, their rows and entries count as never judged, so the same records met
+        again are counted new (not ``reseen``, ``requarantined``) and the next window
+        meeting them takes them over, diluting its data-quality check with records
+        stored long ago. A run still ``running`` is left alone (this release's are judged
+        already; a dead one of this host is closed ``abandoned`` before the write that
+        upgrades: :meth:`ingest.runs.RunLedger.start_run`). One UPDATE of the small
+        ledger and one of the quarantine.
+
+        Returns:
+            The quarantine entries judged (0 when the store was current).
+        """
+        r = ingest_runs.c
+
+        def work(conn: Connection) -> int:
+            runs = conn.execute(
+                select(r.id).where(r.source.in_(sorted(ARTICLE_SOURCES - {"eutils"})),
+                                   r.judged_at.is_(None), r.status != RunStatus.RUNNING)
+            ).scalars().all()  # fmt: skip
+            return judge_runs_in(conn, runs)
+
+        what = "quarantine entries of older runs of files and update files judged"
+        return self._upgrade_once(CHECKLESS_RUNS_CHECKPOINT, _CHECKLESS_RUNS_CURRENT, work,
+                                  what)  # fmt: skip
 
     def _mark_caught_up(self, written: int) -> None:
         # ``written``: how many rows this call wrote, each counted once however many of
@@ -1040,6 +1078,7 @@ class Store(RunLedger, Checkpoints):
         (:attr:`IngestCounts.reseen`, :func:`ingest.rules.plan_batch`) — and the runs no
         check judged that wrote the others (a run meeting them takes them over)."""
         self.upgrade_run_ids()
+        self.upgrade_checkless_runs()
         a, r = articles.c, ingest_runs.c
         by_run: dict[int | None, int] = {}
         with self.engine.connect() as conn:

@@ -16,7 +16,7 @@ store at once (the store lease lets one write; the other is told busy, exit 75, 
 rerun ends where the reference does) and an upgrade killed (SIGKILL) just after its first
 step, then run again. The test skips only where the git history is unavailable.
 
-Defects (strict xfails until fixed):
+Defects (were strict xfails; fixed in the same session, now plain tests):
 
 X1 **Silent dilution: runs of local files and update files an older release made stay
    unjudged after the upgrade** (``Store.upgrade_run_ids`` takes only E-utilities runs;
@@ -28,6 +28,9 @@ X1 **Silent dilution: runs of local files and update files an older release made
    records as ``reseen`` and 0 of its malformed one as ``requarantined`` (this release
    alone: 62 and 1), and the next E-utilities window meeting them takes them over and
    counts them new: its data-quality check is diluted by records stored long ago.
+   Fixed: ``Store.upgrade_checkless_runs`` (a checkpoint of its own: a store an
+   intermediate release upgraded has ``run_ids`` set already) judges, once, every run of
+   files or update files with no ``judged_at``, and its entries (``judge_runs_in``).
 
 Attacks that held (plain tests below): articles, terms, term spellings, quarantine
 contents, filters and status equal the reference for all three releases on both stores;
@@ -58,8 +61,6 @@ from tests.conftest import fresh_postgres_database
 ROOT = Path(__file__).resolve().parents[2]
 #: Older releases, newest first (about 60, 150 and 450 commits before this review).
 RELEASES = ("e5f9e26", "dda351a", "2e672f2")
-#: Releases that never judged a run of local files or update files (before 6b70c34).
-UNJUDGING = ("dda351a", "2e672f2")
 BACKENDS = ("sqlite", "postgresql")
 DEMO = ["--records", "240", "--files", "4", "--seed", "7", "--revise", "0.1",
         "--delete", "0.05", "--malformed", "0.03"]  # fmt: skip
@@ -291,12 +292,7 @@ def test_an_upgraded_store_holds_what_this_release_alone_holds(
     assert _status(world, home, url) == _status(world, ref_home, ref_url)
 
 
-@pytest.mark.parametrize(
-    "release",
-    [pytest.param(r, marks=pytest.mark.xfail(strict=True, reason=(
-        "X1: an older release's files run stays unjudged: its records met again count new")))
-     if r in UNJUDGING else r for r in RELEASES],
-)  # fmt: skip
+@pytest.mark.parametrize("release", RELEASES)
 def test_records_an_older_release_stored_from_files_are_met_again_not_new(
     world: World, stores: Stores, reference: tuple[str, Path, str], release: str
 ) -> None:
