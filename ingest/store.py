@@ -179,8 +179,12 @@ CHECKLESS_RUNS_CHECKPOINT = ("store", "checkless_runs_judged")
 #: Stores this process found with those runs judged.
 _CHECKLESS_RUNS_CURRENT: set[str] = set()
 #: How far the period ends (a date filter meets the whole of an issue's period, "2019
-#: Nov-Dec", "2000 Spring") are caught up with the rows written (:func:`catch_up_mark`).
-PERIOD_END_CHECKPOINT = ("store", "pub_period_end")
+#: Nov-Dec", "2000 Spring") are caught up with the rows written (:func:`catch_up_mark`),
+#: read as this release reads them (:data:`PERIOD_DATES_CHECKPOINT`). A key of this
+#: reading's own: releases before it move ``("store", "pub_period_end")`` to the end of
+#: the rows they write with their own reading (a numeric month ending on 31 December);
+#: during a rolling upgrade that mark would hide those rows from this release's catch-up.
+PERIOD_END_CHECKPOINT = ("store", "pub_period_end:period_dates")
 #: Set once every stored row's period is read as this release reads its date text
 #: (:meth:`Store.upgrade_period_ends`): earlier releases ended a numeric ``<Month>03``
 #: issue on 31 December, gave ``2019 Dec-Jan`` no end and ``<Season>Sep-Dec</Season>`` no

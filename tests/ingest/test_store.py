@@ -1085,6 +1085,7 @@ def test_term_spellings_stored_before_term_forms_are_recorded_when_the_store_is_
 def test_rows_stored_before_period_ends_gain_them_on_the_next_write(settings: Settings) -> None:
     """Rows stored before ``pub_period_end`` get it from their date text on the first write
     after the upgrade, so a date filter meets the later months of their period."""
+    from ingest import store as store_module
     from ingest.records import PartialDate
     from litpulse.core.schema import checkpoints
 
@@ -1096,7 +1097,8 @@ def test_rows_stored_before_period_ends_gain_them_on_the_next_write(settings: Se
     ])  # fmt: skip
     with engine.begin() as conn:  # the store as an older litpulse left it
         conn.execute(articles.update().values(pub_period_end=None))
-        conn.execute(checkpoints.delete().where(checkpoints.c.key == "pub_period_end"))
+        key = store_module.PERIOD_END_CHECKPOINT[1]
+        conn.execute(checkpoints.delete().where(checkpoints.c.key == key))
 
     Store(engine).apply([make_record(4)])
     with engine.connect() as conn:
@@ -1216,6 +1218,7 @@ def test_a_writer_marks_the_catch_ups_exactly_where_its_rows_end(engine: Engine)
     itself, so it moves the catch-up marks exactly to its newest row: the next catch-up
     reads only rows written after it (a bootstrap of many files does not re-read the
     files before), while rows another release's writer stores later are still caught up."""
+    from ingest import store as store_module
     from ingest.runs import store_writer
     from litpulse.core.schema import checkpoints, term_forms
 
@@ -1223,8 +1226,9 @@ def test_a_writer_marks_the_catch_ups_exactly_where_its_rows_end(engine: Engine)
         Store(engine).apply([make_record(1, mesh=(MeshHeading("Humans", "D006801"),))])
     with engine.connect() as conn:
         newest = conn.execute(select(func.max(articles.c.updated_at))).scalar()
+        keys = ["term_forms", store_module.PERIOD_END_CHECKPOINT[1]]
         marks = {k: v for k, v in conn.execute(select(checkpoints.c.key, checkpoints.c.value)
-                 .where(checkpoints.c.key.in_(["term_forms", "pub_period_end"])))}
+                 .where(checkpoints.c.key.in_(keys)))}
     for value in marks.values():
         assert value["exact"] is True and value["through"] == newest.isoformat()
     assert db.catch_up_mark(engine, db.TERM_FORMS_CHECKPOINT) == (True, newest)

@@ -93,7 +93,7 @@ def _as_previous_release_left_it(settings: Settings) -> None:
         conn.execute(text("ALTER TABLE articles DROP COLUMN pub_period_end"))
         conn.execute(delete(checkpoints).where(
             checkpoints.c.scope == "store",
-            checkpoints.c.key.in_(["term_forms", "pub_period_end"]),
+            checkpoints.c.key.in_(["term_forms", store_module.PERIOD_END_CHECKPOINT[1]]),
         ))  # fmt: skip
     _new_process()
 
