@@ -748,8 +748,9 @@ class Store(RunLedger, Checkpoints):
             The rows whose dates changed (0 when the store was current).
         """
         what = "articles' publication periods read again (date filters, recency)"
+        # the pages commit on connections of their own (a writer gets in between them)
         return self._upgrade_once(PERIOD_DATES_CHECKPOINT, _PERIOD_DATES_CURRENT,
-                                  reread_periods, what)  # fmt: skip
+                                  lambda _conn: reread_periods(self.engine), what)  # fmt: skip
 
     def catch_up_period_ends(self) -> int:
         """Give the rows their period's end (:func:`reread_periods`): once per store every
@@ -764,11 +765,12 @@ class Store(RunLedger, Checkpoints):
         done = self.upgrade_period_ends()
         a = articles.c
         ran, since = catch_up_mark(self.engine, PERIOD_END_CHECKPOINT)
-        with self.engine.begin() as conn:
+        with self.engine.connect() as conn:
             through = conn.execute(select(func.max(a.updated_at))).scalar()
-            if ran and (through is None or (since is not None and through <= since)):
-                return done  # nothing written since
-            caught = reread_periods(conn, since=since)
+        if ran and (through is None or (since is not None and through <= since)):
+            return done  # nothing written since
+        caught = reread_periods(self.engine, since=since)  # a page per transaction
+        with self.engine.begin() as conn:
             set_catch_up_mark(conn, PERIOD_END_CHECKPOINT, through, caught)
         if caught:
             logger.warning("%d articles given the end of their issue's period (date filters)",
@@ -1264,7 +1266,7 @@ class Store(RunLedger, Checkpoints):
         return _quarantine_dict(row._mapping, raw=True)
 
 
-def reread_periods(conn: Connection, *, since: dt.datetime | None = None) -> int:
+def reread_periods(engine: Engine, *, since: dt.datetime | None = None) -> int:
     """Bring the stored dates of the rows (written after ``since``, or all) that hold a
     period end or whose date text names a period (:data:`ingest.dates.PERIOD_MARKS`) to
     what this release reads from that text: the end (:func:`ingest.dates.period_end`),
@@ -1272,7 +1274,13 @@ def reread_periods(conn: Connection, *, since: dt.datetime | None = None) -> int
     </Season>``, stored by earlier releases as the year alone), that month and day
     (:func:`ingest.dates.parse_medline_date`, as the parser reads it now) with the best
     date (recency's, and a date filter's) they make. By PMID, :data:`PERIOD_PAGE` rows at
-    a time; marks the store version when a row changed (a search ranks by these).
+    a time, each page its own transaction (a writer waiting for SQLite's write lock gets
+    it between pages); marks the store version when a row changed (a search ranks by
+    these).
+
+    No lease is held (the API server runs it at start-up): a row is written only if it
+    still holds the dates it was read with, so a version an ingest committed after the
+    page was read keeps its own dates (this release's writer stores them right).
 
     Returns:
         The rows changed.
@@ -1280,15 +1288,21 @@ def reread_periods(conn: Connection, *, since: dt.datetime | None = None) -> int
     a = articles.c
     raw = func.lower(a.pub_date_raw)
     periodic = or_(*(raw.like(f"%{mark}%") for mark in PERIOD_MARKS))
-    write = update(articles).where(a.pmid == bindparam("b_pmid")).values(
-        pub_month=bindparam("b_month"), pub_day=bindparam("b_day"),
-        pub_period_end=bindparam("b_end"), best_date=bindparam("b_best"),
+    read = (a.pub_year, a.pub_month, a.pub_day, a.pub_date_raw, a.pub_period_end,
+            a.article_date, a.entrez_date, a.best_date)  # fmt: skip
+    write = (
+        update(articles)
+        .where(a.pmid == bindparam("b_pmid"),
+               *(col.is_not_distinct_from(bindparam(f"o_{col.key}")) for col in read))
+        .values(pub_month=bindparam("b_month"), pub_day=bindparam("b_day"),
+                pub_period_end=bindparam("b_end"), best_date=bindparam("b_best"))
     )  # fmt: skip
-    done, last = 0, 0
-    while True:  # by PMID, a page at a time: memory stays flat
+
+    def page_after(last: int) -> tuple[int | None, int]:
+        """One page after PMID ``last``: (its last PMID, or ``None`` past the end; rows
+        changed), in one transaction."""
         query = (
-            select(a.pmid, a.pub_year, a.pub_month, a.pub_day, a.pub_date_raw,
-                   a.pub_period_end, a.article_date, a.entrez_date, a.best_date)
+            select(a.pmid, *read)
             .where(a.pmid > last, a.pub_year.is_not(None),
                    or_(a.pub_period_end.is_not(None), periodic))
             .order_by(a.pmid)
@@ -1296,28 +1310,41 @@ def reread_periods(conn: Connection, *, since: dt.datetime | None = None) -> int
         )  # fmt: skip
         if since is not None:
             query = query.where(a.updated_at > since)
-        page = conn.execute(query).all()
-        if not page:
+        with engine.begin() as conn:
+            page = conn.execute(query).all()
+            if not page:
+                return None, 0
+            changed = []
+            for pmid, *old in page:
+                year, month, day, text, end, article_date, entrez_date, best = old
+                new_month, new_day, new_best = month, day, best
+                if month is None and text:  # a month the text gives and the row lacks
+                    again = parse_medline_date(text)
+                    if again.year == year and again.month is not None:
+                        new_month, new_day = again.month, again.day
+                        start = PartialDate(year, new_month, new_day).as_date()
+                        new_best = article_date or start or entrez_date
+                new_end = period_end(PartialDate(year, new_month, new_day, text or ""))
+                if (new_month, new_day, new_end, new_best) != (month, day, end, best):
+                    row = {f"o_{col.key}": value for col, value in zip(read, old, strict=True)}
+                    changed.append(row | {"b_pmid": pmid, "b_month": new_month,
+                                          "b_day": new_day, "b_end": new_end,
+                                          "b_best": new_best})  # fmt: skip
+            written = 0
+            if changed:
+                result = conn.execute(write, changed)
+                written = result.rowcount if result.rowcount >= 0 else len(changed)
+                if written:
+                    mark_written(conn, "dates")
+            return int(page[-1][0]), written
+
+    done, last = 0, 0
+    while True:  # by PMID, a page at a time: memory stays flat
+        after, written = retry_conflicts(functools.partial(page_after, last),
+                                         "period ends' catch-up")  # fmt: skip
+        if after is None:
             break
-        last = page[-1][0]
-        changed = []
-        for pmid, year, month, day, text, end, article_date, entrez_date, best in page:
-            new_month, new_day, new_best = month, day, best
-            if month is None and text:  # a month the text gives and the row lacks
-                again = parse_medline_date(text)
-                if again.year == year and again.month is not None:
-                    new_month, new_day = again.month, again.day
-                    start = PartialDate(year, new_month, new_day).as_date()
-                    new_best = article_date or start or entrez_date
-            new_end = period_end(PartialDate(year, new_month, new_day, text or ""))
-            if (new_month, new_day, new_end, new_best) != (month, day, end, best):
-                changed.append({"b_pmid": pmid, "b_month": new_month, "b_day": new_day,
-                                "b_end": new_end, "b_best": new_best})  # fmt: skip
-        if changed:
-            conn.execute(write, changed)
-            done += len(changed)
-    if done:
-        mark_written(conn, "dates")
+        last, done = after, done + written
     return done
 
 

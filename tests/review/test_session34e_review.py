@@ -217,8 +217,6 @@ def _older_release_row(engine: Engine) -> None:
         conn.execute(checkpoints.delete().where(checkpoints.c.key == "pub_period_end"))
 
 
-@pytest.mark.xfail(strict=True, reason="A1: the API's start-up catch-up overwrites a row an "
-                   "ingest committed after the catch-up read it with values of the old row")
 def test_a1_the_catch_up_does_not_overwrite_a_newer_version(settings: Settings) -> None:
     engine = db.connect(settings)
     _older_release_row(engine)
@@ -247,8 +245,6 @@ def test_a1_the_catch_up_does_not_overwrite_a_newer_version(settings: Settings) 
 
 
 @pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
-@pytest.mark.xfail(strict=True, reason="B1: on SQLite the catch-up holds the write lock for "
-                   "its whole pass: an ingest waiting behind it gives up 'database is locked'")
 def test_b1_the_catch_up_lets_a_writer_in_between_pages(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
