@@ -106,6 +106,7 @@ __all__ = [
     "MISSING_MARKERS",
     "REFRESH_POLICY",
     "CitationCounts",
+    "CitationsBusyError",
     "IciteAnswer",
     "due_pmids",
     "icite_held",
@@ -608,6 +609,11 @@ def _split(
 
 #: The lease one citation refresh holds: two at once would ask iCite for the same articles.
 REFRESH_LEASE = "citations-refresh"
+
+
+class CitationsBusyError(BusyError):
+    """Another citation refresh of this store holds :data:`REFRESH_LEASE`; nothing was
+    asked."""
 #: The quarantine's ``source_kind`` of an iCite API record.
 SOURCE_KIND = "icite"
 
@@ -666,6 +672,7 @@ def refresh_citations(
     *,
     pmids: Iterable[int] | None = None,
     progress: bool = False,
+    wait_s: float = 0.0,
 ) -> CitationCounts:
     """Fetch iCite data for the given PMIDs, or for every article due by the policy.
 
@@ -673,6 +680,7 @@ def refresh_citations(
         settings: ``icite_url``, ``icite_batch``, retry settings, database.
         pmids: Refresh exactly these (those not live in the store are ignored).
         progress: Log each batch.
+        wait_s: Seconds to wait for another citation refresh to end before giving up.
 
     Returns:
         Requested, updated and unknown counts (the rest were quarantined: an impossible
@@ -680,14 +688,15 @@ def refresh_citations(
 
     Raises:
         TransientSourceError: iCite kept failing (batches already written stay).
-        BusyError: Another citation refresh of this store runs now (lease
-            :data:`REFRESH_LEASE`): it would ask iCite for the same articles.
+        CitationsBusyError: Another citation refresh of this store runs now (lease
+            :data:`REFRESH_LEASE`; after ``wait_s``): it would ask iCite for the same
+            articles.
     """
     engine = db.connect(settings)
-    lease = db.take_lease(engine, REFRESH_LEASE, lambda who: BusyError(
+    lease = db.take_lease(engine, REFRESH_LEASE, lambda who: CitationsBusyError(
         f"busy: another citation refresh ({who}) runs on this store; nothing was asked: "
         "run again when it is done"
-    ))  # fmt: skip
+    ), wait_s=wait_s)  # fmt: skip
     with lease:
         return _refresh(settings, engine, pmids, progress)
 

@@ -290,8 +290,6 @@ def local_files(manifest: CorpusManifest) -> list[str]:
     return [str(p) for p in manifest.files]
 
 
-@pytest.mark.xfail(strict=True, reason="C1: a manual citations refresh running when the nightly "
-                   "reaches its citations step fails the whole nightly (BusyError)")
 def test_c1_the_nightly_waits_for_a_manual_citations_refresh(
     sqlite_settings: Settings, emu: Emulator, tiny: str, local_files: list[str]
 ) -> None:
@@ -310,8 +308,6 @@ def test_c1_the_nightly_waits_for_a_manual_citations_refresh(
     assert report.index is not None
 
 
-@pytest.mark.xfail(strict=True, reason="C1: a manual citations refresh running longer than the "
-                   "nightly waits fails the whole nightly instead of skipping the step with a note")
 def test_c1_the_nightly_skips_citations_a_long_manual_refresh_holds(
     sqlite_settings: Settings, emu: Emulator, tiny: str, local_files: list[str]
 ) -> None:
@@ -321,7 +317,7 @@ def test_c1_the_nightly_skips_citations_a_long_manual_refresh_holds(
     assert manual is not None
     try:
         report = run_nightly(s, source="files", files=local_files, retrain=False,
-                             citations_wait_s=0.2)  # type: ignore[call-arg]  # fmt: skip
+                             citations_wait_s=0.2)  # fmt: skip
     finally:
         manual.release()
     assert report.citations is not None and "another citation refresh" in str(
