@@ -325,3 +325,34 @@ def test_c1_the_nightly_skips_citations_a_long_manual_refresh_holds(
     rows = dict((step, text) for step, _t, text in report.summary_rows())
     assert rows["citations"].startswith("skipped: another citation refresh")
     assert report.index is not None and report.digest is not None
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+@pytest.mark.xfail(strict=True, reason="B2: a writer that waited out SQLite's write lock "
+                   "('database is locked') is told 'the database cannot be reached'")
+def test_b2_a_lock_waited_out_is_not_called_unreachable(
+    env: Settings, local_files: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from litpulse.app.cli import main
+
+    engine = db.connect(env)
+
+    def short_wait(dbapi_conn: Any, _record: Any) -> None:  # 60 s in production
+        dbapi_conn.execute("PRAGMA busy_timeout=200")
+
+    event.listen(engine, "connect", short_wait)
+    engine.dispose()
+    path = engine.url.database
+    assert path
+    other = sqlite3.connect(path)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the write lock (a long pass)
+    try:
+        code = main(["ingest", "--files", local_files[0]])
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        event.remove(engine, "connect", short_wait)
+    err = capsys.readouterr().err
+    assert code == 75
+    assert "cannot be reached" not in err
+    assert "busy" in err and "database is locked" in err
