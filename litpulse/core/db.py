@@ -77,6 +77,7 @@ from litpulse.core.timeutil import as_utc, iso, utcnow
 __all__ = [
     "CONFLICT_ATTEMPTS",
     "conflict_rolled_back",
+    "lock_waited_out",
     "retry_conflicts",
     "connect",
     "take_turn",
@@ -139,6 +140,22 @@ def conflict_rolled_back(exc: BaseException) -> bool:
     with another writer (PostgreSQL's deadlock detected, serialization failure)."""
     orig = getattr(exc, "orig", None)
     return getattr(orig, "sqlstate", None) in _CONFLICT_STATES
+
+
+#: SQLSTATE of a lock PostgreSQL waited for longer than ``lock_timeout`` allows.
+_LOCK_TIMEOUT_STATE = "55P03"
+
+
+def lock_waited_out(exc: BaseException) -> bool:
+    """Whether ``exc`` says a lock was waited for until the wait ran out: another writer
+    held it (SQLite's write lock past the busy timeout, ``database is locked``; a
+    PostgreSQL ``lock_timeout``). The database is reachable: it is busy."""
+    orig = getattr(exc, "orig", None)
+    if isinstance(orig, sqlite3.OperationalError):
+        return getattr(orig, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED") or (
+            "is locked" in str(orig)
+        )
+    return getattr(orig, "sqlstate", None) == _LOCK_TIMEOUT_STATE
 
 
 def retry_conflicts(

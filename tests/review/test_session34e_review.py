@@ -328,8 +328,6 @@ def test_c1_the_nightly_skips_citations_a_long_manual_refresh_holds(
 
 
 @pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
-@pytest.mark.xfail(strict=True, reason="B2: a writer that waited out SQLite's write lock "
-                   "('database is locked') is told 'the database cannot be reached'")
 def test_b2_a_lock_waited_out_is_not_called_unreachable(
     env: Settings, local_files: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:

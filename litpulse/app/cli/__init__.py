@@ -74,8 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # (EX_TEMPFAIL)
         return EXIT_BUSY if isinstance(exc, BusyError) or exc.retryable else 2
     except OperationalError as exc:  # the database cannot be reached (down, refused)
+        from litpulse.core.db import lock_waited_out
+
         first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[:1]
-        print(f"litpulse: error: the database cannot be reached: {safe_text(''.join(first))}",
+        what = ("is busy: another process held its write lock longer than this one waits "
+                "(what was committed stays; run again later)" if lock_waited_out(exc)
+                else "cannot be reached")  # fmt: skip
+        print(f"litpulse: error: the database {what}: {safe_text(''.join(first))}",
               file=sys.stderr)
         return EXIT_BUSY
     except BrokenPipeError:  # the reader of stdout left (`| head`): nothing more to say
