@@ -133,10 +133,12 @@ def litpulse_nightly_ingest() -> None:
 
     @task(pool=NCBI_POOL, execution_timeout=dt.timedelta(hours=2))
     def refresh_citations() -> dict[str, Any]:
-        """Refresh iCite citation counts of the articles that need it."""
-        from ingest.citations import refresh_citations as run
+        """Refresh iCite citation counts of the articles that need it (as ``litpulse
+        nightly``: after waiting for a refresh another process runs, up to
+        ``CITATIONS_WAIT_S``; past it the task succeeds with ``skipped`` and a note)."""
+        from litpulse.pipeline.nightly import citations_step
 
-        return run(settings()).to_dict()
+        return citations_step(settings())
 
     @task
     def data_quality(ingest: dict[str, Any]) -> dict[str, Any]:

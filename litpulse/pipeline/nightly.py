@@ -60,6 +60,7 @@ __all__ = [
     "NightlyBusyError",
     "NightlyReport",
     "check_window",
+    "citations_step",
     "duration",
     "ingest_eutils_window",
     "run_nightly",
@@ -414,8 +415,8 @@ def run_nightly(
             report_q: dict[str, Any] = {"ok": True, "checks": [], "problems": []}
             try:  # a window is through only once it passed its check
                 if citations:
-                    cites = step("citations",
-                                 lambda: _citations(settings, progress, citations_wait_s))
+                    cites = step("citations", lambda: citations_step(
+                        settings, progress=progress, wait_s=citations_wait_s))  # fmt: skip
                 if quality:
                     from ingest.quality import check_ingest
 
@@ -611,7 +612,18 @@ def _ingest(
     return counts_as_dict(counts)
 
 
-def _citations(settings: Settings, progress: bool, wait_s: float) -> dict[str, Any]:
+def citations_step(
+    settings: Settings, *, progress: bool = False, wait_s: float = CITATIONS_WAIT_S
+) -> dict[str, Any]:
+    """The iCite refresh as a step of a chain (``litpulse nightly``, the nightly ingest
+    DAG's ``refresh_citations``): its counts, or ``{"skipped": why}`` when a citation
+    refresh another process runs held its lease past ``wait_s`` seconds
+    (:data:`CITATIONS_WAIT_S`). A skipped step fails nothing: the articles it would have
+    asked for stay due (never fetched, or on their schedule) for the next refresh.
+
+    Raises:
+        TransientSourceError: iCite kept failing (batches already written stay).
+    """
     from ingest.citations import CitationsBusyError, refresh_citations
 
     try:
