@@ -127,8 +127,12 @@ def _state(settings: Settings, *, eutils: bool = False) -> dict[str, Any]:
             select(source_files.c.name, source_files.c.md5)))
         out["published"] = conn.execute(select(func.count()).select_from(index_versions).where(
             index_versions.c.status == "published")).scalar()
+        out["index_rows"] = sorted(conn.execute(select(index_versions.c.status)).scalars())
         out["runs"] = [tuple(r) for r in conn.execute(
             select(ingest_runs.c.source, ingest_runs.c.status).order_by(ingest_runs.c.id))]
+    from ranking.index_files import indexes_dir
+
+    out["index_folders"] = sorted(p.name for p in indexes_dir(settings).iterdir())
     return out
 
 
@@ -179,9 +183,11 @@ def _killed_thrice(
     got = _state(s, eutils=eutils)
     assert not differences(got, want), (chosen, differences(got, want))
     # an update-file run's watermark is a day before it started (wall-clock): its files
-    keys = ("index", "lexical", "embeddings", "matches", "files", "published")
+    keys = ("index", "lexical", "embeddings", "matches", "files", "published", "index_rows")
     for key in (*keys, "watermark") if eutils else keys:
         assert got[key] == want[key], (chosen, key, got[key], want[key])
+    # no half-built index left behind on disk (its version ids differ: count them)
+    assert len(got["index_folders"]) == len(want["index_folders"]), got["index_folders"]
     # every run ended: a killed one is marked so, none stays "running" for ever
     assert not [r for r in got["runs"] if r[1] == "running"], (chosen, got["runs"])
     last = {source: status for source, status in got["runs"]}
