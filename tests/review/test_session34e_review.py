@@ -32,6 +32,7 @@ import datetime as dt
 import random
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ from litpulse.core.schema import (
 from litpulse.core.settings import Settings
 from litpulse.pipeline.nightly import run_nightly
 from litpulse.pipeline.saved_searches import add_search
+from tests.dags.conftest import airflow_home, run_dags  # noqa: F401 - fixture
 from tests.emulator import Emulator, running_emulator
 from tests.ingest.test_crash_resume import (
     child_env,
@@ -398,3 +400,40 @@ def test_b2_a_lock_waited_out_is_not_called_unreachable(
     assert code == 75
     assert "cannot be reached" not in err
     assert "busy" in err and "database is locked" in err
+
+
+@pytest.mark.slow
+def test_c1_the_nightly_dag_waits_for_a_manual_citations_refresh(
+    airflow_home: Path, tmp_path: Path  # noqa: F811 - the fixture imported
+) -> None:
+    """The nightly ingest DAG's ``refresh_citations`` task, as ``litpulse nightly``: a
+    manual refresh running when it starts is waited for, then the task refreshes what is
+    still due (before: the task failed, and the night with it)."""
+    day = dt.date(2024, 1, 2)
+    for e in running_emulator():
+        for pmid in range(1000, 1004):
+            e.add_article(pmid, edat=day, title=f"Statins and memory, cohort {pmid}")
+            e.set_icite(pmid, citation_count=pmid % 7)
+        s = e.configure(Settings.from_env({}, home=tmp_path / "lp"))
+        manual = db.acquire_lease(db.connect(s), REFRESH_LEASE)
+        assert manual is not None
+        timer = threading.Timer(8.0, manual.release)  # the manual refresh ends meanwhile
+        timer.start()
+        try:
+            logical = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(2), dt.UTC)
+            runs = [{"dag_id": "litpulse_nightly_ingest", "logical_date": logical.isoformat()}]
+            began = time.monotonic()
+            (run,) = run_dags(airflow_home, runs, e.env(s), tmp_path)["runs"]
+            took = time.monotonic() - began
+        finally:
+            timer.cancel()
+            manual.release()
+        assert run["tasks"]["refresh_citations"] == "success", run
+        # on its first try: a try that failed is retried minutes later (the run took 131 s
+        # before, when one failed and the retry found the lease free; 15 s waiting)
+        assert took < 90, f"refresh_citations failed and was retried ({took:.0f} s)"
+        assert run["state"] == "success", run
+        with db.connect(s).connect() as conn:
+            counts = {p: c for p, c in conn.execute(
+                select(articles.c.pmid, articles.c.citation_count))}
+        assert counts == {p: p % 7 for p in range(1000, 1004)}
