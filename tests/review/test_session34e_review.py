@@ -8,8 +8,9 @@ at three seeded points and run again to the end: it must end in exactly the stat
 uninterrupted nightly on the same input (articles without wall-clock columns, quarantine,
 citation counts, the published index's PMIDs and model, the lexical documents, the saved
 search's matches, the update files applied, no run left "running") — N1 holds on both
-databases (kills inside the ingest, the index's publication and the digest), and so does
-N3, the same for an E-utilities window (its watermark too); only the counts an update
+databases (kills inside the ingest, the embedding and the digest), and so does N3, the
+same for an E-utilities window (its watermark too; kills inside the iCite step and the
+index's publication as well); only the counts an update
 file records after a resume are its last application's (N2). Then
 three leftovers:
 the API server's start-up catch-up of period ends (:meth:`ingest.store.Store.
@@ -204,13 +205,13 @@ def test_n1_a_nightly_killed_thrice_ends_as_one_uninterrupted(
 ) -> None:
     base = emu.configure(quick(settings, store_batch=5), icite_batch=10, model=tiny,
                          max_seq_length=32, embed_batch_size=8, ncbi_api_key="k")  # fmt: skip
-    # seed 1: kills inside the ingest, the publishing and the digest
+    # seed 1: kills inside the ingest, the embedding and the digest
     _killed_thrice(base, emu, tmp_path, ["--source", "updatefiles"],
                    {"source": "updatefiles"}, 1)  # fmt: skip
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [2, 3])
+@pytest.mark.parametrize("seed", [2, 5])  # ingest, embedding; citations, publishing
 def test_n3_an_eutils_nightly_killed_thrice_ends_as_one_uninterrupted(
     settings: Settings, emu: Emulator, manifest: CorpusManifest, tiny: str, tmp_path: Path,
     seed: int,
