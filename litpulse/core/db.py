@@ -77,6 +77,7 @@ from litpulse.core.timeutil import as_utc, iso, utcnow
 __all__ = [
     "CONFLICT_ATTEMPTS",
     "conflict_rolled_back",
+    "disk_full",
     "lock_waited_out",
     "retry_conflicts",
     "connect",
@@ -156,6 +157,19 @@ def lock_waited_out(exc: BaseException) -> bool:
             "is locked" in str(orig)
         )
     return getattr(orig, "sqlstate", None) == _LOCK_TIMEOUT_STATE
+
+
+#: SQLSTATE of a write PostgreSQL could not make for want of disk space.
+_DISK_FULL_STATE = "53100"
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database's disk is full (SQLite's ``database or disk is
+    full``, PostgreSQL's ``disk_full``): reachable, and trying again soon fails again."""
+    orig = getattr(exc, "orig", None)
+    if isinstance(orig, sqlite3.OperationalError):
+        return getattr(orig, "sqlite_errorname", "") == "SQLITE_FULL" or "is full" in str(orig)
+    return getattr(orig, "sqlstate", None) == _DISK_FULL_STATE
 
 
 def retry_conflicts(
@@ -972,9 +986,9 @@ def bulk_upsert(
     if conn.dialect.name != "sqlite":  # pragma: no cover - other dialects are not supported
         raise NotImplementedError(f"bulk_upsert is not implemented for {conn.dialect.name}")
     marks = ", ".join("?" * len(cols))
-    _sqlite_cursor(conn).executemany(
-        f"INSERT INTO {name} ({col_sql}) VALUES ({marks}) {conflict}", values
-    )
+    sql = f"INSERT INTO {name} ({col_sql}) VALUES ({marks}) {conflict}"
+    with _driver_errors(conn, sql):
+        _sqlite_cursor(conn).executemany(sql, values)
 
 
 def bulk_insert(
@@ -1013,12 +1027,28 @@ def insert_tuples(
         _copy(conn, name, col_sql, rows, _binary_types(conn, table, columns))
         return
     marks = ", ".join("?" * len(columns))
-    _sqlite_cursor(conn).executemany(f"INSERT INTO {name} ({col_sql}) VALUES ({marks})", rows)
+    sql = f"INSERT INTO {name} ({col_sql}) VALUES ({marks})"
+    with _driver_errors(conn, sql):
+        _sqlite_cursor(conn).executemany(sql, rows)
 
 
 def _sqlite_cursor(conn: Connection) -> Any:
     """A DBAPI cursor of ``conn``'s SQLite connection (in its transaction)."""
     return conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+
+
+@contextmanager
+def _driver_errors(conn: Connection, statement: str) -> Iterator[None]:
+    """The driver's errors of a bulk path that goes past SQLAlchemy (its own cursor,
+    ``COPY``) raised as SQLAlchemy's (:class:`~sqlalchemy.exc.OperationalError` and the
+    rest, the driver's error as ``orig``), as every other statement's are: a deadlock is
+    run again (:func:`retry_conflicts`), a full disk or a waited-out lock is told as what
+    it is, never a traceback of the driver's."""
+    base = conn.dialect.loaded_dbapi.Error
+    try:
+        yield
+    except base as exc:
+        raise DBAPIError.instance(statement, None, exc, base, dialect=conn.dialect) from exc
 
 
 #: PostgreSQL types (by the name SQLAlchemy compiles, up to a parenthesis) that
@@ -1068,9 +1098,9 @@ def _copy(
     same.
     """
     driver = conn.connection.driver_connection
-    fmt = " (FORMAT BINARY)" if types is not None else ""
-    with driver.cursor() as cur:  # type: ignore[union-attr]
-        with cur.copy(f"COPY {name} ({col_sql}) FROM STDIN{fmt}") as copy:
+    sql = f"COPY {name} ({col_sql}) FROM STDIN{' (FORMAT BINARY)' if types is not None else ''}"
+    with _driver_errors(conn, sql), driver.cursor() as cur:  # type: ignore[union-attr]
+        with cur.copy(sql) as copy:
             if types is not None:
                 copy.set_types(types)
             write = copy.write_row

@@ -403,6 +403,34 @@ def test_b2_a_lock_waited_out_is_not_called_unreachable(
     assert "busy" in err and "database is locked" in err
 
 
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_b2_a_full_database_disk_is_not_called_unreachable(
+    env: Settings, local_files: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """B2's follow-up (34b's note): SQLite's ``database or disk is full`` was told as a
+    database that "cannot be reached", exit 75 (try again later: the same disk, the same
+    failure). It is a full disk: said so, exit 2, as a full disk under an index is."""
+    from litpulse.app.cli import main
+
+    engine = db.connect(env)
+    with engine.connect() as conn:  # the store as it is, and room for nothing more
+        pages = int(conn.exec_driver_sql("PRAGMA page_count").scalar() or 0)
+
+    def full(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute(f"PRAGMA max_page_count={pages}")
+
+    event.listen(engine, "connect", full)
+    engine.dispose()
+    try:
+        code = main(["ingest", "--files", local_files[0]])
+    finally:
+        event.remove(engine, "connect", full)
+        engine.dispose()
+    err = capsys.readouterr().err
+    assert "cannot be reached" not in err, err
+    assert "disk is full" in err and code == 2, (code, err)
+
+
 @pytest.mark.slow
 def test_c1_the_nightly_dag_waits_for_a_manual_citations_refresh(
     airflow_home: Path, tmp_path: Path  # noqa: F811 - the fixture imported

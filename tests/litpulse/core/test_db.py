@@ -201,6 +201,31 @@ def test_bulk_insert_and_upsert_store_what_sqlalchemy_stores(settings: Settings)
     assert got[4][3] == t0 and got[5][3] == t0
 
 
+def test_a_bulk_path_raises_the_drivers_error_as_sqlalchemys(settings: Settings) -> None:
+    """The bulk paths write through the driver's own cursor (SQLite's ``executemany``,
+    PostgreSQL's ``COPY``), past SQLAlchemy: their errors reached the callers raw, so a
+    deadlock in a ``COPY`` was not run again (``retry_conflicts`` reads SQLAlchemy's
+    ``orig``) and a full disk was a traceback. Raised as SQLAlchemy's, ``orig`` the
+    driver's, on both databases."""
+    from sqlalchemy.exc import IntegrityError
+
+    engine = db.connect(settings)
+    meta = MetaData()
+    probe = Table("bulk_errors_probe", meta, Column("id", Integer, primary_key=True),
+                  Column("note", Text, nullable=False))  # fmt: skip
+    meta.create_all(engine)
+    for write in (
+        lambda conn: db.insert_tuples(conn, probe, ("id", "note"), [(1, "a"), (2, None)]),
+        lambda conn: db.bulk_upsert(conn, probe, [(1, None)], columns=("id", "note"),
+                                    keys=("id",), update=("note",)),
+    ):
+        with pytest.raises(IntegrityError) as raised, engine.begin() as conn:
+            write(conn)
+        assert raised.value.orig is not None and "null" in str(raised.value.orig).lower()
+    with engine.connect() as conn:
+        assert conn.execute(select(probe)).all() == []
+
+
 @pytest.mark.postgres
 def test_the_postgresql_staging_table_compresses_as_its_table(postgres_url: str) -> None:
     """The staging table of an upsert keeps the target's column compression (lz4 where
