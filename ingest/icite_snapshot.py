@@ -147,7 +147,7 @@ from ingest.records import ICITE_REASON, QuarantineEntry, SourceRef
 from ingest.rows import quarantine_row
 from ingest.runs import Counts, IngestCounts, OpenRun, recorded_run
 from ingest.store import Store
-from litpulse.core.db import mark_written, retry_conflicts, upsert
+from litpulse.core.db import driver_errors, mark_written, retry_conflicts, upsert
 from litpulse.core.errors import ConfigError, NotFoundError, ParseError
 from litpulse.core.schema import articles, quarantine
 from litpulse.core.settings import Settings
@@ -716,9 +716,12 @@ def _copy_update(conn: Connection, values: Mapping[int, Mapping[str, Any]], at: 
     """PostgreSQL: ``COPY`` the batch into the staging table, then one ``UPDATE … FROM``."""
     conn.execute(text(_STAGE_DDL))
     cols = list(ICITE_FIELDS)
+    sql = f"COPY icite_stage (pmid, {', '.join(cols)}) FROM STDIN"
     cursor: Any = conn.connection.cursor()
+    # as text: the server checks each value's range (binary would wrap one past int4);
+    # a driver error is SQLAlchemy's, as the store's COPY's (a deadlock is run again)
     try:
-        with cursor.copy(f"COPY icite_stage (pmid, {', '.join(cols)}) FROM STDIN") as copy:
+        with driver_errors(conn, sql), cursor.copy(sql) as copy:
             for pmid, v in values.items():
                 copy.write_row((pmid, *(v[c] for c in cols)))
     finally:

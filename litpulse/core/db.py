@@ -88,6 +88,7 @@ __all__ = [
     "bulk_upsert",
     "bulk_insert",
     "insert_tuples",
+    "driver_errors",
     "id_in",
     "id_in_clause",
     "pg_array",
@@ -987,7 +988,7 @@ def bulk_upsert(
         raise NotImplementedError(f"bulk_upsert is not implemented for {conn.dialect.name}")
     marks = ", ".join("?" * len(cols))
     sql = f"INSERT INTO {name} ({col_sql}) VALUES ({marks}) {conflict}"
-    with _driver_errors(conn, sql):
+    with driver_errors(conn, sql):
         _sqlite_cursor(conn).executemany(sql, values)
 
 
@@ -1028,7 +1029,7 @@ def insert_tuples(
         return
     marks = ", ".join("?" * len(columns))
     sql = f"INSERT INTO {name} ({col_sql}) VALUES ({marks})"
-    with _driver_errors(conn, sql):
+    with driver_errors(conn, sql):
         _sqlite_cursor(conn).executemany(sql, rows)
 
 
@@ -1038,10 +1039,11 @@ def _sqlite_cursor(conn: Connection) -> Any:
 
 
 @contextmanager
-def _driver_errors(conn: Connection, statement: str) -> Iterator[None]:
+def driver_errors(conn: Connection, statement: str) -> Iterator[None]:
     """The driver's errors of a bulk path that goes past SQLAlchemy (its own cursor,
-    ``COPY``) raised as SQLAlchemy's (:class:`~sqlalchemy.exc.OperationalError` and the
-    rest, the driver's error as ``orig``), as every other statement's are: a deadlock is
+    ``COPY``: here and in :mod:`ingest.icite_snapshot`'s staging) raised as SQLAlchemy's
+    (:class:`~sqlalchemy.exc.OperationalError` and the rest, the driver's error as
+    ``orig``), as every other statement's are: a deadlock is
     run again (:func:`retry_conflicts`), a full disk or a waited-out lock is told as what
     it is, never a traceback of the driver's."""
     base = conn.dialect.loaded_dbapi.Error
@@ -1099,7 +1101,7 @@ def _copy(
     """
     driver = conn.connection.driver_connection
     sql = f"COPY {name} ({col_sql}) FROM STDIN{' (FORMAT BINARY)' if types is not None else ''}"
-    with _driver_errors(conn, sql), driver.cursor() as cur:  # type: ignore[union-attr]
+    with driver_errors(conn, sql), driver.cursor() as cur:  # type: ignore[union-attr]
         with cur.copy(sql) as copy:
             if types is not None:
                 copy.set_types(types)
