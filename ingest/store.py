@@ -172,12 +172,6 @@ _LANG_TERMS_CURRENT: set[str] = set()
 RUN_IDS_CHECKPOINT = ("store", "run_ids")
 #: Stores this process found with ``articles.run_id`` filled.
 _RUN_IDS_CURRENT: set[str] = set()
-#: Set once the runs an older release made that no data-quality check was to come for
-#: (local files, update files, a bootstrap) are judged, with their quarantine entries
-#: (:meth:`Store.upgrade_checkless_runs`).
-CHECKLESS_RUNS_CHECKPOINT = ("store", "checkless_runs_judged")
-#: Stores this process found with those runs judged.
-_CHECKLESS_RUNS_CURRENT: set[str] = set()
 #: How far the period ends (a date filter meets the whole of an issue's period, "2019
 #: Nov-Dec", "2000 Spring") are caught up with the rows written (:func:`catch_up_mark`),
 #: read as this release reads them (:data:`PERIOD_DATES_CHECKPOINT`). A key of this
@@ -671,7 +665,9 @@ class Store(RunLedger, Checkpoints):
 
     def upgrade_checkless_runs(self) -> int:
         """Judge the runs of local files and update files (a bootstrap's too) an older
-        release left unjudged, and their quarantine entries, once per store.
+        release left unjudged, and their quarantine entries: before every write, not once
+        per store (an older release's writer goes on during a rolling upgrade, and the run
+        it was running at the upgrade ends after it).
 
         This release judges such a run as it opens and its entries as it closes
         (``recorded_run(judged=True)``): no window's check is to come for them. Releases
@@ -679,26 +675,29 @@ class Store(RunLedger, Checkpoints):
         left so, their rows and entries count as never judged, so the same records met
         again are counted new (not ``reseen``, ``requarantined``) and the next window
         meeting them takes them over, diluting its data-quality check with records
-        stored long ago. A run still ``running`` is left alone (this release's are judged
-        already; a dead one of this host is closed ``abandoned`` before the write that
-        upgrades: :meth:`ingest.runs.RunLedger.start_run`). One UPDATE of the small
-        ledger and one of the quarantine.
+        stored long ago. A run still ``running`` is left to the write after it ends
+        (this release's are judged already; a dead one of this host is closed
+        ``abandoned`` before the write that upgrades:
+        :meth:`ingest.runs.RunLedger.start_run`). One query of the small ledger; an
+        UPDATE of it and of the quarantine only when it finds such a run.
 
         Returns:
-            The quarantine entries judged (0 when the store was current).
+            The quarantine entries judged (0 when there was no such run).
         """
         r = ingest_runs.c
-
-        def work(conn: Connection) -> int:
+        with self.engine.connect() as conn:
             runs = conn.execute(
                 select(r.id).where(r.source.in_(sorted(ARTICLE_SOURCES - {"eutils"})),
                                    r.judged_at.is_(None), r.status != RunStatus.RUNNING)
             ).scalars().all()  # fmt: skip
-            return judge_runs_in(conn, runs)
-
-        what = "quarantine entries of older runs of files and update files judged"
-        return self._upgrade_once(CHECKLESS_RUNS_CHECKPOINT, _CHECKLESS_RUNS_CURRENT, work,
-                                  what)  # fmt: skip
+        if not runs:
+            return 0
+        with self.engine.begin() as conn:
+            done = judge_runs_in(conn, runs)
+        logger.warning("store upgraded: %d runs of files and update files an older "
+                       "release left unjudged judged, with %d quarantine entries",
+                       len(runs), done)  # fmt: skip
+        return done
 
     def _mark_caught_up(self, written: int) -> None:
         # ``written``: how many rows this call wrote, each counted once however many of
