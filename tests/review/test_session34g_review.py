@@ -33,14 +33,23 @@ G2 **A run an older release writes after the upgrade stays unjudged for ever.**
    opens after the checkpoint, and the one it was running at the upgrade, are never
    judged; the records they stored, met again, count as new (not ``reseen``) and the next
    window takes them over, diluting its data-quality check (X1 again).
+G3 **A recount PostgreSQL rolls back to break a deadlock fails its run.** The session ran
+   a deadlocked ingest batch, iCite batch and snapshot batch again
+   (``retry_conflicts``), but not the recount of the in-corpus counts
+   (:meth:`ingest.store.Store.recount_all`, a range per transaction: a bootstrap's last
+   step, ``finish_counts``), which locks the rows of its range as a citation load (no
+   lease) locks them in another order: the recount is rolled back and the bootstrap's
+   last call fails after every file was applied.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import threading
+from typing import Any
 
 import pytest
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from ingest import icite_snapshot
@@ -103,3 +112,43 @@ def test_g2_a_run_an_older_writer_makes_after_the_upgrade_is_judged(settings: Se
     with engine.connect() as conn:
         assert conn.execute(select(ingest_runs.c.judged_at)
                             .where(ingest_runs.c.id == old)).scalar() is not None  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- G3
+
+
+@pytest.mark.postgres
+@pytest.mark.xfail(strict=True, reason="G3: a deadlocked recount range is not run again")
+def test_g3_a_recount_rolled_back_for_a_deadlock_runs_again(pg_settings: Settings) -> None:
+    """The other writer is the test's transaction, locking rows as a citation load does
+    (no lease): it holds 200; the recount locks the first row of its range and waits for
+    200; the other writer then asks for 100 and 300: a cycle. The recount began waiting
+    first, so its deadlock check (deadlock_timeout after) finds it: it is rolled back."""
+    from tests.review.test_session34a_review import _waiting_on_locks
+
+    engine = db.connect(pg_settings)
+    store = Store(engine)
+    store.apply([make_record(p) for p in (100, 200, 300)])
+    with engine.begin() as conn:  # counts a deferred load left to the recount
+        conn.execute(text("UPDATE articles SET cited_by_in_corpus = 9"))
+    errors: list[BaseException] = []
+    changed: list[int] = []
+
+    def recount() -> None:
+        try:
+            changed.append(store.recount_all())
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    worker: Any = threading.Thread(target=recount)
+    with engine.connect() as other:
+        tx = other.begin()
+        other.execute(text("SELECT pmid FROM articles WHERE pmid = 200 FOR UPDATE")).all()
+        worker.start()
+        _waiting_on_locks(engine, 1)
+        other.execute(text("UPDATE articles SET title = title WHERE pmid IN (100, 300)"))
+        tx.commit()
+    worker.join(30)
+    assert errors == [] and changed == [3]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT max(cited_by_in_corpus) FROM articles")).scalar() == 0
