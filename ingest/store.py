@@ -954,9 +954,15 @@ class Store(RunLedger, Checkpoints):
         if pmids is None:
             self.recount_all()
             return
-        with self.engine.begin() as conn:
-            if recompute_cited_by(conn, set(pmids)):  # counts a search ranks by changed
-                mark_written(conn, "counts")
+        wanted = set(pmids)
+
+        def once() -> None:
+            with self.engine.begin() as conn:
+                if recompute_cited_by(conn, wanted):  # counts a search ranks by changed
+                    mark_written(conn, "counts")
+
+        # PostgreSQL may roll it back to break a deadlock with a citation load (no lease)
+        retry_conflicts(once, f"the in-corpus counts of {len(wanted)} articles")
 
     def recount_all(self, *, step: int = RECOUNT_STEP) -> int:
         """Recount ``cited_by_in_corpus`` of every article, ``step`` PMIDs per transaction
@@ -971,10 +977,19 @@ class Store(RunLedger, Checkpoints):
         if lo is None:
             return 0
         for start in range(int(lo), int(hi) + 1, step):
-            with self.engine.begin() as conn:
-                changed += recount_range(conn, start, start + step)
-                verify_store_writer(conn)  # last: a writer that lost its lease rolls back
+            # PostgreSQL may roll a range back to break a deadlock with a citation load
+            # (no lease), which locks the same rows in another order: it runs again
+            work = functools.partial(self._recount, start, start + step)
+            changed += retry_conflicts(work, f"the recount of PMIDs {start}..{start + step - 1}")
         logger.info("recounted in-corpus citations of PMIDs %d..%d: %d changed", lo, hi, changed)
+        return changed
+
+    def _recount(self, lo: int, hi: int) -> int:
+        """:func:`ingest.links.recount_range` in a transaction of its own, the lease
+        verified last (a writer that lost it rolls the range back)."""
+        with self.engine.begin() as conn:
+            changed = recount_range(conn, lo, hi)
+            verify_store_writer(conn)
         return changed
 
     def counts_deferred(self) -> bool:
