@@ -16,6 +16,9 @@ defect was a strict xfail asserting the correct behaviour before its fix:
   (made public for it), still as text (the server checks each value's range).
 * G2: :meth:`ingest.store.Store.upgrade_checkless_runs` runs before every write (one query
   of the small ledger), not once per store behind a checkpoint.
+* G3: each range of :meth:`ingest.store.Store.recount_all` (and
+  :meth:`~ingest.store.Store.recompute_cited_by`'s transaction) runs in
+  :func:`litpulse.core.db.retry_conflicts`.
 
 Defects:
 
@@ -118,7 +121,6 @@ def test_g2_a_run_an_older_writer_makes_after_the_upgrade_is_judged(settings: Se
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(strict=True, reason="G3: a deadlocked recount range is not run again")
 def test_g3_a_recount_rolled_back_for_a_deadlock_runs_again(pg_settings: Settings) -> None:
     """The other writer is the test's transaction, locking rows as a citation load does
     (no lease): it holds 200; the recount locks the first row of its range and waits for
