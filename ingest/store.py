@@ -383,18 +383,27 @@ class Store(RunLedger, Checkpoints):
         self,
         checkpoint: tuple[str, str],
         current: set[str],
-        work: Callable[[Connection], int],
+        work: Callable[[Any], int],  # a Connection; None with own_transactions
         what: str,
+        *,
+        own_transactions: bool = False,
     ) -> int:
         """Run the store upgrade ``work`` once per store (then ``checkpoint`` holds its
-        count) and once per process (``current`` remembers the stores found current)."""
+        count) and once per process (``current`` remembers the stores found current):
+        in the checkpoint's transaction, or (``own_transactions``: ``work`` is given
+        ``None``) in the transactions it opens itself, before the checkpoint's (never one
+        inside another:
+        a SQLite connection whose transaction is open meanwhile keeps the schema and
+        rows it read first)."""
         url = self.engine.url.render_as_string(hide_password=True)
         if url in current:
             return 0
         done = 0
         if self.get_checkpoint(*checkpoint) is None:
+            done = work(None) if own_transactions else 0
             with self.engine.begin() as conn:
-                done = work(conn)
+                if not own_transactions:
+                    done = work(conn)
                 self.set_checkpoint(*checkpoint, "done", {"rows": done}, conn=conn)
             if done:
                 logger.warning("store upgraded: %d %s", done, what)
@@ -747,9 +756,10 @@ class Store(RunLedger, Checkpoints):
             The rows whose dates changed (0 when the store was current).
         """
         what = "articles' publication periods read again (date filters, recency)"
-        # the pages commit on connections of their own (a writer gets in between them)
+        # the pages commit in transactions of their own (a writer gets in between them)
         return self._upgrade_once(PERIOD_DATES_CHECKPOINT, _PERIOD_DATES_CURRENT,
-                                  lambda _conn: reread_periods(self.engine), what)  # fmt: skip
+                                  lambda _none: reread_periods(self.engine), what,
+                                  own_transactions=True)  # fmt: skip
 
     def catch_up_period_ends(self) -> int:
         """Give the rows their period's end (:func:`reread_periods`): once per store every

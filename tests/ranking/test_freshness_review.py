@@ -91,6 +91,7 @@ from sqlalchemy import select
 from ingest.records import Author, Deletion, MeshHeading, Record, SourceRef
 from ingest.store import Store
 from litpulse.core import db
+from litpulse.core.errors import StorageError
 from litpulse.core.schema import articles, digest_matches, embeddings
 from litpulse.core.settings import Settings
 from litpulse.pipeline import digest as digest_mod
@@ -332,7 +333,8 @@ def test_a_refresh_killed_while_writing_then_rerun_after_more_revisions_is_curre
 
     monkeypatch.setattr(lexical.LexicalPlan, "write", die)
     store.apply([_rec(2, "Sepsis B", "Vasopressin in septic shock.", version=2)])
-    with pytest.raises(RuntimeError, match="killed"):
+    # a writer's failure is one StorageError now, its cause named (34b's B2)
+    with pytest.raises(StorageError, match="killed while writing"):
         refresh_index(s)
     monkeypatch.undo()
     pub = index_files.open_published(s)

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import Engine, insert, update
 
 from litpulse.core import db
-from litpulse.core.errors import ConfigError
+from litpulse.core.errors import ConfigError, StorageError
 from litpulse.core.schema import articles, embeddings
 from litpulse.core.settings import Settings
 from ranking import index_files, lexical, publish, refresh
@@ -454,19 +454,19 @@ def test_rollback_restores_both_indexes(settings: Settings, engine: Engine) -> N
 def test_a_crash_between_the_two_writes_publishes_nothing(
     settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import faiss
-
     load(engine, [1, 2])
     v1 = refresh.refresh_index(settings)
     load(engine, [5])
     written: list[bool] = []
 
-    def crash(index: object, path: str) -> None:  # the lexical index is already written
+    def crash(index: object, path: Path) -> None:  # the lexical index is already written
         written.append((Path(path).parent / lexical.LEXICAL_DIR / "meta.json").exists())
         raise OSError("disk full")
 
-    monkeypatch.setattr(faiss, "write_index", crash)
-    with pytest.raises(OSError, match="disk full"):
+    # FAISS writes through a Python file now (index_files.write_faiss: 34b's B1), and a
+    # writer's failure is one StorageError (B2)
+    monkeypatch.setattr(index_files, "write_faiss", crash)
+    with pytest.raises(StorageError, match="disk full"):
         refresh.refresh_index(settings)
     assert written == [True]
     pub = index_files.open_published(settings)
