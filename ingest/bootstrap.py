@@ -42,7 +42,9 @@ Resuming: a kill anywhere leaves (a) verified staged files, reused; (b) ``.part`
 resumed; (c) a file partly applied, replayed to where it stopped and continued (see
 :mod:`ingest.rules`); (d) a staged file already recorded in ``source_files``, deleted at
 the next start; (e) spill files of the parse workers (``litpulse-spill-*``), removed at
-the next start. A second run with nothing pending records no run and says so.
+the next start. A second run with nothing pending records no run and says so, unless
+it completes a run killed after its last file (its recount, or after its last commit):
+then a run of its own records how far the killed one reaches (the watermark).
 
 Disk: at most ``prefetch + workers + 1`` staged files: the one being applied, the next
 ``workers`` in the parse workers' hands, and ``prefetch`` downloaded ahead of those (plus,
@@ -88,6 +90,7 @@ from litpulse.core import db
 from litpulse.core.errors import BusyError, ConfigError, LitpulseError, StoppedError
 from litpulse.core.schema import source_files
 from litpulse.core.settings import Settings, bounds
+from litpulse.core.timeutil import iso
 
 __all__ = [
     "BootstrapBusyError",
@@ -648,19 +651,26 @@ def load_files(
             if plan.held is None:
                 logger.info("bootstrap: all %d listed files were applied before", listed)
             deferred = store.counts_deferred()  # read once: the recount is given the answer
-            if not deferred:
-                store.close_abandoned_runs()  # a run killed after its last commit
+            closed = store.close_abandoned_runs()  # a run killed after its last commit
+            completes = None if plan.held is not None else _completes(engine)
+            if not deferred and completes is None:
                 plan.raise_if_held()  # files wait behind a missing one: not bootstrapped
                 return LoadReport(listed, already, workers=workers,
                                   seconds=time.perf_counter() - t0)  # fmt: skip
-            # killed in the recount after the last file (or held by a gap): finish the
-            # recount of what is applied, as a run of its own
+            # killed in the recount after the last file (or held by a gap), or after its
+            # last commit: finish the recount of what is applied, as a run of its own,
+            # which reaches as far as the killed run that applied the last file
+            # (``completes``: planning.last_watermark; that run is not a succeeded one)
             with recorded_run(
                 store, "updatefiles", target=str(settings.pubmed_files_url), judged=True
             ) as run:  # fmt: skip
                 run.details = {"bootstrap": True, "listed": listed, "pending": 0}
+                if completes is not None:
+                    run.details["completes"] = completes
                 recounted = _finish_counts(store, deferred=deferred)
                 run.details["recounted"] = recounted
+                if closed:
+                    run.details["closed"] = closed
             plan.raise_if_held()
             return LoadReport(
                 listed, already, workers=workers, seconds=time.perf_counter() - t0,
@@ -740,6 +750,32 @@ def load_files(
         run.id,
         recounted,
     )
+
+
+def _completes(engine: Engine) -> dict[str, Any] | None:
+    """The run that applied the newest file the store holds, when it did not succeed
+    (killed after its last file: in the closing recount, or after its last commit):
+    ``run``, ``started_at`` and the ``files`` it applied, with how many were
+    ``update_files``. Its listing found nothing newer, and no later call did either, so
+    it holds what it listed: the call that completes it records how far that reaches
+    (``details.completes``: :func:`litpulse.pipeline.planning.last_watermark`)."""
+    from litpulse.core.schema import ingest_runs
+    from litpulse.core.states import RunStatus
+
+    sf, r = source_files.c, ingest_runs.c
+    with engine.connect() as conn:
+        newest = conn.execute(
+            select(sf.run_id).order_by(sf.sequence.desc(), sf.applied_at.desc()).limit(1)
+        ).scalar()
+        if newest is None:
+            return None
+        row = conn.execute(select(r.status, r.started_at).where(r.id == newest)).first()
+        if row is None or row.status in (RunStatus.SUCCEEDED, RunStatus.RUNNING):
+            return None  # its own row counts (or will)
+        files = conn.execute(select(sf.name, sf.kind).where(sf.run_id == newest)).all()
+    return {"run": int(newest), "started_at": iso(row.started_at),
+            "files": [name for name, _ in files],
+            "update_files": sum(kind == "updatefile" for _, kind in files)}
 
 
 def _finish_counts(store: Store, *, deferred: bool | None = None) -> int | None:

@@ -23,7 +23,7 @@ from litpulse.core.errors import ConfigError, ConsistencyError
 from litpulse.core.schema import ingest_runs
 from litpulse.core.settings import Settings
 from litpulse.core.states import RunStatus
-from litpulse.core.timeutil import iso, nlm_day_start
+from litpulse.core.timeutil import as_utc, iso, nlm_day_start
 from litpulse.core.widths import SHARDS_MAX
 from ranking.models import active_model_row, published_index_row
 
@@ -208,6 +208,11 @@ def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datet
                 done = details or {}
                 if done.get("files") and not done.get("left"):
                     spans.append((None, _update_files_reach(done, started), started))
+                elif done.get("completes"):  # a bootstrap's call that completed a killed
+                    # one (ingest.bootstrap._completes): as far as that one reaches
+                    killed = done["completes"]
+                    began = as_utc(dt.datetime.fromisoformat(killed["started_at"]))
+                    spans.append((None, _update_files_reach(killed, began), started))
                 continue
             # a withheld window is not through: what came before it is
             reached = start if withheld is not None and start is not None else end

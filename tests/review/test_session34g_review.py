@@ -49,7 +49,11 @@ G4 **A bootstrap killed after its last file never moves the watermark.** Only a 
    that finishes it applies no file (a recount-only run, or nothing to do): no run of
    the bootstrap ever counts, the watermark stays where it was (none on a new store), and
    the first E-utilities nightly ingests the last day only: the days between what the
-   bootstrap's files held and that day are never searched, silently.
+   bootstrap's files held and that day are never searched, silently. **Fixed** (after
+   the review): the call that finds nothing pending and completes a killed run (the run
+   that applied the newest file, not succeeded) is recorded with ``details.completes``
+   (that run's start and files: ``ingest.bootstrap._completes``), and reaches as far as
+   that run does; tested killed in the recount and after the last commit.
 """
 
 from __future__ import annotations
@@ -182,12 +186,10 @@ def mirror(published: Published) -> Any:  # noqa: F811 - the fixture imported
         yield emu
 
 
-@pytest.mark.xfail(strict=True, reason="NOT FIXED: G4: a bootstrap killed after its last file "
-                   "never moves the watermark (which start a killed run's reach takes: a rule "
-                   "of last_watermark to decide)")  # fmt: skip
 @pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("in_recount", [True, False], ids=["in-recount", "after-commit"])
 def test_g4_a_bootstrap_killed_in_its_recount_moves_the_watermark(
-    mirror: Emulator, settings: Settings
+    mirror: Emulator, settings: Settings, in_recount: bool
 ) -> None:
     s = _settings(mirror, settings)
     engine = db.connect(s)
@@ -200,7 +202,12 @@ def test_g4_a_bootstrap_killed_in_its_recount_moves_the_watermark(
         gone = f"{socket.gethostname()}:999999999:review34g"
         conn.execute(update(ingest_runs).values(status=RunStatus.RUNNING, finished_at=None,
                                                 details={"holder": gone, "files": []}))  # fmt: skip
-    Store(engine).set_checkpoint(*COUNTS_CHECKPOINT, "deferred", {"since": utcnow().isoformat()})
+    if in_recount:
+        Store(engine).set_checkpoint(*COUNTS_CHECKPOINT, "deferred",
+                                     {"since": utcnow().isoformat()})  # fmt: skip
+    assert last_watermark(s, engine) is None  # the killed run counts for nothing yet
     report = load_files(s, workers=1)  # the operator runs the bootstrap again: it finishes
-    assert report.recounted is not None
-    assert last_watermark(s, engine) is not None
+    assert (report.recounted is not None) == in_recount
+    # as far as the killed run that applied every file reaches (its listing), not the
+    # completing call's start: it applied nothing and lists what a lagging mirror holds
+    assert last_watermark(s, engine) == reached
