@@ -74,16 +74,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         # (EX_TEMPFAIL)
         return EXIT_BUSY if isinstance(exc, BusyError) or exc.retryable else 2
     except OperationalError as exc:  # the database cannot be reached (down, refused)
-        from litpulse.core.db import disk_full, lock_waited_out
+        from litpulse.core.db import conflict_rolled_back, disk_full, lock_waited_out
 
         first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[:1]
         if disk_full(exc):  # as a full disk under an index (StorageError): not retried
             print("litpulse: error: the database's disk is full (what was committed stays; "
                   f"free space, then run again): {safe_text(''.join(first))}", file=sys.stderr)
             return 2
-        what = ("is busy: another process held its write lock longer than this one waits "
-                "(what was committed stays; run again later)" if lock_waited_out(exc)
-                else "cannot be reached")  # fmt: skip
+        if lock_waited_out(exc):
+            what = ("is busy: another process held its write lock longer than this one "
+                    "waits (what was committed stays; run again later)")
+        elif conflict_rolled_back(exc):  # retry_conflicts met it on each of its attempts
+            what = ("rolled this command's transaction back on every try, to break a "
+                    "conflict with another writer of the same rows (what was committed "
+                    "stays; run again later)")
+        else:
+            what = "cannot be reached"
         print(f"litpulse: error: the database {what}: {safe_text(''.join(first))}",
               file=sys.stderr)
         return EXIT_BUSY

@@ -277,3 +277,52 @@ def test_a_nightly_wait_not_a_finite_time_of_up_to_a_day_is_a_usage_error(
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "argument --wait" in err, err
     assert "from 0 to 86400" in err or "not a number" in err, err
+
+
+# ------------------------------------------------------------------ a conflict met every time
+
+
+@pytest.mark.parametrize("settings", ["postgresql"], indirect=True)
+def test_a_deadlock_met_on_every_attempt_is_not_called_unreachable(
+    env: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A transaction PostgreSQL rolled back to break a deadlock on each of
+    :data:`db.CONFLICT_ATTEMPTS` tries (one here) was told as a database that "cannot be
+    reached": it is reachable, another writer held the same rows. A real deadlock: the
+    test holds row 200 and the CLI's snapshot load (rows 100, 200) waits for it; the test
+    then asks for row 100, and PostgreSQL's check, which runs first for the load (it waited
+    first), rolls the load back."""
+    import threading
+
+    from sqlalchemy import text
+
+    from ingest.records import Record, SourceRef
+    from ingest.store import Store
+    from litpulse.app.cli.nightly import EXIT_BUSY
+    from litpulse.core.timeutil import utcnow
+    from tests.review.test_session34a_review import SNAPSHOT_HEADER, _waiting_on_locks
+
+    monkeypatch.setattr(db, "CONFLICT_ATTEMPTS", 1)
+    engine = db.connect(env)
+    src = SourceRef("generated", "deadlock", fetched_at=utcnow())
+    Store(engine).apply([Record(pmid=p, version=1, title="t", source=src) for p in (100, 200)])
+    csv = tmp_path / "icite_metadata.csv"
+    csv.write_text(SNAPSHOT_HEADER + "".join(
+        f"{p},,A title,,2019,J,True,7,1.0,1.0,2.0,1.5,50.0,0.5,0.25,0.25,0.0,0.4,0.3,"
+        "False,,,,False,2026-05-01\n" for p in (100, 200)))  # fmt: skip
+    codes: list[int] = []
+    load = threading.Thread(target=lambda: codes.append(
+        main(["citations", "load", str(csv), "--as-of", "2026-05-01"])))
+    with engine.connect() as holder:
+        tx = holder.begin()
+        holder.execute(text("SELECT pmid FROM articles WHERE pmid = 200 FOR UPDATE")).all()
+        load.start()
+        _waiting_on_locks(engine, 1)
+        holder.execute(text("SELECT pmid FROM articles WHERE pmid = 100 FOR UPDATE")).all()
+        tx.commit()
+    load.join(60)
+    err = capsys.readouterr().err
+    assert codes == [EXIT_BUSY], err
+    assert "cannot be reached" not in err, err
+    assert "another writer" in err and "deadlock detected" in err, err
