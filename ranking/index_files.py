@@ -36,7 +36,7 @@ import numpy as np
 from sqlalchemy import Engine
 
 from litpulse.core import db
-from litpulse.core.checksums import file_sha256
+from litpulse.core.checksums import durable_rename, file_sha256
 from litpulse.core.errors import ConsistencyError, LitpulseError, StorageError
 from litpulse.core.settings import Settings
 from ranking import faiss_ops
@@ -183,17 +183,6 @@ def indexes_dir(settings: Settings) -> Path:
     return settings.home / "indexes"
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_files(settings: Settings, version_id: str, index: Any, ids: np.ndarray,
                 meta: dict[str, Any], lexical: LexicalPlan | None = None, *,
                 store: str | None = None) -> Path:
@@ -224,19 +213,13 @@ def write_files(settings: Settings, version_id: str, index: Any, ids: np.ndarray
             db.mark_folder(tmp, store)
         if lexical is not None:
             meta = {**meta, "lexical": lexical.write(tmp)}
-            _fsync_dir(tmp / LEXICAL_DIR)
         write_faiss(index, tmp / "index.faiss")
         np.save(tmp / "ids.npy", ids)
         meta = {**meta, "files": {name: file_sha256(tmp / name) for name in CHECKSUMMED
                                   if (tmp / name).exists()}}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str),
                                        encoding="utf-8")
-        for name in FILES:
-            with open(tmp / name, "rb") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(tmp)
-        os.replace(tmp, final)
-        _fsync_dir(root)
+        durable_rename(tmp, final)  # every file, the lexical index's too, then the name
     except LitpulseError:  # a rule of ours (a ConfigError is a ValueError too): as it is
         raise
     # the writers' own errors: OSError (ours, numpy's, FAISS's through write_faiss),

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from litpulse.core.checksums import durable_rename
 from litpulse.core.db import Lease, connect, mark_folder, store_id, take_lease
 from litpulse.core.errors import BusyError, ConfigError
 from litpulse.core.settings import Settings
@@ -481,7 +482,7 @@ def _train_candidate(
         )
         version_id = registry.free_version_id(settings, result.sha256)
         final = adapters / version_id
-        tmp.rename(final)
+        durable_rename(tmp, final)  # a crash never leaves a registered, empty adapter
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

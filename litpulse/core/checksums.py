@@ -1,4 +1,5 @@
-"""Checksums of files: what a recorded artefact (an adapter's weights) is checked against.
+"""Checksums of files, what a recorded artefact (an adapter's weights) is checked against,
+and the durable rename that puts a folder of written files in place.
 
 Example:
     >>> import tempfile, pathlib
@@ -11,9 +12,10 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
-__all__ = ["file_sha256"]
+__all__ = ["durable_rename", "file_sha256", "fsync_dir"]
 
 
 def file_sha256(path: str | Path) -> str:
@@ -23,3 +25,35 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def fsync_dir(path: str | Path) -> None:
+    """fsync a folder: the names in it (a file created or renamed into it) reach the disk."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def durable_rename(tmp: str | Path, final: str | Path) -> None:
+    """Rename the folder ``tmp``, whose files are all written, to ``final`` so that a crash
+    at any moment leaves either no ``final`` or one whose files hold every byte: each file
+    under ``tmp`` and each of its folders fsynced first (a rename reaches the disk before
+    the data of files written just before it, on ext4 and XFS alike), the parent after.
+
+    Raises:
+        OSError: A file could not be flushed (an I/O error, a full disk found at last) or
+            the rename failed; ``tmp`` is left for the caller to remove.
+    """
+    tmp = Path(tmp)
+    for folder, _subfolders, names in os.walk(tmp, topdown=False):
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(folder)
+    os.replace(tmp, final)
+    fsync_dir(Path(final).parent)

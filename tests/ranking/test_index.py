@@ -673,12 +673,13 @@ _KILLER = textwrap.dedent("""
         import faiss
         faiss.write_index = die
     elif point == "renamed":  # folder in place, no row yet
-        real_fsync = index_files._fsync_dir
+        from litpulse.core import checksums
+        real_fsync = checksums.fsync_dir
         def fsync_then_die(path):
             real_fsync(path)
-            if path.name == "indexes":  # the root, right after os.replace(tmp, final)
+            if Path(path).name == "indexes":  # the root, right after os.replace(tmp, final)
                 die()
-        index_files._fsync_dir = fsync_then_die
+        checksums.fsync_dir = fsync_then_die
     elif point == "committed":  # row flipped, before pruning
         publish._prune = die
     refresh.refresh_index(settings, embed=False)

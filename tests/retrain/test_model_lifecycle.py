@@ -155,3 +155,56 @@ def test_the_older_heldout_set_never_holds_articles_an_earlier_round_trained_on(
                           distractors=20, anchors=False)
     leaked = {i.pmid for i in reseeded.heldout.older} & trained
     assert not leaked, f"{len(leaked)} older held-out articles were trained on"
+
+
+def test_a_trained_adapter_reaches_the_disk_before_its_name(
+    sqlite_settings: Settings, tiny_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The adapter folder is renamed from its temporary name to its version id, and then
+    registered: a crash after that rename must not leave a registered folder whose files
+    never reached the disk (a rename is written before the data of files written just
+    before it). Every file of the adapter and the folder itself are fsynced before the
+    rename, the parent folder after it (the OS calls observed as they happen)."""
+    import os
+    import types
+
+    from retrain.lora import LoraOptions
+    from retrain.pairs import Pair
+    from retrain.run import _train_candidate
+
+    s = sqlite_settings.replace(model=tiny_model, max_seq_length=32, device="cpu")
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace, real_rename = os.fsync, os.replace, os.rename
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def moved(real: Any) -> Any:
+        def move(src: Any, dst: Any, *a: Any, **k: Any) -> None:
+            events.append(("rename", str(src)))
+            real(src, dst, *a, **k)
+        return move
+
+    pairs = types.SimpleNamespace(pairs=[
+        Pair(f"Zorvex trial {i}", f"quatesmab cohort {i}", "title_abstract", i)
+        for i in range(8)])  # fmt: skip
+    opts = LoraOptions(max_steps=1, batch_size=4, max_seq_length=32, warmup_steps=0,
+                       precision="fp32")
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", moved(real_replace))
+    monkeypatch.setattr(os, "rename", moved(real_rename))
+    _vid, final, _stats = _train_candidate(s, pairs, opts, init_adapter=None,  # type: ignore[arg-type]
+                                           progress=False)  # fmt: skip
+    monkeypatch.undo()
+    renames = [i for i, (kind, path) in enumerate(events)
+               if kind == "rename" and Path(path).name.startswith(".tmp-")]  # fmt: skip
+    assert len(renames) == 1, events
+    tmp = events[renames[0]][1]
+    before = {path for kind, path in events[:renames[0]] if kind == "fsync"}
+    files = [p for p in final.rglob("*") if p.is_file()]
+    assert files
+    for p in files:
+        assert str(Path(tmp) / p.relative_to(final)) in before, (p, events)
+    assert tmp in before
+    assert ("fsync", str(final.parent)) in events[renames[0]:]
