@@ -674,8 +674,10 @@ class _Handler(BaseHTTPRequestHandler):
             elif fault.kind in ("500", "502", "503"):
                 self._send(int(fault.kind), b"<html>Server error</html>", "text/html")
                 return
-            elif fault.kind == "garbage":
-                self._send(200, b"<html><body>Temporarily unavailable</body></html>", "text/html")
+            elif fault.kind == "garbage":  # ``message``: the page instead (may be empty)
+                page = "<html><body>Temporarily unavailable</body></html>"
+                self._send(200, (page if fault.message is None else fault.message).encode(),
+                           "text/html")  # fmt: skip
                 return
         try:
             status, body, ctype, headers = self._route(parts.path, params, fault)
