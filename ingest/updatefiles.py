@@ -73,6 +73,12 @@ logger = logging.getLogger(__name__)
 _HREF_RE = re.compile(
     r"""href\s*=\s*["']?(?:[^"'>\s]*/)?(pubmed\d{2}n\d{4}\.xml\.gz)["'>\s]""", re.I
 )
+#: What only a directory index holds (NCBI's is Apache's "Index of /pubmed/updatefiles"
+#: with a "Parent Directory" link; nginx and lighttpd write "Index of" too, IIS "[To Parent
+#: Directory]"): a page naming no file is an empty folder only when it is such an index.
+_INDEX_RE = re.compile(
+    r"""<(?:title|h1)[^>]*>\s*Index\s+of\b|Parent\s+Directory|href\s*=\s*["']?\.\./""", re.I
+)
 _MD5_RE = re.compile(r"MD5\s*\(\s*(?P<name>[^)]+?)\s*\)\s*=\s*(?P<hex>[0-9a-fA-F]{32})")
 _MD5SUM_RE = re.compile(r"^(?P<hex>[0-9a-fA-F]{32})\s+\*?(?P<name>\S+)\s*$", re.M)
 
@@ -137,6 +143,10 @@ class _HttpSource:
         response = self.client.get(f"{folder}/")
         return str(response.text)
 
+    def where(self, folder: str) -> str:
+        """The listing's address, as an error may quote it."""
+        return self.client.redact(self.client.url(f"{folder}/"))
+
     def text(self, path: str, stop: threading.Event | None = None) -> str:
         response = self.client.get(path, stop=stop)
         return str(response.text)
@@ -164,7 +174,12 @@ class _LocalSource:
             names = sorted(p.name for p in where.iterdir())
         except OSError as exc:
             raise InvalidRequestError(f"cannot list {where}: {exc.strerror}") from None
-        return "".join(f'<a href="{n}">{n}</a>\n' for n in names)
+        links = "".join(f'<a href="{n}">{n}</a>\n' for n in names)
+        return f"<title>Index of {where}</title>\n{links}"  # a folder read is an index
+
+    def where(self, folder: str) -> str:
+        """The folder listed, as an error may quote it."""
+        return str(self.root / folder)
 
     def text(self, path: str, stop: threading.Event | None = None) -> str:
         try:
@@ -288,22 +303,43 @@ def _past_the_baseline(applied: Mapping[str, str]) -> bool:
     return "baseline" in last and last.get("updatefile", (0, 0)) > last["baseline"]
 
 
+def _listed(source: _HttpSource | _LocalSource, kind: str) -> list[RemoteFile]:
+    """The files the listing of ``kind``'s folder names. A page naming none is an empty
+    folder only when it is a directory index (:data:`_INDEX_RE`): anything else answered
+    with status 200 (a proxy's or CDN's error or sign-in page, an empty body) would read
+    as "nothing published", and every run would succeed applying nothing.
+
+    Raises:
+        IncompleteSourceError: The page names no file and is no directory index.
+    """
+    folder = FOLDERS[kind]
+    page = source.listing(folder)
+    files = parse_listing(page, kind)
+    if not files and not _INDEX_RE.search(page):
+        raise IncompleteSourceError(
+            f"{source.where(folder)} answered a page that is no directory index (an error "
+            f"or sign-in page of a proxy, an empty answer): {page[:120]!r}; nothing was "
+            "applied (run again once the mirror lists its files; check "
+            "LITPULSE_PUBMED_FILES_URL)"
+        )
+    return files
+
+
 def _listed_baseline(source: _HttpSource | _LocalSource, *, strict: bool) -> list[RemoteFile]:
     """The ``baseline/`` listing. ``strict`` (a bootstrap, or one not known to be
     finished): a listing naming no file — an error page served with status 200, an empty
     folder — is refused, never read as "no baseline file left". Otherwise an absent or
     empty folder (a local mirror pruned after its bootstrap) lists nothing."""
     try:
-        page = source.listing(FOLDERS["baseline"])
+        files = _listed(source, "baseline")
     except InvalidRequestError:  # 404: no such folder
         if strict:
             raise
         return []
-    files = parse_listing(page, "baseline")
     if not files and strict:
         raise IncompleteSourceError(
-            f"the baseline/ listing names no PubMed file (an error page instead of the "
-            f"listing, or an empty folder): {page[:120]!r}; nothing was applied"
+            f"the baseline/ listing names no PubMed file (an empty folder): "
+            f"{source.where(FOLDERS['baseline'])}; nothing was applied"
         )
     return files
 
@@ -326,7 +362,7 @@ def _listed_files(
                 ", ".join(f"{y:02d}" for y in years), year,
             )  # fmt: skip
         found += [f for f in baseline if f.year == year]
-    updates = parse_listing(source.listing(FOLDERS["updatefile"]), "updatefile")
+    updates = _listed(source, "updatefile")
     if year is not None:
         older = [f.name for f in updates if f.year < year]
         if older:

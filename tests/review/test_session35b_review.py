@@ -28,7 +28,11 @@ X2 **An ``updatefiles/`` listing answered 200 that is no directory index reads a
    the files, their ``.md5`` and ``_stats.html``: seen through the search tool); a real
    empty folder (a new year before its first file) is such a page naming no file and
    must still read as empty (tested too). Reproduced: a login page and an empty body
-   must be refused naming the URL, nothing applied, the run failed.
+   must be refused naming the URL, nothing applied, the run failed. **Fixed**: a
+   listing (either folder) naming no file must be a directory index ("Index of" title or
+   heading, a "Parent Directory" or ``../`` link: ``updatefiles._INDEX_RE``), else
+   :class:`IncompleteSourceError` names its address (``updatefiles._listed``); a
+   ``file://`` folder read is an index.
 X3 **A pruned mirror across the year's turn applies past the gap silently.** The store
    applied ``pubmed26n0100`` (update files only); the mirror lists ``pubmed27n0050``..
    ``0052`` and its ``baseline/`` is pruned: the year 2027's numbers are taken to start at
@@ -127,7 +131,6 @@ _LOGIN = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason="X2: a 200 page that is no listing reads as empty")
 @pytest.mark.parametrize("page", [_LOGIN, ""], ids=["login-page", "empty-body"])
 def test_x2_an_updatefiles_page_that_is_no_directory_index_is_refused(
     emu: Emulator, settings: Settings, page: str
