@@ -382,12 +382,13 @@ def _first_gap(
     applied: Mapping[str, str],
     baseline_year: int | None,
     baseline_tops: Mapping[int, int],
-) -> tuple[int, int] | None:
-    """The first ``(year, number)`` missing among the listed and applied files' numbers,
-    above the highest applied one of its year (a hole below it is behind the store
-    already). The year of the store's baseline counts from 1; another year whose baseline
-    is listed (NLM's next one, in December) from that baseline's last number + 1, where
-    its update files begin; any other year from its lowest known number."""
+) -> tuple[int, int, int] | None:
+    """The first ``(year, first, last)`` run of numbers missing among the listed and
+    applied files' numbers, above the highest applied one of its year (a hole below it is
+    behind the store already). The year of the store's baseline counts from 1; another
+    year whose baseline is listed (NLM's next one, in December) from that baseline's last
+    number + 1, where its update files begin; any other year from its lowest known
+    number."""
     numbers: dict[int, set[int]] = {}
     applied_top: dict[int, int] = {}
     for f in remote:
@@ -409,8 +410,34 @@ def _first_gap(
         start = max(floor, applied_top.get(year, 0) + 1)
         missing = next((n for n in range(start, max(have)) if n not in have), None)
         if missing is not None:
-            gaps.append((year, missing))
+            last = next(n for n in range(missing, max(have) + 1) if n in have) - 1
+            gaps.append((year, missing, last))
     return min(gaps, default=None)
+
+
+def _held_message(gap: tuple[int, int, int], waiting: list[RemoteFile]) -> str:
+    """Why ``waiting`` is held behind ``gap``, naming every missing file: a pruned mirror
+    (one keeping only recent files) is told from one file NLM withdrew, the only case
+    ``--accept-gaps`` is for."""
+    year, first, last = gap
+    name = f"pubmed{year:02d}n{first:04d}.xml.gz"
+    if first == last:
+        missing, cause = f"{name} is not on the server", "a mirror still copying?"
+        way_out = ("if NLM withdrew it, apply past it once: `litpulse ingest --updatefiles "
+                   "--accept-gaps` (a bootstrap: `litpulse bootstrap --accept-gaps`)")
+    else:
+        missing = (f"{name}..pubmed{year:02d}n{last:04d}.xml.gz ({last - first + 1} files) "
+                   "are not on the server")
+        cause = "a mirror still copying, or one that keeps only recent files?"
+        way_out = ("--accept-gaps would skip them all, their records lost for good: point "
+                   "LITPULSE_PUBMED_FILES_URL at a server that holds them")
+    it, holds, is_ = ("it", "it holds", "it is") if first == last else (
+        "them", "they hold", "they are")
+    return (
+        f"{missing}, though files after {it} are: the {len(waiting)} file(s) from "
+        f"{waiting[0].name} on wait for {it} ({cause}), since applied before {it} they "
+        f"would change records {holds}. Run again once {is_} there; {way_out}"
+    )
 
 
 def _plan(
@@ -441,22 +468,15 @@ def _plan(
     if gap is None:
         return FilePlan(tuple(pending), len(remote), applied=already)
     missing = f"pubmed{gap[0]:02d}n{gap[1]:04d}.xml.gz"
-    waiting = [f for f in pending if (f.year, f.number) > gap]
+    waiting = [f for f in pending if (f.year, f.number) > gap[:2]]
     if accept_gaps:
         logger.warning("%s is not on the server: applying the files after it anyway "
                        "(accept_gaps)", missing)
         return FilePlan(tuple(pending), len(remote), applied=already)
     if not waiting:
         return FilePlan(tuple(pending), len(remote), applied=already)
-    held = (
-        f"{missing} is not on the server, though files after it are: the {len(waiting)} "
-        f"file(s) from {waiting[0].name} on wait for it (a mirror still copying?), since "
-        "applied before it they would change records it holds. Run again once it is "
-        "there; if NLM withdrew it, apply past it once: `litpulse ingest --updatefiles "
-        "--accept-gaps` (a bootstrap: `litpulse bootstrap --accept-gaps`)"
-    )
-    kept = tuple(f for f in pending if (f.year, f.number) < gap)
-    return FilePlan(kept, len(remote), held, applied=already)
+    kept = tuple(f for f in pending if (f.year, f.number) < gap[:2])
+    return FilePlan(kept, len(remote), _held_message(gap, waiting), applied=already)
 
 
 def _refuse_before_the_baseline(

@@ -18,7 +18,10 @@ X1 **A pruned mirror's gap is told as one missing file, with ``--accept-gaps`` a
    a user reads one withdrawn file and passes ``--accept-gaps``, losing the 49 files
    ``0101``..``0149`` for good. The bootstrap over a baseline with holes likewise names
    only the first hole. Reproduced: the error must name the whole missing range and how
-   many files it holds.
+   many files it holds. **Fixed**: ``_first_gap`` gives the whole run of missing
+   numbers; ``updatefiles._held_message`` names its first and last file and their
+   number, and for more than one file says ``--accept-gaps`` would lose them all (point
+   the URL at a server that holds them) instead of offering it.
 X2 **An ``updatefiles/`` listing answered 200 that is no directory index reads as
    "nothing published".** A proxy's or CDN's error or login page, or an empty body,
    served with status 200 for ``updatefiles/``: ``parse_listing`` finds no file, the run
@@ -91,7 +94,6 @@ def _prune(emu: Emulator, *folders: str) -> None:
 # -------------------------------------------------------------- X1: a pruned mirror
 
 
-@pytest.mark.xfail(strict=True, reason="X1: the held error names only the first missing file")
 def test_x1_a_pruned_mirror_is_held_naming_the_whole_missing_range(
     emu: Emulator, settings: Settings
 ) -> None:
@@ -109,7 +111,6 @@ def test_x1_a_pruned_mirror_is_held_naming_the_whole_missing_range(
     assert "49 files" in message, message
 
 
-@pytest.mark.xfail(strict=True, reason="X1: the held error names only the first missing file")
 def test_x1_a_baseline_with_holes_is_held_naming_each_range(
     emu: Emulator, settings: Settings
 ) -> None:
