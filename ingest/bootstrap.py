@@ -39,12 +39,14 @@ each read are not safe. Network and parsing still overlap the store: downloads r
 ahead in other threads/processes, parsing of the next files in worker processes.
 
 Resuming: a kill anywhere leaves (a) verified staged files, reused; (b) ``.part`` files,
-resumed; (c) a file partly applied, replayed to where it stopped and continued (see
-:mod:`ingest.rules`); (d) a staged file already recorded in ``source_files``, deleted at
-the next start; (e) spill files of the parse workers (``litpulse-spill-*``), removed at
-the next start. A second run with nothing pending records no run and says so, unless
-it completes a run killed after its last file (its recount, or after its last commit):
-then a run of its own records how far the killed one reaches (the watermark).
+resumed; (c) a file partly applied, continued after the items the killed run committed
+(:func:`ingest.updatefiles._store_file`; without its progress mark, replayed to where it
+stopped and continued: :mod:`ingest.rules`); (d) a staged file already recorded in
+``source_files``, deleted at the next start; (e) spill files of the parse workers
+(``litpulse-spill-*``), removed at the next start. A second run with nothing pending
+records no run and says so, unless it completes a run killed after its last file (its
+recount, or after its last commit): then a run of its own records how far the killed
+one reaches (the watermark).
 
 Disk: at most ``prefetch + workers + 1`` staged files: the one being applied, the next
 ``workers`` in the parse workers' hands, and ``prefetch`` downloaded ahead of those (plus,

@@ -122,3 +122,9 @@ class Checkpoints:
             return
         with self.engine.begin() as own:
             upsert(own, checkpoints, [row], keys=["scope", "key"])
+
+    def delete_checkpoint(self, scope: str, key: str, *, conn: Connection) -> None:
+        """Remove the checkpoint ``(scope, key)`` inside ``conn``'s open transaction (with
+        the work that makes it needless)."""
+        c = checkpoints.c
+        conn.execute(checkpoints.delete().where(c.scope == scope, c.key == key))

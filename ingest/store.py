@@ -269,17 +269,25 @@ class Store(RunLedger, Checkpoints):
         run_id: int | None = None,
         batch_size: int = 1000,
         on_batch: Callable[[IngestCounts], None] | None = None,
+        start: int = 0,
+        in_batch: Callable[[Connection, IngestCounts, int], None] | None = None,
     ) -> IngestCounts:
         """Apply records, deletions and quarantine entries in order.
 
         Args:
-            items: Parsed items of one source, in source order from its start (an item's
-                ordinal here is its position in the source: see the module docstring).
+            items: Parsed items of one source, in source order from its item ``start``
+                (an item's ordinal here plus ``start`` is its position in the source: see
+                the module docstring).
             run_id: The ingest run they belong to (stamped on the article rows it writes
                 or takes over, :func:`ingest.rules.plan_batch`, and on quarantine rows).
             batch_size: Items per transaction.
             on_batch: Called with the counts of each batch once it is committed (so a
                 caller can record what was stored before a later batch fails).
+            start: The position in the source of the first of ``items`` (a caller that
+                knows which items a killed call committed goes on after them).
+            in_batch: Called inside each batch's transaction, before it commits, with
+                the connection, this call's counts so far and the position the source is
+                applied to (a progress mark that commits with the batch, or not at all).
 
         Returns:
             The counts of this call.
@@ -300,7 +308,7 @@ class Store(RunLedger, Checkpoints):
         order: dict[SourceRef, SourceRef] = {}
         ordered: dict[SourceRef, SourceRef] = {}
         rank: SourceRanks | None = None
-        first = 0
+        first = start
         written: set[int] = set()  # PMIDs whose rows this call wrote (new, replaced, deleted)
         take_over, judged = self._run_state(run_id)
         with bulk_load(self.engine), _gc_paused():
@@ -319,7 +327,7 @@ class Store(RunLedger, Checkpoints):
                 fresh = _item_pmids(batch) - touched
                 forms, changed = retry_conflicts(
                     functools.partial(self._commit_batch, batch, first, run_id, counter, touched,
-                                      ordered, rank, take_over, judged, before),
+                                      ordered, rank, take_over, judged, before, in_batch),
                     f"a batch of {len(batch)} items",
                     undo=functools.partial(_undo_batch, counter, before, touched, fresh),
                 )  # fmt: skip
@@ -346,16 +354,20 @@ class Store(RunLedger, Checkpoints):
         take_over: bool,
         judged: bool,
         before: IngestCounts,
+        in_batch: Callable[[Connection, IngestCounts, int], None] | None = None,
     ) -> tuple[set[tuple[str, str]], set[int]]:
         """One batch in a transaction of its own (:meth:`_apply_batch`), with the run's
-        counts; the lease verified last, before the commit (a writer that lost it rolls
-        the batch back: nothing of it is written; its lease row is locked only from there
-        to the commit, so the heartbeat never waits out a long batch)."""
+        counts and the caller's ``in_batch`` mark; the lease verified last, before the
+        commit (a writer that lost it rolls the batch back: nothing of it is written; its
+        lease row is locked only from there to the commit, so the heartbeat never waits
+        out a long batch)."""
         with self.engine.begin() as conn:
             out = self._apply_batch(conn, batch, first, run_id, counter, touched, ordered, rank,
                                     take_over, judged)  # fmt: skip
             if run_id is not None:  # what a killed run stored stays counted
                 add_run_counts(conn, run_id, counter.freeze() - before)
+            if in_batch is not None:
+                in_batch(conn, counter.freeze(), first + len(batch))
             verify_store_writer(conn)
         return out
 

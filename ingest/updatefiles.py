@@ -19,7 +19,8 @@ several a day) and ``baseline/`` (yearly), each with a ``.md5`` beside it in the
    MD5, size and counts; the download is then deleted.
 
 A run killed mid-file leaves no ``source_files`` row, so the next run applies that file
-again; re-applying records is idempotent in the store.
+again, going on after the items the killed run committed (a progress mark each batch
+commits with: :func:`_store_file`); the file records its whole counts, each item once.
 
 Example:
     >>> counts = apply_updates(settings, max_files=2)   # doctest: +SKIP
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import re
 import threading
@@ -37,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from ingest.http import HttpClient, raise_if_stopped
 from ingest.records import SourceRef, nlm_file_order, nlm_sequence
@@ -84,6 +86,10 @@ _MD5SUM_RE = re.compile(r"^(?P<hex>[0-9a-fA-F]{32})\s+\*?(?P<name>\S+)\s*$", re.
 
 #: Downloads of one file whose checksum does not match before the run fails.
 CHECKSUM_ATTEMPTS = 3
+
+#: Checkpoint scope of a file being applied (keyed by its name): its MD5, the items
+#: committed and their counts, written with each batch (:func:`_store_file`).
+PROGRESS_SCOPE = "updatefiles-progress"
 
 FOLDERS = {"baseline": "baseline", "updatefile": "updatefiles"}
 
@@ -678,7 +684,12 @@ def _store_file(
     """Apply one verified file's parsed items and record it in ``source_files``.
 
     The row is written after the file's last batch commits, so the file is not applied
-    again; a resumed run replays a file it has no row for up to where the killed one got.
+    again. Each batch commits with a progress mark (:data:`PROGRESS_SCOPE`: the file's
+    MD5, the items applied, their counts), so a run resuming a file a killed run began
+    goes on after the items that run committed, and the file records its whole counts,
+    each item counted once (as do the runs: the killed run's row holds what it
+    committed). A file whose MD5 differs from the mark's (re-issued meanwhile), or begun by
+    a release without marks, is replayed from its start (a replay changes nothing stored).
     Each committed batch is added to the run's counts at once, so a run that fails later
     still says what it stored.
     """
@@ -686,9 +697,21 @@ def _store_file(
     def on_batch(counts: IngestCounts) -> None:
         run.counts += counts
 
-    file_counts = store.apply(
-        items, run_id=run.id, batch_size=settings.store_batch, on_batch=on_batch
-    )
+    mark = store.get_checkpoint(PROGRESS_SCOPE, f.name)
+    value = mark["value"] if mark is not None else {}
+    done, before = 0, IngestCounts()
+    if value.get("md5") == digest:
+        done, before = int(value["items"]), IngestCounts(**value["counts"])
+        logger.info("%s: going on after the %d items a killed run applied", f.name, done)
+
+    def in_batch(conn: Connection, counts: IngestCounts, position: int) -> None:
+        progress = {"md5": digest, "items": position, "counts": (before + counts).to_dict()}
+        store.set_checkpoint(PROGRESS_SCOPE, f.name, "applying", progress, conn=conn)
+
+    file_counts = before + store.apply(
+        itertools.islice(items, done, None), run_id=run.id, batch_size=settings.store_batch,
+        on_batch=on_batch, start=done, in_batch=in_batch,
+    )  # fmt: skip
     row = {
         "name": f.name,
         "kind": f.kind,
@@ -701,4 +724,5 @@ def _store_file(
     }
     with store.engine.begin() as conn:
         db.upsert(conn, source_files, [row], keys=["name"])
+        store.delete_checkpoint(PROGRESS_SCOPE, f.name, conn=conn)
     return file_counts

@@ -11,7 +11,8 @@ search's matches, the update files applied, no run left "running") — N1 holds 
 databases (kills inside the ingest, the embedding and the digest), and so does N3, the
 same for an E-utilities window (its watermark too; kills inside the iCite step and the
 index's publication as well); only the counts an update
-file records after a resume are its last application's (N2). Then
+file records after a resume were its last application's (N2; fixed in review 35b, X4:
+each batch commits a progress mark, and a resumed file goes on after it). Then
 three leftovers:
 the API server's start-up catch-up of period ends (:meth:`ingest.store.Store.
 catch_up_period_ends`) against an ingest committing meanwhile (A1) and holding SQLite's
@@ -228,9 +229,6 @@ def test_n3_an_eutils_nightly_killed_thrice_ends_as_one_uninterrupted(
                    {"source": "eutils", "since": since, "until": until}, seed, eutils=True)
 
 
-@pytest.mark.xfail(strict=True, reason="NOT FIXED: N2: an update file applied over a killed run "
-                   "and its resume records the resume's counts only (the killed run's row keeps "
-                   "the rest): informational, no record is wrong")
 def test_n2_a_resumed_update_file_records_its_whole_counts(
     sqlite_settings: Settings, emu: Emulator, tmp_path: Path
 ) -> None:
