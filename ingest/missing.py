@@ -37,6 +37,8 @@ from litpulse.core.timeutil import iso
 
 logger = logging.getLogger(__name__)
 _m = missing_pmids.c
+#: Given up, and the on-call engineer not yet told (an alert owed).
+_UNTOLD = and_(_m.given_up_at.is_not(None), _m.alerted_at.is_(None))
 #: The checkpoint scope of the notes and owed asks (the E-utilities windows' own).
 SCOPE = "eutils"
 
@@ -152,6 +154,38 @@ def counts(conn: Connection) -> dict[str, int]:
         )
     ).one()
     return {"waiting": int(waiting or 0), "given_up": int(given_up or 0)}
+
+
+def untold(engine: Engine, limit: int = 1000) -> tuple[int, list[dict[str, Any]]]:
+    """The given-up PMIDs whose alert is owed (``alerted_at`` unset): how many, and the
+    first ``limit`` of them (``pmid``, ``first_missing_in``: the window), oldest first."""
+    with engine.connect() as conn:
+        total = untold_count(conn)
+        rows = conn.execute(
+            select(_m.pmid, _m.first_missing_in)
+            .where(_UNTOLD)
+            .order_by(_m.given_up_at, _m.pmid)
+            .limit(limit)
+        ).all()
+    return total, [{"pmid": int(r.pmid), "first_missing_in": r.first_missing_in} for r in rows]
+
+
+def mark_told(engine: Engine, pmids: Sequence[int]) -> None:
+    """Record that the give-up of ``pmids`` was alerted (:func:`untold` no longer lists
+    them)."""
+    with engine.begin() as conn:
+        now = db_now(conn)
+        for part in chunks(sorted(set(pmids))):
+            conn.execute(
+                update(missing_pmids)
+                .where(_m.pmid.in_(part), _UNTOLD)
+                .values(alerted_at=now)
+            )
+
+
+def untold_count(conn: Connection) -> int:
+    """How many given-up PMIDs' alerts are owed (``litpulse status``)."""
+    return int(conn.execute(select(func.count()).where(_UNTOLD)).scalar() or 0)
 
 
 def listing(engine: Engine, limit: int = 1000) -> list[dict[str, Any]]:

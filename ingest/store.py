@@ -1219,6 +1219,7 @@ class Store(RunLedger, Checkpoints):
         with self.engine.connect() as conn:
             counts = store_counts(conn)
             missing_counts = owing.counts(conn)
+            alerts_owed = owing.untold_count(conn)
         return {
             "articles": counts["live"],
             **{k: counts[k] for k in ("deleted", "retracted", "quarantined", "references")},
@@ -1229,6 +1230,9 @@ class Store(RunLedger, Checkpoints):
                 else "current"
             ),
             "missing": missing_counts,
+            # given-up PMIDs whose alert is owed: the next E-utilities run of the
+            # application posts it (litpulse.pipeline.alerts.tell_given_up)
+            "alerts_owed": alerts_owed,
             "writer": self._writer(),
             "last_runs": self.runs(runs),
         }

@@ -322,7 +322,14 @@ missing_pmids = Table(
     Column("last_asked_in", String(255), nullable=False),
     Column("tries", Integer, nullable=False),  # EFetch asks that left it out (each twice)
     Column("given_up_at", UTCDateTime()),
+    # when the on-call engineer was told of the give-up (the alert webhook took it, or none
+    # is set and the log told it); a given-up row without it is an alert owed, posted by
+    # the next E-utilities run of the application (an outbox: a kill or a webhook down
+    # between the give-up and its alert loses nothing)
+    Column("alerted_at", UTCDateTime()),
 )
+#: A give-up an older release stored was alerted by it then (fire and forget).
+missing_pmids.c.alerted_at.info["upgrade_fill"] = missing_pmids.c.given_up_at
 
 #: Resumable progress: one row per (scope, key), e.g. ("eutils", "2024-01-01..02#batch3").
 checkpoints = Table(

@@ -22,7 +22,7 @@ from typing import Any
 from litpulse.core.settings import Settings
 from litpulse.pipeline.exchange import Deadline, moved_note, timed_opener
 
-__all__ = ["ALERT_TIMEOUT_S", "notify", "deadline_missed"]
+__all__ = ["ALERT_TIMEOUT_S", "notify", "deadline_missed", "tell_given_up"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,45 @@ def notify(settings: Settings, text: str, details: Mapping[str, Any] | None = No
     if not ok:
         logger.warning("alert webhook answered HTTP %s", resp.status)
     return ok
+
+
+def tell_given_up(settings: Settings) -> int:
+    """Alert every give-up still owed an alert: PMIDs ESearch listed that EFetch never
+    returned however often asked, given up (:mod:`ingest.missing`) and not yet told.
+
+    The give-ups are the outbox: each is committed with the run's batch that gave it up,
+    and marked told only once the webhook took the alert (or, none set, once it is
+    logged), so a process killed between the two, or a webhook down, leaves it owed and
+    the next E-utilities run tells it (at least once; ``litpulse status`` counts those
+    owed). Never raises: it runs as a run ends, failing or not.
+
+    Returns:
+        How many give-ups it told (0: none owed, or the webhook did not take it).
+    """
+    from ingest.missing import mark_told, untold
+    from litpulse.core import db
+
+    try:
+        engine = db.connect(settings)
+        total, rows = untold(engine)
+        if not total:
+            return 0
+        pmids = [r["pmid"] for r in rows]
+        windows = sorted({r["first_missing_in"] for r in rows})
+        text = (
+            f"litpulse gave up {total} PMID{'s' if total != 1 else ''} ESearch listed but "
+            f"EFetch never returned (window {'; '.join(windows[:3])}"
+            f"{'; ...' if len(windows) > 3 else ''}): {pmids[:20]}; `litpulse missing` "
+            "lists them"
+        )
+        details = {"windows": windows[:20], "pmids": pmids[:100], "given_up": total}
+        if not notify(settings, text, details) and settings.alert_webhook_url:
+            return 0  # owed still: the next run tries again
+        mark_told(engine, pmids)
+        return len(pmids)
+    except Exception as exc:  # noqa: BLE001 - an alert must never raise
+        logger.warning("given-up PMIDs not alerted (owed to the next run): %s", exc)
+        return 0
 
 
 def deadline_missed(context: Mapping[str, Any] | None = None, **kwargs: Any) -> None:

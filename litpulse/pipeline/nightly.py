@@ -533,27 +533,21 @@ def ingest_eutils_window(
 ) -> Any:
     """:func:`ingest.eutils.ingest_window` that alerts the on-call engineer (log, and the
     webhook when set) when the run gives PMIDs up: listed by ESearch, never returned by
-    EFetch however often asked (``litpulse missing``). The nightly job and the nightly
-    DAG's ingest task call this. With ``checked`` (a data-quality check or the iCite step
-    follows), the window moves the watermark only once :func:`planning.release_watermark`
-    says it passed them. With ``quality`` (default: ``checked``) its data-quality check
-    follows and judges the run (:func:`ingest.quality.check_ingest`); without one the run
-    is judged once it succeeded, so the next window's overlap day meets it as judged.
+    EFetch however often asked (``litpulse missing``); as it ends, failing or not, it
+    alerts every give-up still owed one (:func:`~litpulse.pipeline.alerts.tell_given_up`:
+    an earlier run killed before its alert, or whose webhook was down). The nightly job and
+    the nightly DAG's ingest task call this. With ``checked`` (a data-quality check or the
+    iCite step follows), the window moves the watermark only once
+    :func:`planning.release_watermark` says it passed them. With ``quality`` (default:
+    ``checked``) its data-quality check follows and judges the run
+    (:func:`ingest.quality.check_ingest`); without one the run is judged once it
+    succeeded, so the next window's overlap day meets it as judged.
 
     Returns:
         The window's :class:`ingest.store.IngestCounts`.
     """
     from ingest.eutils import ingest_window
-    from litpulse.pipeline.alerts import notify
-
-    def alert(pmids: list[int], window: str) -> None:
-        notify(
-            settings,
-            f"litpulse gave up {len(pmids)} PMID{'s' if len(pmids) != 1 else ''} ESearch "
-            f"listed but EFetch never returned (window {window}): {pmids[:20]}; "
-            "`litpulse missing` lists them",
-            {"window": window, "pmids": pmids[:100], "given_up": len(pmids)},
-        )
+    from litpulse.pipeline.alerts import tell_given_up
 
     # the whole window's counts: its data-quality check (the DAG's next task, the nightly's
     # quality step) judges a retried window whole, not the retry's batches alone
@@ -561,10 +555,12 @@ def ingest_eutils_window(
     # the check passed (planning.release_watermark): a kill before it leaves it held
     # with a data-quality check to come (``quality``, default ``checked``), that check
     # judges the run; without one, the run is judged once it succeeded
-    return ingest_window(settings, since, until, progress=progress, on_given_up=alert,
-                         whole_window=True,
-                         run_details={"watermark": PENDING_CHECK} if checked else None,
-                         check_follows=checked if quality is None else quality)
+    try:
+        return ingest_window(settings, since, until, progress=progress, whole_window=True,
+                             run_details={"watermark": PENDING_CHECK} if checked else None,
+                             check_follows=checked if quality is None else quality)
+    finally:  # the give-ups of this run, and those an earlier one could not tell (an outbox)
+        tell_given_up(settings)
 
 
 def check_window(

@@ -174,6 +174,11 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
         f"{owed['waiting']} owed (asked again by every E-utilities run), "
         f"{owed['given_up']} given up" + (" (litpulse missing)" if any(owed.values()) else "")
     )
+    told = st.pop("alerts_owed")
+    st["alerts owed"] = (
+        f"{told} given-up PMID{'s' if told != 1 else ''} not yet alerted (the alert webhook "
+        "did not take it): the next E-utilities run posts it" if told else "none"
+    )
     kv([(k, v if v is not None else "-") for k, v in st.items() if k != "last_runs"])
     runs = st["last_runs"]
     if runs:
