@@ -135,7 +135,7 @@ def litpulse_nightly_ingest() -> None:
     def refresh_citations() -> dict[str, Any]:
         """Refresh iCite citation counts of the articles that need it (as ``litpulse
         nightly``: after waiting for a refresh another process runs, up to
-        ``CITATIONS_WAIT_S``; past it the task succeeds with ``skipped`` and a note)."""
+        ``LITPULSE_CITATIONS_WAIT_S``; past it the task succeeds with ``skipped`` and a note)."""
         from litpulse.pipeline.nightly import citations_step
 
         return citations_step(settings())

@@ -216,6 +216,14 @@ class Settings:
         min=0,
         max=100_000_000,
     )
+    citations_wait_s: float = _opt(
+        600.0,
+        "Seconds the nightly's citation step (`litpulse nightly`, the nightly DAG) waits for "
+        "a citation refresh another process runs (`litpulse citations refresh`) before it is "
+        "skipped with a note (what is due waits for the next night).",
+        min=0.0,
+        max=86400.0,
+    )
     icite_snapshot_batch: int = _opt(
         20000,
         "Rows of an iCite snapshot written per database transaction by `citations load` "

@@ -53,7 +53,6 @@ from litpulse.pipeline.planning import (
 )
 
 __all__ = [
-    "CITATIONS_WAIT_S",
     "LEASE_NAME",
     "LEASE_TTL_S",
     "SOURCES",
@@ -76,13 +75,6 @@ LEASE_TTL_S = db.LEASE_TTL_S
 SOURCES = ("eutils", "updatefiles", "files")
 
 T = TypeVar("T")
-
-#: Seconds the citations step waits for a citation refresh another process runs (``litpulse
-#: citations refresh``): it asks iCite for the same due articles, so the step waits for it
-#: and then refreshes what is still due (the night's new articles); one running longer is
-#: left to finish, and the step is skipped with a note (the next night refreshes what is
-#: due) rather than holding back the index and the digest, or failing the night.
-CITATIONS_WAIT_S = 600.0
 
 #: Fewer training steps than this rarely teach a model anything; the summary says so.
 FEW_STEPS = 5
@@ -323,7 +315,7 @@ def run_nightly(
     progress: bool = False,
     wait_s: float = 0.0,
     lease_ttl_s: float = LEASE_TTL_S,
-    citations_wait_s: float = CITATIONS_WAIT_S,
+    citations_wait_s: float | None = None,
 ) -> NightlyReport:
     """Run the nightly chain once, holding the ``nightly`` lease.
 
@@ -350,8 +342,8 @@ def run_nightly(
         wait_s: Seconds to wait for a running nightly to finish before giving up.
         lease_ttl_s: Lease lifetime without renewal, in seconds.
         citations_wait_s: Seconds the citations step waits for a citation refresh another
-            process runs; then the step is skipped with a note (``citations["skipped"]``),
-            and the night goes on.
+            process runs (default ``LITPULSE_CITATIONS_WAIT_S``); then the step is skipped
+            with a note (``citations["skipped"]``), and the night goes on.
 
     Returns:
         The report of every step.
@@ -609,19 +601,24 @@ def _ingest(
 
 
 def citations_step(
-    settings: Settings, *, progress: bool = False, wait_s: float = CITATIONS_WAIT_S
+    settings: Settings, *, progress: bool = False, wait_s: float | None = None
 ) -> dict[str, Any]:
     """The iCite refresh as a step of a chain (``litpulse nightly``, the nightly ingest
     DAG's ``refresh_citations``): its counts, or ``{"skipped": why}`` when a citation
     refresh another process runs held its lease past ``wait_s`` seconds
-    (:data:`CITATIONS_WAIT_S`). A skipped step fails nothing: the articles it would have
-    asked for stay due (never fetched, or on their schedule) for the next refresh.
+    (default ``LITPULSE_CITATIONS_WAIT_S``): it asks iCite for the same due articles, so
+    the step waits for it and then refreshes what is still due (the night's new articles);
+    one running longer is left to finish. A skipped step fails nothing: the articles it
+    would have asked for stay due (never fetched, or on their schedule) for the next
+    refresh.
 
     Raises:
         TransientSourceError: iCite kept failing (batches already written stay).
     """
     from ingest.citations import CitationsBusyError, refresh_citations
 
+    if wait_s is None:
+        wait_s = settings.citations_wait_s
     try:
         return dict(refresh_citations(settings, progress=progress, wait_s=wait_s).to_dict())
     except CitationsBusyError as exc:  # an operator's refresh asks iCite for the same articles
