@@ -9,6 +9,7 @@ from airflow.sdk import CronDataIntervalTimetable, Metadata, dag, get_current_co
 
 from litpulse.pipeline.dag_support import (
     ARTICLES,
+    CITATIONS_POKE_S,
     NCBI_POOL,
     NIGHTLY_DAG_ID,
     dag_args,
@@ -86,7 +87,10 @@ Non-retryable errors (`InvalidRequestError`, `ParseError`, `ConfigError`,
 
 **Pool.** `ingest_window` and `refresh_citations` run in the pool **`ncbi`** (1 slot: every
 E-utilities and iCite call of all runs goes through one process, which keeps itself under
-3 requests/s, 10 with an API key). Create it once:
+3 requests/s, 10 with an API key). While a manual `litpulse citations refresh` runs,
+`await_citations_refresh` (a sensor in reschedule mode, outside the pool, looking every
+30 s) waits for it, up to `LITPULSE_CITATIONS_WAIT_S`, holding no slot: past it the refresh
+is skipped with a note, and the run goes on. Create it once:
 `airflow pools set ncbi 1 "NCBI E-utilities/iCite calls of all litpulse runs (rate limit)"`.
 The API key can live in Airflow's secrets backend as the connection `litpulse_ncbi`
 (password = key, login = e-mail); else `LITPULSE_NCBI_API_KEY` of the worker.
@@ -131,14 +135,24 @@ def litpulse_nightly_ingest() -> None:
         window = ingest_days(get_current_context(), s)
         return ingested(window, run(s, *window).to_dict())
 
-    @task(pool=NCBI_POOL, execution_timeout=dt.timedelta(hours=2))
+    @task.sensor(mode="reschedule", poke_interval=CITATIONS_POKE_S,
+                 timeout=dt.timedelta(hours=25), soft_fail=True)  # fmt: skip
+    def await_citations_refresh() -> bool:
+        """Wait for a citation refresh another process runs, up to
+        ``LITPULSE_CITATIONS_WAIT_S``, outside the ``ncbi`` pool: rescheduled between
+        looks, it holds no slot meanwhile."""
+        from litpulse.pipeline.dag_support import citations_refresh_awaited
+
+        return citations_refresh_awaited(get_current_context())
+
+    @task(pool=NCBI_POOL, execution_timeout=dt.timedelta(hours=2), trigger_rule="none_failed")
     def refresh_citations() -> dict[str, Any]:
-        """Refresh iCite citation counts of the articles that need it (as ``litpulse
-        nightly``: after waiting for a refresh another process runs, up to
-        ``LITPULSE_CITATIONS_WAIT_S``; past it the task succeeds with ``skipped`` and a note)."""
+        """Refresh iCite citation counts of the articles that need it, once the wait is over
+        (a refresh another process still runs: the task succeeds with ``skipped`` and a
+        note, as ``litpulse nightly``'s step)."""
         from litpulse.pipeline.nightly import citations_step
 
-        return citations_step(settings())
+        return citations_step(settings(), wait_s=0.0)
 
     @task
     def data_quality(ingest: dict[str, Any]) -> dict[str, Any]:
@@ -172,7 +186,7 @@ def litpulse_nightly_ingest() -> None:
     citations = refresh_citations()
     quality = data_quality(ingest)
     # as `litpulse nightly`: a window is through once the refresh and the check passed
-    ingest >> citations >> quality
+    ingest >> await_citations_refresh() >> citations >> quality
     publish_articles(ingest, citations, quality)
 
 

@@ -220,7 +220,8 @@ class Settings:
         600.0,
         "Seconds the nightly's citation step (`litpulse nightly`, the nightly DAG) waits for "
         "a citation refresh another process runs (`litpulse citations refresh`) before it is "
-        "skipped with a note (what is due waits for the next night).",
+        "skipped with a note (what is due waits for the next night); the DAG waits in a "
+        "sensor that holds no worker and no `ncbi` pool slot between its looks.",
         min=0.0,
         max=86400.0,
     )

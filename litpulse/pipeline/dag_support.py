@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ARTICLES",
     "CATCHUP_GRACE",
+    "CITATIONS_POKE_S",
     "DEFAULT_ARGS",
     "INDEX",
     "MAX_RETRY_AFTER",
@@ -53,6 +54,7 @@ __all__ = [
     "backfill_command",
     "backoff_delay",
     "catchup_skip_reason",
+    "citations_refresh_awaited",
     "dag_args",
     "day_param",
     "index_event",
@@ -87,6 +89,9 @@ START_DATE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 OWNER = "litpulse-data"
 #: The Airflow pool of every task calling NCBI E-utilities or iCite (1 slot: rate limit).
 NCBI_POOL = "ncbi"
+#: Seconds between two looks of the nightly DAG's wait for a manual citation refresh (a
+#: sensor in ``reschedule`` mode: between looks it holds no worker and no pool slot).
+CITATIONS_POKE_S = 30.0
 #: Optional Airflow connection holding the NCBI API key (password) and e-mail (login).
 NCBI_CONN_ID = "litpulse_ncbi"
 #: A scheduled run started this long after its slot is a catch-up (see
@@ -237,6 +242,35 @@ def settings() -> Settings:
     base = get_settings()
     overrides = ncbi_connection_overrides()
     return base.replace(**overrides) if overrides else base
+
+
+def citations_refresh_awaited(context: Mapping[str, Any]) -> bool:
+    """The look of the nightly DAG's wait before its citation refresh (a sensor in
+    ``reschedule`` mode, outside the ``ncbi`` pool): done once no other citation refresh
+    holds the store's lease (``litpulse citations refresh`` asks iCite for the same
+    articles), or once the sensor has waited ``LITPULSE_CITATIONS_WAIT_S`` since its first
+    look (the refresh then finds it busy and is skipped with a note, as the nightly's step).
+    Between looks the task is rescheduled: no pool slot is held, so other runs' NCBI tasks
+    go on meanwhile.
+    """
+    from ingest.citations import REFRESH_LEASE
+    from litpulse.core.db import connect, live_holder
+    from litpulse.core.timeutil import utcnow
+
+    s = settings()
+    holder = live_holder(connect(s), REFRESH_LEASE)
+    if holder is None:
+        return True
+    ti = context["ti"]
+    first = ti.get_first_reschedule_date(context)
+    waited = 0.0 if first is None else (utcnow() - as_utc(first)).total_seconds()
+    if waited >= s.citations_wait_s:
+        logger.warning("citation refresh of %s still runs after %.0f s: the night's refresh "
+                       "is skipped (LITPULSE_CITATIONS_WAIT_S)", holder, waited)  # fmt: skip
+        return True
+    logger.info("a citation refresh runs (%s): waiting (%.0f of %.0f s)", holder, waited,
+                s.citations_wait_s)  # fmt: skip
+    return False
 
 
 def train_queue(environ: Mapping[str, str] | None = None) -> str:

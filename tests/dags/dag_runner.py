@@ -50,6 +50,8 @@ def check(out: Path) -> None:
                 ),
                 "pool": t.pool,
                 "queue": t.queue,
+                "mode": getattr(t, "mode", None),  # a sensor's: poke or reschedule
+                "trigger_rule": str(getattr(t.trigger_rule, "value", t.trigger_rule)),
                 "upstream": sorted(t.upstream_task_ids),
                 "mapped": bool(getattr(t, "is_mapped", False))
                 or "MappedOperator" in type(t).__name__,

@@ -145,7 +145,8 @@ def test_the_digest_runs_after_the_index_is_published(dagbag_report: dict) -> No
 def test_the_quality_check_waits_for_the_citations_refresh(dagbag_report: dict) -> None:
     """A window is through once the refresh and the check passed (as `litpulse nightly`)."""
     tasks = dagbag_report["dags"]["litpulse_nightly_ingest"]["tasks"]
-    assert tasks["refresh_citations"]["upstream"] == ["ingest_window"]
+    assert tasks["refresh_citations"]["upstream"] == ["await_citations_refresh"]
+    assert tasks["await_citations_refresh"]["upstream"] == ["ingest_window"]
     assert tasks["data_quality"]["upstream"] == ["ingest_window", "refresh_citations"]
 
 
