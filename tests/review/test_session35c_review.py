@@ -50,6 +50,13 @@ H1 A match pending delivery whose article is then deleted (``DeleteCitation``) i
    withdrawn, not silently dropped). Already pinned by tests/litpulse/test_deletions_review.py
    (``test_a_match_whose_article_is_deleted_later_is_neither_listed_nor_sent``,
    ``test_digest_feed_and_email_flag_a_retracted_match``): not repeated here.
+H2 (read, not re-tested) A digest killed between ranking and recording loses nothing: a
+   search's matches and its watermark are written in one transaction
+   (``digest._digest_one``); a kill between send and stamp is pinned by session 27.
+
+Left as they are: X1's alert is at least once (a kill after the webhook took it and before
+``alerted_at`` is written posts it again), and owed alerts go out with the next
+E-utilities run only (a site that ingests update files alone sees them in ``status``).
 """
 
 from __future__ import annotations
