@@ -10,7 +10,9 @@ A real :class:`http.server.ThreadingHTTPServer` on ``127.0.0.1`` (port 0) serves
 * ``/eutils/efetch.fcgi`` (POST ``id=…`` or ``WebEnv``+``query_key``): a
   ``PubmedArticleSet`` with the live records asked for; deleted or unknown PMIDs are
   simply absent, as in EFetch.
-* ``/pubmed/updatefiles/`` and ``/pubmed/baseline/``: Apache-style HTML listings, the
+* ``/pubmed/updatefiles/`` and ``/pubmed/baseline/``: Apache-style HTML listings (each
+  file with its "Last modified" time, a minute later for each file published or
+  re-published, and its size in bytes, as NCBI's index lists them), the
   ``.xml.gz`` files (HTTP Range supported) and their ``.md5`` files in NLM's format
   (:meth:`Emulator.update_file_after_md5`: a mirror mid-update, the file and its ``.md5``
   changing together right after a ``.md5`` was answered).
@@ -218,6 +220,8 @@ def max_requests_in_window(times: Iterable[float], window: float = 1.0) -> int:
 class _File:
     data: bytes
     md5: str
+    #: The listing's "Last modified" column (each publication a minute after the last).
+    modified: str = "2025-12-11 14:07"
 
 
 @dataclass
@@ -241,6 +245,8 @@ class Emulator:
         self._server: ThreadingHTTPServer | None = None
         #: ``kind/name`` -> the file it becomes right after its next ``.md5`` answer
         self._updates: dict[str, _File] = {}
+        #: Files published so far: each one's listed modification time is a minute later.
+        self._published = 0
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------------
@@ -383,7 +389,7 @@ class Emulator:
         """Publish ``name`` under ``/pubmed/<kind>/`` (``updatefiles`` or ``baseline``)."""
         digest = md5 or hashlib.md5(data, usedforsecurity=False).hexdigest()
         with self._lock:
-            self.files[kind][name] = _File(data, digest)
+            self.files[kind][name] = _File(data, digest, self._next_modified())
 
     def update_file_after_md5(
         self, kind: str, name: str, data: bytes, *, md5: str | None = None
@@ -392,7 +398,13 @@ class Emulator:
         and right after it the file and its ``.md5`` both become ``data`` (and its MD5)."""
         digest = md5 or hashlib.md5(data, usedforsecurity=False).hexdigest()
         with self._lock:
-            self._updates[f"{kind}/{name}"] = _File(data, digest)
+            self._updates[f"{kind}/{name}"] = _File(data, digest, self._next_modified())
+
+    def _next_modified(self) -> str:
+        """A later "Last modified" than every file published before (under the lock)."""
+        at = dt.datetime(2025, 12, 11, 14, 7) + dt.timedelta(minutes=self._published)
+        self._published += 1
+        return f"{at:%Y-%m-%d %H:%M}"
 
     def _md5_answer(self, kind: str, name: str) -> str:
         """The ``.md5`` of ``name`` as served now; a pending update lands right after it."""
@@ -556,9 +568,9 @@ class Emulator:
         for name in names:
             f = self.files[kind][name]
             rows.append(
-                f'<a href="{name}">{name}</a>     2025-12-11 14:07   {len(f.data)}'
+                f'<a href="{name}">{name}</a>     {f.modified}   {len(f.data)}'
             )
-            rows.append(f'<a href="{name}.md5">{name}.md5</a> 2025-12-11 14:07   60')
+            rows.append(f'<a href="{name}.md5">{name}.md5</a> {f.modified}   60')
         rows.append('<a href="README.txt">README.txt</a>   2025-01-01 00:00  2.1K')
         return (
             f"<html><head><title>Index of /pubmed/{kind}</title></head><body>"

@@ -1,0 +1,308 @@
+"""Hostile review (session 35a): an update file NLM re-issues under the same name.
+
+Code under review: ``ingest/updatefiles.py`` (the listing, the plan, what is skipped as
+applied), ``ingest/bootstrap.py`` (the same plan, staged files, ``_is_applied``),
+``ingest/rules.py`` (a numbered file is one source: its items at or before the stored
+position are replays) and ``ingest/store.py`` (``source_times``: a file's as-of time),
+against the loopback emulator (``tests/emulator.py``: its listing now gives each file the
+"Last modified" time of its latest publication and its size, as NCBI's Apache index does:
+``<a href="pubmed26n0002.xml.gz">pubmed26n0002.xml.gz</a>  2025-12-11 14:08  1234``).
+
+Attacked and held (kept as tests, not defects): a mirror that copies an applied file
+again with the same content (its listing entry changes, its MD5 does not) applies
+nothing again and reads that one ``.md5`` only; a run whose listing entries are
+unchanged reads no applied file's ``.md5``; a ``.md5`` that changes while the file does
+not (a mirror mid-update) is not applied over the store: its MD5 never matches.
+
+Defects (each a strict xfail asserting the correct behaviour until fixed; 34d's D2 is X1):
+
+X1 **An update file NLM re-issues under its name after it was applied is never applied
+   again.** ``pubmed26n0002.xml.gz`` is applied, then the mirror serves a new issue of it
+   (new content, new ``.md5``): ``apply_updates`` skips every name in ``source_files`` and
+   never reads an applied file's ``.md5`` again, so a record only the new issue holds,
+   a revision or a deletion in it, is in no file the store will ever read, silently. And
+   were it read, ``ingest.rules`` takes a numbered file for one source whatever its
+   content: every item at or before the position the first issue stored is a replay that
+   changes nothing. (test_x1_..., both stores; 34d's test_d2_... too)
+
+X2 **A re-issue applied is told nowhere.** The run that applies it must say so: its
+   details (``reissued``: name, MD5, the MD5 it replaces), the log and ``litpulse status``
+   ("re-issued file applied again"). (test_x2_..., both stores)
+
+X3 **A run killed in the middle of a re-issue must end, resumed, as a clean run.** The
+   first batches of the new issue are committed, ``source_files`` still holds the first
+   issue's MD5; the next run must find the re-issue again and apply it so that the store
+   ends as one uninterrupted application of the new issue would leave it (a deletion
+   late in the file of a record stored early in it included). (test_x3_..., both stores)
+
+X4 **A re-issue of a baseline file while a bootstrap is half-way is never applied.**
+   ``litpulse bootstrap --max-files 1`` applied ``pubmed26n0001``; NLM re-issues it; the
+   bootstrap's next call plans from the same ``source_files`` names (and its stagers skip
+   a file recorded applied), so the new issue is never read. (test_x4_..., both stores)
+
+X5 **A re-issue that drops a record the first issue held says nothing of it.** The
+   record stays stored (no issue deleted it, and NLM may have moved it to another file),
+   but the run should say how many records only the earlier issue held, so that an
+   operator can look. (test_x5_..., both stores)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select
+
+from ingest.bootstrap import load_files
+from ingest.updatefiles import apply_updates
+from litpulse.app.cli import main
+from litpulse.app.demo.pubmed_xml import article_xml, gz, pubmed_set
+from litpulse.core import db
+from litpulse.core.errors import ChecksumError
+from litpulse.core.schema import articles, ingest_runs, source_files
+from litpulse.core.settings import Settings
+from tests.ingest.test_windows_review import ReviewEmulator, _settings, _stored
+
+DAY = dt.date(2026, 1, 5)
+LATER = dt.date(2026, 1, 9)
+N1, N2, N3 = "pubmed26n0001.xml.gz", "pubmed26n0002.xml.gz", "pubmed26n0003.xml.gz"
+
+
+def _file(*elements: bytes, deleted: tuple[int, ...] = ()) -> bytes:
+    return gz(pubmed_set(list(elements), deleted))
+
+
+def _art(pmid: int, title: str, **kw: Any) -> bytes:
+    return article_xml(pmid, edat=DAY, title=title, **kw)
+
+
+def _titles(s: Settings) -> dict[int, tuple[str, bool]]:
+    """PMID -> (title, deleted) of every stored row."""
+    a = articles.c
+    with db.connect(s).connect() as conn:
+        rows = conn.execute(select(a.pmid, a.title, a.is_deleted)).all()
+    return {pmid: (title, bool(gone)) for pmid, title, gone in rows}
+
+
+def _last_run(s: Settings) -> dict[str, Any]:
+    r = ingest_runs.c
+    with db.connect(s).connect() as conn:
+        row = conn.execute(select(ingest_runs).order_by(r.id.desc()).limit(1)).first()
+    assert row is not None
+    return dict(row._mapping)
+
+
+def _md5_reads(emu: ReviewEmulator, name: str) -> int:
+    return len([q for q in emu.requests(f"/pubmed/updatefiles/{name}.md5")])
+
+
+#: File 2's first issue: 21, 23 and 24 (24 also in file 1).
+ISSUE_A = _file(_art(21, "21 as first issued"), _art(23, "23 as first issued"),
+                _art(24, "24 of file 2"))  # fmt: skip
+#: File 2's new issue: 21 revised in place, 22 new, 23 as file 3 has it too (same
+#: version and revision date, another title: file 3 must win), 24 deleted, and 31
+#: deleted (file 3 holds it: a deletion of file 2 must not undo a later file's record).
+ISSUE_B = _file(
+    _art(21, "21 as re-issued"), _art(22, "22 only in the re-issue"),
+    _art(23, "23 as re-issued", mdat=LATER), deleted=(24, 31),
+)  # fmt: skip
+FILE_3 = _file(_art(23, "23 of file 3", mdat=LATER), _art(31, "31 of file 3"))
+#: Where the re-issue leaves the store: as if file 2 had been issued so in the first place.
+AFTER_B = {
+    11: ("Record 11", False),
+    21: ("21 as re-issued", False),
+    22: ("22 only in the re-issue", False),
+    23: ("23 of file 3", False),
+    24: ("24 of file 2", True),
+    31: ("31 of file 3", False),
+}
+
+
+def _publish_and_apply(emu: ReviewEmulator, s: Settings) -> None:
+    emu.add_file("updatefiles", N1, _file(_art(11, "Record 11"), _art(24, "24 of file 1")))
+    emu.add_file("updatefiles", N2, ISSUE_A)
+    emu.add_file("updatefiles", N3, FILE_3)
+    apply_updates(s, workers=0)
+    assert _titles(s)[21] == ("21 as first issued", False)
+
+
+# ------------------------------------------------------------- X1: the re-issue applied
+
+
+@pytest.mark.xfail(strict=True, reason="X1: a re-issued update file is never applied again")
+def test_x1_a_reissued_update_file_is_applied_in_its_place(
+    emu: ReviewEmulator, settings: Settings
+) -> None:
+    """Files 1-3 applied; NLM re-issues file 2 (new content and ``.md5``). The next run
+    must apply it so that the store ends as if file 2 had been issued so in the first
+    place: 22 stored, 21 revised, 24 deleted as file 2's, and file 3's newer rows kept
+    (23's title, 31 live though the re-issue deletes it)."""
+    s = _settings(emu, settings)
+    _publish_and_apply(emu, s)
+    emu.add_file("updatefiles", N2, ISSUE_B)  # re-issued: a later "Last modified"
+    apply_updates(s, workers=0)
+    got = _titles(s)
+    assert {p: got.get(p) for p in AFTER_B} == AFTER_B
+    with db.connect(s).connect() as conn:
+        md5 = conn.execute(
+            select(source_files.c.md5).where(source_files.c.name == N2)
+        ).scalar_one()  # fmt: skip
+    assert md5 == emu.files["updatefiles"][N2].md5, "source_files still holds the first issue"
+    apply_updates(s, workers=0)  # applied once: the next run finds nothing to do
+    assert _last_run(s)["details"]["files"] == []
+
+
+# ------------------------------------------------------------ X2: the re-issue reported
+
+
+@pytest.mark.xfail(strict=True, reason="X2: a re-issue applied is told nowhere")
+def test_x2_a_reissue_applied_is_reported(
+    emu: ReviewEmulator, env: Settings, capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """The run that applies a re-issue says so: details, log and ``litpulse status``."""
+    s = _settings(emu, env)
+    _publish_and_apply(emu, s)
+    emu.add_file("updatefiles", N2, ISSUE_B)
+    was = None
+    with db.connect(s).connect() as conn:
+        was = conn.execute(
+            select(source_files.c.md5).where(source_files.c.name == N2)
+        ).scalar_one()  # fmt: skip
+    apply_updates(s, workers=0)
+    told = _last_run(s)["details"].get("reissued")
+    assert told and told[0]["name"] == N2 and told[0]["was"] == was, told
+    assert "re-issued file applied again" in caplog.text
+    capsys.readouterr()
+    assert main(["status"]) == 0
+    assert f"re-issued file applied again: {N2}" in capsys.readouterr().out
+
+
+# ------------------------------------------------------- X3: a kill in the middle of it
+
+
+@contextmanager
+def _killed_at_article_write(s: Settings, nth: int) -> Iterator[None]:
+    """The process dies (an exception out of the store's statement) at its ``nth``
+    statement writing ``articles``: the batches before it stay committed."""
+    engine = db.connect(s)
+    seen = [0]
+
+    class Killed(Exception):
+        pass
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        head = statement.lstrip()[:40].upper()
+        if head.startswith(("INSERT INTO ARTICLES", "UPDATE ARTICLES")):
+            seen[0] += 1
+            if seen[0] >= nth:
+                raise Killed(f"killed at article write {seen[0]}")
+
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        with pytest.raises(Exception, match="killed at article write"):
+            yield
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+
+
+@pytest.mark.xfail(strict=True, reason="X3: a killed re-issue is not applied when resumed")
+def test_x3_a_reissue_killed_half_way_resumes_to_the_clean_state(
+    emu: ReviewEmulator, settings: Settings
+) -> None:
+    """The new issue of file 2 holds 22 first and, last, a deletion of 22 after a
+    revision of 21: killed after its first batch (one item a batch), the resumed run must
+    end as one run over the new issue would: 22 deleted, 21 revised."""
+    s = _settings(emu, settings).replace(store_batch=1)
+    _publish_and_apply(emu, s)
+    emu.add_file("updatefiles", N2, _file(
+        _art(22, "22 only in the re-issue"), _art(21, "21 as re-issued"), deleted=(22,),
+    ))  # fmt: skip
+    with _killed_at_article_write(s, 2):
+        apply_updates(s, workers=0)
+    assert _titles(s)[22] == ("22 only in the re-issue", False), "the kill missed the file"
+    apply_updates(s, workers=0)
+    got = _titles(s)
+    assert got[22] == ("22 only in the re-issue", True)
+    assert got[21] == ("21 as re-issued", False)
+    assert got[23] == ("23 of file 3", False)
+    assert _last_run(s)["status"] == "succeeded"
+
+
+# ------------------------------------------------ X4: a re-issue in a half-way bootstrap
+
+
+@pytest.mark.xfail(strict=True, reason="X4: a baseline file re-issued mid-bootstrap is not applied")
+def test_x4_a_baseline_file_reissued_while_a_bootstrap_is_half_way_is_applied(
+    emu: ReviewEmulator, settings: Settings
+) -> None:
+    s = _settings(emu, settings)
+    emu.add_file("baseline", N1, _file(_art(11, "11 as first issued")))
+    emu.add_file("baseline", N2, _file(_art(21, "21 of the baseline")))
+    emu.add_file("updatefiles", N3, _file(_art(31, "31 of file 3")))
+    load_files(s, workers=0, prefetch=0, max_files=1)
+    emu.add_file("baseline", N1, _file(_art(11, "11 as re-issued"), _art(12, "12 new")))
+    load_files(s, workers=0, prefetch=1)
+    got = _titles(s)
+    assert got.get(11) == ("11 as re-issued", False)
+    assert got.get(12) == ("12 new", False)
+    assert {21, 31} <= _stored(s)
+
+
+# --------------------------------------------------- X5: a record only the first issue held
+
+
+@pytest.mark.xfail(strict=True, reason="X5: a re-issue dropping a record says nothing of it")
+def test_x5_a_reissue_that_drops_a_record_says_so(
+    emu: ReviewEmulator, settings: Settings
+) -> None:
+    s = _settings(emu, settings)
+    _publish_and_apply(emu, s)
+    emu.add_file("updatefiles", N2, _file(_art(21, "21 as re-issued"), _art(23, "23")))
+    apply_updates(s, workers=0)
+    assert 24 in _stored(s), "a record no issue deleted stays stored"
+    told = _last_run(s)["details"].get("reissued") or [{}]
+    assert told[0].get("earlier_only") == 1, told  # 24: file 1's content, file 2 wrote it
+
+
+# ------------------------------------------------------------------- held (not defects)
+
+
+def test_a_file_copied_again_unchanged_is_not_applied_again(
+    emu: ReviewEmulator, settings: Settings
+) -> None:
+    """A mirror copies file 2 again, the same bytes (a later "Last modified"): its
+    ``.md5`` is read once, nothing is applied; a run with the listing unchanged reads no
+    applied file's ``.md5``."""
+    s = _settings(emu, settings)
+    _publish_and_apply(emu, s)
+    before = {n: _md5_reads(emu, n) for n in (N1, N2, N3)}
+    apply_updates(s, workers=0)
+    assert {n: _md5_reads(emu, n) for n in (N1, N2, N3)} == before, "reads of unchanged files"
+    emu.add_file("updatefiles", N2, ISSUE_A)  # copied again
+    apply_updates(s, workers=0)
+    apply_updates(s, workers=0)
+    assert _last_run(s)["details"]["files"] == []
+    assert _md5_reads(emu, N2) <= before[N2] + 1
+    assert _titles(s)[21] == ("21 as first issued", False)
+
+
+def test_a_md5_changed_while_the_file_did_not_is_never_applied_over_the_store(
+    emu: ReviewEmulator, settings: Settings
+) -> None:
+    s = _settings(emu, settings)
+    _publish_and_apply(emu, s)
+    emu.add_file("updatefiles", N2, ISSUE_A, md5="0" * 32)  # .md5 rewritten, file not
+    try:
+        apply_updates(s, workers=0)
+    except ChecksumError as exc:
+        assert N2 in str(exc)
+    assert _titles(s)[21] == ("21 as first issued", False)
+    with db.connect(s).connect() as conn:
+        md5 = conn.execute(
+            select(source_files.c.md5).where(source_files.c.name == N2)
+        ).scalar_one()  # fmt: skip
+    assert md5 != "0" * 32
