@@ -85,6 +85,7 @@ from ingest.updatefiles import (
     _file_ref,
     _source,
     _store_file,
+    coverage_details,
     downloads_folder,
     plan_files,
 )
@@ -727,11 +728,7 @@ def load_files(
                     bar.close()
                 run.details.pop("current", None)
                 run.details["bytes"] = total_bytes
-                # files the plan offered that this call left (max_files): the run does not
-                # hold what NLM published up to now (planning.last_watermark)
-                run.details["left"] = n_pending - len(pending)
-                # a run of baseline files only holds what the baseline held (last_watermark)
-                run.details["update_files"] = sum(f.kind == "updatefile" for f in pending)
+                run.details.update(coverage_details(plan.pending, pending))
                 if last_call and plan.held is not None:
                     # files wait behind a missing one: the counts of what is applied are
                     # made right, then the run fails; the files wait

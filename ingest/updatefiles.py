@@ -63,6 +63,7 @@ __all__ = [
     "FilePlan",
     "RemoteFile",
     "apply_updates",
+    "coverage_details",
     "downloads_folder",
     "list_remote_files",
     "parse_listing",
@@ -622,16 +623,27 @@ def apply_updates(
                 logger.info("applied %s: %s", f.name, file_counts.to_dict())
             details.pop("current", None)
             details["bytes"] = total_bytes
-            # files the plan offered that this call left (max_files): the run does not
-            # hold what NLM published up to now (planning.last_watermark)
-            details["left"] = len(plan.pending) - len(pending)
-            # a run of baseline files only holds what the baseline held (last_watermark)
-            details["update_files"] = sum(f.kind == "updatefile" for f in pending)
+            details.update(coverage_details(plan.pending, pending))
             if len(pending) == len(plan.pending):  # this call reached the gap
                 plan.raise_if_held()  # what was applied before it stays applied
     finally:
         source.close()
     return run.counts
+
+
+def coverage_details(
+    offered: Iterable[RemoteFile], applied: Iterable[RemoteFile]
+) -> dict[str, int]:
+    """How far a run reaches that applied ``applied`` of the files its plan ``offered``, as
+    its details (the one home of what :func:`litpulse.pipeline.planning.last_watermark`
+    reads): ``left``, the files offered and left (``max_files``: the run does not hold
+    what NLM published up to now), and ``update_files``, the update files applied (a run
+    of baseline files only holds what the baseline held)."""
+    applied = list(applied)
+    return {
+        "left": len(list(offered)) - len(applied),
+        "update_files": sum(f.kind == "updatefile" for f in applied),
+    }
 
 
 def _file_ref(f: RemoteFile) -> SourceRef:

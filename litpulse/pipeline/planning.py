@@ -178,7 +178,8 @@ def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datet
     and no update file, only as far as that baseline holds: :func:`_update_files_reach`),
     and covers everything before (one
     that applied none, NLM or the mirror having published nothing, moves nothing; nor does
-    one that left listed files unapplied, ``max_files``: ``details.left``). A
+    one that left listed files unapplied, ``max_files``: ``details.left``; both recorded
+    by :func:`ingest.updatefiles.coverage_details`). A
     window reaches back to when the first PubMed day it searched began (midnight in
     Bethesda): one that starts later than the mark leaves a gap. A run whose
     nightly failed after it (its iCite step or its data-quality check:
