@@ -27,7 +27,7 @@ X1 **An update file NLM re-issues under its name after it was applied is never a
 
 X2 **A re-issue applied is told nowhere.** The run that applies it must say so: its
    details (``reissued``: name, MD5, the MD5 it replaces), the log and ``litpulse status``
-   ("re-issued file applied again"). (test_x2_..., both stores)
+   ("re-issued file applied again"). (test_x2_x5_..., both stores)
 
 X3 **A run killed in the middle of a re-issue must end, resumed, as a clean run.** The
    first batches of the new issue are committed, ``source_files`` still holds the first
@@ -43,13 +43,13 @@ X4 **A re-issue of a baseline file while a bootstrap is half-way is never applie
 X5 **A re-issue that drops a record the first issue held says nothing of it.** The
    record stays stored (no issue deleted it, and NLM may have moved it to another file),
    but the run should say how many records only the earlier issue held, so that an
-   operator can look. (test_x5_..., both stores)
+   operator can look. (test_x2_x5_..., both stores)
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -155,58 +155,61 @@ def test_x1_a_reissued_update_file_is_applied_in_its_place(
     assert _last_run(s)["details"]["files"] == []
 
 
-# ------------------------------------------------------------ X2: the re-issue reported
+# ------------------------------------------- X2, X5: the re-issue reported, and what it drops
 
 
-@pytest.mark.xfail(strict=True, reason="X2: a re-issue applied is told nowhere")
-def test_x2_a_reissue_applied_is_reported(
+@pytest.mark.xfail(
+    strict=True, reason="X2, X5: a re-issue applied is told nowhere, nor what it drops"
+)
+def test_x2_x5_a_reissue_applied_is_reported_with_the_records_it_dropped(
     emu: ReviewEmulator, env: Settings, capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
-    """The run that applies a re-issue says so: details, log and ``litpulse status``."""
+    """The run that applies a re-issue says so (details, log, ``litpulse status``), and
+    how many records only the earlier issue held: 24 (file 2 wrote it over file 1's),
+    which the re-issue drops, stays stored (no issue deleted it)."""
     s = _settings(emu, env)
     _publish_and_apply(emu, s)
-    emu.add_file("updatefiles", N2, ISSUE_B)
-    was = None
     with db.connect(s).connect() as conn:
         was = conn.execute(
             select(source_files.c.md5).where(source_files.c.name == N2)
         ).scalar_one()  # fmt: skip
+    emu.add_file("updatefiles", N2, _file(_art(21, "21 as re-issued"), _art(23, "23")))
     apply_updates(s, workers=0)
+    assert _titles(s)[21] == ("21 as re-issued", False)
+    assert 24 in _stored(s), "a record no issue deleted stays stored"
     told = _last_run(s)["details"].get("reissued")
     assert told and told[0]["name"] == N2 and told[0]["was"] == was, told
+    assert told[0]["earlier_only"] == 1, told  # 24; 23 is file 3's
     assert "re-issued file applied again" in caplog.text
     capsys.readouterr()
     assert main(["status"]) == 0
-    assert f"re-issued file applied again: {N2}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"re-issued file applied again: {N2}" in out
+    assert "1 record(s) only the earlier issue held kept" in out
 
 
 # ------------------------------------------------------- X3: a kill in the middle of it
 
 
 @contextmanager
-def _killed_at_article_write(s: Settings, nth: int) -> Iterator[None]:
-    """The process dies (an exception out of the store's statement) at its ``nth``
-    statement writing ``articles``: the batches before it stay committed."""
+def _killed_once(s: Settings, reached: Callable[[], bool]) -> Iterator[None]:
+    """The process dies at the store's first commit from when ``reached()`` holds of
+    what is committed (an exception before that commit): what committed before stays."""
     engine = db.connect(s)
-    seen = [0]
+    fired = [False]
 
-    class Killed(Exception):
-        pass
+    def before(conn: Any) -> None:
+        if not fired[0] and reached():
+            fired[0] = True
+            raise RuntimeError("killed")
 
-    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        head = statement.lstrip()[:40].upper()
-        if head.startswith(("INSERT INTO ARTICLES", "UPDATE ARTICLES")):
-            seen[0] += 1
-            if seen[0] >= nth:
-                raise Killed(f"killed at article write {seen[0]}")
-
-    event.listen(engine, "before_cursor_execute", before)
+    event.listen(engine, "commit", before)
     try:
-        with pytest.raises(Exception, match="killed at article write"):
+        with pytest.raises(RuntimeError, match="killed"):
             yield
     finally:
-        event.remove(engine, "before_cursor_execute", before)
+        event.remove(engine, "commit", before)
 
 
 @pytest.mark.xfail(strict=True, reason="X3: a killed re-issue is not applied when resumed")
@@ -221,8 +224,8 @@ def test_x3_a_reissue_killed_half_way_resumes_to_the_clean_state(
     emu.add_file("updatefiles", N2, _file(
         _art(22, "22 only in the re-issue"), _art(21, "21 as re-issued"), deleted=(22,),
     ))  # fmt: skip
-    with _killed_at_article_write(s, 2):
-        apply_updates(s, workers=0)
+    with _killed_once(s, lambda: _titles(s)[21] == ("21 as re-issued", False)):
+        apply_updates(s, workers=0)  # killed after 22 and 21, before the deletion of 22
     assert _titles(s)[22] == ("22 only in the re-issue", False), "the kill missed the file"
     apply_updates(s, workers=0)
     got = _titles(s)
@@ -252,32 +255,16 @@ def test_x4_a_baseline_file_reissued_while_a_bootstrap_is_half_way_is_applied(
     assert {21, 31} <= _stored(s)
 
 
-# --------------------------------------------------- X5: a record only the first issue held
-
-
-@pytest.mark.xfail(strict=True, reason="X5: a re-issue dropping a record says nothing of it")
-def test_x5_a_reissue_that_drops_a_record_says_so(
-    emu: ReviewEmulator, settings: Settings
-) -> None:
-    s = _settings(emu, settings)
-    _publish_and_apply(emu, s)
-    emu.add_file("updatefiles", N2, _file(_art(21, "21 as re-issued"), _art(23, "23")))
-    apply_updates(s, workers=0)
-    assert 24 in _stored(s), "a record no issue deleted stays stored"
-    told = _last_run(s)["details"].get("reissued") or [{}]
-    assert told[0].get("earlier_only") == 1, told  # 24: file 1's content, file 2 wrote it
-
-
 # ------------------------------------------------------------------- held (not defects)
 
 
 def test_a_file_copied_again_unchanged_is_not_applied_again(
-    emu: ReviewEmulator, settings: Settings
+    emu: ReviewEmulator, sqlite_settings: Settings
 ) -> None:
     """A mirror copies file 2 again, the same bytes (a later "Last modified"): its
     ``.md5`` is read once, nothing is applied; a run with the listing unchanged reads no
-    applied file's ``.md5``."""
-    s = _settings(emu, settings)
+    applied file's ``.md5`` (the planning only: SQLite)."""
+    s = _settings(emu, sqlite_settings)
     _publish_and_apply(emu, s)
     before = {n: _md5_reads(emu, n) for n in (N1, N2, N3)}
     apply_updates(s, workers=0)
@@ -291,9 +278,9 @@ def test_a_file_copied_again_unchanged_is_not_applied_again(
 
 
 def test_a_md5_changed_while_the_file_did_not_is_never_applied_over_the_store(
-    emu: ReviewEmulator, settings: Settings
+    emu: ReviewEmulator, sqlite_settings: Settings
 ) -> None:
-    s = _settings(emu, settings)
+    s = _settings(emu, sqlite_settings)
     _publish_and_apply(emu, s)
     emu.add_file("updatefiles", N2, ISSUE_A, md5="0" * 32)  # .md5 rewritten, file not
     try:
