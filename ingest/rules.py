@@ -49,7 +49,10 @@ by its *rank* (:class:`SourceRanks`), one total order of every source:
 
 Within one source the later position wins, and an item at or before the stored position
 is a *replay* that changes nothing: a numbered file is one source whatever its location
-(its number fixes its content); any other source must have the same kind, location and
+(its number fixes its content) until NLM re-issues it under its name (a new MD5: the store
+gives the new issue a later as-of time, :meth:`ingest.store.Store.reissue`, so it ranks
+after the earlier issue and before the next file, and what the earlier issue wrote is an
+earlier source); any other source must have the same kind, location and
 fetch time. So a
 file read again after a run died in the middle of it — at any batch — changes nothing
 up to where that run got, and from there on every item (a deletion late in the file of
@@ -177,14 +180,20 @@ class StoredState:
 
         A numbered NLM file is the same source whenever and wherever it is read (another
         mirror, ``ingest --files`` or the update files): its number fixes its content, and
-        the store gives it one time (its as-of time). A source without a number (a local
-        file, an E-utilities batch) must have the same kind, location and fetch time:
-        readers keep a file's first fetch time while it is unchanged (a resumed run is the
-        same source), and a changed file at the same path gets a new one, so its items are
-        a newer source instead of a replay.
+        the store gives it one time (its as-of time) — until NLM re-issues it under its
+        name: the store gives the new issue a later as-of time, and a row an earlier issue
+        wrote (an earlier time) is then another, earlier source of the same number.
+        A source without a number (a local file, an E-utilities batch) must have the same
+        kind, location and fetch time: readers keep a file's first fetch time while it is
+        unchanged (a resumed run is the same source), and a changed file at the same path
+        gets a new one, so its items are a newer source instead of a replay.
         """
         if src.sequence > 0:
-            return src.sequence == self.source_sequence
+            # an earlier issue of the file (NLM re-issued it under its name, and the store
+            # gave the new issue a later as-of time: Store.reissue) is another source
+            return src.sequence == self.source_sequence and (
+                self.source_time >= src.fetched_at.timestamp()
+            )
         return (src.kind, src.location, src.sequence, src.fetched_at.timestamp()) == (
             self.source_kind,
             self.source_location,

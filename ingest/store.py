@@ -579,6 +579,33 @@ class Store(RunLedger, Checkpoints):
                     out[src] = replace(src, fetched_at=dt.datetime.fromtimestamp(at, dt.UTC))
         return out
 
+    def reissue(self, src: SourceRef, md5: str) -> bool:
+        """Give a re-issue of the numbered NLM file ``src`` (NLM published it again under
+        its name, with the MD5 ``md5``) an as-of time of its own, later than every earlier
+        issue's, in a transaction of its own before its first batch (:mod:`ingest.rules`:
+        it then ranks after the earlier issue and before the next file; what the earlier
+        issue wrote is an earlier source, not a replay). Reading the same re-issue again (a
+        run killed in it, resumed) keeps the time its first read was given.
+
+        Returns:
+            Whether the as-of time moved (``False``: this issue had it already, or the file
+            was never read: its first read records it).
+        """
+        t = source_times.c
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(t.as_of, t.md5).where(t.sequence == src.sequence)
+            ).first()  # fmt: skip
+            if row is None or row.md5 == md5:
+                return False
+            at = max(src.fetched_at.timestamp(), row.as_of + 0.001)
+            conn.execute(
+                update(source_times)
+                .where(t.sequence == src.sequence)
+                .values(as_of=at, md5=md5, location=src.location)
+            )  # fmt: skip
+        return True
+
     def source_ranks(self) -> SourceRanks:
         """The ranks of sources (:class:`ingest.rules.SourceRanks`) from the as-of times of
         every numbered file this store has read (a few thousand rows for all of PubMed)."""

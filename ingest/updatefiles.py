@@ -6,7 +6,11 @@ several a day) and ``baseline/`` (yearly), each with a ``.md5`` beside it in the
 
 1. lists the folders (the HTML index of ``settings.pubmed_files_url``; a ``file://``
    mirror is listed from disk);
-2. skips files already recorded in ``source_files``;
+2. skips files already recorded in ``source_files``, unless NLM re-issued one under its
+   name (:func:`find_reissues`: its listing entry — modification time, size — changed and
+   its ``.md5`` names another MD5 than the one applied): the new issue is applied again,
+   ranked after the earlier issue and before the next file (:meth:`ingest.store.Store.
+   reissue`);
 3. downloads each remaining file to ``<home>/downloads/<store id>`` (a partial ``.part`` file is
    resumed with an HTTP Range request, or restarted when the server ignores Range);
 4. verifies it against its ``.md5``; a mismatch is downloaded again (up to two more
@@ -35,11 +39,11 @@ import logging
 import re
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, select, update
 
 from ingest.http import HttpClient, raise_if_stopped
 from ingest.records import SourceRef, nlm_file_order, nlm_sequence
@@ -65,7 +69,9 @@ __all__ = [
     "apply_updates",
     "coverage_details",
     "downloads_folder",
+    "find_reissues",
     "list_remote_files",
+    "listed_entries",
     "parse_listing",
     "parse_md5",
     "plan_files",
@@ -94,6 +100,12 @@ PROGRESS_SCOPE = "updatefiles-progress"
 
 FOLDERS = {"baseline": "baseline", "updatefile": "updatefiles"}
 
+#: Applied files (the newest listed) whose ``.md5`` each run reads again where the listing
+#: cannot tell a re-issue (no modification time or size listed, or none recorded).
+RECHECK_NEWEST = 2
+
+_ENTRY_RE = re.compile(r"(pubmed\d{2}n\d{4}\.xml\.gz)</a>([^<\n]*)", re.I)
+
 
 class BootstrapUnfinishedError(LitpulseError):
     """Update files were asked for while baseline files a bootstrap started are still
@@ -108,6 +120,10 @@ class RemoteFile:
     number: int
     name: str
     kind: str  # "baseline" or "updatefile"
+    #: What the listing says of the file besides its name (modification time, size).
+    listed: str = field(default="", compare=False)
+    #: A re-issue of an applied file (:func:`find_reissues`): the MD5 applied before.
+    reissue: str = field(default="", compare=False)
 
     @property
     def folder(self) -> str:
@@ -122,6 +138,13 @@ def parse_listing(html: str, kind: str) -> list[RemoteFile]:
         if order is not None and name not in seen:
             seen[name] = RemoteFile(*order, name, kind)
     return sorted(seen.values())
+
+
+def listed_entries(html: str) -> dict[str, str]:
+    """What a directory listing says of each ``pubmedYYnNNNN.xml.gz`` besides its name
+    (an Apache-style index, as NCBI's: ``<a href=NAME>NAME</a>  2025-12-11 14:07  19M``),
+    whitespace folded: the modification time and size, compared as they are written."""
+    return {m.group(1): " ".join(m.group(2).split()) for m in _ENTRY_RE.finditer(html)}
 
 
 def parse_md5(text: str, name: str) -> str:
@@ -145,10 +168,13 @@ class _HttpSource:
         self.client = HttpClient(
             settings, settings.pubmed_files_url, url_setting="LITPULSE_PUBMED_FILES_URL"
         )
+        #: The last listing of each folder (:func:`find_reissues` reads its entries).
+        self.pages: dict[str, str] = {}
 
     def listing(self, folder: str) -> str:
         response = self.client.get(f"{folder}/")
-        return str(response.text)
+        self.pages[folder] = str(response.text)
+        return self.pages[folder]
 
     def where(self, folder: str) -> str:
         """The listing's address, as an error may quote it."""
@@ -170,6 +196,7 @@ class _LocalSource:
 
     def __init__(self, settings: Settings) -> None:
         self.root = Path(unquote(urlsplit(settings.pubmed_files_url).path))
+        self.pages: dict[str, str] = {}
 
     def listing(self, folder: str) -> str:
         """The names in ``folder``, as links. A folder that is not there (a typo in the
@@ -181,8 +208,17 @@ class _LocalSource:
             names = sorted(p.name for p in where.iterdir())
         except OSError as exc:
             raise InvalidRequestError(f"cannot list {where}: {exc.strerror}") from None
-        links = "".join(f'<a href="{n}">{n}</a>\n' for n in names)
-        return f"<title>Index of {where}</title>\n{links}"  # a folder read is an index
+        rows = []
+        for n in names:  # each with its modification time and size, as a server lists them
+            try:
+                st = (where / n).stat()
+                entry = f" {st.st_mtime_ns} {st.st_size}"
+            except OSError:
+                entry = ""
+            rows.append(f'<a href="{n}">{n}</a>{entry}\n')
+        # a folder read is an index
+        self.pages[folder] = f"<title>Index of {where}</title>\n" + "".join(rows)
+        return self.pages[folder]
 
     def where(self, folder: str) -> str:
         """The folder listed, as an error may quote it."""
@@ -243,6 +279,11 @@ class FilePlan:
     held: str | None = None
     #: Listed files this store applied before.
     applied: int = 0
+    #: Applied files NLM re-issued under their names (also in ``pending``).
+    reissued: tuple[str, ...] = ()
+    #: ``(name, listing entry)`` of applied files whose entry changed while their MD5 did
+    #: not (or was not known): recorded by :func:`note_listed`, not applied again.
+    restamp: tuple[tuple[str, str], ...] = ()
 
     def raise_if_held(self) -> None:
         """Raise :class:`IncompleteSourceError` when files wait behind a gap."""
@@ -267,6 +308,7 @@ def plan_files(
     *,
     include_baseline: bool = False,
     accept_gaps: bool = False,
+    issues: Mapping[str, tuple[str, str | None]] | None = None,
 ) -> FilePlan:
     """The files to apply now, from the server's listing and the store's ``applied`` files
     (name → kind, ``source_files``).
@@ -280,6 +322,8 @@ def plan_files(
     between listed or applied ones (a mirror still copying) holds every later file back
     (``FilePlan.held``) — applied after it, a deletion or revision would land before the
     record it changes. ``accept_gaps`` applies past such gaps (a file NLM withdrew).
+    ``issues`` (name → MD5 and listing entry applied, :func:`applied_files`): the applied
+    files NLM re-issued are pending again (:func:`find_reissues`).
 
     Raises:
         IncompleteSourceError: The baseline listing names no file.
@@ -288,9 +332,68 @@ def plan_files(
     """
     source = _source(settings)
     try:
-        return _plan(source, applied, include_baseline, accept_gaps)
+        return _plan(source, applied, include_baseline, accept_gaps, issues)
     finally:
         source.close()
+
+
+def applied_files(
+    engine: Engine,
+) -> tuple[dict[str, str], dict[str, tuple[str, str | None]]]:
+    """The files this store applied (``source_files``): name → kind, and name → the MD5
+    and listing entry applied (the ``issues`` of :func:`plan_files`)."""
+    sf = source_files.c
+    with engine.connect() as conn:
+        rows = conn.execute(select(sf.name, sf.kind, sf.md5, sf.listed)).all()
+    return {r.name: r.kind for r in rows}, {r.name: (r.md5, r.listed) for r in rows}
+
+
+def note_listed(engine: Engine, plan: FilePlan) -> None:
+    """Record the listing entries of applied files found unchanged (``plan.restamp``), so
+    that the next run reads their ``.md5`` only when the entry changes again."""
+    if not plan.restamp:
+        return
+    sf = source_files.c
+    with engine.begin() as conn:
+        for name, entry in plan.restamp:
+            conn.execute(update(source_files).where(sf.name == name).values(listed=entry))
+
+
+def find_reissues(
+    source: _HttpSource | _LocalSource,
+    remote: list[RemoteFile],
+    issues: Mapping[str, tuple[str, str | None]],
+) -> tuple[list[RemoteFile], list[tuple[str, str]]]:
+    """The applied files of ``remote`` NLM re-issued under their names, each with the MD5
+    applied before (``RemoteFile.reissue``), and the entries to record of those found
+    unchanged (:attr:`FilePlan.restamp`).
+
+    Cheap, as NCBI asks: an applied file's ``.md5`` is read again only where the listing's
+    entry for it (modification time and size: :func:`listed_entries`) differs from the one
+    recorded when it was applied, or, where either is not known (a listing without them, a
+    file applied by an older release), for the :data:`RECHECK_NEWEST` newest applied files;
+    the entry of an older applied file is then recorded as it is (no request). A re-issue is
+    a ``.md5`` naming another MD5 than the one applied; a changed entry with the same MD5
+    (the file copied again) is only recorded.
+    """
+    done = [f for f in remote if f.name in issues]
+    newest = {f.name for f in done[-RECHECK_NEWEST:]}
+    found: list[RemoteFile] = []
+    restamp: list[tuple[str, str]] = []
+    for f in done:
+        md5, was = issues[f.name]
+        if f.listed and was and f.listed == was:
+            continue
+        if not (f.listed and was) and f.name not in newest:
+            if f.listed:
+                restamp.append((f.name, f.listed))  # first known: nothing to compare
+            continue
+        published = parse_md5(source.text(f"{f.folder}/{f.name}.md5"), f.name)
+        if published != md5:
+            found.append(replace(f, reissue=md5))
+        elif f.listed and f.listed != was:
+            restamp.append((f.name, f.listed))
+    return found, restamp
 
 
 def _baseline_years(applied: Mapping[str, str]) -> set[int]:
@@ -452,6 +555,7 @@ def _plan(
     applied: Mapping[str, str],
     include_baseline: bool,
     accept_gaps: bool,
+    issues: Mapping[str, tuple[str, str | None]] | None = None,
 ) -> FilePlan:
     started = _baseline_years(applied)
     # the baseline listing must be whole where it decides what is applied: a bootstrap,
@@ -464,6 +568,8 @@ def _plan(
     tops: dict[int, int] = {}
     for f in baseline:
         tops[f.year] = max(tops.get(f.year, 0), f.number)
+    entries = {n: e for page in source.pages.values() for n, e in listed_entries(page).items()}
+    remote = [replace(f, listed=entries.get(f.name, "")) for f in remote]
     pending = [f for f in remote if f.name not in applied]
     already = len(remote) - len(pending)
     if applied and pending:
@@ -471,19 +577,28 @@ def _plan(
         late = [f.name for f in pending if newest is not None and f < newest]
         if late:
             logger.warning("files older than the newest applied one are pending: %s", late)
+    reissued, restamp = find_reissues(source, remote, issues) if issues else ([], [])
+    for f in reissued:
+        logger.warning("%s was re-issued under its name (MD5 %s applied): it is applied "
+                       "again", f.name, f.reissue)  # fmt: skip
+    pending = sorted(pending + reissued)
+    names = tuple(f.name for f in reissued)
+
+    def made(kept: Iterable[RemoteFile], held: str | None = None) -> FilePlan:
+        return FilePlan(tuple(kept), len(remote), held, already, names, tuple(restamp))
     gap = _first_gap(remote, applied, year, tops)
     if gap is None:
-        return FilePlan(tuple(pending), len(remote), applied=already)
+        return made(pending)
     missing = f"pubmed{gap[0]:02d}n{gap[1]:04d}.xml.gz"
     waiting = [f for f in pending if (f.year, f.number) > gap[:2]]
     if accept_gaps:
         logger.warning("%s is not on the server: applying the files after it anyway "
                        "(accept_gaps)", missing)
-        return FilePlan(tuple(pending), len(remote), applied=already)
+        return made(pending)
     if not waiting:
-        return FilePlan(tuple(pending), len(remote), applied=already)
+        return made(pending)
     kept = tuple(f for f in pending if (f.year, f.number) < gap[:2])
-    return FilePlan(kept, len(remote), _held_message(gap, waiting), applied=already)
+    return made(kept, _held_message(gap, waiting))
 
 
 def _refuse_before_the_baseline(
@@ -600,9 +715,9 @@ def apply_updates(
         ) as run:
             details = run.details = {"files": applied, "include_baseline": include_baseline}
             run.on_failure = lambda: {"failed_at": utcnow().isoformat()}
-            with engine.connect() as conn:
-                rows = conn.execute(select(source_files.c.name, source_files.c.kind)).all()
-            plan = _plan(source, dict(rows), include_baseline, accept_gaps)
+            kinds, issues = applied_files(engine)
+            plan = _plan(source, kinds, include_baseline, accept_gaps, issues)
+            note_listed(engine, plan)
             pending = list(plan.pending)
             details.update(listed=plan.listed, pending=len(pending))
             if plan.held is not None:
@@ -709,6 +824,8 @@ def _store_file(
     def on_batch(counts: IngestCounts) -> None:
         run.counts += counts
 
+    if f.reissue:  # ranked after the earlier issue, before the next file (ingest.rules)
+        store.reissue(_file_ref(f), digest)
     mark = store.get_checkpoint(PROGRESS_SCOPE, f.name)
     value = mark["value"] if mark is not None else {}
     done, before = 0, IngestCounts()
@@ -733,6 +850,7 @@ def _store_file(
         "run_id": run.id,
         "counts": file_counts.to_dict(),
         "applied_at": utcnow(),
+        "listed": f.listed or None,
     }
     with store.engine.begin() as conn:
         db.upsert(conn, source_files, [row], keys=["name"])

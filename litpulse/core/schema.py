@@ -354,18 +354,26 @@ source_files = Table(
     Column("run_id", Integer),
     Column("counts", JSON, nullable=False, default=dict),
     Column("applied_at", UTCDateTime(), nullable=False),
+    #: The listing's entry of the file as applied (its modification time and size, as the
+    #: server lists them; ``NULL``: not known): a changed entry is a re-issue to check
+    #: (``ingest.updatefiles``).
+    Column("listed", String(200)),
 )
 
 #: When the store first read each numbered NLM file (``sequence``: :func:`ingest.records.
-#: nlm_sequence`): its *as-of* time, recorded once and never moved by a re-read. It ranks
-#: an EFetch against the files (``ingest.rules``): an EFetch fetched at ``t`` comes after
-#: every file first read at or before ``t``.
+#: nlm_sequence`): its *as-of* time, recorded once and never moved by a re-read (only a
+#: re-issue of the file under its name moves it: ``md5``). It ranks an EFetch against the
+#: files (``ingest.rules``): an EFetch fetched at ``t`` comes after every file first read
+#: at or before ``t``.
 source_times = Table(
     "source_times",
     metadata,
     Column("sequence", BigInteger, primary_key=True, autoincrement=False),
     Column("as_of", Float, nullable=False),
     Column("location", Text, nullable=False),
+    #: The MD5 of the re-issue of the file that moved ``as_of`` (NLM re-issued it under
+    #: its name: ``Store.reissue``); ``NULL``: the as-of time of its first read.
+    Column("md5", String(32)),
 )
 
 # --------------------------------------------------------------------------------- ranking

@@ -32,12 +32,13 @@ D1 **An update-file run stopped by ``--max-files`` moves the watermark as if it 
 
 D2 **An update file NLM re-issues under the same name after it was applied is neither
    applied again nor reported.** ``apply_updates`` skips every name in ``source_files``
-   and never reads an applied file's ``.md5`` again. NOT FIXED: a numbered file is one
-   source whatever its content (``ingest.rules``: its items at or before the stored
-   position are replays), so applying a second issue needs a source identity per issue,
-   and finding one needs a ``.md5`` request per applied file (about 1,300 a year) or the
-   listing's dates, which ``source_files`` does not keep: a design change, not a fix for
-   this session. (test_d2_..., both stores)
+   and never reads an applied file's ``.md5`` again. (test_d2_..., both stores)
+   **Fixed** (session 35a, its X1): ``source_files.listed`` keeps the listing's entry
+   (modification time, size) of each applied file; a run reads the ``.md5`` of an applied
+   file only where that entry changed (or, where it is not known, of the two newest), and
+   a new MD5 is a re-issue: applied again with an as-of time of its own
+   (``Store.reissue``: after the earlier issue, before the next file; ``ingest.rules``
+   takes an earlier issue's rows for an earlier source, not replays).
 
 D3 **A ``file://`` mirror whose ``updatefiles/`` folder is missing (a typo in
    ``LITPULSE_PUBMED_FILES_URL``, a share not mounted) is read as "nothing published".**
@@ -166,12 +167,6 @@ def test_d1_a_run_that_left_listed_files_unapplied_does_not_carry_the_watermark(
 # ------------------------------------------------------- D2: a file replaced on the server
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NOT FIXED D2: an update file replaced on the server "
-    "after it was applied (same name, new MD5) is neither applied again nor "
-    "reported",
-)
 def test_d2_an_update_file_replaced_after_it_was_applied_is_applied_or_reported(
     emu: ReviewEmulator, settings: Settings
 ) -> None:

@@ -24,6 +24,16 @@ X1 **An update file NLM re-issues under its name after it was applied is never a
    were it read, ``ingest.rules`` takes a numbered file for one source whatever its
    content: every item at or before the position the first issue stored is a replay that
    changes nothing. (test_x1_..., both stores; 34d's test_d2_... too)
+   **Fixed**: the listing's entry of each file (modification time and size, as NCBI's
+   index and a ``file://`` mirror list them) is kept when it is applied
+   (``source_files.listed``); a run reads the ``.md5`` of an applied file again only where
+   that entry changed, or, where either is not known, of the two newest applied files
+   (``ingest.updatefiles.find_reissues``; an unchanged entry costs no request). A new MD5
+   is a re-issue: pending again, in number order. ``Store.reissue`` gives it an as-of
+   time of its own (``source_times.md5``), later than the earlier issue's, so it ranks
+   after that issue and before file N+1; ``StoredState.same_source`` takes a row an earlier
+   issue wrote (an earlier time) for an earlier source, not a replay. Its records and
+   deletions then decide as file N's: a later file's rows stand.
 
 X2 **A re-issue applied is told nowhere.** The run that applies it must say so: its
    details (``reissued``: name, MD5, the MD5 it replaces), the log and ``litpulse status``
@@ -34,6 +44,10 @@ X3 **A run killed in the middle of a re-issue must end, resumed, as a clean run.
    issue's MD5; the next run must find the re-issue again and apply it so that the store
    ends as one uninterrupted application of the new issue would leave it (a deletion
    late in the file of a record stored early in it included). (test_x3_..., both stores)
+   **Fixed** with X1: the resumed run finds the re-issue again (``source_files`` keeps
+   the earlier MD5 until the file's last batch commits), and ``Store.reissue`` keeps the
+   as-of time the killed run gave that issue (same MD5), so its items up to where the
+   kill landed are replays, as a resumed file's are.
 
 X4 **A re-issue of a baseline file while a bootstrap is half-way is never applied.**
    ``litpulse bootstrap --max-files 1`` applied ``pubmed26n0001``; NLM re-issues it; the
@@ -132,7 +146,6 @@ def _publish_and_apply(emu: ReviewEmulator, s: Settings) -> None:
 # ------------------------------------------------------------- X1: the re-issue applied
 
 
-@pytest.mark.xfail(strict=True, reason="X1: a re-issued update file is never applied again")
 def test_x1_a_reissued_update_file_is_applied_in_its_place(
     emu: ReviewEmulator, settings: Settings
 ) -> None:
@@ -212,7 +225,6 @@ def _killed_once(s: Settings, reached: Callable[[], bool]) -> Iterator[None]:
         event.remove(engine, "commit", before)
 
 
-@pytest.mark.xfail(strict=True, reason="X3: a killed re-issue is not applied when resumed")
 def test_x3_a_reissue_killed_half_way_resumes_to_the_clean_state(
     emu: ReviewEmulator, settings: Settings
 ) -> None:
