@@ -606,6 +606,24 @@ class Store(RunLedger, Checkpoints):
             )  # fmt: skip
         return True
 
+    def earlier_issue_rows(self, src: SourceRef) -> int:
+        """The live rows an earlier issue of the numbered file ``src`` wrote that its
+        current issue (the as-of time ``source_times`` holds) did not write or touch:
+        records only the earlier issue held (kept: no issue deleted them)."""
+        a, t = articles.c, source_times.c
+        with self.engine.connect() as conn:
+            as_of = conn.execute(
+                select(t.as_of).where(t.sequence == src.sequence)
+            ).scalar_one_or_none()  # fmt: skip
+            if as_of is None:
+                return 0
+            return int(conn.execute(
+                select(func.count()).select_from(articles).where(
+                    a.source_sequence == src.sequence, a.source_time < as_of,
+                    a.is_deleted.is_(False),
+                )
+            ).scalar_one())  # fmt: skip
+
     def source_ranks(self) -> SourceRanks:
         """The ranks of sources (:class:`ingest.rules.SourceRanks`) from the as-of times of
         every numbered file this store has read (a few thousand rows for all of PubMed)."""

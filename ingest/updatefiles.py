@@ -10,7 +10,7 @@ several a day) and ``baseline/`` (yearly), each with a ``.md5`` beside it in the
    name (:func:`find_reissues`: its listing entry — modification time, size — changed and
    its ``.md5`` names another MD5 than the one applied): the new issue is applied again,
    ranked after the earlier issue and before the next file (:meth:`ingest.store.Store.
-   reissue`);
+   reissue`), and reported ("re-issued file applied again");
 3. downloads each remaining file to ``<home>/downloads/<store id>`` (a partial ``.part`` file is
    resumed with an HTTP Range request, or restarted when the server ignores Range);
 4. verifies it against its ``.md5``; a mismatch is downloaded again (up to two more
@@ -75,6 +75,7 @@ __all__ = [
     "parse_listing",
     "parse_md5",
     "plan_files",
+    "reissue_notes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -761,6 +762,17 @@ def coverage_details(
     }
 
 
+def reissue_notes(details: Mapping[str, object]) -> list[str]:
+    """What a run's details say of the re-issued files it applied again (``reissued``:
+    :func:`_store_file`), one line each, as ``litpulse status`` shows them."""
+    told = details.get("reissued")
+    return [
+        f"re-issued file applied again: {r['name']} (MD5 {r['md5']}, replacing {r['was']}; "
+        f"{r['earlier_only']} record(s) only the earlier issue held kept)"
+        for r in (told if isinstance(told, list) else [])
+    ]
+
+
 def _file_ref(f: RemoteFile) -> SourceRef:
     """The source of ``f``'s items: the same whenever it is read (its number fixes its content)."""
     return SourceRef(f.kind, f.name, sequence=nlm_sequence(f.year, f.number))  # type: ignore[arg-type]
@@ -841,6 +853,15 @@ def _store_file(
         itertools.islice(items, done, None), run_id=run.id, batch_size=settings.store_batch,
         on_batch=on_batch, start=done, in_batch=in_batch,
     )  # fmt: skip
+    if f.reissue:
+        kept = store.earlier_issue_rows(_file_ref(f))
+        logger.warning(
+            "re-issued file applied again: %s (MD5 %s, was %s): %s; %d record(s) only the "
+            "earlier issue held are kept", f.name, digest, f.reissue, file_counts.to_dict(),
+            kept,
+        )  # fmt: skip
+        told = run.details.setdefault("reissued", [])
+        told.append({"name": f.name, "md5": digest, "was": f.reissue, "earlier_only": kept})
     row = {
         "name": f.name,
         "kind": f.kind,

@@ -193,6 +193,11 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
             ["run", "source", "status", "started", "seconds", "ins", "upd", "same", "del",
              "quar", "miss", "target / error"],  # fmt: skip
         )
+        from ingest.updatefiles import reissue_notes
+
+        for r in runs:
+            for note in reissue_notes(r["details"]):
+                print(f"run {r['id']}: {note}")
     return 0
 
 
