@@ -85,8 +85,10 @@ from ingest.updatefiles import (
     _file_ref,
     _source,
     _store_file,
+    applied_files,
     coverage_details,
     downloads_folder,
+    note_listed,
     plan_files,
 )
 from litpulse.core import db
@@ -201,14 +203,18 @@ class LoadReport:
 
 def file_to_dict(f: RemoteFile) -> dict[str, Any]:
     """A small dict of a file (an XCom value of the DAG)."""
-    return {"year": f.year, "number": f.number, "name": f.name, "kind": f.kind}
+    return {"year": f.year, "number": f.number, "name": f.name, "kind": f.kind,
+            "listed": f.listed, "reissue": f.reissue}  # fmt: skip
 
 
 def file_from_dict(data: dict[str, Any]) -> RemoteFile:
     kind = str(data["kind"])
     if kind not in ("baseline", "updatefile"):
         raise ConfigError(f"a file's kind must be baseline or updatefile, got {kind!r}")
-    return RemoteFile(int(data["year"]), int(data["number"]), str(data["name"]), kind)
+    return RemoteFile(
+        int(data["year"]), int(data["number"]), str(data["name"]), kind,
+        str(data.get("listed", "")), str(data.get("reissue", "")),
+    )  # fmt: skip
 
 
 def resolve_workers(settings: Settings, workers: int | None = None) -> int:
@@ -229,10 +235,13 @@ def _applied_names(engine: Engine) -> set[str]:
         return set(conn.execute(select(source_files.c.name)).scalars())
 
 
-def _is_applied(engine: Engine, name: str) -> bool:
+def _is_applied(engine: Engine, f: RemoteFile) -> bool:
+    """Whether ``f`` is recorded applied (a re-issue: under another MD5 than the one it
+    replaces, :attr:`RemoteFile.reissue`)."""
+    sf = source_files.c
     with engine.connect() as conn:
-        q = select(source_files.c.name).where(source_files.c.name == name)
-        return conn.execute(q).first() is not None
+        md5 = conn.execute(select(sf.md5).where(sf.name == f.name)).scalar_one_or_none()
+    return md5 is not None and md5 != f.reissue
 
 
 def pending_files(
@@ -241,9 +250,12 @@ def pending_files(
     """The listed files not applied yet, in application order, up to a gap in the listing
     (:func:`ingest.updatefiles.plan_files`: one annual baseline, then its update files)."""
     engine = engine or db.connect(settings)
-    with engine.connect() as conn:
-        applied = dict(conn.execute(select(source_files.c.name, source_files.c.kind)).all())
-    return plan_files(settings, applied, include_baseline=True, accept_gaps=accept_gaps)
+    kinds, issues = applied_files(engine)
+    plan = plan_files(
+        settings, kinds, include_baseline=True, accept_gaps=accept_gaps, issues=issues
+    )
+    note_listed(engine, plan)
+    return plan
 
 
 # ----------------------------------------------------------------------------- staging
@@ -335,7 +347,7 @@ def stage_file(
         with lease:
             # checked under the lease: a file applied (or staged) meanwhile is not fetched
             found = staged(folder, f)
-            if found is not None or _is_applied(engine, f.name):
+            if found is not None or _is_applied(engine, f):
                 return found
             path = folder / f.name
             size, md5 = _download_verified(src, f, path, stop)
@@ -373,7 +385,7 @@ def prefetch_file(
     folder = downloads_folder(settings, engine)
     deadline = time.monotonic() + max_wait_s
     while True:
-        if _is_applied(engine, f.name):
+        if _is_applied(engine, f):
             return "applied"
         if staged(folder, f) is not None:
             return "staged"
@@ -390,7 +402,7 @@ def prefetch_file(
         logger.warning("prefetching %s failed (the writer will try it): %s", f.name, exc)
         return f"left to the writer: {type(exc).__name__}"
     if got is None:
-        return "applied" if _is_applied(engine, f.name) else "elsewhere"
+        return "applied" if _is_applied(engine, f) else "elsewhere"
     return "staged"
 
 

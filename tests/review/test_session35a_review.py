@@ -57,6 +57,11 @@ X4 **A re-issue of a baseline file while a bootstrap is half-way is never applie
    ``litpulse bootstrap --max-files 1`` applied ``pubmed26n0001``; NLM re-issues it; the
    bootstrap's next call plans from the same ``source_files`` names (and its stagers skip
    a file recorded applied), so the new issue is never read. (test_x4_..., both stores)
+   **Fixed**: ``pending_files`` plans with the applied MD5s and listing entries
+   (``ingest.updatefiles.applied_files``, as ``apply_updates`` does), and
+   ``bootstrap._is_applied`` takes a re-issue for applied only once its new MD5 is
+   recorded (a stager skipped it, and the writer waited for it for ever); the DAG's file
+   dicts carry ``listed`` and ``reissue``.
 
 X5 **A re-issue that drops a record the first issue held says nothing of it.** The
    record stays stored (no issue deleted it, and NLM may have moved it to another file),
@@ -255,7 +260,6 @@ def test_x3_a_reissue_killed_half_way_resumes_to_the_clean_state(
 # ------------------------------------------------ X4: a re-issue in a half-way bootstrap
 
 
-@pytest.mark.xfail(strict=True, reason="X4: a baseline file re-issued mid-bootstrap is not applied")
 def test_x4_a_baseline_file_reissued_while_a_bootstrap_is_half_way_is_applied(
     emu: ReviewEmulator, settings: Settings
 ) -> None:
