@@ -222,6 +222,8 @@ class _File:
     md5: str
     #: The listing's "Last modified" column (each publication a minute after the last).
     modified: str = "2025-12-11 14:07"
+    #: The ``.md5``'s, where it was published after the file (:meth:`Emulator.publish_md5`).
+    md5_modified: str | None = None
 
 
 @dataclass
@@ -400,6 +402,14 @@ class Emulator:
         with self._lock:
             self._updates[f"{kind}/{name}"] = _File(data, digest, self._next_modified())
 
+    def publish_md5(self, kind: str, name: str) -> None:
+        """A mirror that copies a file, then (later) its ``.md5``: the ``.md5`` of ``name``
+        becomes its bytes' MD5, listed a minute later; the file's own entry is unchanged."""
+        with self._lock:
+            f = self.files[kind][name]
+            f.md5 = hashlib.md5(f.data, usedforsecurity=False).hexdigest()
+            f.md5_modified = self._next_modified()
+
     def _next_modified(self) -> str:
         """A later "Last modified" than every file published before (under the lock)."""
         at = dt.datetime(2025, 12, 11, 14, 7) + dt.timedelta(minutes=self._published)
@@ -570,7 +580,8 @@ class Emulator:
             rows.append(
                 f'<a href="{name}">{name}</a>     {f.modified}   {len(f.data)}'
             )
-            rows.append(f'<a href="{name}.md5">{name}.md5</a> {f.modified}   60')
+            when = f.md5_modified or f.modified
+            rows.append(f'<a href="{name}.md5">{name}.md5</a> {when}   60')
         rows.append('<a href="README.txt">README.txt</a>   2025-01-01 00:00  2.1K')
         return (
             f"<html><head><title>Index of /pubmed/{kind}</title></head><body>"

@@ -71,6 +71,13 @@ X5 **A re-issue that drops a record the first issue held says nothing of it.** T
    wrote and its new issue did not write or touch (their source time is before the new
    as-of time); the run reports it (``earlier_only``, the log, ``litpulse status``). One
    scan of ``articles`` by ``source_sequence`` per re-issue (no index: re-issues are rare).
+
+X6 (found in this session's own fix of X1) **A re-issue whose ``.md5`` a mirror copies
+   after the file is missed for good.** ``find_reissues`` compared the file's listing
+   entry alone: a run between the two copies (rsync copies ``NAME`` before
+   ``NAME.md5``) found the entry changed and the ``.md5`` still naming the MD5 applied,
+   recorded the new entry as checked, and once the ``.md5`` landed nothing in the file's
+   entry changed again: the new issue was never applied. (test_x6_..., both stores)
 """
 
 from __future__ import annotations
@@ -274,6 +281,31 @@ def test_x4_a_baseline_file_reissued_while_a_bootstrap_is_half_way_is_applied(
     assert got.get(11) == ("11 as re-issued", False)
     assert got.get(12) == ("12 new", False)
     assert {21, 31} <= _stored(s)
+
+
+# ------------------------------------- X6: the file copied first, its .md5 a run later
+
+
+@pytest.mark.xfail(
+    strict=True, reason="X6: a re-issue whose .md5 is copied after the file is missed"
+)
+def test_x6_a_reissue_whose_md5_lands_a_run_after_the_file_is_applied(
+    emu: ReviewEmulator, settings: Settings
+) -> None:
+    """A mirror (rsync: names in order) copies the new issue of file 2, and a run comes
+    before it copies its ``.md5``: the file's entry changed, its ``.md5`` still names the
+    MD5 applied. Once the ``.md5`` lands (only its own entry changes), the next run must
+    apply the new issue."""
+    s = _settings(emu, settings)
+    _publish_and_apply(emu, s)
+    applied = emu.files["updatefiles"][N2].md5
+    emu.add_file("updatefiles", N2, ISSUE_B, md5=applied)  # the file copied, not its .md5
+    apply_updates(s, workers=0)
+    assert _titles(s)[21] == ("21 as first issued", False)
+    emu.publish_md5("updatefiles", N2)  # the .md5 copied a run later
+    apply_updates(s, workers=0)
+    assert _titles(s)[21] == ("21 as re-issued", False)
+    assert 22 in _stored(s)
 
 
 # ------------------------------------------------------------------- held (not defects)
