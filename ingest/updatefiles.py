@@ -105,7 +105,9 @@ FOLDERS = {"baseline": "baseline", "updatefile": "updatefiles"}
 #: cannot tell a re-issue (no modification time or size listed, or none recorded).
 RECHECK_NEWEST = 2
 
-_ENTRY_RE = re.compile(r"(pubmed\d{2}n\d{4}\.xml\.gz)</a>([^<\n]*)", re.I)
+_ENTRY_RE = re.compile(r"(pubmed\d{2}n\d{4}\.xml\.gz)(\.md5)?</a>([^<\n]*)", re.I)
+#: Characters kept of each listing entry (``source_files.listed`` holds 200).
+_ENTRY_MAX = 90
 
 
 class BootstrapUnfinishedError(LitpulseError):
@@ -144,8 +146,15 @@ def parse_listing(html: str, kind: str) -> list[RemoteFile]:
 def listed_entries(html: str) -> dict[str, str]:
     """What a directory listing says of each ``pubmedYYnNNNN.xml.gz`` besides its name
     (an Apache-style index, as NCBI's: ``<a href=NAME>NAME</a>  2025-12-11 14:07  19M``),
-    whitespace folded: the modification time and size, compared as they are written."""
-    return {m.group(1): " ".join(m.group(2).split()) for m in _ENTRY_RE.finditer(html)}
+    whitespace folded: the modification time and size, compared as they are written; and
+    of its ``.md5`` (after ``" | "``), so that a ``.md5`` a mirror copies after its file
+    (a run may come between the two) changes the entry too."""
+    files: dict[str, str] = {}
+    sums: dict[str, str] = {}
+    for m in _ENTRY_RE.finditer(html):
+        entry = " ".join(m.group(3).split())[:_ENTRY_MAX]
+        (sums if m.group(2) else files)[m.group(1)] = entry
+    return {n: f"{e} | {sums[n]}" if sums.get(n) else e for n, e in files.items()}
 
 
 def parse_md5(text: str, name: str) -> str:

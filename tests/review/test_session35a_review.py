@@ -78,6 +78,8 @@ X6 (found in this session's own fix of X1) **A re-issue whose ``.md5`` a mirror 
    ``NAME.md5``) found the entry changed and the ``.md5`` still naming the MD5 applied,
    recorded the new entry as checked, and once the ``.md5`` landed nothing in the file's
    entry changed again: the new issue was never applied. (test_x6_..., both stores)
+   **Fixed**: a file's entry is its own and its ``.md5``'s (``listed_entries``: ``"<file's
+   time and size> | <.md5's>"``), so the ``.md5`` landing later changes it again.
 """
 
 from __future__ import annotations
@@ -286,9 +288,6 @@ def test_x4_a_baseline_file_reissued_while_a_bootstrap_is_half_way_is_applied(
 # ------------------------------------- X6: the file copied first, its .md5 a run later
 
 
-@pytest.mark.xfail(
-    strict=True, reason="X6: a re-issue whose .md5 is copied after the file is missed"
-)
 def test_x6_a_reissue_whose_md5_lands_a_run_after_the_file_is_applied(
     emu: ReviewEmulator, settings: Settings
 ) -> None:
