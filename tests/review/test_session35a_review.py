@@ -80,6 +80,12 @@ X6 (found in this session's own fix of X1) **A re-issue whose ``.md5`` a mirror 
    entry changed again: the new issue was never applied. (test_x6_..., both stores)
    **Fixed**: a file's entry is its own and its ``.md5``'s (``listed_entries``: ``"<file's
    time and size> | <.md5's>"``), so the ``.md5`` landing later changes it again.
+
+X7 **A copy staged before NLM re-issued the file hides the re-issue for good.** A
+   bootstrap's writer applies a verified staged copy (staged by the DAG's ``fetch_file``
+   or a killed call's prefetch) and recorded it under the listing entry of its own plan,
+   made after the re-issue: the entry recorded is the new issue's, the MD5 the first
+   issue's, and no later run finds the entry changed. (test_x7_..., both stores)
 """
 
 from __future__ import annotations
@@ -92,7 +98,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select
 
-from ingest.bootstrap import load_files
+from ingest.bootstrap import load_files, pending_files, stage_file
 from ingest.updatefiles import apply_updates
 from litpulse.app.cli import main
 from litpulse.app.demo.pubmed_xml import article_xml, gz, pubmed_set
@@ -305,6 +311,31 @@ def test_x6_a_reissue_whose_md5_lands_a_run_after_the_file_is_applied(
     apply_updates(s, workers=0)
     assert _titles(s)[21] == ("21 as re-issued", False)
     assert 22 in _stored(s)
+
+
+# ------------------------------- X7: a copy staged before the re-issue, applied after it
+
+
+@pytest.mark.xfail(
+    strict=True, reason="X7: a copy staged before a re-issue hides the re-issue for good"
+)
+def test_x7_a_file_staged_before_its_reissue_does_not_hide_it(
+    emu: ReviewEmulator, settings: Settings
+) -> None:
+    """A bootstrap's fetcher (the DAG's ``fetch_file``, or a killed call's prefetch)
+    staged ``pubmed26n0001`` of the baseline; NLM re-issues it before the writer runs.
+    The writer applies the verified staged copy (the first issue), and must not record it
+    under the listing entry of the new issue: the next run must find the re-issue."""
+    s = _settings(emu, settings)
+    emu.add_file("baseline", N1, _file(_art(11, "11 as first issued")))
+    emu.add_file("updatefiles", N2, _file(_art(21, "21 of file 2")))
+    first = next(f for f in pending_files(s).pending if f.name == N1)
+    assert stage_file(s, first) is not None  # staged ahead of the writer
+    emu.add_file("baseline", N1, _file(_art(11, "11 as re-issued")))
+    load_files(s, workers=0, prefetch=0)
+    assert _titles(s)[11] == ("11 as first issued", False)  # the staged copy: as before
+    load_files(s, workers=0, prefetch=0)
+    assert _titles(s)[11] == ("11 as re-issued", False)
 
 
 # ------------------------------------------------------------------- held (not defects)
