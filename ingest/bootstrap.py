@@ -68,7 +68,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -269,7 +269,8 @@ def staged(folder: Path, f: RemoteFile) -> StagedFile | None:
     """The staged, verified copy of ``f`` in ``folder``, or ``None``."""
     path = folder / f.name
     try:
-        md5, size, *ident = _marker(path).read_text(encoding="ascii").split()
+        fields, _, listed = _marker(path).read_text(encoding="ascii").partition("\n")
+        md5, size, *ident = fields.split()
         now = FileIdentity.of(path.stat())
         if now.size != int(size):
             return None
@@ -284,7 +285,8 @@ def staged(folder: Path, f: RemoteFile) -> StagedFile | None:
                 return None
     except (OSError, ValueError):
         return None
-    return StagedFile(f, path, int(size), md5, identity)
+    # the listing's entry when it was staged (markers since 35a; older ones: unknown)
+    return StagedFile(replace(f, listed=listed.strip()), path, int(size), md5, identity)
 
 
 def staged_count(folder: Path) -> int:
@@ -353,8 +355,11 @@ def stage_file(
             size, md5 = _download_verified(src, f, path, stop)
             identity = FileIdentity.of(path.stat())  # the file whose MD5 just matched
             tmp = path.with_name(path.name + MARKER + ".tmp")
-            tmp.write_text(f"{md5} {size} {identity.dev} {identity.ino} {identity.mtime_ns}\n",
-                           encoding="ascii")  # fmt: skip
+            # the listing's entry of what was verified: the writer records it, not the
+            # entry of its own plan (the file may be re-issued meanwhile)
+            listed = f.listed.encode("ascii", "replace").decode()
+            tmp.write_text(f"{md5} {size} {identity.dev} {identity.ino} {identity.mtime_ns}\n"
+                           f"{listed}\n", encoding="ascii")  # fmt: skip
             os.replace(tmp, _marker(path))
             logger.info("staged %s (%d bytes)", f.name, size)
             return StagedFile(f, path, size, md5, identity)
@@ -726,7 +731,8 @@ def load_files(
                             lease.check()
                             f, sf = pending[i], jobs.staged[i]
                             run.details["current"] = f.name
-                            counts = _store_file(settings, store, f, items, sf.size, sf.md5, run)
+                            counts = _store_file(settings, store, replace(f, listed=sf.file.listed),
+                                                 items, sf.size, sf.md5, run)  # fmt: skip
                             _discard(folder, f.name)
                             applied.append(f.name)
                             total_bytes += sf.size
