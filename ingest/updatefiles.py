@@ -66,12 +66,14 @@ __all__ = [
     "BootstrapUnfinishedError",
     "FilePlan",
     "RemoteFile",
+    "applied_files",
     "apply_updates",
     "coverage_details",
     "downloads_folder",
     "find_reissues",
     "list_remote_files",
     "listed_entries",
+    "note_listed",
     "parse_listing",
     "parse_md5",
     "plan_files",
@@ -384,7 +386,9 @@ def find_reissues(
     file applied by an older release), for the :data:`RECHECK_NEWEST` newest applied files;
     the entry of an older applied file is then recorded as it is (no request). A re-issue is
     a ``.md5`` naming another MD5 than the one applied; a changed entry with the same MD5
-    (the file copied again) is only recorded.
+    (the file copied again) is only recorded. An applied file's ``.md5`` that cannot be
+    read (gone, or an error page) is left to the next run, with a warning: it holds back
+    no other file.
     """
     done = [f for f in remote if f.name in issues]
     newest = {f.name for f in done[-RECHECK_NEWEST:]}
@@ -398,7 +402,12 @@ def find_reissues(
             if f.listed:
                 restamp.append((f.name, f.listed))  # first known: nothing to compare
             continue
-        published = parse_md5(source.text(f"{f.folder}/{f.name}.md5"), f.name)
+        try:
+            published = parse_md5(source.text(f"{f.folder}/{f.name}.md5"), f.name)
+        except (InvalidRequestError, ChecksumError) as exc:
+            logger.warning("%s is applied and its listing entry changed, but its .md5 "
+                           "cannot be read (%s): checked again next run", f.name, exc)
+            continue
         if published != md5:
             found.append(replace(f, reissue=md5))
         elif f.listed and f.listed != was:

@@ -383,7 +383,9 @@ def test_a_listing_without_dates_or_sizes_still_finds_the_newest_files_reissue(
     emu: ReviewEmulator, sqlite_settings: Settings
 ) -> None:
     """A mirror whose index lists names only: each run reads the ``.md5`` of the newest
-    applied files (``RECHECK_NEWEST``) and finds a re-issue of the newest."""
+    applied files (``RECHECK_NEWEST``) and finds a re-issue of the newest. An applied
+    file's ``.md5`` answered with an error page holds no new file back: it is checked
+    again by the next run."""
     s = _settings(emu, sqlite_settings)
     original = emu.listing
     emu.listing = lambda kind: re.sub(  # type: ignore[method-assign]
@@ -393,5 +395,9 @@ def test_a_listing_without_dates_or_sizes_still_finds_the_newest_files_reissue(
     emu.add_file("updatefiles", N2, ISSUE_A)
     apply_updates(s, workers=0)
     emu.add_file("updatefiles", N2, ISSUE_B)
+    emu.add_file("updatefiles", N3, FILE_3)
+    emu.faults.add("garbage", path=f"=/pubmed/updatefiles/{N2}.md5", times=1)
+    apply_updates(s, workers=0)
+    assert _titles(s)[31] == ("31 of file 3", False), "a new file held back"
     apply_updates(s, workers=0)
     assert _titles(s)[22] == ("22 only in the re-issue", False)
