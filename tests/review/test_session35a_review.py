@@ -14,7 +14,9 @@ nothing again and reads that one ``.md5`` only; a run whose listing entries are
 unchanged reads no applied file's ``.md5``; a ``.md5`` that changes while the file does
 not (a mirror mid-update) is not applied over the store: its MD5 never matches; a
 listing of names only (no dates, no sizes) still finds a re-issue of the newest applied
-file (its ``.md5`` is read each run). Not pursued: a re-issue an older release's store
+file (its ``.md5`` is read each run), and an applied file's ``.md5`` answered with an
+error page holds no new file back (checked again by the next run: a refinement of this
+session's own X1 fix, which failed the run). Not pursued: a re-issue an older release's store
 missed before this one (its files have no listing entry recorded: each is taken as it is
 listed, except the two newest, rather than 1,300 ``.md5`` requests).
 
