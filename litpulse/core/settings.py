@@ -841,6 +841,12 @@ def _sqlite_fixed(url: str) -> str:
     return f"{head}:///{fixed}{question}{query}"
 
 
+#: The spellings of a boolean setting, any case.
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+_BOOL_WORDS = ", ".join(f"{t}/{f}" for t, f in zip(_TRUE, _FALSE, strict=True))
+
+
 def _convert(key: str, raw: str, hint: Any) -> Any:
     raw = raw.strip()
     origin = typing.get_origin(hint)
@@ -848,14 +854,19 @@ def _convert(key: str, raw: str, hint: Any) -> Any:
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     if not raw and hint is Path:  # Path("") is the working directory: data spread anywhere
         raise ConfigError(f"{key} is blank: unset it for the default, or name a folder")
+    if hint is bool:
+        low = raw.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        # blank is no answer: read as false it switched a default-on check off (a
+        # template's `export VAR=`, a compose file's unset `${VAR}`)
+        if not raw:
+            raise ConfigError(f"{key} is blank: unset it for the default, or give true "
+                              f"or false ({_BOOL_WORDS})")
+        raise ConfigError(f"{key}={raw!r} is not true or false ({_BOOL_WORDS})")
     try:
-        if hint is bool:
-            low = raw.lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off", ""):
-                return False
-            raise ValueError(raw)
         if hint is int:
             return int(raw)
         if hint is float:

@@ -16,6 +16,8 @@ X1 **A blank boolean setting is read as false**: ``LITPULSE_QUALITY_EXPECT_WEEKD
    (a template's ``export VAR=``, a compose file's unset ``${VAR}``) silently switches a
    data-quality check off whose default is on; ``2`` or ``y`` are refused without naming
    the spellings accepted. Reproduced by ``Settings.from_env``.
+   **Fixed**: ``settings._convert`` refuses a blank boolean ("unset it for the default")
+   and names the spellings (true/false, 1/0, yes/no, on/off) in every refusal.
 X2 **A number setting given as text that is no number is refused without its range**
    (``LITPULSE_STORE_BATCH=1e3``: "'1e3' is not a valid int"), while an out-of-range one
    names it; the operator has to look the range up. Reproduced by ``Settings.from_env``.
@@ -96,7 +98,6 @@ def refused(var: str, value: str) -> str:
 # ------------------------------------------------------------------------------ X1
 
 
-@pytest.mark.xfail(strict=True, reason="X1: a blank boolean setting is read as false")
 def test_x1_a_blank_boolean_setting_is_refused_naming_the_spellings() -> None:
     for value in ("", "   "):
         msg = refused("LITPULSE_QUALITY_EXPECT_WEEKDAYS", value)
