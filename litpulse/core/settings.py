@@ -716,7 +716,7 @@ class Settings:
             name = key[len(ENV_PREFIX) :].lower()
             if name not in known:
                 raise ConfigError(f"unknown setting {key}; see `litpulse settings` for the list")
-            values[name] = _convert(key, raw, hints[name])
+            values[name] = _convert(key, raw, hints[name], known[name])
         values.update(overrides)
         return cls(**values)
 
@@ -765,7 +765,7 @@ def _checked_number(f: dataclasses.Field[Any], kind: type, value: Any) -> Any:
         (f.metadata["min"], f.metadata["max"]) if "min" in f.metadata else None
     )
     what = "an integer" if kind is int else "a finite number"
-    allowed = f"{what} from {_range_text(f).replace(' .. ', ' to ')}" if bounds else what
+    allowed = _allowed(f, kind)
     wrong_type = isinstance(value, bool) or not isinstance(
         value, numbers.Integral if kind is int else numbers.Real
     )
@@ -779,6 +779,13 @@ def _checked_number(f: dataclasses.Field[Any], kind: type, value: Any) -> Any:
     if not finite or (bounds and not bounds[0] <= number <= bounds[1]):
         raise ConfigError(f"{var}={_shown(value)} is out of range; allowed: {allowed}")
     return number
+
+
+def _allowed(f: dataclasses.Field[Any], kind: type) -> str:
+    """What a number field takes, ``an integer from 1 to 100000``, for a refusal."""
+    what = "an integer" if kind is int else "a finite number"
+    span = _range_text(f)
+    return f"{what} from {span.replace(' .. ', ' to ')}" if span else what
 
 
 def _shown(value: Any) -> str:
@@ -847,7 +854,7 @@ _FALSE = ("0", "false", "no", "off")
 _BOOL_WORDS = ", ".join(f"{t}/{f}" for t, f in zip(_TRUE, _FALSE, strict=True))
 
 
-def _convert(key: str, raw: str, hint: Any) -> Any:
+def _convert(key: str, raw: str, hint: Any, f: dataclasses.Field[Any]) -> Any:
     raw = raw.strip()
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -874,9 +881,8 @@ def _convert(key: str, raw: str, hint: Any) -> Any:
         if hint is Path:
             return Path(raw).expanduser()
         return raw
-    except ValueError:
-        name = getattr(hint, "__name__", str(hint))
-        raise ConfigError(f"{key}={raw!r} is not a valid {name}") from None
+    except ValueError:  # int() and float() only: text that is no number
+        raise ConfigError(f"{key}={raw!r} is not a number; allowed: {_allowed(f, hint)}") from None
 
 
 def default_model_path() -> str:

@@ -81,7 +81,8 @@ def test_requests_per_second_cannot_exceed_ncbi_limit() -> None:
 @pytest.mark.parametrize(
     ("env", "needle"),
     [
-        ({"LITPULSE_EFETCH_BATCH": "many"}, "LITPULSE_EFETCH_BATCH='many' is not a valid int"),
+        ({"LITPULSE_EFETCH_BATCH": "many"},
+         "LITPULSE_EFETCH_BATCH='many' is not a number; allowed: an integer from 1 to 10000"),
         ({"LITPULSE_EFETCH_BATCH": "0"}, "LITPULSE_EFETCH_BATCH=0 is out of range"),
         ({"LITPULSE_ICITE_BATCH": "500"}, "allowed: an integer from 1 to 200"),
         ({"LITPULSE_HTTP_TIMEOUT": "nan"}, "LITPULSE_HTTP_TIMEOUT=nan is out of range"),
