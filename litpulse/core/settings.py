@@ -553,7 +553,8 @@ class Settings:
     def __post_init__(self) -> None:
         # the home as an absolute path, fixed when the settings are made: what is recorded
         # under it (index and adapter paths) names the same folder from any other folder
-        object.__setattr__(self, "home", Path(os.path.abspath(Path(self.home).expanduser())))
+        home = _user_expanded(str(self.home), env_name("home"))
+        object.__setattr__(self, "home", Path(os.path.abspath(home)))
         for f, kind in _numeric_fields():
             object.__setattr__(self, f.name, _checked_number(f, kind, getattr(self, f.name)))
         if self.backoff_base > self.backoff_max:
@@ -634,7 +635,8 @@ class Settings:
         if self.database_url:
             # a SQLite file named as the home is: `~` expanded, a relative path fixed now
             # (else each process, or the same one after a chdir, opens its own store)
-            object.__setattr__(self, "database_url", _sqlite_fixed(self.database_url))
+            object.__setattr__(self, "database_url", _sqlite_fixed(self.database_url,
+                                                                   env_name("database_url")))
 
     # -- derived ------------------------------------------------------------------------------
     @property
@@ -830,7 +832,23 @@ def hide_password(url: str) -> str:
 _SECRET_PARAM = re.compile(r"password|passwd|pwd|secret|token|api_?key", re.I)
 
 
-def _sqlite_fixed(url: str) -> str:
+def _user_expanded(path: str, var: str) -> str:
+    """``path`` with a leading ``~`` or ``~user`` as that user's home folder.
+
+    Raises:
+        ConfigError: ``~user`` names no user (``os.path.expanduser`` would leave it, a
+            folder named ``~user`` in the working directory; ``Path.expanduser`` raises).
+    """
+    if not path.startswith("~"):
+        return path
+    expanded = os.path.expanduser(path)
+    if expanded.startswith("~"):
+        raise ConfigError(f"{var}: {path.split(os.sep, 1)[0]!r} in {path!r} names no user's "
+                          "home folder")
+    return expanded
+
+
+def _sqlite_fixed(url: str, var: str) -> str:
     """A ``sqlite`` URL whose file path is absolute and ``~``-expanded, the rest of its text
     as given (nothing re-encoded: SQLite opens the path as written); others as they are
     (another database, an in-memory or ``file:`` URI database)."""
@@ -842,7 +860,7 @@ def _sqlite_fixed(url: str) -> str:
     path, question, query = rest.partition("?")
     if not path or path == ":memory:" or path.startswith("file:"):
         return url
-    fixed = os.path.abspath(os.path.expanduser(path))
+    fixed = os.path.abspath(_user_expanded(path, var))
     if fixed == path:
         return url
     return f"{head}:///{fixed}{question}{query}"
@@ -879,7 +897,7 @@ def _convert(key: str, raw: str, hint: Any, f: dataclasses.Field[Any]) -> Any:
         if hint is float:
             return float(raw)
         if hint is Path:
-            return Path(raw).expanduser()
+            return Path(_user_expanded(raw, key))
         return raw
     except ValueError:  # int() and float() only: text that is no number
         raise ConfigError(f"{key}={raw!r} is not a number; allowed: {_allowed(f, hint)}") from None

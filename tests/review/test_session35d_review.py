@@ -28,6 +28,8 @@ X3 **A ``~user`` path naming no user crashes or lands in the working directory**
    directory"), not a ``ConfigError`` naming the variable; ``LITPULSE_DATABASE_URL=
    sqlite:///~nobody/x.db`` silently opens ``./~nobody/x.db`` (a folder named ``~nobody``
    in whatever folder the command starts in: each process its own store).
+   **Fixed**: one rule, ``settings._user_expanded``, expands ``~`` and ``~user`` for the
+   home and a SQLite path and refuses a ``~user`` naming no user, naming the variable.
 X4 **URL settings are checked by their first characters only**: ``http://`` (no host),
    ``http://exa mple.org/`` and a port of 99999 are accepted for E-utilities, iCite, the
    file server, the digest webhook and the search server, to fail later in the middle of
@@ -130,8 +132,6 @@ def test_x2_text_that_is_no_number_is_refused_naming_the_range() -> None:
 # ------------------------------------------------------------------------------ X3
 
 
-@pytest.mark.xfail(strict=True, reason="X3: ~user naming no user crashes or lands in the "
-                   "working directory")
 def test_x3_a_home_of_an_unknown_user_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
