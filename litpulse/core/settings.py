@@ -594,35 +594,23 @@ class Settings:
                 f"{env_name('use_gpu')} must be auto, yes or no, got {self.use_gpu!r}"
             )
         for name in ("eutils_url", "icite_url", "pubmed_files_url"):
-            url = getattr(self, name)
             # only the file server may be a local mirror; E-utilities and iCite are APIs
-            schemes = ("http://", "https://", "file://") if name == "pubmed_files_url" else (
-                "http://", "https://")
-            if not url.startswith(schemes):
-                kinds = "an http(s) or file" if len(schemes) == 3 else "an http(s)"
-                raise ConfigError(f"{env_name(name)} must be {kinds} URL, got {url!r}")
+            _check_url(self, name, file=name == "pubmed_files_url", empty=False)
+            url = getattr(self, name)
             if not url.endswith("/"):
                 object.__setattr__(self, name, url + "/")
         # every digest e-mail's From and Message-ID: checked now, not by each e-mail failing;
         # only when e-mail is sent (an unused sender, empty even, stops no command)
         if self.digest_smtp_host:
             sender_address(self.digest_smtp_from, env_name("digest_smtp_from"))
-        webhook = self.digest_webhook_url
-        if webhook and not webhook.startswith(("http://", "https://")):
-            raise ConfigError(f"{env_name('digest_webhook_url')} must be an http(s) URL")
-        if self.search_server_url and not self.search_server_url.startswith(
-            ("http://", "https://")
-        ):
-            raise ConfigError(
-                f"{env_name('search_server_url')} must be an http(s) URL or empty, "
-                f"got {self.search_server_url!r}"
-            )
+        for name in ("digest_webhook_url", "alert_webhook_url", "search_server_url",
+                     "public_url"):
+            _check_url(self, name, file=False, empty=True)
         if self.public_url:
             from urllib.parse import urlsplit
 
-            public = urlsplit(self.public_url)
-            if (public.scheme not in ("http", "https") or not public.hostname
-                    or public.query or public.fragment or "#" in self.public_url):
+            public = urlsplit(self.public_url)  # a usable http(s) URL (_check_url)
+            if public.query or public.fragment or "#" in self.public_url:
                 raise ConfigError(
                     f"{env_name('public_url')} must be an http(s) URL with a host and no "
                     f"query or fragment, or empty, got {self.public_url!r}"
@@ -830,6 +818,49 @@ def hide_password(url: str) -> str:
 
 #: The name of a query parameter holding a secret.
 _SECRET_PARAM = re.compile(r"password|passwd|pwd|secret|token|api_?key", re.I)
+
+
+def _check_url(settings: Settings, name: str, *, file: bool, empty: bool) -> None:
+    """Refuse a URL setting no request could use: another scheme (``file://`` only where
+    ``file``), an http(s) URL naming no host, a port out of range or not a number, white
+    space or a control character; blank only where ``empty``.
+
+    Raises:
+        ConfigError: Naming the variable, and the value unless the setting is secret.
+    """
+    url = getattr(settings, name)
+    if not url and empty:
+        return
+    problem = _url_problem(url, file=file)
+    if problem:
+        secret = next(f for f in dataclasses.fields(Settings) if f.name == name).metadata.get(
+            "secret")
+        kinds = "an http(s) or file" if file else "an http(s)"
+        raise ConfigError(f"{env_name(name)} must be {kinds} URL{' or empty' if empty else ''}"
+                          f" ({problem}){'' if secret else f', got {url!r}'}")
+
+
+def _url_problem(url: str, *, file: bool) -> str:
+    """What makes ``url`` no http(s) (or, where ``file``, file) URL a request can use;
+    empty when nothing does."""
+    from urllib.parse import urlsplit
+
+    schemes = ("http://", "https://", "file://") if file else ("http://", "https://")
+    if not url.startswith(schemes):
+        return f"it starts with none of {', '.join(schemes)}"
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "it holds white space or a control character"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # out of 0..65535 or not a number: ValueError
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme == "file":
+        usable = parts.netloc in ("", "localhost") and parts.path
+        return "" if usable else "a file URL is file:///folder"
+    if not parts.hostname:
+        return "it names no host"
+    return "port 0" if port == 0 else ""
 
 
 def _user_expanded(path: str, var: str) -> str:
