@@ -289,7 +289,10 @@ LANGUAGE_CODES = {
     "russian": "rus", "sanskrit": "san", "serbian": "srp", "slovak": "slo",
     "slovenian": "slv", "spanish": "spa", "swedish": "swe", "thai": "tha", "turkish": "tur",
     "ukrainian": "ukr", "urdu": "urd", "vietnamese": "vie", "welsh": "wel",
-    "multiple languages": "mul", "undetermined": "und",
+    "multiple languages": "mul", "undetermined": "und", "amharic": "amh",
+    "azerbaijani": "aze", "basque": "baq", "bengali": "ben", "burmese": "bur",
+    "kinyarwanda": "kin", "malayalam": "mal", "maori": "mao", "pashto": "pus",
+    "pushto": "pus", "scottish gaelic": "gla", "tibetan": "tib",
 }  # fmt: skip
 #: The ISO 639-2 terminology (T) codes of the languages that have two, and the
 #: bibliographic (B) code PubMed's records hold: ISO 639-3 and most software write ``fra``
@@ -315,13 +318,18 @@ def _language(value: str | None) -> str | None:
     lang = " ".join(checked_text(value or "", "language").split()).lower() or None
     if lang is None:
         return None
-    if re.fullmatch(r"[a-z]{3}", lang):
-        return TERMINOLOGY_CODES.get(lang, lang)
-    if lang in LANGUAGE_CODES:
-        return LANGUAGE_CODES[lang]
+    code = TERMINOLOGY_CODES.get(lang, LANGUAGE_CODES.get(lang, lang))
+    if code in _KNOWN_CODES:
+        return code
+    # any three letters taken for a stored code matched nothing, without a word
     raise ConfigError(
-        f"language must be a code like 'eng' or a name like 'English', got {value!r}"
+        f"language must be a code PubMed's records hold ({', '.join(sorted(_KNOWN_CODES))}; "
+        f"ISO 639-2 fra, deu... read as fre, ger...) or a name like 'English', got {value!r}"
     )
+
+
+#: The language codes PubMed's records hold (its list of languages, ISO 639-2/B).
+_KNOWN_CODES = frozenset(LANGUAGE_CODES.values()) | frozenset(TERMINOLOGY_CODES.values())
 
 
 @dataclass(frozen=True)
