@@ -237,6 +237,15 @@ def _terms(name: str, value: str | Iterable[str] | None) -> tuple[str, ...]:
         item = " ".join(checked_text(item, name).split())
         if len(item) > 255:
             raise ConfigError(f"{name} is longer than 255 characters")
+        # copied from a PubMed query (Neoplasms[mh]): no stored term ends so, none matched
+        attached = re.sub(r"\s+\[", "[", item)
+        tagged = _FIELD_TAG.search(attached)
+        if tagged and tagged.end() == len(attached):
+            tag = (tagged.group(1) or tagged.group(2)).lower()
+            bare = attached[: tagged.start()] + (
+                MAJOR_MARK if name == "mesh" and tag in ("majr", "mesh major topic") else "")
+            raise ConfigError(f"{name} {item!r} holds PubMed's field tag {tagged.group(0)!r}: "
+                              f"give the term alone ({bare!r})")
         if name == "mesh" and _QUALIFIED.search(item):
             descriptor = major_topic(item.split("/")[0])[0]
             raise ConfigError(
