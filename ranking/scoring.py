@@ -76,7 +76,7 @@ from litpulse.core.impact import (
     row_citation_impact,
     saturate,
 )
-from litpulse.core.settings import Settings
+from litpulse.core.settings import Settings, allowed, bounds
 from litpulse.core.states import Fusion, SearchMode
 from litpulse.core.timeutil import as_date, iso, utcnow
 
@@ -110,6 +110,17 @@ NEUTRAL_RECENCY = 0.5
 FORMULA = "score = w_sim*similarity + w_rec*recency + w_cit*citation"
 #: The formula when the lexical part is present (λ: the lexical share of the mode).
 HYBRID_FORMULA = "score = w_sim*((1-λ)*similarity + λ*lexical) + w_rec*recency + w_cit*citation"
+
+
+#: The setting each per-query option stands for (its default and its range), and the
+#: option's name in a refusal.
+_SETTING_OF = {
+    "w_similarity": ("weight_similarity", "w_similarity"),
+    "w_recency": ("weight_recency", "w_recency"),
+    "w_citation": ("weight_citation", "w_citation"),
+    "half_life_days": ("recency_half_life_days", "half_life_days"),
+    "lexical_share": ("weight_lexical", "lexical weight λ"),
+}
 
 
 def _default(name: str) -> Any:
@@ -147,31 +158,20 @@ class ScoringOptions:
     rrf_k: int = _default("rrf_k")
 
     def __post_init__(self) -> None:
-        for name in ("w_similarity", "w_recency", "w_citation"):
+        # each within the range of its setting: a query's option means what the setting
+        # means (the CLI took --w-sim 5000 and --half-life 0.5, which GET /search or
+        # LITPULSE_RECENCY_HALF_LIFE_DAYS refused)
+        for name, (setting, shown) in _SETTING_OF.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"{name} must be a number, got {value!r}")
-            if not math.isfinite(value) or value < 0:
-                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+            low, high = bounds(setting)
+            if (isinstance(value, bool) or not isinstance(value, int | float)
+                    or not (math.isfinite(value) and low <= value <= high)):
+                raise ConfigError(f"{shown} must be {allowed(setting)}, got {value!r}")
             object.__setattr__(self, name, float(value))
         if self.w_similarity + self.w_recency + self.w_citation <= 0:
             raise ConfigError("w_similarity, w_recency, w_citation: at least one must be > 0")
-        hl = self.half_life_days
-        if isinstance(hl, bool) or not isinstance(hl, int | float):
-            raise ConfigError(f"half_life_days must be a number, got {hl!r}")
-        if not math.isfinite(hl) or hl <= 0:
-            raise ConfigError(f"half_life_days must be a finite number > 0, got {hl!r}")
-        object.__setattr__(self, "half_life_days", float(hl))
         if self.today is not None and not isinstance(self.today, dt.date):
             raise ConfigError(f"today must be a date, got {self.today!r}")
-        share = self.lexical_share
-        if (
-            isinstance(share, bool)
-            or not isinstance(share, int | float)
-            or not (math.isfinite(share) and 0 <= share <= 1)
-        ):
-            raise ConfigError(f"lexical weight must be a number in 0..1, got {share!r}")
-        object.__setattr__(self, "lexical_share", float(share))
         try:
             object.__setattr__(self, "fusion", str(Fusion(self.fusion)))
         except ValueError:

@@ -57,7 +57,7 @@ from sqlalchemy import select
 from litpulse.core import __version__, db
 from litpulse.core.errors import ConfigError, LitpulseError, NotFoundError
 from litpulse.core.schema import ingest_runs
-from litpulse.core.settings import Settings
+from litpulse.core.settings import Settings, bounds
 from litpulse.core.states import RunStatus
 from litpulse.core.timeutil import iso
 from litpulse.core.widths import PMID_MAX
@@ -562,18 +562,20 @@ def _search_spec_dependency(settings: Settings) -> Callable[..., SearchSpec]:
     abstract_param = Query(None, description="true: only with an abstract; false: only without.")
     retracted_param = Query(False, description="Also return retracted articles.")
 
-    def weight(name: str) -> Any:
-        return Query(
-            None, ge=0, le=1000, allow_inf_nan=False,
-            description=f"Weight of {name} (at least one weight must be > 0, else 400).",
-        )
+    def ranged(setting: str, description: str) -> Any:
+        """An option standing for a setting, within its range (the CLI's and the
+        setting's: ``ScoringOptions`` holds every query to it)."""
+        low, high = bounds(setting)
+        return Query(None, ge=low, le=high, allow_inf_nan=False, description=description)
 
-    half_life_param = Query(
-        None, gt=0, le=1e6, allow_inf_nan=False, description="Recency half-life in days."
-    )
-    lexical_param = Query(
-        None, ge=0, le=1, allow_inf_nan=False,
-        description="Share of the lexical (BM25) part of the relevance in hybrid mode, 0..1.",
+    def weight(name: str, setting: str) -> Any:
+        return ranged(setting, f"Weight of {name} (at least one weight must be > 0, else "
+                               "400).")
+
+    half_life_param = ranged("recency_half_life_days", "Recency half-life in days.")
+    lexical_param = ranged(
+        "weight_lexical",
+        "Share of the lexical (BM25) part of the relevance in hybrid mode, 0..1.",
     )
     mode_param = Query(
         "hybrid", description="Indexes asked: hybrid (both, fused), semantic (vectors) or "
@@ -593,9 +595,9 @@ def _search_spec_dependency(settings: Settings) -> Callable[..., SearchSpec]:
         language: str | None = lang_param,
         has_abstract: bool | None = abstract_param,
         include_retracted: bool = retracted_param,
-        w_sim: float | None = weight("similarity"),
-        w_recency: float | None = weight("recency"),
-        w_citation: float | None = weight("citation impact"),
+        w_sim: float | None = weight("similarity", "weight_similarity"),
+        w_recency: float | None = weight("recency", "weight_recency"),
+        w_citation: float | None = weight("citation impact", "weight_citation"),
         half_life: float | None = half_life_param,
         w_lexical: float | None = lexical_param,
         mode: Literal["hybrid", "semantic", "lexical"] = mode_param,

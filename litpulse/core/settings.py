@@ -722,6 +722,13 @@ def bounds(field_name: str) -> tuple[Any, Any]:
     return meta["min"], meta["max"]
 
 
+def allowed(field_name: str) -> str:
+    """What a number setting takes, ``a finite number from 0 to 1000``: the words a
+    refusal of that setting, or of an option standing for it, gives its range in."""
+    f = next(f for f in dataclasses.fields(Settings) if f.name == field_name)
+    return _allowed(f, typing.get_type_hints(Settings)[field_name])
+
+
 def env_name(field_name: str) -> str:
     """The environment variable of a settings field."""
     return ENV_PREFIX + field_name.upper()
