@@ -256,9 +256,14 @@ class Settings:
         0.01,
         "Largest share of the records new to the check quarantined a nightly run accepts "
         "before failing: records an earlier check judged, met again on a window's overlap "
-        "day, are left out of the share, good ones (reseen) and bad ones (a warning only) "
-        "alike; what a run killed before its check stored is judged by the run that meets "
-        "it again.",
+        "day, are left out of the share, good ones (`reseen` in `litpulse status --json`) "
+        "and bad ones (a warning only) alike, so 5 bad of a day's 20 new records are 25 %, "
+        "whatever the overlap day holds; what a run killed before its check stored is "
+        "judged by the run that meets it again; what a run no check is to come for stored "
+        "(local files, update files, a bootstrap) is judged as it is stored, whether that "
+        "run succeeds, fails or is killed, and what a window by hand or with `--no-quality` "
+        "stored once it succeeded (one that failed is judged by the check of the next "
+        "window meeting its records).",
         min=0.0,
         max=1.0,
     )
@@ -481,7 +486,8 @@ class Settings:
     digest_smtp_from: str = _opt(
         "litpulse@localhost",
         "Sender address of digest e-mails: one mailbox (a display name or comment allowed), "
-        "its address ASCII (an internationalised domain in its xn-- form).",
+        "its address ASCII (an internationalised domain in its xn-- form); checked when the "
+        "settings load if `LITPULSE_DIGEST_SMTP_HOST` is set.",
     )
     digest_smtp_to: str = _opt(
         "",
