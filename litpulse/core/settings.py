@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from litpulse.core.errors import ConfigError
-from litpulse.core.text import sender_address
+from litpulse.core.text import address_list, sender_address
 
 __all__ = ["ENV_PREFIX", "Settings", "get_settings", "default_model_path"]
 
@@ -492,8 +492,9 @@ class Settings:
     digest_smtp_to: str = _opt(
         "",
         "Recipients of digest e-mails of the saved searches whose owner has no address of "
-        "their own (`tokens create --email`), comma-separated; empty means those are not "
-        "e-mailed.",
+        "their own (`tokens create --email`), comma-separated, each one mailbox (checked "
+        "when the settings load if `LITPULSE_DIGEST_SMTP_HOST` is set); empty means those "
+        "are not e-mailed.",
     )
     digest_webhook_url: str = _opt(
         "",
@@ -613,6 +614,8 @@ class Settings:
         # only when e-mail is sent (an unused sender, empty even, stops no command)
         if self.digest_smtp_host:
             sender_address(self.digest_smtp_from, env_name("digest_smtp_from"))
+            # the shared recipients too: `a@x b@x` went to the envelope address `@x`
+            address_list(self.digest_smtp_to, env_name("digest_smtp_to"))
         for name in ("digest_webhook_url", "alert_webhook_url", "search_server_url",
                      "public_url"):
             _check_url(self, name, file=False, empty=True)

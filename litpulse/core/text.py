@@ -28,6 +28,7 @@ from litpulse.core.widths import TERM_MAX
 
 __all__ = [
     "GREEK",
+    "address_list",
     "checked_text",
     "clean_doi",
     "doi_key",
@@ -165,6 +166,24 @@ def sender_address(value: str, what: str = "sender") -> str:
         raise ConfigError(f"{what} must be one mailbox (name@domain, optionally with a "
                           f"display name or a comment), got {value!r}")  # fmt: skip
     return plain_mailbox(addresses[0].addr_spec, f"the address of {what}", one_label=True)
+
+
+def address_list(value: str, what: str = "recipients") -> list[str]:
+    """The comma-separated mailboxes of ``value`` as given (blank entries left out), each
+    one :func:`sender_address` takes (``name@domain``, ``Name <name@domain>``).
+
+    Example:
+        >>> address_list("Team Lead <lead@example.org>, ops@example.org,")
+        ['Team Lead <lead@example.org>', 'ops@example.org']
+
+    Raises:
+        ConfigError: An entry is not one mailbox (a space or ``;`` between two addresses,
+            a name without an address), naming ``what``.
+    """
+    entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+    for entry in entries:
+        sender_address(entry, f"each of {what} (comma-separated)")
+    return entries
 
 
 # ------------------------------------------------------------------------------ folding

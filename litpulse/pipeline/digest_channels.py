@@ -38,8 +38,8 @@ from email.utils import getaddresses
 from typing import Any
 
 from litpulse.core.errors import TransientSourceError
-from litpulse.core.settings import Settings
-from litpulse.core.text import sender_address
+from litpulse.core.settings import Settings, env_name
+from litpulse.core.text import address_list, sender_address
 from litpulse.core.timeutil import iso
 from litpulse.pipeline.exchange import Deadline, moved_note, timed_opener
 from litpulse.pipeline.saved_searches import SavedSearch
@@ -472,7 +472,7 @@ def _encoded(text: str) -> str:
 def shared_recipients(settings: Settings) -> list[str]:
     """``LITPULSE_DIGEST_SMTP_TO``: who gets the digests of searches whose owner has no
     address of their own."""
-    return [a.strip() for a in settings.digest_smtp_to.split(",") if a.strip()]
+    return address_list(settings.digest_smtp_to, env_name("digest_smtp_to"))
 
 
 def send_email(
