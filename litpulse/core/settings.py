@@ -101,7 +101,8 @@ class Settings:
         "",
         "SQLAlchemy URL of the metadata store; empty means a SQLite file "
         "`litpulse.db` in the home (a relative or ~ SQLite path is taken as the home's is). "
-        "PostgreSQL: postgresql+psycopg://user@host/db. Its password is never shown.",
+        "PostgreSQL: postgresql+psycopg://user@host/db (libpq's postgres:// is read so; other "
+        "databases and drivers are refused). Its password is never shown.",
     )
     store_batch: int = _opt(
         5000,
@@ -634,6 +635,7 @@ class Settings:
                 f"{env_name('database_url')} must be a SQLAlchemy URL, got {self.database_url!r}"
             )
         if self.database_url:
+            object.__setattr__(self, "database_url", _store_url(self.database_url))
             # a SQLite file named as the home is: `~` expanded, a relative path fixed now
             # (else each process, or the same one after a chdir, opens its own store)
             object.__setattr__(self, "database_url", _sqlite_fixed(self.database_url,
@@ -881,6 +883,32 @@ def _url_problem(url: str, *, file: bool) -> str:
     if not parts.hostname:
         return "it names no host"
     return "port 0" if port == 0 else ""
+
+
+#: The stores litpulse runs on, by SQLAlchemy dialect, and the drivers it uses (its bulk
+#: writes on PostgreSQL are psycopg 3's COPY).
+_STORES = {"sqlite": ("", "pysqlite"), "postgresql": ("", "psycopg")}
+
+
+def _store_url(url: str) -> str:
+    """``url`` when it names a store litpulse runs on (SQLite, PostgreSQL through psycopg);
+    libpq's ``postgres://`` (as ``psql`` and many hosts write it) as
+    ``postgresql+psycopg://``.
+
+    Raises:
+        ConfigError: Another database or driver (it failed at the first command with a
+            traceback: no such SQLAlchemy plugin, no such module).
+    """
+    scheme, sep, rest = url.partition("://")
+    if scheme == "postgres":
+        return f"postgresql+psycopg{sep}{rest}"
+    dialect, _, driver = scheme.partition("+")
+    if driver not in _STORES.get(dialect, ()):
+        raise ConfigError(
+            f"{env_name('database_url')} must name SQLite (sqlite:///path) or PostgreSQL "
+            f"(postgresql+psycopg://user@host/db), got {hide_password(url)!r}"
+        )
+    return url
 
 
 def _user_expanded(path: str, var: str) -> str:

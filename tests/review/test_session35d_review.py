@@ -92,6 +92,9 @@ X11 **A database URL of another database or driver is a traceback at the first
    ``mysql://`` with ``ModuleNotFoundError``; ``postgresql+psycopg2://`` would connect
    where psycopg2 is installed and fail at the first ``COPY`` (psycopg 3's). Reproduced by
    ``litpulse status`` (``main``) with the variable set.
+   **Fixed**: ``settings._store_url`` refuses, when the settings load, a database or
+   driver litpulse does not run on (naming ``sqlite:///`` and ``postgresql+psycopg://``,
+   the password hidden) and reads ``postgres://`` as ``postgresql+psycopg://``.
 X12 **NCBI's ``tool`` and ``email`` are sent as given**: a blank ``LITPULSE_NCBI_TOOL``
    or one holding a space, and an ``LITPULSE_NCBI_EMAIL`` that is no address, go to
    NCBI with every request, where NCBI's rules ask for a tool name without spaces and a
@@ -338,8 +341,6 @@ def test_x10_digest_recipients_are_checked_when_email_is_sent() -> None:
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(strict=True, reason="X11: a database URL of another database or driver "
-                   "is a traceback")
 def test_x11_a_database_url_of_another_database_is_refused_or_read_as_meant(
     postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
