@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from litpulse.core.errors import ConfigError
-from litpulse.core.text import address_list, sender_address
+from litpulse.core.text import address_list, plain_mailbox, sender_address
 
 __all__ = ["ENV_PREFIX", "Settings", "get_settings", "default_model_path"]
 
@@ -123,8 +123,12 @@ class Settings:
     )
 
     # -- NCBI etiquette --------------------------------------------------------------
-    ncbi_email: str = _opt("", "Contact e-mail sent to NCBI with every E-utilities request.")
-    ncbi_tool: str = _opt("litpulse", "Tool name sent to NCBI with every E-utilities request.")
+    ncbi_email: str = _opt(
+        "", "Contact e-mail sent to NCBI with every E-utilities request (one plain address)."
+    )
+    ncbi_tool: str = _opt(
+        "litpulse", "Tool name sent to NCBI with every E-utilities request (no spaces)."
+    )
     ncbi_api_key: str = _opt(
         "", "NCBI API key (raises the limit from 3 to 10 requests/s); never logged.", secret=True
     )
@@ -605,6 +609,14 @@ class Settings:
             raise ConfigError(
                 f"{env_name('use_gpu')} must be auto, yes or no, got {self.use_gpu!r}"
             )
+        # sent with every E-utilities request: NCBI asks for a tool name without spaces
+        # and a valid address (it blocks abusive traffic it cannot attribute)
+        if not self.ncbi_tool or any(c.isspace() or not c.isprintable() for c in self.ncbi_tool):
+            raise ConfigError(f"{env_name('ncbi_tool')} must be a name without spaces, got "
+                              f"{self.ncbi_tool!r}")
+        if self.ncbi_email:
+            object.__setattr__(self, "ncbi_email",
+                               plain_mailbox(self.ncbi_email, env_name("ncbi_email")))
         for name in ("eutils_url", "icite_url", "pubmed_files_url"):
             # only the file server may be a local mirror; E-utilities and iCite are APIs
             _check_url(self, name, file=name == "pubmed_files_url", empty=False)
