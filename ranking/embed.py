@@ -654,7 +654,10 @@ def load_encoder(
             model version it ever served.
 
     Raises:
-        ConfigError: The model or adapter folder does not exist.
+        ConfigError: The base model folder does not exist.
+        ConsistencyError: The version's adapter cannot serve (:func:`adapter_problem`: its
+            folder or weights gone, its weights changed): the data directory's state, not
+            the caller's input; the message names what repairs it.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     key = _encoder_key(spec, settings)
@@ -749,9 +752,11 @@ def _apply_adapter(encoder: SentenceTransformer, spec: ModelSpec, *, merge: bool
 
     path = spec.adapter_path or ""
     problem = adapter_problem(path, spec.adapter_sha256)
-    if problem is not None:
-        advice = "" if "missing" in problem else ": restore them, or roll back to another version"
-        raise ConfigError(f"model {spec.id!r}: {problem}{advice}")
+    if problem is not None:  # the data directory's state (restored, lost), not bad input
+        raise ConsistencyError(
+            f"model {spec.id!r}: {problem}: restore the adapter as it was registered, or "
+            "serve the version before it with `litpulse models rollback`"
+        )
     transformer: Any = encoder[0]
     wrapped = PeftModel.from_pretrained(transformer.auto_model, path)
     transformer.model = wrapped.merge_and_unload() if merge else wrapped
