@@ -55,6 +55,7 @@ from ranking.models import published_index_row
 __all__ = [
     "CHECKSUMMED",
     "FILES",
+    "REPUBLISH",
     "PublishedIndex",
     "has_files",
     "indexes_dir",
@@ -320,8 +321,20 @@ def verify_files(path: str, details: dict[str, Any] | None) -> None:
         raise ConsistencyError(f"index files in {folder} cannot be loaded: {exc}") from exc
 
 
+#: What repairs a published version whose files cannot be served.
+REPUBLISH = ("`litpulse index refresh` publishes the store's articles again (from their "
+             "stored vectors)")
+
+
 def _load(row: Any, settings: Settings) -> PublishedIndex:
-    index, ids, meta = read_files(row.path)
+    try:
+        index, ids, meta = read_files(row.path)
+    except (ConsistencyError, OSError, EOFError, RuntimeError, ValueError) as exc:
+        # the store restored from a backup older than the files, the data directory
+        # restored older than the store or moved: every search fails until it is repaired
+        raise ConsistencyError(
+            f"the published index {row.id} cannot be served: {exc}; {REPUBLISH}"
+        ) from exc
     if hasattr(index, "nprobe"):
         index.nprobe = settings.ivf_nprobe
     lexical, lexical_error = _open_lexical(row.id, row.path, meta, settings)
@@ -384,6 +397,10 @@ def open_published(settings: Settings, engine: Engine | None = None) -> Publishe
     version has been published since. Returns ``None`` when none is published. A lexical
     index that could not be opened (its files unreadable or being replaced for a moment)
     is not kept so: each call tries to open it again, until it opens.
+
+    Raises:
+        ConsistencyError: The published version's files are missing or cannot be loaded;
+            the message names the command that publishes the store's articles again.
     """
     engine = engine or db.connect(settings)
     row = published_index_row(engine)

@@ -101,7 +101,10 @@ def check_consistency(settings: Settings, *, sample: int = 10) -> dict[str, Any]
     out.update(index_id=row.id, model_version=row.model_version, size=int(row.size))
     try:
         pub = open_published(settings, engine)
-    except (ConsistencyError, OSError, RuntimeError, ValueError) as exc:
+    except ConsistencyError as exc:  # what is wrong and what repairs it
+        problems.append(str(exc))
+        return out
+    except (OSError, RuntimeError, ValueError) as exc:
         problems.append(f"index {row.id} cannot be loaded: {exc}")
         return out
     if pub is None:  # unpublished between the two reads

@@ -14,6 +14,10 @@ X1 — A store restored from a backup names as published an index version whose 
    search (CLI ``litpulse search``, ``GET /search``) and ``litpulse index check`` fail with
    "index files are missing in …" and nothing says what repairs it (``litpulse index
    refresh`` rebuilds it from the stored vectors). Reproduced: restore, search.
+   **Fixed**: loading the published version (``ranking.index_files._load``) fails with a
+   ``ConsistencyError`` naming the version, what is wrong and ``litpulse index refresh``;
+   ``index check`` says the same. The refresh repairs it: searches then find only stored
+   articles, and every stored article (``index check`` is clean).
 
 X2 — In that state ``litpulse status`` and ``GET /status`` report that index as the one
    published, with its vectors, as if searches were served: nothing tells the operator
@@ -21,7 +25,8 @@ X2 — In that state ``litpulse status`` and ``GET /status`` report that index a
 
 X3 — The refresh that repairs it reports its rebuild as "model changed (base -> base)":
    no model changed, the published version's files were missing. Reproduced: restore,
-   ``refresh_index``, its ``reason``.
+   ``refresh_index``, its ``reason``. **Fixed**: ``ranking.refresh._rebuild_reason`` says
+   the published version's files are missing when it is of the active model.
 
 X4 — A data directory moved to another path (``LITPULSE_HOME`` changed, the store moved
    with it: the SQLite file inside, or the same PostgreSQL) keeps every index version and
@@ -119,7 +124,6 @@ def restored_after_newer_publishes(settings: Settings, tmp_path: Path) -> str:
 # ------------------------------------------------------------------------------- X1
 
 
-@pytest.mark.xfail(strict=True, reason="X1: a search of a restored store names no repair")
 def test_x1_a_search_of_a_restored_store_says_what_rebuilds_its_index(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -168,7 +172,6 @@ def test_x2_status_says_the_published_index_cannot_be_served(
 # ------------------------------------------------------------------------------- X3
 
 
-@pytest.mark.xfail(strict=True, reason="X3: the repair is reported as a model change")
 def test_x3_the_repairing_refresh_says_the_files_were_missing(
     settings: Settings, tmp_path: Path
 ) -> None:
