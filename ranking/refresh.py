@@ -217,9 +217,12 @@ def _rebuild_reason(ctx: PublishContext, base: Any, meta: dict[str, Any] | None,
                     n_live: int) -> str | None:
     """Why the index must be built from scratch, or ``None`` when an update will do."""
     if base is None:
-        if ctx.published is not None:
-            return f"model changed ({ctx.published.model_version} -> {ctx.spec.id})"
-        return "no index for this model version"
+        if ctx.published is None:
+            return "no index for this model version"
+        if ctx.published.model_version == ctx.spec.id:  # no kept version of it has files
+            return (f"the files of the published index {ctx.published.id} are missing "
+                    f"({ctx.published.path})")
+        return f"model changed ({ctx.published.model_version} -> {ctx.spec.id})"
     if meta is None:
         return "index files unreadable"
     if choose_kind(n_live, ctx.settings) != base.kind:
