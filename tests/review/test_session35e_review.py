@@ -48,6 +48,10 @@ X5 — A search whose model version's adapter folder is missing (a data director
    that query being refused. **Fixed**: an adapter that cannot serve is a
    ``ConsistencyError`` (``ranking.embed._apply_adapter``: 503 over HTTP, the digest's
    "tried again next time"), naming the repair: restore it, or ``litpulse models rollback``.
+
+X6 — ``litpulse status`` and ``GET /status`` say nothing when the adapter of the published
+   index's model is missing (X5's state): every search is refused while the status shows
+   the model and index as serving. Reproduced: the adapter folder removed, both statuses.
 """
 
 from __future__ import annotations
@@ -252,3 +256,31 @@ def test_x5_a_search_whose_adapter_is_gone_is_a_503_naming_the_repair(
         em.clear_cache()
     assert got.status_code == 503, got.text
     assert "litpulse models rollback" in got.json()["detail"]
+
+
+# ------------------------------------------------------------------------------- X6
+
+
+@pytest.mark.xfail(strict=True, reason="X6: status says nothing of a missing adapter")
+def test_x6_status_says_the_adapter_of_the_served_model_is_missing(
+    env: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from litpulse.app.api import create_app
+    from litpulse.app.cli import main
+
+    folder = _adapter(env, "m-1")
+    add_articles(db.connect(env), list(range(1, 6)), models=("m-1",))
+    refresh.refresh_index(env, embed=False)
+    assert main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["index"].get("problem") is None
+    shutil.rmtree(folder)
+    assert main(["status", "--json"]) == 0
+    problem = json.loads(capsys.readouterr().out)["index"].get("problem") or ""
+    assert "m-1" in problem and "litpulse models rollback" in problem, problem
+    with TestClient(create_app(env), raise_server_exceptions=False) as client:
+        served = client.get("/status").json()["index"]
+    assert "litpulse models rollback" in (served.get("problem") or ""), served
