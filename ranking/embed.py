@@ -64,6 +64,7 @@ __all__ = [
     "ModelSpec",
     "active_model",
     "adapter_problem",
+    "adapter_refusal",
     "version_base_path",
     "article_text",
     "query_text",
@@ -747,16 +748,25 @@ def adapter_problem(path: str | None, sha256: str | None) -> str | None:
     return None
 
 
+def adapter_refusal(spec: ModelSpec) -> str | None:
+    """Why ``spec`` cannot serve for its adapter (:func:`adapter_problem`), with what
+    repairs it; ``None`` when it can (or has no adapter)."""
+    if not spec.adapter_path:
+        return None
+    problem = adapter_problem(spec.adapter_path, spec.adapter_sha256)
+    if problem is None:
+        return None
+    return (f"model {spec.id!r}: {problem}: restore the adapter as it was registered, or "
+            "serve the version before it with `litpulse models rollback`")
+
+
 def _apply_adapter(encoder: SentenceTransformer, spec: ModelSpec, *, merge: bool) -> None:
     from peft import PeftModel
 
     path = spec.adapter_path or ""
-    problem = adapter_problem(path, spec.adapter_sha256)
-    if problem is not None:  # the data directory's state (restored, lost), not bad input
-        raise ConsistencyError(
-            f"model {spec.id!r}: {problem}: restore the adapter as it was registered, or "
-            "serve the version before it with `litpulse models rollback`"
-        )
+    refusal = adapter_refusal(spec)
+    if refusal is not None:  # the data directory's state (restored, lost), not bad input
+        raise ConsistencyError(refusal)
     transformer: Any = encoder[0]
     wrapped = PeftModel.from_pretrained(transformer.auto_model, path)
     transformer.model = wrapped.merge_and_unload() if merge else wrapped

@@ -14,24 +14,50 @@ import numpy as np
 from sqlalchemy import Engine, and_, desc, func, select
 
 from litpulse.core import db
-from litpulse.core.errors import ConsistencyError
+from litpulse.core.errors import ConsistencyError, NotFoundError
 from litpulse.core.schema import articles, embeddings, index_versions
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import iso
 from ranking.embed import (
     ModelSpec,
     active_model,
+    adapter_refusal,
     count_pending,
+    model_spec,
     profile_changed,
     rebuild_changed,
     rebuild_record,
 )
-from ranking.index_files import PublishedIndex, open_published
+from ranking.index_files import REPUBLISH, PublishedIndex, has_files, open_published
 from ranking.index_store import live_ids
 from ranking.lexical import changed_docs, open_lexical_at, read_ids, text_changed_ids
 from ranking.models import published_index_row
 
-__all__ = ["check_consistency", "index_status"]
+__all__ = ["check_consistency", "index_status", "serving_problem"]
+
+
+def serving_problem(settings: Settings, engine: Engine | None = None) -> str | None:
+    """Why the published index cannot serve searches now, with what repairs it; ``None``
+    when it can (or none is published: the status says so already).
+
+    Cheap enough for every status call: whether its index file is there, and its model
+    version's adapter (:func:`ranking.embed.adapter_refusal`: the folder, the weights and
+    their SHA-256). A store restored from a backup older than the data directory, or a
+    data directory restored older than the store, or moved, leaves these."""
+    engine = engine or db.connect(settings)
+    row = published_index_row(engine)
+    if row is None:
+        return None
+    if not has_files(row.path):
+        return (f"the files of the published index {row.id} are missing in {row.path}: "
+                f"every search fails; {REPUBLISH}")
+    try:
+        spec = model_spec(settings, row.model_version, engine)
+    except NotFoundError:
+        return (f"the published index {row.id} is of model {row.model_version}, which the "
+                f"store does not know: every search fails; {REPUBLISH}")
+    refusal = adapter_refusal(spec)
+    return None if refusal is None else f"every search fails: {refusal}"
 
 
 def index_status(settings: Settings) -> dict[str, Any]:
@@ -59,6 +85,7 @@ def index_status(settings: Settings) -> dict[str, Any]:
         "published_at": iso(row.published_at) if row is not None else None,
         "newest_article_date": (row.details or {}).get("newest_article_date")
         if row is not None else None,
+        "problem": serving_problem(settings, engine),
         "live_articles": int(live or 0),
         "pending_embeddings": count_pending(settings, spec.id, engine),
         "versions": [

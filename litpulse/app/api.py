@@ -218,6 +218,7 @@ def _status(settings: Settings, engine: Any) -> dict[str, Any]:
     from ingest.missing import counts as missing_counts
     from ingest.store import store_counts
     from ranking.embed import active_model
+    from ranking.index_status import serving_problem
     from ranking.models import published_index_row
 
     idx = published_index_row(engine)
@@ -251,6 +252,8 @@ def _status(settings: Settings, engine: Any) -> dict[str, Any]:
                 "kind": idx.kind,
                 "size": idx.size,
                 "published_at": iso(idx.published_at),
+                # why searches fail now and what repairs it (None: they are served)
+                "problem": serving_problem(settings, engine),
             }
             if idx
             else None

@@ -22,6 +22,10 @@ X1 — A store restored from a backup names as published an index version whose 
 X2 — In that state ``litpulse status`` and ``GET /status`` report that index as the one
    published, with its vectors, as if searches were served: nothing tells the operator
    that every search fails. Reproduced: restore, ``litpulse status --json``, ``GET /status``.
+   **Fixed** (with X6): ``ranking.index_status.serving_problem``, one rule read by ``litpulse
+   status`` (``index.problem``; "index problem" in its text), ``litpulse index status`` and
+   ``GET /status`` (``index.problem``): the published version's files missing, or its model
+   unknown to the store, or its adapter unable to serve, each with the command that repairs it.
 
 X3 — The refresh that repairs it reports its rebuild as "model changed (base -> base)":
    no model changed, the published version's files were missing. Reproduced: restore,
@@ -52,6 +56,8 @@ X5 — A search whose model version's adapter folder is missing (a data director
 X6 — ``litpulse status`` and ``GET /status`` say nothing when the adapter of the published
    index's model is missing (X5's state): every search is refused while the status shows
    the model and index as serving. Reproduced: the adapter folder removed, both statuses.
+   **Fixed** with X2 (``ranking.embed.adapter_refusal``: the search's refusal and the status
+   say the same words).
 """
 
 from __future__ import annotations
@@ -149,7 +155,6 @@ def test_x1_a_search_of_a_restored_store_says_what_rebuilds_its_index(
 # ------------------------------------------------------------------------------- X2
 
 
-@pytest.mark.xfail(strict=True, reason="X2: status reports an index whose files are gone as served")
 def test_x2_status_says_the_published_index_cannot_be_served(
     env: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -261,7 +266,6 @@ def test_x5_a_search_whose_adapter_is_gone_is_a_503_naming_the_repair(
 # ------------------------------------------------------------------------------- X6
 
 
-@pytest.mark.xfail(strict=True, reason="X6: status says nothing of a missing adapter")
 def test_x6_status_says_the_adapter_of_the_served_model_is_missing(
     env: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:

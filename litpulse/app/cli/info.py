@@ -156,6 +156,8 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
         f"{ix['version']} (model {ix['model_version']}, {ix['size']} vectors, "
         f"published {ix['published_at']})" if ix["version"] else None
     )
+    if ix["problem"]:
+        st["index problem"] = ix["problem"]
     if ix["reindex_pending"]:
         st["reindex pending"] = ix["reindex_pending"]
     st["deliveries"] = _deliveries_text(st.pop("deliveries"))
@@ -258,6 +260,7 @@ def _index(settings: Settings) -> dict[str, Any]:
         "size": ix["size"],
         "published_at": ix["published_at"],
         "pending_embeddings": ix["pending_embeddings"],
+        "problem": ix["problem"],  # why searches fail now, and what repairs it
         "reindex_pending": reindex_pending(settings),
     }
 
