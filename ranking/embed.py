@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import Connection, Engine, and_, delete, func, or_, select
+from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, update
 
 from litpulse.core import db
 from litpulse.core.checksums import file_sha256
@@ -65,6 +65,8 @@ __all__ = [
     "active_model",
     "adapter_problem",
     "adapter_refusal",
+    "adapters_dir",
+    "relocate_adapters",
     "version_base_path",
     "article_text",
     "query_text",
@@ -722,6 +724,55 @@ def _longest_input(encoder: SentenceTransformer) -> int | None:
     if isinstance(stated, int) and 0 < stated < 1_000_000:
         limits.append(stated)
     return min(limits) if limits else None
+
+
+def adapters_dir(settings: Settings) -> Path:
+    """The folder holding one adapter folder per trained model version."""
+    return settings.home / "adapters"
+
+
+def relocate_adapters(settings: Settings, engine: Engine) -> list[str]:
+    """Point model versions whose adapter folder is gone at the folder of the same name in
+    this data directory's :func:`adapters_dir`, where it holds what was registered.
+
+    A data directory moved (``LITPULSE_HOME`` changed; the store moved with it, or the same
+    PostgreSQL) keeps its adapters, but ``model_versions.adapter_path`` names each by the
+    absolute path it was written at: the active model could not be loaded (searches refused,
+    a refresh or a continued retrain too) and a model rollback would pass over every
+    earlier version as "missing". A folder is taken only when this store wrote it (its
+    mark, :func:`litpulse.core.db.mark_folder`, or none: written before marks) and its
+    weights are the ones registered (:func:`adapter_problem`). Called before a version's
+    adapter is relied on: a refresh, a promotion or rollback, a retrain.
+
+    Returns:
+        The model versions pointed at their moved folder.
+    """
+    mv = model_versions.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(mv.id, mv.adapter_path, mv.adapter_sha256).where(mv.adapter_path.is_not(None))
+        ).all()
+    mine: str | None = None
+    moved = []
+    for row in rows:
+        if not row.adapter_path or os.path.isdir(row.adapter_path):
+            continue
+        here = adapters_dir(settings) / Path(row.adapter_path).name
+        if str(here) == row.adapter_path or not here.is_dir():
+            continue
+        mine = mine or db.store_id(engine)
+        if db.folder_store(here) not in (mine, None) or adapter_problem(
+            str(here), row.adapter_sha256
+        ) is not None:
+            continue
+        with engine.begin() as conn:
+            conn.execute(update(model_versions)
+                         .where(mv.id == row.id, mv.adapter_path == row.adapter_path)
+                         .values(adapter_path=str(here)))
+        logger.warning("model version %s: its adapter folder %s is gone, %s (this data "
+                       "directory's) holds it: using that", row.id, row.adapter_path, here)
+        moved.append(str(row.id))
+    return moved
 
 
 def adapter_problem(path: str | None, sha256: str | None) -> str | None:

@@ -62,6 +62,7 @@ __all__ = [
     "open_published",
     "read_files",
     "read_vector_ids",
+    "relocate_versions",
     "verify_files",
     "write_faiss",
     "write_files",
@@ -251,6 +252,52 @@ def write_faiss(index: Any, path: Path) -> None:
         faiss.write_index(index, writer)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def relocate_versions(settings: Settings, engine: Engine) -> list[str]:
+    """Point index versions whose folder is gone at the folder of the same name in this
+    data directory's :func:`indexes_dir`, where it holds that version.
+
+    A data directory moved (``LITPULSE_HOME`` changed; the store moved with it, or the same
+    PostgreSQL) keeps its index versions, but ``index_versions.path`` names each by the
+    absolute path it was written at: searches would fail, the next refresh rebuild the
+    whole index from scratch, and ``litpulse index rollback`` find nothing to go back to.
+    A folder is taken only when this store wrote it (its mark,
+    :func:`litpulse.core.db.mark_folder`, or none: written before marks) and its
+    ``meta.json`` names the version. A version whose folder is still where its row says
+    (another deployment's data directory on a shared disk) is left as it is. Called under
+    the ``index-publish`` lease (a refresh, an index rollback).
+
+    Returns:
+        The index versions pointed at their moved folder.
+    """
+    from sqlalchemy import select, update
+
+    from litpulse.core.schema import index_versions
+
+    ix = index_versions.c
+    with engine.connect() as conn:
+        rows = conn.execute(select(ix.id, ix.path)).all()
+    mine: str | None = None
+    moved = []
+    for row in rows:
+        here = indexes_dir(settings) / Path(row.path).name
+        if has_files(row.path) or str(here) == row.path or not has_files(str(here)):
+            continue
+        mine = mine or db.store_id(engine)
+        try:
+            named = json.loads((here / "meta.json").read_text(encoding="utf-8")).get("id")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if named != row.id or db.folder_store(here) not in (mine, None):
+            continue
+        with engine.begin() as conn:
+            conn.execute(update(index_versions).where(ix.id == row.id, ix.path == row.path)
+                         .values(path=str(here)))
+        logger.warning("index version %s: its folder %s is gone, %s (this data directory's) "
+                       "holds it: using that", row.id, row.path, here)
+        moved.append(str(row.id))
+    return moved
 
 
 def has_files(path: str) -> bool:

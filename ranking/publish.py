@@ -395,6 +395,7 @@ def rollback_index(settings: Settings) -> dict[str, Any]:
         current = published_index_row(engine)
         spec = active_model(settings, engine)
         model = spec.id
+        index_files.relocate_versions(settings, engine)  # a data directory moved
         with engine.connect() as conn:
             candidates = conn.execute(
                 select(index_versions).where(index_versions.c.status == IndexStatus.RETIRED)

@@ -48,6 +48,7 @@ from ranking.embed import (
     profile_changed,
     rebuild_changed,
     rebuild_record,
+    relocate_adapters,
 )
 from ranking.faiss_ops import (
     build_index,
@@ -108,6 +109,9 @@ def refresh_index(settings: Settings, *, rebuild: bool = False, progress: bool =
     t0 = time.perf_counter()
     engine = db.connect(settings)
     with nullcontext(lease) if lease is not None else acquire_publish_lease(engine) as lease:
+        # a data directory moved: its versions and adapters where this one keeps them
+        index_files.relocate_versions(settings, engine)
+        relocate_adapters(settings, engine)
         spec = active_model(settings, engine)
         lease.check()
         published = published_index_row(engine)

@@ -45,7 +45,7 @@ from litpulse.core.schema import articles, model_versions
 from litpulse.core.settings import DEFAULT_MODEL, Settings
 from litpulse.core.states import ModelEvent, ModelStatus
 from litpulse.core.timeutil import iso, utcnow
-from ranking.embed import BASE_MODEL_ID, adapter_problem
+from ranking.embed import BASE_MODEL_ID, adapter_problem, adapters_dir, relocate_adapters
 
 __all__ = [
     "ADAPTER_MAX_AGE_S",
@@ -153,7 +153,7 @@ def free_version_id(
     the same data)."""
     base = new_version_id(digest, when)
     taken = {m.id for m in list_models(settings, engine=engine)}
-    adapters = settings.home / "adapters"
+    adapters = adapters_dir(settings)
     version_id, n = base, 1
     while version_id in taken or (adapters / version_id).exists():
         n += 1
@@ -497,6 +497,7 @@ def promote(
     if not by:
         raise ConfigError("`by` must name who promotes the version")
     engine = engine or connect(settings)
+    relocate_adapters(settings, engine)  # a data directory moved: its adapters found there
     target = get_model(settings, id, engine=engine)
     problem = target.adapter_path and adapter_problem(target.adapter_path, target.adapter_sha256)
     if problem:
@@ -556,6 +557,7 @@ def rollback(
     if not by:
         raise ConfigError("`by` must name who rolls back")
     engine = engine or connect(settings)
+    relocate_adapters(settings, engine)  # moved adapters are not passed over as missing
     current = active_version(settings, engine=engine)
     if current is None:
         raise NotFoundError("no active model version to roll back: the base model is in use")
@@ -622,7 +624,7 @@ def prune_adapters(
     Returns:
         The removed folders.
     """
-    folder = settings.home / "adapters"
+    folder = adapters_dir(settings)
     if not folder.is_dir():
         return []
     engine = engine or connect(settings)

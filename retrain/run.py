@@ -24,7 +24,7 @@ from litpulse.core.db import Lease, connect, mark_folder, store_id, take_lease
 from litpulse.core.errors import BusyError, ConfigError
 from litpulse.core.settings import Settings
 from litpulse.core.states import ModelEvent, ModelStatus, RetrainOutcome
-from ranking.embed import adapter_problem, version_base_path
+from ranking.embed import adapter_problem, adapters_dir, relocate_adapters, version_base_path
 from retrain import registry
 from retrain.anchors import LexicalSearch
 from retrain.evaluate import GateDecision, HeldOut, evaluate_encoder, gate, write_report
@@ -300,6 +300,7 @@ def _retrain(
     started: float,
 ) -> RetrainReport:
     """The round under the lease: mine, then stop early or train, evaluate and decide."""
+    relocate_adapters(settings, engine)  # a data directory moved: its adapters found there
     active = registry.active_version(settings, engine=engine)
     judged_against = _usable_active(settings, active, from_base=from_base)
     since = None if (from_base or active is None) else active.window_end
@@ -472,7 +473,7 @@ def _train_candidate(
         StorageError: The adapter could not be written (the disk full): its temporary
             folder is removed, nothing is registered, the active model stays.
     """
-    adapters = settings.ensure_home() / "adapters"
+    adapters = adapters_dir(settings)
     tmp = adapters / f".tmp-{uuid.uuid4().hex[:12]}"
     try:
         tmp.mkdir(parents=True)

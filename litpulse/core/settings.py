@@ -95,7 +95,12 @@ class Settings:
     home: Path = _opt(
         Path(".litpulse"),
         "Data directory: database, indexes, adapters, downloads (a relative path is taken "
-        "from the folder the command starts in; blank is refused).",
+        "from the folder the command starts in; blank is refused). Moved (or copied to "
+        "another host) whole, the next writer (`litpulse index refresh`, the nightly, "
+        "`models promote`/`rollback`, `retrain`) points the store at the index versions and "
+        "adapters it finds there under their own names (this store's, holding what was "
+        "recorded; nothing is rebuilt); searches and `litpulse status` name that command "
+        "until then.",
     )
     database_url: str = _opt(
         "",
