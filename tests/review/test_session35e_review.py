@@ -29,8 +29,9 @@ X2 — In that state ``litpulse status`` and ``GET /status`` report that index a
 
 X3 — The refresh that repairs it reports its rebuild as "model changed (base -> base)":
    no model changed, the published version's files were missing. Reproduced: restore,
-   ``refresh_index``, its ``reason``. **Fixed**: ``ranking.refresh._rebuild_reason`` says
-   the published version's files are missing when it is of the active model.
+   ``refresh_index``, its ``reason``. (X1, X2 and X3 share one restore, one test.)
+   **Fixed**: ``ranking.refresh._rebuild_reason`` says the published version's files are
+   missing when it is of the active model.
 
 X4 — A data directory moved to another path (``LITPULSE_HOME`` changed, the store moved
    with it: the SQLite file inside, or the same PostgreSQL) keeps every index version and
@@ -140,33 +141,11 @@ def restored_after_newer_publishes(settings: Settings, tmp_path: Path) -> str:
     return first.id
 
 
-# ------------------------------------------------------------------------------- X1
+# ------------------------------------------------------------------------ X1, X2, X3
 
 
-def test_x1_a_search_of_a_restored_store_says_what_rebuilds_its_index(
-    settings: Settings, tmp_path: Path
-) -> None:
-    from ranking.search import search
-
-    named = restored_after_newer_publishes(settings, tmp_path)
-    with pytest.raises(ConsistencyError, match=named) as caught:
-        search(settings, "title 3", k=5, mode="lexical")
-    assert "litpulse index refresh" in str(caught.value)
-    problems = index_status.check_consistency(settings)["problems"]
-    assert any("litpulse index refresh" in p for p in problems), problems
-
-    refresh.refresh_index(settings, embed=False)  # what it names: the store and index agree
-    assert index_status.check_consistency(settings)["ok"]
-    found = {h.pmid for h in search(settings, "title", k=50, mode="lexical")}
-    assert found and found <= set(live_ids(db.connect(settings)).tolist())
-
-
-# ------------------------------------------------------------------------------- X2
-
-
-def test_x2_status_says_the_published_index_cannot_be_served(
-    env: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _status_problem(settings: Settings, capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
+    """``(index.problem of litpulse status --json, GET /status's)``."""
     import json
 
     from fastapi.testclient import TestClient
@@ -174,30 +153,42 @@ def test_x2_status_says_the_published_index_cannot_be_served(
     from litpulse.app.api import create_app
     from litpulse.app.cli import main
 
-    named = restored_after_newer_publishes(env, tmp_path)
     assert main(["status", "--json"]) == 0
-    index = json.loads(capsys.readouterr().out)["index"]
-    assert index["version"] == named
-    assert "litpulse index refresh" in (index.get("problem") or ""), index
+    cli = json.loads(capsys.readouterr().out)["index"]
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        api = client.get("/status").json()["index"]
+    assert cli["version"] == api["version"]
+    return cli.get("problem") or "", api.get("problem") or ""
+
+
+def test_x1_x2_x3_a_restored_store_says_its_index_cannot_be_served_and_what_repairs_it(
+    env: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One restore for the three (each was seen failing alone before its fix)."""
+    from litpulse.app.cli import main
+    from ranking.search import search
+
+    named = restored_after_newer_publishes(env, tmp_path)
+    # X1: the search's refusal, and index check, name the version and the command
+    with pytest.raises(ConsistencyError, match=named) as caught:
+        search(env, "title 3", k=5, mode="lexical")
+    assert "litpulse index refresh" in str(caught.value)
+    problems = index_status.check_consistency(env)["problems"]
+    assert any("litpulse index refresh" in p for p in problems), problems
+    # X2: both statuses say so
+    for problem in _status_problem(env, capsys):
+        assert named in problem and "litpulse index refresh" in problem, problem
     assert main(["status"]) == 0
     assert "litpulse index refresh" in capsys.readouterr().out
-    with TestClient(create_app(env), raise_server_exceptions=False) as client:
-        served = client.get("/status").json()["index"]
-    assert served["version"] == named
-    assert "litpulse index refresh" in (served.get("problem") or ""), served
-
-
-# ------------------------------------------------------------------------------- X3
-
-
-def test_x3_the_repairing_refresh_says_the_files_were_missing(
-    settings: Settings, tmp_path: Path
-) -> None:
-    named = restored_after_newer_publishes(settings, tmp_path)
-    report = refresh.refresh_index(settings, embed=False)
+    # X3: the refresh it names says why it rebuilt
+    report = refresh.refresh_index(env, embed=False)
     assert report.published and report.rebuilt
-    assert "model changed" not in (report.reason or "")
-    assert named in (report.reason or "") and "missing" in (report.reason or "")
+    assert named in (report.reason or "") and "missing" in (report.reason or ""), report
+    # repaired: the store and the index agree, the statuses are clear
+    assert index_status.check_consistency(env)["ok"]
+    found = {h.pmid for h in search(env, "title", k=50, mode="lexical")}
+    assert found and found <= set(live_ids(db.connect(env)).tolist())
+    assert _status_problem(env, capsys) == ("", "")
 
 
 # ------------------------------------------------------------------------------- X4
@@ -279,22 +270,10 @@ def test_x5_a_search_whose_adapter_is_gone_is_a_503_naming_the_repair(
 def test_x6_status_says_the_adapter_of_the_served_model_is_missing(
     env: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import json
-
-    from fastapi.testclient import TestClient
-
-    from litpulse.app.api import create_app
-    from litpulse.app.cli import main
-
     folder = _adapter(env, "m-1")
     add_articles(db.connect(env), list(range(1, 6)), models=("m-1",))
     refresh.refresh_index(env, embed=False)
-    assert main(["status", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["index"].get("problem") is None
+    assert _status_problem(env, capsys) == ("", "")
     shutil.rmtree(folder)
-    assert main(["status", "--json"]) == 0
-    problem = json.loads(capsys.readouterr().out)["index"].get("problem") or ""
-    assert "m-1" in problem and "litpulse models rollback" in problem, problem
-    with TestClient(create_app(env), raise_server_exceptions=False) as client:
-        served = client.get("/status").json()["index"]
-    assert "litpulse models rollback" in (served.get("problem") or ""), served
+    for problem in _status_problem(env, capsys):
+        assert "m-1" in problem and "litpulse models rollback" in problem, problem
