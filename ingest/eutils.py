@@ -46,12 +46,15 @@ searched again).
 
 **Resuming.** Progress is checkpointed in ``checkpoints`` (scope ``eutils``): the PMID
 list of the window (key ``<window>[|q=<hash>]#search``, status ``searched`` while the
-window is being fetched, ``done`` once a run finished it) and each finished EFetch batch
-(``…#batch<N>``, tagged with the search's generation). A killed or failed run, called
-again with the same window and query, reuses the PMID list and fetches only the batches
-not done. A repeated run of a finished window searches and fetches again (catching
-late additions and revisions) and changes nothing else: its records come back
-``unchanged``. ``restart=True`` discards an unfinished run's progress.
+window is being fetched, ``done`` once a run finished it) and each EFetch batch
+(``…#batch<N>``, tagged with the search's generation: ``applying`` with the items its
+committed store transactions applied, each transaction's mark committing with it, then
+``done``). A killed or failed run, called again with the same window and query, reuses
+the PMID list, fetches only the batches not done and goes on after the items a killed run
+applied of its cut batch, so the window counts each record once. A repeated run of a
+finished window searches and fetches again (catching late additions and revisions) and
+changes nothing else: its records come back ``unchanged``. ``restart=True`` discards an
+unfinished run's progress.
 
 Example:
     >>> import datetime as dt
@@ -63,7 +66,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -73,6 +75,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lxml import etree
+from sqlalchemy import Connection
 
 from ingest import missing as owing
 from ingest.dates import each_day, searched_days
@@ -870,47 +873,87 @@ def _fetch_batch(
     """Fetch and store one batch of a window (unless this generation already did); its missing.
 
     The batch's checkpoint ``key`` is written once its items are stored, so a run cut
-    short resumes after the last stored batch.
+    short resumes after the last stored batch. Each store transaction commits with a
+    progress mark in ``key`` (status ``applying``: the items applied, their PMIDs and
+    counts, the runs that applied them), so a run resuming a batch a killed run began goes
+    on after the items that run committed (when the new answer begins with the same
+    PMIDs; else it is applied whole, which changes nothing stored), and the batch counts
+    each item once: the killed run's row holds what it committed, the window's whole
+    counts too (``resumed_counts``).
     """
     done = store.get_checkpoint(SCOPE, key)
-    value = done["value"] if done is not None and done["status"] == "done" else {}
-    if value.get("generation") == generation:
+    value = done["value"] if done is not None else {}
+    if value.get("generation") != generation:
+        value = {}
+    if value and done is not None and done["status"] == "done":
         run.details["batches_skipped"] += 1  # fetched by the run that was cut short
-        earlier_run = value.get("run_id")
-        resumed_runs = set(run.details.get("resumed_runs", ()))
-        if earlier_run is not None and earlier_run != run.id:  # judged with this one
-            resumed_runs.add(int(earlier_run))
-        # what that run stored of this window: its row counts it, the window's total too
-        saved = value.get("counts") or {}
-        earlier = IngestCounts(**saved)
-        if "reseen" not in saved:  # the release before counted no records met again:
-            # those of the batch a check had judged, as this release would have counted;
-            # the runs that wrote the others are judged with this one
-            met, unjudged = store.judged_among(batch)
-            earlier = dataclasses.replace(earlier, reseen=min(earlier.unchanged, met))
-            resumed_runs |= unjudged - {run.id}
-        if resumed_runs:
-            run.details["resumed_runs"] = sorted(resumed_runs)
-        resumed = IngestCounts(**run.details.get("resumed_counts", {})) + earlier
-        run.details["resumed_counts"] = resumed.to_dict()
+        earlier = IngestCounts(**_earlier_counts(store, run, batch, value))
+        _resumed(run, value, earlier)
         return [int(p) for p in value.get("missing", [])]
     items, missing = fetch_reconciled(
         client, batch, location=f"efetch run {run.id} {key}", limits=limits, strays=_strays(run)
     )
+    skip, before = 0, IngestCounts()
+    runs = [run.id]
+    applied = [int(p) for p in value.get("pmids", [])]
+    if value and [getattr(i, "pmid", None) for i in items[: len(applied)]] == applied:
+        # a killed run committed these items: go on after them, its counts the window's
+        skip, before = len(applied), IngestCounts(**value.get("counts", {}))
+        runs = sorted({*(int(r) for r in value.get("runs", ())), run.id})
+        _resumed(run, value, before)
+        logger.info("%s: going on after the %d items a killed run applied", key, skip)
+    pmids = [getattr(i, "pmid", None) for i in items]
+
     def on_batch(counts: IngestCounts) -> None:
         run.counts += counts  # committed: counted even if a later store batch fails
 
-    stored = store.apply(items, run_id=run.id, batch_size=settings.store_batch, on_batch=on_batch)
+    def in_batch(conn: Connection, counts: IngestCounts, position: int) -> None:
+        mark = {"generation": generation, "runs": runs, "pmids": pmids[:position],
+                "counts": (before + counts).to_dict()}
+        store.set_checkpoint(SCOPE, key, "applying", mark, conn=conn)
+
+    stored = before + store.apply(
+        items[skip:], run_id=run.id, batch_size=settings.store_batch, on_batch=on_batch,
+        start=skip, in_batch=in_batch,
+    )  # fmt: skip
     batch_counts = stored + IngestCounts(missing=len(missing))
     store.set_checkpoint(
         SCOPE,
         key,
         "done",
-        {"generation": generation, "size": len(batch), "run_id": run.id,
+        {"generation": generation, "size": len(batch), "run_id": run.id, "runs": runs,
          "counts": batch_counts.to_dict(), "missing": missing},
     )  # fmt: skip
     run.counts += IngestCounts(missing=len(missing))
     return missing
+
+
+def _earlier_counts(
+    store: Store, run: OpenRun, batch: list[int], value: dict[str, Any]
+) -> dict[str, Any]:
+    """What the runs that stored a done batch counted of it (``reseen`` as this release
+    counts it, for a mark of a release that counted no records met again: the batch's
+    records a check had judged; the runs that wrote the others are judged with ``run``)."""
+    saved = dict(value.get("counts") or {})
+    if "reseen" not in saved:
+        met, unjudged = store.judged_among(batch)
+        saved["reseen"] = min(int(saved.get("unchanged", 0)), met)
+        run.details["resumed_runs"] = sorted(
+            {*run.details.get("resumed_runs", ()), *(unjudged - {run.id})})
+    return saved
+
+
+def _resumed(run: OpenRun, value: dict[str, Any], earlier: IngestCounts) -> None:
+    """Note in ``run``'s details the counts ``earlier`` that other runs stored of a batch
+    (``value``: its checkpoint), and those runs, judged with ``run``."""
+    others = {int(r) for r in value.get("runs", ())}
+    if value.get("run_id") is not None:
+        others.add(int(value["run_id"]))
+    resumed_runs = set(run.details.get("resumed_runs", ())) | (others - {run.id})
+    if resumed_runs:
+        run.details["resumed_runs"] = sorted(resumed_runs)
+    resumed = IngestCounts(**run.details.get("resumed_counts", {})) + earlier
+    run.details["resumed_counts"] = resumed.to_dict()
 
 
 def _check_unlisted(
