@@ -896,7 +896,7 @@ def _fetch_batch(
     skip, before = 0, IngestCounts()
     runs = [run.id]
     applied = [int(p) for p in value.get("pmids", [])]
-    if value and [getattr(i, "pmid", None) for i in items[: len(applied)]] == applied:
+    if applied and [getattr(i, "pmid", None) for i in items[: len(applied)]] == applied:
         # a killed run committed these items: go on after them, its counts the window's
         skip, before = len(applied), IngestCounts(**value.get("counts", {}))
         runs = sorted({*(int(r) for r in value.get("runs", ())), run.id})
