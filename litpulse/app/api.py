@@ -216,6 +216,7 @@ def _get_article(engine: Any, pmid: int) -> dict[str, Any]:
 
 def _status(settings: Settings, engine: Any) -> dict[str, Any]:
     from ingest.missing import counts as missing_counts
+    from ingest.missing import untold_count
     from ingest.store import store_counts
     from ranking.embed import active_model
     from ranking.index_status import serving_problem
@@ -225,6 +226,7 @@ def _status(settings: Settings, engine: Any) -> dict[str, Any]:
     with engine.connect() as conn:
         counts = store_counts(conn)
         owed = missing_counts(conn)
+        alerts_owed = untold_count(conn)
         run = conn.execute(
             select(ingest_runs.c.source, ingest_runs.c.finished_at)
             .where(ingest_runs.c.status == RunStatus.SUCCEEDED)
@@ -243,6 +245,8 @@ def _status(settings: Settings, engine: Any) -> dict[str, Any]:
         ),
         # PMIDs E-utilities listed and EFetch has not returned: owed, or given up
         "missing": owed,
+        # given-up PMIDs whose alert no webhook took yet (the next E-utilities run posts them)
+        "alerts_owed": alerts_owed,
         # quarantine entries still open (no later record or deletion of their PMID stored)
         "quarantined": counts["quarantined"],
         "index": (

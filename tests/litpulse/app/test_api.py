@@ -258,6 +258,28 @@ def test_status_counts_the_pmids_efetch_still_owes(client: TestClient, store: Se
     assert client.get("/status").json()["missing"] == {"waiting": 1, "given_up": 0}
 
 
+def test_status_counts_the_given_up_alerts_still_owed(
+    client: TestClient, store: Settings
+) -> None:
+    """A PMID given up whose alert no webhook took yet is owed (35c's outbox): said by
+    ``GET /status`` as by ``litpulse status``, and no longer once it is told."""
+    import datetime as dt
+
+    from ingest import missing
+    from litpulse.core.schema import missing_pmids
+
+    engine = db.connect(store)
+    assert client.get("/status").json()["alerts_owed"] == 0
+    missing.note_window(engine, listed=[11], missing=[11], where="w", key="k", retries=1)
+    with engine.begin() as conn:  # first missed a day ago: old enough to give up
+        conn.execute(missing_pmids.update().values(
+            first_missing_at=db.utcnow() - dt.timedelta(days=1, minutes=1)))  # fmt: skip
+    missing.settle(engine, asked=[11], missing=[11], key="k2", retries=1)
+    assert client.get("/status").json()["alerts_owed"] == 1
+    missing.mark_told(engine, [11])
+    assert client.get("/status").json()["alerts_owed"] == 0
+
+
 def test_status_counts_the_open_quarantine_entries(client: TestClient, store: Settings) -> None:
     from ingest.records import QuarantineEntry, SourceRef
     from ingest.store import Store
