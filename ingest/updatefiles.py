@@ -247,8 +247,27 @@ class _LocalSource:
         dest.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.md5(usedforsecurity=False)
         size = 0
-        with (self.root / path).open("rb") as src, dest.open("wb") as out:
-            for block in iter(lambda: src.read(1 << 20), b""):
+        where = self.root / path
+
+        def unreadable(exc: OSError) -> IncompleteSourceError:
+            # listed, and not there to read (a dangling link, a share gone): as a mirror
+            # still copying is, tried again by a later run; a write error of dest stays
+            # the caller's (a local one)
+            return IncompleteSourceError(f"the mirror lists {path}, but {where} cannot be "
+                                         f"read: {exc.strerror or exc}")  # fmt: skip
+
+        def read() -> bytes:
+            try:
+                return src.read(1 << 20)
+            except OSError as exc:
+                raise unreadable(exc) from None
+
+        try:
+            src = where.open("rb")
+        except OSError as exc:
+            raise unreadable(exc) from None
+        with src, dest.open("wb") as out:
+            for block in iter(read, b""):
                 raise_if_stopped(stop, f"copying {self.root / path}")
                 out.write(block)
                 digest.update(block)

@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -242,3 +243,27 @@ def test_review_helpers_reach_the_clean_state(emu: Emulator, sqlite_settings: Se
         hashlib.md5(UPD, usedforsecurity=False).hexdigest()
         == emu.files["updatefiles"]["pubmed25n0004.xml.gz"].md5
     )
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_a_local_mirrors_dangling_link_is_a_clear_error_naming_the_file(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """A ``file://`` mirror listing ``pubmed26n0002.xml.gz`` as a symbolic link whose
+    target is gone (a share re-mounted elsewhere, a pruned store the links point into):
+    the copy failed with a raw ``FileNotFoundError`` (the CLI showed its text, the DAG a
+    traceback); it is refused as a file the mirror cannot serve, naming it, after the
+    files before it are applied."""
+    from tests.review.test_session34d_review import _file, _mirror, _stored
+
+    root = tmp_path / "mirror"
+    s = settings.replace(pubmed_files_url=root.as_uri() + "/")
+    day = dt.date(2026, 1, 5)
+    _mirror(root, "updatefiles", "pubmed26n0001.xml.gz", _file([1], day))
+    _mirror(root, "updatefiles", "pubmed26n0002.xml.gz", _file([2], day))
+    link = root / "updatefiles" / "pubmed26n0002.xml.gz"
+    link.unlink()
+    link.symlink_to(tmp_path / "gone" / "pubmed26n0002.xml.gz")
+    with pytest.raises(LitpulseError, match="pubmed26n0002.xml.gz"):
+        apply_updates(s, workers=0)
+    assert _stored(s) == {1}
