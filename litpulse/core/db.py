@@ -254,6 +254,21 @@ def store_version(conn: Connection) -> str:
     return hashlib.sha1(stamp.encode()).hexdigest()[:16]
 
 
+def _make_folder_of(settings: Settings, database: str) -> None:
+    """Create the folder of the SQLite file ``database``, or say which setting names a
+    place that cannot be one (a file of that name, a file above it, no permission)."""
+    if not settings.database_url:  # the home's litpulse.db
+        settings.ensure_home()
+        return
+    try:
+        os.makedirs(os.path.dirname(database) or ".", exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"LITPULSE_DATABASE_URL: the folder of the SQLite file {database!r} cannot be "
+            f"made: {exc.strerror or exc}"
+        ) from None
+
+
 def connect(settings: Settings, *, create: bool = True) -> Engine:
     """The engine of the configured store, creating missing tables on first use.
 
@@ -269,7 +284,7 @@ def connect(settings: Settings, *, create: bool = True) -> Engine:
         if url.startswith("sqlite"):
             database = make_url(url).database  # the path SQLite opens (decoded)
             if database and database != ":memory:" and not database.startswith("file:"):
-                os.makedirs(os.path.dirname(database) or ".", exist_ok=True)
+                _make_folder_of(settings, database)
             engine = create_engine(url, connect_args={"timeout": 60})
             event.listen(engine, "connect", _sqlite_pragmas)
             with _BULK_LOCK:

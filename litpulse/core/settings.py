@@ -680,8 +680,20 @@ class Settings:
         return self.model or default_model_path()
 
     def ensure_home(self) -> Path:
-        """Create the data directory if needed and return it."""
-        self.home.mkdir(parents=True, exist_ok=True)
+        """Create the data directory if needed and return it.
+
+        Raises:
+            ConfigError: It cannot be a folder here (a file of that name, or a file above
+                it; no permission to create it), naming ``LITPULSE_HOME``.
+        """
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"{env_name('home')}={str(self.home)!r} cannot be the data directory: "
+                f"{exc.strerror or exc}"
+                + (" (a file has that name)" if isinstance(exc, FileExistsError) else "")
+            ) from None
         return self.home
 
     def replace(self, **changes: Any) -> Settings:

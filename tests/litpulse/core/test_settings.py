@@ -291,3 +291,25 @@ def test_the_public_url_is_kept_without_its_last_slash() -> None:
     assert Settings.from_env({}).public_url == ""
     given = {"LITPULSE_PUBLIC_URL": "https://lit.example.org/pulse/"}
     assert Settings.from_env(given).public_url == "https://lit.example.org/pulse"
+
+
+def test_a_home_that_is_a_file_is_refused_naming_the_variable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``LITPULSE_HOME`` naming a file (or a folder under one): the first command said
+    ``[Errno 17] File exists: '/tmp/afile'``, naming no setting (35d's note)."""
+    from litpulse.app.cli import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for home in (afile, afile / "below"):
+        with pytest.raises(ConfigError, match="LITPULSE_HOME"):
+            Settings.from_env({"LITPULSE_HOME": str(home)}).ensure_home()
+    monkeypatch.setenv("LITPULSE_HOME", str(afile))
+    monkeypatch.delenv("LITPULSE_DATABASE_URL", raising=False)
+    assert main(["status"]) == 2
+    assert "LITPULSE_HOME" in capsys.readouterr().err
+    monkeypatch.setenv("LITPULSE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LITPULSE_DATABASE_URL", f"sqlite:///{afile}/below/store.db")
+    assert main(["status"]) == 2
+    assert "LITPULSE_DATABASE_URL" in capsys.readouterr().err
