@@ -133,7 +133,9 @@ class _EncodedMirror(http.server.ThreadingHTTPServer):
                 if name in ("", "index.html"):
                     links = "".join(f'<a href="{n}">{n}</a>\n<a href="{n}.md5">{n}.md5</a>\n'
                                     for n in sorted(held))  # fmt: skip
-                    return self._answer(200, links.encode(), "text/html")
+                    # a directory index, as Apache's (an empty folder's lists no file)
+                    page = f"<title>Index of /pubmed/{folder}</title>\n{links}"
+                    return self._answer(200, page.encode(), "text/html")
                 if name.endswith(".md5") and name[:-4] in held:
                     digest = hashlib.md5(held[name[:-4]], usedforsecurity=False).hexdigest()
                     return self._answer(200, f"MD5({name[:-4]})= {digest}\n".encode(), "text/plain")
