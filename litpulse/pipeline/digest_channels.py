@@ -128,7 +128,8 @@ class _SMTP(smtplib.SMTP):
 
     def __init__(self, host: str, port: int, *, deadline: Deadline) -> None:
         self.deadline = deadline  # before the connection and greeting, which __init__ reads
-        super().__init__(host, port, timeout=deadline.seconds)
+        super().__init__(host, port, timeout=deadline.seconds,
+                         local_hostname=_ehlo_name(deadline))  # fmt: skip
 
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
         return self.deadline.connect((host, port), timeout, self.source_address)
@@ -142,6 +143,23 @@ class _SMTP(smtplib.SMTP):
         if code == 354:
             self.data_command_refused = False
         return code, reply
+
+
+def _ehlo_name(deadline: Deadline) -> str:
+    """The name this machine gives in its EHLO, as :class:`smtplib.SMTP` finds it (its
+    fully qualified name, else its address as a literal), but looked up within
+    ``deadline`` (:meth:`Deadline.within`): smtplib's own look-up (a reverse lookup, then
+    a forward one) takes no timeout, and a resolver that does not answer would hold the
+    digest."""
+    fqdn = deadline.within("looking up this machine's name", socket.getfqdn)
+    if "." in fqdn:
+        return fqdn
+    try:
+        address = deadline.within("looking up this machine's address",
+                                  socket.gethostbyname, socket.gethostname())  # fmt: skip
+    except socket.gaierror:
+        address = "127.0.0.1"
+    return f"[{address}]"
 
 
 @dataclass(frozen=True)

@@ -17,15 +17,19 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.client
+import ipaddress
 import socket
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, cast
 
 from litpulse.core.settings import Settings, env_name
+
+T = TypeVar("T")
 
 __all__ = [
     "Deadline",
@@ -103,16 +107,78 @@ class Deadline:
         return (f"no complete answer within {self.seconds:g} s ({env_name('http_timeout')}, "
                 f"at most {self.cap:g} s an exchange)")  # fmt: skip
 
+    def within(self, what: str, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)`` — a blocking look-up that takes no timeout of its own (a name
+        resolved by the C library's ``getaddrinfo``) — within the time left: run in a
+        thread of its own, abandoned (it ends when the resolver gives up) once the time
+        runs out.
+
+        Raises:
+            TimeoutError: No answer in the time left (``what`` says what was asked).
+            Exception: What ``call`` raised.
+        """
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def ask() -> None:
+            try:
+                box["value"] = call(*args)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                box["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=ask, name=f"litpulse {what}", daemon=True).start()
+        if not done.wait(self.left()):
+            self.expired = True
+            raise TimeoutError(f"{what}: no answer within {self.seconds:g} s")
+        if "error" in box:
+            raise box["error"]
+        return cast(T, box["value"])
+
+    def resolve(self, host: str, port: int) -> list[tuple[Any, ...]]:
+        """The addresses of ``host`` (``getaddrinfo``, stream sockets) within the time
+        left (:meth:`within`: a resolver that does not answer holds no caller past its
+        deadline); an address literal without asking anyone."""
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return self.within(f"resolving {host}", socket.getaddrinfo, host, port, 0,
+                               socket.SOCK_STREAM)  # fmt: skip
+        return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+
     def connect(
         self, address: tuple[str, int], timeout: object = None, source_address: Any = None
     ) -> socket.socket:
-        """:func:`socket.create_connection` within the time left (``timeout`` is not
-        used: it is there for the callers' signature), as a :class:`TimedSocket`."""
+        """:func:`socket.create_connection` within the time left, the name's resolution
+        included (:meth:`resolve`; ``timeout`` is not used: it is there for the callers'
+        signature), as a :class:`TimedSocket`."""
+        host, port = address
+        errors: list[OSError] = []
+        sock = None
         try:
-            sock = socket.create_connection(address, self.left(), source_address)
+            for family, kind, proto, _, where in self.resolve(host, port):
+                candidate = socket.socket(family, kind, proto)
+                try:
+                    candidate.settimeout(self.left())
+                    if source_address:
+                        candidate.bind(source_address)
+                    candidate.connect(where)
+                except OSError as exc:
+                    candidate.close()
+                    if isinstance(exc, TimeoutError):
+                        raise
+                    errors.append(exc)
+                    continue
+                sock = candidate
+                break
         except TimeoutError:
             self.expired = True
             raise
+        if sock is None:
+            if errors:
+                raise errors[0]
+            raise OSError(f"getaddrinfo returned no address for {host}")
         self.reached = True
         timed = TimedSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
         timed.deadline = self

@@ -23,13 +23,20 @@ X1 The name of a webhook or SMTP host is resolved outside the exchange's deadlin
    ``notify`` return only once the resolver gives up, not within the 0.3 s deadline.
    Besides, :class:`smtplib.SMTP` resolves this machine's own name (``socket.getfqdn``,
    a reverse lookup) for its EHLO after connecting, again with no deadline.
+   **Fixed**: ``Deadline.connect`` resolves the name itself (``Deadline.resolve``: an
+   address literal as it is, a name by ``getaddrinfo`` in a thread of its own, waited on
+   for the time left, ``Deadline.within``) and connects to each address in turn within
+   the time left; the SMTP exchange gives smtplib its EHLO name, looked up the same way
+   (``digest_channels._ehlo_name``). A resolver that does not answer fails the exchange
+   at its deadline, as a receiver that does not answer does (``unreachable``: the digest
+   tries that channel no more this digest).
 X2 Give-ups are told only at the end of the nightly E-utilities ingest
    (``nightly.ingest_eutils_window``): a window ingested by hand (``litpulse ingest
    --eutils``, the documented way to fill a gap) gives PMIDs up and posts no alert, and a
    site whose nightly reads update files (``--source updatefiles``) never posts one, by
    that run or by any other ingest: the alert owed waits for an E-utilities nightly that
    never comes. Reproduced: ``litpulse ingest --eutils`` gives a PMID up with the webhook
-   up: nothing posted, ``alerts_owed`` 1; then ``litpulse ingest FILE`` (update files):
+   up: nothing posted, ``alerts_owed`` 1; then ``litpulse ingest --files FILE``:
    still nothing posted.
 
 Attacks that held (read or run, not repeated here):
@@ -112,7 +119,6 @@ def _match() -> Match:
                  model_version="m1", found_at=dt.datetime(2026, 12, 1, tzinfo=dt.UTC))  # fmt: skip
 
 
-@pytest.mark.xfail(strict=True, reason="X1: a hung resolver holds the webhook past its deadline")
 def test_x1_a_webhook_whose_name_does_not_resolve_in_time_fails_within_the_deadline(
     sqlite_settings: Settings, hung: _HungResolver
 ) -> None:
@@ -123,7 +129,6 @@ def test_x1_a_webhook_whose_name_does_not_resolve_in_time_fails_within_the_deadl
     assert err.value.unreachable and "0.3 s" in str(err.value)
 
 
-@pytest.mark.xfail(strict=True, reason="X1: a hung resolver holds the on-call alert")
 def test_x1_an_alert_whose_webhook_name_does_not_resolve_returns_within_the_deadline(
     sqlite_settings: Settings, hung: _HungResolver
 ) -> None:
@@ -134,7 +139,6 @@ def test_x1_an_alert_whose_webhook_name_does_not_resolve_returns_within_the_dead
     assert not hung.returned.is_set(), "the failure callback waited for the resolver"
 
 
-@pytest.mark.xfail(strict=True, reason="X1: a hung resolver holds the SMTP exchange")
 def test_x1_an_smtp_host_whose_name_does_not_resolve_fails_within_the_deadline(
     sqlite_settings: Settings, hung: _HungResolver
 ) -> None:
@@ -146,7 +150,6 @@ def test_x1_an_smtp_host_whose_name_does_not_resolve_fails_within_the_deadline(
     assert err.value.unreachable
 
 
-@pytest.mark.xfail(strict=True, reason="X1: smtplib's own reverse lookup has no deadline")
 def test_x1_the_ehlo_name_lookup_of_smtplib_is_within_the_deadline(
     sqlite_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -231,7 +234,18 @@ def test_x2_a_give_up_of_a_manual_window_is_alerted_and_any_ingest_tells_what_is
     xml = tmp_path / "one.xml"
     xml.write_bytes(emulator.efetch({"db": "pubmed", "id": "1001"}, None))  # stored again
     capsys.readouterr()
-    assert cli_main(["ingest", str(xml), "--json"]) == 0
+    assert cli_main(["ingest", "--files", str(xml), "--json"]) == 0
     assert len(alert_hook.bodies) == 2, "an owed alert waited for an E-utilities nightly"
+    with engine.connect() as conn:
+        assert untold_count(conn) == 0
+
+    # the nightly's ingest step of a site reading files (``--source files``) tells it too
+    from litpulse.pipeline.nightly import _ingest
+
+    with engine.begin() as conn:
+        conn.execute(missing_pmids.update().where(missing_pmids.c.pmid == lost)
+                     .values(alerted_at=None))  # fmt: skip
+    _ingest(s, "files", [xml], None, progress=False, checked=False, quality=False)
+    assert len(alert_hook.bodies) == 3, "the nightly's files ingest told nothing owed"
     with engine.connect() as conn:
         assert untold_count(conn) == 0
