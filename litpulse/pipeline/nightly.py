@@ -587,14 +587,23 @@ def _ingest(
         counts: Any = ingest_eutils_window(
             settings, window[0], window[1], progress=progress, checked=checked, quality=quality
         )
-    elif source == "updatefiles":
-        from ingest.updatefiles import apply_updates
-
-        counts = apply_updates(settings, progress=progress)
     else:
-        from ingest.files import ingest_files
+        from litpulse.pipeline.alerts import tell_given_up
 
-        counts = ingest_files(settings, [str(p) for p in paths], progress=progress)
+        # update files give nothing up; the give-ups an E-utilities run left owed (its
+        # webhook down, a window ingested by hand) are told by every ingest, whatever
+        # its source: a site reading update files alone would never tell them
+        try:
+            if source == "updatefiles":
+                from ingest.updatefiles import apply_updates
+
+                counts = apply_updates(settings, progress=progress)
+            else:
+                from ingest.files import ingest_files
+
+                counts = ingest_files(settings, [str(p) for p in paths], progress=progress)
+        finally:
+            tell_given_up(settings)
     from ingest.quality import counts_as_dict
 
     return counts_as_dict(counts)

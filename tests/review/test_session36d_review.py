@@ -38,6 +38,11 @@ X2 Give-ups are told only at the end of the nightly E-utilities ingest
    never comes. Reproduced: ``litpulse ingest --eutils`` gives a PMID up with the webhook
    up: nothing posted, ``alerts_owed`` 1; then ``litpulse ingest --files FILE``:
    still nothing posted.
+   **Fixed**: every ingest tells the give-ups owed as it ends, failing or not, whatever
+   its source (``alerts.tell_given_up``, the outbox's one teller): ``litpulse ingest``
+   (files, ``--eutils``, ``--updatefiles``; not when its arguments are refused) and
+   ``litpulse nightly`` with ``--source updatefiles`` or ``files`` (the E-utilities
+   source tells them as before, ``ingest_eutils_window``).
 
 Attacks that held (read or run, not repeated here):
 
@@ -200,8 +205,6 @@ def _cli_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
         monkeypatch.setenv(name, value)
 
 
-@pytest.mark.xfail(strict=True, reason="X2: give-ups of other ingests than the nightly's "
-                                       "E-utilities one are never alerted")
 def test_x2_a_give_up_of_a_manual_window_is_alerted_and_any_ingest_tells_what_is_owed(
     settings: Settings,
     emulator: Any,  # noqa: F811 - the fixture imported

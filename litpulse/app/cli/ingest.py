@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from litpulse.app.cli._common import kv, path_arg, print_json, show_progress
@@ -72,11 +74,32 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("--max-files only goes with --updatefiles")
     if not args.updatefiles and args.accept_gaps:
         raise ConfigError("--accept-gaps only goes with --updatefiles")
+    from litpulse.pipeline.alerts import tell_given_up
+
+    ingest = _planned(args, settings, progress)  # the arguments checked first
+    try:
+        counts = ingest()
+    finally:  # the give-ups of this run, and those still owed (an outbox: any source)
+        tell_given_up(settings)
+    result = counts.to_dict()
+    if args.json:
+        print_json(result)
+    else:
+        kv(result.items())
+    return 0
+
+
+def _planned(args: argparse.Namespace, settings: Settings, progress: bool) -> Callable[[], Any]:
+    """The ingest the arguments name, ready to run (it returns its counts).
+
+    Raises:
+        ConfigError: The arguments do not make one.
+    """
     if args.files:
         from ingest.files import ingest_files
 
-        counts = ingest_files(settings, args.files, progress=progress)
-    elif args.eutils:
+        return functools.partial(ingest_files, settings, args.files, progress=progress)
+    if args.eutils:
         if args.since is None:
             raise ConfigError("--eutils needs --since YYYY-MM-DD")
         since = dt.datetime.combine(args.since, dt.time(), tzinfo=dt.UTC)
@@ -94,18 +117,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             raise ConfigError("--until must not be before --since")
         from ingest.eutils import ingest_window
 
-        counts = ingest_window(settings, since, until, query=args.query, progress=progress)
-    else:
-        if args.max_files is not None and args.max_files <= 0:
-            raise ConfigError("--max-files must be positive")
-        from ingest.updatefiles import apply_updates
+        return functools.partial(ingest_window, settings, since, until, query=args.query,
+                                 progress=progress)  # fmt: skip
+    if args.max_files is not None and args.max_files <= 0:
+        raise ConfigError("--max-files must be positive")
+    from ingest.updatefiles import apply_updates
 
-        counts = apply_updates(
-            settings, max_files=args.max_files, progress=progress, accept_gaps=args.accept_gaps
-        )
-    result = counts.to_dict()
-    if args.json:
-        print_json(result)
-    else:
-        kv(result.items())
-    return 0
+    return functools.partial(apply_updates, settings, max_files=args.max_files,
+                             progress=progress, accept_gaps=args.accept_gaps)  # fmt: skip
