@@ -1275,8 +1275,8 @@ class Store(RunLedger, Checkpoints):
                 else "current"
             ),
             "missing": missing_counts,
-            # given-up PMIDs whose alert is owed: the next E-utilities run of the
-            # application posts it (litpulse.pipeline.alerts.tell_given_up)
+            # given-up PMIDs whose alert is owed: the next ingest of the application,
+            # whatever its source, posts it (litpulse.pipeline.alerts.tell_given_up)
             "alerts_owed": alerts_owed,
             "writer": self._writer(),
             "last_runs": self.runs(runs),

@@ -245,7 +245,7 @@ def _status(settings: Settings, engine: Any) -> dict[str, Any]:
         ),
         # PMIDs E-utilities listed and EFetch has not returned: owed, or given up
         "missing": owed,
-        # given-up PMIDs whose alert no webhook took yet (the next E-utilities run posts them)
+        # given-up PMIDs whose alert no webhook took yet (the next ingest posts them)
         "alerts_owed": alerts_owed,
         # quarantine entries still open (no later record or deletion of their PMID stored)
         "quarantined": counts["quarantined"],

@@ -324,8 +324,8 @@ missing_pmids = Table(
     Column("given_up_at", UTCDateTime()),
     # when the on-call engineer was told of the give-up (the alert webhook took it, or none
     # is set and the log told it); a given-up row without it is an alert owed, posted by
-    # the next E-utilities run of the application (an outbox: a kill or a webhook down
-    # between the give-up and its alert loses nothing)
+    # the next ingest of the application, whatever its source (an outbox: a kill or a
+    # webhook down between the give-up and its alert loses nothing)
     Column("alerted_at", UTCDateTime()),
 )
 #: A give-up an older release stored was alerted by it then (fire and forget).

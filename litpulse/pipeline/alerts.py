@@ -81,8 +81,9 @@ def tell_given_up(settings: Settings) -> int:
     The give-ups are the outbox: each is committed with the run's batch that gave it up,
     and marked told only once the webhook took the alert (or, none set, once it is
     logged), so a process killed between the two, or a webhook down, leaves it owed and
-    the next E-utilities run tells it (at least once; ``litpulse status`` counts those
-    owed). Never raises: it runs as a run ends, failing or not.
+    the next ingest tells it, whatever its source (``litpulse ingest``, ``litpulse
+    nightly``, the nightly DAG's E-utilities window: at least once; ``litpulse status``
+    counts those owed). Never raises: it runs as an ingest ends, failing or not.
 
     Returns:
         How many give-ups it told (0: none owed, or the webhook did not take it).

@@ -179,7 +179,7 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
     told = st.pop("alerts_owed")
     st["alerts owed"] = (
         f"{told} given-up PMID{'s' if told != 1 else ''} not yet alerted (the alert webhook "
-        "did not take it): the next E-utilities run posts it" if told else "none"
+        "did not take it): the next ingest posts it" if told else "none"
     )
     kv([(k, v if v is not None else "-") for k, v in st.items() if k != "last_runs"])
     runs = st["last_runs"]
