@@ -43,6 +43,16 @@ X2 Give-ups are told only at the end of the nightly E-utilities ingest
    (files, ``--eutils``, ``--updatefiles``; not when its arguments are refused) and
    ``litpulse nightly`` with ``--source updatefiles`` or ``files`` (the E-utilities
    source tells them as before, ``ingest_eutils_window``).
+X3 An e-mail the SMTP server took (``250`` to its data) is taken for a failed delivery
+   when the goodbye goes wrong: ``send_email`` sends inside ``with smtplib.SMTP(...)``,
+   whose exit sends ``QUIT`` and raises when the answer is not ``221`` (a server shutting
+   down answers ``421``) or does not come within the deadline (a relay slow to close);
+   that error is caught with those of the exchange and raised as a ``DeliveryError``, so
+   the matches are not stamped and every later digest mails them again: a duplicate each
+   night to every recipient, for as long as the server answers so. Reproduced: an
+   ``aiosmtpd`` server that takes the message and answers ``QUIT`` with ``421``:
+   ``send_email`` raises ``DeliveryError`` while the server holds the message (the digest
+   keeps its matches pending: mailed again by each later digest).
 
 Attacks that held (read or run, not repeated here):
 
@@ -252,3 +262,40 @@ def test_x2_a_give_up_of_a_manual_window_is_alerted_and_any_ingest_tells_what_is
     assert len(alert_hook.bodies) == 3, "the nightly's files ingest told nothing owed"
     with engine.connect() as conn:
         assert untold_count(conn) == 0
+
+
+class _RudeGoodbye:
+    """An aiosmtpd handler that takes every message and answers QUIT with 421 (a server
+    shutting down after the data: what a busy relay does)."""
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        self.messages.append(envelope.content)
+        return "250 2.0.0 Message accepted for delivery"
+
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        return "421 4.3.2 Service shutting down, closing transmission channel"
+
+
+@pytest.mark.xfail(strict=True, reason="X3: a message taken is re-sent when QUIT goes wrong")
+def test_x3_an_email_the_server_took_is_delivered_whatever_it_answers_to_quit(
+    sqlite_settings: Settings,
+) -> None:
+    from aiosmtpd.controller import Controller
+
+    handler = _RudeGoodbye()
+    port = free_port()
+    controller = Controller(
+        handler, hostname="127.0.0.1", port=port, server_hostname="mail.example.org"
+    )
+    controller.start()
+    try:
+        s = sqlite_settings.replace(
+            digest_smtp_host="127.0.0.1", digest_smtp_port=port, digest_smtp_from="lp@example.org"
+        )
+        assert send_email(s, _search(), [_match()], to=["alice@example.org"]) is None
+    finally:
+        controller.stop()
+    assert len(handler.messages) == 1
