@@ -24,6 +24,7 @@ import datetime as dt
 import hashlib
 import http.client
 import json
+import logging
 import re
 import smtplib
 import socket
@@ -58,6 +59,8 @@ __all__ = [
     "send_email",
     "shared_recipients",
 ]
+
+logger = logging.getLogger(__name__)
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
 #: Seconds an SMTP or webhook exchange may take at most (``LITPULSE_HTTP_TIMEOUT``, capped:
@@ -506,6 +509,9 @@ def send_email(
         delivered — sending it again would repeat it to everyone who got it — and the
         refusal is for the report.
 
+    Once the server took the message (its answer to the data), it is delivered whatever
+    follows: a ``QUIT`` answered otherwise than ``221``, or not in time, is logged.
+
     Raises:
         DeliveryError: The server could not be reached, or refused the message (for every
             recipient): nothing went out.
@@ -514,6 +520,7 @@ def send_email(
     msg = email_message(settings, search, matches, to, key)
     envelope = [address for _, address in getaddresses(to) if address]
     deadline = Deadline.of(settings, MAX_DELIVERY_TIMEOUT_S)
+    refused: dict[str, tuple[int, bytes]] | None = None  # set: the server took the message
     try:
         with _SMTP(settings.digest_smtp_host, settings.digest_smtp_port,
                    deadline=deadline) as smtp:  # fmt: skip
@@ -531,10 +538,17 @@ def send_email(
                 raise DeliveryError(f"e-mail to {msg['To']} failed: {exc}",
                                     too_large=True) from exc  # fmt: skip
     except (OSError, smtplib.SMTPException) as exc:
-        why = deadline.said if deadline.expired else str(exc)
-        raise DeliveryError(f"e-mail to {msg['To']} failed: {why}",
-                            unanswered=deadline.unanswered,
-                            unreachable=deadline.unreachable) from exc  # fmt: skip
+        if refused is not None:
+            # the server took the message (its 250 to the data): what failed is the
+            # goodbye (QUIT answered 421, or not within the time left), and the message
+            # went out: failed, it would be mailed again by every digest
+            logger.info("e-mail to %s delivered; the SMTP server's goodbye failed: %s",
+                        msg["To"], deadline.said if deadline.expired else exc)  # fmt: skip
+        else:
+            why = deadline.said if deadline.expired else str(exc)
+            raise DeliveryError(f"e-mail to {msg['To']} failed: {why}",
+                                unanswered=deadline.unanswered,
+                                unreachable=deadline.unreachable) from exc  # fmt: skip
     if not refused:
         return None
     why = "; ".join(
