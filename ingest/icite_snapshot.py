@@ -129,6 +129,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     func,
+    select,
     text,
     update,
 )
@@ -220,7 +221,8 @@ class SnapshotCounts(Counts):
 
     Attributes:
         rows: Data rows read (malformed ones included).
-        updated: Articles given the snapshot's values.
+        updated: Well-formed rows written: their article was given the snapshot's values
+            (a PMID met in several rows counts each of them, whatever the batch size).
         skipped: Well-formed rows not written: the PMID is not live in the store, or the
             store holds iCite values fetched after the snapshot.
         malformed: Rows quarantined and skipped.
@@ -239,9 +241,11 @@ class Batch:
     Attributes:
         values: Column values per PMID (a PMID met twice: the later row's).
         bad: The malformed rows, as quarantine entries.
-        rows: Data rows it covers (``len(values) + len(bad)`` less repeated PMIDs).
+        rows: Data rows it covers (``len(values) + len(bad) + sum(repeats.values())``).
         offset: Byte offset in the decompressed CSV just after its last row.
         line: Physical lines read up to there (header included).
+        repeats: Per PMID met in more than one well-formed row of the batch, its rows
+            after the first (merged into ``values``: written with it, or skipped with it).
     """
 
     values: dict[int, dict[str, Any]]
@@ -249,6 +253,7 @@ class Batch:
     rows: int = 0
     offset: int = 0
     line: int = 0
+    repeats: dict[int, int] = field(default_factory=dict)
 
 
 class _CutShort(Exception):
@@ -616,6 +621,7 @@ def iter_batches(
     reader = csv.reader(lines)
     values: dict[int, dict[str, Any]] = {}
     bad: list[QuarantineEntry] = []
+    repeats: dict[int, int] = {}
     rows = 0
 
     def reject(reason: str, first_line: int, row: list[str] | None) -> None:
@@ -676,12 +682,14 @@ def iter_batches(
                 else:
                     lines.pending.clear()
                     if parsed is not None:
+                        if parsed[0] in values:  # counted with the row it is merged into
+                            repeats[parsed[0]] = repeats.get(parsed[0], 0) + 1
                         _merge(values, *parsed)
         if rows >= size:
-            yield Batch(values, bad, rows, lines.offset, lines.line)
-            values, bad, rows = {}, [], 0
+            yield Batch(values, bad, rows, lines.offset, lines.line, repeats)
+            values, bad, repeats, rows = {}, [], {}, 0
     if rows:
-        yield Batch(values, bad, rows, lines.offset, lines.line)
+        yield Batch(values, bad, rows, lines.offset, lines.line, repeats)
 
 
 def _commit(store: Store, batch: Batch, fetched_at: dt.datetime, run_id: int, key: str,
@@ -695,14 +703,22 @@ def _commit(store: Store, batch: Batch, fetched_at: dt.datetime, run_id: int, ke
 
 
 def _write(conn: Connection, batch: Batch, fetched_at: dt.datetime, run_id: int) -> int:
-    """Write one batch inside ``conn``'s transaction; the number of articles updated."""
+    """Write one batch inside ``conn``'s transaction; the number of its well-formed rows
+    written (:attr:`SnapshotCounts.updated`: a PMID met again in the batch counts each of
+    its rows where its article is written, as batches of one row would)."""
     updated = 0
+    if batch.repeats:  # the articles the update below writes, of those (rare: one query)
+        a = articles.c
+        written = conn.execute(
+            select(a.pmid).where(a.pmid.in_(batch.repeats), icite_not_newer(fetched_at))
+        ).scalars()
+        updated += sum(batch.repeats[p] for p in written)
     if batch.values:
         if conn.dialect.name == "postgresql":
-            updated = _copy_update(conn, batch.values, fetched_at)
+            updated += _copy_update(conn, batch.values, fetched_at)
         else:
             stmt = icite_update(keep_newer=True)
-            updated = conn.execute(stmt, icite_params(batch.values, fetched_at)).rowcount
+            updated += conn.execute(stmt, icite_params(batch.values, fetched_at)).rowcount
         if updated:
             mark_written(conn, "citations")  # what a search ranks by changed: store_version
     if batch.bad:

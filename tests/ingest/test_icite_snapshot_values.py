@@ -231,7 +231,7 @@ def test_folder_with_the_open_citation_collection_beside_loads_the_metrics(
     (folder / "README.txt").write_text("iCite snapshot")
     with caplog.at_level(logging.INFO, logger="ingest.icite_snapshot"):
         counts = load_snapshot(settings, folder, as_of=AS_OF)
-    assert counts.updated == 2
+    assert counts.updated == 3  # 1002's row and both of 1001's (the fixture repeats it)
     run = Store(db.connect(settings)).runs(1)[0]
     assert run["status"] == "succeeded"
     assert [Path(f["path"]).name for f in run["details"]["snapshot"]] == ["icite_metadata.csv"]
