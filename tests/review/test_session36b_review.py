@@ -1,0 +1,170 @@
+"""Hostile review (session 36b): the record cutter and the parallel parse on hostile XML.
+
+Code under review: ``ingest/boundaries.py`` (:func:`pieces` cuts the decompressed
+stream at record tags with ``bytes.find``, blind to comments and CDATA;
+:func:`split_records` re-cuts a batch that is not well-formed), ``ingest/parse.py`` (the
+batches, the record-by-record fallback) and ``ingest/parallel.py`` (one file striped over
+the parse workers). Each file is ingested with ``litpulse ingest --files`` (one and two
+workers, SQLite and PostgreSQL) and the store compared with an oracle: lxml's own parse
+of the same records, with the one malformed record quarantined and every other kept.
+
+Attacked and held (not kept as tests, each compared with the oracle through the parse
+with one process and two stripes): ``<PubmedArticle>`` and ``</PubmedArticle>`` written
+in a comment, a CDATA section or a PI, inside a record or between two; escaped
+``&lt;PubmedArticle&gt;`` text; a commented-out ``<DeleteCitation>``; a DOCTYPE whose
+internal subset holds an entity whose value is ``<PubmedArticle>`` (records using its
+entities are quarantined, as documented); a UTF-8 BOM, CRLF line ends, ISO-8859-1 over
+several batches, UTF-16 (LE with a BOM, BE without); a root start tag with ``>`` in an
+attribute; ``PubmedBookArticle``, ``DeleteCitation`` and ``PubmedArticle`` interleaved;
+a record (of each kind) whose end tag is missing followed by good ones; two gzip members
+that split the document mid-stream; a truncated gzip (every whole record kept, one entry
+for the cut with its line). The cutter fed in blocks of 1..39, 64, 100 and 333 bytes cuts
+the same bytes into the same batches (its pieces differ where an end tag is missing or a
+start tag is commented out, but the batch re-cut by :func:`split_records` gives the same
+items).
+
+Defects (each a strict xfail asserting the correct behaviour until fixed):
+
+X1 **One unterminated comment, CDATA section or PI opener inside a record loses every
+   record after it in the batch (up to 8 MiB: thousands).** An abstract holding
+   ``values <? 0.05`` (an unescaped ``<`` a broken producer let through), ``see <!--
+   draft`` or ``x <![CDATA[ y``: the batch is not well-formed, so it is re-cut by
+   :func:`split_records`, which takes "markup left open" to run to the end of the batch:
+   the bad record and the 2,995 good ones after it became one quarantine entry, and
+   ``_units`` even keeps the batch open (up to ``MAX_BATCH_BYTES``, 8 MiB) waiting for
+   the comment's end. Only records before it were stored. (test_x1_..., three openers,
+   SQLite one worker, PostgreSQL two workers)
+
+X2 **A namespace prefix the root declares costs every good record that uses it in a
+   batch with one bad record.** ``<PubmedArticleSet xmlns:mml="...MathML">`` and records
+   with ``<mml:math>`` in their abstracts parse in the batch (the root is written in
+   front of it), but when one record of the batch is malformed each record is parsed
+   again alone, without the root: ``Namespace prefix mml on math is not defined``
+   quarantines the good ones too. (test_x2_..., SQLite one worker, PostgreSQL two)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lxml import etree
+from sqlalchemy import select
+
+from litpulse.app.cli import main
+from litpulse.core import db
+from litpulse.core.schema import articles, quarantine
+from litpulse.core.settings import Settings
+from tests.ingest.hostile import PROLOG, article, corpus, document
+
+N = 1500
+
+
+def _ingest(
+    s: Settings, path: Path, workers: int, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> dict[str, Any]:
+    """``litpulse ingest --files PATH --json`` with ``workers`` parse workers."""
+    monkeypatch.setenv("LITPULSE_HOME", str(s.home))
+    if s.database_url:
+        monkeypatch.setenv("LITPULSE_DATABASE_URL", s.database_url)
+    monkeypatch.setenv("LITPULSE_INGEST_WORKERS", str(workers))
+    capsys.readouterr()
+    assert main(["ingest", "--files", str(path), "--json"]) == 0
+    out: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return out
+
+
+def _store(s: Settings) -> tuple[dict[int, tuple[str, str]], list[dict[str, Any]]]:
+    """(pmid -> (title, abstract) stored, quarantine rows)."""
+    with db.connect(s).connect() as conn:
+        rows = conn.execute(select(articles.c.pmid, articles.c.title, articles.c.abstract))
+        stored = {r.pmid: (r.title, r.abstract) for r in rows}
+        q = [dict(r._mapping) for r in conn.execute(select(quarantine))]
+    return stored, q
+
+
+def _oracle(
+    records: list[bytes], root: bytes = b"<PubmedArticleSet>"
+) -> dict[int, tuple[str, str]]:
+    """lxml's own parse of each well-formed record: pmid -> (title, abstract)."""
+    out = {}
+    for raw in records:
+        try:
+            set_ = etree.fromstring(root + raw + b"</PubmedArticleSet>")
+        except etree.XMLSyntaxError:
+            continue
+        for el in set_:
+            pmid = int(el.findtext(".//PMID"))
+            title = "".join(el.find(".//ArticleTitle").itertext())
+            abstract = "".join(el.find(".//AbstractText").itertext())
+            out[pmid] = (title, abstract)
+    return out
+
+
+@pytest.fixture(params=["sqlite-1", "postgresql-2"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Settings, int]:
+    """A store and the parse workers its ingest runs with (SQLite 1, PostgreSQL 2)."""
+    kind, workers = request.param.split("-")
+    url = request.getfixturevalue("postgres_url") if kind == "postgresql" else ""
+    s = Settings.from_env({}, home=tmp_path / "home", database_url=url)
+    if url:
+        from tests.conftest import _truncate
+
+        _truncate(db.connect(s))
+    return s, int(workers)
+
+
+# ---------------------------------------------------------------- X1 unterminated markup
+
+
+@pytest.mark.xfail(strict=True, reason="X1: an unterminated <? <!-- <![CDATA[ loses the batch")
+@pytest.mark.parametrize(
+    "frag",
+    ["values <? 0.05 were", "see <!-- draft", "x <![CDATA[ y"],
+    ids=["pi", "comment", "cdata"],
+)
+def test_x1_unterminated_markup_in_one_record_costs_that_record_only(
+    store: tuple[Settings, int],
+    frag: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: Any,
+) -> None:
+    s, workers = store
+    records = corpus(N, {5: article(5, abstract=frag)})
+    path = tmp_path / "hostile.xml"
+    path.write_bytes(document(records))
+    counts = _ingest(s, path, workers, monkeypatch, capsys)
+    stored, q = _store(s)
+    want = _oracle(records)
+    assert 5 not in want and len(want) == N - 1
+    assert stored == want, (len(stored), counts)
+    first = 4 + 6 * 4  # record 5's first line (2 of prolog, the root, 6 lines a record)
+    assert [e["pmid"] for e in q] == [5], q
+    assert first <= q[0]["line"] < first + 6, q[0]["line"]
+    assert counts["quarantined"] == 1
+
+
+# ------------------------------------------------------------- X2 namespaces of the root
+
+
+@pytest.mark.xfail(strict=True, reason="X2: a root's namespace prefix is lost in a re-cut batch")
+def test_x2_a_prefix_the_root_declares_holds_in_a_batch_re_cut(
+    store: tuple[Settings, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    s, workers = store
+    root = b'<PubmedArticleSet xmlns:mml="http://www.w3.org/1998/Math/MathML">'
+    mml = "<mml:math><mml:mi>x</mml:mi></mml:math>"
+    records = corpus(40, {7: article(7, abstract=f"Let {mml} be"), 20: article(20, title=mml)})
+    records[9] = records[9].replace(b"</ArticleTitle>", b"</ArticleTitl>")  # PMID 10
+    path = tmp_path / "ns.xml"
+    path.write_bytes(PROLOG + root + b"\n" + b"".join(records) + b"</PubmedArticleSet>\n")
+    counts = _ingest(s, path, workers, monkeypatch, capsys)
+    stored, q = _store(s)
+    want = _oracle(records, root)
+    assert 10 not in want and want[7] == ("Title 7.", "Let x be")
+    assert stored == want, sorted(set(want) - set(stored))
+    assert [e["pmid"] for e in q] == [10], q
+    assert counts["quarantined"] == 1
