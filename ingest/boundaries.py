@@ -334,7 +334,9 @@ def split_records(data: bytes, line: int) -> Iterator[Piece]:
     Unlike :func:`pieces` (fast, streaming, markup-blind), record tags written inside
     comments, CDATA sections and PIs are text here, so a commented-out
     ``<DeleteCitation>`` stays in its gap (a comment) and a record holding
-    ``<![CDATA[</PubmedArticle>]]>`` is one item. Markup left open runs to the end.
+    ``<![CDATA[</PubmedArticle>]]>`` is one item. An opener whose terminator ``data`` does
+    not hold (``values <? 0.05``, an unclosed ``<!--``) is taken for text: its record is
+    cut at its own end tag and quarantined alone, not run on over every record after it.
     """
     pos, n = 0, len(data)
     while pos < n:
@@ -375,6 +377,7 @@ def _scan(data: bytes, pos: int, closer: bytes | None) -> tuple[int, int]:
                 return c, after
             return (start, start) if start >= 0 else (-1, n)
         t = data.find(term, body)
-        if t < 0:
-            return -1, n
+        if t < 0:  # never closed: not markup (its record is malformed, and only it)
+            pos = body
+            continue
         pos = t + len(term)
