@@ -771,8 +771,8 @@ def _parse_batch(
                     for one in _per_deletion(entry, data):
                         yield ("entry", one, 0, False)
             continue
-        try:
-            elem = etree.fromstring(decl + data, parser)
+        try:  # under the root, as in the batch: the prefixes it declares hold
+            elem = etree.fromstring(decl + root + data + _SUFFIX, parser)[0]
         except etree.XMLSyntaxError as exc:
             for one in _per_deletion(_syntax_entry(data, line, exc, ref), data):
                 yield ("entry", one, 0, False)
