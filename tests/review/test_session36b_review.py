@@ -49,10 +49,27 @@ X2 **A namespace prefix the root declares costs every good record that uses it i
    **Fixed**: ``ingest.parse._parse_batch`` parses each record of a re-cut batch under
    the root start tag as written (as the batch was, and as a gap already was), and takes
    its one child.
+
+X3 **A record whose end tag is missing, followed by a good one, costs the good one too
+   when both are in the reader's buffer and together pass the record cap.** The cutter
+   took the first ``</PubmedArticle>`` in its buffer before looking for the next record's
+   start tag: with ``LITPULSE_MAX_RECORD_BYTES=65536`` (the lowest allowed) a 40 KB record
+   without its end tag and the 40 KB good record after it are one "record of 80935 bytes
+   over the limit", quarantined and skipped unread. The same file uncompressed (read in
+   16 KiB blocks, so the next start tag is found before the good record's end tag) keeps
+   the good record: the store depends on how the file is compressed. (test_x3_..., gzip,
+   SQLite one worker, PostgreSQL two)
+
+X4 **A UTF-32 document is quarantined whole.** ``_utf16_codec`` left UTF-32 "to
+   libxml2", but the root start tag is looked for in the raw bytes, so the document went
+   to the pull parser, which failed at its first byte ("Start tag expected"): every
+   record lost, where lxml's own parse reads them all. (test_x4_..., SQLite one worker,
+   PostgreSQL two)
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from typing import Any
@@ -174,3 +191,54 @@ def test_x2_a_prefix_the_root_declares_holds_in_a_batch_re_cut(
     assert stored == want, sorted(set(want) - set(stored))
     assert [e["pmid"] for e in q] == [10], q
     assert counts["quarantined"] == 1
+
+
+# ---------------------------------------------------- X3 missing end tag, then a good one
+
+
+@pytest.mark.xfail(strict=True, reason="X3: the good record after one without its end tag is lost")
+def test_x3_a_record_without_its_end_tag_never_takes_the_next_one_with_it(
+    store: tuple[Settings, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    s, workers = store
+    big = "word " * 8000  # 40 KB: two of them pass the lowest record cap
+    broken = article(2, abstract=big).replace(b"</PubmedArticle>", b"")
+    records = [article(1), broken, article(3, abstract=big), article(4)]
+    path = tmp_path / "cut.xml.gz"
+    path.write_bytes(gzip.compress(document(records)))
+    monkeypatch.setenv("LITPULSE_MAX_RECORD_BYTES", str(1 << 16))
+    counts = _ingest(s, path, workers, monkeypatch, capsys)
+    stored, q = _store(s)
+    assert sorted(stored) == [1, 3, 4], counts
+    assert stored == _oracle(records)
+    assert [e["pmid"] for e in q] == [2], q
+    assert "over the limit" not in q[0]["reason"], q[0]["reason"]
+
+
+# ----------------------------------------------------------------------------- X4 UTF-32
+
+
+@pytest.mark.xfail(strict=True, reason="X4: a UTF-32 document is quarantined whole")
+def test_x4_a_utf32_document_is_read_as_lxml_reads_it(
+    store: tuple[Settings, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    s, workers = store
+    records = corpus(
+        5, {2: article(2, title="Caf\u00e9 \U0001f600"), 4: article(4, title="\u00b5g")}
+    )
+    text = document(records, prolog=b'<?xml version="1.0" encoding="UTF-32"?>\n').decode()
+    path = tmp_path / "wide.xml"
+    path.write_bytes(text.encode("utf-32"))
+    counts = _ingest(s, path, workers, monkeypatch, capsys)
+    stored, q = _store(s)
+    oracle = etree.fromstring(path.read_bytes())
+    want = {
+        int(el.findtext(".//PMID")): (
+            el.findtext(".//ArticleTitle"),
+            el.findtext(".//AbstractText"),
+        )
+        for el in oracle
+    }
+    assert want[2] == ("Caf\u00e9 \U0001f600", "Abstract of 2.")
+    assert stored == want, (counts, q)
+    assert q == []
