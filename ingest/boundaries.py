@@ -147,6 +147,12 @@ def pieces(first: bytes, chunks: Iterator[bytes], line: int, max_record: int) ->
                 del buf[:s]
                 search, open_from, s = search - s, open_from - s, 0
             read()
+        if ended == "closed" and end - s > max_record:
+            # the first end tag in the buffer may be a later record's (this one's is
+            # missing): over the cap, a record start before it ends this one there
+            o = _next_start(buf, s + 1, c)
+            if o >= 0:
+                end, ended = o, "next"
         if end < 0 or end - s > max_record:
             # -- over the cap: keep the start, drop the rest up to its end
             kept = bytes(buf[s : min(len(buf) if end < 0 else end, s + MAX_RAW_TAIL)])
