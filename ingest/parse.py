@@ -16,8 +16,8 @@ loops. At most a few batches are alive at once, so memory does not grow with the
 Where ``pip install -e .`` built it, a compiled reader (``ingest/_cfields.pyx``) reads
 each ``PubmedArticle`` by walking libxml2's nodes in C, with the same rules and results
 as the Python code, which takes every record the compiled one is unsure of.
-A UTF-16 document is transcoded to UTF-8 first and its root start tag is found past the
-prolog's comments, PIs and DOCTYPE (however long), so it is cut the same way.
+A UTF-16 or UTF-32 document is transcoded to UTF-8 first and its root start tag is found
+past the prolog's comments, PIs and DOCTYPE (however long), so it is cut the same way.
 Documents that are not a ``PubmedArticleSet`` go through an incremental pull parser
 (``XMLPullParser`` with ``tag=`` filtering, elements cleared as it goes) instead; one of
 them that holds no record at all (an HTML error page saved under a PubMed file's name)
@@ -464,7 +464,8 @@ def _start(
     """Read up to the ``<PubmedArticleSet>`` start tag: the stream cut into pieces, or,
     for anything else (or a stream unreadable at once), the pull parser's items.
 
-    A UTF-16 document is read as UTF-8 (:func:`_as_utf8`), so it is cut like any other.
+    A UTF-16 or UTF-32 document is read as UTF-8 (:func:`_as_utf8`), so it is cut like
+    any other.
     The root start tag is found after the prolog's declaration, comments, PIs and DOCTYPE
     (:func:`_prolog`: a ``<PubmedArticleSet>`` written in one of them is text); a prolog
     longer than :data:`PROLOG_LIMIT` is not held past that, only its declaration and lines.
@@ -608,10 +609,16 @@ def _doctype_end(head: bytes | bytearray, pos: int) -> int:
 _DECL_ENCODING_RE = re.compile(r"""\A(<\?xml\b[^>]*?\bencoding\s*=\s*)(["'])[^"']*\2""")
 
 
-def _utf16_codec(first: bytes) -> str | None:
-    """The UTF-16 codec of a document by its first bytes (a BOM, or ``<?`` in UTF-16)."""
-    if first[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):  # UTF-32: left to libxml2
-        return None
+def _wide_codec(first: bytes) -> str | None:
+    """The UTF-16 or UTF-32 codec of a document by its first bytes (a BOM, or ``<`` in
+    UTF-32, ``<?`` in UTF-16): libxml2 reads them, but the root start tag, the record tags
+    and the caps are looked for in UTF-8 bytes."""
+    if first[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):  # before UTF-16's BOM
+        return "utf-32"
+    if first[:4] == b"<\x00\x00\x00":
+        return "utf-32-le"
+    if first[:4] == b"\x00\x00\x00<":
+        return "utf-32-be"
     if first[:2] in (b"\xff\xfe", b"\xfe\xff"):
         return "utf-16"
     if first[:4] == b"<\x00?\x00":
@@ -622,15 +629,16 @@ def _utf16_codec(first: bytes) -> str | None:
 
 
 def _as_utf8(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """The decompressed stream, a UTF-16 document transcoded to UTF-8 (its declaration
-    saying so), so that it is cut into records and its caps hold as for any other; text
-    that is not valid UTF-16 is an :class:`OSError` (unreadable input) where it starts."""
+    """The decompressed stream, a UTF-16 or UTF-32 document transcoded to UTF-8 (its
+    declaration saying so), so that it is cut into records and its caps hold as for any
+    other; text that is not valid in its encoding is an :class:`OSError` (unreadable
+    input) where it starts."""
     first = b""
     for block in chunks:
         first += block
         if len(first) >= 256:
             break
-    codec = _utf16_codec(first)
+    codec = _wide_codec(first)
     if codec is None:
         if first:
             yield first
