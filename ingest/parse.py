@@ -768,7 +768,9 @@ def _parse_batch(
     else:
         yield ("elems", tree, parts[0][2] - 1, size > max_text)
         return
-    # cut again, seeing comments, CDATA sections and PIs (the cutter's pieces do not)
+    # cut again, seeing comments, CDATA sections and PIs (the cutter's pieces do not); a
+    # record is parsed under the root where the root declares namespaces (as in the batch)
+    under = (decl + root, _SUFFIX) if b"xmlns" in root else (decl, b"")
     for kind, data, line in split_records(b"".join(p[1] for p in parts), parts[0][2]):
         if kind == "gap":
             if data.strip():
@@ -779,8 +781,10 @@ def _parse_batch(
                     for one in _per_deletion(entry, data):
                         yield ("entry", one, 0, False)
             continue
-        try:  # under the root, as in the batch: the prefixes it declares hold
-            elem = etree.fromstring(decl + root + data + _SUFFIX, parser)[0]
+        try:
+            elem = etree.fromstring(under[0] + data + under[1], parser)
+            if under[1]:
+                elem = elem[0]
         except etree.XMLSyntaxError as exc:
             for one in _per_deletion(_syntax_entry(data, line, exc, ref), data):
                 yield ("entry", one, 0, False)

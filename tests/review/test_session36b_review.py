@@ -47,8 +47,10 @@ X2 **A namespace prefix the root declares costs every good record that uses it i
    again alone, without the root: ``Namespace prefix mml on math is not defined``
    quarantines the good ones too. (test_x2_..., SQLite one worker, PostgreSQL two)
    **Fixed**: ``ingest.parse._parse_batch`` parses each record of a re-cut batch under
-   the root start tag as written (as the batch was, and as a gap already was), and takes
-   its one child.
+   the root start tag as written where that root declares namespaces (as the batch was,
+   and as a gap already was), and takes its one child; under any other root a record is
+   parsed alone as before, so libxml2's messages stay "Premature end of data in tag
+   PubmedArticle line N", not a mismatch with the root's end tag.
 
 X3 **A record whose end tag is missing, followed by a good one, costs the good one too
    when both are in the reader's buffer and together pass the record cap.** The cutter
