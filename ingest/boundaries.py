@@ -251,19 +251,25 @@ def _next_start(buf: bytes | bytearray, start: int, end: int) -> int:
 def _find_start(buf: bytes | bytearray, start: int, end: int) -> int:
     best = -1
     for tag in _START_TAGS:
-        stop = end if best < 0 else best
-        i = buf.find(tag, start, stop)
-        while i >= 0:
-            j = i + len(tag)
-            if j >= end:
-                i = -1
-            elif buf[j] in _AFTER_NAME:
-                break
-            else:
-                i = buf.find(tag, j, stop)
+        i = _find_tag(buf, tag, start, end if best < 0 else best, end)
         if i >= 0:
             best = i
     return best
+
+
+def _find_tag(buf: bytes | bytearray, tag: bytes, start: int, stop: int, end: int) -> int:
+    """Index of the first start tag ``tag`` (its name then a blank, ``/`` or ``>``)
+    beginning within ``buf[start:stop]``, else -1; one whose name runs up to ``end`` is
+    not counted yet."""
+    i = buf.find(tag, start, stop)
+    while i >= 0:
+        j = i + len(tag)
+        if j >= end:
+            return -1
+        if buf[j] in _AFTER_NAME:
+            return i
+        i = buf.find(tag, j, stop)
+    return -1
 
 
 _WINDOW = 256
@@ -345,8 +351,9 @@ def split_records(data: bytes, line: int) -> Iterator[Piece]:
     cut at its own end tag and quarantined alone, not run on over every record after it.
     """
     pos, n = 0, len(data)
+    seen = _Seen(data)
     while pos < n:
-        start = _scan(data, pos, None)[0]
+        start = _scan(seen, pos, None)[0]
         if start < 0:
             start = n
         if start > pos:
@@ -356,23 +363,62 @@ def split_records(data: bytes, line: int) -> Iterator[Piece]:
         if start >= n:
             return
         closer = _END_TAGS[data[start + 7]]
-        _, end = _scan(data, start + 1, closer)
+        _, end = _scan(seen, start + 1, closer)
         sub = data[start:end]
         yield ("item", sub, line)
         line += sub.count(b"\n")
         pos = end
 
 
-def _scan(data: bytes, pos: int, closer: bytes | None) -> tuple[int, int]:
+class _Seen:
+    """What :func:`split_records` has found in its data, from positions that only grow:
+    the next start tag of each kind, the next end tag of each kind and the terminators
+    found missing. Each is looked for again only once the scan has passed it, so a batch
+    is cut in linear time however its records are broken (a run of ``DeleteCitation``
+    blocks with no ``<PubmedArticle`` after them, every record holding an unclosed
+    ``<?``), where looking afresh from each record scanned the rest of the batch each
+    time."""
+
+    __slots__ = ("data", "starts", "ends", "absent")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.starts: dict[bytes, int] = {}
+        self.ends: dict[bytes, tuple[int, int]] = {}
+        self.absent: set[bytes] = set()
+
+    def start(self, pos: int) -> int:
+        """:func:`_find_start` from ``pos`` to the end."""
+        best = -1
+        for tag in _START_TAGS:
+            i = self.starts.get(tag, -2)
+            if i == -2 or 0 <= i < pos:
+                n = len(self.data)
+                i = self.starts[tag] = _find_tag(self.data, tag, pos, n, n)
+            if i >= 0 and (best < 0 or i < best):
+                best = i
+        return best
+
+    def end(self, closer: bytes, pos: int) -> tuple[int, int]:
+        """:func:`_find_end` from ``pos``."""
+        c, after = self.ends.get(closer, (-2, -2))
+        if c == -2 or 0 <= c < pos or (c < 0 and 0 <= after < pos):
+            c, after = self.ends[closer] = _find_end(self.data, closer, pos)
+        return c, after
+
+
+def _scan(seen: _Seen, pos: int, closer: bytes | None) -> tuple[int, int]:
     """From ``pos``, outside comments, CDATA sections and PIs: the first record start tag,
     or (``closer`` given) end tag ``closer``, whichever comes first: ``(its index, the
     index after it)`` for an end tag, ``(its index, its index)`` for a start tag;
-    ``(-1, len(data))`` when there is neither."""
+    ``(-1, len(data))`` when there is neither. An opener whose terminator is not in the
+    rest of the data is text."""
+    data = seen.data
     n = len(data)
     while True:
-        start = _find_start(data, pos, n)
+        start = seen.start(pos)
         stop = start if start >= 0 else n
-        c, after = _find_end(data, closer, pos) if closer is not None else (-1, -1)
+        c, after = seen.end(closer, pos) if closer is not None else (-1, -1)
         if c >= stop:
             c = -1
         if c >= 0:
@@ -382,8 +428,9 @@ def _scan(data: bytes, pos: int, closer: bytes | None) -> tuple[int, int]:
             if c >= 0:
                 return c, after
             return (start, start) if start >= 0 else (-1, n)
-        t = data.find(term, body)
+        t = -1 if term in seen.absent else data.find(term, body)
         if t < 0:  # never closed: not markup (its record is malformed, and only it)
+            seen.absent.add(term)
             pos = body
             continue
         pos = t + len(term)
