@@ -36,7 +36,10 @@ and were that root also to declare namespaces, X2's records would be lost again.
 document in UTF-8 whose declaration says UTF-16 has each record quarantined (lxml refuses
 the whole). CR-only line ends give every quarantine entry line 1 (lines are counted by
 ``\n``). Since X3, a record over the cap whose text holds a commented-out record start
-tag is two syntax-error entries, not one "over the limit" entry.
+tag before its end is two entries (its head "over the limit, without its end tag", and a
+syntax error for the rest), not one: the cutter cannot tell that tag from the next
+record's (a broken record over the cap followed by a good one must not take the good one
+with it), and an extra entry loses nothing.
 
 Defects (each a strict xfail asserting the correct behaviour until fixed):
 
