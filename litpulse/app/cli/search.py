@@ -20,6 +20,13 @@ from litpulse.app.cli._common import (
 )
 from litpulse.core.settings import Settings
 
+#: Most results one ``litpulse search`` lists (``-k``). More than the API's deepest page
+#: (offset 1,000 + 100) and its largest export (500), so the CLI still lists what paging
+#: cannot reach; bounded because the results are ranked block by block
+#: (``rerank_candidates`` each, every block a deeper candidate search): an unbounded
+#: ``-k`` walks the whole index, ever deeper, before it prints anything.
+MAX_K = 10_000
+
 
 def register(sub: Any) -> None:
     p = command(
@@ -39,7 +46,8 @@ def register(sub: Any) -> None:
                    "word or phrase after a capital NOT excluded ('COPD NOT asthma'), an "
                    "author required ('asthma AND Smith J[au]', [1au], [lastau]); PubMed's "
                    "other field tags and word* are refused (see the README)")
-    p.add_argument("-k", type=positive_int, default=10, help="number of results (default 10)")
+    p.add_argument("-k", type=_result_count, default=10,
+                   help=f"number of results (default 10, at most {MAX_K:,})")
     add_filter_args(p)
     p.add_argument("--w-sim", type=float, metavar="X", help="weight of the similarity")
     p.add_argument("--w-recency", type=float, metavar="X", help="weight of the recency")
@@ -61,6 +69,11 @@ def register(sub: Any) -> None:
     )
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     s.add_argument("--port", type=int_arg(1, 65535), default=8000, help="port (default 8000)")
+
+
+def _result_count(text: str) -> int:
+    """``-k``: 1 to :data:`MAX_K`."""
+    return positive_int(text, most=MAX_K)
 
 
 def run_search_cmd(args: argparse.Namespace, settings: Settings) -> int:
