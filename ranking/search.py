@@ -801,7 +801,7 @@ def run_search(
                 start=offset, k=k, by_date=by_date,
             )  # fmt: skip
     hits = with_details(engine, hits, text)
-    notes = query_notes(text)
+    notes = query_notes(text) + unused_share_notes(settings, options, requested, effective)
     # a next page only where one can be asked for (its offset is refused past MAX_OFFSET);
     # more results past it are said, never left for the end of the list
     start = offset or 0
@@ -1226,6 +1226,34 @@ def _minus_pattern() -> re.Pattern[str]:
 
 
 @functools.lru_cache(maxsize=256)
+def unused_share_notes(
+    settings: Settings, options: ScoringOptions, requested: SearchMode, effective: SearchMode
+) -> tuple[str, ...]:
+    """A note where a λ (``w_lexical``, the lexical share of a hybrid search's relevance)
+    other than the settings' is asked for and this search does not use it: a semantic
+    search's λ is 0, a lexical one's 1 (:func:`ranking.scoring.lexical_share`), so the
+    answer is the one without it, and says so rather than echo the λ as if it ranked.
+
+    Example:
+        >>> s = Settings.from_env({})
+        >>> o = ScoringOptions.from_settings(s, weights={"lexical": 0.9})
+        >>> unused_share_notes(s, o, SearchMode.SEMANTIC, SearchMode.SEMANTIC)[0][:36]
+        'w_lexical (λ 0.9) is not used: it we'
+    """
+    if effective == SearchMode.HYBRID or math.isclose(
+        options.lexical_share, settings.weight_lexical, rel_tol=1e-9, abs_tol=1e-12
+    ):
+        return ()
+    alone = ("semantic mode ranks by similarity alone (λ 0)" if effective == SearchMode.SEMANTIC
+             else "lexical mode ranks by BM25 alone (λ 1)")
+    why = ("" if requested == effective
+           else f" (asked {requested.value}: searched as {effective.value})")
+    return (
+        f"w_lexical (λ {options.lexical_share:g}) is not used: it weighs the lexical part in "
+        f"hybrid mode only, and {alone}{why}",
+    )
+
+
 def query_notes(query: str) -> tuple[str, ...]:
     """What a user may expect of ``query`` that it does not do, each as a sentence saying
     what to write instead (shown with the results; the query is searched as it reads):
