@@ -193,6 +193,15 @@ def _bib_person(name: str) -> str:
                      for part in _bib(name).split(", "))
 
 
+def _bib_keyword(term: str) -> str:
+    """One item of a BibTeX ``keywords`` list, whose items a comma separates: a MeSH
+    heading holding one (the inverted headings, ``Asthma, Exercise-Induced``) braced, so
+    that it stays one keyword where the list is split at the commas outside braces
+    (biblatex's ``keywords``)."""
+    text = _bib(term)
+    return "{" + text + "}" if "," in text else text
+
+
 def _nested(text: str) -> bool:
     """Whether every ``}`` in ``text`` closes a ``{`` before it and every ``{`` is closed."""
     depth = 0
@@ -249,7 +258,7 @@ def to_bibtex(hits: Sequence[Hit | int], rows: Mapping[int, Mapping[str, Any]]) 
         fields.append(("url", _bib_verbatim(pubmed_url(pmid))))
         keywords = _mesh_terms(row)
         if keywords:
-            fields.append(("keywords", _bib(", ".join(keywords))))
+            fields.append(("keywords", ", ".join(_bib_keyword(t) for t in keywords)))
         if row.get("abstract"):
             fields.append(("abstract", _bib(row["abstract"])))
         if row.get("is_retracted"):

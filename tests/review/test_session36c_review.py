@@ -47,11 +47,14 @@ X2 **``--w-lexical`` / ``w_lexical`` with a semantic or lexical search is silent
 
 X3 **BibTeX ``keywords`` splits a MeSH heading that holds a comma.** The keywords are
    written ``Humans, Asthma, Exercise-Induced``: BibTeX's list separator is the comma, so
-   a reference manager (biblatex, JabRef, Zotero) reads three keywords, ``Asthma`` and
+   biblatex (and a reference manager splitting at commas) reads three keywords, ``Asthma`` and
    ``Exercise-Induced`` among them, where PubMed gives two headings (``Asthma,
    Exercise-Induced`` is one descriptor, as are most of MeSH's inverted headings:
    ``Arthritis, Rheumatoid``). Each heading must survive as one keyword. (test_x3_...,
    both stores)
+   **Fixed**: a heading holding a comma is braced in the list (``Humans, {Asthma,
+   Exercise-Induced}``: ``litpulse.app.export._bib_keyword``), which a list parser
+   splitting only at commas outside braces (biblatex) reads as one keyword.
 
 X4 **A base model missing on disk is reported as a changed model, with a full re-embed
    as the cure.** The model folder the index was built with is gone (a disk not mounted,
@@ -227,8 +230,6 @@ def _bib_list(value: str) -> list[str]:
     return [i[1:-1] if i.startswith("{") and i.endswith("}") else i for i in items]
 
 
-@pytest.mark.xfail(strict=True, reason="X3: BibTeX keywords split a MeSH heading holding a "
-                   "comma")
 def test_x3_bibtex_keywords_keep_each_heading_whole(client: TestClient) -> None:
     bib = _get(client, "/export", format="bibtex", q="braced alpha", mode="lexical",
                k=1).text
