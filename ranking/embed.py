@@ -365,6 +365,25 @@ def _identity_bytes(path: Path) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 
+def _missing_model(was: str, recorded: str, base_model: str) -> str | None:
+    """Why the base model is not there, where the index was built with a model folder
+    (its fingerprint is not of a name) and ``base_model`` — the same path, or another
+    absolute one — is no folder now (a disk not mounted, a cache cleaned, a typo): not a
+    change of model, and not one a rebuild can cure (it needs the model). ``None`` for
+    anything else (a model name, a folder holding another model)."""
+    if Path(base_model).is_dir() or recorded == _fingerprint(f"name:{was}", None, legacy=False):
+        return None
+    if base_model != was and not Path(base_model).is_absolute():
+        return None  # a model name (a hub id): another model, not a missing folder
+    where = ("" if base_model == was
+             else f"; this index was built with the model in {was}")
+    return (
+        f"the base model is missing: {base_model} (LITPULSE_MODEL) holds no model folder "
+        f"now{where}; restore the model there, or point LITPULSE_MODEL at a copy of it "
+        "(the index's vectors are of that model: searching needs it to embed the query)"
+    )
+
+
 def base_model_changed(details: Any, spec: ModelSpec) -> str | None:
     """Why an index version's vectors are not of ``spec``'s base model any more (its
     ``meta.json`` records the base model it was built with), or ``None``. Versions made
@@ -379,6 +398,9 @@ def base_model_changed(details: Any, spec: ModelSpec) -> str | None:
     if legacy_base_record(details) and recorded == _older_fingerprint(record, spec.base_model):
         return None
     was = record.get("path")
+    missing = _missing_model(str(was or ""), str(recorded), spec.base_model)
+    if missing is not None:
+        return missing
     return (
         f"the base model changed since this index was built ({was} -> {spec.base_model}, "
         "LITPULSE_MODEL): its vectors and the stored embeddings are of the old model; "
