@@ -71,6 +71,13 @@ X4 **A base model missing on disk is reported as a changed model, with a full re
    absolute one, is no folder now): "the base model is missing: PATH (LITPULSE_MODEL)
    holds no model folder now; restore the model there, or point LITPULSE_MODEL at a
    copy of it". Lexical searches go on meanwhile (200).
+
+X5 **``GET /status`` and ``litpulse status`` say nothing while every semantic and hybrid
+   search fails for the base model** (X4's state, and the same for a changed model):
+   ``index.problem`` is ``null``, as for a sound index. ``serving_problem``
+   (``ranking/index_status.py``) checks the index's files and its version's adapter
+   (35e X6), never the base model that ``_query_embedder`` refuses. (test_x5_..., both
+   stores)
 """
 
 from __future__ import annotations
@@ -264,3 +271,26 @@ def test_x4_missing_base_model_is_said_missing(world: Settings, tmp_path: Path) 
     assert "missing" in detail and str(model) in detail and "changed" not in detail
     assert "--rebuild" not in detail
     assert lexical.status_code == 200  # BM25 needs no model
+
+
+@pytest.mark.xfail(strict=True, reason="X5: the status says nothing while the base model "
+                   "is missing")
+def test_x5_status_says_the_base_model_is_missing(
+    world: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ranking import embed as em
+
+    model = Path(world.model)
+    with TestClient(create_app(world), raise_server_exceptions=False) as c:
+        assert _get(c, "/status").json()["index"]["problem"] is None  # sound: nothing said
+        away = tmp_path / "away"
+        shutil.move(str(model), str(away))
+        em.clear_cache()
+        try:
+            problem = _get(c, "/status").json()["index"]["problem"]
+            refused = c.get("/search", params={"q": "asthma"}).json()["detail"]
+        finally:
+            shutil.move(str(away), str(model))
+            em.clear_cache()
+    assert problem is not None and "missing" in problem and str(model) in problem, problem
+    assert refused.split(": ", 2)[-1] in problem  # the search's words
