@@ -22,6 +22,7 @@ from ranking.embed import (
     ModelSpec,
     active_model,
     adapter_refusal,
+    base_model_changed,
     count_pending,
     model_spec,
     profile_changed,
@@ -40,9 +41,11 @@ def serving_problem(settings: Settings, engine: Engine | None = None) -> str | N
     """Why the published index cannot serve searches now, with what repairs it; ``None``
     when it can (or none is published: the status says so already).
 
-    Cheap enough for every status call: whether its index file is there, and its model
+    Cheap enough for every status call: whether its index file is there, its model
     version's adapter (:func:`ranking.embed.adapter_refusal`: the folder, the weights and
-    their SHA-256). A store restored from a backup older than the data directory, or a
+    their SHA-256) and its base model (:func:`ranking.embed.base_model_changed`: missing
+    or another; its fingerprint hashes the weights once per file state in a process, then
+    costs a few stat calls). A store restored from a backup older than the data directory, or a
     data directory restored older than the store, or moved, leaves these."""
     engine = engine or db.connect(settings)
     row = published_index_row(engine)
@@ -57,7 +60,14 @@ def serving_problem(settings: Settings, engine: Engine | None = None) -> str | N
         return (f"the published index {row.id} is of model {row.model_version}, which the "
                 f"store does not know: every search fails; {REPUBLISH}")
     refusal = adapter_refusal(spec)
-    return None if refusal is None else f"every search fails: {refusal}"
+    if refusal is not None:
+        return f"every search fails: {refusal}"
+    # what a search embedding its query refuses (ranking.search._query_embedder): the
+    # base model gone or another one; BM25 (lexical mode) needs no model
+    changed = base_model_changed(row.details, spec)
+    if changed is not None:
+        return f"every semantic and hybrid search fails (lexical ones answer): {changed}"
+    return None
 
 
 def index_status(settings: Settings) -> dict[str, Any]:

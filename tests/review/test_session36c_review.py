@@ -78,6 +78,10 @@ X5 **``GET /status`` and ``litpulse status`` say nothing while every semantic an
    (``ranking/index_status.py``) checks the index's files and its version's adapter
    (35e X6), never the base model that ``_query_embedder`` refuses. (test_x5_..., both
    stores)
+   **Fixed**: ``serving_problem`` asks ``ranking.embed.base_model_changed`` too (the rule
+   the search refuses by: one home), after the adapter: "every semantic and hybrid search
+   fails (lexical ones answer): the base model is missing: …", in ``GET /status``,
+   ``litpulse status`` and ``litpulse index status``.
 """
 
 from __future__ import annotations
@@ -273,8 +277,6 @@ def test_x4_missing_base_model_is_said_missing(world: Settings, tmp_path: Path) 
     assert lexical.status_code == 200  # BM25 needs no model
 
 
-@pytest.mark.xfail(strict=True, reason="X5: the status says nothing while the base model "
-                   "is missing")
 def test_x5_status_says_the_base_model_is_missing(
     world: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
