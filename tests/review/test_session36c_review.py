@@ -3,7 +3,8 @@
 Code under review: ``litpulse/app/cli/search.py`` (``litpulse search``),
 ``litpulse/app/api.py`` (``GET /search``, ``GET /export``), ``litpulse/app/export.py``
 (BibTeX, RIS, CSV), ``ranking/search.py`` (``run_search``'s notes) and
-``ranking/embed.py`` (what a search says when the base model is not on disk), over a
+``ranking/embed.py`` and ``ranking/index_status.py`` (what a search and the status say
+when the base model is not on disk), over a
 world of twelve asthma records stored through the real store, embedded by the tiny
 random encoder and published (FAISS + tantivy) with ``rerank_candidates`` 4, on SQLite and
 PostgreSQL; searched with FastAPI's test client and the CLI's own parser and handler.
@@ -16,7 +17,16 @@ balanced, ``\\textbraceleft{}``), left as it is in RIS and CSV; an abstract with
 breaks is one RIS line (a record cannot be cut by an ``ER  -`` inside it); CSV cells from
 the records starting with ``=`` (an author ``=HYPERLINK(…)``, a MeSH heading) are written
 with a leading ``'``. Not pursued: deep pages of an IVF index (session 27 walked the flat
-index to ``MAX_OFFSET``; an IVF world of over 1,000 vectors is beyond this file's budget).
+index to ``MAX_OFFSET``; an IVF world of over 1,000 vectors is beyond this file's budget;
+``ranking.search.nearest`` read: an IVF probe that runs dry is scored exactly).
+
+Noticed, not filed: ``ranking.embed.load_encoder`` still raises ``ConfigError`` (400 over
+HTTP) for a missing base model folder; after X4 a search meets it only for an index whose
+meta predates the base-model record (a saved search's digest embeds no query: its vector
+is kept when it is saved). ``--sort date`` with ``-k`` beyond ``rerank_candidates`` is
+newest first within each block (README says so; ``--help`` says "the same results newest
+first"). X2's note compares λ with the setting: a λ asked equal to it is not noted.
+``--w-lexical -0.0`` prints ``-0*lex`` in the CLI's score line.
 
 Defects (each a strict xfail asserting the correct behaviour until fixed):
 
