@@ -679,10 +679,10 @@ def load_encoder(
             model version it ever served.
 
     Raises:
-        ConfigError: The base model folder does not exist.
-        ConsistencyError: The version's adapter cannot serve (:func:`adapter_problem`: its
-            folder or weights gone, its weights changed): the data directory's state, not
-            the caller's input; the message names what repairs it.
+        ConsistencyError: The base model folder does not exist, or the version's adapter
+            cannot serve (:func:`adapter_problem`: its folder or weights gone, its weights
+            changed): the data directory's state, not the caller's input; the message
+            names what repairs it.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     key = _encoder_key(spec, settings)
@@ -696,8 +696,11 @@ def load_encoder(
 
         quiet_model_loading()
         if not os.path.isdir(spec.base_model):
-            raise ConfigError(
-                f"model {spec.id!r}: base model folder {spec.base_model!r} is missing"
+            # the data directory's state (a disk not mounted, a cache cleaned), not the
+            # caller's input: a saved search's query, a request, are not at fault
+            raise ConsistencyError(
+                f"model {spec.id!r}: base model folder {spec.base_model!r} is missing: "
+                "restore the model there, or point LITPULSE_MODEL at a copy of it"
             )
         encoder = SentenceTransformer(spec.base_model, device=device)
         limit = _longest_input(encoder)

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Engine, insert, select, update
 
 from litpulse.core import db
-from litpulse.core.errors import ConfigError, NotFoundError
+from litpulse.core.errors import ConfigError, ConsistencyError, NotFoundError
 from litpulse.core.schema import articles, embeddings, model_versions
 from litpulse.core.settings import Settings
 from ranking import embed as em
@@ -112,8 +112,8 @@ def test_encode_query_and_article_text(sqlite_settings: Settings) -> None:
         em.model_spec(sqlite_settings, "nope")
     with pytest.raises(ConfigError):
         em.ModelSpec("", "x")
-    with pytest.raises(ConfigError):
-        em.load_encoder(em.ModelSpec("m", "/no/such/model"), sqlite_settings)
+    with pytest.raises(ConsistencyError, match="is missing: restore"):  # not the caller's
+        em.load_encoder(em.ModelSpec("m", "/no/such/model"), sqlite_settings)  # input (36c X6)
 
 
 def test_query_vectors_are_cached_per_model_and_bounded(sqlite_settings: Settings) -> None:

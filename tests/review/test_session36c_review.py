@@ -20,10 +20,7 @@ with a leading ``'``. Not pursued: deep pages of an IVF index (session 27 walked
 index to ``MAX_OFFSET``; an IVF world of over 1,000 vectors is beyond this file's budget;
 ``ranking.search.nearest`` read: an IVF probe that runs dry is scored exactly).
 
-Noticed, not filed: ``ranking.embed.load_encoder`` still raises ``ConfigError`` (400 over
-HTTP) for a missing base model folder; after X4 a search meets it only for an index whose
-meta predates the base-model record (a saved search's digest embeds no query: its vector
-is kept when it is saved). ``--sort date`` with ``-k`` beyond ``rerank_candidates`` is
+Noticed, not filed: ``--sort date`` with ``-k`` beyond ``rerank_candidates`` is
 newest first within each block (README says so; ``--help`` says "the same results newest
 first"). X2's note compares λ with the setting: a λ asked equal to it is not noted.
 ``--w-lexical -0.0`` prints ``-0*lex`` in the CLI's score line.
@@ -102,6 +99,11 @@ X6 **A saved search's digest blames the search's query for a missing base model.
    ``except ConfigError`` tells as a query the model cannot embed (and over HTTP it is a
    400, 35e X5's case for an adapter). It must name the missing model and no edit of the
    search. (test_x6_..., both stores)
+   **Fixed**: a missing base model folder is a ``ConsistencyError`` in ``load_encoder``
+   naming the repair (restore it, or point ``LITPULSE_MODEL`` at a copy), as 35e made an
+   adapter that cannot serve: the digest reports it as the server's state, tried again
+   next time (no edit of the search suggested), a request meeting it is a 503, and a
+   search saved meanwhile (its query embedded on save) a 503, not a 400.
 """
 
 from __future__ import annotations
@@ -318,8 +320,6 @@ def test_x5_status_says_the_base_model_is_missing(
     assert refused.split(": ", 2)[-1] in problem  # the search's words
 
 
-@pytest.mark.xfail(strict=True, reason="X6: a saved search's digest blames its query for a "
-                   "missing base model")
 def test_x6_digest_does_not_blame_the_query_for_a_missing_model(
     world: Settings, tmp_path: Path
 ) -> None:
