@@ -82,8 +82,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: A link to a file: its href may be relative (``./``), absolute (a URL), and carry a query
+#: string or a fragment (``NAME?download=1``, ``NAME#top``: a web mirror's or a CDN's
+#: index); a ``.md5`` beside it is no file.
 _HREF_RE = re.compile(
-    r"""href\s*=\s*["']?(?:[^"'>\s]*/)?(pubmed\d{2}n\d{4}\.xml\.gz)["'>\s]""", re.I
+    r"""href\s*=\s*["']?(?:[^"'>\s]*/)?(pubmed\d{2}n\d{4}\.xml\.gz)(?:[?#][^"'>\s]*)?["'>\s]""",
+    re.I,
 )
 #: What only a directory index holds (NCBI's is Apache's "Index of /pubmed/updatefiles"
 #: with a "Parent Directory" link; nginx and lighttpd write "Index of" too, IIS "[To Parent
@@ -136,12 +140,18 @@ class RemoteFile:
 
 
 def parse_listing(html: str, kind: str) -> list[RemoteFile]:
-    """The ``pubmedYYnNNNN.xml.gz`` files linked from a directory listing, in order."""
-    seen: dict[str, RemoteFile] = {}
+    """The ``pubmedYYnNNNN.xml.gz`` files linked from a directory listing, in order:
+    one file per number, however often it is linked or however its name is spelled (a
+    copy made through a case-insensitive share lists ``PubMed26N0002.xml.gz`` beside
+    ``pubmed26n0002.xml.gz``: NLM's spelling, all lower case, is kept where listed)."""
+    seen: dict[tuple[int, int], RemoteFile] = {}
     for name in _HREF_RE.findall(html):
         order = nlm_file_order(name)  # the one rule of an NLM name (ingest.records)
-        if order is not None and name not in seen:
-            seen[name] = RemoteFile(*order, name, kind)
+        if order is None:
+            continue
+        had = seen.get(order)
+        if had is None or (had.name != had.name.lower() and name == name.lower()):
+            seen[order] = RemoteFile(*order, name, kind)
     return sorted(seen.values())
 
 
