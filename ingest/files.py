@@ -27,6 +27,13 @@ version renamed over the path while the file is read does not change the open fi
 recorded version is read whole, and the next run reads the new one. Not seen (here as
 in the fetch times): a rewrite of the same size that keeps the modification time.
 
+**A copy of an NLM file this store applied from NLM's server** (``source_files``) is told
+by its MD5 (:func:`_earlier_issues`): the issue applied is read as above; a copy of an
+earlier issue that a re-issue replaced is left out with a warning (it would change
+nothing: the new issue outranks it, while read as the number's one source its records
+further down would undo the new issue's); any other copy is refused before anything is
+applied (read as the issue applied, it would be half applied).
+
 Example:
     >>> from litpulse.core.settings import Settings
     >>> counts = ingest_files(Settings.from_env(), ["pubmed26n0001.xml.gz"])  # doctest: +SKIP
@@ -39,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import hashlib
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -46,7 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ingest.checkpoints import FILES_SCOPE, file_key
-from ingest.records import nlm_file_order
+from ingest.records import nlm_file_name, nlm_file_order
 from ingest.rows import StoreItem
 from ingest.runs import IngestCounts, recorded_run
 from ingest.store import Store
@@ -131,11 +139,16 @@ def ingest_files(
         raise ConfigError(f"no such file: {', '.join(missing)}")
     limits = ParseLimits.from_settings(settings)
     store = Store(connect(settings))
+    target = " ".join(str(p) for p in files)
+    earlier = _earlier_issues(store, files)
+    files = [p for p in files if p not in earlier]
     per_file: list[dict[str, object]] = []
     with recorded_run(  # no window's check judges a local file's records
-        store, "files", target=" ".join(str(p) for p in files), judged=True
+        store, "files", target=target, judged=True
     ) as run:
         run.details = {"files": per_file}
+        if earlier:
+            run.details["skipped"] = [{"path": str(p), "why": why} for p, why in earlier.items()]
 
         def on_batch(counts: IngestCounts) -> None:
             # what earlier batches stored, should a later one fail
@@ -166,6 +179,69 @@ def ingest_files(
                 logger.info("%s: %s", path, counts.to_dict())
                 per_file.append({"path": str(path), **counts.to_dict()})
     return run.counts
+
+
+def _earlier_issues(store: Store, files: Sequence[Path]) -> dict[Path, str]:
+    """Of ``files``, the copies of an NLM file's issue that a re-issue this store applied
+    replaced, each with why it is left out (logged): read, its records would meet the new
+    issue's rows as the same source (the number's one as-of time) and undo those further
+    down in it; as the earlier source it is, it changes nothing.
+
+    A copy of the issue applied, or of a file not applied from NLM's server, is read as
+    ever. An unpacked copy (``.xml``: its MD5 is not the published one) is read as the
+    issue applied while the file was never re-issued.
+
+    Raises:
+        ConfigError: A copy that is no issue this store applied (NLM's new issue fetched
+            by hand before the update-file run found it, a copy edited or packed again):
+            read as the issue applied, it would be half applied (its items at or before
+            the positions that issue stored are replays). Nothing is applied.
+    """
+    skipped: dict[Path, str] = {}
+    refused: list[str] = []
+    for path in files:
+        order = nlm_file_order(path)
+        if order is None:
+            continue
+        current, earlier = store.file_issues(*order)
+        if current is None:
+            continue
+        name = nlm_file_name(*order)
+        if not path.name.lower().endswith(".gz"):
+            if earlier:
+                refused.append(
+                    f"{path} is an unpacked copy of {name}, which NLM re-issued (MD5 {current} "
+                    f"applied, replacing {', '.join(earlier)}): which issue it holds cannot "
+                    "be told (give the .xml.gz as published)"
+                )  # fmt: skip
+            continue
+        md5 = _md5(path)
+        if md5 == current:
+            continue
+        if md5 in earlier:
+            skipped[path] = (f"an earlier issue of {name} (MD5 {md5}), which NLM re-issued: "
+                             f"the issue applied (MD5 {current}) outranks it; nothing to do")
+            logger.warning("%s is %s", path, skipped[path])
+            continue
+        refused.append(f"{path} (MD5 {md5}) is no issue of {name} this store applied (MD5 "
+                       f"{current})")  # fmt: skip
+    if refused:
+        raise ConfigError(
+            "; ".join(refused) + ". Nothing was applied: read as the issue applied, such a "
+            "copy would be half applied. A re-issue NLM published is applied in its place by "
+            "`litpulse ingest --updatefiles` (it reads the published .md5); a copy changed by "
+            "hand, or packed again, is read as a plain file under another name (e.g. "
+            "NAME_local.xml.gz)"
+        )
+    return skipped
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _fetch_times(

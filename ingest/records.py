@@ -35,6 +35,7 @@ __all__ = [
     "Record",
     "SourceRef",
     "baseline_frozen_by",
+    "nlm_file_name",
     "nlm_file_order",
     "nlm_sequence",
 ]
@@ -93,6 +94,11 @@ def baseline_frozen_by(year: int) -> dt.datetime:
     baseline files and no update file reaches this far, not the day it ran
     (:func:`litpulse.pipeline.planning.last_watermark`): the E-utilities go on from here."""
     return dt.datetime(2000 + year - 1, 11, 1, tzinfo=dt.UTC)
+
+
+def nlm_file_name(year: int, number: int) -> str:
+    """NLM's name of file ``number`` of ``year``'s numbering: ``pubmed26n0002.xml.gz``."""
+    return f"pubmed{year:02d}n{number:04d}.xml.gz"
 
 
 def nlm_sequence(year: int, number: int) -> int:

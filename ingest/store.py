@@ -81,6 +81,7 @@ from ingest.records import (
     QuarantineEntry,
     Record,
     SourceRef,
+    nlm_file_name,
     nlm_file_order,
     nlm_sequence,
 )
@@ -579,13 +580,15 @@ class Store(RunLedger, Checkpoints):
                     out[src] = replace(src, fetched_at=dt.datetime.fromtimestamp(at, dt.UTC))
         return out
 
-    def reissue(self, src: SourceRef, md5: str) -> bool:
+    def reissue(self, src: SourceRef, md5: str, was: str = "") -> bool:
         """Give a re-issue of the numbered NLM file ``src`` (NLM published it again under
         its name, with the MD5 ``md5``) an as-of time of its own, later than every earlier
         issue's, in a transaction of its own before its first batch (:mod:`ingest.rules`:
         it then ranks after the earlier issue and before the next file; what the earlier
         issue wrote is an earlier source, not a replay). Reading the same re-issue again (a
-        run killed in it, resumed) keeps the time its first read was given.
+        run killed in it, resumed) keeps the time its first read was given. ``was``, the
+        MD5 of the issue it replaces, is kept among the earlier issues'
+        (``source_times.earlier``: :meth:`file_issues`).
 
         Returns:
             Whether the as-of time moved (``False``: this issue had it already, or the file
@@ -594,17 +597,35 @@ class Store(RunLedger, Checkpoints):
         t = source_times.c
         with self.engine.begin() as conn:
             row = conn.execute(
-                select(t.as_of, t.md5).where(t.sequence == src.sequence)
+                select(t.as_of, t.md5, t.earlier).where(t.sequence == src.sequence)
             ).first()  # fmt: skip
             if row is None or row.md5 == md5:
                 return False
             at = max(src.fetched_at.timestamp(), row.as_of + 0.001)
+            earlier = list(row.earlier or [])
+            if was and was != md5 and was not in earlier:
+                earlier.append(was)
             conn.execute(
                 update(source_times)
                 .where(t.sequence == src.sequence)
-                .values(as_of=at, md5=md5, location=src.location)
+                .values(as_of=at, md5=md5, location=src.location, earlier=earlier or None)
             )  # fmt: skip
         return True
+
+    def file_issues(self, year: int, number: int) -> tuple[str | None, list[str]]:
+        """The issues of NLM file ``pubmed{year}n{number}`` this store applied: the MD5 of
+        the one applied last (``source_files``, however the listing spelled its name;
+        ``None``: not applied from NLM's server, or never), and those of the earlier issues
+        re-issues replaced (:meth:`reissue`), oldest first."""
+        f, t = source_files.c, source_times.c
+        with self.engine.connect() as conn:
+            current = conn.execute(
+                select(f.md5).where(func.lower(f.name) == nlm_file_name(year, number))
+            ).scalar()  # fmt: skip
+            earlier = conn.execute(
+                select(t.earlier).where(t.sequence == nlm_sequence(year, number))
+            ).scalar()  # fmt: skip
+        return current, list(earlier or [])
 
     def earlier_issue_rows(self, src: SourceRef) -> int:
         """The live rows an earlier issue of the numbered file ``src`` wrote that its

@@ -884,7 +884,7 @@ def _store_file(
         run.counts += counts
 
     if f.reissue:  # ranked after the earlier issue, before the next file (ingest.rules)
-        store.reissue(_file_ref(f), digest)
+        store.reissue(_file_ref(f), digest, was=f.reissue)
     mark = store.get_checkpoint(PROGRESS_SCOPE, f.name)
     value = mark["value"] if mark is not None else {}
     done, before = 0, IngestCounts()

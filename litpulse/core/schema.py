@@ -374,6 +374,10 @@ source_times = Table(
     #: The MD5 of the re-issue of the file that moved ``as_of`` (NLM re-issued it under
     #: its name: ``Store.reissue``); ``NULL``: the as-of time of its first read.
     Column("md5", String(32)),
+    #: The MD5s of the file's earlier issues, oldest first, that re-issues replaced
+    #: (``Store.reissue``; ``NULL``: none recorded): a local copy of one of them is known
+    #: for what it is (``ingest.files``), not taken for the issue applied.
+    Column("earlier", JSON),
 )
 
 # --------------------------------------------------------------------------------- ranking
