@@ -63,6 +63,15 @@ X4 **One file listed under two spellings of its name is applied twice.** A mirro
    nlm_file_order``), NLM's all-lower-case spelling where it is listed. Not done: a file
    applied under one spelling and listed later under another only (the planner compares
    names) is applied again as a replay: no row changes, a second ``source_files`` row.
+
+X5 (found after the first four) **A file read first from a local copy, then applied from
+   the server under another issue, is half applied.** ``ingest --files`` of a copy of
+   ``pubmed26n0002.xml.gz`` (issue A) before the update-file run applies it; NLM has
+   re-issued it meanwhile. The run applies the server's issue B as a first application
+   (nothing in ``source_files``), under the as-of time the copy's read recorded: the same
+   source, so B's items at or before the positions A stored are "replays": 21 revised, 22
+   left as issue A has it, for good (``source_files`` then records B's MD5).
+   (test_x5_..., both stores)
 """
 
 from __future__ import annotations
@@ -233,6 +242,28 @@ def test_x4_a_file_listed_under_two_spellings_is_applied_once(
     assert [r[0] for r in _rows(s)[1]] == [N1, N2]
     apply_updates(s, workers=0)
     assert _runs(s)[-1]["details"]["files"] == []
+
+
+# ------------------------- X5: a local copy read first, then another issue from the server
+
+
+@pytest.mark.xfail(strict=True, reason="X5: the server's other issue is half applied")
+def test_x5_a_file_read_from_a_local_copy_then_another_issue_from_the_server(
+    emu: ReviewEmulator, env: Settings, tmp_path: Path
+) -> None:
+    """The operator loads a local copy of file 2 (issue A) with ``ingest --files`` before
+    the update-file run applies it; NLM has re-issued it meanwhile (the server holds
+    issue B). The update-file run must apply issue B whole, ranked after the copy read."""
+    s = _settings(emu, env)
+    emu.add_file("updatefiles", N1, _file(_art(11, "Record 11")))
+    assert main(["ingest", "--files", str(_copy(tmp_path, ISSUE_A))]) == 0
+    emu.add_file("updatefiles", N2, ISSUE_B)
+    apply_updates(s, workers=0)
+    got = _titles(s)
+    assert (got[21], got[22]) == (("21 as re-issued", False), ("22 as re-issued", False))
+    assert main(["ingest", "--files", str(_copy(tmp_path, ISSUE_A))]) == 0  # now earlier
+    got = _titles(s)
+    assert (got[21], got[22]) == (("21 as re-issued", False), ("22 as re-issued", False))
 
 
 # -------------------------------------------------------------------- held (not defects)
