@@ -49,12 +49,12 @@ import datetime as dt
 import hashlib
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ingest.checkpoints import FILES_SCOPE, file_key
-from ingest.records import nlm_file_name, nlm_file_order
+from ingest.records import SourceRef, nlm_file_name, nlm_file_order
 from ingest.rows import StoreItem
 from ingest.runs import IngestCounts, recorded_run
 from ingest.store import Store
@@ -164,7 +164,8 @@ def ingest_files(
         ]  # fmt: skip
         # the NLM files' first reads, as the fetch times are fixed (ingest.rules: a file
         # killed before its first batch committed keeps the time it was first read)
-        store.record_sources(src for _path, src, _identity in jobs)
+        read = store.record_sources(src for _path, src, _identity in jobs)
+        _note_first_issues(store, files, jobs, read)
         n_workers = settings.ingest_workers if workers is None else workers
         parsed = parse_ordered(
             jobs, workers=n_workers, limits=limits, parse=parse.iter_items,
@@ -234,6 +235,21 @@ def _earlier_issues(store: Store, files: Sequence[Path]) -> dict[Path, str]:
             "NAME_local.xml.gz)"
         )
     return skipped
+
+
+def _note_first_issues(
+    store: Store,
+    files: Sequence[Path],
+    jobs: Sequence[tuple[Path, SourceRef, FileIdentity]],
+    read: Mapping[SourceRef, SourceRef],
+) -> None:
+    """Record the MD5 of each ``.xml.gz`` copy of an NLM file whose read is the file's
+    first (its as-of time: :meth:`Store.record_sources`), so that an update-file run that
+    then applies another issue of it applies that issue as a re-issue, ranked after the
+    copy (:meth:`Store.reissue`), not as the copy read again (half of it a replay)."""
+    for path, (_path, src, _identity) in zip(files, jobs, strict=True):
+        if src in read and read[src] is src and path.name.lower().endswith(".gz"):
+            store.note_first_issue(src, _md5(path))
 
 
 def _md5(path: Path) -> str:

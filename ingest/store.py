@@ -580,7 +580,7 @@ class Store(RunLedger, Checkpoints):
                     out[src] = replace(src, fetched_at=dt.datetime.fromtimestamp(at, dt.UTC))
         return out
 
-    def reissue(self, src: SourceRef, md5: str, was: str = "") -> bool:
+    def reissue(self, src: SourceRef, md5: str, was: str = "") -> str:
         """Give a re-issue of the numbered NLM file ``src`` (NLM published it again under
         its name, with the MD5 ``md5``) an as-of time of its own, later than every earlier
         issue's, in a transaction of its own before its first batch (:mod:`ingest.rules`:
@@ -588,11 +588,14 @@ class Store(RunLedger, Checkpoints):
         issue wrote is an earlier source, not a replay). Reading the same re-issue again (a
         run killed in it, resumed) keeps the time its first read was given. ``was``, the
         MD5 of the issue it replaces, is kept among the earlier issues'
-        (``source_times.earlier``: :meth:`file_issues`).
+        (``source_times.earlier``: :meth:`file_issues`). Called for every file applied
+        from NLM's server: one whose first read was a local copy of another issue
+        (:meth:`note_first_issue`) is a re-issue too, though no run applied that copy.
 
         Returns:
-            Whether the as-of time moved (``False``: this issue had it already, or the file
-            was never read: its first read records it).
+            The MD5 of the issue replaced where the as-of time moved; ``""`` where it did
+            not (this issue had it already, or the file was never read: its first read
+            records it).
         """
         t = source_times.c
         with self.engine.begin() as conn:
@@ -600,7 +603,13 @@ class Store(RunLedger, Checkpoints):
                 select(t.as_of, t.md5, t.earlier).where(t.sequence == src.sequence)
             ).first()  # fmt: skip
             if row is None or row.md5 == md5:
-                return False
+                return ""
+            # the issue the as-of time is of: the one applied (``was``), else the one its
+            # first read recorded (a local copy: note_first_issue); neither known: the
+            # first read is this issue's own
+            was = was or row.md5 or ""
+            if not was:
+                return ""
             at = max(src.fetched_at.timestamp(), row.as_of + 0.001)
             earlier = list(row.earlier or [])
             if was and was != md5 and was not in earlier:
@@ -610,7 +619,21 @@ class Store(RunLedger, Checkpoints):
                 .where(t.sequence == src.sequence)
                 .values(as_of=at, md5=md5, location=src.location, earlier=earlier or None)
             )  # fmt: skip
-        return True
+        return was
+
+    def note_first_issue(self, src: SourceRef, md5: str) -> None:
+        """Record ``md5`` as the issue of the numbered file ``src`` whose first read gave
+        the file its as-of time (``src.fetched_at``; a local copy ``ingest --files``
+        read), where no issue is recorded: an update-file run that then applies another
+        issue applies it as a re-issue (:meth:`reissue`), not as that copy read again."""
+        t = source_times.c
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(source_times)
+                .where(t.sequence == src.sequence, t.md5.is_(None),
+                       t.as_of == src.fetched_at.timestamp())
+                .values(md5=md5)
+            )  # fmt: skip
 
     def file_issues(self, year: int, number: int) -> tuple[str | None, list[str]]:
         """The issues of NLM file ``pubmed{year}n{number}`` this store applied: the MD5 of

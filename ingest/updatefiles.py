@@ -883,8 +883,9 @@ def _store_file(
     def on_batch(counts: IngestCounts) -> None:
         run.counts += counts
 
-    if f.reissue:  # ranked after the earlier issue, before the next file (ingest.rules)
-        store.reissue(_file_ref(f), digest, was=f.reissue)
+    # a re-issue (of the issue applied, or of a local copy read first: Store.reissue)
+    # ranks after the earlier issue, before the next file (ingest.rules)
+    was = store.reissue(_file_ref(f), digest, was=f.reissue) or f.reissue
     mark = store.get_checkpoint(PROGRESS_SCOPE, f.name)
     value = mark["value"] if mark is not None else {}
     done, before = 0, IngestCounts()
@@ -900,15 +901,15 @@ def _store_file(
         itertools.islice(items, done, None), run_id=run.id, batch_size=settings.store_batch,
         on_batch=on_batch, start=done, in_batch=in_batch,
     )  # fmt: skip
-    if f.reissue:
+    if was:
         kept = store.earlier_issue_rows(_file_ref(f))
         logger.warning(
             "re-issued file applied again: %s (MD5 %s, was %s): %s; %d record(s) only the "
-            "earlier issue held are kept", f.name, digest, f.reissue, file_counts.to_dict(),
+            "earlier issue held are kept", f.name, digest, was, file_counts.to_dict(),
             kept,
         )  # fmt: skip
         told = run.details.setdefault("reissued", [])
-        told.append({"name": f.name, "md5": digest, "was": f.reissue, "earlier_only": kept})
+        told.append({"name": f.name, "md5": digest, "was": was, "earlier_only": kept})
     row = {
         "name": f.name,
         "kind": f.kind,
