@@ -42,9 +42,11 @@ X2 **A local copy that is no issue this store applied is half applied.** The sto
    (``--updatefiles`` applies a re-issue; an edited copy goes under another name, a plain
    file), before any run is recorded. An unpacked ``.xml`` copy (its MD5 is not the
    published one) is read as before, unless the file was re-issued: then refused, its
-   issue cannot be told. Not done: a store that read file N only through ``--files``
-   records no MD5 of it, so two different copies of N given one after the other still
-   meet as one source.
+   issue cannot be told. Not done: in a store that read file N only through ``--files``
+   (no ``source_files`` row; X5 records the first copy's MD5, unused here), a second,
+   different copy of N is still read as the same source, half of it a replay:
+   ``ingest.files`` takes a changed local file for a newer read of it by design (a file
+   rewritten between two runs), and the number's one as-of time makes that a replay.
 
 X3 **A listing whose hrefs carry a query string or a fragment loses those files.**
    ``<a href="pubmed26n0002.xml.gz?download=1">`` (a CDN's or a web mirror's index) or
