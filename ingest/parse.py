@@ -166,7 +166,10 @@ DEFAULT_MAX_TEXT_CHARS = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 _LXML_POSITION_RE = re.compile(r",? line \d+, column \d+$")
 _LINE_IN_MSG_RE = re.compile(r"\bline ([0-9]{1,9})\b")
-_ROOT_OPEN_RE = re.compile(rb"<PubmedArticleSet(?:\s[^>]*)?>")
+#: The root start tag as written: a ``>`` inside a quoted attribute value is the value's.
+_ROOT_OPEN_RE = re.compile(rb"""<PubmedArticleSet(?:\s(?:[^>"']|"[^"]*"|'[^']*')*)?>""")
+#: The root start tag read up to inside a quoted attribute value (its end not read yet).
+_ROOT_OPEN_QUOTE_RE = re.compile(rb"""<PubmedArticleSet\s(?:[^>"']|"[^"]*"|'[^']*')*["'][^"']*""")
 _SUFFIX = b"</PubmedArticleSet>"
 _XML_DECL_RE = re.compile(rb"<\?xml[^>]*\?>")
 _INTERNAL_SUBSET_RE = re.compile(rb"<!DOCTYPE[^>\[]*\[")
@@ -485,7 +488,13 @@ def _start(
                 continue
             pos, root_at, in_subset = _prolog(head, pos)
             subset = subset or in_subset
-            if root_at >= 0 and head.find(b">", root_at) >= 0:
+            if (
+                root_at >= 0
+                and head.find(b">", root_at) >= 0
+                and (
+                    _ROOT_OPEN_QUOTE_RE.fullmatch(head, root_at) is None  # no '>' of a value
+                )
+            ):
                 break
             if len(head) - pos > PROLOG_MARKUP_LIMIT:  # one construct too long to hold
                 root_at = -1
@@ -898,7 +907,9 @@ def _per_deletion(entry: QuarantineEntry, raw: bytes) -> list[QuarantineEntry]:
         return [entry]
     return [
         dataclasses.replace(
-            entry, pmid=p, key=f"{entry.key} deletion {p}",
+            entry,
+            pmid=p,
+            key=f"{entry.key} deletion {p}",
             reason=f"{entry.reason}; the deletion of PMID {p} it holds is not applied",
         )  # fmt: skip
         for p in pmids
