@@ -32,7 +32,11 @@ by its MD5 (:func:`_earlier_issues`): the issue applied is read as above; a copy
 earlier issue that a re-issue replaced is left out with a warning (it would change
 nothing: the new issue outranks it, while read as the number's one source its records
 further down would undo the new issue's); any other copy is refused before anything is
-applied (read as the issue applied, it would be half applied).
+applied (read as the issue applied, it would be half applied). A file read only from
+local copies is told the same way by the MD5 of the copy read last (``.xml.gz`` or
+unpacked: ``source_times.md5``): a copy of an earlier one is left out, any other copy is
+read whole as a re-issue of it (:func:`_reissue`: ranked after it), and an update-file
+run that then applies an issue other than that copy's applies it as a re-issue too.
 
 Example:
     >>> from litpulse.core.settings import Settings
@@ -56,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 from ingest.checkpoints import FILES_SCOPE, file_key
 from ingest.records import SourceRef, nlm_file_name, nlm_file_order
 from ingest.rows import StoreItem
-from ingest.runs import IngestCounts, recorded_run
+from ingest.runs import IngestCounts, OpenRun, recorded_run
 from ingest.store import Store
 from litpulse.core.errors import ConfigError
 from litpulse.core.settings import Settings
@@ -71,6 +75,7 @@ logger = logging.getLogger(__name__)
 
 #: Checkpoint scope of the files read: key SHA-1 of the path, value its identity and time.
 SCOPE = FILES_SCOPE
+
 
 def order_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """The paths in the order to apply them.
@@ -140,7 +145,7 @@ def ingest_files(
     limits = ParseLimits.from_settings(settings)
     store = Store(connect(settings))
     target = " ".join(str(p) for p in files)
-    earlier = _earlier_issues(store, files)
+    earlier, digests = _earlier_issues(store, files)
     files = [p for p in files if p not in earlier]
     per_file: list[dict[str, object]] = []
     with recorded_run(  # no window's check judges a local file's records
@@ -165,7 +170,7 @@ def ingest_files(
         # the NLM files' first reads, as the fetch times are fixed (ingest.rules: a file
         # killed before its first batch committed keeps the time it was first read)
         read = store.record_sources(src for _path, src, _identity in jobs)
-        _note_first_issues(store, files, jobs, read)
+        _note_first_issues(store, jobs, read, digests)
         n_workers = settings.ingest_workers if workers is None else workers
         parsed = parse_ordered(
             jobs, workers=n_workers, limits=limits, parse=parse.iter_items,
@@ -174,6 +179,8 @@ def ingest_files(
         with contextlib.closing(parsed):
             for index, items in parsed:
                 path = files[index]
+                if path in digests and read.get(jobs[index][1]) is not jobs[index][1]:
+                    _reissue(store, run, path, jobs[index][1], digests[path])
                 if progress:
                     items = _with_progress(items, path.name)
                 counts = store.apply(items, run_id=run.id, batch_size=size, on_batch=on_batch)
@@ -182,34 +189,45 @@ def ingest_files(
     return run.counts
 
 
-def _earlier_issues(store: Store, files: Sequence[Path]) -> dict[Path, str]:
-    """Of ``files``, the copies of an NLM file's issue that a re-issue this store applied
+def _earlier_issues(store: Store, files: Sequence[Path]) -> tuple[dict[Path, str], dict[Path, str]]:
+    """Of ``files``, the copies of an NLM file's issue that a re-issue this store read
     replaced, each with why it is left out (logged): read, its records would meet the new
     issue's rows as the same source (the number's one as-of time) and undo those further
-    down in it; as the earlier source it is, it changes nothing.
+    down in it; as the earlier source it is, it changes nothing. And the MD5 of each copy
+    of an NLM file not applied from NLM's server (plain or ``.xml.gz``) that is read: the
+    issue its read is of (:func:`_note_first_issues`, :func:`_reissue`).
 
-    A copy of the issue applied, or of a file not applied from NLM's server, is read as
-    ever. An unpacked copy (``.xml``: its MD5 is not the published one) is read as the
-    issue applied while the file was never re-issued.
+    A copy of the issue applied from NLM's server is read as ever. An unpacked copy
+    (``.xml``: its MD5 is not the published one) is read as the issue applied while the
+    file was never re-issued. A copy of a file read only from local copies that is not the
+    issue read last, nor an earlier one, is read whole as a re-issue (:func:`_reissue`).
 
     Raises:
-        ConfigError: A copy that is no issue this store applied (NLM's new issue fetched
-            by hand before the update-file run found it, a copy edited or packed again):
-            read as the issue applied, it would be half applied (its items at or before
-            the positions that issue stored are replays). Nothing is applied.
+        ConfigError: A copy of a file applied from NLM's server that is no issue this
+            store applied (NLM's new issue fetched by hand before the update-file run
+            found it, a copy edited or packed again): read as the issue applied, it would
+            be half applied (its items at or before the positions that issue stored are
+            replays). Nothing is applied.
     """
     skipped: dict[Path, str] = {}
+    digests: dict[Path, str] = {}
     refused: list[str] = []
     for path in files:
         order = nlm_file_order(path)
         if order is None:
             continue
-        current, earlier = store.file_issues(*order)
-        if current is None:
-            continue
+        current, earlier, applied = store.file_issues(*order)
         name = nlm_file_name(*order)
-        if not path.name.lower().endswith(".gz"):
+        packed = path.name.lower().endswith(".gz")
+        if applied and not packed:
             if earlier:
+                md5 = _md5(path)
+                if md5 in earlier:  # an unpacked copy read before the server's re-issue
+                    skipped[path] = (f"an earlier issue of {name} (MD5 {md5}), which NLM "
+                                     f"re-issued: the issue applied (MD5 {current}) outranks "
+                                     "it; nothing to do")  # fmt: skip
+                    logger.warning("%s is %s", path, skipped[path])
+                    continue
                 refused.append(
                     f"{path} is an unpacked copy of {name}, which NLM re-issued (MD5 {current} "
                     f"applied, replacing {', '.join(earlier)}): which issue it holds cannot "
@@ -220,9 +238,14 @@ def _earlier_issues(store: Store, files: Sequence[Path]) -> dict[Path, str]:
         if md5 == current:
             continue
         if md5 in earlier:
-            skipped[path] = (f"an earlier issue of {name} (MD5 {md5}), which NLM re-issued: "
-                             f"the issue applied (MD5 {current}) outranks it; nothing to do")
+            skipped[path] = (f"an earlier issue of {name} (MD5 {md5}), which "
+                             f"{'NLM' if applied else 'a later copy'} re-issued: the issue "
+                             f"{'applied' if applied else 'read'} (MD5 {current}) outranks "
+                             "it; nothing to do")  # fmt: skip
             logger.warning("%s is %s", path, skipped[path])
+            continue
+        if not applied:  # the first read of the file, or another copy: read whole
+            digests[path] = md5
             continue
         refused.append(f"{path} (MD5 {md5}) is no issue of {name} this store applied (MD5 "
                        f"{current})")  # fmt: skip
@@ -234,22 +257,37 @@ def _earlier_issues(store: Store, files: Sequence[Path]) -> dict[Path, str]:
             "hand, or packed again, is read as a plain file under another name (e.g. "
             "NAME_local.xml.gz)"
         )
-    return skipped
+    return skipped, digests
 
 
 def _note_first_issues(
     store: Store,
-    files: Sequence[Path],
     jobs: Sequence[tuple[Path, SourceRef, FileIdentity]],
     read: Mapping[SourceRef, SourceRef],
+    digests: Mapping[Path, str],
 ) -> None:
-    """Record the MD5 of each ``.xml.gz`` copy of an NLM file whose read is the file's
-    first (its as-of time: :meth:`Store.record_sources`), so that an update-file run that
-    then applies another issue of it applies that issue as a re-issue, ranked after the
-    copy (:meth:`Store.reissue`), not as the copy read again (half of it a replay)."""
-    for path, (_path, src, _identity) in zip(files, jobs, strict=True):
-        if src in read and read[src] is src and path.name.lower().endswith(".gz"):
-            store.note_first_issue(src, _md5(path))
+    """Record the MD5 of each copy of an NLM file whose read is the file's first (its
+    as-of time: :meth:`Store.record_sources`; ``.xml.gz`` or unpacked), so that an
+    update-file run that then applies another issue of it (or a copy read later that is
+    another one) applies that issue as a re-issue, ranked after the copy
+    (:meth:`Store.reissue`), not as the copy read again (half of it a replay)."""
+    for path, src, _identity in jobs:
+        if path in digests and read.get(src) is src:
+            store.note_first_issue(src, digests[path])
+
+
+def _reissue(store: Store, run: OpenRun, path: Path, src: SourceRef, md5: str) -> None:
+    """Before its first item is stored, make a copy of an NLM file read only from local
+    copies whose MD5 is another than the issue read last (:meth:`Store.file_issues`) a
+    re-issue of it (:meth:`Store.reissue`): it ranks after that issue, so it is applied
+    whole, not half of it as replays of the positions the other issue stored. Reported in
+    the run's ``details.reissued``. A run resuming it finds it the issue read last."""
+    was = store.reissue(src, md5)
+    if was:
+        logger.warning("%s: another issue of %s (MD5 %s) than the copy read before (MD5 %s): "
+                       "read whole as a re-issue of it", path, src.location, md5, was)  # fmt: skip
+        told = run.details.setdefault("reissued", [])
+        told.append({"path": str(path), "md5": md5, "was": was})
 
 
 def _md5(path: Path) -> str:

@@ -635,20 +635,25 @@ class Store(RunLedger, Checkpoints):
                 .values(md5=md5)
             )  # fmt: skip
 
-    def file_issues(self, year: int, number: int) -> tuple[str | None, list[str]]:
-        """The issues of NLM file ``pubmed{year}n{number}`` this store applied: the MD5 of
-        the one applied last (``source_files``, however the listing spelled its name;
-        ``None``: not applied from NLM's server, or never), and those of the earlier issues
-        re-issues replaced (:meth:`reissue`), oldest first."""
+    def file_issues(self, year: int, number: int) -> tuple[str | None, list[str], bool]:
+        """The issues of NLM file ``pubmed{year}n{number}`` this store read: the MD5 of
+        the one read last (``None``: none recorded), those of the earlier issues re-issues
+        replaced (:meth:`reissue`), oldest first, and whether the last was applied from
+        NLM's server (``source_files``, however the listing spelled its name) rather than
+        read from a local copy only (``source_times.md5``: :meth:`note_first_issue`, or a
+        copy read as a re-issue of it)."""
         f, t = source_files.c, source_times.c
         with self.engine.connect() as conn:
-            current = conn.execute(
+            applied = conn.execute(
                 select(f.md5).where(func.lower(f.name) == nlm_file_name(year, number))
             ).scalar()  # fmt: skip
-            earlier = conn.execute(
-                select(t.earlier).where(t.sequence == nlm_sequence(year, number))
-            ).scalar()  # fmt: skip
-        return current, list(earlier or [])
+            row = conn.execute(
+                select(t.md5, t.earlier).where(t.sequence == nlm_sequence(year, number))
+            ).first()  # fmt: skip
+        earlier = list(row.earlier or []) if row is not None else []
+        if applied is not None:
+            return applied, earlier, True
+        return (row.md5 if row is not None else None), earlier, False
 
     def earlier_issue_rows(self, src: SourceRef) -> int:
         """The live rows an earlier issue of the numbered file ``src`` wrote that its

@@ -16,11 +16,27 @@ X1 **A second, different copy of a file read only through ``--files`` is half ap
    the same source as issue A: its items at or before the positions A stored are
    "replays", skipped: 21 revised, 22 left as A has it, silently. (test_x1_..., both
    stores)
+   **Fixed**: ``Store.file_issues`` also says whether the file was applied from NLM's
+   server; where it was not, the issue read last is ``source_times.md5`` (the first
+   copy's, ``Store.note_first_issue``), and ``ingest.files._earlier_issues`` tells each
+   copy by its MD5: that issue is read as ever, an earlier one is left out with a
+   warning, any other is read whole as a re-issue (``ingest.files._reissue`` calls
+   ``Store.reissue`` before its first item: ranked after the copy read before, reported
+   in the run's ``details.reissued``; a resumed run finds it the issue read last).
+   Not done: a store whose first copy was read by a release before 36a (no MD5 in
+   ``source_times``) still reads a second, different copy as the same source.
 
 X2 **An unpacked ``.xml`` copy read before the server's ``.gz`` is not told apart.**
    ``ingest --files pubmed26n0002.xml`` (issue A, unpacked) records no MD5, so the
    update-file run that then applies the server's issue B applies it as the copy read
    again: half a replay, 22 left as issue A has it. (test_x2_..., both stores)
+   **Fixed** with X1: the MD5 of an unpacked copy whose read is the file's first is
+   recorded as a ``.xml.gz``'s is (``_note_first_issues``), so the server's issue is a
+   re-issue of it (applied whole, ranked after it); that copy read again is then an
+   earlier issue, left out (an unpacked copy of a re-issued file whose MD5 is no earlier
+   issue is refused as before). Its MD5 is never the ``.gz``'s: the server's ``.xml.gz``
+   of the same content is applied whole as a re-issue too (nothing changes, but the run
+   reports a re-issue).
 
 X3 **A file name whose case changes between runs is applied again, a second
    ``source_files`` row.** File 2 applied as ``pubmed26n0002.xml.gz``; a later listing
@@ -81,7 +97,6 @@ def _both(s: Settings) -> tuple[tuple[str, bool], tuple[str, bool]]:
 # ------------------------------- X1: a second copy of a file read only through --files
 
 
-@pytest.mark.xfail(strict=True, reason="X1: a second, different copy is half applied")
 def test_x1_a_second_copy_of_a_file_read_only_from_copies_is_applied_whole(
     env: Settings, tmp_path: Path
 ) -> None:
@@ -101,7 +116,6 @@ def test_x1_a_second_copy_of_a_file_read_only_from_copies_is_applied_whole(
 # ------------------------------ X2: an unpacked copy read before the server's .xml.gz
 
 
-@pytest.mark.xfail(strict=True, reason="X2: a .xml copy's issue is not recorded")
 def test_x2_an_unpacked_copy_then_another_issue_from_the_server(
     emu: ReviewEmulator, env: Settings, tmp_path: Path
 ) -> None:
