@@ -43,10 +43,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, delete, func, select, update
 
 from ingest.http import HttpClient, raise_if_stopped
-from ingest.records import SourceRef, nlm_file_order, nlm_sequence
+from ingest.records import SourceRef, nlm_file_name, nlm_file_order, nlm_sequence
 from ingest.rows import StoreItem
 from ingest.runs import IngestCounts, OpenRun, recorded_run
 from ingest.store import Store
@@ -137,6 +137,12 @@ class RemoteFile:
     @property
     def folder(self) -> str:
         return FOLDERS[self.kind]
+
+    @property
+    def key(self) -> str:
+        """NLM's spelling of the name (all lower case): how the store knows the file,
+        however a listing spells it (:func:`applied_files`)."""
+        return nlm_file_name(self.year, self.number)
 
 
 def parse_listing(html: str, kind: str) -> list[RemoteFile]:
@@ -382,11 +388,21 @@ def applied_files(
     engine: Engine,
 ) -> tuple[dict[str, str], dict[str, tuple[str, str | None]]]:
     """The files this store applied (``source_files``): name → kind, and name → the MD5
-    and listing entry applied (the ``issues`` of :func:`plan_files`)."""
+    and listing entry applied (the ``issues`` of :func:`plan_files`), each NLM file under
+    NLM's spelling of its name (:attr:`RemoteFile.key`), however it was listed when it
+    was applied: a listing that spells it otherwise later lists the same file."""
     sf = source_files.c
     with engine.connect() as conn:
         rows = conn.execute(select(sf.name, sf.kind, sf.md5, sf.listed)).all()
-    return {r.name: r.kind for r in rows}, {r.name: (r.md5, r.listed) for r in rows}
+    keys = [_key(r.name) for r in rows]
+    return ({k: r.kind for k, r in zip(keys, rows, strict=True)},
+            {k: (r.md5, r.listed) for k, r in zip(keys, rows, strict=True)})  # fmt: skip
+
+
+def _key(name: str) -> str:
+    """NLM's spelling of an NLM file's name (else the name as it is)."""
+    order = nlm_file_order(name)
+    return nlm_file_name(*order) if order is not None else name
 
 
 def note_listed(engine: Engine, plan: FilePlan) -> None:
@@ -397,7 +413,9 @@ def note_listed(engine: Engine, plan: FilePlan) -> None:
     sf = source_files.c
     with engine.begin() as conn:
         for name, entry in plan.restamp:
-            conn.execute(update(source_files).where(sf.name == name).values(listed=entry))
+            conn.execute(
+                update(source_files).where(func.lower(sf.name) == name).values(listed=entry)
+            )  # fmt: skip
 
 
 def find_reissues(
@@ -419,17 +437,17 @@ def find_reissues(
     read (gone, or an error page) is left to the next run, with a warning: it holds back
     no other file.
     """
-    done = [f for f in remote if f.name in issues]
-    newest = {f.name for f in done[-RECHECK_NEWEST:]}
+    done = [f for f in remote if f.key in issues]
+    newest = {f.key for f in done[-RECHECK_NEWEST:]}
     found: list[RemoteFile] = []
     restamp: list[tuple[str, str]] = []
     for f in done:
-        md5, was = issues[f.name]
+        md5, was = issues[f.key]
         if f.listed and was and f.listed == was:
             continue
-        if not (f.listed and was) and f.name not in newest:
+        if not (f.listed and was) and f.key not in newest:
             if f.listed:
-                restamp.append((f.name, f.listed))  # first known: nothing to compare
+                restamp.append((f.key, f.listed))  # first known: nothing to compare
             continue
         try:
             published = parse_md5(source.text(f"{f.folder}/{f.name}.md5"), f.name)
@@ -440,7 +458,7 @@ def find_reissues(
         if published != md5:
             found.append(replace(f, reissue=md5))
         elif f.listed and f.listed != was:
-            restamp.append((f.name, f.listed))
+            restamp.append((f.key, f.listed))
     return found, restamp
 
 
@@ -618,10 +636,10 @@ def _plan(
         tops[f.year] = max(tops.get(f.year, 0), f.number)
     entries = {n: e for page in source.pages.values() for n, e in listed_entries(page).items()}
     remote = [replace(f, listed=entries.get(f.name, "")) for f in remote]
-    pending = [f for f in remote if f.name not in applied]
+    pending = [f for f in remote if f.key not in applied]
     already = len(remote) - len(pending)
     if applied and pending:
-        newest = max((f for f in remote if f.name in applied), default=None)
+        newest = max((f for f in remote if f.key in applied), default=None)
         late = [f.name for f in pending if newest is not None and f < newest]
         if late:
             logger.warning("files older than the newest applied one are pending: %s", late)
@@ -658,7 +676,7 @@ def _refuse_before_the_baseline(
     holds and an update file deletes would come back as a bare tombstone, its content
     lost). NLM's next annual baseline, published each December, does not count: a store
     whose baseline is complete goes on with the update files."""
-    left = [f.name for f in baseline if f.name not in applied and f.year in started]
+    left = [f.name for f in baseline if f.key not in applied and f.year in started]
     if left:
         raise BootstrapUnfinishedError(
             f"a bootstrap is unfinished: {len(left)} baseline file(s) are not applied yet "
@@ -921,7 +939,9 @@ def _store_file(
         "applied_at": utcnow(),
         "listed": f.listed or None,
     }
-    with store.engine.begin() as conn:
+    with store.engine.begin() as conn:  # one row of the file, however it was spelled
+        sf = source_files.c
+        conn.execute(delete(source_files).where(func.lower(sf.name) == f.key, sf.name != f.name))
         db.upsert(conn, source_files, [row], keys=["name"])
         store.delete_checkpoint(PROGRESS_SCOPE, f.name, conn=conn)
     return file_counts
