@@ -62,6 +62,9 @@ X4 **A ``>`` inside a quoted attribute of the root start tag cuts the root there
    and ``_start`` reads on while the head ends inside one (``_ROOT_OPEN_QUOTE_RE``), so
    a ``>`` in a value past the first read does not send the file to the pull parser.
 
+Attacked and held (after X1's fix): two different copies of one file given to one
+``ingest --files`` run: the second is read whole as a re-issue of the first.
+
 Attacked and held (not a defect): CR-only line ends (``\\r``, as XML allows) give
 every quarantine entry of such a file line 1; so does lxml (libxml2 counts only
 ``\\n``): the lines are lxml's, as for every other file.
@@ -191,3 +194,19 @@ def test_x4_a_root_with_a_gt_in_a_quoted_attribute(
     assert set(_titles(env)) == want == {41, 42, 43}
     with db.connect(env).connect() as conn:
         assert conn.execute(select(quarantine.c.reason)).all() == []
+
+
+# -------------------------------------------------------------------- held (not defects)
+
+
+def test_two_copies_of_one_file_in_one_run_the_later_is_applied_whole(
+    env: Settings, tmp_path: Path
+) -> None:
+    """Two different copies of file 2 given to one ``ingest --files`` run: the second
+    (as given) is read whole as a re-issue of the first, as in two runs (X1)."""
+    new = tmp_path / "new"
+    new.mkdir()
+    old_copy, new_copy = _copy(tmp_path, ISSUE_A), _copy(new, ISSUE_B)
+    assert main(["ingest", "--files", str(old_copy), str(new_copy)]) == 0
+    assert _both(env) == RE_ISSUED
+    assert [r["path"] for r in _runs(env)[-1]["details"]["reissued"]] == [str(new_copy.resolve())]
