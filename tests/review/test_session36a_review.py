@@ -47,6 +47,7 @@ X2 **A local copy that is no issue this store applied is half applied.** The sto
    different copy of N is still read as the same source, half of it a replay:
    ``ingest.files`` takes a changed local file for a newer read of it by design (a file
    rewritten between two runs), and the number's one as-of time makes that a replay.
+   (Since fixed by review 36f's X1: such a copy is applied whole as a re-issue.)
 
 X3 **A listing whose hrefs carry a query string or a fragment loses those files.**
    ``<a href="pubmed26n0002.xml.gz?download=1">`` (a CDN's or a web mirror's index) or
@@ -65,6 +66,7 @@ X4 **One file listed under two spellings of its name is applied twice.** A mirro
    nlm_file_order``), NLM's all-lower-case spelling where it is listed. Not done: a file
    applied under one spelling and listed later under another only (the planner compares
    names) is applied again as a replay: no row changes, a second ``source_files`` row.
+   (Since fixed by review 36f's X3: the planner keys files by NLM's spelling.)
 
 X5 (found after the first four) **A file read first from a local copy, then applied from
    the server under another issue, is half applied.** ``ingest --files`` of a copy of
