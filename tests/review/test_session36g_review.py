@@ -82,11 +82,14 @@ def test_x1_sort_by_date_lists_the_same_results_newest_first_across_blocks(
     assert pmids(go(narrow, engine, k=12, offset=None, sort="date")) == pmids(dated)
 
 
-@pytest.mark.xfail(strict=True, reason="X2: a non-ASCII DOI in another case is missed on SQLite")
-def test_x2_a_doi_is_found_in_any_case_on_both_stores(settings: Settings,
-                                                      engine: Engine) -> None:
+def test_x2_a_doi_is_found_in_any_case_on_both_stores(
+    settings: Settings, engine: Engine, request: pytest.FixtureRequest
+) -> None:
     from ingest.store import Store
 
+    if engine.dialect.name == "sqlite":  # PostgreSQL's lower() folds É and Ω already
+        request.applymarker(pytest.mark.xfail(
+            strict=True, reason="X2: a non-ASCII DOI in another case is missed on SQLite"))
     load_corpus(engine)
     with engine.begin() as conn:
         conn.execute(update(articles).where(articles.c.pmid == 201)
