@@ -365,7 +365,10 @@ class SearchFilters:
         include_retracted: Also return retracted articles (flagged in the explanation).
 
     Raises:
-        ConfigError: A malformed date, ``since`` after ``until``, an over-long term, a
+        ConfigError: ``has_abstract`` neither ``True``, ``False`` nor ``None``, or
+            ``include_retracted`` no bool (``"false"`` is text, not false: stored filters
+            and Python callers are held to what the CLI and the API accept), a
+            malformed date, ``since`` after ``until``, an over-long term, a
             term naming nothing (no letter or digit: a dash, the major-topic mark ``*``
             alone), or a term or language holding a control character
             (:func:`litpulse.core.text.checked_text`).
@@ -380,6 +383,12 @@ class SearchFilters:
     include_retracted: bool = False
 
     def __post_init__(self) -> None:
+        if not (self.has_abstract is None or isinstance(self.has_abstract, bool)):
+            raise ConfigError(
+                f"has_abstract must be true, false or null, got {self.has_abstract!r}")
+        if not isinstance(self.include_retracted, bool):
+            raise ConfigError(
+                f"include_retracted must be true or false, got {self.include_retracted!r}")
         object.__setattr__(self, "since", parse_date(self.since, "since"))
         object.__setattr__(self, "until", parse_date(self.until, "until"))
         if self.since and self.until and self.since > self.until:

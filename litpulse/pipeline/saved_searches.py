@@ -142,10 +142,14 @@ class SavedSearch:
 
 
 def _from_row(row: Any, matches: int = 0) -> SavedSearch:
-    problem = None
+    problem, stored = None, row.filters
     try:
-        filters = SearchFilters(**dict(row.filters or {}))
-    except (ConfigError, TypeError) as exc:  # saved before a rule it breaks existed
+        # a hand-edited row may hold any JSON: what is no object is this search's problem,
+        # never an error of every listing and of the whole digest
+        if stored is not None and not isinstance(stored, dict):
+            raise ConfigError(f"they are no JSON object of filters: {stored!r:.80}")
+        filters = SearchFilters(**(stored or {}))
+    except (ConfigError, TypeError, ValueError) as exc:  # saved before a rule it breaks
         filters, problem = SearchFilters(), f"its stored filters are refused: {exc}"
     try:  # its query too (PubMed's syntax, refused since: it was searched other than meant)
         checked_query(row.query)
