@@ -16,7 +16,9 @@ lists, so once its probed lists run dry (or the list reaches its size) the passi
 articles are scored exactly against their stored vectors (:func:`nearest`). Deleted
 articles never come back; retracted ones only on request. ``sort=date`` returns the same
 hits newest first (ties and undated last by PMID, highest first), reproducible for one
-index version and reference day.
+index version and reference day: the hits ``sort=score`` returns for that ``k`` and
+``offset``, in date order across all of them (a list of authors alone is the exception:
+every article of theirs is listed, so its pages slice one list of them newest first).
 Pages (``offset``) are slices of one list of results, built in blocks of
 ``rerank_candidates`` each ranked from a deeper candidate list (see :func:`run_search`).
 
@@ -733,8 +735,10 @@ def run_search(
             of one query, index version and reference day are disjoint slices of one
             list up to :data:`MAX_OFFSET`; a page within the first block costs what the
             ``k`` best do, one ending in the ``i``-th block ``i`` candidate searches. With
-            ``sort=date`` each block is newest first. ``None`` (the default): the ``k``
-            best, widening until ``k`` pass.
+            ``sort=date`` the page holds the same results as with ``score``, newest first
+            across the page (a CLI ``-k`` past one block included; pages are each
+            ordered, their union is the same). ``None`` (the default): the ``k`` best,
+            widening until ``k`` pass; ``sort=date`` orders them likewise.
 
     Raises:
         ConfigError: An empty or over-long query, one holding a control character
@@ -802,13 +806,13 @@ def run_search(
             )
             ranked = _rank(pool, options, effective, lexical)
             hits = _explain(ranked, ranked.order[:k], options, effective, lexical, text)
-            if by_date:
-                hits = sort_by_date(hits)
         else:
             hits, pool, has_more = _page(
                 settings, engine, index, lexical, vector, text, conds, effective, options,
-                start=offset, k=k, by_date=by_date,
+                start=offset, k=k,
             )  # fmt: skip
+        if by_date:  # the same results, newest first across all of them (not block by block)
+            hits = sort_by_date(hits)
     hits = with_details(engine, hits, text)
     notes = query_notes(text) + unused_share_notes(settings, options, requested, effective)
     # a next page only where one can be asked for (its offset is refused past MAX_OFFSET);
@@ -819,8 +823,8 @@ def run_search(
         notes += (
             f"More articles match than the deepest page reaches (results past "
             f"{start + len(hits):,} are not paged: offsets stop at {MAX_OFFSET:,}): narrow "
-            "the query with a filter, a date range or more words, or sort by date for the "
-            "newest first.",
+            "the query with a filter, a recent date range (the newest) or more words "
+            "(sorting by date orders the page, it reaches no deeper).",
         )
     logger.info(
         "query %r (%s): %d candidates, %d pass filters, returning %d (index %s)",
@@ -1964,7 +1968,6 @@ def _page(
     *,
     start: int,
     k: int,
-    by_date: bool,
 ) -> tuple[list[Hit], _Pool, bool]:
     """The ``k`` hits after the first ``start`` of the query's one list of pages, the last
     pool searched, and whether a next page may hold results.
@@ -1979,8 +1982,9 @@ def _page(
     first page as slow as the deepest, and rank it unlike the ``k`` best (recency and
     citation lift deeper candidates; RRF ranks and min-max ranges are the pool's). This
     way a page within block 0 costs one pool of ``b``, as the ``k`` best do, and one
-    ending in block ``i`` costs ``i + 1`` pools (each row is read once). ``by_date``:
-    each block newest first.
+    ending in block ``i`` costs ``i + 1`` pools (each row is read once). Best first:
+    ``sort=date`` orders the page it returns (:func:`run_search`), never a block, whose
+    edges a page's reader cannot see.
     """
     block = settings.rerank_candidates
     end = start + k
@@ -1998,9 +2002,6 @@ def _page(
         fresh = [i for i in ranked.order if int(ranked.ids[i]) not in shown]
         if not final:
             fresh = fresh[:block]
-        if by_date:
-            rows, ids = ranked.rows, ranked.ids
-            fresh.sort(key=lambda i: _date_key(rows[i].get("best_date"), int(ids[i])))
         shown.update(int(ranked.ids[i]) for i in fresh)
         listed += [(ranked, i) for i in fresh]
         tier += 1

@@ -136,11 +136,14 @@ def test_pages_are_disjoint_slices_of_one_ranking(settings: Settings, corpus: En
     last = go(settings, corpus, query, k=4, offset=16)
     assert len(last.hits) == 2 and not last.has_more
     assert go(settings, corpus, query, k=4, offset=20).hits == ()
-    # newest first: the pages slice the same date-ordered list
-    dated = [go(settings, corpus, query, k=5, offset=o, sort="date") for o in (0, 5, 10, 15)]
-    got = [h.pmid for p in dated for h in p.hits]
+    # newest first: each page holds its score page's results, in date order (36g X1)
+    for o in (0, 5, 10, 15):
+        dated = go(settings, corpus, query, k=5, offset=o, sort="date")
+        best = go(settings, corpus, query, k=5, offset=o)
+        assert [h.pmid for h in dated.hits] == [h.pmid for h in sort_by_date(best.hits)]
     everything = go(settings, corpus, query, k=18, offset=0)
-    assert got == [h.pmid for h in sort_by_date(everything.hits)]
+    assert [h.pmid for h in go(settings, corpus, query, k=18, offset=0, sort="date").hits] \
+        == [h.pmid for h in sort_by_date(everything.hits)]
 
 
 def test_pages_stay_disjoint_when_filters_make_the_lists_widen(
@@ -167,15 +170,20 @@ def test_pages_are_one_list_whatever_their_size_across_candidate_blocks(
     # pages before and after a block boundary were cut from different rankings
     narrow = settings.replace(rerank_candidates=4)  # blocks of 4 over the 18 results
     query = "gene editing in human cells"
-    for sort in ("score", "date"):
-        whole = [h.pmid for h in go(narrow, corpus, query, k=18, offset=0, sort=sort).hits]
-        assert len(whole) == len(set(whole)) == 18
-        for k in (1, 3, 5, 7):
-            pages = [go(narrow, corpus, query, k=k, offset=o, sort=sort) for o in range(0, 18, k)]
-            assert [h.pmid for p in pages for h in p.hits] == whole, (sort, k)
-            assert [p.has_more for p in pages] == [True] * (len(pages) - 1) + [False]
-        # the first block is what a search for its 4 best ranks: page 1 costs no more
-        assert whole[:4] == [h.pmid for h in go(narrow, corpus, query, k=4, sort=sort).hits]
+    whole = [h.pmid for h in go(narrow, corpus, query, k=18, offset=0).hits]
+    assert len(whole) == len(set(whole)) == 18
+    for k in (1, 3, 5, 7):
+        pages = [go(narrow, corpus, query, k=k, offset=o) for o in range(0, 18, k)]
+        assert [h.pmid for p in pages for h in p.hits] == whole, k
+        assert [p.has_more for p in pages] == [True] * (len(pages) - 1) + [False]
+        # newest first: each page is its score page in date order (36g X1), so the
+        # date-sorted pages list the same results, disjoint, whatever their size
+        for page in pages:
+            dated = go(narrow, corpus, query, k=k, offset=page.offset, sort="date")
+            assert [h.pmid for h in dated.hits] == [h.pmid for h in sort_by_date(page.hits)]
+            assert dated.has_more == page.has_more
+    # the first block is what a search for its 4 best ranks: page 1 costs no more
+    assert whole[:4] == [h.pmid for h in go(narrow, corpus, query, k=4).hits]
 
 
 @pytest.mark.parametrize("offset", [-1, MAX_OFFSET + 1, True])
