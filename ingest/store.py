@@ -137,7 +137,7 @@ from litpulse.core.schema import (
 )
 from litpulse.core.settings import Settings
 from litpulse.core.states import RunStatus
-from litpulse.core.text import clean_doi, doi_key
+from litpulse.core.text import clean_doi, doi_forms, doi_key
 from litpulse.core.timeutil import as_date, as_utc, iso, nlm_day_start, utcnow
 
 __all__ = ["COUNTS_CHECKPOINT", "IngestCounts", "RECOUNT_STEP", "Store", "store_counts"]
@@ -1167,17 +1167,18 @@ class Store(RunLedger, Checkpoints):
         if typed is None:
             raise ConfigError(f"not a DOI: {doi!r} (a DOI reads 10.NNNN/suffix)")
         a = articles.c
+        key = typed.lower()  # doi_key's: one rule on every store
         with self.engine.connect() as conn:
             found = conn.execute(
-                # both sides through the database's lower(), so that a letter it folds
-                # and Python's would not (or the other way round) still matches; the
-                # deleted flag wrapped, so the planner reads ix_articles_doi (SQLite has
-                # no statistics to tell the two indexes apart)
-                select(a.pmid).where(func.lower(a.doi) == func.lower(typed),
-                                     func.coalesce(a.is_deleted, True).is_(deleted))
+                # what either store's lower() makes of a DOI with this key (SQLite's
+                # folds ASCII only: a stored É stays É), through ix_articles_doi; the
+                # deleted flag wrapped, so the planner reads that index (SQLite has no
+                # statistics to tell the two indexes apart)
+                select(a.pmid, a.doi).where(func.lower(a.doi).in_(doi_forms(typed)),
+                                            func.coalesce(a.is_deleted, True).is_(deleted))
                 .order_by(a.pmid)
-            ).scalars().all()  # fmt: skip
-        return [int(p) for p in found]
+            ).all()  # fmt: skip
+        return [int(r.pmid) for r in found if r.doi is not None and r.doi.lower() == key]
 
     def article_by_doi(self, doi: str) -> dict[str, Any]:
         """:meth:`get_article` of the article with DOI ``doi`` (the first PMID of

@@ -31,6 +31,7 @@ __all__ = [
     "address_list",
     "checked_text",
     "clean_doi",
+    "doi_forms",
     "doi_key",
     "fold",
     "fold_term",
@@ -323,3 +324,36 @@ def doi_key(text: str) -> str | None:
     """
     doi = clean_doi(text, typed=True)
     return doi.lower() if doi is not None else None
+
+
+#: Most letters outside ASCII of a DOI whose every case :func:`doi_forms` spells (2**n
+#: forms); past it, the DOI as typed, in lower and in upper case only.
+_MAX_CASED = 8
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def doi_forms(doi: str) -> list[str]:
+    """What a store's ``lower()`` may make of a stored DOI that :func:`doi_key` matches
+    with ``doi`` (a DOI alone, as :func:`clean_doi` gives it), to look it up through the
+    ``lower(doi)`` index on every store alike: SQLite's ``lower`` folds ASCII only (a
+    stored ``É`` stays ``É``), PostgreSQL's folds every letter. So: the ASCII letters in
+    lower case with each other letter in each of its cases, and the whole DOI in lower
+    case. The caller keeps the rows whose DOI's :func:`doi_key` is ``doi``'s.
+
+    Example:
+        >>> doi_forms("10.1000/Tést")
+        ['10.1000/tÉst', '10.1000/tést']
+    """
+    import itertools
+
+    base = doi.translate(_ASCII_LOWER)
+    choices: list[tuple[str, ...]] = []
+    for ch in base:
+        cases = {ch} if ch.isascii() else {ch, ch.lower(), ch.upper()}
+        choices.append(tuple(sorted(c for c in cases if len(c) == 1)))
+    cased = sum(len(c) > 1 for c in choices)
+    if cased > _MAX_CASED:
+        forms = {base, doi.lower(), doi.upper().translate(_ASCII_LOWER)}
+    else:
+        forms = {"".join(p) for p in itertools.product(*choices)} | {doi.lower()}
+    return sorted(forms)
