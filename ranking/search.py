@@ -229,6 +229,8 @@ class Hit:
 def _terms(name: str, value: str | Iterable[str] | None) -> tuple[str, ...]:
     if value is None:
         return ()
+    if not isinstance(value, str | list | tuple):  # a mapping's keys are no terms (36g X3)
+        raise ConfigError(f"{name} must be text or a list of text, got {value!r:.80}")
     items = [value] if isinstance(value, str) else list(value)
     out = []
     for item in items:

@@ -42,9 +42,11 @@ X3 **Out-of-range filter values are taken as truthy.** ``SearchFilters(has_abstr
    "maybe")`` (or ``"false"``), ``include_retracted="no"`` pass, and ``bool("false")``
    is ``True``: a saved search so made (Python, a hand-edited ``saved_searches.filters``)
    silently searches only articles with an abstract, or with retracted ones, instead of
-   being refused or reported as a problem. (test_x3_..., both stores)
+   being refused or reported as a problem; likewise ``mesh={"Humans": true}`` was
+   searched as its keys. (test_x3_..., both stores)
    **Fixed**: ``SearchFilters`` refuses a ``has_abstract`` that is not ``True``,
-   ``False`` or ``None`` and an ``include_retracted`` that is no bool (a ``ConfigError``,
+   ``False`` or ``None``, an ``include_retracted`` that is no bool, and ``mesh`` or
+   ``publication_type`` neither text nor a list of text (a ``ConfigError``,
    as every other malformed filter): ``add_search``/``edit_search`` refuse it, and a
    stored row holding one lists with its ``problem`` (the digest reports it, ``alerts
    edit --replace-filters`` corrects it), as a filter a later rule refuses does.
@@ -128,7 +130,8 @@ def test_x3_filters_refuse_values_that_are_no_booleans(settings: Settings,
     from litpulse.pipeline.saved_searches import add_search, list_searches
 
     for bad in ({"has_abstract": "maybe"}, {"has_abstract": "false"}, {"has_abstract": 1},
-                {"include_retracted": "no"}, {"include_retracted": None}):
+                {"include_retracted": "no"}, {"include_retracted": None},
+                {"mesh": {"Humans": True}}, {"publication_type": 7}):
         with pytest.raises(ConfigError):
             SearchFilters(**bad)
     with pytest.raises(ConfigError):
