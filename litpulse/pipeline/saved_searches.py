@@ -18,13 +18,14 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import math
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Engine, Text, cast, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from litpulse.core import db
@@ -141,11 +142,24 @@ class SavedSearch:
         return query_notes(self.query)
 
 
+#: A saved search's row as :func:`_from_row` reads it: ``filters`` as its JSON text (both
+#: stores alike), parsed there, so that a row SQLite holds no JSON in (a hand edit) is
+#: that search's problem, not a decoding error while every row is fetched.
+_ROW = (*(c for c in saved_searches.c if c.name != "filters"),
+        cast(saved_searches.c.filters, Text).label("filters"))
+
+
 def _from_row(row: Any, matches: int = 0) -> SavedSearch:
     problem, stored = None, row.filters
     try:
-        # a hand-edited row may hold any JSON: what is no object is this search's problem,
-        # never an error of every listing and of the whole digest
+        # a hand-edited row may hold any JSON, or on SQLite any text (read as text,
+        # _ROW): what is no object is this search's problem, never an error of every
+        # listing and of the whole digest
+        if isinstance(stored, str):
+            try:
+                stored = json.loads(stored)
+            except ValueError:
+                raise ConfigError(f"they are no JSON: {stored!r:.80}") from None
         if stored is not None and not isinstance(stored, dict):
             raise ConfigError(f"they are no JSON object of filters: {stored!r:.80}")
         filters = SearchFilters(**(stored or {}))
@@ -290,7 +304,7 @@ def add_search(
                 )
             ).inserted_primary_key
             sid = int(key[0]) if key is not None else 0
-            row = conn.execute(select(saved_searches).where(saved_searches.c.id == sid)).one()
+            row = conn.execute(select(*_ROW).where(saved_searches.c.id == sid)).one()
     except IntegrityError:  # another save of this name committed since the check
         with engine.connect() as conn:
             _check_name_free(conn, name)
@@ -325,7 +339,7 @@ def list_searches(settings: Settings, *, engine: Engine | None = None) -> list[S
     engine = engine or db.connect(settings)
     counts = _match_counts(engine)
     with engine.connect() as conn:
-        rows = conn.execute(select(saved_searches).order_by(saved_searches.c.id)).all()
+        rows = conn.execute(select(*_ROW).order_by(saved_searches.c.id)).all()
     return [_from_row(r, counts.get(int(r.id), 0)) for r in rows]
 
 
@@ -353,7 +367,7 @@ def get_search(settings: Settings, ref: int | str, *, engine: Engine | None = No
         name = " ".join(text.split())
         cond = saved_searches.c.name.in_(_name_forms(name))
     with engine.connect() as conn:
-        rows = conn.execute(select(saved_searches).where(cond).order_by(saved_searches.c.id)).all()
+        rows = conn.execute(select(*_ROW).where(cond).order_by(saved_searches.c.id)).all()
         exact = [r for r in rows if r.name == name] if len(rows) > 1 else rows
         if len(exact) > 1 or (not exact and rows):
             ids = ", ".join(str(r.id) for r in rows)
