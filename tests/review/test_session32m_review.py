@@ -228,7 +228,9 @@ def test_pages_of_a_selective_filter_are_one_list_of_the_sql_truth(
             assert len(got) == len(set(got)), (sort, k, got)
             assert set(got) == truth, (sort, k, sorted(got), sorted(truth))
             lists.append(got)
-        assert lists[0] == lists[1], sort
+        # a date-sorted page is its score page newest first (36g X1): one set, each
+        # page in its own order
+        assert lists[0] == lists[1] if sort == "score" else set(lists[0]) == set(lists[1])
 
 
 def _src(n: int) -> SourceRef:

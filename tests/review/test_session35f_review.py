@@ -161,7 +161,9 @@ def _check(s: Settings) -> list[Any]:
             h.pmid
             for h in run_search(s, "zebrafish yeast", k=1000, mode=mode, offset=0, sort=sort).hits
         ]
-        if paged(s, "zebrafish yeast", 4, mode, sort) != whole:
+        pages = paged(s, "zebrafish yeast", 4, mode, sort)
+        # a date-sorted page is its score page newest first (36g X1): the same results
+        if (pages != whole) if sort == "score" else (sorted(pages) != sorted(whole)):
             bad.append(("pages", mode, sort))
     vec = _vectors(s)
     for p in (FIRST + 0, FIRST + 7):

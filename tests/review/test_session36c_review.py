@@ -128,6 +128,7 @@ fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from litpulse.app.api import create_app  # noqa: E402
+from ranking.search import sort_by_date  # noqa: E402
 
 P = 360_000
 ODD_TITLE = "Asthma {braced} 50% \\alpha & über-study"
@@ -201,10 +202,27 @@ def test_pages_of_equal_dates_and_scores_are_slices_of_one_list(
     for offset in range(0, 60, 3):
         d = _get(client, "/search", q="asthma inhaler", k=3, offset=offset, mode=mode,
                  sort=sort).json()
-        paged += [h["pmid"] for h in d["results"]]
+        got = [h["pmid"] for h in d["results"]]
+        if sort == "date":  # 36g X1: a date-sorted page is its score page, newest first
+            best = _get(client, "/search", q="asthma inhaler", k=3, offset=offset,
+                        mode=mode).json()["results"]
+            assert got == [h.pmid for h in sort_by_date([_as_hit(h) for h in best])]
+        paged += got
         if not d["has_more"]:
             break
-    assert paged == one and len(set(paged)) == len(paged) == 12
+    if sort == "date":  # the same results, each page in its own date order
+        assert sorted(paged) == sorted(one) and len(set(paged)) == len(paged) == 12
+    else:
+        assert paged == one and len(set(paged)) == len(paged) == 12
+
+
+def _as_hit(h: dict[str, Any]) -> Any:
+    """What :func:`ranking.search.sort_by_date` reads of an answer's result."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    day = dt.date.fromisoformat(h["best_date"]) if h["best_date"] else None
+    return SimpleNamespace(pmid=h["pmid"], best_date=day)
 
 
 def test_odd_text_is_escaped_in_every_format(client: TestClient) -> None:

@@ -93,11 +93,15 @@ def test_pages_over_http_are_disjoint_and_deterministic(client: TestClient) -> N
         assert [p["has_more"] for p in pages] == [True, True, True, False]
         if sort == "score":
             assert got == [h["pmid"] for h in whole["results"]]
-        else:
-            dates = [h["best_date"] or "" for p in pages for h in p["results"]]
-            dated = [d for d in dates if d]
-            assert dates == dated + [""] * (len(dates) - len(dated))  # undated last
-            assert dated == sorted(dated, reverse=True) and len(dated) < len(dates)
+        else:  # each page is its score page newest first (36g X1), undated last
+            assert sorted(got) == sorted(h["pmid"] for h in whole["results"])
+            for o, p in zip((0, 5, 10, 15), pages, strict=True):
+                assert {h["pmid"] for h in p["results"]} == {
+                    h["pmid"] for h in whole["results"][o:o + 5]}
+                dates = [h["best_date"] or "" for h in p["results"]]
+                dated = [d for d in dates if d]
+                assert dates == dated + [""] * (len(dates) - len(dated))
+                assert dated == sorted(dated, reverse=True)
         again = client.get("/search", params={**base, "k": 5, "offset": 5, "sort": sort}).json()
         assert again["results"] == pages[1]["results"]
     assert client.get("/search", params={**base, "offset": -1}).status_code == 422
