@@ -9,6 +9,13 @@ PostgreSQL; searches use the ranking corpus (``tests/ranking/corpus.py``) and it
 bag-of-words index, through ``run_search`` as the CLI (``offset=0``) and ``GET /search``
 (``offset``) call it.
 
+Attacked and held (not defects): the CLI's, ``GET /search``'s and ``POST /alerts``' filters
+all become one ``SearchFilters`` (the page builds its saved search from its form, which
+sends ``has_abstract`` only as ``true``); the API's booleans for saved searches are strict
+JSON; ``litpulse search`` through a running server asks ``GET /search`` at offset 0, as
+it searches in process. A digest ranks in semantic mode on purpose (an absolute score for
+its threshold: ``litpulse.pipeline.digest``), so its order is not a hybrid search's.
+
 Defects (each a strict xfail asserting the correct behaviour until fixed):
 
 X1 **``--sort date`` is newest first only within each block of
