@@ -1,0 +1,213 @@
+"""Hostile review (session 36h): the iCite API refresh and the snapshot loader must agree.
+
+Code under review: ``ingest/citations.py`` (``litpulse citations refresh``),
+``ingest/icite_snapshot.py`` (``litpulse citations load``) and ``litpulse/core/impact.py``
+(the ranking's use of what they store). The API is the loopback emulator
+(``tests/emulator.py``, answering a PMID twice through the hostile subclass of
+``tests/ingest/test_icite_refresh_review.py``); the snapshots are small CSVs in the real
+file's format (a header naming iCite's columns, ``True``/``False`` flags). SQLite and
+PostgreSQL alike.
+
+Attacked and held (no test kept): blank, ``NaN``, ``NA`` fields and JSON ``null`` (NULL,
+the article keeps what it had, both loaders); negative, infinite, fractional and
+past-int4 counts, years 0 and 10000 (the record quarantined, both); an RCR ``null`` for a
+young article beside a real count (stored, the impact from citations per year, at least
+neutral, both stores equal); an extra CSV column or JSON key (ignored, both); a snapshot
+dated before the API's values (skipped, its rows counted ``skipped``) and one dated after
+(written), ``--as-of`` a date taken as midnight UTC and an aware time in +05:00 compared
+in UTC on SQLite as on PostgreSQL; a refresh whose second batch fails, run again: the
+rerun asks only the PMIDs not written, each PMID refreshed once, the stored values those
+of a clean run.
+
+Defects (each a strict xfail asserting the right behaviour until fixed):
+
+X1 **The same damaged data stores different values depending on the loader: a PMID
+   given twice.** iCite answering PMID 1 twice (``citation_count`` 5 with
+   ``citations_per_year`` 1.0, then 7 with ``citations_per_year`` blank): the API refresh
+   stores nothing for the article (both copies quarantined, "neither copy is trusted");
+   ``litpulse citations load`` of a snapshot holding the same two rows stores count 7 and
+   1.0 (the later row, the earlier's values filling its blanks). Likewise a damaged copy
+   (count ``-7``) beside an intact one: the snapshot loads the intact row and quarantines
+   the damaged one, the API quarantines both and stores nothing. The ranking then weighs
+   the article neutral after the refresh and by its count after the load.
+
+X2 **A field iCite drops is a blank in the API's answer and a refused file in the
+   snapshot.** An API answer without the ``provisional`` key stores the record's other
+   values (the flag NULL: not known, what the article had stays); a snapshot without the
+   ``provisional`` column is refused whole (``ConfigError``: "no column provisional"), so
+   a month's snapshot of 40M rows loads nothing where the API stores every count.
+
+X3 **A fetch that brought no values makes a newer snapshot's values be skipped.** An
+   article loaded from a January snapshot (count 5), then asked of the API, which does
+   not answer for it (a PMID iCite leaves out, or a record quarantined or refused): the
+   fetch stamps ``icite_fetched_at`` now and the article keeps the January values. A
+   snapshot of a later month (count 9) is then skipped for it ("iCite values fetched
+   after the snapshot"): the store keeps January's count, stamped as if fetched today,
+   and the refresh policy does not ask again for up to 180 days.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from ingest.citations import ICITE_FIELDS, refresh_citations
+from ingest.icite_snapshot import load_snapshot
+from ingest.records import Record, SourceRef
+from ingest.store import Store
+from litpulse.core import db
+from litpulse.core.impact import row_citation_impact
+from litpulse.core.schema import articles
+from litpulse.core.settings import Settings
+from tests.ingest.test_icite_refresh_review import HostileIcite
+
+HEADER = "pmid,year,citation_count,citations_per_year,relative_citation_ratio,provisional"
+SRC = SourceRef("generated", "review36h")
+
+
+@pytest.fixture
+def icite() -> Iterator[HostileIcite]:
+    emu = HostileIcite()
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+def _seed(settings: Settings, pmids: list[int]) -> None:
+    Store(db.connect(settings)).apply([
+        Record(pmid=p, version=1, title=f"Article {p}", source=SRC,
+               entrez_date=dt.date(2020, 1, 1))
+        for p in pmids
+    ])  # fmt: skip
+
+
+def _icite(settings: Settings, pmid: int) -> dict[str, Any]:
+    cols = [articles.c[c] for c in ICITE_FIELDS]
+    with db.connect(settings).connect() as conn:
+        row = conn.execute(select(*cols).where(articles.c.pmid == pmid)).mappings().one()
+    return dict(row)
+
+
+def _clear(settings: Settings, pmids: list[int]) -> None:
+    with db.connect(settings).begin() as conn:
+        conn.execute(
+            articles.update().where(articles.c.pmid.in_(pmids))
+            .values(**dict.fromkeys(ICITE_FIELDS), icite_fetched_at=None)
+        )  # fmt: skip
+
+
+def _csv(tmp_path: Path, name: str, rows: list[str], header: str = HEADER) -> Path:
+    path = tmp_path / name / "icite_metadata.csv"
+    path.parent.mkdir()
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def _api(pmid: int, **fields: Any) -> dict[str, Any]:
+    return {"pmid": pmid, "year": 2020, "provisional": "No", **fields}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="X1: a PMID given twice: the API stores nothing, "
+    "the snapshot the later row over the earlier",
+)
+def test_x1_a_pmid_given_twice_is_stored_alike_by_both_loaders(
+    icite: HostileIcite, settings: Settings, tmp_path: Path
+) -> None:
+    _seed(settings, [1, 2])
+    as_of = dt.datetime(2026, 5, 1, tzinfo=dt.UTC)
+    # PMID 1: two intact copies that differ; PMID 2: an intact copy and a damaged one
+    rows = [
+        "1,2020,5,1.0,,False", "1,2020,7,,,False",
+        "2,2020,4,2.0,1.5,False", "2,2020,-7,2.0,1.5,False",
+    ]  # fmt: skip
+    load_snapshot(settings, _csv(tmp_path, "snap", rows), as_of=as_of)
+    by_snapshot = {p: _icite(settings, p) for p in (1, 2)}
+    assert by_snapshot[1]["citation_count"] == 7 and by_snapshot[1]["citations_per_year"] == 1.0
+    assert by_snapshot[2]["citation_count"] == 4
+
+    _clear(settings, [1, 2])
+    icite.extra = [
+        _api(1, citation_count=5, citations_per_year=1.0, relative_citation_ratio=None),
+        _api(1, citation_count=7, citations_per_year=None, relative_citation_ratio=None),
+        _api(2, citation_count=4, citations_per_year=2.0, relative_citation_ratio=1.5),
+        _api(2, citation_count=-7, citations_per_year=2.0, relative_citation_ratio=1.5),
+    ]
+    s = icite.configure(settings, ncbi_api_key="k", max_retries=1)
+    counts = refresh_citations(s, pmids=[1, 2])
+    assert (counts.requested, counts.updated, counts.unknown) == (2, 2, 0)
+    by_api = {p: _icite(settings, p) for p in (1, 2)}
+    assert by_api == by_snapshot
+    run = Store(db.connect(s)).runs(1)[0]
+    assert run["details"]["rejected"] == 1  # the damaged copy of PMID 2, quarantined
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="X2: a snapshot without a column iCite dropped is "
+    "refused where the API stores the record's other values",
+)
+def test_x2_a_field_icite_dropped_is_a_blank_for_both_loaders(
+    icite: HostileIcite, settings: Settings, tmp_path: Path
+) -> None:
+    _seed(settings, [3])
+    icite.extra = [{"pmid": 3, "year": 2020, "citation_count": 3,
+                    "citations_per_year": 1.0, "relative_citation_ratio": 0.5}]  # fmt: skip
+    s = icite.configure(settings, ncbi_api_key="k", max_retries=1)
+    assert refresh_citations(s, pmids=[3]).updated == 1
+    by_api = _icite(settings, 3)
+    assert by_api["citation_count"] == 3 and by_api["icite_provisional"] is None
+
+    _clear(settings, [3])
+    header = "pmid,year,citation_count,citations_per_year,relative_citation_ratio,doi"
+    path = _csv(tmp_path, "snap", ["3,2020,3,1.0,0.5,10.1/x"], header=header)
+    counts = load_snapshot(settings, path, as_of=dt.datetime(2026, 5, 1, tzinfo=dt.UTC))
+    assert counts.updated == 1
+    assert _icite(settings, 3) == by_api
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="X3: an API fetch that brought no values makes a newer snapshot's values be skipped",
+)
+def test_x3_a_fetch_without_values_does_not_hold_back_a_newer_snapshot(
+    icite: HostileIcite, settings: Settings, tmp_path: Path
+) -> None:
+    _seed(settings, [4])
+    january = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    load_snapshot(settings, _csv(tmp_path, "jan", ["4,2020,5,1.0,1.0,False"]), as_of=january)
+    s = icite.configure(settings, ncbi_api_key="k", max_retries=1)
+    assert refresh_citations(s, pmids=[4]).unknown == 1  # iCite does not answer for it
+    later = db.utcnow() - dt.timedelta(hours=1)  # a snapshot dated after January's values
+    counts = load_snapshot(settings, _csv(tmp_path, "later", ["4,2020,9,2.0,2.0,False"]),
+                           as_of=later)  # fmt: skip
+    assert counts.updated == 1
+    assert _icite(settings, 4)["citation_count"] == 9
+
+
+def test_equal_stored_data_weighs_alike_on_both_loaders_and_stores(
+    icite: HostileIcite, settings: Settings, tmp_path: Path
+) -> None:
+    """Held: the same iCite record (a young article's RCR null) stored by either loader
+    gives the ranking the same impact, on SQLite as on PostgreSQL (``settings`` runs both)."""
+    _seed(settings, [5])
+    load_snapshot(settings, _csv(tmp_path, "snap", ["5,2020,12,3.0,,True"]),
+                  as_of=dt.datetime(2026, 5, 1, tzinfo=dt.UTC))  # fmt: skip
+    by_snapshot = _icite(settings, 5)
+    _clear(settings, [5])
+    icite.extra = [_api(5, citation_count=12, citations_per_year=3.0,
+                        relative_citation_ratio=None, provisional="Yes")]  # fmt: skip
+    refresh_citations(icite.configure(settings, ncbi_api_key="k", max_retries=1), pmids=[5])
+    by_api = _icite(settings, 5)
+    assert by_api == by_snapshot
+    impact = row_citation_impact(by_api, 2000)
+    assert impact.source == "icite_citations_per_year"
+    assert impact == row_citation_impact(by_snapshot, 2000)
