@@ -46,11 +46,15 @@ this refresh and :mod:`ingest.icite_snapshot`):
   the article keeps what it had. Here it still gets ``icite_fetched_at``, like a PMID
   iCite does not know, so it is asked again on the schedule above.
 
-**A PMID answered twice** in one API answer: identical copies are one record; copies that
-differ, or one damaged beside an intact one, are all rejected and quarantined as above
-(which copy is right is unknowable), and the article keeps what it had. An answer that is
-not JSON (an HTML page, a body cut short, JSON nested past the decoder's depth) is
-transient: retried.
+**A PMID given twice** (in one API answer, or in rows of one snapshot): one rule for both
+loaders (:func:`merge_icite`): its records are stored as they would be one after the
+other: the later record's values, and the earlier one's where the later lacks them (a
+missing-value marker never erases a value). A damaged copy is quarantined on its own as
+above; the intact copies are stored. (The snapshot, ~40M rows streamed in batches, can
+hold no record of every PMID it has met, so "neither copy is trusted" cannot be its rule
+whatever the batch size; the API keeps the same one, so the same data stores the same
+values whichever loader reads it.) An answer that is not JSON (an HTML page, a body cut
+short, JSON nested past the decoder's depth) is transient: retried.
 
 Example:
     >>> counts = refresh_citations(settings)            # doctest: +SKIP
@@ -114,6 +118,7 @@ __all__ = [
     "icite_params",
     "icite_update",
     "icite_values",
+    "merge_icite",
     "parse_icite",
     "read_icite",
     "refresh_citations",
@@ -351,6 +356,21 @@ def icite_values(
     return pmid, values
 
 
+def merge_icite(values: dict[int, dict[str, Any]], pmid: int, got: dict[str, Any]) -> None:
+    """Add one record's column values (:func:`icite_values`) to ``values``: the one rule of
+    both loaders for a PMID given twice (the module docstring). A PMID met again keeps,
+    for each value the later record lacks (NULL), the earlier one's: the records stored one
+    after the other (:func:`icite_update` never writes a NULL over a value) give the same."""
+    held = values.get(pmid)
+    if held is None:
+        values[pmid] = got
+        return
+    if any(v is not None and held[c] not in (None, v) for c, v in got.items()):
+        logger.warning("iCite gives PMID %d twice with different values: the later's "
+                       "are stored, the earlier's fill its blanks", pmid)  # fmt: skip
+    values[pmid] = {c: held[c] if v is None else v for c, v in got.items()}
+
+
 @dataclass(frozen=True)
 class IciteAnswer:
     """One iCite JSON answer read by the loaders' rule (:func:`icite_values`, strict).
@@ -368,9 +388,8 @@ class IciteAnswer:
 def read_icite(body: Any, where: str = "icite") -> IciteAnswer:
     """The records of one iCite JSON answer: the values kept and the records rejected.
 
-    A PMID answered twice with different values is rejected whole: every copy of it is
-    (one of them is damaged, which is unknowable; as a damaged copy beside an intact one,
-    none is trusted). Identical copies are one record.
+    A PMID answered twice is stored as its records one after the other
+    (:func:`merge_icite`, the snapshot's rule too); a damaged copy is rejected on its own.
 
     Raises:
         TransientSourceError: The answer is not the expected JSON (an HTML error page
@@ -379,8 +398,6 @@ def read_icite(body: Any, where: str = "icite") -> IciteAnswer:
     if not isinstance(body, dict) or not isinstance(body.get("data"), list):
         raise TransientSourceError(f"{where}: unexpected answer (no data list)")
     answer = IciteAnswer({})
-    first: dict[int, Any] = {}  # the record each value kept came from
-    disagree = "answered twice with different values: neither copy is trusted"
     for row in body["data"]:
         if not isinstance(row, dict):
             answer.rejected.append((None, "not a JSON object", row))
@@ -392,17 +409,8 @@ def read_icite(body: Any, where: str = "icite") -> IciteAnswer:
             pmid = None if raw_pmid is None else id_value(str(raw_pmid), MAX_PMID)
             answer.rejected.append((pmid, str(exc), row))
             continue
-        if parsed is None:
-            continue
-        pmid, values = parsed
-        if pmid in first and (pmid not in answer.values or answer.values[pmid] != values):
-            if pmid in answer.values:  # the first disagreement: the kept copy goes too
-                del answer.values[pmid]
-                answer.rejected.append((pmid, disagree, first[pmid]))
-            answer.rejected.append((pmid, disagree, row))
-            continue
-        answer.values[pmid] = values
-        first.setdefault(pmid, row)
+        if parsed is not None:
+            merge_icite(answer.values, *parsed)
     return answer
 
 
@@ -716,6 +724,7 @@ def _refresh(
         if len(wanted) < len(asked):
             logger.info("%d of the PMIDs given are not live in the store", len(asked) - len(wanted))
     counts = CitationCounts()
+    quarantined = 0  # records quarantined (a PMID's damaged copy beside an intact one too)
     size = settings.icite_batch
     batches = [wanted[i : i + size] for i in range(0, len(wanted), size)]
     with (
@@ -734,9 +743,8 @@ def _refresh(
             in_batch = set(batch)
             found = {p: v for p, v in answer.values.items() if p in in_batch}
             rejected = [r for r in answer.rejected if r[0] is None or r[0] in in_batch]
-            refused = {r[0] for r in rejected if r[0] is not None}
-            # a PMID answered twice, one copy damaged: neither copy is trusted
-            found = {p: v for p, v in found.items() if p not in refused}
+            # a damaged copy beside an intact one: the intact one is stored (merge_icite)
+            refused = {r[0] for r in rejected if r[0] is not None and r[0] not in found}
             for pmid, reason, _ in rejected:
                 logger.warning("iCite record of pmid %s quarantined: %s", pmid, reason)
             bad = _quarantine_rows(rejected, location, run.id, utcnow())
@@ -747,11 +755,12 @@ def _refresh(
                 f"iCite batch {n}",
             )
             counts = counts + CitationCounts(len(batch), len(found), len(unknown))
+            quarantined += len(rejected)
             run.counts = IngestCounts(
-                updated=counts.updated, missing=counts.unknown, quarantined=counts.rejected
+                updated=counts.updated, missing=counts.unknown, quarantined=quarantined
             )
             run.details["citations"] = counts.to_dict()
-            run.details["rejected"] = counts.rejected
+            run.details["rejected"] = quarantined
             if progress:
                 logger.info("icite batch %d/%d: %s", n, len(batches), counts.to_dict())
         run.details.update(requests=client.requests_sent, retries=client.retries)

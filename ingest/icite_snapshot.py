@@ -66,7 +66,8 @@ module docstring of :mod:`ingest.citations`): a missing-value marker (empty, ``N
 ``NA``, …) is NULL and the row keeps its other values; a NULL never overwrites what the article had
 (on both databases). A PMID met twice in a file is stored as the rows one after the other
 would be: the later row's values, and the earlier one's where the later lacks them,
-whatever the batch size. A value that is impossible for its
+whatever the batch size (:func:`ingest.citations.merge_icite`: the API refresh's rule for a
+PMID answered twice too). A value that is impossible for its
 column (not a number, negative, infinite, out of range) makes the row a bad row.
 
 **Bad rows** (a wrong number of fields, a PMID that is not one, an impossible value,
@@ -142,6 +143,7 @@ from ingest.citations import (
     icite_params,
     icite_update,
     icite_values,
+    merge_icite,
 )
 from ingest.fields import MAX_PMID, id_value, quarantine_line
 from ingest.records import ICITE_REASON, QuarantineEntry, SourceRef
@@ -557,16 +559,6 @@ def _header(stream: IO[bytes], location: str) -> tuple[list[str], int]:
     return names, len(first)
 
 
-def _merge(values: dict[int, dict[str, Any]], pmid: int, got: dict[str, Any]) -> None:
-    """Add a row's values to its batch's: a PMID met again in the batch keeps, for each
-    value the later row lacks, the earlier row's, as if the rows were stored one after the
-    other (so the batch size never changes what is stored)."""
-    held = values.get(pmid)
-    values[pmid] = got if held is None else {
-        c: held[c] if v is None else v for c, v in got.items()
-    }
-
-
 def iter_batches(
     stream: IO[bytes],
     *,
@@ -684,7 +676,7 @@ def iter_batches(
                     if parsed is not None:
                         if parsed[0] in values:  # counted with the row it is merged into
                             repeats[parsed[0]] = repeats.get(parsed[0], 0) + 1
-                        _merge(values, *parsed)
+                        merge_icite(values, *parsed)
         if rows >= size:
             yield Batch(values, bad, rows, lines.offset, lines.line, repeats)
             values, bad, repeats, rows = {}, [], {}, 0
