@@ -32,7 +32,9 @@ this refresh and :mod:`ingest.icite_snapshot`):
   (``NaN``, ``-NaN``, ``NA``, ``N/A``, ``null``, ``None``; any case, see
   :data:`MISSING_MARKERS`). iCite leaves a metric out this way where it is not computed
   (an RCR for an article too new to have one: the figshare snapshot's description and
-  NIH's iSearch notes on missing RCRs), and the other metrics of the row are real;
+  NIH's iSearch notes on missing RCRs), and the other metrics of the row are real; so is
+  a field the record lacks (a key iCite dropped from its answer, a column absent from the
+  snapshot's header), and a field it adds is ignored;
 * a value that is present but *not possible* for its column rejects the whole record,
   with a reason naming the column and the value: text that is not a number (or not a
   flag), a count or year that is not a whole number or does not fit the 32-bit column,

@@ -40,12 +40,15 @@ loaded: the store's ``references`` come from the PubMed records themselves.
 **Reading.** ``FILE`` is the CSV (plain, ``.gz``, or figshare's ``.zip`` holding one CSV),
 or a folder of such files (loaded in name order). Given as ``FILE``, the JSON tarball is
 refused (the CSV carries the same fields), and so is the Open Citation Collection or any
-CSV without the metrics' columns. A folder is read as figshare's download is saved (the
-metrics beside ``open_citation_collection.zip`` and the JSON tarball): each file in it that
-is not the metrics (another name ending, a header without the columns the loader needs,
-the Open Citation Collection's ``citing,referenced``, a ``.zip`` without a CSV) is skipped,
-logged and listed in the run's details (``skipped_files``) with the reason; a folder
-with nothing to load is refused. A file whose header cannot be read (a damaged ``.zip``)
+CSV without a ``pmid`` column or without any of the metrics' columns. A metric column
+absent from the header (a field iCite dropped) is a missing value in every row (logged),
+as the API refresh takes a JSON key an answer leaves out: the rows' other values load.
+A folder is read as figshare's download is saved (the metrics beside
+``open_citation_collection.zip`` and the JSON tarball): each file in it that is not the
+metrics (another name ending, a header without the columns the loader needs, the Open
+Citation Collection's ``citing,referenced``, a ``.zip`` without a CSV) is skipped, logged
+and listed in the run's details (``skipped_files``) with the reason; a folder with nothing
+to load is refused. A file whose header cannot be read (a damaged ``.zip``)
 is not skipped: its load fails as below. Rows are streamed
 (``csv`` over a byte-counting line reader) in batches of ``LITPULSE_ICITE_SNAPSHOT_BATCH``;
 each batch is one transaction: PostgreSQL ``COPY`` into a temporary staging table and one
@@ -195,8 +198,11 @@ _FILETIME_EPOCH = dt.datetime(1601, 1, 1, tzinfo=dt.UTC)
 SAMPLE = 10
 #: The Open Citation Collection's header: a file of links, not of metrics.
 _OCC_HEADER = ["citing", "referenced"]
-#: Columns the loader needs from the header.
-REQUIRED = ("pmid", *ICITE_FIELDS.values())
+#: The iCite metrics' columns the loader reads (:data:`ingest.citations.ICITE_FIELDS`).
+METRICS = tuple(ICITE_FIELDS.values())
+#: Columns the loader reads from the header: ``pmid`` and at least one of :data:`METRICS`
+#: are needed; a metric absent (iCite dropped it) is a missing value in every row.
+REQUIRED = ("pmid", *METRICS)
 
 csv.field_size_limit(MAX_LINE)
 
@@ -539,7 +545,11 @@ def _not_metrics_header(names: list[str]) -> str | None:
             "the Open Citation Collection (citing,referenced links); `citations load` "
             "reads the metrics file icite_metadata.csv"
         )
-    missing = [c for c in REQUIRED if c not in names]
+    # a metric iCite dropped is missing in each row, as a key the API leaves out; a CSV
+    # with no PMID or none of the metrics is no snapshot
+    missing = ["pmid"] if "pmid" not in names else []
+    if not any(c in names for c in METRICS):
+        missing += METRICS
     if missing:
         return (
             f"not an iCite snapshot CSV: no column {', '.join(missing)} in its header {names[:30]}"
@@ -556,6 +566,12 @@ def _header(stream: IO[bytes], location: str) -> tuple[list[str], int]:
         if names == _OCC_HEADER:
             raise ConfigError(f"{location} is {why}")
         raise ConfigError(f"{location}: {why}")
+    absent = [c for c in METRICS if c not in names]
+    if absent:
+        logger.warning(
+            "%s: no column %s in its header: a missing value in every row (the article "
+            "keeps what it had), as a field the API leaves out", location, ", ".join(absent)
+        )  # fmt: skip
     return names, len(first)
 
 
@@ -590,7 +606,7 @@ def iter_batches(
     else:
         offset, line = after_header, 1
     width = len(names)
-    wanted = [(n, names.index(n)) for n in REQUIRED]
+    wanted = [(n, names.index(n)) for n in REQUIRED if n in names]  # absent: missing
     pmid_at = names.index("pmid")
     source = SourceRef("file", location)
 
