@@ -3,7 +3,9 @@
 :func:`refresh_citations` asks iCite (``GET {icite_url}pubs?pmids=1,2,3&format=json``,
 at most ``settings.icite_batch`` ≤ 200 PMIDs per request) and fills the ``articles``
 columns ``citation_count``, ``relative_citation_ratio``, ``citations_per_year``,
-``icite_year``, ``icite_provisional`` and ``icite_fetched_at``.
+``icite_year``, ``icite_provisional``, ``icite_fetched_at`` (when iCite was asked: the
+schedule below) and ``icite_values_at`` (what the values held are as of: only a fetch
+that brings values moves it; a snapshot writes over values not newer than itself).
 
 **Refresh policy** (when no PMIDs are given): every live article that was never
 fetched, or whose last fetch is older than an interval that grows with the article's
@@ -436,25 +438,26 @@ def icite_not_newer(at: Any) -> ColumnElement[bool]:
     """Where values of iCite as of ``at`` (a snapshot's date) may be written: live articles
     whose iCite values held are not newer than ``at``.
 
-    The time of the values held is ``icite_fetched_at`` where the article holds any; an
-    article holding none takes them whatever its ``icite_fetched_at``, which a fetch that
-    brought no values stamps too (a PMID iCite did not know, a record quarantined or
-    refused): there is no later iCite data to keep there.
+    The time of the values held is ``icite_values_at``: when the fetch or snapshot that
+    wrote them was, not ``icite_fetched_at``, which a later fetch that brought no values
+    moves too (a PMID iCite did not know, a record quarantined or refused: the values held
+    are no newer for it); where it is NULL beside values (written by a writer that knows
+    no ``icite_values_at``), ``icite_fetched_at``. An article holding none takes them
+    whatever its times.
     """
     a = articles.c
-    return and_(
-        a.is_deleted.is_(False),
-        or_(a.icite_fetched_at.is_(None), a.icite_fetched_at <= at, ~icite_held()),
-    )
+    held_at = func.coalesce(a.icite_values_at, a.icite_fetched_at)
+    return and_(a.is_deleted.is_(False), or_(held_at.is_(None), held_at <= at, ~icite_held()))
 
 
 def icite_update(*, keep_newer: bool = False) -> Update:
     """The ``UPDATE`` of one article's iCite columns, for ``executemany``.
 
     Its parameters: ``b_pmid``, ``b_<column>`` for each of :data:`ICITE_FIELDS` and
-    ``b_now`` (the fetch time stored). With ``keep_newer`` only live articles whose
-    iCite values held are not newer than ``b_now`` are written (:func:`icite_not_newer`:
-    a snapshot never overwrites a later API refresh's values).
+    ``b_now`` (the fetch time stored, as ``icite_fetched_at`` and ``icite_values_at``).
+    With ``keep_newer`` only live articles whose iCite values held are not newer than
+    ``b_now`` are written (:func:`icite_not_newer`: a snapshot never overwrites a later API
+    refresh's values).
     """
     a = articles.c
     stmt = (
@@ -465,6 +468,7 @@ def icite_update(*, keep_newer: bool = False) -> Update:
                 # a null from iCite is "not known", not "none": what the article had stays
                 **{c: func.coalesce(bindparam(f"b_{c}"), a[c]) for c in ICITE_FIELDS},
                 "icite_fetched_at": bindparam("b_now"),
+                "icite_values_at": bindparam("b_now"),
             }
         )
     )

@@ -31,9 +31,11 @@ run's details which), so the daily refresh (:func:`ingest.citations.due_pmids`) 
 for what its policy finds due after that date. Only live articles the store holds are
 written (a row for any other PMID is counted as ``skipped``; the store keeps no iCite data
 for articles it does not have), and never over iCite values fetched later than the snapshot
-(:func:`ingest.citations.icite_not_newer`): an article holding no iCite values takes the
-snapshot's whatever its ``icite_fetched_at``, which an API fetch that brought no values (a
-PMID iCite did not know, a record quarantined or refused) stamps too.
+(:func:`ingest.citations.icite_not_newer`, by ``icite_values_at``, the time of the fetch or
+snapshot that wrote the values held): an API fetch that brought no values (a PMID iCite did
+not know, a record quarantined or refused) stamps ``icite_fetched_at`` only, so a snapshot
+newer than the values held still writes over them, and an article holding none takes the
+snapshot's whatever its times.
 The citation links (``cited_by``, ``references``, the Open Citation Collection) are not
 loaded: the store's ``references`` come from the PubMed records themselves.
 
@@ -754,7 +756,11 @@ def _copy_update(conn: Connection, values: Mapping[int, Mapping[str, Any]], at: 
     stmt = (
         update(articles)
         # a missing value is "not known": what the article had stays (as icite_update)
-        .values({**{c: func.coalesce(s[c], a[c]) for c in cols}, "icite_fetched_at": at})
+        .values({
+            **{c: func.coalesce(s[c], a[c]) for c in cols},
+            "icite_fetched_at": at,
+            "icite_values_at": at,
+        })  # fmt: skip
         .where(a.pmid == s.pmid, icite_not_newer(at))
     )
     return int(conn.execute(stmt).rowcount)  # the staged rows go at commit

@@ -32,6 +32,7 @@ from sqlalchemy import (
     event,
     func,
     null,
+    or_,
     select,
 )
 from sqlalchemy.engine import Dialect
@@ -169,7 +170,12 @@ articles = Table(
     Column("citations_per_year", Float),
     Column("icite_year", Integer),
     Column("icite_provisional", Boolean),
+    # when iCite was last asked for the article (the refresh's schedule), answered or not
     Column("icite_fetched_at", UTCDateTime()),
+    # what the iCite values held are as of (the fetch or snapshot that wrote them): a
+    # fetch that brings no values moves icite_fetched_at, not this; a snapshot writes
+    # over values not newer than itself (ingest.citations.icite_not_newer)
+    Column("icite_values_at", UTCDateTime()),
     Column("cited_by_in_corpus", Integer, nullable=False, default=0),
     # when the article last became live: first stored, or a record lifted its tombstone
     Column("ingested_at", UTCDateTime(), nullable=False),
@@ -193,6 +199,18 @@ articles.c.first_ingested_at.info["upgrade_fill"] = case(
     (and_(articles.c.is_deleted.is_(True), articles.c.version == 0), null()),
     else_=articles.c.ingested_at,
 )
+# A store made before ``articles.icite_values_at``: the values held are as of the last
+# fetch (the best known; a later fetch without values may have moved it), none held NULL.
+articles.c.icite_values_at.info["upgrade_fill"] = case(
+    (
+        or_(*(articles.c[c].is_not(None) for c in (
+            "citation_count", "relative_citation_ratio", "citations_per_year", "icite_year",
+            "icite_provisional",
+        ))),
+        articles.c.icite_fetched_at,
+    ),
+    else_=null(),
+)  # fmt: skip
 #: An article by its DOI (``litpulse article DOI``, ``GET /articles/doi/DOI``): DOIs
 #: match without regard to case (:func:`litpulse.core.text.doi_key`). A store made before
 #: it gains it on its next open (:func:`litpulse.core.db.add_missing_indexes`).
