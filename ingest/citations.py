@@ -95,7 +95,7 @@ from ingest.dates import MIN_YEAR
 from ingest.fields import MAX_PMID, id_value
 from ingest.http import HttpClient
 from ingest.records import ICITE_REASON
-from ingest.runs import Counts, IngestCounts, recorded_run
+from ingest.runs import Counts, IngestCounts, add_run_counts, recorded_run
 from ingest.store import Store
 from litpulse.core import db
 from litpulse.core.db import mark_written, upsert
@@ -659,12 +659,19 @@ def _write(
     found: Mapping[int, dict[str, Any]],
     unknown: Iterable[int],
     bad: Sequence[dict[str, Any]] = (),
+    *,
+    run_id: int | None = None,
+    delta: IngestCounts | None = None,
 ) -> None:
     """Write one batch: the values found; ``icite_fetched_at`` alone for the PMIDs not
-    found or rejected (they keep what they had); the rejected records' quarantine rows."""
+    found or rejected (they keep what they had); the rejected records' quarantine rows;
+    ``delta`` added to run ``run_id``'s counts in the same transaction (a run killed after
+    it counts what it stored: :func:`ingest.runs.add_run_counts`)."""
     now = utcnow()
     a = articles.c
     with engine.begin() as conn:
+        if run_id is not None and delta is not None:
+            add_run_counts(conn, run_id, delta)
         if found:
             conn.execute(icite_update(), icite_params(found, now))
         rest = [{"b_pmid": p, "b_now": now} for p in unknown]
@@ -755,11 +762,15 @@ def _refresh(
                 logger.warning("iCite record of pmid %s quarantined: %s", pmid, reason)
             bad = _quarantine_rows(rejected, location, run.id, utcnow())
             unknown = [p for p in batch if p not in found and p not in refused]
+            delta = IngestCounts(
+                updated=len(found), missing=len(unknown), quarantined=len(rejected)
+            )
             # PostgreSQL may roll it back to break a deadlock with an ingest batch
             db.retry_conflicts(
-                functools.partial(_write, engine, found, [*unknown, *sorted(refused)], bad),
+                functools.partial(_write, engine, found, [*unknown, *sorted(refused)], bad,
+                                  run_id=run.id, delta=delta),
                 f"iCite batch {n}",
-            )
+            )  # fmt: skip
             counts = counts + CitationCounts(len(batch), len(found), len(unknown))
             quarantined += len(rejected)
             run.counts = IngestCounts(

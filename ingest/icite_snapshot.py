@@ -153,7 +153,7 @@ from ingest.citations import (
 from ingest.fields import MAX_PMID, id_value, quarantine_line
 from ingest.records import ICITE_REASON, QuarantineEntry, SourceRef
 from ingest.rows import quarantine_row
-from ingest.runs import Counts, IngestCounts, OpenRun, recorded_run
+from ingest.runs import Counts, IngestCounts, OpenRun, add_run_counts, recorded_run
 from ingest.store import Store
 from litpulse.core.db import driver_errors, mark_written, retry_conflicts, upsert
 from litpulse.core.errors import ConfigError, NotFoundError, ParseError
@@ -703,13 +703,22 @@ def iter_batches(
 
 
 def _commit(store: Store, batch: Batch, fetched_at: dt.datetime, run_id: int, key: str,
-            mark: dict[str, Any]) -> int:
-    """One batch and the file's checkpoint (``mark``: where it then stands) in a
-    transaction of its own; the number of articles updated."""
+            mark: dict[str, Any]) -> SnapshotCounts:
+    """One batch, its counts added to the run's (a run killed after it counts what it
+    stored: :func:`ingest.runs.add_run_counts`) and the file's checkpoint (``mark``: where
+    it then stands) in a transaction of its own; what the batch did."""
     with store.engine.begin() as conn:
         updated = _write(conn, batch, fetched_at, run_id)
+        malformed = len(batch.bad)
+        step = SnapshotCounts(batch.rows, updated, batch.rows - malformed - updated, malformed)
+        add_run_counts(conn, run_id, _run_counts(step))
         store.set_checkpoint(SCOPE, key, "running", mark, conn=conn)
-    return updated
+    return step
+
+
+def _run_counts(step: SnapshotCounts) -> IngestCounts:
+    """The run's counts of what a batch did."""
+    return IngestCounts(updated=step.updated, unchanged=step.skipped, quarantined=step.malformed)
 
 
 def _write(conn: Connection, batch: Batch, fetched_at: dt.datetime, run_id: int) -> int:
@@ -869,7 +878,7 @@ def _load_file(
         with closing(_guarded(_read(path, size, offset, line), unreadable)) as batches:
             for batch in batches:
                 # PostgreSQL may roll it back to break a deadlock with an ingest batch
-                updated = retry_conflicts(
+                step = retry_conflicts(
                     functools.partial(_commit, store, batch, fetched, run.id, key,
                                       {**state, "offset": batch.offset, "line": batch.line,
                                        "rows": done_rows + batch.rows}),
@@ -877,14 +886,8 @@ def _load_file(
                 )  # fmt: skip
                 done_rows += batch.rows
                 committed = batch.line
-                malformed = len(batch.bad)
-                step = SnapshotCounts(
-                    batch.rows, updated, batch.rows - malformed - updated, malformed
-                )
                 counts += step
-                run.counts += IngestCounts(
-                    updated=step.updated, unchanged=step.skipped, quarantined=step.malformed
-                )
+                run.counts += _run_counts(step)
                 entry.update(counts.to_dict())
                 for e in batch.bad[: max(0, SAMPLE - len(sample))]:
                     sample.append({"path": str(path), "line": e.line, "reason": e.reason})
