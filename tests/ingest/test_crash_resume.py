@@ -45,7 +45,9 @@ REPO = Path(__file__).resolve().parents[2]
 #: Items per transaction in these tests: many commits, so kills land between them.
 BATCH = 5
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-_WALL_CLOCK = ("source_time", "ingested_at", "updated_at", "icite_fetched_at")
+_WALL_CLOCK = (
+    "source_time", "ingested_at", "updated_at", "icite_fetched_at", "icite_values_at"
+)
 
 
 # ------------------------------------------------------------------------------ snapshot
