@@ -1240,7 +1240,6 @@ def _minus_pattern() -> re.Pattern[str]:
     return _MINUS
 
 
-@functools.lru_cache(maxsize=256)
 def unused_share_notes(
     settings: Settings, options: ScoringOptions, requested: SearchMode, effective: SearchMode
 ) -> tuple[str, ...]:
@@ -1269,6 +1268,7 @@ def unused_share_notes(
     )
 
 
+@functools.lru_cache(maxsize=256)
 def query_notes(query: str) -> tuple[str, ...]:
     """What a user may expect of ``query`` that it does not do, each as a sentence saying
     what to write instead (shown with the results; the query is searched as it reads):
