@@ -47,6 +47,16 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> CorpusManifest:
 
 
 @pytest.fixture(scope="module")
+def busy(tmp_path_factory: pytest.TempPathFactory) -> CorpusManifest:
+    """500 generated records over 2 days (~250 a day), 1 % deleted, 5 % revised: each
+    day over an ESearch cap of 200 (the 3,000 of :func:`corpus` over 5 days took twice
+    the time, most of it ESearch requests waiting for the 10 a second)."""
+    return generate_corpus(
+        tmp_path_factory.mktemp("busy"), n_records=500, days=2, seed=11, delete_fraction=0.01
+    )
+
+
+@pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> CorpusManifest:
     return generate_corpus(
         tmp_path_factory.mktemp("small"), n_records=400, days=3, seed=5, delete_fraction=0.02
@@ -159,10 +169,11 @@ def test_a_day_over_the_real_10k_cap_is_split_by_pmid(
 
 
 def test_window_with_days_over_the_cap_stores_every_record_once(
-    emu: Emulator, sqlite_settings: Settings, corpus: CorpusManifest
+    emu: Emulator, sqlite_settings: Settings, busy: CorpusManifest
 ) -> None:
+    corpus = busy
     emu.load_files(corpus.files)
-    s = _settings(emu, sqlite_settings, esearch_cap=500, efetch_batch=500)
+    s = _settings(emu, sqlite_settings, esearch_cap=200, efetch_batch=200)
     counts = ingest_window(s, SINCE, UNTIL)
     stored = _stored(s)
     assert len(stored) == len(set(stored))
@@ -173,7 +184,7 @@ def test_window_with_days_over_the_cap_stores_every_record_once(
     store = Store(db.connect(s))
     run = store.runs(1)[0]
     assert run["status"] == "succeeded" and run["inserted"] == counts.inserted
-    assert run["details"]["esearch_splits"] > 0  # every day (~595) is over the cap of 500
+    assert run["details"]["esearch_splits"] > 0  # each day (~250) is over the cap of 200
     for pmid in list(corpus.versions)[:50]:
         assert store.get_article(pmid)["version"] == corpus.versions[pmid]
     assert emu.max_rate("/eutils") <= s.rate_limit
