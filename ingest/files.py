@@ -50,7 +50,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import hashlib
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -62,6 +61,7 @@ from ingest.records import SourceRef, nlm_file_name, nlm_file_order
 from ingest.rows import StoreItem
 from ingest.runs import IngestCounts, OpenRun, recorded_run
 from ingest.store import Store
+from litpulse.core.checksums import file_md5
 from litpulse.core.errors import ConfigError
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import utcnow
@@ -221,7 +221,7 @@ def _earlier_issues(store: Store, files: Sequence[Path]) -> tuple[dict[Path, str
         packed = path.name.lower().endswith(".gz")
         if applied and not packed:
             if earlier:
-                md5 = _md5(path)
+                md5 = file_md5(path)
                 if md5 in earlier:  # an unpacked copy read before the server's re-issue
                     skipped[path] = (f"an earlier issue of {name} (MD5 {md5}), which NLM "
                                      f"re-issued: the issue applied (MD5 {current}) outranks "
@@ -234,7 +234,7 @@ def _earlier_issues(store: Store, files: Sequence[Path]) -> tuple[dict[Path, str
                     "be told (give the .xml.gz as published)"
                 )  # fmt: skip
             continue
-        md5 = _md5(path)
+        md5 = file_md5(path)
         if md5 == current:
             continue
         if md5 in earlier:
@@ -288,14 +288,6 @@ def _reissue(store: Store, run: OpenRun, path: Path, src: SourceRef, md5: str) -
                        "read whole as a re-issue of it", path, src.location, md5, was)  # fmt: skip
         told = run.details.setdefault("reissued", [])
         told.append({"path": str(path), "md5": md5, "was": was})
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fetch_times(

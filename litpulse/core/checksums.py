@@ -15,16 +15,26 @@ import hashlib
 import os
 from pathlib import Path
 
-__all__ = ["durable_rename", "file_sha256", "fsync_dir"]
+__all__ = ["durable_rename", "file_md5", "file_sha256", "fsync_dir"]
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
+def _file_digest(path: str | Path, h: hashlib._Hash) -> str:
+    """Hex digest of a file under ``h``, read in 1 MiB blocks."""
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    return _file_digest(path, hashlib.sha256())
+
+
+def file_md5(path: str | Path) -> str:
+    """Hex MD5 of a file, read in 1 MiB blocks: NLM's published checksum of its files
+    (not a security measure)."""
+    return _file_digest(path, hashlib.md5(usedforsecurity=False))
 
 
 def fsync_dir(path: str | Path) -> None:

@@ -52,6 +52,7 @@ from typing import Any
 from xml.sax.saxutils import escape as _xml_escape
 
 from litpulse.app.demo.pubmed_xml import DOCTYPE, FOOTER, HEADER, date_xml, deletion_xml
+from litpulse.core.checksums import file_md5
 from litpulse.core.errors import ConfigError
 
 __all__ = [
@@ -1092,12 +1093,8 @@ render_deletion_xml = deletion_xml
 def write_md5(path: str | Path) -> Path:
     """Write NLM's ``.md5`` sidecar (``MD5(name)= hex``) beside ``path``; return its path."""
     path = Path(path)
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
     side = path.with_name(path.name + ".md5")
-    side.write_text(f"MD5({path.name})= {h.hexdigest()}\n", encoding="ascii")
+    side.write_text(f"MD5({path.name})= {file_md5(path)}\n", encoding="ascii")
     return side
 
 
