@@ -1,0 +1,130 @@
+"""Hostile review (session 37a) of the Airflow DAGs as a data engineer operates them: manual
+triggers and their params (``airflow dags trigger --conf``, the UI's trigger form), clears,
+backfills over scheduled runs, asset-triggered runs queued behind a running one, kills.
+
+World: the DAG files run by Airflow 3.3's own ``dag.test()`` in a child process
+(``tests/dags/dag_runner.py``'s way, with its output kept to read what the task log says),
+against the loopback NCBI emulator; the DAG files' task callables in this process where
+the scheduler is not the point.
+
+Defects (each first a strict xfail asserting the right behaviour):
+
+X1 **A mistyped key in a manual trigger's conf is silently ignored, and the run does
+   something else than asked.** Airflow validates the *declared* params of a conf (a
+   ``first_day`` that is not a date, a ``shards`` of ``"16"`` are refused at the trigger),
+   but a key it does not know is merged into the params and never looked at
+   (``SerializedParamsDict.deep_merge`` adds it). The engineer pulls one old day as the
+   README shows, with one letter wrong: ``airflow dags trigger litpulse_nightly_ingest
+   --conf '{"firstday": "2024-01-09"}'``. The run ingests *yesterday* instead (the plain
+   trigger's day), passes, emits ``litpulse_articles``, and the day asked for was never
+   ingested; nothing in the task log names the key. The same with ``{"shard": 16}`` for
+   ``litpulse_reindex`` or ``litpulse_bootstrap`` (4 or 8 shards, silently) and
+   ``{"accept-gaps": true}`` for the bootstrap. Reproduction:
+   ``test_x1_a_mistyped_conf_key_fails_the_run_naming_it`` (``dag.test`` with that conf)
+   and ``test_x1_shards_typo_refused_by_reindex_and_bootstrap`` (the task callables).
+   At fault: every task reading ``params`` (``dag_support.ingest_days``, the ``shards`` and
+   ``accept_gaps`` reads of ``dags/litpulse_reindex.py`` and ``dags/litpulse_bootstrap.py``).
+   Expected: the run fails at its first task reading the params with ``ConfigError`` (not
+   retried) naming the unknown key and the DAG's params, before anything is ingested.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from litpulse.core import db
+from litpulse.core.errors import ConfigError
+from litpulse.core.schema import articles, ingest_runs
+from litpulse.core.settings import Settings
+from tests.dags.conftest import RUNNER, airflow_env, airflow_home, emulator  # noqa: F401
+from tests.emulator import Emulator
+
+UTC = dt.UTC
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+#: The day the engineer means to pull by hand (a Tuesday).
+OLD_DAY = dt.date(2024, 1, 9)
+
+
+def _dag_test(
+    home: Path, runs: list[dict[str, Any]], env: dict[str, str], tmp: Path
+) -> tuple[dict[str, Any], str]:
+    """``dag.test()`` runs in a child process (the DAG runner); its report and its output
+    (the task logs ``dag.test`` prints)."""
+    spec, out = tmp / "spec.json", tmp / "out.json"
+    spec.write_text(json.dumps({"runs": runs}))
+    proc = subprocess.run(
+        [sys.executable, str(RUNNER), "run", str(spec), str(out)],
+        env=airflow_env(home, env), capture_output=True, text=True, timeout=300, cwd=tmp,
+    )
+    assert proc.returncode == 0, (proc.stdout[-4000:], proc.stderr[-4000:])
+    return dict(json.loads(out.read_text())), proc.stdout + proc.stderr
+
+
+def _dag_module(name: str) -> tuple[ModuleType, Any]:
+    """The DAG file ``dags/<name>.py`` executed in this process, and its DAG."""
+    spec = importlib.util.spec_from_file_location(f"review37a_{name}", DAGS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, getattr(module, name)()
+
+
+# ----------------------------------------------------------------- X1: mistyped conf keys
+
+
+@pytest.mark.xfail(strict=True, reason="37a X1: an unknown conf key is ignored silently")
+def test_x1_a_mistyped_conf_key_fails_the_run_naming_it(
+    airflow_home: Path, emulator: Emulator, tmp_path: Path  # noqa: F811 - the fixtures
+) -> None:
+    for i in range(3):
+        emulator.add_article(7000 + i, edat=OLD_DAY, title=f"Statins and memory {i}")
+    settings = emulator.configure(Settings.from_env({}, home=tmp_path / "lp"))
+    conf = {"firstday": OLD_DAY.isoformat()}  # meant: first_day
+    report, output = _dag_test(
+        airflow_home, [{"dag_id": "litpulse_nightly_ingest", "conf": conf}],
+        emulator.env(settings), tmp_path,
+    )
+    (run,) = report["runs"]
+    with db.connect(settings).connect() as conn:
+        windows = conn.execute(select(ingest_runs.c.window_start)).scalars().all()
+        stored = conn.execute(select(func.count()).select_from(articles)).scalar_one()
+    db.dispose_engines()
+    # before: success, yesterday ingested (an ingest run of another day), OLD_DAY not
+    assert run["state"] == "failed", (run, windows)
+    assert run["tasks"]["ingest_window"] == "failed", run["tasks"]
+    assert windows == [] and stored == 0, (windows, stored)
+    assert "firstday" in output and "first_day" in output, output[-3000:]
+    assert not report["asset_events"], report["asset_events"]
+
+
+@pytest.mark.xfail(strict=True, reason="37a X1: an unknown conf key is ignored silently")
+@pytest.mark.parametrize("dag_id", ["litpulse_reindex", "litpulse_bootstrap"])
+def test_x1_shards_typo_refused_by_reindex_and_bootstrap(
+    dag_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import litpulse.pipeline.planning as planning
+
+    module, dag = _dag_module(dag_id)
+    monkeypatch.setattr(module, "settings", lambda: None)
+    planned: list[int] = []
+    monkeypatch.setattr(planning, "plan_embedding_shards",
+                        lambda _s, n, **_k: planned.append(n) or [])  # fmt: skip
+    conf = {"shard": 16}  # meant: shards
+    params = {**{k: dag.params[k] for k in dag.params}, **conf}  # as Airflow merges them
+    ctx = {"params": params, "dag": dag, "dag_run": SimpleNamespace(conf=conf)}
+    monkeypatch.setattr(module, "get_current_context", lambda: ctx)
+    call = dag.task_dict["plan_shards"].python_callable
+    with pytest.raises(ConfigError) as err:
+        call() if dag_id == "litpulse_reindex" else call({})
+    assert "shard" in str(err.value) and "shards" in str(err.value)
+    assert planned == []
