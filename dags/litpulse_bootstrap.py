@@ -8,7 +8,7 @@ from typing import Any
 from airflow.sdk import Param, dag, get_current_context, task
 
 from litpulse.core.widths import SHARDS_MAX
-from litpulse.pipeline.dag_support import INDEX, dag_args, index_event, settings
+from litpulse.pipeline.dag_support import INDEX, dag_args, index_event, run_params, settings
 
 DAG_ID = "litpulse_bootstrap"
 #: Fetcher tasks running at once; below `max_active_tasks_per_dag` (4 in airflow.cfg), so
@@ -81,7 +81,7 @@ def litpulse_bootstrap() -> None:
         """The files not applied yet, in order (one small dict each)."""
         from litpulse.pipeline.bootstrap import list_pending
 
-        accept_gaps = bool(get_current_context()["params"]["accept_gaps"])
+        accept_gaps = bool(run_params(get_current_context())["accept_gaps"])
         return list_pending(settings(), accept_gaps=accept_gaps)
 
     @task(max_active_tis_per_dagrun=FETCHERS, execution_timeout=dt.timedelta(hours=2))
@@ -96,7 +96,7 @@ def litpulse_bootstrap() -> None:
         """The one writer: every pending file, in order; returns the load report."""
         from ingest.bootstrap import load_files
 
-        accept_gaps = bool(get_current_context()["params"]["accept_gaps"])
+        accept_gaps = bool(run_params(get_current_context())["accept_gaps"])
         return load_files(settings(), prefetch=0, accept_gaps=accept_gaps).to_dict()
 
     @task(retries=0)
@@ -104,7 +104,7 @@ def litpulse_bootstrap() -> None:
         """One small dict per PMID shard of the embed step."""
         from litpulse.pipeline.planning import plan_embedding_shards
 
-        shards = int(get_current_context()["params"]["shards"])
+        shards = int(run_params(get_current_context())["shards"])
         return [s.to_dict() for s in plan_embedding_shards(settings(), shards)]
 
     @task(execution_timeout=dt.timedelta(hours=12), max_active_tis_per_dag=8)

@@ -58,7 +58,8 @@ last full UTC day before the trigger. Pick days with the params (inclusive ISO d
 "last_day": "2026-11-29"}'`; params win over a logical date's data interval. Only complete
 UTC days: a `last_day` of today or later is refused at the start (`ConfigError`, not
 retried), and so is a range of more than `LITPULSE_NIGHTLY_MAX_DAYS` days (the message
-names the backfill that ingests it one day per run).
+names the backfill that ingests it one day per run). A conf key that is no param
+(`firstday`) fails `ingest_window` at once, naming it: Airflow would ignore it.
 
 **Reruns and backfills are safe.** A window is idempotent: a rerun finds every record
 `unchanged`; checkpoints let a killed run resume. Backfill one day per run, one run at a

@@ -13,6 +13,7 @@ from litpulse.pipeline.dag_support import (
     MODEL,
     dag_args,
     index_event,
+    run_params,
     settings,
 )
 
@@ -68,7 +69,7 @@ def litpulse_reindex() -> None:
         """One small dict per shard: shard number, shard count, model version."""
         from litpulse.pipeline.planning import plan_embedding_shards
 
-        shards = int(get_current_context()["params"]["shards"])
+        shards = int(run_params(get_current_context())["shards"])
         return [s.to_dict() for s in plan_embedding_shards(settings(), shards)]
 
     @task(execution_timeout=dt.timedelta(hours=6), max_active_tis_per_dag=8)

@@ -65,6 +65,7 @@ __all__ = [
     "reach_back",
     "retry_after",
     "run_overdue",
+    "run_params",
     "scalars",
     "settings",
     "task_failed",
@@ -567,6 +568,38 @@ def _most_nightly_days() -> int:
     return int(field.metadata["max"])
 
 
+def run_params(context: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The params of the run of ``context``, once its conf names only params of its DAG.
+
+    Airflow validates the declared params of a trigger's conf (a ``first_day`` that is not
+    a date is refused at the trigger) but merges a key it does not know into the params and
+    never looks at it: ``--conf '{"firstday": "2024-01-09"}'`` would run as a plain trigger
+    (yesterday) and ``{"shard": 16}`` with the default shards, silently. Every task reading
+    the params reads them here.
+
+    Raises:
+        ConfigError: The conf holds a key that is no param of the DAG (not retryable: the
+            same conf fails the same way); the message names it and the DAG's params.
+    """
+    params = context.get("params") or {}
+    dag = context.get("dag")
+    conf = getattr(context.get("dag_run"), "conf", None) or {}
+    declared = getattr(dag, "params", None)
+    if declared is None or not isinstance(conf, Mapping):
+        return params
+    unknown = sorted(str(k) for k in conf if k not in declared)
+    if unknown:
+        dag_id = getattr(dag, "dag_id", "this DAG")
+        known = ", ".join(sorted(str(k) for k in declared)) or "none"
+        raise ConfigError(
+            f"the run's conf names {', '.join(repr(k) for k in unknown)}, which "
+            f"{dag_id} does not take (its params: {known}); nothing was done: trigger it "
+            "again with the params' own names (Airflow ignores a key it does not know, so "
+            "the run would not do what was asked)"
+        )
+    return params
+
+
 def ingest_days(
     context: Mapping[str, Any],
     settings: Settings | None = None,
@@ -581,7 +614,7 @@ def ingest_days(
     and backfill runs keep exactly their days. The ``ingest_window`` task computes it
     once and hands it to the tasks after it through XCom (:func:`ingested`).
     """
-    params = context.get("params") or {}
+    params = run_params(context)
     dag_run = context.get("dag_run")
     first_day, last_day = params.get("first_day"), params.get("last_day")
     window = window_days(
