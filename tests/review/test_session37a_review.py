@@ -29,6 +29,26 @@ X1 **A mistyped key in a manual trigger's conf is silently ignored, and the run 
    **Fixed**: ``dag_support.run_params(context)``, the one reader of a run's params, refuses
    a conf key that is no param of the run's DAG (``ConfigError`` naming it and the params);
    ``ingest_days`` and the bootstrap's and reindex's tasks read the params through it.
+X2 **A DAG run that fails without a task failing (its ``dagrun_timeout``, a deadlock) is
+   never alerted.** The README promises "Failures ... go to ``LITPULSE_ALERT_WEBHOOK_URL``"
+   and "a run times out after N h". Every alert hangs on the tasks: ``task_failed``
+   (``on_failure_callback`` of each task) and ``RunBudget`` (when a task *starts or
+   finishes* late). At ``dagrun_timeout`` Airflow 3.3's scheduler sets every unfinished task
+   instance to ``skipped`` (``SchedulerJobRunner._schedule_dag_run``) and fails the run: no
+   task fails, so no task callback runs, and only the DAG's own ``on_failure_callback``
+   (reason ``timed_out``; ``all_tasks_deadlocked`` likewise) is called — none is set. The
+   realistic case: a task that never starts, so no execution timeout, no late start, no
+   failure — the retrain task routed to ``LITPULSE_TRAIN_QUEUE=gpu`` while the GPU worker is
+   down, or ``ingest_window`` waiting for an ``ncbi`` pool nobody created (the scheduler
+   only logs "Tasks using non-existent pool 'ncbi' will not be scheduled"). The run turns
+   ``failed`` 12 h (nightly), 24 h (retrain) or 7 days (bootstrap) later, its tasks
+   ``skipped``, and the on-call engineer hears nothing; the nightly's next run reaches back
+   over the day, the retrain's week is lost. Reproduction:
+   ``test_x2_a_timed_out_run_is_alerted`` (each DAG file's ``on_failure_callback`` called
+   with the context the dag processor gives it). At fault: ``dag_support.dag_args`` (no
+   DAG-level failure callback). Expected: one alert naming the DAG, the run, that it timed
+   out (or deadlocked), the task that was left and whether it ever started, with the way
+   out; a run failed by a task (reason ``task_failure``) is not alerted twice.
 """
 
 from __future__ import annotations
@@ -131,3 +151,45 @@ def test_x1_shards_typo_refused_by_reindex_and_bootstrap(
     assert "shard" in str(err.value) and "shards" in str(err.value)
     assert planned == []
 
+
+# --------------------------------------------------------- X2: a timed-out run is alerted
+
+
+@pytest.mark.xfail(strict=True, reason="37a X2: a run failed by its dagrun_timeout is not alerted")
+@pytest.mark.parametrize(("dag_id", "task_id"), [
+    ("litpulse_nightly_ingest", "ingest_window"),
+    ("litpulse_retrain", "retrain"),
+    ("litpulse_bootstrap", "apply_files"),
+])
+def test_x2_a_timed_out_run_is_alerted(
+    dag_id: str, task_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from litpulse.pipeline import dag_support
+
+    _module, dag = _dag_module(dag_id)
+    sent: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(dag_support, "notify", lambda _s, text, details: sent.append(
+        (text, dict(details))) or True)  # fmt: skip
+    run_id = "scheduled__2026-12-06T02:00:00+00:00"
+    started = dt.datetime(2026, 12, 6, 2, 0, 5, tzinfo=UTC)
+    # what the dag processor passes (``_execute_dag_callbacks``): the template context of
+    # the last unfinished task instance, which the scheduler has just set to skipped
+    ti = SimpleNamespace(dag_id=dag_id, task_id=task_id, run_id=run_id, map_index=-1,
+                         state="skipped", start_date=None, try_number=0)  # fmt: skip
+    dag_run = SimpleNamespace(dag_id=dag_id, run_id=run_id, start_date=started,
+                              run_type="scheduled", conf={})  # fmt: skip
+    callbacks = dag.on_failure_callback or []
+    callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+    for reason in ("task_failure", "timed_out"):
+        ctx = {"dag": dag, "run_id": run_id, "reason": reason, "ti": ti, "dag_run": dag_run}
+        for callback in callbacks:
+            callback(ctx)
+        if reason == "task_failure":  # the task's own callback told it
+            assert sent == [], sent
+    assert len(sent) == 1, (dag_id, sent)
+    text, details = sent[0]
+    hours = dag.dagrun_timeout.total_seconds() / 3600
+    assert dag_id in text and run_id in text and "timed out" in text, text
+    assert f"{hours:g} h" in text, text
+    assert task_id in text and "never started" in text, text
+    assert details["reason"] == "timed_out" and details["task_id"] == task_id, details
