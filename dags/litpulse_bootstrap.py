@@ -54,7 +54,7 @@ short replayed from where it stopped; finished shards have nothing pending.
 on one host (LocalExecutor) or give the Celery workers a shared `LITPULSE_HOME`.
 
 **Alerts.** Failures, and tasks that start or finish more than 48 h after the run started,
-go to `LITPULSE_ALERT_WEBHOOK_URL`. A run times out after 7 days.
+go to `LITPULSE_ALERT_WEBHOOK_URL`. A run times out after 7 days (alerted).
 """
 
 

@@ -58,7 +58,7 @@ the try number, at most 8 min: `max_retry_delay`). Then clear the failed task:
 REST API `clearTaskInstances`.
 
 **Alerts.** Failures, and tasks that start or finish more than 4 h after their run started,
-go to `LITPULSE_ALERT_WEBHOOK_URL` (always logged). A run still going after 8 h times out.
+go to `LITPULSE_ALERT_WEBHOOK_URL` (always logged). A run still going after 8 h times out (alerted).
 """
 
 

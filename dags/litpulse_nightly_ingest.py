@@ -106,7 +106,8 @@ runs. Thresholds: `LITPULSE_MAX_QUARANTINE_RATE` (with `LITPULSE_QUALITY_MIN_QUA
 
 **Alerts.** A failed task, and a task that starts or finishes more than 6 h after its run
 started, post to `LITPULSE_ALERT_WEBHOOK_URL` (always logged). A run still going after 12 h
-times out.
+times out, alerted too (naming the task left: `ingest_window` never started when the pool
+`ncbi` does not exist or another run holds it).
 """
 
 

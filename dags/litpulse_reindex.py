@@ -46,7 +46,7 @@ queued its own reindex run.
 **On failure.** Clear the failed shards only: `airflow tasks clear litpulse_reindex
 --only-failed --yes` (or the UI / REST `clearTaskInstances`); `publish_index` follows.
 Failures, and tasks that start or finish more than 24 h after their run started, alert to
-`LITPULSE_ALERT_WEBHOOK_URL`; a run times out after 48 h.
+`LITPULSE_ALERT_WEBHOOK_URL`; a run times out after 48 h (alerted).
 
 **Sizing.** One shard of PubMed (~38M articles) / 16 is ~2.4M texts: about 2 h on one GPU
 with all-MiniLM-L6-v2. Raise `shards` and add GPU workers to go faster, and raise the

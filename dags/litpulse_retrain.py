@@ -51,7 +51,7 @@ lower the pair count or move it to a bigger worker. Other failures retry once, 2
 then clear the task (`airflow tasks clear litpulse_retrain --only-failed --yes`, the UI or
 the REST API). Roll back a bad promotion with `litpulse models rollback`. Failures, and tasks
 that start or finish more than 12 h after their run started, alert to
-`LITPULSE_ALERT_WEBHOOK_URL`; a run times out after 24 h.
+`LITPULSE_ALERT_WEBHOOK_URL`; a run times out after 24 h (alerted).
 """
 
 

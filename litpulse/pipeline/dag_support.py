@@ -65,6 +65,7 @@ __all__ = [
     "reach_back",
     "retry_after",
     "run_overdue",
+    "run_failed",
     "run_params",
     "scalars",
     "settings",
@@ -362,6 +363,67 @@ def task_failed(context: Context) -> None:
             "try_number": getattr(ti, "try_number", None),
             "log_url": getattr(ti, "log_url", None),
             "error": repr(exc) if exc is not None else None,
+        },
+    )
+
+
+def run_failed(context: Context) -> None:
+    """The DAG's ``on_failure_callback``: alert a run that failed without a task failing.
+
+    Airflow fails a run at its ``dagrun_timeout`` (reason ``timed_out``) or when no task can
+    run any more (``all_tasks_deadlocked``) by setting its unfinished tasks to ``skipped``:
+    no task fails, so no :func:`task_failed` alert, and a task that never started (a queue
+    without a worker, a pool with no free or no slot) never started *late* for
+    :class:`RunBudget` either. The dag processor calls this with the context of the task
+    that was left (``ti``). A run failed by a task (``task_failure``) was alerted by it.
+    """
+    reason = str(context.get("reason") or "")
+    if reason == "task_failure":
+        return
+    dag_id, task_id, run_id, map_index = _where(context)
+    dag = context.get("dag")
+    ti = context.get("ti")
+    where = f"{task_id}[{map_index}]" if map_index != -1 else task_id
+    started = getattr(ti, "start_date", None)
+    timeout = getattr(dag, "dagrun_timeout", None)
+    if reason == "timed_out":
+        what = "timed out" + (
+            f" after {timeout.total_seconds() / 3600:g} h (dagrun_timeout)" if timeout else ""
+        ) + ": its unfinished tasks were skipped"
+    elif reason == "all_tasks_deadlocked":
+        what = "failed: none of its unfinished tasks could run any more (deadlock)"
+    else:
+        what = f"failed ({reason or 'no reason given'})"
+    if ti is None:
+        left = ""
+    elif started is None:
+        task = None
+        try:
+            task = dag.get_task(task_id) if dag is not None else None
+        except Exception:  # noqa: BLE001 - the alert goes out with what is known
+            task = None
+        pool, queue = getattr(task, "pool", None), getattr(task, "queue", None)
+        left = (
+            f"; {where} never started: no free slot for it (pool {pool!r}: does it exist, "
+            f"is a task holding it? queue {queue!r}: is a worker listening?)"
+        )
+    else:
+        left = f"; {where} was still running (started {as_utc(started).isoformat()})"
+    text = (
+        f"litpulse: DAG {dag_id} run {run_id} {what}{left}. Once the cause is fixed, clear "
+        f"the whole run (the UI's Clear on the run, or POST /api/v2/dags/{dag_id}/"
+        f'clearTaskInstances with {{"dag_run_id": "{run_id}", "only_failed": false}})'
+    )
+    _alert(
+        text,
+        {
+            "dag_id": dag_id,
+            "run_id": run_id,
+            "reason": reason,
+            "task_id": task_id,
+            "map_index": map_index,
+            "task_started": as_utc(started).isoformat() if started else None,
+            "timeout_hours": timeout.total_seconds() / 3600 if timeout else None,
         },
     )
 
@@ -730,7 +792,7 @@ def dag_args(
 
     No catch-up, one active run, :data:`DEFAULT_ARGS` (``retries`` overrides its count)
     plus a :class:`RunBudget` alerting ``alert_after_hours`` after a run started, and a
-    run timeout of ``timeout_hours``.
+    run timeout of ``timeout_hours``, alerted (:func:`run_failed`).
     """
     default_args = {**DEFAULT_ARGS, **RunBudget(hours=alert_after_hours).callbacks()}
     if retries is not None:
@@ -745,6 +807,8 @@ def dag_args(
         "tags": list(tags),
         "doc_md": doc_md,
         "dagrun_timeout": dt.timedelta(hours=timeout_hours),
+        # a run failed by its timeout or a deadlock: no task fails, so no task alerts
+        "on_failure_callback": run_failed,
     }
     if params:
         out["params"] = dict(params)

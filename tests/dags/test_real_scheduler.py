@@ -14,7 +14,8 @@ clear`` and, on another run, with the REST API ``clearTaskInstances``, and succe
 days are backfilled one run at a time (``--max-active-runs 1``), the first failing on
 purpose, then reprocessed by the documented ``--reprocess-behavior failed``; unpausing the
 weekly retrain does not retrain last Sunday; the store and the published index hold every
-day; the NCBI key came from the Airflow connection ``litpulse_ncbi``.
+day; the NCBI key came from the Airflow connection ``litpulse_ncbi``; a run whose first task
+never gets a slot of the ``ncbi`` pool times out and is alerted.
 
 CeleryExecutor (Redis broker and result backend on 127.0.0.1:6379, database 13, a queue of
 this test alone): the same chain through one ``airflow celery worker``, then a reindex
@@ -30,6 +31,7 @@ import datetime as dt
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -40,7 +42,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import create_engine, func, select, text, update
 
 from litpulse.core import db
 from litpulse.core.schema import (
@@ -58,6 +60,7 @@ from tests.dags.conftest import REPO, publish_bootstrap_files
 from tests.emulator import Emulator
 from tests.ingest.test_bootstrap import _files as source_file_rows
 from tests.ingest.test_crash_resume import child_env, differences, snapshot
+from tests.litpulse.pipeline.test_alerts import _Receiver
 from tests.ranking.test_index import _activate
 
 pytestmark = [pytest.mark.airflow_integration, pytest.mark.postgres, pytest.mark.timeout(1800)]
@@ -162,6 +165,18 @@ class Clock:
         self.path.write_text(json.dumps(self.marks, indent=2))
         print(f"[timing] {name}: {seconds} s", flush=True)
         return seconds
+
+
+@pytest.fixture
+def webhook() -> Iterator[_Receiver]:
+    """A loopback alert webhook answering 204 to every POST (its bodies kept)."""
+
+    def ok(conn: socket.socket, body: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+
+    receiver = _Receiver(ok)
+    yield receiver
+    receiver.close()
 
 
 @pytest.fixture
@@ -309,7 +324,8 @@ def _clean_state(proc: subprocess.Popen[bytes], settings: Settings, log: Path) -
 
 
 def test_local_executor_chain_clear_backfill_catchup(
-    stack_factory: Any, emulator: Emulator, tmp_path: Path, sup: ModuleType
+    stack_factory: Any, emulator: Emulator, tmp_path: Path, sup: ModuleType,
+    webhook: _Receiver,
 ) -> None:
     corpus = Corpus(emulator)
     now = dt.datetime.now(dt.UTC)
@@ -323,6 +339,7 @@ def test_local_executor_chain_clear_backfill_catchup(
     for day in backfill:
         corpus.add(day, 3)
     settings, env = _settings(emulator, tmp_path)
+    env["LITPULSE_ALERT_WEBHOOK_URL"] = webhook.url  # every process's, the dag-processor's too
     base, upd = publish_bootstrap_files(emulator, tmp_path / "files")
     files = {p.name: "baseline" for p in base.files} | {p.name: "updatefiles" for p in upd.files}
     # the reference: a clean `litpulse bootstrap` in another home, beside the stack's start
@@ -460,6 +477,32 @@ def test_local_executor_chain_clear_backfill_catchup(
             select(ingest_runs.c.status).where(ingest_runs.c.source == "eutils")
         ).scalars().all()
     assert statuses.count("succeeded") >= 5
+    # -- 8. a run whose task never starts (no slot left in the ncbi pool) times out: no task
+    # fails, so the DAG's own failure callback (run by the dag-processor) alerts it (37a X2)
+    t = time.monotonic()
+    stack.cli("pools", "set", "ncbi", "0", "NCBI E-utilities/iCite calls (rate limit)")
+    stack.cli("dags", "trigger", NIGHTLY, "--run-id", "manual_stuck")
+    wait_for("ingest_window to wait for a pool slot", lambda: stack.tasks(
+        NIGHTLY, "manual_stuck").get("ingest_window", {}).get("state") == "scheduled", 60)
+    engine = create_engine(stack.database_url)
+    with engine.begin() as conn:  # the run started 13 h ago: past its 12 h dagrun_timeout
+        conn.execute(text("UPDATE dag_run SET start_date = start_date - interval '13 hours' "
+                          "WHERE dag_id = :d AND run_id = 'manual_stuck'"), {"d": NIGHTLY})
+    engine.dispose()
+    assert stack.wait_run(NIGHTLY, "manual_stuck", timeout=60)["state"] == "failed"
+
+    def timed_out() -> dict[str, Any] | None:
+        for body in list(webhook.bodies):
+            alert = json.loads(body)
+            if alert["details"].get("reason") == "timed_out":
+                return dict(alert)
+        return None
+
+    alert = wait_for("the timed-out run's alert", timed_out, 90)
+    assert "manual_stuck" in alert["text"] and "timed out after 12 h" in alert["text"], alert
+    assert "ingest_window never started" in alert["text"] and "'ncbi'" in alert["text"], alert
+    clock.lap("a run timed out -> alerted", t)
+
     # hygiene: the generated admin password is private; the JWT secret is long enough
     assert stack.password_file.stat().st_mode & 0o077 == 0
     assert (stack.home / ".airflow-secrets").stat().st_mode & 0o077 == 0

@@ -49,6 +49,9 @@ X2 **A DAG run that fails without a task failing (its ``dagrun_timeout``, a dead
    DAG-level failure callback). Expected: one alert naming the DAG, the run, that it timed
    out (or deadlocked), the task that was left and whether it ever started, with the way
    out; a run failed by a task (reason ``task_failure``) is not alerted twice.
+   **Fixed**: ``dag_support.run_failed``, the ``on_failure_callback`` of every litpulse DAG
+   (``dag_args``), alerts a run failed for any reason but ``task_failure``, naming the task
+   left, whether it started (else its pool and queue) and the REST clear of the whole run.
 """
 
 from __future__ import annotations
@@ -155,7 +158,6 @@ def test_x1_shards_typo_refused_by_reindex_and_bootstrap(
 # --------------------------------------------------------- X2: a timed-out run is alerted
 
 
-@pytest.mark.xfail(strict=True, reason="37a X2: a run failed by its dagrun_timeout is not alerted")
 @pytest.mark.parametrize(("dag_id", "task_id"), [
     ("litpulse_nightly_ingest", "ingest_window"),
     ("litpulse_retrain", "retrain"),
