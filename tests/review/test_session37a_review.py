@@ -29,6 +29,15 @@ X1 **A mistyped key in a manual trigger's conf is silently ignored, and the run 
    **Fixed**: ``dag_support.run_params(context)``, the one reader of a run's params, refuses
    a conf key that is no param of the run's DAG (``ConfigError`` naming it and the params);
    ``ingest_days`` and the bootstrap's and reindex's tasks read the params through it.
+X3 **The DAGs without params ignore a conf the same way.** ``airflow dags trigger
+   litpulse_retrain --conf '{"from_base": true}'`` (the engineer expects ``litpulse retrain
+   --from-base``: a fresh adapter from all articles) continues the active adapter, or skips
+   the round as "not due", and says nothing of ``from_base``; the same for any conf given
+   to ``litpulse_index_refresh``. X1's reader was called only where a param is read.
+   Reproduction: ``test_x3_a_conf_on_a_dag_without_params_is_refused`` (the first task's
+   callable). Expected: the first task fails with X1's ``ConfigError`` (the DAG takes no
+   params).
+
 X2 **A DAG run that fails without a task failing (its ``dagrun_timeout``, a deadlock) is
    never alerted.** The README promises "Failures ... go to ``LITPULSE_ALERT_WEBHOOK_URL``"
    and "a run times out after N h". Every alert hangs on the tasks: ``task_failed``
@@ -153,6 +162,38 @@ def test_x1_shards_typo_refused_by_reindex_and_bootstrap(
         call() if dag_id == "litpulse_reindex" else call({})
     assert "shard" in str(err.value) and "shards" in str(err.value)
     assert planned == []
+
+
+@pytest.mark.xfail(strict=True, reason="37a X3: a conf on a DAG without params is ignored")
+@pytest.mark.parametrize(("dag_id", "task_id"), [
+    ("litpulse_retrain", "retrain_due"),
+    ("litpulse_index_refresh", "index_model_current"),
+])
+def test_x3_a_conf_on_a_dag_without_params_is_refused(
+    dag_id: str, task_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import litpulse.pipeline.planning as planning
+
+    module, dag = _dag_module(dag_id)
+    monkeypatch.setattr(module, "settings", lambda: None)
+    asked: list[str] = []
+    monkeypatch.setattr(planning, "retrain_due", lambda _s: asked.append("due") or
+                        SimpleNamespace(due=True, reason="due"))  # fmt: skip
+    monkeypatch.setattr(planning, "refresh_waits_for_reindex",
+                        lambda _s, **_k: asked.append("reindex"))  # fmt: skip
+    conf = {"from_base": True}
+    dag_run = SimpleNamespace(conf=conf, run_type="manual", run_after=None, start_date=None,
+                              clear_number=0)  # fmt: skip
+    ctx = {"params": dict(conf), "dag": dag, "dag_run": dag_run}
+    import airflow.sdk
+
+    monkeypatch.setattr(airflow.sdk, "get_current_context", lambda: ctx)
+    if hasattr(module, "get_current_context"):
+        monkeypatch.setattr(module, "get_current_context", lambda: ctx)
+    with pytest.raises(ConfigError) as err:
+        dag.task_dict[task_id].python_callable()
+    assert "'from_base'" in str(err.value) and "params: none" in str(err.value)
+    assert asked == []
 
 
 # --------------------------------------------------------- X2: a timed-out run is alerted
