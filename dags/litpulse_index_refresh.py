@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from airflow.sdk import TriggerRule, dag, task
+from airflow.sdk import TriggerRule, dag, get_current_context, task
 
 from litpulse.pipeline.dag_support import (
     ARTICLES,
     INDEX,
     dag_args,
     index_event,
+    run_params,
     settings,
 )
 
@@ -78,6 +79,7 @@ def litpulse_index_refresh() -> None:
         from litpulse.pipeline.dag_support import active_runs, dag_paused
         from litpulse.pipeline.planning import refresh_waits_for_reindex
 
+        run_params(get_current_context())  # it takes none: a conf given to it fails here
         reason = refresh_waits_for_reindex(
             settings(),
             reindex_runs=lambda: active_runs("litpulse_reindex"),

@@ -12,6 +12,7 @@ from litpulse.pipeline.dag_support import (
     MODEL,
     catchup_skip_reason,
     dag_args,
+    run_params,
     scalars,
     settings,
     train_queue,
@@ -71,7 +72,9 @@ def litpulse_retrain() -> None:
         from litpulse.pipeline.planning import retrain_due as due
 
         log = logging.getLogger(__name__)
-        dag_run = get_current_context()["dag_run"]
+        context = get_current_context()
+        run_params(context)  # it takes none: a conf given to it fails the run here
+        dag_run = context["dag_run"]
         catchup = catchup_skip_reason(dag_run.run_type, dag_run.run_after, dag_run.start_date,
                                       cleared=getattr(dag_run, "clear_number", 0) or 0)
         if catchup is not None:

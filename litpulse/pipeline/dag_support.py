@@ -637,7 +637,7 @@ def run_params(context: Mapping[str, Any]) -> Mapping[str, Any]:
     a date is refused at the trigger) but merges a key it does not know into the params and
     never looks at it: ``--conf '{"firstday": "2024-01-09"}'`` would run as a plain trigger
     (yesterday) and ``{"shard": 16}`` with the default shards, silently. Every task reading
-    the params reads them here.
+    the params reads them here, and the first task of a DAG without params calls it too.
 
     Raises:
         ConfigError: The conf holds a key that is no param of the DAG (not retryable: the

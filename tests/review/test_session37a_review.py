@@ -36,7 +36,8 @@ X3 **The DAGs without params ignore a conf the same way.** ``airflow dags trigge
    to ``litpulse_index_refresh``. X1's reader was called only where a param is read.
    Reproduction: ``test_x3_a_conf_on_a_dag_without_params_is_refused`` (the first task's
    callable). Expected: the first task fails with X1's ``ConfigError`` (the DAG takes no
-   params).
+   params). **Fixed**: ``retrain_due`` and ``index_model_current`` read the run's params
+   through ``run_params`` first.
 
 X2 **A DAG run that fails without a task failing (its ``dagrun_timeout``, a deadlock) is
    never alerted.** The README promises "Failures ... go to ``LITPULSE_ALERT_WEBHOOK_URL``"
@@ -164,7 +165,6 @@ def test_x1_shards_typo_refused_by_reindex_and_bootstrap(
     assert planned == []
 
 
-@pytest.mark.xfail(strict=True, reason="37a X3: a conf on a DAG without params is ignored")
 @pytest.mark.parametrize(("dag_id", "task_id"), [
     ("litpulse_retrain", "retrain_due"),
     ("litpulse_index_refresh", "index_model_current"),
