@@ -62,6 +62,22 @@ X2 **A DAG run that fails without a task failing (its ``dagrun_timeout``, a dead
    **Fixed**: ``dag_support.run_failed``, the ``on_failure_callback`` of every litpulse DAG
    (``dag_args``), alerts a run failed for any reason but ``task_failure``, naming the task
    left, whether it started (else its pool and queue) and the REST clear of the whole run.
+
+Attacks that held (read in Airflow 3.3.2's code, or run):
+
+* Declared params typed wrongly (``{"shards": "16"}``, ``{"first_day": "2024-02-30"}``,
+  ``{"accept_gaps": null}``): refused at the trigger by Airflow (``create_dagrun`` validates
+  the merged params with a format checker), for the UI's form and the CLI alike.
+* A backfill whose ``--to-date`` lies in the future: the run of the incomplete day is
+  created queued and starts only once its ``run_after`` (the interval's end) has passed.
+  ``--reprocess-behavior`` over an existing scheduled run makes it a ``backfill`` run (no
+  reach-back to the watermark); over a running one it is skipped (``in flight``).
+* A task SIGKILLed: the supervisor reports ``up_for_retry`` (non-zero exit, retries left);
+  the leases of the dead process are taken over at once on its host.
+* ``max_map_length = 4096`` (airflow.cfg) covers the bootstrap's ~1,300 baseline files.
+* The LocalExecutor real-scheduler test, with X2's DAG-level callback installed: CLI and
+  REST clears, backfills and the reprocessing of a failed day still pass (a DAG callback
+  does not break clearing as ``deadline=`` did); its new last step is X2 for real.
 """
 
 from __future__ import annotations
