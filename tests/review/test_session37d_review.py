@@ -1,0 +1,156 @@
+"""Hostile review (session 37d): a year of nights — what accumulates, and the operator
+tools that bound it.
+
+Attacked, on SQLite and PostgreSQL, by running the real code paths N times (small N) and
+counting what is left: the nightly's E-utilities windows through the loopback emulator
+(``ingest_eutils_window`` then ``check_window``, the two calls of the nightly DAG and of
+``litpulse nightly``), the model registry's prune (``retrain.registry.prune_rejected``,
+``litpulse models prune``) interleaved with a promotion, and ``litpulse status`` /
+``litpulse quarantine`` over 1,500 generated runs and 100,000 quarantine rows written
+through the schema (the past nights faked quickly).
+
+Attacked and held (no test kept): index versions beyond the three kept are pruned by each
+publish, rows and folders, with the ``.tmp-*`` folders of crashed publishers older than an
+hour and whole folders no row names (``ranking.publish._prune``), and the vectors of
+retired or rejected models no kept index holds (``drop_unused_vectors``); an update file's
+progress mark is deleted in the transaction that records the file; a download is deleted
+once its file is applied; adapter folders no version names are removed by each retrain
+(``prune_adapters``, an hour's grace for a round still writing); ``litpulse quarantine``
+(newest first by primary key; ``--run``, ``--file``, ``--before``) and ``litpulse
+missing`` answer in milliseconds over 100,000 quarantine rows on both stores.
+
+Defects (each a strict xfail asserting the right behaviour until fixed):
+
+X1 **Every E-utilities window leaves its progress marks in ``checkpoints`` for ever.**
+   ``ingest.eutils`` writes, per window, the ``#search`` mark (every PMID ESearch listed),
+   one ``#batchN`` mark per EFetch batch (``LITPULSE_EFETCH_BATCH`` PMIDs each), and the
+   ``#genN#owed-noted`` / ``#owed-list`` / ``#owed`` marks of the owed PMIDs' ask; only an
+   update file's mark is ever deleted (``ingest.updatefiles._store_file``). Once a window
+   succeeded (its ``#search`` mark ``done``) no run reads its batch or owed marks again: a
+   rerun of the window starts a new generation, whose batches are fetched anew. Six nights
+   of 20 records (batches of 5) leave 6 × (1 + 8 + 3) = 72 rows; a year of real nights
+   (tens of thousands of listed PMIDs a day, batches of 200) leaves ~10^5 rows that
+   nothing removes (no command prunes ``checkpoints``).
+   (test_x1_a_succeeded_window_leaves_only_its_search_mark)
+
+X2 **``models prune`` removes the adapter of the version a person just promoted.**
+   ``retrain.registry.prune_rejected`` reads the rejected versions older than
+   ``LITPULSE_KEEP_REJECTED_DAYS`` in one statement, then removes each one's adapter
+   folder, checking nothing again and holding no lock. ``litpulse models promote V`` (a
+   person overriding the gate: "candidate, retired or rejected") committed between the
+   two: V is active, its adapter folder is deleted and a ``pruned`` event appended, so
+   every semantic search and the next re-index fail ("adapter ... missing") and
+   ``status`` reports an index problem; each retrain runs this prune too (under the
+   ``retrain`` lease, which ``models promote`` does not take).
+   (test_x2_a_prune_never_removes_the_adapter_of_a_version_promoted_meanwhile)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from litpulse.core import db
+from litpulse.core.schema import checkpoints
+from litpulse.core.settings import Settings
+from litpulse.core.states import ModelStatus
+from ranking.embed import adapter_problem
+from retrain import registry
+from tests.emulator import Emulator
+from tests.review.test_session32q_review import Steps, _age, _version
+
+UTC = dt.UTC
+
+
+@pytest.fixture
+def emu37() -> Iterator[Emulator]:
+    server = Emulator()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _day(d: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    start = dt.datetime(d.year, d.month, d.day, tzinfo=UTC)
+    return start, start + dt.timedelta(days=1)
+
+
+def _eutils_marks(settings: Settings) -> list[tuple[str, str]]:
+    c = checkpoints.c
+    with db.connect(settings).connect() as conn:
+        return [(k, s) for k, s in conn.execute(
+            select(c.key, c.status).where(c.scope == "eutils").order_by(c.key))]  # fmt: skip
+
+
+# ------------------------------------------------------------------------------- X1
+
+
+@pytest.mark.xfail(strict=True, reason="37d X1: a succeeded window's batch and owed marks stay")
+def test_x1_a_succeeded_window_leaves_only_its_search_mark(
+    emu37: Emulator, settings: Settings
+) -> None:
+    from litpulse.pipeline.nightly import check_window, ingest_eutils_window
+
+    s = emu37.configure(settings.replace(ncbi_api_key="k", ncbi_email="t@example.org",
+                                         efetch_batch=5))  # fmt: skip
+    first, pmid, nights = dt.date(2024, 3, 4), 1000, 4  # Monday ..
+    for n in range(nights):
+        day = first + dt.timedelta(days=n)
+        for _ in range(20):
+            emu37.add_article(pmid, edat=day)
+            pmid += 1
+        window = _day(day)
+        counts = ingest_eutils_window(s, *window, checked=True)
+        check_window(s, counts.to_dict(), window)
+    marks = _eutils_marks(s)
+    # one mark per window (its search: the generation a rerun goes on from, the listed
+    # PMIDs its check reads), not one per batch and per owed ask
+    assert len(marks) == nights, marks
+    assert all(key.endswith("#search") and status == "done" for key, status in marks), marks
+
+    # a rerun of a finished window still works and leaves one mark
+    again = ingest_eutils_window(s, *_day(first), checked=False)
+    assert again.unchanged == 20 + 0 and again.inserted == 0
+    assert len(_eutils_marks(s)) == nights
+
+
+# ------------------------------------------------------------------------------- X2
+
+
+@pytest.mark.xfail(strict=True, reason="37d X2: prune removes a version promoted meanwhile")
+def test_x2_a_prune_never_removes_the_adapter_of_a_version_promoted_meanwhile(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = _version(settings, "old-rejected", status=ModelStatus.REJECTED)
+    _age(settings, old, 40)  # older than LITPULSE_KEEP_REJECTED_DAYS: the prune's
+    adapter = Path(registry.get_model(settings, old).adapter_path or "")
+    steps = Steps()
+    promoted: list[dict[str, Any]] = []
+    real = registry.ModelVersion.from_row
+
+    def promote_first(row: Any) -> registry.ModelVersion:
+        # the prune read its rejected versions; a person's `models promote` commits now
+        if not promoted:
+            promoted.append({})
+            promoted[0] = registry.promote(settings, old, by="alice", reason="override",
+                                           reindex=steps)  # fmt: skip
+        return real(row)
+
+    monkeypatch.setattr(registry.ModelVersion, "from_row", staticmethod(promote_first))
+    pruned = registry.prune_rejected(settings)
+    monkeypatch.undo()
+
+    assert promoted and promoted[0]["changed"], promoted
+    active = registry.active_version(settings)
+    assert active is not None and active.id == old
+    assert old not in pruned, pruned
+    assert adapter.is_dir() and os.listdir(adapter), "the active version's adapter was removed"
+    assert adapter_problem(str(adapter), active.adapter_sha256) is None
