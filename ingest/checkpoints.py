@@ -128,3 +128,14 @@ class Checkpoints:
         the work that makes it needless)."""
         c = checkpoints.c
         conn.execute(checkpoints.delete().where(c.scope == scope, c.key == key))
+
+    def delete_checkpoints(self, scope: str, prefixes: Iterable[str], *, conn: Connection) -> int:
+        """Remove the checkpoints of ``scope`` whose key starts with one of ``prefixes``
+        inside ``conn``'s open transaction (with the work that makes them needless: an
+        E-utilities window's batch marks once the window is done). Returns how many."""
+        c = checkpoints.c
+        removed = 0
+        for prefix in prefixes:
+            removed += conn.execute(checkpoints.delete().where(
+                c.scope == scope, c.key.startswith(prefix, autoescape=True))).rowcount
+        return removed

@@ -54,7 +54,9 @@ the PMID list, fetches only the batches not done and goes on after the items a k
 applied of its cut batch, so the window counts each record once. A repeated run of a
 finished window searches and fetches again (catching late additions and revisions) and
 changes nothing else: its records come back ``unchanged``. ``restart=True`` discards an
-unfinished run's progress.
+unfinished run's progress. The run that finishes a window deletes its batch marks and the
+marks of its owed PMIDs' ask (``…#gen<N>#owed…``) in the transaction that marks the search
+``done``: a finished window keeps one row, its search mark, night after night.
 
 Example:
     >>> import datetime as dt
@@ -819,7 +821,12 @@ def ingest_window(
         )
         run.details.update(requests=client.requests_sent, retries=client.retries,
                            **_strays_seen(run))  # fmt: skip
-        store.set_checkpoint(SCOPE, f"{wkey}#search", "done", value)
+        # done: no run reads the window's batch and owed marks again (a rerun starts a new
+        # generation, fetched anew); its search mark stays, one row a window (the
+        # generation a rerun numbers on from, which the owed PMIDs' tries are keyed by)
+        with store.engine.begin() as conn:
+            store.set_checkpoint(SCOPE, f"{wkey}#search", "done", value, conn=conn)
+            store.delete_checkpoints(SCOPE, (f"{wkey}#batch", f"{wkey}#gen"), conn=conn)
     if not check_follows:  # taken unchecked (a window by hand, --no-quality): accepted
         # once it succeeded, with the earlier tries it resumed; one that fails is not (a
         # checked window meeting its records judges them)
