@@ -509,6 +509,10 @@ def promote(
         # read under the switch's lock: what a failure restores, and the version this one
         # replaces (read before the lock, a rollback committed meanwhile would be undone)
         before = _rows(conn, [id])
+        now = next((r for r in before if r.id == id), target)
+        if any(e.get("event") == ModelEvent.PRUNED for e in now.events):  # since the check
+            raise ConfigError(f"model version {id} cannot be promoted: its adapter was "
+                              "pruned as an old rejected version (`litpulse models prune`)")
         previous = next((r for r in before if r.status is ModelStatus.ACTIVE), None)
         if previous is not None and previous.id == target.id:
             logger.info("model %s is already active", id)
@@ -711,16 +715,31 @@ def prune_rejected(
     for version in map(ModelVersion.from_row, rows):
         if any(e.get("event") == ModelEvent.PRUNED for e in version.events):
             continue
-        pruned.append(version.id)
         if dry_run:
+            pruned.append(version.id)
             continue
-        for folder in (Path(version.adapter_path) if version.adapter_path else None,
-                       settings.home / "reports" / version.id):  # fmt: skip
-            if folder is not None and folder.is_dir() and not folder.is_symlink():
-                shutil.rmtree(folder, ignore_errors=True)
         with engine.begin() as conn:
+            _lock_models(conn)  # a switch (promote, rollback) waits, as it waits for another
+            # still rejected and never served, as of now: a person's `models promote` that
+            # committed since the read above keeps its adapter (the write takes SQLite's
+            # lock; on PostgreSQL the row waits for a switch in flight, then is read again)
+            still = conn.execute(
+                update(model_versions)
+                .where(mv.id == version.id, mv.status == ModelStatus.REJECTED,
+                       mv.promoted_at.is_(None))
+                .values(status=mv.status)
+            ).rowcount  # fmt: skip
+            if not still:
+                logger.info("kept model version %s: promoted since the prune read it",
+                            version.id)
+                continue
+            for folder in (Path(version.adapter_path) if version.adapter_path else None,
+                           settings.home / "reports" / version.id):  # fmt: skip
+                if folder is not None and folder.is_dir() and not folder.is_symlink():
+                    shutil.rmtree(folder, ignore_errors=True)
             _append_event(conn, version.id, ModelEvent.PRUNED, by=None,
                           reason=f"rejected and older than {days:g} days: folders removed")
+        pruned.append(version.id)
         logger.info("pruned rejected model version %s (adapter and report removed)", version.id)
     return pruned
 

@@ -49,6 +49,11 @@ X2 **``models prune`` removes the adapter of the version a person just promoted.
    every semantic search and the next re-index fail ("adapter ... missing") and
    ``status`` reports an index problem; each retrain runs this prune too (under the
    ``retrain`` lease, which ``models promote`` does not take).
+   **Fixed**: ``prune_rejected`` prunes each version in a transaction of its own under the
+   switch's lock (``_lock_models``), first writing the row only if it is still rejected
+   and never promoted (a promotion committed since the read keeps its adapter), then
+   removing the folders and appending the ``pruned`` event; ``promote`` reads the target
+   again under its lock and refuses one pruned since its first check.
    (test_x2_a_prune_never_removes_the_adapter_of_a_version_promoted_meanwhile)
 """
 
@@ -131,7 +136,6 @@ def test_x1_a_succeeded_window_leaves_only_its_search_mark(
 # ------------------------------------------------------------------------------- X2
 
 
-@pytest.mark.xfail(strict=True, reason="37d X2: prune removes a version promoted meanwhile")
 def test_x2_a_prune_never_removes_the_adapter_of_a_version_promoted_meanwhile(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
