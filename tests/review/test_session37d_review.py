@@ -55,6 +55,18 @@ X2 **``models prune`` removes the adapter of the version a person just promoted.
    removing the folders and appending the ``pruned`` event; ``promote`` reads the target
    again under its lock and refuses one pruned since its first check.
    (test_x2_a_prune_never_removes_the_adapter_of_a_version_promoted_meanwhile)
+
+X3 **A daily update-file run killed after it recorded its file leaves the download in the
+   data directory for ever.** ``ingest.updatefiles.apply_updates`` deletes a file's
+   download (``<home>/downloads/<store id>/NAME``, tens of MB for a real update file)
+   after ``_store_file`` committed its ``source_files`` row; a kill between the two
+   (SIGKILL, the OOM killer, an Airflow task timeout) leaves the download, and no later
+   ``litpulse ingest --updatefiles`` or ``litpulse nightly --source updatefiles`` looks at
+   it again: the file is applied, never pending, never downloaded again. Only
+   ``litpulse bootstrap`` (``ingest.bootstrap.load_files``) discards staged files of
+   applied names at its start, and a deployment past its bootstrap does not run it. Three
+   nights each killed at that point leave three downloads, and a clean fourth run leaves
+   them all. (test_x3_downloads_of_applied_update_files_do_not_accumulate)
 """
 
 from __future__ import annotations
@@ -164,3 +176,43 @@ def test_x2_a_prune_never_removes_the_adapter_of_a_version_promoted_meanwhile(
     assert old not in pruned, pruned
     assert adapter.is_dir() and os.listdir(adapter), "the active version's adapter was removed"
     assert adapter_problem(str(adapter), active.adapter_sha256) is None
+
+
+# ------------------------------------------------------------------------------- X3
+
+
+class Killed(BaseException):
+    """A kill at that point of the run (nothing after it runs)."""
+
+
+@pytest.mark.xfail(strict=True, reason="37d X3: downloads of applied update files stay")
+def test_x3_downloads_of_applied_update_files_do_not_accumulate(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ingest import updatefiles
+    from litpulse.app.demo.generate import generate_corpus
+    from tests.emulator import running_emulator
+
+    corpus = generate_corpus(tmp_path / "corpus", n_records=60, n_files=4, seed=5,
+                             first_file_number=1275)  # fmt: skip
+    real = updatefiles._apply_file
+
+    def killed_after_recording(*args: Any, **kwargs: Any) -> Any:
+        real(*args, **kwargs)  # the file's row is committed
+        raise Killed  # ... and the process dies before it deletes the download
+
+    for emu in running_emulator():
+        s = emu.configure(settings.replace(ingest_workers=0))
+        downloads = updatefiles.downloads_folder(s)
+        for night, path in enumerate(corpus.files[:3], 1):
+            emu.add_file("updatefiles", path.name, path.read_bytes())
+            monkeypatch.setattr(updatefiles, "_apply_file", killed_after_recording)
+            with pytest.raises(Killed):
+                updatefiles.apply_updates(s)
+            monkeypatch.setattr(updatefiles, "_apply_file", real)
+            assert len(updatefiles.applied_files(db.connect(s))[0]) == night
+        emu.add_file("updatefiles", corpus.files[3].name, corpus.files[3].read_bytes())
+        updatefiles.apply_updates(s)  # the fourth night, clean
+        assert len(updatefiles.applied_files(db.connect(s))[0]) == 4
+        left = sorted(p.name for p in downloads.iterdir())
+        assert left == [], f"downloads of applied files left in {downloads}: {left}"
