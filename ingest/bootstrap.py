@@ -79,6 +79,7 @@ from ingest.parallel import FileIdentity, Job
 from ingest.runs import IngestCounts, OpenRun, recorded_run, store_writer
 from ingest.store import Store
 from ingest.updatefiles import (
+    STAGED_MARKER,
     FilePlan,
     RemoteFile,
     _download_verified,
@@ -87,6 +88,8 @@ from ingest.updatefiles import (
     _store_file,
     applied_files,
     coverage_details,
+    discard_applied_downloads,
+    discard_download,
     downloads_folder,
     note_listed,
     plan_files,
@@ -116,7 +119,7 @@ logger = logging.getLogger(__name__)
 
 WRITER_LEASE = "bootstrap-writer"
 STAGE_LEASE = "bootstrap-stage:{name}"
-MARKER = ".verified"
+MARKER = STAGED_MARKER
 #: Folders of spilled parse output in the staging folder (:func:`ingest.parallel.parse_ordered`).
 SPILL_GLOB = "litpulse-spill-*"
 #: Seconds between two looks at a file another process is staging.
@@ -230,11 +233,6 @@ def resolve_workers(settings: Settings, workers: int | None = None) -> int:
     return workers
 
 
-def _applied_names(engine: Engine) -> set[str]:
-    with engine.connect() as conn:
-        return set(conn.execute(select(source_files.c.name)).scalars())
-
-
 def _is_applied(engine: Engine, f: RemoteFile) -> bool:
     """Whether ``f`` is recorded applied (a re-issue: under another MD5 than the one it
     replaces, :attr:`RemoteFile.reissue`)."""
@@ -292,15 +290,6 @@ def staged(folder: Path, f: RemoteFile) -> StagedFile | None:
 def staged_count(folder: Path) -> int:
     """Files staged in ``folder`` (verified, not applied yet)."""
     return sum(1 for _ in folder.glob(f"*.xml.gz{MARKER}"))
-
-
-def _discard(folder: Path, name: str) -> None:
-    """Remove a staged file, its marker and a partial download of it."""
-    path = folder / name
-    _marker(path).unlink(missing_ok=True)
-    path.with_name(path.name + MARKER + ".tmp").unlink(missing_ok=True)
-    path.unlink(missing_ok=True)
-    path.with_name(path.name + ".part").unlink(missing_ok=True)  # see ingest.http fetch
 
 
 def _busy_elsewhere(engine: Engine, name: str) -> bool:
@@ -655,11 +644,8 @@ def load_files(
         pending, listed = list(plan.pending), plan.listed
         n_pending = len(pending)
         folder = downloads_folder(settings, engine)
-        done = _applied_names(engine)
-        for staged_path in folder.glob("*.xml.gz*"):
-            name = staged_path.name.split(".xml.gz", 1)[0] + ".xml.gz"
-            if name in done:  # killed after recording it, before (or while) deleting it
-                _discard(folder, name)
+        # killed after recording a file, before (or while) deleting it
+        discard_applied_downloads(folder, engine)
         for spill in folder.glob(SPILL_GLOB):  # parse output of a killed writer
             shutil.rmtree(spill, ignore_errors=True)
         already = plan.applied
@@ -733,7 +719,7 @@ def load_files(
                             run.details["current"] = f.name
                             counts = _store_file(settings, store, replace(f, listed=sf.file.listed),
                                                  items, sf.size, sf.md5, run)  # fmt: skip
-                            _discard(folder, f.name)
+                            discard_download(folder, f.name)
                             applied.append(f.name)
                             total_bytes += sf.size
                             bar.file_done(f)

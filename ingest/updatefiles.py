@@ -20,7 +20,9 @@ several a day) and ``baseline/`` (yearly), each with a ``.md5`` beside it in the
 5. applies it through :meth:`ingest.store.Store.apply` with
    ``SourceRef("updatefile" | "baseline", name, sequence=nlm_sequence(YY, NNNN))`` (year
    first: NLM's numbering restarts each year) and records it in ``source_files`` with its
-   MD5, size and counts; the download is then deleted.
+   MD5, size and counts; the download is then deleted (the download of a file a killed
+   run recorded and did not delete is deleted by the next run:
+   :func:`discard_applied_downloads`).
 
 A run killed mid-file leaves no ``source_files`` row, so the next run applies that file
 again, going on after the items the killed run committed (a progress mark each batch
@@ -69,6 +71,8 @@ __all__ = [
     "applied_files",
     "apply_updates",
     "coverage_details",
+    "discard_applied_downloads",
+    "discard_download",
     "downloads_folder",
     "find_reissues",
     "list_remote_files",
@@ -304,6 +308,42 @@ def downloads_folder(settings: Settings, engine: Engine | None = None) -> Path:
     folder = settings.ensure_home() / "downloads" / db.store_id(engine or db.connect(settings))
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+#: The marker a bootstrap's stager writes beside a file it staged and verified
+#: (:mod:`ingest.bootstrap`), with its ``.tmp`` while it is written.
+STAGED_MARKER = ".verified"
+
+
+def discard_download(folder: Path, name: str) -> None:
+    """Remove the download of ``name`` in ``folder``: the file, a stager's marker of it
+    (and the marker's ``.tmp``) and a partial download (``.part``: ``ingest.http``)."""
+    path = folder / name
+    for suffix in (STAGED_MARKER, STAGED_MARKER + ".tmp", "", ".part"):
+        path.with_name(name + suffix).unlink(missing_ok=True)
+
+
+def discard_applied_downloads(folder: Path, engine: Engine) -> list[str]:
+    """Remove the downloads in ``folder`` of the files this store applied (a re-issue's
+    too: what lies there is an earlier issue, or part of one). A run killed after
+    recording a file (``source_files``), before or while it deleted the download, left
+    it, and no run downloads an applied file again: every update-file run and bootstrap
+    calls this at its start, under the store's writer lease.
+
+    Returns:
+        The names whose downloads were removed.
+    """
+    applied, _ = applied_files(engine)
+    removed: set[str] = set()
+    for path in folder.glob("*.xml.gz*"):
+        name = path.name.split(".xml.gz", 1)[0] + ".xml.gz"
+        if _key(name) in applied:
+            discard_download(folder, name)
+            removed.add(name)
+    if removed:
+        logger.info("removed the downloads of %d applied file(s) a killed run left: %s",
+                    len(removed), sorted(removed)[:20])  # fmt: skip
+    return sorted(removed)
 
 
 def _source(settings: Settings) -> _HttpSource | _LocalSource:
@@ -785,6 +825,7 @@ def apply_updates(
             plan = _plan(source, kinds, include_baseline, accept_gaps, issues)
             note_listed(engine, plan)
             pending = list(plan.pending)
+            discard_applied_downloads(downloads, engine)
             details.update(listed=plan.listed, pending=len(pending))
             if plan.held is not None:
                 details["held"] = plan.held

@@ -66,7 +66,12 @@ X3 **A daily update-file run killed after it recorded its file leaves the downlo
    ``litpulse bootstrap`` (``ingest.bootstrap.load_files``) discards staged files of
    applied names at its start, and a deployment past its bootstrap does not run it. Three
    nights each killed at that point leave three downloads, and a clean fourth run leaves
-   them all. (test_x3_downloads_of_applied_update_files_do_not_accumulate)
+   them all.
+   **Fixed**: ``ingest.updatefiles.discard_applied_downloads`` (the bootstrap's start-up
+   clean-up moved there, one home for both, with ``discard_download``) removes the
+   downloads of applied files; ``apply_updates`` calls it at its start, inside its run
+   (under the writer lease), as ``load_files`` does.
+   (test_x3_downloads_of_applied_update_files_do_not_accumulate)
 """
 
 from __future__ import annotations
@@ -185,7 +190,6 @@ class Killed(BaseException):
     """A kill at that point of the run (nothing after it runs)."""
 
 
-@pytest.mark.xfail(strict=True, reason="37d X3: downloads of applied update files stay")
 def test_x3_downloads_of_applied_update_files_do_not_accumulate(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
