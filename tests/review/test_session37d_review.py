@@ -15,7 +15,7 @@ hour and whole folders no row names (``ranking.publish._prune``), and the vector
 retired or rejected models no kept index holds (``drop_unused_vectors``); an update file's
 progress mark is deleted in the transaction that records the file; a download is deleted
 once its file is applied; adapter folders no version names are removed by each retrain
-(``prune_adapters``, an hour's grace for a round still writing); ``litpulse quarantine``
+(``prune_adapters``, a day's grace for a round still writing); ``litpulse quarantine``
 (newest first by primary key; ``--run``, ``--file``, ``--before``) and ``litpulse
 missing`` answer in milliseconds over 100,000 quarantine rows on both stores.
 
@@ -72,6 +72,16 @@ X3 **A daily update-file run killed after it recorded its file leaves the downlo
    downloads of applied files; ``apply_updates`` calls it at its start, inside its run
    (under the writer lease), as ``load_files`` does.
    (test_x3_downloads_of_applied_update_files_do_not_accumulate)
+X4 **Every E-utilities window's search mark keeps every PMID it listed for ever.** The
+   ``#search`` mark (one a window, X1) holds ``pmids``: the whole ESearch answer of the
+   window, which its run fetches and its data-quality check reads
+   (``ingest.eutils.listed_pmids``). Nothing reads it after the check judged the window
+   (a rerun searches anew, a new generation), yet it is never dropped: a day of PubMed
+   revisions lists tens of thousands of PMIDs, NLM's yearly MeSH update millions, so a
+   year of nights keeps hundreds of MB of PMID lists in ``checkpoints``. Four nights of
+   40 listed PMIDs keep 160.
+   (test_x4_a_judged_window_keeps_no_list_of_its_pmids)
+
 """
 
 from __future__ import annotations
@@ -220,3 +230,39 @@ def test_x3_downloads_of_applied_update_files_do_not_accumulate(
         assert len(updatefiles.applied_files(db.connect(s))[0]) == 4
         left = sorted(p.name for p in downloads.iterdir())
         assert left == [], f"downloads of applied files left in {downloads}: {left}"
+
+
+# ------------------------------------------------------------------------------- X4
+
+
+def _listed_kept(settings: Settings) -> dict[str, int]:
+    c = checkpoints.c
+    with db.connect(settings).connect() as conn:
+        rows = conn.execute(select(c.key, c.value).where(c.scope == "eutils")).all()
+    return {key: len(value["pmids"]) for key, value in rows if "pmids" in (value or {})}
+
+
+@pytest.mark.xfail(strict=True, reason="37d X4: a judged window's search mark keeps its PMIDs")
+def test_x4_a_judged_window_keeps_no_list_of_its_pmids(
+    emu37: Emulator, settings: Settings
+) -> None:
+    from litpulse.pipeline.nightly import check_window, ingest_eutils_window
+
+    s = emu37.configure(settings.replace(ncbi_api_key="k", ncbi_email="t@example.org",
+                                         efetch_batch=5))  # fmt: skip
+    first, pmid = dt.date(2024, 3, 4), 1000  # Monday ..
+    for n in range(4):
+        day = first + dt.timedelta(days=n)
+        for _ in range(20):
+            emu37.add_article(pmid, edat=day)
+            pmid += 1
+        window = _day(day)
+        counts = ingest_eutils_window(s, *window, checked=True)
+        check_window(s, counts.to_dict(), window)  # the last reader of the list
+    assert _listed_kept(s) == {}
+    # a window by hand, no check to come: judged as it succeeds, its list dropped too
+    ingest_eutils_window(s, *_day(first), checked=False)
+    assert _listed_kept(s) == {}
+    # and a rerun of a judged window still searches and stores it whole
+    again = ingest_eutils_window(s, *_day(first + dt.timedelta(days=1)), checked=False)
+    assert again.unchanged == 40 and again.inserted == 0
