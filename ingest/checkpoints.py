@@ -20,7 +20,7 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.engine import Connection
 
 from litpulse.core.db import upsert
@@ -122,6 +122,20 @@ class Checkpoints:
             return
         with self.engine.begin() as own:
             upsert(own, checkpoints, [row], keys=["scope", "key"])
+
+    def rewrite_checkpoint(
+        self, scope: str, key: str, value: dict[str, Any], *, status: str, was: dt.datetime
+    ) -> bool:
+        """Write ``value`` into the checkpoint ``(scope, key)`` only if it still has
+        ``status`` and was last written at ``was`` (as read): a writer that wrote it since
+        keeps what it wrote. Returns whether it was written."""
+        c = checkpoints.c
+        with self.engine.begin() as conn:
+            return bool(conn.execute(
+                update(checkpoints)
+                .where(c.scope == scope, c.key == key, c.status == status, c.updated_at == was)
+                .values(value=value, updated_at=utcnow())
+            ).rowcount)  # fmt: skip
 
     def delete_checkpoint(self, scope: str, key: str, *, conn: Connection) -> None:
         """Remove the checkpoint ``(scope, key)`` inside ``conn``'s open transaction (with

@@ -106,6 +106,7 @@ __all__ = [
     "classify_eutils_error",
     "efetch",
     "esearch",
+    "forget_listed",
     "ingest_window",
     "parse_esearch",
     "search_pmids",
@@ -674,6 +675,27 @@ def listed_pmids(store: Store, settings: Settings, since: dt.datetime, until: dt
     return [int(p) for p in search["value"]["pmids"]]
 
 
+def forget_listed(
+    store: Store, settings: Settings, since: dt.datetime, until: dt.datetime,
+    query: str | None = None,
+) -> bool:
+    """Drop the listed PMIDs from the search mark of the finished window ``[since,
+    until)`` (``query``: of that query) once a check judged it, or it was taken unchecked:
+    no one reads them again (a rerun searches anew, in a new generation), and a window's
+    list may hold millions (NLM's yearly MeSH update revises that many records). The mark
+    keeps the rest (its generation, which a rerun numbers on from) and ``listed``, their
+    number. Nothing changes when the mark was written again since it was read (a rerun
+    began). Returns whether it dropped a list."""
+    start, end = searched_days(settings, as_utc(since), as_utc(until))
+    key = f"{window_key(start, end, query)}#search"
+    mark = store.get_checkpoint(SCOPE, key)
+    if mark is None or mark["status"] != "done" or "pmids" not in (mark["value"] or {}):
+        return False
+    value = {k: v for k, v in mark["value"].items() if k != "pmids"}
+    value["listed"] = len(mark["value"]["pmids"])
+    return store.rewrite_checkpoint(SCOPE, key, value, status="done", was=mark["updated_at"])
+
+
 def _progress(items: Sequence[Any], enabled: bool, desc: str) -> Iterator[Any]:
     if enabled:
         try:
@@ -831,6 +853,7 @@ def ingest_window(
         # once it succeeded, with the earlier tries it resumed; one that fails is not (a
         # checked window meeting its records judges them)
         judge_runs(store.engine, [run.id, *run.details.get("resumed_runs", ())])
+        forget_listed(store, settings, since_dt, until_dt, query)  # no check reads it
     if on_given_up is not None and owed["given_up"]:
         on_given_up(list(owed["given_up"]), target)
     if whole_window:  # batches an earlier try stored included: a retry is judged whole

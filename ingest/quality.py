@@ -335,6 +335,7 @@ def check_ingest(
                     newest or "missing", days, end.date(), "+".join(progress), iso(watermark),
                 )
         _mark_judged(engine, start, end)  # whatever the outcome: see the rate's rule
+        _forget_listed(settings, engine, (start, end))  # read above for the last time
 
     report = QualityReport(
         ok=not problems,
@@ -516,6 +517,17 @@ def _older_release_reseen(
         return 0
     met, _ = store.judged_among(pmids)
     return min(met, counts["unchanged"])
+
+
+def _forget_listed(
+    settings: Settings, engine: Engine, window: tuple[dt.datetime, dt.datetime]
+) -> None:
+    """Drop the judged window's list of PMIDs from its search mark
+    (:func:`ingest.eutils.forget_listed`): this check was its last reader."""
+    from ingest.eutils import forget_listed
+    from ingest.store import Store
+
+    forget_listed(Store(engine), settings, *window)
 
 
 def _has_weekday(first: dt.date, last: dt.date) -> bool:
