@@ -53,7 +53,10 @@ X2 **``models prune`` removes the adapter of the version a person just promoted.
    switch's lock (``_lock_models``), first writing the row only if it is still rejected
    and never promoted (a promotion committed since the read keeps its adapter), then
    removing the folders and appending the ``pruned`` event; ``promote`` reads the target
-   again under its lock and refuses one pruned since its first check.
+   again under its lock and refuses one pruned since its first check (the other
+   interleaving: the prune commits between ``promote``'s check of the adapter and its
+   switch, which made active a version whose adapter was gone;
+   test_x2_b_a_promotion_never_activates_a_version_pruned_after_its_check).
    (test_x2_a_prune_never_removes_the_adapter_of_a_version_promoted_meanwhile)
 
 X3 **A daily update-file run killed after it recorded its file leaves the download in the
@@ -195,6 +198,31 @@ def test_x2_a_prune_never_removes_the_adapter_of_a_version_promoted_meanwhile(
     assert old not in pruned, pruned
     assert adapter.is_dir() and os.listdir(adapter), "the active version's adapter was removed"
     assert adapter_problem(str(adapter), active.adapter_sha256) is None
+
+
+def test_x2_b_a_promotion_never_activates_a_version_pruned_after_its_check(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from litpulse.core.errors import ConfigError
+
+    old = _version(settings, "old-rejected-b", status=ModelStatus.REJECTED)
+    _age(settings, old, 40)
+    real = registry.adapter_problem
+    pruned: list[list[str]] = []
+
+    def checked_then_pruned(*args: Any, **kwargs: Any) -> str | None:
+        problem = real(*args, **kwargs)  # promote's check: the adapter is there
+        if not pruned:  # ... and `models prune` commits before promote switches
+            pruned.append(registry.prune_rejected(settings))
+        return problem
+
+    monkeypatch.setattr(registry, "adapter_problem", checked_then_pruned)
+    with pytest.raises(ConfigError, match="pruned"):
+        registry.promote(settings, old, by="alice", reason="override", reindex=Steps())
+    monkeypatch.undo()
+    assert pruned == [[old]]
+    assert registry.active_version(settings) is None  # the base model still serves
+    assert registry.get_model(settings, old).status is ModelStatus.REJECTED
 
 
 # ------------------------------------------------------------------------------- X3
