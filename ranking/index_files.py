@@ -85,7 +85,8 @@ GPU_MAX_K = 2048
 
 @dataclass(frozen=True, eq=False)
 class PublishedIndex:
-    """One loaded, immutable index version; safe to search from many threads.
+    """One loaded, immutable index version; safe to search from many threads (searches
+    on its GPU copy take turns, as FAISS requires of a GPU index).
 
     Attributes:
         id: Index version id.
@@ -114,6 +115,10 @@ class PublishedIndex:
     _gpu: Any = field(default=None, repr=False)
     _gpu_ids: Any = field(default=None, repr=False)
     _gpu_res: Any = field(default=None, repr=False)
+    #: Held while the GPU copy searches: FAISS GPU indexes are not thread-safe, even to
+    #: search (their ``StandardGpuResources`` scratch memory has one user at a time), and
+    #: the API searches from its thread pool. Shared by the copies ``replace`` makes.
+    _gpu_lock: Any = field(default_factory=threading.Lock, repr=False)
 
     @property
     def on_gpu(self) -> bool:
@@ -146,7 +151,8 @@ class PublishedIndex:
             return (np.full((len(q), k), -np.inf, dtype=np.float32),
                     np.full((len(q), k), -1, dtype=np.int64))
         if self._gpu is not None and k <= GPU_MAX_K:
-            scores, labels = self._gpu.search(q, k)
+            with self._gpu_lock:  # one search at a time on the GPU (FAISS's rule)
+                scores, labels = self._gpu.search(q, k)
             if self._gpu_ids is not None:  # a flat GPU index answers positions
                 labels = np.where(labels >= 0, self._gpu_ids[np.maximum(labels, 0)], -1)
         else:
