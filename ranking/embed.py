@@ -47,7 +47,7 @@ from litpulse.core import db
 from litpulse.core.checksums import file_sha256
 from litpulse.core.errors import ConfigError, ConsistencyError, NotFoundError
 from litpulse.core.schema import articles, checkpoints, embeddings, model_versions
-from litpulse.core.settings import DEFAULT_MODEL, Settings, default_model_path
+from litpulse.core.settings import DEFAULT_MODEL, Settings, default_model_path, env_name
 from litpulse.core.states import Device, Precision
 from ranking.models import active_model_row, newest_index_row, published_index_row
 
@@ -625,12 +625,34 @@ def resolve_device(settings: Settings) -> str:
 
     The one home of this rule: retraining uses it too. Returns a :class:`Device` member,
     or the text of an explicit ``cuda:N``.
+
+    Raises:
+        ConfigError: A CUDA device is asked for (``cuda``, ``cuda:N``) that torch does not
+            see: a CPU build of torch, no GPU visible, or ``N`` past the GPUs there are
+            (torch would fail later, deep in loading the model, with a traceback).
     """
-    if settings.device != Device.AUTO:
-        return settings.device
+    if settings.device == Device.CPU:
+        return Device.CPU
     import torch
 
-    return Device.CUDA if torch.cuda.is_available() else Device.CPU
+    if settings.device == Device.AUTO:
+        return Device.CUDA if torch.cuda.is_available() else Device.CPU
+    count = int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    asked = f"{env_name('device')}={settings.device}"
+    if count == 0:
+        why = ("this torch is a CPU build, without CUDA" if torch.version.cuda is None
+               else "torch sees no CUDA device (no GPU visible to this process, or its "
+                    "driver cannot be loaded)")
+        raise ConfigError(f"{asked}, but {why}: set {env_name('device')}=cpu (or auto: "
+                          "the GPU when torch sees one), or run on a GPU host with torch's "
+                          "CUDA build")
+    number = int(settings.device.partition(":")[2] or 0)
+    if number >= count:
+        seen = "1 CUDA device (cuda:0)" if count == 1 else (
+            f"{count} CUDA devices (cuda:0 to cuda:{count - 1})")
+        raise ConfigError(f"{asked}, but torch sees {seen}: name one of them, or set "
+                          f"{env_name('device')}=cuda")
+    return settings.device
 
 
 #: Encoders kept per process, newest last (:func:`load_encoder`).

