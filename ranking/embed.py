@@ -45,7 +45,7 @@ from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, upda
 
 from litpulse.core import db
 from litpulse.core.checksums import file_sha256
-from litpulse.core.errors import ConfigError, ConsistencyError, NotFoundError
+from litpulse.core.errors import BudgetError, ConfigError, ConsistencyError, NotFoundError
 from litpulse.core.schema import articles, checkpoints, embeddings, model_versions
 from litpulse.core.settings import DEFAULT_MODEL, Settings, default_model_path, env_name
 from litpulse.core.states import Device, Precision
@@ -987,12 +987,18 @@ def _encode(
     import torch
 
     device_type = Device.CUDA if str(encoder.device).startswith(Device.CUDA) else Device.CPU
-    with _ENCODE_LOCK, _torch_threads(threads), torch.inference_mode(), torch.autocast(
-        device_type, dtype=dtype or torch.float32, enabled=dtype is not None
-    ):
-        out = encoder.encode(
-            texts, batch_size=batch, convert_to_numpy=True, show_progress_bar=False
-        )
+    batch = min(batch, _FITS.get(encoder, batch))
+    while True:
+        try:
+            with _ENCODE_LOCK, _torch_threads(threads), torch.inference_mode(), torch.autocast(
+                device_type, dtype=dtype or torch.float32, enabled=dtype is not None
+            ):
+                out = encoder.encode(
+                    texts, batch_size=batch, convert_to_numpy=True, show_progress_bar=False
+                )
+            break
+        except torch.OutOfMemoryError as exc:  # the card cannot hold this batch
+            batch = _smaller_batch(encoder, batch, len(texts), exc)
     vecs = np.asarray(out, dtype=np.float32)
     bad = ~np.isfinite(vecs).all(axis=1)
     if bad.any():
@@ -1011,6 +1017,38 @@ def _encode(
     return np.ascontiguousarray(vecs / norms, dtype=np.float32)
 
 
+#: The largest batch an encoder's device held after one ran out of memory (per encoder).
+_FITS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
+def _smaller_batch(encoder: SentenceTransformer, batch: int, texts: int,
+                   exc: BaseException) -> int:
+    """The batch to try after ``batch`` ran the encoder's device out of memory: half of
+    it (kept for the encoder's later calls), once the cached blocks the failed batch left
+    are released.
+
+    Raises:
+        BudgetError: Not even one text fits (the card is held by something else, or the
+            texts are too long for it).
+    """
+    import torch
+
+    if str(encoder.device).startswith(Device.CUDA):
+        torch.cuda.empty_cache()  # the failed batch's blocks, back to the card
+    smaller = min(batch, texts) // 2
+    if smaller < 1:
+        raise BudgetError(
+            f"the device {encoder.device} is out of memory even for one text ({exc}): "
+            "free the card (another process may hold it), lower LITPULSE_MAX_SEQ_LENGTH, "
+            "or set LITPULSE_DEVICE=cpu"
+        ) from exc
+    logger.warning("the device %s is out of memory at %d texts a batch: embedding %d a "
+                   "batch", encoder.device, min(batch, texts), smaller)
+    with _LOCK:
+        _FITS[encoder] = smaller
+    return smaller
+
+
 def _precision(encoder: SentenceTransformer, settings: Settings) -> Any:
     """The autocast dtype of an encoder (``None``: fp32), decided once per encoder."""
     with _LOCK:
@@ -1025,7 +1063,9 @@ def embed_texts(
     """Embed texts: float32 ``(n, d)``, every row L2-normalised (a blank text: zeros).
 
     Runs the fast path (see the module docstring): inference mode, autocast to a
-    verified half type where native, length-sorted batches of ``settings.embed_batch_size``.
+    verified half type where native, length-sorted batches of ``settings.embed_batch_size``
+    (halved, for this encoder from then on, while a batch runs its device out of memory:
+    :class:`~litpulse.core.errors.BudgetError` when not even one text fits).
     With a tqdm ``bar``, the texts go in slices of a few batches and the bar moves after
     each (documents/s and an ETA while a long call runs).
     """
