@@ -449,7 +449,7 @@ def train_model(
     model.train()
     cuda = device.startswith(Device.CUDA)
     if cuda:
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(device)  # the training card's, not the current
     from tqdm.auto import tqdm
 
     # the bar starts before the measured step, so its rate and ETA count every second
@@ -467,7 +467,7 @@ def train_model(
         )
     seconds = time.perf_counter() - started
     model.eval()
-    peak = torch.cuda.max_memory_allocated() / (1024 * 1024) if cuda else _rss_peak_mb()
+    peak = torch.cuda.max_memory_allocated(device) / (1024 * 1024) if cuda else _rss_peak_mb()
     head = losses[: max(1, min(5, len(losses)))]
     tail = losses[-max(1, min(5, len(losses))) :]
     return {
@@ -541,7 +541,7 @@ def _probe_step(
     probe_s = time.perf_counter() - t0
     opt_state_mb = 2 * n_trainable * 4 / (1024 * 1024)  # AdamW: two fp32 moments
     if device.startswith(Device.CUDA):
-        mem_mb = torch.cuda.max_memory_allocated() / (1024 * 1024) + opt_state_mb
+        mem_mb = torch.cuda.max_memory_allocated(device) / (1024 * 1024) + opt_state_mb
     else:
         mem_mb = max(_rss_now_mb(), 0.0) + opt_state_mb
     probe_padded = len(probe_batch) * max(lengths[i] for i in probe_batch)

@@ -77,7 +77,8 @@ X5 **The memory budget on ``cuda:N`` reads device 0.** ``train_model`` and
    ``torch.cuda.max_memory_allocated()`` without a device: torch's documentation of both
    says they act on "the current device, given by current_device(), if device is None"
    — device 0 — while ``LITPULSE_DEVICE=cuda:1`` trains on device 1: the budget check
-   (``max_memory_mb``) and ``peak_memory_mb`` read the wrong card.
+   (``max_memory_mb``) and ``peak_memory_mb`` read the wrong card. **Fixed**: the three
+   calls in ``retrain/lora.py`` name the training ``device``.
 """
 
 from __future__ import annotations
@@ -436,8 +437,6 @@ def test_x4_the_measured_step_waits_for_the_gpu(
     assert stats["first_planned_steps"] <= 2, stats
 
 
-@pytest.mark.xfail(strict=True, reason="37e X5: the memory budget on cuda:1 reads the "
-                   "current device (0)")
 def test_x5_the_memory_budget_reads_the_training_card(
     tiny: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
