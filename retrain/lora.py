@@ -497,6 +497,15 @@ def _token_lengths(model: Any, pairs: Sequence[Pair], options: LoraOptions) -> l
     return [len(ids) for ids in encoded["input_ids"]]
 
 
+def _synchronize(device: str) -> None:
+    """Wait for the kernels queued on a CUDA ``device`` (a no-op on the CPU): CUDA calls
+    return before their kernels finish, so a clock read without it misses their time."""
+    if device.startswith(Device.CUDA):
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
 @dataclass(frozen=True)
 class _Probe:
     """The measured first step: its loss (gradients kept), the planned steps and estimates."""
@@ -534,10 +543,12 @@ def _probe_step(
     # measures a steady step; its gradients are dropped
     contrastive_loss(model, [pairs[0], pairs[1]], options, device, dtype).backward()
     model.zero_grad(set_to_none=True)
+    _synchronize(device)  # the warm-up's kernels done before the clock starts
 
     t0 = time.perf_counter()
     loss = contrastive_loss(model, [pairs[i] for i in probe_batch], options, device, dtype)
     loss.backward()
+    _synchronize(device)  # the backward pass still queued on the GPU is part of the step
     probe_s = time.perf_counter() - t0
     opt_state_mb = 2 * n_trainable * 4 / (1024 * 1024)  # AdamW: two fp32 moments
     if device.startswith(Device.CUDA):

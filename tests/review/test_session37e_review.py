@@ -70,7 +70,10 @@ X4 **The measured training step on CUDA does not wait for the GPU.** ``_probe_st
    queued on the GPU. The plan then holds far more steps than the budget runs: the
    learning rate decays over a plan the budget cuts, every run ``stopped_early``. The
    stand-in ``torch.cuda`` keeps a clock that only ``synchronize`` moves (the queued
-   kernels finishing).
+   kernels finishing). **Fixed**: ``retrain.lora._synchronize`` (``torch.cuda.synchronize``
+   on the training device, nothing on the CPU) before the measured step's clock starts
+   (the warm-up's kernels done) and before it is read (its backward pass done); the
+   steps after it read a loss each (``float(loss)``), which waits for the GPU already.
 
 X5 **The memory budget on ``cuda:N`` reads device 0.** ``train_model`` and
    ``_probe_step`` call ``torch.cuda.reset_peak_memory_stats()`` and
@@ -421,8 +424,6 @@ def _training(tiny: str, tmp_path: Path) -> tuple[Any, Any, list[Any], Any]:
     return model, trainable, pairs, options
 
 
-@pytest.mark.xfail(strict=True, reason="37e X4: the measured step is timed without "
-                   "torch.cuda.synchronize: the plan holds more steps than the budget runs")
 def test_x4_the_measured_step_waits_for_the_gpu(
     tiny: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
