@@ -92,6 +92,7 @@ __all__ = [
     "embed_texts",
     "encode_query",
     "load_encoder",
+    "device_report",
     "model_spec",
     "resolve_device",
     "vector_from_bytes",
@@ -640,12 +641,9 @@ def resolve_device(settings: Settings) -> str:
     count = int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
     asked = f"{env_name('device')}={settings.device}"
     if count == 0:
-        why = ("this torch is a CPU build, without CUDA" if torch.version.cuda is None
-               else "torch sees no CUDA device (no GPU visible to this process, or its "
-                    "driver cannot be loaded)")
-        raise ConfigError(f"{asked}, but {why}: set {env_name('device')}=cpu (or auto: "
-                          "the GPU when torch sees one), or run on a GPU host with torch's "
-                          "CUDA build")
+        raise ConfigError(f"{asked}, but {_no_cuda()}: set {env_name('device')}=cpu (or "
+                          "auto: the GPU when torch sees one), or run on a GPU host with "
+                          "torch's CUDA build")
     number = int(settings.device.partition(":")[2] or 0)
     if number >= count:
         seen = "1 CUDA device (cuda:0)" if count == 1 else (
@@ -653,6 +651,36 @@ def resolve_device(settings: Settings) -> str:
         raise ConfigError(f"{asked}, but torch sees {seen}: name one of them, or set "
                           f"{env_name('device')}=cuda")
     return settings.device
+
+
+def _no_cuda() -> str:
+    """Why torch has no CUDA device here."""
+    import torch
+
+    if torch.version.cuda is None:
+        return "this torch is a CPU build, without CUDA"
+    return ("torch sees no CUDA device (no GPU visible to this process, or its driver "
+            "cannot be loaded)")
+
+
+def device_report(settings: Settings) -> dict[str, str | None]:
+    """Which torch device embedding, queries and training use (``device``; ``None``: the
+    one asked for is missing, they refuse), and ``why``: the setting and what torch sees.
+    ``litpulse status`` shows it."""
+    setting = f"{env_name('device')}={settings.device}"
+    try:
+        device = resolve_device(settings)
+    except ConfigError as exc:
+        return {"device": None, "why": str(exc)}
+    if settings.device != Device.AUTO:
+        return {"device": str(device), "why": setting}
+    if device == Device.CPU:
+        return {"device": str(device), "why": f"{setting}: {_no_cuda()}"}
+    import torch
+
+    n = int(torch.cuda.device_count())
+    return {"device": str(device), "why": f"{setting}: torch sees {n} CUDA device"
+            f"{'s' if n > 1 else ''} ({torch.cuda.get_device_name(0)})"}
 
 
 #: Encoders kept per process, newest last (:func:`load_encoder`).

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from litpulse.core.settings import Settings
+from litpulse.core.settings import Settings, env_name
 
 __all__ = [
     "KMEANS_ITERATIONS",
@@ -32,6 +32,7 @@ __all__ = [
     "check_vectors",
     "CODECS",
     "choose_kind",
+    "faiss_device",
     "gpu_available",
     "index_codec",
     "index_ids",
@@ -79,16 +80,35 @@ def index_codec(index: Any) -> str:
     return "sq8" if sq else "flat"
 
 
-def gpu_available(settings: Settings) -> bool:
-    """Whether FAISS should use a GPU (one is visible and ``use_gpu`` allows it)."""
+def faiss_device(settings: Settings) -> dict[str, str]:
+    """Where FAISS builds IVF lists and searches (``device``: ``gpu`` or ``cpu``), and
+    ``why``: the setting, and what this FAISS sees (a CPU build such as the default
+    install's faiss-cpu has no GPU entry points; a GPU build counts the visible GPUs).
+    ``litpulse status`` shows it; :func:`gpu_available` decides by it."""
+    setting = f"{env_name('use_gpu')}={settings.use_gpu}"
     if settings.use_gpu == "no":
-        return False
+        return {"device": "cpu", "why": setting}
     import faiss
 
-    n = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-    if n == 0 and settings.use_gpu == "yes":
-        logger.warning("LITPULSE_USE_GPU=yes but FAISS sees no GPU: using the CPU")
-    return n > 0
+    joint = ", but" if settings.use_gpu == "yes" else ":"
+    if not hasattr(faiss, "StandardGpuResources"):
+        return {"device": "cpu", "why": f"{setting}{joint} this FAISS is a CPU build "
+                "(faiss-cpu): the `gpu` extra installs FAISS on the GPU"}
+    n = int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
+    if n == 0:
+        return {"device": "cpu", "why": f"{setting}{joint} FAISS sees no GPU (none visible "
+                "to this process, or its driver cannot be loaded)"}
+    return {"device": "gpu", "why": f"{setting}: FAISS sees {n} GPU{'s' if n > 1 else ''} "
+            "(GPU 0 used)"}
+
+
+def gpu_available(settings: Settings) -> bool:
+    """Whether FAISS should use a GPU (:func:`faiss_device`). ``use_gpu=yes`` without
+    one warns, saying why, and FAISS builds and searches on the CPU (as documented)."""
+    where = faiss_device(settings)
+    if where["device"] == "cpu" and settings.use_gpu == "yes":
+        logger.warning("%s: FAISS builds and searches on the CPU", where["why"])
+    return where["device"] == "gpu"
 
 
 def check_vectors(vectors: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -468,5 +468,6 @@ def open_published(settings: Settings, engine: Engine | None = None) -> Publishe
             return cached
         loaded = _load(row, settings)
         _CACHE[key] = loaded
-        logger.info("opened index %s (%s, %d vectors)", loaded.id, loaded.kind, loaded.size)
+        logger.info("opened index %s (%s, %d vectors, searched on the %s)", loaded.id,
+                    loaded.kind, loaded.size, "GPU" if loaded.on_gpu else "CPU")
         return loaded

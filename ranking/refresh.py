@@ -256,10 +256,11 @@ def _full(ctx: PublishContext, live: np.ndarray, reason: str | None,
     dim = vectors.shape[1] if len(ids) else _dimension(ctx.spec, settings)
     if not len(ids):
         vectors = np.zeros((0, dim), dtype=np.float32)
-    logger.info("building %s index of %d vectors for model %s (%s)", kind, len(ids),
-                ctx.spec.id, reason)
+    on_gpu = gpu_available(settings) and kind == "ivf"  # a flat index is built on the CPU
+    logger.info("building %s index of %d vectors for model %s (%s) on the %s", kind, len(ids),
+                ctx.spec.id, reason, "GPU" if on_gpu else "CPU")
     index = build_index(vectors, ids, kind=kind, d=dim, nprobe=settings.ivf_nprobe,
-                        use_gpu=gpu_available(settings) and kind == "ivf", seed=settings.seed,
+                        use_gpu=on_gpu, seed=settings.seed,
                         codec=settings.ivf_codec if kind == "ivf" else "flat")
     meta_extra = {"trained_size": len(ids) if kind == "ivf" else 0,
                   "nlist": int(getattr(index, "nlist", 0)), "codec": index_codec(index)}

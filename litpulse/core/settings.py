@@ -362,7 +362,12 @@ class Settings:
         "(8-bit scalar quantisation: a quarter of the bytes, slightly lower recall; for a "
         "corpus whose index would not fit on disk or in memory). A change rebuilds.",
     )
-    use_gpu: str = _opt("auto", "FAISS on the GPU: auto (when one is visible), yes or no.")
+    use_gpu: str = _opt(
+        "auto",
+        "FAISS on the GPU: auto (when FAISS sees one), yes or no. Without a GPU build of "
+        "FAISS (the `gpu` extra) or a visible GPU, yes warns and builds and searches on the "
+        "CPU; `litpulse status` says which and why.",
+    )
 
     # -- scoring ---------------------------------------------------------------------------
     weight_similarity: float = _opt(

@@ -89,7 +89,13 @@ X6 **Which device each stage uses, and why, is said nowhere a user looks.** ``li
    logs "FAISS sees no GPU" — blaming a GPU when the FAISS build is the cause — and falls
    back to the CPU, a fallback neither the setting's help nor the README mentions. The
    real faiss-cpu of this install is asked (no GPU entry points); the GPU host is the
-   faiss stand-in above.
+   faiss stand-in above. **Fixed**: ``ranking.embed.device_report`` (beside
+   ``resolve_device``, whose refusal it reports) and ``ranking.faiss_ops.faiss_device``
+   (which ``gpu_available`` now decides by: a CPU build of FAISS is named as such, and
+   ``yes`` without a GPU warns with that reason) give each device and why; ``litpulse
+   status`` shows both (``devices``, also in ``--json``); the refresh logs whether it
+   builds on the GPU, an opened index whether it searches there; the CPU fallback of
+   ``LITPULSE_USE_GPU=yes`` is in its help and the README.
 """
 
 from __future__ import annotations
@@ -481,8 +487,6 @@ def _status(s: Settings, monkeypatch: pytest.MonkeyPatch,
     return dict(json.loads(capsys.readouterr().out))
 
 
-@pytest.mark.xfail(strict=True, reason="37e X6: litpulse status says no device; "
-                   "LITPULSE_USE_GPU=yes with faiss-cpu blames a GPU, its fallback undocumented")
 def test_x6_status_says_which_device_each_stage_uses_and_why(
     s: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,

@@ -148,6 +148,7 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
     st["index"] = _index(settings)
     st["deliveries"] = _deliveries(settings)
     st.update(_nightly(settings))
+    st["devices"] = _devices(settings)
     if args.json:
         print_json(st)
         return 0
@@ -176,6 +177,12 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
         f"{owed['waiting']} owed (asked again by every E-utilities run), "
         f"{owed['given_up']} given up" + (" (litpulse missing)" if any(owed.values()) else "")
     )
+    devices = st.pop("devices")
+    st["devices"] = "; ".join(
+        f"{what} on {d['device']} ({d['why']})" if d["device"] else f"{what} refused ({d['why']})"
+        for what, d in (("embedding and training", devices["torch"]),
+                        ("FAISS", devices["faiss"]))
+    )
     told = st.pop("alerts_owed")
     st["alerts owed"] = (
         f"{told} given-up PMID{'s' if told != 1 else ''} not yet alerted (the alert webhook "
@@ -201,6 +208,16 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
             for note in reissue_notes(r["details"]):
                 print(f"run {r['id']}: {note}")
     return 0
+
+
+def _devices(settings: Settings) -> dict[str, Any]:
+    """Where the stages run and why: torch (embedding, queries, training:
+    :func:`ranking.embed.device_report`) and FAISS (:func:`ranking.faiss_ops.faiss_device`),
+    as this process's settings and libraries decide."""
+    from ranking.embed import device_report
+    from ranking.faiss_ops import faiss_device
+
+    return {"torch": device_report(settings), "faiss": faiss_device(settings)}
 
 
 def _nightly(settings: Settings) -> dict[str, Any]:
