@@ -96,6 +96,12 @@ X6 **Which device each stage uses, and why, is said nowhere a user looks.** ``li
    status`` shows both (``devices``, also in ``--json``); the refresh logs whether it
    builds on the GPU, an opened index whether it searches there; the CPU fallback of
    ``LITPULSE_USE_GPU=yes`` is in its help and the README.
+
+X7 **The HTTP API answers a missing CUDA device as the client's fault.** With X2's
+   ``ConfigError`` (before it: a 500 and torch's traceback in the server log),
+   ``GET /search`` on a server whose ``LITPULSE_DEVICE=cuda`` finds no CUDA device answers
+   400 — the handler of ``ConfigError``, a request's bad input — for every query: the
+   host's state, which no request can change (as an adapter gone answers 503, 35e).
 """
 
 from __future__ import annotations
@@ -315,6 +321,27 @@ def test_x2_a_gpu_number_past_the_gpus_is_refused(monkeypatch: pytest.MonkeyPatc
     assert resolve_device(base.replace(device="auto")) == "cuda"
     with pytest.raises(ConfigError, match=r"LITPULSE_DEVICE.*cuda:3.*1 CUDA device"):
         resolve_device(base.replace(device="cuda:3"))
+
+
+@pytest.mark.xfail(strict=True, reason="37e X7: GET /search answers a missing CUDA device "
+                   "400, the client's fault")
+def test_x7_the_api_answers_a_missing_cuda_device_as_the_servers_state(
+    s: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+    from fastapi.testclient import TestClient
+
+    from litpulse.app.api import create_app
+    from ranking.refresh import refresh_index
+
+    if torch.cuda.is_available():
+        pytest.skip("torch sees a CUDA device here")
+    _seed(s)
+    assert refresh_index(s).published
+    with TestClient(create_app(s.replace(device="cuda")), raise_server_exceptions=False) as c:
+        r = c.get("/search", params={"q": "sepsis"})
+    assert r.status_code == 503, r.text
+    assert "LITPULSE_DEVICE" in r.json()["detail"]
 
 
 # ------------------------------------------------------------------- CUDA out of memory
