@@ -45,7 +45,13 @@ from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, upda
 
 from litpulse.core import db
 from litpulse.core.checksums import file_sha256
-from litpulse.core.errors import BudgetError, ConfigError, ConsistencyError, NotFoundError
+from litpulse.core.errors import (
+    BudgetError,
+    ConfigError,
+    ConsistencyError,
+    DeviceError,
+    NotFoundError,
+)
 from litpulse.core.schema import articles, checkpoints, embeddings, model_versions
 from litpulse.core.settings import DEFAULT_MODEL, Settings, default_model_path, env_name
 from litpulse.core.states import Device, Precision
@@ -628,9 +634,10 @@ def resolve_device(settings: Settings) -> str:
     or the text of an explicit ``cuda:N``.
 
     Raises:
-        ConfigError: A CUDA device is asked for (``cuda``, ``cuda:N``) that torch does not
-            see: a CPU build of torch, no GPU visible, or ``N`` past the GPUs there are
-            (torch would fail later, deep in loading the model, with a traceback).
+        DeviceError: A CUDA device is asked for (``cuda``, ``cuda:N``) that torch does not
+            see (a ``ConfigError``; the API answers 503): a CPU build of torch, no GPU
+            visible, or ``N`` past the GPUs there are (torch would fail later, deep in
+            loading the model, with a traceback).
     """
     if settings.device == Device.CPU:
         return Device.CPU
@@ -641,14 +648,14 @@ def resolve_device(settings: Settings) -> str:
     count = int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
     asked = f"{env_name('device')}={settings.device}"
     if count == 0:
-        raise ConfigError(f"{asked}, but {_no_cuda()}: set {env_name('device')}=cpu (or "
+        raise DeviceError(f"{asked}, but {_no_cuda()}: set {env_name('device')}=cpu (or "
                           "auto: the GPU when torch sees one), or run on a GPU host with "
                           "torch's CUDA build")
     number = int(settings.device.partition(":")[2] or 0)
     if number >= count:
         seen = "1 CUDA device (cuda:0)" if count == 1 else (
             f"{count} CUDA devices (cuda:0 to cuda:{count - 1})")
-        raise ConfigError(f"{asked}, but torch sees {seen}: name one of them, or set "
+        raise DeviceError(f"{asked}, but torch sees {seen}: name one of them, or set "
                           f"{env_name('device')}=cuda")
     return settings.device
 
@@ -670,7 +677,7 @@ def device_report(settings: Settings) -> dict[str, str | None]:
     setting = f"{env_name('device')}={settings.device}"
     try:
         device = resolve_device(settings)
-    except ConfigError as exc:
+    except DeviceError as exc:
         return {"device": None, "why": str(exc)}
     if settings.device != Device.AUTO:
         return {"device": str(device), "why": setting}

@@ -55,7 +55,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 from sqlalchemy import select
 
 from litpulse.core import __version__, db
-from litpulse.core.errors import ConfigError, LitpulseError, NotFoundError
+from litpulse.core.errors import ConfigError, DeviceError, LitpulseError, NotFoundError
 from litpulse.core.schema import ingest_runs
 from litpulse.core.settings import Settings, bounds
 from litpulse.core.states import RunStatus
@@ -350,6 +350,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NotFoundError)
     async def _not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
         return error(404, str(exc))
+
+    @app.exception_handler(DeviceError)
+    async def _no_device(_request: Request, exc: DeviceError) -> JSONResponse:
+        return error(503, str(exc))  # the host's state (a GPU asked for, missing): no request's
 
     @app.exception_handler(ConfigError)
     async def _bad_config(_request: Request, exc: ConfigError) -> JSONResponse:

@@ -19,6 +19,7 @@ __all__ = [
     "AnswerTooLargeError",
     "ChecksumError",
     "ConfigError",
+    "DeviceError",
     "InvalidRequestError",
     "IncompleteSourceError",
     "LitpulseError",
@@ -48,6 +49,12 @@ class LitpulseError(Exception):
 
 class ConfigError(LitpulseError, ValueError):
     """A setting or option has an invalid value; the message names it."""
+
+
+class DeviceError(ConfigError):
+    """A device a setting asks for is not there (``LITPULSE_DEVICE=cuda`` where torch sees
+    no CUDA device, or ``cuda:N`` past those it sees): the host's state, which no request
+    can change (the HTTP API answers 503, not a request's 400)."""
 
 
 class NotFoundError(LitpulseError, LookupError):

@@ -102,6 +102,9 @@ X7 **The HTTP API answers a missing CUDA device as the client's fault.** With X2
    ``GET /search`` on a server whose ``LITPULSE_DEVICE=cuda`` finds no CUDA device answers
    400 — the handler of ``ConfigError``, a request's bad input — for every query: the
    host's state, which no request can change (as an adapter gone answers 503, 35e).
+   **Fixed**: ``resolve_device`` raises ``DeviceError`` (``litpulse.core.errors``, a
+   ``ConfigError``: the CLI and callers catching that are unchanged), which the API
+   answers 503 with its message.
 """
 
 from __future__ import annotations
@@ -323,8 +326,6 @@ def test_x2_a_gpu_number_past_the_gpus_is_refused(monkeypatch: pytest.MonkeyPatc
         resolve_device(base.replace(device="cuda:3"))
 
 
-@pytest.mark.xfail(strict=True, reason="37e X7: GET /search answers a missing CUDA device "
-                   "400, the client's fault")
 def test_x7_the_api_answers_a_missing_cuda_device_as_the_servers_state(
     s: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
