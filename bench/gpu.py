@@ -111,7 +111,7 @@ def faiss_rows(device: str, n: int, queries: int = 1000) -> list[list[str]]:
     """IVF build and search on ``device`` against the CPU, with recall@10."""
     import faiss
 
-    from ranking.faiss_ops import build_index, to_gpu
+    from ranking.faiss_ops import build_index, faiss_device, to_gpu
 
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((n, 384)).astype(np.float32)
@@ -131,9 +131,9 @@ def faiss_rows(device: str, n: int, queries: int = 1000) -> list[list[str]]:
 
     rows = []
     timings = {}
-    if device == "cuda" and not (hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus()):
-        return [["FAISS IVF on the GPU", "—", "—", "—",
-                 "this faiss has no GPU support: install the `gpu` extra (faiss-gpu-cu12)"]]
+    on_gpu = faiss_device(_settings(device).replace(use_gpu="yes"))
+    if device == "cuda" and on_gpu["device"] != "gpu":  # why, as `litpulse status` says
+        return [["FAISS IVF on the GPU", "—", "—", "—", on_gpu["why"]]]
     for where in _places(device):
         t = time.perf_counter()
         index = build_index(vectors, ids, kind="ivf", nprobe=16, use_gpu=where == "cuda")
