@@ -14,7 +14,9 @@ searches running during a publish finish on the old version.
 
 On a host where FAISS sees a GPU (and ``use_gpu`` is not ``no``) searches run on it, but
 for more than :data:`GPU_MAX_K` neighbours (FAISS-GPU's limit), which run on the CPU; the
-CPU index stays the master copy (GPU indexes cannot remove ids).
+CPU index stays the master copy (GPU indexes cannot remove ids). A newer version loaded
+by :func:`open_published` takes the GPU in place of the one it replaces, whose GPU copy is
+released first (:meth:`PublishedIndex.release_gpu`; the card may hold one copy).
 
 Example:
     >>> idx = open_published(settings)  # doctest: +SKIP
@@ -150,15 +152,29 @@ class PublishedIndex:
         if self.size == 0:
             return (np.full((len(q), k), -np.inf, dtype=np.float32),
                     np.full((len(q), k), -1, dtype=np.int64))
-        if self._gpu is not None and k <= GPU_MAX_K:
-            with self._gpu_lock:  # one search at a time on the GPU (FAISS's rule)
-                scores, labels = self._gpu.search(q, k)
-            if self._gpu_ids is not None:  # a flat GPU index answers positions
-                labels = np.where(labels >= 0, self._gpu_ids[np.maximum(labels, 0)], -1)
-        else:
-            scores, labels = self.index.search(q, k)
+        answer = self._search_gpu(q, k) if self._gpu is not None and k <= GPU_MAX_K else None
+        scores, labels = answer if answer is not None else self.index.search(q, k)
         scores = np.where(labels >= 0, scores, -np.inf).astype(np.float32)
         return scores, labels.astype(np.int64)
+
+    def _search_gpu(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The GPU copy's answer, or ``None`` when it was released meanwhile."""
+        with self._gpu_lock:  # one search at a time on the GPU (FAISS's rule)
+            gpu, positions = self._gpu, self._gpu_ids
+            if gpu is None:
+                return None
+            scores, labels = gpu.search(q, k)
+        if positions is not None:  # a flat GPU index answers positions
+            labels = np.where(labels >= 0, positions[np.maximum(labels, 0)], -1)
+        return scores, labels
+
+    def release_gpu(self) -> None:
+        """Give the GPU copy's memory back (a newer version replaces this one): a search
+        on it finishes first; searches still holding this version go on, on the CPU copy.
+        """
+        with self._gpu_lock:
+            for name in ("_gpu", "_gpu_ids", "_gpu_res"):
+                object.__setattr__(self, name, None)  # frozen: only this lifts the copy
 
     def reconstruct(self, pmid: int) -> np.ndarray:
         """The stored vector of one PMID (raises ``RuntimeError`` for an unknown PMID)."""
@@ -466,6 +482,8 @@ def open_published(settings: Settings, engine: Engine | None = None) -> Publishe
             if cached.lexical_error is not None:  # a failure is not kept: tried again
                 cached = _CACHE[key] = _lexical_again(cached, settings)
             return cached
+        if cached is not None:  # its GPU copy first: the card may hold one copy only
+            cached.release_gpu()
         loaded = _load(row, settings)
         _CACHE[key] = loaded
         logger.info("opened index %s (%s, %d vectors, searched on the %s)", loaded.id,

@@ -112,7 +112,10 @@ X8 **A server that lives through a publish keeps the old version's GPU copy whil
    holds one copy of the index (the full baseline's IVF lists: ~58 GB of 80) fails the
    second ``index_cpu_to_gpu`` with cudaMalloc's out of memory, and the new version is
    searched on the CPU for as long as it is published — every night's publish, one
-   warning. The stand-in card holds one copy.
+   warning. The stand-in card holds one copy. **Fixed**: ``open_published`` releases the
+   cached version's GPU copy (``PublishedIndex.release_gpu``, under its ``_gpu_lock``:
+   a search on it finishes first) before it loads the new version; a search still
+   holding the old version finds no GPU copy and answers from its CPU copy.
 """
 
 from __future__ import annotations
@@ -290,8 +293,6 @@ def test_x1_concurrent_searches_take_turns_on_the_gpu_index(
     assert gpu.overlaps == 0, "two threads were inside the GPU index at once"
 
 
-@pytest.mark.xfail(strict=True, reason="37e X8: the old version's GPU copy is held while "
-                   "the new one is copied: out of memory, the new version searched on the CPU")
 def test_x8_a_publish_moves_the_new_version_to_the_gpu_in_place_of_the_old(
     s: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
