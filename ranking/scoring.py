@@ -142,6 +142,12 @@ class ScoringOptions:
             hybrid mode (0..1).
         fusion: ``rrf`` or ``mix`` (:class:`~litpulse.core.states.Fusion`).
         rrf_k: The k of reciprocal-rank fusion (>= 1).
+        lexical_asked: λ was asked for this query (``--w-lexical``, ``w_lexical``), even
+            equal to the setting: a search that does not use it says so
+            (:func:`ranking.search.unused_share_notes`). Not an option of the ranking:
+            left out of comparisons and of :meth:`to_dict`.
+
+    A ``-0.0`` given for any of them is ``0.0`` (shown as ``0``, never ``-0``).
 
     Raises:
         ConfigError: A weight is negative or not finite, all weights are 0, the
@@ -156,6 +162,7 @@ class ScoringOptions:
     lexical_share: float = _default("weight_lexical")
     fusion: str = _default("fusion")
     rrf_k: int = _default("rrf_k")
+    lexical_asked: bool = field(default=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # each within the range of its setting: a query's option means what the setting
@@ -167,7 +174,7 @@ class ScoringOptions:
             if (isinstance(value, bool) or not isinstance(value, int | float)
                     or not (math.isfinite(value) and low <= value <= high)):
                 raise ConfigError(f"{shown} must be {allowed(setting)}, got {value!r}")
-            object.__setattr__(self, name, float(value))
+            object.__setattr__(self, name, float(value) + 0.0)  # -0.0 + 0.0 is 0.0
         if self.w_similarity + self.w_recency + self.w_citation <= 0:
             raise ConfigError("w_similarity, w_recency, w_citation: at least one must be > 0")
         if self.today is not None and not isinstance(self.today, dt.date):
@@ -224,6 +231,7 @@ class ScoringOptions:
             lexical_share=values["lexical"],
             fusion=settings.fusion,
             rrf_k=settings.rrf_k,
+            lexical_asked=(weights or {}).get("lexical") is not None,
         )
 
     def reference_day(self) -> dt.date:
@@ -236,7 +244,9 @@ class ScoringOptions:
         Every field is a number or text, so no deep copy (``asdict``) is needed: this runs
         once per candidate of every query.
         """
-        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        d: dict[str, Any] = {
+            f.name: getattr(self, f.name) for f in fields(self) if f.name != "lexical_asked"
+        }
         d["today"] = iso(self.reference_day())
         return d
 

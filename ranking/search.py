@@ -1244,7 +1244,8 @@ def unused_share_notes(
     settings: Settings, options: ScoringOptions, requested: SearchMode, effective: SearchMode
 ) -> tuple[str, ...]:
     """A note where a λ (``w_lexical``, the lexical share of a hybrid search's relevance)
-    other than the settings' is asked for and this search does not use it: a semantic
+    is asked for (:attr:`ScoringOptions.lexical_asked`, even equal to the setting's), or
+    one other than the settings' is given, and this search does not use it: a semantic
     search's λ is 0, a lexical one's 1 (:func:`ranking.scoring.lexical_share`), so the
     answer is the one without it, and says so rather than echo the λ as if it ranked.
 
@@ -1254,9 +1255,9 @@ def unused_share_notes(
         >>> unused_share_notes(s, o, SearchMode.SEMANTIC, SearchMode.SEMANTIC)[0][:36]
         'w_lexical (λ 0.9) is not used: it we'
     """
-    if effective == SearchMode.HYBRID or math.isclose(
+    if effective == SearchMode.HYBRID or (not options.lexical_asked and math.isclose(
         options.lexical_share, settings.weight_lexical, rel_tol=1e-9, abs_tol=1e-12
-    ):
+    )):  # fmt: skip
         return ()
     alone = ("semantic mode ranks by similarity alone (λ 0)" if effective == SearchMode.SEMANTIC
              else "lexical mode ranks by BM25 alone (λ 1)")

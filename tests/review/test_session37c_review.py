@@ -43,6 +43,13 @@ X6 **A re-issue whose application was killed half-way is not reported as one whe
 X7 **``litpulse search --w-lexical -0.0`` prints ``-0*lex``; a λ asked equal to the
    setting in a search that does not use it gets no note.** ``--mode semantic
    --w-lexical 0.35`` (the setting's value) is as unused as 0.9, silently.
+   **Fixed**: ``ScoringOptions`` turns a ``-0.0`` weight into ``0.0`` as it checks it
+   (the one home of the options' values: CLI, API and JSON alike), and records whether
+   λ was asked (``lexical_asked``, from ``from_settings``' overrides; not an option of
+   the ranking: out of comparisons and ``to_dict``); ``unused_share_notes`` says a λ
+   asked is unused even equal to the setting. The CLI sends ``w_lexical`` to a running
+   server only where asked (or other than its setting), so the server's note is the
+   CLI's.
 """
 
 from __future__ import annotations
@@ -310,7 +317,6 @@ def test_x6_a_reissue_of_an_applied_file_killed_half_way_is_reported_when_resume
 # ------------------------------------------------------ X7: -0 and a λ equal to the setting
 
 
-@pytest.mark.xfail(strict=True, reason="37c X7: -0*lex, and no note for a λ equal to the setting")
 def test_x7_a_negative_zero_lambda_and_one_equal_to_the_setting(
     indexed: Settings,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,

@@ -185,8 +185,11 @@ def search_via_server(
         ("q", args.query), ("k", args.k), ("include_retracted", filters.include_retracted),
         ("w_sim", options.w_similarity), ("w_recency", options.w_recency),
         ("w_citation", options.w_citation), ("half_life", options.half_life_days),
-        ("w_lexical", options.lexical_share), ("mode", args.mode), ("sort", args.sort),
+        ("mode", args.mode), ("sort", args.sort),
     ]
+    if options.lexical_asked or options.lexical_share != settings.weight_lexical:
+        # sent as asked: the server's note on a λ its search does not use is the CLI's
+        params.append(("w_lexical", options.lexical_share))
     params += [("mesh", m) for m in filters.mesh] + [("type", t) for t in filters.publication_type]
     for name in ("since", "until", "language", "has_abstract"):
         value = getattr(filters, name)
