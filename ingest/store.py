@@ -1727,7 +1727,8 @@ def _article_dict(m: Any) -> dict[str, Any]:
         "citations_per_year": m["citations_per_year"],
         "icite_year": m["icite_year"],
         "icite_provisional": m["icite_provisional"],
-        "icite_fetched_at": iso(m["icite_fetched_at"]),
+        "icite_fetched_at": iso(m["icite_fetched_at"]),  # when iCite was last asked
+        "icite_values_at": iso(m["icite_values_at"]),  # what the values held are as of
         "source": {
             "kind": m["source_kind"],
             "location": m["source_location"],

@@ -118,6 +118,10 @@ def article(args: argparse.Namespace, settings: Settings) -> int:
         ("cited in corpus", art["cited_by_in_corpus"]),
         ("citations", "-" if art["citation_count"] is None else art["citation_count"]),
         ("rcr", "-" if art["relative_citation_ratio"] is None else art["relative_citation_ratio"]),
+        # how old the counts are (a snapshot's date, or the fetch that brought them), and
+        # when iCite was last asked (a fetch without values moves only that)
+        ("citations as of", art["icite_values_at"] or "-"),
+        ("icite asked", art["icite_fetched_at"] or "-"),
         ("source", f"{art['source']['kind']} {art['source']['location']}"),
         ("updated", art["updated_at"]),
     ]
