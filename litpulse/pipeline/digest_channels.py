@@ -154,11 +154,12 @@ def _ehlo_name(deadline: Deadline) -> str:
     ``deadline`` (:meth:`Deadline.within`): smtplib's own look-up (a reverse lookup, then
     a forward one) takes no timeout, and a resolver that does not answer would hold the
     digest."""
-    fqdn = deadline.within("looking up this machine's name", socket.getfqdn)
+    fqdn = deadline.within("this machine's own name (for EHLO) not looked up",
+                           socket.getfqdn)  # fmt: skip
     if "." in fqdn:
         return fqdn
     try:
-        address = deadline.within("looking up this machine's address",
+        address = deadline.within("this machine's own address (for EHLO) not looked up",
                                   socket.gethostbyname, socket.gethostname())  # fmt: skip
     except socket.gaierror:
         address = "127.0.0.1"

@@ -62,6 +62,8 @@ class Deadline:
         reached: The receiver accepted the connection.
         expired: The time ran out (a :class:`TimeoutError` was raised): connecting
             (``reached`` false) or after (the request may have gone out).
+        ran_out: What did not come in time where that was a look-up (:meth:`within`:
+            ``"name HOST not resolved"``); ``None`` otherwise. :attr:`said` tells it.
     """
 
     def __init__(self, timeout: float, cap: float) -> None:
@@ -70,6 +72,7 @@ class Deadline:
         self.end = time.monotonic() + self.seconds
         self.reached = False
         self.expired = False
+        self.ran_out: str | None = None
 
     @classmethod
     def of(cls, settings: Settings, cap: float) -> Deadline:
@@ -103,8 +106,11 @@ class Deadline:
 
     @property
     def said(self) -> str:
-        """What a failure says when the time ran out."""
-        return (f"no complete answer within {self.seconds:g} s ({env_name('http_timeout')}, "
+        """What a failure says when the time ran out, as far as the exchange got: a
+        look-up that did not answer (``name HOST not resolved within N s``), no connection
+        made, or a receiver reached that did not answer whole (``no complete answer``)."""
+        what = (self.ran_out or ("no complete answer" if self.reached else "no connection"))
+        return (f"{what} within {self.seconds:g} s ({env_name('http_timeout')}, "
                 f"at most {self.cap:g} s an exchange)")  # fmt: skip
 
     def within(self, what: str, call: Callable[..., T], *args: Any) -> T:
@@ -113,8 +119,11 @@ class Deadline:
         thread of its own, abandoned (it ends when the resolver gives up) once the time
         runs out.
 
+        ``what`` says what does not come when the time runs out (``"name HOST not
+        resolved"``): the :class:`TimeoutError`'s message and :attr:`said` tell it.
+
         Raises:
-            TimeoutError: No answer in the time left (``what`` says what was asked).
+            TimeoutError: No answer in the time left.
             Exception: What ``call`` raised.
         """
         box: dict[str, Any] = {}
@@ -130,8 +139,8 @@ class Deadline:
 
         threading.Thread(target=ask, name=f"litpulse {what}", daemon=True).start()
         if not done.wait(self.left()):
-            self.expired = True
-            raise TimeoutError(f"{what}: no answer within {self.seconds:g} s")
+            self.expired, self.ran_out = True, what
+            raise TimeoutError(f"{what} within {self.seconds:g} s")
         if "error" in box:
             raise box["error"]
         return cast(T, box["value"])
@@ -143,7 +152,7 @@ class Deadline:
         try:
             ipaddress.ip_address(host)
         except ValueError:
-            return self.within(f"resolving {host}", socket.getaddrinfo, host, port, 0,
+            return self.within(f"name {host} not resolved", socket.getaddrinfo, host, port, 0,
                                socket.SOCK_STREAM)  # fmt: skip
         return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
 
