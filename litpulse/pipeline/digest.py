@@ -182,6 +182,15 @@ class DigestReport:
         """New matches recorded, over every saved search."""
         return sum(s.matched for s in self.searches)
 
+    @property
+    def nothing_delivered(self) -> bool:
+        """Deliveries were due and none went out: every one tried failed, or waited
+        behind a receiver that could not be reached (all retried by the next digest).
+        ``litpulse alerts run`` then exits 75, so that a cron job or a task calling it
+        can tell; a digest with nothing due, or that delivered anything, is not this."""
+        unsearched = sum(1 for s in self.searches if s.error is not None)
+        return self.emailed + self.posted == 0 and len(self.failures) > unsearched
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "index_version": self.index_version,

@@ -58,7 +58,8 @@ def register(sub: Any) -> None:
         actions,
         "run",
         run_digest_cmd,
-        help="run the digest now (record new matches, send what is pending)",
+        help="run the digest now (record new matches, send what is pending; exit 75 when "
+        "deliveries were due and none went out, 2 when a saved search cannot be searched)",
         json="print the digest report as JSON",
     )
     e = command(
@@ -184,12 +185,18 @@ def run_remove(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_digest_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from litpulse.app.cli.nightly import EXIT_BUSY
     from litpulse.pipeline.digest import run_digest
 
     report = run_digest(settings)
+    # a saved search that could not be searched needs someone (it fails every digest until
+    # edited): a usage error; deliveries due of which none went out (the receivers down,
+    # refusing): EX_TEMPFAIL, tried again by the next digest; some delivered: 0
+    unsearchable = any(d.error is not None for d in report.searches)
+    code = 2 if unsearchable else EXIT_BUSY if report.nothing_delivered else 0
     if args.json:
         print_json(report.to_dict())
-        return 0
+        return code
     if report.skipped:
         print(f"digest skipped: {safe_text(report.skipped)}")
         return 0
@@ -204,14 +211,14 @@ def run_digest_cmd(args: argparse.Namespace, settings: Settings) -> int:
         f"\nindex {report.index_version}: {report.matched} new matches; "
         f"{report.emailed} e-mailed, {report.posted} sent to the webhook"
     )
-    unsearchable = [d for d in report.searches if d.error is not None]
     for failure in report.failures:  # they may quote a mail server's or webhook's answer
         print(f"failed: {safe_text(failure)}", file=sys.stderr)
     for warning in report.warnings:
         print(f"warning: {safe_text(warning)}", file=sys.stderr)
-    # a saved search that could not be searched needs someone (it fails every digest until
-    # edited): a usage error; a delivery that failed is tried again by the next digest
-    return 2 if unsearchable else 0
+    if code == EXIT_BUSY:
+        print("nothing delivered: every delivery due failed (the next digest tries them "
+              f"again); exit {EXIT_BUSY}", file=sys.stderr)  # fmt: skip
+    return code
 
 
 def run_edit(args: argparse.Namespace, settings: Settings) -> int:
