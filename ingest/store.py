@@ -580,10 +580,12 @@ class Store(RunLedger, Checkpoints):
                     out[src] = replace(src, fetched_at=dt.datetime.fromtimestamp(at, dt.UTC))
         return out
 
-    def reissue(self, src: SourceRef, md5: str, was: str = "") -> str:
+    def reissue(
+        self, src: SourceRef, md5: str, was: str = "", *, conn: Connection | None = None
+    ) -> str:
         """Give a re-issue of the numbered NLM file ``src`` (NLM published it again under
         its name, with the MD5 ``md5``) an as-of time of its own, later than every earlier
-        issue's, in a transaction of its own before its first batch (:mod:`ingest.rules`:
+        issue's, before its first batch (:mod:`ingest.rules`:
         it then ranks after the earlier issue and before the next file; what the earlier
         issue wrote is an earlier source, not a replay). Reading the same re-issue again (a
         run killed in it, resumed) keeps the time its first read was given. ``was``, the
@@ -592,33 +594,38 @@ class Store(RunLedger, Checkpoints):
         from NLM's server: one whose first read was a local copy of another issue
         (:meth:`note_first_issue`) is a re-issue too, though no run applied that copy.
 
+        ``conn``: do it inside that open transaction (with what records the re-issue
+        for a run that resumes it), else in a transaction of its own.
+
         Returns:
             The MD5 of the issue replaced where the as-of time moved; ``""`` where it did
             not (this issue had it already, or the file was never read: its first read
             records it).
         """
+        if conn is None:
+            with self.engine.begin() as own:
+                return self.reissue(src, md5, was, conn=own)
         t = source_times.c
-        with self.engine.begin() as conn:
-            row = conn.execute(
-                select(t.as_of, t.md5, t.earlier).where(t.sequence == src.sequence)
-            ).first()  # fmt: skip
-            if row is None or row.md5 == md5:
-                return ""
-            # the issue the as-of time is of: the one applied (``was``), else the one its
-            # first read recorded (a local copy: note_first_issue); neither known: the
-            # first read is this issue's own
-            was = was or row.md5 or ""
-            if not was:
-                return ""
-            at = max(src.fetched_at.timestamp(), row.as_of + 0.001)
-            earlier = list(row.earlier or [])
-            if was and was != md5 and was not in earlier:
-                earlier.append(was)
-            conn.execute(
-                update(source_times)
-                .where(t.sequence == src.sequence)
-                .values(as_of=at, md5=md5, location=src.location, earlier=earlier or None)
-            )  # fmt: skip
+        row = conn.execute(
+            select(t.as_of, t.md5, t.earlier).where(t.sequence == src.sequence)
+        ).first()  # fmt: skip
+        if row is None or row.md5 == md5:
+            return ""
+        # the issue the as-of time is of: the one applied (``was``), else the one its
+        # first read recorded (a local copy: note_first_issue); neither known: the
+        # first read is this issue's own
+        was = was or row.md5 or ""
+        if not was:
+            return ""
+        at = max(src.fetched_at.timestamp(), row.as_of + 0.001)
+        earlier = list(row.earlier or [])
+        if was and was != md5 and was not in earlier:
+            earlier.append(was)
+        conn.execute(
+            update(source_times)
+            .where(t.sequence == src.sequence)
+            .values(as_of=at, md5=md5, location=src.location, earlier=earlier or None)
+        )  # fmt: skip
         return was
 
     def note_first_issue(self, src: SourceRef, md5: str) -> None:

@@ -930,7 +930,8 @@ def _store_file(
 
     The row is written after the file's last batch commits, so the file is not applied
     again. Each batch commits with a progress mark (:data:`PROGRESS_SCOPE`: the file's
-    MD5, the items applied, their counts), so a run resuming a file a killed run began
+    MD5, the items applied, their counts; for a re-issue, written with its new as-of time
+    before the first batch, the MD5 it replaces), so a run resuming a file a killed run began
     goes on after the items that run committed, and the file records its whole counts,
     each item counted once (as do the runs: the killed run's row holds what it
     committed). A file whose MD5 differs from the mark's (re-issued meanwhile), or begun by
@@ -942,18 +943,28 @@ def _store_file(
     def on_batch(counts: IngestCounts) -> None:
         run.counts += counts
 
-    # a re-issue (of the issue applied, or of a local copy read first: Store.reissue)
-    # ranks after the earlier issue, before the next file (ingest.rules)
-    was = store.reissue(_file_ref(f), digest, was=f.reissue) or f.reissue
     mark = store.get_checkpoint(PROGRESS_SCOPE, f.name)
     value = mark["value"] if mark is not None else {}
+    ours = value.get("md5") == digest  # a killed run began this issue of the file
+    # a re-issue (of the issue applied, or of a local copy read first: Store.reissue)
+    # ranks after the earlier issue, before the next file (ingest.rules); its progress
+    # mark, written with it, keeps the issue replaced: the run that resumes the file
+    # after a kill (the as-of time moved already) reports the re-issue as well
+    with store.engine.begin() as conn:
+        was = store.reissue(_file_ref(f), digest, was=f.reissue, conn=conn) or f.reissue
+        if was and not ours:
+            value = {"md5": digest, "items": 0, "counts": IngestCounts().to_dict(), "was": was}
+            store.set_checkpoint(PROGRESS_SCOPE, f.name, "applying", value, conn=conn)
+            ours = True
+    was = was or (str(value.get("was") or "") if ours else "")
     done, before = 0, IngestCounts()
-    if value.get("md5") == digest:
+    if ours and value.get("items"):
         done, before = int(value["items"]), IngestCounts(**value["counts"])
         logger.info("%s: going on after the %d items a killed run applied", f.name, done)
 
     def in_batch(conn: Connection, counts: IngestCounts, position: int) -> None:
-        progress = {"md5": digest, "items": position, "counts": (before + counts).to_dict()}
+        progress = {"md5": digest, "items": position, "counts": (before + counts).to_dict(),
+                    "was": was}  # fmt: skip
         store.set_checkpoint(PROGRESS_SCOPE, f.name, "applying", progress, conn=conn)
 
     file_counts = before + store.apply(

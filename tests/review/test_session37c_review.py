@@ -52,6 +52,13 @@ X6 **A re-issue whose application was killed half-way is not reported as one whe
    resumed.** The resumed run applies it correctly, but ``Store.reissue`` finds the
    as-of time already moved, and the run's ``details.reissued`` (and its warning) lose
    it: neither the killed run nor the resumed one says the file was re-issued.
+   (A re-issue of a file applied from NLM's server is reported when resumed: its
+   ``source_files`` row still holds the issue replaced; held, tested below.)
+   **Fixed**: ``_store_file`` writes the re-issue's progress mark with its new as-of
+   time, in one transaction (``Store.reissue`` takes the caller's ``conn``), before its
+   first batch, and the mark keeps the MD5 replaced (``was``) in every later batch's
+   mark: a run resuming the file, whose ``Store.reissue`` finds the as-of time moved,
+   reports the re-issue from the mark (``details.reissued``, the warning).
 
 X7 **``litpulse search --w-lexical -0.0`` prints ``-0*lex``; a λ asked equal to the
    setting in a search that does not use it gets no note.** ``--mode semantic
@@ -283,7 +290,6 @@ def test_x5_an_unpacked_copy_of_a_gz_copy_read_first_is_no_reissue(
 # --------------------------------------------- X6: a killed re-issue resumed, unreported
 
 
-@pytest.mark.xfail(strict=True, reason="37c X6: a resumed re-issue is not reported")
 def test_x6_a_reissue_of_a_copy_killed_half_way_is_reported_when_resumed(
     emu: ReviewEmulator, env: Settings, tmp_path: Path
 ) -> None:
