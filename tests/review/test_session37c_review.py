@@ -60,6 +60,14 @@ X6 **A re-issue whose application was killed half-way is not reported as one whe
    mark: a run resuming the file, whose ``Store.reissue`` finds the as-of time moved,
    reports the re-issue from the mark (``details.reissued``, the warning).
 
+X8 (found while fixing X4) **An update file whose first application was killed, then
+   re-issued before the resume, is half applied.** Issue A of file 2 applied to its last
+   item, killed before its ``source_files`` row; NLM re-issues it (B) before the next
+   run. That run sees a progress mark of another MD5 and replays B from its start, but
+   as the same source as A (no issue recorded in ``source_times``: ``Store.reissue``
+   knows none to replace): B's items at or before the positions A stored are replays,
+   skipped: 22 stays as A has it.
+
 X7 **``litpulse search --w-lexical -0.0`` prints ``-0*lex``; a λ asked equal to the
    setting in a search that does not use it gets no note.** ``--mode semantic
    --w-lexical 0.35`` (the setting's value) is as unused as 0.9, silently.
@@ -348,3 +356,20 @@ def test_x7_a_negative_zero_lambda_and_one_equal_to_the_setting(
     assert "w_lexical" in err and "not used" in err, err
     assert main(["search", CRISPR, "-k", "3", "--mode", "semantic"]) == 0
     assert "w_lexical" not in capsys.readouterr().err  # not asked: nothing to say
+
+
+# -------------------------- X8: a first application killed, re-issued before the resume
+
+
+@pytest.mark.xfail(strict=True, reason="37c X8: a killed first application's re-issue half applied")
+def test_x8_a_file_reissued_after_its_first_application_was_killed_is_applied_whole(
+    emu: ReviewEmulator, env: Settings
+) -> None:
+    s = _settings(emu, env).replace(store_batch=1)
+    emu.add_file("updatefiles", N1, _file(_art(11, "Record 11")))
+    emu.add_file("updatefiles", N2, ISSUE_A)
+    with _killed_once(s, lambda: _titles(s).get(22) == ("22 as first issued", False)):
+        apply_updates(s, workers=0)  # every item of A stored, not its source_files row
+    emu.add_file("updatefiles", N2, ISSUE_B)
+    apply_updates(s, workers=0)
+    assert _both(s) == RE_ISSUED, "the re-issue half applied"
