@@ -934,8 +934,10 @@ def _store_file(
     before the first batch, the MD5 it replaces), so a run resuming a file a killed run began
     goes on after the items that run committed, and the file records its whole counts,
     each item counted once (as do the runs: the killed run's row holds what it
-    committed). A file whose MD5 differs from the mark's (re-issued meanwhile), or begun by
-    a release without marks, is replayed from its start (a replay changes nothing stored).
+    committed). A file whose MD5 differs from the mark's (re-issued meanwhile) is applied
+    from its start as a re-issue of the mark's issue (:meth:`Store.reissue`: ranked after
+    what that issue stored, never as replays of it); one begun by a release without marks
+    is replayed from its start (a replay changes nothing stored).
     Each committed batch is added to the run's counts at once, so a run that fails later
     still says what it stored.
     """
@@ -950,8 +952,11 @@ def _store_file(
     # ranks after the earlier issue, before the next file (ingest.rules); its progress
     # mark, written with it, keeps the issue replaced: the run that resumes the file
     # after a kill (the as-of time moved already) reports the re-issue as well
+    # a mark of another MD5: a killed run began another issue of the file (its first
+    # application, say: no issue recorded), which this one replaces, never replays
+    other = "" if ours else str(value.get("md5") or "")
     with store.engine.begin() as conn:
-        was = store.reissue(_file_ref(f), digest, was=f.reissue, conn=conn) or f.reissue
+        was = store.reissue(_file_ref(f), digest, was=f.reissue or other, conn=conn) or f.reissue
         if was and not ours:
             value = {"md5": digest, "items": 0, "counts": IngestCounts().to_dict(), "was": was}
             store.set_checkpoint(PROGRESS_SCOPE, f.name, "applying", value, conn=conn)

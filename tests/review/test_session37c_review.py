@@ -67,6 +67,9 @@ X8 (found while fixing X4) **An update file whose first application was killed, 
    as the same source as A (no issue recorded in ``source_times``: ``Store.reissue``
    knows none to replace): B's items at or before the positions A stored are replays,
    skipped: 22 stays as A has it.
+   **Fixed**: ``_store_file`` gives ``Store.reissue`` the mark's MD5 as the issue
+   replaced where the mark is of another issue: B is a re-issue of A, ranked after it,
+   applied whole and reported.
 
 X7 **``litpulse search --w-lexical -0.0`` prints ``-0*lex``; a λ asked equal to the
    setting in a search that does not use it gets no note.** ``--mode semantic
@@ -361,7 +364,6 @@ def test_x7_a_negative_zero_lambda_and_one_equal_to_the_setting(
 # -------------------------- X8: a first application killed, re-issued before the resume
 
 
-@pytest.mark.xfail(strict=True, reason="37c X8: a killed first application's re-issue half applied")
 def test_x8_a_file_reissued_after_its_first_application_was_killed_is_applied_whole(
     emu: ReviewEmulator, env: Settings
 ) -> None:
