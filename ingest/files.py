@@ -36,7 +36,10 @@ applied (read as the issue applied, it would be half applied). A file read only 
 local copies is told the same way by the MD5 of the copy read last (``.xml.gz`` or
 unpacked: ``source_times.md5``): a copy of an earlier one is left out, any other copy is
 read whole as a re-issue of it (:func:`_reissue`: ranked after it), and an update-file
-run that then applies an issue other than that copy's applies it as a re-issue too.
+run that then applies an issue other than that copy's applies it as a re-issue too. A
+copy read first by a release before MD5s were recorded (``source_times.md5`` NULL) is of
+an unknown issue: another copy, or the server's issue, is read whole as a re-issue of it
+(:data:`ingest.store.UNKNOWN_ISSUE`), never half as that copy read again.
 
 Example:
     >>> from litpulse.core.settings import Settings
@@ -282,7 +285,9 @@ def _reissue(store: Store, run: OpenRun, path: Path, src: SourceRef, md5: str) -
     re-issue of it (:meth:`Store.reissue`): it ranks after that issue, so it is applied
     whole, not half of it as replays of the positions the other issue stored. Reported in
     the run's ``details.reissued``. A run resuming it finds it the issue read last."""
-    was = store.reissue(src, md5)
+    # not the first read (its as-of time is another's): where that read's MD5 was never
+    # recorded (a release before MD5s were), its issue is unknown, replaced whole
+    was = store.reissue(src, md5, unknown=True)
     if was:
         logger.warning("%s: another issue of %s (MD5 %s) than the copy read before (MD5 %s): "
                        "read whole as a re-issue of it", path, src.location, md5, was)  # fmt: skip

@@ -140,7 +140,9 @@ from litpulse.core.states import RunStatus
 from litpulse.core.text import clean_doi, doi_forms, doi_key
 from litpulse.core.timeutil import as_date, as_utc, iso, nlm_day_start, utcnow
 
-__all__ = ["COUNTS_CHECKPOINT", "IngestCounts", "RECOUNT_STEP", "Store", "store_counts"]
+__all__ = [
+    "COUNTS_CHECKPOINT", "IngestCounts", "RECOUNT_STEP", "Store", "UNKNOWN_ISSUE", "store_counts",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +159,9 @@ _SEQUENCES_CURRENT: set[str] = set()
 PLAIN_NAMES_CHECKPOINT = ("store", "plain_names")
 #: Stores this process found with those rows upgraded.
 _PLAIN_NAMES_CURRENT: set[str] = set()
+#: What :meth:`Store.reissue` says an issue replaced was where its MD5 was never recorded
+#: (a local copy read by a release before MD5s were: ``source_times.md5`` NULL).
+UNKNOWN_ISSUE = "unknown"
 #: Set once ``source_times`` holds the as-of time of every NLM file whose records a store
 #: made before that table holds (:meth:`Store.upgrade_source_times`).
 SOURCE_TIMES_CHECKPOINT = ("store", "source_times")
@@ -581,7 +586,13 @@ class Store(RunLedger, Checkpoints):
         return out
 
     def reissue(
-        self, src: SourceRef, md5: str, was: str = "", *, conn: Connection | None = None
+        self,
+        src: SourceRef,
+        md5: str,
+        was: str = "",
+        *,
+        unknown: bool = False,
+        conn: Connection | None = None,
     ) -> str:
         """Give a re-issue of the numbered NLM file ``src`` (NLM published it again under
         its name, with the MD5 ``md5``) an as-of time of its own, later than every earlier
@@ -594,32 +605,41 @@ class Store(RunLedger, Checkpoints):
         from NLM's server: one whose first read was a local copy of another issue
         (:meth:`note_first_issue`) is a re-issue too, though no run applied that copy.
 
+        Where neither ``was`` nor the MD5 of the issue the as-of time is of is known
+        (``source_times.md5`` NULL) and that time is of another read than this one (its
+        ``location`` another, as a local copy's path read by a release before MD5s were
+        recorded; or ``unknown``: the caller knows this read is not that one), that issue
+        is unknown (:data:`UNKNOWN_ISSUE`): this one replaces it whole, as a re-issue,
+        never as that copy read again (half of it replays of the positions it stored).
+
         ``conn``: do it inside that open transaction (with what records the re-issue
         for a run that resumes it), else in a transaction of its own.
 
         Returns:
-            The MD5 of the issue replaced where the as-of time moved; ``""`` where it did
-            not (this issue had it already, or the file was never read: its first read
-            records it).
+            The MD5 of the issue replaced where the as-of time moved (:data:`UNKNOWN_ISSUE`
+            where not recorded); ``""`` where it did not (this issue had it already, or
+            the file was never read: its first read records it).
         """
         if conn is None:
             with self.engine.begin() as own:
-                return self.reissue(src, md5, was, conn=own)
+                return self.reissue(src, md5, was, unknown=unknown, conn=own)
         t = source_times.c
         row = conn.execute(
-            select(t.as_of, t.md5, t.earlier).where(t.sequence == src.sequence)
+            select(t.as_of, t.md5, t.earlier, t.location).where(t.sequence == src.sequence)
         ).first()  # fmt: skip
         if row is None or row.md5 == md5:
             return ""
         # the issue the as-of time is of: the one applied (``was``), else the one its
         # first read recorded (a local copy: note_first_issue); neither known: the
-        # first read is this issue's own
+        # first read is this issue's own, unless it was another read (unknown issue)
         was = was or row.md5 or ""
+        if not was and (unknown or row.location.lower() != src.location.lower()):
+            was = UNKNOWN_ISSUE
         if not was:
             return ""
         at = max(src.fetched_at.timestamp(), row.as_of + 0.001)
         earlier = list(row.earlier or [])
-        if was and was != md5 and was not in earlier:
+        if was and was not in (md5, UNKNOWN_ISSUE) and was not in earlier:
             earlier.append(was)
         conn.execute(
             update(source_times)

@@ -392,7 +392,8 @@ source_times = Table(
     #: The MD5 of the re-issue of the file that moved ``as_of`` (NLM re-issued it under
     #: its name: ``Store.reissue``), or of the local copy whose first read it is
     #: (``Store.note_first_issue``); ``NULL``: the as-of time of a first read whose MD5 is
-    #: not recorded (an update-file run's: ``source_files`` holds it).
+    #: not recorded (an update-file run's: ``source_files`` holds it; a local copy's read
+    #: by a release before MD5s were: an unknown issue, ``ingest.store.UNKNOWN_ISSUE``).
     Column("md5", String(32)),
     #: The MD5s of the file's earlier issues, oldest first, that re-issues replaced
     #: (``Store.reissue``; ``NULL``: none recorded): a local copy of one of them is known
