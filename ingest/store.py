@@ -639,7 +639,7 @@ class Store(RunLedger, Checkpoints):
             return ""
         at = max(src.fetched_at.timestamp(), row.as_of + 0.001)
         earlier = list(row.earlier or [])
-        if was and was not in (md5, UNKNOWN_ISSUE) and was not in earlier:
+        if was not in (md5, UNKNOWN_ISSUE, *earlier):  # ``was`` is set: tested above
             earlier.append(was)
         conn.execute(
             update(source_times)
