@@ -718,7 +718,7 @@ def load_files(
                             f, sf = pending[i], jobs.staged[i]
                             run.details["current"] = f.name
                             counts = _store_file(settings, store, replace(f, listed=sf.file.listed),
-                                                 items, sf.size, sf.md5, run)  # fmt: skip
+                                                 items, sf.size, sf.md5, run, sf.path)  # fmt: skip
                             discard_download(folder, f.name)
                             applied.append(f.name)
                             total_bytes += sf.size

@@ -27,18 +27,20 @@ version renamed over the path while the file is read does not change the open fi
 recorded version is read whole, and the next run reads the new one. Not seen (here as
 in the fetch times): a rewrite of the same size that keeps the modification time.
 
-**A copy of an NLM file this store applied from NLM's server** (``source_files``) is told
-by its MD5 (:func:`_earlier_issues`): the issue applied is read as above; a copy of an
-earlier issue that a re-issue replaced is left out with a warning (it would change
+**A copy of an NLM file this store applied from NLM's server** (``source_files``) is
+told by its MD5 (:func:`_earlier_issues`): the issue applied is read as above; a copy of
+an earlier issue that a re-issue replaced is left out with a warning (it would change
 nothing: the new issue outranks it, while read as the number's one source its records
 further down would undo the new issue's); any other copy is refused before anything is
 applied (read as the issue applied, it would be half applied). A file read only from
-local copies is told the same way by the MD5 of the copy read last (``.xml.gz`` or
-unpacked: ``source_times.md5``): a copy of an earlier one is left out, any other copy is
-read whole as a re-issue of it (:func:`_reissue`: ranked after it), and an update-file
-run that then applies an issue other than that copy's applies it as a re-issue too. A
-copy read first by a release before MD5s were recorded (``source_times.md5`` NULL) is of
-an unknown issue: another copy, or the server's issue, is read whole as a re-issue of it
+local copies is told the same way by the MD5 of the copy read last (of its unpacked
+content, so that a ``.xml.gz`` copy and its unpacked ``.xml`` are one issue:
+``source_times.md5``; the server's ``.xml.gz`` of that content is that issue too): a
+copy of an earlier one is left out, any other copy is read whole as a re-issue of it
+(:func:`_reissue`: ranked after it), and an update-file run that then applies an issue
+other than that copy's applies it as a re-issue too. A copy read first by a release
+before MD5s were recorded (``source_times.md5`` NULL) is of an unknown issue: another
+copy, or the server's issue, is read whole as a re-issue of it
 (:data:`ingest.store.UNKNOWN_ISSUE`), never half as that copy read again.
 
 Example:
@@ -64,7 +66,7 @@ from ingest.records import SourceRef, nlm_file_name, nlm_file_order
 from ingest.rows import StoreItem
 from ingest.runs import IngestCounts, OpenRun, recorded_run
 from ingest.store import Store
-from litpulse.core.checksums import file_md5
+from litpulse.core.checksums import content_md5, file_md5
 from litpulse.core.errors import ConfigError
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import utcnow
@@ -237,10 +239,13 @@ def _earlier_issues(store: Store, files: Sequence[Path]) -> tuple[dict[Path, str
                     "be told (give the .xml.gz as published)"
                 )  # fmt: skip
             continue
+        # a copy is told by its MD5 and its unpacked content's (an unpacked copy's is its
+        # content's): a .xml.gz and its .xml are one issue, whichever was read first
         md5 = file_md5(path)
-        if md5 == current:
+        content = content_md5(path) if packed else md5
+        if current in (md5, content):
             continue
-        if md5 in earlier:
+        if md5 in earlier or content in earlier:
             skipped[path] = (f"an earlier issue of {name} (MD5 {md5}), which "
                              f"{'NLM' if applied else 'a later copy'} re-issued: the issue "
                              f"{'applied' if applied else 'read'} (MD5 {current}) outranks "
@@ -248,7 +253,7 @@ def _earlier_issues(store: Store, files: Sequence[Path]) -> tuple[dict[Path, str
             logger.warning("%s is %s", path, skipped[path])
             continue
         if not applied:  # the first read of the file, or another copy: read whole
-            digests[path] = md5
+            digests[path] = content  # recorded as the issue read: its content's MD5
             continue
         refused.append(f"{path} (MD5 {md5}) is no issue of {name} this store applied (MD5 "
                        f"{current})")  # fmt: skip

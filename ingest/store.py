@@ -592,6 +592,7 @@ class Store(RunLedger, Checkpoints):
         was: str = "",
         *,
         unknown: bool = False,
+        content: Callable[[], str] | None = None,
         conn: Connection | None = None,
     ) -> str:
         """Give a re-issue of the numbered NLM file ``src`` (NLM published it again under
@@ -612,6 +613,11 @@ class Store(RunLedger, Checkpoints):
         is unknown (:data:`UNKNOWN_ISSUE`): this one replaces it whole, as a re-issue,
         never as that copy read again (half of it replays of the positions it stored).
 
+        ``content``: the MD5 of this issue's unpacked content
+        (:func:`~litpulse.core.checksums.content_md5`), asked only where the issue
+        recorded is another MD5: an unpacked ``.xml`` copy's MD5 is its content's, so the
+        server's ``.xml.gz`` of the same content is that issue, not a re-issue of it.
+
         ``conn``: do it inside that open transaction (with what records the re-issue
         for a run that resumes it), else in a transaction of its own.
 
@@ -622,12 +628,14 @@ class Store(RunLedger, Checkpoints):
         """
         if conn is None:
             with self.engine.begin() as own:
-                return self.reissue(src, md5, was, unknown=unknown, conn=own)
+                return self.reissue(src, md5, was, unknown=unknown, content=content, conn=own)
         t = source_times.c
         row = conn.execute(
             select(t.as_of, t.md5, t.earlier, t.location).where(t.sequence == src.sequence)
         ).first()  # fmt: skip
-        if row is None or row.md5 == md5:
+        if row is None or row.md5 == md5 or (
+            row.md5 is not None and content is not None and row.md5 == content()
+        ):  # this issue (its unpacked content's MD5, as an unpacked copy's recorded)
             return ""
         # the issue the as-of time is of: the one applied (``was``), else the one its
         # first read recorded (a local copy: note_first_issue); neither known: the
@@ -639,8 +647,9 @@ class Store(RunLedger, Checkpoints):
             return ""
         at = max(src.fetched_at.timestamp(), row.as_of + 0.001)
         earlier = list(row.earlier or [])
-        if was not in (md5, UNKNOWN_ISSUE, *earlier):  # ``was`` is set: tested above
-            earlier.append(was)
+        for old in (row.md5, was):  # the issue a copy was read as, and the one replaced
+            if old and old not in (md5, UNKNOWN_ISSUE) and old not in earlier:
+                earlier.append(old)
         conn.execute(
             update(source_times)
             .where(t.sequence == src.sequence)

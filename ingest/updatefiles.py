@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import logging
@@ -53,6 +54,7 @@ from ingest.rows import StoreItem
 from ingest.runs import IngestCounts, OpenRun, recorded_run
 from ingest.store import Store
 from litpulse.core import db
+from litpulse.core.checksums import content_md5
 from litpulse.core.errors import (
     ChecksumError,
     ConfigError,
@@ -913,7 +915,7 @@ def _apply_file(
         )  # fmt: skip
     ) as parsed:
         for _index, items in parsed:
-            file_counts = _store_file(settings, store, f, items, size, digest, run)
+            file_counts = _store_file(settings, store, f, items, size, digest, run, dest)
     return file_counts
 
 
@@ -925,8 +927,13 @@ def _store_file(
     size: int,
     digest: str,
     run: OpenRun,
+    path: Path | None = None,
 ) -> IngestCounts:
     """Apply one verified file's parsed items and record it in ``source_files``.
+
+    ``path``: the verified file, whose unpacked content's MD5 tells it from the issue a
+    local copy recorded, where that is another MD5 (:meth:`Store.reissue`: an unpacked
+    ``.xml`` copy of the same content is this issue, not an earlier one).
 
     The row is written after the file's last batch commits, so the file is not applied
     again. Each batch commits with a progress mark (:data:`PROGRESS_SCOPE`: the file's
@@ -956,7 +963,10 @@ def _store_file(
     # application, say: no issue recorded), which this one replaces, never replays
     other = "" if ours else str(value.get("md5") or "")
     with store.engine.begin() as conn:
-        was = store.reissue(_file_ref(f), digest, was=f.reissue or other, conn=conn) or f.reissue
+        content = functools.partial(content_md5, path) if path is not None else None
+        was = store.reissue(
+            _file_ref(f), digest, was=f.reissue or other, content=content, conn=conn
+        ) or f.reissue  # fmt: skip
         if was and not ours:
             value = {"md5": digest, "items": 0, "counts": IngestCounts().to_dict(), "was": was}
             store.set_checkpoint(PROGRESS_SCOPE, f.name, "applying", value, conn=conn)

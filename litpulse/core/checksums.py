@@ -11,16 +11,21 @@ Example:
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 from pathlib import Path
 
-__all__ = ["durable_rename", "file_md5", "file_sha256", "fsync_dir"]
+__all__ = ["content_md5", "durable_rename", "file_md5", "file_sha256", "fsync_dir"]
+
+#: The first bytes of a gzip file (RFC 1952).
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
-def _file_digest(path: str | Path, h: hashlib._Hash) -> str:
-    """Hex digest of a file under ``h``, read in 1 MiB blocks."""
-    with open(path, "rb") as fh:
+def _file_digest(path: str | Path, h: hashlib._Hash, *, unpack: bool = False) -> str:
+    """Hex digest of a file under ``h``, read in 1 MiB blocks (``unpack``: of the
+    content of a gzip file)."""
+    with gzip.open(path, "rb") if unpack else open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -35,6 +40,19 @@ def file_md5(path: str | Path) -> str:
     """Hex MD5 of a file, read in 1 MiB blocks: NLM's published checksum of its files
     (not a security measure)."""
     return _file_digest(path, hashlib.md5(usedforsecurity=False))
+
+
+def content_md5(path: str | Path) -> str:
+    """Hex MD5 of what a file holds: a gzip file's (told by its first bytes) unpacked
+    content, any other file's bytes. A ``.xml.gz`` and its unpacked ``.xml`` have one,
+    whatever the packing (level, header time) made of the ``.gz``'s own bytes.
+
+    Raises:
+        OSError: The file cannot be read, or is a damaged gzip file.
+    """
+    with open(path, "rb") as fh:
+        packed = fh.read(2) == _GZIP_MAGIC
+    return _file_digest(path, hashlib.md5(usedforsecurity=False), unpack=packed)
 
 
 def fsync_dir(path: str | Path) -> None:
