@@ -35,6 +35,7 @@ __all__ = [
     "Record",
     "SourceRef",
     "baseline_frozen_by",
+    "nlm_file_key",
     "nlm_file_name",
     "nlm_file_order",
     "nlm_sequence",
@@ -99,6 +100,19 @@ def baseline_frozen_by(year: int) -> dt.datetime:
 def nlm_file_name(year: int, number: int) -> str:
     """NLM's name of file ``number`` of ``year``'s numbering: ``pubmed26n0002.xml.gz``."""
     return f"pubmed{year:02d}n{number:04d}.xml.gz"
+
+
+def nlm_file_key(name: str | os.PathLike[str]) -> str:
+    """How a store knows a file by name: NLM's all-lower-case spelling of an NLM file's
+    name, however a listing or a copy spells it (``PubMed26N0002.xml.gz`` →
+    ``pubmed26n0002.xml.gz``), any other name as it is.
+
+    Example:
+        >>> nlm_file_key("PubMed26N0002.xml.gz"), nlm_file_key("notes.xml")
+        ('pubmed26n0002.xml.gz', 'notes.xml')
+    """
+    order = nlm_file_order(name)
+    return nlm_file_name(*order) if order is not None else os.fspath(name)
 
 
 def nlm_sequence(year: int, number: int) -> int:

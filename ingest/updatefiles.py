@@ -49,7 +49,12 @@ from urllib.parse import unquote, urlsplit
 from sqlalchemy import Connection, Engine, delete, func, select, update
 
 from ingest.http import HttpClient, raise_if_stopped
-from ingest.records import SourceRef, nlm_file_name, nlm_file_order, nlm_sequence
+from ingest.records import (
+    SourceRef,
+    nlm_file_key,
+    nlm_file_order,
+    nlm_sequence,
+)
 from ingest.rows import StoreItem
 from ingest.runs import IngestCounts, OpenRun, recorded_run
 from ingest.store import Store
@@ -148,7 +153,7 @@ class RemoteFile:
     def key(self) -> str:
         """NLM's spelling of the name (all lower case): how the store knows the file,
         however a listing spells it (:func:`applied_files`)."""
-        return nlm_file_name(self.year, self.number)
+        return nlm_file_key(self.name)
 
 
 def parse_listing(html: str, kind: str) -> list[RemoteFile]:
@@ -436,15 +441,9 @@ def applied_files(
     sf = source_files.c
     with engine.connect() as conn:
         rows = conn.execute(select(sf.name, sf.kind, sf.md5, sf.listed)).all()
-    keys = [_key(r.name) for r in rows]
+    keys = [nlm_file_key(r.name) for r in rows]
     return ({k: r.kind for k, r in zip(keys, rows, strict=True)},
             {k: (r.md5, r.listed) for k, r in zip(keys, rows, strict=True)})  # fmt: skip
-
-
-def _key(name: str) -> str:
-    """NLM's spelling of an NLM file's name (else the name as it is)."""
-    order = nlm_file_order(name)
-    return nlm_file_name(*order) if order is not None else name
 
 
 def note_listed(engine: Engine, plan: FilePlan) -> None:
