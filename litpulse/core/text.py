@@ -315,8 +315,11 @@ PubMed gave).
 
 def doi_key(text: str) -> str | None:
     """The DOI typed in ``text`` alone (:func:`clean_doi`) in lower case, as DOIs are
-    matched (without regard to case; the store compares both sides through its own
-    ``lower``); ``None`` when ``text`` is not one DOI alone.
+    matched: without regard to case, by Python's ``str.lower`` on both sides, the same on
+    every store (``ingest.store.Store._by_doi`` finds the candidates through the
+    ``lower(doi)`` index with :func:`doi_forms`, what either store's own ``lower`` makes
+    of them, then keeps those whose stored DOI in lower case is this key); ``None`` when
+    ``text`` is not one DOI alone.
 
     Example:
         >>> doi_key("https://doi.org/10.1056/NEJMoa2034577")
