@@ -57,7 +57,7 @@ from ingest.records import (
 )
 from ingest.rows import StoreItem
 from ingest.runs import IngestCounts, OpenRun, recorded_run
-from ingest.store import Store
+from ingest.store import UNKNOWN_ISSUE, Store
 from litpulse.core import db
 from litpulse.core.checksums import content_md5
 from litpulse.core.errors import (
@@ -874,7 +874,8 @@ def reissue_notes(details: Mapping[str, object]) -> list[str]:
     :func:`_store_file`), one line each, as ``litpulse status`` shows them."""
     told = details.get("reissued")
     return [
-        f"re-issued file applied again: {r['name']} (MD5 {r['md5']}, replacing {r['was']}; "
+        f"re-issued file applied again: {r['name']} (MD5 {r['md5']}, replacing "
+        f"{'an issue whose MD5 was never recorded' if r['was'] == UNKNOWN_ISSUE else r['was']}; "
         f"{r['earlier_only']} record(s) only the earlier issue held kept)"
         for r in (told if isinstance(told, list) else [])
     ]

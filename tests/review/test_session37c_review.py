@@ -48,7 +48,8 @@ X4 **A second, different copy of a file whose first copy was read before MD5s we
    ``source_times.location`` another than this read's (the copy's path, not the
    server's name), or ``unknown=True`` from ``ingest.files._reissue`` (a copy that is
    not the first read). The copy or the server's issue is then a re-issue of it: ranked
-   after it, applied whole, reported (``was: "unknown"``). The same copy read again,
+   after it, applied whole, reported (``was: "unknown"``; ``litpulse status``: "replacing
+   an issue whose MD5 was never recorded"). The same copy read again,
    unchanged, is still that copy (its MD5 recorded then: held, tested below).
 
 X5 **An unpacked ``.xml`` copy and the server's ``.xml.gz`` of the same content are told
@@ -109,7 +110,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from ingest.updatefiles import apply_updates
+from ingest.updatefiles import apply_updates, reissue_notes
 from litpulse.app.cli import main
 from litpulse.core import db
 from litpulse.core.schema import articles, source_times
@@ -260,6 +261,11 @@ def test_x4_the_servers_issue_after_a_first_copy_without_md5_is_applied_whole(
     emu.add_file("updatefiles", N2, ISSUE_B)
     apply_updates(s, workers=0)
     assert _both(s) == RE_ISSUED, "the server's issue half applied"
+    assert [r["was"] for r in _runs(s)[-1]["details"]["reissued"]] == ["unknown"]
+    assert (
+        "replacing an issue whose MD5 was never recorded"
+        in reissue_notes(_runs(s)[-1]["details"])[0]
+    )
 
 
 def test_x4_the_same_copy_read_again_after_an_upgrade_changes_nothing(
