@@ -6,6 +6,14 @@ deliveries (``litpulse.pipeline.digest_channels``) behind a resolver that hangs,
 ``litpulse ingest --files`` and the update-file run (``ingest.updatefiles.apply_updates``)
 against the loopback emulator, on SQLite and PostgreSQL where the store is involved.
 
+Attacked and held (kept as tests): ``alerts run`` with nothing due and the webhook down
+exits 0; the copy read first, read again unchanged after its MD5 was lost, is that copy
+(nothing changes, no re-issue); a re-issue of a file applied from NLM's server, killed
+half-way, is reported by the run that resumes it. Tidies (no defect, one commit each):
+``ingest.records.nlm_file_key`` is the one rule for a file's name as the store knows it
+(``RemoteFile.key``, ``applied_files``), ``doi_key``'s docstring says how DOIs match,
+``Store.reissue`` tests ``was`` once.
+
 Defects (each a strict xfail asserting the correct behaviour until fixed):
 
 X1 **``litpulse alerts run`` exits 0 when every delivery failed.** A saved search with
