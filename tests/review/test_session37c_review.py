@@ -104,8 +104,8 @@ X7 **``litpulse search --w-lexical -0.0`` prints ``-0*lex``; a λ asked equal to
    λ was asked (``lexical_asked``, from ``from_settings``' overrides; not an option of
    the ranking: out of comparisons and ``to_dict``); ``unused_share_notes`` says a λ
    asked is unused even equal to the setting. The CLI sends ``w_lexical`` to a running
-   server only where asked (or other than its setting), so the server's note is the
-   CLI's.
+   server where asked or where a hybrid search ranks by it (not for a semantic or
+   lexical search it was not asked for), so the server's note is the CLI's.
 """
 
 from __future__ import annotations
@@ -400,3 +400,41 @@ def test_x8_a_file_reissued_after_its_first_application_was_killed_is_applied_wh
     emu.add_file("updatefiles", N2, ISSUE_B)
     apply_updates(s, workers=0)
     assert _both(s) == RE_ISSUED, "the re-issue half applied"
+
+
+def test_x7_the_cli_sends_a_lambda_to_a_server_only_where_it_ranks_or_was_asked(
+    indexed: Settings,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """X7's fix on the server path: the query a running server is asked (it answers an
+    error here, so the CLI then searches in process) holds ``w_lexical`` for a hybrid
+    search and for one asked for it, not for a semantic search that was not."""
+    import threading
+    import urllib.parse
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    asked: list[dict[str, list[str]]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            asked.append(urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query))
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        _cli_env(monkeypatch, indexed, LITPULSE_SEARCH_SERVER_URL=url)
+        for argv in ([], ["--mode", "semantic"], ["--mode", "semantic", "--w-lexical", "0.35"]):
+            assert main(["search", CRISPR, "-k", "2", *argv]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert ["w_lexical" in q for q in asked] == [True, False, True]

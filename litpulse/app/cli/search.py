@@ -187,8 +187,9 @@ def search_via_server(
         ("w_citation", options.w_citation), ("half_life", options.half_life_days),
         ("mode", args.mode), ("sort", args.sort),
     ]
-    if options.lexical_asked or options.lexical_share != settings.weight_lexical:
-        # sent as asked: the server's note on a λ its search does not use is the CLI's
+    if options.lexical_asked or args.mode == "hybrid":
+        # the CLI's λ where a hybrid search ranks by it, and where asked: a λ sent is a λ
+        # asked to the server, whose note on one its search does not use is then the CLI's
         params.append(("w_lexical", options.lexical_share))
     params += [("mesh", m) for m in filters.mesh] + [("type", t) for t in filters.publication_type]
     for name in ("since", "until", "language", "has_abstract"):
