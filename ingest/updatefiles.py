@@ -344,7 +344,7 @@ def discard_applied_downloads(folder: Path, engine: Engine) -> list[str]:
     removed: set[str] = set()
     for path in folder.glob("*.xml.gz*"):
         name = path.name.split(".xml.gz", 1)[0] + ".xml.gz"
-        if _key(name) in applied:
+        if nlm_file_key(name) in applied:
             discard_download(folder, name)
             removed.add(name)
     if removed:
