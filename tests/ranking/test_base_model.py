@@ -278,10 +278,19 @@ def _created(engine: Engine) -> dict[int, object]:
     return {int(p): t for p, t in rows}
 
 
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, int]:
+    """The old model's index of 60 records, embedded for real once for this module's
+    parameters (each works on a copy)."""
+    from tests.litpulse.pipeline.test_reindex_heal import embedded_store
+
+    return embedded_store(tmp_path_factory.mktemp("embedded"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("heal", ["refresh", "rebuild"])
 def test_a_rebuild_killed_half_way_resumes_and_never_mixes_models(
-    sqlite_settings: Settings, tmp_path: Path, heal: str
+    embedded: tuple[Settings, int], tmp_path: Path, heal: str
 ) -> None:
     """LITPULSE_MODEL changed; `litpulse index refresh --rebuild` dropped the old model's
     vectors and was SIGKILLed after some chunks of the new model's (hours in, at full
@@ -290,19 +299,15 @@ def test_a_rebuild_killed_half_way_resumes_and_never_mixes_models(
     nightly's — or the `--rebuild` the message names) resumes it instead of dropping what
     was embedded. With LITPULSE_MODEL set back to the old model, the stored vectors of
     the new one must never be taken as current (they carry current text hashes)."""
-    from ingest.files import ingest_files
-    from litpulse.app.demo.generate import generate_corpus
     from litpulse.core.errors import ConsistencyError
     from tests.ingest.test_crash_resume import child_env, kill_when, self_killing
+    from tests.litpulse.app.apistore import clone_store
     from tests.litpulse.pipeline.test_reindex_heal import _cli
 
-    s = sqlite_settings
-    corpus = generate_corpus(tmp_path / "c", n_records=60, n_files=1, seed=7,
-                             revise_fraction=0.0, delete_fraction=0.0)  # fmt: skip
-    ingest_files(s, corpus.files)
+    s = clone_store(embedded[0], tmp_path / "home")  # the old model's index, embedded
     engine = db.connect(s)
-    first = refresh.refresh_index(s)  # the old model's index, embedded for real
-    live = len(corpus.live_pmids)
+    first = published_index_row(engine)
+    live = embedded[1]
     other = s.replace(model=str(_fine_tuned_copy(s.model_path, tmp_path / "other",
                                                  config_note="x")))
     db.dispose_engines()

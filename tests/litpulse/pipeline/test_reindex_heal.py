@@ -149,6 +149,30 @@ def _created(engine: Engine, model: str) -> dict[int, object]:
     return {int(p): t for p, t in rows}
 
 
+def embedded_store(folder: Path) -> tuple[Settings, int]:
+    """A SQLite store in ``folder`` holding 60 generated records (no revisions or
+    deletions), ingested and embedded for real with the base model and published, and
+    the number of live PMIDs: the start of the kill tests here and in
+    tests/ranking/test_base_model.py. Built once per module (the ingest, the model's load
+    and the embedding took a third of each test); each test works on its own copy
+    (:func:`tests.litpulse.app.apistore.clone_store`)."""
+    from ingest.files import ingest_files
+    from litpulse.app.demo.generate import generate_corpus
+
+    s = Settings.from_env({}, home=folder / "home")
+    corpus = generate_corpus(folder / "c", n_records=60, n_files=1, seed=7,
+                             revise_fraction=0.0, delete_fraction=0.0)  # fmt: skip
+    ingest_files(s, corpus.files)
+    refresh.refresh_index(s)  # the base model's index, embedded for real
+    db.dispose_engines()
+    return s, len(corpus.live_pmids)
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, int]:
+    return embedded_store(tmp_path_factory.mktemp("embedded"))
+
+
 _PROMOTE = (
     "import sys\n"
     "import ranking.embed\n"
@@ -161,18 +185,13 @@ _PROMOTE = (
 @pytest.mark.slow
 @pytest.mark.parametrize("heal", ["promote", "index refresh"])
 def test_a_promotion_killed_while_embedding_is_finished_by_a_rerun(
-    sqlite_settings: Settings, tmp_path: Path, heal: str
+    embedded: tuple[Settings, int], tmp_path: Path, heal: str
 ) -> None:
-    from ingest.files import ingest_files
-    from litpulse.app.demo.generate import generate_corpus
     from litpulse.core.schema import model_versions as mv
+    from tests.litpulse.app.apistore import clone_store
 
-    s = sqlite_settings
-    corpus = generate_corpus(tmp_path / "c", n_records=60, n_files=1, seed=7,
-                             revise_fraction=0.0, delete_fraction=0.0)  # fmt: skip
-    ingest_files(s, corpus.files)
+    s = clone_store(embedded[0], tmp_path / "home")  # the base model's index, embedded
     engine = db.connect(s)
-    refresh.refresh_index(s)  # the base model's index, embedded for real
     with engine.begin() as conn:  # a candidate on the same encoder (no adapter)
         conn.execute(
             mv.insert().values(
@@ -194,7 +213,7 @@ def test_a_promotion_killed_while_embedding_is_finished_by_a_rerun(
     lexical._CACHE.clear()
     engine = db.connect(s)
     before = _created(engine, "m2")
-    live = len(corpus.live_pmids)
+    live = embedded[1]
     assert 0 < len(before) < live
     # the state it leaves: m2 active, the published index still on base, and it says so
     assert published_index_row(engine).model_version == "base"
