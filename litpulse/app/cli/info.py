@@ -235,10 +235,11 @@ def _nightly(settings: Settings) -> dict[str, Any]:
 
     engine = connect(settings)
     lease = live_lease(engine, LEASE_NAME)
+    mark = last_watermark(settings, engine)  # once: held_windows would work it out again
     return {
         "nightly": None if lease is None else lease.to_dict(),
-        "watermark": iso(last_watermark(settings, engine)),
-        "held_windows": held_windows(settings, engine),
+        "watermark": iso(mark),
+        "held_windows": held_windows(settings, engine, mark=mark),
     }
 
 
