@@ -43,6 +43,15 @@ X3 **Every ``status`` counts ``articles`` and ``references`` in full.**
    writer (ingest's bulk paths, tombstones, deletes, the iCite fetch, upgrades of older
    stores) or PostgreSQL's estimate labelled as such.
    (test_x3_status_scans_neither_articles_nor_references)
+
+X4 **Every ``GET /status`` sorts every run ever recorded and counts the whole
+   quarantine.** Its ``last_ingest`` (the newest succeeded run) is ``ORDER BY finished_at
+   DESC NULLS LAST LIMIT 1`` over ``ingest_runs`` with no index to follow (a scan and a
+   sort of every run, one more each night and each iCite step), and ``quarantined`` (the
+   open entries) is ``count(*) WHERE resolved_at IS NULL`` with no index on
+   ``resolved_at``: a scan of every entry ever quarantined, resolved ones included (review
+   37d wrote 100,000), on every poll of the page and monitoring.
+   (test_x4_status_finds_the_last_run_and_open_quarantine_by_index)
 """
 
 from __future__ import annotations
@@ -199,3 +208,53 @@ def test_x3_status_scans_neither_articles_nor_references(
             api = client.get("/status").json()
     assert st["articles"] == 200 and api["articles"]["live"] == 200
     assert _scans(engine, seen) == []
+
+
+def _plans(engine: Engine, statements: list[str], tables: tuple[str, ...]) -> list[str]:
+    """The plan lines of ``statements`` (the SELECTs naming one of ``tables``) that scan
+    one of ``tables`` whole or sort. PostgreSQL plans with ``enable_seqscan`` off: a
+    sequential scan chosen then means there is no index to use (tiny test tables are
+    scanned by choice)."""
+    bad = []
+    sqlite = engine.dialect.name == "sqlite"
+    names = "|".join(tables)
+    with engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        cur = raw.cursor()  # type: ignore[union-attr]
+        if not sqlite:
+            cur.execute("SET enable_seqscan = off")
+        for stmt in statements:
+            if not stmt.lstrip().upper().startswith("SELECT") or not re.search(
+                    rf"FROM \"?({names})\b", stmt):
+                continue
+            if sqlite:
+                cur.execute("EXPLAIN QUERY PLAN " + stmt, [None] * stmt.count("?"))
+                lines = [str(r[-1]) for r in cur.fetchall()]
+                bad += [f"{ln}: {stmt[:90]}" for ln in lines
+                        if re.match(rf"SCAN ({names})\b", ln) or "TEMP B-TREE" in ln]
+            else:
+                params = dict.fromkeys(re.findall(r"%\((\w+)\)s", stmt))
+                cur.execute("EXPLAIN " + stmt, params)
+                lines = [str(r[0]) for r in cur.fetchall()]
+                bad += [f"{ln.strip()}: {stmt[:90]}" for ln in lines
+                        if re.search(rf"Seq Scan on ({names})\b", ln)
+                        or re.match(r"\s*(->\s*)?Sort\b", ln)]
+        if not sqlite:
+            cur.execute("RESET enable_seqscan")
+        cur.close()
+    return bad
+
+
+@pytest.mark.xfail(strict=True, reason="37h X4: /status sorts every run, counts all quarantine")
+def test_x4_status_finds_the_last_run_and_open_quarantine_by_index(settings: Settings) -> None:
+    from fastapi.testclient import TestClient
+
+    from litpulse.app.api import create_app
+
+    engine = db.connect(settings)
+    end = _nights(engine, 5)
+    with _statements(engine) as seen, TestClient(create_app(settings)) as client:
+        st = client.get("/status").json()
+    assert st["last_ingest"]["finished_at"] == (end + dt.timedelta(hours=2)).isoformat()
+    assert st["quarantined"] == 0
+    assert _plans(engine, seen, ("ingest_runs", "quarantine")) == []
