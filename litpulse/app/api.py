@@ -229,8 +229,10 @@ def _status(settings: Settings, engine: Any) -> dict[str, Any]:
         alerts_owed = untold_count(conn)
         run = conn.execute(
             select(ingest_runs.c.source, ingest_runs.c.finished_at)
-            .where(ingest_runs.c.status == RunStatus.SUCCEEDED)
-            .order_by(ingest_runs.c.finished_at.desc().nulls_last())
+            # a succeeded run has finished: the newest along ix_ingest_runs_status_finished
+            .where(ingest_runs.c.status == RunStatus.SUCCEEDED,
+                   ingest_runs.c.finished_at.is_not(None))
+            .order_by(ingest_runs.c.finished_at.desc())
             .limit(1)
         ).first()
     return {

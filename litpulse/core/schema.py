@@ -295,6 +295,9 @@ quarantine = Table(
     # every batch resolves the entries of the PMIDs it stores (one UPDATE by PMID): a
     # lookup, not a scan of the whole quarantine per batch, when it holds many
     Index("ix_quarantine_pmid", "pmid"),
+    # ``status`` counts the open entries (resolved_at IS NULL) on every poll: the open
+    # ones, not every entry ever quarantined
+    Index("ix_quarantine_resolved", "resolved_at"),
 )
 
 ingest_runs = Table(
@@ -324,6 +327,9 @@ ingest_runs = Table(
     # when a data-quality check of its window judged the run (ingest.quality), with its
     # quarantine entries: the articles it wrote, met again, are not new to a check
     Column("judged_at", UTCDateTime()),
+    # ``GET /status``'s last ingest (the newest succeeded run) on every poll: a walk down
+    # this index, not a sort of every run ever recorded
+    Index("ix_ingest_runs_status_finished", "status", "finished_at"),
 )
 
 #: PMIDs an E-utilities window listed (ESearch) but EFetch did not return, even asked twice:

@@ -51,6 +51,12 @@ X4 **Every ``GET /status`` sorts every run ever recorded and counts the whole
    open entries) is ``count(*) WHERE resolved_at IS NULL`` with no index on
    ``resolved_at``: a scan of every entry ever quarantined, resolved ones included (review
    37d wrote 100,000), on every poll of the page and monitoring.
+   **Fixed**: two indexes, ``ix_ingest_runs_status_finished`` (status, finished_at) and
+   ``ix_quarantine_resolved``, made on an older store at its next open by
+   ``db.add_missing_indexes``; ``last_ingest`` asks for a finished succeeded run
+   newest first (``finished_at IS NOT NULL``, so no ``NULLS LAST`` that the index cannot
+   give on PostgreSQL): a walk down the index. Verified with the PostgreSQL store's two
+   indexes dropped and the old code, then the new code making them again.
    (test_x4_status_finds_the_last_run_and_open_quarantine_by_index)
 """
 
@@ -97,11 +103,12 @@ def _nights(engine: Engine, n: int = NIGHTS) -> dt.datetime:
 
 
 @contextmanager
-def _statements(engine: Engine) -> Iterator[list[str]]:
-    seen: list[str] = []
+def _statements(engine: Engine) -> Iterator[list[tuple[str, Any]]]:
+    """The statements sent on ``engine`` meanwhile, with their parameters."""
+    seen: list[tuple[str, Any]] = []
 
-    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append(statement)
+    def before(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        seen.append((statement, parameters))
 
     event.listen(engine, "before_cursor_execute", before)
     try:
@@ -150,23 +157,23 @@ def test_x2_the_watermark_reads_no_eutils_runs_details(
     with _statements(engine) as seen:
         mark = planning.last_watermark(settings, engine)
     assert mark is not None
-    whole = [s for s in seen if "ingest_runs" in s and _WHOLE_DETAILS.search(s)]
+    whole = [s for s, _ in seen if "ingest_runs" in s and _WHOLE_DETAILS.search(s)]
     assert whole == [], whole
     # the status too (its last runs are read with a LIMIT: bounded)
     with _statements(engine) as seen:
         _cli_status(settings, monkeypatch, capsys)
-    whole = [s for s in seen if "ingest_runs" in s and _WHOLE_DETAILS.search(s)
+    whole = [s for s, _ in seen if "ingest_runs" in s and _WHOLE_DETAILS.search(s)
              and not re.search(r"\bLIMIT\b", s, re.I)]
     assert whole == [], whole
 
 
-def _scans(engine: Engine, statements: list[str]) -> list[str]:
+def _scans(engine: Engine, statements: list[tuple[str, Any]]) -> list[str]:
     """The plan lines of ``statements`` (the SELECTs) that read ``articles`` or
     ``references`` whole."""
     bad = []
     sqlite = engine.dialect.name == "sqlite"
     with engine.connect() as conn:
-        for stmt in statements:
+        for stmt, _ in statements:
             if not stmt.lstrip().upper().startswith("SELECT") or not re.search(
                     r"\b(articles|references)\b", stmt):
                 continue
@@ -210,9 +217,11 @@ def test_x3_status_scans_neither_articles_nor_references(
     assert _scans(engine, seen) == []
 
 
-def _plans(engine: Engine, statements: list[str], tables: tuple[str, ...]) -> list[str]:
-    """The plan lines of ``statements`` (the SELECTs naming one of ``tables``) that scan
-    one of ``tables`` whole or sort. PostgreSQL plans with ``enable_seqscan`` off: a
+def _plans(
+    engine: Engine, statements: list[tuple[str, Any]], tables: tuple[str, ...]
+) -> list[str]:
+    """The plan lines of ``statements`` (the SELECTs naming one of ``tables``, planned with
+    the parameters they were sent with) that scan one of ``tables`` whole or sort. PostgreSQL plans with ``enable_seqscan`` off: a
     sequential scan chosen then means there is no index to use (tiny test tables are
     scanned by choice)."""
     bad = []
@@ -223,17 +232,16 @@ def _plans(engine: Engine, statements: list[str], tables: tuple[str, ...]) -> li
         cur = raw.cursor()  # type: ignore[union-attr]
         if not sqlite:
             cur.execute("SET enable_seqscan = off")
-        for stmt in statements:
+        for stmt, params in statements:
             if not stmt.lstrip().upper().startswith("SELECT") or not re.search(
                     rf"FROM \"?({names})\b", stmt):
                 continue
             if sqlite:
-                cur.execute("EXPLAIN QUERY PLAN " + stmt, [None] * stmt.count("?"))
+                cur.execute("EXPLAIN QUERY PLAN " + stmt, params)
                 lines = [str(r[-1]) for r in cur.fetchall()]
                 bad += [f"{ln}: {stmt[:90]}" for ln in lines
                         if re.match(rf"SCAN ({names})\b", ln) or "TEMP B-TREE" in ln]
             else:
-                params = dict.fromkeys(re.findall(r"%\((\w+)\)s", stmt))
                 cur.execute("EXPLAIN " + stmt, params)
                 lines = [str(r[0]) for r in cur.fetchall()]
                 bad += [f"{ln.strip()}: {stmt[:90]}" for ln in lines
@@ -245,7 +253,6 @@ def _plans(engine: Engine, statements: list[str], tables: tuple[str, ...]) -> li
     return bad
 
 
-@pytest.mark.xfail(strict=True, reason="37h X4: /status sorts every run, counts all quarantine")
 def test_x4_status_finds_the_last_run_and_open_quarantine_by_index(settings: Settings) -> None:
     from fastapi.testclient import TestClient
 
