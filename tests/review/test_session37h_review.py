@@ -70,7 +70,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import event, insert, text
+from sqlalchemy import event, insert
 from sqlalchemy.engine import Engine
 
 from litpulse.app.cli import main
@@ -221,9 +221,9 @@ def _plans(
     engine: Engine, statements: list[tuple[str, Any]], tables: tuple[str, ...]
 ) -> list[str]:
     """The plan lines of ``statements`` (the SELECTs naming one of ``tables``, planned with
-    the parameters they were sent with) that scan one of ``tables`` whole or sort. PostgreSQL plans with ``enable_seqscan`` off: a
-    sequential scan chosen then means there is no index to use (tiny test tables are
-    scanned by choice)."""
+    the parameters they were sent with) that scan one of ``tables`` whole or sort.
+    PostgreSQL plans with ``enable_seqscan`` off: a sequential scan chosen then means
+    there is no index to use (tiny test tables are scanned by choice)."""
     bad = []
     sqlite = engine.dialect.name == "sqlite"
     names = "|".join(tables)
