@@ -31,7 +31,7 @@ X2 **The watermark reads the whole ``details`` JSON of every E-utilities run eve
    **Fixed**: ``last_watermark`` selects ``details`` only of the runs without a window
    (update files: ``CASE WHEN window_end IS NULL THEN details END``); an E-utilities run
    gives its window, start and ``details.watermark`` alone. Still one row per recorded
-   run (a few scalars each): bounded in bytes, not yet in the number of runs.
+   run (a few scalars each): bounded in bytes, not yet in the number of runs (X5).
    (test_x2_the_watermark_reads_no_eutils_runs_details)
 
 X3 **Every ``status`` counts ``articles`` and ``references`` in full.**
@@ -42,6 +42,10 @@ X3 **Every ``status`` counts ``articles`` and ``references`` in full.**
    references. Exact cheap counts need counters maintained in the transaction of every
    writer (ingest's bulk paths, tombstones, deletes, the iCite fetch, upgrades of older
    stores) or PostgreSQL's estimate labelled as such.
+   Not fixed: counters kept by every writer (the COPY and bulk upsert paths, tombstones,
+   deletes, the iCite fetch and recount, an older store's backfill at open) could not be
+   made and tested on both stores in this review's time, and an estimate would change
+   the meaning of ``status``'s exact fields.
    (test_x3_status_scans_neither_articles_nor_references)
 
 X4 **Every ``GET /status`` sorts every run ever recorded and counts the whole
