@@ -122,9 +122,10 @@ def test_query_vectors_are_cached_per_model_and_bounded(sqlite_settings: Setting
     import torch
 
     em.clear_cache()
-    settings = sqlite_settings.replace(query_cache_size=2, query_threads=1)
-    spec = em.active_model(settings)
     threads = torch.get_num_threads()
+    # a thread count other than the process's (one per xdist worker), so it is restored
+    settings = sqlite_settings.replace(query_cache_size=2, query_threads=threads % 2 + 1)
+    spec = em.active_model(settings)
     first = em.encode_query(settings, spec, "statins and dementia")
     assert torch.get_num_threads() == threads  # the query's thread count is restored
     assert em.encode_query(settings, spec, "statins and dementia") is first
