@@ -79,6 +79,7 @@ from ingest.parallel import FileIdentity, Job
 from ingest.runs import IngestCounts, OpenRun, recorded_run, store_writer
 from ingest.store import Store
 from ingest.updatefiles import (
+    STAGE_LEASE,
     STAGED_MARKER,
     FilePlan,
     RemoteFile,
@@ -118,7 +119,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 WRITER_LEASE = "bootstrap-writer"
-STAGE_LEASE = "bootstrap-stage:{name}"
 MARKER = STAGED_MARKER
 #: Folders of spilled parse output in the staging folder (:func:`ingest.parallel.parse_ordered`).
 SPILL_GLOB = "litpulse-spill-*"
@@ -645,7 +645,7 @@ def load_files(
         n_pending = len(pending)
         folder = downloads_folder(settings, engine)
         # killed after recording a file, before (or while) deleting it
-        discard_applied_downloads(folder, engine)
+        discard_applied_downloads(folder, engine, pending)
         for spill in folder.glob(SPILL_GLOB):  # parse output of a killed writer
             shutil.rmtree(spill, ignore_errors=True)
         already = plan.applied

@@ -320,6 +320,8 @@ def downloads_folder(settings: Settings, engine: Engine | None = None) -> Path:
 #: The marker a bootstrap's stager writes beside a file it staged and verified
 #: (:mod:`ingest.bootstrap`), with its ``.tmp`` while it is written.
 STAGED_MARKER = ".verified"
+#: The lease a stager of ``name`` holds while it downloads it (:mod:`ingest.bootstrap`).
+STAGE_LEASE = "bootstrap-stage:{name}"
 
 
 def discard_download(folder: Path, name: str) -> None:
@@ -330,27 +332,53 @@ def discard_download(folder: Path, name: str) -> None:
         path.with_name(name + suffix).unlink(missing_ok=True)
 
 
-def discard_applied_downloads(folder: Path, engine: Engine) -> list[str]:
-    """Remove the downloads in ``folder`` of the files this store applied (a re-issue's
-    too: what lies there is an earlier issue, or part of one). A run killed after
-    recording a file (``source_files``), before or while it deleted the download, left
-    it, and no run downloads an applied file again: every update-file run and bootstrap
-    calls this at its start, under the store's writer lease.
+def discard_applied_downloads(
+    folder: Path, engine: Engine, pending: Iterable[RemoteFile] = ()
+) -> list[str]:
+    """Remove the downloads in ``folder`` of the files this store applied. A run killed
+    after recording a file (``source_files``), before or while it deleted the download,
+    left it, and no run downloads an applied file again: every update-file run and
+    bootstrap calls this at its start, under the store's writer lease.
+
+    A re-issue of an applied file (in ``pending``, the run's plan) keeps what is of the
+    new issue (:func:`_new_issue_download`): a stager's verified copy of another MD5 than
+    the one applied, and whatever a live stager is downloading; what lies there of the
+    issue applied before, or of an issue the store never knew the MD5 of, is removed.
 
     Returns:
         The names whose downloads were removed.
     """
     applied, _ = applied_files(engine)
+    reissues = {f.key: f for f in pending if f.reissue}
     removed: set[str] = set()
     for path in folder.glob("*.xml.gz*"):
         name = path.name.split(".xml.gz", 1)[0] + ".xml.gz"
-        if nlm_file_key(name) in applied:
-            discard_download(folder, name)
-            removed.add(name)
+        key = nlm_file_key(name)
+        if name in removed or key not in applied:
+            continue
+        if key in reissues and _new_issue_download(folder, name, reissues[key], engine):
+            continue
+        discard_download(folder, name)
+        removed.add(name)
     if removed:
         logger.info("removed the downloads of %d applied file(s) a killed run left: %s",
                     len(removed), sorted(removed)[:20])  # fmt: skip
     return sorted(removed)
+
+
+def _new_issue_download(folder: Path, name: str, f: RemoteFile, engine: Engine) -> bool:
+    """Whether the download of ``name`` in ``folder`` is (or is becoming) the re-issue
+    ``f`` awaited: a live process stages it now (its lease), or a stager verified it under
+    another MD5 than the one applied (:attr:`RemoteFile.reissue`, a known MD5)."""
+    if db.live_holder(engine, STAGE_LEASE.format(name=name)) is not None:
+        return True
+    if f.reissue == UNKNOWN_ISSUE:
+        return False
+    try:
+        md5 = (folder / (name + STAGED_MARKER)).read_text(encoding="ascii").split()[0]
+    except (OSError, ValueError, IndexError):
+        return False
+    return md5.lower() != f.reissue.lower()
 
 
 def _source(settings: Settings) -> _HttpSource | _LocalSource:
@@ -826,7 +854,7 @@ def apply_updates(
             plan = _plan(source, kinds, include_baseline, accept_gaps, issues)
             note_listed(engine, plan)
             pending = list(plan.pending)
-            discard_applied_downloads(downloads, engine)
+            discard_applied_downloads(downloads, engine, pending)
             details.update(listed=plan.listed, pending=len(pending))
             if plan.held is not None:
                 details["held"] = plan.held

@@ -20,12 +20,23 @@ X1 **A bootstrap's writer deletes the verified, staged copy of a re-issued file 
    downloads the file again (a baseline-sized file: tens of MB a file, every file of a
    re-issued year). The clean-up meant for an *earlier issue* left behind also takes the
    new one, whose marker carries the MD5 the plan awaits.
-   (test_x1_a_staged_reissue_is_not_downloaded_again)
+   **Fixed**: ``discard_applied_downloads`` is given the run's plan (``pending``) and
+   keeps, of a pending re-issue, a download a live stager holds the lease of
+   (``STAGE_LEASE``, moved beside ``STAGED_MARKER`` in ``ingest.updatefiles``) or a
+   verified copy whose marker names another MD5 than the one applied
+   (``RemoteFile.reissue``, known: not ``UNKNOWN_ISSUE``); an earlier issue's copy, a
+   ``.part`` no one downloads, and a plain update-file run's download are removed as before.
+   (test_x1_a_staged_reissue_is_not_downloaded_again,
+   test_x1_b_a_live_stagers_partial_download_is_kept)
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -33,14 +44,14 @@ from litpulse.core import db
 from litpulse.core.settings import Settings
 
 
-def _gets(emu, name: str) -> int:  # type: ignore[no-untyped-def]
+def _gets(emu: Any, name: str) -> int:
     return sum(1 for r in emu.requests(name) if r.path.endswith(name))
 
 
-@pytest.mark.xfail(strict=True, reason="37g X1: the writer deletes a staged re-issue")
-def test_x1_a_staged_reissue_is_not_downloaded_again(
-    settings: Settings, tmp_path: Path
-) -> None:
+@pytest.fixture
+def reissued(settings: Settings, tmp_path: Path) -> Iterator[SimpleNamespace]:
+    """A bootstrapped store (a baseline file, an update file) whose update file NLM has
+    re-issued since under its name: the plan awaits it as a re-issue."""
     from ingest import bootstrap, updatefiles
     from litpulse.app.demo.generate import generate_corpus
     from tests.emulator import running_emulator
@@ -55,12 +66,50 @@ def test_x1_a_staged_reissue_is_not_downloaded_again(
         bootstrap.load_files(s, workers=0, prefetch=0)
         engine = db.connect(s)
         assert len(updatefiles.applied_files(engine)[0]) == 2
-        # NLM re-issues the update file under its name; a stager stages the new issue
         emu.add_file("updatefiles", name, corpus.files[2].read_bytes())
         plan = bootstrap.pending_files(s, engine)
-        assert [f.name for f in plan.pending] == [name]
-        assert bootstrap.stage_file(s, plan.pending[0], engine=engine) is not None
-        before = _gets(emu, name)
-        bootstrap.load_files(s, workers=0, prefetch=0)
-        assert _gets(emu, name) == before, (
-            "the writer deleted the staged, verified re-issue and downloaded it again")
+        assert [f.name for f in plan.pending] == [name] and plan.pending[0].reissue
+        yield SimpleNamespace(
+            emu=emu, settings=s, engine=engine, plan=plan, name=name, corpus=corpus,
+            folder=updatefiles.downloads_folder(s, engine),
+        )
+
+
+@pytest.mark.parametrize("earlier_left", [False, True], ids=["staged", "earlier-left"])
+def test_x1_a_staged_reissue_is_not_downloaded_again(
+    reissued: SimpleNamespace, earlier_left: bool
+) -> None:
+    from ingest import bootstrap, updatefiles
+
+    r = reissued
+    f, name, folder = r.plan.pending[0], r.name, r.folder
+    if earlier_left:  # what a killed run left of the issue applied before is removed
+        (folder / name).write_bytes(r.corpus.files[1].read_bytes())
+        (folder / (name + updatefiles.STAGED_MARKER)).write_text(f"{f.reissue} 1\n")
+        bootstrap.load_files(r.settings, workers=0, prefetch=0, max_files=0)
+        assert list(folder.iterdir()) == []
+    # a stager (the prefetch thread, the DAG's prefetch_file) stages the new issue
+    assert bootstrap.stage_file(r.settings, f, engine=r.engine) is not None
+    before = _gets(r.emu, name)
+    bootstrap.load_files(r.settings, workers=0, prefetch=0)
+    assert _gets(r.emu, name) == before, (
+        "the writer deleted the staged, verified re-issue and downloaded it again")
+    new = hashlib.md5(r.corpus.files[2].read_bytes(), usedforsecurity=False).hexdigest()
+    assert updatefiles.applied_files(r.engine)[1][f.key][0] == new
+    assert list(folder.iterdir()) == []
+
+
+def test_x1_b_a_live_stagers_partial_download_is_kept(reissued: SimpleNamespace) -> None:
+    from ingest import updatefiles
+
+    r = reissued
+    part = r.folder / (r.name + ".part")
+    part.write_bytes(b"\x1f\x8b")
+    lease = db.acquire_lease(r.engine, f"bootstrap-stage:{r.name}")
+    assert lease is not None
+    with lease:  # a stager downloads it now
+        assert updatefiles.discard_applied_downloads(r.folder, r.engine, r.plan.pending) == []
+        assert part.exists()
+    # no one downloads it any more: a left partial download goes as before
+    assert updatefiles.discard_applied_downloads(r.folder, r.engine, r.plan.pending) == [r.name]
+    assert not part.exists()
