@@ -6,8 +6,7 @@ scheduled run, a backfill, a clear keep ``{}``; the asset-triggered DAGs' runs c
 conf); ``discard_applied_downloads`` on a plain update-file run (an applied name's
 download, its ``.part`` and marker are removed, a pending name's are kept);
 ``litpulse status``'s ``devices`` entry: the HTTP API's ``/status`` does not compute it
-(no torch import there); the CLI's ``litpulse status`` imports torch for it (about 2 s
-more on this loaded 2-core host, once per invocation), noted, not filed.
+(no torch import there); FAISS's part imports faiss (0.3 s).
 
 X1 **A bootstrap's writer deletes the verified, staged copy of a re-issued file that a
    stager just downloaded.** ``ingest.updatefiles.discard_applied_downloads`` (37d X3),
@@ -28,6 +27,15 @@ X1 **A bootstrap's writer deletes the verified, staged copy of a re-issued file 
    ``.part`` no one downloads, and a plain update-file run's download are removed as before.
    (test_x1_a_staged_reissue_is_not_downloaded_again,
    test_x1_b_a_live_stagers_partial_download_is_kept)
+X2 **``litpulse status`` imports torch to say that a CPU build of torch sees no GPU.**
+   Its ``devices`` entry (37e X6: ``ranking.embed.device_report``) calls
+   ``resolve_device``, which imports torch under ``LITPULSE_DEVICE=auto`` (the default)
+   to ask ``torch.cuda.is_available()``; the default install's torch is a CPU build
+   (``torch.version.cuda`` is ``None``), which never sees one. Measured here (2 loaded
+   cores, SQLite store, three runs each): ``litpulse status`` 4.2-5.3 s, against 1.3-1.6 s
+   with ``LITPULSE_DEVICE=cpu LITPULSE_USE_GPU=no``: a command run to look, by a watcher
+   or a script every minute, tripled by a device question its answer does not need torch
+   for. (test_x2_status_on_a_cpu_build_of_torch_does_not_import_it)
 """
 
 from __future__ import annotations
@@ -113,3 +121,35 @@ def test_x1_b_a_live_stagers_partial_download_is_kept(reissued: SimpleNamespace)
     # no one downloads it any more: a left partial download goes as before
     assert updatefiles.discard_applied_downloads(r.folder, r.engine, r.plan.pending) == [r.name]
     assert not part.exists()
+
+
+def _torch_is_cpu_build() -> bool:
+    import importlib.util
+
+    spec = importlib.util.find_spec("torch")
+    assert spec is not None and spec.origin is not None
+    text = (Path(spec.origin).parent / "version.py").read_text(encoding="utf-8")
+    return "\ncuda: Optional[str] = None" in text or "\ncuda = None" in text
+
+
+@pytest.mark.xfail(strict=True, reason="37g X2: litpulse status imports torch to say cpu")
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_x2_status_on_a_cpu_build_of_torch_does_not_import_it(env: Settings) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    if not _torch_is_cpu_build():
+        pytest.skip("torch here is a CUDA build: it must be asked")
+    code = ("import sys, runpy; sys.argv = ['litpulse', 'status', '--json']\n"
+            "try:\n    runpy.run_module('litpulse', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print('TORCH', 'torch' in sys.modules, file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=dict(os.environ),
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert '"devices"' in proc.stdout, proc.stderr[-2000:]
+    devices = json.loads(proc.stdout)["devices"]
+    assert devices["torch"]["device"] == "cpu"
+    assert "CPU build" in devices["torch"]["why"]
+    assert "TORCH False" in proc.stderr, "litpulse status imported torch to say cpu"
