@@ -28,8 +28,11 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib.util
 import logging
 import os
+import re
+import sys
 import threading
 import unicodedata
 import warnings
@@ -641,6 +644,8 @@ def resolve_device(settings: Settings) -> str:
     """
     if settings.device == Device.CPU:
         return Device.CPU
+    if settings.device == Device.AUTO and _unimported_cpu_torch():
+        return Device.CPU  # a CPU build never sees a GPU: no torch import (seconds)
     import torch
 
     if settings.device == Device.AUTO:
@@ -660,8 +665,28 @@ def resolve_device(settings: Settings) -> str:
     return settings.device
 
 
+def _unimported_cpu_torch() -> bool:
+    """Whether torch, not imported yet, is a CPU build, read from its ``torch/version.py``
+    (``cuda = None``) without importing it: importing torch takes seconds, and
+    ``litpulse status`` on a CPU host asks only this. ``False`` where torch is imported
+    already (it is asked), or that file says anything else or cannot be read."""
+    if "torch" in sys.modules:
+        return False
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.origin:
+        return False
+    try:
+        text = (Path(spec.origin).parent / "version.py").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    found = re.search(r"^cuda\s*(?::[^=\n]*)?=\s*(\S.*?)\s*$", text, re.MULTILINE)
+    return found is not None and found.group(1) == "None"
+
+
 def _no_cuda() -> str:
     """Why torch has no CUDA device here."""
+    if _unimported_cpu_torch():
+        return "this torch is a CPU build, without CUDA"
     import torch
 
     if torch.version.cuda is None:
