@@ -55,6 +55,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import gzip
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -242,7 +243,10 @@ def _earlier_issues(store: Store, files: Sequence[Path]) -> tuple[dict[Path, str
         # a copy is told by its MD5 and its unpacked content's (an unpacked copy's is its
         # content's): a .xml.gz and its .xml are one issue, whichever was read first
         md5 = file_md5(path)
-        content = content_md5(path) if packed else md5
+        try:
+            content = content_md5(path) if packed else md5
+        except gzip.BadGzipFile:  # a damaged stream: told by its bytes; its read says why
+            content = md5
         if current in (md5, content):
             continue
         if md5 in earlier or content in earlier:

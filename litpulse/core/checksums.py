@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import zlib
 from pathlib import Path
 
 __all__ = ["content_md5", "durable_rename", "file_md5", "file_sha256", "fsync_dir"]
@@ -48,11 +49,15 @@ def content_md5(path: str | Path) -> str:
     whatever the packing (level, header time) made of the ``.gz``'s own bytes.
 
     Raises:
-        OSError: The file cannot be read, or is a damaged gzip file.
+        OSError: The file cannot be read, or is a damaged gzip file
+            (``gzip.BadGzipFile``, a cut or corrupt stream included).
     """
     with open(path, "rb") as fh:
         packed = fh.read(2) == _GZIP_MAGIC
-    return _file_digest(path, hashlib.md5(usedforsecurity=False), unpack=packed)
+    try:
+        return _file_digest(path, hashlib.md5(usedforsecurity=False), unpack=packed)
+    except (EOFError, zlib.error) as exc:  # cut short, or corrupt: damaged, as documented
+        raise gzip.BadGzipFile(f"{os.fspath(path)}: damaged gzip stream: {exc}") from exc
 
 
 def fsync_dir(path: str | Path) -> None:
