@@ -6,7 +6,19 @@ scheduled run, a backfill, a clear keep ``{}``; the asset-triggered DAGs' runs c
 conf); ``discard_applied_downloads`` on a plain update-file run (an applied name's
 download, its ``.part`` and marker are removed, a pending name's are kept);
 ``litpulse status``'s ``devices`` entry: the HTTP API's ``/status`` does not compute it
-(no torch import there); FAISS's part imports faiss (0.3 s).
+(no torch import there); FAISS's part imports faiss (0.3 s). ``run_failed``: Airflow
+3.3's three reasons (``task_failure`` left to the task's alert, ``timed_out``,
+``all_tasks_deadlocked``) read as the scheduler and ``DagRun.update_state`` send them.
+The E-utilities marks: ``delete_checkpoints``'s prefixes (``KEY#batch``, ``KEY#gen``)
+cannot reach another window's or a query window's marks; a done window run again
+searches anew (a new generation), so a dropped PMID list is never resumed from; the
+list's one reader after the check (``_older_release_reseen``) answers 0 without it.
+
+Noticed, not filed: the OOM-halved embedding batch (``ranking.embed._FITS``) is kept for
+the encoder's life and never grows back, so one transient out-of-memory (a retrain on
+the same card) slows a long-lived process for good, and a small call that ran out at 3
+texts sets it to 1; ``content_md5`` inflates every local ``.xml.gz`` once more with
+Python's ``gzip`` before it is parsed (a second full decompression of each file).
 
 X1 **A bootstrap's writer deletes the verified, staged copy of a re-issued file that a
    stager just downloaded.** ``ingest.updatefiles.discard_applied_downloads`` (37d X3),
