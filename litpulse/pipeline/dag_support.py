@@ -375,7 +375,9 @@ def run_failed(context: Context) -> None:
     no task fails, so no :func:`task_failed` alert, and a task that never started (a queue
     without a worker, a pool with no free or no slot) never started *late* for
     :class:`RunBudget` either. The dag processor calls this with the context of the task
-    that was left (``ti``). A run failed by a task (``task_failure``) was alerted by it.
+    that was left (``ti``: of the unfinished ones, the one that started last; where none
+    started, any of them, so the alert then names every pool and queue of the DAG). A run
+    failed by a task (``task_failure``) was alerted by it.
     """
     reason = str(context.get("reason") or "")
     if reason == "task_failure":
@@ -397,15 +399,23 @@ def run_failed(context: Context) -> None:
     if ti is None:
         left = ""
     elif started is None:
-        task = None
+        # Airflow names the unfinished task that started last; none did, so it names one of
+        # them (in the order the database returns them), not necessarily the one waiting
+        # for a slot: name every pool and queue of the DAG's tasks
+        pools: set[str] = set()
+        queues: set[str] = set()
         try:
-            task = dag.get_task(task_id) if dag is not None else None
+            for task in getattr(dag, "tasks", None) or []:
+                pools.add(str(getattr(task, "pool", None) or "default_pool"))
+                queues.add(str(getattr(task, "queue", None) or "default"))
         except Exception:  # noqa: BLE001 - the alert goes out with what is known
-            task = None
-        pool, queue = getattr(task, "pool", None), getattr(task, "queue", None)
+            pass
         left = (
-            f"; {where} never started: no free slot for it (pool {pool!r}: does it exist, "
-            f"is a task holding it? queue {queue!r}: is a worker listening?)"
+            f"; no task of it ever started ({where}, the one Airflow names, neither): a task "
+            f"waits for a free slot in its pool (this DAG's: "
+            f"{', '.join(repr(p) for p in sorted(pools)) or 'unknown'}: does each exist, "
+            "with slots, or do other tasks hold them?) and for a worker on its queue ("
+            f"{', '.join(repr(q) for q in sorted(queues)) or 'unknown'}: is one listening?)"
         )
     else:
         left = f"; {where} was still running (started {as_utc(started).isoformat()})"

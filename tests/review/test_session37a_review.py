@@ -250,5 +250,5 @@ def test_x2_a_timed_out_run_is_alerted(
     hours = dag.dagrun_timeout.total_seconds() / 3600
     assert dag_id in text and run_id in text and "timed out" in text, text
     assert f"{hours:g} h" in text, text
-    assert task_id in text and "never started" in text, text
+    assert task_id in text and "no task of it ever started" in text, text
     assert details["reason"] == "timed_out" and details["task_id"] == task_id, details
