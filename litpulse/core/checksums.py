@@ -16,17 +16,23 @@ import hashlib
 import os
 import zlib
 from pathlib import Path
+from typing import cast
+
+from zlib_ng import gzip_ng, zlib_ng
 
 __all__ = ["content_md5", "durable_rename", "file_md5", "file_sha256", "fsync_dir"]
 
+#: zlib-ng's inflate error (its stubs type it as an instance), a damaged stream as zlib's
+_NG_ERROR = cast("type[Exception]", zlib_ng.error)
 #: The first bytes of a gzip file (RFC 1952).
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
 def _file_digest(path: str | Path, h: hashlib._Hash, *, unpack: bool = False) -> str:
     """Hex digest of a file under ``h``, read in 1 MiB blocks (``unpack``: of the
-    content of a gzip file)."""
-    with gzip.open(path, "rb") if unpack else open(path, "rb") as fh:
+    content of a gzip file, unpacked by zlib-ng, as the parser unpacks it: ~1.5x faster
+    than :mod:`gzip`)."""
+    with gzip_ng.open(path, "rb") if unpack else open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -56,7 +62,7 @@ def content_md5(path: str | Path) -> str:
         packed = fh.read(2) == _GZIP_MAGIC
     try:
         return _file_digest(path, hashlib.md5(usedforsecurity=False), unpack=packed)
-    except (EOFError, zlib.error) as exc:  # cut short, or corrupt: damaged, as documented
+    except (EOFError, zlib.error, _NG_ERROR) as exc:  # cut short, or corrupt: damaged
         raise gzip.BadGzipFile(f"{os.fspath(path)}: damaged gzip stream: {exc}") from exc
 
 
