@@ -147,9 +147,6 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return {}
 
 
-@pytest.mark.xfail(
-    strict=True, reason="38e X1: the feedback row of the CLI table has a third cell"
-)
 def test_x1_every_readme_table_row_has_its_headers_cells() -> None:
     wrong = []
     for start, (header, *rows) in _tables(README):
