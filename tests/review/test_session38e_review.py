@@ -159,9 +159,6 @@ def test_x1_every_readme_table_row_has_its_headers_cells() -> None:
     assert wrong == []
 
 
-@pytest.mark.xfail(
-    strict=True, reason="38e X2: the README says a feedback query allows 1,000 characters; 512 pass"
-)
 def test_x2_a_feedback_query_of_the_readmes_length_is_accepted(
     env: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -186,9 +183,6 @@ def test_x2_a_feedback_query_of_the_readmes_length_is_accepted(
                  "--user", "reader"]) == 2  # one more is refused, as the README implies
 
 
-@pytest.mark.xfail(
-    strict=True, reason="38e X2: the README never says a search query is at most 512 characters"
-)
 def test_x2_the_readme_names_the_search_querys_length() -> None:
     from ranking.search import MAX_QUERY_CHARS
 
