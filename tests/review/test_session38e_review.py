@@ -203,9 +203,6 @@ def dag_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return dict(json.loads(out.read_text()))
 
 
-@pytest.mark.xfail(
-    strict=True, reason="38e X3: litpulse_reindex's param shards is not in the README"
-)
 def test_x3_every_dag_and_its_params_are_in_the_readme_dag_table(dag_report: dict) -> None:
     section = README.split("## For data engineers: Airflow", 1)[1].split("\n## ", 1)[0]
     rows = {_cells(line)[0].strip(" `"): line for line in section.splitlines()
