@@ -213,9 +213,6 @@ def test_x3_every_dag_and_its_params_are_in_the_readme_dag_table(dag_report: dic
     assert missing == []
 
 
-@pytest.mark.xfail(
-    strict=True, reason="38e X4: [--mesh TERM ...] shows several values after one option"
-)
 def test_x4_an_option_the_readme_shows_with_several_values_takes_them() -> None:
     from litpulse.app.cli import build_parser
 
