@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_OFFSET",
+    "MAX_PAGE",
     "MAX_QUERY_CHARS",
     "checked_query",
     "load_rows",
@@ -85,6 +86,9 @@ logger = logging.getLogger(__name__)
 MAX_QUERY_CHARS = 512
 #: Largest ``offset`` of a page (a deeper page ranks more, and longer, candidate lists).
 MAX_OFFSET = 1000
+#: Most results of one page of ``GET /search`` (``k``): a ``litpulse search -k`` above it is
+#: searched in process, not asked of a running server.
+MAX_PAGE = 100
 #: Most by which the neighbour list grows in one step while too few candidates pass.
 WIDEN_FACTOR = 4
 

@@ -644,7 +644,7 @@ def _add_search_routes(
     from fastapi import Query
     from fastapi.responses import Response
 
-    from ranking.search import MAX_OFFSET, run_search
+    from ranking.search import MAX_OFFSET, MAX_PAGE, run_search
 
     def do_search(spec: SearchSpec, k: int, offset: int | None = None) -> SearchResult:
         return run_search(settings, spec.query, k=k, filters=spec.filters,
@@ -653,7 +653,7 @@ def _add_search_routes(
 
     @app.get("/search", summary="Ranked search with explanations", responses=_responses(400))
     def search_endpoint(
-        k: int = Query(10, ge=1, le=100, description="Number of results."),
+        k: int = Query(10, ge=1, le=MAX_PAGE, description="Number of results."),
         offset: int = Query(0, ge=0, le=MAX_OFFSET, description="Results to skip: pages "
                             "of one query, whatever their k, are disjoint slices of one "
                             "list of results (in blocks of LITPULSE_RERANK_CANDIDATES, "

@@ -310,9 +310,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings,
     thread.join(timeout=10)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="38e X7: -k over the API's page is asked of the server, answered 422"
-)
 def test_x7_a_k_over_the_apis_page_is_not_asked_of_the_server(
     served: tuple[Settings, str], capsys: pytest.CaptureFixture[str]
 ) -> None:

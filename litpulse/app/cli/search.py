@@ -166,7 +166,8 @@ def search_via_server(
     """The answer of a running ``litpulse serve`` (model already loaded), or ``None``.
 
     Asks ``settings.search_server_url`` with the CLI's own filters and effective scoring
-    options. ``None`` (search in process) when it is empty, nothing accepts the connection
+    options. ``None`` (search in process) when it is empty, ``-k`` is more than a page of
+    ``GET /search`` (:data:`ranking.search.MAX_PAGE`), nothing accepts the connection
     within :data:`CONNECT_TIMEOUT_S`, the server answers an error or something that is no
     litpulse answer (another program on the port: no JSON object), or it serves another
     index than this store's published one (another ``LITPULSE_HOME``). Says on stderr
@@ -177,8 +178,14 @@ def search_via_server(
     import time
     import urllib.parse
 
+    from ranking.search import MAX_PAGE
+
     base = settings.search_server_url
     if not base:
+        return None
+    if args.k > MAX_PAGE:  # GET /search would refuse it (422): not asked
+        print(f"litpulse: -k {args.k} is more than a server's page of {MAX_PAGE}: searching "
+              "in process (loading the model takes a while)", file=sys.stderr)
         return None
     url = urllib.parse.urlsplit(base)
     params: list[tuple[str, Any]] = [
