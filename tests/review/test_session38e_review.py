@@ -342,7 +342,6 @@ def test_x7_a_k_over_the_apis_page_is_not_asked_of_the_server(
     assert "-k 101 is more than a server's page of 100" in captured.err
 
 
-@pytest.mark.xfail(strict=True, reason="38e X8: LITPULSE_TEST_* variables are unknown settings")
 def test_x8_the_tests_variables_do_not_stop_a_command(
     env: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
