@@ -383,3 +383,37 @@ def test_x9_the_readme_says_how_often_each_dag_retries(dag_report: dict) -> None
     assert said == {dag_id: dag["retries"] for dag_id, dag in dag_report["dags"].items()}
     assert "`list_files` retries once" in paragraph
     assert dag_report["dags"]["litpulse_bootstrap"]["tasks"]["list_files"]["retries"] == 1
+
+
+def test_every_command_and_option_the_readme_names_exists() -> None:
+    """Kept honest from now on: each ``litpulse …`` in backticks names a real command (down
+    to its sub-command) and only options that command takes; the CLI table's ``/``-joined
+    forms (``index status [--json]``) count as their group's."""
+    from litpulse.app.cli import build_parser
+
+    parser = build_parser()
+    snippets = re.findall(r"`(litpulse [^`]*)`", README)
+    for row in _cli_rows():
+        pieces = re.findall(r"`([^`]*)`", _cells(row)[0])
+        group = pieces[0].split()[1]
+        snippets += [f"litpulse {p}" if p.startswith(group) else f"litpulse {group} {p}"
+                     for p in pieces[1:] if not p.startswith("litpulse")]
+    wrong = []
+    for snippet in snippets:
+        words = snippet.replace("\\|", "|").split()[1:]
+        while words and words[0] in ("-v", "-vv"):
+            words.pop(0)
+        if words == ["--version"]:
+            continue
+        sub, path = parser, []
+        while words and words[0] in _subparsers(sub):
+            path.append(words[0])
+            sub = _subparsers(sub)[words.pop(0)]
+        if not path or _subparsers(sub):
+            wrong.append(f"no command: {snippet}")
+            continue
+        options = {o for a in sub._actions for o in a.option_strings}
+        for opt in re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", " ".join(words)):
+            if opt not in options:
+                wrong.append(f"litpulse {' '.join(path)} has no {opt}")
+    assert wrong == []
