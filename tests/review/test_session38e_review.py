@@ -1,8 +1,8 @@
 """Review 38e: the README as a new user and a data engineer read it, followed literally.
 
 Attacked and held: every ``litpulse …`` command, sub-command and option the README
-names in backticks exists (``--help`` of each, walked through ``build_parser``); every
-``LITPULSE_*`` setting of the settings table exists with the default, range and help that
+names in backticks exists (``--help`` of each, walked through ``build_parser``; now a
+test, the CLI table's ``/``-joined forms too); every ``LITPULSE_*`` setting of the settings table exists with the default, range and help that
 ``litpulse settings`` shows, and every setting is in it (now a test: defaults and help
 too, which ``tests/test_readme.py`` did not compare); every module, function and constant
 the README names (``ranking.publish.KEEP_VERSIONS``, ``ingest.citations.icite_values``,
