@@ -2,9 +2,10 @@
 
 Attacked and held: every ``litpulse …`` command, sub-command and option the README
 names in backticks exists (``--help`` of each, walked through ``build_parser``; now a
-test, the CLI table's ``/``-joined forms too); every ``LITPULSE_*`` setting of the settings table exists with the default, range and help that
-``litpulse settings`` shows, and every setting is in it (now a test: defaults and help
-too, which ``tests/test_readme.py`` did not compare); every module, function and constant
+test, the CLI table's ``/``-joined forms too); every ``LITPULSE_*`` setting of the
+settings table exists with the default, range and help that ``litpulse settings`` shows,
+and every setting is in it (now a test: defaults and help too, which
+``tests/test_readme.py`` did not compare); every module, function and constant
 the README names (``ranking.publish.KEEP_VERSIONS``, ``ingest.citations.icite_values``,
 ``litpulse.core.text.clean_doi`` …), every table, column and index it names
 (``term_forms``, ``articles.icite_values_at``, ``ix_articles_doi`` …) and every test file
