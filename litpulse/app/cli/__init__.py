@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from litpulse.app.cli._common import SafeFormatter, safe_text
+from litpulse.app.cli._common import EX_TEMPFAIL, SafeFormatter, safe_text
 from litpulse.core import __version__
 from litpulse.core.errors import BusyError, LitpulseError, NotFoundError
 
@@ -56,7 +56,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), handlers=[handler])
     from sqlalchemy.exc import OperationalError
 
-    from litpulse.app.cli.nightly import EXIT_BUSY
     from litpulse.core.settings import Settings
 
     try:
@@ -72,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # another process holds the lease (writes articles, publishes an index, runs a
         # bootstrap, nightly or digest), or a source failed for now: try again later
         # (EX_TEMPFAIL)
-        return EXIT_BUSY if isinstance(exc, BusyError) or exc.retryable else 2
+        return EX_TEMPFAIL if isinstance(exc, BusyError) or exc.retryable else 2
     except OperationalError as exc:  # the database cannot be reached (down, refused)
         from litpulse.core.db import conflict_rolled_back, disk_full, lock_waited_out
 
@@ -92,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             what = "cannot be reached"
         print(f"litpulse: error: the database {what}: {safe_text(''.join(first))}",
               file=sys.stderr)
-        return EXIT_BUSY
+        return EX_TEMPFAIL
     except BrokenPipeError:  # the reader of stdout left (`| head`): nothing more to say
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # the exit's flush must not fail again

@@ -21,6 +21,12 @@ if TYPE_CHECKING:
 #: A command handler: the parsed arguments and the settings in, the exit code out.
 Handler = Callable[[argparse.Namespace, Settings], int]
 
+#: Exit code of a command that could not do its work now and should be run again later
+#: (sysexits.h's ``EX_TEMPFAIL``): another process holds a lease (nightly, bootstrap, the
+#: store's writer), the database or a source cannot be reached, or a digest delivered
+#: nothing of what was due. Every command returns this one name for it.
+EX_TEMPFAIL = 75
+
 
 def print_json(obj: Any) -> None:
     """Print one JSON document to stdout; DEL and the C1 controls escaped (``\\u009b``), as

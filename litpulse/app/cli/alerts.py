@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from litpulse.app.cli._common import (
+    EX_TEMPFAIL,
     add_filter_args,
     add_json,
     command,
@@ -185,7 +186,6 @@ def run_remove(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_digest_cmd(args: argparse.Namespace, settings: Settings) -> int:
-    from litpulse.app.cli.nightly import EXIT_BUSY
     from litpulse.pipeline.digest import run_digest
 
     report = run_digest(settings)
@@ -193,7 +193,7 @@ def run_digest_cmd(args: argparse.Namespace, settings: Settings) -> int:
     # edited): a usage error; deliveries due of which none went out (the receivers down,
     # refusing): EX_TEMPFAIL, tried again by the next digest; some delivered: 0
     unsearchable = any(d.error is not None for d in report.searches)
-    code = 2 if unsearchable else EXIT_BUSY if report.nothing_delivered else 0
+    code = 2 if unsearchable else EX_TEMPFAIL if report.nothing_delivered else 0
     if args.json:
         print_json(report.to_dict())
         return code
@@ -215,9 +215,9 @@ def run_digest_cmd(args: argparse.Namespace, settings: Settings) -> int:
         print(f"failed: {safe_text(failure)}", file=sys.stderr)
     for warning in report.warnings:
         print(f"warning: {safe_text(warning)}", file=sys.stderr)
-    if code == EXIT_BUSY:
+    if code == EX_TEMPFAIL:
         print("nothing delivered: every delivery due failed (the next digest tries them "
-              f"again); exit {EXIT_BUSY}", file=sys.stderr)  # fmt: skip
+              f"again); exit {EX_TEMPFAIL}", file=sys.stderr)  # fmt: skip
     return code
 
 

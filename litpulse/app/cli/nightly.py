@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from litpulse.app.cli._common import (
+    EX_TEMPFAIL,
     add_json,
     command,
     float_arg,
@@ -20,8 +21,6 @@ from litpulse.app.cli._common import (
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import as_utc
 
-#: Exit code when another nightly run holds the lease (``EX_TEMPFAIL``).
-EXIT_BUSY = 75
 #: Longest ``--wait`` in seconds (a day: by then the next night's run is due).
 MAX_WAIT_S = 24 * 3600
 
@@ -33,7 +32,7 @@ def register(sub: Any) -> None:
         description=(
             "Ingest (from the last watermark, or --since), refresh citations, check data "
             "quality, embed and refresh the index, and retrain when due. Holds the database "
-            f"lease 'nightly': a second concurrent run exits with code {EXIT_BUSY} (or waits "
+            f"lease 'nightly': a second concurrent run exits with code {EX_TEMPFAIL} (or waits "
             "with --wait). Every step resumes where a killed run stopped."
         ),
     )
@@ -103,7 +102,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         # busy (another nightly run, or a bootstrap writing articles), or another run took
         # the lease over: try again later (EX_TEMPFAIL)
         print(f"litpulse: {exc}", file=sys.stderr)
-        return EXIT_BUSY
+        return EX_TEMPFAIL
     data = report.to_dict()
     if args.json:
         print_json(data)

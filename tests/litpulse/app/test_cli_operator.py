@@ -108,14 +108,14 @@ def test_plain_text_is_quarantined_for_comparison(
 def test_a_command_refused_because_another_process_holds_its_lease_exits_75(
     env: Settings, capsys: pytest.CaptureFixture[str], lease: str, argv: list[str],  # noqa: F811
 ) -> None:
-    from litpulse.app.cli.nightly import EXIT_BUSY
+    from litpulse.app.cli._common import EX_TEMPFAIL
 
     held = db.acquire_lease(db.connect(env), lease, holder="otherhost:1:x", heartbeat=False)
     assert held is not None
     code = main(argv)
     err = capsys.readouterr().err
     assert "another process" in err, err  # refused because of the lease, nothing else
-    assert code == EXIT_BUSY, err
+    assert code == EX_TEMPFAIL, err
 
 
 def test_store_busy_exits_75_for_comparison(
@@ -123,12 +123,12 @@ def test_store_busy_exits_75_for_comparison(
 ) -> None:
     """Sound: a second writer of articles is refused with 75 and writes nothing."""
     from ingest.runs import STORE_LEASE
-    from litpulse.app.cli.nightly import EXIT_BUSY
+    from litpulse.app.cli._common import EX_TEMPFAIL
 
     assert db.acquire_lease(db.connect(env), STORE_LEASE, holder="otherhost:1:x",
                             heartbeat=False) is not None  # fmt: skip
     good = write_xml(tmp_path / "good.xml", article_xml(5))
-    assert main(["ingest", "--files", str(good)]) == EXIT_BUSY
+    assert main(["ingest", "--files", str(good)]) == EX_TEMPFAIL
     assert _json(capsys, "status")["articles"] == 0
 
 
@@ -299,7 +299,7 @@ def test_a_deadlock_met_on_every_attempt_is_not_called_unreachable(
 
     from ingest.records import Record, SourceRef
     from ingest.store import Store
-    from litpulse.app.cli.nightly import EXIT_BUSY
+    from litpulse.app.cli._common import EX_TEMPFAIL
     from litpulse.core.timeutil import utcnow
     from tests.review.test_session34a_review import SNAPSHOT_HEADER, _waiting_on_locks
 
@@ -323,6 +323,6 @@ def test_a_deadlock_met_on_every_attempt_is_not_called_unreachable(
         tx.commit()
     load.join(60)
     err = capsys.readouterr().err
-    assert codes == [EXIT_BUSY], err
+    assert codes == [EX_TEMPFAIL], err
     assert "cannot be reached" not in err, err
     assert "another writer" in err and "deadlock detected" in err, err
