@@ -41,6 +41,7 @@ __all__ = [
     "embed_shard",
     "finish_reindex",
     "held_windows",
+    "held_windows_past",
     "leased_reindex",
     "last_watermark",
     "plan_embedding_shards",
@@ -257,21 +258,24 @@ def _watermark_runs() -> tuple[Any, ...]:
     )
 
 
-def held_windows(
-    settings: Settings, engine: Engine | None = None, *, mark: dt.datetime | None | str = "read"
-) -> list[dict[str, Any]]:
+def held_windows(settings: Settings, engine: Engine | None = None) -> list[dict[str, Any]]:
     """The E-utilities windows ingested but held from the watermark and not covered by it
     yet (``litpulse status``), by window start: waiting for their data-quality check
     (:data:`PENDING_CHECK`: not judged yet, or the run was killed before it) or withheld by
     a step that failed after the ingest (:func:`withhold_watermark`). Each: ``run`` (its
     id), ``window_start``, ``window_end``, ``started_at`` and ``why`` (the run's
     ``details.watermark``). A window that a later run got through (the watermark reached
-    its end) is not listed. ``mark``: the watermark, where the caller worked it out already
-    (``litpulse status``; by default it is read here: :func:`last_watermark`)."""
-    r = ingest_runs.c
+    its end) is not listed. The watermark is read here (:func:`last_watermark`); a caller
+    that worked it out already hands it to :func:`held_windows_past`."""
     engine = engine or db.connect(settings)
-    if isinstance(mark, str):
-        mark = last_watermark(settings, engine)
+    return held_windows_past(last_watermark(settings, engine), engine)
+
+
+def held_windows_past(mark: dt.datetime | None, engine: Engine) -> list[dict[str, Any]]:
+    """:func:`held_windows` for a watermark the caller read already (``litpulse status``
+    works it out once): the held windows ending after ``mark``; every held window where
+    there is no watermark yet (``None``)."""
+    r = ingest_runs.c
     why = r.details["watermark"].as_string()
     query = (
         select(r.id, r.window_start, r.window_end, r.started_at, why)

@@ -227,11 +227,11 @@ def _devices(settings: Settings) -> dict[str, Any]:
 def _nightly(settings: Settings) -> dict[str, Any]:
     """Who runs the nightly chain now (its lease: holder, since, until; ``None``: no one),
     the watermark, and the E-utilities windows held from it
-    (:func:`~litpulse.pipeline.planning.held_windows`)."""
+    (:func:`~litpulse.pipeline.planning.held_windows_past`)."""
     from litpulse.core.db import connect, live_lease
     from litpulse.core.timeutil import iso
     from litpulse.pipeline.nightly import LEASE_NAME
-    from litpulse.pipeline.planning import held_windows, last_watermark
+    from litpulse.pipeline.planning import held_windows_past, last_watermark
 
     engine = connect(settings)
     lease = live_lease(engine, LEASE_NAME)
@@ -239,7 +239,7 @@ def _nightly(settings: Settings) -> dict[str, Any]:
     return {
         "nightly": None if lease is None else lease.to_dict(),
         "watermark": iso(mark),
-        "held_windows": held_windows(settings, engine, mark=mark),
+        "held_windows": held_windows_past(mark, engine),
     }
 
 
