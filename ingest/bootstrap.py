@@ -119,7 +119,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 WRITER_LEASE = "bootstrap-writer"
-MARKER = STAGED_MARKER
 #: Folders of spilled parse output in the staging folder (:func:`ingest.parallel.parse_ordered`).
 SPILL_GLOB = "litpulse-spill-*"
 #: Seconds between two looks at a file another process is staging.
@@ -260,7 +259,7 @@ def pending_files(
 
 
 def _marker(path: Path) -> Path:
-    return path.with_name(path.name + MARKER)
+    return path.with_name(path.name + STAGED_MARKER)
 
 
 def staged(folder: Path, f: RemoteFile) -> StagedFile | None:
@@ -289,7 +288,7 @@ def staged(folder: Path, f: RemoteFile) -> StagedFile | None:
 
 def staged_count(folder: Path) -> int:
     """Files staged in ``folder`` (verified, not applied yet)."""
-    return sum(1 for _ in folder.glob(f"*.xml.gz{MARKER}"))
+    return sum(1 for _ in folder.glob(f"*.xml.gz{STAGED_MARKER}"))
 
 
 def _busy_elsewhere(engine: Engine, name: str) -> bool:
@@ -343,7 +342,7 @@ def stage_file(
             path = folder / f.name
             size, md5 = _download_verified(src, f, path, stop)
             identity = FileIdentity.of(path.stat())  # the file whose MD5 just matched
-            tmp = path.with_name(path.name + MARKER + ".tmp")
+            tmp = path.with_name(path.name + STAGED_MARKER + ".tmp")
             # the listing's entry of what was verified: the writer records it, not the
             # entry of its own plan (the file may be re-issued meanwhile)
             listed = f.listed.encode("ascii", "replace").decode()
