@@ -23,11 +23,26 @@ from typing import Any
 from sqlalchemy import Engine, select, update
 from sqlalchemy.engine import Connection
 
+from ingest.dates import searched_days
 from litpulse.core.db import upsert
 from litpulse.core.schema import checkpoints
-from litpulse.core.timeutil import utcnow
+from litpulse.core.settings import Settings
+from litpulse.core.timeutil import as_utc, utcnow
 
-__all__ = ["FILES_SCOPE", "Checkpoints", "file_key", "files_first_read"]
+__all__ = [
+    "EUTILS_SCOPE",
+    "FILES_SCOPE",
+    "Checkpoints",
+    "file_key",
+    "files_first_read",
+    "forget_listed",
+    "listed_pmids",
+    "window_key",
+]
+
+#: Scope of the E-utilities windows' marks (:mod:`ingest.eutils`): a window's search
+#: (``…#search``, keyed by :func:`window_key`) and its fetched batches.
+EUTILS_SCOPE = "eutils"
 
 #: Scope of the fetch times of local files (``ingest --files``: :mod:`ingest.files`),
 #: keyed by :func:`file_key`.
@@ -153,3 +168,48 @@ class Checkpoints:
             removed += conn.execute(checkpoints.delete().where(
                 c.scope == scope, c.key.startswith(prefix, autoescape=True))).rowcount
         return removed
+
+
+# ------------------------------------------------ an E-utilities window's search mark
+
+
+def window_key(start: dt.date, end: dt.date, query: str | None) -> str:
+    """The checkpoint key of a window: ``2024-01-01..2024-01-02`` plus a query hash."""
+    key = f"{start.isoformat()}..{end.isoformat()}"
+    if query:
+        key += "|q=" + hashlib.sha1(query.encode()).hexdigest()[:16]
+    return key
+
+
+def listed_pmids(
+    store: Checkpoints, settings: Settings, since: dt.datetime, until: dt.datetime
+) -> list[int] | None:
+    """The PMIDs ESearch listed for the window ``[since, until)`` of all PubMed, as its
+    last search recorded them (its checkpoint); ``None`` when none is recorded."""
+    start, end = searched_days(settings, as_utc(since), as_utc(until))
+    search = store.get_checkpoint(EUTILS_SCOPE, f"{window_key(start, end, None)}#search")
+    if search is None or "pmids" not in (search.get("value") or {}):
+        return None
+    return [int(p) for p in search["value"]["pmids"]]
+
+
+def forget_listed(
+    store: Checkpoints, settings: Settings, since: dt.datetime, until: dt.datetime,
+    query: str | None = None,
+) -> bool:
+    """Drop the listed PMIDs from the search mark of the finished window ``[since,
+    until)`` (``query``: of that query) once a check judged it, or it was taken unchecked:
+    no one reads them again (a rerun searches anew, in a new generation), and a window's
+    list may hold millions (NLM's yearly MeSH update revises that many records). The mark
+    keeps the rest (its generation, which a rerun numbers on from) and ``listed``, their
+    number. Nothing changes when the mark was written again since it was read (a rerun
+    began). Returns whether it dropped a list."""
+    start, end = searched_days(settings, as_utc(since), as_utc(until))
+    key = f"{window_key(start, end, query)}#search"
+    mark = store.get_checkpoint(EUTILS_SCOPE, key)
+    if mark is None or mark["status"] != "done" or "pmids" not in (mark["value"] or {}):
+        return False
+    value = {k: v for k, v in mark["value"].items() if k != "pmids"}
+    value["listed"] = len(mark["value"]["pmids"])
+    was = mark["updated_at"]
+    return store.rewrite_checkpoint(EUTILS_SCOPE, key, value, status="done", was=was)

@@ -69,7 +69,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import logging
 import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -80,6 +79,7 @@ from lxml import etree
 from sqlalchemy import Connection
 
 from ingest import missing as owing
+from ingest.checkpoints import EUTILS_SCOPE, forget_listed, window_key
 from ingest.dates import each_day, searched_days
 from ingest.fields import MAX_PMID, id_value
 from ingest.http import HttpClient, eutils_client
@@ -106,11 +106,9 @@ __all__ = [
     "classify_eutils_error",
     "efetch",
     "esearch",
-    "forget_listed",
     "ingest_window",
     "parse_esearch",
     "search_pmids",
-    "window_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -119,7 +117,6 @@ logger = logging.getLogger(__name__)
 PUBMED_RETRIEVABLE = 9999
 #: Upper end of the PMID range used when a single day must be split.
 UID_MAX = 999_999_999
-SCOPE = "eutils"
 #: ESearch's earliest date: a PMID searched alone (``<pmid>[uid]``) over every date.
 _EARLIEST = dt.date(1800, 1, 1)
 
@@ -656,46 +653,6 @@ def _attribute(items: list[Item], again: list[Item], pmid: int) -> list[Item]:
 # ------------------------------------------------------------------------------ windows
 
 
-def window_key(start: dt.date, end: dt.date, query: str | None) -> str:
-    """The checkpoint key of a window: ``2024-01-01..2024-01-02`` plus a query hash."""
-    key = f"{start.isoformat()}..{end.isoformat()}"
-    if query:
-        key += "|q=" + hashlib.sha1(query.encode()).hexdigest()[:16]
-    return key
-
-
-def listed_pmids(store: Store, settings: Settings, since: dt.datetime, until: dt.datetime
-                 ) -> list[int] | None:
-    """The PMIDs ESearch listed for the window ``[since, until)`` of all PubMed, as its
-    last search recorded them (its checkpoint); ``None`` when none is recorded."""
-    start, end = searched_days(settings, as_utc(since), as_utc(until))
-    search = store.get_checkpoint(SCOPE, f"{window_key(start, end, None)}#search")
-    if search is None or "pmids" not in (search.get("value") or {}):
-        return None
-    return [int(p) for p in search["value"]["pmids"]]
-
-
-def forget_listed(
-    store: Store, settings: Settings, since: dt.datetime, until: dt.datetime,
-    query: str | None = None,
-) -> bool:
-    """Drop the listed PMIDs from the search mark of the finished window ``[since,
-    until)`` (``query``: of that query) once a check judged it, or it was taken unchecked:
-    no one reads them again (a rerun searches anew, in a new generation), and a window's
-    list may hold millions (NLM's yearly MeSH update revises that many records). The mark
-    keeps the rest (its generation, which a rerun numbers on from) and ``listed``, their
-    number. Nothing changes when the mark was written again since it was read (a rerun
-    began). Returns whether it dropped a list."""
-    start, end = searched_days(settings, as_utc(since), as_utc(until))
-    key = f"{window_key(start, end, query)}#search"
-    mark = store.get_checkpoint(SCOPE, key)
-    if mark is None or mark["status"] != "done" or "pmids" not in (mark["value"] or {}):
-        return False
-    value = {k: v for k, v in mark["value"].items() if k != "pmids"}
-    value["listed"] = len(mark["value"]["pmids"])
-    return store.rewrite_checkpoint(SCOPE, key, value, status="done", was=mark["updated_at"])
-
-
 def _progress(items: Sequence[Any], enabled: bool, desc: str) -> Iterator[Any]:
     if enabled:
         try:
@@ -847,8 +804,8 @@ def ingest_window(
         # generation, fetched anew); its search mark stays, one row a window (the
         # generation a rerun numbers on from, which the owed PMIDs' tries are keyed by)
         with store.engine.begin() as conn:
-            store.set_checkpoint(SCOPE, f"{wkey}#search", "done", value, conn=conn)
-            store.delete_checkpoints(SCOPE, (f"{wkey}#batch", f"{wkey}#gen"), conn=conn)
+            store.set_checkpoint(EUTILS_SCOPE, f"{wkey}#search", "done", value, conn=conn)
+            store.delete_checkpoints(EUTILS_SCOPE, (f"{wkey}#batch", f"{wkey}#gen"), conn=conn)
     if not check_follows:  # taken unchecked (a window by hand, --no-quality): accepted
         # once it succeeded, with the earlier tries it resumed; one that fails is not (a
         # checked window meeting its records judges them)
@@ -911,7 +868,7 @@ def _fetch_batch(
     each item once: the killed run's row holds what it committed, the window's whole
     counts too (``resumed_counts``).
     """
-    done = store.get_checkpoint(SCOPE, key)
+    done = store.get_checkpoint(EUTILS_SCOPE, key)
     value = done["value"] if done is not None else {}
     if value.get("generation") != generation:
         value = {}
@@ -940,7 +897,7 @@ def _fetch_batch(
     def in_batch(conn: Connection, counts: IngestCounts, position: int) -> None:
         mark = {"generation": generation, "runs": runs, "pmids": pmids[:position],
                 "counts": (before + counts).to_dict()}
-        store.set_checkpoint(SCOPE, key, "applying", mark, conn=conn)
+        store.set_checkpoint(EUTILS_SCOPE, key, "applying", mark, conn=conn)
 
     stored = before + store.apply(
         items[skip:], run_id=run.id, batch_size=settings.store_batch, on_batch=on_batch,
@@ -948,7 +905,7 @@ def _fetch_batch(
     )  # fmt: skip
     batch_counts = stored + IngestCounts(missing=len(missing))
     store.set_checkpoint(
-        SCOPE,
+        EUTILS_SCOPE,
         key,
         "done",
         {"generation": generation, "size": len(batch), "run_id": run.id, "runs": runs,
@@ -1154,15 +1111,16 @@ def _ask_owed(
         ``given_up_total`` and ``counts`` (of what the ask stored), for the run's details.
     """
     listed, mark = f"{key}#owed-list", f"{key}#owed"  # the list (once), the progress
-    seen, fixed = store.get_checkpoint(SCOPE, mark), store.get_checkpoint(SCOPE, listed)
+    seen = store.get_checkpoint(EUTILS_SCOPE, mark)
+    fixed = store.get_checkpoint(EUTILS_SCOPE, listed)
     if seen is not None and fixed is not None:
         state, pmids = seen["value"], [int(p) for p in fixed["value"]["pmids"]]
     else:
         pmids = owing.owed(store.engine, key)
         state = {"done": 0, "found": 0, "still_missing": 0, "given_up": given_up,
                  "counts": IngestCounts().to_dict()}
-        store.set_checkpoint(SCOPE, listed, "asking", {"pmids": pmids})
-        store.set_checkpoint(SCOPE, mark, "asking", state)
+        store.set_checkpoint(EUTILS_SCOPE, listed, "asking", {"pmids": pmids})
+        store.set_checkpoint(EUTILS_SCOPE, mark, "asking", state)
     size = settings.efetch_batch
     batches = [pmids[i : i + size] for i in range(0, len(pmids), size)]
     if len(batches) > state["done"]:
@@ -1209,7 +1167,7 @@ def _searched(
     batches an older run fetched are fetched again; it is saved as the ``#search``
     checkpoint before any batch is fetched.
     """
-    search = store.get_checkpoint(SCOPE, f"{wkey}#search")
+    search = store.get_checkpoint(EUTILS_SCOPE, f"{wkey}#search")
     previous = int(search["value"].get("generation", 0)) if search else 0
     if search is not None and search["status"] == "searched" and not restart:
         details["resumed"] = True  # an unfinished run of this window: resume it
@@ -1231,5 +1189,5 @@ def _searched(
         value["splits"] += found.splits
         pmids |= found.pmids
     value["pmids"] = sorted(pmids)
-    store.set_checkpoint(SCOPE, f"{wkey}#search", "searched", value)
+    store.set_checkpoint(EUTILS_SCOPE, f"{wkey}#search", "searched", value)
     return value

@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
+from ingest.checkpoints import Checkpoints, forget_listed, listed_pmids
 from ingest.dates import COVERED_HOURS, covered_days, each_day, searched_days
 from ingest.runs import WINDOW_SOURCES, IngestCounts, judge_runs
 from litpulse.core.errors import ConfigError, DataQualityError
@@ -335,7 +336,8 @@ def check_ingest(
                     newest or "missing", days, end.date(), "+".join(progress), iso(watermark),
                 )
         _mark_judged(engine, start, end)  # whatever the outcome: see the rate's rule
-        _forget_listed(settings, engine, (start, end))  # read above for the last time
+        # read above for the last time: the judged window's list of PMIDs goes
+        forget_listed(Checkpoints(engine), settings, start, end)
 
     report = QualityReport(
         ok=not problems,
@@ -505,7 +507,6 @@ def _older_release_reseen(
     (the DAG's ingest task ran before the upgrade, its check after): those of the
     window's listed PMIDs whose rows a check had judged (:meth:`Store.judged_among`),
     at most its ``unchanged``. 0 when the window's search is not recorded."""
-    from ingest.eutils import listed_pmids
     from ingest.store import Store
     from litpulse.core.db import connect
 
@@ -517,17 +518,6 @@ def _older_release_reseen(
         return 0
     met, _ = store.judged_among(pmids)
     return min(met, counts["unchanged"])
-
-
-def _forget_listed(
-    settings: Settings, engine: Engine, window: tuple[dt.datetime, dt.datetime]
-) -> None:
-    """Drop the judged window's list of PMIDs from its search mark
-    (:func:`ingest.eutils.forget_listed`): this check was its last reader."""
-    from ingest.eutils import forget_listed
-    from ingest.store import Store
-
-    forget_listed(Store(engine), settings, *window)
 
 
 def _has_weekday(first: dt.date, last: dt.date) -> bool:
