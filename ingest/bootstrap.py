@@ -700,6 +700,7 @@ def load_files(
                     "workers": workers,
                 }
                 bar = _Progress(run, pending, progress)
+                read = store.issues_read(_file_ref(f).sequence for f in pending)
                 stager = _Prefetcher(settings, engine, pending, prefetch)
                 if prefetch:
                     stager.start()
@@ -717,7 +718,8 @@ def load_files(
                             f, sf = pending[i], jobs.staged[i]
                             run.details["current"] = f.name
                             counts = _store_file(settings, store, replace(f, listed=sf.file.listed),
-                                                 items, sf.size, sf.md5, run, sf.path)  # fmt: skip
+                                                 items, sf.size, sf.md5, run, sf.path,
+                                                 read)  # fmt: skip
                             discard_download(folder, f.name)
                             applied.append(f.name)
                             total_bytes += sf.size

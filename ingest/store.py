@@ -657,6 +657,22 @@ class Store(RunLedger, Checkpoints):
         )  # fmt: skip
         return was
 
+    def issues_read(self, sequences: Iterable[int]) -> dict[int, str | None]:
+        """The issue (``source_times.md5``; ``None``: not recorded) this store read of each
+        numbered NLM file of ``sequences`` it read at all: one read for a run's files, so
+        that :meth:`reissue` is asked only of a file read before as another issue."""
+        t = source_times.c
+        wanted = sorted(set(sequences))
+        out: dict[int, str | None] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 500):
+                part = wanted[start : start + 500]
+                for sequence, md5 in conn.execute(
+                    select(t.sequence, t.md5).where(t.sequence.in_(part))
+                ):
+                    out[int(sequence)] = md5
+        return out
+
     def note_first_issue(self, src: SourceRef, md5: str) -> None:
         """Record ``md5`` as the issue of the numbered file ``src`` whose first read gave
         the file its as-of time (``src.fetched_at``; a local copy ``ingest --files``

@@ -861,6 +861,7 @@ def apply_updates(
             if max_files is not None:
                 pending = pending[:max_files]
             total_bytes = 0
+            read = store.issues_read(_file_ref(f).sequence for f in pending)
             for n, f in enumerate(pending, 1):
                 if progress:
                     logger.info("update file %d/%d: %s", n, len(pending), f.name)
@@ -868,7 +869,8 @@ def apply_updates(
                 dest = downloads / f.name
                 size, digest = _download_verified(source, f, dest)
                 total_bytes += size
-                file_counts = _apply_file(settings, store, f, dest, size, digest, run, workers)
+                file_counts = _apply_file(settings, store, f, dest, size, digest, run, workers,
+                                          read)
                 dest.unlink(missing_ok=True)
                 applied.append(f.name)
                 logger.info("applied %s: %s", f.name, file_counts.to_dict())
@@ -923,6 +925,7 @@ def _apply_file(
     digest: str,
     run: OpenRun,
     workers: int | None = None,
+    read: Mapping[int, str | None] | None = None,
 ) -> IngestCounts:
     """Parse and apply one verified file and record it (see :func:`_store_file`)."""
     from ingest import parse
@@ -943,7 +946,8 @@ def _apply_file(
         )  # fmt: skip
     ) as parsed:
         for _index, items in parsed:
-            file_counts = _store_file(settings, store, f, items, size, digest, run, dest)
+            file_counts = _store_file(settings, store, f, items, size, digest, run, dest,
+                                      read)
     return file_counts
 
 
@@ -956,12 +960,18 @@ def _store_file(
     digest: str,
     run: OpenRun,
     path: Path | None = None,
+    read: Mapping[int, str | None] | None = None,
 ) -> IngestCounts:
     """Apply one verified file's parsed items and record it in ``source_files``.
 
     ``path``: the verified file, whose unpacked content's MD5 tells it from the issue a
     local copy recorded, where that is another MD5 (:meth:`Store.reissue`: an unpacked
     ``.xml`` copy of the same content is this issue, not an earlier one).
+
+    ``read``: the issues this store had read of the run's files when the run began
+    (:meth:`Store.issues_read`; the writer's lease keeps them so meanwhile): a file it
+    never read, or read as this issue, is no re-issue, and is applied without asking
+    :meth:`Store.reissue` (a transaction and a query a file); ``None``: ask it.
 
     The row is written after the file's last batch commits, so the file is not applied
     again. Each batch commits with a progress mark (:data:`PROGRESS_SCOPE`: the file's
@@ -990,15 +1000,20 @@ def _store_file(
     # a mark of another MD5: a killed run began another issue of the file (its first
     # application, say: no issue recorded), which this one replaces, never replays
     other = "" if ours else str(value.get("md5") or "")
-    with store.engine.begin() as conn:
-        content = functools.partial(content_md5, path) if path is not None else None
-        was = store.reissue(
-            _file_ref(f), digest, was=f.reissue or other, content=content, conn=conn
-        ) or f.reissue  # fmt: skip
-        if was and not ours:
-            value = {"md5": digest, "items": 0, "counts": IngestCounts().to_dict(), "was": was}
-            store.set_checkpoint(PROGRESS_SCOPE, f.name, "applying", value, conn=conn)
-            ours = True
+    ref = _file_ref(f)
+    if f.reissue or other or read is None or read.get(ref.sequence, digest) != digest:
+        with store.engine.begin() as conn:
+            content = functools.partial(content_md5, path) if path is not None else None
+            was = store.reissue(
+                ref, digest, was=f.reissue or other, content=content, conn=conn
+            ) or f.reissue  # fmt: skip
+            if was and not ours:
+                value = {"md5": digest, "items": 0, "counts": IngestCounts().to_dict(),
+                         "was": was}  # fmt: skip
+                store.set_checkpoint(PROGRESS_SCOPE, f.name, "applying", value, conn=conn)
+                ours = True
+    else:  # never read, or read as this issue: Store.reissue would return ""
+        was = ""
     was = was or (str(value.get("was") or "") if ours else "")
     done, before = 0, IngestCounts()
     if ours and value.get("items"):
