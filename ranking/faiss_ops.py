@@ -17,8 +17,12 @@ Example:
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import logging
 import math
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -88,18 +92,51 @@ def faiss_device(settings: Settings) -> dict[str, str]:
     setting = f"{env_name('use_gpu')}={settings.use_gpu}"
     if settings.use_gpu == "no":
         return {"device": "cpu", "why": setting}
+    joint = ", but" if settings.use_gpu == "yes" else ":"
+    cpu_build = {"device": "cpu", "why": f"{setting}{joint} this FAISS is a CPU build "
+                 "(faiss-cpu): FAISS on the GPU is faiss-gpu-cu12 in its place (README)"}
+    if _unimported_cpu_faiss():
+        return cpu_build  # no faiss import (half a second) for `litpulse status`
     import faiss
 
-    joint = ", but" if settings.use_gpu == "yes" else ":"
     if not hasattr(faiss, "StandardGpuResources"):
-        return {"device": "cpu", "why": f"{setting}{joint} this FAISS is a CPU build "
-                "(faiss-cpu): the `gpu` extra installs FAISS on the GPU"}
+        return cpu_build
     n = int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
     if n == 0:
         return {"device": "cpu", "why": f"{setting}{joint} FAISS sees no GPU (none visible "
                 "to this process, or its driver cannot be loaded)"}
     return {"device": "gpu", "why": f"{setting}: FAISS sees {n} GPU{'s' if n > 1 else ''} "
             "(GPU 0 used)"}
+
+
+def _unimported_cpu_faiss() -> bool:
+    """Whether faiss, not imported yet, is faiss-cpu's build, read from that
+    distribution's metadata without importing it: the ``faiss`` package found is the one
+    faiss-cpu installed, and each compiled library in it (``*.so``) is the one faiss-cpu's
+    ``RECORD`` lists, by size (a GPU build installed over it, as faiss-gpu-cu12 beside
+    faiss-cpu, replaces them). ``False`` where faiss is imported already (it is asked),
+    is not faiss-cpu's, or anything there cannot be read."""
+    if "faiss" in sys.modules:
+        return False
+    try:
+        spec = importlib.util.find_spec("faiss")
+        dist = importlib.metadata.distribution("faiss-cpu")
+    except (ImportError, ValueError):  # PackageNotFoundError is an ImportError
+        return False
+    if spec is None or not spec.origin:
+        return False
+    folder = Path(spec.origin).parent
+    try:
+        if Path(str(dist.locate_file("faiss/__init__.py"))).resolve() != Path(
+            spec.origin
+        ).resolve():
+            return False
+        sizes = {f.name: f.size for f in dist.files or () if f.parts[:1] == ("faiss",)
+                 and len(f.parts) == 2 and f.name.endswith(".so")}  # fmt: skip
+        found = {f.name: f.stat().st_size for f in folder.glob("*.so")}
+    except OSError:
+        return False
+    return bool(found) and found == sizes
 
 
 def gpu_available(settings: Settings) -> bool:
