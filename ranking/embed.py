@@ -1047,7 +1047,9 @@ def _encode(
     import torch
 
     device_type = Device.CUDA if str(encoder.device).startswith(Device.CUDA) else Device.CPU
-    batch = min(batch, _FITS.get(encoder, batch))
+    most = batch  # the setting: a batch halved after running out of memory grows back to it
+    fit = _FITS.get(encoder)
+    batch = min(most, fit.batch) if fit is not None else most
     while True:
         try:
             with _ENCODE_LOCK, _torch_threads(threads), torch.inference_mode(), torch.autocast(
@@ -1059,6 +1061,8 @@ def _encode(
             break
         except torch.OutOfMemoryError as exc:  # the card cannot hold this batch
             batch = _smaller_batch(encoder, batch, len(texts), exc)
+    if fit is not None or encoder in _FITS:
+        _went_through(encoder, batch, len(texts), most)
     vecs = np.asarray(out, dtype=np.float32)
     bad = ~np.isfinite(vecs).all(axis=1)
     if bad.any():
@@ -1077,15 +1081,50 @@ def _encode(
     return np.ascontiguousarray(vecs / norms, dtype=np.float32)
 
 
-#: The largest batch an encoder's device held after one ran out of memory (per encoder).
-_FITS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+#: Batches that go through in a row at a batch size halved after running out of memory
+#: before the size doubles again (never above ``LITPULSE_EMBED_BATCH_SIZE``): the card may
+#: have been held by another process for a while. Each doubling that runs out of memory
+#: again doubles this wait for that encoder (a card that stays small is not retried often).
+REGROW_AFTER = 64
+
+
+@dataclass
+class _Fit:
+    """The batch an encoder's device holds, learnt from running out of memory."""
+
+    #: texts a batch now
+    batch: int
+    #: batches that went through at ``batch`` since it was set
+    good: int = 0
+    #: batches to go through before doubling ``batch``
+    wait: int = REGROW_AFTER
+    #: ``batch`` was reached by doubling (not by halving)
+    grown: bool = False
+
+
+#: The batch each encoder's device holds after one ran out of memory (per encoder).
+_FITS: weakref.WeakKeyDictionary[Any, _Fit] = weakref.WeakKeyDictionary()
+
+
+def _went_through(encoder: SentenceTransformer, batch: int, texts: int, most: int) -> None:
+    """Count the batches of ``texts`` texts that went through at ``batch``; once
+    :class:`_Fit` ``wait`` did, the encoder's batch doubles (at most ``most``)."""
+    with _LOCK:
+        fit = _FITS.get(encoder)
+        if fit is None or fit.batch != batch or batch >= most:
+            return
+        fit.good += -(-texts // batch)
+        if fit.good >= fit.wait:
+            fit.batch, fit.good, fit.grown = min(most, 2 * batch), 0, True
+            logger.info("the device %s held %d batches of %d texts: trying %d a batch",
+                        encoder.device, fit.wait, batch, fit.batch)  # fmt: skip
 
 
 def _smaller_batch(encoder: SentenceTransformer, batch: int, texts: int,
                    exc: BaseException) -> int:
     """The batch to try after ``batch`` ran the encoder's device out of memory: half of
-    it (kept for the encoder's later calls), once the cached blocks the failed batch left
-    are released.
+    it (kept for the encoder's later calls, until :data:`REGROW_AFTER` batches went through
+    at it), once the cached blocks the failed batch left are released.
 
     Raises:
         BudgetError: Not even one text fits (the card is held by something else, or the
@@ -1105,7 +1144,12 @@ def _smaller_batch(encoder: SentenceTransformer, batch: int, texts: int,
     logger.warning("the device %s is out of memory at %d texts a batch: embedding %d a "
                    "batch", encoder.device, min(batch, texts), smaller)
     with _LOCK:
-        _FITS[encoder] = smaller
+        fit = _FITS.get(encoder)
+        if fit is None:
+            _FITS[encoder] = _Fit(smaller)
+        else:  # a doubling that did not fit: wait twice as long before the next one
+            fit.wait *= 2 if fit.grown else 1
+            fit.batch, fit.good, fit.grown = smaller, 0, False
     return smaller
 
 
@@ -1124,7 +1168,8 @@ def embed_texts(
 
     Runs the fast path (see the module docstring): inference mode, autocast to a
     verified half type where native, length-sorted batches of ``settings.embed_batch_size``
-    (halved, for this encoder from then on, while a batch runs its device out of memory:
+    (halved for this encoder while a batch runs its device out of memory, doubled again
+    after :data:`REGROW_AFTER` batches went through:
     :class:`~litpulse.core.errors.BudgetError` when not even one text fits).
     With a tqdm ``bar``, the texts go in slices of a few batches and the bar moves after
     each (documents/s and an ETA while a long call runs).
