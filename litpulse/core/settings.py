@@ -326,7 +326,9 @@ class Settings:
     )
     embed_batch_size: int = _opt(
         64,
-        "Texts per embedding batch (64 measured fastest for bf16 on a CPU; bench/embed.py).",
+        "Texts per embedding batch (64 measured fastest for bf16 on a CPU; bench/embed.py). "
+        "A batch that runs a GPU out of memory is halved, and doubled again up to this after "
+        "64 batches went through.",
         min=1,
         max=65536,
     )
