@@ -370,7 +370,8 @@ class Settings:
     use_gpu: str = _opt(
         "auto",
         "FAISS on the GPU: auto (when FAISS sees one), yes or no. Without a GPU build of "
-        "FAISS (the `gpu` extra) or a visible GPU, yes warns and builds and searches on the "
+        "FAISS (faiss-gpu-cu12 in place of faiss-cpu: README) or a visible GPU, yes warns "
+        "and builds and searches on the "
         "CPU; `litpulse status` says which and why.",
     )
 
