@@ -46,6 +46,18 @@ X3 **A CUDA out-of-memory error halves the embedding batch for the process's lif
    calls), every text embedded.
    (test_x3_a_halved_embedding_batch_grows_back)
 
+X4 **A run whose pool ``ncbi`` is missing is alerted only at its 12 h timeout, without
+   the check that tells.** Airflow 3.3 never warns of a missing pool: its DAG processor
+   builds the ``BundleDagBag`` without ``known_pools`` (``dag_processing/processor.py``),
+   so the ``NONEXISTENT_POOL`` DAG warning is never made, and the scheduler only logs
+   "Tasks using non-existent pool 'ncbi' will not be scheduled". A task cannot ask either:
+   the Task SDK's execution API has no pool call, and tasks may not reach the metadata
+   database. ``ingest_window`` waits, never started, until ``dagrun_timeout``; 37a's
+   alert then says "does each exist" of the DAG's pools, but not how to tell, nor the
+   command that makes ``ncbi``. Reproduced: ``run_failed`` of the nightly DAG's timed-out
+   run, no task started, logs an alert without ``airflow pools get ncbi``.
+   (test_x4_a_run_that_never_started_names_the_pool_check)
+
 Held (tested, no defect):
 
 * A retrain killed right after its promotion commits: the ``promoted`` event is written
@@ -208,3 +220,37 @@ def test_held_a_promotion_killed_after_its_commit_keeps_its_event(
     assert version.status == "active"
     assert [e["event"] for e in version.events] == ["registered", "promoted"]
     assert version.events[-1]["by"] == "gate" and version.events[-1]["reason"] == "passed"
+
+
+# ------------------------------------------------------------------------------- X4
+
+
+@pytest.mark.xfail(strict=True, reason="38d X4: the timeout alert does not say how to check")
+def test_x4_a_run_that_never_started_names_the_pool_check(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import datetime as dt
+    from types import SimpleNamespace
+
+    from litpulse.pipeline.dag_support import run_failed
+    from tests.review.test_session37a_review import _dag_module
+
+    monkeypatch.setenv("LITPULSE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("LITPULSE_ALERT_WEBHOOK_URL", raising=False)
+    _module, dag = _dag_module("litpulse_nightly_ingest")
+    run_id = "scheduled__2026-12-06T02:00:00+00:00"
+    # what the dag processor passes a timed-out run whose tasks never started (37a X2)
+    ti = SimpleNamespace(dag_id=dag.dag_id, task_id="plan", run_id=run_id, map_index=-1,
+                         state="skipped", start_date=None, try_number=0)  # fmt: skip
+    dag_run = SimpleNamespace(dag_id=dag.dag_id, run_id=run_id, run_type="scheduled",
+                              start_date=dt.datetime(2026, 12, 6, 2, tzinfo=dt.UTC), conf={})
+    capfd.readouterr()
+    run_failed({"dag": dag, "run_id": run_id, "reason": "timed_out", "ti": ti,
+                "dag_run": dag_run})  # fmt: skip
+    # the alert is always logged (alerts.notify; Airflow's logging, once imported, writes
+    # it to the process's stderr), and posted where a webhook is set
+    out = capfd.readouterr()
+    alert = "\n".join(line for line in (out.out + out.err).splitlines() if "ALERT" in line)
+    assert "no task of it ever started" in alert, alert
+    assert "`airflow pools get ncbi`" in alert, alert
+    assert "`airflow pools set ncbi 1" in alert, alert
