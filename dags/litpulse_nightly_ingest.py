@@ -107,7 +107,9 @@ runs. Thresholds: `LITPULSE_MAX_QUARANTINE_RATE` (with `LITPULSE_QUALITY_MIN_QUA
 **Alerts.** A failed task, and a task that starts or finishes more than 6 h after its run
 started, post to `LITPULSE_ALERT_WEBHOOK_URL` (always logged). A run still going after 12 h
 times out, alerted too (naming the task left: `ingest_window` never started when the pool
-`ncbi` does not exist or another run holds it).
+`ncbi` does not exist or another run holds it; the alert names `airflow pools get ncbi`).
+Airflow warns of no missing pool (its scheduler's log only: "Tasks using non-existent pool
+'ncbi' will not be scheduled"): after creating it, `airflow pools get ncbi` confirms it.
 """
 
 

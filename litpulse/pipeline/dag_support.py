@@ -414,7 +414,8 @@ def run_failed(context: Context) -> None:
             f"; no task of it ever started ({where}, the one Airflow names, neither): a task "
             f"waits for a free slot in its pool (this DAG's: "
             f"{', '.join(repr(p) for p in sorted(pools)) or 'unknown'}: does each exist, "
-            "with slots, or do other tasks hold them?) and for a worker on its queue ("
+            "with slots, or do other tasks hold them?"
+            f"{_pool_checks(pools)}) and for a worker on its queue ("
             f"{', '.join(repr(q) for q in sorted(queues)) or 'unknown'}: is one listening?)"
         )
     else:
@@ -436,6 +437,21 @@ def run_failed(context: Context) -> None:
             "timeout_hours": timeout.total_seconds() / 3600 if timeout else None,
         },
     )
+
+
+def _pool_checks(pools: set[str]) -> str:
+    """How to tell whether the DAG's own pools exist, and how to make ``ncbi``: Airflow
+    warns of no missing pool (its DAG processor does not check them; the scheduler only
+    logs "Tasks using non-existent pool"), and a task cannot ask (the Task SDK has no pool
+    call), so a run waits for one until its ``dagrun_timeout``, which this alert reports."""
+    ours = sorted(p for p in pools if p != "default_pool")
+    if not ours:
+        return ""
+    text = "; " + ", ".join(f"`airflow pools get {p}`" for p in ours) + " tells"
+    if NCBI_POOL in ours:
+        text += (f"; `airflow pools set {NCBI_POOL} 1 \"NCBI E-utilities/iCite calls of all "
+                 "litpulse runs (rate limit)\"` makes it")
+    return text
 
 
 def run_overdue(
