@@ -83,6 +83,19 @@ watermark) and ``held_windows_past(mark, engine)``; ``bootstrap.MARKER`` is
 ``listed_pmids``, ``forget_listed``) live in ``ingest.checkpoints``, so
 ``quality._forget_listed`` (a wrapper with lazy imports) is gone — there was no import
 cycle, only quality's wish not to import eutils (lxml, the HTTP client).
+
+Install (no test: pip's behaviour): the ``gpu`` extra installed faiss-gpu-cu12 beside the
+faiss-cpu every install takes; both wheels install the ``faiss`` package, so the one
+installed last overwrites the other's files and uninstalling either takes files the
+other needs (faiss issue #2892: faiss-cpu installed after faiss-gpu hid the GPU; removing
+it then gave "No module named 'faiss'"). No extra can remove a base dependency: the
+extra is gone, and the README says to uninstall both and install faiss-gpu-cu12 alone
+(``pip check`` then reports faiss-cpu missing; a later ``pip install -e .`` undoes it).
+X2's metadata check reads a faiss-cpu whose libraries were overwritten as "ask faiss".
+
+Noticed, not filed: 37g X2's torch check and X2's FAISS check both answer "CPU build"
+only while the library is not imported; a process that imported either (the API server
+after its first search) asks the library itself, as before.
 """
 
 from __future__ import annotations
