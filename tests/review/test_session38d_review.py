@@ -89,8 +89,11 @@ faiss-cpu every install takes; both wheels install the ``faiss`` package, so the
 installed last overwrites the other's files and uninstalling either takes files the
 other needs (faiss issue #2892: faiss-cpu installed after faiss-gpu hid the GPU; removing
 it then gave "No module named 'faiss'"). No extra can remove a base dependency: the
-extra is gone, and the README says to uninstall both and install faiss-gpu-cu12 alone
-(``pip check`` then reports faiss-cpu missing; a later ``pip install -e .`` undoes it).
+README says, after ``pip install -e '.[gpu]'``, to uninstall faiss-cpu and reinstall
+faiss-gpu-cu12 without deps, so that its files are whole and alone (``pip check`` then
+reports faiss-cpu missing; a later ``pip install -e .`` undoes it). (The helper removed
+the extra; the integrator kept it, with those two lines: the project's brief names a
+``gpu`` extra for GPU hosts.)
 X2's metadata check reads a faiss-cpu whose libraries were overwritten as "ask faiss".
 
 Noticed, not filed: 37g X2's torch check and X2's FAISS check both answer "CPU build"
