@@ -182,6 +182,7 @@ def parse_ordered(
     spill_dir: Path | None = None,
     stripe: bool | None = None,
     units: Callable[..., Iterator[tuple[int, Iterator[Any] | None]]] | None = None,
+    contents: dict[int, str | None] | None = None,
 ) -> Generator[tuple[int, Iterator[StoreItem]], None, None]:
     """Parse ``jobs`` in ``workers`` processes; yield ``(job index, items)`` in job order.
 
@@ -215,6 +216,14 @@ def parse_ordered(
             ``units``).
         units: The unit parser of striped jobs, called as ``units(file, source_ref=,
             limits=, part=, parts=)`` (default :func:`ingest.parse.iter_units`), by name.
+        contents: The jobs (of a sequence) whose content MD5 to take as they are parsed,
+            by index; each is set, as the end of its items is read, to the MD5 of the
+            file's content (:class:`ingest.parse.ContentDigest`: a gzip file's unpacked
+            bytes), or ``None`` where it was not read whole (a damaged gzip stream). Taken
+            by the process that parses the job (of a striped job, stripe 0's, which then
+            also sends it at the job's end), from the bytes it unpacks anyway: the file is
+            not unpacked again. The parser (and ``units``) is called with ``content=``
+            for those jobs (the default ones take it). Ignored for lazy jobs.
 
     Yields:
         The index of each job and an iterator of its items. Read each job's items to
@@ -236,12 +245,16 @@ def parse_ordered(
     if workers > 0 and parse is not None and not _by_name(parse):
         logger.info("parser %r cannot go to a worker process: parsing here", parse)
         workers = 0
+    lazy = not isinstance(jobs, Sequence)
+    wanted = contents if contents is not None and not lazy else {}
     if workers == 0:
         for index, job in enumerate(jobs):
             path, ref, identity = _identified(job)
-            yield index, _parse_here(path, ref, identity, limits, prepare, parse, chunk_items)
+            yield index, _parse_here(
+                path, ref, identity, limits, prepare, parse, chunk_items,
+                wanted if index in wanted else None, index,
+            )  # fmt: skip
         return
-    lazy = not isinstance(jobs, Sequence)
     seq = [] if lazy else [_identified(job) for job in jobs]
     striping = stripe is not False and workers >= 2 and _can_stripe(parse, units)
     parts_of: list[int] = []  # per job of a sequence: 1, or the workers sharing it
@@ -274,10 +287,11 @@ def parse_ordered(
                 job_queues.append(mine)
             else:
                 mine = [
-                    (i, str(p), ref, ident, w if parts > 1 else 0, parts)
+                    (i, str(p), ref, ident, w if parts > 1 else 0, parts, i in wanted and w == 0
+                     if parts > 1 else i in wanted)
                     for i, ((p, ref, ident), parts) in enumerate(zip(seq, parts_of, strict=True))
                     if parts > 1 or i % n == w
-                ]
+                ]  # fmt: skip
             q = ctx.Queue(maxsize=queue_batches)
             proc = ctx.Process(
                 target=_worker,
@@ -302,9 +316,11 @@ def parse_ordered(
             paths[index] = path
             reader: _JobReader | _StripedReader
             if striping and (lazy or parts_of[index] > 1):
-                reader = _StripedReader(index, path, queues, procs, paths)
+                reader = _StripedReader(index, path, queues, procs, paths, wanted)
             else:
-                reader = _JobReader(index, path, queues[index % n], procs[index % n], paths)
+                reader = _JobReader(
+                    index, path, queues[index % n], procs[index % n], paths, wanted
+                )
             yield index, iter(reader)
             reader.drain()
         _finish(queues, procs, paths)
@@ -397,9 +413,11 @@ class _Feeder(threading.Thread):
                 path, ref, identity = _identified(job)
                 if self.striped:  # every worker parses its stripe of it
                     for w, q in enumerate(self.job_queues):
-                        q.put((index, str(path), ref, identity, w, self.n))
+                        q.put((index, str(path), ref, identity, w, self.n, False))
                 else:
-                    self.job_queues[index % self.n].put((index, str(path), ref, identity, 0, 1))
+                    self.job_queues[index % self.n].put(
+                        (index, str(path), ref, identity, 0, 1, False)
+                    )
                 with self.cond:
                     self.sent.append(path)
                     self.cond.notify_all()
@@ -501,15 +519,20 @@ def _parse_here(
     prepare: bool,
     parse: Callable[..., Any] | None,
     chunk_items: int,
+    contents: dict[int, str | None] | None = None,
+    index: int = 0,
 ) -> Iterator[StoreItem]:
     """The items of one job parsed here, handed on a chunk at a time once the file is
-    checked (as a worker sends them)."""
-    from ingest.parse import iter_items
+    checked (as a worker sends them); ``contents[index]`` set to its content MD5 at its
+    end, where ``contents`` is given."""
+    from ingest.parse import ContentDigest, iter_items
 
     src = _Opened(path, identity)
     chunk: list[Any] = []
+    digest = ContentDigest() if contents is not None else None
+    kw: dict[str, Any] = {"content": digest} if digest is not None else {}
     try:
-        for item in (parse or iter_items)(src.fh, source_ref=ref, limits=limits):
+        for item in (parse or iter_items)(src.fh, source_ref=ref, limits=limits, **kw):
             chunk.append(prepare_item(item) if prepare else item)
             if len(chunk) >= chunk_items:
                 src.check()
@@ -522,6 +545,8 @@ def _parse_here(
         raise
     finally:
         src.close()
+    if contents is not None and digest is not None:
+        contents[index] = digest.hexdigest
     yield from chunk
 
 
@@ -529,10 +554,17 @@ class _JobReader:
     """The items of one job, read from its worker's queue."""
 
     def __init__(
-        self, index: int, path: Path, q: Any, proc: Any, paths: Mapping[int, Path] | None = None
+        self,
+        index: int,
+        path: Path,
+        q: Any,
+        proc: Any,
+        paths: Mapping[int, Path] | None = None,
+        contents: dict[int, str | None] | None = None,
     ) -> None:
         self.index, self.path, self.q, self.proc = index, path, q, proc
         self.paths = paths or {}
+        self.contents = contents if contents is not None and index in contents else None
         self.done = False
 
     def __iter__(self) -> Iterator[StoreItem]:
@@ -550,8 +582,10 @@ class _JobReader:
                 yield from _unwire(pickle.loads(payload))
             elif kind == "spill":
                 yield from _read_spill(Path(payload))
-            elif kind == "end":
+            elif kind == "end":  # with the content MD5 of a job whose MD5 was asked
                 self.done = True
+                if self.contents is not None:
+                    self.contents[self.index] = payload
             else:
                 self.done = True
                 raise _unpickle_error(payload, self.path)
@@ -586,7 +620,9 @@ class _StripedReader:
     """The items of one striped job: unit ``u`` read from worker ``u % N``, in order.
 
     Each worker sends its units' items, each unit closed by ``None``; the worker that
-    would own the unit after the last one sends the job's end.
+    would own the unit after the last one sends the job's end. Of a job whose content MD5
+    is asked (``contents``), stripe 0 takes it and sends its end with it in any case: read
+    here after the job's end where another worker sent that.
     """
 
     def __init__(
@@ -596,10 +632,12 @@ class _StripedReader:
         queues: list[Any],
         procs: list[Any],
         paths: Mapping[int, Path] | None = None,
+        contents: dict[int, str | None] | None = None,
     ) -> None:
+        self.hashed = contents is not None and index in contents
         self.streams = [
-            iter(_JobReader(index, path, q, proc, paths))
-            for q, proc in zip(queues, procs, strict=True)
+            iter(_JobReader(index, path, q, proc, paths, contents if w == 0 else None))
+            for w, (q, proc) in enumerate(zip(queues, procs, strict=True))
         ]
         self.unit = 0
         self.done = False
@@ -613,6 +651,11 @@ class _StripedReader:
                 yield item
             else:  # the job's end
                 self.done = True
+                if self.hashed and self.unit % n:  # stripe 0's end, with the content MD5
+                    for _item in self.streams[0]:
+                        raise WorkerError(  # pragma: no cover - the protocol forbids it
+                            "parse worker 0 sent items after the end of its stripe"
+                        )
                 return
             self.unit += 1
 
@@ -671,10 +714,13 @@ def _worker(
 ) -> None:
     """Parse ``jobs`` in order into ``q``; stop when ``keep`` reaches end-of-file.
 
-    ``jobs``: a list of ``(index, path, ref, identity, part, parts)``, or a queue of them
-    ending with ``None``; a job with ``parts > 1`` is striped: only the units of stripe
-    ``part`` are parsed (:func:`ingest.parse.iter_units`), each followed by ``None``,
-    and the job's end is sent by the stripe the unit after the last would belong to.
+    ``jobs``: a list of ``(index, path, ref, identity, part, parts, hashed)``, or a queue
+    of them ending with ``None``; a job with ``parts > 1`` is striped: only the units of
+    stripe ``part`` are parsed (:func:`ingest.parse.iter_units`), each followed by
+    ``None``, and the job's end is sent by the stripe the unit after the last would
+    belong to. ``hashed``: the content MD5 of the job's file is taken as it is read
+    (:class:`ingest.parse.ContentDigest`) and sent with the job's end (by this stripe,
+    stripe 0, in any case: see :class:`_StripedReader`).
     The file is checked against ``identity`` when opened, before each chunk is sent or
     spilled, and at its end (:class:`_Opened`): a change is the job's error, and what
     was read since the last check is dropped.
@@ -695,18 +741,20 @@ def _worker(
                 if keep.poll():  # EOF: the caller is gone or stopped reading
                     os._exit(0)
 
-    for index, path, ref, identity, part, parts in _jobs_of(jobs, keep):
+    for index, path, ref, identity, part, parts, hashed in _jobs_of(jobs, keep):
         out = _Out(index, put, at, spill, part if parts > 1 else None)
         src: _Opened | None = None
+        digest = parsing.ContentDigest() if hashed else None
+        kw: dict[str, Any] = {"content": digest} if digest is not None else {}
         try:
             src = out.src = _Opened(path, identity)
             ends = True
             if parts == 1:
-                for item in iter_items(src.fh, source_ref=ref, limits=limits):
+                for item in iter_items(src.fh, source_ref=ref, limits=limits, **kw):
                     out.add(_wire(item, prepare), chunk_items, keep)
             else:
                 for u, items in iter_units(
-                    src.fh, source_ref=ref, limits=limits, part=part, parts=parts
+                    src.fh, source_ref=ref, limits=limits, part=part, parts=parts, **kw
                 ):
                     if items is None:  # u: the number of units
                         ends = u % parts == part
@@ -716,8 +764,8 @@ def _worker(
                     out.add(None, chunk_items, keep)  # the end of unit u
             src.check()  # read to its end as recorded
             out.flush()
-            if ends:
-                put(("end", index, None))
+            if ends or digest is not None:
+                put(("end", index, digest.hexdigest if digest is not None else None))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             error = exc
             try:
@@ -743,7 +791,7 @@ def _worker(
 
 def _jobs_of(
     jobs: Any, keep: Connection
-) -> Iterator[tuple[int, str, SourceRef, FileIdentity | None, int, int]]:
+) -> Iterator[tuple[int, str, SourceRef, FileIdentity | None, int, int, bool]]:
     """A worker's jobs: its list, or its job queue up to ``None`` (lazy jobs)."""
     if isinstance(jobs, list):
         yield from jobs
