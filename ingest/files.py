@@ -38,7 +38,12 @@ content, so that a ``.xml.gz`` copy and its unpacked ``.xml`` are one issue:
 ``source_times.md5``; the server's ``.xml.gz`` of that content is that issue too): a
 copy of an earlier one is left out, any other copy is read whole as a re-issue of it
 (:func:`_reissue`: ranked after it), and an update-file run that then applies an issue
-other than that copy's applies it as a re-issue too. A copy read first by a release
+other than that copy's applies it as a re-issue too. The content MD5 of a ``.xml.gz``
+copy read first is taken by its parse from the bytes it unpacks (not by unpacking it
+once more: :func:`ingest.parallel.parse_ordered` ``contents``) and recorded once the
+file's last batch is stored (:func:`_note_first_issues`): a run killed before that
+leaves an issue not recorded, replaced whole as below by the next copy or issue, while
+the same copy read again is the first read still and records it. A copy read first by a release
 before MD5s were recorded (``source_times.md5`` NULL) is of an unknown issue: another
 copy, or the server's issue, is read whole as a re-issue of it
 (:data:`ingest.store.UNKNOWN_ISSUE`), never half as that copy read again.
@@ -176,32 +181,41 @@ def ingest_files(
         # the NLM files' first reads, as the fetch times are fixed (ingest.rules: a file
         # killed before its first batch committed keeps the time it was first read)
         read = store.record_sources(src for _path, src, _identity in jobs)
-        _note_first_issues(store, jobs, read, digests)
+        # the content MD5 of a first read not known yet is taken by its parse
+        contents: dict[int, str | None] = _note_first_issues(store, jobs, read, digests)
         n_workers = settings.ingest_workers if workers is None else workers
         parsed = parse_ordered(
             jobs, workers=n_workers, limits=limits, parse=parse.iter_items,
-            queue_batches=queue_batches_for(size), stripe=stripe,
+            queue_batches=queue_batches_for(size), stripe=stripe, contents=contents,
         )  # fmt: skip
         with contextlib.closing(parsed):
             for index, items in parsed:
-                path = files[index]
-                if path in digests and read.get(jobs[index][1]) is not jobs[index][1]:
-                    _reissue(store, run, path, jobs[index][1], digests[path])
+                path, src = files[index], jobs[index][1]
+                if path in digests and read.get(src) is not src:
+                    _reissue(store, run, path, src, digests[path] or _content_of(path))
                 if progress:
                     items = _with_progress(items, path.name)
                 counts = store.apply(items, run_id=run.id, batch_size=size, on_batch=on_batch)
+                if index in contents:  # its parse took it (else, a damaged stream: here)
+                    store.note_first_issue(src, contents[index] or _content_of(path))
                 logger.info("%s: %s", path, counts.to_dict())
                 per_file.append({"path": str(path), **counts.to_dict()})
     return run.counts
 
 
-def _earlier_issues(store: Store, files: Sequence[Path]) -> tuple[dict[Path, str], dict[Path, str]]:
+def _earlier_issues(
+    store: Store, files: Sequence[Path]
+) -> tuple[dict[Path, str], dict[Path, str | None]]:
     """Of ``files``, the copies of an NLM file's issue that a re-issue this store read
     replaced, each with why it is left out (logged): read, its records would meet the new
     issue's rows as the same source (the number's one as-of time) and undo those further
     down in it; as the earlier source it is, it changes nothing. And the MD5 of each copy
     of an NLM file not applied from NLM's server (plain or ``.xml.gz``) that is read: the
-    issue its read is of (:func:`_note_first_issues`, :func:`_reissue`).
+    issue its read is of (:func:`_note_first_issues`, :func:`_reissue`): ``None`` for a
+    ``.xml.gz`` copy of a file of which no issue is recorded (nothing to tell it from),
+    whose content MD5 (it costs a second unpacking of the file) is taken by its parse
+    where its read is the file's first, else computed where it is needed
+    (:func:`_content_of`).
 
     A copy of the issue applied from NLM's server is read as ever. An unpacked copy
     (``.xml``: its MD5 is not the published one) is read as the issue applied while the
@@ -216,7 +230,7 @@ def _earlier_issues(store: Store, files: Sequence[Path]) -> tuple[dict[Path, str
             replays). Nothing is applied.
     """
     skipped: dict[Path, str] = {}
-    digests: dict[Path, str] = {}
+    digests: dict[Path, str | None] = {}
     refused: list[str] = []
     for path in files:
         order = nlm_file_order(path)
@@ -240,13 +254,13 @@ def _earlier_issues(store: Store, files: Sequence[Path]) -> tuple[dict[Path, str
                     "be told (give the .xml.gz as published)"
                 )  # fmt: skip
             continue
+        if packed and current is None and not earlier and not applied:
+            digests[path] = None  # no issue to tell it from: its content MD5 taken later
+            continue
         # a copy is told by its MD5 and its unpacked content's (an unpacked copy's is its
         # content's): a .xml.gz and its .xml are one issue, whichever was read first
         md5 = file_md5(path)
-        try:
-            content = content_md5(path) if packed else md5
-        except gzip.BadGzipFile:  # a damaged stream: told by its bytes; its read says why
-            content = md5
+        content = _content_of(path, md5) if packed and md5 != current else md5
         if current in (md5, content):
             continue
         if md5 in earlier or content in earlier:
@@ -276,16 +290,40 @@ def _note_first_issues(
     store: Store,
     jobs: Sequence[tuple[Path, SourceRef, FileIdentity]],
     read: Mapping[SourceRef, SourceRef],
-    digests: Mapping[Path, str],
-) -> None:
+    digests: Mapping[Path, str | None],
+) -> dict[int, str | None]:
     """Record the MD5 of each copy of an NLM file whose read is the file's first (its
     as-of time: :meth:`Store.record_sources`; ``.xml.gz`` or unpacked), so that an
     update-file run that then applies another issue of it (or a copy read later that is
     another one) applies that issue as a re-issue, ranked after the copy
-    (:meth:`Store.reissue`), not as the copy read again (half of it a replay)."""
-    for path, src, _identity in jobs:
+    (:meth:`Store.reissue`), not as the copy read again (half of it a replay).
+
+    Returns:
+        The jobs (by index) whose MD5 is not known yet (a ``.xml.gz`` copy's content MD5,
+        :func:`_earlier_issues`): their parse takes it, recorded once the file's last
+        batch is stored. Until then, as after a run killed before that, the as-of time
+        is of an issue not recorded: a later read of another copy, or the server's issue,
+        replaces it whole as a re-issue (:data:`ingest.store.UNKNOWN_ISSUE`), never half;
+        the same copy read again is that first read still, and records it.
+    """
+    later: dict[int, str | None] = {}
+    for index, (path, src, _identity) in enumerate(jobs):
         if path in digests and read.get(src) is src:
-            store.note_first_issue(src, digests[path])
+            md5 = digests[path]
+            if md5 is None:
+                later[index] = None
+            else:
+                store.note_first_issue(src, md5)
+    return later
+
+
+def _content_of(path: Path, md5: str | None = None) -> str:
+    """The MD5 of a copy's unpacked content (:func:`content_md5`: unpacks the file once
+    more); of a damaged stream, its bytes' (``md5`` where known): its read says why."""
+    try:
+        return content_md5(path)
+    except gzip.BadGzipFile:
+        return md5 or file_md5(path)
 
 
 def _reissue(store: Store, run: OpenRun, path: Path, src: SourceRef, md5: str) -> None:
