@@ -38,8 +38,8 @@ content, so that a ``.xml.gz`` copy and its unpacked ``.xml`` are one issue:
 ``source_times.md5``; the server's ``.xml.gz`` of that content is that issue too): a
 copy of an earlier one is left out, any other copy is read whole as a re-issue of it
 (:func:`_reissue`: ranked after it), and an update-file run that then applies an issue
-other than that copy's applies it as a re-issue too. The content MD5 of a ``.xml.gz``
-copy read first is taken by its parse from the bytes it unpacks (not by unpacking it
+other than that copy's applies it as a re-issue too. The MD5 of a copy read first is
+taken by its parse from the bytes it reads and unpacks (not by reading and unpacking it
 once more: :func:`ingest.parallel.parse_ordered` ``contents``) and recorded once the
 file's last batch is stored (:func:`_note_first_issues`): a run killed before that
 leaves an issue not recorded, replaced whole as below by the next copy or issue, while
@@ -192,12 +192,12 @@ def ingest_files(
             for index, items in parsed:
                 path, src = files[index], jobs[index][1]
                 if path in digests and read.get(src) is not src:
-                    _reissue(store, run, path, src, digests[path] or _content_of(path))
+                    _reissue(store, run, path, src, digests[path] or _issue_md5(path))
                 if progress:
                     items = _with_progress(items, path.name)
                 counts = store.apply(items, run_id=run.id, batch_size=size, on_batch=on_batch)
-                if index in contents:  # its parse took it (else, a damaged stream: here)
-                    store.note_first_issue(src, contents[index] or _content_of(path))
+                if index in contents:  # its parse took it (a damaged stream: not)
+                    store.note_first_issue(src, _issue_md5(path, contents[index]))
                 logger.info("%s: %s", path, counts.to_dict())
                 per_file.append({"path": str(path), **counts.to_dict()})
     return run.counts
@@ -212,10 +212,10 @@ def _earlier_issues(
     down in it; as the earlier source it is, it changes nothing. And the MD5 of each copy
     of an NLM file not applied from NLM's server (plain or ``.xml.gz``) that is read: the
     issue its read is of (:func:`_note_first_issues`, :func:`_reissue`): ``None`` for a
-    ``.xml.gz`` copy of a file of which no issue is recorded (nothing to tell it from),
-    whose content MD5 (it costs a second unpacking of the file) is taken by its parse
-    where its read is the file's first, else computed where it is needed
-    (:func:`_content_of`).
+    copy of a file of which no issue is recorded (nothing to tell it from), whose MD5
+    (a ``.xml.gz``'s content MD5 costs a second unpacking of the file) is taken by its
+    parse where its read is the file's first, else computed where it is needed
+    (:func:`_issue_md5`).
 
     A copy of the issue applied from NLM's server is read as ever. An unpacked copy
     (``.xml``: its MD5 is not the published one) is read as the issue applied while the
@@ -254,8 +254,8 @@ def _earlier_issues(
                     "be told (give the .xml.gz as published)"
                 )  # fmt: skip
             continue
-        if packed and current is None and not earlier and not applied:
-            digests[path] = None  # no issue to tell it from: its content MD5 taken later
+        if current is None and not earlier and not applied:
+            digests[path] = None  # no issue to tell it from: its MD5 taken later
             continue
         # a copy is told by its MD5 and its unpacked content's (an unpacked copy's is its
         # content's): a .xml.gz and its .xml are one issue, whichever was read first
@@ -299,8 +299,8 @@ def _note_first_issues(
     (:meth:`Store.reissue`), not as the copy read again (half of it a replay).
 
     Returns:
-        The jobs (by index) whose MD5 is not known yet (a ``.xml.gz`` copy's content MD5,
-        :func:`_earlier_issues`): their parse takes it, recorded once the file's last
+        The jobs (by index) whose MD5 is not known yet (:func:`_earlier_issues`): their
+        parse takes it (:func:`_issue_md5`), recorded once the file's last
         batch is stored. Until then, as after a run killed before that, the as-of time
         is of an issue not recorded: a later read of another copy, or the server's issue,
         replaces it whole as a re-issue (:data:`ingest.store.UNKNOWN_ISSUE`), never half;
@@ -315,6 +315,20 @@ def _note_first_issues(
             else:
                 store.note_first_issue(src, md5)
     return later
+
+
+def _issue_md5(path: Path, parsed: str | None = None) -> str:
+    """The MD5 a copy of an NLM file is told by (:func:`_earlier_issues`): a ``.xml.gz``
+    copy's unpacked content's (a damaged stream's: its bytes'), an unpacked copy's bytes'.
+    ``parsed``: the content MD5 its parse took (``None``: it could not), which is that
+    unless the bytes of a ``.xml`` copy are gzip (its parse unpacked them)."""
+    if not path.name.lower().endswith(".gz"):
+        if parsed is not None:
+            with path.open("rb") as fh:
+                if fh.read(2) != b"\x1f\x8b":  # not gzip (RFC 1952): its bytes were hashed
+                    return parsed
+        return file_md5(path)
+    return parsed or _content_of(path)
 
 
 def _content_of(path: Path, md5: str | None = None) -> str:

@@ -15,8 +15,9 @@ is still computed in the writer, eagerly, only where a comparison needs it befor
 parse (an issue recorded and the copy's bytes not that MD5; a copy that is not the first
 read: :func:`ingest.files._reissue` records it before the first item), and for a first
 read whose stream the parse did not read whole (a damaged gzip stream: its bytes' MD5, as
-before). An unpacked ``.xml`` copy is told by its bytes' MD5 as before (computed eagerly,
-its cost unchanged).
+before). An unpacked ``.xml`` copy read first is told by its bytes' MD5 as before, taken
+by its parse too (one MD5 of the whole file less in the writer), unless its bytes are gzip
+(the parse unpacks them: its bytes' MD5 is computed then, as before).
 
 The new window: a run killed after a first read's items are stored and before its MD5 is
 recorded leaves the file's as-of time with no issue (``source_times.md5`` NULL), which the
@@ -158,6 +159,26 @@ def test_a_first_read_records_the_content_md5_its_parse_took(
     copy = _copy(tmp_path, ISSUE_A)
     ingest_files(settings, [copy], workers=workers, stripe=stripe)
     assert _issue_of(settings, copy) == _content(ISSUE_A)
+    assert _both(settings) == FIRST
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_unpacked_first_copy_records_its_bytes_md5_its_parse_took(
+    settings: Settings, tmp_path: Path, workers: int
+) -> None:
+    plain = _copy(tmp_path, gzip.decompress(ISSUE_A), N2.removesuffix(".gz"))
+    ingest_files(settings, [plain], workers=workers)
+    assert _issue_of(settings, plain) == _content(ISSUE_A)
+
+
+def test_gzip_bytes_under_an_unpacked_name_are_recorded_by_their_bytes(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Held: a ``.xml`` copy is told by its bytes' MD5, as before, gzip bytes too (its
+    parse unpacks them: the MD5 it took is not recorded)."""
+    odd = _copy(tmp_path, ISSUE_A, N2.removesuffix(".gz"))
+    ingest_files(settings, [odd], workers=0)
+    assert _issue_of(settings, odd) == hashlib.md5(ISSUE_A).hexdigest()
     assert _both(settings) == FIRST
 
 
