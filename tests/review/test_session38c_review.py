@@ -1,0 +1,135 @@
+"""Review 38c: what the nightly knows of its own progress (two design decisions earlier
+reviews left as strict xfails: 37h X5 and 35b X3).
+
+X1 **(37h X5) The watermark is rebuilt from every succeeded run ever recorded.**
+   ``planning.last_watermark`` (``litpulse status``, the nightly's planning,
+   ``held_windows``) reads every succeeded E-utilities and update-file run of the store
+   and chains their windows again on every call: one run more each night, for years.
+   Reproduced: 40 nights recorded, the mark worked out once (the nightly before), one
+   more night recorded through the run ledger: working the mark out again reads every
+   row of ``ingest_runs`` again (41), where the runs since the last time (and the
+   held or unfinished ones) are enough.
+   (test_x1_the_mark_reads_the_runs_since_it_was_kept)
+
+X2 **(35b X3) A new year's update files whose start is unknown are applied from the
+   lowest number listed.** Across the year's turn, a mirror whose ``baseline/`` was
+   pruned (the README allows pruning a ``file://`` mirror) lists ``pubmed27n0050``..;
+   where 2027's update files begin is known only from 2027's baseline listing (its last
+   number + 1), so the lowest listed number was taken and the files missing between
+   (the end of 2026's, 2027's first) skipped silently. Reproduced twice: with the new
+   year's baseline never seen (the run must be held, naming what is missing and
+   ``--accept-gaps``), and with a store that saw the new year's baseline listing (last
+   number 47) before it was pruned (``pubmed27n0048``..``0049`` must hold the run).
+   (test_x2_a_new_year_of_unknown_start_is_held,
+   test_x2_a_new_year_whose_baseline_the_store_saw_keeps_its_start)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from sqlalchemy import insert
+from sqlalchemy.engine import Engine
+
+from ingest.runs import IngestCounts, RunLedger
+from ingest.updatefiles import apply_updates
+from litpulse.core import db
+from litpulse.core.errors import IncompleteSourceError
+from litpulse.core.schema import ingest_runs
+from litpulse.core.settings import Settings
+from litpulse.pipeline import planning
+from tests.emulator import Emulator
+from tests.ingest.test_updatefiles_gaps import _applied, _configure
+from tests.review.test_session35b_review import _prune, _publish
+from tests.review.test_session37h_review import _statements
+
+DAY0 = dt.datetime(2025, 1, 1, 5, tzinfo=dt.UTC)
+
+
+def _night(i: int) -> dict[str, Any]:
+    start, end = DAY0 + dt.timedelta(days=i), DAY0 + dt.timedelta(days=i + 1)
+    return {"source": "eutils", "target": f"{start:%Y-%m-%d}..{end:%Y-%m-%d}",
+            "window_start": start, "window_end": end, "status": "succeeded",
+            "details": {"listed": 20}, "started_at": end + dt.timedelta(hours=1),
+            "finished_at": end + dt.timedelta(hours=2)}  # fmt: skip
+
+
+def _rows_read(engine: Engine, seen: list[tuple[str, Any]]) -> int:
+    """The rows of ``ingest_runs`` the SELECTs of ``seen`` return, run again."""
+    read = 0
+    with engine.connect() as conn:
+        cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        for stmt, params in seen:
+            if stmt.lstrip().upper().startswith("SELECT") and "FROM ingest_runs" in stmt:
+                cur.execute(stmt, params)
+                read += len(cur.fetchall())
+        cur.close()
+    return read
+
+
+@pytest.mark.xfail(strict=True, reason="38c X1: the watermark reads every run ever recorded")
+def test_x1_the_mark_reads_the_runs_since_it_was_kept(settings: Settings) -> None:
+    engine = db.connect(settings)
+    with engine.begin() as conn:
+        conn.execute(insert(ingest_runs), [_night(i) for i in range(40)])
+    assert planning.last_watermark(settings, engine) == DAY0 + dt.timedelta(days=40)
+    # one more night, through the run ledger
+    ledger = RunLedger(engine)
+    run = ledger.start_run("eutils", window_start=DAY0 + dt.timedelta(days=40),
+                           window_end=DAY0 + dt.timedelta(days=41))
+    ledger.finish_run(run, IngestCounts())
+    with _statements(engine) as seen:
+        mark = planning.last_watermark(settings, engine)
+        held = planning.held_windows(settings, engine, mark=mark)
+    assert mark == DAY0 + dt.timedelta(days=41) and held == []
+    assert _rows_read(engine, seen) <= 3
+
+
+@pytest.mark.xfail(strict=True, reason="38c X2: a new year's start taken from its lowest file")
+def test_x2_a_new_year_of_unknown_start_is_held(emu: Emulator, settings: Settings) -> None:
+    s = _configure(emu, settings)
+    _publish(emu, "updatefiles", [100])
+    apply_updates(s, workers=0)
+    _prune(emu, "updatefiles", "baseline")
+    _publish(emu, "updatefiles", range(50, 53), year=27)
+    with pytest.raises(IncompleteSourceError) as err:
+        apply_updates(s, workers=0)
+    message = str(err.value)
+    assert _applied(s) == ["pubmed26n0100.xml.gz"]
+    # what is not known, why, and the two ways on
+    assert "2027" in message and "pubmed27n0050.xml.gz" in message, message
+    assert "baseline/" in message and "--accept-gaps" in message, message
+    assert "pubmed26n0100.xml.gz" in message, message  # the last file of 2026 applied
+    # --accept-gaps: the lowest listed number taken, as before
+    apply_updates(s, workers=0, accept_gaps=True)
+    assert _applied(s)[-1] == "pubmed27n0052.xml.gz"
+    # the year is known now (files of it applied): the next files follow on
+    _publish(emu, "updatefiles", [53], year=27)
+    apply_updates(s, workers=0)
+    assert _applied(s)[-1] == "pubmed27n0053.xml.gz"
+
+
+@pytest.mark.xfail(strict=True, reason="38c X2: a new year's start taken from its lowest file")
+def test_x2_a_new_year_whose_baseline_the_store_saw_keeps_its_start(
+    emu: Emulator, settings: Settings
+) -> None:
+    s = _configure(emu, settings)
+    _publish(emu, "updatefiles", [100])
+    apply_updates(s, workers=0)
+    # December: the new year's baseline is listed (not applied: update files only)
+    _publish(emu, "baseline", [47], year=27)
+    apply_updates(s, workers=0)
+    # the mirror prunes it; 2027's first two update files are missing
+    _prune(emu, "baseline")
+    _publish(emu, "updatefiles", range(50, 53), year=27)
+    with pytest.raises(IncompleteSourceError) as err:
+        apply_updates(s, workers=0)
+    assert _applied(s) == ["pubmed26n0100.xml.gz"]
+    assert "pubmed27n0048.xml.gz" in str(err.value), err.value
+    assert "pubmed27n0049.xml.gz" in str(err.value), err.value
+    # they come: everything is applied
+    _publish(emu, "updatefiles", [48, 49], year=27)
+    apply_updates(s, workers=0)
+    assert _applied(s)[-1] == "pubmed27n0052.xml.gz"
