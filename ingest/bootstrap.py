@@ -92,6 +92,7 @@ from ingest.updatefiles import (
     discard_applied_downloads,
     discard_download,
     downloads_folder,
+    known_baselines,
     note_listed,
     plan_files,
 )
@@ -248,9 +249,8 @@ def pending_files(
     (:func:`ingest.updatefiles.plan_files`: one annual baseline, then its update files)."""
     engine = engine or db.connect(settings)
     kinds, issues = applied_files(engine)
-    plan = plan_files(
-        settings, kinds, include_baseline=True, accept_gaps=accept_gaps, issues=issues
-    )
+    plan = plan_files(settings, kinds, include_baseline=True, accept_gaps=accept_gaps,
+                      issues=issues, known=known_baselines(engine))
     note_listed(engine, plan)
     return plan
 

@@ -67,7 +67,7 @@ from litpulse.core.errors import (
     InvalidRequestError,
     LitpulseError,
 )
-from litpulse.core.schema import source_files
+from litpulse.core.schema import checkpoints, source_files
 from litpulse.core.settings import Settings
 from litpulse.core.timeutil import utcnow
 
@@ -115,6 +115,10 @@ CHECKSUM_ATTEMPTS = 3
 #: Checkpoint scope of a file being applied (keyed by its name): its MD5, the items
 #: committed and their counts, written with each batch (:func:`_store_file`).
 PROGRESS_SCOPE = "updatefiles-progress"
+#: Checkpoint scope of the annual baselines this store saw listed (keyed by the year's two
+#: digits, value ``{"last": N}``): where that year's update files begin (``N + 1``) once a
+#: mirror pruned its ``baseline/`` (:func:`known_baselines`).
+BASELINES_SCOPE = "updatefiles-baselines"
 
 FOLDERS = {"baseline": "baseline", "updatefile": "updatefiles"}
 
@@ -406,6 +410,10 @@ class FilePlan:
     #: ``(name, listing entry)`` of applied files whose entry changed while their MD5 did
     #: not (or was not known): recorded by :func:`note_listed`, not applied again.
     restamp: tuple[tuple[str, str], ...] = ()
+    #: ``(year, last number)`` of each annual baseline listed: recorded by
+    #: :func:`note_listed`, so that a mirror pruning it later still says where that
+    #: year's update files begin (:func:`known_baselines`).
+    baselines: tuple[tuple[int, int], ...] = ()
 
     def raise_if_held(self) -> None:
         """Raise :class:`IncompleteSourceError` when files wait behind a gap."""
@@ -431,6 +439,7 @@ def plan_files(
     include_baseline: bool = False,
     accept_gaps: bool = False,
     issues: Mapping[str, tuple[str, str | None]] | None = None,
+    known: Mapping[int, int] | None = None,
 ) -> FilePlan:
     """The files to apply now, from the server's listing and the store's ``applied`` files
     (name → kind, ``source_files``).
@@ -445,7 +454,14 @@ def plan_files(
     (``FilePlan.held``) — applied after it, a deletion or revision would land before the
     record it changes. ``accept_gaps`` applies past such gaps (a file NLM withdrew).
     ``issues`` (name → MD5 and listing entry applied, :func:`applied_files`): the applied
-    files NLM re-issued are pending again (:func:`find_reissues`).
+    files NLM re-issued are pending again (:func:`find_reissues`). Where a year's update
+    files begin is known from that year's baseline listing (its last number + 1; NCBI
+    always lists it), from ``known`` (the baselines this store saw listed before:
+    :func:`known_baselines`) or from the files of that year it applied; a later year than
+    the store's first whose start is known from none of them (a mirror that pruned its
+    ``baseline/`` across the year's turn) holds its files back, never taken to begin at
+    the lowest number listed (the end of the year before and the new year's first files
+    could be missing unseen); ``accept_gaps`` takes it so.
 
     Raises:
         IncompleteSourceError: The baseline listing names no file.
@@ -454,7 +470,7 @@ def plan_files(
     """
     source = _source(settings)
     try:
-        return _plan(source, applied, include_baseline, accept_gaps, issues)
+        return _plan(source, applied, include_baseline, accept_gaps, issues, known)
     finally:
         source.close()
 
@@ -476,8 +492,12 @@ def applied_files(
 
 def note_listed(engine: Engine, plan: FilePlan) -> None:
     """Record the listing entries of applied files found unchanged (``plan.restamp``), so
-    that the next run reads their ``.md5`` only when the entry changes again."""
-    if not plan.restamp:
+    that the next run reads their ``.md5`` only when the entry changes again, and the last
+    number of each annual baseline listed (``plan.baselines``) not recorded yet or lower
+    (:func:`known_baselines`)."""
+    known = known_baselines(engine) if plan.baselines else {}
+    new = [(year, last) for year, last in plan.baselines if known.get(year, 0) < last]
+    if not plan.restamp and not new:
         return
     sf = source_files.c
     with engine.begin() as conn:
@@ -485,6 +505,21 @@ def note_listed(engine: Engine, plan: FilePlan) -> None:
             conn.execute(
                 update(source_files).where(func.lower(sf.name) == name).values(listed=entry)
             )  # fmt: skip
+        for year, last in new:
+            db.upsert(conn, checkpoints, [{
+                "scope": BASELINES_SCOPE, "key": f"{year:02d}", "status": "listed",
+                "value": {"last": last}, "updated_at": utcnow(),
+            }], keys=["scope", "key"])  # fmt: skip
+
+
+def known_baselines(engine: Engine) -> dict[int, int]:
+    """The last number of each annual baseline this store saw listed (year → number),
+    recorded by :func:`note_listed`: that year's update files begin after it."""
+    c = checkpoints.c
+    with engine.connect() as conn:
+        rows = conn.execute(select(c.key, c.value).where(c.scope == BASELINES_SCOPE)).all()
+    return {int(key): int((value or {})["last"]) for key, value in rows
+            if key.isdigit() and (value or {}).get("last")}  # fmt: skip
 
 
 def find_reissues(
@@ -631,9 +666,13 @@ def _first_gap(
     """The first ``(year, first, last)`` run of numbers missing among the listed and
     applied files' numbers, above the highest applied one of its year (a hole below it is
     behind the store already). The year of the store's baseline counts from 1; another
-    year whose baseline is listed (NLM's next one, in December) from that baseline's last
-    number + 1, where its update files begin; any other year from its lowest known
-    number."""
+    year whose baseline is listed (NLM's next one, in December) or was seen listed
+    (``baseline_tops``: :func:`known_baselines`) from that baseline's last number + 1,
+    where its update files begin; the first year known (a store started on update files)
+    and a year of which the store applied files from their lowest known number. Any later
+    year's start is unknown (a mirror that pruned its ``baseline/`` across the year's
+    turn): ``(year, 0, lowest listed - 1)``, the whole year held (:func:`_unknown_start`),
+    never taken to begin at its lowest listed number."""
     numbers: dict[int, set[int]] = {}
     applied_top: dict[int, int] = {}
     for f in remote:
@@ -650,6 +689,10 @@ def _first_gap(
             floor = 1
         elif year in baseline_tops:
             floor = baseline_tops[year] + 1
+        elif year not in applied_top and year > min(numbers):
+            # where its update files begin is not known: never the lowest listed number
+            gaps.append((year, 0, min(have) - 1))
+            continue
         else:
             floor = min(have)
         start = max(floor, applied_top.get(year, 0) + 1)
@@ -660,11 +703,15 @@ def _first_gap(
     return min(gaps, default=None)
 
 
-def _held_message(gap: tuple[int, int, int], waiting: list[RemoteFile]) -> str:
+def _held_message(
+    gap: tuple[int, int, int], waiting: list[RemoteFile], before: str | None = None
+) -> str:
     """Why ``waiting`` is held behind ``gap``, naming every missing file: a pruned mirror
     (one keeping only recent files) is told from one file NLM withdrew, the only case
-    ``--accept-gaps`` is for."""
+    ``--accept-gaps`` is for. A year of unknown start (``first`` 0): :func:`_unknown_start`."""
     year, first, last = gap
+    if first == 0:
+        return _unknown_start(year, waiting, before)
     name = f"pubmed{year:02d}n{first:04d}.xml.gz"
     if first == last:
         missing, cause = f"{name} is not on the server", "a mirror still copying?"
@@ -685,12 +732,33 @@ def _held_message(gap: tuple[int, int, int], waiting: list[RemoteFile]) -> str:
     )
 
 
+def _unknown_start(year: int, waiting: list[RemoteFile], before: str | None) -> str:
+    """Why the update files of ``year`` (``waiting``, from its lowest listed) are held:
+    where that year's numbering begins is known only from its baseline's listing, which
+    the mirror does not hold (pruned) and this store never saw. ``before``: the newest
+    file of an earlier year the store applied."""
+    full, first = f"20{year:02d}", waiting[0].name
+    since = f"after {before}" if before else "before it"
+    return (
+        f"where {full}'s update files begin is not known: the server lists them from "
+        f"{first} on, but not {full}'s baseline (baseline/: NLM numbers a year's update "
+        f"files on from the last file of that year's baseline), and this store never saw "
+        f"it listed. Files {since} may be missing unseen (the rest of the year before's "
+        f"update files, {full}'s first ones): the {len(waiting)} file(s) from {first} on "
+        f"wait. Run again once the server lists {full}'s baseline (a mirror: restore its "
+        f"baseline/ folder, the {full} files or their names), or, if the server holds every "
+        f"update file {since}, apply from {first} on once: `litpulse ingest --updatefiles "
+        "--accept-gaps` (a bootstrap: `litpulse bootstrap --accept-gaps`)"
+    )
+
+
 def _plan(
     source: _HttpSource | _LocalSource,
     applied: Mapping[str, str],
     include_baseline: bool,
     accept_gaps: bool,
     issues: Mapping[str, tuple[str, str | None]] | None = None,
+    known: Mapping[int, int] | None = None,
 ) -> FilePlan:
     started = _baseline_years(applied)
     # the baseline listing must be whole where it decides what is applied: a bootstrap,
@@ -700,9 +768,10 @@ def _plan(
     if not include_baseline:
         _refuse_before_the_baseline(baseline, applied, started)
     remote, year = _listed_files(source, baseline if include_baseline else [], started)
-    tops: dict[int, int] = {}
+    listed: dict[int, int] = {}
     for f in baseline:
-        tops[f.year] = max(tops.get(f.year, 0), f.number)
+        listed[f.year] = max(listed.get(f.year, 0), f.number)
+    tops = {**(known or {}), **listed}
     entries = {n: e for page in source.pages.values() for n, e in listed_entries(page).items()}
     remote = [replace(f, listed=entries.get(f.name, "")) for f in remote]
     pending = [f for f in remote if f.key not in applied]
@@ -720,20 +789,27 @@ def _plan(
     names = tuple(f.name for f in reissued)
 
     def made(kept: Iterable[RemoteFile], held: str | None = None) -> FilePlan:
-        return FilePlan(tuple(kept), len(remote), held, already, names, tuple(restamp))
+        return FilePlan(tuple(kept), len(remote), held, already, names, tuple(restamp),
+                        tuple(sorted(listed.items())))
     gap = _first_gap(remote, applied, year, tops)
     if gap is None:
         return made(pending)
     missing = f"pubmed{gap[0]:02d}n{gap[1]:04d}.xml.gz"
     waiting = [f for f in pending if (f.year, f.number) > gap[:2]]
     if accept_gaps:
-        logger.warning("%s is not on the server: applying the files after it anyway "
-                       "(accept_gaps)", missing)
+        if gap[1] == 0:
+            logger.warning("where 20%02d's update files begin is not known (its baseline is "
+                           "not listed): taken to be the lowest listed (accept_gaps)", gap[0])
+        else:
+            logger.warning("%s is not on the server: applying the files after it anyway "
+                           "(accept_gaps)", missing)
         return made(pending)
     if not waiting:
         return made(pending)
     kept = tuple(f for f in pending if (f.year, f.number) < gap[:2])
-    return made(kept, _held_message(gap, waiting))
+    orders = [o for o in map(nlm_file_order, applied) if o is not None and o[0] < gap[0]]
+    before = f"pubmed{max(orders)[0]:02d}n{max(orders)[1]:04d}.xml.gz" if orders else None
+    return made(kept, _held_message(gap, waiting, before))
 
 
 def _refuse_before_the_baseline(
@@ -851,7 +927,8 @@ def apply_updates(
             details = run.details = {"files": applied, "include_baseline": include_baseline}
             run.on_failure = lambda: {"failed_at": utcnow().isoformat()}
             kinds, issues = applied_files(engine)
-            plan = _plan(source, kinds, include_baseline, accept_gaps, issues)
+            plan = _plan(source, kinds, include_baseline, accept_gaps, issues,
+                         known_baselines(engine))
             note_listed(engine, plan)
             pending = list(plan.pending)
             discard_applied_downloads(downloads, engine, pending)

@@ -41,14 +41,13 @@ X3 **A pruned mirror across the year's turn applies past the gap silently.** The
    ``0052`` and its ``baseline/`` is pruned: the year 2027's numbers are taken to start at
    the lowest listed one, so 2027's update files are applied over the missing ``0101``..
    end of 2026 and 2027's first update files. Reproduced: the run must be held.
-   **NOT FIXED** (a design decision for the integrator): where a year's update files
-   begin is known only from that year's baseline listing (``_first_gap``'s floor, its
-   last number + 1), and NCBI's server always lists it; without it (a ``file://`` mirror
-   whose ``baseline/`` was pruned after its bootstrap, which the README supports) the
-   lowest listed number is taken, by design (``test_a_deletion_in_next_years_update_
-   file_wins_over_last_years_file`` applies ``pubmed26n1335`` so). Holding instead would
-   refuse every such mirror once a year until ``--accept-gaps``; and the old year's
-   pruned tail (``0101``..its last file) cannot be told from the listing at all.
+   Left NOT FIXED here (a design decision): where a year's update files begin is known
+   only from that year's baseline listing (its last number + 1), which NCBI's server
+   always lists and a pruned ``file://`` mirror does not.
+   **Fixed** by review 38c (its X2): a year of unknown start is held, never taken to
+   begin at its lowest listed number; the store records each annual baseline it sees
+   listed (``updatefiles.known_baselines``), so a mirror pruning it later keeps that
+   year's start; ``--accept-gaps`` takes the lowest listed number, once.
 X4 **(34e N2) A killed and resumed update file records the resumed run's counts only.**
    A file applied by a run SIGKILLed after 20 of its 40 records and resumed: its
    ``source_files.counts`` say 20 inserted and 20 unchanged (the replayed part) where an
@@ -177,9 +176,6 @@ def test_x2_a_real_empty_folder_still_reads_as_empty(
 # --------------------------------------------------- X3: a pruned mirror at the year's turn
 
 
-@pytest.mark.xfail(strict=True, reason="NOT FIXED: X3: where a new year's update files begin is "
-                   "known only from that year's baseline listing (a design decision: see the "
-                   "module docstring)")
 def test_x3_a_pruned_mirror_across_the_years_turn_is_held(
     emu: Emulator, settings: Settings
 ) -> None:

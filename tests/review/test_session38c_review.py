@@ -20,6 +20,19 @@ X2 **(35b X3) A new year's update files whose start is unknown are applied from 
    year's baseline never seen (the run must be held, naming what is missing and
    ``--accept-gaps``), and with a store that saw the new year's baseline listing (last
    number 47) before it was pruned (``pubmed27n0048``..``0049`` must hold the run).
+   **Fixed** (the decision: never skip silently): ``updatefiles._first_gap`` gives a
+   year later than the store's first, whose start neither its baseline listing, nor a
+   baseline of it the store saw listed, nor a file of it the store applied tells, as an
+   unknown start (``(year, 0, lowest - 1)``): its files are held, the run fails with
+   ``IncompleteSourceError`` naming the year, its first listed file, the last file
+   applied before, and the two ways on (restore ``baseline/``, or ``--accept-gaps``
+   once, which takes the lowest listed number as before). ``note_listed`` records each
+   annual baseline's last number it sees listed (checkpoints scope
+   ``updatefiles-baselines``: ``known_baselines``), read by ``apply_updates`` and the
+   bootstrap's plan, so a mirror pruning the new year's baseline after the store saw it
+   keeps that year's start. NCBI's server (it always lists the baseline) is unchanged:
+   ``test_a_deletion_in_next_years_update_file_wins_over_last_years_file`` now lists
+   the 2026 baseline as NCBI does (it relied on the old rule). 35b's X3 test passes.
    (test_x2_a_new_year_of_unknown_start_is_held,
    test_x2_a_new_year_whose_baseline_the_store_saw_keeps_its_start)
 """
@@ -87,7 +100,6 @@ def test_x1_the_mark_reads_the_runs_since_it_was_kept(settings: Settings) -> Non
     assert _rows_read(engine, seen) <= 3
 
 
-@pytest.mark.xfail(strict=True, reason="38c X2: a new year's start taken from its lowest file")
 def test_x2_a_new_year_of_unknown_start_is_held(emu: Emulator, settings: Settings) -> None:
     s = _configure(emu, settings)
     _publish(emu, "updatefiles", [100])
@@ -111,7 +123,6 @@ def test_x2_a_new_year_of_unknown_start_is_held(emu: Emulator, settings: Setting
     assert _applied(s)[-1] == "pubmed27n0053.xml.gz"
 
 
-@pytest.mark.xfail(strict=True, reason="38c X2: a new year's start taken from its lowest file")
 def test_x2_a_new_year_whose_baseline_the_store_saw_keeps_its_start(
     emu: Emulator, settings: Settings
 ) -> None:
