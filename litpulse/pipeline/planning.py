@@ -11,16 +11,17 @@ import contextlib
 import datetime as dt
 import functools
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, case, func, or_, select, update
+from sqlalchemy import Engine, and_, case, false, func, insert, or_, select, update
 
 from ingest.runs import PENDING_CHECK, WINDOW_SOURCES
 from litpulse.core import db
 from litpulse.core.errors import ConfigError, ConsistencyError
-from litpulse.core.schema import ingest_runs
+from litpulse.core.schema import checkpoints, ingest_runs
 from litpulse.core.settings import Settings
 from litpulse.core.states import RunStatus
 from litpulse.core.timeutil import as_utc, iso, nlm_day_start
@@ -47,6 +48,7 @@ __all__ = [
     "plan_embedding_shards",
     "promoted_model",
     "promotion_lease",
+    "rebuilt_watermark",
     "reindex_now",
     "reindex_pending",
     "refresh_waits_for_reindex",
@@ -190,42 +192,54 @@ def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datet
     --eutils --query …``) fetched one topic only and does not count. A window end after
     the run's start (``--until`` in the future) counts as the start: records of later days
     could not be searched yet.
-    """
-    from ingest.dates import searched_days
 
+    The chain is kept (checkpoint ``watermark``/``chain``: its islands of windows that
+    follow one another, the run it starts from, the runs still open): a call reads the
+    runs recorded since the last one and those it left open (running, held from the mark,
+    an id not committed yet), not every run ever recorded, and gives exactly what
+    :func:`rebuilt_watermark` (the whole rebuild, the reference) gives. Where the kept
+    chain cannot be carried on (none kept yet: an older store's first call; kept by
+    another release or for another ``LITPULSE_WINDOW_OVERLAP_DAYS``; a run started
+    before the chain's first, or a withheld window: :func:`withhold_watermark`), it is
+    rebuilt from every run and kept again.
+    """
+    engine = engine or db.connect(settings)
+    for _ in range(3):
+        with engine.connect() as conn:
+            token, kept = _kept(conn)
+            chain = _Chain.load(settings, kept)
+            if chain is None:
+                chain = _Chain(settings)
+                chain.read(conn.execute(_runs_query()))
+            elif not chain.read(conn.execute(_runs_query(chain.upto, chain.reread))):
+                chain = _Chain(settings)  # a run started before the chain's first one
+                chain.read(conn.execute(_runs_query()))
+            if _kept(conn)[0] != token:  # a window withheld meanwhile: read again
+                continue
+        if chain.dump() != kept:  # nothing new: nothing written (`litpulse status`)
+            _keep(engine, token, chain)
+        return chain.mark
+    return rebuilt_watermark(settings, engine)
+
+
+def rebuilt_watermark(settings: Settings, engine: Engine | None = None) -> dt.datetime | None:
+    """:func:`last_watermark` worked out from every run ever recorded, keeping nothing:
+    the reference the kept chain is held to (and the repair of a store that kept none)."""
     r = ingest_runs.c
     engine = engine or db.connect(settings)
     # (from, reached, started); from None: all before
     spans: list[tuple[dt.datetime | None, dt.datetime, dt.datetime]] = []
     with engine.connect() as conn:
-        # the details of update-file runs only (the files they applied): an E-utilities
-        # window needs its ``details.watermark`` alone, and its whole details (~1 KB, one
-        # run a night for years) would be read and decoded for nothing on every call
         rows = conn.execute(
             select(r.window_start, r.window_end, r.started_at,
                    r.details["watermark"].as_string(),
                    case((r.window_end.is_(None), r.details), else_=None))
-            .where(*_watermark_runs())
+            .where(*_watermark_runs()).order_by(r.id)
         )  # fmt: skip
         for start, end, started, withheld, details in rows:  # UTCDateTime: aware UTC already
-            if end is None:  # update files (a bootstrap's too) hold what NLM published
-                # by the day before; a run that applied none, or left listed files
-                # unapplied (max_files), holds nothing of the kind: it moves nothing
-                done = details or {}
-                if done.get("files") and not done.get("left"):
-                    spans.append((None, _update_files_reach(done, started), started))
-                elif done.get("completes"):  # a bootstrap's call that completed a killed
-                    # one (ingest.bootstrap._completes): as far as that one reaches
-                    killed = done["completes"]
-                    began = as_utc(dt.datetime.fromisoformat(killed["started_at"]))
-                    spans.append((None, _update_files_reach(killed, began), started))
-                continue
-            # a withheld window is not through: what came before it is
-            reached = start if withheld is not None and start is not None else end
-            # a window searches PubMed's days from `overlap` before its start
-            # (ingest.dates.searched_days), which begin at midnight in Bethesda
-            begin = None if start is None else nlm_day_start(searched_days(settings, start, end)[0])
-            spans.append((begin, min(reached, started), started))
+            span = _run_span(settings, start, end, started, withheld, details)
+            if span is not None:
+                spans.append((*span, started))
     if not spans:
         return None
     # the chain starts where the store's first ingest began (the run started first; update
@@ -234,7 +248,10 @@ def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datet
     first = min(spans, key=lambda span: span[2])[0]
     # the end of the windows that follow one another without a gap from there: a later
     # window past a gap (one day pulled by hand) does not carry the mark over days no
-    # window searched
+    # window searched; of windows from the same day, the one reaching further first (the
+    # order the store returned them in decided where one reached less than its start: a
+    # window in the future, reaching its run's start only)
+    spans.sort(key=lambda span: span[1], reverse=True)
     spans.sort(key=lambda span: (span[0] is not None, span[0] or dt.datetime.min))
     best: dt.datetime | None = None
     for begin, reached, _ in spans:
@@ -244,6 +261,240 @@ def last_watermark(settings: Settings, engine: Engine | None = None) -> dt.datet
             break
         best = reached if best is None else max(best, reached)
     return best
+
+
+#: The checkpoint (scope, key) holding the watermark's chain (:func:`last_watermark`).
+KEPT_CHAIN = ("watermark", "chain")
+#: The kept chain's format: a chain kept in another is rebuilt.
+_CHAIN_FORMAT = 1
+#: How long an ``ingest_runs`` id missing among those read (a run whose insert had not
+#: committed yet when the chain was kept; or one rolled back) is looked for again.
+_UNSEEN_FOR = dt.timedelta(days=1)
+#: Of the ids missing below the highest read, the highest this many are looked for again.
+_UNSEEN_MAX = 1000
+#: One island of windows that follow one another without a gap: (from, reached); from
+#: ``None``: all before (update files).
+_Island = tuple[dt.datetime | None, dt.datetime]
+
+
+def _runs_query(upto: int | None = None, reread: Sequence[int] = ()) -> Any:
+    """The runs the chain reads: every run (``upto`` ``None``), or those after ``upto``
+    and those of ``reread``. Scalars only, but an update-file run's ``details`` (the
+    files it applied): an E-utilities window needs its ``details.watermark`` and
+    ``details.query`` alone, and its whole details (~1 KB, one run a night for years)
+    would be read and decoded for nothing."""
+    r = ingest_runs.c
+    query = select(
+        r.id, r.source, r.status, r.window_start, r.window_end, r.started_at,
+        r.details["watermark"].as_string(), r.details["query"].as_string(),
+        case((and_(r.window_end.is_(None), r.source == "updatefiles"), r.details),
+             else_=None),
+    ).order_by(r.id)  # fmt: skip
+    if upto is not None:
+        query = query.where(or_(r.id > upto, r.id.in_(sorted(reread)) if reread else false()))
+    return query
+
+
+def _kept(conn: Any) -> tuple[str | None, dict[str, Any] | None]:
+    """The kept chain's token (changed by each write) and value, or ``(None, None)``."""
+    c = checkpoints.c
+    row = conn.execute(select(c.status, c.value).where(
+        c.scope == KEPT_CHAIN[0], c.key == KEPT_CHAIN[1])).first()  # fmt: skip
+    return (None, None) if row is None else (str(row[0]), row[1])
+
+
+def _keep(engine: Engine, token: str | None, chain: _Chain) -> None:
+    """Keep ``chain`` where ``token`` (read with the chain it carried on) is still the
+    kept one's: a window withheld since (:func:`withhold_watermark`) wins. A store this
+    role may not write (a read-only API role) keeps nothing: the next call reads again."""
+    from sqlalchemy.exc import DBAPIError
+
+    c = checkpoints.c
+    row = {"status": uuid.uuid4().hex[:16], "value": chain.dump(), "updated_at": db.utcnow()}
+    try:
+        with engine.begin() as conn:
+            if token is None:
+                conn.execute(insert(checkpoints).values(
+                    scope=KEPT_CHAIN[0], key=KEPT_CHAIN[1], **row))  # fmt: skip
+            else:
+                conn.execute(update(checkpoints).where(
+                    c.scope == KEPT_CHAIN[0], c.key == KEPT_CHAIN[1], c.status == token,
+                ).values(**row))  # fmt: skip
+    except DBAPIError as exc:  # another writer kept one first, or a read-only role
+        logger.debug("the watermark's chain is not kept: %s", exc)
+
+
+def _drop_kept(conn: Any) -> None:
+    """Make the kept chain be rebuilt, in the caller's transaction (a window of it is
+    withheld: its reach shrinks, which a chain can only carry on growing)."""
+    db.upsert(conn, checkpoints, [{
+        "scope": KEPT_CHAIN[0], "key": KEPT_CHAIN[1], "status": uuid.uuid4().hex[:16],
+        "value": {}, "updated_at": db.utcnow()}], keys=["scope", "key"])  # fmt: skip
+
+
+def _islands(pieces: Iterable[_Island]) -> list[_Island]:
+    """The islands of ``pieces`` (windows and update-file reaches): by start (all before
+    first, then the longer reach first), each joined to the island before it where it
+    starts at or before that island's reach (the reach of the first island is the mark:
+    a later window past a gap does not carry it over days no window searched)."""
+    ordered = sorted(pieces, key=lambda p: p[1], reverse=True)
+    ordered.sort(key=lambda p: (p[0] is not None, p[0] or _EPOCH))
+    out: list[list[Any]] = []
+    for begin, reached in ordered:
+        if out and (begin is None or begin <= out[-1][1]):
+            out[-1][1] = max(out[-1][1], reached)
+        else:
+            out.append([begin, reached])
+    return [(b, e) for b, e in out]
+
+
+_EPOCH = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
+class _Chain:
+    """The chain of the succeeded E-utilities windows and update-file runs
+    (:func:`last_watermark`), carried on run by run.
+
+    ``first``: where the run started first begins (its key: start time, id), which no
+    window wholly before cuts or starts; ``islands``: the windows read so far, joined;
+    ``upto``: the highest id read; ``reread``: ids read again each time (running, held
+    from the mark and not covered yet: their reach may grow; an id not seen yet).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.first: dt.datetime | None = None
+        self.first_key: tuple[dt.datetime, int] | None = None
+        self.islands: list[_Island] = []
+        self.upto = 0
+        self.open: set[int] = set()
+        self.unseen: dict[int, dt.datetime] = {}
+
+    @property
+    def mark(self) -> dt.datetime | None:
+        return self.islands[0][1] if self.islands else None
+
+    @property
+    def reread(self) -> list[int]:
+        return sorted(self.open | set(self.unseen))
+
+    @classmethod
+    def load(cls, settings: Settings, kept: Mapping[str, Any] | None) -> _Chain | None:
+        """The kept chain, or ``None`` where there is none to carry on."""
+        if not kept or kept.get("format") != _CHAIN_FORMAT or kept.get(
+                "overlap_days") != settings.window_overlap_days:
+            return None
+        when = dt.datetime.fromisoformat
+        chain = cls(settings)
+        chain.upto = int(kept["upto"])
+        chain.open = {int(i) for i in kept["open"]}
+        chain.unseen = {int(i): when(t) for i, t in kept["unseen"].items()}
+        chain.islands = [(None if b is None else when(b), when(e)) for b, e in kept["islands"]]
+        if kept["first_key"] is not None:
+            chain.first = None if kept["first"] is None else when(kept["first"])
+            chain.first_key = (when(kept["first_key"][0]), int(kept["first_key"][1]))
+        return chain
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "format": _CHAIN_FORMAT, "overlap_days": self.settings.window_overlap_days,
+            "upto": self.upto, "open": sorted(self.open),
+            "unseen": {str(i): iso(t) for i, t in self.unseen.items()},
+            "islands": [[iso(b), iso(e)] for b, e in self.islands],
+            "first": iso(self.first),
+            "first_key": None if self.first_key is None else [iso(self.first_key[0]),
+                                                              self.first_key[1]],
+        }  # fmt: skip
+
+    def read(self, rows: Iterable[Any]) -> bool:
+        """Carry the chain on with ``rows`` (:func:`_runs_query`, by id); ``False``: a
+        run started before the chain's first one, which only a rebuild can take in."""
+        now = db.utcnow()
+        seen: set[int] = set()
+        spans: list[tuple[dt.datetime | None, dt.datetime, dt.datetime, int]] = []
+        held: dict[int, _Island] = {}
+        top = self.upto
+        for run_id, source, status, start, end, started, withheld, query, details in rows:
+            seen.add(run_id)
+            top = max(top, run_id)
+            self.open.discard(run_id)
+            if source not in WINDOW_SOURCES:
+                continue
+            if status == RunStatus.RUNNING:
+                self.open.add(run_id)
+                continue
+            if status != RunStatus.SUCCEEDED or query is not None or (
+                    end is None and source != "updatefiles"):
+                continue
+            span = _run_span(self.settings, start, end, started, withheld, details)
+            if span is None:
+                continue
+            spans.append((*span, started, run_id))
+            if withheld is not None and start is not None:  # its reach may grow
+                held[run_id] = (span[0], min(end, started))
+        # the ids between the last read and the highest now that no row holds: a run whose
+        # insert was not committed yet (read again for a while)
+        for run_id in range(max(self.upto + 1, top + 1 - _UNSEEN_MAX), top + 1):
+            if run_id not in seen:
+                self.unseen.setdefault(run_id, now)
+        for run_id in list(self.unseen):
+            if run_id in seen or now - self.unseen[run_id] > _UNSEEN_FOR:
+                del self.unseen[run_id]
+        self.upto = top
+        if spans:
+            first = min(spans, key=lambda s: (s[2], s[3]))
+            key = (first[2], first[3])
+            if self.first_key is None:
+                self.first, self.first_key = first[0], key
+            elif key < self.first_key:
+                return False
+        fresh = [(b, e) for b, e, _, _ in spans
+                 if self.first is None or b is None or e >= self.first]
+        self.islands = _islands([*self.islands, *fresh])
+        self.open |= {i for i, (b, e) in held.items() if not self._covers(b, e)}
+        return True
+
+    def _covers(self, begin: dt.datetime | None, reach: dt.datetime) -> bool:
+        """Whether a window from ``begin`` reaching ``reach`` could change nothing: wholly
+        before the first run's start, or inside an island."""
+        if self.first is not None and reach < self.first:
+            return True
+        return any((b is None or (begin is not None and b <= begin))
+                   and (begin is None or begin <= e) and reach <= e
+                   for b, e in self.islands)  # fmt: skip
+
+
+def _run_span(
+    settings: Settings,
+    start: dt.datetime | None,
+    end: dt.datetime | None,
+    started: dt.datetime,
+    withheld: str | None,
+    details: Mapping[str, Any] | None,
+) -> tuple[dt.datetime | None, dt.datetime] | None:
+    """Where a succeeded run of the watermark (:func:`_watermark_runs`) reaches from
+    (``None``: all before) and to, or ``None`` where it moves nothing
+    (:func:`last_watermark`)."""
+    from ingest.dates import searched_days
+
+    if end is None:  # update files (a bootstrap's too) hold what NLM published by the
+        # day before; a run that applied none, or left listed files unapplied
+        # (max_files), holds nothing of the kind: it moves nothing
+        done = details or {}
+        if done.get("files") and not done.get("left"):
+            return None, _update_files_reach(done, started)
+        if done.get("completes"):  # a bootstrap's call that completed a killed one
+            # (ingest.bootstrap._completes): as far as that one reaches
+            killed = done["completes"]
+            began = as_utc(dt.datetime.fromisoformat(killed["started_at"]))
+            return None, _update_files_reach(killed, began)
+        return None
+    # a withheld window is not through: what came before it is
+    reached = start if withheld is not None and start is not None else end
+    # a window searches PubMed's days from `overlap` before its start
+    # (ingest.dates.searched_days), which begin at midnight in Bethesda
+    begin = None if start is None else nlm_day_start(searched_days(settings, start, end)[0])
+    return begin, min(reached, started)
 
 
 def _watermark_runs() -> tuple[Any, ...]:
@@ -309,6 +560,8 @@ def withhold_watermark(
         for run_id, details in rows:
             conn.execute(update(ingest_runs).where(r.id == run_id)
                          .values(details={**(details or {}), "watermark": f"withheld: {why}"}))
+        if rows:  # the kept chain took their windows whole: rebuilt by the next call
+            _drop_kept(conn)
     if rows:
         logger.warning("window %s..%s withheld from the watermark: %s", *window, why)
     return len(rows)
