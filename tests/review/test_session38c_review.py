@@ -30,8 +30,12 @@ X1 **(37h X5) The watermark is rebuilt from every succeeded run ever recorded.**
    both stores. 37h's X5 test passes (it works the mark out once first, the nightly
    before). 34g's G4 test rewrites a succeeded run back to running by hand: it deletes
    the kept chain with it (README: hand edits of ``ingest_runs`` need it deleted).
+   On PostgreSQL a run whose insert commits after a later id was read and kept still
+   moves the mark (its id is read again for a day); with that re-read disabled the
+   window filling the gap is lost (verified: the mark stays at day 1 for day 5).
    (test_x1_the_mark_reads_the_runs_since_it_was_kept,
-   test_x1_the_kept_mark_is_the_full_rebuilds_over_random_histories)
+   test_x1_the_kept_mark_is_the_full_rebuilds_over_random_histories,
+   test_x1_a_run_committed_after_a_later_id_still_moves_the_mark)
 
 X2 **(35b X3) A new year's update files whose start is unknown are applied from the
    lowest number listed.** Across the year's turn, a mirror whose ``baseline/`` was
@@ -250,3 +254,32 @@ def test_x1_the_kept_mark_is_the_full_rebuilds_over_random_histories(
             conn.execute(checkpoints.delete())
         moved += _history(settings, seed, 45)
     assert moved > 15  # the histories move the mark (not one held still)
+
+
+def _window_row(days: tuple[int, int], started: dt.datetime) -> dict[str, Any]:
+    start, end = (DAY0 + dt.timedelta(days=d) for d in days)
+    return {"source": "eutils", "target": "w", "window_start": start, "window_end": end,
+            "status": "succeeded", "details": {}, "started_at": started,
+            "finished_at": started}  # fmt: skip
+
+
+def test_x1_a_run_committed_after_a_later_id_still_moves_the_mark(settings: Settings) -> None:
+    """PostgreSQL hands out ids as rows are inserted, not as they commit: a run whose
+    insert commits after a later id was read and kept is read still (an id missing among
+    those read is read again), so the window filling the gap moves the mark."""
+    if settings.effective_database_url.startswith("sqlite"):
+        pytest.skip("SQLite writes one transaction at a time: ids commit in order")
+    engine = db.connect(settings)
+    t0 = DAY0 + dt.timedelta(days=30)
+    with engine.begin() as conn:
+        conn.execute(insert(ingest_runs).values(_window_row((0, 1), t0)))
+    with engine.connect() as slow:
+        slow.begin()
+        hour = dt.timedelta(hours=1)
+        slow.execute(insert(ingest_runs).values(_window_row((1, 4), t0 + 2 * hour)))
+        with engine.begin() as conn:  # a later id, committed first
+            conn.execute(insert(ingest_runs).values(_window_row((4, 5), t0 + hour)))
+        assert planning.last_watermark(settings, engine) == DAY0 + dt.timedelta(days=1)
+        slow.commit()
+    assert planning.last_watermark(settings, engine) == DAY0 + dt.timedelta(days=5)
+    assert planning.rebuilt_watermark(settings, engine) == DAY0 + dt.timedelta(days=5)
