@@ -610,15 +610,18 @@ def add_missing_columns(engine: Engine) -> list[str]:
 
 
 @contextmanager
-def _short_lock_wait(conn: Connection) -> Iterator[None]:
-    """Within ``conn``'s transaction: wait at most :data:`DDL_LOCK_TIMEOUT_MS` for a lock
-    (PostgreSQL's lock wait, SQLite's busy wait, put back after)."""
+def short_lock_wait(conn: Connection, ms: int | None = None) -> Iterator[None]:
+    """Within ``conn``'s transaction: wait at most ``ms`` (default
+    :data:`DDL_LOCK_TIMEOUT_MS`) for a lock (PostgreSQL's lock wait, SQLite's busy wait,
+    put back after): for a write that may be left to later rather than wait behind a
+    writer (a made index, the watermark's kept chain)."""
+    ms = DDL_LOCK_TIMEOUT_MS if ms is None else int(ms)
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {DDL_LOCK_TIMEOUT_MS}")
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {ms}")
         yield
         return
     before = int(conn.exec_driver_sql("PRAGMA busy_timeout").scalar() or 0)
-    conn.exec_driver_sql(f"PRAGMA busy_timeout = {DDL_LOCK_TIMEOUT_MS}")
+    conn.exec_driver_sql(f"PRAGMA busy_timeout = {ms}")
     try:
         yield
     finally:
@@ -691,7 +694,7 @@ def add_missing_indexes(engine: Engine) -> list[str]:
                 continue
             name = engine.dialect.identifier_preparer.quote(str(index.name))
             try:
-                with engine.begin() as conn, _short_lock_wait(conn):
+                with engine.begin() as conn, short_lock_wait(conn):
                     if index.name in kept:  # another definition, or invalid
                         logger.warning("index %s is not the schema's (%s): made again",
                                        index.name, kept[index.name])

@@ -265,6 +265,8 @@ def rebuilt_watermark(settings: Settings, engine: Engine | None = None) -> dt.da
 
 #: The checkpoint (scope, key) holding the watermark's chain (:func:`last_watermark`).
 KEPT_CHAIN = ("watermark", "chain")
+#: How long keeping the chain waits for a writer's lock before leaving it to a later call.
+KEEP_WAIT_MS = 250
 #: The kept chain's format: a chain kept in another is rebuilt.
 _CHAIN_FORMAT = 1
 #: How long an ``ingest_runs`` id missing among those read (a run whose insert had not
@@ -306,13 +308,15 @@ def _kept(conn: Any) -> tuple[str | None, dict[str, Any] | None]:
 def _keep(engine: Engine, token: str | None, chain: _Chain) -> None:
     """Keep ``chain`` where ``token`` (read with the chain it carried on) is still the
     kept one's: a window withheld since (:func:`withhold_watermark`) wins. A store this
-    role may not write (a read-only API role) keeps nothing: the next call reads again."""
+    role may not write (a read-only API role) keeps nothing: the next call reads again;
+    nor does one that finds the store's write lock (SQLite) or the row (PostgreSQL) held
+    past :data:`KEEP_WAIT_MS` (a night's writer: ``status`` never waits behind it)."""
     from sqlalchemy.exc import DBAPIError
 
     c = checkpoints.c
     row = {"status": uuid.uuid4().hex[:16], "value": chain.dump(), "updated_at": db.utcnow()}
     try:
-        with engine.begin() as conn:
+        with engine.begin() as conn, db.short_lock_wait(conn, KEEP_WAIT_MS):
             if token is None:
                 conn.execute(insert(checkpoints).values(
                     scope=KEPT_CHAIN[0], key=KEPT_CHAIN[1], **row))  # fmt: skip

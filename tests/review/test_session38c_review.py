@@ -37,6 +37,14 @@ X1 **(37h X5) The watermark is rebuilt from every succeeded run ever recorded.**
    test_x1_the_kept_mark_is_the_full_rebuilds_over_random_histories,
    test_x1_a_run_committed_after_a_later_id_still_moves_the_mark)
 
+X3 **(the integrator, on X1) Keeping the chain made ``status`` wait behind a night's
+   writer.** ``last_watermark`` writes the kept chain: on SQLite it waited the store's
+   60 s busy timeout behind an ingest batch holding the write lock (reproduced: 61 s),
+   on PostgreSQL behind a row lock on the checkpoint for as long as it was held (no
+   lock timeout). **Fixed**: the write waits at most ``planning.KEEP_WAIT_MS`` (250 ms,
+   ``db.short_lock_wait``), then is left to a later call; the mark is the same.
+   (test_x3_the_mark_is_worked_out_while_a_writer_holds_the_store)
+
 X2 **(35b X3) A new year's update files whose start is unknown are applied from the
    lowest number listed.** Across the year's turn, a mirror whose ``baseline/`` was
    pruned (the README allows pruning a ``file://`` mirror) lists ``pubmed27n0050``..;
@@ -121,7 +129,7 @@ def test_x1_the_mark_reads_the_runs_since_it_was_kept(settings: Settings) -> Non
     ledger.finish_run(run, IngestCounts())
     with _statements(engine) as seen:
         mark = planning.last_watermark(settings, engine)
-        held = planning.held_windows(settings, engine, mark=mark)
+        held = planning.held_windows_past(mark, engine)
     assert mark == DAY0 + dt.timedelta(days=41) and held == []
     assert _rows_read(engine, seen) <= 3
 
@@ -283,3 +291,36 @@ def test_x1_a_run_committed_after_a_later_id_still_moves_the_mark(settings: Sett
         slow.commit()
     assert planning.last_watermark(settings, engine) == DAY0 + dt.timedelta(days=5)
     assert planning.rebuilt_watermark(settings, engine) == DAY0 + dt.timedelta(days=5)
+
+
+def test_x3_the_mark_is_worked_out_while_a_writer_holds_the_store(settings: Settings) -> None:
+    """(integrator) X1 made ``last_watermark`` a writer (it keeps the chain): ``litpulse
+    status`` and ``GET /status`` must not wait behind a night's writer for it (SQLite's
+    60 s busy timeout, a PostgreSQL row lock with no timeout at all). Held: the write
+    waits a moment, then is left to the next call; the mark is the same."""
+    import time
+
+    from sqlalchemy import select
+
+    engine = db.connect(settings)
+    with engine.begin() as conn:
+        conn.execute(insert(ingest_runs), [_night(i) for i in range(5)])
+    assert planning.last_watermark(settings, engine) == DAY0 + dt.timedelta(days=5)
+    ledger = RunLedger(engine)
+    run = ledger.start_run("eutils", window_start=DAY0 + dt.timedelta(days=5),
+                           window_end=DAY0 + dt.timedelta(days=6))
+    ledger.finish_run(run, IngestCounts())
+    with engine.connect() as holder:
+        if engine.dialect.name == "sqlite":
+            holder.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock, as a batch holds it
+        else:
+            holder.begin()
+            holder.execute(select(checkpoints).where(
+                checkpoints.c.scope == planning.KEPT_CHAIN[0]).with_for_update())  # fmt: skip
+        t0 = time.monotonic()
+        mark = planning.last_watermark(settings, engine)
+        took = time.monotonic() - t0
+        holder.rollback()
+    assert mark == DAY0 + dt.timedelta(days=6)
+    assert took < 5, f"the mark waited {took:.1f} s behind a writer"
+    assert planning.last_watermark(settings, engine) == DAY0 + dt.timedelta(days=6)
