@@ -115,6 +115,8 @@ from litpulse.core.db import (
     bulk_update,
     bulk_upsert,
     catch_up_mark,
+    count_whole,
+    counts_kept,
     db_now,
     fill_term_forms,
     id_in,
@@ -131,7 +133,6 @@ from litpulse.core.schema import (
     articles,
     ingest_runs,
     quarantine,
-    references,
     source_files,
     source_times,
 )
@@ -1561,37 +1562,37 @@ def _quarantine_dict(m: Any, *, raw: bool) -> dict[str, Any]:
 def store_counts(conn: Connection) -> dict[str, Any]:
     """The store's counts: the one query behind ``litpulse status`` and ``GET /status``.
 
+    Read from the counts the database keeps (:func:`litpulse.core.db.keep_counts`: no
+    scan of ``articles`` or ``references``), exact as a ``count(*)``; the two dates by
+    index. A store whose counts are not kept yet is counted whole.
+
     Returns:
         ``live``, ``deleted``, ``retracted``, ``with_abstract``, ``with_citations``,
         ``quarantined``, ``references`` (ints) and ``newest_best_date``,
         ``last_updated_at`` (ISO text or ``None``).
     """
     a = articles.c
-    live_only = a.is_deleted.is_(False)
-    row = conn.execute(
-        select(
-            func.count().filter(live_only),
-            # articles withdrawn: not the tombstones of PMIDs no record ever held
-            func.count().filter(a.is_deleted.is_(True), a.version > 0),
-            func.count().filter(live_only, a.is_retracted.is_(True)),
-            func.count().filter(live_only, a.has_abstract.is_(True)),
-            func.count().filter(live_only, a.icite_fetched_at.is_not(None)),
-            # the newest date that is not ahead of today (an issue dated next year)
-            func.max(a.best_date).filter(live_only, a.best_date <= utcnow().date()),
-            func.max(a.updated_at),
-        )
-    ).one()
+    kept = counts_kept(conn)
+    whole = kept or count_whole(conn)  # a store whose counts are not kept (yet): counted
+    # the newest date that is not ahead of today (an issue dated next year): a walk down
+    # ix_articles_best_date from today to the first live row
+    newest = conn.execute(
+        select(a.best_date)
+        .where(a.best_date <= utcnow().date(), a.is_deleted.is_(False))
+        .order_by(a.best_date.desc())
+        .limit(1)
+    ).scalar()
+    last = conn.execute(select(func.max(a.updated_at))).scalar()  # ix_articles_updated_at
     n_quarantined = conn.execute(
         select(func.count()).select_from(quarantine).where(quarantine.c.resolved_at.is_(None))
     ).scalar()
-    n_refs = conn.execute(select(func.count()).select_from(references)).scalar()
     names = ("live", "deleted", "retracted", "with_abstract", "with_citations")
-    out: dict[str, Any] = {n: int(v or 0) for n, v in zip(names, row[:5], strict=True)}
+    out: dict[str, Any] = {n: whole[n] for n in names}
     out.update(
         quarantined=int(n_quarantined or 0),
-        references=int(n_refs or 0),
-        newest_best_date=iso(row[5]),
-        last_updated_at=iso(row[6]),
+        references=whole["refs"],
+        newest_best_date=iso(newest),
+        last_updated_at=iso(last),
     )
     return out
 

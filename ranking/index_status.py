@@ -79,7 +79,8 @@ def index_status(settings: Settings) -> dict[str, Any]:
         versions = conn.execute(
             select(index_versions).order_by(desc(index_versions.c.created_at))
         ).all()
-        live = conn.execute(
+        kept = db.counts_kept(conn)  # kept by the database: no count of articles
+        live = kept["live"] if kept is not None else conn.execute(
             select(func.count()).select_from(articles).where(articles.c.is_deleted.is_(False))
         ).scalar()
     return {

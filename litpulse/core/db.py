@@ -69,6 +69,7 @@ from litpulse.core.schema import (
     locks,
     metadata,
     saved_searches,
+    store_counts,
     term_forms,
 )
 from litpulse.core.settings import Settings
@@ -83,6 +84,10 @@ __all__ = [
     "connect",
     "take_turn",
     "add_missing_columns",
+    "keep_counts",
+    "counts_kept",
+    "count_whole",
+    "fold_counts",
     "drop_retired_indexes",
     "upsert",
     "bulk_upsert",
@@ -328,6 +333,7 @@ def _upgrade(engine: Engine) -> None:
     add_missing_columns(engine)
     add_missing_indexes(engine)
     drop_retired_indexes(engine)
+    keep_counts(engine)
     fill_term_forms(engine)
     compose_expert_names(engine)
 
@@ -716,6 +722,230 @@ def add_missing_indexes(engine: Engine) -> list[str]:
     return made
 
 
+
+
+#: The triggers that keep ``store_counts`` (:func:`keep_counts`); a new definition gets a
+#: new version in the names, and the store's next open makes it and counts again.
+COUNT_TRIGGERS = "litpulse_counts_v1"
+#: ``(table, trigger name suffix, event)`` of each trigger
+_COUNT_EVENTS = tuple(
+    (table, f"{table}_{ev[:3].lower()}", ev)
+    for table in ("articles", "references") for ev in ("INSERT", "UPDATE", "DELETE")
+    if not (table == "references" and ev == "UPDATE")  # an update moves no count
+)
+#: ``store_counts``' columns: what a row of ``articles`` adds (SQL over its columns)
+_ARTICLE_COUNTS = {
+    "live": "NOT {r}is_deleted",
+    "deleted": "{r}is_deleted AND {r}version > 0",
+    "retracted": "NOT {r}is_deleted AND {r}is_retracted",
+    "with_abstract": "NOT {r}is_deleted AND {r}has_abstract",
+    "with_citations": "NOT {r}is_deleted AND {r}icite_fetched_at IS NOT NULL",
+}
+_COUNT_COLUMNS = (*_ARTICLE_COUNTS, "refs")
+#: Delta rows past which :func:`counts_kept` folds them into one (PostgreSQL)
+FOLD_COUNTS_AT = 1000
+
+
+def _pg_count_functions(schema: str) -> list[str]:
+    """PostgreSQL: the two trigger functions (statement level, transition tables): each
+    statement on ``articles`` or ``references`` appends one row of what it changed (none
+    when nothing counted moved)."""
+    q = "store_counts"  # as the writer's statement names articles: by its search_path
+    cols = ", ".join(_COUNT_COLUMNS)
+    sums = ", ".join(
+        f"coalesce(sum(s) FILTER (WHERE {cond.format(r='')}), 0)"
+        for cond in _ARTICLE_COUNTS.values()
+    )
+    picked = "is_deleted, version, is_retracted, has_abstract, icite_fetched_at"
+    moved = " OR ".join(f"{c} <> 0" for c in _ARTICLE_COUNTS)
+
+    def rows(src: str) -> str:
+        return (f"INSERT INTO {q} ({cols}) SELECT *, 0 FROM (SELECT {sums} FROM ({src}) AS d) "
+                f"AS c ({', '.join(_ARTICLE_COUNTS)}) WHERE {moved};")
+
+    new = f"SELECT 1 AS s, {picked} FROM litpulse_new"
+    old = f"SELECT -1 AS s, {picked} FROM litpulse_old"
+    zeros = ", ".join("0" for _ in _ARTICLE_COUNTS)
+    return [
+        f"""CREATE OR REPLACE FUNCTION "{schema}".{COUNT_TRIGGERS}_articles() RETURNS trigger
+LANGUAGE plpgsql AS $f$
+BEGIN
+  IF TG_OP = 'INSERT' THEN {rows(new)}
+  ELSIF TG_OP = 'DELETE' THEN {rows(old)}
+  ELSE {rows(f"{new} UNION ALL {old}")}
+  END IF;
+  RETURN NULL;
+END $f$""",
+        f"""CREATE OR REPLACE FUNCTION "{schema}".{COUNT_TRIGGERS}_references() RETURNS trigger
+LANGUAGE plpgsql AS $f$
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    INSERT INTO {q} ({cols}) SELECT {zeros}, count(*) FROM litpulse_new HAVING count(*) > 0;
+  ELSE
+    INSERT INTO {q} ({cols}) SELECT {zeros}, -count(*) FROM litpulse_old HAVING count(*) > 0;
+  END IF;
+  RETURN NULL;
+END $f$""",
+    ]
+
+
+def _pg_count_trigger(schema: str, table: str, name: str, event: str) -> str:
+    refs = {"INSERT": "NEW TABLE AS litpulse_new", "DELETE": "OLD TABLE AS litpulse_old",
+            "UPDATE": "OLD TABLE AS litpulse_old NEW TABLE AS litpulse_new"}[event]
+    return (f'CREATE TRIGGER {COUNT_TRIGGERS}_{name} AFTER {event} ON "{table}" '
+            f"REFERENCING {refs} FOR EACH STATEMENT "
+            f'EXECUTE FUNCTION "{schema}".{COUNT_TRIGGERS}_{table}()')
+
+
+def _sqlite_count_trigger(table: str, name: str, event: str) -> str:
+    """SQLite: a row trigger moving the one row of ``store_counts`` (id 1)."""
+    head = f'CREATE TRIGGER {COUNT_TRIGGERS}_{name} AFTER {event}'
+    if table == "references":
+        sign = "+" if event == "INSERT" else "-"
+        return (f'{head} ON "references" BEGIN UPDATE store_counts SET refs = refs {sign} 1 '
+                "WHERE id = 1; END")
+    if event == "UPDATE":  # only when a counted property moved
+        moved = " OR ".join(
+            f"({cond.format(r='new.')}) IS NOT ({cond.format(r='old.')})"
+            for cond in _ARTICLE_COUNTS.values()
+        )
+        sets = ", ".join(
+            f"{c} = {c} + ({cond.format(r='new.')}) - ({cond.format(r='old.')})"
+            for c, cond in _ARTICLE_COUNTS.items()
+        )
+        return (f"{head} OF is_deleted, version, is_retracted, has_abstract, icite_fetched_at "
+                f"ON articles WHEN {moved} BEGIN UPDATE store_counts SET {sets} WHERE id = 1; END")
+    r, sign = ("new.", "+") if event == "INSERT" else ("old.", "-")
+    sets = ", ".join(
+        f"{c} = {c} {sign} ({cond.format(r=r)})" for c, cond in _ARTICLE_COUNTS.items())
+    return f"{head} ON articles BEGIN UPDATE store_counts SET {sets} WHERE id = 1; END"
+
+
+def _count_triggers_made(conn: Connection) -> int:
+    if conn.dialect.name == "sqlite":
+        sql = "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name LIKE :n"
+    else:
+        sql = ("SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+               "WHERE c.relnamespace = current_schema()::regnamespace AND t.tgname LIKE :n")
+    return int(conn.execute(text(sql), {"n": f"{COUNT_TRIGGERS}_%"}).scalar() or 0)
+
+
+def keep_counts(engine: Engine) -> bool:
+    """Have the database keep ``store_counts`` (the counts of ``litpulse status``): make
+    the triggers on ``articles`` and ``references`` and count the store once, exactly, in
+    one transaction (a store made before the triggers, or whose counts were emptied).
+
+    Every writer then keeps the counts in step, whatever its path (``COPY`` and staged
+    upserts, executemany, tombstones, deletes, the iCite fetch, upgrades): PostgreSQL with
+    statement-level triggers that append one row of deltas per statement, SQLite with row
+    triggers on its one row. The count holds back writers (PostgreSQL: the tables' lock,
+    waited for at most :data:`DDL_LOCK_TIMEOUT_MS`; SQLite: the write lock) and reads both
+    tables whole, once. Where it cannot be made (that wait, a read-only database, a role
+    that does not own the tables), a warning: ``status`` counts the tables whole until a
+    later open makes it.
+
+    Returns:
+        Whether the counts were made now (``False``: kept already, or not made).
+    """
+    from sqlalchemy import inspect
+
+    if "store_counts" not in inspect(engine).get_table_names():
+        return False
+    with engine.connect() as conn:
+        made = _count_triggers_made(conn) == len(_COUNT_EVENTS)
+        if made and conn.execute(select(store_counts.c.id).limit(1)).first() is not None:
+            return False
+    sqlite = engine.dialect.name == "sqlite"
+    try:
+        with engine.begin() as conn, _short_lock_wait(conn):
+            if sqlite:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")  # the DDL and count in one transaction
+                old = conn.execute(text(
+                    "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE :n"
+                ), {"n": "litpulse_counts_%"}).scalars().all()
+                for name in old:
+                    conn.exec_driver_sql(f'DROP TRIGGER IF EXISTS "{name}"')
+                for table, name, event in _COUNT_EVENTS:
+                    conn.exec_driver_sql(_sqlite_count_trigger(table, name, event))
+            else:
+                conn.exec_driver_sql(
+                    'LOCK TABLE articles, "references" IN SHARE ROW EXCLUSIVE MODE')
+                schema = str(conn.exec_driver_sql("SELECT current_schema()").scalar())
+                old = conn.execute(text(
+                    "SELECT t.tgname, c.relname FROM pg_trigger t JOIN pg_class c "
+                    "ON c.oid = t.tgrelid WHERE c.relnamespace = current_schema()::regnamespace "
+                    "AND t.tgname LIKE :n"), {"n": "litpulse_counts_%"}).all()
+                for name, table in old:
+                    conn.exec_driver_sql(f'DROP TRIGGER IF EXISTS "{name}" ON "{table}"')
+                for sql in _pg_count_functions(schema):
+                    conn.exec_driver_sql(sql)
+                for table, name, event in _COUNT_EVENTS:
+                    conn.exec_driver_sql(_pg_count_trigger(schema, table, name, event))
+            conn.execute(store_counts.delete())
+            counted = count_whole(conn)
+            conn.execute(insert(store_counts).values(id=1, **counted))
+            if not sqlite:  # ids of later delta rows follow the first
+                conn.exec_driver_sql(
+                    "SELECT setval(pg_get_serial_sequence('store_counts', 'id'), 1)")
+    except DBAPIError as exc:
+        logger.warning(
+            "the store's counts are not kept (%s): status counts articles and references "
+            "whole until a later start makes them (a start as the tables' owner, on a "
+            "writable database)", _cause(exc))  # fmt: skip
+        return False
+    if any(counted.values()):  # a new store's empty tables: nothing to say
+        logger.warning("store upgraded: the database keeps the store's counts (counted once: "
+                       "%d live articles, %d references)", counted["live"], counted["refs"])
+    return True
+
+
+def count_whole(conn: Connection) -> dict[str, int]:
+    """The counts :data:`store_counts` keeps, counted over the whole of ``articles`` and
+    ``references`` (a scan of both: at a store's first keeping, and in tests)."""
+    from litpulse.core.schema import references
+
+    a = articles.c
+    live = a.is_deleted.is_(False)
+    row = conn.execute(select(
+        func.count().filter(live),
+        func.count().filter(a.is_deleted.is_(True), a.version > 0),
+        func.count().filter(live, a.is_retracted.is_(True)),
+        func.count().filter(live, a.has_abstract.is_(True)),
+        func.count().filter(live, a.icite_fetched_at.is_not(None)),
+    )).one()
+    refs = conn.execute(select(func.count()).select_from(references)).scalar()
+    return {**{c: int(v or 0) for c, v in zip(_ARTICLE_COUNTS, row, strict=True)},
+            "refs": int(refs or 0)}
+
+
+def counts_kept(conn: Connection) -> dict[str, int] | None:
+    """The counts the database keeps (:func:`keep_counts`), ``None`` where it keeps none.
+
+    PostgreSQL's rows of deltas are summed; past :data:`FOLD_COUNTS_AT` of them they are
+    folded into one, in a transaction of its own (a ``DELETE … RETURNING`` summed into a
+    new row: a writer only appends rows, so neither waits on the other; two folds at once
+    each fold what they deleted). A role that may not write leaves them as they are.
+    """
+    c = store_counts.c
+    row = conn.execute(select(func.count(), *(func.sum(c[n]) for n in _COUNT_COLUMNS))).one()
+    if not row[0]:
+        return None
+    if row[0] > FOLD_COUNTS_AT and conn.dialect.name == "postgresql":
+        fold_counts(conn.engine)
+    return {n: int(v or 0) for n, v in zip(_COUNT_COLUMNS, row[1:], strict=True)}
+
+
+def fold_counts(engine: Engine) -> None:
+    """PostgreSQL: fold the rows of ``store_counts`` into one (see :func:`counts_kept`)."""
+    cols = ", ".join(_COUNT_COLUMNS)
+    sums = ", ".join(f"sum({n})" for n in _COUNT_COLUMNS)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                f"WITH gone AS (DELETE FROM store_counts RETURNING {cols}) "
+                f"INSERT INTO store_counts ({cols}) SELECT {sums} FROM gone HAVING count(*) > 0")
+    except DBAPIError as exc:  # a reader's role: the next writer's status folds them
+        logger.debug("store counts not folded: %s", _cause(exc))
 
 
 def drop_retired_indexes(engine: Engine) -> list[str]:

@@ -47,6 +47,7 @@ __all__ = [
     "RETIRED_INDEXES",
     "articles",
     "references",
+    "store_counts",
     "term_forms",
     "FOLDED_TERM_KINDS",
     "quarantine",
@@ -271,6 +272,25 @@ references = Table(
     Column("cited_pmid", BigInteger, primary_key=True, autoincrement=False),
     Index("ix_references_cited", "cited_pmid"),
     sqlite_with_rowid=False,  # as article_terms
+)
+
+# The store's counts (``litpulse status``, ``GET /status``), kept by the database itself:
+# triggers on ``articles`` and ``references`` (``litpulse.core.db.keep_counts``) add what
+# each write changes, so every writer keeps them in step. PostgreSQL appends one row of
+# deltas per statement (concurrent writers never wait on one counter row) and folds them
+# into one now and then; SQLite (one writer at a time) moves the one row (id 1). The
+# counts are the sums of the rows. A store with no row yet keeps none (counted whole).
+store_counts = Table(
+    "store_counts",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("live", BigInteger, nullable=False, default=0),  # not is_deleted
+    Column("deleted", BigInteger, nullable=False, default=0),  # withdrawn: is_deleted, version > 0
+    Column("retracted", BigInteger, nullable=False, default=0),  # live and is_retracted
+    Column("with_abstract", BigInteger, nullable=False, default=0),  # live and has_abstract
+    Column("with_citations", BigInteger, nullable=False, default=0),  # live, iCite asked
+    Column("refs", BigInteger, nullable=False, default=0),  # rows of ``references``
 )
 
 quarantine = Table(
