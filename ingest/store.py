@@ -119,6 +119,7 @@ from litpulse.core.db import (
     counts_kept,
     db_now,
     fill_term_forms,
+    fold_counts,
     id_in,
     id_in_clause,
     live_lease,
@@ -345,6 +346,7 @@ class Store(RunLedger, Checkpoints):
                     on_batch(counter.freeze() - before)
         if written:  # the rows whose updated_at this call moved, each once
             self._mark_caught_up(len(written))
+            fold_counts(self.engine)  # PostgreSQL's rows of deltas this call appended, in one
         counts = counter.freeze()
         logger.info("applied %d items: %s", counts.total, counts.to_dict())
         return counts

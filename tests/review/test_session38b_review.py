@@ -23,7 +23,8 @@ X1 **``status`` scans ``articles`` and ``references`` whole** (37h X3, a strict 
    with the rows each touched, tombstones, the iCite updates): no counter row that
    concurrent writers would queue on; ``status`` sums the rows and folds them into one
    past ``db.FOLD_COUNTS_AT`` in a transaction of its own (``DELETE … RETURNING`` summed
-   into a new row: writers only append, so neither waits on the other). SQLite (one
+   into a new row: writers only append, so neither waits on the other), and
+   ``Store.apply`` folds after its last batch (a reader role's status cannot). SQLite (one
    writer) has row triggers on its one row (an update trigger only ``OF`` the counted
    columns and ``WHEN`` a counted property moved). The dates are read by index
    (``ix_articles_best_date`` walked down from today, ``max(updated_at)`` on
@@ -252,3 +253,10 @@ def test_concurrent_writers_and_a_fold_wait_on_nothing(
         assert conn.exec_driver_sql("SELECT count(*) FROM store_counts").scalar() == 1
     assert n_before and n_before > db.FOLD_COUNTS_AT
     assert _whole(engine)["live"] == 3 + db.FOLD_COUNTS_AT + 5
+    # a writer folds the rows it appended, after its last batch (a reader's status cannot)
+    src = SourceRef("generated", "fold")
+    Store(engine).apply([Record(pmid=p, version=1, title="t", source=src, entrez_date=DAY)
+                         for p in range(5000, 5010)], batch_size=3)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM store_counts").scalar() == 1
+    _check(engine, "folded by the writer")
