@@ -1183,14 +1183,13 @@ def _set_pragmas(dbapi_conn: Any, which: int) -> None:
     cur.close()
 
 
-#: Why SQLite's one-row statements run ``executemany`` as ``INSERT OR FAIL`` / ``UPDATE OR
-#: FAIL``: a table with triggers (``store_counts``' on ``articles`` and ``references``,
-#: :func:`keep_counts`) makes every execution a write of several rows, and with the default
-#: ``ABORT`` SQLite opens a statement journal for each, copying each page it changes (the
-#: counts' 16 KiB page) first: 3-4 µs a row. ``FAIL`` needs none, and for one row it is
-#: ``ABORT``: the row's constraint fails before it or its AFTER trigger writes anything, the
-#: same error is raised, and the transaction is the caller's to roll back (measured: a
-#: reference row 4.75 -> 1.21 µs with the trigger, 0.76 without).
+#: Why SQLite's one-row ``executemany`` (``bulk_update`` before SQLite 3.33) runs ``UPDATE
+#: OR FAIL``: a table with triggers (``store_counts``' on ``articles``, :func:`keep_counts`)
+#: makes every execution a write of several rows, and with the default ``ABORT`` SQLite
+#: opens a statement journal for each, copying each page it changes (16 KiB) first. ``FAIL``
+#: needs none (unless an index on an expression is written: see :func:`_sqlite_rows`), and
+#: for one row it is ``ABORT``: the constraint fails before the row or its AFTER trigger
+#: writes anything, the same error is raised, the transaction is the caller's to roll back.
 SQLITE_FAIL = "OR FAIL"
 
 
@@ -1254,10 +1253,7 @@ def bulk_upsert(
         return
     if conn.dialect.name != "sqlite":  # pragma: no cover - other dialects are not supported
         raise NotImplementedError(f"bulk_upsert is not implemented for {conn.dialect.name}")
-    marks = ", ".join("?" * len(cols))
-    sql = f"INSERT OR FAIL INTO {name} ({col_sql}) VALUES ({marks}) {conflict}"  # SQLITE_FAIL
-    with driver_errors(conn, sql):
-        _sqlite_cursor(conn).executemany(sql, values)
+    _sqlite_rows(conn, f"INSERT INTO {name} ({col_sql}) VALUES", conflict, len(cols), values)
 
 
 def bulk_insert(
@@ -1295,10 +1291,35 @@ def insert_tuples(
     if conn.dialect.name == "postgresql":
         _copy(conn, name, col_sql, rows, _binary_types(conn, table, columns))
         return
-    marks = ", ".join("?" * len(columns))
-    sql = f"INSERT OR FAIL INTO {name} ({col_sql}) VALUES ({marks})"  # see SQLITE_FAIL
-    with driver_errors(conn, sql):
-        _sqlite_cursor(conn).executemany(sql, rows)
+    _sqlite_rows(conn, f"INSERT INTO {name} ({col_sql}) VALUES", "", len(columns), rows)
+
+
+#: Rows per statement of :func:`_sqlite_rows` (SQLite binds at most 32,766 values)
+SQLITE_ROWS_PER_STATEMENT = 256
+
+
+def _sqlite_rows(
+    conn: Connection, head: str, tail: str, width: int, rows: Iterable[Sequence[Any]]
+) -> None:
+    """SQLite: ``head (?, …), (?, …) … tail`` for ``rows`` (``width`` values each), a few
+    hundred rows a statement.
+
+    Not one ``executemany`` execution a row: on a table with row triggers (the counts'
+    of :func:`keep_counts`) and an index on an expression (``ix_articles_doi``) every
+    execution opens a statement journal and copies each page it changes (16 KiB) first,
+    ~15-20 µs a row of ``articles``; once a statement of many rows, it costs next to
+    nothing. A failure rolls the statement back as before (``ABORT``).
+    """
+    from itertools import chain, islice
+
+    it = iter(rows)
+    per = max(1, min(SQLITE_ROWS_PER_STATEMENT, 32766 // max(1, width)))
+    one = "(" + ", ".join("?" * width) + ")"
+    cur = _sqlite_cursor(conn)
+    while chunk := list(islice(it, per)):
+        sql = f"{head} {', '.join([one] * len(chunk))} {tail}"
+        with driver_errors(conn, sql if len(chunk) == 1 else f"{head} {one} … {tail}"):
+            cur.execute(sql, list(chain.from_iterable(chunk)))
 
 
 def _sqlite_cursor(conn: Connection) -> Any:
