@@ -927,6 +927,12 @@ def counts_kept(conn: Connection) -> dict[str, int] | None:
     not write leaves them as they are; :meth:`ingest.store.Store.apply` folds them too,
     after its last batch.
     """
+    if conn.dialect.name == "sqlite":
+        there = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'store_counts'"
+    else:
+        there = "SELECT to_regclass('store_counts')"
+    if conn.exec_driver_sql(there).scalar() is None:  # opened without upgrading (create=False)
+        return None
     c = store_counts.c
     row = conn.execute(select(func.count(), *(func.sum(c[n]) for n in _COUNT_COLUMNS))).one()
     if not row[0]:
