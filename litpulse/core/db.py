@@ -857,7 +857,7 @@ def keep_counts(engine: Engine) -> bool:
             return False
     sqlite = engine.dialect.name == "sqlite"
     try:
-        with engine.begin() as conn, _short_lock_wait(conn):
+        with engine.begin() as conn, short_lock_wait(conn):
             if sqlite:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")  # the DDL and count in one transaction
                 old = conn.execute(text(
