@@ -1084,7 +1084,8 @@ def _encode(
 #: Batches that go through in a row at a batch size halved after running out of memory
 #: before the size doubles again (never above ``LITPULSE_EMBED_BATCH_SIZE``): the card may
 #: have been held by another process for a while. Each doubling that runs out of memory
-#: again doubles this wait for that encoder (a card that stays small is not retried often).
+#: again before this many batches went through at it doubles this wait for that encoder
+#: (a card that stays small is not retried often); one that held them is forgiven.
 REGROW_AFTER = 64
 
 
@@ -1108,13 +1109,18 @@ _FITS: weakref.WeakKeyDictionary[Any, _Fit] = weakref.WeakKeyDictionary()
 
 def _went_through(encoder: SentenceTransformer, batch: int, texts: int, most: int) -> None:
     """Count the batches of ``texts`` texts that went through at ``batch``; once
-    :class:`_Fit` ``wait`` did, the encoder's batch doubles (at most ``most``)."""
+    :class:`_Fit` ``wait`` did, the encoder's batch doubles (at most ``most``). A doubled
+    batch that held :data:`REGROW_AFTER` batches fits the card: the wait goes back to
+    that, so an out-of-memory hours later (another process took the card) halves it
+    without lengthening the wait, which only a doubling that failed at once does."""
     with _LOCK:
         fit = _FITS.get(encoder)
-        if fit is None or fit.batch != batch or batch >= most:
+        if fit is None or fit.batch != batch:
             return
         fit.good += -(-texts // batch)
-        if fit.good >= fit.wait:
+        if fit.grown and fit.good >= REGROW_AFTER:  # the doubling held: the card holds it
+            fit.wait, fit.grown = REGROW_AFTER, False  # a later shortage is no failed try
+        if batch < most and fit.good >= fit.wait:
             fit.batch, fit.good, fit.grown = min(most, 2 * batch), 0, True
             logger.info("the device %s held %d batches of %d texts: trying %d a batch",
                         encoder.device, fit.wait, batch, fit.batch)  # fmt: skip
