@@ -49,6 +49,7 @@ What held:
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 import sys
 import zipfile
@@ -241,3 +242,102 @@ def test_held_k_over_a_page_is_refused_with_its_bound(settings: Settings) -> Non
     page = (Path(__file__).parents[2] / "litpulse/app/web/index.html").read_text()
     field = re.search(r'<input type="number" id="k"[^>]*>', page)
     assert field and f'max="{MAX_PAGE}"' in field.group(0)
+
+
+# ------------------------------------------------------------------ held: 38d X1
+
+
+@pytest.mark.parametrize("settings", ["sqlite", "postgresql"], indirect=True)
+def test_held_a_run_whose_lease_was_taken_stops_before_a_file_it_read_as_new(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """An update-file run reads its files' issues once (file 2: never read); its
+    heartbeat stalls after file 1, another process takes the writer lease over and
+    reads a local copy of another issue of file 2 (its first read). The run must not
+    then apply the server's file 2 by that stale read (as a first read: half of it
+    replays of the copy's positions): it stops at its next write, and the next run
+    applies the server's issue as a re-issue of the copy."""
+    from ingest import updatefiles
+    from ingest.store import Store
+    from litpulse.app.demo.generate import generate_corpus
+    from litpulse.core import db
+    from tests.emulator import running_emulator
+
+    corpus = generate_corpus(tmp_path / "corpus", n_records=30, n_files=2, seed=11,
+                             first_file_number=1)  # fmt: skip
+    other = generate_corpus(tmp_path / "other", n_records=30, n_files=2, seed=12,
+                            first_file_number=1)  # fmt: skip
+    copy = tmp_path / "copy" / other.files[1].name
+    copy.parent.mkdir()
+    copy.write_bytes(other.files[1].read_bytes())
+    assert copy.name == corpus.files[1].name and copy.read_bytes() != corpus.files[1].read_bytes()
+    for emu in running_emulator():
+        s = emu.configure(settings.replace(ingest_workers=0))
+        for f in corpus.files:
+            emu.add_file("updatefiles", f.name, f.read_bytes())
+        engine = db.connect(s)
+        taken, errors = _taken_over_after(s, corpus.files[0].name, copy)
+        assert taken and not errors, errors
+        applied = updatefiles.applied_files(engine)[0]
+        assert corpus.files[0].name in applied and corpus.files[1].name not in applied
+        updatefiles.apply_updates(s)  # the next run: the server's issue replaces the copy's
+        current, earlier, was_applied = Store(engine).file_issues(*_order(copy))
+        assert was_applied and earlier, (current, earlier)
+
+
+def _order(path: Path) -> tuple[int, int]:
+    from ingest.records import nlm_file_order
+
+    order = nlm_file_order(path)
+    assert order is not None
+    return order
+
+
+def _taken_over_after(s: Settings, first: str, copy: Path) -> tuple[list[str], list[BaseException]]:
+    """Run ``apply_updates``, expecting its ``LeaseLostError``, while another thread
+    (another writer) takes the writer lease over once the file ``first`` is applied (its
+    expiry pushed back first, as a stalled heartbeat leaves it) and reads ``copy``."""
+    import logging
+    import threading
+
+    from sqlalchemy import update
+
+    from ingest import updatefiles
+    from ingest.files import ingest_files
+    from ingest.runs import STORE_LEASE
+    from litpulse.core import db
+    from litpulse.core.errors import LeaseLostError
+    from litpulse.core.schema import locks
+
+    engine = db.connect(s)
+    errors: list[BaseException] = []
+    taken: list[str] = []
+
+    def take_over() -> None:  # another process, after the run's heartbeat stalled
+        try:
+            with engine.begin() as conn:
+                conn.execute(update(locks).where(locks.c.name == STORE_LEASE).values(
+                    expires_at=db.db_now(conn) - dt.timedelta(seconds=1)))
+            ingest_files(s, [copy], workers=0)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    class AfterFirstFile(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith(f"applied {first}"):
+                taken.append(record.getMessage())
+                thread = threading.Thread(target=take_over)
+                thread.start()
+                thread.join()
+
+    log = logging.getLogger(updatefiles.__name__)
+    handler, level = AfterFirstFile(), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        with pytest.raises(LeaseLostError):
+            updatefiles.apply_updates(s)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    return taken, errors
