@@ -29,8 +29,12 @@ What held:
   never-read files and local copies read as this issue (a ``.xml`` copy's content MD5 is
   never the server's ``.xml.gz`` MD5: asked, told by content). A killed run's mark of
   another MD5, and the plan's re-issues, are asked as before. Coverage: breaking
-  ``issues_read`` by hand (``return {}``: every file taken as never read) fails 8 tests of
-  36a X5, 36f X2, 37c X4 and X6 (both stores) and one of 35a: the skipped path is covered.
+  ``issues_read`` by hand (``return {}``: every file taken as never read) fails 36a X5,
+  36f X2, 37c X4 and X6, 35a X2/X5, 38a's killed-before-the-MD5 (four) and this file's
+  lease test, on both stores: the skipped path is covered. The lease test: a run whose
+  heartbeat stalled after file 1 while another process read a local copy of another issue
+  of file 2 (never read at the run's read) stops with ``LeaseLostError`` at its next
+  write; the next run applies the server's file 2 as a re-issue of the copy.
   (test_held_a_run_whose_lease_was_taken_stops_before_a_file_it_read_as_new)
 * **38d X2 (``faiss_ops._unimported_cpu_faiss``)**: with stand-in site-packages folders
   on ``sys.path``, status says "CPU build" without an import only for faiss-cpu's own
