@@ -16,6 +16,18 @@ X1 **A batch that grew back and then held for hours is still punished as a faile
    still doubles the wait (38d's test on a card that stays small holds: 6 failed tries in
    40 calls, 5 before, at most 8 allowed). Measured after: 6, 6, 6, 6, 6 calls.
 
+X2 **A file an update-file run was killed in is resumed half after another issue of it was
+   read meanwhile.** An update-file run killed in file 1 (21 stored, 22 not) leaves its
+   progress mark and an issue not recorded; ``litpulse ingest --files`` of a local copy
+   of another issue of file 1 then reads it whole as a re-issue of that unknown issue
+   (``ingest.files._reissue``); the next update-file run resumes the server's file 1:
+   ``Store.reissue`` moves the as-of time past the copy's (the issue it replaces: the
+   copy), but the killed run's mark is of this MD5 (``ours``), so ``_store_file`` kept it
+   and went on after its 1 item: 21 stays the copy's, 22 becomes the server's, half of
+   the server's issue taken as replays. Not from 38d X1 (the re-issue check is asked
+   here: the issue read is the copy's); found attacking its killed-run mark.
+   (test_x2_a_file_resumed_after_another_issue_was_read_is_applied_whole, both stores)
+
 What held:
 
 * **38d X1 (``Store.issues_read``)**: the skip is exactly ``Store.reissue``'s own early
@@ -63,6 +75,7 @@ from pathlib import Path
 import pytest
 
 from litpulse.core.settings import Settings
+from tests.ingest.test_windows_review import ReviewEmulator
 
 # ------------------------------------------------------------------------------- X1
 
@@ -345,3 +358,37 @@ def _taken_over_after(s: Settings, first: str, copy: Path) -> tuple[list[str], l
         log.removeHandler(handler)
         log.setLevel(level)
     return taken, errors
+
+
+# ------------------------------------------------------------------------------- X2
+
+
+@pytest.mark.xfail(strict=True, reason="38f X2: a resumed file is half applied after a copy")
+@pytest.mark.parametrize("settings", ["sqlite", "postgresql"], indirect=True)
+def test_x2_a_file_resumed_after_another_issue_was_read_is_applied_whole(
+    emu: ReviewEmulator, settings: Settings, tmp_path: Path
+) -> None:
+    """An update-file run is killed in file 1 (21 stored, 22 not); a local copy of another
+    issue of file 1 is then read (``ingest --files``: a re-issue of the unknown issue the
+    killed run left, applied whole); the next update-file run resumes the server's file 1.
+    That issue is read after the copy, so it must be applied whole as a re-issue of it,
+    as the module docstring of ``ingest.files`` says: both records the server's."""
+    from ingest.files import ingest_files
+    from ingest.updatefiles import apply_updates
+    from tests.ingest.test_windows_review import _settings
+    from tests.review.test_session35a_review import N1, _art, _file, _killed_once, _titles
+
+    s = _settings(emu, settings).replace(store_batch=1)
+    server = _file(_art(21, "21 of the server"), _art(22, "22 of the server"))
+    emu.add_file("updatefiles", N1, server)
+    with _killed_once(s, lambda: _titles(s).get(21) == ("21 of the server", False)):
+        apply_updates(s, workers=0)  # killed after 21, before 22
+    assert 22 not in _titles(s), "the kill missed the file"
+    copy = tmp_path / N1
+    copy.write_bytes(_file(_art(21, "21 of the copy"), _art(22, "22 of the copy")))
+    ingest_files(s, [copy], workers=0)
+    assert _titles(s)[21] == ("21 of the copy", False)
+    apply_updates(s, workers=0)  # resumes the server's file 1, read after the copy
+    got = _titles(s)
+    assert got[22] == ("22 of the server", False)
+    assert got[21] == ("21 of the server", False), "half of the server's issue applied"
