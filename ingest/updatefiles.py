@@ -1056,7 +1056,9 @@ def _store_file(
     before the first batch, the MD5 it replaces), so a run resuming a file a killed run began
     goes on after the items that run committed, and the file records its whole counts,
     each item counted once (as do the runs: the killed run's row holds what it
-    committed). A file whose MD5 differs from the mark's (re-issued meanwhile) is applied
+    committed), unless another issue of the file was read since (a local copy: the as-of
+    time moves past it now), which this one replaces whole, from its first item. A file
+    whose MD5 differs from the mark's (re-issued meanwhile) is applied
     from its start as a re-issue of the mark's issue (:meth:`Store.reissue`: ranked after
     what that issue stored, never as replays of it); one begun by a release without marks
     is replayed from its start (a replay changes nothing stored).
@@ -1081,10 +1083,12 @@ def _store_file(
     if f.reissue or other or read is None or read.get(ref.sequence, digest) != digest:
         with store.engine.begin() as conn:
             content = functools.partial(content_md5, path) if path is not None else None
-            was = store.reissue(
-                ref, digest, was=f.reissue or other, content=content, conn=conn
-            ) or f.reissue  # fmt: skip
-            if was and not ours:
+            moved = store.reissue(ref, digest, was=f.reissue or other, content=content,
+                                  conn=conn)  # fmt: skip
+            was = moved or f.reissue
+            # moved under a killed run's mark of this issue: another issue was read since
+            # (a local copy), after the items that run applied: applied whole, from item 0
+            if moved if ours else was:
                 value = {"md5": digest, "items": 0, "counts": IngestCounts().to_dict(),
                          "was": was}  # fmt: skip
                 store.set_checkpoint(PROGRESS_SCOPE, f.name, "applying", value, conn=conn)
