@@ -61,6 +61,12 @@ What held:
   (the package elsewhere), a GPU faiss earlier on ``sys.path`` than faiss-cpu's, a zipped
   install, and a process that imported faiss already are all asked (the stand-in GPU
   build answers ``gpu``). (test_held_status_asks_faiss_unless_the_files_are_faiss_cpus)
+* **38d X3 (``ranking.embed`` regrow)**, besides X1: each encoder keeps its own fit (the
+  API's halved, a refresh's encoder on the same card untouched); a query (one text, a
+  batch of 1, as ``encode_query`` asks) never counts toward a growth; a smaller
+  ``LITPULSE_EMBED_BATCH_SIZE`` is used as set and its batches do not grow the fit learnt
+  at the larger one, which is back when the setting is.
+  (test_held_fits_are_per_encoder_and_queries_or_a_smaller_setting_do_not_grow_them)
 * **38e X8**: only ``LITPULSE_TEST_*`` is left alone; ``LITPULSE_TEST`` and
   ``LITPULSE_TESTS_*`` and a real setting's typo are refused; no setting's name begins
   ``TEST_``. (test_held_only_the_test_prefix_is_left_alone)
@@ -397,3 +403,35 @@ def test_x2_a_file_resumed_after_another_issue_was_read_is_applied_whole(
     got = _titles(s)
     assert got[22] == ("22 of the server", False)
     assert got[21] == ("21 of the server", False), "half of the server's issue applied"
+
+
+# ------------------------------------------------------------------ held: 38d X3
+
+
+def test_held_fits_are_per_encoder_and_queries_or_a_smaller_setting_do_not_grow_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import torch
+
+    from ranking.embed import _encode, embed_texts
+    from tests.review.test_session37e_review import CudaEncoderStandIn
+
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)  # no card to free here
+    settings = Settings.from_env({}, home=tmp_path / "home").replace(
+        embed_precision="fp32", embed_batch_size=64)
+    api, refresh = CudaEncoderStandIn(fits=10), CudaEncoderStandIn(fits=1000)
+    texts = [f"article {i}" for i in range(800)]
+    embed_texts(api, texts[:100], settings)  # type: ignore[arg-type]  # 13 batches of 8
+    embed_texts(refresh, texts, settings)  # type: ignore[arg-type]
+    assert api.batches[-1] == 8 and refresh.batches == [64]  # one encoder's card, not all
+    api.fits = 1000
+    for i in range(300):  # queries, one text each (as encode_query asks): no batch grows
+        _encode(api, [f"query {i}"], None, 1, query=True)  # type: ignore[arg-type]
+    embed_texts(api, texts[:8], settings)  # type: ignore[arg-type]
+    assert api.batches[-1] == 8
+    small = settings.replace(embed_batch_size=4)  # a smaller setting: used, fit kept
+    for _ in range(40):
+        embed_texts(api, texts, small)  # type: ignore[arg-type]
+    assert api.batches[-1] == 4
+    embed_texts(api, texts[:8], settings)  # type: ignore[arg-type]
+    assert api.batches[-1] == 8, "a smaller setting's batches grew the fit"
