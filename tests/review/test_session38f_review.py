@@ -71,8 +71,14 @@ What held:
   ``LITPULSE_TESTS_*`` and a real setting's typo are refused; no setting's name begins
   ``TEST_``. (test_held_only_the_test_prefix_is_left_alone)
 * **38e X7**: ``GET /search?k=101`` answers 422 naming the bound (100, ``MAX_PAGE``);
-  the page's ``Results`` field stops at ``MAX_PAGE``; ``-k`` over 100 without a server
-  searches in process as before. (test_held_k_over_a_page_is_refused_with_its_bound)
+  the page's ``Results`` field stops at ``MAX_PAGE`` (its ``max`` is written by hand:
+  the test keeps the two equal); the CLI's ``-k`` says its own bound (10,000).
+  (test_held_k_over_a_page_is_refused_with_its_bound)
+
+Noticed: a file applied from NLM's server keeps ``source_times.md5`` NULL (only a local
+copy's read or a re-issue records it), so 38d X1's skip saves the re-issue check only for
+files never read (and local copies read as this issue); every file applied before is
+asked. Right, and cheap enough (one read a re-applied file), not filed.
 """
 
 from __future__ import annotations
