@@ -352,6 +352,10 @@ ingest_runs = Table(
     # ``GET /status``'s last ingest (the newest succeeded run) on every poll: a walk down
     # this index, not a sort of every run ever recorded
     Index("ix_ingest_runs_status_finished", "status", "finished_at"),
+    # the held E-utilities windows past the watermark (``planning.held_windows``, on
+    # every ``litpulse status`` and nightly): the succeeded runs ending after the mark,
+    # not every succeeded run ever recorded filtered on its JSON ``details``
+    Index("ix_ingest_runs_status_window_end", "status", "window_end"),
 )
 
 #: PMIDs an E-utilities window listed (ESearch) but EFetch did not return, even asked twice:
