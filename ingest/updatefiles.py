@@ -41,7 +41,7 @@ import itertools
 import logging
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -657,22 +657,24 @@ def _listed_files(
     return sorted(unique.values()), year
 
 
-def _first_gap(
+def _gaps(
     remote: list[RemoteFile],
     applied: Mapping[str, str],
     baseline_year: int | None,
     baseline_tops: Mapping[int, int],
-) -> tuple[int, int, int] | None:
-    """The first ``(year, first, last)`` run of numbers missing among the listed and
-    applied files' numbers, above the highest applied one of its year (a hole below it is
-    behind the store already). The year of the store's baseline counts from 1; another
-    year whose baseline is listed (NLM's next one, in December) or was seen listed
-    (``baseline_tops``: :func:`known_baselines`) from that baseline's last number + 1,
-    where its update files begin; the first year known (a store started on update files)
-    and a year of which the store applied files from their lowest known number. Any later
-    year's start is unknown (a mirror that pruned its ``baseline/`` across the year's
-    turn): ``(year, 0, lowest listed - 1)``, the whole year held (:func:`_unknown_start`),
-    never taken to begin at its lowest listed number."""
+) -> list[tuple[int, int, int]]:
+    """Every ``(year, first, last)`` run of numbers missing among the listed and applied
+    files' numbers, above the highest applied one of its year (a hole below it is behind
+    the store already), in order: the first holds the files after it back, and
+    ``accept_gaps`` skips them all (each is named: :func:`_held_message`). The year of
+    the store's baseline counts from 1; another year whose baseline is listed (NLM's next
+    one, in December) or was seen listed (``baseline_tops``: :func:`known_baselines`) from
+    that baseline's last number + 1, where its update files begin; the first year known
+    (a store started on update files) and a year of which the store applied files from
+    their lowest known number. Any later year's start is unknown (a mirror that pruned its
+    ``baseline/`` across the year's turn): ``(year, 0, lowest listed - 1)``, the whole
+    year held (:func:`_unknown_start`), never taken to begin at its lowest listed number;
+    the holes among its listed files follow."""
     numbers: dict[int, set[int]] = {}
     applied_top: dict[int, int] = {}
     for f in remote:
@@ -692,23 +694,39 @@ def _first_gap(
         elif year not in applied_top and year > min(numbers):
             # where its update files begin is not known: never the lowest listed number
             gaps.append((year, 0, min(have) - 1))
-            continue
+            floor = min(have)
         else:
             floor = min(have)
         start = max(floor, applied_top.get(year, 0) + 1)
-        missing = next((n for n in range(start, max(have)) if n not in have), None)
-        if missing is not None:
-            last = next(n for n in range(missing, max(have) + 1) if n in have) - 1
-            gaps.append((year, missing, last))
-    return min(gaps, default=None)
+        missing: int | None = start
+        while missing is not None:
+            missing = next((n for n in range(missing, max(have)) if n not in have), None)
+            if missing is not None:
+                last = next(n for n in range(missing, max(have) + 1) if n in have) - 1
+                gaps.append((year, missing, last))
+                missing = last + 1
+    return sorted(gaps)
 
 
 def _held_message(
-    gap: tuple[int, int, int], waiting: list[RemoteFile], before: str | None = None
+    gap: tuple[int, int, int],
+    waiting: list[RemoteFile],
+    before: str | None = None,
+    further: Sequence[tuple[int, int, int]] = (),
 ) -> str:
     """Why ``waiting`` is held behind ``gap``, naming every missing file: a pruned mirror
     (one keeping only recent files) is told from one file NLM withdrew, the only case
-    ``--accept-gaps`` is for. A year of unknown start (``first`` 0): :func:`_unknown_start`."""
+    ``--accept-gaps`` is for. A year of unknown start (``first`` 0): :func:`_unknown_start`.
+    ``further``: the gaps among the waiting files, which ``--accept-gaps`` skips too."""
+    told = _held_by(gap, waiting, before)
+    if not further:
+        return told
+    return (f"{told}. Missing among the files that wait as well, and skipped too by "
+            f"--accept-gaps: {'; '.join(map(_gap_named, further))}")
+
+
+def _held_by(gap: tuple[int, int, int], waiting: list[RemoteFile], before: str | None) -> str:
+    """:func:`_held_message` of the first gap."""
     year, first, last = gap
     if first == 0:
         return _unknown_start(year, waiting, before)
@@ -791,25 +809,34 @@ def _plan(
     def made(kept: Iterable[RemoteFile], held: str | None = None) -> FilePlan:
         return FilePlan(tuple(kept), len(remote), held, already, names, tuple(restamp),
                         tuple(sorted(listed.items())))
-    gap = _first_gap(remote, applied, year, tops)
-    if gap is None:
+    gaps = _gaps(remote, applied, year, tops)
+    if not gaps:
         return made(pending)
-    missing = f"pubmed{gap[0]:02d}n{gap[1]:04d}.xml.gz"
+    gap = gaps[0]
     waiting = [f for f in pending if (f.year, f.number) > gap[:2]]
-    if accept_gaps:
-        if gap[1] == 0:
-            logger.warning("where 20%02d's update files begin is not known (its baseline is "
-                           "not listed): taken to be the lowest listed (accept_gaps)", gap[0])
-        else:
-            logger.warning("%s is not on the server: applying the files after it anyway "
-                           "(accept_gaps)", missing)
+    if accept_gaps:  # every gap is skipped: each is named
+        logger.warning("applying past every file missing from the listing (accept_gaps): "
+                       "%s", "; ".join(map(_gap_named, gaps)))  # fmt: skip
         return made(pending)
     if not waiting:
         return made(pending)
     kept = tuple(f for f in pending if (f.year, f.number) < gap[:2])
     orders = [o for o in map(nlm_file_order, applied) if o is not None and o[0] < gap[0]]
     before = f"pubmed{max(orders)[0]:02d}n{max(orders)[1]:04d}.xml.gz" if orders else None
-    return made(kept, _held_message(gap, waiting, before))
+    return made(kept, _held_message(gap, waiting, before, gaps[1:]))
+
+
+def _gap_named(gap: tuple[int, int, int]) -> str:
+    """One run of missing numbers (:func:`_gaps`) in words: its files, or a year's start
+    that is not known (``first`` 0)."""
+    year, first, last = gap
+    if first == 0:
+        return (f"where 20{year:02d}'s update files begin (its baseline is not listed: "
+                "taken to be the lowest listed)")  # fmt: skip
+    name = f"pubmed{year:02d}n{first:04d}.xml.gz"
+    if first == last:
+        return name
+    return f"{name}..pubmed{year:02d}n{last:04d}.xml.gz ({last - first + 1} files)"
 
 
 def _refuse_before_the_baseline(
