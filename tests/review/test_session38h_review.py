@@ -20,6 +20,19 @@ X1 **``--accept-gaps`` skips every gap of the listing, but the held run and the
    the old ``updatefiles.py``.
    (test_x1_the_held_run_and_accept_gaps_name_every_hole)
 
+X3 **A first read's MD5 that its parse could not take is computed from the path after
+   the file was read, of whatever is there then.** 38a records a first read's MD5 once
+   its last batch is stored; where the parse took none (a damaged ``.xml.gz``: its
+   bytes' MD5), or to tell whether a ``.xml`` copy's bytes are gzip,
+   ``files._issue_md5`` opens the path again. A copy replaced while it is read (renamed
+   over, as ``rsync`` and ``wget`` finish a file) passes the identity check (the open
+   file is checked, and the parse read the old one whole), so the MD5 recorded is the
+   new file's, of another content than the store applied: a wrong issue is worse than
+   none (an unknown issue is replaced whole; a wrong one may take another issue for the
+   one read). Reproduced: a cut copy of issue A, replaced by issue B whole at a batch's
+   commit: B's content MD5 recorded for A's records.
+   (test_x3_a_copy_replaced_while_read_records_no_other_files_md5)
+
 X2 **``planning.held_windows`` reads every succeeded run ever recorded inside the
    database** (noted by 38c): its query (``held_windows_past``: the held windows ending
    after the mark) can only use ``ix_ingest_runs_status_finished`` on ``status`` (every
@@ -68,13 +81,18 @@ What held (attacked, no defect):
 from __future__ import annotations
 
 import datetime as dt
+import gzip
+import hashlib
 import logging
+import os
 import re
+from pathlib import Path
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import event, insert
 from sqlalchemy.engine import Engine
 
+from ingest.files import ingest_files
 from ingest.updatefiles import apply_updates
 from litpulse.core import db
 from litpulse.core.errors import IncompleteSourceError
@@ -84,7 +102,9 @@ from litpulse.pipeline import planning
 from tests.emulator import Emulator
 from tests.ingest.test_updatefiles_gaps import _applied, _configure
 from tests.review.test_session35b_review import _publish
+from tests.review.test_session36a_review import ISSUE_A, ISSUE_B, _copy, _titles
 from tests.review.test_session37h_review import _statements
+from tests.review.test_session38a_review import _issue_of
 from tests.review.test_session38c_review import DAY0, _night
 
 # ------------------------------------------------- X1: what --accept-gaps skips, named
@@ -163,3 +183,34 @@ def test_x2_held_windows_reads_the_runs_after_the_mark_by_index(settings: Settin
     else:
         used = [ln for ln in plan if re.search(r"Index Cond: .*window_end >", ln)]
     assert used, plan
+
+
+# ------------------------------- X3: the MD5 of the file read, not of the path's file
+
+
+@pytest.mark.xfail(strict=True, reason="38h X3: the path's new file's MD5 recorded")
+def test_x3_a_copy_replaced_while_read_records_no_other_files_md5(
+    settings: Settings, tmp_path: Path
+) -> None:
+    cut = ISSUE_A[:-12]  # a damaged stream: its parse takes no content MD5
+    copy = _copy(tmp_path, cut)
+    fresh = tmp_path / "fresh.xml.gz"
+    fresh.write_bytes(ISSUE_B)
+    engine = db.connect(settings)
+    replaced = [False]
+
+    def rename_over(conn: object) -> None:  # another process finishing its download
+        if not replaced[0] and _titles(settings):
+            replaced[0] = True
+            os.replace(fresh, copy)
+
+    event.listen(engine, "commit", rename_over)
+    try:
+        ingest_files(settings, [copy], workers=0, batch_size=1)
+    finally:
+        event.remove(engine, "commit", rename_over)
+    assert replaced[0], "the copy was not replaced while it was read"
+    assert _titles(settings)[21] == ("21 as first issued", False)  # the cut copy's
+    recorded = _issue_of(settings, copy)
+    assert recorded != hashlib.md5(gzip.decompress(ISSUE_B)).hexdigest()
+    assert recorded in (None, hashlib.md5(cut).hexdigest()), recorded
