@@ -197,7 +197,9 @@ def ingest_files(
                     items = _with_progress(items, path.name)
                 counts = store.apply(items, run_id=run.id, batch_size=size, on_batch=on_batch)
                 if index in contents:  # its parse took it (a damaged stream: not)
-                    store.note_first_issue(src, _issue_md5(path, contents[index]))
+                    md5 = _read_issue_md5(path, contents[index], jobs[index][2])
+                    if md5 is not None:  # else an unknown issue, replaced whole later
+                        store.note_first_issue(src, md5)
                 logger.info("%s: %s", path, counts.to_dict())
                 per_file.append({"path": str(path), **counts.to_dict()})
     return run.counts
@@ -329,6 +331,34 @@ def _issue_md5(path: Path, parsed: str | None = None) -> str:
                     return parsed
         return file_md5(path)
     return parsed or _content_of(path)
+
+
+def _read_issue_md5(path: Path, parsed: str | None, identity: FileIdentity) -> str | None:
+    """:func:`_issue_md5` of a copy just read whose file was ``identity``; ``None`` where
+    it needs the path read again (no MD5 taken by the parse; a ``.xml`` copy's first
+    bytes) and the path is another file now (renamed over, or changed, since the read):
+    the MD5 of what is there is no MD5 of what was applied, and a wrong issue is worse
+    than an unknown one (:data:`ingest.store.UNKNOWN_ISSUE`: replaced whole)."""
+    from ingest.parallel import FileIdentity
+
+    if parsed is not None and path.name.lower().endswith(".gz"):
+        return parsed  # taken from the bytes the parse read: the path is not read
+    md5: str | None = None
+    before = FileIdentity.read(path)
+    change = "gone" if before is None else identity.changes(before)
+    if not change:
+        try:
+            md5 = _issue_md5(path, parsed)
+        except OSError as exc:  # gone meanwhile
+            change = str(exc)
+        after = FileIdentity.read(path)
+        change = change or ("gone" if after is None else identity.changes(after))
+    if change:
+        logger.warning("%s: %s since it was read: its MD5 is not recorded (an unknown "
+                       "issue, which another copy or the server's replaces whole)", path,
+                       change)  # fmt: skip
+        return None
+    return md5
 
 
 def _content_of(path: Path, md5: str | None = None) -> str:
