@@ -64,12 +64,16 @@ What held (attacked, no defect):
   document cut half-way): no MD5 was ever another than ``content_md5``'s; ``None``
   exactly where ``content_md5`` refuses (a damaged stream), where the writer computes
   the bytes' MD5 as before. A file whose parse stops on a damaged stream records its
-  bytes' MD5 (38a's test). A file replaced while read fails the job (its identity
-  check) before anything of it is recorded: the MD5 is taken from the open file, not
-  the path. The kill between the last batch and the MD5's record: 38a's own tests
-  (an unknown issue, replaced whole; the same copy read again records it) pass.
+  bytes' MD5 (38a's test). A file changed in place while read fails the job (its
+  identity check) before its MD5 is recorded; the MD5 a parse takes is of the open
+  file's bytes (one renamed over: X3 for the MD5 the parse cannot take). The kill
+  between the last batch and the MD5's record: 38a's own tests (an unknown issue,
+  replaced whole; the same copy read again records it) pass.
 * 38c's kept chain: two processes keeping at once (a compare-and-set on the row's
-  token: the second keeps nothing), ``LITPULSE_WINDOW_OVERLAP_DAYS`` changed (another
+  token: the second keeps nothing; probed: two threads working the mark out without
+  pause while 60 runs are recorded through the run ledger, a fifth failed, some past a
+  gap, every tenth window withheld: after each, the mark equals ``rebuilt_watermark`` on
+  both stores), ``LITPULSE_WINDOW_OVERLAP_DAYS`` changed (another
   setting: rebuilt), a run started before the chain's first (rebuilt), a run running
   then succeeding, a held window released later (read again while open). Runs deleted
   by hand, or ``ingest_runs`` restored older than ``checkpoints``, give another mark
@@ -82,6 +86,12 @@ What held (attacked, no defect):
   the new year takes the newest baseline; before the new baseline is published nothing
   of the new year is listed and nothing is held (years in the names are the baselines',
   not the calendar's).
+
+Noticed, not in this review's reach: a store down across the year's turn, when NCBI
+empties ``updatefiles/`` for the new baseline's files, cannot tell whether update files
+of the year before were published after the last it applied (the new year's start is
+known from its baseline, so nothing is held); their records are in the new baseline,
+which a store on the old one does not apply.
 """
 
 from __future__ import annotations
