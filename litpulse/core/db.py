@@ -1300,7 +1300,8 @@ def insert_tuples(
     _sqlite_rows(conn, f"INSERT INTO {name} ({col_sql}) VALUES", "", len(columns), rows)
 
 
-#: Rows per statement of :func:`_sqlite_rows` (SQLite binds at most 32,766 values)
+#: Rows per statement of :func:`_sqlite_rows`, at most (fewer where the connection binds
+#: fewer values: SQLite before 3.32 binds 999 a statement, 32,766 since)
 SQLITE_ROWS_PER_STATEMENT = 256
 
 
@@ -1319,9 +1320,10 @@ def _sqlite_rows(
     from itertools import chain, islice
 
     it = iter(rows)
-    per = max(1, min(SQLITE_ROWS_PER_STATEMENT, 32766 // max(1, width)))
-    one = "(" + ", ".join("?" * width) + ")"
     cur = _sqlite_cursor(conn)
+    bound = cur.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # 999 before 3.32
+    per = max(1, min(SQLITE_ROWS_PER_STATEMENT, bound // max(1, width)))
+    one = "(" + ", ".join("?" * width) + ")"
     while chunk := list(islice(it, per)):
         sql = f"{head} {', '.join([one] * len(chunk))} {tail}"
         with driver_errors(conn, sql if len(chunk) == 1 else f"{head} {one} … {tail}"):
