@@ -744,6 +744,9 @@ _ARTICLE_COUNTS = {
 _COUNT_COLUMNS = (*_ARTICLE_COUNTS, "refs")
 #: Delta rows past which :func:`counts_kept` folds them into one (PostgreSQL)
 FOLD_COUNTS_AT = 1000
+#: The advisory lock a fold of ``store_counts`` (:func:`fold_counts`) and a count at open
+#: (:func:`keep_counts`) hold (PostgreSQL)
+_FOLD_LOCK = "hashtext('litpulse_store_counts')"
 
 
 def _pg_count_functions(schema: str) -> list[str]:
@@ -870,6 +873,9 @@ def keep_counts(engine: Engine) -> bool:
             else:
                 conn.exec_driver_sql(
                     'LOCK TABLE articles, "references" IN SHARE ROW EXCLUSIVE MODE')
+                # no fold meanwhile (fold_counts): its summed row, inserted after this
+                # transaction's DELETE began, would outlive it and count the store twice
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_FOLD_LOCK})")
                 schema = str(conn.exec_driver_sql("SELECT current_schema()").scalar())
                 old = conn.execute(text(
                     "SELECT t.tgname, c.relname FROM pg_trigger t JOIN pg_class c "
@@ -952,9 +958,8 @@ def fold_counts(engine: Engine) -> None:
     sums = ", ".join(f"sum({n})" for n in _COUNT_COLUMNS)
     try:
         with engine.begin() as conn:
-            if not conn.exec_driver_sql(
-                    "SELECT pg_try_advisory_xact_lock(hashtext('litpulse_store_counts'))"
-            ).scalar():
+            if not conn.exec_driver_sql(f"SELECT pg_try_advisory_xact_lock({_FOLD_LOCK})"
+                                        ).scalar():
                 return
             conn.exec_driver_sql(
                 f"WITH gone AS (DELETE FROM store_counts RETURNING {cols}) "
