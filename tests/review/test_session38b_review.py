@@ -214,9 +214,10 @@ def test_x2_an_older_store_gets_exact_counts_at_its_next_open(settings: Settings
             for n in names:
                 conn.exec_driver_sql(f'DROP TRIGGER "{n}"')
         else:
-            conn.exec_driver_sql("DROP FUNCTION IF EXISTS litpulse_counts_v1_articles() CASCADE")
             conn.exec_driver_sql(
-                "DROP FUNCTION IF EXISTS litpulse_counts_v1_references() CASCADE")
+                f"DROP FUNCTION IF EXISTS {db.COUNT_TRIGGERS}_articles() CASCADE")
+            conn.exec_driver_sql(
+                f"DROP FUNCTION IF EXISTS {db.COUNT_TRIGGERS}_references() CASCADE")
         conn.exec_driver_sql("DROP TABLE IF EXISTS store_counts")
         # written after the triggers went: counted by the first count
         conn.execute(insert(articles).values(
