@@ -655,10 +655,17 @@ def _index_definitions(engine: Engine, table: str) -> dict[str, str | None]:
         if engine.dialect.name == "sqlite":
             sql = "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = :t"
         else:
-            sql = ("SELECT c.relname, CASE WHEN i.indisvalid THEN pg_get_indexdef(c.oid) END "
+            sql = ("SELECT c.relname, CASE WHEN i.indisvalid THEN pg_get_indexdef(c.oid) END, "
+                   "quote_ident(current_schema()) "
                    "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
                    "JOIN pg_class t ON t.oid = i.indrelid "
                    "WHERE t.relname = :t AND t.relnamespace = current_schema()::regnamespace")
+            # the definition names the table with its schema (``ON lit.articles``)
+            # where the schema is not ``public``: the schema's DDL names it bare
+            return {
+                str(n): d if d is None else d.replace(f" ON {schema}.", " ON ", 1)
+                for n, d, schema in conn.execute(text(sql), {"t": table}).all()
+            }
         return {str(n): d for n, d in conn.execute(text(sql), {"t": table}).all()}
 
 
