@@ -789,7 +789,11 @@ def _plan(
     listed: dict[int, int] = {}
     for f in baseline:
         listed[f.year] = max(listed.get(f.year, 0), f.number)
-    tops = {**(known or {}), **listed}
+    # NLM's baseline of a year never shrinks: a shorter listing (a mirror pruning it) does
+    # not move where that year's update files begin, as the store recorded it
+    tops = dict(known or {})
+    for y, last in listed.items():
+        tops[y] = max(tops.get(y, 0), last)
     entries = {n: e for page in source.pages.values() for n, e in listed_entries(page).items()}
     remote = [replace(f, listed=entries.get(f.name, "")) for f in remote]
     pending = [f for f in remote if f.key not in applied]

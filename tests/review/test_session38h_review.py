@@ -92,6 +92,14 @@ empties ``updatefiles/`` for the new baseline's files, cannot tell whether updat
 of the year before were published after the last it applied (the new year's start is
 known from its baseline, so nothing is held); their records are in the new baseline,
 which a store on the old one does not apply.
+
+X4 **(noticed here, fixed by the integrator) A shorter baseline listing moved a recorded
+   year's start.** ``updatefiles._plan`` took a year's baseline listing over the last
+   number the store recorded for it (``{**known, **listed}``): a mirror that pruned the
+   new year's baseline to its first files made the update files after the recorded end
+   a "gap" (a false hold naming 45 files that never existed). **Fixed**: the higher of
+   the two stands (NLM's baseline of a year never shrinks).
+   (test_x4_a_shorter_baseline_listing_does_not_move_a_recorded_years_start)
 """
 
 from __future__ import annotations
@@ -229,3 +237,25 @@ def test_x3_a_copy_replaced_while_read_records_no_other_files_md5(
     recorded = _issue_of(settings, copy)
     assert recorded != hashlib.md5(gzip.decompress(ISSUE_B)).hexdigest()
     assert recorded in (None, hashlib.md5(cut).hexdigest()), recorded
+
+
+def test_x4_a_shorter_baseline_listing_does_not_move_a_recorded_years_start(
+    emu: Emulator, settings: Settings
+) -> None:
+    """(integrator, from this review's note) ``_plan`` took a year's baseline listing over
+    the last number the store recorded for it (``{**known, **listed}``): a mirror that
+    pruned the new year's baseline to its first files made the update files after the
+    recorded end look like a gap (a false hold naming files that never existed).
+    NLM's baseline of a year never shrinks: the higher number stands."""
+    from tests.review.test_session35b_review import _prune, _publish
+
+    s = _configure(emu, settings)
+    _publish(emu, "updatefiles", [100])
+    apply_updates(s, workers=0)
+    _publish(emu, "baseline", [47], year=27)  # December: the store sees 2027's baseline
+    apply_updates(s, workers=0)
+    _prune(emu, "baseline")
+    _publish(emu, "baseline", [1, 2], year=27)  # the mirror keeps only its first files
+    _publish(emu, "updatefiles", range(48, 51), year=27)
+    apply_updates(s, workers=0)
+    assert _applied(s)[-1] == "pubmed27n0050.xml.gz"
