@@ -250,9 +250,11 @@ def test_held_a_promotion_killed_after_its_commit_keeps_its_event(
 
 
 def test_x4_a_run_that_never_started_names_the_pool_check(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     import datetime as dt
+    import logging
     from types import SimpleNamespace
 
     from litpulse.pipeline.dag_support import run_failed
@@ -268,12 +270,15 @@ def test_x4_a_run_that_never_started_names_the_pool_check(
     dag_run = SimpleNamespace(dag_id=dag.dag_id, run_id=run_id, run_type="scheduled",
                               start_date=dt.datetime(2026, 12, 6, 2, tzinfo=dt.UTC), conf={})
     capfd.readouterr()
-    run_failed({"dag": dag, "run_id": run_id, "reason": "timed_out", "ti": ti,
-                "dag_run": dag_run})  # fmt: skip
-    # the alert is always logged (alerts.notify; Airflow's logging, once imported, writes
-    # it to the process's stderr), and posted where a webhook is set
+    with caplog.at_level(logging.ERROR, logger="litpulse.pipeline.alerts"):
+        run_failed({"dag": dag, "run_id": run_id, "reason": "timed_out", "ti": ti,
+                    "dag_run": dag_run})  # fmt: skip
+    # the alert is always logged (alerts.notify), and posted where a webhook is set; where
+    # the log line lands depends on who configured logging first in this process (Airflow's
+    # structlog may hold the stream an earlier test had): the record and the fds both
     out = capfd.readouterr()
-    alert = "\n".join(line for line in (out.out + out.err).splitlines() if "ALERT" in line)
+    lines = (out.out + out.err).splitlines() + [r.getMessage() for r in caplog.records]
+    alert = "\n".join(line for line in lines if "ALERT" in line)
     assert "no task of it ever started" in alert, alert
     assert "`airflow pools get ncbi`" in alert, alert
     assert "`airflow pools set ncbi 1" in alert, alert
