@@ -104,7 +104,10 @@ def test_promoted_adapter_learns_the_new_literature(scenario: dict[str, Any]) ->
     m = first.metrics
     fresh_gain = m["candidate"]["fresh"]["recall@10"] - m["base"]["fresh"]["recall@10"]
     older_change = m["candidate"]["older"]["recall@10"] - m["base"]["older"]["recall@10"]
-    assert fresh_gain >= 0.1, m
+    # recall@10 over the 60 fresh questions moves in steps of 1/60: a gain of exactly six
+    # questions (0.1) can come out a hair under 0.1 in floating point (0.7 - 0.6), so the
+    # bound allows rounding error, never a question less (seed 13 gains exactly 0.100)
+    assert fresh_gain >= 0.1 - 1e-9, m
     assert older_change >= -scenario["settings"].gate_older_tolerance, m
     assert first.training["last_loss"] < first.training["first_loss"]
     assert first.pairs["counts"]["title_abstract"] > 0 and first.pairs["counts"]["citation"] > 0
