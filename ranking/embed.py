@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 __all__ = [
+    "ADAPTER_CONFIG",
     "ADAPTER_WEIGHTS",
     "BASE_MODEL_ID",
     "FINGERPRINT_SCOPE",
@@ -111,6 +112,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 #: The file peft saves a LoRA adapter's weights in (its recorded SHA-256 is of this file).
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+#: File name of the config peft reads beside the weights (rank, alpha, target modules).
+ADAPTER_CONFIG = "adapter_config.json"
 
 #: Model version id of the base model without an adapter.
 BASE_MODEL_ID = "base"
@@ -884,8 +887,8 @@ def relocate_adapters(settings: Settings, engine: Engine) -> list[str]:
 
 def adapter_problem(path: str | None, sha256: str | None) -> str | None:
     """Why the adapter in ``path`` cannot serve the version that recorded ``sha256`` for
-    its weights (the folder is missing, its weights file is gone, or its weights changed
-    since), or ``None``.
+    its weights (the folder is missing, its weights file is gone, its weights changed
+    since, or its ``adapter_config.json`` is gone or cut short), or ``None``.
 
     Example:
         >>> adapter_problem("/nowhere", None)
@@ -903,6 +906,24 @@ def adapter_problem(path: str | None, sha256: str | None) -> str | None:
                 f"the adapter's weights {weights!r} changed since the version was registered "
                 f"(SHA-256 {found[:12]}…, recorded {sha256[:12]}…)"
             )
+        return _config_problem(os.path.join(path, ADAPTER_CONFIG))
+    return None
+
+
+def _config_problem(config: str) -> str | None:
+    """Why peft cannot read the adapter config ``config`` (gone, cut short, no peft
+    adapter's), or ``None``: the weights alone do not load."""
+    import json
+
+    try:
+        with open(config, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except FileNotFoundError:
+        return f"the adapter's config {config!r} is missing"
+    except (OSError, ValueError) as exc:  # cut short, not UTF-8, unreadable
+        return f"the adapter's config {config!r} cannot be read ({exc})"
+    if not isinstance(doc, dict) or not doc.get("peft_type"):
+        return f"the adapter's config {config!r} is no peft adapter config"
     return None
 
 

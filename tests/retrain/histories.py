@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 from litpulse.core.settings import Settings
 from litpulse.core.states import ModelStatus
-from ranking.embed import ADAPTER_WEIGHTS
+from ranking.embed import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from retrain import registry
 
 W1 = dt.datetime(2024, 6, 1, tzinfo=dt.UTC)
@@ -61,14 +63,20 @@ def training(steps: int, pairs: int) -> dict[str, Any]:
 
 
 def adapter_folder(settings: Settings, version: str) -> tuple[str, str]:
-    """An adapter folder for ``version`` holding a (fake) weights file, and that file's
-    SHA-256, as a retrain registers them (a promotion or rollback checks that the version
-    can serve: its folder and its weights there, unchanged)."""
+    """An adapter folder for ``version`` holding a (fake) weights file and its config,
+    and that file's SHA-256, as a retrain registers them (a promotion or rollback checks
+    that the version can serve: its folder, its config and its weights there, unchanged)."""
     folder = settings.ensure_home() / "adapters" / version
+    return str(folder), fake_adapter(folder, version.encode() * 64)
+
+
+def fake_adapter(folder: Path, weights: bytes) -> str:
+    """Write a fake adapter into ``folder`` (created): ``weights`` as its weights file and
+    a peft config naming LoRA; returns the weights' SHA-256."""
     folder.mkdir(parents=True, exist_ok=True)
-    weights = folder / ADAPTER_WEIGHTS
-    weights.write_bytes(version.encode() * 64)
-    return str(folder), hashlib.sha256(weights.read_bytes()).hexdigest()
+    (folder / ADAPTER_CONFIG).write_text(json.dumps({"peft_type": "LORA", "r": 8}))
+    (folder / ADAPTER_WEIGHTS).write_bytes(weights)
+    return hashlib.sha256(weights).hexdigest()
 
 
 def register_history(settings: Settings, reindex: Any = None) -> tuple[str, str]:

@@ -160,6 +160,7 @@ from retrain.lora import LoraOptions
 from retrain.pairs import in_older_holdout, mine_pairs
 from retrain.report import model_history
 from retrain.run import retrain
+from tests.retrain.histories import fake_adapter
 
 T0 = dt.datetime(2024, 7, 1, tzinfo=dt.UTC)
 #: One training step: the point is the lifecycle, not the learning.
@@ -215,15 +216,13 @@ def _version(settings: Settings, tag: str, *, status: ModelStatus | None = None)
     (marked as this store's, as a retrain writes it)."""
     vid = registry.new_version_id(hashlib.sha256(tag.encode()).hexdigest())
     folder = settings.ensure_home() / "adapters" / vid
-    folder.mkdir(parents=True)
+    sha = fake_adapter(folder, tag.encode() * 64)
     db.mark_folder(folder, db.store_id(db.connect(settings)))
-    weights = folder / ADAPTER_WEIGHTS
-    weights.write_bytes(tag.encode() * 64)
     registry.register(
         settings,
         id=vid,
         adapter_path=str(folder),
-        adapter_sha256=hashlib.sha256(weights.read_bytes()).hexdigest(),
+        adapter_sha256=sha,
         parent_id=None,
         window_start=None,
         window_end=dt.datetime(2024, 12, 1, tzinfo=dt.UTC),

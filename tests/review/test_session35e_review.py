@@ -89,6 +89,7 @@ from ranking import embed as em
 from ranking import index_files, index_status, publish, refresh
 from ranking.index_store import live_ids
 from tests.ranking.test_index import add_articles
+from tests.retrain.histories import fake_adapter
 
 # ------------------------------------------------------------------ backup and restore
 
@@ -198,8 +199,7 @@ def _adapter(settings: Settings, model: str) -> str:
     """An active version ``model`` whose adapter lives in ``<home>/adapters`` (marked by
     this store, as a retrain leaves it)."""
     folder = settings.ensure_home() / "adapters" / model
-    folder.mkdir(parents=True)
-    (folder / em.ADAPTER_WEIGHTS).write_bytes(b"lora weights")
+    fake_adapter(folder, b"lora weights")
     db.mark_folder(folder, db.store_id(db.connect(settings)))
     now = db.utcnow()
     with db.connect(settings).begin() as conn:

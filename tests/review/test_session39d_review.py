@@ -141,7 +141,6 @@ def _none(_settings: Settings) -> None:
 # ------------------------------------------------------------------------------- X1
 
 
-@pytest.mark.xfail(strict=True, reason="39d X1: adapter_problem never reads adapter_config.json")
 @pytest.mark.parametrize("damage", ["cut", "gone"])
 def test_x1_an_adapter_whose_config_is_gone_or_cut_cannot_serve(
     settings: Settings, tiny_model: str, trained: TrainResult, damage: str
