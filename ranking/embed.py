@@ -74,6 +74,8 @@ __all__ = [
     "ModelSpec",
     "active_model",
     "adapter_problem",
+    "base_missing",
+    "base_model_name",
     "adapter_refusal",
     "adapters_dir",
     "relocate_adapters",
@@ -579,6 +581,12 @@ def check_stored_base(engine: Engine, spec: ModelSpec) -> None:
             f"not embedding for model {spec.id} with {spec.base_model}: {changed}")
 
 
+def base_model_name(settings: Settings) -> str:
+    """What a model version records as its ``base_model``: the configured path, or the
+    bundled model's name."""
+    return settings.model or DEFAULT_MODEL
+
+
 def version_base_path(settings: Settings, base_model: str | None) -> str:
     """The folder of the base model a version was trained on: the bundled model for its
     name (what ``base_model`` records when no ``LITPULSE_MODEL`` was set) whatever
@@ -780,13 +788,11 @@ def load_encoder(
         from sentence_transformers import SentenceTransformer
 
         quiet_model_loading()
-        if not os.path.isdir(spec.base_model):
+        missing = base_missing(spec)
+        if missing is not None:
             # the data directory's state (a disk not mounted, a cache cleaned), not the
             # caller's input: a saved search's query, a request, are not at fault
-            raise ConsistencyError(
-                f"model {spec.id!r}: base model folder {spec.base_model!r} is missing: "
-                "restore the model there, or point LITPULSE_MODEL at a copy of it"
-            )
+            raise ConsistencyError(missing)
         encoder = SentenceTransformer(spec.base_model, device=device)
         limit = _longest_input(encoder)
         if limit is not None and seq > limit:
@@ -809,6 +815,16 @@ def load_encoder(
         logger.info("loaded encoder %s on %s, %d tokens (adapter: %s)", spec.id, device, seq,
                     spec.adapter_path)
         return encoder
+
+
+def base_missing(spec: ModelSpec) -> str | None:
+    """Why ``spec``'s base model cannot load because its folder is missing (what repairs
+    it: a fine-tuned version's moved base is found at ``LITPULSE_MODEL`` by the next
+    refresh, :func:`relocate_adapters`), or ``None``."""
+    if os.path.isdir(spec.base_model):
+        return None
+    return (f"model {spec.id!r}: base model folder {spec.base_model!r} is missing: restore "
+            "the model there, or point LITPULSE_MODEL at a copy of it")
 
 
 def _encoder_key(spec: ModelSpec, settings: Settings) -> tuple[Any, ...]:
@@ -843,7 +859,9 @@ def adapters_dir(settings: Settings) -> Path:
 
 def relocate_adapters(settings: Settings, engine: Engine) -> list[str]:
     """Point model versions whose adapter folder is gone at the folder of the same name in
-    this data directory's :func:`adapters_dir`, where it holds what was registered.
+    this data directory's :func:`adapters_dir`, where it holds what was registered; and
+    those whose base model folder is gone at ``LITPULSE_MODEL``'s, where it holds the
+    same model (:func:`_relocate_bases`).
 
     A data directory moved (``LITPULSE_HOME`` changed; the store moved with it, or the same
     PostgreSQL) keeps its adapters, but ``model_versions.adapter_path`` names each by the
@@ -881,6 +899,46 @@ def relocate_adapters(settings: Settings, engine: Engine) -> list[str]:
                          .values(adapter_path=str(here)))
         logger.warning("model version %s: its adapter folder %s is gone, %s (this data "
                        "directory's) holds it: using that", row.id, row.adapter_path, here)
+        moved.append(str(row.id))
+    return moved + [v for v in _relocate_bases(settings, engine) if v not in moved]
+
+
+def _relocate_bases(settings: Settings, engine: Engine) -> list[str]:
+    """Point fine-tuned versions whose base model folder is gone (the model moved to
+    another disk; ``base_model`` records the absolute path it was trained from) at the
+    configured ``LITPULSE_MODEL``, when that folder holds the model their vectors were
+    embedded with: the fingerprint an index of the version recorded
+    (:func:`base_records`, :func:`base_model_changed`). Another model there is never
+    taken for it; a version without an index (a candidate) keeps its path.
+
+    Returns:
+        The model versions pointed at the configured base model.
+    """
+    configured = settings.model_path
+    if not os.path.isdir(configured):
+        return []
+    mv = model_versions.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(mv.id, mv.base_model).where(mv.adapter_path.is_not(None))
+        ).all()
+    moved = []
+    for row in rows:
+        was = version_base_path(settings, row.base_model)
+        if was == configured or os.path.isdir(was):
+            continue
+        here = ModelSpec(row.id, configured)
+        records = [r for r in base_records(engine, here)
+                   if ((r.details or {}).get("base_model") or {}).get("fingerprint")]
+        if not records or any(base_model_changed(r.details, here) for r in records):
+            continue
+        with engine.begin() as conn:
+            conn.execute(update(model_versions)
+                         .where(mv.id == row.id, mv.base_model == row.base_model)
+                         .values(base_model=base_model_name(settings)))
+        logger.warning("model version %s: its base model folder %s is gone, %s "
+                       "(LITPULSE_MODEL) holds the same model: using that", row.id, was,
+                       configured)
         moved.append(str(row.id))
     return moved
 

@@ -39,6 +39,7 @@ from ranking import index_files, index_store
 from ranking.embed import (
     ModelSpec,
     active_model,
+    base_missing,
     base_record,
     base_records,
     embed_pending,
@@ -193,6 +194,9 @@ def _base_current(engine: Engine, spec: ModelSpec, *, rebuild: bool) -> bool:
             return False
     if not rebuild:
         raise ConsistencyError(changed)
+    missing = base_missing(spec)
+    if missing is not None:  # its vectors are kept: nothing could embed them again
+        raise ConsistencyError(f"{missing} (nothing was dropped)")
     with engine.begin() as conn:
         n = conn.execute(delete(embeddings).where(embeddings.c.model_version == spec.id)).rowcount
         mark_rebuild(conn, spec)

@@ -42,10 +42,16 @@ from sqlalchemy import Connection, Engine, desc, func, insert, select, text, upd
 from litpulse.core.db import connect, folder_store, store_id
 from litpulse.core.errors import ConfigError, ConsistencyError, LitpulseError, NotFoundError
 from litpulse.core.schema import articles, model_versions
-from litpulse.core.settings import DEFAULT_MODEL, Settings
+from litpulse.core.settings import Settings
 from litpulse.core.states import ModelEvent, ModelStatus
 from litpulse.core.timeutil import iso, utcnow
-from ranking.embed import BASE_MODEL_ID, adapter_problem, adapters_dir, relocate_adapters
+from ranking.embed import (
+    BASE_MODEL_ID,
+    adapter_problem,
+    adapters_dir,
+    base_model_name,
+    relocate_adapters,
+)
 
 __all__ = [
     "ADAPTER_MAX_AGE_S",
@@ -159,11 +165,6 @@ def free_version_id(
         n += 1
         version_id = f"{base}-{n}"
     return version_id
-
-
-def base_model_name(settings: Settings) -> str:
-    """What ``base_model`` records: the configured path, or the bundled model's name."""
-    return settings.model or DEFAULT_MODEL
 
 
 def register(
