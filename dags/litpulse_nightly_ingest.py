@@ -12,6 +12,7 @@ from litpulse.pipeline.dag_support import (
     CITATIONS_POKE_S,
     NCBI_POOL,
     NIGHTLY_DAG_ID,
+    POOL_POKE_S,
     dag_args,
     day_param,
     ingest_days,
@@ -106,10 +107,13 @@ runs. Thresholds: `LITPULSE_MAX_QUARANTINE_RATE` (with `LITPULSE_QUALITY_MIN_QUA
 
 **Alerts.** A failed task, and a task that starts or finishes more than 6 h after its run
 started, post to `LITPULSE_ALERT_WEBHOOK_URL` (always logged). A run still going after 12 h
-times out, alerted too (naming the task left: `ingest_window` never started when the pool
-`ncbi` does not exist or another run holds it; the alert names `airflow pools get ncbi`).
-Airflow warns of no missing pool (its scheduler's log only: "Tasks using non-existent pool
-'ncbi' will not be scheduled"): after creating it, `airflow pools get ncbi` confirms it.
+times out, alerted too (naming the task left). Airflow warns of no missing pool (its
+scheduler's log only: "Tasks using non-existent pool 'ncbi' will not be scheduled"):
+`ncbi_pool_watch` (a sensor beside `ingest_window`, outside the pool, looking every 10 s)
+alerts once when `ingest_window` has waited about 30 s for a slot while no run holds one
+(the pool `ncbi` is missing or has 0 slots), naming `airflow pools get ncbi` and the
+`airflow pools set` that makes it, and is skipped; the run waits and goes on once the pool
+has a slot.
 """
 
 
@@ -138,6 +142,16 @@ def litpulse_nightly_ingest() -> None:
         s = settings()
         window = ingest_days(get_current_context(), s)
         return ingested(window, run(s, *window).to_dict())
+
+    @task.sensor(mode="reschedule", poke_interval=POOL_POKE_S,
+                 timeout=dt.timedelta(hours=12), soft_fail=True)  # fmt: skip
+    def ncbi_pool_watch() -> bool:
+        """Beside ``ingest_window``, outside the pool: alert within about a minute when it
+        waits for a slot of ``ncbi`` while no run holds one (the pool is missing or has no
+        slot: Airflow says so only in its scheduler's log), then skip; the run goes on."""
+        from litpulse.pipeline.dag_support import pool_slot_awaited
+
+        return pool_slot_awaited(get_current_context())
 
     @task.sensor(mode="reschedule", poke_interval=CITATIONS_POKE_S,
                  timeout=dt.timedelta(hours=25), soft_fail=True)  # fmt: skip
@@ -187,6 +201,7 @@ def litpulse_nightly_ingest() -> None:
         )
 
     ingest = ingest_window()
+    ncbi_pool_watch()
     citations = refresh_citations()
     quality = data_quality(ingest)
     # as `litpulse nightly`: a window is through once the refresh and the check passed

@@ -45,6 +45,7 @@ __all__ = [
     "NCBI_CONN_ID",
     "NCBI_POOL",
     "NIGHTLY_DAG_ID",
+    "POOL_POKE_S",
     "START_DATE",
     "LitpulseRetryPolicy",
     "RunBudget",
@@ -59,6 +60,7 @@ __all__ = [
     "day_param",
     "index_event",
     "index_metadata",
+    "pool_slot_awaited",
     "ingest_days",
     "ingested",
     "ingested_window",
@@ -94,6 +96,12 @@ NCBI_POOL = "ncbi"
 #: Seconds between two looks of the nightly DAG's wait for a manual citation refresh (a
 #: sensor in ``reschedule`` mode: between looks it holds no worker and no pool slot).
 CITATIONS_POKE_S = 30.0
+#: Seconds between two looks of a DAG's pool watch (:func:`pool_slot_awaited`), how long
+#: a pooled task may wait for a slot no litpulse task holds before the watch alerts, and
+#: the second look that rules out a slot freed between two scheduler loops.
+POOL_POKE_S = 10.0
+POOL_WAIT_S = 30.0
+POOL_RECHECK_S = 5.0
 #: Optional Airflow connection holding the NCBI API key (password) and e-mail (login).
 NCBI_CONN_ID = "litpulse_ncbi"
 #: A scheduled run started this long after its slot is a catch-up (see
@@ -275,6 +283,89 @@ def citations_refresh_awaited(context: Mapping[str, Any]) -> bool:
     return False
 
 
+def _pooled_tasks(dag: Any, but: str) -> dict[str, str]:
+    """``{task_id: pool}`` of the tasks of ``dag`` in a pool of their own (not
+    ``default_pool``), but the task ``but``."""
+    out = {}
+    for task in getattr(dag, "tasks", None) or []:
+        pool = str(getattr(task, "pool", None) or "default_pool")
+        if pool != "default_pool" and task.task_id != but:
+            out[str(task.task_id)] = pool
+    return out
+
+
+def _pool_wait(ti: Any, dag_id: str, run_id: str, pooled: Mapping[str, str]) -> list[str] | None:
+    """``None`` once a pooled task of this run is past ``scheduled`` (it got its slot, or
+    finished without one); else this run's pooled tasks left ``scheduled`` while no task of
+    the DAG holds a slot (none ``queued`` or ``running``, in any run): empty while another
+    run holds it, or while none is scheduled yet."""
+    states = ti.get_task_states(dag_id=dag_id, run_ids=[run_id], task_ids=list(pooled))
+    mine = dict(states.get(run_id) or {})
+    if any(state not in (None, "scheduled") for state in mine.values()):
+        return None
+    waiting = sorted(k for k, state in mine.items() if state == "scheduled")
+    if waiting and ti.get_ti_count(dag_id=dag_id, task_ids=list(pooled),
+                                   states=["queued", "running"]):  # fmt: skip
+        return []
+    return waiting
+
+
+def pool_slot_awaited(
+    context: Mapping[str, Any],
+    wait_s: float = POOL_WAIT_S,
+    recheck_s: float = POOL_RECHECK_S,
+) -> bool:
+    """The look of a DAG's pool watch (a sensor in ``reschedule`` mode, in
+    ``default_pool``, beside the DAG's first pooled task): done once a task of the run in a
+    pool of its own (``ncbi``) got a slot, or finished without one.
+
+    Airflow 3.3 tells nobody that a task names a pool that does not exist, or one of 0
+    slots: the scheduler only logs "Tasks using non-existent pool" and leaves the task
+    ``scheduled`` until the run's ``dagrun_timeout`` (the nightly's: 12 h); a task cannot
+    read pools (the execution API has none). It can read task states: when a pooled task
+    of this run is still ``scheduled`` ``wait_s`` after the watch's first look while no
+    task of the DAG holds a slot (none ``queued`` or ``running``, in any run), at two looks
+    ``recheck_s`` apart (a slot freed just now is taken at the scheduler's next loop), the
+    pool is missing, has no slot, or a task of another DAG holds it. Then it alerts once,
+    naming the commands that tell and make the pool, and the watch is skipped: the run
+    goes on, gets its slot once the pool exists, and is not failed by the watch.
+
+    Raises:
+        AirflowSkipException: After the alert.
+    """
+    import time
+
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from litpulse.core.timeutil import utcnow
+
+    ti = context["ti"]
+    dag_id, task_id, run_id, _ = _where(context)
+    pooled = _pooled_tasks(context.get("dag"), task_id)
+    waiting = _pool_wait(ti, dag_id, run_id, pooled) if pooled else None
+    if waiting is None:
+        return True
+    first = ti.get_first_reschedule_date(context)
+    waited = 0.0 if first is None else (utcnow() - as_utc(first)).total_seconds()
+    if not waiting or waited < wait_s:
+        return False
+    time.sleep(recheck_s)
+    waiting = _pool_wait(ti, dag_id, run_id, pooled)
+    if not waiting:
+        return waiting is None
+    pools = {p for t, p in pooled.items() if any(k == t or k.startswith(f"{t}_") for k in waiting)}
+    text = (
+        f"litpulse: DAG {dag_id} run {run_id}: {', '.join(waiting)} has waited {waited:.0f} s "
+        f"for a slot of the pool {', '.join(repr(p) for p in sorted(pools))} while no "
+        "litpulse task holds one: the pool does not exist or has no slots (or a task of "
+        f"another DAG holds it){_pool_checks(pools)}. The run waits: it goes on once it gets "
+        "a slot, else it times out (dagrun_timeout)"
+    )
+    _alert(text, {"dag_id": dag_id, "run_id": run_id, "reason": "pool_slot_missing",
+                  "tasks": waiting, "pools": sorted(pools), "waited_s": round(waited)})  # fmt: skip
+    raise AirflowSkipException(text)
+
+
 def train_queue(environ: Mapping[str, str] | None = None) -> str:
     """The Airflow queue of the training task, read while the DAG file is parsed.
 
@@ -443,7 +534,8 @@ def _pool_checks(pools: set[str]) -> str:
     """How to tell whether the DAG's own pools exist, and how to make ``ncbi``: Airflow
     warns of no missing pool (its DAG processor does not check them; the scheduler only
     logs "Tasks using non-existent pool"), and a task cannot ask (the Task SDK has no pool
-    call), so a run waits for one until its ``dagrun_timeout``, which this alert reports."""
+    call): :func:`pool_slot_awaited` tells from the task states, :func:`run_failed` at the
+    run's ``dagrun_timeout``."""
     ours = sorted(p for p in pools if p != "default_pool")
     if not ours:
         return ""

@@ -20,7 +20,14 @@ X1 **A nightly run waiting for a missing ``ncbi`` pool waits silently for 12 h.*
    the nightly unpaused: no alert came in 120 s). Expected: within about a minute, an
    alert naming the run, the task waiting, the pool and the commands that check and make
    it; once the pool exists the run goes on to success; a run with the pool in place
-   raises no such alert.
+   raises no such alert. **Fixed**: ``dag_support.pool_slot_awaited``, the look of the
+   nightly's new ``ncbi_pool_watch`` (a sensor in reschedule mode beside ``ingest_window``,
+   in ``default_pool``, every 10 s): from what a task may read (the Task SDK's task states
+   and counts), when ``ingest_window`` is still ``scheduled`` 30 s after the watch's first
+   look while no task of the DAG is ``queued`` or ``running`` (twice, 5 s apart), it alerts
+   once (reason ``pool_slot_missing``) naming the pool, ``airflow pools get ncbi`` and
+   ``airflow pools set ncbi 1 ...``, and is skipped; the run goes on to success once the
+   pool exists. Measured: alerted 54 s after the unpause (2 shared cores).
 """
 
 from __future__ import annotations
@@ -62,9 +69,6 @@ def _pool_alerts(receiver: _Receiver) -> list[dict[str, Any]]:
     return out
 
 
-@pytest.mark.xfail(
-    strict=True, reason="39c X1: a missing ncbi pool is alerted only at the 12 h run timeout"
-)
 def test_x1_a_missing_pool_is_alerted_within_a_minute(
     stack_factory: Any,  # noqa: F811
     emulator: Emulator,  # noqa: F811
