@@ -13,6 +13,7 @@ from litpulse.pipeline.dag_support import (
     NCBI_POOL,
     NIGHTLY_DAG_ID,
     POOL_POKE_S,
+    POOL_WATCH,
     dag_args,
     day_param,
     ingest_days,
@@ -143,7 +144,7 @@ def litpulse_nightly_ingest() -> None:
         window = ingest_days(get_current_context(), s)
         return ingested(window, run(s, *window).to_dict())
 
-    @task.sensor(mode="reschedule", poke_interval=POOL_POKE_S,
+    @task.sensor(task_id=POOL_WATCH, mode="reschedule", poke_interval=POOL_POKE_S,
                  timeout=dt.timedelta(hours=12), soft_fail=True)  # fmt: skip
     def ncbi_pool_watch() -> bool:
         """Beside ``ingest_window``, outside the pool: alert within about a minute when it

@@ -46,6 +46,7 @@ __all__ = [
     "NCBI_POOL",
     "NIGHTLY_DAG_ID",
     "POOL_POKE_S",
+    "POOL_WATCH",
     "START_DATE",
     "LitpulseRetryPolicy",
     "RunBudget",
@@ -102,6 +103,8 @@ CITATIONS_POKE_S = 30.0
 POOL_POKE_S = 10.0
 POOL_WAIT_S = 30.0
 POOL_RECHECK_S = 5.0
+#: The task id of the nightly's pool watch (:func:`pool_slot_awaited`).
+POOL_WATCH = "ncbi_pool_watch"
 #: Optional Airflow connection holding the NCBI API key (password) and e-mail (login).
 NCBI_CONN_ID = "litpulse_ncbi"
 #: A scheduled run started this long after its slot is a catch-up (see
@@ -326,7 +329,8 @@ def pool_slot_awaited(
     of this run is still ``scheduled`` ``wait_s`` after the watch's first look while no
     task of the DAG holds a slot (none ``queued`` or ``running``, in any run), at two looks
     ``recheck_s`` apart (a slot freed just now is taken at the scheduler's next loop), the
-    pool is missing, has no slot, or a task of another DAG holds it. Then it alerts once,
+    pool is missing or has no slot (else a task of another DAG holds it, or the executor
+    is full: the scheduler queues nothing past ``core.parallelism``). Then it alerts once,
     naming the commands that tell and make the pool, and the watch is skipped: the run
     goes on, gets its slot once the pool exists, and is not failed by the watch.
 
@@ -357,9 +361,10 @@ def pool_slot_awaited(
     text = (
         f"litpulse: DAG {dag_id} run {run_id}: {', '.join(waiting)} has waited {waited:.0f} s "
         f"for a slot of the pool {', '.join(repr(p) for p in sorted(pools))} while no "
-        "litpulse task holds one: the pool does not exist or has no slots (or a task of "
-        f"another DAG holds it){_pool_checks(pools)}. The run waits: it goes on once it gets "
-        "a slot, else it times out (dagrun_timeout)"
+        "litpulse task holds one: the pool does not exist or has no slots (else a task of "
+        "another DAG holds it, or the executor has no free slot: core.parallelism)"
+        f"{_pool_checks(pools)}. The run waits: it goes on once it gets a slot, else it "
+        "times out (dagrun_timeout)"
     )
     _alert(text, {"dag_id": dag_id, "run_id": run_id, "reason": "pool_slot_missing",
                   "tasks": waiting, "pools": sorted(pools), "waited_s": round(waited)})  # fmt: skip
@@ -477,7 +482,9 @@ def run_failed(context: Context) -> None:
     dag = context.get("dag")
     ti = context.get("ti")
     where = f"{task_id}[{map_index}]" if map_index != -1 else task_id
-    started = getattr(ti, "start_date", None)
+    # the pool watch starts at once and waits beside the work it watches: Airflow names it
+    # as the task that started last when that work never got a slot
+    started = None if task_id == POOL_WATCH else getattr(ti, "start_date", None)
     timeout = getattr(dag, "dagrun_timeout", None)
     if reason == "timed_out":
         what = "timed out" + (
@@ -502,7 +509,8 @@ def run_failed(context: Context) -> None:
         except Exception:  # noqa: BLE001 - the alert goes out with what is known
             pass
         left = (
-            f"; no task of it ever started ({where}, the one Airflow names, neither): a task "
+            f"; no task of it ever started ({where}, the one Airflow names, "
+            f"{'only watched' if task_id == POOL_WATCH else 'neither'}): a task "
             f"waits for a free slot in its pool (this DAG's: "
             f"{', '.join(repr(p) for p in sorted(pools)) or 'unknown'}: does each exist, "
             "with slots, or do other tasks hold them?"

@@ -27,7 +27,11 @@ X1 **A nightly run waiting for a missing ``ncbi`` pool waits silently for 12 h.*
    look while no task of the DAG is ``queued`` or ``running`` (twice, 5 s apart), it alerts
    once (reason ``pool_slot_missing``) naming the pool, ``airflow pools get ncbi`` and
    ``airflow pools set ncbi 1 ...``, and is skipped; the run goes on to success once the
-   pool exists. Measured: alerted 54 s after the unpause (2 shared cores).
+   pool exists. Measured: alerted 48 and 54 s after the unpause (2 shared cores). The
+   watch waits beside the work, so when the slot stays held until the 12 h timeout Airflow
+   names *it* as the task left, started: ``run_failed`` takes it for the work not started
+   (``test_x1_a_timed_out_run_whose_watch_still_waits_names_the_pool``: it said
+   "ncbi_pool_watch was still running" and named no pool).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import datetime as dt
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -119,3 +124,40 @@ def test_x1_a_missing_pool_is_alerted_within_a_minute(
     assert again["state"] == "success", (_states(stack.tasks(NIGHTLY, "with_pool")), stack.tail())
     assert len(_pool_alerts(webhook)) == 1, _pool_alerts(webhook)
     assert corpus.by_day[manual] <= _live(settings)
+
+
+def test_x1_a_timed_out_run_whose_watch_still_waits_names_the_pool(
+    webhook: _Receiver,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When the slot stays held (another run, 0 slots created after the watch's look), the
+    watch is still waiting at the run's timeout: Airflow names it as the unfinished task
+    that started last. The alert must still say the run's work never started, and name the
+    pool (not "ncbi_pool_watch was still running")."""
+    import importlib.util
+
+    from litpulse.pipeline.dag_support import POOL_WATCH
+
+    monkeypatch.setenv("LITPULSE_HOME", str(tmp_path))
+    monkeypatch.setenv("LITPULSE_ALERT_WEBHOOK_URL", webhook.url)
+    path = Path(__file__).resolve().parents[2] / "dags" / f"{NIGHTLY}.py"
+    spec = importlib.util.spec_from_file_location("review39c_nightly", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dag = getattr(module, NIGHTLY)()
+    assert POOL_WATCH in dag.task_dict and dag.task_dict[POOL_WATCH].pool == "default_pool"
+    run_id = "scheduled__2026-12-06T02:00:00+00:00"
+    started = dt.datetime(2026, 12, 6, 2, 0, 5, tzinfo=dt.UTC)
+    # the dag processor's context: the unfinished task that started last, the watch
+    ti = SimpleNamespace(dag_id=NIGHTLY, task_id=POOL_WATCH, run_id=run_id, map_index=-1,
+                         state="skipped", start_date=started, try_number=1)  # fmt: skip
+    dag_run = SimpleNamespace(dag_id=NIGHTLY, run_id=run_id, start_date=started, conf={})
+    callbacks = dag.on_failure_callback
+    for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
+        callback({"dag": dag, "run_id": run_id, "reason": "timed_out", "ti": ti,
+                  "dag_run": dag_run})  # fmt: skip
+    [text] = [json.loads(b)["text"] for b in webhook.bodies]
+    assert "no task of it ever started" in text and "still running" not in text, text
+    assert "airflow pools get ncbi" in text and "airflow pools set ncbi 1" in text, text
