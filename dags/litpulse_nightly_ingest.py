@@ -67,7 +67,8 @@ names the backfill that ingests it one day per run). A conf key that is no param
 `unchanged`; checkpoints let a killed run resume. Backfill one day per run, one run at a
 time: `airflow backfill create --dag-id litpulse_nightly_ingest --from-date 2026-01-01
 --to-date 2026-01-08 --max-active-runs 1` (a backfill does **not** obey the DAG's
-`max_active_runs`; without `--max-active-runs 1` it starts up to 10 runs at once).
+`max_active_runs`; without `--max-active-runs 1` it starts up to 10 runs at once). Unpause
+the DAG first: Airflow starts no run of a paused DAG, backfill or not (they wait `queued`).
 
 **A failed run.** Fix the cause, then clear its failed and upstream-failed tasks; they run
 again: `airflow tasks clear litpulse_nightly_ingest --only-failed --yes` (every failed run of
