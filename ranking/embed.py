@@ -1399,11 +1399,20 @@ def pending_query(model_version: str, *, shard: int = 0, shards: int = 1) -> Any
 
 
 def count_pending(settings: Settings, model_version: str, engine: Engine | None = None) -> int:
-    """Live articles without an up-to-date embedding for ``model_version``."""
+    """Live articles without an up-to-date embedding for ``model_version``: from the
+    counts the database keeps (:func:`litpulse.core.db.pending_kept`), or where it keeps
+    none yet (an older store not upgraded), the anti-join of :func:`pending_query`."""
     engine = engine or db.connect(settings)
-    sub = pending_query(model_version).order_by(None).subquery()
     with engine.connect() as conn:
+        kept = db.pending_kept(conn, model_version)
+        if kept is not None:
+            return kept
+        sub = pending_query(model_version).order_by(None).subquery()
         return int(conn.execute(select(func.count()).select_from(sub)).scalar() or 0)
+
+
+#: The columns :func:`embed_pending` writes, in its rows' order
+_VECTOR_COLUMNS = ("pmid", "model_version", "text_hash", "vector", "created_at")
 
 
 def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
@@ -1484,18 +1493,16 @@ def embed_pending(
                     claim_first_embedding(conn, spec)
                 now = db.db_now(conn)  # the database's clock, as the store's rows
                 out = [
-                    {
-                        "pmid": int(r.pmid),
-                        "model_version": spec.id,
-                        "text_hash": r.text_hash,
-                        "vector": vector_to_bytes(v),
-                        "created_at": now,
-                    }
+                    (int(r.pmid), spec.id, r.text_hash, vector_to_bytes(v), now)
                     for r, v in zip(rows, vectors, strict=True)
                 ]
-                db.upsert(conn, embeddings, out, keys=("pmid", "model_version"))
+                # one set-based statement a chunk: the counts' statement triggers
+                # (db.keep_counts) run once for it, not once a row of an executemany
+                db.bulk_upsert(conn, embeddings, out, columns=_VECTOR_COLUMNS,
+                               keys=("pmid", "model_version"), update=_VECTOR_COLUMNS[2:])
             done += len(out)
             bar.update(len(chunk) - len(out))  # the chunk's deleted meanwhile
     finally:
         bar.close()
+        db.fold_counts(engine)  # PostgreSQL's rows of deltas its chunks appended, in one
     return done

@@ -40,7 +40,9 @@ from sqlalchemy import (
     Table,
     Text,
     TextClause,
+    and_,
     bindparam,
+    case,
     cast,
     create_engine,
     delete,
@@ -64,6 +66,8 @@ from litpulse.core.schema import (
     article_terms,
     articles,
     checkpoints,
+    embedding_counts,
+    embeddings,
     feedback,
     feedback_log,
     locks,
@@ -86,6 +90,7 @@ __all__ = [
     "add_missing_columns",
     "keep_counts",
     "counts_kept",
+    "pending_kept",
     "count_whole",
     "fold_counts",
     "drop_retired_indexes",
@@ -733,13 +738,18 @@ def add_missing_indexes(engine: Engine) -> list[str]:
 
 #: The triggers that keep ``store_counts`` (:func:`keep_counts`); a new definition gets a
 #: new version in the names, and the store's next open makes it and counts again.
-COUNT_TRIGGERS = "litpulse_counts_v2"  # v2: the counts table by the trigger's schema
+COUNT_TRIGGERS = "litpulse_counts_v3"  # v3: and the current vectors (embedding_counts)
 #: ``(table, trigger name suffix, event)`` of each trigger
 _COUNT_EVENTS = tuple(
     (table, f"{table}_{ev[:3].lower()}", ev)
-    for table in ("articles", "references") for ev in ("INSERT", "UPDATE", "DELETE")
+    for table in ("articles", "references", "embeddings")
+    for ev in ("INSERT", "UPDATE", "DELETE")
     if not (table == "references" and ev == "UPDATE")  # an update moves no count
 )
+#: SQLite's row triggers on ``articles`` moving ``embedding_counts`` (PostgreSQL's one
+#: function a statement does both)
+_SQLITE_VECTOR_EVENTS = tuple(
+    ("articles", f"articles_v{ev[:3].lower()}", ev) for ev in ("INSERT", "UPDATE", "DELETE"))
 #: ``store_counts``' columns: what a row of ``articles`` adds (SQL over its columns)
 _ARTICLE_COUNTS = {
     "live": "NOT {r}is_deleted",
@@ -754,6 +764,12 @@ FOLD_COUNTS_AT = 1000
 #: The advisory lock a fold of ``store_counts`` (:func:`fold_counts`) and a count at open
 #: (:func:`keep_counts`) hold (PostgreSQL)
 _FOLD_LOCK = "hashtext('litpulse_store_counts')"
+#: The advisory lock that orders the writers of ``embeddings`` and ``articles`` (PostgreSQL,
+#: :func:`_pg_count_functions`): each trigger sees only the other table's committed rows,
+#: so an article and its vector written by two open transactions would be counted by
+#: neither. An article's trigger takes it shared (its writers run side by side), a
+#: vector's exclusive, until commit: whichever trigger comes later sees the other's rows.
+_VECTOR_LOCK = "hashtext('litpulse_embedding_counts')"
 
 
 def _pg_count_functions(schema: str) -> list[str]:
@@ -781,13 +797,44 @@ def _pg_count_functions(schema: str) -> list[str]:
     new = f"SELECT 1 AS s, {picked} FROM litpulse_new"
     old = f"SELECT -1 AS s, {picked} FROM litpulse_old"
     zeros = ", ".join("0" for _ in _ARTICLE_COUNTS)
+    ev = f'"{schema}".embedding_counts (model_version, current_vectors)'
+
+    def current(src: str) -> str:  # the live rows' vectors of the same text, each version
+        return (f"INSERT INTO {ev} SELECT e.model_version, sum(d.s) FROM ({src}) AS d "
+                f'JOIN "{schema}".embeddings e ON e.pmid = d.pmid AND e.text_hash = d.text_hash '
+                "WHERE NOT d.is_deleted GROUP BY e.model_version HAVING sum(d.s) <> 0;")
+
+    def vectors(src: str) -> str:  # the vectors whose live article has their text
+        return (f"INSERT INTO {ev} SELECT d.model_version, sum(d.s) FROM ({src}) AS d "
+                f'JOIN "{schema}".articles a ON a.pmid = d.pmid AND a.text_hash = d.text_hash '
+                "WHERE NOT a.is_deleted GROUP BY d.model_version HAVING sum(d.s) <> 0;")
+
+    def changed(new: str, old: str, cols: str) -> str:  # an update's rows that moved a count
+        return (f"SELECT sum(s) AS s, pmid, {cols}, false AS is_deleted FROM ({new} UNION ALL "
+                f"{old}) AS u WHERE NOT is_deleted GROUP BY pmid, {cols} HAVING sum(s) <> 0")
+
+    a_new = "SELECT 1 AS s, pmid, text_hash, is_deleted FROM litpulse_new"
+    a_old = "SELECT -1 AS s, pmid, text_hash, is_deleted FROM litpulse_old"
+    e_new = "SELECT 1 AS s, pmid, model_version, text_hash, false AS is_deleted FROM litpulse_new"
+    e_old = "SELECT -1 AS s, pmid, model_version, text_hash, false AS is_deleted FROM litpulse_old"
     return [
         f"""CREATE OR REPLACE FUNCTION "{schema}".{COUNT_TRIGGERS}_articles() RETURNS trigger
 LANGUAGE plpgsql AS $f$
 BEGIN
-  IF TG_OP = 'INSERT' THEN {rows(new)}
-  ELSIF TG_OP = 'DELETE' THEN {rows(old)}
-  ELSE {rows(f"{new} UNION ALL {old}")}
+  PERFORM pg_advisory_xact_lock_shared({_VECTOR_LOCK});
+  IF TG_OP = 'INSERT' THEN {rows(new)} {current(a_new)}
+  ELSIF TG_OP = 'DELETE' THEN {rows(old)} {current(a_old)}
+  ELSE {rows(f"{new} UNION ALL {old}")} {current(changed(a_new, a_old, "text_hash"))}
+  END IF;
+  RETURN NULL;
+END $f$""",
+        f"""CREATE OR REPLACE FUNCTION "{schema}".{COUNT_TRIGGERS}_embeddings() RETURNS trigger
+LANGUAGE plpgsql AS $f$
+BEGIN
+  PERFORM pg_advisory_xact_lock({_VECTOR_LOCK});
+  IF TG_OP = 'INSERT' THEN {vectors(e_new)}
+  ELSIF TG_OP = 'DELETE' THEN {vectors(e_old)}
+  ELSE {vectors(changed(e_new, e_old, "model_version, text_hash"))}
   END IF;
   RETURN NULL;
 END $f$""",
@@ -836,21 +883,68 @@ def _sqlite_count_trigger(table: str, name: str, event: str) -> str:
     return f"{head} ON articles BEGIN UPDATE store_counts SET {sets} WHERE id = 1; END"
 
 
-def _count_triggers_made(conn: Connection) -> int:
+def _sqlite_vector_trigger(table: str, name: str, event: str) -> str:
+    """SQLite: a row trigger moving ``embedding_counts``' row of each model version
+    (one a version: a vector's insert makes its version's row)."""
+    head = f"CREATE TRIGGER {COUNT_TRIGGERS}_{name} AFTER {event}"
+    ec = "UPDATE embedding_counts SET current_vectors = current_vectors"
+    if table == "embeddings":
+        def has(r: str) -> str:  # the vector's live article has its text
+            return (f"(SELECT count(*) FROM articles a WHERE a.pmid = {r}pmid "
+                    f"AND NOT a.is_deleted AND a.text_hash = {r}text_hash)")
+
+        make = ("INSERT INTO embedding_counts (model_version, current_vectors) "
+                "SELECT new.model_version, 0 WHERE NOT EXISTS (SELECT 1 FROM embedding_counts "
+                "WHERE model_version = new.model_version);")
+        plus = f"{ec} + {has('new.')} WHERE model_version = new.model_version;"
+        minus = f"{ec} - {has('old.')} WHERE model_version = old.model_version;"
+        body = {"INSERT": f"{make} {plus}", "DELETE": minus,
+                "UPDATE": f"{make} {minus} {plus}"}[event]
+        of = " OF pmid, model_version, text_hash" if event == "UPDATE" else ""
+        return f"{head}{of} ON embeddings BEGIN {body} END"
+
+    def same(r: str) -> str:  # the article's vectors of its text, of the row's version
+        return (f"(NOT {r}is_deleted) * (SELECT count(*) FROM embeddings e WHERE e.pmid = "
+                f"{r}pmid AND e.model_version = embedding_counts.model_version "
+                f"AND e.text_hash = {r}text_hash)")
+
+    def versions(*rs: str) -> str:
+        pmids = ", ".join(f"{r}pmid" for r in rs)
+        return f"model_version IN (SELECT model_version FROM embeddings WHERE pmid IN ({pmids}))"
+
+    if event == "INSERT":
+        return (f"{head} ON articles WHEN NOT new.is_deleted BEGIN {ec} + {same('new.')} "
+                f"WHERE {versions('new.')}; END")
+    if event == "DELETE":
+        return (f"{head} ON articles WHEN NOT old.is_deleted BEGIN {ec} - {same('old.')} "
+                f"WHERE {versions('old.')}; END")
+    moved = ("new.is_deleted IS NOT old.is_deleted OR new.text_hash IS NOT old.text_hash "
+             "OR new.pmid IS NOT old.pmid")
+    return (f"{head} OF pmid, is_deleted, text_hash ON articles WHEN {moved} BEGIN "
+            f"{ec} + {same('new.')} - {same('old.')} WHERE {versions('new.', 'old.')}; END")
+
+
+def _count_triggers_made(conn: Connection) -> bool:
+    """Whether every trigger of :data:`COUNT_TRIGGERS` is there (PostgreSQL: and its
+    function names this schema's counts, not a schema's renamed since)."""
     if conn.dialect.name == "sqlite":
         sql = "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name LIKE :n"
-    else:  # and their functions name this schema's counts (not a schema's renamed since)
+        wanted = len(_COUNT_EVENTS) + len(_SQLITE_VECTOR_EVENTS)
+    else:
         sql = ("SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
                "JOIN pg_proc p ON p.oid = t.tgfoid "
                "WHERE c.relnamespace = current_schema()::regnamespace AND t.tgname LIKE :n "
-               "AND position(format('\"%s\".store_counts', current_schema()) IN p.prosrc) > 0")
-    return int(conn.execute(text(sql), {"n": f"{COUNT_TRIGGERS}_%"}).scalar() or 0)
+               "AND position(format('\"%s\".', current_schema()) IN p.prosrc) > 0")
+        wanted = len(_COUNT_EVENTS)
+    return int(conn.execute(text(sql), {"n": f"{COUNT_TRIGGERS}_%"}).scalar() or 0) == wanted
 
 
 def keep_counts(engine: Engine) -> bool:
-    """Have the database keep ``store_counts`` (the counts of ``litpulse status``): make
-    the triggers on ``articles`` and ``references`` and count the store once, exactly, in
-    one transaction (a store made before the triggers, or whose counts were emptied).
+    """Have the database keep ``store_counts`` (the counts of ``litpulse status``) and
+    ``embedding_counts`` (the current vectors of each model version, its
+    ``pending_embeddings``): make the triggers on ``articles``, ``references`` and
+    ``embeddings`` and count the store once, exactly, in one transaction (a store made
+    before the triggers, or whose counts were emptied).
 
     Every writer then keeps the counts in step, whatever its path (``COPY`` and staged
     upserts, executemany, tombstones, deletes, the iCite fetch, upgrades): PostgreSQL with
@@ -866,10 +960,10 @@ def keep_counts(engine: Engine) -> bool:
     """
     from sqlalchemy import inspect
 
-    if "store_counts" not in inspect(engine).get_table_names():
+    if not {"store_counts", "embedding_counts"} <= set(inspect(engine).get_table_names()):
         return False
     with engine.connect() as conn:
-        made = _count_triggers_made(conn) == len(_COUNT_EVENTS)
+        made = _count_triggers_made(conn)
         if made and conn.execute(select(store_counts.c.id).limit(1)).first() is not None:
             return False
     sqlite = engine.dialect.name == "sqlite"
@@ -883,10 +977,15 @@ def keep_counts(engine: Engine) -> bool:
                 for name in old:
                     conn.exec_driver_sql(f'DROP TRIGGER IF EXISTS "{name}"')
                 for table, name, event in _COUNT_EVENTS:
-                    conn.exec_driver_sql(_sqlite_count_trigger(table, name, event))
+                    if table == "embeddings":
+                        conn.exec_driver_sql(_sqlite_vector_trigger(table, name, event))
+                    else:
+                        conn.exec_driver_sql(_sqlite_count_trigger(table, name, event))
+                for table, name, event in _SQLITE_VECTOR_EVENTS:
+                    conn.exec_driver_sql(_sqlite_vector_trigger(table, name, event))
             else:
-                conn.exec_driver_sql(
-                    'LOCK TABLE articles, "references" IN SHARE ROW EXCLUSIVE MODE')
+                conn.exec_driver_sql('LOCK TABLE articles, "references", embeddings '
+                                     "IN SHARE ROW EXCLUSIVE MODE")
                 # no fold meanwhile (fold_counts): its summed row, inserted after this
                 # transaction's DELETE began, would outlive it and count the store twice
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_FOLD_LOCK})")
@@ -910,6 +1009,9 @@ def keep_counts(engine: Engine) -> bool:
             conn.execute(store_counts.delete())
             counted = count_whole(conn)
             conn.execute(insert(store_counts).values(id=1, **counted))
+            conn.execute(embedding_counts.delete())
+            conn.execute(insert(embedding_counts).from_select(
+                ["model_version", "current_vectors"], _current_whole()))
             if not sqlite:  # ids of later delta rows follow the first
                 conn.exec_driver_sql(
                     "SELECT setval(pg_get_serial_sequence('store_counts', 'id'), 1)")
@@ -944,6 +1046,17 @@ def count_whole(conn: Connection) -> dict[str, int]:
             "refs": int(refs or 0)}
 
 
+def _current_whole() -> Any:
+    """The current vectors of each model version stored, counted over the whole of
+    ``embeddings`` (a join with ``articles``), and ``embedding_counts``' row saying they
+    are kept (model version ``''``)."""
+    e, a = embeddings.c, articles.c
+    on = and_(a.pmid == e.pmid, a.text_hash == e.text_hash, a.is_deleted.is_(False))
+    each = (select(e.model_version, func.count(a.pmid))
+            .select_from(embeddings.outerjoin(articles, on)).group_by(e.model_version))
+    return each.union_all(select(literal(""), literal(0)))
+
+
 def counts_kept(conn: Connection) -> dict[str, int] | None:
     """The counts the database keeps (:func:`keep_counts`), ``None`` where it keeps none.
 
@@ -953,11 +1066,7 @@ def counts_kept(conn: Connection) -> dict[str, int] | None:
     not write leaves them as they are; :meth:`ingest.store.Store.apply` folds them too,
     after its last batch.
     """
-    if conn.dialect.name == "sqlite":
-        there = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'store_counts'"
-    else:
-        there = "SELECT to_regclass('store_counts')"
-    if conn.exec_driver_sql(there).scalar() is None:  # opened without upgrading (create=False)
+    if not _table_there(conn, "store_counts"):  # opened without upgrading (create=False)
         return None
     c = store_counts.c
     row = conn.execute(select(func.count(), *(func.sum(c[n]) for n in _COUNT_COLUMNS))).one()
@@ -966,6 +1075,38 @@ def counts_kept(conn: Connection) -> dict[str, int] | None:
     if row[0] > FOLD_COUNTS_AT:
         fold_counts(conn.engine)
     return {n: int(v or 0) for n, v in zip(_COUNT_COLUMNS, row[1:], strict=True)}
+
+
+def _table_there(conn: Connection, name: str) -> bool:
+    if conn.dialect.name == "sqlite":
+        there = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :n"
+    else:
+        there = "SELECT to_regclass(:n)"
+    return conn.execute(text(there), {"n": name}).scalar() is not None
+
+
+def pending_kept(conn: Connection, model_version: str) -> int | None:
+    """The live articles with no current vector of ``model_version`` (one that is not
+    stored, or of another text), from the counts the database keeps: ``store_counts``'
+    live less ``embedding_counts``' current vectors of the version, read in one statement
+    (one snapshot). ``None`` where they are not kept (an older store not upgraded yet, or
+    whose counts could not be made). Folds the rows of deltas as :func:`counts_kept`.
+    """
+    if not _table_there(conn, "embedding_counts"):
+        return None
+    sc, ec = store_counts.c, embedding_counts.c
+
+    row = conn.execute(select(*(select(c).scalar_subquery() for c in (
+        func.count(sc.id), func.sum(sc.live), func.count(ec.id),
+        func.sum(case((ec.model_version == "", 1), else_=0)),
+        func.sum(case((ec.model_version == model_version, ec.current_vectors), else_=0)),
+    )))).one()
+    rows, live, vector_rows, kept, current = (int(v or 0) for v in row)
+    if not rows or not kept:
+        return None
+    if max(rows, vector_rows) > FOLD_COUNTS_AT:
+        fold_counts(conn.engine)
+    return live - current
 
 
 def fold_counts(engine: Engine) -> None:
@@ -984,6 +1125,10 @@ def fold_counts(engine: Engine) -> None:
             conn.exec_driver_sql(
                 f"WITH gone AS (DELETE FROM store_counts RETURNING {cols}) "
                 f"INSERT INTO store_counts ({cols}) SELECT {sums} FROM gone HAVING count(*) > 0")
+            conn.exec_driver_sql(
+                "WITH gone AS (DELETE FROM embedding_counts RETURNING model_version, "
+                "current_vectors) INSERT INTO embedding_counts (model_version, current_vectors) "
+                "SELECT model_version, sum(current_vectors) FROM gone GROUP BY model_version")
     except DBAPIError as exc:  # a reader's role: the next writer's status folds them
         logger.debug("store counts not folded: %s", _cause(exc))
 

@@ -48,6 +48,7 @@ __all__ = [
     "articles",
     "references",
     "store_counts",
+    "embedding_counts",
     "term_forms",
     "FOLDED_TERM_KINDS",
     "quarantine",
@@ -293,6 +294,21 @@ store_counts = Table(
     Column("with_abstract", BigInteger, default=0),  # live and has_abstract
     Column("with_citations", BigInteger, default=0),  # live, iCite asked
     Column("refs", BigInteger, default=0),  # rows of ``references``
+)
+
+# The current vectors of each model version (an embedding whose ``text_hash`` is its live
+# article's), kept beside ``store_counts`` by the same triggers (and two on
+# ``embeddings``): ``count_pending`` is ``store_counts``' live minus this, no anti-join of
+# ``articles`` with ``embeddings``. PostgreSQL appends a row of deltas per model version a
+# statement moved and folds them; SQLite keeps one row a version. A row with model version
+# ``''`` says the counts are kept (made with the counts at open, ``db.keep_counts``).
+embedding_counts = Table(
+    "embedding_counts",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("model_version", String(64)),
+    Column("current_vectors", BigInteger, default=0),
 )
 
 quarantine = Table(

@@ -47,9 +47,10 @@ X3 **Every ``status`` counts ``articles`` and ``references`` in full.**
    made and tested on both stores in this review's time, and an estimate would change
    the meaning of ``status``'s exact fields.
    **Fixed by review 38b** (its X1, X2): the counts are kept by the database (triggers
-   on both tables, ``store_counts``), the dates read by index; still a strict xfail on
-   PostgreSQL for 38b's X3, ``litpulse status``'s ``pending_embeddings`` (an anti-join of
-   every live article with ``embeddings``).
+   on both tables, ``store_counts``), the dates read by index; and by review 39b (its
+   X1) for ``litpulse status``'s ``pending_embeddings``, on PostgreSQL a strict xfail
+   until then (an anti-join of every live article with ``embeddings``): the database
+   keeps the current vectors of each model version too (``embedding_counts``).
    (test_x3_status_scans_neither_articles_nor_references)
 
 X4 **Every ``GET /status`` sorts every run ever recorded and counts the whole
@@ -228,12 +229,7 @@ def _scans(engine: Engine, statements: list[tuple[str, Any]]) -> list[str]:
 
 def test_x3_status_scans_neither_articles_nor_references(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-    request: pytest.FixtureRequest,
 ) -> None:
-    if settings.database_url:  # SQLite answers it along ix_articles_is_deleted
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "38b X3: litpulse status's pending_embeddings (ranking.embed.count_pending) "
-            "anti-joins every live article with embeddings: a scan of articles")))
     from fastapi.testclient import TestClient
 
     from litpulse.app.api import create_app
