@@ -32,7 +32,8 @@ X1 **``count_pending`` scans every live article** (38b X3; 37h's
    and without the trigger, 20,480 vectors on PostgreSQL, 2 shared cores). The ingest
    (``bench.ingest --records 20000 --only postgresql-w2 --repeat 3``, against main
    interleaved): CPU µs a record worker / writer / server 257 / 62 / 105, main 257 / 63 /
-   100 (+5 % server, +1 % all processes); a trigger's join costs more where the rows
+   100 (+5 % server, +1 % all processes); SQLite (``sqlite-w2``, repeat 3) worker /
+   writer 208 / 103, main 212 / 102; a trigger's join costs more where the rows
    have vectors (an update file's revised articles: +2-12 µs a row measured with two
    model versions' vectors, through ``EXPLAIN ANALYZE``).
    (test_x1_kept_pending_equals_a_fresh_count_after_every_writer)
