@@ -14,8 +14,11 @@ clear`` and, on another run, with the REST API ``clearTaskInstances``, and succe
 days are backfilled one run at a time (``--max-active-runs 1``), the first failing on
 purpose, then reprocessed by the documented ``--reprocess-behavior failed``; unpausing the
 weekly retrain does not retrain last Sunday; the store and the published index hold every
-day; the NCBI key came from the Airflow connection ``litpulse_ncbi``; a run whose first task
-never gets a slot of the ``ncbi`` pool times out and is alerted.
+day; the NCBI key came from the Airflow connection ``litpulse_ncbi``; none of those runs (the
+``ncbi`` pool in place) raised a pool alert; then the pool is deleted (an engineer who never
+made it): the next run's ``ncbi_pool_watch`` alerts within about a minute naming the
+commands that check and make it (39c X1) and skips, the run waiting on; nothing ever takes
+a slot, so the run times out and that is alerted too, naming the pool.
 
 CeleryExecutor (Redis broker and result backend on 127.0.0.1:6379, database 13, a queue of
 this test alone): the same chain through one ``airflow celery worker``, then a reindex
@@ -477,13 +480,38 @@ def test_local_executor_chain_clear_backfill_catchup(
             select(ingest_runs.c.status).where(ingest_runs.c.source == "eutils")
         ).scalars().all()
     assert statuses.count("succeeded") >= 5
-    # -- 8. a run whose task never starts (no slot left in the ncbi pool) times out: no task
-    # fails, so the DAG's own failure callback (run by the dag-processor) alerts it (37a X2)
+    # -- 8. the ncbi pool missing (never made, or deleted): Airflow 3.3 tells nobody, the
+    # task waits `scheduled`; the run's ncbi_pool_watch alerts within about a minute (39c
+    # X1), naming the pool and the commands, and skips itself: the run waits on (it would go
+    # on once the pool exists: 39c measured it to success, 48-56 s to the alert). No run
+    # above (the pool in place) raised a pool alert.
+    assert not _pool_alerts(webhook), _pool_alerts(webhook)
     t = time.monotonic()
-    stack.cli("pools", "set", "ncbi", "0", "NCBI E-utilities/iCite calls (rate limit)")
+    stack.cli("pools", "delete", "ncbi")
     stack.cli("dags", "trigger", NIGHTLY, "--run-id", "manual_stuck")
     wait_for("ingest_window to wait for a pool slot", lambda: stack.tasks(
         NIGHTLY, "manual_stuck").get("ingest_window", {}).get("state") == "scheduled", 60)
+    try:
+        alert = wait_for("an alert of the missing pool",
+                         lambda: (_pool_alerts(webhook) or [None])[0], 120)  # fmt: skip
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{stack.tasks(NIGHTLY, 'manual_stuck')}\n"
+                             f"{stack.tail()}") from None  # fmt: skip
+    text_ = alert["text"]
+    assert "manual_stuck" in text_ and "ingest_window" in text_ and "'ncbi'" in text_, text_
+    assert "airflow pools get ncbi" in text_ and "airflow pools set ncbi 1" in text_, text_
+    assert alert["details"]["dag_id"] == NIGHTLY and alert["details"]["run_id"] == "manual_stuck"
+    assert stack.run(NIGHTLY, "manual_stuck")["state"] == "running"  # nothing failed: it waits
+
+    def watch_done() -> str | None:
+        state = stack.tasks(NIGHTLY, "manual_stuck").get(sup.POOL_WATCH, {}).get("state")
+        return state if state in ("skipped", "failed", "success") else None
+
+    assert wait_for("the watch to end", watch_done, 30) == "skipped"
+    clock.lap("a missing pool -> alerted within a minute", t)
+    # -- 9. a run whose task never starts (no slot of the ncbi pool) times out: no task
+    # fails, so the DAG's own failure callback (run by the dag-processor) alerts it (37a X2)
+    t = time.monotonic()
     engine = create_engine(stack.database_url)
     with engine.begin() as conn:  # the run started 13 h ago: past its 12 h dagrun_timeout
         conn.execute(text("UPDATE dag_run SET start_date = start_date - interval '13 hours' "
@@ -502,6 +530,7 @@ def test_local_executor_chain_clear_backfill_catchup(
     assert "manual_stuck" in alert["text"] and "timed out after 12 h" in alert["text"], alert
     # none started: Airflow names any unfinished task, so the alert names the DAG's pools
     assert "no task of it ever started" in alert["text"] and "'ncbi'" in alert["text"], alert
+    assert "airflow pools get ncbi" in alert["text"], alert  # 39c: the watch skipped, not it
     clock.lap("a run timed out -> alerted", t)
 
     # hygiene: the generated admin password is private; the JWT secret is long enough
@@ -510,6 +539,16 @@ def test_local_executor_chain_clear_backfill_catchup(
     assert len(stack.cli("config", "get-value", "api_auth", "jwt_secret").strip()) >= 64
     assert not re.search("InsecureKeyLengthWarning", stack.log("api-server").read_text())
     clock.lap("whole test", clock.t0)
+
+
+def _pool_alerts(receiver: _Receiver) -> list[dict[str, Any]]:
+    """The alerts that say a task waits for a pool slot (``ncbi_pool_watch``'s)."""
+    out = []
+    for body in list(receiver.bodies):
+        alert = json.loads(body)
+        if alert["details"].get("reason") == "pool_slot_missing":
+            out.append(dict(alert))
+    return out
 
 
 def _first_run(stack: AirflowStack, dag_id: str, timeout: float = 120) -> str:
