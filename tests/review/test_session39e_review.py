@@ -1,0 +1,160 @@
+"""Review 39e: the HTTP API and the web page as a hostile user and a hostile network.
+
+Attacked and held (probed through ``TestClient``, raw ASGI calls and a real ``litpulse
+serve``; most already tests of sessions 31-38): lone surrogates (``"\\ud800"`` in a JSON
+body) are 422, never a 500 from the database's encoder; overlong and invalid UTF-8 in
+query strings and paths (``%C0%AE``, ``%ED%A0%80``, ``%FF``) decode to U+FFFD and are
+400/404/422; NUL in every JSON text field of ``POST``/``PATCH /alerts`` and ``POST
+/feedback`` is 400 on PostgreSQL; a 5,000-digit JSON number and 3,000 nested objects are
+400 ("error parsing the body"); ids past 2**31 - 1 are 422; a 100 kB request line is
+uvicorn's 400 (h11's 16 KiB limit; no memory grows); ``OPTIONS``/``PUT``/``TRACE`` are
+405 (no CORS headers); a form or missing content type is 422; a PostgreSQL server that is
+down or a database that does not exist answers every route 503 "the database is
+unavailable" (no SQL, no traceback) and ``litpulse serve`` says so in one line; the page
+and the models page build their DOM with ``textContent`` only (no ``innerHTML``).
+
+X1 **A client that trickles its body, or announces one and sends nothing, holds its
+   request for ever**: ``ApiGuard`` read the body with no deadline. Reproduced on a real
+   ``litpulse serve``: ``POST /feedback`` with ``Content-Length: 100`` and one byte sent got
+   no answer in 40 s (nor ever: uvicorn has no body timeout), the connection held open;
+   a few thousand such clients hold the server's sockets. Fixed: the whole body must
+   arrive within ``apiguard.BODY_TIMEOUT_S`` (30 s) of the request, else 408 with
+   ``Connection: close``.
+
+X2 **An IPv6 client passes the rate limit by changing its address within its /64**: the
+   bucket was keyed by the full address, and every IPv6 subscriber holds at least a /64
+   (2**64 addresses, chosen freely: privacy addresses change by themselves). Reproduced
+   through the guard: with a burst of 2, ``2001:db8:1:2::1``, ``::2``, ``::3`` … each got
+   a full bucket. An IPv4 client seen as ``::ffff:203.0.113.5`` (a dual-stack socket) had
+   a bucket apart from ``203.0.113.5``. Fixed: an IPv6 client is keyed by its /64, an
+   IPv4-mapped one by its IPv4 address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from litpulse.app import apiguard
+from litpulse.app.api import create_app
+from litpulse.core.settings import Settings
+
+
+async def _call(
+    app: Any,
+    scope: dict[str, Any],
+    messages: list[dict[str, Any]],
+    gap: float = 0.0,
+    deadline: float = 5.0,
+) -> list[dict[str, Any]]:
+    """What ``app`` sends for one request whose body arrives as ``messages``, ``gap``
+    seconds apart; a client that has sent them all then sends nothing more."""
+    sent: list[dict[str, Any]] = []
+    queue = list(messages)
+
+    async def receive() -> dict[str, Any]:
+        if queue:
+            if gap:
+                await asyncio.sleep(gap)
+            return queue.pop(0)
+        await asyncio.sleep(3600)  # a client that never sends the rest
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    try:
+        await asyncio.wait_for(app(scope, receive, send), timeout=deadline)
+    except TimeoutError:
+        pass  # the answer so far (none: the request is still held)
+    return sent
+
+
+def _scope(
+    method: str,
+    path: str,
+    client: str = "203.0.113.9",
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> dict[str, Any]:
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+        "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
+        "query_string": b"", "root_path": "", "headers": headers or [],
+        "client": (client, 50000), "server": ("127.0.0.1", 8000),
+    }  # fmt: skip
+
+
+def _status(sent: list[dict[str, Any]]) -> int | None:
+    starts = [m for m in sent if m["type"] == "http.response.start"]
+    return starts[0]["status"] if starts else None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="39e X1: a body trickled or never sent holds the request for ever (no read deadline)",
+)
+def test_x1_a_body_that_does_not_arrive_in_time_is_a_408(
+    sqlite_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(apiguard, "BODY_TIMEOUT_S", 0.5, raising=False)
+    app = create_app(sqlite_settings)
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"100")]
+    # announced, one byte sent, then nothing
+    sent = asyncio.run(
+        _call(
+            app,
+            _scope("POST", "/feedback", headers=headers),
+            [{"type": "http.request", "body": b"{", "more_body": True}],
+        )
+    )
+    assert _status(sent) == 408
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert (b"connection", b"close") in [(bytes(k), bytes(v)) for k, v in start["headers"]]
+    # trickled: each byte in time, the whole body not
+    trickle = [{"type": "http.request", "body": b" ", "more_body": True}] * 20
+    sent = asyncio.run(
+        _call(app, _scope("POST", "/feedback", client="203.0.113.10"), trickle, gap=0.1)
+    )
+    assert _status(sent) == 408
+    # held: a body that arrives whole in time reaches the route (401: no token sent)
+    body = b'{"query": "heart", "pmid": 1, "relevant": true}'
+    sent = asyncio.run(
+        _call(
+            app,
+            _scope(
+                "POST",
+                "/feedback",
+                client="203.0.113.11",
+                headers=[(b"content-type", b"application/json")],
+            ),
+            [{"type": "http.request", "body": body, "more_body": False}],
+        )
+    )
+    assert _status(sent) in (401, 403)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="39e X2: an IPv6 client passes the rate limit by changing its address within its /64",
+)
+def test_x2_an_ipv6_client_is_one_client_across_its_64(sqlite_settings: Settings) -> None:
+    app = create_app(sqlite_settings.replace(api_rate_per_second=0.1, api_rate_burst=2))
+
+    def get(client: str) -> int | None:
+        return _status(
+            asyncio.run(
+                _call(
+                    app,
+                    _scope("GET", "/", client=client),
+                    [{"type": "http.request", "body": b"", "more_body": False}],
+                )
+            )
+        )
+
+    assert [get(f"2001:db8:1:2::{n}") for n in (1, 2, 3, 4)] == [200, 200, 429, 429]
+    assert get("2001:db8:1:2:abcd:ef01:2345:6789") == 429
+    assert get("2001:db8:1:3::1") == 200  # another /64: another client
+    assert [get("203.0.113.5"), get("::ffff:203.0.113.5"), get("203.0.113.5")] == [200, 200, 429]
+    assert get("203.0.113.6") == 200  # IPv4 clients stay one address each
