@@ -25,8 +25,8 @@ when it names that same expert (else 403). Each expert may send
 
 Every answer passes :class:`~litpulse.app.apiguard.ApiGuard`: security headers (a CSP
 without inline code, no framing), bodies over ``settings.api_max_body_bytes`` answered
-413 unread, and a token bucket per client address (``api_rate_per_second``,
-``api_rate_burst``) answering 429 with ``Retry-After``.
+413 unread, a body not all sent within 30 s answered 408, and a token bucket per client
+address (``api_rate_per_second``, ``api_rate_burst``) answering 429 with ``Retry-After``.
 
 Errors are ``{"detail": message}`` (:class:`ErrorOut`) and documented per operation:
 400 a rule JSON Schema cannot say (``since`` after ``until``, every weight 0) or a body

@@ -7,7 +7,10 @@ per-client rate limit.
   server itself only (no inline code) and no framing.
 * **Bodies.** A body larger than ``max_body_bytes`` is answered 413 before it is read:
   on its ``Content-Length`` alone when announced, else as soon as the chunks read so
-  far pass the limit. The app gets the body whole, already read.
+  far pass the limit. The app gets the body whole, already read. The whole body must
+  arrive within :data:`BODY_TIMEOUT_S` of the request, else 408 (a client trickling it,
+  or announcing one and sending nothing, would hold its request and socket for ever:
+  uvicorn has no body timeout).
 * **HEAD.** A ``HEAD`` request is answered as its ``GET`` would be, headers only (RFC 9110
   9.3.2: a monitor's or ``curl -I``'s check; the routes declare GET alone, and FastAPI
   answered 405 to HEAD on every one).
@@ -22,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -51,6 +55,9 @@ PAGE_CSP = (
 #: FastAPI's /docs and /redoc load their code from a CDN: no framing is all they get.
 DOCS_CSP = "frame-ancestors 'none'"
 DOCS_PATHS = ("/docs", "/redoc")
+
+#: Seconds a request's whole body may take to arrive (64 KiB in 30 s: 2 KiB/s).
+BODY_TIMEOUT_S = 30.0
 
 SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
     ("x-content-type-options", "nosniff"),
@@ -115,17 +122,19 @@ class ApiGuard:
         clock: Monotonic seconds (tests).
         unmetered: Path prefixes whose GETs take no token (the page's own static files:
             loading the page must not spend the requests its searches need).
+        body_timeout_s: Seconds the whole body may take (default :data:`BODY_TIMEOUT_S`).
     """
 
     def __init__(self, app: ASGIApp, *, max_body_bytes: int, rate: float, burst: int,
                  clock: Callable[[], float] = time.monotonic,
-                 unmetered: tuple[str, ...] = ()) -> None:
+                 unmetered: tuple[str, ...] = (), body_timeout_s: float | None = None) -> None:
         if max_body_bytes < 1:
             raise ConfigError(f"max_body_bytes must be positive, got {max_body_bytes!r}")
         self.app = app
         self.unmetered = tuple(unmetered)
         self.max_body_bytes = int(max_body_bytes)
         self.buckets = TokenBuckets(rate, burst, clock=clock)
+        self.body_timeout_s = BODY_TIMEOUT_S if body_timeout_s is None else body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -158,21 +167,37 @@ class ApiGuard:
             if length > self.max_body_bytes:
                 await self._too_large(send)
                 return
+        try:
+            body = await asyncio.wait_for(self._read_body(receive), self.body_timeout_s)
+        except TimeoutError:
+            await _reply(
+                send,
+                408,
+                f"request body not received within {self.body_timeout_s:g} s",
+                [(b"connection", b"close")],
+            )
+            return
+        if body is None:  # the client went away
+            return
+        if len(body) > self.max_body_bytes:
+            await self._too_large(send)
+            return
+        await self._answer(scope, _replay(body, receive), send)
+
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        """The request's body; ``None`` when the client went away, and as soon as the
+        chunks read pass ``max_body_bytes`` what was read (longer than allowed)."""
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
+            if message["type"] != "http.request":
+                return None
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_bytes:
-                await self._too_large(send)
-                return
             chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        await self._answer(scope, _replay(b"".join(chunks), receive), send)
+            if size > self.max_body_bytes or not message.get("more_body", False):
+                return b"".join(chunks)
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The app's answer; an exception escaping it is logged and, when no answer was

@@ -91,10 +91,6 @@ def _status(sent: list[dict[str, Any]]) -> int | None:
     return starts[0]["status"] if starts else None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="39e X1: a body trickled or never sent holds the request for ever (no read deadline)",
-)
 def test_x1_a_body_that_does_not_arrive_in_time_is_a_408(
     sqlite_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
