@@ -15,9 +15,12 @@ per-client rate limit.
   9.3.2: a monitor's or ``curl -I``'s check; the routes declare GET alone, and FastAPI
   answered 405 to HEAD on every one).
 * **Rate.** One token bucket per client address: ``burst`` requests at once, then
-  ``rate`` per second; beyond that 429 with ``Retry-After`` (whole seconds). The
-  least recently seen clients are forgotten beyond ``max_clients``. GETs under the
-  ``unmetered`` path prefixes (the page's static files) take no token.
+  ``rate`` per second; beyond that 429 with ``Retry-After`` (whole seconds). An IPv6
+  client is its /64 (each subscriber holds at least one and may use any of its 2**64
+  addresses), an IPv4-mapped one (``::ffff:a.b.c.d``) its IPv4 address
+  (:func:`client_key`). The least recently seen clients are forgotten beyond
+  ``max_clients``. GETs under the ``unmetered`` path prefixes (the page's static files)
+  take no token.
 
 Example:
     >>> app = ApiGuard(app, max_body_bytes=65536, rate=5.0, burst=20)  # doctest: +SKIP
@@ -26,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import math
@@ -37,7 +41,7 @@ from typing import Any
 
 from litpulse.core.errors import ConfigError
 
-__all__ = ["ApiGuard", "TokenBuckets", "PAGE_CSP", "SECURITY_HEADERS"]
+__all__ = ["ApiGuard", "TokenBuckets", "client_key", "PAGE_CSP", "SECURITY_HEADERS"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +108,24 @@ class TokenBuckets:
             return wait
 
 
+def client_key(host: str) -> str:
+    """The rate limit's key for a client address: an IPv6 address's /64 network, an
+    IPv4-mapped IPv6 address's IPv4 address, anything else as it is.
+
+    >>> client_key("2001:db8:1:2::7"), client_key("::ffff:203.0.113.5")
+    ('2001:db8:1:2::/64', '203.0.113.5')
+    """
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:  # not an address (a Unix socket's peer, a test client's name)
+        return host
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return f"{ipaddress.IPv6Address(int(addr) >> 64 << 64)}/64"
+    return str(addr)
+
+
 def _header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope.get("headers") or ():
         if key.lower() == name:
@@ -149,7 +171,7 @@ class ApiGuard:
         metered = not (
             self.unmetered and scope.get("method") == "GET" and path.startswith(self.unmetered)
         )
-        wait = self.buckets.take(str(client)) if metered else 0.0
+        wait = self.buckets.take(client_key(str(client))) if metered else 0.0
         if wait > 0:
             seconds = max(1, math.ceil(wait))
             await _reply(send, 429, f"too many requests from this client; retry in {seconds} s",

@@ -131,10 +131,6 @@ def test_x1_a_body_that_does_not_arrive_in_time_is_a_408(
     assert _status(sent) in (401, 403)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="39e X2: an IPv6 client passes the rate limit by changing its address within its /64",
-)
 def test_x2_an_ipv6_client_is_one_client_across_its_64(sqlite_settings: Settings) -> None:
     app = create_app(sqlite_settings.replace(api_rate_per_second=0.1, api_rate_burst=2))
 
