@@ -28,6 +28,15 @@ X2 **An IPv6 client passes the rate limit by changing its address within its /64
    a full bucket. An IPv4 client seen as ``::ffff:203.0.113.5`` (a dual-stack socket) had
    a bucket apart from ``203.0.113.5``. Fixed: an IPv6 client is keyed by its /64, an
    IPv4-mapped one by its IPv4 address.
+
+X3 **Every database connection in use is answered 500, not 503**: SQLAlchemy's pool
+   (5 + 10 connections) makes a request wait 30 s for one, then raises
+   ``sqlalchemy.exc.TimeoutError``, which no handler mapped (the guard's "internal
+   error"). Reproduced: a nightly holding SQLite's write lock while 16 saved searches are
+   posted (each waits out the 60 s busy timeout holding its connection) turns the next
+   ``GET /status`` into a 500 after 30 s; the same with the pool's connections checked out
+   on both stores. A PostgreSQL server that hangs (a partitioned network) does the same.
+   Fixed: 503 "every database connection is busy", with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -36,9 +45,11 @@ import asyncio
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
 from litpulse.app import apiguard
 from litpulse.app.api import create_app
+from litpulse.core import db
 from litpulse.core.settings import Settings
 
 
@@ -150,3 +161,25 @@ def test_x2_an_ipv6_client_is_one_client_across_its_64(sqlite_settings: Settings
     assert get("2001:db8:1:3::1") == 200  # another /64: another client
     assert [get("203.0.113.5"), get("::ffff:203.0.113.5"), get("203.0.113.5")] == [200, 200, 429]
     assert get("203.0.113.6") == 200  # IPv4 clients stay one address each
+
+
+@pytest.mark.xfail(strict=True, reason="39e X3: every database connection in use is a 500")
+def test_x3_every_connection_in_use_is_a_503_with_retry_after(settings: Settings) -> None:
+    engine = db.connect(settings)
+    pool: Any = engine.pool
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        assert client.get("/status").status_code == 200
+        waited = pool._timeout
+        pool._timeout = 0.3  # SQLAlchemy's 30 s, shortened
+        held = [engine.connect() for _ in range(pool.size() + pool._max_overflow)]
+        try:
+            for path in ("/status", "/alerts", "/articles/1"):
+                got = client.get(path)
+                assert got.status_code == 503, (path, got.status_code, got.text)
+                assert int(got.headers["retry-after"]) >= 1
+                assert "QueuePool" not in got.text and "sqlalche" not in got.text
+        finally:
+            for conn in held:
+                conn.close()
+            pool._timeout = waited
+        assert client.get("/status").status_code == 200
