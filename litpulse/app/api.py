@@ -31,8 +31,9 @@ address (``api_rate_per_second``, ``api_rate_burst``) answering 429 with ``Retry
 Errors are ``{"detail": message}`` (:class:`ErrorOut`) and documented per operation:
 400 a rule JSON Schema cannot say (``since`` after ``until``, every weight 0) or a body
 that is not JSON text, 401/403 authentication, 404 unknown article, 413 body too large,
-429 too many requests, 503 nothing published yet or the database is down. Malformed
-parameters are FastAPI's 422, which never echoes the input back.
+429 too many requests, 503 nothing published yet or the database is down or busy
+(every connection in use: with ``Retry-After``). Malformed parameters are FastAPI's 422,
+which never echoes the input back.
 
 Example:
     >>> app = create_app(Settings.from_env())                        # doctest: +SKIP
@@ -85,6 +86,9 @@ MAX_TERMS = 20
 #: Files of ``litpulse/app/web`` served under ``/static/``, with their media types.
 STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8",
                 "alerts.js": "text/javascript; charset=utf-8"}
+
+#: Seconds a client is told to wait when every database connection is in use (503).
+BUSY_RETRY_AFTER_S = 5
 
 #: Longest part of a validation error's location repeated back (a client's key name).
 MAX_LOC_CHARS = 40
@@ -171,7 +175,8 @@ _ERRORS = {
          "when it was deleted are given.",
     413: "The request body is larger than the server accepts.",
     429: "Too many requests from this client, or judgements from this expert.",
-    503: "Nothing is published yet, or the database is unavailable.",
+    503: "Nothing is published yet, or the database is unavailable or busy (every "
+         "connection in use: with `Retry-After`).",
 }
 
 
@@ -182,6 +187,9 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         out[code] = {"model": ErrorOut, "description": _ERRORS[code]}
     out[429]["headers"] = {"Retry-After": {"description": "Seconds to wait before retrying.",
                                            "schema": {"type": "integer", "minimum": 1}}}
+    out[503]["headers"] = {"Retry-After": {
+        "description": "Seconds to wait (when every database connection is in use).",
+        "schema": {"type": "integer", "minimum": 1}}}  # fmt: skip
     if 401 in out:
         out[401]["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
     return out
@@ -334,6 +342,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from sqlalchemy.exc import DBAPIError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
 
     from ranking.search import ArticleQuery, NoIndexError
     from retrain.feedback import FeedbackLimitError
@@ -377,6 +386,14 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _db_down(_request: Request, exc: OperationalError) -> JSONResponse:
         logger.error("database error: %s", exc)
         return error(503, "the database is unavailable; try again shortly")
+
+    @app.exception_handler(PoolTimeout)
+    async def _no_connection(_request: Request, exc: PoolTimeout) -> JSONResponse:
+        # every pooled connection in use (writes waiting on a writer's lock, a hung
+        # server) past the pool's wait: the server's state, not the request's
+        logger.error("no database connection free: %s", exc)
+        return error(503, "the server is busy: every database connection is in use; try "
+                          "again shortly", {"Retry-After": str(BUSY_RETRY_AFTER_S)})  # fmt: skip
 
     @app.exception_handler(DBAPIError)
     async def _db_refused(request: Request, exc: DBAPIError) -> JSONResponse:

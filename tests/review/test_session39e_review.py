@@ -163,7 +163,6 @@ def test_x2_an_ipv6_client_is_one_client_across_its_64(sqlite_settings: Settings
     assert get("203.0.113.6") == 200  # IPv4 clients stay one address each
 
 
-@pytest.mark.xfail(strict=True, reason="39e X3: every database connection in use is a 500")
 def test_x3_every_connection_in_use_is_a_503_with_retry_after(settings: Settings) -> None:
     engine = db.connect(settings)
     pool: Any = engine.pool
