@@ -37,11 +37,24 @@ X3 **Every database connection in use is answered 500, not 503**: SQLAlchemy's p
    ``GET /status`` into a 500 after 30 s; the same with the pool's connections checked out
    on both stores. A PostgreSQL server that hangs (a partitioned network) does the same.
    Fixed: 503 "every database connection is busy", with ``Retry-After``.
+
+X4 **A PostgreSQL server that accepts connections and never answers (hung, or a proxy
+   in front of a partitioned one) holds every request for ever**: the engine was made
+   without ``connect_timeout``, and libpq's default waits without end. Reproduced: a TCP
+   listener that never speaks as ``LITPULSE_DATABASE_URL``: ``GET /status`` had no answer
+   after 25 s (nor ever); each such request holds a worker thread, 40 of them the whole
+   server. Fixed: PostgreSQL engines connect with ``connect_timeout``
+   (``db.PG_CONNECT_TIMEOUT_S``, 10 s; one the URL names is kept): then 503 "the database
+   is unavailable".
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -182,3 +195,49 @@ def test_x3_every_connection_in_use_is_a_503_with_retry_after(settings: Settings
                 conn.close()
             pool._timeout = waited
         assert client.get("/status").status_code == 200
+
+
+@contextlib.contextmanager
+def _silent_server() -> Iterator[int]:
+    """A TCP port that accepts connections and never says a word (a hung database)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+        for conn in accepted:
+            conn.close()
+
+
+@pytest.mark.xfail(strict=True, reason="39e X4: a hung PostgreSQL holds every request for ever")
+def test_x4_a_database_that_never_answers_is_a_503_in_bounded_time(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "PG_CONNECT_TIMEOUT_S", 2, raising=False)  # libpq's least
+    with _silent_server() as port:
+        url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/litpulse"
+        settings = Settings.from_env({}, home=tmp_path / "home", database_url=url)
+        client = TestClient(create_app(settings), raise_server_exceptions=False)
+        answers: list[Any] = []
+        asked = threading.Thread(target=lambda: answers.append(client.get("/status")),
+                                 daemon=True)  # fmt: skip
+        asked.start()
+        asked.join(12)
+        try:
+            assert answers, "no answer in 12 s"
+            assert answers[0].status_code == 503, answers[0].text
+            assert answers[0].json()["detail"] == "the database is unavailable; try again shortly"
+        finally:
+            engine = db._ENGINES.pop(url, None)
+            if engine is not None:
+                engine.dispose()
