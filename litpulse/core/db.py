@@ -132,6 +132,9 @@ logger = logging.getLogger(__name__)
 _ENGINES: dict[str, Engine] = {}
 #: Engines whose store :func:`connect` brought up to date in this process.
 _UPGRADED: weakref.WeakSet[Engine] = weakref.WeakSet()
+#: Seconds a PostgreSQL connection may take to open (libpq's ``connect_timeout``; a URL
+#: naming its own keeps it).
+PG_CONNECT_TIMEOUT_S = 10
 
 #: Values per ``IN (...)`` list in one statement (SQLite allows 32766 bound parameters,
 #: PostgreSQL 65535; smaller lists also keep each statement's plan cheap).
@@ -300,12 +303,21 @@ def connect(settings: Settings, *, create: bool = True) -> Engine:
             with _BULK_LOCK:
                 _listen_bulk(engine)
         else:
-            engine = create_engine(url, pool_pre_ping=True)
+            engine = create_engine(url, pool_pre_ping=True, connect_args=_pg_connect_args(url))
         if create:
             _upgrade(engine)
             _UPGRADED.add(engine)
         _ENGINES[url] = engine
     return engine
+
+
+def _pg_connect_args(url: str) -> dict[str, Any]:
+    """``connect_timeout`` (:data:`PG_CONNECT_TIMEOUT_S`) unless the URL names one: libpq's
+    default waits without end for a server that accepts and never answers (hung, or a
+    proxy in front of a partitioned one), and every request of the API would wait with it."""
+    if "connect_timeout" in make_url(url).query:
+        return {}
+    return {"connect_timeout": PG_CONNECT_TIMEOUT_S}
 
 
 def _upgrade(engine: Engine) -> None:

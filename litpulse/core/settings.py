@@ -110,7 +110,8 @@ class Settings:
         "SQLAlchemy URL of the metadata store; empty means a SQLite file "
         "`litpulse.db` in the home (a relative or ~ SQLite path is taken as the home's is). "
         "PostgreSQL: postgresql+psycopg://user@host/db (libpq's postgres:// is read so; other "
-        "databases and drivers are refused). Its password is never shown.",
+        "databases and drivers are refused; a connection gives up after 10 s unless the "
+        "URL sets connect_timeout). Its password is never shown.",
     )
     store_batch: int = _opt(
         5000,

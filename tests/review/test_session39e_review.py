@@ -219,7 +219,6 @@ def _silent_server() -> Iterator[int]:
             conn.close()
 
 
-@pytest.mark.xfail(strict=True, reason="39e X4: a hung PostgreSQL holds every request for ever")
 def test_x4_a_database_that_never_answers_is_a_503_in_bounded_time(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
