@@ -31,9 +31,9 @@ address (``api_rate_per_second``, ``api_rate_burst``) answering 429 with ``Retry
 Errors are ``{"detail": message}`` (:class:`ErrorOut`) and documented per operation:
 400 a rule JSON Schema cannot say (``since`` after ``until``, every weight 0) or a body
 that is not JSON text, 401/403 authentication, 404 unknown article, 413 body too large,
-429 too many requests, 503 nothing published yet or the database is down or busy
-(every connection in use: with ``Retry-After``). Malformed parameters are FastAPI's 422,
-which never echoes the input back.
+429 too many requests, 503 nothing published yet or the database is down or busy (a
+writer holds it, or every connection is in use: with ``Retry-After``). Malformed
+parameters are FastAPI's 422, which never echoes the input back.
 
 Example:
     >>> app = create_app(Settings.from_env())                        # doctest: +SKIP
@@ -175,8 +175,8 @@ _ERRORS = {
          "when it was deleted are given.",
     413: "The request body is larger than the server accepts.",
     429: "Too many requests from this client, or judgements from this expert.",
-    503: "Nothing is published yet, or the database is unavailable or busy (every "
-         "connection in use: with `Retry-After`).",
+    503: "Nothing is published yet, or the database is unavailable or busy (a writer "
+         "holds it, or every connection is in use: with `Retry-After`).",
 }
 
 
@@ -188,7 +188,8 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     out[429]["headers"] = {"Retry-After": {"description": "Seconds to wait before retrying.",
                                            "schema": {"type": "integer", "minimum": 1}}}
     out[503]["headers"] = {"Retry-After": {
-        "description": "Seconds to wait (when every database connection is in use).",
+        "description": "Seconds to wait (the database busy: a writer holds it, or every "
+                       "connection is in use).",
         "schema": {"type": "integer", "minimum": 1}}}  # fmt: skip
     if 401 in out:
         out[401]["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
@@ -385,6 +386,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OperationalError)
     async def _db_down(_request: Request, exc: OperationalError) -> JSONResponse:
         logger.error("database error: %s", exc)
+        if db.lock_waited_out(exc):  # reachable: a writer (the nightly) held the lock
+            return error(503, "the database is busy: another writer holds it; try again "
+                              "shortly", {"Retry-After": str(BUSY_RETRY_AFTER_S)})  # fmt: skip
         return error(503, "the database is unavailable; try again shortly")
 
     @app.exception_handler(PoolTimeout)

@@ -253,8 +253,6 @@ def test_x4_a_database_that_never_answers_is_a_503_in_bounded_time(
                 engine.dispose()
 
 
-@pytest.mark.xfail(strict=True, reason="39e X5: a write behind a writer's lock is told "
-                   "the database is unavailable")  # fmt: skip
 def test_x5_a_write_behind_a_writers_lock_is_busy_with_retry_after(
     sqlite_settings: Settings,
 ) -> None:
