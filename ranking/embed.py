@@ -601,9 +601,12 @@ def version_base_path(settings: Settings, base_model: str | None) -> str:
     return base_model
 
 
-def _spec_from_row(settings: Settings, row: Any) -> ModelSpec:
-    return ModelSpec(row.id, version_base_path(settings, row.base_model), row.adapter_path or None,
-                     getattr(row, "adapter_sha256", None) or None, settings.max_seq_length)
+def _spec_from_row(settings: Settings, row: Any, engine: Engine) -> ModelSpec:
+    base = version_base_path(settings, row.base_model)
+    if row.adapter_path:  # its base moved, or this host holds it elsewhere (_base_here)
+        base = _base_here(settings, engine, row.id, base)
+    sha = getattr(row, "adapter_sha256", None) or None
+    return ModelSpec(row.id, base, row.adapter_path or None, sha, settings.max_seq_length)
 
 
 def active_model(settings: Settings, engine: Engine | None = None) -> ModelSpec:
@@ -612,11 +615,12 @@ def active_model(settings: Settings, engine: Engine | None = None) -> ModelSpec:
     The newest ``model_versions`` row with status ``active``; without one, the base
     model ``ModelSpec("base", settings.model_path, None)``.
     """
-    row = active_model_row(engine or db.connect(settings))
+    engine = engine or db.connect(settings)
+    row = active_model_row(engine)
     if row is None:
         return ModelSpec(BASE_MODEL_ID, settings.model_path, None,
                          max_seq_length=settings.max_seq_length)
-    return _spec_from_row(settings, row)
+    return _spec_from_row(settings, row, engine)
 
 
 def model_spec(settings: Settings, model_version: str, engine: Engine | None = None) -> ModelSpec:
@@ -635,7 +639,7 @@ def model_spec(settings: Settings, model_version: str, engine: Engine | None = N
         ).first()
     if row is None:
         raise NotFoundError(f"model version {model_version!r} does not exist")
-    return _spec_from_row(settings, row)
+    return _spec_from_row(settings, row, engine)
 
 
 # ------------------------------------------------------------------------------ encoder
@@ -925,12 +929,7 @@ def _relocate_bases(settings: Settings, engine: Engine) -> list[str]:
     moved = []
     for row in rows:
         was = version_base_path(settings, row.base_model)
-        if was == configured or os.path.isdir(was):
-            continue
-        here = ModelSpec(row.id, configured)
-        records = [r for r in base_records(engine, here)
-                   if ((r.details or {}).get("base_model") or {}).get("fingerprint")]
-        if not records or any(base_model_changed(r.details, here) for r in records):
+        if _base_here(settings, engine, row.id, was) == was:
             continue
         with engine.begin() as conn:
             conn.execute(update(model_versions)
@@ -941,6 +940,26 @@ def _relocate_bases(settings: Settings, engine: Engine) -> list[str]:
                        configured)
         moved.append(str(row.id))
     return moved
+
+
+def _base_here(settings: Settings, engine: Engine, version_id: str, was: str) -> str:
+    """The folder of a fine-tuned version's base model on this host: ``was`` (the path
+    recorded), or where it is gone here, ``LITPULSE_MODEL``'s folder when that holds the
+    model the version's vectors were embedded with (the fingerprint an index of it
+    recorded, :func:`base_model_changed`; another model there is never taken).
+
+    Hosts of one store (a worker, an API host) may hold the same model at paths of their
+    own: the one a refresh recorded last (:func:`_relocate_bases`) need not be here.
+    """
+    configured = settings.model_path
+    if was == configured or os.path.isdir(was) or not os.path.isdir(configured):
+        return was
+    here = ModelSpec(version_id, configured)
+    records = [r.details for r in base_records(engine, here)]
+    records = [d for d in records if ((d or {}).get("base_model") or {}).get("fingerprint")]
+    if not records or any(base_model_changed(d, here) for d in records):
+        return was
+    return configured
 
 
 def adapter_problem(path: str | None, sha256: str | None) -> str | None:

@@ -14,31 +14,18 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
-
 from litpulse.core.settings import Settings
 from ranking.embed import active_model, load_encoder, model_spec
 from ranking.refresh import refresh_index
-from retrain.lora import TrainResult, train
-from tests.review.test_session39d_review import OPTS, PAIRS, _served_fine_tuned, _stored, _tiny
+from retrain.lora import TrainResult
+from tests.review import test_session39d_review as review39d
+from tests.review.test_session39d_review import _served_fine_tuned, _stored, _tiny
+
+# 39d's module fixtures: the tiny encoder, and one real adapter of it trained once
+tiny_model = review39d.tiny_model
+trained = review39d.trained
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from tests.tiny_encoder import build_tiny_encoder
-
-    return build_tiny_encoder(tmp_path_factory.mktemp("tiny-model"))
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model: str) -> TrainResult:
-    """One real adapter of the tiny encoder, trained once."""
-    home = tmp_path_factory.mktemp("train-home")
-    s = Settings(home=home).replace(model=tiny_model, max_seq_length=32, device="cpu")
-    return train(s, PAIRS, OPTS, home / "adapter")
-
-
-@pytest.mark.xfail(strict=True, reason="39f X1: one host's base relocation breaks another's")
 def test_x1_two_hosts_with_their_own_model_path_both_serve_the_fine_tuned_version(
     settings: Settings, tiny_model: str, trained: TrainResult, tmp_path: Path
 ) -> None:
