@@ -7,19 +7,32 @@ refresh saw the recorded folder gone: from then on the other host's searches wer
 ("base model folder ... is missing") although its own copy of the same model was there,
 until its own next refresh flipped the row back (and broke the first host's). A host now
 finds its copy itself when the recorded folder is not on it, by the same fingerprint check.
+
+X2 (39b's review, PostgreSQL): an embedding chunk beside a rebuild's delete of the same
+model version's vectors (``index refresh --rebuild`` while a shard embeds): the chunk's
+upsert of stale vectors and the delete lock the same rows in opposite orders, and
+PostgreSQL rolls one back (deadlock detected; reproduced with concurrent writers in 2 of
+~40 chunks). Every other writer runs such a transaction again (``db.retry_conflicts``);
+``embed_pending``'s chunk did not: the run failed with the vectors it had encoded.
 """
 
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 from pathlib import Path
 
+import pytest
+from sqlalchemy import text
+
+from litpulse.core import db
 from litpulse.core.settings import Settings
-from ranking.embed import active_model, load_encoder, model_spec
+from ranking.embed import active_model, embed_pending, load_encoder, model_spec
 from ranking.refresh import refresh_index
 from retrain.lora import TrainResult
 from tests.review import test_session39d_review as review39d
-from tests.review.test_session39d_review import _served_fine_tuned, _stored, _tiny
+from tests.review.test_session39d_review import _corpus, _served_fine_tuned, _stored, _tiny
 
 # 39d's module fixtures: the tiny encoder, and one real adapter of it trained once
 tiny_model = review39d.tiny_model
@@ -47,3 +60,40 @@ def test_x1_two_hosts_with_their_own_model_path_both_serve_the_fine_tuned_versio
     assert model_spec(s_a, vid).base_model == s_a.model_path
     load_encoder(spec, s_a, cache=False)
     assert _stored(s_a, vid) == 30
+
+
+@pytest.mark.xfail(strict=True, reason="39f X2: a chunk rolled back by a deadlock fails the run")
+def test_x2_an_embedding_chunk_rolled_back_by_a_deadlock_runs_again(
+    settings: Settings, tiny_model: str
+) -> None:
+    if not settings.database_url:
+        pytest.skip("PostgreSQL's row locks (SQLite has one writer at a time)")
+    s = _tiny(settings, tiny_model)
+    _corpus(s)
+    engine = db.connect(s)
+    assert embed_pending(s) == 30
+    with engine.begin() as conn:  # two stale vectors: the next chunk updates 1000, then 1001
+        conn.exec_driver_sql("UPDATE embeddings SET text_hash = 'old' WHERE pmid IN (1000, 1001)")
+    out: list[object] = []
+
+    def embed() -> None:
+        try:
+            out.append(embed_pending(s))
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            out.append(exc)
+
+    with engine.connect() as rebuild:  # a rebuild's delete, in the other order
+        rebuild.exec_driver_sql("SET deadlock_timeout = '20s'")  # the chunk is the one broken
+        rebuild.exec_driver_sql("DELETE FROM embeddings WHERE pmid = 1001")
+        t = threading.Thread(target=embed)
+        t.start()
+        waits = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        deadline = time.monotonic() + 20
+        with engine.connect() as look:
+            while not look.execute(text(waits)).scalar() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        rebuild.exec_driver_sql("DELETE FROM embeddings WHERE pmid = 1000")
+        rebuild.commit()
+    t.join(30)
+    assert not t.is_alive() and out == [2], out
+    assert _stored(s, "base") == 30
