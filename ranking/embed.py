@@ -1434,6 +1434,31 @@ def count_pending(settings: Settings, model_version: str, engine: Engine | None 
 _VECTOR_COLUMNS = ("pmid", "model_version", "text_hash", "vector", "created_at")
 
 
+def _write_chunk(
+    engine: Engine, spec: ModelSpec, rows: Sequence[Any], vectors: Any, *, first: bool
+) -> int:
+    """Store one chunk's vectors in a transaction of its own; returns how many."""
+    with engine.begin() as conn:
+        if first:  # the vectors say which base model they are of
+            claim_first_embedding(conn, spec)
+        now = db.db_now(conn)  # the database's clock, as the store's rows
+        out = [
+            (int(r.pmid), spec.id, r.text_hash, vector_to_bytes(v), now)
+            for r, v in zip(rows, vectors, strict=True)
+        ]
+        # one set-based statement a chunk: the counts' statement triggers
+        # (db.keep_counts) run once for it, not once a row of an executemany
+        db.bulk_upsert(
+            conn,
+            embeddings,
+            out,
+            columns=_VECTOR_COLUMNS,
+            keys=("pmid", "model_version"),
+            update=_VECTOR_COLUMNS[2:],
+        )
+    return len(out)
+
+
 def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -1507,20 +1532,14 @@ def embed_pending(
             # was encoded would get vectors of the old model beside its own
             if not first:
                 check_stored_base(engine, spec)
-            with engine.begin() as conn:
-                if first:  # the vectors say which base model they are of
-                    claim_first_embedding(conn, spec)
-                now = db.db_now(conn)  # the database's clock, as the store's rows
-                out = [
-                    (int(r.pmid), spec.id, r.text_hash, vector_to_bytes(v), now)
-                    for r, v in zip(rows, vectors, strict=True)
-                ]
-                # one set-based statement a chunk: the counts' statement triggers
-                # (db.keep_counts) run once for it, not once a row of an executemany
-                db.bulk_upsert(conn, embeddings, out, columns=_VECTOR_COLUMNS,
-                               keys=("pmid", "model_version"), update=_VECTOR_COLUMNS[2:])
-            done += len(out)
-            bar.update(len(chunk) - len(out))  # the chunk's deleted meanwhile
+            # PostgreSQL may roll the chunk back to break a deadlock with a rebuild's delete
+            # of the same vectors (stale ones updated here): it is written again
+            written = db.retry_conflicts(
+                functools.partial(_write_chunk, engine, spec, rows, vectors, first=first),
+                f"{len(rows)} vectors of {spec.id}",
+            )
+            done += written
+            bar.update(len(chunk) - written)  # the chunk's deleted meanwhile
     finally:
         bar.close()
         db.fold_counts(engine)  # PostgreSQL's rows of deltas its chunks appended, in one

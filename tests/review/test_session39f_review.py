@@ -62,7 +62,6 @@ def test_x1_two_hosts_with_their_own_model_path_both_serve_the_fine_tuned_versio
     assert _stored(s_a, vid) == 30
 
 
-@pytest.mark.xfail(strict=True, reason="39f X2: a chunk rolled back by a deadlock fails the run")
 def test_x2_an_embedding_chunk_rolled_back_by_a_deadlock_runs_again(
     settings: Settings, tiny_model: str
 ) -> None:
