@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from litpulse.core import db
 from litpulse.core.settings import Settings
@@ -63,7 +64,7 @@ def test_x1_two_hosts_with_their_own_model_path_both_serve_the_fine_tuned_versio
 
 
 def test_x2_an_embedding_chunk_rolled_back_by_a_deadlock_runs_again(
-    settings: Settings, tiny_model: str
+    settings: Settings, tiny_model: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     if not settings.database_url:
         pytest.skip("PostgreSQL's row locks (SQLite has one writer at a time)")
@@ -71,28 +72,49 @@ def test_x2_an_embedding_chunk_rolled_back_by_a_deadlock_runs_again(
     _corpus(s)
     engine = db.connect(s)
     assert embed_pending(s) == 30
-    with engine.begin() as conn:  # two stale vectors: the next chunk updates 1000, then 1001
-        conn.exec_driver_sql("UPDATE embeddings SET text_hash = 'old' WHERE pmid IN (1000, 1001)")
-    out: list[object] = []
+    # the chunk is the one rolled back: it looks for a deadlock 8 s into its wait (a check
+    # PostgreSQL makes once), the delete only after 12 s
+    with engine.connect() as conn:
+        name = conn.execute(text("SELECT current_database()")).scalar()
+        conn.exec_driver_sql(f"ALTER DATABASE \"{name}\" SET deadlock_timeout = '8s'")
+        conn.commit()
+    engine.dispose()  # the chunk's connections are made anew, with it
+    waits = (
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND datname = current_database()"
+    )
+    for _ in range(3):  # a try where the delete is the one rolled back proves nothing
+        with engine.begin() as conn:  # two stale vectors: a chunk updates 1000, then 1001
+            conn.exec_driver_sql(
+                "UPDATE embeddings SET text_hash = 'old' WHERE pmid IN (1000, 1001)"
+            )
+        out: list[object] = []
 
-    def embed() -> None:
-        try:
-            out.append(embed_pending(s))
-        except BaseException as exc:  # noqa: BLE001 - asserted below
-            out.append(exc)
+        def embed(out: list[object] = out) -> None:
+            try:
+                out.append(embed_pending(s))
+            except BaseException as exc:  # noqa: BLE001 - asserted below
+                out.append(exc)
 
-    with engine.connect() as rebuild:  # a rebuild's delete, in the other order
-        rebuild.exec_driver_sql("SET deadlock_timeout = '20s'")  # the chunk is the one broken
-        rebuild.exec_driver_sql("DELETE FROM embeddings WHERE pmid = 1001")
         t = threading.Thread(target=embed)
-        t.start()
-        waits = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-        deadline = time.monotonic() + 20
-        with engine.connect() as look:
-            while not look.execute(text(waits)).scalar() and time.monotonic() < deadline:
-                time.sleep(0.05)
-        rebuild.exec_driver_sql("DELETE FROM embeddings WHERE pmid = 1000")
-        rebuild.commit()
-    t.join(30)
+        with engine.connect() as rebuild:  # a rebuild's delete, in the other order
+            rebuild.exec_driver_sql("SET deadlock_timeout = '12s'")
+            rebuild.exec_driver_sql("DELETE FROM embeddings WHERE pmid = 1001")
+            t.start()
+            deadline = time.monotonic() + 20
+            with engine.connect() as look:
+                while not look.execute(text(waits)).scalar() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            try:
+                rebuild.exec_driver_sql("DELETE FROM embeddings WHERE pmid = 1000")
+            except OperationalError as exc:
+                assert db.conflict_rolled_back(exc)
+                rebuild.rollback()
+                t.join(30)
+                continue
+            rebuild.commit()
+        t.join(30)
+        break
     assert not t.is_alive() and out == [2], out
+    assert "rolled back by the database (deadlock detected)" in caplog.text  # it was met
     assert _stored(s, "base") == 30
