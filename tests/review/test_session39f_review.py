@@ -72,49 +72,55 @@ def test_x2_an_embedding_chunk_rolled_back_by_a_deadlock_runs_again(
     _corpus(s)
     engine = db.connect(s)
     assert embed_pending(s) == 30
-    # the chunk is the one rolled back: it looks for a deadlock 8 s into its wait (a check
-    # PostgreSQL makes once), the delete only after 12 s
+    # the chunk is the one rolled back: it looks for a deadlock 1 s into its wait (a check
+    # PostgreSQL makes once), the delete only after 4 s (the database's setting is put back
+    # at the end: the test database is the session's, other tests' too)
     with engine.connect() as conn:
         name = conn.execute(text("SELECT current_database()")).scalar()
-        conn.exec_driver_sql(f"ALTER DATABASE \"{name}\" SET deadlock_timeout = '8s'")
+        conn.exec_driver_sql(f"ALTER DATABASE \"{name}\" SET deadlock_timeout = '1s'")
         conn.commit()
     engine.dispose()  # the chunk's connections are made anew, with it
     waits = (
         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
         "AND datname = current_database()"
     )
-    for _ in range(3):  # a try where the delete is the one rolled back proves nothing
-        with engine.begin() as conn:  # two stale vectors: a chunk updates 1000, then 1001
-            conn.exec_driver_sql(
-                "UPDATE embeddings SET text_hash = 'old' WHERE pmid IN (1000, 1001)"
-            )
-        out: list[object] = []
+    try:
+        for _ in range(3):  # a try where the delete is the one rolled back proves nothing
+            with engine.begin() as conn:  # two stale vectors: a chunk updates 1000, then 1001
+                conn.exec_driver_sql(
+                    "UPDATE embeddings SET text_hash = 'old' WHERE pmid IN (1000, 1001)"
+                )
+            out: list[object] = []
 
-        def embed(out: list[object] = out) -> None:
-            try:
-                out.append(embed_pending(s))
-            except BaseException as exc:  # noqa: BLE001 - asserted below
-                out.append(exc)
+            def embed(out: list[object] = out) -> None:
+                try:
+                    out.append(embed_pending(s))
+                except BaseException as exc:  # noqa: BLE001 - asserted below
+                    out.append(exc)
 
-        t = threading.Thread(target=embed)
-        with engine.connect() as rebuild:  # a rebuild's delete, in the other order
-            rebuild.exec_driver_sql("SET deadlock_timeout = '12s'")
-            rebuild.exec_driver_sql("DELETE FROM embeddings WHERE pmid = 1001")
-            t.start()
-            deadline = time.monotonic() + 20
-            with engine.connect() as look:
-                while not look.execute(text(waits)).scalar() and time.monotonic() < deadline:
-                    time.sleep(0.02)
-            try:
-                rebuild.exec_driver_sql("DELETE FROM embeddings WHERE pmid = 1000")
-            except OperationalError as exc:
-                assert db.conflict_rolled_back(exc)
-                rebuild.rollback()
-                t.join(30)
-                continue
-            rebuild.commit()
-        t.join(30)
-        break
+            t = threading.Thread(target=embed)
+            with engine.connect() as rebuild:  # a rebuild's delete, in the other order
+                rebuild.exec_driver_sql("SET deadlock_timeout = '4s'")
+                rebuild.exec_driver_sql("DELETE FROM embeddings WHERE pmid = 1001")
+                t.start()
+                deadline = time.monotonic() + 20
+                with engine.connect() as look:
+                    while not look.execute(text(waits)).scalar() and time.monotonic() < deadline:
+                        time.sleep(0.02)
+                try:
+                    rebuild.exec_driver_sql("DELETE FROM embeddings WHERE pmid = 1000")
+                except OperationalError as exc:
+                    assert db.conflict_rolled_back(exc)
+                    rebuild.rollback()
+                    t.join(30)
+                    continue
+                rebuild.commit()
+            t.join(30)
+            break
+    finally:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f'ALTER DATABASE "{name}" RESET deadlock_timeout')
+            conn.commit()
     assert not t.is_alive() and out == [2], out
     assert "rolled back by the database (deadlock detected)" in caplog.text  # it was met
     assert _stored(s, "base") == 30
