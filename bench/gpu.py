@@ -157,13 +157,16 @@ def faiss_rows(device: str, n: int, queries: int = 1000) -> list[list[str]]:
     return rows
 
 
-def lora_rows(device: str, steps: int, cpu_steps: int) -> list[list[str]]:
-    """Seconds per LoRA step on ``device`` against the CPU."""
+def lora_rows(
+    device: str, steps: int, cpu_steps: int, batch: int = 32, tokens: int = 256
+) -> list[list[str]]:
+    """Seconds per LoRA step on ``device`` against the CPU (``batch`` pairs of up to
+    ``tokens`` tokens a step)."""
     from bench.embed import realistic_texts
     from retrain.lora import LoraOptions, train
     from retrain.pairs import Pair
 
-    texts = realistic_texts(32 * max(steps, cpu_steps))
+    texts = realistic_texts(batch * max(steps, cpu_steps))
     pairs = [Pair(t.split("\n", 1)[0], t.split("\n", 1)[-1], "title_abstract", i)
              for i, t in enumerate(texts)]
     rows = []
@@ -171,13 +174,13 @@ def lora_rows(device: str, steps: int, cpu_steps: int) -> list[list[str]]:
     for where in _places(device):
         n = cpu_steps if where == "cpu" else steps
         settings = _settings(where)
-        options = LoraOptions(max_steps=n, batch_size=32, max_seq_length=256, warmup_steps=0,
-                              max_seconds=3600)
+        options = LoraOptions(max_steps=n, batch_size=batch, max_seq_length=tokens,
+                              warmup_steps=0, max_seconds=3600)
         with tempfile.TemporaryDirectory() as out:
-            result = train(settings, pairs[: 32 * n], options, out)
+            result = train(settings, pairs[: batch * n], options, out)
         per_step[where] = result.seconds_per_step
         label = "CPU (anchor)" if where == "cpu" else where
-        rows.append([f"LoRA r=8, batch 32, 256 tokens, {label}",
+        rows.append([f"LoRA r=8, batch {batch}, {tokens} tokens, {label}",
                      f"{result.seconds_per_step:,.3f} s/step",
                      f"{per_step['cpu'] / result.seconds_per_step:,.2f}×",
                      f"{result.steps} steps ({result.precision})",
@@ -192,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vectors", type=int, default=1_000_000)
     ap.add_argument("--steps", type=int, default=20, help="LoRA steps on the GPU")
     ap.add_argument("--cpu-steps", type=int, default=3, help="LoRA steps on the CPU")
+    ap.add_argument("--lora-batch", type=int, default=32, help="pairs a LoRA step")
+    ap.add_argument("--lora-tokens", type=int, default=256, help="tokens a text, at most")
     ap.add_argument("--cpu", action="store_true",
                     help="run the GPU rows on the CPU (no CUDA device needed)")
     ap.add_argument("--only", nargs="*", choices=("embedding", "faiss", "lora"),
@@ -212,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         if "faiss" in args.only:
             rows += faiss_rows(device, args.vectors)
         if "lora" in args.only:
-            rows += lora_rows(device, args.steps, args.cpu_steps)
+            rows += lora_rows(device, args.steps, args.cpu_steps, args.lora_batch,
+                              args.lora_tokens)
     finally:
         while _HOME:
             shutil.rmtree(_HOME.pop(), ignore_errors=True)
